@@ -1,0 +1,22 @@
+# fedscape: loss-landscape analyses of federated learning on non-IID data.
+# Thin entry point: config, validation, rule files, and the targets of `rule all`.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/partition.smk"
+include: "rules/init.smk"
+include: "rules/train.smk"
+include: "rules/tables.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,64 @@
+# Shared set-up and input functions of the rule files.
+
+from fedscape.plan import (
+    WILDCARD_CONSTRAINTS,
+    Run,
+    build_runs,
+    check_config,
+    init_settings,
+    partition_settings,
+    train_settings,
+)
+from fedscape.config import load_schema
+
+check_config(config, load_schema(workflow.source_path("../workflow/schemas/config.schema.yaml")))
+RUNS = build_runs(config)
+RESULTS = "results"
+LOGS = "logs"
+
+TRAIN_DIR = (
+    "results/train/{dataset}/{model}/init~{init}/algo~{algorithm}/alpha~{alpha}/"
+    "clients~{num_clients}/part~{participation}/seed~{seed}"
+)
+TRAIN_LOG = TRAIN_DIR.replace("results/train", "logs/train")
+PARTITION_DIR = "results/partitions/{dataset}/clients~{num_clients}/alpha~{alpha}/seed~{seed}"
+INIT_FILE = "results/init/{dataset}/{model}/init~{init}/init.pt"
+
+
+wildcard_constraints:
+    **WILDCARD_CONSTRAINTS,
+
+
+def run_dir(run):
+    return f"results/train/{run.run_id}"
+
+
+def all_targets():
+    return ["results/tables/partitions.csv", "results/tables/rounds.csv"]
+
+
+def partition_params(wildcards):
+    return partition_settings(
+        config,
+        wildcards.dataset,
+        wildcards.alpha,
+        int(wildcards.num_clients),
+        int(wildcards.seed),
+    )
+
+
+def init_params(wildcards):
+    return init_settings(config, wildcards.dataset, wildcards.model, wildcards.init)
+
+
+def train_params(wildcards):
+    return train_settings(config, Run.from_wildcards(wildcards))
+
+
+def partition_counts_of_runs(wildcards):
+    ids = sorted({run.partition_id for run in RUNS})
+    return [f"results/partitions/{pid}/counts.csv" for pid in ids]
+
+
+def metrics_of_runs(wildcards):
+    return [f"{run_dir(run)}/metrics.csv" for run in RUNS]

@@ -1,0 +1,10 @@
+rule partition:
+    output:
+        partition=f"{PARTITION_DIR}/partition.npz",
+        counts=f"{PARTITION_DIR}/counts.csv",
+    params:
+        settings=partition_params,
+    log:
+        f"{PARTITION_DIR.replace('results/', 'logs/')}/partition.log",
+    script:
+        "../workflow/scripts/partition.py"

@@ -1,0 +1,20 @@
+rule partitions_table:
+    input:
+        partition_counts_of_runs,
+    output:
+        "results/tables/partitions.csv",
+    log:
+        "logs/tables/partitions.log",
+    script:
+        "../workflow/scripts/concat_tables.py"
+
+
+rule rounds_table:
+    input:
+        metrics_of_runs,
+    output:
+        "results/tables/rounds.csv",
+    log:
+        "logs/tables/rounds.log",
+    script:
+        "../workflow/scripts/concat_tables.py"

@@ -1,0 +1,17 @@
+rule train:
+    input:
+        partition=f"{PARTITION_DIR}/partition.npz",
+        init=INIT_FILE,
+    output:
+        trajectory=f"{TRAIN_DIR}/trajectory.pt",
+        clients=f"{TRAIN_DIR}/clients.pt",
+        metrics=f"{TRAIN_DIR}/metrics.csv",
+        meta=f"{TRAIN_DIR}/meta.json",
+    params:
+        settings=train_params,
+        # Kept outside the declared outputs: Snakemake deletes those when a job is killed.
+        progress_dir=f"{TRAIN_DIR}/_progress",
+    log:
+        f"{TRAIN_LOG}/train.log",
+    script:
+        "../workflow/scripts/train.py"

@@ -1,0 +1,320 @@
+"""The federated training loop shared by every algorithm, with per-round checkpoints and resume."""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedscape.checkpoint import ClientRound
+from fedscape.evaluate import evaluate
+from fedscape.fl.strategy import ClientContext, ClientResult, Strategy
+from fedscape.params import FlatParams, flatten_buffers, load_buffers
+from fedscape.utils import derive_seed
+
+log = logging.getLogger("fedscape.train")
+
+_SAMPLING_STREAM = 0x5A  # keeps client sampling independent of the clients' own random streams
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Round and local-training settings shared by every algorithm.
+
+    Defaults are the pilot study's (Li et al., Sec. 3): 100 rounds x 5 local epochs of SGD with
+    lr 0.01 and batch size 16, full participation.
+    """
+
+    rounds: int = 100
+    local_epochs: int = 5
+    batch_size: int = 16
+    lr: float = 0.01
+    momentum: float = 0.0  # the pilot study uses plain SGD; FedAlign uses 0.9
+    weight_decay: float = 0.0
+    participation: float = 1.0  # fraction of clients sampled each round (pilot study Fig. 7: 0.2/0.5/0.8)
+    save_clients_at: tuple[int, ...] = ()  # rounds whose client models are kept (local scope, layer-wise LMC)
+    augment: str = "none"  # "crop_flip" for CIFAR
+    eval_batch_size: int = 1024
+    seed: int = 0  # client sampling and every client's batch order derive from it
+
+    def __post_init__(self):
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be at least 1, got {self.rounds}")
+        if not 0 < self.participation <= 1:
+            raise ValueError(f"participation must be in (0, 1], got {self.participation}")
+        bad = [r for r in self.save_clients_at if not 1 <= r <= self.rounds]
+        if bad:
+            raise ValueError(f"save_clients_at has rounds {bad} outside 1..{self.rounds}")
+
+
+@dataclass
+class FederatedData:
+    """Training pool, client shards (indices into it) and test set, all resident on one device."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    client_indices: list[torch.Tensor]
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.client_indices)
+
+    def union(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The aggregate training data D = union of the clients' shards (the loss L of the papers)."""
+        idx = torch.cat(self.client_indices).sort().values
+        if len(idx) == len(self.y_train) and bool((idx == torch.arange(len(idx), device=idx.device)).all()):
+            return self.x_train, self.y_train
+        return self.x_train[idx], self.y_train[idx]
+
+
+@dataclass
+class RunResult:
+    """Everything a run produced: the global trajectory, metrics rows and client checkpoints."""
+
+    params: torch.Tensor
+    buffers: torch.Tensor
+    rounds: torch.Tensor
+    rows: list[dict]
+    clients: dict[int, ClientRound] = field(default_factory=dict)
+    status: str = "ok"
+
+
+def sample_clients(seed: int, round_: int, num_clients: int, participation: float) -> list[int]:
+    """Clients taking part in a round: a seeded sample of max(1, round(p * M)) without replacement."""
+    m = max(1, int(round(participation * num_clients)))
+    if m >= num_clients:
+        return list(range(num_clients))
+    rng = np.random.default_rng(derive_seed(seed, round_, _SAMPLING_STREAM))
+    return sorted(int(c) for c in rng.choice(num_clients, size=m, replace=False))
+
+
+def client_generator(seed: int, round_: int, client_id: int) -> torch.Generator:
+    """The CPU generator behind a client's batch order and augmentation in one round."""
+    return torch.Generator().manual_seed(derive_seed(seed, round_, client_id))
+
+
+def batch_order(n: int, batch_size: int, epochs: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Index batches for `epochs` shuffled passes over n samples (the last batch may be smaller)."""
+    batches = []
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=generator)
+        batches.extend(perm[i : i + batch_size] for i in range(0, n, batch_size))
+    return batches
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated since the last reset, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def local_train(
+    model: torch.nn.Module,
+    flat: FlatParams,
+    global_params: torch.Tensor,
+    global_buffers: torch.Tensor,
+    data: FederatedData,
+    client_id: int,
+    round_: int,
+    strategy: Strategy,
+    cfg: TrainConfig,
+) -> ClientResult:
+    """One client's local SGD from the global model, with the strategy's local objective."""
+    from fedscape.data import augment_batch
+
+    flat.set(global_params)
+    if global_buffers.numel():
+        load_buffers(model, global_buffers)
+    model.train()
+    device = global_params.device
+    generator = client_generator(cfg.seed, round_, client_id)
+    torch.manual_seed(derive_seed(cfg.seed, round_, client_id, 1))  # stochastic layers, if any
+    idx = data.client_indices[client_id]
+    x, y = data.x_train[idx], data.y_train[idx]
+    ctx = ClientContext(round_, client_id, global_params, x, y, generator)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    total, steps = torch.zeros((), device=device), 0
+    for b in batch_order(len(idx), cfg.batch_size, cfg.local_epochs, generator):
+        b = b.to(device)
+        xb = augment_batch(x[b], cfg.augment, generator)
+        loss = strategy.local_loss(model, xb, y[b], ctx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        strategy.adjust_gradients(model, ctx)
+        opt.step()
+        total += loss.detach()
+        steps += 1
+    return ClientResult(client_id, len(idx), flat.get(), flatten_buffers(model), float(total) / max(steps, 1))
+
+
+class _Progress:
+    """Per-round progress files that survive a kill: round_XXXXX.pt plus state.pt (latest round)."""
+
+    def __init__(self, directory: Path | None, key: str):
+        self.dir, self.key = directory, key
+
+    def _load(self, path: Path) -> dict:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def restore(self) -> tuple[dict, list[dict]] | None:
+        """(state, round records 0..k) of the last completed round, or None to start afresh."""
+        if self.dir is None or not (self.dir / "state.pt").exists():
+            return None
+        try:
+            state = self._load(self.dir / "state.pt")
+            if state.get("key") != self.key:
+                log.info("progress in %s belongs to other settings: starting afresh", self.dir)
+                return None
+            records = [self._load(self.dir / f"round_{r:05d}.pt") for r in range(state["round"] + 1)]
+        except Exception as exc:  # a file cut short by a kill: the run is simply redone
+            log.warning("cannot resume from %s (%s): starting afresh", self.dir, exc)
+            return None
+        return state, records
+
+    def reset(self) -> None:
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    def save(self, round_: int, record: dict, strategy: Strategy) -> None:
+        if self.dir is None:
+            return
+        from fedscape.utils import atomic_path
+
+        with atomic_path(self.dir / f"round_{round_:05d}.pt") as tmp:
+            torch.save(record, tmp)
+        with atomic_path(self.dir / "state.pt") as tmp:
+            torch.save({"key": self.key, "round": round_, "strategy": strategy.state_dict()}, tmp)
+
+    def clear(self) -> None:
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run_federated(
+    model: torch.nn.Module,
+    data: FederatedData,
+    strategy: Strategy,
+    cfg: TrainConfig,
+    progress_dir: str | Path | None = None,
+    progress_key: str = "",
+) -> RunResult:
+    """Run `cfg.rounds` rounds of federated training from the model's current weights.
+
+    With `progress_dir`, every completed round is saved there and a later call with the same
+    `progress_key` (a digest of the run's settings) resumes after the last completed round; the
+    result is bit-identical on CPU to an uninterrupted run because every random stream is derived
+    from (seed, round, client). Training stops early, with status 'diverged', once the global
+    model's training loss is not finite.
+    """
+    device = next(model.parameters()).device
+    flat = FlatParams(model)
+    progress = _Progress(Path(progress_dir) if progress_dir else None, progress_key)
+    x_all, y_all = data.union()
+    strategy.setup(data.num_clients, flat.vector.numel(), device)
+
+    def evaluate_row(round_: int, seconds: float, peak: float) -> dict:
+        train = evaluate(model, x_all, y_all, cfg.eval_batch_size)
+        test = evaluate(model, data.x_test, data.y_test, cfg.eval_batch_size)
+        ok = math.isfinite(train.loss)
+        return {"round": round_, "train_loss": train.loss, "train_acc": train.acc, "test_loss": test.loss,
+                "test_acc": test.acc, "seconds": seconds, "peak_mem_mb": peak,
+                "status": "ok" if ok else "diverged"}
+
+    def record(row: dict, params: torch.Tensor, buffers: torch.Tensor, clients: ClientRound | None) -> dict:
+        rec = {"row": row, "params": params.cpu(), "buffers": buffers.cpu()}
+        if clients is not None:
+            rec["clients"] = {"client_ids": clients.client_ids, "num_samples": clients.num_samples,
+                              "params": clients.params.cpu(), "buffers": clients.buffers.cpu()}
+        return rec
+
+    restored = progress.restore()
+    if restored is not None:
+        state, records = restored
+        strategy.load_state_dict(_to_device(state["strategy"], device))
+        log.info("resuming after round %d/%d from %s", state["round"], cfg.rounds, progress.dir)
+    else:
+        progress.reset()
+        records = [record(evaluate_row(0, 0.0, peak_memory_mb(device)), flat.get(), flatten_buffers(model), None)]
+        progress.save(0, records[0], strategy)
+        _log_row(records[0]["row"], cfg.rounds)
+
+    global_params = records[-1]["params"].to(device)
+    global_buffers = records[-1]["buffers"].to(device)
+    start = len(records)
+    if records[-1]["row"]["status"] != "ok":
+        start = cfg.rounds + 1
+    for t in range(start, cfg.rounds + 1):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        sampled = sample_clients(cfg.seed, t, data.num_clients, cfg.participation)
+        results = [local_train(model, flat, global_params, global_buffers, data, c, t, strategy, cfg)
+                   for c in sampled]
+        global_params = strategy.server_update(global_params, results)
+        if global_buffers.numel():
+            global_buffers = strategy.aggregate_buffers(results)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t0
+        flat.set(global_params)
+        if global_buffers.numel():
+            load_buffers(model, global_buffers)
+        row = evaluate_row(t, seconds, peak_memory_mb(device))
+        clients = None
+        if t in cfg.save_clients_at:
+            clients = ClientRound(
+                t,
+                torch.tensor([r.client_id for r in results]),
+                torch.tensor([r.num_samples for r in results]),
+                torch.stack([r.params for r in results]).cpu(),
+                torch.stack([r.buffers for r in results]).cpu(),
+            )
+        records.append(record(row, global_params, global_buffers, clients))
+        progress.save(t, records[-1], strategy)
+        _log_row(row, cfg.rounds)
+        if row["status"] != "ok":
+            log.error("round %d: the global model's training loss is %s: the run diverged; stopping "
+                      "(lower the learning rate)", t, row["train_loss"])
+            break
+
+    clients = {}
+    for rec in records:
+        if "clients" in rec:
+            c = rec["clients"]
+            r = rec["row"]["round"]
+            clients[r] = ClientRound(r, c["client_ids"], c["num_samples"], c["params"], c["buffers"])
+    return RunResult(
+        params=torch.stack([r["params"] for r in records]),
+        buffers=torch.stack([r["buffers"] for r in records]),
+        rounds=torch.tensor([r["row"]["round"] for r in records]),
+        rows=[r["row"] for r in records],
+        clients=clients,
+        status=records[-1]["row"]["status"],
+    )
+
+
+def _to_device(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_device(v, device) for v in obj]
+    return obj
+
+
+def _log_row(row: dict, rounds: int) -> None:
+    log.info("round %d/%d train_loss=%.4f train_acc=%.4f test_loss=%.4f test_acc=%.4f seconds=%.2f "
+             "peak_mem_mb=%.0f", row["round"], rounds, row["train_loss"], row["train_acc"], row["test_loss"],
+             row["test_acc"], row["seconds"], row["peak_mem_mb"])

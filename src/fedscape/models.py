@@ -1,0 +1,427 @@
+"""Model registry: every network the pipeline trains, built by name.
+
+Conventions every model follows (other stages rely on them):
+
+- ``forward(x)`` returns logits and equals ``classifier(forward_features(x))``, where
+  ``forward_features`` gives the penultimate representation ``[B, D]`` (MOON) and ``classifier`` is
+  the final ``nn.Linear`` (re-initialised by pretrained init when label sets differ);
+- modules are registered in forward order, so ``named_parameters()`` runs from input to output
+  (the layer-wise analyses depend on it);
+- the only buffers are floating point (BatchNorm running statistics; no ``num_batches_tracked``),
+  so state dicts can be averaged tensor by tensor;
+- ``forward`` is deterministic: no model uses dropout or any other randomness.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fedscape.utils import suggest, unknown_name_error
+
+NORMS: tuple[str, ...] = ("batch", "group", "none")
+GROUP_NORM_MAX_GROUPS = 8
+
+NormFactory = Callable[[int], nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the pipeline needs to know about a model before building it."""
+
+    name: str
+    residual: bool  # has residual blocks (exposed as `model.blocks`), e.g. for Stochastic Depth
+    image_sizes: tuple[int, ...] | None  # accepted square input sizes; None = any size
+    description: str
+    paper: str
+    min_image_size: int = 1  # smallest accepted size when image_sizes is None
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """Batch normalisation (Ioffe & Szegedy, 2015) whose only buffers are the float running stats.
+
+    The integer ``num_batches_tracked`` counter is dropped (it is only read when ``momentum`` is
+    None), so every buffer can be averaged like a parameter.
+    """
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__(num_features)
+        self.register_buffer("num_batches_tracked", None)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        # Skip _NormBase's legacy hook: for state dicts without version metadata (e.g. plain dicts
+        # built by averaging) it inserts a num_batches_tracked entry this module does not have.
+        nn.Module._load_from_state_dict(self, *args, **kwargs)
+
+
+def norm_factory(norm: str) -> NormFactory:
+    """Normalisation layer constructor for ``norm`` in NORMS.
+
+    "group" uses ``gcd(8, channels)`` groups: 8 for the usual widths (16/32/64/...), and always a
+    divisor of the channel count.
+    """
+    if norm == "batch":
+        return BatchNorm2d
+    if norm == "group":
+        return lambda channels: nn.GroupNorm(math.gcd(GROUP_NORM_MAX_GROUPS, channels), channels)
+    if norm == "none":
+        return lambda channels: nn.Identity()
+    raise unknown_name_error("norm", norm, NORMS)
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution with padding 1 and no bias (ResNet convention)."""
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+
+class ImageClassifier(nn.Module):
+    """Base class: ``forward(x) == classifier(forward_features(x))``."""
+
+    classifier: nn.Linear
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Penultimate representation, shape [B, D]."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.forward_features(x))
+
+
+class MLP(ImageClassifier):
+    """Multilayer perceptron on flattened pixels, in -> 64 -> 64 -> classes with ReLU (digits baseline)."""
+
+    def __init__(self, num_classes: int, in_features: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.classifier = nn.Linear(hidden, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return F.relu(self.fc2(F.relu(self.fc1(torch.flatten(x, 1)))))
+
+
+class SmallCNN(ImageClassifier):
+    """Small CNN for 8x8 digits with a ``last_block`` for FedAlign/GradAug (Mendieta et al., 2022)."""
+
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.last_block = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(32 * 2 * 2, 64)
+        self.classifier = nn.Linear(64, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.pool(self.last_block(self.features(x)))
+        return F.relu(self.fc(torch.flatten(x, 1)))
+
+
+class ConvNet(ImageClassifier):
+    """ConvNet with 6 conv + 2 FC layers for 32x32 inputs (Li et al., 2022, FL loss-landscape pilot study)."""
+
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3),  # 32 -> 30
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # -> 15
+            nn.Conv2d(32, 64, 3),  # -> 13
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # -> 6
+            nn.Conv2d(64, 64, 3),  # -> 4
+            nn.ReLU(),
+            *(layer for _ in range(3) for layer in (nn.Conv2d(64, 64, 3, padding=1), nn.ReLU())),
+        )
+        self.fc = nn.Linear(64 * 4 * 4, 64)
+        self.classifier = nn.Linear(64, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return F.relu(self.fc(torch.flatten(self.features(x), 1)))
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option-A ResNet shortcut (He et al., 2016): spatial subsampling plus zero-padded extra channels."""
+
+    def __init__(self, stride: int, extra_channels: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.extra_channels = extra_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        front = self.extra_channels // 2
+        return F.pad(x, (0, 0, 0, 0, front, self.extra_channels - front))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 convolutions plus a shortcut (He et al., 2016)."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int, norm: NormFactory, projection: bool
+    ) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, out_channels, stride)
+        self.norm1 = norm(out_channels)
+        self.conv2 = conv3x3(out_channels, out_channels)
+        self.norm2 = norm(out_channels)
+        self.shortcut: nn.Module
+        if stride == 1 and in_channels == out_channels:
+            self.shortcut = nn.Identity()
+        elif projection:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), norm(out_channels)
+            )
+        else:
+            self.shortcut = ZeroPadShortcut(stride, out_channels - in_channels)
+
+    def residual_branch(self, x: Tensor) -> Tensor:
+        """The block's residual function F(x) (before the sum with the shortcut)."""
+        return self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x)))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.residual_branch(x) + self.shortcut(x))
+
+
+class ResNet(ImageClassifier):
+    """CIFAR-style ResNet of BasicBlocks: 3x3 stride-1 stem, no max-pool, global avg pool (He et al., 2016).
+
+    ``blocks`` is a flat ``nn.ModuleList`` of the residual blocks in forward order; a block can be
+    replaced in place (``model.blocks[i] = wrapper(model.blocks[i])``), e.g. for Stochastic Depth.
+    ``projection`` picks 1x1-conv shortcuts where the shape changes (else option A, zero padding);
+    ``kaiming_init`` draws conv and linear weights Kaiming-normal, as in the common CIFAR
+    re-implementation (otherwise PyTorch's default init).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        depths: Sequence[int],
+        widths: Sequence[int],
+        norm: str = "batch",
+        projection: bool = False,
+        kaiming_init: bool = True,
+    ) -> None:
+        super().__init__()
+        make_norm = norm_factory(norm)
+        self.stem = conv3x3(in_channels, widths[0])
+        self.stem_norm = make_norm(widths[0])
+        blocks: list[nn.Module] = []
+        channels = widths[0]
+        for stage, (depth, width) in enumerate(zip(depths, widths, strict=True)):
+            for index in range(depth):
+                stride = 2 if stage > 0 and index == 0 else 1
+                blocks.append(BasicBlock(channels, width, stride, make_norm, projection))
+                channels = width
+        self.blocks = nn.ModuleList(blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(channels, num_classes)
+        if kaiming_init:
+            for module in self.modules():
+                if isinstance(module, nn.Conv2d | nn.Linear):
+                    nn.init.kaiming_normal_(module.weight)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = F.relu(self.stem_norm(self.stem(x)))
+        for block in self.blocks:
+            x = block(x)
+        return torch.flatten(self.pool(x), 1)
+
+
+VGG11_CONFIG: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+class VGG11(ImageClassifier):
+    """VGG11 without batch norm (Simonyan & Zisserman, 2015); CIFAR variant, one Linear(512, classes) head."""
+
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for item in VGG11_CONFIG:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(channels, int(item), 3, padding=1), nn.ReLU()]
+                channels = int(item)
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return torch.flatten(self.features(x), 1)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    info: ModelInfo
+    build: Callable[..., ImageClassifier]  # (num_classes, in_channels, image_size, **options)
+    options: tuple[str, ...] = ()
+
+
+def _cifar_resnet(depth_per_stage: int) -> Callable[..., ImageClassifier]:
+    def build(num_classes: int, in_channels: int, image_size: int, norm: str = "batch") -> ImageClassifier:
+        depths = (depth_per_stage,) * 3
+        return ResNet(num_classes, in_channels, depths, (16, 32, 64), norm=norm)
+
+    return build
+
+
+_CIFAR_RESNET_PAPER = "He et al. 2016, Deep Residual Learning for Image Recognition (CIFAR variant)"
+
+_REGISTRY: dict[str, _Entry] = {
+    "mlp": _Entry(
+        ModelInfo(
+            "mlp",
+            residual=False,
+            image_sizes=None,
+            description="MLP on flattened pixels: in -> 64 -> 64 -> classes, ReLU",
+            paper="fedscape baseline (multilayer perceptron)",
+        ),
+        lambda num_classes, in_channels, image_size: MLP(num_classes, in_channels * image_size**2),
+    ),
+    "cnn_small": _Entry(
+        ModelInfo(
+            "cnn_small",
+            residual=False,
+            image_sizes=None,
+            description="3-conv CNN for 8x8 digits (conv16-conv32-pool-last_block conv32, FC 64), no norm",
+            paper="fedscape small CNN; last block as in FedAlign (Mendieta et al. 2022)",
+            min_image_size=2,
+        ),
+        lambda num_classes, in_channels, image_size: SmallCNN(num_classes, in_channels),
+    ),
+    "convnet": _Entry(
+        ModelInfo(
+            "convnet",
+            residual=False,
+            image_sizes=(32,),
+            description="ConvNet, 6 conv + 2 FC (FC 1024 -> 64 -> classes), ReLU, no normalisation",
+            paper="Li et al. 2022, Understanding Federated Learning through Loss Landscape Visualizations",
+        ),
+        lambda num_classes, in_channels, image_size: ConvNet(num_classes, in_channels),
+    ),
+    "resnet20": _Entry(
+        ModelInfo(
+            "resnet20",
+            residual=True,
+            image_sizes=None,
+            description="CIFAR ResNet20: BasicBlock [3,3,3], widths 16/32/64, option-A shortcuts",
+            paper=_CIFAR_RESNET_PAPER,
+            min_image_size=8,
+        ),
+        _cifar_resnet(3),
+        options=("norm",),
+    ),
+    "resnet56": _Entry(
+        ModelInfo(
+            "resnet56",
+            residual=True,
+            image_sizes=None,
+            description="CIFAR ResNet56: BasicBlock [9,9,9], widths 16/32/64, option-A shortcuts",
+            paper=_CIFAR_RESNET_PAPER,
+            min_image_size=8,
+        ),
+        _cifar_resnet(9),
+        options=("norm",),
+    ),
+    "resnet18_nonorm": _Entry(
+        ModelInfo(
+            "resnet18_nonorm",
+            residual=True,
+            image_sizes=None,
+            description="ResNet18 (BasicBlock [2,2,2,2], widths 64-512), 3x3 stem, no max-pool, no norm",
+            paper="Adilova, Fischer, Jaggi, Layerwise Linear Mode Connectivity; He et al. 2016",
+            min_image_size=8,
+        ),
+        lambda num_classes, in_channels, image_size: ResNet(
+            num_classes,
+            in_channels,
+            (2, 2, 2, 2),
+            (64, 128, 256, 512),
+            norm="none",
+            projection=True,
+            # PyTorch's default init keeps activations bounded without normalisation (Kaiming-normal
+            # init grows the logits' scale to ~10 over the 8 unnormalised residual blocks).
+            kaiming_init=False,
+        ),
+    ),
+    "vgg11": _Entry(
+        ModelInfo(
+            "vgg11",
+            residual=False,
+            image_sizes=(32,),
+            description="VGG11 without batch norm, single Linear(512, classes) classifier (CIFAR variant)",
+            paper="Simonyan & Zisserman 2015, Very Deep Convolutional Networks; Adilova et al.",
+        ),
+        lambda num_classes, in_channels, image_size: VGG11(num_classes, in_channels),
+    ),
+}
+
+MODEL_NAMES: tuple[str, ...] = tuple(sorted(_REGISTRY))
+
+
+def _entry(name: str) -> _Entry:
+    if name not in _REGISTRY:
+        raise unknown_name_error("model", name, MODEL_NAMES)
+    return _REGISTRY[name]
+
+
+def model_info(name: str) -> ModelInfo:
+    """Static facts about model ``name``; ValueError for an unknown name."""
+    return _entry(name).info
+
+
+def _accepts(info: ModelInfo, image_size: int) -> bool:
+    if info.image_sizes is None:
+        return image_size >= info.min_image_size
+    return image_size in info.image_sizes
+
+
+def check_model_compatible(name: str, in_channels: int, image_size: int) -> None:
+    """Raise a clear ValueError if ``name`` cannot take [in_channels, image_size, image_size] inputs."""
+    info = model_info(name)
+    if in_channels < 1:
+        raise ValueError(f"model {name!r} needs at least 1 input channel; dataset gives {in_channels}")
+    if _accepts(info, image_size):
+        return
+    if info.image_sizes is None:
+        needs = f"inputs of at least {info.min_image_size}x{info.min_image_size}"
+    else:
+        needs = " or ".join(f"{s}x{s}" for s in info.image_sizes) + " inputs"
+    fitting = [n for n in MODEL_NAMES if _accepts(_REGISTRY[n].info, image_size)]
+    hint = f" Models that accept it: {', '.join(fitting)}." if fitting else ""
+    raise ValueError(f"model {name!r} needs {needs}; dataset gives {image_size}x{image_size}.{hint}")
+
+
+def build_model(
+    name: str, num_classes: int, in_channels: int, image_size: int, **options: Any
+) -> ImageClassifier:
+    """Build model ``name`` for ``num_classes`` classes and [in_channels, image_size, image_size] inputs.
+
+    ``options`` are model specific (resnet20/resnet56: ``norm`` in NORMS, default "batch"); an
+    unknown option, an unknown name or an incompatible input size raises ValueError.
+    """
+    entry = _entry(name)
+    for option in options:
+        if option not in entry.options:
+            valid = ", ".join(entry.options) or "none"
+            raise ValueError(
+                f"unknown option {option!r} for model {name!r}.{suggest(option, entry.options)}"
+                f" Valid options: {valid}"
+            )
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    check_model_compatible(name, in_channels, image_size)
+    return entry.build(num_classes, in_channels, image_size, **options)

@@ -6,7 +6,10 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# A config given with --configfile replaces the default one rather than being merged into it.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"
@@ -18,5 +21,5 @@ include: "rules/tables.smk"
 
 rule all:
     input:
-        all_targets(),
+        TARGETS,
     default_target: True

@@ -118,25 +118,19 @@ def train_stage(settings: dict, partition_path: str | Path, init_path: str | Pat
     Progress is kept in `progress_dir` (not a declared output, so Snakemake does not delete it when
     a job is killed) and removed once the outputs are written.
     """
-    from fedscape.fl.engine import FederatedData, TrainConfig, run_federated
+    from fedscape.fl.engine import TrainConfig, run_federated
     from fedscape.fl.strategy import make_strategy
 
     run, training = settings["run"], dict(settings["training"])
     device = resolve_device(training.pop("device", "auto"))
     cfg = TrainConfig(**{**training, "save_clients_at": tuple(training.get("save_clients_at", ())),
                          "augment": settings["dataset_options"].get("augment", "none"), "seed": run["seed"]})
-    ds = load_dataset_for(run["dataset"], settings["dataset_options"])
-    part = load_partition(partition_path, ds.y_train.numpy())
+    data, _ = load_run_data(settings, partition_path, device)
     init = load_trajectory(init_path)
     model = init.model_at(0, device).train()
     strategy = make_strategy(settings["algorithm"], settings["hyperparameters"])
-    data = FederatedData(
-        x_train=ds.x_train.to(device), y_train=ds.y_train.to(device),
-        client_indices=[torch.as_tensor(ix, device=device) for ix in part.client_indices],
-        x_test=ds.x_test.to(device), y_test=ds.y_test.to(device),
-    )
     log.info("run %s on %s: %d clients, %d rounds x %d local epochs, algorithm %s", settings["run_id"], device,
-             part.num_clients, cfg.rounds, cfg.local_epochs, settings["algorithm"])
+             data.num_clients, cfg.rounds, cfg.local_epochs, settings["algorithm"])
     result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir, progress_key=digest(settings))
 
     meta = {"run_id": settings["run_id"], "settings": settings, "status": result.status, "device": str(device),
@@ -166,3 +160,18 @@ def concat_tables(inputs: list[str | Path], output: str | Path, columns: list[st
         df = df[columns]
     write_csv(df, output)
 
+
+
+def load_run_data(settings: dict, partition_path: str | Path, device: torch.device | str = "cpu"):
+    """(FederatedData, Dataset) of a run from its train settings and partition file, on `device`."""
+    from fedscape.fl.engine import FederatedData
+
+    run = settings["run"]
+    ds = load_dataset_for(run["dataset"], settings["dataset_options"])
+    part = load_partition(partition_path, ds.y_train.numpy())
+    data = FederatedData(
+        x_train=ds.x_train.to(device), y_train=ds.y_train.to(device),
+        client_indices=[torch.as_tensor(ix, device=device) for ix in part.client_indices],
+        x_test=ds.x_test.to(device), y_test=ds.y_test.to(device),
+    )
+    return data, ds

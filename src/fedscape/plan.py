@@ -187,3 +187,39 @@ def train_settings(config: dict, run: Run) -> dict:
 def digest(settings: dict) -> str:
     """A stable digest of JSON-able settings (used to refuse resuming with other settings)."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+RUN_FIELDS = tuple(f.name for f in fields(Run))
+
+
+def _canonical(key: str, value) -> str:
+    if key == "alpha":
+        return format_alpha(value)
+    if key == "participation":
+        return format_fraction(value)
+    return str(value)
+
+
+def select_runs(runs: list[Run], selector: dict) -> list[Run]:
+    """The runs whose fields equal every key of `selector` (e.g. {alpha: iid, init: random})."""
+    unknown = [k for k in selector if k not in RUN_FIELDS]
+    if unknown:
+        from fedscape.utils import suggest
+
+        raise ConfigError(f"unknown run field {unknown[0]!r} in selector {selector}.{suggest(unknown[0], RUN_FIELDS)} "
+                          f"Valid: {', '.join(RUN_FIELDS)}")
+    want = {k: _canonical(k, v) for k, v in selector.items()}
+    return [r for r in runs if all(_canonical(k, getattr(r, k)) == v for k, v in want.items())]
+
+
+def resolve_run(runs: list[Run], selector: dict, where: str = "") -> Run:
+    """The single run a selector names; a clear error when it names none or several."""
+    hits = select_runs(runs, selector)
+    prefix = f"{where}: " if where else ""
+    if not hits:
+        raise ConfigError(f"{prefix}no run of the config matches {selector}; the config defines "
+                          f"{len(runs)} runs, e.g. {runs[0].run_id if runs else '(none)'}")
+    if len(hits) > 1:
+        varying = [f for f in RUN_FIELDS if len({getattr(r, f) for r in hits}) > 1]
+        raise ConfigError(f"{prefix}{len(hits)} runs match {selector}; add one of {varying} to pick one")
+    return hits[0]

@@ -173,7 +173,7 @@ def _load(path: str | Path, kind: str, map_location: str) -> dict:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # truncated, foreign or unsafe content
         raise CheckpointError(
-            f"cannot read checkpoint {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            f"cannot read checkpoint {path} ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); "
             "it is truncated or not a fedscape checkpoint: delete it and rerun to make it again"
         ) from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT or obj.get("kind") != kind:

@@ -1,9 +1,15 @@
 rule init:
+    input:
+        unpack(init_inputs),
     output:
         model=INIT_FILE,
     params:
         settings=init_params,
+        # Pretraining / warm-up progress, kept outside the declared outputs (see rule train).
+        progress_dir=INIT_FILE.replace("init.pt", "_progress"),
     log:
         INIT_FILE.replace("results/", "logs/").replace(".pt", ".log"),
+    conda:
+        "../envs/torch.yaml"
     script:
         "../workflow/scripts/init.py"

@@ -41,6 +41,7 @@ class ModelInfo:
     description: str
     paper: str
     min_image_size: int = 1  # smallest accepted size when image_sizes is None
+    width_sliceable: bool = False  # has forward_width / forward_last_block / last_block_width (GradAug, FedAlign)
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -80,6 +81,70 @@ def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
 
 
+# -- width slicing (GradAug / FedAlign sub-networks) -------------------------------------------
+# A sub-network of width w keeps the first slim_channels(C, w) channels of every sliced layer and
+# shares its weights with the full network (Yang et al. 2020, GradAug; Mendieta et al. 2022,
+# FedAlign). The sliced forward passes below use the weights' leading slices with F.conv2d /
+# F.linear; at width 1.0 they compute exactly what the modules compute.
+SLIM_DIVISOR = 8  # channel counts are rounded to multiples of 8 (make_divisible of the GradAug/FedAlign code)
+
+
+def slim_channels(channels: int, width: float) -> int:
+    """Channels kept at width ``width``: make_divisible(channels * width, 8) of the slimmable-network
+    code (GradAug, FedAlign), at most ``channels``."""
+    if not 0 < width <= 1:
+        raise ValueError(f"width must be in (0, 1], got {width}")
+    if width == 1:
+        return channels
+    value = channels * width
+    kept = max(1, int(value + SLIM_DIVISOR / 2) // SLIM_DIVISOR * SLIM_DIVISOR)
+    if kept < 0.9 * value:  # never round down by more than 10%
+        kept += SLIM_DIVISOR
+    return min(channels, kept)
+
+
+def sliced_conv(conv: nn.Conv2d, x: Tensor, out_channels: int) -> Tensor:
+    """``conv`` applied to ``x`` (its first x.shape[1] input channels) giving its first ``out_channels`` outputs."""
+    weight = conv.weight[:out_channels, : x.shape[1]]
+    bias = conv.bias[:out_channels] if conv.bias is not None else None
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def sliced_norm(norm: nn.Module, x: Tensor, full_width: bool) -> Tensor:
+    """A normalisation layer restricted to the first x.shape[1] channels.
+
+    At full width it is the module itself. In a narrower sub-network batch norm normalises with
+    batch statistics in training, never updating the full network's running statistics (as the
+    slimmable BN of the GradAug/FedAlign code), and with the sliced running statistics in
+    evaluation. Group norm keeps the full network's groups (the kept channels must fill whole groups).
+    """
+    c = x.shape[1]
+    if isinstance(norm, nn.Identity):
+        return x
+    if full_width:
+        return norm(x)
+    if isinstance(norm, nn.BatchNorm2d):
+        weight = norm.weight[:c] if norm.weight is not None else None
+        bias = norm.bias[:c] if norm.bias is not None else None
+        if norm.training or norm.running_mean is None:
+            return F.batch_norm(x, None, None, weight, bias, True, 0.0, norm.eps)
+        return F.batch_norm(x, norm.running_mean[:c], norm.running_var[:c], weight, bias, False, 0.0, norm.eps)
+    if isinstance(norm, nn.GroupNorm):
+        group_size = norm.num_channels // norm.num_groups
+        if c % group_size:
+            raise ValueError(f"cannot slice a GroupNorm of {norm.num_channels} channels in {norm.num_groups} groups "
+                             f"to {c} channels (not a whole number of groups)")
+        weight = norm.weight[:c] if norm.weight is not None else None
+        bias = norm.bias[:c] if norm.bias is not None else None
+        return F.group_norm(x, c // group_size, weight, bias, norm.eps)
+    raise TypeError(f"cannot slice normalisation layer {type(norm).__name__}")
+
+
+def sliced_linear_in(linear: nn.Linear, x: Tensor) -> Tensor:
+    """``linear`` on the first x.shape[1] input features (the rest taken as zero), all outputs."""
+    return F.linear(x, linear.weight[:, : x.shape[1]], linear.bias)
+
+
 class ImageClassifier(nn.Module):
     """Base class: ``forward(x) == classifier(forward_features(x))``."""
 
@@ -91,6 +156,18 @@ class ImageClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.forward_features(x))
+
+    def forward_width(self, x: Tensor, width: float) -> Tensor:
+        """Logits of the sub-network of width ``width`` (every hidden layer sliced; GradAug, Yang et al. 2020)."""
+        raise NotImplementedError(f"{type(self).__name__} has no width-sliceable layers")
+
+    def forward_last_block(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(input of the last block, its output, logits) of the full network (FedAlign, Mendieta et al. 2022)."""
+        raise NotImplementedError(f"{type(self).__name__} has no width-sliceable last block")
+
+    def last_block_width(self, h: Tensor, width: float) -> tuple[Tensor, Tensor]:
+        """The last block at width ``width`` on the full network's block input ``h``: (sliced input, output)."""
+        raise NotImplementedError(f"{type(self).__name__} has no width-sliceable last block")
 
 
 class MLP(ImageClassifier):
@@ -126,6 +203,27 @@ class SmallCNN(ImageClassifier):
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.pool(self.last_block(self.features(x)))
         return F.relu(self.fc(torch.flatten(x, 1)))
+
+    def _head(self, h: Tensor) -> Tensor:
+        """Logits from a (possibly sliced) last-block output: flattening is channel-major, so the
+        first k channels are the fc layer's first 4k inputs."""
+        return self.classifier(F.relu(sliced_linear_in(self.fc, torch.flatten(self.pool(h), 1))))
+
+    def forward_width(self, x: Tensor, width: float) -> Tensor:
+        conv1, conv2, pool = self.features[0], self.features[2], self.features[4]
+        h = F.relu(sliced_conv(conv1, x, slim_channels(conv1.out_channels, width)))
+        h = pool(F.relu(sliced_conv(conv2, h, slim_channels(conv2.out_channels, width))))
+        return self._head(self.last_block_width(h, width)[1])
+
+    def forward_last_block(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        h_in = self.features(x)
+        h_out = self.last_block(h_in)
+        return h_in, h_out, self.classifier(F.relu(self.fc(torch.flatten(self.pool(h_out), 1))))
+
+    def last_block_width(self, h: Tensor, width: float) -> tuple[Tensor, Tensor]:
+        conv = self.last_block[0]
+        h = h[:, : slim_channels(conv.in_channels, width)]
+        return h, F.relu(sliced_conv(conv, h, slim_channels(conv.out_channels, width)))
 
 
 class ConvNet(ImageClassifier):
@@ -193,6 +291,28 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(self.residual_branch(x) + self.shortcut(x))
 
+    def forward_scaled(self, x: Tensor, scale: float) -> Tensor:
+        """relu(scale * F(x) + shortcut(x)); scale 0 drops the residual branch (Stochastic Depth)."""
+        if scale == 0:
+            return F.relu(self.shortcut(x))
+        return F.relu(scale * self.residual_branch(x) + self.shortcut(x))
+
+    def forward_width(self, x: Tensor, width: float) -> Tensor:
+        """The block at width ``width`` on an input holding the first x.shape[1] channels."""
+        full = width == 1
+        out_channels = slim_channels(self.conv1.out_channels, width)
+        h = F.relu(sliced_norm(self.norm1, sliced_conv(self.conv1, x, out_channels), full))
+        h = sliced_norm(self.norm2, sliced_conv(self.conv2, h, out_channels), full)
+        if isinstance(self.shortcut, nn.Identity):
+            skip = x
+        elif isinstance(self.shortcut, ZeroPadShortcut):
+            missing = self.conv1.in_channels - x.shape[1]  # restore the full channel layout, then slice
+            skip = self.shortcut(F.pad(x, (0, 0, 0, 0, 0, missing)) if missing else x)[:, :out_channels]
+        else:
+            conv, norm = self.shortcut[0], self.shortcut[1]
+            skip = sliced_norm(norm, sliced_conv(conv, x, out_channels), full)
+        return F.relu(h + skip)
+
 
 class ResNet(ImageClassifier):
     """CIFAR-style ResNet of BasicBlocks: 3x3 stride-1 stem, no max-pool, global avg pool (He et al., 2016).
@@ -238,6 +358,48 @@ class ResNet(ImageClassifier):
         for block in self.blocks:
             x = block(x)
         return torch.flatten(self.pool(x), 1)
+
+    @property
+    def last_stage_start(self) -> int:
+        """Index in ``blocks`` of the first block of the last stage (the FedAlign code's last "block" is
+        the whole last stage, ``layer3`` of its ResNet56)."""
+        starts = [i for i, b in enumerate(self.blocks)
+                  if b.conv1.stride != (1, 1) or b.conv1.in_channels != b.conv1.out_channels]
+        return starts[-1] if starts else 0
+
+    def forward_residual_scaled(self, x: Tensor, scales: Sequence[float]) -> Tensor:
+        """Logits with block i's residual branch scaled by ``scales[i]`` (0 drops it; Stochastic Depth)."""
+        if len(scales) != len(self.blocks):
+            raise ValueError(f"{len(scales)} scales for {len(self.blocks)} residual blocks")
+        x = F.relu(self.stem_norm(self.stem(x)))
+        for block, scale in zip(self.blocks, scales, strict=True):
+            x = block.forward_scaled(x, scale)
+        return self.classifier(torch.flatten(self.pool(x), 1))
+
+    def forward_width(self, x: Tensor, width: float) -> Tensor:
+        x = F.relu(sliced_norm(self.stem_norm, sliced_conv(self.stem, x, slim_channels(self.stem.out_channels, width)),
+                               width == 1))
+        for block in self.blocks:
+            x = block.forward_width(x, width)
+        return sliced_linear_in(self.classifier, torch.flatten(self.pool(x), 1))
+
+    def forward_last_block(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        start = self.last_stage_start
+        x = F.relu(self.stem_norm(self.stem(x)))
+        for block in self.blocks[:start]:
+            x = block(x)
+        h_in = x
+        for block in self.blocks[start:]:
+            x = block(x)
+        return h_in, x, self.classifier(torch.flatten(self.pool(x), 1))
+
+    def last_block_width(self, h: Tensor, width: float) -> tuple[Tensor, Tensor]:
+        start = self.last_stage_start
+        h = h[:, : slim_channels(self.blocks[start].conv1.in_channels, width)]
+        x = h
+        for block in self.blocks[start:]:
+            x = block.forward_width(x, width)
+        return h, x
 
 
 VGG11_CONFIG: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -299,6 +461,7 @@ _REGISTRY: dict[str, _Entry] = {
             description="3-conv CNN for 8x8 digits (conv16-conv32-pool-last_block conv32, FC 64), no norm",
             paper="fedscape small CNN; last block as in FedAlign (Mendieta et al. 2022)",
             min_image_size=2,
+            width_sliceable=True,
         ),
         lambda num_classes, in_channels, image_size: SmallCNN(num_classes, in_channels),
     ),
@@ -320,6 +483,7 @@ _REGISTRY: dict[str, _Entry] = {
             description="CIFAR ResNet20: BasicBlock [3,3,3], widths 16/32/64, option-A shortcuts",
             paper=_CIFAR_RESNET_PAPER,
             min_image_size=8,
+            width_sliceable=True,
         ),
         _cifar_resnet(3),
         options=("norm",),
@@ -332,6 +496,7 @@ _REGISTRY: dict[str, _Entry] = {
             description="CIFAR ResNet56: BasicBlock [9,9,9], widths 16/32/64, option-A shortcuts",
             paper=_CIFAR_RESNET_PAPER,
             min_image_size=8,
+            width_sliceable=True,
         ),
         _cifar_resnet(9),
         options=("norm",),
@@ -344,6 +509,7 @@ _REGISTRY: dict[str, _Entry] = {
             description="ResNet18 (BasicBlock [2,2,2,2], widths 64-512), 3x3 stem, no max-pool, no norm",
             paper="Adilova, Fischer, Jaggi, Layerwise Linear Mode Connectivity; He et al. 2016",
             min_image_size=8,
+            width_sliceable=True,
         ),
         lambda num_classes, in_channels, image_size: ResNet(
             num_classes,

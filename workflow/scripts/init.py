@@ -2,5 +2,6 @@
 
 from fedscape.pipeline import init_stage, setup_logging
 
-setup_logging(snakemake.log[0])  # noqa: F821
-init_stage(snakemake.params.settings, snakemake.output.model)  # noqa: F821
+sm = snakemake  # noqa: F821
+setup_logging(sm.log[0], sm.threads)
+init_stage(sm.params.settings, sm.output.model, dict(sm.input.items()), sm.params.progress_dir)

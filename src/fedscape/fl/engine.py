@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from fedscape.checkpoint import ClientRound
+from fedscape.client_stats import round_stats
 from fedscape.evaluate import evaluate
 from fedscape.fl.strategy import ClientContext, ClientResult, Strategy
 from fedscape.params import FlatParams, flatten_buffers, load_buffers
@@ -43,8 +44,18 @@ class TrainConfig:
     augment: str = "none"  # "crop_flip" for CIFAR
     eval_batch_size: int = 1024
     seed: int = 0  # client sampling and every client's batch order derive from it
+    # How the clients of a round are trained (fedscape.fl.vectorized): "auto" trains them all at once
+    # whenever that is exact (no batch norm, an algorithm with vectorised local training), else one
+    # after another; "sequential" always one after another; "vectorized" insists.
+    client_parallel: str = "auto"
+    client_chunk_size: int = 64  # clients trained together at most (bounds memory); 0 = all sampled clients
+    bf16_autocast: bool = False  # CUDA only: bf16 autocast of the vectorised forward passes (not exact)
 
     def __post_init__(self):
+        if self.client_parallel not in ("auto", "sequential", "vectorized"):
+            raise ValueError(f"client_parallel must be auto, sequential or vectorized, got {self.client_parallel!r}")
+        if self.client_chunk_size < 0:
+            raise ValueError(f"client_chunk_size must be >= 0, got {self.client_chunk_size}")
         if self.rounds < 1:
             raise ValueError(f"rounds must be at least 1, got {self.rounds}")
         if not 0 < self.participation <= 1:
@@ -86,6 +97,7 @@ class RunResult:
     rows: list[dict]
     clients: dict[int, ClientRound] = field(default_factory=dict)
     status: str = "ok"
+    client_stats: list[dict] = field(default_factory=list)  # per round: fedscape.client_stats.round_stats
 
 
 def sample_clients(seed: int, round_: int, num_clients: int, participation: float) -> list[int]:
@@ -141,20 +153,24 @@ def local_train(
     torch.manual_seed(derive_seed(cfg.seed, round_, client_id, 1))  # stochastic layers, if any
     idx = data.client_indices[client_id]
     x, y = data.x_train[idx], data.y_train[idx]
-    ctx = ClientContext(round_, client_id, global_params, x, y, generator)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    ctx = ClientContext(round_, client_id, global_params, x, y, generator, lr=cfg.lr, momentum=cfg.momentum)
+    strategy.begin_local(model, ctx)
+    opt = torch.optim.SGD([*model.parameters(), *strategy.local_parameters(ctx)], lr=cfg.lr, momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay)
     total, steps = torch.zeros((), device=device), 0
     for b in batch_order(len(idx), cfg.batch_size, cfg.local_epochs, generator):
         b = b.to(device)
         xb = augment_batch(x[b], cfg.augment, generator)
-        loss = strategy.local_loss(model, xb, y[b], ctx)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = strategy.local_backward(model, xb, y[b], ctx)  # back-propagates the local objective
         strategy.adjust_gradients(model, ctx)
         opt.step()
+        ctx.steps += 1
         total += loss.detach()
         steps += 1
-    return ClientResult(client_id, len(idx), flat.get(), flatten_buffers(model), float(total) / max(steps, 1))
+    params = flat.get()
+    strategy.end_local(model, ctx, params)
+    return ClientResult(client_id, len(idx), params, flatten_buffers(model), float(total) / max(steps, 1))
 
 
 class _Progress:
@@ -221,7 +237,7 @@ def run_federated(
     flat = FlatParams(model)
     progress = _Progress(Path(progress_dir) if progress_dir else None, progress_key)
     x_all, y_all = data.union()
-    strategy.setup(data.num_clients, flat.vector.numel(), device)
+    strategy.setup(data.num_clients, flat.vector.numel(), device, model=model, seed=cfg.seed)
 
     def evaluate_row(round_: int, seconds: float, peak: float) -> dict:
         train = evaluate(model, x_all, y_all, cfg.eval_batch_size)
@@ -254,13 +270,24 @@ def run_federated(
     start = len(records)
     if records[-1]["row"]["status"] != "ok":
         start = cfg.rounds + 1
+    from fedscape.fl.vectorized import VectorizedClients, resolve_client_parallel
+
+    vectorized = None
+    if resolve_client_parallel(model, strategy, cfg) == "vectorized":
+        vectorized = VectorizedClients(model, data, strategy, cfg)
+        log.info("client training: vectorized, up to %s clients at once",
+                 cfg.client_chunk_size or "all sampled")
     for t in range(start, cfg.rounds + 1):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
         sampled = sample_clients(cfg.seed, t, data.num_clients, cfg.participation)
-        results = [local_train(model, flat, global_params, global_buffers, data, c, t, strategy, cfg)
-                   for c in sampled]
+        if vectorized is not None:  # all sampled clients at once (fedscape.fl.vectorized)
+            results = vectorized.train_round(global_params, sampled, t)
+        else:
+            results = [local_train(model, flat, global_params, global_buffers, data, c, t, strategy, cfg)
+                       for c in sampled]
+        start_params = global_params
         global_params = strategy.server_update(global_params, results)
         if global_buffers.numel():
             global_buffers = strategy.aggregate_buffers(results)
@@ -281,6 +308,8 @@ def run_federated(
                 torch.stack([r.buffers for r in results]).cpu(),
             )
         records.append(record(row, global_params, global_buffers, clients))
+        records[-1]["client_stats"] = {"num_clients": len(results), **round_stats(
+            start_params, torch.stack([r.params for r in results]), global_params)}
         progress.save(t, records[-1], strategy)
         _log_row(row, cfg.rounds)
         if row["status"] != "ok":
@@ -299,6 +328,7 @@ def run_federated(
         buffers=torch.stack([r["buffers"] for r in records]),
         rounds=torch.tensor([r["row"]["round"] for r in records]),
         rows=[r["row"] for r in records],
+        client_stats=[{"round": r["row"]["round"], **r["client_stats"]} for r in records if "client_stats" in r],
         clients=clients,
         status=records[-1]["row"]["status"],
     )

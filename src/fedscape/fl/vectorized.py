@@ -1,0 +1,232 @@
+"""Vectorised local training: all participating clients of a round train at once.
+
+Simulating M clients one after another leaves an accelerator (and most of a CPU's vector units)
+idle: the models are small and the local batches are tiny. Here every client's parameters are
+stacked along a leading client axis and one step of local SGD is taken for all still-active
+clients together, with `torch.func.functional_call` under `torch.func.vmap` (batched matmuls and
+grouped convolutions underneath), as in the ensembling recipe of `torch.func`.
+
+Exactness with the sequential reference (`fedscape.fl.engine.local_train`):
+
+- every client's batch order (and augmentation draws) come from the same CPU generator,
+  `client_generator(seed, round, client)` followed by `batch_order(...)`, so client m sees exactly
+  the batches it sees sequentially;
+- unequal shards: a client with fewer steps is simply inactive in the last steps. Clients are
+  sorted by their step count so that the active ones are a prefix of the stack; a client's last,
+  smaller batch of an epoch is padded to the batch size with a loss mask, and its loss is the
+  mean over the real samples only;
+- the local optimiser is torch's SGD (momentum, dampening 0, weight decay) written out for the
+  stacked tensors and applied to the active prefix only;
+- batch norm is not exact with padded batches (and needs per-client running statistics), so models
+  with batch norm, or with any floating buffer, fall back to sequential training; so do algorithms
+  whose local training is not plain SGD on cross-entropy (`Strategy.vectorized` is False).
+
+One vectorised round equals one sequential round within float rounding (tests/test_vectorized.py
+checks 1e-5 for FedAvg, FedProx and the server-optimiser variants). Clients are processed in chunks
+of `TrainConfig.client_chunk_size` to bound memory; bf16 autocast of the forward passes is optional
+on CUDA (`TrainConfig.bf16_autocast`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from fedscape.data import AUGMENTATIONS, CROP_PADDING
+from fedscape.fl.engine import FederatedData, TrainConfig, batch_order, client_generator
+from fedscape.fl.strategy import ClientResult, Strategy
+from fedscape.utils import derive_seed, unknown_name_error
+
+log = logging.getLogger("fedscape.train")
+
+CLIENT_PARALLEL = ("auto", "sequential", "vectorized")
+
+
+def vectorization_blocker(model: nn.Module, strategy: Strategy) -> str | None:
+    """Why this model/algorithm pair cannot be trained vectorised, or None when it can."""
+    if not getattr(strategy, "vectorized", False):
+        return f"algorithm {strategy.name!r} has no vectorised local training"
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            return (f"the model has batch norm ({name}), which is not exact with padded client batches "
+                    "(use norm: group, or client_parallel: sequential)")
+    buffers = [name for name, b in model.named_buffers() if b.is_floating_point()]
+    if buffers:
+        return f"the model has floating buffers ({buffers[0]}) that would need per-client copies"
+    return None
+
+
+def resolve_client_parallel(model: nn.Module, strategy: Strategy, cfg: TrainConfig) -> str:
+    """'vectorized' or 'sequential' for `cfg.client_parallel` ('auto' vectorises whenever exact).
+
+    An explicit 'vectorized' that cannot be honoured is an error, raised before any training.
+    """
+    mode = cfg.client_parallel
+    if mode not in CLIENT_PARALLEL:
+        raise unknown_name_error("client_parallel mode", mode, CLIENT_PARALLEL)
+    if mode == "sequential":
+        return "sequential"
+    reason = vectorization_blocker(model, strategy)
+    if reason is None:
+        return "vectorized"
+    if mode == "vectorized":
+        raise ValueError(f"training.client_parallel is 'vectorized' but {reason}; use 'auto' to fall back "
+                         "to sequential client training where vectorising is not exact")
+    log.info("client training: sequential (%s)", reason)
+    return "sequential"
+
+
+def crop_flip_draws(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The random numbers `data.augment_batch(x, 'crop_flip', generator)` draws for a batch of n.
+
+    Same calls in the same order (row offsets, column offsets, flips), so that drawing them ahead of
+    time leaves the generator exactly where the sequential path leaves it.
+    """
+    dy = torch.randint(0, 2 * CROP_PADDING + 1, (n, 1), generator=generator)
+    dx = torch.randint(0, 2 * CROP_PADDING + 1, (n, 1), generator=generator)
+    flip = torch.rand(n, 1, generator=generator) < 0.5
+    return dy[:, 0], dx[:, 0], flip[:, 0]
+
+
+def crop_flip_stacked(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """`data.augment_batch`'s pad-crop-flip on stacked batches x [K, B, C, H, W] with draws [K, B]."""
+    k, b, c, h, w = x.shape
+    device = x.device
+    rows = dy.to(device).unsqueeze(-1) + torch.arange(h, device=device)  # [K, B, H] rows of the padded image
+    cols = dx.to(device).unsqueeze(-1) + torch.arange(w, device=device)
+    cols = torch.where(flip.to(device).unsqueeze(-1), cols.flip(-1), cols)
+    padded = F.pad(x, (CROP_PADDING,) * 4)
+    return padded[
+        torch.arange(k, device=device).view(k, 1, 1, 1, 1),
+        torch.arange(b, device=device).view(1, b, 1, 1, 1),
+        torch.arange(c, device=device).view(1, 1, c, 1, 1),
+        rows.view(k, b, 1, h, 1),
+        cols.view(k, b, 1, 1, w),
+    ]
+
+
+@dataclass
+class _ClientPlan:
+    """A client's local training of one round, drawn ahead: its batches as indices into x_train."""
+
+    client_id: int
+    num_samples: int
+    batches: list[torch.Tensor]  # CPU indices into data.x_train, one tensor per step
+    draws: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None  # crop_flip draws per step
+
+
+class VectorizedClients:
+    """Trains the sampled clients of a round together; `train_round` replaces M `local_train` calls."""
+
+    def __init__(self, model: nn.Module, data: FederatedData, strategy: Strategy, cfg: TrainConfig):
+        if cfg.augment not in AUGMENTATIONS:
+            raise unknown_name_error("augmentation", cfg.augment, AUGMENTATIONS)
+        self.model, self.data, self.strategy, self.cfg = model, data, strategy, cfg
+        self.device = next(model.parameters()).device
+        self.names = [name for name, _ in model.named_parameters()]
+        self.shapes = [tuple(p.shape) for _, p in model.named_parameters()]
+        self.numels = [math.prod(s) for s in self.shapes]
+        self.indices_cpu = [ix.cpu() for ix in data.client_indices]
+        self.autocast = cfg.bf16_autocast and self.device.type == "cuda"
+        if cfg.bf16_autocast and not self.autocast:
+            log.info("bf16_autocast is for CUDA only: training in float32 on %s", self.device)
+        self._loss = vmap(self._client_loss, in_dims=(0, 0, 0, 0), randomness="different")
+
+    # -- one client's objective, vmapped over the client axis ------------------------------------------
+    def _client_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the real (unmasked) samples of one client's batch."""
+        logits = functional_call(self.model, params, (x,))
+        ce = F.cross_entropy(logits.float(), y, reduction="none")
+        return (ce * mask).sum() / mask.sum()
+
+    def plan(self, client_id: int, round_: int) -> _ClientPlan:
+        """The client's batches (and augmentation draws) from its generator, as `local_train` draws them."""
+        cfg = self.cfg
+        generator = client_generator(cfg.seed, round_, client_id)
+        idx = self.indices_cpu[client_id]
+        local = batch_order(len(idx), cfg.batch_size, cfg.local_epochs, generator)
+        draws = [crop_flip_draws(len(b), generator) for b in local] if cfg.augment == "crop_flip" else None
+        return _ClientPlan(client_id, len(idx), [idx[b] for b in local], draws)
+
+    def train_round(self, global_params: torch.Tensor, sampled: list[int], round_: int) -> list[ClientResult]:
+        """Local training of the `sampled` clients from `global_params`; results in `sampled` order."""
+        plans = [self.plan(c, round_) for c in sampled]
+        # Longest first: the active clients of every step are then a prefix of the stack.
+        order = sorted(range(len(plans)), key=lambda i: -len(plans[i].batches))
+        chunk = self.cfg.client_chunk_size if self.cfg.client_chunk_size > 0 else len(order)
+        results: list[ClientResult | None] = [None] * len(plans)
+        for start in range(0, len(order), chunk):
+            part = order[start : start + chunk]
+            torch.manual_seed(derive_seed(self.cfg.seed, round_, plans[part[0]].client_id, 1))  # stochastic layers
+            for i, result in zip(part, self._train_chunk(global_params, [plans[i] for i in part]), strict=True):
+                results[i] = result
+        return results  # type: ignore[return-value]
+
+    def _train_chunk(self, global_params: torch.Tensor, plans: list[_ClientPlan]) -> list[ClientResult]:
+        cfg, device = self.cfg, self.device
+        k0, batch = len(plans), cfg.batch_size
+        steps = [len(p.batches) for p in plans]  # non-increasing
+        num_steps = steps[0]
+        active = [sum(1 for s in steps if s > t) for t in range(num_steps)]
+
+        # Padded index and mask tensors [steps, clients, batch], built on the CPU, moved once.
+        index = torch.zeros(num_steps, k0, batch, dtype=torch.long)
+        mask = torch.zeros(num_steps, k0, batch)
+        aug = None
+        if cfg.augment == "crop_flip":
+            aug = torch.zeros(3, num_steps, k0, batch, dtype=torch.long)
+        for j, p in enumerate(plans):
+            for t, b in enumerate(p.batches):
+                index[t, j, : len(b)] = b
+                mask[t, j, : len(b)] = 1.0
+                if aug is not None:
+                    dy, dx, flip = p.draws[t]
+                    aug[0, t, j, : len(b)], aug[1, t, j, : len(b)], aug[2, t, j, : len(b)] = dy, dx, flip.long()
+        index, mask = index.to(device), mask.to(device)
+        if aug is not None:
+            aug = aug.to(device)
+
+        # Stacked client parameters [k0, *shape] per tensor, all starting at the global model.
+        global_views = [v.view(s) for v, s in zip(global_params.split(self.numels), self.shapes, strict=True)]
+        stacked = [g.unsqueeze(0).expand(k0, *g.shape).clone() for g in global_views]
+        momentum = [torch.zeros_like(t) for t in stacked] if cfg.momentum else None
+        loss_sum = torch.zeros(k0, device=device)
+
+        x_train, y_train = self.data.x_train, self.data.y_train
+        adjust = self.strategy.adjust_gradients_vectorized
+        for t in range(num_steps):
+            k = active[t]
+            params = [s[:k].detach().requires_grad_(True) for s in stacked]
+            idx = index[t, :k]
+            xb, yb, mb = x_train[idx], y_train[idx], mask[t, :k]
+            if aug is not None:
+                xb = crop_flip_stacked(xb, aug[0, t, :k], aug[1, t, :k], aug[2, t, :k].bool())
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                losses = self._loss(dict(zip(self.names, params, strict=True)), xb, yb, mb)
+            grads = list(torch.autograd.grad(losses.sum(), params))
+            with torch.no_grad():
+                adjust(params, global_views, grads)  # e.g. FedProx's mu (w - w_global)
+                # torch.optim.SGD (dampening 0, no Nesterov) on the active prefix of the stack.
+                current = [s[:k] for s in stacked]
+                if cfg.weight_decay:
+                    torch._foreach_add_(grads, current, alpha=cfg.weight_decay)
+                if momentum is not None:
+                    bufs = [m[:k] for m in momentum]
+                    torch._foreach_mul_(bufs, cfg.momentum)  # zero at the first step: buf = grad
+                    torch._foreach_add_(bufs, grads)
+                    grads = bufs
+                torch._foreach_add_(current, grads, alpha=-cfg.lr)
+                loss_sum[:k] += losses.detach().float()
+
+        flat = torch.cat([s.reshape(k0, -1) for s in stacked], dim=1)
+        losses_mean = (loss_sum.cpu() / torch.tensor(steps, dtype=torch.float32).clamp_min(1)).tolist()
+        empty = torch.zeros(0)  # no floating buffers (vectorization_blocker), as flatten_buffers gives
+        return [ClientResult(p.client_id, p.num_samples, flat[j].clone(), empty, losses_mean[j])
+                for j, p in enumerate(plans)]

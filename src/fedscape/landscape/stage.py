@@ -1,0 +1,348 @@
+"""Stage functions of the landscape rules: plane -> chunks -> surface -> figure, and the index table.
+
+Plain arguments in, files out (written atomically); the workflow scripts only unpack `snakemake`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fedscape.checkpoint import ModelMeta, Trajectory, load_clients, load_trajectory
+from fedscape.landscape.planes import (
+    Plane,
+    joint_pca_plane,
+    load_plane,
+    pca_plane,
+    random_plane,
+    save_plane,
+    three_point_plane,
+)
+from fedscape.landscape.project import project
+from fedscape.landscape.surface import (
+    Grid,
+    SurfaceEvaluator,
+    SurfaceSettings,
+    chunk_bounds,
+    evaluate_chunk,
+    gather_chunks,
+    grid_extent,
+)
+from fedscape.plan import digest
+from fedscape.utils import atomic_path, atomic_write_text
+
+log = logging.getLogger("fedscape.landscape")
+
+POINT_COLUMNS = ["label", "group", "role", "run_id", "round", "client", "a", "b", "distance", "rel_distance"]
+SURFACES_COLUMNS = ["surface_id", "kind", "runs", "round", "data", "resolution", "path"]
+LABEL_FIELDS = ("alpha", "algorithm", "init", "participation", "num_clients", "seed", "model", "dataset")
+
+
+@dataclass
+class _Points:
+    """Checkpoints to project, with one metadata row each."""
+
+    params: list[torch.Tensor]
+    buffers: list[torch.Tensor]
+    rows: list[dict]
+
+    def add(self, vec: torch.Tensor, buf: torch.Tensor, **row) -> None:
+        self.params.append(vec)
+        self.buffers.append(buf)
+        self.rows.append(row)
+
+
+def run_labels(run_fields: list[dict]) -> list[str]:
+    """Legend labels of runs in fedscape's common style: the fields that differ between them, else algorithm /
+    init / alpha (e.g. 'FedAvg · random init · α=0.1')."""
+    from fedscape.plotting import label_run
+
+    varying = [f for f in LABEL_FIELDS if len({str(r[f]) for r in run_fields}) > 1]
+    return [label_run(r, keys=varying or ["algorithm", "init", "alpha"]) for r in run_fields]
+
+
+def _row_of(traj: Trajectory, round_: int | str, run_id: str) -> int:
+    """The trajectory row of a round; 'final' = the last finite model (a diverged run's last good one)."""
+    if round_ == "final":
+        finite = [i for i in range(len(traj.rounds)) if bool(torch.isfinite(traj.params[i]).all())]
+        if not finite:
+            raise RuntimeError(f"run {run_id} has no finite model (it diverged at once): lower its learning rate")
+        if finite[-1] != len(traj.rounds) - 1 or traj.meta.get("status", "ok") != "ok":
+            log.warning("run %s has status %r: using its last finite model (round %d)", run_id,
+                        traj.meta.get("status"), int(traj.rounds[finite[-1]]))
+        return finite[-1]
+    try:
+        row = traj.row(int(round_))
+    except KeyError as exc:
+        raise RuntimeError(f"run {run_id}: {exc.args[0]} (did it stop early? status "
+                           f"{traj.meta.get('status', 'ok')!r})") from exc
+    if not bool(torch.isfinite(traj.params[row]).all()):
+        raise RuntimeError(f"run {run_id}: the model of round {round_} is not finite (the run diverged)")
+    return row
+
+
+def _finite_rows(traj: Trajectory, upto: int, run_id: str) -> list[int]:
+    rows = [i for i in range(upto + 1) if bool(torch.isfinite(traj.params[i]).all())]
+    if len(rows) < upto + 1:
+        log.warning("run %s: %d non-finite checkpoints skipped (diverged run)", run_id, upto + 1 - len(rows))
+    return rows
+
+
+# -- plane -----------------------------------------------------------------------------------------------
+def plane_stage(settings: dict, trajectories: list[str], clients: str | None, hessian_plane: str | None,
+                outputs: dict[str, str]) -> None:
+    """Build the plane of one `landscapes` entry, project its checkpoints and fix the grid."""
+    t0 = time.perf_counter()
+    kind, runs = settings["kind"], settings["runs"]
+    labels = dict(zip(runs, run_labels(settings["run_fields"]), strict=True))
+    trajs = {run_id: load_trajectory(path) for run_id, path in zip(runs, trajectories, strict=True)}
+    first = trajs[runs[0]]
+    meta = first.model_meta.to_dict()
+    pts = _Points([], [], [])
+    common = {"runs": runs, "model_meta": meta, "extra": {"label": settings["label"], "surface_kind": kind}}
+    round_ = settings["round"]
+
+    if kind in ("trajectory", "trajectories"):
+        ends = {}
+        for run_id in runs:
+            traj = trajs[run_id]
+            end = _row_of(traj, round_, run_id)
+            ends[run_id] = end
+            for i in _finite_rows(traj, end, run_id):
+                t = int(traj.rounds[i])
+                role = "init" if t == 0 else ("final" if i == end else "global")
+                pts.add(traj.params[i], traj.buffers[i], label=f"round {t}", group=labels[run_id], role=role,
+                        run_id=run_id, round=t, client=-1)
+        center, buffers = _center(settings, pts, first.params[ends[runs[0]]], first.buffers[ends[runs[0]]])
+        stacked = torch.stack(pts.params)
+        plane_round = None if round_ == "final" else int(round_)
+        if kind == "trajectory":
+            plane = pca_plane(stacked, center, buffers, round=plane_round, seed=settings["seed"], **common)
+        else:
+            plane = joint_pca_plane([stacked], center, buffers, round=plane_round, seed=settings["seed"], **common)
+    elif kind == "final_models":
+        for run_id in runs:
+            traj = trajs[run_id]
+            row = _row_of(traj, round_, run_id)
+            pts.add(traj.params[row], traj.buffers[row], label=labels[run_id], group=labels[run_id], role="final",
+                    run_id=run_id, round=int(traj.rounds[row]), client=-1)
+        row0 = _row_of(first, round_, runs[0])
+        center, buffers = _center(settings, pts, first.params[row0], first.buffers[row0])
+        plane = joint_pca_plane([torch.stack(pts.params)], center, buffers,
+                                round=None if round_ == "final" else int(round_), seed=settings["seed"], **common)
+    elif kind == "local":
+        run_id = runs[0]
+        t = int(first.final_round if round_ == "final" else round_)
+        saved = load_clients(clients)
+        if t not in saved:
+            raise RuntimeError(f"{clients} holds the client models of rounds {sorted(saved)}, not of round {t}")
+        cr = saved[t]
+        start, end = first.row(t - 1), first.row(t)
+        pts.add(first.params[start], first.buffers[start], label=f"round start (t={t - 1})", group="global",
+                role="round_start", run_id=run_id, round=t - 1, client=-1)
+        for k, cid in enumerate(cr.client_ids.tolist()):
+            pts.add(cr.params[k], cr.buffers[k], label=f"client {cid}", group="client", role="client", run_id=run_id,
+                    round=t, client=int(cid))
+        pts.add(first.params[end], first.buffers[end], label=f"aggregate (t={t})", group="global", role="aggregate",
+                run_id=run_id, round=t, client=-1)
+        center, buffers = _center(settings, pts, first.params[end], first.buffers[end])
+        plane = pca_plane(torch.stack(pts.params), center, buffers, round=t, seed=settings["seed"],
+                          **{**common, "extra": {**common["extra"], "client": settings["client"]}})
+    elif kind == "random":
+        run_id = runs[0]
+        row = _row_of(first, round_, run_id)
+        pts.add(first.params[row], first.buffers[row], label=f"{labels[run_id]}, round {int(first.rounds[row])}",
+                group=labels[run_id], role="center", run_id=run_id, round=int(first.rounds[row]), client=-1)
+        plane = random_plane(first.params[row], first.buffers[row], first.model_meta.param_shapes, settings["seed"],
+                             round=int(first.rounds[row]), **common)
+    elif kind == "hessian":
+        run_id = runs[0]
+        plane = load_plane(hessian_plane)
+        row = _row_of(first, round_, run_id)
+        if plane.num_params != first.params.shape[1]:
+            raise RuntimeError(f"{hessian_plane} has {plane.num_params} parameters, run {run_id}'s model "
+                               f"{first.params.shape[1]}")
+        if not plane.model_meta:
+            plane = _replace(plane, model_meta=meta)
+        if plane.center_buffers.numel() != first.buffers.shape[1]:
+            plane = _replace(plane, center_buffers=first.buffers[row].clone())
+        pts.add(first.params[row], first.buffers[row], label=f"{labels[run_id]}, round {int(first.rounds[row])}",
+                group=labels[run_id], role="center", run_id=run_id, round=int(first.rounds[row]), client=-1)
+    elif kind == "three_points":
+        vecs, bufs, names = [], [], []
+        for cp in settings["checkpoints"]:
+            traj = trajs[cp["run_id"]]
+            row = _row_of(traj, cp["round"], cp["run_id"])
+            vecs.append(traj.params[row])
+            bufs.append(traj.buffers[row])
+            names.append(f"{labels[cp['run_id']]}, round {int(traj.rounds[row])}")
+            pts.add(traj.params[row], traj.buffers[row], label=names[-1], group=labels[cp["run_id"]], role="checkpoint",
+                    run_id=cp["run_id"], round=int(traj.rounds[row]), client=-1)
+        plane = three_point_plane(vecs[0], vecs[1], vecs[2], bufs[0], labels=names, **common)
+    else:
+        raise ValueError(f"unknown surface kind {kind!r}")
+
+    proj = project(torch.stack(pts.params), plane)
+    extent = grid_extent(proj.coords, settings["margin"], settings["span"])
+    grid = Grid.from_extent(extent, settings["resolution"])
+    save_plane(outputs["plane"], plane)
+    df = pd.DataFrame(pts.rows)
+    df["a"], df["b"] = proj.coords[:, 0], proj.coords[:, 1]
+    df["distance"], df["rel_distance"] = proj.distance, proj.rel_distance
+    with atomic_path(outputs["points"]) as tmp:
+        df[POINT_COLUMNS].to_csv(tmp, index=False)
+    grid_info = {**grid.to_dict(), "extent": list(grid.extent), "resolution": settings["resolution"],
+                 "plane_settings_digest": digest(settings)}
+    atomic_write_text(outputs["grid"], json.dumps(grid_info, indent=1))
+    log.info("plane %s (%s, %d checkpoints, explained variance %s): extent %s, max distance from plane %.3g "
+             "(relative %.3g), %.1f s", settings["label"], plane.kind, len(pts.rows), plane.explained_variance,
+             [round(v, 4) for v in grid.extent], float(proj.distance.max(initial=0.0)),
+             float(proj.rel_distance.max(initial=0.0)), time.perf_counter() - t0)
+
+
+def _center(settings: dict, pts: _Points, final: torch.Tensor,
+            final_buffers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plane's centre: the last checkpoint (Li et al. 2018) or the mean of all the plane's checkpoints."""
+    if settings["center"] == "mean":
+        center = torch.stack(pts.params).double().mean(dim=0).float()
+        buffers = torch.stack(pts.buffers).double().mean(dim=0).float()
+        return center, buffers
+    return final.clone(), final_buffers.clone()
+
+
+def _replace(plane: Plane, **changes) -> Plane:
+    from dataclasses import replace
+
+    return replace(plane, **changes)
+
+
+# -- chunks ----------------------------------------------------------------------------------------------
+def surface_data(settings: dict, partition_path: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The evaluation data of a surface: the union of the clients' data (L), one client's (L_m) or the test set."""
+    from fedscape.partition import load_partition
+    from fedscape.pipeline import load_dataset_for
+
+    ds = load_dataset_for(settings["dataset"], settings["dataset_options"])
+    data = settings["data"]
+    if data == "test":
+        return ds.x_test, ds.y_test
+    part = load_partition(partition_path, ds.y_train.numpy())
+    if data == "train":
+        idx = np.sort(np.concatenate([np.asarray(ix) for ix in part.client_indices]))
+    elif data.startswith("client~"):
+        m = int(data.split("~", 1)[1])
+        if not 0 <= m < part.num_clients:
+            raise ValueError(f"client {m} does not exist: the partition has {part.num_clients} clients")
+        idx = np.asarray(part.client_indices[m])
+    else:
+        raise ValueError(f"unknown surface data {data!r}: train, test or client~<id>")
+    idx_t = torch.as_tensor(idx, dtype=torch.long)
+    return ds.x_train[idx_t], ds.y_train[idx_t]
+
+
+def chunk_stage(settings: dict, plane_path: str, grid_path: str, partition_path: str | None, out: str) -> None:
+    """Evaluate one chunk of a surface's grid and write its indices, losses and accuracies."""
+    from fedscape.pipeline import resolve_device
+
+    plane = load_plane(plane_path)
+    grid_info = json.loads(Path(grid_path).read_text())
+    grid = Grid.from_dict(grid_info)
+    x, y = surface_data(settings, partition_path)
+    device = resolve_device(settings["device"])
+    model = ModelMeta.from_dict(plane.model_meta).build()
+    sset = SurfaceSettings(batch_size=settings["batch_size"], points_per_batch=settings["points_per_batch"])
+    evaluator = SurfaceEvaluator(model, plane, x, y, device, sset)
+    start, stop = chunk_bounds(grid.size, settings["chunks"], sset.points_per_batch)[settings["chunk"]]
+    log.info("surface %s chunk %d/%d: grid points %d..%d of %d on %s (%d samples, channels_last=%s)",
+             settings["surface_id"], settings["chunk"] + 1, settings["chunks"], start, stop, grid.size, device, len(y),
+             evaluator.flat.channels_last)
+    res = evaluate_chunk(evaluator, grid, start, stop)
+    meta = {"surface_id": settings["surface_id"], "chunk": settings["chunk"], "chunks": settings["chunks"],
+            "grid_digest": digest(grid.to_dict()), "n_eval": len(y), "device": str(device)}
+    with atomic_path(out, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, index=res["index"], loss=res["loss"], acc=res["acc"], meta=np.array(json.dumps(meta)))
+
+
+# -- gather ----------------------------------------------------------------------------------------------
+def gather_stage(settings: dict, chunk_paths: list[str], plane_path: str, grid_path: str, points_path: str,
+                 out: str) -> None:
+    """Assemble a surface's chunks into one .npz with the grid, the projected points and the plane metadata."""
+    grid = Grid.from_dict(json.loads(Path(grid_path).read_text()))
+    want = digest(grid.to_dict())
+    parts, n_eval = [], None
+    for path in chunk_paths:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(str(npz["meta"]))
+            if meta["grid_digest"] != want:
+                raise RuntimeError(f"{path} was computed on another grid; delete it and rerun")
+            parts.append({k: npz[k] for k in ("index", "loss", "acc")})
+            n_eval = meta["n_eval"]
+    loss, acc = gather_chunks(parts, grid)
+    plane = load_plane(plane_path)
+    points = pd.read_csv(points_path, keep_default_na=False)
+    plane_meta = {k: v for k, v in plane.meta.items() if k != "model_meta"}
+    plane_meta["model"] = plane.model_meta.get("model")
+    nonfinite = int((~np.isfinite(loss)).sum())
+    meta = {**settings, "n_eval": n_eval, "extent": list(grid.extent), "axis_labels": list(plane.axis_labels),
+            "explained_variance": plane.meta["explained_variance"], "plane_kind": plane.kind,
+            "nonfinite_points": nonfinite}
+    arrays = {
+        "a": grid.a, "b": grid.b, "loss": loss, "acc": acc,
+        "points_xy": points[["a", "b"]].to_numpy(dtype=np.float64).reshape(-1, 2),
+        "points_distance": points["distance"].to_numpy(dtype=np.float64),
+        "points_rel_distance": points["rel_distance"].to_numpy(dtype=np.float64),
+        "points_round": points["round"].to_numpy(dtype=np.int64),
+        "points_client": points["client"].to_numpy(dtype=np.int64),
+        **{f"points_{k}": points[k].astype(str).to_numpy(dtype=str) for k in ("label", "group", "role", "run_id")},
+        "plane_meta": np.array(json.dumps(plane_meta)),
+        "meta": np.array(json.dumps(meta)),
+    }
+    with atomic_path(out, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    finite = loss[np.isfinite(loss)]
+    log.info("surface %s: %dx%d grid from %d chunks, loss %.4g..%.4g, %d non-finite points", settings["surface_id"],
+             grid.shape[0], grid.shape[1], len(chunk_paths), finite.min(initial=np.inf), finite.max(initial=-np.inf),
+             nonfinite)
+
+
+def load_surface(path: str | Path) -> dict:
+    """A surface .npz as a dict of arrays, with `meta` and `plane_meta` parsed."""
+    with np.load(path, allow_pickle=False) as npz:
+        out = {k: npz[k] for k in npz.files}
+    out["meta"] = json.loads(str(out["meta"]))
+    out["plane_meta"] = json.loads(str(out["plane_meta"]))
+    return out
+
+
+# -- table -----------------------------------------------------------------------------------------------
+def surfaces_table(surface_paths: list[str], out: str) -> None:
+    """results/tables/surfaces.csv: one row per surface (surface_id, kind, runs, round, data, resolution, path)."""
+    rows = []
+    for path in surface_paths:
+        meta = load_surface(path)["meta"]
+        rows.append({"surface_id": meta["surface_id"], "kind": meta["kind"], "runs": ";".join(meta["runs"]),
+                     "round": "" if meta["round"] is None else int(meta["round"]), "data": meta["data"],
+                     "resolution": int(meta["resolution"]), "path": str(path)})
+    df = pd.DataFrame(rows, columns=SURFACES_COLUMNS)
+    with atomic_path(out) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+# -- figure ----------------------------------------------------------------------------------------------
+def figure_stage(settings: dict, surface_path: str, overlay_path: str | None, outputs: dict[str, str]) -> None:
+    """Contour figure (PDF and PNG) of one surface, drawn from its .npz only, with its data as CSV beside it."""
+    from fedscape.landscape.figure import plot_surface, write_figure_data
+
+    surface = load_surface(surface_path)
+    overlay = load_surface(overlay_path) if overlay_path else None
+    write_figure_data(surface, outputs["grid_csv"], outputs["points_csv"])
+    plot_surface(surface, outputs["pdf"], outputs["png"], overlay=overlay, levels=settings["levels"],
+                 clip_loss=settings["clip_loss"])
+    log.info("figure of surface %s: %s", settings["surface_id"], outputs["pdf"])

@@ -1,0 +1,70 @@
+"""Overhead of the per-round client statistics (issue 5) relative to the FedAvg server update.
+
+The engine calls `fedscape.client_stats.round_stats` once per round on the client models it already
+holds. Measured in one run on the same stacked client models: the FedAvg server update (weighted
+mean delta and server step, the baseline the engine runs every round anyway) and `round_stats`
+(Gram matrix of the updates in float64 blocks, drift from the aggregate). Prints median times and
+the ratio; a full round also trains every client locally, which costs orders of magnitude more.
+
+    python benchmarks/bench_client_stats.py [--model resnet20] [--clients 10] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from fedscape.client_stats import round_stats
+from fedscape.fl.strategy import ClientResult, make_strategy
+from fedscape.models import build_model
+from fedscape.params import flatten_params
+from fedscape.plan import DATASET_SHAPES
+
+
+def timed(fn, device: torch.device, repeats: int) -> float:
+    """Median seconds of `fn()` over `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--dataset", default="cifar10", choices=sorted(DATASET_SHAPES))
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    channels, size, classes = DATASET_SHAPES[args.dataset]
+    torch.manual_seed(0)
+    start = flatten_params(build_model(args.model, num_classes=classes, in_channels=channels,
+                                       image_size=size)).to(device)
+    clients = start + 1e-2 * torch.randn(args.clients, start.numel(), device=device)
+    results = [ClientResult(k, 100 + k, clients[k], torch.zeros(0, device=device), 0.0) for k in range(args.clients)]
+    strategy = make_strategy("fedavg", {})
+    aggregate = strategy.server_update(start, results)
+
+    base = timed(lambda: strategy.server_update(start, results), device, args.repeats)
+    stats = timed(lambda: round_stats(start, torch.stack([r.params for r in results]), aggregate), device,
+                  args.repeats)
+    print(f"{args.model}: {start.numel()} parameters, {args.clients} clients, device {device}")
+    print(f"  FedAvg server update (baseline): {base * 1e3:8.2f} ms")
+    print(f"  round_stats (engine hook):       {stats * 1e3:8.2f} ms   ratio {stats / base:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+# Issue 5: linear-interpolation barriers (Li et al. 2022), layer-wise linear mode connectivity
+# (Adilova et al. 2023) and client-update statistics (Yin et al. 2018; Nguyen et al. 2022).
+# Pairs are named in the config (`interpolation.pairs`, `layer_barriers.pairs`) by run selectors;
+# fedscape.barriers resolves them (and plan.check_config has already checked them).
+
+from fedscape.barriers import (
+    interpolation_pairs,
+    interpolation_settings,
+    layer_pairs,
+    layer_settings,
+)
+
+INTERPOLATION_PAIRS = {p.label: p for p in interpolation_pairs(config, RUNS)}
+LAYER_PAIRS = {p.label: p for p in layer_pairs(config, RUNS)}
+BARRIER_LABEL = r"[A-Za-z0-9_.-]+"
+INTERPOLATION_DIR = "results/barriers/interpolation/{pair}"
+LAYERWISE_DIR = "results/barriers/layerwise/{pair}/round~{round}"
+LAYER_FIGURE = "results/figures/barriers/layerwise/{pair}/{split}"
+
+
+def _partition_file(run):
+    return f"results/partitions/{run.partition_id}/partition.npz"
+
+
+def interpolation_inputs(wildcards):
+    pair = INTERPOLATION_PAIRS[wildcards.pair]
+    return {
+        "trajectory_a": f"{run_dir(pair.run_a)}/trajectory.pt",
+        "trajectory_b": f"{run_dir(pair.run_b)}/trajectory.pt",
+        "partition": _partition_file(pair.run_a),
+    }
+
+
+def interpolation_params(wildcards):
+    return interpolation_settings(config, INTERPOLATION_PAIRS[wildcards.pair])
+
+
+def layerwise_inputs(wildcards):
+    pair = LAYER_PAIRS[wildcards.pair]
+    inputs = {
+        "trajectory_a": f"{run_dir(pair.run_a)}/trajectory.pt",
+        "partition": _partition_file(pair.run_a),
+    }
+    if pair.kind == "clients":
+        inputs["clients"] = f"{run_dir(pair.run_a)}/clients.pt"
+    else:
+        inputs["trajectory_b"] = f"{run_dir(pair.run_b)}/trajectory.pt"
+    return inputs
+
+
+def layerwise_params(wildcards):
+    return layer_settings(config, LAYER_PAIRS[wildcards.pair], int(wildcards.round))
+
+
+def interpolation_curves(wildcards):
+    return [
+        f"{INTERPOLATION_DIR.format(pair=label)}/curve.csv"
+        for label in INTERPOLATION_PAIRS
+    ]
+
+
+def layerwise_outputs(name):
+    def files(wildcards):
+        return [
+            f"{LAYERWISE_DIR.format(pair=p.label, round=r)}/{name}.csv"
+            for p in LAYER_PAIRS.values()
+            for r in p.rounds
+        ]
+
+    return files
+
+
+def client_updates_of_runs(wildcards):
+    return [f"{run_dir(run)}/client_updates.csv" for run in RUNS]
+
+
+def trajectories_of_runs(wildcards):
+    return [f"{run_dir(run)}/trajectory.pt" for run in RUNS]
+
+
+def figure_files(prefix):
+    return {"png": f"{prefix}.png", "pdf": f"{prefix}.pdf", "csv": f"{prefix}.csv"}
+
+
+rule interpolation:
+    input:
+        unpack(interpolation_inputs),
+    output:
+        curve=f"{INTERPOLATION_DIR}/curve.csv",
+    log:
+        "logs/barriers/interpolation/{pair}.log",
+    wildcard_constraints:
+        pair=BARRIER_LABEL,
+    params:
+        settings=interpolation_params,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/barriers_interpolation.py"
+
+
+rule interpolation_tables:
+    input:
+        curves=interpolation_curves,
+    output:
+        interpolation="results/tables/interpolation.csv",
+        barriers="results/tables/barriers.csv",
+    log:
+        "logs/tables/interpolation.log",
+    conda:
+        "../envs/light.yaml"
+    script:
+        "../workflow/scripts/barriers_tables.py"
+
+
+rule interpolation_figure:
+    input:
+        table="results/tables/interpolation.csv",
+    output:
+        png=report(
+            "results/figures/barriers/interpolation.png",
+            caption="../workflow/report/barriers_interpolation.rst",
+            category="Barriers",
+            subcategory="Linear interpolation",
+        ),
+        pdf="results/figures/barriers/interpolation.pdf",
+        csv="results/figures/barriers/interpolation.csv",
+    log:
+        "logs/figures/barriers/interpolation.log",
+    conda:
+        "../envs/light.yaml"
+    script:
+        "../workflow/scripts/barriers_figures.py"
+
+
+rule layer_barriers:
+    input:
+        unpack(layerwise_inputs),
+    output:
+        barriers=f"{LAYERWISE_DIR}/barriers.csv",
+        distances=f"{LAYERWISE_DIR}/distances.csv",
+    log:
+        "logs/barriers/layerwise/{pair}/round~{round}.log",
+    wildcard_constraints:
+        pair=BARRIER_LABEL,
+        round=r"[0-9]+",
+    params:
+        settings=layerwise_params,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow/scripts/barriers_layerwise.py"
+
+
+rule layer_barrier_tables:
+    input:
+        barriers=layerwise_outputs("barriers"),
+        distances=layerwise_outputs("distances"),
+    output:
+        barriers="results/tables/layer_barriers.csv",
+        distances="results/tables/layer_distances.csv",
+    log:
+        "logs/tables/layer_barriers.log",
+    conda:
+        "../envs/light.yaml"
+    script:
+        "../workflow/scripts/barriers_tables.py"
+
+
+rule layer_barrier_figures:
+    input:
+        table="results/tables/layer_barriers.csv",
+    output:
+        train_png=report(
+            f"{LAYER_FIGURE.replace('{split}', 'train')}.png",
+            caption="../workflow/report/barriers_layerwise.rst",
+            category="Barriers",
+            subcategory="Layer-wise",
+        ),
+        train_pdf=f"{LAYER_FIGURE.replace('{split}', 'train')}.pdf",
+        train_csv=f"{LAYER_FIGURE.replace('{split}', 'train')}.csv",
+        test_png=report(
+            f"{LAYER_FIGURE.replace('{split}', 'test')}.png",
+            caption="../workflow/report/barriers_layerwise.rst",
+            category="Barriers",
+            subcategory="Layer-wise",
+        ),
+        test_pdf=f"{LAYER_FIGURE.replace('{split}', 'test')}.pdf",
+        test_csv=f"{LAYER_FIGURE.replace('{split}', 'test')}.csv",
+    log:
+        "logs/figures/barriers/layerwise/{pair}.log",
+    wildcard_constraints:
+        pair=BARRIER_LABEL,
+    conda:
+        "../envs/light.yaml"
+    script:
+        "../workflow/scripts/barriers_figures.py"
+
+
+rule client_stats:
+    input:
+        updates=client_updates_of_runs,
+        trajectories=trajectories_of_runs,
+    output:
+        table="results/tables/client_stats.csv",
+    log:
+        "logs/tables/client_stats.log",
+    params:
+        run_ids=[run.run_id for run in RUNS],
+    conda:
+        "../envs/light.yaml"
+    script:
+        "../workflow/scripts/client_stats.py"
+
+
+rule client_stats_figure:
+    input:
+        table="results/tables/client_stats.csv",
+    output:
+        png=report(
+            "results/figures/client_stats/client_stats.png",
+            caption="../workflow/report/client_stats.rst",
+            category="Client updates",
+        ),
+        pdf="results/figures/client_stats/client_stats.pdf",
+        csv="results/figures/client_stats/client_stats.csv",
+    log:
+        "logs/figures/client_stats.log",
+    conda:
+        "../envs/light.yaml"
+    script:
+        "../workflow/scripts/barriers_figures.py"
+
+
+if INTERPOLATION_PAIRS:
+    TARGETS.extend(
+        [
+            "results/tables/interpolation.csv",
+            "results/tables/barriers.csv",
+            *figure_files("results/figures/barriers/interpolation").values(),
+        ]
+    )
+if LAYER_PAIRS:
+    TARGETS.extend(
+        ["results/tables/layer_barriers.csv", "results/tables/layer_distances.csv"]
+    )
+    TARGETS.extend(
+        f"{LAYER_FIGURE.format(pair=label, split=split)}.{ext}"
+        for label in LAYER_PAIRS
+        for split in ("train", "test")
+        for ext in ("png", "pdf", "csv")
+    )
+if config["client_stats"]["enabled"]:
+    TARGETS.extend(
+        [
+            "results/tables/client_stats.csv",
+            *figure_files("results/figures/client_stats/client_stats").values(),
+        ]
+    )

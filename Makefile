@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: install run test lint dryrun clean
+.PHONY: install run test test-slurm lint dryrun clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,12 @@ dryrun: install
 	$(BIN)/snakemake -n
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slurm"
+
+# The workflow on a real one-node SLURM (as root: installs Debian's slurm and munge packages, starts
+# and stops the daemons; skips with the reason where they cannot be installed). docs/cluster.md
+test-slurm: install
+	$(BIN)/python -m pytest -q -m slurm tests/test_slurm.py
 
 lint: install
 	$(BIN)/ruff check src tests workflow benchmarks

@@ -1,0 +1,126 @@
+"""Round time of vectorised vs sequential client training (fedscape.fl.vectorized).
+
+cnn_small on digits, M clients (default 10, 50, 100) with a Dirichlet split, the default config's
+local training (2 local epochs, batch 16, lr 0.05). One "round" is the local training of every
+client plus the server update, from the same global model in both modes; the modes alternate over
+the repeats so that both see the same machine load, and the ratio is taken in the same run. The
+process CPU time per round is reported too: on a machine shared with other jobs it is a steadier
+measure of the work done than wall time (with one thread; more threads spin while they wait).
+
+    python benchmarks/bench_vectorized.py                   # CPU, torch's default thread count
+    python benchmarks/bench_vectorized.py --threads 2       # the '2 CPU cores' figure
+    python benchmarks/bench_vectorized.py --device cuda --clients 10 50 100 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from fedscape.data import load_dataset
+from fedscape.fl.engine import FederatedData, TrainConfig, local_train, sample_clients
+from fedscape.fl.strategy import make_strategy
+from fedscape.fl.vectorized import VectorizedClients
+from fedscape.models import build_model
+from fedscape.params import FlatParams, flatten_buffers
+from fedscape.partition import make_partition, parse_alpha
+
+
+def make_data(num_clients: int, alpha: str, device: torch.device) -> FederatedData:
+    ds = load_dataset("digits", seed=0, test_fraction=0.25, proxy_fraction=0.2)
+    part = make_partition(ds.y_train.numpy(), num_clients, parse_alpha(alpha), seed=0, min_size=2)
+    return FederatedData(ds.x_train.to(device), ds.y_train.to(device),
+                         [torch.as_tensor(ix, device=device) for ix in part.client_indices],
+                         ds.x_test.to(device), ds.y_test.to(device))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench(num_clients: int, args: argparse.Namespace, device: torch.device) -> dict:
+    data = make_data(num_clients, args.alpha, device)
+    torch.manual_seed(0)
+    model = build_model("cnn_small", num_classes=10, in_channels=1, image_size=8).to(device).train()
+    flat = FlatParams(model)
+    global_params, global_buffers = flat.get(), flatten_buffers(model).to(device)
+    cfg = TrainConfig(local_epochs=args.local_epochs, batch_size=args.batch_size, lr=args.lr,
+                      client_chunk_size=args.chunk_size, bf16_autocast=args.bf16, seed=0)
+    strategy = make_strategy(args.algorithm)
+    strategy.setup(num_clients, global_params.numel(), device, model=model, seed=0)
+    vectorized = VectorizedClients(model, data, strategy, cfg)
+    sampled = sample_clients(0, 1, num_clients, 1.0)
+
+    def sequential_round(round_: int):
+        results = [local_train(model, flat, global_params, global_buffers, data, c, round_, strategy, cfg)
+                   for c in sampled]
+        return strategy.server_update(global_params, results)
+
+    def vectorized_round(round_: int):
+        return strategy.server_update(global_params, vectorized.train_round(global_params, sampled, round_))
+
+    times: dict[str, list[float]] = {"sequential": [], "vectorized": []}
+    cpu: dict[str, list[float]] = {"sequential": [], "vectorized": []}  # process CPU time: robust to other load
+    outputs = {}
+    for round_ in range(args.repeats + 1):  # round 0 warms up both paths and is not timed
+        for mode, fn in (("sequential", sequential_round), ("vectorized", vectorized_round)):
+            sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            outputs[mode] = fn(round_ + 1)
+            sync(device)
+            if round_ > 0:
+                times[mode].append(time.perf_counter() - t0)
+                cpu[mode].append(time.process_time() - c0)
+    seq, vec = statistics.median(times["sequential"]), statistics.median(times["vectorized"])
+    seq_cpu, vec_cpu = statistics.median(cpu["sequential"]), statistics.median(cpu["vectorized"])
+    sizes = [len(ix) for ix in data.client_indices]
+    return {"clients": num_clients, "samples_min": min(sizes), "samples_max": max(sizes),
+            "sequential_s": seq, "vectorized_s": vec, "speedup": seq / vec,
+            "sequential_cpu_s": seq_cpu, "vectorized_cpu_s": vec_cpu, "cpu_ratio": seq_cpu / vec_cpu,
+            "max_abs_diff": float((outputs["sequential"] - outputs["vectorized"]).abs().max())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, nargs="+", default=[10, 50, 100])
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per mode (median reported)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--alpha", default="0.5", help="Dirichlet alpha of the split, or iid")
+    parser.add_argument("--algorithm", default="fedavg")
+    parser.add_argument("--local-epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--chunk-size", type=int, default=TrainConfig.client_chunk_size)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"# vectorised vs sequential client training: cnn_small on digits, alpha {args.alpha}, "
+          f"{args.local_epochs} local epochs, batch {args.batch_size}, chunk {args.chunk_size}, {name}, "
+          f"torch {torch.__version__}")
+    print("| clients | samples/client | sequential s/round | vectorized s/round | speedup | CPU s seq / vec | "
+          "CPU ratio | max abs diff |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rows = []
+    for m in args.clients:
+        row = bench(m, args, device)
+        rows.append(row)
+        print(f"| {m} | {row['samples_min']}-{row['samples_max']} | {row['sequential_s']:.3f} | "
+              f"{row['vectorized_s']:.3f} | {row['speedup']:.1f}x | {row['sequential_cpu_s']:.2f} / "
+              f"{row['vectorized_cpu_s']:.2f} | {row['cpu_ratio']:.1f}x | {row['max_abs_diff']:.1e} |", flush=True)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"device": name, "args": vars(args), "rows": rows}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""The SLURM profile, its resources and conda environments; and the tiny workflow on a real SLURM.
+
+The static checks run everywhere. The cluster test (marked `slurm`) runs only when selected with
+`-m slurm` (`make test-slurm`, called by .ci/run as root): it installs Debian's slurmctld, slurmd,
+slurm-client, munge, slurmdbd and mariadb-server, starts a one-node cluster with
+tests/slurm/start_cluster.sh, runs the spine of the tiny workflow with `--profile slurm` and stops
+the daemons again by PID. It skips, with the reason, where the packages cannot be installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+
+import pytest
+import yaml
+from conftest import ROOT, TINY_CONFIG, copy_workflow, snakemake
+
+from fedscape.config import load_schema
+from fedscape.plan import build_runs, check_config
+
+PROFILE = ROOT / "slurm" / "config.yaml"
+SLURM_DIR = ROOT / "tests" / "slurm"
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+RESOURCE_KEYS = ("gpu", "mem_mb", "runtime", "cpus_per_task")
+
+
+def profile() -> dict:
+    return yaml.safe_load(PROFILE.read_text())
+
+
+def rule_envs() -> dict[str, str]:
+    """rule name -> the conda env file named by its `conda:` directive ('' when it has none)."""
+    envs = {}
+    for path in sorted((ROOT / "rules").glob("*.smk")):
+        for block in re.split(r"^(?=(?:rule|checkpoint) \w+:)", path.read_text(), flags=re.M):
+            name = re.match(r"(?:rule|checkpoint) (\w+):", block)
+            if name:
+                env = re.search(r"^    conda:\s*\n\s*\"([^\"]+)\"", block, flags=re.M)
+                envs[name.group(1)] = env.group(1) if env else ""
+    return envs
+
+
+def evaluate_resource(expression: str, environ: dict[str, str]) -> object:
+    """A profile resource expression evaluated as Snakemake does, under a given environment."""
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(environ)
+        return eval(expression, {})  # noqa: S307 - the profile's own expressions
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+# -- static checks ---------------------------------------------------------------------------------
+def test_profile_is_one_file_where_snakemake_resolves_a_bare_name():
+    # `--profile slurm` resolves to ./slurm: the directory holds exactly one config file
+    assert sorted(p.name for p in PROFILE.parent.iterdir()) == ["config.yaml"]
+    assert profile()["executor"] == "slurm"
+
+
+def test_gpu_rules_have_gpu_resources_and_the_cuda_env():
+    envs = rule_envs()
+    gpu_rules = {rule for rule, res in profile()["set-resources"].items() if res.get("gpu", 0) >= 1}
+
+    assert {"train", "init", "landscape_chunk", "hessian"} <= gpu_rules
+    for rule in gpu_rules:
+        res = profile()["set-resources"][rule]
+        assert all(key in res for key in RESOURCE_KEYS), (rule, res)
+        assert res["mem_mb"] >= 4000 and res["runtime"] >= 60 and res["cpus_per_task"] >= 1
+        if rule in envs:  # rules that other stages have not added yet are simply never submitted
+            assert envs[rule] == "../envs/torch.yaml", rule
+    for rule, env in envs.items():
+        assert env in ("../envs/torch.yaml", "../envs/light.yaml"), f"rule {rule} has no conda env"
+        if env == "../envs/torch.yaml":
+            assert rule in gpu_rules, f"rule {rule} uses the CUDA env but asks for no GPU"
+
+
+def test_conda_envs_install_torch_and_fedscape():
+    torch_env = yaml.safe_load((ROOT / "envs" / "torch.yaml").read_text())
+    light_env = yaml.safe_load((ROOT / "envs" / "light.yaml").read_text())
+
+    assert any(str(d).startswith("pytorch-gpu") for d in torch_env["dependencies"])
+    assert any(str(d).startswith("pytorch-cpu") for d in light_env["dependencies"])
+    for name in ("torch", "light"):
+        deploy = ROOT / "envs" / f"{name}.post-deploy.sh"  # Snakemake runs <env>.post-deploy.sh after creating it
+        assert os.access(deploy, os.X_OK)
+        assert "pip install" in deploy.read_text()
+
+
+@pytest.mark.parametrize(
+    ("environ", "account", "partition", "gpu_partition"),
+    [
+        ({}, "", "", ""),
+        ({"SLURM_ACCOUNT": "proj1", "SLURM_PARTITION": "cpu"}, "proj1", "cpu", "cpu"),
+        ({"SLURM_PARTITION": "cpu", "SLURM_GPU_PARTITION": "gpu"}, "", "cpu", "gpu"),
+    ],
+)
+def test_account_and_partitions_come_from_the_environment(environ, account, partition, gpu_partition):
+    defaults, train = profile()["default-resources"], profile()["set-resources"]["train"]
+
+    assert evaluate_resource(defaults["slurm_account"], environ) == account
+    assert evaluate_resource(defaults["slurm_partition"], environ) == partition
+    assert evaluate_resource(train["slurm_partition"], environ) == gpu_partition
+
+
+# -- a real SLURM -----------------------------------------------------------------------------------
+def _selected(config: pytest.Config) -> bool:
+    expr = config.getoption("-m") or ""
+    return "slurm" in expr and "not slurm" not in expr
+
+
+def _free_port_base(count: int = 4) -> int:
+    for base in range(27000, 40000, 16):
+        try:
+            socks = []
+            for port in range(base, base + count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free ports for the test cluster")
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(request, tmp_path_factory):
+    """A running one-node cluster (environment for its clients); stopped by PID afterwards."""
+    if not _selected(request.config):
+        pytest.skip("installs packages and starts daemons as root: run with `make test-slurm` (pytest -m slurm)")
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster's daemons run as root")
+    install = subprocess.run(["bash", str(SLURM_DIR / "install_packages.sh")], capture_output=True, text=True,
+                             timeout=600)
+    if install.returncode != 0:
+        pytest.skip(f"cannot install the SLURM packages: {(install.stderr or install.stdout)[-800:]}")
+    state = tmp_path_factory.mktemp("slurm")
+    env = {**os.environ, "FEDSCAPE_SLURM_PORT_BASE": str(_free_port_base()), "FEDSCAPE_SLURM_ACCOUNT": "fsacct",
+           "FEDSCAPE_SLURM_PARTITION": "fscpu", "FEDSCAPE_SLURM_GPU_PARTITION": "fsgpu"}
+    start = subprocess.run(["bash", str(SLURM_DIR / "start_cluster.sh"), str(state)], capture_output=True,
+                           text=True, timeout=180, env=env)
+    try:
+        assert start.returncode == 0, f"cluster did not start:\n{start.stderr[-4000:]}"
+        yield {"SLURM_CONF": str(state / "slurm.conf"), "state": str(state)}
+    finally:
+        subprocess.run(["bash", str(SLURM_DIR / "stop_cluster.sh"), str(state)], capture_output=True, timeout=120)
+
+
+def _slurm(cmd: list[str], conf: str) -> str:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**os.environ, "SLURM_CONF": conf})
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.mark.slurm
+def test_tiny_workflow_runs_through_sbatch(slurm_cluster, tmp_path, monkeypatch):
+    # Prepare: the workflow, the profile as typed, the tiny config; account and partitions from the environment
+    workdir = copy_workflow(tmp_path)
+    shutil.copytree(ROOT / "slurm", workdir / "slurm")
+    shutil.copy2(TINY_CONFIG, workdir / "tiny.yaml")
+    monkeypatch.setenv("SLURM_CONF", slurm_cluster["SLURM_CONF"])
+    monkeypatch.setenv("SLURM_ACCOUNT", "fsacct")
+    monkeypatch.setenv("SLURM_PARTITION", "fscpu")
+    monkeypatch.setenv("SLURM_GPU_PARTITION", "fsgpu")
+    targets = ["results/tables/rounds.csv", "results/tables/partitions.csv"]
+
+    # Execute: test-only override, the first status check after 2 s instead of 20
+    proc = snakemake(workdir, "--profile", "slurm", "--configfile", "tiny.yaml",
+                     "--slurm-init-seconds-before-status-checks", "2", *targets, timeout=600)
+
+    # Assert: outputs, and every non-light job went through sbatch into the accounting database
+    config = check_config(yaml.safe_load(TINY_CONFIG.read_text()), load_schema(SCHEMA))
+    runs = build_runs(config)
+    for run in runs:
+        assert (workdir / "results" / "train" / run.run_id / "trajectory.pt").is_file()
+    rounds = (workdir / "results/tables/rounds.csv").read_text().splitlines()
+    assert len(rounds) == 1 + len(runs) * (config["training"]["rounds"] + 1)
+    assert "Using profile slurm" in proc.stdout + proc.stderr
+
+    conf = slurm_cluster["SLURM_CONF"]
+    rows = [line.split("|") for line in _slurm(
+        ["sacct", "-X", "-n", "-P", "-S", "now-1hour", "-o", "JobID,Comment,State,Account,Partition,AllocTRES"],
+        conf).splitlines() if line]
+    by_rule: dict[str, list[list[str]]] = {}
+    for row in rows:
+        rule = re.match(r"rule_(\w+?)(?:_wildcards_|$)", row[1])
+        assert rule, row
+        by_rule.setdefault(rule.group(1), []).append(row)
+    inits = {run.init_id for run in runs}
+    assert {rule: len(jobs) for rule, jobs in by_rule.items()} == {"init": len(inits), "train": len(runs)}
+    for rule, jobs in by_rule.items():
+        for _, _, state, account, partition, tres in jobs:
+            assert (state, account, partition) == ("COMPLETED", "fsacct", "fsgpu"), (rule, state, account, partition)
+            assert "gres/gpu=1" in tres and "cpu=4" in tres and "mem=16000M" in tres, tres
+    # light rules stayed on the submitting node (localrules): no sbatch for partitions or tables
+    assert not {"partition", "partitions_table", "rounds_table"} & set(by_rule)
+    queued = _slurm(["squeue", "-h", "-t", "all", "-o", "%i"], conf).split()
+    assert {row[0] for row in rows} <= set(queued)  # MinJobAge keeps finished jobs visible to squeue

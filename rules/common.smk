@@ -62,3 +62,19 @@ def partition_counts_of_runs(wildcards):
 
 def metrics_of_runs(wildcards):
     return [f"{run_dir(run)}/metrics.csv" for run in RUNS]
+
+
+# -- issue 3: inits (iid_warmup / continue inputs) and cost accounting ---------------------------
+def init_inputs(wildcards):
+    """The IID partition of an iid_warmup init, the source trajectory of a continue init."""
+    from fedscape.inits import init_input_paths
+
+    return init_input_paths(config, RUNS, wildcards.dataset, wildcards.model, wildcards.init)
+
+
+def cost_metrics_of_runs(wildcards):
+    return [f"{run_dir(run)}/metrics.csv" for run in RUNS]
+
+
+def cost_metas_of_runs(wildcards):
+    return [f"{run_dir(run)}/meta.json" for run in RUNS]

@@ -6,5 +6,7 @@ rule partition:
         settings=partition_params,
     log:
         f"{PARTITION_DIR.replace('results/', 'logs/')}/partition.log",
+    conda:
+        "../envs/light.yaml"
     script:
         "../workflow/scripts/partition.py"

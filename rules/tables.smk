@@ -5,6 +5,8 @@ rule partitions_table:
         "results/tables/partitions.csv",
     log:
         "logs/tables/partitions.log",
+    conda:
+        "../envs/light.yaml"
     script:
         "../workflow/scripts/concat_tables.py"
 
@@ -16,5 +18,7 @@ rule rounds_table:
         "results/tables/rounds.csv",
     log:
         "logs/tables/rounds.log",
+    conda:
+        "../envs/light.yaml"
     script:
         "../workflow/scripts/concat_tables.py"

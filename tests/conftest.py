@@ -11,11 +11,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "tests" / "data" / "tiny_config.yaml"
-WORKFLOW_PARTS = ("Snakefile", "rules", "workflow", "config")
+WORKFLOW_PARTS = ("Snakefile", "rules", "workflow", "config", "envs")  # envs: the rules' conda files
 
 
 def copy_workflow(dest: Path) -> Path:
     """Copy the Snakefile, rules, scripts, schemas and configs into `dest` (results go there too)."""
+    dest.mkdir(parents=True, exist_ok=True)
     for part in WORKFLOW_PARTS:
         src = ROOT / part
         if src.is_dir():

@@ -23,8 +23,14 @@ ROUNDS_COLUMNS = ["run_id", "dataset", "model", "init", "algorithm", "alpha", "n
                   "status"]
 
 
-def setup_logging(path: str | Path | None) -> None:
-    """Log to a file (the rule's log) and to stderr, with timestamps."""
+def setup_logging(path: str | Path | None, threads: int | None = None) -> None:
+    """Log to a file (the rule's log) and to stderr, with timestamps; use `threads` CPU threads.
+
+    Capping torch's threads at the job's Snakemake `threads` keeps parallel jobs from
+    oversubscribing the cores (small models slow down many times over when they do).
+    """
+    if threads is not None:
+        torch.set_num_threads(max(1, int(threads)))
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -91,23 +97,12 @@ def model_meta_for(settings: dict, model: torch.nn.Module) -> ModelMeta:
     )
 
 
-def init_stage(settings: dict, out: str | Path) -> None:
-    """Make the initial model of an init label (random: seeded weights) as a one-row trajectory."""
-    from fedscape.models import build_model
-    from fedscape.params import flatten_buffers, flatten_params
+def init_stage(settings: dict, out: str | Path, inputs: dict | None = None,
+               progress_dir: str | Path | None = None) -> None:
+    """Make the initial model of an init label as a one-row trajectory (kinds: fedscape.inits)."""
+    from fedscape.inits import make_init
 
-    if settings["kind"] != "random":
-        raise ValueError(f"unknown init kind {settings['kind']!r}")
-    torch.manual_seed(settings["seed"])
-    model = build_model(settings["model"], num_classes=settings["num_classes"],
-                        in_channels=settings["in_channels"], image_size=settings["image_size"],
-                        **settings.get("model_options", {}))
-    meta = {"init": settings["init"], "kind": settings["kind"], "seed": settings["seed"],
-            "settings_digest": digest(settings)}
-    save_trajectory(out, flatten_params(model).unsqueeze(0), flatten_buffers(model).unsqueeze(0),
-                    torch.zeros(1, dtype=torch.long), model_meta_for(settings, model), meta)
-    log.info("init %s (%s, seed %d): %d parameters", settings["init"], settings["kind"], settings["seed"],
-             flatten_params(model).numel())
+    make_init(settings, out, inputs, progress_dir)
 
 
 # -- train -----------------------------------------------------------------------------------------
@@ -124,7 +119,8 @@ def train_stage(settings: dict, partition_path: str | Path, init_path: str | Pat
     run, training = settings["run"], dict(settings["training"])
     device = resolve_device(training.pop("device", "auto"))
     cfg = TrainConfig(**{**training, "save_clients_at": tuple(training.get("save_clients_at", ())),
-                         "augment": settings["dataset_options"].get("augment", "none"), "seed": run["seed"]})
+                         "augment": settings["dataset_options"].get("augment", "none"), "seed": run["seed"],
+                         "participation": float(run["participation"])})  # the run's sampled fraction per round
     data, _ = load_run_data(settings, partition_path, device)
     init = load_trajectory(init_path)
     model = init.model_at(0, device).train()
@@ -133,8 +129,11 @@ def train_stage(settings: dict, partition_path: str | Path, init_path: str | Pat
              data.num_clients, cfg.rounds, cfg.local_epochs, settings["algorithm"])
     result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir, progress_key=digest(settings))
 
+    from fedscape.fl.cost import device_name  # issue 3: cost.csv names the device
+
     meta = {"run_id": settings["run_id"], "settings": settings, "status": result.status, "device": str(device),
-            "seed": run["seed"], "init_seed": init.meta.get("seed"), "final_round": int(result.rounds.max())}
+            "device_name": device_name(device), "seed": run["seed"], "init_seed": init.meta.get("seed"),
+            "final_round": int(result.rounds.max())}
     save_trajectory(outputs["trajectory"], result.params, result.buffers, result.rounds, init.model_meta, meta)
     save_clients(outputs["clients"], result.clients, init.model_meta, meta)
     rows = pd.DataFrame(result.rows)
@@ -144,6 +143,12 @@ def train_stage(settings: dict, partition_path: str | Path, init_path: str | Pat
     rows["alpha"] = alpha_value(run["alpha"])
     rows["participation"] = float(run["participation"])
     write_csv(rows[ROUNDS_COLUMNS], outputs["metrics"])
+    if "client_updates" in outputs:  # issue 5: client-update statistics of every round
+        from fedscape.client_stats import CLIENT_UPDATES_COLUMNS
+
+        updates = pd.DataFrame(result.client_stats, columns=CLIENT_UPDATES_COLUMNS[1:])
+        updates.insert(0, "run_id", settings["run_id"])
+        write_csv(updates, outputs["client_updates"])
     with atomic_path(outputs["meta"]) as tmp:
         tmp.write_text(json.dumps(meta, indent=2, default=str))
     shutil.rmtree(progress_dir, ignore_errors=True)

@@ -109,6 +109,27 @@ def check_config(config: dict, schema: dict) -> dict:
             check_model_compatible(model, channels, size)
         except ValueError as exc:
             problems.append(f"models: {exc}")
+    # issue 3: algorithm/model combinations (e.g. stochdepth on a plain CNN) and the inits section
+    from fedscape.fl.strategy import check_algorithm_model
+    from fedscape.inits import check_inits
+
+    for label, model in sorted({(r.algorithm, r.model) for r in runs}):
+        try:
+            check_algorithm_model(config["algorithms"][label]["name"], model)
+        except ValueError as exc:
+            problems.append(f"algorithms.{label}: {exc}")
+    problems.extend(check_inits(config, runs))
+    from fedscape.barriers import check_barrier_config
+
+    if runs:
+        problems.extend(check_barrier_config(config, runs))
+    from fedscape.hessian_stage import check_hessian_config
+
+    problems.extend(check_hessian_config(config, runs))
+    from fedscape.landscape.spec import check_landscapes
+
+    if runs:
+        problems.extend(check_landscapes(config, runs))
     if problems:
         raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
     return config
@@ -142,7 +163,7 @@ def build_runs(config: dict) -> list[Run]:
         "seed": list(config["seeds"]),
     }
     if config.get("experiments"):
-        combos = [{k: exp.get(k, grid[k][0]) for k in grid} for exp in config["experiments"]]
+        combos = [{k: grid[k][0] if exp.get(k) is None else exp[k] for k in grid} for exp in config["experiments"]]
     else:
         combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     runs = []
@@ -158,30 +179,44 @@ def build_runs(config: dict) -> list[Run]:
     return sorted(set(runs))
 
 
+def canonical(value):
+    """Settings with every mapping's keys sorted, so that reordering YAML keys never reruns a job
+    (Snakemake compares params by their text)."""
+    if isinstance(value, dict):
+        return {k: canonical(value[k]) for k in sorted(value)}
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    return value
+
+
 def partition_settings(config: dict, dataset: str, alpha: str, num_clients: int, seed: int) -> dict:
-    return {"dataset": dataset, "dataset_options": config["datasets"][dataset], "alpha": alpha,
-            "num_clients": int(num_clients), "seed": int(seed), **config["partition"]}
+    return canonical({"dataset": dataset, "dataset_options": config["datasets"][dataset], "alpha": alpha,
+            "num_clients": int(num_clients), "seed": int(seed), **config["partition"]})
 
 
 def init_settings(config: dict, dataset: str, model: str, init: str) -> dict:
+    from fedscape.inits import init_extras, kind_spec
+
     channels, size, classes = DATASET_SHAPES[dataset]
-    return {"dataset": dataset, "model": model, "model_options": config["model_options"].get(model, {}),
+    spec = config["inits"][init]
+    runs = build_runs(config) if spec["kind"] == "continue" else []
+    return canonical({"dataset": dataset, "model": model, "model_options": config["model_options"].get(model, {}),
             "in_channels": channels, "image_size": size, "num_classes": classes, "init": init,
-            **config["inits"][init]}
+            **kind_spec(spec), **init_extras(config, runs, dataset, model, init)})
 
 
 def train_settings(config: dict, run: Run) -> dict:
     """Everything a train job needs, resolved: Snakemake reruns the job when this dict changes."""
     spec = config["algorithms"][run.algorithm]
     training = {**config["training"], **spec.get("training", {})}
-    return {
+    return canonical({
         "run": asdict(run),
         "run_id": run.run_id,
         "dataset_options": config["datasets"][run.dataset],
         "algorithm": spec["name"],
         "hyperparameters": {k: v for k, v in spec.items() if k not in ("name", "training")},
         "training": training,
-    }
+    })
 
 
 def digest(settings: dict) -> str:
@@ -192,7 +227,7 @@ def digest(settings: dict) -> str:
 RUN_FIELDS = tuple(f.name for f in fields(Run))
 
 
-def _canonical(key: str, value) -> str:
+def _selector_value(key: str, value) -> str:
     if key == "alpha":
         return format_alpha(value)
     if key == "participation":
@@ -208,8 +243,8 @@ def select_runs(runs: list[Run], selector: dict) -> list[Run]:
 
         raise ConfigError(f"unknown run field {unknown[0]!r} in selector {selector}.{suggest(unknown[0], RUN_FIELDS)} "
                           f"Valid: {', '.join(RUN_FIELDS)}")
-    want = {k: _canonical(k, v) for k, v in selector.items()}
-    return [r for r in runs if all(_canonical(k, getattr(r, k)) == v for k, v in want.items())]
+    want = {k: _selector_value(k, v) for k, v in selector.items()}
+    return [r for r in runs if all(_selector_value(k, getattr(r, k)) == v for k, v in want.items())]
 
 
 def resolve_run(runs: list[Run], selector: dict, where: str = "") -> Run:

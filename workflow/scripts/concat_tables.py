@@ -2,5 +2,5 @@
 
 from fedscape.pipeline import concat_tables, setup_logging
 
-setup_logging(snakemake.log[0])  # noqa: F821
+setup_logging(snakemake.log[0], snakemake.threads)  # noqa: F821
 concat_tables(list(snakemake.input), snakemake.output[0])  # noqa: F821

@@ -172,6 +172,7 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
     points = _final_points(df, column)
     style = RunStyle(df)
     facets = _facets(df)
+    is_acc = column.endswith("_acc")
     most = max(_in_facet(df, f)["init"].nunique() for f in facets)
     alphas = alpha_order(df["alpha"].unique())
     width = 0.8 / len(alphas)
@@ -192,12 +193,17 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
                 color = style.color(alpha)
                 handle = ax.bar(x, c["mean"], width * 0.9, color=color, alpha=0.75, edgecolor="none")
                 if not math.isnan(c["ci95_low"]):
-                    ax.errorbar(x, c["mean"], yerr=[[c["mean"] - c["ci95_low"]], [c["ci95_high"] - c["mean"]]],
-                                color="black", lw=0.8, capsize=2)
+                    lo, hi = c["ci95_low"], c["ci95_high"]
+                    if is_acc:  # the interval of the mean, drawn within [0, 1] (the CSV keeps it whole)
+                        lo, hi = max(lo, 0.0), min(hi, 1.0)
+                    ax.errorbar(x, c["mean"], yerr=[[c["mean"] - lo], [hi - c["mean"]]], color="black", lw=0.8,
+                                capsize=2)
                 seeds = _cell(runs, init, alpha)
                 ax.plot(np.full(len(seeds), x), seeds[column], "o", ms=2.5, color="black", alpha=0.7)
                 legend.setdefault(format_alpha(alpha), handle)
         ax.set_xticks(range(len(inits)), [f"{i} init" for i in inits])
+        if is_acc:
+            ax.set_ylim(0.0, 1.02)
         ax.set_title(_facet_title(facet, df))
         ax.set_ylabel("final test accuracy" if column == "test_acc" else column)
         ax.grid(axis="x", visible=False)

@@ -329,7 +329,7 @@ def headline_table(final: pd.DataFrame) -> pd.DataFrame:
 def headline_table_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str | Path) -> dict:
     """FedAlign Table 1 as a figure: one row per run group, one column per headline number of final.csv
     that the config computes (accuracy, barrier to IID, lambda_max, trace, HN, HD); mean +- std over
-    seeds; each column shaded from worst (light) to best (dark) and its best value bold."""
+    seeds; each column shaded by rank from worst (light) to best (dark) and its best value bold."""
     df = _select(final, dataset, model)
     if df.empty:
         return save_figure(empty_figure(f"no runs of {dataset} / {model} in final.csv"), base_path,
@@ -351,7 +351,9 @@ def headline_table_figure(final: pd.DataFrame, dataset: str, model: str, base_pa
         finite = col[np.isfinite(col)]
         if finite.size:
             lo, hi = finite.min(), finite.max()
-            rank = (col - lo) / (hi - lo) if hi > lo else np.where(np.isfinite(col), 0.5, np.nan)  # equal: neutral
+            # shade by rank, not by value: HN and the trace span orders of magnitude across methods
+            ranks = pd.Series(col).rank(method="average").to_numpy()
+            rank = (ranks - 1) / (finite.size - 1) if hi > lo else np.where(np.isfinite(col), 0.5, np.nan)
             shade[:, j] = rank if higher else 1 - rank
         best = (np.nanmax(col) if higher else np.nanmin(col)) if finite.size > 1 and hi > lo else np.nan
         for i, r in enumerate(row_order):

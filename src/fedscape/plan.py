@@ -12,8 +12,11 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import yaml
+
 from fedscape.config import ConfigError, load_schema, validate_config
 from fedscape.partition import format_alpha
+from fedscape.utils import suggest
 
 # Data shape of every dataset: (in_channels, image_size, num_classes), known without loading.
 DATASET_SHAPES = {"digits": (1, 8, 10), "cifar10": (3, 32, 10), "cifar100": (3, 32, 100)}
@@ -69,8 +72,6 @@ def format_fraction(value: float | str) -> str:
 
 def load_config(path: str | Path, schema_path: str | Path) -> dict:
     """Read a YAML config safely, fill defaults and validate it (schema and cross-key checks)."""
-    import yaml
-
     with open(path) as fh:
         config = yaml.safe_load(fh) or {}
     return check_config(config, load_schema(schema_path))
@@ -141,8 +142,6 @@ def _train_config(training: dict, overrides: dict):
     merged = {**training, **overrides}
     unknown = set(overrides) - set(training)
     if unknown:
-        from fedscape.utils import suggest
-
         key = sorted(unknown)[0]
         raise ValueError(f"unknown training key {key!r}.{suggest(key, training)} Valid: {', '.join(training)}")
     merged.pop("device", None)
@@ -170,8 +169,6 @@ def build_runs(config: dict) -> list[Run]:
     for i, c in enumerate(combos):
         for key, section in (("dataset", "datasets"), ("init", "inits"), ("algorithm", "algorithms")):
             if c[key] not in config[section]:
-                from fedscape.utils import suggest
-
                 raise ConfigError(f"experiments[{i}].{key}: {c[key]!r} is not defined in `{section}`."
                                   f"{suggest(c[key], config[section])} Defined: {', '.join(config[section])}")
         runs.append(Run(c["dataset"], c["model"], c["init"], c["algorithm"], format_alpha(c["alpha"]),
@@ -239,8 +236,6 @@ def select_runs(runs: list[Run], selector: dict) -> list[Run]:
     """The runs whose fields equal every key of `selector` (e.g. {alpha: iid, init: random})."""
     unknown = [k for k in selector if k not in RUN_FIELDS]
     if unknown:
-        from fedscape.utils import suggest
-
         raise ConfigError(f"unknown run field {unknown[0]!r} in selector {selector}.{suggest(unknown[0], RUN_FIELDS)} "
                           f"Valid: {', '.join(RUN_FIELDS)}")
     want = {k: _selector_value(k, v) for k, v in selector.items()}

@@ -18,7 +18,7 @@ from fedscape.client_stats import round_stats
 from fedscape.evaluate import evaluate
 from fedscape.fl.strategy import ClientContext, ClientResult, Strategy
 from fedscape.params import FlatParams, flatten_buffers, load_buffers
-from fedscape.utils import derive_seed
+from fedscape.utils import atomic_path, derive_seed
 
 log = logging.getLogger("fedscape.train")
 
@@ -205,8 +205,6 @@ class _Progress:
     def save(self, round_: int, record: dict, strategy: Strategy) -> None:
         if self.dir is None:
             return
-        from fedscape.utils import atomic_path
-
         with atomic_path(self.dir / f"round_{round_:05d}.pt") as tmp:
             torch.save(record, tmp)
         with atomic_path(self.dir / "state.pt") as tmp:

@@ -13,13 +13,13 @@ from fedscape.barriers import (
 INTERPOLATION_PAIRS = {p.label: p for p in interpolation_pairs(config, RUNS)}
 LAYER_PAIRS = {p.label: p for p in layer_pairs(config, RUNS)}
 BARRIER_LABEL = r"[A-Za-z0-9_.-]+"
-INTERPOLATION_DIR = "results/barriers/interpolation/{pair}"
-LAYERWISE_DIR = "results/barriers/layerwise/{pair}/round~{round}"
-LAYER_FIGURE = "results/figures/barriers/layerwise/{pair}/{split}"
+INTERPOLATION_DIR = results_path("barriers/interpolation/{pair}")
+LAYERWISE_DIR = results_path("barriers/layerwise/{pair}/round~{round}")
+LAYER_FIGURE = results_path("figures/barriers/layerwise/{pair}/{split}")
 
 
 def _partition_file(run):
-    return f"results/partitions/{run.partition_id}/partition.npz"
+    return f"{RESULTS}/partitions/{run.partition_id}/partition.npz"
 
 
 def interpolation_inputs(wildcards):
@@ -103,8 +103,8 @@ rule interpolation_tables:
     input:
         curves=interpolation_curves,
     output:
-        interpolation="results/tables/interpolation.csv",
-        barriers="results/tables/barriers.csv",
+        interpolation=results_path("tables/interpolation.csv"),
+        barriers=results_path("tables/barriers.csv"),
     log:
         "logs/tables/interpolation.log",
     conda:
@@ -115,16 +115,16 @@ rule interpolation_tables:
 
 rule interpolation_figure:
     input:
-        table="results/tables/interpolation.csv",
+        table=results_path("tables/interpolation.csv"),
     output:
         png=report(
-            "results/figures/barriers/interpolation.png",
+            results_path("figures/barriers/interpolation.png"),
             caption="../workflow/report/barriers_interpolation.rst",
             category="Barriers",
             subcategory="Linear interpolation",
         ),
-        pdf="results/figures/barriers/interpolation.pdf",
-        csv="results/figures/barriers/interpolation.csv",
+        pdf=results_path("figures/barriers/interpolation.pdf"),
+        csv=results_path("figures/barriers/interpolation.csv"),
     log:
         "logs/figures/barriers/interpolation.log",
     conda:
@@ -157,8 +157,8 @@ rule layer_barrier_tables:
         barriers=layerwise_outputs("barriers"),
         distances=layerwise_outputs("distances"),
     output:
-        barriers="results/tables/layer_barriers.csv",
-        distances="results/tables/layer_distances.csv",
+        barriers=results_path("tables/layer_barriers.csv"),
+        distances=results_path("tables/layer_distances.csv"),
     log:
         "logs/tables/layer_barriers.log",
     conda:
@@ -169,7 +169,7 @@ rule layer_barrier_tables:
 
 rule layer_barrier_figures:
     input:
-        table="results/tables/layer_barriers.csv",
+        table=results_path("tables/layer_barriers.csv"),
     output:
         train_png=report(
             f"{LAYER_FIGURE.replace('{split}', 'train')}.png",
@@ -202,7 +202,7 @@ rule client_stats:
         updates=client_updates_of_runs,
         trajectories=trajectories_of_runs,
     output:
-        table="results/tables/client_stats.csv",
+        table=results_path("tables/client_stats.csv"),
     log:
         "logs/tables/client_stats.log",
     params:
@@ -215,15 +215,15 @@ rule client_stats:
 
 rule client_stats_figure:
     input:
-        table="results/tables/client_stats.csv",
+        table=results_path("tables/client_stats.csv"),
     output:
         png=report(
-            "results/figures/client_stats/client_stats.png",
+            results_path("figures/client_stats/client_stats.png"),
             caption="../workflow/report/client_stats.rst",
             category="Client updates",
         ),
-        pdf="results/figures/client_stats/client_stats.pdf",
-        csv="results/figures/client_stats/client_stats.csv",
+        pdf=results_path("figures/client_stats/client_stats.pdf"),
+        csv=results_path("figures/client_stats/client_stats.csv"),
     log:
         "logs/figures/client_stats.log",
     conda:
@@ -235,14 +235,14 @@ rule client_stats_figure:
 if INTERPOLATION_PAIRS:
     TARGETS.extend(
         [
-            "results/tables/interpolation.csv",
-            "results/tables/barriers.csv",
-            *figure_files("results/figures/barriers/interpolation").values(),
+            results_path("tables/interpolation.csv"),
+            results_path("tables/barriers.csv"),
+            *figure_files(results_path("figures/barriers/interpolation")).values(),
         ]
     )
 if LAYER_PAIRS:
     TARGETS.extend(
-        ["results/tables/layer_barriers.csv", "results/tables/layer_distances.csv"]
+        [results_path("tables/layer_barriers.csv"), results_path("tables/layer_distances.csv")]
     )
     TARGETS.extend(
         f"{LAYER_FIGURE.format(pair=label, split=split)}.{ext}"
@@ -253,7 +253,7 @@ if LAYER_PAIRS:
 if config["client_stats"]["enabled"]:
     TARGETS.extend(
         [
-            "results/tables/client_stats.csv",
-            *figure_files("results/figures/client_stats/client_stats").values(),
+            results_path("tables/client_stats.csv"),
+            *figure_files(results_path("figures/client_stats/client_stats")).values(),
         ]
     )

@@ -1,5 +1,7 @@
 # Shared set-up and input functions of the rule files.
 
+import os
+
 from fedscape.plan import (
     WILDCARD_CONSTRAINTS,
     Run,
@@ -13,16 +15,28 @@ from fedscape.config import load_schema
 
 check_config(config, load_schema(workflow.source_path("../workflow/schemas/config.schema.yaml")))
 RUNS = build_runs(config)
-RESULTS = "results"
+# Every output goes below the configured results directory; logs mirror its layout under logs/.
+RESULTS = os.path.normpath(config["results_dir"])
 LOGS = "logs"
 
-TRAIN_DIR = (
-    "results/train/{dataset}/{model}/init~{init}/algo~{algorithm}/alpha~{alpha}/"
+
+def results_path(path):
+    """`path` (relative to the results directory) below the configured results directory."""
+    return f"{RESULTS}/{path}"
+
+
+def log_path(path):
+    """The log path mirroring an output path: the results directory replaced by logs/."""
+    return f"{LOGS}/{path[len(RESULTS) + 1:]}" if path.startswith(f"{RESULTS}/") else path
+
+
+TRAIN_DIR = results_path(
+    "train/{dataset}/{model}/init~{init}/algo~{algorithm}/alpha~{alpha}/"
     "clients~{num_clients}/part~{participation}/seed~{seed}"
 )
-TRAIN_LOG = TRAIN_DIR.replace("results/train", "logs/train")
-PARTITION_DIR = "results/partitions/{dataset}/clients~{num_clients}/alpha~{alpha}/seed~{seed}"
-INIT_FILE = "results/init/{dataset}/{model}/init~{init}/init.pt"
+TRAIN_LOG = log_path(TRAIN_DIR)
+PARTITION_DIR = results_path("partitions/{dataset}/clients~{num_clients}/alpha~{alpha}/seed~{seed}")
+INIT_FILE = results_path("init/{dataset}/{model}/init~{init}/init.pt")
 
 
 wildcard_constraints:
@@ -30,11 +44,11 @@ wildcard_constraints:
 
 
 def run_dir(run):
-    return f"results/train/{run.run_id}"
+    return f"{RESULTS}/train/{run.run_id}"
 
 
 # Final targets of `rule all`; every stage's rule file extends this list.
-TARGETS = ["results/tables/partitions.csv", "results/tables/rounds.csv"]
+TARGETS = [results_path("tables/partitions.csv"), results_path("tables/rounds.csv")]
 
 
 def partition_params(wildcards):
@@ -57,7 +71,7 @@ def train_params(wildcards):
 
 def partition_counts_of_runs(wildcards):
     ids = sorted({run.partition_id for run in RUNS})
-    return [f"results/partitions/{pid}/counts.csv" for pid in ids]
+    return [f"{RESULTS}/partitions/{pid}/counts.csv" for pid in ids]
 
 
 def metrics_of_runs(wildcards):

@@ -7,7 +7,7 @@ rule cost_table:
         metrics=cost_metrics_of_runs,
         metas=cost_metas_of_runs,
     output:
-        table="results/tables/cost.csv",
+        table=results_path("tables/cost.csv"),
     log:
         "logs/tables/cost.log",
     conda:
@@ -16,4 +16,4 @@ rule cost_table:
         "../workflow/scripts/cost.py"
 
 
-TARGETS.extend(["results/tables/cost.csv"])
+TARGETS.extend([results_path("tables/cost.csv")])

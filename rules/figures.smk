@@ -4,20 +4,20 @@
 # Tables 1-4, 7). Included after the analysis rule files: it reads INTERPOLATION_PAIRS and HESSIAN_JOBS.
 
 DATASET_MODELS = sorted({(run.dataset, run.model) for run in RUNS})
-CURVES_FIGURE = "results/figures/curves/{dataset}/{model}/{metric}"
-ACCURACY_FIGURE = "results/figures/accuracy/{dataset}/{model}/{kind}"
-COST_FIGURE = "results/figures/cost/{dataset}/{model}/cost"
+CURVES_FIGURE = results_path("figures/curves/{dataset}/{model}/{metric}")
+ACCURACY_FIGURE = results_path("figures/accuracy/{dataset}/{model}/{kind}")
+COST_FIGURE = results_path("figures/cost/{dataset}/{model}/cost")
 HAS_COST_TABLE = "cost_table" in {r.name for r in workflow.rules}
 
 
 def final_table_inputs(wildcards):
-    inputs = {"rounds": "results/tables/rounds.csv"}
+    inputs = {"rounds": results_path("tables/rounds.csv")}
     if globals().get("INTERPOLATION_PAIRS"):
-        inputs["barriers"] = "results/tables/barriers.csv"
-        inputs["interpolation"] = "results/tables/interpolation.csv"
+        inputs["barriers"] = results_path("tables/barriers.csv")
+        inputs["interpolation"] = results_path("tables/interpolation.csv")
     if globals().get("HESSIAN_JOBS"):
-        inputs["hessian"] = "results/tables/hessian.csv"
-        inputs["hessian_clients"] = "results/tables/hessian_clients.csv"
+        inputs["hessian"] = results_path("tables/hessian.csv")
+        inputs["hessian_clients"] = results_path("tables/hessian_clients.csv")
     return inputs
 
 
@@ -41,7 +41,7 @@ rule final_table:
         unpack(final_table_inputs),
     output:
         table=report(
-            "results/tables/final.csv",
+            results_path("tables/final.csv"),
             caption="../workflow/report/final_table.rst",
             category="Tables",
         ),
@@ -55,10 +55,10 @@ rule final_table:
 
 rule summary_table:
     input:
-        final="results/tables/final.csv",
+        final=results_path("tables/final.csv"),
     output:
         table=report(
-            "results/tables/summary.csv",
+            results_path("tables/summary.csv"),
             caption="../workflow/report/summary_table.rst",
             category="Tables",
         ),
@@ -72,7 +72,7 @@ rule summary_table:
 
 rule curves_figure:
     input:
-        rounds="results/tables/rounds.csv",
+        rounds=results_path("tables/rounds.csv"),
     output:
         **figure_outputs(
             CURVES_FIGURE,
@@ -93,7 +93,7 @@ rule curves_figure:
 
 rule accuracy_figure:
     input:
-        final="results/tables/final.csv",
+        final=results_path("tables/final.csv"),
     output:
         **figure_outputs(
             ACCURACY_FIGURE,
@@ -114,7 +114,7 @@ rule accuracy_figure:
 
 rule cost_figure:
     input:
-        cost="results/tables/cost.csv",
+        cost=results_path("tables/cost.csv"),
     output:
         **figure_outputs(
             COST_FIGURE,
@@ -131,7 +131,7 @@ rule cost_figure:
         "../workflow/scripts/figures.py"
 
 
-TARGETS.extend(["results/tables/final.csv", "results/tables/summary.csv"])
+TARGETS.extend([results_path("tables/final.csv"), results_path("tables/summary.csv")])
 TARGETS.extend(
     f"{CURVES_FIGURE.format(dataset=d, model=m, metric=metric)}.{ext}"
     for d, m in DATASET_MODELS

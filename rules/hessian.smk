@@ -15,12 +15,12 @@ from fedscape.hessian_stage import (
 
 HESSIAN_JOBS = hessian_jobs(config, RUNS)
 HESSIAN_DIR = os.path.join(
-    TRAIN_DIR.replace("results/train", "results/hessian"), "round~{round}"
+    TRAIN_DIR.replace(results_path("train"), results_path("hessian")), "round~{round}"
 )
-HESSIAN_LOG = HESSIAN_DIR.replace("results/hessian", "logs/hessian")
-HESSIAN_FIGURES = "results/figures/hessian"
+HESSIAN_LOG = log_path(HESSIAN_DIR)
+HESSIAN_FIGURES = results_path("figures/hessian")
 HESSIAN_JOB_DIRS = [
-    f"results/hessian/{run.run_id}/round~{r}" for run, r in HESSIAN_JOBS
+    f"{RESULTS}/hessian/{run.run_id}/round~{r}" for run, r in HESSIAN_JOBS
 ]
 
 
@@ -53,8 +53,8 @@ rule hessian_tables:
         tables=[f"{d}/hessian.csv" for d in HESSIAN_JOB_DIRS],
         clients=[f"{d}/hessian_clients.csv" for d in HESSIAN_JOB_DIRS],
     output:
-        table="results/tables/hessian.csv",
-        clients="results/tables/hessian_clients.csv",
+        table=results_path("tables/hessian.csv"),
+        clients=results_path("tables/hessian_clients.csv"),
     log:
         "logs/tables/hessian.log",
     conda:
@@ -68,7 +68,7 @@ rule hessian_tables:
 
 rule hessian_by_algorithm_figure:
     input:
-        table="results/tables/hessian.csv",
+        table=results_path("tables/hessian.csv"),
     output:
         png=report(
             f"{HESSIAN_FIGURES}/lambda_trace_by_algorithm.png",
@@ -89,7 +89,7 @@ rule hessian_by_algorithm_figure:
 
 rule hessian_by_init_figure:
     input:
-        table="results/tables/hessian.csv",
+        table=results_path("tables/hessian.csv"),
     output:
         png=report(
             f"{HESSIAN_FIGURES}/lambda_trace_by_init.png",
@@ -128,7 +128,7 @@ rule hessian_density_figure:
 
 
 if HESSIAN_JOBS:
-    TARGETS.extend(["results/tables/hessian.csv", "results/tables/hessian_clients.csv"])
+    TARGETS.extend([results_path("tables/hessian.csv"), results_path("tables/hessian_clients.csv")])
     TARGETS.extend(f"{d}/eigen_plane.npz" for d in HESSIAN_JOB_DIRS)
     TARGETS.extend(
         f"{HESSIAN_FIGURES}/{name}.{ext}"

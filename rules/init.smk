@@ -8,7 +8,7 @@ rule init:
         # Pretraining / warm-up progress, kept outside the declared outputs (see rule train).
         progress_dir=INIT_FILE.replace("init.pt", "_progress"),
     log:
-        INIT_FILE.replace("results/", "logs/").replace(".pt", ".log"),
+        log_path(INIT_FILE).replace(".pt", ".log"),
     conda:
         "../envs/torch.yaml"
     script:

@@ -15,9 +15,9 @@ from fedscape.landscape.spec import (
 )
 
 LANDSCAPES = {plan.label: plan for plan in landscape_plans(config, RUNS)}
-LANDSCAPE_DIR = "results/landscape/{dataset}/{model}/{surface}"
+LANDSCAPE_DIR = results_path("landscape/{dataset}/{model}/{surface}")
 SURFACE_DIR = f"{LANDSCAPE_DIR}/{{data}}"
-LANDSCAPE_LOG = LANDSCAPE_DIR.replace("results/", "logs/")
+LANDSCAPE_LOG = log_path(LANDSCAPE_DIR)
 LANDSCAPE_WILDCARDS = {
     "surface": r"[A-Za-z0-9_.-]+",
     "data": r"train|test|client~[0-9]+",
@@ -36,7 +36,7 @@ def landscape_plane_inputs(wildcards):
     if plan.kind == "local":
         inputs["clients"] = f"{run_dir(runs[0])}/clients.pt"
     if plan.kind == "hessian":
-        inputs["hessian_plane"] = hessian_plane_path(plan)
+        inputs["hessian_plane"] = hessian_plane_path(plan, RESULTS)
     return inputs
 
 
@@ -50,7 +50,7 @@ def landscape_chunk_inputs(wildcards):
     inputs = {"plane": f"{plane_dir}/plane.npz", "grid": f"{plane_dir}/grid.json"}
     if wildcards.data != "test":
         inputs["partition"] = (
-            f"results/partitions/{plan.data_run.partition_id}/partition.npz"
+            f"{RESULTS}/partitions/{plan.data_run.partition_id}/partition.npz"
         )
     return inputs
 
@@ -87,7 +87,7 @@ def landscape_figure_params(wildcards):
 def landscape_surface_files(name):
     def files(wildcards=None):
         return [
-            f"{plan.directory}/{data}/{name}"
+            f"{RESULTS}/{plan.directory}/{data}/{name}"
             for plan in LANDSCAPES.values()
             for data in plan.data
         ]
@@ -181,7 +181,7 @@ rule surfaces_table:
     input:
         landscape_surface_files("surface.npz"),
     output:
-        "results/tables/surfaces.csv",
+        results_path("tables/surfaces.csv"),
     log:
         "logs/tables/surfaces.log",
     conda:
@@ -192,6 +192,6 @@ rule surfaces_table:
 
 if LANDSCAPES:
     TARGETS.extend(
-        ["results/tables/surfaces.csv", *landscape_surface_files("surface.png")()]
+        [results_path("tables/surfaces.csv"), *landscape_surface_files("surface.png")()]
     )
     TARGETS.extend(landscape_surface_files("surface.pdf")())

@@ -5,7 +5,7 @@ rule partition:
     params:
         settings=partition_params,
     log:
-        f"{PARTITION_DIR.replace('results/', 'logs/')}/partition.log",
+        f"{log_path(PARTITION_DIR)}/partition.log",
     conda:
         "../envs/light.yaml"
     script:

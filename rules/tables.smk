@@ -2,7 +2,7 @@ rule partitions_table:
     input:
         partition_counts_of_runs,
     output:
-        "results/tables/partitions.csv",
+        results_path("tables/partitions.csv"),
     log:
         "logs/tables/partitions.log",
     conda:
@@ -15,7 +15,7 @@ rule rounds_table:
     input:
         metrics_of_runs,
     output:
-        "results/tables/rounds.csv",
+        results_path("tables/rounds.csv"),
     log:
         "logs/tables/rounds.log",
     conda:

@@ -108,6 +108,30 @@ def test_invalid_config_fails_before_any_job(tmp_path):
     assert not (workdir / "results").exists()
 
 
+def test_every_output_is_planned_below_the_configured_results_dir(tmp_path):
+    workdir = copy_workflow(tmp_path / "work")
+    scratch = tmp_path / "scratch" / "fedscape"
+    cfg = tiny_config() | {"results_dir": str(scratch)}
+    (workdir / "scratch.yaml").write_text(yaml.safe_dump(cfg))
+
+    proc = snakemake(workdir, "--configfile", "scratch.yaml", "--summary")
+
+    outputs = [line.split("\t")[0] for line in proc.stdout.splitlines()[1:] if line.strip()]
+    assert len(outputs) > 50
+    assert all(path.startswith(f"{scratch}/") for path in outputs), [p for p in outputs if str(scratch) not in p]
+
+
+@pytest.mark.parametrize("bad", ["", "a/../../b", "..", "with space", "res{x}"])
+def test_bad_results_dir_is_rejected(tmp_path, bad):
+    workdir = copy_workflow(tmp_path)
+    (workdir / "bad.yaml").write_text(yaml.safe_dump(tiny_config() | {"results_dir": bad}))
+
+    proc = snakemake(workdir, "--configfile", "bad.yaml", "-n", check=False)
+
+    assert proc.returncode != 0
+    assert "results_dir" in proc.stdout + proc.stderr
+
+
 def single_run_config() -> dict:
     cfg = tiny_config()
     cfg["alphas"] = ["iid"]
@@ -157,3 +181,19 @@ def test_killed_train_job_resumes_to_identical_checkpoints(tmp_path):
     ref_clients, new_clients = load_clients(ref_dir / "clients.pt"), load_clients(new_dir / "clients.pt")
     assert all(torch.equal(ref_clients[r].params, new_clients[r].params) for r in (2, 5))
     assert not (new_dir / "_progress").exists()
+
+
+def test_single_run_writes_only_below_the_configured_results_dir(tmp_path):
+    workdir = copy_workflow(tmp_path / "work")
+    scratch = tmp_path / "scratch"
+    cfg = single_run_config() | {"results_dir": str(scratch)}
+    cfg["training"].update(rounds=2, local_epochs=1, save_clients_at=[1])
+    (workdir / "scratch.yaml").write_text(yaml.safe_dump(cfg))
+
+    snakemake(workdir, "--configfile", "scratch.yaml")
+
+    assert not (workdir / "results").exists()
+    assert pd.read_csv(scratch / "tables/rounds.csv")["round"].max() == 2
+    assert next((scratch / "train").rglob("trajectory.pt")).is_file()
+    assert next((workdir / "logs/train").rglob("*.log")).is_file()
+    assert snakemake(workdir, "--configfile", "scratch.yaml", "-n").stdout.count("Nothing to be done") == 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -69,8 +70,9 @@ def kind_spec(spec: dict) -> dict:
     return {k: spec[k] for k in KIND_KEYS.get(kind, ("kind",)) if k in spec}
 
 
-def iid_partition_path(dataset: str, num_clients: int, seed: int) -> str:
-    return f"results/partitions/{dataset}/clients~{int(num_clients)}/alpha~iid/seed~{int(seed)}/partition.npz"
+def iid_partition_path(dataset: str, num_clients: int, seed: int, results: str = "results") -> str:
+    """The IID partition file an iid_warmup init trains on, below the results directory `results`."""
+    return f"{results}/partitions/{dataset}/clients~{int(num_clients)}/alpha~iid/seed~{int(seed)}/partition.npz"
 
 
 def continue_source(config: dict, runs: list, dataset: str, model: str, init: str):
@@ -100,11 +102,12 @@ def init_extras(config: dict, runs: list, dataset: str, model: str, init: str) -
 def init_input_paths(config: dict, runs: list, dataset: str, model: str, init: str) -> dict[str, str]:
     """Named inputs of an init job: the IID partition of a warm-up, the source trajectory of a continue."""
     spec = config["inits"][init]
+    results = os.path.normpath(config.get("results_dir", "results"))
     if spec["kind"] == "iid_warmup":
-        return {"partition": iid_partition_path(dataset, spec["num_clients"], spec["partition_seed"])}
+        return {"partition": iid_partition_path(dataset, spec["num_clients"], spec["partition_seed"], results)}
     if spec["kind"] == "continue":
         source = continue_source(config, runs, dataset, model, init)
-        return {"trajectory": f"results/train/{source.run_id}/trajectory.pt"}
+        return {"trajectory": f"{results}/train/{source.run_id}/trajectory.pt"}
     return {}
 
 

@@ -2,7 +2,7 @@
 
 Each entry ``label -> spec`` is one plane with one surface per data set in ``spec.data``. Runs are
 named by selectors (`fedscape.plan.select_runs` / `resolve_run`); an empty ``runs`` list means every
-run of the config. Paths (all below ``results/landscape/{dataset}/{model}/{label}/``): ``plane.npz``,
+run of the config. Paths (all below ``<results_dir>/landscape/{dataset}/{model}/{label}/``): ``plane.npz``,
 ``points.csv``, ``grid.json``; per data set ``{data}/chunks/chunk~{i}.npz``, ``{data}/surface.npz``
 and the figure ``{data}/surface.{pdf,png}`` with its data beside it.
 """
@@ -19,8 +19,8 @@ DATA_SETS = ("train", "client", "test")
 PLANE_KIND_OF = {"trajectory": "pca", "local": "pca", "final_models": "joint_pca", "trajectories": "joint_pca",
                  "random": "random", "hessian": "hessian", "three_points": "three_points"}
 SINGLE_RUN_KINDS = ("trajectory", "local", "random", "hessian")
-HESSIAN_PLANE = "results/hessian/{run_id}/round~{round}/eigen_plane.npz"  # written by the Hessian stage (issue 6)
-LANDSCAPE_ROOT = "results/landscape"
+HESSIAN_PLANE = "hessian/{run_id}/round~{round}/eigen_plane.npz"  # written by the Hessian stage (issue 6)
+LANDSCAPE_ROOT = "landscape"
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,7 @@ class LandscapePlan:
 
     @property
     def directory(self) -> str:
+        """The surface's directory, relative to the results directory."""
         return f"{LANDSCAPE_ROOT}/{self.dataset}/{self.model}/{self.label}"
 
     def surface_id(self, data: str) -> str:
@@ -205,11 +206,12 @@ def _round_value(value) -> int | str:
     return value if value == "final" else int(value)
 
 
-def hessian_plane_path(plan: LandscapePlan) -> str:
-    """The plane file a hessian surface reads: `plane_file`, or the Hessian stage's eigenvector plane."""
+def hessian_plane_path(plan: LandscapePlan, results: str = "results") -> str:
+    """The plane file a hessian surface reads: `plane_file`, or the Hessian stage's eigenvector plane
+    below the results directory `results`."""
     if plan.spec.get("plane_file"):
         return str(plan.spec["plane_file"])
-    return HESSIAN_PLANE.format(run_id=plan.runs[0].run_id, round=plan.round)
+    return f"{results}/{HESSIAN_PLANE.format(run_id=plan.runs[0].run_id, round=plan.round)}"
 
 
 def plane_settings(config: dict, plan: LandscapePlan) -> dict:

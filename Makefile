@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: install run test test-slurm lint dryrun clean
+.PHONY: install run report test test-slurm lint dryrun clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,10 @@ install: $(VENV)/.installed
 
 run: install
 	$(BIN)/snakemake --cores $(CORES)
+
+# The default workflow (run or continued), then its self-contained HTML report: report.html
+report: run
+	$(BIN)/snakemake --report report.html
 
 dryrun: install
 	$(BIN)/snakemake -n

@@ -298,6 +298,107 @@ def test_defaults_and_pairs_resolve():
     assert check_config({}, SCHEMA)["interpolation"] == {"points": 21, "pairs": {}}
 
 
+# -- figures from fixture tables ------------------------------------------------------------------
+def rid(alpha: str, seed: int = 0, init: str = "random") -> str:
+    """A run_id of the digits / cnn_small runs of the fixture tables."""
+    return f"digits/cnn_small/init~{init}/algo~fedavg/alpha~{alpha}/clients~10/part~1.0/seed~{seed}"
+
+
+def figure_outputs(tmp_path: Path, name: str) -> dict[str, Path]:
+    """A rule's named figure outputs <name>.{png,pdf,csv} under tmp_path/figures."""
+    return {ext: tmp_path / "figures" / f"{name}.{ext}" for ext in ("png", "pdf", "csv")}
+
+
+def distance_table() -> pd.DataFrame:
+    """layer_distances.csv of two pairs: two clients of one run (rounds 1-3) and two runs (rounds 0 and 2)."""
+    rows = []
+    for pair, run_id, rounds in (("clients", rid("iid"), (1, 2, 3)), ("runs", f"{rid('iid')} | {rid('0.1')}", (0, 2))):
+        for r in rounds:
+            for k, layer in [*enumerate(CNN_LAYERS), (-1, "full")]:
+                distance = 0.0 if pair == "runs" and r == 0 else (k + 2) * 0.1 * r  # same init: identical at round 0
+                rows.append({"run_id": run_id, "round": r, "pair": pair, "layer_index": k, "layer": layer,
+                             "distance": distance, "cosine": 1.0 - 0.01 * r})
+    return pd.DataFrame(rows, columns=LAYER_DISTANCE_COLUMNS)
+
+
+@pytest.mark.parametrize("pair", ["clients", "runs"])
+def test_layer_distance_figure_writes_pdf_png_and_the_pairs_rows(tmp_path, pair):
+    from test_figures import assert_figure_files
+
+    from fedscape.barrier_stages import layer_distance_figure
+
+    table = distance_table()
+    table.to_csv(tmp_path / "layer_distances.csv", index=False)
+    outputs = figure_outputs(tmp_path, f"{pair}/distances")
+
+    layer_distance_figure(tmp_path / "layer_distances.csv", pair, outputs)
+
+    data = assert_figure_files(outputs)
+    expected = table[table["pair"] == pair]
+    assert list(data.columns) == LAYER_DISTANCE_COLUMNS
+    assert len(data) == len(expected)
+    assert sorted(data["round"].unique()) == sorted(expected["round"].unique())
+    for _, per_round in data.groupby("round"):  # layers in forward order, the whole model last
+        assert per_round["layer"].tolist() == [*CNN_LAYERS, "full"]
+    assert data["distance"].sum() == pytest.approx(expected["distance"].sum())
+
+
+def test_layer_distance_figure_of_a_pair_absent_from_the_table(tmp_path):
+    from test_figures import assert_figure_files
+
+    from fedscape.barrier_stages import layer_distance_figure
+
+    distance_table().to_csv(tmp_path / "layer_distances.csv", index=False)
+    outputs = figure_outputs(tmp_path, "distances")
+
+    with pytest.raises(ValueError, match=r"pair 'nope' has no rows .*its pairs: clients, runs"):
+        layer_distance_figure(tmp_path / "layer_distances.csv", "nope", outputs)
+    assert not any(p.exists() for p in outputs.values())
+    pd.DataFrame(columns=["run_id", "round"]).to_csv(tmp_path / "other.csv", index=False)
+    with pytest.raises(ValueError, match=r"lacks columns \['pair'"):
+        layer_distance_figure(tmp_path / "other.csv", "clients", outputs)
+    # a configured pair whose rounds were all skipped (the rule passes its rounds): a figure saying so
+    layer_distance_figure(tmp_path / "layer_distances.csv", "nope", outputs, rounds=[1, 2])
+    assert len(assert_figure_files(outputs, min_rows=0, min_png=1000)) == 0
+
+
+def test_barrier_figures_follow_the_shared_style(tmp_path):
+    """Interpolation curves, layer heatmaps and client statistics: valid files, the tables' columns unchanged."""
+    from test_figures import assert_figure_files
+
+    from fedscape.barrier_stages import client_stats_figure, interpolation_figure, layer_heatmaps, pair_label
+    from fedscape.client_stats import CLIENT_STATS_COLUMNS
+
+    curves = pd.DataFrame([
+        {"pair_id": "iid_vs_01", "run_a": rid("iid"), "round_a": 3, "run_b": rid("0.1"), "round_b": 3, "t": t,
+         "split": split, "loss": 1 + t * (1 - t), "error": 0.2 + 0.1 * t * (1 - t)}
+        for split in ("train", "test") for t in (0.0, 0.5, 1.0)], columns=INTERPOLATION_COLUMNS)
+    curves.to_csv(tmp_path / "interpolation.csv", index=False)
+    interpolation_figure(tmp_path / "interpolation.csv", figure_outputs(tmp_path, "interpolation"))
+    assert list(assert_figure_files(figure_outputs(tmp_path, "interpolation")).columns) == INTERPOLATION_COLUMNS
+
+    layers = pd.DataFrame([
+        {"run_id": rid("iid"), "round": r, "pair": "clients", "mode": mode, "layer_index": k, "layer": layer,
+         "split": split, "barrier_loss": 0.1 * k - 0.05 * r, "barrier_error": 0.01 * k}
+        for r in (1, 2) for mode in MODES for k, layer in enumerate(CNN_LAYERS) for split in ("train", "test")],
+        columns=LAYER_BARRIER_COLUMNS)
+    layers.to_csv(tmp_path / "layer_barriers.csv", index=False)
+    layer_heatmaps(tmp_path / "layer_barriers.csv", "clients", "train", figure_outputs(tmp_path, "train"))
+    data = assert_figure_files(figure_outputs(tmp_path, "train"))
+    assert list(data.columns) == LAYER_BARRIER_COLUMNS and set(data["split"]) == {"train"}
+
+    stats = pd.DataFrame([
+        {"run_id": rid(alpha, seed), "round": r, "drift_from_start": 0.1, "drift_from_aggregate": 0.1,
+         "gradient_diversity": 1.0 + r, "update_cosine_mean": 0.5, "l2_to_final": 3.0 - r}
+        for alpha in ("iid", "0.1") for seed in (0, 1) for r in range(4)], columns=CLIENT_STATS_COLUMNS)
+    stats.to_csv(tmp_path / "client_stats.csv", index=False)
+    client_stats_figure(tmp_path / "client_stats.csv", figure_outputs(tmp_path, "client_stats"))
+    data = assert_figure_files(figure_outputs(tmp_path, "client_stats"))
+    assert len(data) == 2 * 4  # seeds averaged: one line per alpha
+    assert pair_label(rid("iid"), rid("0.1")) == "IID vs α=0.1"
+    assert pair_label(rid("iid")) == "FedAvg · random init · IID"
+
+
 # -- the tiny run ---------------------------------------------------------------------------------
 def test_interpolation_tables_of_tiny_run(tiny_run):
     cfg = yaml.safe_load((tiny_run / "tiny.yaml").read_text())
@@ -343,6 +444,10 @@ def test_layer_barrier_tables_of_tiny_run(tiny_run):
             for ext in ("png", "pdf", "csv"):
                 path = tiny_run / f"results/figures/barriers/layerwise/{label}/{split}.{ext}"
                 assert path.stat().st_size > 0
+        distances_figure = pd.read_csv(tiny_run / f"results/figures/barriers/layerwise/{label}/distances.csv")
+        assert len(distances_figure) == n_rounds * (len(CNN_LAYERS) + 1)
+        for ext in ("png", "pdf"):
+            assert (tiny_run / f"results/figures/barriers/layerwise/{label}/distances.{ext}").stat().st_size > 0
 
 
 def test_run_pairs_reuse_the_trained_runs(tiny_run, tmp_path):

@@ -267,6 +267,27 @@ def test_save_figure_writes_pdf_png_and_data_beside_each_other(tmp_path):
     assert back["x"].tolist() == [1, 2] and math.isnan(back["y"][1])
 
 
+def test_save_figure_outputs_needs_one_base_name(tmp_path):
+    from fedscape.plotting import save_figure_outputs
+
+    outputs = {ext: tmp_path / f"fig.{ext}" for ext in ("png", "pdf", "csv")}
+    assert save_figure_outputs(empty_figure("x"), outputs, pd.DataFrame({"x": [1]})) == outputs
+    with pytest.raises(ValueError, match="one base"):
+        save_figure_outputs(empty_figure("x"), {**outputs, "csv": tmp_path / "other.csv"}, pd.DataFrame())
+
+
+def test_heatmap_colour_maps_are_colour_blind_safe_and_grey_where_missing():
+    from matplotlib.colors import to_hex
+
+    from fedscape.plotting import MISSING_COLOR, OKABE_ITO, diverging_cmap, sequential_cmap
+
+    div, seq = diverging_cmap(), sequential_cmap()
+    assert to_hex(div(0.0)) == OKABE_ITO["blue"].lower() and to_hex(div(1.0)) == OKABE_ITO["vermillion"].lower()
+    assert to_hex(div(0.5)) == "#ffffff" or np.allclose(div(0.5)[:3], 1.0, atol=0.01)
+    assert seq.name.startswith("viridis")
+    assert to_hex(div(np.nan)) == to_hex(seq(np.nan)) == MISSING_COLOR
+
+
 # -- the tiny end-to-end run -------------------------------------------------------------------------
 def test_tiny_run_tables_and_figures(tiny_run):
     final = pd.read_csv(tiny_run / "results/tables/final.csv")

@@ -26,6 +26,7 @@ import torch
 
 from fedscape.barriers import (
     BARRIER_COLUMNS,
+    FULL_MODEL,
     INTERPOLATION_COLUMNS,
     LAYER_BARRIER_COLUMNS,
     LAYER_DISTANCE_COLUMNS,
@@ -33,6 +34,7 @@ from fedscape.barriers import (
     SPLITS,
     Point,
     interpolation_curve,
+    interpolation_grid,
     layer_distances,
     layerwise_barriers,
     linear_barrier,
@@ -41,7 +43,20 @@ from fedscape.barriers import (
 from fedscape.checkpoint import load_clients, load_trajectory
 from fedscape.client_stats import CLIENT_STATS_COLUMNS, CLIENT_UPDATES_COLUMNS, l2_to_final, stats_from_checkpoints
 from fedscape.pipeline import load_run_data, resolve_device, write_csv
-from fedscape.utils import atomic_path
+from fedscape.plotting import (
+    LABEL_ORDER,
+    MARKERS,
+    PALETTE,
+    RunStyle,
+    alpha_number,
+    diverging_cmap,
+    empty_figure,
+    label_run,
+    pyplot,
+    save_figure_outputs,
+    sequential_cmap,
+    varying_keys,
+)
 
 log = logging.getLogger("fedscape.barriers")
 
@@ -60,6 +75,26 @@ def _point(traj, round_: int) -> Point:
 
 def _empty(columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(columns=columns)
+
+
+def _nan_curve(settings: dict, rounds: list[int]) -> pd.DataFrame:
+    """The rows of an interpolation that is not computed (a diverged run): every t and split, NaN loss and error."""
+    rows = [{"pair_id": settings["pair_id"], "run_a": settings["run_a"], "round_a": rounds[0],
+             "run_b": settings["run_b"], "round_b": rounds[1], "t": float(t), "split": split, "loss": math.nan,
+             "error": math.nan} for t in interpolation_grid(settings["points"]) for split in SPLITS]
+    return pd.DataFrame(rows, columns=INTERPOLATION_COLUMNS)
+
+
+def _nan_layer_rows(traj, meta: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The layer-barrier and layer-distance rows of a pair and round that is not computed (a diverged run): NaN."""
+    layers = model_layers(traj.model_meta.build())
+    barriers = [{**meta, "mode": mode, "layer_index": i, "layer": layer.name, "split": split,
+                 "barrier_loss": math.nan, "barrier_error": math.nan}
+                for mode in MODES for i, layer in enumerate(layers) for split in SPLITS]
+    distances = [{**meta, "layer_index": index, "layer": name, "distance": math.nan, "cosine": math.nan}
+                 for index, name in [*((layer.index, layer.name) for layer in layers), (-1, FULL_MODEL)]]
+    return (pd.DataFrame(barriers, columns=LAYER_BARRIER_COLUMNS),
+            pd.DataFrame(distances, columns=LAYER_DISTANCE_COLUMNS))
 
 
 def parse_run_id(run_id: str) -> dict:
@@ -83,11 +118,12 @@ def interpolation_stage(settings: dict, trajectory_a: str | Path, trajectory_b: 
     for traj, key in ((traj_a, "round_a"), (traj_b, "round_b")):
         r = traj.final_round if settings[key] == "final" else int(settings[key])
         rounds.append(r)
-    missing = [(k, r) for k, r, tr in (("a", rounds[0], traj_a), ("b", rounds[1], traj_b)) if r > tr.final_round]
-    if missing:
-        log.warning("pair %s: round(s) %s are past the end of the run (it diverged); writing no rows",
-                    settings["pair_id"], missing)
-        write_csv(_empty(INTERPOLATION_COLUMNS), output)
+    reasons = [f"{key} ({settings['run_' + key]}): {reason}"
+               for key, r, tr in (("a", rounds[0], traj_a), ("b", rounds[1], traj_b))
+               if (reason := tr.unusable(r)) is not None]
+    if reasons:
+        log.warning("pair %s: %s; the curve is not computed (NaN rows)", settings["pair_id"], "; ".join(reasons))
+        write_csv(_nan_curve(settings, rounds), output)
         return
     splits = _splits(settings, partition, device)
     model = traj_a.model_meta.build().to(device).eval()
@@ -140,11 +176,20 @@ def layerwise_stage(settings: dict, inputs: dict, out_barriers: str | Path, out_
     meta = {"run_id": settings["run_id"], "round": round_, "pair": pair}
     if settings["kind"] == "clients":
         saved = load_clients(inputs["clients"])
+        reason = None
+        if round_ not in saved and traj_a.status == "ok":
+            raise KeyError(f"pair {pair}: {inputs['clients']} holds the client models of rounds {sorted(saved)}, not "
+                           f"of round {round_}, although the run did not diverge; retrain it")
         if round_ not in saved:
-            log.warning("pair %s: round %d has no client checkpoints (the run stopped at round %d); writing no rows",
-                        pair, round_, traj_a.final_round)
-            write_csv(_empty(LAYER_BARRIER_COLUMNS), out_barriers)
-            write_csv(_empty(LAYER_DISTANCE_COLUMNS), out_distances)
+            reason = (f"round {round_} has no client checkpoints (the run stopped at round {traj_a.final_round}, "
+                      f"status {traj_a.status!r})")
+        elif not all(bool(torch.isfinite(v).all()) for v in (saved[round_].params, saved[round_].buffers)):
+            reason = f"the client models of round {round_} have NaN/inf parameters (status {traj_a.status!r})"
+        if reason is not None:
+            log.warning("pair %s: %s; not computed (NaN rows)", pair, reason)
+            barriers, distances = _nan_layer_rows(traj_a, meta)
+            write_csv(barriers, out_barriers)
+            write_csv(distances, out_distances)
             return
         c = saved[round_]
         ids = c.client_ids.tolist()
@@ -154,10 +199,13 @@ def layerwise_stage(settings: dict, inputs: dict, out_barriers: str | Path, out_
         a, b = (Point(c.params[ids.index(k)], c.buffers[ids.index(k)]) for k in settings["clients"])
     else:
         traj_b = load_trajectory(inputs["trajectory_b"])
-        if round_ > min(traj_a.final_round, traj_b.final_round):
-            log.warning("pair %s: round %d is past the end of a run (it diverged); writing no rows", pair, round_)
-            write_csv(_empty(LAYER_BARRIER_COLUMNS), out_barriers)
-            write_csv(_empty(LAYER_DISTANCE_COLUMNS), out_distances)
+        reasons = [f"{key}: {reason}" for key, tr in (("a", traj_a), ("b", traj_b))
+                   if (reason := tr.unusable(round_)) is not None]
+        if reasons:
+            log.warning("pair %s: %s; not computed (NaN rows)", pair, "; ".join(reasons))
+            barriers, distances = _nan_layer_rows(traj_a, meta)
+            write_csv(barriers, out_barriers)
+            write_csv(distances, out_distances)
             return
         a, b = _point(traj_a, round_), _point(traj_b, round_)
     model = traj_a.model_meta.build().to(device).eval()
@@ -181,12 +229,19 @@ def client_stats_table(run_ids: list[str], updates: list[str | Path], trajectori
                        output: str | Path) -> None:
     """client_stats.csv: the per-round client statistics of every run with the L2 distance to its final model.
 
-    One row per run and round 0..final; round 0 (the init) has no client update, so only l2_to_final.
+    One row per run and round 0..final; round 0 (the init) has no client update, so only l2_to_final. A
+    diverged run (rounds up to the one where it diverged) has no final model: its l2_to_final is NaN.
     """
     frames = []
     for k, (run_id, upd, traj_path) in enumerate(zip(run_ids, updates, trajectories, strict=True), start=1):
         traj = load_trajectory(traj_path)
-        df = pd.DataFrame({"round": traj.rounds.numpy(), "l2_to_final": l2_to_final(traj.params).numpy()})
+        reason = traj.unusable(traj.final_round)
+        if reason is None:
+            l2 = l2_to_final(traj.params).numpy()
+        else:
+            log.warning("run %s: %s; it has no final model, so its l2_to_final is NaN", run_id, reason)
+            l2 = np.full(len(traj.rounds), np.nan)
+        df = pd.DataFrame({"round": traj.rounds.numpy(), "l2_to_final": l2})
         stats = pd.read_csv(upd)
         df = df.merge(stats.drop(columns=["run_id", "num_clients"], errors="ignore"), on="round", how="left")
         df.insert(0, "run_id", run_id)
@@ -216,64 +271,101 @@ def backfill_client_updates(run_dir: str | Path, overwrite: bool = False) -> Pat
 
 
 # -- figures ---------------------------------------------------------------------------------------
-def _save_figure(fig, data: pd.DataFrame, outputs: dict[str, str | Path]) -> None:
-    """Write the figure as PNG and PDF and its plotted data as CSV, atomically."""
-    import matplotlib.pyplot as plt
-
-    for key in ("png", "pdf"):
-        with atomic_path(outputs[key]) as tmp:
-            fig.savefig(tmp, format=key, dpi=150, bbox_inches="tight")
-    plt.close(fig)
-    write_csv(data, outputs["csv"])
+# Every figure follows fedscape.plotting: Okabe-Ito colours, label_run legends, colour-blind-safe heatmaps,
+# PDF + PNG + the plotted data as CSV (save_figure_outputs writes the rule's named outputs).
+MODE_TITLES = {"single": "one layer averaged", "shallow": "layers 0..i averaged (from input)",
+               "deep": "layers i..L-1 averaged (from output)"}
+FULL_MODEL_LABEL = "full model"
+CLIENT_STATS_FIGURE_COLUMNS = ["alpha", "init", "round", "gradient_diversity", "update_cosine_mean", "l2_to_final",
+                               "dataset", "model", "algorithm", "num_clients", "participation"]
 
 
-def _pyplot():
-    import matplotlib
+def _run_fields(run_id: str) -> dict | None:
+    """The run fields of a run_id, or None when it is not one (e.g. a hand-written label)."""
+    return parse_run_id(run_id) if "/" in str(run_id) else None
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    return plt
+def split_pair_run_id(run_id: str) -> tuple[str, str | None]:
+    """(run_a, run_b) of a layer table's run_id: 'a | b' for two runs' global models, one run for two clients."""
+    a, sep, b = str(run_id).partition(" | ")
+    return (a, b) if sep else (a, None)
+
+
+def pair_label(run_a: str, run_b: str | None = None) -> str:
+    """Two runs named by the fields in which they differ ('IID vs α=0.1'), with plotting.label_run; one run
+    (two of its clients) by its algorithm, init and alpha."""
+    a = _run_fields(run_a)
+    b = None if run_b is None or run_b == run_a else _run_fields(run_b)
+    if a is None or (b is None and run_b not in (None, run_a)):
+        return str(run_a) if run_b in (None, run_a) else f"{run_a} vs {run_b}"
+    if b is None:
+        return label_run(a, ("algorithm", "init", "alpha"))
+    differ = [k for k in LABEL_ORDER if a.get(k) != b.get(k)]
+    return f"{label_run(a, differ)} vs {label_run(b, differ)}"
+
+
+def _heatmap_axes(ax, rounds: list, row_labels: list[str]) -> None:
+    """Round ticks (at most ~8) on x, layer names on y, no grid: the layout of every layer heatmap."""
+    tick_every = max(1, math.ceil(len(rounds) / 8))
+    ax.set_xticks(range(0, len(rounds), tick_every), [str(r) for r in rounds[::tick_every]])
+    ax.set_yticks(range(len(row_labels)), row_labels, fontsize=7 if len(row_labels) <= 40 else 4)
+    ax.set_xlabel("round")
+    ax.grid(False)
 
 
 def interpolation_figure(table: str | Path, outputs: dict[str, str | Path]) -> None:
     """Loss and error along the interpolation, one labelled curve per pair (Li et al. 2022, Figs 3c/5c)."""
-    plt = _pyplot()
     df = pd.read_csv(table)
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), squeeze=False)
+    if df.empty:
+        save_figure_outputs(empty_figure("no interpolation pairs with rows (every pair was skipped)"), outputs, df)
+        return
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(7.5, 5.0), squeeze=False, sharex=True, layout="constrained")
+    pairs = list(dict.fromkeys(df["pair_id"]))
+    legend = {}
     for j, split in enumerate(SPLITS):
         for i, value in enumerate(("loss", "error")):
             ax = axes[i, j]
-            for pair, sub in df[df["split"] == split].groupby("pair_id", sort=False):
-                ax.plot(sub["t"], sub[value], marker="o", markersize=3, label=pair)
-            ax.set_xlabel("t  (0 = model a, 1 = model b)")
+            for k, pair in enumerate(pairs):
+                sub = df[(df["split"] == split) & (df["pair_id"] == pair)].sort_values("t")
+                if sub.empty:
+                    continue
+                (handle,) = ax.plot(sub["t"], sub[value], color=PALETTE[k % len(PALETTE)],
+                                    marker=MARKERS[k % len(MARKERS)], markersize=3, lw=1.2)
+                first = sub.iloc[0]
+                rounds = "" if first["round_a"] == first["round_b"] else \
+                    f" (round {first['round_a']} vs {first['round_b']})"
+                legend.setdefault(f"{pair}: {pair_label(first['run_a'], first['run_b'])}{rounds}", handle)
+            if i == 1:
+                ax.set_xlabel("t  (0 = model a, 1 = model b)")
             ax.set_ylabel(f"{split} {value}")
             ax.set_title(f"{value} on the {'aggregate training data' if split == 'train' else 'test set'}")
-            ax.grid(alpha=0.3)
-    if len(df):
-        axes[0, 0].legend(fontsize=8)
-    else:
-        fig.text(0.5, 0.5, "no interpolation pairs with rows", ha="center")
     fig.suptitle("Linear interpolation between checkpoints")
-    fig.tight_layout()
-    _save_figure(fig, df, outputs)
+    fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=min(2, len(legend)))
+    save_figure_outputs(fig, outputs, df)
 
 
 def layer_heatmaps(table: str | Path, pair: str, split: str, outputs: dict[str, str | Path]) -> None:
     """Heatmaps layers x rounds of the layer-wise barriers, single/shallow/deep x loss/error (Adilova et al. 2023).
 
-    Diverging colour map centred at 0 (red = barrier, blue = the mixed model is better than the ends).
+    Diverging colour-blind-safe map centred at 0 (plotting.diverging_cmap: vermillion = barrier, blue = the
+    mixed model is better than the ends).
     """
     from matplotlib.colors import TwoSlopeNorm
 
-    plt = _pyplot()
     df = pd.read_csv(table)
     df = df[(df["pair"] == pair) & (df["split"] == split)]
+    if df.empty:
+        save_figure_outputs(empty_figure(f"pair {pair}, {split} split: no rows (every round was skipped)"),
+                            outputs, df)
+        return
+    plt = pyplot()
     rounds = sorted(df["round"].unique())
     layers = df.drop_duplicates("layer_index").sort_values("layer_index")["layer"].tolist()
     row_height = max(2.2, 0.13 * len(layers))  # readable labels from 5 layers (cnn_small) to >100 (resnet56)
-    fig, axes = plt.subplots(2, len(MODES), figsize=(4.2 * len(MODES), 1.0 + 2 * row_height), squeeze=False)
-    tick_every = max(1, math.ceil(len(rounds) / 8))
+    fig, axes = plt.subplots(2, len(MODES), figsize=(4.2 * len(MODES), 1.0 + 2 * row_height), squeeze=False,
+                             layout="constrained")
+    cmap = diverging_cmap()
     for i, value in enumerate(("barrier_loss", "barrier_error")):
         for j, mode in enumerate(MODES):
             ax = axes[i, j]
@@ -282,21 +374,81 @@ def layer_heatmaps(table: str | Path, pair: str, split: str, outputs: dict[str, 
             arr = grid.to_numpy(dtype=float)
             finite = np.abs(arr[np.isfinite(arr)])
             lim = float(finite.max()) if finite.size and finite.max() > 0 else 1e-6
-            im = ax.imshow(arr, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -lim, lim), aspect="auto",
+            im = ax.imshow(np.ma.masked_invalid(arr), cmap=cmap, norm=TwoSlopeNorm(0.0, -lim, lim), aspect="auto",
                            interpolation="nearest")
-            ax.set_xticks(range(0, len(rounds), tick_every), [str(r) for r in rounds[::tick_every]])
-            ax.set_yticks(range(len(layers)), [f"{k}: {n}" for k, n in enumerate(layers)],
-                          fontsize=7 if len(layers) <= 40 else 4)
-            ax.set_xlabel("round")
-            label = {"single": "one layer averaged", "shallow": "layers 0..i averaged (from input)",
-                     "deep": "layers i..L-1 averaged (from output)"}[mode]
-            ax.set_title(f"{value.split('_')[1]}: {label}", fontsize=9)
+            _heatmap_axes(ax, rounds, [f"{k}: {n}" for k, n in enumerate(layers)])
+            ax.set_title(f"{value.split('_')[1]}: {MODE_TITLES[mode]}")
             fig.colorbar(im, ax=ax, shrink=0.8)
-    if df.empty:
-        fig.text(0.5, 0.5, "no rows (every round was skipped)", ha="center")
-    fig.suptitle(f"Layer-wise barriers, pair {pair}, {split} split: L(mixed) - mean(L(a), L(b))")
-    fig.tight_layout()
-    _save_figure(fig, df, outputs)
+    run_a, run_b = split_pair_run_id(df["run_id"].iloc[0])
+    who = pair_label(run_a, run_b) if run_b else f"two clients of {pair_label(run_a)}"
+    fig.suptitle(f"Layer-wise barriers, pair {pair} ({who}), {split} split: L(mixed) - mean(L(a), L(b))")
+    save_figure_outputs(fig, outputs, df)
+
+
+def layer_distance_figure(table: str | Path, pair: str, outputs: dict[str, str | Path],
+                          rounds: list[int] | None = None) -> None:
+    """Per-layer L2 distance between the two models of a pair over rounds (Adilova et al. 2023): heatmap of
+    layers (input at the top) x rounds with the whole model in the bottom row, log colour scale.
+
+    `rounds`: the pair's configured rounds (skipped ones show as grey columns). Without it a pair absent
+    from the table is an error; with it the pair may have no rows (every round skipped): the figure says so.
+    """
+    from matplotlib.colors import LogNorm
+
+    df = pd.read_csv(table)
+    missing = [c for c in LAYER_DISTANCE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{table} is not a layer-distance table (results/tables/layer_distances.csv): "
+                         f"it lacks columns {missing}")
+    sub = df[df["pair"].astype(str) == str(pair)]
+    if sub.empty:
+        if rounds is None:
+            known = sorted(df["pair"].astype(str).unique())
+            raise ValueError(f"pair {pair!r} has no rows in {table}; its pairs: "
+                             f"{', '.join(known) if known else 'none (the table is empty)'}")
+        message = f"pair {pair}: no layer distances (every round was skipped; see the layer_barriers logs)"
+        save_figure_outputs(empty_figure(message), outputs, sub[LAYER_DISTANCE_COLUMNS])
+        return
+    order = sub["layer_index"].where(sub["layer_index"] >= 0, np.iinfo(np.int64).max)  # the full model last
+    data = sub.assign(_order=order).sort_values(["round", "_order"], kind="stable")[LAYER_DISTANCE_COLUMNS]
+    columns = sorted({int(r) for r in data["round"]} | {int(r) for r in rounds or []})
+    names = data[data["layer_index"] >= 0].drop_duplicates("layer_index").sort_values("layer_index")
+    index = [*names["layer_index"].tolist(), *([-1] if (data["layer_index"] < 0).any() else [])]
+    labels = [*[f"{k}: {n}" for k, n in zip(names["layer_index"], names["layer"], strict=True)],
+              *([FULL_MODEL_LABEL] if index and index[-1] == -1 else [])]
+    grid = (data.pivot_table(index="layer_index", columns="round", values="distance", aggfunc="first")
+            .reindex(index=index, columns=columns))
+    arr = grid.to_numpy(dtype=float)
+    positive = arr[np.isfinite(arr) & (arr > 0)]
+    vmin, vmax = (float(positive.min()), float(positive.max())) if positive.size else (1e-12, 1.0)
+    if vmax <= vmin:
+        vmax = vmin * 10
+    zero = np.isfinite(arr) & (arr <= 0)  # identical layers (e.g. the shared init at round 0): the 'under' colour
+    cmap = sequential_cmap().with_extremes(under="white")
+    norm = LogNorm(vmin, vmax)
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(min(10.0, 3.0 + 0.45 * len(columns)), 1.2 + max(2.0, 0.16 * len(index))),
+                           layout="constrained")
+    im = ax.imshow(np.ma.masked_invalid(np.where(zero, vmin / 10, arr)), cmap=cmap, norm=norm, aspect="auto",
+                   interpolation="nearest")
+    _heatmap_axes(ax, columns, labels)
+    if index and index[-1] == -1 and len(index) > 1:
+        ax.axhline(len(index) - 1.5, color="white", lw=2)
+    if len(index) <= 16 and len(columns) <= 12:  # small grids: the numbers themselves
+        for i in range(arr.shape[0]):
+            for j in range(arr.shape[1]):
+                if np.isfinite(arr[i, j]):
+                    dark = not zero[i, j] and norm(arr[i, j]) < 0.55
+                    ax.text(j, i, f"{arr[i, j]:.3g}", ha="center", va="center", fontsize=6,
+                            color="white" if dark else "black")
+    cbar = fig.colorbar(im, ax=ax, extend="min" if zero.any() else "neither")
+    cbar.set_label("L2 distance ||θa - θb|| (log scale" + ("; white = 0)" if zero.any() else ")"))
+    run_a, run_b = split_pair_run_id(data["run_id"].iloc[0])
+    who = pair_label(run_a, run_b) if run_b else f"two clients of {pair_label(run_a)}"
+    ax.set_title(f"Layer-wise L2 distance between the two models over rounds, pair {pair}\n{who}"
+                 + ("; grey = round skipped" if np.isnan(arr).any() else ""))
+    save_figure_outputs(fig, outputs, data)
 
 
 def client_stats_figure(table: str | Path, outputs: dict[str, str | Path]) -> None:
@@ -305,41 +457,44 @@ def client_stats_figure(table: str | Path, outputs: dict[str, str | Path]) -> No
     The bottom row of the figure of Nguyen et al. 2022 ("Where to begin?"); one row of panels per
     (dataset, model, algorithm, clients, participation), seeds averaged.
     """
-    plt = _pyplot()
     df = pd.read_csv(table)
+    if df.empty:
+        save_figure_outputs(empty_figure("no client statistics (client_stats.csv has no rows)"), outputs,
+                            pd.DataFrame(columns=CLIENT_STATS_FIGURE_COLUMNS))
+        return
     fields = pd.DataFrame([parse_run_id(r) for r in df["run_id"]], index=df.index)
     df = pd.concat([df, fields], axis=1)
     group_keys = ["dataset", "model", "algorithm", "num_clients", "participation"]
+    shown = ["dataset", "model", "algorithm", *varying_keys(df, ["num_clients", "participation"])]
     stats = [("gradient_diversity", "gradient diversity"), ("update_cosine_mean", "cosine similarity of updates"),
              ("l2_to_final", "L2 distance to final weights")]
-    groups = list(df.groupby(group_keys, sort=True)) if len(df) else []
-    fig, axes = plt.subplots(max(len(groups), 1), len(stats), figsize=(13, 3.4 * max(len(groups), 1)),
-                             squeeze=False)
-    alphas = sorted(df["alpha"].unique(), key=lambda a: math.inf if a == "iid" else float(a)) if len(df) else []
-    colors = {a: plt.get_cmap("viridis")(k / max(len(alphas) - 1, 1)) for k, a in enumerate(alphas)}
-    inits = sorted(df["init"].unique()) if len(df) else []
-    styles = {init: ("-", "--", ":", "-.")[k % 4] for k, init in enumerate(sorted(inits, key=lambda s: s != "random"))}
-    plotted = []
+    groups = list(df.groupby(group_keys, sort=True))
+    style = RunStyle(df)
+    line_keys = ["alpha", *(["init"] if df["init"].nunique() > 1 else [])]
+    plt = pyplot()
+    fig, axes = plt.subplots(len(groups), len(stats), figsize=(9.5, 0.6 + 2.4 * len(groups)), squeeze=False,
+                             sharex=True, layout="constrained")
+    legend, plotted = {}, []
     for g, (key, sub) in enumerate(groups):
         mean = (sub.replace([np.inf, -np.inf], np.nan)
                 .groupby(["alpha", "init", "round"])[[s for s, _ in stats]].mean().reset_index())
         mean = mean.assign(**dict(zip(group_keys, key, strict=True)))
         plotted.append(mean)
+        lines = sorted(mean.groupby(["alpha", "init"]), key=lambda item: (-alpha_number(item[0][0]),
+                                                                          item[0][1] != "random", item[0][1]))
         for j, (stat, title) in enumerate(stats):
             ax = axes[g, j]
-            for (alpha, init), line in mean.groupby(["alpha", "init"]):
-                ax.plot(line["round"], line[stat], color=colors[alpha], linestyle=styles[init],
-                        label=f"alpha={alpha}, init={init}")
-            ax.set_xlabel("round")
+            for (alpha, init), line in lines:
+                (handle,) = ax.plot(line["round"], line[stat], color=style.color(alpha),
+                                    linestyle=style.linestyle(init), lw=1.2)
+                legend.setdefault(label_run({"alpha": alpha, "init": init}, line_keys), handle)
             ax.set_title(title if g == 0 else "")
-            ax.set_ylabel(" / ".join(str(k) for k in key[:3]) if j == 0 else "")
-            ax.grid(alpha=0.3)
-    if groups:
-        axes[0, -1].legend(fontsize=7)
-    fig.suptitle("Client-update statistics per round (colour: alpha, line style: init)")
-    fig.tight_layout()
-    data = pd.concat(plotted, ignore_index=True) if plotted else pd.DataFrame()
-    _save_figure(fig, data, outputs)
+            ax.set_ylabel(label_run(dict(zip(group_keys, key, strict=True)), shown, sep="\n") if j == 0 else "")
+            if g == len(groups) - 1:
+                ax.set_xlabel("round")
+    fig.suptitle("Client-update statistics per round, mean over seeds (colour: alpha, line style: init)")
+    fig.legend(legend.values(), legend.keys(), loc="outside right center")
+    save_figure_outputs(fig, outputs, pd.concat(plotted, ignore_index=True))
 
 
 def main(argv: list[str] | None = None) -> None:

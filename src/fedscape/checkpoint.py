@@ -99,6 +99,32 @@ class Trajectory:
     def final_round(self) -> int:
         return int(self.rounds.max())
 
+    @property
+    def status(self) -> str:
+        """The run's status: 'ok', or 'diverged' when training stopped early on a non-finite loss."""
+        return str(self.meta.get("status", "ok"))
+
+    def unusable(self, round_: int) -> str | None:
+        """Why the global model of `round_` cannot be analysed (the run diverged), or None when it can.
+
+        A diverged run's trajectory ends at the round where its training loss became NaN/inf
+        (fedscape.fl.engine): later rounds are missing, and that last model is not analysed even when
+        its parameters happen to be finite. A round missing from a run that did not diverge is an
+        error (KeyError), not a reason to skip.
+        """
+        if not bool((self.rounds == round_).any()):
+            if self.status == "ok":
+                raise KeyError(f"round {round_} is not in this trajectory (rounds 0..{self.final_round}) although "
+                               "the run did not diverge; retrain it")
+            return (f"round {round_} is not in the trajectory (it ends at round {self.final_round}, status "
+                    f"{self.status!r}: the run stopped early)")
+        row = self.row(round_)
+        if not (bool(torch.isfinite(self.params[row]).all()) and bool(torch.isfinite(self.buffers[row]).all())):
+            return f"the model of round {round_} has NaN/inf parameters (status {self.status!r})"
+        if self.status != "ok" and row == len(self.rounds) - 1:
+            return f"round {round_} is where the run diverged (status {self.status!r}: its loss is not finite)"
+        return None
+
 
 @dataclass(frozen=True)
 class ClientRound:

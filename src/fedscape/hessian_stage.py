@@ -26,12 +26,14 @@ log = logging.getLogger("fedscape.hessian")
 CLIENT_COLUMNS = ["run_id", "round", "hn", "hd"]
 DENSITY_COLUMNS = ["run_id", "round", "data", "probe", "node", "weight"]
 AGGREGATE = "all"  # the `data` value of the aggregate training data (union of the client shards)
+OK, DIVERGED = "ok", "diverged"  # the `status` of a hessian.csv row: computed, or skipped (the run diverged)
+INTEGER_COLUMNS = ("round", "n_eval", "iterations")  # kept integers in the gathered tables beside NaN rows
 
 
 def hessian_columns(top_k: int) -> list[str]:
-    """Columns of results/tables/hessian.csv."""
+    """Columns of results/tables/hessian.csv (`status`: ok, or diverged for the NaN rows of a skipped job)."""
     return ["run_id", "round", "data", *[f"lambda_{i}" for i in range(1, top_k + 1)], "trace", "trace_stderr",
-            "n_eval", "iterations"]
+            "n_eval", "iterations", "status"]
 
 
 def client_label(client: int) -> str:
@@ -145,7 +147,7 @@ def _row(run_id: str, round_: int, data: str, report, top_k: int) -> dict:
     for i in range(top_k):
         row[f"lambda_{i + 1}"] = values[i] if i < len(values) else math.nan
     row.update({"trace": report.hutchinson.trace, "trace_stderr": report.hutchinson.stderr, "n_eval": report.n_eval,
-                "iterations": report.eigen.total_iterations if report.eigen is not None else 0})
+                "iterations": report.eigen.total_iterations if report.eigen is not None else 0, "status": OK})
     return row
 
 
@@ -194,10 +196,10 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     run_id, round_ = settings["run_id"], int(settings["round"])
     device = resolve_device(settings["device"])
     traj = load_trajectory(trajectory_path)
-    if round_ not in set(traj.rounds.tolist()):
-        raise ValueError(f"run {run_id} has no checkpoint of round {round_} (its trajectory ends at round "
-                         f"{traj.final_round}, status {traj.meta.get('status', '?')!r}); a diverged run has no final "
-                         "model: exclude it with hessian.runs or lower the learning rate")
+    reason = traj.unusable(round_)
+    if reason is not None:
+        _write_diverged(settings, traj, reason, outputs, t_start)
+        return
     model = traj.model_at(round_, device)
     data, _ = load_run_data(settings, partition_path, device)
     log.info("hessian of %s at round %d on %s: %d parameters, %d clients, top-%d by %s, %d trace probes",
@@ -259,16 +261,55 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     log.info("done in %.1f s", details["seconds"])
 
 
+def _write_diverged(settings: dict, traj, reason: str, outputs: dict[str, str | Path], t_start: float) -> None:
+    """Skip a job whose model cannot be analysed (a diverged run), still writing every output: NaN rows with
+    status `diverged`, no density, an all-NaN eigenvector plane marked `diverged` and the reason in hessian.json."""
+    from fedscape.pipeline import write_csv
+    from fedscape.utils import atomic_write_text
+
+    hs = HessianSettings(**settings["hessian"])
+    run_id, round_ = settings["run_id"], int(settings["round"])
+    log.warning("run %s, round %d: %s; the Hessian is not computed (NaN rows with status %r)", run_id, round_,
+                reason, DIVERGED)
+    num_clients = int(settings["run"]["num_clients"])
+    rows = [{"run_id": run_id, "round": round_, "data": data, "status": DIVERGED}
+            for data in [AGGREGATE, *[client_label(k) for k in range(num_clients)]]]
+    write_csv(pd.DataFrame(rows, columns=hessian_columns(hs.top_k)), outputs["table"])
+    write_csv(pd.DataFrame([{"run_id": run_id, "round": round_}], columns=CLIENT_COLUMNS), outputs["clients"])
+    write_csv(pd.DataFrame(columns=DENSITY_COLUMNS), outputs["density"])
+    nan = np.full(traj.params.shape[1], np.nan, dtype=np.float32)
+    meta = {"kind": "hessian", "runs": [run_id], "round": round_, "explained_variance": None,
+            "axis_labels": ["eigenvector 1 (not computed: the run diverged)",
+                            "eigenvector 2 (not computed: the run diverged)"],
+            "model_meta": traj.model_meta.to_dict(), "seed": hs.seed, "eigenvalues": [None, None],
+            "data": AGGREGATE, "n_eval": None, "method": hs.method, "status": DIVERGED, "reason": reason}
+    write_eigen_plane(outputs["plane"], nan, np.full(traj.buffers.shape[1], np.nan, dtype=np.float32), nan, nan,
+                      meta)
+    details = {"run_id": run_id, "round": round_, "status": DIVERGED, "reason": reason,
+               "settings": settings["hessian"], "seconds": round(time.perf_counter() - t_start, 3)}
+    atomic_write_text(outputs["details"], json.dumps(details, indent=2, default=float))
+
+
 # -- tables ----------------------------------------------------------------------------------------
 def gather_tables(inputs: list[str | Path], output: str | Path, columns: list[str]) -> None:
-    """Concatenate per-job CSVs with exactly `columns` (in order)."""
+    """Concatenate per-job CSVs with exactly `columns` (in order); a diverged job's NaN rows leave the
+    integer columns integers (empty where NaN)."""
     from fedscape.pipeline import write_csv
 
     frames = [pd.read_csv(p) for p in inputs]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+    if "status" in columns and "status" not in df.columns and len(df):
+        df["status"] = OK  # per-job tables written before the column existed: every job was computed
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"per-job Hessian tables lack columns {missing}; rerun the hessian jobs")
+    for col in INTEGER_COLUMNS:
+        if col in df.columns and len(df):
+            df[col] = df[col].astype("Int64")
+    if "status" in df.columns:
+        skipped = df.loc[df["status"] != OK, ["run_id", "round", "status"]].drop_duplicates()
+        for r in skipped.itertuples(index=False):
+            log.warning("run %s, round %s: not computed (status %r): NaN in %s", r.run_id, r.round, r.status, output)
     write_csv(df[columns], output)
 
 
@@ -293,27 +334,15 @@ def _with_fields(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([df, fields_df[[c for c in RUN_FIELDS if c not in df.columns]]], axis=1)
 
 
-def _save_figure(fig, outputs: dict) -> None:
-    from fedscape.utils import atomic_path
-
-    for key in ("pdf", "png"):
-        with atomic_path(outputs[key]) as tmp:
-            fig.savefig(tmp, format=key, dpi=150, bbox_inches="tight")
-
-
 def lambda_trace_figure(table: str | Path, outputs: dict, by: str) -> None:
     """lambda_max and trace of the global model on the aggregate data, per `by` (algorithm or init).
 
-    One panel per (metric, dataset/model, round); x = the `by` field, colour = alpha, one point per
-    seed (trace with its standard error) and a bar at the mean: FedAlign Table 1 (per algorithm) and
-    the Meta poster's top eigenvalue at init (per init).
+    One panel per (metric, dataset/model, round); x = the `by` field, colour = alpha (fedscape.plotting),
+    one point per seed (trace with its standard error) and a bar at the mean: FedAlign Table 1 (per
+    algorithm) and the Meta poster's top eigenvalue at init (per init).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from fedscape.pipeline import write_csv
+    from fedscape.plotting import alpha_colors, alpha_number, alpha_order, format_alpha, format_field, pyplot
+    from fedscape.plotting import save_figure_outputs as save
 
     if by not in ("algorithm", "init"):
         raise ValueError(f"by must be 'algorithm' or 'init', got {by!r}")
@@ -325,14 +354,16 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str) -> None:
     ], ignore_index=True)
     long["setting"] = long["dataset"] + "/" + long["model"]
     data_cols = ["metric", "setting", "round", by, "alpha", "seed", "run_id", "value", "stderr"]
-    write_csv(long[data_cols].sort_values(data_cols[:6]).reset_index(drop=True), outputs["csv"])
+    data = long[data_cols].sort_values(data_cols[:6]).reset_index(drop=True)
 
+    plt = pyplot()
     panels = sorted({(s, int(r)) for s, r in zip(long["setting"], long["round"], strict=True)})
     metrics = ["lambda_max", "trace"]
-    fig, axes = plt.subplots(len(metrics), max(1, len(panels)), figsize=(3.6 * max(1, len(panels)), 6.0),
-                             squeeze=False)
-    alphas = sorted(long["alpha"].astype(str).unique(), key=lambda a: (a != "iid", float(a) if a != "iid" else 0))
-    colors = {a: plt.cm.viridis(i / max(1, len(alphas) - 1)) for i, a in enumerate(alphas)}
+    fig, axes = plt.subplots(len(metrics), max(1, len(panels)), figsize=(3.2 * max(1, len(panels)), 5.0),
+                             squeeze=False, layout="constrained")
+    alphas = alpha_order(long["alpha"].astype(str).unique())
+    colors = alpha_colors(alphas)
+    legend = {}
     for col, (setting, round_) in enumerate(panels):
         for row, metric in enumerate(metrics):
             ax = axes[row, col]
@@ -344,34 +375,33 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str) -> None:
                     pts = sub[(sub[by].astype(str) == cat) & (sub["alpha"].astype(str) == alpha)]
                     if pts.empty:
                         continue
+                    color = colors[alpha_number(alpha)]
                     xpos = i - 0.4 + width * (j + 0.5)
                     jitter = np.linspace(-width * 0.25, width * 0.25, len(pts)) if len(pts) > 1 else np.zeros(1)
-                    ax.errorbar(xpos + jitter, pts["value"], yerr=pts["stderr"].fillna(0), fmt="o", ms=4,
-                                color=colors[alpha], label=f"alpha={alpha}" if i == 0 else None, capsize=2)
-                    ax.hlines(pts["value"].mean(), xpos - width * 0.4, xpos + width * 0.4, color=colors[alpha])
-            ax.set_xticks(range(len(cats)), cats, rotation=20)
-            ax.set_title(f"{setting}, round {round_}", fontsize=9)
-            ax.set_ylabel("lambda_max" if metric == "lambda_max" else "trace (Hutchinson)")
-            if row == 0 and col == 0:
-                ax.legend(fontsize=7)
-    fig.suptitle(f"Hessian of the global model on the aggregate data, per {by} (points: seeds)", fontsize=10)
-    fig.tight_layout()
-    _save_figure(fig, outputs)
-    plt.close(fig)
+                    handle = ax.errorbar(xpos + jitter, pts["value"], yerr=pts["stderr"].fillna(0), fmt="o", ms=4,
+                                         color=color, capsize=2)
+                    ax.hlines(pts["value"].mean(), xpos - width * 0.4, xpos + width * 0.4, color=color)
+                    legend.setdefault(format_alpha(alpha), handle)
+            ax.set_xticks(range(len(cats)), [format_field(by, c) for c in cats], rotation=20)
+            ax.grid(axis="x", visible=False)
+            ax.set_title(f"{setting}, round {round_}")
+            ax.set_ylabel("λmax" if metric == "lambda_max" else "trace (Hutchinson)")
+    if not panels:
+        axes[0, 0].text(0.5, 0.5, "no Hessian rows of the aggregate data", ha="center", va="center")
+    fig.suptitle(f"Hessian of the global model on the aggregate data, per {by} (points: seeds)")
+    if legend:
+        fig.legend(legend.values(), legend.keys(), loc="outside right center", title="partition")
+    save(fig, outputs, data)
 
 
 def density_figure(inputs: list[str | Path], outputs: dict, grid_points: int = 1000) -> None:
     """Spectral density of the aggregate-data Hessian by SLQ (Ghorbani et al. 2019): one panel per run, one line
     per round, Gaussian-smoothed as in PyHessian, log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from fedscape.hessian import density_on_grid
-    from fedscape.pipeline import write_csv
+    from fedscape.plotting import PALETTE, label_run, pyplot
+    from fedscape.plotting import save_figure_outputs as save
 
-    frames = [pd.read_csv(p) for p in inputs]
+    frames = [f for f in (pd.read_csv(p) for p in inputs) if len(f)]  # a diverged run's job has no density
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DENSITY_COLUMNS)
     df = df[df["data"] == AGGREGATE]
     runs = sorted(df["run_id"].unique())
@@ -388,25 +418,25 @@ def density_figure(inputs: list[str | Path], outputs: dict, grid_points: int = 1
                                         "density": density_on_grid(nodes, weights, grid)}))
     data = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(
         columns=["run_id", "round", "eigenvalue", "density"])
-    write_csv(data, outputs["csv"])
 
+    plt = pyplot()
     varying = [f for f in RUN_FIELDS if len({run_fields(r)[f] for r in runs}) > 1] or ["algorithm"]
+    round_colors = {r: PALETTE[i % len(PALETTE)] for i, r in enumerate(sorted(data["round"].unique()))}
     ncols = min(3, max(1, len(runs)))
     nrows = max(1, math.ceil(len(runs) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows), squeeze=False, layout="constrained")
     for ax in axes.flat[len(runs):]:
         ax.axis("off")
+    if not runs:
+        axes[0, 0].text(0.5, 0.5, "no spectral densities (density disabled or no Hessian job)", ha="center")
     for ax, run_id in zip(axes.flat, runs, strict=False):
-        fields_ = run_fields(run_id)
         for round_, sub in data[data["run_id"] == run_id].groupby("round"):
-            ax.semilogy(sub["eigenvalue"], np.maximum(sub["density"], 1e-12), label=f"round {round_}", lw=1)
+            ax.semilogy(sub["eigenvalue"], np.maximum(sub["density"], 1e-12), label=f"round {round_}", lw=1,
+                        color=round_colors[round_])
         ax.set_ylim(bottom=1e-6)
-        ax.set_title(", ".join(f"{f}={fields_[f]}" for f in varying), fontsize=8)
+        ax.set_title(label_run(run_fields(run_id), varying))
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("density (SLQ)")
-        ax.legend(fontsize=7)
-    fig.suptitle("Hessian eigenvalue density of the global model on the aggregate data", fontsize=10)
-    fig.tight_layout()
-    _save_figure(fig, outputs)
-    plt.close(fig)
-
+        ax.legend()
+    fig.suptitle("Hessian eigenvalue density of the global model on the aggregate data")
+    save(fig, outputs, data)

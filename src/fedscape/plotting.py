@@ -7,6 +7,8 @@ Conventions used by all figures (so a reader learns them once):
 - line style = initialisation; marker = algorithm;
 - legends name runs with :func:`label_run` ("FedAvg · random init · α=0.1 · M=10 · 50% sampled");
 - contour levels of losses are log-spaced (:func:`log_levels`, as in Li et al. 2018);
+- heatmaps use :func:`sequential_cmap` (non-negative values, e.g. distances) or :func:`diverging_cmap`
+  (signed values centred at 0, e.g. barriers), both colour-blind safe, missing cells light grey;
 - every figure is written as PDF and PNG together with the data it draws as CSV
   (:func:`save_figure`), each file atomically.
 """
@@ -189,6 +191,27 @@ def t_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[float
     return mean, std, mean - half, mean + half, n
 
 
+
+# -- colour maps -----------------------------------------------------------------------------------
+SEQUENTIAL_CMAP = "viridis"  # perceptually uniform, colour-blind safe; the loss-surface contours use it too
+MISSING_COLOR = "#d9d9d9"  # heatmap cells without a value (as the landscape figures' diverged regions)
+
+
+def sequential_cmap():
+    """Colour map of non-negative heatmap values (distances): viridis, missing (NaN) cells light grey."""
+    import matplotlib
+
+    return matplotlib.colormaps[SEQUENTIAL_CMAP].with_extremes(bad=MISSING_COLOR)
+
+
+def diverging_cmap():
+    """Colour map of signed heatmap values centred at 0: Okabe-Ito blue (< 0), white (0), vermillion (> 0)."""
+    from matplotlib.colors import LinearSegmentedColormap
+
+    colors = [OKABE_ITO["blue"], "#ffffff", OKABE_ITO["vermillion"]]
+    return LinearSegmentedColormap.from_list("fedscape_diverging", colors).with_extremes(bad=MISSING_COLOR)
+
+
 # -- matplotlib ------------------------------------------------------------------------------------
 def pyplot():
     """matplotlib.pyplot on the non-interactive Agg backend with fedscape's rcParams."""
@@ -241,6 +264,19 @@ def save_figure(fig, base_path: str | Path, data: pd.DataFrame, formats: Sequenc
         data.to_csv(tmp, index=False)
     paths["csv"] = path
     return paths
+
+
+def save_figure_outputs(fig, outputs: Mapping[str, str | Path], data: pd.DataFrame) -> dict[str, Path]:
+    """save_figure to a rule's named outputs {'png', 'pdf', 'csv'}, which must share one base name."""
+    base = Path(outputs["png"]).with_suffix("")
+    odd = {k: str(v) for k, v in outputs.items() if Path(v) != base.with_name(f"{base.name}.{k}")}
+    if odd or not {"pdf", "csv"} <= set(outputs):
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        raise ValueError(f"figure outputs must be <base>.png, <base>.pdf and <base>.csv of one base {base}; "
+                         f"got {dict(outputs)}")
+    return save_figure(fig, outputs["png"], data)
 
 
 def facet_grid(n: int, ncols: int = 4, rows_per_facet: int = 1, size: tuple[float, float] = (3.0, 2.3),

@@ -43,6 +43,13 @@ log = logging.getLogger("fedscape.landscape")
 POINT_COLUMNS = ["label", "group", "role", "run_id", "round", "client", "a", "b", "distance", "rel_distance"]
 SURFACES_COLUMNS = ["surface_id", "kind", "runs", "round", "data", "resolution", "path"]
 LABEL_FIELDS = ("alpha", "algorithm", "init", "participation", "num_clients", "seed", "model", "dataset")
+DIVERGED = "diverged"  # the `status` of a plane (and its surfaces) that needs a diverged run's checkpoint
+PLANE_KIND_OF = {"trajectory": "pca", "local": "pca", "trajectories": "joint_pca", "final_models": "joint_pca",
+                 "random": "random", "hessian": "hessian", "three_points": "three_points"}
+
+
+class DivergedCheckpoint(RuntimeError):
+    """A checkpoint a plane needs belongs to a diverged run: its round is missing or its model is not finite."""
 
 
 @dataclass
@@ -69,23 +76,22 @@ def run_labels(run_fields: list[dict]) -> list[str]:
 
 
 def _row_of(traj: Trajectory, round_: int | str, run_id: str) -> int:
-    """The trajectory row of a round; 'final' = the last finite model (a diverged run's last good one)."""
+    """The trajectory row of a round; 'final' = the last usable model (a diverged run's last good one).
+
+    DivergedCheckpoint when the round's model cannot be used because the run diverged.
+    """
     if round_ == "final":
-        finite = [i for i in range(len(traj.rounds)) if bool(torch.isfinite(traj.params[i]).all())]
-        if not finite:
-            raise RuntimeError(f"run {run_id} has no finite model (it diverged at once): lower its learning rate")
-        if finite[-1] != len(traj.rounds) - 1 or traj.meta.get("status", "ok") != "ok":
-            log.warning("run %s has status %r: using its last finite model (round %d)", run_id,
-                        traj.meta.get("status"), int(traj.rounds[finite[-1]]))
-        return finite[-1]
-    try:
-        row = traj.row(int(round_))
-    except KeyError as exc:
-        raise RuntimeError(f"run {run_id}: {exc.args[0]} (did it stop early? status "
-                           f"{traj.meta.get('status', 'ok')!r})") from exc
-    if not bool(torch.isfinite(traj.params[row]).all()):
-        raise RuntimeError(f"run {run_id}: the model of round {round_} is not finite (the run diverged)")
-    return row
+        usable = [i for i in range(len(traj.rounds)) if traj.unusable(int(traj.rounds[i])) is None]
+        if not usable:
+            raise DivergedCheckpoint(f"run {run_id} has no finite model (it diverged at once)")
+        if usable[-1] != len(traj.rounds) - 1 or traj.status != "ok":
+            log.warning("run %s has status %r: using its last finite model (round %d)", run_id, traj.status,
+                        int(traj.rounds[usable[-1]]))
+        return usable[-1]
+    reason = traj.unusable(int(round_))
+    if reason is None:
+        return traj.row(int(round_))
+    raise DivergedCheckpoint(f"run {run_id}: {reason}")
 
 
 def _finite_rows(traj: Trajectory, upto: int, run_id: str) -> list[int]:
@@ -98,17 +104,67 @@ def _finite_rows(traj: Trajectory, upto: int, run_id: str) -> list[int]:
 # -- plane -----------------------------------------------------------------------------------------------
 def plane_stage(settings: dict, trajectories: list[str], clients: str | None, hessian_plane: str | None,
                 outputs: dict[str, str]) -> None:
-    """Build the plane of one `landscapes` entry, project its checkpoints and fix the grid."""
+    """Build the plane of one `landscapes` entry, project its checkpoints and fix the grid.
+
+    When a checkpoint the plane needs belongs to a diverged run (its round is missing, its model is not
+    finite, or the Hessian plane was not computed), a warning is logged and an all-NaN plane marked
+    `status: diverged` is written with no points; its chunks then record NaN losses without evaluating.
+    """
     t0 = time.perf_counter()
     kind, runs = settings["kind"], settings["runs"]
     labels = dict(zip(runs, run_labels(settings["run_fields"]), strict=True))
     trajs = {run_id: load_trajectory(path) for run_id, path in zip(runs, trajectories, strict=True)}
     first = trajs[runs[0]]
-    meta = first.model_meta.to_dict()
-    pts = _Points([], [], [])
-    common = {"runs": runs, "model_meta": meta, "extra": {"label": settings["label"], "surface_kind": kind}}
-    round_ = settings["round"]
+    common = {"runs": runs, "model_meta": first.model_meta.to_dict(),
+              "extra": {"label": settings["label"], "surface_kind": kind}}
+    try:
+        plane, pts = _build_plane(settings, trajs, clients, hessian_plane, labels, common)
+    except DivergedCheckpoint as exc:
+        log.warning("surface %s: %s; writing an all-NaN plane (status %r) and no points", settings["label"], exc,
+                    DIVERGED)
+        plane, pts = _diverged_plane(settings, first, common, str(exc)), _Points([], [], [])
 
+    if pts.rows:
+        proj = project(torch.stack(pts.params), plane)
+        coords, distance, rel_distance = proj.coords, proj.distance, proj.rel_distance
+    else:
+        coords, distance, rel_distance = np.zeros((0, 2)), np.zeros(0), np.zeros(0)
+    extent = grid_extent(coords, settings["margin"], settings["span"])
+    grid = Grid.from_extent(extent, settings["resolution"])
+    save_plane(outputs["plane"], plane)
+    df = pd.DataFrame(pts.rows, columns=[c for c in POINT_COLUMNS if c not in ("a", "b", "distance", "rel_distance")])
+    df["a"], df["b"] = coords[:, 0], coords[:, 1]
+    df["distance"], df["rel_distance"] = distance, rel_distance
+    with atomic_path(outputs["points"]) as tmp:
+        df[POINT_COLUMNS].to_csv(tmp, index=False)
+    grid_info = {**grid.to_dict(), "extent": list(grid.extent), "resolution": settings["resolution"],
+                 "plane_settings_digest": digest(settings)}
+    atomic_write_text(outputs["grid"], json.dumps(grid_info, indent=1))
+    log.info("plane %s (%s, %d checkpoints, explained variance %s): extent %s, max distance from plane %.3g "
+             "(relative %.3g), %.1f s", settings["label"], plane.kind, len(pts.rows), plane.explained_variance,
+             [round(v, 4) for v in grid.extent], float(distance.max(initial=0.0)),
+             float(rel_distance.max(initial=0.0)), time.perf_counter() - t0)
+
+
+def _diverged_plane(settings: dict, first: Trajectory, common: dict, reason: str) -> Plane:
+    """An all-NaN plane of the entry's kind marked `status: diverged` (its surfaces are all NaN)."""
+    nan = torch.full((first.params.shape[1],), float("nan"))
+    round_ = settings["round"]
+    return Plane(nan, torch.full((first.buffers.shape[1],), float("nan")), nan.clone(), nan.clone(),
+                 kind=PLANE_KIND_OF[settings["kind"]], runs=tuple(common["runs"]),
+                 round=None if round_ == "final" else int(round_),
+                 axis_labels=("d1 (not computed: a run diverged)", "d2 (not computed: a run diverged)"),
+                 model_meta=common["model_meta"], seed=settings["seed"],
+                 extra={**common["extra"], "status": DIVERGED, "reason": reason})
+
+
+def _build_plane(settings: dict, trajs: dict[str, Trajectory], clients: str | None, hessian_plane: str | None,
+                 labels: dict[str, str], common: dict) -> tuple[Plane, _Points]:
+    """The plane of one entry and the checkpoints to project on it (DivergedCheckpoint: a run diverged)."""
+    kind, runs, round_ = settings["kind"], settings["runs"], settings["round"]
+    first = trajs[runs[0]]
+    meta = common["model_meta"]
+    pts = _Points([], [], [])
     if kind in ("trajectory", "trajectories"):
         ends = {}
         for run_id in runs:
@@ -120,6 +176,9 @@ def plane_stage(settings: dict, trajectories: list[str], clients: str | None, he
                 role = "init" if t == 0 else ("final" if i == end else "global")
                 pts.add(traj.params[i], traj.buffers[i], label=f"round {t}", group=labels[run_id], role=role,
                         run_id=run_id, round=t, client=-1)
+        if len(pts.params) < 2 and any(trajs[r].status != "ok" for r in runs):
+            raise DivergedCheckpoint(f"run(s) {', '.join(runs)} diverged with {len(pts.params)} finite checkpoint(s) "
+                                     "up to the plane's round; a PCA plane needs 2")
         center, buffers = _center(settings, pts, first.params[ends[runs[0]]], first.buffers[ends[runs[0]]])
         stacked = torch.stack(pts.params)
         plane_round = None if round_ == "final" else int(round_)
@@ -140,6 +199,8 @@ def plane_stage(settings: dict, trajectories: list[str], clients: str | None, he
     elif kind == "local":
         run_id = runs[0]
         t = int(first.final_round if round_ == "final" else round_)
+        for r in (t - 1, t):  # DivergedCheckpoint when the run diverged before the end of round t
+            _row_of(first, r, run_id)
         saved = load_clients(clients)
         if t not in saved:
             raise RuntimeError(f"{clients} holds the client models of rounds {sorted(saved)}, not of round {t}")
@@ -165,6 +226,9 @@ def plane_stage(settings: dict, trajectories: list[str], clients: str | None, he
     elif kind == "hessian":
         run_id = runs[0]
         plane = load_plane(hessian_plane)
+        if plane.extra.get("status", "ok") != "ok":
+            raise DivergedCheckpoint(f"{hessian_plane} was not computed (status {plane.extra['status']!r}: "
+                                     f"{plane.extra.get('reason', 'no reason recorded')})")
         row = _row_of(first, round_, run_id)
         if plane.num_params != first.params.shape[1]:
             raise RuntimeError(f"{hessian_plane} has {plane.num_params} parameters, run {run_id}'s model "
@@ -188,24 +252,7 @@ def plane_stage(settings: dict, trajectories: list[str], clients: str | None, he
         plane = three_point_plane(vecs[0], vecs[1], vecs[2], bufs[0], labels=names, **common)
     else:
         raise ValueError(f"unknown surface kind {kind!r}")
-
-    proj = project(torch.stack(pts.params), plane)
-    extent = grid_extent(proj.coords, settings["margin"], settings["span"])
-    grid = Grid.from_extent(extent, settings["resolution"])
-    save_plane(outputs["plane"], plane)
-    df = pd.DataFrame(pts.rows)
-    df["a"], df["b"] = proj.coords[:, 0], proj.coords[:, 1]
-    df["distance"], df["rel_distance"] = proj.distance, proj.rel_distance
-    with atomic_path(outputs["points"]) as tmp:
-        df[POINT_COLUMNS].to_csv(tmp, index=False)
-    grid_info = {**grid.to_dict(), "extent": list(grid.extent), "resolution": settings["resolution"],
-                 "plane_settings_digest": digest(settings)}
-    atomic_write_text(outputs["grid"], json.dumps(grid_info, indent=1))
-    log.info("plane %s (%s, %d checkpoints, explained variance %s): extent %s, max distance from plane %.3g "
-             "(relative %.3g), %.1f s", settings["label"], plane.kind, len(pts.rows), plane.explained_variance,
-             [round(v, 4) for v in grid.extent], float(proj.distance.max(initial=0.0)),
-             float(proj.rel_distance.max(initial=0.0)), time.perf_counter() - t0)
-
+    return plane, pts
 
 def _center(settings: dict, pts: _Points, final: torch.Tensor,
             final_buffers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,12 +295,16 @@ def surface_data(settings: dict, partition_path: str | None) -> tuple[torch.Tens
 
 
 def chunk_stage(settings: dict, plane_path: str, grid_path: str, partition_path: str | None, out: str) -> None:
-    """Evaluate one chunk of a surface's grid and write its indices, losses and accuracies."""
+    """Evaluate one chunk of a surface's grid and write its indices, losses and accuracies (all NaN, without
+    evaluating, when the plane is marked diverged)."""
     from fedscape.pipeline import resolve_device
 
     plane = load_plane(plane_path)
     grid_info = json.loads(Path(grid_path).read_text())
     grid = Grid.from_dict(grid_info)
+    if plane.extra.get("status", "ok") != "ok":
+        _write_nan_chunk(settings, plane, grid, out)
+        return
     x, y = surface_data(settings, partition_path)
     device = resolve_device(settings["device"])
     model = ModelMeta.from_dict(plane.model_meta).build()
@@ -268,6 +319,20 @@ def chunk_stage(settings: dict, plane_path: str, grid_path: str, partition_path:
             "grid_digest": digest(grid.to_dict()), "n_eval": len(y), "device": str(device)}
     with atomic_path(out, suffix=".npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, index=res["index"], loss=res["loss"], acc=res["acc"], meta=np.array(json.dumps(meta)))
+
+
+def _write_nan_chunk(settings: dict, plane: Plane, grid: Grid, out: str) -> None:
+    """The chunk of a plane marked diverged: its grid points with NaN loss and accuracy, nothing evaluated."""
+    start, stop = chunk_bounds(grid.size, settings["chunks"], settings["points_per_batch"])[settings["chunk"]]
+    log.warning("surface %s chunk %d/%d: the plane is marked %r (%s); grid points %d..%d recorded as NaN",
+                settings["surface_id"], settings["chunk"] + 1, settings["chunks"], plane.extra["status"],
+                plane.extra.get("reason", "no reason recorded"), start, stop)
+    nan = np.full(stop - start, np.nan)
+    meta = {"surface_id": settings["surface_id"], "chunk": settings["chunk"], "chunks": settings["chunks"],
+            "grid_digest": digest(grid.to_dict()), "n_eval": None, "device": None, "status": plane.extra["status"]}
+    with atomic_path(out, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, index=np.arange(start, stop, dtype=np.int64), loss=nan, acc=nan.copy(),
+                 meta=np.array(json.dumps(meta)))
 
 
 # -- gather ----------------------------------------------------------------------------------------------
@@ -292,7 +357,7 @@ def gather_stage(settings: dict, chunk_paths: list[str], plane_path: str, grid_p
     nonfinite = int((~np.isfinite(loss)).sum())
     meta = {**settings, "n_eval": n_eval, "extent": list(grid.extent), "axis_labels": list(plane.axis_labels),
             "explained_variance": plane.meta["explained_variance"], "plane_kind": plane.kind,
-            "nonfinite_points": nonfinite}
+            "nonfinite_points": nonfinite, "status": plane.extra.get("status", "ok")}
     arrays = {
         "a": grid.a, "b": grid.b, "loss": loss, "acc": acc,
         "points_xy": points[["a", "b"]].to_numpy(dtype=np.float64).reshape(-1, 2),

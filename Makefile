@@ -37,6 +37,7 @@ test-slurm: install
 lint: install
 	$(BIN)/ruff check src tests workflow benchmarks
 	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check rules Snakefile
 
 clean:
 	rm -rf results logs .snakemake

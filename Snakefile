@@ -5,6 +5,7 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+
 # Front page of `snakemake --report report.html` (issue 7).
 report: "workflow/report/workflow.rst"
 
@@ -31,6 +32,6 @@ include: "rules/resources.smk"
 
 
 rule all:
+    default_target: True
     input:
         TARGETS,
-    default_target: True

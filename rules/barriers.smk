@@ -3,84 +3,6 @@
 # Pairs are named in the config (`interpolation.pairs`, `layer_barriers.pairs`) by run selectors;
 # fedscape.barriers resolves them (and plan.check_config has already checked them).
 
-from fedscape.barriers import (
-    interpolation_pairs,
-    interpolation_settings,
-    layer_pairs,
-    layer_settings,
-)
-
-INTERPOLATION_PAIRS = {p.label: p for p in interpolation_pairs(config, RUNS)}
-LAYER_PAIRS = {p.label: p for p in layer_pairs(config, RUNS)}
-BARRIER_LABEL = r"[A-Za-z0-9_.-]+"
-INTERPOLATION_DIR = results_path("barriers/interpolation/{pair}")
-LAYERWISE_DIR = results_path("barriers/layerwise/{pair}/round~{round}")
-LAYER_FIGURE = results_path("figures/barriers/layerwise/{pair}/{split}")
-
-
-def _partition_file(run):
-    return f"{RESULTS}/partitions/{run.partition_id}/partition.npz"
-
-
-def interpolation_inputs(wildcards):
-    pair = INTERPOLATION_PAIRS[wildcards.pair]
-    return {
-        "trajectory_a": f"{run_dir(pair.run_a)}/trajectory.pt",
-        "trajectory_b": f"{run_dir(pair.run_b)}/trajectory.pt",
-        "partition": _partition_file(pair.run_a),
-    }
-
-
-def interpolation_params(wildcards):
-    return interpolation_settings(config, INTERPOLATION_PAIRS[wildcards.pair])
-
-
-def layerwise_inputs(wildcards):
-    pair = LAYER_PAIRS[wildcards.pair]
-    inputs = {
-        "trajectory_a": f"{run_dir(pair.run_a)}/trajectory.pt",
-        "partition": _partition_file(pair.run_a),
-    }
-    if pair.kind == "clients":
-        inputs["clients"] = f"{run_dir(pair.run_a)}/clients.pt"
-    else:
-        inputs["trajectory_b"] = f"{run_dir(pair.run_b)}/trajectory.pt"
-    return inputs
-
-
-def layerwise_params(wildcards):
-    return layer_settings(config, LAYER_PAIRS[wildcards.pair], int(wildcards.round))
-
-
-def interpolation_curves(wildcards):
-    return [
-        f"{INTERPOLATION_DIR.format(pair=label)}/curve.csv"
-        for label in INTERPOLATION_PAIRS
-    ]
-
-
-def layerwise_outputs(name):
-    def files(wildcards):
-        return [
-            f"{LAYERWISE_DIR.format(pair=p.label, round=r)}/{name}.csv"
-            for p in LAYER_PAIRS.values()
-            for r in p.rounds
-        ]
-
-    return files
-
-
-def client_updates_of_runs(wildcards):
-    return [f"{run_dir(run)}/client_updates.csv" for run in RUNS]
-
-
-def trajectories_of_runs(wildcards):
-    return [f"{run_dir(run)}/trajectory.pt" for run in RUNS]
-
-
-def figure_files(prefix):
-    return {"png": f"{prefix}.png", "pdf": f"{prefix}.pdf", "csv": f"{prefix}.csv"}
-
 
 rule interpolation:
     input:
@@ -91,10 +13,10 @@ rule interpolation:
         "logs/barriers/interpolation/{pair}.log",
     wildcard_constraints:
         pair=BARRIER_LABEL,
-    params:
-        settings=interpolation_params,
     conda:
         "../envs/torch.yaml"
+    params:
+        settings=interpolation_params,
     script:
         "../workflow/scripts/barriers_interpolation.py"
 
@@ -144,10 +66,10 @@ rule layer_barriers:
     wildcard_constraints:
         pair=BARRIER_LABEL,
         round=r"[0-9]+",
-    params:
-        settings=layerwise_params,
     conda:
         "../envs/torch.yaml"
+    params:
+        settings=layerwise_params,
     script:
         "../workflow/scripts/barriers_layerwise.py"
 
@@ -197,6 +119,30 @@ rule layer_barrier_figures:
         "../workflow/scripts/barriers_figures.py"
 
 
+rule layer_distance_figure:
+    input:
+        table=results_path("tables/layer_distances.csv"),
+    output:
+        png=report(
+            f"{LAYER_DISTANCE_FIGURE}.png",
+            caption="../workflow/report/barriers_layer_distances.rst",
+            category="Barriers",
+            subcategory="Layer-wise",
+        ),
+        pdf=f"{LAYER_DISTANCE_FIGURE}.pdf",
+        csv=f"{LAYER_DISTANCE_FIGURE}.csv",
+    log:
+        "logs/figures/barriers/layerwise/{pair}_distances.log",
+    wildcard_constraints:
+        pair=BARRIER_LABEL,
+    conda:
+        "../envs/light.yaml"
+    params:
+        rounds=lambda wildcards: list(LAYER_PAIRS[wildcards.pair].rounds),
+    script:
+        "../workflow/scripts/barriers_figures.py"
+
+
 rule client_stats:
     input:
         updates=client_updates_of_runs,
@@ -205,10 +151,10 @@ rule client_stats:
         table=results_path("tables/client_stats.csv"),
     log:
         "logs/tables/client_stats.log",
-    params:
-        run_ids=[run.run_id for run in RUNS],
     conda:
         "../envs/light.yaml"
+    params:
+        run_ids=[run.run_id for run in RUNS],
     script:
         "../workflow/scripts/client_stats.py"
 
@@ -242,12 +188,20 @@ if INTERPOLATION_PAIRS:
     )
 if LAYER_PAIRS:
     TARGETS.extend(
-        [results_path("tables/layer_barriers.csv"), results_path("tables/layer_distances.csv")]
+        [
+            results_path("tables/layer_barriers.csv"),
+            results_path("tables/layer_distances.csv"),
+        ]
     )
     TARGETS.extend(
         f"{LAYER_FIGURE.format(pair=label, split=split)}.{ext}"
         for label in LAYER_PAIRS
         for split in ("train", "test")
+        for ext in ("png", "pdf", "csv")
+    )
+    TARGETS.extend(
+        f"{LAYER_DISTANCE_FIGURE.format(pair=label)}.{ext}"
+        for label in LAYER_PAIRS
         for ext in ("png", "pdf", "csv")
     )
 if config["client_stats"]["enabled"]:

@@ -3,37 +3,7 @@
 # over rounds, final accuracy by init and alpha (Nguyen et al. 2022), accuracy tables as figures (FedAlign
 # Tables 1-4, 7). Included after the analysis rule files: it reads INTERPOLATION_PAIRS and HESSIAN_JOBS.
 
-DATASET_MODELS = sorted({(run.dataset, run.model) for run in RUNS})
-CURVES_FIGURE = results_path("figures/curves/{dataset}/{model}/{metric}")
-ACCURACY_FIGURE = results_path("figures/accuracy/{dataset}/{model}/{kind}")
-COST_FIGURE = results_path("figures/cost/{dataset}/{model}/cost")
 HAS_COST_TABLE = "cost_table" in {r.name for r in workflow.rules}
-
-
-def final_table_inputs(wildcards):
-    inputs = {"rounds": results_path("tables/rounds.csv")}
-    if globals().get("INTERPOLATION_PAIRS"):
-        inputs["barriers"] = results_path("tables/barriers.csv")
-        inputs["interpolation"] = results_path("tables/interpolation.csv")
-    if globals().get("HESSIAN_JOBS"):
-        inputs["hessian"] = results_path("tables/hessian.csv")
-        inputs["hessian_clients"] = results_path("tables/hessian_clients.csv")
-    return inputs
-
-
-def figure_outputs(prefix, caption, category, subcategory=None, labels=None):
-    """PNG (in the report), PDF and CSV outputs of a figure rule."""
-    return {
-        "png": report(
-            f"{prefix}.png",
-            caption=f"../workflow/report/{caption}",
-            category=category,
-            subcategory=subcategory,
-            labels=labels,
-        ),
-        "pdf": f"{prefix}.pdf",
-        "csv": f"{prefix}.csv",
-    }
 
 
 rule final_table:

@@ -128,7 +128,9 @@ rule hessian_density_figure:
 
 
 if HESSIAN_JOBS:
-    TARGETS.extend([results_path("tables/hessian.csv"), results_path("tables/hessian_clients.csv")])
+    TARGETS.extend(
+        [results_path("tables/hessian.csv"), results_path("tables/hessian_clients.csv")]
+    )
     TARGETS.extend(f"{d}/eigen_plane.npz" for d in HESSIAN_JOB_DIRS)
     TARGETS.extend(
         f"{HESSIAN_FIGURES}/{name}.{ext}"

@@ -14,11 +14,15 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
+import time
 
 import pytest
+import torch
 import yaml
 from conftest import ROOT, TINY_CONFIG, copy_workflow, snakemake
 
+from fedscape.checkpoint import load_clients, load_trajectory
 from fedscape.config import load_schema
 from fedscape.plan import build_runs, check_config
 
@@ -71,7 +75,8 @@ def test_gpu_rules_have_gpu_resources_and_the_cuda_env():
     for rule in gpu_rules:
         res = profile()["set-resources"][rule]
         assert all(key in res for key in RESOURCE_KEYS), (rule, res)
-        assert res["mem_mb"] >= 4000 and res["runtime"] >= 60 and res["cpus_per_task"] >= 1
+        runtime = eval(str(res["runtime"]), {"attempt": 1})  # noqa: S307 - the profile's own expressions
+        assert res["mem_mb"] >= 4000 and runtime >= 60 and res["cpus_per_task"] >= 1
         if rule in envs:  # rules that other stages have not added yet are simply never submitted
             assert envs[rule] == "../envs/torch.yaml", rule
     for rule, env in envs.items():
@@ -204,3 +209,57 @@ def test_tiny_workflow_runs_through_sbatch(slurm_cluster, tmp_path, monkeypatch)
     assert not {"partition", "partitions_table", "rounds_table"} & set(by_rule)
     queued = _slurm(["squeue", "-h", "-t", "all", "-o", "%i"], conf).split()
     assert {row[0] for row in rows} <= set(queued)  # MinJobAge keeps finished jobs visible to squeue
+
+
+def time_limit_config() -> dict:
+    """One FedAvg run that trains for about 2 minutes on one core: longer than a 1-minute time limit."""
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    keys = ("datasets", "models", "num_clients", "participation", "seeds", "partition", "training")
+    cfg = {key: cfg[key] for key in keys} | {"alphas": ["iid"], "algorithms": {"fedavg": {"name": "fedavg"}},
+                                             "inits": {"random": {"kind": "random", "seed": 0}}}
+    cfg["training"].update(rounds=50, local_epochs=25, batch_size=16, save_clients_at=[20])
+    return cfg
+
+
+@pytest.mark.slurm
+def test_time_limit_kill_resubmits_and_resumes_to_identical_checkpoints(slurm_cluster, tmp_path, monkeypatch):
+    # Prepare: a run longer than its 1-minute limit (runtime = attempt minutes: 1, then 2, then 3), and
+    # the same run uninterrupted on the local machine, started alongside as the reference
+    cfg = time_limit_config()
+    runs = build_runs(check_config(yaml.safe_load(yaml.safe_dump(cfg)), load_schema(SCHEMA)))
+    assert len(runs) == 1
+    target = f"results/train/{runs[0].run_id}/trajectory.pt"
+    slurm_dir, local_dir = copy_workflow(tmp_path / "slurm"), copy_workflow(tmp_path / "local")
+    shutil.copytree(ROOT / "slurm", slurm_dir / "slurm")
+    for workdir in (slurm_dir, local_dir):
+        (workdir / "run.yaml").write_text(yaml.safe_dump(cfg))
+    command = [sys.executable, "-m", "snakemake", target, "--cores", "1", "--configfile", "run.yaml"]
+    reference = subprocess.Popen(command, cwd=local_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    monkeypatch.setenv("SLURM_CONF", slurm_cluster["SLURM_CONF"])
+    for key, value in (("SLURM_ACCOUNT", "fsacct"), ("SLURM_PARTITION", "fscpu"), ("SLURM_GPU_PARTITION", "fsgpu")):
+        monkeypatch.setenv(key, value)
+    started = time.time()
+
+    # Execute: the profile as typed, with a test-only time limit on the training job
+    proc = snakemake(slurm_dir, target, "--profile", "slurm", "--configfile", "run.yaml", "--retries", "2",
+                     "--set-resources", "train:runtime=attempt", "--slurm-init-seconds-before-status-checks", "2",
+                     timeout=900)
+
+    # Assert: the first attempt hit its time limit, a resubmission completed, resuming after a saved
+    # round, and the checkpoints equal the uninterrupted run's bit for bit
+    assert reference.wait(timeout=900) == 0
+    conf = slurm_cluster["SLURM_CONF"]
+    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started - 5))
+    rows = [line.split("|") for line in _slurm(
+        ["sacct", "-X", "-n", "-P", "-S", start, "-o", "JobID,Comment,State,Timelimit"], conf).splitlines() if line]
+    train = [row for row in rows if row[1].startswith("rule_train")]
+    states = [row[2] for row in sorted(train, key=lambda row: int(row[0]))]
+    assert states[0] == "TIMEOUT" and states[-1] == "COMPLETED", (states, proc.stderr[-3000:])
+    log = next((slurm_dir / "logs/train").rglob("train.log")).read_text()
+    resumed = [int(m) for m in re.findall(r"resuming after round (\d+)/", log)]
+    assert resumed and resumed[0] > 0, log[-2000:]
+    ours, theirs = slurm_dir / target, local_dir / target
+    assert torch.equal(load_trajectory(ours).params, load_trajectory(theirs).params)
+    ours_clients = load_clients(ours.with_name("clients.pt"))
+    theirs_clients = load_clients(theirs.with_name("clients.pt"))
+    assert torch.equal(ours_clients[20].params, theirs_clients[20].params)

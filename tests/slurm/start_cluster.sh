@@ -146,6 +146,9 @@ MpiDefault=none
 # Keep finished jobs visible to squeue for a while (sacct has them for good).
 MinJobAge=600
 SchedulerParameters=sched_interval=1
+# A job at its time limit gets SIGTERM, then SIGKILL 5 s later (default 30 s): quick time-limit tests.
+KillWait=5
+OverTimeLimit=0
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=$((PORT_BASE + 2))

@@ -1,7 +1,7 @@
 # Issue 5: linear-interpolation barriers (Li et al. 2022), layer-wise linear mode connectivity
 # (Adilova et al. 2023) and client-update statistics (Yin et al. 2018; Nguyen et al. 2022).
 # Pairs are named in the config (`interpolation.pairs`, `layer_barriers.pairs`) by run selectors;
-# fedscape.barriers resolves them (and plan.check_config has already checked them).
+# fedscape.barrier_plan resolves them (and plan.check_config has already checked them).
 
 
 rule interpolation:

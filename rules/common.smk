@@ -1,4 +1,6 @@
 # Shared set-up and input functions of the rule files.
+# Planning is torch-free: import settings and plans only from fedscape.plan and the torch-free
+# fedscape.*_plan modules (tests/test_config.py checks that none of them imports torch).
 
 import os
 
@@ -87,7 +89,7 @@ def metrics_of_runs(wildcards):
 # -- issue 3: inits (iid_warmup / continue inputs) and cost accounting ---------------------------
 def init_inputs(wildcards):
     """The IID partition of an iid_warmup init, the source trajectory of a continue init."""
-    from fedscape.inits import init_input_paths
+    from fedscape.init_plan import init_input_paths
 
     return init_input_paths(
         config, RUNS, wildcards.dataset, wildcards.model, wildcards.init
@@ -103,7 +105,7 @@ def cost_metas_of_runs(wildcards):
 
 
 # -- barriers (rules/barriers.smk): interpolation and layer-wise pairs, client statistics -----------
-from fedscape.barriers import (
+from fedscape.barrier_plan import (
     interpolation_pairs,
     interpolation_settings,
     layer_pairs,
@@ -184,7 +186,7 @@ def figure_files(prefix):
 
 
 # -- loss landscapes (rules/landscape.smk): planes, chunks, surfaces --------------------------------
-from fedscape.landscape.spec import (
+from fedscape.landscape_plan import (
     chunk_settings,
     figure_settings,
     hessian_plane_path,

@@ -2,11 +2,11 @@
 # top-k eigenvalues, Hutchinson trace, SLQ spectral density (Ghorbani et al. 2019), per-client HN / HD
 # (FedAlign, Mendieta et al. 2022, Table 1) and the top-2 eigenvector plane (FedAlign Fig. 1) that the
 # landscape stage reads from results/hessian/<run_id>/round~{round}/eigen_plane.npz.
-# fedscape.hessian_stage plans the (run, round) jobs; plan.check_config has already checked the section.
+# fedscape.hessian_plan plans the (run, round) jobs; plan.check_config has already checked the section.
 
 import os
 
-from fedscape.hessian_stage import (
+from fedscape.hessian_plan import (
     CLIENT_COLUMNS as HESSIAN_CLIENT_COLUMNS,
     hessian_columns,
     hessian_job_settings,

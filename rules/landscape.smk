@@ -1,7 +1,7 @@
 # Issue 4: loss landscapes (Li et al. 2018; Li et al. 2022, FL loss-landscape pilot study).
 # Each `landscapes` entry of the config is one plane (rule landscape_plane) with one surface per data
 # set; a surface's grid is split into chunks that run as separate, cached jobs (scatter) and are
-# gathered into one .npz (gather), then drawn. fedscape.landscape.spec resolves the entries (and
+# gathered into one .npz (gather), then drawn. fedscape.landscape_plan resolves the entries (and
 # plan.check_config has already checked them).
 
 

@@ -21,6 +21,7 @@ from fedscape.fl import engine as engine_mod
 from fedscape.fl import local as local_mod
 from fedscape.fl.cost import COST_COLUMNS, cost_table
 from fedscape.fl.engine import FederatedData, TrainConfig, batch_order, run_federated
+from fedscape.fl.hparams import ALGORITHM_SPECS
 from fedscape.fl.local import (
     effective_steps,
     lipschitz_estimate,
@@ -32,7 +33,7 @@ from fedscape.fl.local import (
 )
 from fedscape.fl.server_opt import ServerAdaptive
 from fedscape.fl.strategy import ALGORITHMS, ClientContext, algorithm_config, make_strategy
-from fedscape.models import build_model, slim_channels
+from fedscape.models import MODEL_NAMES, build_model, slim_channels
 from fedscape.partition import make_partition
 from fedscape.plan import check_config
 
@@ -86,6 +87,23 @@ def test_algorithm_names_match_the_schema_enum():
     assert set(enum) == set(ALGORITHMS)
     assert {"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "scaffold", "feddyn", "moon",
             "mixup", "stochdepth", "gradaug", "fedalign"} == set(ALGORITHMS)
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_torch_free_registry_matches_the_strategies(name, model):
+    """Config validation reads fedscape.fl.hparams (no torch): same names, configs and model checks."""
+    assert set(ALGORITHM_SPECS) == set(ALGORITHMS)
+    assert ALGORITHM_SPECS[name].config is ALGORITHMS[name].Config
+
+    def outcome(check):
+        try:
+            check(model)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    assert outcome(ALGORITHM_SPECS[name].check_model) == outcome(ALGORITHMS[name].check_model)
 
 
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))

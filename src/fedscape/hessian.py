@@ -31,55 +31,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fedscape.utils import derive_seed, unknown_name_error
+# The settings dataclass is torch-free (fedscape.hessian_plan, read by config validation); re-exported here.
+from fedscape.hessian_plan import METHODS, HessianSettings  # noqa: F401
+from fedscape.utils import derive_seed
 
 log = logging.getLogger("fedscape.hessian")
-
-METHODS = ("power", "lanczos")
 
 # Random streams, all derived from HessianSettings.seed (utils.derive_seed): the probes are shared by
 # every data set of a job (common random numbers: identical clients give identical diagonals).
 _STREAM_EIGEN, _STREAM_PROBES, _STREAM_DENSITY, _STREAM_SUBSET = 1, 2, 3, 4
-
-
-@dataclass(frozen=True)
-class HessianSettings:
-    """Settings of one Hessian analysis (PyHessian recipe, Yao et al. 2020, with fixed probe counts)."""
-
-    top_k: int = 2  # lambda_1 (FedAlign Table 1, Meta poster); lambda_1, lambda_2 span the plane of FedAlign Fig. 1
-    # "power" = PyHessian / FedAlign; Lanczos was measured ~1e4x more accurate at fewer products (tests/test_hessian.py)
-    method: str = "lanczos"
-    tol: float = 1e-4  # relative tolerance (issue 6; PyHessian uses 1e-3)
-    max_iter: int = 100  # PyHessian's maxIter
-    trace_probes: int = 300  # fixed Hutchinson probe count (issue 6): PyHessian's early stop was measured at 4% error
-    eval_samples: int | None = 1024  # fixed set per data set; None = all samples (PyHessian: a fixed batch set)
-    batch_size: int = 512  # samples per forward pass; the mean loss is weighted by batch size
-    cache_graph: bool = True  # keep every batch's gradient graph for all products (memory) or rebuild it per product
-    density: bool = True  # stochastic Lanczos quadrature of the spectral density (Ghorbani et al. 2019)
-    density_steps: int = 90  # Lanczos steps per SLQ probe (Ghorbani et al. 2019 use 90)
-    density_probes: int = 10  # SLQ probes (Ghorbani et al. 2019 use 10; PyHessian 1)
-    seed: int = 0  # eigen start vectors, probes and evaluation subsets derive from it
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise unknown_name_error("Hessian method", self.method, METHODS)
-        checks = [
-            (self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}"),
-            (0 < self.tol < 1, f"tol must be in (0, 1), got {self.tol}"),
-            (self.max_iter >= 1, f"max_iter must be >= 1, got {self.max_iter}"),
-            (self.method != "lanczos" or self.max_iter >= self.top_k + 1,
-             f"lanczos needs max_iter > top_k, got max_iter {self.max_iter} and top_k {self.top_k}"),
-            (self.trace_probes >= 2,
-             f"trace_probes must be >= 2 (a standard error needs two), got {self.trace_probes}"),
-            (self.eval_samples is None or self.eval_samples >= 1,
-             f"eval_samples must be >= 1 or None, got {self.eval_samples}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.density_steps >= 2, f"density_steps must be >= 2, got {self.density_steps}"),
-            (self.density_probes >= 1, f"density_probes must be >= 1, got {self.density_probes}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
 
 
 # -- the operator ----------------------------------------------------------------------------------

@@ -12,132 +12,36 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from fedscape.config import ConfigError
-from fedscape.hessian import HessianSettings
+# The plan (jobs, per-job settings, config checks) is torch-free (fedscape.hessian_plan, read by
+# Snakemake's planning); re-exported here.
+from fedscape.hessian_plan import (  # noqa: F401
+    CLIENT_COLUMNS,
+    HessianSettings,
+    check_hessian_config,
+    hessian_columns,
+    hessian_job_settings,
+    hessian_jobs,
+    hessian_rounds,
+    hessian_runs,
+    settings_from_config,
+)
 
 log = logging.getLogger("fedscape.hessian")
 
-CLIENT_COLUMNS = ["run_id", "round", "hn", "hd"]
 DENSITY_COLUMNS = ["run_id", "round", "data", "probe", "node", "weight"]
 AGGREGATE = "all"  # the `data` value of the aggregate training data (union of the client shards)
 OK, DIVERGED = "ok", "diverged"  # the `status` of a hessian.csv row: computed, or skipped (the run diverged)
 INTEGER_COLUMNS = ("round", "n_eval", "iterations")  # kept integers in the gathered tables beside NaN rows
 
 
-def hessian_columns(top_k: int) -> list[str]:
-    """Columns of results/tables/hessian.csv (`status`: ok, or diverged for the NaN rows of a skipped job)."""
-    return ["run_id", "round", "data", *[f"lambda_{i}" for i in range(1, top_k + 1)], "trace", "trace_stderr",
-            "n_eval", "iterations", "status"]
-
-
 def client_label(client: int) -> str:
     """The `data` value of client k's rows."""
     return f"client_{client}"
-
-
-# -- plan ------------------------------------------------------------------------------------------
-def settings_from_config(section: dict) -> HessianSettings:
-    """HessianSettings from the config's `hessian` section (defaults already filled by the schema)."""
-    density = section.get("density", {})
-    return HessianSettings(
-        top_k=section["top_k"], method=section["method"], tol=section["tol"], max_iter=section["max_iter"],
-        trace_probes=section["trace_probes"], eval_samples=section["eval_samples"], batch_size=section["batch_size"],
-        cache_graph=section["cache_graph"], density=density.get("enabled", True),
-        density_steps=density.get("lanczos_steps", 90), density_probes=density.get("probes", 10),
-        seed=section["seed"],
-    )
-
-
-def _selectors(section: dict) -> list[dict] | None:
-    runs = section.get("runs", "all")
-    if runs == "all":
-        return None
-    return [runs] if isinstance(runs, dict) else list(runs)
-
-
-def hessian_runs(config: dict, runs: list) -> list:
-    """The runs the Hessian stage analyses: all of them, or those matching any selector of `hessian.runs`."""
-    from fedscape.plan import select_runs
-
-    selectors = _selectors(config["hessian"])
-    if selectors is None:
-        return list(runs)
-    chosen = set()
-    for selector in selectors:
-        chosen.update(select_runs(runs, selector))
-    return sorted(chosen)
-
-
-def _final_round(config: dict, run) -> int:
-    from fedscape.plan import train_settings
-
-    return int(train_settings(config, run)["training"]["rounds"])
-
-
-def hessian_rounds(config: dict, run) -> list[int]:
-    """The rounds of `hessian.rounds` for one run, `final` resolved to its last round, sorted and unique."""
-    final = _final_round(config, run)
-    return sorted({final if r == "final" else int(r) for r in config["hessian"]["rounds"]})
-
-
-def hessian_jobs(config: dict, runs: list) -> list[tuple]:
-    """Every (run, round) the stage evaluates (empty when the stage is disabled)."""
-    if not config["hessian"]["enabled"]:
-        return []
-    return [(run, r) for run in hessian_runs(config, runs) for r in hessian_rounds(config, run)]
-
-
-def check_hessian_config(config: dict, runs: list) -> list[str]:
-    """Problems of the `hessian` section that the schema cannot express (one line each)."""
-    section = config.get("hessian")
-    if not section:
-        return []
-    problems = []
-    try:
-        settings = settings_from_config(section)
-        if settings.top_k < 2:
-            problems.append(f"hessian.top_k: the eigenvector plane needs the top 2 eigenvectors, got {settings.top_k}")
-    except ValueError as exc:
-        problems.append(f"hessian: {exc}")
-    try:
-        for i, selector in enumerate(_selectors(section) or []):
-            from fedscape.plan import select_runs
-
-            if not isinstance(selector, dict) or not selector:
-                problems.append(f"hessian.runs[{i}]: a run selector is a non-empty mapping of run fields, e.g. "
-                                f"{{alpha: iid, init: random}}; got {selector!r}")
-            elif not select_runs(runs, selector):
-                problems.append(f"hessian.runs[{i}]: no run of the config matches {selector}")
-        chosen = hessian_runs(config, runs)
-    except ConfigError as exc:
-        problems.append(f"hessian.runs: {exc}")
-        chosen = []
-    for run in chosen:
-        final = _final_round(config, run)
-        bad = [r for r in section["rounds"] if r != "final" and not 0 <= int(r) <= final]
-        if bad:
-            problems.append(f"hessian.rounds: rounds {bad} are outside 0..{final} (run {run.run_id} trains {final} "
-                            "rounds); use `final` for the last round")
-            break
-    return problems
-
-
-def hessian_job_settings(config: dict, run, round_: int) -> dict:
-    """Everything one Hessian job needs, resolved (Snakemake reruns the job when it changes)."""
-    return {
-        "run": asdict(run),
-        "run_id": run.run_id,
-        "round": int(round_),
-        "dataset_options": config["datasets"][run.dataset],
-        "device": config["training"]["device"],
-        "hessian": asdict(settings_from_config(config["hessian"])),
-    }
 
 
 # -- one job ---------------------------------------------------------------------------------------

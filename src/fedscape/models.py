@@ -23,25 +23,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# ModelInfo, the registry's metadata and the compatibility check are torch-free (fedscape.model_specs,
+# used by config validation); they are re-exported here.
+from fedscape.model_specs import (  # noqa: F401
+    MODEL_INFOS,
+    MODEL_NAMES,
+    MODEL_OPTIONS,
+    NORMS,
+    ModelInfo,
+    check_model_compatible,
+    model_info,
+)
 from fedscape.utils import suggest, unknown_name_error
 
-NORMS: tuple[str, ...] = ("batch", "group", "none")
 GROUP_NORM_MAX_GROUPS = 8
 
 NormFactory = Callable[[int], nn.Module]
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the pipeline needs to know about a model before building it."""
-
-    name: str
-    residual: bool  # has residual blocks (exposed as `model.blocks`), e.g. for Stochastic Depth
-    image_sizes: tuple[int, ...] | None  # accepted square input sizes; None = any size
-    description: str
-    paper: str
-    min_image_size: int = 1  # smallest accepted size when image_sizes is None
-    width_sliceable: bool = False  # has forward_width / forward_last_block / last_block_width (GradAug, FedAlign)
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -440,135 +437,37 @@ def _cifar_resnet(depth_per_stage: int) -> Callable[..., ImageClassifier]:
     return build
 
 
-_CIFAR_RESNET_PAPER = "He et al. 2016, Deep Residual Learning for Image Recognition (CIFAR variant)"
+# The builders of the models described in fedscape.model_specs.MODEL_INFOS (same names).
+_BUILDERS: dict[str, Callable[..., ImageClassifier]] = {
+    "mlp": lambda num_classes, in_channels, image_size: MLP(num_classes, in_channels * image_size**2),
+    "cnn_small": lambda num_classes, in_channels, image_size: SmallCNN(num_classes, in_channels),
+    "convnet": lambda num_classes, in_channels, image_size: ConvNet(num_classes, in_channels),
+    "resnet20": _cifar_resnet(3),
+    "resnet56": _cifar_resnet(9),
+    "resnet18_nonorm": lambda num_classes, in_channels, image_size: ResNet(
+        num_classes,
+        in_channels,
+        (2, 2, 2, 2),
+        (64, 128, 256, 512),
+        norm="none",
+        projection=True,
+        # PyTorch's default init keeps activations bounded without normalisation (Kaiming-normal
+        # init grows the logits' scale to ~10 over the 8 unnormalised residual blocks).
+        kaiming_init=False,
+    ),
+    "vgg11": lambda num_classes, in_channels, image_size: VGG11(num_classes, in_channels),
+}
+if set(_BUILDERS) != set(MODEL_INFOS):
+    raise RuntimeError("fedscape.models and fedscape.model_specs name different models")
 
 _REGISTRY: dict[str, _Entry] = {
-    "mlp": _Entry(
-        ModelInfo(
-            "mlp",
-            residual=False,
-            image_sizes=None,
-            description="MLP on flattened pixels: in -> 64 -> 64 -> classes, ReLU",
-            paper="fedscape baseline (multilayer perceptron)",
-        ),
-        lambda num_classes, in_channels, image_size: MLP(num_classes, in_channels * image_size**2),
-    ),
-    "cnn_small": _Entry(
-        ModelInfo(
-            "cnn_small",
-            residual=False,
-            image_sizes=None,
-            description="3-conv CNN for 8x8 digits (conv16-conv32-pool-last_block conv32, FC 64), no norm",
-            paper="fedscape small CNN; last block as in FedAlign (Mendieta et al. 2022)",
-            min_image_size=2,
-            width_sliceable=True,
-        ),
-        lambda num_classes, in_channels, image_size: SmallCNN(num_classes, in_channels),
-    ),
-    "convnet": _Entry(
-        ModelInfo(
-            "convnet",
-            residual=False,
-            image_sizes=(32,),
-            description="ConvNet, 6 conv + 2 FC (FC 1024 -> 64 -> classes), ReLU, no normalisation",
-            paper="Li et al. 2022, Understanding Federated Learning through Loss Landscape Visualizations",
-        ),
-        lambda num_classes, in_channels, image_size: ConvNet(num_classes, in_channels),
-    ),
-    "resnet20": _Entry(
-        ModelInfo(
-            "resnet20",
-            residual=True,
-            image_sizes=None,
-            description="CIFAR ResNet20: BasicBlock [3,3,3], widths 16/32/64, option-A shortcuts",
-            paper=_CIFAR_RESNET_PAPER,
-            min_image_size=8,
-            width_sliceable=True,
-        ),
-        _cifar_resnet(3),
-        options=("norm",),
-    ),
-    "resnet56": _Entry(
-        ModelInfo(
-            "resnet56",
-            residual=True,
-            image_sizes=None,
-            description="CIFAR ResNet56: BasicBlock [9,9,9], widths 16/32/64, option-A shortcuts",
-            paper=_CIFAR_RESNET_PAPER,
-            min_image_size=8,
-            width_sliceable=True,
-        ),
-        _cifar_resnet(9),
-        options=("norm",),
-    ),
-    "resnet18_nonorm": _Entry(
-        ModelInfo(
-            "resnet18_nonorm",
-            residual=True,
-            image_sizes=None,
-            description="ResNet18 (BasicBlock [2,2,2,2], widths 64-512), 3x3 stem, no max-pool, no norm",
-            paper="Adilova, Fischer, Jaggi, Layerwise Linear Mode Connectivity; He et al. 2016",
-            min_image_size=8,
-            width_sliceable=True,
-        ),
-        lambda num_classes, in_channels, image_size: ResNet(
-            num_classes,
-            in_channels,
-            (2, 2, 2, 2),
-            (64, 128, 256, 512),
-            norm="none",
-            projection=True,
-            # PyTorch's default init keeps activations bounded without normalisation (Kaiming-normal
-            # init grows the logits' scale to ~10 over the 8 unnormalised residual blocks).
-            kaiming_init=False,
-        ),
-    ),
-    "vgg11": _Entry(
-        ModelInfo(
-            "vgg11",
-            residual=False,
-            image_sizes=(32,),
-            description="VGG11 without batch norm, single Linear(512, classes) classifier (CIFAR variant)",
-            paper="Simonyan & Zisserman 2015, Very Deep Convolutional Networks; Adilova et al.",
-        ),
-        lambda num_classes, in_channels, image_size: VGG11(num_classes, in_channels),
-    ),
+    name: _Entry(MODEL_INFOS[name], _BUILDERS[name], MODEL_OPTIONS.get(name, ())) for name in MODEL_INFOS
 }
-
-MODEL_NAMES: tuple[str, ...] = tuple(sorted(_REGISTRY))
 
 
 def _entry(name: str) -> _Entry:
-    if name not in _REGISTRY:
-        raise unknown_name_error("model", name, MODEL_NAMES)
+    model_info(name)  # ValueError naming the valid models for an unknown name
     return _REGISTRY[name]
-
-
-def model_info(name: str) -> ModelInfo:
-    """Static facts about model ``name``; ValueError for an unknown name."""
-    return _entry(name).info
-
-
-def _accepts(info: ModelInfo, image_size: int) -> bool:
-    if info.image_sizes is None:
-        return image_size >= info.min_image_size
-    return image_size in info.image_sizes
-
-
-def check_model_compatible(name: str, in_channels: int, image_size: int) -> None:
-    """Raise a clear ValueError if ``name`` cannot take [in_channels, image_size, image_size] inputs."""
-    info = model_info(name)
-    if in_channels < 1:
-        raise ValueError(f"model {name!r} needs at least 1 input channel; dataset gives {in_channels}")
-    if _accepts(info, image_size):
-        return
-    if info.image_sizes is None:
-        needs = f"inputs of at least {info.min_image_size}x{info.min_image_size}"
-    else:
-        needs = " or ".join(f"{s}x{s}" for s in info.image_sizes) + " inputs"
-    fitting = [n for n in MODEL_NAMES if _accepts(_REGISTRY[n].info, image_size)]
-    hint = f" Models that accept it: {', '.join(fitting)}." if fitting else ""
-    raise ValueError(f"model {name!r} needs {needs}; dataset gives {image_size}x{image_size}.{hint}")
 
 
 def build_model(

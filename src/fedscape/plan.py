@@ -2,6 +2,9 @@
 
 Snakemake's rule files call these functions; they never see the `snakemake` object. Settings are
 passed to jobs as plain dicts so that Snakemake reruns exactly the jobs whose settings changed.
+Planning is torch-free: this module and the `*_plan` / `model_specs` / `fl.hparams` /
+`fl.train_config` modules it calls never import torch (tests/test_config.py checks it), so that
+`snakemake -n` does not pay for `import torch`.
 """
 
 from __future__ import annotations
@@ -81,8 +84,8 @@ def check_config(config: dict, schema: dict) -> dict:
     """Validate against the schema (filling defaults), then the rules a schema cannot express."""
     validate_config(config, schema)
     problems: list[str] = []
-    from fedscape.fl.strategy import algorithm_config
-    from fedscape.models import check_model_compatible
+    from fedscape.fl.hparams import algorithm_config
+    from fedscape.model_specs import check_model_compatible
 
     training = config["training"]
     try:
@@ -111,8 +114,8 @@ def check_config(config: dict, schema: dict) -> dict:
         except ValueError as exc:
             problems.append(f"models: {exc}")
     # issue 3: algorithm/model combinations (e.g. stochdepth on a plain CNN) and the inits section
-    from fedscape.fl.strategy import check_algorithm_model
-    from fedscape.inits import check_inits
+    from fedscape.fl.hparams import check_algorithm_model
+    from fedscape.init_plan import check_inits
 
     for label, model in sorted({(r.algorithm, r.model) for r in runs}):
         try:
@@ -120,14 +123,14 @@ def check_config(config: dict, schema: dict) -> dict:
         except ValueError as exc:
             problems.append(f"algorithms.{label}: {exc}")
     problems.extend(check_inits(config, runs))
-    from fedscape.barriers import check_barrier_config
+    from fedscape.barrier_plan import check_barrier_config
 
     if runs:
         problems.extend(check_barrier_config(config, runs))
-    from fedscape.hessian_stage import check_hessian_config
+    from fedscape.hessian_plan import check_hessian_config
 
     problems.extend(check_hessian_config(config, runs))
-    from fedscape.landscape.spec import check_landscapes
+    from fedscape.landscape_plan import check_landscapes
 
     if runs:
         problems.extend(check_landscapes(config, runs))
@@ -137,7 +140,7 @@ def check_config(config: dict, schema: dict) -> dict:
 
 
 def _train_config(training: dict, overrides: dict):
-    from fedscape.fl.engine import TrainConfig
+    from fedscape.fl.train_config import TrainConfig
 
     merged = {**training, **overrides}
     unknown = set(overrides) - set(training)
@@ -192,7 +195,7 @@ def partition_settings(config: dict, dataset: str, alpha: str, num_clients: int,
 
 
 def init_settings(config: dict, dataset: str, model: str, init: str) -> dict:
-    from fedscape.inits import init_extras, kind_spec
+    from fedscape.init_plan import init_extras, kind_spec
 
     channels, size, classes = DATASET_SHAPES[dataset]
     spec = config["inits"][init]

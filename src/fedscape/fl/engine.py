@@ -10,59 +10,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fedscape.checkpoint import ClientRound
 from fedscape.client_stats import round_stats
 from fedscape.evaluate import evaluate
 from fedscape.fl.strategy import ClientContext, ClientResult, Strategy
+
+# TrainConfig and the client sampling are torch-free (fedscape.fl.train_config, read by config
+# validation); re-exported here.
+from fedscape.fl.train_config import TrainConfig, sample_clients
 from fedscape.params import FlatParams, flatten_buffers, load_buffers
 from fedscape.utils import atomic_path, derive_seed
 
 log = logging.getLogger("fedscape.train")
-
-_SAMPLING_STREAM = 0x5A  # keeps client sampling independent of the clients' own random streams
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Round and local-training settings shared by every algorithm.
-
-    Defaults are the pilot study's (Li et al., Sec. 3): 100 rounds x 5 local epochs of SGD with
-    lr 0.01 and batch size 16, full participation.
-    """
-
-    rounds: int = 100
-    local_epochs: int = 5
-    batch_size: int = 16
-    lr: float = 0.01
-    momentum: float = 0.0  # the pilot study uses plain SGD; FedAlign uses 0.9
-    weight_decay: float = 0.0
-    participation: float = 1.0  # fraction of clients sampled each round (pilot study Fig. 7: 0.2/0.5/0.8)
-    save_clients_at: tuple[int, ...] = ()  # rounds whose client models are kept (local scope, layer-wise LMC)
-    augment: str = "none"  # "crop_flip" for CIFAR
-    eval_batch_size: int = 1024
-    seed: int = 0  # client sampling and every client's batch order derive from it
-    # How the clients of a round are trained (fedscape.fl.vectorized): "auto" trains them all at once
-    # whenever that is exact (no batch norm, an algorithm with vectorised local training), else one
-    # after another; "sequential" always one after another; "vectorized" insists.
-    client_parallel: str = "auto"
-    client_chunk_size: int = 64  # clients trained together at most (bounds memory); 0 = all sampled clients
-    bf16_autocast: bool = False  # CUDA only: bf16 autocast of the vectorised forward passes (not exact)
-
-    def __post_init__(self):
-        if self.client_parallel not in ("auto", "sequential", "vectorized"):
-            raise ValueError(f"client_parallel must be auto, sequential or vectorized, got {self.client_parallel!r}")
-        if self.client_chunk_size < 0:
-            raise ValueError(f"client_chunk_size must be >= 0, got {self.client_chunk_size}")
-        if self.rounds < 1:
-            raise ValueError(f"rounds must be at least 1, got {self.rounds}")
-        if not 0 < self.participation <= 1:
-            raise ValueError(f"participation must be in (0, 1], got {self.participation}")
-        bad = [r for r in self.save_clients_at if not 1 <= r <= self.rounds]
-        if bad:
-            raise ValueError(f"save_clients_at has rounds {bad} outside 1..{self.rounds}")
 
 
 @dataclass
@@ -98,15 +59,6 @@ class RunResult:
     clients: dict[int, ClientRound] = field(default_factory=dict)
     status: str = "ok"
     client_stats: list[dict] = field(default_factory=list)  # per round: fedscape.client_stats.round_stats
-
-
-def sample_clients(seed: int, round_: int, num_clients: int, participation: float) -> list[int]:
-    """Clients taking part in a round: a seeded sample of max(1, round(p * M)) without replacement."""
-    m = max(1, int(round(participation * num_clients)))
-    if m >= num_clients:
-        return list(range(num_clients))
-    rng = np.random.default_rng(derive_seed(seed, round_, _SAMPLING_STREAM))
-    return sorted(int(c) for c in rng.choice(num_clients, size=m, replace=False))
 
 
 def client_generator(seed: int, round_: int, client_id: int) -> torch.Generator:

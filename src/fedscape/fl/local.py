@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,7 +19,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedscape.fl.aggregate import sample_weights, weighted_mean
-from fedscape.fl.server_opt import ServerSGD, ServerSGDConfig
+
+# The hyperparameter dataclasses and the model requirements are torch-free (fedscape.fl.hparams,
+# read by config validation); re-exported here.
+from fedscape.fl.hparams import (  # noqa: F401
+    FedAlignConfig,
+    FedDynConfig,
+    FedProxConfig,
+    GradAugConfig,
+    MixupConfig,
+    MoonConfig,
+    StochDepthConfig,
+    require_model,
+)
+from fedscape.fl.server_opt import ServerSGD
 from fedscape.fl.strategy import ClientContext, ClientResult, ClientStore, Strategy, param_views, register
 from fedscape.params import FlatParams, flatten_buffers, flatten_params, load_buffers, load_params
 from fedscape.utils import derive_seed
@@ -28,33 +40,8 @@ from fedscape.utils import derive_seed
 _MOON_HEAD_STREAM = 0x4D4F4F4E  # seed stream of MOON's projection head
 
 
-def _models_with(flag: str) -> str:
-    from fedscape.models import MODEL_NAMES, model_info
-
-    return ", ".join(n for n in MODEL_NAMES if getattr(model_info(n), flag))
-
-
-def _require(model: str, flag: str, algorithm: str, what: str) -> None:
-    from fedscape.models import model_info
-
-    if not getattr(model_info(model), flag):
-        raise ValueError(f"{algorithm} needs a {what} model; {model} is not {what} "
-                         f"({what} models: {_models_with(flag)})")
-
-
 # ---------------------------------------------------------------------------------------------
 # FedProx
-@dataclass(frozen=True)
-class FedProxConfig(ServerSGDConfig):
-    """FedProx hyperparameters."""
-
-    mu: float = 1e-4  # FedAlign paper (Mendieta et al. 2022), Sec. 3.2: the tuned optimum for FedProx
-
-    def __post_init__(self):
-        if self.mu < 0:
-            raise ValueError(f"mu must be non-negative, got {self.mu}")
-
-
 @register
 class FedProx(Strategy):
     """FedProx (Li et al. 2020, MLSys): local loss + mu/2 ||w - w_global||^2, added as a gradient term."""
@@ -151,17 +138,6 @@ class Scaffold(Strategy):
 
 # ---------------------------------------------------------------------------------------------
 # FedDyn
-@dataclass(frozen=True)
-class FedDynConfig(ServerSGDConfig):
-    """FedDyn hyperparameters."""
-
-    alpha: float = 0.01  # Acar et al. 2021 search alpha in {0.1, 0.01, 0.001}; 0.01 in their CIFAR runs
-
-    def __post_init__(self):
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be positive, got {self.alpha}")
-
-
 @register
 class FedDyn(Strategy):
     """FedDyn (Acar et al. 2021): dynamic regularisation that aligns local and global stationary points.
@@ -223,19 +199,6 @@ class FedDyn(Strategy):
 
 # ---------------------------------------------------------------------------------------------
 # MOON
-@dataclass(frozen=True)
-class MoonConfig(ServerSGDConfig):
-    """MOON hyperparameters."""
-
-    mu: float = 1.0  # FedAlign paper, Sec. 3.2: the tuned optimum for MOON
-    temperature: float = 0.5  # Li et al. 2021 (MOON) and the FedAlign code
-    projection_dim: int = 0  # head output size; 0 = the feature width D (FedAlign code: D -> D -> D)
-
-    def __post_init__(self):
-        if self.temperature <= 0 or self.mu < 0 or self.projection_dim < 0:
-            raise ValueError("MOON needs temperature > 0, mu >= 0 and projection_dim >= 0")
-
-
 def moon_contrastive_loss(z: torch.Tensor, z_global: torch.Tensor, z_prev: torch.Tensor,
                           temperature: float) -> torch.Tensor:
     """MOON's model-contrastive loss (Li et al. 2021, eq. 3): -log e^{s_g/T} / (e^{s_g/T} + e^{s_p/T}),
@@ -333,17 +296,6 @@ class Moon(Strategy):
 
 # ---------------------------------------------------------------------------------------------
 # Mixup
-@dataclass(frozen=True)
-class MixupConfig(ServerSGDConfig):
-    """Mixup hyperparameters."""
-
-    gamma: float = 0.05  # FedAlign paper, Sec. 3.2: lambda ~ Beta(gamma, gamma) with gamma = 0.05
-
-    def __post_init__(self):
-        if self.gamma < 0:
-            raise ValueError(f"gamma must be non-negative, got {self.gamma}")
-
-
 def mixup_batch(x: torch.Tensor, perm: torch.Tensor, lam: float) -> torch.Tensor:
     """lam * x + (1 - lam) * x[perm] (Zhang et al. 2018, mixup)."""
     return lam * x + (1 - lam) * x[perm]
@@ -375,17 +327,6 @@ class Mixup(Strategy):
 
 # ---------------------------------------------------------------------------------------------
 # Stochastic Depth
-@dataclass(frozen=True)
-class StochDepthConfig(ServerSGDConfig):
-    """Stochastic Depth hyperparameters."""
-
-    survival_last: float = 0.9  # gamma_L, the last block's survival probability (FedAlign paper, Sec. 3.2)
-
-    def __post_init__(self):
-        if not 0 < self.survival_last <= 1:
-            raise ValueError(f"survival_last must be in (0, 1], got {self.survival_last}")
-
-
 def survival_probabilities(num_blocks: int, survival_last: float) -> list[float]:
     """Linear decay gamma_l = 1 - l/L (1 - gamma_L), l = 1..L (Huang et al. 2016; FedAlign Sec. 3.1)."""
     return [1 - (block / num_blocks) * (1 - survival_last) for block in range(1, num_blocks + 1)]
@@ -408,7 +349,7 @@ class StochDepth(Strategy):
 
     @classmethod
     def check_model(cls, model: str) -> None:
-        _require(model, "residual", "stochdepth", "residual")
+        require_model(model, "residual", "stochdepth", "residual")
 
     def local_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext) -> torch.Tensor:
         probs = ctx.scratch.get("survival")
@@ -421,23 +362,6 @@ class StochDepth(Strategy):
 
 # ---------------------------------------------------------------------------------------------
 # GradAug
-@dataclass(frozen=True)
-class GradAugConfig(ServerSGDConfig):
-    """GradAug hyperparameters."""
-
-    mu: float = 1.75  # FedAlign paper, Sec. 3.2: the tuned optimum for GradAug
-    num_subnets: int = 2  # n (FedAlign paper, Sec. 3.2)
-    min_width: float = 0.8  # smallest sub-network width; the FedAlign code shares its --width flag with FedAlign's 0.8
-    scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.625)  # input sizes 32/28/24/20 of 32 in the FedAlign code
-
-    def __post_init__(self):
-        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
-        if self.num_subnets < 1 or not 0 < self.min_width <= 1 or self.mu < 0:
-            raise ValueError("GradAug needs num_subnets >= 1, 0 < min_width <= 1 and mu >= 0")
-        if not self.scales or any(not 0 < s <= 1 for s in self.scales):
-            raise ValueError(f"scales must be a non-empty list of fractions in (0, 1], got {list(self.scales)}")
-
-
 @register
 class GradAug(Strategy):
     """GradAug (Yang et al. 2020) as local training (FedAlign paper, eq. 2).
@@ -454,7 +378,7 @@ class GradAug(Strategy):
 
     @classmethod
     def check_model(cls, model: str) -> None:
-        _require(model, "width_sliceable", "gradaug", "width-sliceable")
+        require_model(model, "width_sliceable", "gradaug", "width-sliceable")
 
     def local_backward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext) -> torch.Tensor:
         c = self.config
@@ -479,20 +403,6 @@ class GradAug(Strategy):
 
 # ---------------------------------------------------------------------------------------------
 # FedAlign
-@dataclass(frozen=True)
-class FedAlignConfig(ServerSGDConfig):
-    """FedAlign hyperparameters."""
-
-    mu: float = 0.05  # FedAlign paper, Table 6 and App. A.1 (default mu)
-    width: float = 0.8  # omega_s, the sub-block width (FedAlign paper, Table 6 and App. A.1)
-    power_iterations: int = 10  # power-iteration steps of the spectral norm (FedAlign code, top_eigenvalue)
-    clip_grad_norm: float = 10.0  # the FedAlign code clips the local gradient norm at 10; 0 turns it off
-
-    def __post_init__(self):
-        if not 0 < self.width <= 1 or self.mu < 0 or self.power_iterations < 1 or self.clip_grad_norm < 0:
-            raise ValueError("FedAlign needs 0 < width <= 1, mu >= 0, power_iterations >= 1 and clip_grad_norm >= 0")
-
-
 def transmitting_matrix(h_in: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
     """X = pool(h_in)^T h_out / (H W) per sample, [B, C_in, C_out] (Shang et al. 2021; FedAlign eqs. 6-7).
 
@@ -540,7 +450,7 @@ class FedAlign(Strategy):
 
     @classmethod
     def check_model(cls, model: str) -> None:
-        _require(model, "width_sliceable", "fedalign", "width-sliceable")
+        require_model(model, "width_sliceable", "fedalign", "width-sliceable")
 
     def local_backward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext) -> torch.Tensor:
         c = self.config

@@ -6,17 +6,10 @@ the adaptive optimisers of Reddi et al. 2021 live here too, so algorithms differ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class ServerSGDConfig:
-    """Server SGD; lr 1 and momentum 0 is exactly FedAvg's model averaging."""
-
-    server_lr: float = 1.0  # McMahan et al. 2017: the new global model is the weighted mean
-    server_momentum: float = 0.0  # FedAvgM (Hsu et al. 2019) uses 0.9
+# The hyperparameter dataclasses are torch-free (config validation reads them); re-exported here.
+from fedscape.fl.hparams import ServerAdaptiveConfig, ServerSGDConfig  # noqa: F401
 
 
 class ServerOptimizer:
@@ -51,27 +44,6 @@ class ServerSGD(ServerOptimizer):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.buf = state.get("momentum_buffer")
-
-
-@dataclass(frozen=True)
-class ServerAdaptiveConfig:
-    """Adaptive server optimiser hyperparameters (Reddi et al. 2021, Adaptive Federated Optimization).
-
-    Reddi et al. fix beta1 = 0.9 and beta2 = 0.99 (Sec. 5) and tune the server lr and tau over
-    grids of powers of ten; 10^-2 and 10^-3 are the values they most often select, and the Meta
-    poster (Nguyen et al.) runs FedAdam with SGD at the clients in the same way.
-    """
-
-    server_lr: float = 0.01  # eta (Reddi et al. 2021, grid over 10^-3..10^0)
-    beta1: float = 0.9  # Reddi et al. 2021, Sec. 5
-    beta2: float = 0.99  # Reddi et al. 2021, Sec. 5 (unused by FedAdagrad)
-    tau: float = 1e-3  # adaptivity / epsilon (Reddi et al. 2021, grid over 10^-5..10^-1)
-
-    def __post_init__(self):
-        if self.server_lr <= 0 or self.tau <= 0:
-            raise ValueError(f"server_lr and tau must be positive, got {self.server_lr} and {self.tau}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError(f"beta1 and beta2 must be in [0, 1), got {self.beta1} and {self.beta2}")
 
 
 ADAPTIVE_KINDS = ("adagrad", "adam", "yogi")

@@ -11,7 +11,6 @@ Hyperparameters live in one frozen dataclass per algorithm; its defaults cite th
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -20,14 +19,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedscape.fl.aggregate import mean_delta, sample_weights, weighted_mean
-from fedscape.fl.server_opt import (
-    ServerAdaptive,
+
+# The hyperparameter dataclasses, `algorithm_config` and `check_algorithm_model` are torch-free
+# (fedscape.fl.hparams, read by config validation); re-exported here.
+from fedscape.fl.hparams import (  # noqa: F401
+    AlgorithmSpec,
+    FedAdagradConfig,
+    FedAvgMConfig,
     ServerAdaptiveConfig,
-    ServerOptimizer,
-    ServerSGD,
     ServerSGDConfig,
+    algorithm_config,
+    check_algorithm_model,
+    register_spec,
 )
-from fedscape.utils import suggest, unknown_name_error
+from fedscape.fl.server_opt import ServerAdaptive, ServerOptimizer, ServerSGD
 
 
 @dataclass
@@ -215,10 +220,7 @@ class FedAvgM(Strategy):
     """FedAvgM (Hsu et al. 2019): FedAvg with server momentum."""
 
     name = "fedavgm"
-
-    @dataclass(frozen=True)
-    class Config(ServerSGDConfig):
-        server_momentum: float = 0.9  # Hsu et al. 2019 use beta = 0.9
+    Config = FedAvgMConfig  # server momentum 0.9 (Hsu et al. 2019)
 
 
 class _FedAdaptive(Strategy):
@@ -251,50 +253,19 @@ class FedAdagrad(_FedAdaptive):
 
     name = "fedadagrad"
     kind = "adagrad"
-
-    @dataclass(frozen=True)
-    class Config(ServerAdaptiveConfig):
-        # Adagrad's accumulator never decays, so its steps are about 10x smaller than Adam's at the
-        # same lr (without bias correction); Reddi et al. 2021 tune it on the same grid and fedscape
-        # takes the next decade, 10^-1.
-        server_lr: float = 0.1
+    Config = FedAdagradConfig  # server lr 0.1: Adagrad's accumulator never decays (see FedAdagradConfig)
 
 
 ALGORITHMS: dict[str, type[Strategy]] = {cls.name: cls for cls in (Strategy, FedAvgM, FedAdam, FedYogi, FedAdagrad)}
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
-    """Add a strategy class to ALGORITHMS under its `name`."""
+    """Add a strategy class to ALGORITHMS under its `name` (and its metadata to fedscape.fl.hparams)."""
     if cls.name in ALGORITHMS and ALGORITHMS[cls.name] is not cls:
         raise ValueError(f"algorithm name {cls.name!r} is already registered")
     ALGORITHMS[cls.name] = cls
+    register_spec(AlgorithmSpec(cls.name, cls.Config, cls.check_model))
     return cls
-
-
-def algorithm_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
-    """The algorithm's hyperparameter dataclass with `overrides` applied; unknown keys fail clearly."""
-    if name not in ALGORITHMS:
-        raise unknown_name_error("algorithm", name, ALGORITHMS)
-    cls = ALGORITHMS[name].Config
-    overrides = dict(overrides or {})
-    valid = {f.name for f in dataclasses.fields(cls)}
-    for key in overrides:
-        if key not in valid:
-            raise ValueError(
-                f"algorithm {name!r} has no hyperparameter {key!r}.{suggest(key, valid)} "
-                f"Valid: {', '.join(sorted(valid)) or '(none)'}"
-            )
-    try:
-        return cls(**overrides)
-    except TypeError as exc:  # e.g. a list where a number is expected
-        raise ValueError(f"algorithm {name!r}: {exc}") from None
-
-
-def check_algorithm_model(name: str, model: str) -> None:
-    """ValueError when algorithm `name` cannot train `model` (e.g. StochDepth on a plain CNN)."""
-    if name not in ALGORITHMS:
-        raise unknown_name_error("algorithm", name, ALGORITHMS)
-    ALGORITHMS[name].check_model(model)
 
 
 def make_strategy(name: str, overrides: dict[str, Any] | None = None) -> Strategy:

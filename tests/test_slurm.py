@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -211,6 +210,11 @@ def test_tiny_workflow_runs_through_sbatch(slurm_cluster, tmp_path, monkeypatch)
     assert {row[0] for row in rows} <= set(queued)  # MinJobAge keeps finished jobs visible to squeue
 
 
+def _job_number(job_id: str) -> int:
+    """The numeric part of a SLURM job id (`123`, `123_4` or `123+0`)."""
+    return int(re.match(r"\d+", job_id).group())
+
+
 def time_limit_config() -> dict:
     """One FedAvg run that trains for about 2 minutes on one core: longer than a 1-minute time limit."""
     cfg = yaml.safe_load(TINY_CONFIG.read_text())
@@ -238,7 +242,9 @@ def test_time_limit_kill_resubmits_and_resumes_to_identical_checkpoints(slurm_cl
     monkeypatch.setenv("SLURM_CONF", slurm_cluster["SLURM_CONF"])
     for key, value in (("SLURM_ACCOUNT", "fsacct"), ("SLURM_PARTITION", "fscpu"), ("SLURM_GPU_PARTITION", "fsgpu")):
         monkeypatch.setenv(key, value)
-    started = time.time()
+    conf = slurm_cluster["SLURM_CONF"]
+    listed = _slurm(["sacct", "-X", "-n", "-P", "-S", "now-1day", "-o", "JobID"], conf).split()
+    earlier = [_job_number(j) for j in listed]  # jobs of earlier tests, which reuse this run's wildcards
 
     # Execute: the profile as typed, with a test-only time limit on the training job
     proc = snakemake(slurm_dir, target, "--profile", "slurm", "--configfile", "run.yaml", "--retries", "2",
@@ -248,12 +254,11 @@ def test_time_limit_kill_resubmits_and_resumes_to_identical_checkpoints(slurm_cl
     # Assert: the first attempt hit its time limit, a resubmission completed, resuming after a saved
     # round, and the checkpoints equal the uninterrupted run's bit for bit
     assert reference.wait(timeout=900) == 0
-    conf = slurm_cluster["SLURM_CONF"]
-    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started - 5))
     rows = [line.split("|") for line in _slurm(
-        ["sacct", "-X", "-n", "-P", "-S", start, "-o", "JobID,Comment,State,Timelimit"], conf).splitlines() if line]
-    train = [row for row in rows if row[1].startswith("rule_train")]
-    states = [row[2] for row in sorted(train, key=lambda row: int(row[0]))]
+        ["sacct", "-X", "-n", "-P", "-S", "now-1day", "-o", "JobID,Comment,State,Timelimit"], conf).splitlines()
+        if line]
+    train = [row for row in rows if row[1].startswith("rule_train") and _job_number(row[0]) > max(earlier, default=0)]
+    states = [row[2] for row in sorted(train, key=lambda row: _job_number(row[0]))]
     assert states[0] == "TIMEOUT" and states[-1] == "COMPLETED", (states, proc.stderr[-3000:])
     log = next((slurm_dir / "logs/train").rglob("train.log")).read_text()
     resumed = [int(m) for m in re.findall(r"resuming after round (\d+)/", log)]

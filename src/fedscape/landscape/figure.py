@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedscape.plotting import PALETTE  # Okabe & Ito (2008) colour-blind-safe palette, shared by every figure
+from fedscape.plotting import PALETTE, SEQUENTIAL_CMAP  # Okabe & Ito (2008) palette and viridis, shared by every figure
 from fedscape.utils import atomic_path
 
 AUTO_CLIP_FACTOR = 20.0  # automatic clip: 20 x the median finite loss (losses far above are divergent regions)
@@ -81,7 +81,7 @@ def plot_surface(surface: dict, out_pdf: str | Path, out_png: str | Path, overla
         handles.append(Patch(facecolor="#d9d9d9", hatch="xx", edgecolor="#969696",
                              label=f"diverged (NaN/inf): {nonfinite} points"))
     clipped = bool((loss[np.isfinite(loss)] > lv[-1]).any())
-    cf = ax.contourf(a, b, z, levels=lv, norm=LogNorm(lv[0], lv[-1]), cmap="viridis",
+    cf = ax.contourf(a, b, z, levels=lv, norm=LogNorm(lv[0], lv[-1]), cmap=SEQUENTIAL_CMAP,
                      extend="max" if clipped else "neither", zorder=1)
     ax.contour(a, b, z, levels=lv[::3], colors="white", linewidths=0.4, alpha=0.6, zorder=2)
     cbar = fig.colorbar(cf, ax=ax)

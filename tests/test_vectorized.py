@@ -80,9 +80,11 @@ def assert_same_round(seq, vec) -> None:
         ("fedavgm", {}, {"rounds": 2}),  # server momentum carries state into round 2
         ("fedadam", {"server_lr": 0.05}, {}),
         ("fedyogi", {}, {"client_chunk_size": 2}),
+        # every shard is smaller than the batch: each step is padded only to its longest real batch
+        ("fedavg", {}, {"batch_size": 64, "augment": "crop_flip", "local_epochs": 3}),
     ],
     ids=["fedavg", "fedavg-crop_flip-chunks", "fedavg-plain-sgd-chunk1", "fedprox", "fedavgm-2rounds", "fedadam",
-         "fedyogi"],
+         "fedyogi", "fedavg-batch-over-shards"],
 )
 def test_vectorized_round_equals_sequential_round(algorithm, hparams, train, monkeypatch):
     # unequal shards: 3 and 2 steps per epoch with partial last batches, and a 5-sample client

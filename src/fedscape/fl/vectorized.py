@@ -13,8 +13,8 @@ Exactness with the sequential reference (`fedscape.fl.engine.local_train`):
   the batches it sees sequentially;
 - unequal shards: a client with fewer steps is simply inactive in the last steps. Clients are
   sorted by their step count so that the active ones are a prefix of the stack; a client's last,
-  smaller batch of an epoch is padded to the batch size with a loss mask, and its loss is the
-  mean over the real samples only;
+  smaller batch of an epoch is padded, to the longest real batch of that step, with a loss mask,
+  and its loss is the mean over the real samples only;
 - the local optimiser is torch's SGD (momentum, dampening 0, weight decay) written out for the
   stacked tensors and applied to the active prefix only;
 - batch norm is not exact with padded batches (and needs per-client running statistics), so models
@@ -175,6 +175,9 @@ class VectorizedClients:
         steps = [len(p.batches) for p in plans]  # non-increasing
         num_steps = steps[0]
         active = [sum(1 for s in steps if s > t) for t in range(num_steps)]
+        # Pad each step only to its longest real batch (not to the batch size): when every active client's
+        # batch is partial (shards smaller than the batch size) the padded slots would be wasted work.
+        width = [max(len(p.batches[t]) for p in plans[: active[t]]) for t in range(num_steps)]
 
         # Padded index and mask tensors [steps, clients, batch], built on the CPU, moved once.
         index = torch.zeros(num_steps, k0, batch, dtype=torch.long)
@@ -202,12 +205,12 @@ class VectorizedClients:
         x_train, y_train = self.data.x_train, self.data.y_train
         adjust = self.strategy.adjust_gradients_vectorized
         for t in range(num_steps):
-            k = active[t]
+            k, w = active[t], width[t]
             params = [s[:k].detach().requires_grad_(True) for s in stacked]
-            idx = index[t, :k]
-            xb, yb, mb = x_train[idx], y_train[idx], mask[t, :k]
+            idx = index[t, :k, :w]
+            xb, yb, mb = x_train[idx], y_train[idx], mask[t, :k, :w]
             if aug is not None:
-                xb = crop_flip_stacked(xb, aug[0, t, :k], aug[1, t, :k], aug[2, t, :k].bool())
+                xb = crop_flip_stacked(xb, aug[0, t, :k, :w], aug[1, t, :k, :w], aug[2, t, :k, :w].bool())
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 losses = self._loss(dict(zip(self.names, params, strict=True)), xb, yb, mb)
             grads = list(torch.autograd.grad(losses.sum(), params))

@@ -108,6 +108,7 @@ def test_hessian_job_of_a_diverged_run_writes_nan_rows_with_status(runs, tmp_pat
         assert table.drop(columns=["run_id", "round", "data", "status"]).isna().all().all()  # NaN, never -1
         clients = pd.read_csv(out["clients"])
         assert list(clients.columns) == CLIENT_COLUMNS and clients[["hn", "hd"]].isna().all().all()
+        assert (clients["status"] == "diverged").all()
         assert list(pd.read_csv(out["density"]).columns) == DENSITY_COLUMNS
         plane = load_plane(out["plane"])
         assert plane.kind == "hessian" and plane.extra["status"] == "diverged" and plane.round == round_

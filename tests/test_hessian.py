@@ -369,7 +369,8 @@ def test_tiny_run_hessian_tables(tiny_run):
 
     assert list(table.columns) == hessian_columns(top_k)
     assert list(table.columns)[:5] == ["run_id", "round", "data", "lambda_1", "lambda_2"]
-    assert list(clients.columns) == CLIENT_COLUMNS == ["run_id", "round", "hn", "hd"]
+    assert list(clients.columns) == CLIENT_COLUMNS == ["run_id", "round", "hn", "hd", "status"]  # contract + status
+    assert (clients["status"] == "ok").all()
     expected = {(run.run_id, r) for run, r in jobs}
     assert set(zip(table["run_id"], table["round"], strict=True)) == expected
     assert set(zip(clients["run_id"], clients["round"], strict=True)) == expected and len(clients) == len(expected)

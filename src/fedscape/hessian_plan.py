@@ -13,7 +13,7 @@ from fedscape.config import ConfigError
 from fedscape.utils import unknown_name_error
 
 METHODS = ("power", "lanczos")
-CLIENT_COLUMNS = ["run_id", "round", "hn", "hd"]
+CLIENT_COLUMNS = ["run_id", "round", "hn", "hd", "status"]  # status: ok, or diverged (HN, HD NaN)
 
 
 @dataclass(frozen=True)

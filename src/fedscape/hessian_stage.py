@@ -157,8 +157,8 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
                       d1.cpu().numpy(), d2.cpu().numpy(), meta)
 
     write_csv(pd.DataFrame(rows, columns=hessian_columns(hs.top_k)), outputs["table"])
-    write_csv(pd.DataFrame([{"run_id": run_id, "round": round_, "hn": hn, "hd": hd}], columns=CLIENT_COLUMNS),
-              outputs["clients"])
+    client_row = {"run_id": run_id, "round": round_, "hn": hn, "hd": hd, "status": OK}
+    write_csv(pd.DataFrame([client_row], columns=CLIENT_COLUMNS), outputs["clients"])
     write_csv(pd.DataFrame(density_rows, columns=DENSITY_COLUMNS), outputs["density"])
     details["seconds"] = round(time.perf_counter() - t_start, 3)
     atomic_write_text(outputs["details"], json.dumps(details, indent=2, default=float))
@@ -179,7 +179,8 @@ def _write_diverged(settings: dict, traj, reason: str, outputs: dict[str, str | 
     rows = [{"run_id": run_id, "round": round_, "data": data, "status": DIVERGED}
             for data in [AGGREGATE, *[client_label(k) for k in range(num_clients)]]]
     write_csv(pd.DataFrame(rows, columns=hessian_columns(hs.top_k)), outputs["table"])
-    write_csv(pd.DataFrame([{"run_id": run_id, "round": round_}], columns=CLIENT_COLUMNS), outputs["clients"])
+    client_row = {"run_id": run_id, "round": round_, "status": DIVERGED}
+    write_csv(pd.DataFrame([client_row], columns=CLIENT_COLUMNS), outputs["clients"])
     write_csv(pd.DataFrame(columns=DENSITY_COLUMNS), outputs["density"])
     nan = np.full(traj.params.shape[1], np.nan, dtype=np.float32)
     meta = {"kind": "hessian", "runs": [run_id], "round": round_, "explained_variance": None,

@@ -2,8 +2,6 @@
 # Planning is torch-free: import settings and plans only from fedscape.plan and the torch-free
 # fedscape.*_plan modules (tests/test_config.py checks that none of them imports torch).
 
-import os
-
 from fedscape.plan import (
     WILDCARD_CONSTRAINTS,
     Run,
@@ -11,6 +9,7 @@ from fedscape.plan import (
     check_config,
     init_settings,
     partition_settings,
+    results_root,
     train_settings,
 )
 from fedscape.config import load_schema
@@ -20,7 +19,7 @@ check_config(
 )
 RUNS = build_runs(config)
 # Every output goes below the configured results directory; logs mirror its layout under logs/.
-RESULTS = os.path.normpath(config["results_dir"])
+RESULTS = results_root(config)
 LOGS = "logs"
 
 

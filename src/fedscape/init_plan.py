@@ -7,7 +7,6 @@ re-exports its names.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 INIT_KINDS = ("random", "pretrained", "iid_warmup", "continue")
@@ -77,8 +76,10 @@ def init_extras(config: dict, runs: list, dataset: str, model: str, init: str) -
 
 def init_input_paths(config: dict, runs: list, dataset: str, model: str, init: str) -> dict[str, str]:
     """Named inputs of an init job: the IID partition of a warm-up, the source trajectory of a continue."""
+    from fedscape.plan import results_root
+
     spec = config["inits"][init]
-    results = os.path.normpath(config.get("results_dir", "results"))
+    results = results_root(config)
     if spec["kind"] == "iid_warmup":
         return {"partition": iid_partition_path(dataset, spec["num_clients"], spec["partition_seed"], results)}
     if spec["kind"] == "continue":

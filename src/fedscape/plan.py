@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -67,6 +68,11 @@ class Run:
     def from_wildcards(cls, wildcards) -> Run:
         values = {f.name: wildcards[f.name] for f in fields(cls)}
         return cls(**{**values, "num_clients": int(values["num_clients"]), "seed": int(values["seed"])})
+
+
+def results_root(config: dict) -> str:
+    """The configured results directory, normalised (``results/`` and ``./results`` are ``results``)."""
+    return os.path.normpath(config.get("results_dir", "results"))
 
 
 def format_fraction(value: float | str) -> str:

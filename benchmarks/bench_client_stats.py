@@ -12,31 +12,15 @@ the ratio; a full round also trains every client locally, which costs orders of 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import timed  # benchmarks/timing.py (the script's directory is on sys.path)
 
 from fedscape.client_stats import round_stats
 from fedscape.fl.strategy import ClientResult, make_strategy
 from fedscape.models import build_model
 from fedscape.params import flatten_params
 from fedscape.plan import DATASET_SHAPES
-
-
-def timed(fn, device: torch.device, repeats: int) -> float:
-    """Median seconds of `fn()` over `repeats` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:

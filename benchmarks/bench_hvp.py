@@ -16,30 +16,13 @@ Prints median times and the ratios. Not a test: run it by hand, e.g.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import timed  # benchmarks/timing.py (the script's directory is on sys.path)
 
 from fedscape.hessian import HessianOperator
 from fedscape.models import build_model
 from fedscape.plan import DATASET_SHAPES
-
-
-def timed(fn, device: torch.device, repeats: int) -> float:
-    """Median seconds of `fn()` over `repeats` calls after two warm-up calls."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -71,10 +54,10 @@ def main() -> None:
         torch.nn.functional.cross_entropy(model(x), y).backward()
 
     model.eval()
-    t_grad = timed(gradient, device, args.repeats)
-    t_flat_grad = timed(cached.gradient, device, args.repeats)
-    t_cached = timed(lambda: cached.hvp(v), device, args.repeats)
-    t_rebuilt = timed(lambda: rebuilt.hvp(v), device, args.repeats)
+    t_grad = timed(gradient, device, args.repeats, warmup=2)
+    t_flat_grad = timed(cached.gradient, device, args.repeats, warmup=2)
+    t_cached = timed(lambda: cached.hvp(v), device, args.repeats, warmup=2)
+    t_rebuilt = timed(lambda: rebuilt.hvp(v), device, args.repeats, warmup=2)
     cached.close()
     rebuilt.close()
 

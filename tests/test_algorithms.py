@@ -44,13 +44,7 @@ RESIDUAL_ALGOS = {"stochdepth"}
 WIDTH_ALGOS = {"gradaug", "fedalign"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Single-threaded torch: deterministic and fast next to other test workers on 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
 
 
 @pytest.fixture(scope="module")

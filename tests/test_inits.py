@@ -32,12 +32,7 @@ DIGITS = {"dataset": "digits", "model": "cnn_small", "model_options": {}, "in_ch
 OPTIONS = {"test_fraction": 0.25, "proxy_fraction": 0.2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
 
 
 def config_with(inits: dict, experiments: list[dict] | None = None, **extra) -> dict:

@@ -52,13 +52,7 @@ SURFACE_KEYS = {"a", "b", "loss", "acc", "points_xy", "points_distance", "points
 
 
 # -- fixtures --------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded (and are not slowed by a busy machine's other jobs)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
 
 
 @pytest.fixture(scope="module")

@@ -53,7 +53,7 @@ def bench(num_clients: int, args: argparse.Namespace, device: torch.device) -> d
                       client_chunk_size=args.chunk_size, bf16_autocast=args.bf16, seed=0)
     strategy = make_strategy(args.algorithm)
     strategy.setup(num_clients, global_params.numel(), device, model=model, seed=0)
-    vectorized = VectorizedClients(model, data, strategy, cfg)
+    vectorized = VectorizedClients(model, data, strategy, cfg, stacked_forward=not args.vmap)
     sampled = sample_clients(0, 1, num_clients, 1.0)
 
     def sequential_round(round_: int):
@@ -97,6 +97,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--chunk-size", type=int, default=TrainConfig.client_chunk_size)
+    parser.add_argument("--vmap", action="store_true",
+                        help="functional_call under vmap even where the model has a forward_stacked")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,124 @@ def test_client_parallel_is_validated():
     with pytest.raises(ValueError, match="client_parallel"):
         TrainConfig(client_parallel="parallel")
     assert check_config({}, schema)["training"]["client_parallel"] == "auto"
+
+
+def stacked_params(model: nn.Module, k: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """K clearly different copies of the model's parameters, stacked on a leading client axis."""
+    g = torch.Generator().manual_seed(seed)
+    return {name: torch.stack([p.detach() + 0.05 * torch.randn(p.shape, generator=g) * (1 + j) for j in range(k)])
+            for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize(("name", "in_channels", "size"), [("cnn_small", 1, 8), ("cnn_small", 3, 12),
+                                                            ("convnet", 3, 32)])
+def test_forward_stacked_equals_vmapped_functional_call(name, in_channels, size):
+    # Prepare: 3 clients with different parameters and different batches
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, in_channels=in_channels, image_size=size)
+    params = stacked_params(model, 3)
+    x = torch.randn(3, 5, in_channels, size, size, generator=torch.Generator().manual_seed(1))
+    ref_params = {n: p.clone().requires_grad_(True) for n, p in params.items()}
+    own_params = {n: p.clone().requires_grad_(True) for n, p in params.items()}
+    weights = torch.randn(3, 5, 10, generator=torch.Generator().manual_seed(2))  # a loss that mixes every logit
+
+    # Execute
+    expected = torch.func.vmap(lambda p, xb: torch.func.functional_call(model, p, (xb,)))(ref_params, x)
+    got = model.forward_stacked(own_params, x)
+    (expected * weights).sum().backward()
+    (got * weights).sum().backward()
+
+    # Assert: the same logits and parameter gradients, and the clients really differ
+    assert got.shape == (3, 5, 10)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)  # float32 rounding of 6 conv layers
+    for n in params:  # relative to the gradient's norm: a rounding-level near-tie may move a max pool's argmax
+        diff = (own_params[n].grad - ref_params[n].grad).norm()
+        assert diff <= 1e-4 * ref_params[n].grad.norm(), n
+    assert (got[0] - got[1]).abs().max() > 1e-2
+
+
+def test_stacked_layers_moves_relu_after_max_pool_without_changing_gradients():
+    # Prepare: integer activations with ties, windows whose maximum is negative, zero or positive
+    from fedscape.models import grouped_layout, stacked_layers
+
+    layers = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2))
+    x = torch.randint(-3, 4, (2, 3, 4, 8, 8), generator=torch.Generator().manual_seed(0)).float()
+    weights = torch.randn(3, 8, 4, 4, generator=torch.Generator().manual_seed(1))  # [B, K*C, 4, 4]
+    x_ref = x.clone().requires_grad_(True)
+    x_own = x.clone().requires_grad_(True)
+
+    # Execute: the reference per client, and the grouped form
+    expected = torch.stack([layers(x_ref[k]) for k in range(2)])  # [K, B, C, 4, 4]
+    got = stacked_layers(layers, {}, "", grouped_layout(x_own), k=2)  # [B, K*C, 4, 4]
+    (expected.transpose(0, 1).reshape(3, 8, 4, 4) * weights).sum().backward()
+    (got * weights).sum().backward()
+
+    # Assert: exactly the same values and gradients
+    assert torch.equal(got, expected.transpose(0, 1).reshape(3, 8, 4, 4))
+    assert torch.equal(x_own.grad, x_ref.grad)
+
+
+def test_stacked_layers_rejects_layers_without_a_grouped_form():
+    from fedscape.models import grouped_layout, stacked_layers
+
+    with pytest.raises(TypeError, match="BatchNorm2d"):
+        stacked_layers(nn.Sequential(nn.BatchNorm2d(4)), {}, "", grouped_layout(torch.zeros(2, 1, 4, 3, 3)), k=2)
+
+
+def test_stacked_forward_round_equals_vmap_round():
+    # Prepare: unequal shards with partial batches, momentum and weight decay
+    data = shard_data([21, 9, 5, 30])
+    model = model_of()
+    cfg = TrainConfig(local_epochs=2, batch_size=8, lr=0.1, momentum=0.9, weight_decay=1e-3, seed=3)
+    start = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    stacked = VectorizedClients(model, data, make_strategy("fedavg"), cfg)
+    vmapped = VectorizedClients(model, data, make_strategy("fedavg"), cfg, stacked_forward=False)
+
+    # Execute
+    a = stacked.train_round(start, [0, 1, 2, 3], round_=1)
+    b = vmapped.train_round(start, [0, 1, 2, 3], round_=1)
+
+    # Assert: the stacked path was taken, and both give the same client models
+    assert stacked.stacked_forward and not vmapped.stacked_forward
+    for ra, rb in zip(a, b, strict=True):
+        assert (ra.params - rb.params).abs().max().item() <= 1e-6
+        assert (ra.params - start).abs().max().item() > 100 * TOL
+
+
+def test_models_without_forward_stacked_use_vmap():
+    data = shard_data([9, 4])
+    cfg = TrainConfig(local_epochs=1, batch_size=8)
+
+    trainer = VectorizedClients(model_of("mlp"), data, make_strategy("fedavg"), cfg)
+
+    assert not trainer.stacked_forward
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("stacked_forward", [True, False])
+def test_vectorized_round_on_cuda_matches_cpu(stacked_forward, monkeypatch):
+    # Prepare: the same clients on the CPU and on the GPU, full float32 convolutions (no TF32)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    data = shard_data([21, 9, 5, 30])
+    gpu = FederatedData(data.x_train.cuda(), data.y_train.cuda(), [ix.cuda() for ix in data.client_indices],
+                        data.x_test.cuda(), data.y_test.cuda())
+    cfg = TrainConfig(local_epochs=2, batch_size=8, lr=0.1, momentum=0.9, seed=3, augment="crop_flip")
+    model = model_of()
+    start = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    # Execute
+    cpu = VectorizedClients(model, data, make_strategy("fedavg"), cfg, stacked_forward=stacked_forward)
+    on_cpu = cpu.train_round(start, [0, 1, 2, 3], round_=1)
+    cuda_model = copy.deepcopy(model).cuda()
+    cuda = VectorizedClients(cuda_model, gpu, make_strategy("fedavg"), cfg, stacked_forward=stacked_forward)
+    on_gpu = cuda.train_round(start.cuda(), [0, 1, 2, 3], round_=1)
+    bf16 = VectorizedClients(cuda_model, gpu, make_strategy("fedavg"),
+                             dataclasses.replace(cfg, bf16_autocast=True), stacked_forward=stacked_forward)
+    on_gpu_bf16 = bf16.train_round(start.cuda(), [0, 1, 2, 3], round_=1)
+
+    # Assert: float32 agrees to rounding, bf16 autocast stays close
+    for c, g, h in zip(on_cpu, on_gpu, on_gpu_bf16, strict=True):
+        assert g.params.device.type == "cuda"
+        assert (c.params - g.params.cpu()).abs().max().item() <= 1e-4
+        assert torch.isfinite(h.params).all()
+        assert (c.params - h.params.float().cpu()).abs().max().item() <= 5e-2

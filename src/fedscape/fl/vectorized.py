@@ -4,7 +4,10 @@ Simulating M clients one after another leaves an accelerator (and most of a CPU'
 idle: the models are small and the local batches are tiny. Here every client's parameters are
 stacked along a leading client axis and one step of local SGD is taken for all still-active
 clients together, with `torch.func.functional_call` under `torch.func.vmap` (batched matmuls and
-grouped convolutions underneath), as in the ensembling recipe of `torch.func`.
+grouped convolutions underneath), as in the ensembling recipe of `torch.func`. A model with its own
+`forward_stacked` (cnn_small, convnet) computes the same thing in a layout of its choosing:
+channels-last grouped convolutions, with each ReLU before a max pool moved after it, which is about
+1.4x faster than the vmapped forward on a CPU.
 
 Exactness with the sequential reference (`fedscape.fl.engine.local_train`):
 
@@ -41,6 +44,7 @@ from torch.func import functional_call, vmap
 from fedscape.data import AUGMENTATIONS, CROP_PADDING
 from fedscape.fl.engine import FederatedData, TrainConfig, batch_order, client_generator
 from fedscape.fl.strategy import ClientResult, Strategy
+from fedscape.models import ImageClassifier
 from fedscape.utils import derive_seed, unknown_name_error
 
 log = logging.getLogger("fedscape.train")
@@ -124,7 +128,8 @@ class _ClientPlan:
 class VectorizedClients:
     """Trains the sampled clients of a round together; `train_round` replaces M `local_train` calls."""
 
-    def __init__(self, model: nn.Module, data: FederatedData, strategy: Strategy, cfg: TrainConfig):
+    def __init__(self, model: nn.Module, data: FederatedData, strategy: Strategy, cfg: TrainConfig,
+                 stacked_forward: bool = True):
         if cfg.augment not in AUGMENTATIONS:
             raise unknown_name_error("augmentation", cfg.augment, AUGMENTATIONS)
         self.model, self.data, self.strategy, self.cfg = model, data, strategy, cfg
@@ -136,7 +141,14 @@ class VectorizedClients:
         self.autocast = cfg.bf16_autocast and self.device.type == "cuda"
         if cfg.bf16_autocast and not self.autocast:
             log.info("bf16_autocast is for CUDA only: training in float32 on %s", self.device)
-        self._loss = vmap(self._client_loss, in_dims=(0, 0, 0, 0), randomness="different")
+        # The model's own grouped forward where it has one (cnn_small, convnet: channels-last grouped
+        # convolutions, about 1.4x faster on a CPU), else functional_call under vmap.
+        own = getattr(type(model), "forward_stacked", None)
+        self.stacked_forward = stacked_forward and own not in (None, ImageClassifier.forward_stacked)
+        if self.stacked_forward:
+            self._loss = self._stacked_loss
+        else:
+            self._loss = vmap(self._client_loss, in_dims=(0, 0, 0, 0), randomness="different")
 
     # -- one client's objective, vmapped over the client axis ------------------------------------------
     def _client_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
@@ -145,6 +157,13 @@ class VectorizedClients:
         logits = functional_call(self.model, params, (x,))
         ce = F.cross_entropy(logits.float(), y, reduction="none")
         return (ce * mask).sum() / mask.sum()
+
+    def _stacked_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                      mask: torch.Tensor) -> torch.Tensor:
+        """`_client_loss` of every client at once through the model's `forward_stacked`: [K] losses."""
+        logits = self.model.forward_stacked(params, x)
+        ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view_as(mask)
+        return (ce * mask).sum(1) / mask.sum(1)
 
     def plan(self, client_id: int, round_: int) -> _ClientPlan:
         """The client's batches (and augmentation draws) from its generator, as `local_train` draws them."""

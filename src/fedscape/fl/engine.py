@@ -225,7 +225,8 @@ def run_federated(
     vectorized = None
     if resolve_client_parallel(model, strategy, cfg) == "vectorized":
         vectorized = VectorizedClients(model, data, strategy, cfg)
-        log.info("client training: vectorized, up to %s clients at once",
+        log.info("client training: vectorized (%s), up to %s clients at once",
+                 "the model's stacked forward" if vectorized.stacked_forward else "vmap",
                  cfg.client_chunk_size or "all sampled")
     for t in range(start, cfg.rounds + 1):
         if device.type == "cuda":

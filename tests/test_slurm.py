@@ -9,6 +9,7 @@ the daemons again by PID. It skips, with the reason, where the packages cannot b
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -94,6 +95,38 @@ def test_conda_envs_install_torch_and_fedscape():
         deploy = ROOT / "envs" / f"{name}.post-deploy.sh"  # Snakemake runs <env>.post-deploy.sh after creating it
         assert os.access(deploy, os.X_OK)
         assert "pip install" in deploy.read_text()
+
+
+# import name -> the conda-forge package that provides it, for the modules fedscape imports
+CONDA_PACKAGES = {"torch": ("pytorch-gpu", "pytorch-cpu"), "torchvision": ("torchvision",), "numpy": ("numpy",),
+                  "pandas": ("pandas",), "matplotlib": ("matplotlib-base", "matplotlib"), "sklearn": ("scikit-learn",),
+                  "scipy": ("scipy",), "yaml": ("pyyaml",), "jsonschema": ("jsonschema",)}
+
+
+def third_party_imports() -> set[str]:
+    """Top-level modules imported by the library and the workflow scripts, stdlib and fedscape left out."""
+    modules = set()
+    for path in [*(ROOT / "src" / "fedscape").rglob("*.py"), *(ROOT / "workflow" / "scripts").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    return {m for m in modules if m not in sys.stdlib_module_names and m != "fedscape"}
+
+
+@pytest.mark.parametrize("env", ["torch", "light"])
+def test_conda_envs_provide_every_module_fedscape_imports(env):
+    # post-deploy installs fedscape with --no-deps: the env file itself must bring every import
+    packages = {re.split(r"[\s=<>!]", str(d))[0] for d in yaml.safe_load(
+        (ROOT / "envs" / f"{env}.yaml").read_text())["dependencies"]}
+    modules = third_party_imports()
+
+    assert modules >= {"torch", "numpy", "pandas"}  # the scan sees the imports
+    unknown = modules - set(CONDA_PACKAGES)
+    assert not unknown, f"map {sorted(unknown)} to their conda packages in CONDA_PACKAGES"
+    missing = [m for m in sorted(modules) if not set(CONDA_PACKAGES[m]) & packages]
+    assert not missing, f"envs/{env}.yaml provides no package for {missing}"
 
 
 @pytest.mark.parametrize(

@@ -156,6 +156,11 @@ def test_final_status_and_round_of_a_diverged_run():
     assert final.loc[rid, "final_round"] == 2 and final.loc[rid, "status"] == "diverged"
     row = summary[summary["alpha"] == 0.1].iloc[0]
     assert row["n_seeds"] == 3 and row["n_ok"] == 2
+    # the statistics are over the two healthy seeds only; the diverged run keeps its finite accuracy in final.csv
+    healthy = final.loc[[run_id("0.1", 0), run_id("0.1", 1)], "test_acc"]
+    assert math.isfinite(final.loc[rid, "test_acc"])
+    assert row["test_acc_mean"] == pytest.approx(healthy.mean())
+    assert row["test_acc_mean"] != pytest.approx(final.loc[[*healthy.index, rid], "test_acc"].mean())
 
 
 # -- summary.csv -----------------------------------------------------------------------------------

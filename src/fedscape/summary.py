@@ -155,16 +155,19 @@ def _sort_key(col: pd.Series) -> pd.Series:
 def summary_table(final: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """Per group of runs differing only in seed: n_seeds, n_ok and mean / std / t-interval per metric.
 
-    Each metric uses the group's finite values (n counts them); a metric with one value has NaN std and
+    The statistics are over the n_ok runs that did not diverge: a diverged run's final test accuracy
+    (that of its last finite model, or chance) would otherwise mix into the mean while its NaN losses
+    stay out. Each metric uses those runs' finite values; a metric with one value has NaN std and
     interval, one with none is NaN throughout.
     """
     rows = []
     for keys, sub in final.groupby(GROUP_KEYS, sort=False, dropna=False):
         row = dict(zip(GROUP_KEYS, keys, strict=True))
         row["n_seeds"] = int(sub["seed"].nunique())
-        row["n_ok"] = int((sub["status"] == "ok").sum())
+        ok = sub[sub["status"] == "ok"]
+        row["n_ok"] = len(ok)
         for metric in SUMMARY_METRICS:
-            mean, std, lo, hi, _ = t_interval(sub[metric].tolist(), confidence)
+            mean, std, lo, hi, _ = t_interval(ok[metric].tolist(), confidence)
             row.update({f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_ci95_low": lo,
                         f"{metric}_ci95_high": hi})
         rows.append(row)

@@ -168,10 +168,6 @@ def stacked_linear(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
 
 
-def _max_pool(pool: nn.MaxPool2d, h: Tensor) -> Tensor:
-    return F.max_pool2d(h, pool.kernel_size, pool.stride, pool.padding, pool.dilation, ceil_mode=pool.ceil_mode)
-
-
 def stacked_layers(layers: nn.Sequential, params: Mapping[str, Tensor], prefix: str, h: Tensor, k: int) -> Tensor:
     """``layers`` (Conv2d, ReLU, MaxPool2d) of K stacked models on h in grouped layout [B, K*C, H, W].
 
@@ -191,10 +187,10 @@ def stacked_layers(layers: nn.Sequential, params: Mapping[str, Tensor], prefix: 
         elif isinstance(module, nn.ReLU):
             if i + 1 < len(modules) and isinstance(modules[i + 1][1], nn.MaxPool2d):
                 i += 1
-                h = _max_pool(modules[i][1], h)
+                h = modules[i][1](h)
             h = F.relu(h)
-        elif isinstance(module, nn.MaxPool2d):
-            h = _max_pool(module, h)
+        elif isinstance(module, nn.MaxPool2d):  # parameter-free: the same module works on the grouped layout
+            h = module(h)
         else:
             raise TypeError(f"stacked_layers has no grouped form of {type(module).__name__} ({prefix}{name})")
         i += 1

@@ -34,7 +34,7 @@ from fedscape.plotting import (
     save_figure,
     varying_keys,
 )
-from fedscape.summary import FINAL_COLUMNS, SUMMARY_COLUMNS, final_table
+from fedscape.summary import FINAL_COLUMNS, SUMMARY_COLUMNS, final_table, summary_table
 
 PDF_MAGIC = b"%PDF-"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -159,6 +159,26 @@ def test_headline_table_without_analyses_has_accuracy_only():
 
     assert set(table["metric"]) == {"test_acc"}
     assert set(table["row"]) == {"IID", "α=0.1"}  # only alpha varies
+
+
+def test_figures_and_summary_leave_out_the_same_diverged_seed(tmp_path):
+    # Prepare: seed 2 of alpha = 0.1 diverged at round 2 (its finite accuracy stays in final.csv)
+    rounds = rounds_table()
+    rid = run_id("0.1", 2)
+    rounds = rounds[~((rounds["run_id"] == rid) & (rounds["round"] == 3))].copy()
+    rounds.loc[(rounds["run_id"] == rid) & (rounds["round"] == 2), "status"] = "diverged"
+    final = final_table(rounds)
+    expected = summary_table(final).set_index("alpha").loc[0.1, "test_acc_mean"]
+
+    # Execute
+    headline = headline_table(final)
+    points = assert_figure_files(accuracy_by_init_figure(final, "digits", "cnn_small", tmp_path / "by_init"))
+
+    # Assert: the headline table (in %) and the bars use the two healthy seeds, as summary.csv does
+    row = headline[(headline["metric"] == "test_acc") & (headline["alpha"] == 0.1)].iloc[0]
+    assert row["n_seeds"] == 2 and row["mean"] == pytest.approx(100 * expected)
+    bar = points[points["alpha"] == 0.1].iloc[0]
+    assert bar["n_seeds"] == 2 and bar["mean"] == pytest.approx(expected)
 
 
 def test_cost_figure(tmp_path):

@@ -38,6 +38,7 @@ from fedscape.plotting import (
     t_interval,
     varying_keys,
 )
+from fedscape.summary import did_not_diverge
 
 log = logging.getLogger("fedscape.figures")
 
@@ -151,10 +152,10 @@ def curves_figure(rounds: pd.DataFrame, dataset: str, model: str, metric: str, b
 
 
 def _final_points(final: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Per (facet, init, alpha): mean, std and 95% t-interval over seeds of `column`."""
+    """Per (facet, init, alpha): mean, std and 95% t-interval over the seeds that did not diverge of `column`."""
     rows = []
     for keys, sub in final.groupby(CURVE_GROUP, sort=False):
-        mean, std, lo, hi, n = t_interval(sub[column].tolist())
+        mean, std, lo, hi, n = t_interval(did_not_diverge(sub)[column].tolist())
         rows.append({**dict(zip(CURVE_GROUP, keys, strict=True)), "n_seeds": n, "mean": mean, "std": std,
                      "ci95_low": lo, "ci95_high": hi, "seeds": " ".join(str(s) for s in sorted(sub["seed"])),
                      "values": " ".join(f"{v:.6g}" for v in sub.sort_values("seed")[column])})
@@ -320,7 +321,7 @@ def headline_table(final: pd.DataFrame) -> pd.DataFrame:
         for metric, (_, scale, _) in HEADLINE_METRICS.items():
             if metric not in final or not final[metric].notna().any():
                 continue
-            mean, std, lo, hi, n = t_interval((sub[metric] * scale).tolist())
+            mean, std, lo, hi, n = t_interval((did_not_diverge(sub)[metric] * scale).tolist())
             rows.append({**fields, "row": label_run(fields, keys), "metric": metric, "n_seeds": n, "mean": mean,
                          "std": std, "ci95_low": lo, "ci95_high": hi})
     return pd.DataFrame(rows, columns=HEADLINE_COLUMNS)

@@ -152,19 +152,27 @@ def _sort_key(col: pd.Series) -> pd.Series:
     return col
 
 
+def did_not_diverge(final: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a final.csv table whose run did not diverge: every statistic over seeds uses only these.
+
+    A diverged run's final test accuracy (that of its last finite model, or chance) would otherwise mix
+    into a mean while its NaN losses stay out.
+    """
+    return final[final["status"] == "ok"]
+
+
 def summary_table(final: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """Per group of runs differing only in seed: n_seeds, n_ok and mean / std / t-interval per metric.
 
-    The statistics are over the n_ok runs that did not diverge: a diverged run's final test accuracy
-    (that of its last finite model, or chance) would otherwise mix into the mean while its NaN losses
-    stay out. Each metric uses those runs' finite values; a metric with one value has NaN std and
+    The statistics are over the n_ok runs that did not diverge (`did_not_diverge`). Each metric uses
+    those runs' finite values; a metric with one value has NaN std and
     interval, one with none is NaN throughout.
     """
     rows = []
     for keys, sub in final.groupby(GROUP_KEYS, sort=False, dropna=False):
         row = dict(zip(GROUP_KEYS, keys, strict=True))
         row["n_seeds"] = int(sub["seed"].nunique())
-        ok = sub[sub["status"] == "ok"]
+        ok = did_not_diverge(sub)
         row["n_ok"] = len(ok)
         for metric in SUMMARY_METRICS:
             mean, std, lo, hi, _ = t_interval(ok[metric].tolist(), confidence)

@@ -32,7 +32,7 @@ test: install
 # The workflow on a real one-node SLURM (as root: installs Debian's slurm and munge packages, starts
 # and stops the daemons; skips with the reason where they cannot be installed). docs/cluster.md
 test-slurm: install
-	$(BIN)/python -m pytest -q -m slurm tests/test_slurm.py
+	$(BIN)/python -m pytest -q -m slurm tests/workflow/test_slurm.py
 
 lint: install
 	$(BIN)/ruff check src tests workflow benchmarks

@@ -1,12 +1,18 @@
 # fedscape: loss-landscape analyses of federated learning on non-IID data.
-# Thin entry point: config, validation, rule files, and the targets of `rule all`.
+# Thin entry point: config, validation, the rule files (one per stage, in any order) and `rule all`.
+
+from pathlib import Path
 
 from snakemake.utils import min_version
+
+from fedscape.core.config import load_schema
+from fedscape.core.paths import Results
+from fedscape.core.runs import build_runs
+from fedscape.plan.workflow import all_targets, check_config, wildcard_constraints
 
 min_version("9.0")
 
 
-# Front page of `snakemake --report report.html` (issue 7).
 report: "workflow/report/workflow.rst"
 
 
@@ -16,22 +22,23 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-include: "rules/common.smk"
-include: "rules/partition.smk"
-include: "rules/init.smk"
-include: "rules/train.smk"
-include: "rules/tables.smk"
-include: "rules/cost.smk"
-include: "rules/barriers.smk"
-include: "rules/hessian.smk"
-include: "rules/landscape.smk"
-# issue 7: cross-cutting tables and figures; keep last (reads the analyses' pair and job lists)
-include: "rules/figures.smk"
-# issue 8: rules that stay on the submitting node under --profile slurm; after every rule file
-include: "rules/resources.smk"
+check_config(
+    config, load_schema(Path(workflow.basedir, "workflow/schemas/config.schema.yaml"))
+)
+RUNS = build_runs(config)
+RESULTS = Results.of(config)
+
+
+wildcard_constraints:
+    **wildcard_constraints(),
+
+
+for rule_file in sorted(Path(workflow.basedir, "rules").glob("*.smk")):
+
+    include: rule_file
 
 
 rule all:
     default_target: True
     input:
-        TARGETS,
+        all_targets(config, RUNS),

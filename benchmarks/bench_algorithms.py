@@ -16,13 +16,16 @@ import statistics
 import time
 
 import torch
+from fedscape.fl.strategy import ALGORITHMS
 
-from fedscape.data import load_dataset
-from fedscape.fl.engine import FederatedData, TrainConfig, local_train
-from fedscape.fl.strategy import ALGORITHMS, make_strategy
-from fedscape.models import build_model
-from fedscape.params import FlatParams, flatten_buffers
-from fedscape.partition import make_partition
+from fedscape.data.datasets import load_dataset
+from fedscape.data.federated import FederatedData
+from fedscape.data.partition import make_partition
+from fedscape.fl.sequential import local_train
+from fedscape.fl.settings import TrainConfig
+from fedscape.fl.strategies.registry import make_strategy
+from fedscape.models.networks import build_model
+from fedscape.models.params import FlatParams, flatten_buffers
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Overhead of the per-round client statistics (issue 5) relative to the FedAvg server update.
+"""Overhead of the per-round client statistics relative to the FedAvg server update.
 
 The engine calls `fedscape.client_stats.round_stats` once per round on the client models it already
 holds. Measured in one run on the same stacked client models: the FedAvg server update (weighted
@@ -16,10 +16,11 @@ import argparse
 import torch
 from timing import timed  # benchmarks/timing.py (the script's directory is on sys.path)
 
-from fedscape.client_stats import round_stats
-from fedscape.fl.strategy import ClientResult, make_strategy
-from fedscape.models import build_model
-from fedscape.params import flatten_params
+from fedscape.fl.client_stats import round_stats
+from fedscape.fl.strategies.base import ClientResult
+from fedscape.fl.strategies.registry import make_strategy
+from fedscape.models.networks import build_model
+from fedscape.models.params import flatten_params
 from fedscape.plan import DATASET_SHAPES
 
 

@@ -6,7 +6,7 @@ paper's), in a fresh copy of the workflow: the wall and CPU time of `snakemake -
 output file is created (empty, from `snakemake --summary`) and `snakemake --touch` orders their
 modification times: a dry run must then plan zero jobs, i.e. nothing in the DAG is rerun for its own
 sake. (The real cached rerun, with the provenance that catches changed params and code, is
-tests/test_workflow.py::test_second_run_plans_nothing_and_alpha_change_reruns_one_branch.)
+tests/workflow/test_workflow.py::test_second_run_plans_nothing_and_alpha_change_reruns_one_branch.)
 
     python benchmarks/bench_dag.py                 # all configs
     python benchmarks/bench_dag.py --configs config/papers/pilot.yaml --no-synthetic

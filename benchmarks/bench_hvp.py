@@ -1,4 +1,4 @@
-"""Cost of one Hessian-vector product relative to one gradient on the same batch (issue 6; goal <= 3x).
+"""Cost of one Hessian-vector product relative to one gradient on the same batch (goal <= 3x).
 
 Measured in one run on the same model and batch:
 
@@ -20,8 +20,8 @@ import argparse
 import torch
 from timing import timed  # benchmarks/timing.py (the script's directory is on sys.path)
 
-from fedscape.hessian import HessianOperator
-from fedscape.models import build_model
+from fedscape.analysis.hessian.maths import HessianOperator
+from fedscape.models.networks import build_model
 from fedscape.plan import DATASET_SHAPES
 
 

@@ -4,7 +4,7 @@ Both are measured in the same run, on the same data, model, plane and grid point
 several repeats (the median is reported, so a noisy shared machine hurts both alike). The baseline
 is what a loss-landscape script usually does per grid point (Li et al. 2018's `set_weights` +
 `eval_loss`): build the parameters w = c + a d1 + b d2 tensor by tensor, `load_state_dict` them into
-the model and call `fedscape.evaluate.evaluate` on the data. Goal (issue 4): at least 1.4x on CPU.
+the model and call `fedscape.evaluate.evaluate` on the data. Goal: at least 1.4x on CPU.
 
     python benchmarks/bench_surface.py [--model cnn_small] [--points 40] [--repeats 5] [--device cpu]
 """
@@ -18,11 +18,12 @@ import time
 import numpy as np
 import torch
 
-from fedscape.data import load_dataset
-from fedscape.evaluate import evaluate
-from fedscape.landscape import SurfaceEvaluator, SurfaceSettings, random_plane
-from fedscape.models import build_model
-from fedscape.params import flatten_buffers, flatten_params
+from fedscape.analysis.landscape.planes import random_plane
+from fedscape.analysis.landscape.surface import SurfaceEvaluator, SurfaceSettings
+from fedscape.data.datasets import load_dataset
+from fedscape.models.evaluate import evaluate
+from fedscape.models.networks import build_model
+from fedscape.models.params import flatten_buffers, flatten_params
 
 
 def baseline_loop(model: torch.nn.Module, plane, coords: np.ndarray, x: torch.Tensor, y: torch.Tensor,

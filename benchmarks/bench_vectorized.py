@@ -21,13 +21,16 @@ import time
 
 import torch
 
-from fedscape.data import load_dataset
-from fedscape.fl.engine import FederatedData, TrainConfig, local_train, sample_clients
-from fedscape.fl.strategy import make_strategy
-from fedscape.fl.vectorized import VectorizedClients
-from fedscape.models import build_model
-from fedscape.params import FlatParams, flatten_buffers
-from fedscape.partition import make_partition, parse_alpha
+from fedscape.core.alpha import parse_alpha
+from fedscape.data.datasets import load_dataset
+from fedscape.data.federated import FederatedData
+from fedscape.data.partition import make_partition
+from fedscape.fl.sequential import local_train
+from fedscape.fl.settings import TrainConfig, sample_clients
+from fedscape.fl.strategies.registry import make_strategy
+from fedscape.fl.vectorized import VectorizedTrainer
+from fedscape.models.networks import build_model
+from fedscape.models.params import FlatParams, flatten_buffers
 
 
 def make_data(num_clients: int, alpha: str, device: torch.device) -> FederatedData:
@@ -53,7 +56,7 @@ def bench(num_clients: int, args: argparse.Namespace, device: torch.device) -> d
                       client_chunk_size=args.chunk_size, bf16_autocast=args.bf16, seed=0)
     strategy = make_strategy(args.algorithm)
     strategy.setup(num_clients, global_params.numel(), device, model=model, seed=0)
-    vectorized = VectorizedClients(model, data, strategy, cfg, stacked_forward=not args.vmap)
+    vectorized = VectorizedTrainer(model, data, strategy, cfg, stacked_forward=not args.vmap)
     sampled = sample_clients(0, 1, num_clients, 1.0)
 
     def sequential_round(round_: int):

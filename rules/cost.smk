@@ -1,19 +1,18 @@
-# Cost accounting (issue 3; FedAlign paper Table 5): median seconds per round and peak memory per
-# algorithm, model and device, from every train job's metrics.csv and meta.json.
+# Cost accounting (FedAlign paper, Table 5): seconds per round and peak memory per algorithm and device.
+
+from fedscape.plan.train import run_files
 
 
 rule cost_table:
     input:
-        metrics=cost_metrics_of_runs,
-        metas=cost_metas_of_runs,
+        metrics=lambda wildcards: run_files(config, RUNS, "metrics"),
+        metas=lambda wildcards: run_files(config, RUNS, "meta"),
     output:
-        table=results_path("tables/cost.csv"),
+        table=RESULTS.table("cost"),
     log:
         "logs/tables/cost.log",
+    localrule: True
     conda:
         "../envs/light.yaml"
     script:
-        "../workflow/scripts/cost.py"
-
-
-TARGETS.extend([results_path("tables/cost.csv")])
+        "../workflow/scripts/cost_table.py"

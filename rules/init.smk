@@ -1,15 +1,27 @@
+# Initial models: random, pretrained on proxy data, IID warm-up, or another run's final model.
+
+from fedscape.core.paths import INIT_DIR, PROGRESS
+from fedscape.plan.init import init_input_paths, init_settings
+
+
 rule init:
     input:
-        unpack(init_inputs),
+        unpack(
+            lambda wildcards: init_input_paths(
+                config, RUNS, wildcards.dataset, wildcards.model, wildcards.init
+            )
+        ),
     output:
-        model=INIT_FILE,
+        model=RESULTS.init_file(),
     log:
-        log_path(INIT_FILE).replace(".pt", ".log"),
+        f"{RESULTS.log(INIT_DIR)}/init.log",
     conda:
         "../envs/torch.yaml"
     params:
-        settings=init_params,
+        settings=lambda wildcards: init_settings(
+            config, RUNS, wildcards.dataset, wildcards.model, wildcards.init
+        ),
         # Pretraining / warm-up progress, kept outside the declared outputs (see rule train).
-        progress_dir=INIT_FILE.replace("init.pt", "_progress"),
+        progress_dir=f"{RESULTS(INIT_DIR)}/{PROGRESS}",
     script:
         "../workflow/scripts/init.py"

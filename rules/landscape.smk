@@ -1,107 +1,146 @@
-# Issue 4: loss landscapes (Li et al. 2018; Li et al. 2022, FL loss-landscape pilot study).
-# Each `landscapes` entry of the config is one plane (rule landscape_plane) with one surface per data
-# set; a surface's grid is split into chunks that run as separate, cached jobs (scatter) and are
-# gathered into one .npz (gather), then drawn. fedscape.landscape_plan resolves the entries (and
-# plan.check_config has already checked them).
+# Loss landscapes (Li et al. 2018; Li et al. 2022, FL loss-landscape pilot study). Each `landscapes` entry of
+# the config is one plane (rule landscape_plane) with one surface per data set; a surface's grid is split into
+# chunks that run as separate, cached jobs and are gathered into one .npz, then drawn.
+
+from fedscape.core.paths import LANDSCAPE_DIR, SURFACE_DIR
+from fedscape.plan import landscape as landscape_plan
+
+LANDSCAPE_WILDCARDS = {
+    "surface": r"[A-Za-z0-9_.-]+",
+    "data": r"train|test|client~[0-9]+",
+    "chunk": r"[0-9]+",
+}
 
 
 rule landscape_plane:
     input:
-        unpack(landscape_plane_inputs),
+        unpack(
+            lambda wildcards: landscape_plan.plane_inputs(
+                config,
+                landscape_plan.resolve_landscape(config, RUNS, wildcards.surface),
+            )
+        ),
     output:
-        plane=f"{LANDSCAPE_DIR}/plane.npz",
-        points=f"{LANDSCAPE_DIR}/points.csv",
-        grid=f"{LANDSCAPE_DIR}/grid.json",
+        plane=f"{RESULTS(LANDSCAPE_DIR)}/plane.npz",
+        points=f"{RESULTS(LANDSCAPE_DIR)}/points.csv",
+        grid=f"{RESULTS(LANDSCAPE_DIR)}/grid.json",
     log:
-        f"{LANDSCAPE_LOG}/plane.log",
+        f"{RESULTS.log(LANDSCAPE_DIR)}/plane.log",
     wildcard_constraints:
         **LANDSCAPE_WILDCARDS,
     conda:
         "../envs/light.yaml"
     params:
-        settings=landscape_plane_params,
+        settings=lambda wildcards: landscape_plan.plane_settings(
+            config, landscape_plan.resolve_landscape(config, RUNS, wildcards.surface)
+        ),
     script:
         "../workflow/scripts/landscape_plane.py"
 
 
 rule landscape_chunk:
     input:
-        unpack(landscape_chunk_inputs),
+        unpack(
+            lambda wildcards: landscape_plan.chunk_inputs(
+                config,
+                landscape_plan.resolve_landscape(config, RUNS, wildcards.surface),
+                wildcards.data,
+            )
+        ),
     output:
-        chunk=f"{SURFACE_DIR}/chunks/chunk~{{chunk}}.npz",
+        chunk=f"{RESULTS(SURFACE_DIR)}/chunks/chunk~{{chunk}}.npz",
     log:
-        f"{LANDSCAPE_LOG}/{{data}}/chunk~{{chunk}}.log",
+        f"{RESULTS.log(SURFACE_DIR)}/chunk~{{chunk}}.log",
     wildcard_constraints:
         **LANDSCAPE_WILDCARDS,
     conda:
         "../envs/torch.yaml"
     params:
-        settings=landscape_chunk_params,
+        settings=lambda wildcards: landscape_plan.chunk_settings(
+            config,
+            landscape_plan.resolve_landscape(config, RUNS, wildcards.surface),
+            wildcards.data,
+            int(wildcards.chunk),
+        ),
     script:
         "../workflow/scripts/landscape_chunk.py"
 
 
 rule landscape_gather:
     input:
-        chunks=landscape_chunks,
-        plane=f"{LANDSCAPE_DIR}/plane.npz",
-        grid=f"{LANDSCAPE_DIR}/grid.json",
-        points=f"{LANDSCAPE_DIR}/points.csv",
+        chunks=lambda wildcards: landscape_plan.chunk_files(
+            config,
+            landscape_plan.resolve_landscape(config, RUNS, wildcards.surface),
+            wildcards.data,
+        ),
+        plane=f"{RESULTS(LANDSCAPE_DIR)}/plane.npz",
+        grid=f"{RESULTS(LANDSCAPE_DIR)}/grid.json",
+        points=f"{RESULTS(LANDSCAPE_DIR)}/points.csv",
     output:
-        surface=f"{SURFACE_DIR}/surface.npz",
+        surface=f"{RESULTS(SURFACE_DIR)}/surface.npz",
     log:
-        f"{LANDSCAPE_LOG}/{{data}}/gather.log",
+        f"{RESULTS.log(SURFACE_DIR)}/gather.log",
     wildcard_constraints:
         **LANDSCAPE_WILDCARDS,
+    localrule: True
     conda:
         "../envs/light.yaml"
     params:
-        settings=landscape_surface_params,
+        settings=lambda wildcards: landscape_plan.surface_settings(
+            config,
+            landscape_plan.resolve_landscape(config, RUNS, wildcards.surface),
+            wildcards.data,
+        ),
     script:
         "../workflow/scripts/landscape_gather.py"
 
 
 rule landscape_figure:
     input:
-        unpack(landscape_figure_inputs),
+        unpack(
+            lambda wildcards: landscape_plan.figure_inputs(
+                config,
+                landscape_plan.resolve_landscape(config, RUNS, wildcards.surface),
+                wildcards.data,
+            )
+        ),
     output:
-        pdf=f"{SURFACE_DIR}/surface.pdf",
+        pdf=f"{RESULTS(SURFACE_DIR)}/surface.pdf",
         png=report(
-            f"{SURFACE_DIR}/surface.png",
+            f"{RESULTS(SURFACE_DIR)}/surface.png",
             caption="../workflow/report/landscape_surface.rst",
             category="Loss landscapes",
             subcategory="{dataset} / {model}",
             labels={"surface": "{surface}", "data": "{data}"},
         ),
-        grid_csv=f"{SURFACE_DIR}/surface_grid.csv",
-        points_csv=f"{SURFACE_DIR}/surface_points.csv",
+        grid_csv=f"{RESULTS(SURFACE_DIR)}/surface_grid.csv",
+        points_csv=f"{RESULTS(SURFACE_DIR)}/surface_points.csv",
     log:
-        f"{LANDSCAPE_LOG}/{{data}}/figure.log",
+        f"{RESULTS.log(SURFACE_DIR)}/figure.log",
     wildcard_constraints:
         **LANDSCAPE_WILDCARDS,
+    localrule: True
     conda:
         "../envs/light.yaml"
     params:
-        settings=landscape_figure_params,
+        settings=lambda wildcards: landscape_plan.figure_settings(
+            config,
+            landscape_plan.resolve_landscape(config, RUNS, wildcards.surface),
+            wildcards.data,
+        ),
     script:
         "../workflow/scripts/landscape_figure.py"
 
 
 rule surfaces_table:
     input:
-        landscape_surface_files("surface.npz"),
+        lambda wildcards: landscape_plan.surface_files(config, RUNS, "surface.npz"),
     output:
-        results_path("tables/surfaces.csv"),
+        RESULTS.table("surfaces"),
     log:
         "logs/tables/surfaces.log",
+    localrule: True
     conda:
         "../envs/light.yaml"
     script:
-        "../workflow/scripts/landscape_table.py"
-
-
-if LANDSCAPES:
-    TARGETS.extend(
-        [results_path("tables/surfaces.csv"), *landscape_surface_files("surface.png")()]
-    )
-    TARGETS.extend(landscape_surface_files("surface.pdf")())
+        "../workflow/scripts/surfaces_table.py"

@@ -1,12 +1,25 @@
+# Client partitions (Hsu et al. 2019; NIID-Bench): one split per dataset, client count, alpha and seed.
+
+from fedscape.core.paths import PARTITION_DIR
+from fedscape.plan.partition import partition_settings
+
+
 rule partition:
     output:
-        partition=f"{PARTITION_DIR}/partition.npz",
-        counts=f"{PARTITION_DIR}/counts.csv",
+        partition=f"{RESULTS(PARTITION_DIR)}/partition.npz",
+        counts=f"{RESULTS(PARTITION_DIR)}/counts.csv",
     log:
-        f"{log_path(PARTITION_DIR)}/partition.log",
+        f"{RESULTS.log(PARTITION_DIR)}/partition.log",
+    localrule: True
     conda:
         "../envs/light.yaml"
     params:
-        settings=partition_params,
+        settings=lambda wildcards: partition_settings(
+            config,
+            wildcards.dataset,
+            wildcards.alpha,
+            int(wildcards.num_clients),
+            int(wildcards.seed),
+        ),
     script:
         "../workflow/scripts/partition.py"

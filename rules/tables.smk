@@ -1,10 +1,17 @@
+# The run tables: every client split (partitions.csv) and every run's rounds (rounds.csv).
+
+from fedscape.plan.tables import partition_counts
+from fedscape.plan.train import run_files
+
+
 rule partitions_table:
     input:
-        partition_counts_of_runs,
+        lambda wildcards: partition_counts(config, RUNS),
     output:
-        results_path("tables/partitions.csv"),
+        RESULTS.table("partitions"),
     log:
         "logs/tables/partitions.log",
+    localrule: True
     conda:
         "../envs/light.yaml"
     script:
@@ -13,11 +20,12 @@ rule partitions_table:
 
 rule rounds_table:
     input:
-        metrics_of_runs,
+        lambda wildcards: run_files(config, RUNS, "metrics"),
     output:
-        results_path("tables/rounds.csv"),
+        RESULTS.table("rounds"),
     log:
         "logs/tables/rounds.log",
+    localrule: True
     conda:
         "../envs/light.yaml"
     script:

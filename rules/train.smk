@@ -1,20 +1,22 @@
+# Federated training: one job per run, every global model kept, client models at chosen rounds.
+
+from fedscape.core.paths import PROGRESS, TRAIN_DIR, TRAIN_FILES
+from fedscape.core.runs import Run
+from fedscape.plan.train import train_inputs, train_settings
+
+
 rule train:
     input:
-        partition=f"{PARTITION_DIR}/partition.npz",
-        init=INIT_FILE,
+        unpack(lambda wildcards: train_inputs(RESULTS, Run.from_wildcards(wildcards))),
     output:
-        trajectory=f"{TRAIN_DIR}/trajectory.pt",
-        clients=f"{TRAIN_DIR}/clients.pt",
-        metrics=f"{TRAIN_DIR}/metrics.csv",
-        meta=f"{TRAIN_DIR}/meta.json",
-        client_updates=f"{TRAIN_DIR}/client_updates.csv",
+        **{name: RESULTS.train_file(name) for name in TRAIN_FILES},
     log:
-        f"{TRAIN_LOG}/train.log",
+        f"{RESULTS.log(TRAIN_DIR)}/train.log",
     conda:
         "../envs/torch.yaml"
     params:
-        settings=train_params,
+        settings=lambda wildcards: train_settings(config, Run.from_wildcards(wildcards)),
         # Kept outside the declared outputs: Snakemake deletes those when a job is killed.
-        progress_dir=f"{TRAIN_DIR}/_progress",
+        progress_dir=f"{RESULTS(TRAIN_DIR)}/{PROGRESS}",
     script:
         "../workflow/scripts/train.py"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install Debian's SLURM, munge and MariaDB packages for tests/slurm/start_cluster.sh (as root).
 # Exits 0 when everything is installed (at once if it already is), non-zero with apt's message
-# otherwise; the caller decides whether that skips or fails (tests/test_slurm.py skips).
+# otherwise; the caller decides whether that skips or fails (tests/workflow/test_slurm.py skips).
 set -euo pipefail
 PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
 missing=()

@@ -1,8 +1,10 @@
-"""Snakemake script of rule `client_stats`: gather client_updates.csv of every run, add l2_to_final."""
+"""Snakemake script of rule client_stats: every run's client statistics with l2_to_final."""
 
-from fedscape.barrier_stages import client_stats_table
-from fedscape.pipeline import setup_logging
+from fedscape.analysis.client_stats.stage import client_stats_table
+from fedscape.core.logs import job_log
+from fedscape.models.device import use_threads
 
 sm = snakemake  # noqa: F821
-setup_logging(sm.log[0], sm.threads)
-client_stats_table(list(sm.params.run_ids), list(sm.input.updates), list(sm.input.trajectories), sm.output.table)
+with job_log(sm.log[0]):
+    use_threads(sm.threads)
+    client_stats_table(list(sm.params.run_ids), list(sm.input.updates), list(sm.input.trajectories), sm.output.table)

@@ -1,6 +1,8 @@
-"""Snakemake script of the table-gathering rules: concatenate per-job CSVs."""
+"""Snakemake script of rules partitions_table and rounds_table: concatenate per-job CSVs."""
 
-from fedscape.pipeline import concat_tables, setup_logging
+from fedscape.core.logs import job_log
+from fedscape.outputs.tables import concat_tables
 
-setup_logging(snakemake.log[0], snakemake.threads)  # noqa: F821
-concat_tables(list(snakemake.input), snakemake.output[0])  # noqa: F821
+sm = snakemake  # noqa: F821
+with job_log(sm.log[0]):
+    concat_tables(list(sm.input), sm.output[0])

@@ -1,7 +1,10 @@
-"""Snakemake script of rule `init`."""
+"""Snakemake script of rule init: make the initial model of an init label."""
 
-from fedscape.pipeline import init_stage, setup_logging
+from fedscape.core.logs import job_log
+from fedscape.models.device import use_threads
+from fedscape.stages.init import init_stage
 
 sm = snakemake  # noqa: F821
-setup_logging(sm.log[0], sm.threads)
-init_stage(sm.params.settings, sm.output.model, dict(sm.input.items()), sm.params.progress_dir)
+with job_log(sm.log[0]):
+    use_threads(sm.threads)
+    init_stage(sm.params.settings, sm.output.model, dict(sm.input.items()), sm.params.progress_dir)

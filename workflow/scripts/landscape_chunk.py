@@ -1,8 +1,10 @@
-"""Snakemake script of rule `landscape_chunk`."""
+"""Snakemake script of rule landscape_chunk: one chunk of a surface's grid."""
 
-from fedscape.landscape.stage import chunk_stage
-from fedscape.pipeline import setup_logging
+from fedscape.analysis.landscape.stage import chunk_stage
+from fedscape.core.logs import job_log
+from fedscape.models.device import use_threads
 
 sm = snakemake  # noqa: F821
-setup_logging(sm.log[0], sm.threads)
-chunk_stage(sm.params.settings, sm.input.plane, sm.input.grid, sm.input.get("partition"), sm.output.chunk)
+with job_log(sm.log[0]):
+    use_threads(sm.threads)
+    chunk_stage(sm.params.settings, sm.input.plane, sm.input.grid, sm.input.get("partition"), sm.output.chunk)

@@ -1,9 +1,9 @@
-"""Snakemake script of rule `landscape_gather`."""
+"""Snakemake script of rule landscape_gather: a surface's chunks into surface.npz."""
 
-from fedscape.landscape.stage import gather_stage
-from fedscape.pipeline import setup_logging
+from fedscape.analysis.landscape.gather import gather_stage
+from fedscape.core.logs import job_log
 
 sm = snakemake  # noqa: F821
-setup_logging(sm.log[0], sm.threads)
-gather_stage(sm.params.settings, list(sm.input.chunks), sm.input.plane, sm.input.grid, sm.input.points,
-             sm.output.surface)
+with job_log(sm.log[0]):
+    gather_stage(sm.params.settings, list(sm.input.chunks), sm.input.plane, sm.input.grid, sm.input.points,
+                 sm.output.surface)

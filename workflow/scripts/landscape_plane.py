@@ -1,14 +1,11 @@
-"""Snakemake script of rule `landscape_plane`."""
+"""Snakemake script of rule landscape_plane: one plane, its projected checkpoints and its grid."""
 
-from fedscape.landscape.stage import plane_stage
-from fedscape.pipeline import setup_logging
+from fedscape.analysis.landscape.stage import plane_stage
+from fedscape.core.logs import job_log
+from fedscape.models.device import use_threads
 
 sm = snakemake  # noqa: F821
-setup_logging(sm.log[0], sm.threads)
-plane_stage(
-    sm.params.settings,
-    list(sm.input.trajectories),
-    sm.input.get("clients"),
-    sm.input.get("hessian_plane"),
-    {key: sm.output[key] for key in ("plane", "points", "grid")},
-)
+with job_log(sm.log[0]):
+    use_threads(sm.threads)
+    plane_stage(sm.params.settings, list(sm.input.trajectories), sm.input.get("clients"), sm.input.get("hessian_plane"),
+                {key: sm.output[key] for key in ("plane", "points", "grid")})

@@ -1,6 +1,8 @@
-"""Snakemake script of rule `partition`."""
+"""Snakemake script of rule partition: split a dataset's training pool among the clients."""
 
-from fedscape.pipeline import partition_stage, setup_logging
+from fedscape.core.logs import job_log
+from fedscape.stages.partition import partition_stage
 
-setup_logging(snakemake.log[0], snakemake.threads)  # noqa: F821
-partition_stage(snakemake.params.settings, snakemake.output.partition, snakemake.output.counts)  # noqa: F821
+sm = snakemake  # noqa: F821
+with job_log(sm.log[0]):
+    partition_stage(sm.params.settings, sm.output.partition, sm.output.counts)

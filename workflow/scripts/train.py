@@ -1,13 +1,12 @@
-"""Snakemake script of rule `train`."""
+"""Snakemake script of rule train: one federated run."""
 
-from fedscape.pipeline import setup_logging, train_stage
+from fedscape.core.logs import job_log
+from fedscape.core.paths import TRAIN_FILES
+from fedscape.models.device import use_threads
+from fedscape.stages.train import train_stage
 
 sm = snakemake  # noqa: F821
-setup_logging(sm.log[0], sm.threads)
-train_stage(
-    sm.params.settings,
-    sm.input.partition,
-    sm.input.init,
-    {key: sm.output[key] for key in ("trajectory", "clients", "metrics", "meta", "client_updates")},
-    sm.params.progress_dir,
-)
+with job_log(sm.log[0]):
+    use_threads(sm.threads)
+    train_stage(sm.params.settings, sm.input.partition, sm.input.init, {key: sm.output[key] for key in TRAIN_FILES},
+                sm.params.progress_dir)

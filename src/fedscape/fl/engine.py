@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import resource
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -12,40 +11,20 @@ from pathlib import Path
 
 import torch
 
-from fedscape.checkpoint import ClientRound
-from fedscape.client_stats import round_stats
-from fedscape.evaluate import evaluate
-from fedscape.fl.strategy import ClientContext, ClientResult, Strategy
-
-# TrainConfig and the client sampling are torch-free (fedscape.fl.train_config, read by config
-# validation); re-exported here.
-from fedscape.fl.train_config import TrainConfig, sample_clients
-from fedscape.params import FlatParams, flatten_buffers, load_buffers
-from fedscape.utils import atomic_path, derive_seed
+from fedscape.core.io import atomic_path
+from fedscape.data.federated import FederatedData
+from fedscape.fl.client_stats import round_stats
+from fedscape.fl.local import Trainer
+from fedscape.fl.sequential import SequentialTrainer
+from fedscape.fl.settings import TrainConfig, sample_clients
+from fedscape.fl.strategies.base import Strategy
+from fedscape.fl.vectorized import VectorizedTrainer, resolve_client_parallel
+from fedscape.models.checkpoint import ClientRound
+from fedscape.models.device import peak_memory_mb
+from fedscape.models.evaluate import evaluate
+from fedscape.models.params import FlatParams, flatten_buffers, load_buffers
 
 log = logging.getLogger("fedscape.train")
-
-
-@dataclass
-class FederatedData:
-    """Training pool, client shards (indices into it) and test set, all resident on one device."""
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    client_indices: list[torch.Tensor]
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-
-    @property
-    def num_clients(self) -> int:
-        return len(self.client_indices)
-
-    def union(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The aggregate training data D = union of the clients' shards (the loss L of the papers)."""
-        idx = torch.cat(self.client_indices).sort().values
-        if len(idx) == len(self.y_train) and bool((idx == torch.arange(len(idx), device=idx.device)).all()):
-            return self.x_train, self.y_train
-        return self.x_train[idx], self.y_train[idx]
 
 
 @dataclass
@@ -58,71 +37,7 @@ class RunResult:
     rows: list[dict]
     clients: dict[int, ClientRound] = field(default_factory=dict)
     status: str = "ok"
-    client_stats: list[dict] = field(default_factory=list)  # per round: fedscape.client_stats.round_stats
-
-
-def client_generator(seed: int, round_: int, client_id: int) -> torch.Generator:
-    """The CPU generator behind a client's batch order and augmentation in one round."""
-    return torch.Generator().manual_seed(derive_seed(seed, round_, client_id))
-
-
-def batch_order(n: int, batch_size: int, epochs: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Index batches for `epochs` shuffled passes over n samples (the last batch may be smaller)."""
-    batches = []
-    for _ in range(epochs):
-        perm = torch.randperm(n, generator=generator)
-        batches.extend(perm[i : i + batch_size] for i in range(0, n, batch_size))
-    return batches
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated since the last reset, or the process's peak RSS on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def local_train(
-    model: torch.nn.Module,
-    flat: FlatParams,
-    global_params: torch.Tensor,
-    global_buffers: torch.Tensor,
-    data: FederatedData,
-    client_id: int,
-    round_: int,
-    strategy: Strategy,
-    cfg: TrainConfig,
-) -> ClientResult:
-    """One client's local SGD from the global model, with the strategy's local objective."""
-    from fedscape.data import augment_batch
-
-    flat.set(global_params)
-    if global_buffers.numel():
-        load_buffers(model, global_buffers)
-    model.train()
-    device = global_params.device
-    generator = client_generator(cfg.seed, round_, client_id)
-    torch.manual_seed(derive_seed(cfg.seed, round_, client_id, 1))  # stochastic layers, if any
-    idx = data.client_indices[client_id]
-    x, y = data.x_train[idx], data.y_train[idx]
-    ctx = ClientContext(round_, client_id, global_params, x, y, generator, lr=cfg.lr, momentum=cfg.momentum)
-    strategy.begin_local(model, ctx)
-    opt = torch.optim.SGD([*model.parameters(), *strategy.local_parameters(ctx)], lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
-    total, steps = torch.zeros((), device=device), 0
-    for b in batch_order(len(idx), cfg.batch_size, cfg.local_epochs, generator):
-        b = b.to(device)
-        xb = augment_batch(x[b], cfg.augment, generator)
-        opt.zero_grad(set_to_none=True)
-        loss = strategy.local_backward(model, xb, y[b], ctx)  # back-propagates the local objective
-        strategy.adjust_gradients(model, ctx)
-        opt.step()
-        ctx.steps += 1
-        total += loss.detach()
-        steps += 1
-    params = flat.get()
-    strategy.end_local(model, ctx, params)
-    return ClientResult(client_id, len(idx), params, flatten_buffers(model), float(total) / max(steps, 1))
+    client_stats: list[dict] = field(default_factory=list)  # per round: fedscape.fl.client_stats.round_stats
 
 
 class _Progress:
@@ -174,6 +89,7 @@ def run_federated(
     cfg: TrainConfig,
     progress_dir: str | Path | None = None,
     progress_key: str = "",
+    trainer: Trainer | None = None,
 ) -> RunResult:
     """Run `cfg.rounds` rounds of federated training from the model's current weights.
 
@@ -220,24 +136,14 @@ def run_federated(
     start = len(records)
     if records[-1]["row"]["status"] != "ok":
         start = cfg.rounds + 1
-    from fedscape.fl.vectorized import VectorizedClients, resolve_client_parallel
-
-    vectorized = None
-    if resolve_client_parallel(model, strategy, cfg) == "vectorized":
-        vectorized = VectorizedClients(model, data, strategy, cfg)
-        log.info("client training: vectorized (%s), up to %s clients at once",
-                 "the model's stacked forward" if vectorized.stacked_forward else "vmap",
-                 cfg.client_chunk_size or "all sampled")
+    if trainer is None:
+        trainer = make_trainer(model, flat, data, strategy, cfg)
     for t in range(start, cfg.rounds + 1):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
         sampled = sample_clients(cfg.seed, t, data.num_clients, cfg.participation)
-        if vectorized is not None:  # all sampled clients at once (fedscape.fl.vectorized)
-            results = vectorized.train_round(global_params, sampled, t)
-        else:
-            results = [local_train(model, flat, global_params, global_buffers, data, c, t, strategy, cfg)
-                       for c in sampled]
+        results = trainer.train_round(global_params, global_buffers, sampled, t)
         start_params = global_params
         global_params = strategy.server_update(global_params, results)
         if global_buffers.numel():
@@ -283,6 +189,18 @@ def run_federated(
         clients=clients,
         status=records[-1]["row"]["status"],
     )
+
+
+def make_trainer(model: torch.nn.Module, flat: FlatParams, data: FederatedData, strategy: Strategy,
+                 cfg: TrainConfig) -> Trainer:
+    """The client trainer of `cfg.client_parallel`: all sampled clients at once where that is exact, else one by one."""
+    if resolve_client_parallel(model, strategy, cfg) == "vectorized":
+        trainer = VectorizedTrainer(model, data, strategy, cfg)
+        log.info("client training: vectorized (%s), up to %s clients at once",
+                 "the model's stacked forward" if trainer.stacked_forward else "vmap",
+                 cfg.client_chunk_size or "all sampled")
+        return trainer
+    return SequentialTrainer(model, flat, data, strategy, cfg)
 
 
 def _to_device(obj, device):

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import torch
 
-# The hyperparameter dataclasses are torch-free (config validation reads them); re-exported here.
-from fedscape.fl.hparams import ServerAdaptiveConfig, ServerSGDConfig  # noqa: F401
+from fedscape.core.names import unknown_name_error
 
 
 class ServerOptimizer:
@@ -60,8 +59,6 @@ class ServerAdaptive(ServerOptimizer):
 
     def __init__(self, kind: str, lr: float, beta1: float, beta2: float, tau: float):
         if kind not in ADAPTIVE_KINDS:
-            from fedscape.utils import unknown_name_error
-
             raise unknown_name_error("adaptive server optimiser", kind, ADAPTIVE_KINDS)
         self.kind, self.lr, self.beta1, self.beta2, self.tau = kind, lr, beta1, beta2, tau
         self.m: torch.Tensor | None = None

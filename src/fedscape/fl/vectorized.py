@@ -9,7 +9,7 @@ grouped convolutions underneath), as in the ensembling recipe of `torch.func`. A
 channels-last grouped convolutions, with each ReLU before a max pool moved after it, which is about
 1.4x faster than the vmapped forward on a CPU.
 
-Exactness with the sequential reference (`fedscape.fl.engine.local_train`):
+Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
 
 - every client's batch order (and augmentation draws) come from the same CPU generator,
   `client_generator(seed, round, client)` followed by `batch_order(...)`, so client m sees exactly
@@ -24,7 +24,7 @@ Exactness with the sequential reference (`fedscape.fl.engine.local_train`):
   with batch norm, or with any floating buffer, fall back to sequential training; so do algorithms
   whose local training is not plain SGD on cross-entropy (`Strategy.vectorized` is False).
 
-One vectorised round equals one sequential round within float rounding (tests/test_vectorized.py
+One vectorised round equals one sequential round within float rounding (tests/unit/test_vectorized.py
 checks 1e-5 for FedAvg, FedProx and the server-optimiser variants). Clients are processed in chunks
 of `TrainConfig.client_chunk_size` to bound memory; bf16 autocast of the forward passes is optional
 on CUDA (`TrainConfig.bf16_autocast`).
@@ -41,16 +41,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from fedscape.data import AUGMENTATIONS, CROP_PADDING
-from fedscape.fl.engine import FederatedData, TrainConfig, batch_order, client_generator
-from fedscape.fl.strategy import ClientResult, Strategy
-from fedscape.models import ImageClassifier
-from fedscape.utils import derive_seed, unknown_name_error
+from fedscape.core.names import unknown_name_error
+from fedscape.data.federated import FederatedData
+from fedscape.data.specs import AUGMENTATIONS, CROP_PADDING
+from fedscape.fl.local import batch_order, client_generator, layer_seed
+from fedscape.fl.settings import CLIENT_PARALLEL, TrainConfig
+from fedscape.fl.strategies.base import ClientResult, Strategy
+from fedscape.models.networks import ImageClassifier
 
 log = logging.getLogger("fedscape.train")
-
-CLIENT_PARALLEL = ("auto", "sequential", "vectorized")
-
 
 def vectorization_blocker(model: nn.Module, strategy: Strategy) -> str | None:
     """Why this model/algorithm pair cannot be trained vectorised, or None when it can."""
@@ -125,7 +124,7 @@ class _ClientPlan:
     draws: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None  # crop_flip draws per step
 
 
-class VectorizedClients:
+class VectorizedTrainer:
     """Trains the sampled clients of a round together; `train_round` replaces M `local_train` calls."""
 
     def __init__(self, model: nn.Module, data: FederatedData, strategy: Strategy, cfg: TrainConfig,
@@ -174,8 +173,10 @@ class VectorizedClients:
         draws = [crop_flip_draws(len(b), generator) for b in local] if cfg.augment == "crop_flip" else None
         return _ClientPlan(client_id, len(idx), [idx[b] for b in local], draws)
 
-    def train_round(self, global_params: torch.Tensor, sampled: list[int], round_: int) -> list[ClientResult]:
-        """Local training of the `sampled` clients from `global_params`; results in `sampled` order."""
+    def train_round(self, global_params: torch.Tensor, global_buffers: torch.Tensor, sampled: list[int],
+                    round_: int) -> list[ClientResult]:
+        """Local training of the `sampled` clients from `global_params` (the model has no floating buffers:
+        `vectorization_blocker`); results in `sampled` order."""
         plans = [self.plan(c, round_) for c in sampled]
         # Longest first: the active clients of every step are then a prefix of the stack.
         order = sorted(range(len(plans)), key=lambda i: -len(plans[i].batches))
@@ -183,7 +184,7 @@ class VectorizedClients:
         results: list[ClientResult | None] = [None] * len(plans)
         for start in range(0, len(order), chunk):
             part = order[start : start + chunk]
-            torch.manual_seed(derive_seed(self.cfg.seed, round_, plans[part[0]].client_id, 1))  # stochastic layers
+            torch.manual_seed(layer_seed(self.cfg.seed, round_, plans[part[0]].client_id))
             for i, result in zip(part, self._train_chunk(global_params, [plans[i] for i in part]), strict=True):
                 results[i] = result
         return results  # type: ignore[return-value]

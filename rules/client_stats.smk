@@ -1,0 +1,41 @@
+# Client-update statistics per round (Yin et al. 2018; Nguyen et al. 2022): drift, gradient diversity,
+# update cosine and the L2 distance of the server weights to their final values.
+
+from fedscape.plan import client_stats as client_stats_plan
+from fedscape.plan.train import run_files
+
+
+rule client_stats:
+    input:
+        updates=lambda wildcards: run_files(config, RUNS, "client_updates"),
+        trajectories=lambda wildcards: run_files(config, RUNS, "trajectory"),
+    output:
+        table=RESULTS.table("client_stats"),
+    log:
+        "logs/tables/client_stats.log",
+    conda:
+        "../envs/light.yaml"
+    params:
+        run_ids=[run.run_id for run in RUNS],
+    script:
+        "../workflow/scripts/client_stats.py"
+
+
+rule client_stats_figure:
+    input:
+        table=RESULTS.table("client_stats"),
+    output:
+        png=report(
+            RESULTS.figure(client_stats_plan.FIGURE)["png"],
+            caption="../workflow/report/client_stats.rst",
+            category="Client updates",
+        ),
+        pdf=RESULTS.figure(client_stats_plan.FIGURE)["pdf"],
+        csv=RESULTS.figure(client_stats_plan.FIGURE)["csv"],
+    log:
+        "logs/figures/client_stats.log",
+    localrule: True
+    conda:
+        "../envs/light.yaml"
+    script:
+        "../workflow/scripts/client_stats_figure.py"

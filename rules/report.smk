@@ -1,0 +1,112 @@
+# The report across runs: final.csv (one row per run, with the analyses' headline numbers where the config
+# computes them), summary.csv (mean / std / 95% interval over seeds), curves over rounds, final accuracy by
+# init and alpha (Nguyen et al. 2022), accuracy tables (FedAlign Tables 1-4, 7) and cost (Table 5).
+
+from fedscape.core.paths import FIGURES
+from fedscape.plan import report as report_plan
+
+
+rule final_table:
+    input:
+        unpack(lambda wildcards: report_plan.final_table_inputs(config, RUNS)),
+    output:
+        table=report(
+            RESULTS.table("final"),
+            caption="../workflow/report/final_table.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/tables/final.log",
+    localrule: True
+    conda:
+        "../envs/light.yaml"
+    script:
+        "../workflow/scripts/final_table.py"
+
+
+rule summary_table:
+    input:
+        final=RESULTS.table("final"),
+    output:
+        table=report(
+            RESULTS.table("summary"),
+            caption="../workflow/report/summary_table.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/tables/summary.log",
+    localrule: True
+    conda:
+        "../envs/light.yaml"
+    script:
+        "../workflow/scripts/summary_table.py"
+
+
+rule curves_figure:
+    input:
+        rounds=RESULTS.table("rounds"),
+    output:
+        png=report(
+            RESULTS.figure(report_plan.CURVES_FIGURE)["png"],
+            caption="../workflow/report/curves.rst",
+            category="Training curves",
+            subcategory="{dataset} / {model}",
+            labels={"dataset": "{dataset}", "model": "{model}", "metric": "{metric}"},
+        ),
+        pdf=RESULTS.figure(report_plan.CURVES_FIGURE)["pdf"],
+        csv=RESULTS.figure(report_plan.CURVES_FIGURE)["csv"],
+    log:
+        RESULTS.log(f"{FIGURES}/{report_plan.CURVES_FIGURE}.log"),
+    wildcard_constraints:
+        metric="|".join(report_plan.CURVE_METRICS),
+    localrule: True
+    conda:
+        "../envs/light.yaml"
+    script:
+        "../workflow/scripts/curves_figure.py"
+
+
+rule accuracy_figure:
+    input:
+        final=RESULTS.table("final"),
+    output:
+        png=report(
+            RESULTS.figure(report_plan.ACCURACY_FIGURE)["png"],
+            caption="../workflow/report/accuracy.rst",
+            category="Final accuracy",
+            subcategory="{dataset} / {model}",
+            labels={"dataset": "{dataset}", "model": "{model}", "figure": "{kind}"},
+        ),
+        pdf=RESULTS.figure(report_plan.ACCURACY_FIGURE)["pdf"],
+        csv=RESULTS.figure(report_plan.ACCURACY_FIGURE)["csv"],
+    log:
+        RESULTS.log(f"{FIGURES}/{report_plan.ACCURACY_FIGURE}.log"),
+    wildcard_constraints:
+        kind="|".join(report_plan.ACCURACY_KINDS),
+    localrule: True
+    conda:
+        "../envs/light.yaml"
+    script:
+        "../workflow/scripts/accuracy_figure.py"
+
+
+rule cost_figure:
+    input:
+        cost=RESULTS.table("cost"),
+    output:
+        png=report(
+            RESULTS.figure(report_plan.COST_FIGURE)["png"],
+            caption="../workflow/report/cost.rst",
+            category="Cost",
+            subcategory="{dataset} / {model}",
+            labels={"dataset": "{dataset}", "model": "{model}"},
+        ),
+        pdf=RESULTS.figure(report_plan.COST_FIGURE)["pdf"],
+        csv=RESULTS.figure(report_plan.COST_FIGURE)["csv"],
+    log:
+        "logs/figures/cost/{dataset}/{model}.log",
+    localrule: True
+    conda:
+        "../envs/light.yaml"
+    script:
+        "../workflow/scripts/cost_figure.py"

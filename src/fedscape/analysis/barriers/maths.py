@@ -1,0 +1,215 @@
+"""Loss barriers between models: linear interpolation and layer-wise linear mode connectivity.
+
+* Linear interpolation (Li et al. 2022, FL loss-landscape pilot study, Figs 3c and 5c): the loss and
+  error of ``(1 - t) w_a + t w_b`` on a grid of t; the barrier is
+  ``max_t [L(t) - ((1 - t) L(0) + t L(1))]`` (Frankle et al. 2020).
+* Layer-wise linear mode connectivity (Adilova, Fischer & Jaggi 2023): a "layer" is the group of
+  parameters of one module (weight and bias together), in forward order. Averaging only some layers
+  and putting them into each of the two models gives two mixed models; the barrier is
+  ``mean(L(mixed_a), L(mixed_b)) - mean(L(a), L(b))``. Modes: ``single`` (one layer), ``shallow``
+  (layers 0..i, cumulative from the input side) and ``deep`` (layers i..L-1, cumulative from the
+  output side; as in the paper's heatmaps, row i of a deep heatmap averages layer i and every layer
+  after it, so its first row is the full average and its last row the last layer alone).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fedscape.analysis.barriers.definitions import FULL_MODEL, MODES, interpolation_grid
+from fedscape.core.names import unknown_name_error
+from fedscape.models.evaluate import EvalResult, evaluate
+from fedscape.models.params import buffer_specs, load_buffers, load_params, param_specs
+from fedscape.models.specs import EVAL_BATCH_SIZE
+
+
+# -- models as points ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Point:
+    """A model as flat parameter and floating-buffer vectors (see fedscape.models.params)."""
+
+    params: torch.Tensor
+    buffers: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Point:
+        return Point(self.params.to(device), self.buffers.to(device))
+
+
+Splits = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def interpolate(a: Point, b: Point, t: float) -> Point:
+    """The point (1 - t) a + t b (buffers too), exact at t = 0 and t = 1 (Li et al. 2022, Fig. 3c)."""
+    return Point((1.0 - t) * a.params + t * b.params, (1.0 - t) * a.buffers + t * b.buffers)
+
+
+@torch.no_grad()
+def evaluate_point(model: nn.Module, point: Point, splits: Splits,
+                   batch_size: int = EVAL_BATCH_SIZE) -> dict[str, EvalResult]:
+    """Loss and accuracy of `point` loaded into `model`, on every split (eval mode, no augmentation)."""
+    device = next(model.parameters()).device
+    load_params(model, point.params.to(device))
+    if point.buffers.numel():
+        load_buffers(model, point.buffers.to(device))
+    return {name: evaluate(model, x, y, batch_size) for name, (x, y) in splits.items()}
+
+
+def interpolation_curve(model: nn.Module, a: Point, b: Point, splits: Splits, points: int = 21,
+                        batch_size: int = EVAL_BATCH_SIZE) -> list[dict]:
+    """Rows (t, split, loss, error) along the segment from a to b (Li et al. 2022, Figs 3c/5c)."""
+    rows = []
+    for t in interpolation_grid(points):
+        for split, res in evaluate_point(model, interpolate(a, b, float(t)), splits, batch_size).items():
+            rows.append({"t": float(t), "split": split, "loss": res.loss, "error": res.error})
+    return rows
+
+
+# -- layers ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Layer:
+    """The parameters (and floating buffers) of one module, as slices of the flat vectors."""
+
+    index: int
+    name: str  # the module prefix, e.g. "features.0" or "blocks.3.conv1"
+    param_slices: tuple[slice, ...]
+    buffer_slices: tuple[slice, ...]
+
+    @property
+    def numel(self) -> int:
+        return sum(s.stop - s.start for s in self.param_slices)
+
+
+def module_prefix(name: str) -> str:
+    """'features.0.weight' -> 'features.0'; a parameter of the root module keeps its own name."""
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def model_layers(model: nn.Module) -> list[Layer]:
+    """The layers of a model in forward order: parameters grouped by module prefix (Adilova et al. 2023).
+
+    Models register modules in forward order (fedscape.models), so `named_parameters()` runs from the
+    input to the output. Floating buffers (batch-norm statistics) belong to the layer of their module.
+    """
+    order: list[str] = []
+    params: dict[str, list[slice]] = {}
+    for spec in param_specs(model):
+        prefix = module_prefix(spec.name)
+        if prefix not in params:
+            order.append(prefix)
+            params[prefix] = []
+        params[prefix].append(spec.slice)
+    buffers: dict[str, list[slice]] = {p: [] for p in order}
+    for spec in buffer_specs(model):
+        prefix = module_prefix(spec.name)
+        if prefix in buffers:
+            buffers[prefix].append(spec.slice)
+    return [Layer(i, p, tuple(params[p]), tuple(buffers[p])) for i, p in enumerate(order)]
+
+
+def mode_groups(num_layers: int, mode: str) -> list[tuple[int, ...]]:
+    """Layer indices averaged at each entry of a mode (single: {i}; shallow: 0..i; deep: i..L-1)."""
+    if mode == "single":
+        return [(i,) for i in range(num_layers)]
+    if mode == "shallow":
+        return [tuple(range(i + 1)) for i in range(num_layers)]
+    if mode == "deep":
+        return [tuple(range(i, num_layers)) for i in range(num_layers)]
+    raise unknown_name_error("mode", mode, MODES)
+
+
+def _mask(layers: Sequence[Layer], selected: Sequence[int], n: int, attr: str, device) -> torch.Tensor:
+    mask = torch.zeros(n, dtype=torch.bool, device=device)
+    for i in selected:
+        for s in getattr(layers[i], attr):
+            mask[s] = True
+    return mask
+
+
+def mix_layers(a: Point, b: Point, layers: Sequence[Layer], selected: Sequence[int]) -> tuple[Point, Point]:
+    """a and b with the selected layers replaced by their average (Adilova et al. 2023)."""
+    pmask = _mask(layers, selected, a.params.numel(), "param_slices", a.params.device)
+    bmask = _mask(layers, selected, a.buffers.numel(), "buffer_slices", a.buffers.device)
+    avg_p = 0.5 * a.params + 0.5 * b.params
+    avg_b = 0.5 * a.buffers + 0.5 * b.buffers
+    return (Point(torch.where(pmask, avg_p, a.params), torch.where(bmask, avg_b, a.buffers)),
+            Point(torch.where(pmask, avg_p, b.params), torch.where(bmask, avg_b, b.buffers)))
+
+
+class _Evaluator:
+    """Evaluations of the mixed models, cached by the set of averaged layers."""
+
+    def __init__(self, model: nn.Module, a: Point, b: Point, layers: Sequence[Layer], splits: Splits,
+                 batch_size: int):
+        self.model, self.a, self.b, self.layers, self.splits, self.batch = model, a, b, layers, splits, batch_size
+        self.cache: dict[frozenset[int], dict[str, tuple[float, float]]] = {}
+        ends = [evaluate_point(model, p, splits, batch_size) for p in (a, b)]
+        self.base = {s: (0.5 * (ends[0][s].loss + ends[1][s].loss), 0.5 * (ends[0][s].error + ends[1][s].error))
+                     for s in splits}
+
+    def mixed(self, selected: Sequence[int]) -> dict[str, tuple[float, float]]:
+        """Mean (loss, error) of the two mixed models on every split."""
+        key = frozenset(selected)
+        if key not in self.cache:
+            mixed_a, mixed_b = mix_layers(self.a, self.b, self.layers, sorted(key))
+            if len(key) == len(self.layers):  # both mixed models are the full average: evaluate once
+                ra = rb = evaluate_point(self.model, mixed_a, self.splits, self.batch)
+            else:
+                ra = evaluate_point(self.model, mixed_a, self.splits, self.batch)
+                rb = evaluate_point(self.model, mixed_b, self.splits, self.batch)
+            self.cache[key] = {s: (0.5 * (ra[s].loss + rb[s].loss), 0.5 * (ra[s].error + rb[s].error))
+                               for s in self.splits}
+        return self.cache[key]
+
+    def barrier(self, selected: Sequence[int]) -> dict[str, tuple[float, float]]:
+        """(loss, error) barrier per split: mean over the mixed models minus mean over the endpoints."""
+        mixed = self.mixed(selected)
+        return {s: (mixed[s][0] - self.base[s][0], mixed[s][1] - self.base[s][1]) for s in self.splits}
+
+
+def layerwise_barriers(model: nn.Module, a: Point, b: Point, splits: Splits, batch_size: int = EVAL_BATCH_SIZE,
+                       modes: Sequence[str] = MODES, layers: Sequence[Layer] | None = None) -> list[dict]:
+    """Layer-wise barriers L(mixed) - mean(L(a), L(b)) for every mode and layer (Adilova et al. 2023).
+
+    Rows: mode, layer_index, layer (the name of the layer of that entry: the one averaged in
+    `single`, the last one added in `shallow`, the first one of the averaged group in `deep`),
+    split, barrier_loss, barrier_error.
+    """
+    layers = list(model_layers(model) if layers is None else layers)
+    ev = _Evaluator(model, a, b, layers, splits, batch_size)
+    rows = []
+    for mode in modes:
+        for i, group in enumerate(mode_groups(len(layers), mode)):
+            for split, (loss, error) in ev.barrier(group).items():
+                rows.append({"mode": mode, "layer_index": i, "layer": layers[i].name, "split": split,
+                             "barrier_loss": loss, "barrier_error": error})
+    return rows
+
+
+def midpoint_barrier(model: nn.Module, a: Point, b: Point, splits: Splits,
+                     batch_size: int = EVAL_BATCH_SIZE) -> dict[str, tuple[float, float]]:
+    """Full-model barrier L((a + b) / 2) - mean(L(a), L(b)) per split, as (loss, error) (Adilova et al. 2023)."""
+    layers = model_layers(model)
+    return _Evaluator(model, a, b, layers, splits, batch_size).barrier(range(len(layers)))
+
+
+def layer_distances(a: Point, b: Point, layers: Sequence[Layer]) -> list[dict]:
+    """Euclidean distance and cosine similarity of every layer's parameters, then of the whole model.
+
+    The per-layer distance measures of Adilova et al. 2023 (Fig. 1b); the last row has layer_index -1
+    and layer 'full'.
+    """
+    rows = []
+    parts = [(layer.index, layer.name, layer.param_slices) for layer in layers]
+    parts.append((-1, FULL_MODEL, (slice(0, a.params.numel()),)))
+    for index, name, slices in parts:
+        va = torch.cat([a.params[s] for s in slices]).double()
+        vb = torch.cat([b.params[s] for s in slices]).double()
+        denom = float(va.norm() * vb.norm())
+        rows.append({"layer_index": index, "layer": name, "distance": float((va - vb).norm()),
+                     "cosine": float(va @ vb) / denom if denom > 0 else math.nan})
+    return rows

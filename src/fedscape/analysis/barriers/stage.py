@@ -1,0 +1,172 @@
+"""The barrier stages: loss and error along the segment between two checkpoints, and layer-wise barriers
+and distances of a pair of models at one round (checkpoints in, per-job CSV tables out)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from fedscape.analysis.barriers.definitions import (
+    FULL_MODEL,
+    INTERPOLATION_COLUMNS,
+    LAYER_BARRIER_COLUMNS,
+    LAYER_DISTANCE_COLUMNS,
+    MODES,
+    SPLITS,
+    interpolation_grid,
+    linear_barrier,
+)
+from fedscape.analysis.barriers.maths import (
+    Point,
+    interpolation_curve,
+    layer_distances,
+    layerwise_barriers,
+    model_layers,
+)
+from fedscape.core.io import write_csv
+from fedscape.core.runs import OK
+from fedscape.data.federated import load_federated_data
+from fedscape.models.checkpoint import load_clients, load_trajectory
+from fedscape.models.device import resolve_device
+
+log = logging.getLogger("fedscape.barriers")
+
+
+def _splits(settings: dict, partition_path: str | Path, device: torch.device) -> dict:
+    """{'train': the aggregate client data (union of the shards), 'test': the test set}."""
+    run = settings["data"]["run"]
+    data = load_federated_data(run["dataset"], settings["data"]["dataset_options"], partition_path, device)
+    return {"train": data.union(), "test": (data.x_test, data.y_test)}
+
+
+def _point(traj, round_: int) -> Point:
+    row = traj.row(round_)
+    return Point(traj.params[row], traj.buffers[row])
+
+
+def _empty(columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(columns=columns)
+
+
+def _nan_curve(settings: dict, rounds: list[int]) -> pd.DataFrame:
+    """The rows of an interpolation that is not computed (a diverged run): every t and split, NaN loss and error."""
+    rows = [{"pair_id": settings["pair_id"], "run_a": settings["run_a"], "round_a": rounds[0],
+             "run_b": settings["run_b"], "round_b": rounds[1], "t": float(t), "split": split, "loss": math.nan,
+             "error": math.nan} for t in interpolation_grid(settings["points"]) for split in SPLITS]
+    return pd.DataFrame(rows, columns=INTERPOLATION_COLUMNS)
+
+
+def _nan_layer_rows(traj, meta: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The layer-barrier and layer-distance rows of a pair and round that is not computed (a diverged run): NaN."""
+    layers = model_layers(traj.model_meta.build())
+    barriers = [{**meta, "mode": mode, "layer_index": i, "layer": layer.name, "split": split,
+                 "barrier_loss": math.nan, "barrier_error": math.nan}
+                for mode in MODES for i, layer in enumerate(layers) for split in SPLITS]
+    distances = [{**meta, "layer_index": index, "layer": name, "distance": math.nan, "cosine": math.nan}
+                 for index, name in [*((layer.index, layer.name) for layer in layers), (-1, FULL_MODEL)]]
+    return (pd.DataFrame(barriers, columns=LAYER_BARRIER_COLUMNS),
+            pd.DataFrame(distances, columns=LAYER_DISTANCE_COLUMNS))
+
+
+# -- linear interpolation --------------------------------------------------------------------------
+def interpolation_stage(settings: dict, trajectory_a: str | Path, trajectory_b: str | Path,
+                        partition: str | Path, output: str | Path) -> None:
+    """Loss and error along the segment between two checkpoints, on train and test (Li et al. 2022, Fig. 3c)."""
+    t0 = time.perf_counter()
+    device = resolve_device(settings["device"])
+    traj_a, traj_b = load_trajectory(trajectory_a), load_trajectory(trajectory_b)
+    rounds = []
+    for traj, key in ((traj_a, "round_a"), (traj_b, "round_b")):
+        r = traj.final_round if settings[key] == "final" else int(settings[key])
+        rounds.append(r)
+    reasons = [f"{key} ({settings['run_' + key]}): {reason}"
+               for key, r, tr in (("a", rounds[0], traj_a), ("b", rounds[1], traj_b))
+               if (reason := tr.unusable(r)) is not None]
+    if reasons:
+        log.warning("pair %s: %s; the curve is not computed (NaN rows)", settings["pair_id"], "; ".join(reasons))
+        write_csv(_nan_curve(settings, rounds), output)
+        return
+    splits = _splits(settings, partition, device)
+    model = traj_a.model_meta.build().to(device).eval()
+    a, b = _point(traj_a, rounds[0]).to(device), _point(traj_b, rounds[1]).to(device)
+    rows = interpolation_curve(model, a, b, splits, settings["points"], settings["eval_batch_size"])
+    df = pd.DataFrame(rows)
+    df.insert(0, "pair_id", settings["pair_id"])
+    df.insert(1, "run_a", settings["run_a"])
+    df.insert(2, "round_a", rounds[0])
+    df.insert(3, "run_b", settings["run_b"])
+    df.insert(4, "round_b", rounds[1])
+    write_csv(df[INTERPOLATION_COLUMNS], output)
+    for split in SPLITS:
+        sub = df[df["split"] == split]
+        log.info("pair %s %s: loss barrier %.4f, error barrier %.4f", settings["pair_id"], split,
+                 linear_barrier(sub["t"], sub["loss"]), linear_barrier(sub["t"], sub["error"]))
+    log.info("pair %s: %d points x %d splits in %.1f s", settings["pair_id"], settings["points"], len(splits),
+             time.perf_counter() - t0)
+
+
+# -- layer-wise mode connectivity ------------------------------------------------------------------
+def layerwise_stage(settings: dict, inputs: dict, out_barriers: str | Path, out_distances: str | Path) -> None:
+    """Layer-wise barriers (single/shallow/deep) and distances of one pair at one round (Adilova et al. 2023).
+
+    `inputs`: 'partition' and 'trajectory_a' always; 'clients' for two clients of one run,
+    'trajectory_b' for the global models of two runs.
+    """
+    t0 = time.perf_counter()
+    device = resolve_device(settings["device"])
+    pair, round_ = settings["pair"], settings["round"]
+    traj_a = load_trajectory(inputs["trajectory_a"])
+    meta = {"run_id": settings["run_id"], "round": round_, "pair": pair}
+    if settings["kind"] == "clients":
+        saved = load_clients(inputs["clients"])
+        reason = None
+        if round_ not in saved and traj_a.status == OK:
+            raise KeyError(f"pair {pair}: {inputs['clients']} holds the client models of rounds {sorted(saved)}, not "
+                           f"of round {round_}, although the run did not diverge; retrain it")
+        if round_ not in saved:
+            reason = (f"round {round_} has no client checkpoints (the run stopped at round {traj_a.final_round}, "
+                      f"status {traj_a.status!r})")
+        elif not all(bool(torch.isfinite(v).all()) for v in (saved[round_].params, saved[round_].buffers)):
+            reason = f"the client models of round {round_} have NaN/inf parameters (status {traj_a.status!r})"
+        if reason is not None:
+            log.warning("pair %s: %s; not computed (NaN rows)", pair, reason)
+            barriers, distances = _nan_layer_rows(traj_a, meta)
+            write_csv(barriers, out_barriers)
+            write_csv(distances, out_distances)
+            return
+        c = saved[round_]
+        ids = c.client_ids.tolist()
+        absent = [k for k in settings["clients"] if k not in ids]
+        if absent:
+            raise ValueError(f"pair {pair}: clients {absent} did not take part in round {round_} (took part: {ids})")
+        a, b = (Point(c.params[ids.index(k)], c.buffers[ids.index(k)]) for k in settings["clients"])
+    else:
+        traj_b = load_trajectory(inputs["trajectory_b"])
+        reasons = [f"{key}: {reason}" for key, tr in (("a", traj_a), ("b", traj_b))
+                   if (reason := tr.unusable(round_)) is not None]
+        if reasons:
+            log.warning("pair %s: %s; not computed (NaN rows)", pair, "; ".join(reasons))
+            barriers, distances = _nan_layer_rows(traj_a, meta)
+            write_csv(barriers, out_barriers)
+            write_csv(distances, out_distances)
+            return
+        a, b = _point(traj_a, round_), _point(traj_b, round_)
+    model = traj_a.model_meta.build().to(device).eval()
+    layers = model_layers(model)
+    splits = _splits(settings, inputs["partition"], device)
+    rows = layerwise_barriers(model, a.to(device), b.to(device), splits, settings["eval_batch_size"], MODES, layers)
+    barriers = pd.DataFrame([{**meta, **r} for r in rows], columns=LAYER_BARRIER_COLUMNS)
+    distances = pd.DataFrame([{**meta, **r} for r in layer_distances(a, b, layers)], columns=LAYER_DISTANCE_COLUMNS)
+    write_csv(barriers, out_barriers)
+    write_csv(distances, out_distances)
+    full = barriers[(barriers["mode"] == "shallow") & (barriers["layer_index"] == len(layers) - 1)]
+    for _, r in full.iterrows():
+        log.info("pair %s round %d %s: full-model barrier loss %.4f error %.4f", pair, round_, r["split"],
+                 r["barrier_loss"], r["barrier_error"])
+    log.info("pair %s round %d: %d layers x %d modes in %.1f s", pair, round_, len(layers), len(MODES),
+             time.perf_counter() - t0)

@@ -1,0 +1,59 @@
+"""The client-statistics figure: gradient diversity, update cosine and L2 to final per round (torch-free)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedscape.analysis.client_stats.definitions import CLIENT_STATS_FIGURE_COLUMNS
+from fedscape.core.alpha import parse_alpha
+from fedscape.core.runs import parse_run_id
+from fedscape.outputs.style import RunStyle, empty_figure, label_run, pyplot, save_figure_outputs, varying_keys
+
+
+def client_stats_figure(table: str | Path, outputs: dict[str, str | Path]) -> None:
+    """Gradient diversity, update cosine and L2 to final per round; colour = alpha, line style = init.
+
+    The bottom row of the figure of Nguyen et al. 2022 ("Where to begin?"); one row of panels per
+    (dataset, model, algorithm, clients, participation), seeds averaged.
+    """
+    df = pd.read_csv(table)
+    if df.empty:
+        save_figure_outputs(empty_figure("no client statistics (client_stats.csv has no rows)"), outputs,
+                            pd.DataFrame(columns=CLIENT_STATS_FIGURE_COLUMNS))
+        return
+    fields = pd.DataFrame([parse_run_id(r) for r in df["run_id"]], index=df.index)
+    df = pd.concat([df, fields], axis=1)
+    group_keys = ["dataset", "model", "algorithm", "num_clients", "participation"]
+    shown = ["dataset", "model", "algorithm", *varying_keys(df, ["num_clients", "participation"])]
+    stats = [("gradient_diversity", "gradient diversity"), ("update_cosine_mean", "cosine similarity of updates"),
+             ("l2_to_final", "L2 distance to final weights")]
+    groups = list(df.groupby(group_keys, sort=True))
+    style = RunStyle(df)
+    line_keys = ["alpha", *(["init"] if df["init"].nunique() > 1 else [])]
+    plt = pyplot()
+    fig, axes = plt.subplots(len(groups), len(stats), figsize=(9.5, 0.6 + 2.4 * len(groups)), squeeze=False,
+                             sharex=True, layout="constrained")
+    legend, plotted = {}, []
+    for g, (key, sub) in enumerate(groups):
+        mean = (sub.replace([np.inf, -np.inf], np.nan)
+                .groupby(["alpha", "init", "round"])[[s for s, _ in stats]].mean().reset_index())
+        mean = mean.assign(**dict(zip(group_keys, key, strict=True)))
+        plotted.append(mean)
+        lines = sorted(mean.groupby(["alpha", "init"]), key=lambda item: (-parse_alpha(item[0][0]),
+                                                                          item[0][1] != "random", item[0][1]))
+        for j, (stat, title) in enumerate(stats):
+            ax = axes[g, j]
+            for (alpha, init), line in lines:
+                (handle,) = ax.plot(line["round"], line[stat], color=style.color(alpha),
+                                    linestyle=style.linestyle(init), lw=1.2)
+                legend.setdefault(label_run({"alpha": alpha, "init": init}, line_keys), handle)
+            ax.set_title(title if g == 0 else "")
+            ax.set_ylabel(label_run(dict(zip(group_keys, key, strict=True)), shown, sep="\n") if j == 0 else "")
+            if g == len(groups) - 1:
+                ax.set_xlabel("round")
+    fig.suptitle("Client-update statistics per round, mean over seeds (colour: alpha, line style: init)")
+    fig.legend(legend.values(), legend.keys(), loc="outside right center")
+    save_figure_outputs(fig, outputs, pd.concat(plotted, ignore_index=True))

@@ -1,0 +1,136 @@
+"""Figures of the Hessian analysis: lambda_max and trace per algorithm or per init, and the spectral density
+(torch-free)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedscape.analysis.hessian.definitions import AGGREGATE, DENSITY_COLUMNS
+from fedscape.core.alpha import alpha_label, parse_alpha
+from fedscape.core.runs import RUN_FIELDS, parse_run_id
+from fedscape.outputs.style import PALETTE, alpha_colors, alpha_order, format_field, label_run, pyplot
+from fedscape.outputs.style import save_figure_outputs as save
+
+
+def _with_fields(df: pd.DataFrame) -> pd.DataFrame:
+    fields_df = pd.DataFrame([parse_run_id(r) for r in df["run_id"]], index=df.index)
+    return pd.concat([df, fields_df[[c for c in RUN_FIELDS if c not in df.columns]]], axis=1)
+
+
+def density_on_grid(nodes: Sequence[np.ndarray], weights: Sequence[np.ndarray], grid: np.ndarray,
+                    sigma2: float | None = None) -> np.ndarray:
+    """The SLQ density smoothed with a Gaussian kernel (PyHessian: sigma^2 = 1e-5 * max(1, lambda range))."""
+    all_nodes = np.concatenate([np.asarray(n) for n in nodes])
+    if sigma2 is None:
+        sigma2 = 1e-5 * max(1.0, float(all_nodes.max() - all_nodes.min()))
+    out = np.zeros_like(grid, dtype=float)
+    for n, w in zip(nodes, weights, strict=True):
+        diff = grid[:, None] - np.asarray(n)[None, :]
+        out += (np.exp(-(diff**2) / (2 * sigma2)) / math.sqrt(2 * math.pi * sigma2)) @ np.asarray(w)
+    return out / len(nodes)
+
+
+def lambda_trace_figure(table: str | Path, outputs: dict, by: str) -> None:
+    """lambda_max and trace of the global model on the aggregate data, per `by` (algorithm or init).
+
+    One panel per (metric, dataset/model, round); x = the `by` field, colour = alpha (fedscape.outputs.style),
+    one point per seed (trace with its standard error) and a bar at the mean: FedAlign Table 1 (per
+    algorithm) and the Meta poster's top eigenvalue at init (per init).
+    """
+    if by not in ("algorithm", "init"):
+        raise ValueError(f"by must be 'algorithm' or 'init', got {by!r}")
+    df = _with_fields(pd.read_csv(table))
+    df = df[df["data"] == AGGREGATE]
+    long = pd.concat([
+        df.assign(metric="lambda_max", value=df["lambda_1"], stderr=math.nan),
+        df.assign(metric="trace", value=df["trace"], stderr=df["trace_stderr"]),
+    ], ignore_index=True)
+    long["setting"] = long["dataset"] + "/" + long["model"]
+    data_cols = ["metric", "setting", "round", by, "alpha", "seed", "run_id", "value", "stderr"]
+    data = long[data_cols].sort_values(data_cols[:6]).reset_index(drop=True)
+
+    plt = pyplot()
+    panels = sorted({(s, int(r)) for s, r in zip(long["setting"], long["round"], strict=True)})
+    metrics = ["lambda_max", "trace"]
+    fig, axes = plt.subplots(len(metrics), max(1, len(panels)), figsize=(3.2 * max(1, len(panels)), 5.0),
+                             squeeze=False, layout="constrained")
+    alphas = alpha_order(long["alpha"].astype(str).unique())
+    colors = alpha_colors(alphas)
+    legend = {}
+    for col, (setting, round_) in enumerate(panels):
+        for row, metric in enumerate(metrics):
+            ax = axes[row, col]
+            sub = long[(long["setting"] == setting) & (long["round"] == round_) & (long["metric"] == metric)]
+            cats = sorted(sub[by].astype(str).unique())
+            width = 0.8 / max(1, len(alphas))
+            for i, cat in enumerate(cats):
+                for j, alpha in enumerate(alphas):
+                    pts = sub[(sub[by].astype(str) == cat) & (sub["alpha"].astype(str) == alpha)]
+                    if pts.empty:
+                        continue
+                    color = colors[parse_alpha(alpha)]
+                    xpos = i - 0.4 + width * (j + 0.5)
+                    jitter = np.linspace(-width * 0.25, width * 0.25, len(pts)) if len(pts) > 1 else np.zeros(1)
+                    handle = ax.errorbar(xpos + jitter, pts["value"], yerr=pts["stderr"].fillna(0), fmt="o", ms=4,
+                                         color=color, capsize=2)
+                    ax.hlines(pts["value"].mean(), xpos - width * 0.4, xpos + width * 0.4, color=color)
+                    legend.setdefault(alpha_label(alpha), handle)
+            ax.set_xticks(range(len(cats)), [format_field(by, c) for c in cats], rotation=20)
+            ax.grid(axis="x", visible=False)
+            ax.set_title(f"{setting}, round {round_}")
+            ax.set_ylabel("λmax" if metric == "lambda_max" else "trace (Hutchinson)")
+    if not panels:
+        axes[0, 0].text(0.5, 0.5, "no Hessian rows of the aggregate data", ha="center", va="center")
+    fig.suptitle(f"Hessian of the global model on the aggregate data, per {by} (points: seeds)")
+    if legend:
+        fig.legend(legend.values(), legend.keys(), loc="outside right center", title="partition")
+    save(fig, outputs, data)
+
+
+def density_figure(inputs: list[str | Path], outputs: dict, grid_points: int = 1000) -> None:
+    """Spectral density of the aggregate-data Hessian by SLQ (Ghorbani et al. 2019): one panel per run, one line
+    per round, Gaussian-smoothed as in PyHessian, log scale."""
+    frames = [f for f in (pd.read_csv(p) for p in inputs) if len(f)]  # a diverged run's job has no density
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DENSITY_COLUMNS)
+    df = df[df["data"] == AGGREGATE]
+    runs = sorted(df["run_id"].unique())
+    curves = []
+    for run_id in runs:
+        for round_, sub in df[df["run_id"] == run_id].groupby("round"):
+            groups = [g for _, g in sub.groupby("probe")]
+            nodes = [g["node"].to_numpy() for g in groups]
+            weights = [g["weight"].to_numpy() for g in groups]
+            lo, hi = float(sub["node"].min()), float(sub["node"].max())
+            pad = 0.05 * max(hi - lo, 1e-3)
+            grid = np.linspace(lo - pad, hi + pad, grid_points)
+            curves.append(pd.DataFrame({"run_id": run_id, "round": int(round_), "eigenvalue": grid,
+                                        "density": density_on_grid(nodes, weights, grid)}))
+    data = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(
+        columns=["run_id", "round", "eigenvalue", "density"])
+
+    plt = pyplot()
+    varying = [f for f in RUN_FIELDS if len({parse_run_id(r)[f] for r in runs}) > 1] or ["algorithm"]
+    round_colors = {r: PALETTE[i % len(PALETTE)] for i, r in enumerate(sorted(data["round"].unique()))}
+    ncols = min(3, max(1, len(runs)))
+    nrows = max(1, math.ceil(len(runs) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows), squeeze=False, layout="constrained")
+    for ax in axes.flat[len(runs):]:
+        ax.axis("off")
+    if not runs:
+        axes[0, 0].text(0.5, 0.5, "no spectral densities (density disabled or no Hessian job)", ha="center")
+    for ax, run_id in zip(axes.flat, runs, strict=False):
+        for round_, sub in data[data["run_id"] == run_id].groupby("round"):
+            ax.semilogy(sub["eigenvalue"], np.maximum(sub["density"], 1e-12), label=f"round {round_}", lw=1,
+                        color=round_colors[round_])
+        ax.set_ylim(bottom=1e-6)
+        ax.set_title(label_run(parse_run_id(run_id), varying))
+        ax.set_xlabel("eigenvalue")
+        ax.set_ylabel("density (SLQ)")
+        ax.legend()
+    fig.suptitle("Hessian eigenvalue density of the global model on the aggregate data")
+    save(fig, outputs, data)

@@ -1,0 +1,445 @@
+"""Second-order analysis of a model's loss without forming the Hessian.
+
+Everything here works on Hessian-vector products (HVPs) of the mean cross-entropy over a fixed
+evaluation set, with the model in eval mode (batch norm uses its running statistics, so the loss is
+a deterministic function of the parameters):
+
+* top-k eigenpairs by power iteration with deflation (PyHessian, Yao et al. 2020) or by Lanczos
+  with full reorthogonalisation;
+* the trace and the diagonal by Hutchinson's estimator with Rademacher probes and a fixed probe
+  count, with the standard error of the trace (Hutchinson 1989; Bekas et al. 2007 for the diagonal);
+* the eigenvalue spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019);
+* the cross-client Hessian norm difference HN and direction similarity HD (Mendieta et al. 2022,
+  "Local Learning Matters" / FedAlign, eqs. 3-4, Table 1).
+
+Vectors are flat, in `fedscape.models.params` order, so eigenvectors can be used directly as the
+directions of a landscape plane (FedAlign Fig. 1).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from fedscape.analysis.hessian.definitions import HessianSettings
+from fedscape.core.seeds import derive_seed
+
+log = logging.getLogger("fedscape.hessian")
+
+# Random streams, all derived from HessianSettings.seed (utils.derive_seed): the probes are shared by
+# every data set of a job (common random numbers: identical clients give identical diagonals).
+_STREAM_EIGEN, _STREAM_PROBES, _STREAM_DENSITY, _STREAM_SUBSET = 1, 2, 3, 4
+
+
+# -- the operator ----------------------------------------------------------------------------------
+class HessianOperator:
+    """Hessian-vector products of the mean cross-entropy over (x, y) by double backprop (Pearlmutter 1994).
+
+    The model is put in eval mode for the operator's lifetime (restored by `close`). With
+    `cache_graph`, the gradient graph of every batch is built once and each product is one
+    backward pass through it (PyHessian); otherwise every product rebuilds it batch by batch (less
+    memory, about one extra gradient per product). Uneven batches are weighted by their size so the
+    operator is the Hessian of the mean loss over all samples. TF32 matmuls and convolutions are
+    switched off on CUDA until `close` (their ~1e-3 relative error would swamp a 1e-4 tolerance).
+    """
+
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512, cache_graph: bool = True):
+        if len(y) == 0:
+            raise ValueError("the evaluation set is empty")
+        if len(x) != len(y):
+            raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+        self.model = model
+        self._was_training = model.training
+        self._tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        model.eval()
+        first = next(model.parameters())
+        self.device, self.dtype = first.device, first.dtype
+        self._names = [n for n, _ in model.named_parameters()]
+        self._shapes = [p.shape for p in model.parameters()]
+        self._sizes = [p.numel() for p in model.parameters()]
+        self._buffers = {n: b.detach() for n, b in model.named_buffers()}
+        self.center = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
+        self.n = len(y)
+        self.dim = self.center.numel()
+        self.batches = [(x[i:i + batch_size].to(self.device), y[i:i + batch_size].to(self.device))
+                        for i in range(0, self.n, batch_size)]
+        self.cache_graph = cache_graph
+        self.products = 0
+        self._w: Tensor | None = None
+        self._grad: Tensor | None = None
+        if cache_graph:
+            self._w = self.center.clone().requires_grad_(True)
+            self._grad = self._gradient(self._w, create_graph=True)
+
+    def _batch_loss(self, w: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
+        params = {n: t.view(s) for n, t, s in zip(self._names, torch.split(w, self._sizes), self._shapes, strict=True)}
+        logits = functional_call(self.model, {**params, **self._buffers}, (xb,))
+        return F.cross_entropy(logits, yb, reduction="sum") / self.n
+
+    def _gradient(self, w: Tensor, create_graph: bool) -> Tensor:
+        total = torch.zeros_like(w)
+        for xb, yb in self.batches:
+            total = total + torch.autograd.grad(self._batch_loss(w, xb, yb), w, create_graph=create_graph)[0]
+        return total
+
+    def loss(self, w: Tensor | None = None) -> float:
+        """The mean loss at `w` (default: the centre)."""
+        w = self.center if w is None else w.to(self.device, self.dtype)
+        with torch.no_grad():
+            return float(sum(self._batch_loss(w, xb, yb).double() for xb, yb in self.batches))
+
+    def gradient(self) -> Tensor:
+        """The gradient of the mean loss at the centre."""
+        w = self.center.clone().requires_grad_(True)
+        return self._gradient(w, create_graph=False).detach()
+
+    def hvp(self, v: Tensor) -> Tensor:
+        """H v for a flat vector v (same length as the parameters)."""
+        v = v.to(self.device, self.dtype)
+        if v.shape != self.center.shape:
+            raise ValueError(f"vector has shape {tuple(v.shape)}, the parameters {tuple(self.center.shape)}")
+        self.products += 1
+        if self.cache_graph:
+            return torch.autograd.grad(self._grad, self._w, v, retain_graph=True)[0].detach()
+        out = torch.zeros_like(self.center)
+        for xb, yb in self.batches:
+            w = self.center.clone().requires_grad_(True)
+            g = torch.autograd.grad(self._batch_loss(w, xb, yb), w, create_graph=True)[0]
+            out += torch.autograd.grad(g, w, v)[0]
+        return out
+
+    def close(self) -> None:
+        """Free the cached graph; restore the model's training mode and the TF32 switches."""
+        self._w = self._grad = None
+        self.model.train(self._was_training)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self._tf32
+
+    def __enter__(self) -> HessianOperator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def exact_hessian(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """The full Hessian of the mean cross-entropy w.r.t. the flat parameters (torch.func.hessian; tiny models)."""
+    with HessianOperator(model, x, y, batch_size=len(y), cache_graph=False) as op:
+        xb, yb = op.batches[0]
+        return torch.func.hessian(lambda w: op._batch_loss(w, xb, yb))(op.center.clone())
+
+
+# -- random vectors --------------------------------------------------------------------------------
+def _generator(seed: int, *stream: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(seed, *stream))
+
+
+def rademacher(dim: int, generator: torch.Generator) -> Tensor:
+    """A vector of independent +-1 entries (drawn on the CPU so every device sees the same probes)."""
+    return torch.randint(0, 2, (dim,), generator=generator, dtype=torch.int8).float() * 2 - 1
+
+
+def _gaussian_unit(dim: int, generator: torch.Generator) -> Tensor:
+    v = torch.randn(dim, generator=generator, dtype=torch.float64)
+    return v / v.norm()
+
+
+def _project_out(v: Tensor, basis: Sequence[Tensor] | Tensor) -> Tensor:
+    """v minus its components along orthonormal vectors (twice: classical Gram-Schmidt re-orthogonalised)."""
+    if len(basis) == 0:
+        return v
+    q = basis if isinstance(basis, Tensor) else torch.stack(list(basis))
+    for _ in range(2):
+        v = v - q.T @ (q @ v)
+    return v
+
+
+# -- eigenvalues -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EigenResult:
+    """Top-k eigenpairs, with the HVPs spent on each, convergence flags and residuals ||Hv - lambda v||."""
+
+    values: tuple[float, ...]
+    vectors: Tensor  # [k, P], orthonormal rows (float64, on the operator's device)
+    iterations: tuple[int, ...]
+    converged: tuple[bool, ...]
+    residuals: tuple[float, ...]
+    method: str
+
+    @property
+    def total_iterations(self) -> int:
+        return int(sum(self.iterations))
+
+
+def power_iteration(op: HessianOperator, k: int, tol: float = 1e-4, max_iter: int = 100,
+                    seed: int = 0) -> EigenResult:
+    """Top-k eigenpairs by power iteration with deflation (PyHessian, Yao et al. 2020; as used by FedAlign).
+
+    Eigenvalue i is the Rayleigh quotient of the iterate, stopped when it changes by less than
+    `tol` relative to its size (PyHessian's rule); each iterate is kept orthogonal to the
+    eigenvectors already found. Like PyHessian it finds the eigenvalues of largest magnitude.
+    """
+    gen = _generator(seed, _STREAM_EIGEN)
+    values, vectors, iterations, converged, residuals = [], [], [], [], []
+    for i in range(k):
+        v = _project_out(_gaussian_unit(op.dim, gen).to(op.device), vectors)
+        v = v / v.norm()
+        previous, done, it = None, False, 0
+        value = residual = math.nan
+        vector = v
+        for it in range(1, max_iter + 1):  # noqa: B007 (the count is kept after the loop)
+            hv = op.hvp(v).double()
+            value, vector = float(v @ hv), v
+            residual = float((hv - value * v).norm())
+            if previous is not None and abs(value - previous) <= tol * (abs(previous) + 1e-12):
+                done = True
+                break
+            previous = value
+            w = _project_out(hv, vectors)
+            norm = w.norm()
+            if float(norm) == 0.0:  # v lies in the null space (after deflation): eigenvalue 0
+                done = True
+                break
+            v = w / norm
+        values.append(value)
+        vectors.append(vector)
+        iterations.append(it)
+        converged.append(done)
+        residuals.append(residual)
+        log.info("eigenvalue %d/%d: %.6g after %d products (%s, residual %.3g)", i + 1, k, value, it,
+                 "converged" if done else "NOT converged", residual)
+    return EigenResult(tuple(values), torch.stack(vectors), tuple(iterations), tuple(converged), tuple(residuals),
+                       "power")
+
+
+@dataclass(frozen=True)
+class LanczosResult:
+    """The tridiagonal matrix of a Lanczos run and (optionally) its orthonormal basis."""
+
+    alpha: np.ndarray  # [m]
+    beta: np.ndarray  # [m-1] off-diagonal
+    basis: Tensor | None  # [m, P]
+    last_beta: float  # the norm of the residual after the last step
+
+    def ritz(self) -> tuple[np.ndarray, np.ndarray]:
+        """Ritz values (ascending) and the eigenvectors of the tridiagonal matrix."""
+        m = len(self.alpha)
+        t = np.diag(self.alpha) + np.diag(self.beta, 1) + np.diag(self.beta, -1) if m > 1 else np.diag(self.alpha)
+        return np.linalg.eigh(t)
+
+
+def lanczos(op: HessianOperator, v0: Tensor, steps: int,
+            stop: Callable[[LanczosResult], bool] | None = None) -> LanczosResult:
+    """Lanczos tridiagonalisation with full reorthogonalisation (Golub & Van Loan, Matrix Computations, 10.1)."""
+    steps = min(steps, op.dim)
+    basis = torch.zeros(steps, op.dim, dtype=torch.float64, device=op.device)
+    alpha: list[float] = []
+    beta: list[float] = []
+    q = v0.to(op.device, torch.float64)
+    q = q / q.norm()
+    last = 0.0
+    for j in range(steps):
+        basis[j] = q
+        w = op.hvp(q).double()
+        a = float(q @ w)
+        w = _project_out(w, basis[: j + 1])
+        b = float(w.norm())
+        alpha.append(a)
+        last = b
+        result = LanczosResult(np.array(alpha), np.array(beta), basis[: j + 1], last)
+        if stop is not None and stop(result):
+            return result
+        if b <= 1e-10 * max(1.0, abs(a)):  # an invariant subspace: the spectrum seen from v0 is exhausted
+            return result
+        if j + 1 < steps:
+            beta.append(b)
+            q = w / b
+    return LanczosResult(np.array(alpha), np.array(beta[: len(alpha) - 1]), basis[: len(alpha)], last)
+
+
+def lanczos_eigen(op: HessianOperator, k: int, tol: float = 1e-4, max_iter: int = 100, seed: int = 0) -> EigenResult:
+    """Top-k (largest algebraic) eigenpairs by Lanczos with full reorthogonalisation (Golub & Van Loan 10.1).
+
+    Stops when every one of the k Ritz pairs has a residual bound beta_m |s_mi| <= tol |theta_i|, a
+    bound on the relative eigenvalue error that power iteration's stopping rule does not give.
+    """
+    gen = _generator(seed, _STREAM_EIGEN)
+
+    def converged(result: LanczosResult) -> bool:
+        if len(result.alpha) <= k:
+            return False
+        theta, s = result.ritz()
+        bounds = result.last_beta * np.abs(s[-1, -k:])
+        return bool(np.all(bounds <= tol * np.abs(theta[-k:])))
+
+    result = lanczos(op, _gaussian_unit(op.dim, gen), max(max_iter, k), stop=converged)
+    theta, s = result.ritz()
+    m = len(theta)
+    take = list(range(m - 1, max(m - 1 - k, -1), -1))
+    vectors = torch.as_tensor(s[:, take].T.copy(), device=op.device) @ result.basis
+    bounds = result.last_beta * np.abs(s[-1, take])
+    done = bool(np.all(bounds <= tol * np.abs(theta[take]))) or result.last_beta <= 1e-10
+    values = tuple(float(theta[i]) for i in take)
+    residuals = tuple(float(b) for b in bounds)
+    log.info("lanczos: top-%d eigenvalues %s after %d products (%s)", k, ", ".join(f"{v:.6g}" for v in values), m,
+             "converged" if done else "NOT converged")
+    if len(values) < k:
+        raise ValueError(f"the Hessian has rank < {k} along the start vector: only {len(values)} eigenvalues found")
+    # Lanczos shares its products among the k eigenpairs: the count is reported once, on the first.
+    return EigenResult(values, vectors, (m,) + (0,) * (k - 1), (done,) * k, residuals, "lanczos")
+
+
+def top_eigen(op: HessianOperator, settings: HessianSettings) -> EigenResult:
+    """Top-k eigenpairs with the configured method."""
+    if settings.method == "lanczos":
+        return lanczos_eigen(op, settings.top_k, settings.tol, settings.max_iter, settings.seed)
+    return power_iteration(op, settings.top_k, settings.tol, settings.max_iter, settings.seed)
+
+
+# -- trace and diagonal ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HutchinsonResult:
+    """Trace and diagonal estimates from the same Rademacher probes (Hutchinson 1989; Bekas et al. 2007)."""
+
+    trace: float
+    stderr: float  # standard error of the trace: std(z^T H z) / sqrt(probes)
+    diagonal: Tensor  # [P] float64 on the CPU: mean of z * Hz
+    samples: np.ndarray  # z^T H z per probe
+
+    @property
+    def probes(self) -> int:
+        return len(self.samples)
+
+
+def hutchinson(op: HessianOperator, probes: int, seed: int = 0, every: float = 30.0) -> HutchinsonResult:
+    """Hutchinson estimates of tr(H) and diag(H) with a fixed number of Rademacher probes (Hutchinson 1989).
+
+    The probe count is fixed rather than stopped on a running-mean rule: that rule (PyHessian's)
+    was measured to stop at about 4% error. The standard error of the trace comes from the spread
+    of z^T H z over the probes.
+    """
+    if probes < 2:
+        raise ValueError(f"at least two probes are needed for a standard error, got {probes}")
+    gen = _generator(seed, _STREAM_PROBES)
+    diag = torch.zeros(op.dim, dtype=torch.float64, device=op.device)
+    samples = np.empty(probes)
+    t0 = last = time.perf_counter()
+    for i in range(probes):
+        z = rademacher(op.dim, gen).to(op.device, op.dtype)
+        hz = op.hvp(z)
+        zhz = (z.double() * hz.double())
+        diag += zhz
+        samples[i] = float(zhz.sum())
+        now = time.perf_counter()
+        if now - last > every:
+            log.info("hutchinson: %d/%d probes, trace %.6g so far (%.0f s)", i + 1, probes, samples[: i + 1].mean(),
+                     now - t0)
+            last = now
+    diag /= probes
+    return HutchinsonResult(float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(probes)), diag.cpu(),
+                            samples)
+
+
+# -- spectral density ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DensityResult:
+    """Gauss quadrature nodes and weights of the spectral density, one set per SLQ probe."""
+
+    nodes: list[np.ndarray]
+    weights: list[np.ndarray]
+
+
+def slq_density(op: HessianOperator, steps: int = 90, probes: int = 10, seed: int = 0) -> DensityResult:
+    """Stochastic Lanczos quadrature of the eigenvalue density (Ghorbani et al. 2019; Lin et al. 2016).
+
+    For each normalised Rademacher probe v, m Lanczos steps give T = S diag(theta) S^T; the density
+    is approximated by sum_i S_0i^2 delta(t - theta_i), averaged over probes.
+    """
+    gen = _generator(seed, _STREAM_DENSITY)
+    nodes, weights = [], []
+    for i in range(probes):
+        t0 = time.perf_counter()
+        result = lanczos(op, rademacher(op.dim, gen).double(), steps)
+        theta, s = result.ritz()
+        nodes.append(theta)
+        weights.append(s[0, :] ** 2)
+        log.info("density: probe %d/%d, %d Lanczos steps, eigenvalues in [%.4g, %.4g] (%.1f s)", i + 1, probes,
+                 len(theta), theta.min(), theta.max(), time.perf_counter() - t0)
+    return DensityResult(nodes, weights)
+
+
+# -- cross-client consistency ----------------------------------------------------------------------
+def hessian_norm_direction(diagonals: Sequence[Tensor]) -> tuple[float, float]:
+    """HN and HD of FedAlign (Mendieta et al. 2022, eqs. 3-4) from per-client Hessian diagonals.
+
+    HN = mean over client pairs of (||D_k||^2 - ||D_j||^2)^2 (as written in the paper) and HD = mean
+    over pairs of cos(D_k, D_j), with D_k the Hutchinson estimate of diag(H) on client k's data.
+    NaN with fewer than two clients.
+    """
+    if len(diagonals) < 2:
+        return math.nan, math.nan
+    d = torch.stack([t.detach().double().cpu() for t in diagonals])
+    sq = (d * d).sum(dim=1)
+    gram = d @ d.T
+    hn, hd = [], []
+    for k, j in itertools.combinations(range(len(diagonals)), 2):
+        hn.append(float((sq[k] - sq[j]) ** 2))
+        denom = math.sqrt(float(sq[k]) * float(sq[j]))
+        hd.append(float(gram[k, j]) / denom if denom > 0 else math.nan)
+    return float(np.mean(hn)), float(np.mean(hd))
+
+
+# -- evaluation sets and one full analysis ---------------------------------------------------------
+def eval_subset(n: int, max_samples: int | None, seed: int, key: int = 0) -> Tensor:
+    """Sorted indices of a fixed, seeded evaluation subset of n samples (all of them when n <= max_samples)."""
+    if max_samples is None or n <= max_samples:
+        return torch.arange(n)
+    perm = torch.randperm(n, generator=_generator(seed, _STREAM_SUBSET, key))
+    return perm[:max_samples].sort().values
+
+
+@dataclass(frozen=True)
+class HessianReport:
+    """Everything measured on one data set."""
+
+    n_eval: int
+    loss: float
+    eigen: EigenResult | None
+    hutchinson: HutchinsonResult
+    density: DensityResult | None
+    products: int
+    seconds: float
+
+
+def analyse(model: nn.Module, x: Tensor, y: Tensor, settings: HessianSettings, eigen: bool = True,
+            density: bool | None = None) -> HessianReport:
+    """Eigenpairs, Hutchinson trace and diagonal, and optionally the SLQ density of the loss on (x, y)."""
+    density = settings.density if density is None else density
+    t0 = time.perf_counter()
+    with HessianOperator(model, x, y, settings.batch_size, settings.cache_graph) as op:
+        loss = op.loss()
+        eig = top_eigen(op, settings) if eigen else None
+        hutch = hutchinson(op, settings.trace_probes, settings.seed)
+        dens = slq_density(op, settings.density_steps, settings.density_probes, settings.seed) if density else None
+        products = op.products
+    return HessianReport(len(y), loss, eig, hutch, dens, products, time.perf_counter() - t0)
+
+
+def orthonormal_plane(v1: Tensor, v2: Tensor) -> tuple[Tensor, Tensor]:
+    """Two unit directions spanning (v1, v2), the second orthogonalised against the first (Gram-Schmidt)."""
+    d1 = v1.double() / v1.double().norm()
+    d2 = v2.double() - (v2.double() @ d1) * d1
+    norm = d2.norm()
+    if float(norm) == 0:
+        raise ValueError("the two eigenvectors are parallel")
+    return d1, d2 / norm

@@ -1,0 +1,169 @@
+"""The Hessian stage: one job per (run, round) evaluates the global model on the aggregate data (top-k
+eigenpairs, Hutchinson trace, SLQ density, the eigenvector plane) and on every client's data (top-k
+eigenvalues, trace and Hessian diagonal, hence HN and HD of FedAlign, Mendieta et al. 2022)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fedscape.analysis.hessian.definitions import (
+    AGGREGATE,
+    CLIENT_COLUMNS,
+    DENSITY_COLUMNS,
+    HessianSettings,
+    client_label,
+    hessian_columns,
+)
+from fedscape.analysis.hessian.maths import analyse, eval_subset, hessian_norm_direction, orthonormal_plane
+from fedscape.analysis.landscape.planes import META_KEYS, Plane, save_plane
+from fedscape.core.io import write_csv, write_json
+from fedscape.core.runs import DIVERGED, OK
+from fedscape.data.federated import load_federated_data
+from fedscape.models.checkpoint import load_trajectory
+from fedscape.models.device import resolve_device
+
+log = logging.getLogger("fedscape.hessian")
+
+
+def _row(run_id: str, round_: int, data: str, report, top_k: int) -> dict:
+    row = {"run_id": run_id, "round": round_, "data": data}
+    values = list(report.eigen.values) if report.eigen is not None else []
+    for i in range(top_k):
+        row[f"lambda_{i + 1}"] = values[i] if i < len(values) else math.nan
+    row.update({"trace": report.hutchinson.trace, "trace_stderr": report.hutchinson.stderr, "n_eval": report.n_eval,
+                "iterations": report.eigen.total_iterations if report.eigen is not None else 0, "status": OK})
+    return row
+
+
+def _details(report) -> dict:
+    out = {"n_eval": report.n_eval, "loss": report.loss, "trace": report.hutchinson.trace,
+           "trace_stderr": report.hutchinson.stderr, "trace_probes": report.hutchinson.probes,
+           "hvp_products": report.products, "seconds": round(report.seconds, 3)}
+    if report.eigen is not None:
+        e = report.eigen
+        out.update({"method": e.method, "eigenvalues": list(e.values), "iterations": list(e.iterations),
+                    "converged": list(e.converged), "residuals": list(e.residuals)})
+    return out
+
+
+def write_eigen_plane(path: str | Path, center, center_buffers, d1, d2, meta: dict) -> None:
+    """Write the eigenvector plane with the landscape stage's `save_plane` (kind `hessian`; extra meta kept)."""
+    def flat(a) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a, dtype=np.float32)).reshape(-1)
+
+    ev = meta.get("explained_variance")
+    plane = Plane(
+        center=flat(center), center_buffers=flat(center_buffers), d1=flat(d1), d2=flat(d2), kind=meta["kind"],
+        runs=tuple(meta["runs"]), round=meta["round"], explained_variance=None if ev is None else tuple(ev),
+        axis_labels=tuple(meta["axis_labels"]), model_meta=dict(meta["model_meta"]), seed=meta["seed"],
+        extra={k: v for k, v in meta.items() if k not in META_KEYS},
+    )
+    save_plane(path, plane)
+
+
+def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: str | Path,
+                  outputs: dict[str, str | Path]) -> None:
+    """One (run, round): Hessian metrics on the aggregate data and on each client's data; writes the
+    job's hessian.csv, hessian_clients.csv, density.csv, eigen_plane.npz and hessian.json."""
+    t_start = time.perf_counter()
+    hs = HessianSettings(**settings["hessian"])
+    run_id, round_ = settings["run_id"], int(settings["round"])
+    device = resolve_device(settings["device"])
+    traj = load_trajectory(trajectory_path)
+    reason = traj.unusable(round_)
+    if reason is not None:
+        _write_diverged(settings, traj, reason, outputs, t_start)
+        return
+    model = traj.model_at(round_, device)
+    data = load_federated_data(settings["run"]["dataset"], settings["dataset_options"], partition_path, device)
+    log.info("hessian of %s at round %d on %s: %d parameters, %d clients, top-%d by %s, %d trace probes",
+             run_id, round_, device, traj.params.shape[1], data.num_clients, hs.top_k, hs.method, hs.trace_probes)
+
+    # the aggregate data: eigenpairs (the plane), trace, density
+    x_all, y_all = data.union()
+    idx = eval_subset(len(y_all), hs.eval_samples, hs.seed, key=0).to(x_all.device)
+    agg = analyse(model, x_all[idx], y_all[idx], hs)
+    log.info("data %s (n=%d): lambda = %s, trace = %.6g +- %.3g (%d products, %.1f s)", AGGREGATE, agg.n_eval,
+             ", ".join(f"{v:.6g}" for v in agg.eigen.values), agg.hutchinson.trace, agg.hutchinson.stderr,
+             agg.products, agg.seconds)
+    rows = [_row(run_id, round_, AGGREGATE, agg, hs.top_k)]
+    details = {"run_id": run_id, "round": round_, "device": str(device), "settings": settings["hessian"],
+               "data": {AGGREGATE: _details(agg)}}
+    density_rows = []
+    if agg.density is not None:
+        for p, (nodes, weights) in enumerate(zip(agg.density.nodes, agg.density.weights, strict=True)):
+            density_rows.extend({"run_id": run_id, "round": round_, "data": AGGREGATE, "probe": p, "node": float(n),
+                                 "weight": float(w)} for n, w in zip(nodes, weights, strict=True))
+
+    # each client's data: eigenvalues, trace and the diagonal (HN, HD)
+    diagonals = []
+    for k, client_idx in enumerate(data.client_indices):
+        sub = eval_subset(len(client_idx), hs.eval_samples, hs.seed, key=k + 1).to(client_idx.device)
+        ix = client_idx[sub]
+        rep = analyse(model, data.x_train[ix], data.y_train[ix], hs, density=False)
+        diagonals.append(rep.hutchinson.diagonal)
+        rows.append(_row(run_id, round_, client_label(k), rep, hs.top_k))
+        details["data"][client_label(k)] = _details(rep)
+        log.info("client %d/%d (n=%d): lambda_1 = %.6g, trace = %.6g +- %.3g (%.1f s)", k + 1, data.num_clients,
+                 rep.n_eval, rep.eigen.values[0], rep.hutchinson.trace, rep.hutchinson.stderr, rep.seconds)
+    hn, hd = hessian_norm_direction(diagonals)
+    log.info("HN = %.6g, HD = %.6f over %d clients", hn, hd, len(diagonals))
+    details.update({"hn": hn, "hd": hd})
+
+    not_converged = [d for d, v in details["data"].items() if "converged" in v and not all(v["converged"])]
+    if not_converged:
+        log.warning("eigenvalues did not reach tol %.1e within max_iter %d on %s; raise hessian.max_iter",
+                    hs.tol, hs.max_iter, ", ".join(not_converged))
+
+    # the eigenvector plane of the aggregate loss (FedAlign Fig. 1)
+    row = traj.row(round_)
+    d1, d2 = orthonormal_plane(agg.eigen.vectors[0], agg.eigen.vectors[1])
+    labels = [f"eigenvector 1 (lambda_1 = {agg.eigen.values[0]:.4g})",
+              f"eigenvector 2 (lambda_2 = {agg.eigen.values[1]:.4g})"]
+    meta = {"kind": "hessian", "runs": [run_id], "round": round_, "explained_variance": None, "axis_labels": labels,
+            "model_meta": traj.model_meta.to_dict(), "seed": hs.seed, "eigenvalues": list(agg.eigen.values[:2]),
+            "data": AGGREGATE, "n_eval": agg.n_eval, "method": hs.method}
+    write_eigen_plane(outputs["plane"], traj.params[row].numpy(), traj.buffers[row].numpy(),
+                      d1.cpu().numpy(), d2.cpu().numpy(), meta)
+
+    write_csv(pd.DataFrame(rows, columns=hessian_columns(hs.top_k)), outputs["table"])
+    client_row = {"run_id": run_id, "round": round_, "hn": hn, "hd": hd, "status": OK}
+    write_csv(pd.DataFrame([client_row], columns=CLIENT_COLUMNS), outputs["clients"])
+    write_csv(pd.DataFrame(density_rows, columns=DENSITY_COLUMNS), outputs["density"])
+    details["seconds"] = round(time.perf_counter() - t_start, 3)
+    write_json(outputs["details"], details, default=float)
+    log.info("done in %.1f s", details["seconds"])
+
+
+def _write_diverged(settings: dict, traj, reason: str, outputs: dict[str, str | Path], t_start: float) -> None:
+    """Skip a job whose model cannot be analysed (a diverged run), still writing every output: NaN rows with
+    status `diverged`, no density, an all-NaN eigenvector plane marked `diverged` and the reason in hessian.json."""
+    hs = HessianSettings(**settings["hessian"])
+    run_id, round_ = settings["run_id"], int(settings["round"])
+    log.warning("run %s, round %d: %s; the Hessian is not computed (NaN rows with status %r)", run_id, round_,
+                reason, DIVERGED)
+    num_clients = int(settings["run"]["num_clients"])
+    rows = [{"run_id": run_id, "round": round_, "data": data, "status": DIVERGED}
+            for data in [AGGREGATE, *[client_label(k) for k in range(num_clients)]]]
+    write_csv(pd.DataFrame(rows, columns=hessian_columns(hs.top_k)), outputs["table"])
+    client_row = {"run_id": run_id, "round": round_, "status": DIVERGED}
+    write_csv(pd.DataFrame([client_row], columns=CLIENT_COLUMNS), outputs["clients"])
+    write_csv(pd.DataFrame(columns=DENSITY_COLUMNS), outputs["density"])
+    nan = np.full(traj.params.shape[1], np.nan, dtype=np.float32)
+    meta = {"kind": "hessian", "runs": [run_id], "round": round_, "explained_variance": None,
+            "axis_labels": ["eigenvector 1 (not computed: the run diverged)",
+                            "eigenvector 2 (not computed: the run diverged)"],
+            "model_meta": traj.model_meta.to_dict(), "seed": hs.seed, "eigenvalues": [None, None],
+            "data": AGGREGATE, "n_eval": None, "method": hs.method, "status": DIVERGED, "reason": reason}
+    write_eigen_plane(outputs["plane"], nan, np.full(traj.buffers.shape[1], np.nan, dtype=np.float32), nan, nan,
+                      meta)
+    details = {"run_id": run_id, "round": round_, "status": DIVERGED, "reason": reason,
+               "settings": settings["hessian"], "seconds": round(time.perf_counter() - t_start, 3)}
+    write_json(outputs["details"], details, default=float)

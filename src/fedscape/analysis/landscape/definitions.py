@@ -1,0 +1,57 @@
+"""Torch-free definitions of the loss landscapes: surface and plane kinds, table columns, and the plane
+file format (read here without torch, so that gathering surfaces and drawing them need none).
+
+A plane file is an ``.npz`` written with numpy and read with ``allow_pickle=False`` holding ``center``
+[P], ``center_buffers`` [B] (floating buffers of the centre model, may be empty), ``d1`` [P], ``d2`` [P]
+(all float32) and ``meta``, a 0-d unicode array of JSON with at least ``kind`` (one of `PLANE_KINDS`),
+``runs``, ``round``, ``explained_variance``, ``axis_labels``, ``model_meta`` and ``seed``; other meta
+keys are kept (``Plane.extra``). The Hessian stage writes ``hessian`` planes in the same format.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+SURFACE_KINDS = ("trajectory", "local", "final_models", "trajectories", "random", "hessian", "three_points")
+DATA_SETS = ("train", "client", "test")
+# The plane kind (plane file `meta.kind`) each surface kind builds.
+PLANE_KIND_OF = {"trajectory": "pca", "local": "pca", "final_models": "joint_pca", "trajectories": "joint_pca",
+                 "random": "random", "hessian": "hessian", "three_points": "three_points"}
+SINGLE_RUN_KINDS = ("trajectory", "local", "random", "hessian")
+PLANE_KINDS = ("pca", "joint_pca", "three_points", "random", "hessian")
+ARRAY_KEYS = ("center", "center_buffers", "d1", "d2")
+META_KEYS = ("kind", "runs", "round", "explained_variance", "axis_labels", "model_meta", "seed")
+POINT_COLUMNS = ["label", "group", "role", "run_id", "round", "client", "a", "b", "distance", "rel_distance"]
+SURFACES_COLUMNS = ["surface_id", "kind", "runs", "round", "data", "resolution", "path"]
+LABEL_FIELDS = ("alpha", "algorithm", "init", "participation", "num_clients", "seed", "model", "dataset")
+
+
+class PlaneError(ValueError):
+    """A plane file that is missing keys, has inconsistent shapes or an unknown kind."""
+
+
+def read_plane_file(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays (float32, flat) and the parsed, checked metadata of a plane file."""
+    path = Path(path)
+    if not path.exists():
+        raise PlaneError(f"plane file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {k: npz[k] for k in npz.files}
+    except Exception as exc:  # truncated or not an npz
+        raise PlaneError(f"cannot read plane file {path} ({type(exc).__name__}: {exc}); delete it and rerun") from exc
+    missing = [k for k in (*ARRAY_KEYS, "meta") if k not in data]
+    if missing:
+        raise PlaneError(f"plane file {path} lacks {missing}; a plane holds {[*ARRAY_KEYS, 'meta']}")
+    try:
+        meta = json.loads(str(data["meta"]))
+    except json.JSONDecodeError as exc:
+        raise PlaneError(f"plane file {path}: `meta` is not JSON ({exc})") from exc
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise PlaneError(f"plane file {path}: meta lacks {missing}; required: {list(META_KEYS)}")
+    arrays = {k: np.ascontiguousarray(data[k], dtype=np.float32).reshape(-1) for k in ARRAY_KEYS}
+    return arrays, meta

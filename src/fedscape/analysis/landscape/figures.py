@@ -1,0 +1,193 @@
+"""Contour figures of loss surfaces with the projected checkpoints drawn on them (pilot study Figs 1-7).
+
+A figure is drawn from its surface .npz alone, so it can be redrawn without recomputation; the
+grid and the points are also written as CSV beside the figure for other tools.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.colors import LogNorm
+from matplotlib.patches import Patch
+
+from fedscape.analysis.landscape.gather import load_surface
+from fedscape.core.alpha import parse_alpha
+from fedscape.core.io import atomic_path
+from fedscape.core.runs import parse_run_id
+from fedscape.outputs.style import PALETTE, SEQUENTIAL_CMAP, alpha_colors, pyplot
+
+log = logging.getLogger("fedscape.landscape")
+
+AUTO_CLIP_FACTOR = 20.0  # automatic clip: 20 x the median finite loss (losses far above are divergent regions)
+
+
+def data_description(data: str) -> str:
+    if data == "train":
+        return "L: aggregate training data (union of the clients' data)"
+    if data == "test":
+        return "test set"
+    if data.startswith("client~"):
+        return f"L_m: data of client {data.split('~', 1)[1]}"
+    return data
+
+
+def loss_levels(loss: np.ndarray, n: int = 30, clip: float | None = None) -> np.ndarray:
+    """Log-spaced contour levels from the smallest finite loss to the clip value (Li et al. 2018 plot log levels)."""
+    finite = loss[np.isfinite(loss)]
+    if finite.size == 0:
+        return np.geomspace(1e-3, 1.0, n)
+    lo = max(float(finite.min()), 1e-8)
+    hi = float(finite.max()) if clip is None else float(clip)
+    if clip is None:
+        hi = min(hi, AUTO_CLIP_FACTOR * max(float(np.median(finite)), lo))
+    if hi <= lo * (1 + 1e-9):
+        hi = lo * 1.01 + 1e-8
+    return np.geomspace(lo, hi, n)
+
+
+def write_figure_data(surface: dict, grid_csv: str | Path, points_csv: str | Path) -> None:
+    """The figure's input as CSV: the grid in long form (a, b, loss, acc) and the projected points."""
+    a, b = np.meshgrid(surface["a"], surface["b"])
+    grid = pd.DataFrame({"a": a.ravel(), "b": b.ravel(), "loss": surface["loss"].ravel(),
+                         "acc": surface["acc"].ravel()})
+    points = pd.DataFrame({
+        "label": surface["points_label"], "group": surface["points_group"], "role": surface["points_role"],
+        "run_id": surface["points_run_id"], "round": surface["points_round"], "client": surface["points_client"],
+        "a": surface["points_xy"][:, 0], "b": surface["points_xy"][:, 1], "distance": surface["points_distance"],
+        "rel_distance": surface["points_rel_distance"],
+    })
+    for df, path in ((grid, grid_csv), (points, points_csv)):
+        with atomic_path(path) as tmp:
+            df.to_csv(tmp, index=False)
+
+
+def plot_surface(surface: dict, out_pdf: str | Path, out_png: str | Path, overlay: dict | None = None,
+                 levels: int = 30, clip_loss: float | None = None) -> None:
+    """Filled log-spaced loss contours, divergent regions hatched, checkpoints drawn and labelled."""
+    plt = pyplot()
+    meta = surface["meta"]
+    a, b, loss = surface["a"], surface["b"], np.asarray(surface["loss"], dtype=np.float64)
+    lv = loss_levels(loss, levels, clip_loss)
+    z = np.ma.masked_invalid(np.clip(loss, lv[0], lv[-1]))
+    fig, ax = plt.subplots(figsize=(6.4, 5.2), constrained_layout=True)
+    ax.set_facecolor("#d9d9d9")
+    handles = []
+    nonfinite = int((~np.isfinite(loss)).sum())
+    if nonfinite:  # masked cells show the hatched background
+        ax.add_patch(plt.Rectangle((a[0], b[0]), a[-1] - a[0], b[-1] - b[0], facecolor="#d9d9d9", hatch="xx",
+                                   edgecolor="#969696", zorder=0))
+        handles.append(Patch(facecolor="#d9d9d9", hatch="xx", edgecolor="#969696",
+                             label=f"diverged (NaN/inf): {nonfinite} points"))
+    clipped = bool((loss[np.isfinite(loss)] > lv[-1]).any())
+    cf = ax.contourf(a, b, z, levels=lv, norm=LogNorm(lv[0], lv[-1]), cmap=SEQUENTIAL_CMAP,
+                     extend="max" if clipped else "neither", zorder=1)
+    ax.contour(a, b, z, levels=lv[::3], colors="white", linewidths=0.4, alpha=0.6, zorder=2)
+    cbar = fig.colorbar(cf, ax=ax)
+    ticks = lv[:: max(1, (len(lv) - 1) // 6)]
+    cbar.ax.minorticks_off()
+    cbar.set_ticks(ticks, labels=[f"{t:.3g}" for t in ticks])
+    cbar.set_label("loss (log scale" + (f", clipped at {lv[-1]:.3g})" if clipped else ")"))
+    if overlay is not None:
+        oloss = np.asarray(overlay["loss"], dtype=np.float64)
+        olv = loss_levels(oloss, 10, clip_loss)
+        ax.contour(overlay["a"], overlay["b"], np.ma.masked_invalid(np.clip(oloss, olv[0], olv[-1])), levels=olv,
+                   colors=PALETTE[1], linewidths=0.9, linestyles="dashed", zorder=3)
+        handles.append(plt.Line2D([], [], color=PALETTE[1], linestyle="dashed",
+                                  label=f"{data_description(overlay['meta']['data'])} (contours)"))
+    handles += _draw_points(ax, surface, highlight=None if overlay is None else overlay["meta"]["data"])
+    labels = meta.get("axis_labels") or ["d1", "d2"]
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.set_xlim(a[0], a[-1])
+    ax.set_ylim(b[0], b[-1])
+    round_txt = "" if meta.get("round") is None else f", round {meta['round']}"
+    ax.set_title(f"{meta['surface_id']} ({meta['kind']}{round_txt})\n{data_description(meta['data'])}", fontsize=9)
+    if handles:
+        ax.legend(handles=handles, fontsize=7, loc="best", framealpha=0.85)
+    for out in (out_pdf, out_png):
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, format=Path(out).suffix.lstrip("."), dpi=150)
+    plt.close(fig)
+
+
+def _draw_points(ax, surface: dict, highlight: str | None) -> list:
+    """Trajectories as lines (start o, end *), local scope as arrows start -> client -> aggregate, others as markers."""
+    plt = pyplot()
+    xy = surface["points_xy"]
+    if len(xy) == 0:
+        return []
+    roles, groups, labels = surface["points_role"], surface["points_group"], surface["points_label"]
+    clients = surface["points_client"]
+    kind = surface["meta"]["kind"]
+    handles = []
+    if kind == "local":
+        start = xy[roles == "round_start"][0]
+        agg = xy[roles == "aggregate"][0]
+        chosen = int(highlight.split("~")[1]) if highlight and highlight.startswith("client~") else None
+        for p, cid in zip(xy[roles == "client"], clients[roles == "client"], strict=True):
+            color = PALETTE[1] if cid == chosen else "white"
+            ax.annotate("", xy=p, xytext=start, arrowprops={"arrowstyle": "->", "color": color, "lw": 1.0}, zorder=4)
+            ax.annotate("", xy=agg, xytext=p, arrowprops={"arrowstyle": "->", "color": color, "lw": 0.6,
+                                                          "linestyle": "dotted"}, zorder=4)
+            ax.plot(*p, "o", color=color, markeredgecolor="black", markersize=5, zorder=5)
+            ax.annotate(str(cid), p, textcoords="offset points", xytext=(3, 3), fontsize=6, color="white", zorder=6)
+        ax.plot(*start, "^", color=PALETTE[4], markeredgecolor="black", markersize=10, zorder=6)
+        ax.plot(*agg, "*", color=PALETTE[4], markeredgecolor="black", markersize=14, zorder=6)
+        handles += [plt.Line2D([], [], marker="^", linestyle="", color=PALETTE[4], markeredgecolor="black",
+                               label=str(labels[roles == "round_start"][0])),
+                    plt.Line2D([], [], marker="o", linestyle="", color="white", markeredgecolor="black",
+                               label="client models after local training"),
+                    plt.Line2D([], [], marker="*", linestyle="", color=PALETTE[4], markeredgecolor="black",
+                               markersize=12, label=str(labels[roles == "aggregate"][0]))]
+        if chosen is not None:
+            handles.append(plt.Line2D([], [], marker="o", linestyle="", color=PALETTE[1], markeredgecolor="black",
+                                      label=f"client {chosen}"))
+        return handles
+    order = list(dict.fromkeys(groups.tolist()))
+    colors = _group_colors(order, groups, surface["points_run_id"])
+    for group in order:
+        sel = groups == group
+        color = colors[group]
+        pts = xy[sel]
+        if kind in ("trajectory", "trajectories"):
+            ax.plot(pts[:, 0], pts[:, 1], "-", color=color, lw=1.4, zorder=4)
+            ax.plot(pts[:, 0], pts[:, 1], ".", color=color, markersize=4, zorder=4)
+            ax.plot(*pts[0], "o", color=color, markeredgecolor="black", markersize=6, zorder=5)
+            ax.plot(*pts[-1], "*", color=color, markeredgecolor="black", markersize=13, zorder=5)
+            handles.append(plt.Line2D([], [], color=color, marker="*", markeredgecolor="black", label=group))
+        else:
+            ax.plot(pts[:, 0], pts[:, 1], "o", color=color, markeredgecolor="black", markersize=8, zorder=5)
+            for p, lab in zip(pts, labels[sel], strict=True):
+                ax.annotate(str(lab), p, textcoords="offset points", xytext=(5, 5), fontsize=7, color="white",
+                            zorder=6)
+            handles.append(plt.Line2D([], [], color=color, marker="o", linestyle="", markeredgecolor="black",
+                                      label=group))
+    if kind in ("trajectory", "trajectories"):
+        handles += [plt.Line2D([], [], marker="o", linestyle="", color="white", markeredgecolor="black",
+                               label="start (round 0)"),
+                    plt.Line2D([], [], marker="*", linestyle="", color="white", markeredgecolor="black",
+                               markersize=11, label="final model")]
+    return handles
+
+
+def _group_colors(order: list[str], groups: np.ndarray, run_ids: np.ndarray) -> dict[str, str]:
+    """Colour by alpha as in every fedscape figure when the groups differ in alpha, else in turn."""
+    alphas = {group: parse_run_id(str(run_ids[groups == group][0])).get("alpha") for group in order}
+    if None not in alphas.values() and len(set(alphas.values())) == len(order):
+        by_alpha = alpha_colors(alphas.values())
+        return {g: by_alpha[parse_alpha(a)] for g, a in alphas.items()}
+    return {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(order)}
+
+
+def figure_stage(settings: dict, surface_path: str, overlay_path: str | None, outputs: dict[str, str]) -> None:
+    """Contour figure (PDF and PNG) of one surface, drawn from its .npz only, with its data as CSV beside it."""
+    surface = load_surface(surface_path)
+    overlay = load_surface(overlay_path) if overlay_path else None
+    write_figure_data(surface, outputs["grid_csv"], outputs["points_csv"])
+    plot_surface(surface, outputs["pdf"], outputs["png"], overlay=overlay, levels=settings["levels"],
+                 clip_loss=settings["clip_loss"])
+    log.info("figure of surface %s: %s", settings["surface_id"], outputs["pdf"])

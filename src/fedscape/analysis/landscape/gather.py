@@ -1,0 +1,83 @@
+"""The landscape gather and table jobs (torch-free): a surface's chunks assembled into surface.npz, and the
+index of every surface, results/tables/surfaces.csv."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedscape.analysis.landscape.definitions import SURFACES_COLUMNS, read_plane_file
+from fedscape.analysis.landscape.grid import Grid, gather_chunks
+from fedscape.core.config import digest
+from fedscape.core.io import atomic_path, write_csv
+from fedscape.core.runs import OK
+
+log = logging.getLogger("fedscape.landscape")
+
+
+# -- gather ----------------------------------------------------------------------------------------------
+def gather_stage(settings: dict, chunk_paths: list[str], plane_path: str, grid_path: str, points_path: str,
+                 out: str) -> None:
+    """Assemble a surface's chunks into one .npz with the grid, the projected points and the plane metadata."""
+    grid = Grid.from_dict(json.loads(Path(grid_path).read_text()))
+    want = digest(grid.to_dict())
+    parts, n_eval = [], None
+    for path in chunk_paths:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(str(npz["meta"]))
+            if meta["grid_digest"] != want:
+                raise RuntimeError(f"{path} was computed on another grid; delete it and rerun")
+            parts.append({k: npz[k] for k in ("index", "loss", "acc")})
+            n_eval = meta["n_eval"]
+    loss, acc = gather_chunks(parts, grid)
+    _, plane = read_plane_file(plane_path)
+    points = pd.read_csv(points_path, keep_default_na=False)
+    plane_meta = {k: v for k, v in plane.items() if k != "model_meta"}
+    plane_meta["model"] = (plane["model_meta"] or {}).get("model")
+    nonfinite = int((~np.isfinite(loss)).sum())
+    meta = {**settings, "n_eval": n_eval, "extent": list(grid.extent),
+            "axis_labels": list(plane["axis_labels"] or ("d1", "d2")),
+            "explained_variance": plane["explained_variance"], "plane_kind": plane["kind"],
+            "nonfinite_points": nonfinite, "status": plane.get("status", OK)}
+    arrays = {
+        "a": grid.a, "b": grid.b, "loss": loss, "acc": acc,
+        "points_xy": points[["a", "b"]].to_numpy(dtype=np.float64).reshape(-1, 2),
+        "points_distance": points["distance"].to_numpy(dtype=np.float64),
+        "points_rel_distance": points["rel_distance"].to_numpy(dtype=np.float64),
+        "points_round": points["round"].to_numpy(dtype=np.int64),
+        "points_client": points["client"].to_numpy(dtype=np.int64),
+        **{f"points_{k}": points[k].astype(str).to_numpy(dtype=str) for k in ("label", "group", "role", "run_id")},
+        "plane_meta": np.array(json.dumps(plane_meta)),
+        "meta": np.array(json.dumps(meta)),
+    }
+    with atomic_path(out, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    finite = loss[np.isfinite(loss)]
+    log.info("surface %s: %dx%d grid from %d chunks, loss %.4g..%.4g, %d non-finite points", settings["surface_id"],
+             grid.shape[0], grid.shape[1], len(chunk_paths), finite.min(initial=np.inf), finite.max(initial=-np.inf),
+             nonfinite)
+
+
+def load_surface(path: str | Path) -> dict:
+    """A surface .npz as a dict of arrays, with `meta` and `plane_meta` parsed."""
+    with np.load(path, allow_pickle=False) as npz:
+        out = {k: npz[k] for k in npz.files}
+    out["meta"] = json.loads(str(out["meta"]))
+    out["plane_meta"] = json.loads(str(out["plane_meta"]))
+    return out
+
+
+# -- table -----------------------------------------------------------------------------------------------
+def surfaces_table(surface_paths: list[str], out: str) -> None:
+    """results/tables/surfaces.csv: one row per surface (surface_id, kind, runs, round, data, resolution, path)."""
+    rows = []
+    for path in surface_paths:
+        meta = load_surface(path)["meta"]
+        rows.append({"surface_id": meta["surface_id"], "kind": meta["kind"], "runs": ";".join(meta["runs"]),
+                     "round": "" if meta["round"] is None else int(meta["round"]), "data": meta["data"],
+                     "resolution": int(meta["resolution"]), "path": str(path)})
+    write_csv(pd.DataFrame(rows, columns=SURFACES_COLUMNS), out)

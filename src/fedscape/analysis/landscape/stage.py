@@ -1,0 +1,312 @@
+"""The landscape stages that need the models: a plane with its projected checkpoints and its grid, and
+one chunk of a surface's grid evaluated (gather and figure are in `gather` and `figures`, torch-free)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fedscape.analysis.landscape.definitions import LABEL_FIELDS, PLANE_KIND_OF, POINT_COLUMNS
+from fedscape.analysis.landscape.grid import Grid, chunk_bounds, grid_extent
+from fedscape.analysis.landscape.planes import (
+    Plane,
+    joint_pca_plane,
+    load_plane,
+    pca_plane,
+    random_plane,
+    save_plane,
+    three_point_plane,
+)
+from fedscape.analysis.landscape.project import project
+from fedscape.analysis.landscape.surface import SurfaceEvaluator, SurfaceSettings, evaluate_chunk
+from fedscape.core.config import digest
+from fedscape.core.io import atomic_path, atomic_write_text
+from fedscape.core.runs import DIVERGED, OK
+from fedscape.data.datasets import dataset_from_options
+from fedscape.data.partition import load_partition
+from fedscape.models.checkpoint import ModelMeta, Trajectory, load_clients, load_trajectory
+from fedscape.models.device import resolve_device
+from fedscape.outputs.style import label_run
+
+log = logging.getLogger("fedscape.landscape")
+
+
+class DivergedCheckpoint(RuntimeError):
+    """A checkpoint a plane needs belongs to a diverged run: its round is missing or its model is not finite."""
+
+
+@dataclass
+class _Points:
+    """Checkpoints to project, with one metadata row each."""
+
+    params: list[torch.Tensor]
+    buffers: list[torch.Tensor]
+    rows: list[dict]
+
+    def add(self, vec: torch.Tensor, buf: torch.Tensor, **row) -> None:
+        self.params.append(vec)
+        self.buffers.append(buf)
+        self.rows.append(row)
+
+
+def run_labels(run_fields: list[dict]) -> list[str]:
+    """Legend labels of runs in fedscape's common style: the fields that differ between them, else algorithm /
+    init / alpha (e.g. 'FedAvg · random init · α=0.1')."""
+    varying = [f for f in LABEL_FIELDS if len({str(r[f]) for r in run_fields}) > 1]
+    return [label_run(r, keys=varying or ["algorithm", "init", "alpha"]) for r in run_fields]
+
+
+def _row_of(traj: Trajectory, round_: int | str, run_id: str) -> int:
+    """The trajectory row of a round; 'final' = the last usable model (a diverged run's last good one).
+
+    DivergedCheckpoint when the round's model cannot be used because the run diverged.
+    """
+    if round_ == "final":
+        usable = [i for i in range(len(traj.rounds)) if traj.unusable(int(traj.rounds[i])) is None]
+        if not usable:
+            raise DivergedCheckpoint(f"run {run_id} has no finite model (it diverged at once)")
+        if usable[-1] != len(traj.rounds) - 1 or traj.status != OK:
+            log.warning("run %s has status %r: using its last finite model (round %d)", run_id, traj.status,
+                        int(traj.rounds[usable[-1]]))
+        return usable[-1]
+    reason = traj.unusable(int(round_))
+    if reason is None:
+        return traj.row(int(round_))
+    raise DivergedCheckpoint(f"run {run_id}: {reason}")
+
+
+def _finite_rows(traj: Trajectory, upto: int, run_id: str) -> list[int]:
+    rows = [i for i in range(upto + 1) if bool(torch.isfinite(traj.params[i]).all())]
+    if len(rows) < upto + 1:
+        log.warning("run %s: %d non-finite checkpoints skipped (diverged run)", run_id, upto + 1 - len(rows))
+    return rows
+
+
+# -- plane -----------------------------------------------------------------------------------------------
+def plane_stage(settings: dict, trajectories: list[str], clients: str | None, hessian_plane: str | None,
+                outputs: dict[str, str]) -> None:
+    """Build the plane of one `landscapes` entry, project its checkpoints and fix the grid.
+
+    When a checkpoint the plane needs belongs to a diverged run (its round is missing, its model is not
+    finite, or the Hessian plane was not computed), a warning is logged and an all-NaN plane marked
+    `status: diverged` is written with no points; its chunks then record NaN losses without evaluating.
+    """
+    t0 = time.perf_counter()
+    kind, runs = settings["kind"], settings["runs"]
+    labels = dict(zip(runs, run_labels(settings["run_fields"]), strict=True))
+    trajs = {run_id: load_trajectory(path) for run_id, path in zip(runs, trajectories, strict=True)}
+    first = trajs[runs[0]]
+    common = {"runs": runs, "model_meta": first.model_meta.to_dict(),
+              "extra": {"label": settings["label"], "surface_kind": kind}}
+    try:
+        plane, pts = _build_plane(settings, trajs, clients, hessian_plane, labels, common)
+    except DivergedCheckpoint as exc:
+        log.warning("surface %s: %s; writing an all-NaN plane (status %r) and no points", settings["label"], exc,
+                    DIVERGED)
+        plane, pts = _diverged_plane(settings, first, common, str(exc)), _Points([], [], [])
+
+    if pts.rows:
+        proj = project(torch.stack(pts.params), plane)
+        coords, distance, rel_distance = proj.coords, proj.distance, proj.rel_distance
+    else:
+        coords, distance, rel_distance = np.zeros((0, 2)), np.zeros(0), np.zeros(0)
+    extent = grid_extent(coords, settings["margin"], settings["span"])
+    grid = Grid.from_extent(extent, settings["resolution"])
+    save_plane(outputs["plane"], plane)
+    df = pd.DataFrame(pts.rows, columns=[c for c in POINT_COLUMNS if c not in ("a", "b", "distance", "rel_distance")])
+    df["a"], df["b"] = coords[:, 0], coords[:, 1]
+    df["distance"], df["rel_distance"] = distance, rel_distance
+    with atomic_path(outputs["points"]) as tmp:
+        df[POINT_COLUMNS].to_csv(tmp, index=False)
+    grid_info = {**grid.to_dict(), "extent": list(grid.extent), "resolution": settings["resolution"],
+                 "plane_settings_digest": digest(settings)}
+    atomic_write_text(outputs["grid"], json.dumps(grid_info, indent=1))
+    log.info("plane %s (%s, %d checkpoints, explained variance %s): extent %s, max distance from plane %.3g "
+             "(relative %.3g), %.1f s", settings["label"], plane.kind, len(pts.rows), plane.explained_variance,
+             [round(v, 4) for v in grid.extent], float(distance.max(initial=0.0)),
+             float(rel_distance.max(initial=0.0)), time.perf_counter() - t0)
+
+
+def _diverged_plane(settings: dict, first: Trajectory, common: dict, reason: str) -> Plane:
+    """An all-NaN plane of the entry's kind marked `status: diverged` (its surfaces are all NaN)."""
+    nan = torch.full((first.params.shape[1],), float("nan"))
+    round_ = settings["round"]
+    return Plane(nan, torch.full((first.buffers.shape[1],), float("nan")), nan.clone(), nan.clone(),
+                 kind=PLANE_KIND_OF[settings["kind"]], runs=tuple(common["runs"]),
+                 round=None if round_ == "final" else int(round_),
+                 axis_labels=("d1 (not computed: a run diverged)", "d2 (not computed: a run diverged)"),
+                 model_meta=common["model_meta"], seed=settings["seed"],
+                 extra={**common["extra"], "status": DIVERGED, "reason": reason})
+
+
+def _build_plane(settings: dict, trajs: dict[str, Trajectory], clients: str | None, hessian_plane: str | None,
+                 labels: dict[str, str], common: dict) -> tuple[Plane, _Points]:
+    """The plane of one entry and the checkpoints to project on it (DivergedCheckpoint: a run diverged)."""
+    kind, runs, round_ = settings["kind"], settings["runs"], settings["round"]
+    first = trajs[runs[0]]
+    meta = common["model_meta"]
+    pts = _Points([], [], [])
+    if kind in ("trajectory", "trajectories"):
+        ends = {}
+        for run_id in runs:
+            traj = trajs[run_id]
+            end = _row_of(traj, round_, run_id)
+            ends[run_id] = end
+            for i in _finite_rows(traj, end, run_id):
+                t = int(traj.rounds[i])
+                role = "init" if t == 0 else ("final" if i == end else "global")
+                pts.add(traj.params[i], traj.buffers[i], label=f"round {t}", group=labels[run_id], role=role,
+                        run_id=run_id, round=t, client=-1)
+        if len(pts.params) < 2 and any(trajs[r].status != "ok" for r in runs):
+            raise DivergedCheckpoint(f"run(s) {', '.join(runs)} diverged with {len(pts.params)} finite checkpoint(s) "
+                                     "up to the plane's round; a PCA plane needs 2")
+        center, buffers = _center(settings, pts, first.params[ends[runs[0]]], first.buffers[ends[runs[0]]])
+        stacked = torch.stack(pts.params)
+        plane_round = None if round_ == "final" else int(round_)
+        if kind == "trajectory":
+            plane = pca_plane(stacked, center, buffers, round=plane_round, seed=settings["seed"], **common)
+        else:
+            plane = joint_pca_plane([stacked], center, buffers, round=plane_round, seed=settings["seed"], **common)
+    elif kind == "final_models":
+        for run_id in runs:
+            traj = trajs[run_id]
+            row = _row_of(traj, round_, run_id)
+            pts.add(traj.params[row], traj.buffers[row], label=labels[run_id], group=labels[run_id], role="final",
+                    run_id=run_id, round=int(traj.rounds[row]), client=-1)
+        row0 = _row_of(first, round_, runs[0])
+        center, buffers = _center(settings, pts, first.params[row0], first.buffers[row0])
+        plane = joint_pca_plane([torch.stack(pts.params)], center, buffers,
+                                round=None if round_ == "final" else int(round_), seed=settings["seed"], **common)
+    elif kind == "local":
+        run_id = runs[0]
+        t = int(first.final_round if round_ == "final" else round_)
+        for r in (t - 1, t):  # DivergedCheckpoint when the run diverged before the end of round t
+            _row_of(first, r, run_id)
+        saved = load_clients(clients)
+        if t not in saved:
+            raise RuntimeError(f"{clients} holds the client models of rounds {sorted(saved)}, not of round {t}")
+        cr = saved[t]
+        start, end = first.row(t - 1), first.row(t)
+        pts.add(first.params[start], first.buffers[start], label=f"round start (t={t - 1})", group="global",
+                role="round_start", run_id=run_id, round=t - 1, client=-1)
+        for k, cid in enumerate(cr.client_ids.tolist()):
+            pts.add(cr.params[k], cr.buffers[k], label=f"client {cid}", group="client", role="client", run_id=run_id,
+                    round=t, client=int(cid))
+        pts.add(first.params[end], first.buffers[end], label=f"aggregate (t={t})", group="global", role="aggregate",
+                run_id=run_id, round=t, client=-1)
+        center, buffers = _center(settings, pts, first.params[end], first.buffers[end])
+        plane = pca_plane(torch.stack(pts.params), center, buffers, round=t, seed=settings["seed"],
+                          **{**common, "extra": {**common["extra"], "client": settings["client"]}})
+    elif kind == "random":
+        run_id = runs[0]
+        row = _row_of(first, round_, run_id)
+        pts.add(first.params[row], first.buffers[row], label=f"{labels[run_id]}, round {int(first.rounds[row])}",
+                group=labels[run_id], role="center", run_id=run_id, round=int(first.rounds[row]), client=-1)
+        plane = random_plane(first.params[row], first.buffers[row], first.model_meta.param_shapes, settings["seed"],
+                             round=int(first.rounds[row]), **common)
+    elif kind == "hessian":
+        run_id = runs[0]
+        plane = load_plane(hessian_plane)
+        if plane.extra.get("status", OK) != OK:
+            raise DivergedCheckpoint(f"{hessian_plane} was not computed (status {plane.extra['status']!r}: "
+                                     f"{plane.extra.get('reason', 'no reason recorded')})")
+        row = _row_of(first, round_, run_id)
+        if plane.num_params != first.params.shape[1]:
+            raise RuntimeError(f"{hessian_plane} has {plane.num_params} parameters, run {run_id}'s model "
+                               f"{first.params.shape[1]}")
+        if not plane.model_meta:
+            plane = replace(plane, model_meta=meta)
+        if plane.center_buffers.numel() != first.buffers.shape[1]:
+            plane = replace(plane, center_buffers=first.buffers[row].clone())
+        pts.add(first.params[row], first.buffers[row], label=f"{labels[run_id]}, round {int(first.rounds[row])}",
+                group=labels[run_id], role="center", run_id=run_id, round=int(first.rounds[row]), client=-1)
+    elif kind == "three_points":
+        vecs, bufs, names = [], [], []
+        for cp in settings["checkpoints"]:
+            traj = trajs[cp["run_id"]]
+            row = _row_of(traj, cp["round"], cp["run_id"])
+            vecs.append(traj.params[row])
+            bufs.append(traj.buffers[row])
+            names.append(f"{labels[cp['run_id']]}, round {int(traj.rounds[row])}")
+            pts.add(traj.params[row], traj.buffers[row], label=names[-1], group=labels[cp["run_id"]], role="checkpoint",
+                    run_id=cp["run_id"], round=int(traj.rounds[row]), client=-1)
+        plane = three_point_plane(vecs[0], vecs[1], vecs[2], bufs[0], labels=names, **common)
+    else:
+        raise ValueError(f"unknown surface kind {kind!r}")
+    return plane, pts
+
+def _center(settings: dict, pts: _Points, final: torch.Tensor,
+            final_buffers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plane's centre: the last checkpoint (Li et al. 2018) or the mean of all the plane's checkpoints."""
+    if settings["center"] == "mean":
+        center = torch.stack(pts.params).double().mean(dim=0).float()
+        buffers = torch.stack(pts.buffers).double().mean(dim=0).float()
+        return center, buffers
+    return final.clone(), final_buffers.clone()
+
+
+# -- chunks ----------------------------------------------------------------------------------------------
+def surface_data(settings: dict, partition_path: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The evaluation data of a surface: the union of the clients' data (L), one client's (L_m) or the test set."""
+    ds = dataset_from_options(settings["dataset"], settings["dataset_options"])
+    data = settings["data"]
+    if data == "test":
+        return ds.x_test, ds.y_test
+    part = load_partition(partition_path, ds.y_train.numpy())
+    if data == "train":
+        idx = np.sort(np.concatenate([np.asarray(ix) for ix in part.client_indices]))
+    elif data.startswith("client~"):
+        m = int(data.split("~", 1)[1])
+        if not 0 <= m < part.num_clients:
+            raise ValueError(f"client {m} does not exist: the partition has {part.num_clients} clients")
+        idx = np.asarray(part.client_indices[m])
+    else:
+        raise ValueError(f"unknown surface data {data!r}: train, test or client~<id>")
+    idx_t = torch.as_tensor(idx, dtype=torch.long)
+    return ds.x_train[idx_t], ds.y_train[idx_t]
+
+
+def chunk_stage(settings: dict, plane_path: str, grid_path: str, partition_path: str | None, out: str) -> None:
+    """Evaluate one chunk of a surface's grid and write its indices, losses and accuracies (all NaN, without
+    evaluating, when the plane is marked diverged)."""
+    plane = load_plane(plane_path)
+    grid_info = json.loads(Path(grid_path).read_text())
+    grid = Grid.from_dict(grid_info)
+    if plane.extra.get("status", OK) != OK:
+        _write_nan_chunk(settings, plane, grid, out)
+        return
+    x, y = surface_data(settings, partition_path)
+    device = resolve_device(settings["device"])
+    model = ModelMeta.from_dict(plane.model_meta).build()
+    sset = SurfaceSettings(batch_size=settings["batch_size"], points_per_batch=settings["points_per_batch"])
+    evaluator = SurfaceEvaluator(model, plane, x, y, device, sset)
+    start, stop = chunk_bounds(grid.size, settings["chunks"], sset.points_per_batch)[settings["chunk"]]
+    log.info("surface %s chunk %d/%d: grid points %d..%d of %d on %s (%d samples, channels_last=%s)",
+             settings["surface_id"], settings["chunk"] + 1, settings["chunks"], start, stop, grid.size, device, len(y),
+             evaluator.flat.channels_last)
+    res = evaluate_chunk(evaluator, grid, start, stop)
+    meta = {"surface_id": settings["surface_id"], "chunk": settings["chunk"], "chunks": settings["chunks"],
+            "grid_digest": digest(grid.to_dict()), "n_eval": len(y), "device": str(device)}
+    with atomic_path(out, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, index=res["index"], loss=res["loss"], acc=res["acc"], meta=np.array(json.dumps(meta)))
+
+
+def _write_nan_chunk(settings: dict, plane: Plane, grid: Grid, out: str) -> None:
+    """The chunk of a plane marked diverged: its grid points with NaN loss and accuracy, nothing evaluated."""
+    start, stop = chunk_bounds(grid.size, settings["chunks"], settings["points_per_batch"])[settings["chunk"]]
+    log.warning("surface %s chunk %d/%d: the plane is marked %r (%s); grid points %d..%d recorded as NaN",
+                settings["surface_id"], settings["chunk"] + 1, settings["chunks"], plane.extra["status"],
+                plane.extra.get("reason", "no reason recorded"), start, stop)
+    nan = np.full(stop - start, np.nan)
+    meta = {"surface_id": settings["surface_id"], "chunk": settings["chunk"], "chunks": settings["chunks"],
+            "grid_digest": digest(grid.to_dict()), "n_eval": None, "device": None, "status": plane.extra["status"]}
+    with atomic_path(out, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, index=np.arange(start, stop, dtype=np.int64), loss=nan, acc=nan.copy(),
+                 meta=np.array(json.dumps(meta)))

@@ -1,0 +1,106 @@
+"""Config validation: a JSON schema (draft 2020-12) that fills defaults, and one clear line per problem.
+
+The schema is `workflow/schemas/config.schema.yaml` (the top level and the run grid) together with one
+`<section>.schema.yaml` beside it per analysis section, so that a stage's keys live next to each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from fedscape.core.names import suggest
+
+SCHEMA_FILE = "config.schema.yaml"
+SECTION_SUFFIX = ".schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config that fails validation; the message lists every problem with its key."""
+
+
+def _with_defaults(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = _copy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _copy(value):
+    return yaml.safe_load(yaml.safe_dump(value))
+
+
+DefaultFillingValidator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def load_schema(path: str | Path) -> dict:
+    """The config schema: `path` (config.schema.yaml) with the sections of every *.schema.yaml beside it."""
+    path = Path(path)
+    with open(path) as fh:
+        schema = yaml.safe_load(fh)
+    for part in sorted(path.parent.glob(f"*{SECTION_SUFFIX}")):
+        if part.name == path.name:
+            continue
+        with open(part) as fh:
+            section = yaml.safe_load(fh)
+        for key in ("properties", "$defs"):
+            clash = set(section.get(key, {})) & set(schema.get(key, {}))
+            if clash:
+                raise ValueError(f"{part}: {key} {sorted(clash)} are defined in another schema file too")
+            schema.setdefault(key, {}).update(section.get(key, {}))
+    return schema
+
+
+def validate_config(config: dict, schema: dict) -> dict:
+    """Fill defaults into `config` in place and raise ConfigError listing every schema violation."""
+    errors = sorted(DefaultFillingValidator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError("invalid config:\n" + "\n".join(f"  - {_describe(e)}" for e in errors))
+    return config
+
+
+def key_path(parts: Iterable) -> str:
+    """Dotted text of a key path: `training.lr`, `experiments[2].alpha`."""
+    text = ""
+    for p in parts:
+        text += f"[{p}]" if isinstance(p, int) else (f".{p}" if text else str(p))
+    return text or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = list(error.schema.get("properties", {}))
+        extra = [k for k in error.instance if k not in allowed]
+        parts = [f"{key_path([*error.absolute_path, k])}: unknown key {k!r}.{suggest(k, allowed)}" for k in extra]
+        return "; ".join(parts) + f" Valid keys: {', '.join(allowed)}"
+    if error.validator == "enum":
+        return f"{where}: {error.instance!r} is not valid.{suggest(error.instance, error.validator_value)} " \
+               f"Valid values: {', '.join(map(str, error.validator_value))}"
+    return f"{where}: {error.message}"
+
+
+def canonical(value):
+    """Settings with every mapping's keys sorted, so that reordering YAML keys never reruns a job
+    (Snakemake compares params by their text)."""
+    if isinstance(value, dict):
+        return {k: canonical(value[k]) for k in sorted(value)}
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    return value
+
+
+def digest(settings: dict) -> str:
+    """A stable digest of JSON-able settings (used to refuse resuming with other settings)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,90 @@
+"""Every path of fedscape's results: templates below ``results_dir``, shared by the rules and the library.
+
+A template holds Snakemake wildcards in braces (``{dataset}``, ``{pair}``); `Results` puts a template
+below the configured results directory and fills the fields it is given, leaving the others as
+wildcards. Logs mirror the results' layout below ``logs/`` of the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from fedscape.core.runs import RUN_ID, Run
+
+LOGS = "logs"
+
+TRAIN_DIR = f"train/{RUN_ID}"
+TRAIN_FILES = ("trajectory", "clients", "metrics", "meta", "client_updates")  # the train rule's named outputs
+TRAIN_FILE_NAMES = {"trajectory": "trajectory.pt", "clients": "clients.pt", "metrics": "metrics.csv",
+                    "meta": "meta.json", "client_updates": "client_updates.csv"}
+PROGRESS = "_progress"  # per-round progress of a job, beside its outputs (not an output: it survives a kill)
+PARTITION_DIR = "partitions/{dataset}/clients~{num_clients}/alpha~{alpha}/seed~{seed}"
+INIT_DIR = "init/{dataset}/{model}/init~{init}"
+HESSIAN_DIR = f"hessian/{RUN_ID}/round~{{round}}"
+INTERPOLATION_DIR = "barriers/interpolation/{pair}"
+LAYERWISE_DIR = "barriers/layerwise/{pair}/round~{round}"
+LANDSCAPE_DIR = "landscape/{dataset}/{model}/{surface}"
+SURFACE_DIR = f"{LANDSCAPE_DIR}/{{data}}"
+TABLE = "tables/{table}.csv"
+FIGURES = "figures"
+FIGURE_FORMATS = ("png", "pdf", "csv")  # every figure: the picture twice and the data it draws
+
+_FIELD = re.compile(r"\{(\w+)\}")
+
+
+def fill(template: str, **fields) -> str:
+    """`template` with the given fields filled in; other ``{wildcards}`` stay as they are."""
+    return _FIELD.sub(lambda m: str(fields[m[1]]) if m[1] in fields else m[0], template)
+
+
+def results_root(config: dict) -> str:
+    """The configured results directory, normalised (``results/`` and ``./results`` are ``results``)."""
+    return os.path.normpath(config.get("results_dir", "results"))
+
+
+@dataclass(frozen=True)
+class Results:
+    """The results directory of one config: templates below it, and the logs mirroring them."""
+
+    root: str
+
+    @classmethod
+    def of(cls, config: dict) -> Results:
+        """The results directory of `config` (its `results_dir`)."""
+        return cls(results_root(config))
+
+    def __call__(self, template: str, **fields) -> str:
+        """`template` below the results directory, with `fields` filled in."""
+        return f"{self.root}/{fill(template, **fields)}"
+
+    def log(self, template: str, **fields) -> str:
+        """`template` below logs/ (a results path's mirror), with `fields` filled in."""
+        return f"{LOGS}/{fill(template, **fields)}"
+
+    def table(self, name: str) -> str:
+        """results/tables/<name>.csv."""
+        return self(TABLE, table=name)
+
+    def figure(self, prefix: str, **fields) -> dict[str, str]:
+        """The png, pdf and csv files of a figure whose path without extension is `prefix` below figures/."""
+        base = self(f"{FIGURES}/{prefix}", **fields)
+        return {ext: f"{base}.{ext}" for ext in FIGURE_FORMATS}
+
+    def train_file(self, name: str, **fields) -> str:
+        """A train output (`TRAIN_FILE_NAMES`: trajectory, clients, metrics, meta, client_updates) of the run
+        whose fields are given (wildcards for the others)."""
+        return f"{self(TRAIN_DIR, **fields)}/{TRAIN_FILE_NAMES[name]}"
+
+    def run_file(self, run: Run, name: str) -> str:
+        """One of a run's train outputs."""
+        return self.train_file(name, **run.fields())
+
+    def partition_file(self, run: Run, name: str = "partition.npz") -> str:
+        """The run's client split (partition.npz) or its label counts (counts.csv)."""
+        return f"{self(PARTITION_DIR, **run.partition_fields)}/{name}"
+
+    def init_file(self, **fields) -> str:
+        """The initial model (a one-row trajectory) of an init label, dataset and model."""
+        return f"{self(INIT_DIR, **fields)}/init.pt"

@@ -1,0 +1,154 @@
+"""Runs of a config: the grid (or the listed experiments), their ids, and selectors that name them.
+
+A run is one federated training job; its id is its path below ``<results_dir>/train/`` and its key
+in every table. The id is built and parsed here only.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, fields
+from typing import Any
+
+from fedscape.core.alpha import format_alpha, format_fraction, parse_alpha
+from fedscape.core.config import ConfigError
+from fedscape.core.names import suggest
+
+# The id of a run: its path below <results_dir>/train/ (and below hessian/); wildcards of the train rule.
+RUN_ID = ("{dataset}/{model}/init~{init}/algo~{algorithm}/alpha~{alpha}/clients~{num_clients}/"
+          "part~{participation}/seed~{seed}")
+# The key=value parts of a run id after dataset and model, and the run field each one holds.
+_ID_KEYS = {"init": "init", "algo": "algorithm", "alpha": "alpha", "clients": "num_clients",
+            "part": "participation", "seed": "seed"}
+OK, DIVERGED = "ok", "diverged"  # the status of a run, of its rounds and of the analyses of its models
+# Constraints of the run wildcards (the dataset's is the list of dataset names, added by the plan layer).
+WILDCARD_CONSTRAINTS = {
+    "model": r"[a-z0-9_]+",
+    "init": r"[A-Za-z0-9_.-]+",
+    "algorithm": r"[A-Za-z0-9_.-]+",
+    "alpha": r"iid|[0-9]+\.[0-9]+(e-?[0-9]+)?",
+    "num_clients": r"[0-9]+",
+    "participation": r"[0-9]+\.[0-9]+(e-?[0-9]+)?",
+    "seed": r"[0-9]+",
+}
+# Grid key of every run field: the config list (or mapping) the grid takes its values from.
+GRID_SECTIONS = {"dataset": "datasets", "model": "models", "init": "inits", "algorithm": "algorithms",
+                 "alpha": "alphas", "num_clients": "num_clients", "participation": "participation", "seed": "seeds"}
+
+
+@dataclass(frozen=True, order=True)
+class Run:
+    """One federated run of the grid; its fields are the wildcards of the train rule."""
+
+    dataset: str
+    model: str
+    init: str
+    algorithm: str
+    alpha: str  # canonical text: 'iid', '1.0', '0.1'
+    num_clients: int
+    participation: str  # canonical text: '1.0', '0.5'
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        """The run's path below results/train/ (also its id in every table)."""
+        return RUN_ID.format(**self.fields())
+
+    @property
+    def partition_fields(self) -> dict[str, Any]:
+        """The fields that name the run's client split (shared by runs differing in model, init, algorithm)."""
+        return {"dataset": self.dataset, "num_clients": self.num_clients, "alpha": self.alpha, "seed": self.seed}
+
+    def fields(self) -> dict[str, Any]:
+        """The run fields as a dict (the train rule's wildcards)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_wildcards(cls, wildcards) -> Run:
+        """The run of a train-rule job (its wildcards)."""
+        values = {name: wildcards[name] for name in RUN_FIELDS}
+        return cls(**{**values, "num_clients": int(values["num_clients"]), "seed": int(values["seed"])})
+
+    @classmethod
+    def from_id(cls, run_id: str) -> Run:
+        """The run whose id is `run_id` (ValueError when it is not a run id)."""
+        values = parse_run_id(run_id)
+        missing = [k for k in RUN_FIELDS if k not in values]
+        if missing:
+            raise ValueError(f"{run_id!r} is not a run id (no {', '.join(missing)}); expected {RUN_ID}")
+        return cls(**{**values, "num_clients": int(values["num_clients"]), "seed": int(values["seed"])})
+
+
+RUN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Run))
+
+
+def parse_run_id(run_id: str) -> dict[str, str]:
+    """The run fields in a run id (as text), e.g. {'dataset': 'digits', ..., 'seed': '0'}."""
+    parts = str(run_id).split("/")
+    out = {"dataset": parts[0]}
+    if len(parts) > 1:
+        out["model"] = parts[1]
+    for part in parts[2:]:
+        key, _, value = part.partition("~")
+        out[_ID_KEYS.get(key, key)] = value
+    return out
+
+
+def build_runs(config: dict) -> list[Run]:
+    """The runs of the config: the explicit `experiments`, or the product of the grid's lists."""
+    grid = {name: list(config[section]) for name, section in GRID_SECTIONS.items()}
+    if config.get("experiments"):
+        combos = [{k: grid[k][0] if exp.get(k) is None else exp[k] for k in grid} for exp in config["experiments"]]
+    else:
+        combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    runs = []
+    for i, c in enumerate(combos):
+        for key in ("dataset", "init", "algorithm"):
+            section = GRID_SECTIONS[key]
+            if c[key] not in config[section]:
+                raise ConfigError(f"experiments[{i}].{key}: {c[key]!r} is not defined in `{section}`."
+                                  f"{suggest(c[key], config[section])} Defined: {', '.join(config[section])}")
+        runs.append(Run(c["dataset"], c["model"], c["init"], c["algorithm"], format_alpha(c["alpha"]),
+                        int(c["num_clients"]), format_fraction(c["participation"]), int(c["seed"])))
+    return sorted(set(runs))
+
+
+def _selector_value(key: str, value) -> str:
+    """A selector's or a run's field as comparable text (alpha and participation canonical)."""
+    if key == "alpha":
+        return format_alpha(value)
+    if key == "participation":
+        return format_fraction(value)
+    return str(value)
+
+
+def select_runs(runs: list[Run], selector: dict) -> list[Run]:
+    """The runs whose fields equal every key of `selector` (e.g. {alpha: iid, init: random})."""
+    unknown = [k for k in selector if k not in RUN_FIELDS]
+    if unknown:
+        raise ConfigError(f"unknown run field {unknown[0]!r} in selector {selector}.{suggest(unknown[0], RUN_FIELDS)} "
+                          f"Valid: {', '.join(RUN_FIELDS)}")
+    want = {k: _selector_value(k, v) for k, v in selector.items()}
+    return [r for r in runs if all(_selector_value(k, getattr(r, k)) == v for k, v in want.items())]
+
+
+def resolve_run(runs: list[Run], selector: dict, where: str = "") -> Run:
+    """The single run a selector names; a clear error when it names none or several."""
+    hits = select_runs(runs, selector)
+    prefix = f"{where}: " if where else ""
+    if not hits:
+        raise ConfigError(f"{prefix}no run of the config matches {selector}; the config defines "
+                          f"{len(runs)} runs, e.g. {runs[0].run_id if runs else '(none)'}")
+    if len(hits) > 1:
+        raise ConfigError(f"{prefix}{len(hits)} runs match {selector}; add one of {varying_fields(hits)} to pick one")
+    return hits[0]
+
+
+def varying_fields(runs: list[Run]) -> list[str]:
+    """The run fields that take more than one value among `runs`."""
+    return [f for f in RUN_FIELDS if len({getattr(r, f) for r in runs}) > 1]
+
+
+def iid_first(runs: list[Run]) -> list[Run]:
+    """Runs ordered from IID to the most skewed alpha (the pilot study's order: IID is the reference)."""
+    return sorted(runs, key=lambda r: -parse_alpha(r.alpha))

@@ -1,0 +1,133 @@
+"""Datasets (CIFAR-10, CIFAR-100, scikit-learn digits) as normalised in-memory tensors, plus batch augmentation.
+
+`fedscape.data.sources` reads the files and splits them (torch-free); here a source becomes a
+:class:`Dataset` of float32 tensors: digits standardised with the train part's mean and std, CIFAR
+scaled to [0, 1] and normalised per channel with its published statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedscape.core.names import unknown_name_error
+from fedscape.data.sources import Source, load_source, normalisation
+from fedscape.data.specs import AUGMENTATIONS, CROP_PADDING
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Normalised image tensors ``[N, C, H, W]`` (float32) and int64 labels for train/test/proxy.
+
+    ``train_index``/``test_index``/``proxy_index`` give, for provenance, each row's index in the
+    source data (digits: ``load_digits()`` rows; CIFAR: rows of the official train resp. test set).
+    They are ``None`` for datasets built in memory.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    x_proxy: torch.Tensor
+    y_proxy: torch.Tensor
+    num_classes: int
+    class_names: tuple[str, ...] = ()
+    train_index: np.ndarray | None = None
+    test_index: np.ndarray | None = None
+    proxy_index: np.ndarray | None = None
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.x_train.shape[-1])
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """A copy with every tensor moved to ``device`` (once, up front)."""
+        tensors = ("x_train", "y_train", "x_test", "y_test", "x_proxy", "y_proxy")
+        return dataclasses.replace(self, **{k: getattr(self, k).to(device) for k in tensors})
+
+
+def load_dataset(name: str, *, data_dir: str | None = None, seed: int = 0, test_fraction: float = 0.25,
+                 proxy_fraction: float = 0.0, download: bool = False) -> Dataset:
+    """Load dataset ``name`` as tensors (arguments as `fedscape.data.sources.load_source`)."""
+    return from_source(load_source(name, data_dir=data_dir, seed=seed, test_fraction=test_fraction,
+                                   proxy_fraction=proxy_fraction, download=download))
+
+
+def dataset_from_options(name: str, options: dict) -> Dataset:
+    """Dataset `name` loaded with a config's `datasets.<name>` settings (defaults filled by the schema)."""
+    return load_dataset(name, data_dir=options.get("data_dir"), seed=options.get("split_seed", 0),
+                        test_fraction=options.get("test_fraction", 0.25),
+                        proxy_fraction=options.get("proxy_fraction", 0.0), download=options.get("download", False))
+
+
+def from_source(src: Source) -> Dataset:
+    """The normalised tensors of a source's train, test and proxy parts."""
+    if src.name == "digits":
+        train = src.train_images[src.train_index]
+        mean, std = train.mean(), train.std()
+
+        def part(images: np.ndarray, labels: np.ndarray, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            x = ((images[index] - mean) / std).astype(np.float32)
+            return torch.from_numpy(x), torch.from_numpy(labels[index])
+    else:
+        m, s = normalisation(src.name)
+        mean_t, std_t = torch.tensor(m).view(1, 3, 1, 1), torch.tensor(s).view(1, 3, 1, 1)
+
+        def part(images: np.ndarray, labels: np.ndarray, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            x = torch.from_numpy(images[index]).to(torch.float32).div_(255.0).sub_(mean_t).div_(std_t)
+            return x, torch.from_numpy(labels[index])
+
+    return Dataset(
+        src.name,
+        *part(src.train_images, src.train_labels, src.train_index),
+        *part(src.test_images, src.test_labels, src.test_index),
+        *part(src.train_images, src.train_labels, src.proxy_index),
+        num_classes=src.num_classes,
+        class_names=src.class_names,
+        train_index=src.train_index,
+        test_index=src.test_index,
+        proxy_index=src.proxy_index,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation
+
+
+def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+    """Augment a batch ``[N, C, H, W]`` on its device; ``kind`` is one of ``AUGMENTATIONS``.
+
+    ``crop_flip`` (the CIFAR standard): pad by 4 pixels with zeros (on normalised data: the dataset
+    mean), crop a random HxW window and flip it horizontally with probability 1/2, per image. The
+    random numbers are drawn from ``generator`` on the CPU, so a seeded CPU generator gives the same
+    result for CPU and CUDA batches.
+    """
+    if kind == "none":
+        return x
+    if kind != "crop_flip":
+        raise unknown_name_error("augmentation", kind, AUGMENTATIONS)
+    n, c, h, w = x.shape
+    pad = CROP_PADDING
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
+    flip = torch.rand(n, 1, generator=generator) < 0.5
+    rows = dy + torch.arange(h)  # [n, h] rows of the padded image
+    cols = dx + torch.arange(w)
+    cols = torch.where(flip, cols.flip(1), cols)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    device = x.device
+    return padded[
+        torch.arange(n, device=device).view(n, 1, 1, 1),
+        torch.arange(c, device=device).view(1, c, 1, 1),
+        rows.to(device).view(n, 1, h, 1),
+        cols.to(device).view(n, 1, 1, w),
+    ]

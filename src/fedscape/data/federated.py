@@ -1,0 +1,54 @@
+"""A federated data set on one device: the training pool, each client's shard of it, and the test set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fedscape.data.datasets import Dataset, dataset_from_options
+from fedscape.data.partition import load_partition
+
+
+@dataclass
+class FederatedData:
+    """Training pool, client shards (indices into it) and test set, all resident on one device."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    client_indices: list[torch.Tensor]
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.client_indices)
+
+    def union(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The aggregate training data D = union of the clients' shards (the loss L of the papers)."""
+        idx = torch.cat(self.client_indices).sort().values
+        if len(idx) == len(self.y_train) and bool((idx == torch.arange(len(idx), device=idx.device)).all()):
+            return self.x_train, self.y_train
+        return self.x_train[idx], self.y_train[idx]
+
+    def client(self, client_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Client `client_id`'s samples (its L_m)."""
+        idx = self.client_indices[client_id]
+        return self.x_train[idx], self.y_train[idx]
+
+
+def federate(ds: Dataset, partition_path: str | Path, device: torch.device | str = "cpu") -> FederatedData:
+    """The dataset split among clients by the partition file (checked against its labels), on `device`."""
+    part = load_partition(partition_path, ds.y_train.numpy())
+    return FederatedData(
+        x_train=ds.x_train.to(device), y_train=ds.y_train.to(device),
+        client_indices=[torch.as_tensor(ix, device=device) for ix in part.client_indices],
+        x_test=ds.x_test.to(device), y_test=ds.y_test.to(device),
+    )
+
+
+def load_federated_data(dataset: str, options: dict, partition_path: str | Path,
+                        device: torch.device | str = "cpu") -> FederatedData:
+    """Dataset `dataset` (config `datasets.<name>` options) split by a partition file, on `device`."""
+    return federate(dataset_from_options(dataset, options), partition_path, device)

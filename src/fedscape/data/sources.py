@@ -1,0 +1,278 @@
+"""Torch-free reading of the datasets' published files into numpy arrays, and their seeded splits.
+
+Every source has three disjoint parts: ``train`` (the pool the clients' partitions index into),
+``test`` and an optional held-out ``proxy`` part (e.g. for pretraining). Splits are stratified and
+seeded: the same arguments give the same indices. The partition stage needs only the training labels,
+so it reads them here without torch; `fedscape.data.datasets` turns a source into normalised tensors.
+
+CIFAR is read from the python-version archives on disk with a restricted unpickler that only
+rebuilds numpy arrays; nothing is downloaded unless ``download=True``.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedscape.core.names import unknown_name_error
+from fedscape.data.specs import DATASET_NAMES
+
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset's raw images and labels with the seeded indices of its train, test and proxy parts.
+
+    ``train_images``/``train_labels`` hold the rows the train and proxy indices point into (digits: all
+    of ``load_digits()``; CIFAR: the official training set); ``test_images``/``test_labels`` the rows of
+    the test indices (digits: the same arrays; CIFAR: the official test set).
+    """
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    train_index: np.ndarray
+    test_index: np.ndarray
+    proxy_index: np.ndarray
+    num_classes: int
+    class_names: tuple[str, ...]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The labels of the train part: what client partitions split."""
+        return self.train_labels[self.train_index]
+
+
+def load_source(name: str, *, data_dir: str | None = None, seed: int = 0, test_fraction: float = 0.25,
+                proxy_fraction: float = 0.0, download: bool = False) -> Source:
+    """Read dataset ``name`` (one of ``DATASET_NAMES``) and split it.
+
+    ``test_fraction`` sets the seeded stratified test split of ``digits``; CIFAR keeps its official
+    train/test split and ignores it. ``proxy_fraction`` carves a seeded stratified proxy part out of
+    the train part (disjoint from train and test). ``data_dir`` and ``download`` apply to CIFAR only.
+    """
+    if not 0.0 <= proxy_fraction < 1.0:
+        raise ValueError(f"proxy_fraction must be in [0, 1), got {proxy_fraction}")
+    if name == "digits":
+        return _digits(seed=seed, test_fraction=test_fraction, proxy_fraction=proxy_fraction)
+    if name in _CIFAR:
+        return _cifar(name, data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download)
+    raise unknown_name_error("dataset", name, DATASET_NAMES)
+
+
+def source_from_options(name: str, options: dict) -> Source:
+    """Dataset `name` read with a config's `datasets.<name>` settings (defaults filled by the schema)."""
+    return load_source(name, data_dir=options.get("data_dir"), seed=options.get("split_seed", 0),
+                       test_fraction=options.get("test_fraction", 0.25),
+                       proxy_fraction=options.get("proxy_fraction", 0.0), download=options.get("download", False))
+
+
+def stratified_split(
+    labels: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split row indices into (kept, held-out) with ``round(fraction * N)`` held-out rows, stratified.
+
+    Each class gives ``floor(fraction * count)`` rows; the remaining rows go to the classes with the
+    largest fractional remainders (ties broken at random). Both index arrays are sorted.
+    """
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * fraction
+    take = np.floor(exact).astype(np.int64)
+    remainder = round(fraction * len(labels)) - int(take.sum())
+    order = np.lexsort((rng.random(len(classes)), -(exact - take)))
+    take[order[:remainder]] += 1
+    held = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take, strict=True)]
+    held_index = np.sort(np.concatenate([np.empty(0, dtype=np.int64), *held]))
+    return np.setdiff1d(np.arange(len(labels)), held_index), held_index
+
+
+def _split_proxy(
+    train_index: np.ndarray, labels: np.ndarray, proxy_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Carve a stratified proxy part out of ``train_index`` (indices into ``labels``)."""
+    keep, held = stratified_split(labels[train_index], proxy_fraction, rng)
+    return train_index[keep], train_index[held]
+
+
+def _digits(*, seed: int = 0, test_fraction: float = 0.25, proxy_fraction: float = 0.0) -> Source:
+    """8x8 handwritten digits (UCI Optical Recognition of Handwritten Digits, via scikit-learn)."""
+    from sklearn.datasets import load_digits  # lazy: scikit-learn takes ~1 s to import; only digits needs it
+
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    digits = load_digits()
+    images = np.asarray(digits.images, dtype=np.float64)[:, None]  # [N, 1, 8, 8], values 0..16
+    labels = np.asarray(digits.target, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    train_index, test_index = stratified_split(labels, test_fraction, rng)
+    train_index, proxy_index = _split_proxy(train_index, labels, proxy_fraction, rng)
+    return Source("digits", images, labels, images, labels, train_index, test_index, proxy_index, 10,
+                  tuple(str(c) for c in range(10)))
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR
+
+
+@dataclass(frozen=True)
+class _CifarSpec:
+    title: str
+    torchvision_class: str
+    folder: str
+    archive: str
+    train_files: tuple[str, ...]
+    test_file: str
+    meta_file: str
+    label_key: str
+    names_key: str
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (*self.train_files, self.test_file, self.meta_file)
+
+
+_CIFAR = {
+    "cifar10": _CifarSpec(
+        title="CIFAR-10",
+        torchvision_class="CIFAR10",
+        folder="cifar-10-batches-py",
+        archive="cifar-10-python.tar.gz",
+        train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
+        test_file="test_batch",
+        meta_file="batches.meta",
+        label_key="labels",
+        names_key="label_names",
+        num_classes=10,
+        mean=(0.4914, 0.4822, 0.4465),
+        std=(0.2470, 0.2435, 0.2616),
+    ),
+    "cifar100": _CifarSpec(
+        title="CIFAR-100",
+        torchvision_class="CIFAR100",
+        folder="cifar-100-python",
+        archive="cifar-100-python.tar.gz",
+        train_files=("train",),
+        test_file="test",
+        meta_file="meta",
+        label_key="fine_labels",
+        names_key="fine_label_names",
+        num_classes=100,
+        mean=(0.5071, 0.4865, 0.4409),
+        std=(0.2673, 0.2564, 0.2762),
+    ),
+}
+
+def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) a 32x32 RGB dataset is normalised with (ValueError for other datasets)."""
+    if name not in _CIFAR:
+        raise ValueError(f"{name} is not a 32x32 RGB dataset; normalisation statistics exist for {', '.join(_CIFAR)}")
+    return _CIFAR[name].mean, _CIFAR[name].std
+
+
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,  # written by numpy 1.x (the official files)
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # written by numpy 2.x
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that rebuilds numpy arrays, dicts, lists and strings, and refuses every other global.
+
+    The CIFAR batch files are pickles; a plain ``pickle.load`` would run whatever a tampered file asks.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refusing to unpickle global {module}.{name}: CIFAR data files may only contain numpy "
+                "arrays, lists, dicts and strings (the file is corrupt or has been tampered with)"
+            ) from None
+
+
+def _load_pickle(path: Path) -> dict[str, Any]:
+    with path.open("rb") as f:
+        try:
+            obj = ArrayOnlyUnpickler(f, encoding="latin1").load()
+        except pickle.UnpicklingError as e:
+            raise pickle.UnpicklingError(f"{path}: {e}") from None
+    if not isinstance(obj, dict):
+        raise TypeError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
+    return obj
+
+
+def _check_cifar_files(spec: _CifarSpec, data_dir: str | None) -> Path:
+    """The CIFAR folder under ``data_dir``; one FileNotFoundError naming every expected file if incomplete."""
+    where = Path(data_dir) / spec.folder if data_dir is not None else Path("<data_dir>", spec.folder)
+    missing = spec.files if data_dir is None else tuple(f for f in spec.files if not (where / f).is_file())
+    if not missing:
+        return where
+    reason = "no data_dir was given" if data_dir is None else f"missing {', '.join(missing)} in {where}"
+    raise FileNotFoundError(
+        f"{spec.title} not found ({reason}). Expected the directory {where} with the files "
+        f"{', '.join(spec.files)}. To get them, either set `download: true` (download=True) with a data_dir "
+        f"on a machine with internet access, or copy the extracted python-version archive ({spec.archive}) "
+        f"there so that {where} holds these files."
+    )
+
+
+def _read_cifar_part(
+    spec: _CifarSpec, directory: Path, files: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images (uint8 ``[N, 3, 32, 32]``) and labels (int64) of the given batch files, concatenated."""
+    images, labels = [], []
+    for file in files:
+        batch = _load_pickle(directory / file)
+        data = np.asarray(batch["data"])
+        y = np.asarray(batch[spec.label_key], dtype=np.int64)
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(y) != len(data):
+            raise ValueError(
+                f"{directory / file}: expected uint8 data of shape [n, 3072] and n labels, got "
+                f"{data.dtype} {list(data.shape)} and {len(y)} labels"
+            )
+        if y.size and not (0 <= y.min() and y.max() < spec.num_classes):
+            raise ValueError(f"{directory / file}: labels outside 0..{spec.num_classes - 1}")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(y)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _cifar(name: str, *, data_dir: str | None, seed: int = 0, proxy_fraction: float = 0.0,
+           download: bool = False) -> Source:
+    """CIFAR-10/100 images (Krizhevsky 2009, Learning Multiple Layers of Features from Tiny Images)."""
+    spec = _CIFAR[name]
+    if download:
+        if data_dir is None:
+            raise ValueError(f"download=True needs a data_dir to download {spec.title} into")
+        from torchvision import datasets  # lazy: torchvision (and torch) only to download, never to read
+
+        # One call fetches and md5-checks the whole archive (both splits); torchvision then unpickles
+        # only files whose md5 matches the official ones. We read them below with our own unpickler.
+        getattr(datasets, spec.torchvision_class)(root=data_dir, train=True, download=True)
+    directory = _check_cifar_files(spec, data_dir)
+
+    class_names = tuple(str(n) for n in _load_pickle(directory / spec.meta_file)[spec.names_key])
+    if len(class_names) != spec.num_classes:
+        raise ValueError(f"{directory / spec.meta_file}: expected {spec.num_classes} class names")
+    train_images, train_labels = _read_cifar_part(spec, directory, spec.train_files)
+    test_images, test_labels = _read_cifar_part(spec, directory, (spec.test_file,))
+    rng = np.random.default_rng(seed)
+    train_index, proxy_index = _split_proxy(np.arange(len(train_labels)), train_labels, proxy_fraction, rng)
+    return Source(name, train_images, train_labels, test_images, test_labels, train_index,
+                  np.arange(len(test_labels)), proxy_index, spec.num_classes, class_names)

@@ -1,0 +1,115 @@
+"""Statistics of the client updates of a federated round (pure functions on flat parameter vectors).
+
+Client drift (the distance of local models from the round-start and the aggregated model; the
+client-drift explainer and Li et al. 2022, local scope), gradient diversity (Yin et al. 2018), mean
+pairwise cosine similarity of client updates and the L2 distance of the server weights from their
+final values (Nguyen et al. 2022, "Where to begin?", bottom row of the poster's figure).
+
+The engine computes `round_stats` every round from the clients' results (the keys are
+`fedscape.fl.settings.STAT_KEYS`); `stats_from_checkpoints` recomputes them from saved checkpoints
+(the rounds in `save_clients_at`) for runs trained before.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_CHUNK = 1 << 20  # columns per float64 block of the Gram matrix
+
+
+def client_drift(reference: torch.Tensor, clients: torch.Tensor) -> float:
+    """Mean Euclidean distance of the client models [M, P] from a reference model [P] (client drift)."""
+    if clients.ndim != 2 or clients.shape[1] != reference.numel():
+        raise ValueError(f"need client models [M, {reference.numel()}], got {tuple(clients.shape)}")
+    return float(torch.stack([torch.linalg.vector_norm((c - reference).double()) for c in clients]).mean())
+
+
+def _gram(updates: torch.Tensor) -> torch.Tensor:
+    if updates.ndim != 2 or len(updates) == 0:
+        raise ValueError(f"need client updates [M, P] with M >= 1, got {tuple(updates.shape)}")
+    gram = torch.zeros(len(updates), len(updates), dtype=torch.float64, device=updates.device)
+    for start in range(0, updates.shape[1], _CHUNK):  # float64 sums without a float64 copy of all updates
+        part = updates[:, start : start + _CHUNK].double()
+        gram += part @ part.T
+    return gram
+
+
+def _diversity(gram: torch.Tensor) -> float:
+    num = float(gram.diagonal().sum())  # sum_m ||g_m||^2
+    den = float(gram.sum())  # ||sum_m g_m||^2
+    if den <= 0.0:
+        return math.nan if num == 0.0 else math.inf
+    return num / den
+
+
+def _cosine_mean(gram: torch.Tensor) -> float:
+    m = len(gram)
+    if m < 2:
+        return math.nan
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    i, j = torch.triu_indices(m, m, offset=1, device=gram.device)
+    denom = norms[i] * norms[j]
+    ok = denom > 0
+    if not bool(ok.any()):
+        return math.nan
+    return float((gram[i, j][ok] / denom[ok]).mean())
+
+
+def gradient_diversity(updates: torch.Tensor) -> float:
+    """sum_m ||g_m||^2 / ||sum_m g_m||^2 of client updates [M, P] (Yin et al. 2018): 1/M if equal, 1 if orthogonal."""
+    return _diversity(_gram(updates))
+
+
+def update_cosine_mean(updates: torch.Tensor) -> float:
+    """Mean cosine similarity over the pairs of client updates [M, P] (Nguyen et al. 2022); NaN for M < 2."""
+    return _cosine_mean(_gram(updates))
+
+
+def cosine_similarity(u: torch.Tensor, v: torch.Tensor) -> float:
+    """cos(u, v) = u.v / (|u| |v|) of two flat vectors (NaN when one is zero)."""
+    u, v = u.reshape(-1).double(), v.reshape(-1).double()
+    denom = float(u.norm() * v.norm())
+    return float(u @ v) / denom if denom > 0 else math.nan
+
+
+def l2_to_final(params: torch.Tensor) -> torch.Tensor:
+    """||w_t - w_final|| for every row of a trajectory [R+1, P] (Nguyen et al. 2022, poster's bottom row)."""
+    if params.ndim != 2:
+        raise ValueError(f"need a trajectory [R+1, P], got {tuple(params.shape)}")
+    return torch.linalg.vector_norm((params - params[-1]).double(), dim=1)
+
+
+@torch.no_grad()
+def round_stats(start: torch.Tensor, clients: torch.Tensor, aggregate: torch.Tensor) -> dict[str, float]:
+    """Drift from the round start and the aggregate, gradient diversity and update cosine of one round.
+
+    `start` [P] is the global model the clients started from, `clients` [M, P] their models after
+    local training, `aggregate` [P] the new global model; updates are g_m = clients[m] - start.
+    """
+    updates = clients - start
+    gram = _gram(updates)
+    return {
+        "drift_from_start": float(gram.diagonal().clamp_min(0).sqrt().mean()),
+        "drift_from_aggregate": client_drift(aggregate, clients),
+        "gradient_diversity": _diversity(gram),
+        "update_cosine_mean": _cosine_mean(gram),
+    }
+
+
+def stats_from_checkpoints(trajectory_params: torch.Tensor, trajectory_rounds: torch.Tensor,
+                           client_rounds: dict) -> list[dict]:
+    """`round_stats` of every round with saved client models, from the checkpoints of a finished run.
+
+    `trajectory_params` [R+1, P] and `trajectory_rounds` [R+1] come from a Trajectory, `client_rounds`
+    is `fedscape.models.checkpoint.load_clients(...)` ({round: ClientRound}). Rows: round, num_clients, stats.
+    """
+    row_of = {int(r): i for i, r in enumerate(trajectory_rounds.tolist())}
+    rows = []
+    for r, c in sorted(client_rounds.items()):
+        if r not in row_of or r - 1 not in row_of:
+            continue
+        stats = round_stats(trajectory_params[row_of[r - 1]], c.params, trajectory_params[row_of[r]])
+        rows.append({"round": int(r), "num_clients": int(len(c.params)), **stats})
+    return rows

@@ -1,0 +1,35 @@
+"""What every algorithm declares (`AlgorithmSpec`), and the server step they all share (`ServerSGDConfig`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedscape.models.specs import MODEL_NAMES, model_info
+
+
+@dataclass(frozen=True)
+class ServerSGDConfig:
+    """Server SGD; lr 1 and momentum 0 is exactly FedAvg's model averaging."""
+
+    server_lr: float = 1.0  # McMahan et al. 2017: the new global model is the weighted mean
+    server_momentum: float = 0.0  # FedAvgM (Hsu et al. 2019) uses 0.9
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """What planning knows about an algorithm without torch: hyperparameters, model needs, strategy."""
+
+    name: str  # the `name` of an `algorithms` entry in the config
+    config: type  # frozen dataclass of the hyperparameters; its defaults cite their sources
+    strategy: str  # "module:Class" of the strategy below fedscape.fl.strategies
+    display: str  # the name as its paper writes it (figure legends)
+    paper: str
+    requires: str | None = None  # the ModelInfo flag a model needs (e.g. "residual"); None = every model
+
+    def check_model(self, model: str) -> None:
+        """ValueError when the algorithm cannot train `model` (e.g. StochDepth on a plain CNN)."""
+        if self.requires is None or getattr(model_info(model), self.requires):
+            return
+        what = self.requires.replace("_", "-")
+        fitting = ", ".join(n for n in MODEL_NAMES if getattr(model_info(n), self.requires))
+        raise ValueError(f"{self.name} needs a {what} model; {model} is not {what} ({what} models: {fitting})")

@@ -1,0 +1,22 @@
+"""FedDyn: dynamic regularisation of the local objectives (Acar et al. 2021)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
+
+
+@dataclass(frozen=True)
+class FedDynConfig(ServerSGDConfig):
+    """FedDyn hyperparameters."""
+
+    alpha: float = 0.01  # Acar et al. 2021 search alpha in {0.1, 0.01, 0.001}; 0.01 in their CIFAR runs
+
+    def __post_init__(self):
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be positive, got {self.alpha}")
+
+
+SPECS = (AlgorithmSpec("feddyn", FedDynConfig, "feddyn:FedDyn", "FedDyn",
+                  "Acar et al. 2021, Federated Learning Based on Dynamic Regularization"),)

@@ -1,0 +1,29 @@
+"""GradAug as local training (Yang et al. 2020; the FedAlign paper's baseline)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
+
+
+@dataclass(frozen=True)
+class GradAugConfig(ServerSGDConfig):
+    """GradAug hyperparameters."""
+
+    mu: float = 1.75  # FedAlign paper, Sec. 3.2: the tuned optimum for GradAug
+    num_subnets: int = 2  # n (FedAlign paper, Sec. 3.2)
+    min_width: float = 0.8  # smallest sub-network width; the FedAlign code shares its --width flag with FedAlign's 0.8
+    scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.625)  # input sizes 32/28/24/20 of 32 in the FedAlign code
+
+    def __post_init__(self):
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        if self.num_subnets < 1 or not 0 < self.min_width <= 1 or self.mu < 0:
+            raise ValueError("GradAug needs num_subnets >= 1, 0 < min_width <= 1 and mu >= 0")
+        if not self.scales or any(not 0 < s <= 1 for s in self.scales):
+            raise ValueError(f"scales must be a non-empty list of fractions in (0, 1], got {list(self.scales)}")
+
+
+SPECS = (AlgorithmSpec("gradaug", GradAugConfig, "gradaug:GradAug", "GradAug",
+                  "Yang et al. 2020, GradAug: A New Regularization Method for Deep Neural Networks; FedAlign paper",
+                  requires="width_sliceable"),)

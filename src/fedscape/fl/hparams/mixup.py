@@ -1,0 +1,22 @@
+"""Mixup as local training (Zhang et al. 2018; the FedAlign paper's baseline)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
+
+
+@dataclass(frozen=True)
+class MixupConfig(ServerSGDConfig):
+    """Mixup hyperparameters."""
+
+    gamma: float = 0.05  # FedAlign paper, Sec. 3.2: lambda ~ Beta(gamma, gamma) with gamma = 0.05
+
+    def __post_init__(self):
+        if self.gamma < 0:
+            raise ValueError(f"gamma must be non-negative, got {self.gamma}")
+
+
+SPECS = (AlgorithmSpec("mixup", MixupConfig, "mixup:Mixup", "Mixup",
+                  "Zhang et al. 2018, mixup: Beyond Empirical Risk Minimization; FedAlign paper, Sec. 3.2"),)

@@ -1,0 +1,23 @@
+"""Stochastic Depth as local training (Huang et al. 2016; the FedAlign paper's baseline)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
+
+
+@dataclass(frozen=True)
+class StochDepthConfig(ServerSGDConfig):
+    """Stochastic Depth hyperparameters."""
+
+    survival_last: float = 0.9  # gamma_L, the last block's survival probability (FedAlign paper, Sec. 3.2)
+
+    def __post_init__(self):
+        if not 0 < self.survival_last <= 1:
+            raise ValueError(f"survival_last must be in (0, 1], got {self.survival_last}")
+
+
+SPECS = (AlgorithmSpec("stochdepth", StochDepthConfig, "stochdepth:StochDepth", "StochDepth",
+                  "Huang et al. 2016, Deep Networks with Stochastic Depth; FedAlign paper, Sec. 3.2",
+                  requires="residual"),)

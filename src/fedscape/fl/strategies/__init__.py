@@ -1,0 +1,1 @@
+"""The algorithms' behaviour: a `Strategy` per algorithm family, built by name in `registry`."""

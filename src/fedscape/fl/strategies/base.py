@@ -1,0 +1,200 @@
+"""Algorithms as small strategy classes over one engine (Flower-style hooks, FLSim server update).
+
+A strategy has client-side hooks used by the engine's local SGD loop (`begin_local`,
+`local_parameters`, `local_backward` -> `local_loss`, `adjust_gradients`, `end_local`) and one
+server-side hook (`server_update`): aggregate the client deltas weighted by sample counts, treat
+the mean delta as a pseudo-gradient and step a server optimiser. FedAvg, FedAvgM, FedAdam, FedYogi
+and FedAdagrad differ only in that optimiser (`fedavg`); every other module of this package is one
+client-side algorithm family. Hyperparameters live in one frozen dataclass per algorithm, in the
+module of the same name in `fedscape.fl.hparams`; `registry.make_strategy` builds a strategy by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedscape.fl.aggregate import mean_delta, sample_weights, weighted_mean
+from fedscape.fl.hparams.base import ServerSGDConfig
+from fedscape.fl.server_opt import ServerOptimizer, ServerSGD
+
+
+@dataclass
+class ClientContext:
+    """What a client's local training sees in one round."""
+
+    round: int
+    client_id: int
+    global_params: torch.Tensor  # flat, on the training device; never modified
+    x: torch.Tensor
+    y: torch.Tensor
+    generator: torch.Generator  # CPU generator of the client's batch order; strategies draw from it too
+    lr: float = 0.0  # the local learning rate (SCAFFOLD's option-II control variate divides by it)
+    momentum: float = 0.0  # the local SGD momentum
+    steps: int = 0  # local optimiser steps taken so far (counted by the engine)
+    scratch: dict[str, Any] = field(default_factory=dict)  # per-client working state of the strategy
+
+
+@dataclass(frozen=True)
+class ClientResult:
+    """A client's model after local training."""
+
+    client_id: int
+    num_samples: int
+    params: torch.Tensor
+    buffers: torch.Tensor
+    train_loss: float
+
+
+def param_views(vector: torch.Tensor, model: nn.Module) -> list[torch.Tensor]:
+    """Views of a flat vector shaped like the model's parameters, in `parameters()` order."""
+    views, offset = [], 0
+    for p in model.parameters():
+        n = p.numel()
+        views.append(vector[offset : offset + n].view_as(p))
+        offset += n
+    if offset != vector.numel():
+        raise ValueError(f"flat vector has {vector.numel()} entries but the model has {offset} parameters")
+    return views
+
+
+class ClientStore:
+    """Per-client flat vectors (control variates, previous local models) kept on the CPU.
+
+    Clients that never took part read `default` (zeros when None); the state is a plain dict of
+    tensors so that it survives the engine's per-round progress files.
+    """
+
+    def __init__(self, num_params: int, default: torch.Tensor | None = None):
+        self.num_params = num_params
+        self.default = default
+        self.values: dict[int, torch.Tensor] = {}
+
+    def get(self, client_id: int, device: torch.device | str) -> torch.Tensor:
+        value = self.values.get(client_id)
+        if value is None:
+            value = self.default if self.default is not None else torch.zeros(self.num_params)
+        return value.to(device)
+
+    def set(self, client_id: int, value: torch.Tensor) -> None:
+        self.values[client_id] = value.detach().to("cpu", copy=True)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        ids = sorted(self.values)
+        state = {"ids": torch.tensor(ids, dtype=torch.long)}
+        state["values"] = torch.stack([self.values[i] for i in ids]) if ids else torch.zeros(0, self.num_params)
+        if self.default is not None:
+            state["default"] = self.default
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if "default" in state:
+            self.default = state["default"].cpu()
+        self.values = {int(i): v.cpu() for i, v in zip(state["ids"].tolist(), state["values"], strict=True)}
+
+    def mean(self, num_clients: int) -> torch.Tensor:
+        """(1/N) sum over all N clients, the absent ones at their default."""
+        base = self.default if self.default is not None else torch.zeros(self.num_params)
+        total = base.double() * (num_clients - len(self.values))
+        for v in self.values.values():
+            total = total + v.double()
+        return (total / num_clients).float()
+
+
+class Strategy:
+    """The base of every algorithm, and FedAvg's behaviour (McMahan et al. 2017): local SGD on cross-entropy,
+    sample-weighted model averaging fed to a server optimiser."""
+    # True when local training is plain SGD on cross-entropy (only the server step differs), so a
+    # batched/vectorised client path may train these clients without calling the client hooks.
+    standard_local_training: ClassVar[bool] = True
+    # Whether fedscape.fl.vectorized may train all clients of a round at once (stacked parameters
+    # under vmap; `adjust_gradients_vectorized` is its only client hook). FedAvg: yes. A subclass is
+    # False unless it declares `vectorized` itself, or it only changes the server step (standard
+    # local training and no client hook of its own), in which case it inherits its parent's value.
+    vectorized: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "vectorized" not in cls.__dict__:
+            hooks = ("begin_local", "local_parameters", "local_backward", "local_loss", "adjust_gradients",
+                     "end_local")
+            if not cls.standard_local_training or any(h in cls.__dict__ for h in hooks):
+                cls.vectorized = False
+
+    def __init__(self, config: Any = None, name: str = "fedavg"):
+        # config: the algorithm's hyperparameter dataclass (fedscape.fl.hparams); FedAvg's by default
+        self.config = ServerSGDConfig() if config is None else config
+        self.name = name
+        self.server_opt = self.make_server_optimizer()
+
+    # -- set-up and state -------------------------------------------------------------------
+    def make_server_optimizer(self) -> ServerOptimizer:
+        return ServerSGD(self.config.server_lr, self.config.server_momentum)
+
+    def setup(self, num_clients: int, num_params: int, device: torch.device, model: nn.Module | None = None,
+              seed: int = 0) -> None:
+        """Allocate per-run state (control variates, previous models) before the first round.
+
+        `model` holds the initial weights; `seed` is the run seed (for the strategy's own random
+        initialisations). A resumed run calls setup and then `load_state_dict`.
+        """
+        self.num_clients, self.num_params, self.device = num_clients, num_params, device
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"server_opt": self.server_opt.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.server_opt.load_state_dict(state.get("server_opt", {}))
+
+    # -- client side --------------------------------------------------------------------------
+    def begin_local(self, model: nn.Module, ctx: ClientContext) -> None:
+        """Called once per client and round with the global model loaded, before the first step."""
+
+    def local_parameters(self, ctx: ClientContext) -> list[torch.Tensor]:
+        """Extra tensors the local optimiser trains along with the model (MOON's projection head)."""
+        return []
+
+    def local_backward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext) -> torch.Tensor:
+        """Accumulate the gradients of the local objective on one batch; returns its (detached) value.
+
+        The default back-propagates `local_loss`; methods with several passes per batch (GradAug,
+        FedAlign) override this to back-propagate each pass in turn, as their reference code does.
+        """
+        loss = self.local_loss(model, x, y, ctx)
+        loss.backward()
+        return loss.detach()
+
+    def local_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext) -> torch.Tensor:
+        """The local objective on one batch; FedAvg minimises the plain cross-entropy."""
+        return F.cross_entropy(model(x), y)
+
+    def adjust_gradients(self, model: nn.Module, ctx: ClientContext) -> None:
+        """Change gradients after backward, before the local optimiser step (SCAFFOLD's correction)."""
+
+    def adjust_gradients_vectorized(self, params: list[torch.Tensor], global_params: list[torch.Tensor],
+                                    grads: list[torch.Tensor]) -> None:
+        """`adjust_gradients` of the vectorised path, in place on stacked client tensors [K, *shape].
+
+        `params` and `grads` hold the K active clients of a step, `global_params` the round's global
+        model (unstacked), all in `named_parameters()` order; nothing for FedAvg.
+        """
+
+    def end_local(self, model: nn.Module, ctx: ClientContext, params: torch.Tensor) -> None:
+        """Called after the client's last step with its final flat parameters (update client state)."""
+
+    # -- server side --------------------------------------------------------------------------
+    def server_update(self, global_params: torch.Tensor, results: list[ClientResult]) -> torch.Tensor:
+        """New global parameters from the client results (weighted mean delta -> server optimiser)."""
+        weights = sample_weights([r.num_samples for r in results])
+        client_params = torch.stack([r.params for r in results])
+        delta = mean_delta(global_params, client_params, weights)
+        return self.server_opt.step(global_params, -delta)
+
+    def aggregate_buffers(self, results: list[ClientResult]) -> torch.Tensor:
+        """Floating buffers (batch-norm statistics) are averaged with the same sample weights."""
+        weights = sample_weights([r.num_samples for r in results])
+        return weighted_mean(torch.stack([r.buffers for r in results]), weights)

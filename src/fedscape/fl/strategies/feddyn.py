@@ -1,0 +1,65 @@
+"""FedDyn (Acar et al. 2021): dynamic regularisation aligns local and global stationary points."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedscape.fl.aggregate import sample_weights, weighted_mean
+from fedscape.fl.strategies.base import ClientContext, ClientResult, ClientStore, Strategy, param_views
+
+
+class FedDyn(Strategy):
+    """FedDyn (Acar et al. 2021): dynamic regularisation that aligns local and global stationary points.
+
+    Client k minimises L_k(w) - <g_k, w> + alpha/2 ||w - w_global||^2, then g_k <- g_k -
+    alpha (w_k - w_global) (g_k starts at 0). The server keeps h <- h - alpha (1/N) sum_{k in S}
+    (w_k - w_global) and sets w = mean_k w_k - h / alpha (the mean weighted by sample counts, as
+    everywhere in fedscape; equal shards give the paper's plain mean).
+    """
+
+    standard_local_training = False
+
+    def setup(self, num_clients, num_params, device, model=None, seed=0) -> None:
+        super().setup(num_clients, num_params, device, model, seed)
+        self.h = torch.zeros(num_params, device=device)
+        self.grads = ClientStore(num_params)
+        self._deltas: dict[int, torch.Tensor] = {}
+
+    def state_dict(self):
+        return {**super().state_dict(), "h": self.h, "grads": self.grads.state_dict()}
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        self.h = state["h"].to(self.device)
+        self.grads.load_state_dict(state["grads"])
+
+    def begin_local(self, model: nn.Module, ctx: ClientContext) -> None:
+        g_k = self.grads.get(ctx.client_id, ctx.global_params.device)
+        ctx.scratch["g_k"] = g_k
+        ctx.scratch["g_views"] = param_views(g_k, model)
+        ctx.scratch["global_views"] = param_views(ctx.global_params, model)
+
+    def adjust_gradients(self, model: nn.Module, ctx: ClientContext) -> None:
+        alpha = self.config.alpha
+        for p, g_k, w_g in zip(model.parameters(), ctx.scratch["g_views"], ctx.scratch["global_views"], strict=True):
+            extra = alpha * (p.detach() - w_g) - g_k
+            if p.grad is None:
+                p.grad = extra
+            else:
+                p.grad.add_(extra)
+
+    def end_local(self, model: nn.Module, ctx: ClientContext, params: torch.Tensor) -> None:
+        delta = params - ctx.global_params
+        self.grads.set(ctx.client_id, ctx.scratch["g_k"] - self.config.alpha * delta)
+        self._deltas[ctx.client_id] = delta
+
+    def server_update(self, global_params: torch.Tensor, results: list[ClientResult]) -> torch.Tensor:
+        alpha = self.config.alpha
+        for r in results:
+            self.h = self.h - alpha * self._deltas.pop(r.client_id).to(self.h.device) / self.num_clients
+        self._deltas.clear()
+        weights = sample_weights([r.num_samples for r in results])
+        mean = weighted_mean(torch.stack([r.params for r in results]), weights)
+        target = mean - self.h / alpha
+        return self.server_opt.step(global_params, global_params - target)

@@ -1,0 +1,108 @@
+"""MOON (Li et al. 2021): a model-contrastive term pulls local representations to the global model's."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedscape.core.seeds import derive_seed
+from fedscape.fl.aggregate import sample_weights, weighted_mean
+from fedscape.fl.strategies.base import ClientContext, ClientResult, ClientStore, Strategy
+from fedscape.models.params import FlatParams, flatten_buffers, flatten_params, load_buffers, load_params
+
+_MOON_HEAD_STREAM = 0x4D4F4F4E  # seed stream of MOON's projection head
+
+
+def moon_contrastive_loss(z: torch.Tensor, z_global: torch.Tensor, z_prev: torch.Tensor,
+                          temperature: float) -> torch.Tensor:
+    """MOON's model-contrastive loss (Li et al. 2021, eq. 3): -log e^{s_g/T} / (e^{s_g/T} + e^{s_p/T}),
+    s = cosine similarity of the local representation to the global resp. previous local one."""
+    pos = F.cosine_similarity(z, z_global, dim=-1)
+    neg = F.cosine_similarity(z, z_prev, dim=-1)
+    logits = torch.stack([pos, neg], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(z), dtype=torch.long, device=z.device))
+
+
+class Moon(Strategy):
+    """MOON (Li et al. 2021, Model-Contrastive Federated Learning) with a two-layer projection head.
+
+    The head (Linear(D, H)-ReLU-Linear(H, O) on the penultimate features) is trained and averaged
+    with the model but kept by the strategy, so the model saved in trajectories is the plain
+    classifier (the head only feeds the contrastive term; the MOON code puts the classifier on top of
+    the head instead). The previous local model of a client that has not yet trained is the initial
+    global model, as in the FedAlign code.
+    """
+
+    standard_local_training = False
+
+    def setup(self, num_clients, num_params, device, model=None, seed=0) -> None:
+        super().setup(num_clients, num_params, device, model, seed)
+        if model is None:
+            raise ValueError("MOON needs the model at setup (its projection head is sized from it)")
+        dim = model.classifier.in_features
+        out = self.config.projection_dim or dim
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, _MOON_HEAD_STREAM))
+            head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, out))
+        self.head = head.to(device)
+        self.head_flat = FlatParams(self.head)
+        self.head_global = self.head_flat.get()
+        self._global_model = copy.deepcopy(model).requires_grad_(False)
+        self._prev_model = copy.deepcopy(model).requires_grad_(False)
+        self._global_head = copy.deepcopy(self.head).requires_grad_(False)
+        self._prev_head = copy.deepcopy(self.head).requires_grad_(False)
+        self.prev = ClientStore(num_params, flatten_params(model).cpu())
+        self.prev_heads = ClientStore(self.head_global.numel(), self.head_global.cpu())
+        self._pending_heads: dict[int, torch.Tensor] = {}
+
+    def state_dict(self):
+        return {**super().state_dict(), "head_global": self.head_global, "prev": self.prev.state_dict(),
+                "prev_heads": self.prev_heads.state_dict()}
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        self.head_global = state["head_global"].to(self.device)
+        self.prev.load_state_dict(state["prev"])
+        self.prev_heads.load_state_dict(state["prev_heads"])
+
+    def begin_local(self, model: nn.Module, ctx: ClientContext) -> None:
+        device = ctx.global_params.device
+        buffers = flatten_buffers(model)
+        for copy_, params in ((self._global_model, ctx.global_params),
+                              (self._prev_model, self.prev.get(ctx.client_id, device))):
+            load_params(copy_, params)
+            if buffers.numel():
+                load_buffers(copy_, buffers)
+            copy_.train(model.training)
+        load_params(self._global_head, self.head_global)
+        load_params(self._prev_head, self.prev_heads.get(ctx.client_id, device))
+        self.head_flat.set(self.head_global)
+        self.head.train()
+
+    def local_parameters(self, ctx: ClientContext) -> list[torch.Tensor]:
+        return list(self.head.parameters())
+
+    def local_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext) -> torch.Tensor:
+        features = model.forward_features(x)
+        ce = F.cross_entropy(model.classifier(features), y)
+        with torch.no_grad():
+            z_global = self._global_head(self._global_model.forward_features(x))
+            z_prev = self._prev_head(self._prev_model.forward_features(x))
+        con = moon_contrastive_loss(self.head(features), z_global, z_prev, self.config.temperature)
+        return ce + self.config.mu * con
+
+    def end_local(self, model: nn.Module, ctx: ClientContext, params: torch.Tensor) -> None:
+        head = self.head_flat.get()
+        self.prev.set(ctx.client_id, params)
+        self.prev_heads.set(ctx.client_id, head)
+        self._pending_heads[ctx.client_id] = head
+
+    def server_update(self, global_params: torch.Tensor, results: list[ClientResult]) -> torch.Tensor:
+        weights = sample_weights([r.num_samples for r in results])
+        heads = torch.stack([self._pending_heads.pop(r.client_id) for r in results])
+        self._pending_heads.clear()
+        self.head_global = weighted_mean(heads, weights)
+        return super().server_update(global_params, results)

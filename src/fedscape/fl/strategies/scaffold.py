@@ -1,0 +1,70 @@
+"""SCAFFOLD (Karimireddy et al. 2020): control variates correct the clients' drift."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedscape.fl.strategies.base import ClientContext, ClientResult, ClientStore, Strategy, param_views
+
+
+def effective_steps(steps: int, momentum: float) -> float:
+    """sum_{k=1..K} (1 - m^k) / (1 - m): how far K heavy-ball steps with momentum m move under a
+    constant gradient, in plain-SGD steps (K for m = 0; FedNova's momentum normaliser, Wang et al. 2020)."""
+    if momentum == 0:
+        return float(steps)
+    return (steps - momentum * (1 - momentum**steps) / (1 - momentum)) / (1 - momentum)
+
+
+class Scaffold(Strategy):
+    """SCAFFOLD (Karimireddy et al. 2020): control variates correct client drift; option-II update.
+
+    Server control variate c and client control variates c_i start at zero. Each local step uses
+    the gradient g + c - c_i; afterwards c_i+ = c_i - c + (x - y_i) / (K lr) (option II, K local
+    steps; with client momentum m, K is replaced by `effective_steps(K, m)` so that the quotient stays
+    an average gradient), and the server sets c <- c + (1/N) sum_{i in S} (c_i+ - c_i), so that c stays the mean
+    of all N clients' c_i. The model step is the weighted mean delta (times the global lr
+    `server_lr`, 1 in the paper's experiments).
+    """
+
+    standard_local_training = False
+
+    def setup(self, num_clients, num_params, device, model=None, seed=0) -> None:
+        super().setup(num_clients, num_params, device, model, seed)
+        self.c = torch.zeros(num_params, device=device)
+        self.c_clients = ClientStore(num_params)
+        self._delta_c: dict[int, torch.Tensor] = {}
+
+    def state_dict(self):
+        return {**super().state_dict(), "c": self.c, "c_clients": self.c_clients.state_dict()}
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        self.c = state["c"].to(self.device)
+        self.c_clients.load_state_dict(state["c_clients"])
+
+    def begin_local(self, model: nn.Module, ctx: ClientContext) -> None:
+        c_i = self.c_clients.get(ctx.client_id, ctx.global_params.device)
+        ctx.scratch["c_i"] = c_i
+        ctx.scratch["correction"] = param_views(self.c.to(c_i.device) - c_i, model)
+
+    def adjust_gradients(self, model: nn.Module, ctx: ClientContext) -> None:
+        for p, corr in zip(model.parameters(), ctx.scratch["correction"], strict=True):
+            if p.grad is not None:
+                p.grad.add_(corr)
+
+    def end_local(self, model: nn.Module, ctx: ClientContext, params: torch.Tensor) -> None:
+        if ctx.steps == 0 or ctx.lr <= 0:
+            return
+        c_i = ctx.scratch["c_i"]
+        steps = effective_steps(ctx.steps, ctx.momentum)
+        c_new = c_i - self.c.to(c_i.device) + (ctx.global_params - params) / (steps * ctx.lr)
+        self._delta_c[ctx.client_id] = (c_new - c_i).to(self.c.device)
+        self.c_clients.set(ctx.client_id, c_new)
+
+    def server_update(self, global_params: torch.Tensor, results: list[ClientResult]) -> torch.Tensor:
+        for r in results:
+            if r.client_id in self._delta_c:
+                self.c = self.c + self._delta_c[r.client_id] / self.num_clients
+        self._delta_c.clear()
+        return super().server_update(global_params, results)

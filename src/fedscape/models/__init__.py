@@ -1,0 +1,1 @@
+"""Networks, their flat parameter vectors, checkpoints and evaluation."""

@@ -1,0 +1,208 @@
+"""Checkpoints of a federated run: the global trajectory and client models at chosen rounds.
+
+Format (a dict of tensors and plain values, saved with `torch.save` and always loaded with
+`torch.load(weights_only=True)`, so loading never unpickles arbitrary objects):
+
+* ``trajectory.pt``: ``params`` [R+1, P] (row t = global model after round t, row 0 = the init),
+  ``buffers`` [R+1, B] (floating buffers such as batch-norm statistics, B may be 0),
+  ``rounds`` [R+1] and ``meta`` (model name, options, data shape, parameter names and shapes).
+* ``clients.pt``: for each round in ``save_clients_at`` the participating clients' models after
+  local training: ``client_ids`` [m], ``num_samples`` [m], ``params`` [m, P], ``buffers`` [m, B].
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fedscape.core.io import atomic_path
+from fedscape.models.networks import build_model
+from fedscape.models.params import load_buffers, load_params
+
+FORMAT = "fedscape-checkpoint-v1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is missing, truncated or not a fedscape checkpoint."""
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """Everything needed to rebuild the model a flat vector belongs to."""
+
+    model: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    model_options: dict = field(default_factory=dict)
+    param_names: tuple[str, ...] = ()
+    param_shapes: tuple[tuple[int, ...], ...] = ()
+
+    def build(self) -> nn.Module:
+        return build_model(self.model, num_classes=self.num_classes, in_channels=self.in_channels,
+                           image_size=self.image_size, **self.model_options)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "model_options": dict(self.model_options),
+            "param_names": list(self.param_names),
+            "param_shapes": [list(s) for s in self.param_shapes],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelMeta:
+        return cls(
+            model=d["model"],
+            num_classes=int(d["num_classes"]),
+            in_channels=int(d["in_channels"]),
+            image_size=int(d["image_size"]),
+            model_options=dict(d.get("model_options", {})),
+            param_names=tuple(d.get("param_names", ())),
+            param_shapes=tuple(tuple(s) for s in d.get("param_shapes", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """The global model after every round of one run."""
+
+    params: torch.Tensor  # [R+1, P]
+    buffers: torch.Tensor  # [R+1, B]
+    rounds: torch.Tensor  # [R+1]
+    model_meta: ModelMeta
+    meta: dict  # run settings, seeds, status
+
+    def model_at(self, round_: int, device: str | torch.device = "cpu") -> nn.Module:
+        """The global model after round `round_` (0 = init), in eval mode."""
+        row = self.row(round_)
+        model = self.model_meta.build().to(device)
+        load_params(model, self.params[row].to(device))
+        load_buffers(model, self.buffers[row].to(device))
+        return model.eval()
+
+    def row(self, round_: int) -> int:
+        hits = (self.rounds == round_).nonzero()
+        if len(hits) == 0:
+            raise KeyError(f"round {round_} is not in this trajectory (rounds 0..{int(self.rounds.max())})")
+        return int(hits[0, 0])
+
+    @property
+    def final_round(self) -> int:
+        return int(self.rounds.max())
+
+    @property
+    def status(self) -> str:
+        """The run's status: 'ok', or 'diverged' when training stopped early on a non-finite loss."""
+        return str(self.meta.get("status", "ok"))
+
+    def unusable(self, round_: int) -> str | None:
+        """Why the global model of `round_` cannot be analysed (the run diverged), or None when it can.
+
+        A diverged run's trajectory ends at the round where its training loss became NaN/inf
+        (fedscape.fl.engine): later rounds are missing, and that last model is not analysed even when
+        its parameters happen to be finite. A round missing from a run that did not diverge is an
+        error (KeyError), not a reason to skip.
+        """
+        if not bool((self.rounds == round_).any()):
+            if self.status == "ok":
+                raise KeyError(f"round {round_} is not in this trajectory (rounds 0..{self.final_round}) although "
+                               "the run did not diverge; retrain it")
+            return (f"round {round_} is not in the trajectory (it ends at round {self.final_round}, status "
+                    f"{self.status!r}: the run stopped early)")
+        row = self.row(round_)
+        if not (bool(torch.isfinite(self.params[row]).all()) and bool(torch.isfinite(self.buffers[row]).all())):
+            return f"the model of round {round_} has NaN/inf parameters (status {self.status!r})"
+        if self.status != "ok" and row == len(self.rounds) - 1:
+            return f"round {round_} is where the run diverged (status {self.status!r}: its loss is not finite)"
+        return None
+
+
+@dataclass(frozen=True)
+class ClientRound:
+    """The participating clients' models after local training in one round."""
+
+    round: int
+    client_ids: torch.Tensor  # [m]
+    num_samples: torch.Tensor  # [m]
+    params: torch.Tensor  # [m, P]
+    buffers: torch.Tensor  # [m, B]
+
+
+def save_trajectory(path: str | Path, params: torch.Tensor, buffers: torch.Tensor, rounds: torch.Tensor,
+                    model_meta: ModelMeta, meta: dict) -> None:
+    """Write a trajectory atomically."""
+    _save(path, {
+        "format": FORMAT,
+        "kind": "trajectory",
+        "params": params.detach().cpu().float().contiguous(),
+        "buffers": buffers.detach().cpu().float().contiguous(),
+        "rounds": rounds.detach().cpu().long(),
+        "model_meta": json.dumps(model_meta.to_dict()),
+        "meta": json.dumps(meta),
+    })
+
+
+def load_trajectory(path: str | Path, map_location: str = "cpu") -> Trajectory:
+    """Load a whole trajectory with one call."""
+    obj = _load(path, "trajectory", map_location)
+    return Trajectory(obj["params"], obj["buffers"], obj["rounds"],
+                      ModelMeta.from_dict(json.loads(obj["model_meta"])), json.loads(obj["meta"]))
+
+
+def save_clients(path: str | Path, rounds: dict[int, ClientRound], model_meta: ModelMeta, meta: dict) -> None:
+    """Write the client checkpoints of every saved round atomically."""
+    _save(path, {
+        "format": FORMAT,
+        "kind": "clients",
+        "model_meta": json.dumps(model_meta.to_dict()),
+        "meta": json.dumps(meta),
+        "rounds": {
+            str(r): {
+                "client_ids": c.client_ids.cpu().long(),
+                "num_samples": c.num_samples.cpu().long(),
+                "params": c.params.detach().cpu().float().contiguous(),
+                "buffers": c.buffers.detach().cpu().float().contiguous(),
+            }
+            for r, c in sorted(rounds.items())
+        },
+    })
+
+
+def load_clients(path: str | Path, map_location: str = "cpu") -> dict[int, ClientRound]:
+    """Load the client checkpoints: {round: ClientRound}."""
+    obj = _load(path, "clients", map_location)
+    return {
+        int(r): ClientRound(int(r), d["client_ids"], d["num_samples"], d["params"], d["buffers"])
+        for r, d in obj["rounds"].items()
+    }
+
+
+def _save(path: str | Path, obj: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _load(path: str | Path, kind: str, map_location: str) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated, foreign or unsafe content
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); "
+            "it is truncated or not a fedscape checkpoint: delete it and rerun to make it again"
+        ) from exc
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT or obj.get("kind") != kind:
+        raise CheckpointError(
+            f"{path} is not a fedscape {kind} checkpoint ({FORMAT}): delete it and rerun to make it again"
+        )
+    return obj

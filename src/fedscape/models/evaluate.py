@@ -1,0 +1,46 @@
+"""Loss and accuracy of a model on tensors held in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedscape.models.specs import EVAL_BATCH_SIZE
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Mean cross-entropy and accuracy over a data set."""
+
+    loss: float
+    acc: float
+    n: int
+
+    @property
+    def error(self) -> float:
+        return 1.0 - self.acc
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> EvalResult:
+    """Mean cross-entropy and accuracy in eval mode (no augmentation, batch norm uses running stats).
+
+    A non-finite loss is returned as such (inf or nan) rather than raised: callers decide.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for start in range(0, len(y), batch_size):
+        xb = x[start : start + batch_size].to(device, non_blocking=True)
+        yb = y[start : start + batch_size].to(device, non_blocking=True)
+        logits = model(xb)
+        total_loss += F.cross_entropy(logits.float(), yb, reduction="sum").double()
+        correct += (logits.argmax(dim=1) == yb).sum()
+    model.train(was_training)
+    n = len(y)
+    return EvalResult(loss=float(total_loss) / max(n, 1), acc=float(correct) / max(n, 1), n=n)

@@ -1,0 +1,560 @@
+"""Model registry: every network the pipeline trains, built by name.
+
+Conventions every model follows (other stages rely on them):
+
+- ``forward(x)`` returns logits and equals ``classifier(forward_features(x))``, where
+  ``forward_features`` gives the penultimate representation ``[B, D]`` (MOON) and ``classifier`` is
+  the final ``nn.Linear`` (re-initialised by pretrained init when label sets differ);
+- modules are registered in forward order, so ``named_parameters()`` runs from input to output
+  (the layer-wise analyses depend on it);
+- the only buffers are floating point (BatchNorm running statistics; no ``num_batches_tracked``),
+  so state dicts can be averaged tensor by tensor;
+- ``forward`` is deterministic: no model uses dropout or any other randomness;
+- a model may add ``forward_stacked(params, x)``: K models' logits on their own batches at once,
+  equal to ``vmap(functional_call)`` but written for grouped layouts that run faster (vectorised
+  client training uses it where present).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fedscape.core.names import suggest, unknown_name_error
+from fedscape.models.specs import MODEL_INFOS, MODEL_OPTIONS, NORMS, ModelInfo, check_model_compatible, model_info
+
+GROUP_NORM_MAX_GROUPS = 8
+
+NormFactory = Callable[[int], nn.Module]
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """Batch normalisation (Ioffe & Szegedy, 2015) whose only buffers are the float running stats.
+
+    The integer ``num_batches_tracked`` counter is dropped (it is only read when ``momentum`` is
+    None), so every buffer can be averaged like a parameter.
+    """
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__(num_features)
+        self.register_buffer("num_batches_tracked", None)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        # Skip _NormBase's legacy hook: for state dicts without version metadata (e.g. plain dicts
+        # built by averaging) it inserts a num_batches_tracked entry this module does not have.
+        nn.Module._load_from_state_dict(self, *args, **kwargs)
+
+
+def norm_factory(norm: str) -> NormFactory:
+    """Normalisation layer constructor for ``norm`` in NORMS.
+
+    "group" uses ``gcd(8, channels)`` groups: 8 for the usual widths (16/32/64/...), and always a
+    divisor of the channel count.
+    """
+    if norm == "batch":
+        return BatchNorm2d
+    if norm == "group":
+        return lambda channels: nn.GroupNorm(math.gcd(GROUP_NORM_MAX_GROUPS, channels), channels)
+    if norm == "none":
+        return lambda channels: nn.Identity()
+    raise unknown_name_error("norm", norm, NORMS)
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution with padding 1 and no bias (ResNet convention)."""
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+
+# -- width slicing (GradAug / FedAlign sub-networks) -------------------------------------------
+# A sub-network of width w keeps the first slim_channels(C, w) channels of every sliced layer and
+# shares its weights with the full network (Yang et al. 2020, GradAug; Mendieta et al. 2022,
+# FedAlign). The sliced forward passes below use the weights' leading slices with F.conv2d /
+# F.linear; at width 1.0 they compute exactly what the modules compute.
+SLIM_DIVISOR = 8  # channel counts are rounded to multiples of 8 (make_divisible of the GradAug/FedAlign code)
+
+
+def slim_channels(channels: int, width: float) -> int:
+    """Channels kept at width ``width``: make_divisible(channels * width, 8) of the slimmable-network
+    code (GradAug, FedAlign), at most ``channels``."""
+    if not 0 < width <= 1:
+        raise ValueError(f"width must be in (0, 1], got {width}")
+    if width == 1:
+        return channels
+    value = channels * width
+    kept = max(1, int(value + SLIM_DIVISOR / 2) // SLIM_DIVISOR * SLIM_DIVISOR)
+    if kept < 0.9 * value:  # never round down by more than 10%
+        kept += SLIM_DIVISOR
+    return min(channels, kept)
+
+
+def sliced_conv(conv: nn.Conv2d, x: Tensor, out_channels: int) -> Tensor:
+    """``conv`` applied to ``x`` (its first x.shape[1] input channels) giving its first ``out_channels`` outputs."""
+    weight = conv.weight[:out_channels, : x.shape[1]]
+    bias = conv.bias[:out_channels] if conv.bias is not None else None
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def sliced_norm(norm: nn.Module, x: Tensor, full_width: bool) -> Tensor:
+    """A normalisation layer restricted to the first x.shape[1] channels.
+
+    At full width it is the module itself. In a narrower sub-network batch norm normalises with
+    batch statistics in training, never updating the full network's running statistics (as the
+    slimmable BN of the GradAug/FedAlign code), and with the sliced running statistics in
+    evaluation. Group norm keeps the full network's groups (the kept channels must fill whole groups).
+    """
+    c = x.shape[1]
+    if isinstance(norm, nn.Identity):
+        return x
+    if full_width:
+        return norm(x)
+    if isinstance(norm, nn.BatchNorm2d):
+        weight = norm.weight[:c] if norm.weight is not None else None
+        bias = norm.bias[:c] if norm.bias is not None else None
+        if norm.training or norm.running_mean is None:
+            return F.batch_norm(x, None, None, weight, bias, True, 0.0, norm.eps)
+        return F.batch_norm(x, norm.running_mean[:c], norm.running_var[:c], weight, bias, False, 0.0, norm.eps)
+    if isinstance(norm, nn.GroupNorm):
+        group_size = norm.num_channels // norm.num_groups
+        if c % group_size:
+            raise ValueError(f"cannot slice a GroupNorm of {norm.num_channels} channels in {norm.num_groups} groups "
+                             f"to {c} channels (not a whole number of groups)")
+        weight = norm.weight[:c] if norm.weight is not None else None
+        bias = norm.bias[:c] if norm.bias is not None else None
+        return F.group_norm(x, c // group_size, weight, bias, norm.eps)
+    raise TypeError(f"cannot slice normalisation layer {type(norm).__name__}")
+
+
+def sliced_linear_in(linear: nn.Linear, x: Tensor) -> Tensor:
+    """``linear`` on the first x.shape[1] input features (the rest taken as zero), all outputs."""
+    return F.linear(x, linear.weight[:, : x.shape[1]], linear.bias)
+
+
+def grouped_layout(x: Tensor) -> Tensor:
+    """Stacked batches [K, B, C, H, W] -> [B, K*C, H, W] channels-last: client k's channels are group k.
+
+    oneDNN's grouped convolutions and max pooling are several times faster channels-last on a CPU;
+    cuDNN handles both layouts.
+    """
+    k, b = x.shape[:2]
+    return x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:]).contiguous(memory_format=torch.channels_last)
+
+
+def ungrouped_flat(h: Tensor, k: int) -> Tensor:
+    """Grouped layout [B, K*C, H, W] -> [K, B, C*H*W], each client's features flattened channel-major."""
+    b = h.shape[0]
+    return h.contiguous().view(b, k, -1).transpose(0, 1)
+
+
+def stacked_linear(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """K linear layers at once: h [K, B, in], weight [K, out, in], bias [K, out] -> [K, B, out]."""
+    if bias is None:
+        return torch.bmm(h, weight.transpose(1, 2))
+    return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+
+
+def stacked_layers(layers: nn.Sequential, params: Mapping[str, Tensor], prefix: str, h: Tensor, k: int) -> Tensor:
+    """``layers`` (Conv2d, ReLU, MaxPool2d) of K stacked models on h in grouped layout [B, K*C, H, W].
+
+    ``params[prefix + name]`` holds the stacked [K, *shape] parameters. A ReLU followed by a max pool
+    is computed as the pool then the ReLU, on a quarter of the activations: max pooling commutes with
+    a monotone function, and the gradients agree too (a window whose maximum is positive sends it to
+    the same first maximum; one whose maximum is not positive sends nothing either way).
+    """
+    modules = list(layers.named_children())
+    i = 0
+    while i < len(modules):
+        name, module = modules[i]
+        if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros":
+            bias = params.get(f"{prefix}{name}.bias")
+            h = F.conv2d(h, params[f"{prefix}{name}.weight"].flatten(0, 1), None if bias is None else bias.flatten(),
+                         module.stride, module.padding, module.dilation, module.groups * k)
+        elif isinstance(module, nn.ReLU):
+            if i + 1 < len(modules) and isinstance(modules[i + 1][1], nn.MaxPool2d):
+                i += 1
+                h = modules[i][1](h)
+            h = F.relu(h)
+        elif isinstance(module, nn.MaxPool2d):  # parameter-free: the same module works on the grouped layout
+            h = module(h)
+        else:
+            raise TypeError(f"stacked_layers has no grouped form of {type(module).__name__} ({prefix}{name})")
+        i += 1
+    return h
+
+
+class ImageClassifier(nn.Module):
+    """Base class: ``forward(x) == classifier(forward_features(x))``."""
+
+    classifier: nn.Linear
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Penultimate representation, shape [B, D]."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.forward_features(x))
+
+    def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        """Logits [K, B, classes] of K models (``params[name]``: [K, *shape]) on their batches x [K, B, ...].
+
+        Equals ``vmap(functional_call)`` over the client axis (tests/unit/test_vectorized.py checks it);
+        models without a faster grouped form do not override it and are trained under ``vmap``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no stacked forward")
+
+    def forward_width(self, x: Tensor, width: float) -> Tensor:
+        """Logits of the sub-network of width ``width`` (every hidden layer sliced; GradAug, Yang et al. 2020)."""
+        raise NotImplementedError(f"{type(self).__name__} has no width-sliceable layers")
+
+    def forward_last_block(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(input of the last block, its output, logits) of the full network (FedAlign, Mendieta et al. 2022)."""
+        raise NotImplementedError(f"{type(self).__name__} has no width-sliceable last block")
+
+    def last_block_width(self, h: Tensor, width: float) -> tuple[Tensor, Tensor]:
+        """The last block at width ``width`` on the full network's block input ``h``: (sliced input, output)."""
+        raise NotImplementedError(f"{type(self).__name__} has no width-sliceable last block")
+
+
+class MLP(ImageClassifier):
+    """Multilayer perceptron on flattened pixels, in -> 64 -> 64 -> classes with ReLU (digits baseline)."""
+
+    def __init__(self, num_classes: int, in_features: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.classifier = nn.Linear(hidden, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return F.relu(self.fc2(F.relu(self.fc1(torch.flatten(x, 1)))))
+
+
+class SmallCNN(ImageClassifier):
+    """Small CNN for 8x8 digits with a ``last_block`` for FedAlign/GradAug (Mendieta et al., 2022)."""
+
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.last_block = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.ReLU())
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(32 * 2 * 2, 64)
+        self.classifier = nn.Linear(64, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.pool(self.last_block(self.features(x)))
+        return F.relu(self.fc(torch.flatten(x, 1)))
+
+    def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        """K stacked models: grouped channels-last convolutions, then batched matmuls (vectorised training)."""
+        k = x.shape[0]
+        h = stacked_layers(self.features, params, "features.", grouped_layout(x), k)
+        h = ungrouped_flat(self.pool(stacked_layers(self.last_block, params, "last_block.", h, k)), k)
+        h = F.relu(stacked_linear(h, params["fc.weight"], params["fc.bias"]))
+        return stacked_linear(h, params["classifier.weight"], params["classifier.bias"])
+
+    def _head(self, h: Tensor) -> Tensor:
+        """Logits from a (possibly sliced) last-block output: flattening is channel-major, so the
+        first k channels are the fc layer's first 4k inputs."""
+        return self.classifier(F.relu(sliced_linear_in(self.fc, torch.flatten(self.pool(h), 1))))
+
+    def forward_width(self, x: Tensor, width: float) -> Tensor:
+        conv1, conv2, pool = self.features[0], self.features[2], self.features[4]
+        h = F.relu(sliced_conv(conv1, x, slim_channels(conv1.out_channels, width)))
+        h = pool(F.relu(sliced_conv(conv2, h, slim_channels(conv2.out_channels, width))))
+        return self._head(self.last_block_width(h, width)[1])
+
+    def forward_last_block(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        h_in = self.features(x)
+        h_out = self.last_block(h_in)
+        return h_in, h_out, self.classifier(F.relu(self.fc(torch.flatten(self.pool(h_out), 1))))
+
+    def last_block_width(self, h: Tensor, width: float) -> tuple[Tensor, Tensor]:
+        conv = self.last_block[0]
+        h = h[:, : slim_channels(conv.in_channels, width)]
+        return h, F.relu(sliced_conv(conv, h, slim_channels(conv.out_channels, width)))
+
+
+class ConvNet(ImageClassifier):
+    """ConvNet with 6 conv + 2 FC layers for 32x32 inputs (Li et al., 2022, FL loss-landscape pilot study)."""
+
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3),  # 32 -> 30
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # -> 15
+            nn.Conv2d(32, 64, 3),  # -> 13
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # -> 6
+            nn.Conv2d(64, 64, 3),  # -> 4
+            nn.ReLU(),
+            *(layer for _ in range(3) for layer in (nn.Conv2d(64, 64, 3, padding=1), nn.ReLU())),
+        )
+        self.fc = nn.Linear(64 * 4 * 4, 64)
+        self.classifier = nn.Linear(64, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return F.relu(self.fc(torch.flatten(self.features(x), 1)))
+
+    def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        """K stacked models: grouped channels-last convolutions, then batched matmuls (vectorised training)."""
+        k = x.shape[0]
+        h = ungrouped_flat(stacked_layers(self.features, params, "features.", grouped_layout(x), k), k)
+        h = F.relu(stacked_linear(h, params["fc.weight"], params["fc.bias"]))
+        return stacked_linear(h, params["classifier.weight"], params["classifier.bias"])
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option-A ResNet shortcut (He et al., 2016): spatial subsampling plus zero-padded extra channels."""
+
+    def __init__(self, stride: int, extra_channels: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.extra_channels = extra_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        front = self.extra_channels // 2
+        return F.pad(x, (0, 0, 0, 0, front, self.extra_channels - front))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 convolutions plus a shortcut (He et al., 2016)."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int, norm: NormFactory, projection: bool
+    ) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, out_channels, stride)
+        self.norm1 = norm(out_channels)
+        self.conv2 = conv3x3(out_channels, out_channels)
+        self.norm2 = norm(out_channels)
+        self.shortcut: nn.Module
+        if stride == 1 and in_channels == out_channels:
+            self.shortcut = nn.Identity()
+        elif projection:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), norm(out_channels)
+            )
+        else:
+            self.shortcut = ZeroPadShortcut(stride, out_channels - in_channels)
+
+    def residual_branch(self, x: Tensor) -> Tensor:
+        """The block's residual function F(x) (before the sum with the shortcut)."""
+        return self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x)))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.residual_branch(x) + self.shortcut(x))
+
+    def forward_scaled(self, x: Tensor, scale: float) -> Tensor:
+        """relu(scale * F(x) + shortcut(x)); scale 0 drops the residual branch (Stochastic Depth)."""
+        if scale == 0:
+            return F.relu(self.shortcut(x))
+        return F.relu(scale * self.residual_branch(x) + self.shortcut(x))
+
+    def forward_width(self, x: Tensor, width: float) -> Tensor:
+        """The block at width ``width`` on an input holding the first x.shape[1] channels."""
+        full = width == 1
+        out_channels = slim_channels(self.conv1.out_channels, width)
+        h = F.relu(sliced_norm(self.norm1, sliced_conv(self.conv1, x, out_channels), full))
+        h = sliced_norm(self.norm2, sliced_conv(self.conv2, h, out_channels), full)
+        if isinstance(self.shortcut, nn.Identity):
+            skip = x
+        elif isinstance(self.shortcut, ZeroPadShortcut):
+            missing = self.conv1.in_channels - x.shape[1]  # restore the full channel layout, then slice
+            skip = self.shortcut(F.pad(x, (0, 0, 0, 0, 0, missing)) if missing else x)[:, :out_channels]
+        else:
+            conv, norm = self.shortcut[0], self.shortcut[1]
+            skip = sliced_norm(norm, sliced_conv(conv, x, out_channels), full)
+        return F.relu(h + skip)
+
+
+class ResNet(ImageClassifier):
+    """CIFAR-style ResNet of BasicBlocks: 3x3 stride-1 stem, no max-pool, global avg pool (He et al., 2016).
+
+    ``blocks`` is a flat ``nn.ModuleList`` of the residual blocks in forward order; a block can be
+    replaced in place (``model.blocks[i] = wrapper(model.blocks[i])``), e.g. for Stochastic Depth.
+    ``projection`` picks 1x1-conv shortcuts where the shape changes (else option A, zero padding);
+    ``kaiming_init`` draws conv and linear weights Kaiming-normal, as in the common CIFAR
+    re-implementation (otherwise PyTorch's default init).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        depths: Sequence[int],
+        widths: Sequence[int],
+        norm: str = "batch",
+        projection: bool = False,
+        kaiming_init: bool = True,
+    ) -> None:
+        super().__init__()
+        make_norm = norm_factory(norm)
+        self.stem = conv3x3(in_channels, widths[0])
+        self.stem_norm = make_norm(widths[0])
+        blocks: list[nn.Module] = []
+        channels = widths[0]
+        for stage, (depth, width) in enumerate(zip(depths, widths, strict=True)):
+            for index in range(depth):
+                stride = 2 if stage > 0 and index == 0 else 1
+                blocks.append(BasicBlock(channels, width, stride, make_norm, projection))
+                channels = width
+        self.blocks = nn.ModuleList(blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(channels, num_classes)
+        if kaiming_init:
+            for module in self.modules():
+                if isinstance(module, nn.Conv2d | nn.Linear):
+                    nn.init.kaiming_normal_(module.weight)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = F.relu(self.stem_norm(self.stem(x)))
+        for block in self.blocks:
+            x = block(x)
+        return torch.flatten(self.pool(x), 1)
+
+    @property
+    def last_stage_start(self) -> int:
+        """Index in ``blocks`` of the first block of the last stage (the FedAlign code's last "block" is
+        the whole last stage, ``layer3`` of its ResNet56)."""
+        starts = [i for i, b in enumerate(self.blocks)
+                  if b.conv1.stride != (1, 1) or b.conv1.in_channels != b.conv1.out_channels]
+        return starts[-1] if starts else 0
+
+    def forward_residual_scaled(self, x: Tensor, scales: Sequence[float]) -> Tensor:
+        """Logits with block i's residual branch scaled by ``scales[i]`` (0 drops it; Stochastic Depth)."""
+        if len(scales) != len(self.blocks):
+            raise ValueError(f"{len(scales)} scales for {len(self.blocks)} residual blocks")
+        x = F.relu(self.stem_norm(self.stem(x)))
+        for block, scale in zip(self.blocks, scales, strict=True):
+            x = block.forward_scaled(x, scale)
+        return self.classifier(torch.flatten(self.pool(x), 1))
+
+    def forward_width(self, x: Tensor, width: float) -> Tensor:
+        x = F.relu(sliced_norm(self.stem_norm, sliced_conv(self.stem, x, slim_channels(self.stem.out_channels, width)),
+                               width == 1))
+        for block in self.blocks:
+            x = block.forward_width(x, width)
+        return sliced_linear_in(self.classifier, torch.flatten(self.pool(x), 1))
+
+    def forward_last_block(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        start = self.last_stage_start
+        x = F.relu(self.stem_norm(self.stem(x)))
+        for block in self.blocks[:start]:
+            x = block(x)
+        h_in = x
+        for block in self.blocks[start:]:
+            x = block(x)
+        return h_in, x, self.classifier(torch.flatten(self.pool(x), 1))
+
+    def last_block_width(self, h: Tensor, width: float) -> tuple[Tensor, Tensor]:
+        start = self.last_stage_start
+        h = h[:, : slim_channels(self.blocks[start].conv1.in_channels, width)]
+        x = h
+        for block in self.blocks[start:]:
+            x = block.forward_width(x, width)
+        return h, x
+
+
+VGG11_CONFIG: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+class VGG11(ImageClassifier):
+    """VGG11 without batch norm (Simonyan & Zisserman, 2015); CIFAR variant, one Linear(512, classes) head."""
+
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for item in VGG11_CONFIG:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(channels, int(item), 3, padding=1), nn.ReLU()]
+                channels = int(item)
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return torch.flatten(self.features(x), 1)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    info: ModelInfo
+    build: Callable[..., ImageClassifier]  # (num_classes, in_channels, image_size, **options)
+    options: tuple[str, ...] = ()
+
+
+def _cifar_resnet(depth_per_stage: int) -> Callable[..., ImageClassifier]:
+    def build(num_classes: int, in_channels: int, image_size: int, norm: str = "batch") -> ImageClassifier:
+        depths = (depth_per_stage,) * 3
+        return ResNet(num_classes, in_channels, depths, (16, 32, 64), norm=norm)
+
+    return build
+
+
+# The builders of the models described in fedscape.models.specs.MODEL_INFOS (same names).
+_BUILDERS: dict[str, Callable[..., ImageClassifier]] = {
+    "mlp": lambda num_classes, in_channels, image_size: MLP(num_classes, in_channels * image_size**2),
+    "cnn_small": lambda num_classes, in_channels, image_size: SmallCNN(num_classes, in_channels),
+    "convnet": lambda num_classes, in_channels, image_size: ConvNet(num_classes, in_channels),
+    "resnet20": _cifar_resnet(3),
+    "resnet56": _cifar_resnet(9),
+    "resnet18_nonorm": lambda num_classes, in_channels, image_size: ResNet(
+        num_classes,
+        in_channels,
+        (2, 2, 2, 2),
+        (64, 128, 256, 512),
+        norm="none",
+        projection=True,
+        # PyTorch's default init keeps activations bounded without normalisation (Kaiming-normal
+        # init grows the logits' scale to ~10 over the 8 unnormalised residual blocks).
+        kaiming_init=False,
+    ),
+    "vgg11": lambda num_classes, in_channels, image_size: VGG11(num_classes, in_channels),
+}
+if set(_BUILDERS) != set(MODEL_INFOS):
+    raise RuntimeError("fedscape.models.networks and fedscape.models.specs name different models")
+
+_REGISTRY: dict[str, _Entry] = {
+    name: _Entry(MODEL_INFOS[name], _BUILDERS[name], MODEL_OPTIONS.get(name, ())) for name in MODEL_INFOS
+}
+
+
+def _entry(name: str) -> _Entry:
+    model_info(name)  # ValueError naming the valid models for an unknown name
+    return _REGISTRY[name]
+
+
+def build_model(
+    name: str, num_classes: int, in_channels: int, image_size: int, **options: Any
+) -> ImageClassifier:
+    """Build model ``name`` for ``num_classes`` classes and [in_channels, image_size, image_size] inputs.
+
+    ``options`` are model specific (resnet20/resnet56: ``norm`` in NORMS, default "batch"); an
+    unknown option, an unknown name or an incompatible input size raises ValueError.
+    """
+    entry = _entry(name)
+    for option in options:
+        if option not in entry.options:
+            valid = ", ".join(entry.options) or "none"
+            raise ValueError(
+                f"unknown option {option!r} for model {name!r}.{suggest(option, entry.options)}"
+                f" Valid options: {valid}"
+            )
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    check_model_compatible(name, in_channels, image_size)
+    return entry.build(num_classes, in_channels, image_size, **options)

@@ -1,0 +1,250 @@
+"""One plotting style for every fedscape figure: palette, legend labels, contour levels and saving.
+
+Conventions used by all figures (so a reader learns them once):
+
+- colour = Dirichlet alpha (IID first, then from mild to severe skew), from the Okabe & Ito (2008)
+  colour-blind-safe palette;
+- line style = initialisation; marker = algorithm;
+- legends name runs with :func:`label_run` ("FedAvg · random init · α=0.1 · M=10 · 50% sampled");
+- contour levels of losses are log-spaced (:func:`log_levels`, as in Li et al. 2018);
+- heatmaps use :func:`sequential_cmap` (non-negative values, e.g. distances) or :func:`diverging_cmap`
+  (signed values centred at 0, e.g. barriers), both colour-blind safe, missing cells light grey;
+- every figure is written as PDF and PNG together with the data it draws as CSV
+  (:func:`save_figure`), each file atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.colors import LinearSegmentedColormap
+
+from fedscape.core.alpha import alpha_label, parse_alpha
+from fedscape.core.io import atomic_path
+from fedscape.fl.hparams.registry import display_name
+
+# Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision deficiencies.
+# Same order as the landscape figures; yellow last (weak on white).
+OKABE_ITO = {
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "bluish_green": "#009E73",
+    "reddish_purple": "#CC79A7",
+    "orange": "#E69F00",
+    "sky_blue": "#56B4E9",
+    "black": "#000000",
+    "yellow": "#F0E442",
+}
+PALETTE: tuple[str, ...] = tuple(OKABE_ITO.values())
+LINESTYLES: tuple = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
+MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+DPI = 150  # PNG resolution: sharp on screen, small files (< 200 KB for the default figures)
+
+# Order of the run fields in labels, legends and table rows.
+LABEL_ORDER = ("dataset", "model", "algorithm", "init", "alpha", "num_clients", "participation", "seed")
+
+
+# -- values and labels -----------------------------------------------------------------------------
+def alpha_order(alphas: Iterable) -> list:
+    """Distinct alphas from IID (inf) through mild to severe skew (decreasing alpha)."""
+    unique: dict[float, object] = {}
+    for a in alphas:
+        unique.setdefault(parse_alpha(a), a)
+    return [unique[k] for k in sorted(unique, reverse=True)]
+
+
+def format_field(key: str, value) -> str:
+    """One run field as legend text."""
+    if key == "alpha":
+        return alpha_label(value)
+    if key == "algorithm":
+        return display_name(value)
+    if key == "init":
+        return f"{value} init"
+    if key == "num_clients":
+        return f"M={int(value)}"
+    if key == "participation":
+        frac = float(value)
+        return "all clients" if frac >= 1.0 else f"{frac:.0%} sampled"
+    if key == "seed":
+        return f"seed {int(value)}"
+    return str(value)
+
+
+def label_run(fields: Mapping, keys: Sequence[str] | None = None, sep: str = " · ") -> str:
+    """Legend label of a run or run group, e.g. 'FedAvg · random init · α=0.1'.
+
+    `keys` picks the fields shown (default: every run field present in `fields`), always in the
+    order of LABEL_ORDER so that the same run reads the same in every figure.
+    """
+    wanted = [k for k in LABEL_ORDER if k in fields] if keys is None else [k for k in LABEL_ORDER if k in keys]
+    return sep.join(format_field(k, fields[k]) for k in wanted) or "all runs"
+
+
+def varying_keys(df: pd.DataFrame, keys: Sequence[str] = LABEL_ORDER) -> list[str]:
+    """The run fields among `keys` that take more than one value in `df` (what a legend must show)."""
+    return [k for k in keys if k in df.columns and df[k].nunique(dropna=False) > 1]
+
+
+# -- style maps ------------------------------------------------------------------------------------
+def alpha_colors(alphas: Iterable) -> dict[float, str]:
+    """Colour per alpha keyed by its number (inf = IID), assigned in alpha_order (IID first)."""
+    return {parse_alpha(a): PALETTE[i % len(PALETTE)] for i, a in enumerate(alpha_order(alphas))}
+
+
+def category_styles(values: Iterable, styles: Sequence, first: Sequence[str] = ()) -> dict:
+    """Style per distinct value: the values in `first` (when present) take the first styles, the others
+    follow in sorted order (stable across the figures of one workflow run)."""
+    distinct = sorted({str(v) for v in values}, key=lambda v: (v not in first, first.index(v) if v in first else 0, v))
+    return {v: styles[i % len(styles)] for i, v in enumerate(distinct)}
+
+
+class RunStyle:
+    """Colour by alpha, line style by init, marker by algorithm: one instance per figure."""
+
+    def __init__(self, runs: pd.DataFrame):
+        self.colors = alpha_colors(runs["alpha"]) if "alpha" in runs else {}
+        # the baselines take the plainest styles: random init solid, FedAvg circles
+        self.linestyles = category_styles(runs["init"], LINESTYLES, first=("random",)) if "init" in runs else {}
+        self.markers = category_styles(runs["algorithm"], MARKERS, first=("fedavg",)) if "algorithm" in runs else {}
+
+    def color(self, alpha) -> str:
+        return self.colors.get(parse_alpha(alpha), PALETTE[0])
+
+    def linestyle(self, init) -> object:
+        return self.linestyles.get(str(init), "-")
+
+    def marker(self, algorithm) -> str:
+        return self.markers.get(str(algorithm), "o")
+
+    def kwargs(self, fields: Mapping) -> dict:
+        """Matplotlib line keywords of a run or run group."""
+        out = {}
+        if "alpha" in fields:
+            out["color"] = self.color(fields["alpha"])
+        if "init" in fields:
+            out["linestyle"] = self.linestyle(fields["init"])
+        if "algorithm" in fields:
+            out["marker"] = self.marker(fields["algorithm"])
+        return out
+
+
+# -- numbers ---------------------------------------------------------------------------------------
+def log_levels(values: np.ndarray, n: int = 30, clip: float | None = None) -> np.ndarray:
+    """n log-spaced contour levels from the smallest positive finite value to max (or `clip`)."""
+    values = np.asarray(values, dtype=float)
+    finite = values[np.isfinite(values) & (values > 0)]
+    if finite.size == 0:
+        return np.geomspace(1e-3, 1.0, n)
+    lo = float(finite.min())
+    hi = float(finite.max()) if clip is None else min(float(clip), float(finite.max()))
+    if hi <= lo * (1 + 1e-9):
+        hi = lo * 1.01 + 1e-12
+    return np.geomspace(lo, hi, n)
+
+
+# -- colour maps -----------------------------------------------------------------------------------
+SEQUENTIAL_CMAP = "viridis"  # perceptually uniform, colour-blind safe; the loss-surface contours use it too
+MISSING_COLOR = "#d9d9d9"  # heatmap cells without a value (as the landscape figures' diverged regions)
+
+
+def sequential_cmap():
+    """Colour map of non-negative heatmap values (distances): viridis, missing (NaN) cells light grey."""
+    return matplotlib.colormaps[SEQUENTIAL_CMAP].with_extremes(bad=MISSING_COLOR)
+
+
+def diverging_cmap():
+    """Colour map of signed heatmap values centred at 0: Okabe-Ito blue (< 0), white (0), vermillion (> 0)."""
+    colors = [OKABE_ITO["blue"], "#ffffff", OKABE_ITO["vermillion"]]
+    return LinearSegmentedColormap.from_list("fedscape_diverging", colors).with_extremes(bad=MISSING_COLOR)
+
+
+# -- matplotlib ------------------------------------------------------------------------------------
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend with fedscape's rcParams."""
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # lazy: pyplot must load after the backend is chosen
+
+    plt.rcParams.update({
+        "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7,
+        "xtick.labelsize": 7, "ytick.labelsize": 7, "axes.spines.top": False, "axes.spines.right": False,
+        "axes.grid": True, "grid.alpha": 0.25, "grid.linewidth": 0.5, "legend.frameon": False,
+        "axes.prop_cycle": matplotlib.cycler(color=list(PALETTE)), "figure.dpi": DPI,
+        "pdf.fonttype": 42,  # TrueType in PDFs: text stays editable and searchable
+    })
+    return plt
+
+
+def empty_figure(message: str, size: tuple[float, float] = (4.0, 2.0)):
+    """A figure that says why there is nothing to draw (rules always produce their outputs)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=size)
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    return fig
+
+
+def save_figure(fig, base_path: str | Path, data: pd.DataFrame, formats: Sequence[str] = ("pdf", "png"),
+                dpi: int = DPI) -> dict[str, Path]:
+    """Write `fig` as <base>.pdf and <base>.png and `data` as <base>.csv, each atomically; close `fig`.
+
+    `base_path` may carry one of the suffixes (e.g. the rule's PNG output); it is dropped.
+    """
+    plt = pyplot()
+    base = Path(base_path)
+    if base.suffix.lstrip(".") in (*formats, "csv"):
+        base = base.with_suffix("")
+    paths = {}
+    try:
+        for fmt in formats:
+            path = base.with_name(f"{base.name}.{fmt}")
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+            paths[fmt] = path
+    finally:
+        plt.close(fig)
+    path = base.with_name(f"{base.name}.csv")
+    with atomic_path(path) as tmp:
+        data.to_csv(tmp, index=False)
+    paths["csv"] = path
+    return paths
+
+
+def save_figure_outputs(fig, outputs: Mapping[str, str | Path], data: pd.DataFrame) -> dict[str, Path]:
+    """save_figure to a rule's named outputs {'png', 'pdf', 'csv'}, which must share one base name."""
+    base = Path(outputs["png"]).with_suffix("")
+    odd = {k: str(v) for k, v in outputs.items() if Path(v) != base.with_name(f"{base.name}.{k}")}
+    if odd or not {"pdf", "csv"} <= set(outputs):
+        pyplot().close(fig)
+        raise ValueError(f"figure outputs must be <base>.png, <base>.pdf and <base>.csv of one base {base}; "
+                         f"got {dict(outputs)}")
+    return save_figure(fig, outputs["png"], data)
+
+
+def facet_grid(n: int, ncols: int = 4, rows_per_facet: int = 1, size: tuple[float, float] = (3.0, 2.3),
+               sharey: str | bool = "row", sharex: str | bool = True):
+    """A figure with n facets wrapped into at most `ncols` columns, each `rows_per_facet` axes tall.
+
+    Returns (fig, axes) where axes[f] is the list of the facet's axes (top to bottom); unused axes are hidden.
+    """
+    plt = pyplot()
+    ncols = max(1, min(ncols, n))
+    nblocks = math.ceil(n / ncols)
+    nrows = nblocks * rows_per_facet
+    fig, grid = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False,
+                             sharex=sharex, sharey=sharey, layout="constrained")
+    axes = []
+    for f in range(nblocks * ncols):
+        block, col = divmod(f, ncols)
+        facet = [grid[block * rows_per_facet + r][col] for r in range(rows_per_facet)]
+        if f < n:
+            axes.append(facet)
+        else:
+            for ax in facet:
+                ax.set_visible(False)
+    return fig, axes

@@ -1,0 +1,235 @@
+"""Planning of the barrier analyses: the interpolation and layer-wise pairs named in the config.
+
+Pairs of checkpoints are named by run selectors (`fedscape.core.runs.resolve_run`) and rounds; this
+module resolves them, checks them and builds the per-job settings, inputs and targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedscape.analysis.barriers.definitions import PAIR_SEPARATOR, SPLITS
+from fedscape.core.config import ConfigError
+from fedscape.core.paths import INTERPOLATION_DIR, LAYERWISE_DIR, Results
+from fedscape.core.runs import Run, resolve_run
+from fedscape.fl.settings import sample_clients
+from fedscape.plan.train import check_round, rounds_of, run_training, train_settings
+
+LAYER_FIGURE = "barriers/layerwise/{pair}/{split}"  # below figures/
+LAYER_DISTANCE_FIGURE = "barriers/layerwise/{pair}/distances"
+INTERPOLATION_FIGURE = "barriers/interpolation"
+
+
+# -- plan: pairs named in the config ---------------------------------------------------------------
+@dataclass(frozen=True)
+class InterpolationPair:
+    """Two checkpoints (run, round) to interpolate between; a round is an int or 'final'."""
+
+    label: str
+    run_a: Run
+    run_b: Run
+    round_a: int | str
+    round_b: int | str
+
+
+@dataclass(frozen=True)
+class LayerPair:
+    """Two models compared layer-wise over rounds: two clients of one run, or two runs' global models."""
+
+    label: str
+    kind: str  # "clients" or "runs"
+    run_a: Run
+    run_b: Run | None  # None for a client pair
+    clients: tuple[int, int]
+    rounds: tuple[int, ...]
+
+    @property
+    def run_id(self) -> str:
+        """The run_id column of layer_barriers.csv: the run, or 'run_a | run_b' for two runs."""
+        return self.run_a.run_id if self.run_b is None else f"{self.run_a.run_id}{PAIR_SEPARATOR}{self.run_b.run_id}"
+
+
+def _resolve(runs: list, selector, where: str):
+    if not isinstance(selector, dict) or not selector:
+        raise ConfigError(f"{where}: a run selector is a non-empty mapping of run fields, e.g. "
+                          f"{{alpha: iid, init: random}}; got {selector!r}")
+    return resolve_run(runs, selector, where)
+
+
+def _same_architecture(run_a, run_b, where: str) -> None:
+    if (run_a.dataset, run_a.model) != (run_b.dataset, run_b.model):
+        raise ConfigError(f"{where}: runs a and b must share dataset and model to be compared, got "
+                          f"{run_a.dataset}/{run_a.model} and {run_b.dataset}/{run_b.model}")
+
+
+def interpolation_pair(config: dict, runs: list, label: str) -> InterpolationPair:
+    """The interpolation pair `label` of the config, resolved to runs (ConfigError naming the key)."""
+    spec = config["interpolation"]["pairs"][label]
+    where = f"interpolation.pairs.{label}"
+    run_a = _resolve(runs, spec.get("a"), f"{where}.a")
+    run_b = _resolve(runs, spec.get("b"), f"{where}.b")
+    _same_architecture(run_a, run_b, where)
+    round_a, round_b = spec.get("round_a", "final"), spec.get("round_b", "final")
+    check_round(config, run_a, round_a, f"{where}.round_a")
+    check_round(config, run_b, round_b, f"{where}.round_b")
+    if run_a == run_b and round_a == round_b:
+        raise ConfigError(f"{where}: a and b name the same checkpoint ({run_a.run_id}, round {round_a})")
+    return InterpolationPair(label, run_a, run_b, round_a, round_b)
+
+
+def layer_pair(config: dict, runs: list, label: str) -> LayerPair:
+    """The layer-wise pair `label` of the config with its rounds (ConfigError naming the key)."""
+    section = config["layer_barriers"]
+    spec, every = section["pairs"][label], section["every"]
+    where = f"layer_barriers.pairs.{label}"
+    has_run = spec.get("run") is not None
+    has_ab = spec.get("a") is not None or spec.get("b") is not None
+    if has_run == has_ab:
+        raise ConfigError(f"{where}: give either `run` (two clients of one run, with `clients`) or both `a` and "
+                          "`b` (the global models of two runs)")
+    explicit = spec.get("rounds", "all")
+    if has_run:
+        run = _resolve(runs, spec["run"], f"{where}.run")
+        training = run_training(config, run)
+        clients = tuple(spec.get("clients", (0, 1)))
+        if len(clients) != 2 or clients[0] == clients[1]:
+            raise ConfigError(f"{where}.clients: name two different client ids, got {list(clients)}")
+        bad = [c for c in clients if not 0 <= c < run.num_clients]
+        if bad:
+            raise ConfigError(f"{where}.clients: client ids {bad} are outside 0..{run.num_clients - 1} "
+                              f"(run {run.run_id} has {run.num_clients} clients)")
+        saved = sorted(set(training.get("save_clients_at", [])))
+        if not saved:
+            raise ConfigError(f"{where}: run {run.run_id} saves no client models; list rounds in "
+                              "training.save_clients_at")
+        if explicit == "all":
+            rounds = [r for r in saved if r % every == 0]
+        else:
+            missing = [r for r in explicit if r not in saved]
+            if missing:
+                raise ConfigError(f"{where}.rounds: rounds {missing} have no client checkpoints; "
+                                  f"training.save_clients_at is {saved}")
+            rounds = sorted(set(explicit))
+        absent = [r for r in rounds for c in clients
+                  if c not in sample_clients(run.seed, r, run.num_clients, float(run.participation))]
+        if absent:
+            raise ConfigError(f"{where}: clients {list(clients)} do not both take part in rounds "
+                              f"{sorted(set(absent))} of run {run.run_id} (participation {run.participation}); "
+                              "pick other clients or set `rounds`")
+        pair = LayerPair(label, "clients", run, None, clients, ())
+    else:
+        if spec.get("a") is None or spec.get("b") is None:
+            raise ConfigError(f"{where}: a pair of runs needs both `a` and `b`")
+        run_a = _resolve(runs, spec["a"], f"{where}.a")
+        run_b = _resolve(runs, spec["b"], f"{where}.b")
+        if run_a == run_b:
+            raise ConfigError(f"{where}: a and b select the same run {run_a.run_id}; use `run` and `clients` to "
+                              "compare two clients of one run")
+        _same_architecture(run_a, run_b, where)
+        last = min(rounds_of(config, run_a), rounds_of(config, run_b))
+        if explicit == "all":
+            rounds = [r for r in range(1, last + 1) if r % every == 0]
+        else:
+            bad = [r for r in explicit if not 0 <= r <= last]
+            if bad:
+                raise ConfigError(f"{where}.rounds: rounds {bad} are outside 0..{last}")
+            rounds = sorted(set(explicit))
+        pair = LayerPair(label, "runs", run_a, run_b, (0, 1), ())
+    if not rounds:
+        raise ConfigError(f"{where}: no round is left (every: {every}); lower layer_barriers.every or set `rounds`")
+    return LayerPair(pair.label, pair.kind, pair.run_a, pair.run_b, pair.clients, tuple(rounds))
+
+
+def interpolation_pairs(config: dict, runs: list) -> list[InterpolationPair]:
+    return [interpolation_pair(config, runs, label) for label in config["interpolation"]["pairs"]]
+
+
+def layer_pairs(config: dict, runs: list) -> list[LayerPair]:
+    return [layer_pair(config, runs, label) for label in config["layer_barriers"]["pairs"]]
+
+
+def check(config: dict, runs: list) -> list[str]:
+    """Problems of the interpolation and layer_barriers sections that the schema cannot express."""
+    problems = []
+    for label in config.get("interpolation", {}).get("pairs", {}):
+        try:
+            interpolation_pair(config, runs, label)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    for label in config.get("layer_barriers", {}).get("pairs", {}):
+        try:
+            layer_pair(config, runs, label)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def _common(config: dict, run) -> dict:
+    settings = train_settings(config, run)
+    return {"data": {"run": settings["run"], "dataset_options": settings["dataset_options"]},
+            "device": config["training"]["device"], "eval_batch_size": config["training"]["eval_batch_size"]}
+
+
+def interpolation_settings(config: dict, pair: InterpolationPair) -> dict:
+    """Everything one interpolation job needs (Snakemake reruns it when this changes)."""
+    return {"pair_id": pair.label, "run_a": pair.run_a.run_id, "run_b": pair.run_b.run_id,
+            "round_a": pair.round_a, "round_b": pair.round_b, "points": config["interpolation"]["points"],
+            **_common(config, pair.run_a)}
+
+
+def layer_settings(config: dict, pair: LayerPair, round_: int) -> dict:
+    """Everything one layer-wise job (one pair, one round) needs."""
+    return {"pair": pair.label, "kind": pair.kind, "run_id": pair.run_id, "round": int(round_),
+            "clients": list(pair.clients), **_common(config, pair.run_a)}
+
+
+# -- inputs and targets -------------------------------------------------------------------------------
+def interpolation_inputs(config: dict, runs: list, label: str) -> dict[str, str]:
+    """The two trajectories of an interpolation pair and the partition of its first run (the train split)."""
+    pair = interpolation_pair(config, runs, label)
+    results = Results.of(config)
+    return {"trajectory_a": results.run_file(pair.run_a, "trajectory"),
+            "trajectory_b": results.run_file(pair.run_b, "trajectory"),
+            "partition": results.partition_file(pair.run_a)}
+
+
+def layerwise_inputs(config: dict, runs: list, label: str) -> dict[str, str]:
+    """The checkpoints of a layer-wise pair (clients.pt, or the second run's trajectory) and its partition."""
+    pair = layer_pair(config, runs, label)
+    results = Results.of(config)
+    inputs = {"trajectory_a": results.run_file(pair.run_a, "trajectory"),
+              "partition": results.partition_file(pair.run_a)}
+    if pair.kind == "clients":
+        inputs["clients"] = results.run_file(pair.run_a, "clients")
+    else:
+        inputs["trajectory_b"] = results.run_file(pair.run_b, "trajectory")
+    return inputs
+
+
+def interpolation_curves(config: dict, runs: list) -> list[str]:
+    """Every pair's curve.csv."""
+    results = Results.of(config)
+    return [f"{results(INTERPOLATION_DIR, pair=label)}/curve.csv" for label in config["interpolation"]["pairs"]]
+
+
+def layerwise_outputs(config: dict, runs: list, name: str) -> list[str]:
+    """Every (pair, round)'s barriers.csv or distances.csv (`name`)."""
+    results = Results.of(config)
+    return [f"{results(LAYERWISE_DIR, pair=p.label, round=r)}/{name}.csv" for p in layer_pairs(config, runs)
+            for r in p.rounds]
+
+
+def targets(config: dict, runs: list) -> list[str]:
+    """The interpolation and layer-wise tables and figures of the pairs the config names."""
+    results = Results.of(config)
+    out: list[str] = []
+    if config["interpolation"]["pairs"]:
+        out += [results.table("interpolation"), results.table("barriers"),
+                *results.figure(INTERPOLATION_FIGURE).values()]
+    pairs = layer_pairs(config, runs)
+    if pairs:
+        out += [results.table("layer_barriers"), results.table("layer_distances")]
+        out += [path for p in pairs for split in SPLITS
+                for path in results.figure(LAYER_FIGURE, pair=p.label, split=split).values()]
+        out += [path for p in pairs for path in results.figure(LAYER_DISTANCE_FIGURE, pair=p.label).values()]
+    return out

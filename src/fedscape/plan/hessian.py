@@ -1,0 +1,120 @@
+"""Planning of the Hessian stage: which (run, round) jobs a config asks for, their settings and inputs,
+the targets, and the checks of the `hessian` section."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from fedscape.analysis.hessian.definitions import HessianSettings
+from fedscape.core.config import ConfigError
+from fedscape.core.paths import HESSIAN_DIR, Results
+from fedscape.core.runs import select_runs
+from fedscape.plan.train import rounds_of
+
+FIGURE = "hessian/{name}"  # below figures/
+FIGURE_LOG = "figures/hessian/{name}.log"  # below logs/
+FIGURES = ("lambda_trace_by_algorithm", "lambda_trace_by_init")
+DENSITY_FIGURE = "spectral_density"
+def settings_from_config(section: dict) -> HessianSettings:
+    """HessianSettings from the config's `hessian` section (defaults already filled by the schema)."""
+    density = section.get("density", {})
+    return HessianSettings(
+        top_k=section["top_k"], method=section["method"], tol=section["tol"], max_iter=section["max_iter"],
+        trace_probes=section["trace_probes"], eval_samples=section["eval_samples"], batch_size=section["batch_size"],
+        cache_graph=section["cache_graph"], density=density.get("enabled", True),
+        density_steps=density.get("lanczos_steps", 90), density_probes=density.get("probes", 10),
+        seed=section["seed"],
+    )
+
+
+def _selectors(section: dict) -> list[dict] | None:
+    runs = section.get("runs", "all")
+    if runs == "all":
+        return None
+    return [runs] if isinstance(runs, dict) else list(runs)
+
+
+def hessian_runs(config: dict, runs: list) -> list:
+    """The runs the Hessian stage analyses: all of them, or those matching any selector of `hessian.runs`."""
+    selectors = _selectors(config["hessian"])
+    if selectors is None:
+        return list(runs)
+    chosen = set()
+    for selector in selectors:
+        chosen.update(select_runs(runs, selector))
+    return sorted(chosen)
+
+
+def hessian_rounds(config: dict, run) -> list[int]:
+    """The rounds of `hessian.rounds` for one run, `final` resolved to its last round, sorted and unique."""
+    final = rounds_of(config, run)
+    return sorted({final if r == "final" else int(r) for r in config["hessian"]["rounds"]})
+
+
+def hessian_jobs(config: dict, runs: list) -> list[tuple]:
+    """Every (run, round) the stage evaluates (empty when the stage is disabled)."""
+    if not config["hessian"]["enabled"]:
+        return []
+    return [(run, r) for run in hessian_runs(config, runs) for r in hessian_rounds(config, run)]
+
+
+def check(config: dict, runs: list) -> list[str]:
+    """Problems of the `hessian` section that the schema cannot express (one line each)."""
+    section = config.get("hessian")
+    if not section:
+        return []
+    problems = []
+    try:
+        settings = settings_from_config(section)
+        if settings.top_k < 2:
+            problems.append(f"hessian.top_k: the eigenvector plane needs the top 2 eigenvectors, got {settings.top_k}")
+    except ValueError as exc:
+        problems.append(f"hessian: {exc}")
+    try:
+        for i, selector in enumerate(_selectors(section) or []):
+            if not isinstance(selector, dict) or not selector:
+                problems.append(f"hessian.runs[{i}]: a run selector is a non-empty mapping of run fields, e.g. "
+                                f"{{alpha: iid, init: random}}; got {selector!r}")
+            elif not select_runs(runs, selector):
+                problems.append(f"hessian.runs[{i}]: no run of the config matches {selector}")
+        chosen = hessian_runs(config, runs)
+    except ConfigError as exc:
+        problems.append(f"hessian.runs: {exc}")
+        chosen = []
+    for run in chosen:
+        final = rounds_of(config, run)
+        bad = [r for r in section["rounds"] if r != "final" and not 0 <= int(r) <= final]
+        if bad:
+            problems.append(f"hessian.rounds: rounds {bad} are outside 0..{final} (run {run.run_id} trains {final} "
+                            "rounds); use `final` for the last round")
+            break
+    return problems
+
+
+def hessian_job_settings(config: dict, run, round_: int) -> dict:
+    """Everything one Hessian job needs, resolved (Snakemake reruns the job when it changes)."""
+    return {
+        "run": asdict(run),
+        "run_id": run.run_id,
+        "round": int(round_),
+        "dataset_options": config["datasets"][run.dataset],
+        "device": config["training"]["device"],
+        "hessian": asdict(settings_from_config(config["hessian"])),
+    }
+
+
+def job_dirs(config: dict, runs: list) -> list[str]:
+    """The output directory of every Hessian job."""
+    results = Results.of(config)
+    return [results(HESSIAN_DIR, **run.fields(), round=r) for run, r in hessian_jobs(config, runs)]
+
+
+def targets(config: dict, runs: list) -> list[str]:
+    """The Hessian tables, the eigenvector planes and the figures, when the stage is enabled."""
+    dirs = job_dirs(config, runs)
+    if not dirs:
+        return []
+    results = Results.of(config)
+    out = [results.table("hessian"), results.table("hessian_clients"), *(f"{d}/eigen_plane.npz" for d in dirs)]
+    names = [*FIGURES, *([DENSITY_FIGURE] if config["hessian"]["density"]["enabled"] else [])]
+    return out + [path for name in names for path in results.figure(FIGURE, name=name).values()]

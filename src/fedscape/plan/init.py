@@ -1,0 +1,143 @@
+"""Planning of the init stage: each init's settings and inputs, and the checks of the `inits` section."""
+
+from __future__ import annotations
+
+from fedscape.core.config import ConfigError, canonical
+from fedscape.core.paths import PARTITION_DIR, Results
+from fedscape.core.runs import Run, resolve_run
+from fedscape.data.specs import DATASET_NAMES, dataset_info
+from fedscape.plan.train import check_training
+from fedscape.stages.init_settings import PretrainConfig, kind_spec
+
+
+def init_settings(config: dict, runs: list[Run], dataset: str, model: str, init: str) -> dict:
+    """Everything an init job needs, resolved (Snakemake reruns it when this changes)."""
+    info = dataset_info(dataset)
+    spec = config["inits"][init]
+    return canonical({"dataset": dataset, "model": model, "model_options": config["model_options"].get(model, {}),
+                      "in_channels": info.in_channels, "image_size": info.image_size, "num_classes": info.num_classes,
+                      "init": init, **kind_spec(spec), **init_extras(config, runs, dataset, model, init)})
+
+
+def iid_partition_path(results: Results, dataset: str, num_clients: int, seed: int) -> str:
+    """The IID partition file an iid_warmup init trains on."""
+    return f"{results(PARTITION_DIR, dataset=dataset, num_clients=int(num_clients), alpha='iid', seed=int(seed))}/" \
+           "partition.npz"
+
+
+def continue_source(config: dict, runs: list, dataset: str, model: str, init: str):
+    """The run a `continue` init starts from: its selector plus this init's dataset and model."""
+    selector = {**config["inits"][init]["run"], "dataset": dataset, "model": model}
+    return resolve_run(runs, selector, where=f"inits.{init}.run")
+
+
+def init_extras(config: dict, runs: list, dataset: str, model: str, init: str) -> dict:
+    """Settings beyond the `inits` entry that a kind needs (they rerun the init job when they change)."""
+    spec = config["inits"][init]
+    kind = spec["kind"]
+    device = config["training"].get("device", "auto")
+    if kind == "pretrained":
+        return {"dataset_options": config["datasets"][dataset], "device": device}
+    if kind == "iid_warmup":
+        training = {**config["training"], **spec.get("training", {})}
+        return {"dataset_options": config["datasets"][dataset], "partition": config["partition"],
+                "warmup_training": training, "device": training.get("device", device)}
+    if kind == "continue":
+        return {"source_run_id": continue_source(config, runs, dataset, model, init).run_id}
+    return {}
+
+
+def init_input_paths(config: dict, runs: list, dataset: str, model: str, init: str) -> dict[str, str]:
+    """Named inputs of an init job: the IID partition of a warm-up, the source trajectory of a continue."""
+    spec = config["inits"][init]
+    results = Results.of(config)
+    if spec["kind"] == "iid_warmup":
+        return {"partition": iid_partition_path(results, dataset, spec["num_clients"], spec["partition_seed"])}
+    if spec["kind"] == "continue":
+        return {"trajectory": results.run_file(continue_source(config, runs, dataset, model, init), "trajectory")}
+    return {}
+
+
+def check(config: dict, runs: list) -> list[str]:
+    """Problems of the `inits` section a schema cannot express: proxies, selectors, continue cycles."""
+    problems: list[str] = []
+    used = sorted({(r.init, r.dataset, r.model) for r in runs})
+    for label, spec in config["inits"].items():
+        kind = spec["kind"]
+        where = f"inits.{label}"
+        datasets = sorted({d for i, d, _ in used if i == label})
+        if kind == "pretrained":
+            try:
+                PretrainConfig.of(spec)
+            except (TypeError, ValueError) as exc:
+                problems.append(f"{where}: {exc}")
+            if spec.get("proxy_dataset") and spec.get("proxy_dir"):
+                problems.append(f"{where}: give either proxy_dataset or proxy_dir, not both")
+            for dataset in datasets:
+                shape = dataset_info(dataset).shape[:2]
+                proxy = spec.get("proxy_dataset")
+                if proxy and proxy not in DATASET_NAMES:
+                    problems.append(f"{where}.proxy_dataset: unknown dataset {proxy!r}. "
+                                    f"Valid: {', '.join(DATASET_NAMES)}")
+                elif proxy:
+                    if proxy == dataset:
+                        problems.append(f"{where}.proxy_dataset: {proxy} is the clients' own dataset; use its held-out "
+                                        f"proxy split instead (datasets.{dataset}.proxy_fraction, proxy_dataset: null)")
+                    elif dataset_info(proxy).shape[:2] != shape:
+                        problems.append(f"{where}.proxy_dataset: {proxy} images {dataset_info(proxy).shape[:2]} "
+                                        f"(channels, size) do not fit {dataset} models {shape}")
+                elif spec.get("proxy_dir"):
+                    if shape != (3, 32):
+                        problems.append(f"{where}.proxy_dir: down-sampled ImageNet is 3x32x32 but {dataset} is "
+                                        f"{shape[0]}x{shape[1]}x{shape[1]}")
+                elif not config["datasets"][dataset].get("proxy_fraction", 0) > 0:
+                    problems.append(f"{where}: pretrained init on {dataset}'s proxy split needs "
+                                    f"datasets.{dataset}.proxy_fraction > 0 (or set proxy_dataset / proxy_dir)")
+        elif kind == "iid_warmup":
+            try:
+                check_training(config["training"], {**spec.get("training", {}), "rounds": spec["rounds"],
+                                                   "save_clients_at": []})
+            except (TypeError, ValueError) as exc:
+                problems.append(f"{where}.training: {exc}")
+        elif kind == "continue":
+            if not spec.get("run"):
+                problems.append(f"{where}.run: a continue init needs a run selector, e.g. "
+                                "{alpha: 1.0, init: random, algorithm: fedavg}")
+                continue
+            for i, d, m in used:
+                if i != label:
+                    continue
+                try:
+                    continue_source(config, runs, d, m, label)
+                except ConfigError as exc:
+                    problems.append(str(exc))
+    if not problems:
+        problems.extend(_continue_cycles(config, runs, used))
+    return problems
+
+
+def _continue_cycles(config: dict, runs: list, used: list) -> list[str]:
+    """A continue init whose source run (transitively) starts from that init would be a DAG cycle."""
+    edges: dict[tuple, tuple] = {}
+    for node in used:
+        label, dataset, model = node
+        if config["inits"][label]["kind"] == "continue":
+            source = continue_source(config, runs, dataset, model, label)
+            edges[node] = (source.init, dataset, model, source.run_id)
+    problems = []
+    for start in edges:
+        chain, node, seen = [], start, set()
+        while node in edges and node not in seen:
+            seen.add(node)
+            target = edges[node]
+            chain.append(f"init {node[0]} <- run {target[3]}")
+            node = target[:3]
+        if node == start:
+            problems.append(f"inits.{start[0]}.run: continue chain forms a cycle ({'; '.join(chain)} starts from "
+                            f"init {start[0]} itself); point the selector at a run with another init")
+    return sorted(set(problems))
+
+
+def targets(config: dict, runs: list[Run]) -> list[str]:
+    """None of its own: inits are reached through the runs that start from them."""
+    return []

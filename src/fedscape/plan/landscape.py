@@ -1,0 +1,309 @@
+"""Planning of the loss landscapes: the `landscapes` section resolved to runs, checked, and turned into
+per-job settings, inputs and targets.
+
+Each entry ``label -> spec`` is one plane with one surface per data set in ``spec.data``. Runs are
+named by selectors (`fedscape.core.runs.select_runs` / `resolve_run`); an empty ``runs`` list means every
+run of the config. Paths (all below ``<results_dir>/landscape/{dataset}/{model}/{label}/``): ``plane.npz``,
+``points.csv``, ``grid.json``; per data set ``{data}/chunks/chunk~{i}.npz``, ``{data}/surface.npz``
+and the figure ``{data}/surface.{pdf,png}`` with its data beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fedscape.analysis.landscape.definitions import SINGLE_RUN_KINDS
+from fedscape.core.config import ConfigError
+from fedscape.core.paths import HESSIAN_DIR, LANDSCAPE_DIR, SURFACE_DIR, Results, fill
+from fedscape.core.runs import iid_first, resolve_run, select_runs, varying_fields
+from fedscape.plan.train import check_round, rounds_of, run_training
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One model of a run: its global model after `round` ('final' = the run's last round)."""
+
+    run: object  # fedscape.plan.Run
+    round: int | str
+
+
+@dataclass(frozen=True)
+class LandscapePlan:
+    """One `landscapes` entry resolved against the runs of the config."""
+
+    label: str
+    kind: str
+    runs: tuple  # fedscape.plan.Run, in selector order
+    round: int | str  # 'final' or a round
+    checkpoints: tuple[Checkpoint, ...]  # three_points only
+    data: tuple[str, ...]  # data wildcard values: 'train', 'test', 'client~3'
+    spec: dict = field(hash=False, compare=False)
+
+    @property
+    def dataset(self) -> str:
+        return self.runs[0].dataset
+
+    @property
+    def model(self) -> str:
+        return self.runs[0].model
+
+    @property
+    def data_run(self):
+        """The run whose partition defines the training data (L) and the client shards (L_m)."""
+        return self.runs[0]
+
+    @property
+    def directory(self) -> str:
+        """The surface's directory, relative to the results directory."""
+        return fill(LANDSCAPE_DIR, dataset=self.dataset, model=self.model, surface=self.label)
+
+    def surface_id(self, data: str) -> str:
+        return f"{self.label}/{data}"
+
+
+def data_names(spec: dict) -> tuple[str, ...]:
+    """The data wildcard values of a spec: train, test, client~<client>."""
+    return tuple(f"client~{spec.get('client', 0)}" if d == "client" else d for d in spec.get("data", ["train"]))
+
+
+def _select(runs: list, selectors: list, where: str) -> list:
+    out = []
+    for i, sel in enumerate(selectors or [{}]):  # no selector: every run
+        if not isinstance(sel, dict):
+            raise ConfigError(f"{where}[{i}]: a run selector is a mapping of run fields, e.g. "
+                              f"{{alpha: iid, init: random}}; got {sel!r}")
+        # one selector's matches from IID to the most skewed alpha (the pilot study's order: IID is the reference)
+        hits = iid_first(select_runs(runs, sel))
+        if not hits:
+            raise ConfigError(f"{where}[{i}]: no run of the config matches {sel}; the config defines "
+                              f"{len(runs)} runs, e.g. {runs[0].run_id if runs else '(none)'}")
+        out.extend(r for r in hits if r not in out)
+    return out
+
+
+def resolve_landscape(config: dict, runs: list, label: str) -> LandscapePlan:
+    """The `landscapes.<label>` entry resolved to runs; ConfigError naming the key when it cannot work."""
+    spec = config["landscapes"][label]
+    where = f"landscapes.{label}"
+    kind = spec.get("kind", "trajectory")
+    round_ = spec.get("round", "final")
+    checkpoints: tuple[Checkpoint, ...] = ()
+    if kind == "three_points":
+        items = spec.get("checkpoints", [])
+        if len(items) != 3:
+            raise ConfigError(f"{where}.checkpoints: kind three_points needs exactly 3 checkpoints, got {len(items)}")
+        if spec.get("runs"):
+            raise ConfigError(f"{where}.runs: kind three_points names its runs in `checkpoints`; remove `runs`")
+        cps = []
+        for i, item in enumerate(items):
+            if not isinstance(item.get("run"), dict) or not item.get("run"):
+                raise ConfigError(f"{where}.checkpoints[{i}].run: a run selector is a non-empty mapping of run fields")
+            run = resolve_run(runs, item["run"], f"{where}.checkpoints[{i}].run")
+            check_round(config, run, item.get("round", "final"), f"{where}.checkpoints[{i}].round")
+            cps.append(Checkpoint(run, item.get("round", "final")))
+        if len(set(cps)) < 3:
+            raise ConfigError(f"{where}.checkpoints: the three checkpoints must differ")
+        checkpoints = tuple(cps)
+        selected = list(dict.fromkeys(c.run for c in cps))
+    else:
+        if spec.get("checkpoints"):
+            raise ConfigError(f"{where}.checkpoints: only kind three_points takes checkpoints (kind is {kind})")
+        selected = _select(runs, spec.get("runs", []), f"{where}.runs")
+        if kind in SINGLE_RUN_KINDS and len(selected) != 1:
+            raise ConfigError(f"{where}.runs: kind {kind} needs exactly one run, the selectors match {len(selected)}; "
+                              f"add one of {varying_fields(selected)} to pick one")
+        if kind == "final_models" and len(selected) < 3:
+            raise ConfigError(f"{where}.runs: kind final_models needs at least 3 runs to span a plane, the selectors "
+                              f"match {len(selected)}; use kind three_points to add e.g. the init")
+        if kind == "trajectories" and len(selected) < 2:
+            raise ConfigError(f"{where}.runs: kind trajectories needs at least 2 runs (use kind trajectory for one)")
+        for run in selected:
+            check_round(config, run, round_, f"{where}.round")
+    if not selected:
+        raise ConfigError(f"{where}.runs: the config defines no runs")
+    archs = {(r.dataset, r.model) for r in selected}
+    if len(archs) > 1:
+        raise ConfigError(f"{where}: all runs of one plane must share dataset and model, got "
+                          f"{', '.join(sorted('/'.join(a) for a in archs))}")
+    if kind == "local":
+        run = selected[0]
+        training = run_training(config, run)
+        t = training["rounds"] if round_ == "final" else round_
+        if t < 1:
+            raise ConfigError(f"{where}.round: the local scope needs a round >= 1 (round t goes from the model "
+                              f"after round t-1 to the clients' models of round t)")
+        saved = list(training.get("save_clients_at", []))
+        if t not in saved:
+            raise ConfigError(f"{where}.round: round {t} is not in training.save_clients_at {saved} of run "
+                              f"{run.run_id}; add it there so the clients' models of that round are kept")
+    if kind == "hessian" and spec.get("plane_file") is None and round_ == "final":
+        round_ = rounds_of(config, selected[0])  # the Hessian stage names its files by round number
+    data_run = selected[0]
+    client = spec.get("client", 0)
+    if "client" in spec.get("data", ["train"]) and not 0 <= client < data_run.num_clients:
+        raise ConfigError(f"{where}.client: client {client} does not exist; run {data_run.run_id} has "
+                          f"{data_run.num_clients} clients (0..{data_run.num_clients - 1})")
+    resolution = spec.get("resolution", 21)
+    chunks = spec.get("chunks", 1)
+    if chunks > resolution * resolution:
+        raise ConfigError(f"{where}.chunks: {chunks} chunks for a {resolution}x{resolution} grid; at most "
+                          f"{resolution * resolution}")
+    span = spec.get("span")
+    if isinstance(span, list) and not (span[0] < span[1] and span[2] < span[3]):
+        raise ConfigError(f"{where}.span: [amin, amax, bmin, bmax] needs amin < amax and bmin < bmax, got {span}")
+    return LandscapePlan(label, kind, tuple(selected), round_, checkpoints, data_names(spec), spec)
+
+
+def landscape_plans(config: dict, runs: list) -> list[LandscapePlan]:
+    """Every `landscapes` entry resolved (raises the first ConfigError; check_config reports them all)."""
+    return [resolve_landscape(config, runs, label) for label in config.get("landscapes", {})]
+
+
+def check(config: dict, runs: list) -> list[str]:
+    """Problems of the `landscapes` section that the schema cannot express."""
+    problems = []
+    for label in config.get("landscapes", {}):
+        try:
+            resolve_landscape(config, runs, label)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+# -- per-job settings (plain dicts: Snakemake reruns a job when its dict changes) ------------------------
+def _round_value(value) -> int | str:
+    return value if value == "final" else int(value)
+
+
+def hessian_plane_path(plan: LandscapePlan, results: Results) -> str:
+    """The plane file a hessian surface reads: `plane_file`, or the Hessian stage's eigenvector plane."""
+    if plan.spec.get("plane_file"):
+        return str(plan.spec["plane_file"])
+    return f"{results(HESSIAN_DIR, **plan.runs[0].fields(), round=plan.round)}/eigen_plane.npz"
+
+
+def plane_settings(config: dict, plan: LandscapePlan) -> dict:
+    """Everything the plane job needs."""
+    spec = plan.spec
+    return {
+        "label": plan.label,
+        "kind": plan.kind,
+        "runs": [r.run_id for r in plan.runs],
+        "run_fields": [r.fields() for r in plan.runs],
+        "round": _round_value(plan.round),
+        "checkpoints": [{"run_id": c.run.run_id, "round": _round_value(c.round)} for c in plan.checkpoints],
+        "center": spec.get("center", "final"),
+        "seed": int(spec.get("seed", 0)),
+        "resolution": int(spec.get("resolution", 21)),
+        "span": spec.get("span"),
+        "margin": float(spec.get("margin", 0.25)),
+        "client": int(spec.get("client", 0)),
+    }
+
+
+def chunk_settings(config: dict, plan: LandscapePlan, data: str, chunk: int) -> dict:
+    """Everything one chunk job needs (the grid and plane come as input files)."""
+    spec = plan.spec
+    run = plan.data_run
+    training = run_training(config, run)
+    return {
+        "surface_id": plan.surface_id(data),
+        "dataset": run.dataset,
+        "dataset_options": config["datasets"][run.dataset],
+        "data": data,
+        "chunk": int(chunk),
+        "chunks": int(spec.get("chunks", 1)),
+        "points_per_batch": int(spec.get("points_per_batch", 1)),
+        "batch_size": int(training["eval_batch_size"]),
+        "device": training["device"],
+    }
+
+
+def surface_settings(config: dict, plan: LandscapePlan, data: str) -> dict:
+    """What the gather job records about a surface (also the row of surfaces.csv)."""
+    spec = plan.spec
+    rounds = sorted({rounds_of(config, r) for r in plan.runs})
+    if plan.kind == "three_points":
+        round_ = None
+    elif plan.round == "final":
+        round_ = rounds[0] if len(rounds) == 1 else None
+    else:
+        round_ = int(plan.round)
+    return {
+        "surface_id": plan.surface_id(data),
+        "label": plan.label,
+        "kind": plan.kind,
+        "runs": [r.run_id for r in plan.runs],
+        "round": round_,
+        "data": data,
+        "data_run": plan.data_run.run_id,
+        "resolution": int(spec.get("resolution", 21)),
+        "chunks": int(spec.get("chunks", 1)),
+    }
+
+
+def figure_settings(config: dict, plan: LandscapePlan, data: str) -> dict:
+    spec = plan.spec
+    return {"surface_id": plan.surface_id(data), "levels": int(spec.get("levels", 30)),
+            "clip_loss": spec.get("clip_loss")}
+
+
+def overlay_data(plan: LandscapePlan, data: str) -> str | None:
+    """The local scope draws L_m's contour lines over L (pilot study Fig. 2b): the client surface, if any."""
+    if plan.kind != "local" or data != "train":
+        return None
+    clients = [d for d in plan.data if d.startswith("client~")]
+    return clients[0] if clients else None
+
+
+# -- inputs and targets ---------------------------------------------------------------------------------
+def plane_inputs(config: dict, plan: LandscapePlan) -> dict:
+    """The trajectories of a plane's runs; the client models of the local scope; the Hessian plane file."""
+    results = Results.of(config)
+    inputs: dict = {"trajectories": [results.run_file(run, "trajectory") for run in plan.runs]}
+    if plan.kind == "local":
+        inputs["clients"] = results.run_file(plan.runs[0], "clients")
+    if plan.kind == "hessian":
+        inputs["hessian_plane"] = hessian_plane_path(plan, results)
+    return inputs
+
+
+def chunk_inputs(config: dict, plan: LandscapePlan, data: str) -> dict[str, str]:
+    """A chunk job's plane and grid, and the partition that defines its data (none for the test set)."""
+    results = Results.of(config)
+    plane_dir = results(plan.directory)
+    inputs = {"plane": f"{plane_dir}/plane.npz", "grid": f"{plane_dir}/grid.json"}
+    if data != "test":
+        inputs["partition"] = results.partition_file(plan.data_run)
+    return inputs
+
+
+def chunk_files(config: dict, plan: LandscapePlan, data: str) -> list[str]:
+    """Every chunk of one surface."""
+    surface_dir = Results.of(config)(SURFACE_DIR, dataset=plan.dataset, model=plan.model, surface=plan.label,
+                                     data=data)
+    return [f"{surface_dir}/chunks/chunk~{i}.npz" for i in range(plan.spec.get("chunks", 1))]
+
+
+def figure_inputs(config: dict, plan: LandscapePlan, data: str) -> dict[str, str]:
+    """A figure's surface, and the surface of L_m drawn over L in the local scope."""
+    results = Results.of(config)
+    inputs = {"surface": f"{results(plan.directory)}/{data}/surface.npz"}
+    other = overlay_data(plan, data)
+    if other is not None:
+        inputs["overlay"] = f"{results(plan.directory)}/{other}/surface.npz"
+    return inputs
+
+
+def surface_files(config: dict, runs: list, name: str) -> list[str]:
+    """The file `name` (surface.npz, surface.png, ...) of every surface of every plane."""
+    results = Results.of(config)
+    return [f"{results(plan.directory)}/{data}/{name}" for plan in landscape_plans(config, runs) for data in plan.data]
+
+
+def targets(config: dict, runs: list) -> list[str]:
+    """surfaces.csv and every surface's figure (PNG and PDF)."""
+    if not config["landscapes"]:
+        return []
+    return [Results.of(config).table("surfaces"), *surface_files(config, runs, "surface.png"),
+            *surface_files(config, runs, "surface.pdf")]

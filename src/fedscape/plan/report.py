@@ -1,0 +1,44 @@
+"""Planning of the report: final.csv and summary.csv, and the figures across runs (curves over rounds,
+final accuracy, cost) per dataset and model."""
+
+from __future__ import annotations
+
+from fedscape.core.paths import Results
+from fedscape.core.runs import Run
+from fedscape.plan import hessian
+
+CURVES_FIGURE = "curves/{dataset}/{model}/{metric}"  # below figures/
+ACCURACY_FIGURE = "accuracy/{dataset}/{model}/{kind}"
+COST_FIGURE = "cost/{dataset}/{model}/cost"
+CURVE_METRICS = ("accuracy", "loss")
+ACCURACY_KINDS = ("by_init", "table", "headline")
+
+
+def final_table_inputs(config: dict, runs: list[Run]) -> dict[str, str]:
+    """rounds.csv and the analysis tables whose headline numbers final.csv carries, where the config makes them."""
+    results = Results.of(config)
+    inputs = {"rounds": results.table("rounds")}
+    if config["interpolation"]["pairs"]:
+        inputs["barriers"] = results.table("barriers")
+        inputs["interpolation"] = results.table("interpolation")
+    if hessian.hessian_jobs(config, runs):
+        inputs["hessian"] = results.table("hessian")
+        inputs["hessian_clients"] = results.table("hessian_clients")
+    return inputs
+
+
+def check(config: dict, runs: list[Run]) -> list[str]:
+    """Nothing beyond the schema."""
+    return []
+
+
+def targets(config: dict, runs: list[Run]) -> list[str]:
+    """final.csv, summary.csv and the curve, accuracy and cost figures of every dataset and model."""
+    results = Results.of(config)
+    out = [results.table("final"), results.table("summary")]
+    for dataset, model in sorted({(run.dataset, run.model) for run in runs}):
+        figures = [results.figure(CURVES_FIGURE, dataset=dataset, model=model, metric=m) for m in CURVE_METRICS]
+        figures += [results.figure(ACCURACY_FIGURE, dataset=dataset, model=model, kind=k) for k in ACCURACY_KINDS]
+        figures.append(results.figure(COST_FIGURE, dataset=dataset, model=model))
+        out += [path for figure in figures for path in figure.values()]
+    return out

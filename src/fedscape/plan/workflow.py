@@ -1,0 +1,66 @@
+"""The whole plan of a config: its validation, its runs and the targets of `rule all`, from the stage
+modules of this package (each has `check(config, runs)` and `targets(config, runs)`).
+
+Torch-free: `snakemake -n` imports only this package, `fedscape.core` and the torch-free declaration
+modules of the lower layers (tests/unit/test_architecture.py checks it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+from types import ModuleType
+
+import yaml
+
+import fedscape.plan as _package
+from fedscape.core.config import ConfigError, load_schema, validate_config
+from fedscape.core.runs import WILDCARD_CONSTRAINTS, Run, build_runs
+from fedscape.data.specs import DATASET_NAMES
+
+FIRST = "train"  # its checks come first: every other stage reads the run grid it checks
+
+
+def stage_modules() -> list[ModuleType]:
+    """Every stage's plan module (train first, then alphabetically): the modules with `check` and `targets`."""
+    modules = [importlib.import_module(f"{_package.__name__}.{info.name}")
+               for info in pkgutil.iter_modules(_package.__path__) if info.name != "workflow"]
+    stages = [m for m in modules if hasattr(m, "check") and hasattr(m, "targets")]
+    return sorted(stages, key=lambda m: (m.__name__.rsplit(".", 1)[1] != FIRST, m.__name__))
+
+
+def check_config(config: dict, schema: dict) -> dict:
+    """Validate against the schema (filling defaults), then every stage's rules a schema cannot express."""
+    validate_config(config, schema)
+    problems: list[str] = []
+    try:
+        runs = build_runs(config)
+    except ConfigError as exc:
+        problems.append(str(exc))
+        runs = []
+    stages = stage_modules()
+    problems.extend(stages[0].check(config, runs))
+    if runs and not problems:  # the other stages assume a valid grid
+        for stage in stages[1:]:
+            problems.extend(stage.check(config, runs))
+    if problems:
+        raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
+    return config
+
+
+def load_config(path: str | Path, schema_path: str | Path) -> dict:
+    """Read a YAML config safely, fill defaults and validate it."""
+    with open(path) as fh:
+        config = yaml.safe_load(fh) or {}
+    return check_config(config, load_schema(schema_path))
+
+
+def all_targets(config: dict, runs: list[Run]) -> list[str]:
+    """The targets of `rule all`: every stage's final outputs."""
+    return [path for stage in stage_modules() for path in stage.targets(config, runs)]
+
+
+def wildcard_constraints() -> dict[str, str]:
+    """The constraint of every run wildcard (the dataset's: one of the dataset names)."""
+    return {"dataset": "|".join(DATASET_NAMES), **WILDCARD_CONSTRAINTS}

@@ -1,0 +1,1 @@
+"""The stages that make a run: client partition, initial model, federated training."""

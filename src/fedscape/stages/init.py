@@ -1,0 +1,276 @@
+"""Initial models of the `init` stage: random, pretrained on proxy data, IID warm-up, continue.
+
+Every init label of the config names one kind; its output is a one-row trajectory (`init.pt`,
+row 0) that every run naming the label starts from:
+
+* ``random``: seeded weights (the model's own initialisation under ``torch.manual_seed(seed)``).
+* ``pretrained``: the random init trained centrally on proxy data disjoint from the clients' data
+  (the pilot study's Fig. 5 and the Meta poster "Where to Begin?"): the dataset's held-out proxy
+  split (``proxy_fraction``), another dataset (``proxy_dataset``, e.g. cifar100 for cifar10) or a
+  directory of 32x32 down-sampled ImageNet ``.npz`` arrays (``proxy_dir``, as the pilot study
+  pretrains on down-sampled ImageNet). The classifier is re-initialised when the label sets differ.
+* ``iid_warmup``: ``rounds`` rounds of IID FedAvg from the random init (pilot study, Fig. 6b).
+* ``continue``: the final global model of another run (pilot study's alpha = 1.0*: more rounds at a
+  reduced learning rate, via an algorithm label with a ``training: {lr: ...}`` override).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedscape.core.config import digest
+from fedscape.core.io import atomic_path
+from fedscape.core.names import suggest
+from fedscape.core.seeds import derive_seed
+from fedscape.data.datasets import augment_batch, dataset_from_options, normalisation
+from fedscape.data.federated import federate
+from fedscape.fl.engine import run_federated
+from fedscape.fl.settings import TrainConfig
+from fedscape.fl.strategies.registry import make_strategy
+from fedscape.models.checkpoint import ModelMeta, load_trajectory, save_trajectory
+from fedscape.models.device import resolve_device
+from fedscape.models.evaluate import evaluate
+from fedscape.models.networks import build_model
+from fedscape.models.params import flatten_buffers, flatten_params, load_buffers, load_params
+from fedscape.stages.init_settings import INIT_KINDS, PretrainConfig
+
+log = logging.getLogger("fedscape.init")
+
+_EPOCH_STREAM = 0x5EED  # batch order of pretraining epochs
+_HEAD_STREAM = 0x4EAD  # re-initialised classifier head
+
+
+# -- models ----------------------------------------------------------------------------------------
+def random_model(settings: dict, num_classes: int | None = None, seed: int | None = None) -> torch.nn.Module:
+    """The model of an init's settings with seeded random weights (what a `random` init saves)."""
+    torch.manual_seed(settings.get("seed", 0) if seed is None else seed)
+    return build_model(settings["model"], num_classes=num_classes or settings["num_classes"],
+                       in_channels=settings["in_channels"], image_size=settings["image_size"],
+                       **settings.get("model_options", {}))
+
+
+def model_meta_for(settings: dict, model: torch.nn.Module) -> ModelMeta:
+    """What rebuilds `model` from a flat vector: its name, options, data shape and parameter layout."""
+    return ModelMeta(
+        model=settings["model"], num_classes=settings["num_classes"], in_channels=settings["in_channels"],
+        image_size=settings["image_size"], model_options=dict(settings.get("model_options", {})),
+        param_names=tuple(n for n, _ in model.named_parameters()),
+        param_shapes=tuple(tuple(p.shape) for p in model.parameters()),
+    )
+
+
+def _save(out: str | Path, model: torch.nn.Module, settings: dict, meta: dict) -> None:
+    meta = {"init": settings["init"], "kind": settings["kind"], "seed": settings.get("seed"),
+            "settings_digest": digest(settings), **meta}
+    save_trajectory(out, flatten_params(model).unsqueeze(0), flatten_buffers(model).unsqueeze(0),
+                    torch.zeros(1, dtype=torch.long), model_meta_for(settings, model), meta)
+
+
+def init_stage(settings: dict, out: str | Path, inputs: dict | None = None,
+               progress_dir: str | Path | None = None) -> None:
+    """Make the initial model of one init label and write it to `out` (a one-row trajectory)."""
+    inputs = dict(inputs or {})
+    kind = settings["kind"]
+    if kind not in INIT_KINDS:
+        raise ValueError(f"unknown init kind {kind!r}.{suggest(kind, INIT_KINDS)} Valid: {', '.join(INIT_KINDS)}")
+    t0 = time.perf_counter()
+    if kind == "random":
+        model, meta = random_model(settings), {}
+    elif kind == "pretrained":
+        model, meta = pretrain(settings, progress_dir)
+    elif kind == "iid_warmup":
+        model, meta = iid_warmup(settings, inputs["partition"], progress_dir)
+    else:
+        model, meta = continue_from(settings, inputs["trajectory"])
+    _save(out, model.cpu(), settings, meta)
+    if progress_dir is not None:
+        shutil.rmtree(progress_dir, ignore_errors=True)
+    n = sum(p.numel() for p in model.parameters())
+    log.info("init %s (%s): %d parameters in %.1f s %s", settings["init"], kind, n, time.perf_counter() - t0,
+             json.dumps(meta, default=str))
+
+
+# -- pretrained ------------------------------------------------------------------------------------
+def load_imagenet32(directory: str | Path, mean: tuple[float, ...], std: tuple[float, ...],
+                    max_samples: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Down-sampled ImageNet 32x32 (Chrabaszcz et al. 2017) from every ``*.npz`` in ``directory``.
+
+    Each file holds ``data`` (uint8 [N, 3072], channel-major) and ``labels`` (1..1000); images are
+    normalised with the clients' dataset statistics. ``max_samples`` keeps a seeded random subset.
+    """
+    files = sorted(Path(directory).glob("*.npz"))
+    if not files:
+        raise FileNotFoundError(f"no .npz files in {directory}: expected down-sampled ImageNet 32x32 arrays "
+                                "(e.g. train_data_batch_1.npz ... with `data` [N, 3072] uint8 and `labels` 1..1000)")
+    data, labels = [], []
+    for f in files:
+        with np.load(f, allow_pickle=False) as z:
+            if "data" not in z or "labels" not in z:
+                raise ValueError(f"{f}: expected arrays `data` and `labels`, found {list(z.keys())}")
+            data.append(np.asarray(z["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(z["labels"], dtype=np.int64).reshape(-1))
+    x, y = np.concatenate(data), np.concatenate(labels)
+    if y.min() >= 1:
+        y = y - 1  # the official files number classes 1..1000
+    if max_samples is not None and max_samples < len(y):
+        keep = np.sort(np.random.default_rng(seed).permutation(len(y))[:max_samples])
+        x, y = x[keep], y[keep]
+    xt = torch.from_numpy(x).float().div_(255.0)
+    xt = (xt - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    return xt, torch.from_numpy(y), int(y.max()) + 1
+
+
+def proxy_data(settings: dict) -> tuple[torch.Tensor, torch.Tensor, int, str]:
+    """(x, y, number of classes, description) of a pretrained init's proxy data."""
+    options = settings["dataset_options"]
+    if settings.get("proxy_dir"):
+        try:
+            mean, std = normalisation(settings["dataset"])
+        except ValueError:
+            raise ValueError(f"proxy_dir (down-sampled ImageNet) needs a 32x32 RGB dataset, not "
+                             f"{settings['dataset']}") from None
+        x, y, classes = load_imagenet32(settings["proxy_dir"], mean, std, settings.get("max_samples"),
+                                        settings.get("seed", 0))
+        return x, y, max(classes, 1000), f"imagenet32:{settings['proxy_dir']}"
+    if settings.get("proxy_dataset"):
+        name = settings["proxy_dataset"]
+        proxy_options = {"data_dir": settings.get("proxy_data_dir") or options.get("data_dir"),
+                         "download": options.get("download", False), "split_seed": options.get("split_seed", 0)}
+        ds = dataset_from_options(name, proxy_options)
+        x, y = ds.x_train, ds.y_train
+        if settings.get("max_samples") is not None and settings["max_samples"] < len(y):
+            keep = torch.from_numpy(np.sort(np.random.default_rng(settings.get("seed", 0))
+                                            .permutation(len(y))[: settings["max_samples"]]))
+            x, y = x[keep], y[keep]
+        return x, y, ds.num_classes, f"dataset:{name}"
+    ds = dataset_from_options(settings["dataset"], options)
+    if len(ds.y_proxy) == 0:
+        raise ValueError(f"the proxy split of {settings['dataset']} is empty: set datasets.{settings['dataset']}."
+                         "proxy_fraction > 0, or a proxy_dataset / proxy_dir")
+    return ds.x_proxy, ds.y_proxy, ds.num_classes, f"split:{settings['dataset']}"
+
+
+def pretrain(settings: dict, progress_dir: str | Path | None = None) -> tuple[torch.nn.Module, dict]:
+    """Centralised SGD on the proxy data from the seeded random init; resumable after every epoch."""
+    cfg = PretrainConfig.of(settings)
+    device = resolve_device(settings.get("device", "auto"))
+    x, y, proxy_classes, source = proxy_data(settings)
+    same_labels = source.startswith("split:")
+    x, y = x.to(device), y.to(device)
+    model = random_model(settings, num_classes=settings["num_classes"] if same_labels else proxy_classes,
+                         seed=cfg.seed).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    augment = settings["dataset_options"].get("augment", "none")
+    progress = Path(progress_dir) / "state.pt" if progress_dir else None
+    key = digest(settings)
+    start = 0
+    if progress is not None and progress.exists():
+        try:
+            state = torch.load(progress, map_location=device, weights_only=True)
+            if state.get("key") == key:
+                model.load_state_dict(state["model"])
+                opt.load_state_dict(state["opt"])
+                start = int(state["epoch"])
+                log.info("resuming pretraining after epoch %d/%d", start, cfg.epochs)
+        except Exception as exc:  # a file cut short by a kill: start afresh
+            log.warning("cannot resume pretraining from %s (%s): starting afresh", progress, exc)
+    log.info("pretraining %s on %s (%d samples, %d classes) for %d epochs: lr %g, batch %d, momentum %g, "
+             "weight decay %g, device %s", settings["model"], source, len(y), proxy_classes, cfg.epochs, cfg.lr,
+             cfg.batch_size, cfg.momentum, cfg.weight_decay, device)
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, _EPOCH_STREAM))
+        perm = torch.randperm(len(y), generator=generator)
+        total, count = 0.0, 0
+        for i in range(0, len(y), cfg.batch_size):
+            b = perm[i : i + cfg.batch_size].to(device)
+            loss = F.cross_entropy(model(augment_batch(x[b], augment, generator)), y[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(b)
+            count += len(b)
+        if progress is not None:
+            with atomic_path(progress) as tmp:
+                torch.save({"key": key, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict()}, tmp)
+        log.info("pretraining epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, cfg.epochs, total / max(count, 1),
+                 time.perf_counter() - t0)
+    proxy_eval = evaluate(model, x, y)
+    meta = {"proxy": source, "proxy_samples": len(y), "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
+            "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "proxy_loss": proxy_eval.loss,
+            "proxy_acc": proxy_eval.acc, "head_reinitialised": not same_labels}
+    if not same_labels:
+        model = _with_new_head(model, settings, cfg.seed).to(device)
+    else:
+        ds = dataset_from_options(settings["dataset"], settings["dataset_options"])
+        pool = evaluate(model, ds.x_train.to(device), ds.y_train.to(device))
+        test = evaluate(model, ds.x_test.to(device), ds.y_test.to(device))
+        meta.update({"clients_pool_acc": pool.acc, "test_acc": test.acc})
+    log.info("pretrained on %s: proxy accuracy %.4f%s", source, proxy_eval.acc,
+             f", clients' pool accuracy {meta['clients_pool_acc']:.4f}, test accuracy {meta['test_acc']:.4f}"
+             if same_labels else " (classifier head re-initialised for the clients' labels)")
+    return model.eval(), meta
+
+
+def _with_new_head(pretrained: torch.nn.Module, settings: dict, seed: int) -> torch.nn.Module:
+    """The clients' model: every pretrained tensor except the classifier, which gets seeded fresh weights."""
+    model = random_model(settings, seed=derive_seed(seed, _HEAD_STREAM))
+    source = pretrained.state_dict()
+    target = model.state_dict()
+    for name, tensor in target.items():
+        if not name.startswith("classifier."):
+            tensor.copy_(source[name])
+    model.load_state_dict(target)
+    return model
+
+
+# -- iid_warmup ------------------------------------------------------------------------------------
+def iid_warmup(settings: dict, partition_path: str | Path,
+               progress_dir: str | Path | None = None) -> tuple[torch.nn.Module, dict]:
+    """`rounds` rounds of FedAvg on an IID split from the seeded random init (pilot study, Fig. 6b)."""
+    training = dict(settings["warmup_training"])
+    device = resolve_device(training.pop("device", settings.get("device", "auto")))
+    training.pop("rounds", None)
+    cfg = TrainConfig(**{**training, "rounds": settings["rounds"], "participation": 1.0, "save_clients_at": (),
+                         "augment": settings["dataset_options"].get("augment", "none"), "seed": settings["seed"]})
+    data = federate(dataset_from_options(settings["dataset"], settings["dataset_options"]), partition_path, device)
+    if data.num_clients != settings["num_clients"]:
+        raise ValueError(f"{partition_path} splits among {data.num_clients} clients, the warm-up expects "
+                         f"{settings['num_clients']}")
+    model = random_model(settings).to(device).train()
+    log.info("IID warm-up: %d round(s) of FedAvg on %d clients (%s)", cfg.rounds, data.num_clients, partition_path)
+    result = run_federated(model, data, make_strategy("fedavg"), cfg, progress_dir=progress_dir,
+                           progress_key=digest(settings))
+    if result.status != "ok":
+        raise RuntimeError(f"the IID warm-up diverged (status {result.status}); lower its learning rate")
+    load_params(model, result.params[-1].to(device))
+    if result.buffers.shape[1]:
+        load_buffers(model, result.buffers[-1].to(device))
+    final = result.rows[-1]
+    return model.eval(), {"rounds": cfg.rounds, "num_clients": data.num_clients, "partition": str(partition_path),
+                          "train_acc": final["train_acc"], "test_acc": final["test_acc"]}
+
+
+# -- continue --------------------------------------------------------------------------------------
+def continue_from(settings: dict, trajectory_path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """The final global model of another run (its trajectory's last row)."""
+    source = load_trajectory(trajectory_path)
+    meta = source.model_meta
+    if (meta.model, meta.num_classes, meta.in_channels, meta.image_size) != (
+            settings["model"], settings["num_classes"], settings["in_channels"], settings["image_size"]):
+        raise ValueError(f"{trajectory_path} holds a {meta.model} for {meta.num_classes} classes of "
+                         f"{meta.in_channels}x{meta.image_size}x{meta.image_size} inputs, not the init's "
+                         f"{settings['model']}")
+    final = source.final_round
+    if source.meta.get("status", "ok") != "ok":
+        log.warning("the source run %s has status %s", settings.get("source_run_id"), source.meta.get("status"))
+    return source.model_at(final), {"source_run_id": settings.get("source_run_id"), "source_round": final,
+                                    "seed": source.meta.get("seed")}

@@ -1,0 +1,74 @@
+"""The train stage: one federated run from its partition and initial model to its checkpoints and metrics."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from fedscape.core.alpha import parse_alpha
+from fedscape.core.config import digest
+from fedscape.core.io import write_csv, write_json
+from fedscape.core.runs import RUN_FIELDS
+from fedscape.data.federated import load_federated_data
+from fedscape.fl.engine import run_federated
+from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS, ROUND_METRICS, TrainConfig
+from fedscape.fl.strategies.registry import make_strategy
+from fedscape.models.checkpoint import load_trajectory, save_clients, save_trajectory
+from fedscape.models.device import device_name, resolve_device
+
+log = logging.getLogger("fedscape.train")
+
+# Columns of a run's metrics.csv (and of results/tables/rounds.csv): the run, then one row per round.
+ROUNDS_COLUMNS = ["run_id", *RUN_FIELDS, *ROUND_METRICS]
+
+
+def train_config(settings: dict) -> TrainConfig:
+    """The TrainConfig of a train job's settings (`fedscape.plan.train.train_settings`)."""
+    run, training = settings["run"], dict(settings["training"])
+    training.pop("device", None)
+    return TrainConfig(**{**training, "save_clients_at": tuple(training.get("save_clients_at", ())),
+                          "augment": settings["dataset_options"].get("augment", "none"), "seed": run["seed"],
+                          "participation": float(run["participation"])})  # the run's sampled fraction per round
+
+
+def train_stage(settings: dict, partition_path: str | Path, init_path: str | Path, outputs: dict[str, str],
+                progress_dir: str | Path) -> None:
+    """Run one federated training job and write trajectory.pt, clients.pt, metrics.csv, meta.json and
+    client_updates.csv.
+
+    Progress is kept in `progress_dir` (not a declared output, so Snakemake does not delete it when
+    a job is killed) and removed once the outputs are written.
+    """
+    run = settings["run"]
+    device = resolve_device(settings["training"].get("device", "auto"))
+    cfg = train_config(settings)
+    data = load_federated_data(run["dataset"], settings["dataset_options"], partition_path, device)
+    init = load_trajectory(init_path)
+    model = init.model_at(0, device).train()
+    strategy = make_strategy(settings["algorithm"], settings["hyperparameters"])
+    log.info("run %s on %s: %d clients, %d rounds x %d local epochs, algorithm %s", settings["run_id"], device,
+             data.num_clients, cfg.rounds, cfg.local_epochs, settings["algorithm"])
+    result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir, progress_key=digest(settings))
+
+    meta = {"run_id": settings["run_id"], "settings": settings, "status": result.status, "device": str(device),
+            "device_name": device_name(device), "seed": run["seed"], "init_seed": init.meta.get("seed"),
+            "final_round": int(result.rounds.max())}
+    save_trajectory(outputs["trajectory"], result.params, result.buffers, result.rounds, init.model_meta, meta)
+    save_clients(outputs["clients"], result.clients, init.model_meta, meta)
+    rows = pd.DataFrame(result.rows)
+    for key in ("dataset", "model", "init", "algorithm", "num_clients", "seed"):
+        rows[key] = run[key]
+    rows["run_id"] = settings["run_id"]
+    rows["alpha"] = parse_alpha(run["alpha"])
+    rows["participation"] = float(run["participation"])
+    write_csv(rows[ROUNDS_COLUMNS], outputs["metrics"])
+    updates = pd.DataFrame(result.client_stats, columns=CLIENT_UPDATES_COLUMNS[1:])
+    updates.insert(0, "run_id", settings["run_id"])
+    write_csv(updates, outputs["client_updates"])
+    write_json(outputs["meta"], meta)
+    shutil.rmtree(progress_dir, ignore_errors=True)
+    final = result.rows[-1]
+    log.info("done: status=%s final test_acc=%.4f", result.status, final["test_acc"])

@@ -1,0 +1,628 @@
+"""The FL algorithm suite: reductions to FedAvg, hand computations, invariants, sub-networks, learning."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers.configs import SCHEMA, TINY
+
+from fedscape.core.config import ConfigError
+from fedscape.data.datasets import load_dataset
+from fedscape.data.federated import FederatedData
+from fedscape.data.partition import make_partition
+from fedscape.fl import engine as engine_mod
+from fedscape.fl import sequential as sequential_mod
+from fedscape.fl.engine import run_federated
+from fedscape.fl.hparams.registry import ALGORITHM_SPECS, algorithm_config
+from fedscape.fl.local import batch_order
+from fedscape.fl.server_opt import ServerAdaptive
+from fedscape.fl.settings import TrainConfig
+from fedscape.fl.strategies import mixup as mixup_mod
+from fedscape.fl.strategies.base import ClientContext, ClientResult
+from fedscape.fl.strategies.fedalign import lipschitz_estimate, spectral_norm_power, transmitting_matrix
+from fedscape.fl.strategies.mixup import mixup_batch
+from fedscape.fl.strategies.moon import moon_contrastive_loss
+from fedscape.fl.strategies.registry import make_strategy, strategy_class
+from fedscape.fl.strategies.scaffold import effective_steps
+from fedscape.fl.strategies.stochdepth import survival_probabilities
+from fedscape.models.networks import build_model, slim_channels
+from fedscape.plan.workflow import check_config
+from fedscape.report.cost import COST_COLUMNS, cost_table
+
+RESIDUAL_ALGOS = {"stochdepth"}
+WIDTH_ALGOS = {"gradaug", "fedalign"}
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
+
+
+@pytest.fixture(scope="module")
+def digits_data() -> FederatedData:
+    """digits: 4 clients, Dirichlet(0.5) label skew, the real train/test split."""
+    ds = load_dataset("digits", proxy_fraction=0.2)
+    part = make_partition(ds.y_train.numpy(), 4, 0.5, 0, 10, 1000)
+    return FederatedData(ds.x_train, ds.y_train, [torch.as_tensor(i) for i in part.client_indices], ds.x_test,
+                         ds.y_test)
+
+
+def small_data(digits_data: FederatedData, per_client: int = 40) -> FederatedData:
+    """The first `per_client` samples of every client (quick exactness tests)."""
+    idx = [ix[:per_client] for ix in digits_data.client_indices]
+    return FederatedData(digits_data.x_train, digits_data.y_train, idx, digits_data.x_test[:100],
+                         digits_data.y_test[:100])
+
+
+def model_of(name: str = "cnn_small", seed: int = 0, **options) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model(name, num_classes=10, in_channels=1, image_size=8, **options)
+
+
+def sequential(**train) -> TrainConfig:
+    base = {"rounds": 2, "local_epochs": 1, "batch_size": 16, "lr": 0.05, "momentum": 0.9, "seed": 1,
+            "client_parallel": "sequential"}
+    return TrainConfig(**{**base, **train})
+
+
+# -- registry, configs, docs -----------------------------------------------------------------------
+def test_the_registry_finds_every_algorithm_family():
+    assert {"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "scaffold", "feddyn", "moon",
+            "mixup", "stochdepth", "gradaug", "fedalign"} <= set(ALGORITHM_SPECS)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHM_SPECS))
+def test_every_spec_names_its_strategy_and_builds_it(name):
+    strategy = make_strategy(name)
+
+    assert isinstance(strategy, strategy_class(name))
+    assert strategy.name == name and strategy.config == algorithm_config(name)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHM_SPECS))
+def test_every_algorithm_cites_its_paper_and_has_frozen_defaults(name):
+    cls = strategy_class(name)
+    config = algorithm_config(name)
+
+    assert re.search(r"(19|20)\d\d", cls.__doc__ or ""), f"{name}: docstring cites no paper year"
+    assert re.search(r"(19|20)\d\d", ALGORITHM_SPECS[name].paper), f"{name}: spec cites no paper year"
+    assert dataclasses.is_dataclass(config)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.server_lr = 2.0  # every config is frozen
+
+
+def test_paper_defaults():
+    assert algorithm_config("fedprox").mu == 1e-4
+    moon = algorithm_config("moon")
+    assert (moon.mu, moon.temperature) == (1.0, 0.5)
+    assert algorithm_config("mixup").gamma == 0.05
+    assert algorithm_config("stochdepth").survival_last == 0.9
+    grad = algorithm_config("gradaug")
+    assert (grad.mu, grad.num_subnets) == (1.75, 2)
+    align = algorithm_config("fedalign")
+    assert (align.mu, align.width) == (0.05, 0.8)
+    adam = algorithm_config("fedadam")
+    assert (adam.beta1, adam.beta2) == (0.9, 0.99)
+
+
+@pytest.mark.parametrize(("name", "overrides", "match"), [
+    ("fedprox", {"muu": 0.1}, r"no hyperparameter 'muu'.*Did you mean 'mu'.*Valid: mu, server_lr"),
+    ("fedadam", {"tau": -1.0}, "tau must be positive"),
+    ("fedalign", {"width": 1.5}, "0 < width <= 1"),
+    ("fedprox_x", {}, "unknown algorithm 'fedprox_x'.*Did you mean 'fedprox'"),
+])
+def test_bad_hyperparameters_fail_clearly(name, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        algorithm_config(name, overrides)
+
+
+@pytest.mark.parametrize(("algorithm", "model", "match"), [
+    ("stochdepth", "cnn_small", r"algorithms\.algo: stochdepth needs a residual model; cnn_small is not residual"),
+    ("gradaug", "mlp", r"algorithms\.algo: gradaug needs a width-sliceable model; mlp is not width-sliceable"),
+    ("fedalign", "mlp", r"algorithms\.algo: fedalign needs a width-sliceable model"),
+])
+def test_impossible_algorithm_model_pairs_are_rejected_at_config_check(algorithm, model, match):
+    config = copy.deepcopy(TINY)
+    config["algorithms"] = {"fedavg": {"name": "fedavg"}, "algo": {"name": algorithm}}
+    config["models"] = [model]
+    config["experiments"] = [{"algorithm": "algo"}]
+
+    with pytest.raises(ConfigError, match=match):
+        check_config(config, SCHEMA)
+
+
+def test_possible_pairs_pass_config_check():
+    config = copy.deepcopy(TINY)
+    config["algorithms"] = {"fedavg": {"name": "fedavg"}, "sd": {"name": "stochdepth"},
+                            "fa": {"name": "fedalign", "mu": 0.1}}
+    config["models"] = ["resnet20"]
+    config["experiments"] = [{}, {"algorithm": "sd"}, {"algorithm": "fa"}]
+
+    assert len(check_config(config, SCHEMA)["experiments"]) == 3
+
+
+# -- reductions to FedAvg --------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["sequential", "auto"])
+def test_fedprox_with_mu_zero_equals_fedavg_exactly(digits_data, mode):
+    data = small_data(digits_data)
+    cfg = sequential(client_parallel=mode)
+
+    fedavg = run_federated(model_of(), data, make_strategy("fedavg"), cfg)
+    prox = run_federated(model_of(), data, make_strategy("fedprox", {"mu": 0.0}), cfg)
+
+    assert torch.equal(fedavg.params, prox.params)
+
+
+def test_fedprox_pulls_clients_towards_the_global_model(digits_data):
+    data = small_data(digits_data)
+    cfg = sequential(rounds=1, save_clients_at=(1,))
+
+    plain = run_federated(model_of(), data, make_strategy("fedavg"), cfg)
+    prox = run_federated(model_of(), data, make_strategy("fedprox", {"mu": 1.0}), cfg)
+
+    start = plain.params[0]
+    drift = [(r.clients[1].params - start).norm(dim=1) for r in (plain, prox)]
+    assert (drift[1] < drift[0]).all()
+
+
+@pytest.mark.parametrize("server_lr", [1.0])
+def test_fedavgm_with_momentum_zero_and_server_lr_one_equals_fedavg(digits_data, server_lr):
+    data = small_data(digits_data)
+    cfg = sequential(rounds=3)
+
+    fedavg = run_federated(model_of(), data, make_strategy("fedavg"), cfg)
+    avgm = run_federated(model_of(), data, make_strategy("fedavgm", {"server_momentum": 0.0,
+                                                                     "server_lr": server_lr}), cfg)
+
+    assert torch.equal(fedavg.params, avgm.params)
+
+
+@pytest.mark.parametrize(("name", "overrides", "model"), [
+    ("moon", {"mu": 0.0}, "cnn_small"),
+    ("mixup", {"gamma": 0.0}, "cnn_small"),
+    ("gradaug", {"mu": 0.0}, "cnn_small"),
+    ("fedalign", {"mu": 0.0, "clip_grad_norm": 0.0}, "cnn_small"),
+    ("stochdepth", {"survival_last": 1.0}, "resnet20"),
+])
+def test_regularisers_switched_off_equal_fedavg_exactly(digits_data, name, overrides, model):
+    data = small_data(digits_data, per_client=24)
+    cfg = sequential(rounds=2)
+
+    fedavg = run_federated(model_of(model), data, make_strategy("fedavg"), cfg)
+    other = run_federated(model_of(model), data, make_strategy(name, overrides), cfg)
+    default = run_federated(model_of(model), data, make_strategy(name), cfg)
+
+    assert torch.equal(fedavg.params, other.params)
+    assert torch.equal(fedavg.buffers, other.buffers)
+    assert not torch.allclose(fedavg.params, default.params)  # switched on, the method changes training
+
+
+# -- server optimisers -----------------------------------------------------------------------------
+def hand_adaptive(kind: str, x: np.ndarray, deltas: list[np.ndarray], lr: float, b1: float, b2: float,
+                  tau: float) -> np.ndarray:
+    """Reddi et al. 2021, Algorithm 2, written out in numpy (m_0 = 0, v_0 = tau^2, no bias correction)."""
+    m, v = np.zeros_like(x), np.full_like(x, tau**2)
+    for d in deltas:
+        m = b1 * m + (1 - b1) * d
+        if kind == "adagrad":
+            v = v + d**2
+        elif kind == "yogi":
+            v = v - (1 - b2) * d**2 * np.sign(v - d**2)
+        else:
+            v = b2 * v + (1 - b2) * d**2
+        x = x + lr * m / (np.sqrt(v) + tau)
+    return x
+
+
+@pytest.mark.parametrize("kind", ["adam", "yogi", "adagrad"])
+def test_adaptive_server_steps_match_hand_computation(kind):
+    x0 = np.array([1.0, -2.0, 0.5, 0.0])
+    deltas = [np.array([0.1, -0.3, 0.0, 2.0]), np.array([-0.2, 0.1, 0.05, 1.0])]
+    opt = ServerAdaptive(kind, lr=0.5, beta1=0.9, beta2=0.99, tau=1e-2)
+
+    x = torch.tensor(x0)
+    for d in deltas:
+        x = opt.step(x, -torch.tensor(d))  # the pseudo-gradient is minus the mean delta
+
+    assert np.allclose(x.numpy(), hand_adaptive(kind, x0, deltas, 0.5, 0.9, 0.99, 1e-2), rtol=1e-12, atol=1e-12)
+
+
+def test_one_fedadam_step_by_hand():
+    # m = 0.1 * 0.2 = 0.02; v = 0.99 * 1e-6 + 0.01 * 0.04 = 4.0099e-4; x = 1 + 0.1 * 0.02 / (sqrt(v) + 1e-3)
+    strategy = make_strategy("fedadam", {"server_lr": 0.1, "tau": 1e-3})
+    results = [ClientResult(0, 10, torch.tensor([1.2], dtype=torch.float64), torch.zeros(0), 0.0)]
+
+    new = strategy.server_update(torch.tensor([1.0], dtype=torch.float64), results)
+
+    expected = 1 + 0.1 * 0.02 / (math.sqrt(0.99e-6 + 0.01 * 0.04) + 1e-3)
+    assert new.item() == pytest.approx(expected, rel=1e-12)
+
+
+# -- SCAFFOLD --------------------------------------------------------------------------------------
+def test_effective_steps_of_heavy_ball_momentum():
+    assert effective_steps(3, 0.0) == 3.0
+    assert effective_steps(3, 0.5) == pytest.approx(1.0 + 1.5 + 1.75)
+
+
+def test_scaffold_with_identical_clients_matches_fedavg(digits_data, monkeypatch):
+    # Every client holds the same samples and (patched) the same batch order: the control variates
+    # agree, c - c_i vanishes and SCAFFOLD is FedAvg up to rounding.
+    same = digits_data.client_indices[0][:48]
+    data = FederatedData(digits_data.x_train, digits_data.y_train, [same] * 4, digits_data.x_test[:100],
+                         digits_data.y_test[:100])
+    real = sequential_mod.client_generator
+    monkeypatch.setattr(sequential_mod, "client_generator", lambda seed, round_, client: real(seed, round_, 0))
+    cfg = sequential(rounds=4, momentum=0.0, lr=0.1)
+
+    fedavg = run_federated(model_of(), data, make_strategy("fedavg"), cfg)
+    scaffold = make_strategy("scaffold")
+    result = run_federated(model_of(), data, scaffold, cfg)
+
+    assert torch.allclose(result.params, fedavg.params, atol=1e-5)
+    assert scaffold.c.abs().max() > 0  # the control variates did move
+
+
+def test_scaffold_control_variates_follow_option_two(digits_data):
+    data = small_data(digits_data)
+    cfg = sequential(rounds=1, momentum=0.0, lr=0.1, participation=0.5, save_clients_at=(1,))
+    scaffold = make_strategy("scaffold")
+
+    result = run_federated(model_of(), data, scaffold, cfg)
+
+    clients = result.clients[1]
+    x0 = result.params[0]
+    for cid, y in zip(clients.client_ids.tolist(), clients.params, strict=True):
+        steps = len(batch_order(len(data.client_indices[cid]), cfg.batch_size, cfg.local_epochs,
+                                torch.Generator()))
+        expected = (x0 - y) / (steps * cfg.lr)  # c_i+ = c_i - c + (x - y_i)/(K lr) with c = c_i = 0
+        assert torch.allclose(scaffold.c_clients.get(cid, "cpu"), expected, atol=1e-6)
+    absent = set(range(4)) - set(clients.client_ids.tolist())
+    assert absent and all(torch.count_nonzero(scaffold.c_clients.get(c, "cpu")) == 0 for c in absent)
+    # c = (1/N) sum over all N clients of c_i (absent ones still at zero)
+    assert torch.allclose(scaffold.c, scaffold.c_clients.mean(4), atol=1e-7)
+
+
+def test_scaffold_server_variate_stays_the_mean_over_rounds(digits_data):
+    scaffold = make_strategy("scaffold")
+
+    run_federated(model_of(), small_data(digits_data), scaffold, sequential(rounds=3, participation=0.5))
+
+    assert torch.allclose(scaffold.c, scaffold.c_clients.mean(4), atol=1e-6)
+
+
+# -- FedDyn ----------------------------------------------------------------------------------------
+def test_feddyn_state_follows_acar_et_al(digits_data):
+    data = small_data(digits_data)
+    cfg = sequential(rounds=1, save_clients_at=(1,))
+    dyn = make_strategy("feddyn", {"alpha": 0.1})
+
+    result = run_federated(model_of(), data, dyn, cfg)
+
+    x0, clients = result.params[0], result.clients[1]
+    deltas = clients.params - x0
+    for cid, d in zip(clients.client_ids.tolist(), deltas, strict=True):
+        assert torch.allclose(dyn.grads.get(cid, "cpu"), -0.1 * d, atol=1e-6)  # g_k = 0 - alpha (w_k - w)
+    h = -0.1 * deltas.sum(0) / 4
+    assert torch.allclose(dyn.h, h, atol=1e-6)
+    weights = clients.num_samples.double() / clients.num_samples.sum()
+    mean = (weights[:, None] * clients.params.double()).sum(0).float()
+    assert torch.allclose(result.params[1], mean - h / 0.1, atol=1e-5)
+
+
+# -- MOON ------------------------------------------------------------------------------------------
+def test_moon_loss_on_a_hand_built_case():
+    z = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    z_global = torch.tensor([[3.0, 0.0], [0.0, 1.0]])  # cosine 1 with z
+    z_prev = torch.tensor([[0.0, 1.0], [1.0, 1.0]])  # cosine 0 resp. 1/sqrt(2)
+
+    loss = moon_contrastive_loss(z, z_global, z_prev, temperature=0.5)
+
+    per_sample = [math.log(1 + math.exp((0 - 1) / 0.5)), math.log(1 + math.exp((1 / math.sqrt(2) - 1) / 0.5))]
+    assert loss.item() == pytest.approx(sum(per_sample) / 2, rel=1e-6)
+
+
+def test_moon_keeps_previous_local_models_and_a_federated_head(digits_data):
+    data = small_data(digits_data)
+    moon = make_strategy("moon")
+
+    result = run_federated(model_of(), data, moon, sequential(rounds=2, save_clients_at=(2,)))
+
+    clients = result.clients[2]
+    for cid, params in zip(clients.client_ids.tolist(), clients.params, strict=True):
+        assert torch.equal(moon.prev.get(cid, "cpu"), params)
+    heads = torch.stack([moon.prev_heads.get(c, "cpu") for c in clients.client_ids.tolist()])
+    weights = clients.num_samples.double() / clients.num_samples.sum()
+    assert torch.allclose(moon.head_global.cpu(), (weights[:, None] * heads.double()).sum(0).float(), atol=1e-6)
+    assert moon.head[-1].out_features == model_of().classifier.in_features
+
+
+# -- Mixup -----------------------------------------------------------------------------------------
+class Recorder(torch.nn.Module):
+    """Logits = a fixed linear map of the flattened input; remembers the inputs it saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+        self.lin = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.lin(x.flatten(1))
+
+
+def test_mixup_with_fixed_lambda_mixes_as_specified(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 1, 8, 8, generator=g), torch.arange(6)
+    perm = torch.tensor([5, 4, 3, 2, 1, 0])
+
+    assert torch.allclose(mixup_batch(x, perm, 0.3), 0.3 * x + 0.7 * x[perm])
+
+    class FixedBeta:
+        def beta(self, a, b):
+            return 0.3
+
+    monkeypatch.setattr(mixup_mod, "_numpy_rng", lambda ctx: FixedBeta())
+    model, mixup = Recorder(), make_strategy("mixup")
+    ctx = ClientContext(1, 0, torch.zeros(1), x, y, torch.Generator().manual_seed(7))
+    loss = mixup.local_loss(model, x, y, ctx)
+
+    drawn = torch.randperm(6, generator=torch.Generator().manual_seed(7))  # the same draw as the strategy
+    assert torch.allclose(model.seen[0], 0.3 * x + 0.7 * x[drawn])
+    out = model.lin(model.seen[0].flatten(1))
+    assert loss.item() == pytest.approx((0.3 * F.cross_entropy(out, y) + 0.7 * F.cross_entropy(out, y[drawn])).item())
+
+
+def test_mixup_with_gamma_near_zero_barely_mixes():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 1, 8, 8, generator=g), torch.randint(0, 10, (32,), generator=g)
+    model, mixup = Recorder(), make_strategy("mixup", {"gamma": 1e-3})
+    ctx = ClientContext(1, 0, torch.zeros(1), x, y, torch.Generator().manual_seed(3))
+
+    for _ in range(50):
+        mixup.local_loss(model, x, y, ctx)
+
+    # each mixed batch is (almost) x itself or (almost) a permutation of it: lambda is ~0 or ~1
+    for mixed in model.seen:
+        nearest = (mixed.flatten(1)[:, None, :] - x.flatten(1)[None, :, :]).norm(dim=2).min(dim=1).values
+        assert nearest.max() < 0.05 * x.flatten(1).norm(dim=1).mean()
+
+
+def test_mixup_with_default_gamma_sometimes_mixes_halfway():
+    lam = np.random.default_rng(0).beta(0.05, 0.05, size=20000)
+
+    assert ((lam > 0.1) & (lam < 0.9)).mean() < 0.1  # Beta(0.05, 0.05) is concentrated near 0 and 1
+
+
+# -- Stochastic Depth ------------------------------------------------------------------------------
+def test_survival_probabilities_decay_linearly():
+    assert survival_probabilities(4, 0.6) == pytest.approx([0.9, 0.8, 0.7, 0.6])
+    assert survival_probabilities(9, 1.0) == [1.0] * 9
+
+
+def test_stochdepth_with_survival_one_is_deterministic_plain_training():
+    model = model_of("resnet20").train()
+    x, y = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(8) % 10
+    sd = make_strategy("stochdepth", {"survival_last": 1.0})
+
+    losses = [sd.local_loss(model, x, y, ClientContext(1, 0, torch.zeros(1), x, y,
+                                                          torch.Generator().manual_seed(s))) for s in (1, 2, 3)]
+
+    assert losses[0].item() == losses[1].item() == losses[2].item()
+    assert losses[0].item() == F.cross_entropy(model(x), y).item()
+
+
+def test_stochdepth_drops_blocks_at_their_rate_and_rescales_survivors():
+    model = model_of("resnet20")
+    seen: list[list[float]] = []
+    model.forward_residual_scaled = lambda x, scales: (seen.append(list(scales)), torch.zeros(len(x), 10))[1]
+    sd = make_strategy("stochdepth", {"survival_last": 0.5})
+    x, y = torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)
+    ctx = ClientContext(1, 0, torch.zeros(1), x, y, torch.Generator().manual_seed(0))
+    n = 4000
+
+    for _ in range(n):
+        sd.local_loss(model, x, y, ctx)
+
+    scales = np.array(seen)
+    probs = np.array(survival_probabilities(9, 0.5))
+    kept = scales > 0
+    assert np.allclose(scales[kept], np.broadcast_to(1 / probs, scales.shape)[kept])
+    sigma = np.sqrt(probs * (1 - probs) / n)
+    assert (np.abs(kept.mean(0) - probs) < 4 * sigma + 1e-12).all()
+
+
+def test_residual_scaling_is_the_stochastic_depth_block():
+    model = model_of("resnet20").eval()
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    with torch.no_grad():
+        assert torch.equal(model.forward_residual_scaled(x, [1.0] * 9), model(x))
+        dropped = model.forward_residual_scaled(x, [1.0] * 8 + [0.0])
+        h = torch.relu(model.stem_norm(model.stem(x)))
+        for block in model.blocks[:8]:
+            h = block(h)
+        expected = model.classifier(torch.flatten(model.pool(torch.relu(model.blocks[8].shortcut(h))), 1))
+    assert torch.allclose(dropped, expected, atol=1e-6)
+
+
+# -- width-sliceable sub-networks (GradAug, FedAlign) ---------------------------------------------
+@pytest.mark.parametrize(("name", "options"), [("cnn_small", {}), ("resnet20", {}), ("resnet20", {"norm": "group"}),
+                                               ("resnet56", {})])
+@pytest.mark.parametrize("train", [True, False])
+def test_width_one_sub_network_equals_the_full_model_exactly(name, options, train):
+    model = model_of(name, **options).train(train)
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    with torch.no_grad():
+        full = model(x)
+        sub = model.forward_width(x, 1.0)
+        h_in, h_out, logits = model.forward_last_block(x)
+        sub_in, sub_out = model.last_block_width(h_in, 1.0)
+
+    assert torch.equal(sub, full)
+    assert torch.equal(logits, full)
+    assert torch.equal(sub_in, h_in) and torch.equal(sub_out, h_out)
+
+
+def test_narrow_cnn_small_equals_the_full_network_with_pruned_channels_zeroed():
+    model = model_of("cnn_small").eval()
+    pruned = copy.deepcopy(model)
+    width = 0.5
+    with torch.no_grad():
+        for conv in (pruned.features[0], pruned.features[2], pruned.last_block[0]):
+            k = slim_channels(conv.out_channels, width)
+            conv.weight[k:] = 0
+            conv.bias[k:] = 0
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    with torch.no_grad():
+        assert torch.allclose(model.forward_width(x, width), pruned(x), atol=1e-6)
+        h_in, _, _ = model.forward_last_block(x)
+        sub_in, sub_out = model.last_block_width(h_in, width)
+    assert sub_in.shape[1] == sub_out.shape[1] == 16
+
+
+def test_sub_networks_leave_batch_norm_running_statistics_alone():
+    model = model_of("resnet20").train()
+    before = [b.clone() for b in model.buffers()]
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    model.forward_width(x, 0.8)
+    h_in, _, _ = model.forward_last_block(x)
+    after_full = [b.clone() for b in model.buffers()]
+    model.last_block_width(h_in, 0.5)
+
+    assert all(torch.equal(a, b) for a, b in zip(after_full, model.buffers(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(before, after_full, strict=True))  # the full pass does update
+
+
+@pytest.mark.parametrize(("channels", "width", "kept"), [(64, 0.8, 48), (32, 0.8, 24), (16, 0.8, 16), (64, 1.0, 64),
+                                                         (12, 0.9, 12), (64, 0.25, 16)])
+def test_slim_channels_rounds_like_make_divisible(channels, width, kept):
+    assert slim_channels(channels, width) == kept
+
+
+# -- FedAlign ----------------------------------------------------------------------------------------
+def test_transmitting_matrix_pools_the_input_to_the_output_size():
+    g = torch.Generator().manual_seed(0)
+    h_in, h_out = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 5, 4, 4, generator=g)
+
+    x = transmitting_matrix(h_in, h_out)
+
+    pooled = F.avg_pool2d(h_in, 2)
+    expected = torch.einsum("bchw,bdhw->bcd", pooled, h_out) / 16
+    assert x.shape == (2, 3, 5)
+    assert torch.allclose(x, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 9), (3, 16, 12)])
+def test_lipschitz_power_iteration_agrees_with_matrix_norm(shape):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    estimate = spectral_norm_power(x, iterations=200)
+
+    assert torch.allclose(estimate, torch.linalg.matrix_norm(x, ord=2), rtol=1e-6)
+
+
+def test_fedalign_estimate_on_a_real_block_agrees_with_matrix_norm():
+    model = model_of("resnet20").eval()
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        h_in, h_out, _ = model.forward_last_block(x)
+
+        estimate = lipschitz_estimate(h_in, h_out, iterations=10)  # the FedAlign code's 10 steps
+
+    exact = torch.linalg.matrix_norm(transmitting_matrix(h_in, h_out).double(), ord=2)
+    assert torch.allclose(estimate.double(), exact, rtol=1e-3)
+
+
+def test_fedalign_loss_term_is_rescaled_to_mu_times_ce(monkeypatch):
+    model = model_of("resnet20").train()
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(8)
+    align = make_strategy("fedalign")
+    ctx = ClientContext(1, 0, torch.zeros(1), x, y, torch.Generator())
+
+    value = align.local_backward(model, x, y, ctx)
+
+    ce = F.cross_entropy(model.forward_last_block(x)[2], y).item()
+    assert value.item() == pytest.approx(ce * (1 + 0.05), rel=1e-5)
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+# -- state round-trips and resume ------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["scaffold", "feddyn", "moon", "fedadam", "fedavgm"])
+def test_stateful_algorithms_resume_bit_identically(digits_data, tmp_path, monkeypatch, name):
+    data = small_data(digits_data, per_client=24)
+    cfg = sequential(rounds=4, participation=0.5)
+    reference = run_federated(model_of(), data, make_strategy(name), cfg)
+
+    real_save = engine_mod._Progress.save
+
+    def crash_after_round_2(self, round_, record, strategy):
+        real_save(self, round_, record, strategy)
+        if round_ == 2:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(engine_mod._Progress, "save", crash_after_round_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_federated(model_of(), data, make_strategy(name), cfg, progress_dir=tmp_path, progress_key="k")
+    monkeypatch.setattr(engine_mod._Progress, "save", real_save)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)  # plain tensors and dicts only
+    assert state["round"] == 2 and state["strategy"]
+
+    resumed = run_federated(model_of(seed=5), data, make_strategy(name), cfg, progress_dir=tmp_path,
+                            progress_key="k")
+
+    assert torch.equal(resumed.params, reference.params)
+
+
+LEARN_SETUPS = {"mlp": ("mlp", None, 3, 1, 16), "resnet20": ("resnet20", 100, 3, 2, 16)}
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHM_SPECS))
+def test_every_algorithm_beats_chance_on_digits(digits_data, name):
+    model_name, per_client, rounds, epochs, batch = LEARN_SETUPS[
+        "resnet20" if name in RESIDUAL_ALGOS | WIDTH_ALGOS else "mlp"]
+    data = digits_data if per_client is None else small_data(digits_data, per_client)
+    data = FederatedData(data.x_train, data.y_train, data.client_indices, digits_data.x_test, digits_data.y_test)
+    cfg = TrainConfig(rounds=rounds, local_epochs=epochs, batch_size=batch, lr=0.05, momentum=0.9, seed=0)
+
+    result = run_federated(model_of(model_name), data, make_strategy(name), cfg)
+
+    assert result.status == "ok"
+    accs = [row["test_acc"] for row in result.rows]
+    assert accs[0] < 0.2  # random init: chance level (10 classes)
+    assert accs[-1] > 0.3, f"{name}: test accuracies {accs}"
+
+
+# -- cost accounting -------------------------------------------------------------------------------
+def test_cost_table_medians_peaks_and_ratios(tmp_path):
+    def job(i, algorithm, name, seconds, mem):
+        metrics = tmp_path / f"m{i}.csv"
+        pd.DataFrame({"run_id": f"r{i}", "dataset": "digits", "model": "cnn_small", "algorithm": algorithm,
+                      "round": [0, 1, 2, 3], "seconds": [0.0, *seconds], "peak_mem_mb": [1.0, *mem]}
+                     ).to_csv(metrics, index=False)
+        meta = tmp_path / f"m{i}.json"
+        meta.write_text(f'{{"device": "cpu", "device_name": "cpu (x)", "settings": {{"algorithm": "{name}"}}}}')
+        return metrics, meta
+
+    table = cost_table([job(0, "fedavg", "fedavg", [1, 2, 9], [10, 12, 11]),
+                        job(1, "fedavg", "fedavg", [2, 3, 2], [11, 11, 11]),
+                        job(2, "ga", "gradaug", [4, 5, 6], [20, 30, 25])])
+
+    assert list(table.columns) == COST_COLUMNS
+    rows = table.set_index("algorithm")
+    assert rows.loc["fedavg", "median_seconds_per_round"] == 2.0  # median of 1, 2, 9, 2, 3, 2 (round 0 left out)
+    assert rows.loc["fedavg", "peak_mem_mb"] == 12.0
+    assert rows.loc["fedavg", "num_runs"] == 2 and rows.loc["fedavg", "num_rounds"] == 6
+    assert rows.loc["ga", "seconds_vs_fedavg"] == 2.5
+    assert rows.loc["ga", "peak_mem_vs_fedavg"] == 2.5
+    assert rows.loc["ga", "algorithm_name"] == "gradaug"

@@ -1,0 +1,175 @@
+"""The shape of the code: layers that import only downward, no cycles, torch-free planning and light jobs,
+one script per rule, no issue numbers in comments (docs/architecture.md)."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SRC = ROOT / "src" / "fedscape"
+# The layers of the library, bottom first: a module imports only from its own layer and the ones before it.
+LAYERS = ("core", "data", "models", "fl", "outputs", "stages", "analysis", "report", "plan")
+HEAVY = ("torch", "matplotlib", "pandas")
+LAZY_MARK = "# lazy:"  # a deliberate import inside a function carries this comment with its reason
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(SRC.rglob("*.py"))}
+
+
+def fedscape_imports(path: Path) -> list[tuple[str, ast.AST]]:
+    """(imported fedscape module, node) for every import in the file (submodules of `from x import y` too)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fedscape"):
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                out.append((sub if sub in MODULES else node.module, node))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, node) for a in node.names if a.name.startswith("fedscape")]
+    return out
+
+
+def layer_of(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else -1
+
+
+def test_every_module_belongs_to_a_layer():
+    assert [m for m in MODULES if m != "fedscape" and layer_of(m) < 0] == []
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_layers_import_only_downward(module):
+    upward = [target for target, _ in fedscape_imports(MODULES[module]) if layer_of(target) > layer_of(module)]
+
+    assert upward == [], f"{module} imports from a higher layer: {upward}"
+
+
+def test_no_import_cycle():
+    graph = {m: {t for t, _ in fedscape_imports(p) if t in MODULES and t != m} for m, p in MODULES.items()}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(m, stack):
+        state[m] = 1
+        for t in graph[m]:
+            if state.get(t) == 1:
+                cycles.append(stack[stack.index(t):] + [t])
+            elif t not in state:
+                visit(t, stack + [t])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert cycles == []
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_imports_inside_functions_are_marked_lazy(module):
+    path = MODULES[module]
+    lines = path.read_text().splitlines()
+    unmarked = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Import | ast.ImportFrom) and LAZY_MARK not in lines[inner.lineno - 1]:
+                    unmarked.append(f"{path.name}:{inner.lineno}: {lines[inner.lineno - 1].strip()}")
+    assert unmarked == []
+
+
+def test_no_reexport_shims():
+    """One import path per name: no module imports names only to re-export them."""
+    shims = [m for m, p in MODULES.items() if "noqa: F401" in p.read_text() or "__all__" in p.read_text()]
+
+    assert shims == []
+
+
+def imported_heavy(modules: list[str]) -> list[str]:
+    """The heavy libraries loaded by importing `modules` in a fresh interpreter."""
+    code = ("import importlib, sys\n"
+            f"for m in {modules!r}:\n    importlib.import_module(m)\n"
+            f"print(' '.join(sorted({{n.split('.')[0] for n in sys.modules}} & set({HEAVY!r}))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def test_core_and_plan_import_no_torch_matplotlib_or_pandas():
+    modules = [m for m in MODULES if layer_of(m) in (LAYERS.index("core"), LAYERS.index("plan"))]
+
+    assert imported_heavy(modules) == []
+
+
+def rule_blocks() -> dict[str, str]:
+    """rule name -> its text, from every rule file."""
+    blocks = {}
+    for smk in sorted((ROOT / "rules").glob("*.smk")):
+        text = smk.read_text()
+        for match in re.finditer(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", text, flags=re.M | re.S):
+            blocks[match[1]] = match[2]
+    return blocks
+
+
+def light_rules() -> list[str]:
+    return sorted(name for name, text in rule_blocks().items() if re.search(r"^\s+localrule: True", text, re.M))
+
+
+def script_of(text: str) -> Path:
+    return ROOT / "rules" / re.search(r'script:\s*\n\s*"([^"]+)"', text)[1]
+
+
+def test_light_jobs_are_tables_gathers_and_figures():
+    assert set(light_rules()) >= {"partitions_table", "rounds_table", "cost_table", "interpolation_tables",
+                                  "layer_barrier_tables", "hessian_tables", "surfaces_table", "final_table",
+                                  "summary_table", "landscape_gather", "landscape_figure", "curves_figure"}
+
+
+@pytest.mark.parametrize("rule", light_rules())
+def test_light_jobs_import_no_torch(rule):
+    script = script_of(rule_blocks()[rule])
+    modules = [t for t, _ in fedscape_imports(script)]
+
+    assert "torch" not in imported_heavy(modules), f"rule {rule} ({script.name}) imports torch"
+
+
+@pytest.mark.parametrize("rule", sorted(rule_blocks()))
+def test_every_rule_has_a_log_an_env_and_its_script(rule):
+    text = rule_blocks()[rule]
+
+    assert re.search(r"^\s+log:", text, re.M), f"rule {rule} has no log"
+    assert re.search(r"^\s+conda:", text, re.M), f"rule {rule} has no conda env"
+    assert script_of(text).exists()
+
+
+def test_no_script_dispatches_on_the_rule():
+    scripts = (ROOT / "workflow" / "scripts").glob("*.py")
+    dispatching = [p.name for p in scripts if re.search(r"\.rule\b", p.read_text())]
+
+    assert dispatching == []
+
+
+def test_no_rule_file_writes_into_snakemake_internals():
+    writing = [p.name for p in (ROOT / "rules").glob("*.smk") if re.search(r"workflow\.rules|\.\w+ = ", p.read_text())]
+
+    assert writing == []
+
+
+def test_no_comment_cites_an_issue_number():
+    files = [*SRC.rglob("*.py"), *(ROOT / "rules").glob("*.smk"), ROOT / "Snakefile",
+             *(ROOT / "workflow").rglob("*.py"), *(ROOT / "workflow").rglob("*.yaml"), *(ROOT / "tests").rglob("*.py"),
+             *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "config").rglob("*.yaml")]
+    cited = [f"{p.relative_to(ROOT)}:{i}" for p in files for i, line in enumerate(p.read_text().splitlines(), 1)
+             if re.search(r"\bissues? #?\d+", line, re.I) and p.name != "test_architecture.py"]
+
+    assert cited == []

@@ -1,0 +1,390 @@
+"""Linear-interpolation and layer-wise barriers: invariants of the library, config checks, tiny-run outputs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from helpers.configs import SCHEMA, TINY
+from helpers.figures import assert_figure_files
+from torch import nn
+
+from fedscape.analysis.barriers.definitions import (
+    INTERPOLATION_COLUMNS,
+    LAYER_BARRIER_COLUMNS,
+    LAYER_DISTANCE_COLUMNS,
+    MODES,
+    linear_barrier,
+)
+from fedscape.analysis.barriers.maths import (
+    Point,
+    evaluate_point,
+    interpolate,
+    interpolation_curve,
+    layer_distances,
+    layerwise_barriers,
+    midpoint_barrier,
+    mix_layers,
+    mode_groups,
+    model_layers,
+)
+from fedscape.core.config import ConfigError
+from fedscape.models.networks import build_model
+from fedscape.models.params import flatten_buffers, flatten_params
+from fedscape.plan.workflow import check_config
+
+CNN_LAYERS = ["features.0", "features.2", "last_block.0", "fc", "classifier"]
+
+
+def digits_like(n: int = 96, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 8, 8, generator=gen)
+    y = torch.randint(0, 10, (n,), generator=gen)
+    return {"train": (x[: n // 2], y[: n // 2]), "test": (x[n // 2 :], y[n // 2 :])}
+
+
+def random_point(model: nn.Module, seed: int) -> Point:
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if hasattr(module, "reset_parameters") and module is not model:
+            module.reset_parameters()
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            buf.uniform_(0.5, 1.5)
+    return Point(flatten_params(model), flatten_buffers(model))
+
+
+def cnn() -> nn.Module:
+    return build_model("cnn_small", num_classes=10, in_channels=1, image_size=8).eval()
+
+
+class ConvBN(nn.Module):
+    """A small net with batch-norm buffers (to check that a layer's buffers move with it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.norm = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.norm(self.conv(x))).flatten(1))
+
+
+# -- layers --------------------------------------------------------------------------------------
+def test_layers_are_module_prefixes_in_forward_order_covering_every_parameter_once():
+    model = cnn()
+
+    layers = model_layers(model)
+
+    assert [layer.name for layer in layers] == CNN_LAYERS
+    assert [layer.index for layer in layers] == list(range(len(CNN_LAYERS)))
+    covered = sorted((s.start, s.stop) for layer in layers for s in layer.param_slices)
+    assert covered[0][0] == 0 and covered[-1][1] == flatten_params(model).numel()
+    assert all(a[1] == b[0] for a, b in zip(covered, covered[1:], strict=False))  # contiguous, no overlap
+    assert all(len(layer.param_slices) == 2 for layer in layers)  # weight and bias together
+
+
+def test_batch_norm_buffers_belong_to_their_layer():
+    layers = model_layers(ConvBN())
+
+    assert [layer.name for layer in layers] == ["conv", "norm", "head"]
+    assert [len(layer.buffer_slices) for layer in layers] == [0, 2, 0]  # running mean and var
+
+
+@pytest.mark.parametrize(("mode", "expected"), [
+    ("single", [(0,), (1,), (2,)]),
+    ("shallow", [(0,), (0, 1), (0, 1, 2)]),
+    ("deep", [(0, 1, 2), (1, 2), (2,)]),
+])
+def test_mode_groups(mode, expected):
+    assert mode_groups(3, mode) == expected
+
+
+def test_unknown_mode_names_the_valid_ones():
+    with pytest.raises(ValueError, match="shallow"):
+        mode_groups(3, "shalow")
+
+
+# -- linear barrier ------------------------------------------------------------------------------
+def test_linear_barrier_by_hand():
+    ts = [0.0, 0.25, 0.5, 0.75, 1.0]
+
+    assert linear_barrier(ts, [1.0, 2.0, 3.0, 2.5, 2.0]) == pytest.approx(3.0 - 1.5)
+    assert linear_barrier(ts, [0.0, 0.25, 0.5, 0.75, 1.0]) == pytest.approx(0.0, abs=1e-15)
+    assert linear_barrier(ts[::-1], [2.0, 2.5, 3.0, 2.0, 1.0]) == pytest.approx(1.5)  # unsorted grid
+
+
+def test_linear_barrier_needs_both_endpoints():
+    with pytest.raises(ValueError, match="endpoints"):
+        linear_barrier([0.0, 0.5, 0.9], [1.0, 2.0, 3.0])
+
+
+def test_barrier_of_a_model_with_itself_is_zero():
+    model, splits = cnn(), digits_like()
+    a = random_point(model, 0)
+
+    curve = pd.DataFrame(interpolation_curve(model, a, a, splits, points=5))
+    layerwise = pd.DataFrame(layerwise_barriers(model, a, a, splits))
+
+    for split in ("train", "test"):
+        sub = curve[curve["split"] == split]
+        assert linear_barrier(sub["t"], sub["loss"]) == 0.0
+        assert linear_barrier(sub["t"], sub["error"]) == 0.0
+    assert (layerwise[["barrier_loss", "barrier_error"]] == 0.0).all().all()
+    assert all(v == (0.0, 0.0) for v in midpoint_barrier(model, a, a, splits).values())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_convex_multinomial_logistic_regression_has_no_loss_barrier(seed):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    splits = digits_like(seed=seed)
+    a, b = random_point(model, 10 + seed), random_point(model, 20 + seed)
+    b = Point(3 * b.params, b.buffers)  # far apart: the loss curve is strongly convex along the segment
+
+    curve = pd.DataFrame(interpolation_curve(model, a, b, splits, points=11))
+    mid = midpoint_barrier(model, a, b, splits)
+    layerwise = pd.DataFrame(layerwise_barriers(model, a, b, splits))
+
+    for split in ("train", "test"):
+        sub = curve[curve["split"] == split]
+        assert linear_barrier(sub["t"], sub["loss"]) <= 1e-12
+        assert mid[split][0] < 0  # strictly below the chord at the midpoint
+    assert (layerwise["barrier_loss"] < 0).all()
+
+
+def test_averaging_every_layer_equals_full_averaging():
+    model = ConvBN().eval()
+    a, b = random_point(model, 0), random_point(model, 1)
+    layers = model_layers(model)
+    splits = digits_like()
+
+    mixed_a, mixed_b = mix_layers(a, b, layers, range(len(layers)))
+    full = interpolate(a, b, 0.5)
+
+    for mixed in (mixed_a, mixed_b):
+        assert torch.equal(mixed.params, full.params)
+        assert torch.equal(mixed.buffers, full.buffers)
+    ends = [evaluate_point(model, p, splits) for p in (a, b)]
+    expected = evaluate_point(model, full, splits)["train"].loss - 0.5 * (ends[0]["train"].loss + ends[1]["train"].loss)
+    assert midpoint_barrier(model, a, b, splits)["train"][0] == pytest.approx(expected, rel=1e-12)
+
+
+def test_mixing_one_layer_changes_only_that_layer_in_each_model():
+    model = ConvBN().eval()
+    a, b = random_point(model, 0), random_point(model, 1)
+    layers = model_layers(model)
+
+    mixed_a, mixed_b = mix_layers(a, b, layers, [1])  # the batch-norm layer
+
+    norm = layers[1]
+    changed = torch.zeros_like(a.params, dtype=torch.bool)
+    for s in norm.param_slices:
+        changed[s] = True
+    assert torch.equal(mixed_a.params[~changed], a.params[~changed])
+    assert torch.equal(mixed_b.params[~changed], b.params[~changed])
+    assert torch.equal(mixed_a.params[changed], mixed_b.params[changed])
+    assert torch.equal(mixed_a.buffers, mixed_b.buffers)  # BN statistics are the layer's only buffers
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cumulative_ends_equal_full_and_single_layer_barriers(seed):
+    model, splits = cnn(), digits_like(seed=seed)
+    a, b = random_point(model, 2 * seed), random_point(model, 2 * seed + 1)
+
+    df = pd.DataFrame(layerwise_barriers(model, a, b, splits))
+    full = midpoint_barrier(model, a, b, splits)
+
+    last = len(CNN_LAYERS) - 1
+    key = ["split", "barrier_loss", "barrier_error"]
+    entry = {(m, i): df[(df["mode"] == m) & (df["layer_index"] == i)].set_index("split")[key[1:]]
+             for m in MODES for i in range(len(CNN_LAYERS))}
+    assert len(df) == len(MODES) * len(CNN_LAYERS) * 2
+    for split, (loss, error) in full.items():
+        assert entry["shallow", last].loc[split].tolist() == pytest.approx([loss, error], rel=1e-12)
+        assert entry["deep", 0].loc[split].tolist() == pytest.approx([loss, error], rel=1e-12)
+    pd.testing.assert_frame_equal(entry["shallow", 0], entry["single", 0])
+    pd.testing.assert_frame_equal(entry["deep", last], entry["single", last])
+    # not vacuous: the single-layer and the full barriers differ
+    assert entry["single", 0].loc["train", "barrier_loss"] != pytest.approx(full["train"][0], rel=1e-3)
+
+
+def test_interpolation_endpoints_reproduce_the_models_own_losses():
+    model, splits = cnn(), digits_like()
+    a, b = random_point(model, 0), random_point(model, 1)
+
+    curve = pd.DataFrame(interpolation_curve(model, a, b, splits, points=7))
+
+    for t, point in ((0.0, a), (1.0, b)):
+        own = evaluate_point(model, point, splits)
+        for split in ("train", "test"):
+            row = curve[(curve["t"] == t) & (curve["split"] == split)].iloc[0]
+            assert row["loss"] == own[split].loss
+            assert row["error"] == own[split].error
+    assert sorted(curve["t"].unique()) == pytest.approx([k / 6 for k in range(7)])
+
+
+def test_layer_distances_by_hand():
+    model = cnn()
+    a = random_point(model, 0)
+    b = Point(2 * a.params, a.buffers)  # same direction: cosine 1, distance |a|
+
+    rows = pd.DataFrame(layer_distances(a, b, model_layers(model))).set_index("layer")
+
+    assert list(rows.index) == [*CNN_LAYERS, "full"]
+    assert rows["cosine"].tolist() == pytest.approx([1.0] * 6)
+    assert rows.loc["full", "distance"] == pytest.approx(float(a.params.double().norm()))
+    assert (rows["distance"].iloc[:-1] ** 2).sum() == pytest.approx(rows.loc["full", "distance"] ** 2)
+
+
+# -- config ----------------------------------------------------------------------------------------
+def tiny(**sections) -> dict:
+    config = copy.deepcopy(TINY)
+    config.update(copy.deepcopy(sections))
+    return config
+
+
+IID = {"alpha": "iid", "init": "random", "algorithm": "fedavg"}
+
+
+@pytest.mark.parametrize(("sections", "message"), [
+    ({"interpolation": {"pairs": {"p": {"a": {"alpha": 0.7}, "b": IID}}}}, r"interpolation\.pairs\.p\.a: no run"),
+    ({"interpolation": {"pairs": {"p": {"a": {"init": "random"}, "b": IID}}}}, r"interpolation\.pairs\.p\.a: 2 runs"),
+    ({"interpolation": {"pairs": {"p": {"a": {"alfa": "iid"}, "b": IID}}}}, r"alfa.*Did you mean 'alpha'"),
+    ({"interpolation": {"pairs": {"p": {"a": IID, "b": IID}}}}, "same checkpoint"),
+    ({"interpolation": {"pairs": {"p": {"a": IID, "b": IID, "round_a": 9}}}}, r"round_a: round 9"),
+    ({"interpolation": {"points": 2}}, r"interpolation\.points"),
+    ({"layer_barriers": {"pairs": {"q": {"run": IID, "clients": [0, 7]}}}}, r"q\.clients: client ids \[7\]"),
+    ({"layer_barriers": {"pairs": {"q": {"run": IID, "rounds": [2]}}}}, r"q\.rounds: rounds \[2\] have no client"),
+    ({"layer_barriers": {"every": 2, "pairs": {"q": {"run": IID}}}}, "no round is left"),
+    ({"layer_barriers": {"pairs": {"q": {"a": IID}}}}, "needs both `a` and `b`"),
+    ({"layer_barriers": {"pairs": {"q": {"run": IID, "a": IID, "b": IID}}}}, "either `run`"),
+    ({"layer_barriers": {"pairs": {"q": {"a": IID, "b": IID}}}}, "same run"),
+    ({"layer_barriers": {"pairs": {"q": {"run": IID, "extra": 1}}}}, r"unknown key 'extra'"),
+    ({"client_stats": {"enabled": "yes"}}, r"client_stats\.enabled"),
+])
+def test_invalid_barrier_configs_name_the_key(sections, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(tiny(**sections), SCHEMA)
+
+
+def test_client_pair_with_absent_client_is_rejected_under_partial_participation():
+    config = tiny(layer_barriers={"pairs": {"q": {"run": IID, "clients": [0, 1]}}})
+    config["participation"] = [0.5]
+    config["training"]["rounds"] = 8
+    config["training"]["save_clients_at"] = list(range(1, 9))
+
+    with pytest.raises(ConfigError, match=r"do not both take part in rounds"):
+        check_config(config, SCHEMA)
+
+
+def test_defaults_and_pairs_resolve():
+    from fedscape.core.runs import build_runs
+    from fedscape.plan.barriers import layer_pairs
+
+    pairs = {"r": {"a": IID, "b": {**IID, "alpha": 0.5}}}
+    config = check_config(tiny(layer_barriers={"every": 2, "pairs": pairs}), SCHEMA)
+
+    (pair,) = layer_pairs(config, build_runs(config))
+    assert pair.kind == "runs" and pair.rounds == (2,)
+    assert pair.run_id == f"{pair.run_a.run_id} | {pair.run_b.run_id}"
+    assert check_config({}, SCHEMA)["interpolation"] == {"points": 21, "pairs": {}}
+
+
+# -- figures from fixture tables ------------------------------------------------------------------
+def rid(alpha: str, seed: int = 0, init: str = "random") -> str:
+    """A run_id of the digits / cnn_small runs of the fixture tables."""
+    return f"digits/cnn_small/init~{init}/algo~fedavg/alpha~{alpha}/clients~10/part~1.0/seed~{seed}"
+
+
+def figure_outputs(tmp_path: Path, name: str) -> dict[str, Path]:
+    """A rule's named figure outputs <name>.{png,pdf,csv} under tmp_path/figures."""
+    return {ext: tmp_path / "figures" / f"{name}.{ext}" for ext in ("png", "pdf", "csv")}
+
+
+def distance_table() -> pd.DataFrame:
+    """layer_distances.csv of two pairs: two clients of one run (rounds 1-3) and two runs (rounds 0 and 2)."""
+    rows = []
+    for pair, run_id, rounds in (("clients", rid("iid"), (1, 2, 3)), ("runs", f"{rid('iid')} | {rid('0.1')}", (0, 2))):
+        for r in rounds:
+            for k, layer in [*enumerate(CNN_LAYERS), (-1, "full")]:
+                distance = 0.0 if pair == "runs" and r == 0 else (k + 2) * 0.1 * r  # same init: identical at round 0
+                rows.append({"run_id": run_id, "round": r, "pair": pair, "layer_index": k, "layer": layer,
+                             "distance": distance, "cosine": 1.0 - 0.01 * r})
+    return pd.DataFrame(rows, columns=LAYER_DISTANCE_COLUMNS)
+
+
+@pytest.mark.parametrize("pair", ["clients", "runs"])
+def test_layer_distance_figure_writes_pdf_png_and_the_pairs_rows(tmp_path, pair):
+    from fedscape.analysis.barriers.figures import layer_distance_figure
+
+    table = distance_table()
+    table.to_csv(tmp_path / "layer_distances.csv", index=False)
+    outputs = figure_outputs(tmp_path, f"{pair}/distances")
+
+    layer_distance_figure(tmp_path / "layer_distances.csv", pair, outputs)
+
+    data = assert_figure_files(outputs)
+    expected = table[table["pair"] == pair]
+    assert list(data.columns) == LAYER_DISTANCE_COLUMNS
+    assert len(data) == len(expected)
+    assert sorted(data["round"].unique()) == sorted(expected["round"].unique())
+    for _, per_round in data.groupby("round"):  # layers in forward order, the whole model last
+        assert per_round["layer"].tolist() == [*CNN_LAYERS, "full"]
+    assert data["distance"].sum() == pytest.approx(expected["distance"].sum())
+
+
+def test_layer_distance_figure_of_a_pair_absent_from_the_table(tmp_path):
+    from fedscape.analysis.barriers.figures import layer_distance_figure
+
+    distance_table().to_csv(tmp_path / "layer_distances.csv", index=False)
+    outputs = figure_outputs(tmp_path, "distances")
+
+    with pytest.raises(ValueError, match=r"pair 'nope' has no rows .*its pairs: clients, runs"):
+        layer_distance_figure(tmp_path / "layer_distances.csv", "nope", outputs)
+    assert not any(p.exists() for p in outputs.values())
+    pd.DataFrame(columns=["run_id", "round"]).to_csv(tmp_path / "other.csv", index=False)
+    with pytest.raises(ValueError, match=r"lacks columns \['pair'"):
+        layer_distance_figure(tmp_path / "other.csv", "clients", outputs)
+    # a configured pair whose rounds were all skipped (the rule passes its rounds): a figure saying so
+    layer_distance_figure(tmp_path / "layer_distances.csv", "nope", outputs, rounds=[1, 2])
+    assert len(assert_figure_files(outputs, min_rows=0, min_png=1000)) == 0
+
+
+def test_barrier_figures_follow_the_shared_style(tmp_path):
+    """Interpolation curves, layer heatmaps and client statistics: valid files, the tables' columns unchanged."""
+    from fedscape.analysis.barriers.figures import interpolation_figure, layer_heatmaps, pair_label
+    from fedscape.analysis.client_stats.definitions import CLIENT_STATS_COLUMNS
+    from fedscape.analysis.client_stats.figures import client_stats_figure
+
+    curves = pd.DataFrame([
+        {"pair_id": "iid_vs_01", "run_a": rid("iid"), "round_a": 3, "run_b": rid("0.1"), "round_b": 3, "t": t,
+         "split": split, "loss": 1 + t * (1 - t), "error": 0.2 + 0.1 * t * (1 - t)}
+        for split in ("train", "test") for t in (0.0, 0.5, 1.0)], columns=INTERPOLATION_COLUMNS)
+    curves.to_csv(tmp_path / "interpolation.csv", index=False)
+    interpolation_figure(tmp_path / "interpolation.csv", figure_outputs(tmp_path, "interpolation"))
+    assert list(assert_figure_files(figure_outputs(tmp_path, "interpolation")).columns) == INTERPOLATION_COLUMNS
+
+    layers = pd.DataFrame([
+        {"run_id": rid("iid"), "round": r, "pair": "clients", "mode": mode, "layer_index": k, "layer": layer,
+         "split": split, "barrier_loss": 0.1 * k - 0.05 * r, "barrier_error": 0.01 * k}
+        for r in (1, 2) for mode in MODES for k, layer in enumerate(CNN_LAYERS) for split in ("train", "test")],
+        columns=LAYER_BARRIER_COLUMNS)
+    layers.to_csv(tmp_path / "layer_barriers.csv", index=False)
+    layer_heatmaps(tmp_path / "layer_barriers.csv", "clients", "train", figure_outputs(tmp_path, "train"))
+    data = assert_figure_files(figure_outputs(tmp_path, "train"))
+    assert list(data.columns) == LAYER_BARRIER_COLUMNS and set(data["split"]) == {"train"}
+
+    stats = pd.DataFrame([
+        {"run_id": rid(alpha, seed), "round": r, "drift_from_start": 0.1, "drift_from_aggregate": 0.1,
+         "gradient_diversity": 1.0 + r, "update_cosine_mean": 0.5, "l2_to_final": 3.0 - r}
+        for alpha in ("iid", "0.1") for seed in (0, 1) for r in range(4)], columns=CLIENT_STATS_COLUMNS)
+    stats.to_csv(tmp_path / "client_stats.csv", index=False)
+    client_stats_figure(tmp_path / "client_stats.csv", figure_outputs(tmp_path, "client_stats"))
+    data = assert_figure_files(figure_outputs(tmp_path, "client_stats"))
+    assert len(data) == 2 * 4  # seeds averaged: one line per alpha
+    assert pair_label(rid("iid"), rid("0.1")) == "IID vs α=0.1"
+    assert pair_label(rid("iid")) == "FedAvg · random init · IID"

@@ -1,0 +1,114 @@
+"""Client-update statistics: drift, gradient diversity, update cosine, L2 to final; engine hook and backfill."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fedscape.fl.client_stats import (
+    client_drift,
+    cosine_similarity,
+    gradient_diversity,
+    l2_to_final,
+    round_stats,
+    stats_from_checkpoints,
+    update_cosine_mean,
+)
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 10])
+def test_gradient_diversity_of_identical_updates_is_one_over_m(m):
+    g = torch.randn(1, 50, generator=torch.Generator().manual_seed(m))
+    updates = g.repeat(m, 1)
+
+    assert gradient_diversity(updates) == pytest.approx(1 / m, rel=1e-12)
+
+
+@pytest.mark.parametrize("m", [2, 3, 8])
+def test_gradient_diversity_of_orthogonal_updates_is_one(m):
+    q, _ = torch.linalg.qr(torch.randn(40, m, generator=torch.Generator().manual_seed(m), dtype=torch.float64))
+    scales = torch.arange(1, m + 1, dtype=torch.float64)  # different norms: still exactly 1
+    updates = (q.T * scales[:, None]).float()
+
+    assert gradient_diversity(updates) == pytest.approx(1.0, rel=1e-5)
+    assert update_cosine_mean(updates) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_gradient_diversity_of_cancelling_and_zero_updates():
+    u = torch.tensor([[1.0, 2.0], [-1.0, -2.0]])
+
+    assert gradient_diversity(u) == math.inf
+    assert math.isnan(gradient_diversity(torch.zeros(3, 4)))
+    assert update_cosine_mean(u) == pytest.approx(-1.0)
+
+
+def test_cosine_is_symmetric_and_one_for_identical_updates():
+    gen = torch.Generator().manual_seed(0)
+    u, v = torch.randn(100, generator=gen), torch.randn(100, generator=gen)
+
+    assert cosine_similarity(u, v) == pytest.approx(cosine_similarity(v, u), abs=1e-15)
+    assert cosine_similarity(u, u) == pytest.approx(1.0, abs=1e-12)
+    assert cosine_similarity(u, 3 * u) == pytest.approx(1.0, abs=1e-12)
+    assert update_cosine_mean(torch.stack([u, u, u])) == pytest.approx(1.0, abs=1e-6)
+    assert update_cosine_mean(torch.stack([u, v])) == pytest.approx(cosine_similarity(u, v), abs=1e-6)
+    assert math.isnan(update_cosine_mean(u[None]))  # one client: no pair
+
+
+def test_client_drift_and_round_stats_by_hand():
+    start = torch.zeros(2)
+    clients = torch.tensor([[3.0, 0.0], [0.0, 4.0]])
+    aggregate = clients.mean(0)  # (1.5, 2)
+
+    stats = round_stats(start, clients, aggregate)
+
+    assert client_drift(start, clients) == pytest.approx(3.5)
+    assert stats["drift_from_start"] == pytest.approx(3.5)
+    assert stats["drift_from_aggregate"] == pytest.approx(2.5)  # both clients sit 2.5 from (1.5, 2)
+    assert stats["gradient_diversity"] == pytest.approx(25 / 25)  # orthogonal updates
+    assert stats["update_cosine_mean"] == pytest.approx(0.0)
+
+
+def test_client_drift_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="client models"):
+        client_drift(torch.zeros(3), torch.zeros(2, 4))
+
+
+def test_l2_to_final():
+    params = torch.tensor([[0.0, 0.0], [3.0, 4.0], [3.0, 8.0]])
+
+    assert l2_to_final(params).tolist() == pytest.approx([math.hypot(3, 8), 4.0, 0.0])
+
+
+def _tiny_federation(rounds: int, participation: float):
+    from fedscape.data.federated import FederatedData
+    from fedscape.fl.engine import run_federated
+    from fedscape.fl.settings import TrainConfig
+    from fedscape.fl.strategies.registry import make_strategy
+    from fedscape.models.networks import build_model
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 1, 8, 8, generator=gen)
+    y = torch.randint(0, 10, (120,), generator=gen)
+    data = FederatedData(x, y, [torch.arange(k, 120, 4) for k in range(4)], x[:20], y[:20])
+    torch.manual_seed(0)
+    model = build_model("mlp", num_classes=10, in_channels=1, image_size=8)
+    cfg = TrainConfig(rounds=rounds, local_epochs=1, batch_size=16, lr=0.1, participation=participation,
+                      save_clients_at=tuple(range(1, rounds + 1)))
+    return run_federated(model, data, make_strategy("fedavg", {}), cfg)
+
+
+@pytest.mark.parametrize("participation", [1.0, 0.5])
+def test_engine_records_stats_every_round_equal_to_checkpoint_recomputation(participation):
+    result = _tiny_federation(rounds=3, participation=participation)
+
+    recomputed = stats_from_checkpoints(result.params, result.rounds, result.clients)
+
+    assert [s["round"] for s in result.client_stats] == [1, 2, 3]
+    assert [s["num_clients"] for s in result.client_stats] == [round(4 * participation)] * 3
+    for hook, again in zip(result.client_stats, recomputed, strict=True):
+        assert hook.keys() == again.keys()
+        for key in hook:
+            assert hook[key] == pytest.approx(again[key], rel=1e-9, nan_ok=True)
+    assert all(0 < s["drift_from_aggregate"] < s["drift_from_start"] * 2 for s in result.client_stats)

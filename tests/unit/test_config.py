@@ -1,0 +1,143 @@
+"""Config validation: every bad config fails before any job runs, naming the offending key."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from helpers.configs import DEFAULT, SCHEMA, TINY
+
+from fedscape.core.config import ConfigError
+from fedscape.core.runs import build_runs, resolve_run, select_runs
+from fedscape.plan.workflow import check_config
+
+# The default's run grid without the analyses, whose run selectors assume the default grid.
+# the grid tests use the default config's lists, not its `experiments` (which replace the grid)
+GRID_KEYS = ("datasets", "models", "model_options", "inits", "algorithms", "alphas", "num_clients", "participation",
+             "seeds", "partition", "training")
+GRID_ONLY = {k: v for k, v in DEFAULT.items() if k in GRID_KEYS}
+# one init and one algorithm (the default's first), so that alpha and seed name a single run
+GRID_ONLY.update({key: dict(list(DEFAULT[key].items())[:1]) for key in ("inits", "algorithms")})
+
+
+def with_change(path: str, value, base: dict = DEFAULT) -> dict:
+    """A copy of the config with the dotted key set (value None with path ending '!' deletes)."""
+    config = copy.deepcopy(base)
+    *parents, last = path.split(".")
+    node = config
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return config
+
+
+@pytest.mark.parametrize("base", [DEFAULT, TINY], ids=["default", "tiny"])
+def test_shipped_configs_are_valid(base):
+    config = check_config(copy.deepcopy(base), SCHEMA)
+
+    assert build_runs(config)
+
+
+def test_empty_config_gets_documented_defaults():
+    config = check_config({}, SCHEMA)
+
+    assert config["training"]["rounds"] == 100 and config["training"]["batch_size"] == 16
+    assert list(config["datasets"]) == ["digits"]
+    assert len(build_runs(config)) == 1
+
+
+def test_every_schema_key_has_description_and_default():
+    missing = []
+
+    def walk(node, where):
+        for key, sub in node.get("properties", {}).items():
+            here = f"{where}.{key}" if where else key
+            if "description" not in sub:
+                missing.append(f"{here} (description)")
+            if "default" not in sub and key not in node.get("required", []):
+                missing.append(f"{here} (default)")
+            walk(sub, here)
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"], f"{where}.*")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{where}[]")
+
+    walk(SCHEMA, "")
+
+    assert missing == []
+
+
+BAD_CONFIGS = [
+    ("alphas", [0.0], "alphas"),
+    ("alphas", [-1], "alphas"),
+    ("alphas", ["idd"], "alphas"),
+    ("training.rounds", 0, "training.rounds"),
+    ("training.rounds", -5, "training.rounds"),
+    ("training.lr", 0, "training.lr"),
+    ("training.batch_size", 0, "training.batch_size"),
+    ("training.momentum", 1.5, "training.momentum"),
+    ("training.save_clients_at", [1, 99], "save_clients_at"),
+    ("training.device", "gpu", "training.device"),
+    ("training.rouns", 10, "Did you mean 'rounds'"),
+    ("participation", [1.5], "participation"),
+    ("participation", [0], "participation"),
+    ("num_clients", [0], "num_clients"),
+    ("seeds", [-1], "seeds"),
+    ("models", ["resnet21"], "Did you mean 'resnet20'"),
+    ("models", ["convnet"], "convnet"),
+    ("algorithms", {"x": {"name": "fedsgd"}}, "algorithms.x.name"),
+    ("algorithms", {"m": {"name": "fedavgm", "server_momentm": 0.9}}, "Did you mean 'server_momentum'"),
+    ("algorithms", {"m": {"name": "fedavg", "training": {"lr_": 0.1}}}, "algorithms.m.training"),
+    ("datasets", {"digitz": {}}, "digitz"),
+    ("datasets", {"digits": {"test_fraction": 1.0}}, "test_fraction"),
+    ("datasets", {"digits": {"augment": "flip"}}, "augment"),
+    ("partition.min_size", 0, "partition.min_size"),
+    ("inits", {"r": {"kind": "random", "seed": -3}}, "inits.r.seed"),
+    ("experiments", [{"dataset": "digits", "init": "nope"}], "experiments[0].init"),
+    ("trainig", {}, "Did you mean 'training'"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "needle"), BAD_CONFIGS, ids=[f"{p}={v}" for p, v, _ in BAD_CONFIGS])
+def test_bad_config_is_rejected_naming_the_key(path, value, needle):
+    config = with_change(path, value)
+
+    with pytest.raises(ConfigError) as err:
+        check_config(config, SCHEMA)
+
+    assert needle in str(err.value)
+
+
+def test_grid_is_the_product_of_the_lists():
+    config = check_config(with_change("seeds", [0, 1], with_change("num_clients", [5, 10], GRID_ONLY)), SCHEMA)
+
+    runs = build_runs(config)
+
+    others = len(config["inits"]) * len(config["algorithms"]) * len(config["models"])
+    assert len(runs) == len(config["alphas"]) * 2 * 2 * others
+    assert len({r.run_id for r in runs}) == len(runs)
+    assert {r.alpha for r in runs} == {"iid", "1.0", "0.1"}
+
+
+def test_explicit_experiments_replace_the_grid():
+    config = check_config(with_change("experiments", [{"alpha": "iid"}, {"alpha": 0.5, "seed": 2}], GRID_ONLY), SCHEMA)
+
+    runs = build_runs(config)
+
+    assert [(r.alpha, r.seed) for r in runs] == [("0.5", 2), ("iid", 0)]
+
+
+def test_selectors_resolve_runs_and_fail_clearly():
+    config = check_config(with_change("seeds", [0, 1], GRID_ONLY), SCHEMA)
+    runs = build_runs(config)
+
+    assert resolve_run(runs, {"alpha": "iid", "seed": 1}).seed == 1
+    assert len(select_runs(runs, {"alpha": 1.0})) == 2
+    with pytest.raises(ConfigError, match="2 runs match.*seed"):
+        resolve_run(runs, {"alpha": "iid"})
+    with pytest.raises(ConfigError, match="no run of the config matches"):
+        resolve_run(runs, {"alpha": 0.3})
+    with pytest.raises(ConfigError, match="Did you mean 'alpha'"):
+        select_runs(runs, {"alpah": 1.0})
+
+

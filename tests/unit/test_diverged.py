@@ -1,0 +1,301 @@
+"""Numerical trouble: every analysis stage skips a diverged run with a warning and writes NaN.
+
+One healthy and one diverged run (tests/diverged_fixture.py; huge learning rate: the loss is NaN after
+round 1, so rounds 2..final are missing and round 1's model is NaN) go through the Hessian, barrier,
+client-statistics, landscape and summary stages at library level, and once through the workflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from helpers.diverged import BOOM, ROUNDS, build_diverged_runs
+
+from fedscape.analysis.barriers.definitions import (
+    BARRIER_COLUMNS,
+    INTERPOLATION_COLUMNS,
+    LAYER_BARRIER_COLUMNS,
+    LAYER_DISTANCE_COLUMNS,
+    MODES,
+)
+from fedscape.analysis.barriers.stage import interpolation_stage, layerwise_stage
+from fedscape.analysis.barriers.tables import interpolation_tables
+from fedscape.analysis.client_stats.definitions import CLIENT_STATS_COLUMNS
+from fedscape.analysis.client_stats.stage import client_stats_table
+from fedscape.analysis.hessian.definitions import CLIENT_COLUMNS, DENSITY_COLUMNS, hessian_columns
+from fedscape.analysis.hessian.stage import hessian_stage
+from fedscape.analysis.hessian.tables import gather_tables
+from fedscape.analysis.landscape.figures import figure_stage
+from fedscape.analysis.landscape.gather import gather_stage, load_surface
+from fedscape.analysis.landscape.planes import load_plane
+from fedscape.analysis.landscape.stage import chunk_stage, plane_stage
+from fedscape.plan.barriers import interpolation_pairs, interpolation_settings, layer_pairs, layer_settings
+from fedscape.plan.hessian import hessian_job_settings
+from fedscape.plan.landscape import chunk_settings, landscape_plans, plane_settings, surface_settings
+from fedscape.report.summary import final_table, summary_table
+
+CNN_LAYERS = 5  # cnn_small: features.0, features.2, last_block.0, fc, classifier
+NUM_CLIENTS = 3
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The healthy and the diverged run, trained once for this module."""
+    return build_diverged_runs(tmp_path_factory.mktemp("diverged"))
+
+
+def warnings_of(caplog) -> str:
+    return "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_the_fixture_has_one_healthy_and_one_diverged_run(runs):
+    from fedscape.models.checkpoint import load_trajectory
+
+    ok, boom = load_trajectory(runs.trajectory(runs.healthy)), load_trajectory(runs.trajectory(runs.diverged))
+    assert ok.status == "ok" and ok.rounds.tolist() == list(range(ROUNDS + 1))
+    assert boom.status == "diverged" and boom.final_round < ROUNDS
+    assert ok.unusable(ROUNDS) is None and boom.unusable(0) is None
+    assert "not in the trajectory" in boom.unusable(ROUNDS)
+    assert boom.unusable(boom.final_round) is not None
+    with pytest.raises(KeyError, match="did not diverge"):  # a missing round of a healthy run is an error
+        ok.unusable(ROUNDS + 1)
+
+
+# -- Hessian -----------------------------------------------------------------------------------------
+def _hessian_job(runs, run, round_, out_dir):
+    outputs = {key: out_dir / name for key, name in (("table", "hessian.csv"), ("clients", "hessian_clients.csv"),
+                                                     ("density", "density.csv"), ("plane", "eigen_plane.npz"),
+                                                     ("details", "hessian.json"))}
+    hessian_stage(hessian_job_settings(runs.config, run, round_), runs.trajectory(run), runs.partition, outputs)
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def hessian_jobs(runs, tmp_path_factory):
+    """Hessian jobs: the healthy run's final round, the diverged run's final (missing) and round-1 (NaN) models."""
+    root = tmp_path_factory.mktemp("hessian")
+    jobs = {}
+    for name, run, round_ in (("ok", runs.healthy, ROUNDS), ("boom_final", runs.diverged, ROUNDS),
+                              ("boom_nan", runs.diverged, 1)):
+        (root / name).mkdir()
+        jobs[name] = _hessian_job(runs, run, round_, root / name)
+    return jobs
+
+
+def test_hessian_job_of_a_diverged_run_writes_nan_rows_with_status(runs, tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    for round_, why in ((ROUNDS, "not in the trajectory"), (1, "NaN/inf parameters")):
+        out_dir = tmp_path / f"round~{round_}"
+        out_dir.mkdir()
+        caplog.clear()
+        out = _hessian_job(runs, runs.diverged, round_, out_dir)  # no exception
+
+        assert why in warnings_of(caplog) and "not computed" in warnings_of(caplog)
+        table = pd.read_csv(out["table"])
+        assert list(table.columns) == hessian_columns(2)
+        assert sorted(table["data"]) == sorted(["all", *[f"client_{k}" for k in range(NUM_CLIENTS)]])
+        assert (table["status"] == "diverged").all() and (table["round"] == round_).all()
+        assert table.drop(columns=["run_id", "round", "data", "status"]).isna().all().all()  # NaN, never -1
+        clients = pd.read_csv(out["clients"])
+        assert list(clients.columns) == CLIENT_COLUMNS and clients[["hn", "hd"]].isna().all().all()
+        assert (clients["status"] == "diverged").all()
+        assert list(pd.read_csv(out["density"]).columns) == DENSITY_COLUMNS
+        plane = load_plane(out["plane"])
+        assert plane.kind == "hessian" and plane.extra["status"] == "diverged" and plane.round == round_
+        assert torch.isnan(plane.d1).all() and plane.num_params == plane.d2.numel()
+        details = json.loads(out["details"].read_text())
+        assert details["status"] == "diverged" and why in details["reason"]
+
+
+def test_healthy_hessian_job_and_gathered_tables_beside_a_diverged_one(hessian_jobs, tmp_path, caplog):
+    ok = pd.read_csv(hessian_jobs["ok"]["table"])
+    assert (ok["status"] == "ok").all() and ok[["lambda_1", "lambda_2", "trace"]].notna().all().all()
+    assert load_plane(hessian_jobs["ok"]["plane"]).extra.get("status", "ok") == "ok"
+
+    caplog.set_level(logging.WARNING)
+    columns = hessian_columns(2)
+    gather_tables([j["table"] for j in hessian_jobs.values()], tmp_path / "hessian.csv", columns)
+    gather_tables([j["clients"] for j in hessian_jobs.values()], tmp_path / "hessian_clients.csv", CLIENT_COLUMNS)
+
+    assert "not computed" in warnings_of(caplog)
+    table = pd.read_csv(tmp_path / "hessian.csv")
+    assert list(table.columns) == columns
+    healthy = table[table["status"] == "ok"]
+    assert len(healthy) == 1 + NUM_CLIENTS and healthy["iterations"].gt(0).all()
+    assert len(table[table["status"] == "diverged"]) == 2 * (1 + NUM_CLIENTS)
+    assert table.loc[table["status"] == "diverged", ["lambda_1", "trace", "n_eval", "iterations"]].isna().all().all()
+    raw = pd.read_csv(tmp_path / "hessian.csv", dtype=str, keep_default_na=False)  # integers stay integers
+    assert raw.loc[raw["status"] == "ok", ["round", "n_eval", "iterations"]].map(str.isdigit).all().all()
+    assert (raw.loc[raw["status"] == "diverged", "n_eval"] == "").all()
+
+
+def test_old_per_job_tables_without_status_are_gathered_as_ok(hessian_jobs, tmp_path):
+    old = pd.read_csv(hessian_jobs["ok"]["table"]).drop(columns="status")
+    old.to_csv(tmp_path / "old.csv", index=False)
+    gather_tables([tmp_path / "old.csv"], tmp_path / "hessian.csv", hessian_columns(2))
+    assert (pd.read_csv(tmp_path / "hessian.csv")["status"] == "ok").all()
+
+
+def test_final_and_summary_tables_mark_the_diverged_run(runs, hessian_jobs, tmp_path):
+    rounds = pd.concat([pd.read_csv(runs.run_dir(r) / "metrics.csv") for r in (runs.healthy, runs.diverged)])
+    gather_tables([j["table"] for j in hessian_jobs.values()], tmp_path / "hessian.csv", hessian_columns(2))
+    gather_tables([j["clients"] for j in hessian_jobs.values()], tmp_path / "clients.csv", CLIENT_COLUMNS)
+
+    final = final_table(rounds, hessian=pd.read_csv(tmp_path / "hessian.csv"),
+                        hessian_clients=pd.read_csv(tmp_path / "clients.csv")).set_index("algorithm")
+    summary = summary_table(final.reset_index()).set_index("algorithm")
+
+    assert final.loc["boom", "status"] == "diverged" and final.loc["boom", "final_round"] < ROUNDS
+    assert np.isnan(final.loc["boom", "lambda_max"]) and np.isnan(final.loc["boom", "hn"])
+    assert final.loc["fedavg", "status"] == "ok" and np.isfinite(final.loc["fedavg", "lambda_max"])
+    assert summary.loc["boom", "n_ok"] == 0 and summary.loc["fedavg", "n_ok"] == 1
+    assert np.isnan(summary.loc["boom", "lambda_max_mean"]) and np.isfinite(summary.loc["fedavg", "lambda_max_mean"])
+
+
+# -- barriers ----------------------------------------------------------------------------------------
+def test_interpolation_with_a_diverged_end_writes_nan_rows(runs, tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    pairs = {p.label: p for p in interpolation_pairs(runs.config, [runs.healthy, runs.diverged])}
+    curves = []
+    for label, pair in pairs.items():
+        curves.append(tmp_path / f"{label}.csv")
+        interpolation_stage(interpolation_settings(runs.config, pair), runs.trajectory(pair.run_a),
+                            runs.trajectory(pair.run_b), runs.partition, curves[-1])
+    interpolation_tables(curves, tmp_path / "interpolation.csv", tmp_path / "barriers.csv")
+
+    assert "ok_vs_boom" in warnings_of(caplog) and "NaN rows" in warnings_of(caplog)
+    df = pd.read_csv(tmp_path / "interpolation.csv")
+    assert list(df.columns) == INTERPOLATION_COLUMNS
+    boom, ok = df[df["pair_id"] == "ok_vs_boom"], df[df["pair_id"] == "ok_r1_vs_final"]
+    assert len(boom) == len(ok) == 3 * 2  # every t and split
+    assert boom[["loss", "error"]].isna().all().all() and ok[["loss", "error"]].notna().all().all()
+    assert (boom["round_a"] == ROUNDS).all()
+    barriers = pd.read_csv(tmp_path / "barriers.csv")
+    assert list(barriers.columns) == BARRIER_COLUMNS
+    barriers = barriers.set_index(["pair_id", "split"])
+    assert barriers.loc["ok_vs_boom", "barrier_loss"].isna().all()
+    assert barriers.loc["ok_r1_vs_final", "barrier_loss"].notna().all()
+
+
+def test_layerwise_barriers_of_a_diverged_run_write_nan_rows(runs, tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    inputs_of = {"ok_clients": {"clients": runs.clients(runs.healthy)},
+                 "boom_clients": {"clients": runs.clients(runs.diverged)},
+                 "ok_vs_boom": {"trajectory_b": runs.trajectory(runs.diverged)}}
+    frames = {}
+    for pair in layer_pairs(runs.config, [runs.healthy, runs.diverged]):
+        for round_ in pair.rounds:
+            b, d = tmp_path / f"{pair.label}_{round_}_b.csv", tmp_path / f"{pair.label}_{round_}_d.csv"
+            inputs = {"partition": runs.partition, "trajectory_a": runs.trajectory(pair.run_a), **inputs_of[pair.label]}
+            layerwise_stage(layer_settings(runs.config, pair, round_), inputs, b, d)
+            frames[pair.label, round_] = (pd.read_csv(b), pd.read_csv(d))
+
+    assert set(frames) == {("ok_clients", 1), ("boom_clients", 1), ("boom_clients", ROUNDS), ("ok_vs_boom", 1)}
+    log = warnings_of(caplog)
+    assert "boom_clients" in log and "ok_vs_boom" in log and "ok_clients" not in log
+    for (label, round_), (barriers, distances) in frames.items():
+        assert list(barriers.columns) == LAYER_BARRIER_COLUMNS and list(distances.columns) == LAYER_DISTANCE_COLUMNS
+        assert len(barriers) == len(MODES) * CNN_LAYERS * 2 and len(distances) == CNN_LAYERS + 1
+        assert (barriers["round"] == round_).all() and (barriers["pair"] == label).all()
+        values = barriers[["barrier_loss", "barrier_error"]]
+        assert values.isna().all().all() if label != "ok_clients" else values.notna().all().all()
+        assert distances["distance"].isna().all() if label != "ok_clients" else (distances["distance"] > 0).all()
+
+
+# -- client statistics -------------------------------------------------------------------------------
+def test_client_stats_of_a_diverged_run_have_nan_l2_to_final(runs, tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    both = (runs.healthy, runs.diverged)
+    client_stats_table([r.run_id for r in both], [runs.run_dir(r) / "client_updates.csv" for r in both],
+                       [runs.trajectory(r) for r in both], tmp_path / "client_stats.csv")
+
+    assert "l2_to_final is NaN" in warnings_of(caplog)
+    df = pd.read_csv(tmp_path / "client_stats.csv")
+    assert list(df.columns) == CLIENT_STATS_COLUMNS
+    boom, ok = df[df["run_id"] == runs.diverged.run_id], df[df["run_id"] == runs.healthy.run_id]
+    assert boom["round"].tolist() == list(range(len(boom))) and len(boom) < ROUNDS + 1
+    assert boom["l2_to_final"].isna().all()
+    assert ok["round"].tolist() == list(range(ROUNDS + 1)) and ok["l2_to_final"].iloc[-1] == 0
+    assert ok["l2_to_final"].notna().all() and ok["gradient_diversity"].iloc[1:].notna().all()
+
+
+# -- landscapes --------------------------------------------------------------------------------------
+def _surface(runs, plan_spec: dict, label: str, tmp_path, hessian_plane=None):
+    """Plane, chunks, gather and figure of one landscape entry (data: train) on the two runs."""
+    config = {**runs.config, "landscapes": {label: plan_spec}}
+    (plan,) = landscape_plans(config, [runs.healthy, runs.diverged])
+    d = tmp_path / label
+    d.mkdir()
+    outputs = {"plane": d / "plane.npz", "points": d / "points.csv", "grid": d / "grid.json"}
+    trajs = [runs.trajectory(r) for r in plan.runs]
+    clients = runs.clients(plan.runs[0]) if plan.kind == "local" else None
+    plane_stage(plane_settings(config, plan), trajs, clients, hessian_plane, outputs)
+    chunks = []
+    for i in range(plan.spec.get("chunks", 1)):
+        chunks.append(d / f"chunk~{i}.npz")
+        chunk_stage(chunk_settings(config, plan, "train", i), outputs["plane"], outputs["grid"], runs.partition,
+                    chunks[-1])
+    gather_stage(surface_settings(config, plan, "train"), chunks, outputs["plane"], outputs["grid"],
+                 outputs["points"], d / "surface.npz")
+    figure = {"pdf": d / "surface.pdf", "png": d / "surface.png", "grid_csv": d / "grid.csv",
+              "points_csv": d / "points_fig.csv"}
+    figure_stage({"surface_id": f"{label}/train", "levels": 10, "clip_loss": None}, d / "surface.npz", None, figure)
+    assert figure["png"].stat().st_size > 0 and figure["pdf"].stat().st_size > 0
+    return load_surface(d / "surface.npz"), load_plane(outputs["plane"])
+
+
+@pytest.mark.parametrize(("spec", "why"), [
+    ({"kind": "hessian", "runs": [BOOM]}, "was not computed"),
+    ({"kind": "trajectory", "runs": [BOOM], "round": ROUNDS}, "not in the trajectory"),
+    ({"kind": "trajectory", "runs": [BOOM]}, "a PCA plane needs 2"),  # final: only round 0 is finite
+    ({"kind": "local", "runs": [BOOM], "round": 1}, "NaN/inf parameters"),
+    ({"kind": "random", "runs": [BOOM], "round": 1}, "NaN/inf parameters"),
+])
+def test_a_surface_needing_a_diverged_checkpoint_is_all_nan_and_drawn(runs, hessian_jobs, tmp_path, caplog, spec,
+                                                                        why):
+    caplog.set_level(logging.WARNING)
+    hessian = hessian_jobs["boom_final"]["plane"] if spec["kind"] == "hessian" else None
+
+    surface, plane = _surface(runs, {**spec, "resolution": 3, "chunks": 2}, "boom", tmp_path, hessian)
+
+    assert why in warnings_of(caplog) and "all-NaN plane" in warnings_of(caplog)
+    assert plane.extra["status"] == "diverged" and torch.isnan(plane.center).all()
+    assert surface["loss"].shape == (3, 3) and np.isnan(surface["loss"]).all() and np.isnan(surface["acc"]).all()
+    assert surface["meta"]["status"] == "diverged" and surface["meta"]["nonfinite_points"] == 9
+    assert len(surface["points_xy"]) == 0
+
+
+def test_a_healthy_surface_beside_the_diverged_run_is_computed(runs, hessian_jobs, tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    surface, plane = _surface(runs, {"kind": "hessian", "runs": [{"algorithm": "fedavg"}], "resolution": 3},
+                              "ok", tmp_path, hessian_jobs["ok"]["plane"])
+    assert plane.extra.get("status", "ok") == "ok" and surface["meta"]["status"] == "ok"
+    assert np.isfinite(surface["loss"]).all() and len(surface["points_xy"]) == 1
+    assert not warnings_of(caplog)
+
+
+def test_final_trajectory_surface_of_a_run_that_diverged_late_uses_its_last_finite_model(runs, tmp_path, caplog):
+    """A run diverged at round 3 of 3 keeps rounds 0..2: `final` stops at round 2, with a warning."""
+    from fedscape.models.checkpoint import load_trajectory, save_trajectory
+
+    ok = load_trajectory(runs.trajectory(runs.healthy))
+    params = ok.params.clone()
+    params[-1] = float("nan")
+    late = tmp_path / "late.pt"
+    save_trajectory(late, params, ok.buffers, ok.rounds, ok.model_meta, {**ok.meta, "status": "diverged"})
+    outputs = {"plane": tmp_path / "plane.npz", "points": tmp_path / "points.csv", "grid": tmp_path / "grid.json"}
+    config = {**runs.config, "landscapes": {"late": {"kind": "trajectory", "runs": [BOOM], "resolution": 3}}}
+    (plan,) = landscape_plans(config, [runs.healthy, runs.diverged])
+    caplog.set_level(logging.WARNING)
+
+    plane_stage(plane_settings(config, plan), [late], None, None, outputs)
+
+    assert "using its last finite model (round 2)" in warnings_of(caplog)
+    points = pd.read_csv(outputs["points"])
+    assert points["round"].tolist() == [0, 1, 2] and points["role"].iloc[-1] == "final"
+    assert load_plane(outputs["plane"]).extra.get("status", "ok") == "ok"

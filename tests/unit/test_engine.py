@@ -1,0 +1,235 @@
+"""FedAvg engine: aggregation maths, equivalence with centralised SGD, checkpoints and resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedscape.data.federated import FederatedData
+from fedscape.fl import engine as engine_mod
+from fedscape.fl.aggregate import mean_delta, sample_weights, weighted_mean
+from fedscape.fl.engine import run_federated
+from fedscape.fl.local import batch_order, client_generator
+from fedscape.fl.settings import TrainConfig, sample_clients
+from fedscape.fl.strategies.base import ClientResult, Strategy
+from fedscape.fl.strategies.registry import make_strategy
+from fedscape.models.checkpoint import (
+    CheckpointError,
+    ClientRound,
+    ModelMeta,
+    load_clients,
+    load_trajectory,
+    save_clients,
+    save_trajectory,
+)
+from fedscape.models.networks import build_model
+from fedscape.models.params import FlatParams, flatten_params, load_params
+
+
+def tiny_data(num_clients: int = 3, n: int = 90, seed: int = 0, sizes: list[int] | None = None) -> FederatedData:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    sizes = sizes or [n // num_clients] * num_clients
+    bounds = torch.tensor([0, *sizes]).cumsum(0)
+    idx = [torch.arange(int(bounds[i]), int(bounds[i + 1])) for i in range(len(sizes))]
+    return FederatedData(x, y, idx, x[:30], y[:30])
+
+
+def tiny_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model("mlp", num_classes=10, in_channels=1, image_size=8)
+
+
+def test_weighted_aggregation_matches_hand_computation():
+    global_params = torch.tensor([1.0, 1.0])
+    clients = torch.tensor([[3.0, 1.0], [1.0, 5.0], [0.0, 0.0]])
+    weights = sample_weights([10, 30, 60])
+
+    delta = mean_delta(global_params, clients, weights)
+
+    # deltas: [2, 0], [0, 4], [-1, -1] weighted 0.1, 0.3, 0.6
+    assert torch.allclose(delta, torch.tensor([0.2 - 0.6, 1.2 - 0.6]))
+    assert torch.allclose(weighted_mean(clients, weights), torch.tensor([0.6, 1.6]))
+
+
+@pytest.mark.parametrize("bad", [[0, 0], [-1, 3]])
+def test_sample_weights_reject_bad_counts(bad):
+    with pytest.raises(ValueError, match="sample counts"):
+        sample_weights(bad)
+
+
+def test_fedavg_server_update_is_weighted_mean_of_unequal_clients():
+    strategy = make_strategy("fedavg")
+    global_params = torch.zeros(3)
+    results = [ClientResult(0, 1, torch.tensor([1.0, 0.0, 0.0]), torch.zeros(0), 0.0),
+               ClientResult(1, 3, torch.tensor([0.0, 4.0, 0.0]), torch.zeros(0), 0.0)]
+
+    new = strategy.server_update(global_params, results)
+
+    assert torch.allclose(new, torch.tensor([0.25, 3.0, 0.0]))
+
+
+def test_fedavgm_with_zero_momentum_equals_fedavg():
+    data = tiny_data()
+    cfg = TrainConfig(rounds=2, local_epochs=1, batch_size=8, lr=0.1, seed=1)
+    a = run_federated(tiny_model(), data, make_strategy("fedavg"), cfg)
+    b = run_federated(tiny_model(), data, make_strategy("fedavgm", {"server_momentum": 0.0}), cfg)
+
+    assert torch.equal(a.params, b.params)
+
+
+def test_one_client_one_epoch_equals_centralised_sgd():
+    data = tiny_data(num_clients=1, n=50)
+    cfg = TrainConfig(rounds=1, local_epochs=1, batch_size=8, lr=0.1, momentum=0.9, seed=3)
+    model = tiny_model()
+    reference = tiny_model()
+
+    result = run_federated(model, data, Strategy(), cfg)
+
+    opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    for b in batch_order(50, 8, 1, client_generator(3, 1, 0)):
+        opt.zero_grad()
+        F.cross_entropy(reference(data.x_train[b]), data.y_train[b]).backward()
+        opt.step()
+    assert torch.allclose(result.params[1], flatten_params(reference), atol=1e-6)
+    assert torch.equal(result.params[0], flatten_params(tiny_model()))
+
+
+def test_round_metrics_and_client_checkpoints():
+    data = tiny_data(num_clients=4, n=100, sizes=[10, 20, 30, 40])
+    cfg = TrainConfig(rounds=3, local_epochs=1, batch_size=8, lr=0.05, save_clients_at=(1, 3), seed=0)
+
+    result = run_federated(tiny_model(), data, Strategy(), cfg)
+
+    assert [r["round"] for r in result.rows] == [0, 1, 2, 3]
+    assert result.params.shape[0] == 4
+    assert set(result.clients) == {1, 3}
+    assert result.clients[1].num_samples.tolist() == [10, 20, 30, 40]
+    # the aggregate of round 1 is the sample-weighted mean of its saved client models
+    w = sample_weights(result.clients[1].num_samples)
+    assert torch.allclose(weighted_mean(result.clients[1].params, w), result.params[1], atol=1e-6)
+
+
+def test_partial_participation_samples_seeded_subsets():
+    picks = [sample_clients(0, t, 50, 0.2) for t in range(1, 6)]
+
+    assert all(len(p) == 10 and len(set(p)) == 10 for p in picks)
+    assert picks == [sample_clients(0, t, 50, 0.2) for t in range(1, 6)]
+    assert len({tuple(p) for p in picks}) > 1
+    assert sample_clients(0, 1, 10, 1.0) == list(range(10))
+
+
+def test_run_is_bit_identical_on_cpu():
+    data = tiny_data()
+    cfg = TrainConfig(rounds=2, local_epochs=2, batch_size=8, lr=0.1, seed=5)
+
+    a = run_federated(tiny_model(), data, Strategy(), cfg)
+    b = run_federated(tiny_model(), data, Strategy(), cfg)
+
+    assert torch.equal(a.params, b.params)
+
+
+def test_resume_after_crash_gives_identical_checkpoints(tmp_path, monkeypatch):
+    data = tiny_data(num_clients=3)
+    cfg = TrainConfig(rounds=5, local_epochs=1, batch_size=8, lr=0.1, momentum=0.5, save_clients_at=(2, 4), seed=2)
+    reference = run_federated(tiny_model(), data, make_strategy("fedavgm"), cfg)
+
+    real_save = engine_mod._Progress.save
+
+    def crash_after_round_3(self, round_, record, strategy):
+        real_save(self, round_, record, strategy)
+        if round_ == 3:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(engine_mod._Progress, "save", crash_after_round_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_federated(tiny_model(), data, make_strategy("fedavgm"), cfg, progress_dir=tmp_path, progress_key="k")
+    monkeypatch.setattr(engine_mod._Progress, "save", real_save)
+    # a truncated file of the next round (killed while writing) must not matter
+    (tmp_path / "round_00004.pt").write_bytes(b"garbage")
+
+    resumed = run_federated(tiny_model(seed=99), data, make_strategy("fedavgm"), cfg, progress_dir=tmp_path,
+                            progress_key="k")
+
+    assert torch.equal(resumed.params, reference.params)
+    assert torch.equal(resumed.clients[4].params, reference.clients[4].params)
+    assert torch.equal(resumed.clients[2].params, reference.clients[2].params)
+
+
+def test_progress_of_other_settings_is_not_resumed(tmp_path):
+    data = tiny_data()
+    cfg = TrainConfig(rounds=2, local_epochs=1, batch_size=8, lr=0.1, seed=0)
+    run_federated(tiny_model(seed=1), data, Strategy(), cfg, progress_dir=tmp_path, progress_key="old")
+
+    fresh = run_federated(tiny_model(), data, Strategy(), cfg, progress_dir=tmp_path, progress_key="new")
+
+    assert torch.equal(fresh.params[0], flatten_params(tiny_model()))
+
+
+def test_divergence_stops_with_status():
+    data = tiny_data()
+    cfg = TrainConfig(rounds=5, local_epochs=1, batch_size=8, lr=1e6, seed=0)
+
+    result = run_federated(tiny_model(), data, Strategy(), cfg)
+
+    assert result.status == "diverged"
+    assert result.rows[-1]["status"] == "diverged"
+    assert len(result.rows) < 6
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"rounds": 0}, "rounds"), ({"participation": 1.5}, "participation"),
+                                                 ({"rounds": 3, "save_clients_at": (4,)}, "save_clients_at")])
+def test_train_config_rejects(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = build_model("cnn_small", num_classes=10, in_channels=1, image_size=8)
+    meta = ModelMeta("cnn_small", 10, 1, 8, {}, tuple(n for n, _ in model.named_parameters()),
+                     tuple(tuple(p.shape) for p in model.parameters()))
+    params = torch.stack([flatten_params(model), flatten_params(model) + 1])
+    save_trajectory(tmp_path / "t.pt", params, torch.zeros(2, 0), torch.arange(2), meta, {"seed": 4})
+    clients = {1: ClientRound(1, torch.tensor([0, 2]), torch.tensor([5, 7]), params, torch.zeros(2, 0))}
+    save_clients(tmp_path / "c.pt", clients, meta, {})
+
+    traj = load_trajectory(tmp_path / "t.pt")
+    loaded = load_clients(tmp_path / "c.pt")
+
+    assert torch.equal(traj.params, params) and traj.meta == {"seed": 4} and traj.model_meta == meta
+    assert torch.equal(flatten_params(traj.model_at(1)), params[1])
+    assert torch.equal(loaded[1].params, params) and loaded[1].client_ids.tolist() == [0, 2]
+    with pytest.raises(KeyError, match="round 5"):
+        traj.model_at(5)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", None])
+def test_bad_checkpoint_names_file_and_fix(tmp_path, content):
+    path = tmp_path / "bad.pt"
+    if content is None:
+        torch.save({"format": "something-else"}, path)
+    else:
+        path.write_bytes(content)
+
+    with pytest.raises(CheckpointError, match="delete it and rerun") as err:
+        load_trajectory(path)
+    assert str(path) in str(err.value)
+
+
+def test_flat_params_view_shares_storage():
+    model = tiny_model()
+    flat = FlatParams(model)
+    v = torch.arange(flat.vector.numel(), dtype=torch.float32)
+
+    flat.set(v)
+
+    assert torch.equal(flatten_params(model), v)
+    with torch.no_grad():
+        next(model.parameters()).add_(1)
+    assert flat.vector[0] == 1
+    other = tiny_model(1)
+    load_params(other, v)
+    assert torch.equal(flatten_params(other), v)

@@ -1,0 +1,302 @@
+"""Figures and the shared plotting style: valid PDF/PNG/CSV from small fixture tables, the style's
+helpers, and the figures, tables and HTML report of the tiny end-to-end run."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers.figures import assert_figure_files
+from helpers.tables import rounds_table, run_id
+
+from fedscape.core.alpha import alpha_label
+from fedscape.outputs.style import (
+    PALETTE,
+    RunStyle,
+    alpha_order,
+    empty_figure,
+    label_run,
+    log_levels,
+    save_figure,
+    varying_keys,
+)
+from fedscape.report.figures import (
+    CURVE_COLUMNS,
+    accuracy_by_init_figure,
+    accuracy_table,
+    accuracy_table_figure,
+    cost_figure,
+    curve_statistics,
+    curves_figure,
+    headline_table,
+    headline_table_figure,
+)
+from fedscape.report.summary import final_table, summary_table
+
+
+def two_inits_two_algorithms() -> pd.DataFrame:
+    frames = []
+    for algorithm in ("fedavg", "fedprox"):
+        df = rounds_table(inits=("random", "pretrained"))
+        df["algorithm"] = algorithm
+        df["run_id"] = df["run_id"].str.replace("algo~fedavg", f"algo~{algorithm}")
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+# -- figures from fixture tables ---------------------------------------------------------------------
+@pytest.mark.parametrize("metric", ["accuracy", "loss"])
+def test_curves_figure_files_and_data(tmp_path, metric):
+    rounds = two_inits_two_algorithms()
+
+    paths = curves_figure(rounds, "digits", "cnn_small", metric, tmp_path / "curves.png")
+
+    data = assert_figure_files(paths)
+    assert list(data.columns) == CURVE_COLUMNS
+    # 2 algorithms x 2 inits x 2 alphas x 4 rounds x 2 splits, seeds aggregated
+    assert len(data) == 2 * 2 * 2 * 4 * 2
+    assert (data["n_seeds"] == 3).all()
+
+
+def test_curve_band_is_the_t_interval_over_seeds():
+    rounds = rounds_table()
+
+    stats = curve_statistics(rounds, "accuracy")
+
+    last = stats[(stats["round"] == 3) & (stats["split"] == "test") & (stats["alpha"] == 0.1)].iloc[0]
+    values = [0.40, 0.52, 0.61]
+    mean, std = np.mean(values), np.std(values, ddof=1)
+    assert last["mean"] == pytest.approx(mean)
+    assert last["ci95_high"] - mean == pytest.approx(4.302652729749464 * std / math.sqrt(3))
+
+
+def test_curves_with_one_seed_have_no_band():
+    rounds = rounds_table(final_acc={("iid", 0): 0.9, ("0.1", 0): 0.5})
+
+    stats = curve_statistics(rounds, "loss")
+
+    assert (stats["n_seeds"] == 1).all()
+    assert stats[["std", "ci95_low", "ci95_high"]].isna().all().all()
+    assert stats["mean"].notna().all()
+
+
+def test_accuracy_by_init_figure(tmp_path):
+    final = final_table(two_inits_two_algorithms())
+
+    paths = accuracy_by_init_figure(final, "digits", "cnn_small", tmp_path / "by_init")
+
+    data = assert_figure_files(paths)
+    assert len(data) == 2 * 2 * 2  # algorithm x init x alpha
+    cell = data[(data["algorithm"] == "fedavg") & (data["init"] == "random") & (data["alpha"] == 0.1)].iloc[0]
+    assert cell["mean"] == pytest.approx(np.mean([0.40, 0.52, 0.61]))
+    assert cell["seeds"] == "0 1 2"
+
+
+def test_accuracy_table_figure(tmp_path):
+    final = final_table(two_inits_two_algorithms())
+
+    paths = accuracy_table_figure(final, "digits", "cnn_small", tmp_path / "table")
+
+    data = assert_figure_files(paths)
+    assert set(data["row"]) == {"FedAvg · random init", "FedAvg · pretrained init", "FedProx · random init",
+                                "FedProx · pretrained init"}
+    assert set(data["column"]) == {"IID", "α=0.1"}
+    cell = data[(data["row"] == "FedProx · random init") & (data["column"] == "IID")].iloc[0]
+    assert cell["mean"] == pytest.approx(100 * np.mean([0.91, 0.93, 0.95]))
+    assert cell["std"] == pytest.approx(100 * np.std([0.91, 0.93, 0.95], ddof=1))
+
+
+def test_accuracy_table_columns_name_clients_and_participation_when_they_vary():
+    final = final_table(rounds_table())
+    other = final.copy()
+    other["num_clients"] = 50
+    other["participation"] = 0.2
+    other["run_id"] = other["run_id"] + "x"
+
+    table = accuracy_table(pd.concat([final, other], ignore_index=True))
+
+    assert set(table["column"]) == {"IID\nM=10\nall clients", "α=0.1\nM=10\nall clients",
+                                    "IID\nM=50\n20% sampled", "α=0.1\nM=50\n20% sampled"}
+    assert set(table["row"]) == {"FedAvg"}
+
+
+def test_headline_table_figure_shows_only_computed_metrics(tmp_path):
+    final = final_table(two_inits_two_algorithms())
+    final.loc[final["alpha"] == math.inf, "lambda_max"] = 5.0
+    final.loc[final["alpha"] == math.inf, "hd"] = 0.9
+
+    paths = headline_table_figure(final, "digits", "cnn_small", tmp_path / "headline")
+
+    data = assert_figure_files(paths)
+    assert set(data["metric"]) == {"test_acc", "lambda_max", "hd"}
+    # only the analysed groups (the IID ones) are rows; algorithm and init vary among them, alpha does not
+    assert set(data["row"]) == {"FedAvg · random init", "FedAvg · pretrained init", "FedProx · random init",
+                                "FedProx · pretrained init"}
+    acc = data[(data["metric"] == "test_acc") & (data["row"] == "FedAvg · random init")].iloc[0]
+    assert acc["mean"] == pytest.approx(100 * np.mean([0.91, 0.93, 0.95]))
+    assert (data[data["metric"] == "lambda_max"]["mean"] == 5.0).all()
+
+
+def test_headline_table_without_analyses_has_accuracy_only():
+    table = headline_table(final_table(rounds_table()))
+
+    assert set(table["metric"]) == {"test_acc"}
+    assert set(table["row"]) == {"IID", "α=0.1"}  # only alpha varies
+
+
+def test_figures_and_summary_leave_out_the_same_diverged_seed(tmp_path):
+    # Prepare: seed 2 of alpha = 0.1 diverged at round 2 (its finite accuracy stays in final.csv)
+    rounds = rounds_table()
+    rid = run_id("0.1", 2)
+    rounds = rounds[~((rounds["run_id"] == rid) & (rounds["round"] == 3))].copy()
+    rounds.loc[(rounds["run_id"] == rid) & (rounds["round"] == 2), "status"] = "diverged"
+    final = final_table(rounds)
+    expected = summary_table(final).set_index("alpha").loc[0.1, "test_acc_mean"]
+
+    # Execute
+    headline = headline_table(final)
+    points = assert_figure_files(accuracy_by_init_figure(final, "digits", "cnn_small", tmp_path / "by_init"))
+
+    # Assert: the headline table (in %) and the bars use the two healthy seeds, as summary.csv does
+    row = headline[(headline["metric"] == "test_acc") & (headline["alpha"] == 0.1)].iloc[0]
+    assert row["n_seeds"] == 2 and row["mean"] == pytest.approx(100 * expected)
+    bar = points[points["alpha"] == 0.1].iloc[0]
+    assert bar["n_seeds"] == 2 and bar["mean"] == pytest.approx(expected)
+
+
+def test_cost_figure(tmp_path):
+    cost = pd.DataFrame([
+        {"dataset": "digits", "model": "cnn_small", "algorithm": a, "algorithm_name": a, "device": "cpu",
+         "device_name": "cpu (x86_64, 2 threads)", "num_runs": 3, "num_rounds": 30, "median_seconds_per_round": s,
+         "peak_mem_mb": m, "seconds_vs_fedavg": s / 1.5, "peak_mem_vs_fedavg": m / 400.0}
+        for a, s, m in (("fedavg", 1.5, 400.0), ("moon", 4.4, 650.0), ("fedalign", 1.8, 420.0))
+    ])
+
+    paths = cost_figure(cost, "digits", "cnn_small", tmp_path / "cost")
+
+    data = assert_figure_files(paths)
+    assert data["algorithm"].tolist() == ["fedalign", "fedavg", "moon"]
+    assert data.loc[data["algorithm"] == "moon", "seconds_vs_fedavg"].iloc[0] == pytest.approx(4.4 / 1.5)
+
+
+@pytest.mark.parametrize("draw", [
+    lambda df, p: curves_figure(df, "cifar10", "convnet", "accuracy", p),
+    lambda df, p: accuracy_by_init_figure(final_table(df), "cifar10", "convnet", p),
+    lambda df, p: accuracy_table_figure(final_table(df), "cifar10", "convnet", p),
+    lambda df, p: headline_table_figure(final_table(df), "cifar10", "convnet", p),
+    lambda df, p: cost_figure(df.assign(device_name="cpu"), "cifar10", "convnet", p),
+], ids=["curves", "by_init", "table", "headline", "cost"])
+def test_figures_of_an_absent_dataset_model_still_write_valid_files(tmp_path, draw):
+    paths = draw(rounds_table(), tmp_path / "empty")
+
+    data = assert_figure_files(paths, min_rows=0, min_png=1000)
+    assert len(data.columns) > 0 and len(data) == 0
+
+
+def test_curves_figure_rejects_unknown_metric(tmp_path):
+    with pytest.raises(ValueError, match="accuracy"):
+        curves_figure(rounds_table(), "digits", "cnn_small", "acuracy", tmp_path / "x")
+
+
+# -- the shared style --------------------------------------------------------------------------------
+def test_label_run_uses_one_order_and_format_everywhere():
+    fields = {"seed": 1, "alpha": 0.1, "init": "pretrained", "algorithm": "fedadam", "participation": 0.5,
+              "num_clients": 50}
+
+    assert label_run(fields) == "FedAdam · pretrained init · α=0.1 · M=50 · 50% sampled · seed 1"
+    assert label_run(fields, ["alpha", "algorithm"]) == "FedAdam · α=0.1"
+    assert label_run({"alpha": math.inf}) == label_run({"alpha": "iid"}) == "IID"
+    assert label_run({"algorithm": "my_variant"}) == "my_variant"
+
+
+def test_alpha_order_and_colours_are_stable():
+    alphas = [0.1, "iid", 1.0, 0.5]
+
+    ordered = alpha_order(alphas)
+    style = RunStyle(pd.DataFrame({"alpha": [math.inf, 0.1, 1.0, 0.5], "init": "random", "algorithm": "fedavg"}))
+
+    assert [alpha_label(a) for a in ordered] == ["IID", "α=1", "α=0.5", "α=0.1"]
+    assert [style.color(a) for a in ("iid", 1.0, 0.5, 0.1)] == list(PALETTE[:4])
+    assert style.color(math.inf) == style.color("iid")
+
+
+def test_baselines_take_the_plainest_styles():
+    runs = pd.DataFrame({"alpha": 1.0, "init": ["iid_warmup", "pretrained", "random"],
+                         "algorithm": ["fedprox", "fedavg", "moon"]})
+
+    style = RunStyle(runs)
+
+    assert style.linestyle("random") == "-" and style.linestyle("iid_warmup") == "--"
+    assert style.marker("fedavg") == "o" and style.marker("fedprox") != "o"
+
+
+def test_palette_is_okabe_ito():
+    assert set(PALETTE) == {"#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"}
+
+
+def test_varying_keys():
+    df = pd.DataFrame({"alpha": [1.0, 0.1], "init": ["random", "random"], "seed": [0, 1]})
+
+    assert varying_keys(df) == ["alpha", "seed"]
+
+
+@pytest.mark.parametrize("clip", [None, 5.0])
+def test_log_levels_are_geometric_within_the_finite_range(clip):
+    values = np.array([[0.5, 1.0], [np.inf, 20.0], [np.nan, 2.0]])
+
+    levels = log_levels(values, n=7, clip=clip)
+
+    assert len(levels) == 7
+    assert levels[0] == pytest.approx(0.5)
+    assert levels[-1] == pytest.approx(20.0 if clip is None else 5.0)
+    ratios = levels[1:] / levels[:-1]
+    assert np.allclose(ratios, ratios[0])
+
+
+def test_log_levels_of_a_constant_surface_are_increasing():
+    levels = log_levels(np.full((3, 3), 2.0), n=5)
+
+    assert np.all(np.diff(levels) > 0)
+
+
+def test_save_figure_writes_pdf_png_and_data_beside_each_other(tmp_path):
+    fig = empty_figure("nothing")
+    data = pd.DataFrame({"x": [1, 2], "y": [3.0, np.nan]})
+
+    paths = save_figure(fig, tmp_path / "sub" / "figure.pdf", data)
+
+    assert {p.name for p in paths.values()} == {"figure.pdf", "figure.png", "figure.csv"}
+    back = assert_figure_files(paths, min_png=1000)
+    assert back["x"].tolist() == [1, 2] and math.isnan(back["y"][1])
+
+
+def test_save_figure_outputs_needs_one_base_name(tmp_path):
+    from fedscape.outputs.style import save_figure_outputs
+
+    outputs = {ext: tmp_path / f"fig.{ext}" for ext in ("png", "pdf", "csv")}
+    assert save_figure_outputs(empty_figure("x"), outputs, pd.DataFrame({"x": [1]})) == outputs
+    with pytest.raises(ValueError, match="one base"):
+        save_figure_outputs(empty_figure("x"), {**outputs, "csv": tmp_path / "other.csv"}, pd.DataFrame())
+
+
+def test_heatmap_colour_maps_are_colour_blind_safe_and_grey_where_missing():
+    from matplotlib.colors import to_hex
+
+    from fedscape.outputs.style import MISSING_COLOR, OKABE_ITO, diverging_cmap, sequential_cmap
+
+    div, seq = diverging_cmap(), sequential_cmap()
+    assert to_hex(div(0.0)) == OKABE_ITO["blue"].lower() and to_hex(div(1.0)) == OKABE_ITO["vermillion"].lower()
+    assert to_hex(div(0.5)) == "#ffffff" or np.allclose(div(0.5)[:3], 1.0, atol=0.01)
+    assert seq.name.startswith("viridis")
+    assert to_hex(div(np.nan)) == to_hex(seq(np.nan)) == MISSING_COLOR
+
+
+def test_final_table_unknown_runs_in_analyses_are_ignored():
+    rounds = rounds_table()
+    hessian = pd.DataFrame([{"run_id": run_id("iid", 7), "round": 3, "data": "all", "lambda_1": 1.0, "trace": 2.0}])
+
+    final = final_table(rounds, hessian=hessian)
+
+    assert len(final) == 6 and final["lambda_max"].isna().all()

@@ -1,0 +1,346 @@
+"""Hessian analysis: exact checks on a tiny model, HN / HD, eval mode, the eigenvector plane, config, e2e."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers.configs import tiny_config
+from helpers.workflow import ROOT
+from torch import nn
+
+from fedscape.analysis.hessian.definitions import HessianSettings
+from fedscape.analysis.hessian.maths import (
+    HessianOperator,
+    analyse,
+    eval_subset,
+    exact_hessian,
+    hessian_norm_direction,
+    hutchinson,
+    lanczos_eigen,
+    orthonormal_plane,
+    power_iteration,
+    slq_density,
+)
+from fedscape.analysis.hessian.stage import write_eigen_plane
+from fedscape.analysis.landscape.planes import load_plane
+from fedscape.core.config import ConfigError, load_schema
+from fedscape.core.runs import build_runs
+from fedscape.models.networks import BatchNorm2d
+from fedscape.plan.hessian import hessian_jobs
+from fedscape.plan.workflow import check_config
+
+N_SAMPLES = 160
+
+
+def make_data(n: int = N_SAMPLES, features: int = 24, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n,), generator=g)
+    x = torch.randn(n, features, generator=g) + 2.0 * F.one_hot(y, features).float()
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A 2250-parameter MLP trained a little, its data, and the exact Hessian (float64) with its spectrum."""
+    torch.manual_seed(0)
+    x, y = make_data()
+    model = nn.Sequential(nn.Linear(24, 64), nn.Tanh(), nn.Linear(64, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(50):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    model64 = copy.deepcopy(model).double()
+    hessian = exact_hessian(model64, x.double(), y)
+    return {"model": model, "model64": model64, "x": x, "y": y, "H": hessian, "eigvals": torch.linalg.eigvalsh(hessian)}
+
+
+@pytest.fixture(scope="module")
+def hutch300(tiny):
+    """Hutchinson's estimate with 300 probes (the default count) on the tiny model."""
+    with HessianOperator(tiny["model"], tiny["x"], tiny["y"]) as op:
+        return hutchinson(op, probes=300, seed=0)
+
+
+# -- the operator ----------------------------------------------------------------------------------
+def test_hvp_equals_exact_hessian_times_vector(tiny):
+    v = torch.randn(tiny["H"].shape[0], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    with HessianOperator(tiny["model64"], tiny["x"].double(), tiny["y"]) as op:
+        hv = op.hvp(v)
+
+    torch.testing.assert_close(hv, tiny["H"] @ v, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch_size", [48, 160, 1000])
+@pytest.mark.parametrize("cache_graph", [True, False])
+def test_uneven_batches_average_to_the_full_set_hessian(tiny, batch_size, cache_graph):
+    x, y = tiny["x"].double(), tiny["y"]
+    v = torch.randn(tiny["H"].shape[0], generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    with HessianOperator(tiny["model64"], x, y, batch_size=batch_size, cache_graph=cache_graph) as op:
+        hv, loss = op.hvp(v), op.loss()
+    with torch.no_grad():
+        reference = float(F.cross_entropy(tiny["model64"](x), y))
+
+    torch.testing.assert_close(hv, tiny["H"] @ v, rtol=1e-10, atol=1e-12)
+    assert loss == pytest.approx(reference, rel=1e-12)
+
+
+def test_operator_rejects_mismatched_inputs(tiny):
+    with pytest.raises(ValueError, match="empty"):
+        HessianOperator(tiny["model"], tiny["x"][:0], tiny["y"][:0])
+    with HessianOperator(tiny["model"], tiny["x"], tiny["y"]) as op, pytest.raises(ValueError, match="shape"):
+        op.hvp(torch.zeros(op.dim + 1))
+
+
+# -- eigenvalues -----------------------------------------------------------------------------------
+def test_lanczos_top_eigenpairs_match_eigvalsh(tiny):
+    exact = tiny["eigvals"].flip(0)[:2]
+
+    with HessianOperator(tiny["model"], tiny["x"], tiny["y"]) as op:
+        result = lanczos_eigen(op, k=2)  # default tol 1e-4
+
+    assert all(result.converged) and result.total_iterations > 2
+    for value, ref in zip(result.values, exact.tolist(), strict=True):
+        assert abs(value - ref) <= 1e-3 * abs(ref)
+    v1 = result.vectors[0]
+    assert float((tiny["H"] @ v1 - exact[0] * v1).norm()) <= 1e-2 * float(exact[0])  # an eigenvector of the exact H
+    torch.testing.assert_close(result.vectors @ result.vectors.T, torch.eye(2, dtype=torch.float64), atol=1e-8, rtol=0)
+
+
+def test_power_iteration_matches_largest_magnitude_eigenvalue(tiny):
+    eigvals = tiny["eigvals"]
+    largest = float(eigvals[eigvals.abs().argmax()])
+    second = float(eigvals[-2]) if largest == float(eigvals[-1]) else float(eigvals[-1])
+
+    with HessianOperator(tiny["model"], tiny["x"], tiny["y"]) as op:
+        result = power_iteration(op, k=2, tol=1e-4, max_iter=100)
+
+    assert result.converged == (True, True)
+    assert all(it > 1 for it in result.iterations) and result.total_iterations == sum(result.iterations)
+    assert abs(result.values[0] - largest) <= 1e-3 * abs(largest)
+    assert abs(result.values[1] - second) <= 5e-3 * abs(second)
+    assert abs(float(result.vectors[0] @ result.vectors[1])) < 1e-3  # deflated
+
+
+def test_power_iteration_reports_non_convergence(tiny):
+    with HessianOperator(tiny["model"], tiny["x"], tiny["y"]) as op:
+        result = power_iteration(op, k=1, tol=1e-12, max_iter=3)
+
+    assert result.converged == (False,) and result.iterations == (3,)
+
+
+# -- trace and diagonal ----------------------------------------------------------------------------
+def test_hutchinson_trace_within_three_standard_errors(tiny, hutch300):
+    H = tiny["H"]
+    exact = float(H.trace())
+    off = float((H**2).sum() - (H.diagonal() ** 2).sum())
+    theory_se = math.sqrt(2 * off / 300)  # Var(z^T H z) = 2 sum_{i != j} H_ij^2 for Rademacher z
+
+    result = hutch300
+
+    assert result.probes == 300
+    assert abs(result.trace - exact) <= 3 * result.stderr
+    assert result.stderr == pytest.approx(theory_se, rel=0.25)
+    assert float(result.diagonal.sum()) == pytest.approx(result.trace, rel=1e-9)
+
+
+def test_hutchinson_diagonal_close_to_exact(tiny, hutch300):
+    H = tiny["H"]
+    exact = H.diagonal()
+    sd = ((H**2).sum(dim=1) - exact**2).div(300).sqrt()  # per-entry standard deviation of the estimate
+
+    diag = hutch300.diagonal
+
+    z = (diag - exact) / sd
+    assert float((z**2).mean()) == pytest.approx(1.0, abs=0.2)
+    assert float(z.abs().max()) < 6
+    assert float(torch.corrcoef(torch.stack([diag, exact]))[0, 1]) > 0.8
+
+
+def test_hutchinson_needs_two_probes(tiny):
+    with HessianOperator(tiny["model"], tiny["x"], tiny["y"]) as op, pytest.raises(ValueError, match="two probes"):
+        hutchinson(op, probes=1)
+
+
+def test_slq_density_is_a_distribution_over_the_spectrum(tiny):
+    eigvals = tiny["eigvals"]
+
+    with HessianOperator(tiny["model"], tiny["x"], tiny["y"]) as op:
+        density = slq_density(op, steps=30, probes=2, seed=0)
+
+    assert len(density.nodes) == 2
+    for nodes, weights in zip(density.nodes, density.weights, strict=True):
+        assert weights.sum() == pytest.approx(1.0, abs=1e-9)
+        assert nodes.min() >= float(eigvals[0]) - 1e-4 and nodes.max() <= float(eigvals[-1]) + 1e-4
+        assert nodes.max() == pytest.approx(float(eigvals[-1]), rel=1e-3)  # Lanczos finds the extreme eigenvalue
+
+
+# -- HN and HD -------------------------------------------------------------------------------------
+def test_identical_clients_have_hn_zero_and_hd_one(tiny):
+    settings = HessianSettings(trace_probes=20, density=False)
+    x, y = tiny["x"], tiny["y"]
+
+    a = analyse(tiny["model"], x, y, settings, eigen=False)
+    b = analyse(tiny["model"], x.clone(), y.clone(), settings, eigen=False)
+    hn, hd = hessian_norm_direction([a.hutchinson.diagonal, b.hutchinson.diagonal, a.hutchinson.diagonal])
+
+    assert hn == 0.0
+    assert hd == pytest.approx(1.0, abs=1e-12)
+
+
+def test_hn_hd_follow_the_fedalign_definition():
+    d = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0]), torch.tensor([1.0, 1.0])]
+    sq = [1.0, 4.0, 2.0]
+    cos = [0.0, 1 / math.sqrt(2), 1 / math.sqrt(2)]
+
+    hn, hd = hessian_norm_direction(d)
+
+    assert hn == pytest.approx(np.mean([(sq[0] - sq[1]) ** 2, (sq[0] - sq[2]) ** 2, (sq[1] - sq[2]) ** 2]))
+    assert hd == pytest.approx(np.mean(cos))
+    assert all(math.isnan(v) for v in hessian_norm_direction(d[:1]))
+
+
+def test_different_client_data_give_positive_hn(tiny):
+    settings = HessianSettings(trace_probes=20, density=False)
+    x, y = tiny["x"], tiny["y"]
+    first, second = y < 5, y >= 5
+
+    a = analyse(tiny["model"], x[first], y[first], settings, eigen=False)
+    b = analyse(tiny["model"], x[second], y[second], settings, eigen=False)
+    hn, hd = hessian_norm_direction([a.hutchinson.diagonal, b.hutchinson.diagonal])
+
+    assert hn > 0 and hd < 1 - 1e-6
+
+
+# -- eval mode with batch norm ---------------------------------------------------------------------
+class TinyBNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = BatchNorm2d(4)
+        self.fc = nn.Linear(4 * 4 * 4, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.relu(self.bn(self.conv(x))), 1))
+
+
+def test_batch_norm_model_is_evaluated_in_eval_mode_and_is_deterministic():
+    torch.manual_seed(0)
+    model = TinyBNNet()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(96, 1, 4, 4)
+    y = torch.randint(0, 10, (96,))
+    buffers_before = [b.clone() for b in model.buffers()]
+    settings = HessianSettings(max_iter=20, trace_probes=4, density=True, density_steps=5, density_probes=1)
+    model.train()
+
+    first = analyse(model, x, y, settings)
+    second = analyse(model, x, y, settings)
+    in_eval = analyse(model.eval(), x, y, settings)
+
+    assert first.eigen.values == second.eigen.values
+    assert first.hutchinson.trace == second.hutchinson.trace
+    assert first.eigen.values == in_eval.eigen.values and first.loss == in_eval.loss
+    assert model.training is False  # in_eval was given an eval model and leaves it so
+    for before, after in zip(buffers_before, model.buffers(), strict=True):
+        assert torch.equal(before, after)  # running statistics untouched
+    with torch.no_grad():
+        assert first.loss == pytest.approx(float(F.cross_entropy(model.eval()(x), y)), rel=1e-6)
+
+
+def test_operator_restores_training_mode():
+    model = TinyBNNet().train()
+    with HessianOperator(model, torch.randn(8, 1, 4, 4), torch.zeros(8, dtype=torch.long)):
+        assert not model.training
+    assert model.training
+
+
+# -- the eigenvector plane -------------------------------------------------------------------------
+def test_eigen_plane_is_orthonormal_and_curvature_along_d1_is_lambda_1(tiny, tmp_path):
+    settings = HessianSettings(trace_probes=4, density=False)
+    report = analyse(tiny["model"], tiny["x"], tiny["y"], settings)
+    d1, d2 = orthonormal_plane(report.eigen.vectors[0], report.eigen.vectors[1])
+    center = torch.cat([p.detach().reshape(-1) for p in tiny["model"].parameters()])
+    meta = {"kind": "hessian", "runs": ["r"], "round": 3, "explained_variance": None, "axis_labels": ["a", "b"],
+            "model_meta": {}, "seed": 0, "eigenvalues": [1.0, 0.5]}
+    path = tmp_path / "eigen_plane.npz"
+
+    write_eigen_plane(path, center.numpy(), np.zeros(0), d1.numpy(), d2.numpy(), meta)
+    plane = np.load(path, allow_pickle=False)
+
+    assert set(plane.files) == {"center", "center_buffers", "d1", "d2", "meta"}
+    assert all(plane[k].dtype == np.float32 for k in ("center", "center_buffers", "d1", "d2"))
+    assert json.loads(str(plane["meta"])) == meta
+    loaded = load_plane(path)  # the landscape stage's reader
+    assert loaded.kind == "hessian" and loaded.round == 3 and loaded.extra == {"eigenvalues": [1.0, 0.5]}
+    p1, p2 = torch.from_numpy(plane["d1"]).double(), torch.from_numpy(plane["d2"]).double()
+    assert abs(float(p1 @ p2)) < 1e-6
+    assert float(p1.norm()) == pytest.approx(1.0, abs=1e-6) and float(p2.norm()) == pytest.approx(1.0, abs=1e-6)
+    with HessianOperator(tiny["model64"], tiny["x"].double(), tiny["y"]) as op:
+        c, h = op.center, 1e-3
+        curvature = (op.loss(c + h * p1) - 2 * op.loss(c) + op.loss(c - h * p1)) / h**2
+    assert curvature == pytest.approx(report.eigen.values[0], rel=1e-3)
+
+
+# -- settings and evaluation subsets ---------------------------------------------------------------
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"method": "lanczoss"}, "Did you mean 'lanczos'"),
+    ({"trace_probes": 1}, "trace_probes"),
+    ({"tol": 0.0}, "tol"),
+    ({"eval_samples": 0}, "eval_samples"),
+    ({"method": "lanczos", "top_k": 5, "max_iter": 5}, "max_iter"),
+])
+def test_settings_reject_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        HessianSettings(**kwargs)
+
+
+def test_eval_subset_is_fixed_seeded_and_whole_when_small():
+    assert torch.equal(eval_subset(50, 64, seed=0), torch.arange(50))
+    assert torch.equal(eval_subset(50, None, seed=0), torch.arange(50))
+    a, b = eval_subset(1000, 100, seed=0), eval_subset(1000, 100, seed=0)
+    assert torch.equal(a, b) and len(a) == 100 and bool((a[1:] > a[:-1]).all())
+    assert not torch.equal(a, eval_subset(1000, 100, seed=1))
+
+
+SCHEMA = load_schema(ROOT / "workflow/schemas/config.schema.yaml")
+
+
+def test_tiny_config_plans_round_zero_and_final():
+    config = check_config(tiny_config(), SCHEMA)
+
+    jobs = hessian_jobs(config, build_runs(config))
+
+    assert [(run.alpha, r) for run, r in jobs] == [("iid", 0), ("iid", config["training"]["rounds"])]
+    assert hessian_jobs(check_config(tiny_config(enabled=False), SCHEMA), build_runs(config)) == []
+
+
+@pytest.mark.parametrize(("hessian", "message"), [
+    ({"rounds": [0, 99]}, r"rounds \[99\] are outside 0..3"),
+    ({"runs": {"alpha": 0.3}}, "no run of the config matches"),
+    ({"runs": [{"alpha": "iid"}, {"seed": 7}]}, r"hessian.runs\[1\]: no run"),
+    ({"top_k": 1}, "top_k"),
+    ({"trace_probs": 5}, "Did you mean 'trace_probes'"),
+    ({"method": "powr"}, "Did you mean 'power'"),
+    ({"density": {"step": 3}}, "unknown key 'step'"),
+])
+def test_config_errors_name_the_key(hessian, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(tiny_config(**hessian), SCHEMA)
+
+
+def test_every_schema_key_has_a_description_and_a_default():
+    section = SCHEMA["properties"]["hessian"]
+    assert section["additionalProperties"] is False and "default" in section
+    for name, spec in {**section["properties"], **section["properties"]["density"]["properties"]}.items():
+        assert "description" in spec and "default" in spec, name

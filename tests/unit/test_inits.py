@@ -1,0 +1,239 @@
+"""The init stage: random, pretrained, IID warm-up and continue inits, their config checks and the DAG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers.configs import SCHEMA, config_with
+
+from fedscape.core.config import ConfigError
+from fedscape.core.runs import build_runs
+from fedscape.data.datasets import load_dataset
+from fedscape.data.federated import FederatedData
+from fedscape.data.partition import load_partition, make_partition, save_partition
+from fedscape.fl.engine import run_federated
+from fedscape.fl.settings import TrainConfig
+from fedscape.fl.strategies.registry import make_strategy
+from fedscape.models.checkpoint import ModelMeta, load_trajectory, save_trajectory
+from fedscape.models.evaluate import evaluate
+from fedscape.models.params import flatten_params
+from fedscape.plan.init import init_settings
+from fedscape.plan.workflow import check_config
+from fedscape.stages import init as inits_mod
+from fedscape.stages.init import init_stage, load_imagenet32, pretrain
+from fedscape.stages.init_settings import KIND_KEYS, PretrainConfig
+
+DIGITS = {"dataset": "digits", "model": "cnn_small", "model_options": {}, "in_channels": 1, "image_size": 8,
+          "num_classes": 10}
+OPTIONS = {"test_fraction": 0.25, "proxy_fraction": 0.2}
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
+
+
+# -- random ----------------------------------------------------------------------------------------
+def test_random_init_is_seeded(tmp_path):
+    paths = [tmp_path / f"{i}.pt" for i in range(3)]
+    for path, seed in zip(paths, (0, 0, 1), strict=True):
+        init_stage({**DIGITS, "init": "r", "kind": "random", "seed": seed}, path)
+
+    a, b, c = (load_trajectory(p).params[0] for p in paths)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_random_init_settings_ignore_other_kinds_keys():
+    config = check_config(config_with({}), SCHEMA)
+
+    settings = init_settings(config, build_runs(config), "digits", "cnn_small", "random")
+
+    assert {k for k in settings if k not in DIGITS} == {"init", "kind", "seed"}
+
+
+# -- pretrained ------------------------------------------------------------------------------------
+def pretrained_settings(**kw) -> dict:
+    return {**DIGITS, "init": "pre", "kind": "pretrained", "seed": 0, "epochs": 8, "lr": 0.05, "batch_size": 16,
+            "momentum": 0.9, "weight_decay": 5e-4, "dataset_options": OPTIONS, "device": "cpu", **kw}
+
+
+def test_pretrained_init_starts_above_chance_on_the_clients_data():
+    model, meta = pretrain(pretrained_settings())
+
+    ds = load_dataset("digits", proxy_fraction=0.2)
+    clients = evaluate(model, ds.x_train, ds.y_train)
+    assert clients.acc > 0.5  # chance: 0.1; the proxy split is disjoint from the clients' pool
+    assert meta["clients_pool_acc"] == pytest.approx(clients.acc)
+    assert meta["proxy_acc"] > 0.5 and not meta["head_reinitialised"]
+    assert (meta["epochs"], meta["lr"], meta["batch_size"]) == (8, 0.05, 16)
+    assert set(ds.proxy_index).isdisjoint(ds.train_index)
+
+
+def test_pretraining_resumes_after_a_kill(tmp_path, monkeypatch):
+    settings = pretrained_settings(epochs=4)
+    reference, _ = pretrain(settings)
+
+    real_atomic = inits_mod.atomic_path
+    saves = []
+
+    def killed_after_two_epochs(path, *args, **kwargs):
+        saves.append(path)
+        if len(saves) == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real_atomic(path, *args, **kwargs)
+
+    monkeypatch.setattr(inits_mod, "atomic_path", killed_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(settings, tmp_path)
+    monkeypatch.setattr(inits_mod, "atomic_path", real_atomic)
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["epoch"] == 2
+
+    resumed, _ = pretrain(settings, tmp_path)
+
+    assert torch.equal(flatten_params(resumed), flatten_params(reference))
+
+
+def write_imagenet32(directory: Path, n: int = 40, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True)
+    for i in range(2):
+        np.savez(directory / f"train_data_batch_{i + 1}.npz", data=rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 labels=rng.integers(1, 1001, n))
+
+
+def test_imagenet32_proxy_reinitialises_the_classifier(tmp_path):
+    write_imagenet32(tmp_path / "imagenet32")
+    settings = {"dataset": "cifar10", "model": "resnet20", "model_options": {}, "in_channels": 3, "image_size": 32,
+                "num_classes": 10, "init": "pre", "kind": "pretrained", "seed": 3, "epochs": 1, "lr": 0.01,
+                "batch_size": 16, "momentum": 0.9, "weight_decay": 0.0, "proxy_dir": str(tmp_path / "imagenet32"),
+                "max_samples": 50, "dataset_options": {}, "device": "cpu"}
+
+    model, meta = pretrain(settings)
+
+    assert meta["proxy_samples"] == 50 and meta["head_reinitialised"]
+    assert model.classifier.out_features == 10
+    fresh = inits_mod.random_model(settings, seed=inits_mod.derive_seed(3, inits_mod._HEAD_STREAM))
+    assert torch.equal(model.classifier.weight, fresh.classifier.weight)
+    untrained = inits_mod.random_model(settings, num_classes=1000, seed=3)
+    assert not torch.equal(model.stem.weight, untrained.stem.weight)  # the body was pretrained
+
+
+def test_imagenet32_arrays_are_read_and_normalised(tmp_path):
+    write_imagenet32(tmp_path / "in32", n=5)
+
+    x, y, classes = load_imagenet32(tmp_path / "in32", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+    assert x.shape == (10, 3, 32, 32) and y.min() >= 0 and y.max() <= 999 and classes <= 1000
+    assert x.min() >= (0 - 0.5) / 0.25 and x.max() <= (1 - 0.5) / 0.25
+
+
+def test_pretrain_defaults_match_the_schema():
+    props = SCHEMA["properties"]["inits"]["additionalProperties"]["properties"]
+    defaults = PretrainConfig()
+
+    for key in ("epochs", "lr", "batch_size", "momentum", "weight_decay", "seed"):
+        assert props[key]["default"] == getattr(defaults, key)
+    assert set(props) == {k for keys in KIND_KEYS.values() for k in keys}
+    assert all("description" in v and "default" in v for v in props.values())
+
+
+# -- iid_warmup ------------------------------------------------------------------------------------
+def test_iid_warmup_is_fedavg_rounds_on_the_iid_split(tmp_path):
+    ds = load_dataset("digits", proxy_fraction=0.2)
+    labels = ds.y_train.numpy()
+    part = make_partition(labels, 4, float("inf"), 0, 10, 1000)
+    save_partition(tmp_path / "partition.npz", part, labels, 10, {"dataset": "digits"})
+    training = {"local_epochs": 1, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0,
+                "save_clients_at": [1], "device": "cpu"}
+    settings = {**DIGITS, "init": "warm", "kind": "iid_warmup", "seed": 0, "rounds": 1, "num_clients": 4,
+                "partition_seed": 0, "dataset_options": OPTIONS, "warmup_training": training}
+
+    init_stage(settings, tmp_path / "init.pt", {"partition": str(tmp_path / "partition.npz")}, tmp_path / "prog")
+
+    init = load_trajectory(tmp_path / "init.pt")
+    split = load_partition(tmp_path / "partition.npz", labels)
+    data = FederatedData(ds.x_train, ds.y_train, [torch.as_tensor(i) for i in split.client_indices], ds.x_test,
+                         ds.y_test)
+    model = inits_mod.random_model(settings)
+    start = flatten_params(model)
+    cfg = TrainConfig(rounds=1, local_epochs=1, batch_size=32, lr=0.05, momentum=0.9, seed=0)
+    expected = run_federated(model, data, make_strategy("fedavg"), cfg)
+    assert torch.equal(init.params[0], expected.params[-1])
+    assert not torch.equal(init.params[0], start)
+    assert init.meta["kind"] == "iid_warmup" and init.meta["rounds"] == 1 and init.meta["test_acc"] > 0
+    assert not (tmp_path / "prog").exists()
+
+
+# -- continue --------------------------------------------------------------------------------------
+def test_continue_starts_from_the_final_global_model(tmp_path):
+    model = inits_mod.random_model({**DIGITS, "seed": 0})
+    meta = ModelMeta("cnn_small", 10, 1, 8, {}, tuple(n for n, _ in model.named_parameters()),
+                     tuple(tuple(p.shape) for p in model.parameters()))
+    params = torch.randn(4, flatten_params(model).numel(), generator=torch.Generator().manual_seed(0))
+    save_trajectory(tmp_path / "trajectory.pt", params, torch.zeros(4, 0), torch.arange(4), meta,
+                    {"status": "ok", "seed": 7})
+    settings = {**DIGITS, "init": "cont", "kind": "continue", "run": {"alpha": 1.0}, "source_run_id": "x/y"}
+
+    init_stage(settings, tmp_path / "init.pt", {"trajectory": str(tmp_path / "trajectory.pt")})
+
+    init = load_trajectory(tmp_path / "init.pt")
+    assert torch.equal(init.params[0], params[3])
+    assert init.meta["source_round"] == 3 and init.meta["source_run_id"] == "x/y"
+
+
+def test_continue_refuses_another_model(tmp_path):
+    model = inits_mod.random_model({**DIGITS, "model": "mlp", "seed": 0})
+    meta = ModelMeta("mlp", 10, 1, 8, {}, (), ())
+    save_trajectory(tmp_path / "t.pt", flatten_params(model)[None], torch.zeros(1, 0), torch.zeros(1), meta, {})
+
+    with pytest.raises(ValueError, match="holds a mlp"):
+        init_stage({**DIGITS, "init": "cont", "kind": "continue"}, tmp_path / "i.pt", {"trajectory": tmp_path / "t.pt"})
+
+
+# -- config checks ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(("inits", "experiments", "extra", "match"), [
+    ({"cont": {"kind": "continue", "run": {"alpha": 0.5}}}, [{"alpha": "iid"}, {"alpha": 0.5, "init": "cont"}], {},
+     r"inits\.cont\.run: continue chain forms a cycle"),
+    ({"cont": {"kind": "continue", "run": {"alpha": 0.5}}}, [{"alpha": "iid"}, {"alpha": 0.5},
+                                                              {"alpha": 0.5, "init": "cont"}], {},
+     r"inits\.cont\.run: 2 runs match .*add one of \['init'\]"),
+    ({"cont": {"kind": "continue", "run": {"alpha": 1.0}}}, [{"alpha": "iid"}, {"alpha": 0.5, "init": "cont"}], {},
+     r"inits\.cont\.run: no run of the config matches"),
+    ({"cont": {"kind": "continue"}}, [{"alpha": "iid"}, {"alpha": 0.5, "init": "cont"}], {},
+     r"inits\.cont\.run: a continue init needs a run selector"),
+    ({"pre": {"kind": "pretrained"}}, [{"alpha": "iid"}, {"init": "pre"}],
+     {"datasets": {"digits": {"proxy_fraction": 0.0}}}, r"inits\.pre: .*needs datasets\.digits\.proxy_fraction > 0"),
+    ({"pre": {"kind": "pretrained", "proxy_dataset": "digits"}}, [{"alpha": "iid"}, {"init": "pre"}], {},
+     r"inits\.pre\.proxy_dataset: digits is the clients' own dataset"),
+    ({"pre": {"kind": "pretrained", "proxy_dataset": "cifar100"}}, [{"alpha": "iid"}, {"init": "pre"}], {},
+     r"inits\.pre\.proxy_dataset: cifar100 images .* do not fit digits"),
+    ({"pre": {"kind": "pretrained", "proxy_dir": "/x"}}, [{"alpha": "iid"}, {"init": "pre"}], {},
+     r"inits\.pre\.proxy_dir: down-sampled ImageNet is 3x32x32"),
+    ({"warm": {"kind": "iid_warmup", "training": {"lrr": 0.1}}}, [{"alpha": "iid"}, {"init": "warm"}], {},
+     r"inits\.warm\.training: unknown training key 'lrr'"),
+    ({"w": {"kind": "warmup"}}, None, {}, r"inits\.w\.kind: 'warmup' is not valid"),
+])
+def test_bad_inits_fail_at_config_check(inits, experiments, extra, match):
+    with pytest.raises(ConfigError, match=match):
+        check_config(config_with(inits, experiments, **extra), SCHEMA)
+
+
+def test_two_step_continue_cycle_is_detected():
+    inits = {"a": {"kind": "continue", "run": {"init": "b"}}, "b": {"kind": "continue", "run": {"init": "a"}}}
+    experiments = [{"alpha": "iid"}, {"alpha": 0.5, "init": "a"}, {"alpha": 0.5, "init": "b"}]
+
+    with pytest.raises(ConfigError, match=r"inits\.a\.run: continue chain forms a cycle"):
+        check_config(config_with(inits, experiments), SCHEMA)
+
+
+def test_continue_settings_name_the_source_run():
+    config = check_config(config_with({"cont": {"kind": "continue", "run": {"alpha": 0.5, "init": "random"}}},
+                                      [{"alpha": "iid"}, {"alpha": 0.5}, {"alpha": 0.5, "init": "cont"}]), SCHEMA)
+
+    settings = init_settings(config, build_runs(config), "digits", "cnn_small", "cont")
+
+    source = [r for r in build_runs(config) if r.init == "random" and r.alpha == "0.5"][0]
+    assert settings["source_run_id"] == source.run_id
+    assert set(settings) - set(DIGITS) == {"init", "kind", "run", "source_run_id"}

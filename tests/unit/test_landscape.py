@@ -1,0 +1,518 @@
+"""Loss landscapes: planes, projection, surface grids, chunking, figures, config checks and tiny-run outputs."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from helpers.configs import SCHEMA
+from helpers.workflow import TINY_CONFIG
+
+from fedscape.analysis.landscape.definitions import PlaneError
+from fedscape.analysis.landscape.figures import loss_levels, plot_surface, write_figure_data
+from fedscape.analysis.landscape.grid import Grid, chunk_bounds, gather_chunks, grid_extent
+from fedscape.analysis.landscape.planes import (
+    Plane,
+    filter_normalized_direction,
+    joint_pca_plane,
+    load_plane,
+    pca_plane,
+    random_plane,
+    save_plane,
+    three_point_plane,
+)
+from fedscape.analysis.landscape.project import project
+from fedscape.analysis.landscape.surface import (
+    LayoutFlatParams,
+    SurfaceEvaluator,
+    SurfaceSettings,
+    compute_surface,
+    evaluate_chunk,
+)
+from fedscape.core.config import ConfigError
+from fedscape.data.datasets import load_dataset
+from fedscape.models.evaluate import evaluate
+from fedscape.models.networks import build_model
+from fedscape.models.params import flatten_buffers, flatten_params, load_buffers, load_params
+from fedscape.plan.workflow import check_config
+
+IID = {"alpha": "iid", "init": "random", "algorithm": "fedavg"}
+
+
+# -- fixtures --------------------------------------------------------------------------------------------
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
+
+
+@pytest.fixture(scope="module")
+def digits():
+    ds = load_dataset("digits", proxy_fraction=0.2)
+    return ds.x_train[:300], ds.y_train[:300]
+
+
+def make_model(name: str = "cnn_small", seed: int = 0):
+    torch.manual_seed(seed)
+    if name == "resnet20":
+        return build_model("resnet20", num_classes=10, in_channels=3, image_size=32).eval()
+    return build_model(name, num_classes=10, in_channels=1, image_size=8).eval()
+
+
+def shapes(model):
+    return [tuple(p.shape) for p in model.parameters()]
+
+
+def model_at(name: str, vec: torch.Tensor, buffers: torch.Tensor):
+    m = make_model(name)
+    load_params(m, vec)
+    load_buffers(m, buffers)
+    return m.eval()
+
+
+# -- planes ----------------------------------------------------------------------------------------------
+def test_filter_normalised_direction_matches_filter_norms_and_zeroes_1d_tensors():
+    model = make_model("cnn_small")
+    with torch.no_grad():
+        model.features[0].weight[3].zero_()  # a dead filter gets a zero direction filter (epsilon)
+    center = flatten_params(model)
+    d = filter_normalized_direction(center, shapes(model), torch.Generator().manual_seed(7))
+    offset = 0
+    for name, p in model.named_parameters():
+        n = p.numel()
+        part = d[offset : offset + n].view(p.shape)
+        if p.dim() <= 1:
+            assert torch.count_nonzero(part) == 0, name
+        else:
+            w_norms = p.detach().reshape(p.shape[0], -1).norm(dim=1)
+            d_norms = part.reshape(p.shape[0], -1).norm(dim=1)
+            torch.testing.assert_close(d_norms, w_norms, rtol=1e-5, atol=1e-6)
+        offset += n
+    assert offset == d.numel()
+    again = filter_normalized_direction(center, shapes(model), torch.Generator().manual_seed(7))
+    other = filter_normalized_direction(center, shapes(model), torch.Generator().manual_seed(8))
+    assert torch.equal(d, again) and not torch.equal(d, other)
+
+
+def test_random_plane_is_seeded_and_has_two_different_directions():
+    model = make_model("mlp")
+    c, b = flatten_params(model), flatten_buffers(model)
+    p1, p2 = random_plane(c, b, shapes(model), seed=3), random_plane(c, b, shapes(model), seed=3)
+    assert torch.equal(p1.d1, p2.d1) and torch.equal(p1.d2, p2.d2)
+    assert not torch.equal(p1.d1, p1.d2)
+    assert p1.kind == "random" and p1.seed == 3
+
+
+def _two_dim_trajectory(num_params: int = 500, steps: int = 12, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    final = torch.randn(num_params, generator=g)
+    u, v = torch.randn(num_params, generator=g), torch.randn(num_params, generator=g)
+    t = torch.linspace(1, 0, steps)
+    coeff = torch.stack([3 * t, torch.sin(4 * t) * t], dim=1)  # a curved path ending at the final model
+    return final + coeff[:, :1] * u + coeff[:, 1:] * v, final
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_pca_projection_of_a_planar_trajectory_is_exact_with_the_final_model_at_the_origin(joint):
+    traj, final = _two_dim_trajectory()
+    empty = torch.zeros(0)
+    if joint:  # two runs sharing the final model's plane, fitted jointly
+        other, _ = _two_dim_trajectory(seed=0)
+        other = final + 0.5 * (other - final)
+        plane = joint_pca_plane([traj, other], final, empty)
+        points = torch.cat([traj, other])
+    else:
+        plane = pca_plane(traj, final, empty)
+        points = traj
+    proj = project(points, plane)
+    np.testing.assert_allclose(proj.coords[len(traj) - 1], [0.0, 0.0], atol=1e-6)
+    assert proj.distance.max() < 1e-4 * float((points - final).norm(dim=1).max())
+    rebuilt = torch.stack([plane.point(a, b) for a, b in proj.coords])
+    torch.testing.assert_close(rebuilt, points, atol=1e-4, rtol=1e-5)
+    r1, r2 = plane.explained_variance
+    assert r1 >= r2 > 0 and r1 + r2 == pytest.approx(1.0, abs=1e-9)
+    assert float(plane.d1 @ plane.d2) == pytest.approx(0.0, abs=1e-6)
+    assert float(plane.d1.norm()) == pytest.approx(1.0, abs=1e-6)
+    assert "variance" in plane.axis_labels[0]
+
+
+def test_pca_of_a_straight_line_completes_the_plane_with_an_orthogonal_direction():
+    g = torch.Generator().manual_seed(1)
+    final, u = torch.randn(200, generator=g), torch.randn(200, generator=g)
+    line = final + torch.linspace(2, 0, 5)[:, None] * u
+    plane = pca_plane(line, final, torch.zeros(0), seed=5)
+    assert plane.explained_variance[1] == 0.0
+    assert float(plane.d1 @ plane.d2) == pytest.approx(0.0, abs=1e-6)
+    assert project(line, plane).distance.max() < 1e-4
+
+
+def test_three_point_plane_is_orthonormal_and_contains_its_checkpoints():
+    p0, p1, p2 = (flatten_params(make_model("cnn_small", s)) for s in (0, 1, 2))
+    plane = three_point_plane(p0, p1, p2, torch.zeros(0))
+    assert float(plane.d1 @ plane.d2) == pytest.approx(0.0, abs=1e-6)
+    assert float(plane.d1.norm()) == pytest.approx(1.0, abs=1e-6) and float(plane.d2.norm()) == pytest.approx(1.0)
+    proj = project(torch.stack([p0, p1, p2]), plane)
+    np.testing.assert_allclose(proj.coords[0], [0, 0], atol=1e-6)
+    assert proj.coords[1, 1] == pytest.approx(0.0, abs=1e-5) and proj.coords[2, 1] > 0
+    assert proj.distance.max() < 1e-4
+    with pytest.raises(ValueError, match="collinear"):
+        three_point_plane(p0, p1, p0 + 2 * (p1 - p0), torch.zeros(0))
+
+
+def test_projection_on_non_orthogonal_directions_recovers_coordinates_and_distance():
+    g = torch.Generator().manual_seed(0)
+    c, d1, d2, off = (torch.randn(300, generator=g) for _ in range(4))
+    d2 = d2 + 0.7 * d1  # not orthogonal
+    off = off - (off @ d1) / (d1 @ d1) * d1
+    basis = torch.stack([d1, d2])
+    off = off - basis.T @ torch.linalg.solve(basis @ basis.T, basis @ off)  # orthogonal to the plane
+    plane = Plane(c, torch.zeros(0), d1, d2, kind="random")
+    pts = torch.stack([c + 0.3 * d1 - 1.2 * d2, c + 2 * d1 + 0.5 * d2 + off])
+    proj = project(pts, plane)
+    np.testing.assert_allclose(proj.coords, [[0.3, -1.2], [2.0, 0.5]], atol=1e-5)
+    assert proj.distance[0] == pytest.approx(0.0, abs=1e-5)
+    assert proj.distance[1] == pytest.approx(float(off.norm()), rel=1e-5)
+
+
+# -- plane files -----------------------------------------------------------------------------------------
+def test_plane_file_round_trip_keeps_arrays_and_meta(tmp_path):
+    model = make_model("cnn_small")
+    plane = random_plane(flatten_params(model), flatten_buffers(model), shapes(model), 4, runs=["r/1"], round=7,
+                         model_meta={"model": "cnn_small"}, extra={"label": "x"})
+    save_plane(tmp_path / "plane.npz", plane)
+    back = load_plane(tmp_path / "plane.npz")
+    for key in ("center", "center_buffers", "d1", "d2"):
+        assert torch.equal(getattr(back, key), getattr(plane, key))
+    assert back.meta == plane.meta
+    assert back.extra == {"label": "x"}
+
+
+def test_plane_written_with_numpy_by_the_hessian_stage_loads(tmp_path):
+    meta = {"kind": "hessian", "runs": ["a"], "round": 3, "explained_variance": None,
+            "axis_labels": ["eigenvector 1", "eigenvector 2"], "model_meta": {"model": "mlp"}, "seed": 0,
+            "eigenvalues": [5.0, 2.0]}
+    np.savez(tmp_path / "eigen_plane.npz", center=np.ones(6, np.float32), center_buffers=np.zeros(0, np.float32),
+             d1=np.eye(6, dtype=np.float32)[0], d2=np.eye(6, dtype=np.float32)[1], meta=np.array(json.dumps(meta)))
+    plane = load_plane(tmp_path / "eigen_plane.npz")
+    assert plane.kind == "hessian" and plane.round == 3 and plane.extra["eigenvalues"] == [5.0, 2.0]
+    assert plane.axis_labels == ("eigenvector 1", "eigenvector 2")
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("drop_d2", r"lacks \['d2'\]"),
+    ("kind", r"unknown plane kind 'hesian'.*Did you mean 'hessian'"),
+    ("meta_keys", r"meta lacks \['seed'\]"),
+    ("shape", r"direction d1 has 5 entries, the centre 6"),
+    ("garbage", r"cannot read plane file"),
+])
+def test_bad_plane_files_are_rejected_with_a_clear_message(tmp_path, damage, message):
+    meta = {"kind": "hessian", "runs": [], "round": None, "explained_variance": None, "axis_labels": ["x", "y"],
+            "model_meta": {}, "seed": 0}
+    arrays = {"center": np.ones(6, np.float32), "center_buffers": np.zeros(0, np.float32),
+              "d1": np.ones(6, np.float32), "d2": np.ones(6, np.float32)}
+    path = tmp_path / "p.npz"
+    if damage == "drop_d2":
+        arrays.pop("d2")
+    elif damage == "kind":
+        meta["kind"] = "hesian"
+    elif damage == "meta_keys":
+        meta.pop("seed")
+    elif damage == "shape":
+        arrays["d1"] = np.ones(5, np.float32)
+    if damage == "garbage":
+        path.write_bytes(b"not an npz")
+    else:
+        np.savez(path, **arrays, meta=np.array(json.dumps(meta)))
+    with pytest.raises((PlaneError, ValueError), match=message):
+        load_plane(path)
+
+
+# -- surfaces --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["cnn_small", "mlp"])
+@pytest.mark.parametrize("settings", [SurfaceSettings(channels_last=False), SurfaceSettings(channels_last=True),
+                                      SurfaceSettings(points_per_batch=3, batch_size=128)],
+                         ids=["contiguous", "channels_last", "vmap3"])
+def test_surface_at_the_centre_equals_the_centre_models_own_loss(digits, name, settings):
+    x, y = digits
+    model = make_model(name, seed=3)
+    plane = random_plane(flatten_params(model), flatten_buffers(model), shapes(model), seed=1)
+    direct = evaluate(model, x, y)
+    ev = SurfaceEvaluator(make_model(name, seed=99), plane, x, y, "cpu", settings)
+    loss, acc = ev.evaluate(np.array([[0.0, 0.0], [0.4, -0.2], [0.0, 0.0]]))
+    assert loss[0] == pytest.approx(direct.loss, rel=1e-6, abs=1e-6)
+    assert acc[0] == direct.acc
+    assert loss[2] == loss[0]
+    moved = model_at(name, plane.point(0.4, -0.2), flatten_buffers(model))
+    assert loss[1] == pytest.approx(evaluate(moved, x, y).loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("ppb", [1, 2])
+def test_surface_uses_the_centres_batch_norm_statistics_in_eval_mode(ppb):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(24, 3, 32, 32, generator=g), torch.randint(0, 10, (24,), generator=g)
+    model = make_model("resnet20", seed=0)
+    buffers = flatten_buffers(model)
+    buffers = buffers + torch.rand(buffers.shape, generator=g)  # non-trivial running statistics (all > 0)
+    load_buffers(model, buffers)
+    plane = random_plane(flatten_params(model), buffers, shapes(model), seed=0)
+    settings = SurfaceSettings(batch_size=8, points_per_batch=ppb)
+    ev = SurfaceEvaluator(make_model("resnet20", seed=5), plane, x, y, "cpu", settings)
+    loss, acc = ev.evaluate(np.zeros((1, 2)))
+    direct = evaluate(model, x, y)
+    assert loss[0] == pytest.approx(direct.loss, rel=1e-5) and acc[0] == direct.acc
+
+
+def test_three_point_plane_surface_reproduces_each_checkpoints_loss(digits):
+    x, y = digits
+    models = [make_model("cnn_small", s) for s in (0, 1, 2)]
+    vecs = [flatten_params(m) for m in models]
+    plane = three_point_plane(*vecs, torch.zeros(0))
+    coords = project(torch.stack(vecs), plane).coords
+    ev = SurfaceEvaluator(make_model("cnn_small"), plane, x, y, "cpu")
+    loss, _ = ev.evaluate(coords)
+    for m, value in zip(models, loss, strict=True):
+        assert abs(value - evaluate(m, x, y).loss) < 1e-5
+
+
+def test_layout_flat_params_keeps_the_params_order_and_shares_storage():
+    model = make_model("cnn_small")
+    vec = flatten_params(model)
+    flat = LayoutFlatParams(model, channels_last=True)
+    assert flat.channels_last
+    assert torch.equal(flat.get(), vec)
+    assert model.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    new = torch.randn_like(vec)
+    flat.set(new)
+    assert torch.equal(flatten_params(model), new)
+    assert model.features[0].weight.data_ptr() >= flat.vector.data_ptr()
+
+
+@pytest.mark.parametrize("chunks, ppb", [(3, 1), (4, 2), (5, 3)])
+def test_gathered_chunks_equal_the_single_job_surface_exactly(digits, chunks, ppb):
+    x, y = digits[0][:96], digits[1][:96]
+    model = make_model("cnn_small")
+    plane = random_plane(flatten_params(model), flatten_buffers(model), shapes(model), seed=2)
+    grid = Grid.from_extent((-1, 1, -0.5, 0.5), 4)
+    settings = SurfaceSettings(points_per_batch=ppb, batch_size=64)
+    whole = compute_surface(SurfaceEvaluator(make_model("cnn_small"), plane, x, y, "cpu", settings), grid, 1)
+    parts = []
+    for start, stop in reversed(chunk_bounds(grid.size, chunks, ppb)):  # each chunk in a fresh evaluator
+        ev = SurfaceEvaluator(make_model("cnn_small"), plane, x, y, "cpu", settings)
+        parts.append(evaluate_chunk(ev, grid, start, stop))
+    gathered = gather_chunks(parts, grid)
+    assert np.array_equal(gathered[0], whole[0]) and np.array_equal(gathered[1], whole[1])
+    assert np.isfinite(whole[0]).all() and whole[0].shape == (4, 4)
+
+
+def test_gather_refuses_missing_or_repeated_points():
+    grid = Grid.from_extent((-1, 1, -1, 1), 3)
+    part = {"index": np.arange(5), "loss": np.ones(5), "acc": np.ones(5)}
+    with pytest.raises(ValueError, match="4 points missing"):
+        gather_chunks([part], grid)
+    rest = {"index": np.arange(4, 9), "loss": np.ones(5), "acc": np.ones(5)}
+    with pytest.raises(ValueError, match="1 evaluated twice"):
+        gather_chunks([part, rest], grid)
+
+
+@pytest.mark.parametrize("n, chunks, align", [(25, 2, 1), (25, 4, 3), (9, 9, 1), (10, 6, 4), (121, 16, 8)])
+def test_chunk_bounds_tile_the_grid_with_aligned_starts(n, chunks, align):
+    bounds = chunk_bounds(n, chunks, align)
+    assert len(bounds) == chunks
+    covered = [i for s, e in bounds for i in range(s, e)]
+    assert covered == list(range(n))
+    assert all(s % align == 0 for s, e in bounds if e > s)
+
+
+def test_divergent_points_are_recorded_not_raised(digits):
+    x, y = digits
+    model = make_model("cnn_small")
+    c = flatten_params(model)
+    plane = Plane(c, torch.zeros(0), torch.full_like(c, 1e30), torch.zeros_like(c), kind="random")
+    ev = SurfaceEvaluator(make_model("cnn_small"), plane, x, y, "cpu")
+    loss, acc = ev.evaluate(np.array([[0.0, 0.0], [1.0, 0.0]]))
+    assert np.isfinite(loss[0]) and not np.isfinite(loss[1])
+    assert np.isnan(acc[1]) == np.isnan(loss[1])
+
+
+def test_grid_extent_covers_points_and_centre_with_margin():
+    pts = np.array([[1.0, 2.0], [3.0, -1.0]])
+    amin, amax, bmin, bmax = grid_extent(pts, margin=0.1)
+    assert (amin, amax) == pytest.approx((-0.3, 3.3)) and (bmin, bmax) == pytest.approx((-1.3, 2.3))
+    assert grid_extent(pts, span=2.0) == (-2.0, 2.0, -2.0, 2.0)
+    assert grid_extent(np.zeros((1, 2)), margin=0.2) == (-1.0, 1.0, -1.0, 1.0)  # only the centre
+    flat = grid_extent(np.array([[4.0, 0.0]]), margin=0.0)  # all points on the a axis: b gets the same range
+    assert flat[3] - flat[2] == pytest.approx(flat[1] - flat[0])
+    grid = Grid.from_extent((0, 1, 10, 12), 3)
+    np.testing.assert_allclose(grid.coords([0, 1, 3, 8]), [[0, 10], [0.5, 10], [0, 11], [1, 12]])
+
+
+# -- plane stage: every surface kind on synthetic runs -------------------------------------------------------
+def _fake_runs(tmp_path: Path, n_runs: int = 3, rounds: int = 4):
+    """Trajectories (and round-2 clients) of n runs of cnn_small: random walks from one init."""
+    from fedscape.models.checkpoint import ClientRound, ModelMeta, save_clients, save_trajectory
+
+    model = make_model("cnn_small")
+    meta = ModelMeta("cnn_small", 10, 1, 8, {}, tuple(n for n, _ in model.named_parameters()),
+                     tuple(tuple(p.shape) for p in model.parameters()))
+    init = flatten_params(model)
+    g = torch.Generator().manual_seed(0)
+    paths, fields = [], []
+    for r in range(n_runs):
+        steps = 0.05 * torch.randn(rounds, init.numel(), generator=g)
+        params = torch.cat([init[None], init + steps.cumsum(0)])
+        run_dir = tmp_path / f"run{r}"
+        save_trajectory(run_dir / "trajectory.pt", params, torch.zeros(rounds + 1, 0), torch.arange(rounds + 1),
+                        meta, {"status": "ok"})
+        clients = params[1] + 0.02 * torch.randn(3, init.numel(), generator=g)
+        save_clients(run_dir / "clients.pt", {2: ClientRound(2, torch.arange(3), torch.tensor([5, 6, 7]), clients,
+                                                              torch.zeros(3, 0))}, meta, {})
+        paths.append(run_dir)
+        fields.append({"dataset": "digits", "model": "cnn_small", "init": "random", "algorithm": "fedavg",
+                       "alpha": ["iid", "1.0", "0.1"][r % 3], "num_clients": 3, "participation": "1.0", "seed": 0})
+    return paths, fields
+
+
+@pytest.mark.parametrize("kind", ["trajectory", "trajectories", "final_models", "local", "random", "three_points",
+                                  "hessian"])
+def test_plane_stage_projects_every_kinds_checkpoints(tmp_path, kind):
+    from fedscape.analysis.landscape.stage import plane_stage
+
+    dirs, fields = _fake_runs(tmp_path)
+    single = kind in ("trajectory", "local", "random", "hessian")
+    use = [0] if single else [0, 1, 2]
+    settings = {"label": "x", "kind": kind, "runs": [f"r{i}" for i in use], "run_fields": [fields[i] for i in use],
+                "round": 2 if kind == "local" else "final", "center": "final", "seed": 0, "resolution": 5,
+                "span": None, "margin": 0.25, "client": 0,
+                "checkpoints": [{"run_id": "r0", "round": 0}, {"run_id": "r1", "round": "final"},
+                                {"run_id": "r2", "round": "final"}] if kind == "three_points" else []}
+    hessian = None
+    if kind == "hessian":
+        hessian = tmp_path / "eigen_plane.npz"
+        traj = torch.load(dirs[0] / "trajectory.pt", weights_only=True)["params"]
+        d = torch.zeros(2, traj.shape[1])
+        d[0, 0], d[1, 1] = 1.0, 1.0
+        save_plane(hessian, Plane(traj[-1], torch.zeros(0), d[0], d[1], kind="hessian", round=4))
+    out = {k: str(tmp_path / f"out.{k}") for k in ("plane", "points", "grid")}
+    plane_stage(settings, [str(dirs[i] / "trajectory.pt") for i in use], str(dirs[0] / "clients.pt"),
+                str(hessian) if hessian else None, out)
+    plane = load_plane(out["plane"])
+    points = pd.read_csv(out["points"])
+    grid = Grid.from_dict(json.loads(Path(out["grid"]).read_text()))
+    expected = {"trajectory": 5, "trajectories": 15, "final_models": 3, "local": 5, "random": 1, "three_points": 3,
+                "hessian": 1}[kind]
+    assert len(points) == expected and grid.shape == (5, 5)
+    assert plane.model_meta["model"] == "cnn_small"
+    a0, a1, b0, b1 = grid.extent
+    assert ((points["a"] >= a0) & (points["a"] <= a1) & (points["b"] >= b0) & (points["b"] <= b1)).all()
+    centre = {"trajectory": "final", "trajectories": "final", "final_models": "final", "local": "aggregate",
+              "random": "center", "three_points": "checkpoint", "hessian": "center"}[kind]
+    first = points[points["role"] == centre].iloc[-1 if kind in ("trajectory", "local") else 0]
+    assert (first["a"], first["b"]) == pytest.approx((0.0, 0.0), abs=1e-6)
+    if kind in ("final_models", "three_points"):  # three points always lie in their plane
+        assert points["distance"].max() < 1e-3
+    if kind == "local":
+        assert list(points["role"]) == ["round_start", "client", "client", "client", "aggregate"]
+    if kind == "trajectories":
+        assert points["group"].nunique() == 3 and plane.kind == "joint_pca"
+
+
+# -- figures ---------------------------------------------------------------------------------------------
+def _fake_surface(kind: str = "trajectory") -> dict:
+    a, b = np.linspace(-1, 1, 7), np.linspace(-2, 2, 7)
+    aa, bb = np.meshgrid(a, b)
+    loss = 0.1 + aa**2 + bb**2
+    loss[0, 0], loss[0, 1], loss[6, 6] = np.nan, np.inf, 1e6  # divergent cells and a huge one
+    roles = np.array(["init", "global", "final"] if kind == "trajectory" else ["round_start", "client", "aggregate"])
+    return {
+        "a": a, "b": b, "loss": loss, "acc": np.clip(1 - loss / 10, 0, 1),
+        "points_xy": np.array([[0.8, 1.5], [0.3, 0.4], [0.0, 0.0]]), "points_distance": np.zeros(3),
+        "points_rel_distance": np.zeros(3), "points_round": np.array([0, 1, 2]),
+        "points_client": np.array([-1, 0, -1]), "points_label": np.array(["r0", "r1", "r2"]),
+        "points_group": np.array(["alpha=iid"] * 3), "points_role": roles, "points_run_id": np.array(["x"] * 3),
+        "meta": {"surface_id": f"s/{'train'}", "kind": kind, "data": "train", "round": None,
+                 "axis_labels": ["PC1 (90.0% of variance)", "PC2 (5.0% of variance)"]},
+    }
+
+
+@pytest.mark.parametrize("kind", ["trajectory", "local"])
+def test_figure_with_divergent_cells_is_drawn_and_its_data_saved_beside_it(tmp_path, kind):
+    surface = _fake_surface(kind)
+    overlay = _fake_surface(kind) if kind == "local" else None
+    if overlay is not None:
+        overlay["meta"]["data"] = "client~0"
+    plot_surface(surface, tmp_path / "s.pdf", tmp_path / "s.png", overlay=overlay, levels=12)
+    write_figure_data(surface, tmp_path / "grid.csv", tmp_path / "points.csv")
+    assert (tmp_path / "s.pdf").read_bytes()[:4] == b"%PDF"
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    grid = pd.read_csv(tmp_path / "grid.csv")
+    assert len(grid) == 49 and list(grid.columns) == ["a", "b", "loss", "acc"]
+    np.testing.assert_array_equal(grid["loss"].to_numpy(), surface["loss"].ravel())
+    assert len(pd.read_csv(tmp_path / "points.csv")) == 3
+
+
+def test_a_surface_that_diverged_everywhere_still_gets_a_figure(tmp_path):
+    surface = _fake_surface()
+    surface["loss"][:] = np.nan
+    plot_surface(surface, tmp_path / "s.pdf", tmp_path / "s.png")
+    assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_contour_levels_are_log_spaced_and_clipped():
+    loss = np.array([[0.01, 0.1], [1.0, np.nan]])
+    levels = loss_levels(loss, 5)
+    np.testing.assert_allclose(np.diff(np.log(levels)), np.log(levels[1] / levels[0]))
+    assert levels[0] == pytest.approx(0.01)
+    assert loss_levels(np.array([0.1, 1.0, 1e9]), 5)[-1] == pytest.approx(20.0)  # 20 x the median
+    assert loss_levels(loss, 5, clip=0.5)[-1] == pytest.approx(0.5)
+
+
+# -- config ----------------------------------------------------------------------------------------------
+def tiny(**sections) -> dict:
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config.update(copy.deepcopy(sections))
+    return config
+
+
+TRAJ = {"kind": "trajectory", "runs": [IID]}
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"kind": "local", "runs": [IID], "round": 2}, r"landscapes\.x\.round: round 2 is not in training\.save_clients"),
+    ({"kind": "local", "runs": [IID], "round": 0}, r"landscapes\.x\.round: the local scope needs a round >= 1"),
+    ({"kind": "trajectory", "runs": [{"init": "random"}]}, r"landscapes\.x\.runs: kind trajectory needs exactly one"),
+    ({"kind": "trajectory", "runs": [{"alpha": 0.3}]}, r"landscapes\.x\.runs\[0\]: no run of the config matches"),
+    ({"kind": "final_models", "runs": [{"init": "random"}]}, r"landscapes\.x\.runs: kind final_models needs at"),
+    ({**TRAJ, "round": 9}, r"landscapes\.x\.round: round 9 must be 'final' or an integer in 0\.\.3"),
+    ({**TRAJ, "data": ["client"], "client": 4}, r"landscapes\.x\.client: client 4 does not exist"),
+    ({**TRAJ, "resolution": 3, "chunks": 10}, r"landscapes\.x\.chunks: 10 chunks for a 3x3 grid"),
+    ({"kind": "three_points", "checkpoints": [{"run": IID, "round": 0}, {"run": IID}]}, r"needs exactly 3 checkpoints"),
+    ({**TRAJ, "span": [1, 0, 0, 1]}, r"landscapes\.x\.span: .* amin < amax"),
+    ({**TRAJ, "resolution": 1}, r"landscapes\.x\.resolution: 1 is less than the minimum"),
+    ({**TRAJ, "chunk": 2}, r"unknown key 'chunk'\. Did you mean 'chunks'"),
+    ({**TRAJ, "kind": "lokal"}, r"landscapes\.x\.kind: 'lokal' is not valid\. Did you mean 'local'"),
+    ({**TRAJ, "runs": [{"alpah": "iid"}]}, r"unknown key 'alpah'\. Did you mean 'alpha'"),
+])
+def test_bad_landscape_specs_are_rejected_naming_the_key(spec, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(tiny(landscapes={"x": spec}), SCHEMA)
+
+
+def test_landscape_specs_resolve_with_defaults():
+    from fedscape.core.runs import build_runs
+    from fedscape.plan.landscape import landscape_plans
+
+    config = check_config(tiny(landscapes={
+        "t": {"kind": "trajectories", "runs": [{"init": "random"}]},
+        "p": {"kind": "three_points", "checkpoints": [{"run": IID, "round": 0}, {"run": IID},
+                                                        {"run": {"alpha": 0.5, "init": "random"}}]},
+        "h": {"kind": "hessian", "runs": [IID]},
+    }), SCHEMA)
+    plans = {p.label: p for p in landscape_plans(config, build_runs(config))}
+    assert [r.alpha for r in plans["t"].runs] == ["iid", "0.5"]  # IID first: the reference
+    assert plans["t"].data == ("train",) and plans["t"].spec["resolution"] == 21
+    assert [c.round for c in plans["p"].checkpoints] == [0, "final", "final"]
+    assert plans["h"].round == 3  # the Hessian stage names its plane by round number
+    assert check_config({}, SCHEMA)["landscapes"] == {}

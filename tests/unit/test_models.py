@@ -1,0 +1,336 @@
+"""Tests for the model registry (fedscape.models)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from fedscape.models.networks import BasicBlock, ZeroPadShortcut, build_model
+from fedscape.models.specs import MODEL_NAMES, NORMS, check_model_compatible, model_info
+
+NUM_CLASSES = 7  # not 10, so a hard-coded class count shows up
+DIGITS = (1, 8)  # in_channels, image_size
+CIFAR = (3, 32)
+CIFAR_MODELS = ("cnn_small", "convnet", "mlp", "resnet18_nonorm", "resnet20", "resnet56", "vgg11")
+DIGIT_MODELS = ("cnn_small", "mlp", "resnet20")
+VALID_INPUTS = [(name, *CIFAR) for name in CIFAR_MODELS] + [(name, *DIGITS) for name in DIGIT_MODELS]
+
+
+def make(name: str, in_channels: int, image_size: int, seed: int = 0, **options: str) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model(name, NUM_CLASSES, in_channels, image_size, **options)
+
+
+def batch(in_channels: int, image_size: int, size: int = 2) -> torch.Tensor:
+    return torch.randn(size, in_channels, image_size, image_size, generator=torch.Generator().manual_seed(1))
+
+
+def test_model_names_are_sorted_and_complete() -> None:
+    # Prepare
+    expected = {"mlp", "cnn_small", "convnet", "resnet20", "resnet56", "resnet18_nonorm", "vgg11"}
+
+    # Execute / Assert
+    assert list(MODEL_NAMES) == sorted(MODEL_NAMES)
+    assert set(MODEL_NAMES) == expected
+    assert all(model_info(name).name == name for name in MODEL_NAMES)
+
+
+@pytest.mark.parametrize(("name", "in_channels", "image_size"), VALID_INPUTS)
+def test_model_gives_logits_of_shape_batch_by_classes(name: str, in_channels: int, image_size: int) -> None:
+    # Prepare
+    model = make(name, in_channels, image_size).eval()
+    x = batch(in_channels, image_size, size=3)
+
+    # Execute
+    with torch.no_grad():
+        logits = model(x)
+
+    # Assert
+    assert logits.shape == (3, NUM_CLASSES)
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize(("name", "in_channels", "image_size"), VALID_INPUTS)
+def test_forward_is_classifier_of_forward_features(name: str, in_channels: int, image_size: int) -> None:
+    # Prepare
+    model = make(name, in_channels, image_size).eval()
+    x = batch(in_channels, image_size)
+
+    # Execute
+    with torch.no_grad():
+        features = model.forward_features(x)
+        logits = model(x)
+
+    # Assert
+    assert isinstance(model.classifier, nn.Linear)
+    assert model.classifier.out_features == NUM_CLASSES
+    assert features.shape == (2, model.classifier.in_features)
+    assert torch.equal(logits, model.classifier(features))
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        # Option-A (zero-padding) shortcuts. The often quoted 272,474 / 855,770 count option-B
+        # (1x1 projection) shortcuts: 2,752 parameters more; both are "0.27M / 0.85M".
+        ("resnet20", 269_722),
+        ("resnet56", 853_018),
+        ("convnet", 233_354),
+    ],
+)
+def test_parameter_count_with_10_classes(name: str, expected: int) -> None:
+    # Prepare
+    model = build_model(name, 10, *CIFAR)
+
+    # Execute
+    count = sum(p.numel() for p in model.parameters())
+
+    # Assert
+    assert count == expected
+
+
+@pytest.mark.parametrize(("name", "usual"), [("resnet20", 272_474), ("resnet56", 855_770)])
+def test_resnet_parameter_count_is_near_the_usual_number(name: str, usual: int) -> None:
+    # Execute
+    count = sum(p.numel() for p in build_model(name, 10, *CIFAR).parameters())
+
+    # Assert
+    assert count == pytest.approx(usual, rel=0.02)
+
+
+def test_convnet_first_fc_takes_1024_features() -> None:
+    # Execute
+    model = build_model("convnet", 10, *CIFAR)
+
+    # Assert
+    assert model.fc.in_features == 64 * 4 * 4
+    assert sum(isinstance(m, nn.Conv2d) for m in model.modules()) == 6
+    assert sum(isinstance(m, nn.Linear) for m in model.modules()) == 2
+
+
+def executed_parameter_modules(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """Names of the modules holding parameters, in the order the forward pass runs them."""
+    order: list[str] = []
+    hooks = [
+        module.register_forward_hook(lambda *_, name=name: order.append(name))
+        for name, module in model.named_modules()
+        if next(module.parameters(recurse=False), None) is not None
+    ]
+    with torch.no_grad():
+        model(x)
+    for hook in hooks:
+        hook.remove()
+    return order
+
+
+@pytest.mark.parametrize(("name", "in_channels", "image_size"), VALID_INPUTS)
+def test_named_parameters_follow_forward_order(name: str, in_channels: int, image_size: int) -> None:
+    # Prepare
+    model = make(name, in_channels, image_size).eval()
+    declared = list(dict.fromkeys(n.rsplit(".", 1)[0] for n, _ in model.named_parameters()))
+
+    # Execute
+    executed = executed_parameter_modules(model, batch(in_channels, image_size))
+
+    # Assert
+    assert executed == declared
+    assert declared[-1] == "classifier"
+
+
+@pytest.mark.parametrize(
+    ("name", "first"),
+    [("mlp", "fc1"), ("cnn_small", "features.0"), ("convnet", "features.0"), ("resnet20", "stem")],
+)
+def test_first_parameter_belongs_to_the_input_layer(name: str, first: str) -> None:
+    # Execute
+    names = [n for n, _ in make(name, *CIFAR).named_parameters()]
+
+    # Assert
+    assert names[0] == f"{first}.weight"
+    assert names[-2:] == ["classifier.weight", "classifier.bias"]
+
+
+def test_unknown_model_name_suggests_the_closest_and_lists_all() -> None:
+    # Execute
+    with pytest.raises(ValueError) as error:
+        build_model("resnet2", 10, *CIFAR)
+
+    # Assert
+    message = str(error.value)
+    assert "Did you mean 'resnet20'?" in message
+    assert all(name in message for name in MODEL_NAMES)
+
+
+@pytest.mark.parametrize("name", ["convnet", "vgg11"])
+def test_32x32_models_reject_digits(name: str) -> None:
+    # Execute / Assert
+    with pytest.raises(ValueError, match=r"needs 32x32 inputs; dataset gives 8x8\..*cnn_small.*mlp"):
+        check_model_compatible(name, *DIGITS)
+    with pytest.raises(ValueError, match="32x32"):
+        build_model(name, 10, *DIGITS)
+
+
+@pytest.mark.parametrize(("name", "in_channels", "image_size"), VALID_INPUTS)
+def test_valid_inputs_are_compatible(name: str, in_channels: int, image_size: int) -> None:
+    # Execute / Assert (no exception)
+    check_model_compatible(name, in_channels, image_size)
+
+
+def test_resnet_rejects_images_below_8x8() -> None:
+    # Execute / Assert
+    with pytest.raises(ValueError, match="at least 8x8"):
+        check_model_compatible("resnet20", 3, 4)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "pattern"),
+    [
+        ("resnet20", {"nrom": "group"}, r"'nrom'.*Did you mean 'norm'\?.*Valid options: norm"),
+        ("mlp", {"norm": "batch"}, r"'norm' for model 'mlp'.*Valid options: none"),
+        ("resnet56", {"norm": "layer"}, r"unknown norm 'layer'.*batch, group, none"),
+    ],
+)
+def test_bad_options_raise_value_error(name: str, options: dict[str, str], pattern: str) -> None:
+    # Execute / Assert
+    with pytest.raises(ValueError, match=pattern):
+        build_model(name, 10, *CIFAR, **options)
+
+
+def test_zero_classes_is_rejected() -> None:
+    with pytest.raises(ValueError, match="num_classes"):
+        build_model("mlp", 0, *DIGITS)
+
+
+@pytest.mark.parametrize(
+    ("norm", "present", "absent"),
+    [
+        ("batch", nn.BatchNorm2d, nn.GroupNorm),
+        ("group", nn.GroupNorm, nn.BatchNorm2d),
+        ("none", None, (nn.BatchNorm2d, nn.GroupNorm)),
+    ],
+)
+def test_resnet20_norm_option_picks_the_norm_layer(norm: str, present: type | None, absent: type) -> None:
+    # Execute
+    model = make("resnet20", *CIFAR, norm=norm)
+    modules = list(model.modules())
+
+    # Assert
+    assert not any(isinstance(m, absent) for m in modules)
+    if present is None:
+        assert list(model.buffers()) == []
+    else:
+        assert sum(isinstance(m, present) for m in modules) == 19  # stem + 2 per block
+
+
+def test_group_norm_uses_8_groups() -> None:
+    # Execute
+    groups = {
+        m.num_groups for m in make("resnet56", *CIFAR, norm="group").modules() if isinstance(m, nn.GroupNorm)
+    }
+
+    # Assert
+    assert groups == {8}
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_resnet20_norm_option_keeps_logit_shape(norm: str) -> None:
+    # Prepare
+    model = make("resnet20", *DIGITS, norm=norm).eval()
+
+    # Execute
+    with torch.no_grad():
+        logits = model(batch(*DIGITS))
+
+    # Assert
+    assert logits.shape == (2, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_buffers_are_all_floating_point(name: str) -> None:
+    # Execute
+    buffers = dict(make(name, *CIFAR).named_buffers())
+
+    # Assert
+    assert all(b.is_floating_point() for b in buffers.values()), sorted(buffers)
+
+
+def test_batch_norm_tracks_running_stats_and_loads_plain_dicts() -> None:
+    # Prepare
+    model = make("resnet20", *DIGITS).train()
+    before = model.stem_norm.running_mean.clone()
+
+    # Execute
+    model(batch(*DIGITS, size=4))
+    copy = make("resnet20", *DIGITS, seed=5)
+    copy.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})  # no version metadata
+
+    # Assert
+    assert not torch.equal(model.stem_norm.running_mean, before)
+    assert torch.equal(copy.stem_norm.running_mean, model.stem_norm.running_mean)
+
+
+@pytest.mark.parametrize(("name", "num_blocks"), [("resnet20", 9), ("resnet56", 27), ("resnet18_nonorm", 8)])
+def test_residual_models_expose_their_blocks(name: str, num_blocks: int) -> None:
+    # Execute
+    model = make(name, *CIFAR)
+
+    # Assert
+    assert model_info(name).residual
+    assert isinstance(model.blocks, nn.ModuleList)
+    assert len(model.blocks) == num_blocks
+    assert all(isinstance(block, BasicBlock) for block in model.blocks)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn_small", "convnet", "vgg11"])
+def test_plain_models_are_not_residual(name: str) -> None:
+    assert not model_info(name).residual
+
+
+def test_cifar_resnets_use_zero_padding_and_resnet18_projection_shortcuts() -> None:
+    # Execute
+    resnet20 = make("resnet20", *CIFAR)
+    resnet18 = make("resnet18_nonorm", *CIFAR)
+
+    # Assert
+    assert sum(isinstance(b.shortcut, ZeroPadShortcut) for b in resnet20.blocks) == 2
+    assert all(m.kernel_size == (3, 3) for m in resnet20.modules() if isinstance(m, nn.Conv2d))
+    assert sum(isinstance(b.shortcut, nn.Sequential) for b in resnet18.blocks) == 3
+    assert list(resnet18.buffers()) == []
+    assert not any(isinstance(m, nn.BatchNorm2d | nn.GroupNorm) for m in resnet18.modules())
+
+
+def test_zero_pad_shortcut_subsamples_and_pads_channels_with_zeros() -> None:
+    # Prepare
+    x = torch.arange(2 * 4 * 4, dtype=torch.float32).reshape(1, 2, 4, 4)
+
+    # Execute
+    y = ZeroPadShortcut(stride=2, extra_channels=4)(x)
+
+    # Assert
+    assert y.shape == (1, 6, 2, 2)
+    assert torch.equal(y[:, 2:4], x[:, :, ::2, ::2])
+    assert not y[:, :2].any() and not y[:, 4:].any()
+
+
+def test_cnn_small_has_a_last_block_and_few_parameters() -> None:
+    # Execute
+    model = make("cnn_small", *DIGITS)
+
+    # Assert
+    assert isinstance(model.last_block, nn.Module)
+    assert any(isinstance(m, nn.Conv2d) for m in model.last_block.modules())
+    assert sum(p.numel() for p in model.parameters()) < 50_000
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_same_seed_gives_identical_weights(name: str) -> None:
+    # Execute
+    first = make(name, *CIFAR, seed=3).state_dict()
+    second = make(name, *CIFAR, seed=3).state_dict()
+    other = make(name, *CIFAR, seed=4).state_dict()
+
+    # Assert
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)

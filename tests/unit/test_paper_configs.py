@@ -1,0 +1,112 @@
+"""The papers as configs (config/papers/): each passes the schema and cross-key checks, carries the
+paper's settings, documents its cost, has a digits variant, and dry-runs without its data."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from helpers.papers import CONFIGS, NAMES, PAPERS, load, runs_of
+
+from fedscape.core.runs import build_runs
+
+FEDALIGN_METHODS = {"fedavg", "fedprox", "moon", "mixup", "stochdepth", "gradaug", "fedalign"}
+
+
+def test_every_paper_has_a_config_and_a_digits_variant():
+    found = sorted(p.stem for p in PAPERS.glob("*.yaml"))
+
+    assert found == sorted(CONFIGS)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_is_valid_and_documents_its_cost(name):
+    config = load(name)  # schema (additionalProperties false) and the cross-key checks of every stage
+    header = "".join(line for line in (PAPERS / f"{name}.yaml").read_text().splitlines(keepends=True)
+                     if line.startswith("#"))
+
+    assert build_runs(config)
+    assert re.search(r"[Cc]ost", header) and re.search(r"(GPU-hours|minutes)", header)
+    if name.endswith("_digits"):
+        assert set(config["datasets"]) == {"digits"} and config["training"]["device"] == "cpu"
+    else:
+        assert "H100" in header and "GPU-hours" in header
+        assert not {"digits"} & set(config["datasets"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_digits_variant_draws_the_same_kinds_of_figures(name):
+    full, small = load(name), load(f"{name}_digits")
+
+    assert {s["kind"] for s in full.get("landscapes", {}).values()} == {
+        s["kind"] for s in small.get("landscapes", {}).values()}
+    for section in ("interpolation", "layer_barriers"):
+        assert bool(full[section]["pairs"]) == bool(small[section]["pairs"]), section
+    assert full["hessian"]["enabled"] == small["hessian"]["enabled"]
+    assert {s["kind"] for s in full["inits"].values()} == {s["kind"] for s in small["inits"].values()}
+    assert {a["name"] for a in full["algorithms"].values()} == {a["name"] for a in small["algorithms"].values()}
+    assert len({r.init for r in runs_of(f"{name}_digits")}) == len({r.init for r in runs_of(name)})
+
+
+def test_pilot_has_the_papers_settings():
+    config, runs = load("pilot"), runs_of("pilot")
+
+    assert set(config["datasets"]) == {"cifar10"}
+    assert {r.model for r in runs} == {"convnet", "resnet20"}
+    assert {r.alpha for r in runs if r.num_clients == 10} == {"iid", "1.0", "0.5", "0.3", "0.1"}
+    t = config["training"]
+    assert (t["rounds"], t["local_epochs"], t["lr"], t["batch_size"]) == (100, 5, 0.01, 16)
+    assert {r.participation for r in runs if r.num_clients == 50} == {"0.2", "0.5", "0.8"}
+    assert {spec["kind"] for spec in config["inits"].values()} == {"random", "pretrained", "iid_warmup", "continue"}
+    kinds = {s["kind"] for s in config["landscapes"].values()}
+    assert kinds == {"trajectory", "trajectories", "local", "final_models"}
+    assert {s["round"] for s in config["landscapes"].values() if s["kind"] == "local"} == {10, 30}
+    assert len(config["interpolation"]["pairs"]) >= 12  # IID (two splits) vs each non-IID, both inits
+
+
+def test_meta_has_the_posters_comparison():
+    config, runs = load("meta"), runs_of("meta")
+
+    assert {config["algorithms"][r.algorithm]["name"] for r in runs} == {"fedavg", "fedadam"}
+    assert {config["inits"][r.init]["kind"] for r in runs} == {"random", "pretrained"}
+    assert {r.alpha for r in runs} == {"iid", "0.1"} and {r.seed for r in runs} == {0, 1, 2}
+    assert config["hessian"]["enabled"] and 0 in config["hessian"]["rounds"]
+    assert config["client_stats"]["enabled"]
+
+
+def test_layerwise_has_the_papers_models_and_splits():
+    config, runs = load("layerwise"), runs_of("layerwise")
+
+    assert {r.model for r in runs} == {"resnet18_nonorm", "vgg11"}
+    assert {r.alpha for r in runs} == {"iid", "12.0", "0.1"}
+    assert len(config["layer_barriers"]["pairs"]) == 6
+    assert len(config["training"]["save_clients_at"]) >= 5  # barriers over training time
+
+
+def test_fedalign_has_the_papers_settings_and_ablation_grid():
+    config, runs = load("fedalign"), runs_of("fedalign")
+    name = {label: spec["name"] for label, spec in config["algorithms"].items()}
+    epochs = {label: spec.get("training", {}).get("local_epochs", config["training"]["local_epochs"])
+              for label, spec in config["algorithms"].items()}
+    rounds = {label: spec.get("training", {}).get("rounds", config["training"]["rounds"])
+              for label, spec in config["algorithms"].items()}
+    base = [r for r in runs if r.dataset == "cifar100" and r.alpha == "0.5" and r.num_clients == 16
+            and epochs[r.algorithm] == 20 and r.participation == "1.0"]
+
+    t = config["training"]
+    assert (t["rounds"], t["local_epochs"], t["lr"]) == (25, 20, 0.01) and t["momentum"] > 0
+    assert {r.model for r in runs} == {"resnet56"}
+    assert {name[r.algorithm] for r in base} == FEDALIGN_METHODS
+    assert {config["algorithms"][r.algorithm].get("num_subnets", 2) for r in base
+            if name[r.algorithm] == "gradaug"} == {1, 2, 3, 4}  # Table 5
+    for alpha in ("0.1", "2.0", "iid"):  # Table 2
+        assert {name[r.algorithm] for r in runs if r.dataset == "cifar100" and r.alpha == alpha} == FEDALIGN_METHODS
+    for e in (10, 30):  # Table 3
+        assert {name[r.algorithm] for r in runs if epochs[r.algorithm] == e} == FEDALIGN_METHODS
+    for clients, part, rnds in ((32, "1.0", 25), (64, "1.0", 25), (64, "0.25", 25), (64, "0.25", 100)):  # Table 4
+        assert {name[r.algorithm] for r in runs if r.dataset == "cifar100" and r.num_clients == clients
+                and r.participation == part and rounds[r.algorithm] == rnds} == FEDALIGN_METHODS
+    assert {name[r.algorithm] for r in runs if r.dataset == "cifar10"} == FEDALIGN_METHODS  # Table 7
+    assert len(runs) == 89
+    assert config["hessian"]["enabled"] and config["hessian"]["method"] == "power"
+    assert {s["kind"] for s in config["landscapes"].values()} == {"hessian"}

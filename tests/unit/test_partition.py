@@ -1,0 +1,122 @@
+"""Partition invariants: coverage, determinism, skew, min_size and the failure cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fedscape.core.alpha import IID, AlphaError, format_alpha, parse_alpha
+from fedscape.data.partition import (
+    PartitionError,
+    dirichlet_partition,
+    iid_partition,
+    load_partition,
+    make_partition,
+    save_partition,
+)
+
+
+@pytest.fixture(scope="module")
+def labels() -> np.ndarray:
+    rng = np.random.default_rng(123)
+    return rng.integers(0, 10, size=2000)
+
+
+def classes_per_client(part, labels) -> float:
+    return float(np.mean([(part.class_counts(labels, 10)[i] > 0).sum() for i in range(part.num_clients)]))
+
+
+@pytest.mark.parametrize("alpha", [IID, 100.0, 1.0, 0.5, 0.1])
+@pytest.mark.parametrize("num_clients", [2, 10, 37])
+def test_every_index_exactly_once(labels, alpha, num_clients):
+    part = make_partition(labels, num_clients, alpha, seed=0, min_size=5)
+
+    all_idx = np.concatenate(part.client_indices)
+
+    assert part.num_clients == num_clients
+    assert len(all_idx) == len(labels)
+    assert np.array_equal(np.sort(all_idx), np.arange(len(labels)))
+    assert part.sizes.min() >= 5
+
+
+@pytest.mark.parametrize("alpha", [IID, 0.3])
+def test_same_seed_identical_other_seed_different(labels, alpha):
+    a = make_partition(labels, 10, alpha, seed=7)
+    b = make_partition(labels, 10, alpha, seed=7)
+    c = make_partition(labels, 10, alpha, seed=8)
+
+    assert all(np.array_equal(x, y) for x, y in zip(a.client_indices, b.client_indices, strict=True))
+    assert any(not np.array_equal(x, y) for x, y in zip(a.client_indices, c.client_indices, strict=True))
+
+
+def test_large_alpha_gives_near_global_proportions(labels):
+    part = dirichlet_partition(labels, 5, alpha=1000.0, seed=0)
+
+    global_p = np.bincount(labels, minlength=10) / len(labels)
+    counts = part.class_counts(labels, 10)
+    local_p = counts / counts.sum(axis=1, keepdims=True)
+
+    assert np.abs(local_p - global_p).max() < 0.05
+
+
+def test_small_alpha_gives_fewer_classes_per_client(labels):
+    skewed = dirichlet_partition(labels, 10, alpha=0.1, seed=0)
+    mild = dirichlet_partition(labels, 10, alpha=10.0, seed=0)
+
+    assert classes_per_client(skewed, labels) < 6
+    assert classes_per_client(mild, labels) == 10
+    assert classes_per_client(skewed, labels) < classes_per_client(mild, labels)
+
+
+def test_iid_shards_are_balanced(labels):
+    part = iid_partition(len(labels), 7, seed=0)
+
+    assert part.sizes.max() - part.sizes.min() <= 1
+    assert math.isinf(part.alpha)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_clients": 10, "alpha": 0.0}, "alpha must be positive"),
+        ({"num_clients": 10, "alpha": -1.0}, "alpha must be positive"),
+        ({"num_clients": 300, "alpha": 1.0, "min_size": 10}, "at most 200 clients"),
+        ({"num_clients": 0, "alpha": 1.0}, "at least 1"),
+        ({"num_clients": 100, "alpha": 0.01, "min_size": 15, "max_tries": 3}, "in 3 tries"),
+    ],
+)
+def test_invalid_requests_fail_clearly(labels, kwargs, message):
+    with pytest.raises(PartitionError, match=message):
+        dirichlet_partition(labels, seed=0, **kwargs)
+
+
+@pytest.mark.parametrize(("text", "value", "canonical"), [("iid", IID, "iid"), ("IID", IID, "iid"), (1, 1.0, "1.0"),
+                                                          ("0.5", 0.5, "0.5"), (0.1, 0.1, "0.1")])
+def test_alpha_parsing(text, value, canonical):
+    assert parse_alpha(text) == value
+    assert format_alpha(text) == canonical
+
+
+@pytest.mark.parametrize("bad", ["foo", 0, -0.5, "nan"])
+def test_alpha_parsing_rejects(bad):
+    with pytest.raises(AlphaError, match="alpha must be"):
+        parse_alpha(bad)
+
+
+def test_save_load_round_trip_and_dataset_check(tmp_path, labels):
+    part = dirichlet_partition(labels, 6, 0.5, seed=3)
+    path = tmp_path / "p.npz"
+    save_partition(path, part, labels, 10, {"dataset": "synthetic"})
+
+    loaded = load_partition(path, labels)
+
+    assert all(np.array_equal(x, y) for x, y in zip(part.client_indices, loaded.client_indices, strict=True))
+    assert loaded.alpha == 0.5 and loaded.seed == 3
+    other = labels.copy()
+    other[0] = (other[0] + 1) % 10
+    with pytest.raises(PartitionError, match="does not match this dataset"):
+        load_partition(path, other)
+    with pytest.raises(PartitionError, match="does not match this dataset"):
+        load_partition(path, labels[:-1])

@@ -1,0 +1,211 @@
+"""final.csv and summary.csv: the join of the analyses' headline numbers and the statistics over seeds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers.tables import ACC, rounds_table, run_id
+
+from fedscape.outputs.stats import t_interval
+from fedscape.report.summary import (
+    FINAL_COLUMNS,
+    GROUP_KEYS,
+    SUMMARY_COLUMNS,
+    final_stage,
+    final_table,
+    summary_stage,
+    summary_table,
+)
+
+# t quantiles (0.975) by hand from a table: df=1 12.7062047, df=2 4.30265273, df=3 3.18244631.
+T975 = {1: 12.706204736174698, 2: 4.302652729749464, 3: 3.182446305284263}
+def barrier_tables(pairs: list[tuple[str, int, str, int, float]], final_round: int = 3):
+    """barriers.csv and interpolation.csv rows of (run_a, round_a, run_b, round_b, loss barrier)."""
+    barriers, curves = [], []
+    for i, (a, ra, b, rb, value) in enumerate(pairs):
+        for split, scale in (("train", 1.0), ("test", 10.0)):
+            barriers.append({"pair_id": f"p{i}", "run_a": a, "run_b": b, "split": split,
+                             "barrier_loss": value * scale, "barrier_error": value * scale / 2})
+            for t in (0.0, 0.5, 1.0):
+                curves.append({"pair_id": f"p{i}", "run_a": a, "round_a": ra, "run_b": b, "round_b": rb, "t": t,
+                               "split": split, "loss": 1.0, "error": 0.5})
+    return pd.DataFrame(barriers), pd.DataFrame(curves)
+
+
+# -- final.csv -------------------------------------------------------------------------------------
+def test_final_has_one_row_per_run_with_last_round_values():
+    rounds = rounds_table()
+
+    final = final_table(rounds)
+
+    assert list(final.columns) == FINAL_COLUMNS
+    assert len(final) == len(ACC) and final["run_id"].is_unique
+    for (alpha, seed), acc in ACC.items():
+        row = final[final["run_id"] == run_id(alpha, seed)].iloc[0]
+        assert row["final_round"] == 3 and row["status"] == "ok"
+        assert row["test_acc"] == pytest.approx(acc)
+        assert row["train_loss"] == pytest.approx(2.0 / 4)
+        assert row["seconds_per_round"] == pytest.approx((0.5 + 1.0 + 1.5) / 3)  # round 0 is not training
+    # IID first, then decreasing alpha
+    assert list(final["alpha"].drop_duplicates()) == [math.inf, 0.1]
+
+
+def test_final_leaves_analyses_nan_when_not_computed(tmp_path):
+    rounds = tmp_path / "rounds.csv"
+    rounds_table().to_csv(rounds, index=False)
+    out = tmp_path / "final.csv"
+
+    final_stage(rounds, out)
+
+    df = pd.read_csv(out)
+    for col in ("barrier_to_iid_loss", "barrier_to_iid_error", "lambda_max", "trace", "lambda_max_init",
+                "trace_init", "hn", "hd"):
+        assert df[col].isna().all(), col
+    assert not (df.select_dtypes("number") == -1).any().any()
+    header, first = out.read_text().splitlines()[:2]
+    assert first.endswith(",,,,,,,,")  # empty fields in the file, not -1 or 'nan'
+
+
+def test_final_joins_barrier_to_the_matching_iid_run_at_final_rounds():
+    rounds = rounds_table()
+    barriers, curves = barrier_tables([
+        (run_id("iid", 0), 3, run_id("0.1", 0), 3, 0.7),   # final-to-final, same seed: used for 0.1 seed 0
+        (run_id("iid", 1), 3, run_id("0.1", 0), 3, 9.0),   # another seed: ignored, a same-seed pair exists
+        (run_id("0.1", 1), 3, run_id("iid", 0), 3, 0.2),   # only other-seed pair of 0.1 seed 1 (order b->a)
+        (run_id("iid", 2), 1, run_id("0.1", 2), 3, 5.0),   # round 1 is not the final model: ignored
+        (run_id("iid", 0), 3, run_id("iid", 1), 3, 0.05),  # IID vs IID (the pilot study's control)
+    ])
+
+    final = final_table(rounds, barriers, curves).set_index("run_id")
+
+    assert final.loc[run_id("0.1", 0), "barrier_to_iid_loss"] == pytest.approx(0.7)  # train split, not test
+    assert final.loc[run_id("0.1", 0), "barrier_to_iid_error"] == pytest.approx(0.35)
+    assert final.loc[run_id("0.1", 1), "barrier_to_iid_loss"] == pytest.approx(0.2)
+    assert math.isnan(final.loc[run_id("0.1", 2), "barrier_to_iid_loss"])
+    assert final.loc[run_id("iid", 1), "barrier_to_iid_loss"] == pytest.approx(0.05)
+    # IID seed 0 is in the control pair and in the pairs with 0.1 (whose other end is not IID)
+    assert final.loc[run_id("iid", 0), "barrier_to_iid_loss"] == pytest.approx(0.05)
+    assert math.isnan(final.loc[run_id("iid", 2), "barrier_to_iid_loss"])
+
+
+def test_final_does_not_match_an_iid_run_of_another_init():
+    rounds = rounds_table(inits=("random", "pretrained"))
+    barriers, curves = barrier_tables([(run_id("iid", 0, "pretrained"), 3, run_id("0.1", 0, "random"), 3, 0.7)])
+
+    final = final_table(rounds, barriers, curves)
+
+    assert final["barrier_to_iid_loss"].isna().all()
+
+
+def test_final_takes_hessian_of_aggregate_data_at_final_round_and_round_zero():
+    rounds = rounds_table()
+    rid = run_id("iid", 0)
+    hessian = pd.DataFrame([
+        {"run_id": rid, "round": 0, "data": "all", "lambda_1": 50.0, "lambda_2": 20.0, "trace": 400.0},
+        {"run_id": rid, "round": 3, "data": "all", "lambda_1": 7.0, "lambda_2": 3.0, "trace": 90.0},
+        {"run_id": rid, "round": 3, "data": "client_0", "lambda_1": 99.0, "lambda_2": 1.0, "trace": 999.0},
+        {"run_id": run_id("0.1", 0), "round": 1, "data": "all", "lambda_1": 11.0, "lambda_2": 1.0, "trace": 5.0},
+    ])
+    clients = pd.DataFrame([{"run_id": rid, "round": 0, "hn": 1.0, "hd": 0.1},
+                            {"run_id": rid, "round": 3, "hn": 2.5, "hd": 0.97}])
+
+    final = final_table(rounds, hessian=hessian, hessian_clients=clients).set_index("run_id")
+
+    assert final.loc[rid, ["lambda_max", "trace", "lambda_max_init", "trace_init", "hn", "hd"]].tolist() == [
+        7.0, 90.0, 50.0, 400.0, 2.5, 0.97]
+    other = final.loc[run_id("0.1", 0)]  # analysed at round 1 only: neither final nor init
+    assert other[["lambda_max", "trace", "lambda_max_init", "hn"]].isna().all()
+    assert final.drop(index=[rid])["lambda_max"].isna().all()
+
+
+def test_final_status_and_round_of_a_diverged_run():
+    rounds = rounds_table()
+    rid = run_id("0.1", 2)
+    rounds = rounds[~((rounds["run_id"] == rid) & (rounds["round"] == 3))].copy()
+    rounds.loc[(rounds["run_id"] == rid) & (rounds["round"] == 2), "status"] = "diverged"
+
+    final = final_table(rounds).set_index("run_id")
+    summary = summary_table(final.reset_index())
+
+    assert final.loc[rid, "final_round"] == 2 and final.loc[rid, "status"] == "diverged"
+    row = summary[summary["alpha"] == 0.1].iloc[0]
+    assert row["n_seeds"] == 3 and row["n_ok"] == 2
+    # the statistics are over the two healthy seeds only; the diverged run keeps its finite accuracy in final.csv
+    healthy = final.loc[[run_id("0.1", 0), run_id("0.1", 1)], "test_acc"]
+    assert math.isfinite(final.loc[rid, "test_acc"])
+    assert row["test_acc_mean"] == pytest.approx(healthy.mean())
+    assert row["test_acc_mean"] != pytest.approx(final.loc[[*healthy.index, rid], "test_acc"].mean())
+
+
+# -- summary.csv -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("alpha", ["iid", "0.1"])
+def test_summary_statistics_match_hand_computation(alpha):
+    final = final_table(rounds_table())
+    values = [ACC[(alpha, s)] for s in range(3)]
+    mean = sum(values) / 3
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / 2)  # ddof = 1
+    half = T975[2] * std / math.sqrt(3)
+
+    summary = summary_table(final)
+
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert len(summary) == 2  # one row per group, seeds aggregated
+    row = summary[summary["alpha"] == (math.inf if alpha == "iid" else 0.1)].iloc[0]
+    assert row["n_seeds"] == 3
+    assert row["test_acc_mean"] == pytest.approx(mean, abs=1e-12)
+    assert row["test_acc_std"] == pytest.approx(std, abs=1e-12)
+    assert row["test_acc_ci95_low"] == pytest.approx(mean - half, abs=1e-9)
+    assert row["test_acc_ci95_high"] == pytest.approx(mean + half, abs=1e-9)
+    assert math.isnan(row["lambda_max_mean"])  # not computed: NaN, not 0 or -1
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_t_interval_against_table_quantiles(n):
+    rng = np.random.default_rng(n)
+    x = rng.normal(size=n).tolist()
+
+    mean, std, lo, hi, count = t_interval(x)
+
+    assert count == n
+    assert std == pytest.approx(float(np.std(x, ddof=1)))
+    assert hi - mean == pytest.approx(T975[n - 1] * std / math.sqrt(n), rel=1e-9)
+    assert mean - lo == pytest.approx(hi - mean)
+
+
+def test_summary_with_one_seed_has_mean_but_no_spread(tmp_path):
+    one = {k: v for k, v in ACC.items() if k[1] == 0}
+    final_csv = tmp_path / "final.csv"
+    final_table(rounds_table(final_acc=one)).to_csv(final_csv, index=False)
+    out = tmp_path / "summary.csv"
+
+    summary_stage(final_csv, out)
+
+    df = pd.read_csv(out)
+    assert (df["n_seeds"] == 1).all()
+    assert df["test_acc_mean"].tolist() == pytest.approx([0.91, 0.40])
+    assert df[["test_acc_std", "test_acc_ci95_low", "test_acc_ci95_high"]].isna().all().all()
+
+
+def test_summary_uses_only_finite_values_of_a_metric():
+    final = final_table(rounds_table())
+    final.loc[final["run_id"] == run_id("iid", 2), "lambda_max"] = 10.0
+    final.loc[final["run_id"] == run_id("iid", 1), "lambda_max"] = 14.0
+
+    summary = summary_table(final)
+
+    row = summary[summary["alpha"] == math.inf].iloc[0]
+    assert row["lambda_max_mean"] == pytest.approx(12.0)
+    assert row["lambda_max_std"] == pytest.approx(math.sqrt(8.0))
+    assert row["lambda_max_ci95_high"] - 12.0 == pytest.approx(T975[1] * math.sqrt(8.0) / math.sqrt(2))
+
+
+def test_summary_groups_by_every_setting_but_seed():
+    rounds = pd.concat([rounds_table(), rounds_table(inits=("pretrained",))], ignore_index=True)
+
+    summary = summary_table(final_table(rounds))
+
+    assert len(summary) == 4
+    assert not summary[GROUP_KEYS].duplicated().any()

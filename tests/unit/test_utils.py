@@ -1,0 +1,40 @@
+"""Shared helpers: atomic writes."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from fedscape.core.io import atomic_path, atomic_write_text
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_write_gives_the_mode_of_a_plain_open(tmp_path, umask, mode):
+    # Prepare
+    saved = os.umask(umask)
+    try:
+        # Execute
+        atomic_write_text(tmp_path / "a.csv", "x\n")
+        with open(tmp_path / "plain.csv", "w") as fh:
+            fh.write("x\n")
+    finally:
+        os.umask(saved)
+
+    # Assert: the same permissions as a file written in place, and no temporary file left behind
+    assert stat.S_IMODE((tmp_path / "a.csv").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "plain.csv").stat().st_mode) == mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "plain.csv"]
+
+
+def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "table.csv"
+    target.write_text("old\n")
+
+    with pytest.raises(RuntimeError, match="boom"), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("boom")
+
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]

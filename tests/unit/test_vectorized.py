@@ -1,0 +1,343 @@
+"""Vectorised client training: one round equals one sequential round, fallbacks and declarations."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from fedscape.core.config import ConfigError, load_schema
+from fedscape.data.datasets import augment_batch
+from fedscape.data.federated import FederatedData
+from fedscape.fl import sequential as sequential_mod
+from fedscape.fl.engine import run_federated
+from fedscape.fl.hparams.registry import ALGORITHM_SPECS
+from fedscape.fl.settings import TrainConfig
+from fedscape.fl.strategies.base import Strategy
+from fedscape.fl.strategies.registry import make_strategy, strategy_class
+from fedscape.fl.vectorized import (
+    VectorizedTrainer,
+    crop_flip_draws,
+    crop_flip_stacked,
+    resolve_client_parallel,
+    vectorization_blocker,
+)
+from fedscape.models.networks import build_model
+from fedscape.plan.workflow import check_config
+
+ROOT = Path(__file__).resolve().parents[2]
+TOL = 1e-5  # the issue's exactness bound (same seeds)
+
+
+def shard_data(sizes: list[int], seed: int = 0, size: int = 8) -> FederatedData:
+    """Random 1-channel images split into contiguous shards of unequal sizes."""
+    g = torch.Generator().manual_seed(seed)
+    n = sum(sizes)
+    x = torch.randn(n, 1, size, size, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    bounds = torch.tensor([0, *sizes]).cumsum(0)
+    idx = [torch.arange(int(bounds[i]), int(bounds[i + 1])) for i in range(len(sizes))]
+    return FederatedData(x, y, idx, x[:20], y[:20])
+
+
+def model_of(name: str = "cnn_small", seed: int = 0, **options) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model(name, num_classes=10, in_channels=1, image_size=8, **options)
+
+
+def run_mode(mode: str, algorithm: str, hparams: dict, data: FederatedData, monkeypatch, model: str = "cnn_small",
+             model_options: dict | None = None, **train):
+    """run_federated in one client_parallel mode; the vectorised mode must not touch local_train."""
+    cfg = TrainConfig(**{"rounds": 1, "local_epochs": 2, "batch_size": 8, "lr": 0.1, "momentum": 0.9,
+                         "weight_decay": 1e-3, "participation": 0.75, "seed": 3, "save_clients_at": (1,),
+                         "client_parallel": mode, **train})
+    with monkeypatch.context() as m:
+        if mode == "vectorized":
+            def no_sequential(*args, **kwargs):
+                raise AssertionError("the vectorised run fell back to sequential local_train")
+
+            m.setattr(sequential_mod, "local_train", no_sequential)
+        return run_federated(model_of(model, **(model_options or {})), data, make_strategy(algorithm, hparams), cfg)
+
+
+def assert_same_round(seq, vec) -> None:
+    last = int(seq.rounds.max())
+    assert torch.equal(seq.clients[1].client_ids, vec.clients[1].client_ids)
+    assert torch.equal(seq.clients[1].num_samples, vec.clients[1].num_samples)
+    assert (seq.clients[1].params - vec.clients[1].params).abs().max().item() <= TOL
+    assert (seq.params[last] - vec.params[last]).abs().max().item() <= TOL
+    for a, b in zip(seq.rows, vec.rows, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=TOL)
+        assert a["test_acc"] == pytest.approx(b["test_acc"], abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "hparams", "train"),
+    [
+        ("fedavg", {}, {}),
+        ("fedavg", {}, {"augment": "crop_flip", "client_chunk_size": 2}),
+        ("fedavg", {}, {"momentum": 0.0, "weight_decay": 0.0, "participation": 1.0, "client_chunk_size": 1}),
+        ("fedprox", {"mu": 0.5}, {"client_chunk_size": 2}),
+        ("fedavgm", {}, {"rounds": 2}),  # server momentum carries state into round 2
+        ("fedadam", {"server_lr": 0.05}, {}),
+        ("fedyogi", {}, {"client_chunk_size": 2}),
+        # every shard is smaller than the batch: each step is padded only to its longest real batch
+        ("fedavg", {}, {"batch_size": 64, "augment": "crop_flip", "local_epochs": 3}),
+    ],
+    ids=["fedavg", "fedavg-crop_flip-chunks", "fedavg-plain-sgd-chunk1", "fedprox", "fedavgm-2rounds", "fedadam",
+         "fedyogi", "fedavg-batch-over-shards"],
+)
+def test_vectorized_round_equals_sequential_round(algorithm, hparams, train, monkeypatch):
+    # unequal shards: 3 and 2 steps per epoch with partial last batches, and a 5-sample client
+    data = shard_data([21, 9, 5, 30])
+
+    seq = run_mode("sequential", algorithm, hparams, data, monkeypatch, **train)
+    vec = run_mode("vectorized", algorithm, hparams, data, monkeypatch, **train)
+
+    assert_same_round(seq, vec)
+    assert (seq.params[-1] - seq.params[0]).abs().max().item() > 100 * TOL  # the round did move the model
+
+
+def test_fedprox_term_changes_vectorized_training(monkeypatch):
+    data = shard_data([21, 9, 5, 30])
+
+    prox = run_mode("vectorized", "fedprox", {"mu": 0.5}, data, monkeypatch)
+    plain = run_mode("vectorized", "fedavg", {}, data, monkeypatch)
+
+    assert (prox.params[-1] - plain.params[-1]).abs().max().item() > 100 * TOL
+
+
+def test_group_norm_resnet_vectorizes_exactly(monkeypatch):
+    data = shard_data([9, 4])
+    train = {"local_epochs": 1, "batch_size": 4, "participation": 1.0}
+
+    seq = run_mode("sequential", "fedavg", {}, data, monkeypatch, "resnet20", {"norm": "group"}, **train)
+    vec = run_mode("vectorized", "fedavg", {}, data, monkeypatch, "resnet20", {"norm": "group"}, **train)
+
+    assert_same_round(seq, vec)
+
+
+@pytest.mark.parametrize("mode", ["auto", "vectorized"])
+def test_batch_norm_models_fall_back_or_fail_clearly(mode):
+    model = model_of("resnet20", norm="batch")
+    cfg = TrainConfig(client_parallel=mode)
+
+    if mode == "auto":
+        assert resolve_client_parallel(model, make_strategy("fedavg"), cfg) == "sequential"
+    else:
+        with pytest.raises(ValueError, match="batch norm"):
+            resolve_client_parallel(model, make_strategy("fedavg"), cfg)
+
+
+@pytest.mark.parametrize("algorithm", ["scaffold", "moon", "fedalign"])
+def test_algorithms_without_vectorised_training_fall_back(algorithm):
+    model = model_of()
+
+    assert resolve_client_parallel(model, make_strategy(algorithm), TrainConfig()) == "sequential"
+    with pytest.raises(ValueError, match=f"algorithm '{algorithm}'"):
+        resolve_client_parallel(model, make_strategy(algorithm), TrainConfig(client_parallel="vectorized"))
+
+
+def test_sequential_mode_is_honoured_for_vectorisable_pairs():
+    assert resolve_client_parallel(model_of(), make_strategy("fedavg"), TrainConfig(client_parallel="sequential")) \
+        == "sequential"
+    assert resolve_client_parallel(model_of(), make_strategy("fedavg"), TrainConfig()) == "vectorized"
+
+
+def test_strategy_declarations():
+    vectorised = {name for name in ALGORITHM_SPECS if strategy_class(name).vectorized}
+
+    assert {"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox"} <= vectorised
+    assert not vectorised & {"scaffold", "feddyn", "moon", "mixup", "stochdepth", "gradaug", "fedalign"}
+
+    class ServerOnly(Strategy):  # only the server step differs: inherits FedAvg's vectorised training
+        name = "server_only"
+
+    class OwnLoss(Strategy):  # a new local objective: not vectorised unless declared
+        name = "own_loss"
+
+        def local_loss(self, model, x, y, ctx):
+            return super().local_loss(model, x, y, ctx) * 2
+
+    class Declared(OwnLoss):
+        name = "declared"
+        vectorized = True
+
+    assert ServerOnly.vectorized and not OwnLoss.vectorized and Declared.vectorized
+    assert vectorization_blocker(model_of(), OwnLoss()) is not None
+
+
+def test_stacked_crop_flip_equals_augment_batch():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 2, 8, 8, generator=g)  # [clients, batch, C, H, W]
+    seeds = [11, 12, 13]
+    expected = torch.stack([augment_batch(x[k], "crop_flip", torch.Generator().manual_seed(s))
+                            for k, s in enumerate(seeds)])
+
+    draws = [crop_flip_draws(5, torch.Generator().manual_seed(s)) for s in seeds]
+    dy, dx, flip = (torch.stack(d) for d in zip(*draws, strict=True))
+    got = crop_flip_stacked(x, dy, dx, flip)
+
+    assert torch.equal(got, expected)
+    assert not torch.equal(got, x)
+
+
+class DropoutNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.drop, self.fc2 = nn.Linear(64, 32), nn.Dropout(0.5), nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc2(self.drop(torch.relu(self.fc1(x.flatten(1)))))
+
+
+def test_dropout_models_train_under_vmap():
+    # two clients with the same samples in one full batch each: only dropout can set them apart
+    data = shard_data([8, 8])
+    data.x_train[8:], data.y_train[8:] = data.x_train[:8], data.y_train[:8]
+    torch.manual_seed(0)
+    model = DropoutNet().train()
+    cfg = TrainConfig(local_epochs=1, batch_size=8, lr=0.5)
+    trainer = VectorizedTrainer(model, data, make_strategy("fedavg"), cfg)
+    start = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    a, b = trainer.train_round(start, torch.zeros(0), [0, 1], round_=1)
+
+    assert torch.isfinite(a.params).all() and torch.isfinite(b.params).all()
+    assert not torch.allclose(a.params, b.params)  # dropout was active (vmap randomness="different")
+
+
+def test_client_parallel_is_validated():
+    schema = load_schema(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    config = {"training": {"client_parallel": "vectorised"}}
+
+    with pytest.raises(ConfigError, match="client_parallel"):
+        check_config(copy.deepcopy(config), schema)
+    with pytest.raises(ValueError, match="client_parallel"):
+        TrainConfig(client_parallel="parallel")
+    assert check_config({}, schema)["training"]["client_parallel"] == "auto"
+
+
+def stacked_params(model: nn.Module, k: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """K clearly different copies of the model's parameters, stacked on a leading client axis."""
+    g = torch.Generator().manual_seed(seed)
+    return {name: torch.stack([p.detach() + 0.05 * torch.randn(p.shape, generator=g) * (1 + j) for j in range(k)])
+            for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize(("name", "in_channels", "size"), [("cnn_small", 1, 8), ("cnn_small", 3, 12),
+                                                            ("convnet", 3, 32)])
+def test_forward_stacked_equals_vmapped_functional_call(name, in_channels, size):
+    # Prepare: 3 clients with different parameters and different batches
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, in_channels=in_channels, image_size=size)
+    params = stacked_params(model, 3)
+    x = torch.randn(3, 5, in_channels, size, size, generator=torch.Generator().manual_seed(1))
+    ref_params = {n: p.clone().requires_grad_(True) for n, p in params.items()}
+    own_params = {n: p.clone().requires_grad_(True) for n, p in params.items()}
+    weights = torch.randn(3, 5, 10, generator=torch.Generator().manual_seed(2))  # a loss that mixes every logit
+
+    # Execute
+    expected = torch.func.vmap(lambda p, xb: torch.func.functional_call(model, p, (xb,)))(ref_params, x)
+    got = model.forward_stacked(own_params, x)
+    (expected * weights).sum().backward()
+    (got * weights).sum().backward()
+
+    # Assert: the same logits and parameter gradients, and the clients really differ
+    assert got.shape == (3, 5, 10)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)  # float32 rounding of 6 conv layers
+    for n in params:  # relative to the gradient's norm: a rounding-level near-tie may move a max pool's argmax
+        diff = (own_params[n].grad - ref_params[n].grad).norm()
+        assert diff <= 1e-4 * ref_params[n].grad.norm(), n
+    assert (got[0] - got[1]).abs().max() > 1e-2
+
+
+def test_stacked_layers_moves_relu_after_max_pool_without_changing_gradients():
+    # Prepare: integer activations with ties, windows whose maximum is negative, zero or positive
+    from fedscape.models.networks import grouped_layout, stacked_layers
+
+    layers = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2))
+    x = torch.randint(-3, 4, (2, 3, 4, 8, 8), generator=torch.Generator().manual_seed(0)).float()
+    weights = torch.randn(3, 8, 4, 4, generator=torch.Generator().manual_seed(1))  # [B, K*C, 4, 4]
+    x_ref = x.clone().requires_grad_(True)
+    x_own = x.clone().requires_grad_(True)
+
+    # Execute: the reference per client, and the grouped form
+    expected = torch.stack([layers(x_ref[k]) for k in range(2)])  # [K, B, C, 4, 4]
+    got = stacked_layers(layers, {}, "", grouped_layout(x_own), k=2)  # [B, K*C, 4, 4]
+    (expected.transpose(0, 1).reshape(3, 8, 4, 4) * weights).sum().backward()
+    (got * weights).sum().backward()
+
+    # Assert: exactly the same values and gradients
+    assert torch.equal(got, expected.transpose(0, 1).reshape(3, 8, 4, 4))
+    assert torch.equal(x_own.grad, x_ref.grad)
+
+
+def test_stacked_layers_rejects_layers_without_a_grouped_form():
+    from fedscape.models.networks import grouped_layout, stacked_layers
+
+    with pytest.raises(TypeError, match="BatchNorm2d"):
+        stacked_layers(nn.Sequential(nn.BatchNorm2d(4)), {}, "", grouped_layout(torch.zeros(2, 1, 4, 3, 3)), k=2)
+
+
+def test_stacked_forward_round_equals_vmap_round():
+    # Prepare: unequal shards with partial batches, momentum and weight decay
+    data = shard_data([21, 9, 5, 30])
+    model = model_of()
+    cfg = TrainConfig(local_epochs=2, batch_size=8, lr=0.1, momentum=0.9, weight_decay=1e-3, seed=3)
+    start = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    stacked = VectorizedTrainer(model, data, make_strategy("fedavg"), cfg)
+    vmapped = VectorizedTrainer(model, data, make_strategy("fedavg"), cfg, stacked_forward=False)
+
+    # Execute
+    a = stacked.train_round(start, torch.zeros(0), [0, 1, 2, 3], round_=1)
+    b = vmapped.train_round(start, torch.zeros(0), [0, 1, 2, 3], round_=1)
+
+    # Assert: the stacked path was taken, and both give the same client models
+    assert stacked.stacked_forward and not vmapped.stacked_forward
+    for ra, rb in zip(a, b, strict=True):
+        assert (ra.params - rb.params).abs().max().item() <= 1e-6
+        assert (ra.params - start).abs().max().item() > 100 * TOL
+
+
+def test_models_without_forward_stacked_use_vmap():
+    data = shard_data([9, 4])
+    cfg = TrainConfig(local_epochs=1, batch_size=8)
+
+    trainer = VectorizedTrainer(model_of("mlp"), data, make_strategy("fedavg"), cfg)
+
+    assert not trainer.stacked_forward
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("stacked_forward", [True, False])
+def test_vectorized_round_on_cuda_matches_cpu(stacked_forward, monkeypatch):
+    # Prepare: the same clients on the CPU and on the GPU, full float32 convolutions (no TF32)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    data = shard_data([21, 9, 5, 30])
+    gpu = FederatedData(data.x_train.cuda(), data.y_train.cuda(), [ix.cuda() for ix in data.client_indices],
+                        data.x_test.cuda(), data.y_test.cuda())
+    cfg = TrainConfig(local_epochs=2, batch_size=8, lr=0.1, momentum=0.9, seed=3, augment="crop_flip")
+    model = model_of()
+    start = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    # Execute
+    cpu = VectorizedTrainer(model, data, make_strategy("fedavg"), cfg, stacked_forward=stacked_forward)
+    on_cpu = cpu.train_round(start, torch.zeros(0), [0, 1, 2, 3], round_=1)
+    cuda_model = copy.deepcopy(model).cuda()
+    cuda = VectorizedTrainer(cuda_model, gpu, make_strategy("fedavg"), cfg, stacked_forward=stacked_forward)
+    on_gpu = cuda.train_round(start.cuda(), torch.zeros(0), [0, 1, 2, 3], round_=1)
+    bf16 = VectorizedTrainer(cuda_model, gpu, make_strategy("fedavg"),
+                             dataclasses.replace(cfg, bf16_autocast=True), stacked_forward=stacked_forward)
+    on_gpu_bf16 = bf16.train_round(start.cuda(), torch.zeros(0), [0, 1, 2, 3], round_=1)
+
+    # Assert: float32 agrees to rounding, bf16 autocast stays close
+    for c, g, h in zip(on_cpu, on_gpu, on_gpu_bf16, strict=True):
+        assert g.params.device.type == "cuda"
+        assert (c.params - g.params.cpu()).abs().max().item() <= 1e-4
+        assert torch.isfinite(h.params).all()
+        assert (c.params - h.params.float().cpu()).abs().max().item() <= 5e-2

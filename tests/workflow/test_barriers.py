@@ -1,0 +1,98 @@
+"""Linear-interpolation and layer-wise barriers: invariants of the library, config checks, tiny-run outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import yaml
+from helpers.workflow import snakemake
+
+from fedscape.analysis.barriers.definitions import (
+    BARRIER_COLUMNS,
+    INTERPOLATION_COLUMNS,
+    LAYER_BARRIER_COLUMNS,
+    LAYER_DISTANCE_COLUMNS,
+    MODES,
+    linear_barrier,
+)
+
+CNN_LAYERS = ["features.0", "features.2", "last_block.0", "fc", "classifier"]
+
+
+IID = {"alpha": "iid", "init": "random", "algorithm": "fedavg"}
+
+
+# -- the tiny run ---------------------------------------------------------------------------------
+def test_interpolation_tables_of_tiny_run(tiny_run):
+    cfg = yaml.safe_load((tiny_run / "tiny.yaml").read_text())
+    curves = pd.read_csv(tiny_run / "results/tables/interpolation.csv")
+    barriers = pd.read_csv(tiny_run / "results/tables/barriers.csv")
+    rounds = pd.read_csv(tiny_run / "results/tables/rounds.csv").set_index(["run_id", "round"])
+
+    n_pairs, points = len(cfg["interpolation"]["pairs"]), cfg["interpolation"]["points"]
+    assert list(curves.columns) == INTERPOLATION_COLUMNS
+    assert list(barriers.columns) == BARRIER_COLUMNS
+    assert len(curves) == n_pairs * points * 2
+    assert len(barriers) == n_pairs * 2
+    for _, row in curves[curves["t"].isin([0.0, 1.0])].iterrows():
+        run, r = (row["run_a"], row["round_a"]) if row["t"] == 0 else (row["run_b"], row["round_b"])
+        own = rounds.loc[(run, r)]
+        assert row["loss"] == pytest.approx(own[f"{row['split']}_loss"], rel=1e-9)
+        assert row["error"] == pytest.approx(1 - own[f"{row['split']}_acc"], abs=1e-12)
+    for _, b in barriers.iterrows():
+        sub = curves[(curves["pair_id"] == b["pair_id"]) & (curves["split"] == b["split"])]
+        assert b["barrier_loss"] == pytest.approx(linear_barrier(sub["t"], sub["loss"]))
+        assert b["barrier_loss"] >= 0
+    for ext in ("png", "pdf", "csv"):
+        assert (tiny_run / f"results/figures/barriers/interpolation.{ext}").stat().st_size > 0
+
+
+def test_layer_barrier_tables_of_tiny_run(tiny_run):
+    cfg = yaml.safe_load((tiny_run / "tiny.yaml").read_text())
+    barriers = pd.read_csv(tiny_run / "results/tables/layer_barriers.csv")
+    distances = pd.read_csv(tiny_run / "results/tables/layer_distances.csv")
+
+    n_rounds = len(cfg["training"]["save_clients_at"])
+    n_pairs = len(cfg["layer_barriers"]["pairs"])
+    assert list(barriers.columns) == LAYER_BARRIER_COLUMNS
+    assert list(distances.columns) == LAYER_DISTANCE_COLUMNS
+    assert len(barriers) == n_pairs * n_rounds * len(MODES) * len(CNN_LAYERS) * 2
+    assert len(distances) == n_pairs * n_rounds * (len(CNN_LAYERS) + 1)
+    assert sorted(barriers["round"].unique()) == cfg["training"]["save_clients_at"]
+    assert barriers.drop_duplicates("layer_index").sort_values("layer_index")["layer"].tolist() == CNN_LAYERS
+    assert barriers[["barrier_loss", "barrier_error"]].notna().all().all()
+    assert (distances["distance"] > 0).all()  # two clients after local training differ in every layer
+    for label in cfg["layer_barriers"]["pairs"]:
+        for split in ("train", "test"):
+            for ext in ("png", "pdf", "csv"):
+                path = tiny_run / f"results/figures/barriers/layerwise/{label}/{split}.{ext}"
+                assert path.stat().st_size > 0
+        distances_figure = pd.read_csv(tiny_run / f"results/figures/barriers/layerwise/{label}/distances.csv")
+        assert len(distances_figure) == n_rounds * (len(CNN_LAYERS) + 1)
+        for ext in ("png", "pdf"):
+            assert (tiny_run / f"results/figures/barriers/layerwise/{label}/distances.{ext}").stat().st_size > 0
+
+
+def test_run_pairs_reuse_the_trained_runs(tiny_run, tmp_path):
+    """Layer-wise barriers of two runs' global models (IID vs non-IID) on a copy of the tiny run."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    cfg = yaml.safe_load((workdir / "tiny.yaml").read_text())
+    noniid = {"alpha": next(a for a in cfg["alphas"] if a != "iid"), "init": "random", "algorithm": "fedavg"}
+    cfg["layer_barriers"]["pairs"] = {"runs": {"a": IID, "b": noniid, "rounds": [3]}}
+    (workdir / "pairs.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(cfg))))  # no YAML aliases
+
+    # targets first: --configfile takes every following word as a config file
+    proc = snakemake(workdir, "results/tables/layer_barriers.csv", "--configfile", "pairs.yaml")
+
+    log = proc.stdout + proc.stderr
+    assert "rule train:" not in log and "localrule train:" not in log
+    assert "localrule layer_barriers:" in log or "rule layer_barriers:" in log
+    layers = pd.read_csv(workdir / "results/tables/layer_barriers.csv")
+    assert len(layers) == len(MODES) * len(CNN_LAYERS) * 2
+    assert (layers["round"] == 3).all()
+    assert layers["run_id"].str.contains(" | ", regex=False).all()
+    assert set(layers["pair"]) == {"runs"}

@@ -1,0 +1,77 @@
+"""Hessian analysis: exact checks on a tiny model, HN / HD, eval mode, the eigenvector plane, config, e2e."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers.configs import tiny_config
+from helpers.workflow import ROOT
+
+from fedscape.analysis.hessian.definitions import CLIENT_COLUMNS, hessian_columns
+from fedscape.analysis.landscape.planes import load_plane
+from fedscape.core.config import load_schema
+from fedscape.core.runs import build_runs
+from fedscape.plan.hessian import hessian_jobs
+from fedscape.plan.workflow import check_config
+
+SCHEMA = load_schema(ROOT / "workflow/schemas/config.schema.yaml")
+
+
+# -- end to end (tests/data/tiny_config.yaml) ------------------------------------------------------
+def _job_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in (root / "results/hessian").rglob("eigen_plane.npz"))
+
+
+def test_tiny_run_hessian_tables(tiny_run):
+    config = check_config(tiny_config(), SCHEMA)
+    jobs = hessian_jobs(config, build_runs(config))
+    top_k = config["hessian"]["top_k"]
+    num_clients = config["num_clients"][0]
+
+    table = pd.read_csv(tiny_run / "results/tables/hessian.csv")
+    clients = pd.read_csv(tiny_run / "results/tables/hessian_clients.csv")
+
+    assert list(table.columns) == hessian_columns(top_k)
+    assert list(table.columns)[:5] == ["run_id", "round", "data", "lambda_1", "lambda_2"]
+    assert list(clients.columns) == CLIENT_COLUMNS == ["run_id", "round", "hn", "hd", "status"]  # contract + status
+    assert (clients["status"] == "ok").all()
+    expected = {(run.run_id, r) for run, r in jobs}
+    assert set(zip(table["run_id"], table["round"], strict=True)) == expected
+    assert set(zip(clients["run_id"], clients["round"], strict=True)) == expected and len(clients) == len(expected)
+    for _, group in table.groupby(["run_id", "round"]):
+        assert sorted(group["data"]) == sorted(["all", *[f"client_{k}" for k in range(num_clients)]])
+    assert (table["lambda_1"] >= table["lambda_2"]).all()
+    assert (table["trace_stderr"] > 0).all() and (table["iterations"] > 2).all()
+    assert (table["n_eval"] <= config["hessian"]["eval_samples"]).all()
+    assert table[table["data"] == "all"]["n_eval"].eq(config["hessian"]["eval_samples"]).all()
+    assert (clients["hn"] >= 0).all() and clients["hd"].between(-1, 1).all()
+
+
+def test_tiny_run_eigen_planes_and_figures(tiny_run):
+    dirs = _job_dirs(tiny_run)
+    table = pd.read_csv(tiny_run / "results/tables/hessian.csv").set_index(["run_id", "round", "data"])
+
+    assert len(dirs) == 2
+    for job in dirs:
+        plane = np.load(job / "eigen_plane.npz", allow_pickle=False)
+        meta = json.loads(str(plane["meta"]))
+        assert load_plane(job / "eigen_plane.npz").kind == "hessian"
+        d1, d2 = plane["d1"].astype(np.float64), plane["d2"].astype(np.float64)
+        assert meta["kind"] == "hessian" and meta["round"] == int(job.name.split("~")[1])
+        assert meta["runs"] == [str(job.parent.relative_to(tiny_run / "results/hessian"))]
+        assert {"explained_variance", "axis_labels", "model_meta", "seed"} <= set(meta)
+        assert plane["center"].shape == d1.shape == d2.shape
+        assert abs(d1 @ d2) < 1e-5 and abs(np.linalg.norm(d1) - 1) < 1e-5 and abs(np.linalg.norm(d2) - 1) < 1e-5
+        lam1 = table.loc[(meta["runs"][0], meta["round"], "all"), "lambda_1"]
+        assert meta["eigenvalues"][0] == pytest.approx(lam1)
+        details = json.loads((job / "hessian.json").read_text())
+        assert all(d["converged"] == [True, True] for d in details["data"].values())
+    for name in ("lambda_trace_by_algorithm", "lambda_trace_by_init", "spectral_density"):
+        for ext in ("png", "pdf", "csv"):
+            assert (tiny_run / f"results/figures/hessian/{name}.{ext}").stat().st_size > 0
+    density = pd.read_csv(tiny_run / "results/figures/hessian/spectral_density.csv")
+    assert list(density.columns) == ["run_id", "round", "eigenvalue", "density"] and (density["density"] >= 0).all()

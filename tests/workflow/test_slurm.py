@@ -1,0 +1,303 @@
+"""The SLURM profile, its resources and conda environments; and the tiny workflow on a real SLURM.
+
+The static checks run everywhere. The cluster test (marked `slurm`) runs only when selected with
+`-m slurm` (`make test-slurm`, called by .ci/run as root): it installs Debian's slurmctld, slurmd,
+slurm-client, munge, slurmdbd and mariadb-server, starts a one-node cluster with
+tests/slurm/start_cluster.sh, runs the spine of the tiny workflow with `--profile slurm` and stops
+the daemons again by PID. It skips, with the reason, where the packages cannot be installed.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from helpers.workflow import ROOT, TINY_CONFIG, copy_workflow, snakemake
+
+from fedscape.core.config import load_schema
+from fedscape.core.runs import build_runs
+from fedscape.models.checkpoint import load_clients, load_trajectory
+from fedscape.plan.workflow import check_config
+
+PROFILE = ROOT / "slurm" / "config.yaml"
+SLURM_DIR = ROOT / "tests" / "slurm"
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+RESOURCE_KEYS = ("gpu", "mem_mb", "runtime", "cpus_per_task")
+
+
+def profile() -> dict:
+    return yaml.safe_load(PROFILE.read_text())
+
+
+def rule_envs() -> dict[str, str]:
+    """rule name -> the conda env file named by its `conda:` directive ('' when it has none)."""
+    envs = {}
+    for path in sorted((ROOT / "rules").glob("*.smk")):
+        for block in re.split(r"^(?=(?:rule|checkpoint) \w+:)", path.read_text(), flags=re.M):
+            name = re.match(r"(?:rule|checkpoint) (\w+):", block)
+            if name:
+                env = re.search(r"^    conda:\s*\n\s*\"([^\"]+)\"", block, flags=re.M)
+                envs[name.group(1)] = env.group(1) if env else ""
+    return envs
+
+
+def evaluate_resource(expression: str, environ: dict[str, str]) -> object:
+    """A profile resource expression evaluated as Snakemake does, under a given environment."""
+    saved = dict(os.environ)
+    try:
+        os.environ.clear()
+        os.environ.update(environ)
+        return eval(expression, {})  # noqa: S307 - the profile's own expressions
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+# -- static checks ---------------------------------------------------------------------------------
+def test_profile_is_one_file_where_snakemake_resolves_a_bare_name():
+    # `--profile slurm` resolves to ./slurm: the directory holds exactly one config file
+    assert sorted(p.name for p in PROFILE.parent.iterdir()) == ["config.yaml"]
+    assert profile()["executor"] == "slurm"
+
+
+def test_gpu_rules_have_gpu_resources_and_the_cuda_env():
+    envs = rule_envs()
+    gpu_rules = {rule for rule, res in profile()["set-resources"].items() if res.get("gpu", 0) >= 1}
+
+    assert {"train", "init", "landscape_chunk", "hessian"} <= gpu_rules
+    for rule in gpu_rules:
+        res = profile()["set-resources"][rule]
+        assert all(key in res for key in RESOURCE_KEYS), (rule, res)
+        runtime = eval(str(res["runtime"]), {"attempt": 1})  # noqa: S307 - the profile's own expressions
+        assert res["mem_mb"] >= 4000 and runtime >= 60 and res["cpus_per_task"] >= 1
+        if rule in envs:  # rules that other stages have not added yet are simply never submitted
+            assert envs[rule] == "../envs/torch.yaml", rule
+    for rule, env in envs.items():
+        assert env in ("../envs/torch.yaml", "../envs/light.yaml"), f"rule {rule} has no conda env"
+        if env == "../envs/torch.yaml":
+            assert rule in gpu_rules, f"rule {rule} uses the CUDA env but asks for no GPU"
+
+
+def test_conda_envs_install_torch_and_fedscape():
+    torch_env = yaml.safe_load((ROOT / "envs" / "torch.yaml").read_text())
+    light_env = yaml.safe_load((ROOT / "envs" / "light.yaml").read_text())
+
+    assert any(str(d).startswith("pytorch-gpu") for d in torch_env["dependencies"])
+    assert any(str(d).startswith("pytorch-cpu") for d in light_env["dependencies"])
+    for name in ("torch", "light"):
+        deploy = ROOT / "envs" / f"{name}.post-deploy.sh"  # Snakemake runs <env>.post-deploy.sh after creating it
+        assert os.access(deploy, os.X_OK)
+        assert "pip install" in deploy.read_text()
+
+
+CONDA_PACKAGES = {"torch": ("pytorch-gpu", "pytorch-cpu"), "torchvision": ("torchvision",), "numpy": ("numpy",),
+                  "pandas": ("pandas",), "matplotlib": ("matplotlib-base", "matplotlib"), "sklearn": ("scikit-learn",),
+                  "scipy": ("scipy",), "yaml": ("pyyaml",), "jsonschema": ("jsonschema",)}
+
+
+def third_party_imports() -> set[str]:
+    """Top-level modules imported by the library and the workflow scripts, stdlib and fedscape left out."""
+    modules = set()
+    for path in [*(ROOT / "src" / "fedscape").rglob("*.py"), *(ROOT / "workflow" / "scripts").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+    return {m for m in modules if m not in sys.stdlib_module_names and m != "fedscape"}
+
+
+@pytest.mark.parametrize("env", ["torch", "light"])
+def test_conda_envs_provide_every_module_fedscape_imports(env):
+    # post-deploy installs fedscape with --no-deps: the env file itself must bring every import
+    packages = {re.split(r"[\s=<>!]", str(d))[0] for d in yaml.safe_load(
+        (ROOT / "envs" / f"{env}.yaml").read_text())["dependencies"]}
+    modules = third_party_imports()
+
+    assert modules >= {"torch", "numpy", "pandas"}  # the scan sees the imports
+    unknown = modules - set(CONDA_PACKAGES)
+    assert not unknown, f"map {sorted(unknown)} to their conda packages in CONDA_PACKAGES"
+    missing = [m for m in sorted(modules) if not set(CONDA_PACKAGES[m]) & packages]
+    assert not missing, f"envs/{env}.yaml provides no package for {missing}"
+
+
+@pytest.mark.parametrize(
+    ("environ", "account", "partition", "gpu_partition"),
+    [
+        ({}, "", "", ""),
+        ({"SLURM_ACCOUNT": "proj1", "SLURM_PARTITION": "cpu"}, "proj1", "cpu", "cpu"),
+        ({"SLURM_PARTITION": "cpu", "SLURM_GPU_PARTITION": "gpu"}, "", "cpu", "gpu"),
+    ],
+)
+def test_account_and_partitions_come_from_the_environment(environ, account, partition, gpu_partition):
+    defaults, train = profile()["default-resources"], profile()["set-resources"]["train"]
+
+    assert evaluate_resource(defaults["slurm_account"], environ) == account
+    assert evaluate_resource(defaults["slurm_partition"], environ) == partition
+    assert evaluate_resource(train["slurm_partition"], environ) == gpu_partition
+
+
+# -- a real SLURM -----------------------------------------------------------------------------------
+def _selected(config: pytest.Config) -> bool:
+    expr = config.getoption("-m") or ""
+    return "slurm" in expr and "not slurm" not in expr
+
+
+def _free_port_base(count: int = 4) -> int:
+    for base in range(27000, 40000, 16):
+        try:
+            socks = []
+            for port in range(base, base + count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free ports for the test cluster")
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(request, tmp_path_factory):
+    """A running one-node cluster (environment for its clients); stopped by PID afterwards."""
+    if not _selected(request.config):
+        pytest.skip("installs packages and starts daemons as root: run with `make test-slurm` (pytest -m slurm)")
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster's daemons run as root")
+    install = subprocess.run(["bash", str(SLURM_DIR / "install_packages.sh")], capture_output=True, text=True,
+                             timeout=600)
+    if install.returncode != 0:
+        pytest.skip(f"cannot install the SLURM packages: {(install.stderr or install.stdout)[-800:]}")
+    state = tmp_path_factory.mktemp("slurm")
+    env = {**os.environ, "FEDSCAPE_SLURM_PORT_BASE": str(_free_port_base()), "FEDSCAPE_SLURM_ACCOUNT": "fsacct",
+           "FEDSCAPE_SLURM_PARTITION": "fscpu", "FEDSCAPE_SLURM_GPU_PARTITION": "fsgpu"}
+    start = subprocess.run(["bash", str(SLURM_DIR / "start_cluster.sh"), str(state)], capture_output=True,
+                           text=True, timeout=180, env=env)
+    try:
+        assert start.returncode == 0, f"cluster did not start:\n{start.stderr[-4000:]}"
+        yield {"SLURM_CONF": str(state / "slurm.conf"), "state": str(state)}
+    finally:
+        subprocess.run(["bash", str(SLURM_DIR / "stop_cluster.sh"), str(state)], capture_output=True, timeout=120)
+
+
+def _slurm(cmd: list[str], conf: str) -> str:
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**os.environ, "SLURM_CONF": conf})
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.mark.slurm
+def test_tiny_workflow_runs_through_sbatch(slurm_cluster, tmp_path, monkeypatch):
+    # Prepare: the workflow, the profile as typed, the tiny config; account and partitions from the environment
+    workdir = copy_workflow(tmp_path)
+    shutil.copytree(ROOT / "slurm", workdir / "slurm")
+    shutil.copy2(TINY_CONFIG, workdir / "tiny.yaml")
+    monkeypatch.setenv("SLURM_CONF", slurm_cluster["SLURM_CONF"])
+    monkeypatch.setenv("SLURM_ACCOUNT", "fsacct")
+    monkeypatch.setenv("SLURM_PARTITION", "fscpu")
+    monkeypatch.setenv("SLURM_GPU_PARTITION", "fsgpu")
+    targets = ["results/tables/rounds.csv", "results/tables/partitions.csv"]
+
+    # Execute: test-only override, the first status check after 2 s instead of 20
+    proc = snakemake(workdir, "--profile", "slurm", "--configfile", "tiny.yaml",
+                     "--slurm-init-seconds-before-status-checks", "2", *targets, timeout=600)
+
+    # Assert: outputs, and every non-light job went through sbatch into the accounting database
+    config = check_config(yaml.safe_load(TINY_CONFIG.read_text()), load_schema(SCHEMA))
+    runs = build_runs(config)
+    for run in runs:
+        assert (workdir / "results" / "train" / run.run_id / "trajectory.pt").is_file()
+    rounds = (workdir / "results/tables/rounds.csv").read_text().splitlines()
+    assert len(rounds) == 1 + len(runs) * (config["training"]["rounds"] + 1)
+    assert "Using profile slurm" in proc.stdout + proc.stderr
+
+    conf = slurm_cluster["SLURM_CONF"]
+    rows = [line.split("|") for line in _slurm(
+        ["sacct", "-X", "-n", "-P", "-S", "now-1hour", "-o", "JobID,Comment,State,Account,Partition,AllocTRES"],
+        conf).splitlines() if line]
+    by_rule: dict[str, list[list[str]]] = {}
+    for row in rows:
+        rule = re.match(r"rule_(\w+?)(?:_wildcards_|$)", row[1])
+        assert rule, row
+        by_rule.setdefault(rule.group(1), []).append(row)
+    inits = {run.init_id for run in runs}
+    assert {rule: len(jobs) for rule, jobs in by_rule.items()} == {"init": len(inits), "train": len(runs)}
+    for rule, jobs in by_rule.items():
+        for _, _, state, account, partition, tres in jobs:
+            assert (state, account, partition) == ("COMPLETED", "fsacct", "fsgpu"), (rule, state, account, partition)
+            assert "gres/gpu=1" in tres and "cpu=4" in tres and "mem=16000M" in tres, tres
+    # light rules stayed on the submitting node (localrules): no sbatch for partitions or tables
+    assert not {"partition", "partitions_table", "rounds_table"} & set(by_rule)
+    queued = _slurm(["squeue", "-h", "-t", "all", "-o", "%i"], conf).split()
+    assert {row[0] for row in rows} <= set(queued)  # MinJobAge keeps finished jobs visible to squeue
+
+
+def _job_number(job_id: str) -> int:
+    """The numeric part of a SLURM job id (`123`, `123_4` or `123+0`)."""
+    return int(re.match(r"\d+", job_id).group())
+
+
+def time_limit_config() -> dict:
+    """One FedAvg run that trains for about 2 minutes on one core: longer than a 1-minute time limit."""
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    keys = ("datasets", "models", "num_clients", "participation", "seeds", "partition", "training")
+    cfg = {key: cfg[key] for key in keys} | {"alphas": ["iid"], "algorithms": {"fedavg": {"name": "fedavg"}},
+                                             "inits": {"random": {"kind": "random", "seed": 0}}}
+    cfg["training"].update(rounds=50, local_epochs=25, batch_size=16, save_clients_at=[20])
+    return cfg
+
+
+@pytest.mark.slurm
+def test_time_limit_kill_resubmits_and_resumes_to_identical_checkpoints(slurm_cluster, tmp_path, monkeypatch):
+    # Prepare: a run longer than its 1-minute limit (runtime = attempt minutes: 1, then 2, then 3), and
+    # the same run uninterrupted on the local machine, started alongside as the reference
+    cfg = time_limit_config()
+    runs = build_runs(check_config(yaml.safe_load(yaml.safe_dump(cfg)), load_schema(SCHEMA)))
+    assert len(runs) == 1
+    target = f"results/train/{runs[0].run_id}/trajectory.pt"
+    slurm_dir, local_dir = copy_workflow(tmp_path / "slurm"), copy_workflow(tmp_path / "local")
+    shutil.copytree(ROOT / "slurm", slurm_dir / "slurm")
+    for workdir in (slurm_dir, local_dir):
+        (workdir / "run.yaml").write_text(yaml.safe_dump(cfg))
+    command = [sys.executable, "-m", "snakemake", target, "--cores", "1", "--configfile", "run.yaml"]
+    reference = subprocess.Popen(command, cwd=local_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    monkeypatch.setenv("SLURM_CONF", slurm_cluster["SLURM_CONF"])
+    for key, value in (("SLURM_ACCOUNT", "fsacct"), ("SLURM_PARTITION", "fscpu"), ("SLURM_GPU_PARTITION", "fsgpu")):
+        monkeypatch.setenv(key, value)
+    conf = slurm_cluster["SLURM_CONF"]
+    listed = _slurm(["sacct", "-X", "-n", "-P", "-S", "now-1day", "-o", "JobID"], conf).split()
+    earlier = [_job_number(j) for j in listed]  # jobs of earlier tests, which reuse this run's wildcards
+
+    # Execute: the profile as typed, with a test-only time limit on the training job
+    proc = snakemake(slurm_dir, target, "--profile", "slurm", "--configfile", "run.yaml", "--retries", "2",
+                     "--set-resources", "train:runtime=attempt", "--slurm-init-seconds-before-status-checks", "2",
+                     timeout=900)
+
+    # Assert: the first attempt hit its time limit, a resubmission completed, resuming after a saved
+    # round, and the checkpoints equal the uninterrupted run's bit for bit
+    assert reference.wait(timeout=900) == 0
+    rows = [line.split("|") for line in _slurm(
+        ["sacct", "-X", "-n", "-P", "-S", "now-1day", "-o", "JobID,Comment,State,Timelimit"], conf).splitlines()
+        if line]
+    train = [row for row in rows if row[1].startswith("rule_train") and _job_number(row[0]) > max(earlier, default=0)]
+    states = [row[2] for row in sorted(train, key=lambda row: _job_number(row[0]))]
+    assert states[0] == "TIMEOUT" and states[-1] == "COMPLETED", (states, proc.stderr[-3000:])
+    log = next((slurm_dir / "logs/train").rglob("train.log")).read_text()
+    resumed = [int(m) for m in re.findall(r"resuming after round (\d+)/", log)]
+    assert resumed and resumed[0] > 0, log[-2000:]
+    ours, theirs = slurm_dir / target, local_dir / target
+    assert torch.equal(load_trajectory(ours).params, load_trajectory(theirs).params)
+    ours_clients = load_clients(ours.with_name("clients.pt"))
+    theirs_clients = load_clients(theirs.with_name("clients.pt"))
+    assert torch.equal(ours_clients[20].params, theirs_clients[20].params)

@@ -1,0 +1,199 @@
+"""End-to-end: the real workflow on tiny configs in temporary directories."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from helpers.workflow import TINY_CONFIG, copy_workflow, snakemake
+
+from fedscape.models.checkpoint import load_clients, load_trajectory
+
+ROUNDS_COLUMNS = ["run_id", "dataset", "model", "init", "algorithm", "alpha", "num_clients", "participation", "seed",
+                  "round", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "peak_mem_mb", "status"]
+
+
+def tiny_config() -> dict:
+    return yaml.safe_load(TINY_CONFIG.read_text())
+
+
+def test_partitions_table(tiny_run):
+    cfg = tiny_config()
+    df = pd.read_csv(tiny_run / "results/tables/partitions.csv")
+
+    assert list(df.columns) == ["dataset", "alpha", "num_clients", "seed", "client_id", "num_samples",
+                                *[f"class_{k}" for k in range(10)]]
+    assert {"inf", "0.5"} <= set(df["alpha"].astype(str))
+    n_train = None
+    for (_, num_clients, _), part in df.groupby(["alpha", "num_clients", "seed"]):
+        # one row per client, and every partition covers the same training pool
+        assert sorted(part["client_id"]) == list(range(num_clients))
+        assert n_train in (None, part["num_samples"].sum())
+        n_train = part["num_samples"].sum()
+        assert part["num_samples"].min() >= cfg["partition"]["min_size"]
+    assert (df[[f"class_{k}" for k in range(10)]].sum(axis=1) == df["num_samples"]).all()
+
+
+def test_rounds_table(tiny_run):
+    cfg = tiny_config()
+    df = pd.read_csv(tiny_run / "results/tables/rounds.csv")
+
+    assert list(df.columns) == ROUNDS_COLUMNS
+    fedavg = df[df["algorithm"] == "fedavg"]
+    assert fedavg["run_id"].nunique() >= len(cfg["alphas"])
+    expected_rounds = list(range(cfg["training"]["rounds"] + 1))
+    assert all(rounds == expected_rounds for rounds in fedavg.groupby("run_id")["round"].apply(list))
+    assert (df["status"] == "ok").all()
+    assert df["test_acc"].between(0, 1).all()
+
+
+def test_checkpoints_load_with_one_call(tiny_run):
+    cfg = tiny_config()
+    run_dir = next((tiny_run / "results/train").rglob("algo~fedavg/alpha~iid/**/trajectory.pt")).parent
+
+    traj = load_trajectory(run_dir / "trajectory.pt")
+    clients = load_clients(run_dir / "clients.pt")
+
+    assert traj.params.shape[0] == cfg["training"]["rounds"] + 1
+    assert sorted(clients) == cfg["training"]["save_clients_at"]
+    assert clients[1].params.shape == (cfg["num_clients"][0], traj.params.shape[1])
+    init = load_trajectory(next((tiny_run / "results/init").rglob("init~random/init.pt")))
+    assert torch.equal(traj.params[0], init.params[0])
+
+
+def test_second_run_plans_nothing_and_alpha_change_reruns_one_branch(tiny_run):
+    proc = snakemake(tiny_run, "--configfile", "tiny.yaml", "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+    cfg = tiny_config()
+    cfg["alphas"] = ["iid" if a == "iid" else 0.3 for a in cfg["alphas"]]
+    for exp in cfg.get("experiments", []):
+        if exp.get("alpha") not in (None, "iid"):
+            exp["alpha"] = 0.3
+    (tiny_run / "changed.yaml").write_text(yaml.safe_dump(cfg))
+    proc = snakemake(tiny_run, "--configfile", "changed.yaml", "-n", "--quiet", "rules")
+    out = proc.stdout + proc.stderr
+
+    planned = dict(line.split()[:2] for line in out.splitlines()
+                   if len(line.split()) == 2 and line.split()[1].isdigit())
+    assert planned.get("partition") == "1"
+    n_train = sum(1 for _ in (tiny_run / "results/train").rglob("alpha~0.5/**/trajectory.pt"))
+    assert planned.get("train") == str(n_train)
+
+
+def test_rulegraph(tiny_run):
+    proc = snakemake(tiny_run, "--configfile", "tiny.yaml", "--rulegraph")
+
+    assert "digraph" in proc.stdout and "train" in proc.stdout
+
+
+def test_invalid_config_fails_before_any_job(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    cfg = tiny_config()
+    cfg["training"]["rounds"] = 0
+    (workdir / "bad.yaml").write_text(yaml.safe_dump(cfg))
+
+    proc = snakemake(workdir, "--configfile", "bad.yaml", check=False)
+
+    assert proc.returncode != 0
+    assert "training.rounds" in proc.stdout + proc.stderr
+    assert not (workdir / "results").exists()
+
+
+def test_every_output_is_planned_below_the_configured_results_dir(tmp_path):
+    workdir = copy_workflow(tmp_path / "work")
+    scratch = tmp_path / "scratch" / "fedscape"
+    cfg = tiny_config() | {"results_dir": str(scratch)}
+    (workdir / "scratch.yaml").write_text(yaml.safe_dump(cfg))
+
+    proc = snakemake(workdir, "--configfile", "scratch.yaml", "--summary")
+
+    outputs = [line.split("\t")[0] for line in proc.stdout.splitlines()[1:] if line.strip()]
+    assert len(outputs) > 50
+    assert all(path.startswith(f"{scratch}/") for path in outputs), [p for p in outputs if str(scratch) not in p]
+
+
+@pytest.mark.parametrize("bad", ["", "a/../../b", "..", "with space", "res{x}"])
+def test_bad_results_dir_is_rejected(tmp_path, bad):
+    workdir = copy_workflow(tmp_path)
+    (workdir / "bad.yaml").write_text(yaml.safe_dump(tiny_config() | {"results_dir": bad}))
+
+    proc = snakemake(workdir, "--configfile", "bad.yaml", "-n", check=False)
+
+    assert proc.returncode != 0
+    assert "results_dir" in proc.stdout + proc.stderr
+
+
+def single_run_config() -> dict:
+    cfg = tiny_config()
+    cfg["alphas"] = ["iid"]
+    cfg["training"].update(rounds=6, local_epochs=4, save_clients_at=[2, 5])
+    keys = ("datasets", "models", "alphas", "num_clients", "participation", "seeds", "partition", "training")
+    return {key: cfg[key] for key in keys} | {"algorithms": {"fedavg": {"name": "fedavg"}},
+                                              "inits": {"random": {"kind": "random", "seed": 0}}}
+
+
+def start_snakemake(workdir: Path, config: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "snakemake", "results/tables/rounds.csv", "--cores", "1", "--configfile", config]
+    return subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+@pytest.mark.slow
+def test_killed_train_job_resumes_to_identical_checkpoints(tmp_path):
+    cfg = single_run_config()
+    reference = copy_workflow(tmp_path / "reference")
+    killed = copy_workflow(tmp_path / "killed")
+    for workdir in (reference, killed):
+        (workdir / "one.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(reference, "results/tables/rounds.csv", "--configfile", "one.yaml")
+
+    proc = start_snakemake(killed, "one.yaml")
+    deadline = time.time() + 300
+    log = None
+    while time.time() < deadline:
+        logs = list((killed / "logs/train").rglob("train.log")) if (killed / "logs/train").exists() else []
+        log = logs[0] if logs else None
+        if log is not None and "round 3/6" in log.read_text():
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert log is not None and "round 3/6" in log.read_text()
+    assert not list((killed / "results/train").rglob("trajectory.pt"))
+
+    snakemake(killed, "--unlock", "--configfile", "one.yaml")
+    snakemake(killed, "results/tables/rounds.csv", "--configfile", "one.yaml")
+
+    assert "resuming after round" in log.read_text()
+    ref_dir = next((reference / "results/train").rglob("trajectory.pt")).parent
+    new_dir = next((killed / "results/train").rglob("trajectory.pt")).parent
+    assert torch.equal(load_trajectory(ref_dir / "trajectory.pt").params,
+                       load_trajectory(new_dir / "trajectory.pt").params)
+    ref_clients, new_clients = load_clients(ref_dir / "clients.pt"), load_clients(new_dir / "clients.pt")
+    assert all(torch.equal(ref_clients[r].params, new_clients[r].params) for r in (2, 5))
+    assert not (new_dir / "_progress").exists()
+
+
+def test_single_run_writes_only_below_the_configured_results_dir(tmp_path):
+    workdir = copy_workflow(tmp_path / "work")
+    scratch = tmp_path / "scratch"
+    cfg = single_run_config() | {"results_dir": str(scratch)}
+    cfg["training"].update(rounds=2, local_epochs=1, save_clients_at=[1])
+    (workdir / "scratch.yaml").write_text(yaml.safe_dump(cfg))
+
+    snakemake(workdir, "--configfile", "scratch.yaml")
+
+    assert not (workdir / "results").exists()
+    assert pd.read_csv(scratch / "tables/rounds.csv")["round"].max() == 2
+    assert next((scratch / "train").rglob("trajectory.pt")).is_file()
+    assert next((workdir / "logs/train").rglob("*.log")).is_file()
+    assert snakemake(workdir, "--configfile", "scratch.yaml", "-n").stdout.count("Nothing to be done") == 1

@@ -1,0 +1,8 @@
+"""Snakemake script of rule client_stats_figure."""
+
+from fedscape.analysis.client_stats.figures import client_stats_figure
+from fedscape.core.logs import job_log
+
+sm = snakemake  # noqa: F821
+with job_log(sm.log[0]):
+    client_stats_figure(sm.input.table, {key: sm.output[key] for key in ("png", "pdf", "csv")})

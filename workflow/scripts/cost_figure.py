@@ -1,0 +1,8 @@
+"""Snakemake script of rule cost_figure."""
+
+from fedscape.core.logs import job_log
+from fedscape.report.figures import cost_figure_stage
+
+sm = snakemake  # noqa: F821
+with job_log(sm.log[0]):
+    cost_figure_stage(sm.input.cost, sm.wildcards.dataset, sm.wildcards.model, sm.output.png)

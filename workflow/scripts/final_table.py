@@ -1,0 +1,10 @@
+"""Snakemake script of rule final_table: results/tables/final.csv."""
+
+from fedscape.core.logs import job_log
+from fedscape.report.summary import final_stage
+
+sm = snakemake  # noqa: F821
+with job_log(sm.log[0]):
+    final_stage(sm.input.rounds, sm.output.table, barriers=sm.input.get("barriers"),
+                interpolation=sm.input.get("interpolation"), hessian=sm.input.get("hessian"),
+                hessian_clients=sm.input.get("hessian_clients"))

@@ -1,0 +1,8 @@
+"""Snakemake script of rule interpolation_figure."""
+
+from fedscape.analysis.barriers.figures import interpolation_figure
+from fedscape.core.logs import job_log
+
+sm = snakemake  # noqa: F821
+with job_log(sm.log[0]):
+    interpolation_figure(sm.input.table, {key: sm.output[key] for key in ("png", "pdf", "csv")})

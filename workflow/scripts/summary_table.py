@@ -1,0 +1,8 @@
+"""Snakemake script of rule summary_table: results/tables/summary.csv."""
+
+from fedscape.core.logs import job_log
+from fedscape.report.summary import summary_stage
+
+sm = snakemake  # noqa: F821
+with job_log(sm.log[0]):
+    summary_stage(sm.input.final, sm.output.table)

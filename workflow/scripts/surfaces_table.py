@@ -1,0 +1,8 @@
+"""Snakemake script of rule surfaces_table: results/tables/surfaces.csv."""
+
+from fedscape.analysis.landscape.gather import surfaces_table
+from fedscape.core.logs import job_log
+
+sm = snakemake  # noqa: F821
+with job_log(sm.log[0]):
+    surfaces_table(list(sm.input), sm.output[0])

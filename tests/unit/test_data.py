@@ -17,7 +17,7 @@ from helpers.cifar import CIFAR10_DIR, CIFAR100_DIR, write_fake_cifar10, write_f
 from sklearn.datasets import load_digits
 
 from fedscape.data.datasets import augment_batch, load_dataset
-from fedscape.data.sources import stratified_split
+from fedscape.data.sources import read_digits, stratified_split
 from fedscape.data.specs import CROP_PADDING, DATASET_NAMES
 
 CIFAR_CASES = {
@@ -439,3 +439,14 @@ def test_crop_flip_on_cuda_matches_cpu_for_the_same_seed() -> None:
     # Assert
     assert cuda.device.type == "cuda"
     assert torch.equal(cuda.cpu(), cpu)
+
+
+def test_digits_are_read_exactly_as_scikit_learn_loads_them():
+    from sklearn.datasets import load_digits  # lazy: the reference loader, only in this test
+
+    images, labels = read_digits()
+    reference = load_digits()
+
+    assert images.shape == (1797, 1, 8, 8) and images.dtype == np.float64
+    assert np.array_equal(images[:, 0], reference.images)
+    assert np.array_equal(labels, reference.target)

@@ -12,16 +12,8 @@ from helpers.figures import assert_figure_files
 from helpers.tables import rounds_table, run_id
 
 from fedscape.core.alpha import alpha_label
-from fedscape.outputs.style import (
-    PALETTE,
-    RunStyle,
-    alpha_order,
-    empty_figure,
-    label_run,
-    log_levels,
-    save_figure,
-    varying_keys,
-)
+from fedscape.outputs.labels import label_run
+from fedscape.outputs.style import PALETTE, RunStyle, alpha_order, empty_figure, log_levels, save_figure, varying_keys
 from fedscape.report.figures import (
     CURVE_COLUMNS,
     accuracy_by_init_figure,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,8 +31,23 @@ def job_log(path: str | Path | None) -> Iterator[None]:
     on the console.
     """
     setup_logging(path)
+    age = process_age()
+    t0 = time.perf_counter()
+    if age is not None:  # the job's fixed cost: interpreter, Snakemake's script preamble, imports
+        log.info("job started %.2f s after its process", age)
     try:
         yield
     except BaseException as exc:
         log.error("job failed: %s: %s", type(exc).__name__, exc, exc_info=True)
         raise
+    log.info("job done in %.2f s", time.perf_counter() - t0)
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (from /proc on Linux; None where that is not available)."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None

@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterable
 
 import numpy as np
-from scipy import stats
+from scipy.special import stdtrit
 
 from fedscape.core.runs import OK
 
@@ -34,5 +34,5 @@ def t_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[float
     if n == 1:
         return mean, math.nan, math.nan, math.nan, 1
     std = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
+    half = float(stdtrit(n - 1, 0.5 + confidence / 2)) * std / math.sqrt(n)
     return mean, std, mean - half, mean + half, n

@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import LinearSegmentedColormap
 
-from fedscape.core.alpha import alpha_label, parse_alpha
+from fedscape.core.alpha import parse_alpha
 from fedscape.core.io import atomic_path
-from fedscape.fl.hparams.registry import display_name
+from fedscape.outputs.labels import LABEL_ORDER
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision deficiencies.
 # Same order as the landscape figures; yellow last (weak on white).
@@ -45,10 +45,6 @@ LINESTYLES: tuple = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
 MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 DPI = 150  # PNG resolution: sharp on screen, small files (< 200 KB for the default figures)
 
-# Order of the run fields in labels, legends and table rows.
-LABEL_ORDER = ("dataset", "model", "algorithm", "init", "alpha", "num_clients", "participation", "seed")
-
-
 # -- values and labels -----------------------------------------------------------------------------
 def alpha_order(alphas: Iterable) -> list:
     """Distinct alphas from IID (inf) through mild to severe skew (decreasing alpha)."""
@@ -56,34 +52,6 @@ def alpha_order(alphas: Iterable) -> list:
     for a in alphas:
         unique.setdefault(parse_alpha(a), a)
     return [unique[k] for k in sorted(unique, reverse=True)]
-
-
-def format_field(key: str, value) -> str:
-    """One run field as legend text."""
-    if key == "alpha":
-        return alpha_label(value)
-    if key == "algorithm":
-        return display_name(value)
-    if key == "init":
-        return f"{value} init"
-    if key == "num_clients":
-        return f"M={int(value)}"
-    if key == "participation":
-        frac = float(value)
-        return "all clients" if frac >= 1.0 else f"{frac:.0%} sampled"
-    if key == "seed":
-        return f"seed {int(value)}"
-    return str(value)
-
-
-def label_run(fields: Mapping, keys: Sequence[str] | None = None, sep: str = " · ") -> str:
-    """Legend label of a run or run group, e.g. 'FedAvg · random init · α=0.1'.
-
-    `keys` picks the fields shown (default: every run field present in `fields`), always in the
-    order of LABEL_ORDER so that the same run reads the same in every figure.
-    """
-    wanted = [k for k in LABEL_ORDER if k in fields] if keys is None else [k for k in LABEL_ORDER if k in keys]
-    return sep.join(format_field(k, fields[k]) for k in wanted) or "all runs"
 
 
 def varying_keys(df: pd.DataFrame, keys: Sequence[str] = LABEL_ORDER) -> list[str]:

@@ -25,6 +25,7 @@ import pandas as pd
 
 from fedscape.core.alpha import alpha_label, parse_alpha
 from fedscape.fl.hparams.registry import display_name
+from fedscape.outputs.labels import label_run
 from fedscape.outputs.stats import did_not_diverge, t_interval
 from fedscape.outputs.style import (
     PALETTE,
@@ -32,7 +33,6 @@ from fedscape.outputs.style import (
     alpha_order,
     empty_figure,
     facet_grid,
-    label_run,
     pyplot,
     save_figure,
     varying_keys,

@@ -15,13 +15,12 @@ from matplotlib.colors import LogNorm, TwoSlopeNorm
 
 from fedscape.analysis.barriers.definitions import LAYER_DISTANCE_COLUMNS, MODES, SPLITS, split_pair_run_id
 from fedscape.core.runs import parse_run_id
+from fedscape.outputs.labels import LABEL_ORDER, label_run
 from fedscape.outputs.style import (
-    LABEL_ORDER,
     MARKERS,
     PALETTE,
     diverging_cmap,
     empty_figure,
-    label_run,
     pyplot,
     save_figure_outputs,
     sequential_cmap,

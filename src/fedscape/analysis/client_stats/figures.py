@@ -10,7 +10,8 @@ import pandas as pd
 from fedscape.analysis.client_stats.definitions import CLIENT_STATS_FIGURE_COLUMNS
 from fedscape.core.alpha import parse_alpha
 from fedscape.core.runs import parse_run_id
-from fedscape.outputs.style import RunStyle, empty_figure, label_run, pyplot, save_figure_outputs, varying_keys
+from fedscape.outputs.labels import label_run
+from fedscape.outputs.style import RunStyle, empty_figure, pyplot, save_figure_outputs, varying_keys
 
 
 def client_stats_figure(table: str | Path, outputs: dict[str, str | Path]) -> None:

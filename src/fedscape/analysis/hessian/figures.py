@@ -13,7 +13,8 @@ import pandas as pd
 from fedscape.analysis.hessian.definitions import AGGREGATE, DENSITY_COLUMNS
 from fedscape.core.alpha import alpha_label, parse_alpha
 from fedscape.core.runs import RUN_FIELDS, parse_run_id
-from fedscape.outputs.style import PALETTE, alpha_colors, alpha_order, format_field, label_run, pyplot
+from fedscape.outputs.labels import format_field, label_run
+from fedscape.outputs.style import PALETTE, alpha_colors, alpha_order, pyplot
 from fedscape.outputs.style import save_figure_outputs as save
 
 

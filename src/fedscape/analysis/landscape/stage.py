@@ -33,7 +33,7 @@ from fedscape.data.datasets import dataset_from_options
 from fedscape.data.partition import load_partition
 from fedscape.models.checkpoint import ModelMeta, Trajectory, load_clients, load_trajectory
 from fedscape.models.device import resolve_device
-from fedscape.outputs.style import label_run
+from fedscape.outputs.labels import label_run
 
 log = logging.getLogger("fedscape.landscape")
 

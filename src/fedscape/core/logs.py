@@ -15,12 +15,17 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def setup_logging(path: str | Path | None) -> None:
-    """Log to a file (the rule's log) and to stderr, with timestamps."""
+    """Log to a file (the rule's log) and to stderr, with timestamps: fedscape's INFO, other libraries' warnings.
+
+    Libraries log at INFO too (fontTools writes ~150 lines per PDF figure), which would bury the job's own
+    progress lines.
+    """
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(path, mode="a"))
-    logging.basicConfig(level=logging.INFO, format=FORMAT, handlers=handlers, force=True)
+    logging.basicConfig(level=logging.WARNING, format=FORMAT, handlers=handlers, force=True)
+    log.setLevel(logging.INFO)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,58 @@
+"""A job's log: its own progress lines, other libraries' warnings only, and the error of a failing job."""
+
+import logging
+
+import pytest
+
+from fedscape.core.logs import job_log
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    root, fedscape = logging.getLogger(), logging.getLogger("fedscape")
+    saved = (root.level, list(root.handlers), fedscape.level)
+    yield
+    for handler in root.handlers:
+        if handler not in saved[1]:
+            handler.close()
+    root.setLevel(saved[0])
+    root.handlers[:] = saved[1]
+    fedscape.setLevel(saved[2])
+
+
+@pytest.mark.parametrize(
+    ("logger", "level", "kept"),
+    [
+        ("fedscape.train", logging.INFO, True),
+        ("fedscape", logging.INFO, True),
+        ("fontTools.subset", logging.INFO, False),  # ~150 lines per PDF figure
+        ("fontTools.subset", logging.WARNING, True),
+        ("matplotlib", logging.DEBUG, False),
+    ],
+)
+def test_job_log_keeps_fedscape_info_and_other_libraries_warnings(tmp_path, logger, level, kept):
+    # Prepare
+    path = tmp_path / "logs" / "job.log"
+
+    # Execute
+    with job_log(path):
+        logging.getLogger(logger).log(level, "the marker line")
+
+    # Assert
+    assert ("the marker line" in path.read_text()) is kept
+    assert "job done in" in path.read_text()
+
+
+def test_job_log_writes_a_failing_jobs_error_and_reraises(tmp_path):
+    # Prepare
+    path = tmp_path / "job.log"
+
+    # Execute
+    with pytest.raises(ValueError, match="bad partition"), job_log(path):
+        raise ValueError("bad partition in results/partitions/x.npz")
+
+    # Assert
+    text = path.read_text()
+    assert "job failed: ValueError: bad partition in results/partitions/x.npz" in text
+    assert "Traceback" in text
+    assert "job done in" not in text

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import torch
+from helpers.figures import assert_figure_files
 
+from fedscape.analysis.client_stats.definitions import CLIENT_STATS_COLUMNS, CLIENT_STATS_FIGURE_COLUMNS
+from fedscape.analysis.client_stats.figures import client_stats_figure
 from fedscape.fl.client_stats import (
     client_drift,
     cosine_similarity,
@@ -112,3 +116,29 @@ def test_engine_records_stats_every_round_equal_to_checkpoint_recomputation(part
         for key in hook:
             assert hook[key] == pytest.approx(again[key], rel=1e-9, nan_ok=True)
     assert all(0 < s["drift_from_aggregate"] < s["drift_from_start"] * 2 for s in result.client_stats)
+
+
+def test_client_stats_figure_plots_drift_as_the_mean_over_seeds(tmp_path):
+    """The figure's data: both drifts beside the other statistics, one row per alpha and round, seeds averaged."""
+    # Prepare: drift grows with the round, differs between seeds and alphas
+    def run_id(alpha, seed):
+        return f"digits/cnn_small/init~random/algo~fedavg/alpha~{alpha}/clients~10/part~1.0/seed~{seed}"
+
+    rows = [{"run_id": run_id(alpha, seed), "round": r, "drift_from_start": scale * r + seed,
+             "drift_from_aggregate": scale * r / 2 + seed, "gradient_diversity": 1.0 + r,
+             "update_cosine_mean": 0.5, "l2_to_final": 3.0 - r}
+            for alpha, scale in (("iid", 1.0), ("0.1", 4.0)) for seed in (0, 2) for r in range(1, 4)]
+    pd.DataFrame(rows, columns=CLIENT_STATS_COLUMNS).to_csv(tmp_path / "client_stats.csv", index=False)
+    outputs = {ext: tmp_path / f"client_stats.{ext}" for ext in ("png", "pdf", "csv")}
+
+    # Execute
+    client_stats_figure(tmp_path / "client_stats.csv", outputs)
+
+    # Assert
+    data = assert_figure_files(outputs)
+    assert sorted(data.columns) == sorted(CLIENT_STATS_FIGURE_COLUMNS)
+    assert len(data) == 2 * 3
+    for alpha, scale in (("iid", 1.0), ("0.1", 4.0)):
+        line = data[data["alpha"].astype(str) == alpha].sort_values("round")
+        assert line["drift_from_start"].tolist() == pytest.approx([scale * r + 1 for r in range(1, 4)])
+        assert line["drift_from_aggregate"].tolist() == pytest.approx([scale * r / 2 + 1 for r in range(1, 4)])

@@ -1,4 +1,4 @@
-"""The client-statistics figure: gradient diversity, update cosine and L2 to final per round (torch-free)."""
+"""The client-statistics figure: client drift, gradient diversity, update cosine, L2 to final per round."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedscape.analysis.client_stats.definitions import CLIENT_STATS_FIGURE_COLUMNS
+from fedscape.analysis.client_stats.definitions import CLIENT_STATS_FIGURE_COLUMNS, CLIENT_STATS_PANELS
 from fedscape.core.alpha import parse_alpha
 from fedscape.core.runs import parse_run_id
 from fedscape.outputs.labels import label_run
@@ -15,9 +15,10 @@ from fedscape.outputs.style import RunStyle, empty_figure, pyplot, save_figure_o
 
 
 def client_stats_figure(table: str | Path, outputs: dict[str, str | Path]) -> None:
-    """Gradient diversity, update cosine and L2 to final per round; colour = alpha, line style = init.
+    """Client drift, gradient diversity, update cosine and L2 to final per round; colour = alpha, style = init.
 
-    The bottom row of the figure of Nguyen et al. 2022 ("Where to begin?"); one row of panels per
+    Drift from the round start and from the aggregate (the client-drift explainer; Karimireddy et al. 2020),
+    then the bottom row of the figure of Nguyen et al. 2022 ("Where to begin?"); one row of panels per
     (dataset, model, algorithm, clients, participation), seeds averaged.
     """
     df = pd.read_csv(table)
@@ -29,13 +30,12 @@ def client_stats_figure(table: str | Path, outputs: dict[str, str | Path]) -> No
     df = pd.concat([df, fields], axis=1)
     group_keys = ["dataset", "model", "algorithm", "num_clients", "participation"]
     shown = ["dataset", "model", "algorithm", *varying_keys(df, ["num_clients", "participation"])]
-    stats = [("gradient_diversity", "gradient diversity"), ("update_cosine_mean", "cosine similarity of updates"),
-             ("l2_to_final", "L2 distance to final weights")]
+    stats = CLIENT_STATS_PANELS
     groups = list(df.groupby(group_keys, sort=True))
     style = RunStyle(df)
     line_keys = ["alpha", *(["init"] if df["init"].nunique() > 1 else [])]
     plt = pyplot()
-    fig, axes = plt.subplots(len(groups), len(stats), figsize=(9.5, 0.6 + 2.4 * len(groups)), squeeze=False,
+    fig, axes = plt.subplots(len(groups), len(stats), figsize=(15, 0.6 + 2.4 * len(groups)), squeeze=False,
                              sharex=True, layout="constrained")
     legend, plotted = {}, []
     for g, (key, sub) in enumerate(groups):

@@ -337,6 +337,30 @@ def test_layer_distance_figure_writes_pdf_png_and_the_pairs_rows(tmp_path, pair)
     assert data["distance"].sum() == pytest.approx(expected["distance"].sum())
 
 
+
+def test_layer_distance_figure_draws_l2_and_cosine_distance(tmp_path, monkeypatch):
+    """Adilova et al. Fig. 1b: an L2 panel and a cosine-distance (1 - cos) panel, each layers x rounds."""
+    from fedscape.analysis.barriers import figures
+
+    # Prepare: keep the figure instead of closing it
+    table = distance_table()
+    table.to_csv(tmp_path / "layer_distances.csv", index=False)
+    drawn = {}
+    monkeypatch.setattr(figures, "save_figure_outputs", lambda fig, outputs, data: drawn.update(fig=fig))
+
+    # Execute
+    figures.layer_distance_figure(tmp_path / "layer_distances.csv", "clients", figure_outputs(tmp_path, "d"))
+
+    # Assert: the images hold the table's values (rows = layers + full model, columns = rounds 1-3)
+    images = [ax.get_images()[0].get_array() for ax in drawn["fig"].axes if ax.get_images()]
+    assert len(images) == 2
+    l2, cos = (image.filled(float("nan")) for image in images)
+    assert l2.shape == cos.shape == (len(CNN_LAYERS) + 1, 3)
+    assert l2[0].tolist() == pytest.approx([0.2 * r for r in (1, 2, 3)])
+    assert cos[:, 1].tolist() == pytest.approx([0.02] * (len(CNN_LAYERS) + 1))
+    labels = [ax.get_ylabel() for ax in drawn["fig"].axes]
+    assert any("cosine distance" in label for label in labels)
+
 def test_layer_distance_figure_of_a_pair_absent_from_the_table(tmp_path):
     from fedscape.analysis.barriers.figures import layer_distance_figure
 

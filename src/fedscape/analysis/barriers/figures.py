@@ -56,6 +56,30 @@ def _heatmap_axes(ax, rounds: list, row_labels: list[str]) -> None:
     ax.grid(False)
 
 
+def _log_heatmap(fig, ax, arr: np.ndarray, columns: list, labels: list[str], label: str) -> None:
+    """One layers x rounds heatmap on a log colour scale; zeros (identical layers) white, NaN (skipped) grey."""
+    positive = arr[np.isfinite(arr) & (arr > 0)]
+    vmin, vmax = (float(positive.min()), float(positive.max())) if positive.size else (1e-12, 1.0)
+    if vmax <= vmin:
+        vmax = vmin * 10
+    zero = np.isfinite(arr) & (arr <= 0)  # identical layers (e.g. the shared init at round 0): the 'under' colour
+    norm = LogNorm(vmin, vmax)
+    im = ax.imshow(np.ma.masked_invalid(np.where(zero, vmin / 10, arr)), cmap=sequential_cmap().with_extremes(
+        under="white"), norm=norm, aspect="auto", interpolation="nearest")
+    _heatmap_axes(ax, columns, labels)
+    if labels and labels[-1] == FULL_MODEL_LABEL and len(labels) > 1:
+        ax.axhline(len(labels) - 1.5, color="white", lw=2)
+    if len(labels) <= 16 and len(columns) <= 12:  # small grids: the numbers themselves
+        for i in range(arr.shape[0]):
+            for j in range(arr.shape[1]):
+                if np.isfinite(arr[i, j]):
+                    dark = not zero[i, j] and norm(arr[i, j]) < 0.55
+                    ax.text(j, i, f"{arr[i, j]:.3g}", ha="center", va="center", fontsize=6,
+                            color="white" if dark else "black")
+    cbar = fig.colorbar(im, ax=ax, extend="min" if zero.any() else "neither")
+    cbar.set_label(label + " (log scale" + ("; white = 0)" if zero.any() else ")"))
+
+
 def interpolation_figure(table: str | Path, outputs: dict[str, str | Path]) -> None:
     """Loss and error along the interpolation, one labelled curve per pair (Li et al. 2022, Figs 3c/5c)."""
     df = pd.read_csv(table)
@@ -128,8 +152,8 @@ def layer_heatmaps(table: str | Path, pair: str, split: str, outputs: dict[str, 
 
 def layer_distance_figure(table: str | Path, pair: str, outputs: dict[str, str | Path],
                           rounds: list[int] | None = None) -> None:
-    """Per-layer L2 distance between the two models of a pair over rounds (Adilova et al. 2023): heatmap of
-    layers (input at the top) x rounds with the whole model in the bottom row, log colour scale.
+    """Per-layer L2 and cosine distance between the two models of a pair over rounds (Adilova et al. 2023,
+    Fig. 1b): two heatmaps of layers (input at the top) x rounds, the whole model in the bottom row, log scale.
 
     `rounds`: the pair's configured rounds (skipped ones show as grey columns). Without it a pair absent
     from the table is an error; with it the pair may have no rows (every round skipped): the figure says so.
@@ -155,38 +179,22 @@ def layer_distance_figure(table: str | Path, pair: str, outputs: dict[str, str |
     index = [*names["layer_index"].tolist(), *([-1] if (data["layer_index"] < 0).any() else [])]
     labels = [*[f"{k}: {n}" for k, n in zip(names["layer_index"], names["layer"], strict=True)],
               *([FULL_MODEL_LABEL] if index and index[-1] == -1 else [])]
-    grid = (data.pivot_table(index="layer_index", columns="round", values="distance", aggfunc="first")
-            .reindex(index=index, columns=columns))
-    arr = grid.to_numpy(dtype=float)
-    positive = arr[np.isfinite(arr) & (arr > 0)]
-    vmin, vmax = (float(positive.min()), float(positive.max())) if positive.size else (1e-12, 1.0)
-    if vmax <= vmin:
-        vmax = vmin * 10
-    zero = np.isfinite(arr) & (arr <= 0)  # identical layers (e.g. the shared init at round 0): the 'under' colour
-    cmap = sequential_cmap().with_extremes(under="white")
-    norm = LogNorm(vmin, vmax)
-
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(min(10.0, 3.0 + 0.45 * len(columns)), 1.2 + max(2.0, 0.16 * len(index))),
-                           layout="constrained")
-    im = ax.imshow(np.ma.masked_invalid(np.where(zero, vmin / 10, arr)), cmap=cmap, norm=norm, aspect="auto",
-                   interpolation="nearest")
-    _heatmap_axes(ax, columns, labels)
-    if index and index[-1] == -1 and len(index) > 1:
-        ax.axhline(len(index) - 1.5, color="white", lw=2)
-    if len(index) <= 16 and len(columns) <= 12:  # small grids: the numbers themselves
-        for i in range(arr.shape[0]):
-            for j in range(arr.shape[1]):
-                if np.isfinite(arr[i, j]):
-                    dark = not zero[i, j] and norm(arr[i, j]) < 0.55
-                    ax.text(j, i, f"{arr[i, j]:.3g}", ha="center", va="center", fontsize=6,
-                            color="white" if dark else "black")
-    cbar = fig.colorbar(im, ax=ax, extend="min" if zero.any() else "neither")
-    cbar.set_label("L2 distance ||θa - θb|| (log scale" + ("; white = 0)" if zero.any() else ")"))
+    width = min(10.0, 3.0 + 0.45 * len(columns))
+    fig, (ax_l2, ax_cos) = plt.subplots(1, 2, figsize=(2 * width, 1.2 + max(2.0, 0.16 * len(index))),
+                                        layout="constrained")
+    grids = {}
+    for ax, column, label in ((ax_l2, "distance", "L2 distance ||θa - θb||"),
+                              (ax_cos, "cosine", "cosine distance 1 - cos(θa, θb)")):
+        grid = (data.pivot_table(index="layer_index", columns="round", values=column, aggfunc="first")
+                .reindex(index=index, columns=columns))
+        arr = grid.to_numpy(dtype=float)
+        grids[column] = arr if column == "distance" else 1.0 - arr
+        _log_heatmap(fig, ax, grids[column], columns, labels, label)
     run_a, run_b = split_pair_run_id(data["run_id"].iloc[0])
     who = pair_label(run_a, run_b) if run_b else f"two clients of {pair_label(run_a)}"
-    ax.set_title(f"Layer-wise L2 distance between the two models over rounds, pair {pair}\n{who}"
-                 + ("; grey = round skipped" if np.isnan(arr).any() else ""))
+    fig.suptitle(f"Layer-wise distance between the two models over rounds, pair {pair}\n{who}"
+                 + ("; grey = round skipped" if np.isnan(grids["distance"]).any() else ""))
     save_figure_outputs(fig, outputs, data)
 
 

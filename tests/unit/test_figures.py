@@ -16,6 +16,7 @@ from fedscape.outputs.labels import label_run
 from fedscape.outputs.style import PALETTE, RunStyle, alpha_order, empty_figure, log_levels, save_figure, varying_keys
 from fedscape.report.figures import (
     CURVE_COLUMNS,
+    RANKING_COLUMNS,
     accuracy_by_init_figure,
     accuracy_table,
     accuracy_table_figure,
@@ -24,6 +25,8 @@ from fedscape.report.figures import (
     curves_figure,
     headline_table,
     headline_table_figure,
+    ranking_figure,
+    ranking_table,
 )
 from fedscape.report.summary import final_table, summary_table
 
@@ -292,3 +295,57 @@ def test_final_table_unknown_runs_in_analyses_are_ignored():
     final = final_table(rounds, hessian=hessian)
 
     assert len(final) == 6 and final["lambda_max"].isna().all()
+
+
+# -- ranking of algorithms per init (Nguyen et al. 2022: pre-training changes the ranking) --------------
+def ranking_final() -> pd.DataFrame:
+    """final.csv rows at alpha 0.1: three algorithms x two inits x three seeds; one diverged run."""
+    acc = {  # (init, algorithm) -> test accuracy of seeds 0, 1, 2
+        ("random", "fedavg"): (0.80, 0.70, 0.90),   # mean 0.80: best under random, but 2nd on seed 1
+        ("random", "fedprox"): (0.75, 0.72, 0.81),  # mean 0.76
+        ("random", "scaffold"): (0.50, 0.55, 0.60),
+        ("pretrained", "fedavg"): (0.90, 0.91, 0.92),
+        ("pretrained", "fedprox"): (0.93, 0.94, 0.95),
+        ("pretrained", "scaffold"): (0.99, 0.96, 0.97),  # seed 0 diverged: its 0.99 must not count
+    }
+    rows = [{"dataset": "digits", "model": "cnn_small", "init": init, "algorithm": algorithm, "alpha": 0.1,
+             "num_clients": 10, "participation": 1.0, "seed": seed, "test_acc": value,
+             "status": "diverged" if (init, algorithm, seed) == ("pretrained", "scaffold", 0) else "ok"}
+            for (init, algorithm), values in acc.items() for seed, value in enumerate(values)]
+    return pd.DataFrame(rows)
+
+
+def test_ranking_table_ranks_by_mean_over_the_runs_that_did_not_diverge():
+    # Execute
+    table = ranking_table(ranking_final()).set_index(["init", "algorithm"])
+
+    # Assert
+    assert list(ranking_table(ranking_final()).columns) == RANKING_COLUMNS
+    assert table.loc[("random", "fedavg"), "rank"] == 1
+    assert table.loc[("random", "fedprox"), "rank"] == 2
+    assert table.loc[("random", "scaffold"), "rank"] == 3
+    assert table.loc[("pretrained", "scaffold"), "rank"] == 1  # mean of 0.96, 0.97 (not 0.99)
+    assert table.loc[("pretrained", "scaffold"), "mean"] == pytest.approx(0.965)
+    assert table.loc[("pretrained", "scaffold"), "n_seeds"] == 2
+    assert table.loc[("pretrained", "fedavg"), "rank"] == 3
+    # the seed interval of the rank: FedAvg is 2nd on seed 1 under random
+    assert (table.loc[("random", "fedavg"), "rank_seed_min"],
+            table.loc[("random", "fedavg"), "rank_seed_max"]) == (1, 2)
+    assert (table.loc[("random", "scaffold"), "rank_seed_min"],
+            table.loc[("random", "scaffold"), "rank_seed_max"]) == (3, 3)
+    assert (table["n_algorithms"] == 3).all()
+
+
+def test_ranking_with_one_seed_has_no_rank_interval_and_the_figure_is_written(tmp_path):
+    # Prepare
+    final = ranking_final()
+    final = final[final["seed"] == 1]
+
+    # Execute
+    paths = ranking_figure(final, "digits", "cnn_small", tmp_path / "ranking.png")
+
+    # Assert
+    data = assert_figure_files(paths)
+    assert data[["rank_seed_min", "rank_seed_max", "ci95_low"]].isna().all().all()
+    assert sorted(data[data["init"] == "random"]["rank"]) == [1, 2, 3]
+    assert data.set_index(["init", "algorithm"]).loc[("random", "fedprox"), "rank"] == 1  # 0.72 > 0.70 on seed 1

@@ -11,7 +11,7 @@ CURVES_FIGURE = "curves/{dataset}/{model}/{metric}"  # below figures/
 ACCURACY_FIGURE = "accuracy/{dataset}/{model}/{kind}"
 COST_FIGURE = "cost/{dataset}/{model}/cost"
 CURVE_METRICS = ("accuracy", "loss")
-ACCURACY_KINDS = ("by_init", "table", "headline")
+ACCURACY_KINDS = ("by_init", "table", "headline", "ranking")
 
 
 def final_table_inputs(config: dict, runs: list[Run]) -> dict[str, str]:

@@ -11,6 +11,8 @@ PDF, PNG and the plotted data as CSV.
   cells, mean +- std over seeds (Mendieta et al. 2022, FedAlign Tables 1-4 and 7).
 - headline_table_figure: accuracy with the analyses' headline numbers per run group (barrier to IID,
   lambda_max, trace, HN, HD: FedAlign Table 1).
+- ranking_figure: the algorithms' rank by final accuracy under each initialisation, as a slope chart (Nguyen
+  et al. 2022: pre-training changes which algorithm wins), with the rank range over seeds.
 - cost_figure: seconds per round and peak memory per algorithm (FedAlign Table 5).
 """
 
@@ -48,6 +50,10 @@ CURVE_GROUP = ["dataset", "model", "init", "algorithm", "alpha", "num_clients", 
 CURVE_COLUMNS = [*CURVE_GROUP, "split", "round", "n_seeds", "mean", "std", "ci95_low", "ci95_high"]
 POINT_COLUMNS = [*CURVE_GROUP, "n_seeds", "mean", "std", "ci95_low", "ci95_high", "seeds", "values"]
 TABLE_COLUMNS = [*CURVE_GROUP, "row", "column", "n_seeds", "mean", "std", "ci95_low", "ci95_high"]
+# Algorithms are ranked against each other within one setting and init: the run fields other than these two.
+RANKING_SETTING = ["dataset", "model", "alpha", "num_clients", "participation"]
+RANKING_COLUMNS = [*RANKING_SETTING, "init", "algorithm", "n_seeds", "mean", "ci95_low", "ci95_high", "rank",
+                   "rank_seed_min", "rank_seed_max", "n_algorithms"]
 
 
 def _select(df: pd.DataFrame, dataset: str, model: str) -> pd.DataFrame:
@@ -209,6 +215,87 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
     fig.suptitle(f"{dataset} / {model}: final accuracy by initialisation and alpha")
     fig.legend(legend.values(), legend.keys(), loc="outside right center", title="partition")
     return save_figure(fig, base_path, points)
+
+
+def _init_order(inits) -> list[str]:
+    """Inits left to right: `random` first (the reference the papers compare against), then by name."""
+    return sorted({str(i) for i in inits}, key=lambda i: (i != "random", i))
+
+
+def ranking_table(final: pd.DataFrame, column: str = "test_acc") -> pd.DataFrame:
+    """Rank of every algorithm by mean final `column` over seeds (1 = best), per setting and init.
+
+    Only runs that did not diverge count. `rank_seed_min` / `rank_seed_max`: the best and worst rank the
+    algorithm takes when the algorithms are ranked seed by seed (same seed = same partition and sampling),
+    the seed interval of the rank; NaN with one seed.
+    """
+    ok = did_not_diverge(final)
+    rows = []
+    for setting, sub in ok.groupby(RANKING_SETTING, sort=False):
+        for init, per_init in sub.groupby("init", sort=False):
+            stats = {algorithm: t_interval(runs[column].tolist())
+                     for algorithm, runs in per_init.groupby("algorithm", sort=True)}
+            stats = {algorithm: st for algorithm, st in stats.items() if st[4] > 0}  # no finite value: no rank
+            means = pd.Series({a: st[0] for a, st in stats.items()})
+            ranks = means.rank(ascending=False, method="min")
+            per_seed = per_init.pivot_table(index="seed", columns="algorithm", values=column, aggfunc="first")
+            seed_ranks = per_seed.rank(axis=1, ascending=False, method="min")
+            several = per_seed.shape[0] > 1
+            for algorithm, (mean, _std, lo, hi, n) in stats.items():
+                seed_rank = seed_ranks[algorithm].dropna() if several else pd.Series(dtype=float)
+                rows.append({**dict(zip(RANKING_SETTING, setting, strict=True)), "init": init,
+                             "algorithm": algorithm, "n_seeds": n, "mean": mean, "ci95_low": lo, "ci95_high": hi,
+                             "rank": int(ranks[algorithm]),
+                             "rank_seed_min": float(seed_rank.min()) if len(seed_rank) else math.nan,
+                             "rank_seed_max": float(seed_rank.max()) if len(seed_rank) else math.nan,
+                             "n_algorithms": len(stats)})
+    return pd.DataFrame(rows, columns=RANKING_COLUMNS)
+
+
+def ranking_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str | Path,
+                   column: str = "test_acc") -> dict:
+    """Slope chart of the algorithms' rank by final accuracy under each init (x), one line per algorithm,
+    with the rank range over seeds as a bar and the mean accuracy beside each point; one panel per setting."""
+    df = _select(final, dataset, model)
+    table = ranking_table(df, column) if not df.empty else pd.DataFrame(columns=RANKING_COLUMNS)
+    if table.empty:
+        return save_figure(empty_figure(f"no finished runs of {dataset} / {model} in final.csv"), base_path, table)
+    settings = list(table.groupby(["alpha", "num_clients", "participation"], sort=False))
+    settings.sort(key=lambda item: (item[0][1], -item[0][2], -parse_alpha(item[0][0])))
+    algorithms = sorted(table["algorithm"].astype(str).unique())
+    colors = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(algorithms)}
+    shown = varying_keys(table, ["num_clients", "participation"])
+    most = int(table["n_algorithms"].max())
+    fig, axes = facet_grid(len(settings), ncols=3, size=(3.4, 0.9 + 0.45 * most), sharey=False, sharex=False)
+    legend = {}
+    for ((alpha, clients, part), sub), (ax,) in zip(settings, axes, strict=True):
+        inits = _init_order(sub["init"])
+        for algorithm, line in sub.groupby("algorithm", sort=True):
+            line = line.set_index("init").reindex([i for i in inits if i in set(line["init"])])
+            x = [inits.index(i) for i in line.index]
+            color = colors[str(algorithm)]
+            (handle,) = ax.plot(x, line["rank"], "-o", color=color, lw=1.5, ms=5)
+            legend.setdefault(display_name(str(algorithm)), handle)
+            for xi, (_, row) in zip(x, line.iterrows(), strict=True):
+                if not math.isnan(row["rank_seed_min"]):
+                    ax.vlines(xi, row["rank_seed_min"], row["rank_seed_max"], color=color, lw=4, alpha=0.25)
+                ax.annotate(f"{100 * row['mean']:.1f}%", (xi, row["rank"]), textcoords="offset points",
+                            xytext=(6 if xi == len(inits) - 1 else -6, 0), fontsize=6, va="center",
+                            ha="left" if xi == len(inits) - 1 else "right", color=color)
+        ax.set_xticks(range(len(inits)), [f"{i} init" for i in inits])
+        ax.set_xlim(-0.6, len(inits) - 0.4)
+        n = int(sub["n_algorithms"].max())
+        ax.set_ylim(n + 0.5, 0.5)  # rank 1 at the top
+        ax.set_yticks(range(1, n + 1))
+        ax.set_ylabel("rank by final test accuracy" if column == "test_acc" else f"rank by {column}")
+        setting = {"alpha": alpha, "num_clients": clients, "participation": part}
+        ax.set_title(label_run(setting, ["alpha", *shown]) + ("" if len(inits) > 1 else "\n(one init: no change)"))
+        ax.grid(axis="x", visible=False)
+    seeds = int(table["n_seeds"].max())
+    band = f"bars: rank range over {seeds} seeds" if seeds > 1 else "one seed"
+    fig.suptitle(f"{dataset} / {model}: rank of each algorithm by final accuracy per initialisation ({band})")
+    fig.legend(legend.values(), legend.keys(), loc="outside right center", title="algorithm")
+    return save_figure(fig, base_path, table)
 
 
 def _seeds_note(n_seeds: pd.Series) -> str:
@@ -429,8 +516,10 @@ def final_figure_stage(final: str | Path, kind: str, dataset: str, model: str, b
         accuracy_table_figure(df, dataset, model, base_path)
     elif kind == "headline":
         headline_table_figure(df, dataset, model, base_path)
+    elif kind == "ranking":
+        ranking_figure(df, dataset, model, base_path)
     else:
-        raise ValueError(f"unknown final-accuracy figure {kind!r}; valid: by_init, table, headline")
+        raise ValueError(f"unknown final-accuracy figure {kind!r}; valid: by_init, table, headline, ranking")
     log.info("final accuracy %s %s / %s -> %s", kind, dataset, model, base_path)
 
 

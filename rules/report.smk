@@ -86,6 +86,8 @@ rule accuracy_figure:
     localrule: True
     conda:
         "../envs/light.yaml"
+    params:
+        work=lambda wildcards: report_plan.local_work(config, RUNS),
     script:
         "../workflow/scripts/accuracy_figure.py"
 

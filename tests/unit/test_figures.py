@@ -3,19 +3,25 @@ helpers, and the figures, tables and HTML report of the tiny end-to-end run."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.configs import SCHEMA, TINY
 from helpers.figures import assert_figure_files
 from helpers.tables import rounds_table, run_id
 
 from fedscape.core.alpha import alpha_label
+from fedscape.core.runs import build_runs
 from fedscape.outputs.labels import label_run
 from fedscape.outputs.style import PALETTE, RunStyle, alpha_order, empty_figure, log_levels, save_figure, varying_keys
+from fedscape.plan import report as report_plan
+from fedscape.plan.workflow import check_config
 from fedscape.report.figures import (
     CURVE_COLUMNS,
+    LOCAL_WORK_COLUMNS,
     RANKING_COLUMNS,
     accuracy_by_init_figure,
     accuracy_table,
@@ -25,6 +31,8 @@ from fedscape.report.figures import (
     curves_figure,
     headline_table,
     headline_table_figure,
+    local_work_figure,
+    local_work_table,
     ranking_figure,
     ranking_table,
 )
@@ -349,3 +357,56 @@ def test_ranking_with_one_seed_has_no_rank_interval_and_the_figure_is_written(tm
     assert data[["rank_seed_min", "rank_seed_max", "ci95_low"]].isna().all().all()
     assert sorted(data[data["init"] == "random"]["rank"]) == [1, 2, 3]
     assert data.set_index(["init", "algorithm"]).loc[("random", "fedprox"), "rank"] == 1  # 0.72 > 0.70 on seed 1
+
+
+# -- final accuracy against local work (Nguyen et al. 2022: local updates from both inits) --------------
+WORK = {"fedavg": {"name": "fedavg", "local_epochs": 2}, "fedprox": {"name": "fedprox", "local_epochs": 2},
+        "fedavg_e5": {"name": "fedavg", "local_epochs": 5}, "scaffold": {"name": "scaffold", "local_epochs": 1}}
+
+
+def test_local_work_table_joins_labels_of_one_algorithm_by_their_local_epochs():
+    # Prepare: FedAvg at 2 and 5 local epochs (two labels), FedProx at 2
+    final = ranking_final()
+    e5 = final[final["algorithm"] == "fedavg"].assign(algorithm="fedavg_e5", test_acc=lambda d: d["test_acc"] - 0.1)
+    final = pd.concat([final, e5], ignore_index=True)
+
+    # Execute
+    table = local_work_table(final, WORK)
+
+    # Assert
+    assert list(table.columns) == LOCAL_WORK_COLUMNS
+    fedavg = table[(table["algorithm_name"] == "fedavg") & (table["init"] == "random")]
+    assert fedavg["local_epochs"].tolist() == [2, 5]
+    assert fedavg["mean"].tolist() == pytest.approx([0.80, 0.70])
+    assert fedavg["n_seeds"].tolist() == [3, 3]
+    scaffold = table[(table["algorithm_name"] == "scaffold") & (table["init"] == "pretrained")].iloc[0]
+    assert (scaffold["local_epochs"], scaffold["n_seeds"]) == (1, 2)  # the diverged seed left out
+
+
+def test_local_work_figure_is_written_and_an_unknown_label_is_an_error(tmp_path):
+    # Prepare
+    final = ranking_final()
+
+    # Execute
+    data = assert_figure_files(local_work_figure(final, "digits", "cnn_small", tmp_path / "local_work.png", WORK))
+
+    # Assert
+    assert len(data) == 6
+    with pytest.raises(ValueError, match=r"algorithm labels \['scaffold'\] of final.csv have no local work"):
+        local_work_table(final, {k: v for k, v in WORK.items() if k != "scaffold"})
+
+
+def test_local_work_of_the_plan_takes_each_labels_training_override():
+    # Prepare
+    config = copy.deepcopy(TINY)
+    config["algorithms"]["fedavg_e5"] = {"name": "fedavg", "training": {"local_epochs": 5}}
+    config["experiments"].append({"alpha": "iid", "algorithm": "fedavg_e5"})
+    config = check_config(config, SCHEMA)
+    runs = build_runs(config)
+
+    # Execute
+    work = report_plan.local_work(config, runs)
+
+    # Assert
+    assert work["fedavg"] == {"name": "fedavg", "local_epochs": config["training"]["local_epochs"]}
+    assert work["fedavg_e5"] == {"name": "fedavg", "local_epochs": 5}

@@ -5,4 +5,5 @@ from fedscape.report.figures import final_figure_stage
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):
-    final_figure_stage(sm.input.final, sm.wildcards.kind, sm.wildcards.dataset, sm.wildcards.model, sm.output.png)
+    final_figure_stage(sm.input.final, sm.wildcards.kind, sm.wildcards.dataset, sm.wildcards.model, sm.output.png,
+                       dict(sm.params.work))

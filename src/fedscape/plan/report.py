@@ -6,12 +6,13 @@ from __future__ import annotations
 from fedscape.core.paths import Results
 from fedscape.core.runs import Run
 from fedscape.plan import hessian
+from fedscape.plan.train import run_training
 
 CURVES_FIGURE = "curves/{dataset}/{model}/{metric}"  # below figures/
 ACCURACY_FIGURE = "accuracy/{dataset}/{model}/{kind}"
 COST_FIGURE = "cost/{dataset}/{model}/cost"
 CURVE_METRICS = ("accuracy", "loss")
-ACCURACY_KINDS = ("by_init", "table", "headline", "ranking")
+ACCURACY_KINDS = ("by_init", "table", "headline", "ranking", "local_work")
 
 
 def final_table_inputs(config: dict, runs: list[Run]) -> dict[str, str]:
@@ -25,6 +26,13 @@ def final_table_inputs(config: dict, runs: list[Run]) -> dict[str, str]:
         inputs["hessian"] = results.table("hessian")
         inputs["hessian_clients"] = results.table("hessian_clients")
     return inputs
+
+
+def local_work(config: dict, runs: list[Run]) -> dict[str, dict]:
+    """Per algorithm label of the runs: its algorithm name and local epochs (its own `training` override or the
+    `training` section), for the figure of final accuracy against local work."""
+    return {run.algorithm: {"name": config["algorithms"][run.algorithm]["name"],
+                            "local_epochs": int(run_training(config, run)["local_epochs"])} for run in runs}
 
 
 def check(config: dict, runs: list[Run]) -> list[str]:

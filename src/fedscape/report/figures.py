@@ -13,6 +13,8 @@ PDF, PNG and the plotted data as CSV.
   lambda_max, trace, HN, HD: FedAlign Table 1).
 - ranking_figure: the algorithms' rank by final accuracy under each initialisation, as a slope chart (Nguyen
   et al. 2022: pre-training changes which algorithm wins), with the rank range over seeds.
+- local_work_figure: final accuracy against the clients' local epochs per round, one line per algorithm and
+  init (Nguyen et al. 2022: more local updates help more from a pretrained init).
 - cost_figure: seconds per round and peak memory per algorithm (FedAlign Table 5).
 """
 
@@ -52,6 +54,8 @@ POINT_COLUMNS = [*CURVE_GROUP, "n_seeds", "mean", "std", "ci95_low", "ci95_high"
 TABLE_COLUMNS = [*CURVE_GROUP, "row", "column", "n_seeds", "mean", "std", "ci95_low", "ci95_high"]
 # Algorithms are ranked against each other within one setting and init: the run fields other than these two.
 RANKING_SETTING = ["dataset", "model", "alpha", "num_clients", "participation"]
+LOCAL_WORK_COLUMNS = [*RANKING_SETTING, "init", "algorithm_name", "local_epochs", "algorithm", "n_seeds", "mean",
+                      "std", "ci95_low", "ci95_high"]
 RANKING_COLUMNS = [*RANKING_SETTING, "init", "algorithm", "n_seeds", "mean", "ci95_low", "ci95_high", "rank",
                    "rank_seed_min", "rank_seed_max", "n_algorithms"]
 
@@ -298,6 +302,62 @@ def ranking_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str
     return save_figure(fig, base_path, table)
 
 
+def local_work_table(final: pd.DataFrame, work: dict[str, dict], column: str = "test_acc") -> pd.DataFrame:
+    """Mean and 95% t-interval over the seeds that did not diverge of `column`, per setting, init and algorithm
+    label, with the label's algorithm name and local epochs (`work`: label -> {name, local_epochs})."""
+    unknown = sorted(set(final["algorithm"].astype(str)) - set(work))
+    if unknown:
+        raise ValueError(f"algorithm labels {unknown} of final.csv have no local work; known: {sorted(work)}")
+    rows = []
+    for keys, sub in did_not_diverge(final).groupby([*RANKING_SETTING, "init", "algorithm"], sort=False):
+        fields = dict(zip([*RANKING_SETTING, "init", "algorithm"], keys, strict=True))
+        mean, std, lo, hi, n = t_interval(sub[column].tolist())
+        label = work[str(fields["algorithm"])]
+        rows.append({**fields, "algorithm_name": label["name"], "local_epochs": int(label["local_epochs"]),
+                     "n_seeds": n, "mean": mean, "std": std, "ci95_low": lo, "ci95_high": hi})
+    table = pd.DataFrame(rows, columns=LOCAL_WORK_COLUMNS)
+    return table.sort_values([*RANKING_SETTING, "init", "algorithm_name", "local_epochs"], kind="stable")
+
+
+def local_work_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str | Path,
+                      work: dict[str, dict], column: str = "test_acc") -> dict:
+    """Final accuracy (mean, 95% interval over seeds) against local epochs per round: colour = algorithm,
+    line style = init; one panel per setting (alpha, clients, participation)."""
+    df = _select(final, dataset, model)
+    table = local_work_table(df, work, column) if not df.empty else pd.DataFrame(columns=LOCAL_WORK_COLUMNS)
+    if table.empty:
+        return save_figure(empty_figure(f"no finished runs of {dataset} / {model} in final.csv"), base_path, table)
+    settings = list(table.groupby(["alpha", "num_clients", "participation"], sort=False))
+    settings.sort(key=lambda item: (item[0][1], -item[0][2], -parse_alpha(item[0][0])))
+    names = sorted(table["algorithm_name"].astype(str).unique())
+    colors = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(names)}
+    style = RunStyle(df)
+    shown = varying_keys(table, ["num_clients", "participation"])
+    fig, axes = facet_grid(len(settings), ncols=3, size=(3.4, 2.6), sharey=True, sharex=False)
+    legend = {}
+    for ((alpha, clients, part), sub), (ax,) in zip(settings, axes, strict=True):
+        for (name, init), line in sub.groupby(["algorithm_name", "init"], sort=True):
+            line = line.groupby("local_epochs", as_index=False).first()  # labels with the same work: the first
+            color = colors[str(name)]
+            (handle,) = ax.plot(line["local_epochs"], line["mean"], marker="o", ms=4, color=color,
+                                linestyle=style.linestyle(init), lw=1.4)
+            if line["ci95_low"].notna().any():
+                ax.fill_between(line["local_epochs"], line["ci95_low"].clip(lower=0), line["ci95_high"].clip(upper=1),
+                                color=color, alpha=0.15, lw=0)
+            legend.setdefault(f"{display_name(str(name))} · {init} init", handle)
+        epochs = sorted({int(e) for e in sub["local_epochs"]})
+        ax.set_xticks(epochs)
+        ax.set_xlabel("local epochs per round")
+        ax.set_ylabel("final test accuracy" if column == "test_acc" else column)
+        setting = {"alpha": alpha, "num_clients": clients, "participation": part}
+        ax.set_title(label_run(setting, ["alpha", *shown]) + ("" if len(epochs) > 1 else "\n(one local work setting)"))
+    seeds = int(table["n_seeds"].max())
+    band = "mean and 95% t-interval over seeds" if seeds > 1 else "one seed"
+    fig.suptitle(f"{dataset} / {model}: final accuracy against local work ({band})")
+    fig.legend(legend.values(), legend.keys(), loc="outside right center")
+    return save_figure(fig, base_path, table)
+
+
 def _seeds_note(n_seeds: pd.Series) -> str:
     """Title suffix saying over how many seeds the cells are aggregated."""
     lo, hi = (int(n_seeds.min()), int(n_seeds.max())) if len(n_seeds) else (0, 0)
@@ -508,7 +568,8 @@ def curves_stage(rounds: str | Path, dataset: str, model: str, metric: str, base
     log.info("curves %s / %s (%s) -> %s", dataset, model, metric, base_path)
 
 
-def final_figure_stage(final: str | Path, kind: str, dataset: str, model: str, base_path: str | Path) -> None:
+def final_figure_stage(final: str | Path, kind: str, dataset: str, model: str, base_path: str | Path,
+                       work: dict[str, dict] | None = None) -> None:
     df = pd.read_csv(final)
     if kind == "by_init":
         accuracy_by_init_figure(df, dataset, model, base_path)
@@ -518,8 +579,11 @@ def final_figure_stage(final: str | Path, kind: str, dataset: str, model: str, b
         headline_table_figure(df, dataset, model, base_path)
     elif kind == "ranking":
         ranking_figure(df, dataset, model, base_path)
+    elif kind == "local_work":
+        local_work_figure(df, dataset, model, base_path, work or {})
     else:
-        raise ValueError(f"unknown final-accuracy figure {kind!r}; valid: by_init, table, headline, ranking")
+        raise ValueError(f"unknown final-accuracy figure {kind!r}; valid: by_init, table, headline, ranking, "
+                         "local_work")
     log.info("final accuracy %s %s / %s -> %s", kind, dataset, model, base_path)
 
 

@@ -15,6 +15,7 @@ from fedscape.fl.local import batch_order, client_generator
 from fedscape.fl.settings import TrainConfig, sample_clients
 from fedscape.fl.strategies.base import ClientResult, Strategy
 from fedscape.fl.strategies.registry import make_strategy
+from fedscape.fl.vectorized import resolve_client_parallel
 from fedscape.models.checkpoint import (
     CheckpointError,
     ClientRound,
@@ -132,6 +133,65 @@ def test_run_is_bit_identical_on_cpu():
     assert torch.equal(a.params, b.params)
 
 
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_kept_optimizer_state_makes_one_client_over_rounds_centralised_sgd(keep):
+    """keep_optimizer_state: one client with all data, 3 rounds = one SGD run with one momentum buffer."""
+    # Prepare
+    data = tiny_data(num_clients=1, n=50)
+    cfg = TrainConfig(rounds=3, local_epochs=1, batch_size=8, lr=0.1, momentum=0.9, seed=3, keep_optimizer_state=keep)
+    reference = tiny_model()
+    opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
+    for t in (1, 2, 3):  # one optimiser across the rounds: the centralised run
+        for b in batch_order(50, 8, 1, client_generator(3, t, 0)):
+            opt.zero_grad()
+            F.cross_entropy(reference(data.x_train[b]), data.y_train[b]).backward()
+            opt.step()
+
+    # Execute
+    result = run_federated(tiny_model(), data, Strategy(), cfg)
+
+    # Assert: equal with kept momentum; a fresh optimiser every round is another run
+    gap = float((result.params[-1] - flatten_params(reference)).abs().max())
+    assert (gap < 1e-6) is keep, gap
+    if not keep:
+        assert gap > 1e-4
+
+
+def test_kept_optimizer_state_survives_a_resume(tmp_path, monkeypatch):
+    # Prepare
+    data = tiny_data(num_clients=3, sizes=[20, 30, 40])
+    cfg = TrainConfig(rounds=4, local_epochs=1, batch_size=8, lr=0.1, momentum=0.9, participation=0.67, seed=1,
+                      keep_optimizer_state=True)
+    reference = run_federated(tiny_model(), data, Strategy(), cfg)
+    real_save = engine_mod._Progress.save
+
+    def crash_after_round_2(self, round_, record, strategy, trainer):
+        real_save(self, round_, record, strategy, trainer)
+        if round_ == 2:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(engine_mod._Progress, "save", crash_after_round_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_federated(tiny_model(), data, Strategy(), cfg, progress_dir=tmp_path, progress_key="k")
+    monkeypatch.setattr(engine_mod._Progress, "save", real_save)
+
+    # Execute
+    resumed = run_federated(tiny_model(), data, Strategy(), cfg, progress_dir=tmp_path, progress_key="k")
+
+    # Assert
+    assert torch.equal(resumed.params, reference.params)
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("auto", "sequential"), ("vectorized", ValueError)])
+def test_kept_optimizer_state_trains_clients_sequentially(mode, expected):
+    cfg = TrainConfig(keep_optimizer_state=True, client_parallel=mode)
+    if expected is ValueError:
+        with pytest.raises(ValueError, match="keep_optimizer_state"):
+            resolve_client_parallel(tiny_model(), Strategy(), cfg)
+    else:
+        assert resolve_client_parallel(tiny_model(), Strategy(), cfg) == expected
+
 def test_resume_after_crash_gives_identical_checkpoints(tmp_path, monkeypatch):
     data = tiny_data(num_clients=3)
     cfg = TrainConfig(rounds=5, local_epochs=1, batch_size=8, lr=0.1, momentum=0.5, save_clients_at=(2, 4), seed=2)
@@ -139,8 +199,8 @@ def test_resume_after_crash_gives_identical_checkpoints(tmp_path, monkeypatch):
 
     real_save = engine_mod._Progress.save
 
-    def crash_after_round_3(self, round_, record, strategy):
-        real_save(self, round_, record, strategy)
+    def crash_after_round_3(self, round_, record, strategy, trainer):
+        real_save(self, round_, record, strategy, trainer)
         if round_ == 3:
             raise KeyboardInterrupt("simulated kill")
 

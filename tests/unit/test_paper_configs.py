@@ -8,7 +8,7 @@ import re
 import pytest
 from helpers.papers import CONFIGS, NAMES, PAPERS, load, runs_of
 
-from fedscape.core.runs import build_runs
+from fedscape.core.runs import build_runs, resolve_run
 
 FEDALIGN_METHODS = {"fedavg", "fedprox", "moon", "mixup", "stochdepth", "gradaug", "fedalign"}
 
@@ -79,8 +79,25 @@ def test_layerwise_has_the_papers_models_and_splits():
 
     assert {r.model for r in runs} == {"resnet18_nonorm", "vgg11"}
     assert {r.alpha for r in runs} == {"iid", "12.0", "0.1"}
-    assert len(config["layer_barriers"]["pairs"]) == 6
+    pairs = config["layer_barriers"]["pairs"]
+    assert sum(p.get("run") is not None for p in pairs.values()) == 6  # federated: two clients of each run
     assert len(config["training"]["save_clients_at"]) >= 5  # barriers over training time
+
+
+def test_layerwise_centralised_pairs_differ_only_in_shuffling_init_or_both_at_low_lr():
+    """Figs 1, 2, 5-7: two centralised runs (one client, all data, optimiser kept) per pair."""
+    config, runs = load("layerwise"), runs_of("layerwise")
+    pairs = {k: v for k, v in config["layer_barriers"]["pairs"].items() if v.get("a")}
+
+    assert set(pairs) == {"central_shuffle", "central_inits", "central_lowlr_shuffle", "central_lowlr_inits"}
+    for label, pair in pairs.items():
+        a, b = (resolve_run(runs, pair[k]) for k in ("a", "b"))
+        assert a.num_clients == b.num_clients == 1 and a.alpha == b.alpha == "iid"
+        assert a.algorithm == b.algorithm == ("central_lowlr" if "lowlr" in label else "central")
+        assert (a.seed != b.seed, a.init != b.init) == ((True, False) if "shuffle" in label else (False, True))
+        training = {**config["training"], **config["algorithms"][a.algorithm]["training"]}
+        assert training["keep_optimizer_state"] and training["local_epochs"] == 20  # a checkpoint every 20 epochs
+        assert training["lr"] == (0.001 if "lowlr" in label else 0.05)
 
 
 def test_fedalign_has_the_papers_settings_and_ablation_grid():

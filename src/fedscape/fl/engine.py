@@ -69,13 +69,14 @@ class _Progress:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir.mkdir(parents=True, exist_ok=True)
 
-    def save(self, round_: int, record: dict, strategy: Strategy) -> None:
+    def save(self, round_: int, record: dict, strategy: Strategy, trainer: Trainer) -> None:
         if self.dir is None:
             return
         with atomic_path(self.dir / f"round_{round_:05d}.pt") as tmp:
             torch.save(record, tmp)
         with atomic_path(self.dir / "state.pt") as tmp:
-            torch.save({"key": self.key, "round": round_, "strategy": strategy.state_dict()}, tmp)
+            torch.save({"key": self.key, "round": round_, "strategy": strategy.state_dict(),
+                        "trainer": trainer.state_dict()}, tmp)
 
     def clear(self) -> None:
         if self.dir is not None:
@@ -120,15 +121,18 @@ def run_federated(
                               "params": clients.params.cpu(), "buffers": clients.buffers.cpu()}
         return rec
 
+    if trainer is None:
+        trainer = make_trainer(model, flat, data, strategy, cfg)
     restored = progress.restore()
     if restored is not None:
         state, records = restored
         strategy.load_state_dict(_to_device(state["strategy"], device))
+        trainer.load_state_dict(state.get("trainer", {}))
         log.info("resuming after round %d/%d from %s", state["round"], cfg.rounds, progress.dir)
     else:
         progress.reset()
         records = [record(evaluate_row(0, 0.0, peak_memory_mb(device)), flat.get(), flatten_buffers(model), None)]
-        progress.save(0, records[0], strategy)
+        progress.save(0, records[0], strategy, trainer)
         _log_row(records[0]["row"], cfg.rounds)
 
     global_params = records[-1]["params"].to(device)
@@ -136,8 +140,6 @@ def run_federated(
     start = len(records)
     if records[-1]["row"]["status"] != "ok":
         start = cfg.rounds + 1
-    if trainer is None:
-        trainer = make_trainer(model, flat, data, strategy, cfg)
     for t in range(start, cfg.rounds + 1):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -167,7 +169,7 @@ def run_federated(
         records.append(record(row, global_params, global_buffers, clients))
         records[-1]["client_stats"] = {"num_clients": len(results), **round_stats(
             start_params, torch.stack([r.params for r in results]), global_params)}
-        progress.save(t, records[-1], strategy)
+        progress.save(t, records[-1], strategy, trainer)
         _log_row(row, cfg.rounds)
         if row["status"] != "ok":
             log.error("round %d: the global model's training loss is %s: the run diverged; stopping "

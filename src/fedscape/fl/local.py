@@ -19,6 +19,14 @@ class Trainer(Protocol):
         """Local training of the `sampled` clients; results in `sampled` order."""
         ...
 
+    def state_dict(self) -> dict:
+        """What the trainer keeps between rounds (saved with the run's progress); {} when nothing."""
+        ...
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict` when a run resumes."""
+        ...
+
 
 def client_generator(seed: int, round_: int, client_id: int) -> torch.Generator:
     """The CPU generator behind a client's batch order and augmentation in one round."""

@@ -11,7 +11,7 @@ from fedscape.data.datasets import augment_batch
 from fedscape.data.federated import FederatedData
 from fedscape.fl.local import batch_order, client_generator, layer_seed
 from fedscape.fl.settings import TrainConfig
-from fedscape.fl.strategies.base import ClientContext, ClientResult, Strategy
+from fedscape.fl.strategies.base import ClientContext, ClientResult, ClientStore, Strategy, param_views
 from fedscape.models.params import FlatParams, flatten_buffers, load_buffers
 
 
@@ -25,8 +25,13 @@ def local_train(
     round_: int,
     strategy: Strategy,
     cfg: TrainConfig,
-) -> ClientResult:
-    """One client's local SGD from the global model, with the strategy's local objective."""
+    momentum: torch.Tensor | None = None,
+) -> tuple[ClientResult, torch.Tensor]:
+    """One client's local SGD from the global model, with the strategy's local objective.
+
+    `momentum`: the client's flat SGD momentum buffer to start from (None: a fresh optimiser). Returns the
+    result and the momentum buffer after the last step (zeros where a parameter got no gradient).
+    """
     flat.set(global_params)
     if global_buffers.numel():
         load_buffers(model, global_buffers)
@@ -40,6 +45,9 @@ def local_train(
     strategy.begin_local(model, ctx)
     opt = torch.optim.SGD([*model.parameters(), *strategy.local_parameters(ctx)], lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
+    if momentum is not None and cfg.momentum:
+        for p, buf in zip(model.parameters(), param_views(momentum.to(device), model), strict=True):
+            opt.state[p]["momentum_buffer"] = buf.clone()
     total, steps = torch.zeros((), device=device), 0
     for b in batch_order(len(idx), cfg.batch_size, cfg.local_epochs, generator):
         b = b.to(device)
@@ -53,18 +61,44 @@ def local_train(
         steps += 1
     params = flat.get()
     strategy.end_local(model, ctx, params)
-    return ClientResult(client_id, len(idx), params, flatten_buffers(model), float(total) / max(steps, 1))
+    buffers = [opt.state[p].get("momentum_buffer") for p in model.parameters()]
+    momentum_out = torch.cat([(torch.zeros_like(p) if b is None else b).reshape(-1)
+                              for p, b in zip(model.parameters(), buffers, strict=True)]).detach()
+    result = ClientResult(client_id, len(idx), params, flatten_buffers(model), float(total) / max(steps, 1))
+    return result, momentum_out
 
 
 class SequentialTrainer:
-    """Trains the sampled clients of a round one after another on one model (bound to `flat`)."""
+    """Trains the sampled clients of a round one after another on one model (bound to `flat`).
+
+    With `cfg.keep_optimizer_state` it keeps each client's momentum buffer between rounds (on the CPU,
+    in `state_dict` so that a resumed run continues with it).
+    """
 
     def __init__(self, model: torch.nn.Module, flat: FlatParams, data: FederatedData, strategy: Strategy,
                  cfg: TrainConfig):
         self.model, self.flat, self.data, self.strategy, self.cfg = model, flat, data, strategy, cfg
+        self.momentum = ClientStore(flat.vector.numel()) if cfg.keep_optimizer_state else None
 
     def train_round(self, global_params: torch.Tensor, global_buffers: torch.Tensor, sampled: list[int],
                     round_: int) -> list[ClientResult]:
         """Local training of the `sampled` clients; results in `sampled` order."""
-        return [local_train(self.model, self.flat, global_params, global_buffers, self.data, c, round_, self.strategy,
-                            self.cfg) for c in sampled]
+        results = []
+        for c in sampled:
+            kept = None
+            if self.momentum is not None and c in self.momentum.values:
+                kept = self.momentum.get(c, global_params.device)
+            result, momentum = local_train(self.model, self.flat, global_params, global_buffers, self.data, c, round_,
+                                           self.strategy, self.cfg, kept)
+            if self.momentum is not None:
+                self.momentum.set(c, momentum)
+            results.append(result)
+        return results
+
+    def state_dict(self) -> dict:
+        """The kept momentum buffers (empty without `keep_optimizer_state`)."""
+        return {} if self.momentum is None else {"momentum": self.momentum.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.momentum is not None and "momentum" in state:
+            self.momentum.load_state_dict(state["momentum"])

@@ -48,6 +48,10 @@ class TrainConfig:
     client_parallel: str = "auto"
     client_chunk_size: int = 64  # clients trained together at most (bounds memory); 0 = all sampled clients
     bf16_autocast: bool = False  # CUDA only: bf16 autocast of the vectorised forward passes (not exact)
+    # Each client's local SGD momentum carries over from the last round it took part in, instead of a
+    # fresh optimiser every round. With one client holding all data this is centralised training with
+    # a checkpoint every `local_epochs` epochs (the layer-wise paper's centralised runs, Adilova et al.).
+    keep_optimizer_state: bool = False
 
     def __post_init__(self):
         if self.client_parallel not in CLIENT_PARALLEL:

@@ -76,6 +76,8 @@ def resolve_client_parallel(model: nn.Module, strategy: Strategy, cfg: TrainConf
     if mode == "sequential":
         return "sequential"
     reason = vectorization_blocker(model, strategy)
+    if reason is None and cfg.keep_optimizer_state:
+        reason = "training.keep_optimizer_state keeps each client's momentum between rounds (sequential path only)"
     if reason is None:
         return "vectorized"
     if mode == "vectorized":
@@ -172,6 +174,13 @@ class VectorizedTrainer:
         local = batch_order(len(idx), cfg.batch_size, cfg.local_epochs, generator)
         draws = [crop_flip_draws(len(b), generator) for b in local] if cfg.augment == "crop_flip" else None
         return _ClientPlan(client_id, len(idx), [idx[b] for b in local], draws)
+
+    def state_dict(self) -> dict:
+        """Nothing is kept between rounds (every round starts fresh optimisers)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore."""
 
     def train_round(self, global_params: torch.Tensor, global_buffers: torch.Tensor, sampled: list[int],
                     round_: int) -> list[ClientResult]:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from fedscape.core.config import ConfigError, canonical
 from fedscape.core.names import suggest
 from fedscape.core.paths import Results
@@ -11,6 +13,16 @@ from fedscape.data.specs import DATASET_NAMES, dataset_info
 from fedscape.fl.hparams.registry import ALGORITHM_NAMES, algorithm_config, check_algorithm_model
 from fedscape.fl.settings import TrainConfig
 from fedscape.models.specs import MODEL_NAMES, check_model_compatible
+
+# Training keys added after results existed: a job's settings carry one only when it differs from its
+# default, so that adding it does not rerun every finished train and init job (TrainConfig has the default).
+LATE_TRAINING_KEYS = ("keep_optimizer_state",)
+
+
+def job_training(training: dict) -> dict:
+    """`training` as a job's settings carry it: the late keys left out where they are at their default."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    return {k: v for k, v in training.items() if not (k in LATE_TRAINING_KEYS and v == defaults[k])}
 
 
 def run_training(config: dict, run: Run) -> dict:
@@ -33,7 +45,7 @@ def train_settings(config: dict, run: Run) -> dict:
         "dataset_options": config["datasets"][run.dataset],
         "algorithm": spec["name"],
         "hyperparameters": {k: v for k, v in spec.items() if k not in ("name", "training")},
-        "training": run_training(config, run),
+        "training": job_training(run_training(config, run)),
     })
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import re
 
@@ -604,20 +605,26 @@ def test_every_algorithm_beats_chance_on_digits(digits_data, name):
 
 
 # -- cost accounting -------------------------------------------------------------------------------
+def cost_job(tmp_path, i, algorithm, name, seconds, mem, alpha=0.1, clients=10, part=1.0, epochs=2, batch=16,
+             device="cpu"):
+    """metrics.csv and meta.json of one train job with the given per-round seconds and peak memory."""
+    metrics = tmp_path / f"m{i}.csv"
+    pd.DataFrame({"run_id": f"r{i}", "dataset": "digits", "model": "cnn_small", "algorithm": algorithm,
+                  "alpha": alpha, "num_clients": clients, "participation": part, "round": [0, 1, 2, 3],
+                  "seconds": [0.0, *seconds], "peak_mem_mb": [1.0, *mem]}).to_csv(metrics, index=False)
+    meta = tmp_path / f"m{i}.json"
+    meta.write_text(json.dumps({"device": device, "device_name": f"{device} (x)", "settings": {
+        "algorithm": name, "training": {"local_epochs": epochs, "batch_size": batch}}}))
+    return metrics, meta
+
+
 def test_cost_table_medians_peaks_and_ratios(tmp_path):
-    def job(i, algorithm, name, seconds, mem):
-        metrics = tmp_path / f"m{i}.csv"
-        pd.DataFrame({"run_id": f"r{i}", "dataset": "digits", "model": "cnn_small", "algorithm": algorithm,
-                      "round": [0, 1, 2, 3], "seconds": [0.0, *seconds], "peak_mem_mb": [1.0, *mem]}
-                     ).to_csv(metrics, index=False)
-        meta = tmp_path / f"m{i}.json"
-        meta.write_text(f'{{"device": "cpu", "device_name": "cpu (x)", "settings": {{"algorithm": "{name}"}}}}')
-        return metrics, meta
+    # Execute
+    table = cost_table([cost_job(tmp_path, 0, "fedavg", "fedavg", [1, 2, 9], [10, 12, 11]),
+                        cost_job(tmp_path, 1, "fedavg", "fedavg", [2, 3, 2], [11, 11, 11]),
+                        cost_job(tmp_path, 2, "ga", "gradaug", [4, 5, 6], [20, 30, 25])])
 
-    table = cost_table([job(0, "fedavg", "fedavg", [1, 2, 9], [10, 12, 11]),
-                        job(1, "fedavg", "fedavg", [2, 3, 2], [11, 11, 11]),
-                        job(2, "ga", "gradaug", [4, 5, 6], [20, 30, 25])])
-
+    # Assert
     assert list(table.columns) == COST_COLUMNS
     rows = table.set_index("algorithm")
     assert rows.loc["fedavg", "median_seconds_per_round"] == 2.0  # median of 1, 2, 9, 2, 3, 2 (round 0 left out)
@@ -626,3 +633,29 @@ def test_cost_table_medians_peaks_and_ratios(tmp_path):
     assert rows.loc["ga", "seconds_vs_fedavg"] == 2.5
     assert rows.loc["ga", "peak_mem_vs_fedavg"] == 2.5
     assert rows.loc["ga", "algorithm_name"] == "gradaug"
+
+
+@pytest.mark.parametrize("other", [{"part": 0.25}, {"clients": 64}, {"epochs": 10}, {"batch": 64}, {"alpha": 2.0},
+                                   {"device": "cuda"}])
+def test_cost_ratios_compare_runs_of_the_same_setting_only(tmp_path, other):
+    """FedAlign Table 5: a FedAvg run doing a quarter of the work per round is no baseline for the others."""
+    # Prepare: FedAvg in the setting of the GradAug runs (2 s per round) and in another setting (0.5 s)
+    jobs = [cost_job(tmp_path, 0, "fedavg", "fedavg", [2, 2, 2], [10, 10, 10]),
+            cost_job(tmp_path, 1, "fedavg_other", "fedavg", [0.5, 0.5, 0.5], [5, 5, 5], **other),
+            cost_job(tmp_path, 2, "ga", "gradaug", [5, 5, 5], [20, 20, 20])]
+
+    # Execute
+    rows = cost_table(jobs).set_index("algorithm")
+
+    # Assert
+    assert rows.loc["ga", "seconds_vs_fedavg"] == 2.5
+    assert rows.loc["ga", "peak_mem_vs_fedavg"] == 2.0
+    assert rows.loc["fedavg_other", "seconds_vs_fedavg"] == 1.0  # its own baseline
+
+
+def test_cost_table_without_a_fedavg_in_the_setting_has_no_ratio(tmp_path):
+    rows = cost_table([cost_job(tmp_path, 0, "fedavg", "fedavg", [2, 2, 2], [10, 10, 10], clients=16),
+                       cost_job(tmp_path, 1, "ga", "gradaug", [5, 5, 5], [20, 20, 20])]).set_index("algorithm")
+
+    assert rows.loc["fedavg", "seconds_vs_fedavg"] == 1.0
+    assert np.isnan(rows.loc["ga", "seconds_vs_fedavg"]) and np.isnan(rows.loc["ga", "peak_mem_vs_fedavg"])

@@ -173,14 +173,17 @@ def test_cost_figure(tmp_path):
     cost = pd.DataFrame([
         {"dataset": "digits", "model": "cnn_small", "algorithm": a, "algorithm_name": a, "device": "cpu",
          "device_name": "cpu (x86_64, 2 threads)", "num_runs": 3, "num_rounds": 30, "median_seconds_per_round": s,
-         "peak_mem_mb": m, "seconds_vs_fedavg": s / 1.5, "peak_mem_vs_fedavg": m / 400.0}
-        for a, s, m in (("fedavg", 1.5, 400.0), ("moon", 4.4, 650.0), ("fedalign", 1.8, 420.0))
+         "peak_mem_mb": m, "seconds_vs_fedavg": s / base, "peak_mem_vs_fedavg": m / 400.0, "alpha": 0.1,
+         "num_clients": clients, "participation": 1.0, "local_epochs": 2, "batch_size": 16}
+        for a, s, m, clients, base in (("fedavg", 1.5, 400.0, 16, 1.5), ("moon", 4.4, 650.0, 16, 1.5),
+                                       ("fedalign", 1.8, 420.0, 16, 1.5), ("fedavg", 3.0, 400.0, 32, 3.0))
     ])
 
     paths = cost_figure(cost, "digits", "cnn_small", tmp_path / "cost")
 
     data = assert_figure_files(paths)
-    assert data["algorithm"].tolist() == ["fedalign", "fedavg", "moon"]
+    assert data["algorithm"].tolist() == ["fedalign", "fedavg", "fedavg", "moon"]
+    assert data["num_clients"].tolist() == [16, 16, 32, 16]  # one bar per algorithm and setting
     assert data.loc[data["algorithm"] == "moon", "seconds_vs_fedavg"].iloc[0] == pytest.approx(4.4 / 1.5)
 
 

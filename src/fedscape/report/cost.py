@@ -9,39 +9,56 @@ import pandas as pd
 
 from fedscape.core.io import write_csv
 
+# What a run's cost per round depends on besides the algorithm: runs are compared only within one setting.
+COST_SETTING = ["dataset", "model", "device", "device_name", "alpha", "num_clients", "participation", "local_epochs",
+                "batch_size"]
 COST_COLUMNS = ["dataset", "model", "algorithm", "algorithm_name", "device", "device_name", "num_runs", "num_rounds",
-                "median_seconds_per_round", "peak_mem_mb", "seconds_vs_fedavg", "peak_mem_vs_fedavg"]
+                "median_seconds_per_round", "peak_mem_mb", "seconds_vs_fedavg", "peak_mem_vs_fedavg",
+                "alpha", "num_clients", "participation", "local_epochs", "batch_size"]
+
+
+def _run_rounds(metrics: str | Path, meta_path: str | Path) -> pd.DataFrame:
+    """A run's rounds 1.. with its device, algorithm name, local epochs and batch size from meta.json."""
+    df = pd.read_csv(metrics)
+    meta = json.loads(Path(meta_path).read_text())
+    settings = meta.get("settings", {})
+    training = settings.get("training", {})
+    missing = [k for k in ("local_epochs", "batch_size") if k not in training]
+    if missing:
+        raise ValueError(f"{meta_path} has no training.{missing[0]} in its settings: cannot tell which runs "
+                         "do the same work per round (rerun its train job)")
+    df = df[df["round"] > 0].copy()
+    df["device"] = meta.get("device", "unknown")
+    df["device_name"] = meta.get("device_name", meta.get("device", "unknown"))
+    df["algorithm_name"] = settings.get("algorithm", df["algorithm"].iloc[0] if len(df) else "")
+    df["local_epochs"] = int(training["local_epochs"])
+    df["batch_size"] = int(training["batch_size"])
+    return df
 
 
 def cost_table(runs: list[tuple[str | Path, str | Path]]) -> pd.DataFrame:
-    """Per dataset, model, algorithm label and device: median seconds per round and peak memory.
+    """Per algorithm label and setting: median seconds per round and peak memory (FedAlign Table 5).
 
-    `runs` are (metrics.csv, meta.json) pairs of train jobs. Round 0 (evaluation of the init only)
-    is left out. Peak memory is the largest per-round peak: CUDA max allocated on GPU, the process's
-    peak RSS on CPU (which includes the data and the interpreter). `seconds_vs_fedavg` and
-    `peak_mem_vs_fedavg` divide by the row of algorithm name `fedavg` on the same dataset, model and
-    device (empty when there is none), so the overheads of GradAug, FedAlign, MOON ... read off directly.
+    `runs` are (metrics.csv, meta.json) pairs of train jobs. Round 0 (evaluation of the init only) is
+    left out. Peak memory is the largest per-round peak: CUDA max allocated on GPU, the process's peak
+    RSS on CPU (which includes the data and the interpreter). A setting (COST_SETTING) is everything
+    besides the algorithm that sets the work of a round: dataset, model, device, partition, client
+    count, participation, local epochs and batch size. `seconds_vs_fedavg` and `peak_mem_vs_fedavg`
+    divide by the algorithm name `fedavg` in the same setting (the median over its labels there; empty
+    when there is none), so that the overheads of GradAug, FedAlign, MOON ... read off directly.
     """
-    frames = []
-    for metrics, meta_path in runs:
-        df = pd.read_csv(metrics)
-        meta = json.loads(Path(meta_path).read_text())
-        df = df[df["round"] > 0].copy()
-        df["device"] = meta.get("device", "unknown")
-        df["device_name"] = meta.get("device_name", meta.get("device", "unknown"))
-        df["algorithm_name"] = meta.get("settings", {}).get("algorithm", df["algorithm"].iloc[0] if len(df) else "")
-        frames.append(df)
+    frames = [_run_rounds(metrics, meta) for metrics, meta in runs]
     if not frames or all(f.empty for f in frames):
         return pd.DataFrame(columns=COST_COLUMNS)
     rounds = pd.concat(frames, ignore_index=True)
-    keys = ["dataset", "model", "algorithm", "algorithm_name", "device", "device_name"]
-    table = rounds.groupby(keys, sort=True).agg(
+    keys = [*COST_SETTING, "algorithm", "algorithm_name"]
+    table = rounds.groupby(keys, sort=True, dropna=False).agg(
         num_runs=("run_id", "nunique"), num_rounds=("round", "size"),
         median_seconds_per_round=("seconds", "median"), peak_mem_mb=("peak_mem_mb", "max"),
     ).reset_index()
-    base = table[table["algorithm_name"] == "fedavg"].groupby(["dataset", "model", "device"]).agg(
-        base_seconds=("median_seconds_per_round", "min"), base_mem=("peak_mem_mb", "min")).reset_index()
-    table = table.merge(base, on=["dataset", "model", "device"], how="left")
+    base = table[table["algorithm_name"] == "fedavg"].groupby(COST_SETTING, dropna=False).agg(
+        base_seconds=("median_seconds_per_round", "median"), base_mem=("peak_mem_mb", "median")).reset_index()
+    table = table.merge(base, on=COST_SETTING, how="left")
     table["seconds_vs_fedavg"] = table["median_seconds_per_round"] / table["base_seconds"]
     table["peak_mem_vs_fedavg"] = table["peak_mem_mb"] / table["base_mem"]
     return table[COST_COLUMNS]

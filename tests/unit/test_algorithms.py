@@ -567,8 +567,8 @@ def test_stateful_algorithms_resume_bit_identically(digits_data, tmp_path, monke
 
     real_save = engine_mod._Progress.save
 
-    def crash_after_round_2(self, round_, record, strategy):
-        real_save(self, round_, record, strategy)
+    def crash_after_round_2(self, round_, record, strategy, trainer):
+        real_save(self, round_, record, strategy, trainer)
         if round_ == 2:
             raise KeyboardInterrupt("simulated kill")
 

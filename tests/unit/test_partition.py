@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from fedscape.core.alpha import IID, AlphaError, format_alpha, parse_alpha
 from fedscape.data.partition import (
     PartitionError,
+    check_partition_file,
     dirichlet_partition,
     iid_partition,
     load_partition,
@@ -120,3 +122,53 @@ def test_save_load_round_trip_and_dataset_check(tmp_path, labels):
         load_partition(path, other)
     with pytest.raises(PartitionError, match="does not match this dataset"):
         load_partition(path, labels[:-1])
+
+
+# -- the check of an existing partition file when the workflow is planned -------------------------------
+def _saved(tmp_path, dataset="digits", clients=4, alpha=0.5, seed=3):
+    labels = np.repeat(np.arange(4), 25)
+    part = make_partition(labels, clients, alpha, seed, min_size=2)
+    path = tmp_path / "partition.npz"
+    save_partition(path, part, labels, 4, {"dataset": dataset})
+    return path
+
+
+def test_check_partition_file_accepts_the_runs_own_partition(tmp_path):
+    check_partition_file(_saved(tmp_path), "digits", 4, 0.5, 3)
+    check_partition_file(_saved(tmp_path, alpha=math.inf), "digits", 4, math.inf, 3)
+
+
+@pytest.mark.parametrize(("want", "message"), [
+    ({"dataset": "cifar10"}, "dataset 'digits' (expected 'cifar10')"),
+    ({"num_clients": 5}, "clients 4 (expected 5)"),
+    ({"alpha": 0.1}, "alpha 0.5 (expected 0.1)"),
+    ({"seed": 0}, "seed 3 (expected 0)"),
+])
+def test_check_partition_file_names_what_differs(tmp_path, want, message):
+    # Prepare
+    path = _saved(tmp_path)
+    args = {"dataset": "digits", "num_clients": 4, "alpha": 0.5, "seed": 3} | want
+
+    # Execute / Assert
+    with pytest.raises(PartitionError, match=re.escape(f"{path} is not the partition of this run: {message}")):
+        check_partition_file(path, **args)
+
+
+@pytest.mark.parametrize("content", ["pickled", "truncated", "not_npz", "no_meta"])
+def test_check_partition_file_rejects_unreadable_files(tmp_path, content):
+    # Prepare
+    path = _saved(tmp_path)
+    if content == "pickled":
+        with open(path, "wb") as fh:
+            np.savez(fh, indices=np.array([{"a": 1}], dtype=object), offsets=np.array([0]), meta=np.array("{}"))
+    elif content == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    elif content == "not_npz":
+        path.write_text("hello")
+    else:
+        with open(path, "wb") as fh:
+            np.savez(fh, indices=np.arange(3), offsets=np.array([0, 3]))
+
+    # Execute / Assert
+    with pytest.raises(PartitionError, match=re.escape(f"{path} is not a readable partition file")):
+        check_partition_file(path, "digits", 4, 0.5, 3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -197,3 +199,51 @@ def test_single_run_writes_only_below_the_configured_results_dir(tmp_path):
     assert next((scratch / "train").rglob("trajectory.pt")).is_file()
     assert next((workdir / "logs/train").rglob("*.log")).is_file()
     assert snakemake(workdir, "--configfile", "scratch.yaml", "-n").stdout.count("Nothing to be done") == 1
+
+
+def _foreign_partition(path: Path) -> None:
+    """A valid partition file of another seed written over `path` (same dataset and client count)."""
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {k: f[k] for k in f.files}
+    meta = json.loads(str(arrays["meta"]))
+    arrays["meta"] = np.array(json.dumps({**meta, "seed": meta["seed"] + 1}))
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _pickled_partition(path: Path) -> None:
+    """An .npz holding a pickled object instead of the partition's arrays."""
+    with open(path, "wb") as fh:
+        np.savez(fh, indices=np.array([{"not": "an index"}], dtype=object))
+
+
+@pytest.mark.slow
+def test_a_damaged_partition_never_costs_a_finished_run(tmp_path):
+    """The check runs when the workflow is planned: nothing is deleted, and the advice given works."""
+    # Prepare: one finished run
+    workdir = copy_workflow(tmp_path / "wf")
+    (workdir / "one.yaml").write_text(yaml.safe_dump(single_run_config()))
+    snakemake(workdir, "results/tables/rounds.csv", "--configfile", "one.yaml")
+    partition = next((workdir / "results/partitions").rglob("partition.npz"))
+    run_dir = next((workdir / "results/train").rglob("trajectory.pt")).parent
+    finished = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+
+    for damage, message in ((_foreign_partition, "is not the partition of this run: seed 1 (expected 0)"),
+                            (_pickled_partition, "is not a readable partition file")):
+        # Execute: the partition is damaged after the run finished (newer than its checkpoints)
+        damage(partition)
+        proc = snakemake(workdir, "results/tables/rounds.csv", "--configfile", "one.yaml", check=False)
+
+        # Assert: planning stops, names the file, and the finished run is untouched
+        assert proc.returncode != 0
+        assert message in proc.stdout + proc.stderr and str(partition.relative_to(workdir)) in proc.stdout + proc.stderr
+        assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == finished
+
+        # Execute: the advice in the message
+        snakemake(workdir, "--force", str(partition.relative_to(workdir)), "--configfile", "one.yaml")
+        proc = snakemake(workdir, "-n", "results/tables/rounds.csv", "--configfile", "one.yaml", "--rerun-triggers",
+                         "params", "input", "code", "software-env")
+
+        # Assert: the partition is back and nothing would retrain
+        assert "Nothing to be done" in proc.stdout + proc.stderr
+        assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == finished

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 import zlib
 from dataclasses import dataclass
 
@@ -158,6 +159,24 @@ def load_partition(path, labels: np.ndarray | None = None) -> Partition:
             )
     shards = tuple(indices[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1))
     return Partition(shards, float(meta["alpha"]), int(meta["seed"]), int(meta["num_samples_total"]))
+
+
+def check_partition_file(path, dataset: str, num_clients: int, alpha: float, seed: int) -> None:
+    """PartitionError naming `path` unless it is a readable partition of `dataset` into `num_clients` clients
+    with this `alpha` and `seed` (the checks that need no data, so that they run when the workflow is planned)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            offsets = f["offsets"]
+            meta = json.loads(str(f["meta"]))
+            f["indices"], f["labels_checksum"]  # noqa: B018 (present and readable)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise PartitionError(f"{path} is not a readable partition file ({type(exc).__name__}: {exc})") from exc
+    found = {"dataset": meta.get("dataset"), "clients": len(offsets) - 1, "alpha": meta.get("alpha"),
+             "seed": meta.get("seed")}
+    want = {"dataset": dataset, "clients": num_clients, "alpha": alpha, "seed": seed}
+    if found != want:
+        differ = ", ".join(f"{k} {found[k]!r} (expected {want[k]!r})" for k in want if found[k] != want[k])
+        raise PartitionError(f"{path} is not the partition of this run: {differ}")
 
 
 def _labels_checksum(labels: np.ndarray) -> int:

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 
+from fedscape.core.alpha import parse_alpha
 from fedscape.core.config import ConfigError, canonical
 from fedscape.core.names import suggest
 from fedscape.core.paths import Results
 from fedscape.core.runs import Run
+from fedscape.data.partition import PartitionError, check_partition_file
 from fedscape.data.specs import DATASET_NAMES, dataset_info
 from fedscape.fl.hparams.registry import ALGORITHM_NAMES, algorithm_config, check_algorithm_model
 from fedscape.fl.settings import TrainConfig
@@ -50,9 +53,22 @@ def train_settings(config: dict, run: Run) -> dict:
 
 
 def train_inputs(results: Results, run: Run) -> dict[str, str]:
-    """The partition and the initial model a run trains from."""
-    return {"partition": results.partition_file(run),
-            "init": results.init_file(dataset=run.dataset, model=run.model, init=run.init)}
+    """The partition and the initial model a run trains from; an existing partition file is checked first.
+
+    Snakemake deletes a job's outputs before it runs: a damaged or foreign partition.npz (newer than the
+    run's checkpoints) would cost a finished run before its job could fail. Checked here, it stops the
+    planning instead, and nothing is touched.
+    """
+    partition = results.partition_file(run)
+    if Path(partition).exists():
+        try:
+            check_partition_file(partition, run.dataset, run.num_clients, parse_alpha(run.alpha), run.seed)
+        except PartitionError as exc:
+            raise PartitionError(
+                f"{exc}. Nothing ran, and the runs trained on it are kept. Remake it (bit-identical from its "
+                f"seed) with `snakemake --cores 1 --force {partition}`, then continue with `snakemake "
+                "--rerun-triggers params input code software-env` so that those runs are not retrained.") from None
+    return {"partition": partition, "init": results.init_file(dataset=run.dataset, model=run.model, init=run.init)}
 
 
 def run_files(config: dict, runs: list[Run], name: str) -> list[str]:

@@ -23,7 +23,9 @@ if not workflow.overwrite_configfiles:
 
 
 check_config(
-    config, load_schema(Path(workflow.basedir, "workflow/schemas/config.schema.yaml"))
+    config,
+    load_schema(Path(workflow.basedir, "workflow/schemas/config.schema.yaml")),
+    files=workflow.configfiles,
 )
 RUNS = build_runs(config)
 RESULTS = Results.of(config)

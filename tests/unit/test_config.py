@@ -7,7 +7,7 @@ import copy
 import pytest
 from helpers.configs import DEFAULT, SCHEMA, TINY
 
-from fedscape.core.config import ConfigError
+from fedscape.core.config import ConfigError, duplicate_keys
 from fedscape.core.runs import build_runs, resolve_run, select_runs
 from fedscape.plan.workflow import check_config
 
@@ -141,3 +141,35 @@ def test_selectors_resolve_runs_and_fail_clearly():
         select_runs(runs, {"alpah": 1.0})
 
 
+
+
+# -- keys written twice in a config file --------------------------------------------------------------
+@pytest.mark.parametrize(("text", "expected"), [
+    ("a: 1\nb: 2\n", []),
+    ("a: 1\nb: 2\na: 3\n", ["key 'a' at line 3 repeats the key of line 1"]),
+    ("landscapes:\n  x: {kind: random}\n  y: {kind: random}\n  x: {kind: local}\n",
+     ["key 'x' at line 4 repeats the key of line 2"]),
+    ("pairs:\n  p: {a: 1, b: 2}\nq:\n  p: {a: 1, a: 2}\n", ["key 'a' at line 4 repeats the key of line 4"]),
+    ("a: [1, 2]\nb: {c: 1}\n", []),
+])
+def test_duplicate_keys_names_both_lines(tmp_path, text, expected):
+    # Prepare
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+
+    # Execute
+    problems = duplicate_keys(path)
+
+    # Assert
+    assert [p.split(": ", 1)[1].split(":")[0] for p in problems] == expected
+    assert all(p.startswith(f"{path}: ") for p in problems)
+
+
+def test_check_config_rejects_a_file_with_a_key_written_twice(tmp_path):
+    # Prepare: a landscape label written twice; the parsed config holds only the second
+    path = tmp_path / "c.yaml"
+    path.write_text("landscapes:\n  surf: {kind: random, runs: [{alpha: iid}]}\n  surf: {kind: final_models}\n")
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=r"key 'surf' at line 3 repeats the key of line 2"):
+        check_config(copy.deepcopy(TINY), SCHEMA, files=[path])

@@ -104,3 +104,37 @@ def canonical(value):
 def digest(settings: dict) -> str:
     """A stable digest of JSON-able settings (used to refuse resuming with other settings)."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _DuplicateKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that records every mapping key written twice (YAML keeps only the last value)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: the parent's construct_mapping reports it
+                continue
+            first = seen.setdefault(key, line)
+            if duplicate:
+                self.duplicates.append(f"key {key!r} at line {line} repeats the key of line {first}: YAML would "
+                                       "keep only the later value; remove or rename one")
+        return super().construct_mapping(node, deep=deep)
+
+
+def duplicate_keys(path: str | Path) -> list[str]:
+    """'<path>: key ... at line N repeats the key of line M' for every key written twice in one mapping."""
+    text = Path(path).read_text()
+    loader = _DuplicateKeyLoader(text)
+    try:
+        loader.get_single_data()
+    finally:
+        loader.dispose()
+    return [f"{path}: {problem}" for problem in loader.duplicates]

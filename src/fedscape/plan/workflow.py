@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
 import yaml
 
 import fedscape.plan as _package
-from fedscape.core.config import ConfigError, load_schema, validate_config
+from fedscape.core.config import ConfigError, duplicate_keys, load_schema, validate_config
 from fedscape.core.runs import WILDCARD_CONSTRAINTS, Run, build_runs
 from fedscape.data.specs import DATASET_NAMES
 
@@ -30,8 +31,15 @@ def stage_modules() -> list[ModuleType]:
     return sorted(stages, key=lambda m: (m.__name__.rsplit(".", 1)[1] != FIRST, m.__name__))
 
 
-def check_config(config: dict, schema: dict) -> dict:
-    """Validate against the schema (filling defaults), then every stage's rules a schema cannot express."""
+def check_config(config: dict, schema: dict, files: Iterable[str | Path] = ()) -> dict:
+    """Validate against the schema (filling defaults), then every stage's rules a schema cannot express.
+
+    `files`: the YAML files the config was read from, checked for keys written twice first (the loader
+    that made `config` kept only the later value, silently).
+    """
+    duplicates = [problem for path in files for problem in duplicate_keys(path)]
+    if duplicates:
+        raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in duplicates))
     validate_config(config, schema)
     problems: list[str] = []
     try:
@@ -53,7 +61,7 @@ def load_config(path: str | Path, schema_path: str | Path) -> dict:
     """Read a YAML config safely, fill defaults and validate it."""
     with open(path) as fh:
         config = yaml.safe_load(fh) or {}
-    return check_config(config, load_schema(schema_path))
+    return check_config(config, load_schema(schema_path), files=[path])
 
 
 def all_targets(config: dict, runs: list[Run]) -> list[str]:

@@ -21,7 +21,8 @@ def settings_from_config(section: dict) -> HessianSettings:
     return HessianSettings(
         top_k=section["top_k"], method=section["method"], tol=section["tol"], max_iter=section["max_iter"],
         trace_probes=section["trace_probes"], eval_samples=section["eval_samples"], batch_size=section["batch_size"],
-        cache_graph=section["cache_graph"], density=density.get("enabled", True),
+        cache_graph=section["cache_graph"], trace_estimator=section["trace_estimator"],
+        density=density.get("enabled", True),
         density_steps=density.get("lanczos_steps", 90), density_probes=density.get("probes", 10),
         seed=section["seed"],
     )
@@ -99,8 +100,18 @@ def hessian_job_settings(config: dict, run, round_: int) -> dict:
         "round": int(round_),
         "dataset_options": config["datasets"][run.dataset],
         "device": config["training"]["device"],
-        "hessian": asdict(settings_from_config(config["hessian"])),
+        "hessian": _job_hessian(asdict(settings_from_config(config["hessian"]))),
     }
+
+
+# Settings added after results existed: a job's settings carry one only when it differs from its default, so
+# that adding it does not rerun every finished Hessian job.
+LATE_SETTINGS = ("trace_estimator",)
+
+
+def _job_hessian(settings: dict) -> dict:
+    defaults = asdict(HessianSettings())
+    return {k: v for k, v in settings.items() if not (k in LATE_SETTINGS and v == defaults[k])}
 
 
 def job_dirs(config: dict, runs: list) -> list[str]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from fedscape.core.names import unknown_name_error
 
 METHODS = ("power", "lanczos")
+TRACE_ESTIMATORS = ("hutchinson", "hutchpp")
 CLIENT_COLUMNS = ["run_id", "round", "hn", "hd", "status"]  # status: ok, or diverged (HN, HD NaN)
 
 
@@ -22,6 +23,10 @@ class HessianSettings:
     tol: float = 1e-4  # relative tolerance (PyHessian uses 1e-3; 1e-4 keeps lambda_1 to 4 digits)
     max_iter: int = 100  # PyHessian's maxIter
     trace_probes: int = 300  # fixed Hutchinson probe count: PyHessian's early stop was measured at 4% error
+    # "hutchpp": Hutch++ trace and Diag++ diagonal from the same `trace_probes` products (a low-rank sketch
+    # taken exactly, Hutchinson on the rest): about half the error at 100 products on the default run's
+    # model (benchmarks/bench_trace.py). Hutchinson stays the default so that finished results keep theirs.
+    trace_estimator: str = "hutchinson"
     eval_samples: int | None = 1024  # fixed set per data set; None = all samples (PyHessian: a fixed batch set)
     batch_size: int = 512  # samples per forward pass; the mean loss is weighted by batch size
     cache_graph: bool = True  # keep every batch's gradient graph for all products (memory) or rebuild it per product
@@ -33,6 +38,10 @@ class HessianSettings:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise unknown_name_error("Hessian method", self.method, METHODS)
+        if self.trace_estimator not in TRACE_ESTIMATORS:
+            raise unknown_name_error("trace estimator", self.trace_estimator, TRACE_ESTIMATORS)
+        if self.trace_estimator == "hutchpp" and self.trace_probes < 4:
+            raise ValueError(f"trace_estimator hutchpp needs trace_probes >= 4, got {self.trace_probes}")
         checks = [
             (self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}"),
             (0 < self.tol < 1, f"tol must be in (0, 1), got {self.tol}"),

@@ -38,7 +38,7 @@ log = logging.getLogger("fedscape.hessian")
 
 # Random streams, all derived from HessianSettings.seed (utils.derive_seed): the probes are shared by
 # every data set of a job (common random numbers: identical clients give identical diagonals).
-_STREAM_EIGEN, _STREAM_PROBES, _STREAM_DENSITY, _STREAM_SUBSET = 1, 2, 3, 4
+_STREAM_EIGEN, _STREAM_PROBES, _STREAM_DENSITY, _STREAM_SUBSET, _STREAM_SKETCH = 1, 2, 3, 4, 5
 
 
 # -- the operator ----------------------------------------------------------------------------------
@@ -350,6 +350,48 @@ def hutchinson(op: HessianOperator, probes: int, seed: int = 0, every: float = 3
                             samples)
 
 
+def hutchpp(op: HessianOperator, products: int, seed: int = 0) -> HutchinsonResult:
+    """tr(H) by Hutch++ (Meyer et al. 2021) and diag(H) by Diag++ (Baston & Nakatsukasa 2022), one budget.
+
+    k = products // 3 Rademacher sketch columns give Q = orth(H S) and HQ (2k products), hence
+    tr(Q^T H Q) and diag(Q (HQ)^T) exactly. Each remaining product h = H z serves both residuals: the
+    trace of (I - QQ^T) H (I - QQ^T) as y^T (h - HQ Q^T z) with y = (I - QQ^T) z (Hutch++; HQ is known,
+    so no second product), and the diagonal of (I - QQ^T) H as z * (I - QQ^T) h (unbiased for any Q;
+    deflating both sides would miss the diagonal of the cross terms). With products >= 3 dim the
+    sketch spans the space and both are exact up to rounding. `stderr` is that of the trace residual.
+    """
+    k = min(products // 3, op.dim)
+    probes = products - 2 * k
+    if k < 1 or probes < 2:
+        raise ValueError(f"Hutch++ needs at least 4 Hessian-vector products (a sketch column, its product and two "
+                         f"probes for a standard error), got {products}")
+    gen = _generator(seed, _STREAM_SKETCH)
+    hs = torch.stack([op.hvp(rademacher(op.dim, gen).to(op.device, op.dtype)).double() for _ in range(k)], dim=1)
+    q = torch.linalg.qr(hs, mode="reduced").Q
+    hq = torch.stack([op.hvp(q[:, j].to(op.dtype)).double() for j in range(k)], dim=1)
+    exact_trace = float((q * hq).sum())
+    diag = (q * hq).sum(dim=1)
+    residual = torch.zeros_like(diag)
+    samples = np.empty(probes)
+    gen = _generator(seed, _STREAM_PROBES)
+    for i in range(probes):
+        z = rademacher(op.dim, gen).to(op.device, torch.float64)
+        h = op.hvp(z.to(op.dtype)).double()
+        qz = q.T @ z
+        residual += z * (h - q @ (q.T @ h))
+        samples[i] = float((z - q @ qz) @ (h - hq @ qz))
+    diag += residual / probes
+    return HutchinsonResult(exact_trace + float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(probes)),
+                            diag.cpu(), samples)
+
+
+def trace_and_diagonal(op: HessianOperator, settings: HessianSettings) -> HutchinsonResult:
+    """The trace and diagonal with the configured estimator and `trace_probes` products."""
+    if settings.trace_estimator == "hutchpp":
+        return hutchpp(op, settings.trace_probes, settings.seed)
+    return hutchinson(op, settings.trace_probes, settings.seed)
+
+
 # -- spectral density ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DensityResult:
@@ -423,13 +465,13 @@ class HessianReport:
 
 def analyse(model: nn.Module, x: Tensor, y: Tensor, settings: HessianSettings, eigen: bool = True,
             density: bool | None = None) -> HessianReport:
-    """Eigenpairs, Hutchinson trace and diagonal, and optionally the SLQ density of the loss on (x, y)."""
+    """Eigenpairs, trace and diagonal (Hutchinson or Hutch++ / Diag++), and optionally the SLQ density on (x, y)."""
     density = settings.density if density is None else density
     t0 = time.perf_counter()
     with HessianOperator(model, x, y, settings.batch_size, settings.cache_graph) as op:
         loss = op.loss()
         eig = top_eigen(op, settings) if eigen else None
-        hutch = hutchinson(op, settings.trace_probes, settings.seed)
+        hutch = trace_and_diagonal(op, settings)
         dens = slq_density(op, settings.density_steps, settings.density_probes, settings.seed) if density else None
         products = op.products
     return HessianReport(len(y), loss, eig, hutch, dens, products, time.perf_counter() - t0)

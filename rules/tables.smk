@@ -1,5 +1,6 @@
 # The run tables: every client split (partitions.csv) and every run's rounds (rounds.csv).
 
+from fedscape.fl.settings import ROUNDS_COLUMNS
 from fedscape.plan.tables import partition_counts
 from fedscape.plan.train import run_files
 
@@ -28,5 +29,7 @@ rule rounds_table:
     localrule: True
     conda:
         "../envs/light.yaml"
+    params:
+        columns=ROUNDS_COLUMNS,
     script:
         "../workflow/scripts/concat_tables.py"

@@ -10,6 +10,7 @@ import pytest
 from helpers.tables import ACC, rounds_table, run_id
 
 from fedscape.outputs.stats import t_interval
+from fedscape.outputs.tables import TableError, concat_tables
 from fedscape.report.summary import (
     FINAL_COLUMNS,
     GROUP_KEYS,
@@ -209,3 +210,24 @@ def test_summary_groups_by_every_setting_but_seed():
 
     assert len(summary) == 4
     assert not summary[GROUP_KEYS].duplicated().any()
+
+
+# -- gathering per-job tables -------------------------------------------------------------------------
+def test_concat_tables_rejects_a_job_table_missing_a_column(tmp_path):
+    # Prepare: the second run's metrics.csv lost its train_loss column
+    pd.DataFrame({"run_id": ["a"], "round": [1], "train_loss": [0.5]}).to_csv(tmp_path / "a.csv", index=False)
+    pd.DataFrame({"run_id": ["b"], "round": [1]}).to_csv(tmp_path / "b.csv", index=False)
+
+    # Execute / Assert
+    with pytest.raises(TableError, match=r"b\.csv: expected the columns .*\(missing \['train_loss'\]\)"):
+        concat_tables([tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path / "out.csv", ["run_id", "round", "train_loss"])
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_concat_tables_keeps_rows_of_consistent_tables(tmp_path):
+    for name, value in (("a", 0.5), ("b", 0.25)):
+        pd.DataFrame({"run_id": [name], "train_loss": [value]}).to_csv(tmp_path / f"{name}.csv", index=False)
+
+    concat_tables([tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path / "out.csv")
+
+    assert pd.read_csv(tmp_path / "out.csv")["train_loss"].tolist() == [0.5, 0.25]

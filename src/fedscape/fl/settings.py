@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedscape.core.runs import RUN_FIELDS
 from fedscape.core.seeds import derive_seed
 from fedscape.models.specs import EVAL_BATCH_SIZE
 
@@ -20,6 +21,8 @@ ROUND_METRICS = ("round", "train_loss", "train_acc", "test_loss", "test_acc", "s
 # a run's client_updates.csv.
 STAT_KEYS: tuple[str, ...] = ("drift_from_start", "drift_from_aggregate", "gradient_diversity", "update_cosine_mean")
 CLIENT_UPDATES_COLUMNS = ["run_id", "round", "num_clients", *STAT_KEYS]
+# Columns of a run's metrics.csv and of results/tables/rounds.csv: the run, then one row per round.
+ROUNDS_COLUMNS = ["run_id", *RUN_FIELDS, *ROUND_METRICS]
 _SAMPLING_STREAM = 0x5A  # keeps client sampling independent of the clients' own random streams
 
 

@@ -11,18 +11,15 @@ import pandas as pd
 from fedscape.core.alpha import parse_alpha
 from fedscape.core.config import digest
 from fedscape.core.io import write_csv, write_json
-from fedscape.core.runs import RUN_FIELDS
 from fedscape.data.federated import load_federated_data
 from fedscape.fl.engine import run_federated
-from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS, ROUND_METRICS, TrainConfig
+from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS, ROUNDS_COLUMNS, TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.models.checkpoint import load_trajectory, save_clients, save_trajectory
 from fedscape.models.device import device_name, resolve_device
 
 log = logging.getLogger("fedscape.train")
 
-# Columns of a run's metrics.csv (and of results/tables/rounds.csv): the run, then one row per round.
-ROUNDS_COLUMNS = ["run_id", *RUN_FIELDS, *ROUND_METRICS]
 
 
 def train_config(settings: dict) -> TrainConfig:

@@ -29,11 +29,13 @@ from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies import mixup as mixup_mod
 from fedscape.fl.strategies.base import ClientContext, ClientResult
 from fedscape.fl.strategies.fedalign import lipschitz_estimate, spectral_norm_power, transmitting_matrix
+from fedscape.fl.strategies.fedsam import sam_perturbation
 from fedscape.fl.strategies.mixup import mixup_batch
 from fedscape.fl.strategies.moon import moon_contrastive_loss
 from fedscape.fl.strategies.registry import make_strategy, strategy_class
 from fedscape.fl.strategies.scaffold import effective_steps
 from fedscape.fl.strategies.stochdepth import survival_probabilities
+from fedscape.fl.vectorized import resolve_client_parallel
 from fedscape.models.networks import build_model, slim_channels
 from fedscape.plan.workflow import check_config
 from fedscape.report.cost import COST_COLUMNS, cost_table
@@ -190,6 +192,9 @@ def test_fedavgm_with_momentum_zero_and_server_lr_one_equals_fedavg(digits_data,
     ("gradaug", {"mu": 0.0}, "cnn_small"),
     ("fedalign", {"mu": 0.0, "clip_grad_norm": 0.0}, "cnn_small"),
     ("stochdepth", {"survival_last": 1.0}, "resnet20"),
+    ("fedsam", {"rho": 0.0}, "cnn_small"),
+    ("fedasam", {"rho": 0.0}, "cnn_small"),
+    ("fedsam", {"rho": 0.0}, "resnet20"),  # batch norm: the ascent pass leaves the running statistics alone
 ])
 def test_regularisers_switched_off_equal_fedavg_exactly(digits_data, name, overrides, model):
     data = small_data(digits_data, per_client=24)
@@ -659,3 +664,63 @@ def test_cost_table_without_a_fedavg_in_the_setting_has_no_ratio(tmp_path):
 
     assert rows.loc["fedavg", "seconds_vs_fedavg"] == 1.0
     assert np.isnan(rows.loc["ga", "seconds_vs_fedavg"]) and np.isnan(rows.loc["ga", "peak_mem_vs_fedavg"])
+
+
+# -- FedSAM / FedASAM ------------------------------------------------------------------------------
+@pytest.mark.parametrize("eta", [None, 0.1])
+def test_sam_perturbation_matches_the_hand_formula(eta):
+    """SAM: e = rho g / ||g|| (Foret et al. 2021); ASAM: e = rho T^2 g / ||T g||, T = |w| + eta (Kwon et al. 2021)."""
+    # Prepare
+    w = [torch.tensor([3.0, -1.0]), torch.tensor([[0.0, 2.0]])]
+    g = [torch.tensor([1.0, 2.0]), torch.tensor([[-2.0, 4.0]])]
+    t = [torch.ones(2), torch.ones(1, 2)] if eta is None else [x.abs() + eta for x in w]
+
+    # Execute
+    e = sam_perturbation(w, g, rho=0.5, eta=eta)
+
+    # Assert
+    norm = math.sqrt(sum(float(((ti * gi) ** 2).sum()) for ti, gi in zip(t, g, strict=True)))
+    for ei, ti, gi in zip(e, t, g, strict=True):
+        assert torch.allclose(ei, 0.5 * ti * ti * gi / norm)
+    if eta is None:
+        assert math.sqrt(sum(float((ei**2).sum()) for ei in e)) == pytest.approx(0.5)  # on the sphere of radius rho
+    assert all(torch.equal(z, torch.zeros_like(z)) for z in sam_perturbation(w, [x * 0 for x in g], 0.5, eta))
+
+
+@pytest.mark.parametrize("name", ["fedsam", "fedasam"])
+def test_fedsam_step_takes_the_gradient_at_the_ascent_point_and_applies_it_at_w(name):
+    # Prepare: a linear classifier and one batch
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    strategy = make_strategy(name, {"rho": 0.3})
+    w = [p.detach().clone() for p in model.parameters()]
+    grads = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+    e = sam_perturbation(w, list(grads), 0.3, None if name == "fedsam" else strategy.config.eta)
+    shifted = torch.nn.Linear(5, 3)
+    with torch.no_grad():
+        for p, wi, ei in zip(shifted.parameters(), w, e, strict=True):
+            p.copy_(wi + ei)
+    expected = torch.autograd.grad(F.cross_entropy(shifted(x), y), list(shifted.parameters()))
+    ctx = ClientContext(1, 0, torch.cat([t.reshape(-1) for t in w]), x, y, torch.Generator())
+
+    # Execute
+    loss = strategy.local_backward(model, x, y, ctx)
+
+    # Assert
+    assert float(loss) == pytest.approx(float(F.cross_entropy(torch.nn.functional.linear(x, w[0], w[1]), y)))
+    for p, wi, gi in zip(model.parameters(), w, expected, strict=True):
+        assert torch.equal(p.detach(), wi)  # back at w exactly
+        assert torch.allclose(p.grad, gi, atol=1e-6)
+    assert not torch.allclose(model.weight.grad, grads[0])  # not the plain gradient
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("auto", "sequential"), ("vectorized", ValueError)])
+def test_fedsam_trains_clients_one_by_one(mode, expected):
+    strategy = make_strategy("fedsam")
+    cfg = TrainConfig(client_parallel=mode)
+    if expected is ValueError:
+        with pytest.raises(ValueError, match="no vectorised local training"):
+            resolve_client_parallel(model_of(), strategy, cfg)
+    else:
+        assert resolve_client_parallel(model_of(), strategy, cfg) == expected

@@ -1,0 +1,44 @@
+"""FedSAM and FedASAM: sharpness-aware minimisation as the clients' optimiser (Qu et al. 2022; Caldarola et al.
+2022), plain (Foret et al. 2021) or adaptive (Kwon et al. 2021)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
+
+
+@dataclass(frozen=True)
+class FedSAMConfig(ServerSGDConfig):
+    """FedSAM hyperparameters."""
+
+    # The radius of the ascent step. 0.05 is SAM's CIFAR setting (Foret et al. 2021, Sec. 3.1); the FL papers
+    # tune it per dataset (Caldarola et al. 2022 search {0.01, 0.02, 0.05, 0.1, 0.2}): our choice.
+    rho: float = 0.05
+
+    def __post_init__(self):
+        if self.rho < 0:
+            raise ValueError(f"rho must be non-negative, got {self.rho}")
+
+
+@dataclass(frozen=True)
+class FedASAMConfig(FedSAMConfig):
+    """FedASAM hyperparameters."""
+
+    rho: float = 0.5  # ASAM's CIFAR setting (Kwon et al. 2021, Sec. 5): the adaptive radius is scale-free, so larger
+    eta: float = 0.01  # ASAM's CIFAR setting (Kwon et al. 2021): T = |w| + eta keeps zero weights perturbable
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.eta < 0:
+            raise ValueError(f"eta must be non-negative, got {self.eta}")
+
+
+SPECS = (
+    AlgorithmSpec("fedsam", FedSAMConfig, "fedsam:FedSAM", "FedSAM",
+                  "Qu et al. 2022, Generalized Federated Learning via Sharpness Aware Minimization (ICML); "
+                  "Caldarola et al. 2022 (ECCV)"),
+    AlgorithmSpec("fedasam", FedASAMConfig, "fedsam:FedASAM", "FedASAM",
+                  "Caldarola et al. 2022, Improving Generalization in Federated Learning by Seeking Flat Minima "
+                  "(ECCV); ASAM: Kwon et al. 2021 (ICML)"),
+)

@@ -26,6 +26,7 @@ from fedscape.analysis.hessian.maths import (
     lanczos_eigen,
     orthonormal_plane,
     power_iteration,
+    sharpness,
     slq_density,
 )
 from fedscape.analysis.hessian.stage import write_eigen_plane
@@ -438,3 +439,70 @@ def test_analyse_with_hutchpp_on_a_model_matches_its_exact_hessian(tiny):
 def test_trace_estimator_settings_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         HessianSettings(**kwargs)
+
+
+# -- worst-case sharpness ---------------------------------------------------------------------------
+class QuadraticObjective:
+    """L(w) = 0.5 w^T A w + b^T w behind the parts of a HessianOperator that `sharpness` uses."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, center: torch.Tensor):
+        self.a, self.b, self.center = a, b, center
+        self.dim, self.device, self.dtype = len(center), center.device, center.dtype
+
+    def loss(self, w: torch.Tensor | None = None) -> float:
+        w = self.center if w is None else w
+        return float(0.5 * w @ self.a @ w + self.b @ w)
+
+    def gradient(self, w: torch.Tensor | None = None) -> torch.Tensor:
+        w = self.center if w is None else w
+        return self.a @ w + self.b
+
+
+@pytest.mark.parametrize("eta", [None, 0.5])
+def test_sharpness_of_a_linear_loss_is_reached_by_the_first_step(eta):
+    """L = b^T w: max over ||e / T|| <= rho of b^T e = rho ||T b|| (T = 1, or |w| + eta)."""
+    # Prepare
+    w = torch.tensor([1.0, -2.0, 0.0], dtype=torch.float64)
+    b = torch.tensor([3.0, 4.0, -1.0], dtype=torch.float64)
+    t = torch.ones(3, dtype=torch.float64) if eta is None else w.abs() + eta
+    objective = QuadraticObjective(torch.zeros(3, 3, dtype=torch.float64), b, w)
+
+    # Execute
+    value = sharpness(objective, rho=0.1, steps=0, eta=eta)
+
+    # Assert
+    assert value == pytest.approx(0.1 * float((t * b).norm()), rel=1e-12)
+
+
+def test_sharpness_at_a_minimum_finds_the_top_curvature():
+    """At a minimum of L = 0.5 w^T A w the largest increase in the ball is 0.5 lambda_max rho^2."""
+    # Prepare
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    a = q @ torch.diag(torch.tensor([5.0, 2.0, 1.0, 0.5, 0.1, 0.0], dtype=torch.float64)) @ q.T
+    objective = QuadraticObjective(a, torch.zeros(6, dtype=torch.float64), torch.zeros(6, dtype=torch.float64))
+
+    # Execute
+    value = sharpness(objective, rho=0.2, steps=60)
+
+    # Assert
+    assert value == pytest.approx(0.5 * 5.0 * 0.2**2, rel=1e-3)
+    assert sharpness(objective, rho=0.2, steps=0) <= value + 1e-15  # a lower bound that more steps only raise
+
+
+def test_analyse_reports_sharpness_only_when_asked(tiny):
+    # Prepare
+    off = HessianSettings(top_k=2, trace_probes=4, density=False)
+    on = HessianSettings(top_k=2, trace_probes=4, density=False, sharpness=True, sharpness_rho=0.05)
+
+    # Execute
+    without = analyse(tiny["model"], tiny["x"], tiny["y"], off)
+    with_ = analyse(tiny["model"], tiny["x"], tiny["y"], on)
+
+    # Assert
+    assert math.isnan(without.sharpness) and math.isnan(without.adaptive_sharpness)
+    assert with_.sharpness > 0 and with_.adaptive_sharpness > 0
+    # small radius: about the linear increase rho ||g|| and not above it by more than 0.5 lambda_max rho^2
+    with HessianOperator(tiny["model"], tiny["x"], tiny["y"]) as op:
+        g = float(op.gradient().norm())
+    lam = float(tiny["eigvals"].max())
+    assert 0.9 * 0.05 * g <= with_.sharpness <= 0.05 * g + 0.5 * lam * 0.05**2 + 1e-6

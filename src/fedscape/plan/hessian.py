@@ -18,13 +18,15 @@ DENSITY_FIGURE = "spectral_density"
 def settings_from_config(section: dict) -> HessianSettings:
     """HessianSettings from the config's `hessian` section (defaults already filled by the schema)."""
     density = section.get("density", {})
+    sharp = section.get("sharpness", {})
     return HessianSettings(
         top_k=section["top_k"], method=section["method"], tol=section["tol"], max_iter=section["max_iter"],
         trace_probes=section["trace_probes"], eval_samples=section["eval_samples"], batch_size=section["batch_size"],
         cache_graph=section["cache_graph"], trace_estimator=section["trace_estimator"],
         density=density.get("enabled", True),
         density_steps=density.get("lanczos_steps", 90), density_probes=density.get("probes", 10),
-        seed=section["seed"],
+        seed=section["seed"], sharpness=sharp.get("enabled", False), sharpness_rho=sharp.get("rho", 0.05),
+        sharpness_steps=sharp.get("steps", 5), sharpness_eta=sharp.get("eta", 0.01),
     )
 
 
@@ -106,7 +108,7 @@ def hessian_job_settings(config: dict, run, round_: int) -> dict:
 
 # Settings added after results existed: a job's settings carry one only when it differs from its default, so
 # that adding it does not rerun every finished Hessian job.
-LATE_SETTINGS = ("trace_estimator",)
+LATE_SETTINGS = ("trace_estimator", "sharpness", "sharpness_rho", "sharpness_steps", "sharpness_eta")
 
 
 def _job_hessian(settings: dict) -> dict:

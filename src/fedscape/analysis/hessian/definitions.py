@@ -34,6 +34,14 @@ class HessianSettings:
     density_steps: int = 90  # Lanczos steps per SLQ probe (Ghorbani et al. 2019 use 90)
     density_probes: int = 10  # SLQ probes (Ghorbani et al. 2019 use 10; PyHessian 1)
     seed: int = 0  # eigen start vectors, probes and evaluation subsets derive from it
+    # Worst-case sharpness max_{||e|| <= rho} L(w + e) - L(w) (Keskar et al. 2017; Foret et al. 2021) and its
+    # adaptive form over ||e / (|w| + eta)|| <= rho (Kwon et al. 2021), by projected normalised ascent from the
+    # SAM / ASAM step. rho 0.05, eta 0.01 and the radii of FedSAM / FedASAM's defaults would match; a few
+    # steps suffice because the first step already is the linearised maximiser: our choice.
+    sharpness: bool = False
+    sharpness_rho: float = 0.05
+    sharpness_steps: int = 5
+    sharpness_eta: float = 0.01
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -55,6 +63,9 @@ class HessianSettings:
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.density_steps >= 2, f"density_steps must be >= 2, got {self.density_steps}"),
             (self.density_probes >= 1, f"density_probes must be >= 1, got {self.density_probes}"),
+            (self.sharpness_rho > 0, f"sharpness rho must be > 0, got {self.sharpness_rho}"),
+            (self.sharpness_steps >= 0, f"sharpness steps must be >= 0, got {self.sharpness_steps}"),
+            (self.sharpness_eta > 0, f"sharpness eta must be > 0, got {self.sharpness_eta}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -62,9 +73,10 @@ class HessianSettings:
 
 
 def hessian_columns(top_k: int) -> list[str]:
-    """Columns of results/tables/hessian.csv (`status`: ok, or diverged for the NaN rows of a skipped job)."""
+    """Columns of results/tables/hessian.csv (`status`: ok, or diverged for the NaN rows of a skipped job;
+    `sharpness`, `adaptive_sharpness`: NaN unless `hessian.sharpness.enabled`)."""
     return ["run_id", "round", "data", *[f"lambda_{i}" for i in range(1, top_k + 1)], "trace", "trace_stderr",
-            "n_eval", "iterations", "status"]
+            "n_eval", "iterations", "status", "sharpness", "adaptive_sharpness"]
 
 
 DENSITY_COLUMNS = ["run_id", "round", "data", "probe", "node", "weight"]

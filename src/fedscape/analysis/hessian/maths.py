@@ -99,9 +99,9 @@ class HessianOperator:
         with torch.no_grad():
             return float(sum(self._batch_loss(w, xb, yb).double() for xb, yb in self.batches))
 
-    def gradient(self) -> Tensor:
-        """The gradient of the mean loss at the centre."""
-        w = self.center.clone().requires_grad_(True)
+    def gradient(self, w: Tensor | None = None) -> Tensor:
+        """The gradient of the mean loss at `w` (default: the centre)."""
+        w = (self.center if w is None else w.to(self.device, self.dtype)).detach().clone().requires_grad_(True)
         return self._gradient(w, create_graph=False).detach()
 
     def hvp(self, v: Tensor) -> Tensor:
@@ -392,6 +392,46 @@ def trace_and_diagonal(op: HessianOperator, settings: HessianSettings) -> Hutchi
     return hutchinson(op, settings.trace_probes, settings.seed)
 
 
+# -- worst-case sharpness --------------------------------------------------------------------------
+def _project_ball(u: Tensor, rho: float) -> Tensor:
+    """u scaled onto the L2 ball of radius rho when outside it."""
+    norm = float(u.norm())
+    return u * (rho / norm) if norm > rho else u
+
+
+def _unit(v: Tensor) -> Tensor:
+    norm = float(v.norm())
+    return v / norm if norm > 0 else torch.zeros_like(v)
+
+
+def sharpness(op: HessianOperator, rho: float, steps: int, eta: float | None = None, seed: int = 0) -> float:
+    """max over ||e / T|| <= rho of L(w + e) - L(w) at the operator's centre w, by projected normalised ascent.
+
+    T = 1: epsilon-sharpness (Keskar et al. 2017; Foret et al. 2021); T = |w| + eta elementwise: adaptive
+    sharpness (Kwon et al. 2021). In u = e / T the ascent starts at the SAM / ASAM step u = rho d with d the
+    unit of T g (a seeded random direction if g = 0), then takes `steps` steps u <- P(u + rho d) with d the
+    unit gradient in u; every iterate is feasible, so the largest loss seen (or L(w) itself) is a lower
+    bound of the maximum and the result is >= 0.
+    """
+    w = op.center.double()
+    scale = torch.ones_like(w) if eta is None else w.abs() + eta
+    base = op.loss()
+
+    def ascent_direction(u: Tensor) -> Tensor:
+        return _unit(scale * op.gradient((w + scale * u).to(op.dtype)).double())
+
+    d = ascent_direction(torch.zeros_like(w))
+    if float(d.norm()) == 0:
+        d = _unit(rademacher(op.dim, _generator(seed, _STREAM_SKETCH, 1)).to(w.device).double())
+    u = _project_ball(rho * d, rho)
+    best = base
+    for step in range(steps + 1):
+        if step:
+            u = _project_ball(u + rho * ascent_direction(u), rho)
+        best = max(best, op.loss((w + scale * u).to(op.dtype)))
+    return best - base
+
+
 # -- spectral density ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DensityResult:
@@ -461,6 +501,8 @@ class HessianReport:
     density: DensityResult | None
     products: int
     seconds: float
+    sharpness: float = math.nan  # NaN unless settings.sharpness
+    adaptive_sharpness: float = math.nan
 
 
 def analyse(model: nn.Module, x: Tensor, y: Tensor, settings: HessianSettings, eigen: bool = True,
@@ -474,7 +516,12 @@ def analyse(model: nn.Module, x: Tensor, y: Tensor, settings: HessianSettings, e
         hutch = trace_and_diagonal(op, settings)
         dens = slq_density(op, settings.density_steps, settings.density_probes, settings.seed) if density else None
         products = op.products
-    return HessianReport(len(y), loss, eig, hutch, dens, products, time.perf_counter() - t0)
+        sharp = adaptive = math.nan
+        if settings.sharpness:
+            sharp = sharpness(op, settings.sharpness_rho, settings.sharpness_steps, None, settings.seed)
+            adaptive = sharpness(op, settings.sharpness_rho, settings.sharpness_steps, settings.sharpness_eta,
+                                 settings.seed)
+    return HessianReport(len(y), loss, eig, hutch, dens, products, time.perf_counter() - t0, sharp, adaptive)
 
 
 def orthonormal_plane(v1: Tensor, v2: Tensor) -> tuple[Tensor, Tensor]:

@@ -38,7 +38,8 @@ def _row(run_id: str, round_: int, data: str, report, top_k: int) -> dict:
     for i in range(top_k):
         row[f"lambda_{i + 1}"] = values[i] if i < len(values) else math.nan
     row.update({"trace": report.hutchinson.trace, "trace_stderr": report.hutchinson.stderr, "n_eval": report.n_eval,
-                "iterations": report.eigen.total_iterations if report.eigen is not None else 0, "status": OK})
+                "iterations": report.eigen.total_iterations if report.eigen is not None else 0, "status": OK,
+                "sharpness": report.sharpness, "adaptive_sharpness": report.adaptive_sharpness})
     return row
 
 

@@ -13,6 +13,7 @@ from helpers.figures import assert_figure_files
 from torch import nn
 
 from fedscape.analysis.barriers.definitions import (
+    BARRIER_COLUMNS,
     INTERPOLATION_COLUMNS,
     LAYER_BARRIER_COLUMNS,
     LAYER_DISTANCE_COLUMNS,
@@ -291,7 +292,7 @@ def test_defaults_and_pairs_resolve():
     (pair,) = layer_pairs(config, build_runs(config))
     assert pair.kind == "runs" and pair.rounds == (2,)
     assert pair.run_id == f"{pair.run_a.run_id} | {pair.run_b.run_id}"
-    assert check_config({}, SCHEMA)["interpolation"] == {"points": 21, "pairs": {}}
+    assert check_config({}, SCHEMA)["interpolation"] == {"points": 21, "align": False, "pairs": {}}
 
 
 # -- figures from fixture tables ------------------------------------------------------------------
@@ -412,3 +413,40 @@ def test_barrier_figures_follow_the_shared_style(tmp_path):
     assert len(data) == 2 * 4  # seeds averaged: one line per alpha
     assert pair_label(rid("iid"), rid("0.1")) == "IID vs α=0.1"
     assert pair_label(rid("iid")) == "FedAvg · random init · IID"
+
+
+# -- interpolation after alignment (Git Re-Basin) ---------------------------------------------------
+def test_barriers_from_curves_keep_aligned_and_unaligned_apart_and_old_curves_read_as_unaligned(tmp_path):
+    from fedscape.analysis.barriers.tables import interpolation_tables
+
+    # Prepare: a bump of 0.5 unaligned, flat once aligned; and a curve file from before the column existed
+    def curve(pair, aligned, bump):
+        return [{"pair_id": pair, "run_a": rid("iid"), "round_a": 3, "run_b": rid("0.1"), "round_b": 3, "t": t,
+                 "split": "train", "loss": 1.0 + bump * 4 * t * (1 - t), "error": 0.1, "aligned": aligned}
+                for t in (0.0, 0.5, 1.0)]
+    pd.DataFrame(curve("p", False, 0.5) + curve("p", True, 0.0)).to_csv(tmp_path / "p.csv", index=False)
+    pd.DataFrame(curve("old", False, 0.25)).drop(columns="aligned").to_csv(tmp_path / "old.csv", index=False)
+
+    # Execute
+    interpolation_tables([tmp_path / "p.csv", tmp_path / "old.csv"], tmp_path / "i.csv", tmp_path / "b.csv")
+
+    # Assert
+    barriers = pd.read_csv(tmp_path / "b.csv").set_index(["pair_id", "aligned"])
+    assert list(pd.read_csv(tmp_path / "b.csv").columns) == BARRIER_COLUMNS
+    assert barriers.loc[("p", False), "barrier_loss"] == pytest.approx(0.5)
+    assert barriers.loc[("p", True), "barrier_loss"] == pytest.approx(0.0)
+    assert barriers.loc[("old", False), "barrier_loss"] == pytest.approx(0.25)
+    assert list(pd.read_csv(tmp_path / "i.csv").columns) == INTERPOLATION_COLUMNS
+
+
+def test_interpolation_settings_carry_align_only_when_on():
+    from fedscape.core.runs import build_runs
+    from fedscape.plan.barriers import interpolation_pairs, interpolation_settings
+
+    pairs = {"p": {"a": IID, "b": {**IID, "alpha": 0.5}}}
+    for align in (False, True):
+        config = check_config(tiny(interpolation={"points": 5, "align": align, "pairs": pairs}), SCHEMA)
+        (pair,) = interpolation_pairs(config, build_runs(config))
+
+        assert interpolation_settings(config, pair).get("align", False) is align
+        assert ("align" in interpolation_settings(config, pair)) is align  # off: the settings of older jobs

@@ -92,6 +92,20 @@ def test_final_joins_barrier_to_the_matching_iid_run_at_final_rounds():
     assert math.isnan(final.loc[run_id("iid", 2), "barrier_to_iid_loss"])
 
 
+
+def test_barrier_to_iid_is_that_of_the_models_as_trained_not_after_alignment():
+    # Prepare: the same pair once as trained (0.7) and once with b aligned to a (0.1)
+    rounds = rounds_table()
+    barriers, curves = barrier_tables([(run_id("iid", 0), 3, run_id("0.1", 0), 3, 0.7)])
+    aligned = barriers.assign(aligned=True, barrier_loss=0.1)
+    barriers = pd.concat([barriers.assign(aligned=False), aligned], ignore_index=True)
+
+    # Execute
+    final = final_table(rounds, barriers, curves).set_index("run_id")
+
+    # Assert
+    assert final.loc[run_id("0.1", 0), "barrier_to_iid_loss"] == pytest.approx(0.7)
+
 def test_final_does_not_match_an_iid_run_of_another_init():
     rounds = rounds_table(inits=("random", "pretrained"))
     barriers, curves = barrier_tables([(run_id("iid", 0, "pretrained"), 3, run_id("0.1", 0, "random"), 3, 0.7)])

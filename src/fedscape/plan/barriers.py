@@ -172,9 +172,12 @@ def _common(config: dict, run) -> dict:
 
 def interpolation_settings(config: dict, pair: InterpolationPair) -> dict:
     """Everything one interpolation job needs (Snakemake reruns it when this changes)."""
-    return {"pair_id": pair.label, "run_a": pair.run_a.run_id, "run_b": pair.run_b.run_id,
-            "round_a": pair.round_a, "round_b": pair.round_b, "points": config["interpolation"]["points"],
-            **_common(config, pair.run_a)}
+    settings = {"pair_id": pair.label, "run_a": pair.run_a.run_id, "run_b": pair.run_b.run_id,
+                "round_a": pair.round_a, "round_b": pair.round_b, "points": config["interpolation"]["points"],
+                **_common(config, pair.run_a)}
+    if config["interpolation"]["align"]:  # only when on: jobs from before the option keep their settings
+        settings["align"] = True
+    return settings
 
 
 def layer_settings(config: dict, pair: LayerPair, round_: int) -> dict:

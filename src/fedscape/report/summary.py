@@ -79,6 +79,8 @@ def _barriers_to_iid(final: pd.DataFrame, barriers: pd.DataFrame, interpolation:
         for pair, sub in interpolation.groupby("pair_id"):
             rounds[pair] = (int(sub["round_a"].iloc[0]), int(sub["round_b"].iloc[0]))
     rows = barriers[barriers["split"] == BARRIER_SPLIT]
+    if "aligned" in rows.columns:  # the barrier to IID is that of the models as trained
+        rows = rows[~rows["aligned"].astype(bool)]
     fields = {rid: parse_run_id(rid) for rid in set(rows["run_a"]) | set(rows["run_b"]) | set(final["run_id"])}
     same = [k for k in GROUP_KEYS if k != "alpha"]
     matches: dict[str, list[tuple[bool, float, float]]] = {}

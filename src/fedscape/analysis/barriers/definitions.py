@@ -10,8 +10,10 @@ import numpy as np
 
 MODES: tuple[str, ...] = ("single", "shallow", "deep")
 SPLITS: tuple[str, ...] = ("train", "test")
-INTERPOLATION_COLUMNS = ["pair_id", "run_a", "round_a", "run_b", "round_b", "t", "split", "loss", "error"]
-BARRIER_COLUMNS = ["pair_id", "run_a", "run_b", "split", "barrier_loss", "barrier_error"]
+# `aligned`: the curve to model b as trained (False) or to b with its hidden units permuted to match a by
+# weight matching (True; Ainsworth et al. 2023), when `interpolation.align` asks for it.
+INTERPOLATION_COLUMNS = ["pair_id", "run_a", "round_a", "run_b", "round_b", "t", "split", "loss", "error", "aligned"]
+BARRIER_COLUMNS = ["pair_id", "run_a", "run_b", "split", "barrier_loss", "barrier_error", "aligned"]
 LAYER_BARRIER_COLUMNS = ["run_id", "round", "pair", "mode", "layer_index", "layer", "split", "barrier_loss",
                          "barrier_error"]
 LAYER_DISTANCE_COLUMNS = ["run_id", "round", "pair", "layer_index", "layer", "distance", "cosine"]

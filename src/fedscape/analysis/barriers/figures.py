@@ -81,7 +81,8 @@ def _log_heatmap(fig, ax, arr: np.ndarray, columns: list, labels: list[str], lab
 
 
 def interpolation_figure(table: str | Path, outputs: dict[str, str | Path]) -> None:
-    """Loss and error along the interpolation, one labelled curve per pair (Li et al. 2022, Figs 3c/5c)."""
+    """Loss and error along the interpolation, one labelled curve per pair (Li et al. 2022, Figs 3c/5c); dashed:
+    to model b aligned to a by weight matching (Ainsworth et al. 2023)."""
     df = pd.read_csv(table)
     if df.empty:
         save_figure_outputs(empty_figure("no interpolation pairs with rows (every pair was skipped)"), outputs, df)
@@ -89,20 +90,25 @@ def interpolation_figure(table: str | Path, outputs: dict[str, str | Path]) -> N
     plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(7.5, 5.0), squeeze=False, sharex=True, layout="constrained")
     pairs = list(dict.fromkeys(df["pair_id"]))
+    aligned_rows = df["aligned"].astype(bool) if "aligned" in df.columns else pd.Series(False, index=df.index)
     legend = {}
     for j, split in enumerate(SPLITS):
         for i, value in enumerate(("loss", "error")):
             ax = axes[i, j]
             for k, pair in enumerate(pairs):
-                sub = df[(df["split"] == split) & (df["pair_id"] == pair)].sort_values("t")
-                if sub.empty:
-                    continue
-                (handle,) = ax.plot(sub["t"], sub[value], color=PALETTE[k % len(PALETTE)],
-                                    marker=MARKERS[k % len(MARKERS)], markersize=3, lw=1.2)
-                first = sub.iloc[0]
-                rounds = "" if first["round_a"] == first["round_b"] else \
-                    f" (round {first['round_a']} vs {first['round_b']})"
-                legend.setdefault(f"{pair}: {pair_label(first['run_a'], first['run_b'])}{rounds}", handle)
+                for aligned in (False, True):
+                    sub = df[(df["split"] == split) & (df["pair_id"] == pair) & (aligned_rows == aligned)]
+                    if sub.empty:
+                        continue
+                    sub = sub.sort_values("t")
+                    (handle,) = ax.plot(sub["t"], sub[value], color=PALETTE[k % len(PALETTE)],
+                                        marker=MARKERS[k % len(MARKERS)], markersize=3, lw=1.2,
+                                        linestyle="--" if aligned else "-")
+                    first = sub.iloc[0]
+                    rounds = "" if first["round_a"] == first["round_b"] else \
+                        f" (round {first['round_a']} vs {first['round_b']})"
+                    note = " · b aligned to a" if aligned else ""
+                    legend.setdefault(f"{pair}: {pair_label(first['run_a'], first['run_b'])}{rounds}{note}", handle)
             if i == 1:
                 ax.set_xlabel("t  (0 = model a, 1 = model b)")
             ax.set_ylabel(f"{split} {value}")

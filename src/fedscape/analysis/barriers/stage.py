@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from fedscape.analysis.barriers.alignment import align_points
 from fedscape.analysis.barriers.definitions import (
     FULL_MODEL,
     INTERPOLATION_COLUMNS,
@@ -49,6 +50,11 @@ def _point(traj, round_: int) -> Point:
     return Point(traj.params[row], traj.buffers[row])
 
 
+def _alignments(settings: dict) -> list[bool]:
+    """The `aligned` values of a pair's curves: unaligned, and aligned when the settings ask for it."""
+    return [False, True] if settings.get("align") else [False]
+
+
 def _empty(columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(columns=columns)
 
@@ -57,7 +63,8 @@ def _nan_curve(settings: dict, rounds: list[int]) -> pd.DataFrame:
     """The rows of an interpolation that is not computed (a diverged run): every t and split, NaN loss and error."""
     rows = [{"pair_id": settings["pair_id"], "run_a": settings["run_a"], "round_a": rounds[0],
              "run_b": settings["run_b"], "round_b": rounds[1], "t": float(t), "split": split, "loss": math.nan,
-             "error": math.nan} for t in interpolation_grid(settings["points"]) for split in SPLITS]
+             "error": math.nan, "aligned": aligned}
+            for aligned in _alignments(settings) for t in interpolation_grid(settings["points"]) for split in SPLITS]
     return pd.DataFrame(rows, columns=INTERPOLATION_COLUMNS)
 
 
@@ -94,7 +101,16 @@ def interpolation_stage(settings: dict, trajectory_a: str | Path, trajectory_b: 
     splits = _splits(settings, partition, device)
     model = traj_a.model_meta.build().to(device).eval()
     a, b = _point(traj_a, rounds[0]).to(device), _point(traj_b, rounds[1]).to(device)
-    rows = interpolation_curve(model, a, b, splits, settings["points"], settings["eval_batch_size"])
+    rows = [{**r, "aligned": False}
+            for r in interpolation_curve(model, a, b, splits, settings["points"], settings["eval_batch_size"])]
+    if settings.get("align"):
+        t1 = time.perf_counter()
+        b_aligned, _ = align_points(model, a, b)
+        log.info("pair %s: model b aligned to a by weight matching in %.1f s (distance %.4g -> %.4g)",
+                 settings["pair_id"], time.perf_counter() - t1, float((b.params - a.params).norm()),
+                 float((b_aligned.params - a.params).norm()))
+        rows += [{**r, "aligned": True} for r in interpolation_curve(model, a, b_aligned, splits, settings["points"],
+                                                                        settings["eval_batch_size"])]
     df = pd.DataFrame(rows)
     df.insert(0, "pair_id", settings["pair_id"])
     df.insert(1, "run_a", settings["run_a"])
@@ -102,10 +118,10 @@ def interpolation_stage(settings: dict, trajectory_a: str | Path, trajectory_b: 
     df.insert(3, "run_b", settings["run_b"])
     df.insert(4, "round_b", rounds[1])
     write_csv(df[INTERPOLATION_COLUMNS], output)
-    for split in SPLITS:
-        sub = df[df["split"] == split]
-        log.info("pair %s %s: loss barrier %.4f, error barrier %.4f", settings["pair_id"], split,
-                 linear_barrier(sub["t"], sub["loss"]), linear_barrier(sub["t"], sub["error"]))
+    for (aligned, split), sub in df.groupby(["aligned", "split"], sort=False):
+        log.info("pair %s %s%s: loss barrier %.4f, error barrier %.4f", settings["pair_id"], split,
+                 " (aligned)" if aligned else "", linear_barrier(sub["t"], sub["loss"]),
+                 linear_barrier(sub["t"], sub["error"]))
     log.info("pair %s: %d points x %d splits in %.1f s", settings["pair_id"], settings["points"], len(splits),
              time.perf_counter() - t0)
 

@@ -95,6 +95,9 @@ BAD_CONFIGS = [
     ("inits", {"r": {"kind": "random", "seed": -3}}, "inits.r.seed"),
     ("experiments", [{"dataset": "digits", "init": "nope"}], "experiments[0].init"),
     ("trainig", {}, "Did you mean 'training'"),
+    ("num_clients", [200], "num_clients: 200 clients x partition.min_size 10 = 2000 samples, but digits leaves"),
+    ("landscapes", {"..": {"kind": "random", "runs": [{"alpha": "iid"}]}}, "landscapes: the label '..' names a"),
+    ("inits", {".": {"kind": "random", "seed": 0}}, "inits: the label '.' names a directory"),
 ]
 
 

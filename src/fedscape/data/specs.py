@@ -15,6 +15,13 @@ class DatasetInfo:
     image_size: int
     num_classes: int
     description: str
+    train_samples: int  # the training pool before the proxy split (digits: all samples, before the test split)
+    fixed_test_split: bool  # True: the dataset's own test set (CIFAR); False: `test_fraction` of the samples
+
+    def client_pool_bound(self, test_fraction: float, proxy_fraction: float) -> int:
+        """An upper bound of the samples split among the clients (the splits round per class)."""
+        n = self.train_samples if self.fixed_test_split else self.train_samples * (1 - test_fraction)
+        return int(n * (1 - proxy_fraction)) + self.num_classes
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -23,9 +30,10 @@ class DatasetInfo:
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo(1, 8, 10, "scikit-learn's bundled 8x8 digits (UCI optical digits), no download"),
-    "cifar10": DatasetInfo(3, 32, 10, "CIFAR-10 (Krizhevsky 2009), python version from data_dir"),
-    "cifar100": DatasetInfo(3, 32, 100, "CIFAR-100 (Krizhevsky 2009), python version from data_dir"),
+    "digits": DatasetInfo(1, 8, 10, "scikit-learn's bundled 8x8 digits (UCI optical digits), no download", 1797,
+                          False),
+    "cifar10": DatasetInfo(3, 32, 10, "CIFAR-10 (Krizhevsky 2009), python version from data_dir", 50000, True),
+    "cifar100": DatasetInfo(3, 32, 100, "CIFAR-100 (Krizhevsky 2009), python version from data_dir", 50000, True),
 }
 DATASET_NAMES: tuple[str, ...] = tuple(sorted(DATASETS))
 AUGMENTATIONS: tuple[str, ...] = ("none", "crop_flip")

@@ -41,7 +41,7 @@ def check_config(config: dict, schema: dict, files: Iterable[str | Path] = ()) -
     if duplicates:
         raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in duplicates))
     validate_config(config, schema)
-    problems: list[str] = []
+    problems: list[str] = _directory_labels(config)
     try:
         runs = build_runs(config)
     except ConfigError as exc:
@@ -55,6 +55,23 @@ def check_config(config: dict, schema: dict, files: Iterable[str | Path] = ()) -
     if problems:
         raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
     return config
+
+
+# Sections whose keys are labels that name directories of the results (or appear in file names).
+LABEL_SECTIONS = (("inits",), ("algorithms",), ("landscapes",), ("interpolation", "pairs"), ("layer_barriers", "pairs"))
+
+
+def _directory_labels(config: dict) -> list[str]:
+    """Labels `.` and `..`: the schema's label characters allow them, but as a path part they would write
+    outside their folder."""
+    problems = []
+    for path in LABEL_SECTIONS:
+        section = config
+        for key in path:
+            section = section.get(key) or {}
+        problems += [f"{'.'.join(path)}: the label {label!r} names a directory; a label needs a letter, a digit or "
+                     "_ (e.g. 'run_a')" for label in section if label in (".", "..")]
+    return problems
 
 
 def load_config(path: str | Path, schema_path: str | Path) -> dict:

@@ -98,6 +98,8 @@ BAD_CONFIGS = [
     ("num_clients", [200], "num_clients: 200 clients x partition.min_size 10 = 2000 samples, but digits leaves"),
     ("landscapes", {"..": {"kind": "random", "runs": [{"alpha": "iid"}]}}, "landscapes: the label '..' names a"),
     ("inits", {".": {"kind": "random", "seed": 0}}, "inits: the label '.' names a directory"),
+    ("landscapes", {"big": {"kind": "random", "runs": [{"alpha": "iid"}], "resolution": 10000}},
+     "raise `chunks` to at least 2500 or set `allow_large: true`"),
 ]
 
 

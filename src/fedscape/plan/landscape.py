@@ -159,14 +159,26 @@ def landscape_plans(config: dict, runs: list) -> list[LandscapePlan]:
     return [resolve_landscape(config, runs, label) for label in config.get("landscapes", {})]
 
 
+# Grid points one chunk job may evaluate without `allow_large`: a 200 x 200 grid, about an hour of cnn_small on
+# the digits on one CPU core; `resolution: 10000` in one chunk would be 1e8 points (weeks).
+MAX_CHUNK_POINTS = 40_000
+
+
 def check(config: dict, runs: list) -> list[str]:
     """Problems of the `landscapes` section that the schema cannot express."""
     problems = []
-    for label in config.get("landscapes", {}):
+    for label, spec in config.get("landscapes", {}).items():
         try:
             resolve_landscape(config, runs, label)
         except ConfigError as exc:
             problems.append(str(exc))
+        points = int(spec["resolution"]) ** 2
+        per_chunk = -(-points // int(spec["chunks"]))
+        if per_chunk > MAX_CHUNK_POINTS and not spec.get("allow_large"):
+            problems.append(f"landscapes.{label}: resolution {spec['resolution']} gives {points:,} grid points, "
+                            f"{per_chunk:,} per chunk in {spec['chunks']} chunk(s), each point a model evaluation on "
+                            f"each data set; at most {MAX_CHUNK_POINTS:,} per chunk: raise `chunks` to at least "
+                            f"{-(-points // MAX_CHUNK_POINTS)} or set `allow_large: true`")
     return problems
 
 

@@ -98,6 +98,9 @@ BAD_CONFIGS = [
     ("num_clients", [200], "num_clients: 200 clients x partition.min_size 10 = 2000 samples, but digits leaves"),
     ("landscapes", {"..": {"kind": "random", "runs": [{"alpha": "iid"}]}}, "landscapes: the label '..' names a"),
     ("inits", {".": {"kind": "random", "seed": 0}}, "inits: the label '.' names a directory"),
+    ("alphas", ["iid", 0], "alphas[1]: 0 is not valid: an alpha is a number > 0"),
+    ("alphas", ["IID", 0.5], "alphas[0]: 'IID' is not valid: an alpha is a number > 0 (e.g. 0.1 or 1.0;"),
+    ("results_dir", "../x", "results_dir: '../x' is not valid: a path without `..` parts"),
     ("landscapes", {"big": {"kind": "random", "runs": [{"alpha": "iid"}], "resolution": 10000}},
      "raise `chunks` to at least 2500 or set `allow_large: true`"),
 ]

@@ -88,6 +88,10 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "enum":
         return f"{where}: {error.instance!r} is not valid.{suggest(error.instance, error.validator_value)} " \
                f"Valid values: {', '.join(map(str, error.validator_value))}"
+    if error.validator == "pattern" and "pattern_hint" in error.schema:  # the regex itself tells a user nothing
+        return f"{where}: {error.instance!r} is not valid: {error.schema['pattern_hint']}"
+    if error.validator in ("anyOf", "oneOf") and "description" in error.schema:
+        return f"{where}: {error.instance!r} is not valid: {error.schema['description']}"
     return f"{where}: {error.message}"
 
 

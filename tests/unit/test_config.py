@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
+import yaml
 from helpers.configs import DEFAULT, SCHEMA, TINY
+from helpers.workflow import ROOT
 
 from fedscape.core.config import ConfigError, duplicate_keys
 from fedscape.core.runs import build_runs, resolve_run, select_runs
+from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config
 
 # The default's run grid without the analyses, whose run selectors assume the default grid.
@@ -181,3 +185,42 @@ def test_check_config_rejects_a_file_with_a_key_written_twice(tmp_path):
     # Execute / Assert
     with pytest.raises(ConfigError, match=r"key 'surf' at line 3 repeats the key of line 2"):
         check_config(copy.deepcopy(TINY), SCHEMA, files=[path])
+
+
+# -- the order of YAML mappings carries no meaning ----------------------------------------------------
+def _reversed_mappings(value):
+    """`value` with the keys of every mapping in reverse order (what a YAML rewriter may do)."""
+    if isinstance(value, dict):
+        return {k: _reversed_mappings(value[k]) for k in reversed(list(value))}
+    if isinstance(value, list):
+        return [_reversed_mappings(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (ROOT / "config").rglob("*.yaml")))
+def test_reordering_every_mapping_of_a_shipped_config_changes_no_run_and_no_job_setting(path):
+    # Prepare
+    raw = yaml.safe_load(Path(path).read_text())
+
+    # Execute
+    config, flipped = check_config(copy.deepcopy(raw), SCHEMA), check_config(_reversed_mappings(raw), SCHEMA)
+
+    # Assert
+    runs = build_runs(config)
+    assert runs == build_runs(flipped)
+    assert [train_settings(config, r) for r in runs] == [train_settings(flipped, r) for r in runs]
+
+
+def test_an_experiment_without_init_needs_a_default_when_inits_has_several_labels():
+    # Prepare: two init labels, an experiment that names none, no experiment_defaults
+    config = copy.deepcopy(TINY)
+    config["inits"] = {"random": {"kind": "random", "seed": 0}, "other": {"kind": "random", "seed": 1}}
+    config["experiments"] = [{"alpha": "iid", "algorithm": "fedavg"}]
+    config.pop("experiment_defaults", None)
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=r"experiments\[0\]: no `init` given, and `inits` has several labels"):
+        check_config(copy.deepcopy(config), SCHEMA)
+    config["experiment_defaults"] = {"init": "other"}
+    config["experiments"].append({"alpha": "iid", "init": "random", "algorithm": "fedavg"})  # the sections' runs
+    assert {r.init for r in build_runs(check_config(config, SCHEMA))} == {"other", "random"}

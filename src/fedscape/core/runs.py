@@ -94,11 +94,38 @@ def parse_run_id(run_id: str) -> dict[str, str]:
     return out
 
 
+# The grid sections that are YAML mappings: their order carries no meaning (a tool that rewrites the file may
+# sort them), so an experiment cannot take "the first" label of one of them.
+MAPPING_SECTIONS = ("datasets", "inits", "algorithms")
+
+
+def _experiment_defaults(config: dict, grid: dict[str, list]) -> dict:
+    """The value of each run field an experiment leaves unset: `experiment_defaults`, else the only label of a
+    mapping, else the first value of a list; ConfigError for a mapping of several labels and no default."""
+    given = config.get("experiment_defaults") or {}
+    defaults = {}
+    for key, section in GRID_SECTIONS.items():
+        if given.get(key) is not None:
+            defaults[key] = given[key]
+        elif section in MAPPING_SECTIONS and len(grid[key]) > 1:
+            unset = [i for i, exp in enumerate(config["experiments"]) if exp.get(key) is None]
+            if unset:
+                raise ConfigError(
+                    f"experiments[{unset[0]}]: no `{key}` given, and `{section}` has several labels "
+                    f"({', '.join(map(str, grid[key]))}), whose order means nothing in YAML: name it in the "
+                    f"experiment or set `experiment_defaults: {{{key}: <label>}}`")
+            defaults[key] = None
+        else:
+            defaults[key] = grid[key][0]
+    return defaults
+
+
 def build_runs(config: dict) -> list[Run]:
     """The runs of the config: the explicit `experiments`, or the product of the grid's lists."""
     grid = {name: list(config[section]) for name, section in GRID_SECTIONS.items()}
     if config.get("experiments"):
-        combos = [{k: grid[k][0] if exp.get(k) is None else exp[k] for k in grid} for exp in config["experiments"]]
+        defaults = _experiment_defaults(config, grid)
+        combos = [{k: defaults[k] if exp.get(k) is None else exp[k] for k in grid} for exp in config["experiments"]]
     else:
         combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     runs = []

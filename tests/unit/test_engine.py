@@ -12,7 +12,7 @@ from fedscape.fl import engine as engine_mod
 from fedscape.fl.aggregate import mean_delta, sample_weights, weighted_mean
 from fedscape.fl.engine import run_federated
 from fedscape.fl.local import batch_order, client_generator
-from fedscape.fl.settings import TrainConfig, sample_clients
+from fedscape.fl.settings import DIVERGED_LOSS, TrainConfig, sample_clients
 from fedscape.fl.strategies.base import ClientResult, Strategy
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.vectorized import resolve_client_parallel
@@ -25,6 +25,7 @@ from fedscape.models.checkpoint import (
     save_clients,
     save_trajectory,
 )
+from fedscape.models.evaluate import EvalResult
 from fedscape.models.networks import build_model
 from fedscape.models.params import FlatParams, flatten_params, load_params
 
@@ -239,6 +240,29 @@ def test_divergence_stops_with_status():
     assert result.rows[-1]["status"] == "diverged"
     assert len(result.rows) < 6
 
+
+
+@pytest.mark.parametrize(("loss", "diverged"), [(2.3e19, True), (DIVERGED_LOSS * 1.01, True), (DIVERGED_LOSS, False)])
+def test_a_finite_but_exploding_loss_also_marks_the_run_diverged(monkeypatch, loss, diverged):
+    """One rule: a training loss above DIVERGED_LOSS (not only a NaN) is a divergence, and training stops."""
+    # Prepare: the global model's training loss at round 2 is replaced by `loss`
+    calls = []
+    real = engine_mod.evaluate
+
+    def evaluate(model, x, y, batch_size):
+        result = real(model, x, y, batch_size)
+        calls.append(None)
+        return EvalResult(loss, result.acc, result.n) if len(calls) == 5 else result  # round 2, training data
+
+    monkeypatch.setattr(engine_mod, "evaluate", evaluate)
+    cfg = TrainConfig(rounds=4, local_epochs=1, batch_size=8, lr=0.1, seed=0)
+
+    # Execute
+    result = run_federated(tiny_model(), tiny_data(), Strategy(), cfg)
+
+    # Assert
+    assert [row["status"] for row in result.rows][:3] == ["ok", "ok", "diverged" if diverged else "ok"]
+    assert (len(result.rows) == 3) is diverged and result.status == ("diverged" if diverged else "ok")
 
 @pytest.mark.parametrize(("kwargs", "message"), [({"rounds": 0}, "rounds"), ({"participation": 1.5}, "participation"),
                                                  ({"rounds": 3, "save_clients_at": (4,)}, "save_clients_at")])

@@ -403,7 +403,7 @@ def test_local_work_of_the_plan_takes_each_labels_training_override():
     # Prepare
     config = copy.deepcopy(TINY)
     config["algorithms"]["fedavg_e5"] = {"name": "fedavg", "training": {"local_epochs": 5}}
-    config["experiments"].append({"alpha": "iid", "algorithm": "fedavg_e5"})
+    config["experiments"].append({"alpha": "iid", "init": "random", "algorithm": "fedavg_e5"})
     config = check_config(config, SCHEMA)
     runs = build_runs(config)
 
@@ -413,3 +413,22 @@ def test_local_work_of_the_plan_takes_each_labels_training_override():
     # Assert
     assert work["fedavg"] == {"name": "fedavg", "local_epochs": config["training"]["local_epochs"]}
     assert work["fedavg_e5"] == {"name": "fedavg", "local_epochs": 5}
+
+
+
+def test_curves_and_accuracy_table_leave_out_diverged_rounds_and_runs():
+    """The one rule of did_not_diverge: a diverged round (here a huge finite loss) is in no mean or count."""
+    # Prepare: seed 2 of alpha 0.1 diverges at its last round with a finite but exploding loss
+    rounds = rounds_table()
+    last = (rounds["alpha"] == 0.1) & (rounds["seed"] == 2) & (rounds["round"] == 3)
+    rounds.loc[last, ["train_loss", "status"]] = [2.29e19, "diverged"]
+
+    # Execute
+    stats = curve_statistics(rounds, "loss")
+    table = accuracy_table(final_table(rounds))
+
+    # Assert
+    cell = stats[(stats["alpha"] == 0.1) & (stats["round"] == 3) & (stats["split"] == "train")].iloc[0]
+    assert cell["n_seeds"] == 2 and cell["mean"] == pytest.approx(2.0 / 4)
+    assert table.loc[table["alpha"] == 0.1, "n_seeds"].iloc[0] == 2
+    assert table.loc[table["alpha"] == math.inf, "n_seeds"].iloc[0] == 3

@@ -16,7 +16,7 @@ from fedscape.data.federated import FederatedData
 from fedscape.fl.client_stats import round_stats
 from fedscape.fl.local import Trainer
 from fedscape.fl.sequential import SequentialTrainer
-from fedscape.fl.settings import TrainConfig, sample_clients
+from fedscape.fl.settings import DIVERGED_LOSS, TrainConfig, sample_clients
 from fedscape.fl.strategies.base import Strategy
 from fedscape.fl.vectorized import VectorizedTrainer, resolve_client_parallel
 from fedscape.models.checkpoint import ClientRound
@@ -109,7 +109,7 @@ def run_federated(
     def evaluate_row(round_: int, seconds: float, peak: float) -> dict:
         train = evaluate(model, x_all, y_all, cfg.eval_batch_size)
         test = evaluate(model, data.x_test, data.y_test, cfg.eval_batch_size)
-        ok = math.isfinite(train.loss)
+        ok = math.isfinite(train.loss) and train.loss <= DIVERGED_LOSS
         return {"round": round_, "train_loss": train.loss, "train_acc": train.acc, "test_loss": test.loss,
                 "test_acc": test.acc, "seconds": seconds, "peak_mem_mb": peak,
                 "status": "ok" if ok else "diverged"}
@@ -172,8 +172,8 @@ def run_federated(
         progress.save(t, records[-1], strategy, trainer)
         _log_row(row, cfg.rounds)
         if row["status"] != "ok":
-            log.error("round %d: the global model's training loss is %s: the run diverged; stopping "
-                      "(lower the learning rate)", t, row["train_loss"])
+            log.error("round %d: the global model's training loss is %s (not finite or above %g): the run diverged; "
+                      "stopping (lower the learning rate)", t, row["train_loss"], DIVERGED_LOSS)
             break
 
     clients = {}

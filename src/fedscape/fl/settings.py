@@ -23,6 +23,11 @@ STAT_KEYS: tuple[str, ...] = ("drift_from_start", "drift_from_aggregate", "gradi
 CLIENT_UPDATES_COLUMNS = ["run_id", "round", "num_clients", *STAT_KEYS]
 # Columns of a run's metrics.csv and of results/tables/rounds.csv: the run, then one row per round.
 ROUNDS_COLUMNS = ["run_id", *RUN_FIELDS, *ROUND_METRICS]
+# A round whose global model has a training loss above this (or not finite) marks the run diverged: training
+# stops there and every statistic over seeds leaves the run out from that round on. 1e3 nats of cross-entropy
+# put a probability below e^-1000 on the true class on average: no model that is still learning gets there,
+# while an exploding run passes it within a round or two (a run at lr 5.0 reached 2.3e19).
+DIVERGED_LOSS = 1e3
 _SAMPLING_STREAM = 0x5A  # keeps client sampling independent of the clients' own random streams
 
 

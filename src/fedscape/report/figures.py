@@ -99,10 +99,11 @@ def _line_groups(sub: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
 
 
 def curve_statistics(rounds: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per run group, split and round: mean, std and 95% t-interval over seeds of the metric."""
+    """Per run group, split and round: mean, std and 95% t-interval over seeds of the metric, over the runs
+    whose round is not diverged (the one rule of `outputs.stats.did_not_diverge`)."""
     rows = []
     for split, column in zip(("train", "test"), METRICS[metric], strict=True):
-        for keys, sub in rounds.groupby([*CURVE_GROUP, "round"], sort=False):
+        for keys, sub in did_not_diverge(rounds).groupby([*CURVE_GROUP, "round"], sort=False):
             mean, std, lo, hi, n = t_interval(sub[column].tolist())
             rows.append({**dict(zip([*CURVE_GROUP, "round"], keys, strict=True)), "split": split, "n_seeds": n,
                          "mean": mean, "std": std, "ci95_low": lo, "ci95_high": hi})
@@ -371,7 +372,7 @@ def accuracy_table(final: pd.DataFrame, column: str = "test_acc", scale: float =
     inits = final["init"].nunique() > 1
     cols = ["alpha"] + varying_keys(final, ["num_clients", "participation"])
     rows = []
-    for keys, sub in final.groupby(CURVE_GROUP, sort=False):
+    for keys, sub in did_not_diverge(final).groupby(CURVE_GROUP, sort=False):
         fields = dict(zip(CURVE_GROUP, keys, strict=True))
         mean, std, lo, hi, n = t_interval((sub[column] * scale).tolist())
         rows.append({**fields, "row": label_run(fields, ["algorithm", "init"] if inits else ["algorithm"]),

@@ -14,12 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.configs import SCHEMA, TINY
+from helpers.resume import killed_after_round
 
 from fedscape.core.config import ConfigError
 from fedscape.data.datasets import load_dataset
 from fedscape.data.federated import FederatedData
 from fedscape.data.partition import make_partition
-from fedscape.fl import engine as engine_mod
 from fedscape.fl import sequential as sequential_mod
 from fedscape.fl.engine import run_federated
 from fedscape.fl.hparams.registry import ALGORITHM_SPECS, algorithm_config
@@ -569,18 +569,8 @@ def test_stateful_algorithms_resume_bit_identically(digits_data, tmp_path, monke
     data = small_data(digits_data, per_client=24)
     cfg = sequential(rounds=4, participation=0.5)
     reference = run_federated(model_of(), data, make_strategy(name), cfg)
-
-    real_save = engine_mod._Progress.save
-
-    def crash_after_round_2(self, round_, record, strategy, trainer):
-        real_save(self, round_, record, strategy, trainer)
-        if round_ == 2:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(engine_mod._Progress, "save", crash_after_round_2)
-    with pytest.raises(KeyboardInterrupt):
-        run_federated(model_of(), data, make_strategy(name), cfg, progress_dir=tmp_path, progress_key="k")
-    monkeypatch.setattr(engine_mod._Progress, "save", real_save)
+    killed_after_round(monkeypatch, 2, lambda: run_federated(model_of(), data, make_strategy(name), cfg,
+                                                             progress_dir=tmp_path, progress_key="k"))
     state = torch.load(tmp_path / "state.pt", weights_only=True)  # plain tensors and dicts only
     assert state["round"] == 2 and state["strategy"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.resume import killed_after_round
 from torch import nn
 
 from fedscape.data.federated import FederatedData
@@ -165,17 +166,8 @@ def test_kept_optimizer_state_survives_a_resume(tmp_path, monkeypatch):
     cfg = TrainConfig(rounds=4, local_epochs=1, batch_size=8, lr=0.1, momentum=0.9, participation=0.67, seed=1,
                       keep_optimizer_state=True)
     reference = run_federated(tiny_model(), data, Strategy(), cfg)
-    real_save = engine_mod._Progress.save
-
-    def crash_after_round_2(self, round_, record, strategy, trainer):
-        real_save(self, round_, record, strategy, trainer)
-        if round_ == 2:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(engine_mod._Progress, "save", crash_after_round_2)
-    with pytest.raises(KeyboardInterrupt):
-        run_federated(tiny_model(), data, Strategy(), cfg, progress_dir=tmp_path, progress_key="k")
-    monkeypatch.setattr(engine_mod._Progress, "save", real_save)
+    killed_after_round(monkeypatch, 2, lambda: run_federated(tiny_model(), data, Strategy(), cfg,
+                                                             progress_dir=tmp_path, progress_key="k"))
 
     # Execute
     resumed = run_federated(tiny_model(), data, Strategy(), cfg, progress_dir=tmp_path, progress_key="k")
@@ -197,18 +189,8 @@ def test_resume_after_crash_gives_identical_checkpoints(tmp_path, monkeypatch):
     data = tiny_data(num_clients=3)
     cfg = TrainConfig(rounds=5, local_epochs=1, batch_size=8, lr=0.1, momentum=0.5, save_clients_at=(2, 4), seed=2)
     reference = run_federated(tiny_model(), data, make_strategy("fedavgm"), cfg)
-
-    real_save = engine_mod._Progress.save
-
-    def crash_after_round_3(self, round_, record, strategy, trainer):
-        real_save(self, round_, record, strategy, trainer)
-        if round_ == 3:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(engine_mod._Progress, "save", crash_after_round_3)
-    with pytest.raises(KeyboardInterrupt):
-        run_federated(tiny_model(), data, make_strategy("fedavgm"), cfg, progress_dir=tmp_path, progress_key="k")
-    monkeypatch.setattr(engine_mod._Progress, "save", real_save)
+    killed_after_round(monkeypatch, 3, lambda: run_federated(tiny_model(), data, make_strategy("fedavgm"), cfg,
+                                                             progress_dir=tmp_path, progress_key="k"))
     # a truncated file of the next round (killed while writing) must not matter
     (tmp_path / "round_00004.pt").write_bytes(b"garbage")
 

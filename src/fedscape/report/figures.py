@@ -222,6 +222,12 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
     return save_figure(fig, base_path, points)
 
 
+def _panels(table: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
+    """((alpha, num_clients, participation), rows) per panel: by clients, all clients first, IID first."""
+    settings = list(table.groupby(["alpha", "num_clients", "participation"], sort=False))
+    return sorted(settings, key=lambda item: (item[0][1], -item[0][2], -parse_alpha(item[0][0])))
+
+
 def _init_order(inits) -> list[str]:
     """Inits left to right: `random` first (the reference the papers compare against), then by name."""
     return sorted({str(i) for i in inits}, key=lambda i: (i != "random", i))
@@ -265,8 +271,7 @@ def ranking_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str
     table = ranking_table(df, column) if not df.empty else pd.DataFrame(columns=RANKING_COLUMNS)
     if table.empty:
         return save_figure(empty_figure(f"no finished runs of {dataset} / {model} in final.csv"), base_path, table)
-    settings = list(table.groupby(["alpha", "num_clients", "participation"], sort=False))
-    settings.sort(key=lambda item: (item[0][1], -item[0][2], -parse_alpha(item[0][0])))
+    settings = _panels(table)
     algorithms = sorted(table["algorithm"].astype(str).unique())
     colors = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(algorithms)}
     shown = varying_keys(table, ["num_clients", "participation"])
@@ -328,8 +333,7 @@ def local_work_figure(final: pd.DataFrame, dataset: str, model: str, base_path: 
     table = local_work_table(df, work, column) if not df.empty else pd.DataFrame(columns=LOCAL_WORK_COLUMNS)
     if table.empty:
         return save_figure(empty_figure(f"no finished runs of {dataset} / {model} in final.csv"), base_path, table)
-    settings = list(table.groupby(["alpha", "num_clients", "participation"], sort=False))
-    settings.sort(key=lambda item: (item[0][1], -item[0][2], -parse_alpha(item[0][0])))
+    settings = _panels(table)
     names = sorted(table["algorithm_name"].astype(str).unique())
     colors = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(names)}
     style = RunStyle(df)

@@ -38,3 +38,17 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
+
+
+def test_a_write_removes_the_temporaries_a_killed_writer_left_of_the_same_target(tmp_path):
+    # Prepare: what a kill during two earlier writes leaves (0 bytes), and another file's temporary
+    stale = [tmp_path / ".rounds.csv.abc123.tmp.csv", tmp_path / ".rounds.csv.x_9.tmp.csv"]
+    other = tmp_path / ".final.csv.abc123.tmp.csv"
+    for path in (*stale, other):
+        path.write_text("")
+
+    # Execute
+    atomic_write_text(tmp_path / "rounds.csv", "x\n")
+
+    # Assert
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "rounds.csv"]

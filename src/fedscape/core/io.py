@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -15,11 +16,15 @@ from typing import Any
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path in the target's directory; rename it onto `path` on success.
 
-    Readers never see a half-written file: the rename is atomic on POSIX file systems.
+    Readers never see a half-written file: the rename is atomic on POSIX file systems. Temporary files of
+    the same target left by a killed writer (a kill skips the clean-up below) are removed first: one job
+    writes a given output, so they cannot belong to a writer still running.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix if suffix is None else suffix
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp{glob.escape(suffix)}"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)

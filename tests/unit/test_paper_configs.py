@@ -124,6 +124,12 @@ def test_fedalign_has_the_papers_settings_and_ablation_grid():
         assert {name[r.algorithm] for r in runs if r.dataset == "cifar100" and r.num_clients == clients
                 and r.participation == part and rounds[r.algorithm] == rnds} == FEDALIGN_METHODS
     assert {name[r.algorithm] for r in runs if r.dataset == "cifar10"} == FEDALIGN_METHODS  # Table 7
-    assert len(runs) == 89
+    assert len(runs) == 95
+    # Table 8: mu with omega_s = 0.8, omega_s with mu = 0.05, all in Table 1's setting
+    table1 = [r for r in runs if r.dataset == "cifar100" and r.alpha == "0.5" and r.num_clients == 16
+              and r.participation == "1.0" and epochs[r.algorithm] == 20 and rounds[r.algorithm] == 25]
+    ablation = {(config["algorithms"][r.algorithm]["mu"], config["algorithms"][r.algorithm]["width"])
+                for r in table1 if name[r.algorithm] == "fedalign"}
+    assert ablation == {(0.005, 0.8), (0.05, 0.8), (0.1, 0.8), (0.5, 0.8), (0.05, 0.6), (0.05, 0.7), (0.05, 0.9)}
     assert config["hessian"]["enabled"] and config["hessian"]["method"] == "power"
     assert {s["kind"] for s in config["landscapes"].values()} == {"hessian"}

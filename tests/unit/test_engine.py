@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -271,6 +273,26 @@ def test_checkpoint_round_trip(tmp_path):
     with pytest.raises(KeyError, match="round 5"):
         traj.model_at(5)
 
+
+
+@pytest.mark.parametrize(("status", "error"), [("ok", True), ("diverged", False)])
+def test_non_finite_weights_in_a_run_marked_ok_are_damage_not_divergence(tmp_path, status, error):
+    # Prepare: the last model of a trajectory has NaN weights
+    model = build_model("mlp", num_classes=10, in_channels=1, image_size=8)
+    meta = ModelMeta("mlp", 10, 1, 8, {}, tuple(n for n, _ in model.named_parameters()),
+                     tuple(tuple(p.shape) for p in model.parameters()))
+    params = torch.stack([flatten_params(model), torch.full_like(flatten_params(model), math.nan)])
+    save_trajectory(tmp_path / "t.pt", params, torch.zeros(2, 0), torch.arange(2), meta, {"status": status})
+    traj = load_trajectory(tmp_path / "t.pt")
+
+    # Execute / Assert
+    if error:
+        with pytest.raises(CheckpointError, match=r"t\.pt: the model of round 1 has NaN/inf parameters although "
+                                                  r"the run is marked ok"):
+            traj.unusable(1)
+    else:
+        assert "NaN/inf parameters" in traj.unusable(1)
+    assert traj.unusable(0) is None
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", None])
 def test_bad_checkpoint_names_file_and_fix(tmp_path, content):

@@ -79,6 +79,7 @@ class Trajectory:
     rounds: torch.Tensor  # [R+1]
     model_meta: ModelMeta
     meta: dict  # run settings, seeds, status
+    path: str = ""  # the file it was read from (named in errors)
 
     def model_at(self, round_: int, device: str | torch.device = "cpu") -> nn.Module:
         """The global model after round `round_` (0 = init), in eval mode."""
@@ -113,12 +114,17 @@ class Trajectory:
         """
         if not bool((self.rounds == round_).any()):
             if self.status == "ok":
-                raise KeyError(f"round {round_} is not in this trajectory (rounds 0..{self.final_round}) although "
-                               "the run did not diverge; retrain it")
+                raise KeyError(f"{self.path or 'trajectory'}: round {round_} is not in it (rounds "
+                               f"0..{self.final_round}) although the run did not diverge; retrain it "
+                               "(`snakemake --forcerun train`, or delete the file and rerun)")
             return (f"round {round_} is not in the trajectory (it ends at round {self.final_round}, status "
                     f"{self.status!r}: the run stopped early)")
         row = self.row(round_)
         if not (bool(torch.isfinite(self.params[row]).all()) and bool(torch.isfinite(self.buffers[row]).all())):
+            if self.status == "ok":  # training never saves a non-finite model of a run it calls ok: damage
+                raise CheckpointError(f"{self.path or 'trajectory'}: the model of round {round_} has NaN/inf "
+                                      "parameters although the run is marked ok, so the file is damaged; retrain "
+                                      "it (delete the file and rerun the workflow)")
             return f"the model of round {round_} has NaN/inf parameters (status {self.status!r})"
         if self.status != "ok" and row == len(self.rounds) - 1:
             return f"round {round_} is where the run diverged (status {self.status!r}: its loss is not finite)"
@@ -154,7 +160,7 @@ def load_trajectory(path: str | Path, map_location: str = "cpu") -> Trajectory:
     """Load a whole trajectory with one call."""
     obj = _load(path, "trajectory", map_location)
     return Trajectory(obj["params"], obj["buffers"], obj["rounds"],
-                      ModelMeta.from_dict(json.loads(obj["model_meta"])), json.loads(obj["meta"]))
+                      ModelMeta.from_dict(json.loads(obj["model_meta"])), json.loads(obj["meta"]), str(path))
 
 
 def save_clients(path: str | Path, rounds: dict[int, ClientRound], model_meta: ModelMeta, meta: dict) -> None:

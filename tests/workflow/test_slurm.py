@@ -231,7 +231,7 @@ def test_tiny_workflow_runs_through_sbatch(slurm_cluster, tmp_path, monkeypatch)
         rule = re.match(r"rule_(\w+?)(?:_wildcards_|$)", row[1])
         assert rule, row
         by_rule.setdefault(rule.group(1), []).append(row)
-    inits = {run.init_id for run in runs}
+    inits = {(run.dataset, run.model, run.init) for run in runs}  # one init job per dataset, model and init
     assert {rule: len(jobs) for rule, jobs in by_rule.items()} == {"init": len(inits), "train": len(runs)}
     for rule, jobs in by_rule.items():
         for _, _, state, account, partition, tres in jobs:

@@ -15,7 +15,7 @@ from fedscape.data.partition import PartitionError, check_partition_file
 from fedscape.data.specs import DATASET_NAMES, dataset_info
 from fedscape.fl.hparams.registry import ALGORITHM_NAMES, algorithm_config, check_algorithm_model
 from fedscape.fl.settings import TrainConfig
-from fedscape.models.specs import MODEL_NAMES, check_model_compatible
+from fedscape.models.specs import MODEL_NAMES, MODEL_OPTIONS, NORMS, check_model_compatible
 
 # Training keys added after results existed: a job's settings carry one only when it differs from its
 # default, so that adding it does not rerun every finished train and init job (TrainConfig has the default).
@@ -111,6 +111,15 @@ def check(config: dict, runs: list[Run]) -> list[str]:
             if name not in MODEL_NAMES:
                 problems.append(f"{section}: unknown model {name!r}.{suggest(name, MODEL_NAMES)} "
                                 f"Valid: {', '.join(MODEL_NAMES)}")
+    for name, options in config["model_options"].items():
+        valid = MODEL_OPTIONS.get(name, ())
+        for key, value in (options or {}).items() if name in MODEL_NAMES else ():
+            if key not in valid:
+                problems.append(f"model_options.{name}: unknown option {key!r}.{suggest(key, valid)} "
+                                f"{name} takes {', '.join(valid) if valid else 'no options'}")
+            elif key == "norm" and value not in NORMS:
+                problems.append(f"model_options.{name}.norm: {value!r} is not a norm.{suggest(value, NORMS)} "
+                                f"Valid: {', '.join(NORMS)}")
     try:
         check_training(config["training"], {})
     except (TypeError, ValueError) as exc:

@@ -110,6 +110,16 @@ BAD_CONFIGS = [
     ("results_dir", "../x", "results_dir: '../x' is not valid: a path without `..` parts"),
     ("landscapes", {"big": {"kind": "random", "runs": [{"alpha": "iid"}], "resolution": 10000}},
      "raise `chunks` to at least 2500 or set `allow_large: true`"),
+    ("alphas", ["idd"], "alphas: 'idd' is neither a number, iid nor a label of `partitions`. Did you mean 'iid'?"),
+    ("partitions", {"c2": {"kind": "clases", "classes_per_client": 2}},
+     "partitions.c2.kind: unknown partition kind 'clases'. Did you mean 'classes'?"),
+    ("partitions", {"c2": {"kind": "classes"}}, "partitions.c2.classes_per_client: the partition kind classes needs"),
+    ("partitions", {"q": {"kind": "quantity", "beta": 0.5, "sigma": 1.0}},
+     "partitions.q.sigma: not an option of the partition kind quantity (its options: beta)"),
+    ("partitions", {"q": {"kind": "quantity", "beta": 0}}, "partitions.q.beta"),
+    ("partitions", {"q": {"beta": 0.5}}, "partitions.q"),
+    ("partitions", {"C2": {"kind": "iid"}}, "a label of lower-case letters, digits and _ that starts with a letter"),
+    ("partitions", {"inf": {"kind": "iid"}}, "partitions.inf: a partition label must"),
 ]
 
 

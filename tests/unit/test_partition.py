@@ -141,13 +141,13 @@ def test_check_partition_file_accepts_the_runs_own_partition(tmp_path):
 @pytest.mark.parametrize(("want", "message"), [
     ({"dataset": "cifar10"}, "dataset 'digits' (expected 'cifar10')"),
     ({"num_clients": 5}, "clients 4 (expected 5)"),
-    ({"alpha": 0.1}, "alpha 0.5 (expected 0.1)"),
+    ({"setting": 0.1}, "alpha 0.5 (expected 0.1)"),
     ({"seed": 0}, "seed 3 (expected 0)"),
 ])
 def test_check_partition_file_names_what_differs(tmp_path, want, message):
     # Prepare
     path = _saved(tmp_path)
-    args = {"dataset": "digits", "num_clients": 4, "alpha": 0.5, "seed": 3} | want
+    args = {"dataset": "digits", "num_clients": 4, "setting": 0.5, "seed": 3} | want
 
     # Execute / Assert
     with pytest.raises(PartitionError, match=re.escape(f"{path} is not the partition of this run: {message}")):

@@ -10,7 +10,7 @@ import itertools
 from dataclasses import dataclass, fields
 from typing import Any
 
-from fedscape.core.alpha import format_alpha, format_fraction, parse_alpha
+from fedscape.core.alpha import format_fraction, format_setting, setting_order_key
 from fedscape.core.config import ConfigError
 from fedscape.core.names import suggest
 
@@ -26,7 +26,8 @@ WILDCARD_CONSTRAINTS = {
     "model": r"[a-z0-9_]+",
     "init": r"[A-Za-z0-9_.-]+",
     "algorithm": r"[A-Za-z0-9_.-]+",
-    "alpha": r"iid|[0-9]+\.[0-9]+(e-?[0-9]+)?",
+    # a Dirichlet alpha, iid, or the label of a `partitions` entry (fedscape.core.alpha.PARTITION_LABEL)
+    "alpha": r"iid|[0-9]+\.[0-9]+(e-?[0-9]+)?|[a-z][a-z0-9_]*",
     "num_clients": r"[0-9]+",
     "participation": r"[0-9]+\.[0-9]+(e-?[0-9]+)?",
     "seed": r"[0-9]+",
@@ -44,7 +45,7 @@ class Run:
     model: str
     init: str
     algorithm: str
-    alpha: str  # canonical text: 'iid', '1.0', '0.1'
+    alpha: str  # the heterogeneity setting, canonical text: 'iid', '1.0', '0.1' or a `partitions` label
     num_clients: int
     participation: str  # canonical text: '1.0', '0.5'
     seed: int
@@ -123,6 +124,8 @@ def _experiment_defaults(config: dict, grid: dict[str, list]) -> dict:
 def build_runs(config: dict) -> list[Run]:
     """The runs of the config: the explicit `experiments`, or the product of the grid's lists."""
     grid = {name: list(config[section]) for name, section in GRID_SECTIONS.items()}
+    # every `partitions` label is a heterogeneity setting of the grid beside the alphas
+    grid["alpha"] += [label for label in config.get("partitions") or {} if label not in grid["alpha"]]
     if config.get("experiments"):
         defaults = _experiment_defaults(config, grid)
         combos = [{k: defaults[k] if exp.get(k) is None else exp[k] for k in grid} for exp in config["experiments"]]
@@ -135,7 +138,7 @@ def build_runs(config: dict) -> list[Run]:
             if c[key] not in config[section]:
                 raise ConfigError(f"experiments[{i}].{key}: {c[key]!r} is not defined in `{section}`."
                                   f"{suggest(c[key], config[section])} Defined: {', '.join(config[section])}")
-        runs.append(Run(c["dataset"], c["model"], c["init"], c["algorithm"], format_alpha(c["alpha"]),
+        runs.append(Run(c["dataset"], c["model"], c["init"], c["algorithm"], format_setting(c["alpha"]),
                         int(c["num_clients"]), format_fraction(c["participation"]), int(c["seed"])))
     return sorted(set(runs))
 
@@ -143,7 +146,7 @@ def build_runs(config: dict) -> list[Run]:
 def _selector_value(key: str, value) -> str:
     """A selector's or a run's field as comparable text (alpha and participation canonical)."""
     if key == "alpha":
-        return format_alpha(value)
+        return format_setting(value)
     if key == "participation":
         return format_fraction(value)
     return str(value)
@@ -177,5 +180,6 @@ def varying_fields(runs: list[Run]) -> list[str]:
 
 
 def iid_first(runs: list[Run]) -> list[Run]:
-    """Runs ordered from IID to the most skewed alpha (the pilot study's order: IID is the reference)."""
-    return sorted(runs, key=lambda r: -parse_alpha(r.alpha))
+    """Runs ordered from IID to the most skewed alpha, then the other partition kinds (the pilot study's
+    order: IID is the reference)."""
+    return sorted(runs, key=lambda r: setting_order_key(r.alpha))

@@ -1,4 +1,6 @@
-"""Client partitions of a training set: IID and Dirichlet label skew, saved without pickles."""
+"""Client partitions of a training set, saved without pickles: IID and Dirichlet label skew (the `alphas` of a
+config), and the other partition kinds of NIID-Bench (Li et al. 2022) and the natural federated datasets
+(a `partitions` entry): #C=k label skew, quantity skew, feature-noise skew and one client per writer."""
 
 from __future__ import annotations
 
@@ -6,12 +8,15 @@ import json
 import math
 import zipfile
 import zlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from fedscape.core.alpha import IID
+from fedscape.core.alpha import IID, is_partition_label, parse_alpha
 from fedscape.core.io import atomic_path
+from fedscape.core.names import suggest
 
 MAX_TRIES_DEFAULT = 1000
 
@@ -25,9 +30,12 @@ class Partition:
     """Which training-set indices each client holds."""
 
     client_indices: tuple[np.ndarray, ...]
-    alpha: float
+    alpha: float  # Dirichlet alpha, inf for IID and for the kinds whose labels are IID, NaN otherwise
     seed: int
     num_samples_total: int
+    kind: str = "dirichlet"  # a name of PARTITION_KINDS; "iid" for the IID split
+    options: dict = field(default_factory=dict)  # the kind's options (e.g. {"sigma": 0.1} of feature_noise)
+    label: str | None = None  # the `partitions` label it was made for (None: an alpha of `alphas`)
 
     @property
     def num_clients(self) -> int:
@@ -48,7 +56,7 @@ def iid_partition(num_samples: int, num_clients: int, seed: int, min_size: int =
     rng = np.random.default_rng(seed)
     perm = rng.permutation(num_samples)
     shards = tuple(np.sort(s).astype(np.int64) for s in np.array_split(perm, num_clients))
-    return Partition(shards, IID, seed, num_samples)
+    return Partition(shards, IID, seed, num_samples, kind="iid")
 
 
 def dirichlet_partition(
@@ -113,6 +121,223 @@ def make_partition(
     return dirichlet_partition(labels, num_clients, alpha, seed, min_size, max_tries)
 
 
+def classes_partition(labels: np.ndarray, num_clients: int, classes_per_client: int, seed: int,
+                      min_size: int = 10, max_tries: int = MAX_TRIES_DEFAULT) -> Partition:
+    """#C=k label skew: every client holds exactly k classes (McMahan et al. 2017's shards; NIID-Bench, Li et al. 2022).
+
+    Client i takes class i mod K and k - 1 more distinct classes drawn at random; each class's samples are
+    shuffled and cut into equal parts, one per client holding it. Classes no client draws stay unused. The
+    draw is repeated until every client holds at least `min_size` samples, at most `max_tries` times.
+    """
+    labels = np.asarray(labels)
+    num_samples = len(labels)
+    _check_counts(num_samples, num_clients, min_size)
+    classes, class_sizes = np.unique(labels, return_counts=True)
+    k = int(classes_per_client)
+    if not 1 <= k <= len(classes):
+        raise PartitionError(f"partition kind classes: classes_per_client must be in 1..{len(classes)} (the "
+                             f"dataset's classes), got {classes_per_client}")
+    rng = np.random.default_rng(seed)
+    smallest, problem = 0, ""
+    for _ in range(max_tries):
+        held = []
+        for i in range(num_clients):
+            first = i % len(classes)
+            others = rng.choice(np.delete(np.arange(len(classes)), first), size=k - 1, replace=False)
+            held.append(np.sort(np.concatenate([[first], others])).astype(np.int64))
+        holders = np.bincount(np.concatenate(held), minlength=len(classes))
+        short = np.flatnonzero(holders > class_sizes)
+        if len(short):  # a class with fewer samples than holders would leave a client without it
+            c = int(short[0])
+            problem = (f"class {classes[c]} has {class_sizes[c]} samples for {holders[c]} clients")
+            continue
+        shards: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        for c in range(len(classes)):
+            if holders[c] == 0:
+                continue
+            idx_c = np.flatnonzero(labels == classes[c])
+            rng.shuffle(idx_c)
+            parts = np.array_split(idx_c, holders[c])
+            owners = [i for i in range(num_clients) if c in held[i]]
+            for owner, part in zip(owners, parts, strict=True):
+                shards[owner].append(part)
+        sizes = [sum(len(x) for x in sh) for sh in shards]
+        smallest = min(sizes)
+        if smallest >= min_size:
+            client_indices = tuple(np.sort(np.concatenate(sh)).astype(np.int64) for sh in shards)
+            return Partition(client_indices, math.nan, seed, num_samples, kind="classes",
+                             options={"classes_per_client": k})
+        problem = f"smallest client in the last try: {smallest} samples"
+    raise PartitionError(
+        f"partition kind classes: could not give each of {num_clients} clients exactly {k} classes and at least "
+        f"min_size={min_size} samples in {max_tries} tries ({problem}). Use fewer clients, more classes per "
+        "client or a smaller min_size.")
+
+
+def quantity_partition(num_samples: int, num_clients: int, beta: float, seed: int, min_size: int = 10,
+                       max_tries: int = MAX_TRIES_DEFAULT) -> Partition:
+    """Quantity skew: client sizes in proportions p ~ Dir(beta), labels IID (NIID-Bench, Li et al. 2022).
+
+    The samples are shuffled once and cut at cumsum(p) * N; p is redrawn until the smallest client holds at
+    least `min_size` samples, at most `max_tries` times.
+    """
+    _check_counts(num_samples, num_clients, min_size)
+    if not beta > 0 or math.isinf(beta):
+        raise PartitionError(f"partition kind quantity: beta must be a positive number, got {beta}")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(num_samples)
+    smallest = 0
+    for _ in range(max_tries):
+        p = rng.dirichlet(np.full(num_clients, float(beta)))
+        cuts = (np.cumsum(p) * num_samples).astype(np.int64)[:-1]
+        shards = np.split(perm, cuts)
+        smallest = min(len(x) for x in shards)
+        if smallest >= min_size:
+            return Partition(tuple(np.sort(x).astype(np.int64) for x in shards), IID, seed, num_samples,
+                             kind="quantity", options={"beta": float(beta)})
+    raise PartitionError(
+        f"partition kind quantity: could not give every one of {num_clients} clients at least min_size={min_size} "
+        f"of {num_samples} samples with Dir(beta={beta}) sizes in {max_tries} tries (smallest client in the last "
+        f"try: {smallest}). Use fewer clients, a larger beta or a smaller min_size.")
+
+
+def feature_noise_partition(num_samples: int, num_clients: int, sigma: float, seed: int,
+                            min_size: int = 10) -> Partition:
+    """Feature-noise skew: an IID split whose client i sees its inputs plus N(0, (sigma * i / M)^2) noise
+    (NIID-Bench, Li et al. 2022). The noise is added when the client's data is read (`noise_std`), so the
+    stored dataset and the test set stay clean."""
+    if not sigma >= 0 or math.isinf(sigma):
+        raise PartitionError(f"partition kind feature_noise: sigma must be a number >= 0, got {sigma}")
+    part = iid_partition(num_samples, num_clients, seed, min_size)
+    return Partition(part.client_indices, IID, seed, num_samples, kind="feature_noise",
+                     options={"sigma": float(sigma)})
+
+
+def natural_partition(writer_ids: np.ndarray | None, num_clients: int, seed: int, select: str = "first",
+                      min_size: int = 10, dataset: str = "the dataset") -> Partition:
+    """One client per writer (user) of a natural federated dataset (LEAF, Caldas et al. 2018).
+
+    Writers with fewer than `min_size` samples are left out; of the others, the first `num_clients` in the
+    dataset's writer order (`select: first`) or a seeded sample of them (`select: random`) become clients.
+    """
+    if writer_ids is None:
+        raise PartitionError(f"partition kind natural needs a dataset with writer ids (e.g. femnist, shakespeare); "
+                             f"{dataset} has none")
+    writer_ids = np.asarray(writer_ids, dtype=np.int64)
+    if num_clients < 1:
+        raise PartitionError(f"num_clients must be at least 1, got {num_clients}")
+    if select not in NATURAL_SELECT:
+        raise PartitionError(f"partition kind natural: select must be one of {', '.join(NATURAL_SELECT)}, "
+                             f"got {select!r}")
+    counts = np.bincount(writer_ids) if len(writer_ids) else np.zeros(0, dtype=np.int64)
+    eligible = np.flatnonzero(counts >= min_size)
+    if len(eligible) < num_clients:
+        raise PartitionError(
+            f"partition kind natural: {num_clients} clients asked for, but only {len(eligible)} of {dataset}'s "
+            f"{int((counts > 0).sum())} writers hold at least min_size={min_size} samples; use at most "
+            f"{len(eligible)} clients or a smaller min_size.")
+    if select == "random":
+        rng = np.random.default_rng(seed)
+        chosen = np.sort(rng.choice(eligible, size=num_clients, replace=False))
+    else:
+        chosen = eligible[:num_clients]
+    shards = tuple(np.flatnonzero(writer_ids == w).astype(np.int64) for w in chosen)
+    return Partition(shards, math.nan, seed, len(writer_ids), kind="natural",
+                     options={"select": select, "writers": [int(w) for w in chosen]})
+
+
+NATURAL_SELECT = ("first", "random")
+
+
+@dataclass(frozen=True)
+class PartitionKind:
+    """A partition kind of a `partitions` entry: its options (name -> default; None = required) and paper."""
+
+    name: str
+    options: dict[str, Any]
+    paper: str
+    make: Callable[..., Partition]
+
+
+def _make_dirichlet(labels, num_clients, seed, min_size, max_tries, writer_ids, dataset, alpha):
+    return dirichlet_partition(labels, num_clients, float(alpha), seed, min_size, max_tries)
+
+
+def _make_iid(labels, num_clients, seed, min_size, max_tries, writer_ids, dataset):
+    return iid_partition(len(labels), num_clients, seed, min_size)
+
+
+def _make_classes(labels, num_clients, seed, min_size, max_tries, writer_ids, dataset, classes_per_client):
+    return classes_partition(labels, num_clients, classes_per_client, seed, min_size, max_tries)
+
+
+def _make_quantity(labels, num_clients, seed, min_size, max_tries, writer_ids, dataset, beta):
+    return quantity_partition(len(labels), num_clients, beta, seed, min_size, max_tries)
+
+
+def _make_feature_noise(labels, num_clients, seed, min_size, max_tries, writer_ids, dataset, sigma):
+    return feature_noise_partition(len(labels), num_clients, sigma, seed, min_size)
+
+
+def _make_natural(labels, num_clients, seed, min_size, max_tries, writer_ids, dataset, select):
+    return natural_partition(writer_ids, num_clients, seed, select, min_size, dataset)
+
+
+PARTITION_KINDS: dict[str, PartitionKind] = {k.name: k for k in (
+    PartitionKind("dirichlet", {"alpha": None}, "Hsu et al. 2019; NIID-Bench (Li et al. 2022)", _make_dirichlet),
+    PartitionKind("iid", {}, "McMahan et al. 2017", _make_iid),
+    PartitionKind("classes", {"classes_per_client": None}, "McMahan et al. 2017; NIID-Bench #C=k", _make_classes),
+    PartitionKind("quantity", {"beta": None}, "NIID-Bench quantity skew (Li et al. 2022)", _make_quantity),
+    PartitionKind("feature_noise", {"sigma": None}, "NIID-Bench noise-based feature skew", _make_feature_noise),
+    PartitionKind("natural", {"select": "first"}, "LEAF (Caldas et al. 2018)", _make_natural),
+)}
+
+
+def kind_options(entry: dict) -> dict[str, Any]:
+    """A `partitions` entry's options with the kind's defaults filled in (entry = {kind: ..., <options>}; an option
+    set to None counts as not given)."""
+    spec = PARTITION_KINDS[entry["kind"]]
+    return {name: default if entry.get(name) is None else entry[name] for name, default in spec.options.items()}
+
+
+def check_partition_entry(label: str, entry: dict) -> list[str]:
+    """Problems of one `partitions` entry: an unknown kind (with a suggestion), a missing or foreign option."""
+    where = f"partitions.{label}"
+    kind = entry.get("kind")
+    if kind not in PARTITION_KINDS:
+        return [f"{where}.kind: unknown partition kind {kind!r}.{suggest(str(kind), PARTITION_KINDS)} "
+                f"Valid: {', '.join(PARTITION_KINDS)}"]
+    spec = PARTITION_KINDS[kind]
+    problems = [f"{where}.{name}: the partition kind {kind} needs `{name}`"
+                for name, default in spec.options.items() if default is None and entry.get(name) is None]
+    # null stands for "not set" (the schema fills every option with it)
+    foreign = sorted(k for k, v in entry.items() if k != "kind" and k not in spec.options and v is not None)
+    problems += [f"{where}.{name}: not an option of the partition kind {kind} "
+                 f"(its options: {', '.join(spec.options) or 'none'})" for name in foreign]
+    return problems
+
+
+def make_kind_partition(entry: dict, labels: np.ndarray, num_clients: int, seed: int, min_size: int = 10,
+                        max_tries: int = MAX_TRIES_DEFAULT, writer_ids: np.ndarray | None = None,
+                        dataset: str = "the dataset", label: str | None = None) -> Partition:
+    """The partition of a `partitions` entry ({kind: ..., <options>}) of the training labels."""
+    problems = check_partition_entry(label or "<entry>", entry)
+    if problems:
+        raise PartitionError("; ".join(problems))
+    spec = PARTITION_KINDS[entry["kind"]]
+    part = spec.make(np.asarray(labels), num_clients, seed, min_size, max_tries, writer_ids, dataset,
+                     **kind_options(entry))
+    return Partition(part.client_indices, part.alpha, part.seed, part.num_samples_total, kind=part.kind,
+                     options=part.options, label=label)
+
+
+def noise_std(partition: Partition, client_id: int) -> float:
+    """The std of the Gaussian noise on client `client_id`'s inputs: sigma * i / M for feature_noise, else 0."""
+    if partition.kind != "feature_noise":
+        return 0.0
+    return float(partition.options["sigma"]) * client_id / partition.num_clients
+
+
 def _check_counts(num_samples: int, num_clients: int, min_size: int) -> None:
     if num_clients < 1:
         raise PartitionError(f"num_clients must be at least 1, got {num_clients}")
@@ -128,8 +353,10 @@ def _check_counts(num_samples: int, num_clients: int, min_size: int) -> None:
 
 def save_partition(path, partition: Partition, labels: np.ndarray, num_classes: int, meta: dict) -> None:
     """Save a partition as .npz (no pickled objects): a flat index array, offsets and metadata."""
-    indices = np.concatenate(partition.client_indices)
+    indices = (np.concatenate(partition.client_indices) if partition.client_indices
+               else np.zeros(0, dtype=np.int64))
     offsets = np.concatenate([[0], np.cumsum(partition.sizes)]).astype(np.int64)
+    alpha = partition.alpha if not math.isnan(partition.alpha) else None  # strict JSON has no NaN
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(
@@ -138,8 +365,9 @@ def save_partition(path, partition: Partition, labels: np.ndarray, num_classes: 
                 offsets=offsets,
                 class_counts=partition.class_counts(labels, num_classes),
                 labels_checksum=np.array([_labels_checksum(labels)], dtype=np.int64),
-                meta=np.array(json.dumps({**meta, "alpha": partition.alpha, "seed": partition.seed,
-                                          "num_samples_total": partition.num_samples_total})),
+                meta=np.array(json.dumps({**meta, "alpha": alpha, "seed": partition.seed,
+                                          "num_samples_total": partition.num_samples_total, "kind": partition.kind,
+                                          "options": partition.options, "label": partition.label})),
             )
 
 
@@ -155,15 +383,21 @@ def load_partition(path, labels: np.ndarray | None = None) -> Partition:
             raise PartitionError(
                 f"partition file {path} does not match this dataset's training set "
                 f"({meta['num_samples_total']} samples in the partition, {len(labels)} in the dataset, or "
-                "different labels): delete it and rerun so that it is made again."
+                "different labels): make it again with `snakemake --forcerun partition` (or --force on this file)."
             )
     shards = tuple(indices[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1))
-    return Partition(shards, float(meta["alpha"]), int(meta["seed"]), int(meta["num_samples_total"]))
+    alpha = math.nan if meta["alpha"] is None else float(meta["alpha"])
+    kind = meta.get("kind") or ("iid" if math.isinf(alpha) else "dirichlet")  # files from before the kinds
+    return Partition(shards, alpha, int(meta["seed"]), int(meta["num_samples_total"]), kind=kind,
+                     options=dict(meta.get("options") or {}), label=meta.get("label"))
 
 
-def check_partition_file(path, dataset: str, num_clients: int, alpha: float, seed: int) -> None:
+def check_partition_file(path, dataset: str, num_clients: int, setting: str | float, seed: int) -> None:
     """PartitionError naming `path` unless it is a readable partition of `dataset` into `num_clients` clients
-    with this `alpha` and `seed` (the checks that need no data, so that they run when the workflow is planned)."""
+    for this heterogeneity `setting` (an alpha, or a `partitions` label) and `seed` (the checks that need no
+    data, so that they run when the workflow is planned).
+
+    A label's kind options are not compared: when they change, Snakemake remakes the partition anyway."""
     try:
         with np.load(path, allow_pickle=False) as f:
             offsets = f["offsets"]
@@ -171,9 +405,13 @@ def check_partition_file(path, dataset: str, num_clients: int, alpha: float, see
             f["indices"], f["labels_checksum"]  # noqa: B018 (present and readable)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise PartitionError(f"{path} is not a readable partition file ({type(exc).__name__}: {exc})") from exc
-    found = {"dataset": meta.get("dataset"), "clients": len(offsets) - 1, "alpha": meta.get("alpha"),
-             "seed": meta.get("seed")}
-    want = {"dataset": dataset, "clients": num_clients, "alpha": alpha, "seed": seed}
+    found = {"dataset": meta.get("dataset"), "clients": len(offsets) - 1, "seed": meta.get("seed")}
+    want = {"dataset": dataset, "clients": num_clients, "seed": seed}
+    if is_partition_label(setting):
+        found["partition"], want["partition"] = meta.get("label"), setting
+    else:
+        found["alpha"], want["alpha"] = meta.get("alpha"), parse_alpha(setting)
+        found["partition"], want["partition"] = meta.get("label"), None
     if found != want:
         differ = ", ".join(f"{k} {found[k]!r} (expected {want[k]!r})" for k in want if found[k] != want[k])
         raise PartitionError(f"{path} is not the partition of this run: {differ}")

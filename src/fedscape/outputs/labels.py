@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from fedscape.core.alpha import alpha_label
+from fedscape.core.alpha import setting_label
 from fedscape.fl.hparams.registry import display_name
 
 # Order of the run fields in labels, legends and table rows.
@@ -14,7 +14,7 @@ LABEL_ORDER = ("dataset", "model", "algorithm", "init", "alpha", "num_clients", 
 def format_field(key: str, value) -> str:
     """One run field as legend text."""
     if key == "alpha":
-        return alpha_label(value)
+        return setting_label(value)
     if key == "algorithm":
         return display_name(value)
     if key == "init":

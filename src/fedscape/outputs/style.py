@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import LinearSegmentedColormap
 
-from fedscape.core.alpha import parse_alpha
+from fedscape.core.alpha import format_setting, setting_order_key
 from fedscape.core.io import atomic_path
 from fedscape.outputs.labels import LABEL_ORDER
 
@@ -47,11 +47,12 @@ DPI = 150  # PNG resolution: sharp on screen, small files (< 200 KB for the defa
 
 # -- values and labels -----------------------------------------------------------------------------
 def alpha_order(alphas: Iterable) -> list:
-    """Distinct alphas from IID (inf) through mild to severe skew (decreasing alpha)."""
-    unique: dict[float, object] = {}
+    """Distinct settings from IID (inf) through mild to severe skew (decreasing alpha), then the other
+    partition kinds by label."""
+    unique: dict[str, object] = {}
     for a in alphas:
-        unique.setdefault(parse_alpha(a), a)
-    return [unique[k] for k in sorted(unique, reverse=True)]
+        unique.setdefault(format_setting(a), a)
+    return [unique[k] for k in sorted(unique, key=setting_order_key)]
 
 
 def varying_keys(df: pd.DataFrame, keys: Sequence[str] = LABEL_ORDER) -> list[str]:
@@ -60,9 +61,9 @@ def varying_keys(df: pd.DataFrame, keys: Sequence[str] = LABEL_ORDER) -> list[st
 
 
 # -- style maps ------------------------------------------------------------------------------------
-def alpha_colors(alphas: Iterable) -> dict[float, str]:
-    """Colour per alpha keyed by its number (inf = IID), assigned in alpha_order (IID first)."""
-    return {parse_alpha(a): PALETTE[i % len(PALETTE)] for i, a in enumerate(alpha_order(alphas))}
+def alpha_colors(alphas: Iterable) -> dict[str, str]:
+    """Colour per setting keyed by its canonical text ('iid', '0.1', 'c2'), assigned in alpha_order (IID first)."""
+    return {format_setting(a): PALETTE[i % len(PALETTE)] for i, a in enumerate(alpha_order(alphas))}
 
 
 def category_styles(values: Iterable, styles: Sequence, first: Sequence[str] = ()) -> dict:
@@ -82,7 +83,7 @@ class RunStyle:
         self.markers = category_styles(runs["algorithm"], MARKERS, first=("fedavg",)) if "algorithm" in runs else {}
 
     def color(self, alpha) -> str:
-        return self.colors.get(parse_alpha(alpha), PALETTE[0])
+        return self.colors.get(format_setting(alpha), PALETTE[0])
 
     def linestyle(self, init) -> object:
         return self.linestyles.get(str(init), "-")

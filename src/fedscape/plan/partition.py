@@ -2,20 +2,41 @@
 
 from __future__ import annotations
 
+from fedscape.core.alpha import is_partition_label
 from fedscape.core.config import canonical
+from fedscape.core.names import suggest
 from fedscape.core.runs import Run
+from fedscape.data.partition import check_partition_entry, kind_options
 from fedscape.data.specs import dataset_info
 
 
 def partition_settings(config: dict, dataset: str, alpha: str, num_clients: int, seed: int) -> dict:
-    """Everything a partition job needs: the dataset's options, alpha, client count, seed and `partition`."""
-    return canonical({"dataset": dataset, "dataset_options": config["datasets"][dataset], "alpha": alpha,
-                      "num_clients": int(num_clients), "seed": int(seed), **config["partition"]})
+    """Everything a partition job needs: the dataset's options, the setting (an alpha or a `partitions`
+    label, whose entry comes along as `kind`), client count, seed and `partition`."""
+    settings = {"dataset": dataset, "dataset_options": config["datasets"][dataset], "alpha": alpha,
+                "num_clients": int(num_clients), "seed": int(seed), **config["partition"]}
+    if is_partition_label(alpha):  # only then: the settings of the alphas' partitions stay as they were
+        entry = config["partitions"][alpha]
+        settings["kind"] = {"kind": entry["kind"], **kind_options(entry)}
+    return canonical(settings)
 
 
 def check(config: dict, runs: list[Run]) -> list[str]:
-    """Client counts that cannot each get `partition.min_size` samples of their dataset (known at planning)."""
+    """The `partitions` entries (kinds and options; labels that are no run's setting) and client counts that
+    cannot each get `partition.min_size` samples of their dataset (known at planning)."""
     problems = []
+    entries = config.get("partitions") or {}
+    for label, entry in entries.items():
+        if not is_partition_label(label):
+            problems.append(f"partitions.{label}: a partition label must be lower-case letters, digits and _, "
+                            "start with a letter and not be iid, inf or nan (it names the runs' `alpha~<label>` "
+                            "folder)")
+            continue
+        problems += check_partition_entry(label, entry)
+    for alpha in config.get("alphas") or []:
+        if isinstance(alpha, str) and alpha != "iid" and alpha not in entries:
+            problems.append(f"alphas: {alpha!r} is neither a number, iid nor a label of `partitions`."
+                            f"{suggest(alpha, ['iid', *entries])}")
     min_size = int(config["partition"]["min_size"])
     for dataset, num_clients in sorted({(run.dataset, run.num_clients) for run in runs}):
         options = config["datasets"][dataset]

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from fedscape.core.alpha import parse_alpha
 from fedscape.core.config import ConfigError, canonical
 from fedscape.core.names import suggest
 from fedscape.core.paths import Results
@@ -62,7 +61,7 @@ def train_inputs(results: Results, run: Run) -> dict[str, str]:
     partition = results.partition_file(run)
     if Path(partition).exists():
         try:
-            check_partition_file(partition, run.dataset, run.num_clients, parse_alpha(run.alpha), run.seed)
+            check_partition_file(partition, run.dataset, run.num_clients, run.alpha, run.seed)
         except PartitionError as exc:
             raise PartitionError(
                 f"{exc}. Nothing ran, and the runs trained on it are kept. Remake it (bit-identical from its "

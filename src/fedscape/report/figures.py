@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedscape.core.alpha import alpha_label, parse_alpha
+from fedscape.core.alpha import format_setting, setting_label, setting_order_key
 from fedscape.fl.hparams.registry import display_name
 from fedscape.outputs.labels import label_run
 from fedscape.outputs.stats import did_not_diverge, t_interval
@@ -84,8 +84,8 @@ def _in_facet(df: pd.DataFrame, facet: dict) -> pd.DataFrame:
 
 
 def _cell(df: pd.DataFrame, init: str, alpha) -> pd.DataFrame:
-    """Rows of one init and alpha (alpha compared as a number: 'iid' == inf)."""
-    return df[(df["init"].astype(str) == init) & (df["alpha"].map(parse_alpha) == parse_alpha(alpha))]
+    """Rows of one init and setting (compared in canonical text: 'iid' == inf)."""
+    return df[(df["init"].astype(str) == init) & (df["alpha"].map(format_setting) == format_setting(alpha))]
 
 
 def _line_groups(sub: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
@@ -95,7 +95,7 @@ def _line_groups(sub: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
         part = sub[sub["init"].astype(str) == init]
         for alpha in alpha_order(part["alpha"].unique()):
             groups.append(({"init": init, "alpha": alpha}, _cell(part, init, alpha)))
-    return sorted(groups, key=lambda g: (-parse_alpha(g[0]["alpha"]), g[0]["init"]))
+    return sorted(groups, key=lambda g: (setting_order_key(g[0]["alpha"]), g[0]["init"]))
 
 
 def curve_statistics(rounds: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -210,7 +210,7 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
                                 capsize=2)
                 seeds = _cell(runs, init, alpha)
                 ax.plot(np.full(len(seeds), x), seeds[column], "o", ms=2.5, color="black", alpha=0.7)
-                legend.setdefault(alpha_label(alpha), handle)
+                legend.setdefault(setting_label(alpha), handle)
         ax.set_xticks(range(len(inits)), [f"{i} init" for i in inits])
         if is_acc:
             ax.set_ylim(0.0, 1.02)
@@ -225,7 +225,7 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
 def _panels(table: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
     """((alpha, num_clients, participation), rows) per panel: by clients, all clients first, IID first."""
     settings = list(table.groupby(["alpha", "num_clients", "participation"], sort=False))
-    return sorted(settings, key=lambda item: (item[0][1], -item[0][2], -parse_alpha(item[0][0])))
+    return sorted(settings, key=lambda item: (item[0][1], -item[0][2], setting_order_key(item[0][0])))
 
 
 def _init_order(inits) -> list[str]:
@@ -387,7 +387,7 @@ def accuracy_table(final: pd.DataFrame, column: str = "test_acc", scale: float =
 
 def _column_order(table: pd.DataFrame) -> list[str]:
     keyed = table.drop_duplicates("column").copy()
-    keyed["_a"] = -keyed["alpha"].map(parse_alpha)
+    keyed["_a"] = keyed["alpha"].map(setting_order_key)
     return keyed.sort_values(["num_clients", "participation", "_a"], kind="stable")["column"].tolist()
 
 
@@ -487,7 +487,7 @@ def headline_table_figure(final: pd.DataFrame, dataset: str, model: str, base_pa
                            pd.DataFrame(columns=HEADLINE_COLUMNS))
     table = headline_table(df)
     order = table.drop_duplicates("row").copy()
-    order["_a"] = -order["alpha"].map(parse_alpha)
+    order["_a"] = order["alpha"].map(setting_order_key)
     order = order.sort_values(["algorithm", "init", "num_clients", "participation", "_a"], kind="stable")
     row_order = order["row"].tolist()
     metrics = [m for m in HEADLINE_METRICS if m in set(table["metric"])]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedscape.core.alpha import parse_alpha
+from fedscape.core.alpha import is_iid, setting_order_key
 from fedscape.core.io import write_csv
 from fedscape.core.runs import OK, RUN_FIELDS, parse_run_id
 from fedscape.outputs.stats import did_not_diverge, t_interval
@@ -92,7 +92,7 @@ def _barriers_to_iid(final: pd.DataFrame, barriers: pd.DataFrame, interpolation:
             continue  # not a final-to-final pair (e.g. round 1 vs final of one run)
         for run, other in ((r.run_a, r.run_b), (r.run_b, r.run_a)):
             fr, fo = fields[run], fields[other]
-            if run not in final_round or not math.isinf(parse_alpha(fo["alpha"])):
+            if run not in final_round or not is_iid(fo["alpha"]):
                 continue
             if any(fr.get(k) != fo.get(k) for k in same):
                 continue
@@ -142,7 +142,7 @@ def final_table(rounds: pd.DataFrame, barriers: pd.DataFrame | None = None,
 def _sort_key(col: pd.Series) -> pd.Series:
     """Sort alpha from IID to severe skew, everything else naturally."""
     if col.name == "alpha":
-        return -col.map(parse_alpha)
+        return col.map(setting_order_key)
     return col
 
 

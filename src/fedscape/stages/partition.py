@@ -1,4 +1,5 @@
-"""The partition stage: split a dataset's training pool among the clients (IID or Dirichlet label skew)."""
+"""The partition stage: split a dataset's training pool among the clients (an alpha of `alphas`: IID or
+Dirichlet label skew; a `partitions` entry: another partition kind, fedscape.data.partition.PARTITION_KINDS)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedscape.core.alpha import parse_alpha
+from fedscape.core.alpha import is_partition_label, parse_alpha
 from fedscape.core.io import write_csv
-from fedscape.data.partition import make_partition, save_partition
+from fedscape.data.partition import make_kind_partition, make_partition, save_partition
 from fedscape.data.sources import source_from_options
 
 log = logging.getLogger("fedscape.partition")
@@ -20,16 +21,24 @@ def partition_stage(settings: dict, out_npz: str | Path, out_csv: str | Path) ->
     """Split the dataset's training pool among the clients and write the partition and its counts."""
     ds = source_from_options(settings["dataset"], settings["dataset_options"])
     labels = ds.labels
-    alpha = parse_alpha(settings["alpha"])
-    part = make_partition(labels, settings["num_clients"], alpha, settings["seed"], settings["min_size"],
-                          settings["max_tries"])
+    setting = settings["alpha"]
+    if is_partition_label(setting):
+        part = make_kind_partition(settings["kind"], labels, settings["num_clients"], settings["seed"],
+                                   settings["min_size"], settings["max_tries"],
+                                   writer_ids=getattr(ds, "writer_ids", None), dataset=settings["dataset"],
+                                   label=setting)
+        alpha_column: str | float = setting
+    else:
+        part = make_partition(labels, settings["num_clients"], parse_alpha(setting), settings["seed"],
+                              settings["min_size"], settings["max_tries"])
+        alpha_column = part.alpha
     save_partition(out_npz, part, labels, ds.num_classes, {"dataset": settings["dataset"]})
     counts = part.class_counts(labels, ds.num_classes)
-    df = pd.DataFrame({"dataset": settings["dataset"], "alpha": alpha, "num_clients": part.num_clients,
-                       "seed": settings["seed"], "client_id": np.arange(part.num_clients),
-                       "num_samples": part.sizes})
+    df = pd.DataFrame({"dataset": settings["dataset"], "alpha": alpha_column, "partition": part.kind,
+                       "num_clients": part.num_clients, "seed": settings["seed"],
+                       "client_id": np.arange(part.num_clients), "num_samples": part.sizes})
     for k in range(ds.num_classes):
         df[f"class_{k}"] = counts[:, k]
     write_csv(df, out_csv)
-    log.info("partition %s alpha=%s clients=%d seed=%d: sizes min=%d max=%d", settings["dataset"],
-             settings["alpha"], part.num_clients, settings["seed"], part.sizes.min(), part.sizes.max())
+    log.info("partition %s %s (%s) clients=%d seed=%d: sizes min=%d max=%d", settings["dataset"], setting,
+             part.kind, part.num_clients, settings["seed"], part.sizes.min(), part.sizes.max())

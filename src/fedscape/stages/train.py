@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedscape.core.alpha import parse_alpha
+from fedscape.core.alpha import alpha_column
 from fedscape.core.config import digest
 from fedscape.core.io import write_csv, write_json
 from fedscape.data.federated import load_federated_data
@@ -61,7 +61,7 @@ def train_stage(settings: dict, partition_path: str | Path, init_path: str | Pat
     for key in ("dataset", "model", "init", "algorithm", "num_clients", "seed"):
         rows[key] = run[key]
     rows["run_id"] = settings["run_id"]
-    rows["alpha"] = parse_alpha(run["alpha"])
+    rows["alpha"] = alpha_column(run["alpha"])
     rows["participation"] = float(run["participation"])
     write_csv(rows[ROUNDS_COLUMNS], outputs["metrics"])
     updates = pd.DataFrame(result.client_stats, columns=CLIENT_UPDATES_COLUMNS[1:])

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from fedscape.analysis.client_stats.definitions import CLIENT_STATS_FIGURE_COLUMNS, CLIENT_STATS_PANELS
-from fedscape.core.alpha import parse_alpha
+from fedscape.core.alpha import setting_order_key
 from fedscape.core.runs import parse_run_id
 from fedscape.outputs.labels import label_run
 from fedscape.outputs.style import RunStyle, empty_figure, pyplot, save_figure_outputs, varying_keys
@@ -43,7 +43,7 @@ def client_stats_figure(table: str | Path, outputs: dict[str, str | Path]) -> No
                 .groupby(["alpha", "init", "round"])[[s for s, _ in stats]].mean().reset_index())
         mean = mean.assign(**dict(zip(group_keys, key, strict=True)))
         plotted.append(mean)
-        lines = sorted(mean.groupby(["alpha", "init"]), key=lambda item: (-parse_alpha(item[0][0]),
+        lines = sorted(mean.groupby(["alpha", "init"]), key=lambda item: (setting_order_key(item[0][0]),
                                                                           item[0][1] != "random", item[0][1]))
         for j, (stat, title) in enumerate(stats):
             ax = axes[g, j]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from fedscape.analysis.hessian.definitions import AGGREGATE, DENSITY_COLUMNS
-from fedscape.core.alpha import alpha_label, parse_alpha
+from fedscape.core.alpha import format_setting, setting_label
 from fedscape.core.runs import RUN_FIELDS, parse_run_id
 from fedscape.outputs.labels import format_field, label_run
 from fedscape.outputs.style import PALETTE, alpha_colors, alpha_order, pyplot
@@ -74,13 +74,13 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str) -> None:
                     pts = sub[(sub[by].astype(str) == cat) & (sub["alpha"].astype(str) == alpha)]
                     if pts.empty:
                         continue
-                    color = colors[parse_alpha(alpha)]
+                    color = colors[format_setting(alpha)]
                     xpos = i - 0.4 + width * (j + 0.5)
                     jitter = np.linspace(-width * 0.25, width * 0.25, len(pts)) if len(pts) > 1 else np.zeros(1)
                     handle = ax.errorbar(xpos + jitter, pts["value"], yerr=pts["stderr"].fillna(0), fmt="o", ms=4,
                                          color=color, capsize=2)
                     ax.hlines(pts["value"].mean(), xpos - width * 0.4, xpos + width * 0.4, color=color)
-                    legend.setdefault(alpha_label(alpha), handle)
+                    legend.setdefault(setting_label(alpha), handle)
             ax.set_xticks(range(len(cats)), [format_field(by, c) for c in cats], rotation=20)
             ax.grid(axis="x", visible=False)
             ax.set_title(f"{setting}, round {round_}")

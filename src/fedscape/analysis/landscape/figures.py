@@ -15,7 +15,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.patches import Patch
 
 from fedscape.analysis.landscape.gather import load_surface
-from fedscape.core.alpha import parse_alpha
+from fedscape.core.alpha import format_setting
 from fedscape.core.io import atomic_path
 from fedscape.core.runs import parse_run_id
 from fedscape.outputs.style import PALETTE, SEQUENTIAL_CMAP, alpha_colors, pyplot
@@ -179,7 +179,7 @@ def _group_colors(order: list[str], groups: np.ndarray, run_ids: np.ndarray) -> 
     alphas = {group: parse_run_id(str(run_ids[groups == group][0])).get("alpha") for group in order}
     if None not in alphas.values() and len(set(alphas.values())) == len(order):
         by_alpha = alpha_colors(alphas.values())
-        return {g: by_alpha[parse_alpha(a)] for g, a in alphas.items()}
+        return {g: by_alpha[format_setting(a)] for g, a in alphas.items()}
     return {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(order)}
 
 

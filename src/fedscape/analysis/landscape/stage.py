@@ -30,6 +30,7 @@ from fedscape.core.config import digest
 from fedscape.core.io import atomic_path, atomic_write_text
 from fedscape.core.runs import DIVERGED, OK
 from fedscape.data.datasets import dataset_from_options
+from fedscape.data.federated import with_feature_noise
 from fedscape.data.partition import load_partition
 from fedscape.models.checkpoint import ModelMeta, Trajectory, load_clients, load_trajectory
 from fedscape.models.device import resolve_device
@@ -260,6 +261,7 @@ def surface_data(settings: dict, partition_path: str | None) -> tuple[torch.Tens
     if data == "test":
         return ds.x_test, ds.y_test
     part = load_partition(partition_path, ds.y_train.numpy())
+    x_train = with_feature_noise(ds.x_train, part)  # the clients' data as they trained on it
     if data == "train":
         idx = np.sort(np.concatenate([np.asarray(ix) for ix in part.client_indices]))
     elif data.startswith("client~"):
@@ -270,7 +272,7 @@ def surface_data(settings: dict, partition_path: str | None) -> tuple[torch.Tens
     else:
         raise ValueError(f"unknown surface data {data!r}: train, test or client~<id>")
     idx_t = torch.as_tensor(idx, dtype=torch.long)
-    return ds.x_train[idx_t], ds.y_train[idx_t]
+    return x_train[idx_t], ds.y_train[idx_t]
 
 
 def chunk_stage(settings: dict, plane_path: str, grid_path: str, partition_path: str | None, out: str) -> None:

@@ -1,0 +1,276 @@
+"""The partition kinds beyond Dirichlet (#C=k, quantity, feature noise, natural): coverage, their defining
+property, min_size, seeds, the saved file and the config checks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fedscape.core.alpha import (
+    alpha_column,
+    format_setting,
+    is_iid,
+    is_partition_label,
+    setting_label,
+    setting_order_key,
+)
+from fedscape.data.federated import with_feature_noise
+from fedscape.data.partition import (
+    PARTITION_KINDS,
+    PartitionError,
+    check_partition_entry,
+    check_partition_file,
+    classes_partition,
+    feature_noise_partition,
+    load_partition,
+    make_kind_partition,
+    natural_partition,
+    noise_std,
+    quantity_partition,
+    save_partition,
+)
+
+ENTRIES = {
+    "classes": {"kind": "classes", "classes_per_client": 2},
+    "quantity": {"kind": "quantity", "beta": 0.5},
+    "feature_noise": {"kind": "feature_noise", "sigma": 0.3},
+    "dirichlet": {"kind": "dirichlet", "alpha": 0.3},
+    "iid": {"kind": "iid"},
+}
+
+
+@pytest.fixture(scope="module")
+def labels() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return rng.integers(0, 10, size=3000)
+
+
+@pytest.fixture(scope="module")
+def writers() -> np.ndarray:
+    """60 writers with 1..99 samples each, in a shuffled order (as LEAF's users are)."""
+    rng = np.random.default_rng(3)
+    sizes = rng.integers(1, 100, size=60)
+    return rng.permutation(np.repeat(np.arange(60), sizes))
+
+
+def _covered_at_most_once(part, n: int) -> np.ndarray:
+    all_idx = np.concatenate(part.client_indices)
+    assert len(np.unique(all_idx)) == len(all_idx), "a sample is held by two clients"
+    assert all_idx.min() >= 0 and all_idx.max() < n
+    return all_idx
+
+
+@pytest.mark.parametrize("kind", sorted(ENTRIES))
+@pytest.mark.parametrize("num_clients", [3, 10, 25])
+def test_every_kind_covers_each_sample_at_most_once_and_honours_min_size(labels, kind, num_clients):
+    part = make_kind_partition(ENTRIES[kind], labels, num_clients, seed=1, min_size=8, label="x")
+
+    _covered_at_most_once(part, len(labels))
+
+    assert part.num_clients == num_clients
+    assert part.sizes.min() >= 8
+    assert part.kind == kind and part.label == "x"
+
+
+@pytest.mark.parametrize("kind", sorted(ENTRIES))
+def test_every_kind_is_bit_reproducible_and_seeded(labels, kind):
+    a = make_kind_partition(ENTRIES[kind], labels, 10, seed=4)
+    b = make_kind_partition(ENTRIES[kind], labels, 10, seed=4)
+    c = make_kind_partition(ENTRIES[kind], labels, 10, seed=5)
+
+    assert all(np.array_equal(x, y) for x, y in zip(a.client_indices, b.client_indices, strict=True))
+    assert any(not np.array_equal(x, y) for x, y in zip(a.client_indices, c.client_indices, strict=True))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 10])
+@pytest.mark.parametrize("num_clients", [4, 10, 17])
+def test_classes_gives_every_client_exactly_k_classes(labels, k, num_clients):
+    part = classes_partition(labels, num_clients, k, seed=0, min_size=1)
+
+    held = (part.class_counts(labels, 10) > 0).sum(axis=1)
+
+    assert (held == k).all()
+    assert part.options == {"classes_per_client": k}
+
+
+def test_classes_splits_each_class_evenly_among_its_holders(labels):
+    part = classes_partition(labels, 10, 2, seed=0, min_size=1)
+    counts = part.class_counts(labels, 10)
+
+    for c in range(10):
+        nonzero = counts[:, c][counts[:, c] > 0]
+        if len(nonzero):
+            assert nonzero.max() - nonzero.min() <= 1
+            assert nonzero.sum() == (labels == c).sum()  # a drawn class is used whole
+
+
+def test_classes_at_k_equal_to_all_classes_covers_everything(labels):
+    part = classes_partition(labels, 6, 10, seed=0)
+
+    assert len(_covered_at_most_once(part, len(labels))) == len(labels)
+
+
+@pytest.mark.parametrize(("k", "match"), [(0, "classes_per_client must be in 1..10"),
+                                          (11, "classes_per_client must be in 1..10")])
+def test_classes_rejects_k_outside_the_classes(labels, k, match):
+    with pytest.raises(PartitionError, match=match):
+        classes_partition(labels, 4, k, seed=0)
+
+
+def test_classes_fails_naming_the_kind_and_numbers_when_a_class_has_too_few_samples():
+    tiny = np.array([0] * 50 + [1] * 50 + [2] * 2)  # class 2 cannot be shared by many clients
+
+    with pytest.raises(PartitionError, match=r"partition kind classes.*class 2 has 2 samples"):
+        classes_partition(tiny, 9, 3, seed=0, min_size=1, max_tries=5)
+
+
+def test_quantity_keeps_labels_iid_within_sampling_error(labels):
+    part = quantity_partition(len(labels), 8, beta=0.5, seed=2, min_size=20)
+    global_p = np.bincount(labels, minlength=10) / len(labels)
+    counts = part.class_counts(labels, 10)
+
+    assert len(_covered_at_most_once(part, len(labels))) == len(labels)
+    for n, row in zip(part.sizes, counts, strict=True):
+        # multinomial sampling: each class share within 4.5 standard errors of the global share
+        se = np.sqrt(global_p * (1 - global_p) / n)
+        assert (np.abs(row / n - global_p) <= 4.5 * se + 1e-12).all()
+
+
+def test_quantity_sizes_grow_more_unequal_as_beta_falls(labels):
+    def spread(beta):
+        return np.mean([quantity_partition(len(labels), 10, beta, seed=s, min_size=1).sizes.std()
+                        for s in range(10)])
+
+    assert spread(0.3) > 2 * spread(100.0)
+
+
+def test_quantity_fails_naming_the_kind_and_numbers(labels):
+    with pytest.raises(PartitionError, match=r"partition kind quantity.*at least min_size=200"):
+        quantity_partition(len(labels), 14, beta=0.05, seed=0, min_size=200, max_tries=3)
+
+
+def test_feature_noise_is_an_iid_split_with_std_growing_with_the_client(labels):
+    part = feature_noise_partition(len(labels), 5, sigma=0.4, seed=0)
+
+    assert len(_covered_at_most_once(part, len(labels))) == len(labels)
+    assert [noise_std(part, i) for i in range(5)] == pytest.approx([0.0, 0.08, 0.16, 0.24, 0.32])
+
+
+def test_feature_noise_perturbs_each_client_by_its_std_and_nothing_else():
+    n, m, sigma = 4000, 4, 0.8
+    part = feature_noise_partition(n, m, sigma=sigma, seed=3)
+    x = torch.zeros(n, 1, 4, 4)
+
+    noisy = with_feature_noise(x, part)
+    again = with_feature_noise(x, part)
+
+    assert torch.equal(noisy, again)
+    assert torch.equal(x, torch.zeros(n, 1, 4, 4)), "the stored data must stay clean"
+    for i, idx in enumerate(part.client_indices):
+        std = float(noisy[torch.as_tensor(idx)].std())
+        assert std == pytest.approx(sigma * i / m, rel=0.05, abs=1e-12)
+
+
+def test_feature_noise_leaves_other_kinds_untouched(labels):
+    part = classes_partition(labels, 4, 2, seed=0)
+    x = torch.randn(len(labels), 3)
+
+    assert with_feature_noise(x, part) is x
+
+
+def test_feature_noise_rejects_token_inputs():
+    part = feature_noise_partition(100, 4, sigma=0.1, seed=0)
+
+    with pytest.raises(PartitionError, match="token ids"):
+        with_feature_noise(torch.zeros(100, 8, dtype=torch.long), part)
+
+
+@pytest.mark.parametrize("select", ["first", "random"])
+def test_natural_gives_one_client_per_writer(writers, select):
+    part = natural_partition(writers, 12, seed=0, select=select, min_size=10)
+
+    _covered_at_most_once(part, len(writers))
+    for idx in part.client_indices:
+        assert len(np.unique(writers[idx])) == 1  # one writer
+        assert len(idx) == (writers == writers[idx[0]]).sum()  # all of its samples
+        assert len(idx) >= 10
+
+
+def test_natural_first_takes_the_first_eligible_writers_and_random_a_seeded_sample(writers):
+    counts = np.bincount(writers)
+    eligible = np.flatnonzero(counts >= 10)
+
+    first = natural_partition(writers, 5, seed=0, select="first", min_size=10)
+    r1 = natural_partition(writers, 5, seed=1, select="random", min_size=10)
+    r2 = natural_partition(writers, 5, seed=2, select="random", min_size=10)
+
+    assert first.options["writers"] == [int(w) for w in eligible[:5]]
+    assert set(r1.options["writers"]) <= set(eligible.tolist())
+    assert r1.options["writers"] != r2.options["writers"]
+
+
+def test_natural_fails_without_writers_or_with_too_few(writers):
+    with pytest.raises(PartitionError, match="needs a dataset with writer ids.*digits has none"):
+        natural_partition(None, 4, seed=0, dataset="digits")
+    with pytest.raises(PartitionError, match=r"500 clients asked for, but only \d+ of .* writers"):
+        natural_partition(writers, 500, seed=0, min_size=10)
+
+
+@pytest.mark.parametrize("kind", sorted(ENTRIES))
+def test_saved_partition_round_trips_with_its_kind(tmp_path, labels, kind):
+    part = make_kind_partition(ENTRIES[kind], labels, 6, seed=2, label="lab")
+    path = tmp_path / "partition.npz"
+
+    save_partition(path, part, labels, 10, {"dataset": "digits"})
+    back = load_partition(path, labels)
+
+    assert back.kind == kind and back.label == "lab" and back.options == part.options
+    assert all(np.array_equal(x, y) for x, y in zip(back.client_indices, part.client_indices, strict=True))
+    assert math.isnan(back.alpha) == math.isnan(part.alpha)
+    check_partition_file(path, "digits", 6, "lab", 2)
+    with pytest.raises(PartitionError, match=r"partition 'lab' \(expected 'other'\)"):
+        check_partition_file(path, "digits", 6, "other", 2)
+    with pytest.raises(PartitionError, match="partition 'lab'"):
+        check_partition_file(path, "digits", 6, "iid", 2)
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ({"kind": "clases", "classes_per_client": 2}, "unknown partition kind 'clases'. Did you mean 'classes'"),
+    ({"kind": "classes"}, "needs `classes_per_client`"),
+    ({"kind": "quantity", "beta": 1.0, "sigma": 0.1}, "sigma: not an option of the partition kind quantity"),
+    ({"kind": "feature_noise"}, "needs `sigma`"),
+])
+def test_bad_entries_are_named(entry, message):
+    problems = check_partition_entry("lab", entry)
+
+    assert any(message in p for p in problems), problems
+    assert all(p.startswith("partitions.lab") for p in problems)
+
+
+def test_every_kind_cites_a_paper_and_declares_its_options():
+    for name, kind in PARTITION_KINDS.items():
+        assert kind.paper and kind.make.__name__ == f"_make_{name}"
+        assert not check_partition_entry("x", {"kind": name, **{k: 1 for k, v in kind.options.items() if v is None}})
+
+
+@pytest.mark.parametrize(("value", "label", "canonical", "column"), [
+    ("iid", "IID", "iid", math.inf), (0.1, "α=0.1", "0.1", 0.1), ("0.5", "α=0.5", "0.5", 0.5),
+    ("inf", "IID", "iid", math.inf), ("c2", "c2", "c2", "c2"), ("qskew_0", "qskew_0", "qskew_0", "qskew_0"),
+])
+def test_settings_parse_and_print(value, label, canonical, column):
+    assert setting_label(value) == label
+    assert format_setting(value) == canonical
+    assert alpha_column(value) == column
+    assert is_partition_label(value) == isinstance(column, str)
+    assert is_iid(value) == (canonical == "iid")
+
+
+def test_settings_order_iid_first_then_decreasing_alpha_then_labels():
+    values = ["c2", 0.1, "iid", "noise", 1.0, "0.5"]
+
+    ordered = sorted(values, key=setting_order_key)
+
+    assert ordered == ["iid", 1.0, "0.5", 0.1, "c2", "noise"]

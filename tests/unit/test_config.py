@@ -133,6 +133,14 @@ def test_bad_config_is_rejected_naming_the_key(path, value, needle):
     assert needle in str(err.value)
 
 
+def test_a_natural_partition_of_a_dataset_without_writers_is_rejected_at_planning():
+    config = with_change("partitions", {"nat": {"kind": "natural"}}, GRID_ONLY)
+
+    with pytest.raises(ConfigError, match="partitions.nat: the kind natural gives one client per writer, but digits "
+                                          "has no writer ids"):
+        check_config(config, SCHEMA)
+
+
 def test_grid_is_the_product_of_the_lists():
     config = check_config(with_change("seeds", [0, 1], with_change("num_clients", [5, 10], GRID_ONLY)), SCHEMA)
 

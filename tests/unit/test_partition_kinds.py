@@ -17,7 +17,8 @@ from fedscape.core.alpha import (
     setting_label,
     setting_order_key,
 )
-from fedscape.data.federated import with_feature_noise
+from fedscape.data.datasets import Dataset
+from fedscape.data.federated import federate, with_feature_noise
 from fedscape.data.partition import (
     PARTITION_KINDS,
     PartitionError,
@@ -274,3 +275,22 @@ def test_settings_order_iid_first_then_decreasing_alpha_then_labels():
     ordered = sorted(values, key=setting_order_key)
 
     assert ordered == ["iid", 1.0, "0.5", 0.1, "c2", "noise"]
+
+
+def test_federated_data_of_a_feature_noise_partition_holds_the_noisy_inputs(tmp_path, labels):
+    # Prepare: a dataset in memory and its feature-noise partition on disk
+    n = len(labels)
+    x = torch.zeros(n, 1, 2, 2)
+    ds = Dataset("toy", x, torch.as_tensor(labels), x[:10], torch.as_tensor(labels[:10]), x[:0],
+                 torch.as_tensor(labels[:0]), 10)
+    part = feature_noise_partition(n, 4, sigma=2.0, seed=0)
+    path = tmp_path / "partition.npz"
+    save_partition(path, part, labels, 10, {"dataset": "toy"})
+
+    # Execute
+    data = federate(ds, path)
+
+    # Assert: client 0 clean, client 3 with std 1.5, the test set clean
+    assert torch.equal(data.client(0)[0], torch.zeros_like(data.client(0)[0]))
+    assert float(data.client(3)[0].std()) == pytest.approx(1.5, rel=0.05)
+    assert torch.equal(data.x_test, torch.zeros_like(data.x_test))

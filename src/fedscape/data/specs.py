@@ -17,6 +17,7 @@ class DatasetInfo:
     description: str
     train_samples: int  # the training pool before the proxy split (digits: all samples, before the test split)
     fixed_test_split: bool  # True: the dataset's own test set (CIFAR); False: `test_fraction` of the samples
+    writers: bool = False  # each sample has a writer / user id (LEAF's datasets): the `natural` partition kind
 
     def client_pool_bound(self, test_fraction: float, proxy_fraction: float) -> int:
         """An upper bound of the samples split among the clients (the splits round per class)."""

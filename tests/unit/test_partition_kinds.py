@@ -157,7 +157,7 @@ def test_feature_noise_is_an_iid_split_with_std_growing_with_the_client(labels):
     part = feature_noise_partition(len(labels), 5, sigma=0.4, seed=0)
 
     assert len(_covered_at_most_once(part, len(labels))) == len(labels)
-    assert [noise_std(part, i) for i in range(5)] == pytest.approx([0.0, 0.08, 0.16, 0.24, 0.32])
+    assert [noise_std(part, i) for i in range(5)] == pytest.approx([0.08, 0.16, 0.24, 0.32, 0.4])
 
 
 def test_feature_noise_perturbs_each_client_by_its_std_and_nothing_else():
@@ -172,7 +172,7 @@ def test_feature_noise_perturbs_each_client_by_its_std_and_nothing_else():
     assert torch.equal(x, torch.zeros(n, 1, 4, 4)), "the stored data must stay clean"
     for i, idx in enumerate(part.client_indices):
         std = float(noisy[torch.as_tensor(idx)].std())
-        assert std == pytest.approx(sigma * i / m, rel=0.05, abs=1e-12)
+        assert std == pytest.approx(sigma * (i + 1) / m, rel=0.05)
 
 
 def test_feature_noise_leaves_other_kinds_untouched(labels):
@@ -290,7 +290,7 @@ def test_federated_data_of_a_feature_noise_partition_holds_the_noisy_inputs(tmp_
     # Execute
     data = federate(ds, path)
 
-    # Assert: client 0 clean, client 3 with std 1.5, the test set clean
-    assert torch.equal(data.client(0)[0], torch.zeros_like(data.client(0)[0]))
-    assert float(data.client(3)[0].std()) == pytest.approx(1.5, rel=0.05)
+    # Assert: client 0 with std 0.5, client 3 with std 2.0 (= sigma), the test set clean
+    assert float(data.client(0)[0].std()) == pytest.approx(0.5, rel=0.05)
+    assert float(data.client(3)[0].std()) == pytest.approx(2.0, rel=0.05)
     assert torch.equal(data.x_test, torch.zeros_like(data.x_test))

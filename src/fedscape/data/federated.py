@@ -42,8 +42,8 @@ class FederatedData:
 
 
 def with_feature_noise(x_train: torch.Tensor, part: Partition) -> torch.Tensor:
-    """The training pool as the clients see it: for a feature_noise partition, client i's samples plus fixed
-    Gaussian noise of std sigma * i / M (NIID-Bench), drawn once on the CPU from the partition's seed so that
+    """The training pool as the clients see it: for a feature_noise partition, client j's samples (j = 1..M)
+    plus fixed Gaussian noise of std sigma * j / M (NIID-Bench), drawn once on the CPU from the partition's seed so that
     training and every analysis see the same data; other partitions: `x_train` itself."""
     if part.kind != "feature_noise":
         return x_train

@@ -203,7 +203,7 @@ def quantity_partition(num_samples: int, num_clients: int, beta: float, seed: in
 
 def feature_noise_partition(num_samples: int, num_clients: int, sigma: float, seed: int,
                             min_size: int = 10) -> Partition:
-    """Feature-noise skew: an IID split whose client i sees its inputs plus N(0, (sigma * i / M)^2) noise
+    """Feature-noise skew: an IID split whose client j = 1..M sees its inputs plus N(0, (sigma * j / M)^2) noise
     (NIID-Bench, Li et al. 2022). The noise is added when the client's data is read (`noise_std`), so the
     stored dataset and the test set stay clean."""
     if not sigma >= 0 or math.isinf(sigma):
@@ -332,10 +332,11 @@ def make_kind_partition(entry: dict, labels: np.ndarray, num_clients: int, seed:
 
 
 def noise_std(partition: Partition, client_id: int) -> float:
-    """The std of the Gaussian noise on client `client_id`'s inputs: sigma * i / M for feature_noise, else 0."""
+    """The std of the Gaussian noise on client `client_id`'s inputs: sigma * j / M with j = client_id + 1 for
+    feature_noise (NIID-Bench counts clients from 1, so the last one gets sigma), else 0."""
     if partition.kind != "feature_noise":
         return 0.0
-    return float(partition.options["sigma"]) * client_id / partition.num_clients
+    return float(partition.options["sigma"]) * (client_id + 1) / partition.num_clients
 
 
 def _check_counts(num_samples: int, num_clients: int, min_size: int) -> None:

@@ -11,7 +11,8 @@ from helpers.workflow import ROOT
 PAPERS = ROOT / "config" / "papers"
 SCHEMA_FILE = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 NAMES = ["pilot", "meta", "layerwise", "fedalign"]
-STUDIES = ["seeds_digits", "flatness_digits", "heterogeneity_digits"]  # digits studies of our own, with no paper config of their own
+# digits studies of our own, with no paper config of their own
+STUDIES = ["seeds_digits", "flatness_digits", "heterogeneity_digits"]
 CONFIGS = [*NAMES, *[f"{n}_digits" for n in NAMES], *STUDIES]
 
 

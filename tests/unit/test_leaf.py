@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,8 @@ from fedscape.data.datasets import augment_batch, load_dataset
 from fedscape.data.leaf import decode_text, encode_text
 from fedscape.data.sources import load_source
 from fedscape.data.specs import SHAKESPEARE_VOCAB, dataset_info, dataset_option_problems
+from fedscape.fl.hparams.registry import check_algorithm_model
+from fedscape.models import specs
 from fedscape.models.evaluate import evaluate
 from fedscape.models.networks import build_model
 from fedscape.models.specs import check_model_compatible
@@ -319,3 +322,16 @@ def test_config_check_rejects_what_token_data_cannot_do(dataset_options: dict, m
     # Execute / Assert: before any job runs
     with pytest.raises(ConfigError, match=match):
         check_config(config, SCHEMA)
+
+
+def test_mixup_needs_a_model_of_pixel_inputs() -> None:
+    # Prepare: a model that reads token ids (as the text models declare it)
+    text_model = dataclasses.replace(specs.MODEL_INFOS["mlp"], name="text_mlp", inputs="tokens")
+
+    # Execute / Assert: mixup interpolates inputs, which token ids cannot be; FedAvg trains any model
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(specs.MODEL_INFOS, "text_mlp", text_model)
+        with pytest.raises(ValueError, match="mixup needs a pixel-input model; text_mlp is not pixel-input"):
+            check_algorithm_model("mixup", "text_mlp")
+        check_algorithm_model("fedavg", "text_mlp")
+    check_algorithm_model("mixup", "cnn_small")

@@ -30,6 +30,11 @@ class ModelInfo:
     # which build_model's in_channels is the vocabulary size and image_size the sequence length.
     inputs: str = "image"
 
+    @property
+    def pixel_input(self) -> bool:
+        """Reads images, whose pixels an algorithm may mix or resize (mixup); token ids cannot be."""
+        return self.inputs == "image"
+
 
 _CIFAR_RESNET_PAPER = "He et al. 2016, Deep Residual Learning for Image Recognition (CIFAR variant)"
 

@@ -16,10 +16,14 @@ from torch import nn
 
 from fedscape.core.config import ConfigError
 from fedscape.data.datasets import augment_batch, load_dataset
+from fedscape.data.federated import FederatedData
 from fedscape.data.leaf import decode_text, encode_text
 from fedscape.data.sources import load_source
 from fedscape.data.specs import SHAKESPEARE_VOCAB, dataset_info, dataset_option_problems
+from fedscape.fl.engine import run_federated
 from fedscape.fl.hparams.registry import check_algorithm_model
+from fedscape.fl.settings import TrainConfig
+from fedscape.fl.strategies.registry import make_strategy
 from fedscape.models import specs
 from fedscape.models.evaluate import evaluate
 from fedscape.models.networks import build_model
@@ -335,3 +339,40 @@ def test_mixup_needs_a_model_of_pixel_inputs() -> None:
             check_algorithm_model("mixup", "text_mlp")
         check_algorithm_model("fedavg", "text_mlp")
     check_algorithm_model("mixup", "cnn_small")
+
+
+class _NextChar(nn.Module):
+    """A small next-character model: embedding, mean over the sequence, linear (logits [N, vocabulary])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(80, 8)
+        self.classifier = nn.Linear(8, 80)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x).mean(1))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_federated_rounds_on_writers_of_token_data_match_sequential_and_vectorized(tmp_path: Path) -> None:
+    # Prepare: one client per writer (the writers' own samples), as a natural partition gives them
+    write_shakespeare(tmp_path, sizes=(12, 9, 15), files=2)
+    src = load_source("shakespeare", data_dir=str(tmp_path))
+    ds = load_dataset("shakespeare", data_dir=str(tmp_path))
+    clients = [torch.from_numpy(np.flatnonzero(src.writer_ids == w)) for w in range(len(src.writer_names))]
+    data = FederatedData(ds.x_train, ds.y_train, clients, ds.x_test, ds.y_test)
+    results = {}
+
+    # Execute
+    for mode in ("sequential", "vectorized"):
+        torch.manual_seed(0)
+        cfg = TrainConfig(rounds=2, local_epochs=1, batch_size=4, lr=0.5, client_parallel=mode, seed=1)
+        results[mode] = run_federated(_NextChar(), data, make_strategy("fedavg"), cfg)
+
+    # Assert: both trainers take int64 token batches and agree; the model moved and the loss is finite
+    seq, vec = results["sequential"], results["vectorized"]
+    assert seq.status == vec.status == "ok"
+    assert torch.allclose(seq.params[-1], vec.params[-1], atol=1e-5)
+    assert not torch.equal(seq.params[0], seq.params[-1])
+    assert [len(c) for c in clients] == [9, 6, 11]  # int(0.75 n) of each writer's samples in train/
+    assert all(np.isfinite(row["train_loss"]) for row in seq.rows)

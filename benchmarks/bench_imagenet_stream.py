@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 ROW = 3 * 32 * 32
-CHUNK = 65536  # rows generated and written at a time
+CHUNK = 8192  # rows generated and written at a time (25 MB)
 
 
 def write_npz(path: Path, rows: int, rng: np.random.Generator) -> None:
@@ -53,18 +53,31 @@ def write_dataset(directory: Path, rows: int, files: int, seed: int = 0) -> int:
     return sum(p.stat().st_size for p in directory.glob("*.npz"))
 
 
-def _rss_mb() -> float:
-    """Peak resident memory of this process so far, MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+def _status_mb(key: str) -> float:
+    """A memory line of /proc/self/status in MiB (VmRSS: resident now; VmHWM: its peak in this program)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+
+def _peak_mb() -> float:
+    """Peak resident memory of this program, MiB.
+
+    VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child started
+    by a process that held the data it just wrote would report that process's peak.
+    """
+    try:
+        return _status_mb("VmHWM")
+    except (OSError, KeyError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _current_rss_mb() -> float:
-    """Resident memory now, MiB (VmRSS; the peak where /proc is missing)."""
-    status = Path("/proc/self/status")
-    for line in status.read_text().splitlines() if status.exists() else []:
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return _rss_mb()
+    try:
+        return _status_mb("VmRSS")
+    except (OSError, KeyError):
+        return _peak_mb()
 
 
 def measure(mode: str, directory: str, batch_size: int) -> dict:
@@ -116,7 +129,7 @@ def measure(mode: str, directory: str, batch_size: int) -> dict:
     total = 0.0
     for b in torch.randperm(n, generator=torch.Generator().manual_seed(0)).split(batch_size):
         total += float(batch(b).sum())
-    return {"mode": mode, "rows": n, "after_import_mb": after_import, "peak_mb": _rss_mb(),
+    return {"mode": mode, "rows": n, "after_import_mb": after_import, "peak_mb": _peak_mb(),
             "open_s": opened, "pass_s": time.perf_counter() - t0 - opened, "checksum": total}
 
 

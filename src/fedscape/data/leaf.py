@@ -72,8 +72,8 @@ def leaf_directory(name: str, data_dir: str | None) -> Path:
         f"{name} not found ({looked}). Expected LEAF's preprocessed files: a folder with train/*.json and "
         f"test/*.json, each file holding {{\"users\": [...], \"num_samples\": [...], \"user_data\": "
         f"{{user: {{\"x\": [...], \"y\": [...]}}}}}}. {NO_DOWNLOAD[name]} (run with -t sample, e.g. "
-        f"./preprocess.sh -s niid --sf 0.05 -k 0 -t sample); set datasets.{name}.data_dir to its "
-        f"data/{name}/data folder (or to a folder with {name}/data inside). fedscape does not download it."
+        f"./preprocess.sh -s niid --sf 0.05 -k 0 -t sample); set datasets.{name}.data_dir to LEAF's "
+        f"data/{name}/data folder (or to a folder holding {name}/data). fedscape does not download it."
     )
 
 

@@ -125,7 +125,7 @@ class ProxyData:
     def batch(self, index: torch.Tensor) -> torch.Tensor:
         """The (normalised) inputs of samples ``index``, on the labels' device."""
         if self.x is not None:
-            return self.x[index]
+            return self.x[index.to(self.x.device)]
         return self.stream.batch(index, self.mean, self.std, self.y.device)
 
     def evaluate(self, model: torch.nn.Module, batch_size: int = EVAL_BATCH_SIZE) -> EvalResult:
@@ -205,8 +205,8 @@ def pretrain(settings: dict, progress_dir: str | Path | None = None) -> tuple[to
         perm = torch.randperm(len(y), generator=generator)
         total, count = 0.0, 0
         for i in range(0, len(y), cfg.batch_size):
-            b = perm[i : i + cfg.batch_size].to(device)
-            loss = F.cross_entropy(model(augment_batch(proxy.batch(b), augment, generator)), y[b])
+            b = perm[i : i + cfg.batch_size]  # on the CPU: a streamed proxy reads these rows from disk
+            loss = F.cross_entropy(model(augment_batch(proxy.batch(b), augment, generator)), y[b.to(device)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

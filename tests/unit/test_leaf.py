@@ -271,7 +271,7 @@ def test_datasets_without_writers_have_no_writer_ids() -> None:
 
     # Assert
     assert src.writer_ids is None and src.writer_names is None
-    assert not dataset_info("digits").has_writers and dataset_info("femnist").has_writers
+    assert not dataset_info("digits").writers and dataset_info("femnist").writers
 
 
 @pytest.mark.parametrize(("name", "options", "problems"), [

@@ -22,19 +22,19 @@ class DatasetInfo:
 
     For token inputs (``inputs == "tokens"``) ``in_channels`` is the vocabulary size (the channels a
     one-hot encoding would have) and ``image_size`` the sequence length, so that models, checkpoints
-    and init settings describe both kinds with the same three numbers.
+    and init settings describe both kinds with the same three numbers. LEAF's datasets keep their own
+    test split (``fixed_test_split``) and give as ``train_samples`` the sample count of the full data
+    set, an upper bound since LEAF's sampling and split choose what its files hold.
     """
 
     in_channels: int
     image_size: int
     num_classes: int
     description: str
-    # The training pool before the proxy split (digits: all samples, before the test split; LEAF: every
-    # sample of the full data set, an upper bound since LEAF's sampling and split choose the files' contents).
-    train_samples: int
-    fixed_test_split: bool  # True: the dataset's own test set (CIFAR, LEAF); False: `test_fraction` of the samples
+    train_samples: int  # the training pool before the proxy split (digits: all samples, before the test split)
+    fixed_test_split: bool  # True: the dataset's own test set (CIFAR); False: `test_fraction` of the samples
+    writers: bool = False  # each sample has a writer / user id (LEAF's datasets): the `natural` partition kind
     inputs: str = "image"  # one of INPUT_KINDS
-    has_writers: bool = False  # every sample names its writer (LEAF): a natural partition is possible
 
     def client_pool_bound(self, test_fraction: float, proxy_fraction: float) -> int:
         """An upper bound of the samples split among the clients (the splits round per class)."""
@@ -66,11 +66,11 @@ DATASETS: dict[str, DatasetInfo] = {
     "cifar100": DatasetInfo(3, 32, 100, "CIFAR-100 (Krizhevsky 2009), python version from data_dir", 50000, True),
     # LEAF (Caldas et al. 2018), Table 1: 3,550 writers, 805,263 samples; 4,226,158 samples of 1,129 roles.
     "femnist": DatasetInfo(1, 28, 62, "FEMNIST (LEAF, Caldas et al. 2018): 28x28 handwritten characters by "
-                           "writer, LEAF's JSON from data_dir", 805263, True, has_writers=True),
+                           "writer, LEAF's JSON from data_dir", 805263, True, writers=True),
     "shakespeare": DatasetInfo(len(SHAKESPEARE_VOCAB), SHAKESPEARE_SEQ_LEN, len(SHAKESPEARE_VOCAB),
                                "Shakespeare (LEAF, Caldas et al. 2018): next character of 80-character lines by "
                                "speaking role, LEAF's JSON from data_dir", 4226158, True, inputs="tokens",
-                               has_writers=True),
+                               writers=True),
 }
 DATASET_NAMES: tuple[str, ...] = tuple(sorted(DATASETS))
 AUGMENTATIONS: tuple[str, ...] = ("none", "crop_flip")

@@ -23,7 +23,7 @@ from fedscape.models.params import flatten_params
 from fedscape.plan.init import init_settings
 from fedscape.plan.workflow import check_config
 from fedscape.stages import init as inits_mod
-from fedscape.stages.init import init_stage, load_imagenet32, pretrain
+from fedscape.stages.init import ProxyData, init_stage, pretrain, proxy_data
 from fedscape.stages.init_settings import KIND_KEYS, PretrainConfig
 
 DIGITS = {"dataset": "digits", "model": "cnn_small", "model_options": {}, "in_channels": 1, "image_size": 8,
@@ -120,13 +120,51 @@ def test_imagenet32_proxy_reinitialises_the_classifier(tmp_path):
     assert not torch.equal(model.stem.weight, untrained.stem.weight)  # the body was pretrained
 
 
-def test_imagenet32_arrays_are_read_and_normalised(tmp_path):
+def test_imagenet32_proxy_is_streamed_and_normalised_with_the_clients_statistics(tmp_path):
     write_imagenet32(tmp_path / "in32", n=5)
+    settings = {"dataset": "cifar10", "proxy_dir": str(tmp_path / "in32"), "dataset_options": {}, "seed": 0}
+    written = np.concatenate([np.load(tmp_path / "in32" / f"train_data_batch_{i}.npz")["data"] for i in (1, 2)])
+    mean, std = torch.tensor((0.4914, 0.4822, 0.4465)).view(1, 3, 1, 1), torch.tensor((0.2470, 0.2435, 0.2616))
 
-    x, y, classes = load_imagenet32(tmp_path / "in32", (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    proxy = proxy_data(settings)
 
-    assert x.shape == (10, 3, 32, 32) and y.min() >= 0 and y.max() <= 999 and classes <= 1000
-    assert x.min() >= (0 - 0.5) / 0.25 and x.max() <= (1 - 0.5) / 0.25
+    assert proxy.x is None and proxy.stream is not None  # nothing held in memory but the labels
+    assert len(proxy) == 10 and proxy.num_classes == 1000 and 0 <= int(proxy.y.min()) and int(proxy.y.max()) <= 999
+    expected = (torch.from_numpy(written).float().view(10, 3, 32, 32) / 255 - mean) / std.view(1, 3, 1, 1)
+    assert torch.allclose(proxy.batch(torch.tensor([7, 0, 3])), expected[[7, 0, 3]], atol=1e-6)
+
+
+def test_streamed_imagenet32_pretraining_equals_pretraining_on_the_images_held_in_memory(tmp_path, monkeypatch):
+    write_imagenet32(tmp_path / "in32", n=24)
+    settings = {**DIGITS, "dataset": "cifar10", "in_channels": 3, "image_size": 32, "init": "pre",
+                "kind": "pretrained", "seed": 1, "epochs": 2, "lr": 0.01, "batch_size": 8, "momentum": 0.9,
+                "weight_decay": 0.0, "proxy_dir": str(tmp_path / "in32"), "max_samples": 40,
+                "dataset_options": {"augment": "crop_flip"}, "device": "cpu"}
+    streamed_model, streamed_meta = pretrain(settings)
+    streamed = proxy_data(settings)
+    held = ProxyData(streamed.y, streamed.num_classes, streamed.source,
+                     x=streamed.batch(torch.arange(len(streamed))))
+    monkeypatch.setattr(inits_mod, "proxy_data", lambda s, device="cpu": held)
+
+    model, meta = pretrain(settings)
+
+    assert torch.equal(flatten_params(streamed_model), flatten_params(model))
+    assert streamed_meta["proxy_samples"] == meta["proxy_samples"] == 40
+    assert streamed_meta["proxy_loss"] == pytest.approx(meta["proxy_loss"], rel=1e-6)
+    assert streamed_meta["proxy_acc"] == meta["proxy_acc"]
+
+
+def test_streamed_proxy_evaluation_in_batches_equals_one_pass(tmp_path):
+    write_imagenet32(tmp_path / "in32", n=12)
+    proxy = proxy_data({"dataset": "cifar10", "proxy_dir": str(tmp_path / "in32"), "dataset_options": {}})
+    torch.manual_seed(0)
+    model = inits_mod.build_model("mlp", num_classes=1000, in_channels=3, image_size=32)
+
+    batched = proxy.evaluate(model, batch_size=5)  # 24 samples: batches of 5, 5, 5, 5, 4
+    whole = evaluate(model, proxy.batch(torch.arange(24)), proxy.y)
+
+    assert batched.n == whole.n == 24
+    assert batched.loss == pytest.approx(whole.loss, rel=1e-6) and batched.acc == pytest.approx(whole.acc)
 
 
 def test_pretrain_defaults_match_the_schema():
@@ -208,7 +246,7 @@ def test_continue_refuses_another_model(tmp_path):
     ({"pre": {"kind": "pretrained", "proxy_dataset": "digits"}}, [{"alpha": "iid"}, {"init": "pre"}], {},
      r"inits\.pre\.proxy_dataset: digits is the clients' own dataset"),
     ({"pre": {"kind": "pretrained", "proxy_dataset": "cifar100"}}, [{"alpha": "iid"}, {"init": "pre"}], {},
-     r"inits\.pre\.proxy_dataset: cifar100 images .* do not fit digits"),
+     r"inits\.pre\.proxy_dataset: cifar100 gives 3x32x32 images, which do not fit digits models \(1x8x8 images\)"),
     ({"pre": {"kind": "pretrained", "proxy_dir": "/x"}}, [{"alpha": "iid"}, {"init": "pre"}], {},
      r"inits\.pre\.proxy_dir: down-sampled ImageNet is 3x32x32"),
     ({"warm": {"kind": "iid_warmup", "training": {"lrr": 0.1}}}, [{"alpha": "iid"}, {"init": "warm"}], {},

@@ -1,8 +1,10 @@
-"""Datasets (CIFAR-10, CIFAR-100, scikit-learn digits) as normalised in-memory tensors, plus batch augmentation.
+"""Datasets (CIFAR-10/100, scikit-learn digits, LEAF's FEMNIST and Shakespeare) as in-memory tensors, plus augmentation.
 
 `fedscape.data.sources` reads the files and splits them (torch-free); here a source becomes a
-:class:`Dataset` of float32 tensors: digits standardised with the train part's mean and std, CIFAR
-scaled to [0, 1] and normalised per channel with its published statistics.
+:class:`Dataset`. Images become float32 ``[N, C, H, W]``: digits and FEMNIST standardised with the
+train part's mean and std, CIFAR scaled to [0, 1] and normalised per channel with its published
+statistics. Text (Shakespeare) becomes int64 token ids ``[N, T]`` with int64 targets ``[N]`` (the id
+of the next character), so models give logits ``[N, vocabulary]`` and the loss is unchanged.
 """
 
 from __future__ import annotations
@@ -18,13 +20,17 @@ from fedscape.core.names import unknown_name_error
 from fedscape.data.sources import Source, load_source, normalisation
 from fedscape.data.specs import AUGMENTATIONS, CROP_PADDING
 
+# Grey-scale datasets without published statistics: standardised with their train part's mean and std.
+_STANDARDISED = ("digits", "femnist")
+
 
 @dataclass(frozen=True)
 class Dataset:
-    """Normalised image tensors ``[N, C, H, W]`` (float32) and int64 labels for train/test/proxy.
+    """Normalised image tensors ``[N, C, H, W]`` (float32) or token ids ``[N, T]`` (int64), int64 labels.
 
+    ``vocabulary`` is the character of each token id for text, None for images.
     ``train_index``/``test_index``/``proxy_index`` give, for provenance, each row's index in the
-    source data (digits: ``load_digits()`` rows; CIFAR: rows of the official train resp. test set).
+    source data (digits: ``load_digits()`` rows; CIFAR and LEAF: rows of the train resp. test set).
     They are ``None`` for datasets built in memory.
     """
 
@@ -40,13 +46,21 @@ class Dataset:
     train_index: np.ndarray | None = None
     test_index: np.ndarray | None = None
     proxy_index: np.ndarray | None = None
+    vocabulary: str | None = None
+
+    @property
+    def inputs(self) -> str:
+        """'tokens' for text, 'image' otherwise (`fedscape.data.specs.INPUT_KINDS`)."""
+        return "image" if self.vocabulary is None else "tokens"
 
     @property
     def in_channels(self) -> int:
-        return int(self.x_train.shape[1])
+        """Image channels; for text the vocabulary size (as `DatasetInfo` counts it)."""
+        return int(self.x_train.shape[1]) if self.vocabulary is None else len(self.vocabulary)
 
     @property
     def image_size(self) -> int:
+        """Image side; for text the sequence length."""
         return int(self.x_train.shape[-1])
 
     def to(self, device: torch.device | str) -> Dataset:
@@ -69,11 +83,23 @@ def dataset_from_options(name: str, options: dict) -> Dataset:
                         proxy_fraction=options.get("proxy_fraction", 0.0), download=options.get("download", False))
 
 
+def _mean_std(images: np.ndarray, index: np.ndarray, chunk: int = 65536) -> tuple[float, float]:
+    """Mean and standard deviation of ``images[index]`` over every value: two float64 passes in chunks, no copy."""
+    chunks = [index[start : start + chunk] for start in range(0, len(index), chunk)]
+    n = len(index) * int(np.prod(images.shape[1:]))
+    mean = sum(float(images[c].astype(np.float64).sum()) for c in chunks) / max(n, 1)
+    var = sum(float(np.square(images[c].astype(np.float64) - mean).sum()) for c in chunks) / max(n, 1)
+    return mean, float(np.sqrt(var))
+
+
 def from_source(src: Source) -> Dataset:
-    """The normalised tensors of a source's train, test and proxy parts."""
-    if src.name == "digits":
-        train = src.train_images[src.train_index]
-        mean, std = train.mean(), train.std()
+    """The tensors of a source's train, test and proxy parts (images normalised, tokens as int64)."""
+    if src.vocabulary is not None:
+
+        def part(images: np.ndarray, labels: np.ndarray, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.from_numpy(images[index].astype(np.int64)), torch.from_numpy(labels[index])
+    elif src.name in _STANDARDISED:
+        mean, std = _mean_std(src.train_images, src.train_index)
 
         def part(images: np.ndarray, labels: np.ndarray, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             x = ((images[index] - mean) / std).astype(np.float32)
@@ -96,6 +122,7 @@ def from_source(src: Source) -> Dataset:
         train_index=src.train_index,
         test_index=src.test_index,
         proxy_index=src.proxy_index,
+        vocabulary=src.vocabulary,
     )
 
 
@@ -115,6 +142,9 @@ def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator) -> tor
         return x
     if kind != "crop_flip":
         raise unknown_name_error("augmentation", kind, AUGMENTATIONS)
+    if x.ndim != 4 or not x.is_floating_point():
+        raise ValueError(f"augmentation crop_flip moves pixels of images [N, C, H, W]; got {x.dtype} inputs of shape "
+                         f"{list(x.shape)} (token ids?): set the dataset's augment to none")
     n, c, h, w = x.shape
     pad = CROP_PADDING
     dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)

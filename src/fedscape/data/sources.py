@@ -6,7 +6,9 @@ seeded: the same arguments give the same indices. The partition stage needs only
 so it reads them here without torch; `fedscape.data.datasets` turns a source into normalised tensors.
 
 CIFAR is read from the python-version archives on disk with a restricted unpickler that only
-rebuilds numpy arrays; nothing is downloaded unless ``download=True``.
+rebuilds numpy arrays; nothing is downloaded unless ``download=True``. FEMNIST and Shakespeare are
+read from LEAF's JSON files (`fedscape.data.leaf`) and keep LEAF's train/test split; every sample
+of theirs names its writer (``writer_ids``), which a natural partition gives one client each.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from fedscape.core.names import unknown_name_error
-from fedscape.data.specs import DATASET_NAMES
+from fedscape.data.leaf import read_leaf
+from fedscape.data.specs import DATASET_NAMES, FEMNIST_CLASSES, NO_DOWNLOAD, SHAKESPEARE_VOCAB
 
 DIGITS_CSV = "datasets/data/digits.csv.gz"  # inside the scikit-learn package
 
@@ -35,8 +38,12 @@ class Source:
     """A dataset's raw images and labels with the seeded indices of its train, test and proxy parts.
 
     ``train_images``/``train_labels`` hold the rows the train and proxy indices point into (digits: all
-    of ``load_digits()``; CIFAR: the official training set); ``test_images``/``test_labels`` the rows of
-    the test indices (digits: the same arrays; CIFAR: the official test set).
+    of ``load_digits()``; CIFAR: the official training set; LEAF: its train files); ``test_images``/
+    ``test_labels`` the rows of the test indices (digits: the same arrays; CIFAR: the official test
+    set; LEAF: its test files). Text datasets hold token ids (uint8 ``[N, T]``) as their images and
+    their ``vocabulary`` (the character of each id); image datasets have ``vocabulary`` None.
+    ``train_writers`` (LEAF only, else None) is the writer of every ``train_images`` row, an index
+    into ``writer_names``.
     """
 
     name: str
@@ -49,11 +56,27 @@ class Source:
     proxy_index: np.ndarray
     num_classes: int
     class_names: tuple[str, ...]
+    train_writers: np.ndarray | None = None
+    writer_names: tuple[str, ...] | None = None
+    vocabulary: str | None = None
 
     @property
     def labels(self) -> np.ndarray:
         """The labels of the train part: what client partitions split."""
         return self.train_labels[self.train_index]
+
+    @property
+    def writer_ids(self) -> np.ndarray | None:
+        """The writer (int64 index into ``writer_names``) of each sample of ``labels``; None without writers.
+
+        After a proxy split a writer may have no sample left in the train part.
+        """
+        return None if self.train_writers is None else self.train_writers[self.train_index]
+
+    @property
+    def inputs(self) -> str:
+        """'tokens' for text (int token ids), 'image' otherwise."""
+        return "image" if self.vocabulary is None else "tokens"
 
 
 def load_source(name: str, *, data_dir: str | None = None, seed: int = 0, test_fraction: float = 0.25,
@@ -62,7 +85,8 @@ def load_source(name: str, *, data_dir: str | None = None, seed: int = 0, test_f
 
     ``test_fraction`` sets the seeded stratified test split of ``digits``; CIFAR keeps its official
     train/test split and ignores it. ``proxy_fraction`` carves a seeded stratified proxy part out of
-    the train part (disjoint from train and test). ``data_dir`` and ``download`` apply to CIFAR only.
+    the train part (disjoint from train and test). ``data_dir`` applies to CIFAR and LEAF's datasets,
+    ``download`` to CIFAR only (LEAF's are built by LEAF's own scripts: ValueError).
     """
     if not 0.0 <= proxy_fraction < 1.0:
         raise ValueError(f"proxy_fraction must be in [0, 1), got {proxy_fraction}")
@@ -70,6 +94,8 @@ def load_source(name: str, *, data_dir: str | None = None, seed: int = 0, test_f
         return _digits(seed=seed, test_fraction=test_fraction, proxy_fraction=proxy_fraction)
     if name in _CIFAR:
         return _cifar(name, data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download)
+    if name in NO_DOWNLOAD:
+        return _leaf(name, data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download)
     raise unknown_name_error("dataset", name, DATASET_NAMES)
 
 
@@ -288,3 +314,24 @@ def _cifar(name: str, *, data_dir: str | None, seed: int = 0, proxy_fraction: fl
     train_index, proxy_index = _split_proxy(np.arange(len(train_labels)), train_labels, proxy_fraction, rng)
     return Source(name, train_images, train_labels, test_images, test_labels, train_index,
                   np.arange(len(test_labels)), proxy_index, spec.num_classes, class_names)
+
+
+# ---------------------------------------------------------------------------------------------
+# LEAF (FEMNIST, Shakespeare)
+
+
+def _leaf(name: str, *, data_dir: str | None, seed: int = 0, proxy_fraction: float = 0.0,
+          download: bool = False) -> Source:
+    """FEMNIST or Shakespeare as LEAF writes them (Caldas et al. 2018, LEAF: A Benchmark for Federated Settings)."""
+    if download:
+        raise ValueError(f"datasets.{name}.download: fedscape cannot download {name}: {NO_DOWNLOAD[name]}, "
+                         f"which fetches the raw data and writes train/ and test/ JSON files; run it on a machine "
+                         f"with internet access, copy that folder here, set data_dir to it and download: false")
+    train, test = read_leaf(name, data_dir)
+    rng = np.random.default_rng(seed)
+    train_index, proxy_index = _split_proxy(np.arange(len(train.y)), train.y, proxy_fraction, rng)
+    text = name == "shakespeare"
+    classes = SHAKESPEARE_VOCAB if text else FEMNIST_CLASSES
+    return Source(name, train.x, train.y, test.x, test.y, train_index, np.arange(len(test.y)), proxy_index,
+                  len(classes), tuple(classes), train_writers=train.writers, writer_names=train.writer_names,
+                  vocabulary=SHAKESPEARE_VOCAB if text else None)

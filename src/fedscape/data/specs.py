@@ -6,10 +6,26 @@ from dataclasses import dataclass
 
 from fedscape.core.names import unknown_name_error
 
+# What a dataset's samples are: float images [N, C, H, W], or int64 token ids [N, T] (text).
+INPUT_KINDS: tuple[str, ...] = ("image", "tokens")
+# LEAF's Shakespeare vocabulary (Caldas et al. 2018, models/utils/language_utils.py ALL_LETTERS): a
+# character's token id is its position here.
+SHAKESPEARE_VOCAB = "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}"
+SHAKESPEARE_SEQ_LEN = 80  # characters per input sequence in LEAF's Shakespeare
+# FEMNIST's 62 classes as LEAF numbers them (data_to_json.py relabel_class): digits, upper case, lower case.
+FEMNIST_CLASSES = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """Shape of a dataset's samples, known without loading it."""
+    """Shape of a dataset's samples, known without loading it.
+
+    For token inputs (``inputs == "tokens"``) ``in_channels`` is the vocabulary size (the channels a
+    one-hot encoding would have) and ``image_size`` the sequence length, so that models, checkpoints
+    and init settings describe both kinds with the same three numbers. LEAF's datasets keep their own
+    test split (``fixed_test_split``) and give as ``train_samples`` the sample count of the full data
+    set, an upper bound since LEAF's sampling and split choose what its files hold.
+    """
 
     in_channels: int
     image_size: int
@@ -18,6 +34,7 @@ class DatasetInfo:
     train_samples: int  # the training pool before the proxy split (digits: all samples, before the test split)
     fixed_test_split: bool  # True: the dataset's own test set (CIFAR); False: `test_fraction` of the samples
     writers: bool = False  # each sample has a writer / user id (LEAF's datasets): the `natural` partition kind
+    inputs: str = "image"  # one of INPUT_KINDS
 
     def client_pool_bound(self, test_fraction: float, proxy_fraction: float) -> int:
         """An upper bound of the samples split among the clients (the splits round per class)."""
@@ -29,16 +46,40 @@ class DatasetInfo:
         """(in_channels, image_size, num_classes)."""
         return self.in_channels, self.image_size, self.num_classes
 
+    @property
+    def input_description(self) -> str:
+        """The samples in words, e.g. '3x32x32 images' or 'sequences of 80 tokens over 80 symbols'."""
+        if self.inputs == "tokens":
+            return f"sequences of {self.image_size} tokens over {self.in_channels} symbols"
+        return f"{self.in_channels}x{self.image_size}x{self.image_size} images"
+
+    @property
+    def augmentations(self) -> tuple[str, ...]:
+        """The augmentations its samples admit (crop_flip moves pixels, so images only)."""
+        return AUGMENTATIONS if self.inputs == "image" else ("none",)
+
 
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(1, 8, 10, "scikit-learn's bundled 8x8 digits (UCI optical digits), no download", 1797,
                           False),
     "cifar10": DatasetInfo(3, 32, 10, "CIFAR-10 (Krizhevsky 2009), python version from data_dir", 50000, True),
     "cifar100": DatasetInfo(3, 32, 100, "CIFAR-100 (Krizhevsky 2009), python version from data_dir", 50000, True),
+    # LEAF (Caldas et al. 2018), Table 1: 3,550 writers, 805,263 samples; 4,226,158 samples of 1,129 roles.
+    "femnist": DatasetInfo(1, 28, 62, "FEMNIST (LEAF, Caldas et al. 2018): 28x28 handwritten characters by "
+                           "writer, LEAF's JSON from data_dir", 805263, True, writers=True),
+    "shakespeare": DatasetInfo(len(SHAKESPEARE_VOCAB), SHAKESPEARE_SEQ_LEN, len(SHAKESPEARE_VOCAB),
+                               "Shakespeare (LEAF, Caldas et al. 2018): next character of 80-character lines by "
+                               "speaking role, LEAF's JSON from data_dir", 4226158, True, inputs="tokens",
+                               writers=True),
 }
 DATASET_NAMES: tuple[str, ...] = tuple(sorted(DATASETS))
 AUGMENTATIONS: tuple[str, ...] = ("none", "crop_flip")
 CROP_PADDING = 4  # pixels of zero padding before the random crop (the CIFAR standard)
+# Datasets fedscape reads only from files made elsewhere: `download` cannot fetch them.
+NO_DOWNLOAD: dict[str, str] = {
+    "femnist": "LEAF builds FEMNIST from NIST Special Database 19 with its data/femnist/preprocess.sh",
+    "shakespeare": "LEAF builds Shakespeare from the Gutenberg text with its data/shakespeare/preprocess.sh",
+}
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -46,3 +87,18 @@ def dataset_info(name: str) -> DatasetInfo:
     if name not in DATASETS:
         raise unknown_name_error("dataset", name, DATASET_NAMES)
     return DATASETS[name]
+
+
+def dataset_option_problems(name: str, options: dict) -> list[str]:
+    """Settings of `datasets.<name>` that its kind of data cannot honour (each naming the key)."""
+    if name not in DATASETS:
+        return []
+    info, problems = DATASETS[name], []
+    augment = options.get("augment", "none")
+    if augment in AUGMENTATIONS and augment not in info.augmentations:
+        problems.append(f"datasets.{name}.augment: {augment} augments images, but {name} gives "
+                        f"{info.input_description}; use {' or '.join(info.augmentations)}")
+    if options.get("download") and name in NO_DOWNLOAD:
+        problems.append(f"datasets.{name}.download: fedscape cannot download {name} ({NO_DOWNLOAD[name]}); "
+                        f"set download: false and data_dir to the folder holding LEAF's train/ and test/ JSON files")
+    return problems

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedscape.core.names import unknown_name_error
+from fedscape.data.specs import INPUT_KINDS
 
 NORMS: tuple[str, ...] = ("batch", "group", "none")
 EVAL_BATCH_SIZE = 1024  # samples per forward pass of an evaluation: bounds memory, the results do not depend on it
@@ -25,6 +26,14 @@ class ModelInfo:
     paper: str
     min_image_size: int = 1  # smallest accepted size when image_sizes is None
     width_sliceable: bool = False  # has forward_width / forward_last_block / last_block_width (GradAug, FedAlign)
+    # What it reads (data.specs.INPUT_KINDS): "image" float [N, C, H, W]; "tokens" int64 ids [N, T], for
+    # which build_model's in_channels is the vocabulary size and image_size the sequence length.
+    inputs: str = "image"
+
+    @property
+    def pixel_input(self) -> bool:
+        """Reads images, whose pixels an algorithm may mix or resize (mixup); token ids cannot be."""
+        return self.inputs == "image"
 
 
 _CIFAR_RESNET_PAPER = "He et al. 2016, Deep Residual Learning for Image Recognition (CIFAR variant)"
@@ -109,9 +118,22 @@ def _accepts(info: ModelInfo, image_size: int) -> bool:
     return image_size in info.image_sizes
 
 
-def check_model_compatible(name: str, in_channels: int, image_size: int) -> None:
-    """Raise a clear ValueError if ``name`` cannot take [in_channels, image_size, image_size] inputs."""
+def check_model_compatible(name: str, in_channels: int, image_size: int, inputs: str | None = None) -> None:
+    """Raise a clear ValueError if ``name`` cannot take the dataset's inputs.
+
+    ``inputs`` is the dataset's kind (`fedscape.data.specs.INPUT_KINDS`; None: the model's own, only
+    sizes are checked); for "tokens", ``in_channels`` is the vocabulary size and ``image_size`` the
+    sequence length.
+    """
     info = model_info(name)
+    inputs = info.inputs if inputs is None else inputs
+    if inputs not in INPUT_KINDS:
+        raise unknown_name_error("input kind", inputs, INPUT_KINDS)
+    if info.inputs != inputs:
+        what = {"image": "images", "tokens": "token sequences (text)"}
+        fitting = [n for n in MODEL_NAMES if MODEL_INFOS[n].inputs == inputs]
+        hint = f" Models that accept them: {', '.join(fitting)}." if fitting else " No model of the registry does."
+        raise ValueError(f"model {name!r} reads {what[info.inputs]}; the dataset gives {what[inputs]}.{hint}")
     if in_channels < 1:
         raise ValueError(f"model {name!r} needs at least 1 input channel; dataset gives {in_channels}")
     if _accepts(info, image_size):
@@ -120,6 +142,6 @@ def check_model_compatible(name: str, in_channels: int, image_size: int) -> None
         needs = f"inputs of at least {info.min_image_size}x{info.min_image_size}"
     else:
         needs = " or ".join(f"{s}x{s}" for s in info.image_sizes) + " inputs"
-    fitting = [n for n in MODEL_NAMES if _accepts(MODEL_INFOS[n], image_size)]
+    fitting = [n for n in MODEL_NAMES if MODEL_INFOS[n].inputs == inputs and _accepts(MODEL_INFOS[n], image_size)]
     hint = f" Models that accept it: {', '.join(fitting)}." if fitting else ""
     raise ValueError(f"model {name!r} needs {needs}; dataset gives {image_size}x{image_size}.{hint}")

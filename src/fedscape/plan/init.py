@@ -74,7 +74,8 @@ def check(config: dict, runs: list) -> list[str]:
             if spec.get("proxy_dataset") and spec.get("proxy_dir"):
                 problems.append(f"{where}: give either proxy_dataset or proxy_dir, not both")
             for dataset in datasets:
-                shape = dataset_info(dataset).shape[:2]
+                info = dataset_info(dataset)
+                shape = (info.inputs, *info.shape[:2])
                 proxy = spec.get("proxy_dataset")
                 if proxy and proxy not in DATASET_NAMES:
                     problems.append(f"{where}.proxy_dataset: unknown dataset {proxy!r}. "
@@ -83,13 +84,14 @@ def check(config: dict, runs: list) -> list[str]:
                     if proxy == dataset:
                         problems.append(f"{where}.proxy_dataset: {proxy} is the clients' own dataset; use its held-out "
                                         f"proxy split instead (datasets.{dataset}.proxy_fraction, proxy_dataset: null)")
-                    elif dataset_info(proxy).shape[:2] != shape:
-                        problems.append(f"{where}.proxy_dataset: {proxy} images {dataset_info(proxy).shape[:2]} "
-                                        f"(channels, size) do not fit {dataset} models {shape}")
+                    elif (dataset_info(proxy).inputs, *dataset_info(proxy).shape[:2]) != shape:
+                        given = dataset_info(proxy).input_description
+                        problems.append(f"{where}.proxy_dataset: {proxy} gives {given}, which do not fit {dataset} "
+                                        f"models ({info.input_description})")
                 elif spec.get("proxy_dir"):
-                    if shape != (3, 32):
-                        problems.append(f"{where}.proxy_dir: down-sampled ImageNet is 3x32x32 but {dataset} is "
-                                        f"{shape[0]}x{shape[1]}x{shape[1]}")
+                    if shape != ("image", 3, 32):
+                        problems.append(f"{where}.proxy_dir: down-sampled ImageNet is 3x32x32 images but {dataset} "
+                                        f"gives {info.input_description}")
                 elif not config["datasets"][dataset].get("proxy_fraction", 0) > 0:
                     problems.append(f"{where}: pretrained init on {dataset}'s proxy split needs "
                                     f"datasets.{dataset}.proxy_fraction > 0 (or set proxy_dataset / proxy_dir)")

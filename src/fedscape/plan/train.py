@@ -11,7 +11,7 @@ from fedscape.core.names import suggest
 from fedscape.core.paths import Results
 from fedscape.core.runs import Run
 from fedscape.data.partition import PartitionError, check_partition_file
-from fedscape.data.specs import DATASET_NAMES, dataset_info
+from fedscape.data.specs import DATASET_NAMES, dataset_info, dataset_option_problems
 from fedscape.fl.hparams.registry import ALGORITHM_NAMES, algorithm_config, check_algorithm_model
 from fedscape.fl.settings import TrainConfig
 from fedscape.models.specs import MODEL_NAMES, MODEL_OPTIONS, NORMS, check_model_compatible
@@ -101,10 +101,11 @@ def check_training(training: dict, overrides: dict) -> TrainConfig:
 def check(config: dict, runs: list[Run]) -> list[str]:
     """Problems of `datasets`, `models`, `training` and `algorithms` that the schema cannot express."""
     problems: list[str] = []
-    for name in config["datasets"]:
+    for name, options in config["datasets"].items():
         if name not in DATASET_NAMES:
             problems.append(f"datasets: unknown dataset {name!r}.{suggest(name, DATASET_NAMES)} "
                             f"Valid: {', '.join(DATASET_NAMES)}")
+        problems.extend(dataset_option_problems(name, options or {}))
     for section in ("models", "model_options"):
         for name in config[section]:
             if name not in MODEL_NAMES:
@@ -141,7 +142,7 @@ def check(config: dict, runs: list[Run]) -> list[str]:
     for dataset, model in sorted({(r.dataset, r.model) for r in known}):
         info = dataset_info(dataset)
         try:
-            check_model_compatible(model, info.in_channels, info.image_size)
+            check_model_compatible(model, info.in_channels, info.image_size, info.inputs)
         except ValueError as exc:
             problems.append(f"models: {exc}")
     for label, model in sorted({(r.algorithm, r.model) for r in known

@@ -8,7 +8,8 @@ row 0) that every run naming the label starts from:
   (the pilot study's Fig. 5 and the Meta poster "Where to Begin?"): the dataset's held-out proxy
   split (``proxy_fraction``), another dataset (``proxy_dataset``, e.g. cifar100 for cifar10) or a
   directory of 32x32 down-sampled ImageNet ``.npz`` arrays (``proxy_dir``, as the pilot study
-  pretrains on down-sampled ImageNet). The classifier is re-initialised when the label sets differ.
+  pretrains on down-sampled ImageNet; streamed from disk batch by batch, `fedscape.data.imagenet32`).
+  The classifier is re-initialised when the label sets differ.
 * ``iid_warmup``: ``rounds`` rounds of IID FedAvg from the random init (pilot study, Fig. 6b).
 * ``continue``: the final global model of another run (pilot study's alpha = 1.0*: more rounds at a
   reduced learning rate, via an algorithm label with a ``training: {lr: ...}`` override).
@@ -20,6 +21,7 @@ import json
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +34,16 @@ from fedscape.core.names import suggest
 from fedscape.core.seeds import derive_seed
 from fedscape.data.datasets import augment_batch, dataset_from_options, normalisation
 from fedscape.data.federated import federate
+from fedscape.data.imagenet32 import ImageNet32
 from fedscape.fl.engine import run_federated
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.models.checkpoint import ModelMeta, load_trajectory, save_trajectory
 from fedscape.models.device import resolve_device
-from fedscape.models.evaluate import evaluate
+from fedscape.models.evaluate import EvalResult, evaluate
 from fedscape.models.networks import build_model
 from fedscape.models.params import flatten_buffers, flatten_params, load_buffers, load_params
+from fedscape.models.specs import EVAL_BATCH_SIZE
 from fedscape.stages.init_settings import INIT_KINDS, PretrainConfig
 
 log = logging.getLogger("fedscape.init")
@@ -99,37 +103,46 @@ def init_stage(settings: dict, out: str | Path, inputs: dict | None = None,
 
 
 # -- pretrained ------------------------------------------------------------------------------------
-def load_imagenet32(directory: str | Path, mean: tuple[float, ...], std: tuple[float, ...],
-                    max_samples: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Down-sampled ImageNet 32x32 (Chrabaszcz et al. 2017) from every ``*.npz`` in ``directory``.
+@dataclass
+class ProxyData:
+    """A pretrained init's proxy data: labels on the device, images by batch (held on the device or streamed).
 
-    Each file holds ``data`` (uint8 [N, 3072], channel-major) and ``labels`` (1..1000); images are
-    normalised with the clients' dataset statistics. ``max_samples`` keeps a seeded random subset.
+    Down-sampled ImageNet (``stream``) stays on disk and each batch is read and normalised on the fly,
+    so memory does not grow with it; the other proxies are small and moved to the device once (``x``).
     """
-    files = sorted(Path(directory).glob("*.npz"))
-    if not files:
-        raise FileNotFoundError(f"no .npz files in {directory}: expected down-sampled ImageNet 32x32 arrays "
-                                "(e.g. train_data_batch_1.npz ... with `data` [N, 3072] uint8 and `labels` 1..1000)")
-    data, labels = [], []
-    for f in files:
-        with np.load(f, allow_pickle=False) as z:
-            if "data" not in z or "labels" not in z:
-                raise ValueError(f"{f}: expected arrays `data` and `labels`, found {list(z.keys())}")
-            data.append(np.asarray(z["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(z["labels"], dtype=np.int64).reshape(-1))
-    x, y = np.concatenate(data), np.concatenate(labels)
-    if y.min() >= 1:
-        y = y - 1  # the official files number classes 1..1000
-    if max_samples is not None and max_samples < len(y):
-        keep = np.sort(np.random.default_rng(seed).permutation(len(y))[:max_samples])
-        x, y = x[keep], y[keep]
-    xt = torch.from_numpy(x).float().div_(255.0)
-    xt = (xt - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    return xt, torch.from_numpy(y), int(y.max()) + 1
+
+    y: torch.Tensor
+    num_classes: int
+    source: str
+    x: torch.Tensor | None = None
+    stream: ImageNet32 | None = None
+    mean: torch.Tensor | None = None  # [1, 3, 1, 1] normalisation of the streamed images
+    std: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batch(self, index: torch.Tensor) -> torch.Tensor:
+        """The (normalised) inputs of samples ``index``, on the labels' device."""
+        if self.x is not None:
+            return self.x[index.to(self.x.device)]
+        return self.stream.batch(index, self.mean, self.std, self.y.device)
+
+    def evaluate(self, model: torch.nn.Module, batch_size: int = EVAL_BATCH_SIZE) -> EvalResult:
+        """Loss and accuracy of ``model`` on every proxy sample, ``batch_size`` inputs in memory at a time."""
+        if self.x is not None:
+            return evaluate(model, self.x, self.y, batch_size)
+        loss, correct = 0.0, 0.0
+        for start in range(0, len(self), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(self)))
+            part = evaluate(model, self.batch(index), self.y[index.to(self.y.device)], batch_size)
+            loss, correct = loss + part.loss * part.n, correct + part.acc * part.n
+        n = len(self)
+        return EvalResult(loss=loss / max(n, 1), acc=correct / max(n, 1), n=n)
 
 
-def proxy_data(settings: dict) -> tuple[torch.Tensor, torch.Tensor, int, str]:
-    """(x, y, number of classes, description) of a pretrained init's proxy data."""
+def proxy_data(settings: dict, device: torch.device | str = "cpu") -> ProxyData:
+    """The proxy data of a pretrained init, its labels (and in-memory images) on ``device``."""
     options = settings["dataset_options"]
     if settings.get("proxy_dir"):
         try:
@@ -137,9 +150,10 @@ def proxy_data(settings: dict) -> tuple[torch.Tensor, torch.Tensor, int, str]:
         except ValueError:
             raise ValueError(f"proxy_dir (down-sampled ImageNet) needs a 32x32 RGB dataset, not "
                              f"{settings['dataset']}") from None
-        x, y, classes = load_imagenet32(settings["proxy_dir"], mean, std, settings.get("max_samples"),
-                                        settings.get("seed", 0))
-        return x, y, max(classes, 1000), f"imagenet32:{settings['proxy_dir']}"
+        stream = ImageNet32(settings["proxy_dir"], settings.get("max_samples"), settings.get("seed", 0))
+        return ProxyData(torch.from_numpy(stream.labels).to(device), max(stream.num_classes, 1000),
+                         f"imagenet32:{settings['proxy_dir']}", stream=stream,
+                         mean=torch.tensor(mean).view(1, 3, 1, 1), std=torch.tensor(std).view(1, 3, 1, 1))
     if settings.get("proxy_dataset"):
         name = settings["proxy_dataset"]
         proxy_options = {"data_dir": settings.get("proxy_data_dir") or options.get("data_dir"),
@@ -150,21 +164,21 @@ def proxy_data(settings: dict) -> tuple[torch.Tensor, torch.Tensor, int, str]:
             keep = torch.from_numpy(np.sort(np.random.default_rng(settings.get("seed", 0))
                                             .permutation(len(y))[: settings["max_samples"]]))
             x, y = x[keep], y[keep]
-        return x, y, ds.num_classes, f"dataset:{name}"
+        return ProxyData(y.to(device), ds.num_classes, f"dataset:{name}", x=x.to(device))
     ds = dataset_from_options(settings["dataset"], options)
     if len(ds.y_proxy) == 0:
         raise ValueError(f"the proxy split of {settings['dataset']} is empty: set datasets.{settings['dataset']}."
                          "proxy_fraction > 0, or a proxy_dataset / proxy_dir")
-    return ds.x_proxy, ds.y_proxy, ds.num_classes, f"split:{settings['dataset']}"
+    return ProxyData(ds.y_proxy.to(device), ds.num_classes, f"split:{settings['dataset']}", x=ds.x_proxy.to(device))
 
 
 def pretrain(settings: dict, progress_dir: str | Path | None = None) -> tuple[torch.nn.Module, dict]:
     """Centralised SGD on the proxy data from the seeded random init; resumable after every epoch."""
     cfg = PretrainConfig.of(settings)
     device = resolve_device(settings.get("device", "auto"))
-    x, y, proxy_classes, source = proxy_data(settings)
+    proxy = proxy_data(settings, device)
+    y, proxy_classes, source = proxy.y, proxy.num_classes, proxy.source
     same_labels = source.startswith("split:")
-    x, y = x.to(device), y.to(device)
     model = random_model(settings, num_classes=settings["num_classes"] if same_labels else proxy_classes,
                          seed=cfg.seed).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -191,8 +205,8 @@ def pretrain(settings: dict, progress_dir: str | Path | None = None) -> tuple[to
         perm = torch.randperm(len(y), generator=generator)
         total, count = 0.0, 0
         for i in range(0, len(y), cfg.batch_size):
-            b = perm[i : i + cfg.batch_size].to(device)
-            loss = F.cross_entropy(model(augment_batch(x[b], augment, generator)), y[b])
+            b = perm[i : i + cfg.batch_size]  # on the CPU: a streamed proxy reads these rows from disk
+            loss = F.cross_entropy(model(augment_batch(proxy.batch(b), augment, generator)), y[b.to(device)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -203,7 +217,7 @@ def pretrain(settings: dict, progress_dir: str | Path | None = None) -> tuple[to
                 torch.save({"key": key, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict()}, tmp)
         log.info("pretraining epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, cfg.epochs, total / max(count, 1),
                  time.perf_counter() - t0)
-    proxy_eval = evaluate(model, x, y)
+    proxy_eval = proxy.evaluate(model)
     meta = {"proxy": source, "proxy_samples": len(y), "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
             "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "proxy_loss": proxy_eval.loss,
             "proxy_acc": proxy_eval.acc, "head_reinitialised": not same_labels}

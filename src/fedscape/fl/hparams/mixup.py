@@ -19,4 +19,5 @@ class MixupConfig(ServerSGDConfig):
 
 
 SPECS = (AlgorithmSpec("mixup", MixupConfig, "mixup:Mixup", "Mixup",
-                  "Zhang et al. 2018, mixup: Beyond Empirical Risk Minimization; FedAlign paper, Sec. 3.2"),)
+                  "Zhang et al. 2018, mixup: Beyond Empirical Risk Minimization; FedAlign paper, Sec. 3.2",
+                  requires="pixel_input"),)

@@ -1,0 +1,196 @@
+"""Down-sampled ImageNet 32x32 (Chrabaszcz et al. 2017, A Downsampled Variant of ImageNet) streamed from disk.
+
+The published ``*.npz`` batch files (``train_data_batch_1.npz`` ...) hold ``data`` (uint8 ``[N, 3072]``,
+channel-major) and ``labels`` (1..1000). All 1.28M images are 3.9 GB as uint8 and four times that as
+float32, so nothing holds them in memory: the labels are read (10 MB), and each batch's rows are read
+from the uint8 bytes on disk and converted on the fly, so the resident memory stays one batch whatever
+the size of the data. An ``.npz`` member stored uncompressed (``np.savez``) is read where it lies; a
+compressed one (``np.savez_compressed``) is unpacked once, chunk by chunk, to a uint8 ``.npy`` next to
+the data (``.fedscape_cache/``) and read from there.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+ROW_BYTES = 3 * 32 * 32
+CACHE_DIR = ".fedscape_cache"  # inside the data folder
+_CHUNK_ROWS = 16384  # rows per read when unpacking a compressed file (48 MB)
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """The ``data`` rows of one file: raw uint8 ``[rows, 3072]`` at byte ``offset`` of ``path``."""
+
+    path: Path
+    offset: int
+    rows: int
+
+
+def _npy_header(f: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, Fortran order, dtype) of the .npy array that starts at ``f``'s position; ``f`` left at its data."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f)
+    raise ValueError(f"unsupported .npy format version {version}")
+
+
+def _check_header(where: str, shape: tuple[int, ...], fortran: bool, dtype: np.dtype) -> int:
+    """The row count of a ``data`` array that is uint8 [N, 3072] (or [N, 3, 32, 32]) in C order."""
+    rows = shape[0] if shape else 0
+    if dtype != np.uint8 or fortran or int(np.prod(shape[1:])) != ROW_BYTES or len(shape) < 2:
+        raise ValueError(f"{where}: expected `data` as uint8 [N, 3072] in C order, got {dtype} {list(shape)}"
+                         f"{' (Fortran order)' if fortran else ''}")
+    return rows
+
+
+def _segment(path: Path, cache_dir: Path) -> tuple[_Segment, np.ndarray]:
+    """Where the images of one ``.npz`` lie on disk (unpacked to the cache if compressed), and its labels."""
+    with zipfile.ZipFile(path) as zf:
+        names = {Path(n).stem: n for n in zf.namelist()}
+        if "data" not in names or "labels" not in names:
+            raise ValueError(f"{path}: expected arrays `data` and `labels`, found {sorted(names)}")
+        with zf.open(names["labels"]) as f:
+            labels = np.lib.format.read_array(f, allow_pickle=False).astype(np.int64).reshape(-1)
+        info = zf.getinfo(names["data"])
+        if info.compress_type == zipfile.ZIP_STORED:
+            with path.open("rb") as raw:
+                raw.seek(info.header_offset)
+                local = raw.read(30)
+                start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + \
+                    int.from_bytes(local[28:30], "little")
+                raw.seek(start)
+                rows = _check_header(str(path), *_npy_header(raw))
+                segment = _Segment(path, raw.tell(), rows)
+        else:
+            segment = _unpack(path, zf, names["data"], cache_dir)
+    if len(labels) != segment.rows:
+        raise ValueError(f"{path}: {segment.rows} images but {len(labels)} labels")
+    return segment, labels
+
+
+def _unpack(path: Path, zf: zipfile.ZipFile, member: str, cache_dir: Path) -> _Segment:
+    """The cached uint8 copy of a compressed ``data`` member, written once chunk by chunk."""
+    target = cache_dir / f"{path.stem}.data.npy"
+    with zf.open(member) as f:
+        rows = _check_header(str(path), *_npy_header(f))
+        if target.exists():
+            with target.open("rb") as c:
+                shape, fortran, dtype = _npy_header(c)
+                if shape == (rows, ROW_BYTES) and dtype == np.uint8 and not fortran:
+                    return _Segment(target, c.tell(), rows)
+        try:
+            # A private temporary renamed into place: init jobs sharing the data may unpack the same file
+            # at once, and each then renames a complete, identical copy.
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=cache_dir)
+            os.close(fd)
+            try:
+                with open(tmp, "wb") as out:  # plain writes: a writable map would keep every page resident
+                    header = {"descr": "|u1", "fortran_order": False, "shape": (rows, ROW_BYTES)}
+                    np.lib.format.write_array_header_1_0(out, header)
+                    for start in range(0, rows, _CHUNK_ROWS):
+                        chunk = f.read(min(_CHUNK_ROWS, rows - start) * ROW_BYTES)
+                        if len(chunk) != min(_CHUNK_ROWS, rows - start) * ROW_BYTES:
+                            raise ValueError(f"{path}: `data` ends after {start} of {rows} rows")
+                        out.write(chunk)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, target)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        except OSError as exc:
+            raise OSError(f"{path} stores `data` compressed, so it is unpacked once to {target}, which failed "
+                          f"({exc}); make {cache_dir.parent} writable or store the files uncompressed "
+                          "(np.savez), which are read in place") from None
+    with target.open("rb") as c:
+        _npy_header(c)
+        return _Segment(target, c.tell(), rows)
+
+
+class ImageNet32:
+    """The images of every ``*.npz`` in a folder, read by rows from disk; labels 0..999 in memory.
+
+    ``max_samples`` keeps a seeded random subset (its rows in file order, as the whole set's).
+    """
+
+    def __init__(self, directory: str | Path, max_samples: int | None = None, seed: int = 0) -> None:
+        self._fds: list[int | None] = []  # before anything can fail: __del__ closes them
+        directory = Path(directory)
+        files = sorted(directory.glob("*.npz"))
+        if not files:
+            raise FileNotFoundError(f"no .npz files in {directory}: expected down-sampled ImageNet 32x32 arrays "
+                                    "(e.g. train_data_batch_1.npz ... with `data` [N, 3072] uint8 and `labels` "
+                                    "1..1000)")
+        parts = [_segment(f, directory / CACHE_DIR) for f in files]
+        self.segments = [s for s, _ in parts]
+        labels = np.concatenate([y for _, y in parts])
+        if labels.size and labels.min() >= 1:
+            labels = labels - 1  # the published files number classes 1..1000
+        self._starts = np.cumsum([0] + [s.rows for s in self.segments])
+        rows = np.arange(len(labels))
+        if max_samples is not None and max_samples < len(labels):
+            rows = np.sort(np.random.default_rng(seed).permutation(len(labels))[:max_samples])
+        self.rows = rows  # the file rows this set reads, in order
+        self.labels = labels[rows]
+        self.num_classes = int(labels.max()) + 1 if labels.size else 0
+        self._fds = [None] * len(self.segments)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def read(self, index: np.ndarray) -> np.ndarray:
+        """uint8 images ``[len(index), 3, 32, 32]`` of samples ``index`` (positions in this set), in that order.
+
+        Positioned reads of each row (``os.preadv``) into the batch: the page cache keeps what it can,
+        the process keeps only the batch. A memory map held open instead would keep every page it has
+        read resident, up to the whole file over an epoch (benchmarks/bench_imagenet_stream.py).
+        """
+        rows = self.rows[np.asarray(index, dtype=np.int64).reshape(-1)]
+        out = np.empty((len(rows), ROW_BYTES), dtype=np.uint8)
+        which = np.searchsorted(self._starts, rows, side="right") - 1
+        offsets = rows - self._starts[which]
+        view = memoryview(out).cast("B")
+        for j in np.argsort(which * (1 << 40) + offsets, kind="stable").tolist():  # ascending within each file
+            k = int(which[j])
+            start = j * ROW_BYTES
+            if os.preadv(self._fd(k), [view[start : start + ROW_BYTES]],
+                         self.segments[k].offset + int(offsets[j]) * ROW_BYTES) != ROW_BYTES:
+                raise ValueError(f"{self.segments[k].path}: ends before image {int(offsets[j])} of "
+                                 f"{self.segments[k].rows} (truncated?)")
+        return out.reshape(-1, 3, 32, 32)
+
+    def _fd(self, k: int) -> int:
+        """The open file descriptor of segment ``k`` (opened on first use)."""
+        if self._fds[k] is None:
+            self._fds[k] = os.open(self.segments[k].path, os.O_RDONLY)
+        return self._fds[k]
+
+    def close(self) -> None:
+        """Close the files (reading opens them again)."""
+        for k, fd in enumerate(self._fds):
+            if fd is not None:
+                os.close(fd)
+                self._fds[k] = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def batch(self, index: torch.Tensor | np.ndarray, mean: torch.Tensor, std: torch.Tensor,
+              device: torch.device | str = "cpu") -> torch.Tensor:
+        """Float32 images of samples ``index``, scaled to [0, 1] and normalised per channel, on ``device``.
+
+        ``mean`` and ``std`` are ``[1, 3, 1, 1]``; the uint8 batch moves to the device before the conversion.
+        """
+        index = index.cpu().numpy() if isinstance(index, torch.Tensor) else index
+        x = torch.from_numpy(self.read(index)).to(device).float().div_(255.0)
+        return (x - mean.to(device)) / std.to(device)

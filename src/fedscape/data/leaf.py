@@ -1,0 +1,157 @@
+"""Torch-free reading of LEAF's federated datasets (Caldas et al. 2018, LEAF: A Benchmark for Federated Settings).
+
+LEAF's preprocessing writes ``train/*.json`` and ``test/*.json``, each file an object
+``{"users": [...], "num_samples": [...], "user_data": {user: {"x": [...], "y": [...]}}}`` (plus
+``hierarchies`` for some). ``users`` is the authority: LEAF's sample-wise split leaves empty entries in
+``user_data`` for the users it drops. FEMNIST's ``x`` are 784 floats in [0, 1] (a 28x28 grey image,
+row-major) and ``y`` class ids 0..61; Shakespeare's ``x`` are 80-character strings and ``y`` the next
+character, both encoded with LEAF's vocabulary (``SHAKESPEARE_VOCAB``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedscape.data.specs import FEMNIST_CLASSES, NO_DOWNLOAD, SHAKESPEARE_SEQ_LEN, SHAKESPEARE_VOCAB
+
+LEAF_SPLITS = ("train", "test")
+FEMNIST_PIXELS = 28 * 28
+
+# Byte value -> token id (-1: not in the vocabulary); the vocabulary is ASCII.
+_TOKEN_OF_BYTE = np.full(256, -1, dtype=np.int16)
+_TOKEN_OF_BYTE[np.frombuffer(SHAKESPEARE_VOCAB.encode("ascii"), dtype=np.uint8)] = np.arange(len(SHAKESPEARE_VOCAB))
+
+
+@dataclass(frozen=True)
+class LeafPart:
+    """One LEAF split (train or test): samples in file order, the writer of each, the writers' names."""
+
+    x: np.ndarray  # FEMNIST: float32 [N, 1, 28, 28]; Shakespeare: uint8 token ids [N, 80]
+    y: np.ndarray  # int64 [N]
+    writers: np.ndarray  # int64 [N], index into `writer_names`
+    writer_names: tuple[str, ...]
+
+
+def encode_text(text: str, where: str = "text") -> np.ndarray:
+    """Token ids (uint8) of the characters of `text` in LEAF's Shakespeare vocabulary.
+
+    LEAF's `word_to_indices` gives -1 to an unknown character, which no embedding can look up; here
+    it is a ValueError naming `where` and the characters.
+    """
+    raw = text.encode("utf-8")
+    ids = _TOKEN_OF_BYTE[np.frombuffer(raw, dtype=np.uint8)]
+    if len(raw) != len(text) or (ids < 0).any():
+        unknown = sorted({c for c in text if c not in SHAKESPEARE_VOCAB})
+        raise ValueError(f"{where}: characters outside LEAF's Shakespeare vocabulary: "
+                         f"{', '.join(repr(c) for c in unknown)}")
+    return ids.astype(np.uint8)
+
+
+def decode_text(ids: np.ndarray) -> str:
+    """The characters of token ids (inverse of `encode_text`)."""
+    return "".join(SHAKESPEARE_VOCAB[int(i)] for i in np.asarray(ids).reshape(-1))
+
+
+def leaf_directory(name: str, data_dir: str | None) -> Path:
+    """The folder holding LEAF's ``train/`` and ``test/`` JSON files of dataset `name`.
+
+    Looks in ``data_dir`` itself, then in ``data_dir/<name>/data`` (LEAF's own layout, so that one
+    data_dir can hold several datasets). FileNotFoundError naming the folders and the layout otherwise.
+    """
+    if data_dir is not None:
+        for where in (Path(data_dir), Path(data_dir) / name / "data"):
+            if all(any((where / split).glob("*.json")) for split in LEAF_SPLITS):
+                return where
+    looked = ("no data_dir was given" if data_dir is None else
+              f"looked in {Path(data_dir)} and {Path(data_dir) / name / 'data'}")
+    raise FileNotFoundError(
+        f"{name} not found ({looked}). Expected LEAF's preprocessed files: a folder with train/*.json and "
+        f"test/*.json, each file holding {{\"users\": [...], \"num_samples\": [...], \"user_data\": "
+        f"{{user: {{\"x\": [...], \"y\": [...]}}}}}}. {NO_DOWNLOAD[name]} (run with -t sample, e.g. "
+        f"./preprocess.sh -s niid --sf 0.05 -k 0 -t sample); set datasets.{name}.data_dir to LEAF's "
+        f"data/{name}/data folder (or to a folder holding {name}/data). fedscape does not download it."
+    )
+
+
+def _read_json(path: Path) -> dict:
+    with path.open("rb") as f:
+        try:
+            obj = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not a LEAF JSON file ({exc})") from None
+    missing = [k for k in ("users", "num_samples", "user_data") if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        raise ValueError(f"{path}: expected LEAF's keys users, num_samples and user_data; missing {', '.join(missing)}")
+    if len(obj["users"]) != len(obj["num_samples"]):
+        raise ValueError(f"{path}: {len(obj['users'])} users but {len(obj['num_samples'])} num_samples")
+    return obj
+
+
+def _femnist_user(data: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
+    if not data["x"]:
+        return np.zeros((0, 1, 28, 28), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    try:
+        x = np.asarray(data["x"], dtype=np.float32).reshape(len(data["x"]), -1)
+        y = np.asarray(data["y"], dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: x must be a list of {FEMNIST_PIXELS}-number lists and y of integers") from None
+    if x.shape[1:] != (FEMNIST_PIXELS,):
+        raise ValueError(f"{where}: x must hold images of {FEMNIST_PIXELS} pixels (28x28), got {x.shape[1]}")
+    if y.size and not (y.min() >= 0 and y.max() < len(FEMNIST_CLASSES)):
+        raise ValueError(f"{where}: y outside the classes 0..{len(FEMNIST_CLASSES) - 1}")
+    return x.reshape(-1, 1, 28, 28), y
+
+
+def _shakespeare_user(data: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = data["x"], data["y"]
+    bad = next((i for i, s in enumerate(xs) if not isinstance(s, str) or len(s) != SHAKESPEARE_SEQ_LEN), None)
+    if bad is not None:
+        raise ValueError(f"{where}: x[{bad}] must be a string of {SHAKESPEARE_SEQ_LEN} characters, got "
+                         f"{xs[bad]!r}")
+    bad = next((i for i, s in enumerate(ys) if not isinstance(s, str) or len(s) != 1), None)
+    if bad is not None:
+        raise ValueError(f"{where}: y[{bad}] must be one character, got {ys[bad]!r}")
+    x = encode_text("".join(xs), f"{where} x").reshape(len(xs), SHAKESPEARE_SEQ_LEN)
+    y = encode_text("".join(ys), f"{where} y").astype(np.int64)
+    return x, y
+
+
+_DECODERS = {"femnist": _femnist_user, "shakespeare": _shakespeare_user}
+
+
+def read_leaf_part(name: str, directory: Path) -> LeafPart:
+    """Every sample of ``directory/*.json`` (sorted file names, then each file's `users` order).
+
+    A writer found in several files keeps one index. The writers are numbered in order of appearance.
+    """
+    decode = _DECODERS[name]
+    names: dict[str, int] = {}
+    xs, ys, ws = [], [], []
+    for path in sorted(directory.glob("*.json")):
+        obj = _read_json(path)
+        for user, count in zip(obj["users"], obj["num_samples"], strict=True):
+            where = f"{path} user {user!r}"
+            data = obj["user_data"].get(user)
+            if not isinstance(data, dict) or "x" not in data or "y" not in data:
+                raise ValueError(f"{where}: user_data has no x and y for this user")
+            if not len(data["x"]) == len(data["y"]) == count:
+                raise ValueError(f"{where}: num_samples says {count}, x has {len(data['x'])} and y "
+                                 f"{len(data['y'])} entries")
+            x, y = decode(data, where)
+            index = names.setdefault(str(user), len(names))
+            xs.append(x)
+            ys.append(y)
+            ws.append(np.full(len(y), index, dtype=np.int64))
+    if not xs:
+        raise ValueError(f"{directory}: the JSON files name no users")
+    return LeafPart(np.concatenate(xs), np.concatenate(ys), np.concatenate(ws), tuple(names))
+
+
+def read_leaf(name: str, data_dir: str | None) -> tuple[LeafPart, LeafPart]:
+    """LEAF's train and test parts of dataset `name` (``femnist`` or ``shakespeare``) from ``data_dir``."""
+    directory = leaf_directory(name, data_dir)
+    return read_leaf_part(name, directory / "train"), read_leaf_part(name, directory / "test")

@@ -1,0 +1,169 @@
+"""Down-sampled ImageNet read from disk by rows: the published .npz layout, the cache of compressed files, memory."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedscape.data.imagenet32 import CACHE_DIR, ImageNet32
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread: the batches convert on one thread
+
+
+def write_batches(directory: Path, sizes: tuple[int, ...] = (7, 5, 9), compressed: bool = False,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Files train_data_batch_<i>.npz as published (`data` uint8 [n, 3072], `labels` 1..1000, `mean`)."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    save = np.savez_compressed if compressed else np.savez
+    data, labels = [], []
+    for i, n in enumerate(sizes):
+        x = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        y = rng.integers(1, 1001, n).tolist()  # the published files hold a list of ints
+        save(directory / f"train_data_batch_{i + 1}.npz", data=x, labels=y, mean=x.mean(0))
+        data.append(x)
+        labels.append(np.asarray(y))
+    return np.concatenate(data).reshape(-1, 3, 32, 32), np.concatenate(labels)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_rows_are_read_in_the_asked_order_across_files(tmp_path: Path, compressed: bool) -> None:
+    # Prepare
+    images, labels = write_batches(tmp_path, compressed=compressed)
+    index = np.array([20, 0, 7, 6, 12, 7, 3])  # across the three files, unsorted, one repeated
+
+    # Execute
+    stream = ImageNet32(tmp_path)
+    got = stream.read(index)
+
+    # Assert
+    assert len(stream) == 21 and got.dtype == np.uint8 and got.shape == (7, 3, 32, 32)
+    assert np.array_equal(got, images[index])
+    assert np.array_equal(stream.labels, labels - 1)  # classes 1..1000 become 0..999
+    assert (tmp_path / CACHE_DIR).exists() == compressed
+
+
+def test_uncompressed_files_are_mapped_in_place(tmp_path: Path) -> None:
+    # Prepare
+    write_batches(tmp_path, sizes=(4, 4))
+
+    # Execute
+    stream = ImageNet32(tmp_path)
+
+    # Assert: the segments point into the .npz files themselves, past their zip and .npy headers
+    assert [s.path.name for s in stream.segments] == ["train_data_batch_1.npz", "train_data_batch_2.npz"]
+    assert all(s.offset > 0 and s.rows == 4 for s in stream.segments)
+
+
+def test_compressed_files_are_unpacked_once(tmp_path: Path) -> None:
+    # Prepare
+    images, _ = write_batches(tmp_path, sizes=(6, 3), compressed=True)
+    ImageNet32(tmp_path)
+    cached = sorted((tmp_path / CACHE_DIR).glob("*.npy"))
+    stamps = [p.stat().st_mtime_ns for p in cached]
+
+    # Execute
+    again = ImageNet32(tmp_path)
+
+    # Assert: the same cache files, not rewritten, hold the images
+    assert [p.name for p in cached] == ["train_data_batch_1.data.npy", "train_data_batch_2.data.npy"]
+    assert [p.stat().st_mtime_ns for p in cached] == stamps
+    assert np.array_equal(np.load(cached[0]), images[:6].reshape(6, 3072))
+    assert np.array_equal(again.read(np.arange(9)), images)
+    assert not list((tmp_path / CACHE_DIR).glob("*.tmp"))
+
+
+def test_max_samples_keeps_a_seeded_subset_in_file_order(tmp_path: Path) -> None:
+    # Prepare
+    images, labels = write_batches(tmp_path)
+
+    # Execute
+    a = ImageNet32(tmp_path, max_samples=8, seed=4)
+    b = ImageNet32(tmp_path, max_samples=8, seed=4)
+    c = ImageNet32(tmp_path, max_samples=8, seed=5)
+
+    # Assert
+    expected = np.sort(np.random.default_rng(4).permutation(21)[:8])
+    assert np.array_equal(a.rows, expected) and np.array_equal(a.rows, b.rows)
+    assert not np.array_equal(a.rows, c.rows)
+    assert len(a) == 8 and np.array_equal(a.labels, labels[expected] - 1)
+    assert np.array_equal(a.read(np.arange(8)), images[expected])
+
+
+def test_batches_are_scaled_and_normalised_per_channel(tmp_path: Path) -> None:
+    # Prepare
+    images, _ = write_batches(tmp_path, sizes=(5,))
+    mean = torch.tensor([0.1, 0.5, 0.9]).view(1, 3, 1, 1)
+    std = torch.tensor([0.5, 0.25, 2.0]).view(1, 3, 1, 1)
+
+    # Execute
+    x = ImageNet32(tmp_path).batch(torch.tensor([4, 1]), mean, std)
+
+    # Assert
+    expected = (torch.from_numpy(images[[4, 1]]).double() / 255 - mean.double()) / std.double()
+    assert x.dtype == torch.float32 and x.shape == (2, 3, 32, 32)
+    assert torch.allclose(x.double(), expected, atol=1e-6)
+
+
+def test_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
+    # Prepare: 12,000 images (37 MB); the loader it replaces held them all as float32 (147 MB)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        np.savez(tmp_path / f"train_data_batch_{i + 1}.npz", data=rng.integers(0, 256, (4000, 3072), dtype=np.uint8),
+                 labels=rng.integers(1, 1001, 4000))
+    size = sum(p.stat().st_size for p in tmp_path.glob("*.npz"))
+    mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+
+    # Execute: open it and read every image once, 128 at a time in a random order
+    tracemalloc.start()
+    stream = ImageNet32(tmp_path)
+    checksum = 0.0
+    for b in torch.randperm(len(stream), generator=torch.Generator().manual_seed(0)).split(128):
+        checksum += float(stream.batch(b, mean, std).sum())
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+
+    # Assert: the labels and a few batches, not the file (numpy's buffers are traced; mapped pages are not)
+    assert size > 36e6
+    assert peak < 2e6, f"peak {peak / 1e6:.1f} MB"
+    assert checksum == pytest.approx(sum(float(np.load(p)["data"].sum(dtype=np.float64)) for p in
+                                         sorted(tmp_path.glob("*.npz"))) / 255, rel=1e-6)
+
+
+@pytest.mark.parametrize(("arrays", "match"), [
+    ({"data": np.zeros((3, 3072), np.uint8)}, r"expected arrays `data` and `labels`, found \['data'\]"),
+    ({"data": np.zeros((3, 3072), np.float32), "labels": np.ones(3)}, r"expected `data` as uint8 \[N, 3072\]"),
+    ({"data": np.zeros((3, 100), np.uint8), "labels": np.ones(3)}, r"expected `data` as uint8 \[N, 3072\]"),
+    ({"data": np.zeros((3, 3072), np.uint8), "labels": np.ones(2)}, "3 images but 2 labels"),
+])
+def test_malformed_files_are_named(tmp_path: Path, arrays: dict, match: str) -> None:
+    # Prepare
+    np.savez(tmp_path / "train_data_batch_1.npz", **arrays)
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match=match) as excinfo:
+        ImageNet32(tmp_path)
+    assert "train_data_batch_1.npz" in str(excinfo.value)
+
+
+def test_an_empty_folder_names_the_expected_files(tmp_path: Path) -> None:
+    # Execute / Assert
+    with pytest.raises(FileNotFoundError, match=r"no \.npz files in .*train_data_batch_1\.npz"):
+        ImageNet32(tmp_path)
+
+
+def test_a_truncated_file_is_named_when_read(tmp_path: Path) -> None:
+    # Prepare: the unpacked copy of a compressed file loses its last image
+    write_batches(tmp_path, sizes=(4,), compressed=True)
+    stream = ImageNet32(tmp_path)
+    cached = tmp_path / CACHE_DIR / "train_data_batch_1.data.npy"
+    cached.write_bytes(cached.read_bytes()[:-100])
+
+    # Execute / Assert: the images before it still read
+    assert stream.read(np.array([0, 2])).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"train_data_batch_1\.data\.npy: ends before image 3 of 4"):
+        stream.read(np.array([1, 3]))

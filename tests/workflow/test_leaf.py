@@ -1,4 +1,5 @@
-"""LEAF's FEMNIST through the workflow: its partition (a torch-free job) and a training run read data_dir."""
+"""LEAF's FEMNIST through the workflow: its partitions (Dirichlet, and natural: one client per writer; torch-free
+jobs) and training runs read data_dir."""
 
 from __future__ import annotations
 
@@ -20,16 +21,18 @@ def test_femnist_partition_and_run_read_leafs_files(tmp_path):
     workdir = copy_workflow(tmp_path / "wf")
     write_femnist(tmp_path / "leaf", sizes=(20, 16, 24), files=2, layout="leaf")
     femnist = {"data_dir": str(tmp_path / "leaf"), "proxy_fraction": 0.0}
-    config = config_with({}, [{"alpha": 0.5}], datasets={"femnist": femnist}, num_clients=[3],
-                         partition={"min_size": 5}, training={**TINY["training"], "rounds": 2, "save_clients_at": []})
+    config = config_with({}, [{"alpha": 0.5}, {"alpha": "writers"}], datasets={"femnist": femnist}, num_clients=[3],
+                         partition={"min_size": 5}, training={**TINY["training"], "rounds": 2, "save_clients_at": []},
+                         partitions={"writers": {"kind": "natural"}})
     for key in ("interpolation", "layer_barriers", "landscapes", "hessian", "client_stats"):
         config.pop(key, None)
     (workdir / "c.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     run_dir = "results/train/femnist/cnn_small/init~random/algo~fedavg/alpha~0.5/clients~3/part~1.0/seed~0"
     counts = "results/partitions/femnist/clients~3/alpha~0.5/seed~0/counts.csv"
+    natural = run_dir.replace("alpha~0.5", "alpha~writers")
 
     # Execute
-    snakemake(workdir, f"{run_dir}/trajectory.pt", counts, "--configfile", "c.yaml")
+    snakemake(workdir, f"{run_dir}/trajectory.pt", f"{natural}/metrics.csv", counts, "--configfile", "c.yaml")
 
     # Assert: LEAF's 45 training samples (int(0.75 n) per writer) split among 3 clients, 62 classes
     table = pd.read_csv(workdir / counts)
@@ -39,3 +42,8 @@ def test_femnist_partition_and_run_read_leafs_files(tmp_path):
     meta = trajectory.model_meta
     assert (meta.num_classes, meta.in_channels, meta.image_size) == (62, 1, 28)
     assert trajectory.meta.get("status", "ok") == "ok" and len(trajectory.params) == 3
+    # the natural partition: one client per writer, each with all of its training samples
+    by_writer = pd.read_csv(workdir / counts.replace("alpha~0.5", "alpha~writers"))
+    assert sorted(by_writer["num_samples"]) == [12, 15, 18]
+    assert set(by_writer["partition"]) == {"natural"} and set(by_writer["alpha"]) == {"writers"}
+    assert (pd.read_csv(workdir / natural / "metrics.csv")["status"] == "ok").all()

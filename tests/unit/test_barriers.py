@@ -292,7 +292,9 @@ def test_defaults_and_pairs_resolve():
     (pair,) = layer_pairs(config, build_runs(config))
     assert pair.kind == "runs" and pair.rounds == (2,)
     assert pair.run_id == f"{pair.run_a.run_id} | {pair.run_b.run_id}"
-    assert check_config({}, SCHEMA)["interpolation"] == {"points": 21, "align": False, "pairs": {}}
+    defaults = check_config({}, SCHEMA)["interpolation"]
+    assert {k: v for k, v in defaults.items() if k != "curve"} == {"points": 21, "align": False, "pairs": {}}
+    assert defaults["curve"]["enabled"] is False
 
 
 # -- figures from fixture tables ------------------------------------------------------------------

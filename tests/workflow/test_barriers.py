@@ -36,8 +36,11 @@ def test_interpolation_tables_of_tiny_run(tiny_run):
     assert list(curves.columns) == INTERPOLATION_COLUMNS
     assert list(barriers.columns) == BARRIER_COLUMNS
     assert cfg["interpolation"]["align"]  # each pair as trained and with b aligned to a (Git Re-Basin)
-    assert len(curves) == n_pairs * points * 2 * 2
-    assert len(barriers) == n_pairs * 2 * 2
+    assert cfg["interpolation"]["curve"]["enabled"]  # along the straight line and the Bezier curve
+    assert len(curves) == n_pairs * points * 2 * 2 * 2
+    assert len(barriers) == n_pairs * 2 * 2 * 2
+    assert curves.groupby(["path", "aligned"]).size().to_dict() == {
+        (path, aligned): n_pairs * points * 2 for path in ("bezier", "linear") for aligned in (False, True)}
     for _, row in curves[curves["t"].isin([0.0, 1.0])].iterrows():
         run, r = (row["run_a"], row["round_a"]) if row["t"] == 0 else (row["run_b"], row["round_b"])
         own = rounds.loc[(run, r)]
@@ -46,7 +49,7 @@ def test_interpolation_tables_of_tiny_run(tiny_run):
         assert row["error"] == pytest.approx(1 - own[f"{row['split']}_acc"], abs=1e-12)
     for _, b in barriers.iterrows():
         sub = curves[(curves["pair_id"] == b["pair_id"]) & (curves["split"] == b["split"])
-                     & (curves["aligned"] == b["aligned"])]
+                     & (curves["aligned"] == b["aligned"]) & (curves["path"] == b["path"])]
         assert b["barrier_loss"] == pytest.approx(linear_barrier(sub["t"], sub["loss"]))
         assert b["barrier_loss"] >= 0
     for ext in ("png", "pdf", "csv"):

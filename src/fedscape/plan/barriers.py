@@ -6,9 +6,9 @@ module resolves them, checks them and builds the per-job settings, inputs and ta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from fedscape.analysis.barriers.definitions import PAIR_SEPARATOR, SPLITS
+from fedscape.analysis.barriers.definitions import PAIR_SEPARATOR, SPLITS, CurveSettings
 from fedscape.core.config import ConfigError
 from fedscape.core.paths import INTERPOLATION_DIR, LAYERWISE_DIR, Results
 from fedscape.core.runs import Run, resolve_run
@@ -177,7 +177,17 @@ def interpolation_settings(config: dict, pair: InterpolationPair) -> dict:
                 **_common(config, pair.run_a)}
     if config["interpolation"]["align"]:  # only when on: jobs from before the option keep their settings
         settings["align"] = True
+    curve = curve_settings(config["interpolation"]["curve"])
+    if curve is not None:  # likewise only when on
+        settings["curve"] = asdict(curve)
     return settings
+
+
+def curve_settings(section: dict) -> CurveSettings | None:
+    """The Bezier curve's settings from `interpolation.curve` (defaults filled by the schema), None when off."""
+    if not section.get("enabled", False):
+        return None
+    return CurveSettings(**{k: v for k, v in section.items() if k != "enabled"})
 
 
 def layer_settings(config: dict, pair: LayerPair, round_: int) -> dict:

@@ -13,7 +13,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm, TwoSlopeNorm
 
-from fedscape.analysis.barriers.definitions import LAYER_DISTANCE_COLUMNS, MODES, SPLITS, split_pair_run_id
+from fedscape.analysis.barriers.definitions import (
+    BEZIER,
+    LAYER_DISTANCE_COLUMNS,
+    LINEAR,
+    MODES,
+    SPLITS,
+    split_pair_run_id,
+)
 from fedscape.core.runs import parse_run_id
 from fedscape.outputs.labels import LABEL_ORDER, label_run
 from fedscape.outputs.style import (
@@ -80,9 +87,13 @@ def _log_heatmap(fig, ax, arr: np.ndarray, columns: list, labels: list[str], lab
     cbar.set_label(label + " (log scale" + ("; white = 0)" if zero.any() else ")"))
 
 
+LINESTYLES = {(LINEAR, False): "-", (LINEAR, True): "--", (BEZIER, False): ":", (BEZIER, True): "-."}
+
+
 def interpolation_figure(table: str | Path, outputs: dict[str, str | Path]) -> None:
     """Loss and error along the interpolation, one labelled curve per pair (Li et al. 2022, Figs 3c/5c); dashed:
-    to model b aligned to a by weight matching (Ainsworth et al. 2023)."""
+    to model b aligned to a by weight matching (Ainsworth et al. 2023); dotted (dash-dotted when aligned): along
+    the trained quadratic Bezier curve (Garipov et al. 2018)."""
     df = pd.read_csv(table)
     if df.empty:
         save_figure_outputs(empty_figure("no interpolation pairs with rows (every pair was skipped)"), outputs, df)
@@ -91,29 +102,31 @@ def interpolation_figure(table: str | Path, outputs: dict[str, str | Path]) -> N
     fig, axes = plt.subplots(2, 2, figsize=(7.5, 5.0), squeeze=False, sharex=True, layout="constrained")
     pairs = list(dict.fromkeys(df["pair_id"]))
     aligned_rows = df["aligned"].astype(bool) if "aligned" in df.columns else pd.Series(False, index=df.index)
+    path_rows = df["path"].astype(str) if "path" in df.columns else pd.Series(LINEAR, index=df.index)
     legend = {}
     for j, split in enumerate(SPLITS):
         for i, value in enumerate(("loss", "error")):
             ax = axes[i, j]
             for k, pair in enumerate(pairs):
-                for aligned in (False, True):
-                    sub = df[(df["split"] == split) & (df["pair_id"] == pair) & (aligned_rows == aligned)]
+                for (path, aligned), linestyle in LINESTYLES.items():
+                    sub = df[(df["split"] == split) & (df["pair_id"] == pair) & (aligned_rows == aligned)
+                             & (path_rows == path)]
                     if sub.empty:
                         continue
                     sub = sub.sort_values("t")
                     (handle,) = ax.plot(sub["t"], sub[value], color=PALETTE[k % len(PALETTE)],
-                                        marker=MARKERS[k % len(MARKERS)], markersize=3, lw=1.2,
-                                        linestyle="--" if aligned else "-")
+                                        marker=MARKERS[k % len(MARKERS)], markersize=3, lw=1.2, linestyle=linestyle)
                     first = sub.iloc[0]
                     rounds = "" if first["round_a"] == first["round_b"] else \
                         f" (round {first['round_a']} vs {first['round_b']})"
-                    note = " · b aligned to a" if aligned else ""
+                    note = (" · Bezier curve" if path == BEZIER else "") + (" · b aligned to a" if aligned else "")
                     legend.setdefault(f"{pair}: {pair_label(first['run_a'], first['run_b'])}{rounds}{note}", handle)
             if i == 1:
                 ax.set_xlabel("t  (0 = model a, 1 = model b)")
             ax.set_ylabel(f"{split} {value}")
             ax.set_title(f"{value} on the {'aggregate training data' if split == 'train' else 'test set'}")
-    fig.suptitle("Linear interpolation between checkpoints")
+    fig.suptitle("Linear interpolation between checkpoints"
+                 + (" and trained Bezier curves" if (path_rows == BEZIER).any() else ""))
     fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=min(2, len(legend)))
     save_figure_outputs(fig, outputs, df)
 

@@ -12,13 +12,17 @@ import pandas as pd
 import torch
 
 from fedscape.analysis.barriers.alignment import align_points
+from fedscape.analysis.barriers.curve import bezier_curve, train_bend
 from fedscape.analysis.barriers.definitions import (
+    BEZIER,
     FULL_MODEL,
     INTERPOLATION_COLUMNS,
     LAYER_BARRIER_COLUMNS,
     LAYER_DISTANCE_COLUMNS,
+    LINEAR,
     MODES,
     SPLITS,
+    CurveSettings,
     interpolation_grid,
     linear_barrier,
 )
@@ -55,6 +59,11 @@ def _alignments(settings: dict) -> list[bool]:
     return [False, True] if settings.get("align") else [False]
 
 
+def _paths(settings: dict) -> list[str]:
+    """The `path` values of a pair's curves: the straight line, and the Bezier curve when the settings ask for it."""
+    return [LINEAR, BEZIER] if settings.get("curve") else [LINEAR]
+
+
 def _empty(columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(columns=columns)
 
@@ -63,8 +72,9 @@ def _nan_curve(settings: dict, rounds: list[int]) -> pd.DataFrame:
     """The rows of an interpolation that is not computed (a diverged run): every t and split, NaN loss and error."""
     rows = [{"pair_id": settings["pair_id"], "run_a": settings["run_a"], "round_a": rounds[0],
              "run_b": settings["run_b"], "round_b": rounds[1], "t": float(t), "split": split, "loss": math.nan,
-             "error": math.nan, "aligned": aligned}
-            for aligned in _alignments(settings) for t in interpolation_grid(settings["points"]) for split in SPLITS]
+             "error": math.nan, "aligned": aligned, "path": path}
+            for path in _paths(settings) for aligned in _alignments(settings)
+            for t in interpolation_grid(settings["points"]) for split in SPLITS]
     return pd.DataFrame(rows, columns=INTERPOLATION_COLUMNS)
 
 
@@ -101,16 +111,27 @@ def interpolation_stage(settings: dict, trajectory_a: str | Path, trajectory_b: 
     splits = _splits(settings, partition, device)
     model = traj_a.model_meta.build().to(device).eval()
     a, b = _point(traj_a, rounds[0]).to(device), _point(traj_b, rounds[1]).to(device)
-    rows = [{**r, "aligned": False}
-            for r in interpolation_curve(model, a, b, splits, settings["points"], settings["eval_batch_size"])]
+    ends = {False: b}
     if settings.get("align"):
         t1 = time.perf_counter()
-        b_aligned, _ = align_points(model, a, b)
+        ends[True], _ = align_points(model, a, b)
         log.info("pair %s: model b aligned to a by weight matching in %.1f s (distance %.4g -> %.4g)",
                  settings["pair_id"], time.perf_counter() - t1, float((b.params - a.params).norm()),
-                 float((b_aligned.params - a.params).norm()))
-        rows += [{**r, "aligned": True} for r in interpolation_curve(model, a, b_aligned, splits, settings["points"],
-                                                                        settings["eval_batch_size"])]
+                 float((ends[True].params - a.params).norm()))
+    rows = [{**r, "aligned": aligned, "path": LINEAR} for aligned, end in ends.items()
+            for r in interpolation_curve(model, a, end, splits, settings["points"], settings["eval_batch_size"])]
+    if settings.get("curve"):
+        curve = CurveSettings(**settings["curve"])
+        for aligned, end in ends.items():
+            t1 = time.perf_counter()
+            theta, losses = train_bend(model, a, end, *splits["train"], curve)
+            tail = losses[-max(1, len(losses) // 10):]
+            log.info("pair %s%s: Bezier bend trained in %d steps in %.1f s (mean loss of the last %d steps %.4g; "
+                     "bend moved %.4g from the midpoint)", settings["pair_id"], " (aligned)" if aligned else "",
+                     curve.steps, time.perf_counter() - t1, len(tail), sum(tail) / len(tail) if losses else math.nan,
+                     float((theta - 0.5 * (a.params + end.params)).norm()))
+            rows += [{**r, "aligned": aligned, "path": BEZIER} for r in bezier_curve(
+                model, a, theta, end, splits, settings["points"], settings["eval_batch_size"])]
     df = pd.DataFrame(rows)
     df.insert(0, "pair_id", settings["pair_id"])
     df.insert(1, "run_a", settings["run_a"])
@@ -118,8 +139,8 @@ def interpolation_stage(settings: dict, trajectory_a: str | Path, trajectory_b: 
     df.insert(3, "run_b", settings["run_b"])
     df.insert(4, "round_b", rounds[1])
     write_csv(df[INTERPOLATION_COLUMNS], output)
-    for (aligned, split), sub in df.groupby(["aligned", "split"], sort=False):
-        log.info("pair %s %s%s: loss barrier %.4f, error barrier %.4f", settings["pair_id"], split,
+    for (path, aligned, split), sub in df.groupby(["path", "aligned", "split"], sort=False):
+        log.info("pair %s %s %s%s: loss barrier %.4f, error barrier %.4f", settings["pair_id"], path, split,
                  " (aligned)" if aligned else "", linear_barrier(sub["t"], sub["loss"]),
                  linear_barrier(sub["t"], sub["error"]))
     log.info("pair %s: %d points x %d splits in %.1f s", settings["pair_id"], settings["points"], len(splits),

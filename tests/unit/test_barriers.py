@@ -19,6 +19,7 @@ from fedscape.analysis.barriers.definitions import (
     LAYER_DISTANCE_COLUMNS,
     MODES,
     linear_barrier,
+    mode_groups,
 )
 from fedscape.analysis.barriers.maths import (
     Point,
@@ -29,7 +30,6 @@ from fedscape.analysis.barriers.maths import (
     layerwise_barriers,
     midpoint_barrier,
     mix_layers,
-    mode_groups,
     model_layers,
 )
 from fedscape.core.config import ConfigError

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from fedscape.analysis.barriers.definitions import PAIR_SEPARATOR, SPLITS, CurveSettings
+from fedscape.analysis.barriers.definitions import CUMULATION_MODES, MODES, PAIR_SEPARATOR, SPLITS, CurveSettings
 from fedscape.core.config import ConfigError
 from fedscape.core.paths import INTERPOLATION_DIR, LAYERWISE_DIR, Results
 from fedscape.core.runs import Run, resolve_run
@@ -17,6 +17,9 @@ from fedscape.plan.train import check_round, rounds_of, run_training, train_sett
 
 LAYER_FIGURE = "barriers/layerwise/{pair}/{split}"  # below figures/
 LAYER_DISTANCE_FIGURE = "barriers/layerwise/{pair}/distances"
+LAYER_CUMULATION_FIGURE = "barriers/layerwise/{pair}/cumulation_{split}"  # Fig. 4: modes random and ends
+LAYER_ALIGNED_FIGURE = "barriers/layerwise/{pair}/aligned_{split}"  # the heatmaps after weight matching
+LAYER_TRAINING_FIGURE = "barriers/layerwise/{pair}/over_training"  # Fig. 1b: full barrier and distances
 INTERPOLATION_FIGURE = "barriers/interpolation"
 
 
@@ -192,8 +195,18 @@ def curve_settings(section: dict) -> CurveSettings | None:
 
 def layer_settings(config: dict, pair: LayerPair, round_: int) -> dict:
     """Everything one layer-wise job (one pair, one round) needs."""
-    return {"pair": pair.label, "kind": pair.kind, "run_id": pair.run_id, "round": int(round_),
-            "clients": list(pair.clients), **_common(config, pair.run_a)}
+    section = config["layer_barriers"]
+    settings = {"pair": pair.label, "kind": pair.kind, "run_id": pair.run_id, "round": int(round_),
+                "clients": list(pair.clients), **_common(config, pair.run_a)}
+    # only what differs from the defaults: jobs from before these options keep their settings
+    modes = list(section.get("modes", MODES))
+    if modes != list(MODES):
+        settings["modes"] = modes
+    if "random" in modes:
+        settings["order_seed"] = section.get("order_seed", 0)
+    if section.get("align"):
+        settings["align"] = True
+    return settings
 
 
 # -- inputs and targets -------------------------------------------------------------------------------
@@ -245,4 +258,10 @@ def targets(config: dict, runs: list) -> list[str]:
         out += [path for p in pairs for split in SPLITS
                 for path in results.figure(LAYER_FIGURE, pair=p.label, split=split).values()]
         out += [path for p in pairs for path in results.figure(LAYER_DISTANCE_FIGURE, pair=p.label).values()]
+        out += [path for p in pairs for path in results.figure(LAYER_TRAINING_FIGURE, pair=p.label).values()]
+        section = config["layer_barriers"]
+        extra = [LAYER_CUMULATION_FIGURE] if set(section["modes"]) & set(CUMULATION_MODES) else []
+        extra += [LAYER_ALIGNED_FIGURE] if section["align"] else []
+        out += [path for figure in extra for p in pairs for split in SPLITS
+                for path in results.figure(figure, pair=p.label, split=split).values()]
     return out

@@ -10,7 +10,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MODES: tuple[str, ...] = ("single", "shallow", "deep")
+from fedscape.core.names import unknown_name_error
+
+# single: one layer averaged; shallow / deep: layers cumulated from the input / the output side (Adilova et al.
+# 2023, Figs 1-3); random: cumulated in a seeded random order; ends: the shallowest and the deepest layers
+# together, from both ends towards the middle (their Fig. 4).
+MODES: tuple[str, ...] = ("single", "shallow", "deep")  # the default modes
+CUMULATION_MODES: tuple[str, ...] = ("random", "ends")  # the modes of Fig. 4
+ALL_MODES: tuple[str, ...] = MODES + CUMULATION_MODES
 SPLITS: tuple[str, ...] = ("train", "test")
 # `aligned`: the curve to model b as trained (False) or to b with its hidden units permuted to match a by
 # weight matching (True; Ainsworth et al. 2023), when `interpolation.align` asks for it.
@@ -21,9 +28,12 @@ INTERPOLATION_COLUMNS = ["pair_id", "run_a", "round_a", "run_b", "round_b", "t",
 BARRIER_COLUMNS = ["pair_id", "run_a", "run_b", "split", "barrier_loss", "barrier_error", "aligned", "path"]
 LINEAR, BEZIER = "linear", "bezier"
 PATHS: tuple[str, ...] = (LINEAR, BEZIER)
+# layer_index / layer: the layer of an entry (averaged alone in `single`, the one added in a cumulative mode);
+# averaged: the indices of every averaged layer, ascending, space-separated; aligned: model b permuted to match
+# a by weight matching first (Ainsworth et al. 2023), when `layer_barriers.align` asks for it.
 LAYER_BARRIER_COLUMNS = ["run_id", "round", "pair", "mode", "layer_index", "layer", "split", "barrier_loss",
-                         "barrier_error"]
-LAYER_DISTANCE_COLUMNS = ["run_id", "round", "pair", "layer_index", "layer", "distance", "cosine"]
+                         "barrier_error", "aligned", "averaged"]
+LAYER_DISTANCE_COLUMNS = ["run_id", "round", "pair", "layer_index", "layer", "distance", "cosine", "aligned"]
 FULL_MODEL = "full"  # the `layer` of the whole-model row of layer_distances.csv (layer_index -1)
 PAIR_SEPARATOR = " | "  # the run_id of a layer-wise pair of two runs: 'run_a | run_b'
 MIN_POINTS = 3  # both endpoints and one inner point
@@ -52,6 +62,49 @@ def linear_barrier(ts: Sequence[float], values: Sequence[float]) -> float:
     chord = v[0] + t * (v[-1] - v[0])
     chord[0], chord[-1] = v[0], v[-1]
     return float(np.max(v - chord))
+
+
+def cumulation_order(num_layers: int, mode: str, seed: int = 0) -> list[int]:
+    """The order in which a cumulative mode adds layers (Adilova et al. 2023): shallow 0..L-1, deep L-1..0,
+    random a permutation drawn from `seed`, ends 0, L-1, 1, L-2, ... (both ends towards the middle)."""
+    if mode == "shallow":
+        return list(range(num_layers))
+    if mode == "deep":
+        return list(range(num_layers - 1, -1, -1))
+    if mode == "random":
+        return [int(i) for i in np.random.default_rng(seed).permutation(num_layers)]
+    if mode == "ends":
+        return [i // 2 if i % 2 == 0 else num_layers - 1 - i // 2 for i in range(num_layers)]
+    raise unknown_name_error("cumulative mode", mode, ("shallow", "deep", *CUMULATION_MODES))
+
+
+def mode_entries(num_layers: int, mode: str, seed: int = 0) -> list[tuple[int, tuple[int, ...]]]:
+    """(layer, averaged layers) of every entry of a mode (Adilova et al. 2023): single ({i}), or a cumulative
+    mode's groups in the order they grow, the layer being the one added; `deep` lists them from the full
+    average (entry i averages layers i..L-1), as its heatmap rows do."""
+    if mode == "single":
+        return [(i, (i,)) for i in range(num_layers)]
+    if mode not in ALL_MODES:
+        raise unknown_name_error("mode", mode, ALL_MODES)
+    order = cumulation_order(num_layers, mode, seed)
+    entries = [(layer, tuple(sorted(order[: k + 1]))) for k, layer in enumerate(order)]
+    return entries[::-1] if mode == "deep" else entries
+
+
+def mode_groups(num_layers: int, mode: str, seed: int = 0) -> list[tuple[int, ...]]:
+    """Layer indices averaged at each entry of a mode (single: {i}; shallow: 0..i; deep: i..L-1; random and
+    ends: the first k+1 layers of their order), as in `mode_entries`."""
+    return [group for _, group in mode_entries(num_layers, mode, seed)]
+
+
+def format_averaged(group) -> str:
+    """The `averaged` cell of a layer-barrier row: the layer indices, ascending, space-separated."""
+    return " ".join(str(i) for i in sorted(group))
+
+
+def parse_averaged(cell) -> list[int]:
+    """The layer indices of an `averaged` cell (a CSV reader makes one layer an int)."""
+    return [int(float(v)) for v in str(cell).split()]
 
 
 def split_pair_run_id(run_id: str) -> tuple[str, str | None]:

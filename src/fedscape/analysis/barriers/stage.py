@@ -23,8 +23,10 @@ from fedscape.analysis.barriers.definitions import (
     MODES,
     SPLITS,
     CurveSettings,
+    format_averaged,
     interpolation_grid,
     linear_barrier,
+    mode_entries,
 )
 from fedscape.analysis.barriers.maths import (
     Point,
@@ -78,13 +80,22 @@ def _nan_curve(settings: dict, rounds: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=INTERPOLATION_COLUMNS)
 
 
-def _nan_layer_rows(traj, meta: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _layer_modes(settings: dict) -> list[str]:
+    """The modes of a layer-wise job: `modes` of its settings, the default three for jobs from before the option."""
+    return list(settings.get("modes", MODES))
+
+
+def _nan_layer_rows(traj, meta: dict, settings: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The layer-barrier and layer-distance rows of a pair and round that is not computed (a diverged run): NaN."""
     layers = model_layers(traj.model_meta.build())
-    barriers = [{**meta, "mode": mode, "layer_index": i, "layer": layer.name, "split": split,
-                 "barrier_loss": math.nan, "barrier_error": math.nan}
-                for mode in MODES for i, layer in enumerate(layers) for split in SPLITS]
-    distances = [{**meta, "layer_index": index, "layer": name, "distance": math.nan, "cosine": math.nan}
+    barriers = [{**meta, "mode": mode, "layer_index": i, "layer": layers[i].name, "split": split,
+                 "barrier_loss": math.nan, "barrier_error": math.nan, "aligned": aligned,
+                 "averaged": format_averaged(group)}
+                for aligned in _alignments(settings) for mode in _layer_modes(settings)
+                for i, group in mode_entries(len(layers), mode, settings.get("order_seed", 0)) for split in SPLITS]
+    distances = [{**meta, "layer_index": index, "layer": name, "distance": math.nan, "cosine": math.nan,
+                  "aligned": aligned}
+                 for aligned in _alignments(settings)
                  for index, name in [*((layer.index, layer.name) for layer in layers), (-1, FULL_MODEL)]]
     return (pd.DataFrame(barriers, columns=LAYER_BARRIER_COLUMNS),
             pd.DataFrame(distances, columns=LAYER_DISTANCE_COLUMNS))
@@ -149,7 +160,8 @@ def interpolation_stage(settings: dict, trajectory_a: str | Path, trajectory_b: 
 
 # -- layer-wise mode connectivity ------------------------------------------------------------------
 def layerwise_stage(settings: dict, inputs: dict, out_barriers: str | Path, out_distances: str | Path) -> None:
-    """Layer-wise barriers (single/shallow/deep) and distances of one pair at one round (Adilova et al. 2023).
+    """Layer-wise barriers (the configured modes) and distances of one pair at one round (Adilova et al. 2023),
+    and of the pair with b aligned to a by weight matching when the settings ask for it (Ainsworth et al. 2023).
 
     `inputs`: 'partition' and 'trajectory_a' always; 'clients' for two clients of one run,
     'trajectory_b' for the global models of two runs.
@@ -172,7 +184,7 @@ def layerwise_stage(settings: dict, inputs: dict, out_barriers: str | Path, out_
             reason = f"the client models of round {round_} have NaN/inf parameters (status {traj_a.status!r})"
         if reason is not None:
             log.warning("pair %s: %s; not computed (NaN rows)", pair, reason)
-            barriers, distances = _nan_layer_rows(traj_a, meta)
+            barriers, distances = _nan_layer_rows(traj_a, meta, settings)
             write_csv(barriers, out_barriers)
             write_csv(distances, out_distances)
             return
@@ -188,7 +200,7 @@ def layerwise_stage(settings: dict, inputs: dict, out_barriers: str | Path, out_
                    if (reason := tr.unusable(round_)) is not None]
         if reasons:
             log.warning("pair %s: %s; not computed (NaN rows)", pair, "; ".join(reasons))
-            barriers, distances = _nan_layer_rows(traj_a, meta)
+            barriers, distances = _nan_layer_rows(traj_a, meta, settings)
             write_csv(barriers, out_barriers)
             write_csv(distances, out_distances)
             return
@@ -196,14 +208,26 @@ def layerwise_stage(settings: dict, inputs: dict, out_barriers: str | Path, out_
     model = traj_a.model_meta.build().to(device).eval()
     layers = model_layers(model)
     splits = _splits(settings, inputs["partition"], device)
-    rows = layerwise_barriers(model, a.to(device), b.to(device), splits, settings["eval_batch_size"], MODES, layers)
-    barriers = pd.DataFrame([{**meta, **r} for r in rows], columns=LAYER_BARRIER_COLUMNS)
-    distances = pd.DataFrame([{**meta, **r} for r in layer_distances(a, b, layers)], columns=LAYER_DISTANCE_COLUMNS)
+    modes, seed = _layer_modes(settings), settings.get("order_seed", 0)
+    a, ends = a.to(device), {False: b.to(device)}
+    if settings.get("align"):
+        t1 = time.perf_counter()
+        ends[True], _ = align_points(model, a, ends[False])
+        log.info("pair %s round %d: model b aligned to a by weight matching in %.1f s (distance %.4g -> %.4g)",
+                 pair, round_, time.perf_counter() - t1, float((ends[False].params - a.params).norm()),
+                 float((ends[True].params - a.params).norm()))
+    barrier_rows, distance_rows = [], []
+    for aligned, end in ends.items():
+        barrier_rows += [{**meta, **r, "aligned": aligned} for r in layerwise_barriers(
+            model, a, end, splits, settings["eval_batch_size"], modes, layers, seed)]
+        distance_rows += [{**meta, **r, "aligned": aligned} for r in layer_distances(a, end, layers)]
+    barriers = pd.DataFrame(barrier_rows, columns=LAYER_BARRIER_COLUMNS)
+    distances = pd.DataFrame(distance_rows, columns=LAYER_DISTANCE_COLUMNS)
     write_csv(barriers, out_barriers)
     write_csv(distances, out_distances)
-    full = barriers[(barriers["mode"] == "shallow") & (barriers["layer_index"] == len(layers) - 1)]
+    full = barriers[barriers["averaged"] == format_averaged(range(len(layers)))].drop_duplicates(["aligned", "split"])
     for _, r in full.iterrows():
-        log.info("pair %s round %d %s: full-model barrier loss %.4f error %.4f", pair, round_, r["split"],
-                 r["barrier_loss"], r["barrier_error"])
-    log.info("pair %s round %d: %d layers x %d modes in %.1f s", pair, round_, len(layers), len(MODES),
-             time.perf_counter() - t0)
+        log.info("pair %s round %d %s%s: full-model barrier loss %.4f error %.4f", pair, round_, r["split"],
+                 " (aligned)" if r["aligned"] else "", r["barrier_loss"], r["barrier_error"])
+    log.info("pair %s round %d: %d layers x %d modes x %d alignments in %.1f s", pair, round_, len(layers),
+             len(modes), len(ends), time.perf_counter() - t0)

@@ -1,4 +1,5 @@
-"""The barrier table jobs: interpolation curves gathered, and the barrier of each curve (torch-free)."""
+"""The barrier table jobs: interpolation curves gathered, the barrier of each curve, and the layer-wise tables
+(torch-free)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedscape.analysis.barriers.definitions import BARRIER_COLUMNS, INTERPOLATION_COLUMNS, LINEAR, linear_barrier
+from fedscape.analysis.barriers.definitions import (
+    BARRIER_COLUMNS,
+    INTERPOLATION_COLUMNS,
+    LAYER_BARRIER_COLUMNS,
+    LAYER_DISTANCE_COLUMNS,
+    LINEAR,
+    format_averaged,
+    linear_barrier,
+    mode_entries,
+)
 from fedscape.core.io import write_csv
+from fedscape.outputs.tables import TableError
 
 
 def barriers_from_curves(curves: pd.DataFrame) -> pd.DataFrame:
@@ -29,3 +40,38 @@ def interpolation_tables(inputs: list[str | Path], out_interpolation: str | Path
     curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=INTERPOLATION_COLUMNS)
     write_csv(curves[INTERPOLATION_COLUMNS], out_interpolation)
     write_csv(barriers_from_curves(curves), out_barriers)
+
+
+def _older_layer_rows(df: pd.DataFrame, path: str | Path) -> pd.DataFrame:
+    """Per-job layer barriers written before `aligned` and `averaged` existed: unaligned, and the averaged
+    layers of their entry (their modes were single, shallow and deep)."""
+    if "aligned" not in df.columns:
+        df = df.assign(aligned=False)
+    if "averaged" not in df.columns:
+        num_layers = df["layer_index"].nunique()
+        groups = {(mode, i): format_averaged(group) for mode in ("single", "shallow", "deep")
+                  for i, group in mode_entries(num_layers, mode)}
+        unknown = sorted(set(df["mode"]) - {"single", "shallow", "deep"})
+        if unknown:
+            raise TableError(f"{path}: modes {unknown} without an `averaged` column; delete it and rerun the workflow")
+        df = df.assign(averaged=[groups[(m, int(i))] for m, i in zip(df["mode"], df["layer_index"], strict=True)])
+    return df
+
+
+def layer_tables(barriers: list[str | Path], distances: list[str | Path], out_barriers: str | Path,
+                 out_distances: str | Path) -> None:
+    """Concatenate the per-job layer barriers and distances into layer_barriers.csv and layer_distances.csv; files
+    from before alignment and the Fig. 4 modes read as unaligned, with their averaged layers filled in."""
+    frames = [_older_layer_rows(pd.read_csv(p), p) for p in barriers]
+    dist = [df if "aligned" in df.columns else df.assign(aligned=False) for df in map(pd.read_csv, distances)]
+    checks = ((barriers, frames, LAYER_BARRIER_COLUMNS), (distances, dist, LAYER_DISTANCE_COLUMNS))
+    for paths, tables, columns in checks:
+        for path, df in zip(paths, tables, strict=True):
+            missing = [c for c in columns if c not in df.columns]
+            if missing:
+                raise TableError(f"{path}: expected the columns {columns}, found {list(df.columns)} (missing "
+                                 f"{missing}); delete it and rerun the workflow so that its job writes it again")
+    for tables, columns, output in ((frames, LAYER_BARRIER_COLUMNS, out_barriers),
+                                    (dist, LAYER_DISTANCE_COLUMNS, out_distances)):
+        df = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
+        write_csv(df[columns], output)

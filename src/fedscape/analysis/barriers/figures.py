@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm, TwoSlopeNorm
+from matplotlib.ticker import MaxNLocator
 
 from fedscape.analysis.barriers.definitions import (
     BEZIER,
@@ -315,6 +316,8 @@ def layer_training_figure(barriers_table: str | Path, distances_table: str | Pat
         ax.set_title(label)
         ax.set_xlabel("round")
     ax_barrier.set_xlabel("round")
+    for ax in (ax_barrier, ax_l2, ax_cos):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(layer_ids) <= 12:
         ax_cos.legend(fontsize=6, loc="best")
     run_a, run_b = split_pair_run_id((dist if not dist.empty else own)["run_id"].iloc[0])

@@ -1,5 +1,5 @@
-"""The barrier stages: loss and error along the segment between two checkpoints, and layer-wise barriers
-and distances of a pair of models at one round (checkpoints in, per-job CSV tables out)."""
+"""The barrier stages: loss and error along the segment (and a trained Bezier curve) between two checkpoints, and
+layer-wise barriers and distances of a pair of models at one round (checkpoints in, per-job CSV tables out)."""
 
 from __future__ import annotations
 
@@ -104,7 +104,8 @@ def _nan_layer_rows(traj, meta: dict, settings: dict) -> tuple[pd.DataFrame, pd.
 # -- linear interpolation --------------------------------------------------------------------------
 def interpolation_stage(settings: dict, trajectory_a: str | Path, trajectory_b: str | Path,
                         partition: str | Path, output: str | Path) -> None:
-    """Loss and error along the segment between two checkpoints, on train and test (Li et al. 2022, Fig. 3c)."""
+    """Loss and error along the segment between two checkpoints, on train and test (Li et al. 2022, Fig. 3c), and
+    along a trained quadratic Bezier curve when the settings carry `curve` (Garipov et al. 2018)."""
     t0 = time.perf_counter()
     device = resolve_device(settings["device"])
     traj_a, traj_b = load_trajectory(trajectory_a), load_trajectory(trajectory_b)

@@ -233,3 +233,41 @@ def test_barriers_of_curves_keep_paths_apart_and_old_curves_read_as_linear(tmp_p
     curves = pd.read_csv(tmp_path / "i.csv")
     assert list(curves.columns) == INTERPOLATION_COLUMNS
     assert curves.groupby("path").size().to_dict() == {"bezier": 3, "linear": 6}
+
+
+# -- the stage -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A healthy and a diverged run (tests/helpers/diverged.py), trained once for this module."""
+    from helpers.diverged import build_diverged_runs
+
+    return build_diverged_runs(tmp_path_factory.mktemp("bezier_runs"))
+
+
+def test_stage_writes_bezier_rows_next_to_linear_ones_and_nan_rows_for_a_diverged_end(runs, tmp_path):
+    from fedscape.analysis.barriers.stage import interpolation_stage
+    from fedscape.plan.barriers import interpolation_pairs, interpolation_settings
+
+    # Prepare: the fixture's two pairs (healthy round 1 vs final; healthy vs diverged), curve and alignment on
+    config = copy.deepcopy(runs.config)
+    config["interpolation"].update(align=True, curve={**config["interpolation"]["curve"], "enabled": True,
+                                                      "steps": 10, "batch_size": 32})
+    frames = {}
+    for pair in interpolation_pairs(config, [runs.healthy, runs.diverged]):
+        # Execute
+        interpolation_stage(interpolation_settings(config, pair), runs.trajectory(pair.run_a),
+                            runs.trajectory(pair.run_b), runs.partition, tmp_path / f"{pair.label}.csv")
+        frames[pair.label] = pd.read_csv(tmp_path / f"{pair.label}.csv")
+
+    # Assert
+    points = config["interpolation"]["points"]
+    for df in frames.values():
+        assert list(df.columns) == INTERPOLATION_COLUMNS
+        assert df.groupby(["path", "aligned"]).size().to_dict() == {
+            (path, aligned): points * 2 for path in ("bezier", "linear") for aligned in (False, True)}
+    ok, boom = frames["ok_r1_vs_final"], frames["ok_vs_boom"]
+    assert ok[["loss", "error"]].notna().all().all() and boom[["loss", "error"]].isna().all().all()
+    ends = ok[ok["t"].isin([0.0, 1.0])].pivot_table(index=["t", "split", "aligned"], columns="path", values="loss")
+    assert (ends["bezier"] == ends["linear"]).all()  # the curve's ends are the models
+    inner = ok[ok["t"] == 0.5].pivot_table(index=["split", "aligned"], columns="path", values="loss")
+    assert (inner["bezier"] != inner["linear"]).all()  # the trained bend moved the curve off the line

@@ -304,3 +304,51 @@ def test_layer_training_figure_draws_full_barrier_and_distances_over_rounds(tmp_
     assert len(l2_ax.lines) == len(cos_ax.lines) == (len(CNN_LAYERS) + 1) * 2
     whole = [line for line in l2_ax.lines if line.get_color() == "black" and line.get_linestyle() == "-"]
     assert len(whole) == 1 and list(whole[0].get_ydata()) == pytest.approx([1.0, 2.0, 3.0])
+
+
+# -- the stage -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A healthy and a diverged run (tests/helpers/diverged.py), trained once for this module."""
+    from helpers.diverged import build_diverged_runs
+
+    return build_diverged_runs(tmp_path_factory.mktemp("layer_runs"))
+
+
+def test_stage_writes_every_mode_as_trained_and_aligned_and_nan_rows_for_a_diverged_run(runs, tmp_path):
+    from fedscape.analysis.barriers.stage import layerwise_stage
+    from fedscape.plan.barriers import layer_pairs, layer_settings
+
+    # Prepare: every mode and alignment on; the healthy client pair at round 1 and the diverged run's clients
+    config = copy.deepcopy(runs.config)
+    config["layer_barriers"].update(modes=list(ALL_MODES), order_seed=2, align=True)
+    inputs_of = {"ok_clients": {"clients": runs.clients(runs.healthy)},
+                 "boom_clients": {"clients": runs.clients(runs.diverged)}}
+    pairs = {p.label: p for p in layer_pairs(config, [runs.healthy, runs.diverged]) if p.label in inputs_of}
+    out = {}
+    for label, pair in pairs.items():
+        round_ = pair.rounds[-1]
+        inputs = {"partition": runs.partition, "trajectory_a": runs.trajectory(pair.run_a), **inputs_of[label]}
+
+        # Execute
+        layerwise_stage(layer_settings(config, pair, round_), inputs, tmp_path / f"{label}_b.csv",
+                        tmp_path / f"{label}_d.csv")
+        out[label] = (pd.read_csv(tmp_path / f"{label}_b.csv", dtype={"averaged": str}),
+                      pd.read_csv(tmp_path / f"{label}_d.csv"))
+
+    # Assert
+    for barriers, distances in out.values():
+        assert list(barriers.columns) == LAYER_BARRIER_COLUMNS and list(distances.columns) == LAYER_DISTANCE_COLUMNS
+        assert barriers.groupby(["aligned", "mode"]).size().to_dict() == {
+            (aligned, mode): len(CNN_LAYERS) * 2 for aligned in (False, True) for mode in ALL_MODES}
+        assert len(distances) == (len(CNN_LAYERS) + 1) * 2
+        random_rows = barriers[(barriers["mode"] == "random") & (barriers["split"] == "train") & ~barriers["aligned"]]
+        assert random_rows["layer_index"].tolist() == cumulation_order(len(CNN_LAYERS), "random", seed=2)
+    ok, boom = out["ok_clients"][0], out["boom_clients"][0]
+    assert ok[["barrier_loss", "barrier_error"]].notna().all().all()
+    assert boom[["barrier_loss", "barrier_error"]].isna().all().all()
+    # a full-model barrier per (aligned, split); weight matching never moves b farther from a
+    every = format_averaged(range(len(CNN_LAYERS)))
+    assert len(ok[ok["averaged"] == every].drop_duplicates(["aligned", "split"])) == 4
+    dist = out["ok_clients"][1].set_index(["aligned", "layer_index"])["distance"]
+    assert dist.loc[(True, -1)] <= dist.loc[(False, -1)] + 1e-9

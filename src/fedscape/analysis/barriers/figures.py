@@ -311,8 +311,8 @@ def layer_training_figure(barriers_table: str | Path, distances_table: str | Pat
             whole = index < 0
             color = "black" if whole else cmap(0.9 * layer_ids.index(index) / max(len(layer_ids) - 1, 1))
             name = FULL_MODEL_LABEL if whole else f"{index}: {sub['layer'].iloc[0]}"
-            ax.plot(sub["round"], sub[column], color=color, lw=2.0 if whole else 1.0,
-                    linestyle=styles[bool(aligned)], label=None if aligned else name)
+            ax.plot(sub["round"], sub[column], color=color, lw=2.0 if whole else 1.0, marker="o" if len(sub) == 1
+                    else None, markersize=3, linestyle=styles[bool(aligned)], label=None if aligned else name)
         ax.set_title(label)
         ax.set_xlabel("round")
     ax_barrier.set_xlabel("round")

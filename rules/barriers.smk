@@ -169,3 +169,91 @@ rule layer_distance_figure:
         ),
     script:
         "../workflow/scripts/layer_distance_figure.py"
+
+
+rule layer_cumulation_figures:
+    input:
+        table=RESULTS.table("layer_barriers"),
+    output:
+        **{
+            f"{split}_{ext}": (
+                report(
+                    path,
+                    caption="../workflow/report/barriers_layer_cumulation.rst",
+                    category="Barriers",
+                    subcategory="Layer-wise",
+                )
+                if ext == "png"
+                else path
+            )
+            for split in ("train", "test")
+            for ext, path in RESULTS.figure(
+                barrier_plan.LAYER_CUMULATION_FIGURE, split=split
+            ).items()
+        },
+    log:
+        f"{RESULTS.log(FIGURES)}/barriers/layerwise/{{pair}}_cumulation.log",
+    wildcard_constraints:
+        pair=BARRIER_PAIR,
+    localrule: True
+    conda:
+        "../envs/light.yaml"
+    script:
+        "../workflow/scripts/layer_cumulation_figures.py"
+
+
+rule layer_aligned_figures:
+    input:
+        table=RESULTS.table("layer_barriers"),
+    output:
+        **{
+            f"{split}_{ext}": (
+                report(
+                    path,
+                    caption="../workflow/report/barriers_layer_aligned.rst",
+                    category="Barriers",
+                    subcategory="Layer-wise",
+                )
+                if ext == "png"
+                else path
+            )
+            for split in ("train", "test")
+            for ext, path in RESULTS.figure(
+                barrier_plan.LAYER_ALIGNED_FIGURE, split=split
+            ).items()
+        },
+    log:
+        f"{RESULTS.log(FIGURES)}/barriers/layerwise/{{pair}}_aligned.log",
+    wildcard_constraints:
+        pair=BARRIER_PAIR,
+    localrule: True
+    conda:
+        "../envs/light.yaml"
+    params:
+        modes=lambda wildcards: list(config["layer_barriers"]["modes"]),
+    script:
+        "../workflow/scripts/layer_aligned_figures.py"
+
+
+rule layer_training_figure:
+    input:
+        barriers=RESULTS.table("layer_barriers"),
+        distances=RESULTS.table("layer_distances"),
+    output:
+        png=report(
+            RESULTS.figure(barrier_plan.LAYER_TRAINING_FIGURE)["png"],
+            caption="../workflow/report/barriers_layer_training.rst",
+            category="Barriers",
+            subcategory="Layer-wise",
+        ),
+        pdf=RESULTS.figure(barrier_plan.LAYER_TRAINING_FIGURE)["pdf"],
+        csv=RESULTS.figure(barrier_plan.LAYER_TRAINING_FIGURE)["csv"],
+    log:
+        f"{RESULTS.log(FIGURES)}/barriers/layerwise/{{pair}}_over_training.log",
+    wildcard_constraints:
+        pair=BARRIER_PAIR,
+    localrule: True
+    conda:
+        "../envs/light.yaml"
+    script:
+        "../workflow/scripts/layer_training_figure.py"

@@ -19,6 +19,7 @@ from fedscape.analysis.barriers.definitions import (
     LAYER_DISTANCE_COLUMNS,
     MODES,
     linear_barrier,
+    mode_groups,
 )
 from fedscape.analysis.barriers.maths import (
     Point,
@@ -29,7 +30,6 @@ from fedscape.analysis.barriers.maths import (
     layerwise_barriers,
     midpoint_barrier,
     mix_layers,
-    mode_groups,
     model_layers,
 )
 from fedscape.core.config import ConfigError
@@ -292,7 +292,9 @@ def test_defaults_and_pairs_resolve():
     (pair,) = layer_pairs(config, build_runs(config))
     assert pair.kind == "runs" and pair.rounds == (2,)
     assert pair.run_id == f"{pair.run_a.run_id} | {pair.run_b.run_id}"
-    assert check_config({}, SCHEMA)["interpolation"] == {"points": 21, "align": False, "pairs": {}}
+    defaults = check_config({}, SCHEMA)["interpolation"]
+    assert {k: v for k, v in defaults.items() if k != "curve"} == {"points": 21, "align": False, "pairs": {}}
+    assert defaults["curve"]["enabled"] is False
 
 
 # -- figures from fixture tables ------------------------------------------------------------------

@@ -106,6 +106,21 @@ def test_barrier_to_iid_is_that_of_the_models_as_trained_not_after_alignment():
     # Assert
     assert final.loc[run_id("0.1", 0), "barrier_to_iid_loss"] == pytest.approx(0.7)
 
+
+def test_barrier_to_iid_is_that_of_the_straight_line_not_the_bezier_curve():
+    # Prepare: the same pair along the straight line (0.7) and along the trained Bezier curve (0.05)
+    rounds = rounds_table()
+    barriers, curves = barrier_tables([(run_id("iid", 0), 3, run_id("0.1", 0), 3, 0.7)])
+    curve = barriers.assign(path="bezier", barrier_loss=0.05)
+    barriers = pd.concat([curve, barriers.assign(path="linear")], ignore_index=True)  # the curve's rows first
+
+    # Execute
+    final = final_table(rounds, barriers, curves).set_index("run_id")
+
+    # Assert
+    assert final.loc[run_id("0.1", 0), "barrier_to_iid_loss"] == pytest.approx(0.7)
+
+
 def test_final_does_not_match_an_iid_run_of_another_init():
     rounds = rounds_table(inits=("random", "pretrained"))
     barriers, curves = barrier_tables([(run_id("iid", 0, "pretrained"), 3, run_id("0.1", 0, "random"), 3, 0.7)])

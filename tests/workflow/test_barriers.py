@@ -11,11 +11,11 @@ import yaml
 from helpers.workflow import snakemake
 
 from fedscape.analysis.barriers.definitions import (
+    ALL_MODES,
     BARRIER_COLUMNS,
     INTERPOLATION_COLUMNS,
     LAYER_BARRIER_COLUMNS,
     LAYER_DISTANCE_COLUMNS,
-    MODES,
     linear_barrier,
 )
 
@@ -36,8 +36,11 @@ def test_interpolation_tables_of_tiny_run(tiny_run):
     assert list(curves.columns) == INTERPOLATION_COLUMNS
     assert list(barriers.columns) == BARRIER_COLUMNS
     assert cfg["interpolation"]["align"]  # each pair as trained and with b aligned to a (Git Re-Basin)
-    assert len(curves) == n_pairs * points * 2 * 2
-    assert len(barriers) == n_pairs * 2 * 2
+    assert cfg["interpolation"]["curve"]["enabled"]  # along the straight line and the Bezier curve
+    assert len(curves) == n_pairs * points * 2 * 2 * 2
+    assert len(barriers) == n_pairs * 2 * 2 * 2
+    assert curves.groupby(["path", "aligned"]).size().to_dict() == {
+        (path, aligned): n_pairs * points * 2 for path in ("bezier", "linear") for aligned in (False, True)}
     for _, row in curves[curves["t"].isin([0.0, 1.0])].iterrows():
         run, r = (row["run_a"], row["round_a"]) if row["t"] == 0 else (row["run_b"], row["round_b"])
         own = rounds.loc[(run, r)]
@@ -46,7 +49,7 @@ def test_interpolation_tables_of_tiny_run(tiny_run):
         assert row["error"] == pytest.approx(1 - own[f"{row['split']}_acc"], abs=1e-12)
     for _, b in barriers.iterrows():
         sub = curves[(curves["pair_id"] == b["pair_id"]) & (curves["split"] == b["split"])
-                     & (curves["aligned"] == b["aligned"])]
+                     & (curves["aligned"] == b["aligned"]) & (curves["path"] == b["path"])]
         assert b["barrier_loss"] == pytest.approx(linear_barrier(sub["t"], sub["loss"]))
         assert b["barrier_loss"] >= 0
     for ext in ("png", "pdf", "csv"):
@@ -60,10 +63,16 @@ def test_layer_barrier_tables_of_tiny_run(tiny_run):
 
     n_rounds = len(cfg["training"]["save_clients_at"])
     n_pairs = len(cfg["layer_barriers"]["pairs"])
+    modes = cfg["layer_barriers"]["modes"]
+    assert set(modes) == set(ALL_MODES) and cfg["layer_barriers"]["align"]  # every mode, as trained and aligned
     assert list(barriers.columns) == LAYER_BARRIER_COLUMNS
     assert list(distances.columns) == LAYER_DISTANCE_COLUMNS
-    assert len(barriers) == n_pairs * n_rounds * len(MODES) * len(CNN_LAYERS) * 2
-    assert len(distances) == n_pairs * n_rounds * (len(CNN_LAYERS) + 1)
+    assert len(barriers) == n_pairs * n_rounds * len(modes) * len(CNN_LAYERS) * 2 * 2
+    assert len(distances) == n_pairs * n_rounds * (len(CNN_LAYERS) + 1) * 2
+    # every cumulative mode ends with the full average: one full-model barrier per (round, split, aligned)
+    full = barriers[barriers["averaged"].astype(str) == " ".join(map(str, range(len(CNN_LAYERS))))]
+    spread = full.groupby(["round", "split", "aligned"])["barrier_loss"].agg(lambda v: v.max() - v.min())
+    assert len(full) == n_pairs * n_rounds * 2 * 2 * (len(modes) - 1) and (spread == 0).all()
     assert sorted(barriers["round"].unique()) == cfg["training"]["save_clients_at"]
     assert barriers.drop_duplicates("layer_index").sort_values("layer_index")["layer"].tolist() == CNN_LAYERS
     assert barriers[["barrier_loss", "barrier_error"]].notna().all().all()
@@ -77,6 +86,9 @@ def test_layer_barrier_tables_of_tiny_run(tiny_run):
         assert len(distances_figure) == n_rounds * (len(CNN_LAYERS) + 1)
         for ext in ("png", "pdf"):
             assert (tiny_run / f"results/figures/barriers/layerwise/{label}/distances.{ext}").stat().st_size > 0
+        for name in ("over_training", "cumulation_train", "cumulation_test", "aligned_train", "aligned_test"):
+            for ext in ("png", "pdf", "csv"):
+                assert (tiny_run / f"results/figures/barriers/layerwise/{label}/{name}.{ext}").stat().st_size > 0
 
 
 def test_run_pairs_reuse_the_trained_runs(tiny_run, tmp_path):
@@ -95,7 +107,8 @@ def test_run_pairs_reuse_the_trained_runs(tiny_run, tmp_path):
     assert "rule train:" not in log and "localrule train:" not in log
     assert "localrule layer_barriers:" in log or "rule layer_barriers:" in log
     layers = pd.read_csv(workdir / "results/tables/layer_barriers.csv")
-    assert len(layers) == len(MODES) * len(CNN_LAYERS) * 2
+    # modes x layers x splits x (as trained, aligned)
+    assert len(layers) == len(cfg["layer_barriers"]["modes"]) * len(CNN_LAYERS) * 2 * 2
     assert (layers["round"] == 3).all()
     assert layers["run_id"].str.contains(" | ", regex=False).all()
     assert set(layers["pair"]) == {"runs"}

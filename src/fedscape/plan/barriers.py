@@ -6,9 +6,9 @@ module resolves them, checks them and builds the per-job settings, inputs and ta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
-from fedscape.analysis.barriers.definitions import PAIR_SEPARATOR, SPLITS
+from fedscape.analysis.barriers.definitions import CUMULATION_MODES, MODES, PAIR_SEPARATOR, SPLITS, CurveSettings
 from fedscape.core.config import ConfigError
 from fedscape.core.paths import INTERPOLATION_DIR, LAYERWISE_DIR, Results
 from fedscape.core.runs import Run, resolve_run
@@ -17,6 +17,9 @@ from fedscape.plan.train import check_round, rounds_of, run_training, train_sett
 
 LAYER_FIGURE = "barriers/layerwise/{pair}/{split}"  # below figures/
 LAYER_DISTANCE_FIGURE = "barriers/layerwise/{pair}/distances"
+LAYER_CUMULATION_FIGURE = "barriers/layerwise/{pair}/cumulation_{split}"  # Fig. 4: modes random and ends
+LAYER_ALIGNED_FIGURE = "barriers/layerwise/{pair}/aligned_{split}"  # the heatmaps after weight matching
+LAYER_TRAINING_FIGURE = "barriers/layerwise/{pair}/over_training"  # Fig. 1b: full barrier and distances
 INTERPOLATION_FIGURE = "barriers/interpolation"
 
 
@@ -177,13 +180,33 @@ def interpolation_settings(config: dict, pair: InterpolationPair) -> dict:
                 **_common(config, pair.run_a)}
     if config["interpolation"]["align"]:  # only when on: jobs from before the option keep their settings
         settings["align"] = True
+    curve = curve_settings(config["interpolation"]["curve"])
+    if curve is not None:  # likewise only when on
+        settings["curve"] = asdict(curve)
     return settings
+
+
+def curve_settings(section: dict) -> CurveSettings | None:
+    """The Bezier curve's settings from `interpolation.curve` (defaults filled by the schema), None when off."""
+    if not section.get("enabled", False):
+        return None
+    return CurveSettings(**{k: v for k, v in section.items() if k != "enabled"})
 
 
 def layer_settings(config: dict, pair: LayerPair, round_: int) -> dict:
     """Everything one layer-wise job (one pair, one round) needs."""
-    return {"pair": pair.label, "kind": pair.kind, "run_id": pair.run_id, "round": int(round_),
-            "clients": list(pair.clients), **_common(config, pair.run_a)}
+    section = config["layer_barriers"]
+    settings = {"pair": pair.label, "kind": pair.kind, "run_id": pair.run_id, "round": int(round_),
+                "clients": list(pair.clients), **_common(config, pair.run_a)}
+    # only what differs from the defaults: jobs from before these options keep their settings
+    modes = list(section.get("modes", MODES))
+    if modes != list(MODES):
+        settings["modes"] = modes
+    if "random" in modes:
+        settings["order_seed"] = section.get("order_seed", 0)
+    if section.get("align"):
+        settings["align"] = True
+    return settings
 
 
 # -- inputs and targets -------------------------------------------------------------------------------
@@ -235,4 +258,10 @@ def targets(config: dict, runs: list) -> list[str]:
         out += [path for p in pairs for split in SPLITS
                 for path in results.figure(LAYER_FIGURE, pair=p.label, split=split).values()]
         out += [path for p in pairs for path in results.figure(LAYER_DISTANCE_FIGURE, pair=p.label).values()]
+        out += [path for p in pairs for path in results.figure(LAYER_TRAINING_FIGURE, pair=p.label).values()]
+        section = config["layer_barriers"]
+        extra = [LAYER_CUMULATION_FIGURE] if set(section["modes"]) & set(CUMULATION_MODES) else []
+        extra += [LAYER_ALIGNED_FIGURE] if section["align"] else []
+        out += [path for figure in extra for p in pairs for split in SPLITS
+                for path in results.figure(figure, pair=p.label, split=split).values()]
     return out

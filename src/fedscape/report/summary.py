@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedscape.analysis.barriers.definitions import LINEAR
 from fedscape.core.alpha import is_iid, setting_order_key
 from fedscape.core.io import write_csv
 from fedscape.core.runs import OK, RUN_FIELDS, parse_run_id
@@ -81,6 +82,8 @@ def _barriers_to_iid(final: pd.DataFrame, barriers: pd.DataFrame, interpolation:
     rows = barriers[barriers["split"] == BARRIER_SPLIT]
     if "aligned" in rows.columns:  # the barrier to IID is that of the models as trained
         rows = rows[~rows["aligned"].astype(bool)]
+    if "path" in rows.columns:  # and along the straight line (not the trained Bezier curve)
+        rows = rows[rows["path"].astype(str) == LINEAR]
     fields = {rid: parse_run_id(rid) for rid in set(rows["run_a"]) | set(rows["run_b"]) | set(final["run_id"])}
     same = [k for k in GROUP_KEYS if k != "alpha"]
     matches: dict[str, list[tuple[bool, float, float]]] = {}

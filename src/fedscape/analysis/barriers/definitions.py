@@ -1,22 +1,39 @@
-"""Torch-free definitions of the barrier analyses: modes, splits, table columns, the grid of t and the
-barrier of a curve (the interpolation table job computes barriers without torch)."""
+"""Torch-free definitions of the barrier analyses: modes, splits, table columns, the grid of t, the
+barrier of a curve (the interpolation table job computes barriers without torch) and the settings of the
+Bezier curve between two models."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-MODES: tuple[str, ...] = ("single", "shallow", "deep")
+from fedscape.core.names import unknown_name_error
+
+# single: one layer averaged; shallow / deep: layers cumulated from the input / the output side (Adilova et al.
+# 2023, Figs 1-3); random: cumulated in a seeded random order; ends: the shallowest and the deepest layers
+# together, from both ends towards the middle (their Fig. 4).
+MODES: tuple[str, ...] = ("single", "shallow", "deep")  # the default modes
+CUMULATION_MODES: tuple[str, ...] = ("random", "ends")  # the modes of Fig. 4
+ALL_MODES: tuple[str, ...] = MODES + CUMULATION_MODES
 SPLITS: tuple[str, ...] = ("train", "test")
 # `aligned`: the curve to model b as trained (False) or to b with its hidden units permuted to match a by
 # weight matching (True; Ainsworth et al. 2023), when `interpolation.align` asks for it.
-INTERPOLATION_COLUMNS = ["pair_id", "run_a", "round_a", "run_b", "round_b", "t", "split", "loss", "error", "aligned"]
-BARRIER_COLUMNS = ["pair_id", "run_a", "run_b", "split", "barrier_loss", "barrier_error", "aligned"]
+# `path`: the straight segment (linear) or the trained quadratic Bezier curve (bezier; Garipov et al. 2018)
+# when `interpolation.curve.enabled` asks for it.
+INTERPOLATION_COLUMNS = ["pair_id", "run_a", "round_a", "run_b", "round_b", "t", "split", "loss", "error", "aligned",
+                         "path"]
+BARRIER_COLUMNS = ["pair_id", "run_a", "run_b", "split", "barrier_loss", "barrier_error", "aligned", "path"]
+LINEAR, BEZIER = "linear", "bezier"
+PATHS: tuple[str, ...] = (LINEAR, BEZIER)
+# layer_index / layer: the layer of an entry (averaged alone in `single`, the one added in a cumulative mode);
+# averaged: the indices of every averaged layer, ascending, space-separated; aligned: model b permuted to match
+# a by weight matching first (Ainsworth et al. 2023), when `layer_barriers.align` asks for it.
 LAYER_BARRIER_COLUMNS = ["run_id", "round", "pair", "mode", "layer_index", "layer", "split", "barrier_loss",
-                         "barrier_error"]
-LAYER_DISTANCE_COLUMNS = ["run_id", "round", "pair", "layer_index", "layer", "distance", "cosine"]
+                         "barrier_error", "aligned", "averaged"]
+LAYER_DISTANCE_COLUMNS = ["run_id", "round", "pair", "layer_index", "layer", "distance", "cosine", "aligned"]
 FULL_MODEL = "full"  # the `layer` of the whole-model row of layer_distances.csv (layer_index -1)
 PAIR_SEPARATOR = " | "  # the run_id of a layer-wise pair of two runs: 'run_a | run_b'
 MIN_POINTS = 3  # both endpoints and one inner point
@@ -41,10 +58,91 @@ def linear_barrier(ts: Sequence[float], values: Sequence[float]) -> float:
         raise ValueError(f"the grid must hold both endpoints t=0 and t=1, got [{t[0]}, {t[-1]}]")
     if not np.isfinite(v).all():
         return math.nan
-    return float(np.max(v - ((1.0 - t) * v[0] + t * v[-1])))
+    # v(0) + t (v(1) - v(0)) is the chord exactly where v(0) = v(1) (a model with itself); its ends are set exactly
+    chord = v[0] + t * (v[-1] - v[0])
+    chord[0], chord[-1] = v[0], v[-1]
+    return float(np.max(v - chord))
+
+
+def cumulation_order(num_layers: int, mode: str, seed: int = 0) -> list[int]:
+    """The order in which a cumulative mode adds layers (Adilova et al. 2023): shallow 0..L-1, deep L-1..0,
+    random a permutation drawn from `seed`, ends 0, L-1, 1, L-2, ... (both ends towards the middle)."""
+    if mode == "shallow":
+        return list(range(num_layers))
+    if mode == "deep":
+        return list(range(num_layers - 1, -1, -1))
+    if mode == "random":
+        return [int(i) for i in np.random.default_rng(seed).permutation(num_layers)]
+    if mode == "ends":
+        return [i // 2 if i % 2 == 0 else num_layers - 1 - i // 2 for i in range(num_layers)]
+    raise unknown_name_error("cumulative mode", mode, ("shallow", "deep", *CUMULATION_MODES))
+
+
+def mode_entries(num_layers: int, mode: str, seed: int = 0) -> list[tuple[int, tuple[int, ...]]]:
+    """(layer, averaged layers) of every entry of a mode (Adilova et al. 2023): single ({i}), or a cumulative
+    mode's groups in the order they grow, the layer being the one added; `deep` lists them from the full
+    average (entry i averages layers i..L-1), as its heatmap rows do."""
+    if mode == "single":
+        return [(i, (i,)) for i in range(num_layers)]
+    if mode not in ALL_MODES:
+        raise unknown_name_error("mode", mode, ALL_MODES)
+    order = cumulation_order(num_layers, mode, seed)
+    entries = [(layer, tuple(sorted(order[: k + 1]))) for k, layer in enumerate(order)]
+    return entries[::-1] if mode == "deep" else entries
+
+
+def mode_groups(num_layers: int, mode: str, seed: int = 0) -> list[tuple[int, ...]]:
+    """Layer indices averaged at each entry of a mode (single: {i}; shallow: 0..i; deep: i..L-1; random and
+    ends: the first k+1 layers of their order), as in `mode_entries`."""
+    return [group for _, group in mode_entries(num_layers, mode, seed)]
+
+
+def format_averaged(group) -> str:
+    """The `averaged` cell of a layer-barrier row: the layer indices, ascending, space-separated."""
+    return " ".join(str(i) for i in sorted(group))
+
+
+def parse_averaged(cell) -> list[int]:
+    """The layer indices of an `averaged` cell (a CSV reader makes one layer an int)."""
+    return [int(float(v)) for v in str(cell).split()]
 
 
 def split_pair_run_id(run_id: str) -> tuple[str, str | None]:
     """(run_a, run_b) of a layer table's run_id: 'a | b' for two runs' global models, one run for two clients."""
     a, sep, b = str(run_id).partition(PAIR_SEPARATOR)
     return (a, b) if sep else (a, None)
+
+
+@dataclass(frozen=True)
+class CurveSettings:
+    """Training of the bend theta of the quadratic Bezier curve between two models (Garipov et al. 2018).
+
+    SGD on E_{t ~ U(0,1)} L(phi(t)), one t and one mini-batch of the aggregate training data per step.
+    """
+
+    steps: int = 2000  # our choice: Garipov et al. train for 600 epochs; a few epochs bend a small net's curve
+    batch_size: int = 128  # the batch size of Garipov et al.'s public code (train.py)
+    lr: float = 0.015  # initial learning rate of Garipov et al.'s VGG16 curves (their README)
+    momentum: float = 0.9  # Garipov et al.'s public code
+    weight_decay: float = 0.0  # on theta; Garipov et al. use their training's 5e-4, fedscape's training uses 0
+    seed: int = 0  # the order of the batches and the draws of t derive from it
+
+    def __post_init__(self) -> None:
+        checks = [(self.steps >= 0, f"steps must be >= 0, got {self.steps}"),
+                  (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+                  (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+                  (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}"),
+                  (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")]
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise ValueError("curve settings: " + "; ".join(problems))
+
+
+def curve_lr_factor(step: int, steps: int) -> float:
+    """Garipov et al.'s schedule (train.py): the full rate for the first half, then linearly down to 1% at 90%."""
+    alpha = step / max(steps, 1)
+    if alpha <= 0.5:
+        return 1.0
+    if alpha <= 0.9:
+        return 1.0 - (alpha - 0.5) / 0.4 * 0.99
+    return 0.01

@@ -12,8 +12,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm, TwoSlopeNorm
+from matplotlib.ticker import MaxNLocator
 
-from fedscape.analysis.barriers.definitions import LAYER_DISTANCE_COLUMNS, MODES, SPLITS, split_pair_run_id
+from fedscape.analysis.barriers.definitions import (
+    BEZIER,
+    CUMULATION_MODES,
+    LAYER_BARRIER_COLUMNS,
+    LAYER_DISTANCE_COLUMNS,
+    LINEAR,
+    MODES,
+    SPLITS,
+    parse_averaged,
+    split_pair_run_id,
+)
 from fedscape.core.runs import parse_run_id
 from fedscape.outputs.labels import LABEL_ORDER, label_run
 from fedscape.outputs.style import (
@@ -27,7 +38,8 @@ from fedscape.outputs.style import (
 )
 
 MODE_TITLES = {"single": "one layer averaged", "shallow": "layers 0..i averaged (from input)",
-               "deep": "layers i..L-1 averaged (from output)"}
+               "deep": "layers i..L-1 averaged (from output)", "random": "layers added in a random order",
+               "ends": "shallowest and deepest layers together"}
 FULL_MODEL_LABEL = "full model"
 def _run_fields(run_id: str) -> dict | None:
     """The run fields of a run_id, or None when it is not one (e.g. a hand-written label)."""
@@ -45,6 +57,13 @@ def pair_label(run_a: str, run_b: str | None = None) -> str:
         return label_run(a, ("algorithm", "init", "alpha"))
     differ = [k for k in LABEL_ORDER if a.get(k) != b.get(k)]
     return f"{label_run(a, differ)} vs {label_run(b, differ)}"
+
+
+def _aligned(df: pd.DataFrame) -> pd.Series:
+    """The `aligned` flag of every row; tables from before the column are unaligned."""
+    if "aligned" not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df["aligned"].map(lambda v: str(v).strip().lower() == "true")
 
 
 def _heatmap_axes(ax, rounds: list, row_labels: list[str]) -> None:
@@ -80,9 +99,13 @@ def _log_heatmap(fig, ax, arr: np.ndarray, columns: list, labels: list[str], lab
     cbar.set_label(label + " (log scale" + ("; white = 0)" if zero.any() else ")"))
 
 
+LINESTYLES = {(LINEAR, False): "-", (LINEAR, True): "--", (BEZIER, False): ":", (BEZIER, True): "-."}
+
+
 def interpolation_figure(table: str | Path, outputs: dict[str, str | Path]) -> None:
     """Loss and error along the interpolation, one labelled curve per pair (Li et al. 2022, Figs 3c/5c); dashed:
-    to model b aligned to a by weight matching (Ainsworth et al. 2023)."""
+    to model b aligned to a by weight matching (Ainsworth et al. 2023); dotted (dash-dotted when aligned): along
+    the trained quadratic Bezier curve (Garipov et al. 2018)."""
     df = pd.read_csv(table)
     if df.empty:
         save_figure_outputs(empty_figure("no interpolation pairs with rows (every pair was skipped)"), outputs, df)
@@ -91,68 +114,93 @@ def interpolation_figure(table: str | Path, outputs: dict[str, str | Path]) -> N
     fig, axes = plt.subplots(2, 2, figsize=(7.5, 5.0), squeeze=False, sharex=True, layout="constrained")
     pairs = list(dict.fromkeys(df["pair_id"]))
     aligned_rows = df["aligned"].astype(bool) if "aligned" in df.columns else pd.Series(False, index=df.index)
+    path_rows = df["path"].astype(str) if "path" in df.columns else pd.Series(LINEAR, index=df.index)
     legend = {}
     for j, split in enumerate(SPLITS):
         for i, value in enumerate(("loss", "error")):
             ax = axes[i, j]
             for k, pair in enumerate(pairs):
-                for aligned in (False, True):
-                    sub = df[(df["split"] == split) & (df["pair_id"] == pair) & (aligned_rows == aligned)]
+                for (path, aligned), linestyle in LINESTYLES.items():
+                    sub = df[(df["split"] == split) & (df["pair_id"] == pair) & (aligned_rows == aligned)
+                             & (path_rows == path)]
                     if sub.empty:
                         continue
                     sub = sub.sort_values("t")
                     (handle,) = ax.plot(sub["t"], sub[value], color=PALETTE[k % len(PALETTE)],
-                                        marker=MARKERS[k % len(MARKERS)], markersize=3, lw=1.2,
-                                        linestyle="--" if aligned else "-")
+                                        marker=MARKERS[k % len(MARKERS)], markersize=3, lw=1.2, linestyle=linestyle)
                     first = sub.iloc[0]
                     rounds = "" if first["round_a"] == first["round_b"] else \
                         f" (round {first['round_a']} vs {first['round_b']})"
-                    note = " · b aligned to a" if aligned else ""
+                    note = (" · Bezier curve" if path == BEZIER else "") + (" · b aligned to a" if aligned else "")
                     legend.setdefault(f"{pair}: {pair_label(first['run_a'], first['run_b'])}{rounds}{note}", handle)
             if i == 1:
                 ax.set_xlabel("t  (0 = model a, 1 = model b)")
             ax.set_ylabel(f"{split} {value}")
             ax.set_title(f"{value} on the {'aggregate training data' if split == 'train' else 'test set'}")
-    fig.suptitle("Linear interpolation between checkpoints")
+    fig.suptitle("Linear interpolation between checkpoints"
+                 + (" and trained Bezier curves" if (path_rows == BEZIER).any() else ""))
     fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=min(2, len(legend)))
     save_figure_outputs(fig, outputs, df)
 
 
-def layer_heatmaps(table: str | Path, pair: str, split: str, outputs: dict[str, str | Path]) -> None:
-    """Heatmaps layers x rounds of the layer-wise barriers, single/shallow/deep x loss/error (Adilova et al. 2023).
+def _entry_rows(sub: pd.DataFrame, mode: str) -> tuple[pd.Series, list[str]]:
+    """The heatmap row of each entry of one mode and the row labels: the layer index for single/shallow/deep
+    (the layer averaged alone, the last added from the input, the first of the group from the output), the
+    cumulation step for random and ends (row k averages k+1 layers; the label names the layer added)."""
+    if mode in CUMULATION_MODES and "averaged" in sub.columns:
+        step = sub["averaged"].map(lambda cell: len(parse_averaged(cell)) - 1)
+        added = sub.assign(_row=step).drop_duplicates("_row").sort_values("_row")
+        return step, [f"{k}: + {i}: {n}" for k, i, n in zip(added["_row"], added["layer_index"], added["layer"],
+                                                                 strict=True)]
+    names = sub.drop_duplicates("layer_index").sort_values("layer_index")
+    return sub["layer_index"], [f"{k}: {n}" for k, n in zip(names["layer_index"], names["layer"], strict=True)]
+
+
+def layer_heatmaps(table: str | Path, pair: str, split: str, outputs: dict[str, str | Path],
+                   modes: tuple[str, ...] = MODES, aligned: bool = False) -> None:
+    """Heatmaps layers x rounds of the layer-wise barriers, one column per mode x loss/error (Adilova et al.
+    2023; Figs 1-3 for single/shallow/deep, Fig. 4 for random and ends); `aligned`: of the pair with b aligned to
+    a by weight matching (Ainsworth et al. 2023).
 
     Diverging colour-blind-safe map centred at 0 (plotting.diverging_cmap: vermillion = barrier, blue = the
     mixed model is better than the ends).
     """
     df = pd.read_csv(table)
     df = df[(df["pair"] == pair) & (df["split"] == split)]
-    if df.empty:
-        save_figure_outputs(empty_figure(f"pair {pair}, {split} split: no rows (every round was skipped)"),
-                            outputs, df)
+    df = df[_aligned(df) == aligned]
+    present = [m for m in modes if (df["mode"] == m).any()]
+    df = df[df["mode"].isin(present)] if present else df
+    if df.empty or not present:
+        what = "rows" if df.empty else f"rows of the modes {', '.join(modes)}"
+        save_figure_outputs(empty_figure(f"pair {pair}, {split} split: no {what}"
+                                         + (" (every round was skipped)" if df.empty else "")), outputs, df)
         return
     plt = pyplot()
     rounds = sorted(df["round"].unique())
-    layers = df.drop_duplicates("layer_index").sort_values("layer_index")["layer"].tolist()
-    row_height = max(2.2, 0.13 * len(layers))  # readable labels from 5 layers (cnn_small) to >100 (resnet56)
-    fig, axes = plt.subplots(2, len(MODES), figsize=(4.2 * len(MODES), 1.0 + 2 * row_height), squeeze=False,
+    num_layers = df["layer_index"].nunique()
+    row_height = max(2.2, 0.13 * num_layers)  # readable labels from 5 layers (cnn_small) to >100 (resnet56)
+    fig, axes = plt.subplots(2, len(present), figsize=(4.2 * len(present), 1.0 + 2 * row_height), squeeze=False,
                              layout="constrained")
     cmap = diverging_cmap()
-    for i, value in enumerate(("barrier_loss", "barrier_error")):
-        for j, mode in enumerate(MODES):
+    for j, mode in enumerate(present):
+        sub = df[df["mode"] == mode]
+        rows, labels = _entry_rows(sub, mode)
+        for i, value in enumerate(("barrier_loss", "barrier_error")):
             ax = axes[i, j]
-            grid = (df[df["mode"] == mode].pivot_table(index="layer_index", columns="round", values=value)
-                    .reindex(index=range(len(layers)), columns=rounds))
+            grid = (sub.assign(_row=rows).pivot_table(index="_row", columns="round", values=value)
+                    .reindex(index=range(len(labels)), columns=rounds))
             arr = grid.to_numpy(dtype=float)
             finite = np.abs(arr[np.isfinite(arr)])
             lim = float(finite.max()) if finite.size and finite.max() > 0 else 1e-6
             im = ax.imshow(np.ma.masked_invalid(arr), cmap=cmap, norm=TwoSlopeNorm(0.0, -lim, lim), aspect="auto",
                            interpolation="nearest")
-            _heatmap_axes(ax, rounds, [f"{k}: {n}" for k, n in enumerate(layers)])
+            _heatmap_axes(ax, rounds, labels)
             ax.set_title(f"{value.split('_')[1]}: {MODE_TITLES[mode]}")
             fig.colorbar(im, ax=ax, shrink=0.8)
     run_a, run_b = split_pair_run_id(df["run_id"].iloc[0])
     who = pair_label(run_a, run_b) if run_b else f"two clients of {pair_label(run_a)}"
-    fig.suptitle(f"Layer-wise barriers, pair {pair} ({who}), {split} split: L(mixed) - mean(L(a), L(b))")
+    note = ", b aligned to a by weight matching" if aligned else ""
+    fig.suptitle(f"Layer-wise barriers, pair {pair} ({who}{note}), {split} split: L(mixed) - mean(L(a), L(b))")
     save_figure_outputs(fig, outputs, df)
 
 
@@ -169,7 +217,7 @@ def layer_distance_figure(table: str | Path, pair: str, outputs: dict[str, str |
     if missing:
         raise ValueError(f"{table} is not a layer-distance table (results/tables/layer_distances.csv): "
                          f"it lacks columns {missing}")
-    sub = df[df["pair"].astype(str) == str(pair)]
+    sub = df[(df["pair"].astype(str) == str(pair)) & ~_aligned(df)]  # as trained (the line plot has the aligned)
     if sub.empty:
         if rounds is None:
             known = sorted(df["pair"].astype(str).unique())
@@ -204,3 +252,75 @@ def layer_distance_figure(table: str | Path, pair: str, outputs: dict[str, str |
     save_figure_outputs(fig, outputs, data)
 
 
+def full_model_barriers(barriers: pd.DataFrame) -> pd.DataFrame:
+    """The full-model barrier L((a + b) / 2) - mean(L(a), L(b)) per (pair, aligned, round, split): the entry of any
+    cumulative mode that averages every layer (Adilova et al. 2023, Fig. 1b)."""
+    columns = ["pair", "aligned", "round", "split", "barrier_loss", "barrier_error"]
+    if barriers.empty:
+        return pd.DataFrame(columns=columns)
+    df = barriers.assign(aligned=_aligned(barriers))
+    counts = df["averaged"].map(lambda cell: len(parse_averaged(cell)))
+    layers = df.groupby("pair")["layer_index"].transform("nunique")
+    full = df[counts == layers]
+    return full.drop_duplicates(["pair", "aligned", "round", "split"])[columns].sort_values(
+        ["pair", "aligned", "split", "round"], kind="stable").reset_index(drop=True)
+
+
+def layer_training_figure(barriers_table: str | Path, distances_table: str | Path, pair: str,
+                          outputs: dict[str, str | Path]) -> None:
+    """The full-model barrier and the per-layer Euclidean distance and cosine similarity of a pair over training,
+    as lines (Adilova et al. 2023, Fig. 1b): x = round; one line per layer, coloured from the input (dark) to
+    the output (light), the whole model in black; solid as trained, dashed with b aligned to a."""
+    barriers, distances = pd.read_csv(barriers_table), pd.read_csv(distances_table)
+    for table, df, columns in ((barriers_table, barriers, LAYER_BARRIER_COLUMNS),
+                               (distances_table, distances, LAYER_DISTANCE_COLUMNS)):
+        missing = [c for c in columns if c not in df.columns]
+        if missing:
+            raise ValueError(f"{table} lacks the columns {missing} of a layer-wise table")
+    own = barriers[barriers["pair"].astype(str) == str(pair)]
+    full = full_model_barriers(own)
+    dist = distances[distances["pair"].astype(str) == str(pair)]
+    dist = dist.assign(aligned=_aligned(dist))
+    data = pd.concat([full.assign(what="full_barrier"), dist.assign(what="distance")], ignore_index=True)
+    if full.empty and dist.empty:
+        save_figure_outputs(empty_figure(f"pair {pair}: no rows (every round was skipped)"), outputs, data)
+        return
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.6), squeeze=False, layout="constrained")
+    ax_barrier, ax_l2, ax_cos = axes[0]
+    styles = {False: "-", True: "--"}
+    for (split, aligned), sub in full.groupby(["split", "aligned"], sort=False):
+        for value, color in (("barrier_loss", PALETTE[0]), ("barrier_error", PALETTE[1])):
+            ax_barrier.plot(sub["round"], sub[value], color=color, linestyle=styles[bool(aligned)],
+                            marker="o" if split == "train" else "s", markersize=3, lw=1.2,
+                            label=f"{value.split('_')[1]}, {split}" + (", aligned" if aligned else ""))
+    if full.empty:
+        ax_barrier.text(0.5, 0.5, "no cumulative mode:\nno full-model barrier", ha="center", va="center",
+                        transform=ax_barrier.transAxes)
+    else:
+        ax_barrier.axhline(0.0, color="grey", lw=0.6)
+        ax_barrier.legend(fontsize=7)
+    ax_barrier.set_title("full-model barrier")
+    ax_barrier.set_ylabel("L(avg) - mean(L(a), L(b))")
+    layer_ids = sorted(i for i in dist["layer_index"].unique() if i >= 0)
+    cmap = sequential_cmap()
+    for ax, column, label in ((ax_l2, "distance", "Euclidean distance ||θa - θb||"),
+                              (ax_cos, "cosine", "cosine similarity cos(θa, θb)")):
+        for (index, aligned), sub in dist.groupby(["layer_index", "aligned"], sort=True):
+            sub = sub.sort_values("round")
+            whole = index < 0
+            color = "black" if whole else cmap(0.9 * layer_ids.index(index) / max(len(layer_ids) - 1, 1))
+            name = FULL_MODEL_LABEL if whole else f"{index}: {sub['layer'].iloc[0]}"
+            ax.plot(sub["round"], sub[column], color=color, lw=2.0 if whole else 1.0, marker="o" if len(sub) == 1
+                    else None, markersize=3, linestyle=styles[bool(aligned)], label=None if aligned else name)
+        ax.set_title(label)
+        ax.set_xlabel("round")
+    ax_barrier.set_xlabel("round")
+    for ax in (ax_barrier, ax_l2, ax_cos):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if len(layer_ids) <= 12:
+        ax_cos.legend(fontsize=6, loc="best")
+    run_a, run_b = split_pair_run_id((dist if not dist.empty else own)["run_id"].iloc[0])
+    who = pair_label(run_a, run_b) if run_b else f"two clients of {pair_label(run_a)}"
+    fig.suptitle(f"Full-model barrier and layer distances over training, pair {pair} ({who})")
+    save_figure_outputs(fig, outputs, data)

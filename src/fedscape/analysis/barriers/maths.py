@@ -21,8 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fedscape.analysis.barriers.definitions import FULL_MODEL, MODES, interpolation_grid
-from fedscape.core.names import unknown_name_error
+from fedscape.analysis.barriers.definitions import FULL_MODEL, MODES, format_averaged, interpolation_grid, mode_entries
 from fedscape.models.evaluate import EvalResult, evaluate
 from fedscape.models.params import buffer_specs, load_buffers, load_params, param_specs
 from fedscape.models.specs import EVAL_BATCH_SIZE
@@ -111,17 +110,6 @@ def model_layers(model: nn.Module) -> list[Layer]:
     return [Layer(i, p, tuple(params[p]), tuple(buffers[p])) for i, p in enumerate(order)]
 
 
-def mode_groups(num_layers: int, mode: str) -> list[tuple[int, ...]]:
-    """Layer indices averaged at each entry of a mode (single: {i}; shallow: 0..i; deep: i..L-1)."""
-    if mode == "single":
-        return [(i,) for i in range(num_layers)]
-    if mode == "shallow":
-        return [tuple(range(i + 1)) for i in range(num_layers)]
-    if mode == "deep":
-        return [tuple(range(i, num_layers)) for i in range(num_layers)]
-    raise unknown_name_error("mode", mode, MODES)
-
-
 def _mask(layers: Sequence[Layer], selected: Sequence[int], n: int, attr: str, device) -> torch.Tensor:
     mask = torch.zeros(n, dtype=torch.bool, device=device)
     for i in selected:
@@ -172,21 +160,22 @@ class _Evaluator:
 
 
 def layerwise_barriers(model: nn.Module, a: Point, b: Point, splits: Splits, batch_size: int = EVAL_BATCH_SIZE,
-                       modes: Sequence[str] = MODES, layers: Sequence[Layer] | None = None) -> list[dict]:
+                       modes: Sequence[str] = MODES, layers: Sequence[Layer] | None = None,
+                       seed: int = 0) -> list[dict]:
     """Layer-wise barriers L(mixed) - mean(L(a), L(b)) for every mode and layer (Adilova et al. 2023).
 
-    Rows: mode, layer_index, layer (the name of the layer of that entry: the one averaged in
-    `single`, the last one added in `shallow`, the first one of the averaged group in `deep`),
-    split, barrier_loss, barrier_error.
+    Rows: mode, layer_index, layer (the layer of that entry: the one averaged in `single`, the one added in
+    a cumulative mode: the last one in `shallow`, the first one of the averaged group in `deep`), split,
+    barrier_loss, barrier_error, averaged (the averaged layers). `seed` draws the order of `random`.
     """
     layers = list(model_layers(model) if layers is None else layers)
     ev = _Evaluator(model, a, b, layers, splits, batch_size)
     rows = []
     for mode in modes:
-        for i, group in enumerate(mode_groups(len(layers), mode)):
+        for i, group in mode_entries(len(layers), mode, seed):
             for split, (loss, error) in ev.barrier(group).items():
                 rows.append({"mode": mode, "layer_index": i, "layer": layers[i].name, "split": split,
-                             "barrier_loss": loss, "barrier_error": error})
+                             "barrier_loss": loss, "barrier_error": error, "averaged": format_averaged(group)})
     return rows
 
 

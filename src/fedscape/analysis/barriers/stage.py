@@ -1,5 +1,5 @@
-"""The barrier stages: loss and error along the segment between two checkpoints, and layer-wise barriers
-and distances of a pair of models at one round (checkpoints in, per-job CSV tables out)."""
+"""The barrier stages: loss and error along the segment (and a trained Bezier curve) between two checkpoints, and
+layer-wise barriers and distances of a pair of models at one round (checkpoints in, per-job CSV tables out)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,21 @@ import pandas as pd
 import torch
 
 from fedscape.analysis.barriers.alignment import align_points
+from fedscape.analysis.barriers.curve import bezier_curve, train_bend
 from fedscape.analysis.barriers.definitions import (
+    BEZIER,
     FULL_MODEL,
     INTERPOLATION_COLUMNS,
     LAYER_BARRIER_COLUMNS,
     LAYER_DISTANCE_COLUMNS,
+    LINEAR,
     MODES,
     SPLITS,
+    CurveSettings,
+    format_averaged,
     interpolation_grid,
     linear_barrier,
+    mode_entries,
 )
 from fedscape.analysis.barriers.maths import (
     Point,
@@ -55,6 +61,11 @@ def _alignments(settings: dict) -> list[bool]:
     return [False, True] if settings.get("align") else [False]
 
 
+def _paths(settings: dict) -> list[str]:
+    """The `path` values of a pair's curves: the straight line, and the Bezier curve when the settings ask for it."""
+    return [LINEAR, BEZIER] if settings.get("curve") else [LINEAR]
+
+
 def _empty(columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(columns=columns)
 
@@ -63,18 +74,28 @@ def _nan_curve(settings: dict, rounds: list[int]) -> pd.DataFrame:
     """The rows of an interpolation that is not computed (a diverged run): every t and split, NaN loss and error."""
     rows = [{"pair_id": settings["pair_id"], "run_a": settings["run_a"], "round_a": rounds[0],
              "run_b": settings["run_b"], "round_b": rounds[1], "t": float(t), "split": split, "loss": math.nan,
-             "error": math.nan, "aligned": aligned}
-            for aligned in _alignments(settings) for t in interpolation_grid(settings["points"]) for split in SPLITS]
+             "error": math.nan, "aligned": aligned, "path": path}
+            for path in _paths(settings) for aligned in _alignments(settings)
+            for t in interpolation_grid(settings["points"]) for split in SPLITS]
     return pd.DataFrame(rows, columns=INTERPOLATION_COLUMNS)
 
 
-def _nan_layer_rows(traj, meta: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _layer_modes(settings: dict) -> list[str]:
+    """The modes of a layer-wise job: `modes` of its settings, the default three for jobs from before the option."""
+    return list(settings.get("modes", MODES))
+
+
+def _nan_layer_rows(traj, meta: dict, settings: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The layer-barrier and layer-distance rows of a pair and round that is not computed (a diverged run): NaN."""
     layers = model_layers(traj.model_meta.build())
-    barriers = [{**meta, "mode": mode, "layer_index": i, "layer": layer.name, "split": split,
-                 "barrier_loss": math.nan, "barrier_error": math.nan}
-                for mode in MODES for i, layer in enumerate(layers) for split in SPLITS]
-    distances = [{**meta, "layer_index": index, "layer": name, "distance": math.nan, "cosine": math.nan}
+    barriers = [{**meta, "mode": mode, "layer_index": i, "layer": layers[i].name, "split": split,
+                 "barrier_loss": math.nan, "barrier_error": math.nan, "aligned": aligned,
+                 "averaged": format_averaged(group)}
+                for aligned in _alignments(settings) for mode in _layer_modes(settings)
+                for i, group in mode_entries(len(layers), mode, settings.get("order_seed", 0)) for split in SPLITS]
+    distances = [{**meta, "layer_index": index, "layer": name, "distance": math.nan, "cosine": math.nan,
+                  "aligned": aligned}
+                 for aligned in _alignments(settings)
                  for index, name in [*((layer.index, layer.name) for layer in layers), (-1, FULL_MODEL)]]
     return (pd.DataFrame(barriers, columns=LAYER_BARRIER_COLUMNS),
             pd.DataFrame(distances, columns=LAYER_DISTANCE_COLUMNS))
@@ -83,7 +104,8 @@ def _nan_layer_rows(traj, meta: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
 # -- linear interpolation --------------------------------------------------------------------------
 def interpolation_stage(settings: dict, trajectory_a: str | Path, trajectory_b: str | Path,
                         partition: str | Path, output: str | Path) -> None:
-    """Loss and error along the segment between two checkpoints, on train and test (Li et al. 2022, Fig. 3c)."""
+    """Loss and error along the segment between two checkpoints, on train and test (Li et al. 2022, Fig. 3c), and
+    along a trained quadratic Bezier curve when the settings carry `curve` (Garipov et al. 2018)."""
     t0 = time.perf_counter()
     device = resolve_device(settings["device"])
     traj_a, traj_b = load_trajectory(trajectory_a), load_trajectory(trajectory_b)
@@ -101,16 +123,27 @@ def interpolation_stage(settings: dict, trajectory_a: str | Path, trajectory_b: 
     splits = _splits(settings, partition, device)
     model = traj_a.model_meta.build().to(device).eval()
     a, b = _point(traj_a, rounds[0]).to(device), _point(traj_b, rounds[1]).to(device)
-    rows = [{**r, "aligned": False}
-            for r in interpolation_curve(model, a, b, splits, settings["points"], settings["eval_batch_size"])]
+    ends = {False: b}
     if settings.get("align"):
         t1 = time.perf_counter()
-        b_aligned, _ = align_points(model, a, b)
+        ends[True], _ = align_points(model, a, b)
         log.info("pair %s: model b aligned to a by weight matching in %.1f s (distance %.4g -> %.4g)",
                  settings["pair_id"], time.perf_counter() - t1, float((b.params - a.params).norm()),
-                 float((b_aligned.params - a.params).norm()))
-        rows += [{**r, "aligned": True} for r in interpolation_curve(model, a, b_aligned, splits, settings["points"],
-                                                                        settings["eval_batch_size"])]
+                 float((ends[True].params - a.params).norm()))
+    rows = [{**r, "aligned": aligned, "path": LINEAR} for aligned, end in ends.items()
+            for r in interpolation_curve(model, a, end, splits, settings["points"], settings["eval_batch_size"])]
+    if settings.get("curve"):
+        curve = CurveSettings(**settings["curve"])
+        for aligned, end in ends.items():
+            t1 = time.perf_counter()
+            theta, losses = train_bend(model, a, end, *splits["train"], curve)
+            tail = losses[-max(1, len(losses) // 10):]
+            log.info("pair %s%s: Bezier bend trained in %d steps in %.1f s (mean loss of the last %d steps %.4g; "
+                     "bend moved %.4g from the midpoint)", settings["pair_id"], " (aligned)" if aligned else "",
+                     curve.steps, time.perf_counter() - t1, len(tail), sum(tail) / len(tail) if losses else math.nan,
+                     float((theta - 0.5 * (a.params + end.params)).norm()))
+            rows += [{**r, "aligned": aligned, "path": BEZIER} for r in bezier_curve(
+                model, a, theta, end, splits, settings["points"], settings["eval_batch_size"])]
     df = pd.DataFrame(rows)
     df.insert(0, "pair_id", settings["pair_id"])
     df.insert(1, "run_a", settings["run_a"])
@@ -118,8 +151,8 @@ def interpolation_stage(settings: dict, trajectory_a: str | Path, trajectory_b: 
     df.insert(3, "run_b", settings["run_b"])
     df.insert(4, "round_b", rounds[1])
     write_csv(df[INTERPOLATION_COLUMNS], output)
-    for (aligned, split), sub in df.groupby(["aligned", "split"], sort=False):
-        log.info("pair %s %s%s: loss barrier %.4f, error barrier %.4f", settings["pair_id"], split,
+    for (path, aligned, split), sub in df.groupby(["path", "aligned", "split"], sort=False):
+        log.info("pair %s %s %s%s: loss barrier %.4f, error barrier %.4f", settings["pair_id"], path, split,
                  " (aligned)" if aligned else "", linear_barrier(sub["t"], sub["loss"]),
                  linear_barrier(sub["t"], sub["error"]))
     log.info("pair %s: %d points x %d splits in %.1f s", settings["pair_id"], settings["points"], len(splits),
@@ -128,7 +161,8 @@ def interpolation_stage(settings: dict, trajectory_a: str | Path, trajectory_b: 
 
 # -- layer-wise mode connectivity ------------------------------------------------------------------
 def layerwise_stage(settings: dict, inputs: dict, out_barriers: str | Path, out_distances: str | Path) -> None:
-    """Layer-wise barriers (single/shallow/deep) and distances of one pair at one round (Adilova et al. 2023).
+    """Layer-wise barriers (the configured modes) and distances of one pair at one round (Adilova et al. 2023),
+    and of the pair with b aligned to a by weight matching when the settings ask for it (Ainsworth et al. 2023).
 
     `inputs`: 'partition' and 'trajectory_a' always; 'clients' for two clients of one run,
     'trajectory_b' for the global models of two runs.
@@ -151,7 +185,7 @@ def layerwise_stage(settings: dict, inputs: dict, out_barriers: str | Path, out_
             reason = f"the client models of round {round_} have NaN/inf parameters (status {traj_a.status!r})"
         if reason is not None:
             log.warning("pair %s: %s; not computed (NaN rows)", pair, reason)
-            barriers, distances = _nan_layer_rows(traj_a, meta)
+            barriers, distances = _nan_layer_rows(traj_a, meta, settings)
             write_csv(barriers, out_barriers)
             write_csv(distances, out_distances)
             return
@@ -167,7 +201,7 @@ def layerwise_stage(settings: dict, inputs: dict, out_barriers: str | Path, out_
                    if (reason := tr.unusable(round_)) is not None]
         if reasons:
             log.warning("pair %s: %s; not computed (NaN rows)", pair, "; ".join(reasons))
-            barriers, distances = _nan_layer_rows(traj_a, meta)
+            barriers, distances = _nan_layer_rows(traj_a, meta, settings)
             write_csv(barriers, out_barriers)
             write_csv(distances, out_distances)
             return
@@ -175,14 +209,26 @@ def layerwise_stage(settings: dict, inputs: dict, out_barriers: str | Path, out_
     model = traj_a.model_meta.build().to(device).eval()
     layers = model_layers(model)
     splits = _splits(settings, inputs["partition"], device)
-    rows = layerwise_barriers(model, a.to(device), b.to(device), splits, settings["eval_batch_size"], MODES, layers)
-    barriers = pd.DataFrame([{**meta, **r} for r in rows], columns=LAYER_BARRIER_COLUMNS)
-    distances = pd.DataFrame([{**meta, **r} for r in layer_distances(a, b, layers)], columns=LAYER_DISTANCE_COLUMNS)
+    modes, seed = _layer_modes(settings), settings.get("order_seed", 0)
+    a, ends = a.to(device), {False: b.to(device)}
+    if settings.get("align"):
+        t1 = time.perf_counter()
+        ends[True], _ = align_points(model, a, ends[False])
+        log.info("pair %s round %d: model b aligned to a by weight matching in %.1f s (distance %.4g -> %.4g)",
+                 pair, round_, time.perf_counter() - t1, float((ends[False].params - a.params).norm()),
+                 float((ends[True].params - a.params).norm()))
+    barrier_rows, distance_rows = [], []
+    for aligned, end in ends.items():
+        barrier_rows += [{**meta, **r, "aligned": aligned} for r in layerwise_barriers(
+            model, a, end, splits, settings["eval_batch_size"], modes, layers, seed)]
+        distance_rows += [{**meta, **r, "aligned": aligned} for r in layer_distances(a, end, layers)]
+    barriers = pd.DataFrame(barrier_rows, columns=LAYER_BARRIER_COLUMNS)
+    distances = pd.DataFrame(distance_rows, columns=LAYER_DISTANCE_COLUMNS)
     write_csv(barriers, out_barriers)
     write_csv(distances, out_distances)
-    full = barriers[(barriers["mode"] == "shallow") & (barriers["layer_index"] == len(layers) - 1)]
+    full = barriers[barriers["averaged"] == format_averaged(range(len(layers)))].drop_duplicates(["aligned", "split"])
     for _, r in full.iterrows():
-        log.info("pair %s round %d %s: full-model barrier loss %.4f error %.4f", pair, round_, r["split"],
-                 r["barrier_loss"], r["barrier_error"])
-    log.info("pair %s round %d: %d layers x %d modes in %.1f s", pair, round_, len(layers), len(MODES),
-             time.perf_counter() - t0)
+        log.info("pair %s round %d %s%s: full-model barrier loss %.4f error %.4f", pair, round_, r["split"],
+                 " (aligned)" if r["aligned"] else "", r["barrier_loss"], r["barrier_error"])
+    log.info("pair %s round %d: %d layers x %d modes x %d alignments in %.1f s", pair, round_, len(layers),
+             len(modes), len(ends), time.perf_counter() - t0)

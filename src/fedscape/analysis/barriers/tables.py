@@ -1,4 +1,5 @@
-"""The barrier table jobs: interpolation curves gathered, and the barrier of each curve (torch-free)."""
+"""The barrier table jobs: interpolation curves gathered, the barrier of each curve, and the layer-wise tables
+(torch-free)."""
 
 from __future__ import annotations
 
@@ -6,24 +7,71 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedscape.analysis.barriers.definitions import BARRIER_COLUMNS, INTERPOLATION_COLUMNS, linear_barrier
+from fedscape.analysis.barriers.definitions import (
+    BARRIER_COLUMNS,
+    INTERPOLATION_COLUMNS,
+    LAYER_BARRIER_COLUMNS,
+    LAYER_DISTANCE_COLUMNS,
+    LINEAR,
+    format_averaged,
+    linear_barrier,
+    mode_entries,
+)
 from fedscape.core.io import write_csv
+from fedscape.outputs.tables import TableError
 
 
 def barriers_from_curves(curves: pd.DataFrame) -> pd.DataFrame:
-    """One barrier row per (pair, aligned, split): max over t of the value minus the straight line."""
+    """One barrier row per (pair, path, aligned, split): max over t of the value minus the straight line between
+    its ends (the same definition along the Bezier curve as along the segment; Garipov et al. 2018)."""
     rows = []
-    for (pair, aligned, split), sub in curves.groupby(["pair_id", "aligned", "split"], sort=False):
+    for (pair, path, aligned, split), sub in curves.groupby(["pair_id", "path", "aligned", "split"], sort=False):
         rows.append({"pair_id": pair, "run_a": sub["run_a"].iloc[0], "run_b": sub["run_b"].iloc[0], "split": split,
                      "barrier_loss": linear_barrier(sub["t"], sub["loss"]),
-                     "barrier_error": linear_barrier(sub["t"], sub["error"]), "aligned": bool(aligned)})
+                     "barrier_error": linear_barrier(sub["t"], sub["error"]), "aligned": bool(aligned), "path": path})
     return pd.DataFrame(rows, columns=BARRIER_COLUMNS)
 
 
 def interpolation_tables(inputs: list[str | Path], out_interpolation: str | Path, out_barriers: str | Path) -> None:
     """Concatenate the curves into interpolation.csv and compute barriers.csv from them."""
-    # curves written before alignment existed have no `aligned` column: they are unaligned
-    frames = [df if "aligned" in df.columns else df.assign(aligned=False) for df in map(pd.read_csv, inputs)]
+    # curves written before alignment (Bezier curves) existed have no `aligned` (`path`) column: unaligned (linear)
+    frames = [df.assign(**{column: value for column, value in (("aligned", False), ("path", LINEAR))
+                           if column not in df.columns}) for df in map(pd.read_csv, inputs)]
     curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=INTERPOLATION_COLUMNS)
     write_csv(curves[INTERPOLATION_COLUMNS], out_interpolation)
     write_csv(barriers_from_curves(curves), out_barriers)
+
+
+def _older_layer_rows(df: pd.DataFrame, path: str | Path) -> pd.DataFrame:
+    """Per-job layer barriers written before `aligned` and `averaged` existed: unaligned, and the averaged
+    layers of their entry (their modes were single, shallow and deep)."""
+    if "aligned" not in df.columns:
+        df = df.assign(aligned=False)
+    if "averaged" not in df.columns:
+        num_layers = df["layer_index"].nunique()
+        groups = {(mode, i): format_averaged(group) for mode in ("single", "shallow", "deep")
+                  for i, group in mode_entries(num_layers, mode)}
+        unknown = sorted(set(df["mode"]) - {"single", "shallow", "deep"})
+        if unknown:
+            raise TableError(f"{path}: modes {unknown} without an `averaged` column; delete it and rerun the workflow")
+        df = df.assign(averaged=[groups[(m, int(i))] for m, i in zip(df["mode"], df["layer_index"], strict=True)])
+    return df
+
+
+def layer_tables(barriers: list[str | Path], distances: list[str | Path], out_barriers: str | Path,
+                 out_distances: str | Path) -> None:
+    """Concatenate the per-job layer barriers and distances into layer_barriers.csv and layer_distances.csv; files
+    from before alignment and the Fig. 4 modes read as unaligned, with their averaged layers filled in."""
+    frames = [_older_layer_rows(pd.read_csv(p), p) for p in barriers]
+    dist = [df if "aligned" in df.columns else df.assign(aligned=False) for df in map(pd.read_csv, distances)]
+    checks = ((barriers, frames, LAYER_BARRIER_COLUMNS), (distances, dist, LAYER_DISTANCE_COLUMNS))
+    for paths, tables, columns in checks:
+        for path, df in zip(paths, tables, strict=True):
+            missing = [c for c in columns if c not in df.columns]
+            if missing:
+                raise TableError(f"{path}: expected the columns {columns}, found {list(df.columns)} (missing "
+                                 f"{missing}); delete it and rerun the workflow so that its job writes it again")
+    for tables, columns, output in ((frames, LAYER_BARRIER_COLUMNS, out_barriers),
+                                    (dist, LAYER_DISTANCE_COLUMNS, out_distances)):
+        df = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)
+        write_csv(df[columns], output)

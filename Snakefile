@@ -5,7 +5,7 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
-from fedscape.core.config import load_schema
+from fedscape.core.config import load_schema, read_config_file
 from fedscape.core.paths import Results
 from fedscape.core.runs import build_runs
 from fedscape.plan.workflow import all_targets, check_config, wildcard_constraints
@@ -16,8 +16,11 @@ min_version("9.0")
 report: "workflow/report/workflow.rst"
 
 
-# A config given with --configfile replaces the default one rather than being merged into it.
+# A config given with --configfile replaces the default one rather than being merged into it. (Snakemake
+# reads a --configfile before this file runs; the default one is read here first so that a YAML syntax
+# error names its line.)
 if not workflow.overwrite_configfiles:
+    read_config_file("config/config.yaml")
 
     configfile: "config/config.yaml"
 

@@ -10,7 +10,7 @@ import yaml
 from helpers.configs import DEFAULT, SCHEMA, TINY
 from helpers.workflow import ROOT
 
-from fedscape.core.config import ConfigError, duplicate_keys
+from fedscape.core.config import ConfigError, duplicate_keys, read_config_file
 from fedscape.core.runs import build_runs, resolve_run, select_runs
 from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config
@@ -110,6 +110,13 @@ BAD_CONFIGS = [
     ("results_dir", "../x", "results_dir: '../x' is not valid: a path without `..` parts"),
     ("landscapes", {"big": {"kind": "random", "runs": [{"alpha": "iid"}], "resolution": 10000}},
      "raise `chunks` to at least 2500 or set `allow_large: true`"),
+    ("experiments", [{"alpha": "iid", "model": "resnet21"}],
+     "experiments[0].model: unknown model 'resnet21'. Did you mean 'resnet20'?"),
+    ("experiments", [{"alpha": "iid", "model": "convnet"}], "experiments[0].model: model 'convnet' needs 32x32"),
+    ("interpolation.pairs", {"p": {"a": {"alpha": 0.3}, "b": {"alpha": "iid"}}},
+     "interpolation.pairs.p.a: no run of the config matches {'alpha': 0.3}; the runs' values: alpha: 0.1, iid, 1.0"),
+    ("interpolation.pairs", {"p": {"a": {"alpha": "iid", "init": "warmup"}, "b": {"alpha": "iid"}}},
+     "not together; the runs' (alpha, init): (0.1, pretrained); (iid, pretrained); (0.1, random)"),
 ]
 
 
@@ -121,6 +128,29 @@ def test_bad_config_is_rejected_naming_the_key(path, value, needle):
         check_config(config, SCHEMA)
 
     assert needle in str(err.value)
+
+
+def test_one_problem_of_the_training_section_is_reported_once_not_once_per_algorithm():
+    # Prepare: the default has three algorithms, none of which overrides save_clients_at or rounds
+    config = with_change("training.save_clients_at", [1, 99])
+
+    # Execute
+    with pytest.raises(ConfigError) as err:
+        check_config(config, SCHEMA)
+
+    # Assert
+    assert str(err.value).count("save_clients_at") == 1
+    assert "training: save_clients_at has rounds [99] outside 1..30" in str(err.value)
+
+
+def test_an_algorithm_whose_override_causes_the_problem_is_reported_under_its_label():
+    config = with_change("algorithms.fedprox.training", {"rounds": 5})
+
+    with pytest.raises(ConfigError) as err:
+        check_config(config, SCHEMA)
+
+    assert str(err.value).splitlines()[1:] == ["  - algorithms.fedprox.training: save_clients_at has rounds [10, 30] "
+                                               "outside 1..5"]
 
 
 def test_grid_is_the_product_of_the_lists():
@@ -188,6 +218,35 @@ def test_check_config_rejects_a_file_with_a_key_written_twice(tmp_path):
     # Execute / Assert
     with pytest.raises(ConfigError, match=r"key 'surf' at line 3 repeats the key of line 2"):
         check_config(copy.deepcopy(TINY), SCHEMA, files=[path])
+
+
+# -- YAML syntax errors name the file, the line and the column -----------------------------------------
+@pytest.mark.parametrize(("text", "expected"), [
+    ("results_dir: x\ntraining:\n  rounds: 3\n   lr: 0.1\n", "line 4, column 6: YAML syntax error: mapping values"),
+    ("alphas: [iid, 0.1\nseeds: [0]\n", "line 2, column 6: YAML syntax error: expected ',' or ']', but got ':' "
+     "(while parsing a flow sequence at line 1)"),
+    ("training:\n\trounds: 3\n", "line 2, column 1: YAML syntax error: found character '\\t'"),
+    ("- alphas\n- seeds\n", "a config is a mapping of keys (e.g. `alphas: [iid, 0.1]`), found a list"),
+])
+def test_a_config_file_with_a_yaml_error_names_file_and_line(tmp_path, text, expected):
+    # Prepare
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+
+    # Execute
+    with pytest.raises(ConfigError) as err:
+        read_config_file(path)
+
+    # Assert
+    assert str(err.value).startswith(f"{path}: {expected}")
+
+
+def test_a_valid_config_file_reads_as_its_mapping(tmp_path):
+    (tmp_path / "c.yaml").write_text("alphas: [iid, 0.1]\ntraining: {rounds: 3}\n")
+    (tmp_path / "empty.yaml").write_text("# nothing set\n")
+
+    assert read_config_file(tmp_path / "c.yaml") == {"alphas": ["iid", 0.1], "training": {"rounds": 3}}
+    assert read_config_file(tmp_path / "empty.yaml") == {}
 
 
 # -- the order of YAML mappings carries no meaning ----------------------------------------------------

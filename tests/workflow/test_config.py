@@ -70,3 +70,24 @@ def test_planning_is_torch_free():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["settings"] > 0
     assert result["heavy"] == [], f"planning imported {result['heavy']}"
+
+
+def test_a_yaml_syntax_error_in_the_default_config_names_its_line(tmp_path):
+    """The Snakefile reads config/config.yaml itself before Snakemake does (whose message has no place)."""
+    from helpers.workflow import copy_workflow, snakemake
+
+    # Prepare: a key indented one space too far in the default config
+    workdir = copy_workflow(tmp_path / "wf")
+    config = workdir / "config" / "config.yaml"
+    lines = config.read_text().splitlines()
+    index = next(i for i, line in enumerate(lines) if line.startswith("  local_epochs:"))
+    lines[index] = " " + lines[index]
+    config.write_text("\n".join(lines) + "\n")
+
+    # Execute
+    proc = snakemake(workdir, "-n", check=False, timeout=300)
+
+    # Assert
+    assert proc.returncode != 0
+    assert f"config/config.yaml: line {index + 1}, column 16: YAML syntax error: mapping values are not allowed " \
+           "here" in proc.stdout + proc.stderr

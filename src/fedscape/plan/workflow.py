@@ -13,10 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
-import yaml
-
 import fedscape.plan as _package
-from fedscape.core.config import ConfigError, duplicate_keys, load_schema, validate_config
+from fedscape.core.config import ConfigError, duplicate_keys, load_schema, read_config_file, validate_config
 from fedscape.core.runs import WILDCARD_CONSTRAINTS, Run, build_runs
 from fedscape.data.specs import DATASET_NAMES
 
@@ -76,9 +74,7 @@ def _directory_labels(config: dict) -> list[str]:
 
 def load_config(path: str | Path, schema_path: str | Path) -> dict:
     """Read a YAML config safely, fill defaults and validate it."""
-    with open(path) as fh:
-        config = yaml.safe_load(fh) or {}
-    return check_config(config, load_schema(schema_path), files=[path])
+    return check_config(read_config_file(path), load_schema(schema_path), files=[path])
 
 
 def all_targets(config: dict, runs: list[Run]) -> list[str]:

@@ -13,7 +13,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import LogNorm, TwoSlopeNorm
 
-from fedscape.analysis.barriers.definitions import LAYER_DISTANCE_COLUMNS, MODES, SPLITS, split_pair_run_id
+from fedscape.analysis.barriers.definitions import (
+    INTERPOLATION_COLUMNS,
+    LAYER_BARRIER_COLUMNS,
+    LAYER_DISTANCE_COLUMNS,
+    MODES,
+    SPLITS,
+    split_pair_run_id,
+)
 from fedscape.core.runs import parse_run_id
 from fedscape.outputs.labels import LABEL_ORDER, label_run
 from fedscape.outputs.style import (
@@ -25,6 +32,7 @@ from fedscape.outputs.style import (
     save_figure_outputs,
     sequential_cmap,
 )
+from fedscape.outputs.tables import read_table
 
 MODE_TITLES = {"single": "one layer averaged", "shallow": "layers 0..i averaged (from input)",
                "deep": "layers i..L-1 averaged (from output)"}
@@ -83,7 +91,7 @@ def _log_heatmap(fig, ax, arr: np.ndarray, columns: list, labels: list[str], lab
 def interpolation_figure(table: str | Path, outputs: dict[str, str | Path]) -> None:
     """Loss and error along the interpolation, one labelled curve per pair (Li et al. 2022, Figs 3c/5c); dashed:
     to model b aligned to a by weight matching (Ainsworth et al. 2023)."""
-    df = pd.read_csv(table)
+    df = read_table(table, [c for c in INTERPOLATION_COLUMNS if c != "aligned"])
     if df.empty:
         save_figure_outputs(empty_figure("no interpolation pairs with rows (every pair was skipped)"), outputs, df)
         return
@@ -124,7 +132,7 @@ def layer_heatmaps(table: str | Path, pair: str, split: str, outputs: dict[str, 
     Diverging colour-blind-safe map centred at 0 (plotting.diverging_cmap: vermillion = barrier, blue = the
     mixed model is better than the ends).
     """
-    df = pd.read_csv(table)
+    df = read_table(table, LAYER_BARRIER_COLUMNS)
     df = df[(df["pair"] == pair) & (df["split"] == split)]
     if df.empty:
         save_figure_outputs(empty_figure(f"pair {pair}, {split} split: no rows (every round was skipped)"),

@@ -8,6 +8,7 @@ import pandas as pd
 
 from fedscape.analysis.barriers.definitions import BARRIER_COLUMNS, INTERPOLATION_COLUMNS, linear_barrier
 from fedscape.core.io import write_csv
+from fedscape.outputs.tables import read_table
 
 
 def barriers_from_curves(curves: pd.DataFrame) -> pd.DataFrame:
@@ -23,7 +24,9 @@ def barriers_from_curves(curves: pd.DataFrame) -> pd.DataFrame:
 def interpolation_tables(inputs: list[str | Path], out_interpolation: str | Path, out_barriers: str | Path) -> None:
     """Concatenate the curves into interpolation.csv and compute barriers.csv from them."""
     # curves written before alignment existed have no `aligned` column: they are unaligned
-    frames = [df if "aligned" in df.columns else df.assign(aligned=False) for df in map(pd.read_csv, inputs)]
+    required = [c for c in INTERPOLATION_COLUMNS if c != "aligned"]
+    frames = [df if "aligned" in df.columns else df.assign(aligned=False)
+              for df in (read_table(p, required) for p in inputs)]
     curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=INTERPOLATION_COLUMNS)
     write_csv(curves[INTERPOLATION_COLUMNS], out_interpolation)
     write_csv(barriers_from_curves(curves), out_barriers)

@@ -101,7 +101,7 @@ def plane_stage(settings: dict, trajectories: list[str], clients: str | None, he
     t0 = time.perf_counter()
     kind, runs = settings["kind"], settings["runs"]
     labels = dict(zip(runs, run_labels(settings["run_fields"]), strict=True))
-    trajs = {run_id: load_trajectory(path) for run_id, path in zip(runs, trajectories, strict=True)}
+    trajs = {run_id: load_trajectory(path, run_id=run_id) for run_id, path in zip(runs, trajectories, strict=True)}
     first = trajs[runs[0]]
     common = {"runs": runs, "model_meta": first.model_meta.to_dict(),
               "extra": {"label": settings["label"], "surface_kind": kind}}
@@ -189,7 +189,7 @@ def _build_plane(settings: dict, trajs: dict[str, Trajectory], clients: str | No
         t = int(first.final_round if round_ == "final" else round_)
         for r in (t - 1, t):  # DivergedCheckpoint when the run diverged before the end of round t
             _row_of(first, r, run_id)
-        saved = load_clients(clients)
+        saved = load_clients(clients, run_id=run_id)
         if t not in saved:
             raise RuntimeError(f"{clients} holds the client models of rounds {sorted(saved)}, not of round {t}")
         cr = saved[t]

@@ -197,7 +197,13 @@ def test_single_run_writes_only_below_the_configured_results_dir(tmp_path):
     assert not (workdir / "results").exists()
     assert pd.read_csv(scratch / "tables/rounds.csv")["round"].max() == 2
     assert next((scratch / "train").rglob("trajectory.pt")).is_file()
-    assert next((workdir / "logs/train").rglob("*.log")).is_file()
+    # the logs of a results_dir other than the default mirror it below logs/ (no other config writes them)
+    assert next((workdir / "logs" / str(scratch).lstrip("/") / "train").rglob("train.log")).is_file()
+    assert (workdir / "logs" / str(scratch).lstrip("/") / "tables" / "rounds.log").is_file()
+    assert not (workdir / "logs" / "tables").exists()
+    assert snakemake(workdir, "--configfile", "scratch.yaml", "-n").stdout.count("Nothing to be done") == 1
+    # logs are not outputs Snakemake checks: moving them (as this layout did) reruns nothing
+    shutil.rmtree(workdir / "logs")
     assert snakemake(workdir, "--configfile", "scratch.yaml", "-n").stdout.count("Nothing to be done") == 1
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedscape.core.alpha import IID
-from fedscape.core.io import atomic_path
+from fedscape.core.io import atomic_path, remake_alone_hint
 
 MAX_TRIES_DEFAULT = 1000
 
@@ -155,7 +155,7 @@ def load_partition(path, labels: np.ndarray | None = None) -> Partition:
             raise PartitionError(
                 f"partition file {path} does not match this dataset's training set "
                 f"({meta['num_samples_total']} samples in the partition, {len(labels)} in the dataset, or "
-                "different labels): delete it and rerun so that it is made again."
+                f"different labels); {remake_alone_hint(path)}"
             )
     shards = tuple(indices[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1))
     return Partition(shards, float(meta["alpha"]), int(meta["seed"]), int(meta["num_samples_total"]))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedscape.core.io import write_csv
+from fedscape.core.io import remake_hint, write_csv
 from fedscape.fl.settings import ROUNDS_COLUMNS
 from fedscape.outputs.tables import read_table
 
@@ -28,7 +28,7 @@ def _run_rounds(metrics: str | Path, meta_path: str | Path) -> pd.DataFrame:
     missing = [k for k in ("local_epochs", "batch_size") if k not in training]
     if missing:
         raise ValueError(f"{meta_path} has no training.{missing[0]} in its settings: cannot tell which runs "
-                         "do the same work per round (rerun its train job)")
+                         f"do the same work per round; {remake_hint(meta_path)}")
     df = df[df["round"] > 0].copy()
     df["device"] = meta.get("device", "unknown")
     df["device_name"] = meta.get("device_name", meta.get("device", "unknown"))

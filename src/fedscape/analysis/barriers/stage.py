@@ -30,7 +30,7 @@ from fedscape.analysis.barriers.maths import (
     layerwise_barriers,
     model_layers,
 )
-from fedscape.core.io import write_csv
+from fedscape.core.io import remake_hint, write_csv
 from fedscape.core.runs import OK
 from fedscape.data.federated import load_federated_data
 from fedscape.models.checkpoint import load_clients, load_trajectory
@@ -146,7 +146,7 @@ def layerwise_stage(settings: dict, inputs: dict, out_barriers: str | Path, out_
         reason = None
         if round_ not in saved and traj_a.status == OK:
             raise KeyError(f"pair {pair}: {inputs['clients']} holds the client models of rounds {sorted(saved)}, not "
-                           f"of round {round_}, although the run did not diverge; retrain it")
+                           f"of round {round_}, although the run did not diverge; {remake_hint(inputs['clients'])}")
         if round_ not in saved:
             reason = (f"round {round_} has no client checkpoints (the run stopped at round {traj_a.final_round}, "
                       f"status {traj_a.status!r})")

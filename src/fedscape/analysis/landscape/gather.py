@@ -13,7 +13,7 @@ import pandas as pd
 from fedscape.analysis.landscape.definitions import POINT_COLUMNS, SURFACES_COLUMNS, read_plane_file
 from fedscape.analysis.landscape.grid import Grid, gather_chunks
 from fedscape.core.config import digest
-from fedscape.core.io import atomic_path, write_csv
+from fedscape.core.io import atomic_path, remake_hint, write_csv
 from fedscape.core.runs import OK
 from fedscape.outputs.tables import read_table
 
@@ -31,7 +31,7 @@ def gather_stage(settings: dict, chunk_paths: list[str], plane_path: str, grid_p
         with np.load(path, allow_pickle=False) as npz:
             meta = json.loads(str(npz["meta"]))
             if meta["grid_digest"] != want:
-                raise RuntimeError(f"{path} was computed on another grid; delete it and rerun")
+                raise RuntimeError(f"{path} was computed on another grid; {remake_hint(path)}")
             parts.append({k: npz[k] for k in ("index", "loss", "acc")})
             n_eval = meta["n_eval"]
     loss, acc = gather_chunks(parts, grid)

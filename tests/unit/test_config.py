@@ -13,7 +13,7 @@ from helpers.workflow import ROOT
 from fedscape.core.config import ConfigError, duplicate_keys, read_config_file
 from fedscape.core.runs import build_runs, resolve_run, select_runs
 from fedscape.plan.train import train_settings
-from fedscape.plan.workflow import check_config
+from fedscape.plan.workflow import check_config, check_data
 
 # The default's run grid without the analyses, whose run selectors assume the default grid.
 # the grid tests use the default config's lists, not its `experiments` (which replace the grid)
@@ -286,3 +286,62 @@ def test_an_experiment_without_init_needs_a_default_when_inits_has_several_label
     config["experiment_defaults"] = {"init": "other"}
     config["experiments"].append({"alpha": "iid", "init": "random", "algorithm": "fedavg"})  # the sections' runs
     assert {r.init for r in build_runs(check_config(config, SCHEMA))} == {"other", "random"}
+
+
+# -- data directories: checked for the jobs about to run, not by a dry run's planning --------------------
+def _cifar_config(options: dict, inits: dict | None = None) -> dict:
+    # digits too, except beside a proxy of 32x32 images (which fits no digits model)
+    config = with_change("datasets", {"cifar10": options, **({"digits": {}} if inits is None else {})}, GRID_ONLY)
+    config["models"] = ["cnn_small"]
+    if inits is not None:
+        config["inits"] = inits
+    return check_config(config, SCHEMA)
+
+
+TRAIN_CIFAR = [("train", {"dataset": "cifar10", "model": "cnn_small"}), ("rounds_table", {})]
+
+
+@pytest.mark.parametrize(("options", "inits", "jobs", "expected"), [
+    ({}, None, None, ["datasets.cifar10.data_dir: cifar10 (CIFAR-10 (Krizhevsky 2009), python version from "
+                      "data_dir) is read from a data_dir, and none is set"]),
+    ({}, None, TRAIN_CIFAR, ["datasets.cifar10.data_dir: cifar10"]),
+    ({"data_dir": "no/such/dir"}, None, None, ["datasets.cifar10.data_dir: 'no/such/dir' is not a directory"]),
+    ({"data_dir": "no/such/dir", "download": True}, None, None, []),
+    ({"data_dir": "{tmp}"}, None, None, []),
+    # jobs that read no data (tables, figures), or only digits: a machine without CIFAR runs them
+    ({}, None, [("rounds_table", {}), ("curves_figure", {"dataset": "cifar10"})], []),
+    ({}, None, [("train", {"dataset": "digits"}), ("partition", {"dataset": "digits"})], []),
+    # a barrier pair's job has no dataset wildcard: it may read any dataset of the config
+    ({}, None, [("interpolation", {"pair": "p"})], ["datasets.cifar10.data_dir"]),
+    ({"data_dir": "{tmp}"}, {"pre": {"kind": "pretrained", "proxy_dir": "no/imagenet32"}},
+     [("init", {"dataset": "cifar10", "model": "cnn_small", "init": "pre"})],
+     ["inits.pre.proxy_dir: 'no/imagenet32' (down-sampled ImageNet) is not a directory"]),
+    ({"data_dir": "{tmp}"}, {"pre": {"kind": "pretrained", "proxy_dataset": "cifar100", "proxy_data_dir": "no/c100"}},
+     None, ["inits.pre.proxy_data_dir: 'no/c100' is not a directory"]),
+    ({"data_dir": "{tmp}"}, {"pre": {"kind": "pretrained", "proxy_dataset": "cifar100"}}, None, []),
+])
+def test_missing_data_directories_are_reported_for_the_jobs_about_to_run(tmp_path, options, inits, jobs, expected):
+    # Prepare
+    options = {k: str(tmp_path) if v == "{tmp}" else v for k, v in options.items()}
+    config = _cifar_config(options, inits)
+    runs = build_runs(config)
+
+    # Execute
+    if not expected:
+        check_data(config, runs, jobs)
+        return
+    with pytest.raises(ConfigError) as err:
+        check_data(config, runs, jobs)
+
+    # Assert: one line per problem, each naming its key
+    lines = str(err.value).splitlines()
+    assert lines[0].startswith("data missing for the jobs about to run (nothing ran; `snakemake -n` does not check")
+    assert len(lines) == 1 + len(expected)
+    assert all(line.startswith(f"  - {e}") for line, e in zip(lines[1:], expected, strict=True))
+
+
+def test_planning_a_config_without_its_data_is_valid():
+    """check_config (what `snakemake -n` runs) never looks for data: the paper configs plan anywhere."""
+    config = _cifar_config({"data_dir": "no/such/dir"})
+
+    assert {r.dataset for r in build_runs(config)} == {"cifar10", "digits"}

@@ -17,6 +17,7 @@ class DatasetInfo:
     description: str
     train_samples: int  # the training pool before the proxy split (digits: all samples, before the test split)
     fixed_test_split: bool  # True: the dataset's own test set (CIFAR); False: `test_fraction` of the samples
+    needs_data_dir: bool = False  # read from the files below `datasets.<name>.data_dir` (False: bundled)
 
     def client_pool_bound(self, test_fraction: float, proxy_fraction: float) -> int:
         """An upper bound of the samples split among the clients (the splits round per class)."""
@@ -32,8 +33,10 @@ class DatasetInfo:
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(1, 8, 10, "scikit-learn's bundled 8x8 digits (UCI optical digits), no download", 1797,
                           False),
-    "cifar10": DatasetInfo(3, 32, 10, "CIFAR-10 (Krizhevsky 2009), python version from data_dir", 50000, True),
-    "cifar100": DatasetInfo(3, 32, 100, "CIFAR-100 (Krizhevsky 2009), python version from data_dir", 50000, True),
+    "cifar10": DatasetInfo(3, 32, 10, "CIFAR-10 (Krizhevsky 2009), python version from data_dir", 50000, True,
+                           needs_data_dir=True),
+    "cifar100": DatasetInfo(3, 32, 100, "CIFAR-100 (Krizhevsky 2009), python version from data_dir", 50000, True,
+                            needs_data_dir=True),
 }
 DATASET_NAMES: tuple[str, ...] = tuple(sorted(DATASETS))
 AUGMENTATIONS: tuple[str, ...] = ("none", "crop_flip")

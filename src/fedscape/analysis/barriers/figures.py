@@ -172,11 +172,7 @@ def layer_distance_figure(table: str | Path, pair: str, outputs: dict[str, str |
     `rounds`: the pair's configured rounds (skipped ones show as grey columns). Without it a pair absent
     from the table is an error; with it the pair may have no rows (every round skipped): the figure says so.
     """
-    df = pd.read_csv(table)
-    missing = [c for c in LAYER_DISTANCE_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{table} is not a layer-distance table (results/tables/layer_distances.csv): "
-                         f"it lacks columns {missing}")
+    df = read_table(table, LAYER_DISTANCE_COLUMNS)
     sub = df[df["pair"].astype(str) == str(pair)]
     if sub.empty:
         if rounds is None:

@@ -345,3 +345,21 @@ def test_planning_a_config_without_its_data_is_valid():
     config = _cifar_config({"data_dir": "no/such/dir"})
 
     assert {r.dataset for r in build_runs(config)} == {"cifar10", "digits"}
+
+
+def test_a_plane_file_reaches_the_plane_job_only_when_set_so_other_plane_jobs_keep_their_settings():
+    from fedscape.plan.landscape import landscape_plans, plane_settings
+
+    # Prepare: a hessian surface on the user's own plane file beside one without
+    runs_ = [{"alpha": "iid", "init": "random"}]
+    config = with_change("landscapes", {"h": {"kind": "hessian", "runs": runs_, "round": 10,
+                                              "plane_file": "my/plane.npz"},
+                                        "r": {"kind": "random", "runs": runs_}})
+    config = check_config(config, SCHEMA)
+
+    # Execute
+    settings = {p.label: plane_settings(config, p) for p in landscape_plans(config, build_runs(config))}
+
+    # Assert: the plane job then says "your own file" in its errors, never "delete it"
+    assert settings["h"]["plane_file"] == "my/plane.npz"
+    assert "plane_file" not in settings["r"]

@@ -145,10 +145,14 @@ def save_partition(path, partition: Partition, labels: np.ndarray, num_classes: 
 
 def load_partition(path, labels: np.ndarray | None = None) -> Partition:
     """Load a partition; with `labels`, check it was made for this dataset's training set."""
-    with np.load(path, allow_pickle=False) as f:
-        indices, offsets = f["indices"], f["offsets"]
-        meta = json.loads(str(f["meta"]))
-        checksum = int(f["labels_checksum"][0])
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            indices, offsets = f["indices"], f["offsets"]
+            meta = json.loads(str(f["meta"]))
+            checksum = int(f["labels_checksum"][0])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # truncated, pickled, foreign
+        raise PartitionError(f"{path} is not a readable partition file ({type(exc).__name__}: "
+                             f"{(str(exc).splitlines() or [''])[0]}); {remake_alone_hint(path)}") from None
     if labels is not None:
         labels = np.asarray(labels)
         if len(labels) != meta["num_samples_total"] or _labels_checksum(labels) != checksum:

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: install run report test test-slurm lint dryrun clean
+.PHONY: install run report test test-slurm lint dryrun check-config clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ report: run
 
 dryrun: install
 	$(BIN)/snakemake -n
+
+# A config checked as the workflow checks it (YAML syntax with the line, schema, every stage's rules), without
+# Snakemake, whose own reading of a --configfile reports a YAML syntax error without its line:
+#   make check-config CONFIG=my.yaml
+check-config: install
+	$(BIN)/python -c "import sys; from fedscape.plan.workflow import load_config; \
+	load_config(sys.argv[1], 'workflow/schemas/config.schema.yaml'); print(sys.argv[1], 'is valid')" $(CONFIG)
 
 test: install
 	$(BIN)/python -m pytest -q -m "not slurm"

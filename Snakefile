@@ -5,10 +5,13 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
-from fedscape.core.config import load_schema
+from fedscape.core.config import load_schema, read_config_file
 from fedscape.core.paths import Results
 from fedscape.core.runs import build_runs
-from fedscape.plan.workflow import all_targets, check_config, wildcard_constraints
+from fedscape.plan.workflow import all_targets, check_config, check_data
+
+# (a line of its own: at the start of a line, Snakemake's parser takes the name for its keyword)
+from fedscape.plan.workflow import wildcard_constraints
 
 min_version("9.0")
 
@@ -16,8 +19,11 @@ min_version("9.0")
 report: "workflow/report/workflow.rst"
 
 
-# A config given with --configfile replaces the default one rather than being merged into it.
+# A config given with --configfile replaces the default one rather than being merged into it. (Snakemake
+# reads a --configfile before this file runs; the default one is read here first so that a YAML syntax
+# error names its line.)
 if not workflow.overwrite_configfiles:
+    read_config_file("config/config.yaml")
 
     configfile: "config/config.yaml"
 
@@ -33,6 +39,16 @@ RESULTS = Results.of(config)
 
 wildcard_constraints:
     **wildcard_constraints(),
+
+
+# The data directories are checked when Snakemake starts executing, before the first job, for the jobs
+# about to run: Snakemake calls `onstart` only then (not for -n, --summary or --dag), so a dry run plans
+# on a machine without the data. (`workflow.dryrun` is not yet known while this file is read.)
+onstart:
+    jobs = [
+        (job.rule.name, job.wildcards_dict) for job in workflow.dag.needrun_jobs()
+    ]
+    check_data(config, RUNS, jobs)
 
 
 for rule_file in sorted(Path(workflow.basedir, "rules").glob("*.smk")):

@@ -17,7 +17,7 @@ rule interpolation:
     output:
         curve=f"{RESULTS(INTERPOLATION_DIR)}/curve.csv",
     log:
-        "logs/barriers/interpolation/{pair}.log",
+        RESULTS.log("barriers/interpolation/{pair}.log"),
     wildcard_constraints:
         pair=BARRIER_PAIR,
     conda:
@@ -37,7 +37,7 @@ rule interpolation_tables:
         interpolation=RESULTS.table("interpolation"),
         barriers=RESULTS.table("barriers"),
     log:
-        "logs/tables/interpolation.log",
+        RESULTS.log("tables/interpolation.log"),
     localrule: True
     conda:
         "../envs/light.yaml"
@@ -77,7 +77,7 @@ rule layer_barriers:
         barriers=f"{RESULTS(LAYERWISE_DIR)}/barriers.csv",
         distances=f"{RESULTS(LAYERWISE_DIR)}/distances.csv",
     log:
-        "logs/barriers/layerwise/{pair}/round~{round}.log",
+        RESULTS.log("barriers/layerwise/{pair}/round~{round}.log"),
     wildcard_constraints:
         pair=BARRIER_PAIR,
         round=r"[0-9]+",
@@ -105,7 +105,7 @@ rule layer_barrier_tables:
         barriers=RESULTS.table("layer_barriers"),
         distances=RESULTS.table("layer_distances"),
     log:
-        "logs/tables/layer_barriers.log",
+        RESULTS.log("tables/layer_barriers.log"),
     localrule: True
     conda:
         "../envs/light.yaml"

@@ -12,7 +12,7 @@ rule client_stats:
     output:
         table=RESULTS.table("client_stats"),
     log:
-        "logs/tables/client_stats.log",
+        RESULTS.log("tables/client_stats.log"),
     conda:
         "../envs/light.yaml"
     params:
@@ -33,7 +33,7 @@ rule client_stats_figure:
         pdf=RESULTS.figure(client_stats_plan.FIGURE)["pdf"],
         csv=RESULTS.figure(client_stats_plan.FIGURE)["csv"],
     log:
-        "logs/figures/client_stats.log",
+        RESULTS.log("figures/client_stats.log"),
     localrule: True
     conda:
         "../envs/light.yaml"

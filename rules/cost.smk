@@ -10,7 +10,7 @@ rule cost_table:
     output:
         table=RESULTS.table("cost"),
     log:
-        "logs/tables/cost.log",
+        RESULTS.log("tables/cost.log"),
     localrule: True
     conda:
         "../envs/light.yaml"

@@ -44,7 +44,7 @@ rule hessian_tables:
         table=RESULTS.table("hessian"),
         clients=RESULTS.table("hessian_clients"),
     log:
-        "logs/tables/hessian.log",
+        RESULTS.log("tables/hessian.log"),
     localrule: True
     conda:
         "../envs/light.yaml"

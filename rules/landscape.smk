@@ -138,7 +138,7 @@ rule surfaces_table:
     output:
         RESULTS.table("surfaces"),
     log:
-        "logs/tables/surfaces.log",
+        RESULTS.log("tables/surfaces.log"),
     localrule: True
     conda:
         "../envs/light.yaml"

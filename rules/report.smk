@@ -16,7 +16,7 @@ rule final_table:
             category="Tables",
         ),
     log:
-        "logs/tables/final.log",
+        RESULTS.log("tables/final.log"),
     localrule: True
     conda:
         "../envs/light.yaml"
@@ -34,7 +34,7 @@ rule summary_table:
             category="Tables",
         ),
     log:
-        "logs/tables/summary.log",
+        RESULTS.log("tables/summary.log"),
     localrule: True
     conda:
         "../envs/light.yaml"
@@ -106,7 +106,7 @@ rule cost_figure:
         pdf=RESULTS.figure(report_plan.COST_FIGURE)["pdf"],
         csv=RESULTS.figure(report_plan.COST_FIGURE)["csv"],
     log:
-        "logs/figures/cost/{dataset}/{model}.log",
+        RESULTS.log("figures/cost/{dataset}/{model}.log"),
     localrule: True
     conda:
         "../envs/light.yaml"

@@ -11,7 +11,7 @@ rule partitions_table:
     output:
         RESULTS.table("partitions"),
     log:
-        "logs/tables/partitions.log",
+        RESULTS.log("tables/partitions.log"),
     localrule: True
     conda:
         "../envs/light.yaml"
@@ -25,7 +25,7 @@ rule rounds_table:
     output:
         RESULTS.table("rounds"),
     log:
-        "logs/tables/rounds.log",
+        RESULTS.log("tables/rounds.log"),
     localrule: True
     conda:
         "../envs/light.yaml"

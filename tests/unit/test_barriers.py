@@ -374,7 +374,7 @@ def test_layer_distance_figure_of_a_pair_absent_from_the_table(tmp_path):
         layer_distance_figure(tmp_path / "layer_distances.csv", "nope", outputs)
     assert not any(p.exists() for p in outputs.values())
     pd.DataFrame(columns=["run_id", "round"]).to_csv(tmp_path / "other.csv", index=False)
-    with pytest.raises(ValueError, match=r"lacks columns \['pair'"):
+    with pytest.raises(ValueError, match=r"other\.csv: expected the columns .*\(missing \['pair'"):
         layer_distance_figure(tmp_path / "other.csv", "clients", outputs)
     # a configured pair whose rounds were all skipped (the rule passes its rounds): a figure saying so
     layer_distance_figure(tmp_path / "layer_distances.csv", "nope", outputs, rounds=[1, 2])

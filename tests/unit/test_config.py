@@ -10,10 +10,10 @@ import yaml
 from helpers.configs import DEFAULT, SCHEMA, TINY
 from helpers.workflow import ROOT
 
-from fedscape.core.config import ConfigError, duplicate_keys
+from fedscape.core.config import ConfigError, duplicate_keys, read_config_file
 from fedscape.core.runs import build_runs, resolve_run, select_runs
 from fedscape.plan.train import train_settings
-from fedscape.plan.workflow import check_config
+from fedscape.plan.workflow import check_config, check_data
 
 # The default's run grid without the analyses, whose run selectors assume the default grid.
 # the grid tests use the default config's lists, not its `experiments` (which replace the grid)
@@ -120,6 +120,13 @@ BAD_CONFIGS = [
     ("partitions", {"q": {"beta": 0.5}}, "partitions.q"),
     ("partitions", {"C2": {"kind": "iid"}}, "a label of lower-case letters, digits and _ that starts with a letter"),
     ("partitions", {"inf": {"kind": "iid"}}, "partitions.inf: a partition label must"),
+    ("experiments", [{"alpha": "iid", "model": "resnet21"}],
+     "experiments[0].model: unknown model 'resnet21'. Did you mean 'resnet20'?"),
+    ("experiments", [{"alpha": "iid", "model": "convnet"}], "experiments[0].model: model 'convnet' needs 32x32"),
+    ("interpolation.pairs", {"p": {"a": {"alpha": 0.3}, "b": {"alpha": "iid"}}},
+     "interpolation.pairs.p.a: no run of the config matches {'alpha': 0.3}; the runs' values: alpha: 0.1, iid, 1.0"),
+    ("interpolation.pairs", {"p": {"a": {"alpha": "iid", "init": "warmup"}, "b": {"alpha": "iid"}}},
+     "not together; the runs' (alpha, init): (0.1, pretrained); (iid, pretrained); (0.1, random)"),
 ]
 
 
@@ -139,6 +146,28 @@ def test_a_natural_partition_of_a_dataset_without_writers_is_rejected_at_plannin
     with pytest.raises(ConfigError, match="partitions.nat: the kind natural gives one client per writer, but digits "
                                           "has no writer ids"):
         check_config(config, SCHEMA)
+
+def test_one_problem_of_the_training_section_is_reported_once_not_once_per_algorithm():
+    # Prepare: the default has three algorithms, none of which overrides save_clients_at or rounds
+    config = with_change("training.save_clients_at", [1, 99])
+
+    # Execute
+    with pytest.raises(ConfigError) as err:
+        check_config(config, SCHEMA)
+
+    # Assert
+    assert str(err.value).count("save_clients_at") == 1
+    assert "training: save_clients_at has rounds [99] outside 1..30" in str(err.value)
+
+
+def test_an_algorithm_whose_override_causes_the_problem_is_reported_under_its_label():
+    config = with_change("algorithms.fedprox.training", {"rounds": 5})
+
+    with pytest.raises(ConfigError) as err:
+        check_config(config, SCHEMA)
+
+    assert str(err.value).splitlines()[1:] == ["  - algorithms.fedprox.training: save_clients_at has rounds [10, 30] "
+                                               "outside 1..5"]
 
 
 def test_grid_is_the_product_of_the_lists():
@@ -208,6 +237,35 @@ def test_check_config_rejects_a_file_with_a_key_written_twice(tmp_path):
         check_config(copy.deepcopy(TINY), SCHEMA, files=[path])
 
 
+# -- YAML syntax errors name the file, the line and the column -----------------------------------------
+@pytest.mark.parametrize(("text", "expected"), [
+    ("results_dir: x\ntraining:\n  rounds: 3\n   lr: 0.1\n", "line 4, column 6: YAML syntax error: mapping values"),
+    ("alphas: [iid, 0.1\nseeds: [0]\n", "line 2, column 6: YAML syntax error: expected ',' or ']', but got ':' "
+     "(while parsing a flow sequence at line 1)"),
+    ("training:\n\trounds: 3\n", "line 2, column 1: YAML syntax error: found character '\\t'"),
+    ("- alphas\n- seeds\n", "a config is a mapping of keys (e.g. `alphas: [iid, 0.1]`), found a list"),
+])
+def test_a_config_file_with_a_yaml_error_names_file_and_line(tmp_path, text, expected):
+    # Prepare
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+
+    # Execute
+    with pytest.raises(ConfigError) as err:
+        read_config_file(path)
+
+    # Assert
+    assert str(err.value).startswith(f"{path}: {expected}")
+
+
+def test_a_valid_config_file_reads_as_its_mapping(tmp_path):
+    (tmp_path / "c.yaml").write_text("alphas: [iid, 0.1]\ntraining: {rounds: 3}\n")
+    (tmp_path / "empty.yaml").write_text("# nothing set\n")
+
+    assert read_config_file(tmp_path / "c.yaml") == {"alphas": ["iid", 0.1], "training": {"rounds": 3}}
+    assert read_config_file(tmp_path / "empty.yaml") == {}
+
+
 # -- the order of YAML mappings carries no meaning ----------------------------------------------------
 def _reversed_mappings(value):
     """`value` with the keys of every mapping in reverse order (what a YAML rewriter may do)."""
@@ -245,3 +303,80 @@ def test_an_experiment_without_init_needs_a_default_when_inits_has_several_label
     config["experiment_defaults"] = {"init": "other"}
     config["experiments"].append({"alpha": "iid", "init": "random", "algorithm": "fedavg"})  # the sections' runs
     assert {r.init for r in build_runs(check_config(config, SCHEMA))} == {"other", "random"}
+
+
+# -- data directories: checked for the jobs about to run, not by a dry run's planning --------------------
+def _cifar_config(options: dict, inits: dict | None = None) -> dict:
+    # digits too, except beside a proxy of 32x32 images (which fits no digits model)
+    config = with_change("datasets", {"cifar10": options, **({"digits": {}} if inits is None else {})}, GRID_ONLY)
+    config["models"] = ["cnn_small"]
+    if inits is not None:
+        config["inits"] = inits
+    return check_config(config, SCHEMA)
+
+
+TRAIN_CIFAR = [("train", {"dataset": "cifar10", "model": "cnn_small"}), ("rounds_table", {})]
+
+
+@pytest.mark.parametrize(("options", "inits", "jobs", "expected"), [
+    ({}, None, None, ["datasets.cifar10.data_dir: cifar10 (CIFAR-10 (Krizhevsky 2009), python version from "
+                      "data_dir) is read from a data_dir, and none is set"]),
+    ({}, None, TRAIN_CIFAR, ["datasets.cifar10.data_dir: cifar10"]),
+    ({"data_dir": "no/such/dir"}, None, None, ["datasets.cifar10.data_dir: 'no/such/dir' is not a directory"]),
+    ({"data_dir": "no/such/dir", "download": True}, None, None, []),
+    ({"data_dir": "{tmp}"}, None, None, []),
+    # jobs that read no data (tables, figures), or only digits: a machine without CIFAR runs them
+    ({}, None, [("rounds_table", {}), ("curves_figure", {"dataset": "cifar10"})], []),
+    ({}, None, [("train", {"dataset": "digits"}), ("partition", {"dataset": "digits"})], []),
+    # a barrier pair's job has no dataset wildcard: it may read any dataset of the config
+    ({}, None, [("interpolation", {"pair": "p"})], ["datasets.cifar10.data_dir"]),
+    ({"data_dir": "{tmp}"}, {"pre": {"kind": "pretrained", "proxy_dir": "no/imagenet32"}},
+     [("init", {"dataset": "cifar10", "model": "cnn_small", "init": "pre"})],
+     ["inits.pre.proxy_dir: 'no/imagenet32' (down-sampled ImageNet) is not a directory"]),
+    ({"data_dir": "{tmp}"}, {"pre": {"kind": "pretrained", "proxy_dataset": "cifar100", "proxy_data_dir": "no/c100"}},
+     None, ["inits.pre.proxy_data_dir: 'no/c100' is not a directory"]),
+    ({"data_dir": "{tmp}"}, {"pre": {"kind": "pretrained", "proxy_dataset": "cifar100"}}, None, []),
+])
+def test_missing_data_directories_are_reported_for_the_jobs_about_to_run(tmp_path, options, inits, jobs, expected):
+    # Prepare
+    options = {k: str(tmp_path) if v == "{tmp}" else v for k, v in options.items()}
+    config = _cifar_config(options, inits)
+    runs = build_runs(config)
+
+    # Execute
+    if not expected:
+        check_data(config, runs, jobs)
+        return
+    with pytest.raises(ConfigError) as err:
+        check_data(config, runs, jobs)
+
+    # Assert: one line per problem, each naming its key
+    lines = str(err.value).splitlines()
+    assert lines[0].startswith("data missing for the jobs about to run (nothing ran; `snakemake -n` does not check")
+    assert len(lines) == 1 + len(expected)
+    assert all(line.startswith(f"  - {e}") for line, e in zip(lines[1:], expected, strict=True))
+
+
+def test_planning_a_config_without_its_data_is_valid():
+    """check_config (what `snakemake -n` runs) never looks for data: the paper configs plan anywhere."""
+    config = _cifar_config({"data_dir": "no/such/dir"})
+
+    assert {r.dataset for r in build_runs(config)} == {"cifar10", "digits"}
+
+
+def test_a_plane_file_reaches_the_plane_job_only_when_set_so_other_plane_jobs_keep_their_settings():
+    from fedscape.plan.landscape import landscape_plans, plane_settings
+
+    # Prepare: a hessian surface on the user's own plane file beside one without
+    runs_ = [{"alpha": "iid", "init": "random"}]
+    config = with_change("landscapes", {"h": {"kind": "hessian", "runs": runs_, "round": 10,
+                                              "plane_file": "my/plane.npz"},
+                                        "r": {"kind": "random", "runs": runs_}})
+    config = check_config(config, SCHEMA)
+
+    # Execute
+    settings = {p.label: plane_settings(config, p) for p in landscape_plans(config, build_runs(config))}
+
+    # Assert: the plane job then says "your own file" in its errors, never "delete it"
+    assert settings["h"]["plane_file"] == "my/plane.npz"
+    assert "plane_file" not in settings["r"]

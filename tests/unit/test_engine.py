@@ -302,9 +302,67 @@ def test_bad_checkpoint_names_file_and_fix(tmp_path, content):
     else:
         path.write_bytes(content)
 
-    with pytest.raises(CheckpointError, match="delete it and rerun") as err:
+    with pytest.raises(CheckpointError, match=r"snakemake --cores 1 --forcerun .*bad\.pt") as err:
         load_trajectory(path)
     assert str(path) in str(err.value)
+
+
+def _saved_trajectory(path, model_name: str, num_classes: int = 10, in_channels: int = 1, image_size: int = 8,
+                      width_change: int = 0):
+    model = build_model(model_name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    meta = ModelMeta(model_name, num_classes, in_channels, image_size, {},
+                     tuple(n for n, _ in model.named_parameters()), tuple(tuple(p.shape) for p in model.parameters()))
+    flat = flatten_params(model)
+    params = torch.zeros(2, flat.numel() + width_change)
+    save_trajectory(path, params, torch.zeros(2, 0), torch.arange(2), meta, {"status": "ok"})
+    clients = {1: ClientRound(1, torch.tensor([0]), torch.tensor([5]), params[:1], torch.zeros(1, 0))}
+    save_clients(path.with_name("clients.pt"), clients, meta, {})
+    return flat.numel()
+
+
+RUN = "digits/cnn_small/init~random/algo~fedavg/alpha~iid/clients~4/part~1.0/seed~0"
+
+
+@pytest.mark.parametrize(("model_name", "num_classes", "found"), [
+    ("mlp", 10, "found mlp for 10 classes of 1x8x8 inputs ({n} parameters)"),
+    ("cnn_small", 100, "found cnn_small for 100 classes of 1x8x8 inputs ({n} parameters)"),
+])
+def test_a_trajectory_of_another_model_is_one_line_naming_file_expected_and_found(tmp_path, model_name, num_classes,
+                                                                                  found):
+    # Prepare: the file of a run of another model (or of a dataset with another class count)
+    path = tmp_path / "trajectory.pt"
+    n = _saved_trajectory(path, model_name, num_classes=num_classes)
+    expected = sum(p.numel() for p in build_model("cnn_small", num_classes=10, in_channels=1,
+                                                  image_size=8).parameters())
+
+    # Execute
+    with pytest.raises(CheckpointError) as err:
+        load_trajectory(path, run_id=RUN)
+    with pytest.raises(CheckpointError) as err_clients:
+        load_clients(tmp_path / "clients.pt", run_id=RUN)
+
+    # Assert
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{path}: expected the model of run {RUN}, cnn_small for 10 "
+                                                      f"classes of 1x8x8 inputs ({expected} parameters")
+    assert found.format(n=n) in message
+    assert f"snakemake --cores 1 --forcerun {path}" in message
+    assert str(err_clients.value).startswith(f"{tmp_path / 'clients.pt'}: expected the model of run {RUN}")
+
+
+def test_a_trajectory_of_the_runs_model_loads_and_one_whose_width_disagrees_with_its_model_is_damaged(tmp_path):
+    # Prepare
+    good, bad = tmp_path / "good" / "trajectory.pt", tmp_path / "bad" / "trajectory.pt"
+    good.parent.mkdir()
+    bad.parent.mkdir()
+    n = _saved_trajectory(good, "cnn_small")
+    _saved_trajectory(bad, "cnn_small", width_change=-3)
+
+    # Execute / Assert
+    assert load_trajectory(good, run_id=RUN).params.shape == (2, n)
+    with pytest.raises(CheckpointError, match=rf"{bad}: holds {n - 3} parameters per model, but its own model "
+                                              rf"\(cnn_small for 10 classes of 1x8x8 inputs\) has {n}"):
+        load_trajectory(bad)
 
 
 def test_flat_params_view_shares_storage():

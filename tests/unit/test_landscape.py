@@ -230,6 +230,31 @@ def test_bad_plane_files_are_rejected_with_a_clear_message(tmp_path, damage, mes
         load_plane(path)
 
 
+@pytest.mark.parametrize(("supplied_as", "advice", "not_advised"), [
+    (None, "make it again with `snakemake --cores 1 --forcerun {path}`", "your own file"),
+    ("landscapes.h.plane_file", "it is your own file (`landscapes.h.plane_file`), which no job makes: fix or "
+     "replace it", "forcerun"),
+])
+@pytest.mark.parametrize("damage", ["garbage", "drop_d2"])
+def test_a_bad_plane_file_gets_advice_that_works_and_a_users_own_file_is_never_to_be_deleted(
+        tmp_path, supplied_as, advice, not_advised, damage):
+    # Prepare
+    path = tmp_path / "plane.npz"
+    if damage == "garbage":
+        path.write_bytes(b"not an npz")
+    else:
+        np.savez(path, center=np.ones(3, np.float32), d1=np.ones(3, np.float32), meta=np.array("{}"))
+
+    # Execute
+    with pytest.raises(PlaneError) as err:
+        load_plane(path, supplied_as)
+
+    # Assert
+    message = str(err.value)
+    assert advice.format(path=path) in message
+    assert not_advised not in message and "delete" not in message
+
+
 # -- surfaces --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["cnn_small", "mlp"])
 @pytest.mark.parametrize("settings", [SurfaceSettings(channels_last=False), SurfaceSettings(channels_last=True),

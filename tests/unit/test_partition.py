@@ -118,7 +118,8 @@ def test_save_load_round_trip_and_dataset_check(tmp_path, labels):
     assert loaded.alpha == 0.5 and loaded.seed == 3
     other = labels.copy()
     other[0] = (other[0] + 1) % 10
-    with pytest.raises(PartitionError, match="does not match this dataset"):
+    with pytest.raises(PartitionError, match=rf"does not match this dataset.*make it again \(bit-identical from its "
+                                             rf"seed\) with `snakemake --cores 1 --force {path}`"):
         load_partition(path, other)
     with pytest.raises(PartitionError, match="does not match this dataset"):
         load_partition(path, labels[:-1])
@@ -172,3 +173,24 @@ def test_check_partition_file_rejects_unreadable_files(tmp_path, content):
     # Execute / Assert
     with pytest.raises(PartitionError, match=re.escape(f"{path} is not a readable partition file")):
         check_partition_file(path, "digits", 4, 0.5, 3)
+
+
+@pytest.mark.parametrize("content", ["garbage", "pickled", "no_meta"])
+def test_an_unreadable_partition_file_is_one_line_naming_it_and_the_command_that_remakes_it(tmp_path, content):
+    # Prepare
+    path = tmp_path / "partition.npz"
+    if content == "garbage":
+        path.write_bytes(b"not an npz")
+    elif content == "pickled":  # an object array: loading it would unpickle
+        np.savez(path, indices=np.array([{"x": 1}], dtype=object), offsets=np.array([0, 1]))
+    else:
+        np.savez(path, indices=np.arange(3), offsets=np.array([0, 3]))
+
+    # Execute
+    with pytest.raises(PartitionError) as err:
+        load_partition(path)
+
+    # Assert
+    message = str(err.value)
+    assert message.startswith(f"{path} is not a readable partition file (") and "\n" not in message
+    assert f"`snakemake --cores 1 --force {path}`" in message

@@ -260,3 +260,66 @@ def test_concat_tables_keeps_rows_of_consistent_tables(tmp_path):
     concat_tables([tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path / "out.csv")
 
     assert pd.read_csv(tmp_path / "out.csv")["train_loss"].tolist() == [0.5, 0.25]
+
+
+# -- every reader of a table names the file when a column it needs is missing ---------------------------
+def _final_csv(path):
+    final_table(rounds_table()).to_csv(path, index=False)
+
+
+def _rounds_csv(path):
+    rounds_table().to_csv(path, index=False)
+
+
+def _interpolation_csv(path):
+    rows = [{"pair_id": "p", "run_a": "a", "round_a": 3, "run_b": "b", "round_b": 3, "t": t, "split": "train",
+             "loss": 1.0, "error": 0.5, "aligned": False} for t in (0.0, 0.5, 1.0)]
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def _read_final(path, out):
+    from fedscape.report.summary import final_stage
+    final_stage(path, out / "final.csv")
+
+
+def _read_summary(path, out):
+    summary_stage(path, out / "summary.csv")
+
+
+def _read_curves(path, out):
+    from fedscape.report.figures import curves_stage
+    curves_stage(path, "digits", "cnn_small", "test_acc", out / "curves")
+
+
+def _read_accuracy(path, out):
+    from fedscape.report.figures import final_figure_stage
+    final_figure_stage(path, "table", "digits", "cnn_small", out / "table")
+
+
+def _read_interpolation(path, out):
+    from fedscape.analysis.barriers.tables import interpolation_tables
+    interpolation_tables([path], out / "interpolation.csv", out / "barriers.csv")
+
+
+@pytest.mark.parametrize(("write", "read", "dropped"), [
+    (_rounds_csv, _read_final, "test_acc"),
+    (_final_csv, _read_summary, "test_acc"),
+    (_rounds_csv, _read_curves, "test_acc"),
+    (_final_csv, _read_accuracy, "status"),
+    (_interpolation_csv, _read_interpolation, "loss"),
+], ids=["final", "summary", "curves", "accuracy", "interpolation"])
+def test_a_table_missing_a_column_is_one_line_naming_the_file_and_the_column(tmp_path, write, read, dropped):
+    # Prepare: a valid table, then the same without one column its reader uses
+    path = tmp_path / "table.csv"
+    write(path)
+    pd.read_csv(path).drop(columns=[dropped]).to_csv(path, index=False)
+
+    # Execute
+    with pytest.raises(TableError) as err:
+        read(path, tmp_path)
+
+    # Assert: not a bare KeyError from deep in pandas
+    message = str(err.value)
+    assert message.startswith(f"{path}: expected the columns [") and "\n" not in message
+    assert f"(missing ['{dropped}'])" in message
+    assert f"snakemake --cores 1 --forcerun {path}" in message

@@ -52,3 +52,33 @@ def test_a_write_removes_the_temporaries_a_killed_writer_left_of_the_same_target
 
     # Assert
     assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "rounds.csv"]
+
+
+# -- log paths: one per results directory ---------------------------------------------------------------
+@pytest.mark.parametrize(("results_dir", "log"), [
+    (None, "logs/tables/rounds.log"),
+    ("results", "logs/tables/rounds.log"),
+    ("./results/", "logs/tables/rounds.log"),
+    ("study_b", "logs/study_b/tables/rounds.log"),
+    ("runs/study_b", "logs/runs/study_b/tables/rounds.log"),
+    ("/scratch/me/fedscape", "logs/scratch/me/fedscape/tables/rounds.log"),
+])
+def test_a_log_mirrors_its_results_directory_and_the_default_keeps_the_plain_layout(results_dir, log):
+    from fedscape.core.paths import Results
+
+    config = {} if results_dir is None else {"results_dir": results_dir}
+
+    assert Results.of(config).log("tables/{table}.log", table="rounds") == log
+
+
+def test_two_results_directories_never_share_a_log_and_their_results_paths_stay_put():
+    from fedscape.core.paths import TRAIN_DIR, Results
+
+    default, other = Results.of({}), Results.of({"results_dir": "results_b"})
+    fields = {"dataset": "digits", "model": "mlp", "init": "random", "algorithm": "fedavg", "alpha": "iid",
+              "num_clients": 4, "participation": "1.0", "seed": 0}
+
+    assert default.log("tables/{table}.log", table="rounds") != other.log("tables/{table}.log", table="rounds")
+    assert default.log(TRAIN_DIR, **fields) != other.log(TRAIN_DIR, **fields)
+    assert default.table("rounds") == "results/tables/rounds.csv"
+    assert other.table("rounds") == "results_b/tables/rounds.csv"

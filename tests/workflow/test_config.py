@@ -70,3 +70,47 @@ def test_planning_is_torch_free():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["settings"] > 0
     assert result["heavy"] == [], f"planning imported {result['heavy']}"
+
+
+def test_a_yaml_syntax_error_in_the_default_config_names_its_line(tmp_path):
+    """The Snakefile reads config/config.yaml itself before Snakemake does (whose message has no place)."""
+    from helpers.workflow import copy_workflow, snakemake
+
+    # Prepare: a key indented one space too far in the default config
+    workdir = copy_workflow(tmp_path / "wf")
+    config = workdir / "config" / "config.yaml"
+    lines = config.read_text().splitlines()
+    index = next(i for i, line in enumerate(lines) if line.startswith("  local_epochs:"))
+    lines[index] = " " + lines[index]
+    config.write_text("\n".join(lines) + "\n")
+
+    # Execute
+    proc = snakemake(workdir, "-n", check=False, timeout=300)
+
+    # Assert
+    assert proc.returncode != 0
+    assert f"config/config.yaml: line {index + 1}, column 16: YAML syntax error: mapping values are not allowed " \
+           "here" in proc.stdout + proc.stderr
+
+
+def test_a_missing_data_dir_stops_a_run_before_any_job_but_not_a_dry_run(tmp_path):
+    import yaml
+    from helpers.workflow import copy_workflow, snakemake
+
+    # Prepare: CIFAR-10 without a data_dir (a laptop that only plans, or a forgotten key)
+    workdir = copy_workflow(tmp_path / "wf")
+    config = {"datasets": {"cifar10": {}}, "models": ["cnn_small"], "alphas": ["iid"], "num_clients": [2],
+              "training": {"rounds": 1, "local_epochs": 1, "save_clients_at": []}}
+    (workdir / "cifar.yaml").write_text(yaml.safe_dump(config))
+
+    # Execute
+    dry = snakemake(workdir, "--configfile", "cifar.yaml", "-n", check=False, timeout=300)
+    run = snakemake(workdir, "--configfile", "cifar.yaml", check=False, timeout=300)
+
+    # Assert
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert "partition" in dry.stdout and "train" in dry.stdout
+    assert run.returncode != 0
+    assert "datasets.cifar10.data_dir: cifar10 (CIFAR-10 (Krizhevsky 2009), python version from data_dir) is " \
+           "read from a data_dir, and none is set" in run.stdout + run.stderr
+    assert not (workdir / "results").exists() and not (workdir / "logs").exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -197,8 +199,47 @@ def test_single_run_writes_only_below_the_configured_results_dir(tmp_path):
     assert not (workdir / "results").exists()
     assert pd.read_csv(scratch / "tables/rounds.csv")["round"].max() == 2
     assert next((scratch / "train").rglob("trajectory.pt")).is_file()
-    assert next((workdir / "logs/train").rglob("*.log")).is_file()
+    # the logs of a results_dir other than the default mirror it below logs/ (no other config writes them)
+    assert next((workdir / "logs" / str(scratch).lstrip("/") / "train").rglob("train.log")).is_file()
+    assert (workdir / "logs" / str(scratch).lstrip("/") / "tables" / "rounds.log").is_file()
+    assert not (workdir / "logs" / "tables").exists()
     assert snakemake(workdir, "--configfile", "scratch.yaml", "-n").stdout.count("Nothing to be done") == 1
+    # logs are not outputs Snakemake checks: moving them (as this layout did) reruns nothing
+    shutil.rmtree(workdir / "logs")
+    assert snakemake(workdir, "--configfile", "scratch.yaml", "-n").stdout.count("Nothing to be done") == 1
+
+
+def test_the_advised_forcerun_remakes_a_damaged_checkpoint_where_deleting_it_does_nothing(tmp_path):
+    """Snakemake does not remake a deleted intermediate file while the files made from it exist; the
+    command the errors give (`snakemake --forcerun <file>`) remakes it and everything made from it."""
+    from fedscape.core.io import remake_hint
+    from fedscape.models.checkpoint import CheckpointError
+
+    # Prepare: one tiny run with its tables, then its trajectory damaged
+    workdir = copy_workflow(tmp_path / "work")
+    cfg = single_run_config()
+    cfg["training"].update(rounds=2, local_epochs=1, save_clients_at=[1])
+    (workdir / "one.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(workdir, "results/tables/client_stats.csv", "--configfile", "one.yaml")
+    trajectory = next((workdir / "results/train").rglob("trajectory.pt"))
+    relative = trajectory.relative_to(workdir)
+    table = workdir / "results/tables/client_stats.csv"
+    before = table.stat().st_mtime_ns
+    trajectory.unlink()
+    deleted = snakemake(workdir, "results/tables/client_stats.csv", "--configfile", "one.yaml", "-n")
+    trajectory.write_bytes(b"damaged")
+    with pytest.raises(CheckpointError) as err:
+        load_trajectory(trajectory)
+    command = f"snakemake --cores 1 --forcerun {shlex.quote(str(trajectory))}"
+
+    # Execute: the advised command, with the target and config of this workflow
+    snakemake(workdir, "results/tables/client_stats.csv", "--configfile", "one.yaml", "--forcerun", str(relative))
+
+    # Assert
+    assert "Nothing to be done" in deleted.stdout  # why deleting is never the advice
+    assert command in str(err.value) and remake_hint(trajectory) in str(err.value)
+    assert load_trajectory(trajectory).final_round == 2
+    assert table.stat().st_mtime_ns > before  # the table made from it was made again
 
 
 def _foreign_partition(path: Path) -> None:

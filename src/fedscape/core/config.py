@@ -110,6 +110,33 @@ def digest(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def read_config_file(path: str | Path) -> dict:
+    """The mapping of a YAML (or JSON) config file; ConfigError naming the file, line and column of a syntax error.
+
+    Snakemake's own loader reports only "Config file is not valid JSON or YAML", without the place.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        context = (f" ({exc.context} at line {exc.context_mark.line + 1})"
+                   if exc.context and exc.context_mark is not None else "")
+        hint = "; YAML indents with spaces, never tabs" if "\\t" in str(exc.problem) else ""
+        raise ConfigError(f"{path}: {where}YAML syntax error: {exc.problem}{context}{hint}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not a YAML file ({type(exc).__name__}: {exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config is a mapping of keys (e.g. `alphas: [iid, 0.1]`), found a "
+                          f"{type(data).__name__}")
+    return data
+
+
 class _DuplicateKeyLoader(yaml.SafeLoader):
     """A safe YAML loader that records every mapping key written twice (YAML keeps only the last value)."""
 

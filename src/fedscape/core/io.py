@@ -6,6 +6,7 @@ import contextlib
 import glob
 import json
 import os
+import shlex
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,3 +62,26 @@ def write_csv(frame: Any, path: str | os.PathLike) -> None:
     """Write a pandas DataFrame (anything with `to_csv`) as CSV without its index, atomically."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, index=False)
+
+
+def remake_hint(path: str | os.PathLike) -> str:
+    """The command that makes a damaged workflow output again, with everything made from it.
+
+    Deleting the file is not enough: Snakemake does not remake a missing intermediate file while the
+    files made from it exist ("Nothing to be done"). `--forcerun <file>` reruns the job that writes it and
+    every job downstream. Never say this of a file the user supplied: no job can make it.
+    """
+    return (f"make it again with `snakemake --cores 1 --forcerun {shlex.quote(str(path))}` (plus the --configfile "
+            "you run with): it reruns the job that writes it and every job that reads it")
+
+
+def remake_alone_hint(path: str | os.PathLike) -> str:
+    """The command that makes a damaged output again without its job's dependents (for a file its job makes
+    bit-identically from a seed, such as a partition: the runs trained on it stay valid)."""
+    return (f"make it again (bit-identical from its seed) with `snakemake --cores 1 --force {shlex.quote(str(path))}` "
+            "(plus the --configfile you run with), then run the workflow again")
+
+
+def supplied_hint(path: str | os.PathLike, key: str) -> str:
+    """What to do about a damaged file the user supplied: no job makes it, so it is never to be deleted."""
+    return f"it is your own file (`{key}`), which no job makes: fix or replace it, or point `{key}` to another"

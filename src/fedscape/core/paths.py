@@ -2,7 +2,9 @@
 
 A template holds Snakemake wildcards in braces (``{dataset}``, ``{pair}``); `Results` puts a template
 below the configured results directory and fills the fields it is given, leaving the others as
-wildcards. Logs mirror the results' layout below ``logs/`` of the working directory.
+wildcards. Logs mirror the results' layout below ``logs/`` of the working directory: those of the default
+``results`` directly, those of any other results directory below ``logs/<results_dir>/``, so that two
+configs with different results directories never write the same log.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from fedscape.core.runs import RUN_ID, Run
 
 LOGS = "logs"
+DEFAULT_RESULTS = "results"  # the schema's default `results_dir`: its logs keep the plain logs/ layout
 
 TRAIN_DIR = f"train/{RUN_ID}"
 TRAIN_FILES = ("trajectory", "clients", "metrics", "meta", "client_updates")  # the train rule's named outputs
@@ -41,7 +44,7 @@ def fill(template: str, **fields) -> str:
 
 def results_root(config: dict) -> str:
     """The configured results directory, normalised (``results/`` and ``./results`` are ``results``)."""
-    return os.path.normpath(config.get("results_dir", "results"))
+    return os.path.normpath(config.get("results_dir", DEFAULT_RESULTS))
 
 
 @dataclass(frozen=True)
@@ -60,8 +63,17 @@ class Results:
         return f"{self.root}/{fill(template, **fields)}"
 
     def log(self, template: str, **fields) -> str:
-        """`template` below logs/ (a results path's mirror), with `fields` filled in."""
-        return f"{LOGS}/{fill(template, **fields)}"
+        """`template` below the logs of this results directory (a results path's mirror), `fields` filled in."""
+        return f"{self.logs}/{fill(template, **fields)}"
+
+    @property
+    def logs(self) -> str:
+        """logs/ for the default results directory, logs/<results_dir>/ for any other (an absolute one
+        without its leading /): a table's log (logs/tables/...) names no run, so two results directories
+        sharing one logs/ would write each other's."""
+        if self.root == DEFAULT_RESULTS:
+            return LOGS
+        return f"{LOGS}/{self.root.lstrip(os.sep)}"
 
     def table(self, name: str) -> str:
         """results/tables/<name>.csv."""

@@ -167,11 +167,27 @@ def resolve_run(runs: list[Run], selector: dict, where: str = "") -> Run:
     hits = select_runs(runs, selector)
     prefix = f"{where}: " if where else ""
     if not hits:
-        raise ConfigError(f"{prefix}no run of the config matches {selector}; the config defines "
-                          f"{len(runs)} runs, e.g. {runs[0].run_id if runs else '(none)'}")
+        raise ConfigError(f"{prefix}no run of the config matches {selector}; {_values_of(runs, selector)}")
     if len(hits) > 1:
         raise ConfigError(f"{prefix}{len(hits)} runs match {selector}; add one of {varying_fields(hits)} to pick one")
     return hits[0]
+
+
+def _values_of(runs: list[Run], selector: dict) -> str:
+    """What the runs have in the selector's keys: each key's values, or (when every value alone is taken by
+    some run) the combinations the runs have."""
+    if not runs:
+        return "the config defines no runs"
+    keys = [k for k in selector if k in RUN_FIELDS]
+    values = {k: list(dict.fromkeys(_selector_value(k, getattr(r, k)) for r in runs)) for k in keys}
+    absent = [k for k in keys if _selector_value(k, selector[k]) not in values[k]]
+    if absent or len(keys) == 1:
+        shown = absent or keys
+        return "the runs' values: " + "; ".join(f"{k}: {', '.join(values[k])}" for k in shown)
+    combos = list(dict.fromkeys(tuple(_selector_value(k, getattr(r, k)) for k in keys) for r in runs))
+    more = f" and {len(combos) - 12} more" if len(combos) > 12 else ""
+    return (f"each value is taken by some run, but not together; the runs' ({', '.join(keys)}): "
+            + "; ".join(f"({', '.join(c)})" for c in combos[:12]) + more)
 
 
 def varying_fields(runs: list[Run]) -> list[str]:

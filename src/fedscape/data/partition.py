@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from fedscape.core.alpha import IID, is_partition_label, parse_alpha
-from fedscape.core.io import atomic_path
+from fedscape.core.io import atomic_path, remake_alone_hint
 from fedscape.core.names import suggest
 
 MAX_TRIES_DEFAULT = 1000
@@ -374,17 +374,21 @@ def save_partition(path, partition: Partition, labels: np.ndarray, num_classes: 
 
 def load_partition(path, labels: np.ndarray | None = None) -> Partition:
     """Load a partition; with `labels`, check it was made for this dataset's training set."""
-    with np.load(path, allow_pickle=False) as f:
-        indices, offsets = f["indices"], f["offsets"]
-        meta = json.loads(str(f["meta"]))
-        checksum = int(f["labels_checksum"][0])
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            indices, offsets = f["indices"], f["offsets"]
+            meta = json.loads(str(f["meta"]))
+            checksum = int(f["labels_checksum"][0])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # truncated, pickled, foreign
+        raise PartitionError(f"{path} is not a readable partition file ({type(exc).__name__}: "
+                             f"{(str(exc).splitlines() or [''])[0]}); {remake_alone_hint(path)}") from None
     if labels is not None:
         labels = np.asarray(labels)
         if len(labels) != meta["num_samples_total"] or _labels_checksum(labels) != checksum:
             raise PartitionError(
                 f"partition file {path} does not match this dataset's training set "
                 f"({meta['num_samples_total']} samples in the partition, {len(labels)} in the dataset, or "
-                "different labels): make it again with `snakemake --forcerun partition` (or --force on this file)."
+                f"different labels); {remake_alone_hint(path)}"
             )
     shards = tuple(indices[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1))
     alpha = math.nan if meta["alpha"] is None else float(meta["alpha"])

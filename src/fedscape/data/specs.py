@@ -35,6 +35,7 @@ class DatasetInfo:
     fixed_test_split: bool  # True: the dataset's own test set (CIFAR); False: `test_fraction` of the samples
     writers: bool = False  # each sample has a writer / user id (LEAF's datasets): the `natural` partition kind
     inputs: str = "image"  # one of INPUT_KINDS
+    needs_data_dir: bool = False  # read from the files below `datasets.<name>.data_dir` (False: bundled)
 
     def client_pool_bound(self, test_fraction: float, proxy_fraction: float) -> int:
         """An upper bound of the samples split among the clients (the splits round per class)."""
@@ -62,15 +63,17 @@ class DatasetInfo:
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(1, 8, 10, "scikit-learn's bundled 8x8 digits (UCI optical digits), no download", 1797,
                           False),
-    "cifar10": DatasetInfo(3, 32, 10, "CIFAR-10 (Krizhevsky 2009), python version from data_dir", 50000, True),
-    "cifar100": DatasetInfo(3, 32, 100, "CIFAR-100 (Krizhevsky 2009), python version from data_dir", 50000, True),
+    "cifar10": DatasetInfo(3, 32, 10, "CIFAR-10 (Krizhevsky 2009), python version from data_dir", 50000, True,
+                           needs_data_dir=True),
+    "cifar100": DatasetInfo(3, 32, 100, "CIFAR-100 (Krizhevsky 2009), python version from data_dir", 50000, True,
+                            needs_data_dir=True),
     # LEAF (Caldas et al. 2018), Table 1: 3,550 writers, 805,263 samples; 4,226,158 samples of 1,129 roles.
     "femnist": DatasetInfo(1, 28, 62, "FEMNIST (LEAF, Caldas et al. 2018): 28x28 handwritten characters by "
-                           "writer, LEAF's JSON from data_dir", 805263, True, writers=True),
+                           "writer, LEAF's JSON from data_dir", 805263, True, writers=True, needs_data_dir=True),
     "shakespeare": DatasetInfo(len(SHAKESPEARE_VOCAB), SHAKESPEARE_SEQ_LEN, len(SHAKESPEARE_VOCAB),
                                "Shakespeare (LEAF, Caldas et al. 2018): next character of 80-character lines by "
                                "speaking role, LEAF's JSON from data_dir", 4226158, True, inputs="tokens",
-                               writers=True),
+                               writers=True, needs_data_dir=True),
 }
 DATASET_NAMES: tuple[str, ...] = tuple(sorted(DATASETS))
 AUGMENTATIONS: tuple[str, ...] = ("none", "crop_flip")

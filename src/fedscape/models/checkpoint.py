@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedscape.core.io import atomic_path
+from fedscape.core.io import atomic_path, remake_hint
+from fedscape.core.runs import parse_run_id
+from fedscape.data.specs import DATASETS
 from fedscape.models.networks import build_model
 from fedscape.models.params import load_buffers, load_params
 
@@ -41,6 +43,17 @@ class ModelMeta:
     model_options: dict = field(default_factory=dict)
     param_names: tuple[str, ...] = ()
     param_shapes: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def num_params(self) -> int:
+        """The parameter count its `param_shapes` declare (0 when the file records none)."""
+        return sum(_numel(shape) for shape in self.param_shapes)
+
+    def describe(self) -> str:
+        """'cnn_small for 10 classes of 1x8x8 inputs' (with its options when it has any)."""
+        options = f" with options {self.model_options}" if self.model_options else ""
+        return (f"{self.model}{options} for {self.num_classes} classes of "
+                f"{self.in_channels}x{self.image_size}x{self.image_size} inputs")
 
     def build(self) -> nn.Module:
         return build_model(self.model, num_classes=self.num_classes, in_channels=self.in_channels,
@@ -115,16 +128,16 @@ class Trajectory:
         if not bool((self.rounds == round_).any()):
             if self.status == "ok":
                 raise KeyError(f"{self.path or 'trajectory'}: round {round_} is not in it (rounds "
-                               f"0..{self.final_round}) although the run did not diverge; retrain it "
-                               "(`snakemake --forcerun train`, or delete the file and rerun)")
+                               f"0..{self.final_round}) although the run did not diverge; "
+                               f"{remake_hint(self.path or 'trajectory.pt')}")
             return (f"round {round_} is not in the trajectory (it ends at round {self.final_round}, status "
                     f"{self.status!r}: the run stopped early)")
         row = self.row(round_)
         if not (bool(torch.isfinite(self.params[row]).all()) and bool(torch.isfinite(self.buffers[row]).all())):
             if self.status == "ok":  # training never saves a non-finite model of a run it calls ok: damage
                 raise CheckpointError(f"{self.path or 'trajectory'}: the model of round {round_} has NaN/inf "
-                                      "parameters although the run is marked ok, so the file is damaged; retrain "
-                                      "it (delete the file and rerun the workflow)")
+                                      "parameters although the run is marked ok, so the file is damaged; "
+                                      f"{remake_hint(self.path or 'trajectory.pt')}")
             return f"the model of round {round_} has NaN/inf parameters (status {self.status!r})"
         if self.status != "ok" and row == len(self.rounds) - 1:
             return f"round {round_} is where the run diverged (status {self.status!r}: its loss is not finite)"
@@ -156,11 +169,12 @@ def save_trajectory(path: str | Path, params: torch.Tensor, buffers: torch.Tenso
     })
 
 
-def load_trajectory(path: str | Path, map_location: str = "cpu") -> Trajectory:
-    """Load a whole trajectory with one call."""
+def load_trajectory(path: str | Path, map_location: str = "cpu", run_id: str | None = None) -> Trajectory:
+    """Load a whole trajectory with one call; with `run_id`, check that it holds that run's model."""
     obj = _load(path, "trajectory", map_location)
-    return Trajectory(obj["params"], obj["buffers"], obj["rounds"],
-                      ModelMeta.from_dict(json.loads(obj["model_meta"])), json.loads(obj["meta"]), str(path))
+    model_meta = ModelMeta.from_dict(json.loads(obj["model_meta"]))
+    _check_model(path, model_meta, obj["params"], run_id)
+    return Trajectory(obj["params"], obj["buffers"], obj["rounds"], model_meta, json.loads(obj["meta"]), str(path))
 
 
 def save_clients(path: str | Path, rounds: dict[int, ClientRound], model_meta: ModelMeta, meta: dict) -> None:
@@ -182,13 +196,52 @@ def save_clients(path: str | Path, rounds: dict[int, ClientRound], model_meta: M
     })
 
 
-def load_clients(path: str | Path, map_location: str = "cpu") -> dict[int, ClientRound]:
-    """Load the client checkpoints: {round: ClientRound}."""
+def load_clients(path: str | Path, map_location: str = "cpu", run_id: str | None = None) -> dict[int, ClientRound]:
+    """Load the client checkpoints: {round: ClientRound}; with `run_id`, check that they hold that run's model."""
     obj = _load(path, "clients", map_location)
+    model_meta = ModelMeta.from_dict(json.loads(obj["model_meta"]))
+    for saved in obj["rounds"].values():
+        _check_model(path, model_meta, saved["params"], run_id)
     return {
         int(r): ClientRound(int(r), d["client_ids"], d["num_samples"], d["params"], d["buffers"])
         for r, d in obj["rounds"].items()
     }
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def _check_model(path: str | Path, model_meta: ModelMeta, params: torch.Tensor, run_id: str | None) -> None:
+    """One line naming the file when its parameters do not fit its own model, or its model is not `run_id`'s.
+
+    A checkpoint copied from another run (another model, or the same model for another dataset) would
+    otherwise fail deep in a job with a shape error, or be analysed silently as this run's model.
+    """
+    width = int(params.shape[-1]) if params.dim() else 0
+    if model_meta.param_shapes and width != model_meta.num_params:
+        raise CheckpointError(f"{path}: holds {width} parameters per model, but its own model "
+                              f"({model_meta.describe()}) has {model_meta.num_params}: the file is damaged; "
+                              f"{remake_hint(path)}")
+    if run_id is None:
+        return
+    fields = parse_run_id(run_id)
+    info = DATASETS.get(fields.get("dataset", ""))
+    expected = (fields.get("model"), *((info.num_classes, info.in_channels, info.image_size) if info else ()))
+    found = (model_meta.model, model_meta.num_classes, model_meta.in_channels, model_meta.image_size)
+    if info is None or expected == found:
+        return
+    want = ModelMeta(fields["model"], info.num_classes, info.in_channels, info.image_size)
+    try:
+        want_params = f"{sum(p.numel() for p in want.build().parameters())} parameters"
+    except (ValueError, KeyError, TypeError, RuntimeError):  # a name or input shape the model cannot take
+        want_params = "a parameter count that cannot be computed"
+    raise CheckpointError(f"{path}: expected the model of run {run_id}, {want.describe()} ({want_params} with "
+                          f"default options), found {model_meta.describe()} ({width} parameters): the file "
+                          f"belongs to another run; {remake_hint(path)}")
 
 
 def _save(path: str | Path, obj: dict) -> None:
@@ -205,10 +258,10 @@ def _load(path: str | Path, kind: str, map_location: str) -> dict:
     except Exception as exc:  # truncated, foreign or unsafe content
         raise CheckpointError(
             f"cannot read checkpoint {path} ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); "
-            "it is truncated or not a fedscape checkpoint: delete it and rerun to make it again"
+            f"it is truncated or not a fedscape checkpoint; {remake_hint(path)}"
         ) from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT or obj.get("kind") != kind:
         raise CheckpointError(
-            f"{path} is not a fedscape {kind} checkpoint ({FORMAT}): delete it and rerun to make it again"
+            f"{path} is not a fedscape {kind} checkpoint ({FORMAT}); {remake_hint(path)}"
         )
     return obj

@@ -210,6 +210,8 @@ def plane_settings(config: dict, plan: LandscapePlan) -> dict:
         "span": spec.get("span"),
         "margin": float(spec.get("margin", 0.25)),
         "client": int(spec.get("client", 0)),
+        # only when set, so that the settings (and the plane jobs) of configs without it stay as they were
+        **({"plane_file": str(spec["plane_file"])} if spec.get("plane_file") else {}),
     }
 
 

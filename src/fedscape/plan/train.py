@@ -111,6 +111,11 @@ def check(config: dict, runs: list[Run]) -> list[str]:
             if name not in MODEL_NAMES:
                 problems.append(f"{section}: unknown model {name!r}.{suggest(name, MODEL_NAMES)} "
                                 f"Valid: {', '.join(MODEL_NAMES)}")
+    for i, experiment in enumerate(config.get("experiments") or []):
+        name = experiment.get("model")
+        if name is not None and name not in MODEL_NAMES:
+            problems.append(f"experiments[{i}].model: unknown model {name!r}.{suggest(name, MODEL_NAMES)} "
+                            f"Valid: {', '.join(MODEL_NAMES)}")
     for name, options in config["model_options"].items():
         valid = MODEL_OPTIONS.get(name, ())
         for key, value in (options or {}).items() if name in MODEL_NAMES else ():
@@ -120,9 +125,11 @@ def check(config: dict, runs: list[Run]) -> list[str]:
             elif key == "norm" and value not in NORMS:
                 problems.append(f"model_options.{name}.norm: {value!r} is not a norm.{suggest(value, NORMS)} "
                                 f"Valid: {', '.join(NORMS)}")
+    base = None
     try:
         check_training(config["training"], {})
     except (TypeError, ValueError) as exc:
+        base = str(exc)
         problems.append(f"training: {exc}")
     for label, spec in config["algorithms"].items():
         hparams = {k: v for k, v in spec.items() if k not in ("name", "training")}
@@ -137,14 +144,15 @@ def check(config: dict, runs: list[Run]) -> list[str]:
         try:
             check_training(config["training"], spec.get("training", {}))
         except (TypeError, ValueError) as exc:
-            problems.append(f"algorithms.{label}.training: {exc}")
+            if str(exc) != base:  # the same problem as the `training` section's, reported there once
+                problems.append(f"algorithms.{label}.training: {exc}")
     known = [r for r in runs if r.dataset in DATASET_NAMES and r.model in MODEL_NAMES]
     for dataset, model in sorted({(r.dataset, r.model) for r in known}):
         info = dataset_info(dataset)
         try:
             check_model_compatible(model, info.in_channels, info.image_size, info.inputs)
         except ValueError as exc:
-            problems.append(f"models: {exc}")
+            problems.append(f"{_model_key(config, dataset, model)}: {exc}")
     for label, model in sorted({(r.algorithm, r.model) for r in known
                                 if config["algorithms"][r.algorithm]["name"] in ALGORITHM_NAMES}):
         try:
@@ -152,6 +160,13 @@ def check(config: dict, runs: list[Run]) -> list[str]:
         except ValueError as exc:
             problems.append(f"algorithms.{label}: {exc}")
     return problems
+
+
+def _model_key(config: dict, dataset: str, model: str) -> str:
+    """Where a run's model comes from: the experiments that name it for `dataset`, else `models`."""
+    named = [f"experiments[{i}].model" for i, exp in enumerate(config.get("experiments") or [])
+             if exp.get("model") == model and exp.get("dataset") in (None, dataset)]
+    return ", ".join(named) if named and model not in config["models"] else "models"
 
 
 def targets(config: dict, runs: list[Run]) -> list[str]:

@@ -13,12 +13,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
-import yaml
-
 import fedscape.plan as _package
-from fedscape.core.config import ConfigError, duplicate_keys, load_schema, validate_config
+from fedscape.core.config import ConfigError, duplicate_keys, load_schema, read_config_file, validate_config
 from fedscape.core.runs import WILDCARD_CONSTRAINTS, Run, build_runs
-from fedscape.data.specs import DATASET_NAMES
+from fedscape.data.specs import DATASET_NAMES, DATASETS
 
 FIRST = "train"  # its checks come first: every other stage reads the run grid it checks
 
@@ -76,9 +74,7 @@ def _directory_labels(config: dict) -> list[str]:
 
 def load_config(path: str | Path, schema_path: str | Path) -> dict:
     """Read a YAML config safely, fill defaults and validate it."""
-    with open(path) as fh:
-        config = yaml.safe_load(fh) or {}
-    return check_config(config, load_schema(schema_path), files=[path])
+    return check_config(read_config_file(path), load_schema(schema_path), files=[path])
 
 
 def all_targets(config: dict, runs: list[Run]) -> list[str]:
@@ -89,3 +85,71 @@ def all_targets(config: dict, runs: list[Run]) -> list[str]:
 def wildcard_constraints() -> dict[str, str]:
     """The constraint of every run wildcard (the dataset's: one of the dataset names)."""
     return {"dataset": "|".join(DATASET_NAMES), **WILDCARD_CONSTRAINTS}
+
+
+# -- the data the jobs about to run read -------------------------------------------------------------------
+# The rules whose jobs read a dataset (or an init's proxy data); their `dataset` wildcard names it, and a rule
+# without one (a barrier pair) may read any dataset of the config.
+DATA_RULES = ("partition", "init", "train", "hessian", "interpolation", "layer_barriers", "landscape_chunk")
+
+
+def check_data(config: dict, runs: list[Run], jobs: Iterable[tuple[str, dict]] | None = None) -> None:
+    """ConfigError listing every data directory that the jobs about to run need and that is not there.
+
+    `jobs`: (rule name, wildcards) of the jobs Snakemake is about to run (None: every job of the config).
+    Not part of `check_config`: `snakemake -n` plans on machines without the data (a laptop, a login
+    node), and jobs that read no data (tables, figures) run without it; the Snakefile calls this when
+    Snakemake starts executing, before the first job.
+    """
+    used = sorted({r.dataset for r in runs})
+    if jobs is None:
+        datasets, inits = set(used), {(r.init, r.dataset) for r in runs}
+    else:
+        datasets, inits = set(), set()
+        for rule, wildcards in jobs:
+            if rule not in DATA_RULES:
+                continue
+            datasets |= {wildcards["dataset"]} if "dataset" in wildcards else set(used)
+            if rule == "init":
+                inits.add((wildcards.get("init"), wildcards.get("dataset")))
+    problems = [p for name in sorted(datasets)
+                for p in _data_dir_problems(f"datasets.{name}", name, config["datasets"].get(name) or {})]
+    for label, dataset in sorted(inits):
+        problems += _proxy_problems(config, label, dataset)
+    if problems:
+        raise ConfigError("data missing for the jobs about to run (nothing ran; `snakemake -n` does not check "
+                          "data):\n" + "\n".join(f"  - {p}" for p in dict.fromkeys(problems)))
+
+
+def _data_dir_problems(where: str, name: str, options: dict, key: str = "data_dir") -> list[str]:
+    info = DATASETS.get(name)
+    if info is None or not info.needs_data_dir:
+        return []
+    data_dir = options.get(key)
+    if data_dir is None:
+        return [f"{where}.{key}: {name} ({info.description}) is read from a data_dir, and none is set: set it to "
+                "the directory that holds (or, with `download: true`, receives) its files"]
+    if not Path(data_dir).is_dir() and not options.get("download"):
+        return [f"{where}.{key}: {data_dir!r} is not a directory (relative paths start at the working directory "
+                f"{Path.cwd()}); copy {name}'s files there or set `download: true` on a machine with internet"]
+    return []
+
+
+def _proxy_problems(config: dict, label: str, dataset: str) -> list[str]:
+    """The proxy data of a pretrained init: down-sampled ImageNet (`proxy_dir`) or another dataset."""
+    spec = config["inits"].get(label) or {}
+    if spec.get("kind") != "pretrained":
+        return []
+    where = f"inits.{label}"
+    if spec.get("proxy_dir"):
+        if not Path(spec["proxy_dir"]).is_dir():
+            return [f"{where}.proxy_dir: {spec['proxy_dir']!r} (down-sampled ImageNet) is not a directory"]
+        return []
+    name = spec.get("proxy_dataset")
+    if not name:
+        return []
+    options = config["datasets"].get(dataset) or {}
+    if spec.get("proxy_data_dir"):
+        return _data_dir_problems(where, name, {**spec, "download": options.get("download")}, "proxy_data_dir")
+    # without proxy_data_dir the proxy is read from the clients' dataset's data_dir (fedscape.stages.init)
+    return _data_dir_problems(f"{where}: proxy_dataset {name} from datasets.{dataset}", name, options)

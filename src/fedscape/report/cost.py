@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedscape.core.io import write_csv
+from fedscape.core.io import remake_hint, write_csv
+from fedscape.fl.settings import ROUNDS_COLUMNS
+from fedscape.outputs.tables import read_table
 
 # What a run's cost per round depends on besides the algorithm: runs are compared only within one setting.
 COST_SETTING = ["dataset", "model", "device", "device_name", "alpha", "num_clients", "participation", "local_epochs",
@@ -19,14 +21,14 @@ COST_COLUMNS = ["dataset", "model", "algorithm", "algorithm_name", "device", "de
 
 def _run_rounds(metrics: str | Path, meta_path: str | Path) -> pd.DataFrame:
     """A run's rounds 1.. with its device, algorithm name, local epochs and batch size from meta.json."""
-    df = pd.read_csv(metrics)
+    df = read_table(metrics, ROUNDS_COLUMNS)
     meta = json.loads(Path(meta_path).read_text())
     settings = meta.get("settings", {})
     training = settings.get("training", {})
     missing = [k for k in ("local_epochs", "batch_size") if k not in training]
     if missing:
         raise ValueError(f"{meta_path} has no training.{missing[0]} in its settings: cannot tell which runs "
-                         "do the same work per round (rerun its train job)")
+                         f"do the same work per round; {remake_hint(meta_path)}")
     df = df[df["round"] > 0].copy()
     df["device"] = meta.get("device", "unknown")
     df["device_name"] = meta.get("device_name", meta.get("device", "unknown"))

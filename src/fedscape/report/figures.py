@@ -29,6 +29,7 @@ import pandas as pd
 
 from fedscape.core.alpha import format_setting, setting_label, setting_order_key
 from fedscape.fl.hparams.registry import display_name
+from fedscape.fl.settings import ROUNDS_COLUMNS
 from fedscape.outputs.labels import label_run
 from fedscape.outputs.stats import did_not_diverge, t_interval
 from fedscape.outputs.style import (
@@ -41,6 +42,9 @@ from fedscape.outputs.style import (
     save_figure,
     varying_keys,
 )
+from fedscape.outputs.tables import read_table
+from fedscape.report.cost import COST_COLUMNS
+from fedscape.report.summary import FINAL_COLUMNS
 
 log = logging.getLogger("fedscape.figures")
 
@@ -583,13 +587,13 @@ def cost_figure(cost: pd.DataFrame, dataset: str, model: str, base_path: str | P
 
 # -- thin entry points of the Snakemake scripts -----------------------------------------------------
 def curves_stage(rounds: str | Path, dataset: str, model: str, metric: str, base_path: str | Path) -> None:
-    curves_figure(pd.read_csv(rounds), dataset, model, metric, base_path)
+    curves_figure(read_table(rounds, ROUNDS_COLUMNS), dataset, model, metric, base_path)
     log.info("curves %s / %s (%s) -> %s", dataset, model, metric, base_path)
 
 
 def final_figure_stage(final: str | Path, kind: str, dataset: str, model: str, base_path: str | Path,
                        work: dict[str, dict] | None = None) -> None:
-    df = pd.read_csv(final)
+    df = read_table(final, FINAL_COLUMNS)
     if kind == "by_init":
         accuracy_by_init_figure(df, dataset, model, base_path)
     elif kind == "table":
@@ -607,5 +611,5 @@ def final_figure_stage(final: str | Path, kind: str, dataset: str, model: str, b
 
 
 def cost_figure_stage(cost: str | Path, dataset: str, model: str, base_path: str | Path) -> None:
-    cost_figure(pd.read_csv(cost), dataset, model, base_path)
+    cost_figure(read_table(cost, COST_COLUMNS), dataset, model, base_path)
     log.info("cost %s / %s -> %s", dataset, model, base_path)

@@ -23,7 +23,9 @@ from fedscape.analysis.barriers.definitions import LINEAR
 from fedscape.core.alpha import is_iid, setting_order_key
 from fedscape.core.io import write_csv
 from fedscape.core.runs import OK, RUN_FIELDS, parse_run_id
+from fedscape.fl.settings import ROUNDS_COLUMNS
 from fedscape.outputs.stats import did_not_diverge, t_interval
+from fedscape.outputs.tables import read_table
 
 log = logging.getLogger("fedscape.summary")
 
@@ -42,14 +44,16 @@ SUMMARY_METRICS = [
 SUMMARY_STATS = ("mean", "std", "ci95_low", "ci95_high")
 SUMMARY_COLUMNS = [*GROUP_KEYS, "n_seeds", "n_ok", *[f"{m}_{s}" for m in SUMMARY_METRICS for s in SUMMARY_STATS]]
 BARRIER_SPLIT = "train"  # the barrier on the global loss L (aggregate training data), as in pilot Fig. 3c
+# barriers.csv columns the barrier to IID reads (`aligned` is absent from tables made before alignment)
+BARRIER_READ_COLUMNS = ["pair_id", "run_a", "run_b", "split", "barrier_loss", "barrier_error"]
 HESSIAN_DATA = "all"  # hessian.csv's rows of the aggregate training data
 
 
-def _read(path: str | Path | None) -> pd.DataFrame | None:
-    """The CSV at `path`, or None when no path is given (the analysis is not part of the config)."""
+def _read(path: str | Path | None, columns: list[str]) -> pd.DataFrame | None:
+    """The CSV at `path` with `columns`, or None when no path is given (the analysis is not part of the config)."""
     if path is None or path == "":
         return None
-    return pd.read_csv(path)
+    return read_table(path, columns)
 
 
 def _last_rows(rounds: pd.DataFrame) -> pd.DataFrame:
@@ -175,8 +179,10 @@ def final_stage(rounds: str | Path, output: str | Path, barriers: str | Path | N
                 interpolation: str | Path | None = None, hessian: str | Path | None = None,
                 hessian_clients: str | Path | None = None) -> None:
     """Write results/tables/final.csv from rounds.csv and the analysis tables the config produces."""
-    df = final_table(pd.read_csv(rounds), _read(barriers), _read(interpolation), _read(hessian),
-                     _read(hessian_clients))
+    df = final_table(read_table(rounds, ROUNDS_COLUMNS), _read(barriers, BARRIER_READ_COLUMNS),
+                     _read(interpolation, ["pair_id", "round_a", "round_b"]),
+                     _read(hessian, ["run_id", "round", "data", "lambda_1", "trace"]),
+                     _read(hessian_clients, ["run_id", "round", "hn", "hd"]))
     write_csv(df, output)
     computed = [c for c in ("barrier_to_iid_loss", "lambda_max", "lambda_max_init", "hn") if df[c].notna().any()]
     log.info("final.csv: %d runs; headline numbers present: %s", len(df), ", ".join(computed) or "none")
@@ -184,6 +190,6 @@ def final_stage(rounds: str | Path, output: str | Path, barriers: str | Path | N
 
 def summary_stage(final: str | Path, output: str | Path) -> None:
     """Write results/tables/summary.csv from final.csv."""
-    df = summary_table(pd.read_csv(final))
+    df = summary_table(read_table(final, FINAL_COLUMNS))
     write_csv(df, output)
     log.info("summary.csv: %d groups from %d seeds at most", len(df), int(df["n_seeds"].max()) if len(df) else 0)

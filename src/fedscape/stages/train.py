@@ -43,7 +43,7 @@ def train_stage(settings: dict, partition_path: str | Path, init_path: str | Pat
     device = resolve_device(settings["training"].get("device", "auto"))
     cfg = train_config(settings)
     data = load_federated_data(run["dataset"], settings["dataset_options"], partition_path, device)
-    init = load_trajectory(init_path)
+    init = load_trajectory(init_path, run_id=settings["run_id"])
     model = init.model_at(0, device).train()
     strategy = make_strategy(settings["algorithm"], settings["hyperparameters"])
     log.info("run %s on %s: %d clients, %d rounds x %d local epochs, algorithm %s", settings["run_id"], device,

@@ -17,6 +17,7 @@ from matplotlib.ticker import MaxNLocator
 from fedscape.analysis.barriers.definitions import (
     BEZIER,
     CUMULATION_MODES,
+    INTERPOLATION_COLUMNS,
     LAYER_BARRIER_COLUMNS,
     LAYER_DISTANCE_COLUMNS,
     LINEAR,
@@ -36,6 +37,7 @@ from fedscape.outputs.style import (
     save_figure_outputs,
     sequential_cmap,
 )
+from fedscape.outputs.tables import read_table
 
 MODE_TITLES = {"single": "one layer averaged", "shallow": "layers 0..i averaged (from input)",
                "deep": "layers i..L-1 averaged (from output)", "random": "layers added in a random order",
@@ -106,7 +108,7 @@ def interpolation_figure(table: str | Path, outputs: dict[str, str | Path]) -> N
     """Loss and error along the interpolation, one labelled curve per pair (Li et al. 2022, Figs 3c/5c); dashed:
     to model b aligned to a by weight matching (Ainsworth et al. 2023); dotted (dash-dotted when aligned): along
     the trained quadratic Bezier curve (Garipov et al. 2018)."""
-    df = pd.read_csv(table)
+    df = read_table(table, [c for c in INTERPOLATION_COLUMNS if c not in ("aligned", "path")])
     if df.empty:
         save_figure_outputs(empty_figure("no interpolation pairs with rows (every pair was skipped)"), outputs, df)
         return
@@ -165,7 +167,7 @@ def layer_heatmaps(table: str | Path, pair: str, split: str, outputs: dict[str, 
     Diverging colour-blind-safe map centred at 0 (plotting.diverging_cmap: vermillion = barrier, blue = the
     mixed model is better than the ends).
     """
-    df = pd.read_csv(table)
+    df = read_table(table, LAYER_BARRIER_COLUMNS)
     df = df[(df["pair"] == pair) & (df["split"] == split)]
     df = df[_aligned(df) == aligned]
     present = [m for m in modes if (df["mode"] == m).any()]
@@ -212,11 +214,7 @@ def layer_distance_figure(table: str | Path, pair: str, outputs: dict[str, str |
     `rounds`: the pair's configured rounds (skipped ones show as grey columns). Without it a pair absent
     from the table is an error; with it the pair may have no rows (every round skipped): the figure says so.
     """
-    df = pd.read_csv(table)
-    missing = [c for c in LAYER_DISTANCE_COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{table} is not a layer-distance table (results/tables/layer_distances.csv): "
-                         f"it lacks columns {missing}")
+    df = read_table(table, LAYER_DISTANCE_COLUMNS)
     sub = df[(df["pair"].astype(str) == str(pair)) & ~_aligned(df)]  # as trained (the line plot has the aligned)
     if sub.empty:
         if rounds is None:

@@ -21,6 +21,7 @@ from fedscape.analysis.barriers.definitions import (
     LAYER_DISTANCE_COLUMNS,
     LINEAR,
     MODES,
+    PAIR_SEPARATOR,
     SPLITS,
     CurveSettings,
     format_averaged,
@@ -35,7 +36,7 @@ from fedscape.analysis.barriers.maths import (
     layerwise_barriers,
     model_layers,
 )
-from fedscape.core.io import write_csv
+from fedscape.core.io import remake_hint, write_csv
 from fedscape.core.runs import OK
 from fedscape.data.federated import load_federated_data
 from fedscape.models.checkpoint import load_clients, load_trajectory
@@ -108,7 +109,8 @@ def interpolation_stage(settings: dict, trajectory_a: str | Path, trajectory_b: 
     along a trained quadratic Bezier curve when the settings carry `curve` (Garipov et al. 2018)."""
     t0 = time.perf_counter()
     device = resolve_device(settings["device"])
-    traj_a, traj_b = load_trajectory(trajectory_a), load_trajectory(trajectory_b)
+    traj_a = load_trajectory(trajectory_a, run_id=settings["run_a"])
+    traj_b = load_trajectory(trajectory_b, run_id=settings["run_b"])
     rounds = []
     for traj, key in ((traj_a, "round_a"), (traj_b, "round_b")):
         r = traj.final_round if settings[key] == "final" else int(settings[key])
@@ -170,14 +172,15 @@ def layerwise_stage(settings: dict, inputs: dict, out_barriers: str | Path, out_
     t0 = time.perf_counter()
     device = resolve_device(settings["device"])
     pair, round_ = settings["pair"], settings["round"]
-    traj_a = load_trajectory(inputs["trajectory_a"])
+    run_ids = settings["run_id"].split(PAIR_SEPARATOR)  # one run, or two for a pair of runs
+    traj_a = load_trajectory(inputs["trajectory_a"], run_id=run_ids[0])
     meta = {"run_id": settings["run_id"], "round": round_, "pair": pair}
     if settings["kind"] == "clients":
-        saved = load_clients(inputs["clients"])
+        saved = load_clients(inputs["clients"], run_id=run_ids[0])
         reason = None
         if round_ not in saved and traj_a.status == OK:
             raise KeyError(f"pair {pair}: {inputs['clients']} holds the client models of rounds {sorted(saved)}, not "
-                           f"of round {round_}, although the run did not diverge; retrain it")
+                           f"of round {round_}, although the run did not diverge; {remake_hint(inputs['clients'])}")
         if round_ not in saved:
             reason = (f"round {round_} has no client checkpoints (the run stopped at round {traj_a.final_round}, "
                       f"status {traj_a.status!r})")
@@ -196,7 +199,7 @@ def layerwise_stage(settings: dict, inputs: dict, out_barriers: str | Path, out_
             raise ValueError(f"pair {pair}: clients {absent} did not take part in round {round_} (took part: {ids})")
         a, b = (Point(c.params[ids.index(k)], c.buffers[ids.index(k)]) for k in settings["clients"])
     else:
-        traj_b = load_trajectory(inputs["trajectory_b"])
+        traj_b = load_trajectory(inputs["trajectory_b"], run_id=run_ids[-1])
         reasons = [f"{key}: {reason}" for key, tr in (("a", traj_a), ("b", traj_b))
                    if (reason := tr.unusable(round_)) is not None]
         if reasons:

@@ -17,8 +17,8 @@ from fedscape.analysis.barriers.definitions import (
     linear_barrier,
     mode_entries,
 )
-from fedscape.core.io import write_csv
-from fedscape.outputs.tables import TableError
+from fedscape.core.io import remake_hint, write_csv
+from fedscape.outputs.tables import TableError, read_table
 
 
 def barriers_from_curves(curves: pd.DataFrame) -> pd.DataFrame:
@@ -35,8 +35,9 @@ def barriers_from_curves(curves: pd.DataFrame) -> pd.DataFrame:
 def interpolation_tables(inputs: list[str | Path], out_interpolation: str | Path, out_barriers: str | Path) -> None:
     """Concatenate the curves into interpolation.csv and compute barriers.csv from them."""
     # curves written before alignment (Bezier curves) existed have no `aligned` (`path`) column: unaligned (linear)
+    required = [c for c in INTERPOLATION_COLUMNS if c not in ("aligned", "path")]
     frames = [df.assign(**{column: value for column, value in (("aligned", False), ("path", LINEAR))
-                           if column not in df.columns}) for df in map(pd.read_csv, inputs)]
+                           if column not in df.columns}) for df in (read_table(p, required) for p in inputs)]
     curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=INTERPOLATION_COLUMNS)
     write_csv(curves[INTERPOLATION_COLUMNS], out_interpolation)
     write_csv(barriers_from_curves(curves), out_barriers)
@@ -53,7 +54,7 @@ def _older_layer_rows(df: pd.DataFrame, path: str | Path) -> pd.DataFrame:
                   for i, group in mode_entries(num_layers, mode)}
         unknown = sorted(set(df["mode"]) - {"single", "shallow", "deep"})
         if unknown:
-            raise TableError(f"{path}: modes {unknown} without an `averaged` column; delete it and rerun the workflow")
+            raise TableError(f"{path}: modes {unknown} without an `averaged` column; {remake_hint(path)}")
         df = df.assign(averaged=[groups[(m, int(i))] for m, i in zip(df["mode"], df["layer_index"], strict=True)])
     return df
 
@@ -70,7 +71,7 @@ def layer_tables(barriers: list[str | Path], distances: list[str | Path], out_ba
             missing = [c for c in columns if c not in df.columns]
             if missing:
                 raise TableError(f"{path}: expected the columns {columns}, found {list(df.columns)} (missing "
-                                 f"{missing}); delete it and rerun the workflow so that its job writes it again")
+                                 f"{missing}); {remake_hint(path)}")
     for tables, columns, output in ((frames, LAYER_BARRIER_COLUMNS, out_barriers),
                                     (dist, LAYER_DISTANCE_COLUMNS, out_distances)):
         df = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)

@@ -7,11 +7,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedscape.analysis.client_stats.definitions import CLIENT_STATS_FIGURE_COLUMNS, CLIENT_STATS_PANELS
+from fedscape.analysis.client_stats.definitions import (
+    CLIENT_STATS_COLUMNS,
+    CLIENT_STATS_FIGURE_COLUMNS,
+    CLIENT_STATS_PANELS,
+)
 from fedscape.core.alpha import setting_order_key
 from fedscape.core.runs import parse_run_id
 from fedscape.outputs.labels import label_run
 from fedscape.outputs.style import RunStyle, empty_figure, pyplot, save_figure_outputs, varying_keys
+from fedscape.outputs.tables import read_table
 
 
 def client_stats_figure(table: str | Path, outputs: dict[str, str | Path]) -> None:
@@ -21,7 +26,7 @@ def client_stats_figure(table: str | Path, outputs: dict[str, str | Path]) -> No
     then the bottom row of the figure of Nguyen et al. 2022 ("Where to begin?"); one row of panels per
     (dataset, model, algorithm, clients, participation), seeds averaged.
     """
-    df = pd.read_csv(table)
+    df = read_table(table, CLIENT_STATS_COLUMNS)
     if df.empty:
         save_figure_outputs(empty_figure("no client statistics (client_stats.csv has no rows)"), outputs,
                             pd.DataFrame(columns=CLIENT_STATS_FIGURE_COLUMNS))

@@ -18,8 +18,9 @@ import pandas as pd
 from fedscape.analysis.client_stats.definitions import CLIENT_STATS_COLUMNS
 from fedscape.core.io import write_csv
 from fedscape.fl.client_stats import l2_to_final, stats_from_checkpoints
-from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS
+from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS, STAT_KEYS
 from fedscape.models.checkpoint import load_clients, load_trajectory
+from fedscape.outputs.tables import read_table
 
 log = logging.getLogger("fedscape.client_stats")
 
@@ -33,7 +34,7 @@ def client_stats_table(run_ids: list[str], updates: list[str | Path], trajectori
     """
     frames = []
     for k, (run_id, upd, traj_path) in enumerate(zip(run_ids, updates, trajectories, strict=True), start=1):
-        traj = load_trajectory(traj_path)
+        traj = load_trajectory(traj_path, run_id=run_id)
         reason = traj.unusable(traj.final_round)
         if reason is None:
             l2 = l2_to_final(traj.params).numpy()
@@ -41,7 +42,7 @@ def client_stats_table(run_ids: list[str], updates: list[str | Path], trajectori
             log.warning("run %s: %s; it has no final model, so its l2_to_final is NaN", run_id, reason)
             l2 = np.full(len(traj.rounds), np.nan)
         df = pd.DataFrame({"round": traj.rounds.numpy(), "l2_to_final": l2})
-        stats = pd.read_csv(upd)
+        stats = read_table(upd, ["round", *STAT_KEYS])
         df = df.merge(stats.drop(columns=["run_id", "num_clients"], errors="ignore"), on="round", how="left")
         df.insert(0, "run_id", run_id)
         frames.append(df[CLIENT_STATS_COLUMNS])

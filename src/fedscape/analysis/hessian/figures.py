@@ -16,6 +16,7 @@ from fedscape.core.runs import RUN_FIELDS, parse_run_id
 from fedscape.outputs.labels import format_field, label_run
 from fedscape.outputs.style import PALETTE, alpha_colors, alpha_order, pyplot
 from fedscape.outputs.style import save_figure_outputs as save
+from fedscape.outputs.tables import read_table
 
 
 def _with_fields(df: pd.DataFrame) -> pd.DataFrame:
@@ -45,7 +46,7 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str) -> None:
     """
     if by not in ("algorithm", "init"):
         raise ValueError(f"by must be 'algorithm' or 'init', got {by!r}")
-    df = _with_fields(pd.read_csv(table))
+    df = _with_fields(read_table(table, ["run_id", "round", "data", "lambda_1", "trace", "trace_stderr"]))
     df = df[df["data"] == AGGREGATE]
     long = pd.concat([
         df.assign(metric="lambda_max", value=df["lambda_1"], stderr=math.nan),
@@ -96,7 +97,8 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str) -> None:
 def density_figure(inputs: list[str | Path], outputs: dict, grid_points: int = 1000) -> None:
     """Spectral density of the aggregate-data Hessian by SLQ (Ghorbani et al. 2019): one panel per run, one line
     per round, Gaussian-smoothed as in PyHessian, log scale."""
-    frames = [f for f in (pd.read_csv(p) for p in inputs) if len(f)]  # a diverged run's job has no density
+    # a diverged run's job has no density rows
+    frames = [f for f in (read_table(p, DENSITY_COLUMNS) for p in inputs) if len(f)]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DENSITY_COLUMNS)
     df = df[df["data"] == AGGREGATE]
     runs = sorted(df["run_id"].unique())

@@ -77,7 +77,7 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     hs = HessianSettings(**settings["hessian"])
     run_id, round_ = settings["run_id"], int(settings["round"])
     device = resolve_device(settings["device"])
-    traj = load_trajectory(trajectory_path)
+    traj = load_trajectory(trajectory_path, run_id=run_id)
     reason = traj.unusable(round_)
     if reason is not None:
         _write_diverged(settings, traj, reason, outputs, t_start)

@@ -10,6 +10,7 @@ import pandas as pd
 from fedscape.analysis.hessian.definitions import INTEGER_COLUMNS
 from fedscape.core.io import write_csv
 from fedscape.core.runs import OK
+from fedscape.outputs.tables import read_table
 
 log = logging.getLogger("fedscape.hessian")
 
@@ -17,13 +18,10 @@ log = logging.getLogger("fedscape.hessian")
 def gather_tables(inputs: list[str | Path], output: str | Path, columns: list[str]) -> None:
     """Concatenate per-job CSVs with exactly `columns` (in order); a diverged job's NaN rows leave the
     integer columns integers (empty where NaN)."""
-    frames = [pd.read_csv(p) for p in inputs]
+    # per-job tables written before the `status` column existed lack it: every such job was computed
+    frames = [read_table(p, [c for c in columns if c != "status"]) for p in inputs]
+    frames = [f if "status" in f.columns or "status" not in columns else f.assign(status=OK) for f in frames]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-    if "status" in columns and "status" not in df.columns and len(df):
-        df["status"] = OK  # per-job tables written before the column existed: every job was computed
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise ValueError(f"per-job Hessian tables lack columns {missing}; rerun the hessian jobs")
     for col in INTEGER_COLUMNS:
         if col in df.columns and len(df):
             df[col] = df[col].astype("Int64")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fedscape.core.io import remake_hint, supplied_hint
+
 SURFACE_KINDS = ("trajectory", "local", "final_models", "trajectories", "random", "hessian", "three_points")
 DATA_SETS = ("train", "client", "test")
 # The plane kind (plane file `meta.kind`) each surface kind builds.
@@ -33,25 +35,30 @@ class PlaneError(ValueError):
     """A plane file that is missing keys, has inconsistent shapes or an unknown kind."""
 
 
-def read_plane_file(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
-    """The arrays (float32, flat) and the parsed, checked metadata of a plane file."""
+def read_plane_file(path: str | Path, supplied_as: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays (float32, flat) and the parsed, checked metadata of a plane file.
+
+    `supplied_as`: the config key of a plane file the user supplied (`landscapes.<label>.plane_file`); its
+    errors then say to fix or replace that file, never to delete it (no job would make it again).
+    """
     path = Path(path)
+    fix = supplied_hint(path, supplied_as) if supplied_as else remake_hint(path)
     if not path.exists():
-        raise PlaneError(f"plane file {path} does not exist")
+        raise PlaneError(f"plane file {path} does not exist" + (f"; {fix}" if supplied_as else ""))
     try:
         with np.load(path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}
     except Exception as exc:  # truncated or not an npz
-        raise PlaneError(f"cannot read plane file {path} ({type(exc).__name__}: {exc}); delete it and rerun") from exc
+        raise PlaneError(f"cannot read plane file {path} ({type(exc).__name__}: {exc}); {fix}") from exc
     missing = [k for k in (*ARRAY_KEYS, "meta") if k not in data]
     if missing:
-        raise PlaneError(f"plane file {path} lacks {missing}; a plane holds {[*ARRAY_KEYS, 'meta']}")
+        raise PlaneError(f"plane file {path} lacks {missing}; a plane holds {[*ARRAY_KEYS, 'meta']}; {fix}")
     try:
         meta = json.loads(str(data["meta"]))
     except json.JSONDecodeError as exc:
-        raise PlaneError(f"plane file {path}: `meta` is not JSON ({exc})") from exc
+        raise PlaneError(f"plane file {path}: `meta` is not JSON ({exc}); {fix}") from exc
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
-        raise PlaneError(f"plane file {path}: meta lacks {missing}; required: {list(META_KEYS)}")
+        raise PlaneError(f"plane file {path}: meta lacks {missing}; required: {list(META_KEYS)}; {fix}")
     arrays = {k: np.ascontiguousarray(data[k], dtype=np.float32).reshape(-1) for k in ARRAY_KEYS}
     return arrays, meta

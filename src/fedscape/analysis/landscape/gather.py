@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedscape.analysis.landscape.definitions import SURFACES_COLUMNS, read_plane_file
+from fedscape.analysis.landscape.definitions import POINT_COLUMNS, SURFACES_COLUMNS, read_plane_file
 from fedscape.analysis.landscape.grid import Grid, gather_chunks
 from fedscape.core.config import digest
-from fedscape.core.io import atomic_path, write_csv
+from fedscape.core.io import atomic_path, remake_hint, write_csv
 from fedscape.core.runs import OK
+from fedscape.outputs.tables import read_table
 
 log = logging.getLogger("fedscape.landscape")
 
@@ -30,12 +31,12 @@ def gather_stage(settings: dict, chunk_paths: list[str], plane_path: str, grid_p
         with np.load(path, allow_pickle=False) as npz:
             meta = json.loads(str(npz["meta"]))
             if meta["grid_digest"] != want:
-                raise RuntimeError(f"{path} was computed on another grid; delete it and rerun")
+                raise RuntimeError(f"{path} was computed on another grid; {remake_hint(path)}")
             parts.append({k: npz[k] for k in ("index", "loss", "acc")})
             n_eval = meta["n_eval"]
     loss, acc = gather_chunks(parts, grid)
     _, plane = read_plane_file(plane_path)
-    points = pd.read_csv(points_path, keep_default_na=False)
+    points = read_table(points_path, POINT_COLUMNS, keep_default_na=False)
     plane_meta = {k: v for k, v in plane.items() if k != "model_meta"}
     plane_meta["model"] = (plane["model_meta"] or {}).get("model")
     nonfinite = int((~np.isfinite(loss)).sum())

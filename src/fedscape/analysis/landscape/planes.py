@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from fedscape.analysis.landscape.definitions import META_KEYS, PLANE_KINDS, PlaneError, read_plane_file
-from fedscape.core.io import atomic_path
+from fedscape.core.io import atomic_path, remake_hint, supplied_hint
 from fedscape.core.names import unknown_name_error
 
 log = logging.getLogger("fedscape.landscape")
@@ -91,9 +91,10 @@ def save_plane(path: str | Path, plane: Plane) -> None:
             np.savez(fh, **arrays)
 
 
-def load_plane(path: str | Path) -> Plane:
-    """Read and check a plane file (ours or one written by the Hessian stage)."""
-    arrays, meta = read_plane_file(path)
+def load_plane(path: str | Path, supplied_as: str | None = None) -> Plane:
+    """Read and check a plane file (ours, one written by the Hessian stage, or the user's: `supplied_as` is
+    then its config key, named in errors)."""
+    arrays, meta = read_plane_file(path, supplied_as)
     ev = meta["explained_variance"]
     try:
         return Plane(
@@ -108,7 +109,8 @@ def load_plane(path: str | Path) -> Plane:
             extra={k: v for k, v in meta.items() if k not in META_KEYS},
         )
     except ValueError as exc:
-        raise PlaneError(f"plane file {path}: {exc}") from exc
+        fix = supplied_hint(path, supplied_as) if supplied_as else remake_hint(path)
+        raise PlaneError(f"plane file {path}: {exc}; {fix}") from exc
 
 
 # -- PCA planes --------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from fedscape.analysis.landscape.planes import (
 from fedscape.analysis.landscape.project import project
 from fedscape.analysis.landscape.surface import SurfaceEvaluator, SurfaceSettings, evaluate_chunk
 from fedscape.core.config import digest
-from fedscape.core.io import atomic_path, atomic_write_text
+from fedscape.core.io import atomic_path, atomic_write_text, remake_hint, supplied_hint
 from fedscape.core.runs import DIVERGED, OK
 from fedscape.data.datasets import dataset_from_options
 from fedscape.data.federated import with_feature_noise
@@ -102,7 +102,7 @@ def plane_stage(settings: dict, trajectories: list[str], clients: str | None, he
     t0 = time.perf_counter()
     kind, runs = settings["kind"], settings["runs"]
     labels = dict(zip(runs, run_labels(settings["run_fields"]), strict=True))
-    trajs = {run_id: load_trajectory(path) for run_id, path in zip(runs, trajectories, strict=True)}
+    trajs = {run_id: load_trajectory(path, run_id=run_id) for run_id, path in zip(runs, trajectories, strict=True)}
     first = trajs[runs[0]]
     common = {"runs": runs, "model_meta": first.model_meta.to_dict(),
               "extra": {"label": settings["label"], "surface_kind": kind}}
@@ -190,7 +190,7 @@ def _build_plane(settings: dict, trajs: dict[str, Trajectory], clients: str | No
         t = int(first.final_round if round_ == "final" else round_)
         for r in (t - 1, t):  # DivergedCheckpoint when the run diverged before the end of round t
             _row_of(first, r, run_id)
-        saved = load_clients(clients)
+        saved = load_clients(clients, run_id=run_id)
         if t not in saved:
             raise RuntimeError(f"{clients} holds the client models of rounds {sorted(saved)}, not of round {t}")
         cr = saved[t]
@@ -214,14 +214,16 @@ def _build_plane(settings: dict, trajs: dict[str, Trajectory], clients: str | No
                              round=int(first.rounds[row]), **common)
     elif kind == "hessian":
         run_id = runs[0]
-        plane = load_plane(hessian_plane)
+        supplied_as = f"landscapes.{settings['label']}.plane_file" if settings.get("plane_file") else None
+        plane = load_plane(hessian_plane, supplied_as)
         if plane.extra.get("status", OK) != OK:
             raise DivergedCheckpoint(f"{hessian_plane} was not computed (status {plane.extra['status']!r}: "
                                      f"{plane.extra.get('reason', 'no reason recorded')})")
         row = _row_of(first, round_, run_id)
         if plane.num_params != first.params.shape[1]:
+            fix = supplied_hint(hessian_plane, supplied_as) if supplied_as else remake_hint(hessian_plane)
             raise RuntimeError(f"{hessian_plane} has {plane.num_params} parameters, run {run_id}'s model "
-                               f"{first.params.shape[1]}")
+                               f"{first.params.shape[1]}; {fix}")
         if not plane.model_meta:
             plane = replace(plane, model_meta=meta)
         if plane.center_buffers.numel() != first.buffers.shape[1]:

@@ -6,7 +6,7 @@ from fedscape.core.config import ConfigError, canonical
 from fedscape.core.paths import PARTITION_DIR, Results
 from fedscape.core.runs import Run, resolve_run
 from fedscape.data.specs import DATASET_NAMES, dataset_info
-from fedscape.plan.train import check_training, job_training
+from fedscape.plan.train import check_training, job_training, merge_training
 from fedscape.stages.init_settings import PretrainConfig, kind_spec
 
 
@@ -39,7 +39,7 @@ def init_extras(config: dict, runs: list, dataset: str, model: str, init: str) -
     if kind == "pretrained":
         return {"dataset_options": config["datasets"][dataset], "device": device}
     if kind == "iid_warmup":
-        training = job_training({**config["training"], **spec.get("training", {})})
+        training = job_training(merge_training(config["training"], spec.get("training", {})))
         return {"dataset_options": config["datasets"][dataset], "partition": config["partition"],
                 "warmup_training": training, "device": training.get("device", device)}
     if kind == "continue":

@@ -55,7 +55,7 @@ TABLE_COLUMNS = [*CURVE_GROUP, "row", "column", "n_seeds", "mean", "std", "ci95_
 # Algorithms are ranked against each other within one setting and init: the run fields other than these two.
 RANKING_SETTING = ["dataset", "model", "alpha", "num_clients", "participation"]
 LOCAL_WORK_COLUMNS = [*RANKING_SETTING, "init", "algorithm_name", "local_epochs", "algorithm", "n_seeds", "mean",
-                      "std", "ci95_low", "ci95_high"]
+                      "std", "ci95_low", "ci95_high", "local_steps"]
 RANKING_COLUMNS = [*RANKING_SETTING, "init", "algorithm", "n_seeds", "mean", "ci95_low", "ci95_high", "rank",
                    "rank_seed_min", "rank_seed_max", "n_algorithms"]
 
@@ -310,7 +310,8 @@ def ranking_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str
 
 def local_work_table(final: pd.DataFrame, work: dict[str, dict], column: str = "test_acc") -> pd.DataFrame:
     """Mean and 95% t-interval over the seeds that did not diverge of `column`, per setting, init and algorithm
-    label, with the label's algorithm name and local epochs (`work`: label -> {name, local_epochs})."""
+    label, with the label's algorithm name and local epochs or steps (`work`: label -> {name, local_epochs and
+    optionally local_steps}; empty where the work differs between clients)."""
     unknown = sorted(set(final["algorithm"].astype(str)) - set(work))
     if unknown:
         raise ValueError(f"algorithm labels {unknown} of final.csv have no local work; known: {sorted(work)}")
@@ -319,18 +320,25 @@ def local_work_table(final: pd.DataFrame, work: dict[str, dict], column: str = "
         fields = dict(zip([*RANKING_SETTING, "init", "algorithm"], keys, strict=True))
         mean, std, lo, hi, n = t_interval(sub[column].tolist())
         label = work[str(fields["algorithm"])]
-        rows.append({**fields, "algorithm_name": label["name"], "local_epochs": int(label["local_epochs"]),
-                     "n_seeds": n, "mean": mean, "std": std, "ci95_low": lo, "ci95_high": hi})
+        epochs, steps = label.get("local_epochs"), label.get("local_steps")
+        rows.append({**fields, "algorithm_name": label["name"], "local_epochs": None if epochs is None else int(epochs),
+                     "n_seeds": n, "mean": mean, "std": std, "ci95_low": lo, "ci95_high": hi,
+                     "local_steps": None if steps is None else int(steps)})
     table = pd.DataFrame(rows, columns=LOCAL_WORK_COLUMNS)
-    return table.sort_values([*RANKING_SETTING, "init", "algorithm_name", "local_epochs"], kind="stable")
+    return table.sort_values([*RANKING_SETTING, "init", "algorithm_name", "local_epochs", "local_steps"],
+                             kind="stable")
 
 
 def local_work_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str | Path,
                       work: dict[str, dict], column: str = "test_acc") -> dict:
-    """Final accuracy (mean, 95% interval over seeds) against local epochs per round: colour = algorithm,
-    line style = init; one panel per setting (alpha, clients, participation)."""
+    """Final accuracy (mean, 95% interval over seeds) against local epochs per round, or against local steps
+    when the labels count their work in steps (labels in the other unit, or with work that differs between
+    clients, are left out): colour = algorithm, line style = init; one panel per setting (alpha, clients,
+    participation)."""
     df = _select(final, dataset, model)
     table = local_work_table(df, work, column) if not df.empty else pd.DataFrame(columns=LOCAL_WORK_COLUMNS)
+    unit = "local_steps" if table["local_steps"].notna().sum() > table["local_epochs"].notna().sum() else "local_epochs"
+    table = table[table[unit].notna()]
     if table.empty:
         return save_figure(empty_figure(f"no finished runs of {dataset} / {model} in final.csv"), base_path, table)
     settings = _panels(table)
@@ -342,17 +350,17 @@ def local_work_figure(final: pd.DataFrame, dataset: str, model: str, base_path: 
     legend = {}
     for ((alpha, clients, part), sub), (ax,) in zip(settings, axes, strict=True):
         for (name, init), line in sub.groupby(["algorithm_name", "init"], sort=True):
-            line = line.groupby("local_epochs", as_index=False).first()  # labels with the same work: the first
+            line = line.groupby(unit, as_index=False).first()  # labels with the same work: the first
             color = colors[str(name)]
-            (handle,) = ax.plot(line["local_epochs"], line["mean"], marker="o", ms=4, color=color,
+            (handle,) = ax.plot(line[unit], line["mean"], marker="o", ms=4, color=color,
                                 linestyle=style.linestyle(init), lw=1.4)
             if line["ci95_low"].notna().any():
-                ax.fill_between(line["local_epochs"], line["ci95_low"].clip(lower=0), line["ci95_high"].clip(upper=1),
+                ax.fill_between(line[unit], line["ci95_low"].clip(lower=0), line["ci95_high"].clip(upper=1),
                                 color=color, alpha=0.15, lw=0)
             legend.setdefault(f"{display_name(str(name))} · {init} init", handle)
-        epochs = sorted({int(e) for e in sub["local_epochs"]})
+        epochs = sorted({int(e) for e in sub[unit]})
         ax.set_xticks(epochs)
-        ax.set_xlabel("local epochs per round")
+        ax.set_xlabel(f"{unit.replace('_', ' ')} per round")
         ax.set_ylabel("final test accuracy" if column == "test_acc" else column)
         setting = {"alpha": alpha, "num_clients": clients, "participation": part}
         ax.set_title(label_run(setting, ["alpha", *shown]) + ("" if len(epochs) > 1 else "\n(one local work setting)"))

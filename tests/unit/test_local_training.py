@@ -14,6 +14,7 @@ from helpers.configs import SCHEMA, TINY
 from torch import nn
 
 from fedscape.core.config import ConfigError
+from fedscape.core.paths import TRAIN_FILE_NAMES
 from fedscape.core.runs import build_runs
 from fedscape.data.datasets import augment_batch
 from fedscape.data.federated import FederatedData
@@ -26,10 +27,15 @@ from fedscape.fl.strategies.base import Strategy
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.models.networks import build_model
 from fedscape.models.params import FlatParams, flatten_params
+from fedscape.plan.init import init_settings
+from fedscape.plan.partition import partition_settings
 from fedscape.plan.report import local_work
 from fedscape.plan.train import run_training, train_settings
 from fedscape.plan.workflow import check_config
 from fedscape.report.cost import cost_table
+from fedscape.stages.init import init_stage
+from fedscape.stages.partition import partition_stage
+from fedscape.stages.train import train_stage
 
 
 def shard_data(sizes: list[int], seed: int = 0) -> FederatedData:
@@ -362,3 +368,30 @@ def test_cost_table_compares_runs_of_equal_local_work_only(tmp_path):
     assert math.isnan(table.loc["nova_u", "seconds_vs_fedavg"])  # no FedAvg with that unequal work
     assert table.loc["nova_u", "local_work"] == "steps uniform in 1..9, drawn every round"
     assert table.loc["avg_s", "local_steps"] == 10 and table.loc["avg_e", "local_epochs"] == 2
+
+
+# -- the train stage ----------------------------------------------------------------------------------------------
+
+def test_train_stage_runs_fednova_with_drawn_local_steps_and_adamw(tmp_path, caplog):
+    config = tiny({"rounds": 2, "local_epochs": None, "local_steps": {"low": 1, "high": 6, "draw": "round"},
+                   "optimizer": "adamw", "lr": 0.003, "lr_schedule": "cosine", "lr_warmup": 0.5,
+                   "save_clients_at": [], "device": "cpu"}, {"nova": {"name": "fednova"}})
+    config.update(alphas=["iid"])
+    check_config(config, SCHEMA)
+    (run,) = build_runs(config)
+    partition = tmp_path / "partition.npz"
+    partition_stage(partition_settings(config, run.dataset, run.alpha, run.num_clients, run.seed), partition,
+                    tmp_path / "counts.csv")
+    init = tmp_path / "init.pt"
+    init_stage(init_settings(config, [run], run.dataset, run.model, run.init), init)
+    outputs = {name: str(tmp_path / file) for name, file in TRAIN_FILE_NAMES.items()}
+
+    with caplog.at_level(logging.INFO, logger="fedscape.train"):
+        train_stage(train_settings(config, run), partition, init, outputs, tmp_path / "_progress")
+
+    meta = json.loads((tmp_path / TRAIN_FILE_NAMES["meta"]).read_text())
+    assert meta["status"] == "ok" and meta["settings"]["training"]["optimizer"] == "adamw"
+    assert "2 rounds x steps uniform in 1..6, drawn every round of local adamw" in caplog.text
+    assert caplog.text.count("local work (steps uniform in 1..6, drawn every round): min") == 2
+    table = cost_table([(outputs["metrics"], outputs["meta"])])
+    assert table["local_work"].tolist() == ["steps uniform in 1..6, drawn every round"]

@@ -395,3 +395,14 @@ def test_train_stage_runs_fednova_with_drawn_local_steps_and_adamw(tmp_path, cap
     assert caplog.text.count("local work (steps uniform in 1..6, drawn every round): min") == 2
     table = cost_table([(outputs["metrics"], outputs["meta"])])
     assert table["local_work"].tolist() == ["steps uniform in 1..6, drawn every round"]
+
+
+def test_per_client_work_must_fit_an_iid_warm_up_too():
+    config = tiny({"local_epochs": None, "local_steps": [1, 2, 3, 4]})  # 4 clients: fits the runs
+    config["inits"] = {"warm": {"kind": "iid_warmup", "rounds": 1, "num_clients": 10}}
+
+    with pytest.raises(ConfigError, match=r"inits.warm.training.local_steps: 4 values \(one per client\) but its "
+                                          "warm-up rounds have 10 clients"):
+        check_config(config, SCHEMA)
+    config["inits"]["warm"]["num_clients"] = 4
+    check_config(config, SCHEMA)

@@ -6,7 +6,7 @@ from fedscape.core.config import ConfigError, canonical
 from fedscape.core.paths import PARTITION_DIR, Results
 from fedscape.core.runs import Run, resolve_run
 from fedscape.data.specs import DATASET_NAMES, dataset_info
-from fedscape.plan.train import check_training, job_training, merge_training
+from fedscape.plan.train import check_training, job_training, merge_training, work_list_problems
 from fedscape.stages.init_settings import PretrainConfig, kind_spec
 
 
@@ -99,6 +99,9 @@ def check(config: dict, runs: list) -> list[str]:
                                                    "save_clients_at": []})
             except (TypeError, ValueError) as exc:
                 problems.append(f"{where}.training: {exc}")
+            warmup = merge_training(config["training"], spec.get("training", {}))
+            for key, problem in work_list_problems(warmup, spec["num_clients"], "its warm-up rounds"):
+                problems.append(f"{where}.training.{key}: {problem}")
         elif kind == "continue":
             if not spec.get("run"):
                 problems.append(f"{where}.run: a continue init needs a run selector, e.g. "

@@ -181,13 +181,16 @@ def _work_lists(config: dict, runs: list[Run]) -> list[str]:
     for label, clients in sorted({(r.algorithm, r.num_clients) for r in runs}):
         overrides = config["algorithms"][label].get("training", {})
         training = run_training(config, next(r for r in runs if r.algorithm == label))
-        for key in WORK_KEYS:
-            value = training.get(key)
-            if isinstance(value, list) and len(value) != clients:
-                where = f"algorithms.{label}.training" if key in overrides else "training"
-                problems.append(f"{where}.{key}: {len(value)} values (one per client) but runs of algorithm "
-                                f"{label!r} have {clients} clients")
+        for key, problem in work_list_problems(training, clients, f"runs of algorithm {label!r}"):
+            where = f"algorithms.{label}.training" if key in overrides else "training"
+            problems.append(f"{where}.{key}: {problem}")
     return problems
+
+
+def work_list_problems(training: dict, clients: int, who: str) -> list[tuple[str, str]]:
+    """(work key, problem) where `training` gives local work per client for other than `clients` clients."""
+    return [(key, f"{len(value)} values (one per client) but {who} have {clients} clients")
+            for key in WORK_KEYS if isinstance(value := training.get(key), list | tuple) and len(value) != clients]
 
 
 def targets(config: dict, runs: list[Run]) -> list[str]:

@@ -399,6 +399,28 @@ def test_local_work_figure_is_written_and_an_unknown_label_is_an_error(tmp_path)
         local_work_table(final, {k: v for k, v in WORK.items() if k != "scaffold"})
 
 
+def test_local_work_figure_draws_labels_in_local_steps_beside_those_in_epochs(tmp_path):
+    # Prepare: FedAvg at 10 and 50 local steps, and at a drawn (unequal) work that has no single value
+    final = ranking_final()
+    fedavg = final[final["algorithm"] == "fedavg"]
+    extra = [fedavg.assign(algorithm=label, test_acc=lambda d, k=k: d["test_acc"] - k)
+             for k, label in ((0.05, "fedavg_s10"), (0.15, "fedavg_s50"), (0.2, "fedavg_u"))]
+    final = pd.concat([final, *extra], ignore_index=True)
+    work = {**WORK, "fedavg_s10": {"name": "fedavg", "local_epochs": None, "local_steps": 10},
+            "fedavg_s50": {"name": "fedavg", "local_epochs": None, "local_steps": 50},
+            "fedavg_u": {"name": "fedavg", "local_epochs": None}}
+
+    # Execute
+    data = assert_figure_files(local_work_figure(final, "digits", "cnn_small", tmp_path / "local_work.png", work))
+
+    # Assert
+    assert "fedavg_u" not in set(data["algorithm"])  # unequal work: no point on either axis
+    steps = data[data["local_steps"].notna()].sort_values(["init", "local_steps"])
+    assert steps["algorithm"].tolist() == ["fedavg_s10", "fedavg_s50"] * 2
+    assert steps["local_epochs"].isna().all()
+    assert len(data[data["local_epochs"].notna()]) == 6  # the epoch labels as before
+
+
 def test_local_work_of_the_plan_takes_each_labels_training_override():
     # Prepare
     config = copy.deepcopy(TINY)

@@ -331,24 +331,24 @@ def local_work_table(final: pd.DataFrame, work: dict[str, dict], column: str = "
 
 def local_work_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str | Path,
                       work: dict[str, dict], column: str = "test_acc") -> dict:
-    """Final accuracy (mean, 95% interval over seeds) against local epochs per round, or against local steps
-    when the labels count their work in steps (labels in the other unit, or with work that differs between
-    clients, are left out): colour = algorithm, line style = init; one panel per setting (alpha, clients,
+    """Final accuracy (mean, 95% interval over seeds) against local epochs per round, and against local steps
+    per round for the labels that count their work in steps (labels whose work differs between clients are
+    left out): colour = algorithm, line style = init; one panel per unit and setting (alpha, clients,
     participation)."""
     df = _select(final, dataset, model)
     table = local_work_table(df, work, column) if not df.empty else pd.DataFrame(columns=LOCAL_WORK_COLUMNS)
-    unit = "local_steps" if table["local_steps"].notna().sum() > table["local_epochs"].notna().sum() else "local_epochs"
-    table = table[table[unit].notna()]
+    table = table[table["local_epochs"].notna() | table["local_steps"].notna()]
     if table.empty:
         return save_figure(empty_figure(f"no finished runs of {dataset} / {model} in final.csv"), base_path, table)
-    settings = _panels(table)
+    panels = [(unit, setting, sub) for unit in ("local_epochs", "local_steps")
+              for setting, sub in _panels(table[table[unit].notna()])]
     names = sorted(table["algorithm_name"].astype(str).unique())
     colors = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(names)}
     style = RunStyle(df)
     shown = varying_keys(table, ["num_clients", "participation"])
-    fig, axes = facet_grid(len(settings), ncols=3, size=(3.4, 2.6), sharey=True, sharex=False)
+    fig, axes = facet_grid(len(panels), ncols=3, size=(3.4, 2.6), sharey=True, sharex=False)
     legend = {}
-    for ((alpha, clients, part), sub), (ax,) in zip(settings, axes, strict=True):
+    for (unit, (alpha, clients, part), sub), (ax,) in zip(panels, axes, strict=True):
         for (name, init), line in sub.groupby(["algorithm_name", "init"], sort=True):
             line = line.groupby(unit, as_index=False).first()  # labels with the same work: the first
             color = colors[str(name)]
@@ -358,12 +358,16 @@ def local_work_figure(final: pd.DataFrame, dataset: str, model: str, base_path: 
                 ax.fill_between(line[unit], line["ci95_low"].clip(lower=0), line["ci95_high"].clip(upper=1),
                                 color=color, alpha=0.15, lw=0)
             legend.setdefault(f"{display_name(str(name))} · {init} init", handle)
-        epochs = sorted({int(e) for e in sub[unit]})
-        ax.set_xticks(epochs)
+        amounts = sorted({int(e) for e in sub[unit]})
+        ax.set_xticks(amounts)
+        if unit == "local_steps" and amounts[-1] > 10 * max(amounts[0], 1):
+            ax.set_xscale("log")
+            ax.set_xticks(amounts, [str(a) for a in amounts])
+            ax.minorticks_off()
         ax.set_xlabel(f"{unit.replace('_', ' ')} per round")
         ax.set_ylabel("final test accuracy" if column == "test_acc" else column)
         setting = {"alpha": alpha, "num_clients": clients, "participation": part}
-        ax.set_title(label_run(setting, ["alpha", *shown]) + ("" if len(epochs) > 1 else "\n(one local work setting)"))
+        ax.set_title(label_run(setting, ["alpha", *shown]) + ("" if len(amounts) > 1 else "\n(one local work setting)"))
     seeds = int(table["n_seeds"].max())
     band = "mean and 95% t-interval over seeds" if seeds > 1 else "one seed"
     fig.suptitle(f"{dataset} / {model}: final accuracy against local work ({band})")

@@ -541,7 +541,8 @@ def headline_table_figure(final: pd.DataFrame, dataset: str, model: str, base_pa
 
 COST_FIGURE_COLUMNS = ["dataset", "model", "algorithm", "algorithm_name", "device", "device_name",
                        "median_seconds_per_round", "peak_mem_mb", "seconds_vs_fedavg", "peak_mem_vs_fedavg",
-                       "alpha", "num_clients", "participation", "local_epochs", "batch_size"]
+                       "alpha", "num_clients", "participation", "local_epochs", "batch_size", "local_steps",
+                       "local_work"]
 
 
 def _cost_label(row: pd.Series, varying: list[str]) -> str:
@@ -552,6 +553,7 @@ def _cost_label(row: pd.Series, varying: list[str]) -> str:
         if run_fields:
             parts.append(label_run(row, run_fields))
         parts += [f"{k.replace('_', ' ')} {row[k]}" for k in varying if k in ("local_epochs", "batch_size")]
+        parts += [str(row["local_work"]) for k in varying if k == "local_work"]
     return " · ".join(parts)
 
 
@@ -562,7 +564,10 @@ def cost_figure(cost: pd.DataFrame, dataset: str, model: str, base_path: str | P
     if df.empty:
         return save_figure(empty_figure(f"no runs of {dataset} / {model} in cost.csv"), base_path,
                            pd.DataFrame(columns=COST_FIGURE_COLUMNS))
-    varying = varying_keys(df, ["alpha", "num_clients", "participation", "local_epochs", "batch_size"])
+    # local_work names epochs and steps, equal or not, in one text; cost.csv files made before it had local_epochs
+    work = "local_work" if "local_work" in df.columns else "local_epochs"
+    df = df.assign(**{k: pd.NA for k in ("local_steps", "local_work") if k not in df.columns})
+    varying = varying_keys(df, ["alpha", "num_clients", "participation", work, "batch_size"])
     df = df.assign(_label=[_cost_label(row, varying) for _, row in df.iterrows()])
     df = df.sort_values(["algorithm", *varying, "device"], kind="stable")
     labels = list(dict.fromkeys(df["_label"]))

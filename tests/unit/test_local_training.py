@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.configs import SCHEMA, TINY
+from helpers.resume import killed_after_round
 from torch import nn
 
 from fedscape.core.config import ConfigError
@@ -146,6 +147,19 @@ def test_uniform_draws_cover_the_range_evenly():
 
     assert set(values) == {2, 3, 4}
     assert shares == pytest.approx([1 / 3] * 3, abs=0.03)  # 5 standard errors of a share
+
+
+def test_a_resumed_run_draws_the_same_work_and_lrs(tmp_path, monkeypatch):
+    data = shard_data([9, 14, 6])
+    cfg = TrainConfig(rounds=4, local_steps={"low": 1, "high": 5}, batch_size=4, lr=0.1, momentum=0.5,
+                      lr_schedule="cosine", lr_warmup=1.5, seed=2, client_parallel="sequential")
+    reference = run_federated(mlp(), data, make_strategy("fednova"), cfg)
+    killed_after_round(monkeypatch, 2, lambda: run_federated(mlp(), data, make_strategy("fednova"), cfg,
+                                                             progress_dir=tmp_path, progress_key="k"))
+
+    resumed = run_federated(mlp(seed=9), data, make_strategy("fednova"), cfg, progress_dir=tmp_path, progress_key="k")
+
+    assert torch.equal(resumed.params, reference.params)
 
 
 def test_unequal_work_logs_its_spread(caplog):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -149,10 +150,14 @@ def test_uniform_draws_cover_the_range_evenly():
     assert shares == pytest.approx([1 / 3] * 3, abs=0.03)  # 5 standard errors of a share
 
 
-def test_a_resumed_run_draws_the_same_work_and_lrs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("optimizer", [{"momentum": 0.5},
+                                       {"optimizer": "adamw", "lr": 0.01, "keep_optimizer_state": True}],
+                         ids=["sgd", "adamw-kept-state"])
+def test_a_resumed_run_draws_the_same_work_and_lrs(tmp_path, monkeypatch, optimizer):
     data = shard_data([9, 14, 6])
-    cfg = TrainConfig(rounds=4, local_steps={"low": 1, "high": 5}, batch_size=4, lr=0.1, momentum=0.5,
-                      lr_schedule="cosine", lr_warmup=1.5, seed=2, client_parallel="sequential")
+    cfg = TrainConfig(**{"rounds": 4, "local_steps": {"low": 1, "high": 5}, "batch_size": 4, "lr": 0.1,
+                         "lr_schedule": "cosine", "lr_warmup": 1.5, "seed": 2, "client_parallel": "sequential",
+                         "participation": 0.67, **optimizer})
     reference = run_federated(mlp(), data, make_strategy("fednova"), cfg)
     killed_after_round(monkeypatch, 2, lambda: run_federated(mlp(), data, make_strategy("fednova"), cfg,
                                                              progress_dir=tmp_path, progress_key="k"))
@@ -184,7 +189,6 @@ def test_unequal_work_logs_its_spread(caplog):
         ({"local_steps": {"low": 1, "high": 2, "draw": "epoch"}}, "local_steps.draw must be one of round, once"),
         ({"optimizer": "adam"}, "optimizer must be one of sgd, adamw"),
         ({"adamw_beta2": 1.0}, "adamw_beta1 and adamw_beta2 must be in"),
-        ({"optimizer": "adamw", "keep_optimizer_state": True}, "keep_optimizer_state keeps the SGD momentum"),
         ({"lr_schedule": "step"}, "lr_schedule must be one of constant, cosine"),
         ({"lr_schedule_over": "epochs"}, "lr_schedule_over must be one of"),
         ({"lr_warmup": -1}, "lr_warmup must be >= 0"),
@@ -260,6 +264,28 @@ def test_adamw_step_equals_torch_adamw():
     sgd = TrainConfig(rounds=1, local_steps=3, batch_size=6, lr=0.01, weight_decay=0.1, seed=0)
     plain, _ = local_train(model, flat, flatten_params(mlp()), torch.zeros(0), data, 0, 1, Strategy(), sgd)
     assert (plain.params - result.params).abs().max().item() > 1e-4  # AdamW is not SGD here
+
+
+def test_one_client_keeping_its_adamw_state_is_centralised_adamw_with_a_cosine_schedule():
+    # 20 samples, batch 8: 3 steps per round; the schedule runs over the 3 rounds with half a round of warm-up
+    data = shard_data([20])
+    cfg = TrainConfig(rounds=3, local_epochs=1, batch_size=8, lr=0.01, optimizer="adamw", weight_decay=0.01,
+                      lr_schedule="cosine", lr_warmup=0.5, keep_optimizer_state=True, seed=4)
+
+    result = run_federated(mlp(), data, make_strategy("fedavg"), cfg)
+
+    reference = mlp()
+    opt = torch.optim.AdamW(reference.parameters(), lr=0.01, weight_decay=0.01)
+    for round_ in (1, 2, 3):
+        batches = batch_order(20, 8, 1, client_generator(4, round_, 0))
+        for b, lr in zip(batches, step_lrs(0.01, "cosine", "rounds", 0.5, 3, round_, 3), strict=True):
+            opt.param_groups[0]["lr"] = lr
+            opt.zero_grad()
+            F.cross_entropy(reference(data.x_train[b]), data.y_train[b]).backward()
+            opt.step()
+        assert (result.params[round_] - flatten_params(reference)).abs().max().item() < 1e-6
+    fresh = run_federated(mlp(), data, make_strategy("fedavg"), dataclasses.replace(cfg, keep_optimizer_state=False))
+    assert (fresh.params[3] - result.params[3]).abs().max().item() > 1e-4  # the kept state matters
 
 
 def test_cosine_schedule_changes_the_sgd_steps_as_computed():

@@ -32,9 +32,10 @@ def local_train(
     """One client's local training (SGD or AdamW, `cfg.optimizer`) from the global model, with the strategy's
     local objective.
 
-    `momentum`: the client's flat SGD momentum buffer to start from (None: a fresh optimiser). `work`: its local
-    epochs or steps this round (None: from `cfg.client_work`). Returns the result and the momentum buffer after
-    the last step (zeros where a parameter got no gradient).
+    `momentum`: the client's kept optimiser state to start from (None: a fresh optimiser): its flat SGD momentum
+    buffer, or with AdamW its moments and step count (`adamw_state`). `work`: its local epochs or steps this
+    round (None: from `cfg.client_work`). Returns the result and that state after the last step (zeros where
+    a parameter got no gradient).
     """
     flat.set(global_params)
     if global_buffers.numel():
@@ -53,7 +54,9 @@ def local_train(
                         step_lrs=plan.lrs)
     strategy.begin_local(model, ctx)
     opt = local_optimizer([*model.parameters(), *strategy.local_parameters(ctx)], cfg)
-    if momentum is not None and cfg.momentum:
+    if momentum is not None and cfg.optimizer == "adamw":
+        load_adamw_state(opt, model, momentum.to(device))
+    elif momentum is not None and cfg.momentum:
         for p, buf in zip(model.parameters(), param_views(momentum.to(device), model), strict=True):
             opt.state[p]["momentum_buffer"] = buf.clone()
     total, steps = torch.zeros((), device=device), 0
@@ -71,9 +74,12 @@ def local_train(
         steps += 1
     params = flat.get()
     strategy.end_local(model, ctx, params)
-    buffers = [opt.state[p].get("momentum_buffer") for p in model.parameters()]
-    momentum_out = torch.cat([(torch.zeros_like(p) if b is None else b).reshape(-1)
-                              for p, b in zip(model.parameters(), buffers, strict=True)]).detach()
+    if cfg.optimizer == "adamw":
+        momentum_out = adamw_state(opt, model)
+    else:
+        buffers = [opt.state[p].get("momentum_buffer") for p in model.parameters()]
+        momentum_out = torch.cat([(torch.zeros_like(p) if b is None else b).reshape(-1)
+                                  for p, b in zip(model.parameters(), buffers, strict=True)]).detach()
     result = ClientResult(client_id, len(idx), params, flatten_buffers(model), float(total) / max(steps, 1),
                           steps, update_weight(plan.lrs, sgd_momentum))
     return result, momentum_out
@@ -88,17 +94,44 @@ def local_optimizer(params: list[torch.Tensor], cfg: TrainConfig) -> torch.optim
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
+def adamw_state(opt: torch.optim.Optimizer, model: torch.nn.Module) -> torch.Tensor:
+    """AdamW's state of the model's parameters as one flat vector [exp_avg, exp_avg_sq, step] (2P + 1 entries;
+    zeros for a parameter without state)."""
+    parts, step = [[], []], 0.0
+    for p in model.parameters():
+        state = opt.state.get(p, {})
+        for i, key in enumerate(("exp_avg", "exp_avg_sq")):
+            parts[i].append((state[key] if key in state else torch.zeros_like(p)).reshape(-1))
+        if "step" in state:
+            step = max(step, float(state["step"]))
+    device = next(model.parameters()).device
+    return torch.cat([*parts[0], *parts[1], torch.tensor([step], device=device)]).detach()
+
+
+def load_adamw_state(opt: torch.optim.Optimizer, model: torch.nn.Module, state: torch.Tensor) -> None:
+    """Restore `adamw_state` into a fresh AdamW of the model's parameters (nothing when no step was taken)."""
+    n = sum(p.numel() for p in model.parameters())
+    step = float(state[2 * n])
+    if step == 0:
+        return
+    for p, m, v in zip(model.parameters(), param_views(state[:n], model), param_views(state[n : 2 * n], model),
+                       strict=True):
+        opt.state[p] = {"step": torch.tensor(step), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
+
+
 class SequentialTrainer:
     """Trains the sampled clients of a round one after another on one model (bound to `flat`).
 
-    With `cfg.keep_optimizer_state` it keeps each client's momentum buffer between rounds (on the CPU,
-    in `state_dict` so that a resumed run continues with it).
+    With `cfg.keep_optimizer_state` it keeps each client's optimiser state between rounds (SGD's momentum
+    buffer, or AdamW's moments and step count; on the CPU, in `state_dict` so that a resumed run continues
+    with it).
     """
 
     def __init__(self, model: torch.nn.Module, flat: FlatParams, data: FederatedData, strategy: Strategy,
                  cfg: TrainConfig):
         self.model, self.flat, self.data, self.strategy, self.cfg = model, flat, data, strategy, cfg
-        self.momentum = ClientStore(flat.vector.numel()) if cfg.keep_optimizer_state else None
+        size = flat.vector.numel() * (2 if cfg.optimizer == "adamw" else 1) + (cfg.optimizer == "adamw")
+        self.momentum = ClientStore(size) if cfg.keep_optimizer_state else None
 
     def train_round(self, global_params: torch.Tensor, global_buffers: torch.Tensor, sampled: list[int],
                     round_: int) -> list[ClientResult]:

@@ -70,7 +70,7 @@ class TrainConfig:
     client_parallel: str = "auto"
     client_chunk_size: int = 64  # clients trained together at most (bounds memory); 0 = all sampled clients
     bf16_autocast: bool = False  # CUDA only: bf16 autocast of the vectorised forward passes (not exact)
-    # Each client's local SGD momentum carries over from the last round it took part in, instead of a
+    # Each client's local SGD momentum (or AdamW state) carries over from the last round it took part in, instead of a
     # fresh optimiser every round. With one client holding all data this is centralised training with
     # a checkpoint every `local_epochs` epochs (the layer-wise paper's centralised runs, Adilova et al.).
     keep_optimizer_state: bool = False
@@ -118,8 +118,6 @@ class TrainConfig:
         if not (0 <= self.adamw_beta1 < 1 and 0 <= self.adamw_beta2 < 1) or self.adamw_eps <= 0:
             raise ValueError(f"adamw_beta1 and adamw_beta2 must be in [0, 1) and adamw_eps > 0, got "
                              f"{self.adamw_beta1}, {self.adamw_beta2} and {self.adamw_eps}")
-        if self.optimizer == "adamw" and self.keep_optimizer_state:
-            raise ValueError("keep_optimizer_state keeps the SGD momentum buffers only: use optimizer sgd with it")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.lr_schedule_over not in LR_SCHEDULE_OVER:

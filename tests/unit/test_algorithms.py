@@ -24,6 +24,7 @@ from fedscape.fl import sequential as sequential_mod
 from fedscape.fl.engine import run_federated
 from fedscape.fl.hparams.registry import ALGORITHM_SPECS, algorithm_config
 from fedscape.fl.local import batch_order
+from fedscape.fl.schedule import effective_steps
 from fedscape.fl.server_opt import ServerAdaptive
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies import mixup as mixup_mod
@@ -33,7 +34,6 @@ from fedscape.fl.strategies.fedsam import sam_perturbation
 from fedscape.fl.strategies.mixup import mixup_batch
 from fedscape.fl.strategies.moon import moon_contrastive_loss
 from fedscape.fl.strategies.registry import make_strategy, strategy_class
-from fedscape.fl.strategies.scaffold import effective_steps
 from fedscape.fl.strategies.stochdepth import survival_probabilities
 from fedscape.fl.vectorized import resolve_client_parallel
 from fedscape.models.networks import build_model, slim_channels

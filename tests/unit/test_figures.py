@@ -19,6 +19,7 @@ from fedscape.outputs.labels import label_run
 from fedscape.outputs.style import PALETTE, RunStyle, alpha_order, empty_figure, log_levels, save_figure, varying_keys
 from fedscape.plan import report as report_plan
 from fedscape.plan.workflow import check_config
+from fedscape.report import figures as figures_mod
 from fedscape.report.figures import (
     CURVE_COLUMNS,
     LOCAL_WORK_COLUMNS,
@@ -185,6 +186,24 @@ def test_cost_figure(tmp_path):
     assert data["algorithm"].tolist() == ["fedalign", "fedavg", "fedavg", "moon"]
     assert data["num_clients"].tolist() == [16, 16, 32, 16]  # one bar per algorithm and setting
     assert data.loc[data["algorithm"] == "moon", "seconds_vs_fedavg"].iloc[0] == pytest.approx(4.4 / 1.5)
+
+
+def test_cost_figure_labels_tell_local_work_apart(tmp_path):
+    cost = pd.DataFrame([
+        {"dataset": "digits", "model": "cnn_small", "algorithm": a, "algorithm_name": "fedavg", "device": "cpu",
+         "device_name": "cpu", "num_runs": 1, "num_rounds": 5, "median_seconds_per_round": s, "peak_mem_mb": 400.0,
+         "seconds_vs_fedavg": 1.0, "peak_mem_vs_fedavg": 1.0, "alpha": 0.1, "num_clients": 8, "participation": 1.0,
+         "local_epochs": epochs, "batch_size": 16, "local_steps": steps, "local_work": text}
+        for a, s, epochs, steps, text in (("fedavg", 1.0, 2, None, "2 epochs"),
+                                           ("fedavg_s10", 2.0, None, 10, "10 steps"),
+                                           ("fedavg_u", 1.5, None, None, "steps uniform in 1..9, drawn every round"))
+    ])
+
+    data = assert_figure_files(cost_figure(cost, "digits", "cnn_small", tmp_path / "cost"))
+
+    assert sorted(data["local_work"]) == ["10 steps", "2 epochs", "steps uniform in 1..9, drawn every round"]
+    row = cost.iloc[2]
+    assert figures_mod._cost_label(row, ["local_work"]) == "fedavg_u · steps uniform in 1..9, drawn every round"
 
 
 @pytest.mark.parametrize("draw", [
@@ -397,6 +416,28 @@ def test_local_work_figure_is_written_and_an_unknown_label_is_an_error(tmp_path)
     assert len(data) == 6
     with pytest.raises(ValueError, match=r"algorithm labels \['scaffold'\] of final.csv have no local work"):
         local_work_table(final, {k: v for k, v in WORK.items() if k != "scaffold"})
+
+
+def test_local_work_figure_draws_labels_in_local_steps_beside_those_in_epochs(tmp_path):
+    # Prepare: FedAvg at 10 and 50 local steps, and at a drawn (unequal) work that has no single value
+    final = ranking_final()
+    fedavg = final[final["algorithm"] == "fedavg"]
+    extra = [fedavg.assign(algorithm=label, test_acc=lambda d, k=k: d["test_acc"] - k)
+             for k, label in ((0.05, "fedavg_s10"), (0.15, "fedavg_s50"), (0.2, "fedavg_u"))]
+    final = pd.concat([final, *extra], ignore_index=True)
+    work = {**WORK, "fedavg_s10": {"name": "fedavg", "local_epochs": None, "local_steps": 10},
+            "fedavg_s50": {"name": "fedavg", "local_epochs": None, "local_steps": 50},
+            "fedavg_u": {"name": "fedavg", "local_epochs": None}}
+
+    # Execute
+    data = assert_figure_files(local_work_figure(final, "digits", "cnn_small", tmp_path / "local_work.png", work))
+
+    # Assert
+    assert "fedavg_u" not in set(data["algorithm"])  # unequal work: no point on either axis
+    steps = data[data["local_steps"].notna()].sort_values(["init", "local_steps"])
+    assert steps["algorithm"].tolist() == ["fedavg_s10", "fedavg_s50"] * 2
+    assert steps["local_epochs"].isna().all()
+    assert len(data[data["local_epochs"].notna()]) == 6  # the epoch labels as before
 
 
 def test_local_work_of_the_plan_takes_each_labels_training_override():

@@ -9,6 +9,8 @@ import pytest
 from helpers.papers import CONFIGS, NAMES, PAPERS, load, runs_of
 
 from fedscape.core.runs import build_runs, resolve_run
+from fedscape.fl.hparams.registry import ALGORITHM_NAMES, algorithm_spec
+from fedscape.plan.train import run_training
 
 FEDALIGN_METHODS = {"fedavg", "fedprox", "moon", "mixup", "stochdepth", "gradaug", "fedalign"}
 
@@ -44,8 +46,19 @@ def test_digits_variant_draws_the_same_kinds_of_figures(name):
         assert bool(full[section]["pairs"]) == bool(small[section]["pairs"]), section
     assert full["hessian"]["enabled"] == small["hessian"]["enabled"]
     assert {s["kind"] for s in full["inits"].values()} == {s["kind"] for s in small["inits"].values()}
-    assert {a["name"] for a in full["algorithms"].values()} == {a["name"] for a in small["algorithms"].values()}
+    # the algorithms of the full config that the digits variant's models can train (StochDepth needs a residual one)
+    trainable = {a["name"] for a in full["algorithms"].values()
+                 if any(_can_train(a["name"], model) for model in small["models"])}
+    assert trainable == {a["name"] for a in small["algorithms"].values()}
     assert len({r.init for r in runs_of(f"{name}_digits")}) == len({r.init for r in runs_of(name)})
+
+
+def _can_train(algorithm: str, model: str) -> bool:
+    try:
+        algorithm_spec(algorithm).check_model(model)
+    except ValueError:
+        return False
+    return True
 
 
 def test_pilot_has_the_papers_settings():
@@ -67,11 +80,26 @@ def test_pilot_has_the_papers_settings():
 def test_meta_has_the_posters_comparison():
     config, runs = load("meta"), runs_of("meta")
 
-    assert {config["algorithms"][r.algorithm]["name"] for r in runs} == {"fedavg", "fedadam"}
+    assert {config["algorithms"][r.algorithm]["name"] for r in runs} == set(ALGORITHM_NAMES)  # every algorithm
     assert {config["inits"][r.init]["kind"] for r in runs} == {"random", "pretrained"}
+    for name in ALGORITHM_NAMES:  # ... from both inits
+        assert {r.init for r in runs if config["algorithms"][r.algorithm]["name"] == name} == {"random", "pretrained"}
     assert {r.alpha for r in runs} == {"iid", "0.1"} and {r.seed for r in runs} == {0, 1, 2}
     assert config["hessian"]["enabled"] and 0 in config["hessian"]["rounds"]
     assert config["client_stats"]["enabled"]
+
+
+@pytest.mark.parametrize("name", ["meta", "meta_digits"])
+def test_meta_sweeps_local_steps_from_both_inits(name):
+    config, runs = load(name), runs_of(name)
+
+    steps = {}
+    for run in runs:
+        training = run_training(config, run)
+        if training.get("local_steps") is not None:
+            assert training["local_epochs"] is None
+            steps.setdefault(training["local_steps"], set()).add(run.init)
+    assert steps == {n: {"random", "pretrained"} for n in (1, 5, 10, 20, 50)}
 
 
 def test_layerwise_has_the_papers_models_and_splits():

@@ -87,9 +87,23 @@ def assert_same_round(seq, vec) -> None:
         ("fedyogi", {}, {"client_chunk_size": 2}),
         # every shard is smaller than the batch: each step is padded only to its longest real batch
         ("fedavg", {}, {"batch_size": 64, "augment": "crop_flip", "local_epochs": 3}),
+        # local training options: AdamW, lr schedules (one lr per client where step counts differ), local steps,
+        # unequal work fixed per client or drawn per round, FedNova's normalised averaging
+        # AdamW with a large eps: a small one magnifies the gradients' float rounding (test_adamw_... below)
+        ("fedavg", {}, {"optimizer": "adamw", "adamw_eps": 1e-3, "lr": 0.01, "weight_decay": 0.05,
+                        "client_chunk_size": 2}),
+        ("fedavg", {}, {"lr_schedule": "cosine", "lr_schedule_over": "local_steps", "lr_warmup": 2}),
+        ("fedprox", {"mu": 0.5}, {"lr_schedule": "cosine", "lr_schedule_over": "rounds", "lr_warmup": 0.5,
+                                  "rounds": 2}),
+        ("fedavg", {}, {"optimizer": "adamw", "adamw_eps": 1e-3, "lr": 0.01, "lr_schedule": "cosine",
+                        "lr_schedule_over": "local_steps",
+                        "local_epochs": None, "local_steps": {"low": 2, "high": 9}, "rounds": 2}),
+        ("fednova", {}, {"local_epochs": None, "local_steps": (2, 5, 3, 7), "augment": "crop_flip"}),
+        ("fednova", {}, {"local_epochs": {"low": 1, "high": 3, "draw": "once"}, "rounds": 2, "client_chunk_size": 2}),
     ],
     ids=["fedavg", "fedavg-crop_flip-chunks", "fedavg-plain-sgd-chunk1", "fedprox", "fedavgm-2rounds", "fedadam",
-         "fedyogi", "fedavg-batch-over-shards"],
+         "fedyogi", "fedavg-batch-over-shards", "adamw", "cosine-local-steps", "fedprox-cosine-rounds",
+         "adamw-cosine-drawn-steps", "fednova-steps-per-client", "fednova-drawn-epochs"],
 )
 def test_vectorized_round_equals_sequential_round(algorithm, hparams, train, monkeypatch):
     # unequal shards: 3 and 2 steps per epoch with partial last batches, and a 5-sample client
@@ -341,3 +355,38 @@ def test_vectorized_round_on_cuda_matches_cpu(stacked_forward, monkeypatch):
         assert (c.params - g.params.cpu()).abs().max().item() <= 1e-4
         assert torch.isfinite(h.params).all()
         assert (c.params - h.params.float().cpu()).abs().max().item() <= 5e-2
+
+
+def test_stacked_adamw_steps_equal_torch_adamw_on_the_same_gradients():
+    # two clients with their own lrs (a schedule over unequal step counts), three steps of given gradients
+    cfg = TrainConfig(optimizer="adamw", adamw_beta1=0.8, adamw_beta2=0.95, adamw_eps=1e-8, weight_decay=0.1)
+    trainer = VectorizedTrainer(model_of(), shard_data([4, 4]), make_strategy("fedavg"), cfg)
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(2, 3, 4, generator=g)
+    grads = [torch.randn(2, 3, 4, generator=g) * 10.0 ** -k for k in range(3)]  # shrinking, as near a minimum
+    lrs = [torch.tensor([0.1, 0.05]), 0.02, torch.tensor([0.01, 0.2])]
+
+    stacked = start.clone()
+    m, v = torch.zeros_like(stacked), torch.zeros_like(stacked)
+    for step, (grad, lr) in enumerate(zip(grads, lrs, strict=True), start=1):
+        trainer._adamw_step([stacked], [grad], [m], [v], lr, step)
+
+    for client in range(2):
+        w = start[client].clone().requires_grad_(True)
+        opt = torch.optim.AdamW([w], lr=0.1, betas=(0.8, 0.95), eps=1e-8, weight_decay=0.1)
+        for grad, lr in zip(grads, lrs, strict=True):
+            opt.param_groups[0]["lr"] = float(lr if isinstance(lr, float) else lr[client])
+            w.grad = grad[client].clone()
+            opt.step()
+        assert (stacked[client] - w.detach()).abs().max().item() < 1e-6
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("auto", "sequential"), ("vectorized", "vectorized")])
+def test_adamw_is_vectorised_only_when_asked(mode, expected, caplog):
+    cfg = TrainConfig(optimizer="adamw", client_parallel=mode)
+
+    with caplog.at_level("INFO", logger="fedscape.train"):
+        got = resolve_client_parallel(model_of(), make_strategy("fedavg"), cfg)
+
+    assert got == expected
+    assert "AdamW magnifies the float rounding" in caplog.text

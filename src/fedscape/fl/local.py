@@ -1,14 +1,19 @@
-"""What every client trainer shares: the seeded batch order of a client's local epochs, and the
-`Trainer` interface the engine calls once per round."""
+"""What every client trainer shares: the seeded batch order of a client's local epochs or steps, the
+learning rates of its steps, and the `Trainer` interface the engine calls once per round."""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
 from fedscape.core.seeds import derive_seed
+from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.base import ClientResult
+
+log = logging.getLogger("fedscape.train")
 
 
 class Trainer(Protocol):
@@ -40,6 +45,46 @@ def batch_order(n: int, batch_size: int, epochs: int, generator: torch.Generator
         perm = torch.randperm(n, generator=generator)
         batches.extend(perm[i : i + batch_size] for i in range(0, n, batch_size))
     return batches
+
+
+def step_batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Exactly `steps` index batches, cycling through shuffled passes over n samples as `batch_order` makes them
+    (a pass's last batch may be smaller); the pass cut short draws its whole permutation, like a full one."""
+    if n < 1:
+        raise ValueError("a client without samples cannot take local steps")
+    batches: list[torch.Tensor] = []
+    while len(batches) < steps:
+        batches.extend(batch_order(n, batch_size, 1, generator))
+    return batches[:steps]
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    """A client's local training in one round, drawn ahead: its batches and the lr of each step."""
+
+    batches: list[torch.Tensor]  # indices into the client's samples, one tensor per step
+    lrs: list[float]  # the learning rate of each step (fedscape.fl.schedule.step_lrs)
+
+
+def local_plan(cfg: TrainConfig, n: int, work: int, round_: int, generator: torch.Generator) -> LocalPlan:
+    """The batches of a client with n samples doing `work` epochs or steps (`cfg.work_unit`), and their lrs."""
+    if cfg.work_unit == "steps":
+        batches = step_batches(n, cfg.batch_size, work, generator)
+    else:
+        batches = batch_order(n, cfg.batch_size, work, generator)
+    return LocalPlan(batches, cfg.step_lrs(round_, len(batches)))
+
+
+def round_work(cfg: TrainConfig, round_: int, sampled: list[int], num_clients: int) -> list[int]:
+    """The local work of the `sampled` clients in a round; logs its spread when the clients' work differs."""
+    work = cfg.client_work(round_, num_clients)
+    amounts = [work[c] for c in sampled]
+    if not cfg.equal_work and amounts:
+        ordered = sorted(amounts)
+        log.info("round %d local work (%s): min %d, median %g, max %d %s over %d clients", round_, cfg.work_text(),
+                 ordered[0], (ordered[(len(ordered) - 1) // 2] + ordered[len(ordered) // 2]) / 2, ordered[-1],
+                 cfg.work_unit, len(ordered))
+    return amounts
 
 
 def layer_seed(seed: int, round_: int, client_id: int) -> int:

@@ -9,7 +9,8 @@ import torch
 
 from fedscape.data.datasets import augment_batch
 from fedscape.data.federated import FederatedData
-from fedscape.fl.local import batch_order, client_generator, layer_seed
+from fedscape.fl.local import client_generator, layer_seed, local_plan, round_work
+from fedscape.fl.schedule import update_weight
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.base import ClientContext, ClientResult, ClientStore, Strategy, param_views
 from fedscape.models.params import FlatParams, flatten_buffers, load_buffers
@@ -26,11 +27,15 @@ def local_train(
     strategy: Strategy,
     cfg: TrainConfig,
     momentum: torch.Tensor | None = None,
+    work: int | None = None,
 ) -> tuple[ClientResult, torch.Tensor]:
-    """One client's local SGD from the global model, with the strategy's local objective.
+    """One client's local training (SGD or AdamW, `cfg.optimizer`) from the global model, with the strategy's
+    local objective.
 
-    `momentum`: the client's flat SGD momentum buffer to start from (None: a fresh optimiser). Returns the
-    result and the momentum buffer after the last step (zeros where a parameter got no gradient).
+    `momentum`: the client's kept optimiser state to start from (None: a fresh optimiser): its flat SGD momentum
+    buffer, or with AdamW its moments and step count (`adamw_state`). `work`: its local epochs or steps this
+    round (None: from `cfg.client_work`). Returns the result and that state after the last step (zeros where
+    a parameter got no gradient).
     """
     flat.set(global_params)
     if global_buffers.numel():
@@ -41,15 +46,23 @@ def local_train(
     torch.manual_seed(layer_seed(cfg.seed, round_, client_id))
     idx = data.client_indices[client_id]
     x, y = data.x_train[idx], data.y_train[idx]
-    ctx = ClientContext(round_, client_id, global_params, x, y, generator, lr=cfg.lr, momentum=cfg.momentum)
+    if work is None:
+        work = cfg.client_work(round_, data.num_clients)[client_id]
+    plan = local_plan(cfg, len(idx), work, round_, generator)
+    sgd_momentum = cfg.momentum if cfg.optimizer == "sgd" else 0.0
+    ctx = ClientContext(round_, client_id, global_params, x, y, generator, lr=cfg.lr, momentum=sgd_momentum,
+                        step_lrs=plan.lrs)
     strategy.begin_local(model, ctx)
-    opt = torch.optim.SGD([*model.parameters(), *strategy.local_parameters(ctx)], lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
-    if momentum is not None and cfg.momentum:
+    opt = local_optimizer([*model.parameters(), *strategy.local_parameters(ctx)], cfg)
+    if momentum is not None and cfg.optimizer == "adamw":
+        load_adamw_state(opt, model, momentum.to(device))
+    elif momentum is not None and cfg.momentum:
         for p, buf in zip(model.parameters(), param_views(momentum.to(device), model), strict=True):
             opt.state[p]["momentum_buffer"] = buf.clone()
     total, steps = torch.zeros((), device=device), 0
-    for b in batch_order(len(idx), cfg.batch_size, cfg.local_epochs, generator):
+    for b, lr in zip(plan.batches, plan.lrs, strict=True):
+        for group in opt.param_groups:
+            group["lr"] = lr
         b = b.to(device)
         xb = augment_batch(x[b], cfg.augment, generator)
         opt.zero_grad(set_to_none=True)
@@ -61,35 +74,76 @@ def local_train(
         steps += 1
     params = flat.get()
     strategy.end_local(model, ctx, params)
-    buffers = [opt.state[p].get("momentum_buffer") for p in model.parameters()]
-    momentum_out = torch.cat([(torch.zeros_like(p) if b is None else b).reshape(-1)
-                              for p, b in zip(model.parameters(), buffers, strict=True)]).detach()
-    result = ClientResult(client_id, len(idx), params, flatten_buffers(model), float(total) / max(steps, 1))
+    if cfg.optimizer == "adamw":
+        momentum_out = adamw_state(opt, model)
+    else:
+        buffers = [opt.state[p].get("momentum_buffer") for p in model.parameters()]
+        momentum_out = torch.cat([(torch.zeros_like(p) if b is None else b).reshape(-1)
+                                  for p, b in zip(model.parameters(), buffers, strict=True)]).detach()
+    result = ClientResult(client_id, len(idx), params, flatten_buffers(model), float(total) / max(steps, 1),
+                          steps, update_weight(plan.lrs, sgd_momentum))
     return result, momentum_out
+
+
+def local_optimizer(params: list[torch.Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The clients' local optimiser of `cfg.optimizer`: torch's SGD (momentum, coupled weight decay) or AdamW
+    (Loshchilov & Hutter 2019: decoupled weight decay)."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adamw_beta1, cfg.adamw_beta2), eps=cfg.adamw_eps,
+                                 weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def adamw_state(opt: torch.optim.Optimizer, model: torch.nn.Module) -> torch.Tensor:
+    """AdamW's state of the model's parameters as one flat vector [exp_avg, exp_avg_sq, step] (2P + 1 entries;
+    zeros for a parameter without state)."""
+    parts, step = [[], []], 0.0
+    for p in model.parameters():
+        state = opt.state.get(p, {})
+        for i, key in enumerate(("exp_avg", "exp_avg_sq")):
+            parts[i].append((state[key] if key in state else torch.zeros_like(p)).reshape(-1))
+        if "step" in state:
+            step = max(step, float(state["step"]))
+    device = next(model.parameters()).device
+    return torch.cat([*parts[0], *parts[1], torch.tensor([step], device=device)]).detach()
+
+
+def load_adamw_state(opt: torch.optim.Optimizer, model: torch.nn.Module, state: torch.Tensor) -> None:
+    """Restore `adamw_state` into a fresh AdamW of the model's parameters (nothing when no step was taken)."""
+    n = sum(p.numel() for p in model.parameters())
+    step = float(state[2 * n])
+    if step == 0:
+        return
+    for p, m, v in zip(model.parameters(), param_views(state[:n], model), param_views(state[n : 2 * n], model),
+                       strict=True):
+        opt.state[p] = {"step": torch.tensor(step), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
 
 
 class SequentialTrainer:
     """Trains the sampled clients of a round one after another on one model (bound to `flat`).
 
-    With `cfg.keep_optimizer_state` it keeps each client's momentum buffer between rounds (on the CPU,
-    in `state_dict` so that a resumed run continues with it).
+    With `cfg.keep_optimizer_state` it keeps each client's optimiser state between rounds (SGD's momentum
+    buffer, or AdamW's moments and step count; on the CPU, in `state_dict` so that a resumed run continues
+    with it).
     """
 
     def __init__(self, model: torch.nn.Module, flat: FlatParams, data: FederatedData, strategy: Strategy,
                  cfg: TrainConfig):
         self.model, self.flat, self.data, self.strategy, self.cfg = model, flat, data, strategy, cfg
-        self.momentum = ClientStore(flat.vector.numel()) if cfg.keep_optimizer_state else None
+        size = flat.vector.numel() * (2 if cfg.optimizer == "adamw" else 1) + (cfg.optimizer == "adamw")
+        self.momentum = ClientStore(size) if cfg.keep_optimizer_state else None
 
     def train_round(self, global_params: torch.Tensor, global_buffers: torch.Tensor, sampled: list[int],
                     round_: int) -> list[ClientResult]:
         """Local training of the `sampled` clients; results in `sampled` order."""
         results = []
-        for c in sampled:
+        work = round_work(self.cfg, round_, sampled, self.data.num_clients)
+        for c, amount in zip(sampled, work, strict=True):
             kept = None
             if self.momentum is not None and c in self.momentum.values:
                 kept = self.momentum.get(c, global_params.device)
             result, momentum = local_train(self.model, self.flat, global_params, global_buffers, self.data, c, round_,
-                                           self.strategy, self.cfg, kept)
+                                           self.strategy, self.cfg, kept, amount)
             if self.momentum is not None:
                 self.momentum.set(c, momentum)
             results.append(result)

@@ -12,6 +12,18 @@ import numpy as np
 
 from fedscape.core.runs import RUN_FIELDS
 from fedscape.core.seeds import derive_seed
+from fedscape.fl.schedule import (
+    DEFAULT_LOCAL_EPOCHS,
+    LR_SCHEDULE_OVER,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    UniformWork,
+    Work,
+    parse_work,
+    step_lrs,
+    work_amounts,
+    work_text,
+)
 from fedscape.models.specs import EVAL_BATCH_SIZE
 
 CLIENT_PARALLEL = ("auto", "sequential", "vectorized")
@@ -40,7 +52,9 @@ class TrainConfig:
     """
 
     rounds: int = 100
-    local_epochs: int = 5
+    # Local work per round (fedscape.fl.schedule.parse_work): epochs or minibatch steps, one of the two; an
+    # integer, one per client (a list) or a seeded uniform draw. Neither given: DEFAULT_LOCAL_EPOCHS epochs.
+    local_epochs: int | tuple[int, ...] | UniformWork | None = None
     batch_size: int = 16
     lr: float = 0.01
     momentum: float = 0.0  # the pilot study uses plain SGD; FedAlign uses 0.9
@@ -56,12 +70,27 @@ class TrainConfig:
     client_parallel: str = "auto"
     client_chunk_size: int = 64  # clients trained together at most (bounds memory); 0 = all sampled clients
     bf16_autocast: bool = False  # CUDA only: bf16 autocast of the vectorised forward passes (not exact)
-    # Each client's local SGD momentum carries over from the last round it took part in, instead of a
+    # Each client's local SGD momentum (or AdamW state) carries over from the last round it took part in, instead of a
     # fresh optimiser every round. With one client holding all data this is centralised training with
     # a checkpoint every `local_epochs` epochs (the layer-wise paper's centralised runs, Adilova et al.).
     keep_optimizer_state: bool = False
+    # Exactly this many minibatch steps per round (the Meta poster's "number of local updates"), cycling
+    # through seeded shuffles of the client's data; instead of local_epochs.
+    local_steps: int | tuple[int, ...] | UniformWork | None = None
+    # The clients' local optimiser: "sgd" (torch.optim.SGD with momentum and coupled weight decay) or "adamw"
+    # (torch.optim.AdamW, Loshchilov & Hutter 2019: weight_decay is then decoupled from the gradient).
+    optimizer: str = "sgd"
+    adamw_beta1: float = 0.9  # Kingma & Ba 2015 and torch.optim.AdamW's default
+    adamw_beta2: float = 0.999  # Kingma & Ba 2015 and torch.optim.AdamW's default
+    adamw_eps: float = 1e-8  # Kingma & Ba 2015 and torch.optim.AdamW's default
+    # Learning rate of each local step (fedscape.fl.schedule.step_lrs): constant or cosine decay after a linear
+    # warm-up of lr_warmup units, over each round's local steps or over the run's rounds.
+    lr_schedule: str = "constant"
+    lr_schedule_over: str = "rounds"
+    lr_warmup: float = 0.0
 
     def __post_init__(self):
+        self._check_local_training()
         if self.client_parallel not in CLIENT_PARALLEL:
             raise ValueError(f"client_parallel must be auto, sequential or vectorized, got {self.client_parallel!r}")
         if self.client_chunk_size < 0:
@@ -73,6 +102,60 @@ class TrainConfig:
         bad = [r for r in self.save_clients_at if not 1 <= r <= self.rounds]
         if bad:
             raise ValueError(f"save_clients_at has rounds {bad} outside 1..{self.rounds}")
+
+    def _check_local_training(self) -> None:
+        """Parse the local work and check the optimiser and schedule keys (errors name the key)."""
+        epochs, steps = parse_work("local_epochs", self.local_epochs), parse_work("local_steps", self.local_steps)
+        if epochs is not None and steps is not None:
+            raise ValueError(f"local_epochs ({self.local_epochs}) and local_steps ({self.local_steps}) are both "
+                             "given: a client's local work is counted in one of them; remove one")
+        if epochs is None and steps is None:
+            epochs = DEFAULT_LOCAL_EPOCHS
+        object.__setattr__(self, "local_epochs", epochs)
+        object.__setattr__(self, "local_steps", steps)
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not (0 <= self.adamw_beta1 < 1 and 0 <= self.adamw_beta2 < 1) or self.adamw_eps <= 0:
+            raise ValueError(f"adamw_beta1 and adamw_beta2 must be in [0, 1) and adamw_eps > 0, got "
+                             f"{self.adamw_beta1}, {self.adamw_beta2} and {self.adamw_eps}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if self.lr_schedule_over not in LR_SCHEDULE_OVER:
+            raise ValueError(f"lr_schedule_over must be one of {', '.join(LR_SCHEDULE_OVER)}, "
+                             f"got {self.lr_schedule_over!r}")
+        if self.lr_warmup < 0:
+            raise ValueError(f"lr_warmup must be >= 0, got {self.lr_warmup}")
+        if self.lr_schedule_over == "rounds" and self.lr_warmup >= self.rounds and self.lr_schedule == "cosine":
+            raise ValueError(f"lr_warmup ({self.lr_warmup} rounds) leaves no round of the {self.rounds} for the "
+                             "cosine decay: make it smaller than rounds")
+
+    @property
+    def work_unit(self) -> str:
+        """'epochs' or 'steps': what a client's local work per round counts."""
+        return "steps" if self.local_steps is not None else "epochs"
+
+    @property
+    def work(self) -> Work:
+        """The local work per round in `work_unit` (an integer, one per client, or a draw)."""
+        return self.local_steps if self.local_steps is not None else self.local_epochs
+
+    @property
+    def equal_work(self) -> bool:
+        """Whether every client does the same local work every round."""
+        return isinstance(self.work, int)
+
+    def work_text(self) -> str:
+        """The local work per round as text ('5 epochs', 'steps uniform in 1..5, drawn every round')."""
+        return work_text(self.work_unit, self.work)
+
+    def client_work(self, round_: int, num_clients: int) -> list[int]:
+        """Every client's local work (in `work_unit`) in round `round_`."""
+        return work_amounts(self.work, self.seed, round_, num_clients)
+
+    def step_lrs(self, round_: int, num_steps: int) -> list[float]:
+        """The learning rate of each of a client's `num_steps` local steps in round `round_`."""
+        return step_lrs(self.lr, self.lr_schedule, self.lr_schedule_over, self.lr_warmup, self.rounds, round_,
+                        num_steps)
 
 
 def sample_clients(seed: int, round_: int, num_clients: int, participation: float) -> list[int]:

@@ -18,14 +18,21 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
   sorted by their step count so that the active ones are a prefix of the stack; a client's last,
   smaller batch of an epoch is padded, to the longest real batch of that step, with a loss mask,
   and its loss is the mean over the real samples only;
-- the local optimiser is torch's SGD (momentum, dampening 0, weight decay) written out for the
-  stacked tensors and applied to the active prefix only;
+- local work in epochs or steps, equal or not (system heterogeneity), is the same plan of batches
+  (`fedscape.fl.local.local_plan`), and each step's learning rate (its schedule) is the same number,
+  per client where clients differ in their step counts;
+- the local optimiser is torch's SGD (momentum, dampening 0, weight decay) or AdamW (bias-corrected,
+  decoupled weight decay) written out for the stacked tensors and applied to the active prefix only.
+  AdamW divides by sqrt(v) + eps, which magnifies the float rounding of near-zero gradients, so `auto`
+  trains AdamW clients sequentially and only an explicit `vectorized` stacks them (equal to 1e-5 at
+  a larger eps, and step for step torch's AdamW on the same gradients);
 - batch norm is not exact with padded batches (and needs per-client running statistics), so models
   with batch norm, or with any floating buffer, fall back to sequential training; so do algorithms
   whose local training is not plain SGD on cross-entropy (`Strategy.vectorized` is False).
 
 One vectorised round equals one sequential round within float rounding (tests/unit/test_vectorized.py
-checks 1e-5 for FedAvg, FedProx and the server-optimiser variants). Clients are processed in chunks
+checks 1e-5 for FedAvg, FedProx, FedNova and the server-optimiser variants, AdamW, lr schedules and
+unequal local work). Clients are processed in chunks
 of `TrainConfig.client_chunk_size` to bound memory; bf16 autocast of the forward passes is optional
 on CUDA (`TrainConfig.bf16_autocast`).
 """
@@ -44,7 +51,8 @@ from torch.func import functional_call, vmap
 from fedscape.core.names import unknown_name_error
 from fedscape.data.federated import FederatedData
 from fedscape.data.specs import AUGMENTATIONS, CROP_PADDING
-from fedscape.fl.local import batch_order, client_generator, layer_seed
+from fedscape.fl.local import client_generator, layer_seed, local_plan, round_work
+from fedscape.fl.schedule import update_weight
 from fedscape.fl.settings import CLIENT_PARALLEL, TrainConfig
 from fedscape.fl.strategies.base import ClientResult, Strategy
 from fedscape.models.networks import ImageClassifier
@@ -78,6 +86,16 @@ def resolve_client_parallel(model: nn.Module, strategy: Strategy, cfg: TrainConf
     reason = vectorization_blocker(model, strategy)
     if reason is None and cfg.keep_optimizer_state:
         reason = "training.keep_optimizer_state keeps each client's momentum between rounds (sequential path only)"
+    if reason is None and cfg.optimizer == "adamw":
+        # Not a blocker: the stacked AdamW step is torch's, but Adam divides by sqrt(v) + eps, so the float
+        # rounding in which stacked and sequential gradients differ (~1e-8) is magnified for weights whose
+        # gradient is near 0: with eps 1e-8 client weights differ by up to ~1e-4 after a few epochs.
+        note = ("AdamW magnifies the float rounding between vectorised and sequential gradients by 1 / (sqrt(v) + "
+                "adamw_eps): client weights may differ by more than 1e-5 from sequential training")
+        if mode == "auto":
+            log.info("client training: sequential (%s; client_parallel: vectorized trains them at once anyway)", note)
+            return "sequential"
+        log.warning("client training: vectorized as asked, but %s", note)
     if reason is None:
         return "vectorized"
     if mode == "vectorized":
@@ -124,6 +142,7 @@ class _ClientPlan:
     num_samples: int
     batches: list[torch.Tensor]  # CPU indices into data.x_train, one tensor per step
     draws: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None  # crop_flip draws per step
+    lrs: list[float]  # the learning rate of each step
 
 
 class VectorizedTrainer:
@@ -166,14 +185,17 @@ class VectorizedTrainer:
         ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view_as(mask)
         return (ce * mask).sum(1) / mask.sum(1)
 
-    def plan(self, client_id: int, round_: int) -> _ClientPlan:
-        """The client's batches (and augmentation draws) from its generator, as `local_train` draws them."""
+    def plan(self, client_id: int, round_: int, work: int | None = None) -> _ClientPlan:
+        """The client's batches (and augmentation draws) from its generator, as `local_train` draws them;
+        `work`: its local epochs or steps this round (None: from `cfg.client_work`)."""
         cfg = self.cfg
+        if work is None:
+            work = cfg.client_work(round_, self.data.num_clients)[client_id]
         generator = client_generator(cfg.seed, round_, client_id)
         idx = self.indices_cpu[client_id]
-        local = batch_order(len(idx), cfg.batch_size, cfg.local_epochs, generator)
-        draws = [crop_flip_draws(len(b), generator) for b in local] if cfg.augment == "crop_flip" else None
-        return _ClientPlan(client_id, len(idx), [idx[b] for b in local], draws)
+        local = local_plan(cfg, len(idx), work, round_, generator)
+        draws = [crop_flip_draws(len(b), generator) for b in local.batches] if cfg.augment == "crop_flip" else None
+        return _ClientPlan(client_id, len(idx), [idx[b] for b in local.batches], draws, local.lrs)
 
     def state_dict(self) -> dict:
         """Nothing is kept between rounds (every round starts fresh optimisers)."""
@@ -186,7 +208,8 @@ class VectorizedTrainer:
                     round_: int) -> list[ClientResult]:
         """Local training of the `sampled` clients from `global_params` (the model has no floating buffers:
         `vectorization_blocker`); results in `sampled` order."""
-        plans = [self.plan(c, round_) for c in sampled]
+        work = round_work(self.cfg, round_, sampled, self.data.num_clients)
+        plans = [self.plan(c, round_, w) for c, w in zip(sampled, work, strict=True)]
         # Longest first: the active clients of every step are then a prefix of the stack.
         order = sorted(range(len(plans)), key=lambda i: -len(plans[i].batches))
         chunk = self.cfg.client_chunk_size if self.cfg.client_chunk_size > 0 else len(order)
@@ -228,7 +251,15 @@ class VectorizedTrainer:
         # Stacked client parameters [k0, *shape] per tensor, all starting at the global model.
         global_views = [v.view(s) for v, s in zip(global_params.split(self.numels), self.shapes, strict=True)]
         stacked = [g.unsqueeze(0).expand(k0, *g.shape).clone() for g in global_views]
-        momentum = [torch.zeros_like(t) for t in stacked] if cfg.momentum else None
+        adamw = cfg.optimizer == "adamw"
+        momentum = [torch.zeros_like(t) for t in stacked] if cfg.momentum and not adamw else None
+        moments = ([torch.zeros_like(t) for t in stacked], [torch.zeros_like(t) for t in stacked]) if adamw else None
+        # Each step's lr: one number when the active clients share it (always under a constant lr), else one
+        # per client (a schedule over local steps with unequal step counts), shaped to scale stacked tensors.
+        step_lr: list[float | torch.Tensor] = []
+        for t in range(num_steps):
+            lrs = [p.lrs[t] for p in plans[: active[t]]]
+            step_lr.append(lrs[0] if all(v == lrs[0] for v in lrs) else torch.tensor(lrs, device=device))
         loss_sum = torch.zeros(k0, device=device)
 
         x_train, y_train = self.data.x_train, self.data.y_train
@@ -245,8 +276,13 @@ class VectorizedTrainer:
             grads = list(torch.autograd.grad(losses.sum(), params))
             with torch.no_grad():
                 adjust(params, global_views, grads)  # e.g. FedProx's mu (w - w_global)
-                # torch.optim.SGD (dampening 0, no Nesterov) on the active prefix of the stack.
                 current = [s[:k] for s in stacked]
+                if moments is not None:
+                    self._adamw_step(current, grads, [m[:k] for m in moments[0]], [m[:k] for m in moments[1]],
+                                     step_lr[t], t + 1)
+                    loss_sum[:k] += losses.detach().float()
+                    continue
+                # torch.optim.SGD (dampening 0, no Nesterov) on the active prefix of the stack.
                 if cfg.weight_decay:
                     torch._foreach_add_(grads, current, alpha=cfg.weight_decay)
                 if momentum is not None:
@@ -254,11 +290,36 @@ class VectorizedTrainer:
                     torch._foreach_mul_(bufs, cfg.momentum)  # zero at the first step: buf = grad
                     torch._foreach_add_(bufs, grads)
                     grads = bufs
-                torch._foreach_add_(current, grads, alpha=-cfg.lr)
+                lr = step_lr[t]
+                if isinstance(lr, float):
+                    torch._foreach_add_(current, grads, alpha=-lr)
+                else:
+                    for c, g in zip(current, grads, strict=True):
+                        c.sub_(g * lr.view(-1, *([1] * (g.dim() - 1))))
                 loss_sum[:k] += losses.detach().float()
 
         flat = torch.cat([s.reshape(k0, -1) for s in stacked], dim=1)
         losses_mean = (loss_sum.cpu() / torch.tensor(steps, dtype=torch.float32).clamp_min(1)).tolist()
         empty = torch.zeros(0)  # no floating buffers (vectorization_blocker), as flatten_buffers gives
-        return [ClientResult(p.client_id, p.num_samples, flat[j].clone(), empty, losses_mean[j])
-                for j, p in enumerate(plans)]
+        sgd_momentum = 0.0 if adamw else cfg.momentum
+        return [ClientResult(p.client_id, p.num_samples, flat[j].clone(), empty, losses_mean[j], len(p.batches),
+                             update_weight(p.lrs, sgd_momentum)) for j, p in enumerate(plans)]
+
+    def _adamw_step(self, params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
+                    exp_avg_sq: list[torch.Tensor], lr: float | torch.Tensor, step: int) -> None:
+        """torch.optim.AdamW's step (Loshchilov & Hutter 2019; bias-corrected moments, decoupled weight decay) on
+        stacked client tensors, in place; `lr` one number or one per client; `step` counts from 1."""
+        cfg = self.cfg
+        beta1, beta2 = cfg.adamw_beta1, cfg.adamw_beta2
+        correction1, correction2 = 1 - beta1**step, 1 - beta2**step
+        for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq, strict=True):
+            scale = lr if isinstance(lr, float) else lr.view(-1, *([1] * (p.dim() - 1)))
+            if cfg.weight_decay:
+                p.mul_(1 - scale * cfg.weight_decay)
+            m.lerp_(g, 1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            denom = (v.sqrt() / math.sqrt(correction2)).add_(cfg.adamw_eps)
+            if isinstance(lr, float):
+                p.addcdiv_(m, denom, value=-lr / correction1)
+            else:
+                p.sub_(m / denom * (scale / correction1))

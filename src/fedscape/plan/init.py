@@ -6,7 +6,7 @@ from fedscape.core.config import ConfigError, canonical
 from fedscape.core.paths import PARTITION_DIR, Results
 from fedscape.core.runs import Run, resolve_run
 from fedscape.data.specs import DATASET_NAMES, dataset_info
-from fedscape.plan.train import check_training, job_training
+from fedscape.plan.train import check_training, job_training, merge_training, work_list_problems
 from fedscape.stages.init_settings import PretrainConfig, kind_spec
 
 
@@ -39,7 +39,7 @@ def init_extras(config: dict, runs: list, dataset: str, model: str, init: str) -
     if kind == "pretrained":
         return {"dataset_options": config["datasets"][dataset], "device": device}
     if kind == "iid_warmup":
-        training = job_training({**config["training"], **spec.get("training", {})})
+        training = job_training(merge_training(config["training"], spec.get("training", {})))
         return {"dataset_options": config["datasets"][dataset], "partition": config["partition"],
                 "warmup_training": training, "device": training.get("device", device)}
     if kind == "continue":
@@ -101,6 +101,9 @@ def check(config: dict, runs: list) -> list[str]:
                                                    "save_clients_at": []})
             except (TypeError, ValueError) as exc:
                 problems.append(f"{where}.training: {exc}")
+            warmup = merge_training(config["training"], spec.get("training", {}))
+            for key, problem in work_list_problems(warmup, spec["num_clients"], "its warm-up rounds"):
+                problems.append(f"{where}.training.{key}: {problem}")
         elif kind == "continue":
             if not spec.get("run"):
                 problems.append(f"{where}.run: a continue init needs a run selector, e.g. "

@@ -29,10 +29,23 @@ def final_table_inputs(config: dict, runs: list[Run]) -> dict[str, str]:
 
 
 def local_work(config: dict, runs: list[Run]) -> dict[str, dict]:
-    """Per algorithm label of the runs: its algorithm name and local epochs (its own `training` override or the
-    `training` section), for the figure of final accuracy against local work."""
-    return {run.algorithm: {"name": config["algorithms"][run.algorithm]["name"],
-                            "local_epochs": int(run_training(config, run)["local_epochs"])} for run in runs}
+    """Per algorithm label of the runs: its algorithm name and local epochs or steps (its own `training` override
+    or the `training` section), for the figure of final accuracy against local work. Work counted in steps
+    carries `local_steps` (and `local_epochs` None); work that differs between clients (a list or a draw) is
+    None in both: it has no single value to draw."""
+    work = {}
+    for run in runs:
+        training = run_training(config, run)
+        entry = {"name": config["algorithms"][run.algorithm]["name"], "local_epochs": _single(training["local_epochs"])}
+        if training.get("local_steps") is not None:
+            entry["local_steps"] = _single(training["local_steps"])
+        work[run.algorithm] = entry
+    return work
+
+
+def _single(value) -> int | None:
+    """An integer local work as it is; None for none or for work that differs between clients."""
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def check(config: dict, runs: list[Run]) -> list[str]:

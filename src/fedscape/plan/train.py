@@ -13,12 +13,14 @@ from fedscape.core.runs import Run
 from fedscape.data.partition import PartitionError, check_partition_file
 from fedscape.data.specs import DATASET_NAMES, dataset_info, dataset_option_problems
 from fedscape.fl.hparams.registry import ALGORITHM_NAMES, algorithm_config, check_algorithm_model
+from fedscape.fl.schedule import DEFAULT_LOCAL_EPOCHS, WORK_KEYS
 from fedscape.fl.settings import TrainConfig
 from fedscape.models.specs import MODEL_NAMES, MODEL_OPTIONS, NORMS, check_model_compatible
 
 # Training keys added after results existed: a job's settings carry one only when it differs from its
 # default, so that adding it does not rerun every finished train and init job (TrainConfig has the default).
-LATE_TRAINING_KEYS = ("keep_optimizer_state",)
+LATE_TRAINING_KEYS = ("keep_optimizer_state", "local_steps", "optimizer", "adamw_beta1", "adamw_beta2", "adamw_eps",
+                      "lr_schedule", "lr_schedule_over", "lr_warmup")
 
 
 def job_training(training: dict) -> dict:
@@ -27,10 +29,27 @@ def job_training(training: dict) -> dict:
     return {k: v for k, v in training.items() if not (k in LATE_TRAINING_KEYS and v == defaults[k])}
 
 
+def merge_training(training: dict, overrides: dict) -> dict:
+    """`training` with `overrides` (an algorithm's or an init's), its local work resolved.
+
+    A client's local work is counted in local_epochs or local_steps: a work key that `overrides` gives
+    replaces the other one of `training`, and with neither given the work is DEFAULT_LOCAL_EPOCHS epochs
+    (so that the settings of runs made before local_steps existed stay as they were).
+    """
+    merged = {**training, **overrides}
+    if any(overrides.get(k) is not None for k in WORK_KEYS):
+        for key in WORK_KEYS:
+            if overrides.get(key) is None:
+                merged[key] = None
+    if all(merged.get(k) is None for k in WORK_KEYS):
+        merged["local_epochs"] = DEFAULT_LOCAL_EPOCHS
+    return merged
+
+
 def run_training(config: dict, run: Run) -> dict:
-    """The `training` section with the run's algorithm overrides applied."""
+    """The `training` section with the run's algorithm overrides applied (local work resolved: `merge_training`)."""
     spec = config["algorithms"][run.algorithm]
-    return {**config["training"], **spec.get("training", {})}
+    return merge_training(config["training"], spec.get("training", {}))
 
 
 def rounds_of(config: dict, run: Run) -> int:
@@ -92,7 +111,7 @@ def check_training(training: dict, overrides: dict) -> TrainConfig:
     if unknown:
         key = sorted(unknown)[0]
         raise ValueError(f"unknown training key {key!r}.{suggest(key, training)} Valid: {', '.join(training)}")
-    merged = {**training, **overrides}
+    merged = merge_training(training, overrides)
     merged.pop("device", None)
     merged["save_clients_at"] = tuple(merged.get("save_clients_at", ()))
     return TrainConfig(**merged)
@@ -159,6 +178,8 @@ def check(config: dict, runs: list[Run]) -> list[str]:
             check_algorithm_model(config["algorithms"][label]["name"], model)
         except ValueError as exc:
             problems.append(f"algorithms.{label}: {exc}")
+    if not problems:
+        problems += _work_lists(config, runs)
     return problems
 
 
@@ -167,6 +188,24 @@ def _model_key(config: dict, dataset: str, model: str) -> str:
     named = [f"experiments[{i}].model" for i, exp in enumerate(config.get("experiments") or [])
              if exp.get("model") == model and exp.get("dataset") in (None, dataset)]
     return ", ".join(named) if named and model not in config["models"] else "models"
+
+
+def _work_lists(config: dict, runs: list[Run]) -> list[str]:
+    """Local work given per client (a list) must name one value per client of every run it trains."""
+    problems = []
+    for label, clients in sorted({(r.algorithm, r.num_clients) for r in runs}):
+        overrides = config["algorithms"][label].get("training", {})
+        training = run_training(config, next(r for r in runs if r.algorithm == label))
+        for key, problem in work_list_problems(training, clients, f"runs of algorithm {label!r}"):
+            where = f"algorithms.{label}.training" if key in overrides else "training"
+            problems.append(f"{where}.{key}: {problem}")
+    return problems
+
+
+def work_list_problems(training: dict, clients: int, who: str) -> list[tuple[str, str]]:
+    """(work key, problem) where `training` gives local work per client for other than `clients` clients."""
+    return [(key, f"{len(value)} values (one per client) but {who} have {clients} clients")
+            for key in WORK_KEYS if isinstance(value := training.get(key), list | tuple) and len(value) != clients]
 
 
 def targets(config: dict, runs: list[Run]) -> list[str]:

@@ -8,24 +8,31 @@ from pathlib import Path
 import pandas as pd
 
 from fedscape.core.io import remake_hint, write_csv
-from fedscape.fl.settings import ROUNDS_COLUMNS
+from fedscape.fl.schedule import parse_work, work_text
 from fedscape.outputs.tables import read_table
 
 # What a run's cost per round depends on besides the algorithm: runs are compared only within one setting.
+# local_epochs and local_steps hold a work that every client does (empty otherwise); local_work names the work as
+# text ('5 epochs', 'steps uniform in 1..5, drawn every round'), so that unequal work is a setting of its own too.
 COST_SETTING = ["dataset", "model", "device", "device_name", "alpha", "num_clients", "participation", "local_epochs",
-                "batch_size"]
+                "batch_size", "local_steps", "local_work"]
 COST_COLUMNS = ["dataset", "model", "algorithm", "algorithm_name", "device", "device_name", "num_runs", "num_rounds",
                 "median_seconds_per_round", "peak_mem_mb", "seconds_vs_fedavg", "peak_mem_vs_fedavg",
-                "alpha", "num_clients", "participation", "local_epochs", "batch_size"]
+                "alpha", "num_clients", "participation", "local_epochs", "batch_size", "local_steps", "local_work"]
+# The columns of a run's metrics.csv that the cost table reads.
+METRICS_COLUMNS = ["run_id", "dataset", "model", "algorithm", "alpha", "num_clients", "participation", "round", "seconds",
+                   "peak_mem_mb"]
 
 
 def _run_rounds(metrics: str | Path, meta_path: str | Path) -> pd.DataFrame:
-    """A run's rounds 1.. with its device, algorithm name, local epochs and batch size from meta.json."""
-    df = read_table(metrics, ROUNDS_COLUMNS)
+    """A run's rounds 1.. with its device, algorithm name, local work and batch size from meta.json."""
+    df = read_table(metrics, METRICS_COLUMNS)
     meta = json.loads(Path(meta_path).read_text())
     settings = meta.get("settings", {})
     training = settings.get("training", {})
-    missing = [k for k in ("local_epochs", "batch_size") if k not in training]
+    missing = [k for k in ("batch_size",) if k not in training]
+    if training.get("local_epochs") is None and training.get("local_steps") is None:
+        missing.insert(0, "local_epochs")
     if missing:
         raise ValueError(f"{meta_path} has no training.{missing[0]} in its settings: cannot tell which runs "
                          f"do the same work per round; {remake_hint(meta_path)}")
@@ -33,7 +40,11 @@ def _run_rounds(metrics: str | Path, meta_path: str | Path) -> pd.DataFrame:
     df["device"] = meta.get("device", "unknown")
     df["device_name"] = meta.get("device_name", meta.get("device", "unknown"))
     df["algorithm_name"] = settings.get("algorithm", df["algorithm"].iloc[0] if len(df) else "")
-    df["local_epochs"] = int(training["local_epochs"])
+    unit = "steps" if training.get("local_steps") is not None else "epochs"
+    work = parse_work(f"local_{unit}", training[f"local_{unit}"])
+    df["local_epochs"] = work if unit == "epochs" and isinstance(work, int) else pd.NA
+    df["local_steps"] = work if unit == "steps" and isinstance(work, int) else pd.NA
+    df["local_work"] = work_text(unit, work)
     df["batch_size"] = int(training["batch_size"])
     return df
 
@@ -45,9 +56,9 @@ def cost_table(runs: list[tuple[str | Path, str | Path]]) -> pd.DataFrame:
     left out. Peak memory is the largest per-round peak: CUDA max allocated on GPU, the process's peak
     RSS on CPU (which includes the data and the interpreter). A setting (COST_SETTING) is everything
     besides the algorithm that sets the work of a round: dataset, model, device, partition, client
-    count, participation, local epochs and batch size. `seconds_vs_fedavg` and `peak_mem_vs_fedavg`
-    divide by the algorithm name `fedavg` in the same setting (the median over its labels there; empty
-    when there is none), so that the overheads of GradAug, FedAlign, MOON ... read off directly.
+    count, participation, local work (epochs or steps, equal or not) and batch size. `seconds_vs_fedavg` and
+    `peak_mem_vs_fedavg` divide by the algorithm name `fedavg` in the same setting (the median over its labels
+    there; empty when there is none), so that the overheads of GradAug, FedAlign, MOON ... read off directly.
     """
     frames = [_run_rounds(metrics, meta) for metrics, meta in runs]
     if not frames or all(f.empty for f in frames):

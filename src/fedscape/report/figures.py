@@ -59,7 +59,7 @@ TABLE_COLUMNS = [*CURVE_GROUP, "row", "column", "n_seeds", "mean", "std", "ci95_
 # Algorithms are ranked against each other within one setting and init: the run fields other than these two.
 RANKING_SETTING = ["dataset", "model", "alpha", "num_clients", "participation"]
 LOCAL_WORK_COLUMNS = [*RANKING_SETTING, "init", "algorithm_name", "local_epochs", "algorithm", "n_seeds", "mean",
-                      "std", "ci95_low", "ci95_high"]
+                      "std", "ci95_low", "ci95_high", "local_steps"]
 RANKING_COLUMNS = [*RANKING_SETTING, "init", "algorithm", "n_seeds", "mean", "ci95_low", "ci95_high", "rank",
                    "rank_seed_min", "rank_seed_max", "n_algorithms"]
 
@@ -314,7 +314,8 @@ def ranking_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str
 
 def local_work_table(final: pd.DataFrame, work: dict[str, dict], column: str = "test_acc") -> pd.DataFrame:
     """Mean and 95% t-interval over the seeds that did not diverge of `column`, per setting, init and algorithm
-    label, with the label's algorithm name and local epochs (`work`: label -> {name, local_epochs})."""
+    label, with the label's algorithm name and local epochs or steps (`work`: label -> {name, local_epochs and
+    optionally local_steps}; empty where the work differs between clients)."""
     unknown = sorted(set(final["algorithm"].astype(str)) - set(work))
     if unknown:
         raise ValueError(f"algorithm labels {unknown} of final.csv have no local work; known: {sorted(work)}")
@@ -323,43 +324,54 @@ def local_work_table(final: pd.DataFrame, work: dict[str, dict], column: str = "
         fields = dict(zip([*RANKING_SETTING, "init", "algorithm"], keys, strict=True))
         mean, std, lo, hi, n = t_interval(sub[column].tolist())
         label = work[str(fields["algorithm"])]
-        rows.append({**fields, "algorithm_name": label["name"], "local_epochs": int(label["local_epochs"]),
-                     "n_seeds": n, "mean": mean, "std": std, "ci95_low": lo, "ci95_high": hi})
+        epochs, steps = label.get("local_epochs"), label.get("local_steps")
+        rows.append({**fields, "algorithm_name": label["name"], "local_epochs": None if epochs is None else int(epochs),
+                     "n_seeds": n, "mean": mean, "std": std, "ci95_low": lo, "ci95_high": hi,
+                     "local_steps": None if steps is None else int(steps)})
     table = pd.DataFrame(rows, columns=LOCAL_WORK_COLUMNS)
-    return table.sort_values([*RANKING_SETTING, "init", "algorithm_name", "local_epochs"], kind="stable")
+    return table.sort_values([*RANKING_SETTING, "init", "algorithm_name", "local_epochs", "local_steps"],
+                             kind="stable")
 
 
 def local_work_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str | Path,
                       work: dict[str, dict], column: str = "test_acc") -> dict:
-    """Final accuracy (mean, 95% interval over seeds) against local epochs per round: colour = algorithm,
-    line style = init; one panel per setting (alpha, clients, participation)."""
+    """Final accuracy (mean, 95% interval over seeds) against local epochs per round, and against local steps
+    per round for the labels that count their work in steps (labels whose work differs between clients are
+    left out): colour = algorithm, line style = init; one panel per unit and setting (alpha, clients,
+    participation)."""
     df = _select(final, dataset, model)
     table = local_work_table(df, work, column) if not df.empty else pd.DataFrame(columns=LOCAL_WORK_COLUMNS)
+    table = table[table["local_epochs"].notna() | table["local_steps"].notna()]
     if table.empty:
         return save_figure(empty_figure(f"no finished runs of {dataset} / {model} in final.csv"), base_path, table)
-    settings = _panels(table)
+    panels = [(unit, setting, sub) for unit in ("local_epochs", "local_steps")
+              for setting, sub in _panels(table[table[unit].notna()])]
     names = sorted(table["algorithm_name"].astype(str).unique())
     colors = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(names)}
     style = RunStyle(df)
     shown = varying_keys(table, ["num_clients", "participation"])
-    fig, axes = facet_grid(len(settings), ncols=3, size=(3.4, 2.6), sharey=True, sharex=False)
+    fig, axes = facet_grid(len(panels), ncols=3, size=(3.4, 2.6), sharey=True, sharex=False)
     legend = {}
-    for ((alpha, clients, part), sub), (ax,) in zip(settings, axes, strict=True):
+    for (unit, (alpha, clients, part), sub), (ax,) in zip(panels, axes, strict=True):
         for (name, init), line in sub.groupby(["algorithm_name", "init"], sort=True):
-            line = line.groupby("local_epochs", as_index=False).first()  # labels with the same work: the first
+            line = line.groupby(unit, as_index=False).first()  # labels with the same work: the first
             color = colors[str(name)]
-            (handle,) = ax.plot(line["local_epochs"], line["mean"], marker="o", ms=4, color=color,
+            (handle,) = ax.plot(line[unit], line["mean"], marker="o", ms=4, color=color,
                                 linestyle=style.linestyle(init), lw=1.4)
             if line["ci95_low"].notna().any():
-                ax.fill_between(line["local_epochs"], line["ci95_low"].clip(lower=0), line["ci95_high"].clip(upper=1),
+                ax.fill_between(line[unit], line["ci95_low"].clip(lower=0), line["ci95_high"].clip(upper=1),
                                 color=color, alpha=0.15, lw=0)
             legend.setdefault(f"{display_name(str(name))} · {init} init", handle)
-        epochs = sorted({int(e) for e in sub["local_epochs"]})
-        ax.set_xticks(epochs)
-        ax.set_xlabel("local epochs per round")
+        amounts = sorted({int(e) for e in sub[unit]})
+        ax.set_xticks(amounts)
+        if unit == "local_steps" and amounts[-1] > 10 * max(amounts[0], 1):
+            ax.set_xscale("log")
+            ax.set_xticks(amounts, [str(a) for a in amounts])
+            ax.minorticks_off()
+        ax.set_xlabel(f"{unit.replace('_', ' ')} per round")
         ax.set_ylabel("final test accuracy" if column == "test_acc" else column)
         setting = {"alpha": alpha, "num_clients": clients, "participation": part}
-        ax.set_title(label_run(setting, ["alpha", *shown]) + ("" if len(epochs) > 1 else "\n(one local work setting)"))
+        ax.set_title(label_run(setting, ["alpha", *shown]) + ("" if len(amounts) > 1 else "\n(one local work setting)"))
     seeds = int(table["n_seeds"].max())
     band = "mean and 95% t-interval over seeds" if seeds > 1 else "one seed"
     fig.suptitle(f"{dataset} / {model}: final accuracy against local work ({band})")
@@ -533,7 +545,8 @@ def headline_table_figure(final: pd.DataFrame, dataset: str, model: str, base_pa
 
 COST_FIGURE_COLUMNS = ["dataset", "model", "algorithm", "algorithm_name", "device", "device_name",
                        "median_seconds_per_round", "peak_mem_mb", "seconds_vs_fedavg", "peak_mem_vs_fedavg",
-                       "alpha", "num_clients", "participation", "local_epochs", "batch_size"]
+                       "alpha", "num_clients", "participation", "local_epochs", "batch_size", "local_steps",
+                       "local_work"]
 
 
 def _cost_label(row: pd.Series, varying: list[str]) -> str:
@@ -544,6 +557,7 @@ def _cost_label(row: pd.Series, varying: list[str]) -> str:
         if run_fields:
             parts.append(label_run(row, run_fields))
         parts += [f"{k.replace('_', ' ')} {row[k]}" for k in varying if k in ("local_epochs", "batch_size")]
+        parts += [str(row["local_work"]) for k in varying if k == "local_work"]
     return " · ".join(parts)
 
 
@@ -554,7 +568,10 @@ def cost_figure(cost: pd.DataFrame, dataset: str, model: str, base_path: str | P
     if df.empty:
         return save_figure(empty_figure(f"no runs of {dataset} / {model} in cost.csv"), base_path,
                            pd.DataFrame(columns=COST_FIGURE_COLUMNS))
-    varying = varying_keys(df, ["alpha", "num_clients", "participation", "local_epochs", "batch_size"])
+    # local_work names epochs and steps, equal or not, in one text; cost.csv files made before it had local_epochs
+    work = "local_work" if "local_work" in df.columns else "local_epochs"
+    df = df.assign(**{k: pd.NA for k in ("local_steps", "local_work") if k not in df.columns})
+    varying = varying_keys(df, ["alpha", "num_clients", "participation", work, "batch_size"])
     df = df.assign(_label=[_cost_label(row, varying) for _, row in df.iterrows()])
     df = df.sort_values(["algorithm", *varying, "device"], kind="stable")
     labels = list(dict.fromkeys(df["_label"]))

@@ -46,8 +46,9 @@ def train_stage(settings: dict, partition_path: str | Path, init_path: str | Pat
     init = load_trajectory(init_path, run_id=settings["run_id"])
     model = init.model_at(0, device).train()
     strategy = make_strategy(settings["algorithm"], settings["hyperparameters"])
-    log.info("run %s on %s: %d clients, %d rounds x %d local epochs, algorithm %s", settings["run_id"], device,
-             data.num_clients, cfg.rounds, cfg.local_epochs, settings["algorithm"])
+    log.info("run %s on %s: %d clients, %d rounds x %s of local %s (lr %g, %s schedule), algorithm %s",
+             settings["run_id"], device, data.num_clients, cfg.rounds, cfg.work_text(), cfg.optimizer, cfg.lr,
+             cfg.lr_schedule, settings["algorithm"])
     log.info("progress is kept in %s after every round: if this job is killed, run the workflow again (with "
              "--rerun-incomplete if Snakemake says its outputs are incomplete) and it resumes", progress_dir)
     result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir, progress_key=digest(settings))

@@ -36,6 +36,7 @@ class ClientContext:
     lr: float = 0.0  # the local learning rate (SCAFFOLD's option-II control variate divides by it)
     momentum: float = 0.0  # the local SGD momentum
     steps: int = 0  # local optimiser steps taken so far (counted by the engine)
+    step_lrs: list[float] = field(default_factory=list)  # the lr of each local step of this round (its schedule)
     scratch: dict[str, Any] = field(default_factory=dict)  # per-client working state of the strategy
 
 
@@ -48,6 +49,10 @@ class ClientResult:
     params: torch.Tensor
     buffers: torch.Tensor
     train_loss: float
+    num_steps: int = 0  # local optimiser steps taken
+    # sum_j sum_{k >= j} lr_k m^(k - j) over the local steps (fedscape.fl.schedule.update_weight): the weight of
+    # the local gradients in the update, FedNova's ||a_i||_1 times the lr (Wang et al. 2020)
+    update_weight: float = 0.0
 
 
 def param_views(vector: torch.Tensor, model: nn.Module) -> list[torch.Tensor]:

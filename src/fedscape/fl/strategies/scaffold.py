@@ -5,15 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fedscape.fl.schedule import update_weight
 from fedscape.fl.strategies.base import ClientContext, ClientResult, ClientStore, Strategy, param_views
-
-
-def effective_steps(steps: int, momentum: float) -> float:
-    """sum_{k=1..K} (1 - m^k) / (1 - m): how far K heavy-ball steps with momentum m move under a
-    constant gradient, in plain-SGD steps (K for m = 0; FedNova's momentum normaliser, Wang et al. 2020)."""
-    if momentum == 0:
-        return float(steps)
-    return (steps - momentum * (1 - momentum**steps) / (1 - momentum)) / (1 - momentum)
 
 
 class Scaffold(Strategy):
@@ -21,8 +14,9 @@ class Scaffold(Strategy):
 
     Server control variate c and client control variates c_i start at zero. Each local step uses
     the gradient g + c - c_i; afterwards c_i+ = c_i - c + (x - y_i) / (K lr) (option II, K local
-    steps; with client momentum m, K is replaced by `effective_steps(K, m)` so that the quotient stays
-    an average gradient), and the server sets c <- c + (1/N) sum_{i in S} (c_i+ - c_i), so that c stays the mean
+    steps; with client momentum m or an lr schedule, K lr is replaced by `update_weight` of the steps'
+    lrs, lr effective_steps(K, m) under a constant lr, so that the quotient stays an average gradient),
+    and the server sets c <- c + (1/N) sum_{i in S} (c_i+ - c_i), so that c stays the mean
     of all N clients' c_i. The model step is the weighted mean delta (times the global lr
     `server_lr`, 1 in the paper's experiments).
     """
@@ -57,8 +51,8 @@ class Scaffold(Strategy):
         if ctx.steps == 0 or ctx.lr <= 0:
             return
         c_i = ctx.scratch["c_i"]
-        steps = effective_steps(ctx.steps, ctx.momentum)
-        c_new = c_i - self.c.to(c_i.device) + (ctx.global_params - params) / (steps * ctx.lr)
+        weight = update_weight(ctx.step_lrs[: ctx.steps], ctx.momentum)  # K lr for plain SGD at a constant lr
+        c_new = c_i - self.c.to(c_i.device) + (ctx.global_params - params) / weight
         self._delta_c[ctx.client_id] = (c_new - c_i).to(self.c.device)
         self.c_clients.set(ctx.client_id, c_new)
 

@@ -1,0 +1,448 @@
+"""Client-side local training: optimisers (SGD unchanged, AdamW), lr schedules, local steps, unequal local work."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers.configs import SCHEMA, TINY
+from helpers.resume import killed_after_round
+from torch import nn
+
+from fedscape.core.config import ConfigError
+from fedscape.core.paths import TRAIN_FILE_NAMES
+from fedscape.core.runs import build_runs
+from fedscape.data.datasets import augment_batch
+from fedscape.data.federated import FederatedData
+from fedscape.fl.engine import run_federated
+from fedscape.fl.local import batch_order, client_generator, layer_seed, step_batches
+from fedscape.fl.schedule import UniformWork, effective_steps, lr_factor, step_lrs, update_weight, work_amounts
+from fedscape.fl.sequential import SequentialTrainer, local_train
+from fedscape.fl.settings import TrainConfig
+from fedscape.fl.strategies.base import Strategy
+from fedscape.fl.strategies.registry import make_strategy
+from fedscape.models.networks import build_model
+from fedscape.models.params import FlatParams, flatten_params
+from fedscape.plan.init import init_settings
+from fedscape.plan.partition import partition_settings
+from fedscape.plan.report import local_work
+from fedscape.plan.train import run_training, train_settings
+from fedscape.plan.workflow import check_config
+from fedscape.report.cost import cost_table
+from fedscape.stages.init import init_stage
+from fedscape.stages.partition import partition_stage
+from fedscape.stages.train import train_stage
+
+
+def shard_data(sizes: list[int], seed: int = 0) -> FederatedData:
+    g = torch.Generator().manual_seed(seed)
+    n = sum(sizes)
+    x = torch.randn(n, 1, 8, 8, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    bounds = torch.tensor([0, *sizes]).cumsum(0)
+    idx = [torch.arange(int(bounds[i]), int(bounds[i + 1])) for i in range(len(sizes))]
+    return FederatedData(x, y, idx, x[:20], y[:20])
+
+
+def mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model("mlp", num_classes=10, in_channels=1, image_size=8)
+
+
+# -- learning-rate schedules -----------------------------------------------------------------------------------------
+
+def test_cosine_over_local_steps_matches_hand_computation():
+    # 6 steps, warm-up 2: lr 0.1 * [1/2, 2/2], then 0.5 (1 + cos(pi j / 4)) for j = 0..3
+    expected = [0.05, 0.1, 0.1, 0.1 * 0.5 * (1 + math.cos(math.pi / 4)), 0.05,
+                0.1 * 0.5 * (1 + math.cos(3 * math.pi / 4))]
+
+    got = step_lrs(0.1, "cosine", "local_steps", 2, rounds=10, round_=7, num_steps=6)
+
+    assert got == pytest.approx(expected, abs=1e-15)
+    assert got[-1] > 0  # the last step still moves
+
+
+def test_cosine_over_rounds_is_smooth_within_rounds():
+    # 4 rounds, warm-up 1 round, 2 steps per round: positions 0, 0.5 | 1, 1.5 | 2, 2.5 | 3, 3.5
+    per_round = [step_lrs(1.0, "cosine", "rounds", 1.0, rounds=4, round_=t, num_steps=2) for t in range(1, 5)]
+
+    assert per_round[0] == pytest.approx([0.5, 1.0])  # (0 + 1/2) / 1 and (0.5 + 0.5) / 1
+    assert per_round[1] == pytest.approx([1.0, 0.5 * (1 + math.cos(math.pi * 0.5 / 3))])
+    assert per_round[3] == pytest.approx([0.5 * (1 + math.cos(math.pi * 2 / 3)),
+                                          0.5 * (1 + math.cos(math.pi * 2.5 / 3))])
+
+
+@pytest.mark.parametrize(("warmup", "expected"), [(0, [0.2] * 4), (3, [0.2 / 3, 0.4 / 3, 0.2, 0.2])])
+def test_constant_schedule_with_and_without_warm_up(warmup, expected):
+    assert step_lrs(0.2, "constant", "local_steps", warmup, rounds=1, round_=1, num_steps=4) == pytest.approx(expected)
+
+
+def test_constant_schedule_is_exactly_the_base_lr():
+    assert step_lrs(0.01, "constant", "rounds", 0, rounds=3, round_=2, num_steps=5) == [0.01] * 5
+    assert lr_factor(0, 1, 10, 0, "constant") == 1.0
+
+
+def test_unknown_schedule_is_rejected():
+    with pytest.raises(ValueError, match="lr_schedule"):
+        lr_factor(0, 1, 10, 0, "linear")
+
+
+# -- local steps and unequal local work ------------------------------------------------------------------------------
+
+def test_local_steps_cycle_through_seeded_shuffles():
+    # 5 samples, batch 2: passes of 2 + 2 + 1; 7 steps = one pass, one pass, and the first batch of a third
+    steps = step_batches(5, 2, 7, torch.Generator().manual_seed(4))
+
+    passes = batch_order(5, 2, 3, torch.Generator().manual_seed(4))
+    assert [len(b) for b in steps] == [2, 2, 1, 2, 2, 1, 2]
+    assert all(torch.equal(a, b) for a, b in zip(steps, passes[:7], strict=True))
+    assert sorted(torch.cat(steps[:3]).tolist()) == [0, 1, 2, 3, 4]  # each pass covers the data once
+
+
+def test_a_client_takes_exactly_local_steps_steps():
+    data = shard_data([5, 40])
+    cfg = TrainConfig(rounds=1, local_steps=7, batch_size=4, lr=0.1, seed=1)
+
+    model = mlp()
+    flat = FlatParams(model)
+    out = [local_train(model, flat, flat.get().clone(), torch.zeros(0), data, c, 1, Strategy(), cfg)[0] for c in (0, 1)]
+
+    assert [r.num_steps for r in out] == [7, 7]  # the small client cycles, the large one does not finish a pass
+
+
+def test_fixed_per_client_work():
+    data = shard_data([8, 8, 8])
+    cfg = TrainConfig(rounds=2, local_steps=(1, 3, 6), batch_size=4, lr=0.1, seed=0)
+    model = mlp()
+    trainer = SequentialTrainer(model, FlatParams(model), data, Strategy(), cfg)
+
+    for round_ in (1, 2):
+        results = trainer.train_round(flatten_params(model), torch.zeros(0), [0, 1, 2], round_)
+        assert [r.num_steps for r in results] == [1, 3, 6]
+
+
+def test_drawn_work_is_seeded_per_round_or_once():
+    per_round = UniformWork(1, 9, "round")
+    once = UniformWork(1, 9, "once")
+
+    rounds = [work_amounts(per_round, 5, t, 20) for t in range(1, 4)]
+
+    assert all(1 <= v <= 9 for r in rounds for v in r)
+    assert rounds[0] != rounds[1]  # a new draw every round
+    assert rounds[0] == work_amounts(per_round, 5, 1, 20)  # reproducible (and so resumable)
+    assert rounds[0] != work_amounts(per_round, 6, 1, 20)  # derived from the run seed
+    assert work_amounts(once, 5, 1, 20) == work_amounts(once, 5, 3, 20)  # drawn once for the run
+    assert len(set(work_amounts(once, 5, 1, 20))) > 1  # but unequal between clients
+
+
+def test_uniform_draws_cover_the_range_evenly():
+    values = [v for t in range(1, 201) for v in work_amounts(UniformWork(2, 4), 0, t, 30)]  # 6000 draws
+
+    shares = [values.count(v) / len(values) for v in (2, 3, 4)]
+
+    assert set(values) == {2, 3, 4}
+    assert shares == pytest.approx([1 / 3] * 3, abs=0.03)  # 5 standard errors of a share
+
+
+@pytest.mark.parametrize("optimizer", [{"momentum": 0.5},
+                                       {"optimizer": "adamw", "lr": 0.01, "keep_optimizer_state": True}],
+                         ids=["sgd", "adamw-kept-state"])
+def test_a_resumed_run_draws_the_same_work_and_lrs(tmp_path, monkeypatch, optimizer):
+    data = shard_data([9, 14, 6])
+    cfg = TrainConfig(**{"rounds": 4, "local_steps": {"low": 1, "high": 5}, "batch_size": 4, "lr": 0.1,
+                         "lr_schedule": "cosine", "lr_warmup": 1.5, "seed": 2, "client_parallel": "sequential",
+                         "participation": 0.67, **optimizer})
+    reference = run_federated(mlp(), data, make_strategy("fednova"), cfg)
+    killed_after_round(monkeypatch, 2, lambda: run_federated(mlp(), data, make_strategy("fednova"), cfg,
+                                                             progress_dir=tmp_path, progress_key="k"))
+
+    resumed = run_federated(mlp(seed=9), data, make_strategy("fednova"), cfg, progress_dir=tmp_path, progress_key="k")
+
+    assert torch.equal(resumed.params, reference.params)
+
+
+def test_unequal_work_logs_its_spread(caplog):
+    data = shard_data([8, 8, 8])
+    cfg = TrainConfig(rounds=1, local_steps=(1, 3, 6), batch_size=4, lr=0.1, seed=0)
+    model = mlp()
+
+    with caplog.at_level(logging.INFO, logger="fedscape.train"):
+        SequentialTrainer(model, FlatParams(model), data, Strategy(), cfg).train_round(
+            flatten_params(model), torch.zeros(0), [0, 1, 2], 1)
+
+    assert "round 1 local work (steps per client [1, 3, 6]): min 1, median 3, max 6 steps over 3 clients" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"local_epochs": 2, "local_steps": 3}, "local_epochs .* and local_steps .* are both given"),
+        ({"local_steps": 0}, "local_steps must be at least 1"),
+        ({"local_epochs": [2, 0]}, "local_epochs as a list needs one integer >= 1"),
+        ({"local_steps": {"low": 5, "high": 2}}, "local_steps needs integers 1 <= low <= high"),
+        ({"local_steps": {"low": 1, "high": 2, "draw": "epoch"}}, "local_steps.draw must be one of round, once"),
+        ({"optimizer": "adam"}, "optimizer must be one of sgd, adamw"),
+        ({"adamw_beta2": 1.0}, "adamw_beta1 and adamw_beta2 must be in"),
+        ({"lr_schedule": "step"}, "lr_schedule must be one of constant, cosine"),
+        ({"lr_schedule_over": "epochs"}, "lr_schedule_over must be one of"),
+        ({"lr_warmup": -1}, "lr_warmup must be >= 0"),
+        ({"lr_schedule": "cosine", "lr_warmup": 5, "rounds": 5}, "leaves no round"),
+    ],
+)
+def test_train_config_rejects_bad_local_training(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_train_config_defaults_to_five_local_epochs():
+    cfg = TrainConfig()
+
+    assert (cfg.local_epochs, cfg.local_steps, cfg.work_unit, cfg.equal_work) == (5, None, "epochs", True)
+    assert TrainConfig(local_steps=[1, 2]).local_steps == (1, 2)
+
+
+# -- optimisers ------------------------------------------------------------------------------------------------------
+
+def old_local_sgd(model: nn.Module, data: FederatedData, client: int, round_: int, cfg: TrainConfig) -> torch.Tensor:
+    """The client training of fedscape before optimisers and schedules were options (torch SGD, a fixed lr)."""
+    generator = client_generator(cfg.seed, round_, client)
+    torch.manual_seed(layer_seed(cfg.seed, round_, client))
+    idx = data.client_indices[client]
+    x, y = data.x_train[idx], data.y_train[idx]
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    for b in batch_order(len(idx), cfg.batch_size, cfg.local_epochs, generator):
+        xb = augment_batch(x[b], cfg.augment, generator)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(xb), y[b]).backward()
+        opt.step()
+    return flatten_params(model)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_runs_are_bit_identical_to_the_former_client_training(momentum):
+    data = shard_data([13, 7, 21])
+    cfg = TrainConfig(rounds=2, local_epochs=2, batch_size=4, lr=0.1, momentum=momentum, weight_decay=1e-3, seed=3,
+                      client_parallel="sequential")
+
+    result = run_federated(mlp(), data, make_strategy("fedavg"), cfg)
+
+    global_params = flatten_params(mlp())
+    for round_ in (1, 2):
+        clients = []
+        for c in range(3):
+            model = mlp()
+            FlatParams(model).set(global_params)
+            clients.append(old_local_sgd(model, data, c, round_, cfg))
+        weights = torch.tensor([13, 7, 21], dtype=torch.float64) / 41
+        delta = (weights @ (torch.stack(clients) - global_params).double()).float()
+        global_params = global_params - 1.0 * (-delta)
+        assert torch.equal(result.params[round_], global_params)
+
+
+def test_adamw_step_equals_torch_adamw():
+    data = shard_data([6])
+    cfg = TrainConfig(rounds=1, local_steps=3, batch_size=6, lr=0.01, optimizer="adamw", adamw_beta1=0.8,
+                      adamw_beta2=0.99, adamw_eps=1e-6, weight_decay=0.1, seed=0)
+    model = mlp()
+    flat = FlatParams(model)
+
+    result, _ = local_train(model, flat, flat.get().clone(), torch.zeros(0), data, 0, 1, Strategy(), cfg)
+
+    reference = mlp()
+    opt = torch.optim.AdamW(reference.parameters(), lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1)
+    for _ in range(3):  # one batch holds all 6 samples: every step sees the same batch (in another order)
+        opt.zero_grad()
+        F.cross_entropy(reference(data.x_train), data.y_train).backward()
+        opt.step()
+    assert (result.params - flatten_params(reference)).abs().max().item() < 1e-6
+    sgd = TrainConfig(rounds=1, local_steps=3, batch_size=6, lr=0.01, weight_decay=0.1, seed=0)
+    plain, _ = local_train(model, flat, flatten_params(mlp()), torch.zeros(0), data, 0, 1, Strategy(), sgd)
+    assert (plain.params - result.params).abs().max().item() > 1e-4  # AdamW is not SGD here
+
+
+def test_one_client_keeping_its_adamw_state_is_centralised_adamw_with_a_cosine_schedule():
+    # 20 samples, batch 8: 3 steps per round; the schedule runs over the 3 rounds with half a round of warm-up
+    data = shard_data([20])
+    cfg = TrainConfig(rounds=3, local_epochs=1, batch_size=8, lr=0.01, optimizer="adamw", weight_decay=0.01,
+                      lr_schedule="cosine", lr_warmup=0.5, keep_optimizer_state=True, seed=4)
+
+    result = run_federated(mlp(), data, make_strategy("fedavg"), cfg)
+
+    reference = mlp()
+    opt = torch.optim.AdamW(reference.parameters(), lr=0.01, weight_decay=0.01)
+    for round_ in (1, 2, 3):
+        batches = batch_order(20, 8, 1, client_generator(4, round_, 0))
+        for b, lr in zip(batches, step_lrs(0.01, "cosine", "rounds", 0.5, 3, round_, 3), strict=True):
+            opt.param_groups[0]["lr"] = lr
+            opt.zero_grad()
+            F.cross_entropy(reference(data.x_train[b]), data.y_train[b]).backward()
+            opt.step()
+        assert (result.params[round_] - flatten_params(reference)).abs().max().item() < 1e-6
+    fresh = run_federated(mlp(), data, make_strategy("fedavg"), dataclasses.replace(cfg, keep_optimizer_state=False))
+    assert (fresh.params[3] - result.params[3]).abs().max().item() > 1e-4  # the kept state matters
+
+
+def test_cosine_schedule_changes_the_sgd_steps_as_computed():
+    # one sample, batch 1, plain SGD on a linear model: each step is w <- w - lr_k g_k; check against the lrs
+    data = shard_data([1])
+    cfg = TrainConfig(rounds=1, local_steps=4, batch_size=1, lr=0.5, lr_schedule="cosine",
+                      lr_schedule_over="local_steps", lr_warmup=1, seed=0)
+    model = mlp()
+    flat = FlatParams(model)
+
+    result, _ = local_train(model, flat, flat.get().clone(), torch.zeros(0), data, 0, 1, Strategy(), cfg)
+
+    reference = mlp()
+    opt = torch.optim.SGD(reference.parameters(), lr=0.5)
+    for lr in step_lrs(0.5, "cosine", "local_steps", 1, 1, 1, 4):
+        opt.param_groups[0]["lr"] = lr
+        opt.zero_grad()
+        F.cross_entropy(reference(data.x_train), data.y_train).backward()
+        opt.step()
+    assert torch.equal(result.params, flatten_params(reference))
+    assert result.update_weight == pytest.approx(sum(step_lrs(0.5, "cosine", "local_steps", 1, 1, 1, 4)))
+
+
+# -- the normaliser of FedNova and SCAFFOLD ---------------------------------------------------------------------------
+
+def test_update_weight_is_lr_times_effective_steps_under_a_constant_lr():
+    assert update_weight([0.1] * 5, 0.9) == effective_steps(5, 0.9) * 0.1
+    assert update_weight([0.1, 0.2, 0.3], 0.0) == pytest.approx(0.6)
+    # heavy ball: g_0 is applied with 0.1 + 0.5*0.2 + 0.25*0.3, g_1 with 0.2 + 0.5*0.3, g_2 with 0.3
+    assert update_weight([0.1, 0.2, 0.3], 0.5) == pytest.approx(0.275 + 0.35 + 0.3)
+    assert update_weight([], 0.9) == 0.0
+
+
+# -- config -----------------------------------------------------------------------------------------------------------
+
+GRID_KEYS = ("datasets", "models", "alphas", "num_clients", "participation", "seeds", "partition", "training")
+
+
+def tiny(training: dict | None = None, algorithms: dict | None = None) -> dict:
+    """The tiny config's run grid (no analyses, one random init) with training keys and algorithms changed."""
+    config = {k: copy.deepcopy(v) for k, v in TINY.items() if k in GRID_KEYS}
+    config["inits"] = {"random": {"kind": "random", "seed": 0}}
+    config["algorithms"] = algorithms or {"fedavg": {"name": "fedavg"}}
+    config["training"] = {**config["training"], **(training or {})}
+    return config
+
+
+@pytest.mark.parametrize(
+    ("training", "algorithms", "message"),
+    [
+        ({"local_steps": 5}, None, "training: local_epochs .* and local_steps .* are both given"),
+        ({"local_epochs": None, "local_steps": [1, 2]}, None, "training.local_steps: 2 values .* have 4 clients"),
+        ({"local_steps": 0}, None, "training.local_steps: 0 is not valid"),
+        ({"local_steps": {"low": 1}}, None, "training.local_steps"),
+        ({"optimizer": "adam"}, None, "training.optimizer: 'adam' is not valid"),
+        ({"lr_schedule": "cos"}, None, "training.lr_schedule: 'cos' is not valid"),
+        ({"lr_warmup": -0.5}, None, "training.lr_warmup"),
+        ({}, {"a": {"name": "fedavg", "training": {"local_steps": 3, "local_epochs": 1}}},
+         "algorithms.a.training: local_epochs .* both given"),
+    ],
+)
+def test_bad_local_training_fails_before_any_job_naming_the_key(training, algorithms, message):
+    config = tiny(training, algorithms)
+
+    with pytest.raises(ConfigError, match=message):
+        check_config(config, SCHEMA)
+
+
+def test_an_algorithms_work_key_replaces_the_other_one():
+    config = check_config(tiny({}, {"e": {"name": "fedavg"},
+                                    "s": {"name": "fednova", "training": {"local_steps": {"low": 1, "high": 4}}}}),
+                          SCHEMA)
+    runs = {r.algorithm: r for r in build_runs(config)}
+
+    epochs, steps = run_training(config, runs["e"]), run_training(config, runs["s"])
+
+    assert (epochs["local_epochs"], epochs.get("local_steps")) == (TINY["training"]["local_epochs"], None)
+    assert steps["local_epochs"] is None and steps["local_steps"] == {"low": 1, "high": 4}
+    assert "local_steps" not in train_settings(config, runs["e"])["training"]  # old runs keep their settings
+    assert local_work(config, list(runs.values())) == {
+        "e": {"name": "fedavg", "local_epochs": TINY["training"]["local_epochs"]},
+        "s": {"name": "fednova", "local_epochs": None, "local_steps": None}}
+
+
+def test_new_training_keys_at_their_defaults_leave_job_settings_unchanged():
+    plain = check_config(tiny(), SCHEMA)
+    explicit = check_config(tiny({"optimizer": "sgd", "lr_schedule": "constant", "lr_schedule_over": "rounds",
+                                  "lr_warmup": 0, "adamw_beta1": 0.9, "adamw_beta2": 0.999, "adamw_eps": 1e-8}),
+                            SCHEMA)
+    run = build_runs(plain)[0]
+
+    settings = train_settings(plain, run)["training"]
+
+    assert settings == train_settings(explicit, run)["training"]
+    new_keys = {"optimizer", "lr_schedule", "lr_schedule_over", "lr_warmup", "local_steps", "adamw_beta1"}
+    assert not new_keys & set(settings)
+
+
+# -- cost.csv ---------------------------------------------------------------------------------------------------------
+
+def test_cost_table_compares_runs_of_equal_local_work_only(tmp_path):
+    def run(name: str, algorithm: str, seconds: float, training: dict):
+        metrics, meta = tmp_path / f"{name}.csv", tmp_path / f"{name}.json"
+        metrics.write_text("run_id,algorithm,round,seconds,peak_mem_mb,dataset,model,alpha,num_clients,participation\n"
+                           + "".join(f"{name},{name},{r},{seconds},100,digits,mlp,inf,3,1.0\n" for r in (0, 1, 2)))
+        meta.write_text(json.dumps({"device": "cpu", "settings": {"algorithm": algorithm,
+                                                                 "training": {"batch_size": 16, **training}}}))
+        return metrics, meta
+
+    runs = [run("avg_e", "fedavg", 1.0, {"local_epochs": 2}), run("nova_e", "fednova", 1.5, {"local_epochs": 2}),
+            run("avg_s", "fedavg", 4.0, {"local_epochs": None, "local_steps": 10}),
+            run("nova_s", "fednova", 6.0, {"local_epochs": None, "local_steps": 10}),
+            run("nova_u", "fednova", 3.0,
+                {"local_epochs": None, "local_steps": {"low": 1, "high": 9, "draw": "round"}})]
+
+    table = cost_table(runs).set_index("algorithm")
+
+    assert table.loc["nova_e", "seconds_vs_fedavg"] == pytest.approx(1.5)  # against 2 epochs of FedAvg
+    assert table.loc["nova_s", "seconds_vs_fedavg"] == pytest.approx(1.5)  # against 10 steps of FedAvg
+    assert math.isnan(table.loc["nova_u", "seconds_vs_fedavg"])  # no FedAvg with that unequal work
+    assert table.loc["nova_u", "local_work"] == "steps uniform in 1..9, drawn every round"
+    assert table.loc["avg_s", "local_steps"] == 10 and table.loc["avg_e", "local_epochs"] == 2
+
+
+# -- the train stage ----------------------------------------------------------------------------------------------
+
+def test_train_stage_runs_fednova_with_drawn_local_steps_and_adamw(tmp_path, caplog):
+    config = tiny({"rounds": 2, "local_epochs": None, "local_steps": {"low": 1, "high": 6, "draw": "round"},
+                   "optimizer": "adamw", "lr": 0.003, "lr_schedule": "cosine", "lr_warmup": 0.5,
+                   "save_clients_at": [], "device": "cpu"}, {"nova": {"name": "fednova"}})
+    config.update(alphas=["iid"])
+    check_config(config, SCHEMA)
+    (run,) = build_runs(config)
+    partition = tmp_path / "partition.npz"
+    partition_stage(partition_settings(config, run.dataset, run.alpha, run.num_clients, run.seed), partition,
+                    tmp_path / "counts.csv")
+    init = tmp_path / "init.pt"
+    init_stage(init_settings(config, [run], run.dataset, run.model, run.init), init)
+    outputs = {name: str(tmp_path / file) for name, file in TRAIN_FILE_NAMES.items()}
+
+    with caplog.at_level(logging.INFO, logger="fedscape.train"):
+        train_stage(train_settings(config, run), partition, init, outputs, tmp_path / "_progress")
+
+    meta = json.loads((tmp_path / TRAIN_FILE_NAMES["meta"]).read_text())
+    assert meta["status"] == "ok" and meta["settings"]["training"]["optimizer"] == "adamw"
+    assert "2 rounds x steps uniform in 1..6, drawn every round of local adamw" in caplog.text
+    assert caplog.text.count("local work (steps uniform in 1..6, drawn every round): min") == 2
+    table = cost_table([(outputs["metrics"], outputs["meta"])])
+    assert table["local_work"].tolist() == ["steps uniform in 1..6, drawn every round"]
+
+
+def test_per_client_work_must_fit_an_iid_warm_up_too():
+    config = tiny({"local_epochs": None, "local_steps": [1, 2, 3, 4]})  # 4 clients: fits the runs
+    config["inits"] = {"warm": {"kind": "iid_warmup", "rounds": 1, "num_clients": 10}}
+
+    with pytest.raises(ConfigError, match=r"inits.warm.training.local_steps: 4 values \(one per client\) but its "
+                                          "warm-up rounds have 10 clients"):
+        check_config(config, SCHEMA)
+    config["inits"]["warm"]["num_clients"] = 4
+    check_config(config, SCHEMA)

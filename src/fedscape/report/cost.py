@@ -20,8 +20,8 @@ COST_COLUMNS = ["dataset", "model", "algorithm", "algorithm_name", "device", "de
                 "median_seconds_per_round", "peak_mem_mb", "seconds_vs_fedavg", "peak_mem_vs_fedavg",
                 "alpha", "num_clients", "participation", "local_epochs", "batch_size", "local_steps", "local_work"]
 # The columns of a run's metrics.csv that the cost table reads.
-METRICS_COLUMNS = ["run_id", "dataset", "model", "algorithm", "alpha", "num_clients", "participation", "round", "seconds",
-                   "peak_mem_mb"]
+METRICS_COLUMNS = ["run_id", "dataset", "model", "algorithm", "alpha", "num_clients", "participation", "round",
+                   "seconds", "peak_mem_mb"]
 
 
 def _run_rounds(metrics: str | Path, meta_path: str | Path) -> pd.DataFrame:

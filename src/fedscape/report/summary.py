@@ -61,8 +61,10 @@ def _last_rows(rounds: pd.DataFrame) -> pd.DataFrame:
     out = last[[k for k in RUN_KEYS if k != "run_id"]].copy()
     out["final_round"] = last["round"].astype(int)
     out["status"] = status
+    # A run with SWA reports its SWA model (Caldarola et al. 2022); rounds.csv keeps both models' metrics.
+    swa = last["swa_models"].fillna(0) > 0 if "swa_models" in last.columns else pd.Series(False, index=last.index)
     for col in ("train_loss", "train_acc", "test_loss", "test_acc"):
-        out[col] = last[col]
+        out[col] = last[f"swa_{col}"].where(swa, last[col]) if swa.any() else last[col]
     out["seconds_per_round"] = seconds.reindex(out.index)
     return out.reset_index()
 

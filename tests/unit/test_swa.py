@@ -4,20 +4,42 @@ global models, its reduction to the plain run, vectorised training and resume.""
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+import yaml
 from helpers.resume import killed_after_round
 from torch import nn
 
+from fedscape.core.config import ConfigError, load_schema
+from fedscape.core.paths import TRAIN_FILE_NAMES
+from fedscape.core.runs import build_runs
+
 from fedscape.data.federated import FederatedData
 from fedscape.fl.engine import make_trainer, run_federated
-from fedscape.fl.settings import TrainConfig
+from fedscape.fl.settings import ROUNDS_COLUMNS, TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.swa import SWA_METRICS, SWAConfig, SWAModel, check_swa, swa_config
+from fedscape.models.checkpoint import load_trajectory
 from fedscape.models.networks import build_model
-from fedscape.models.params import FlatParams
+from fedscape.models.params import FlatParams, flatten_params
+from fedscape.outputs.tables import concat_tables
+from fedscape.plan.init import init_settings
+from fedscape.plan.partition import partition_settings
+from fedscape.plan.tables import rounds_columns
+from fedscape.plan.train import train_settings
+from fedscape.plan.workflow import check_config
+from fedscape.report.summary import final_stage
+from fedscape.stages.init import init_stage
+from fedscape.stages.partition import partition_stage
+from fedscape.stages.train import train_stage
 
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
+SCHEMA = load_schema(ROOT / "workflow" / "schemas" / "config.schema.yaml")
 METRICS = ("round", "train_loss", "train_acc", "test_loss", "test_acc", "status")
 
 
@@ -235,3 +257,99 @@ def test_a_swa_phase_without_a_complete_cycle_is_an_error(swa, rounds, ok):
     else:
         with pytest.raises(ValueError, match="no SWA model would be formed"):
             check_swa(swa, rounds)
+
+
+# -- the train stage, its files and the tables ---------------------------------------------------------------------
+def _swa_config(swa: dict | None = None) -> dict:
+    raw = yaml.safe_load(TINY.read_text())
+    config = {key: raw[key] for key in ("datasets", "models", "num_clients", "partition", "training")}
+    algorithms = {"fedavg": {"name": "fedavg"}}
+    if swa is not None:
+        algorithms["fedavg_swa"] = {"name": "fedavg", "training": {"swa": swa}}
+    config.update(inits={"random": {"kind": "random", "seed": 0}}, algorithms=algorithms, alphas=["iid"], seeds=[0],
+                  participation=[1.0])
+    config["training"] = {**config["training"], "rounds": 3, "save_clients_at": [], "device": "cpu"}
+    return config
+
+
+def _problems(config: dict) -> str:
+    try:
+        check_config(config, SCHEMA)
+    except ConfigError as exc:
+        return str(exc)
+    return ""
+
+
+def test_train_stage_writes_both_models_and_reports_the_swa_model(tmp_path):
+    # Prepare: lr_ratio 1 keeps the lr, so the SWA run's global models are the plain run's
+    config = _swa_config({"start_round": 2, "cycle": 1, "lr_ratio": 1.0})
+    assert _problems(config) == ""
+    runs = {run.algorithm: run for run in build_runs(config)}
+    run = runs["fedavg"]
+    partition, init = tmp_path / "partition.npz", tmp_path / "init.pt"
+    partition_stage(partition_settings(config, run.dataset, run.alpha, run.num_clients, run.seed), partition,
+                    tmp_path / "counts.csv")
+    init_stage(init_settings(config, list(runs.values()), run.dataset, run.model, run.init), init)
+    outputs = {}
+    for label, r in runs.items():
+        outputs[label] = {name: str(tmp_path / label / file) for name, file in TRAIN_FILE_NAMES.items()}
+
+        # Execute
+        train_stage(train_settings(config, r), partition, init, outputs[label], tmp_path / label / "_progress")
+
+    # Assert: the plain run's files are as without SWA
+    plain, swa = (load_trajectory(outputs[k]["trajectory"]) for k in ("fedavg", "fedavg_swa"))
+    assert not plain.has_swa and "swa" not in plain.meta
+    assert list(pd.read_csv(outputs["fedavg"]["metrics"]).columns) == ROUNDS_COLUMNS
+    assert "swa" not in train_settings(config, run)["training"]
+    without = _swa_config(None)
+    check_config(without, SCHEMA)
+    assert train_settings(config, run) == train_settings(without, run)
+    # the SWA run: the global trajectory unchanged, the SWA model the mean of rounds 2 and 3 and its final model
+    assert torch.equal(swa.params, plain.params)
+    assert torch.allclose(swa.swa_params, (plain.params[2] + plain.params[3]) / 2, atol=1e-6)
+    assert swa.swa_rounds == (2, 3)
+    assert swa.meta["swa"] == {"start_round": 2, "cycle": 1, "lr_ratio": 1.0, "scheduled_lr": "client", "models": 2,
+                               "rounds": [2, 3]}
+    assert torch.equal(swa.point(3)[0], swa.swa_params) and torch.equal(swa.point(2)[0], swa.params[2])
+    assert torch.equal(flatten_params(swa.model_at(3)), swa.swa_params)
+    metrics = pd.read_csv(outputs["fedavg_swa"]["metrics"])
+    assert list(metrics.columns) == [*ROUNDS_COLUMNS, *SWA_METRICS]
+    assert metrics["swa_models"].tolist() == [0, 0, 1, 2]
+    assert metrics["test_acc"].tolist() == pd.read_csv(outputs["fedavg"]["metrics"])["test_acc"].tolist()
+    # rounds.csv holds both; final.csv reports the SWA model of the SWA run and the global model of the other
+    rounds_csv, final_csv = tmp_path / "rounds.csv", tmp_path / "final.csv"
+    concat_tables([outputs[k]["metrics"] for k in runs], rounds_csv, rounds_columns(config, list(runs.values())),
+                  SWA_METRICS)
+    table = pd.read_csv(rounds_csv)
+    assert table[table["algorithm"] == "fedavg"]["swa_test_acc"].isna().all()
+    final_stage(rounds_csv, final_csv)
+    final = pd.read_csv(final_csv).set_index("algorithm")
+    assert final.loc["fedavg_swa", "test_acc"] == metrics["swa_test_acc"].iloc[-1]
+    assert final.loc["fedavg_swa", "train_loss"] == metrics["swa_train_loss"].iloc[-1]
+    assert final.loc["fedavg", "test_acc"] == metrics["test_acc"].iloc[-1]
+
+
+def test_rounds_table_keeps_its_columns_without_swa():
+    config = _swa_config(None)
+    check_config(config, SCHEMA)
+
+    assert rounds_columns(config, build_runs(config)) == ROUNDS_COLUMNS
+
+
+@pytest.mark.parametrize(("where", "swa", "match"), [
+    ("algorithm", {"cycle": 2, "lr_rati": 0.1}, "algorithms.fedavg_swa.training: unknown swa key 'lr_rati'"),
+    ("algorithm", {"start_round": 3, "cycle": 2}, "algorithms.fedavg_swa.training: swa: the SWA phase starts at "
+                                                  "round 3 but its first cycle of 2 rounds ends at round 4"),
+    ("algorithm", {"scheduled_lr": "global"}, "swa.scheduled_lr must be one of client, server"),
+    ("training", {"cycle": 4}, r"training: swa: the SWA phase starts at round 3 .*after the last round \(3\)"),
+    ("training", {"cycle": 0}, "training.swa.cycle: 0 is less than the minimum of 1"),
+    ("training", {"lr_ratio": 2}, "training.swa.lr_ratio: 2 is greater than the maximum of 1"),
+    ("training", {"cycles": 2}, "training.swa"),
+])
+def test_bad_swa_config_is_an_error_before_any_job(where, swa, match):
+    config = _swa_config(swa if where == "algorithm" else None)
+    if where == "training":
+        config["training"]["swa"] = swa
+
+    assert re.search(match, _problems(config))

@@ -17,7 +17,6 @@ from torch import nn
 from fedscape.core.config import ConfigError, load_schema
 from fedscape.core.paths import TRAIN_FILE_NAMES
 from fedscape.core.runs import build_runs
-
 from fedscape.data.federated import FederatedData
 from fedscape.fl.engine import make_trainer, run_federated
 from fedscape.fl.settings import ROUNDS_COLUMNS, TrainConfig

@@ -1,6 +1,7 @@
 """Aggregated tables: one row per run (final.csv) and mean / std / 95% interval over seeds (summary.csv).
 
-final.csv gathers each run's last evaluated round from rounds.csv and the analyses' headline numbers
+final.csv gathers each run's last evaluated round from rounds.csv (for a run with server-side SWA, the
+losses and accuracies of its SWA model, the run's final model: fedscape.fl.swa) and the analyses' headline numbers
 where the config computed them: the linear barrier to the matching IID run (Li et al. 2022, Fig. 3c;
 from barriers.csv), lambda_max and the Hessian trace of the final and the initial global model
 (PyHessian, Yao et al. 2020; FedAlign Table 1; from hessian.csv) and HN / HD across clients (FedAlign

@@ -12,8 +12,9 @@ The schedule applies to the clients' learning rate by default, as in the authors
 sets the clients' lr each round, `update_clients_lr`), or to the server optimiser's lr
 (`scheduled_lr: server`). The cycle counts from `start_round` and the average is taken after its
 lowest-rate round, as in Izmailov et al.'s algorithm; the authors' code indexes the cycle by the absolute
-round (`round % c`) and averages one round after the lowest rate whenever the start is a multiple of c. The global models of the trajectory are the federated run's, unchanged;
-the SWA model is kept beside them and is the run's reported final model.
+round (`round % c`) and averages one round after the lowest rate whenever the start is a multiple of c.
+The global models of the trajectory are the federated run's, unchanged; the SWA model is kept beside
+them and is the run's reported final model.
 
 Torch-free (planning reads `SWAConfig`): the running mean uses only the tensors' own arithmetic.
 """

@@ -1,7 +1,7 @@
 # The run tables: every client split (partitions.csv) and every run's rounds (rounds.csv).
 
-from fedscape.fl.settings import ROUNDS_COLUMNS
-from fedscape.plan.tables import partition_counts
+from fedscape.fl.swa import SWA_METRICS
+from fedscape.plan.tables import partition_counts, rounds_columns
 from fedscape.plan.train import run_files
 
 
@@ -30,6 +30,7 @@ rule rounds_table:
     conda:
         "../envs/light.yaml"
     params:
-        columns=ROUNDS_COLUMNS,
+        columns=rounds_columns(config, RUNS),
+        optional=list(SWA_METRICS),
     script:
         "../workflow/scripts/concat_tables.py"

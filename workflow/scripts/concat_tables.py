@@ -5,4 +5,4 @@ from fedscape.outputs.tables import concat_tables
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):
-    concat_tables(list(sm.input), sm.output[0], sm.params.get("columns"))
+    concat_tables(list(sm.input), sm.output[0], sm.params.get("columns"), sm.params.get("optional", ()))

@@ -18,6 +18,7 @@ from fedscape.fl.local import Trainer
 from fedscape.fl.sequential import SequentialTrainer
 from fedscape.fl.settings import DIVERGED_LOSS, TrainConfig, sample_clients
 from fedscape.fl.strategies.base import Strategy
+from fedscape.fl.swa import SWA_METRICS, ScheduledLR, SWAConfig, SWAModel
 from fedscape.fl.vectorized import VectorizedTrainer, resolve_client_parallel
 from fedscape.models.checkpoint import ClientRound
 from fedscape.models.device import peak_memory_mb
@@ -38,6 +39,7 @@ class RunResult:
     clients: dict[int, ClientRound] = field(default_factory=dict)
     status: str = "ok"
     client_stats: list[dict] = field(default_factory=list)  # per round: fedscape.fl.client_stats.round_stats
+    swa: dict | None = None  # with SWA: SWAModel.state_dict() of the SWA model (None until a cycle has ended)
 
 
 class _Progress:
@@ -91,6 +93,7 @@ def run_federated(
     progress_dir: str | Path | None = None,
     progress_key: str = "",
     trainer: Trainer | None = None,
+    swa: SWAConfig | None = None,
 ) -> RunResult:
     """Run `cfg.rounds` rounds of federated training from the model's current weights.
 
@@ -99,6 +102,10 @@ def run_federated(
     result is bit-identical on CPU to an uninterrupted run because every random stream is derived
     from (seed, round, client). Training stops early, with status 'diverged', once the global
     model's training loss is not finite.
+
+    With `swa`, the server also keeps an SWA model (fedscape.fl.swa): the scheduled lr cycles from the
+    SWA start, the SWA model takes the global model at each cycle end and is evaluated then; its metrics
+    (`SWA_METRICS`) are carried in every row and its state in the round records (so a resume restores it).
     """
     device = next(model.parameters()).device
     flat = FlatParams(model)
@@ -123,15 +130,21 @@ def run_federated(
 
     if trainer is None:
         trainer = make_trainer(model, flat, data, strategy, cfg)
+    averager = SWAModel() if swa is not None else None
     restored = progress.restore()
     if restored is not None:
         state, records = restored
         strategy.load_state_dict(_to_device(state["strategy"], device))
         trainer.load_state_dict(state.get("trainer", {}))
+        if averager is not None:
+            _restore_swa(averager, records, device)
         log.info("resuming after round %d/%d from %s", state["round"], cfg.rounds, progress.dir)
     else:
         progress.reset()
-        records = [record(evaluate_row(0, 0.0, peak_memory_mb(device)), flat.get(), flatten_buffers(model), None)]
+        row0 = evaluate_row(0, 0.0, peak_memory_mb(device))
+        if averager is not None:
+            row0.update(_no_swa_metrics())
+        records = [record(row0, flat.get(), flatten_buffers(model), None)]
         progress.save(0, records[0], strategy, trainer)
         _log_row(records[0]["row"], cfg.rounds)
 
@@ -145,9 +158,11 @@ def run_federated(
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
         sampled = sample_clients(cfg.seed, t, data.num_clients, cfg.participation)
-        results = trainer.train_round(global_params, global_buffers, sampled, t)
-        start_params = global_params
-        global_params = strategy.server_update(global_params, results)
+        lr_factor = swa.lr_factor(t, cfg.rounds) if swa is not None else 1.0
+        with ScheduledLR(swa, trainer, strategy, lr_factor):
+            results = trainer.train_round(global_params, global_buffers, sampled, t)
+            start_params = global_params
+            global_params = strategy.server_update(global_params, results)
         if global_buffers.numel():
             global_buffers = strategy.aggregate_buffers(results)
         if device.type == "cuda":
@@ -166,7 +181,17 @@ def run_federated(
                 torch.stack([r.params for r in results]).cpu(),
                 torch.stack([r.buffers for r in results]).cpu(),
             )
+        swa_state = None
+        if averager is not None:
+            row.update({k: records[-1]["row"][k] for k in SWA_METRICS})  # unchanged until the next cycle end
+            if row["status"] == "ok" and swa.averages_after(t, cfg.rounds):
+                averager.update(t, global_params, global_buffers)
+                row.update(_evaluate_swa(model, flat, averager, global_params, global_buffers, x_all, y_all, data,
+                                         cfg.eval_batch_size))
+                swa_state = averager.state_dict()
         records.append(record(row, global_params, global_buffers, clients))
+        if swa_state is not None:
+            records[-1]["swa"] = swa_state
         records[-1]["client_stats"] = {"num_clients": len(results), **round_stats(
             start_params, torch.stack([r.params for r in results]), global_params)}
         progress.save(t, records[-1], strategy, trainer)
@@ -190,7 +215,36 @@ def run_federated(
         client_stats=[{"round": r["row"]["round"], **r["client_stats"]} for r in records if "client_stats" in r],
         clients=clients,
         status=records[-1]["row"]["status"],
+        swa=averager.state_dict() if averager is not None and averager.count else None,
     )
+
+
+def _no_swa_metrics() -> dict:
+    """The SWA columns of a row before the first cycle end: no SWA model yet."""
+    return {k: (0 if k == "swa_models" else math.nan) for k in SWA_METRICS}
+
+
+def _evaluate_swa(model: torch.nn.Module, flat: FlatParams, averager: SWAModel, global_params: torch.Tensor,
+                  global_buffers: torch.Tensor, x_all: torch.Tensor, y_all: torch.Tensor, data: FederatedData,
+                  batch_size: int) -> dict:
+    """The SWA model's metrics on the same data as the global model's; the model is left holding the global one."""
+    flat.set(averager.params)
+    if global_buffers.numel():
+        load_buffers(model, averager.buffers)
+    train = evaluate(model, x_all, y_all, batch_size)
+    test = evaluate(model, data.x_test, data.y_test, batch_size)
+    flat.set(global_params)
+    if global_buffers.numel():
+        load_buffers(model, global_buffers)
+    return {"swa_train_loss": train.loss, "swa_train_acc": train.acc, "swa_test_loss": test.loss,
+            "swa_test_acc": test.acc, "swa_models": averager.count}
+
+
+def _restore_swa(averager: SWAModel, records: list[dict], device: torch.device) -> None:
+    """The SWA model of a resumed run: the state saved at the last cycle end among the completed rounds."""
+    saved = [rec["swa"] for rec in records if "swa" in rec]
+    if saved:
+        averager.load_state_dict(saved[-1], device)
 
 
 def make_trainer(model: torch.nn.Module, flat: FlatParams, data: FederatedData, strategy: Strategy,

@@ -8,6 +8,12 @@ Format (a dict of tensors and plain values, saved with `torch.save` and always l
   ``rounds`` [R+1] and ``meta`` (model name, options, data shape, parameter names and shapes).
 * ``clients.pt``: for each round in ``save_clients_at`` the participating clients' models after
   local training: ``client_ids`` [m], ``num_samples`` [m], ``params`` [m, P], ``buffers`` [m, B].
+
+A run with server-side SWA (fedscape.fl.swa) also stores its SWA model in ``trajectory.pt``:
+``swa_params`` [P], ``swa_buffers`` [B] and ``swa_rounds`` (the rounds whose global models it averages);
+files of other runs have no such keys. The global models stay the trajectory's rows; the SWA model is the
+run's final model: `Trajectory.point(round_)` (and `model_at`) give it for the final round, so every
+analysis of a run's final model reads it.
 """
 
 from __future__ import annotations
@@ -93,13 +99,30 @@ class Trajectory:
     model_meta: ModelMeta
     meta: dict  # run settings, seeds, status
     path: str = ""  # the file it was read from (named in errors)
+    swa_params: torch.Tensor | None = None  # [P] the SWA model of a run with SWA, else None
+    swa_buffers: torch.Tensor | None = None  # [B]
+    swa_rounds: tuple[int, ...] = ()  # the rounds whose global models the SWA model averages
+
+    @property
+    def has_swa(self) -> bool:
+        """Whether the run has an SWA model (its reported final model)."""
+        return self.swa_params is not None
+
+    def point(self, round_: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(params, buffers) of the model analysed at `round_`: the global model after that round, except at the
+        final round of a run with SWA, where it is the SWA model (the run's reported final model)."""
+        row = self.row(round_)
+        if self.has_swa and round_ == self.final_round:
+            return self.swa_params, self.swa_buffers
+        return self.params[row], self.buffers[row]
 
     def model_at(self, round_: int, device: str | torch.device = "cpu") -> nn.Module:
-        """The global model after round `round_` (0 = init), in eval mode."""
-        row = self.row(round_)
+        """The model after round `round_` (0 = init; `point`: the SWA model at the final round of a run with
+        SWA), in eval mode."""
+        params, buffers = self.point(round_)
         model = self.model_meta.build().to(device)
-        load_params(model, self.params[row].to(device))
-        load_buffers(model, self.buffers[row].to(device))
+        load_params(model, params.to(device))
+        load_buffers(model, buffers.to(device))
         return model.eval()
 
     def row(self, round_: int) -> int:
@@ -133,7 +156,8 @@ class Trajectory:
             return (f"round {round_} is not in the trajectory (it ends at round {self.final_round}, status "
                     f"{self.status!r}: the run stopped early)")
         row = self.row(round_)
-        if not (bool(torch.isfinite(self.params[row]).all()) and bool(torch.isfinite(self.buffers[row]).all())):
+        params, buffers = self.point(round_)
+        if not (bool(torch.isfinite(params).all()) and bool(torch.isfinite(buffers).all())):
             if self.status == "ok":  # training never saves a non-finite model of a run it calls ok: damage
                 raise CheckpointError(f"{self.path or 'trajectory'}: the model of round {round_} has NaN/inf "
                                       "parameters although the run is marked ok, so the file is damaged; "
@@ -156,9 +180,15 @@ class ClientRound:
 
 
 def save_trajectory(path: str | Path, params: torch.Tensor, buffers: torch.Tensor, rounds: torch.Tensor,
-                    model_meta: ModelMeta, meta: dict) -> None:
-    """Write a trajectory atomically."""
+                    model_meta: ModelMeta, meta: dict, swa: dict | None = None) -> None:
+    """Write a trajectory atomically; `swa` ({'params', 'buffers', 'rounds'}) adds the run's SWA model."""
+    extra = {} if swa is None else {
+        "swa_params": swa["params"].detach().cpu().float().contiguous(),
+        "swa_buffers": swa["buffers"].detach().cpu().float().contiguous(),
+        "swa_rounds": torch.tensor(list(swa["rounds"]), dtype=torch.long),
+    }
     _save(path, {
+        **extra,
         "format": FORMAT,
         "kind": "trajectory",
         "params": params.detach().cpu().float().contiguous(),
@@ -174,7 +204,9 @@ def load_trajectory(path: str | Path, map_location: str = "cpu", run_id: str | N
     obj = _load(path, "trajectory", map_location)
     model_meta = ModelMeta.from_dict(json.loads(obj["model_meta"]))
     _check_model(path, model_meta, obj["params"], run_id)
-    return Trajectory(obj["params"], obj["buffers"], obj["rounds"], model_meta, json.loads(obj["meta"]), str(path))
+    swa_rounds = tuple(int(r) for r in obj["swa_rounds"].tolist()) if "swa_rounds" in obj else ()
+    return Trajectory(obj["params"], obj["buffers"], obj["rounds"], model_meta, json.loads(obj["meta"]), str(path),
+                      obj.get("swa_params"), obj.get("swa_buffers"), swa_rounds)
 
 
 def save_clients(path: str | Path, rounds: dict[int, ClientRound], model_meta: ModelMeta, meta: dict) -> None:

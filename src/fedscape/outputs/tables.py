@@ -32,15 +32,18 @@ def read_table(path: str | Path, columns: Iterable[str] = (), **read_options) ->
     return df
 
 
-def concat_tables(inputs: list[str | Path], output: str | Path, columns: list[str] | None = None) -> None:
+def concat_tables(inputs: list[str | Path], output: str | Path, columns: list[str] | None = None,
+                  optional: list[str] | tuple[str, ...] = ()) -> None:
     """Concatenate per-job CSVs into one table (`columns` kept in this order when given).
 
     With `columns`, every input must have them all: pandas would otherwise fill a missing column with
     empty cells, and the tables built on it would be silently wrong. (Without, inputs may differ, e.g.
-    the class columns of the partitions of datasets with different class counts.)
+    the class columns of the partitions of datasets with different class counts.) The `optional` ones
+    among `columns` are those only some jobs write (the SWA model's metrics of runs with SWA): empty elsewhere.
     """
-    frames = [read_table(p, columns or ()) for p in inputs]
+    required = [c for c in columns or () if c not in optional]
+    frames = [read_table(p, required) for p in inputs]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns or [])
     if columns is not None:
-        df = df[columns]
+        df = df.reindex(columns=columns)
     write_csv(df, output)

@@ -15,6 +15,7 @@ from fedscape.data.specs import DATASET_NAMES, dataset_info, dataset_option_prob
 from fedscape.fl.hparams.registry import ALGORITHM_NAMES, algorithm_config, check_algorithm_model
 from fedscape.fl.schedule import DEFAULT_LOCAL_EPOCHS, WORK_KEYS
 from fedscape.fl.settings import TrainConfig
+from fedscape.fl.swa import check_swa, swa_config
 from fedscape.models.specs import MODEL_NAMES, MODEL_OPTIONS, NORMS, check_model_compatible
 
 # Training keys added after results existed: a job's settings carry one only when it differs from its
@@ -24,9 +25,17 @@ LATE_TRAINING_KEYS = ("keep_optimizer_state", "local_steps", "optimizer", "adamw
 
 
 def job_training(training: dict) -> dict:
-    """`training` as a job's settings carry it: the late keys left out where they are at their default."""
+    """`training` as a job's settings carry it: the late keys left out where they are at their default, and
+    `swa` left out (server-side SWA belongs to the train job alone: `train_settings` adds it where it is on)."""
     defaults = {f.name: f.default for f in fields(TrainConfig)}
-    return {k: v for k, v in training.items() if not (k in LATE_TRAINING_KEYS and v == defaults[k])}
+    return {k: v for k, v in training.items()
+            if k != "swa" and not (k in LATE_TRAINING_KEYS and v == defaults[k])}
+
+
+def run_swa(training: dict) -> dict | None:
+    """The resolved `swa` settings of a run's training (start round filled in), or None without SWA."""
+    swa = swa_config(training.get("swa"))
+    return None if swa is None else swa.to_dict(int(training["rounds"]))
 
 
 def merge_training(training: dict, overrides: dict) -> dict:
@@ -60,13 +69,18 @@ def rounds_of(config: dict, run: Run) -> int:
 def train_settings(config: dict, run: Run) -> dict:
     """Everything a train job needs, resolved: Snakemake reruns the job when this dict changes."""
     spec = config["algorithms"][run.algorithm]
+    training = run_training(config, run)
+    job = job_training(training)
+    swa = run_swa(training)
+    if swa is not None:  # only runs with SWA carry the key: the settings of every other run stay as they were
+        job["swa"] = swa
     return canonical({
         "run": run.fields(),
         "run_id": run.run_id,
         "dataset_options": config["datasets"][run.dataset],
         "algorithm": spec["name"],
         "hyperparameters": {k: v for k, v in spec.items() if k not in ("name", "training")},
-        "training": job_training(run_training(config, run)),
+        "training": job,
     })
 
 
@@ -113,8 +127,18 @@ def check_training(training: dict, overrides: dict) -> TrainConfig:
         raise ValueError(f"unknown training key {key!r}.{suggest(key, training)} Valid: {', '.join(training)}")
     merged = merge_training(training, overrides)
     merged.pop("device", None)
+    merged.pop("swa", None)  # the train job's alone: checked by `check_swa_settings`
     merged["save_clients_at"] = tuple(merged.get("save_clients_at", ()))
     return TrainConfig(**merged)
+
+
+def check_swa_settings(training: dict, overrides: dict) -> None:
+    """ValueError for a bad `swa` of `training` with an algorithm's `overrides` (a key, a value, or a phase
+    that never completes a cycle)."""
+    merged = {**training, **overrides}
+    swa = swa_config(merged.get("swa"))
+    if swa is not None:
+        check_swa(swa, int(merged["rounds"]))
 
 
 def check(config: dict, runs: list[Run]) -> list[str]:
@@ -165,6 +189,13 @@ def check(config: dict, runs: list[Run]) -> list[str]:
         except (TypeError, ValueError) as exc:
             if str(exc) != base:  # the same problem as the `training` section's, reported there once
                 problems.append(f"algorithms.{label}.training: {exc}")
+        try:
+            check_swa_settings(config["training"], spec.get("training", {}))
+        except (TypeError, ValueError) as exc:
+            overridden = any(k in spec.get("training", {}) for k in ("swa", "rounds"))
+            problem = f"{f'algorithms.{label}.training' if overridden else 'training'}: {exc}"
+            if problem not in problems:
+                problems.append(problem)
     known = [r for r in runs if r.dataset in DATASET_NAMES and r.model in MODEL_NAMES]
     for dataset, model in sorted({(r.dataset, r.model) for r in known}):
         info = dataset_info(dataset)

@@ -1,6 +1,7 @@
 """Aggregated tables: one row per run (final.csv) and mean / std / 95% interval over seeds (summary.csv).
 
-final.csv gathers each run's last evaluated round from rounds.csv and the analyses' headline numbers
+final.csv gathers each run's last evaluated round from rounds.csv (for a run with server-side SWA, the
+losses and accuracies of its SWA model, the run's final model: fedscape.fl.swa) and the analyses' headline numbers
 where the config computed them: the linear barrier to the matching IID run (Li et al. 2022, Fig. 3c;
 from barriers.csv), lambda_max and the Hessian trace of the final and the initial global model
 (PyHessian, Yao et al. 2020; FedAlign Table 1; from hessian.csv) and HN / HD across clients (FedAlign
@@ -66,8 +67,10 @@ def _last_rows(rounds: pd.DataFrame) -> pd.DataFrame:
     out = last[[k for k in RUN_KEYS if k != "run_id"]].copy()
     out["final_round"] = last["round"].astype(int)
     out["status"] = status
+    # A run with SWA reports its SWA model (Caldarola et al. 2022); rounds.csv keeps both models' metrics.
+    swa = last["swa_models"].fillna(0) > 0 if "swa_models" in last.columns else pd.Series(False, index=last.index)
     for col in ("train_loss", "train_acc", "test_loss", "test_acc"):
-        out[col] = last[col]
+        out[col] = last[f"swa_{col}"].where(swa, last[col]) if swa.any() else last[col]
     out["seconds_per_round"] = seconds.reindex(out.index)
     return out.reset_index()
 

@@ -15,6 +15,7 @@ from fedscape.data.federated import load_federated_data
 from fedscape.fl.engine import run_federated
 from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS, ROUNDS_COLUMNS, TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
+from fedscape.fl.swa import SWA_METRICS, swa_config
 from fedscape.models.checkpoint import load_trajectory, save_clients, save_trajectory
 from fedscape.models.device import device_name, resolve_device
 
@@ -26,6 +27,7 @@ def train_config(settings: dict) -> TrainConfig:
     """The TrainConfig of a train job's settings (`fedscape.plan.train.train_settings`)."""
     run, training = settings["run"], dict(settings["training"])
     training.pop("device", None)
+    training.pop("swa", None)  # server-side: `swa_config(settings["training"].get("swa"))`
     return TrainConfig(**{**training, "save_clients_at": tuple(training.get("save_clients_at", ())),
                           "augment": settings["dataset_options"].get("augment", "none"), "seed": run["seed"],
                           "participation": float(run["participation"])})  # the run's sampled fraction per round
@@ -46,17 +48,26 @@ def train_stage(settings: dict, partition_path: str | Path, init_path: str | Pat
     init = load_trajectory(init_path, run_id=settings["run_id"])
     model = init.model_at(0, device).train()
     strategy = make_strategy(settings["algorithm"], settings["hyperparameters"])
+    swa = swa_config(settings["training"].get("swa"))
     log.info("run %s on %s: %d clients, %d rounds x %s of local %s (lr %g, %s schedule), algorithm %s",
              settings["run_id"], device, data.num_clients, cfg.rounds, cfg.work_text(), cfg.optimizer, cfg.lr,
              cfg.lr_schedule, settings["algorithm"])
     log.info("progress is kept in %s after every round: if this job is killed, run the workflow again (with "
              "--rerun-incomplete if Snakemake says its outputs are incomplete) and it resumes", progress_dir)
-    result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir, progress_key=digest(settings))
+    if swa is not None:
+        log.info("SWA at the server from round %d: cycles of %d rounds, %s lr down to %g x its value",
+                 swa.start(cfg.rounds), swa.cycle, swa.scheduled_lr, swa.lr_ratio)
+    result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir, progress_key=digest(settings),
+                           swa=swa)
 
     meta = {"run_id": settings["run_id"], "settings": settings, "status": result.status, "device": str(device),
             "device_name": device_name(device), "seed": run["seed"], "init_seed": init.meta.get("seed"),
             "final_round": int(result.rounds.max())}
-    save_trajectory(outputs["trajectory"], result.params, result.buffers, result.rounds, init.model_meta, meta)
+    if swa is not None:  # the SWA model is the run's reported final model (fedscape.models.checkpoint)
+        meta["swa"] = {**swa.to_dict(cfg.rounds), "models": 0 if result.swa is None else result.swa["count"],
+                       "rounds": [] if result.swa is None else result.swa["rounds"]}
+    save_trajectory(outputs["trajectory"], result.params, result.buffers, result.rounds, init.model_meta, meta,
+                    swa=result.swa)
     save_clients(outputs["clients"], result.clients, init.model_meta, meta)
     rows = pd.DataFrame(result.rows)
     for key in ("dataset", "model", "init", "algorithm", "num_clients", "seed"):
@@ -64,7 +75,7 @@ def train_stage(settings: dict, partition_path: str | Path, init_path: str | Pat
     rows["run_id"] = settings["run_id"]
     rows["alpha"] = alpha_column(run["alpha"])
     rows["participation"] = float(run["participation"])
-    write_csv(rows[ROUNDS_COLUMNS], outputs["metrics"])
+    write_csv(rows[ROUNDS_COLUMNS + (list(SWA_METRICS) if swa is not None else [])], outputs["metrics"])
     updates = pd.DataFrame(result.client_stats, columns=CLIENT_UPDATES_COLUMNS[1:])
     updates.insert(0, "run_id", settings["run_id"])
     write_csv(updates, outputs["client_updates"])
@@ -72,3 +83,6 @@ def train_stage(settings: dict, partition_path: str | Path, init_path: str | Pat
     shutil.rmtree(progress_dir, ignore_errors=True)
     final = result.rows[-1]
     log.info("done: status=%s final test_acc=%.4f", result.status, final["test_acc"])
+    if result.swa is not None:
+        log.info("SWA model (mean of %d global models, rounds %s): test_acc=%.4f", result.swa["count"],
+                 result.swa["rounds"], final["swa_test_acc"])

@@ -53,8 +53,8 @@ def _splits(settings: dict, partition_path: str | Path, device: torch.device) ->
 
 
 def _point(traj, round_: int) -> Point:
-    row = traj.row(round_)
-    return Point(traj.params[row], traj.buffers[row])
+    """The model of `round_`: the global model, or at the final round of a run with SWA its SWA model."""
+    return Point(*traj.point(round_))
 
 
 def _alignments(settings: dict) -> list[bool]:

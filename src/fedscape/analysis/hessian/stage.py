@@ -124,14 +124,14 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
                     hs.tol, hs.max_iter, ", ".join(not_converged))
 
     # the eigenvector plane of the aggregate loss (FedAlign Fig. 1)
-    row = traj.row(round_)
+    center, center_buffers = traj.point(round_)  # the model analysed (at the final round of an SWA run: SWA)
     d1, d2 = orthonormal_plane(agg.eigen.vectors[0], agg.eigen.vectors[1])
     labels = [f"eigenvector 1 (lambda_1 = {agg.eigen.values[0]:.4g})",
               f"eigenvector 2 (lambda_2 = {agg.eigen.values[1]:.4g})"]
     meta = {"kind": "hessian", "runs": [run_id], "round": round_, "explained_variance": None, "axis_labels": labels,
             "model_meta": traj.model_meta.to_dict(), "seed": hs.seed, "eigenvalues": list(agg.eigen.values[:2]),
             "data": AGGREGATE, "n_eval": agg.n_eval, "method": hs.method}
-    write_eigen_plane(outputs["plane"], traj.params[row].numpy(), traj.buffers[row].numpy(),
+    write_eigen_plane(outputs["plane"], center.numpy(), center_buffers.numpy(),
                       d1.cpu().numpy(), d2.cpu().numpy(), meta)
 
     write_csv(pd.DataFrame(rows, columns=hessian_columns(hs.top_k)), outputs["table"])

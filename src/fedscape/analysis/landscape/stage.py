@@ -83,6 +83,12 @@ def _row_of(traj: Trajectory, round_: int | str, run_id: str) -> int:
     raise DivergedCheckpoint(f"run {run_id}: {reason}")
 
 
+def _model(traj: Trajectory, row: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(params, buffers) of a checkpoint's model: the global model of that row, or at the final round of a run
+    with SWA its SWA model (`Trajectory.point`). PCA trajectories keep the global models of every round."""
+    return traj.point(int(traj.rounds[row]))
+
+
 def _finite_rows(traj: Trajectory, upto: int, run_id: str) -> list[int]:
     rows = [i for i in range(upto + 1) if bool(torch.isfinite(traj.params[i]).all())]
     if len(rows) < upto + 1:
@@ -179,10 +185,10 @@ def _build_plane(settings: dict, trajs: dict[str, Trajectory], clients: str | No
         for run_id in runs:
             traj = trajs[run_id]
             row = _row_of(traj, round_, run_id)
-            pts.add(traj.params[row], traj.buffers[row], label=labels[run_id], group=labels[run_id], role="final",
+            pts.add(*_model(traj, row), label=labels[run_id], group=labels[run_id], role="final",
                     run_id=run_id, round=int(traj.rounds[row]), client=-1)
         row0 = _row_of(first, round_, runs[0])
-        center, buffers = _center(settings, pts, first.params[row0], first.buffers[row0])
+        center, buffers = _center(settings, pts, *_model(first, row0))
         plane = joint_pca_plane([torch.stack(pts.params)], center, buffers,
                                 round=None if round_ == "final" else int(round_), seed=settings["seed"], **common)
     elif kind == "local":
@@ -208,9 +214,9 @@ def _build_plane(settings: dict, trajs: dict[str, Trajectory], clients: str | No
     elif kind == "random":
         run_id = runs[0]
         row = _row_of(first, round_, run_id)
-        pts.add(first.params[row], first.buffers[row], label=f"{labels[run_id]}, round {int(first.rounds[row])}",
+        pts.add(*_model(first, row), label=f"{labels[run_id]}, round {int(first.rounds[row])}",
                 group=labels[run_id], role="center", run_id=run_id, round=int(first.rounds[row]), client=-1)
-        plane = random_plane(first.params[row], first.buffers[row], first.model_meta.param_shapes, settings["seed"],
+        plane = random_plane(*_model(first, row), first.model_meta.param_shapes, settings["seed"],
                              round=int(first.rounds[row]), **common)
     elif kind == "hessian":
         run_id = runs[0]
@@ -227,18 +233,19 @@ def _build_plane(settings: dict, trajs: dict[str, Trajectory], clients: str | No
         if not plane.model_meta:
             plane = replace(plane, model_meta=meta)
         if plane.center_buffers.numel() != first.buffers.shape[1]:
-            plane = replace(plane, center_buffers=first.buffers[row].clone())
-        pts.add(first.params[row], first.buffers[row], label=f"{labels[run_id]}, round {int(first.rounds[row])}",
+            plane = replace(plane, center_buffers=_model(first, row)[1].clone())
+        pts.add(*_model(first, row), label=f"{labels[run_id]}, round {int(first.rounds[row])}",
                 group=labels[run_id], role="center", run_id=run_id, round=int(first.rounds[row]), client=-1)
     elif kind == "three_points":
         vecs, bufs, names = [], [], []
         for cp in settings["checkpoints"]:
             traj = trajs[cp["run_id"]]
             row = _row_of(traj, cp["round"], cp["run_id"])
-            vecs.append(traj.params[row])
-            bufs.append(traj.buffers[row])
+            params, buffers = _model(traj, row)
+            vecs.append(params)
+            bufs.append(buffers)
             names.append(f"{labels[cp['run_id']]}, round {int(traj.rounds[row])}")
-            pts.add(traj.params[row], traj.buffers[row], label=names[-1], group=labels[cp["run_id"]], role="checkpoint",
+            pts.add(params, buffers, label=names[-1], group=labels[cp["run_id"]], role="checkpoint",
                     run_id=cp["run_id"], round=int(traj.rounds[row]), client=-1)
         plane = three_point_plane(vecs[0], vecs[1], vecs[2], bufs[0], labels=names, **common)
     else:

@@ -10,9 +10,9 @@ from helpers.workflow import ROOT
 
 PAPERS = ROOT / "config" / "papers"
 SCHEMA_FILE = ROOT / "workflow" / "schemas" / "config.schema.yaml"
-NAMES = ["pilot", "meta", "layerwise", "fedalign"]
+NAMES = ["pilot", "meta", "layerwise", "fedalign", "flatness"]
 # digits studies of our own, with no paper config of their own
-STUDIES = ["seeds_digits", "flatness_digits", "heterogeneity_digits"]
+STUDIES = ["seeds_digits", "heterogeneity_digits"]
 CONFIGS = [*NAMES, *[f"{n}_digits" for n in NAMES], *STUDIES]
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_model
 
 ROW = 3 * 32 * 32
 CHUNK = 8192  # rows generated and written at a time (25 MB)
@@ -139,12 +139,6 @@ def run_child(mode: str, directory: Path, batch_size: int) -> dict:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def report(result: dict, size: int) -> None:

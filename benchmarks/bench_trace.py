@@ -14,25 +14,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from machine import cpu_model
 
 from fedscape.analysis.hessian.maths import HessianOperator, hutchinson, hutchpp
 from fedscape.data.datasets import load_dataset
 from fedscape.models.networks import build_model
-
-
-def cpu_model() -> str:
-    info = Path("/proc/cpuinfo")
-    for line in info.read_text().splitlines() if info.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def trained_model(model: str, epochs: int, samples: int):

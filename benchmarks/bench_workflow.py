@@ -16,7 +16,6 @@ import argparse
 import collections
 import datetime
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -26,16 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_model
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_PARTS = ("Snakefile", "rules", "workflow", "config", "envs")
 STARTED = re.compile(r"job started ([\d.]+) s after its process")
 
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def bare_interpreter(repeats: int = 7) -> float:

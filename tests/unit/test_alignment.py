@@ -47,8 +47,8 @@ SEQ_LEN = 6
 
 def token_registry(name: str, **options: int) -> tuple[Builder, tuple[int, ...]]:
     """A tiny token model over NUM_CLASSES characters; its inputs are [N, SEQ_LEN] ids (the shape (SEQ_LEN,))."""
-    return (lambda: build_model(name, NUM_CLASSES, 1, 1, vocab_size=NUM_CLASSES, seq_len=SEQ_LEN, **options)), (
-        SEQ_LEN,)
+    return (lambda: build_model(name, NUM_CLASSES, NUM_CLASSES, SEQ_LEN, vocab_size=NUM_CLASSES, seq_len=SEQ_LEN,
+                                **options)), (SEQ_LEN,)
 
 
 # Every registry model (resnet20 with each norm), plus a projection-shortcut ResNet with group norm

@@ -30,7 +30,7 @@ from fedscape.fl.vectorized import resolve_client_parallel
 from fedscape.models.evaluate import evaluate
 from fedscape.models.networks import CharGPT, CharLSTM, LSTMLayer, build_model
 from fedscape.models.params import flatten_buffers, flatten_params
-from fedscape.models.specs import TOKEN_MODEL_DEFAULTS, check_token_data, model_option_problems
+from fedscape.models.specs import TOKEN_MODEL_DEFAULTS, check_token_options, model_option_problems
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,7 +44,7 @@ MODELS = sorted(TINY)
 
 def tiny(name: str, seed: int = 0, **overrides: int) -> nn.Module:
     torch.manual_seed(seed)
-    return build_model(name, VOCAB, 1, 1, **{**TINY[name], **overrides})
+    return build_model(name, VOCAB, VOCAB, SEQ, **{**TINY[name], **overrides})
 
 
 def tokens(n: int, seed: int = 0, seq: int = SEQ) -> torch.Tensor:
@@ -130,7 +130,7 @@ def lstm_count(v: int, e: int, h: int) -> int:
 )
 def test_parameter_counts_match_a_hand_computation(name, options, expected):
     # Prepare / Execute
-    model = build_model(name, options["vocab_size"], 1, 1, **options)
+    model = build_model(name, options["vocab_size"], options["vocab_size"], options["seq_len"], **options)
 
     # Assert
     assert sum(p.numel() for p in model.parameters()) == expected
@@ -140,8 +140,8 @@ def test_parameter_counts_match_a_hand_computation(name, options, expected):
 
 def test_default_models_are_built_without_options():
     # Prepare / Execute
-    gpt = build_model("char_gpt", 96, 1, 1)
-    lstm = build_model("char_lstm", 80, 1, 1)
+    gpt = build_model("char_gpt", 96, 96, 256)
+    lstm = build_model("char_lstm", 80, 80, 80)
 
     # Assert: the paper's 128-dim embeddings and 256 positions; LEAF's 8-dim embedding and 256 units
     assert gpt.wte.weight.shape == (96, 128) and gpt.wpe.weight.shape == (256, 128) and len(gpt.blocks) == 4
@@ -208,7 +208,8 @@ def test_bad_option_values_are_named(name, options, message):
     # Assert: named at planning and again when building
     assert len(problems) == 1 and problems[0].find(message.replace("\\", "")) >= 0
     with pytest.raises(ValueError, match=message):
-        build_model(name, TOKEN_MODEL_DEFAULTS[name]["vocab_size"], 1, 1, **options)
+        defaults = TOKEN_MODEL_DEFAULTS[name]
+        build_model(name, defaults["vocab_size"], defaults["vocab_size"], defaults["seq_len"], **options)
 
 
 def test_good_options_have_no_problems_and_image_models_are_not_checked():
@@ -216,31 +217,38 @@ def test_good_options_have_no_problems_and_image_models_are_not_checked():
     assert model_option_problems("resnet20", {"norm": "group"}) == []
 
 
-def test_build_names_the_vocabulary_mismatch():
-    with pytest.raises(ValueError, match=r"vocab_size 96 but the data has 80 classes.*model_options.char_gpt"):
-        build_model("char_gpt", 80, 1, 1)
+@pytest.mark.parametrize(
+    ("num_classes", "vocab", "seq", "message"),
+    [
+        (80, 80, 80, r"vocab_size 96 but the data has a vocabulary of 80 .*model_options.char_gpt.vocab_size: 80"),
+        (96, 96, 80, r"seq_len 256 but the data gives sequences of 80 .*model_options.char_gpt.seq_len: 80"),
+        (80, 96, 256, r"vocab_size 96 but the data has 80 classes"),
+    ],
+)
+def test_build_names_the_data_mismatch(num_classes, vocab, seq, message):
+    with pytest.raises(ValueError, match=message):
+        build_model("char_gpt", num_classes, vocab, seq)
 
 
 @pytest.mark.parametrize(
-    ("name", "options", "num_classes", "seq_len", "message"),
+    ("name", "options", "vocab", "seq", "message"),
     [
         ("char_gpt", {}, 80, 80, r"vocab_size 96 but shakespeare has a vocabulary of 80 .*vocab_size: 80"),
         ("char_gpt", {"vocab_size": 80}, 80, 80, r"seq_len 256 but shakespeare gives sequences of 80 .*seq_len: 80"),
-        ("char_lstm", {}, 80, None, "takes token sequences .* but shakespeare gives images"),
-        ("resnet20", {}, 10, 80, "takes images but shakespeare gives token sequences of length 80"),
+        ("char_lstm", {"seq_len": 40}, 80, 80, r"seq_len 40 but shakespeare gives sequences of 80 .*seq_len: 80"),
     ],
 )
-def test_model_and_data_mismatches_name_both(name, options, num_classes, seq_len, message):
+def test_model_and_data_mismatches_name_both(name, options, vocab, seq, message):
     with pytest.raises(ValueError, match=message):
-        check_token_data(name, options, num_classes, seq_len, dataset="shakespeare")
+        check_token_options(name, options, vocab, seq, dataset="shakespeare")
 
 
 @pytest.mark.parametrize(
-    ("name", "options", "num_classes", "seq_len"),
-    [("char_gpt", {"vocab_size": 80, "seq_len": 80}, 80, 80), ("char_lstm", {}, 80, 80), ("resnet20", {}, 10, None)],
+    ("name", "options", "vocab", "seq"),
+    [("char_gpt", {"vocab_size": 80, "seq_len": 80}, 80, 80), ("char_lstm", {}, 80, 80), ("resnet20", {}, 3, 32)],
 )
-def test_matching_model_and_data_pass(name, options, num_classes, seq_len):
-    check_token_data(name, options, num_classes, seq_len, dataset="shakespeare")
+def test_matching_model_and_data_pass(name, options, vocab, seq):
+    check_token_options(name, options, vocab, seq, dataset="shakespeare")
 
 
 # -- barriers -----------------------------------------------------------------------------------------------------

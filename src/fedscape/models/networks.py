@@ -33,7 +33,7 @@ from fedscape.models.specs import (
     NORMS,
     ModelInfo,
     check_model_compatible,
-    is_token_model,
+    check_token_options,
     model_info,
     model_option_problems,
     token_model_options,
@@ -685,16 +685,21 @@ class CharLSTM(ImageClassifier):
 
 
 def _token_model(cls: type[ImageClassifier], name: str) -> Callable[..., ImageClassifier]:
-    """Builder of a token model: its options over the defaults; the dataset's classes are its vocabulary."""
+    """Builder of a token model: its options over the defaults, checked against the data.
+
+    Token data gives ``in_channels`` = vocabulary size and ``image_size`` = sequence length
+    (fedscape.data.specs.DatasetInfo); the classes (next characters) are the vocabulary too.
+    """
 
     def build(num_classes: int, in_channels: int, image_size: int, **options: int) -> ImageClassifier:
         problems = model_option_problems(name, options)
         if problems:
             raise ValueError("; ".join(problems))
+        check_token_options(name, options, in_channels, image_size, dataset="the data")
         opts = token_model_options(name, options)
         if num_classes != opts["vocab_size"]:
             raise ValueError(f"model {name!r} has vocab_size {opts['vocab_size']} but the data has "
-                             f"{num_classes} classes (characters); set model_options.{name}.vocab_size")
+                             f"{num_classes} classes (next characters); they must be equal")
         return cls(**opts)
 
     return build
@@ -755,8 +760,10 @@ def build_model(
 ) -> ImageClassifier:
     """Build model ``name`` for ``num_classes`` classes and [in_channels, image_size, image_size] inputs.
 
-    ``options`` are model specific (resnet20/resnet56: ``norm`` in NORMS, default "batch"); an
-    unknown option, an unknown name or an incompatible input size raises ValueError.
+    Token models (char_gpt, char_lstm) read [N, image_size] int64 ids over ``in_channels`` symbols.
+    ``options`` are model specific (resnet20/resnet56: ``norm`` in NORMS, default "batch"; token models:
+    fedscape.models.specs.TOKEN_MODEL_DEFAULTS); an unknown option, an unknown name or an incompatible
+    input size raises ValueError.
     """
     entry = _entry(name)
     for option in options:
@@ -768,6 +775,5 @@ def build_model(
             )
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-    if not is_token_model(name):  # token models check their vocabulary instead (fedscape.models.specs)
-        check_model_compatible(name, in_channels, image_size)
+    check_model_compatible(name, in_channels, image_size)
     return entry.build(num_classes, in_channels, image_size, **options)

@@ -4,7 +4,7 @@
 width-sliceable, accepted image sizes, options), so that validating a config never imports torch.
 Token models (char_gpt, char_lstm) take int64 character ids [N, T] and return the logits of the
 character after the sequence; their vocabulary size and sequence length are model options, checked
-against the dataset's with `check_token_data`.
+against the dataset's with `check_token_options`.
 """
 
 from __future__ import annotations
@@ -168,22 +168,20 @@ def model_option_problems(name: str, options: dict | None) -> list[str]:
     return problems
 
 
-def check_token_data(name: str, options: dict | None, num_classes: int, seq_len: int | None,
-                     dataset: str = "the dataset") -> None:
-    """ValueError unless model ``name`` (with ``options``) fits the data: a token model needs token data whose
-    vocabulary (``num_classes``: the targets are next characters) and sequence length equal its options';
-    an image model needs image data (``seq_len`` None)."""
+def check_token_options(name: str, options: dict | None, vocab_size: int, seq_len: int,
+                        dataset: str = "the dataset") -> None:
+    """ValueError unless token model ``name`` with ``options`` has the data's vocabulary and sequence length.
+
+    Token data describes its samples as ``in_channels`` = vocabulary size and ``image_size`` = sequence
+    length (fedscape.data.specs.DatasetInfo); the targets are next characters, so the vocabulary is also
+    the number of classes. Image models are not checked here.
+    """
     if not is_token_model(name):
-        if seq_len is not None:
-            raise ValueError(f"model {name!r} takes images but {dataset} gives token sequences of length {seq_len}; "
-                             f"token models: {', '.join(TOKEN_MODEL_DEFAULTS)}")
         return
-    if seq_len is None:
-        raise ValueError(f"model {name!r} takes token sequences (int64 character ids) but {dataset} gives images")
     opts = token_model_options(name, options)
-    if opts["vocab_size"] != num_classes:
+    if opts["vocab_size"] != vocab_size:
         raise ValueError(f"model {name!r} has vocab_size {opts['vocab_size']} but {dataset} has a vocabulary of "
-                         f"{num_classes} characters; set model_options.{name}.vocab_size: {num_classes}")
+                         f"{vocab_size} characters; set model_options.{name}.vocab_size: {vocab_size}")
     if opts["seq_len"] != seq_len:
         raise ValueError(f"model {name!r} has seq_len {opts['seq_len']} but {dataset} gives sequences of "
                          f"{seq_len} characters; set model_options.{name}.seq_len: {seq_len}")

@@ -15,7 +15,14 @@ from fedscape.data.partition import PartitionError, check_partition_file
 from fedscape.data.specs import DATASET_NAMES, dataset_info
 from fedscape.fl.hparams.registry import ALGORITHM_NAMES, algorithm_config, check_algorithm_model
 from fedscape.fl.settings import TrainConfig
-from fedscape.models.specs import MODEL_NAMES, MODEL_OPTIONS, NORMS, check_model_compatible
+from fedscape.models.specs import (
+    MODEL_NAMES,
+    MODEL_OPTIONS,
+    NORMS,
+    check_model_compatible,
+    check_token_options,
+    model_option_problems,
+)
 
 # Training keys added after results existed: a job's settings carry one only when it differs from its
 # default, so that adding it does not rerun every finished train and init job (TrainConfig has the default).
@@ -120,6 +127,8 @@ def check(config: dict, runs: list[Run]) -> list[str]:
             elif key == "norm" and value not in NORMS:
                 problems.append(f"model_options.{name}.norm: {value!r} is not a norm.{suggest(value, NORMS)} "
                                 f"Valid: {', '.join(NORMS)}")
+        if name in MODEL_NAMES:
+            problems.extend(model_option_problems(name, {k: v for k, v in (options or {}).items() if k in valid}))
     try:
         check_training(config["training"], {})
     except (TypeError, ValueError) as exc:
@@ -143,6 +152,9 @@ def check(config: dict, runs: list[Run]) -> list[str]:
         info = dataset_info(dataset)
         try:
             check_model_compatible(model, info.in_channels, info.image_size)
+            # token data: in_channels is the vocabulary, image_size the sequence length
+            check_token_options(model, config["model_options"].get(model), info.in_channels, info.image_size,
+                                dataset=dataset)
         except ValueError as exc:
             problems.append(f"models: {exc}")
     for label, model in sorted({(r.algorithm, r.model) for r in known

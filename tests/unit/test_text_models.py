@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import configs
 from torch import nn
 
 from fedscape.analysis.barriers.maths import (
@@ -20,6 +23,8 @@ from fedscape.analysis.barriers.maths import (
 from fedscape.analysis.hessian.maths import HessianOperator, exact_hessian, hutchinson, lanczos_eigen
 from fedscape.analysis.landscape.planes import random_plane
 from fedscape.analysis.landscape.surface import SurfaceEvaluator, SurfaceSettings
+from fedscape.core.config import ConfigError
+from fedscape.core.runs import build_runs
 from fedscape.data.federated import FederatedData
 from fedscape.fl import sequential as sequential_mod
 from fedscape.fl.client_stats import round_stats
@@ -31,6 +36,8 @@ from fedscape.models.evaluate import evaluate
 from fedscape.models.networks import CharGPT, CharLSTM, LSTMLayer, build_model
 from fedscape.models.params import flatten_buffers, flatten_params
 from fedscape.models.specs import TOKEN_MODEL_DEFAULTS, check_token_options, model_option_problems
+from fedscape.plan.barriers import interpolation_pair
+from fedscape.plan.workflow import check_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -303,6 +310,25 @@ def test_interpolation_ends_are_the_two_models_and_layer_distances_add_up(name):
     assert curve[-1]["loss"] == pytest.approx(evaluate(model_b, x, y).loss, rel=1e-6)
     per_layer = sum(r["distance"] ** 2 for r in distances if r["layer_index"] >= 0)
     assert per_layer == pytest.approx(distances[-1]["distance"] ** 2, rel=1e-9)
+
+
+@pytest.mark.parametrize(("model", "align", "fails"), [("char_lstm", True, True), ("char_lstm", False, False),
+                                                      ("char_gpt", True, False)])
+def test_planning_refuses_to_align_a_model_without_a_permutation_spec(model, align, fails):
+    # Prepare: a checked config whose runs are then given the token model (no token dataset is needed here)
+    iid = {"alpha": "iid", "init": "random", "algorithm": "fedavg"}
+    config = copy.deepcopy(configs.TINY)
+    config["interpolation"] = {"points": 5, "align": align, "pairs": {"p": {"a": iid, "b": {**iid, "alpha": 0.5}}}}
+    config = check_config(config, configs.SCHEMA)
+    runs = [dataclasses.replace(r, model=model) for r in build_runs(config)]
+
+    # Execute / Assert
+    if fails:
+        with pytest.raises(ConfigError, match=r"interpolation\.pairs\.p: interpolation\.align cannot align model "
+                                              r"'char_lstm': an LSTM's recurrent weights"):
+            interpolation_pair(config, runs, "p")
+    else:
+        assert interpolation_pair(config, runs, "p").run_a.model == model
 
 
 # -- Hessian ------------------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from fedscape.analysis.barriers.definitions import NO_PERMUTATION_SPEC
 from fedscape.analysis.barriers.maths import Point
 from fedscape.models.networks import (
     MLP,
@@ -58,11 +59,7 @@ _CHAIN_PASSIVE = (nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Sequential, nn
 _CHAIN_MODELS = (MLP, SmallCNN, ConvNet, VGG11)
 SUPPORTED = tuple(cls.__name__ for cls in (*_CHAIN_MODELS, ResNet, CharGPT))
 # Why a registry model has no permutation spec (the registry test skips these, naming the reason).
-UNSUPPORTED_REASONS: dict[type, str] = {
-    CharLSTM: ("an LSTM's recurrent weights weight_hh are permuted on both axes by the same hidden-unit "
-               "permutation, so the matching objective is quadratic in it and a coordinate step is no longer "
-               "a linear assignment (Ainsworth et al. 2023 match feed-forward and residual networks only)"),
-}
+UNSUPPORTED_REASONS: dict[type, str] = {CharLSTM: NO_PERMUTATION_SPEC["char_lstm"]}
 IMPROVEMENT_TOL = 1e-12  # relative gain a linear assignment must bring to replace the current permutation
 
 

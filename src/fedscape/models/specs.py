@@ -28,6 +28,14 @@ class ModelInfo:
     paper: str
     min_image_size: int = 1  # smallest accepted size when image_sizes is None
     width_sliceable: bool = False  # has forward_width / forward_last_block / last_block_width (GradAug, FedAlign)
+    # What it reads (data.specs.INPUT_KINDS): "image" float [N, C, H, W]; "tokens" int64 ids [N, T], for
+    # which build_model's in_channels is the vocabulary size and image_size the sequence length.
+    inputs: str = "image"
+
+    @property
+    def pixel_input(self) -> bool:
+        """Reads images, whose pixels an algorithm may mix or resize (mixup); token ids cannot be."""
+        return self.inputs == "image"
 
 
 _CIFAR_RESNET_PAPER = "He et al. 2016, Deep Residual Learning for Image Recognition (CIFAR variant)"
@@ -98,6 +106,7 @@ MODEL_INFOS: dict[str, ModelInfo] = {
                     "self-attention and a 4x GELU MLP, final LayerNorm, linear head over the vocabulary (96)",
         paper="Adilova, Fischer, Jaggi, Layerwise Linear Mode Connectivity (appendix); Radford et al. 2019 "
               "(GPT-2) as in Karpathy's nanoGPT",
+        inputs="tokens",
     ),
     "char_lstm": ModelInfo(
         "char_lstm",
@@ -106,6 +115,7 @@ MODEL_INFOS: dict[str, ModelInfo] = {
         description="LEAF Shakespeare model: character embedding (8), two LSTM layers of 256 units, "
                     "linear head over the vocabulary (80)",
         paper="Caldas et al. 2018, LEAF: A Benchmark for Federated Settings",
+        inputs="tokens",
     ),
 }
 
@@ -129,6 +139,8 @@ TOKEN_MODEL_DEFAULTS: dict[str, dict[str, int]] = {
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(sorted(MODEL_INFOS))
+if {n for n, i in MODEL_INFOS.items() if i.inputs == "tokens"} != set(TOKEN_MODEL_DEFAULTS):
+    raise RuntimeError("every token model needs its option defaults in TOKEN_MODEL_DEFAULTS, and only they")
 
 
 def model_info(name: str) -> ModelInfo:
@@ -140,7 +152,7 @@ def model_info(name: str) -> ModelInfo:
 
 def is_token_model(name: str) -> bool:
     """Whether model ``name`` takes int64 token ids [N, T] (char_gpt, char_lstm) rather than images."""
-    return name in TOKEN_MODEL_DEFAULTS
+    return name in MODEL_INFOS and MODEL_INFOS[name].inputs == "tokens"
 
 
 def token_model_options(name: str, options: dict | None = None) -> dict[str, int]:

@@ -152,7 +152,10 @@ def check(config: dict, runs: list[Run]) -> list[str]:
         info = dataset_info(dataset)
         try:
             check_model_compatible(model, info.in_channels, info.image_size)
-            # token data: in_channels is the vocabulary, image_size the sequence length
+        except ValueError as exc:
+            problems.append(f"models: {exc}")
+            continue
+        try:  # token data: in_channels is the vocabulary, image_size the sequence length
             check_token_options(model, config["model_options"].get(model), info.in_channels, info.image_size,
                                 dataset=dataset)
         except ValueError as exc:

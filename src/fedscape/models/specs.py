@@ -119,15 +119,6 @@ MODEL_INFOS: dict[str, ModelInfo] = {
     ),
 }
 
-# The keyword options `build_model` accepts per model (resnet20/resnet56: `norm` in NORMS; the token
-# models: the integer options of TOKEN_MODEL_DEFAULTS).
-MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
-    "resnet20": ("norm",),
-    "resnet56": ("norm",),
-    "char_gpt": ("vocab_size", "seq_len", "num_blocks", "num_heads", "embed_dim"),
-    "char_lstm": ("vocab_size", "seq_len", "embed_dim", "hidden_size"),
-}
-
 # Defaults of the token models' options (all positive integers).
 TOKEN_MODEL_DEFAULTS: dict[str, dict[str, int]] = {
     # Adilova et al., appendix: 128-dim embeddings, sequence length 256, all 96 characters. The text of
@@ -136,6 +127,14 @@ TOKEN_MODEL_DEFAULTS: dict[str, dict[str, int]] = {
     # LEAF's Shakespeare model (Caldas et al. 2018): 80 characters in, the next one out, embedding 8,
     # two LSTM layers of 256 units.
     "char_lstm": {"vocab_size": 80, "seq_len": 80, "embed_dim": 8, "hidden_size": 256},
+}
+
+# The keyword options `build_model` accepts per model (resnet20/resnet56: `norm` in NORMS; the token
+# models: the integer options of TOKEN_MODEL_DEFAULTS).
+MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
+    "resnet20": ("norm",),
+    "resnet56": ("norm",),
+    **{name: tuple(defaults) for name, defaults in TOKEN_MODEL_DEFAULTS.items()},
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(sorted(MODEL_INFOS))

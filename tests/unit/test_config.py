@@ -105,6 +105,10 @@ BAD_CONFIGS = [
     ("model_options", {"cnn_small": {"norm": "group"}}, "model_options.cnn_small: unknown option 'norm'. cnn_small"),
     ("model_options", {"resnet20": {"norn": "group"}}, "model_options.resnet20: unknown option 'norn'. Did you mean"),
     ("model_options", {"resnet20": {"norm": "layer"}}, "model_options.resnet20.norm: 'layer' is not a norm"),
+    ("model_options", {"char_gpt": {"num_heads": 3}}, "model_options.char_gpt: embed_dim 128 is not divisible by "
+     "num_heads 3"),
+    ("model_options", {"char_lstm": {"hidden_size": 0}}, "model_options.char_lstm.hidden_size: must be a positive"),
+    ("model_options", {"char_lstm": {"hidden": 8}}, "model_options.char_lstm: unknown option 'hidden'. Did you mean"),
     ("alphas", ["iid", 0], "alphas[1]: 0 is not valid: an alpha is a number > 0"),
     ("alphas", ["IID", 0.5], "alphas[0]: 'IID' is not valid: an alpha is a number > 0 (e.g. 0.1 or 1.0;"),
     ("results_dir", "../x", "results_dir: '../x' is not valid: a path without `..` parts"),

@@ -8,7 +8,7 @@ from torch import nn
 
 from fedscape.data.datasets import load_dataset
 from fedscape.models.networks import BasicBlock, ZeroPadShortcut, build_model
-from fedscape.models.specs import MODEL_NAMES, NORMS, check_model_compatible, model_info
+from fedscape.models.specs import MODEL_NAMES, NORMS, check_model_compatible, is_token_model, model_info
 
 NUM_CLASSES = 7  # not 10, so a hard-coded class count shows up
 DIGITS = (1, 8)  # in_channels, image_size
@@ -23,13 +23,18 @@ def make(name: str, in_channels: int, image_size: int, seed: int = 0, **options:
     return build_model(name, NUM_CLASSES, in_channels, image_size, **options)
 
 
+# Models of image inputs; the token models (char_gpt, char_lstm) are tested in test_text_models.py.
+IMAGE_MODELS = [name for name in MODEL_NAMES if not is_token_model(name)]
+
+
 def batch(in_channels: int, image_size: int, size: int = 2) -> torch.Tensor:
     return torch.randn(size, in_channels, image_size, image_size, generator=torch.Generator().manual_seed(1))
 
 
 def test_model_names_are_sorted_and_complete() -> None:
     # Prepare
-    expected = {"mlp", "cnn_small", "convnet", "resnet20", "resnet56", "resnet18_nonorm", "vgg11"}
+    expected = {"mlp", "cnn_small", "convnet", "resnet20", "resnet56", "resnet18_nonorm", "vgg11", "char_gpt",
+                "char_lstm"}
 
     # Execute / Assert
     assert list(MODEL_NAMES) == sorted(MODEL_NAMES)
@@ -247,7 +252,7 @@ def test_resnet20_norm_option_keeps_logit_shape(norm: str) -> None:
     assert logits.shape == (2, NUM_CLASSES)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_buffers_are_all_floating_point(name: str) -> None:
     # Execute
     buffers = dict(make(name, *CIFAR).named_buffers())
@@ -283,7 +288,7 @@ def test_residual_models_expose_their_blocks(name: str, num_blocks: int) -> None
     assert all(isinstance(block, BasicBlock) for block in model.blocks)
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn_small", "convnet", "vgg11"])
+@pytest.mark.parametrize("name", ["mlp", "cnn_small", "convnet", "vgg11", "char_gpt", "char_lstm"])
 def test_plain_models_are_not_residual(name: str) -> None:
     assert not model_info(name).residual
 
@@ -324,7 +329,7 @@ def test_cnn_small_has_a_last_block_and_few_parameters() -> None:
     assert sum(p.numel() for p in model.parameters()) < 50_000
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_same_seed_gives_identical_weights(name: str) -> None:
     # Execute
     first = make(name, *CIFAR, seed=3).state_dict()

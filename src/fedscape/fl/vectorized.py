@@ -105,6 +105,22 @@ def resolve_client_parallel(model: nn.Module, strategy: Strategy, cfg: TrainConf
     return "sequential"
 
 
+def unaliased(grads: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """The gradients with every tensor sharing memory with an earlier one replaced by a copy.
+
+    Autograd may hand back one tensor for several parameters (the gradient of ``bias_ih + bias_hh`` is
+    the same tensor for both); the in-place SGD updates below (weight decay, FedProx's term) would then
+    add both parameters' terms to it.
+    """
+    seen: set[int] = set()
+    out = []
+    for g in grads:
+        ptr = g.untyped_storage().data_ptr()
+        out.append(g.clone() if ptr in seen else g)
+        seen.add(ptr)
+    return out
+
+
 def crop_flip_draws(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The random numbers `data.augment_batch(x, 'crop_flip', generator)` draws for a batch of n.
 
@@ -273,7 +289,7 @@ class VectorizedTrainer:
                 xb = crop_flip_stacked(xb, aug[0, t, :k, :w], aug[1, t, :k, :w], aug[2, t, :k, :w].bool())
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 losses = self._loss(dict(zip(self.names, params, strict=True)), xb, yb, mb)
-            grads = list(torch.autograd.grad(losses.sum(), params))
+            grads = unaliased(torch.autograd.grad(losses.sum(), params))
             with torch.no_grad():
                 adjust(params, global_views, grads)  # e.g. FedProx's mu (w - w_global)
                 current = [s[:k] for s in stacked]

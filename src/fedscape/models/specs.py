@@ -2,6 +2,9 @@
 
 `fedscape.models.networks` builds them; this module only describes them (ModelInfo: residual,
 width-sliceable, accepted image sizes, options), so that validating a config never imports torch.
+Token models (char_gpt, char_lstm) take int64 character ids [N, T] and return the logits of the
+character after the sequence; their vocabulary size and sequence length are model options, checked
+against the dataset's with `check_token_options`.
 """
 
 from __future__ import annotations
@@ -96,12 +99,48 @@ MODEL_INFOS: dict[str, ModelInfo] = {
         description="VGG11 without batch norm, single Linear(512, classes) classifier (CIFAR variant)",
         paper="Simonyan & Zisserman 2015, Very Deep Convolutional Networks; Adilova et al.",
     ),
+    "char_gpt": ModelInfo(
+        "char_gpt",
+        residual=False,
+        image_sizes=None,
+        description="character-level GPT: token + position embeddings (128), pre-LayerNorm blocks of causal "
+                    "self-attention and a 4x GELU MLP, final LayerNorm, linear head over the vocabulary (96)",
+        paper="Adilova, Fischer, Jaggi, Layerwise Linear Mode Connectivity (appendix); Radford et al. 2019 "
+              "(GPT-2) as in Karpathy's nanoGPT",
+        inputs="tokens",
+    ),
+    "char_lstm": ModelInfo(
+        "char_lstm",
+        residual=False,
+        image_sizes=None,
+        description="LEAF Shakespeare model: character embedding (8), two LSTM layers of 256 units, "
+                    "linear head over the vocabulary (80)",
+        paper="Caldas et al. 2018, LEAF: A Benchmark for Federated Settings",
+        inputs="tokens",
+    ),
 }
 
-# The keyword options `build_model` accepts per model (resnet20/resnet56: `norm` in NORMS).
-MODEL_OPTIONS: dict[str, tuple[str, ...]] = {"resnet20": ("norm",), "resnet56": ("norm",)}
+# Defaults of the token models' options (all positive integers).
+TOKEN_MODEL_DEFAULTS: dict[str, dict[str, int]] = {
+    # Adilova et al., appendix: 128-dim embeddings, sequence length 256, all 96 characters. The text of
+    # the paper's appendix loses the number of blocks and heads (a page break); 4 and 4 are ours.
+    "char_gpt": {"vocab_size": 96, "seq_len": 256, "num_blocks": 4, "num_heads": 4, "embed_dim": 128},
+    # LEAF's Shakespeare model (Caldas et al. 2018): 80 characters in, the next one out, embedding 8,
+    # two LSTM layers of 256 units.
+    "char_lstm": {"vocab_size": 80, "seq_len": 80, "embed_dim": 8, "hidden_size": 256},
+}
+
+# The keyword options `build_model` accepts per model (resnet20/resnet56: `norm` in NORMS; the token
+# models: the integer options of TOKEN_MODEL_DEFAULTS).
+MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
+    "resnet20": ("norm",),
+    "resnet56": ("norm",),
+    **{name: tuple(defaults) for name, defaults in TOKEN_MODEL_DEFAULTS.items()},
+}
 
 MODEL_NAMES: tuple[str, ...] = tuple(sorted(MODEL_INFOS))
+if {n for n, i in MODEL_INFOS.items() if i.inputs == "tokens"} != set(TOKEN_MODEL_DEFAULTS):
+    raise RuntimeError("every token model needs its option defaults in TOKEN_MODEL_DEFAULTS, and only they")
 
 
 def model_info(name: str) -> ModelInfo:
@@ -109,6 +148,55 @@ def model_info(name: str) -> ModelInfo:
     if name not in MODEL_INFOS:
         raise unknown_name_error("model", name, MODEL_NAMES)
     return MODEL_INFOS[name]
+
+
+def is_token_model(name: str) -> bool:
+    """Whether model ``name`` takes int64 token ids [N, T] (char_gpt, char_lstm) rather than images."""
+    return name in MODEL_INFOS and MODEL_INFOS[name].inputs == "tokens"
+
+
+def token_model_options(name: str, options: dict | None = None) -> dict[str, int]:
+    """The options of token model ``name``: its defaults updated by ``options`` (ValueError for an image model)."""
+    if not is_token_model(name):
+        raise ValueError(f"model {name!r} is not a token model; token models: {', '.join(TOKEN_MODEL_DEFAULTS)}")
+    return {**TOKEN_MODEL_DEFAULTS[name], **(options or {})}
+
+
+def model_option_problems(name: str, options: dict | None) -> list[str]:
+    """Problems of the values of a token model's options (positive integers; char_gpt: heads divide embed_dim)."""
+    if not is_token_model(name):
+        return []
+    problems = []
+    given = {k: v for k, v in (options or {}).items() if k in TOKEN_MODEL_DEFAULTS[name]}
+    for key, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            problems.append(f"model_options.{name}.{key}: must be a positive integer, got {value!r}")
+    if problems:
+        return problems
+    merged = token_model_options(name, given)
+    if name == "char_gpt" and merged["embed_dim"] % merged["num_heads"]:
+        problems.append(f"model_options.{name}: embed_dim {merged['embed_dim']} is not divisible by "
+                        f"num_heads {merged['num_heads']}")
+    return problems
+
+
+def check_token_options(name: str, options: dict | None, vocab_size: int, seq_len: int,
+                        dataset: str = "the dataset") -> None:
+    """ValueError unless token model ``name`` with ``options`` has the data's vocabulary and sequence length.
+
+    Token data describes its samples as ``in_channels`` = vocabulary size and ``image_size`` = sequence
+    length (fedscape.data.specs.DatasetInfo); the targets are next characters, so the vocabulary is also
+    the number of classes. Image models are not checked here.
+    """
+    if not is_token_model(name):
+        return
+    opts = token_model_options(name, options)
+    if opts["vocab_size"] != vocab_size:
+        raise ValueError(f"model {name!r} has vocab_size {opts['vocab_size']} but {dataset} has a vocabulary of "
+                         f"{vocab_size} characters; set model_options.{name}.vocab_size: {vocab_size}")
+    if opts["seq_len"] != seq_len:
+        raise ValueError(f"model {name!r} has seq_len {opts['seq_len']} but {dataset} gives sequences of "
+                         f"{seq_len} characters; set model_options.{name}.seq_len: {seq_len}")
 
 
 def _accepts(info: ModelInfo, image_size: int) -> bool:

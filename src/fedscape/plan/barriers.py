@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from fedscape.analysis.barriers.definitions import CUMULATION_MODES, MODES, PAIR_SEPARATOR, SPLITS, CurveSettings
+from fedscape.analysis.barriers.definitions import (
+    CUMULATION_MODES,
+    MODES,
+    NO_PERMUTATION_SPEC,
+    PAIR_SEPARATOR,
+    SPLITS,
+    CurveSettings,
+)
 from fedscape.core.config import ConfigError
 from fedscape.core.paths import INTERPOLATION_DIR, LAYERWISE_DIR, Results
 from fedscape.core.runs import Run, resolve_run
@@ -72,6 +79,9 @@ def interpolation_pair(config: dict, runs: list, label: str) -> InterpolationPai
     run_a = _resolve(runs, spec.get("a"), f"{where}.a")
     run_b = _resolve(runs, spec.get("b"), f"{where}.b")
     _same_architecture(run_a, run_b, where)
+    if config["interpolation"]["align"] and run_a.model in NO_PERMUTATION_SPEC:
+        raise ConfigError(f"{where}: interpolation.align cannot align model {run_a.model!r}: "
+                          f"{NO_PERMUTATION_SPEC[run_a.model]}; set interpolation.align: false for it")
     round_a, round_b = spec.get("round_a", "final"), spec.get("round_b", "final")
     check_round(config, run_a, round_a, f"{where}.round_a")
     check_round(config, run_b, round_b, f"{where}.round_b")

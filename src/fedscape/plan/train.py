@@ -16,7 +16,14 @@ from fedscape.fl.hparams.registry import ALGORITHM_NAMES, algorithm_config, chec
 from fedscape.fl.schedule import DEFAULT_LOCAL_EPOCHS, WORK_KEYS
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.swa import check_swa, swa_config
-from fedscape.models.specs import MODEL_NAMES, MODEL_OPTIONS, NORMS, check_model_compatible
+from fedscape.models.specs import (
+    MODEL_NAMES,
+    MODEL_OPTIONS,
+    NORMS,
+    check_model_compatible,
+    check_token_options,
+    model_option_problems,
+)
 
 # Training keys added after results existed: a job's settings carry one only when it differs from its
 # default, so that adding it does not rerun every finished train and init job (TrainConfig has the default).
@@ -168,6 +175,8 @@ def check(config: dict, runs: list[Run]) -> list[str]:
             elif key == "norm" and value not in NORMS:
                 problems.append(f"model_options.{name}.norm: {value!r} is not a norm.{suggest(value, NORMS)} "
                                 f"Valid: {', '.join(NORMS)}")
+        if name in MODEL_NAMES:
+            problems.extend(model_option_problems(name, {k: v for k, v in (options or {}).items() if k in valid}))
     base = None
     try:
         check_training(config["training"], {})
@@ -201,6 +210,12 @@ def check(config: dict, runs: list[Run]) -> list[str]:
         info = dataset_info(dataset)
         try:
             check_model_compatible(model, info.in_channels, info.image_size, info.inputs)
+        except ValueError as exc:
+            problems.append(f"{_model_key(config, dataset, model)}: {exc}")
+            continue
+        try:  # token data: in_channels is the vocabulary, image_size the sequence length
+            check_token_options(model, config["model_options"].get(model), info.in_channels, info.image_size,
+                                dataset=dataset)
         except ValueError as exc:
             problems.append(f"{_model_key(config, dataset, model)}: {exc}")
     for label, model in sorted({(r.algorithm, r.model) for r in known

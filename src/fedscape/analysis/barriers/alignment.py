@@ -33,8 +33,20 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from fedscape.analysis.barriers.definitions import NO_PERMUTATION_SPEC
 from fedscape.analysis.barriers.maths import Point
-from fedscape.models.networks import MLP, VGG11, BasicBlock, ConvNet, ResNet, SmallCNN, ZeroPadShortcut
+from fedscape.models.networks import (
+    MLP,
+    VGG11,
+    BasicBlock,
+    CharGPT,
+    CharLSTM,
+    ConvNet,
+    GPTBlock,
+    ResNet,
+    SmallCNN,
+    ZeroPadShortcut,
+)
 from fedscape.models.params import buffer_specs, param_specs
 
 log = logging.getLogger("fedscape.barriers")
@@ -45,7 +57,9 @@ Perms = dict[str, Tensor]
 # Modules a feed-forward chain may hold besides its Linear/Conv2d layers: all commute with a permutation of channels.
 _CHAIN_PASSIVE = (nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Sequential, nn.Identity, nn.Flatten)
 _CHAIN_MODELS = (MLP, SmallCNN, ConvNet, VGG11)
-SUPPORTED = tuple(cls.__name__ for cls in (*_CHAIN_MODELS, ResNet))
+SUPPORTED = tuple(cls.__name__ for cls in (*_CHAIN_MODELS, ResNet, CharGPT))
+# Why a registry model has no permutation spec (the registry test skips these, naming the reason).
+UNSUPPORTED_REASONS: dict[type, str] = {CharLSTM: NO_PERMUTATION_SPEC["char_lstm"]}
 IMPROVEMENT_TOL = 1e-12  # relative gain a linear assignment must bring to replace the current permutation
 
 
@@ -169,13 +183,21 @@ def permutation_spec(model: nn.Module) -> PermutationSpec:
     Feed-forward chains (mlp, cnn_small, convnet, vgg11): one group per hidden Linear/Conv2d layer.
     ResNets: one group per block's inner channels; the residual stream shares one permutation across
     identity shortcuts, starts a new one at a projection shortcut, and grows by the padded channels at an
-    option-A shortcut. The classifier's outputs (and the input channels) are never permuted.
+    option-A shortcut. char_gpt: one residual-stream group (embeddings, every LayerNorm, the blocks'
+    input and output projections, the head's inputs), and per block the MLP's hidden units and the
+    attention heads. The classifier's outputs (and the input channels) are never permuted. char_lstm
+    has none (UNSUPPORTED_REASONS).
     """
     axes = _Axes({}, {}, [])
     if type(model) in _CHAIN_MODELS:
         _chain_axes(model, axes)
     elif type(model) is ResNet:
         _resnet_axes(model, axes)
+    elif type(model) is CharGPT:
+        _gpt_axes(model, axes)
+    elif type(model) in UNSUPPORTED_REASONS:
+        raise UnsupportedModelError(f"no permutation spec for {type(model).__name__}: "
+                                    f"{UNSUPPORTED_REASONS[type(model)]}")
     else:
         raise UnsupportedModelError(f"no permutation spec for architecture {type(model).__name__}; "
                          f"supported: {', '.join(SUPPORTED)} (fedscape.models.networks)")
@@ -264,6 +286,51 @@ def _resnet_axes(model: ResNet, axes: _Axes) -> None:
         _weight_axes(axes, f"{name}.conv2", block.conv2, out, inner)
         _norm_axes(axes, f"{name}.norm2", block.norm2, out)
         stream = out
+    _weight_axes(axes, "classifier", model.classifier, None, stream)
+
+
+def _gpt_axes(model: CharGPT, axes: _Axes) -> None:
+    """char_gpt: the residual stream, each block's MLP hidden units and attention heads (Ainsworth et al. 2023).
+
+    One permutation of the embedding dimension acts on the whole residual stream: LayerNorm commutes with
+    it (mean and variance are permutation invariant, its gain and bias are permuted with the features),
+    and so do the residual sums. A block's heads can be reordered as wholes: the query, key and value
+    rows of head h (``c_attn`` viewed as (q|k|v, head, head_dim, in)) and the inputs of ``c_proj`` from
+    head h (viewed as (out, head, head_dim)) move together. Permutations of the dimensions inside a head
+    (shared by its query and key, another for its value) are symmetries too but are not used: they act on
+    the same axis of ``c_attn`` as the head permutation.
+    """
+    dim = model.wte.embedding_dim
+    stream = _whole("stream", dim)
+    axes.entries["wte.weight"] = (None, stream)
+    axes.entries["wpe.weight"] = (None, stream)
+
+    def layer_norm(name: str, module: nn.Module) -> None:
+        if not isinstance(module, nn.LayerNorm) or module.normalized_shape != (dim,):
+            raise UnsupportedModelError(f"{name}: expected LayerNorm({dim}), got {module}")
+        for tensor, _ in module.named_parameters(recurse=False):
+            axes.entries[f"{name}.{tensor}"] = (stream,)
+
+    for i, block in enumerate(model.blocks):
+        name = f"blocks.{i}"
+        if type(block) is not GPTBlock:
+            raise UnsupportedModelError(f"{name}: unsupported transformer block {type(block).__name__}")
+        heads = block.attn.num_heads
+        head_dim = dim // heads
+        head = _whole(f"{name}.attn.heads", heads)
+        layer_norm(f"{name}.ln_1", block.ln_1)
+        axes.views[f"{name}.attn.c_attn.weight"] = (3, heads, head_dim, dim)
+        axes.entries[f"{name}.attn.c_attn.weight"] = (None, head, None, stream)
+        axes.views[f"{name}.attn.c_attn.bias"] = (3, heads, head_dim)
+        axes.entries[f"{name}.attn.c_attn.bias"] = (None, head, None)
+        axes.views[f"{name}.attn.c_proj.weight"] = (dim, heads, head_dim)
+        axes.entries[f"{name}.attn.c_proj.weight"] = (stream, head, None)
+        axes.entries[f"{name}.attn.c_proj.bias"] = (stream,)
+        layer_norm(f"{name}.ln_2", block.ln_2)
+        hidden = _whole(f"{name}.mlp", block.mlp.c_fc.out_features)
+        _weight_axes(axes, f"{name}.mlp.c_fc", block.mlp.c_fc, hidden, stream)
+        _weight_axes(axes, f"{name}.mlp.c_proj", block.mlp.c_proj, stream, hidden)
+    layer_norm("ln_f", model.ln_f)
     _weight_axes(axes, "classifier", model.classifier, None, stream)
 
 

@@ -133,10 +133,16 @@ class HessianOperator:
 
 
 def exact_hessian(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """The full Hessian of the mean cross-entropy w.r.t. the flat parameters (torch.func.hessian; tiny models)."""
+    """The full Hessian of the mean cross-entropy w.r.t. the flat parameters (double backprop row by row; tiny models).
+
+    Not torch.func.hessian: in torch 2.15 its forward-over-reverse (and vmapped reverse-over-reverse)
+    gets the cross terms between a LayerNorm's gain and its input wrong (char_gpt's ln_f: entries off by
+    O(1), where finite differences of the gradient agree with double backprop to 1e-9;
+    tests/unit/test_text_models.py checks against finite differences).
+    """
     with HessianOperator(model, x, y, batch_size=len(y), cache_graph=False) as op:
         xb, yb = op.batches[0]
-        return torch.func.hessian(lambda w: op._batch_loss(w, xb, yb))(op.center.clone())
+        return torch.autograd.functional.hessian(lambda w: op._batch_loss(w, xb, yb), op.center.clone())
 
 
 # -- random vectors --------------------------------------------------------------------------------

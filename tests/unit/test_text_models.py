@@ -1,0 +1,470 @@
+"""Token models (char_gpt, char_lstm): architecture, options, training, and every analysis on token data."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import configs
+from torch import nn
+
+from fedscape.analysis.barriers.maths import (
+    Point,
+    interpolation_curve,
+    layer_distances,
+    layerwise_barriers,
+    model_layers,
+)
+from fedscape.analysis.hessian.maths import HessianOperator, exact_hessian, hutchinson, lanczos_eigen
+from fedscape.analysis.landscape.planes import random_plane
+from fedscape.analysis.landscape.surface import SurfaceEvaluator, SurfaceSettings
+from fedscape.core.config import ConfigError
+from fedscape.core.runs import build_runs
+from fedscape.data.federated import FederatedData
+from fedscape.fl import sequential as sequential_mod
+from fedscape.fl.client_stats import round_stats
+from fedscape.fl.engine import run_federated
+from fedscape.fl.settings import TrainConfig
+from fedscape.fl.strategies.registry import make_strategy
+from fedscape.fl.vectorized import resolve_client_parallel
+from fedscape.models.evaluate import evaluate
+from fedscape.models.networks import CharGPT, CharLSTM, LSTMLayer, build_model
+from fedscape.models.params import flatten_buffers, flatten_params
+from fedscape.models.specs import TOKEN_MODEL_DEFAULTS, check_token_options, model_option_problems
+from fedscape.plan.barriers import interpolation_pair
+from fedscape.plan.workflow import check_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+VOCAB, SEQ = 10, 8
+TINY = {
+    "char_gpt": {"vocab_size": VOCAB, "seq_len": SEQ, "num_blocks": 2, "num_heads": 2, "embed_dim": 16},
+    "char_lstm": {"vocab_size": VOCAB, "seq_len": SEQ, "embed_dim": 4, "hidden_size": 6},
+}
+MODELS = sorted(TINY)
+
+
+def tiny(name: str, seed: int = 0, **overrides: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model(name, VOCAB, VOCAB, SEQ, **{**TINY[name], **overrides})
+
+
+def tokens(n: int, seed: int = 0, seq: int = SEQ) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (n, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def pattern_data(n: int, seed: int = 0, period: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows of the repeated string 0 1 2 3 4 0 1 ... at random offsets; the target is the next character."""
+    offsets = torch.randint(0, period, (n,), generator=torch.Generator().manual_seed(seed))
+    positions = offsets[:, None] + torch.arange(SEQ + 1)
+    stream = positions % period
+    return stream[:, :SEQ], stream[:, SEQ]
+
+
+def point(model: nn.Module) -> Point:
+    return Point(flatten_params(model), flatten_buffers(model))
+
+
+# -- architecture -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", MODELS)
+def test_logits_are_the_last_position_of_every_positions_logits(name):
+    # Prepare
+    model, x = tiny(name).eval(), tokens(3)
+
+    # Execute
+    with torch.no_grad():
+        last, every = model(x), model.forward_all(x)
+
+    # Assert
+    assert last.shape == (3, VOCAB) and every.shape == (3, SEQ, VOCAB)
+    torch.testing.assert_close(last, every[:, -1], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("changed", [2, SEQ - 1])
+def test_a_future_token_never_changes_earlier_positions(name, changed):
+    # Prepare: two inputs differing only at position `changed`
+    model, x = tiny(name).eval(), tokens(4)
+    other = x.clone()
+    other[:, changed] = (x[:, changed] + 1) % VOCAB
+
+    # Execute
+    with torch.no_grad():
+        a, b = model.forward_all(x), model.forward_all(other)
+
+    # Assert: positions before it are bit-identical, the position itself differs
+    assert torch.equal(a[:, :changed], b[:, :changed])
+    assert (a[:, changed] - b[:, changed]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_weights_are_determined_by_the_seed(name):
+    # Prepare / Execute
+    a, b, c = tiny(name, seed=1), tiny(name, seed=1), tiny(name, seed=2)
+
+    # Assert
+    assert torch.equal(flatten_params(a), flatten_params(b))
+    assert not torch.equal(flatten_params(a), flatten_params(c))
+    with torch.no_grad():
+        assert torch.equal(a(tokens(2)), b(tokens(2)))
+
+
+def gpt_count(v: int, t: int, blocks: int, d: int) -> int:
+    """nanoGPT's parameters by hand: embeddings, per block 2 LayerNorms + qkv + proj + 4x MLP, ln_f, head."""
+    block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
+    return v * d + t * d + blocks * block + 2 * d + d * v
+
+
+def lstm_count(v: int, e: int, h: int) -> int:
+    """Embedding, two LSTM layers (4 gates: input and recurrent weights, two biases), linear head."""
+    return v * e + (4 * h * e + 4 * h * h + 8 * h) + (4 * h * h + 4 * h * h + 8 * h) + (h * v + v)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "expected"),
+    [
+        ("char_gpt", TINY["char_gpt"], 160 + 128 + 2 * 3280 + 32 + 160),  # 16 dims, 2 blocks: by hand
+        ("char_lstm", TINY["char_lstm"], 40 + 288 + 336 + 70),  # 4-dim embedding, 6 units: by hand
+        ("char_gpt", TOKEN_MODEL_DEFAULTS["char_gpt"], gpt_count(96, 256, 4, 128)),
+        ("char_lstm", TOKEN_MODEL_DEFAULTS["char_lstm"], 819_920),  # LEAF's Shakespeare LSTM
+    ],
+    ids=["gpt-tiny", "lstm-tiny", "gpt-default", "lstm-default"],
+)
+def test_parameter_counts_match_a_hand_computation(name, options, expected):
+    # Prepare / Execute
+    model = build_model(name, options["vocab_size"], options["vocab_size"], options["seq_len"], **options)
+
+    # Assert
+    assert sum(p.numel() for p in model.parameters()) == expected
+    assert expected == (gpt_count(VOCAB, SEQ, 2, 16) if options is TINY["char_gpt"] else expected)
+    assert expected == (lstm_count(VOCAB, 4, 6) if options is TINY["char_lstm"] else expected)
+
+
+def test_default_models_are_built_without_options():
+    # Prepare / Execute
+    gpt = build_model("char_gpt", 96, 96, 256)
+    lstm = build_model("char_lstm", 80, 80, 80)
+
+    # Assert: the paper's 128-dim embeddings and 256 positions; LEAF's 8-dim embedding and 256 units
+    assert gpt.wte.weight.shape == (96, 128) and gpt.wpe.weight.shape == (256, 128) and len(gpt.blocks) == 4
+    assert lstm.embedding.weight.shape == (80, 8) and lstm.lstm[1].weight_hh.shape == (1024, 256)
+
+
+def test_lstm_layers_compute_what_torch_lstm_computes():
+    # Prepare: a two-layer nn.LSTM with the char_lstm's weights
+    model, x = tiny("char_lstm").eval(), tokens(3)
+    reference = nn.LSTM(4, 6, num_layers=2, batch_first=True)
+    with torch.no_grad():
+        for i, layer in enumerate(model.lstm):
+            for tensor in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(reference, f"{tensor}_l{i}").copy_(getattr(layer, tensor))
+
+    # Execute
+    with torch.no_grad():
+        ours = model.hidden_states(x)
+        theirs, _ = reference(model.embedding(x))
+
+    # Assert
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert isinstance(model.lstm[0], LSTMLayer)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_few_sgd_steps_learn_a_repeated_pattern(name):
+    # Prepare
+    model, (x, y) = tiny(name), pattern_data(64)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    before = evaluate(model, x, y).loss
+
+    # Execute
+    for _ in range(40):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    after = evaluate(model, x, y)
+
+    # Assert: from about ln 10 (uniform over the vocabulary) to below a tenth of it; the next characters right
+    assert before == pytest.approx(math.log(VOCAB), abs=0.3)
+    assert after.loss < 0.1 * before and after.acc > 0.95
+
+
+def test_gpt_rejects_sequences_longer_than_its_positions():
+    with pytest.raises(ValueError, match="longer than the model's seq_len 8"):
+        tiny("char_gpt")(tokens(2, seq=SEQ + 1))
+
+
+# -- options ------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("char_gpt", {"num_heads": 3}, "embed_dim 128 is not divisible by num_heads 3"),
+        ("char_gpt", {"num_blocks": 0}, r"model_options.char_gpt.num_blocks: must be a positive integer, got 0"),
+        ("char_lstm", {"hidden_size": 2.5}, "hidden_size: must be a positive integer"),
+        ("char_lstm", {"embed_dim": True}, "embed_dim: must be a positive integer"),
+    ],
+)
+def test_bad_option_values_are_named(name, options, message):
+    # Prepare / Execute
+    problems = model_option_problems(name, options)
+
+    # Assert: named at planning and again when building
+    assert len(problems) == 1 and problems[0].find(message.replace("\\", "")) >= 0
+    with pytest.raises(ValueError, match=message):
+        defaults = TOKEN_MODEL_DEFAULTS[name]
+        build_model(name, defaults["vocab_size"], defaults["vocab_size"], defaults["seq_len"], **options)
+
+
+def test_good_options_have_no_problems_and_image_models_are_not_checked():
+    assert model_option_problems("char_gpt", {"num_heads": 8, "embed_dim": 64}) == []
+    assert model_option_problems("resnet20", {"norm": "group"}) == []
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "vocab", "seq", "message"),
+    [
+        (80, 80, 80, r"vocab_size 96 but the data has a vocabulary of 80 .*model_options.char_gpt.vocab_size: 80"),
+        (96, 96, 80, r"seq_len 256 but the data gives sequences of 80 .*model_options.char_gpt.seq_len: 80"),
+        (80, 96, 256, r"vocab_size 96 but the data has 80 classes"),
+    ],
+)
+def test_build_names_the_data_mismatch(num_classes, vocab, seq, message):
+    with pytest.raises(ValueError, match=message):
+        build_model("char_gpt", num_classes, vocab, seq)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "vocab", "seq", "message"),
+    [
+        ("char_gpt", {}, 80, 80, r"vocab_size 96 but shakespeare has a vocabulary of 80 .*vocab_size: 80"),
+        ("char_gpt", {"vocab_size": 80}, 80, 80, r"seq_len 256 but shakespeare gives sequences of 80 .*seq_len: 80"),
+        ("char_lstm", {"seq_len": 40}, 80, 80, r"seq_len 40 but shakespeare gives sequences of 80 .*seq_len: 80"),
+    ],
+)
+def test_model_and_data_mismatches_name_both(name, options, vocab, seq, message):
+    with pytest.raises(ValueError, match=message):
+        check_token_options(name, options, vocab, seq, dataset="shakespeare")
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "vocab", "seq"),
+    [("char_gpt", {"vocab_size": 80, "seq_len": 80}, 80, 80), ("char_lstm", {}, 80, 80), ("resnet20", {}, 3, 32)],
+)
+def test_matching_model_and_data_pass(name, options, vocab, seq):
+    check_token_options(name, options, vocab, seq, dataset="shakespeare")
+
+
+# -- barriers -----------------------------------------------------------------------------------------------------
+def test_layers_follow_the_module_order():
+    # Prepare
+    gpt, lstm = tiny("char_gpt"), tiny("char_lstm")
+    block = ["ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj"]
+
+    # Execute
+    gpt_layers, lstm_layers = model_layers(gpt), model_layers(lstm)
+
+    # Assert: input to output, one layer per module; the layers tile the flat vector in order
+    assert [la.name for la in gpt_layers] == ["wte", "wpe", *(f"blocks.{i}.{m}" for i in range(2) for m in block),
+                                              "ln_f", "classifier"]
+    assert [la.name for la in lstm_layers] == ["embedding", "lstm.0", "lstm.1", "classifier"]
+    for layers, model in ((gpt_layers, gpt), (lstm_layers, lstm)):
+        slices = [s for la in layers for s in la.param_slices]
+        assert slices[0].start == 0 and all(a.stop == b.start for a, b in zip(slices, slices[1:], strict=False))
+        assert slices[-1].stop == flatten_params(model).numel()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_barriers_of_a_model_with_itself_are_zero(name):
+    # Prepare
+    model = tiny(name)
+    a = point(model)
+    splits = {"train": pattern_data(32)}
+
+    # Execute
+    curve = interpolation_curve(model, a, a, splits, points=5)
+    rows = layerwise_barriers(model, a, a, splits)
+
+    # Assert
+    assert len({round(r["loss"], 12) for r in curve}) == 1
+    assert len(rows) == 3 * len(model_layers(model))
+    assert all(r["barrier_loss"] == 0.0 and r["barrier_error"] == 0.0 for r in rows)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_interpolation_ends_are_the_two_models_and_layer_distances_add_up(name):
+    # Prepare
+    model_a, model_b = tiny(name, seed=0), tiny(name, seed=1)
+    a, b = point(model_a), point(model_b)
+    x, y = pattern_data(32)
+
+    # Execute
+    curve = interpolation_curve(model_a, a, b, {"train": (x, y)}, points=3)
+    distances = layer_distances(a, b, model_layers(model_a))
+
+    # Assert
+    assert curve[0]["loss"] == pytest.approx(evaluate(tiny(name, seed=0), x, y).loss, rel=1e-6)
+    assert curve[-1]["loss"] == pytest.approx(evaluate(model_b, x, y).loss, rel=1e-6)
+    per_layer = sum(r["distance"] ** 2 for r in distances if r["layer_index"] >= 0)
+    assert per_layer == pytest.approx(distances[-1]["distance"] ** 2, rel=1e-9)
+
+
+@pytest.mark.parametrize(("model", "align", "fails"), [("char_lstm", True, True), ("char_lstm", False, False),
+                                                      ("char_gpt", True, False)])
+def test_planning_refuses_to_align_a_model_without_a_permutation_spec(model, align, fails):
+    # Prepare: a checked config whose runs are then given the token model (no token dataset is needed here)
+    iid = {"alpha": "iid", "init": "random", "algorithm": "fedavg"}
+    config = copy.deepcopy(configs.TINY)
+    config["interpolation"] = {"points": 5, "align": align, "pairs": {"p": {"a": iid, "b": {**iid, "alpha": 0.5}}}}
+    config = check_config(config, configs.SCHEMA)
+    runs = [dataclasses.replace(r, model=model) for r in build_runs(config)]
+
+    # Execute / Assert
+    if fails:
+        with pytest.raises(ConfigError, match=r"interpolation\.pairs\.p: interpolation\.align cannot align model "
+                                              r"'char_lstm': an LSTM's recurrent weights"):
+            interpolation_pair(config, runs, "p")
+    else:
+        assert interpolation_pair(config, runs, "p").run_a.model == model
+
+
+# -- Hessian ------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", params=MODELS)
+def hessian_case(request):
+    """A very small token model in float64 trained a little, its data and its exact Hessian."""
+    name = request.param
+    options = ({"num_blocks": 1, "num_heads": 2, "embed_dim": 4} if name == "char_gpt"
+               else {"embed_dim": 2, "hidden_size": 3})
+    model = tiny(name, **options)
+    x, y = pattern_data(24)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(10):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    model = model.double()
+    return {"name": name, "model": model, "x": x, "y": y, "H": exact_hessian(model, x, y)}
+
+
+def test_exact_hessian_matches_finite_differences_of_the_gradient(hessian_case):
+    # Prepare: central differences of the (single-backward) gradient, an independent reference
+    model, x, y = hessian_case["model"], hessian_case["x"], hessian_case["y"]
+    eps = 1e-6
+    with HessianOperator(model, x, y, cache_graph=False) as op:
+        basis = torch.eye(op.dim, dtype=torch.float64)
+
+        # Execute
+        columns = [(op.gradient(op.center + eps * e) - op.gradient(op.center - eps * e)) / (2 * eps) for e in basis]
+
+    # Assert: LayerNorm gains included (torch.func.hessian gets their cross terms wrong in torch 2.15)
+    torch.testing.assert_close(hessian_case["H"], torch.stack(columns, dim=1), rtol=1e-5, atol=1e-6)
+
+
+def test_hvp_through_the_token_models_equals_the_exact_hessian(hessian_case):
+    # Prepare
+    h = hessian_case["H"]
+    v = torch.randn(h.shape[0], generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    # Execute
+    with HessianOperator(hessian_case["model"], hessian_case["x"], hessian_case["y"], batch_size=10) as op:
+        hv = op.hvp(v)
+
+    # Assert
+    torch.testing.assert_close(hv, h @ v, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(h, h.T, rtol=1e-9, atol=1e-11)
+
+
+def test_hutchinson_trace_and_lanczos_match_the_exact_hessian(hessian_case):
+    # Prepare
+    h = hessian_case["H"]
+    exact_trace = float(h.trace())
+    top = float(torch.linalg.eigvalsh(h)[-1])
+
+    # Execute
+    with HessianOperator(hessian_case["model"], hessian_case["x"], hessian_case["y"]) as op:
+        trace = hutchinson(op, probes=200, seed=0)
+        eigen = lanczos_eigen(op, k=1)
+
+    # Assert: the trace within 3 standard errors (statistical), the top eigenvalue to the tolerance
+    assert abs(trace.trace - exact_trace) <= 3 * trace.stderr
+    assert eigen.values[0] == pytest.approx(top, rel=1e-3)
+
+
+# -- landscape ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", MODELS)
+def test_surface_evaluation_on_token_data(name):
+    # Prepare: a filter-normalised random plane around the model (embedding rows are its filters)
+    model = tiny(name)
+    x, y = pattern_data(20)
+    centre = flatten_params(model)
+    plane = random_plane(centre, flatten_buffers(model), [p.shape for p in model.parameters()], seed=0)
+    coords = np.array([[0.0, 0.0], [0.5, -0.25], [-1.0, 1.0]])
+
+    # Execute
+    one = SurfaceEvaluator(tiny(name), plane, x, y).evaluate(coords)
+    many = SurfaceEvaluator(tiny(name), plane, x, y, settings=SurfaceSettings(points_per_batch=3)).evaluate(coords)
+
+    # Assert: the centre is the model; one point at a time and vmapped points agree; other points differ
+    assert one[0][0] == pytest.approx(evaluate(model, x, y).loss, rel=1e-6)
+    np.testing.assert_allclose(one[0], many[0], rtol=1e-5)
+    np.testing.assert_allclose(one[1], many[1])
+    assert abs(one[0][2] - one[0][0]) > 1e-3
+
+
+# -- federated training, vectorised clients and client statistics -------------------------------------------------
+def token_federation(sizes: list[int]) -> FederatedData:
+    x, y = pattern_data(sum(sizes), seed=3)
+    x[::3] = tokens(len(x[::3]), seed=4)  # some noise so that the clients' updates differ
+    bounds = torch.tensor([0, *sizes]).cumsum(0)
+    idx = [torch.arange(int(bounds[i]), int(bounds[i + 1])) for i in range(len(sizes))]
+    return FederatedData(x, y, idx, x[:10], y[:10])
+
+
+def federated_round(name: str, mode: str, monkeypatch):
+    cfg = TrainConfig(rounds=1, local_epochs=2, batch_size=8, lr=0.1, momentum=0.9, weight_decay=1e-3,
+                      participation=1.0, seed=3, save_clients_at=(1,), client_parallel=mode)
+    with monkeypatch.context() as m:
+        if mode == "vectorized":
+            def no_sequential(*args, **kwargs):
+                raise AssertionError("the vectorised run fell back to sequential local_train")
+
+            m.setattr(sequential_mod, "local_train", no_sequential)
+        return run_federated(tiny(name), token_federation([13, 9, 5]), make_strategy("fedavg"), cfg)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_vectorised_clients_train_token_models_exactly(name, monkeypatch):
+    # Prepare
+    model = tiny(name)
+
+    # Execute
+    mode = resolve_client_parallel(model, make_strategy("fedavg"), TrainConfig())
+    seq = federated_round(name, "sequential", monkeypatch)
+    vec = federated_round(name, "vectorized", monkeypatch)
+
+    # Assert: 'auto' vectorises (no buffers, every op runs under vmap) and the round equals the sequential one
+    # (char_lstm's gradient of bias_ih + bias_hh is one tensor for both: vectorized.unaliased copies it)
+    assert mode == "vectorized"
+    assert (seq.clients[1].params - vec.clients[1].params).abs().max().item() <= 1e-5
+    assert (seq.params[-1] - vec.params[-1]).abs().max().item() <= 1e-5
+    assert (seq.params[-1] - seq.params[0]).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_client_statistics_of_a_token_round(name, monkeypatch):
+    # Prepare
+    result = federated_round(name, "sequential", monkeypatch)
+
+    # Execute
+    stats = round_stats(result.params[0], result.clients[1].params, result.params[-1])
+
+    # Assert: finite, and the three clients' updates are not all parallel
+    assert all(math.isfinite(v) for v in stats.values())
+    assert stats["gradient_diversity"] > 1 / 3
+
+
+def test_model_classes_are_registered_under_their_names():
+    assert type(tiny("char_gpt")) is CharGPT and type(tiny("char_lstm")) is CharLSTM

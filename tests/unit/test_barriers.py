@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers.configs import SCHEMA, TINY
 from helpers.figures import assert_figure_files
+from helpers.synthetic import digits_like
 from torch import nn
 
 from fedscape.analysis.barriers.definitions import (
@@ -40,11 +41,6 @@ from fedscape.plan.workflow import check_config
 CNN_LAYERS = ["features.0", "features.2", "last_block.0", "fc", "classifier"]
 
 
-def digits_like(n: int = 96, seed: int = 0) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 8, 8, generator=gen)
-    y = torch.randint(0, 10, (n,), generator=gen)
-    return {"train": (x[: n // 2], y[: n // 2]), "test": (x[n // 2 :], y[n // 2 :])}
 
 
 def random_point(model: nn.Module, seed: int) -> Point:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from helpers.configs import SCHEMA, TINY
+from helpers.synthetic import digits_like
 from torch import nn
 
 from fedscape.analysis.barriers.curve import bezier_curve, bezier_params, bezier_point, midpoint_bend, train_bend
@@ -31,11 +32,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 IID = {"alpha": "iid", "init": "random", "algorithm": "fedavg"}
 
 
-def digits_like(n: int = 96, seed: int = 0) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 8, 8, generator=gen)
-    y = torch.randint(0, 10, (n,), generator=gen)
-    return {"train": (x[: n // 2], y[: n // 2]), "test": (x[n // 2 :], y[n // 2 :])}
 
 
 def cnn_point(seed: int) -> tuple[nn.Module, Point]:

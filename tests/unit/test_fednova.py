@@ -4,30 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from helpers.synthetic import mlp, shard_data
 
-from fedscape.data.federated import FederatedData
 from fedscape.fl.engine import run_federated
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.fednova import FedNova, normalized_delta
 from fedscape.fl.strategies.registry import make_strategy
-from fedscape.models.networks import build_model
 from fedscape.models.params import flatten_params
-
-
-def shard_data(sizes: list[int], seed: int = 0) -> FederatedData:
-    g = torch.Generator().manual_seed(seed)
-    n = sum(sizes)
-    x = torch.randn(n, 1, 8, 8, generator=g)
-    y = torch.randint(0, 10, (n,), generator=g)
-    bounds = torch.tensor([0, *sizes]).cumsum(0)
-    idx = [torch.arange(int(bounds[i]), int(bounds[i + 1])) for i in range(len(sizes))]
-    return FederatedData(x, y, idx, x[:20], y[:20])
-
-
-def mlp(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return build_model("mlp", num_classes=10, in_channels=1, image_size=8)
 
 
 def test_normalized_delta_by_hand():

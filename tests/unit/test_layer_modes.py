@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers.configs import SCHEMA, TINY
 from helpers.figures import assert_figure_files
+from helpers.synthetic import digits_like
 
 from fedscape.analysis.barriers.alignment import (
     align_points,
@@ -49,11 +50,6 @@ CNN_LAYERS = ["features.0", "features.2", "last_block.0", "fc", "classifier"]
 IID = {"alpha": "iid", "init": "random", "algorithm": "fedavg"}
 
 
-def digits_like(n: int = 96, seed: int = 0) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 1, 8, 8, generator=gen)
-    y = torch.randint(0, 10, (n,), generator=gen)
-    return {"train": (x[: n // 2], y[: n // 2]), "test": (x[n // 2 :], y[n // 2 :])}
 
 
 def cnn_point(seed: int):

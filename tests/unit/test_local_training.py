@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from helpers.configs import SCHEMA, TINY
 from helpers.resume import killed_after_round
+from helpers.synthetic import mlp, shard_data
 from torch import nn
 
 from fedscape.core.config import ConfigError
@@ -27,7 +28,6 @@ from fedscape.fl.sequential import SequentialTrainer, local_train
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.base import Strategy
 from fedscape.fl.strategies.registry import make_strategy
-from fedscape.models.networks import build_model
 from fedscape.models.params import FlatParams, flatten_params
 from fedscape.plan.init import init_settings
 from fedscape.plan.partition import partition_settings
@@ -38,22 +38,6 @@ from fedscape.report.cost import cost_table
 from fedscape.stages.init import init_stage
 from fedscape.stages.partition import partition_stage
 from fedscape.stages.train import train_stage
-
-
-def shard_data(sizes: list[int], seed: int = 0) -> FederatedData:
-    g = torch.Generator().manual_seed(seed)
-    n = sum(sizes)
-    x = torch.randn(n, 1, 8, 8, generator=g)
-    y = torch.randint(0, 10, (n,), generator=g)
-    bounds = torch.tensor([0, *sizes]).cumsum(0)
-    idx = [torch.arange(int(bounds[i]), int(bounds[i + 1])) for i in range(len(sizes))]
-    return FederatedData(x, y, idx, x[:20], y[:20])
-
-
-def mlp(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return build_model("mlp", num_classes=10, in_channels=1, image_size=8)
-
 
 # -- learning-rate schedules -----------------------------------------------------------------------------------------
 

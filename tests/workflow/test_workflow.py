@@ -33,9 +33,11 @@ def test_partitions_table(tiny_run):
     cfg = tiny_config()
     df = pd.read_csv(tiny_run / "results/tables/partitions.csv")
 
-    assert list(df.columns) == ["dataset", "alpha", "num_clients", "seed", "client_id", "num_samples",
+    assert list(df.columns) == ["dataset", "alpha", "partition", "num_clients", "seed", "client_id", "num_samples",
                                 *[f"class_{k}" for k in range(10)]]
     assert {"inf", "0.5"} <= set(df["alpha"].astype(str))
+    assert set(df.loc[df["alpha"].astype(str) == "inf", "partition"]) == {"iid"}
+    assert set(df.loc[df["alpha"].astype(str) == "0.5", "partition"]) == {"dirichlet"}
     n_train = None
     for (_, num_clients, _), part in df.groupby(["alpha", "num_clients", "seed"]):
         # one row per client, and every partition covers the same training pool

@@ -16,11 +16,11 @@ import statistics
 import time
 
 import torch
-from fedscape.fl.strategy import ALGORITHMS
 
 from fedscape.data.datasets import load_dataset
 from fedscape.data.federated import FederatedData
 from fedscape.data.partition import make_partition
+from fedscape.fl.hparams.registry import ALGORITHM_NAMES, check_algorithm_model
 from fedscape.fl.sequential import local_train
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
@@ -46,7 +46,7 @@ def main() -> None:
                          [torch.as_tensor(i, device=device) for i in part.client_indices], ds.x_test.to(device),
                          ds.y_test.to(device))
     cfg = TrainConfig(rounds=1, local_epochs=2, batch_size=16, lr=0.05, momentum=0.9, client_parallel="sequential")
-    names = args.algorithms or [n for n in ALGORITHMS if _supported(n, args.model)]
+    names = args.algorithms or [n for n in ALGORITHM_NAMES if _supported(n, args.model)]
     if "fedavg" in names:
         names.remove("fedavg")
     names.insert(0, "fedavg")
@@ -64,7 +64,7 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t0, c0 = time.perf_counter(), time.process_time()
-            results = [local_train(model, flat, start, buffers, data, c, r + 1, strategy, cfg)
+            results = [local_train(model, flat, start, buffers, data, c, r + 1, strategy, cfg)[0]
                        for c in range(data.num_clients)]
             strategy.server_update(start, results)
             if device.type == "cuda":
@@ -84,7 +84,7 @@ def main() -> None:
 
 def _supported(name: str, model: str) -> bool:
     try:
-        ALGORITHMS[name].check_model(model)
+        check_algorithm_model(name, model)
     except ValueError:
         return False
     return True

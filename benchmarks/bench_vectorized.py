@@ -88,12 +88,13 @@ def bench(num_clients: int, args: argparse.Namespace, device: torch.device) -> d
     sampled = sample_clients(0, 1, num_clients, 1.0)
 
     def sequential_round(round_: int):
-        results = [local_train(model, flat, global_params, global_buffers, data, c, round_, strategy, cfg)
+        results = [local_train(model, flat, global_params, global_buffers, data, c, round_, strategy, cfg)[0]
                    for c in sampled]
         return strategy.server_update(global_params, results)
 
     def vectorized_round(round_: int):
-        return strategy.server_update(global_params, vectorized.train_round(global_params, sampled, round_))
+        results = vectorized.train_round(global_params, global_buffers, sampled, round_)
+        return strategy.server_update(global_params, results)
 
     times: dict[str, list[float]] = {"sequential": [], "vectorized": []}
     cpu: dict[str, list[float]] = {"sequential": [], "vectorized": []}  # process CPU time: robust to other load

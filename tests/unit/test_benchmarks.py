@@ -1,0 +1,36 @@
+"""The training benchmarks still run against the library (they are not part of any workflow, so an API change
+would otherwise break them silently): each on the smallest settings, its table row checked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from helpers.workflow import ROOT
+
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def _run(script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.parametrize("model", [["--model", "cnn_small"], ["--model", "convnet"],
+                                   ["--model", "resnet20", "--norm", "group"]])
+def test_bench_vectorized_runs_and_matches_sequential(model):
+    out = _run("bench_vectorized.py", "--threads", "1", "--clients", "2", "--repeats", "1", "--local-epochs", "1",
+               "--samples-per-client", "8", *model)
+
+    row = [line for line in out.splitlines() if line.startswith("| 2 |")]
+    assert "CPU kernels" in out and len(row) == 1
+    assert float(row[0].rstrip("|").split("|")[-1]) < 1e-4  # the two modes' new global models agree
+
+
+def test_bench_algorithms_runs():
+    out = _run("bench_algorithms.py", "--algorithms", "fedavg", "fedprox", "--clients", "2", "--rounds", "1")
+
+    assert "fedprox" in out.lower()

@@ -16,25 +16,25 @@ import argparse
 import torch
 from timing import timed  # benchmarks/timing.py (the script's directory is on sys.path)
 
+from fedscape.data.specs import DATASET_NAMES, dataset_info
 from fedscape.fl.client_stats import round_stats
 from fedscape.fl.strategies.base import ClientResult
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.models.networks import build_model
 from fedscape.models.params import flatten_params
-from fedscape.plan import DATASET_SHAPES
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet20")
-    parser.add_argument("--dataset", default="cifar10", choices=sorted(DATASET_SHAPES))
+    parser.add_argument("--dataset", default="cifar10", choices=DATASET_NAMES)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    channels, size, classes = DATASET_SHAPES[args.dataset]
+    channels, size, classes = dataset_info(args.dataset).shape
     torch.manual_seed(0)
     start = flatten_params(build_model(args.model, num_classes=classes, in_channels=channels,
                                        image_size=size)).to(device)

@@ -21,14 +21,14 @@ import torch
 from timing import timed  # benchmarks/timing.py (the script's directory is on sys.path)
 
 from fedscape.analysis.hessian.maths import HessianOperator
+from fedscape.data.specs import DATASET_NAMES, dataset_info
 from fedscape.models.networks import build_model
-from fedscape.plan import DATASET_SHAPES
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="cnn_small")
-    parser.add_argument("--dataset", default="digits", choices=sorted(DATASET_SHAPES))
+    parser.add_argument("--dataset", default="digits", choices=DATASET_NAMES)
     parser.add_argument("--samples", type=int, default=1024, help="samples in the batch")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -38,7 +38,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
-    channels, size, classes = DATASET_SHAPES[args.dataset]
+    channels, size, classes = dataset_info(args.dataset).shape
     torch.manual_seed(0)
     model = build_model(args.model, num_classes=classes, in_channels=channels, image_size=size).to(device)
     x = torch.randn(args.samples, channels, size, size, device=device)

@@ -30,6 +30,16 @@ def test_bench_vectorized_runs_and_matches_sequential(model):
     assert float(row[0].rstrip("|").split("|")[-1]) < 1e-4  # the two modes' new global models agree
 
 
+@pytest.mark.parametrize(("script", "args", "needle"), [
+    ("bench_hvp.py", ["--samples", "32", "--repeats", "1", "--device", "cpu"], "HVP, cached graph"),
+    ("bench_client_stats.py", ["--model", "cnn_small", "--dataset", "digits", "--clients", "2", "--repeats", "1"],
+     "round_stats"),
+    ("bench_surface.py", ["--points", "4", "--repeats", "1"], "speed-up of the surface evaluator"),
+])
+def test_quick_benchmarks_run(script, args, needle):
+    assert needle in _run(script, *args)
+
+
 def test_bench_algorithms_runs():
     out = _run("bench_algorithms.py", "--algorithms", "fedavg", "fedprox", "--clients", "2", "--rounds", "1")
 

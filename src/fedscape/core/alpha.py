@@ -62,11 +62,6 @@ def format_setting(value: str | float | int) -> str:
     return value if is_partition_label(value) else format_alpha(value)
 
 
-def alpha_number(value: str | float | int) -> float:
-    """Alpha as a number for a Dirichlet setting (inf for IID), NaN for a `partitions` label."""
-    return math.nan if is_partition_label(value) else parse_alpha(value)
-
-
 def alpha_column(value: str | float | int) -> str | float:
     """A setting as tables write it: alpha as a number (inf for IID), a `partitions` label as text."""
     return value if is_partition_label(value) else parse_alpha(value)

@@ -9,7 +9,7 @@ import math
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -327,8 +327,7 @@ def make_kind_partition(entry: dict, labels: np.ndarray, num_clients: int, seed:
     spec = PARTITION_KINDS[entry["kind"]]
     part = spec.make(np.asarray(labels), num_clients, seed, min_size, max_tries, writer_ids, dataset,
                      **kind_options(entry))
-    return Partition(part.client_indices, part.alpha, part.seed, part.num_samples_total, kind=part.kind,
-                     options=part.options, label=label)
+    return replace(part, label=label)
 
 
 def noise_std(partition: Partition, client_id: int) -> float:

@@ -4,6 +4,7 @@ learning rates of its steps, and the `Trainer` interface the engine calls once p
 from __future__ import annotations
 
 import logging
+import statistics
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,10 +81,8 @@ def round_work(cfg: TrainConfig, round_: int, sampled: list[int], num_clients: i
     work = cfg.client_work(round_, num_clients)
     amounts = [work[c] for c in sampled]
     if not cfg.equal_work and amounts:
-        ordered = sorted(amounts)
         log.info("round %d local work (%s): min %d, median %g, max %d %s over %d clients", round_, cfg.work_text(),
-                 ordered[0], (ordered[(len(ordered) - 1) // 2] + ordered[len(ordered) // 2]) / 2, ordered[-1],
-                 cfg.work_unit, len(ordered))
+                 min(amounts), statistics.median(amounts), max(amounts), cfg.work_unit, len(amounts))
     return amounts
 
 

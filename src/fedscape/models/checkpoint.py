@@ -19,6 +19,7 @@ analysis of a run's final model reads it.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +54,7 @@ class ModelMeta:
     @property
     def num_params(self) -> int:
         """The parameter count its `param_shapes` declare (0 when the file records none)."""
-        return sum(_numel(shape) for shape in self.param_shapes)
+        return sum(math.prod(int(s) for s in shape) for shape in self.param_shapes)
 
     def describe(self) -> str:
         """'cnn_small for 10 classes of 1x8x8 inputs' (with its options when it has any)."""
@@ -238,13 +239,6 @@ def load_clients(path: str | Path, map_location: str = "cpu", run_id: str | None
         int(r): ClientRound(int(r), d["client_ids"], d["num_samples"], d["params"], d["buffers"])
         for r, d in obj["rounds"].items()
     }
-
-
-def _numel(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
 
 
 def _check_model(path: str | Path, model_meta: ModelMeta, params: torch.Tensor, run_id: str | None) -> None:

@@ -8,6 +8,10 @@ does the same for another commit (a git worktree) first, on the same machine, an
 
     python benchmarks/bench_workflow.py                      # this checkout only
     python benchmarks/bench_workflow.py --compare c3f29ef    # side by side with another commit
+    python benchmarks/bench_workflow.py --compare c3f29ef --default-config benchmarks/configs/c3f29ef_default.yaml
+
+`--default-config FILE` puts FILE in place of this checkout's config/config.yaml (not `--configfile`, which
+Snakemake merges into the default one): with the reference's own default config it measures the same work.
 """
 
 from __future__ import annotations
@@ -88,12 +92,15 @@ def _rule_of(log: Path, workdir: Path) -> str:
         stem, rel.parts[0] if rel.parts[0] in ("barriers",) else stem)
 
 
-def run_workflow(tree: Path, cores: int, scratch: Path) -> tuple[float, Path]:
-    """Copy `tree`'s workflow to a fresh directory, run it from scratch; (wall seconds, workdir)."""
+def run_workflow(tree: Path, cores: int, scratch: Path, default_config: Path | None = None) -> tuple[float, Path]:
+    """Copy `tree`'s workflow to a fresh directory (with `default_config` as its config/config.yaml), run it from
+    scratch; (wall seconds, workdir)."""
     workdir = Path(tempfile.mkdtemp(dir=scratch))
     for part in WORKFLOW_PARTS:
         src = tree / part
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, workdir / part)
+    if default_config is not None:
+        shutil.copy2(default_config, workdir / "config" / "config.yaml")
     env = {**os.environ, "PYTHONPATH": str(tree / "src")}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(cores)], cwd=workdir, env=env,
@@ -124,6 +131,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compare", metavar="REF", help="git commit to run first, side by side")
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--default-config", type=Path, metavar="FILE",
+                        help="this checkout's run uses FILE as its config/config.yaml (e.g. the reference's default)")
     args = parser.parse_args()
     import torch  # lazy: only to print its version
 
@@ -140,7 +149,9 @@ def main() -> int:
                 results.append((f"{args.compare}", *run_workflow(ref, args.cores, Path(scratch))))
             finally:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(ref)], check=False)
-        results.append(("this checkout", *run_workflow(ROOT, args.cores, Path(scratch))))
+        name = "this checkout" + (f" on {args.default_config.name}" if args.default_config else "")
+        config = args.default_config.resolve() if args.default_config else None
+        results.append((name, *run_workflow(ROOT, args.cores, Path(scratch), config)))
         for name, wall, workdir in results:
             report(name, wall, workdir, bare)
         if len(results) == 2:

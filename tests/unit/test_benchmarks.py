@@ -44,3 +44,22 @@ def test_bench_algorithms_runs():
     out = _run("bench_algorithms.py", "--algorithms", "fedavg", "fedprox", "--clients", "2", "--rounds", "1")
 
     assert "fedprox" in out.lower()
+
+
+def test_baseline_default_config_is_the_baselines_work():
+    # Prepare: the workflow benchmark's equal-work config, and the baseline commit's own default config
+    from fedscape.core.runs import build_runs
+    from fedscape.plan.workflow import load_config
+
+    path = BENCHMARKS / "configs" / "c3f29ef_default.yaml"
+    schema = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+    # Execute
+    config = load_config(path, schema)
+    runs = build_runs(config)
+
+    # Assert: it validates today and is c3f29ef's grid (8 runs, no FedSAM, no sharpness, warm-up of 5 rounds)
+    assert len(runs) == 8
+    assert {r.algorithm for r in runs} == {"fedavg", "fedprox"}
+    assert not config["hessian"]["sharpness"]["enabled"]
+    assert config["inits"]["warmup"]["rounds"] == 5

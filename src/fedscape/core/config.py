@@ -6,15 +6,19 @@ The schema is `workflow/schemas/config.schema.yaml` (the top level and the run g
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jsonschema
 import yaml
 
 from fedscape.core.names import suggest
+
+if TYPE_CHECKING:
+    import jsonschema
 
 SCHEMA_FILE = "config.schema.yaml"
 SECTION_SUFFIX = ".schema.yaml"
@@ -25,6 +29,8 @@ class ConfigError(ValueError):
 
 
 def _with_defaults(validator_class):
+    import jsonschema  # lazy: ~0.1 s that every job pays through core.runs, while only validation needs it
+
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
@@ -41,7 +47,12 @@ def _copy(value):
     return yaml.safe_load(yaml.safe_dump(value))
 
 
-DefaultFillingValidator = _with_defaults(jsonschema.Draft202012Validator)
+@functools.cache
+def default_filling_validator():
+    """JSON Schema 2020-12 validation that also fills every missing key's `default` into the instance."""
+    import jsonschema  # lazy: as in _with_defaults
+
+    return _with_defaults(jsonschema.Draft202012Validator)
 
 
 def load_schema(path: str | Path) -> dict:
@@ -64,7 +75,7 @@ def load_schema(path: str | Path) -> dict:
 
 def validate_config(config: dict, schema: dict) -> dict:
     """Fill defaults into `config` in place and raise ConfigError listing every schema violation."""
-    errors = sorted(DefaultFillingValidator(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
+    errors = sorted(default_filling_validator()(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise ConfigError("invalid config:\n" + "\n".join(f"  - {_describe(e)}" for e in errors))
     return config

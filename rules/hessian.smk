@@ -2,22 +2,25 @@
 # eigenvalues, Hutchinson trace, SLQ spectral density (Ghorbani et al. 2019), per-client HN / HD (FedAlign,
 # Mendieta et al. 2022, Table 1) and the top-2 eigenvector plane that hessian landscapes read.
 
-from fedscape.analysis.hessian.definitions import CLIENT_COLUMNS, hessian_columns
-from fedscape.core.paths import HESSIAN_DIR, PARTITION_DIR
+from fedscape.analysis.hessian.definitions import (
+    CLIENT_COLUMNS,
+    JOB_FILES,
+    hessian_columns,
+)
+from fedscape.core.paths import HESSIAN_DIR
 from fedscape.core.runs import Run
 from fedscape.plan import hessian as hessian_plan
 
 
 rule hessian:
     input:
-        trajectory=RESULTS.train_file("trajectory"),
-        partition=f"{RESULTS(PARTITION_DIR)}/partition.npz",
+        unpack(
+            lambda wildcards: hessian_plan.hessian_inputs(
+                config, RUNS, Run.from_wildcards(wildcards), int(wildcards.round)
+            )
+        ),
     output:
-        table=f"{RESULTS(HESSIAN_DIR)}/hessian.csv",
-        clients=f"{RESULTS(HESSIAN_DIR)}/hessian_clients.csv",
-        density=f"{RESULTS(HESSIAN_DIR)}/density.csv",
-        plane=f"{RESULTS(HESSIAN_DIR)}/eigen_plane.npz",
-        details=f"{RESULTS(HESSIAN_DIR)}/hessian.json",
+        **{key: f"{RESULTS(HESSIAN_DIR)}/{name}" for key, name in JOB_FILES.items()},
     log:
         f"{RESULTS.log(HESSIAN_DIR)}/hessian.log",
     wildcard_constraints:
@@ -26,7 +29,7 @@ rule hessian:
         "../envs/torch.yaml"
     params:
         settings=lambda wildcards: hessian_plan.hessian_job_settings(
-            config, Run.from_wildcards(wildcards), int(wildcards.round)
+            config, RUNS, Run.from_wildcards(wildcards), int(wildcards.round)
         ),
     script:
         "../workflow/scripts/hessian.py"
@@ -35,10 +38,10 @@ rule hessian:
 rule hessian_tables:
     input:
         tables=lambda wildcards: [
-            f"{d}/hessian.csv" for d in hessian_plan.job_dirs(config, RUNS)
+            f"{d}/{JOB_FILES['table']}" for d in hessian_plan.job_dirs(config, RUNS)
         ],
         clients=lambda wildcards: [
-            f"{d}/hessian_clients.csv" for d in hessian_plan.job_dirs(config, RUNS)
+            f"{d}/{JOB_FILES['clients']}" for d in hessian_plan.job_dirs(config, RUNS)
         ],
     output:
         table=RESULTS.table("hessian"),
@@ -104,7 +107,7 @@ rule hessian_by_init_figure:
 rule hessian_density_figure:
     input:
         densities=lambda wildcards: [
-            f"{d}/density.csv" for d in hessian_plan.job_dirs(config, RUNS)
+            f"{d}/{JOB_FILES['density']}" for d in hessian_plan.job_dirs(config, RUNS)
         ],
     output:
         png=report(

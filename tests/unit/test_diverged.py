@@ -71,7 +71,7 @@ def _hessian_job(runs, run, round_, out_dir):
     outputs = {key: out_dir / name for key, name in (("table", "hessian.csv"), ("clients", "hessian_clients.csv"),
                                                      ("density", "density.csv"), ("plane", "eigen_plane.npz"),
                                                      ("details", "hessian.json"))}
-    hessian_stage(hessian_job_settings(runs.config, run, round_), runs.trajectory(run), runs.partition, outputs)
+    hessian_stage(hessian_job_settings(runs.config, [run], run, round_), runs.trajectory(run), runs.partition, outputs)
     return outputs
 
 

@@ -44,7 +44,7 @@ for path in ["config/config.yaml", *sorted(glob.glob("config/papers/*.yaml"))]:
         settings.append(train_settings(config, Run.from_wildcards(wildcards)))
     settings += [interpolation_settings(config, p) for p in interpolation_pairs(config, runs)]
     settings += [layer_settings(config, p, r) for p in layer_pairs(config, runs) for r in p.rounds]
-    settings += [hessian_job_settings(config, run, r) for run, r in hessian_jobs(config, runs)]
+    settings += [hessian_job_settings(config, runs, run, r) for run, r in hessian_jobs(config, runs)]
     settings += [hessian_columns(config["hessian"]["top_k"]), CLIENT_COLUMNS]
     for plan in landscape_plans(config, runs):
         settings += [plane_settings(config, plan), hessian_plane_path(plan, Results.of(config))]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from helpers.configs import tiny_config
 from helpers.workflow import ROOT
 
@@ -75,3 +77,52 @@ def test_tiny_run_eigen_planes_and_figures(tiny_run):
             assert (tiny_run / f"results/figures/hessian/{name}.{ext}").stat().st_size > 0
     density = pd.read_csv(tiny_run / "results/figures/hessian/spectral_density.csv")
     assert list(density.columns) == ["run_id", "round", "eigenvalue", "density"] and (density["density"] >= 0).all()
+
+
+# -- a round-0 job shared by runs with one initial model and one partition ---------------------------------
+def test_shared_round_zero_job_equals_its_own_computation(tmp_path):
+    # Prepare: FedAvg and FedProx from one init on one partition; the Hessian of both at round 0
+    import torch
+    from helpers.workflow import copy_workflow, snakemake
+
+    from fedscape.analysis.hessian.definitions import JOB_FILES
+    from fedscape.analysis.hessian.stage import hessian_stage
+    from fedscape.plan.hessian import hessian_job_settings, shared_source
+
+    config = tiny_config(runs={"alpha": 0.5}, rounds=[0], trace_probes=4, eval_samples=64)
+    config["experiments"] = [{"alpha": "iid"}, {"alpha": 0.5, "algorithm": "fedavg"},
+                             {"alpha": 0.5, "algorithm": "fedprox"}]
+    workdir = copy_workflow(tmp_path / "wf")
+    (workdir / "pair.yaml").write_text(yaml.safe_dump(config))
+    checked = check_config(copy.deepcopy(config), SCHEMA)
+    runs = build_runs(checked)
+    fedavg, fedprox = sorted((r for r in runs if r.alpha == "0.5"), key=lambda r: r.algorithm)
+
+    # Execute: the workflow up to the Hessian table; then FedProx's round 0 computed directly
+    fedprox_trajectory = f"results/train/{fedprox.run_id}/trajectory.pt"  # not an input of the copying job
+    snakemake(workdir, "results/tables/hessian.csv", fedprox_trajectory, "--configfile", "pair.yaml")
+    job = {run.algorithm: workdir / "results/hessian" / run.run_id / "round~0" for run in (fedavg, fedprox)}
+    settings = hessian_job_settings(checked, runs, fedprox, 0)
+    own = {key: tmp_path / name for key, name in JOB_FILES.items()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the job ran: the float sums in the same order
+    try:
+        hessian_stage({k: v for k, v in settings.items() if k != "shared_from"},
+                      workdir / fedprox_trajectory,
+                      workdir / "results/partitions/digits/clients~4/alpha~0.5/seed~0/partition.npz", own)
+    finally:
+        torch.set_num_threads(threads)
+
+    # Assert: FedProx's job copied FedAvg's and says so; its numbers are what FedProx's model gives
+    assert shared_source(checked, runs, fedprox, 0) == fedavg
+    details = json.loads((job["fedprox"] / "hessian.json").read_text())
+    assert details["shared_from"] == fedavg.run_id and details["run_id"] == fedprox.run_id
+    assert "copied" in (workdir / "logs/hessian" / fedprox.run_id / "round~0/hessian.log").read_text()
+    copied = pd.read_csv(job["fedprox"] / "hessian.csv")
+    computed = pd.read_csv(own["table"])
+    assert (copied["run_id"] == fedprox.run_id).all()
+    pd.testing.assert_frame_equal(copied, computed, check_exact=True)
+    pd.testing.assert_frame_equal(pd.read_csv(job["fedprox"] / "density.csv"), pd.read_csv(own["density"]), check_exact=True)
+    assert load_plane(job["fedprox"] / "eigen_plane.npz").runs == (fedprox.run_id,)
+    table = pd.read_csv(workdir / "results/tables/hessian.csv")
+    assert set(table["run_id"]) == {fedavg.run_id, fedprox.run_id}

@@ -1,11 +1,11 @@
-"""Snakemake script of rule hessian: one (run, round) of the Hessian analysis."""
+"""Snakemake script of rule hessian: one (run, round) of the Hessian analysis (computed, or copied from the
+job it shares its result with)."""
 
-from fedscape.analysis.hessian.stage import hessian_stage
+from fedscape.analysis.hessian.definitions import JOB_FILES
+from fedscape.analysis.hessian.shared import hessian_job
 from fedscape.core.logs import job_log
-from fedscape.models.device import use_threads
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0]):
-    use_threads(sm.threads)
-    hessian_stage(sm.params.settings, sm.input.trajectory, sm.input.partition,
-                  {key: sm.output[key] for key in ("table", "clients", "density", "plane", "details")})
+    hessian_job(sm.params.settings, dict(sm.input.items()), {key: sm.output[key] for key in JOB_FILES},
+                sm.threads)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from fedscape.analysis.hessian.definitions import HessianSettings
+from fedscape.analysis.hessian.definitions import JOB_FILES, HessianSettings
 from fedscape.core.config import ConfigError
 from fedscape.core.paths import HESSIAN_DIR, Results
 from fedscape.core.runs import select_runs
@@ -94,9 +94,26 @@ def check(config: dict, runs: list) -> list[str]:
     return problems
 
 
-def hessian_job_settings(config: dict, run, round_: int) -> dict:
-    """Everything one Hessian job needs, resolved (Snakemake reruns the job when it changes)."""
-    return {
+def _round_zero_key(run) -> tuple:
+    """What fixes a run's round-0 Hessian: its initial model (dataset, model, init) and its data (the partition)."""
+    return run.dataset, run.model, run.init, *run.partition_fields.values()
+
+
+def shared_source(config: dict, runs: list, run, round_: int):
+    """The run whose (run, round 0) job computes what this run's round-0 job would: the first analysed run with
+    the same initial model and partition (runs differing only in algorithm or participation); None when this
+    job computes itself (every round > 0, and the first of each group)."""
+    if int(round_) != 0:
+        return None
+    key = _round_zero_key(run)
+    first = next(r for r, k in hessian_jobs(config, runs) if k == 0 and _round_zero_key(r) == key)
+    return None if first == run else first
+
+
+def hessian_job_settings(config: dict, runs: list, run, round_: int) -> dict:
+    """Everything one Hessian job needs, resolved (Snakemake reruns the job when it changes); `shared_from`: the
+    run id whose job's result this one copies (`shared_source`), only when it does."""
+    settings = {
         "run": asdict(run),
         "run_id": run.run_id,
         "round": int(round_),
@@ -104,6 +121,21 @@ def hessian_job_settings(config: dict, run, round_: int) -> dict:
         "device": config["training"]["device"],
         "hessian": _job_hessian(asdict(settings_from_config(config["hessian"]))),
     }
+    source = shared_source(config, runs, run, round_)
+    if source is not None:
+        settings["shared_from"] = source.run_id
+    return settings
+
+
+def hessian_inputs(config: dict, runs: list, run, round_: int) -> dict[str, str]:
+    """The job's inputs: the run's trajectory and partition, or, for a job that copies (`shared_source`), the
+    outputs of the job it copies (`source_<key>`)."""
+    results = Results.of(config)
+    source = shared_source(config, runs, run, round_)
+    if source is None:
+        return {"trajectory": results.run_file(run, "trajectory"), "partition": results.partition_file(run)}
+    job = results(HESSIAN_DIR, **source.fields(), round=int(round_))
+    return {f"source_{key}": f"{job}/{name}" for key, name in JOB_FILES.items()}
 
 
 # Settings added after results existed: a job's settings carry one only when it differs from its default, so
@@ -128,6 +160,6 @@ def targets(config: dict, runs: list) -> list[str]:
     if not dirs:
         return []
     results = Results.of(config)
-    out = [results.table("hessian"), results.table("hessian_clients"), *(f"{d}/eigen_plane.npz" for d in dirs)]
+    out = [results.table("hessian"), results.table("hessian_clients"), *(f"{d}/{JOB_FILES['plane']}" for d in dirs)]
     names = [*FIGURES, *([DENSITY_FIGURE] if config["hessian"]["density"]["enabled"] else [])]
     return out + [path for name in names for path in results.figure(FIGURE, name=name).values()]

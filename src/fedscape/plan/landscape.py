@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fedscape.analysis.hessian.definitions import JOB_FILES
 from fedscape.analysis.landscape.definitions import SINGLE_RUN_KINDS
 from fedscape.core.config import ConfigError
 from fedscape.core.paths import HESSIAN_DIR, LANDSCAPE_DIR, SURFACE_DIR, Results, fill
@@ -191,7 +192,7 @@ def hessian_plane_path(plan: LandscapePlan, results: Results) -> str:
     """The plane file a hessian surface reads: `plane_file`, or the Hessian stage's eigenvector plane."""
     if plan.spec.get("plane_file"):
         return str(plan.spec["plane_file"])
-    return f"{results(HESSIAN_DIR, **plan.runs[0].fields(), round=plan.round)}/eigen_plane.npz"
+    return f"{results(HESSIAN_DIR, **plan.runs[0].fields(), round=plan.round)}/{JOB_FILES['plane']}"
 
 
 def plane_settings(config: dict, plan: LandscapePlan) -> dict:

@@ -80,6 +80,9 @@ def hessian_columns(top_k: int) -> list[str]:
 
 
 DENSITY_COLUMNS = ["run_id", "round", "data", "probe", "node", "weight"]
+# Each output of one Hessian job (one run, one round) and its file name in the job's directory.
+JOB_FILES = {"table": "hessian.csv", "clients": "hessian_clients.csv", "density": "density.csv",
+             "plane": "eigen_plane.npz", "details": "hessian.json"}
 AGGREGATE = "all"  # the `data` value of the aggregate training data (union of the client shards)
 INTEGER_COLUMNS = ("round", "n_eval", "iterations")  # kept integers in the gathered tables beside NaN rows
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedscape.core.io import remake_hint, supplied_hint
+from fedscape.core.io import atomic_path, remake_hint, supplied_hint
 
 SURFACE_KINDS = ("trajectory", "local", "final_models", "trajectories", "random", "hessian", "three_points")
 DATA_SETS = ("train", "client", "test")
@@ -62,3 +62,11 @@ def read_plane_file(path: str | Path, supplied_as: str | None = None) -> tuple[d
         raise PlaneError(f"plane file {path}: meta lacks {missing}; required: {list(META_KEYS)}; {fix}")
     arrays = {k: np.ascontiguousarray(data[k], dtype=np.float32).reshape(-1) for k in ARRAY_KEYS}
     return arrays, meta
+
+
+def write_plane_file(path: str | Path, arrays: dict[str, np.ndarray], meta_json: str) -> None:
+    """Write a plane file atomically: the float32 `ARRAY_KEYS` arrays and the meta as JSON text (no pickles)."""
+    out = {k: np.ascontiguousarray(arrays[k], dtype=np.float32).reshape(-1) for k in ARRAY_KEYS}
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **out, meta=np.array(meta_json))

@@ -19,8 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedscape.analysis.landscape.definitions import META_KEYS, PLANE_KINDS, PlaneError, read_plane_file
-from fedscape.core.io import atomic_path, remake_hint, supplied_hint
+from fedscape.analysis.landscape.definitions import (
+    ARRAY_KEYS,
+    META_KEYS,
+    PLANE_KINDS,
+    PlaneError,
+    read_plane_file,
+    write_plane_file,
+)
+from fedscape.core.io import remake_hint, supplied_hint
 from fedscape.core.names import unknown_name_error
 
 log = logging.getLogger("fedscape.landscape")
@@ -79,16 +86,8 @@ class Plane:
 
 def save_plane(path: str | Path, plane: Plane) -> None:
     """Write a plane file atomically (numpy .npz, no pickled objects)."""
-    arrays = {
-        "center": _np32(plane.center),
-        "center_buffers": _np32(plane.center_buffers),
-        "d1": _np32(plane.d1),
-        "d2": _np32(plane.d2),
-        "meta": np.array(json.dumps(plane.meta, default=_json_default)),
-    }
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    arrays = {k: _np32(getattr(plane, k)) for k in ARRAY_KEYS}
+    write_plane_file(path, arrays, json.dumps(plane.meta, default=_json_default))
 
 
 def load_plane(path: str | Path, supplied_as: str | None = None) -> Plane:

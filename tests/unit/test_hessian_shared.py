@@ -1,0 +1,144 @@
+"""Round-0 Hessian jobs that share one result: which jobs share (planning), and the copy with the run id
+replaced (the numbers kept byte for byte)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+from helpers.configs import DEFAULT, SCHEMA, tiny_config
+
+from fedscape.analysis.hessian.definitions import JOB_FILES
+from fedscape.analysis.hessian.shared import copy_shared_job
+from fedscape.analysis.landscape.definitions import read_plane_file, write_plane_file
+from fedscape.core.runs import build_runs
+from fedscape.plan.hessian import hessian_inputs, hessian_job_settings, hessian_jobs, shared_source
+from fedscape.plan.workflow import check_config
+
+
+def _checked(config: dict) -> tuple[dict, list]:
+    config = check_config(copy.deepcopy(config), SCHEMA)
+    return config, build_runs(config)
+
+
+# -- planning ----------------------------------------------------------------------------------------------
+def test_default_config_shares_round_zero_of_runs_differing_in_algorithm_or_participation():
+    # Prepare
+    config, runs = _checked(DEFAULT)
+
+    # Execute
+    sources = {(run.run_id, r): shared_source(config, runs, run, r) for run, r in hessian_jobs(config, runs)}
+
+    # Assert: the four random-init alpha=0.1 runs (fedavg, fedprox, fedsam, half participation) share one
+    # round-0 job; every final round and every other init or partition computes its own
+    shared = {job: src for job, src in sources.items() if src is not None}
+    assert len(shared) == 3 and {r for _, r in shared} == {0}
+    assert len({src.run_id for src in shared.values()}) == 1
+    source = next(iter(shared.values()))
+    assert sources[(source.run_id, 0)] is None  # the source computes
+    group = [run for run, r in hessian_jobs(config, runs) if r == 0 and run.init == "random" and run.alpha == "0.1"]
+    assert len(group) == 4 and {run.run_id for run in group} == {source.run_id, *(job for job, _ in shared)}
+
+
+@pytest.mark.parametrize(("change", "shares"), [
+    ({}, True),                                         # fedavg and fedprox from one init on one partition
+    ({"seed": 1}, False),                               # another seed: another partition
+    ({"hessian_runs": {"algorithm": "fedprox"}}, False),  # the would-be source is not analysed
+    ({"inits": True}, False),                           # another init: another model at round 0
+])
+def test_sharing_needs_the_same_model_and_data_among_analysed_runs(change, shares):
+    # Prepare: two runs differing only in the algorithm (or, with `inits`, also in the init)
+    config = tiny_config(runs="all", rounds=[0, "final"])
+    second_init = "pre" if change.get("inits") else "random"
+    config["experiments"] = [{"alpha": "iid"}, {"alpha": 0.5, "init": "random", "algorithm": "fedavg"},
+                             {"alpha": 0.5, "init": second_init, "algorithm": "fedprox", "seed": change.get("seed", 0)}]
+    config["seeds"] = [0, 1]
+    if "hessian_runs" in change:
+        config["hessian"]["runs"] = change["hessian_runs"]
+    config, runs = _checked(config)
+
+    # Execute
+    sources = {(run, r): shared_source(config, runs, run, r) for run, r in hessian_jobs(config, runs)}
+
+    # Assert
+    shared = {job: src for job, src in sources.items() if src is not None}
+    assert bool(shared) == shares
+    for (run, r), src in shared.items():
+        assert r == 0 and src.seed == run.seed and src.algorithm == "fedavg" and run.algorithm == "fedprox"
+
+
+def test_a_sharing_job_reads_its_sources_outputs_and_says_so_in_its_settings():
+    # Prepare
+    config = tiny_config(runs="all", rounds=[0, "final"])
+    config["experiments"] = [{"alpha": "iid"}, {"alpha": 0.5, "algorithm": "fedavg"},
+                             {"alpha": 0.5, "algorithm": "fedprox"}]
+    config, runs = _checked(config)
+    fedavg, fedprox = sorted((r for r in runs if r.alpha == "0.5"), key=lambda r: r.algorithm)
+
+    # Execute
+    own, copied, final = (hessian_inputs(config, runs, fedavg, 0), hessian_inputs(config, runs, fedprox, 0),
+                          hessian_inputs(config, runs, fedprox, 3))
+    settings = hessian_job_settings(config, runs, fedprox, 0)
+
+    # Assert
+    assert set(own) == set(final) == {"trajectory", "partition"} and "fedprox" in final["trajectory"]
+    assert set(copied) == {f"source_{key}" for key in JOB_FILES}
+    assert all(path.endswith(f"{fedavg.run_id}/round~0/{JOB_FILES[key]}") for key, path in
+               ((k, copied[f"source_{k}"]) for k in JOB_FILES))
+    assert settings["shared_from"] == fedavg.run_id and settings["run_id"] == fedprox.run_id
+    assert "shared_from" not in hessian_job_settings(config, runs, fedavg, 0)  # finished jobs keep their params
+
+
+# -- the copy ----------------------------------------------------------------------------------------------
+SOURCE = "digits/cnn_small/init~random/algo~fedavg/alpha~0.5"
+TARGET = "digits/cnn_small/init~random/algo~fedprox/alpha~0.5"
+
+
+def _source_job(tmp_path, rows_of: str = SOURCE) -> dict:
+    src = tmp_path / "source"
+    src.mkdir()
+    paths = {key: src / name for key, name in JOB_FILES.items()}
+    paths["table"].write_text("run_id,round,data,lambda_1,trace\n"
+                              f"{SOURCE},0,all,0.30000000000000004,12.5\n{rows_of},0,client_0,1e-07,nan\n")
+    paths["clients"].write_text(f"run_id,round,hn,hd,status\n{SOURCE},0,3.25,0.5,ok\n")
+    paths["density"].write_text(f"run_id,round,data,probe,node,weight\n{SOURCE},0,all,0,-0.125,0.75\n")
+    rng = np.random.default_rng(0)
+    arrays = {"center": rng.normal(size=7), "center_buffers": np.zeros(0), "d1": rng.normal(size=7),
+              "d2": rng.normal(size=7)}
+    meta = {"kind": "hessian", "runs": [SOURCE], "round": 0, "explained_variance": None, "axis_labels": ["e1", "e2"],
+            "model_meta": {"model": "cnn_small"}, "seed": 0, "eigenvalues": [2.5, 1.5]}
+    write_plane_file(paths["plane"], arrays, json.dumps(meta))
+    paths["details"].write_text(json.dumps({"run_id": SOURCE, "round": 0, "hn": 3.25}))
+    return paths
+
+
+def test_copy_replaces_only_the_run_id(tmp_path):
+    # Prepare
+    source = _source_job(tmp_path)
+    out = {key: tmp_path / f"out_{name}" for key, name in JOB_FILES.items()}
+
+    # Execute
+    copy_shared_job({"run_id": TARGET, "round": 0, "shared_from": SOURCE}, source, out)
+
+    # Assert: every CSV is the source's text with the run id replaced (numbers byte for byte)
+    for key in ("table", "clients", "density"):
+        assert out[key].read_text() == source[key].read_text().replace(SOURCE, TARGET)
+    arrays, meta = read_plane_file(out["plane"])
+    src_arrays, src_meta = read_plane_file(source["plane"])
+    assert meta == {**src_meta, "runs": [TARGET]}
+    assert all(np.array_equal(arrays[k], src_arrays[k]) for k in src_arrays)
+    details = json.loads(out["details"].read_text())
+    assert details == {"run_id": TARGET, "round": 0, "hn": 3.25, "shared_from": SOURCE}
+
+
+def test_copy_refuses_a_source_of_another_run(tmp_path):
+    # Prepare: a source table holding a row of a third run
+    source = _source_job(tmp_path, rows_of="digits/other")
+    out = {key: tmp_path / f"out_{name}" for key, name in JOB_FILES.items()}
+
+    # Execute / Assert: nothing written
+    with pytest.raises(ValueError, match="digits/other"):
+        copy_shared_job({"run_id": TARGET, "round": 0, "shared_from": SOURCE}, source, out)
+    assert not any(p.exists() for p in out.values())

@@ -21,7 +21,9 @@ import pytest
 import torch
 import yaml
 from helpers.workflow import ROOT, TINY_CONFIG, copy_workflow, snakemake
+from snakemake.iocontainers import Namedlist
 
+from fedscape.analysis.hessian.definitions import JOB_FILES
 from fedscape.core.config import load_schema
 from fedscape.core.runs import build_runs
 from fedscape.models.checkpoint import load_clients, load_trajectory
@@ -49,13 +51,19 @@ def rule_envs() -> dict[str, str]:
     return envs
 
 
-def evaluate_resource(expression: str, environ: dict[str, str]) -> object:
-    """A profile resource expression evaluated as Snakemake does, under a given environment."""
+def evaluate_resource(expression: object, environ: dict[str, str] | None = None, inputs: tuple[str, ...] = ("x",),
+                      attempt: int = 1) -> object:
+    """A profile resource value as Snakemake evaluates it for a job: a string is a Python expression over the
+    job's `input` (named `inputs`) and `attempt`, under the environment `environ` (default: this one)."""
+    if not isinstance(expression, str):
+        return expression
     saved = dict(os.environ)
     try:
-        os.environ.clear()
-        os.environ.update(environ)
-        return eval(expression, {})  # noqa: S307 - the profile's own expressions
+        if environ is not None:
+            os.environ.clear()
+            os.environ.update(environ)
+        namespace = {"input": Namedlist(fromdict={name: f"{name}.file" for name in inputs}), "attempt": attempt}
+        return eval(expression, namespace)  # noqa: S307 - the profile's own expressions
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -70,14 +78,14 @@ def test_profile_is_one_file_where_snakemake_resolves_a_bare_name():
 
 def test_gpu_rules_have_gpu_resources_and_the_cuda_env():
     envs = rule_envs()
-    gpu_rules = {rule for rule, res in profile()["set-resources"].items() if res.get("gpu", 0) >= 1}
+    gpu_rules = {rule for rule, res in profile()["set-resources"].items()
+                 if evaluate_resource(res.get("gpu", 0)) >= 1}
 
     assert {"train", "init", "landscape_chunk", "hessian"} <= gpu_rules
     for rule in gpu_rules:
-        res = profile()["set-resources"][rule]
+        res = {key: evaluate_resource(value) for key, value in profile()["set-resources"][rule].items()}
         assert all(key in res for key in RESOURCE_KEYS), (rule, res)
-        runtime = eval(str(res["runtime"]), {"attempt": 1})  # noqa: S307 - the profile's own expressions
-        assert res["mem_mb"] >= 4000 and runtime >= 60 and res["cpus_per_task"] >= 1
+        assert res["mem_mb"] >= 4000 and res["runtime"] >= 60 and res["cpus_per_task"] >= 1
         if rule in envs:  # rules that other stages have not added yet are simply never submitted
             assert envs[rule] == "../envs/torch.yaml", rule
     for rule, env in envs.items():
@@ -143,6 +151,22 @@ def test_account_and_partitions_come_from_the_environment(environ, account, part
     assert evaluate_resource(defaults["slurm_account"], environ) == account
     assert evaluate_resource(defaults["slurm_partition"], environ) == partition
     assert evaluate_resource(train["slurm_partition"], environ) == gpu_partition
+
+
+@pytest.mark.parametrize(("inputs", "gpu"), [(("trajectory", "partition"), 1),
+                                             (tuple(f"source_{key}" for key in JOB_FILES), 0)])
+def test_a_copying_hessian_job_asks_for_no_gpu(inputs, gpu):
+    # Prepare: the inputs of a computing job, and of a round-0 job that copies a shared result
+    environ = {"SLURM_PARTITION": "cpu", "SLURM_GPU_PARTITION": "gpu", "SLURM_GPU_MODEL": "a100"}
+
+    # Execute
+    hessian = profile()["set-resources"]["hessian"]
+    res = {key: evaluate_resource(value, environ, inputs) for key, value in hessian.items()}
+
+    # Assert
+    assert res["gpu"] == gpu
+    assert (res["slurm_partition"], res["gpu_model"]) == (("gpu", "a100") if gpu else ("cpu", ""))
+    assert (res["runtime"], res["cpus_per_task"]) == ((240, 4) if gpu else (10, 1))
 
 
 # -- a real SLURM -----------------------------------------------------------------------------------

@@ -119,9 +119,9 @@ class Strategy:
     standard_local_training: ClassVar[bool] = True
     # Whether fedscape.fl.vectorized may train all clients of a round at once (stacked parameters
     # under vmap; `local_gradients_vectorized` and `adjust_gradients_vectorized` are its only client
-    # hooks). FedAvg: yes. A subclass is
-    # False unless it declares `vectorized` itself, or it only changes the server step (standard
-    # local training and no client hook of its own), in which case it inherits its parent's value.
+    # hooks). FedAvg: yes. A subclass is False unless it declares `vectorized` itself, or it only
+    # changes the server step (standard local training and no client hook of its own), in which case
+    # it inherits its parent's value.
     vectorized: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -10,6 +10,7 @@ measure of the work done than wall time (with one thread; more threads spin whil
     python benchmarks/bench_vectorized.py                   # CPU, torch's default thread count
     python benchmarks/bench_vectorized.py --threads 2       # the '2 CPU cores' figure
     python benchmarks/bench_vectorized.py --device cuda --clients 10 50 100 500
+    python benchmarks/bench_vectorized.py --algorithm fedsam --clients 10 50   # two passes per step (FedASAM too)
     python benchmarks/bench_vectorized.py --model convnet --clients 10 16        # CIFAR-shaped synthetic data
     python benchmarks/bench_vectorized.py --model resnet20 --norm group --clients 10 16
 
@@ -35,7 +36,7 @@ from fedscape.data.partition import make_partition
 from fedscape.fl.sequential import local_train
 from fedscape.fl.settings import TrainConfig, sample_clients
 from fedscape.fl.strategies.registry import make_strategy
-from fedscape.fl.vectorized import VectorizedTrainer
+from fedscape.fl.vectorized import VectorizedTrainer, vectorization_blocker
 from fedscape.models.networks import build_model
 from fedscape.models.params import FlatParams, flatten_buffers
 
@@ -83,6 +84,9 @@ def bench(num_clients: int, args: argparse.Namespace, device: torch.device) -> d
     cfg = TrainConfig(local_epochs=args.local_epochs, batch_size=args.batch_size, lr=args.lr,
                       client_chunk_size=args.chunk_size, bf16_autocast=args.bf16, seed=0)
     strategy = make_strategy(args.algorithm)
+    reason = vectorization_blocker(model, strategy)
+    if reason is not None:  # the vectorised trainer would silently train something else
+        raise SystemExit(f"cannot benchmark vectorised training: {reason}")
     strategy.setup(num_clients, global_params.numel(), device, model=model, seed=0)
     vectorized = VectorizedTrainer(model, data, strategy, cfg, stacked_forward=not args.vmap)
     sampled = sample_clients(0, 1, num_clients, 1.0)

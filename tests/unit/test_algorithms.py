@@ -35,7 +35,6 @@ from fedscape.fl.strategies.mixup import mixup_batch
 from fedscape.fl.strategies.moon import moon_contrastive_loss
 from fedscape.fl.strategies.registry import make_strategy, strategy_class
 from fedscape.fl.strategies.stochdepth import survival_probabilities
-from fedscape.fl.vectorized import resolve_client_parallel
 from fedscape.models.networks import build_model, slim_channels
 from fedscape.plan.workflow import check_config
 from fedscape.report.cost import COST_COLUMNS, cost_table
@@ -703,14 +702,3 @@ def test_fedsam_step_takes_the_gradient_at_the_ascent_point_and_applies_it_at_w(
         assert torch.equal(p.detach(), wi)  # back at w exactly
         assert torch.allclose(p.grad, gi, atol=1e-6)
     assert not torch.allclose(model.weight.grad, grads[0])  # not the plain gradient
-
-
-@pytest.mark.parametrize(("mode", "expected"), [("auto", "sequential"), ("vectorized", ValueError)])
-def test_fedsam_trains_clients_one_by_one(mode, expected):
-    strategy = make_strategy("fedsam")
-    cfg = TrainConfig(client_parallel=mode)
-    if expected is ValueError:
-        with pytest.raises(ValueError, match="no vectorised local training"):
-            resolve_client_parallel(model_of(), strategy, cfg)
-    else:
-        assert resolve_client_parallel(model_of(), strategy, cfg) == expected

@@ -165,7 +165,7 @@ def test_sequential_mode_is_honoured_for_vectorisable_pairs():
 def test_strategy_declarations():
     vectorised = {name for name in ALGORITHM_SPECS if strategy_class(name).vectorized}
 
-    assert {"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox"} <= vectorised
+    assert {"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "fedsam", "fedasam"} <= vectorised
     assert not vectorised & {"scaffold", "feddyn", "moon", "mixup", "stochdepth", "gradaug", "fedalign"}
 
     class ServerOnly(Strategy):  # only the server step differs: inherits FedAvg's vectorised training

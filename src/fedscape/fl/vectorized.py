@@ -26,13 +26,19 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
   AdamW divides by sqrt(v) + eps, which magnifies the float rounding of near-zero gradients, so `auto`
   trains AdamW clients sequentially and only an explicit `vectorized` stacks them (equal to 1e-5 at
   a larger eps, and step for step torch's AdamW on the same gradients);
+- the gradients a step applies come from the strategy's `local_gradients_vectorized` (plain
+  cross-entropy by default) and `adjust_gradients_vectorized` (FedProx's elementwise prox term).
+  FedSAM and FedASAM take every client's ascent e from the norm of its own gradient (over its own
+  parameters, the padded samples excluded by the loss mask, zero for a zero gradient) and the
+  gradient of its masked loss at w + e, on the same batch, as `FedSAM.local_backward` does one client
+  at a time;
 - batch norm is not exact with padded batches (and needs per-client running statistics), so models
   with batch norm, or with any floating buffer, fall back to sequential training; so do algorithms
-  whose local training is not plain SGD on cross-entropy (`Strategy.vectorized` is False).
+  whose local training has no stacked form (`Strategy.vectorized` is False: SCAFFOLD, MOON, ...).
 
 One vectorised round equals one sequential round within float rounding (tests/unit/test_vectorized.py
 checks 1e-5 for FedAvg, FedProx, FedNova and the server-optimiser variants, AdamW, lr schedules and
-unequal local work). Clients are processed in chunks
+unequal local work; tests/unit/test_vectorized_sam.py for FedSAM and FedASAM). Clients are processed in chunks
 of `TrainConfig.client_chunk_size` to bound memory; bf16 autocast of the forward passes is optional
 on CUDA (`TrainConfig.bf16_autocast`).
 """
@@ -41,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -201,6 +208,16 @@ class VectorizedTrainer:
         ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view_as(mask)
         return (ce * mask).sum(1) / mask.sum(1)
 
+    def _step_loss(self, xb: torch.Tensor, yb: torch.Tensor,
+                   mb: torch.Tensor) -> Callable[[list[torch.Tensor]], torch.Tensor]:
+        """The K clients' losses [K] on this step's batches as a function of stacked parameters (a list in
+        `named_parameters()` order), for `Strategy.local_gradients_vectorized`."""
+        def loss(params: list[torch.Tensor]) -> torch.Tensor:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                return self._loss(dict(zip(self.names, params, strict=True)), xb, yb, mb)
+
+        return loss
+
     def plan(self, client_id: int, round_: int, work: int | None = None) -> _ClientPlan:
         """The client's batches (and augmentation draws) from its generator, as `local_train` draws them;
         `work`: its local epochs or steps this round (None: from `cfg.client_work`)."""
@@ -279,7 +296,7 @@ class VectorizedTrainer:
         loss_sum = torch.zeros(k0, device=device)
 
         x_train, y_train = self.data.x_train, self.data.y_train
-        adjust = self.strategy.adjust_gradients_vectorized
+        gradients, adjust = self.strategy.local_gradients_vectorized, self.strategy.adjust_gradients_vectorized
         for t in range(num_steps):
             k, w = active[t], width[t]
             params = [s[:k].detach().requires_grad_(True) for s in stacked]
@@ -287,9 +304,8 @@ class VectorizedTrainer:
             xb, yb, mb = x_train[idx], y_train[idx], mask[t, :k, :w]
             if aug is not None:
                 xb = crop_flip_stacked(xb, aug[0, t, :k, :w], aug[1, t, :k, :w], aug[2, t, :k, :w].bool())
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                losses = self._loss(dict(zip(self.names, params, strict=True)), xb, yb, mb)
-            grads = unaliased(torch.autograd.grad(losses.sum(), params))
+            losses, grads = gradients(params, self._step_loss(xb, yb, mb))  # FedSAM: at its w + e
+            grads = unaliased(tuple(grads))
             with torch.no_grad():
                 adjust(params, global_views, grads)  # e.g. FedProx's mu (w - w_global)
                 current = [s[:k] for s in stacked]

@@ -11,6 +11,7 @@ module of the same name in `fedscape.fl.hparams`; `registry.make_strategy` build
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -117,9 +118,10 @@ class Strategy:
     # batched/vectorised client path may train these clients without calling the client hooks.
     standard_local_training: ClassVar[bool] = True
     # Whether fedscape.fl.vectorized may train all clients of a round at once (stacked parameters
-    # under vmap; `adjust_gradients_vectorized` is its only client hook). FedAvg: yes. A subclass is
-    # False unless it declares `vectorized` itself, or it only changes the server step (standard
-    # local training and no client hook of its own), in which case it inherits its parent's value.
+    # under vmap; `local_gradients_vectorized` and `adjust_gradients_vectorized` are its only client
+    # hooks). FedAvg: yes. A subclass is False unless it declares `vectorized` itself, or it only
+    # changes the server step (standard local training and no client hook of its own), in which case
+    # it inherits its parent's value.
     vectorized: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -179,6 +181,19 @@ class Strategy:
 
     def adjust_gradients(self, model: nn.Module, ctx: ClientContext) -> None:
         """Change gradients after backward, before the local optimiser step (SCAFFOLD's correction)."""
+
+    def local_gradients_vectorized(self, params: list[torch.Tensor],
+                                   loss: Callable[[list[torch.Tensor]], torch.Tensor]
+                                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`local_backward` of the vectorised path: (the K losses, the gradients to apply) for stacked clients.
+
+        `params` are the K active clients' parameters [K, *shape] (leaves that require grad, in
+        `named_parameters()` order); `loss(tensors)` is every client's mean cross-entropy [K] on its batch of
+        this step (padded samples excluded) at any stacked parameters of those shapes, so a strategy may
+        evaluate it more than once (FedSAM: at w and at w + e). The default: the gradients at `params`.
+        """
+        losses = loss(params)
+        return losses.detach(), list(torch.autograd.grad(losses.sum(), params))
 
     def adjust_gradients_vectorized(self, params: list[torch.Tensor], global_params: list[torch.Tensor],
                                     grads: list[torch.Tensor]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,14 +12,25 @@ from fedscape.fl.strategies.base import ClientContext, Strategy
 
 
 def sam_perturbation(params: list[torch.Tensor], grads: list[torch.Tensor], rho: float,
-                     eta: float | None = None) -> list[torch.Tensor]:
+                     eta: float | None = None, stacked: bool = False) -> list[torch.Tensor]:
     """The ascent step e of SAM, rho g / ||g|| (Foret et al. 2021), or of ASAM, rho T^2 g / ||T g|| with
-    T = |w| + eta elementwise (Kwon et al. 2021, eq. 10); zeros for a zero gradient."""
+    T = |w| + eta elementwise (Kwon et al. 2021, eq. 10); zeros for a zero gradient.
+
+    `stacked`: the tensors hold clients stacked on a leading axis [K, *shape] (the vectorised trainer), and each
+    client's ascent takes the norm over its own parameters only, as if it were computed client by client.
+    """
     scales = [torch.ones_like(p) if eta is None else p.detach().abs() + eta for p in params]
-    norm = torch.sqrt(sum(((t * g) ** 2).sum() for t, g in zip(scales, grads, strict=True)))
-    if float(norm) == 0.0:
-        return [torch.zeros_like(g) for g in grads]
-    return [rho * t * t * g / norm for t, g in zip(scales, grads, strict=True)]
+    lead = 1 if stacked else 0  # the dimensions every norm keeps: none, or the client axis
+    squares = torch.stack([(t * g).square().reshape(*g.shape[:lead], -1).sum(-1)
+                           for t, g in zip(scales, grads, strict=True)])
+    norm = squares.sum(0).sqrt()  # a scalar, or one norm per client [K]
+    # A zero gradient has no ascent direction: dividing by infinity makes its step exactly zero, without the
+    # host synchronisation that testing the norm on the CPU would cost.
+    norm = torch.where(norm > 0, norm, torch.inf)
+    out = []
+    for t, g in zip(scales, grads, strict=True):
+        out.append(rho * t * t * g / norm.reshape(norm.shape + (1,) * (g.dim() - lead)))
+    return out
 
 
 class FedSAM(Strategy):
@@ -25,7 +38,7 @@ class FedSAM(Strategy):
     loss at w + rho g / ||g|| (Foret et al. 2021), applied at w. Two forward-backward passes per step."""
 
     standard_local_training = False
-    vectorized = False  # two gradient evaluations per step with a per-client ascent: sequential path only
+    vectorized = True  # local_gradients_vectorized: each client's own ascent on the stacked tensors
 
     def _eta(self) -> float | None:
         return None
@@ -50,10 +63,28 @@ class FedSAM(Strategy):
                 b.copy_(v)
         return loss.detach()
 
+    def local_gradients_vectorized(self, params: list[torch.Tensor],
+                                   loss: Callable[[list[torch.Tensor]], torch.Tensor]
+                                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`local_backward` for stacked clients: every client's ascent from its own gradient norm, then the
+        gradient at its w + e (the stacked tensors stay at w, where the optimiser applies it)."""
+        losses = loss(params)
+        grads = list(torch.autograd.grad(losses.sum(), params))
+        with torch.no_grad():
+            perturbation = sam_perturbation(params, grads, self.config.rho, self._eta(), stacked=True)
+            shifted = [p + e for p, e in zip(params, perturbation, strict=True)]
+        for s in shifted:
+            s.requires_grad_(True)
+        return losses.detach(), list(torch.autograd.grad(loss(shifted).sum(), shifted))
+
 
 class FedASAM(FedSAM):
     """FedASAM (Caldarola et al. 2022): FedSAM with ASAM's adaptive ascent, rho T^2 g / ||T g||, T = |w| + eta
     (Kwon et al. 2021), invariant to rescaling the weights."""
+
+    # Declared again: a subclass of a strategy with non-standard local training is otherwise sequential-only
+    # (Strategy.__init_subclass__); only the ascent's scale T differs, which sam_perturbation stacks too.
+    vectorized = True
 
     def _eta(self) -> float | None:
         return self.config.eta

@@ -1,0 +1,157 @@
+"""Vectorised FedSAM / FedASAM (Qu et al. 2022; Caldarola et al. 2022): one round equals one sequential round,
+each client ascending along its own gradient norm."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers.synthetic import shard_data
+from torch import nn
+
+from fedscape.fl import sequential as sequential_mod
+from fedscape.fl.engine import run_federated
+from fedscape.fl.hparams.registry import algorithm_config
+from fedscape.fl.settings import TrainConfig
+from fedscape.fl.strategies.base import Strategy
+from fedscape.fl.strategies.fedsam import FedSAM, sam_perturbation
+from fedscape.fl.strategies.registry import make_strategy
+from fedscape.fl.vectorized import resolve_client_parallel
+from fedscape.models.networks import build_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TOL = 1e-5  # the vectorised path's exactness bound (same seeds), as in test_vectorized.py
+SIZES = [21, 9, 5, 30]  # unequal shards: partial last batches, clients inactive in the last steps
+
+
+def model_of(name: str = "cnn_small", seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return build_model(name, num_classes=10, in_channels=1, image_size=8)
+
+
+def run_mode(mode: str, strategy: Strategy, model: str = "cnn_small", monkeypatch=None, **train):
+    """One round of run_federated in one client_parallel mode, with momentum and weight decay; the vectorised
+    mode must not fall back to the sequential local_train."""
+    cfg = TrainConfig(**{"rounds": 1, "local_epochs": 2, "batch_size": 8, "lr": 0.1, "momentum": 0.9,
+                         "weight_decay": 1e-3, "participation": 0.75, "seed": 3, "save_clients_at": (1,),
+                         "client_parallel": mode, **train})
+    with monkeypatch.context() as m:
+        if mode == "vectorized":
+            def no_sequential(*args, **kwargs):
+                raise AssertionError("the vectorised run fell back to sequential local_train")
+
+            m.setattr(sequential_mod, "local_train", no_sequential)
+        return run_federated(model_of(model), shard_data(SIZES), strategy, cfg)
+
+
+def client_diff(a, b) -> float:
+    """The largest difference between two runs' client models after round 1."""
+    assert torch.equal(a.clients[1].client_ids, b.clients[1].client_ids)
+    return (a.clients[1].params - b.clients[1].params).abs().max().item()
+
+
+class GlobalNormSAM(FedSAM):
+    """A deliberately wrong vectorised FedSAM: one ascent norm shared by all stacked clients."""
+
+    vectorized = True
+
+    def local_gradients_vectorized(self, params, loss):
+        losses = loss(params)
+        grads = list(torch.autograd.grad(losses.sum(), params))
+        with torch.no_grad():
+            shifted = [p + e for p, e in zip(params, sam_perturbation(params, grads, self.config.rho), strict=True)]
+        for s in shifted:
+            s.requires_grad_(True)
+        return losses.detach(), list(torch.autograd.grad(loss(shifted).sum(), shifted))
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "hparams", "model", "train"),
+    [
+        ("fedsam", {}, "cnn_small", {}),
+        ("fedasam", {}, "cnn_small", {}),
+        ("fedsam", {"rho": 0.5}, "cnn_small", {"augment": "crop_flip", "client_chunk_size": 2}),
+        ("fedasam", {"rho": 1.0, "eta": 0.1}, "cnn_small", {"lr_schedule": "cosine",
+                                                            "lr_schedule_over": "local_steps"}),
+        ("fedsam", {"rho": 0.2}, "mlp", {}),  # no forward_stacked: functional_call under vmap
+        ("fedasam", {}, "mlp", {"batch_size": 64}),  # every step's batch padded to the longest shard
+    ],
+    ids=["fedsam", "fedasam", "fedsam-crop_flip-chunks", "fedasam-cosine", "fedsam-mlp-vmap",
+         "fedasam-mlp-batch-over-shards"],
+)
+def test_vectorized_sam_round_equals_sequential_round(algorithm, hparams, model, train, monkeypatch):
+    # Prepare / Execute: the same round client by client and all at once
+    seq = run_mode("sequential", make_strategy(algorithm, hparams), model, monkeypatch, **train)
+    vec = run_mode("vectorized", make_strategy(algorithm, hparams), model, monkeypatch, **train)
+
+    # Assert: the same client models, global model and training losses; and the round did move the model
+    assert client_diff(seq, vec) <= TOL
+    assert (seq.params[-1] - vec.params[-1]).abs().max().item() <= TOL
+    for a, b in zip(seq.rows, vec.rows, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=TOL)
+    assert (seq.params[-1] - seq.params[0]).abs().max().item() > 100 * TOL
+
+
+def test_a_shared_norm_across_clients_is_caught(monkeypatch):
+    # Prepare: the correct and a wrong vectorised FedSAM (one norm over all clients' gradients), rho large
+    # enough that the ascent matters
+    config = algorithm_config("fedsam", {"rho": 0.5})
+
+    # Execute
+    seq = run_mode("sequential", FedSAM(config, "fedsam"), monkeypatch=monkeypatch)
+    vec = run_mode("vectorized", FedSAM(config, "fedsam"), monkeypatch=monkeypatch)
+    wrong = run_mode("vectorized", GlobalNormSAM(config, "fedsam"), monkeypatch=monkeypatch)
+
+    # Assert: the equality check tells the per-client norm from the shared one by far more than its tolerance
+    assert client_diff(seq, vec) <= TOL
+    assert client_diff(seq, wrong) > 1000 * TOL
+
+
+@pytest.mark.parametrize("algorithm", ["fedsam", "fedasam"])
+def test_vectorized_sam_with_rho_zero_is_vectorized_fedavg(algorithm, monkeypatch):
+    # Prepare / Execute
+    sam = run_mode("vectorized", make_strategy(algorithm, {"rho": 0.0}), monkeypatch=monkeypatch)
+    avg = run_mode("vectorized", make_strategy("fedavg"), monkeypatch=monkeypatch)
+    default = run_mode("vectorized", make_strategy(algorithm), monkeypatch=monkeypatch)
+
+    # Assert: no ascent is FedAvg's step exactly; the default radius changes training
+    assert torch.equal(sam.clients[1].params, avg.clients[1].params)
+    assert torch.equal(sam.params, avg.params)
+    assert client_diff(default, avg) > 100 * TOL
+
+
+@pytest.mark.parametrize("eta", [None, 0.1])
+def test_stacked_perturbation_is_each_clients_own(eta):
+    # Prepare: three clients' parameters and gradients (a 2-d, a 1-d and a scalar tensor), the second client's
+    # gradient zero
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 2), (4,), ()]
+    w = [torch.randn(3, *s, generator=g) for s in shapes]
+    grads = [torch.randn(3, *s, generator=g) * torch.tensor([1.0, 0.0, 5.0]).reshape(3, *[1] * len(s))
+             for s in shapes]
+
+    # Execute
+    stacked = sam_perturbation(w, grads, 0.3, eta, stacked=True)
+    shared = sam_perturbation(w, grads, 0.3, eta)  # one norm over all clients: what `stacked` must not be
+
+    # Assert: client by client the unstacked formula; zero for the zero gradient; not the shared norm
+    for k in range(3):
+        expected = sam_perturbation([x[k] for x in w], [x[k] for x in grads], 0.3, eta)
+        for e, x in zip(stacked, expected, strict=True):
+            torch.testing.assert_close(e[k], x, rtol=1e-6, atol=0.0)
+    assert all(torch.equal(e[1], torch.zeros_like(e[1])) for e in stacked)
+    if eta is None:  # on the sphere of radius rho, per client
+        assert torch.sqrt(sum(e[0].square().sum() for e in stacked)).item() == pytest.approx(0.3)
+    assert (stacked[0][0] - shared[0][0]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("algorithm", ["fedsam", "fedasam"])
+@pytest.mark.parametrize("mode", ["auto", "vectorized"])
+def test_fedsam_and_fedasam_train_vectorised(algorithm, mode):
+    strategy = make_strategy(algorithm)
+
+    assert type(strategy).vectorized
+    assert resolve_client_parallel(model_of(), strategy, TrainConfig(client_parallel=mode)) == "vectorized"
+    with pytest.raises(ValueError, match="batch norm"):  # still refused where vectorising is not exact
+        resolve_client_parallel(build_model("resnet20", num_classes=10, in_channels=1, image_size=8, norm="batch"),
+                                strategy, TrainConfig(client_parallel="vectorized"))

@@ -21,12 +21,14 @@ from fedscape.fl.strategies.base import Strategy
 from fedscape.fl.strategies.registry import make_strategy, strategy_class
 from fedscape.fl.vectorized import (
     VectorizedTrainer,
+    at_least_float32,
     crop_flip_draws,
     crop_flip_stacked,
     resolve_client_parallel,
     vectorization_blocker,
 )
 from fedscape.models.networks import build_model
+from fedscape.models.params import FlatParams
 from fedscape.plan.workflow import check_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,6 +135,52 @@ def test_group_norm_resnet_vectorizes_exactly(monkeypatch):
     vec = run_mode("vectorized", "fedavg", {}, data, monkeypatch, "resnet20", {"norm": "group"}, **train)
 
     assert_same_round(seq, vec)
+
+
+@pytest.fixture
+def float64_default():
+    """float64 as torch's default dtype during the test (models, data and optimiser state in float64)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.mark.parametrize(("name", "options", "augment"), [("resnet20", {"norm": "group"}, "crop_flip"),
+                                                          ("cnn_small", {}, "none")],
+                         ids=["resnet20-group-vmap", "cnn_small-forward_stacked"])
+def test_float64_vectorized_clients_equal_sequential_to_float64_rounding(name, options, augment, float64_default):
+    # Prepare: unequal shards (partial, padded batches), momentum and weight decay, all in float64. In float64 the
+    # two paths differ only by the order of float64 operations (~1e-15); a float32 step anywhere (the loss was once
+    # taken on float32 logits) shows up as ~1e-7.
+    data = shard_data([21, 9, 5, 14])
+    model = model_of(name, **options)
+    flat = FlatParams(model)
+    start = flat.get()
+    cfg = TrainConfig(local_epochs=1, batch_size=4, lr=0.1, momentum=0.9, weight_decay=1e-3, seed=3, augment=augment)
+    strategy = make_strategy("fedavg")
+
+    # Execute
+    vec = VectorizedTrainer(model, data, strategy, cfg).train_round(start, torch.zeros(0), [0, 1, 2, 3], round_=1)
+    seq = [sequential_mod.local_train(model, flat, start, torch.zeros(0), data, c, 1, strategy, cfg)[0]
+           for c in range(4)]
+
+    # Assert: float64 client models, equal to float64 rounding, and clearly moved by training
+    for s, v in zip(seq, vec, strict=True):
+        assert v.params.dtype == torch.float64
+        assert (s.params - v.params).abs().max().item() <= 1e-10
+        assert (s.params - start).abs().max().item() > 0.1
+
+
+@pytest.mark.parametrize(("dtype", "expected"), [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+                                               (torch.float32, torch.float32), (torch.float64, torch.float64)])
+def test_loss_logits_are_raised_to_float32_never_lowered(dtype, expected):
+    logits = torch.tensor([[0.1, -2.5, 3.0]], dtype=dtype)
+
+    got = at_least_float32(logits)
+
+    assert got.dtype == expected
+    assert torch.equal(got, logits.to(expected))
 
 
 @pytest.mark.parametrize("mode", ["auto", "vectorized"])

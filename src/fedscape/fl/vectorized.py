@@ -121,6 +121,15 @@ def unaliased(grads: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
     return out
 
 
+def at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """Logits for the cross-entropy: bf16 ones (autocast) in float32, float32 and float64 ones as they are.
+
+    A plain ``.float()`` would take float64 logits down to float32, and with them the loss and every
+    gradient (1e-8 relative) that the sequential path computes in float64.
+    """
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
 def crop_flip_draws(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The random numbers `data.augment_batch(x, 'crop_flip', generator)` draws for a batch of n.
 
@@ -191,14 +200,15 @@ class VectorizedTrainer:
                      mask: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the real (unmasked) samples of one client's batch."""
         logits = functional_call(self.model, params, (x,))
-        ce = F.cross_entropy(logits.float(), y, reduction="none")
+        ce = F.cross_entropy(at_least_float32(logits), y, reduction="none")
         return (ce * mask).sum() / mask.sum()
 
     def _stacked_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                       mask: torch.Tensor) -> torch.Tensor:
         """`_client_loss` of every client at once through the model's `forward_stacked`: [K] losses."""
         logits = self.model.forward_stacked(params, x)
-        ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view_as(mask)
+        ce = F.cross_entropy(at_least_float32(logits).flatten(0, 1), y.flatten(), reduction="none")
+        ce = ce.view_as(mask)
         return (ce * mask).sum(1) / mask.sum(1)
 
     def plan(self, client_id: int, round_: int, work: int | None = None) -> _ClientPlan:

@@ -195,6 +195,48 @@ def test_batch_norm_models_fall_back_or_fail_clearly(mode):
             resolve_client_parallel(model, make_strategy("fedavg"), cfg)
 
 
+@pytest.mark.parametrize(("name", "options", "device_type", "expected"), [
+    ("cnn_small", {}, "cpu", "vectorized"),  # own forward_stacked: faster on a CPU
+    ("convnet", {}, "cpu", "vectorized"),  # (built for 3x32x32 images)
+    ("resnet20", {"norm": "group"}, "cpu", "sequential"),  # vmap only: measured slower on a CPU
+    ("mlp", {}, "cpu", "sequential"),
+    ("cnn_small", {}, "cuda", "vectorized"),
+    ("resnet20", {"norm": "group"}, "cuda", "vectorized"),  # on CUDA whenever exact
+    ("mlp", {}, "cuda", "vectorized"),
+    ("resnet20", {"norm": "batch"}, "cuda", "sequential"),  # not exact on any device
+])
+def test_auto_vectorises_vmap_models_only_on_cuda(name, options, device_type, expected, caplog):
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, in_channels=3, image_size=32, **options)
+
+    with caplog.at_level("INFO", logger="fedscape.train"):
+        got = resolve_client_parallel(model, make_strategy("fedavg"), TrainConfig(), device_type=device_type)
+
+    assert got == expected
+    slow = "has no forward_stacked" in caplog.text
+    assert slow == (expected == "sequential" and options.get("norm") != "batch")
+
+
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+def test_explicit_vectorized_is_honoured_for_vmap_models_on_any_device(device_type, caplog):
+    model = model_of("resnet20", norm="group")
+    cfg = TrainConfig(client_parallel="vectorized")
+
+    with caplog.at_level("INFO", logger="fedscape.train"):
+        got = resolve_client_parallel(model, make_strategy("fedavg"), cfg, device_type=device_type)
+
+    assert got == "vectorized"
+    assert ("vectorized as asked, though ResNet has no forward_stacked" in caplog.text) == (device_type == "cpu")
+
+
+def test_auto_takes_the_device_type_from_the_model():
+    # a CPU model and no device type given: the CPU rule (resnet20 under vmap trains sequentially)
+    model = model_of("resnet20", norm="group")
+
+    assert resolve_client_parallel(model, make_strategy("fedavg"), TrainConfig()) == "sequential"
+    assert resolve_client_parallel(model, make_strategy("fedavg"), TrainConfig(), device_type="cuda") == "vectorized"
+
+
 @pytest.mark.parametrize("algorithm", ["scaffold", "moon", "fedalign"])
 def test_algorithms_without_vectorised_training_fall_back(algorithm):
     model = model_of()

@@ -55,7 +55,7 @@ from fedscape.fl.local import client_generator, layer_seed, local_plan, round_wo
 from fedscape.fl.schedule import update_weight
 from fedscape.fl.settings import CLIENT_PARALLEL, TrainConfig
 from fedscape.fl.strategies.base import ClientResult, Strategy
-from fedscape.models.networks import ImageClassifier
+from fedscape.models.networks import has_forward_stacked
 
 log = logging.getLogger("fedscape.train")
 
@@ -73,10 +73,29 @@ def vectorization_blocker(model: nn.Module, strategy: Strategy) -> str | None:
     return None
 
 
-def resolve_client_parallel(model: nn.Module, strategy: Strategy, cfg: TrainConfig) -> str:
-    """'vectorized' or 'sequential' for `cfg.client_parallel` ('auto' vectorises whenever exact).
+# Where `auto` vectorises every exact model/algorithm pair. Elsewhere (the CPU) it vectorises only models with their
+# own `forward_stacked`, the form measured faster than one client after another there (cnn_small 3.5-4.4x, convnet
+# 1.4-1.5x on 2 cores); under vmap the CPU speed depends on the model and input size (cnn_small at 8x8 2.4-3.2x
+# faster, resnet20 with group norm at 32x32 0.7-0.8x, i.e. slower; benchmarks/README.md), so there `auto` keeps the
+# sequential reference and `client_parallel: vectorized` asks for vmap explicitly.
+VMAP_DEVICE_TYPES = ("cuda",)
 
-    An explicit 'vectorized' that cannot be honoured is an error, raised before any training.
+
+def speed_blocker(model: nn.Module, device_type: str) -> str | None:
+    """Why `auto` trains this model's clients one by one on `device_type` although vectorising is exact, or None."""
+    if device_type in VMAP_DEVICE_TYPES or has_forward_stacked(model):
+        return None
+    return (f"{type(model).__name__} has no forward_stacked, and under vmap on a {device_type} device vectorising can "
+            "be slower than sequential training (resnet20 with group norm at 32x32: 0.7-0.8x on a CPU)")
+
+
+def resolve_client_parallel(model: nn.Module, strategy: Strategy, cfg: TrainConfig,
+                            device_type: str | None = None) -> str:
+    """'vectorized' or 'sequential' for `cfg.client_parallel`.
+
+    'auto' vectorises whenever that is exact and, on a device other than CUDA, the model has its own
+    `forward_stacked` (`speed_blocker`); `device_type`: where the clients train (None: the model's parameters'
+    device). An explicit 'vectorized' that cannot be honoured is an error, raised before any training.
     """
     mode = cfg.client_parallel
     if mode not in CLIENT_PARALLEL:
@@ -97,6 +116,14 @@ def resolve_client_parallel(model: nn.Module, strategy: Strategy, cfg: TrainConf
             return "sequential"
         log.warning("client training: vectorized as asked, but %s", note)
     if reason is None:
+        if device_type is None:
+            device_type = next(model.parameters()).device.type
+        slow = speed_blocker(model, device_type)
+        if slow is not None and mode == "auto":
+            log.info("client training: sequential (%s; client_parallel: vectorized trains them at once anyway)", slow)
+            return "sequential"
+        if slow is not None:
+            log.info("client training: vectorized as asked, though %s", slow)
         return "vectorized"
     if mode == "vectorized":
         raise ValueError(f"training.client_parallel is 'vectorized' but {reason}; use 'auto' to fall back "
@@ -188,8 +215,7 @@ class VectorizedTrainer:
             log.info("bf16_autocast is for CUDA only: training in float32 on %s", self.device)
         # The model's own grouped forward where it has one (cnn_small, convnet: channels-last grouped
         # convolutions, about 1.4x faster on a CPU), else functional_call under vmap.
-        own = getattr(type(model), "forward_stacked", None)
-        self.stacked_forward = stacked_forward and own not in (None, ImageClassifier.forward_stacked)
+        self.stacked_forward = stacked_forward and has_forward_stacked(model)
         if self.stacked_forward:
             self._loss = self._stacked_loss
         else:

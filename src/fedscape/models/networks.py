@@ -235,6 +235,12 @@ class ImageClassifier(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no width-sliceable last block")
 
 
+def has_forward_stacked(model: nn.Module) -> bool:
+    """Whether the model has its own grouped ``forward_stacked`` (else vectorised training runs it under ``vmap``)."""
+    own = getattr(type(model), "forward_stacked", None)
+    return own is not None and own is not ImageClassifier.forward_stacked
+
+
 class MLP(ImageClassifier):
     """Multilayer perceptron on flattened pixels, in -> 64 -> 64 -> classes with ReLU (digits baseline)."""
 

@@ -9,6 +9,11 @@ grouped convolutions underneath), as in the ensembling recipe of `torch.func`. A
 channels-last grouped convolutions, with each ReLU before a max pool moved after it, which is about
 1.4x faster than the vmapped forward on a CPU.
 
+`client_parallel: auto` vectorises wherever that is exact on CUDA, but on a CPU only models with their own
+`forward_stacked`: under vmap the CPU speed depends on the model (cnn_small at 8x8 2.4-3.2x faster than
+sequential training, resnet20 with group norm at 32x32 0.7-0.8x, i.e. slower), so there the sequential
+reference is kept unless `vectorized` is asked for (`speed_blocker`, `resolve_client_parallel`).
+
 Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
 
 - every client's batch order (and augmentation draws) come from the same CPU generator,
@@ -32,9 +37,13 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
 
 One vectorised round equals one sequential round within float rounding (tests/unit/test_vectorized.py
 checks 1e-5 for FedAvg, FedProx, FedNova and the server-optimiser variants, AdamW, lr schedules and
-unequal local work). Clients are processed in chunks
-of `TrainConfig.client_chunk_size` to bound memory; bf16 autocast of the forward passes is optional
-on CUDA (`TrainConfig.bf16_autocast`).
+unequal local work). In float64 the two paths agree to float64 rounding (1e-10 checked, ~1e-14 seen, also
+for resnet20 at 32x32): nothing is computed in float32 there, the loss included (`at_least_float32`). In
+float32 a deep model's clients drift further apart: after a few steps a rounding difference of 1e-7 moves
+some ReLU input across 0, and from that step on the gradients differ at 1e-4 to 1e-2 instead of 1e-6, and
+the difference grows; sequential float32 training departs from float64 training by as much
+(benchmarks/README.md, resnet20). Clients are processed in chunks of `TrainConfig.client_chunk_size` to
+bound memory; bf16 autocast of the forward passes is optional on CUDA (`TrainConfig.bf16_autocast`).
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ channels-last grouped convolutions, with each ReLU before a max pool moved after
 1.4x faster than the vmapped forward on a CPU.
 
 `client_parallel: auto` vectorises wherever that is exact on CUDA, but on a CPU only models with their own
-`forward_stacked`: under vmap the CPU speed depends on the model (cnn_small at 8x8 2.4-3.2x faster than
-sequential training, resnet20 with group norm at 32x32 0.7-0.8x, i.e. slower), so there the sequential
-reference is kept unless `vectorized` is asked for (`speed_blocker`, `resolve_client_parallel`).
+`forward_stacked` or that declare `vmap_faster_on_cpu` (mlp): under vmap the CPU speed depends on the model
+(mlp 3-6x faster than sequential training, resnet20 with group norm at 32x32 0.6-0.7x, char_lstm 0.4x), so
+elsewhere the sequential reference is kept unless `vectorized` is asked for (`speed_blocker`).
 
 Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
 
@@ -82,20 +82,21 @@ def vectorization_blocker(model: nn.Module, strategy: Strategy) -> str | None:
     return None
 
 
-# Where `auto` vectorises every exact model/algorithm pair. Elsewhere (the CPU) it vectorises only models with their
-# own `forward_stacked`, the form measured faster than one client after another there (cnn_small 3.5-4.4x, convnet
-# 1.4-1.5x on 2 cores); under vmap the CPU speed depends on the model and input size (cnn_small at 8x8 2.4-3.2x
-# faster, resnet20 with group norm at 32x32 0.7-0.8x, i.e. slower; benchmarks/README.md), so there `auto` keeps the
-# sequential reference and `client_parallel: vectorized` asks for vmap explicitly.
+# Where `auto` vectorises every exact model/algorithm pair (expected to pay on a GPU; not measured yet). Elsewhere
+# (the CPU) vmap's speed depends on the model, measured against one client after another (benchmarks/README.md,
+# one thread): mlp 3-6x faster, cnn_small 2.4-3.2x, but resnet20 with group norm at 32x32 0.6-0.7x, char_gpt 0.9x
+# and char_lstm 0.4x, i.e. slower. There `auto` vectorises models with their own `forward_stacked` (cnn_small 3.5-4.4x,
+# convnet 1.4-1.5x) and those that declare `vmap_faster_on_cpu`, and keeps the sequential reference for the others;
+# `client_parallel: vectorized` stacks them anyway.
 VMAP_DEVICE_TYPES = ("cuda",)
 
 
 def speed_blocker(model: nn.Module, device_type: str) -> str | None:
     """Why `auto` trains this model's clients one by one on `device_type` although vectorising is exact, or None."""
-    if device_type in VMAP_DEVICE_TYPES or has_forward_stacked(model):
+    if device_type in VMAP_DEVICE_TYPES or has_forward_stacked(model) or getattr(model, "vmap_faster_on_cpu", False):
         return None
-    return (f"{type(model).__name__} has no forward_stacked, and under vmap on a {device_type} device vectorising can "
-            "be slower than sequential training (resnet20 with group norm at 32x32: 0.7-0.8x on a CPU)")
+    return (f"{type(model).__name__} has no forward_stacked and is not known to train faster under vmap on a "
+            f"{device_type} device (on a CPU resnet20 0.6-0.7x, char_gpt 0.9x, char_lstm 0.4x of sequential speed)")
 
 
 def resolve_client_parallel(model: nn.Module, strategy: Strategy, cfg: TrainConfig,
@@ -103,8 +104,9 @@ def resolve_client_parallel(model: nn.Module, strategy: Strategy, cfg: TrainConf
     """'vectorized' or 'sequential' for `cfg.client_parallel`.
 
     'auto' vectorises whenever that is exact and, on a device other than CUDA, the model has its own
-    `forward_stacked` (`speed_blocker`); `device_type`: where the clients train (None: the model's parameters'
-    device). An explicit 'vectorized' that cannot be honoured is an error, raised before any training.
+    `forward_stacked` or declares `vmap_faster_on_cpu` (`speed_blocker`); `device_type`: where the clients
+    train (None: the model's parameters' device). An explicit 'vectorized' that cannot be honoured is an
+    error, raised before any training.
     """
     mode = cfg.client_parallel
     if mode not in CLIENT_PARALLEL:

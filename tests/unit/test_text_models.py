@@ -441,11 +441,11 @@ def test_vectorised_clients_train_token_models_exactly(name, monkeypatch):
     model = tiny(name)
 
     # Execute
-    mode = resolve_client_parallel(model, make_strategy("fedavg"), TrainConfig())
+    mode = resolve_client_parallel(model, make_strategy("fedavg"), TrainConfig(), device_type="cuda")
     seq = federated_round(name, "sequential", monkeypatch)
     vec = federated_round(name, "vectorized", monkeypatch)
 
-    # Assert: 'auto' vectorises (no buffers, every op runs under vmap) and the round equals the sequential one
+    # Assert: 'auto' vectorises on CUDA (no buffers, every op runs under vmap) and the round equals the sequential one
     # (char_lstm's gradient of bias_ih + bias_hh is one tensor for both: vectorized.unaliased copies it)
     assert mode == "vectorized"
     assert (seq.clients[1].params - vec.clients[1].params).abs().max().item() <= 1e-5

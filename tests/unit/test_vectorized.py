@@ -21,12 +21,14 @@ from fedscape.fl.strategies.base import Strategy
 from fedscape.fl.strategies.registry import make_strategy, strategy_class
 from fedscape.fl.vectorized import (
     VectorizedTrainer,
+    at_least_float32,
     crop_flip_draws,
     crop_flip_stacked,
     resolve_client_parallel,
     vectorization_blocker,
 )
 from fedscape.models.networks import build_model
+from fedscape.models.params import FlatParams
 from fedscape.plan.workflow import check_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,6 +137,52 @@ def test_group_norm_resnet_vectorizes_exactly(monkeypatch):
     assert_same_round(seq, vec)
 
 
+@pytest.fixture
+def float64_default():
+    """float64 as torch's default dtype during the test (models, data and optimiser state in float64)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.mark.parametrize(("name", "options", "augment"), [("resnet20", {"norm": "group"}, "crop_flip"),
+                                                          ("cnn_small", {}, "none")],
+                         ids=["resnet20-group-vmap", "cnn_small-forward_stacked"])
+def test_float64_vectorized_clients_equal_sequential_to_float64_rounding(name, options, augment, float64_default):
+    # Prepare: unequal shards (partial, padded batches), momentum and weight decay, all in float64. In float64 the
+    # two paths differ only by the order of float64 operations (~1e-15); a float32 step anywhere (the loss was once
+    # taken on float32 logits) shows up as ~1e-7.
+    data = shard_data([21, 9, 5, 14])
+    model = model_of(name, **options)
+    flat = FlatParams(model)
+    start = flat.get()
+    cfg = TrainConfig(local_epochs=1, batch_size=4, lr=0.1, momentum=0.9, weight_decay=1e-3, seed=3, augment=augment)
+    strategy = make_strategy("fedavg")
+
+    # Execute
+    vec = VectorizedTrainer(model, data, strategy, cfg).train_round(start, torch.zeros(0), [0, 1, 2, 3], round_=1)
+    seq = [sequential_mod.local_train(model, flat, start, torch.zeros(0), data, c, 1, strategy, cfg)[0]
+           for c in range(4)]
+
+    # Assert: float64 client models, equal to float64 rounding, and clearly moved by training
+    for s, v in zip(seq, vec, strict=True):
+        assert v.params.dtype == torch.float64
+        assert (s.params - v.params).abs().max().item() <= 1e-10
+        assert (s.params - start).abs().max().item() > 0.1
+
+
+@pytest.mark.parametrize(("dtype", "expected"), [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+                                               (torch.float32, torch.float32), (torch.float64, torch.float64)])
+def test_loss_logits_are_raised_to_float32_never_lowered(dtype, expected):
+    logits = torch.tensor([[0.1, -2.5, 3.0]], dtype=dtype)
+
+    got = at_least_float32(logits)
+
+    assert got.dtype == expected
+    assert torch.equal(got, logits.to(expected))
+
+
 @pytest.mark.parametrize("mode", ["auto", "vectorized"])
 def test_batch_norm_models_fall_back_or_fail_clearly(mode):
     model = model_of("resnet20", norm="batch")
@@ -145,6 +193,52 @@ def test_batch_norm_models_fall_back_or_fail_clearly(mode):
     else:
         with pytest.raises(ValueError, match="batch norm"):
             resolve_client_parallel(model, make_strategy("fedavg"), cfg)
+
+
+@pytest.mark.parametrize(("name", "options", "device_type", "expected"), [
+    ("cnn_small", {}, "cpu", "vectorized"),  # own forward_stacked: faster on a CPU
+    ("convnet", {}, "cpu", "vectorized"),  # (built for 3x32x32 images)
+    ("resnet20", {"norm": "group"}, "cpu", "sequential"),  # vmap only: measured slower on a CPU
+    ("mlp", {}, "cpu", "vectorized"),  # vmap only, but measured faster on a CPU: vmap_faster_on_cpu
+    ("char_lstm", {}, "cpu", "sequential"),  # vmap only: measured slower on a CPU
+    ("char_lstm", {}, "cuda", "vectorized"),
+    ("cnn_small", {}, "cuda", "vectorized"),
+    ("resnet20", {"norm": "group"}, "cuda", "vectorized"),  # on CUDA whenever exact
+    ("mlp", {}, "cuda", "vectorized"),
+    ("resnet20", {"norm": "batch"}, "cuda", "sequential"),  # not exact on any device
+])
+def test_auto_vectorises_vmap_models_on_a_cpu_only_where_measured_faster(name, options, device_type, expected, caplog):
+    torch.manual_seed(0)
+    shape = {"num_classes": 80, "in_channels": 80, "image_size": 80} if name == "char_lstm" else \
+        {"num_classes": 10, "in_channels": 3, "image_size": 32}
+    model = build_model(name, **shape, **options)
+
+    with caplog.at_level("INFO", logger="fedscape.train"):
+        got = resolve_client_parallel(model, make_strategy("fedavg"), TrainConfig(), device_type=device_type)
+
+    assert got == expected
+    slow = "has no forward_stacked" in caplog.text
+    assert slow == (expected == "sequential" and options.get("norm") != "batch")
+
+
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+def test_explicit_vectorized_is_honoured_for_vmap_models_on_any_device(device_type, caplog):
+    model = model_of("resnet20", norm="group")
+    cfg = TrainConfig(client_parallel="vectorized")
+
+    with caplog.at_level("INFO", logger="fedscape.train"):
+        got = resolve_client_parallel(model, make_strategy("fedavg"), cfg, device_type=device_type)
+
+    assert got == "vectorized"
+    assert ("vectorized as asked, though ResNet has no forward_stacked" in caplog.text) == (device_type == "cpu")
+
+
+def test_auto_takes_the_device_type_from_the_model():
+    # a CPU model and no device type given: the CPU rule (resnet20 under vmap trains sequentially)
+    model = model_of("resnet20", norm="group")
+
+    assert resolve_client_parallel(model, make_strategy("fedavg"), TrainConfig()) == "sequential"
+    assert resolve_client_parallel(model, make_strategy("fedavg"), TrainConfig(), device_type="cuda") == "vectorized"
 
 
 @pytest.mark.parametrize("algorithm", ["scaffold", "moon", "fedalign"])

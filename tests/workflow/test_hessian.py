@@ -122,7 +122,8 @@ def test_shared_round_zero_job_equals_its_own_computation(tmp_path):
     computed = pd.read_csv(own["table"])
     assert (copied["run_id"] == fedprox.run_id).all()
     pd.testing.assert_frame_equal(copied, computed, check_exact=True)
-    pd.testing.assert_frame_equal(pd.read_csv(job["fedprox"] / "density.csv"), pd.read_csv(own["density"]), check_exact=True)
+    density = pd.read_csv(job["fedprox"] / "density.csv")
+    pd.testing.assert_frame_equal(density, pd.read_csv(own["density"]), check_exact=True)
     assert load_plane(job["fedprox"] / "eigen_plane.npz").runs == (fedprox.run_id,)
     table = pd.read_csv(workdir / "results/tables/hessian.csv")
     assert set(table["run_id"]) == {fedavg.run_id, fedprox.run_id}

@@ -9,6 +9,11 @@ grouped convolutions underneath), as in the ensembling recipe of `torch.func`. A
 channels-last grouped convolutions, with each ReLU before a max pool moved after it, which is about
 1.4x faster than the vmapped forward on a CPU.
 
+`client_parallel: auto` vectorises wherever that is exact on CUDA, but on a CPU only models with their own
+`forward_stacked` or that declare `vmap_faster_on_cpu` (mlp): under vmap the CPU speed depends on the model
+(mlp 3-6x faster than sequential training, resnet20 with group norm at 32x32 0.6-0.7x, char_lstm 0.4x), so
+elsewhere the sequential reference is kept unless `vectorized` is asked for (`speed_blocker`).
+
 Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
 
 - every client's batch order (and augmentation draws) come from the same CPU generator,
@@ -38,9 +43,14 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
 
 One vectorised round equals one sequential round within float rounding (tests/unit/test_vectorized.py
 checks 1e-5 for FedAvg, FedProx, FedNova and the server-optimiser variants, AdamW, lr schedules and
-unequal local work; tests/unit/test_vectorized_sam.py for FedSAM and FedASAM). Clients are processed in chunks
-of `TrainConfig.client_chunk_size` to bound memory; bf16 autocast of the forward passes is optional
-on CUDA (`TrainConfig.bf16_autocast`).
+unequal local work; tests/unit/test_vectorized_sam.py for FedSAM and FedASAM). In float64 the two paths agree
+to float64 rounding (1e-10 checked, ~1e-14 seen, also for resnet20 at 32x32): nothing is computed in float32
+there, the loss included (`at_least_float32`). In float32 a deep model's clients drift further apart: after a
+few steps a rounding difference of 1e-7 moves some ReLU input across 0, and from that step on the gradients
+differ at 1e-4 to 1e-2 instead of 1e-6, and the difference grows; sequential float32 training departs from
+float64 training by as much (benchmarks/README.md, resnet20). Clients are processed in chunks of
+`TrainConfig.client_chunk_size` to bound memory; bf16 autocast of the forward passes is optional on CUDA
+(`TrainConfig.bf16_autocast`).
 """
 
 from __future__ import annotations
@@ -62,7 +72,7 @@ from fedscape.fl.local import client_generator, layer_seed, local_plan, round_wo
 from fedscape.fl.schedule import update_weight
 from fedscape.fl.settings import CLIENT_PARALLEL, TrainConfig
 from fedscape.fl.strategies.base import ClientResult, Strategy
-from fedscape.models.networks import ImageClassifier
+from fedscape.models.networks import has_forward_stacked
 
 log = logging.getLogger("fedscape.train")
 
@@ -80,10 +90,31 @@ def vectorization_blocker(model: nn.Module, strategy: Strategy) -> str | None:
     return None
 
 
-def resolve_client_parallel(model: nn.Module, strategy: Strategy, cfg: TrainConfig) -> str:
-    """'vectorized' or 'sequential' for `cfg.client_parallel` ('auto' vectorises whenever exact).
+# Where `auto` vectorises every exact model/algorithm pair (expected to pay on a GPU; not measured yet). Elsewhere
+# (the CPU) vmap's speed depends on the model, measured against one client after another (benchmarks/README.md):
+# mlp 3-6x faster, cnn_small 2.4-3.2x, but resnet20 with group norm at 32x32 0.6-0.7x, char_gpt 0.9x
+# and char_lstm 0.4x, i.e. slower. There `auto` vectorises models with their own `forward_stacked` (cnn_small 3.5-4.4x,
+# convnet 1.4-1.5x) and those that declare `vmap_faster_on_cpu`, and keeps the sequential reference for the others;
+# `client_parallel: vectorized` stacks them anyway.
+VMAP_DEVICE_TYPES = ("cuda",)
 
-    An explicit 'vectorized' that cannot be honoured is an error, raised before any training.
+
+def speed_blocker(model: nn.Module, device_type: str) -> str | None:
+    """Why `auto` trains this model's clients one by one on `device_type` although vectorising is exact, or None."""
+    if device_type in VMAP_DEVICE_TYPES or has_forward_stacked(model) or getattr(model, "vmap_faster_on_cpu", False):
+        return None
+    return (f"{type(model).__name__} has no forward_stacked and is not known to train faster under vmap on a "
+            f"{device_type} device (on a CPU resnet20 0.6-0.7x, char_gpt 0.9x, char_lstm 0.4x of sequential speed)")
+
+
+def resolve_client_parallel(model: nn.Module, strategy: Strategy, cfg: TrainConfig,
+                            device_type: str | None = None) -> str:
+    """'vectorized' or 'sequential' for `cfg.client_parallel`.
+
+    'auto' vectorises whenever that is exact and, on a device other than CUDA, the model has its own
+    `forward_stacked` or declares `vmap_faster_on_cpu` (`speed_blocker`); `device_type`: where the clients
+    train (None: the model's parameters' device). An explicit 'vectorized' that cannot be honoured is an
+    error, raised before any training.
     """
     mode = cfg.client_parallel
     if mode not in CLIENT_PARALLEL:
@@ -104,6 +135,14 @@ def resolve_client_parallel(model: nn.Module, strategy: Strategy, cfg: TrainConf
             return "sequential"
         log.warning("client training: vectorized as asked, but %s", note)
     if reason is None:
+        if device_type is None:
+            device_type = next(model.parameters()).device.type
+        slow = speed_blocker(model, device_type)
+        if slow is not None and mode == "auto":
+            log.info("client training: sequential (%s; client_parallel: vectorized trains them at once anyway)", slow)
+            return "sequential"
+        if slow is not None:
+            log.info("client training: vectorized as asked, though %s", slow)
         return "vectorized"
     if mode == "vectorized":
         raise ValueError(f"training.client_parallel is 'vectorized' but {reason}; use 'auto' to fall back "
@@ -126,6 +165,15 @@ def unaliased(grads: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         out.append(g.clone() if ptr in seen else g)
         seen.add(ptr)
     return out
+
+
+def at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """Logits for the cross-entropy: bf16 ones (autocast) in float32, float32 and float64 ones as they are.
+
+    A plain ``.float()`` would take float64 logits down to float32, and with them the loss and every
+    gradient (1e-7 relative) that the sequential path computes in float64.
+    """
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 def crop_flip_draws(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -186,8 +234,7 @@ class VectorizedTrainer:
             log.info("bf16_autocast is for CUDA only: training in float32 on %s", self.device)
         # The model's own grouped forward where it has one (cnn_small, convnet: channels-last grouped
         # convolutions, about 1.4x faster on a CPU), else functional_call under vmap.
-        own = getattr(type(model), "forward_stacked", None)
-        self.stacked_forward = stacked_forward and own not in (None, ImageClassifier.forward_stacked)
+        self.stacked_forward = stacked_forward and has_forward_stacked(model)
         if self.stacked_forward:
             self._loss = self._stacked_loss
         else:
@@ -198,14 +245,15 @@ class VectorizedTrainer:
                      mask: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy over the real (unmasked) samples of one client's batch."""
         logits = functional_call(self.model, params, (x,))
-        ce = F.cross_entropy(logits.float(), y, reduction="none")
+        ce = F.cross_entropy(at_least_float32(logits), y, reduction="none")
         return (ce * mask).sum() / mask.sum()
 
     def _stacked_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                       mask: torch.Tensor) -> torch.Tensor:
         """`_client_loss` of every client at once through the model's `forward_stacked`: [K] losses."""
         logits = self.model.forward_stacked(params, x)
-        ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none").view_as(mask)
+        ce = F.cross_entropy(at_least_float32(logits).flatten(0, 1), y.flatten(), reduction="none")
+        ce = ce.view_as(mask)
         return (ce * mask).sum(1) / mask.sum(1)
 
     def _step_loss(self, xb: torch.Tensor, yb: torch.Tensor,
@@ -293,7 +341,7 @@ class VectorizedTrainer:
         for t in range(num_steps):
             lrs = [p.lrs[t] for p in plans[: active[t]]]
             step_lr.append(lrs[0] if all(v == lrs[0] for v in lrs) else torch.tensor(lrs, device=device))
-        loss_sum = torch.zeros(k0, device=device)
+        loss_sum = torch.zeros(k0, device=device, dtype=global_params.dtype)  # float64 runs record float64 losses
 
         x_train, y_train = self.data.x_train, self.data.y_train
         gradients, adjust = self.strategy.local_gradients_vectorized, self.strategy.adjust_gradients_vectorized
@@ -312,7 +360,7 @@ class VectorizedTrainer:
                 if moments is not None:
                     self._adamw_step(current, grads, [m[:k] for m in moments[0]], [m[:k] for m in moments[1]],
                                      step_lr[t], t + 1)
-                    loss_sum[:k] += losses.detach().float()
+                    loss_sum[:k] += losses.detach()
                     continue
                 # torch.optim.SGD (dampening 0, no Nesterov) on the active prefix of the stack.
                 if cfg.weight_decay:
@@ -328,7 +376,7 @@ class VectorizedTrainer:
                 else:
                     for c, g in zip(current, grads, strict=True):
                         c.sub_(g * lr.view(-1, *([1] * (g.dim() - 1))))
-                loss_sum[:k] += losses.detach().float()
+                loss_sum[:k] += losses.detach()
 
         flat = torch.cat([s.reshape(k0, -1) for s in stacked], dim=1)
         losses_mean = (loss_sum.cpu() / torch.tensor(steps, dtype=torch.float32).clamp_min(1)).tolist()

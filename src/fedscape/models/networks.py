@@ -12,7 +12,9 @@ Conventions every model follows (other stages rely on them):
 - ``forward`` is deterministic: no model uses dropout or any other randomness;
 - a model may add ``forward_stacked(params, x)``: K models' logits on their own batches at once,
   equal to ``vmap(functional_call)`` but written for grouped layouts that run faster (vectorised
-  client training uses it where present).
+  client training uses it where present); a model without one that trains faster under ``vmap`` than
+  one client after another on a CPU, as measured, sets ``vmap_faster_on_cpu`` (``client_parallel:
+  auto`` vectorises on a CPU only these two kinds).
 """
 
 from __future__ import annotations
@@ -206,6 +208,10 @@ class ImageClassifier(nn.Module):
     """Base class: ``forward(x) == classifier(forward_features(x))``."""
 
     classifier: nn.Linear
+    # Whether training K clients at once under vmap (no forward_stacked) was measured faster than one after another on
+    # a CPU (benchmarks/README.md); `client_parallel: auto` vectorises on a CPU only such models and those with a
+    # forward_stacked. False where measured slower (resnet20, char_gpt, char_lstm) or not measured.
+    vmap_faster_on_cpu: bool = False
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Penultimate representation, shape [B, D]."""
@@ -235,8 +241,16 @@ class ImageClassifier(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no width-sliceable last block")
 
 
+def has_forward_stacked(model: nn.Module) -> bool:
+    """Whether the model has its own grouped ``forward_stacked`` (else vectorised training runs it under ``vmap``)."""
+    own = getattr(type(model), "forward_stacked", None)
+    return own is not None and own is not ImageClassifier.forward_stacked
+
+
 class MLP(ImageClassifier):
     """Multilayer perceptron on flattened pixels, in -> 64 -> 64 -> classes with ReLU (digits baseline)."""
+
+    vmap_faster_on_cpu = True  # 10 clients on digits: 3.0x, 50: 6.2x (one thread)
 
     def __init__(self, num_classes: int, in_features: int, hidden: int = 64) -> None:
         super().__init__()

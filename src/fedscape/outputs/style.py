@@ -10,7 +10,8 @@ Conventions used by all figures (so a reader learns them once):
 - heatmaps use :func:`sequential_cmap` (non-negative values, e.g. distances) or :func:`diverging_cmap`
   (signed values centred at 0, e.g. barriers), both colour-blind safe, missing cells light grey;
 - every figure is written as PDF and PNG together with the data it draws as CSV
-  (:func:`save_figure`), each file atomically.
+  (:func:`save_figure`), each file atomically, laid out and measured once for both formats
+  (:func:`write_formats`).
 """
 
 from __future__ import annotations

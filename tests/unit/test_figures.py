@@ -473,3 +473,149 @@ def test_curves_and_accuracy_table_leave_out_diverged_rounds_and_runs():
     assert cell["n_seeds"] == 2 and cell["mean"] == pytest.approx(2.0 / 4)
     assert table.loc[table["alpha"] == 0.1, "n_seeds"].iloc[0] == 2
     assert table.loc[table["alpha"] == math.inf, "n_seeds"].iloc[0] == 3
+
+
+# -- drawing cost: log ticks and one layout for both formats -------------------------------------------
+def _log_axis(ylim: tuple[float, float]):
+    from fedscape.outputs.style import pyplot
+
+    fig, ax = pyplot().subplots()
+    ax.set_yscale("log")
+    ax.set_ylim(*ylim)
+    return fig, ax
+
+
+@pytest.mark.parametrize("ylim", [(1e-6, 1e6), (1e-6, 634.0), (1e-9, 1e-2)])
+def test_bounded_log_ticks_drop_the_minor_ticks_of_a_log_axis_spanning_many_decades(ylim):
+    from matplotlib.ticker import LogLocator
+
+    from fedscape.outputs.style import LOG_MINOR_MAX_DECADES, bounded_log_ticks, pyplot
+
+    # Prepare: matplotlib's own minor locator puts 8 ticks in each decade of views up to 10 decades wide
+    fig, ax = _log_axis(ylim)
+    decades = math.log10(ylim[1] / ylim[0])
+    default = LogLocator(subs="auto")
+    default.set_axis(ax.yaxis)
+    assert decades > LOG_MINOR_MAX_DECADES
+
+    # Execute
+    bounded_log_ticks(ax.yaxis)
+
+    # Assert: no minor ticks; the major ones (matplotlib's) stay few and the labels are untouched
+    assert len(ax.yaxis.get_ticklocs(minor=True)) == 0
+    assert len(default()) >= 8 * math.floor(decades) if decades <= 10 else len(default()) == 0
+    assert 2 <= len(ax.yaxis.get_ticklocs()) <= 14
+    pyplot().close(fig)
+
+
+@pytest.mark.parametrize("ylim", [(0.05, 3.0), (1e-3, 2.5), (2.0, 9.0)])
+def test_bounded_log_ticks_keep_matplotlibs_minor_ticks_of_a_narrow_log_axis(ylim):
+    from matplotlib.ticker import LogLocator
+
+    from fedscape.outputs.style import bounded_log_ticks, pyplot
+
+    fig, ax = _log_axis(ylim)
+    default = LogLocator(subs="auto")
+    default.set_axis(ax.yaxis)
+
+    bounded_log_ticks(ax.yaxis)
+
+    assert np.array_equal(ax.yaxis.get_ticklocs(minor=True), default())
+    assert len(ax.yaxis.get_ticklocs(minor=True)) >= 7
+    pyplot().close(fig)
+
+
+def test_bounded_log_ticks_need_a_log_axis():
+    from fedscape.outputs.style import bounded_log_ticks, pyplot
+
+    fig, ax = pyplot().subplots()
+    with pytest.raises(ValueError, match="log-scaled axis; this one is 'linear'"):
+        bounded_log_ticks(ax.yaxis)
+    pyplot().close(fig)
+
+
+def _laid_out_figure():
+    """Constrained layout, a log axis, a colour bar and legends inside and outside: what the layout moves."""
+    from fedscape.outputs.style import pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(6.0, 2.5), layout="constrained")
+    x = np.linspace(0.1, 10, 50)
+    axes[0].semilogy(x, np.exp(x), label="exp")
+    axes[0].legend()
+    image = axes[1].imshow(np.arange(12.0).reshape(3, 4), aspect="auto")
+    fig.colorbar(image, ax=axes[1], label="value")
+    axes[1].set_title("a title that constrained layout makes room for")
+    fig.suptitle("suptitle")
+    fig.legend([axes[0].lines[0]], ["outside"], loc="outside right center")
+    return fig
+
+
+@pytest.mark.parametrize("tight", [True, False])
+def test_write_formats_lays_out_once_and_writes_the_png_savefig_writes(tmp_path, monkeypatch, tight):
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    from fedscape.outputs.style import DPI, pyplot, write_formats
+
+    # Prepare: the PNG that savefig alone writes (its own layout and measuring draw)
+    plt = pyplot()
+    reference = _laid_out_figure()
+    reference.savefig(tmp_path / "reference.png", dpi=DPI, bbox_inches="tight" if tight else None)
+    plt.close(reference)
+    layouts = []
+    execute = ConstrainedLayoutEngine.execute
+    monkeypatch.setattr(ConstrainedLayoutEngine, "execute", lambda self, fig: layouts.append(fig) or execute(self, fig))
+    fig = _laid_out_figure()
+    paths = {"pdf": tmp_path / "fig.pdf", "png": tmp_path / "fig.png"}
+
+    # Execute
+    write_formats(fig, paths, tight=tight)
+
+    # Assert: one layout for the two formats (savefig: one per format), the same pixels, a valid PDF, closed
+    assert len(layouts) == 1
+    png, expected = plt.imread(paths["png"]), plt.imread(tmp_path / "reference.png")
+    assert png.shape == expected.shape and np.array_equal(png, expected)
+    if not tight:
+        assert png.shape[:2] == (round(2.5 * DPI), round(6.0 * DPI))
+    assert paths["pdf"].read_bytes()[:5] == b"%PDF-"
+    assert not plt.fignum_exists(fig.number)
+    assert not list(tmp_path.glob(".*.tmp*"))
+
+
+def test_density_figure_draws_each_runs_smoothed_spectrum_on_a_log_axis_without_a_minor_tick_comb(tmp_path,
+                                                                                                monkeypatch):
+    from fedscape.analysis.hessian import figures as hessian_figures
+    from fedscape.analysis.hessian.definitions import AGGREGATE, DENSITY_COLUMNS
+
+    # Prepare: two runs x two rounds, two SLQ probes each (weights summing to 1), and a client's rows
+    inputs = []
+    for alpha in ("iid", "0.1"):
+        for round_ in (0, 5):
+            rows = [(run_id(alpha, 0), round_, data, probe, node, weight)
+                    for data in (AGGREGATE, "client~0") for probe in (0, 1)
+                    for node, weight in ((-1.0 - probe, 0.25), (2.0, 0.5), (8.0 + round_, 0.25))]
+            path = tmp_path / f"{alpha}_{round_}.csv"
+            pd.DataFrame(rows, columns=DENSITY_COLUMNS).to_csv(path, index=False)
+            inputs.append(path)
+    drawn = {}
+    save = hessian_figures.save
+    monkeypatch.setattr(hessian_figures, "save", lambda fig, outs, data: drawn.update(fig=fig) or save(fig, outs, data))
+    outputs = {ext: tmp_path / f"density.{ext}" for ext in ("png", "pdf", "csv")}
+
+    # Execute
+    hessian_figures.density_figure(inputs, outputs, grid_points=2000)
+
+    # Assert: one curve per run and round over its own padded range, each a probability density
+    data = assert_figure_files(outputs)
+    assert len(data) == 2 * 2 * 2000
+    for (_, round_), curve in data.groupby(["run_id", "round"]):
+        x, y = curve["eigenvalue"].to_numpy(), curve["density"].to_numpy()
+        lo, hi, pad = -2.0, 8.0 + round_, 0.05 * (10.0 + round_)
+        assert x[0] == pytest.approx(lo - pad) and x[-1] == pytest.approx(hi + pad)
+        assert np.trapezoid(y, x) == pytest.approx(1.0, abs=1e-3)
+    panels = [ax for ax in drawn["fig"].axes if ax.lines]
+    assert len(panels) == 2
+    for ax in panels:
+        assert ax.get_yscale() == "log" and len(ax.lines) == 2
+        assert ax.get_ylim()[0] == 1e-6 and math.log10(ax.get_ylim()[1] / 1e-6) > 6
+        assert len(ax.yaxis.get_ticklocs(minor=True)) == 0

@@ -10,7 +10,8 @@ Conventions used by all figures (so a reader learns them once):
 - heatmaps use :func:`sequential_cmap` (non-negative values, e.g. distances) or :func:`diverging_cmap`
   (signed values centred at 0, e.g. barriers), both colour-blind safe, missing cells light grey;
 - every figure is written as PDF and PNG together with the data it draws as CSV
-  (:func:`save_figure`), each file atomically.
+  (:func:`save_figure`), each file atomically, laid out and measured once for both formats
+  (:func:`write_formats`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.colors import LinearSegmentedColormap
+from matplotlib.ticker import LogLocator
 
 from fedscape.core.alpha import format_setting, setting_order_key
 from fedscape.core.io import atomic_path
@@ -149,6 +151,37 @@ def pyplot():
     return plt
 
 
+# Minor ticks (2..9 x 10^k) of a log axis are drawn while its view spans at most this many decades (the
+# loss curves: ~1-4): 8 per decade, so beyond it they are a dense unlabelled comb (matplotlib labels
+# minor ticks below ~1 decade only), and every tick is a Tick with two labels, measured in the layout
+# and in every draw (the spectral densities: 8 decades, 70 minor ticks on each of 9 panels).
+LOG_MINOR_MAX_DECADES = 6.0
+
+
+class BoundedLogMinorLocator(LogLocator):
+    """Minor ticks of a log axis as matplotlib's LogLocator(subs="auto") places them, while the view spans
+    at most `max_decades` decades; none on wider views (matplotlib itself drops them above 10 decades)."""
+
+    def __init__(self, max_decades: float = LOG_MINOR_MAX_DECADES, base: float = 10.0):
+        super().__init__(base=base, subs="auto")
+        self.max_decades = float(max_decades)
+        self.log_base = float(base)
+
+    def tick_values(self, vmin, vmax):
+        if vmin > 0 and vmax > 0 and abs(math.log(vmax / vmin, self.log_base)) > self.max_decades:
+            return np.array([])
+        return super().tick_values(vmin, vmax)
+
+
+def bounded_log_ticks(axis, max_decades: float = LOG_MINOR_MAX_DECADES) -> None:
+    """Give a log-scaled `axis` (e.g. ax.yaxis) a BoundedLogMinorLocator; its major ticks stay matplotlib's
+    (one label per decade or every few decades, at most ~10). Call it after the axis's scale is set (setting
+    a scale resets the locators); on shared axes it applies to the whole group."""
+    if axis.get_scale() != "log":
+        raise ValueError(f"bounded_log_ticks needs a log-scaled axis; this one is {axis.get_scale()!r}")
+    axis.set_minor_locator(BoundedLogMinorLocator(max_decades))
+
+
 def empty_figure(message: str, size: tuple[float, float] = (4.0, 2.0)):
     """A figure that says why there is nothing to draw (rules always produce their outputs)."""
     plt = pyplot()
@@ -158,25 +191,50 @@ def empty_figure(message: str, size: tuple[float, float] = (4.0, 2.0)):
     return fig
 
 
+def write_formats(fig, paths: Mapping[str, str | Path], dpi: int = DPI, tight: bool = True) -> None:
+    """Write `fig` to each {format: path} of `paths` (each atomically), laid out and measured once; close `fig`.
+
+    Every `savefig` call runs the layout engine (constrained layout measures every tick label and title)
+    and a measuring draw before its real draw; for bbox_inches="tight" it also measures the drawn
+    artists. Both depend on text sizes in inches only, so they are done once here, with the Agg renderer
+    at `dpi` (the PNG's own, so the PNG is pixel-identical to one written by savefig alone), and every
+    format then costs one draw: the layout engine is removed, which keeps the positions and spares
+    savefig its measuring draw. `tight`: crop to the artists plus rcParams["savefig.pad_inches"] (as
+    savefig's bbox_inches="tight"), else write the whole figure.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: the backend loads with pyplot()
+
+    plt = pyplot()
+    try:
+        canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+        fig.set_dpi(dpi)
+        engine = fig.get_layout_engine()
+        if fig.axes and engine is not None:
+            engine.execute(fig)  # what Figure.draw does first; the axes keep these positions from here on
+        bbox = None
+        if tight:
+            bbox = fig.get_tightbbox(canvas.get_renderer()).padded(plt.rcParams["savefig.pad_inches"])
+        # None, not "none": a placeholder engine would still make savefig run its measuring draw
+        with matplotlib.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+            fig.set_layout_engine(None)
+        for fmt, path in paths.items():
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches=bbox)
+    finally:
+        plt.close(fig)
+
+
 def save_figure(fig, base_path: str | Path, data: pd.DataFrame, formats: Sequence[str] = ("pdf", "png"),
                 dpi: int = DPI) -> dict[str, Path]:
     """Write `fig` as <base>.pdf and <base>.png and `data` as <base>.csv, each atomically; close `fig`.
 
     `base_path` may carry one of the suffixes (e.g. the rule's PNG output); it is dropped.
     """
-    plt = pyplot()
     base = Path(base_path)
     if base.suffix.lstrip(".") in (*formats, "csv"):
         base = base.with_suffix("")
-    paths = {}
-    try:
-        for fmt in formats:
-            path = base.with_name(f"{base.name}.{fmt}")
-            with atomic_path(path) as tmp:
-                fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
-            paths[fmt] = path
-    finally:
-        plt.close(fig)
+    paths = {fmt: base.with_name(f"{base.name}.{fmt}") for fmt in formats}
+    write_formats(fig, paths, dpi=dpi, tight=True)
     path = base.with_name(f"{base.name}.csv")
     with atomic_path(path) as tmp:
         data.to_csv(tmp, index=False)

@@ -36,6 +36,7 @@ from fedscape.outputs.style import (
     PALETTE,
     RunStyle,
     alpha_order,
+    bounded_log_ticks,
     empty_figure,
     facet_grid,
     pyplot,
@@ -157,6 +158,7 @@ def curves_figure(rounds: pd.DataFrame, dataset: str, model: str, metric: str, b
             for ax in facet_axes:
                 if (stats["mean"] > 0).all():
                     ax.set_yscale("log")
+                    bounded_log_ticks(ax.yaxis)  # a diverging run's loss spans many decades
     seeds = int(stats["n_seeds"].max()) if len(stats) else 0
     band = "mean and 95% t-interval over seeds" if seeds > 1 else "one seed"
     fig.suptitle(f"{dataset} / {model}: global model {metric} per round ({band})")

@@ -14,7 +14,7 @@ from fedscape.analysis.hessian.definitions import AGGREGATE, DENSITY_COLUMNS
 from fedscape.core.alpha import format_setting, setting_label
 from fedscape.core.runs import RUN_FIELDS, parse_run_id
 from fedscape.outputs.labels import format_field, label_run
-from fedscape.outputs.style import PALETTE, alpha_colors, alpha_order, pyplot
+from fedscape.outputs.style import PALETTE, alpha_colors, alpha_order, bounded_log_ticks, pyplot
 from fedscape.outputs.style import save_figure_outputs as save
 from fedscape.outputs.tables import read_table
 
@@ -131,6 +131,7 @@ def density_figure(inputs: list[str | Path], outputs: dict, grid_points: int = 1
             ax.semilogy(sub["eigenvalue"], np.maximum(sub["density"], 1e-12), label=f"round {round_}", lw=1,
                         color=round_colors[round_])
         ax.set_ylim(bottom=1e-6)
+        bounded_log_ticks(ax.yaxis)  # ~8 decades: no comb of 70 minor ticks per panel
         ax.set_title(label_run(parse_run_id(run_id), varying))
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("density (SLQ)")

@@ -18,7 +18,7 @@ from fedscape.analysis.landscape.gather import load_surface
 from fedscape.core.alpha import format_setting
 from fedscape.core.io import atomic_path
 from fedscape.core.runs import parse_run_id
-from fedscape.outputs.style import PALETTE, SEQUENTIAL_CMAP, alpha_colors, pyplot
+from fedscape.outputs.style import PALETTE, SEQUENTIAL_CMAP, alpha_colors, pyplot, write_formats
 
 log = logging.getLogger("fedscape.landscape")
 
@@ -108,10 +108,7 @@ def plot_surface(surface: dict, out_pdf: str | Path, out_png: str | Path, overla
     ax.set_title(f"{meta['surface_id']} ({meta['kind']}{round_txt})\n{data_description(meta['data'])}", fontsize=9)
     if handles:
         ax.legend(handles=handles, fontsize=7, loc="best", framealpha=0.85)
-    for out in (out_pdf, out_png):
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, format=Path(out).suffix.lstrip("."), dpi=150)
-    plt.close(fig)
+    write_formats(fig, {Path(out).suffix.lstrip("."): out for out in (out_pdf, out_png)}, dpi=150, tight=False)
 
 
 def _draw_points(ax, surface: dict, highlight: str | None) -> list:

@@ -6,7 +6,6 @@ import math
 from collections.abc import Iterable
 
 import numpy as np
-from scipy.special import stdtrit
 
 from fedscape.core.runs import OK
 
@@ -34,5 +33,7 @@ def t_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[float
     if n == 1:
         return mean, math.nan, math.nan, math.nan, 1
     std = float(x.std(ddof=1))
+    from scipy.special import stdtrit  # lazy: ~0.2 s of every table and figure job, needed only over several seeds
+
     half = float(stdtrit(n - 1, 0.5 + confidence / 2)) * std / math.sqrt(n)
     return mean, std, mean - half, mean + half, n

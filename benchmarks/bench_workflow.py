@@ -10,8 +10,9 @@ does the same for another commit (a git worktree) first, on the same machine, an
     python benchmarks/bench_workflow.py --compare c3f29ef    # side by side with another commit
     python benchmarks/bench_workflow.py --compare c3f29ef --default-config benchmarks/configs/c3f29ef_default.yaml
 
-`--default-config FILE` puts FILE in place of this checkout's config/config.yaml (not `--configfile`, which
-Snakemake merges into the default one): with the reference's own default config it measures the same work.
+`--default-config FILE` runs this checkout once more with FILE in place of its config/config.yaml (not
+`--configfile`, which Snakemake merges into the default one): with the reference's own default config, the
+same work as the reference's run.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def main() -> int:
     parser.add_argument("--compare", metavar="REF", help="git commit to run first, side by side")
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--default-config", type=Path, metavar="FILE",
-                        help="this checkout's run uses FILE as its config/config.yaml (e.g. the reference's default)")
+                        help="also run this checkout with FILE as its config/config.yaml (the reference's default)")
     args = parser.parse_args()
     import torch  # lazy: only to print its version
 
@@ -149,13 +150,16 @@ def main() -> int:
                 results.append((f"{args.compare}", *run_workflow(ref, args.cores, Path(scratch))))
             finally:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(ref)], check=False)
-        name = "this checkout" + (f" on {args.default_config.name}" if args.default_config else "")
-        config = args.default_config.resolve() if args.default_config else None
-        results.append((name, *run_workflow(ROOT, args.cores, Path(scratch), config)))
+        results.append(("this checkout", *run_workflow(ROOT, args.cores, Path(scratch))))
+        if args.default_config:
+            name = f"this checkout on {args.default_config.name}"
+            results.append((name, *run_workflow(ROOT, args.cores, Path(scratch), args.default_config.resolve())))
         for name, wall, workdir in results:
             report(name, wall, workdir, bare)
-        if len(results) == 2:
-            print(f"\nwall time: this checkout / {args.compare} = {results[1][1] / results[0][1]:.2f}")
+        if args.compare:
+            print()
+            for name, wall, _ in results[1:]:
+                print(f"wall time: {name} / {args.compare} = {wall / results[0][1]:.2f}")
     return 0
 
 

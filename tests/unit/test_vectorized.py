@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import vectorized
+from helpers.vectorized import model_of
 from torch import nn
 
 from fedscape.core.config import ConfigError, load_schema
 from fedscape.data.datasets import augment_batch
 from fedscape.data.federated import FederatedData
 from fedscape.fl import sequential as sequential_mod
-from fedscape.fl.engine import run_federated
 from fedscape.fl.hparams.registry import ALGORITHM_SPECS
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.base import Strategy
@@ -46,24 +47,11 @@ def shard_data(sizes: list[int], seed: int = 0, size: int = 8) -> FederatedData:
     return FederatedData(x, y, idx, x[:20], y[:20])
 
 
-def model_of(name: str = "cnn_small", seed: int = 0, **options) -> nn.Module:
-    torch.manual_seed(seed)
-    return build_model(name, num_classes=10, in_channels=1, image_size=8, **options)
-
-
 def run_mode(mode: str, algorithm: str, hparams: dict, data: FederatedData, monkeypatch, model: str = "cnn_small",
              model_options: dict | None = None, **train):
-    """run_federated in one client_parallel mode; the vectorised mode must not touch local_train."""
-    cfg = TrainConfig(**{"rounds": 1, "local_epochs": 2, "batch_size": 8, "lr": 0.1, "momentum": 0.9,
-                         "weight_decay": 1e-3, "participation": 0.75, "seed": 3, "save_clients_at": (1,),
-                         "client_parallel": mode, **train})
-    with monkeypatch.context() as m:
-        if mode == "vectorized":
-            def no_sequential(*args, **kwargs):
-                raise AssertionError("the vectorised run fell back to sequential local_train")
-
-            m.setattr(sequential_mod, "local_train", no_sequential)
-        return run_federated(model_of(model, **(model_options or {})), data, make_strategy(algorithm, hparams), cfg)
+    """run_federated in one client_parallel mode (helpers.vectorized.run_mode) with the named algorithm."""
+    return vectorized.run_mode(mode, make_strategy(algorithm, hparams), data, monkeypatch, model, model_options,
+                               **train)
 
 
 def assert_same_round(seq, vec) -> None:

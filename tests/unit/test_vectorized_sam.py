@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import vectorized
 from helpers.synthetic import shard_data
-from torch import nn
+from helpers.vectorized import model_of
 
-from fedscape.fl import sequential as sequential_mod
-from fedscape.fl.engine import run_federated
 from fedscape.fl.hparams.registry import algorithm_config
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.base import Strategy
@@ -24,24 +23,9 @@ TOL = 1e-5  # the vectorised path's exactness bound (same seeds), as in test_vec
 SIZES = [21, 9, 5, 30]  # unequal shards: partial last batches, clients inactive in the last steps
 
 
-def model_of(name: str = "cnn_small", seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return build_model(name, num_classes=10, in_channels=1, image_size=8)
-
-
 def run_mode(mode: str, strategy: Strategy, model: str = "cnn_small", monkeypatch=None, **train):
-    """One round of run_federated in one client_parallel mode, with momentum and weight decay; the vectorised
-    mode must not fall back to the sequential local_train."""
-    cfg = TrainConfig(**{"rounds": 1, "local_epochs": 2, "batch_size": 8, "lr": 0.1, "momentum": 0.9,
-                         "weight_decay": 1e-3, "participation": 0.75, "seed": 3, "save_clients_at": (1,),
-                         "client_parallel": mode, **train})
-    with monkeypatch.context() as m:
-        if mode == "vectorized":
-            def no_sequential(*args, **kwargs):
-                raise AssertionError("the vectorised run fell back to sequential local_train")
-
-            m.setattr(sequential_mod, "local_train", no_sequential)
-        return run_federated(model_of(model), shard_data(SIZES), strategy, cfg)
+    """One round on the unequal shards of SIZES (helpers.vectorized.run_mode)."""
+    return vectorized.run_mode(mode, strategy, shard_data(SIZES), monkeypatch, model, **train)
 
 
 def client_diff(a, b) -> float:

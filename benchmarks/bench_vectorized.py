@@ -13,6 +13,7 @@ measure of the work done than wall time (with one thread; more threads spin whil
     python benchmarks/bench_vectorized.py --algorithm fedsam --clients 10 50   # two passes per step (FedASAM too)
     python benchmarks/bench_vectorized.py --model convnet --clients 10 16        # CIFAR-shaped synthetic data
     python benchmarks/bench_vectorized.py --model resnet20 --norm group --clients 10 16
+    python benchmarks/bench_vectorized.py --model mlp --vmap --clients 10 50      # digits, under vmap
 
 The 32x32 models (convnet, resnet20, with group norm: batch norm is not exact vectorised) train on seeded
 synthetic CIFAR-shaped data (N(0, 1) images, uniform labels, `--samples-per-client` each), since CIFAR itself
@@ -40,13 +41,13 @@ from fedscape.fl.vectorized import VectorizedTrainer, vectorization_blocker
 from fedscape.models.networks import build_model
 from fedscape.models.params import FlatParams, flatten_buffers
 
-# The models the benchmark knows: (in_channels, image size) of their data; digits for cnn_small, else CIFAR-shaped.
-SHAPES = {"cnn_small": (1, 8), "convnet": (3, 32), "resnet20": (3, 32)}
+# The models the benchmark knows: (in_channels, image size) of their data; digits for 8x8 ones, else CIFAR-shaped.
+SHAPES = {"cnn_small": (1, 8), "mlp": (1, 8), "convnet": (3, 32), "resnet20": (3, 32)}
 
 
 def make_data(num_clients: int, alpha: str, device: torch.device, model: str = "cnn_small",
               samples_per_client: int = 64) -> FederatedData:
-    if model != "cnn_small":
+    if SHAPES[model] != (1, 8):
         return synthetic_data(num_clients, alpha, device, *SHAPES[model], samples_per_client)
     ds = load_dataset("digits", seed=0, test_fraction=0.25, proxy_fraction=0.2)
     part = make_partition(ds.y_train.numpy(), num_clients, parse_alpha(alpha), seed=0, min_size=2)

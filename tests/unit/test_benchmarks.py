@@ -19,7 +19,7 @@ def _run(script: str, *args: str) -> str:
     return proc.stdout
 
 
-@pytest.mark.parametrize("model", [["--model", "cnn_small"], ["--model", "convnet"],
+@pytest.mark.parametrize("model", [["--model", "cnn_small"], ["--model", "mlp"], ["--model", "convnet"],
                                    ["--model", "resnet20", "--norm", "group"]])
 def test_bench_vectorized_runs_and_matches_sequential(model):
     out = _run("bench_vectorized.py", "--threads", "1", "--clients", "2", "--repeats", "1", "--local-epochs", "1",

@@ -147,7 +147,8 @@ def main() -> None:
     device = torch.device(args.device)
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"{cpu_model()}, {torch.get_num_threads()} threads")
-    data = "digits" if args.model == "cnn_small" else f"synthetic CIFAR-shaped data, {args.samples_per_client}/client"
+    data = ("digits" if SHAPES[args.model] == (1, 8)
+            else f"synthetic CIFAR-shaped data, {args.samples_per_client}/client")
     norm = f" (norm {args.norm})" if args.norm else ""
     print(f"# vectorised vs sequential client training: {args.model}{norm} on {data}, alpha {args.alpha}, "
           f"{args.local_epochs} local epochs, batch {args.batch_size}, chunk {args.chunk_size}, {name}, "

@@ -10,6 +10,7 @@ the daemons again by PID. It skips, with the reason, where the packages cannot b
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shutil
@@ -153,6 +154,22 @@ def test_account_and_partitions_come_from_the_environment(environ, account, part
     assert evaluate_resource(train["slurm_partition"], environ) == gpu_partition
 
 
+def test_every_submitted_rule_uses_the_cpus_it_asks_for():
+    # Prepare: the rules that go through sbatch (not `localrule: True`), and the profile
+    rules = [m.group(1) for path in sorted((ROOT / "rules").glob("*.smk"))
+             for m in re.finditer(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", path.read_text(), flags=re.M | re.S)
+             if "localrule: True" not in m.group(2) and m.group(1) != "all"]
+    threads, resources = profile()["set-threads"], profile()["set-resources"]
+    default_cpus = profile()["default-resources"]["cpus_per_task"]
+
+    # Execute: each rule's CPUs as a computing job asks for them
+    cpus = {rule: evaluate_resource(resources.get(rule, {}).get("cpus_per_task", default_cpus)) for rule in rules}
+
+    # Assert: the profile names every such rule, with as many threads as CPUs
+    assert {"train", "hessian", "client_stats", "landscape_plane"} <= set(rules)
+    assert {rule: threads.get(rule) for rule in rules} == cpus
+
+
 @pytest.mark.parametrize(("inputs", "gpu"), [(("trajectory", "partition"), 1),
                                              (tuple(f"source_{key}" for key in JOB_FILES), 0)])
 def test_a_copying_hessian_job_asks_for_no_gpu(inputs, gpu):
@@ -242,6 +259,9 @@ def test_tiny_workflow_runs_through_sbatch(slurm_cluster, tmp_path, monkeypatch)
     runs = build_runs(config)
     for run in runs:
         assert (workdir / "results" / "train" / run.run_id / "trajectory.pt").is_file()
+        meta = json.loads((workdir / "results" / "train" / run.run_id / "meta.json").read_text())
+        # set-threads: the job's 4 CPUs (Snakemake caps a job's threads at its node's cores: 2 on a CI machine)
+        assert meta["device_name"].endswith(f", {min(4, os.cpu_count())} threads)"), meta["device_name"]
     rounds = (workdir / "results/tables/rounds.csv").read_text().splitlines()
     assert len(rounds) == 1 + len(runs) * (config["training"]["rounds"] + 1)
     assert "Using profile slurm" in proc.stdout + proc.stderr

@@ -384,3 +384,23 @@ def test_a_plane_file_reaches_the_plane_job_only_when_set_so_other_plane_jobs_ke
     # Assert: the plane job then says "your own file" in its errors, never "delete it"
     assert settings["h"]["plane_file"] == "my/plane.npz"
     assert "plane_file" not in settings["r"]
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    ({}, "is read from a data_dir, and none is set: set it to the directory that holds its files (LEAF builds"),
+    ({"data_dir": "no/such/leaf"}, "is not a directory (relative paths start at the working directory"),
+])
+def test_missing_leaf_data_points_to_leafs_scripts_not_to_download(options, says):
+    # Prepare: FEMNIST, which LEAF's preprocess.sh builds (no download can fetch it)
+    config = with_change("datasets", {"femnist": options}, GRID_ONLY)
+    config["models"] = ["cnn_small"]
+    config = check_config(config, SCHEMA)
+
+    # Execute
+    with pytest.raises(ConfigError) as err:
+        check_data(config, build_runs(config), None)
+
+    # Assert: the hint names LEAF's script, never `download: true`
+    message = str(err.value)
+    assert says in message and "preprocess.sh" in message
+    assert "download: true" not in message

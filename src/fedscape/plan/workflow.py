@@ -16,7 +16,7 @@ from types import ModuleType
 import fedscape.plan as _package
 from fedscape.core.config import ConfigError, duplicate_keys, load_schema, read_config_file, validate_config
 from fedscape.core.runs import WILDCARD_CONSTRAINTS, Run, build_runs
-from fedscape.data.specs import DATASET_NAMES, DATASETS
+from fedscape.data.specs import DATASET_NAMES, DATASETS, NO_DOWNLOAD
 
 FIRST = "train"  # its checks come first: every other stage reads the run grid it checks
 
@@ -126,12 +126,18 @@ def _data_dir_problems(where: str, name: str, options: dict, key: str = "data_di
     if info is None or not info.needs_data_dir:
         return []
     data_dir = options.get(key)
+    # where the files come from: a download fedscape can make, or files made elsewhere (LEAF's scripts)
+    made = NO_DOWNLOAD.get(name)
     if data_dir is None:
+        holds = (f"that holds its files ({made})" if made
+                 else "that holds (or, with `download: true`, receives) its files")
         return [f"{where}.{key}: {name} ({info.description}) is read from a data_dir, and none is set: set it to "
-                "the directory that holds (or, with `download: true`, receives) its files"]
+                f"the directory {holds}"]
     if not Path(data_dir).is_dir() and not options.get("download"):
+        get = f"{made}: copy its output there" if made else \
+            f"copy {name}'s files there or set `download: true` on a machine with internet"
         return [f"{where}.{key}: {data_dir!r} is not a directory (relative paths start at the working directory "
-                f"{Path.cwd()}); copy {name}'s files there or set `download: true` on a machine with internet"]
+                f"{Path.cwd()}); {get}"]
     return []
 
 

@@ -12,7 +12,7 @@ from fedscape.core.paths import Results
 from fedscape.core.runs import Run
 from fedscape.data.partition import PartitionError, check_partition_file
 from fedscape.data.specs import DATASET_NAMES, dataset_info, dataset_option_problems
-from fedscape.fl.hparams.registry import ALGORITHM_NAMES, algorithm_config, check_algorithm_model
+from fedscape.fl.hparams.registry import ALGORITHM_NAMES, algorithm_config, algorithm_spec, check_algorithm_model
 from fedscape.fl.schedule import DEFAULT_LOCAL_EPOCHS, WORK_KEYS
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.swa import check_swa, swa_config
@@ -198,6 +198,10 @@ def check(config: dict, runs: list[Run]) -> list[str]:
         except (TypeError, ValueError) as exc:
             if str(exc) != base:  # the same problem as the `training` section's, reported there once
                 problems.append(f"algorithms.{label}.training: {exc}")
+        try:
+            algorithm_spec(spec["name"]).check_training({**config["training"], **spec.get("training", {})})
+        except ValueError as exc:
+            problems.append(f"algorithms.{label}: {exc}")
         try:
             check_swa_settings(config["training"], spec.get("training", {}))
         except (TypeError, ValueError) as exc:

@@ -25,6 +25,15 @@ class AlgorithmSpec:
     display: str  # the name as its paper writes it (figure legends)
     paper: str
     requires: str | None = None  # the ModelInfo flag a model needs (e.g. "residual"); None = every model
+    # Why the algorithm needs a fresh local optimiser every round (training.keep_optimizer_state refused); None: it
+    # does not.
+    fresh_optimizer: str | None = None
+
+    def check_training(self, training: dict) -> None:
+        """ValueError when the algorithm cannot train with these (resolved) `training` settings."""
+        if training.get("keep_optimizer_state") and self.fresh_optimizer:
+            raise ValueError(f"{self.name} cannot keep the clients' optimiser state between rounds "
+                             f"(training.keep_optimizer_state): {self.fresh_optimizer}")
 
     def check_model(self, model: str) -> None:
         """ValueError when the algorithm cannot train `model` (e.g. StochDepth on a plain CNN)."""

@@ -9,4 +9,6 @@ from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
 # is server_momentum > 0).
 SPECS = (AlgorithmSpec("fednova", ServerSGDConfig, "fednova:FedNova", "FedNova",
                   "Wang et al. 2020, Tackling the Objective Inconsistency Problem in Heterogeneous Federated "
-                  "Optimization (NeurIPS)"),)
+                  "Optimization (NeurIPS)",
+                  fresh_optimizer="its normalisers ||a_i||_1 count each round's local steps from zero momentum "
+                                  "(Wang et al. 2020, eq. 6), which a carried-over momentum buffer breaks"),)

@@ -345,3 +345,12 @@ def test_time_limit_kill_resubmits_and_resumes_to_identical_checkpoints(slurm_cl
     ours_clients = load_clients(ours.with_name("clients.pt"))
     theirs_clients = load_clients(theirs.with_name("clients.pt"))
     assert torch.equal(ours_clients[20].params, theirs_clients[20].params)
+
+
+def test_the_profile_names_only_rules_that_exist():
+    # Prepare: every rule of the workflow
+    rules = set(rule_envs())
+
+    # Execute / Assert: a renamed or removed rule leaves no stale entry behind
+    assert set(profile()["set-resources"]) <= rules
+    assert set(profile()["set-threads"]) <= rules

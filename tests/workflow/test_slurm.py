@@ -323,10 +323,12 @@ def test_time_limit_kill_resubmits_and_resumes_to_identical_checkpoints(slurm_cl
     listed = _slurm(["sacct", "-X", "-n", "-P", "-S", "now-1day", "-o", "JobID"], conf).split()
     earlier = [_job_number(j) for j in listed]  # jobs of earlier tests, which reuse this run's wildcards
 
-    # Execute: the profile as typed, with a test-only time limit on the training job
+    # Execute: the profile as typed, with a test-only time limit on the training job, and one thread as the
+    # reference has: this one-node cluster shares its cores with the reference run, where two torch threads
+    # beside it would spin on an oversubscribed core (a round then takes many times longer)
     proc = snakemake(slurm_dir, target, "--profile", "slurm", "--configfile", "run.yaml", "--retries", "2",
-                     "--set-resources", "train:runtime=attempt", "--slurm-init-seconds-before-status-checks", "2",
-                     timeout=900)
+                     "--set-resources", "train:runtime=attempt", "--set-threads", "train=1",
+                     "--slurm-init-seconds-before-status-checks", "2", timeout=900)
 
     # Assert: the first attempt hit its time limit, a resubmission completed, resuming after a saved
     # round, and the checkpoints equal the uninterrupted run's bit for bit

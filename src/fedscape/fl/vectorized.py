@@ -90,12 +90,8 @@ def vectorization_blocker(model: nn.Module, strategy: Strategy) -> str | None:
     return None
 
 
-# Where `auto` vectorises every exact model/algorithm pair (expected to pay on a GPU; not measured yet). Elsewhere
-# (the CPU) vmap's speed depends on the model, measured against one client after another (benchmarks/README.md):
-# mlp 3-6x faster, cnn_small 2.4-3.2x, but resnet20 with group norm at 32x32 0.6-0.7x, char_gpt 0.9x
-# and char_lstm 0.4x, i.e. slower. There `auto` vectorises models with their own `forward_stacked` (cnn_small 3.5-4.4x,
-# convnet 1.4-1.5x) and those that declare `vmap_faster_on_cpu`, and keeps the sequential reference for the others;
-# `client_parallel: vectorized` stacks them anyway.
+# Where `auto` vectorises every exact model/algorithm pair; elsewhere (the CPU) only the models measured faster
+# vectorised there (the module docstring; benchmarks/README.md).
 VMAP_DEVICE_TYPES = ("cuda",)
 
 

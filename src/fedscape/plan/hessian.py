@@ -106,7 +106,8 @@ def shared_source(config: dict, runs: list, run, round_: int):
     if int(round_) != 0:
         return None
     key = _round_zero_key(run)
-    first = next(r for r, k in hessian_jobs(config, runs) if k == 0 and _round_zero_key(r) == key)
+    # rounds are resolved only for the runs of this group (hessian_jobs would resolve every run's, per job)
+    first = next(r for r in hessian_runs(config, runs) if _round_zero_key(r) == key and 0 in hessian_rounds(config, r))
     return None if first == run else first
 
 

@@ -68,14 +68,13 @@ class FedSAM(Strategy):
                                    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """`local_backward` for stacked clients: every client's ascent from its own gradient norm, then the
         gradient at its w + e (the stacked tensors stay at w, where the optimiser applies it)."""
-        losses = loss(params)
-        grads = list(torch.autograd.grad(losses.sum(), params))
+        losses, grads = super().local_gradients_vectorized(params, loss)
         with torch.no_grad():
             perturbation = sam_perturbation(params, grads, self.config.rho, self._eta(), stacked=True)
             shifted = [p + e for p, e in zip(params, perturbation, strict=True)]
         for s in shifted:
             s.requires_grad_(True)
-        return losses.detach(), list(torch.autograd.grad(loss(shifted).sum(), shifted))
+        return losses, list(torch.autograd.grad(loss(shifted).sum(), shifted))
 
 
 class FedASAM(FedSAM):

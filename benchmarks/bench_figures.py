@@ -33,6 +33,7 @@ from fedscape.analysis.barriers.figures import (
     layer_training_figure,
 )
 from fedscape.analysis.client_stats.figures import client_stats_figure
+from fedscape.analysis.hessian.definitions import JOB_FILES
 from fedscape.analysis.hessian.figures import density_figure, lambda_trace_figure
 from fedscape.analysis.landscape.figures import figure_stage
 from fedscape.core.paths import Results
@@ -69,7 +70,8 @@ def figure_jobs(config: dict, src: Results, dst: Results) -> dict[str, tuple[Cal
                                    [rel(out["csv"])])
     if config["hessian"]["density"]["enabled"]:
         out = outputs(hessian_plan.FIGURE, name=hessian_plan.DENSITY_FIGURE)
-        densities = [f"{d}/density.csv" for d in hessian_plan.job_dirs({**config, "results_dir": src.root}, runs)]
+        job_dirs = hessian_plan.job_dirs({**config, "results_dir": src.root}, runs)
+        densities = [f"{d}/{JOB_FILES['density']}" for d in job_dirs]
         jobs["hessian_density"] = (lambda out=out: density_figure(densities, out), [rel(out["csv"])])
     out = outputs(client_stats_plan.FIGURE)
     jobs["client_stats"] = (lambda out=out: client_stats_figure(src.table("client_stats"), out), [rel(out["csv"])])

@@ -241,7 +241,12 @@ def natural_partition(writer_ids: np.ndarray | None, num_clients: int, seed: int
         chosen = np.sort(rng.choice(eligible, size=num_clients, replace=False))
     else:
         chosen = eligible[:num_clients]
-    shards = tuple(np.flatnonzero(writer_ids == w).astype(np.int64) for w in chosen)
+    # each writer's indices, ascending, from one stable sort (not a scan of every sample per writer: FEMNIST has
+    # 805,263 samples of 3,550 writers)
+    order = np.argsort(writer_ids, kind="stable")
+    sorted_ids = writer_ids[order]
+    starts, ends = np.searchsorted(sorted_ids, chosen, "left"), np.searchsorted(sorted_ids, chosen, "right")
+    shards = tuple(order[a:b].astype(np.int64) for a, b in zip(starts, ends, strict=True))
     return Partition(shards, math.nan, seed, len(writer_ids), kind="natural",
                      options={"select": select, "writers": [int(w) for w in chosen]})
 

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import cpu_model
+from machine import cpu_model, torch_line
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_PARTS = ("Snakefile", "rules", "workflow", "config", "envs")
@@ -135,9 +135,7 @@ def main() -> int:
     parser.add_argument("--default-config", type=Path, metavar="FILE",
                         help="also run this checkout with FILE as its config/config.yaml (the reference's default)")
     args = parser.parse_args()
-    import torch  # lazy: only to print its version
-
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}; --cores {args.cores}")
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; {torch_line()}; --cores {args.cores}")
     bare = bare_interpreter()
     print(f"bare interpreter (python -c pass): {bare:.3f} s")
     with tempfile.TemporaryDirectory() as scratch:

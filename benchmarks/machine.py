@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import re
+import subprocess
+import sys
 from pathlib import Path
+
+# A convolution large enough for oneDNN, run in a child process: oneDNN prints its ISA only in verbose mode, which
+# must be set before its first primitive; the child inherits ONEDNN_MAX_CPU_ISA and the like.
+_ONEDNN_PROBE = ("import torch; torch.nn.functional.conv2d(torch.zeros(8, 16, 8, 8), torch.zeros(16, 16, 3, 3), "
+                 "padding=1)")
 
 
 def cpu_model() -> str:
@@ -15,9 +24,26 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def onednn_isa() -> str:
+    """The instruction set oneDNN's CPU kernels use here (e.g. 'Intel AVX2', 'Intel AVX-512 ...'), from its verbose
+    log; 'unknown' where torch has no oneDNN or the probe fails.
+
+    It can differ from ATen's own dispatch: ONEDNN_MAX_CPU_ISA=AVX2 caps oneDNN's (the convolutions) alone, which is
+    how an AVX2-only CPU's convolutions can be measured on an AVX-512 one.
+    """
+    env = {**os.environ, "ONEDNN_VERBOSE": "1"}
+    try:
+        out = subprocess.run([sys.executable, "-c", _ONEDNN_PROBE], env=env, capture_output=True, text=True,
+                             timeout=120).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    match = re.search(r"^onednn_verbose,(?:v1,)?info,cpu,isa:(.+)$", out, flags=re.M)
+    return match[1].strip() if match else "unknown"
+
+
 def torch_line() -> str:
-    """The torch version and the CPU instruction set its kernels dispatch to (e.g. AVX2, AVX512)."""
+    """The torch version, the instruction set ATen's kernels dispatch to and oneDNN's (e.g. AVX2, AVX512)."""
     import torch  # lazy: the workflow benchmark measures jobs that must not import torch
 
     capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
-    return f"torch {torch.__version__}, CPU kernels {capability}"
+    return f"torch {torch.__version__}, CPU kernels {capability}, oneDNN ISA {onednn_isa()}"

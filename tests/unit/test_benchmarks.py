@@ -3,6 +3,7 @@ would otherwise break them silently): each on the smallest settings, its table r
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 
@@ -26,7 +27,7 @@ def test_bench_vectorized_runs_and_matches_sequential(model):
                "--samples-per-client", "8", *model)
 
     row = [line for line in out.splitlines() if line.startswith("| 2 |")]
-    assert "CPU kernels" in out and len(row) == 1
+    assert "CPU kernels" in out and "oneDNN ISA" in out and len(row) == 1
     assert float(row[0].rstrip("|").split("|")[-1]) < 1e-4  # the two modes' new global models agree
 
 
@@ -63,3 +64,25 @@ def test_baseline_default_config_is_the_baselines_work():
     assert {r.algorithm for r in runs} == {"fedavg", "fedprox"}
     assert not config["hessian"]["sharpness"]["enabled"]
     assert config["inits"]["warmup"]["rounds"] == 5
+
+
+@pytest.mark.parametrize(("cap", "expected"), [(None, None), ("AVX2", "AVX2")])
+def test_onednn_isa_reports_what_onednn_uses(monkeypatch, cap, expected):
+    # Prepare: the benchmarks' machine module; capping oneDNN at AVX2 (every x86-64 CPU this project runs on has it)
+    import torch
+
+    if not torch.backends.mkldnn.is_available() or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("no oneDNN, or not an x86-64 CPU")
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from machine import onednn_isa
+
+    if cap is not None:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+
+    # Execute
+    isa = onednn_isa()
+
+    # Assert: oneDNN's own word for its ISA, and the cap obeyed (ATen's dispatch would still say AVX512)
+    assert isa != "unknown" and "AVX" in isa
+    if expected is not None:
+        assert expected in isa and "512" not in isa

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from fedscape.analysis.barriers.definitions import NO_PERMUTATION_SPEC
@@ -515,6 +514,8 @@ def _neighbours(spec: PermutationSpec) -> dict[str, set[str]]:
 
 def _assign(spec: PermutationSpec, group: str, a: State, b: State, perms: Perms) -> bool:
     """One coordinate step: re-solve ``perms[group]`` by linear assignment; whether it changed."""
+    from scipy.optimize import linear_sum_assignment  # lazy: ~0.4 s of every barrier job, needed only to align
+
     cost = _assignment_cost(spec, group, a, b, perms).cpu().numpy()
     _, cols = linear_sum_assignment(cost, maximize=True)
     rows = np.arange(len(cols))

@@ -35,6 +35,7 @@ from machine import cpu_model, torch_line
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_PARTS = ("Snakefile", "rules", "workflow", "config", "envs")
 STARTED = re.compile(r"job started ([\d.]+) s after its process")
+DONE = re.compile(r"job done in ([\d.]+) s")
 
 
 
@@ -79,6 +80,18 @@ def fixed_costs(workdir: Path) -> dict[str, list[float]]:
     return out
 
 
+def process_split(workdir: Path) -> tuple[float, float, int]:
+    """(seconds from the jobs' process starts to their library calls, seconds in the library calls, jobs), summed
+    over the jobs' logs: the fixed cost of starting jobs against the work they do."""
+    started = done = 0.0
+    jobs = 0
+    for log in (workdir / "logs").rglob("*.log"):
+        text = log.read_text()
+        if (a := STARTED.search(text)) and (d := DONE.search(text)):
+            started, done, jobs = started + float(a[1]), done + float(d[1]), jobs + 1
+    return started, done, jobs
+
+
 def _rule_of(log: Path, workdir: Path) -> str:
     """The rule a job log belongs to, from its file name or folder (logs mirror the results' layout)."""
     rel = log.relative_to(workdir / "logs")
@@ -120,6 +133,10 @@ def report(name: str, wall: float, workdir: Path, bare: float) -> None:
     print(f"  {'rule':30s} {'jobs':>5s} {'seconds':>8s}")
     for rule, secs in sorted(jobs.items(), key=lambda kv: -sum(kv[1])):
         print(f"  {rule:30s} {len(secs):5d} {sum(secs):8.0f}")
+    started, done, logged = process_split(workdir)
+    print(f"  in the {logged} jobs' processes: {started:.0f} s from process start to the library call (interpreter, "
+          f"imports), {done:.0f} s in it; the remaining {total - started - done:.0f} job-seconds are Snakemake's "
+          "(job set-up, output checks) and the log's 1 s resolution")
     costs = fixed_costs(workdir)
     if costs:
         print(f"  fixed cost per job (process start to library call), bare interpreter {bare:.2f} s:")

@@ -134,9 +134,10 @@ def report(name: str, wall: float, workdir: Path, bare: float) -> None:
     for rule, secs in sorted(jobs.items(), key=lambda kv: -sum(kv[1])):
         print(f"  {rule:30s} {len(secs):5d} {sum(secs):8.0f}")
     started, done, logged = process_split(workdir)
-    print(f"  in the {logged} jobs' processes: {started:.0f} s from process start to the library call (interpreter, "
-          f"imports), {done:.0f} s in it; the remaining {total - started - done:.0f} job-seconds are Snakemake's "
-          "(job set-up, output checks) and the log's 1 s resolution")
+    if logged:  # jobs of commits before the jobs logged their start (c3f29ef) have nothing to split
+        print(f"  in the {logged} jobs' processes: {started:.0f} s from process start to the library call "
+              f"(interpreter, imports), {done:.0f} s in it; the remaining {total - started - done:.0f} job-seconds "
+              "are Snakemake's (job set-up, output checks) and the log's 1 s resolution")
     costs = fixed_costs(workdir)
     if costs:
         print(f"  fixed cost per job (process start to library call), bare interpreter {bare:.2f} s:")

@@ -1,7 +1,9 @@
-"""Shared fixtures: single-threaded torch for a module, and one tiny end-to-end run of the workflow."""
+"""Shared fixtures: single-threaded torch for a module, logging restored after a job's log, and one tiny end-to-end
+run of the workflow."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -18,6 +20,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def restore_logging():
+    """The root and fedscape loggers as they were before the test: `job_log` reconfigures them for a job process."""
+    root, fedscape = logging.getLogger(), logging.getLogger("fedscape")
+    saved = (root.level, list(root.handlers), fedscape.level)
+    yield
+    for handler in root.handlers:
+        if handler not in saved[1]:
+            handler.close()
+    root.setLevel(saved[0])
+    root.handlers[:] = saved[1]
+    fedscape.setLevel(saved[2])
 
 
 @pytest.fixture(scope='session')

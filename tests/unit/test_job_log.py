@@ -6,18 +6,7 @@ import pytest
 
 from fedscape.core.logs import job_log
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    root, fedscape = logging.getLogger(), logging.getLogger("fedscape")
-    saved = (root.level, list(root.handlers), fedscape.level)
-    yield
-    for handler in root.handlers:
-        if handler not in saved[1]:
-            handler.close()
-    root.setLevel(saved[0])
-    root.handlers[:] = saved[1]
-    fedscape.setLevel(saved[2])
+pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 @pytest.mark.parametrize(

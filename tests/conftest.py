@@ -1,5 +1,5 @@
-"""Shared fixtures: single-threaded torch for a module, logging restored after a job's log, and one tiny end-to-end
-run of the workflow."""
+"""Shared fixtures: single-threaded torch for a module, float64 as the default dtype, logging restored after a job's
+log, and one tiny end-to-end run of the workflow."""
 
 from __future__ import annotations
 
@@ -20,6 +20,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def float64_default():
+    """float64 as torch's default dtype during the test (models, data and optimiser state in float64)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 @pytest.fixture

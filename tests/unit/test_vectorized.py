@@ -125,15 +125,6 @@ def test_group_norm_resnet_vectorizes_exactly(monkeypatch):
     assert_same_round(seq, vec)
 
 
-@pytest.fixture
-def float64_default():
-    """float64 as torch's default dtype during the test (models, data and optimiser state in float64)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 @pytest.mark.parametrize(("name", "options", "augment"), [("resnet20", {"norm": "group"}, "crop_flip"),
                                                           ("cnn_small", {}, "none")],
                          ids=["resnet20-group-vmap", "cnn_small-forward_stacked"])

@@ -89,8 +89,8 @@ def test_onednn_isa_reports_what_onednn_uses(monkeypatch, cap, expected):
 
 
 def test_bench_workflow_splits_job_time_from_the_jobs_logs(tmp_path, monkeypatch, restore_logging):
-    # Prepare: a log written by the jobs' own `job_log`, two written by hand (one job failed: no 'done' line), and
-    # one of a commit from before jobs logged their start
+    # Prepare: a log written by the jobs' own `job_log` (split alone first), then beside it two written by hand (one
+    # job failed: no 'done' line) and one of a commit from before jobs logged their start
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     from bench_workflow import process_split
 
@@ -100,6 +100,7 @@ def test_bench_workflow_splits_job_time_from_the_jobs_logs(tmp_path, monkeypatch
     (logs / "train").mkdir(parents=True)
     with job_log(logs / "train" / "real.log"):
         pass
+    real_started, real_done, real_jobs = process_split(tmp_path)
     (logs / "train" / "a.log").write_text("2026 INFO fedscape: job started 1.75 s after its process\n"
                                           "2026 INFO fedscape.train: round 1/2\n"
                                           "2026 INFO fedscape: job done in 4.50 s\n")
@@ -110,17 +111,8 @@ def test_bench_workflow_splits_job_time_from_the_jobs_logs(tmp_path, monkeypatch
 
     # Execute
     started, done, jobs = process_split(tmp_path)
-    real_started, real_done, real_jobs = process_split_of(logs / "train" / "real.log", process_split, tmp_path)
 
     # Assert: the real log's lines are read, and only jobs with both lines count, summed exactly
     assert real_jobs == 1 and real_started > 0
     assert jobs == 2
     assert started == pytest.approx(1.75 + real_started) and done == pytest.approx(4.50 + real_done)
-
-
-def process_split_of(log, process_split, tmp_path):
-    """process_split over a directory holding only `log`."""
-    alone = tmp_path / "alone"
-    (alone / "logs").mkdir(parents=True)
-    (alone / "logs" / log.name).write_text(log.read_text())
-    return process_split(alone)

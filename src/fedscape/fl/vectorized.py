@@ -43,7 +43,8 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
 
 One vectorised round equals one sequential round within float rounding (tests/unit/test_vectorized.py
 checks 1e-5 for FedAvg, FedProx, FedNova and the server-optimiser variants, AdamW, lr schedules and
-unequal local work; tests/unit/test_vectorized_sam.py for FedSAM and FedASAM). In float64 the two paths agree
+unequal local work; tests/unit/test_vectorized_sam.py for FedSAM and FedASAM, in float64 at a large ascent
+radius, where float32 training is chaotic). In float64 the two paths agree
 to float64 rounding (1e-10 checked, ~1e-14 seen, also for resnet20 at 32x32): nothing is computed in float32
 there, the loss included (`at_least_float32`). In float32 a deep model's clients drift further apart: after a
 few steps a rounding difference of 1e-7 moves some ReLU input across 0, and from that step on the gradients

@@ -8,7 +8,13 @@ from snakemake.utils import min_version
 from fedscape.core.config import load_schema, read_config_file
 from fedscape.core.paths import Results
 from fedscape.core.runs import build_runs
-from fedscape.plan.workflow import all_targets, check_config, check_data
+from fedscape.plan.resources import gpu_per_job, local_gpu_slots
+from fedscape.plan.workflow import (
+    all_targets,
+    check_config,
+    check_data,
+    check_read_partitions,
+)
 
 # (a line of its own: at the start of a line, Snakemake's parser takes the name for its keyword)
 from fedscape.plan.workflow import wildcard_constraints
@@ -35,20 +41,34 @@ check_config(
 )
 RUNS = build_runs(config)
 RESULTS = Results.of(config)
+# The `gpu` resource of the GPU rules' jobs; a local run (the main process, no --jobs to an executor: no
+# `_nodes`) starts at most one GPU job per card at once unless `--resources gpu=N` says otherwise
+# (fedscape.plan.resources). A cluster places GPU jobs itself: the SLURM profile asks for gpu: 1 per job, and
+# the job step on the node is not the main process.
+GPU_JOB = gpu_per_job(config)
+if (
+    workflow.is_main_process
+    and workflow.global_resources["_nodes"].value is None
+    and "gpu" not in workflow.global_resources
+):
+    workflow.global_resources["gpu"] = local_gpu_slots(config)
 
 
 wildcard_constraints:
     **wildcard_constraints(),
 
 
-# The data directories are checked when Snakemake starts executing, before the first job, for the jobs
-# about to run: Snakemake calls `onstart` only then (not for -n, --summary or --dag), so a dry run plans
-# on a machine without the data. (`workflow.dryrun` is not yet known while this file is read.)
+# The data directories and the partitions that the jobs about to run read are checked when Snakemake starts
+# executing, before the first job (and so before it deletes any job's outputs): Snakemake calls `onstart` only
+# then (not for -n, --summary or --dag), so a dry run plans on a machine without the data. (`workflow.dryrun`
+# is not yet known while this file is read.)
 onstart:
-    jobs = [
-        (job.rule.name, job.wildcards_dict) for job in workflow.dag.needrun_jobs()
-    ]
-    check_data(config, RUNS, jobs)
+    jobs = list(workflow.dag.needrun_jobs())
+    check_data(config, RUNS, [(job.rule.name, job.wildcards_dict) for job in jobs])
+    check_read_partitions(
+        [f for job in jobs for f in job.input],
+        [f for job in jobs for f in job.output],
+    )
 
 
 for rule_file in sorted(Path(workflow.basedir, "rules").glob("*.smk")):

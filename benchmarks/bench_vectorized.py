@@ -38,8 +38,10 @@ from fedscape.fl.sequential import local_train
 from fedscape.fl.settings import TrainConfig, sample_clients
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.vectorized import VectorizedTrainer, vectorization_blocker
+from fedscape.models.device import precision_used, use_precision
 from fedscape.models.networks import build_model
 from fedscape.models.params import FlatParams, flatten_buffers
+from fedscape.models.specs import DEFAULT_PRECISION, PRECISIONS
 
 # The models the benchmark knows: (in_channels, image size) of their data; digits for 8x8 ones, else CIFAR-shaped.
 SHAPES = {"cnn_small": (1, 8), "mlp": (1, 8), "convnet": (3, 32), "resnet20": (3, 32)}
@@ -83,7 +85,7 @@ def bench(num_clients: int, args: argparse.Namespace, device: torch.device) -> d
     flat = FlatParams(model)
     global_params, global_buffers = flat.get(), flatten_buffers(model).to(device)
     cfg = TrainConfig(local_epochs=args.local_epochs, batch_size=args.batch_size, lr=args.lr,
-                      client_chunk_size=args.chunk_size, bf16_autocast=args.bf16, seed=0)
+                      client_chunk_size=args.chunk_size, precision=args.precision, seed=0)
     strategy = make_strategy(args.algorithm)
     reason = vectorization_blocker(model, strategy)
     if reason is not None:  # the vectorised trainer would silently train something else
@@ -108,7 +110,8 @@ def bench(num_clients: int, args: argparse.Namespace, device: torch.device) -> d
         for mode, fn in (("sequential", sequential_round), ("vectorized", vectorized_round)):
             sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
-            outputs[mode] = fn(round_ + 1)
+            with use_precision(args.precision, device):  # as the engine trains a run
+                outputs[mode] = fn(round_ + 1)
             sync(device)
             if round_ > 0:
                 times[mode].append(time.perf_counter() - t0)
@@ -136,7 +139,8 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=TrainConfig.client_chunk_size)
     parser.add_argument("--vmap", action="store_true",
                         help="functional_call under vmap even where the model has a forward_stacked")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
+                        help="fp32 (TF32 off), tf32 (CUDA) or bf16 autocast: training.precision")
     parser.add_argument("--model", default="cnn_small", choices=sorted(SHAPES))
     parser.add_argument("--norm", help="the model's norm option (resnet20: group; batch norm cannot be vectorised)")
     parser.add_argument("--samples-per-client", type=int, default=64, help="synthetic data of the 32x32 models")
@@ -152,7 +156,7 @@ def main() -> None:
     norm = f" (norm {args.norm})" if args.norm else ""
     print(f"# vectorised vs sequential client training: {args.model}{norm} on {data}, alpha {args.alpha}, "
           f"{args.local_epochs} local epochs, batch {args.batch_size}, chunk {args.chunk_size}, {name}, "
-          f"{torch_line()}")
+          f"precision {precision_used(args.precision, device)}, {torch_line()}")
     print("| clients | samples/client | sequential s/round | vectorized s/round | speedup | CPU s seq / vec | "
           "CPU ratio | max abs diff |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -165,7 +169,8 @@ def main() -> None:
               f"{row['vectorized_cpu_s']:.2f} | {row['cpu_ratio']:.1f}x | {row['max_abs_diff']:.1e} |", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"device": name, "args": vars(args), "rows": rows}, fh, indent=2)
+            json.dump({"device": name, "precision": precision_used(args.precision, device), "args": vars(args),
+                       "rows": rows}, fh, indent=2)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ rule interpolation:
         pair=BARRIER_PAIR,
     conda:
         "../envs/torch.yaml"
+    resources:
+        gpu=GPU_JOB,
     params:
         settings=lambda wildcards: barrier_plan.interpolation_settings(
             config, barrier_plan.interpolation_pair(config, RUNS, wildcards.pair)
@@ -83,6 +85,8 @@ rule layer_barriers:
         round=r"[0-9]+",
     conda:
         "../envs/torch.yaml"
+    resources:
+        gpu=GPU_JOB,
     params:
         settings=lambda wildcards: barrier_plan.layer_settings(
             config,

@@ -27,6 +27,9 @@ rule hessian:
         round=r"[0-9]+",
     conda:
         "../envs/torch.yaml"
+    resources:
+        # a job that copies another run's round-0 result computes nothing
+        gpu=lambda wildcards, input: 0 if "source_details" in input.keys() else GPU_JOB,
     params:
         settings=lambda wildcards: hessian_plan.hessian_job_settings(
             config, RUNS, Run.from_wildcards(wildcards), int(wildcards.round)

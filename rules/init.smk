@@ -17,6 +17,8 @@ rule init:
         f"{RESULTS.log(INIT_DIR)}/init.log",
     conda:
         "../envs/torch.yaml"
+    resources:
+        gpu=GPU_JOB,
     params:
         settings=lambda wildcards: init_settings(
             config, RUNS, wildcards.dataset, wildcards.model, wildcards.init

@@ -55,6 +55,8 @@ rule landscape_chunk:
         **LANDSCAPE_WILDCARDS,
     conda:
         "../envs/torch.yaml"
+    resources:
+        gpu=GPU_JOB,
     params:
         settings=lambda wildcards: landscape_plan.chunk_settings(
             config,

@@ -14,6 +14,8 @@ rule train:
         f"{RESULTS.log(TRAIN_DIR)}/train.log",
     conda:
         "../envs/torch.yaml"
+    resources:
+        gpu=GPU_JOB,
     params:
         settings=lambda wildcards: train_settings(config, Run.from_wildcards(wildcards)),
         # Kept outside the declared outputs: Snakemake deletes those when a job is killed.

@@ -3,42 +3,21 @@
 The official files were pickled by Python 2 with protocol 2: dicts whose keys and strings are Python 2
 ``str`` (which ``pickle.load(..., encoding="latin1")`` decodes to ``str``, ``encoding="bytes"`` to
 ``bytes``) and numpy arrays whose raw buffer is also a Python 2 ``str``. Python 3 pickles ``bytes``
-under protocol 2 as a call to ``_codecs.encode`` instead, so :class:`Py2Pickler` writes ``bytes`` with
-the Python 2 string opcodes to reproduce the originals.
+under protocol 2 as a call to ``_codecs.encode`` instead, so ``fedscape.data.synthetic.Py2Pickler``
+writes ``bytes`` with the Python 2 string opcodes to reproduce the originals.
 """
 
 from __future__ import annotations
 
-import pickle
-import struct
 from pathlib import Path
-from typing import Any, ClassVar
 
 import numpy as np
+
+from fedscape.data.synthetic import write_py2_pickle
 
 CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR100_DIR = "cifar-100-python"
 IMAGE_BYTES = 3 * 32 * 32
-
-
-class Py2Pickler(pickle._Pickler):
-    """Protocol-2 pickler that writes ``bytes`` as Python 2 ``str`` (SHORT_BINSTRING / BINSTRING)."""
-
-    dispatch: ClassVar[dict[type, Any]] = dict(pickle._Pickler.dispatch)
-
-    def save_py2_str(self, obj: bytes) -> None:
-        if len(obj) < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = save_py2_str
-
-
-def write_py2_pickle(path: Path, obj: Any) -> None:
-    with path.open("wb") as f:
-        Py2Pickler(f, protocol=2).dump(obj)
 
 
 def _batch(n: int, first: int, num_classes: int, batch_label: str, rng: np.random.Generator) -> dict:

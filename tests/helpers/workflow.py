@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -24,10 +25,23 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run snakemake (from this interpreter's environment) in `workdir`."""
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900, cores: int = 2,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run snakemake (from this interpreter's environment) in `workdir`; `env`: variables set on top of ours."""
+    cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores), *args]
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout,
+                          env=None if env is None else {**os.environ, **env})
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
+
+
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """rule -> number of jobs that a dry run (`snakemake -n --quiet rules`) of `workdir` plans."""
+    proc = snakemake(workdir, "-n", "--quiet", "rules", *args, timeout=300)
+    jobs = {}
+    for line in (proc.stdout + proc.stderr).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            jobs[parts[0]] = int(parts[1])
+    return jobs

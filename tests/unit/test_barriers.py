@@ -289,7 +289,8 @@ def test_defaults_and_pairs_resolve():
     assert pair.kind == "runs" and pair.rounds == (2,)
     assert pair.run_id == f"{pair.run_a.run_id} | {pair.run_b.run_id}"
     defaults = check_config({}, SCHEMA)["interpolation"]
-    assert {k: v for k, v in defaults.items() if k != "curve"} == {"points": 21, "align": False, "pairs": {}}
+    assert {k: v for k, v in defaults.items() if k != "curve"} == {"points": 21, "align": False, "pairs": {},
+                                                                     "precision": "fp32"}
     assert defaults["curve"]["enabled"] is False
 
 

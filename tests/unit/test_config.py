@@ -368,13 +368,14 @@ def test_planning_a_config_without_its_data_is_valid():
     assert {r.dataset for r in build_runs(config)} == {"cifar10", "digits"}
 
 
-def test_a_plane_file_reaches_the_plane_job_only_when_set_so_other_plane_jobs_keep_their_settings():
+def test_a_plane_file_reaches_the_plane_job_only_when_set_so_other_plane_jobs_keep_their_settings(tmp_path):
     from fedscape.plan.landscape import landscape_plans, plane_settings
 
     # Prepare: a hessian surface on the user's own plane file beside one without
     runs_ = [{"alpha": "iid", "init": "random"}]
+    plane_file = _plane(tmp_path / "plane.npz")
     config = with_change("landscapes", {"h": {"kind": "hessian", "runs": runs_, "round": 10,
-                                              "plane_file": "my/plane.npz"},
+                                              "plane_file": plane_file},
                                         "r": {"kind": "random", "runs": runs_}})
     config = check_config(config, SCHEMA)
 
@@ -382,7 +383,7 @@ def test_a_plane_file_reaches_the_plane_job_only_when_set_so_other_plane_jobs_ke
     settings = {p.label: plane_settings(config, p) for p in landscape_plans(config, build_runs(config))}
 
     # Assert: the plane job then says "your own file" in its errors, never "delete it"
-    assert settings["h"]["plane_file"] == "my/plane.npz"
+    assert settings["h"]["plane_file"] == plane_file
     assert "plane_file" not in settings["r"]
 
 
@@ -425,3 +426,237 @@ def test_fednova_refuses_a_carried_over_optimiser_state(training, label_training
         return
     with pytest.raises(ConfigError, match=r"algorithms\.nova: fednova cannot keep the clients' optimiser state"):
         check_config(config, SCHEMA)
+
+
+# -- algorithm hyperparameters are type-checked from their dataclass, for every algorithm ----------------------
+@pytest.mark.parametrize(("hparams", "expected"), [
+    ({"name": "fedasam", "rho": "big"}, "algorithms.x.rho: expected a number (e.g. its default 0.5), got 'big'"),
+    ({"name": "fedsam", "rho": True}, "algorithms.x.rho: expected a number (e.g. its default 0.05), got True"),
+    ({"name": "moon", "projection_dim": 2.5}, "algorithms.x.projection_dim: expected an integer (e.g. its default 0), "
+                                              "got 2.5"),
+    ({"name": "fedalign", "power_iterations": "ten"}, "algorithms.x.power_iterations: expected an integer"),
+    ({"name": "gradaug", "scales": "big"}, "algorithms.x.scales: expected a list of numbers (e.g. its default "
+                                           "[1.0, 0.875, 0.75, 0.625]), got 'big'"),
+    ({"name": "gradaug", "scales": [1.0, "half"]}, "algorithms.x.scales: expected a list of numbers"),
+    ({"name": "fedadam", "beta1": None}, "algorithms.x.beta1: expected a number (e.g. its default 0.9), got None"),
+])
+def test_an_algorithm_hyperparameter_of_the_wrong_type_is_rejected_naming_the_key(hparams, expected):
+    # Prepare
+    config = with_change("algorithms", {"x": hparams}, GRID_ONLY)
+
+    # Execute
+    with pytest.raises(ConfigError) as err:
+        check_config(config, SCHEMA)
+
+    # Assert: the key and the expected type, never Python's own comparison error
+    assert expected in str(err.value)
+    assert "not supported between" not in str(err.value)
+
+
+def _every_hyperparameter():
+    from dataclasses import fields
+
+    from fedscape.fl.hparams.registry import ALGORITHM_SPECS
+
+    return [(name, f.name) for name, spec in ALGORITHM_SPECS.items() for f in fields(spec.config)]
+
+
+@pytest.mark.parametrize(("name", "key"), _every_hyperparameter(), ids=[f"{n}.{k}" for n, k in _every_hyperparameter()])
+def test_every_hyperparameter_of_every_algorithm_refuses_a_string(name, key):
+    # Prepare
+    config = with_change("algorithms", {"x": {"name": name, key: "big"}}, GRID_ONLY)
+
+    # Execute
+    with pytest.raises(ConfigError) as err:
+        check_config(config, SCHEMA)
+
+    # Assert
+    assert f"algorithms.x.{key}: expected " in str(err.value)
+    assert "got 'big'" in str(err.value)
+
+
+@pytest.mark.parametrize("hparams", [{"name": "fedasam", "rho": 1}, {"name": "moon", "projection_dim": 4},
+                                     {"name": "gradaug", "scales": [1, 0.5]}, {"name": "fedavgm", "server_lr": 2}])
+def test_an_integer_where_a_number_is_expected_and_a_list_of_numbers_stay_valid(hparams):
+    config = with_change("algorithms", {"x": hparams}, GRID_ONLY)
+
+    check_config(config, SCHEMA)
+
+
+# -- partition options bounded by the dataset ---------------------------------------------------------------
+@pytest.mark.parametrize(("partitions", "expected"), [
+    ({"c11": {"kind": "classes", "classes_per_client": 11}},
+     "partitions.c11.classes_per_client: 11 classes per client, but digits has 10 classes; set classes_per_client "
+     "to at most 10"),
+    ({"nat": {"kind": "natural"}}, "partitions.nat: the kind natural gives one client per writer, but digits has no "
+                                   "writer ids"),
+])
+def test_a_partition_option_beyond_the_dataset_is_rejected_at_planning(partitions, expected):
+    # Prepare: the label joins the run grid of digits (10 classes, no writers)
+    config = with_change("partitions", partitions, GRID_ONLY)
+
+    # Execute
+    with pytest.raises(ConfigError) as err:
+        check_config(config, SCHEMA)
+
+    # Assert
+    assert expected in str(err.value)
+
+
+def test_classes_per_client_is_checked_against_each_dataset_the_label_is_used_with():
+    # Prepare: c10 fits digits (10 classes); c20 does not; neither is checked against a dataset it is not used with
+    config = with_change("partitions", {"c10": {"kind": "classes", "classes_per_client": 10},
+                                        "c20": {"kind": "classes", "classes_per_client": 20}}, GRID_ONLY)
+
+    # Execute
+    with pytest.raises(ConfigError) as err:
+        check_config(config, SCHEMA)
+
+    # Assert: only c20, once
+    lines = str(err.value).splitlines()[1:]
+    assert lines == ["  - partitions.c20.classes_per_client: 20 classes per client, but digits has 10 classes; set "
+                     "classes_per_client to at most 10"]
+
+
+# -- a user's plane file is checked at planning ----------------------------------------------------------------
+HESSIAN_RUN = [{"alpha": "iid", "init": "random", "algorithm": "fedavg"}]
+
+
+def _plane(path: Path) -> str:
+    import json
+
+    import numpy as np
+
+    meta = {"kind": "hessian", "runs": [], "round": None, "explained_variance": None, "axis_labels": ["x", "y"],
+            "model_meta": {}, "seed": 0}
+    np.savez(path, center=np.ones(6, np.float32), center_buffers=np.zeros(0, np.float32), d1=np.ones(6, np.float32),
+             d2=np.ones(6, np.float32), meta=np.array(json.dumps(meta)))
+    return str(path)
+
+
+@pytest.mark.parametrize(("entry", "file", "expected"), [
+    ({"kind": "hessian", "runs": HESSIAN_RUN}, "missing",
+     "landscapes.x.plane_file: plane file {path} does not exist (relative paths start at the working directory"),
+    ({"kind": "hessian", "runs": HESSIAN_RUN}, "garbage",
+     "landscapes.x.plane_file: cannot read plane file {path}: not an .npz archive (a plane file is numpy's savez of "
+     "['center', 'center_buffers', 'd1', 'd2', 'meta']); it is your own file (`landscapes.x.plane_file`), which no job "
+     "makes: fix or replace it"),
+    ({"kind": "hessian", "runs": HESSIAN_RUN}, "directory",
+     "landscapes.x.plane_file: cannot read plane file {path}: a directory"),
+    ({"kind": "hessian", "runs": HESSIAN_RUN}, "short_d1", "landscapes.x.plane_file: plane file {path}: plane "
+                                                           "direction d1 has 5 entries, the centre 6"),
+    ({"kind": "random", "runs": HESSIAN_RUN}, "plane",
+     "landscapes.x.plane_file: only kind hessian reads a plane file; kind random makes its own plane: remove "
+     "plane_file or set kind: hessian"),
+    ({"kind": "three_points", "checkpoints": [{"run": {"alpha": "iid", "init": "random"}},
+                                              {"run": {"alpha": 1.0}},
+                                              {"run": {"alpha": "iid", "init": "random"}, "round": 0}]},
+     "plane", "landscapes.x.plane_file: only kind hessian reads a plane file; kind three_points makes its own plane"),
+])
+def test_a_plane_file_that_is_no_readable_plane_or_that_the_kind_ignores_is_refused_at_planning(
+        tmp_path, entry, file, expected):
+    import json
+
+    import numpy as np
+
+    # Prepare
+    path = tmp_path / "plane.npz"
+    if file == "garbage":
+        path.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    elif file == "directory":
+        path.mkdir()
+    elif file == "plane":
+        _plane(path)
+    elif file == "short_d1":
+        _plane(path)
+        with np.load(path) as npz:
+            arrays = dict(npz)
+        np.savez(path, **{**arrays, "d1": np.ones(5, np.float32), "meta": np.array(json.dumps(
+            json.loads(str(arrays["meta"]))))})
+    config = with_change("landscapes", {"x": {**entry, "plane_file": str(path)}})
+
+    # Execute
+    with pytest.raises(ConfigError) as err:
+        check_config(config, SCHEMA)
+
+    # Assert
+    assert expected.format(path=path) in str(err.value)
+
+
+def test_a_readable_plane_file_of_a_hessian_surface_is_valid(tmp_path):
+    config = with_change("landscapes", {"x": {"kind": "hessian", "runs": HESSIAN_RUN,
+                                              "plane_file": _plane(tmp_path / "plane.npz")}})
+
+    check_config(config, SCHEMA)
+
+
+# -- options the chosen local optimiser ignores ------------------------------------------------------------------
+@pytest.mark.parametrize(("training", "overrides", "expected"), [
+    ({"optimizer": "sgd", "adamw_beta2": 0.95}, {},
+     "training: adamw_beta2 0.95 is ignored by optimizer sgd (only adamw reads adamw_beta1, adamw_beta2 and "
+     "adamw_eps): set optimizer: adamw, or adamw_beta2: 0.999 (the default)"),
+    ({"optimizer": "sgd", "adamw_eps": 1e-6, "adamw_beta1": 0.8}, {},
+     "training: adamw_beta1 0.8 and adamw_eps 1e-06 are ignored by optimizer sgd (only adamw reads adamw_beta1, "
+     "adamw_beta2 and adamw_eps): set optimizer: adamw, or adamw_beta1: 0.9, adamw_eps: 1e-08 (the defaults)"),
+    ({"optimizer": "adamw", "momentum": 0.9}, {},
+     "training: momentum 0.9 is ignored by optimizer adamw (AdamW has no SGD momentum: its moments are adamw_beta1 "
+     "and adamw_beta2): set momentum: 0, or optimizer: sgd"),
+    ({"momentum": 0.9}, {"optimizer": "adamw"}, "algorithms.x.training: momentum 0.9 is ignored by optimizer adamw"),
+    ({"optimizer": "adamw", "adamw_beta2": 0.95}, {"optimizer": "sgd"},
+     "algorithms.x.training: adamw_beta2 0.95 is ignored by optimizer sgd"),
+    ({}, {"adamw_beta1": 0.5}, "algorithms.x.training: adamw_beta1 0.5 is ignored by optimizer sgd"),
+])
+def test_an_option_that_the_chosen_optimiser_ignores_is_rejected(training, overrides, expected):
+    # Prepare: no momentum unless given (the default config's 0.9 is for SGD)
+    config = copy.deepcopy(GRID_ONLY)
+    config["training"] = {**config["training"], "momentum": 0.0, **training}
+    config["algorithms"] = {"x": {"name": "fedavg", "training": overrides}}
+
+    # Execute
+    with pytest.raises(ConfigError) as err:
+        check_config(config, SCHEMA)
+
+    # Assert: once, under the section that makes it so
+    assert expected in str(err.value)
+    assert len(str(err.value).splitlines()) == 2
+
+
+@pytest.mark.parametrize(("training", "overrides"), [
+    ({"optimizer": "adamw", "momentum": 0.0, "adamw_beta2": 0.95}, {}),
+    ({"momentum": 0.9}, {"optimizer": "adamw", "momentum": 0.0, "adamw_eps": 1e-6}),
+    ({"optimizer": "adamw", "momentum": 0.0, "adamw_beta1": 0.8}, {"optimizer": "sgd", "adamw_beta1": 0.9,
+                                                                   "momentum": 0.9}),
+])
+def test_options_that_the_chosen_optimiser_reads_stay_valid(training, overrides):
+    config = copy.deepcopy(GRID_ONLY)
+    config["training"] = {**config["training"], **training}
+    config["algorithms"] = {"x": {"name": "fedavg", "training": overrides}}
+
+    check_config(config, SCHEMA)
+
+
+# -- results_dir is pasted into shell commands and is deleted below ------------------------------------------------
+@pytest.mark.parametrize(("value", "expected"), [
+    ("/", "results_dir: '/' is the root of the file system"),
+    ("//", "results_dir: '//' is the root of the file system"),
+    ("/./", "results_dir: '/./' is the root of the file system"),
+    *[(f"res{c}ults", f"results_dir: {f'res{c}ults'!r} is not valid: it contains {c!r}; results_dir ends up in shell "
+                      "command lines") for c in "'\"|&<>`$;()*?[]\\"],
+    ("res\nults", "results_dir: 'res\\nults' is not valid: it contains '\\n'; results_dir ends up in shell"),
+    ("res ults", "results_dir: 'res ults' is not valid: it contains ' '; results_dir ends up in shell"),
+    ("a|b;c|d", "results_dir: 'a|b;c|d' is not valid: it contains '|', ';'; results_dir ends up in shell"),
+    ("results\n", "results_dir: 'results\\n' is not valid: it contains '\\n'; results_dir ends up in shell"),
+    ("x/../$y", "results_dir: 'x/../$y' is not valid: a path without `..` parts"),
+])
+def test_an_unsafe_results_dir_is_rejected_naming_the_character(value, expected):
+    config = with_change("results_dir", value)
+
+    with pytest.raises(ConfigError) as err:
+        check_config(config, SCHEMA)
+
+    assert expected in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["results", "results/x_1", "/scratch/me/fedscape-2.0", "./out", "/tmp", "a,b=c@d"])
+def test_a_plain_results_dir_stays_valid(value):
+    check_config(with_change("results_dir", value), SCHEMA)

@@ -287,7 +287,9 @@ def test_final_trajectory_surface_of_a_run_that_diverged_late_uses_its_last_fini
     params = ok.params.clone()
     params[-1] = float("nan")
     late = tmp_path / "late.pt"
-    save_trajectory(late, params, ok.buffers, ok.rounds, ok.model_meta, {**ok.meta, "status": "diverged"})
+    # the diverged run's file (it records its own run id: the plane job checks it)
+    save_trajectory(late, params, ok.buffers, ok.rounds, ok.model_meta,
+                    {**ok.meta, "run_id": runs.diverged.run_id, "status": "diverged"})
     outputs = {"plane": tmp_path / "plane.npz", "points": tmp_path / "points.csv", "grid": tmp_path / "grid.json"}
     config = {**runs.config, "landscapes": {"late": {"kind": "trajectory", "runs": [BOOM], "resolution": 3}}}
     (plan,) = landscape_plans(config, [runs.healthy, runs.diverged])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import pytest
@@ -28,9 +29,9 @@ from fedscape.models.checkpoint import (
     save_clients,
     save_trajectory,
 )
-from fedscape.models.evaluate import EvalResult
+from fedscape.models.evaluate import EvalResult, evaluate
 from fedscape.models.networks import build_model
-from fedscape.models.params import FlatParams, flatten_params, load_params
+from fedscape.models.params import FlatParams, flatten_buffers, flatten_params, load_params
 
 
 def tiny_data(num_clients: int = 3, n: int = 90, seed: int = 0, sizes: list[int] | None = None) -> FederatedData:
@@ -139,9 +140,11 @@ def test_run_is_bit_identical_on_cpu():
 
 
 @pytest.mark.parametrize("keep", [True, False])
-def test_kept_optimizer_state_makes_one_client_over_rounds_centralised_sgd(keep):
+def test_kept_optimizer_state_makes_one_client_over_rounds_centralised_sgd(keep, float64_default):
     """keep_optimizer_state: one client with all data, 3 rounds = one SGD run with one momentum buffer."""
-    # Prepare
+    # Prepare: in float64, as each round passes the client through the server's average, whose rounding the next
+    # rounds carry on: in float32 each side departed from its float64 run by up to 1e-7, so their gap was bounded
+    # only by a fifth of a 1e-6 tolerance
     data = tiny_data(num_clients=1, n=50)
     cfg = TrainConfig(rounds=3, local_epochs=1, batch_size=8, lr=0.1, momentum=0.9, seed=3, keep_optimizer_state=keep)
     reference = tiny_model()
@@ -155,9 +158,10 @@ def test_kept_optimizer_state_makes_one_client_over_rounds_centralised_sgd(keep)
     # Execute
     result = run_federated(tiny_model(), data, Strategy(), cfg)
 
-    # Assert: equal with kept momentum; a fresh optimiser every round is another run
+    # Assert: equal with kept momentum (to float64 rounding); a fresh optimiser every round is another run
+    assert result.params.dtype == flatten_params(reference).dtype == torch.float64
     gap = float((result.params[-1] - flatten_params(reference)).abs().max())
-    assert (gap < 1e-6) is keep, gap
+    assert (gap < 1e-12) is keep, gap
     if not keep:
         assert gap > 1e-4
 
@@ -248,11 +252,53 @@ def test_a_finite_but_exploding_loss_also_marks_the_run_diverged(monkeypatch, lo
     assert [row["status"] for row in result.rows][:3] == ["ok", "ok", "diverged" if diverged else "ok"]
     assert (len(result.rows) == 3) is diverged and result.status == ("diverged" if diverged else "ok")
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_evaluate_takes_the_loss_in_the_models_dtype(dtype):
+    # Prepare: a model and data in `dtype`, and the summed cross-entropy of its logits in that dtype
+    model, data = tiny_model().to(dtype), tiny_data()
+    x, y = data.x_train.to(dtype), data.y_train
+    with torch.no_grad():
+        logits = model(x)
+    expected = float(F.cross_entropy(logits, y, reduction="sum")) / len(y)
+    in_float32 = float(F.cross_entropy(logits.float(), y, reduction="sum")) / len(y)
+
+    # Execute
+    got = evaluate(model, x, y, batch_size=len(y))
+
+    # Assert: float64 runs are compared to float64 rounding, which float32 logits would miss by far
+    assert got.loss == pytest.approx(expected, rel=1e-12)
+    assert (abs(in_float32 - expected) > 1e-10 * expected) == (dtype == torch.float64)
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [({"rounds": 0}, "rounds"), ({"participation": 1.5}, "participation"),
                                                  ({"rounds": 3, "save_clients_at": (4,)}, "save_clients_at")])
 def test_train_config_rejects(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)
+
+
+def test_two_identical_runs_write_byte_identical_checkpoints(tmp_path):
+    # Prepare: the same run twice, each saved under its own directory (the temporary names differ)
+    data = tiny_data()
+    cfg = TrainConfig(rounds=2, local_epochs=1, batch_size=8, lr=0.1, seed=5, save_clients_at=(1, 2))
+    model = tiny_model()
+    meta = ModelMeta("tiny", 10, 1, 8, {}, tuple(n for n, _ in model.named_parameters()),
+                     tuple(tuple(p.shape) for p in model.parameters()))
+    digests = []
+    for name in ("a", "b"):
+        result = run_federated(tiny_model(), data, Strategy(), cfg)
+        (tmp_path / name).mkdir()
+        save_trajectory(tmp_path / name / "trajectory.pt", result.params, result.buffers, result.rounds, meta,
+                        {"run_id": "r", "status": result.status})
+        save_clients(tmp_path / name / "clients.pt", result.clients, meta, {"run_id": "r"})
+
+        # Execute
+        digests.append([hashlib.sha256((tmp_path / name / f).read_bytes()).hexdigest()
+                        for f in ("trajectory.pt", "clients.pt")])
+
+    # Assert: equal SHA-256, so a checksum can confirm that a run was reproduced
+    assert digests[0] == digests[1]
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -350,6 +396,28 @@ def test_a_trajectory_of_another_model_is_one_line_naming_file_expected_and_foun
     assert str(err_clients.value).startswith(f"{tmp_path / 'clients.pt'}: expected the model of run {RUN}")
 
 
+@pytest.mark.parametrize("kind", ["trajectory", "clients"])
+def test_a_checkpoint_of_another_run_of_the_same_model_is_refused_by_its_recorded_run(tmp_path, kind):
+    # Prepare: the checkpoints of the seed-1 run of the same model and data (a valid file, in the wrong place)
+    model = build_model("cnn_small", num_classes=10, in_channels=1, image_size=8)
+    meta = ModelMeta("cnn_small", 10, 1, 8, {}, tuple(n for n, _ in model.named_parameters()),
+                     tuple(tuple(p.shape) for p in model.parameters()))
+    params = flatten_params(model).unsqueeze(0)
+    other = RUN.replace("seed~0", "seed~1")
+    save_trajectory(tmp_path / "trajectory.pt", params, torch.zeros(1, 0), torch.arange(1), meta, {"run_id": other})
+    save_clients(tmp_path / "clients.pt", {1: ClientRound(1, torch.tensor([0]), torch.tensor([5]), params,
+                                                          torch.zeros(1, 0))}, meta, {"run_id": other})
+    load = load_trajectory if kind == "trajectory" else load_clients
+    path = tmp_path / f"{kind}.pt"
+
+    # Execute / Assert: its own run loads it, this run refuses it with both run ids and the command that remakes it
+    load(path, run_id=other)
+    with pytest.raises(CheckpointError) as err:
+        load(path, run_id=RUN)
+    assert f"{path} is not a checkpoint of run {RUN}: run_id '{other}' (expected '{RUN}')" in str(err.value)
+    assert "--forcerun" in str(err.value)
+
+
 def test_a_trajectory_of_the_runs_model_loads_and_one_whose_width_disagrees_with_its_model_is_damaged(tmp_path):
     # Prepare
     good, bad = tmp_path / "good" / "trajectory.pt", tmp_path / "bad" / "trajectory.pt"
@@ -379,3 +447,19 @@ def test_flat_params_view_shares_storage():
     other = tiny_model(1)
     load_params(other, v)
     assert torch.equal(flatten_params(other), v)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_flattened_params_and_buffers_keep_the_models_dtype(dtype):
+    # Prepare: a model with floating buffers (batch norm) in `dtype`, its running statistics moved off 0 and 1
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10, in_channels=1, image_size=8, norm="batch").to(dtype)
+    model(torch.randn(4, 1, 8, 8, dtype=dtype))
+
+    # Execute
+    params, buffers = flatten_params(model), flatten_buffers(model)
+
+    # Assert: float64 runs are compared to float64 rounding, so a float64 model's vectors stay float64, exactly
+    assert params.dtype == buffers.dtype == dtype
+    assert torch.equal(params, torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    assert torch.equal(buffers, torch.cat([b.reshape(-1) for b in model.buffers() if b.is_floating_point()]))

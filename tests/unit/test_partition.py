@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fedscape.core.alpha import IID, AlphaError, format_alpha, parse_alpha
+from fedscape.data.federated import load_federated_data
 from fedscape.data.partition import (
     PartitionError,
     check_partition_file,
@@ -153,6 +154,19 @@ def test_check_partition_file_names_what_differs(tmp_path, want, message):
     # Execute / Assert
     with pytest.raises(PartitionError, match=re.escape(f"{path} is not the partition of this run: {message}")):
         check_partition_file(path, **args)
+
+
+def test_every_stage_loading_a_runs_data_refuses_another_runs_partition(tmp_path):
+    # Prepare: the partition of the seed-3 run, read for the run of seed 0 (as the Hessian, barrier and train jobs
+    # read theirs, through load_federated_data)
+    path = _saved(tmp_path)
+    run = {"dataset": "digits", "num_clients": "4", "alpha": "0.5", "seed": "0"}
+
+    # Execute / Assert: the foreign file is named with what differs and the command that remakes it
+    with pytest.raises(PartitionError, match=re.escape(f"{path} is not the partition of this run: seed 3 (expected "
+                                                       "0)")) as err:
+        load_federated_data(run, {}, path)
+    assert "--force" in str(err.value)
 
 
 @pytest.mark.parametrize("content", ["pickled", "truncated", "not_npz", "no_meta"])

@@ -22,6 +22,7 @@ from fedscape.data.federated import federate, with_feature_noise
 from fedscape.data.partition import (
     PARTITION_KINDS,
     PartitionError,
+    check_partition_dataset,
     check_partition_entry,
     check_partition_file,
     classes_partition,
@@ -249,6 +250,26 @@ def test_bad_entries_are_named(entry, message):
 
     assert any(message in p for p in problems), problems
     assert all(p.startswith("partitions.lab") for p in problems)
+
+
+@pytest.mark.parametrize(("entry", "dataset", "expected"), [
+    ({"kind": "classes", "classes_per_client": 11}, "digits",
+     ["partitions.lab.classes_per_client: 11 classes per client, but digits has 10 classes; set classes_per_client "
+      "to at most 10"]),
+    ({"kind": "classes", "classes_per_client": 11}, "cifar100", []),
+    ({"kind": "classes", "classes_per_client": 10}, "digits", []),
+    ({"kind": "natural"}, "cifar10", ["partitions.lab: the kind natural gives one client per writer, but cifar10 has "
+                                      "no writer ids (datasets with writers: femnist, shakespeare)"]),
+    ({"kind": "natural", "select": "random"}, "femnist", []),
+    ({"kind": "classes"}, "digits", []),  # the missing option is check_partition_entry's to report
+    ({"kind": "quantity", "beta": 0.5}, "digits", []),
+])
+def test_the_options_a_dataset_cannot_take_are_known_from_its_declaration(entry, dataset, expected):
+    # Prepare / Execute
+    problems = check_partition_dataset("lab", {"kind": entry["kind"], **entry}, dataset)
+
+    # Assert
+    assert problems == expected
 
 
 def test_every_kind_cites_a_paper_and_declares_its_options():

@@ -36,6 +36,7 @@ from fedscape.models.evaluate import evaluate
 from fedscape.models.networks import CharGPT, CharLSTM, LSTMLayer, build_model
 from fedscape.models.params import flatten_buffers, flatten_params
 from fedscape.models.specs import TOKEN_MODEL_DEFAULTS, check_token_options, model_option_problems
+from fedscape.plan.barriers import check as barriers_check
 from fedscape.plan.barriers import interpolation_pair
 from fedscape.plan.workflow import check_config
 
@@ -329,6 +330,34 @@ def test_planning_refuses_to_align_a_model_without_a_permutation_spec(model, ali
             interpolation_pair(config, runs, "p")
     else:
         assert interpolation_pair(config, runs, "p").run_a.model == model
+
+
+
+@pytest.mark.parametrize(("model", "align", "fails"), [("char_lstm", True, True), ("char_lstm", False, False),
+                                                      ("char_gpt", True, False)])
+@pytest.mark.parametrize("pair", [{"run": {"alpha": "iid"}, "clients": [0, 1]},
+                                  {"a": {"alpha": "iid"}, "b": {"alpha": 0.5, "init": "random"}}],
+                         ids=["clients", "runs"])
+def test_planning_refuses_layer_barriers_align_on_a_model_without_a_permutation_spec(model, align, fails, pair):
+    # Prepare: as for interpolation above, a checked config whose runs then get the token model
+    config = copy.deepcopy(configs.TINY)
+    config["interpolation"]["align"] = False
+    config["layer_barriers"] = {**config["layer_barriers"], "align": align, "pairs": {"p": pair}}
+    config = check_config(config, configs.SCHEMA)
+    runs = [dataclasses.replace(r, model=model) for r in build_runs(config)]
+
+    # Execute
+    problems = barriers_check(config, runs)
+
+    # Assert: the same refusal as interpolation.align's, naming layer_barriers.align and its fix
+    if fails:
+        assert problems == ["layer_barriers.pairs.p: layer_barriers.align cannot align model 'char_lstm': an LSTM's "
+                            "recurrent weights weight_hh are permuted on both axes by the same hidden-unit "
+                            "permutation, so the matching objective is quadratic in it and a coordinate step is no "
+                            "longer a linear assignment (Ainsworth et al. 2023 match feed-forward and residual "
+                            "networks only); set layer_barriers.align: false for it"]
+    else:
+        assert problems == []
 
 
 # -- Hessian ------------------------------------------------------------------------------------------------------

@@ -7,17 +7,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from helpers.papers import CONFIGS, runs_of
-from helpers.workflow import copy_workflow, snakemake
+from helpers.workflow import copy_workflow, planned_jobs
 
 
 def dry_run_jobs(workdir: Path, name: str) -> dict[str, int]:
-    proc = snakemake(workdir, "-n", "--quiet", "rules", "--configfile", f"config/papers/{name}.yaml", timeout=300)
-    jobs = {}
-    for line in (proc.stdout + proc.stderr).splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            jobs[parts[0]] = int(parts[1])
-    return jobs
+    return planned_jobs(workdir, "--configfile", f"config/papers/{name}.yaml")
 
 
 def test_every_paper_config_dry_runs_without_its_data(tmp_path):

@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -292,6 +293,18 @@ def _job_number(job_id: str) -> int:
     return int(re.match(r"\d+", job_id).group())
 
 
+def _attempts_report(workdir: Path, jobs: list[list[str]], log: str) -> str:
+    """What each attempt of a resumed job did, for a failure message: the SLURM rows (id, state, limit, elapsed),
+    the job log's lines other than per-round progress, and each attempt's SLURM output without those lines (the
+    job log holds only the last attempt: Snakemake removes a job's log before running it again)."""
+    def not_rounds(text: str) -> str:
+        return "\n".join(line for line in text.splitlines() if not re.search(r"round \d+/\d+ train_loss", line))
+
+    outputs = [f"--- {path.relative_to(workdir)}\n{not_rounds(path.read_text())[-4000:]}"
+               for path in sorted((workdir / ".snakemake/slurm_logs").rglob("*.log"))]
+    return "\n".join([f"SLURM jobs: {jobs}", f"job log without rounds:\n{not_rounds(log)}", *outputs])
+
+
 def time_limit_config() -> dict:
     """One FedAvg run that trains for about 2 minutes on one core: longer than a 1-minute time limit."""
     cfg = yaml.safe_load(TINY_CONFIG.read_text())
@@ -334,14 +347,15 @@ def test_time_limit_kill_resubmits_and_resumes_to_identical_checkpoints(slurm_cl
     # round, and the checkpoints equal the uninterrupted run's bit for bit
     assert reference.wait(timeout=900) == 0
     rows = [line.split("|") for line in _slurm(
-        ["sacct", "-X", "-n", "-P", "-S", "now-1day", "-o", "JobID,Comment,State,Timelimit"], conf).splitlines()
-        if line]
+        ["sacct", "-X", "-n", "-P", "-S", "now-1day", "-o", "JobID,Comment,State,Timelimit,Elapsed"],
+        conf).splitlines() if line]
     train = [row for row in rows if row[1].startswith("rule_train") and _job_number(row[0]) > max(earlier, default=0)]
-    states = [row[2] for row in sorted(train, key=lambda row: _job_number(row[0]))]
+    train.sort(key=lambda row: _job_number(row[0]))
+    states = [row[2] for row in train]
     assert states[0] == "TIMEOUT" and states[-1] == "COMPLETED", (states, proc.stderr[-3000:])
     log = next((slurm_dir / "logs/train").rglob("train.log")).read_text()
     resumed = [int(m) for m in re.findall(r"resuming after round (\d+)/", log)]
-    assert resumed and resumed[0] > 0, log[-2000:]
+    assert resumed and resumed[0] > 0, _attempts_report(slurm_dir, train, log)
     ours, theirs = slurm_dir / target, local_dir / target
     assert torch.equal(load_trajectory(ours).params, load_trajectory(theirs).params)
     ours_clients = load_clients(ours.with_name("clients.pt"))

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from helpers.workflow import TINY_CONFIG, copy_workflow, snakemake
+from helpers.workflow import ROOT, TINY_CONFIG, copy_workflow, snakemake
 
 from fedscape.models.checkpoint import load_clients, load_trajectory
 
@@ -290,3 +290,83 @@ def test_a_damaged_partition_never_costs_a_finished_run(tmp_path):
         # Assert: the partition is back and nothing would retrain
         assert "Nothing to be done" in proc.stdout + proc.stderr
         assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == finished
+
+
+@pytest.mark.slow
+def test_a_foreign_partition_under_finished_analyses_stops_the_workflow_before_anything_is_deleted(tmp_path):
+    """Where the run's train job is finished, the jobs about to run are its analyses: the partition they would read
+    is checked when the workflow starts, so that none of them deletes its finished outputs and then fails (or
+    computes on another run's split)."""
+    # Prepare: a finished run with a Hessian analysis of its final round
+    workdir = copy_workflow(tmp_path / "wf")
+    cfg = single_run_config() | {"hessian": {"enabled": True, "rounds": ["final"], "trace_probes": 4,
+                                             "eval_samples": 64, "max_iter": 10, "tol": 1e-2,
+                                             "density": {"enabled": False}}}
+    cfg["training"].update(rounds=2, local_epochs=1, save_clients_at=[1])
+    (workdir / "one.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(workdir, "--configfile", "one.yaml")
+    partition = next((workdir / "results/partitions").rglob("partition.npz"))
+    finished = {p: p.read_bytes() for p in (workdir / "results").rglob("*") if p.is_file() and p != partition}
+
+    # Execute: another seed's partition put in its place (newer than everything made from it)
+    _foreign_partition(partition)
+    proc = snakemake(workdir, "--configfile", "one.yaml", check=False)
+
+    # Assert: stopped with the file, what was expected and found, and the command that remakes it; nothing lost
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "is not the partition of this run: seed 1 (expected 0)" in out
+    assert "nothing ran, no output was deleted" in out
+    assert f"--force {shlex.quote(str(partition.relative_to(workdir)))}" in out
+    assert {p: p.read_bytes() for p in finished if p.exists()} == finished
+
+    # Execute: the advice (remake the partition, continue by meaning)
+    snakemake(workdir, "--force", str(partition.relative_to(workdir)), "--configfile", "one.yaml")
+    proc = snakemake(workdir, "-n", "--configfile", "one.yaml", "--rerun-triggers", "params", "input", "code",
+                     "software-env")
+
+    # Assert: the partition is its own again, and nothing made from it would be made again
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_every_computing_job_records_its_device_and_precision(tiny_run):
+    # the train job's meta.json, each Hessian job's hessian.json and each landscape chunk (tiny config: device cpu)
+    metas = [json.loads(p.read_text()) for p in (tiny_run / "results/train").rglob("meta.json")]
+    metas += [json.loads(p.read_text()) for p in (tiny_run / "results/hessian").rglob("hessian.json")
+              if "shared_from" not in json.loads(p.read_text())]
+    metas += [json.loads(str(np.load(p)["meta"])) for p in (tiny_run / "results/landscape").rglob("chunk~*.npz")]
+    assert len(metas) >= 6
+    for meta in metas:
+        assert (meta["device"], meta["precision"], meta["precision_used"]) == ("cpu", "fp32", "fp32")
+        assert meta["device_name"].startswith("cpu (")
+    # and every GPU rule's log says where and how it computed (a round-0 Hessian job that copies computes nothing)
+    logs = tiny_run / "logs"
+    for pattern in ("train/**/train.log", "init/**/init~pre/init.log", "hessian/**/hessian.log",
+                    "landscape/**/chunk~*.log", "barriers/interpolation/*.log", "barriers/layerwise/*/round~*.log"):
+        found = [p.read_text() for p in logs.glob(pattern)]
+        assert found, pattern
+        assert all("computing on cpu" in text and "in fp32" in text for text in found
+                   if "analyses the same model on the same data" not in text), pattern
+
+
+def test_every_job_records_its_outputs_and_verify_finds_the_results_intact(tiny_run):
+    # Prepare: the records below results/_manifest/ and the jobs' logs
+    records = {p.relative_to(tiny_run / "results/_manifest").with_suffix(""): json.loads(p.read_text())
+               for p in (tiny_run / "results/_manifest").rglob("*.json")}
+    logs = {p.relative_to(tiny_run / "logs").with_suffix("") for p in (tiny_run / "logs").rglob("*.log")}
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+
+    # Execute: `make verify`'s command
+    proc = subprocess.run([sys.executable, "-c", "import sys; from fedscape.core.manifest import main; "
+                           "sys.exit(main(sys.argv[1]))", "results"], cwd=tiny_run, capture_output=True, text=True)
+
+    # Assert: one record per job, each output hashed; a train job's names the torch it ran and this checkout
+    assert set(records) == logs
+    train = next(r for r in records.values() if r["log"].endswith("/train.log"))
+    assert {Path(p).name for p in train["outputs"]} == {"trajectory.pt", "clients.pt", "metrics.csv", "meta.json",
+                                                        "client_updates.csv"}
+    assert train["software"]["torch"] == torch.__version__
+    assert train["code"]["commit"] == commit.strip() and commit.strip()
+    assert train["compute"]["precision_used"] == "fp32"
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 changed, missing or foreign" in proc.stdout

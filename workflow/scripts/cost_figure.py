@@ -4,5 +4,5 @@ from fedscape.core.logs import job_log
 from fedscape.report.figures import cost_figure_stage
 
 sm = snakemake  # noqa: F821
-with job_log(sm.log[0]):
+with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
     cost_figure_stage(sm.input.cost, sm.wildcards.dataset, sm.wildcards.model, sm.output.png)

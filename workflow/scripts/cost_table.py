@@ -4,5 +4,5 @@ from fedscape.core.logs import job_log
 from fedscape.report.cost import cost_stage
 
 sm = snakemake  # noqa: F821
-with job_log(sm.log[0]):
+with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
     cost_stage(list(sm.input.metrics), list(sm.input.metas), sm.output.table)

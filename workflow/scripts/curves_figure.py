@@ -4,5 +4,5 @@ from fedscape.core.logs import job_log
 from fedscape.report.figures import curves_stage
 
 sm = snakemake  # noqa: F821
-with job_log(sm.log[0]):
+with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
     curves_stage(sm.input.rounds, sm.wildcards.dataset, sm.wildcards.model, sm.wildcards.metric, sm.output.png)

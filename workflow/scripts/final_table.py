@@ -4,7 +4,7 @@ from fedscape.core.logs import job_log
 from fedscape.report.summary import final_stage
 
 sm = snakemake  # noqa: F821
-with job_log(sm.log[0]):
+with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
     final_stage(sm.input.rounds, sm.output.table, barriers=sm.input.get("barriers"),
                 interpolation=sm.input.get("interpolation"), hessian=sm.input.get("hessian"),
                 hessian_clients=sm.input.get("hessian_clients"))

@@ -6,6 +6,6 @@ from fedscape.analysis.hessian.shared import hessian_job
 from fedscape.core.logs import job_log
 
 sm = snakemake  # noqa: F821
-with job_log(sm.log[0]):
+with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
     hessian_job(sm.params.settings, dict(sm.input.items()), {key: sm.output[key] for key in JOB_FILES},
                 sm.threads)

@@ -5,6 +5,6 @@ from fedscape.models.device import use_threads
 from fedscape.stages.init import init_stage
 
 sm = snakemake  # noqa: F821
-with job_log(sm.log[0]):
+with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
     use_threads(sm.threads)
     init_stage(sm.params.settings, sm.output.model, dict(sm.input.items()), sm.params.progress_dir)

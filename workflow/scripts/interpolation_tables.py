@@ -4,5 +4,5 @@ from fedscape.analysis.barriers.tables import interpolation_tables
 from fedscape.core.logs import job_log
 
 sm = snakemake  # noqa: F821
-with job_log(sm.log[0]):
+with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
     interpolation_tables(list(sm.input.curves), sm.output.interpolation, sm.output.barriers)

@@ -4,5 +4,5 @@ from fedscape.analysis.hessian.figures import lambda_trace_figure
 from fedscape.core.logs import job_log
 
 sm = snakemake  # noqa: F821
-with job_log(sm.log[0]):
+with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
     lambda_trace_figure(sm.input.table, {key: sm.output[key] for key in ("png", "pdf", "csv")}, by=sm.params.by)

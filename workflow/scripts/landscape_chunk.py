@@ -5,6 +5,6 @@ from fedscape.core.logs import job_log
 from fedscape.models.device import use_threads
 
 sm = snakemake  # noqa: F821
-with job_log(sm.log[0]):
+with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
     use_threads(sm.threads)
     chunk_stage(sm.params.settings, sm.input.plane, sm.input.grid, sm.input.get("partition"), sm.output.chunk)

@@ -5,7 +5,7 @@ from fedscape.core.logs import job_log
 from fedscape.models.device import use_threads
 
 sm = snakemake  # noqa: F821
-with job_log(sm.log[0]):
+with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
     use_threads(sm.threads)
     plane_stage(sm.params.settings, list(sm.input.trajectories), sm.input.get("clients"), sm.input.get("hessian_plane"),
                 {key: sm.output[key] for key in ("plane", "points", "grid")})

@@ -4,5 +4,5 @@ from fedscape.core.logs import job_log
 from fedscape.stages.partition import partition_stage
 
 sm = snakemake  # noqa: F821
-with job_log(sm.log[0]):
+with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
     partition_stage(sm.params.settings, sm.output.partition, sm.output.counts)

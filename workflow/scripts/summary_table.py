@@ -4,5 +4,5 @@ from fedscape.core.logs import job_log
 from fedscape.report.summary import summary_stage
 
 sm = snakemake  # noqa: F821
-with job_log(sm.log[0]):
+with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
     summary_stage(sm.input.final, sm.output.table)

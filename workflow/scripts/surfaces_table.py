@@ -4,5 +4,5 @@ from fedscape.analysis.landscape.gather import surfaces_table
 from fedscape.core.logs import job_log
 
 sm = snakemake  # noqa: F821
-with job_log(sm.log[0]):
+with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
     surfaces_table(list(sm.input), sm.output[0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -101,6 +102,11 @@ def _describe(error: jsonschema.ValidationError) -> str:
                f"Valid values: {', '.join(map(str, error.validator_value))}"
     if error.validator == "pattern" and "pattern_hint" in error.schema:  # the regex itself tells a user nothing
         return f"{where}: {error.instance!r} is not valid: {error.schema['pattern_hint']}"
+    if error.validator == "not" and "pattern_hint" in error.schema and "pattern" in error.validator_value:
+        # a pattern the value must not contain: name the characters that match it on their own
+        refused = [c for c in dict.fromkeys(str(error.instance)) if re.search(error.validator_value["pattern"], c)]
+        contains = f"it contains {', '.join(map(repr, refused))}; " if refused else ""
+        return f"{where}: {error.instance!r} is not valid: {contains}{error.schema['pattern_hint']}"
     if error.validator in ("anyOf", "oneOf") and "description" in error.schema:
         return f"{where}: {error.instance!r} is not valid: {error.schema['description']}"
     return f"{where}: {error.message}"

@@ -6,8 +6,11 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from fedscape.core.manifest import manifest_path, write_record
+from fedscape.core.paths import Results
 
 log = logging.getLogger("fedscape")
 
@@ -29,15 +32,16 @@ def setup_logging(path: str | Path | None) -> None:
 
 
 @contextlib.contextmanager
-def job_log(path: str | Path | None) -> Iterator[None]:
+def job_log(path: str | Path | None, outputs: Iterable[str] = (), results_dir: str | None = None) -> Iterator[None]:
     """Set up a job's logging; an exception is written to the log (type, message, traceback) and re-raised.
 
     Snakemake points the user at the rule's log when a job fails: the reason must be there, not only
-    on the console.
+    on the console. With `results_dir` (the config's), a job that succeeds records its `outputs` (SHA-256, size)
+    and what made them below the results' manifest (`fedscape.core.manifest`), for `make verify`.
     """
     setup_logging(path)
     age = process_age()
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     if age is not None:  # the job's fixed cost: interpreter, Snakemake's script preamble, imports
         log.info("job started %.2f s after its process", age)
     try:
@@ -45,6 +49,9 @@ def job_log(path: str | Path | None) -> Iterator[None]:
     except BaseException as exc:
         log.error("job failed: %s: %s", type(exc).__name__, exc, exc_info=True)
         raise
+    if results_dir is not None and path:
+        results = Results.of({"results_dir": results_dir})
+        write_record(manifest_path(results.root, results.logs, path), list(outputs), started - (age or 0.0), path)
     log.info("job done in %.2f s", time.perf_counter() - t0)
 
 

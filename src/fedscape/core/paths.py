@@ -42,6 +42,27 @@ def fill(template: str, **fields) -> str:
     return _FIELD.sub(lambda m: str(fields[m[1]]) if m[1] in fields else m[0], template)
 
 
+def parse_path(template: str, path: str | os.PathLike) -> dict[str, str] | None:
+    """The fields of `path` when it ends with `template` (each field one path part), else None:
+    `parse_path(f"{PARTITION_DIR}/partition.npz", ".../partitions/digits/clients~10/alpha~0.1/seed~0/partition.npz")`
+    gives {'dataset': 'digits', 'num_clients': '10', 'alpha': '0.1', 'seed': '0'}."""
+    parts = re.split(r"(\{\w+\})", template)
+    pattern = "".join(f"(?P<{p[1:-1]}>[^/]+)" if _FIELD.fullmatch(p) else re.escape(p) for p in parts)
+    match = re.search(f"(?:^|/){pattern}$", os.fspath(path))
+    return None if match is None else match.groupdict()
+
+
+def run_of_path(path: str | os.PathLike) -> dict[str, str]:
+    """{'run_id': ...} for a file of a per-run job directory (a train job's or a Hessian job's), whose rows must
+    all belong to that run; {} for any other path."""
+    directory = os.path.dirname(os.fspath(path))
+    for template in (TRAIN_DIR, HESSIAN_DIR):
+        fields = parse_path(template, directory)
+        if fields is not None:
+            return {"run_id": fill(RUN_ID, **fields)}
+    return {}
+
+
 def results_root(config: dict) -> str:
     """The configured results directory, normalised (``results/`` and ``./results`` are ``results``)."""
     return os.path.normpath(config.get("results_dir", DEFAULT_RESULTS))

@@ -9,7 +9,7 @@ import torch
 
 from fedscape.core.seeds import derive_seed
 from fedscape.data.datasets import Dataset, dataset_from_options
-from fedscape.data.partition import Partition, PartitionError, load_partition, noise_std
+from fedscape.data.partition import Partition, PartitionError, check_run_partition, load_partition, noise_std
 
 _NOISE_STREAM = 0x4E  # keeps the feature noise apart from every other random stream of the run seed
 
@@ -72,7 +72,9 @@ def federate(ds: Dataset, partition_path: str | Path, device: torch.device | str
     )
 
 
-def load_federated_data(dataset: str, options: dict, partition_path: str | Path,
+def load_federated_data(run: dict, options: dict, partition_path: str | Path,
                         device: torch.device | str = "cpu") -> FederatedData:
-    """Dataset `dataset` (config `datasets.<name>` options) split by a partition file, on `device`."""
-    return federate(dataset_from_options(dataset, options), partition_path, device)
+    """The dataset of `run` (its fields; config `datasets.<name>` options) split by its partition file, on `device`;
+    PartitionError naming the file when the partition is another run's (`check_run_partition`)."""
+    check_run_partition(partition_path, run)
+    return federate(dataset_from_options(run["dataset"], options), partition_path, device)

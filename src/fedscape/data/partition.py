@@ -17,6 +17,8 @@ import numpy as np
 from fedscape.core.alpha import IID, is_partition_label, parse_alpha
 from fedscape.core.io import atomic_path, remake_alone_hint
 from fedscape.core.names import suggest
+from fedscape.core.provenance import check_belongs
+from fedscape.data.specs import DATASET_NAMES, dataset_info
 
 MAX_TRIES_DEFAULT = 1000
 
@@ -256,12 +258,32 @@ NATURAL_SELECT = ("first", "random")
 
 @dataclass(frozen=True)
 class PartitionKind:
-    """A partition kind of a `partitions` entry: its options (name -> default; None = required) and paper."""
+    """A partition kind of a `partitions` entry: its options (name -> default; None = required) and paper, and the
+    check of its options against a dataset known without loading it (`fits`: (where, options, dataset) -> problems),
+    so that planning refuses what the partition job would."""
 
     name: str
     options: dict[str, Any]
     paper: str
     make: Callable[..., Partition]
+    fits: Callable[[str, dict[str, Any], str], list[str]] | None = None
+
+
+def _classes_fit(where: str, options: dict[str, Any], dataset: str) -> list[str]:
+    # every client holds k distinct classes (classes_partition)
+    k, classes = int(options["classes_per_client"]), dataset_info(dataset).num_classes
+    if k <= classes:
+        return []
+    return [f"{where}.classes_per_client: {k} classes per client, but {dataset} has {classes} classes; set "
+            f"classes_per_client to at most {classes}"]
+
+
+def _natural_fits(where: str, options: dict[str, Any], dataset: str) -> list[str]:
+    if dataset_info(dataset).writers:
+        return []
+    with_writers = [name for name in DATASET_NAMES if dataset_info(name).writers]
+    return [f"{where}: the kind natural gives one client per writer, but {dataset} has no writer ids (datasets with "
+            f"writers: {', '.join(with_writers) or 'none yet'})"]
 
 
 def _make_dirichlet(labels, num_clients, seed, min_size, max_tries, writer_ids, dataset, alpha):
@@ -291,10 +313,11 @@ def _make_natural(labels, num_clients, seed, min_size, max_tries, writer_ids, da
 PARTITION_KINDS: dict[str, PartitionKind] = {k.name: k for k in (
     PartitionKind("dirichlet", {"alpha": None}, "Hsu et al. 2019; NIID-Bench (Li et al. 2022)", _make_dirichlet),
     PartitionKind("iid", {}, "McMahan et al. 2017", _make_iid),
-    PartitionKind("classes", {"classes_per_client": None}, "McMahan et al. 2017; NIID-Bench #C=k", _make_classes),
+    PartitionKind("classes", {"classes_per_client": None}, "McMahan et al. 2017; NIID-Bench #C=k", _make_classes,
+                  _classes_fit),
     PartitionKind("quantity", {"beta": None}, "NIID-Bench quantity skew (Li et al. 2022)", _make_quantity),
     PartitionKind("feature_noise", {"sigma": None}, "NIID-Bench noise-based feature skew", _make_feature_noise),
-    PartitionKind("natural", {"select": "first"}, "LEAF (Caldas et al. 2018)", _make_natural),
+    PartitionKind("natural", {"select": "first"}, "LEAF (Caldas et al. 2018)", _make_natural, _natural_fits),
 )}
 
 
@@ -320,6 +343,16 @@ def check_partition_entry(label: str, entry: dict) -> list[str]:
     problems += [f"{where}.{name}: not an option of the partition kind {kind} "
                  f"(its options: {', '.join(spec.options) or 'none'})" for name in foreign]
     return problems
+
+
+def check_partition_dataset(label: str, entry: dict, dataset: str) -> list[str]:
+    """Problems of a `partitions` entry on `dataset` (a known name) that the dataset's declaration shows: an option
+    beyond what it holds (classes_per_client above its classes) or a kind it cannot take (natural without writers).
+    An entry that `check_partition_entry` refuses is left to it."""
+    spec = PARTITION_KINDS.get(entry.get("kind"))
+    if spec is None or spec.fits is None or check_partition_entry(label, entry):
+        return []
+    return spec.fits(f"partitions.{label}", kind_options(entry), dataset)
 
 
 def make_kind_partition(entry: dict, labels: np.ndarray, num_clients: int, seed: int, min_size: int = 10,
@@ -421,9 +454,12 @@ def check_partition_file(path, dataset: str, num_clients: int, setting: str | fl
     else:
         found["alpha"], want["alpha"] = meta.get("alpha"), parse_alpha(setting)
         found["partition"], want["partition"] = meta.get("label"), None
-    if found != want:
-        differ = ", ".join(f"{k} {found[k]!r} (expected {want[k]!r})" for k in want if found[k] != want[k])
-        raise PartitionError(f"{path} is not the partition of this run: {differ}")
+    check_belongs(path, "the partition of this run", want, found, remake_alone_hint(path), PartitionError)
+
+
+def check_run_partition(path, run: dict) -> None:
+    """`check_partition_file` against the fields of `run` (a Run's fields, or those parsed from its run id)."""
+    check_partition_file(path, run["dataset"], int(run["num_clients"]), run["alpha"], int(run["seed"]))
 
 
 def _labels_checksum(labels: np.ndarray) -> int:

@@ -220,6 +220,13 @@ def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return _CIFAR[name].mean, _CIFAR[name].std
 
 
+def cifar_spec(name: str) -> _CifarSpec:
+    """The on-disk layout of CIFAR-10/100's python version (folder, files, keys): what a writer of such files needs."""
+    if name not in _CIFAR:
+        raise unknown_name_error("CIFAR dataset", name, tuple(_CIFAR))
+    return _CIFAR[name]
+
+
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,  # written by numpy 1.x (the official files)
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,  # written by numpy 2.x

@@ -21,7 +21,7 @@ from fedscape.fl.strategies.base import Strategy
 from fedscape.fl.swa import SWA_METRICS, ScheduledLR, SWAConfig, SWAModel
 from fedscape.fl.vectorized import VectorizedTrainer, resolve_client_parallel
 from fedscape.models.checkpoint import ClientRound
-from fedscape.models.device import peak_memory_mb
+from fedscape.models.device import peak_memory_mb, use_precision
 from fedscape.models.evaluate import evaluate
 from fedscape.models.params import FlatParams, flatten_buffers, load_buffers
 
@@ -53,7 +53,10 @@ class _Progress:
 
     def restore(self) -> tuple[dict, list[dict]] | None:
         """(state, round records 0..k) of the last completed round, or None to start afresh."""
-        if self.dir is None or not (self.dir / "state.pt").exists():
+        if self.dir is None:
+            return None
+        if not (self.dir / "state.pt").exists():
+            log.info("no saved round in %s: starting at round 0", self.dir)
             return None
         try:
             state = self._load(self.dir / "state.pt")
@@ -95,7 +98,8 @@ def run_federated(
     trainer: Trainer | None = None,
     swa: SWAConfig | None = None,
 ) -> RunResult:
-    """Run `cfg.rounds` rounds of federated training from the model's current weights.
+    """Run `cfg.rounds` rounds of federated training from the model's current weights, in `cfg.precision`
+    (`fedscape.models.device.use_precision`: local training and the evaluations alike).
 
     With `progress_dir`, every completed round is saved there and a later call with the same
     `progress_key` (a digest of the run's settings) resumes after the last completed round; the
@@ -107,6 +111,14 @@ def run_federated(
     SWA start, the SWA model takes the global model at each cycle end and is evaluated then; its metrics
     (`SWA_METRICS`) are carried in every row and its state in the round records (so a resume restores it).
     """
+    device = next(model.parameters()).device
+    with use_precision(cfg.precision, device):
+        return _run_federated(model, data, strategy, cfg, progress_dir, progress_key, trainer, swa)
+
+
+def _run_federated(model: torch.nn.Module, data: FederatedData, strategy: Strategy, cfg: TrainConfig,
+                   progress_dir: str | Path | None, progress_key: str, trainer: Trainer | None,
+                   swa: SWAConfig | None) -> RunResult:
     device = next(model.parameters()).device
     flat = FlatParams(model)
     progress = _Progress(Path(progress_dir) if progress_dir else None, progress_key)

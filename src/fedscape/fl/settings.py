@@ -6,7 +6,7 @@ Planning (config checks, which clients a layer-wise pair can compare) reads thes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -24,11 +24,17 @@ from fedscape.fl.schedule import (
     work_amounts,
     work_text,
 )
-from fedscape.models.specs import EVAL_BATCH_SIZE
+from fedscape.models.specs import DEFAULT_PRECISION, EVAL_BATCH_SIZE, PRECISIONS
 
 CLIENT_PARALLEL = ("auto", "sequential", "vectorized")
+ADAMW_KEYS = ("adamw_beta1", "adamw_beta2", "adamw_eps")  # the options only optimizer adamw reads
+# Keys of a config's `training` section that are not TrainConfig fields: where the job computes (`device`), the
+# train job's server-side SWA (`swa`: fedscape.fl.swa), and `bf16_autocast`, which `precision: bf16` replaced (only
+# its default, false, is accepted: it stays in the settings of every train job, so that finished runs keep theirs).
+JOB_ONLY_TRAINING_KEYS = ("device", "swa", "bf16_autocast")
 # What the engine measures after every round (round 0 = the initial model); `status` is ok or diverged.
 ROUND_METRICS = ("round", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "peak_mem_mb", "status")
+NUMERIC_ROUND_METRICS = tuple(m for m in ROUND_METRICS if m != "status")  # numbers (NaN where a run diverged)
 # Client-update statistics the engine computes every round (fedscape.fl.client_stats), and the columns of
 # a run's client_updates.csv.
 STAT_KEYS: tuple[str, ...] = ("drift_from_start", "drift_from_aggregate", "gradient_diversity", "update_cosine_mean")
@@ -69,7 +75,11 @@ class TrainConfig:
     # after another; "sequential" always one after another; "vectorized" insists.
     client_parallel: str = "auto"
     client_chunk_size: int = 64  # clients trained together at most (bounds memory); 0 = all sampled clients
-    bf16_autocast: bool = False  # CUDA only: bf16 autocast of the vectorised forward passes (not exact)
+    # The float32 precision of the run's computations (fedscape.models.device.use_precision): fp32, tf32 (CUDA) or
+    # bf16 autocast. fp32 on every device by default: at the pilot's batch sizes (16-32) a step is bound by kernel
+    # launches, not by FLOPs, so TF32 buys little there, while it moved vectorised against sequential CUDA rounds
+    # by 1.3e-2 (against ~1e-7 in fp32) and would make a GPU run's trajectory differ from a CPU run's.
+    precision: str = DEFAULT_PRECISION
     # Each client's local SGD momentum (or AdamW state) carries over from the last round it took part in, instead of a
     # fresh optimiser every round. With one client holding all data this is centralised training with
     # a checkpoint every `local_epochs` epochs (the layer-wise paper's centralised runs, Adilova et al.).
@@ -89,8 +99,18 @@ class TrainConfig:
     lr_schedule_over: str = "rounds"
     lr_warmup: float = 0.0
 
+    @classmethod
+    def from_training(cls, training: dict, **fields) -> TrainConfig:
+        """The TrainConfig of a config's (or a job's) `training` dict, the job-only keys left out, with `fields`
+        (the run's seed, participation, augmentation) on top."""
+        kept = {k: v for k, v in training.items() if k not in JOB_ONLY_TRAINING_KEYS}
+        kept["save_clients_at"] = tuple(kept.get("save_clients_at", ()))
+        return cls(**{**kept, **fields})
+
     def __post_init__(self):
         self._check_local_training()
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.client_parallel not in CLIENT_PARALLEL:
             raise ValueError(f"client_parallel must be auto, sequential or vectorized, got {self.client_parallel!r}")
         if self.client_chunk_size < 0:
@@ -128,6 +148,27 @@ class TrainConfig:
         if self.lr_schedule_over == "rounds" and self.lr_warmup >= self.rounds and self.lr_schedule == "cosine":
             raise ValueError(f"lr_warmup ({self.lr_warmup} rounds) leaves no round of the {self.rounds} for the "
                              "cosine decay: make it smaller than rounds")
+
+    def ignored_optimizer_options(self) -> str | None:
+        """What the chosen local optimiser would silently ignore, in words with the fix; None when nothing.
+
+        SGD reads no adamw_* option, and AdamW has no SGD momentum (`local_train` and the vectorised step give it
+        none): a value set for the other optimiser would otherwise change nothing while the config says it does.
+        """
+        defaults = {f.name: f.default for f in fields(self)}
+        if self.optimizer == "adamw":
+            if self.momentum == 0:
+                return None
+            return (f"momentum {self.momentum} is ignored by optimizer adamw (AdamW has no SGD momentum: its moments "
+                    "are adamw_beta1 and adamw_beta2): set momentum: 0, or optimizer: sgd")
+        changed = [k for k in ADAMW_KEYS if getattr(self, k) != defaults[k]]
+        if not changed:
+            return None
+        values = " and ".join(f"{k} {getattr(self, k)}" for k in changed)
+        back = ", ".join(f"{k}: {defaults[k]}" for k in changed)
+        return (f"{values} {'is' if len(changed) == 1 else 'are'} ignored by optimizer {self.optimizer} (only adamw "
+                f"reads {', '.join(ADAMW_KEYS[:-1])} and {ADAMW_KEYS[-1]}): set optimizer: adamw, or {back} (the "
+                f"default{'s' if len(changed) > 1 else ''})")
 
     @property
     def work_unit(self) -> str:

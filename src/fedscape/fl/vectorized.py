@@ -42,16 +42,16 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
   whose local training has no stacked form (`Strategy.vectorized` is False: SCAFFOLD, MOON, ...).
 
 One vectorised round equals one sequential round within float rounding (tests/unit/test_vectorized.py
-checks 1e-5 for FedAvg, FedProx, FedNova and the server-optimiser variants, AdamW, lr schedules and
-unequal local work; tests/unit/test_vectorized_sam.py for FedSAM and FedASAM, in float64 at a large ascent
-radius, where float32 training is chaotic). In float64 the two paths agree
+checks FedAvg, FedProx, FedNova and the server-optimiser variants, AdamW, lr schedules and unequal local
+work in float64, and in float32 to 1e-5 where float32 training is not chaotic; tests/unit/test_vectorized_sam.py
+FedSAM and FedASAM, in float64 at a large ascent radius). In float64 the two paths agree
 to float64 rounding (1e-10 checked, ~1e-14 seen, also for resnet20 at 32x32): nothing is computed in float32
 there, the loss included (`at_least_float32`). In float32 a deep model's clients drift further apart: after a
 few steps a rounding difference of 1e-7 moves some ReLU input across 0, and from that step on the gradients
 differ at 1e-4 to 1e-2 instead of 1e-6, and the difference grows; sequential float32 training departs from
 float64 training by as much (benchmarks/README.md, resnet20). Clients are processed in chunks of
-`TrainConfig.client_chunk_size` to bound memory; bf16 autocast of the forward passes is optional on CUDA
-(`TrainConfig.bf16_autocast`).
+`TrainConfig.client_chunk_size` to bound memory. The precision (`TrainConfig.precision`: TF32, bf16 autocast) is
+applied around the whole run by `fedscape.fl.engine.run_federated`, for this trainer as for the sequential one.
 """
 
 from __future__ import annotations
@@ -226,9 +226,6 @@ class VectorizedTrainer:
         self.shapes = [tuple(p.shape) for _, p in model.named_parameters()]
         self.numels = [math.prod(s) for s in self.shapes]
         self.indices_cpu = [ix.cpu() for ix in data.client_indices]
-        self.autocast = cfg.bf16_autocast and self.device.type == "cuda"
-        if cfg.bf16_autocast and not self.autocast:
-            log.info("bf16_autocast is for CUDA only: training in float32 on %s", self.device)
         # The model's own grouped forward where it has one (cnn_small, convnet: channels-last grouped
         # convolutions, about 1.4x faster on a CPU), else functional_call under vmap.
         self.stacked_forward = stacked_forward and has_forward_stacked(model)
@@ -258,8 +255,7 @@ class VectorizedTrainer:
         """The K clients' losses [K] on this step's batches as a function of stacked parameters (a list in
         `named_parameters()` order), for `Strategy.local_gradients_vectorized`."""
         def loss(params: list[torch.Tensor]) -> torch.Tensor:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                return self._loss(dict(zip(self.names, params, strict=True)), xb, yb, mb)
+            return self._loss(dict(zip(self.names, params, strict=True)), xb, yb, mb)
 
         return loss
 

@@ -18,6 +18,7 @@ analysis of a run's final model reads it.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from fedscape.core.io import atomic_path, remake_hint
+from fedscape.core.provenance import check_belongs
 from fedscape.core.runs import parse_run_id
 from fedscape.data.specs import DATASETS
 from fedscape.models.networks import build_model
@@ -204,9 +206,10 @@ def load_trajectory(path: str | Path, map_location: str = "cpu", run_id: str | N
     """Load a whole trajectory with one call; with `run_id`, check that it holds that run's model."""
     obj = _load(path, "trajectory", map_location)
     model_meta = ModelMeta.from_dict(json.loads(obj["model_meta"]))
-    _check_model(path, model_meta, obj["params"], run_id)
+    meta = json.loads(obj["meta"])
+    _check_model(path, model_meta, obj["params"], run_id, meta)
     swa_rounds = tuple(int(r) for r in obj["swa_rounds"].tolist()) if "swa_rounds" in obj else ()
-    return Trajectory(obj["params"], obj["buffers"], obj["rounds"], model_meta, json.loads(obj["meta"]), str(path),
+    return Trajectory(obj["params"], obj["buffers"], obj["rounds"], model_meta, meta, str(path),
                       obj.get("swa_params"), obj.get("swa_buffers"), swa_rounds)
 
 
@@ -233,19 +236,22 @@ def load_clients(path: str | Path, map_location: str = "cpu", run_id: str | None
     """Load the client checkpoints: {round: ClientRound}; with `run_id`, check that they hold that run's model."""
     obj = _load(path, "clients", map_location)
     model_meta = ModelMeta.from_dict(json.loads(obj["model_meta"]))
+    meta = json.loads(obj["meta"])
     for saved in obj["rounds"].values():
-        _check_model(path, model_meta, saved["params"], run_id)
+        _check_model(path, model_meta, saved["params"], run_id, meta)
     return {
         int(r): ClientRound(int(r), d["client_ids"], d["num_samples"], d["params"], d["buffers"])
         for r, d in obj["rounds"].items()
     }
 
 
-def _check_model(path: str | Path, model_meta: ModelMeta, params: torch.Tensor, run_id: str | None) -> None:
-    """One line naming the file when its parameters do not fit its own model, or its model is not `run_id`'s.
+def _check_model(path: str | Path, model_meta: ModelMeta, params: torch.Tensor, run_id: str | None,
+                 meta: dict) -> None:
+    """One line naming the file when its parameters do not fit its own model, or it is not `run_id`'s: another
+    model, or (where the file records its run, as a train job's do) another run's.
 
-    A checkpoint copied from another run (another model, or the same model for another dataset) would
-    otherwise fail deep in a job with a shape error, or be analysed silently as this run's model.
+    A checkpoint copied from another run (another model, or the same model for another dataset, alpha or seed)
+    would otherwise fail deep in a job with a shape error, or be analysed silently as this run's model.
     """
     width = int(params.shape[-1]) if params.dim() else 0
     if model_meta.param_shapes and width != model_meta.num_params:
@@ -254,6 +260,9 @@ def _check_model(path: str | Path, model_meta: ModelMeta, params: torch.Tensor, 
                               f"{remake_hint(path)}")
     if run_id is None:
         return
+    if "run_id" in meta:  # an init's one-row trajectory records no run: several runs start from it
+        check_belongs(path, f"a checkpoint of run {run_id}", {"run_id": run_id}, {"run_id": meta["run_id"]},
+                      remake_hint(path), CheckpointError)
     fields = parse_run_id(run_id)
     info = DATASETS.get(fields.get("dataset", ""))
     expected = (fields.get("model"), *((info.num_classes, info.in_channels, info.image_size) if info else ()))
@@ -271,8 +280,12 @@ def _check_model(path: str | Path, model_meta: ModelMeta, params: torch.Tensor, 
 
 
 def _save(path: str | Path, obj: dict) -> None:
+    """Write `obj` atomically, the same bytes for the same content: serialised in memory first, because a zip
+    archive that torch.save writes to a file is named after that file (here a random temporary name)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def _load(path: str | Path, kind: str, map_location: str) -> dict:

@@ -1,17 +1,45 @@
-"""Where a job computes: the torch device, its CPU threads, its name and its peak memory."""
+"""Where and how precisely a job computes: the torch device (and, on a machine with several cards, which one), its
+CPU threads, its float32 precision, its name and its peak memory."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import platform
 import resource
+from collections.abc import Callable, Iterator
 
 import torch
 
+from fedscape.core.gpus import CLAIM_DIR, CardClaim, claim_card
+from fedscape.core.manifest import note
+from fedscape.models.specs import PRECISIONS
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; explicit names are checked."""
+log = logging.getLogger("fedscape")
+
+# The claim of this process's job on its card, held until the process ends (fedscape.core.gpus).
+_CLAIM: CardClaim | None = None
+
+
+def resolve_device(name: str, claim_dir=CLAIM_DIR) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; explicit names are checked.
+
+    With several visible cards, 'auto' takes the card with the fewest fedscape jobs on it (`claim_card`), so that the
+    jobs of a local run spread over the cards instead of all starting on cuda:0. A cluster job sees the one card it
+    was given, and an explicit `cuda:<i>` is taken as it is.
+    """
+    global _CLAIM
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        cards = torch.cuda.device_count()
+        if cards <= 1:
+            return torch.device("cuda", 0)
+        if _CLAIM is None:
+            _CLAIM = claim_card(cards, claim_dir)
+            log.info("took cuda:%d, the card with the fewest fedscape jobs of the %d visible", _CLAIM.card, cards)
+        return torch.device("cuda", _CLAIM.card)
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} was requested but CUDA is not available on this node")
@@ -27,12 +55,89 @@ def use_threads(threads: int | None) -> None:
         torch.set_num_threads(max(1, int(threads)))
 
 
+def precision_used(precision: str, device: torch.device | str) -> str:
+    """The precision a job asking for `precision` computes in on `device`: TF32 exists on CUDA only, so a CPU
+    computes `tf32` in fp32; fp32 and bf16 are what they say everywhere (bf16 by autocast, on a CPU too)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if precision == "tf32" and torch.device(device).type != "cuda":
+        return "fp32"
+    return precision
+
+
+def _tf32() -> tuple[bool, bool]:
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+def _set_tf32(matmul: bool, cudnn: bool) -> None:
+    # The legacy switches: once torch's newer `fp32_precision` API is used, reading these raises (a mix of the two
+    # APIs), and torch and user code still read them.
+    torch.backends.cuda.matmul.allow_tf32 = matmul
+    torch.backends.cudnn.allow_tf32 = cudnn
+
+
+@contextlib.contextmanager
+def use_precision(precision: str, device: torch.device | str) -> Iterator[str]:
+    """Compute the float32 work inside in `precision` on `device`; yields the precision used (`precision_used`).
+
+    - fp32: TF32 off for matmuls and cuDNN convolutions. PyTorch's own default runs cuDNN convolutions in TF32
+      (10-bit mantissa) on Ampere and later: vectorised and sequential CUDA rounds then differed by 1.3e-2
+      instead of ~1e-7, so fp32 must be set, not assumed.
+    - tf32: TF32 on for both (CUDA only).
+    - bf16: forward passes under bf16 autocast (the losses and reductions autocast keeps in float32), TF32 off for
+      the rest; parameters, gradients and optimiser state stay float32.
+
+    float64 work is unaffected by all three. The switches are restored on exit.
+    """
+    used = precision_used(precision, device)
+    device_type = torch.device(device).type
+    saved = _tf32()
+    _set_tf32(used == "tf32", used == "tf32")
+    try:
+        # No cast cache: autocast keeps the bf16 copy of a weight until its region ends, and a region around a whole
+        # run would train on the first copy forever (the weights are updated in place between forward passes).
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=used == "bf16", cache_enabled=False):
+            yield used
+    finally:
+        _set_tf32(*saved)
+
+
 def device_name(device: torch.device | str) -> str:
     """A readable name of the training device: the GPU model, or the CPU's processor/machine."""
     device = torch.device(device)
     if device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def describe_compute(device: torch.device, precision: str) -> dict[str, str]:
+    """What a job records of where it computed: the device, its name, and the precision asked for and used."""
+    return {"device": str(device), "device_name": device_name(device), "precision": precision,
+            "precision_used": precision_used(precision, device)}
+
+
+def log_compute(compute: dict[str, str]) -> None:
+    """One log line of `describe_compute`, so every job's log says where and how precisely it computed; the job's
+    record (fedscape.core.manifest) gets it too."""
+    note(compute=compute)
+    asked = "" if compute["precision"] == compute["precision_used"] else f" (asked {compute['precision']})"
+    log.info("computing on %s [%s] in %s%s", compute["device"], compute["device_name"], compute["precision_used"],
+             asked)
+
+
+def job_precision(precision_of: Callable[[dict], str]) -> Callable[[Callable], Callable]:
+    """Decorate a stage function `f(settings, ...)` to run in `use_precision(precision_of(settings), device)` on the
+    settings' `device`, after logging both (`log_compute`)."""
+    def decorate(stage: Callable) -> Callable:
+        @functools.wraps(stage)
+        def run(settings: dict, *args, **kwargs):
+            device = resolve_device(settings["device"])
+            precision = precision_of(settings)
+            log_compute(describe_compute(device, precision))
+            with use_precision(precision, device):
+                return stage(settings, *args, **kwargs)
+        return run
+    return decorate
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -28,7 +28,9 @@ class EvalResult:
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> EvalResult:
     """Mean cross-entropy and accuracy in eval mode (no augmentation, batch norm uses running stats).
 
-    A non-finite loss is returned as such (inf or nan) rather than raised: callers decide.
+    A non-finite loss is returned as such (inf or nan) rather than raised: callers decide. The loss of a float64
+    model is taken in float64: float64 runs are compared to float64 rounding, and rounding their logits to float32
+    would move the loss by ~1e-8.
     """
     was_training = model.training
     model.eval()
@@ -39,7 +41,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         xb = x[start : start + batch_size].to(device, non_blocking=True)
         yb = y[start : start + batch_size].to(device, non_blocking=True)
         logits = model(xb)
-        total_loss += F.cross_entropy(logits.float(), yb, reduction="sum").double()
+        wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 in float32, float64 kept
+        total_loss += F.cross_entropy(wide, yb, reduction="sum").double()
         correct += (logits.argmax(dim=1) == yb).sum()
     model.train(was_training)
     n = len(y)

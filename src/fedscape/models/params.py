@@ -52,17 +52,19 @@ def _specs(named) -> list[TensorSpec]:
 
 
 def flatten_params(model: nn.Module) -> torch.Tensor:
-    """A detached copy of all parameters as one float32 vector."""
+    """A detached copy of all parameters as one vector in their dtype (float32 for the workflow's models;
+    checkpoints store float32 either way): a float64 model stays float64, as float64 runs are compared to float64
+    rounding."""
     return _flatten(p for p in model.parameters())
 
 
 def flatten_buffers(model: nn.Module) -> torch.Tensor:
-    """A detached copy of the floating buffers as one float32 vector (empty when there are none)."""
+    """A detached copy of the floating buffers as one vector in their dtype (empty when there are none)."""
     return _flatten(b for b in model.buffers() if b.is_floating_point())
 
 
 def _flatten(tensors) -> torch.Tensor:
-    parts = [t.detach().reshape(-1).float() for t in tensors]
+    parts = [t.detach().reshape(-1) for t in tensors]
     return torch.cat(parts) if parts else torch.zeros(0)
 
 

@@ -15,6 +15,11 @@ from fedscape.core.names import unknown_name_error
 from fedscape.data.specs import INPUT_KINDS
 
 NORMS: tuple[str, ...] = ("batch", "group", "none")
+# How a job computes its float32 work (fedscape.models.device.use_precision): full float32, TF32 matmuls and
+# convolutions (CUDA), or bf16 autocast of the forward passes. fp32 is every stage's default: it is what the CPU
+# computes, so a run on a GPU agrees with one on a CPU to float32 rounding.
+PRECISIONS = ("fp32", "tf32", "bf16")
+DEFAULT_PRECISION = "fp32"
 EVAL_BATCH_SIZE = 1024  # samples per forward pass of an evaluation: bounds memory, the results do not depend on it
 
 

@@ -2,26 +2,45 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import csv
+import io
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
 
 from fedscape.core.io import remake_hint, write_csv
+from fedscape.core.paths import run_of_path
+from fedscape.core.provenance import belongs_problem
+from fedscape.fl.settings import NUMERIC_ROUND_METRICS
 
 
 class TableError(ValueError):
     """A table that cannot be read or does not have the columns its reader needs."""
 
 
-def read_table(path: str | Path, columns: Iterable[str] = (), **read_options) -> pd.DataFrame:
-    """The CSV table at `path`, which must have `columns`: one line naming the file, the columns expected and
-    the ones found, where pandas would raise a bare KeyError later (or fill the column with empty cells)."""
+def read_table(path: str | Path, columns: Iterable[str] = (), numeric: Iterable[str] = (),
+               expect: Mapping[str, object] | None = None, **read_options) -> pd.DataFrame:
+    """The CSV table at `path`, read strictly; a TableError names the file (and the line) and the fix:
+
+    - the file must be whole: every line ends with a newline and has as many fields as the header (a file cut
+      mid-line, as a kill or a full disk leaves it, would otherwise give a short last row that pandas pads with
+      empty cells, or a cut-off number that still parses);
+    - it must have `columns` (pandas would raise a bare KeyError later, or fill the column with empty cells);
+    - the `numeric` columns must hold numbers (empty cells, pandas' NaN, are allowed);
+    - with `expect` ({column: value}), every row must hold that value: a per-run table (a run's metrics.csv)
+      records its `run_id`, so another run's file put in its place is caught (`core.provenance`).
+    """
     try:
-        df = pd.read_csv(path, **read_options)
+        text = Path(path).read_text()
     except FileNotFoundError:
         raise TableError(f"{path} does not exist") from None
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TableError(f"{path}: not a CSV table ({type(exc).__name__}: {exc}); {remake_hint(path)}") from None
+    _check_whole(path, text)
+    try:
+        df = pd.read_csv(io.StringIO(text), **read_options)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
         raise TableError(f"{path}: not a CSV table ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}); "
                          f"{remake_hint(path)}") from None
     columns = list(columns)
@@ -29,7 +48,36 @@ def read_table(path: str | Path, columns: Iterable[str] = (), **read_options) ->
     if missing:
         raise TableError(f"{path}: expected the columns {columns}, found {list(df.columns)} (missing {missing}); "
                          f"{remake_hint(path)}")
+    for column in numeric:
+        if column in df.columns and not pd.api.types.is_numeric_dtype(df[column]):
+            values = pd.to_numeric(df[column], errors="coerce")
+            bad = int((values.isna() & df[column].notna()).to_numpy().argmax())
+            raise TableError(f"{path}, line {bad + 2}: {column} is {df[column].iloc[bad]!r}, not a number; "
+                             f"{remake_hint(path)}")
+    for column, value in (expect or {}).items():
+        found = df[column].astype(str) if column in df.columns else pd.Series([], dtype=str)
+        wrong = (found != str(value)).to_numpy()
+        if wrong.any():
+            line = int(wrong.argmax())
+            problem = belongs_problem(f"{path}, line {line + 2}", f"a table of {column} {value}", {column: str(value)},
+                                      {column: found.iloc[line]})
+            raise TableError(f"{problem}; {remake_hint(path)}")
     return df
+
+
+def _check_whole(path: str | Path, text: str) -> None:
+    """TableError naming the first line of `text` that is cut short or has another field count than the header."""
+    if not text:
+        return  # pandas reports an empty file
+    lines = list(csv.reader(io.StringIO(text)))
+    width = len(lines[0])
+    if not text.endswith("\n"):
+        raise TableError(f"{path}, line {len(lines)}: cut short (no end of line; the file was not written to the "
+                         f"end); {remake_hint(path)}")
+    for number, fields in enumerate(lines[1:], start=2):
+        if fields and len(fields) != width:
+            raise TableError(f"{path}, line {number}: {len(fields)} fields where the header has {width}; "
+                             f"{remake_hint(path)}")
 
 
 def concat_tables(inputs: list[str | Path], output: str | Path, columns: list[str] | None = None,
@@ -42,7 +90,9 @@ def concat_tables(inputs: list[str | Path], output: str | Path, columns: list[st
     among `columns` are those only some jobs write (the SWA model's metrics of runs with SWA): empty elsewhere.
     """
     required = [c for c in columns or () if c not in optional]
-    frames = [read_table(p, required) for p in inputs]
+    # a run's own table (its metrics.csv) holds that run's rows only: another run's file in its place is refused
+    # and its metrics are numbers: a damaged cell is caught here, at the file it is in
+    frames = [read_table(p, required, numeric=NUMERIC_ROUND_METRICS, expect=run_of_path(p)) for p in inputs]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns or [])
     if columns is not None:
         df = df.reindex(columns=columns)

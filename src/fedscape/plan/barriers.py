@@ -20,6 +20,7 @@ from fedscape.core.config import ConfigError
 from fedscape.core.paths import INTERPOLATION_DIR, LAYERWISE_DIR, Results
 from fedscape.core.runs import Run, resolve_run
 from fedscape.fl.settings import sample_clients
+from fedscape.models.specs import DEFAULT_PRECISION
 from fedscape.plan.train import check_round, rounds_of, run_training, train_settings
 
 LAYER_FIGURE = "barriers/layerwise/{pair}/{split}"  # below figures/
@@ -72,6 +73,14 @@ def _same_architecture(run_a, run_b, where: str) -> None:
                           f"{run_a.dataset}/{run_a.model} and {run_b.dataset}/{run_b.model}")
 
 
+def _check_alignable(config: dict, section: str, model: str, where: str) -> None:
+    """ConfigError when `<section>.align` is on and `model` has no weight-matching spec (the alignment job would
+    fail after training): interpolation and layer_barriers refuse it alike."""
+    if config[section]["align"] and model in NO_PERMUTATION_SPEC:
+        raise ConfigError(f"{where}: {section}.align cannot align model {model!r}: {NO_PERMUTATION_SPEC[model]}; "
+                          f"set {section}.align: false for it")
+
+
 def interpolation_pair(config: dict, runs: list, label: str) -> InterpolationPair:
     """The interpolation pair `label` of the config, resolved to runs (ConfigError naming the key)."""
     spec = config["interpolation"]["pairs"][label]
@@ -79,9 +88,7 @@ def interpolation_pair(config: dict, runs: list, label: str) -> InterpolationPai
     run_a = _resolve(runs, spec.get("a"), f"{where}.a")
     run_b = _resolve(runs, spec.get("b"), f"{where}.b")
     _same_architecture(run_a, run_b, where)
-    if config["interpolation"]["align"] and run_a.model in NO_PERMUTATION_SPEC:
-        raise ConfigError(f"{where}: interpolation.align cannot align model {run_a.model!r}: "
-                          f"{NO_PERMUTATION_SPEC[run_a.model]}; set interpolation.align: false for it")
+    _check_alignable(config, "interpolation", run_a.model, where)
     round_a, round_b = spec.get("round_a", "final"), spec.get("round_b", "final")
     check_round(config, run_a, round_a, f"{where}.round_a")
     check_round(config, run_b, round_b, f"{where}.round_b")
@@ -150,6 +157,7 @@ def layer_pair(config: dict, runs: list, label: str) -> LayerPair:
         pair = LayerPair(label, "runs", run_a, run_b, (0, 1), ())
     if not rounds:
         raise ConfigError(f"{where}: no round is left (every: {every}); lower layer_barriers.every or set `rounds`")
+    _check_alignable(config, "layer_barriers", pair.run_a.model, where)
     return LayerPair(pair.label, pair.kind, pair.run_a, pair.run_b, pair.clients, tuple(rounds))
 
 
@@ -177,17 +185,21 @@ def check(config: dict, runs: list) -> list[str]:
     return problems
 
 
-def _common(config: dict, run) -> dict:
+def _common(config: dict, run, section: str) -> dict:
     settings = train_settings(config, run)
-    return {"data": {"run": settings["run"], "dataset_options": settings["dataset_options"]},
-            "device": config["training"]["device"], "eval_batch_size": config["training"]["eval_batch_size"]}
+    common = {"data": {"run": settings["run"], "dataset_options": settings["dataset_options"]},
+              "device": config["training"]["device"], "eval_batch_size": config["training"]["eval_batch_size"]}
+    precision = config[section]["precision"]
+    if precision != DEFAULT_PRECISION:  # only then: jobs from before the option keep their settings
+        common["precision"] = precision
+    return common
 
 
 def interpolation_settings(config: dict, pair: InterpolationPair) -> dict:
     """Everything one interpolation job needs (Snakemake reruns it when this changes)."""
     settings = {"pair_id": pair.label, "run_a": pair.run_a.run_id, "run_b": pair.run_b.run_id,
                 "round_a": pair.round_a, "round_b": pair.round_b, "points": config["interpolation"]["points"],
-                **_common(config, pair.run_a)}
+                **_common(config, pair.run_a, "interpolation")}
     if config["interpolation"]["align"]:  # only when on: jobs from before the option keep their settings
         settings["align"] = True
     curve = curve_settings(config["interpolation"]["curve"])
@@ -207,7 +219,7 @@ def layer_settings(config: dict, pair: LayerPair, round_: int) -> dict:
     """Everything one layer-wise job (one pair, one round) needs."""
     section = config["layer_barriers"]
     settings = {"pair": pair.label, "kind": pair.kind, "run_id": pair.run_id, "round": int(round_),
-                "clients": list(pair.clients), **_common(config, pair.run_a)}
+                "clients": list(pair.clients), **_common(config, pair.run_a, "layer_barriers")}
     # only what differs from the defaults: jobs from before these options keep their settings
     modes = list(section.get("modes", MODES))
     if modes != list(MODES):

@@ -27,6 +27,7 @@ def settings_from_config(section: dict) -> HessianSettings:
         density_steps=density.get("lanczos_steps", 90), density_probes=density.get("probes", 10),
         seed=section["seed"], sharpness=sharp.get("enabled", False), sharpness_rho=sharp.get("rho", 0.05),
         sharpness_steps=sharp.get("steps", 5), sharpness_eta=sharp.get("eta", 0.01),
+        precision=section["precision"],
     )
 
 
@@ -141,7 +142,7 @@ def hessian_inputs(config: dict, runs: list, run, round_: int) -> dict[str, str]
 
 # Settings added after results existed: a job's settings carry one only when it differs from its default, so
 # that adding it does not rerun every finished Hessian job.
-LATE_SETTINGS = ("trace_estimator", "sharpness", "sharpness_rho", "sharpness_steps", "sharpness_eta")
+LATE_SETTINGS = ("trace_estimator", "sharpness", "sharpness_rho", "sharpness_steps", "sharpness_eta", "precision")
 
 
 def _job_hessian(settings: dict) -> dict:

@@ -6,6 +6,7 @@ from fedscape.core.config import ConfigError, canonical
 from fedscape.core.paths import PARTITION_DIR, Results
 from fedscape.core.runs import Run, resolve_run
 from fedscape.data.specs import DATASET_NAMES, dataset_info
+from fedscape.models.specs import DEFAULT_PRECISION
 from fedscape.plan.train import check_training, job_training, merge_training, work_list_problems
 from fedscape.stages.init_settings import PretrainConfig, kind_spec
 
@@ -37,7 +38,11 @@ def init_extras(config: dict, runs: list, dataset: str, model: str, init: str) -
     kind = spec["kind"]
     device = config["training"].get("device", "auto")
     if kind == "pretrained":
-        return {"dataset_options": config["datasets"][dataset], "device": device}
+        extras = {"dataset_options": config["datasets"][dataset], "device": device}
+        precision = config["training"]["precision"]
+        if precision != DEFAULT_PRECISION:  # only then: finished pretrained inits keep their settings
+            extras["precision"] = precision
+        return extras
     if kind == "iid_warmup":
         training = job_training(merge_training(config["training"], spec.get("training", {})))
         return {"dataset_options": config["datasets"][dataset], "partition": config["partition"],

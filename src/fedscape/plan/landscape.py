@@ -11,12 +11,14 @@ and the figure ``{data}/surface.{pdf,png}`` with its data beside it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fedscape.analysis.hessian.definitions import JOB_FILES
-from fedscape.analysis.landscape.definitions import SINGLE_RUN_KINDS
+from fedscape.analysis.landscape.definitions import PLANE_FILE_KINDS, SINGLE_RUN_KINDS, PlaneError, read_plane_file
 from fedscape.core.config import ConfigError
 from fedscape.core.paths import HESSIAN_DIR, LANDSCAPE_DIR, SURFACE_DIR, Results, fill
 from fedscape.core.runs import iid_first, resolve_run, select_runs, varying_fields
+from fedscape.models.specs import DEFAULT_PRECISION
 from fedscape.plan.train import check_round, rounds_of, run_training
 
 
@@ -173,6 +175,7 @@ def check(config: dict, runs: list) -> list[str]:
             resolve_landscape(config, runs, label)
         except ConfigError as exc:
             problems.append(str(exc))
+        problems += _plane_file_problems(label, spec)
         points = int(spec["resolution"]) ** 2
         per_chunk = -(-points // int(spec["chunks"]))
         if per_chunk > MAX_CHUNK_POINTS and not spec.get("allow_large"):
@@ -181,6 +184,28 @@ def check(config: dict, runs: list) -> list[str]:
                             f"each data set; at most {MAX_CHUNK_POINTS:,} per chunk: raise `chunks` to at least "
                             f"{-(-points // MAX_CHUNK_POINTS)} or set `allow_large: true`")
     return problems
+
+
+def _plane_file_problems(label: str, spec: dict) -> list[str]:
+    """A `plane_file` that its kind would ignore, or that is no readable plane: checked here, not by the plane job
+    that runs after training. Read once by `check` (not by `resolve_landscape`, which every rule's inputs call)."""
+    path = spec.get("plane_file")
+    if not path:  # null or empty: the Hessian stage's plane (`hessian_plane_path`)
+        return []
+    where = f"landscapes.{label}.plane_file"
+    kind = spec.get("kind", "trajectory")
+    if kind not in PLANE_FILE_KINDS:
+        return [f"{where}: only kind {' or '.join(PLANE_FILE_KINDS)} reads a plane file; kind {kind} makes its own "
+                f"plane: remove plane_file or set kind: {PLANE_FILE_KINDS[0]}"]
+    if not Path(path).exists():
+        return [f"{where}: plane file {path} does not exist (relative paths start at the working directory "
+                f"{Path.cwd()}); point plane_file to a plane file (e.g. an eigen_plane.npz of the Hessian stage), or "
+                "remove it to read the Hessian stage's plane of the run"]
+    try:
+        read_plane_file(path, supplied_as=where)
+    except PlaneError as exc:
+        return [f"{where}: {exc}"]
+    return []
 
 
 # -- per-job settings (plain dicts: Snakemake reruns a job when its dict changes) ------------------------
@@ -231,6 +256,8 @@ def chunk_settings(config: dict, plan: LandscapePlan, data: str, chunk: int) -> 
         "points_per_batch": int(spec.get("points_per_batch", 1)),
         "batch_size": int(training["eval_batch_size"]),
         "device": training["device"],
+        # only when not fp32: chunks from before the option keep their settings
+        **({"precision": spec["precision"]} if spec.get("precision", DEFAULT_PRECISION) != DEFAULT_PRECISION else {}),
     }
 
 

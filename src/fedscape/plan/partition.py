@@ -6,8 +6,8 @@ from fedscape.core.alpha import is_partition_label
 from fedscape.core.config import canonical
 from fedscape.core.names import suggest
 from fedscape.core.runs import Run
-from fedscape.data.partition import check_partition_entry, kind_options
-from fedscape.data.specs import DATASET_NAMES, dataset_info
+from fedscape.data.partition import check_partition_dataset, check_partition_entry, kind_options
+from fedscape.data.specs import dataset_info
 
 
 def partition_settings(config: dict, dataset: str, alpha: str, num_clients: int, seed: int) -> dict:
@@ -22,8 +22,9 @@ def partition_settings(config: dict, dataset: str, alpha: str, num_clients: int,
 
 
 def check(config: dict, runs: list[Run]) -> list[str]:
-    """The `partitions` entries (kinds and options; labels that are no run's setting) and client counts that
-    cannot each get `partition.min_size` samples of their dataset (known at planning)."""
+    """The `partitions` entries (kinds and options, and the options each dataset they are used with cannot take;
+    labels that are no run's setting) and client counts that cannot each get `partition.min_size` samples of their
+    dataset (known at planning)."""
     problems = []
     entries = config.get("partitions") or {}
     for label, entry in entries.items():
@@ -39,10 +40,7 @@ def check(config: dict, runs: list[Run]) -> list[str]:
                             f"{suggest(alpha, ['iid', *entries])}")
     min_size = int(config["partition"]["min_size"])
     for dataset, label in sorted({(run.dataset, run.alpha) for run in runs if run.alpha in entries}):
-        if entries[label].get("kind") == "natural" and not dataset_info(dataset).writers:
-            with_writers = [name for name in DATASET_NAMES if dataset_info(name).writers]
-            problems.append(f"partitions.{label}: the kind natural gives one client per writer, but {dataset} has no "
-                            f"writer ids (datasets with writers: {', '.join(with_writers) or 'none yet'})")
+        problems += check_partition_dataset(label, entries[label], dataset)
     for dataset, num_clients in sorted({(run.dataset, run.num_clients) for run in runs}):
         options = config["datasets"][dataset]
         pool = dataset_info(dataset).client_pool_bound(options.get("test_fraction", 0.25),

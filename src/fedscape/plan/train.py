@@ -12,7 +12,13 @@ from fedscape.core.paths import Results
 from fedscape.core.runs import Run
 from fedscape.data.partition import PartitionError, check_partition_file
 from fedscape.data.specs import DATASET_NAMES, dataset_info, dataset_option_problems
-from fedscape.fl.hparams.registry import ALGORITHM_NAMES, algorithm_config, algorithm_spec, check_algorithm_model
+from fedscape.fl.hparams.registry import (
+    ALGORITHM_NAMES,
+    algorithm_config,
+    algorithm_spec,
+    check_algorithm_model,
+    hyperparameter_type_problems,
+)
 from fedscape.fl.schedule import DEFAULT_LOCAL_EPOCHS, WORK_KEYS
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.swa import check_swa, swa_config
@@ -28,7 +34,7 @@ from fedscape.models.specs import (
 # Training keys added after results existed: a job's settings carry one only when it differs from its
 # default, so that adding it does not rerun every finished train and init job (TrainConfig has the default).
 LATE_TRAINING_KEYS = ("keep_optimizer_state", "local_steps", "optimizer", "adamw_beta1", "adamw_beta2", "adamw_eps",
-                      "lr_schedule", "lr_schedule_over", "lr_warmup")
+                      "lr_schedule", "lr_schedule_over", "lr_warmup", "precision")
 
 
 def job_training(training: dict) -> dict:
@@ -133,10 +139,14 @@ def check_training(training: dict, overrides: dict) -> TrainConfig:
         key = sorted(unknown)[0]
         raise ValueError(f"unknown training key {key!r}.{suggest(key, training)} Valid: {', '.join(training)}")
     merged = merge_training(training, overrides)
-    merged.pop("device", None)
-    merged.pop("swa", None)  # the train job's alone: checked by `check_swa_settings`
-    merged["save_clients_at"] = tuple(merged.get("save_clients_at", ()))
-    return TrainConfig(**merged)
+    if merged.get("bf16_autocast"):
+        raise ValueError("bf16_autocast is replaced by precision: bf16, which also covers sequential training and "
+                         "the evaluations: set precision: bf16 and remove bf16_autocast")
+    cfg = TrainConfig.from_training(merged)  # swa, the train job's alone, is checked by `check_swa_settings`
+    ignored = cfg.ignored_optimizer_options()
+    if ignored:
+        raise ValueError(ignored)
+    return cfg
 
 
 def check_swa_settings(training: dict, overrides: dict) -> None:
@@ -189,8 +199,10 @@ def check(config: dict, runs: list[Run]) -> list[str]:
             problems.append(f"algorithms.{label}.name: unknown algorithm {spec['name']!r}."
                             f"{suggest(spec['name'], ALGORITHM_NAMES)} Valid: {', '.join(ALGORITHM_NAMES)}")
             continue
-        try:
-            algorithm_config(spec["name"], hparams)
+        wrong = hyperparameter_type_problems(spec["name"], hparams)
+        problems += [f"algorithms.{label}.{key}: {problem}" for key, problem in wrong]
+        try:  # without the mistyped values, which the dataclass's own checks would compare
+            algorithm_config(spec["name"], {k: v for k, v in hparams.items() if k not in dict(wrong)})
         except ValueError as exc:
             problems.append(f"algorithms.{label}: {exc}")
         try:

@@ -15,9 +15,12 @@ from types import ModuleType
 
 import fedscape.plan as _package
 from fedscape.core.config import ConfigError, duplicate_keys, load_schema, read_config_file, validate_config
+from fedscape.core.paths import PARTITION_DIR, parse_path
 from fedscape.core.runs import WILDCARD_CONSTRAINTS, Run, build_runs
+from fedscape.data.partition import PartitionError, check_partition_file
 from fedscape.data.specs import DATASET_NAMES, DATASETS, NO_DOWNLOAD
 
+PARTITION_FILE = f"{PARTITION_DIR}/partition.npz"
 FIRST = "train"  # its checks come first: every other stage reads the run grid it checks
 
 
@@ -39,7 +42,7 @@ def check_config(config: dict, schema: dict, files: Iterable[str | Path] = ()) -
     if duplicates:
         raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in duplicates))
     validate_config(config, schema)
-    problems: list[str] = _directory_labels(config)
+    problems: list[str] = _results_dir_problems(config) + _directory_labels(config)
     try:
         runs = build_runs(config)
     except ConfigError as exc:
@@ -53,6 +56,18 @@ def check_config(config: dict, schema: dict, files: Iterable[str | Path] = ()) -
     if problems:
         raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
     return config
+
+
+def _results_dir_problems(config: dict) -> list[str]:
+    """A results_dir that is the root of the file system (`/`, `//`, `/./`): the schema's pattern allows it, but
+    every output would lie directly in it, beside the system's own directories."""
+    value = str(config["results_dir"])
+    path = Path(value)
+    if path.is_absolute() and path.parent == path:
+        return [f"results_dir: {value!r} is the root of the file system: every output goes below results_dir (and "
+                "Snakemake deletes a job's old outputs before it runs the job again), so results need a directory of "
+                "their own: set e.g. results or /scratch/<you>/fedscape"]
+    return []
 
 
 # Sections whose keys are labels that name directories of the results (or appear in file names).
@@ -119,6 +134,33 @@ def check_data(config: dict, runs: list[Run], jobs: Iterable[tuple[str, dict]] |
     if problems:
         raise ConfigError("data missing for the jobs about to run (nothing ran; `snakemake -n` does not check "
                           "data):\n" + "\n".join(f"  - {p}" for p in dict.fromkeys(problems)))
+
+
+def check_read_partitions(inputs: Iterable[str], remade: Iterable[str]) -> None:
+    """ConfigError listing every existing partition file that a job about to run reads and that is not the
+    partition its path names (another run's, or damaged); `remade`: the outputs of the jobs about to run (a
+    partition among them is made afresh, not read as it is).
+
+    Called when Snakemake starts executing, before any job: a job that failed on such a file would cost its
+    finished outputs (Snakemake deletes a job's outputs before running it), and a job that did not fail would
+    compute on another run's data.
+    """
+    remade = {str(Path(p)) for p in remade}
+    problems = []
+    for path in dict.fromkeys(str(Path(p)) for p in inputs):
+        fields = parse_path(PARTITION_FILE, path)
+        if fields is None or path in remade or not Path(path).exists():
+            continue
+        try:
+            check_partition_file(path, fields["dataset"], int(fields["num_clients"]), fields["alpha"],
+                                 int(fields["seed"]))
+        except PartitionError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("a partition that the jobs about to run read is not theirs (nothing ran, no output was "
+                          "deleted):\n" + "\n".join(f"  - {p}" for p in problems) + "\nA partition is remade "
+                          "bit-identical from its seed: after remaking it, continue with `snakemake --rerun-triggers "
+                          "params input code software-env` so that what was made from it is not made again.")
 
 
 def _data_dir_problems(where: str, name: str, options: dict, key: str = "data_dir") -> list[str]:

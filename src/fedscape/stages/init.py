@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedscape.core.alpha import IID
 from fedscape.core.config import digest
 from fedscape.core.io import atomic_path
 from fedscape.core.names import suggest
@@ -35,15 +36,16 @@ from fedscape.core.seeds import derive_seed
 from fedscape.data.datasets import augment_batch, dataset_from_options, normalisation
 from fedscape.data.federated import federate
 from fedscape.data.imagenet32 import ImageNet32
+from fedscape.data.partition import check_partition_file
 from fedscape.fl.engine import run_federated
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.models.checkpoint import ModelMeta, load_trajectory, save_trajectory
-from fedscape.models.device import resolve_device
+from fedscape.models.device import describe_compute, log_compute, resolve_device, use_precision
 from fedscape.models.evaluate import EvalResult, evaluate
 from fedscape.models.networks import build_model
 from fedscape.models.params import flatten_buffers, flatten_params, load_buffers, load_params
-from fedscape.models.specs import EVAL_BATCH_SIZE
+from fedscape.models.specs import DEFAULT_PRECISION, EVAL_BATCH_SIZE
 from fedscape.stages.init_settings import INIT_KINDS, PretrainConfig
 
 log = logging.getLogger("fedscape.init")
@@ -173,9 +175,18 @@ def proxy_data(settings: dict, device: torch.device | str = "cpu") -> ProxyData:
 
 
 def pretrain(settings: dict, progress_dir: str | Path | None = None) -> tuple[torch.nn.Module, dict]:
-    """Centralised SGD on the proxy data from the seeded random init; resumable after every epoch."""
-    cfg = PretrainConfig.of(settings)
+    """Centralised SGD on the proxy data from the seeded random init, in the training's precision (fp32 unless the
+    settings say otherwise); resumable after every epoch."""
     device = resolve_device(settings.get("device", "auto"))
+    log_compute(describe_compute(device, settings.get("precision", DEFAULT_PRECISION)))
+    with use_precision(settings.get("precision", DEFAULT_PRECISION), device) as used:
+        model, meta = _pretrain(settings, progress_dir, device)
+    return model, {**meta, "precision": used}
+
+
+def _pretrain(settings: dict, progress_dir: str | Path | None,
+              device: torch.device) -> tuple[torch.nn.Module, dict]:
+    cfg = PretrainConfig.of(settings)
     proxy = proxy_data(settings, device)
     y, proxy_classes, source = proxy.y, proxy.num_classes, proxy.source
     same_labels = source.startswith("split:")
@@ -253,12 +264,12 @@ def iid_warmup(settings: dict, partition_path: str | Path,
     training = dict(settings["warmup_training"])
     device = resolve_device(training.pop("device", settings.get("device", "auto")))
     training.pop("rounds", None)
-    cfg = TrainConfig(**{**training, "rounds": settings["rounds"], "participation": 1.0, "save_clients_at": (),
-                         "augment": settings["dataset_options"].get("augment", "none"), "seed": settings["seed"]})
+    cfg = TrainConfig.from_training(training, rounds=settings["rounds"], participation=1.0, save_clients_at=(),
+                                    augment=settings["dataset_options"].get("augment", "none"), seed=settings["seed"])
+    log_compute(describe_compute(device, cfg.precision))
+    check_partition_file(partition_path, settings["dataset"], settings["num_clients"], IID,
+                         settings["partition_seed"])
     data = federate(dataset_from_options(settings["dataset"], settings["dataset_options"]), partition_path, device)
-    if data.num_clients != settings["num_clients"]:
-        raise ValueError(f"{partition_path} splits among {data.num_clients} clients, the warm-up expects "
-                         f"{settings['num_clients']}")
     model = random_model(settings).to(device).train()
     log.info("IID warm-up: %d round(s) of FedAvg on %d clients (%s)", cfg.rounds, data.num_clients, partition_path)
     result = run_federated(model, data, make_strategy("fedavg"), cfg, progress_dir=progress_dir,
@@ -276,7 +287,7 @@ def iid_warmup(settings: dict, partition_path: str | Path,
 # -- continue --------------------------------------------------------------------------------------
 def continue_from(settings: dict, trajectory_path: str | Path) -> tuple[torch.nn.Module, dict]:
     """The final global model of another run (its trajectory's last row)."""
-    source = load_trajectory(trajectory_path)
+    source = load_trajectory(trajectory_path, run_id=settings.get("source_run_id"))
     meta = source.model_meta
     if (meta.model, meta.num_classes, meta.in_channels, meta.image_size) != (
             settings["model"], settings["num_classes"], settings["in_channels"], settings["image_size"]):

@@ -17,7 +17,7 @@ from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS, ROUNDS_COLUMNS, TrainCo
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.swa import SWA_METRICS, swa_config
 from fedscape.models.checkpoint import load_trajectory, save_clients, save_trajectory
-from fedscape.models.device import device_name, resolve_device
+from fedscape.models.device import describe_compute, log_compute, resolve_device
 
 log = logging.getLogger("fedscape.train")
 
@@ -25,12 +25,9 @@ log = logging.getLogger("fedscape.train")
 
 def train_config(settings: dict) -> TrainConfig:
     """The TrainConfig of a train job's settings (`fedscape.plan.train.train_settings`)."""
-    run, training = settings["run"], dict(settings["training"])
-    training.pop("device", None)
-    training.pop("swa", None)  # server-side: `swa_config(settings["training"].get("swa"))`
-    return TrainConfig(**{**training, "save_clients_at": tuple(training.get("save_clients_at", ())),
-                          "augment": settings["dataset_options"].get("augment", "none"), "seed": run["seed"],
-                          "participation": float(run["participation"])})  # the run's sampled fraction per round
+    run = settings["run"]
+    return TrainConfig.from_training(settings["training"], augment=settings["dataset_options"].get("augment", "none"),
+                                     seed=run["seed"], participation=float(run["participation"]))
 
 
 def train_stage(settings: dict, partition_path: str | Path, init_path: str | Path, outputs: dict[str, str],
@@ -44,7 +41,8 @@ def train_stage(settings: dict, partition_path: str | Path, init_path: str | Pat
     run = settings["run"]
     device = resolve_device(settings["training"].get("device", "auto"))
     cfg = train_config(settings)
-    data = load_federated_data(run["dataset"], settings["dataset_options"], partition_path, device)
+    log_compute(describe_compute(device, cfg.precision))
+    data = load_federated_data(run, settings["dataset_options"], partition_path, device)
     init = load_trajectory(init_path, run_id=settings["run_id"])
     model = init.model_at(0, device).train()
     strategy = make_strategy(settings["algorithm"], settings["hyperparameters"])
@@ -60,8 +58,8 @@ def train_stage(settings: dict, partition_path: str | Path, init_path: str | Pat
     result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir, progress_key=digest(settings),
                            swa=swa)
 
-    meta = {"run_id": settings["run_id"], "settings": settings, "status": result.status, "device": str(device),
-            "device_name": device_name(device), "seed": run["seed"], "init_seed": init.meta.get("seed"),
+    meta = {"run_id": settings["run_id"], "settings": settings, "status": result.status,
+            **describe_compute(device, cfg.precision), "seed": run["seed"], "init_seed": init.meta.get("seed"),
             "final_round": int(result.rounds.max())}
     if swa is not None:  # the SWA model is the run's reported final model (fedscape.models.checkpoint)
         meta["swa"] = {**swa.to_dict(cfg.rounds), "models": 0 if result.swa is None else result.swa["count"],

@@ -40,7 +40,8 @@ from fedscape.core.io import remake_hint, write_csv
 from fedscape.core.runs import OK
 from fedscape.data.federated import load_federated_data
 from fedscape.models.checkpoint import load_clients, load_trajectory
-from fedscape.models.device import resolve_device
+from fedscape.models.device import job_precision, resolve_device
+from fedscape.models.specs import DEFAULT_PRECISION
 
 log = logging.getLogger("fedscape.barriers")
 
@@ -48,7 +49,7 @@ log = logging.getLogger("fedscape.barriers")
 def _splits(settings: dict, partition_path: str | Path, device: torch.device) -> dict:
     """{'train': the aggregate client data (union of the shards), 'test': the test set}."""
     run = settings["data"]["run"]
-    data = load_federated_data(run["dataset"], settings["data"]["dataset_options"], partition_path, device)
+    data = load_federated_data(run, settings["data"]["dataset_options"], partition_path, device)
     return {"train": data.union(), "test": (data.x_test, data.y_test)}
 
 
@@ -103,6 +104,7 @@ def _nan_layer_rows(traj, meta: dict, settings: dict) -> tuple[pd.DataFrame, pd.
 
 
 # -- linear interpolation --------------------------------------------------------------------------
+@job_precision(lambda settings: settings.get("precision", DEFAULT_PRECISION))
 def interpolation_stage(settings: dict, trajectory_a: str | Path, trajectory_b: str | Path,
                         partition: str | Path, output: str | Path) -> None:
     """Loss and error along the segment between two checkpoints, on train and test (Li et al. 2022, Fig. 3c), and
@@ -162,6 +164,7 @@ def interpolation_stage(settings: dict, trajectory_a: str | Path, trajectory_b: 
 
 
 # -- layer-wise mode connectivity ------------------------------------------------------------------
+@job_precision(lambda settings: settings.get("precision", DEFAULT_PRECISION))
 def layerwise_stage(settings: dict, inputs: dict, out_barriers: str | Path, out_distances: str | Path) -> None:
     """Layer-wise barriers (the configured modes) and distances of one pair at one round (Adilova et al. 2023),
     and of the pair with b aligned to a by weight matching when the settings ask for it (Ainsworth et al. 2023).

@@ -42,7 +42,7 @@ def client_stats_table(run_ids: list[str], updates: list[str | Path], trajectori
             log.warning("run %s: %s; it has no final model, so its l2_to_final is NaN", run_id, reason)
             l2 = np.full(len(traj.rounds), np.nan)
         df = pd.DataFrame({"round": traj.rounds.numpy(), "l2_to_final": l2})
-        stats = read_table(upd, ["round", *STAT_KEYS])
+        stats = read_table(upd, ["round", *STAT_KEYS], expect={"run_id": run_id})
         df = df.merge(stats.drop(columns=["run_id", "num_clients"], errors="ignore"), on="round", how="left")
         df.insert(0, "run_id", run_id)
         frames.append(df[CLIENT_STATS_COLUMNS])

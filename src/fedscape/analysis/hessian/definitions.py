@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedscape.core.names import unknown_name_error
+from fedscape.models.specs import DEFAULT_PRECISION, PRECISIONS
 
 METHODS = ("power", "lanczos")
 TRACE_ESTIMATORS = ("hutchinson", "hutchpp")
+HESSIAN_PRECISIONS = tuple(p for p in PRECISIONS if p != "bf16")
 CLIENT_COLUMNS = ["run_id", "round", "hn", "hd", "status"]  # status: ok, or diverged (HN, HD NaN)
 
 
@@ -42,8 +44,13 @@ class HessianSettings:
     sharpness_rho: float = 0.05
     sharpness_steps: int = 5
     sharpness_eta: float = 0.01
+    # Of the Hessian-vector products (fedscape.models.device.use_precision): fp32, the reference the eigenvalues'
+    # tolerance is stated against, or tf32 on CUDA. Not bf16: an 8-bit mantissa cannot hold 1e-4 relative.
+    precision: str = DEFAULT_PRECISION
 
     def __post_init__(self) -> None:
+        if self.precision not in HESSIAN_PRECISIONS:
+            raise unknown_name_error("Hessian precision", self.precision, HESSIAN_PRECISIONS)
         if self.method not in METHODS:
             raise unknown_name_error("Hessian method", self.method, METHODS)
         if self.trace_estimator not in TRACE_ESTIMATORS:

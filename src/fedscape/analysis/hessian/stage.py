@@ -27,7 +27,7 @@ from fedscape.core.io import write_csv, write_json
 from fedscape.core.runs import DIVERGED, OK
 from fedscape.data.federated import load_federated_data
 from fedscape.models.checkpoint import load_trajectory
-from fedscape.models.device import resolve_device
+from fedscape.models.device import describe_compute, job_precision, resolve_device
 
 log = logging.getLogger("fedscape.hessian")
 
@@ -69,6 +69,7 @@ def write_eigen_plane(path: str | Path, center, center_buffers, d1, d2, meta: di
     save_plane(path, plane)
 
 
+@job_precision(lambda settings: HessianSettings(**settings["hessian"]).precision)
 def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: str | Path,
                   outputs: dict[str, str | Path]) -> None:
     """One (run, round): Hessian metrics on the aggregate data and on each client's data; writes the
@@ -83,7 +84,7 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
         _write_diverged(settings, traj, reason, outputs, t_start)
         return
     model = traj.model_at(round_, device)
-    data = load_federated_data(settings["run"]["dataset"], settings["dataset_options"], partition_path, device)
+    data = load_federated_data(settings["run"], settings["dataset_options"], partition_path, device)
     log.info("hessian of %s at round %d on %s: %d parameters, %d clients, top-%d by %s, %d trace probes",
              run_id, round_, device, traj.params.shape[1], data.num_clients, hs.top_k, hs.method, hs.trace_probes)
 
@@ -95,8 +96,8 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
              ", ".join(f"{v:.6g}" for v in agg.eigen.values), agg.hutchinson.trace, agg.hutchinson.stderr,
              agg.products, agg.seconds)
     rows = [_row(run_id, round_, AGGREGATE, agg, hs.top_k)]
-    details = {"run_id": run_id, "round": round_, "device": str(device), "settings": settings["hessian"],
-               "data": {AGGREGATE: _details(agg)}}
+    details = {"run_id": run_id, "round": round_, **describe_compute(device, hs.precision),
+               "settings": settings["hessian"], "data": {AGGREGATE: _details(agg)}}
     density_rows = []
     if agg.density is not None:
         for p, (nodes, weights) in enumerate(zip(agg.density.nodes, agg.density.weights, strict=True)):

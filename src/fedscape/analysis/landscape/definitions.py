@@ -11,11 +11,13 @@ keys are kept (``Plane.extra``). The Hessian stage writes ``hessian`` planes in 
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from fedscape.core.io import atomic_path, remake_hint, supplied_hint
+from fedscape.core.names import unknown_name_error
 
 SURFACE_KINDS = ("trajectory", "local", "final_models", "trajectories", "random", "hessian", "three_points")
 DATA_SETS = ("train", "client", "test")
@@ -23,6 +25,9 @@ DATA_SETS = ("train", "client", "test")
 PLANE_KIND_OF = {"trajectory": "pca", "local": "pca", "final_models": "joint_pca", "trajectories": "joint_pca",
                  "random": "random", "hessian": "hessian", "three_points": "three_points"}
 SINGLE_RUN_KINDS = ("trajectory", "local", "random", "hessian")
+# The surface kinds that read a plane file the user supplies (`landscapes.<label>.plane_file`); the others build
+# their plane from the runs' checkpoints.
+PLANE_FILE_KINDS = ("hessian",)
 PLANE_KINDS = ("pca", "joint_pca", "three_points", "random", "hessian")
 ARRAY_KEYS = ("center", "center_buffers", "d1", "d2")
 META_KEYS = ("kind", "runs", "round", "explained_variance", "axis_labels", "model_meta", "seed")
@@ -35,6 +40,16 @@ class PlaneError(ValueError):
     """A plane file that is missing keys, has inconsistent shapes or an unknown kind."""
 
 
+def check_plane_layout(kind: str, sizes: dict[str, int]) -> None:
+    """ValueError for a plane kind that is not one of `PLANE_KINDS` (with a suggestion); PlaneError for a direction
+    whose length (`sizes`: entries of center, d1 and d2) is not the centre's."""
+    if kind not in PLANE_KINDS:
+        raise unknown_name_error("plane kind", kind, PLANE_KINDS)
+    for name in ("d1", "d2"):
+        if sizes[name] != sizes["center"]:
+            raise PlaneError(f"plane direction {name} has {sizes[name]} entries, the centre {sizes['center']}")
+
+
 def read_plane_file(path: str | Path, supplied_as: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """The arrays (float32, flat) and the parsed, checked metadata of a plane file.
 
@@ -45,6 +60,11 @@ def read_plane_file(path: str | Path, supplied_as: str | None = None) -> tuple[d
     fix = supplied_hint(path, supplied_as) if supplied_as else remake_hint(path)
     if not path.exists():
         raise PlaneError(f"plane file {path} does not exist" + (f"; {fix}" if supplied_as else ""))
+    # np.load takes any other file for a pickle and says so, which misleads about a text file or a directory
+    if path.is_dir() or not zipfile.is_zipfile(path):
+        what = "a directory" if path.is_dir() else "not an .npz archive"
+        raise PlaneError(f"cannot read plane file {path}: {what} (a plane file is numpy's savez of "
+                         f"{[*ARRAY_KEYS, 'meta']}); {fix}")
     try:
         with np.load(path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}
@@ -60,7 +80,11 @@ def read_plane_file(path: str | Path, supplied_as: str | None = None) -> tuple[d
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
         raise PlaneError(f"plane file {path}: meta lacks {missing}; required: {list(META_KEYS)}; {fix}")
-    arrays = {k: np.ascontiguousarray(data[k], dtype=np.float32).reshape(-1) for k in ARRAY_KEYS}
+    try:
+        arrays = {k: np.ascontiguousarray(data[k], dtype=np.float32).reshape(-1) for k in ARRAY_KEYS}
+        check_plane_layout(meta["kind"], {k: v.size for k, v in arrays.items()})
+    except (TypeError, ValueError) as exc:  # e.g. text arrays, an unknown kind or directions of another length
+        raise PlaneError(f"plane file {path}: {exc}; {fix}") from exc
     return arrays, meta
 
 

@@ -28,12 +28,11 @@ def gather_stage(settings: dict, chunk_paths: list[str], plane_path: str, grid_p
     want = digest(grid.to_dict())
     parts, n_eval = [], None
     for path in chunk_paths:
-        with np.load(path, allow_pickle=False) as npz:
-            meta = json.loads(str(npz["meta"]))
-            if meta["grid_digest"] != want:
-                raise RuntimeError(f"{path} was computed on another grid; {remake_hint(path)}")
-            parts.append({k: npz[k] for k in ("index", "loss", "acc")})
-            n_eval = meta["n_eval"]
+        chunk, meta = read_chunk(path)
+        if meta["grid_digest"] != want:
+            raise RuntimeError(f"{path} was computed on another grid; {remake_hint(path)}")
+        parts.append(chunk)
+        n_eval = meta["n_eval"]
     loss, acc = gather_chunks(parts, grid)
     _, plane = read_plane_file(plane_path)
     points = read_table(points_path, POINT_COLUMNS, keep_default_na=False)
@@ -61,6 +60,23 @@ def gather_stage(settings: dict, chunk_paths: list[str], plane_path: str, grid_p
     log.info("surface %s: %dx%d grid from %d chunks, loss %.4g..%.4g, %d non-finite points", settings["surface_id"],
              grid.shape[0], grid.shape[1], len(chunk_paths), finite.min(initial=np.inf), finite.max(initial=-np.inf),
              nonfinite)
+
+
+CHUNK_KEYS = ("index", "loss", "acc")
+
+
+def read_chunk(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    """A chunk file's arrays and meta; a ValueError naming the file and the fix when it is cut short or damaged
+    (numpy alone raises a BadZipFile or EOFError that names neither)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in CHUNK_KEYS}
+            meta = json.loads(str(npz["meta"]))
+    except Exception as exc:  # truncated, not an npz, a key missing, or meta not JSON
+        raise ValueError(f"cannot read the surface chunk {path} ({type(exc).__name__}: "
+                         f"{(str(exc).splitlines() or [''])[0][:200]}): it is cut short or damaged; "
+                         f"{remake_hint(path)}") from None
+    return arrays, meta
 
 
 def load_surface(path: str | Path) -> dict:

@@ -22,13 +22,12 @@ import torch
 from fedscape.analysis.landscape.definitions import (
     ARRAY_KEYS,
     META_KEYS,
-    PLANE_KINDS,
     PlaneError,
+    check_plane_layout,
     read_plane_file,
     write_plane_file,
 )
 from fedscape.core.io import remake_hint, supplied_hint
-from fedscape.core.names import unknown_name_error
 
 log = logging.getLogger("fedscape.landscape")
 
@@ -54,12 +53,7 @@ class Plane:
     extra: dict = field(default_factory=dict)  # further metadata, kept on save/load
 
     def __post_init__(self) -> None:
-        if self.kind not in PLANE_KINDS:
-            raise unknown_name_error("plane kind", self.kind, PLANE_KINDS)
-        n = self.center.numel()
-        for name in ("d1", "d2"):
-            if getattr(self, name).numel() != n:
-                raise PlaneError(f"plane direction {name} has {getattr(self, name).numel()} entries, the centre {n}")
+        check_plane_layout(self.kind, {name: getattr(self, name).numel() for name in ("center", "d1", "d2")})
 
     @property
     def num_params(self) -> int:

@@ -28,12 +28,13 @@ from fedscape.analysis.landscape.project import project
 from fedscape.analysis.landscape.surface import SurfaceEvaluator, SurfaceSettings, evaluate_chunk
 from fedscape.core.config import digest
 from fedscape.core.io import atomic_path, atomic_write_text, remake_hint, supplied_hint
-from fedscape.core.runs import DIVERGED, OK
+from fedscape.core.runs import DIVERGED, OK, parse_run_id
 from fedscape.data.datasets import dataset_from_options
 from fedscape.data.federated import with_feature_noise
-from fedscape.data.partition import load_partition
+from fedscape.data.partition import check_run_partition, load_partition
 from fedscape.models.checkpoint import ModelMeta, Trajectory, load_clients, load_trajectory
-from fedscape.models.device import resolve_device
+from fedscape.models.device import describe_compute, job_precision, resolve_device
+from fedscape.models.specs import DEFAULT_PRECISION
 from fedscape.outputs.labels import label_run
 
 log = logging.getLogger("fedscape.landscape")
@@ -284,6 +285,7 @@ def surface_data(settings: dict, partition_path: str | None) -> tuple[torch.Tens
     return x_train[idx_t], ds.y_train[idx_t]
 
 
+@job_precision(lambda settings: settings.get("precision", DEFAULT_PRECISION))
 def chunk_stage(settings: dict, plane_path: str, grid_path: str, partition_path: str | None, out: str) -> None:
     """Evaluate one chunk of a surface's grid and write its indices, losses and accuracies (all NaN, without
     evaluating, when the plane is marked diverged)."""
@@ -293,6 +295,8 @@ def chunk_stage(settings: dict, plane_path: str, grid_path: str, partition_path:
     if plane.extra.get("status", OK) != OK:
         _write_nan_chunk(settings, plane, grid, out)
         return
+    if partition_path is not None and plane.runs:  # the plane's first run is the one whose data it evaluates
+        check_run_partition(partition_path, parse_run_id(plane.runs[0]))
     x, y = surface_data(settings, partition_path)
     device = resolve_device(settings["device"])
     model = ModelMeta.from_dict(plane.model_meta).build()
@@ -304,7 +308,8 @@ def chunk_stage(settings: dict, plane_path: str, grid_path: str, partition_path:
              evaluator.flat.channels_last)
     res = evaluate_chunk(evaluator, grid, start, stop)
     meta = {"surface_id": settings["surface_id"], "chunk": settings["chunk"], "chunks": settings["chunks"],
-            "grid_digest": digest(grid.to_dict()), "n_eval": len(y), "device": str(device)}
+            "grid_digest": digest(grid.to_dict()), "n_eval": len(y),
+            **describe_compute(device, settings.get("precision", DEFAULT_PRECISION))}
     with atomic_path(out, suffix=".npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, index=res["index"], loss=res["loss"], acc=res["acc"], meta=np.array(json.dumps(meta)))
 

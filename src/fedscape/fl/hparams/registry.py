@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
+import typing
+from collections.abc import Callable
 from typing import Any
 
 import fedscape.fl.hparams as _package
@@ -43,8 +45,61 @@ def algorithm_spec(name: str) -> AlgorithmSpec:
     return ALGORITHM_SPECS[name]
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)  # YAML's true is a Python int
+
+
+# What a value of each annotated type must be, and that type in words (the config's, not Python's).
+_TYPE_CHECKS: dict[Any, tuple[Callable[[Any], bool], str]] = {
+    float: (_is_number, "a number"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    str: (lambda v: isinstance(v, str), "a text"),
+}
+
+
+def _expected(annotation) -> tuple[Callable[[Any], bool], str] | None:
+    """(check, words) of a hyperparameter's annotated type; None for a type this does not know (not checked)."""
+    if annotation in _TYPE_CHECKS:
+        return _TYPE_CHECKS[annotation]
+    if typing.get_origin(annotation) is tuple:  # tuple[float, ...]: a YAML list of such values
+        args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+        item = _TYPE_CHECKS.get(args[0]) if len(set(args)) == 1 else None
+        if item is not None:
+            words = {"a number": "numbers", "an integer": "integers", "true or false": "true/false values",
+                     "a text": "texts"}[item[1]]
+            return (lambda v: isinstance(v, list | tuple) and all(item[0](x) for x in v)), f"a list of {words}"
+    return None
+
+
+def _shown(value) -> str:
+    """A default as the config would write it (a tuple as a YAML list)."""
+    return repr(list(value)) if isinstance(value, tuple) else repr(value)
+
+
+def hyperparameter_type_problems(name: str, overrides: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, problem) for every override of algorithm `name` whose value is not of its hyperparameter's type.
+
+    The type is the annotation of the dataclass field, so that every algorithm is checked without a check of its
+    own: a text where a number is expected would otherwise reach `__post_init__` as a raw comparison error, and a
+    boolean (an int to Python) would be taken as 0 or 1. Unknown keys are `algorithm_config`'s to report.
+    """
+    cls = algorithm_spec(name).config
+    hints = typing.get_type_hints(cls)
+    problems = []
+    for f in dataclasses.fields(cls):
+        if f.name not in overrides or (expected := _expected(hints[f.name])) is None:
+            continue
+        check, words = expected
+        if not check(overrides[f.name]):
+            problems.append((f.name, f"expected {words} (e.g. its default {_shown(f.default)}), got "
+                                     f"{overrides[f.name]!r}"))
+    return problems
+
+
 def algorithm_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
-    """The algorithm's hyperparameter dataclass with `overrides` applied; unknown keys fail clearly."""
+    """The algorithm's hyperparameter dataclass with `overrides` applied; unknown keys and values of the wrong
+    type fail clearly."""
     cls = algorithm_spec(name).config
     overrides = dict(overrides or {})
     valid = {f.name for f in dataclasses.fields(cls)}
@@ -54,6 +109,9 @@ def algorithm_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
                 f"algorithm {name!r} has no hyperparameter {key!r}.{suggest(key, valid)} "
                 f"Valid: {', '.join(sorted(valid)) or '(none)'}"
             )
+    wrong = hyperparameter_type_problems(name, overrides)
+    if wrong:
+        raise ValueError(f"algorithm {name!r}: " + "; ".join(f"{key}: {problem}" for key, problem in wrong))
     try:
         return cls(**overrides)
     except TypeError as exc:  # e.g. a list where a number is expected

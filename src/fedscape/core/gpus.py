@@ -1,0 +1,130 @@
+"""The GPUs of this machine as the scheduler sees them, without torch: how many are visible, and which card a job
+takes when several are.
+
+Snakemake schedules local jobs by cores alone unless a resource says otherwise: on a workstation, every GPU job that
+has a core would start at once on the same card (14 Hessian jobs of 5.9 GB each on one 80 GB card ran out of memory).
+The Snakefile therefore limits the `gpu` resource of a local run to the visible cards, and each GPU job claims the card
+with the fewest fedscape jobs on it (`claim_card`): at most one job per card unless the user allows more with
+`--resources gpu=N`. A cluster places GPU jobs itself (the SLURM profile asks for `gpu: 1` per job and SLURM sets
+CUDA_VISIBLE_DEVICES), so neither applies there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import IO
+
+# Where the NVIDIA driver lists one directory per GPU of the machine (all of them, not only the visible ones).
+NVIDIA_PROC = Path("/proc/driver/nvidia/gpus")
+# Machine-wide, so that two users' or two workflows' jobs on one workstation see each other's claims.
+CLAIM_DIR = Path(tempfile.gettempdir()) / "fedscape-gpu-claims"
+
+
+def parse_visible_devices(value: str) -> int:
+    """The number of devices a CUDA_VISIBLE_DEVICES value leaves visible.
+
+    CUDA enumerates the comma-separated entries (indices, `GPU-<uuid>` or `MIG-<uuid>`) up to the first invalid one;
+    an empty value or one starting at `-1` hides every device.
+    """
+    count = 0
+    for entry in value.split(","):
+        entry = entry.strip()
+        if not entry or entry.startswith("-"):
+            break
+        if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+            break
+        count += 1
+    return count
+
+
+def visible_gpus(environ: dict[str, str] | None = None, proc: Path = NVIDIA_PROC) -> int:
+    """How many CUDA devices a job started from here would see: CUDA_VISIBLE_DEVICES where it is set, else the
+    driver's GPUs (/proc, else `nvidia-smi -L`), 0 on a machine without an NVIDIA driver.
+
+    It must not import torch: it runs while Snakemake plans, and on a login node.
+    """
+    environ = os.environ if environ is None else environ
+    if "CUDA_VISIBLE_DEVICES" in environ:
+        return parse_visible_devices(environ["CUDA_VISIBLE_DEVICES"])
+    with contextlib.suppress(OSError):
+        return sum(1 for entry in proc.iterdir() if entry.is_dir())
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+class CardClaim:
+    """A job's claim on one card: an exclusive lock on a slot file of that card, held until `release` or until the
+    process ends (the kernel drops the lock of a killed job, so no claim outlives its job)."""
+
+    def __init__(self, card: int, handle: IO[bytes], path: Path):
+        self.card, self._handle, self.path = card, handle, path
+
+    def release(self) -> None:
+        if not self._handle.closed:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+
+
+def _open_lock(path: Path) -> IO[bytes]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    with contextlib.suppress(OSError):  # another user's file: opening it is enough
+        os.chmod(path, 0o666)
+    return os.fdopen(fd, "r+b")
+
+
+def _held(path: Path) -> bool:
+    """Whether another process holds the slot file `path` (a probe: a free slot is locked and released at once)."""
+    if not path.exists():
+        return False
+    with _open_lock(path) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def card_loads(cards: int, claim_dir: Path = CLAIM_DIR) -> list[int]:
+    """How many live claims each of `cards` cards has."""
+    return [sum(_held(p) for p in claim_dir.glob(f"card{card}.slot*")) for card in range(cards)]
+
+
+def claim_card(cards: int, claim_dir: Path = CLAIM_DIR) -> CardClaim:
+    """Claim the card (of `cards` visible ones) with the fewest live claims, the lowest index among equals.
+
+    The choice is made under one machine-wide lock, so two jobs starting together never both count the same free
+    card. Jobs are not refused: the workflow's `gpu` resource bounds how many run at once, and this spreads them.
+    """
+    if cards < 1:
+        raise ValueError(f"claim_card needs at least one card, got {cards}")
+    claim_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        claim_dir.chmod(0o1777)
+    with _open_lock(claim_dir / "choose.lock") as chooser:
+        fcntl.flock(chooser, fcntl.LOCK_EX)
+        loads = card_loads(cards, claim_dir)
+        card = min(range(cards), key=lambda c: (loads[c], c))
+        slot = 0
+        while True:
+            path = claim_dir / f"card{card}.slot{slot}"
+            handle = _open_lock(path)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                slot += 1
+                continue
+            return CardClaim(card, handle, path)

@@ -1,0 +1,170 @@
+"""What each job made and with what: a record per job (its outputs' SHA-256 and size, the software and machine that
+made them), and `verify`, which re-hashes every recorded result.
+
+Snakemake decides what is up to date from modification times, so damage that keeps a file's time (a copy that
+preserves times, bit rot, another run's file restored into place) is invisible to it. Every job therefore writes,
+after its outputs, a record below `<results_dir>/_manifest/` (mirroring its log's path), and `make verify` compares
+each recorded output with the file now there: changed, missing, or foreign (the content recorded for another output),
+each with the command that remakes it. The records travel with the results directory.
+
+Torch-free: light jobs write records too, and `make verify` runs without torch. Versions of torch, CUDA and cuDNN are
+recorded by the jobs that imported torch (`sys.modules`), and what a job computed on (device, precision) is noted by
+the job itself (`note`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from fedscape.core.io import atomic_write_text, remake_hint
+
+MANIFEST = "_manifest"  # below results_dir: one record per job, at its log's relative path (.json)
+RECORD_VERSION = 1
+_CHUNK = 1 << 20
+# What the running job noted about itself (fedscape.models.device.log_compute: device and precision), added to its
+# record; one job per process.
+_NOTES: dict = {}
+
+
+def note(**fields) -> None:
+    """Add `fields` to the record of the job running in this process."""
+    _NOTES.update(fields)
+
+
+def file_record(path: str | Path) -> dict:
+    """{'size': bytes, 'sha256': hex digest} of a file, read in chunks (checkpoints are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_CHUNK):
+            digest.update(block)
+    return {"size": os.path.getsize(path), "sha256": digest.hexdigest()}
+
+
+def code_version(source: Path | None = None) -> dict:
+    """fedscape's version, and the git commit of its source checkout with a dirty flag where it is one."""
+    source = Path(source or Path(__file__).resolve().parents[3])
+    out = {"fedscape": _version("fedscape"), "commit": None, "dirty": None}
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return out  # an installed copy, not a checkout
+    return {**out, "commit": commit, "dirty": bool(status.strip())}
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def software() -> dict:
+    """Python, Snakemake and, where this process imported it, torch with its CUDA and cuDNN versions."""
+    out = {"python": platform.python_version(), "snakemake": _version("snakemake")}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+        out.update(torch=torch.__version__, cuda=torch.version.cuda, cudnn=cudnn)
+    return out
+
+
+def manifest_path(results_root: str | Path, logs_root: str | Path, log: str | Path) -> Path:
+    """Where the record of the job logging to `log` lives: its path below `logs_root`, below the results' manifest."""
+    relative = Path(os.path.relpath(log, logs_root))
+    if relative.parts and relative.parts[0] == os.pardir:
+        raise ValueError(f"the log {log} is not below {logs_root}")
+    return Path(results_root) / MANIFEST / relative.with_suffix(".json")
+
+
+def write_record(path: str | Path, outputs: Iterable[str | Path], started: float,
+                 log: str | Path | None = None) -> None:
+    """The record of a finished job: its outputs' size and SHA-256, what made them, when, and on what."""
+    record = {
+        "version": RECORD_VERSION,
+        "log": None if log is None else str(log),
+        "outputs": {str(p): file_record(p) for p in outputs if Path(p).is_file()},
+        "code": code_version(),
+        "software": software(),
+        "host": socket.gethostname(),
+        "started": _iso(started),
+        "finished": _iso(datetime.datetime.now().timestamp()),
+        **_NOTES,
+    }
+    atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One recorded output that is not what its job made."""
+
+    path: str
+    problem: str  # changed | missing | foreign
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.problem}: {self.path} ({self.detail}); {remake_hint(self.path)}"
+
+
+def verify(results_root: str | Path) -> tuple[int, list[Finding]]:
+    """(outputs checked, findings) for every record below `results_root`'s manifest; the newest record of an output
+    counts (a job that ran again wrote a newer one)."""
+    records: dict[str, tuple[str, dict]] = {}
+    manifest = Path(results_root) / MANIFEST
+    for path in sorted(manifest.rglob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read the job record {path} ({exc}): it is damaged; the job whose log mirrors "
+                             "its path writes it again when it runs") from None
+        for output, want in record.get("outputs", {}).items():
+            if output not in records or record.get("finished", "") >= records[output][0]:
+                records[output] = (record.get("finished", ""), want)
+    by_digest: dict[str, list[str]] = {}
+    for output, (_, want) in records.items():
+        by_digest.setdefault(want["sha256"], []).append(output)
+    findings = []
+    for output, (_, want) in sorted(records.items()):
+        if not Path(output).is_file():
+            findings.append(Finding(output, "missing", "recorded by its job, not there now"))
+            continue
+        found = file_record(output)
+        if found == want:
+            continue
+        others = [o for o in by_digest.get(found["sha256"], []) if o != output]
+        if others:
+            findings.append(Finding(output, "foreign", f"its content is that recorded for {others[0]}"))
+        else:
+            findings.append(Finding(output, "changed", f"{found['size']} bytes, SHA-256 {found['sha256'][:12]}...; "
+                                                       f"its job wrote {want['size']} bytes, {want['sha256'][:12]}..."))
+    return len(records), findings
+
+
+def main(results_root: str = "results") -> int:
+    """`make verify`: re-hash every recorded result of `results_root`; print what is wrong; 1 if anything is."""
+    checked, findings = verify(results_root)
+    for finding in findings:
+        print(finding.line())
+    if not checked:
+        print(f"no job records below {Path(results_root) / MANIFEST}: run the workflow first (results made before "
+              "fedscape recorded them have none)")
+        return 1
+    print(f"{checked} outputs checked below {results_root}: {len(findings)} changed, missing or foreign")
+    return 1 if findings else 0

@@ -1,0 +1,227 @@
+"""GPUs as a scheduled resource: how many cards are visible, which card a job claims, which rules ask for one, and
+that the precision settings reach the jobs' settings only when they are not the default."""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from fedscape.core.config import ConfigError, load_schema
+from fedscape.core.gpus import card_loads, claim_card, parse_visible_devices, visible_gpus
+from fedscape.core.runs import build_runs
+from fedscape.models import device as device_mod
+from fedscape.plan.barriers import interpolation_pair, interpolation_settings
+from fedscape.plan.hessian import hessian_job_settings
+from fedscape.plan.init import init_settings
+from fedscape.plan.landscape import chunk_settings, landscape_plans
+from fedscape.plan.resources import GPU_RULES, gpu_per_job, local_gpu_slots
+from fedscape.plan.train import train_settings
+from fedscape.plan.workflow import check_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("0", 1), ("0,1", 2), ("3,1,2", 3), ("", 0), ("-1", 0), ("0,-1,1", 1), ("GPU-8f2e,GPU-11aa", 2),
+    ("MIG-4b1c", 1), ("0,x,1", 1), (" 1 , 0 ", 2),
+])
+def test_cuda_visible_devices_counts_as_cuda_enumerates_it(value, expected):
+    assert parse_visible_devices(value) == expected
+
+
+def test_visible_gpus_reads_the_environment_first_then_the_driver(tmp_path):
+    # Prepare: a driver listing with three cards
+    proc = tmp_path / "gpus"
+    for bus in ("0000:01:00.0", "0000:02:00.0", "0000:03:00.0"):
+        (proc / bus).mkdir(parents=True)
+
+    # Execute / Assert
+    assert visible_gpus({}, proc) == 3
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "1"}, proc) == 1  # a SLURM job sees the card it was given
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, proc) == 0
+
+
+def test_visible_gpus_is_zero_without_a_driver(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+
+    assert visible_gpus({}, tmp_path / "absent") == 0
+
+
+def test_claims_spread_over_the_cards_and_end_with_their_holder(tmp_path):
+    # Execute: five jobs on two cards
+    claims = [claim_card(2, tmp_path) for _ in range(5)]
+
+    # Assert: alternating cards, the lowest index first; a released claim frees its card for the next job
+    assert [c.card for c in claims] == [0, 1, 0, 1, 0]
+    assert card_loads(2, tmp_path) == [3, 2]
+    claims[1].release()
+    claims[3].release()
+    assert card_loads(2, tmp_path) == [3, 0]
+    assert claim_card(2, tmp_path).card == 1
+
+
+def test_a_killed_job_leaves_no_claim(tmp_path):
+    # Prepare: another process claims a card and dies without releasing it
+    code = ("import os, sys; from fedscape.core.gpus import claim_card; "
+            f"c = claim_card(1, __import__('pathlib').Path({str(tmp_path)!r})); print(c.card, flush=True); "
+            "os._exit(9)")
+
+    # Execute
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+    # Assert: it held card 0, and now nobody does
+    assert out.stdout.strip() == "0"
+    assert card_loads(1, tmp_path) == [0]
+
+
+def test_claim_needs_a_card(tmp_path):
+    with pytest.raises(ValueError, match="at least one card"):
+        claim_card(0, tmp_path)
+
+
+@pytest.mark.parametrize(("count", "expected"), [(0, "cpu"), (1, "cuda:0"), (3, "cuda:0")])
+def test_auto_takes_a_claimed_card_only_when_there_are_several(count, expected, tmp_path, monkeypatch):
+    # Prepare: a machine with `count` CUDA devices as torch reports them, and an unclaimed one above card 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(device_mod, "_CLAIM", None)
+    held = claim_card(count, tmp_path) if count > 1 else None  # another job holds card 0
+
+    # Execute
+    got = device_mod.resolve_device("auto", claim_dir=tmp_path)
+
+    # Assert: with several cards, the free one; the same card for the rest of the job
+    want = "cuda:1" if count > 1 else expected
+    assert str(got) == want
+    assert str(device_mod.resolve_device("auto", claim_dir=tmp_path)) == want
+    if held is not None:
+        held.release()
+        device_mod._CLAIM.release()
+
+
+@pytest.mark.parametrize(("device", "gpus", "per_job", "slots"), [
+    ("auto", 0, 0, 0),   # a CPU-only machine: scheduled by cores alone
+    ("auto", 1, 1, 1),
+    ("auto", 4, 1, 4),   # one job per card, each claims its own
+    ("cpu", 4, 0, 0),    # the jobs will not touch the cards
+    ("cuda:2", 4, 1, 1),  # every job on that one card
+    ("cuda", 0, 0, 0),   # the job itself reports that CUDA is missing
+])
+def test_gpu_resources_of_a_local_run(device, gpus, per_job, slots):
+    config = {"training": {"device": device}}
+
+    assert gpu_per_job(config, gpus) == per_job
+    assert local_gpu_slots(config, gpus) == slots
+
+
+def _rules_with_gpu() -> set[str]:
+    rules = set()
+    for path in (ROOT / "rules").glob("*.smk"):
+        for block in re.split(r"\n(?=rule )", path.read_text()):
+            match = re.match(r"rule (\w+):", block)
+            if match and re.search(r"\n    resources:\n(        #[^\n]*\n)*        gpu=", block):
+                rules.add(match.group(1))
+    return rules
+
+
+def test_the_gpu_rules_declare_a_gpu_here_and_on_slurm():
+    profile = yaml.safe_load((ROOT / "slurm" / "config.yaml").read_text())
+    on_slurm = {rule for rule, res in profile["set-resources"].items() if "gpu" in res}
+
+    assert _rules_with_gpu() == set(GPU_RULES)
+    assert on_slurm == set(GPU_RULES)
+
+
+def test_every_rule_that_resolves_a_device_is_a_gpu_rule():
+    # The scripts of the rules whose library code picks a torch device (resolve_device, directly or through the
+    # job_precision decorator) are exactly the GPU rules'.
+    stages = {"train_stage", "init_stage", "chunk_stage", "hessian_job", "interpolation_stage", "layerwise_stage"}
+    scripts = {p.stem for p in (ROOT / "workflow" / "scripts").glob("*.py")
+               if any(re.search(rf"\b{s}\(", p.read_text()) for s in stages)}
+    script_of = {}
+    for path in (ROOT / "rules").glob("*.smk"):
+        for block in re.split(r"\n(?=rule )", path.read_text()):
+            rule, script = re.match(r"rule (\w+):", block), re.search(r'workflow/scripts/(\w+)\.py"', block)
+            if rule and script:
+                script_of[rule.group(1)] = script.group(1)
+
+    assert {rule for rule, script in script_of.items() if script in scripts} == set(GPU_RULES)
+
+
+@pytest.fixture(scope="module")
+def default_config() -> dict:
+    schema = load_schema(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    return check_config(config, schema), schema
+
+
+def _with(default_config, edit) -> tuple[dict, list]:
+    config, schema = default_config
+    config = copy.deepcopy(config)
+    edit(config)
+    return check_config(config, schema), build_runs(config)
+
+
+def _job_settings(config: dict, runs: list) -> dict[str, dict]:
+    run = runs[0]
+    plan = landscape_plans(config, runs)[0]
+    return {
+        "train": train_settings(config, run),
+        "init": init_settings(config, runs, run.dataset, run.model, "pretrained"),
+        "hessian": hessian_job_settings(config, runs, run, 30),
+        "interpolation": interpolation_settings(config, interpolation_pair(config, runs, "iid_vs_1.0")),
+        "landscape_chunk": chunk_settings(config, plan, plan.data[0], 0),
+    }
+
+
+def with_precisions(training: str, hessian: str, interpolation: str):
+    """A config edit setting the training's, the Hessian's and the interpolation's precision, and every
+    landscape's to the training's."""
+    def edit(c):
+        c["training"]["precision"] = training
+        c["hessian"]["precision"] = hessian
+        c["interpolation"]["precision"] = interpolation
+        for spec in c["landscapes"].values():
+            spec["precision"] = training
+    return edit
+
+
+def test_fp32_adds_nothing_to_finished_jobs_settings(default_config):
+    # Prepare: the default config, and the same config with every precision spelled out as fp32
+    config, schema = default_config
+    runs = build_runs(config)
+
+    # Execute
+    before = _job_settings(config, runs)
+    after = _job_settings(*_with(default_config, with_precisions("fp32", "fp32", "fp32")))
+
+    # Assert: identical settings, none mentioning precision (jobs made before the setting existed are not rerun)
+    assert before == after
+    assert "precision" not in repr(before)
+
+
+def test_a_precision_reaches_exactly_the_jobs_it_concerns(default_config):
+    jobs = _job_settings(*_with(default_config, with_precisions("bf16", "tf32", "tf32")))
+
+    assert jobs["train"]["training"]["precision"] == "bf16"
+    assert jobs["init"]["precision"] == "bf16"  # the pretrained init trains too
+    assert jobs["hessian"]["hessian"]["precision"] == "tf32"
+    assert jobs["interpolation"]["precision"] == "tf32"
+    assert jobs["landscape_chunk"]["precision"] == "bf16"
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda c: c["training"].update(bf16_autocast=True), "replaced by precision: bf16"),
+    (lambda c: c["training"].update(precision="fp16"), "fp16"),
+    (lambda c: c["hessian"].update(precision="bf16"), "bf16"),  # an 8-bit mantissa cannot hold 1e-4
+])
+def test_bad_precisions_are_rejected_at_planning(default_config, edit, message):
+    with pytest.raises(ConfigError, match=message):
+        _with(default_config, edit)

@@ -1,0 +1,46 @@
+"""The 32x32 smoke run (`make smoke32`) up to its first jobs: benchmarks/smoke32.py writes the synthetic data set
+once, config/smoke32.yaml plans every rule the default workflow plans, and its partition jobs read the data through
+the config's data_dir. (The whole run takes minutes: it is `make smoke32`, not a test.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+from helpers.workflow import ROOT, copy_workflow, planned_jobs, snakemake
+
+SMOKE = "config/smoke32.yaml"
+
+
+def write_data(workdir: Path) -> str:
+    """Run benchmarks/smoke32.py (as `make smoke32` does) in `workdir`; its output."""
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "smoke32.py"), "--configfile", SMOKE],
+                          cwd=workdir, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_smoke32_plans_every_rule_of_the_default_workflow_and_reads_the_synthetic_data(tmp_path):
+    # Prepare: the workflow, and the synthetic data set where the config reads it (the second call finds it there)
+    workdir = copy_workflow(tmp_path)
+    config = yaml.safe_load((workdir / SMOKE).read_text())
+    written, again = write_data(workdir), write_data(workdir)
+
+    # Execute
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        smoke, default = pool.map(lambda args: planned_jobs(workdir, *args), [("--configfile", SMOKE), ()])
+    planned_only = not (workdir / config["results_dir"]).exists()
+    snakemake(workdir, "--configfile", SMOKE, "--until", "partitions_table", timeout=300)
+
+    # Assert
+    data_dir = workdir / config["datasets"]["cifar10"]["data_dir"]
+    assert written.startswith("wrote") and again.startswith("synthetic CIFAR-10") and "already in" in again
+    assert (data_dir / "cifar-10-batches-py" / "test_batch").is_file()
+    assert set(smoke) == set(default)
+    assert smoke["train"] == default["train"]
+    assert planned_only
+    rows = (workdir / config["results_dir"] / "tables" / "partitions.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(config["alphas"]) * config["num_clients"][0]  # a row per client of each split

@@ -41,6 +41,24 @@ def test_quick_benchmarks_run(script, args, needle):
     assert needle in _run(script, *args)
 
 
+def test_bench_gpu_projects_the_measured_step_costs():
+    # Prepare / Execute: the digits pilot on CPU, at the smallest settings
+    out = _run("bench_gpu.py", "--device", "cpu", "--threads", "1", "--steps", "1", "--repeats", "1", "--clients", "2",
+               "--configs", "pilot_digits")
+
+    # Assert: one step-cost row per model, and each projection is its client steps times the measured costs
+    tables = [[[cell.strip() for cell in line.strip("|").split(" | ")] for line in block.splitlines()
+               if line.startswith("| ")]
+              for block in out.split("\n\n")]
+    costs = {row[0]: [float(row[1]), float(row[2])] for row in tables[0][1:]}
+    projected = [row for row in tables[1][1:] if row[1] != "all"]
+    assert costs and projected and {row[1] for row in projected} == set(costs)
+    for _, model, runs, steps, plain, before, _ in projected:
+        assert int(runs) > 0 and int(steps) > 0
+        assert float(plain) == pytest.approx(int(steps) * costs[model][0] / 3.6e6, rel=2e-3)
+        assert float(before) == pytest.approx(int(steps) * costs[model][1] / 3.6e6, rel=2e-3)
+
+
 def test_bench_algorithms_runs():
     out = _run("bench_algorithms.py", "--algorithms", "fedavg", "fedprox", "--clients", "2", "--rounds", "1")
 

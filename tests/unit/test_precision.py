@@ -52,6 +52,7 @@ def tf32_flags() -> tuple[bool, bool]:
 def test_use_precision_sets_torch_switches_and_restores_them(precision, device, used, tf32, autocast):
     # Prepare: switches set to the opposite of what is expected inside (the flags exist without a GPU too)
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = (not tf32[0], not tf32[1])
+    torch.backends.cudnn.benchmark = False
     before = tf32_flags()
     if device == "cuda" and autocast and not torch.cuda.is_available():
         pytest.skip("CUDA autocast needs a CUDA device")
@@ -61,15 +62,18 @@ def test_use_precision_sets_torch_switches_and_restores_them(precision, device, 
         with use_precision(precision, device) as got:
             inside = tf32_flags()
             enabled = torch.is_autocast_enabled(device)
+            benchmark = torch.backends.cudnn.benchmark
     finally:
         after = tf32_flags()
+        benchmark_after = torch.backends.cudnn.benchmark
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True  # torch's defaults
 
     # Assert
     assert got == used == precision_used(precision, device)
     assert inside == tf32
     assert enabled is autocast
-    assert after == before
+    assert benchmark is (device == "cuda")  # cuDNN picks the fastest fp32 algorithm per shape on a GPU
+    assert after == before and benchmark_after is False
 
 
 def test_bf16_autocasts_matmuls_and_leaves_float64_alone():

@@ -88,11 +88,20 @@ def use_precision(precision: str, device: torch.device | str) -> Iterator[str]:
       the rest; parameters, gradients and optimiser state stay float32.
 
     float64 work is unaffected by all three. The switches are restored on exit.
+
+    On CUDA, cuDNN's benchmark mode is on inside: fedscape's GPU work repeats a few fixed shapes many times (a
+    run's local steps, a surface's grid points, a Hessian's products), and the mode times cuDNN's algorithms for
+    each shape once and keeps the fastest, within the precision set here (it never turns TF32 on). PyTorch's
+    default heuristic choice can be several times slower for a shape (the plain-torch references of the GPU
+    profile in ../shared/gpu ran with the mode on). The choice may differ between processes, so CUDA results are
+    reproducible to rounding, not bit for bit (CPU results are unaffected).
     """
     used = precision_used(precision, device)
     device_type = torch.device(device).type
-    saved = _tf32()
+    saved, saved_benchmark = _tf32(), torch.backends.cudnn.benchmark
     _set_tf32(used == "tf32", used == "tf32")
+    if device_type == "cuda":
+        torch.backends.cudnn.benchmark = True
     try:
         # No cast cache: autocast keeps the bf16 copy of a weight until its region ends, and a region around a whole
         # run would train on the first copy forever (the weights are updated in place between forward passes).
@@ -100,6 +109,7 @@ def use_precision(precision: str, device: torch.device | str) -> Iterator[str]:
             yield used
     finally:
         _set_tf32(*saved)
+        torch.backends.cudnn.benchmark = saved_benchmark
 
 
 def device_name(device: torch.device | str) -> str:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from helpers.cifar import CIFAR10_DIR, CIFAR100_DIR, write_fake_cifar10, write_fake_cifar100
 from sklearn.datasets import load_digits
 
-from fedscape.data.datasets import augment_batch, load_dataset
+from fedscape.data.datasets import augment_batch, host_to_device, load_dataset
 from fedscape.data.sources import read_digits, stratified_split
 from fedscape.data.specs import CROP_PADDING, DATASET_NAMES
 
@@ -439,6 +439,21 @@ def test_crop_flip_on_cuda_matches_cpu_for_the_same_seed() -> None:
     # Assert
     assert cuda.device.type == "cuda"
     assert torch.equal(cuda.cpu(), cpu)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_host_to_device_copies_values_and_keeps_the_source(device) -> None:
+    # Prepare: batch indices as the local plan draws them, on the CPU
+    src = torch.randperm(100, generator=_seeded(0))
+    before = src.clone()
+
+    # Execute
+    out = host_to_device(src, device)
+
+    # Assert: the same values on the device (read after the queued copy), the source untouched
+    assert out.device.type == device
+    assert torch.equal(out.cpu(), before) and torch.equal(src, before)
 
 
 def test_digits_are_read_exactly_as_scikit_learn_loads_them():

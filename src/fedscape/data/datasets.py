@@ -130,6 +130,20 @@ def from_source(src: Source) -> Dataset:
 # Augmentation
 
 
+def host_to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A CPU tensor on `device`, copied without stopping the host.
+
+    From pageable memory CUDA first waits for all work queued on the stream, so a per-step copy of batch indices or
+    augmentation draws keeps the host from queueing the next step while the GPU runs this one (a local step cost
+    11.6 ms against a plain loop's 8 ms on an H100). From pinned memory (torch's caching host allocator: no
+    allocation per call once warm) the copy is queued like a kernel. Other devices: a plain `.to`.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
     """Augment a batch ``[N, C, H, W]`` on its device; ``kind`` is one of ``AUGMENTATIONS``.
 
@@ -150,14 +164,15 @@ def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator) -> tor
     dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=generator)
     flip = torch.rand(n, 1, generator=generator) < 0.5
-    rows = dy + torch.arange(h)  # [n, h] rows of the padded image
-    cols = dx + torch.arange(w)
-    cols = torch.where(flip, cols.flip(1), cols)
-    padded = F.pad(x, (pad, pad, pad, pad))
     device = x.device
+    draws = host_to_device(torch.cat([dy, dx, flip.long()], dim=1), device)  # [n, 3]: one copy per batch
+    rows = draws[:, 0:1] + torch.arange(h, device=device)  # [n, h] rows of the padded image
+    cols = draws[:, 1:2] + torch.arange(w, device=device)
+    cols = torch.where(draws[:, 2:3].bool(), cols.flip(1), cols)
+    padded = F.pad(x, (pad, pad, pad, pad))
     return padded[
         torch.arange(n, device=device).view(n, 1, 1, 1),
         torch.arange(c, device=device).view(1, c, 1, 1),
-        rows.to(device).view(n, 1, h, 1),
-        cols.to(device).view(n, 1, 1, w),
+        rows.view(n, 1, h, 1),
+        cols.view(n, 1, 1, w),
     ]

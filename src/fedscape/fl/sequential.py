@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from fedscape.data.datasets import augment_batch
+from fedscape.data.datasets import augment_batch, host_to_device
 from fedscape.data.federated import FederatedData
 from fedscape.fl.local import client_generator, layer_seed, local_plan, round_work
 from fedscape.fl.schedule import update_weight
@@ -60,10 +60,12 @@ def local_train(
         for p, buf in zip(model.parameters(), param_views(momentum.to(device), model), strict=True):
             opt.state[p]["momentum_buffer"] = buf.clone()
     total, steps = torch.zeros((), device=device), 0
-    for b, lr in zip(plan.batches, plan.lrs, strict=True):
+    # The round's batch indices reach the device in one copy, not one per step (`host_to_device`).
+    sizes = [len(b) for b in plan.batches]
+    batches = host_to_device(torch.cat(plan.batches), device).split(sizes) if sizes else ()
+    for b, lr in zip(batches, plan.lrs, strict=True):
         for group in opt.param_groups:
             group["lr"] = lr
-        b = b.to(device)
         xb = augment_batch(x[b], cfg.augment, generator)
         opt.zero_grad(set_to_none=True)
         loss = strategy.local_backward(model, xb, y[b], ctx)  # back-propagates the local objective

@@ -64,7 +64,8 @@ class FedAlign(Strategy):
         k_s = lipschitz_estimate(sub_in, sub_out, c.power_iterations)
         k_f = lipschitz_estimate(h_in, h_out, c.power_iterations)
         lip = F.mse_loss(k_s, k_f)
-        lip_value, ce_value = float(lip.detach()), float(ce.detach())
+        # One read from the device per step, not two: each read waits for the GPU to finish the step's queued work.
+        lip_value, ce_value = torch.stack([lip.detach(), ce.detach()]).tolist()
         if lip_value > 0 and math.isfinite(lip_value) and c.mu > 0:
             (c.mu * (ce_value / lip_value) * lip).backward()
             return ce.detach() + c.mu * ce_value

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedscape.data.datasets import host_to_device
 from fedscape.fl.strategies.base import ClientContext, Strategy
 
 
@@ -31,6 +32,6 @@ class Mixup(Strategy):
     def local_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext) -> torch.Tensor:
         gamma = self.config.gamma
         lam = float(_numpy_rng(ctx).beta(gamma, gamma)) if gamma > 0 else 1.0
-        perm = torch.randperm(len(y), generator=ctx.generator).to(x.device)
+        perm = host_to_device(torch.randperm(len(y), generator=ctx.generator), x.device)
         out = model(mixup_batch(x, perm, lam))
         return lam * F.cross_entropy(out, y) + (1 - lam) * F.cross_entropy(out, y[perm])

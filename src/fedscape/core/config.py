@@ -10,7 +10,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,6 +120,17 @@ def canonical(value):
     if isinstance(value, list | tuple):
         return [canonical(v) for v in value]
     return value
+
+
+def without_baselines(settings: dict, baselines: Mapping[str, object]) -> dict:
+    """`settings` less every key whose value is its baseline: what the jobs computed with before the key existed.
+
+    Snakemake reruns a job when its params change. A key added to a job's settings therefore carries its baseline
+    implicitly, so that adding it changes no finished job's settings, and appears only in the jobs that ask for
+    something else. A baseline is the behaviour before the key, not the key's current default: it never changes,
+    and a changed default then reruns exactly the jobs that relied on the old one.
+    """
+    return {k: v for k, v in settings.items() if not (k in baselines and v == baselines[k])}
 
 
 def digest(settings: dict) -> str:

@@ -16,11 +16,10 @@ from fedscape.analysis.barriers.definitions import (
     SPLITS,
     CurveSettings,
 )
-from fedscape.core.config import ConfigError
+from fedscape.core.config import ConfigError, without_baselines
 from fedscape.core.paths import INTERPOLATION_DIR, LAYERWISE_DIR, Results
 from fedscape.core.runs import Run, resolve_run
 from fedscape.fl.settings import sample_clients
-from fedscape.models.specs import DEFAULT_PRECISION
 from fedscape.plan.train import check_round, rounds_of, run_training, train_settings
 
 LAYER_FIGURE = "barriers/layerwise/{pair}/{split}"  # below figures/
@@ -187,25 +186,24 @@ def check(config: dict, runs: list) -> list[str]:
 
 def _common(config: dict, run, section: str) -> dict:
     settings = train_settings(config, run)
-    common = {"data": {"run": settings["run"], "dataset_options": settings["dataset_options"]},
-              "device": config["training"]["device"], "eval_batch_size": config["training"]["eval_batch_size"]}
-    precision = config[section]["precision"]
-    if precision != DEFAULT_PRECISION:  # only then: jobs from before the option keep their settings
-        common["precision"] = precision
-    return common
+    return {"data": {"run": settings["run"], "dataset_options": settings["dataset_options"]},
+            "device": config["training"]["device"], "eval_batch_size": config["training"]["eval_batch_size"],
+            "precision": config[section]["precision"]}
+
+
+# Settings added after results existed, with their baselines: how every barrier job computed before the key
+# (`without_baselines`).
+BARRIER_BASELINES: dict[str, object] = {"precision": "fp32", "align": False, "curve": None, "modes": list(MODES)}
 
 
 def interpolation_settings(config: dict, pair: InterpolationPair) -> dict:
     """Everything one interpolation job needs (Snakemake reruns it when this changes)."""
     settings = {"pair_id": pair.label, "run_a": pair.run_a.run_id, "run_b": pair.run_b.run_id,
                 "round_a": pair.round_a, "round_b": pair.round_b, "points": config["interpolation"]["points"],
-                **_common(config, pair.run_a, "interpolation")}
-    if config["interpolation"]["align"]:  # only when on: jobs from before the option keep their settings
-        settings["align"] = True
+                **_common(config, pair.run_a, "interpolation"), "align": bool(config["interpolation"]["align"])}
     curve = curve_settings(config["interpolation"]["curve"])
-    if curve is not None:  # likewise only when on
-        settings["curve"] = asdict(curve)
-    return settings
+    settings["curve"] = None if curve is None else asdict(curve)
+    return without_baselines(settings, BARRIER_BASELINES)
 
 
 def curve_settings(section: dict) -> CurveSettings | None:
@@ -219,16 +217,11 @@ def layer_settings(config: dict, pair: LayerPair, round_: int) -> dict:
     """Everything one layer-wise job (one pair, one round) needs."""
     section = config["layer_barriers"]
     settings = {"pair": pair.label, "kind": pair.kind, "run_id": pair.run_id, "round": int(round_),
-                "clients": list(pair.clients), **_common(config, pair.run_a, "layer_barriers")}
-    # only what differs from the defaults: jobs from before these options keep their settings
-    modes = list(section.get("modes", MODES))
-    if modes != list(MODES):
-        settings["modes"] = modes
-    if "random" in modes:
+                "clients": list(pair.clients), **_common(config, pair.run_a, "layer_barriers"),
+                "modes": list(section.get("modes", MODES)), "align": bool(section.get("align"))}
+    if "random" in settings["modes"]:  # the random orders' seed, where there are random orders
         settings["order_seed"] = section.get("order_seed", 0)
-    if section.get("align"):
-        settings["align"] = True
-    return settings
+    return without_baselines(settings, BARRIER_BASELINES)
 
 
 # -- inputs and targets -------------------------------------------------------------------------------

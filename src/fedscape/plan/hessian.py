@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from fedscape.analysis.hessian.definitions import JOB_FILES, HessianSettings
-from fedscape.core.config import ConfigError
+from fedscape.core.config import ConfigError, without_baselines
 from fedscape.core.paths import HESSIAN_DIR, Results
 from fedscape.core.runs import select_runs
 from fedscape.plan.train import rounds_of
@@ -140,14 +140,16 @@ def hessian_inputs(config: dict, runs: list, run, round_: int) -> dict[str, str]
     return {f"source_{key}": f"{job}/{name}" for key, name in JOB_FILES.items()}
 
 
-# Settings added after results existed: a job's settings carry one only when it differs from its default, so
-# that adding it does not rerun every finished Hessian job.
-LATE_SETTINGS = ("trace_estimator", "sharpness", "sharpness_rho", "sharpness_steps", "sharpness_eta", "precision")
+# Settings added after results existed, with their baselines: how every Hessian job computed before the key
+# (`without_baselines`). Hutchinson's estimator is the trace's baseline whatever the default is now.
+HESSIAN_BASELINES: dict[str, object] = {
+    "trace_estimator": "hutchinson", "sharpness": False, "sharpness_rho": 0.05, "sharpness_steps": 5,
+    "sharpness_eta": 0.01, "precision": "fp32",
+}
 
 
 def _job_hessian(settings: dict) -> dict:
-    defaults = asdict(HessianSettings())
-    return {k: v for k, v in settings.items() if not (k in LATE_SETTINGS and v == defaults[k])}
+    return without_baselines(settings, HESSIAN_BASELINES)
 
 
 def job_dirs(config: dict, runs: list) -> list[str]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from fedscape.core.config import ConfigError, canonical
+from fedscape.core.config import ConfigError, canonical, without_baselines
 from fedscape.core.paths import PARTITION_DIR, Results
 from fedscape.core.runs import Run, resolve_run
 from fedscape.data.specs import DATASET_NAMES, dataset_info
-from fedscape.models.specs import DEFAULT_PRECISION
-from fedscape.plan.train import check_training, job_training, merge_training, work_list_problems
+from fedscape.plan.train import TRAINING_BASELINES, check_training, job_training, merge_training, work_list_problems
 from fedscape.stages.init_settings import PretrainConfig, kind_spec
 
 
@@ -38,11 +37,9 @@ def init_extras(config: dict, runs: list, dataset: str, model: str, init: str) -
     kind = spec["kind"]
     device = config["training"].get("device", "auto")
     if kind == "pretrained":
-        extras = {"dataset_options": config["datasets"][dataset], "device": device}
-        precision = config["training"]["precision"]
-        if precision != DEFAULT_PRECISION:  # only then: finished pretrained inits keep their settings
-            extras["precision"] = precision
-        return extras
+        extras = {"dataset_options": config["datasets"][dataset], "device": device,
+                  "precision": config["training"]["precision"]}
+        return without_baselines(extras, {"precision": TRAINING_BASELINES["precision"]})
     if kind == "iid_warmup":
         training = job_training(merge_training(config["training"], spec.get("training", {})))
         return {"dataset_options": config["datasets"][dataset], "partition": config["partition"],

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fedscape.analysis.hessian.definitions import JOB_FILES
 from fedscape.analysis.landscape.definitions import PLANE_FILE_KINDS, SINGLE_RUN_KINDS, PlaneError, read_plane_file
-from fedscape.core.config import ConfigError
+from fedscape.core.config import ConfigError, without_baselines
 from fedscape.core.paths import HESSIAN_DIR, LANDSCAPE_DIR, SURFACE_DIR, Results, fill
 from fedscape.core.runs import iid_first, resolve_run, select_runs, varying_fields
 from fedscape.models.specs import DEFAULT_PRECISION
@@ -220,10 +220,15 @@ def hessian_plane_path(plan: LandscapePlan, results: Results) -> str:
     return f"{results(HESSIAN_DIR, **plan.runs[0].fields(), round=plan.round)}/{JOB_FILES['plane']}"
 
 
+# Settings added after results existed, with their baselines: how every plane and chunk job computed before the
+# key (`without_baselines`).
+LANDSCAPE_BASELINES: dict[str, object] = {"plane_file": None, "precision": "fp32"}
+
+
 def plane_settings(config: dict, plan: LandscapePlan) -> dict:
     """Everything the plane job needs."""
     spec = plan.spec
-    return {
+    return without_baselines({
         "label": plan.label,
         "kind": plan.kind,
         "runs": [r.run_id for r in plan.runs],
@@ -236,9 +241,8 @@ def plane_settings(config: dict, plan: LandscapePlan) -> dict:
         "span": spec.get("span"),
         "margin": float(spec.get("margin", 0.25)),
         "client": int(spec.get("client", 0)),
-        # only when set, so that the settings (and the plane jobs) of configs without it stay as they were
-        **({"plane_file": str(spec["plane_file"])} if spec.get("plane_file") else {}),
-    }
+        "plane_file": str(spec["plane_file"]) if spec.get("plane_file") else None,
+    }, LANDSCAPE_BASELINES)
 
 
 def chunk_settings(config: dict, plan: LandscapePlan, data: str, chunk: int) -> dict:
@@ -246,7 +250,7 @@ def chunk_settings(config: dict, plan: LandscapePlan, data: str, chunk: int) -> 
     spec = plan.spec
     run = plan.data_run
     training = run_training(config, run)
-    return {
+    return without_baselines({
         "surface_id": plan.surface_id(data),
         "dataset": run.dataset,
         "dataset_options": config["datasets"][run.dataset],
@@ -256,9 +260,8 @@ def chunk_settings(config: dict, plan: LandscapePlan, data: str, chunk: int) -> 
         "points_per_batch": int(spec.get("points_per_batch", 1)),
         "batch_size": int(training["eval_batch_size"]),
         "device": training["device"],
-        # only when not fp32: chunks from before the option keep their settings
-        **({"precision": spec["precision"]} if spec.get("precision", DEFAULT_PRECISION) != DEFAULT_PRECISION else {}),
-    }
+        "precision": spec.get("precision", DEFAULT_PRECISION),
+    }, LANDSCAPE_BASELINES)
 
 
 def surface_settings(config: dict, plan: LandscapePlan, data: str) -> dict:

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 
-from fedscape.core.config import ConfigError, canonical
+from fedscape.core.config import ConfigError, canonical, without_baselines
 from fedscape.core.names import suggest
 from fedscape.core.paths import Results
 from fedscape.core.runs import Run
@@ -31,18 +30,18 @@ from fedscape.models.specs import (
     model_option_problems,
 )
 
-# Training keys added after results existed: a job's settings carry one only when it differs from its
-# default, so that adding it does not rerun every finished train and init job (TrainConfig has the default).
-LATE_TRAINING_KEYS = ("keep_optimizer_state", "local_steps", "optimizer", "adamw_beta1", "adamw_beta2", "adamw_eps",
-                      "lr_schedule", "lr_schedule_over", "lr_warmup", "precision")
+# Training keys added after results existed, with their baselines: how every run trained before the key
+# (`without_baselines`). A new training key needs an entry here; test_settings_baselines checks it.
+TRAINING_BASELINES: dict[str, object] = {
+    "keep_optimizer_state": False, "local_steps": None, "optimizer": "sgd", "adamw_beta1": 0.9, "adamw_beta2": 0.999,
+    "adamw_eps": 1e-8, "lr_schedule": "constant", "lr_schedule_over": "rounds", "lr_warmup": 0.0, "precision": "fp32",
+}
 
 
 def job_training(training: dict) -> dict:
-    """`training` as a job's settings carry it: the late keys left out where they are at their default, and
-    `swa` left out (server-side SWA belongs to the train job alone: `train_settings` adds it where it is on)."""
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
-    return {k: v for k, v in training.items()
-            if k != "swa" and not (k in LATE_TRAINING_KEYS and v == defaults[k])}
+    """`training` as a job's settings carry it: the later keys left out at their baselines, and `swa` left out
+    (server-side SWA belongs to the train job alone: `train_settings` adds it where it is on)."""
+    return without_baselines({k: v for k, v in training.items() if k != "swa"}, TRAINING_BASELINES)
 
 
 def run_swa(training: dict) -> dict | None:

@@ -1,0 +1,126 @@
+"""Finished jobs keep their settings: a key added to a job's settings after results existed is left out at its
+baseline (`fedscape.core.config.without_baselines`), so adding it reruns nothing, while every other value, and a
+changed default, reach the settings."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import fields
+
+import pytest
+import yaml
+from helpers.workflow import ROOT
+
+from fedscape.analysis.hessian.definitions import HessianSettings
+from fedscape.core.config import load_schema, without_baselines
+from fedscape.core.runs import build_runs
+from fedscape.fl.settings import TrainConfig
+from fedscape.plan.barriers import BARRIER_BASELINES, interpolation_pair, interpolation_settings
+from fedscape.plan.hessian import HESSIAN_BASELINES, hessian_job_settings
+from fedscape.plan.landscape import LANDSCAPE_BASELINES, chunk_settings, landscape_plans, plane_settings
+from fedscape.plan.train import TRAINING_BASELINES, train_settings
+from fedscape.plan.workflow import check_config
+
+# The training keys that every train job's settings have carried since the first results: the settings of a
+# finished job are these plus the baselines' keys that differ from their baselines.
+FIRST_TRAINING_KEYS = {"batch_size", "bf16_autocast", "client_chunk_size", "client_parallel", "device",
+                       "eval_batch_size", "local_epochs", "lr", "momentum", "rounds", "save_clients_at",
+                       "weight_decay"}
+# Likewise for the Hessian jobs' `hessian` settings.
+FIRST_HESSIAN_KEYS = {"batch_size", "cache_graph", "density", "density_probes", "density_steps", "eval_samples",
+                      "max_iter", "method", "seed", "tol", "top_k", "trace_probes"}
+
+
+@pytest.fixture(scope="module")
+def default_config() -> tuple[dict, dict]:
+    schema = load_schema(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    return check_config(copy.deepcopy(config), schema), schema
+
+
+def _edited(default_config, edit) -> tuple[dict, list]:
+    config, schema = default_config
+    config = copy.deepcopy(config)
+    edit(config)
+    config = check_config(config, schema)
+    return config, build_runs(config)
+
+
+@pytest.mark.parametrize(("settings", "expected"), [
+    ({"a": 1, "precision": "fp32"}, {"a": 1}),  # at its baseline: left out
+    ({"a": 1, "precision": "bf16"}, {"a": 1, "precision": "bf16"}),  # anything else: kept
+    ({"a": 1, "modes": ["x", "y"]}, {"a": 1}),  # lists compare by value
+    ({"a": 1, "modes": ["y", "x"]}, {"a": 1, "modes": ["y", "x"]}),
+    ({"curve": None}, {}),
+])
+def test_without_baselines_leaves_out_exactly_the_keys_at_their_baseline(settings, expected):
+    # Execute / Assert
+    assert without_baselines(settings, {"precision": "fp32", "modes": ["x", "y"], "curve": None}) == expected
+
+
+def test_every_training_key_is_a_first_key_or_has_a_baseline():
+    # Prepare: every field a train job's training settings can carry (TrainConfig's, less the train job's own swa)
+    keys = {f.name for f in fields(TrainConfig)} - {"augment", "seed", "participation"}
+
+    # Assert: a key added without a baseline would enter every finished job's settings and rerun it
+    missing = keys - FIRST_TRAINING_KEYS - set(TRAINING_BASELINES)
+    assert not missing, f"give {sorted(missing)} a baseline in fedscape.plan.train.TRAINING_BASELINES"
+
+
+def test_every_hessian_key_is_a_first_key_or_has_a_baseline():
+    keys = {f.name for f in fields(HessianSettings)}
+
+    missing = keys - FIRST_HESSIAN_KEYS - set(HESSIAN_BASELINES)
+    assert not missing, f"give {sorted(missing)} a baseline in fedscape.plan.hessian.HESSIAN_BASELINES"
+
+
+def test_the_default_config_s_jobs_carry_no_later_key(default_config):
+    # Prepare
+    config, runs = _edited(default_config, lambda c: None)
+    plan = landscape_plans(config, runs)[0]
+
+    # Execute
+    training = train_settings(config, runs[0])["training"]
+    hessian = hessian_job_settings(config, runs, runs[0], 30)["hessian"]
+    interpolation = interpolation_settings(config, interpolation_pair(config, runs, "iid_vs_1.0"))
+    plane, chunk = plane_settings(config, plan), chunk_settings(config, plan, plan.data[0], 0)
+
+    # Assert: the keys of the first results, and none of the later ones
+    assert set(training) == FIRST_TRAINING_KEYS
+    assert set(hessian) == FIRST_HESSIAN_KEYS | {"sharpness"}  # the default config measures sharpness
+    assert set(interpolation) & set(BARRIER_BASELINES) == {"align"}  # the default config aligns the pairs
+    assert not (set(plane) | set(chunk)) & set(LANDSCAPE_BASELINES)
+
+
+@pytest.mark.parametrize(("edit", "where", "key", "value"), [
+    (lambda c: c["training"].update(optimizer="adamw", momentum=0.0), "train", "optimizer", "adamw"),
+    (lambda c: c["training"].update(lr_warmup=2.0), "train", "lr_warmup", 2.0),
+    (lambda c: c["hessian"].update(trace_estimator="hutchpp"), "hessian", "trace_estimator", "hutchpp"),
+    (lambda c: c["hessian"]["sharpness"].update(rho=0.1), "hessian", "sharpness_rho", 0.1),
+    (lambda c: c["interpolation"].update(align=True), "interpolation", "align", True),
+])
+def test_a_later_key_off_its_baseline_reaches_the_job(default_config, edit, where, key, value):
+    # Prepare
+    config, runs = _edited(default_config, edit)
+
+    # Execute
+    settings = {"train": lambda: train_settings(config, runs[0])["training"],
+                "hessian": lambda: hessian_job_settings(config, runs, runs[0], 30)["hessian"],
+                "interpolation": lambda: interpolation_settings(config, interpolation_pair(config, runs,
+                                                                                           "iid_vs_1.0"))}[where]()
+
+    # Assert
+    assert settings[key] == value
+
+
+def test_a_changed_default_reruns_the_jobs_that_relied_on_the_old_one(monkeypatch, default_config):
+    # Prepare: Hutchinson spelled out (the baseline), and the estimator's default moved to Hutch++
+    config, runs = _edited(default_config, lambda c: c["hessian"].update(trace_estimator="hutchinson"))
+    before = hessian_job_settings(config, runs, runs[0], 30)["hessian"]
+    moved, _ = _edited(default_config, lambda c: c["hessian"].update(trace_estimator="hutchpp"))
+
+    # Execute
+    after = hessian_job_settings(moved, runs, runs[0], 30)["hessian"]
+
+    # Assert: the baseline is the behaviour before the key, not the default: the job's settings change
+    assert "trace_estimator" not in before and after["trace_estimator"] == "hutchpp"

@@ -173,3 +173,42 @@ def test_no_comment_cites_an_issue_number():
              if re.search(r"\bissues? #?\d+", line, re.I) and p.name != "test_architecture.py"]
 
     assert cited == []
+
+
+def _schema_defaulted_keys() -> set[str]:
+    """Every config key that some schema gives a default (the validator fills it in)."""
+    import yaml
+
+    keys: set[str] = set()
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            for key, prop in (node.get("properties") or {}).items():
+                if isinstance(prop, dict) and "default" in prop:
+                    keys.add(key)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for path in (ROOT / "workflow" / "schemas").glob("*.yaml"):
+        walk(yaml.safe_load(path.read_text()))
+    return keys
+
+
+def test_planning_reads_schema_defaults_from_the_config_not_from_literals():
+    # Prepare: the keys the schema defaults: a `.get(key, default)` on them in plan/ would be a second home
+    # for the default, free to drift from the schema's
+    keys = _schema_defaulted_keys()
+
+    # Execute
+    found = []
+    for path in sorted((SRC / "plan").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+                    and len(node.args) == 2 and isinstance(node.args[0], ast.Constant) and node.args[0].value in keys):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: .get({node.args[0].value!r}, ...)")
+
+    # Assert
+    assert keys and not found, "index the schema-filled config instead:\n" + "\n".join(found)

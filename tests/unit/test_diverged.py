@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers.configs import SCHEMA
 from helpers.diverged import BOOM, ROUNDS, build_diverged_runs
 
 from fedscape.analysis.barriers.definitions import (
@@ -34,6 +35,7 @@ from fedscape.analysis.landscape.figures import figure_stage
 from fedscape.analysis.landscape.gather import gather_stage, load_surface
 from fedscape.analysis.landscape.planes import load_plane
 from fedscape.analysis.landscape.stage import chunk_stage, plane_stage
+from fedscape.core.config import validate_config
 from fedscape.plan.barriers import interpolation_pairs, interpolation_settings, layer_pairs, layer_settings
 from fedscape.plan.hessian import hessian_job_settings
 from fedscape.plan.landscape import chunk_settings, landscape_plans, plane_settings, surface_settings
@@ -227,7 +229,7 @@ def test_client_stats_of_a_diverged_run_have_nan_l2_to_final(runs, tmp_path, cap
 # -- landscapes --------------------------------------------------------------------------------------
 def _surface(runs, plan_spec: dict, label: str, tmp_path, hessian_plane=None):
     """Plane, chunks, gather and figure of one landscape entry (data: train) on the two runs."""
-    config = {**runs.config, "landscapes": {label: plan_spec}}
+    config = validate_config({**runs.config, "landscapes": {label: dict(plan_spec)}}, SCHEMA)  # defaults filled
     (plan,) = landscape_plans(config, [runs.healthy, runs.diverged])
     d = tmp_path / label
     d.mkdir()
@@ -291,7 +293,8 @@ def test_final_trajectory_surface_of_a_run_that_diverged_late_uses_its_last_fini
     save_trajectory(late, params, ok.buffers, ok.rounds, ok.model_meta,
                     {**ok.meta, "run_id": runs.diverged.run_id, "status": "diverged"})
     outputs = {"plane": tmp_path / "plane.npz", "points": tmp_path / "points.csv", "grid": tmp_path / "grid.json"}
-    config = {**runs.config, "landscapes": {"late": {"kind": "trajectory", "runs": [BOOM], "resolution": 3}}}
+    config = validate_config({**runs.config, "landscapes": {"late": {"kind": "trajectory", "runs": [BOOM],
+                                                                "resolution": 3}}}, SCHEMA)
     (plan,) = landscape_plans(config, [runs.healthy, runs.diverged])
     caplog.set_level(logging.WARNING)
 

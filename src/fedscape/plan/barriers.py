@@ -88,7 +88,7 @@ def interpolation_pair(config: dict, runs: list, label: str) -> InterpolationPai
     run_b = _resolve(runs, spec.get("b"), f"{where}.b")
     _same_architecture(run_a, run_b, where)
     _check_alignable(config, "interpolation", run_a.model, where)
-    round_a, round_b = spec.get("round_a", "final"), spec.get("round_b", "final")
+    round_a, round_b = spec["round_a"], spec["round_b"]
     check_round(config, run_a, round_a, f"{where}.round_a")
     check_round(config, run_b, round_b, f"{where}.round_b")
     if run_a == run_b and round_a == round_b:
@@ -106,18 +106,18 @@ def layer_pair(config: dict, runs: list, label: str) -> LayerPair:
     if has_run == has_ab:
         raise ConfigError(f"{where}: give either `run` (two clients of one run, with `clients`) or both `a` and "
                           "`b` (the global models of two runs)")
-    explicit = spec.get("rounds", "all")
+    explicit = spec["rounds"]
     if has_run:
         run = _resolve(runs, spec["run"], f"{where}.run")
         training = run_training(config, run)
-        clients = tuple(spec.get("clients", (0, 1)))
+        clients = tuple(spec["clients"])
         if len(clients) != 2 or clients[0] == clients[1]:
             raise ConfigError(f"{where}.clients: name two different client ids, got {list(clients)}")
         bad = [c for c in clients if not 0 <= c < run.num_clients]
         if bad:
             raise ConfigError(f"{where}.clients: client ids {bad} are outside 0..{run.num_clients - 1} "
                               f"(run {run.run_id} has {run.num_clients} clients)")
-        saved = sorted(set(training.get("save_clients_at", [])))
+        saved = sorted(set(training["save_clients_at"]))
         if not saved:
             raise ConfigError(f"{where}: run {run.run_id} saves no client models; list rounds in "
                               "training.save_clients_at")
@@ -171,12 +171,12 @@ def layer_pairs(config: dict, runs: list) -> list[LayerPair]:
 def check(config: dict, runs: list) -> list[str]:
     """Problems of the interpolation and layer_barriers sections that the schema cannot express."""
     problems = []
-    for label in config.get("interpolation", {}).get("pairs", {}):
+    for label in config["interpolation"]["pairs"]:
         try:
             interpolation_pair(config, runs, label)
         except ConfigError as exc:
             problems.append(str(exc))
-    for label in config.get("layer_barriers", {}).get("pairs", {}):
+    for label in config["layer_barriers"]["pairs"]:
         try:
             layer_pair(config, runs, label)
         except ConfigError as exc:
@@ -208,7 +208,7 @@ def interpolation_settings(config: dict, pair: InterpolationPair) -> dict:
 
 def curve_settings(section: dict) -> CurveSettings | None:
     """The Bezier curve's settings from `interpolation.curve` (defaults filled by the schema), None when off."""
-    if not section.get("enabled", False):
+    if not section["enabled"]:
         return None
     return CurveSettings(**{k: v for k, v in section.items() if k != "enabled"})
 
@@ -218,9 +218,9 @@ def layer_settings(config: dict, pair: LayerPair, round_: int) -> dict:
     section = config["layer_barriers"]
     settings = {"pair": pair.label, "kind": pair.kind, "run_id": pair.run_id, "round": int(round_),
                 "clients": list(pair.clients), **_common(config, pair.run_a, "layer_barriers"),
-                "modes": list(section.get("modes", MODES)), "align": bool(section.get("align"))}
+                "modes": list(section["modes"]), "align": bool(section.get("align"))}
     if "random" in settings["modes"]:  # the random orders' seed, where there are random orders
-        settings["order_seed"] = section.get("order_seed", 0)
+        settings["order_seed"] = section["order_seed"]
     return without_baselines(settings, BARRIER_BASELINES)
 
 

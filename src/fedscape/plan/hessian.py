@@ -17,22 +17,22 @@ FIGURES = ("lambda_trace_by_algorithm", "lambda_trace_by_init")
 DENSITY_FIGURE = "spectral_density"
 def settings_from_config(section: dict) -> HessianSettings:
     """HessianSettings from the config's `hessian` section (defaults already filled by the schema)."""
-    density = section.get("density", {})
-    sharp = section.get("sharpness", {})
+    density = section["density"]
+    sharp = section["sharpness"]
     return HessianSettings(
         top_k=section["top_k"], method=section["method"], tol=section["tol"], max_iter=section["max_iter"],
         trace_probes=section["trace_probes"], eval_samples=section["eval_samples"], batch_size=section["batch_size"],
         cache_graph=section["cache_graph"], trace_estimator=section["trace_estimator"],
-        density=density.get("enabled", True),
-        density_steps=density.get("lanczos_steps", 90), density_probes=density.get("probes", 10),
-        seed=section["seed"], sharpness=sharp.get("enabled", False), sharpness_rho=sharp.get("rho", 0.05),
-        sharpness_steps=sharp.get("steps", 5), sharpness_eta=sharp.get("eta", 0.01),
+        density=density["enabled"],
+        density_steps=density["lanczos_steps"], density_probes=density["probes"],
+        seed=section["seed"], sharpness=sharp["enabled"], sharpness_rho=sharp["rho"],
+        sharpness_steps=sharp["steps"], sharpness_eta=sharp["eta"],
         precision=section["precision"],
     )
 
 
 def _selectors(section: dict) -> list[dict] | None:
-    runs = section.get("runs", "all")
+    runs = section["runs"]
     if runs == "all":
         return None
     return [runs] if isinstance(runs, dict) else list(runs)

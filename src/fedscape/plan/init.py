@@ -35,15 +35,15 @@ def init_extras(config: dict, runs: list, dataset: str, model: str, init: str) -
     """Settings beyond the `inits` entry that a kind needs (they rerun the init job when they change)."""
     spec = config["inits"][init]
     kind = spec["kind"]
-    device = config["training"].get("device", "auto")
+    device = config["training"]["device"]
     if kind == "pretrained":
         extras = {"dataset_options": config["datasets"][dataset], "device": device,
                   "precision": config["training"]["precision"]}
         return without_baselines(extras, {"precision": TRAINING_BASELINES["precision"]})
     if kind == "iid_warmup":
-        training = job_training(merge_training(config["training"], spec.get("training", {})))
+        training = job_training(merge_training(config["training"], spec["training"]))
         return {"dataset_options": config["datasets"][dataset], "partition": config["partition"],
-                "warmup_training": training, "device": training.get("device", device)}
+                "warmup_training": training, "device": training["device"]}
     if kind == "continue":
         return {"source_run_id": continue_source(config, runs, dataset, model, init).run_id}
     return {}
@@ -94,16 +94,16 @@ def check(config: dict, runs: list) -> list[str]:
                     if shape != ("image", 3, 32):
                         problems.append(f"{where}.proxy_dir: down-sampled ImageNet is 3x32x32 images but {dataset} "
                                         f"gives {info.input_description}")
-                elif not config["datasets"][dataset].get("proxy_fraction", 0) > 0:
+                elif not config["datasets"][dataset]["proxy_fraction"] > 0:
                     problems.append(f"{where}: pretrained init on {dataset}'s proxy split needs "
                                     f"datasets.{dataset}.proxy_fraction > 0 (or set proxy_dataset / proxy_dir)")
         elif kind == "iid_warmup":
             try:
-                check_training(config["training"], {**spec.get("training", {}), "rounds": spec["rounds"],
+                check_training(config["training"], {**spec["training"], "rounds": spec["rounds"],
                                                    "save_clients_at": []})
             except (TypeError, ValueError) as exc:
                 problems.append(f"{where}.training: {exc}")
-            warmup = merge_training(config["training"], spec.get("training", {}))
+            warmup = merge_training(config["training"], spec["training"])
             for key, problem in work_list_problems(warmup, spec["num_clients"], "its warm-up rounds"):
                 problems.append(f"{where}.training.{key}: {problem}")
         elif kind == "continue":

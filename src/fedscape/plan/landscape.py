@@ -18,7 +18,6 @@ from fedscape.analysis.landscape.definitions import PLANE_FILE_KINDS, SINGLE_RUN
 from fedscape.core.config import ConfigError, without_baselines
 from fedscape.core.paths import HESSIAN_DIR, LANDSCAPE_DIR, SURFACE_DIR, Results, fill
 from fedscape.core.runs import iid_first, resolve_run, select_runs, varying_fields
-from fedscape.models.specs import DEFAULT_PRECISION
 from fedscape.plan.train import check_round, rounds_of, run_training
 
 
@@ -66,7 +65,7 @@ class LandscapePlan:
 
 def data_names(spec: dict) -> tuple[str, ...]:
     """The data wildcard values of a spec: train, test, client~<client>."""
-    return tuple(f"client~{spec.get('client', 0)}" if d == "client" else d for d in spec.get("data", ["train"]))
+    return tuple(f"client~{spec['client']}" if d == "client" else d for d in spec["data"])
 
 
 def _select(runs: list, selectors: list, where: str) -> list:
@@ -88,11 +87,11 @@ def resolve_landscape(config: dict, runs: list, label: str) -> LandscapePlan:
     """The `landscapes.<label>` entry resolved to runs; ConfigError naming the key when it cannot work."""
     spec = config["landscapes"][label]
     where = f"landscapes.{label}"
-    kind = spec.get("kind", "trajectory")
-    round_ = spec.get("round", "final")
+    kind = spec["kind"]
+    round_ = spec["round"]
     checkpoints: tuple[Checkpoint, ...] = ()
     if kind == "three_points":
-        items = spec.get("checkpoints", [])
+        items = spec["checkpoints"]
         if len(items) != 3:
             raise ConfigError(f"{where}.checkpoints: kind three_points needs exactly 3 checkpoints, got {len(items)}")
         if spec.get("runs"):
@@ -102,8 +101,8 @@ def resolve_landscape(config: dict, runs: list, label: str) -> LandscapePlan:
             if not isinstance(item.get("run"), dict) or not item.get("run"):
                 raise ConfigError(f"{where}.checkpoints[{i}].run: a run selector is a non-empty mapping of run fields")
             run = resolve_run(runs, item["run"], f"{where}.checkpoints[{i}].run")
-            check_round(config, run, item.get("round", "final"), f"{where}.checkpoints[{i}].round")
-            cps.append(Checkpoint(run, item.get("round", "final")))
+            check_round(config, run, item["round"], f"{where}.checkpoints[{i}].round")
+            cps.append(Checkpoint(run, item["round"]))
         if len(set(cps)) < 3:
             raise ConfigError(f"{where}.checkpoints: the three checkpoints must differ")
         checkpoints = tuple(cps)
@@ -111,7 +110,7 @@ def resolve_landscape(config: dict, runs: list, label: str) -> LandscapePlan:
     else:
         if spec.get("checkpoints"):
             raise ConfigError(f"{where}.checkpoints: only kind three_points takes checkpoints (kind is {kind})")
-        selected = _select(runs, spec.get("runs", []), f"{where}.runs")
+        selected = _select(runs, spec["runs"], f"{where}.runs")
         if kind in SINGLE_RUN_KINDS and len(selected) != 1:
             raise ConfigError(f"{where}.runs: kind {kind} needs exactly one run, the selectors match {len(selected)}; "
                               f"add one of {varying_fields(selected)} to pick one")
@@ -135,19 +134,19 @@ def resolve_landscape(config: dict, runs: list, label: str) -> LandscapePlan:
         if t < 1:
             raise ConfigError(f"{where}.round: the local scope needs a round >= 1 (round t goes from the model "
                               f"after round t-1 to the clients' models of round t)")
-        saved = list(training.get("save_clients_at", []))
+        saved = list(training["save_clients_at"])
         if t not in saved:
             raise ConfigError(f"{where}.round: round {t} is not in training.save_clients_at {saved} of run "
                               f"{run.run_id}; add it there so the clients' models of that round are kept")
     if kind == "hessian" and spec.get("plane_file") is None and round_ == "final":
         round_ = rounds_of(config, selected[0])  # the Hessian stage names its files by round number
     data_run = selected[0]
-    client = spec.get("client", 0)
-    if "client" in spec.get("data", ["train"]) and not 0 <= client < data_run.num_clients:
+    client = spec["client"]
+    if "client" in spec["data"] and not 0 <= client < data_run.num_clients:
         raise ConfigError(f"{where}.client: client {client} does not exist; run {data_run.run_id} has "
                           f"{data_run.num_clients} clients (0..{data_run.num_clients - 1})")
-    resolution = spec.get("resolution", 21)
-    chunks = spec.get("chunks", 1)
+    resolution = spec["resolution"]
+    chunks = spec["chunks"]
     if chunks > resolution * resolution:
         raise ConfigError(f"{where}.chunks: {chunks} chunks for a {resolution}x{resolution} grid; at most "
                           f"{resolution * resolution}")
@@ -159,7 +158,7 @@ def resolve_landscape(config: dict, runs: list, label: str) -> LandscapePlan:
 
 def landscape_plans(config: dict, runs: list) -> list[LandscapePlan]:
     """Every `landscapes` entry resolved (raises the first ConfigError; check_config reports them all)."""
-    return [resolve_landscape(config, runs, label) for label in config.get("landscapes", {})]
+    return [resolve_landscape(config, runs, label) for label in config["landscapes"]]
 
 
 # Grid points one chunk job may evaluate without `allow_large`: a 200 x 200 grid, about an hour of cnn_small on
@@ -170,7 +169,7 @@ MAX_CHUNK_POINTS = 40_000
 def check(config: dict, runs: list) -> list[str]:
     """Problems of the `landscapes` section that the schema cannot express."""
     problems = []
-    for label, spec in config.get("landscapes", {}).items():
+    for label, spec in config["landscapes"].items():
         try:
             resolve_landscape(config, runs, label)
         except ConfigError as exc:
@@ -193,7 +192,7 @@ def _plane_file_problems(label: str, spec: dict) -> list[str]:
     if not path:  # null or empty: the Hessian stage's plane (`hessian_plane_path`)
         return []
     where = f"landscapes.{label}.plane_file"
-    kind = spec.get("kind", "trajectory")
+    kind = spec["kind"]
     if kind not in PLANE_FILE_KINDS:
         return [f"{where}: only kind {' or '.join(PLANE_FILE_KINDS)} reads a plane file; kind {kind} makes its own "
                 f"plane: remove plane_file or set kind: {PLANE_FILE_KINDS[0]}"]
@@ -235,12 +234,12 @@ def plane_settings(config: dict, plan: LandscapePlan) -> dict:
         "run_fields": [r.fields() for r in plan.runs],
         "round": _round_value(plan.round),
         "checkpoints": [{"run_id": c.run.run_id, "round": _round_value(c.round)} for c in plan.checkpoints],
-        "center": spec.get("center", "final"),
-        "seed": int(spec.get("seed", 0)),
-        "resolution": int(spec.get("resolution", 21)),
+        "center": spec["center"],
+        "seed": int(spec["seed"]),
+        "resolution": int(spec["resolution"]),
         "span": spec.get("span"),
-        "margin": float(spec.get("margin", 0.25)),
-        "client": int(spec.get("client", 0)),
+        "margin": float(spec["margin"]),
+        "client": int(spec["client"]),
         "plane_file": str(spec["plane_file"]) if spec.get("plane_file") else None,
     }, LANDSCAPE_BASELINES)
 
@@ -256,11 +255,11 @@ def chunk_settings(config: dict, plan: LandscapePlan, data: str, chunk: int) -> 
         "dataset_options": config["datasets"][run.dataset],
         "data": data,
         "chunk": int(chunk),
-        "chunks": int(spec.get("chunks", 1)),
-        "points_per_batch": int(spec.get("points_per_batch", 1)),
+        "chunks": int(spec["chunks"]),
+        "points_per_batch": int(spec["points_per_batch"]),
         "batch_size": int(training["eval_batch_size"]),
         "device": training["device"],
-        "precision": spec.get("precision", DEFAULT_PRECISION),
+        "precision": spec["precision"],
     }, LANDSCAPE_BASELINES)
 
 
@@ -282,14 +281,14 @@ def surface_settings(config: dict, plan: LandscapePlan, data: str) -> dict:
         "round": round_,
         "data": data,
         "data_run": plan.data_run.run_id,
-        "resolution": int(spec.get("resolution", 21)),
-        "chunks": int(spec.get("chunks", 1)),
+        "resolution": int(spec["resolution"]),
+        "chunks": int(spec["chunks"]),
     }
 
 
 def figure_settings(config: dict, plan: LandscapePlan, data: str) -> dict:
     spec = plan.spec
-    return {"surface_id": plan.surface_id(data), "levels": int(spec.get("levels", 30)),
+    return {"surface_id": plan.surface_id(data), "levels": int(spec["levels"]),
             "clip_loss": spec.get("clip_loss")}
 
 
@@ -327,7 +326,7 @@ def chunk_files(config: dict, plan: LandscapePlan, data: str) -> list[str]:
     """Every chunk of one surface."""
     surface_dir = Results.of(config)(SURFACE_DIR, dataset=plan.dataset, model=plan.model, surface=plan.label,
                                      data=data)
-    return [f"{surface_dir}/chunks/chunk~{i}.npz" for i in range(plan.spec.get("chunks", 1))]
+    return [f"{surface_dir}/chunks/chunk~{i}.npz" for i in range(plan.spec["chunks"])]
 
 
 def figure_inputs(config: dict, plan: LandscapePlan, data: str) -> dict[str, str]:

@@ -43,8 +43,8 @@ def check(config: dict, runs: list[Run]) -> list[str]:
         problems += check_partition_dataset(label, entries[label], dataset)
     for dataset, num_clients in sorted({(run.dataset, run.num_clients) for run in runs}):
         options = config["datasets"][dataset]
-        pool = dataset_info(dataset).client_pool_bound(options.get("test_fraction", 0.25),
-                                                       options.get("proxy_fraction", 0.0))
+        pool = dataset_info(dataset).client_pool_bound(options["test_fraction"],
+                                                       options["proxy_fraction"])
         if num_clients * min_size > pool:
             problems.append(f"num_clients: {num_clients} clients x partition.min_size {min_size} = "
                             f"{num_clients * min_size} samples, but {dataset} leaves at most {pool} for the clients "

@@ -70,7 +70,7 @@ def merge_training(training: dict, overrides: dict) -> dict:
 def run_training(config: dict, run: Run) -> dict:
     """The `training` section with the run's algorithm overrides applied (local work resolved: `merge_training`)."""
     spec = config["algorithms"][run.algorithm]
-    return merge_training(config["training"], spec.get("training", {}))
+    return merge_training(config["training"], spec["training"])
 
 
 def rounds_of(config: dict, run: Run) -> int:
@@ -205,18 +205,18 @@ def check(config: dict, runs: list[Run]) -> list[str]:
         except ValueError as exc:
             problems.append(f"algorithms.{label}: {exc}")
         try:
-            check_training(config["training"], spec.get("training", {}))
+            check_training(config["training"], spec["training"])
         except (TypeError, ValueError) as exc:
             if str(exc) != base:  # the same problem as the `training` section's, reported there once
                 problems.append(f"algorithms.{label}.training: {exc}")
         try:
-            algorithm_spec(spec["name"]).check_training({**config["training"], **spec.get("training", {})})
+            algorithm_spec(spec["name"]).check_training({**config["training"], **spec["training"]})
         except ValueError as exc:
             problems.append(f"algorithms.{label}: {exc}")
         try:
-            check_swa_settings(config["training"], spec.get("training", {}))
+            check_swa_settings(config["training"], spec["training"])
         except (TypeError, ValueError) as exc:
-            overridden = any(k in spec.get("training", {}) for k in ("swa", "rounds"))
+            overridden = any(k in spec["training"] for k in ("swa", "rounds"))
             problem = f"{f'algorithms.{label}.training' if overridden else 'training'}: {exc}"
             if problem not in problems:
                 problems.append(problem)
@@ -255,7 +255,7 @@ def _work_lists(config: dict, runs: list[Run]) -> list[str]:
     """Local work given per client (a list) must name one value per client of every run it trains."""
     problems = []
     for label, clients in sorted({(r.algorithm, r.num_clients) for r in runs}):
-        overrides = config["algorithms"][label].get("training", {})
+        overrides = config["algorithms"][label]["training"]
         training = run_training(config, next(r for r in runs if r.algorithm == label))
         for key, problem in work_list_problems(training, clients, f"runs of algorithm {label!r}"):
             where = f"algorithms.{label}.training" if key in overrides else "training"

@@ -133,6 +133,8 @@ def cases() -> list[Case]:
     hessian_csv = "results/hessian/**/alpha~0.5/**/seed~0/round~*/hessian.csv"
     chunk = "results/landscape/**/chunk~0.npz"
     out += [
+        Case("trajectory.pt cut in half", run_file("trajectory.pt"), cut_half),
+        Case("clients.pt garbage", run_file("clients.pt"), garbage),
         Case("partition recording another seed (trained run)", partition_file(), other_seed_partition),
         Case("partition cut in half (trained run)", partition_file(), cut_half),
         Case("metrics.csv cut mid-row", run_file("metrics.csv"), cut_mid_row),

@@ -13,7 +13,7 @@ from fedscape.plan.workflow import (
     all_targets,
     check_config,
     check_data,
-    check_read_partitions,
+    check_read_files,
 )
 
 # (a line of its own: at the start of a line, Snakemake's parser takes the name for its keyword)
@@ -58,16 +58,17 @@ wildcard_constraints:
     **wildcard_constraints(),
 
 
-# The data directories and the partitions that the jobs about to run read are checked when Snakemake starts
-# executing, before the first job (and so before it deletes any job's outputs): Snakemake calls `onstart` only
-# then (not for -n, --summary or --dag), so a dry run plans on a machine without the data. (`workflow.dryrun`
-# is not yet known while this file is read.)
+# The data directories and the results that the jobs about to run read (partitions, checkpoints, tables, .npz
+# and JSON files: readable, and their job's) are checked when Snakemake starts executing, before the first job (and
+# so before it deletes any job's outputs): Snakemake calls `onstart` only then (not for -n, --summary or --dag), so
+# a dry run plans on a machine without the data. (`workflow.dryrun` is not yet known while this file is read.)
 onstart:
     jobs = list(workflow.dag.needrun_jobs())
     check_data(config, RUNS, [(job.rule.name, job.wildcards_dict) for job in jobs])
-    check_read_partitions(
+    check_read_files(
         [f for job in jobs for f in job.input],
         [f for job in jobs for f in job.output],
+        RESULTS.root,
     )
 
 

@@ -36,6 +36,7 @@ from fedscape.fl.strategies.moon import moon_contrastive_loss
 from fedscape.fl.strategies.registry import make_strategy, strategy_class
 from fedscape.fl.strategies.stochdepth import survival_probabilities
 from fedscape.models.networks import build_model, slim_channels
+from fedscape.outputs.tables import TableError
 from fedscape.plan.workflow import check_config
 from fedscape.report.cost import COST_COLUMNS, cost_table
 
@@ -651,6 +652,25 @@ def test_cost_ratios_compare_runs_of_the_same_setting_only(tmp_path, other):
     assert rows.loc["ga", "seconds_vs_fedavg"] == 2.5
     assert rows.loc["ga", "peak_mem_vs_fedavg"] == 2.0
     assert rows.loc["fedavg_other", "seconds_vs_fedavg"] == 1.0  # its own baseline
+
+
+def test_cost_table_refuses_another_runs_metrics_in_a_runs_place(tmp_path):
+    # Prepare: a train job's directory holding the metrics.csv of the run with seed 1
+    run_id = "digits/cnn_small/init~random/algo~fedavg/alpha~0.5/clients~4/part~1.0/seed~0"
+    run_dir = tmp_path / "results" / "train" / run_id
+    run_dir.mkdir(parents=True)
+    metrics, meta = cost_job(tmp_path, 0, "fedavg", "fedavg", [1, 2, 3], [10, 10, 10])
+    df = pd.read_csv(metrics)
+    df["run_id"] = run_id.replace("seed~0", "seed~1")
+    df.to_csv(run_dir / "metrics.csv", index=False)
+
+    # Execute
+    with pytest.raises(TableError) as err:
+        cost_table([(run_dir / "metrics.csv", meta)])
+
+    # Assert: the file, its line, what was expected and the command that remakes it
+    assert f"{run_dir / 'metrics.csv'}, line 2 is not a table of run_id {run_id}" in str(err.value)
+    assert "--forcerun" in str(err.value)
 
 
 def test_cost_table_without_a_fedavg_in_the_setting_has_no_ratio(tmp_path):

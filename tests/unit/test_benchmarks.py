@@ -138,3 +138,32 @@ def test_bench_workflow_splits_job_time_from_the_jobs_logs(tmp_path, monkeypatch
     assert real_jobs == 1 and real_started > 0
     assert jobs == 2
     assert started == pytest.approx(1.75 + real_started) and done == pytest.approx(4.50 + real_done)
+
+
+
+@pytest.mark.parametrize(("fields", "verdict", "why"), [
+    ({"exit": 1, "names_file": True}, "OK", "stopped"),
+    ({"exit": 1, "names_file": False}, "BAD", "does not name the file"),
+    ({"exit": 1, "names_file": True, "deleted": ["results/tables/rounds.csv"]}, "BAD", "deleted"),
+    ({"exit": 1, "names_file": True, "changed": ["results/tables/cost.csv"]}, "BAD", "made again on the damaged"),
+    ({"exit": 0, "still_damaged": True}, "BAD", "exit 0 with the damaged file"),
+    ({"exit": 0, "still_damaged": False}, "OK", "remade correctly"),
+    ({"kind": "verify", "exit": 0, "verify_exit": 1, "names_file": True, "verify_forcerun": True}, "OK", "verify"),
+    ({"kind": "verify", "exit": 0, "verify_exit": 0, "names_file": False}, "BAD", "make verify exits 0"),
+    ({"kind": "verify", "exit": 0, "verify_exit": 1, "names_file": True}, "BAD", "--forcerun"),
+    ({"kind": "reproduce", "exit": 0, "identical": True}, "OK", "byte-identical"),
+    ({"kind": "reproduce", "exit": 0, "identical": False}, "BAD", "other bytes"),
+])
+def test_the_damage_audit_classifies_its_cases(monkeypatch, fields, verdict, why):
+    """benchmarks/audit_damage.py's verdict on synthetic records (the audit itself runs the workflow ~20 times)."""
+    # Prepare: the record of one case
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from audit_damage import Record, classify
+
+    record = Record("case", **fields)
+
+    # Execute
+    found, reason = classify(record)
+
+    # Assert
+    assert found == verdict and why in reason

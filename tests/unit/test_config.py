@@ -660,3 +660,23 @@ def test_an_unsafe_results_dir_is_rejected_naming_the_character(value, expected)
 @pytest.mark.parametrize("value", ["results", "results/x_1", "/scratch/me/fedscape-2.0", "./out", "/tmp", "a,b=c@d"])
 def test_a_plain_results_dir_stays_valid(value):
     check_config(with_change("results_dir", value), SCHEMA)
+
+
+@pytest.mark.parametrize(("path", "yaml_value", "key"), [
+    ("training.lr", ".nan", "training.lr"),
+    ("training.momentum", ".inf", "training.momentum"),
+    ("algorithms.fedprox.mu", ".inf", "algorithms.fedprox.mu"),
+    ("algorithms.fedprox.mu", "-.inf", "algorithms.fedprox.mu"),
+    ("hessian.tol", ".NaN", "hessian.tol"),
+    ("alphas", "[iid, .inf]", "alphas[1]"),
+])
+def test_a_number_that_is_not_finite_is_rejected_naming_the_key(path, yaml_value, key):
+    # Prepare: the tiny config with one value written as YAML's NaN or infinity (a bound of the schema passes NaN)
+    config = with_change(path, yaml.safe_load(f"v: {yaml_value}")["v"], base=TINY)
+
+    # Execute
+    with pytest.raises(ConfigError) as err:
+        check_config(config, SCHEMA)
+
+    # Assert: the key and why
+    assert f"{key}: " in str(err.value) and "is not a finite number" in str(err.value)

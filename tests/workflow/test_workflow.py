@@ -293,7 +293,8 @@ def test_a_damaged_partition_never_costs_a_finished_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_foreign_partition_under_finished_analyses_stops_the_workflow_before_anything_is_deleted(tmp_path):
+def test_a_foreign_partition_or_trajectory_under_finished_analyses_stops_the_workflow_before_anything_is_deleted(
+        tmp_path):
     """Where the run's train job is finished, the jobs about to run are its analyses: the partition they would read
     is checked when the workflow starts, so that none of them deletes its finished outputs and then fails (or
     computes on another run's split)."""
@@ -327,6 +328,28 @@ def test_a_foreign_partition_under_finished_analyses_stops_the_workflow_before_a
 
     # Assert: the partition is its own again, and nothing made from it would be made again
     assert "Nothing to be done" in proc.stdout + proc.stderr
+
+    # Execute: the run's trajectory recording another run (the Hessian job reads it)
+    trajectory = next((workdir / "results/train").rglob("trajectory.pt"))
+    finished = {p: p.read_bytes() for p in (workdir / "results").rglob("*") if p.is_file() and p != trajectory}
+    _foreign_trajectory(trajectory)
+    proc = snakemake(workdir, "--configfile", "one.yaml", check=False)
+
+    # Assert: stopped before the Hessian job deleted its outputs
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "is not the trajectory checkpoint of this job: run_id" in out and "nothing ran" in out
+    assert f"--forcerun {shlex.quote(str(trajectory.relative_to(workdir)))}" in out
+    assert {p: p.read_bytes() for p in finished if p.exists()} == finished
+
+
+def _foreign_trajectory(path: Path) -> None:
+    """The run's trajectory saved again recording the run of another seed (as that run's file would)."""
+    from fedscape.models.checkpoint import save_trajectory
+
+    traj = load_trajectory(path)
+    other = traj.meta["run_id"].replace("seed~0", "seed~1")
+    save_trajectory(path, traj.params, traj.buffers, traj.rounds, traj.model_meta, {**traj.meta, "run_id": other})
 
 
 def test_every_computing_job_records_its_device_and_precision(tiny_run):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -75,11 +76,27 @@ def load_schema(path: str | Path) -> dict:
 
 
 def validate_config(config: dict, schema: dict) -> dict:
-    """Fill defaults into `config` in place and raise ConfigError listing every schema violation."""
+    """Fill defaults into `config` in place and raise ConfigError listing every schema violation and every number
+    that is not finite."""
     errors = sorted(default_filling_validator()(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        raise ConfigError("invalid config:\n" + "\n".join(f"  - {_describe(e)}" for e in errors))
+    problems = non_finite(config) + [_describe(e) for e in errors]
+    if problems:
+        raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
     return config
+
+
+def non_finite(value, where: tuple = ()) -> list[str]:
+    """'<key>: nan is not a finite number' for every NaN or infinite number in `value` (YAML's .nan and .inf).
+
+    A schema bound does not stop them: NaN compares false with every bound (`minimum: 0` passes it), and inf passes
+    every lower bound, so a learning rate or a coefficient of .nan would train a diverging run silently."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{key_path(where)}: {value} is not a finite number"]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in non_finite(v, (*where, k))]
+    if isinstance(value, list | tuple):
+        return [p for i, v in enumerate(value) for p in non_finite(v, (*where, i))]
+    return []
 
 
 def key_path(parts: Iterable) -> str:

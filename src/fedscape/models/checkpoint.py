@@ -33,8 +33,9 @@ from fedscape.core.runs import parse_run_id
 from fedscape.data.specs import DATASETS
 from fedscape.models.networks import build_model
 from fedscape.models.params import load_buffers, load_params
+from fedscape.models.specs import CHECKPOINT_FORMAT
 
-FORMAT = "fedscape-checkpoint-v1"
+FORMAT = CHECKPOINT_FORMAT
 
 
 class CheckpointError(RuntimeError):

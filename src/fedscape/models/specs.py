@@ -20,6 +20,9 @@ NORMS: tuple[str, ...] = ("batch", "group", "none")
 # computes, so a run on a GPU agrees with one on a CPU to float32 rounding.
 PRECISIONS = ("fp32", "tf32", "bf16")
 DEFAULT_PRECISION = "fp32"
+# The format a checkpoint (fedscape.models.checkpoint) records; planning reads it without torch
+# (fedscape.core.provenance.checkpoint_record).
+CHECKPOINT_FORMAT = "fedscape-checkpoint-v1"
 EVAL_BATCH_SIZE = 1024  # samples per forward pass of an evaluation: bounds memory, the results do not depend on it
 
 

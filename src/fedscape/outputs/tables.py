@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -11,7 +10,7 @@ import pandas as pd
 
 from fedscape.core.io import remake_hint, write_csv
 from fedscape.core.paths import run_of_path
-from fedscape.core.provenance import belongs_problem
+from fedscape.core.provenance import belongs_problem, csv_cut_problem
 from fedscape.fl.settings import NUMERIC_ROUND_METRICS
 
 
@@ -67,17 +66,9 @@ def read_table(path: str | Path, columns: Iterable[str] = (), numeric: Iterable[
 
 def _check_whole(path: str | Path, text: str) -> None:
     """TableError naming the first line of `text` that is cut short or has another field count than the header."""
-    if not text:
-        return  # pandas reports an empty file
-    lines = list(csv.reader(io.StringIO(text)))
-    width = len(lines[0])
-    if not text.endswith("\n"):
-        raise TableError(f"{path}, line {len(lines)}: cut short (no end of line; the file was not written to the "
-                         f"end); {remake_hint(path)}")
-    for number, fields in enumerate(lines[1:], start=2):
-        if fields and len(fields) != width:
-            raise TableError(f"{path}, line {number}: {len(fields)} fields where the header has {width}; "
-                             f"{remake_hint(path)}")
+    problem = csv_cut_problem(path, text)
+    if problem is not None:
+        raise TableError(f"{problem}; {remake_hint(path)}")
 
 
 def concat_tables(inputs: list[str | Path], output: str | Path, columns: list[str] | None = None,

@@ -8,17 +8,25 @@ modules of the lower layers (tests/unit/test_architecture.py checks it).
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
+import zipfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
+
 import fedscape.plan as _package
 from fedscape.core.config import ConfigError, duplicate_keys, load_schema, read_config_file, validate_config
-from fedscape.core.paths import PARTITION_DIR, parse_path
+from fedscape.core.io import remake_hint
+from fedscape.core.paths import PARTITION_DIR, parse_path, run_of_path
+from fedscape.core.provenance import belongs_problem, checkpoint_record, table_problem
 from fedscape.core.runs import WILDCARD_CONSTRAINTS, Run, build_runs
 from fedscape.data.partition import PartitionError, check_partition_file
 from fedscape.data.specs import DATASET_NAMES, DATASETS, NO_DOWNLOAD
+from fedscape.models.specs import CHECKPOINT_FORMAT
 
 PARTITION_FILE = f"{PARTITION_DIR}/partition.npz"
 FIRST = "train"  # its checks come first: every other stage reads the run grid it checks
@@ -136,31 +144,84 @@ def check_data(config: dict, runs: list[Run], jobs: Iterable[tuple[str, dict]] |
                           "data):\n" + "\n".join(f"  - {p}" for p in dict.fromkeys(problems)))
 
 
-def check_read_partitions(inputs: Iterable[str], remade: Iterable[str]) -> None:
-    """ConfigError listing every existing partition file that a job about to run reads and that is not the
-    partition its path names (another run's, or damaged); `remade`: the outputs of the jobs about to run (a
-    partition among them is made afresh, not read as it is).
+def check_read_files(inputs: Iterable[str], remade: Iterable[str], results_root: str | Path) -> None:
+    """ConfigError listing every existing result below `results_root` that a job about to run reads and that it
+    could not read, or that is not its job's (another run's); `remade`: the outputs of the jobs about to run (made
+    afresh, not read as they are).
 
     Called when Snakemake starts executing, before any job: a job that failed on such a file would cost its
     finished outputs (Snakemake deletes a job's outputs before running it), and a job that did not fail would
-    compute on another run's data.
+    compute on another run's data. Checked without torch or pandas: a partition (`check_partition_file`), a
+    checkpoint (readable, its format and kind, the run it records), a CSV table (whole, and a per-run table's
+    `run_id` in every row), an .npz file (every array readable) and a JSON file.
     """
     remade = {str(Path(p)) for p in remade}
-    problems = []
+    root = Path(results_root)
+    problems, partitions = [], False
     for path in dict.fromkeys(str(Path(p)) for p in inputs):
-        fields = parse_path(PARTITION_FILE, path)
-        if fields is None or path in remade or not Path(path).exists():
+        if path in remade or not Path(path).is_file() or root not in Path(path).parents:
             continue
-        try:
-            check_partition_file(path, fields["dataset"], int(fields["num_clients"]), fields["alpha"],
-                                 int(fields["seed"]))
-        except PartitionError as exc:
-            problems.append(str(exc))
+        if parse_path(PARTITION_FILE, path) is not None:
+            problem = _partition_problem(path)
+            partitions = partitions or problem is not None
+        else:
+            problem = read_problem(path)
+            problem = None if problem is None else f"{problem}; {remake_hint(path)}"
+        if problem is not None:
+            problems.append(problem)
     if problems:
-        raise ConfigError("a partition that the jobs about to run read is not theirs (nothing ran, no output was "
-                          "deleted):\n" + "\n".join(f"  - {p}" for p in problems) + "\nA partition is remade "
-                          "bit-identical from its seed: after remaking it, continue with `snakemake --rerun-triggers "
-                          "params input code software-env` so that what was made from it is not made again.")
+        advice = ("\nA partition is remade bit-identical from its seed: after remaking it, continue with `snakemake "
+                  "--rerun-triggers params input code software-env` so that what was made from it is not made "
+                  "again.") if partitions else ""
+        raise ConfigError("a file that the jobs about to run read is damaged or not theirs (nothing ran, no output "
+                          "was deleted):\n" + "\n".join(f"  - {p}" for p in problems) + advice)
+
+
+def _partition_problem(path: str) -> str | None:
+    fields = parse_path(PARTITION_FILE, path)
+    try:
+        check_partition_file(path, fields["dataset"], int(fields["num_clients"]), fields["alpha"],
+                             int(fields["seed"]))
+    except PartitionError as exc:
+        return str(exc)
+    return None
+
+
+def read_problem(path: str | Path) -> str | None:
+    """Why a workflow result (other than a partition) cannot be read by the job that reads it, or None: by its
+    suffix, a checkpoint (.pt), a CSV table, an .npz or a JSON file; other files are not checked."""
+    suffix = Path(path).suffix
+    if suffix == ".pt":
+        try:
+            record = checkpoint_record(path)
+        except ValueError as exc:
+            return str(exc)
+        kind = "clients" if Path(path).name == "clients.pt" else "trajectory"
+        try:
+            run_id = json.loads(record.get("meta", "{}")).get("run_id")
+        except (json.JSONDecodeError, AttributeError):
+            run_id = None
+        found = {"format": record.get("format"), "kind": record.get("kind")}
+        expected = {"format": CHECKPOINT_FORMAT, "kind": kind}
+        if run_of_path(path) and run_id is not None:  # an init's checkpoint records no run: several start from it
+            found["run_id"], expected["run_id"] = run_id, run_of_path(path)["run_id"]
+        return belongs_problem(path, f"the {kind} checkpoint of this job", expected, found)
+    if suffix == ".csv":
+        return table_problem(path, run_of_path(path))
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                for key in f.files:
+                    f[key]  # noqa: B018 (every array readable: the archive's checksums)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            return f"{path} is not a readable .npz file ({type(exc).__name__}: {exc})"
+        return None
+    if suffix == ".json":
+        try:
+            json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return f"{path} is not a readable JSON file ({type(exc).__name__}: {exc})"
+    return None
 
 
 def _data_dir_problems(where: str, name: str, options: dict, key: str = "data_dir") -> list[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedscape.core.io import remake_hint, write_csv
+from fedscape.core.paths import run_of_path
 from fedscape.fl.schedule import parse_work, work_text
 from fedscape.outputs.tables import read_table
 
@@ -26,7 +27,7 @@ METRICS_COLUMNS = ["run_id", "dataset", "model", "algorithm", "alpha", "num_clie
 
 def _run_rounds(metrics: str | Path, meta_path: str | Path) -> pd.DataFrame:
     """A run's rounds 1.. with its device, algorithm name, local work and batch size from meta.json."""
-    df = read_table(metrics, METRICS_COLUMNS)
+    df = read_table(metrics, METRICS_COLUMNS, expect=run_of_path(metrics))  # another run's metrics.csv is refused
     meta = json.loads(Path(meta_path).read_text())
     settings = meta.get("settings", {})
     training = settings.get("training", {})

@@ -141,10 +141,16 @@ def measure(kind: StepKind, args: argparse.Namespace, device: torch.device) -> d
         # The reference: the same network, the same batches, torch's own loop.
         data = synthetic_clients(kind, 1, samples, device)
         plain_model = kind.build().to(device).train()
-        opt = torch.optim.SGD(plain_model.parameters(), lr=0.01, momentum=kind.momentum,
-                              weight_decay=kind.weight_decay)
+        start = [p.detach().clone() for p in plain_model.parameters()]
 
         def plain_epoch():
+            # From the same weights every call, as a client starts from the global model: a model trained on
+            # through the repeats drifts (on random labels towards tiny, even subnormal, values: slow on a CPU).
+            with torch.no_grad():
+                for p, p0 in zip(plain_model.parameters(), start, strict=True):
+                    p.copy_(p0)
+            opt = torch.optim.SGD(plain_model.parameters(), lr=0.01, momentum=kind.momentum,
+                                  weight_decay=kind.weight_decay)
             for b in range(args.steps):
                 sl = slice(b * kind.batch_size, (b + 1) * kind.batch_size)
                 opt.zero_grad(set_to_none=True)

@@ -405,6 +405,43 @@ def test_hutchpp_is_unbiased_and_beats_hutchinson_at_equal_products():
     assert np.mean([abs(e) <= 3 * r.stderr for e, r in zip(pp_err, pp, strict=True)]) > 0.9  # stderr is honest
 
 
+@pytest.mark.parametrize(("matrix", "products"), [("decaying", 10), ("decaying", 20), ("diagonal", 10),
+                                                 ("diagonal", 20)])
+def test_hutchpp_standard_error_covers_the_trace_at_small_budgets(matrix, products):
+    """+-2 stderr covers the exact trace in ~95% of 200 seeds at 10 products (4 residual probes). The spread of
+    the 4 samples z^T A z covered it in 79.5% (decaying spectrum) and 77.5% (diagonal plus low rank) at 10
+    products, 87% and 88.5% at 20: measured by hand with that estimator on these matrices."""
+    # Prepare: a decaying spectrum, and a diagonal-dominated one (where sum_i A_ii^2 ~ ||A||_F^2)
+    if matrix == "decaying":
+        H = decaying_spectrum(200)
+    else:
+        g = torch.Generator().manual_seed(1)
+        q, _ = torch.linalg.qr(torch.randn(300, 5, generator=g, dtype=torch.float64))
+        H = torch.diag(2 * torch.rand(300, generator=g, dtype=torch.float64)) + q @ torch.diag(
+            torch.tensor([50.0, 20, 10, 5, 2], dtype=torch.float64)) @ q.T
+
+    # Execute
+    results = [hutchpp(DenseOperator(H), products, seed=s) for s in range(200)]
+
+    # Assert: the binomial sd of the coverage over 200 seeds is 1.5%; nominal 95.4%
+    errors = np.array([r.trace - float(H.trace()) for r in results])
+    stderr = np.array([r.stderr for r in results])
+    assert np.mean(np.abs(errors) <= 2 * stderr) >= 0.9
+    assert 0.8 < stderr.mean() / math.sqrt((errors**2).mean()) < 1.25  # neither too small nor inflated
+
+
+def test_hutchpp_standard_error_covers_a_model_hessians_trace_at_10_products(tiny):
+    """The tiny model's Hessian, 200 seeds of 10 products: +-2 stderr covered the trace in 84% with the spread of
+    the 4 residual samples (measured by hand), ~95% now."""
+    # Execute
+    with HessianOperator(tiny["model64"], tiny["x"].double(), tiny["y"]) as op:
+        results = [hutchpp(op, 10, seed=s) for s in range(200)]
+
+    # Assert
+    errors = np.array([r.trace - float(tiny["H"].trace()) for r in results])
+    assert np.mean(np.abs(errors) <= 2 * np.array([r.stderr for r in results])) >= 0.9
+
+
 def test_hutchpp_uses_exactly_its_budget_and_needs_four_products():
     # Prepare
     op = DenseOperator(decaying_spectrum(50))

@@ -14,7 +14,7 @@ from helpers.configs import tiny_config
 from helpers.workflow import ROOT
 from torch import nn
 
-from fedscape.analysis.hessian.definitions import HessianSettings
+from fedscape.analysis.hessian.definitions import HessianSettings, job_settings, settings_of_job
 from fedscape.analysis.hessian.maths import (
     HessianOperator,
     analyse,
@@ -34,7 +34,7 @@ from fedscape.analysis.landscape.planes import load_plane
 from fedscape.core.config import ConfigError, load_schema
 from fedscape.core.runs import build_runs
 from fedscape.models.networks import BatchNorm2d
-from fedscape.plan.hessian import hessian_jobs
+from fedscape.plan.hessian import hessian_job_settings, hessian_jobs, settings_from_config
 from fedscape.plan.workflow import check_config
 
 N_SAMPLES = 160
@@ -476,6 +476,52 @@ def test_analyse_with_hutchpp_on_a_model_matches_its_exact_hessian(tiny):
 def test_trace_estimator_settings_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         HessianSettings(**kwargs)
+
+
+def test_the_default_estimator_is_hutchpp_from_the_schema():
+    # Execute
+    config = check_config(tiny_config(), SCHEMA)
+
+    # Assert: the schema's default, which the settings' own default repeats for direct callers
+    default = SCHEMA["properties"]["hessian"]["properties"]["trace_estimator"]["default"]
+    assert default == config["hessian"]["trace_estimator"] == HessianSettings().trace_estimator == "hutchpp"
+    assert settings_from_config(config["hessian"]).trace_estimator == "hutchpp"
+
+
+def test_job_settings_rerun_the_jobs_the_new_default_changes_and_keep_hutchinson_jobs():
+    """Jobs that ran before trace_estimator existed computed with Hutchinson and their settings have no such key: an
+    explicit hutchinson keeps those settings (no rerun), the hutchpp default writes the key (a rerun)."""
+    # Prepare
+    runs = build_runs(check_config(tiny_config(), SCHEMA))
+    run, _ = hessian_jobs(check_config(tiny_config(), SCHEMA), runs)[0]
+
+    # Execute
+    default = hessian_job_settings(check_config(tiny_config(), SCHEMA), runs, run, 0)["hessian"]
+    explicit = hessian_job_settings(check_config(tiny_config(trace_estimator="hutchinson"), SCHEMA), runs, run,
+                                    0)["hessian"]
+
+    # Assert
+    assert default["trace_estimator"] == "hutchpp"
+    assert "trace_estimator" not in explicit and "sharpness" not in explicit and "precision" not in explicit
+    assert settings_of_job(default).trace_estimator == "hutchpp"
+    assert settings_of_job(explicit).trace_estimator == "hutchinson"
+    assert settings_of_job(job_settings(HessianSettings(trace_probes=7))) == HessianSettings(trace_probes=7)
+
+
+@pytest.mark.parametrize(("hessian", "message"), [
+    ({"trace_estimator": "hutchins"}, "trace_estimator"),
+    ({"trace_probes": 3}, "needs trace_probes >= 4"),  # the default, hutchpp
+    ({"trace_estimator": "hutchpp", "trace_probes": 1}, "trace_probes"),
+])
+def test_trace_estimator_config_errors(hessian, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(tiny_config(**hessian), SCHEMA)
+
+
+def test_hutchinson_still_takes_two_probes_in_a_config():
+    config = check_config(tiny_config(trace_estimator="hutchinson", trace_probes=2), SCHEMA)
+
+    assert settings_from_config(config["hessian"]).trace_probes == 2
 
 
 # -- worst-case sharpness ---------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from fedscape.analysis.hessian.definitions import JOB_FILES, HessianSettings
+from fedscape.analysis.hessian.definitions import JOB_FILES, HessianSettings, job_settings
 from fedscape.core.config import ConfigError
 from fedscape.core.paths import HESSIAN_DIR, Results
 from fedscape.core.runs import select_runs
@@ -121,7 +121,7 @@ def hessian_job_settings(config: dict, runs: list, run, round_: int) -> dict:
         "round": int(round_),
         "dataset_options": config["datasets"][run.dataset],
         "device": config["training"]["device"],
-        "hessian": _job_hessian(asdict(settings_from_config(config["hessian"]))),
+        "hessian": job_settings(settings_from_config(config["hessian"])),
     }
     source = shared_source(config, runs, run, round_)
     if source is not None:
@@ -138,16 +138,6 @@ def hessian_inputs(config: dict, runs: list, run, round_: int) -> dict[str, str]
         return {"trajectory": results.run_file(run, "trajectory"), "partition": results.partition_file(run)}
     job = results(HESSIAN_DIR, **source.fields(), round=int(round_))
     return {f"source_{key}": f"{job}/{name}" for key, name in JOB_FILES.items()}
-
-
-# Settings added after results existed: a job's settings carry one only when it differs from its default, so
-# that adding it does not rerun every finished Hessian job.
-LATE_SETTINGS = ("trace_estimator", "sharpness", "sharpness_rho", "sharpness_steps", "sharpness_eta", "precision")
-
-
-def _job_hessian(settings: dict) -> dict:
-    defaults = asdict(HessianSettings())
-    return {k: v for k, v in settings.items() if not (k in LATE_SETTINGS and v == defaults[k])}
 
 
 def job_dirs(config: dict, runs: list) -> list[str]:

@@ -3,7 +3,7 @@ and the columns of its tables."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from fedscape.core.names import unknown_name_error
 from fedscape.models.specs import DEFAULT_PRECISION, PRECISIONS
@@ -26,9 +26,9 @@ class HessianSettings:
     max_iter: int = 100  # PyHessian's maxIter
     trace_probes: int = 300  # fixed Hutchinson probe count: PyHessian's early stop was measured at 4% error
     # "hutchpp": Hutch++ trace and Diag++ diagonal from the same `trace_probes` products (a low-rank sketch
-    # taken exactly, Hutchinson on the rest): about half the error at 100 products on the default run's
-    # model (benchmarks/bench_trace.py). Hutchinson stays the default so that finished results keep theirs.
-    trace_estimator: str = "hutchinson"
+    # taken exactly, Hutchinson on the rest; Meyer et al. 2021, Baston & Nakatsukasa 2022): lower trace and
+    # diagonal error at equal products on the default run's model (benchmarks/README.md, bench_trace.py).
+    trace_estimator: str = "hutchpp"
     eval_samples: int | None = 1024  # fixed set per data set; None = all samples (PyHessian: a fixed batch set)
     batch_size: int = 512  # samples per forward pass; the mean loss is weighted by batch size
     cache_graph: bool = True  # keep every batch's gradient graph for all products (memory) or rebuild it per product
@@ -77,6 +77,24 @@ class HessianSettings:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+
+# Settings added after results existed, each with the value every job computed with before it was added (not
+# necessarily today's default: trace_estimator was hutchinson, its default later became hutchpp). A job's settings
+# omit a late setting at that value, so that finished jobs keep their settings and Snakemake reruns none of them,
+# while a job computing otherwise (a changed default included) has it written and is rerun.
+LATE_SETTINGS = {"trace_estimator": "hutchinson", "sharpness": False, "sharpness_rho": 0.05, "sharpness_steps": 5,
+                 "sharpness_eta": 0.01, "precision": "fp32"}
+
+
+def job_settings(settings: HessianSettings) -> dict:
+    """The settings of a job as its `params` carry them: every field, less the late ones at their earlier value."""
+    return {k: v for k, v in asdict(settings).items() if not (k in LATE_SETTINGS and v == LATE_SETTINGS[k])}
+
+
+def settings_of_job(job: dict) -> HessianSettings:
+    """The HessianSettings of a job's settings (`job_settings`): an omitted late setting takes its earlier value."""
+    return HessianSettings(**{**LATE_SETTINGS, **job})
 
 
 def hessian_columns(top_k: int) -> list[str]:

@@ -442,6 +442,25 @@ def test_hutchpp_standard_error_covers_a_model_hessians_trace_at_10_products(tin
     assert np.mean(np.abs(errors) <= 2 * np.array([r.stderr for r in results])) >= 0.9
 
 
+def test_hutchpp_diagonal_falls_back_to_hutchinson_where_the_sketch_does_not_pay(tiny):
+    """On the tiny model's Hessian a sketch of the top eigenvectors does not shrink the diagonal's variance: the
+    estimated variances choose Hutchinson's diagonal from the k + m probes, within the variance ratio 30 / 20 of
+    Hutchinson with all 30 products; on a decaying spectrum they choose Diag++ (which the test above finds far
+    better)."""
+    # Execute
+    with HessianOperator(tiny["model64"], tiny["x"].double(), tiny["y"]) as op:
+        pp = [hutchpp(op, 30, seed=s) for s in range(20)]
+        hu = [hutchinson(op, 30, seed=s) for s in range(20)]
+    decaying = [hutchpp(DenseOperator(decaying_spectrum(200)), 30, seed=s) for s in range(20)]
+
+    # Assert
+    exact = tiny["H"].diagonal()
+    pp_mse = np.mean([float(((r.diagonal - exact) ** 2).sum()) for r in pp])
+    hu_mse = np.mean([float(((r.diagonal - exact) ** 2).sum()) for r in hu])
+    assert {r.diagonal_estimator for r in pp} == {"hutchinson"} and pp_mse < 2.0 * hu_mse
+    assert {r.diagonal_estimator for r in decaying} == {"diag++"}
+
+
 def test_hutchpp_uses_exactly_its_budget_and_needs_four_products():
     # Prepare
     op = DenseOperator(decaying_spectrum(50))

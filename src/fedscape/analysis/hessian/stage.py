@@ -47,6 +47,7 @@ def _row(run_id: str, round_: int, data: str, report, top_k: int) -> dict:
 def _details(report) -> dict:
     out = {"n_eval": report.n_eval, "loss": report.loss, "trace": report.hutchinson.trace,
            "trace_stderr": report.hutchinson.stderr, "trace_probes": report.hutchinson.probes,
+           "diagonal_estimator": report.hutchinson.diagonal_estimator,
            "hvp_products": report.products, "seconds": round(report.seconds, 3)}
     if report.eigen is not None:
         e = report.eigen

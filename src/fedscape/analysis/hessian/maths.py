@@ -42,18 +42,34 @@ _STREAM_EIGEN, _STREAM_PROBES, _STREAM_DENSITY, _STREAM_SUBSET, _STREAM_SKETCH =
 
 
 # -- the operator ----------------------------------------------------------------------------------
-class HessianOperator:
-    """Hessian-vector products of the mean cross-entropy over (x, y) by double backprop (Pearlmutter 1994).
+HVP_MODES = ("reverse", "forward")
 
-    The model is put in eval mode for the operator's lifetime (restored by `close`). With
-    `cache_graph`, the gradient graph of every batch is built once and each product is one
-    backward pass through it (PyHessian); otherwise every product rebuilds it batch by batch (less
-    memory, about one extra gradient per product). Uneven batches are weighted by their size so the
-    operator is the Hessian of the mean loss over all samples. TF32 matmuls and convolutions are
-    switched off on CUDA until `close` (their ~1e-3 relative error would swamp a 1e-4 tolerance).
+
+def default_hvp_mode(device: torch.device | str) -> str:
+    """The HVP mode of a device: reverse-over-reverse on a CPU, where forward-over-reverse was measured slower
+    (benchmarks/README.md, bench_hvp.py); on CUDA too until forward-over-reverse is measured there."""
+    return "reverse"
+
+
+class HessianOperator:
+    """Hessian-vector products of the mean cross-entropy over (x, y) (Pearlmutter 1994).
+
+    `hvp="reverse"`: double backprop (reverse-over-reverse). With `cache_graph`, the gradient graph of every
+    batch is built once and each product is one backward pass through it (PyHessian); otherwise every product
+    rebuilds it batch by batch (less memory, about one extra gradient per product). `hvp="forward"`:
+    forward-over-reverse, the directional derivative of the gradient by forward-mode AD
+    (`torch.func.jvp` of `torch.func.grad`; Pearlmutter 1994's R-operator), one forward and one backward
+    pass with dual numbers per product and batch, no graph kept (`cache_graph` is ignored). None = the
+    device's default (`default_hvp_mode`).
+
+    The model is put in eval mode for the operator's lifetime (restored by `close`). Uneven batches are
+    weighted by their size so the operator is the Hessian of the mean loss over all samples. TF32 matmuls
+    and convolutions are switched off on CUDA until `close` (their ~1e-3 relative error would swamp a 1e-4
+    tolerance).
     """
 
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512, cache_graph: bool = True):
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512, cache_graph: bool = True,
+                 hvp: str | None = None):
         if len(y) == 0:
             raise ValueError("the evaluation set is empty")
         if len(x) != len(y):
@@ -74,11 +90,14 @@ class HessianOperator:
         self.dim = self.center.numel()
         self.batches = [(x[i:i + batch_size].to(self.device), y[i:i + batch_size].to(self.device))
                         for i in range(0, self.n, batch_size)]
-        self.cache_graph = cache_graph
+        self.mode = default_hvp_mode(self.device) if hvp is None else hvp
+        if self.mode not in HVP_MODES:
+            raise ValueError(f"unknown HVP mode {self.mode!r}: one of {', '.join(HVP_MODES)}")
+        self.cache_graph = cache_graph and self.mode == "reverse"
         self.products = 0
         self._w: Tensor | None = None
         self._grad: Tensor | None = None
-        if cache_graph:
+        if self.cache_graph:
             self._w = self.center.clone().requires_grad_(True)
             self._grad = self._gradient(self._w, create_graph=True)
 
@@ -110,6 +129,12 @@ class HessianOperator:
         if v.shape != self.center.shape:
             raise ValueError(f"vector has shape {tuple(v.shape)}, the parameters {tuple(self.center.shape)}")
         self.products += 1
+        if self.mode == "forward":
+            out = torch.zeros_like(self.center)
+            for xb, yb in self.batches:
+                gradient = torch.func.grad(lambda w, xb=xb, yb=yb: self._batch_loss(w, xb, yb))
+                out += torch.func.jvp(gradient, (self.center,), (v,))[1]
+            return out
         if self.cache_graph:
             return torch.autograd.grad(self._grad, self._w, v, retain_graph=True)[0].detach()
         out = torch.zeros_like(self.center)

@@ -50,7 +50,7 @@ def raw_config() -> dict:
                                      "boom_clients": {"run": BOOM, "clients": [0, 1]},
                                      "ok_vs_boom": {"a": HEALTHY, "b": BOOM, "rounds": [1]}}},
         "client_stats": {"enabled": True},
-        "hessian": {"enabled": True, "rounds": ["final"], "top_k": 2, "trace_probes": 4, "eval_samples": 32,
+        "hessian": {"enabled": True, "rounds": ["final"], "top_k": 2, "trace_probes": 2, "eval_samples": 32,
                     "max_iter": 10, "tol": 1.0e-2, "density": {"lanczos_steps": 6, "probes": 1}},
         "landscapes": {"boom_hessian": {"kind": "hessian", "runs": [BOOM], "resolution": 3}},
     }

@@ -543,39 +543,39 @@ def test_trace_estimator_settings_are_checked(kwargs, message):
         HessianSettings(**kwargs)
 
 
-def test_the_default_estimator_is_hutchpp_from_the_schema():
+def test_the_default_estimator_is_the_schemas():
     # Execute
     config = check_config(tiny_config(), SCHEMA)
 
     # Assert: the schema's default, which the settings' own default repeats for direct callers
     default = SCHEMA["properties"]["hessian"]["properties"]["trace_estimator"]["default"]
-    assert default == config["hessian"]["trace_estimator"] == HessianSettings().trace_estimator == "hutchpp"
-    assert settings_from_config(config["hessian"]).trace_estimator == "hutchpp"
+    assert default == config["hessian"]["trace_estimator"] == HessianSettings().trace_estimator == "hutchinson"
+    assert settings_from_config(config["hessian"]).trace_estimator == "hutchinson"
 
 
-def test_job_settings_rerun_the_jobs_the_new_default_changes_and_keep_hutchinson_jobs():
-    """Jobs that ran before trace_estimator existed computed with Hutchinson and their settings have no such key: an
-    explicit hutchinson keeps those settings (no rerun), the hutchpp default writes the key (a rerun)."""
+def test_job_settings_omit_a_late_setting_only_at_the_value_finished_jobs_had():
+    """Jobs that ran before trace_estimator existed computed with Hutchinson and their settings have no such key:
+    hutchinson keeps those settings (no rerun), hutchpp writes the key (a rerun), whatever the default is."""
     # Prepare
     runs = build_runs(check_config(tiny_config(), SCHEMA))
     run, _ = hessian_jobs(check_config(tiny_config(), SCHEMA), runs)[0]
 
     # Execute
-    default = hessian_job_settings(check_config(tiny_config(), SCHEMA), runs, run, 0)["hessian"]
-    explicit = hessian_job_settings(check_config(tiny_config(trace_estimator="hutchinson"), SCHEMA), runs, run,
-                                    0)["hessian"]
+    pp = hessian_job_settings(check_config(tiny_config(trace_estimator="hutchpp"), SCHEMA), runs, run, 0)["hessian"]
+    hu = hessian_job_settings(check_config(tiny_config(trace_estimator="hutchinson"), SCHEMA), runs, run,
+                              0)["hessian"]
 
     # Assert
-    assert default["trace_estimator"] == "hutchpp"
-    assert "trace_estimator" not in explicit and "sharpness" not in explicit and "precision" not in explicit
-    assert settings_of_job(default).trace_estimator == "hutchpp"
-    assert settings_of_job(explicit).trace_estimator == "hutchinson"
+    assert pp["trace_estimator"] == "hutchpp"
+    assert "trace_estimator" not in hu and "sharpness" not in hu and "precision" not in hu
+    assert settings_of_job(pp).trace_estimator == "hutchpp"
+    assert settings_of_job(hu).trace_estimator == "hutchinson"
     assert settings_of_job(job_settings(HessianSettings(trace_probes=7))) == HessianSettings(trace_probes=7)
 
 
 @pytest.mark.parametrize(("hessian", "message"), [
     ({"trace_estimator": "hutchins"}, "trace_estimator"),
-    ({"trace_probes": 3}, "needs trace_probes >= 4"),  # the default, hutchpp
+    ({"trace_estimator": "hutchpp", "trace_probes": 3}, "needs trace_probes >= 4"),
     ({"trace_estimator": "hutchpp", "trace_probes": 1}, "trace_probes"),
 ])
 def test_trace_estimator_config_errors(hessian, message):

@@ -31,7 +31,7 @@ def swa_config() -> dict:
                      "device": "cpu"},
         "interpolation": {"pairs": {}},
         "layer_barriers": {"pairs": {}},
-        "hessian": {"enabled": True, "rounds": ["final"], "top_k": 2, "trace_probes": 4, "eval_samples": 32,
+        "hessian": {"enabled": True, "rounds": ["final"], "top_k": 2, "trace_probes": 2, "eval_samples": 32,
                     "max_iter": 10, "tol": 1.0e-2, "density": {"enabled": False}},
     }
 

@@ -26,9 +26,10 @@ class HessianSettings:
     max_iter: int = 100  # PyHessian's maxIter
     trace_probes: int = 300  # fixed Hutchinson probe count: PyHessian's early stop was measured at 4% error
     # "hutchpp": Hutch++ trace and Diag++ diagonal from the same `trace_probes` products (a low-rank sketch
-    # taken exactly, Hutchinson on the rest; Meyer et al. 2021, Baston & Nakatsukasa 2022): lower trace and
-    # diagonal error at equal products on the default run's model (benchmarks/README.md, bench_trace.py).
-    trace_estimator: str = "hutchpp"
+    # taken exactly, Hutchinson on the rest; Meyer et al. 2021, Baston & Nakatsukasa 2022). Not the default:
+    # on bench_trace.py's cnn_small its trace erred 1.5x Hutchinson's at 10 products and 1.2x at 30, its
+    # diagonal more at 10-100 (benchmarks/README.md); it won only on the trace at 100.
+    trace_estimator: str = "hutchinson"
     eval_samples: int | None = 1024  # fixed set per data set; None = all samples (PyHessian: a fixed batch set)
     batch_size: int = 512  # samples per forward pass; the mean loss is weighted by batch size
     cache_graph: bool = True  # keep every batch's gradient graph for all products (memory) or rebuild it per product
@@ -79,10 +80,10 @@ class HessianSettings:
                 raise ValueError(message)
 
 
-# Settings added after results existed, each with the value every job computed with before it was added (not
-# necessarily today's default: trace_estimator was hutchinson, its default later became hutchpp). A job's settings
-# omit a late setting at that value, so that finished jobs keep their settings and Snakemake reruns none of them,
-# while a job computing otherwise (a changed default included) has it written and is rerun.
+# Settings added after results existed, each with the value every job computed with before it was added (kept
+# apart from the defaults, which may change). A job's settings omit a late setting at that value, so that finished
+# jobs keep their settings and Snakemake reruns none of them, while a job computing otherwise (under a changed
+# default too) has it written and is rerun.
 LATE_SETTINGS = {"trace_estimator": "hutchinson", "sharpness": False, "sharpness_rho": 0.05, "sharpness_steps": 5,
                  "sharpness_eta": 0.01, "precision": "fp32"}
 

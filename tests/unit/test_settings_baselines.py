@@ -11,14 +11,14 @@ import pytest
 import yaml
 from helpers.workflow import ROOT
 
-from fedscape.analysis.hessian.definitions import HessianSettings
+from fedscape.analysis.hessian.definitions import HESSIAN_BASELINES, HessianSettings, settings_of_job
 from fedscape.core.config import load_schema, without_baselines
 from fedscape.core.runs import build_runs
-from fedscape.fl.settings import TrainConfig
+from fedscape.fl.settings import TRAINING_BASELINES, TrainConfig
 from fedscape.plan.barriers import BARRIER_BASELINES, interpolation_pair, interpolation_settings
-from fedscape.plan.hessian import HESSIAN_BASELINES, hessian_job_settings
+from fedscape.plan.hessian import hessian_job_settings
 from fedscape.plan.landscape import LANDSCAPE_BASELINES, chunk_settings, landscape_plans, plane_settings
-from fedscape.plan.train import TRAINING_BASELINES, train_settings
+from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config
 
 # The training keys that every train job's settings have carried since the first results: the settings of a
@@ -64,14 +64,14 @@ def test_every_training_key_is_a_first_key_or_has_a_baseline():
 
     # Assert: a key added without a baseline would enter every finished job's settings and rerun it
     missing = keys - FIRST_TRAINING_KEYS - set(TRAINING_BASELINES)
-    assert not missing, f"give {sorted(missing)} a baseline in fedscape.plan.train.TRAINING_BASELINES"
+    assert not missing, f"give {sorted(missing)} a baseline in fedscape.fl.settings.TRAINING_BASELINES"
 
 
 def test_every_hessian_key_is_a_first_key_or_has_a_baseline():
     keys = {f.name for f in fields(HessianSettings)}
 
     missing = keys - FIRST_HESSIAN_KEYS - set(HESSIAN_BASELINES)
-    assert not missing, f"give {sorted(missing)} a baseline in fedscape.plan.hessian.HESSIAN_BASELINES"
+    assert not missing, f"give {sorted(missing)} a baseline in fedscape.analysis.hessian.definitions.HESSIAN_BASELINES"
 
 
 def test_the_default_config_s_jobs_carry_no_later_key(default_config):
@@ -124,3 +124,20 @@ def test_a_changed_default_reruns_the_jobs_that_relied_on_the_old_one(monkeypatc
 
     # Assert: the baseline is the behaviour before the key, not the default: the job's settings change
     assert "trace_estimator" not in before and after["trace_estimator"] == "hutchpp"
+
+
+def test_a_job_s_settings_read_back_take_the_baselines_not_the_current_defaults(monkeypatch):
+    # Prepare: baselines off today's defaults (as after a default changes), and job settings that omit the
+    # later keys (a finished job's)
+    monkeypatch.setitem(TRAINING_BASELINES, "precision", "bf16")
+    monkeypatch.setitem(HESSIAN_BASELINES, "sharpness_rho", 0.2)
+    training = {"rounds": 3, "local_epochs": 1, "batch_size": 8, "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0,
+                "save_clients_at": [], "eval_batch_size": 64, "client_parallel": "auto", "client_chunk_size": 64,
+                "device": "cpu", "bf16_autocast": False}
+
+    # Execute
+    cfg = TrainConfig.from_training(training, seed=0, participation=1.0)
+    hessian = settings_of_job({"top_k": 2})
+
+    # Assert: an omitted later key is its baseline, not the dataclass's default
+    assert cfg.precision == "bf16" and hessian.sharpness_rho == 0.2

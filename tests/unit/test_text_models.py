@@ -400,9 +400,13 @@ def test_hvp_through_the_token_models_equals_the_exact_hessian(hessian_case):
     # Execute
     with HessianOperator(hessian_case["model"], hessian_case["x"], hessian_case["y"], batch_size=10) as op:
         hv = op.hvp(v)
+    with HessianOperator(hessian_case["model"], hessian_case["x"], hessian_case["y"], batch_size=10,
+                         hvp="forward") as op:
+        forward = op.hvp(v)  # jvp of grad: exact here, unlike torch.func.hessian (exact_hessian's docstring)
 
     # Assert
     torch.testing.assert_close(hv, h @ v, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(forward, h @ v, rtol=1e-9, atol=1e-11)
     torch.testing.assert_close(h, h.T, rtol=1e-9, atol=1e-11)
 
 

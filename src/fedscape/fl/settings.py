@@ -32,6 +32,13 @@ ADAMW_KEYS = ("adamw_beta1", "adamw_beta2", "adamw_eps")  # the options only opt
 # train job's server-side SWA (`swa`: fedscape.fl.swa), and `bf16_autocast`, which `precision: bf16` replaced (only
 # its default, false, is accepted: it stays in the settings of every train job, so that finished runs keep theirs).
 JOB_ONLY_TRAINING_KEYS = ("device", "swa", "bf16_autocast")
+# Training keys added after results existed, with their baselines: how every run trained before the key
+# (`fedscape.core.config.without_baselines`): a job's settings leave a key out at its baseline, and reading them
+# back restores it. A new training key needs an entry here; tests/unit/test_settings_baselines.py checks it.
+TRAINING_BASELINES: dict[str, object] = {
+    "keep_optimizer_state": False, "local_steps": None, "optimizer": "sgd", "adamw_beta1": 0.9, "adamw_beta2": 0.999,
+    "adamw_eps": 1e-8, "lr_schedule": "constant", "lr_schedule_over": "rounds", "lr_warmup": 0.0, "precision": "fp32",
+}
 # What the engine measures after every round (round 0 = the initial model); `status` is ok or diverged.
 ROUND_METRICS = ("round", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "peak_mem_mb", "status")
 NUMERIC_ROUND_METRICS = tuple(m for m in ROUND_METRICS if m != "status")  # numbers (NaN where a run diverged)
@@ -101,9 +108,10 @@ class TrainConfig:
 
     @classmethod
     def from_training(cls, training: dict, **fields) -> TrainConfig:
-        """The TrainConfig of a config's (or a job's) `training` dict, the job-only keys left out, with `fields`
-        (the run's seed, participation, augmentation) on top."""
-        kept = {k: v for k, v in training.items() if k not in JOB_ONLY_TRAINING_KEYS}
+        """The TrainConfig of a config's (or a job's) `training` dict, the job-only keys left out, a key the job's
+        settings leave out at its baseline (`TRAINING_BASELINES`) restored, with `fields` (the run's seed,
+        participation, augmentation) on top."""
+        kept = {k: v for k, v in {**TRAINING_BASELINES, **training}.items() if k not in JOB_ONLY_TRAINING_KEYS}
         kept["save_clients_at"] = tuple(kept.get("save_clients_at", ()))
         return cls(**{**kept, **fields})
 

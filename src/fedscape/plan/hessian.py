@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from fedscape.analysis.hessian.definitions import JOB_FILES, HessianSettings
-from fedscape.core.config import ConfigError, without_baselines
+from fedscape.analysis.hessian.definitions import JOB_FILES, HessianSettings, job_settings
+from fedscape.core.config import ConfigError
 from fedscape.core.paths import HESSIAN_DIR, Results
 from fedscape.core.runs import select_runs
 from fedscape.plan.train import rounds_of
@@ -121,7 +121,7 @@ def hessian_job_settings(config: dict, runs: list, run, round_: int) -> dict:
         "round": int(round_),
         "dataset_options": config["datasets"][run.dataset],
         "device": config["training"]["device"],
-        "hessian": _job_hessian(asdict(settings_from_config(config["hessian"]))),
+        "hessian": job_settings(settings_from_config(config["hessian"])),
     }
     source = shared_source(config, runs, run, round_)
     if source is not None:
@@ -138,18 +138,6 @@ def hessian_inputs(config: dict, runs: list, run, round_: int) -> dict[str, str]
         return {"trajectory": results.run_file(run, "trajectory"), "partition": results.partition_file(run)}
     job = results(HESSIAN_DIR, **source.fields(), round=int(round_))
     return {f"source_{key}": f"{job}/{name}" for key, name in JOB_FILES.items()}
-
-
-# Settings added after results existed, with their baselines: how every Hessian job computed before the key
-# (`without_baselines`). Hutchinson's estimator is the trace's baseline whatever the default is now.
-HESSIAN_BASELINES: dict[str, object] = {
-    "trace_estimator": "hutchinson", "sharpness": False, "sharpness_rho": 0.05, "sharpness_steps": 5,
-    "sharpness_eta": 0.01, "precision": "fp32",
-}
-
-
-def _job_hessian(settings: dict) -> dict:
-    return without_baselines(settings, HESSIAN_BASELINES)
 
 
 def job_dirs(config: dict, runs: list) -> list[str]:

@@ -19,7 +19,7 @@ from fedscape.fl.hparams.registry import (
     hyperparameter_type_problems,
 )
 from fedscape.fl.schedule import DEFAULT_LOCAL_EPOCHS, WORK_KEYS
-from fedscape.fl.settings import TrainConfig
+from fedscape.fl.settings import TRAINING_BASELINES, TrainConfig
 from fedscape.fl.swa import check_swa, swa_config
 from fedscape.models.specs import (
     MODEL_NAMES,
@@ -29,13 +29,6 @@ from fedscape.models.specs import (
     check_token_options,
     model_option_problems,
 )
-
-# Training keys added after results existed, with their baselines: how every run trained before the key
-# (`without_baselines`). A new training key needs an entry here; test_settings_baselines checks it.
-TRAINING_BASELINES: dict[str, object] = {
-    "keep_optimizer_state": False, "local_steps": None, "optimizer": "sgd", "adamw_beta1": 0.9, "adamw_beta2": 0.999,
-    "adamw_eps": 1e-8, "lr_schedule": "constant", "lr_schedule_over": "rounds", "lr_warmup": 0.0, "precision": "fp32",
-}
 
 
 def job_training(training: dict) -> dict:

@@ -3,8 +3,9 @@ and the columns of its tables."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
+from fedscape.core.config import without_baselines
 from fedscape.core.names import unknown_name_error
 from fedscape.models.specs import DEFAULT_PRECISION, PRECISIONS
 
@@ -26,8 +27,9 @@ class HessianSettings:
     max_iter: int = 100  # PyHessian's maxIter
     trace_probes: int = 300  # fixed Hutchinson probe count: PyHessian's early stop was measured at 4% error
     # "hutchpp": Hutch++ trace and Diag++ diagonal from the same `trace_probes` products (a low-rank sketch
-    # taken exactly, Hutchinson on the rest): about half the error at 100 products on the default run's
-    # model (benchmarks/bench_trace.py). Hutchinson stays the default so that finished results keep theirs.
+    # taken exactly, Hutchinson on the rest; Meyer et al. 2021, Baston & Nakatsukasa 2022). Not the default:
+    # on bench_trace.py's cnn_small its trace erred 1.5x Hutchinson's at 10 products and 1.2x at 30, its
+    # diagonal more at 10-100 (benchmarks/README.md); it won only on the trace at 100.
     trace_estimator: str = "hutchinson"
     eval_samples: int | None = 1024  # fixed set per data set; None = all samples (PyHessian: a fixed batch set)
     batch_size: int = 512  # samples per forward pass; the mean loss is weighted by batch size
@@ -77,6 +79,24 @@ class HessianSettings:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+
+# Settings added after results existed, with their baselines: the value every job computed with before the setting
+# existed (`fedscape.core.config.without_baselines`), kept apart from the defaults, which may change.
+HESSIAN_BASELINES: dict[str, object] = {
+    "trace_estimator": "hutchinson", "sharpness": False, "sharpness_rho": 0.05, "sharpness_steps": 5,
+    "sharpness_eta": 0.01, "precision": "fp32",
+}
+
+
+def job_settings(settings: HessianSettings) -> dict:
+    """The settings of a job as its `params` carry them: every field, less the later ones at their baselines."""
+    return without_baselines(asdict(settings), HESSIAN_BASELINES)
+
+
+def settings_of_job(job: dict) -> HessianSettings:
+    """The HessianSettings of a job's settings (`job_settings`): an omitted later setting takes its baseline."""
+    return HessianSettings(**{**HESSIAN_BASELINES, **job})
 
 
 def hessian_columns(top_k: int) -> list[str]:

@@ -42,18 +42,34 @@ _STREAM_EIGEN, _STREAM_PROBES, _STREAM_DENSITY, _STREAM_SUBSET, _STREAM_SKETCH =
 
 
 # -- the operator ----------------------------------------------------------------------------------
-class HessianOperator:
-    """Hessian-vector products of the mean cross-entropy over (x, y) by double backprop (Pearlmutter 1994).
+HVP_MODES = ("reverse", "forward")
 
-    The model is put in eval mode for the operator's lifetime (restored by `close`). With
-    `cache_graph`, the gradient graph of every batch is built once and each product is one
-    backward pass through it (PyHessian); otherwise every product rebuilds it batch by batch (less
-    memory, about one extra gradient per product). Uneven batches are weighted by their size so the
-    operator is the Hessian of the mean loss over all samples. TF32 matmuls and convolutions are
-    switched off on CUDA until `close` (their ~1e-3 relative error would swamp a 1e-4 tolerance).
+
+def default_hvp_mode(device: torch.device | str) -> str:
+    """The HVP mode of a device: reverse-over-reverse on a CPU, where forward-over-reverse was measured slower
+    (benchmarks/README.md, bench_hvp.py); on CUDA too until forward-over-reverse is measured there."""
+    return "reverse"
+
+
+class HessianOperator:
+    """Hessian-vector products of the mean cross-entropy over (x, y) (Pearlmutter 1994).
+
+    `hvp="reverse"`: double backprop (reverse-over-reverse). With `cache_graph`, the gradient graph of every
+    batch is built once and each product is one backward pass through it (PyHessian); otherwise every product
+    rebuilds it batch by batch (less memory, about one extra gradient per product). `hvp="forward"`:
+    forward-over-reverse, the directional derivative of the gradient by forward-mode AD
+    (`torch.func.jvp` of `torch.func.grad`; Pearlmutter 1994's R-operator), one forward and one backward
+    pass with dual numbers per product and batch, no graph kept (`cache_graph` is ignored). None = the
+    device's default (`default_hvp_mode`).
+
+    The model is put in eval mode for the operator's lifetime (restored by `close`). Uneven batches are
+    weighted by their size so the operator is the Hessian of the mean loss over all samples. TF32 matmuls
+    and convolutions are switched off on CUDA until `close` (their ~1e-3 relative error would swamp a 1e-4
+    tolerance).
     """
 
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512, cache_graph: bool = True):
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512, cache_graph: bool = True,
+                 hvp: str | None = None):
         if len(y) == 0:
             raise ValueError("the evaluation set is empty")
         if len(x) != len(y):
@@ -74,11 +90,14 @@ class HessianOperator:
         self.dim = self.center.numel()
         self.batches = [(x[i:i + batch_size].to(self.device), y[i:i + batch_size].to(self.device))
                         for i in range(0, self.n, batch_size)]
-        self.cache_graph = cache_graph
+        self.mode = default_hvp_mode(self.device) if hvp is None else hvp
+        if self.mode not in HVP_MODES:
+            raise ValueError(f"unknown HVP mode {self.mode!r}: one of {', '.join(HVP_MODES)}")
+        self.cache_graph = cache_graph and self.mode == "reverse"
         self.products = 0
         self._w: Tensor | None = None
         self._grad: Tensor | None = None
-        if cache_graph:
+        if self.cache_graph:
             self._w = self.center.clone().requires_grad_(True)
             self._grad = self._gradient(self._w, create_graph=True)
 
@@ -110,6 +129,12 @@ class HessianOperator:
         if v.shape != self.center.shape:
             raise ValueError(f"vector has shape {tuple(v.shape)}, the parameters {tuple(self.center.shape)}")
         self.products += 1
+        if self.mode == "forward":
+            out = torch.zeros_like(self.center)
+            for xb, yb in self.batches:
+                gradient = torch.func.grad(lambda w, xb=xb, yb=yb: self._batch_loss(w, xb, yb))
+                out += torch.func.jvp(gradient, (self.center,), (v,))[1]
+            return out
         if self.cache_graph:
             return torch.autograd.grad(self._grad, self._w, v, retain_graph=True)[0].detach()
         out = torch.zeros_like(self.center)
@@ -318,9 +343,10 @@ class HutchinsonResult:
     """Trace and diagonal estimates from the same Rademacher probes (Hutchinson 1989; Bekas et al. 2007)."""
 
     trace: float
-    stderr: float  # standard error of the trace: std(z^T H z) / sqrt(probes)
+    stderr: float  # standard error of the trace (Hutchinson: std(z^T H z) / sqrt(probes); Hutch++: see hutchpp)
     diagonal: Tensor  # [P] float64 on the CPU: mean of z * Hz
-    samples: np.ndarray  # z^T H z per probe
+    samples: np.ndarray  # z^T H z per probe (Hutch++: z^T A z per residual probe)
+    diagonal_estimator: str = "hutchinson"  # or "diag++" (see hutchpp)
 
     @property
     def probes(self) -> int:
@@ -356,6 +382,32 @@ def hutchinson(op: HessianOperator, probes: int, seed: int = 0, every: float = 3
                             samples)
 
 
+class _ProbeMoments:
+    """Running sums over Rademacher probes p of the products v = M p of one matrix M: the mean of p * v estimates
+    diag(M) (Bekas et al. 2007), and `off_diagonal` the sum of its entries' variances, ||M||_F^2 - sum_i M_ii^2
+    (Var(p_i (Mp)_i) = sum_{j != i} M_ij^2 for Rademacher p)."""
+
+    def __init__(self, like: Tensor):
+        self.n, self.squares, self.diag_squares = 0, 0.0, 0.0
+        self.diag_sum = torch.zeros_like(like)
+
+    def add(self, p: Tensor, v: Tensor) -> None:
+        pv = p * v
+        self.n += 1
+        self.squares += float(v @ v)
+        self.diag_sum += pv
+        self.diag_squares += float(pv @ pv)
+
+    def diagonal(self) -> Tensor:
+        return self.diag_sum / self.n
+
+    def off_diagonal(self) -> float:
+        """||M||_F^2 - sum_i M_ii^2, unbiased (two probes or more): the mean of ||Mp||^2 less the mean over pairs
+        of probes of <p * Mp, p' * Mp'>, each averaging whole vectors rather than one number per probe."""
+        pairs = (float(self.diag_sum @ self.diag_sum) - self.diag_squares) / (self.n * (self.n - 1))
+        return self.squares / self.n - pairs
+
+
 def hutchpp(op: HessianOperator, products: int, seed: int = 0) -> HutchinsonResult:
     """tr(H) by Hutch++ (Meyer et al. 2021) and diag(H) by Diag++ (Baston & Nakatsukasa 2022), one budget.
 
@@ -364,7 +416,21 @@ def hutchpp(op: HessianOperator, products: int, seed: int = 0) -> HutchinsonResu
     trace of (I - QQ^T) H (I - QQ^T) as y^T (h - HQ Q^T z) with y = (I - QQ^T) z (Hutch++; HQ is known,
     so no second product), and the diagonal of (I - QQ^T) H as z * (I - QQ^T) h (unbiased for any Q;
     deflating both sides would miss the diagonal of the cross terms). With products >= 3 dim the
-    sketch spans the space and both are exact up to rounding. `stderr` is that of the trace residual.
+    sketch spans the space and both are exact up to rounding.
+
+    The diagonal is Diag++'s, or Hutchinson's from the same products' k + m Rademacher probes (the sketch's
+    and the residual's), whichever has the smaller estimated variance (`_ProbeMoments.off_diagonal` of H
+    over k + m probes against that of (I - QQ^T) H over m): Diag++ spends a third of the products on a
+    sketch, which pays only where the top eigenvectors carry the off-diagonal mass. On a tiny MLP's
+    Hessian it did not: cosine to the exact diagonal 0.61 against Hutchinson's 0.76 at 10 products,
+    0.94 against 0.97 at 100 (benchmarks/README.md).
+
+    `stderr` is that of the trace residual given the sketch, from Hutchinson's variance for Rademacher
+    probes, Var(z^T A z) = 2 (||A||_F^2 - sum_i A_ii^2) with A = (I - QQ^T) H (I - QQ^T) (Hutchinson 1989;
+    Avron & Toledo 2011), estimated by `_ProbeMoments` from whole vectors: the spread of the few z^T A z a
+    small budget leaves (4 at 10 products) gave a standard error whose +-2 covered the trace in 80% of the
+    seeds of a synthetic spectrum; this one in 96% (tests/unit/test_hessian.py). Where the estimate is not
+    positive, the spread is used.
     """
     k = min(products // 3, op.dim)
     probes = products - 2 * k
@@ -372,23 +438,36 @@ def hutchpp(op: HessianOperator, products: int, seed: int = 0) -> HutchinsonResu
         raise ValueError(f"Hutch++ needs at least 4 Hessian-vector products (a sketch column, its product and two "
                          f"probes for a standard error), got {products}")
     gen = _generator(seed, _STREAM_SKETCH)
-    hs = torch.stack([op.hvp(rademacher(op.dim, gen).to(op.device, op.dtype)).double() for _ in range(k)], dim=1)
+    sketch = [rademacher(op.dim, gen).to(op.device, torch.float64) for _ in range(k)]
+    hs = torch.stack([op.hvp(s.to(op.dtype)).double() for s in sketch], dim=1)
     q = torch.linalg.qr(hs, mode="reduced").Q
     hq = torch.stack([op.hvp(q[:, j].to(op.dtype)).double() for j in range(k)], dim=1)
     exact_trace = float((q * hq).sum())
-    diag = (q * hq).sum(dim=1)
-    residual = torch.zeros_like(diag)
+    residual_trace = _ProbeMoments(q[:, 0])  # of A = (I - QQ^T) H (I - QQ^T)
+    residual_diag = _ProbeMoments(q[:, 0])  # of (I - QQ^T) H
+    plain_diag = _ProbeMoments(q[:, 0])  # of H, over the sketch's probes and the residual's
+    for j, s in enumerate(sketch):
+        plain_diag.add(s, hs[:, j])
     samples = np.empty(probes)
     gen = _generator(seed, _STREAM_PROBES)
     for i in range(probes):
         z = rademacher(op.dim, gen).to(op.device, torch.float64)
         h = op.hvp(z.to(op.dtype)).double()
         qz = q.T @ z
-        residual += z * (h - q @ (q.T @ h))
-        samples[i] = float((z - q @ qz) @ (h - hq @ qz))
-    diag += residual / probes
-    return HutchinsonResult(exact_trace + float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(probes)),
-                            diag.cpu(), samples)
+        plain_diag.add(z, h)
+        residual_diag.add(z, h - q @ (q.T @ h))
+        hpz = h - hq @ qz  # H (I - QQ^T) z
+        samples[i] = float((z - q @ qz) @ hpz)
+        residual_trace.add(z, hpz - q @ (q.T @ hpz))
+    variance = 2.0 * residual_trace.off_diagonal()
+    if not variance > 0:
+        variance = float(samples.var(ddof=1))
+    if residual_diag.off_diagonal() / probes <= plain_diag.off_diagonal() / plain_diag.n:
+        diag, diagonal_estimator = (q * hq).sum(dim=1) + residual_diag.diagonal(), "diag++"
+    else:
+        diag, diagonal_estimator = plain_diag.diagonal(), "hutchinson"
+    return HutchinsonResult(exact_trace + float(samples.mean()), math.sqrt(variance / probes), diag.cpu(), samples,
+                            diagonal_estimator)
 
 
 def trace_and_diagonal(op: HessianOperator, settings: HessianSettings) -> HutchinsonResult:

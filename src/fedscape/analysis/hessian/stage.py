@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,9 @@ from fedscape.analysis.hessian.definitions import (
     AGGREGATE,
     CLIENT_COLUMNS,
     DENSITY_COLUMNS,
-    HessianSettings,
     client_label,
     hessian_columns,
+    settings_of_job,
 )
 from fedscape.analysis.hessian.maths import analyse, eval_subset, hessian_norm_direction, orthonormal_plane
 from fedscape.analysis.landscape.planes import META_KEYS, Plane, save_plane
@@ -46,6 +47,7 @@ def _row(run_id: str, round_: int, data: str, report, top_k: int) -> dict:
 def _details(report) -> dict:
     out = {"n_eval": report.n_eval, "loss": report.loss, "trace": report.hutchinson.trace,
            "trace_stderr": report.hutchinson.stderr, "trace_probes": report.hutchinson.probes,
+           "diagonal_estimator": report.hutchinson.diagonal_estimator,
            "hvp_products": report.products, "seconds": round(report.seconds, 3)}
     if report.eigen is not None:
         e = report.eigen
@@ -69,13 +71,13 @@ def write_eigen_plane(path: str | Path, center, center_buffers, d1, d2, meta: di
     save_plane(path, plane)
 
 
-@job_precision(lambda settings: HessianSettings(**settings["hessian"]).precision)
+@job_precision(lambda settings: settings_of_job(settings["hessian"]).precision)
 def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: str | Path,
                   outputs: dict[str, str | Path]) -> None:
     """One (run, round): Hessian metrics on the aggregate data and on each client's data; writes the
     job's hessian.csv, hessian_clients.csv, density.csv, eigen_plane.npz and hessian.json."""
     t_start = time.perf_counter()
-    hs = HessianSettings(**settings["hessian"])
+    hs = settings_of_job(settings["hessian"])
     run_id, round_ = settings["run_id"], int(settings["round"])
     device = resolve_device(settings["device"])
     traj = load_trajectory(trajectory_path, run_id=run_id)
@@ -97,7 +99,7 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
              agg.products, agg.seconds)
     rows = [_row(run_id, round_, AGGREGATE, agg, hs.top_k)]
     details = {"run_id": run_id, "round": round_, **describe_compute(device, hs.precision),
-               "settings": settings["hessian"], "data": {AGGREGATE: _details(agg)}}
+               "settings": asdict(hs), "data": {AGGREGATE: _details(agg)}}
     density_rows = []
     if agg.density is not None:
         for p, (nodes, weights) in enumerate(zip(agg.density.nodes, agg.density.weights, strict=True)):
@@ -147,7 +149,7 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
 def _write_diverged(settings: dict, traj, reason: str, outputs: dict[str, str | Path], t_start: float) -> None:
     """Skip a job whose model cannot be analysed (a diverged run), still writing every output: NaN rows with
     status `diverged`, no density, an all-NaN eigenvector plane marked `diverged` and the reason in hessian.json."""
-    hs = HessianSettings(**settings["hessian"])
+    hs = settings_of_job(settings["hessian"])
     run_id, round_ = settings["run_id"], int(settings["round"])
     log.warning("run %s, round %d: %s; the Hessian is not computed (NaN rows with status %r)", run_id, round_,
                 reason, DIVERGED)
@@ -167,5 +169,5 @@ def _write_diverged(settings: dict, traj, reason: str, outputs: dict[str, str | 
     write_eigen_plane(outputs["plane"], nan, np.full(traj.buffers.shape[1], np.nan, dtype=np.float32), nan, nan,
                       meta)
     details = {"run_id": run_id, "round": round_, "status": DIVERGED, "reason": reason,
-               "settings": settings["hessian"], "seconds": round(time.perf_counter() - t_start, 3)}
+               "settings": asdict(hs), "seconds": round(time.perf_counter() - t_start, 3)}
     write_json(outputs["details"], details, default=float)

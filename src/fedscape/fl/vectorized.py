@@ -5,14 +5,15 @@ idle: the models are small and the local batches are tiny. Here every client's p
 stacked along a leading client axis and one step of local SGD is taken for all still-active
 clients together, with `torch.func.functional_call` under `torch.func.vmap` (batched matmuls and
 grouped convolutions underneath), as in the ensembling recipe of `torch.func`. A model with its own
-`forward_stacked` (cnn_small, convnet) computes the same thing in a layout of its choosing:
+`forward_stacked` (cnn_small, convnet, the ResNets) computes the same thing in a layout of its choosing:
 channels-last grouped convolutions, with each ReLU before a max pool moved after it, which is about
-1.4x faster than the vmapped forward on a CPU.
+1.4x faster than the vmapped forward on a CPU (cnn_small, convnet).
 
-`client_parallel: auto` vectorises wherever that is exact on CUDA, but on a CPU only models with their own
-`forward_stacked` or that declare `vmap_faster_on_cpu` (mlp): under vmap the CPU speed depends on the model
-(mlp 3-6x faster than sequential training, resnet20 with group norm at 32x32 0.6-0.7x, char_lstm 0.4x), so
-elsewhere the sequential reference is kept unless `vectorized` is asked for (`speed_blocker`).
+`client_parallel: auto` vectorises wherever that is exact on CUDA, but on a CPU only models whose own
+`forward_stacked` is not known to be slower there (not the ResNets: resnet20 0.7-0.8x of sequential speed) or
+that declare `vmap_faster_on_cpu` (mlp): under vmap the CPU speed depends on the model (mlp 3-6x faster than
+sequential training, resnet20 with group norm at 32x32 0.6-0.7x, char_lstm 0.4x), so elsewhere the sequential
+reference is kept unless `vectorized` is asked for (`speed_blocker`).
 
 Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
 
@@ -37,14 +38,25 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
   parameters, the padded samples excluded by the loss mask, zero for a zero gradient) and the
   gradient of its masked loss at w + e, on the same batch, as `FedSAM.local_backward` does one client
   at a time;
-- batch norm is not exact with padded batches (and needs per-client running statistics), so models
-  with batch norm, or with any floating buffer, fall back to sequential training; so do algorithms
-  whose local training has no stacked form (`Strategy.vectorized` is False: SCAFFOLD, MOON, ...).
+- batch norm (Ioffe & Szegedy 2015) in a model's `forward_stacked` (`stacks_batch_norm`: the ResNets)
+  normalises each client with the mean and biased variance of its own real samples, the padded rows
+  masked out (`models.networks.stacked_batch_norm`; torch's own batch norm over the grouped channels
+  where a step has no padding), and moves that client's running statistics by the momentum towards
+  its mean and unbiased variance; each client starts from the global statistics and returns its own
+  (`ClientResult.buffers`), which the server averages (`Strategy.aggregate_buffers`). A client done
+  with its steps leaves the stack, so its statistics stay as its last step left them, as in sequential
+  training. Where a strategy evaluates the loss twice (FedSAM at w + e) only the first evaluation
+  updates them, as `FedSAM.local_backward` restores those of w;
+- a model with batch norm but no such stacked forward (under vmap padded rows would enter its
+  statistics), a cumulative-average batch norm (momentum None) or any other floating buffer falls back
+  to sequential training (`buffer_blocker`); so do algorithms whose local training has no stacked form
+  (`Strategy.vectorized` is False: SCAFFOLD, MOON, ...).
 
 One vectorised round equals one sequential round within float rounding (tests/unit/test_vectorized.py
 checks FedAvg, FedProx, FedNova and the server-optimiser variants, AdamW, lr schedules and unequal local
 work in float64, and in float32 to 1e-5 where float32 training is not chaotic; tests/unit/test_vectorized_sam.py
-FedSAM and FedASAM, in float64 at a large ascent radius). In float64 the two paths agree
+FedSAM and FedASAM, in float64 at a large ascent radius; tests/unit/test_vectorized_bn.py batch norm: parameters
+and running statistics, a small ResNet in float32, resnet20 in float64). In float64 the two paths agree
 to float64 rounding (1e-10 checked, ~1e-14 seen, also for resnet20 at 32x32): nothing is computed in float32
 there, the loss included (`at_least_float32`). In float32 a deep model's clients drift further apart: after a
 few steps a rounding difference of 1e-7 moves some ReLU input across 0, and from that step on the gradients

@@ -15,7 +15,8 @@ Conventions every model follows (other stages rely on them):
   client training uses it where present; a model with batch norm declares ``stacks_batch_norm`` and
   normalises each client over its own real samples, updating its own running statistics); a model
   without one that trains faster under ``vmap`` than one client after another on a CPU, as measured,
-  sets ``vmap_faster_on_cpu`` (``client_parallel: auto`` vectorises on a CPU only these two kinds).
+  sets ``vmap_faster_on_cpu``, and one whose ``forward_stacked`` was measured slower on a CPU clears
+  ``stacked_faster_on_cpu`` (``client_parallel: auto`` vectorises on a CPU only the faster ones).
 """
 
 from __future__ import annotations

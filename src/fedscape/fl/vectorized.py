@@ -133,7 +133,7 @@ def speed_blocker(model: nn.Module, device_type: str) -> str | None:
         if getattr(model, "stacked_faster_on_cpu", True):
             return None
         return (f"{type(model).__name__}'s forward_stacked is not known to train faster than one client after another "
-                f"on a {device_type} device (on a CPU resnet20 with batch norm 0.7x of sequential speed)")
+                f"on a {device_type} device (on a CPU resnet20 0.7-0.9x of sequential speed)")
     if getattr(model, "vmap_faster_on_cpu", False):
         return None
     return (f"{type(model).__name__} has no forward_stacked and is not known to train faster under vmap on a "

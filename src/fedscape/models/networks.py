@@ -547,7 +547,7 @@ class ResNet(ImageClassifier):
     """
 
     stacks_batch_norm = True
-    stacked_faster_on_cpu = False  # resnet20 0.7x of sequential speed on a CPU (benchmarks/README.md)
+    stacked_faster_on_cpu = False  # resnet20 0.7-0.9x of sequential speed on a CPU (benchmarks/README.md)
 
     def __init__(
         self,

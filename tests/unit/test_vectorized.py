@@ -164,10 +164,13 @@ def test_group_norm_resnet_vectorizes_exactly(monkeypatch, float64_default):
     assert_same_round(seq, vec, TOL64)
 
 
-@pytest.mark.parametrize(("name", "options", "augment"), [("resnet20", {"norm": "group"}, "crop_flip"),
-                                                          ("cnn_small", {}, "none")],
-                         ids=["resnet20-group-vmap", "cnn_small-forward_stacked"])
-def test_float64_vectorized_clients_equal_sequential_to_float64_rounding(name, options, augment, float64_default):
+@pytest.mark.parametrize(("name", "options", "augment", "stacked_forward"), [
+    ("resnet20", {"norm": "group"}, "crop_flip", False),
+    ("resnet20", {"norm": "group"}, "crop_flip", True),
+    ("cnn_small", {}, "none", True),
+], ids=["resnet20-group-vmap", "resnet20-group-forward_stacked", "cnn_small-forward_stacked"])
+def test_float64_vectorized_clients_equal_sequential_to_float64_rounding(name, options, augment, stacked_forward,
+                                                                        float64_default):
     # Prepare: unequal shards (partial, padded batches), momentum and weight decay, all in float64. In float64 the
     # two paths differ only by the order of float64 operations (~1e-15); a float32 step anywhere (the loss was once
     # taken on float32 logits) shows up as ~1e-7.
@@ -179,11 +182,13 @@ def test_float64_vectorized_clients_equal_sequential_to_float64_rounding(name, o
     strategy = make_strategy("fedavg")
 
     # Execute
-    vec = VectorizedTrainer(model, data, strategy, cfg).train_round(start, torch.zeros(0), [0, 1, 2, 3], round_=1)
+    trainer = VectorizedTrainer(model, data, strategy, cfg, stacked_forward=stacked_forward)
+    vec = trainer.train_round(start, torch.zeros(0), [0, 1, 2, 3], round_=1)
     seq = [sequential_mod.local_train(model, flat, start, torch.zeros(0), data, c, 1, strategy, cfg)[0]
            for c in range(4)]
 
     # Assert: float64 client models, equal to float64 rounding, and clearly moved by training
+    assert trainer.stacked_forward == stacked_forward
     for s, v in zip(seq, vec, strict=True):
         assert v.params.dtype == torch.float64
         assert (s.params - v.params).abs().max().item() <= 1e-10
@@ -201,29 +206,18 @@ def test_loss_logits_are_raised_to_float32_never_lowered(dtype, expected):
     assert torch.equal(got, logits.to(expected))
 
 
-@pytest.mark.parametrize("mode", ["auto", "vectorized"])
-def test_batch_norm_models_fall_back_or_fail_clearly(mode):
-    model = model_of("resnet20", norm="batch")
-    cfg = TrainConfig(client_parallel=mode)
-
-    if mode == "auto":
-        assert resolve_client_parallel(model, make_strategy("fedavg"), cfg) == "sequential"
-    else:
-        with pytest.raises(ValueError, match="batch norm"):
-            resolve_client_parallel(model, make_strategy("fedavg"), cfg)
-
-
 @pytest.mark.parametrize(("name", "options", "device_type", "expected"), [
     ("cnn_small", {}, "cpu", "vectorized"),  # own forward_stacked: faster on a CPU
     ("convnet", {}, "cpu", "vectorized"),  # (built for 3x32x32 images)
-    ("resnet20", {"norm": "group"}, "cpu", "sequential"),  # vmap only: measured slower on a CPU
+    ("resnet20", {"norm": "group"}, "cpu", "sequential"),  # its forward_stacked measured slower on a CPU
+    ("resnet20", {"norm": "batch"}, "cpu", "sequential"),  # likewise (exact: tests/unit/test_vectorized_bn.py)
     ("mlp", {}, "cpu", "vectorized"),  # vmap only, but measured faster on a CPU: vmap_faster_on_cpu
     ("char_lstm", {}, "cpu", "sequential"),  # vmap only: measured slower on a CPU
     ("char_lstm", {}, "cuda", "vectorized"),
     ("cnn_small", {}, "cuda", "vectorized"),
     ("resnet20", {"norm": "group"}, "cuda", "vectorized"),  # on CUDA whenever exact
     ("mlp", {}, "cuda", "vectorized"),
-    ("resnet20", {"norm": "batch"}, "cuda", "sequential"),  # not exact on any device
+    ("resnet20", {"norm": "batch"}, "cuda", "vectorized"),  # each client's batch norm over its real samples
 ])
 def test_auto_vectorises_vmap_models_on_a_cpu_only_where_measured_faster(name, options, device_type, expected, caplog):
     torch.manual_seed(0)
@@ -235,24 +229,25 @@ def test_auto_vectorises_vmap_models_on_a_cpu_only_where_measured_faster(name, o
         got = resolve_client_parallel(model, make_strategy("fedavg"), TrainConfig(), device_type=device_type)
 
     assert got == expected
-    slow = "has no forward_stacked" in caplog.text
-    assert slow == (expected == "sequential" and options.get("norm") != "batch")
+    slow = "is not known to train faster" in caplog.text
+    assert slow == (expected == "sequential")
 
 
+@pytest.mark.parametrize("norm", ["group", "batch"])
 @pytest.mark.parametrize("device_type", ["cpu", "cuda"])
-def test_explicit_vectorized_is_honoured_for_vmap_models_on_any_device(device_type, caplog):
-    model = model_of("resnet20", norm="group")
+def test_explicit_vectorized_is_honoured_where_auto_is_slower_on_a_cpu(device_type, norm, caplog):
+    model = model_of("resnet20", norm=norm)
     cfg = TrainConfig(client_parallel="vectorized")
 
     with caplog.at_level("INFO", logger="fedscape.train"):
         got = resolve_client_parallel(model, make_strategy("fedavg"), cfg, device_type=device_type)
 
     assert got == "vectorized"
-    assert ("vectorized as asked, though ResNet has no forward_stacked" in caplog.text) == (device_type == "cpu")
+    assert ("vectorized as asked, though ResNet's forward_stacked" in caplog.text) == (device_type == "cpu")
 
 
 def test_auto_takes_the_device_type_from_the_model():
-    # a CPU model and no device type given: the CPU rule (resnet20 under vmap trains sequentially)
+    # a CPU model and no device type given: the CPU rule (resnet20 trains sequentially there)
     model = model_of("resnet20", norm="group")
 
     assert resolve_client_parallel(model, make_strategy("fedavg"), TrainConfig()) == "sequential"

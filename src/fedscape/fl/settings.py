@@ -78,8 +78,9 @@ class TrainConfig:
     eval_batch_size: int = EVAL_BATCH_SIZE
     seed: int = 0  # client sampling and every client's batch order derive from it
     # How the clients of a round are trained (fedscape.fl.vectorized): "auto" trains them all at once
-    # whenever that is exact (no batch norm, an algorithm with vectorised local training), else one
-    # after another; "sequential" always one after another; "vectorized" insists.
+    # whenever that is exact (an algorithm with vectorised local training; batch norm only in a model's
+    # stacked forward) and, on a CPU, measured faster; else one after another; "sequential" always one
+    # after another; "vectorized" insists.
     client_parallel: str = "auto"
     client_chunk_size: int = 64  # clients trained together at most (bounds memory); 0 = all sampled clients
     # The float32 precision of the run's computations (fedscape.models.device.use_precision): fp32, tf32 (CUDA) or

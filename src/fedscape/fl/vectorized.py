@@ -5,14 +5,15 @@ idle: the models are small and the local batches are tiny. Here every client's p
 stacked along a leading client axis and one step of local SGD is taken for all still-active
 clients together, with `torch.func.functional_call` under `torch.func.vmap` (batched matmuls and
 grouped convolutions underneath), as in the ensembling recipe of `torch.func`. A model with its own
-`forward_stacked` (cnn_small, convnet) computes the same thing in a layout of its choosing:
+`forward_stacked` (cnn_small, convnet, the ResNets) computes the same thing in a layout of its choosing:
 channels-last grouped convolutions, with each ReLU before a max pool moved after it, which is about
-1.4x faster than the vmapped forward on a CPU.
+1.4x faster than the vmapped forward on a CPU (cnn_small, convnet).
 
-`client_parallel: auto` vectorises wherever that is exact on CUDA, but on a CPU only models with their own
-`forward_stacked` or that declare `vmap_faster_on_cpu` (mlp): under vmap the CPU speed depends on the model
-(mlp 3-6x faster than sequential training, resnet20 with group norm at 32x32 0.6-0.7x, char_lstm 0.4x), so
-elsewhere the sequential reference is kept unless `vectorized` is asked for (`speed_blocker`).
+`client_parallel: auto` vectorises wherever that is exact on CUDA, but on a CPU only models whose own
+`forward_stacked` is not known to be slower there (not the ResNets: resnet20 0.7-0.8x of sequential speed) or
+that declare `vmap_faster_on_cpu` (mlp): under vmap the CPU speed depends on the model (mlp 3-6x faster than
+sequential training, resnet20 with group norm at 32x32 0.6-0.7x, char_lstm 0.4x), so elsewhere the sequential
+reference is kept unless `vectorized` is asked for (`speed_blocker`).
 
 Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
 
@@ -37,14 +38,25 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
   parameters, the padded samples excluded by the loss mask, zero for a zero gradient) and the
   gradient of its masked loss at w + e, on the same batch, as `FedSAM.local_backward` does one client
   at a time;
-- batch norm is not exact with padded batches (and needs per-client running statistics), so models
-  with batch norm, or with any floating buffer, fall back to sequential training; so do algorithms
-  whose local training has no stacked form (`Strategy.vectorized` is False: SCAFFOLD, MOON, ...).
+- batch norm (Ioffe & Szegedy 2015) in a model's `forward_stacked` (`stacks_batch_norm`: the ResNets)
+  normalises each client with the mean and biased variance of its own real samples, the padded rows
+  masked out (`models.networks.stacked_batch_norm`; torch's own batch norm over the grouped channels
+  where a step has no padding), and moves that client's running statistics by the momentum towards
+  its mean and unbiased variance; each client starts from the global statistics and returns its own
+  (`ClientResult.buffers`), which the server averages (`Strategy.aggregate_buffers`). A client done
+  with its steps leaves the stack, so its statistics stay as its last step left them, as in sequential
+  training. Where a strategy evaluates the loss twice (FedSAM at w + e) only the first evaluation
+  updates them, as `FedSAM.local_backward` restores those of w;
+- a model with batch norm but no such stacked forward (under vmap padded rows would enter its
+  statistics), a cumulative-average batch norm (momentum None) or any other floating buffer falls back
+  to sequential training (`buffer_blocker`); so do algorithms whose local training has no stacked form
+  (`Strategy.vectorized` is False: SCAFFOLD, MOON, ...).
 
 One vectorised round equals one sequential round within float rounding (tests/unit/test_vectorized.py
 checks FedAvg, FedProx, FedNova and the server-optimiser variants, AdamW, lr schedules and unequal local
 work in float64, and in float32 to 1e-5 where float32 training is not chaotic; tests/unit/test_vectorized_sam.py
-FedSAM and FedASAM, in float64 at a large ascent radius). In float64 the two paths agree
+FedSAM and FedASAM, in float64 at a large ascent radius; tests/unit/test_vectorized_bn.py batch norm: parameters
+and running statistics, a small ResNet in float32, resnet20 in float64). In float64 the two paths agree
 to float64 rounding (1e-10 checked, ~1e-14 seen, also for resnet20 at 32x32): nothing is computed in float32
 there, the loss included (`at_least_float32`). In float32 a deep model's clients drift further apart: after a
 few steps a rounding difference of 1e-7 moves some ReLU input across 0, and from that step on the gradients
@@ -73,7 +85,7 @@ from fedscape.fl.local import client_generator, layer_seed, local_plan, round_wo
 from fedscape.fl.schedule import update_weight
 from fedscape.fl.settings import CLIENT_PARALLEL, TrainConfig
 from fedscape.fl.strategies.base import ClientResult, Strategy
-from fedscape.models.networks import has_forward_stacked
+from fedscape.models.networks import StackedNorm, has_forward_stacked
 
 log = logging.getLogger("fedscape.train")
 
@@ -81,13 +93,30 @@ def vectorization_blocker(model: nn.Module, strategy: Strategy) -> str | None:
     """Why this model/algorithm pair cannot be trained vectorised, or None when it can."""
     if not getattr(strategy, "vectorized", False):
         return f"algorithm {strategy.name!r} has no vectorised local training"
+    return buffer_blocker(model)
+
+
+def buffer_blocker(model: nn.Module, stacked_forward: bool = True) -> str | None:
+    """Why the model's normalisation or buffers cannot be trained per client in a stacked forward, or None: it has
+    no batch norm and no floating buffer, or its `forward_stacked` computes every batch norm per client
+    (`stacks_batch_norm`: statistics of the client's real samples, its own running statistics) and the trainer
+    uses it (`stacked_forward`; under vmap batch norm would take the padded rows into its statistics)."""
+    stacks = stacked_forward and has_forward_stacked(model) and getattr(model, "stacks_batch_norm", False)
+    statistics = set()
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            return (f"the model has batch norm ({name}), which is not exact with padded client batches "
-                    "(use norm: group, or client_parallel: sequential)")
-    buffers = [name for name, b in model.named_buffers() if b.is_floating_point()]
-    if buffers:
-        return f"the model has floating buffers ({buffers[0]}) that would need per-client copies"
+        if not isinstance(module, nn.modules.batchnorm._BatchNorm):
+            continue
+        if not stacks:
+            return (f"the model has batch norm ({name}) but no stacked forward that keeps each client's statistics "
+                    "apart, and padded client batches would enter them (use norm: group, or client_parallel: "
+                    "sequential)")
+        if module.track_running_stats and module.momentum is None:
+            return (f"the model's batch norm {name} averages its statistics cumulatively (momentum None), which "
+                    "needs a per-client batch count")
+        statistics.update({f"{name}.running_mean", f"{name}.running_var"})
+    for name, b in model.named_buffers():
+        if b.is_floating_point() and name not in statistics:
+            return f"the model has floating buffers ({name}) that would need per-client copies"
     return None
 
 
@@ -98,10 +127,17 @@ VMAP_DEVICE_TYPES = ("cuda",)
 
 def speed_blocker(model: nn.Module, device_type: str) -> str | None:
     """Why `auto` trains this model's clients one by one on `device_type` although vectorising is exact, or None."""
-    if device_type in VMAP_DEVICE_TYPES or has_forward_stacked(model) or getattr(model, "vmap_faster_on_cpu", False):
+    if device_type in VMAP_DEVICE_TYPES:
+        return None
+    if has_forward_stacked(model):
+        if getattr(model, "stacked_faster_on_cpu", True):
+            return None
+        return (f"{type(model).__name__}'s forward_stacked is not known to train faster than one client after another "
+                f"on a {device_type} device (on a CPU resnet20 0.7-0.9x of sequential speed)")
+    if getattr(model, "vmap_faster_on_cpu", False):
         return None
     return (f"{type(model).__name__} has no forward_stacked and is not known to train faster under vmap on a "
-            f"{device_type} device (on a CPU resnet20 0.6-0.7x, char_gpt 0.9x, char_lstm 0.4x of sequential speed)")
+            f"{device_type} device (on a CPU char_gpt 0.9x, char_lstm 0.4x of sequential speed)")
 
 
 def resolve_client_parallel(model: nn.Module, strategy: Strategy, cfg: TrainConfig,
@@ -229,10 +265,18 @@ class VectorizedTrainer:
         # The model's own grouped forward where it has one (cnn_small, convnet: channels-last grouped
         # convolutions, about 1.4x faster on a CPU), else functional_call under vmap.
         self.stacked_forward = stacked_forward and has_forward_stacked(model)
+        self.batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        reason = buffer_blocker(model, self.stacked_forward)
+        if reason is not None:
+            raise ValueError(f"cannot train this model vectorised: {reason}")
+        self.buffer_names = [name for name, b in model.named_buffers() if b.is_floating_point()]
+        self.buffer_shapes = [tuple(b.shape) for _, b in model.named_buffers() if b.is_floating_point()]
+        self.buffer_numels = [math.prod(s) for s in self.buffer_shapes]
         if self.stacked_forward:
             self._loss = self._stacked_loss
         else:
-            self._loss = vmap(self._client_loss, in_dims=(0, 0, 0, 0), randomness="different")
+            vmapped = vmap(self._client_loss, in_dims=(0, 0, 0, 0), randomness="different")
+            self._loss = lambda params, x, y, mask, norm: vmapped(params, x, y, mask)
 
     # -- one client's objective, vmapped over the client axis ------------------------------------------
     def _client_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
@@ -243,19 +287,35 @@ class VectorizedTrainer:
         return (ce * mask).sum() / mask.sum()
 
     def _stacked_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                      mask: torch.Tensor) -> torch.Tensor:
-        """`_client_loss` of every client at once through the model's `forward_stacked`: [K] losses."""
-        logits = self.model.forward_stacked(params, x)
+                      mask: torch.Tensor, norm: StackedNorm | None) -> torch.Tensor:
+        """`_client_loss` of every client at once through the model's `forward_stacked`: [K] losses; `norm`: its
+        batch norms' padding mask and running statistics (None for a model without batch norm)."""
+        if norm is None:
+            logits = self.model.forward_stacked(params, x)
+        else:
+            logits = self.model.forward_stacked(params, x, norm=norm)
         ce = F.cross_entropy(at_least_float32(logits).flatten(0, 1), y.flatten(), reduction="none")
         ce = ce.view_as(mask)
         return (ce * mask).sum(1) / mask.sum(1)
 
-    def _step_loss(self, xb: torch.Tensor, yb: torch.Tensor,
-                   mb: torch.Tensor) -> Callable[[list[torch.Tensor]], torch.Tensor]:
+    def _step_loss(self, xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor, padded: bool,
+                   running: dict[str, torch.Tensor] | None) -> Callable[[list[torch.Tensor]], torch.Tensor]:
         """The K clients' losses [K] on this step's batches as a function of stacked parameters (a list in
-        `named_parameters()` order), for `Strategy.local_gradients_vectorized`."""
+        `named_parameters()` order), for `Strategy.local_gradients_vectorized`.
+
+        With batch norm, `padded` says whether any row of the step is padding (else torch's batch norm over the
+        grouped channels is each client's), and the first evaluation alone updates the clients' `running`
+        statistics: a strategy evaluating the loss again (FedSAM at w + e) keeps those of w, as its sequential
+        `local_backward` restores them.
+        """
+        first = [True]
+
         def loss(params: list[torch.Tensor]) -> torch.Tensor:
-            return self._loss(dict(zip(self.names, params, strict=True)), xb, yb, mb)
+            norm = None
+            if self.batch_norm:
+                norm = StackedNorm(mb if padded else None, running if first[0] else None)
+                first[0] = False
+            return self._loss(dict(zip(self.names, params, strict=True)), xb, yb, mb, norm)
 
         return loss
 
@@ -280,8 +340,8 @@ class VectorizedTrainer:
 
     def train_round(self, global_params: torch.Tensor, global_buffers: torch.Tensor, sampled: list[int],
                     round_: int) -> list[ClientResult]:
-        """Local training of the `sampled` clients from `global_params` (the model has no floating buffers:
-        `vectorization_blocker`); results in `sampled` order."""
+        """Local training of the `sampled` clients from `global_params` and `global_buffers` (the running statistics
+        of batch norms, each client then keeping its own: `buffer_blocker`); results in `sampled` order."""
         work = round_work(self.cfg, round_, sampled, self.data.num_clients)
         plans = [self.plan(c, round_, w) for c, w in zip(sampled, work, strict=True)]
         # Longest first: the active clients of every step are then a prefix of the stack.
@@ -291,11 +351,13 @@ class VectorizedTrainer:
         for start in range(0, len(order), chunk):
             part = order[start : start + chunk]
             torch.manual_seed(layer_seed(self.cfg.seed, round_, plans[part[0]].client_id))
-            for i, result in zip(part, self._train_chunk(global_params, [plans[i] for i in part]), strict=True):
+            chunk_results = self._train_chunk(global_params, global_buffers, [plans[i] for i in part])
+            for i, result in zip(part, chunk_results, strict=True):
                 results[i] = result
         return results  # type: ignore[return-value]
 
-    def _train_chunk(self, global_params: torch.Tensor, plans: list[_ClientPlan]) -> list[ClientResult]:
+    def _train_chunk(self, global_params: torch.Tensor, global_buffers: torch.Tensor,
+                     plans: list[_ClientPlan]) -> list[ClientResult]:
         cfg, device = self.cfg, self.device
         k0, batch = len(plans), cfg.batch_size
         steps = [len(p.batches) for p in plans]  # non-increasing
@@ -304,6 +366,7 @@ class VectorizedTrainer:
         # Pad each step only to its longest real batch (not to the batch size): when every active client's
         # batch is partial (shards smaller than the batch size) the padded slots would be wasted work.
         width = [max(len(p.batches[t]) for p in plans[: active[t]]) for t in range(num_steps)]
+        padded = [any(len(p.batches[t]) < width[t] for p in plans[: active[t]]) for t in range(num_steps)]
 
         # Padded index and mask tensors [steps, clients, batch], built on the CPU, moved once.
         index = torch.zeros(num_steps, k0, batch, dtype=torch.long)
@@ -325,6 +388,10 @@ class VectorizedTrainer:
         # Stacked client parameters [k0, *shape] per tensor, all starting at the global model.
         global_views = [v.view(s) for v, s in zip(global_params.split(self.numels), self.shapes, strict=True)]
         stacked = [g.unsqueeze(0).expand(k0, *g.shape).clone() for g in global_views]
+        # Each client's own running statistics [k0, *shape], from the global ones; an inactive client's stay put.
+        buffer_views = [v.view(s) for v, s in zip(global_buffers.split(self.buffer_numels), self.buffer_shapes,
+                                                  strict=True)] if self.buffer_names else []
+        stacked_buffers = [g.unsqueeze(0).expand(k0, *g.shape).clone() for g in buffer_views]
         adamw = cfg.optimizer == "adamw"
         momentum = [torch.zeros_like(t) for t in stacked] if cfg.momentum and not adamw else None
         moments = ([torch.zeros_like(t) for t in stacked], [torch.zeros_like(t) for t in stacked]) if adamw else None
@@ -345,7 +412,8 @@ class VectorizedTrainer:
             xb, yb, mb = x_train[idx], y_train[idx], mask[t, :k, :w]
             if aug is not None:
                 xb = crop_flip_stacked(xb, aug[0, t, :k, :w], aug[1, t, :k, :w], aug[2, t, :k, :w].bool())
-            losses, grads = gradients(params, self._step_loss(xb, yb, mb))  # FedSAM: at its w + e
+            running = dict(zip(self.buffer_names, (b[:k] for b in stacked_buffers), strict=True))
+            losses, grads = gradients(params, self._step_loss(xb, yb, mb, padded[t], running))  # FedSAM: at w + e
             grads = unaliased(tuple(grads))
             with torch.no_grad():
                 adjust(params, global_views, grads)  # e.g. FedProx's mu (w - w_global)
@@ -373,10 +441,14 @@ class VectorizedTrainer:
 
         flat = torch.cat([s.reshape(k0, -1) for s in stacked], dim=1)
         losses_mean = (loss_sum.cpu() / torch.tensor(steps, dtype=torch.float32).clamp_min(1)).tolist()
-        empty = torch.zeros(0)  # no floating buffers (vectorization_blocker), as flatten_buffers gives
+        if stacked_buffers:
+            buffers = torch.cat([b.reshape(k0, -1) for b in stacked_buffers], dim=1)
+            client_buffers = [buffers[j].clone() for j in range(k0)]
+        else:
+            client_buffers = [torch.zeros(0)] * k0  # no floating buffers, as flatten_buffers gives
         sgd_momentum = 0.0 if adamw else cfg.momentum
-        return [ClientResult(p.client_id, p.num_samples, flat[j].clone(), empty, losses_mean[j], len(p.batches),
-                             update_weight(p.lrs, sgd_momentum)) for j, p in enumerate(plans)]
+        return [ClientResult(p.client_id, p.num_samples, flat[j].clone(), client_buffers[j], losses_mean[j],
+                             len(p.batches), update_weight(p.lrs, sgd_momentum)) for j, p in enumerate(plans)]
 
     def _adamw_step(self, params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
                     exp_avg_sq: list[torch.Tensor], lr: float | torch.Tensor, step: int) -> None:

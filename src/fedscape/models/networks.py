@@ -12,9 +12,11 @@ Conventions every model follows (other stages rely on them):
 - ``forward`` is deterministic: no model uses dropout or any other randomness;
 - a model may add ``forward_stacked(params, x)``: K models' logits on their own batches at once,
   equal to ``vmap(functional_call)`` but written for grouped layouts that run faster (vectorised
-  client training uses it where present); a model without one that trains faster under ``vmap`` than
-  one client after another on a CPU, as measured, sets ``vmap_faster_on_cpu`` (``client_parallel:
-  auto`` vectorises on a CPU only these two kinds).
+  client training uses it where present; a model with batch norm declares ``stacks_batch_norm`` and
+  normalises each client over its own real samples, updating its own running statistics); a model
+  without one that trains faster under ``vmap`` than one client after another on a CPU, as measured,
+  sets ``vmap_faster_on_cpu``, and one whose ``forward_stacked`` was measured slower on a CPU clears
+  ``stacked_faster_on_cpu`` (``client_parallel: auto`` vectorises on a CPU only the faster ones).
 """
 
 from __future__ import annotations
@@ -204,6 +206,92 @@ def stacked_layers(layers: nn.Sequential, params: Mapping[str, Tensor], prefix: 
     return h
 
 
+@dataclass
+class StackedNorm:
+    """What batch norm needs in a stacked forward besides the parameters (vectorised training).
+
+    ``mask`` [K, B]: 1 for a real sample of client k, 0 for a padded row (None: every row is real); each
+    client normalises with the batch statistics of its own real samples only. ``running``: the clients'
+    running statistics by buffer name, [K, *shape] each, updated in place as torch's BatchNorm updates
+    its own in training (None: normalise with batch statistics and update nothing, as a forward whose
+    statistics are discarded, FedSAM's second pass, does).
+    """
+
+    mask: Tensor | None = None
+    running: Mapping[str, Tensor] | None = None
+
+
+def stacked_conv(conv: nn.Conv2d, params: Mapping[str, Tensor], name: str, h: Tensor, k: int) -> Tensor:
+    """``conv`` of K stacked models on h in grouped layout [B, K*C, H, W] (``params[name + '.weight']``: [K, ...])."""
+    if conv.padding_mode != "zeros":
+        raise TypeError(f"stacked_conv has no grouped form of padding mode {conv.padding_mode!r} ({name})")
+    bias = params.get(f"{name}.bias")
+    return F.conv2d(h, params[f"{name}.weight"].flatten(0, 1), None if bias is None else bias.flatten(),
+                    conv.stride, conv.padding, conv.dilation, conv.groups * k)
+
+
+def stacked_batch_norm(h: Tensor, k: int, weight: Tensor | None, bias: Tensor | None, eps: float, momentum: float,
+                       mask: Tensor | None = None, running_mean: Tensor | None = None,
+                       running_var: Tensor | None = None) -> Tensor:
+    """Training-mode batch norm (Ioffe & Szegedy, 2015) of K models on h in grouped layout [B, K*C, H, W].
+
+    Each client's channel is normalised with the mean and biased variance of its own real rows (``mask``
+    [K, B], None: all rows), and its running statistics [K, C] move by ``momentum`` towards that mean and
+    the unbiased variance (n / (n - 1), n = real rows x H x W), as torch's BatchNorm2d does for one client.
+    A client without real rows keeps its running statistics. Without a mask, torch's own batch norm over the
+    K*C channels is exactly the K clients' batch norms.
+    """
+    flat_w = None if weight is None else weight.flatten()
+    flat_b = None if bias is None else bias.flatten()
+    if mask is None:
+        return F.batch_norm(h, None if running_mean is None else running_mean.view(-1),
+                            None if running_var is None else running_var.view(-1), flat_w, flat_b, True, momentum, eps)
+    b, kc, height, width = h.shape
+    c = kc // k
+    # Channels last, [B, H, W, K*C]: the grouped layout's memory order, so that every op below runs over contiguous
+    # memory with the channel axis innermost. Statistics in at least float32, as autocast runs torch's batch norm.
+    hl = h.permute(0, 2, 3, 1).to(torch.promote_types(h.dtype, torch.float32))
+    real = mask.to(hl.dtype)
+    rows = real.t().repeat_interleave(c, dim=1).view(b, 1, 1, kc)  # 1 where (row, channel) is a real sample's
+    n = (real.sum(1) * (height * width)).repeat_interleave(c)  # [K*C] values per channel
+    count = n.clamp_min(1)  # a client without real rows: statistics 0 (its outputs are unused)
+    mean = (hl * rows).sum((0, 1, 2)) / count
+    centered = hl - mean
+    var = (centered.square() * rows).sum((0, 1, 2)) / count  # biased: what normalises
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight.flatten()
+    out = centered * scale if bias is None else torch.addcmul(bias.flatten(), centered, scale)
+    if running_mean is not None and running_var is not None:
+        with torch.no_grad():
+            stepped = n > 0
+            unbiased = var * n / (n - 1).clamp_min(1)
+            flat_mean, flat_var = running_mean.view(-1), running_var.view(-1)
+            flat_mean.copy_(torch.where(stepped, (1 - momentum) * flat_mean + momentum * mean, flat_mean))
+            flat_var.copy_(torch.where(stepped, (1 - momentum) * flat_var + momentum * unbiased, flat_var))
+    return out.permute(0, 3, 1, 2)
+
+
+def stacked_norm(norm: nn.Module, params: Mapping[str, Tensor], name: str, h: Tensor, k: int,
+                 state: StackedNorm | None) -> Tensor:
+    """The normalisation layer ``norm`` (identity, group norm or batch norm in training) of K stacked models on h in
+    grouped layout [B, K*C, H, W]; batch norm per client over its real rows (``state``, `StackedNorm`)."""
+    if isinstance(norm, nn.Identity):
+        return h
+    weight, bias = params.get(f"{name}.weight"), params.get(f"{name}.bias")
+    if isinstance(norm, nn.GroupNorm):  # per sample: client k's groups are groups k*G .. k*G + G - 1
+        return F.group_norm(h, norm.num_groups * k, None if weight is None else weight.flatten(),
+                            None if bias is None else bias.flatten(), norm.eps)
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        if norm.momentum is None:
+            raise TypeError(f"stacked_norm has no grouped form of a cumulative-average batch norm ({name})")
+        state = state or StackedNorm()
+        running = state.running or {}
+        return stacked_batch_norm(h, k, weight, bias, norm.eps, norm.momentum, state.mask,
+                                  running.get(f"{name}.running_mean"), running.get(f"{name}.running_var"))
+    raise TypeError(f"stacked_norm has no grouped form of {type(norm).__name__} ({name})")
+
+
 class ImageClassifier(nn.Module):
     """Base class: ``forward(x) == classifier(forward_features(x))``."""
 
@@ -212,6 +300,12 @@ class ImageClassifier(nn.Module):
     # a CPU (benchmarks/README.md); `client_parallel: auto` vectorises on a CPU only such models and those with a
     # forward_stacked. False where measured slower (resnet20, char_gpt, char_lstm) or not measured.
     vmap_faster_on_cpu: bool = False
+    # Whether a model's own forward_stacked trains faster than one client after another on a CPU; False where
+    # measured slower (resnet20: its convolutions are already large enough one client at a time).
+    stacked_faster_on_cpu: bool = True
+    # Whether forward_stacked takes a `StackedNorm` (``norm=``): each client's batch norm over its own real rows,
+    # updating its own running statistics, so that a model with batch norm trains vectorised exactly.
+    stacks_batch_norm: bool = False
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Penultimate representation, shape [B, D]."""
@@ -224,7 +318,9 @@ class ImageClassifier(nn.Module):
         """Logits [K, B, classes] of K models (``params[name]``: [K, *shape]) on their batches x [K, B, ...].
 
         Equals ``vmap(functional_call)`` over the client axis (tests/unit/test_vectorized.py checks it);
-        models without a faster grouped form do not override it and are trained under ``vmap``.
+        models without a faster grouped form do not override it and are trained under ``vmap``. A model with
+        batch norm computes it as in training and takes ``norm`` (`StackedNorm`: which rows are padding, the
+        running statistics to update); it declares ``stacks_batch_norm``.
         """
         raise NotImplementedError(f"{type(self).__name__} has no stacked forward")
 
@@ -364,6 +460,13 @@ class ZeroPadShortcut(nn.Module):
         front = self.extra_channels // 2
         return F.pad(x, (0, 0, 0, 0, front, self.extra_channels - front))
 
+    def forward_grouped(self, h: Tensor, k: int) -> Tensor:
+        """The shortcut of K stacked models on h in grouped layout [B, K*C, H, W]: each client's channels padded."""
+        h = h[:, :, :: self.stride, :: self.stride].unflatten(1, (k, -1))  # [B, K, C, H, W]
+        front = self.extra_channels // 2
+        h = F.pad(h, (0, 0, 0, 0, front, self.extra_channels - front))
+        return h.flatten(1, 2).contiguous(memory_format=torch.channels_last)
+
 
 class BasicBlock(nn.Module):
     """ResNet basic block: two 3x3 convolutions plus a shortcut (He et al., 2016)."""
@@ -392,6 +495,23 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(self.residual_branch(x) + self.shortcut(x))
+
+    def forward_stacked(self, params: Mapping[str, Tensor], prefix: str, h: Tensor, k: int,
+                        norm: StackedNorm | None) -> Tensor:
+        """The block of K stacked models on h in grouped layout [B, K*C, H, W] (``params[prefix + name]``)."""
+        r = stacked_conv(self.conv1, params, f"{prefix}conv1", h, k)
+        r = F.relu(stacked_norm(self.norm1, params, f"{prefix}norm1", r, k, norm))
+        r = stacked_norm(self.norm2, params, f"{prefix}norm2", stacked_conv(self.conv2, params, f"{prefix}conv2", r, k),
+                         k, norm)
+        if isinstance(self.shortcut, nn.Identity):
+            skip = h
+        elif isinstance(self.shortcut, ZeroPadShortcut):
+            skip = self.shortcut.forward_grouped(h, k)
+        else:
+            conv, shortcut_norm = self.shortcut[0], self.shortcut[1]
+            skip = stacked_norm(shortcut_norm, params, f"{prefix}shortcut.1",
+                                stacked_conv(conv, params, f"{prefix}shortcut.0", h, k), k, norm)
+        return F.relu(r + skip)
 
     def forward_scaled(self, x: Tensor, scale: float) -> Tensor:
         """relu(scale * F(x) + shortcut(x)); scale 0 drops the residual branch (Stochastic Depth)."""
@@ -425,6 +545,9 @@ class ResNet(ImageClassifier):
     ``kaiming_init`` draws conv and linear weights Kaiming-normal, as in the common CIFAR
     re-implementation (otherwise PyTorch's default init).
     """
+
+    stacks_batch_norm = True
+    stacked_faster_on_cpu = False  # resnet20 0.7-0.9x of sequential speed on a CPU (benchmarks/README.md)
 
     def __init__(
         self,
@@ -460,6 +583,19 @@ class ResNet(ImageClassifier):
         for block in self.blocks:
             x = block(x)
         return torch.flatten(self.pool(x), 1)
+
+    def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor, norm: StackedNorm | None = None) -> Tensor:
+        """K stacked models in training: grouped channels-last convolutions, each client's group or batch norm
+        (batch norm over its real rows, updating its running statistics: ``norm``), then batched matmuls."""
+        k = x.shape[0]
+        h = stacked_conv(self.stem, params, "stem", grouped_layout(x), k)
+        h = F.relu(stacked_norm(self.stem_norm, params, "stem_norm", h, k, norm))
+        for i, block in enumerate(self.blocks):
+            if not isinstance(block, BasicBlock):  # a wrapped block (Stochastic Depth) has no stacked form
+                raise TypeError(f"ResNet.forward_stacked has no grouped form of {type(block).__name__} (blocks.{i})")
+            h = block.forward_stacked(params, f"blocks.{i}.", h, k, norm)
+        h = ungrouped_flat(self.pool(h), k)
+        return stacked_linear(h, params["classifier.weight"], params["classifier.bias"])
 
     @property
     def last_stage_start(self) -> int:

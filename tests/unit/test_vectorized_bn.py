@@ -1,0 +1,332 @@
+"""Vectorised training of batch-norm models: each client normalises over its own real samples and keeps its own
+running statistics, as sequential training does (fedscape.models.networks.stacked_batch_norm)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import vectorized
+from helpers.vectorized import model_of
+from torch import nn
+
+from fedscape.data.federated import FederatedData
+from fedscape.fl import sequential as sequential_mod
+from fedscape.fl import vectorized as vectorized_mod
+from fedscape.fl.settings import TrainConfig
+from fedscape.fl.strategies.registry import make_strategy
+from fedscape.fl.vectorized import VectorizedTrainer, resolve_client_parallel, vectorization_blocker
+from fedscape.models.networks import BatchNorm2d, ResNet, StackedNorm, build_model, stacked_batch_norm
+from fedscape.models.params import FlatParams, flatten_buffers
+
+# float32: measured on AVX-512, AVX2-only and ATen's default kernels (`small_resnet`, the round below): each path's
+# float32 client models depart from its float64 ones by at most 2.6e-7 (parameters) and 2.0e-7 relative (running
+# statistics), so 1e-5 is above 10x their sum (4.9e-7); vectorised and sequential float32 were 1.8-3.6e-7 apart.
+TOL = 1e-5
+TOL64 = 1e-10  # float64: the two paths differ by the order of float64 operations only (~1e-15 seen)
+SIZES = [21, 9, 5, 14]  # batch 4: last batches of 1, 1, 1 and 2 samples, so padded steps, and 6, 3, 2, 4 steps
+
+
+def shard_data(sizes: list[int], seed: int = 0, size: int = 8) -> FederatedData:
+    """Random 1-channel images split into contiguous shards of unequal sizes (in torch's default dtype)."""
+    g = torch.Generator().manual_seed(seed)
+    n = sum(sizes)
+    x = torch.randn(n, 1, size, size, generator=g)
+    y = torch.randint(0, 10, (n,), generator=g)
+    bounds = torch.tensor([0, *sizes]).cumsum(0)
+    idx = [torch.arange(int(bounds[i]), int(bounds[i + 1])) for i in range(len(sizes))]
+    return FederatedData(x, y, idx, x[:20], y[:20])
+
+
+def small_resnet(seed: int = 0) -> ResNet:
+    """A two-block ResNet with batch norm (and a zero-padded shortcut) on 8x8 one-channel images."""
+    torch.manual_seed(seed)
+    return ResNet(10, 1, (1, 1), (4, 8), norm="batch")
+
+
+def both_rounds(model: nn.Module, data: FederatedData, cfg: TrainConfig, algorithm: str = "fedavg",
+                hparams: dict | None = None):
+    """One round of every client, vectorised and sequential, from the model's parameters and running statistics."""
+    flat = FlatParams(model)
+    start, buffers = flat.get(), flatten_buffers(model)
+    strategy = make_strategy(algorithm, hparams or {})
+    clients = list(range(data.num_clients))
+    vec = VectorizedTrainer(model, data, strategy, cfg).train_round(start, buffers, clients, round_=1)
+    seq = [sequential_mod.local_train(model, flat, start, buffers, data, c, 1, strategy, cfg)[0] for c in clients]
+    return start, buffers, seq, vec
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The largest difference relative to 1 + |b| (running variances reach 1e2 on these random images)."""
+    return ((a - b).abs() / (1 + b.abs())).max().item()
+
+
+CFG = {"local_epochs": 2, "batch_size": 4, "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3, "seed": 3}
+
+
+@pytest.mark.parametrize(("algorithm", "hparams", "train"), [
+    ("fedavg", {}, {}),
+    ("fedprox", {"mu": 0.5}, {"client_chunk_size": 3}),  # two chunks: 3 clients, then 1
+    ("fedsam", {"rho": 0.05}, {}),  # the ascent pass leaves the running statistics alone
+], ids=["fedavg", "fedprox-chunks", "fedsam"])
+def test_float32_batch_norm_round_equals_sequential(algorithm, hparams, train):
+    # Prepare: unequal shards (padded steps, clients inactive in the last steps), momentum and weight decay
+    data = shard_data(SIZES)
+    model = small_resnet()
+    cfg = TrainConfig(**{**CFG, **train})
+
+    # Execute
+    start, buffers, seq, vec = both_rounds(model, data, cfg, algorithm, hparams)
+
+    # Assert: the same client models and running statistics, which training clearly moved
+    for s, v in zip(seq, vec, strict=True):
+        assert v.params.dtype == torch.float32 and v.buffers.shape == buffers.shape
+        assert (s.params - v.params).abs().max().item() <= TOL
+        assert relative(v.buffers, s.buffers) <= TOL
+        assert (s.params - start).abs().max().item() > 100 * TOL
+        assert relative(s.buffers, buffers) > 100 * TOL
+
+
+@pytest.mark.parametrize(("name", "augment", "algorithm"), [
+    ("small", "crop_flip", "fedavg"),
+    ("resnet20", "none", "fedavg"),
+    ("resnet20", "crop_flip", "fedsam"),
+], ids=["small-crop_flip", "resnet20", "resnet20-fedsam-crop_flip"])
+def test_float64_batch_norm_round_equals_sequential_to_float64_rounding(name, augment, algorithm, float64_default):
+    # Prepare: in float64, since resnet20's float32 round is chaotic: at lr 0.05 with momentum each path's float32
+    # client models depart from its float64 ones by 4-7e-6, so a float32 bound would be 1e-4 (module docstring of
+    # fedscape.fl.vectorized)
+    data = shard_data(SIZES)
+    model = small_resnet() if name == "small" else model_of("resnet20", norm="batch")
+    cfg = TrainConfig(**{**CFG, "augment": augment})
+
+    # Execute
+    start, buffers, seq, vec = both_rounds(model, data, cfg, algorithm, {"rho": 0.05} if algorithm == "fedsam" else {})
+
+    # Assert
+    for s, v in zip(seq, vec, strict=True):
+        assert v.params.dtype == torch.float64 and v.buffers.dtype == torch.float64
+        assert (s.params - v.params).abs().max().item() <= TOL64
+        assert relative(v.buffers, s.buffers) <= TOL64
+        assert relative(s.buffers, buffers) > 1e-2
+
+
+def test_each_client_keeps_its_own_running_statistics(float64_default):
+    # Prepare: four clients of different data and step counts
+    data = shard_data(SIZES)
+
+    # Execute
+    _, buffers, seq, vec = both_rounds(small_resnet(), data, TrainConfig(**CFG))
+
+    # Assert: every pair of clients ends with other statistics, each equal to its sequential ones
+    for i in range(len(vec)):
+        assert relative(vec[i].buffers, seq[i].buffers) <= TOL64
+        for j in range(i):
+            assert relative(vec[i].buffers, vec[j].buffers) > 1e-2
+
+
+def test_batch_norm_round_through_the_engine_equals_sequential(monkeypatch, float64_default):
+    # Prepare: run_federated as a run trains (3 of 4 clients sampled, their statistics averaged by the server)
+    data = shard_data(SIZES)
+    train = {"batch_size": 4, "local_epochs": 1}
+    strategy = make_strategy("fedavg")
+
+    # Execute: the vectorised run must not fall back to the sequential local_train
+    seq = vectorized.run_mode("sequential", strategy, data, monkeypatch, "resnet20", {"norm": "batch"}, **train)
+    vec = vectorized.run_mode("vectorized", strategy, data, monkeypatch, "resnet20", {"norm": "batch"}, **train)
+
+    # Assert: client models and buffers, and the global model and its aggregated buffers
+    assert torch.equal(seq.clients[1].client_ids, vec.clients[1].client_ids)
+    assert (seq.clients[1].params - vec.clients[1].params).abs().max().item() <= TOL64
+    assert relative(vec.clients[1].buffers, seq.clients[1].buffers) <= TOL64
+    assert (seq.params[-1] - vec.params[-1]).abs().max().item() <= TOL64
+    assert relative(vec.buffers[-1], seq.buffers[-1]) <= TOL64
+    assert relative(vec.buffers[-1], vec.buffers[0]) > 1e-2
+    for a, b in zip(seq.rows, vec.rows, strict=True):  # the evaluation uses the aggregated running statistics
+        assert a["test_loss"] == pytest.approx(b["test_loss"], abs=1e-9)
+
+
+def test_a_round_whose_padding_entered_the_statistics_differs(monkeypatch, float64_default):
+    # Prepare: the trainer made to treat every padded row as a real sample of its client
+    data = shard_data(SIZES)
+    model = small_resnet()
+    monkeypatch.setattr(vectorized_mod, "StackedNorm", lambda mask, running: StackedNorm(None, running))
+
+    # Execute
+    _, _, seq, vec = both_rounds(model, data, TrainConfig(**CFG))
+
+    # Assert: every client has a padded step (a partial batch while a wider one is active), and every client ends far
+    # from sequential training, beyond the float32 tolerance above
+    params = [(s.params - v.params).abs().max().item() for s, v in zip(seq, vec, strict=True)]
+    stats = [relative(v.buffers, s.buffers) for s, v in zip(seq, vec, strict=True)]
+    assert min(params) > 100 * TOL and min(stats) > 100 * TOL
+
+
+@pytest.mark.parametrize("lengths", [(5, 3, 1), (2, 5, 4), (5, 0, 3)], ids=["decreasing", "mixed", "empty-client"])
+@pytest.mark.parametrize("momentum", [0.1, 0.5])
+def test_stacked_batch_norm_equals_each_clients_batch_norm_on_its_real_rows(lengths, momentum, float64_default):
+    # Prepare: 3 clients of 4 channels with their own affine parameters and running statistics; padded rows far
+    # off (mean 5, scale 3) so that statistics taking them in could not pass
+    k, b, c = 3, 5, 4
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(k, b, c, 3, 3, generator=g)
+    mask = torch.zeros(k, b)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    x = torch.where(mask.bool().view(k, b, 1, 1, 1), x, 5 + 3 * x)
+    weight, bias = torch.rand(k, c, generator=g) + 0.5, torch.randn(k, c, generator=g)
+    mean0, var0 = torch.randn(k, c, generator=g), torch.rand(k, c, generator=g) + 0.5
+    running_mean, running_var = mean0.clone(), var0.clone()
+    own = x.clone().requires_grad_(True)
+    weights = torch.randn(k, b, c, 3, 3, generator=g) * mask.view(k, b, 1, 1, 1)  # a loss on the real rows only
+
+    # Execute
+    grouped = own.transpose(0, 1).reshape(b, k * c, 3, 3)
+    got = stacked_batch_norm(grouped, k, weight, bias, 1e-5, momentum, mask, running_mean, running_var)
+    got = got.view(b, k, c, 3, 3).transpose(0, 1)
+    (got * weights).sum().backward()
+
+    # Assert: per client, torch's batch norm on its real rows alone (values, input gradients, running statistics);
+    # a client without real rows keeps its running statistics
+    for i, n in enumerate(lengths):
+        if n == 0:
+            assert torch.equal(running_mean[i], mean0[i]) and torch.equal(running_var[i], var0[i])
+            continue
+        ref_x = x[i, :n].clone().requires_grad_(True)
+        rm, rv = mean0[i].clone(), var0[i].clone()
+        ref = F.batch_norm(ref_x, rm, rv, weight[i], bias[i], True, momentum, 1e-5)
+        (ref * weights[i, :n]).sum().backward()
+        torch.testing.assert_close(got[i, :n], ref, rtol=TOL64, atol=TOL64)
+        torch.testing.assert_close(own.grad[i, :n], ref_x.grad, rtol=TOL64, atol=TOL64)
+        torch.testing.assert_close(running_mean[i], rm, rtol=TOL64, atol=TOL64)
+        torch.testing.assert_close(running_var[i], rv, rtol=TOL64, atol=TOL64)
+        if n < b:  # padded rows get no gradient, and the statistics with them in would be far from these
+            assert torch.equal(own.grad[i, n:], torch.zeros_like(own.grad[i, n:]))
+            padded = F.batch_norm(x[i], mean0[i].clone(), var0[i].clone(), weight[i], bias[i], True, momentum, 1e-5)
+            assert (padded[:n] - ref).abs().max().item() > 1e-2
+
+
+def test_without_a_mask_the_stacked_batch_norm_is_torchs_over_the_grouped_channels(float64_default):
+    # Prepare: full batches for 2 clients
+    k, b, c = 2, 4, 3
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(k, b, c, 2, 2, generator=g)
+    weight, bias = torch.rand(k, c, generator=g), torch.randn(k, c, generator=g)
+    stats = (torch.zeros(k, c), torch.ones(k, c))
+    masked_stats = (torch.zeros(k, c), torch.ones(k, c))
+    grouped = x.transpose(0, 1).reshape(b, k * c, 2, 2)
+
+    # Execute: torch's batch norm (no mask) and the masked form with every row real
+    plain = stacked_batch_norm(grouped, k, weight, bias, 1e-5, 0.1, None, *stats)
+    masked = stacked_batch_norm(grouped, k, weight, bias, 1e-5, 0.1, torch.ones(k, b), *masked_stats)
+
+    # Assert
+    torch.testing.assert_close(plain, masked, rtol=TOL64, atol=TOL64)
+    for s, m in zip(stats, masked_stats, strict=True):
+        torch.testing.assert_close(s, m, rtol=TOL64, atol=TOL64)
+        assert (s - torch.tensor(float(s is stats[1]))).abs().max() > 1e-3  # the statistics moved
+
+
+@pytest.mark.parametrize("norm", ["batch", "group", "none"])
+def test_resnet_forward_stacked_equals_each_clients_forward(norm, float64_default):
+    # Prepare: 3 resnet20 clients with their own parameters and running statistics, in training mode
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10, in_channels=3, image_size=8, norm=norm).train()
+    clients = []
+    for _ in range(3):
+        client = build_model("resnet20", num_classes=10, in_channels=3, image_size=8, norm=norm).train()
+        with torch.no_grad():
+            for b in client.buffers():
+                b.uniform_(0.5, 1.5)
+        clients.append(client)
+    params = {n: torch.stack([dict(cl.named_parameters())[n].detach() for cl in clients]).requires_grad_(True)
+              for n, _ in model.named_parameters()}
+    running = {n: torch.stack([dict(cl.named_buffers())[n] for cl in clients]).clone()
+               for n, _ in model.named_buffers()}
+    x = torch.randn(3, 4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    lengths = [4, 2, 3]
+    mask = (torch.arange(4) < torch.tensor(lengths).unsqueeze(1)).double()
+    weights = torch.randn(3, 4, 10, generator=torch.Generator().manual_seed(2)) * mask.unsqueeze(-1)
+
+    # Execute
+    got = model.forward_stacked(params, x, norm=StackedNorm(mask, running))
+    (got * weights).sum().backward()
+
+    # Assert: each client's logits, parameter gradients and running statistics after its own forward
+    for i, (client, n) in enumerate(zip(clients, lengths, strict=True)):
+        ref = client(x[i, :n])
+        (ref * weights[i, :n]).sum().backward()
+        torch.testing.assert_close(got[i, :n], ref, rtol=TOL64, atol=TOL64)
+        for name, p in client.named_parameters():
+            torch.testing.assert_close(params[name].grad[i], p.grad, rtol=TOL64, atol=TOL64)
+        for name, b in client.named_buffers():
+            torch.testing.assert_close(running[name][i], b, rtol=TOL64, atol=TOL64)
+    assert (got[0] - got[1]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize(("device_type", "expected"), [("cuda", "vectorized"), ("cpu", "sequential")])
+@pytest.mark.parametrize("name", ["resnet20", "resnet56"])
+def test_auto_vectorises_resnets_with_batch_norm_where_faster(name, device_type, expected, caplog):
+    model = build_model(name, num_classes=10, in_channels=3, image_size=32, norm="batch")
+
+    with caplog.at_level("INFO", logger="fedscape.train"):
+        got = resolve_client_parallel(model, make_strategy("fedavg"), TrainConfig(), device_type=device_type)
+
+    # Assert: exact for every vectorised algorithm; on a CPU kept sequential for speed alone (measured slower there)
+    assert got == expected
+    assert vectorization_blocker(model, make_strategy("fedavg")) is None
+    assert vectorization_blocker(model, make_strategy("fedsam")) is None
+    assert ("forward_stacked is not known to train faster" in caplog.text) == (device_type == "cpu")
+
+
+class PlainBatchNormNet(nn.Module):
+    """A batch-norm model without a stacked forward (vectorised training would run it under vmap)."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.norm = norm
+        self.classifier = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.norm(self.conv(x)).mean((2, 3)))
+
+
+class ScaledNet(PlainBatchNormNet):
+    """A model with a floating buffer that is no batch norm's running statistic."""
+
+    def __init__(self) -> None:
+        super().__init__(nn.Identity())
+        self.register_buffer("scale", torch.ones(1))
+
+
+def cumulative_resnet() -> ResNet:
+    model = small_resnet()
+    model.stem_norm.momentum = None  # a cumulative average needs a per-client batch count
+    return model
+
+
+@pytest.mark.parametrize(("make", "match"), [
+    (lambda: PlainBatchNormNet(BatchNorm2d(4)), "batch norm \\(norm\\) but no stacked forward"),
+    (lambda: PlainBatchNormNet(nn.BatchNorm2d(4, track_running_stats=False)), "batch norm \\(norm\\)"),
+    (ScaledNet, "floating buffers \\(scale\\)"),
+    (cumulative_resnet, "stem_norm averages its statistics cumulatively"),
+], ids=["bn-without-forward_stacked", "bn-without-running-stats", "other-buffer", "cumulative-bn"])
+def test_what_still_cannot_vectorise_falls_back_with_its_reason(make, match, caplog):
+    model = make()
+
+    with caplog.at_level("INFO", logger="fedscape.train"):
+        auto = resolve_client_parallel(model, make_strategy("fedavg"), TrainConfig(), device_type="cuda")
+    with pytest.raises(ValueError, match=match):
+        resolve_client_parallel(model, make_strategy("fedavg"), TrainConfig(client_parallel="vectorized"))
+
+    assert auto == "sequential"
+    assert "client training: sequential" in caplog.text
+
+
+def test_batch_norm_under_vmap_is_refused():
+    # the vmapped forward would take padded rows into each client's statistics
+    data = shard_data([4, 2])
+
+    with pytest.raises(ValueError, match="batch norm"):
+        VectorizedTrainer(small_resnet(), data, make_strategy("fedavg"), TrainConfig(), stacked_forward=False)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from machine import cpu_model, torch_line
+from machine import device_label, torch_line
 
 from fedscape.core.runs import Run, build_runs
 from fedscape.data.federated import FederatedData
@@ -196,8 +196,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"{cpu_model()}, {torch.get_num_threads()} threads")
+    name = device_label(device)
 
     projections: dict[str, dict[StepKind, list[int]]] = {}
     for entry in args.configs:

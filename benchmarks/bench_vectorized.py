@@ -29,7 +29,7 @@ import statistics
 import time
 
 import torch
-from machine import cpu_model, torch_line
+from machine import device_label, torch_line
 
 from fedscape.core.alpha import parse_alpha
 from fedscape.data.datasets import load_dataset
@@ -150,8 +150,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"{cpu_model()}, {torch.get_num_threads()} threads")
+    name = device_label(device)
     data = ("digits" if SHAPES[args.model] == (1, 8)
             else f"synthetic CIFAR-shaped data, {args.samples_per_client}/client")
     norm = f" (norm {args.norm})" if args.norm else ""

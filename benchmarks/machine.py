@@ -47,3 +47,12 @@ def torch_line() -> str:
 
     capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()
     return f"torch {torch.__version__}, CPU kernels {capability}, oneDNN ISA {onednn_isa()}"
+
+
+def device_label(device) -> str:
+    """The device a benchmark ran on (a torch.device): the GPU's name, or the CPU model and torch's thread count."""
+    import torch  # lazy: as in torch_line
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{cpu_model()}, {torch.get_num_threads()} threads"

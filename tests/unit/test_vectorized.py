@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import vectorized
-from helpers.vectorized import model_of
+from helpers.vectorized import model_of, shard_data
 from torch import nn
 
 from fedscape.core.config import ConfigError, load_schema
@@ -37,16 +37,6 @@ TOL = 1e-5  # float32: the exactness bound (same seeds) of a round whose float32
 # loss was once taken on float32 logits) shows up as ~1e-7
 TOL64 = 1e-10
 
-
-def shard_data(sizes: list[int], seed: int = 0, size: int = 8) -> FederatedData:
-    """Random 1-channel images split into contiguous shards of unequal sizes (in torch's default dtype)."""
-    g = torch.Generator().manual_seed(seed)
-    n = sum(sizes)
-    x = torch.randn(n, 1, size, size, generator=g)
-    y = torch.randint(0, 10, (n,), generator=g)
-    bounds = torch.tensor([0, *sizes]).cumsum(0)
-    idx = [torch.arange(int(bounds[i]), int(bounds[i + 1])) for i in range(len(sizes))]
-    return FederatedData(x, y, idx, x[:20], y[:20])
 
 
 def run_mode(mode: str, algorithm: str, hparams: dict, data: FederatedData, monkeypatch, model: str = "cnn_small",

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import vectorized
-from helpers.vectorized import model_of
+from helpers.vectorized import model_of, shard_data
 from torch import nn
 
 from fedscape.data.federated import FederatedData
@@ -26,16 +26,6 @@ TOL = 1e-5
 TOL64 = 1e-10  # float64: the two paths differ by the order of float64 operations only (~1e-15 seen)
 SIZES = [21, 9, 5, 14]  # batch 4: last batches of 1, 1, 1 and 2 samples, so padded steps, and 6, 3, 2, 4 steps
 
-
-def shard_data(sizes: list[int], seed: int = 0, size: int = 8) -> FederatedData:
-    """Random 1-channel images split into contiguous shards of unequal sizes (in torch's default dtype)."""
-    g = torch.Generator().manual_seed(seed)
-    n = sum(sizes)
-    x = torch.randn(n, 1, size, size, generator=g)
-    y = torch.randint(0, 10, (n,), generator=g)
-    bounds = torch.tensor([0, *sizes]).cumsum(0)
-    idx = [torch.arange(int(bounds[i]), int(bounds[i + 1])) for i in range(len(sizes))]
-    return FederatedData(x, y, idx, x[:20], y[:20])
 
 
 def small_resnet(seed: int = 0) -> ResNet:

@@ -66,13 +66,12 @@ def table_problem(path: str | Path, expect: Mapping[str, str]) -> str | None:
         return problem
     rows = csv.reader(io.StringIO(text))
     header = next(rows)
-    for column, value in expect.items():
-        if column not in header:
-            continue  # its reader reports a missing column
-        index = header.index(column)
-        for number, fields in enumerate(rows, start=2):
-            if fields and fields[index] != str(value):
-                return belongs_problem(f"{path}, line {number}", f"a table of {column} {value}", {column: str(value)},
+    checked = [(column, header.index(column), str(value)) for column, value in expect.items()
+               if column in header]  # a missing column: its reader reports it
+    for number, fields in enumerate(rows, start=2):
+        for column, index, value in checked:
+            if fields and fields[index] != value:
+                return belongs_problem(f"{path}, line {number}", f"a table of {column} {value}", {column: value},
                                        {column: fields[index]})
     return None
 

@@ -203,8 +203,9 @@ def read_problem(path: str | Path) -> str | None:
             run_id = None
         found = {"format": record.get("format"), "kind": record.get("kind")}
         expected = {"format": CHECKPOINT_FORMAT, "kind": kind}
-        if run_of_path(path) and run_id is not None:  # an init's checkpoint records no run: several start from it
-            found["run_id"], expected["run_id"] = run_id, run_of_path(path)["run_id"]
+        run = run_of_path(path)
+        if run and run_id is not None:  # an init's checkpoint records no run: several start from it
+            found["run_id"], expected["run_id"] = run_id, run["run_id"]
         return belongs_problem(path, f"the {kind} checkpoint of this job", expected, found)
     if suffix == ".csv":
         return table_problem(path, run_of_path(path))

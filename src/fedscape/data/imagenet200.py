@@ -204,7 +204,7 @@ def decode(path: str | Path, size: int = IMAGE_SIZE, resize: int = RESIZE) -> np
         raise ValueError(f"{path}: {new_w}x{new_h} after resizing is smaller than the {size}x{size} crop")
     top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
     img = img.crop((left, top, left + size, top + size))
-    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1))  # a writable copy
 
 
 class ImageFolderImages:

@@ -13,8 +13,10 @@ What the authors' code does (github.com/mmendiet/FedAlign), and what this module
   validation image of the class (50). Here the same random calls in the same order pick 500 of the class's image
   files sorted by name (`train_subset`): ``os.listdir`` lists in the file system's order, which the code does not
   record, so its exact 500 files cannot be recovered; ours are the draw its random state makes over a sorted
-  listing. A training folder with at most 500 images per class (the authors' generated folder) is read whole.
-  So: 100,000 training images (the clients' pool) and the 10,000 validation images (the test set).
+  listing. A training folder with 500 images per class (the authors' generated folder) is read whole. So:
+  100,000 training images (the clients' pool) and the 10,000 validation images (the test set). (The script as
+  published does not run: it calls argparse without importing it and reads ``data_dir`` for ``args.data_dir``;
+  this follows what it evidently does. The paper says only that the 200 classes were sampled at random.)
 - The layout. The script reads ``<data_dir>/train/<wnid>/*`` and ``<data_dir>/val/<wnid>/*``: the validation images
   sorted into class folders, as the common ``valprep.sh`` does (ImageNet's flat ``val/*.JPEG`` with
   ``LOC_val_solution.csv`` is not read: sort it into class folders first; `layout_problems` says so). The folder may

@@ -335,3 +335,14 @@ def test_imagenet_stem_keeps_every_forward_of_the_resnet(float64_default):
     torch.testing.assert_close(model.forward_width(x[0], 1.0), full, rtol=TOL64, atol=TOL64)
     torch.testing.assert_close(model.forward_last_block(x[0])[2], full, rtol=TOL64, atol=TOL64)
     assert model.forward_width(x[0], 0.8).shape == full.shape
+
+
+def test_down_sampled_imagenet_is_no_proxy_for_imagenet200(tmp_path):
+    from fedscape.stages.init import proxy_data
+
+    # Prepare: a pretrained init on ImageNet32 for ImageNet-200 (planning refuses it; the job refuses it too)
+    settings = {"dataset": "imagenet200", "dataset_options": {}, "proxy_dir": str(tmp_path)}
+
+    # Execute / Assert: RGB with normalisation statistics, but not 32x32
+    with pytest.raises(ValueError, match="down-sampled ImageNet. needs a 32x32 RGB dataset, not imagenet200"):
+        proxy_data(settings)

@@ -37,6 +37,7 @@ from fedscape.data.datasets import augment_batch, dataset_from_options, normalis
 from fedscape.data.federated import federate
 from fedscape.data.imagenet32 import ImageNet32
 from fedscape.data.partition import check_partition_file
+from fedscape.data.specs import dataset_info
 from fedscape.fl.engine import run_federated
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
@@ -147,11 +148,10 @@ def proxy_data(settings: dict, device: torch.device | str = "cpu") -> ProxyData:
     """The proxy data of a pretrained init, its labels (and in-memory images) on ``device``."""
     options = settings["dataset_options"]
     if settings.get("proxy_dir"):
-        try:
-            mean, std = normalisation(settings["dataset"])
-        except ValueError:
+        if dataset_info(settings["dataset"]).input_description != "3x32x32 images":  # ImageNet-200 is RGB too
             raise ValueError(f"proxy_dir (down-sampled ImageNet) needs a 32x32 RGB dataset, not "
-                             f"{settings['dataset']}") from None
+                             f"{settings['dataset']}")
+        mean, std = normalisation(settings["dataset"])
         stream = ImageNet32(settings["proxy_dir"], settings.get("max_samples"), settings.get("seed", 0))
         return ProxyData(torch.from_numpy(stream.labels).to(device), max(stream.num_classes, 1000),
                          f"imagenet32:{settings['proxy_dir']}", stream=stream,

@@ -21,7 +21,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
-from fedscape.core.config import RESULT_VERSION, canonical
+from fedscape.core.config import RESULT_VERSION
 from fedscape.core.names import suggest
 
 J = TypeVar("J", bound="JobSettings")
@@ -64,7 +64,13 @@ class JobSettings:
 
 def to_settings(job: JobSettings) -> dict:
     """The settings of `job` as its rule's `params` carry them: every field, less those equal to their declared
-    default, keys sorted (`core.config.canonical`: reordering YAML keys reruns nothing)."""
+    default, in the order the fields are declared.
+
+    Snakemake records params as text, key order included, and reruns a job whose text changed: a job kind declares
+    its fields in the order its settings have always had (new fields last), and the builder passes mappings read from
+    the config through `core.config.canonical` (keys sorted), so that reordering YAML keys reruns nothing.
+    `benchmarks/compare_plans.py` compares that text.
+    """
     if not isinstance(job, JobSettings):
         raise TypeError(f"to_settings takes a JobSettings, got {type(job).__name__}")
     out = {}
@@ -73,7 +79,7 @@ def to_settings(job: JobSettings) -> dict:
         if _has_default(f) and value == _default(f):
             continue
         out[f.name] = _plain(value)
-    return canonical(out)
+    return out
 
 
 def declared_defaults(cls: type[JobSettings]) -> dict[str, Any]:
@@ -95,8 +101,8 @@ def _plain(value: Any) -> Any:
     if isinstance(value, JobSettings):
         return to_settings(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return canonical(dataclasses.asdict(value))
-    if isinstance(value, Mapping):
+        return dataclasses.asdict(value)
+    if isinstance(value, Mapping):  # as given: the builder decides (canonical for what comes from the config)
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]

@@ -31,7 +31,7 @@ import time
 import torch
 from machine import device_label, torch_line
 
-from fedscape.core.alpha import parse_alpha
+from fedscape.core.setting import parse_alpha
 from fedscape.data.datasets import load_dataset
 from fedscape.data.federated import FederatedData
 from fedscape.data.partition import make_partition

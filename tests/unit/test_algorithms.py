@@ -501,7 +501,7 @@ def test_train_stage_saves_moon_s_projection_head_with_the_model(tmp_path):
     config = check_config(config, SCHEMA)
     (run,) = build_runs(config)
     partition = tmp_path / "partition.npz"
-    partition_stage(partition_settings(config, run.dataset, run.alpha, run.num_clients, run.seed), partition,
+    partition_stage(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
                     tmp_path / "counts.csv")
     init = tmp_path / "init.pt"
     init_stage(init_settings(config, [run], run.dataset, run.model, run.init), init)

@@ -11,7 +11,7 @@ from helpers.configs import DEFAULT, SCHEMA, TINY
 from helpers.workflow import ROOT
 
 from fedscape.core.config import ConfigError, duplicate_keys, read_config_file
-from fedscape.core.runs import build_runs, resolve_run, select_runs
+from fedscape.core.runs import RUN_FIELDS, Run, build_runs, resolve_run, select_runs
 from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config, check_data
 
@@ -187,7 +187,25 @@ def test_grid_is_the_product_of_the_lists():
     others = len(config["inits"]) * len(config["algorithms"]) * len(config["models"])
     assert len(runs) == len(config["alphas"]) * 2 * 2 * others
     assert len({r.run_id for r in runs}) == len(runs)
-    assert {r.alpha for r in runs} == {"iid", "1.0", "0.1"}
+    assert {r.setting for r in runs} == {"iid", "1.0", "0.1"}
+
+
+def test_the_setting_keeps_the_name_alpha_outside_the_run():
+    # Prepare: an IID run and an alpha run
+    config = check_config(with_change("experiments", [{"alpha": "iid"}, {"alpha": 0.1, "seed": 2}], GRID_ONLY),
+                          SCHEMA)
+    runs = build_runs(config)
+
+    # Execute / Assert: wildcards, table columns, run ids and partition paths name the field alpha, the Run setting
+    for run in runs:
+        assert list(run.fields()) == list(RUN_FIELDS) and RUN_FIELDS[4] == "alpha"
+        assert run.fields()["alpha"] == run.field("alpha") == run.setting
+        assert f"/alpha~{run.setting}/" in run.run_id
+        assert run.partition_fields["alpha"] == run.setting
+        assert Run.from_id(run.run_id) == Run.from_wildcards(run.fields()) == run
+    assert [r.setting for r in select_runs(runs, {"alpha": "0.1"})] == ["0.1"]
+    with pytest.raises(ConfigError, match="Did you mean 'alpha'"):
+        select_runs(runs, {"setting": "iid"})
 
 
 def test_explicit_experiments_replace_the_grid():
@@ -195,7 +213,7 @@ def test_explicit_experiments_replace_the_grid():
 
     runs = build_runs(config)
 
-    assert [(r.alpha, r.seed) for r in runs] == [("0.5", 2), ("iid", 0)]
+    assert [(r.setting, r.seed) for r in runs] == [("0.5", 2), ("iid", 0)]
 
 
 def test_selectors_resolve_runs_and_fail_clearly():

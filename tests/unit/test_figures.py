@@ -13,10 +13,10 @@ from helpers.configs import SCHEMA, TINY
 from helpers.figures import assert_figure_files
 from helpers.tables import rounds_table, run_id
 
-from fedscape.core.alpha import alpha_label
 from fedscape.core.runs import build_runs
+from fedscape.core.setting import alpha_label
 from fedscape.outputs.labels import label_run
-from fedscape.outputs.style import PALETTE, RunStyle, alpha_order, empty_figure, log_levels, save_figure, varying_keys
+from fedscape.outputs.style import PALETTE, RunStyle, empty_figure, log_levels, save_figure, setting_order, varying_keys
 from fedscape.plan import report as report_plan
 from fedscape.plan.workflow import check_config
 from fedscape.report.figure_kinds import ACCURACY_FIGURES, CURVE_METRICS, accuracy_figure
@@ -241,7 +241,7 @@ def test_label_run_uses_one_order_and_format_everywhere():
 def test_alpha_order_and_colours_are_stable():
     alphas = [0.1, "iid", 1.0, 0.5]
 
-    ordered = alpha_order(alphas)
+    ordered = setting_order(alphas)
     style = RunStyle(pd.DataFrame({"alpha": [math.inf, 0.1, 1.0, 0.5], "init": "random", "algorithm": "fedavg"}))
 
     assert [alpha_label(a) for a in ordered] == ["IID", "α=1", "α=0.5", "α=0.1"]

@@ -172,7 +172,7 @@ def test_hessian_stage_with_eval_samples_all_takes_every_training_sample_of_a_mo
     runs = build_runs(config)
     (run,) = runs
     partition, init = tmp_path / "partition.npz", tmp_path / "init.pt"
-    partition_stage(partition_settings(config, run.dataset, run.alpha, run.num_clients, run.seed), partition,
+    partition_stage(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
                     tmp_path / "counts.csv")
     init_stage(init_settings(config, runs, run.dataset, run.model, run.init), init)
     train = {name: str(tmp_path / file) for name, file in TRAIN_FILE_NAMES.items()}
@@ -464,7 +464,7 @@ def test_tiny_config_plans_round_zero_and_final():
 
     jobs = hessian_jobs(config, build_runs(config))
 
-    assert [(run.alpha, r) for run, r in jobs] == [("iid", 0), ("iid", config["training"]["rounds"])]
+    assert [(run.setting, r) for run, r in jobs] == [("iid", 0), ("iid", config["training"]["rounds"])]
     assert hessian_jobs(check_config(tiny_config(enabled=False), SCHEMA), build_runs(config)) == []
 
 

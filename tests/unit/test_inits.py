@@ -272,6 +272,6 @@ def test_continue_settings_name_the_source_run():
 
     settings = init_settings(config, build_runs(config), "digits", "cnn_small", "cont")
 
-    source = [r for r in build_runs(config) if r.init == "random" and r.alpha == "0.5"][0]
+    source = [r for r in build_runs(config) if r.init == "random" and r.setting == "0.5"][0]
     assert settings["source_run_id"] == source.run_id
     assert set(settings) - set(DIGITS) == {"init", "kind", "run", "source_run_id"}

@@ -546,7 +546,7 @@ def test_landscape_specs_resolve_with_defaults():
         "h": {"kind": "hessian", "runs": [IID]},
     }), SCHEMA)
     plans = {p.label: p for p in landscape_plans(config, build_runs(config))}
-    assert [r.alpha for r in plans["t"].runs] == ["iid", "0.5"]  # IID first: the reference
+    assert [r.setting for r in plans["t"].runs] == ["iid", "0.5"]  # IID first: the reference
     assert plans["t"].data == ("train",) and plans["t"].spec["resolution"] == 21
     assert [c.round for c in plans["p"].checkpoints] == [0, "final", "final"]
     assert plans["h"].round == 3  # the Hessian stage names its plane by round number

@@ -473,7 +473,7 @@ def test_train_stage_runs_fednova_with_drawn_local_steps_and_adamw(tmp_path, cap
     check_config(config, SCHEMA)
     (run,) = build_runs(config)
     partition = tmp_path / "partition.npz"
-    partition_stage(partition_settings(config, run.dataset, run.alpha, run.num_clients, run.seed), partition,
+    partition_stage(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
                     tmp_path / "counts.csv")
     init = tmp_path / "init.pt"
     init_stage(init_settings(config, [run], run.dataset, run.model, run.init), init)

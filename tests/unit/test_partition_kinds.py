@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedscape.core.alpha import (
+from fedscape.core.setting import (
     alpha_column,
     format_setting,
     is_iid,

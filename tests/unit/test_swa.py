@@ -270,7 +270,7 @@ def test_train_stage_writes_both_models_and_reports_the_swa_model(tmp_path):
     runs = {run.algorithm: run for run in build_runs(config)}
     run = runs["fedavg"]
     partition, init = tmp_path / "partition.npz", tmp_path / "init.pt"
-    partition_stage(partition_settings(config, run.dataset, run.alpha, run.num_clients, run.seed), partition,
+    partition_stage(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
                     tmp_path / "counts.csv")
     init_stage(init_settings(config, list(runs.values()), run.dataset, run.model, run.init), init)
     outputs = {}

@@ -261,7 +261,7 @@ def test_train_job_writes_the_evaluated_rows_and_kept_models_and_client_stats_co
     check_config(config, SCHEMA)
     run = build_runs(config)[0]
     partition, init, out = tmp_path / "partition.npz", tmp_path / "init.pt", tmp_path / "run"
-    partition_stage(partition_settings(config, run.dataset, run.alpha, run.num_clients, run.seed), partition,
+    partition_stage(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
                     tmp_path / "counts.csv")
     init_stage(init_settings(config, build_runs(config), run.dataset, run.model, run.init), init)
     outputs = {name: str(out / file) for name, file in TRAIN_FILE_NAMES.items()}

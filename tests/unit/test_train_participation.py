@@ -37,7 +37,7 @@ def test_train_stage_samples_the_runs_fraction_of_clients(tmp_path, participatio
     check_config(config, load_schema(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
     (run,) = build_runs(config)
     partition = tmp_path / "partition.npz"
-    partition_stage(partition_settings(config, run.dataset, run.alpha, run.num_clients, run.seed), partition,
+    partition_stage(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
                     tmp_path / "counts.csv")
     init = tmp_path / "init.pt"
     init_stage(init_settings(config, build_runs(config), run.dataset, run.model, run.init), init)

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from fedscape.core.alpha import IID, is_partition_label, parse_alpha
 from fedscape.core.io import atomic_path, remake_alone_hint
 from fedscape.core.names import suggest
 from fedscape.core.provenance import check_belongs
+from fedscape.core.setting import IID, is_partition_label, parse_alpha
 from fedscape.data.specs import DATASET_NAMES, dataset_info
 
 MAX_TRIES_DEFAULT = 1000

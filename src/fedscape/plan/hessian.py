@@ -3,8 +3,6 @@ the targets, and the checks of the `hessian` section."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from fedscape.analysis.hessian.definitions import JOB_FILES, HessianSettings, job_settings
 from fedscape.core.config import ConfigError, with_result_version
 from fedscape.core.paths import HESSIAN_DIR, Results
@@ -125,7 +123,7 @@ def hessian_job_settings(config: dict, runs: list, run, round_: int) -> dict:
     """Everything one Hessian job needs, resolved (Snakemake reruns the job when it changes); `shared_from`: the
     run id whose job's result this one copies (`shared_source`), only when it does."""
     settings = {
-        "run": asdict(run),
+        "run": run.fields(),
         "run_id": run.run_id,
         "round": int(round_),
         "dataset_options": config["datasets"][run.dataset],

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fedscape.core.alpha import is_partition_label
 from fedscape.core.config import canonical, with_result_version
 from fedscape.core.names import suggest
 from fedscape.core.runs import Run
+from fedscape.core.setting import is_partition_label
 from fedscape.data.partition import check_partition_dataset, check_partition_entry, kind_options
 from fedscape.data.specs import dataset_info
 
@@ -13,13 +13,13 @@ from fedscape.data.specs import dataset_info
 RESULT_VERSIONS = {"partition": 1}
 
 
-def partition_settings(config: dict, dataset: str, alpha: str, num_clients: int, seed: int) -> dict:
+def partition_settings(config: dict, dataset: str, setting: str, num_clients: int, seed: int) -> dict:
     """Everything a partition job needs: the dataset's options, the setting (an alpha or a `partitions`
     label, whose entry comes along as `kind`), client count, seed and `partition`."""
-    settings = {"dataset": dataset, "dataset_options": config["datasets"][dataset], "alpha": alpha,
+    settings = {"dataset": dataset, "dataset_options": config["datasets"][dataset], "alpha": setting,
                 "num_clients": int(num_clients), "seed": int(seed), **config["partition"]}
-    if is_partition_label(alpha):  # only then: the settings of the alphas' partitions stay as they were
-        entry = config["partitions"][alpha]
+    if is_partition_label(setting):  # only then: the settings of the alphas' partitions stay as they were
+        entry = config["partitions"][setting]
         settings["kind"] = {"kind": entry["kind"], **kind_options(entry)}
     return with_result_version(canonical(settings), RESULT_VERSIONS["partition"])
 
@@ -42,7 +42,7 @@ def check(config: dict, runs: list[Run]) -> list[str]:
             problems.append(f"alphas: {alpha!r} is neither a number, iid nor a label of `partitions`."
                             f"{suggest(alpha, ['iid', *entries])}")
     min_size = int(config["partition"]["min_size"])
-    for dataset, label in sorted({(run.dataset, run.alpha) for run in runs if run.alpha in entries}):
+    for dataset, label in sorted({(run.dataset, run.setting) for run in runs if run.setting in entries}):
         problems += check_partition_dataset(label, entries[label], dataset)
     for dataset, num_clients in sorted({(run.dataset, run.num_clients) for run in runs}):
         options = config["datasets"][dataset]

@@ -110,7 +110,7 @@ def train_inputs(results: Results, run: Run) -> dict[str, str]:
     partition = results.partition_file(run)
     if Path(partition).exists():
         try:
-            check_partition_file(partition, run.dataset, run.num_clients, run.alpha, run.seed)
+            check_partition_file(partition, run.dataset, run.num_clients, run.setting, run.seed)
         except PartitionError as exc:
             raise PartitionError(
                 f"{exc}. Nothing ran, and the runs trained on it are kept. Remake it (bit-identical from its "

@@ -21,10 +21,10 @@ from pathlib import Path
 import pandas as pd
 
 from fedscape.analysis.contributions import final_contributions
-from fedscape.core.alpha import setting_order_key
 from fedscape.core.io import write_csv
 from fedscape.core.names import unknown_name_error
 from fedscape.core.runs import OK, RUN_FIELDS
+from fedscape.core.setting import setting_order_key
 from fedscape.fl.settings import CODE_VERSION, ROUNDS_COLUMNS
 from fedscape.outputs.stats import did_not_diverge, t_interval
 from fedscape.outputs.tables import read_table

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedscape.core.alpha import IID
 from fedscape.core.config import digest
 from fedscape.core.io import atomic_path
 from fedscape.core.names import suggest
 from fedscape.core.seeds import derive_seed
+from fedscape.core.setting import IID
 from fedscape.data.datasets import augment_batch, dataset_from_options, normalisation
 from fedscape.data.federated import federate
 from fedscape.data.imagenet32 import ImageNet32

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedscape.core.alpha import is_partition_label, parse_alpha
 from fedscape.core.io import write_csv
+from fedscape.core.setting import is_partition_label, parse_alpha
 from fedscape.data.partition import make_kind_partition, make_partition, save_partition
 from fedscape.data.sources import source_from_options
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedscape.core.alpha import alpha_column
 from fedscape.core.config import digest
 from fedscape.core.io import write_csv, write_json
 from fedscape.core.manifest import code_version_label
+from fedscape.core.setting import alpha_column
 from fedscape.data.federated import load_federated_data
 from fedscape.fl.engine import run_federated
 from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS, CODE_VERSION, ROUNDS_COLUMNS, TrainConfig

@@ -25,9 +25,9 @@ from fedscape.analysis.barriers.definitions import (
     mode_entries,
     parse_averaged,
 )
-from fedscape.core.alpha import is_iid
 from fedscape.core.io import remake_hint, write_csv
 from fedscape.core.runs import RUN_FIELDS, parse_run_id
+from fedscape.core.setting import is_iid
 from fedscape.models.specs import BN_STATS_BASELINE
 from fedscape.outputs.tables import TableError, read_table
 

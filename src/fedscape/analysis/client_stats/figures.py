@@ -12,8 +12,8 @@ from fedscape.analysis.client_stats.definitions import (
     CLIENT_STATS_FIGURE_COLUMNS,
     CLIENT_STATS_PANELS,
 )
-from fedscape.core.alpha import setting_order_key
 from fedscape.core.runs import parse_run_id
+from fedscape.core.setting import setting_order_key
 from fedscape.outputs.labels import label_run
 from fedscape.outputs.style import RunStyle, empty_figure, pyplot, save_figure_outputs, varying_keys
 from fedscape.outputs.tables import read_table

@@ -13,16 +13,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedscape.analysis.barriers.alignment import (
-    UNSUPPORTED_REASONS,
-    PermutationSpec,
-    Segment,
-    UnsupportedModelError,
     align_points,
     apply_permutation,
     identity_permutation,
     inner_product,
-    permutation_spec,
-    permutation_spec_from_axes_to_perm,
     point_state,
     random_permutation,
     state_point,
@@ -30,9 +24,17 @@ from fedscape.analysis.barriers.alignment import (
 )
 from fedscape.analysis.barriers.definitions import linear_barrier
 from fedscape.analysis.barriers.maths import Point, interpolation_curve
-from fedscape.models.networks import ResNet, build_model
 from fedscape.models.params import flatten_buffers, flatten_params
-from fedscape.models.specs import MODEL_NAMES
+from fedscape.models.permutation import (
+    PermutationSpec,
+    Segment,
+    UnsupportedModelError,
+    permutation_spec,
+    permutation_spec_from_axes_to_perm,
+)
+from fedscape.models.registry import build_model
+from fedscape.models.resnets import ResNet
+from fedscape.models.specs import MODEL_NAMES, NO_PERMUTATION_SPEC
 
 NUM_CLASSES = 5
 Builder = Callable[[], nn.Module]
@@ -74,7 +76,7 @@ CASES: dict[str, tuple[Builder, tuple[int, ...]]] = {
 }
 TOKEN_CASES = {"char_gpt", "char_gpt-one-head"}
 # Registry models without a permutation spec: alignment raises a clear error naming the reason
-# (alignment.UNSUPPORTED_REASONS), checked below.
+# (fedscape.models.specs.NO_PERMUTATION_SPEC, the model class's no_permutation_spec), checked below.
 UNSUPPORTED = {"char_lstm": token_registry("char_lstm", embed_dim=4, hidden_size=6)}
 # Large (millions of parameters; 0.6M and 138 permutation groups): fewer coordinate-descent sweeps where any number
 # will do.
@@ -162,7 +164,7 @@ def test_models_without_a_spec_raise_an_error_naming_the_model_and_the_reason(na
     # Prepare
     model = UNSUPPORTED[name][0]()
 
-    reason = UNSUPPORTED_REASONS[type(model)][:30]
+    reason = NO_PERMUTATION_SPEC[name][:30]
 
     # Execute / Assert
     with pytest.raises(UnsupportedModelError, match=rf"{type(model).__name__}: .*{reason}"):

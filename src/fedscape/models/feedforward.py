@@ -28,7 +28,7 @@ from fedscape.models.permutation import Axes, Layout, UnsupportedModelError, who
 CHAIN_PASSIVE = (nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Sequential, nn.Identity, nn.Flatten)
 
 
-def chain_permutation_axes(model: ImageClassifier, axes: Axes) -> None:
+def chain_permutation_axes(model: nn.Module, axes: Axes) -> None:
     """Feed-forward chains: every hidden Linear/Conv2d layer's outputs form one group (Ainsworth et al. 2023, Git
     Re-Basin); a batch norm right after a convolution (cnn_small's `norm: batch`) is permuted with that convolution's
     channels. The ``permutation_axes`` of every model of this module (`fedscape.models.permutation`)."""

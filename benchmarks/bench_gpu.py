@@ -43,8 +43,8 @@ from fedscape.fl.settings import TrainConfig, sample_clients
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.vectorized import VectorizedTrainer, resolve_client_parallel, vectorization_blocker
 from fedscape.models.device import precision_used, use_precision
-from fedscape.models.networks import build_model
 from fedscape.models.params import FlatParams, flatten_buffers
+from fedscape.models.registry import build_model
 from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import load_config
 from fedscape.stages.train import train_config

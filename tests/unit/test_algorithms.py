@@ -42,8 +42,9 @@ from fedscape.fl.strategies.registry import make_strategy, strategy_class
 from fedscape.fl.strategies.stochdepth import survival_probabilities
 from fedscape.models.checkpoint import load_trajectory
 from fedscape.models.evaluate import evaluate
-from fedscape.models.networks import ProjectedClassifier, build_model, slim_channels
+from fedscape.models.layers import ProjectedClassifier, slim_channels
 from fedscape.models.params import FlatParams, flatten_params
+from fedscape.models.registry import build_model
 from fedscape.outputs.tables import TableError
 from fedscape.plan.init import init_settings
 from fedscape.plan.partition import partition_settings

@@ -34,8 +34,8 @@ from fedscape.analysis.barriers.maths import (
     model_layers,
 )
 from fedscape.core.config import ConfigError
-from fedscape.models.networks import build_model
 from fedscape.models.params import flatten_buffers, flatten_params
+from fedscape.models.registry import build_model
 from fedscape.plan.workflow import check_config
 
 CNN_LAYERS = ["features.0", "features.2", "last_block.0", "fc", "classifier"]

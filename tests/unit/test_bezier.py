@@ -23,8 +23,8 @@ from fedscape.analysis.barriers.definitions import (
 )
 from fedscape.analysis.barriers.maths import Point, evaluate_point, interpolation_curve
 from fedscape.core.config import ConfigError
-from fedscape.models.networks import build_model
 from fedscape.models.params import flatten_buffers, flatten_params
+from fedscape.models.registry import build_model
 from fedscape.plan.workflow import check_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -19,8 +19,9 @@ from fedscape.analysis.barriers.definitions import linear_barrier
 from fedscape.analysis.barriers.maths import Point, interpolation_curve, layerwise_barriers
 from fedscape.core.config import ConfigError
 from fedscape.models.batchnorm import batch_norms, bn_sample, has_batch_norm, recompute_bn_stats
-from fedscape.models.networks import BatchNorm2d, build_model
+from fedscape.models.layers import BatchNorm2d
 from fedscape.models.params import flatten_buffers, flatten_params, load_buffers, load_params
+from fedscape.models.registry import build_model
 from fedscape.models.specs import BN_STATS_SAMPLES, uses_batch_norm
 from fedscape.plan.workflow import check_config
 

@@ -90,7 +90,7 @@ def _tiny_federation(rounds: int, participation: float):
     from fedscape.fl.engine import run_federated
     from fedscape.fl.settings import TrainConfig
     from fedscape.fl.strategies.registry import make_strategy
-    from fedscape.models.networks import build_model
+    from fedscape.models.registry import build_model
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(120, 1, 8, 8, generator=gen)

@@ -37,7 +37,7 @@ from fedscape.core.config import ConfigError, load_schema
 from fedscape.core.paths import TRAIN_FILE_NAMES
 from fedscape.core.runs import build_runs
 from fedscape.data.federated import load_federated_data
-from fedscape.models.networks import BatchNorm2d
+from fedscape.models.layers import BatchNorm2d
 from fedscape.plan.hessian import hessian_job_settings, hessian_jobs, settings_from_config
 from fedscape.plan.init import init_settings
 from fedscape.plan.partition import partition_settings

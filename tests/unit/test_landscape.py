@@ -38,8 +38,8 @@ from fedscape.analysis.landscape.surface import (
 from fedscape.core.config import ConfigError
 from fedscape.data.datasets import load_dataset
 from fedscape.models.evaluate import evaluate
-from fedscape.models.networks import build_model
 from fedscape.models.params import flatten_buffers, flatten_params, load_buffers, load_params
+from fedscape.models.registry import build_model
 from fedscape.plan.workflow import check_config
 
 IID = {"alpha": "iid", "init": "random", "algorithm": "fedavg"}

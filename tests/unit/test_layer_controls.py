@@ -35,8 +35,8 @@ from fedscape.analysis.barriers.maths import (
 )
 from fedscape.analysis.barriers.tables import barriers_from_curves, consecutive_table, layer_tables
 from fedscape.core.config import ConfigError
-from fedscape.models.networks import build_model
 from fedscape.models.params import flatten_buffers, flatten_params
+from fedscape.models.registry import build_model
 from fedscape.plan.barriers import BARRIER_BASELINES, layer_pair, layer_settings, layerwise_inputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -17,7 +17,6 @@ from helpers.synthetic import digits_like
 from fedscape.analysis.barriers.alignment import (
     align_points,
     apply_permutation,
-    permutation_spec,
     point_state,
     random_permutation,
     state_point,
@@ -40,8 +39,9 @@ from fedscape.analysis.barriers.maths import (
     model_layers,
 )
 from fedscape.core.config import ConfigError
-from fedscape.models.networks import build_model
 from fedscape.models.params import flatten_buffers, flatten_params
+from fedscape.models.permutation import permutation_spec
+from fedscape.models.registry import build_model
 from fedscape.plan.workflow import check_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

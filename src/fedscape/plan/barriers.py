@@ -14,7 +14,6 @@ from fedscape.analysis.barriers.definitions import (
     INTERPOLATION_FILES,
     LAYER_FILES,
     MODES,
-    NO_PERMUTATION_SPEC,
     PAIR_SEPARATOR,
     SPLITS,
     CurveSettings,
@@ -23,7 +22,7 @@ from fedscape.core.config import ConfigError, with_result_version, without_basel
 from fedscape.core.paths import INTERPOLATION_DIR, LAYERWISE_DIR, Results
 from fedscape.core.runs import Run, resolve_run
 from fedscape.fl.settings import sample_clients
-from fedscape.models.specs import BN_STATS_BASELINE, uses_batch_norm
+from fedscape.models.specs import BN_STATS_BASELINE, NO_PERMUTATION_SPEC, uses_batch_norm
 from fedscape.plan.train import (
     algorithm_model_options,
     check_round,

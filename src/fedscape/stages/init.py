@@ -43,8 +43,8 @@ from fedscape.fl.strategies.registry import make_strategy
 from fedscape.models.checkpoint import ModelMeta, load_trajectory, save_trajectory
 from fedscape.models.device import describe_compute, log_compute, resolve_device, use_precision
 from fedscape.models.evaluate import EvalResult, evaluate
-from fedscape.models.networks import build_model
 from fedscape.models.params import flatten_buffers, flatten_params, load_buffers, load_params
+from fedscape.models.registry import build_model
 from fedscape.models.specs import DEFAULT_PRECISION, EVAL_BATCH_SIZE
 from fedscape.stages.init_settings import INIT_KINDS, PretrainConfig
 

@@ -79,12 +79,6 @@ LAYER_DISTANCE_COLUMNS = ["run_id", "round", "pair", "layer_index", "layer", "di
 FULL_MODEL = "full"  # the `layer` of the whole-model row of layer_distances.csv (layer_index -1)
 PAIR_SEPARATOR = " | "  # the run_id of a layer-wise pair of two runs: 'run_a | run_b'
 MIN_POINTS = 3  # both endpoints and one inner point
-# Registry models that weight matching (interpolation.align) cannot align, and why (planning names it).
-NO_PERMUTATION_SPEC: dict[str, str] = {
-    "char_lstm": ("an LSTM's recurrent weights weight_hh are permuted on both axes by the same hidden-unit "
-                  "permutation, so the matching objective is quadratic in it and a coordinate step is no longer "
-                  "a linear assignment (Ainsworth et al. 2023 match feed-forward and residual networks only)"),
-}
 
 
 def job_bn_stats(settings: dict) -> str:

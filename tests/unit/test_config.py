@@ -152,7 +152,7 @@ def test_bad_config_is_rejected_naming_the_key(path, value, needle):
 def test_a_natural_partition_of_a_dataset_without_writers_is_rejected_at_planning():
     config = with_change("partitions", {"nat": {"kind": "natural"}}, GRID_ONLY)
 
-    with pytest.raises(ConfigError, match="partitions.nat: the kind natural gives one client per writer, but digits "
+    with pytest.raises(ConfigError, match="partitions.nat: the kind natural splits by each sample.s writer, but digits "
                                           "has no writer ids"):
         check_config(config, SCHEMA)
 
@@ -511,8 +511,8 @@ def test_an_integer_where_a_number_is_expected_and_a_list_of_numbers_stay_valid(
     ({"c11": {"kind": "classes", "classes_per_client": 11}},
      "partitions.c11.classes_per_client: 11 classes per client, but digits has 10 classes; set classes_per_client "
      "to at most 10"),
-    ({"nat": {"kind": "natural"}}, "partitions.nat: the kind natural gives one client per writer, but digits has no "
-                                   "writer ids"),
+    ({"nat": {"kind": "natural"}}, "partitions.nat: the kind natural splits by each sample's writer, but digits has "
+                                   "no writer ids"),
 ])
 def test_a_partition_option_beyond_the_dataset_is_rejected_at_planning(partitions, expected):
     # Prepare: the label joins the run grid of digits (10 classes, no writers)

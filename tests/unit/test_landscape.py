@@ -28,6 +28,7 @@ from fedscape.analysis.landscape.planes import (
     three_point_plane,
 )
 from fedscape.analysis.landscape.project import project
+from fedscape.analysis.landscape.stage import surface_data
 from fedscape.analysis.landscape.surface import (
     LayoutFlatParams,
     SurfaceEvaluator,
@@ -36,11 +37,16 @@ from fedscape.analysis.landscape.surface import (
     evaluate_chunk,
 )
 from fedscape.core.config import ConfigError
-from fedscape.data.datasets import load_dataset
+from fedscape.core.runs import build_runs
+from fedscape.data.datasets import dataset_from_options, load_dataset
+from fedscape.data.federated import load_federated_data
+from fedscape.data.partition import PartitionError
 from fedscape.models.evaluate import evaluate
 from fedscape.models.params import flatten_buffers, flatten_params, load_buffers, load_params
 from fedscape.models.registry import build_model
+from fedscape.plan.partition import partition_settings
 from fedscape.plan.workflow import check_config
+from fedscape.stages.partition import partition_stage
 
 IID = {"alpha": "iid", "init": "random", "algorithm": "fedavg"}
 
@@ -382,6 +388,55 @@ def test_grid_extent_covers_points_and_centre_with_margin():
     assert flat[3] - flat[2] == pytest.approx(flat[1] - flat[0])
     grid = Grid.from_extent((0, 1, 10, 12), 3)
     np.testing.assert_allclose(grid.coords([0, 1, 3, 8]), [[0, 10], [0.5, 10], [0, 11], [1, 12]])
+
+
+# -- surface data ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def noise_partition(tmp_path_factory):
+    """A run of the tiny config on a feature_noise partition (a kind with an input transform) and its file."""
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["partitions"] = {"noise": {"kind": "feature_noise", "sigma": 0.5}}
+    config["experiments"] = [{"alpha": "iid"}, {"alpha": "noise"}]  # the tiny config's sections name the IID run
+    config = check_config(config, SCHEMA)
+    run = next(r for r in build_runs(config) if r.setting == "noise")
+    path = tmp_path_factory.mktemp("noise") / "partition.npz"
+    partition_stage(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), path,
+                    path.with_name("counts.csv"))
+    return run, config["datasets"][run.dataset], path
+
+
+@pytest.mark.parametrize("data", ["train", "client~0", "client~3", "test"])
+def test_a_surface_evaluates_the_tensors_the_train_stage_trains_on(noise_partition, data):
+    # Prepare
+    run, options, path = noise_partition
+    settings = {"dataset": run.dataset, "dataset_options": options, "data": data}
+
+    # Execute: the landscape chunk's data, and the train stage's (stages.train loads through load_federated_data)
+    x, y = surface_data(settings, path, run.fields())
+    trained = load_federated_data(run.fields(), options, path)
+
+    # Assert: the same tensors; the clients' inputs carry the kind's noise (the stored data would not)
+    if data == "test":
+        expected, stored = (trained.x_test, trained.y_test), None
+    elif data == "train":
+        expected, stored = trained.union(), torch.cat(trained.client_indices).sort().values
+    else:
+        m = int(data.split("~")[1])
+        expected, stored = trained.client(m), trained.client_indices[m]
+    assert torch.equal(x, expected[0]) and torch.equal(y, expected[1])
+    if stored is not None:
+        clean = dataset_from_options(run.dataset, options).x_train[stored]
+        assert x.shape == clean.shape and not torch.equal(x, clean)
+
+
+def test_a_surface_refuses_another_runs_partition_and_an_unknown_client(noise_partition):
+    run, options, path = noise_partition
+    other = {**run.fields(), "alpha": "iid"}
+
+    with pytest.raises(PartitionError, match="partition"):
+        surface_data({"dataset": run.dataset, "dataset_options": options, "data": "train"}, path, other)
+    with pytest.raises(ValueError, match="client 99 does not exist: the partition has 4 clients"):
+        surface_data({"dataset": run.dataset, "dataset_options": options, "data": "client~99"}, path, run.fields())
 
 
 # -- plane stage: every surface kind on synthetic runs -------------------------------------------------------

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 
 from fedscape.core.io import write_csv
-from fedscape.core.setting import is_partition_label, parse_alpha
-from fedscape.data.partition import make_kind_partition, make_partition, save_partition
+from fedscape.core.setting import alpha_column
+from fedscape.data.partition import make_kind_partition, save_partition, setting_entry
 from fedscape.data.sources import source_from_options
 
 log = logging.getLogger("fedscape.partition")
@@ -22,19 +22,13 @@ def partition_stage(settings: dict, out_npz: str | Path, out_csv: str | Path) ->
     ds = source_from_options(settings["dataset"], settings["dataset_options"])
     labels = ds.labels
     setting = settings["alpha"]
-    if is_partition_label(setting):
-        part = make_kind_partition(settings["kind"], labels, settings["num_clients"], settings["seed"],
-                                   settings["min_size"], settings["max_tries"],
-                                   writer_ids=getattr(ds, "writer_ids", None), dataset=settings["dataset"],
-                                   label=setting)
-        alpha_column: str | float = setting
-    else:
-        part = make_partition(labels, settings["num_clients"], parse_alpha(setting), settings["seed"],
-                              settings["min_size"], settings["max_tries"])
-        alpha_column = part.alpha
+    entry, label = setting_entry(setting, settings.get("kind"))  # an alpha: its iid or dirichlet entry
+    part = make_kind_partition(entry, labels, settings["num_clients"], settings["seed"], settings["min_size"],
+                               settings["max_tries"], writer_ids=ds.writer_ids, dataset=settings["dataset"],
+                               label=label)
     save_partition(out_npz, part, labels, ds.num_classes, {"dataset": settings["dataset"]})
     counts = part.class_counts(labels, ds.num_classes)
-    df = pd.DataFrame({"dataset": settings["dataset"], "alpha": alpha_column, "partition": part.kind,
+    df = pd.DataFrame({"dataset": settings["dataset"], "alpha": alpha_column(setting), "partition": part.kind,
                        "num_clients": part.num_clients, "seed": settings["seed"],
                        "client_id": np.arange(part.num_clients), "num_samples": part.sizes})
     for k in range(ds.num_classes):

@@ -30,8 +30,7 @@ from fedscape.core.config import digest
 from fedscape.core.io import atomic_path, atomic_write_text, remake_hint, supplied_hint
 from fedscape.core.runs import DIVERGED, OK, parse_run_id
 from fedscape.data.datasets import dataset_from_options
-from fedscape.data.federated import with_feature_noise
-from fedscape.data.partition import check_run_partition, load_partition
+from fedscape.data.federated import federate, load_federated_data, load_test_data
 from fedscape.models.checkpoint import ModelMeta, Trajectory, load_clients, load_trajectory
 from fedscape.models.device import describe_compute, job_precision, resolve_device
 from fedscape.models.specs import DEFAULT_PRECISION
@@ -264,25 +263,25 @@ def _center(settings: dict, pts: _Points, final: torch.Tensor,
 
 
 # -- chunks ----------------------------------------------------------------------------------------------
-def surface_data(settings: dict, partition_path: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The evaluation data of a surface: the union of the clients' data (L), one client's (L_m) or the test set."""
-    ds = dataset_from_options(settings["dataset"], settings["dataset_options"])
+def surface_data(settings: dict, partition_path: str | None, run: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The evaluation data of a surface: the union of the clients' data (L), one client's (L_m) or the test set,
+    loaded as the train stage loads them (data.federated: the partition kind's input transform applied). `run`:
+    the fields of the run whose partition it is, checked against the file (None: a plane that names no run)."""
     data = settings["data"]
     if data == "test":
-        return ds.x_test, ds.y_test
-    part = load_partition(partition_path, ds.y_train.numpy())
-    x_train = with_feature_noise(ds.x_train, part)  # the clients' data as they trained on it
-    if data == "train":
-        idx = np.sort(np.concatenate([np.asarray(ix) for ix in part.client_indices]))
-    elif data.startswith("client~"):
-        m = int(data.split("~", 1)[1])
-        if not 0 <= m < part.num_clients:
-            raise ValueError(f"client {m} does not exist: the partition has {part.num_clients} clients")
-        idx = np.asarray(part.client_indices[m])
-    else:
+        return load_test_data(settings["dataset"], settings["dataset_options"])
+    if data != "train" and not data.startswith("client~"):
         raise ValueError(f"unknown surface data {data!r}: train, test or client~<id>")
-    idx_t = torch.as_tensor(idx, dtype=torch.long)
-    return x_train[idx_t], ds.y_train[idx_t]
+    if run is None:
+        fed = federate(dataset_from_options(settings["dataset"], settings["dataset_options"]), partition_path)
+    else:
+        fed = load_federated_data(run, settings["dataset_options"], partition_path)
+    if data == "train":
+        return fed.union()
+    m = int(data.split("~", 1)[1])
+    if not 0 <= m < fed.num_clients:
+        raise ValueError(f"client {m} does not exist: the partition has {fed.num_clients} clients")
+    return fed.client(m)
 
 
 @job_precision(lambda settings: settings.get("precision", DEFAULT_PRECISION))
@@ -295,9 +294,8 @@ def chunk_stage(settings: dict, plane_path: str, grid_path: str, partition_path:
     if plane.extra.get("status", OK) != OK:
         _write_nan_chunk(settings, plane, grid, out)
         return
-    if partition_path is not None and plane.runs:  # the plane's first run is the one whose data it evaluates
-        check_run_partition(partition_path, parse_run_id(plane.runs[0]))
-    x, y = surface_data(settings, partition_path)
+    # the plane's first run is the one whose data it evaluates
+    x, y = surface_data(settings, partition_path, parse_run_id(plane.runs[0]) if plane.runs else None)
     device = resolve_device(settings["device"])
     model = ModelMeta.from_dict(plane.model_meta).build()
     sset = SurfaceSettings(batch_size=settings["batch_size"], points_per_batch=settings["points_per_batch"])

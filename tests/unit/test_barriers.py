@@ -403,8 +403,9 @@ def test_layer_distance_figure_of_a_pair_absent_from_the_table(tmp_path):
 
 
 def test_barrier_figures_follow_the_shared_style(tmp_path):
-    """Interpolation curves, layer heatmaps and client statistics: valid files, the tables' columns unchanged."""
-    from fedscape.analysis.barriers.figures import interpolation_figure_job, layer_heatmaps, pair_label
+    """Interpolation curves, layer heatmaps (one figure per split) and client statistics: valid files, the tables'
+    columns unchanged."""
+    from fedscape.analysis.barriers.figures import interpolation_figure_job, layer_barrier_figures_job, pair_label
     from fedscape.analysis.client_stats.definitions import CLIENT_STATS_COLUMNS
     from fedscape.analysis.client_stats.figures import client_stats_figure_job
 
@@ -422,9 +423,13 @@ def test_barrier_figures_follow_the_shared_style(tmp_path):
         for r in (1, 2) for mode in MODES for k, layer in enumerate(CNN_LAYERS) for split in ("train", "test")],
         columns=LAYER_BARRIER_COLUMNS)
     layers.to_csv(tmp_path / "layer_barriers.csv", index=False)
-    layer_heatmaps(tmp_path / "layer_barriers.csv", "clients", "train", figure_outputs(tmp_path, "train"))
-    data = assert_figure_files(figure_outputs(tmp_path, "train"))
-    assert list(data.columns) == LAYER_BARRIER_COLUMNS and set(data["split"]) == {"train"}
+    # the rule's outputs: each split's figure files, keyed "<split>_<format>"
+    outputs = {f"{split}_{key}": path for split in ("train", "test")
+               for key, path in figure_outputs(tmp_path, split).items()}
+    layer_barrier_figures_job(tmp_path / "layer_barriers.csv", "clients", outputs)
+    for split in ("train", "test"):
+        data = assert_figure_files(figure_outputs(tmp_path, split))
+        assert list(data.columns) == LAYER_BARRIER_COLUMNS and set(data["split"]) == {split}
 
     stats = pd.DataFrame([
         {"run_id": rid(alpha, seed), "round": r, "drift_from_start": 0.1, "drift_from_aggregate": 0.1,

@@ -2,7 +2,7 @@
 # 2023) between pairs of checkpoints named in the config (`interpolation.pairs`, `layer_barriers.pairs`).
 
 from fedscape.analysis.barriers.definitions import INTERPOLATION_FILES, LAYER_FILES
-from fedscape.core.paths import FIGURES, INTERPOLATION_DIR, LAYERWISE_DIR
+from fedscape.core.paths import INTERPOLATION_DIR, LAYERWISE_DIR
 from fedscape.plan import barriers as barrier_plan
 
 BARRIER_PAIR = r"[A-Za-z0-9_.-]+"
@@ -26,7 +26,7 @@ rule interpolation:
             for k, n in INTERPOLATION_FILES.items()
         },
     log:
-        RESULTS.log("barriers/interpolation/{pair}.log"),
+        RESULTS.job_log("interpolation"),
     wildcard_constraints:
         pair=BARRIER_PAIR,
     conda:
@@ -48,7 +48,7 @@ rule interpolation_tables:
         interpolation=RESULTS.table("interpolation"),
         barriers=RESULTS.table("barriers"),
     log:
-        RESULTS.log("tables/interpolation.log"),
+        RESULTS.job_log("interpolation_tables"),
     localrule: True
     conda:
         "../envs/light.yaml"
@@ -68,7 +68,7 @@ rule interpolation_figure:
             subcategory="Linear interpolation",
         ),
     log:
-        f"{RESULTS.log(FIGURES)}/barriers/interpolation.log",
+        RESULTS.job_log("interpolation_figure"),
     localrule: True
     conda:
         "../envs/light.yaml"
@@ -86,7 +86,7 @@ rule layer_barriers:
     output:
         **{k: f"{RESULTS(LAYERWISE_DIR)}/{n}" for k, n in LAYER_FILES.items()},
     log:
-        RESULTS.log("barriers/layerwise/{pair}/round~{round}.log"),
+        RESULTS.job_log("layer_barriers"),
     wildcard_constraints:
         pair=BARRIER_PAIR,
         round=r"[0-9]+",
@@ -116,7 +116,7 @@ rule layer_barrier_tables:
         barriers=RESULTS.table("layer_barriers"),
         distances=RESULTS.table("layer_distances"),
     log:
-        RESULTS.log("tables/layer_barriers.log"),
+        RESULTS.job_log("layer_barrier_tables"),
     localrule: True
     conda:
         "../envs/light.yaml"
@@ -130,7 +130,7 @@ rule layer_consecutive_table:
     output:
         table=RESULTS.table("layer_consecutive"),
     log:
-        RESULTS.log("tables/layer_consecutive.log"),
+        RESULTS.job_log("layer_consecutive_table"),
     localrule: True
     conda:
         "../envs/light.yaml"
@@ -161,7 +161,7 @@ rule layer_barrier_figures:
             ).items()
         },
     log:
-        f"{RESULTS.log(FIGURES)}/barriers/layerwise/{{pair}}.log",
+        RESULTS.job_log("layer_barrier_figures"),
     wildcard_constraints:
         pair=BARRIER_PAIR,
     localrule: True
@@ -183,7 +183,7 @@ rule layer_distance_figure:
             subcategory="Layer-wise",
         ),
     log:
-        f"{RESULTS.log(FIGURES)}/barriers/layerwise/{{pair}}_distances.log",
+        RESULTS.job_log("layer_distance_figure"),
     wildcard_constraints:
         pair=BARRIER_PAIR,
     localrule: True
@@ -216,7 +216,7 @@ rule layer_cumulation_figures:
             ).items()
         },
     log:
-        f"{RESULTS.log(FIGURES)}/barriers/layerwise/{{pair}}_cumulation.log",
+        RESULTS.job_log("layer_cumulation_figures"),
     wildcard_constraints:
         pair=BARRIER_PAIR,
     localrule: True
@@ -247,7 +247,7 @@ rule layer_aligned_figures:
             ).items()
         },
     log:
-        f"{RESULTS.log(FIGURES)}/barriers/layerwise/{{pair}}_aligned.log",
+        RESULTS.job_log("layer_aligned_figures"),
     wildcard_constraints:
         pair=BARRIER_PAIR,
     localrule: True
@@ -272,7 +272,7 @@ rule layer_training_figure:
             subcategory="Layer-wise",
         ),
     log:
-        f"{RESULTS.log(FIGURES)}/barriers/layerwise/{{pair}}_over_training.log",
+        RESULTS.job_log("layer_training_figure"),
     wildcard_constraints:
         pair=BARRIER_PAIR,
     localrule: True

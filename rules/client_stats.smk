@@ -13,7 +13,7 @@ rule client_stats:
     output:
         table=RESULTS.table("client_stats"),
     log:
-        RESULTS.log("tables/client_stats.log"),
+        RESULTS.job_log("client_stats"),
     conda:
         "../envs/light.yaml"
     params:
@@ -34,7 +34,7 @@ rule client_stats_figure:
             category="Client updates",
         ),
     log:
-        RESULTS.log("figures/client_stats.log"),
+        RESULTS.job_log("client_stats_figure"),
     localrule: True
     conda:
         "../envs/light.yaml"

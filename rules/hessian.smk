@@ -22,7 +22,7 @@ rule hessian:
     output:
         **{key: f"{RESULTS(HESSIAN_DIR)}/{name}" for key, name in JOB_FILES.items()},
     log:
-        f"{RESULTS.log(HESSIAN_DIR)}/hessian.log",
+        RESULTS.job_log("hessian"),
     wildcard_constraints:
         round=r"[0-9]+",
     conda:
@@ -50,7 +50,7 @@ rule hessian_tables:
         table=RESULTS.table("hessian"),
         clients=RESULTS.table("hessian_clients"),
     log:
-        RESULTS.log("tables/hessian.log"),
+        RESULTS.job_log("hessian_tables"),
     localrule: True
     conda:
         "../envs/light.yaml"
@@ -73,14 +73,16 @@ rule hessian_by_algorithm_figure:
             fields={"name": "lambda_trace_by_algorithm"},
         ),
     log:
-        RESULTS.log(hessian_plan.FIGURE_LOG, name="lambda_trace_by_algorithm"),
+        RESULTS.job_log("hessian_by_algorithm_figure"),
     localrule: True
     conda:
         "../envs/light.yaml"
     params:
+        # the job draws by algorithm (its script's entry point); the param stays so that finished figures keep
+        # their params and do not rerun
         by="algorithm",
     script:
-        "../workflow/scripts/lambda_trace_figure.py"
+        "../workflow/scripts/hessian_by_algorithm_figure.py"
 
 
 rule hessian_by_init_figure:
@@ -95,14 +97,16 @@ rule hessian_by_init_figure:
             fields={"name": "lambda_trace_by_init"},
         ),
     log:
-        RESULTS.log(hessian_plan.FIGURE_LOG, name="lambda_trace_by_init"),
+        RESULTS.job_log("hessian_by_init_figure"),
     localrule: True
     conda:
         "../envs/light.yaml"
     params:
+        # the job draws by init (its script's entry point); the param stays so that finished figures keep
+        # their params and do not rerun
         by="init",
     script:
-        "../workflow/scripts/lambda_trace_figure.py"
+        "../workflow/scripts/hessian_by_init_figure.py"
 
 
 rule hessian_density_figure:
@@ -119,7 +123,7 @@ rule hessian_density_figure:
             fields={"name": "spectral_density"},
         ),
     log:
-        RESULTS.log(hessian_plan.FIGURE_LOG, name="spectral_density"),
+        RESULTS.job_log("hessian_density_figure"),
     localrule: True
     conda:
         "../envs/light.yaml"

@@ -3,7 +3,6 @@
 # init and alpha (Nguyen et al. 2022), accuracy tables (FedAlign Tables 1-4, 7) and cost (Table 5).
 
 from fedscape.core.config import result_version_params
-from fedscape.core.paths import FIGURES
 from fedscape.plan import report as report_plan
 
 
@@ -17,7 +16,7 @@ rule final_table:
             category="Tables",
         ),
     log:
-        RESULTS.log("tables/final.log"),
+        RESULTS.job_log("final_table"),
     localrule: True
     conda:
         "../envs/light.yaml"
@@ -37,7 +36,7 @@ rule summary_table:
             category="Tables",
         ),
     log:
-        RESULTS.log("tables/summary.log"),
+        RESULTS.job_log("summary_table"),
     localrule: True
     conda:
         "../envs/light.yaml"
@@ -60,7 +59,7 @@ rule curves_figure:
             labels={"dataset": "{dataset}", "model": "{model}", "metric": "{metric}"},
         ),
     log:
-        RESULTS.log(f"{FIGURES}/{report_plan.CURVES_FIGURE}.log"),
+        RESULTS.job_log("curves_figure"),
     wildcard_constraints:
         metric="|".join(report_plan.CURVE_METRICS),
     localrule: True
@@ -83,7 +82,7 @@ rule accuracy_figure:
             labels={"dataset": "{dataset}", "model": "{model}", "figure": "{kind}"},
         ),
     log:
-        RESULTS.log(f"{FIGURES}/{report_plan.ACCURACY_FIGURE}.log"),
+        RESULTS.job_log("accuracy_figure"),
     wildcard_constraints:
         kind="|".join(report_plan.ACCURACY_KINDS),
     localrule: True
@@ -108,7 +107,7 @@ rule cost_figure:
             labels={"dataset": "{dataset}", "model": "{model}"},
         ),
     log:
-        RESULTS.log("figures/cost/{dataset}/{model}.log"),
+        RESULTS.job_log("cost_figure"),
     localrule: True
     conda:
         "../envs/light.yaml"

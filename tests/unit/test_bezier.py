@@ -206,7 +206,7 @@ def test_interpolation_settings_carry_the_curve_only_when_enabled():
 
 
 def test_barriers_of_curves_keep_paths_apart_and_old_curves_read_as_linear(tmp_path):
-    from fedscape.analysis.barriers.tables import interpolation_tables
+    from fedscape.analysis.barriers.tables import interpolation_tables_job
 
     # Prepare: a bump of 0.5 on the straight line, 0.1 on the curve; a curve file from before `path` existed
     def curve(pair, path, bump):
@@ -217,7 +217,7 @@ def test_barriers_of_curves_keep_paths_apart_and_old_curves_read_as_linear(tmp_p
     pd.DataFrame(curve("old", "linear", 0.25)).drop(columns="path").to_csv(tmp_path / "old.csv", index=False)
 
     # Execute
-    interpolation_tables([tmp_path / "p.csv", tmp_path / "old.csv"], tmp_path / "i.csv", tmp_path / "b.csv")
+    interpolation_tables_job([tmp_path / "p.csv", tmp_path / "old.csv"], tmp_path / "i.csv", tmp_path / "b.csv")
 
     # Assert
     table = pd.read_csv(tmp_path / "b.csv")

@@ -25,14 +25,14 @@ from fedscape.analysis.barriers.definitions import (
     MODES,
 )
 from fedscape.analysis.barriers.stage import interpolation_stage, layerwise_stage
-from fedscape.analysis.barriers.tables import interpolation_tables
+from fedscape.analysis.barriers.tables import interpolation_tables_job
 from fedscape.analysis.client_stats.definitions import CLIENT_STATS_COLUMNS
 from fedscape.analysis.client_stats.stage import client_stats_table
 from fedscape.analysis.hessian.definitions import CLIENT_COLUMNS, DENSITY_COLUMNS, hessian_columns
 from fedscape.analysis.hessian.stage import hessian_stage
 from fedscape.analysis.hessian.tables import gather_tables
-from fedscape.analysis.landscape.figures import figure_stage
-from fedscape.analysis.landscape.gather import gather_stage, load_surface
+from fedscape.analysis.landscape.figures import landscape_figure_job
+from fedscape.analysis.landscape.gather import landscape_gather_job, load_surface
 from fedscape.analysis.landscape.planes import load_plane
 from fedscape.analysis.landscape.stage import chunk_stage, plane_stage
 from fedscape.core.config import validate_config
@@ -168,7 +168,7 @@ def test_interpolation_with_a_diverged_end_writes_nan_rows(runs, tmp_path, caplo
         curves.append(tmp_path / f"{label}.csv")
         interpolation_stage(interpolation_settings(runs.config, pair), runs.trajectory(pair.run_a),
                             runs.trajectory(pair.run_b), runs.partition, curves[-1])
-    interpolation_tables(curves, tmp_path / "interpolation.csv", tmp_path / "barriers.csv")
+    interpolation_tables_job(curves, tmp_path / "interpolation.csv", tmp_path / "barriers.csv")
 
     assert "ok_vs_boom" in warnings_of(caplog) and "NaN rows" in warnings_of(caplog)
     df = pd.read_csv(tmp_path / "interpolation.csv")
@@ -242,11 +242,12 @@ def _surface(runs, plan_spec: dict, label: str, tmp_path, hessian_plane=None):
         chunks.append(d / f"chunk~{i}.npz")
         chunk_stage(chunk_settings(config, plan, "train", i), outputs["plane"], outputs["grid"], runs.partition,
                     chunks[-1])
-    gather_stage(surface_settings(config, plan, "train"), chunks, outputs["plane"], outputs["grid"],
-                 outputs["points"], d / "surface.npz")
+    landscape_gather_job(surface_settings(config, plan, "train"), chunks, outputs["plane"], outputs["grid"],
+                         outputs["points"], d / "surface.npz")
     figure = {"pdf": d / "surface.pdf", "png": d / "surface.png", "grid_csv": d / "grid.csv",
               "points_csv": d / "points_fig.csv"}
-    figure_stage({"surface_id": f"{label}/train", "levels": 10, "clip_loss": None}, d / "surface.npz", None, figure)
+    landscape_figure_job({"surface_id": f"{label}/train", "levels": 10, "clip_loss": None}, d / "surface.npz", None,
+                         figure)
     assert figure["png"].stat().st_size > 0 and figure["pdf"].stat().st_size > 0
     return load_surface(d / "surface.npz"), load_plane(outputs["plane"])
 

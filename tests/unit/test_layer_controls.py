@@ -33,7 +33,7 @@ from fedscape.analysis.barriers.maths import (
     midpoint_barrier,
     model_layers,
 )
-from fedscape.analysis.barriers.tables import barriers_from_curves, consecutive_table, layer_tables
+from fedscape.analysis.barriers.tables import barriers_from_curves, consecutive_table, layer_barrier_tables_job
 from fedscape.core.config import ConfigError
 from fedscape.models.params import flatten_buffers, flatten_params
 from fedscape.models.registry import build_model
@@ -126,7 +126,7 @@ def test_older_layer_tables_read_nan_in_the_new_columns(tmp_path):
                           "aligned"]).to_csv(tmp_path / "d.csv", index=False)
 
     # Execute
-    layer_tables([tmp_path / "old.csv"], [tmp_path / "d.csv"], tmp_path / "b.csv", tmp_path / "dd.csv")
+    layer_barrier_tables_job([tmp_path / "old.csv"], [tmp_path / "d.csv"], tmp_path / "b.csv", tmp_path / "dd.csv")
 
     # Assert: the existing columns keep their names, order and numbers; the new ones follow, NaN
     table = pd.read_csv(tmp_path / "b.csv")

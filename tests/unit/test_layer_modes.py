@@ -187,7 +187,7 @@ def test_layer_settings_carry_the_new_options_only_when_they_differ_from_the_def
 
 # -- tables ----------------------------------------------------------------------------------------
 def test_layer_tables_read_older_job_files_as_unaligned_with_their_averaged_layers(tmp_path):
-    from fedscape.analysis.barriers.tables import layer_tables
+    from fedscape.analysis.barriers.tables import layer_barrier_tables_job
 
     # Prepare: a job file from before `aligned`, `averaged` and `bn_stats`, and one written now
     old = pd.DataFrame([{"run_id": "r", "round": 1, "pair": "q", "mode": mode, "layer_index": i, "layer": f"l{i}",
@@ -201,8 +201,8 @@ def test_layer_tables_read_older_job_files_as_unaligned_with_their_averaged_laye
     dist.to_csv(tmp_path / "dist.csv", index=False)
 
     # Execute
-    layer_tables([tmp_path / "old.csv", tmp_path / "new.csv"], [tmp_path / "dist.csv"], tmp_path / "b.csv",
-                 tmp_path / "d.csv")
+    layer_barrier_tables_job([tmp_path / "old.csv", tmp_path / "new.csv"], [tmp_path / "dist.csv"], tmp_path / "b.csv",
+                             tmp_path / "d.csv")
 
     # Assert
     table = pd.read_csv(tmp_path / "b.csv", dtype={"averaged": str})
@@ -290,7 +290,7 @@ def test_layer_training_figure_draws_full_barrier_and_distances_over_rounds(tmp_
         return save(fig, outs, data)
     monkeypatch.setattr(figures, "save_figure_outputs", spy)
 
-    figures.layer_training_figure(tmp_path / "b.csv", tmp_path / "d.csv", "q", outputs(tmp_path, "t"))
+    figures.layer_training_figure_job(tmp_path / "b.csv", tmp_path / "d.csv", "q", outputs(tmp_path, "t"))
 
     data = assert_figure_files(outputs(tmp_path, "t"))
     assert (data["what"] == "full_barrier").sum() == 2 * 2 * 3  # aligned x split x round

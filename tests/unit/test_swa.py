@@ -29,7 +29,7 @@ from fedscape.plan.partition import partition_settings
 from fedscape.plan.tables import rounds_columns
 from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config
-from fedscape.report.summary import final_stage
+from fedscape.report.summary import final_table_job
 from fedscape.stages.init import init_stage
 from fedscape.stages.partition import partition_stage
 from fedscape.stages.train import train_stage
@@ -306,7 +306,7 @@ def test_train_stage_writes_both_models_and_reports_the_swa_model(tmp_path):
                   SWA_METRICS)
     table = pd.read_csv(rounds_csv)
     assert table[table["algorithm"] == "fedavg"]["swa_test_acc"].isna().all()
-    final_stage(rounds_csv, final_csv)
+    final_table_job(rounds_csv, final_csv)
     final = pd.read_csv(final_csv).set_index("algorithm")
     assert final.loc["fedavg_swa", "test_acc"] == metrics["swa_test_acc"].iloc[-1]
     assert final.loc["fedavg_swa", "train_loss"] == metrics["swa_train_loss"].iloc[-1]

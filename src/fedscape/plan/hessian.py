@@ -10,7 +10,6 @@ from fedscape.core.runs import select_runs
 from fedscape.plan.train import algorithm_model_options, rounds_of, unkept_round
 
 FIGURE = "hessian/{name}"  # below figures/
-FIGURE_LOG = "figures/hessian/{name}.log"  # below logs/
 FIGURES = ("lambda_trace_by_algorithm", "lambda_trace_by_init")
 DENSITY_FIGURE = "spectral_density"
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.

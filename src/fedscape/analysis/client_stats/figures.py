@@ -19,7 +19,7 @@ from fedscape.outputs.style import RunStyle, empty_figure, pyplot, save_figure_o
 from fedscape.outputs.tables import read_table
 
 
-def client_stats_figure(table: str | Path, outputs: dict[str, str | Path]) -> None:
+def client_stats_figure_job(table: str | Path, outputs: dict[str, str | Path]) -> None:
     """Client drift, gradient diversity, update cosine and L2 to final per round; colour = alpha, style = init.
 
     Drift from the round start and from the aggregate (the client-drift explainer; Karimireddy et al. 2020),

@@ -94,7 +94,17 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str) -> None:
     save(fig, outputs, data)
 
 
-def density_figure(inputs: list[str | Path], outputs: dict, grid_points: int = 1000) -> None:
+def hessian_by_algorithm_figure_job(table: str | Path, outputs: dict) -> None:
+    """lambda_max and trace per algorithm (FedAlign Table 1): `lambda_trace_figure` by algorithm."""
+    lambda_trace_figure(table, outputs, by="algorithm")
+
+
+def hessian_by_init_figure_job(table: str | Path, outputs: dict) -> None:
+    """lambda_max and trace per init (the Meta poster's top eigenvalue at init): `lambda_trace_figure` by init."""
+    lambda_trace_figure(table, outputs, by="init")
+
+
+def hessian_density_figure_job(inputs: list[str | Path], outputs: dict, grid_points: int = 1000) -> None:
     """Spectral density of the aggregate-data Hessian by SLQ (Ghorbani et al. 2019): one panel per run, one line
     per round, Gaussian-smoothed as in PyHessian, log scale."""
     # a diverged run's job has no density rows

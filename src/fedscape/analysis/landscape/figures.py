@@ -180,7 +180,7 @@ def _group_colors(order: list[str], groups: np.ndarray, run_ids: np.ndarray) -> 
     return {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(order)}
 
 
-def figure_stage(settings: dict, surface_path: str, overlay_path: str | None, outputs: dict[str, str]) -> None:
+def landscape_figure_job(settings: dict, surface_path: str, overlay_path: str | None, outputs: dict[str, str]) -> None:
     """Contour figure (PDF and PNG) of one surface, drawn from its .npz only, with its data as CSV beside it."""
     surface = load_surface(surface_path)
     overlay = load_surface(overlay_path) if overlay_path else None

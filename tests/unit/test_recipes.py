@@ -294,9 +294,6 @@ def test_an_accuracy_figure_kind_is_three_files_and_a_line_of_its_test(kind):
 
 ALPHA_KINDS = ("dirichlet", "iid")  # the settings of `alphas`, older than the kinds: the whole workflow names them
 # A kind that changes the clients' inputs, not who holds which sample, applies it where their data are read.
-INPUT_KINDS = {"feature_noise": {"src/fedscape/data/federated.py"}}
-
-
 def partition_kinds() -> dict:
     from fedscape.data.partition import PARTITION_KINDS
 
@@ -304,7 +301,7 @@ def partition_kinds() -> dict:
 
 
 @pytest.mark.parametrize("kind", sorted(set(partition_kinds()) - set(ALPHA_KINDS)))
-def test_a_partition_kind_is_two_files(kind):
+def test_a_partition_kind_is_one_file(kind):
     # Prepare
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
     entry = schema["properties"]["partitions"]["additionalProperties"]["properties"]
@@ -313,11 +310,10 @@ def test_a_partition_kind_is_two_files(kind):
     # Execute: the modules whose code says the kind's name
     files = {path for path, strings in STRINGS.items() if kind in strings}
 
-    # Assert: its function and entry in data/partition.py; its options and its name in the schema's entry
-    assert files - INPUT_KINDS.get(kind, set()) == {"src/fedscape/data/partition.py"}
-    assert files & INPUT_KINDS.get(kind, set()) == INPUT_KINDS.get(kind, set())
+    # Assert: its writer, input transform and entry in data/partition.py, nothing else in src/; its options (the one
+    # more file when an option is new) in the schema's `partitions` entry, which does not list the kinds
+    assert files == {"src/fedscape/data/partition.py"}
     assert spec.make.__module__ == "fedscape.data.partition"
     assert set(spec.options) <= set(entry)
-    assert kind in re.findall(r"\w+", entry["kind"]["description"])
-    recipe = files - INPUT_KINDS.get(kind, set()) | {"workflow/schemas/config.schema.yaml"}
-    assert len(recipe) == stated(r"A partition kind is (\d+) files")
+    assert kind not in re.findall(r"\w+", entry["kind"]["description"])
+    assert len(files) == stated(r"### Add a partition kind \((\d+) file")

@@ -39,7 +39,8 @@ ROLES = {
     "THE_TEMPEST_PROSPERO": "Now does my project gather to a head:\nMy charms crack not; my spirits obey, and *time*\n"
                             "Goes upright with his carriage. How's the day? $5 @ noon.\n",
     "THE_TEMPEST_ARIEL": "On the sixth hour; at which time, my lord,\nYou said our work should cease.\n",
-    "HAMLET_HAMLET": "To be, or not to be\u2019 that is the question:\nWhether 'tis nobler in the mind to suff\u00e9r\n",
+    "HAMLET_HAMLET": "To be, or not to be\u2019 that is the question:\n"
+                     "Whether 'tis nobler in the mind to suff\u00e9r\n",
 }
 
 

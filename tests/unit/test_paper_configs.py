@@ -51,7 +51,9 @@ def test_digits_variant_draws_the_same_kinds_of_figures(name):
     trainable = {a["name"] for a in full["algorithms"].values()
                  if any(_can_train(a["name"], model) for model in small["models"])}
     assert trainable == {a["name"] for a in small["algorithms"].values()}
-    assert len({r.init for r in runs_of(f"{name}_digits")}) == len({r.init for r in runs_of(name)})
+    # the kinds of init the runs start from (meta.yaml's FEMNIST runs have a pretrained init of their own)
+    assert {small["inits"][r.init]["kind"] for r in runs_of(f"{name}_digits")} == {
+        full["inits"][r.init]["kind"] for r in runs_of(name)}
 
 
 def _can_train(algorithm: str, model: str) -> bool:
@@ -80,14 +82,47 @@ def test_pilot_has_the_papers_settings():
 
 def test_meta_has_the_posters_comparison():
     config, runs = load("meta"), runs_of("meta")
+    cifar = [r for r in runs if r.dataset == "cifar10"]
 
-    assert {config["algorithms"][r.algorithm]["name"] for r in runs} == set(ALGORITHM_NAMES)  # every algorithm
+    assert {config["algorithms"][r.algorithm]["name"] for r in cifar} == set(ALGORITHM_NAMES)  # every algorithm
     assert {config["inits"][r.init]["kind"] for r in runs} == {"random", "pretrained"}
     for name in ALGORITHM_NAMES:  # ... from both inits
-        assert {r.init for r in runs if config["algorithms"][r.algorithm]["name"] == name} == {"random", "pretrained"}
-    assert {r.setting for r in runs} == {"iid", "0.1"} and {r.seed for r in runs} == {0, 1, 2}
+        assert {r.init for r in cifar if config["algorithms"][r.algorithm]["name"] == name} == {"random", "pretrained"}
+    assert {r.setting for r in cifar} == {"iid", "0.1"} and {r.seed for r in runs} == {0, 1, 2}
+    assert {(r.num_clients, r.participation) for r in cifar} == {(100, "0.1")}
     assert config["hessian"]["enabled"] and 0 in config["hessian"]["rounds"]
     assert config["client_stats"]["enabled"]
+
+
+def test_meta_has_the_posters_femnist_row_with_one_client_per_writer():
+    config, runs = load("meta"), runs_of("meta")
+    femnist = [r for r in runs if r.dataset == "femnist"]
+    partitions = config["partitions"]
+
+    assert {r.setting for r in femnist} == {"iid", "writers"} and partitions["writers"]["kind"] == "natural"
+    assert {config["inits"][r.init]["kind"] for r in femnist} == {"random", "pretrained"}
+    assert {config["algorithms"][r.algorithm]["name"] for r in femnist} == {"fedavg", "fedadam"}
+    assert {r.seed for r in femnist} == {0, 1, 2}
+    for run in femnist:  # 10 of 3,400 writers per round, as Reddi et al. 2021's EMNIST
+        assert (run.model, run.num_clients, round(float(run.participation) * run.num_clients)) == ("resnet18", 3400, 10)
+        # every (algorithm, init, setting) at the three seeds
+        same = [r for r in femnist if (r.algorithm, r.init, r.setting) == (run.algorithm, run.init, run.setting)]
+        assert len(same) == 3
+
+
+@pytest.mark.parametrize("name", ["meta", "meta_digits"])
+def test_meta_compares_algorithms_under_unequal_local_steps_from_both_inits(name):
+    """The poster's system heterogeneity: clients draw their local steps every round; the same algorithms from
+    both inits."""
+    config, runs = load(name), runs_of(name)
+
+    drawn = {}
+    for run in runs:
+        steps = run_training(config, run).get("local_steps")
+        if isinstance(steps, dict):
+            assert steps["draw"] == "round" and steps["low"] < steps["high"]
+            drawn.setdefault(config["algorithms"][run.algorithm]["name"], set()).add(run.init)
+    assert drawn == {name: {"random", "pretrained"} for name in ("fedavg", "fedprox", "fednova", "fedadam")}
 
 
 @pytest.mark.parametrize("name", ["meta", "meta_digits"])
@@ -97,7 +132,7 @@ def test_meta_sweeps_local_steps_from_both_inits(name):
     steps = {}
     for run in runs:
         training = run_training(config, run)
-        if training.get("local_steps") is not None:
+        if isinstance(training.get("local_steps"), int):  # (a draw per client: the system-heterogeneity labels)
             assert training["local_epochs"] is None
             steps.setdefault(training["local_steps"], set()).add(run.init)
     assert steps == {n: {"random", "pretrained"} for n in (1, 5, 10, 20, 50)}

@@ -7,6 +7,7 @@ from fedscape.analysis.hessian.definitions import JOB_FILES, HessianSettings, jo
 from fedscape.core.config import ConfigError, with_result_version
 from fedscape.core.paths import HESSIAN_DIR, Results
 from fedscape.core.runs import select_runs
+from fedscape.data.specs import dataset_settings
 from fedscape.plan.train import algorithm_model_options, rounds_of, unkept_round
 
 FIGURE = "hessian/{name}"  # below figures/
@@ -125,7 +126,7 @@ def hessian_job_settings(config: dict, runs: list, run, round_: int) -> dict:
         "run": run.fields(),
         "run_id": run.run_id,
         "round": int(round_),
-        "dataset_options": config["datasets"][run.dataset],
+        "dataset_options": dataset_settings(config["datasets"][run.dataset]),
         "device": config["training"]["device"],
         "hessian": job_settings(settings_from_config(config["hessian"])),
     }

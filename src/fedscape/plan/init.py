@@ -5,7 +5,7 @@ from __future__ import annotations
 from fedscape.core.config import ConfigError, canonical, with_result_version, without_baselines
 from fedscape.core.paths import PARTITION_DIR, Results
 from fedscape.core.runs import Run, resolve_run
-from fedscape.data.specs import DATASET_NAMES, dataset_info
+from fedscape.data.specs import DATASET_NAMES, dataset_info, dataset_settings
 from fedscape.fl.settings import RUN_ONLY_TRAINING_KEYS
 from fedscape.plan.train import TRAINING_BASELINES, check_training, job_training, merge_training, work_list_problems
 from fedscape.stages.init_settings import PretrainConfig, kind_spec
@@ -16,7 +16,7 @@ RESULT_VERSIONS = {"init": 1}
 
 def init_settings(config: dict, runs: list[Run], dataset: str, model: str, init: str) -> dict:
     """Everything an init job needs, resolved (Snakemake reruns it when this changes)."""
-    info = dataset_info(dataset)
+    info = dataset_info(dataset, config["datasets"][dataset])
     spec = config["inits"][init]
     settings = canonical({"dataset": dataset, "model": model, "model_options": config["model_options"].get(model, {}),
                           "in_channels": info.in_channels, "image_size": info.image_size,
@@ -43,14 +43,14 @@ def init_extras(config: dict, runs: list, dataset: str, model: str, init: str) -
     kind = spec["kind"]
     device = config["training"]["device"]
     if kind == "pretrained":
-        extras = {"dataset_options": config["datasets"][dataset], "device": device,
+        extras = {"dataset_options": dataset_settings(config["datasets"][dataset]), "device": device,
                   "precision": config["training"]["precision"]}
         return without_baselines(extras, {"precision": TRAINING_BASELINES["precision"]})
     if kind == "iid_warmup":
         training = job_training(merge_training(config["training"], spec["training"]))
         for key in RUN_ONLY_TRAINING_KEYS:  # what a run evaluates and keeps does not change the warm-up's model
             training.pop(key, None)
-        return {"dataset_options": config["datasets"][dataset], "partition": config["partition"],
+        return {"dataset_options": dataset_settings(config["datasets"][dataset]), "partition": config["partition"],
                 "warmup_training": training, "device": training["device"]}
     if kind == "continue":
         return {"source_run_id": continue_source(config, runs, dataset, model, init).run_id}
@@ -84,7 +84,7 @@ def check(config: dict, runs: list) -> list[str]:
             if spec.get("proxy_dataset") and spec.get("proxy_dir"):
                 problems.append(f"{where}: give either proxy_dataset or proxy_dir, not both")
             for dataset in datasets:
-                info = dataset_info(dataset)
+                info = dataset_info(dataset, config["datasets"][dataset])
                 shape = (info.inputs, *info.shape[:2])
                 proxy = spec.get("proxy_dataset")
                 if proxy and proxy not in DATASET_NAMES:
@@ -95,6 +95,7 @@ def check(config: dict, runs: list) -> list[str]:
                         problems.append(f"{where}.proxy_dataset: {proxy} is the clients' own dataset; use its held-out "
                                         f"proxy split instead (datasets.{dataset}.proxy_fraction, proxy_dataset: null)")
                     elif (dataset_info(proxy).inputs, *dataset_info(proxy).shape[:2]) != shape:
+                        # (a proxy dataset is read from its preprocessed files: stages.init.proxy_data)
                         given = dataset_info(proxy).input_description
                         problems.append(f"{where}.proxy_dataset: {proxy} gives {given}, which do not fit {dataset} "
                                         f"models ({info.input_description})")

@@ -27,6 +27,7 @@ from fedscape.analysis.landscape.definitions import (
 from fedscape.core.config import ConfigError, with_result_version, without_baselines
 from fedscape.core.paths import HESSIAN_DIR, LANDSCAPE_DIR, SURFACE_DIR, Results, fill
 from fedscape.core.runs import iid_first, resolve_run, select_runs, varying_fields
+from fedscape.data.specs import dataset_settings
 from fedscape.plan.train import algorithm_model_options, check_round, rounds_of, run_training
 
 
@@ -267,7 +268,7 @@ def chunk_settings(config: dict, plan: LandscapePlan, data: str, chunk: int) -> 
     return with_result_version(without_baselines({
         "surface_id": plan.surface_id(data),
         "dataset": run.dataset,
-        "dataset_options": config["datasets"][run.dataset],
+        "dataset_options": dataset_settings(config["datasets"][run.dataset]),
         "data": data,
         "chunk": int(chunk),
         "chunks": int(spec["chunks"]),

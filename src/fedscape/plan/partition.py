@@ -7,7 +7,7 @@ from fedscape.core.names import suggest
 from fedscape.core.runs import Run
 from fedscape.core.setting import is_partition_label
 from fedscape.data.partition import check_partition_dataset, check_partition_entry, kind_options
-from fedscape.data.specs import dataset_info
+from fedscape.data.specs import dataset_info, dataset_settings
 
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 RESULT_VERSIONS = {"partition": 1}
@@ -16,7 +16,7 @@ RESULT_VERSIONS = {"partition": 1}
 def partition_settings(config: dict, dataset: str, setting: str, num_clients: int, seed: int) -> dict:
     """Everything a partition job needs: the dataset's options, the setting (an alpha or a `partitions`
     label, whose entry comes along as `kind`), client count, seed and `partition`."""
-    settings = {"dataset": dataset, "dataset_options": config["datasets"][dataset], "alpha": setting,
+    settings = {"dataset": dataset, "dataset_options": dataset_settings(config["datasets"][dataset]), "alpha": setting,
                 "num_clients": int(num_clients), "seed": int(seed), **config["partition"]}
     if is_partition_label(setting):  # only then: the settings of the alphas' partitions stay as they were
         entry = config["partitions"][setting]
@@ -46,7 +46,7 @@ def check(config: dict, runs: list[Run]) -> list[str]:
         problems += check_partition_dataset(label, entries[label], dataset)
     for dataset, num_clients in sorted({(run.dataset, run.num_clients) for run in runs}):
         options = config["datasets"][dataset]
-        pool = dataset_info(dataset).client_pool_bound(options["test_fraction"],
+        pool = dataset_info(dataset, options).client_pool_bound(options["test_fraction"],
                                                        options["proxy_fraction"])
         if num_clients * min_size > pool:
             problems.append(f"num_clients: {num_clients} clients x partition.min_size {min_size} = "

@@ -10,7 +10,7 @@ from fedscape.core.names import suggest
 from fedscape.core.paths import Results
 from fedscape.core.runs import Run
 from fedscape.data.partition import PartitionError, check_partition_file
-from fedscape.data.specs import DATASET_NAMES, dataset_info, dataset_option_problems
+from fedscape.data.specs import DATASET_NAMES, dataset_info, dataset_option_problems, dataset_settings
 from fedscape.fl.hparams.registry import (
     ALGORITHM_NAMES,
     algorithm_config,
@@ -93,7 +93,7 @@ def train_settings(config: dict, run: Run) -> dict:
     return with_result_version(canonical({
         "run": run.fields(),
         "run_id": run.run_id,
-        "dataset_options": config["datasets"][run.dataset],
+        "dataset_options": dataset_settings(config["datasets"][run.dataset]),
         "algorithm": spec["name"],
         "hyperparameters": {k: v for k, v in spec.items() if k not in ("name", "training")},
         "training": job,
@@ -248,7 +248,7 @@ def check(config: dict, runs: list[Run]) -> list[str]:
                 problems.append(problem)
     known = [r for r in runs if r.dataset in DATASET_NAMES and r.model in MODEL_NAMES]
     for dataset, model in sorted({(r.dataset, r.model) for r in known}):
-        info = dataset_info(dataset)
+        info = dataset_info(dataset, config["datasets"][dataset])
         try:
             check_model_compatible(model, info.in_channels, info.image_size, info.inputs)
         except ValueError as exc:

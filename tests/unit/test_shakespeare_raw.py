@@ -27,7 +27,7 @@ from fedscape.data.specs import (
     dataset_option_problems,
     dataset_settings,
 )
-from fedscape.models.networks import build_model
+from fedscape.models.registry import build_model
 from fedscape.plan.init import init_settings
 from fedscape.plan.partition import partition_settings
 from fedscape.plan.train import train_settings

@@ -249,7 +249,8 @@ class TrainingSettings(JobSettings):
 
     The fields without a default are the keys of the first results; every later key's default is its baseline, the
     behaviour of every run before the key existed, so `to_settings` leaves it out there and finished runs keep their
-    settings (tests/unit/test_settings_baselines.py: a new field needs a default equal to its baseline).
+    settings (tests/unit/test_job_contracts.py and test_settings_baselines.py record the baselines: a new field needs
+    a default, equal to its baseline).
 
     Why beside TrainConfig and not TrainConfig itself: TrainConfig's defaults are the pilot study's, a convenience for
     library callers and tests that may change with the config's; a baseline never changes. TrainConfig also holds the

@@ -1,7 +1,6 @@
 # Client-update statistics per round (Yin et al. 2018; Nguyen et al. 2022): drift, gradient diversity,
 # update cosine and the L2 distance of the server weights to their final values.
 
-from fedscape.core.config import result_version_params
 from fedscape.plan import client_stats as client_stats_plan
 from fedscape.plan.train import run_files
 
@@ -17,8 +16,7 @@ rule client_stats:
     conda:
         "../envs/light.yaml"
     params:
-        **result_version_params(client_stats_plan.RESULT_VERSIONS["client_stats"]),
-        run_ids=[run.run_id for run in RUNS],
+        **client_stats_plan.client_stats_params(RUNS),
     script:
         "../workflow/scripts/client_stats.py"
 

@@ -373,7 +373,7 @@ def swa_config(model_options: dict | None, swa: dict, where: str) -> dict:
 ])
 def test_swa_bn_stats_enters_the_train_settings_of_batch_norm_models_only(model_options, swa, expected, where):
     from fedscape.core.runs import build_runs
-    from fedscape.fl.swa import job_swa_config
+    from fedscape.fl.swa import SWASettings
     from fedscape.plan.tables import rounds_columns, rounds_optional
     from fedscape.plan.train import train_settings
 
@@ -382,7 +382,7 @@ def test_swa_bn_stats_enters_the_train_settings_of_batch_norm_models_only(model_
 
     settings = [train_settings(config, run)["training"]["swa"] for run in runs]
     # the train job reads back what it computes with: the given value, the baseline where the settings omit it
-    assert {job_swa_config(s).bn_stats for s in settings} == {expected or "stored"}
+    assert {SWASettings.from_settings(s).config().bn_stats for s in settings} == {expected or "stored"}
 
     assert {s.get("bn_stats") for s in settings} == {expected}
     assert all(set(s) - {"bn_stats"} == {"start_round", "cycle", "lr_ratio", "scheduled_lr"} for s in settings)
@@ -510,9 +510,9 @@ def test_stages_of_a_batch_norm_model_evaluate_and_record_recomputed_statistics(
     from fedscape.plan.init import init_settings
     from fedscape.plan.partition import partition_settings
     from fedscape.plan.train import train_settings
-    from fedscape.stages.init import init_stage
-    from fedscape.stages.partition import partition_stage
-    from fedscape.stages.train import train_stage
+    from fedscape.stages.init import init_job
+    from fedscape.stages.partition import partition_job
+    from fedscape.stages.train import train_job
 
     # Prepare: a plain and an SWA run of cnn_small with batch norm (defaults: bn_stats recomputed everywhere)
     plain = {"algorithm": "fedavg"}
@@ -529,14 +529,14 @@ def test_stages_of_a_batch_norm_model_evaluate_and_record_recomputed_statistics(
         "client_stats": {"enabled": False}}, SCHEMA)
     runs = {r.algorithm: r for r in build_runs(config)}
     partition, init = tmp_path / "partition.npz", tmp_path / "init.pt"
-    partition_stage(partition_settings(config, "digits", "iid", 3, 0), partition, tmp_path / "counts.csv")
-    init_stage(init_settings(config, list(runs.values()), "digits", "cnn_small", "random"), init)
+    partition_job(partition_settings(config, "digits", "iid", 3, 0), partition, tmp_path / "counts.csv")
+    init_job(init_settings(config, list(runs.values()), "digits", "cnn_small", "random"), init)
     files = {}
     for label, run in runs.items():
         d = tmp_path / label
         files[label] = {name: d / f"{name}.{ext}" for name, ext in (("trajectory", "pt"), ("clients", "pt"),
                         ("metrics", "csv"), ("meta", "json"), ("client_updates", "csv"))}
-        train_stage(train_settings(config, run), partition, init, files[label], d / "_progress")
+        train_job(train_settings(config, run), partition, init, files[label], d / "_progress")
     (ipair,), (lpair,) = interpolation_pairs(config, list(runs.values())), layer_pairs(config, list(runs.values()))
 
     # Execute

@@ -27,7 +27,7 @@ from fedscape.analysis.barriers.definitions import (
 from fedscape.analysis.barriers.stage import interpolation_stage, layerwise_stage
 from fedscape.analysis.barriers.tables import interpolation_tables_job
 from fedscape.analysis.client_stats.definitions import CLIENT_STATS_COLUMNS
-from fedscape.analysis.client_stats.stage import client_stats_table
+from fedscape.analysis.client_stats.stage import client_stats_job
 from fedscape.analysis.hessian.definitions import CLIENT_COLUMNS, DENSITY_COLUMNS, hessian_columns
 from fedscape.analysis.hessian.stage import hessian_stage
 from fedscape.analysis.hessian.tables import gather_tables
@@ -213,8 +213,8 @@ def test_layerwise_barriers_of_a_diverged_run_write_nan_rows(runs, tmp_path, cap
 def test_client_stats_of_a_diverged_run_have_nan_l2_to_final(runs, tmp_path, caplog):
     caplog.set_level(logging.WARNING)
     both = (runs.healthy, runs.diverged)
-    client_stats_table([r.run_id for r in both], [runs.run_dir(r) / "client_updates.csv" for r in both],
-                       [runs.trajectory(r) for r in both], tmp_path / "client_stats.csv")
+    client_stats_job({"run_ids": [r.run_id for r in both]}, [runs.run_dir(r) / "client_updates.csv" for r in both],
+                     [runs.trajectory(r) for r in both], tmp_path / "client_stats.csv")
 
     assert "l2_to_final is NaN" in warnings_of(caplog)
     df = pd.read_csv(tmp_path / "client_stats.csv")

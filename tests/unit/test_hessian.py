@@ -43,9 +43,9 @@ from fedscape.plan.init import init_settings
 from fedscape.plan.partition import partition_settings
 from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config
-from fedscape.stages.init import init_stage
-from fedscape.stages.partition import partition_stage
-from fedscape.stages.train import train_stage
+from fedscape.stages.init import init_job
+from fedscape.stages.partition import partition_job
+from fedscape.stages.train import train_job
 
 N_SAMPLES = 160
 
@@ -172,11 +172,11 @@ def test_hessian_stage_with_eval_samples_all_takes_every_training_sample_of_a_mo
     runs = build_runs(config)
     (run,) = runs
     partition, init = tmp_path / "partition.npz", tmp_path / "init.pt"
-    partition_stage(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
+    partition_job(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
                     tmp_path / "counts.csv")
-    init_stage(init_settings(config, runs, run.dataset, run.model, run.init), init)
+    init_job(init_settings(config, runs, run.dataset, run.model, run.init), init)
     train = {name: str(tmp_path / file) for name, file in TRAIN_FILE_NAMES.items()}
-    train_stage(train_settings(config, run), partition, init, train, tmp_path / "_progress")
+    train_job(train_settings(config, run), partition, init, train, tmp_path / "_progress")
     outputs = {key: str(tmp_path / name) for key, name in JOB_FILES.items()}
 
     # Execute

@@ -46,7 +46,7 @@ from fedscape.models.params import flatten_buffers, flatten_params, load_buffers
 from fedscape.models.registry import build_model
 from fedscape.plan.partition import partition_settings
 from fedscape.plan.workflow import check_config
-from fedscape.stages.partition import partition_stage
+from fedscape.stages.partition import partition_job
 
 IID = {"alpha": "iid", "init": "random", "algorithm": "fedavg"}
 
@@ -400,7 +400,7 @@ def noise_partition(tmp_path_factory):
     config = check_config(config, SCHEMA)
     run = next(r for r in build_runs(config) if r.setting == "noise")
     path = tmp_path_factory.mktemp("noise") / "partition.npz"
-    partition_stage(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), path,
+    partition_job(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), path,
                     path.with_name("counts.csv"))
     return run, config["datasets"][run.dataset], path
 

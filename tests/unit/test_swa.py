@@ -30,9 +30,9 @@ from fedscape.plan.tables import rounds_columns
 from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config
 from fedscape.report.summary import final_table_job
-from fedscape.stages.init import init_stage
-from fedscape.stages.partition import partition_stage
-from fedscape.stages.train import train_stage
+from fedscape.stages.init import init_job
+from fedscape.stages.partition import partition_job
+from fedscape.stages.train import train_job
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
@@ -270,15 +270,15 @@ def test_train_stage_writes_both_models_and_reports_the_swa_model(tmp_path):
     runs = {run.algorithm: run for run in build_runs(config)}
     run = runs["fedavg"]
     partition, init = tmp_path / "partition.npz", tmp_path / "init.pt"
-    partition_stage(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
+    partition_job(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
                     tmp_path / "counts.csv")
-    init_stage(init_settings(config, list(runs.values()), run.dataset, run.model, run.init), init)
+    init_job(init_settings(config, list(runs.values()), run.dataset, run.model, run.init), init)
     outputs = {}
     for label, r in runs.items():
         outputs[label] = {name: str(tmp_path / label / file) for name, file in TRAIN_FILE_NAMES.items()}
 
         # Execute
-        train_stage(train_settings(config, r), partition, init, outputs[label], tmp_path / label / "_progress")
+        train_job(train_settings(config, r), partition, init, outputs[label], tmp_path / label / "_progress")
 
     # Assert: the plain run's files are as without SWA
     plain, swa = (load_trajectory(outputs[k]["trajectory"]) for k in ("fedavg", "fedavg_swa"))

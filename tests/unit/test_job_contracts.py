@@ -71,7 +71,7 @@ RULES = {PartitionJob: "partition", InitJob: "init", TrainJob: "train", ClientSt
 def planned_settings(config: dict) -> list[tuple[type[JobSettings], dict]]:
     """Every job of the four rules that `config` plans, with its kind and its settings (the rules' params)."""
     runs = build_runs(config)
-    partitions = {(r.dataset, r.alpha, r.num_clients, r.seed) for r in runs}
+    partitions = {(r.dataset, r.setting, r.num_clients, r.seed) for r in runs}
     for run in runs:
         spec = config["inits"][run.init]
         if spec["kind"] == "iid_warmup":  # the IID split its warm-up trains on

@@ -159,12 +159,6 @@ STAGE_PACKAGES = {"partition": "fedscape.stages", "init": "fedscape.stages", "tr
                   "tables": "fedscape.outputs", "cost": "fedscape.report", "report": "fedscape.report"}
 # What a script may call beside its rule's entry point: the job's log and its thread count.
 SCRIPT_HELPERS = {"job_log", "use_threads"}
-# TEMPORARY: the computing rules whose entry points are being renamed to `<rule>_job` on other branches at the same
-# time as this check was written; the lead empties this set when merging them. (hessian is not here: its script
-# already calls hessian_job.) A rule here that already complies fails below, so the set cannot go stale.
-PENDING_JOB_ENTRY_POINTS = {"interpolation", "layer_barriers", "landscape_plane", "landscape_chunk"}
-
-
 def rule_files() -> dict[str, str]:
     """rule name -> the stem of its rule file (its stage)."""
     return {m[1]: smk.stem for smk in sorted((ROOT / "rules").glob("*.smk"))
@@ -219,16 +213,9 @@ def test_every_stage_has_its_library_package():
             if stage_package(stage) not in MODULES} == {}
 
 
-@pytest.mark.parametrize("rule", sorted(set(rule_blocks()) - PENDING_JOB_ENTRY_POINTS))
+@pytest.mark.parametrize("rule", sorted(rule_blocks()))
 def test_every_script_calls_its_rule_job(rule):
     assert entry_point_problems(rule) == []
-
-
-@pytest.mark.parametrize("rule", sorted(PENDING_JOB_ENTRY_POINTS))
-def test_pending_job_entry_points_are_still_pending(rule):
-    assert rule in rule_blocks(), f"no rule {rule}: remove it from PENDING_JOB_ENTRY_POINTS"
-    assert entry_point_problems(rule) != [], (
-        f"rule {rule} already calls {rule}_job: remove it from PENDING_JOB_ENTRY_POINTS")
 
 
 def test_entry_point_check_names_what_is_wrong(tmp_path, monkeypatch):

@@ -241,7 +241,7 @@ def runs(tmp_path_factory):
 
 
 def test_stage_writes_bezier_rows_next_to_linear_ones_and_nan_rows_for_a_diverged_end(runs, tmp_path):
-    from fedscape.analysis.barriers.stage import interpolation_stage
+    from fedscape.analysis.barriers.stage import interpolation_job
     from fedscape.plan.barriers import interpolation_pairs, interpolation_settings
 
     # Prepare: the fixture's two pairs (healthy round 1 vs final; healthy vs diverged), curve and alignment on
@@ -251,7 +251,7 @@ def test_stage_writes_bezier_rows_next_to_linear_ones_and_nan_rows_for_a_diverge
     frames = {}
     for pair in interpolation_pairs(config, [runs.healthy, runs.diverged]):
         # Execute
-        interpolation_stage(interpolation_settings(config, pair), runs.trajectory(pair.run_a),
+        interpolation_job(interpolation_settings(config, pair), runs.trajectory(pair.run_a),
                             runs.trajectory(pair.run_b), runs.partition, tmp_path / f"{pair.label}.csv")
         frames[pair.label] = pd.read_csv(tmp_path / f"{pair.label}.csv")
 

@@ -501,7 +501,7 @@ def test_training_the_bend_in_train_mode_is_eval_mode_without_batch_norm(float64
 
 # -- the stages, end to end on digits ---------------------------------------------------------------------------
 def test_stages_of_a_batch_norm_model_evaluate_and_record_recomputed_statistics(tmp_path):
-    from fedscape.analysis.barriers.stage import interpolation_stage, layerwise_stage
+    from fedscape.analysis.barriers.stage import interpolation_job, layer_barriers_job
     from fedscape.core.runs import build_runs
     from fedscape.data.federated import load_federated_data
     from fedscape.models.checkpoint import load_trajectory
@@ -540,9 +540,9 @@ def test_stages_of_a_batch_norm_model_evaluate_and_record_recomputed_statistics(
     (ipair,), (lpair,) = interpolation_pairs(config, list(runs.values())), layer_pairs(config, list(runs.values()))
 
     # Execute
-    interpolation_stage(interpolation_settings(config, ipair), files["fedavg"]["trajectory"],
+    interpolation_job(interpolation_settings(config, ipair), files["fedavg"]["trajectory"],
                         files["fedavg"]["trajectory"], partition, tmp_path / "curve.csv")
-    layerwise_stage(layer_settings(config, lpair, 1), {"trajectory_a": files["fedavg"]["trajectory"],
+    layer_barriers_job(layer_settings(config, lpair, 1), {"trajectory_a": files["fedavg"]["trajectory"],
                                                        "clients": files["fedavg"]["clients"], "partition": partition},
                     tmp_path / "layers.csv", tmp_path / "distances.csv")
 

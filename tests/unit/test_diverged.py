@@ -24,7 +24,7 @@ from fedscape.analysis.barriers.definitions import (
     LAYER_DISTANCE_COLUMNS,
     MODES,
 )
-from fedscape.analysis.barriers.stage import interpolation_stage, layerwise_stage
+from fedscape.analysis.barriers.stage import interpolation_job, layer_barriers_job
 from fedscape.analysis.barriers.tables import interpolation_tables_job
 from fedscape.analysis.client_stats.definitions import CLIENT_STATS_COLUMNS
 from fedscape.analysis.client_stats.stage import client_stats_job
@@ -34,7 +34,7 @@ from fedscape.analysis.hessian.tables import gather_tables
 from fedscape.analysis.landscape.figures import landscape_figure_job
 from fedscape.analysis.landscape.gather import landscape_gather_job, load_surface
 from fedscape.analysis.landscape.planes import load_plane
-from fedscape.analysis.landscape.stage import chunk_stage, plane_stage
+from fedscape.analysis.landscape.stage import landscape_chunk_job, landscape_plane_job
 from fedscape.core.config import validate_config
 from fedscape.plan.barriers import interpolation_pairs, interpolation_settings, layer_pairs, layer_settings
 from fedscape.plan.hessian import hessian_job_settings
@@ -166,7 +166,7 @@ def test_interpolation_with_a_diverged_end_writes_nan_rows(runs, tmp_path, caplo
     curves = []
     for label, pair in pairs.items():
         curves.append(tmp_path / f"{label}.csv")
-        interpolation_stage(interpolation_settings(runs.config, pair), runs.trajectory(pair.run_a),
+        interpolation_job(interpolation_settings(runs.config, pair), runs.trajectory(pair.run_a),
                             runs.trajectory(pair.run_b), runs.partition, curves[-1])
     interpolation_tables_job(curves, tmp_path / "interpolation.csv", tmp_path / "barriers.csv")
 
@@ -194,7 +194,7 @@ def test_layerwise_barriers_of_a_diverged_run_write_nan_rows(runs, tmp_path, cap
         for round_ in pair.rounds:
             b, d = tmp_path / f"{pair.label}_{round_}_b.csv", tmp_path / f"{pair.label}_{round_}_d.csv"
             inputs = {"partition": runs.partition, "trajectory_a": runs.trajectory(pair.run_a), **inputs_of[pair.label]}
-            layerwise_stage(layer_settings(runs.config, pair, round_), inputs, b, d)
+            layer_barriers_job(layer_settings(runs.config, pair, round_), inputs, b, d)
             frames[pair.label, round_] = (pd.read_csv(b), pd.read_csv(d))
 
     assert set(frames) == {("ok_clients", 1), ("boom_clients", 1), ("boom_clients", ROUNDS), ("ok_vs_boom", 1)}
@@ -236,11 +236,11 @@ def _surface(runs, plan_spec: dict, label: str, tmp_path, hessian_plane=None):
     outputs = {"plane": d / "plane.npz", "points": d / "points.csv", "grid": d / "grid.json"}
     trajs = [runs.trajectory(r) for r in plan.runs]
     clients = runs.clients(plan.runs[0]) if plan.kind == "local" else None
-    plane_stage(plane_settings(config, plan), trajs, clients, hessian_plane, outputs)
+    landscape_plane_job(plane_settings(config, plan), trajs, clients, hessian_plane, outputs)
     chunks = []
     for i in range(plan.spec.get("chunks", 1)):
         chunks.append(d / f"chunk~{i}.npz")
-        chunk_stage(chunk_settings(config, plan, "train", i), outputs["plane"], outputs["grid"], runs.partition,
+        landscape_chunk_job(chunk_settings(config, plan, "train", i), outputs["plane"], outputs["grid"], runs.partition,
                     chunks[-1])
     landscape_gather_job(surface_settings(config, plan, "train"), chunks, outputs["plane"], outputs["grid"],
                          outputs["points"], d / "surface.npz")
@@ -299,7 +299,7 @@ def test_final_trajectory_surface_of_a_run_that_diverged_late_uses_its_last_fini
     (plan,) = landscape_plans(config, [runs.healthy, runs.diverged])
     caplog.set_level(logging.WARNING)
 
-    plane_stage(plane_settings(config, plan), [late], None, None, outputs)
+    landscape_plane_job(plane_settings(config, plan), [late], None, None, outputs)
 
     assert "using its last finite model (round 2)" in warnings_of(caplog)
     points = pd.read_csv(outputs["points"])

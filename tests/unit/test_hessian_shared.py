@@ -123,7 +123,7 @@ def test_copy_replaces_only_the_run_id(tmp_path):
     out = {key: tmp_path / f"out_{name}" for key, name in JOB_FILES.items()}
 
     # Execute
-    copy_shared_job({"run_id": TARGET, "round": 0, "shared_from": SOURCE}, source, out)
+    copy_shared_job(TARGET, 0, SOURCE, source, out)
 
     # Assert: every CSV is the source's text with the run id replaced (numbers byte for byte)
     for key in ("table", "clients", "density"):
@@ -143,5 +143,5 @@ def test_copy_refuses_a_source_of_another_run(tmp_path):
 
     # Execute / Assert: nothing written
     with pytest.raises(ValueError, match="digits/other"):
-        copy_shared_job({"run_id": TARGET, "round": 0, "shared_from": SOURCE}, source, out)
+        copy_shared_job(TARGET, 0, SOURCE, source, out)
     assert not any(p.exists() for p in out.values())

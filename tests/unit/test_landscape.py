@@ -468,7 +468,7 @@ def _fake_runs(tmp_path: Path, n_runs: int = 3, rounds: int = 4):
 @pytest.mark.parametrize("kind", ["trajectory", "trajectories", "final_models", "local", "random", "three_points",
                                   "hessian"])
 def test_plane_stage_projects_every_kinds_checkpoints(tmp_path, kind):
-    from fedscape.analysis.landscape.stage import plane_stage
+    from fedscape.analysis.landscape.stage import landscape_plane_job
 
     dirs, fields = _fake_runs(tmp_path)
     single = kind in ("trajectory", "local", "random", "hessian")
@@ -486,7 +486,7 @@ def test_plane_stage_projects_every_kinds_checkpoints(tmp_path, kind):
         d[0, 0], d[1, 1] = 1.0, 1.0
         save_plane(hessian, Plane(traj[-1], torch.zeros(0), d[0], d[1], kind="hessian", round=4))
     out = {k: str(tmp_path / f"out.{k}") for k in ("plane", "points", "grid")}
-    plane_stage(settings, [str(dirs[i] / "trajectory.pt") for i in use], str(dirs[0] / "clients.pt"),
+    landscape_plane_job(settings, [str(dirs[i] / "trajectory.pt") for i in use], str(dirs[0] / "clients.pt"),
                 str(hessian) if hessian else None, out)
     plane = load_plane(out["plane"])
     points = pd.read_csv(out["points"])

@@ -313,7 +313,7 @@ def runs(tmp_path_factory):
 
 
 def test_stage_writes_every_mode_as_trained_and_aligned_and_nan_rows_for_a_diverged_run(runs, tmp_path):
-    from fedscape.analysis.barriers.stage import layerwise_stage
+    from fedscape.analysis.barriers.stage import layer_barriers_job
     from fedscape.plan.barriers import layer_pairs, layer_settings
 
     # Prepare: every mode and alignment on; the healthy client pair at round 1 and the diverged run's clients
@@ -328,7 +328,7 @@ def test_stage_writes_every_mode_as_trained_and_aligned_and_nan_rows_for_a_diver
         inputs = {"partition": runs.partition, "trajectory_a": runs.trajectory(pair.run_a), **inputs_of[label]}
 
         # Execute
-        layerwise_stage(layer_settings(config, pair, round_), inputs, tmp_path / f"{label}_b.csv",
+        layer_barriers_job(layer_settings(config, pair, round_), inputs, tmp_path / f"{label}_b.csv",
                         tmp_path / f"{label}_d.csv")
         out[label] = (pd.read_csv(tmp_path / f"{label}_b.csv", dtype={"averaged": str}),
                       pd.read_csv(tmp_path / f"{label}_d.csv"))

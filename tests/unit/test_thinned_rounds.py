@@ -16,7 +16,7 @@ from helpers.resume import killed_after_round
 from helpers.tiny import tiny_data, tiny_model
 
 from fedscape.analysis.client_stats.stage import client_stats_job
-from fedscape.analysis.landscape.stage import plane_stage
+from fedscape.analysis.landscape.stage import landscape_plane_job
 from fedscape.core.config import ConfigError, load_schema
 from fedscape.core.paths import TRAIN_FILE_NAMES
 from fedscape.core.runs import build_runs
@@ -377,9 +377,9 @@ def test_a_trajectory_plane_projects_the_kept_rounds(tmp_path, round_, projected
     # Execute / Assert
     if projected is KeyError:
         with pytest.raises(KeyError, match="round 4 is not kept"):
-            plane_stage(settings, [str(path)], None, None, out)
+            landscape_plane_job(settings, [str(path)], None, None, out)
         return
-    plane_stage(settings, [str(path)], None, None, out)
+    landscape_plane_job(settings, [str(path)], None, None, out)
     points = pd.read_csv(out["points"])
     assert points["round"].tolist() == projected
     assert points["role"].tolist() == ["init", *["global"] * (len(projected) - 2), "final"]

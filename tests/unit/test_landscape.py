@@ -409,10 +409,8 @@ def noise_partition(tmp_path_factory):
 def test_a_surface_evaluates_the_tensors_the_train_stage_trains_on(noise_partition, data):
     # Prepare
     run, options, path = noise_partition
-    settings = {"dataset": run.dataset, "dataset_options": options, "data": data}
-
     # Execute: the landscape chunk's data, and the train stage's (stages.train loads through load_federated_data)
-    x, y = surface_data(settings, path, run.fields())
+    x, y = surface_data(run.dataset, options, data, path, run.fields())
     trained = load_federated_data(run.fields(), options, path)
 
     # Assert: the same tensors; the clients' inputs carry the kind's noise (the stored data would not)
@@ -434,9 +432,9 @@ def test_a_surface_refuses_another_runs_partition_and_an_unknown_client(noise_pa
     other = {**run.fields(), "alpha": "iid"}
 
     with pytest.raises(PartitionError, match="partition"):
-        surface_data({"dataset": run.dataset, "dataset_options": options, "data": "train"}, path, other)
+        surface_data(run.dataset, options, "train", path, other)
     with pytest.raises(ValueError, match="client 99 does not exist: the partition has 4 clients"):
-        surface_data({"dataset": run.dataset, "dataset_options": options, "data": "client~99"}, path, run.fields())
+        surface_data(run.dataset, options, "client~99", path, run.fields())
 
 
 # -- plane stage: every surface kind on synthetic runs -------------------------------------------------------

@@ -270,20 +270,20 @@ def _center(job: LandscapePlaneJob, pts: _Points, final: torch.Tensor,
 
 
 # -- chunks ----------------------------------------------------------------------------------------------
-def surface_data(job: LandscapeChunkJob, partition_path: str | None,
+def surface_data(dataset: str, options: dict, data: str, partition_path: str | None,
                  run: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The evaluation data of a surface: the union of the clients' data (L), one client's (L_m) or the test set,
-    loaded as the train stage loads them (data.federated: the partition kind's input transform applied). `run`:
-    the fields of the run whose partition it is, checked against the file (None: a plane that names no run)."""
-    data = job.data
+    """The evaluation data `data` of a surface: the union of the clients' data (L, `train`), one client's (L_m,
+    `client~<id>`) or the test set, of `dataset` with `options`, loaded as the train stage loads them
+    (data.federated: the partition kind's input transform applied). `run`: the fields of the run whose partition it
+    is, checked against the file (None: a plane that names no run)."""
     if data == "test":
-        return load_test_data(job.dataset, job.dataset_options)
+        return load_test_data(dataset, options)
     if data != "train" and not data.startswith("client~"):
         raise ValueError(f"unknown surface data {data!r}: train, test or client~<id>")
     if run is None:
-        fed = federate(dataset_from_options(job.dataset, job.dataset_options), partition_path)
+        fed = federate(dataset_from_options(dataset, options), partition_path)
     else:
-        fed = load_federated_data(run, job.dataset_options, partition_path)
+        fed = load_federated_data(run, options, partition_path)
     if data == "train":
         return fed.union()
     m = int(data.split("~", 1)[1])
@@ -305,7 +305,8 @@ def landscape_chunk_job(settings: dict, plane_path: str, grid_path: str, partiti
         _write_nan_chunk(job, plane, grid, out)
         return
     # the plane's first run is the one whose data it evaluates
-    x, y = surface_data(job, partition_path, parse_run_id(plane.runs[0]) if plane.runs else None)
+    x, y = surface_data(job.dataset, job.dataset_options, job.data, partition_path,
+                        parse_run_id(plane.runs[0]) if plane.runs else None)
     device = resolve_device(job.device)
     model = ModelMeta.from_dict(plane.model_meta).build()
     sset = SurfaceSettings(batch_size=job.batch_size, points_per_batch=job.points_per_batch)

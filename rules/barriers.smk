@@ -2,7 +2,16 @@
 # 2023) between pairs of checkpoints named in the config (`interpolation.pairs`, `layer_barriers.pairs`).
 
 from fedscape.analysis.barriers.definitions import INTERPOLATION_FILES, LAYER_FILES
-from fedscape.core.paths import INTERPOLATION_DIR, LAYERWISE_DIR
+from fedscape.core.paths import (
+    INTERPOLATION_DIR,
+    INTERPOLATION_FIGURE,
+    LAYER_ALIGNED_FIGURE,
+    LAYER_CUMULATION_FIGURE,
+    LAYER_DISTANCE_FIGURE,
+    LAYER_FIGURE,
+    LAYER_TRAINING_FIGURE,
+    LAYERWISE_DIR,
+)
 from fedscape.plan import barriers as barrier_plan
 
 BARRIER_PAIR = r"[A-Za-z0-9_.-]+"
@@ -62,7 +71,7 @@ rule interpolation_figure:
     output:
         **RESULTS.figure_outputs(
             report,
-            barrier_plan.INTERPOLATION_FIGURE,
+            INTERPOLATION_FIGURE,
             caption="../workflow/report/barriers_interpolation.rst",
             category="Barriers",
             subcategory="Linear interpolation",
@@ -156,9 +165,7 @@ rule layer_barrier_figures:
                 else path
             )
             for split in ("train", "test")
-            for ext, path in RESULTS.figure(
-                barrier_plan.LAYER_FIGURE, split=split
-            ).items()
+            for ext, path in RESULTS.figure(LAYER_FIGURE, split=split).items()
         },
     log:
         RESULTS.job_log("layer_barrier_figures"),
@@ -177,7 +184,7 @@ rule layer_distance_figure:
     output:
         **RESULTS.figure_outputs(
             report,
-            barrier_plan.LAYER_DISTANCE_FIGURE,
+            LAYER_DISTANCE_FIGURE,
             caption="../workflow/report/barriers_layer_distances.rst",
             category="Barriers",
             subcategory="Layer-wise",
@@ -212,7 +219,7 @@ rule layer_cumulation_figures:
             )
             for split in ("train", "test")
             for ext, path in RESULTS.figure(
-                barrier_plan.LAYER_CUMULATION_FIGURE, split=split
+                LAYER_CUMULATION_FIGURE, split=split
             ).items()
         },
     log:
@@ -242,9 +249,7 @@ rule layer_aligned_figures:
                 else path
             )
             for split in ("train", "test")
-            for ext, path in RESULTS.figure(
-                barrier_plan.LAYER_ALIGNED_FIGURE, split=split
-            ).items()
+            for ext, path in RESULTS.figure(LAYER_ALIGNED_FIGURE, split=split).items()
         },
     log:
         RESULTS.job_log("layer_aligned_figures"),
@@ -266,7 +271,7 @@ rule layer_training_figure:
     output:
         **RESULTS.figure_outputs(
             report,
-            barrier_plan.LAYER_TRAINING_FIGURE,
+            LAYER_TRAINING_FIGURE,
             caption="../workflow/report/barriers_layer_training.rst",
             category="Barriers",
             subcategory="Layer-wise",

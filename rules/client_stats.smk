@@ -1,6 +1,7 @@
 # Client-update statistics per round (Yin et al. 2018; Nguyen et al. 2022): drift, gradient diversity,
 # update cosine and the L2 distance of the server weights to their final values.
 
+from fedscape.core.paths import CLIENT_STATS_FIGURE
 from fedscape.plan import client_stats as client_stats_plan
 from fedscape.plan.train import run_files
 
@@ -27,7 +28,7 @@ rule client_stats_figure:
     output:
         **RESULTS.figure_outputs(
             report,
-            client_stats_plan.FIGURE,
+            CLIENT_STATS_FIGURE,
             caption="../workflow/report/client_stats.rst",
             category="Client updates",
         ),

@@ -7,7 +7,7 @@ from fedscape.analysis.hessian.definitions import (
     JOB_FILES,
     hessian_columns,
 )
-from fedscape.core.paths import HESSIAN_DIR
+from fedscape.core.paths import HESSIAN_DIR, HESSIAN_FIGURE
 from fedscape.core.runs import Run
 from fedscape.plan import hessian as hessian_plan
 
@@ -67,7 +67,7 @@ rule hessian_by_algorithm_figure:
     output:
         **RESULTS.figure_outputs(
             report,
-            hessian_plan.FIGURE,
+            HESSIAN_FIGURE,
             caption="../workflow/report/hessian_by_algorithm.rst",
             category="Hessian",
             fields={"name": "lambda_trace_by_algorithm"},
@@ -91,7 +91,7 @@ rule hessian_by_init_figure:
     output:
         **RESULTS.figure_outputs(
             report,
-            hessian_plan.FIGURE,
+            HESSIAN_FIGURE,
             caption="../workflow/report/hessian_by_init.rst",
             category="Hessian",
             fields={"name": "lambda_trace_by_init"},
@@ -117,7 +117,7 @@ rule hessian_density_figure:
     output:
         **RESULTS.figure_outputs(
             report,
-            hessian_plan.FIGURE,
+            HESSIAN_FIGURE,
             caption="../workflow/report/hessian_density.rst",
             category="Hessian",
             fields={"name": "spectral_density"},

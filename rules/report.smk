@@ -3,6 +3,7 @@
 # init and alpha (Nguyen et al. 2022), accuracy tables (FedAlign Tables 1-4, 7) and cost (Table 5).
 
 from fedscape.core.config import result_version_params
+from fedscape.core.paths import ACCURACY_FIGURE, COST_FIGURE, CURVES_FIGURE
 from fedscape.plan import report as report_plan
 
 
@@ -52,7 +53,7 @@ rule curves_figure:
     output:
         **RESULTS.figure_outputs(
             report,
-            report_plan.CURVES_FIGURE,
+            CURVES_FIGURE,
             caption="../workflow/report/curves.rst",
             category="Training curves",
             subcategory="{dataset} / {model}",
@@ -75,7 +76,7 @@ rule accuracy_figure:
     output:
         **RESULTS.figure_outputs(
             report,
-            report_plan.ACCURACY_FIGURE,
+            ACCURACY_FIGURE,
             caption="../workflow/report/accuracy.rst",
             category="Final accuracy",
             subcategory="{dataset} / {model}",
@@ -100,7 +101,7 @@ rule cost_figure:
     output:
         **RESULTS.figure_outputs(
             report,
-            report_plan.COST_FIGURE,
+            COST_FIGURE,
             caption="../workflow/report/cost.rst",
             category="Cost",
             subcategory="{dataset} / {model}",

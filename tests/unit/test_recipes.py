@@ -194,12 +194,18 @@ def plan_aliases(stage: str) -> dict[str, str]:
                                                                  flags=re.M)}
 
 
-# The figures of a table: a figure rule whose outputs are a figure path template of its plan module (the accuracy
+# The figures of a table: a figure rule whose outputs are a figure path template of core/paths.py (the accuracy
 # figure, one rule for every kind of final-accuracy figure, has a recipe of its own)
+FIGURE_TEMPLATE = r"RESULTS\.figure(?:_outputs)?\(\s*(?:report,\s*)?([A-Z_]+_FIGURE)\b"
 FIGURE_RULES = sorted(rule for rule, (_, text) in rule_blocks().items()
-                      if re.search(r"RESULTS\.figure(_outputs)?\(\s*(report,\s*)?\w+_plan\.\w+", text)
-                      and rule != "accuracy_figure")
+                      if re.search(FIGURE_TEMPLATE, text) and rule != "accuracy_figure")
 ACROSS_RUNS = "fedscape.report.figures"  # the figures across runs: the entry points here, the drawing by subject
+
+
+def targets_of(module: str) -> ast.FunctionDef:
+    """The `targets` function of plan module `module`."""
+    return next(n for n in ast.parse((ROOT / module_file(module)).read_text()).body
+                if isinstance(n, ast.FunctionDef) and n.name == "targets")
 
 
 def figure_files(rule: str) -> dict[str, str]:
@@ -208,10 +214,12 @@ def figure_files(rule: str) -> dict[str, str]:
     script = ROOT / "workflow" / "scripts" / f"{rule}.py"
     entry = next(node.module for node in ast.walk(ast.parse(script.read_text()))
                  if isinstance(node, ast.ImportFrom) and any(a.name == f"{rule}_job" for a in node.names))
-    alias, constant = re.search(r"RESULTS\.figure(?:_outputs)?\(\s*(?:report,\s*)?(\w+_plan)\.(\w+)", text).groups()
-    plan = plan_aliases(stage)[alias]
+    constant = re.search(FIGURE_TEMPLATE, text)[1]
+    # the plan module of the rule file whose targets() asks for the figure
+    (plan,) = [module for module in plan_aliases(stage).values()
+               if constant in {n.id for n in ast.walk(targets_of(module)) if isinstance(n, ast.Name)}]
     caption = re.search(r'caption="\.\./(workflow/report/[^"]+)"', text)[1]
-    steps = {"job": module_file(entry), "rule": f"rules/{stage}.smk", "log": "src/fedscape/core/paths.py",
+    steps = {"job": module_file(entry), "rule": f"rules/{stage}.smk", "paths": "src/fedscape/core/paths.py",
              "target": module_file(plan), "constant": constant, "script": rel(script), "caption": caption}
     if entry == ACROSS_RUNS:  # the job is the report's entry point; it draws with its subject's module
         steps["drawing"] = module_file(subject_of(f"{rule}_job"))
@@ -243,15 +251,15 @@ def test_a_figure_is_six_files_or_seven_across_runs(rule):
     # Prepare
     steps = figure_files(rule)
     files = {v for k, v in steps.items() if k != "constant"}
-    targets = next(n for n in ast.parse((ROOT / steps["target"]).read_text()).body
-                   if isinstance(n, ast.FunctionDef) and n.name == "targets")
+    paths = ast.parse((ROOT / steps["paths"]).read_text())
 
     # Assert: the drawing and its job in the stage's figures module, or the job in the report's entry points and the
-    # drawing in the module of its subject; the plan module's targets() makes the figure's path template; the
-    # caption exists; no other file names the rule
+    # drawing in the module of its subject; the figure's path template (and its log's) in core/paths.py, made by the
+    # plan module's targets(); the caption exists; no other file names the rule
     across_runs = steps["job"] == module_file(ACROSS_RUNS)
     assert steps["job"].endswith("/figures.py") or across_runs
-    assert steps["constant"] in {n.id for n in ast.walk(targets) if isinstance(n, ast.Name)}
+    assert steps["constant"] in {t.id for n in paths.body if isinstance(n, ast.Assign) for t in n.targets
+                                 if isinstance(t, ast.Name)}
     assert (ROOT / steps["caption"]).exists()
     named = {path for path, strings in STRINGS.items() if rule in strings}
     named |= {rel(p) for p in (ROOT / "rules").glob("*.smk") if re.search(rf"^rule {rule}:", p.read_text(), re.M)}

@@ -34,6 +34,18 @@ SURFACE_DIR = f"{LANDSCAPE_DIR}/{{data}}"
 TABLE = "tables/{table}.csv"
 FIGURES = "figures"
 FIGURE_FORMATS = ("png", "pdf", "csv")  # every figure: the picture twice and the data it draws
+# Every figure's path below figures/, by what it draws (`Results.figure` adds each format's suffix).
+CURVES_FIGURE = "curves/{dataset}/{model}/{metric}"
+ACCURACY_FIGURE = "accuracy/{dataset}/{model}/{kind}"
+COST_FIGURE = "cost/{dataset}/{model}/cost"
+CLIENT_STATS_FIGURE = "client_stats/client_stats"
+HESSIAN_FIGURE = "hessian/{name}"
+INTERPOLATION_FIGURE = "barriers/interpolation"
+LAYER_FIGURE = "barriers/layerwise/{pair}/{split}"
+LAYER_DISTANCE_FIGURE = "barriers/layerwise/{pair}/distances"
+LAYER_CUMULATION_FIGURE = "barriers/layerwise/{pair}/cumulation_{split}"  # Fig. 4: modes random and ends
+LAYER_ALIGNED_FIGURE = "barriers/layerwise/{pair}/aligned_{split}"  # the heatmaps after weight matching
+LAYER_TRAINING_FIGURE = "barriers/layerwise/{pair}/over_training"  # Fig. 1b: full barrier and distances
 
 # Every rule's log, below the logs of its results directory (`Results.job_log`): a job's log mirrors its results
 # (its job directory, or the table or figure it makes). A log path never changes with the code: a moved log would

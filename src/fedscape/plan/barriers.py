@@ -22,7 +22,17 @@ from fedscape.analysis.barriers.definitions import (
 )
 from fedscape.core.config import ConfigError, canonical, with_result_version
 from fedscape.core.jobs import to_settings
-from fedscape.core.paths import INTERPOLATION_DIR, LAYERWISE_DIR, Results
+from fedscape.core.paths import (
+    INTERPOLATION_DIR,
+    INTERPOLATION_FIGURE,
+    LAYER_ALIGNED_FIGURE,
+    LAYER_CUMULATION_FIGURE,
+    LAYER_DISTANCE_FIGURE,
+    LAYER_FIGURE,
+    LAYER_TRAINING_FIGURE,
+    LAYERWISE_DIR,
+    Results,
+)
 from fedscape.core.runs import Run, resolve_run
 from fedscape.data.specs import dataset_settings
 from fedscape.fl.settings import sample_clients
@@ -36,12 +46,6 @@ from fedscape.plan.train import (
     unkept_round,
 )
 
-LAYER_FIGURE = "barriers/layerwise/{pair}/{split}"  # below figures/
-LAYER_DISTANCE_FIGURE = "barriers/layerwise/{pair}/distances"
-LAYER_CUMULATION_FIGURE = "barriers/layerwise/{pair}/cumulation_{split}"  # Fig. 4: modes random and ends
-LAYER_ALIGNED_FIGURE = "barriers/layerwise/{pair}/aligned_{split}"  # the heatmaps after weight matching
-LAYER_TRAINING_FIGURE = "barriers/layerwise/{pair}/over_training"  # Fig. 1b: full barrier and distances
-INTERPOLATION_FIGURE = "barriers/interpolation"
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 RESULT_VERSIONS = {"interpolation": 1, "layer_barriers": 1}
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from fedscape.analysis.client_stats.definitions import ClientStatsJob
 from fedscape.core.config import with_result_version
 from fedscape.core.jobs import to_settings
-from fedscape.core.paths import Results
+from fedscape.core.paths import CLIENT_STATS_FIGURE, Results
 from fedscape.core.runs import Run
 
-FIGURE = "client_stats/client_stats"  # below figures/
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 RESULT_VERSIONS = {"client_stats": 1}
 
@@ -34,4 +33,4 @@ def targets(config: dict, runs: list[Run]) -> list[str]:
     if not config["client_stats"]["enabled"]:
         return []
     results = Results.of(config)
-    return [results.table("client_stats"), *results.figure(FIGURE).values()]
+    return [results.table("client_stats"), *results.figure(CLIENT_STATS_FIGURE).values()]

@@ -6,12 +6,11 @@ from __future__ import annotations
 from fedscape.analysis.hessian.definitions import JOB_FILES, HessianJob, HessianSettings
 from fedscape.core.config import ConfigError, with_result_version
 from fedscape.core.jobs import to_settings
-from fedscape.core.paths import HESSIAN_DIR, Results
+from fedscape.core.paths import HESSIAN_DIR, HESSIAN_FIGURE, Results
 from fedscape.core.runs import select_runs
 from fedscape.data.specs import dataset_settings
 from fedscape.plan.train import algorithm_model_options, rounds_of, unkept_round
 
-FIGURE = "hessian/{name}"  # below figures/
 FIGURES = ("lambda_trace_by_algorithm", "lambda_trace_by_init")
 DENSITY_FIGURE = "spectral_density"
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
@@ -164,4 +163,4 @@ def targets(config: dict, runs: list) -> list[str]:
     results = Results.of(config)
     out = [results.table("hessian"), results.table("hessian_clients"), *(f"{d}/{JOB_FILES['plane']}" for d in dirs)]
     names = [*FIGURES, *([DENSITY_FIGURE] if config["hessian"]["density"]["enabled"] else [])]
-    return out + [path for name in names for path in results.figure(FIGURE, name=name).values()]
+    return out + [path for name in names for path in results.figure(HESSIAN_FIGURE, name=name).values()]

@@ -102,3 +102,21 @@ def _write_splits(root: Path, name: str, users: dict, files: int, rng: np.random
         fixture.train += tr
         fixture.test += te
     return fixture
+
+
+def write_shakespeare_raw(root: Path, roles: dict[str, str], layout: str = "leaf") -> Path:
+    """LEAF's raw Shakespeare texts by speaking role, as its preprocess_shakespeare.py writes them: one
+    ``<PLAY>_<ROLE>.txt`` per role in ``raw_data/by_play_and_character/``, each line of the role's speech followed
+    by a newline.
+
+    ``layout``: "leaf" writes below ``root/raw_data`` (LEAF's ``data/shakespeare/data``, the folder to give as
+    data_dir); "repo" below ``root/shakespeare/data/raw_data`` (LEAF's repository); "flat" in ``root`` itself.
+    Returns the folder of the role files.
+    """
+    base = {"leaf": Path(root) / "raw_data", "repo": Path(root) / "shakespeare" / "data" / "raw_data",
+            "flat": Path(root)}[layout]
+    folder = base / "by_play_and_character"
+    folder.mkdir(parents=True, exist_ok=True)
+    for role, text in roles.items():
+        (folder / f"{role}.txt").write_text(text, encoding="utf-8")
+    return folder

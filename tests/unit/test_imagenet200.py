@@ -19,7 +19,7 @@ from fedscape.data.datasets import from_source
 from fedscape.data.imagenet200 import CLASSES, WNIDS, ImageFolderImages, decode, list_split, train_subset
 from fedscape.data.sources import Source, load_source
 from fedscape.data.specs import dataset_info, dataset_option_problems
-from fedscape.models.networks import build_model
+from fedscape.models.registry import build_model
 from fedscape.models.specs import model_option_problems
 from fedscape.plan.workflow import check_config, check_data
 
@@ -183,7 +183,7 @@ def test_source_lists_without_decoding_and_the_dataset_equals_rows_decoded_direc
 
 def test_a_partition_reads_the_labels_alone(imagenet, tmp_path, monkeypatch):
     from fedscape.data.partition import load_partition
-    from fedscape.stages.partition import partition_stage
+    from fedscape.stages.partition import partition_job
 
     # Prepare
     def no_decoding(*args, **kwargs):
@@ -194,7 +194,7 @@ def test_a_partition_reads_the_labels_alone(imagenet, tmp_path, monkeypatch):
                 "alpha": "0.5", "num_clients": 4, "seed": 0, "min_size": 2, "max_tries": 100}
 
     # Execute
-    partition_stage(settings, tmp_path / "p.npz", tmp_path / "p.csv")
+    partition_job(settings, tmp_path / "p.npz", tmp_path / "p.csv")
 
     # Assert: every training image goes to exactly one client
     labels = list_split(imagenet, "train", imagenet200.TRAIN_PER_CLASS).labels
@@ -339,9 +339,15 @@ def test_imagenet_stem_keeps_every_forward_of_the_resnet(float64_default):
 
 def test_down_sampled_imagenet_is_no_proxy_for_imagenet200(tmp_path):
     from fedscape.stages.init import proxy_data
+    from fedscape.stages.init_settings import InitJob
 
     # Prepare: a pretrained init on ImageNet32 for ImageNet-200 (planning refuses it; the job refuses it too)
-    settings = {"dataset": "imagenet200", "dataset_options": {}, "proxy_dir": str(tmp_path)}
+    settings = InitJob.from_settings({
+        "dataset": "imagenet200", "model": "resnet18", "model_options": {"stem": "imagenet"}, "in_channels": 3,
+        "image_size": 224, "num_classes": 200, "init": "pre", "kind": "pretrained", "seed": 0, "epochs": 1,
+        "lr": 0.1, "batch_size": 4, "momentum": 0.0, "weight_decay": 0.0, "proxy_dataset": None,
+        "proxy_data_dir": None, "proxy_dir": str(tmp_path), "max_samples": None, "dataset_options": {},
+        "device": "cpu"})
 
     # Execute / Assert: RGB with normalisation statistics, but not 32x32
     with pytest.raises(ValueError, match="down-sampled ImageNet. needs a 32x32 RGB dataset, not imagenet200"):

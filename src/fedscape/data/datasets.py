@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from fedscape.core.names import unknown_name_error
-from fedscape.data.sources import Source, load_source, normalisation
+from fedscape.data.sources import Source, load_source, normalisation, source_from_options
 from fedscape.data.specs import AUGMENTATIONS, CROP_PADDING
 
 # Grey-scale datasets without published statistics: standardised with their train part's mean and std.
@@ -74,17 +74,17 @@ class Dataset:
 
 
 def load_dataset(name: str, *, data_dir: str | None = None, seed: int = 0, test_fraction: float = 0.25,
-                 proxy_fraction: float = 0.0, download: bool = False) -> Dataset:
+                 proxy_fraction: float = 0.0, download: bool = False, source: str = "preprocessed",
+                 seq_len: int | None = None) -> Dataset:
     """Load dataset ``name`` as tensors (arguments as `fedscape.data.sources.load_source`)."""
     return from_source(load_source(name, data_dir=data_dir, seed=seed, test_fraction=test_fraction,
-                                   proxy_fraction=proxy_fraction, download=download))
+                                   proxy_fraction=proxy_fraction, download=download, source=source,
+                                   seq_len=seq_len))
 
 
 def dataset_from_options(name: str, options: dict) -> Dataset:
-    """Dataset `name` loaded with a config's `datasets.<name>` settings (defaults filled by the schema)."""
-    return load_dataset(name, data_dir=options.get("data_dir"), seed=options.get("split_seed", 0),
-                        test_fraction=options.get("test_fraction", 0.25),
-                        proxy_fraction=options.get("proxy_fraction", 0.0), download=options.get("download", False))
+    """Dataset `name` loaded with a config's `datasets.<name>` settings (a job's: keys at their baseline left out)."""
+    return from_source(source_from_options(name, options))
 
 
 def _mean_std(images: np.ndarray, index: np.ndarray, chunk: int = 65536) -> tuple[float, float]:

@@ -6,6 +6,11 @@ LEAF's preprocessing writes ``train/*.json`` and ``test/*.json``, each file an o
 ``user_data`` for the users it drops. FEMNIST's ``x`` are 784 floats in [0, 1] (a 28x28 grey image,
 row-major) and ``y`` class ids 0..61; Shakespeare's ``x`` are 80-character strings and ``y`` the next
 character, both encoded with LEAF's vocabulary (``SHAKESPEARE_VOCAB``).
+
+Shakespeare can also be cut here from LEAF's raw texts (`read_shakespeare_raw`): LEAF's
+``preprocess_shakespeare.py`` (run by its ``data_to_json.sh``, the first step of ``preprocess.sh``) splits
+Project Gutenberg's complete works into ``raw_data/by_play_and_character/<PLAY>_<ROLE>.txt``, one file of lines
+per speaking role, before any sampling or fixed-length cutting.
 """
 
 from __future__ import annotations
@@ -16,14 +21,30 @@ from pathlib import Path
 
 import numpy as np
 
-from fedscape.data.specs import FEMNIST_CLASSES, NO_DOWNLOAD, SHAKESPEARE_SEQ_LEN, SHAKESPEARE_VOCAB
+from fedscape.data.specs import (
+    FEMNIST_CLASSES,
+    NO_DOWNLOAD,
+    SHAKESPEARE_RAW_TEST_FRACTION,
+    SHAKESPEARE_RAW_VOCAB,
+    SHAKESPEARE_SEQ_LEN,
+    SHAKESPEARE_VOCAB,
+)
 
 LEAF_SPLITS = ("train", "test")
 FEMNIST_PIXELS = 28 * 28
 
-# Byte value -> token id (-1: not in the vocabulary); the vocabulary is ASCII.
-_TOKEN_OF_BYTE = np.full(256, -1, dtype=np.int16)
-_TOKEN_OF_BYTE[np.frombuffer(SHAKESPEARE_VOCAB.encode("ascii"), dtype=np.uint8)] = np.arange(len(SHAKESPEARE_VOCAB))
+RAW_ROLES_DIR = "by_play_and_character"  # LEAF's folder of one text file per speaking role
+
+
+def _token_table(vocabulary: str) -> np.ndarray:
+    """Byte value -> token id (-1: not in the vocabulary); the vocabularies are ASCII."""
+    table = np.full(256, -1, dtype=np.int16)
+    table[np.frombuffer(vocabulary.encode("ascii"), dtype=np.uint8)] = np.arange(len(vocabulary))
+    return table
+
+
+_TOKEN_OF_BYTE = _token_table(SHAKESPEARE_VOCAB)
+_RAW_TOKEN_OF_BYTE = _token_table(SHAKESPEARE_RAW_VOCAB)
 
 
 @dataclass(frozen=True)
@@ -51,9 +72,19 @@ def encode_text(text: str, where: str = "text") -> np.ndarray:
     return ids.astype(np.uint8)
 
 
-def decode_text(ids: np.ndarray) -> str:
-    """The characters of token ids (inverse of `encode_text`)."""
-    return "".join(SHAKESPEARE_VOCAB[int(i)] for i in np.asarray(ids).reshape(-1))
+def decode_text(ids: np.ndarray, vocabulary: str = SHAKESPEARE_VOCAB) -> str:
+    """The characters of token ids (inverse of `encode_text`; `encode_raw_text` with SHAKESPEARE_RAW_VOCAB)."""
+    return "".join(vocabulary[int(i)] for i in np.asarray(ids).reshape(-1))
+
+
+def encode_raw_text(text: str) -> np.ndarray:
+    """Token ids (uint8) of `text` in the raw vocabulary (SHAKESPEARE_RAW_VOCAB), characters outside it dropped.
+
+    As the layer-wise authors' tokenizer does (epfml/llm-baselines, src/data/shakespeare.py `char_tknzr`): the
+    raw texts are the text as given, whose rare non-ASCII characters have no token.
+    """
+    ids = _RAW_TOKEN_OF_BYTE[np.frombuffer(text.encode("utf-8"), dtype=np.uint8)]
+    return ids[ids >= 0].astype(np.uint8)  # (a multi-byte character's bytes are all >= 128: none is kept)
 
 
 def leaf_directory(name: str, data_dir: str | None) -> Path:
@@ -155,3 +186,78 @@ def read_leaf(name: str, data_dir: str | None) -> tuple[LeafPart, LeafPart]:
     """LEAF's train and test parts of dataset `name` (``femnist`` or ``shakespeare``) from ``data_dir``."""
     directory = leaf_directory(name, data_dir)
     return read_leaf_part(name, directory / "train"), read_leaf_part(name, directory / "test")
+
+
+def raw_roles_directory(data_dir: str | None) -> Path:
+    """The folder of LEAF's raw Shakespeare texts by role (``by_play_and_character/``) below `data_dir`.
+
+    Looks in ``data_dir`` itself, ``data_dir/raw_data`` (LEAF's ``data/shakespeare/data``) and
+    ``data_dir/shakespeare/data/raw_data`` (LEAF's repository); FileNotFoundError naming them and how to make it.
+    """
+    places = [] if data_dir is None else [Path(data_dir), Path(data_dir) / "raw_data",
+                                          Path(data_dir) / "shakespeare" / "data" / "raw_data"]
+    for where in places:
+        if any((where / RAW_ROLES_DIR).glob("*.txt")):
+            return where / RAW_ROLES_DIR
+    looked = ("no data_dir was given" if data_dir is None else
+              "looked for *.txt in " + ", ".join(str(p / RAW_ROLES_DIR) for p in places))
+    raise FileNotFoundError(
+        f"shakespeare's raw texts not found ({looked}). datasets.shakespeare.source: raw reads LEAF's raw texts by "
+        f"speaking role, {RAW_ROLES_DIR}/<PLAY>_<ROLE>.txt, which LEAF's data/shakespeare/preprocess/"
+        f"preprocess_shakespeare.py writes into data/shakespeare/data/raw_data/ from Project Gutenberg's complete "
+        f"works (its data_to_json.sh, the first step of preprocess.sh, runs it); set datasets.shakespeare.data_dir "
+        f"to LEAF's data/shakespeare/data folder, or use source: preprocessed for LEAF's train/ and test/ JSON. "
+        f"fedscape does not download it."
+    )
+
+
+def _windows(ids: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every `seq_len`-token window of `ids` that has a next token, and that token (the target)."""
+    if len(ids) <= seq_len:
+        return np.zeros((0, seq_len), dtype=np.uint8), np.zeros(0, dtype=np.int64)
+    x = np.lib.stride_tricks.sliding_window_view(ids[:-1], seq_len)
+    return x, ids[seq_len:].astype(np.int64)
+
+
+def read_shakespeare_raw(data_dir: str | None, seq_len: int,
+                         test_fraction: float = SHAKESPEARE_RAW_TEST_FRACTION) -> tuple[LeafPart, LeafPart]:
+    """Next-character samples of `seq_len` characters cut from LEAF's raw texts by speaking role.
+
+    Each role (a file of ``by_play_and_character/``, in sorted name order) is one writer. Its text as given is
+    encoded in the raw vocabulary (`encode_raw_text`) and cut once: the first ``1 - test_fraction`` of its
+    characters are its train part, the rest its test part (the layer-wise authors cut their text at 80 %; here per
+    role, so that every writer keeps the end of its own text for testing). Every window of `seq_len` characters of
+    a part with a character after it is a sample, that character its target (LEAF slides its 80-character window
+    the same way; the authors' model predicts the next character at every position, fedscape's after the last).
+    A role too short for a window in a part has no sample there. Writers are numbered in file order, per part.
+    """
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"datasets.shakespeare.seq_len must be a positive integer, got {seq_len!r}")
+    directory = raw_roles_directory(data_dir)
+    parts: dict[str, list[tuple[str, np.ndarray]]] = {"train": [], "test": []}
+    for path in sorted(directory.glob("*.txt")):
+        text = path.read_text(encoding="utf-8", errors="replace")
+        cut = int((1 - test_fraction) * len(text))
+        parts["train"].append((path.stem, encode_raw_text(text[:cut])))
+        parts["test"].append((path.stem, encode_raw_text(text[cut:])))
+    out = []
+    for split, roles in parts.items():
+        sizes = [max(len(ids) - seq_len, 0) for _, ids in roles]
+        if not sum(sizes):
+            raise ValueError(f"{directory}: no role's {split} text (its {'first' if split == 'train' else 'last'} "
+                             f"{1 - test_fraction if split == 'train' else test_fraction:.0%}) is longer than "
+                             f"seq_len={seq_len} characters; use a smaller datasets.shakespeare.seq_len")
+        x = np.empty((sum(sizes), seq_len), dtype=np.uint8)  # filled role by role: no second copy of the windows
+        y = np.empty(sum(sizes), dtype=np.int64)
+        writers = np.empty(sum(sizes), dtype=np.int64)
+        names: list[str] = []
+        at = 0
+        for (role, ids), n in zip(roles, sizes, strict=True):
+            if not n:
+                continue
+            x[at:at + n], y[at:at + n] = _windows(ids, seq_len)
+            writers[at:at + n] = len(names)
+            names.append(role)
+            at += n
+        out.append(LeafPart(x, y, writers, tuple(names)))
+    return out[0], out[1]

@@ -8,7 +8,8 @@ so it reads them here without torch; `fedscape.data.datasets` turns a source int
 CIFAR is read from the python-version archives on disk with a restricted unpickler that only
 rebuilds numpy arrays; nothing is downloaded unless ``download=True``. FEMNIST and Shakespeare are
 read from LEAF's JSON files (`fedscape.data.leaf`) and keep LEAF's train/test split; every sample
-of theirs names its writer (``writer_ids``), which a natural partition gives one client each.
+of theirs names its writer (``writer_ids``), which a natural partition gives one client each. Shakespeare
+with ``source="raw"`` is cut from LEAF's raw texts by role instead (`fedscape.data.leaf.read_shakespeare_raw`).
 ImageNet-200 is read from ImageNet's class folders (`fedscape.data.imagenet200`): its images are decoded
 only for the rows asked for, so its labels (what partitions need) cost a listing of the folders.
 """
@@ -25,8 +26,19 @@ import numpy as np
 
 from fedscape.core.names import unknown_name_error
 from fedscape.data import imagenet200
-from fedscape.data.leaf import read_leaf
-from fedscape.data.specs import DATA_DIR_HOLDS, DATASET_NAMES, FEMNIST_CLASSES, NO_DOWNLOAD, SHAKESPEARE_VOCAB
+from fedscape.data.leaf import read_leaf, read_shakespeare_raw
+from fedscape.data.specs import (
+    DATA_DIR_HOLDS,
+    DATASET_BASELINES,
+    DATASET_NAMES,
+    FEMNIST_CLASSES,
+    NO_DOWNLOAD,
+    RAW_SOURCE_DATASETS,
+    SHAKESPEARE_RAW_VOCAB,
+    SHAKESPEARE_SEQ_LEN,
+    SHAKESPEARE_VOCAB,
+    SOURCES,
+)
 
 DIGITS_CSV = "datasets/data/digits.csv.gz"  # inside the scikit-learn package
 
@@ -84,16 +96,26 @@ class Source:
 
 
 def load_source(name: str, *, data_dir: str | None = None, seed: int = 0, test_fraction: float = 0.25,
-                proxy_fraction: float = 0.0, download: bool = False) -> Source:
+                proxy_fraction: float = 0.0, download: bool = False, source: str = "preprocessed",
+                seq_len: int | None = None) -> Source:
     """Read dataset ``name`` (one of ``DATASET_NAMES``) and split it.
 
     ``test_fraction`` sets the seeded stratified test split of ``digits``; CIFAR keeps its official
     train/test split and ignores it. ``proxy_fraction`` carves a seeded stratified proxy part out of
     the train part (disjoint from train and test). ``data_dir`` applies to CIFAR, LEAF's datasets and ImageNet-200,
-    ``download`` to CIFAR only (LEAF's are built by LEAF's own scripts: ValueError).
+    ``download`` to CIFAR only (LEAF's are built by LEAF's own scripts: ValueError). ``source="raw"``
+    (shakespeare only) cuts sequences of ``seq_len`` characters (None: 80) from LEAF's raw texts.
     """
     if not 0.0 <= proxy_fraction < 1.0:
         raise ValueError(f"proxy_fraction must be in [0, 1), got {proxy_fraction}")
+    if source not in SOURCES:
+        raise ValueError(f"datasets.{name}.source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if source == "raw" and name not in RAW_SOURCE_DATASETS:
+        raise ValueError(f"datasets.{name}.source: raw texts exist for {', '.join(RAW_SOURCE_DATASETS)} only; use "
+                         "source: preprocessed")
+    if source == "raw":
+        return _leaf(name, data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download,
+                     seq_len=seq_len or SHAKESPEARE_SEQ_LEN)
     if name == "digits":
         return _digits(seed=seed, test_fraction=test_fraction, proxy_fraction=proxy_fraction)
     if name in _CIFAR:
@@ -109,7 +131,8 @@ def source_from_options(name: str, options: dict) -> Source:
     """Dataset `name` read with a config's `datasets.<name>` settings (defaults filled by the schema)."""
     return load_source(name, data_dir=options.get("data_dir"), seed=options.get("split_seed", 0),
                        test_fraction=options.get("test_fraction", 0.25),
-                       proxy_fraction=options.get("proxy_fraction", 0.0), download=options.get("download", False))
+                       proxy_fraction=options.get("proxy_fraction", 0.0), download=options.get("download", False),
+                       source=options.get("source", DATASET_BASELINES["source"]), seq_len=options.get("seq_len"))
 
 
 def stratified_split(
@@ -338,20 +361,21 @@ def _cifar(name: str, *, data_dir: str | None, seed: int = 0, proxy_fraction: fl
 
 
 def _leaf(name: str, *, data_dir: str | None, seed: int = 0, proxy_fraction: float = 0.0,
-          download: bool = False) -> Source:
-    """FEMNIST or Shakespeare as LEAF writes them (Caldas et al. 2018, LEAF: A Benchmark for Federated Settings)."""
+          download: bool = False, seq_len: int | None = None) -> Source:
+    """FEMNIST or Shakespeare as LEAF writes them (Caldas et al. 2018, LEAF: A Benchmark for Federated Settings);
+    with `seq_len`, Shakespeare cut from LEAF's raw texts instead (`read_shakespeare_raw`)."""
     if download:
         raise ValueError(f"datasets.{name}.download: fedscape cannot download {name}: {NO_DOWNLOAD[name]}, "
                          f"which fetches the raw data and writes train/ and test/ JSON files; run it on a machine "
                          f"with internet access, copy that folder here, set data_dir to it and download: false")
-    train, test = read_leaf(name, data_dir)
+    train, test = read_leaf(name, data_dir) if seq_len is None else read_shakespeare_raw(data_dir, seq_len)
     rng = np.random.default_rng(seed)
     train_index, proxy_index = _split_proxy(np.arange(len(train.y)), train.y, proxy_fraction, rng)
-    text = name == "shakespeare"
-    classes = SHAKESPEARE_VOCAB if text else FEMNIST_CLASSES
+    vocabulary = None if name != "shakespeare" else SHAKESPEARE_VOCAB if seq_len is None else SHAKESPEARE_RAW_VOCAB
+    classes = vocabulary or FEMNIST_CLASSES
     return Source(name, train.x, train.y, test.x, test.y, train_index, np.arange(len(test.y)), proxy_index,
                   len(classes), tuple(classes), train_writers=train.writers, writer_names=train.writer_names,
-                  vocabulary=SHAKESPEARE_VOCAB if text else None)
+                  vocabulary=vocabulary)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import string
+from dataclasses import dataclass, replace
 
+from fedscape.core.config import without_baselines
 from fedscape.core.names import unknown_name_error
 from fedscape.data import imagenet200
 
@@ -13,6 +15,20 @@ INPUT_KINDS: tuple[str, ...] = ("image", "tokens")
 # character's token id is its position here.
 SHAKESPEARE_VOCAB = "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}"
 SHAKESPEARE_SEQ_LEN = 80  # characters per input sequence in LEAF's Shakespeare
+# Where a dataset's samples come from (`datasets.<name>.source`): `preprocessed`, the files its publishers'
+# scripts write (CIFAR's archives, LEAF's train/ and test/ JSON); `raw`, Shakespeare only: next-character samples
+# cut here from LEAF's raw texts by speaking role (raw_data/by_play_and_character/, `fedscape.data.leaf`), with the
+# layer-wise LMC paper's vocabulary and any sequence length (Adilova et al., appendix: 96 characters, sequences of
+# 256), where LEAF's preprocessing fixes 80 of each.
+SOURCES: tuple[str, ...] = ("preprocessed", "raw")
+RAW_SOURCE_DATASETS: tuple[str, ...] = ("shakespeare",)
+# The vocabulary of the raw texts: the layer-wise authors' character tokenizer (their LLM runs use epfml/llm-baselines,
+# src/data/shakespeare.py: sorted ASCII letters, digits, punctuation, space and newline, 96 characters; a character
+# outside it is dropped). Printable ASCII whole: the text as given, where LEAF's 80 leave out e.g. `*`, `$` and `@`.
+SHAKESPEARE_RAW_VOCAB = "".join(sorted(set(string.ascii_letters + string.digits + string.punctuation + " \n")))
+# The share of each role's text (its end) that is its test part: the authors cut their text at 80 % (the same
+# code), LEAF's and FedAvg's Shakespeare split 80/20 (McMahan et al. 2017; LEAF's -tf 0.8).
+SHAKESPEARE_RAW_TEST_FRACTION = 0.2
 # FEMNIST's 62 classes as LEAF numbers them (data_to_json.py relabel_class): digits, upper case, lower case.
 FEMNIST_CLASSES = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -84,6 +100,9 @@ DATASETS: dict[str, DatasetInfo] = {
                                needs_data_dir=True),
 }
 DATASET_NAMES: tuple[str, ...] = tuple(sorted(DATASETS))
+# `datasets.<name>` keys added after results existed, with their baselines (what every job read before the key):
+# a job's `dataset_options` leave a key out at its baseline (`dataset_settings`), so adding them reran nothing.
+DATASET_BASELINES: dict[str, object] = {"source": "preprocessed", "seq_len": None}
 AUGMENTATIONS: tuple[str, ...] = ("none", "crop_flip")
 CROP_PADDING = 4  # pixels of zero padding before the random crop (the CIFAR standard)
 # Datasets fedscape reads only from files made elsewhere: `download` cannot fetch them.
@@ -103,11 +122,27 @@ DATA_DIR_HOLDS: dict[str, str] = {
 _LAYOUT_PROBLEMS = {"imagenet200": imagenet200.layout_problems}
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    """Static facts about dataset `name`; ValueError naming the valid ones for an unknown name."""
+def dataset_info(name: str, options: dict | None = None) -> DatasetInfo:
+    """Static facts about dataset `name` read with its `datasets.<name>` settings `options` (None: the defaults);
+    ValueError naming the valid ones for an unknown name.
+
+    Shakespeare from its raw texts (`source: raw`) has the raw vocabulary (SHAKESPEARE_RAW_VOCAB) and sequences of
+    `seq_len` characters (null: LEAF's 80).
+    """
     if name not in DATASETS:
         raise unknown_name_error("dataset", name, DATASET_NAMES)
-    return DATASETS[name]
+    info = DATASETS[name]
+    if (options or {}).get("source") == "raw" and name == "shakespeare":
+        vocab, seq_len = len(SHAKESPEARE_RAW_VOCAB), options.get("seq_len") or SHAKESPEARE_SEQ_LEN
+        return replace(info, in_channels=vocab, image_size=int(seq_len), num_classes=vocab,
+                       description=f"Shakespeare from LEAF's raw texts by speaking role: next character of "
+                                   f"{seq_len}-character sequences over {vocab} characters, from data_dir")
+    return info
+
+
+def dataset_settings(options: dict) -> dict:
+    """`datasets.<name>` as a job's settings carry it: less the keys at their baseline (DATASET_BASELINES)."""
+    return without_baselines(options, DATASET_BASELINES)
 
 
 def dataset_option_problems(name: str, options: dict) -> list[str]:
@@ -119,6 +154,15 @@ def dataset_option_problems(name: str, options: dict) -> list[str]:
     if augment in AUGMENTATIONS and augment not in info.augmentations:
         problems.append(f"datasets.{name}.augment: {augment} augments images, but {name} gives "
                         f"{info.input_description}; use {' or '.join(info.augmentations)}")
+    source = options.get("source", DATASET_BASELINES["source"])
+    if source == "raw" and name not in RAW_SOURCE_DATASETS:
+        problems.append(f"datasets.{name}.source: raw builds samples from a dataset's raw texts, which only "
+                        f"{', '.join(RAW_SOURCE_DATASETS)} has; use source: preprocessed")
+    seq_len = options.get("seq_len")
+    if seq_len is not None and source != "raw":
+        problems.append(f"datasets.{name}.seq_len: {seq_len} characters per sequence, but only shakespeare from its "
+                        f"raw texts (source: raw) cuts sequences of a chosen length (LEAF's preprocessed files fix "
+                        f"{SHAKESPEARE_SEQ_LEN}); set source: raw or leave seq_len null")
     if options.get("download") and name in NO_DOWNLOAD:
         problems.append(f"datasets.{name}.download: fedscape cannot download {name} ({NO_DOWNLOAD[name]}); "
                         f"set download: false and data_dir to the folder holding {DATA_DIR_HOLDS[name]}")

@@ -210,7 +210,10 @@ def test_fedalign_has_the_papers_settings_and_ablation_grid():
 
     t = config["training"]
     assert (t["rounds"], t["local_epochs"], t["lr"]) == (25, 20, 0.01) and t["momentum"] > 0
-    assert {r.model for r in runs} == {"resnet56_bottleneck"}  # the authors' code's ResNet56
+    # the authors' code's ResNet56 on CIFAR, its ImageNet ResNet18 (batch norm, 7x7 stem and max-pool) on ImageNet-200
+    assert {(r.dataset, r.model) for r in runs} == {("cifar100", "resnet56_bottleneck"),
+                                                    ("cifar10", "resnet56_bottleneck"), ("imagenet200", "resnet18")}
+    assert config["model_options"]["resnet18"] == {"norm": "batch", "stem": "imagenet"}
     # the authors' code where the paper is silent: Nesterov SGD with --wd 1e-4, MOON's classifier on its projection
     # head, the Hessian over the whole training split
     assert (t["nesterov"], t["weight_decay"], t["batch_size"]) == (True, 0.0001, 64)
@@ -227,7 +230,16 @@ def test_fedalign_has_the_papers_settings_and_ablation_grid():
         assert {name[r.algorithm] for r in runs if r.dataset == "cifar100" and r.num_clients == clients
                 and r.participation == part and rounds[r.algorithm] == rnds} == FEDALIGN_METHODS
     assert {name[r.algorithm] for r in runs if r.dataset == "cifar10"} == FEDALIGN_METHODS  # Table 7
-    assert len(runs) == 95
+    # Table 7, ImageNet-200: the seven methods and GradAug n = 1, with C = 16 and with C = 32 x 0.125, 25 rounds each,
+    # GradAug's sub-networks on the code's 224/192/160/128 inputs
+    imagenet = [r for r in runs if r.dataset == "imagenet200"]
+    for clients, part in ((16, "1.0"), (32, "0.125")):
+        chosen = [r for r in imagenet if (r.num_clients, r.participation) == (clients, part)]
+        assert {name[r.algorithm] for r in chosen} == FEDALIGN_METHODS and len(chosen) == 8
+        assert {(r.setting, epochs[r.algorithm], rounds[r.algorithm]) for r in chosen} == {("0.5", 20, 25)}
+    assert {tuple(round(s * 224) for s in config["algorithms"][r.algorithm]["scales"]) for r in imagenet
+            if name[r.algorithm] == "gradaug"} == {(224, 192, 160, 128)}
+    assert len(imagenet) == 16 and len(runs) == 111
     # Table 8: mu with omega_s = 0.8, omega_s with mu = 0.05, all in Table 1's setting
     table1 = [r for r in runs if r.dataset == "cifar100" and r.setting == "0.5" and r.num_clients == 16
               and r.participation == "1.0" and epochs[r.algorithm] == 20 and rounds[r.algorithm] == 25]

@@ -1,9 +1,12 @@
-"""Datasets (CIFAR-10/100, scikit-learn digits, LEAF's FEMNIST and Shakespeare) as in-memory tensors, plus augmentation.
+"""Datasets (CIFAR-10/100, scikit-learn digits, LEAF's FEMNIST and Shakespeare, ImageNet-200) as in-memory tensors,
+plus augmentation.
 
 `fedscape.data.sources` reads the files and splits them (torch-free); here a source becomes a
 :class:`Dataset`. Images become float32 ``[N, C, H, W]``: digits and FEMNIST standardised with the
-train part's mean and std, CIFAR scaled to [0, 1] and normalised per channel with its published
-statistics. Text (Shakespeare) becomes int64 token ids ``[N, T]`` with int64 targets ``[N]`` (the id
+train part's mean and std, CIFAR and ImageNet-200 scaled to [0, 1] and normalised per channel with
+their published statistics (ImageNet-200's images are decoded from disk in chunks straight into the float
+tensor, so building it never holds a second copy of the pool). Text (Shakespeare) becomes int64 token
+ids ``[N, T]`` with int64 targets ``[N]`` (the id
 of the next character), so models give logits ``[N, vocabulary]`` and the loss is unchanged.
 """
 
@@ -22,6 +25,7 @@ from fedscape.data.specs import AUGMENTATIONS, CROP_PADDING
 
 # Grey-scale datasets without published statistics: standardised with their train part's mean and std.
 _STANDARDISED = ("digits", "femnist")
+_DECODE_CHUNK = 1024  # images decoded at once from a source that decodes when indexed (147 MB of uint8 at 224x224)
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,14 @@ def from_source(src: Source) -> Dataset:
         mean_t, std_t = torch.tensor(m).view(1, 3, 1, 1), torch.tensor(s).view(1, 3, 1, 1)
 
         def part(images: np.ndarray, labels: np.ndarray, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            x = torch.from_numpy(images[index]).to(torch.float32).div_(255.0).sub_(mean_t).div_(std_t)
+            if isinstance(images, np.ndarray):
+                x = torch.from_numpy(images[index]).to(torch.float32).div_(255.0).sub_(mean_t).div_(std_t)
+            else:  # decoded when indexed (ImageNet-200): chunk by chunk into the tensor, elementwise as above
+                x = torch.empty((len(index), *images.shape[1:]), dtype=torch.float32)
+                for start in range(0, len(index), _DECODE_CHUNK):
+                    rows = index[start : start + _DECODE_CHUNK]
+                    x[start : start + len(rows)] = (torch.from_numpy(images[rows]).to(torch.float32).div_(255.0)
+                                                    .sub_(mean_t).div_(std_t))
             return x, torch.from_numpy(labels[index])
 
     return Dataset(

@@ -10,6 +10,8 @@ rebuilds numpy arrays; nothing is downloaded unless ``download=True``. FEMNIST a
 read from LEAF's JSON files (`fedscape.data.leaf`) and keep LEAF's train/test split; every sample
 of theirs names its writer (``writer_ids``), which a natural partition gives one client each. Shakespeare
 with ``source="raw"`` is cut from LEAF's raw texts by role instead (`fedscape.data.leaf.read_shakespeare_raw`).
+ImageNet-200 is read from ImageNet's class folders (`fedscape.data.imagenet200`): its images are decoded
+only for the rows asked for, so its labels (what partitions need) cost a listing of the folders.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from typing import Any
 import numpy as np
 
 from fedscape.core.names import unknown_name_error
+from fedscape.data import imagenet200
 from fedscape.data.leaf import read_leaf, read_shakespeare_raw
 from fedscape.data.specs import (
+    DATA_DIR_HOLDS,
     DATASET_BASELINES,
     DATASET_NAMES,
     FEMNIST_CLASSES,
@@ -52,7 +56,8 @@ class Source:
     of ``load_digits()``; CIFAR: the official training set; LEAF: its train files); ``test_images``/
     ``test_labels`` the rows of the test indices (digits: the same arrays; CIFAR: the official test
     set; LEAF: its test files). Text datasets hold token ids (uint8 ``[N, T]``) as their images and
-    their ``vocabulary`` (the character of each id); image datasets have ``vocabulary`` None.
+    their ``vocabulary`` (the character of each id); image datasets have ``vocabulary`` None. ImageNet-200's
+    images are `fedscape.data.imagenet200.ImageFolderImages`, decoded when indexed (``images[index]``).
     ``train_writers`` (LEAF only, else None) is the writer of every ``train_images`` row, an index
     into ``writer_names``.
     """
@@ -97,7 +102,7 @@ def load_source(name: str, *, data_dir: str | None = None, seed: int = 0, test_f
 
     ``test_fraction`` sets the seeded stratified test split of ``digits``; CIFAR keeps its official
     train/test split and ignores it. ``proxy_fraction`` carves a seeded stratified proxy part out of
-    the train part (disjoint from train and test). ``data_dir`` applies to CIFAR and LEAF's datasets,
+    the train part (disjoint from train and test). ``data_dir`` applies to CIFAR, LEAF's datasets and ImageNet-200,
     ``download`` to CIFAR only (LEAF's are built by LEAF's own scripts: ValueError). ``source="raw"``
     (shakespeare only) cuts sequences of ``seq_len`` characters (None: 80) from LEAF's raw texts.
     """
@@ -115,6 +120,8 @@ def load_source(name: str, *, data_dir: str | None = None, seed: int = 0, test_f
         return _digits(seed=seed, test_fraction=test_fraction, proxy_fraction=proxy_fraction)
     if name in _CIFAR:
         return _cifar(name, data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download)
+    if name == "imagenet200":
+        return _imagenet200(data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download)
     if name in NO_DOWNLOAD:
         return _leaf(name, data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download)
     raise unknown_name_error("dataset", name, DATASET_NAMES)
@@ -236,9 +243,13 @@ _CIFAR = {
 }
 
 def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel (mean, std) a 32x32 RGB dataset is normalised with (ValueError for other datasets)."""
+    """Per-channel (mean, std) an RGB dataset is normalised with (ValueError for other datasets): CIFAR's published
+    statistics, and ImageNet's for ImageNet-200 (the FedAlign code's)."""
+    if name == "imagenet200":
+        return imagenet200.MEAN, imagenet200.STD
     if name not in _CIFAR:
-        raise ValueError(f"{name} is not a 32x32 RGB dataset; normalisation statistics exist for {', '.join(_CIFAR)}")
+        raise ValueError(f"{name} is not an RGB dataset; normalisation statistics exist for "
+                         f"{', '.join((*_CIFAR, 'imagenet200'))}")
     return _CIFAR[name].mean, _CIFAR[name].std
 
 
@@ -365,3 +376,28 @@ def _leaf(name: str, *, data_dir: str | None, seed: int = 0, proxy_fraction: flo
     return Source(name, train.x, train.y, test.x, test.y, train_index, np.arange(len(test.y)), proxy_index,
                   len(classes), tuple(classes), train_writers=train.writers, writer_names=train.writer_names,
                   vocabulary=vocabulary)
+
+
+# ---------------------------------------------------------------------------------------------
+# ImageNet-200 (FedAlign)
+
+
+def _imagenet200(*, data_dir: str | None, seed: int = 0, proxy_fraction: float = 0.0, download: bool = False,
+                 train_per_class: int = imagenet200.TRAIN_PER_CLASS) -> Source:
+    """FedAlign's ImageNet-200 (Mendieta et al. 2022, Sec. 4.1): `fedscape.data.imagenet200` lists the training
+    images kept of each of its 200 classes (500) and all their validation images (the test set); nothing is decoded
+    here."""
+    if download:
+        raise ValueError(f"datasets.imagenet200.download: fedscape cannot download imagenet200: "
+                         f"{NO_DOWNLOAD['imagenet200']}; set download: false and data_dir to the folder holding "
+                         f"{DATA_DIR_HOLDS['imagenet200']}")
+    if data_dir is None:
+        raise FileNotFoundError(f"ImageNet-200 is read from a data_dir holding {DATA_DIR_HOLDS['imagenet200']}, "
+                                "and none was given")
+    train = imagenet200.list_split(data_dir, "train", train_per_class)
+    test = imagenet200.list_split(data_dir, "val")
+    rng = np.random.default_rng(seed)
+    train_index, proxy_index = _split_proxy(np.arange(len(train.labels)), train.labels, proxy_fraction, rng)
+    return Source("imagenet200", imagenet200.ImageFolderImages(train.paths), train.labels,
+                  imagenet200.ImageFolderImages(test.paths), test.labels, train_index, np.arange(len(test.labels)),
+                  proxy_index, len(imagenet200.CLASSES), imagenet200.CLASSES)

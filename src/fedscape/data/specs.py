@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 
 from fedscape.core.config import without_baselines
 from fedscape.core.names import unknown_name_error
+from fedscape.data import imagenet200
 
 # What a dataset's samples are: float images [N, C, H, W], or int64 token ids [N, T] (text).
 INPUT_KINDS: tuple[str, ...] = ("image", "tokens")
@@ -90,6 +91,13 @@ DATASETS: dict[str, DatasetInfo] = {
                                "Shakespeare (LEAF, Caldas et al. 2018): next character of 80-character lines by "
                                "speaking role, LEAF's JSON from data_dir", 4226158, True, inputs="tokens",
                                writers=True, needs_data_dir=True),
+    # FedAlign's ImageNet-200 (Mendieta et al. 2022, Sec. 4.1): 200 classes of ImageNet-1k at the code's 224x224,
+    # 500 training images per class (fedscape.data.imagenet200), ImageNet's validation images as the test set.
+    "imagenet200": DatasetInfo(3, imagenet200.IMAGE_SIZE, len(imagenet200.CLASSES),
+                               "ImageNet-200 (FedAlign, Mendieta et al. 2022): 200 classes of ImageNet-1k, 500 "
+                               "training images each, decoded to 224x224 from data_dir's train/<wnid>/ and "
+                               "val/<wnid>/ JPEGs", imagenet200.TRAIN_PER_CLASS * len(imagenet200.CLASSES), True,
+                               needs_data_dir=True),
 }
 DATASET_NAMES: tuple[str, ...] = tuple(sorted(DATASETS))
 # `datasets.<name>` keys added after results existed, with their baselines (what every job read before the key):
@@ -101,7 +109,17 @@ CROP_PADDING = 4  # pixels of zero padding before the random crop (the CIFAR sta
 NO_DOWNLOAD: dict[str, str] = {
     "femnist": "LEAF builds FEMNIST from NIST Special Database 19 with its data/femnist/preprocess.sh",
     "shakespeare": "LEAF builds Shakespeare from the Gutenberg text with its data/shakespeare/preprocess.sh",
+    "imagenet200": "image-net.org distributes ImageNet-1k (ILSVRC2012) to registered users only",
 }
+# What data_dir holds for the datasets fedscape cannot download (the hint of a `download: true` error).
+DATA_DIR_HOLDS: dict[str, str] = {
+    "femnist": "LEAF's train/ and test/ JSON files",
+    "shakespeare": "LEAF's train/ and test/ JSON files",
+    "imagenet200": "ImageNet-1k's train/<wnid>/ and val/<wnid>/ image folders (fedscape.data.imagenet200)",
+}
+# Datasets whose folder layout is checked before their jobs start (torch-free, listing folders only): the problems
+# of a data_dir, each naming the missing path.
+_LAYOUT_PROBLEMS = {"imagenet200": imagenet200.layout_problems}
 
 
 def dataset_info(name: str, options: dict | None = None) -> DatasetInfo:
@@ -147,5 +165,12 @@ def dataset_option_problems(name: str, options: dict) -> list[str]:
                         f"{SHAKESPEARE_SEQ_LEN}); set source: raw or leave seq_len null")
     if options.get("download") and name in NO_DOWNLOAD:
         problems.append(f"datasets.{name}.download: fedscape cannot download {name} ({NO_DOWNLOAD[name]}); "
-                        f"set download: false and data_dir to the folder holding LEAF's train/ and test/ JSON files")
+                        f"set download: false and data_dir to the folder holding {DATA_DIR_HOLDS[name]}")
     return problems
+
+
+def data_layout_problems(name: str, data_dir: str) -> list[str]:
+    """What the existing folder `data_dir` lacks of dataset `name`'s layout, each naming the path (empty for the
+    datasets without such a check: their readers name what they miss)."""
+    check = _LAYOUT_PROBLEMS.get(name)
+    return check(data_dir) if check else []

@@ -94,7 +94,8 @@ _BUILDERS: dict[str, Callable[..., ImageClassifier]] = {
     "resnet56": _cifar_resnet(9),
     # the FedAlign code's resnet56: ResNet(Bottleneck, [6, 6, 6]) with torchvision's init
     "resnet56_bottleneck": _cifar_resnet(6, block="bottleneck", init="torchvision"),
-    "resnet18": lambda num_classes, in_channels, image_size, norm="group": resnet18(num_classes, in_channels, norm),
+    "resnet18": lambda num_classes, in_channels, image_size, norm="group", stem="cifar": resnet18(
+        num_classes, in_channels, norm, stem),
     # the layer-wise paper's ResNet18: resnet18 without norm, under its own name (its runs keep their settings)
     "resnet18_nonorm": lambda num_classes, in_channels, image_size: resnet18(num_classes, in_channels, "none"),
     "vgg11": lambda num_classes, in_channels, image_size: VGG11(num_classes, in_channels),

@@ -1,5 +1,6 @@
 """Residual networks (He et al. 2016): the CIFAR ResNets (resnet20, resnet56, resnet56_bottleneck) and the
-ResNet18 on the CIFAR stem, their blocks and shortcuts, and their permutation spec (`ResNet.permutation_axes`)."""
+ResNet18 on the CIFAR or the ImageNet stem, their blocks and shortcuts, and their permutation spec
+(`ResNet.permutation_axes`)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from fedscape.models.layers import (
     ungrouped_flat,
 )
 from fedscape.models.permutation import Axes, Layout, Segment, UnsupportedModelError, whole
+from fedscape.models.specs import RESNET_STEMS
 
 # The ResNet18's group norm: 32 groups at every width (64-512 channels), the group count of Wu & He 2018 (Group
 # Normalization) that the Meta poster's code uses: FLSim's ResNet18 is torchvision's with opacus'
@@ -225,6 +227,10 @@ class ResNet(ImageClassifier):
     Kaiming-normal (fan in), as in the common CIFAR re-implementation; "pytorch" keeps PyTorch's default init;
     "torchvision" draws the convolutions Kaiming-normal over their fan out and keeps the Linear's default, as
     torchvision's ResNet and the FedAlign code do. ``max_groups``: group norm's groups per layer (`norm_factory`).
+    ``stem`` (`RESNET_STEMS`): "cifar", the 3x3 stride-1 convolution; "imagenet", He et al.'s ImageNet stem, a 7x7
+    stride-2 convolution (padding 3) and, after its norm and ReLU, a 3x3 stride-2 max-pool (padding 1), as
+    torchvision's ResNet and the FedAlign code's ImageNet ResNet18 (models/resnet.py) build it: 224x224 inputs reach
+    the first block at 56x56.
     """
 
     stacks_batch_norm = True
@@ -241,15 +247,23 @@ class ResNet(ImageClassifier):
         init: str = "kaiming",
         block: str = "basic",
         max_groups: int = GROUP_NORM_MAX_GROUPS,
+        stem: str = "cifar",
     ) -> None:
         super().__init__()
         if block not in RESNET_BLOCKS:
             raise unknown_name_error("residual block", block, RESNET_BLOCKS)
         if init not in RESNET_INITS:
             raise unknown_name_error("init", init, RESNET_INITS)
+        if stem not in RESNET_STEMS:
+            raise unknown_name_error("stem", stem, RESNET_STEMS)
         make_norm = norm_factory(norm, max_groups)
-        self.stem = conv3x3(in_channels, widths[0])
+        if stem == "imagenet":
+            self.stem = nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False)
+        else:
+            self.stem = conv3x3(in_channels, widths[0])
         self.stem_norm = make_norm(widths[0])
+        # parameter-free, so the CIFAR stem's state dict is unchanged
+        self.stem_pool = nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
         blocks: list[nn.Module] = []
         channels = widths[0]
         for stage, (depth, width) in enumerate(zip(depths, widths, strict=True)):
@@ -270,7 +284,7 @@ class ResNet(ImageClassifier):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward_features(self, x: Tensor) -> Tensor:
-        x = F.relu(self.stem_norm(self.stem(x)))
+        x = self.stem_pool(F.relu(self.stem_norm(self.stem(x))))
         for block in self.blocks:
             x = block(x)
         return torch.flatten(self.pool(x), 1)
@@ -280,7 +294,7 @@ class ResNet(ImageClassifier):
         (batch norm over its real rows, updating its running statistics: ``norm``), then batched matmuls."""
         k = x.shape[0]
         h = stacked_conv(self.stem, params, "stem", grouped_layout(x), k)
-        h = F.relu(stacked_norm(self.stem_norm, params, "stem_norm", h, k, norm))
+        h = self.stem_pool(F.relu(stacked_norm(self.stem_norm, params, "stem_norm", h, k, norm)))
         for i, block in enumerate(self.blocks):
             if not isinstance(block, BasicBlock | Bottleneck):  # a wrapped block (Stochastic Depth) has no stacked form
                 raise TypeError(f"ResNet.forward_stacked has no grouped form of {type(block).__name__} (blocks.{i})")
@@ -299,7 +313,7 @@ class ResNet(ImageClassifier):
         """Logits with block i's residual branch scaled by ``scales[i]`` (0 drops it; Stochastic Depth)."""
         if len(scales) != len(self.blocks):
             raise ValueError(f"{len(scales)} scales for {len(self.blocks)} residual blocks")
-        x = F.relu(self.stem_norm(self.stem(x)))
+        x = self.stem_pool(F.relu(self.stem_norm(self.stem(x))))
         for block, scale in zip(self.blocks, scales, strict=True):
             x = block.forward_scaled(x, scale)
         return self.classifier(torch.flatten(self.pool(x), 1))
@@ -307,13 +321,14 @@ class ResNet(ImageClassifier):
     def forward_width(self, x: Tensor, width: float) -> Tensor:
         x = F.relu(sliced_norm(self.stem_norm, sliced_conv(self.stem, x, slim_channels(self.stem.out_channels, width)),
                                width == 1))
+        x = self.stem_pool(x)
         for block in self.blocks:
             x = block.forward_width(x, width)
         return sliced_linear_in(self.classifier, torch.flatten(self.pool(x), 1))
 
     def forward_last_block(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         start = self.last_stage_start
-        x = F.relu(self.stem_norm(self.stem(x)))
+        x = self.stem_pool(F.relu(self.stem_norm(self.stem(x))))
         for block in self.blocks[:start]:
             x = block(x)
         h_in = x
@@ -386,10 +401,13 @@ def _block_output_axes(axes: Axes, name: str, block: BasicBlock | Bottleneck, st
     raise UnsupportedModelError(f"{name}: unsupported shortcut {type(shortcut).__name__}")
 
 
-def resnet18(num_classes: int, in_channels: int, norm: str = "group") -> ResNet:
-    """ResNet18 (He et al. 2016) on the CIFAR stem: BasicBlock [2, 2, 2, 2], widths 64-512, 1x1-conv + norm
-    projection shortcuts, a 3x3 stride-1 stem without max-pool (the CIFAR variant of the layer-wise paper, Adilova
-    et al., and of the CIFAR re-implementations), with ``norm`` after every convolution.
+def resnet18(num_classes: int, in_channels: int, norm: str = "group", stem: str = "cifar") -> ResNet:
+    """ResNet18 (He et al. 2016): BasicBlock [2, 2, 2, 2], widths 64-512, 1x1-conv + norm projection shortcuts, by
+    default on the CIFAR stem, a 3x3 stride-1 convolution without max-pool (the CIFAR variant of the layer-wise paper,
+    Adilova et al., and of the CIFAR re-implementations), with ``norm`` after every convolution. ``stem="imagenet"``:
+    He et al.'s 7x7 stride-2 convolution and 3x3 stride-2 max-pool (`ResNet`), the ResNet18 that the FedAlign code
+    trains on ImageNet-200 (models/resnet.py, ``ImageNet(BasicBlock, [2, 2, 2, 2])``: torchvision's construction and
+    init).
 
     "group": 32 groups (`RESNET18_GROUPS`), the normalisation of the ResNet18 of the FL literature (Hsieh et al.
     2020, The Non-IID Data Quagmire; Reddi et al. 2021) and of the Meta poster (Nguyen et al. 2022), and its default:
@@ -399,5 +417,5 @@ def resnet18(num_classes: int, in_channels: int, norm: str = "group") -> ResNet:
     over the 8 unnormalised residual blocks).
     """
     return ResNet(num_classes, in_channels, (2, 2, 2, 2), (64, 128, 256, 512), norm=norm, projection=True,
-                  init="pytorch" if norm == "none" else "torchvision", max_groups=RESNET18_GROUPS)
+                  init="pytorch" if norm == "none" else "torchvision", max_groups=RESNET18_GROUPS, stem=stem)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedscape.core.names import unknown_name_error
+from fedscape.core.names import suggest, unknown_name_error
 from fedscape.data.specs import INPUT_KINDS
 
 NORMS: tuple[str, ...] = ("batch", "group", "none")
@@ -22,6 +22,11 @@ NORMS: tuple[str, ...] = ("batch", "group", "none")
 # runs before the option had none, and keep their settings).
 MODEL_NORMS: dict[str, tuple[str, ...]] = {"resnet20": NORMS, "resnet56": NORMS, "resnet56_bottleneck": NORMS,
                                            "resnet18": ("group", "batch", "none"), "cnn_small": ("none", "batch")}
+# The stems of the ResNets (`stem` option of resnet18), the first its default: "cifar", a 3x3 stride-1 convolution
+# without max-pool (the CIFAR variant); "imagenet", He et al. 2016's 7x7 stride-2 convolution and 3x3 stride-2
+# max-pool, the ResNet18 of the FedAlign code on ImageNet-200 (Mendieta et al. 2022, models/resnet.py `ImageNet`): on
+# 224x224 inputs the CIFAR stem computes its blocks at 16 times as many positions.
+RESNET_STEMS: tuple[str, ...] = ("cifar", "imagenet")
 # The batch-norm statistics a model is evaluated with where it was never trained as such (an interpolated, mixed or
 # averaged model): `stored`, the running statistics the model carries (the interpolation of its ends' statistics,
 # the mixed or averaged ones), or `recomputed` from the training data in train-mode passes, as the connectivity
@@ -133,9 +138,11 @@ MODEL_INFOS: dict[str, ModelInfo] = {
         residual=True,
         image_sizes=None,
         description="ResNet18 (BasicBlock [2,2,2,2], widths 64-512, 1x1-conv + norm shortcuts), 3x3 stem, no "
-                    "max-pool; norm: group (32 groups, the default), batch or none (= resnet18_nonorm)",
+                    "max-pool (stem: imagenet for the 7x7 stride-2 stem and max-pool); norm: group (32 groups, the "
+                    "default), batch or none (= resnet18_nonorm)",
         paper="He et al. 2016; group norm (Wu & He 2018) as in Hsieh et al. 2020 and the Meta poster (Nguyen et al. "
-              "2022, FLSim's torchvision ResNet18 with GroupNorm(32))",
+              "2022, FLSim's torchvision ResNet18 with GroupNorm(32)); stem imagenet as the FedAlign code's "
+              "ImageNet-200 ResNet18 (Mendieta et al. 2022)",
         min_image_size=8,
         width_sliceable=True,
     ),
@@ -186,10 +193,11 @@ TOKEN_MODEL_DEFAULTS: dict[str, dict[str, int]] = {
     "char_lstm": {"vocab_size": 80, "seq_len": 80, "embed_dim": 8, "hidden_size": 256},
 }
 
-# The keyword options `build_model` accepts per model (the ResNets, cnn_small: `norm` in MODEL_NORMS; the token
-# models: the integer options of TOKEN_MODEL_DEFAULTS).
+# The keyword options `build_model` accepts per model (the ResNets, cnn_small: `norm` in MODEL_NORMS; resnet18 also
+# `stem` in RESNET_STEMS; the token models: the integer options of TOKEN_MODEL_DEFAULTS).
 MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
     **{name: ("norm",) for name in MODEL_NORMS},
+    "resnet18": ("norm", "stem"),
     **{name: tuple(defaults) for name, defaults in TOKEN_MODEL_DEFAULTS.items()},
 }
 
@@ -238,7 +246,12 @@ def uses_batch_norm(name: str, options: dict | None = None) -> bool:
 
 
 def model_option_problems(name: str, options: dict | None) -> list[str]:
-    """Problems of the values of a token model's options (positive integers; char_gpt: heads divide embed_dim)."""
+    """Problems of the values of a model's options: a ResNet's `stem` (RESNET_STEMS), a token model's (positive
+    integers; char_gpt: heads divide embed_dim)."""
+    stem = (options or {}).get("stem")
+    if stem is not None and "stem" in MODEL_OPTIONS.get(name, ()) and stem not in RESNET_STEMS:
+        return [f"model_options.{name}.stem: {stem!r} is not a stem of {name}.{suggest(str(stem), RESNET_STEMS)} "
+                f"Valid: {', '.join(RESNET_STEMS)}"]
     if not is_token_model(name):
         return []
     problems = []

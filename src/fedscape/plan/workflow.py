@@ -25,7 +25,7 @@ from fedscape.core.paths import PARTITION_DIR, parse_path, run_of_path
 from fedscape.core.provenance import belongs_problem, checkpoint_record, table_problem
 from fedscape.core.runs import WILDCARD_CONSTRAINTS, Run, build_runs
 from fedscape.data.partition import PartitionError, check_partition_file
-from fedscape.data.specs import DATASET_NAMES, DATASETS, NO_DOWNLOAD
+from fedscape.data.specs import DATASET_NAMES, DATASETS, NO_DOWNLOAD, data_layout_problems
 from fedscape.models.specs import CHECKPOINT_FORMAT
 from fedscape.plan.resources import DATA_RULES
 
@@ -252,7 +252,9 @@ def _data_dir_problems(where: str, name: str, options: dict, key: str = "data_di
             f"copy {name}'s files there or set `download: true` on a machine with internet"
         return [f"{where}.{key}: {data_dir!r} is not a directory (relative paths start at the working directory "
                 f"{Path.cwd()}); {get}"]
-    return []
+    if not Path(data_dir).is_dir():
+        return []
+    return [f"{where}.{key}: {p}" for p in data_layout_problems(name, data_dir)]
 
 
 def _proxy_problems(config: dict, label: str, dataset: str) -> list[str]:

@@ -37,6 +37,7 @@ from fedscape.data.datasets import augment_batch, dataset_from_options, normalis
 from fedscape.data.federated import federate
 from fedscape.data.imagenet32 import ImageNet32
 from fedscape.data.partition import check_partition_file
+from fedscape.data.specs import dataset_info
 from fedscape.fl.engine import run_federated
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.models.checkpoint import ModelMeta, load_trajectory, save_trajectory
@@ -143,11 +144,9 @@ def proxy_data(job: PretrainedInit, device: torch.device | str = "cpu") -> Proxy
     """The proxy data of a pretrained init, its labels (and in-memory images) on ``device``."""
     options = job.dataset_options
     if job.proxy_dir:
-        try:
-            mean, std = normalisation(job.dataset)
-        except ValueError:
-            raise ValueError(f"proxy_dir (down-sampled ImageNet) needs a 32x32 RGB dataset, "
-                             f"not {job.dataset}") from None
+        if dataset_info(job.dataset).input_description != "3x32x32 images":  # ImageNet-200 is RGB too
+            raise ValueError(f"proxy_dir (down-sampled ImageNet) needs a 32x32 RGB dataset, not {job.dataset}")
+        mean, std = normalisation(job.dataset)
         stream = ImageNet32(job.proxy_dir, job.max_samples, job.seed)
         return ProxyData(torch.from_numpy(stream.labels).to(device), max(stream.num_classes, 1000),
                          f"imagenet32:{job.proxy_dir}", stream=stream,

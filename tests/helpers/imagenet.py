@@ -1,0 +1,59 @@
+"""Write a small ImageNet in the folder layout fedscape.data.imagenet200 reads: ``train/<wnid>/*.JPEG`` and
+``val/<wnid>/*.JPEG`` (the validation images sorted into class folders, as valprep.sh leaves them).
+
+Every one of ImageNet-200's 200 class folders exists (a real copy has them all; the reader checks), most with one
+image; a few classes hold several images of different sizes and orientations, and two ImageNet-1k classes that are
+not among the 200 sit beside them (the reader must skip them). The JPEGs are random noise, encoded once per shape
+and copied, so writing the ~500 files takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from fedscape.data.imagenet200 import WNIDS
+
+# ImageNet-1k classes that are not among the 200 (tench, goldfish)
+OTHER_WNIDS = ("n01440764", "n01443537")
+# (width, height) of the images: landscape, portrait, square 256 (no resize), small (upscaled), odd sizes
+SHAPES = ((300, 260), (260, 400), (256, 256), (120, 90), (333, 257))
+
+
+def jpeg_bytes(width: int, height: int, seed: int, mode: str = "RGB") -> bytes:
+    """A random image of that size encoded as JPEG (``mode`` L: grey scale, which the loader converts to RGB)."""
+    rng = np.random.default_rng(seed)
+    shape = (height, width) if mode == "L" else (height, width, 3)
+    # smooth noise (a low-resolution field upscaled): JPEG keeps it close and the resize has structure to filter
+    small = rng.integers(0, 256, size=(max(height // 16, 2), max(width // 16, 2), *shape[2:]), dtype=np.uint8)
+    img = Image.fromarray(small, mode).resize((width, height), Image.BICUBIC)
+    noise = rng.integers(-20, 21, size=shape)
+    img = Image.fromarray(np.clip(np.asarray(img, dtype=np.int64) + noise, 0, 255).astype(np.uint8), mode)
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def write_imagenet(root: Path, rich: dict[str, int] | None = None, val_per_class: int = 1,
+                   others: bool = True) -> Path:
+    """Write ``root/train`` and ``root/val`` and return ``root`` (a data_dir).
+
+    ``rich``: the training images of a few classes (default: the first three drawn wnids with 3, 4 and 5 images);
+    every other class gets one. Images cycle through `SHAPES`; one is grey scale (as a few ImageNet JPEGs are).
+    ``others``: also write two classes outside the 200.
+    """
+    rich = {WNIDS[0]: 3, WNIDS[1]: 4, WNIDS[2]: 5} if rich is None else rich
+    blobs = [jpeg_bytes(w, h, seed=i) for i, (w, h) in enumerate(SHAPES)] + [jpeg_bytes(280, 240, 99, "L")]
+    for split in ("train", "val"):
+        for c, wnid in enumerate(WNIDS + (OTHER_WNIDS if others else ())):
+            folder = Path(root) / split / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            n = rich.get(wnid, 1) if split == "train" else val_per_class
+            for i in range(n):
+                k = c * 8 + i  # the same file for a class whatever the other classes hold
+                name = f"{wnid}_{i + 1}.JPEG" if split == "train" else f"ILSVRC2012_val_{k + 1:08d}.JPEG"
+                (folder / name).write_bytes(blobs[(k + (split == "val")) % len(blobs)])
+    return Path(root)

@@ -14,6 +14,7 @@ from helpers.workflow import ROOT
 from fedscape.analysis.hessian.definitions import HESSIAN_BASELINES, HessianSettings, settings_of_job
 from fedscape.core.config import load_schema, without_baselines
 from fedscape.core.runs import build_runs
+from fedscape.data.specs import DATASET_BASELINES
 from fedscape.fl.settings import TRAINING_BASELINES, TrainConfig
 from fedscape.plan.barriers import BARRIER_BASELINES, interpolation_pair, interpolation_settings
 from fedscape.plan.hessian import hessian_job_settings
@@ -29,6 +30,8 @@ FIRST_TRAINING_KEYS = {"batch_size", "bf16_autocast", "client_chunk_size", "clie
 # Likewise for the Hessian jobs' `hessian` settings.
 FIRST_HESSIAN_KEYS = {"batch_size", "cache_graph", "density", "density_probes", "density_steps", "eval_samples",
                       "max_iter", "method", "seed", "tol", "top_k", "trace_probes"}
+# Likewise for the `datasets.<name>` keys every job that reads data carries as its `dataset_options`.
+FIRST_DATASET_KEYS = {"augment", "data_dir", "download", "proxy_fraction", "split_seed", "test_fraction"}
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +75,17 @@ def test_every_hessian_key_is_a_first_key_or_has_a_baseline():
 
     missing = keys - FIRST_HESSIAN_KEYS - set(HESSIAN_BASELINES)
     assert not missing, f"give {sorted(missing)} a baseline in fedscape.analysis.hessian.definitions.HESSIAN_BASELINES"
+
+
+def test_every_dataset_key_is_a_first_key_or_has_a_baseline(default_config):
+    _, schema = default_config
+    keys = set(schema["properties"]["datasets"]["additionalProperties"]["properties"])
+
+    missing = keys - FIRST_DATASET_KEYS - set(DATASET_BASELINES)
+    assert not missing, f"give {sorted(missing)} a baseline in fedscape.data.specs.DATASET_BASELINES"
+    # and a job carries only the first keys of a dataset read as before
+    config, runs = _edited(default_config, lambda c: None)
+    assert set(train_settings(config, runs[0])["dataset_options"]) <= FIRST_DATASET_KEYS
 
 
 def test_the_default_config_s_jobs_carry_no_later_key(default_config):

@@ -24,8 +24,8 @@ from fedscape.fl.hparams.registry import ALGORITHM_NAMES, check_algorithm_model
 from fedscape.fl.sequential import local_train
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
-from fedscape.models.networks import build_model
 from fedscape.models.params import FlatParams, flatten_buffers
+from fedscape.models.registry import build_model
 
 
 def main() -> None:

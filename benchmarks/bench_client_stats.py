@@ -20,8 +20,8 @@ from fedscape.data.specs import DATASET_NAMES, dataset_info
 from fedscape.fl.client_stats import round_stats
 from fedscape.fl.strategies.base import ClientResult
 from fedscape.fl.strategies.registry import make_strategy
-from fedscape.models.networks import build_model
 from fedscape.models.params import flatten_params
+from fedscape.models.registry import build_model
 
 
 def main() -> None:

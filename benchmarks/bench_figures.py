@@ -27,24 +27,38 @@ from pathlib import Path
 from machine import cpu_model  # benchmarks/machine.py (the script's directory is on sys.path)
 
 from fedscape.analysis.barriers.figures import (
-    interpolation_figure,
-    layer_distance_figure,
-    layer_heatmaps,
-    layer_training_figure,
+    interpolation_figure_job,
+    layer_barrier_figures_job,
+    layer_distance_figure_job,
+    layer_training_figure_job,
 )
-from fedscape.analysis.client_stats.figures import client_stats_figure
+from fedscape.analysis.client_stats.figures import client_stats_figure_job
 from fedscape.analysis.hessian.definitions import JOB_FILES
-from fedscape.analysis.hessian.figures import density_figure, lambda_trace_figure
-from fedscape.analysis.landscape.figures import figure_stage
-from fedscape.core.paths import Results
+from fedscape.analysis.hessian.figures import (
+    hessian_by_algorithm_figure_job,
+    hessian_by_init_figure_job,
+    hessian_density_figure_job,
+)
+from fedscape.analysis.landscape.figures import landscape_figure_job
+from fedscape.core.paths import (
+    ACCURACY_FIGURE,
+    CLIENT_STATS_FIGURE,
+    COST_FIGURE,
+    CURVES_FIGURE,
+    HESSIAN_FIGURE,
+    INTERPOLATION_FIGURE,
+    LAYER_DISTANCE_FIGURE,
+    LAYER_FIGURE,
+    LAYER_TRAINING_FIGURE,
+    Results,
+)
 from fedscape.core.runs import build_runs
 from fedscape.plan import barriers as barrier_plan
-from fedscape.plan import client_stats as client_stats_plan
 from fedscape.plan import hessian as hessian_plan
 from fedscape.plan import landscape as landscape_plan
 from fedscape.plan import report as report_plan
 from fedscape.plan.workflow import load_config
-from fedscape.report.figures import cost_figure_stage, curves_stage, final_figure_stage
+from fedscape.report.figures import accuracy_figure_job, cost_figure_job, curves_figure_job
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURE_KEYS = ("png", "pdf", "csv")
@@ -63,51 +77,49 @@ def figure_jobs(config: dict, src: Results, dst: Results) -> dict[str, tuple[Cal
         Path(out["png"]).parent.mkdir(parents=True, exist_ok=True)
         return {k: out[k] for k in FIGURE_KEYS}
 
-    for name in hessian_plan.FIGURES:
-        out = outputs(hessian_plan.FIGURE, name=name)
-        by = name.rsplit("_", 1)[1]
-        jobs[f"hessian_{name}"] = (lambda out=out, by=by: lambda_trace_figure(src.table("hessian"), out, by=by),
-                                   [rel(out["csv"])])
+    lambda_trace_jobs = dict(zip(hessian_plan.FIGURES, (hessian_by_algorithm_figure_job, hessian_by_init_figure_job),
+                                 strict=True))
+    for name, job in lambda_trace_jobs.items():
+        out = outputs(HESSIAN_FIGURE, name=name)
+        jobs[f"hessian_{name}"] = (lambda out=out, job=job: job(src.table("hessian"), out), [rel(out["csv"])])
     if config["hessian"]["density"]["enabled"]:
-        out = outputs(hessian_plan.FIGURE, name=hessian_plan.DENSITY_FIGURE)
+        out = outputs(HESSIAN_FIGURE, name=hessian_plan.DENSITY_FIGURE)
         job_dirs = hessian_plan.job_dirs({**config, "results_dir": src.root}, runs)
         densities = [f"{d}/{JOB_FILES['density']}" for d in job_dirs]
-        jobs["hessian_density"] = (lambda out=out: density_figure(densities, out), [rel(out["csv"])])
-    out = outputs(client_stats_plan.FIGURE)
-    jobs["client_stats"] = (lambda out=out: client_stats_figure(src.table("client_stats"), out), [rel(out["csv"])])
+        jobs["hessian_density"] = (lambda out=out: hessian_density_figure_job(densities, out), [rel(out["csv"])])
+    out = outputs(CLIENT_STATS_FIGURE)
+    jobs["client_stats"] = (lambda out=out: client_stats_figure_job(src.table("client_stats"), out), [rel(out["csv"])])
     if barrier_plan.interpolation_pairs(config, runs):
-        out = outputs(barrier_plan.INTERPOLATION_FIGURE)
-        jobs["interpolation"] = (lambda out=out: interpolation_figure(src.table("interpolation"), out),
+        out = outputs(INTERPOLATION_FIGURE)
+        jobs["interpolation"] = (lambda out=out: interpolation_figure_job(src.table("interpolation"), out),
                                  [rel(out["csv"])])
     for pair in barrier_plan.layer_pairs(config, runs):
-        splits = {split: outputs(barrier_plan.LAYER_FIGURE, pair=pair.label, split=split)
+        splits = {split: outputs(LAYER_FIGURE, pair=pair.label, split=split)
                   for split in ("train", "test")}
-
-        def heatmaps(pair=pair.label, splits=splits):
-            for split, out in splits.items():
-                layer_heatmaps(src.table("layer_barriers"), pair, split, out)
-
-        jobs[f"layer_barriers {pair.label}"] = (heatmaps, [rel(o["csv"]) for o in splits.values()])
-        out = outputs(barrier_plan.LAYER_DISTANCE_FIGURE, pair=pair.label)
+        flat = {f"{split}_{key}": path for split, out in splits.items() for key, path in out.items()}
+        jobs[f"layer_barriers {pair.label}"] = (
+            lambda pair=pair.label, flat=flat: layer_barrier_figures_job(src.table("layer_barriers"), pair, flat),
+            [rel(o["csv"]) for o in splits.values()])
+        out = outputs(LAYER_DISTANCE_FIGURE, pair=pair.label)
         jobs[f"layer_distances {pair.label}"] = (
-            lambda out=out, pair=pair: layer_distance_figure(src.table("layer_distances"), pair.label, out,
-                                                             rounds=list(pair.rounds)), [rel(out["csv"])])
-        out = outputs(barrier_plan.LAYER_TRAINING_FIGURE, pair=pair.label)
+            lambda out=out, pair=pair: layer_distance_figure_job(src.table("layer_distances"), pair.label, out,
+                                                                 rounds=list(pair.rounds)), [rel(out["csv"])])
+        out = outputs(LAYER_TRAINING_FIGURE, pair=pair.label)
         jobs[f"layer_training {pair.label}"] = (
-            lambda out=out, pair=pair: layer_training_figure(src.table("layer_barriers"), src.table("layer_distances"),
-                                                             pair.label, out), [rel(out["csv"])])
+            lambda out=out, pair=pair: layer_training_figure_job(
+                src.table("layer_barriers"), src.table("layer_distances"), pair.label, out), [rel(out["csv"])])
     work = report_plan.local_work(config, runs)
     for dataset, model in sorted({(r.dataset, r.model) for r in runs}):
         for metric in report_plan.CURVE_METRICS:
-            out = outputs(report_plan.CURVES_FIGURE, dataset=dataset, model=model, metric=metric)
-            jobs[f"curves {metric}"] = (lambda out=out, d=dataset, m=model, metric=metric: curves_stage(
+            out = outputs(CURVES_FIGURE, dataset=dataset, model=model, metric=metric)
+            jobs[f"curves {metric}"] = (lambda out=out, d=dataset, m=model, metric=metric: curves_figure_job(
                 src.table("rounds"), d, m, metric, out["png"]), [rel(out["csv"])])
         for kind in report_plan.ACCURACY_KINDS:
-            out = outputs(report_plan.ACCURACY_FIGURE, dataset=dataset, model=model, kind=kind)
-            jobs[f"accuracy {kind}"] = (lambda out=out, d=dataset, m=model, kind=kind: final_figure_stage(
+            out = outputs(ACCURACY_FIGURE, dataset=dataset, model=model, kind=kind)
+            jobs[f"accuracy {kind}"] = (lambda out=out, d=dataset, m=model, kind=kind: accuracy_figure_job(
                 src.table("final"), kind, d, m, out["png"], work), [rel(out["csv"])])
-        out = outputs(report_plan.COST_FIGURE, dataset=dataset, model=model)
-        jobs["cost"] = (lambda out=out, d=dataset, m=model: cost_figure_stage(src.table("cost"), d, m, out["png"]),
+        out = outputs(COST_FIGURE, dataset=dataset, model=model)
+        jobs["cost"] = (lambda out=out, d=dataset, m=model: cost_figure_job(src.table("cost"), d, m, out["png"]),
                         [rel(out["csv"])])
     for plan in landscape_plan.landscape_plans(config, runs):
         for data in plan.data:
@@ -118,7 +130,7 @@ def figure_jobs(config: dict, src: Results, dst: Results) -> dict[str, tuple[Cal
                    "grid_csv": f"{base}/surface_grid.csv", "points_csv": f"{base}/surface_points.csv"}
             settings = landscape_plan.figure_settings(config, plan, data)
             jobs[f"landscape {plan.label}/{data}"] = (
-                lambda settings=settings, source=source, out=out: figure_stage(
+                lambda settings=settings, source=source, out=out: landscape_figure_job(
                     settings, source["surface"], source.get("overlay"), out),
                 [rel(out["grid_csv"]), rel(out["points_csv"])])
     return jobs

@@ -43,11 +43,10 @@ from fedscape.fl.settings import TrainConfig, sample_clients
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.vectorized import VectorizedTrainer, resolve_client_parallel, vectorization_blocker
 from fedscape.models.device import precision_used, use_precision
-from fedscape.models.networks import build_model
 from fedscape.models.params import FlatParams, flatten_buffers
-from fedscape.plan.train import train_settings
+from fedscape.models.registry import build_model
+from fedscape.plan.train import planned_train
 from fedscape.plan.workflow import load_config
-from fedscape.stages.train import train_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -80,12 +79,12 @@ class StepKind:
 
 def run_work(config: dict, run: Run) -> tuple[StepKind, TrainConfig, int]:
     """The step kind of a run, its training settings and its total client steps over all rounds."""
-    settings = train_settings(config, run)
-    cfg = train_config(settings)
+    job = planned_train(config, run)
+    cfg = job.train_config()
     info = DATASETS[run.dataset]
     if info.inputs != "image":
         raise SystemExit(f"{run.dataset}: bench_gpu measures image models only (its inputs are {info.inputs})")
-    options = settings["dataset_options"]
+    options = job.dataset_options
     pool = info.client_pool_bound(options.get("test_fraction", 0.25), options.get("proxy_fraction", 0.0))
     share = max(1, (pool - info.num_classes) // run.num_clients)  # client_pool_bound adds a class per rounding
     kind = StepKind(run.model, tuple(sorted(config.get("model_options", {}).get(run.model, {}).items())),

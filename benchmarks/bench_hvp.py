@@ -28,7 +28,7 @@ from timing import timed  # benchmarks/timing.py (the script's directory is on s
 
 from fedscape.analysis.hessian.maths import HessianOperator
 from fedscape.data.specs import DATASET_NAMES, dataset_info
-from fedscape.models.networks import build_model
+from fedscape.models.registry import build_model
 
 
 def main() -> None:

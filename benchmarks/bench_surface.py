@@ -32,8 +32,8 @@ from fedscape.analysis.landscape.surface import SurfaceEvaluator, SurfaceSetting
 from fedscape.data.datasets import load_dataset
 from fedscape.models.device import precision_used, use_precision
 from fedscape.models.evaluate import evaluate
-from fedscape.models.networks import build_model
 from fedscape.models.params import flatten_buffers, flatten_params
+from fedscape.models.registry import build_model
 
 
 def baseline_loop(model: torch.nn.Module, plane, coords: np.ndarray, x: torch.Tensor, y: torch.Tensor,

@@ -26,7 +26,7 @@ from machine import cpu_model
 
 from fedscape.analysis.hessian.maths import HessianOperator, hutchinson, hutchpp
 from fedscape.data.datasets import load_dataset
-from fedscape.models.networks import build_model
+from fedscape.models.registry import build_model
 
 
 def trained_model(model: str, epochs: int, samples: int):

@@ -31,7 +31,7 @@ import time
 import torch
 from machine import device_label, torch_line
 
-from fedscape.core.alpha import parse_alpha
+from fedscape.core.setting import parse_alpha
 from fedscape.data.datasets import load_dataset
 from fedscape.data.federated import FederatedData
 from fedscape.data.partition import make_partition
@@ -40,8 +40,8 @@ from fedscape.fl.settings import TrainConfig, sample_clients
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.vectorized import VectorizedTrainer, vectorization_blocker
 from fedscape.models.device import precision_used, use_precision
-from fedscape.models.networks import build_model
 from fedscape.models.params import FlatParams, flatten_buffers
+from fedscape.models.registry import build_model
 from fedscape.models.specs import DEFAULT_PRECISION, PRECISIONS
 
 # The models the benchmark knows: (in_channels, image size) of their data; digits for 8x8 ones, else CIFAR-shaped.

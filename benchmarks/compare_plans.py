@@ -2,7 +2,8 @@
 
 For each config (the default, every config/papers/*.yaml and tests/data/tiny_config.yaml unless named),
 builds the DAG of `snakemake -n --forceall` in a copy of this checkout's workflow and in one of `--ref`
-(a git worktree), and compares every job's rule, wildcards, inputs, outputs, log and params.
+(a git worktree), and compares every job's rule, wildcards, inputs, outputs, log and params (also as
+Snakemake records them, key order included: a reordered settings dict reruns the job).
 
     python benchmarks/compare_plans.py --ref HEAD~1
     python benchmarks/compare_plans.py --ref main config/papers/pilot.yaml
@@ -23,7 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOW_PARTS = ("Snakefile", "rules", "workflow", "config", "envs")
-FIELDS = ("wildcards", "input", "output", "log", "params")
+# params_text: the params as Snakemake records them (the sorted repr of each value, key order included), whose change
+# reruns a job even where the settings are equal as mappings.
+FIELDS = ("wildcards", "input", "output", "log", "params", "params_text")
 
 # Runs in a fresh interpreter with the checkout's src on PYTHONPATH: prints the DAG's jobs as JSON.
 SNAPSHOT = r"""
@@ -42,7 +45,8 @@ with SnakemakeApi(OutputSettings()) as api:
     workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True)
     workflow._build_dag()
     jobs = [{"rule": j.rule.name, "wildcards": dict(j.wildcards_dict), "output": sorted(map(str, j.output)),
-             "input": sorted(map(str, j.input)), "log": sorted(map(str, j.log)), "params": dict(j.params.items())}
+             "input": sorted(map(str, j.input)), "log": sorted(map(str, j.log)), "params": dict(j.params.items()),
+             "params_text": sorted(repr(v) for v in j.non_derived_params)}
             for j in workflow.dag.jobs]
 print(json.dumps(jobs, default=str, sort_keys=True))
 """

@@ -2,7 +2,16 @@
 # 2023) between pairs of checkpoints named in the config (`interpolation.pairs`, `layer_barriers.pairs`).
 
 from fedscape.analysis.barriers.definitions import INTERPOLATION_FILES, LAYER_FILES
-from fedscape.core.paths import FIGURES, INTERPOLATION_DIR, LAYERWISE_DIR
+from fedscape.core.paths import (
+    INTERPOLATION_DIR,
+    INTERPOLATION_FIGURE,
+    LAYER_ALIGNED_FIGURE,
+    LAYER_CUMULATION_FIGURE,
+    LAYER_DISTANCE_FIGURE,
+    LAYER_FIGURE,
+    LAYER_TRAINING_FIGURE,
+    LAYERWISE_DIR,
+)
 from fedscape.plan import barriers as barrier_plan
 
 BARRIER_PAIR = r"[A-Za-z0-9_.-]+"
@@ -26,7 +35,7 @@ rule interpolation:
             for k, n in INTERPOLATION_FILES.items()
         },
     log:
-        RESULTS.log("barriers/interpolation/{pair}.log"),
+        RESULTS.job_log("interpolation"),
     wildcard_constraints:
         pair=BARRIER_PAIR,
     conda:
@@ -48,7 +57,7 @@ rule interpolation_tables:
         interpolation=RESULTS.table("interpolation"),
         barriers=RESULTS.table("barriers"),
     log:
-        RESULTS.log("tables/interpolation.log"),
+        RESULTS.job_log("interpolation_tables"),
     localrule: True
     conda:
         "../envs/light.yaml"
@@ -62,13 +71,13 @@ rule interpolation_figure:
     output:
         **RESULTS.figure_outputs(
             report,
-            barrier_plan.INTERPOLATION_FIGURE,
+            INTERPOLATION_FIGURE,
             caption="../workflow/report/barriers_interpolation.rst",
             category="Barriers",
             subcategory="Linear interpolation",
         ),
     log:
-        f"{RESULTS.log(FIGURES)}/barriers/interpolation.log",
+        RESULTS.job_log("interpolation_figure"),
     localrule: True
     conda:
         "../envs/light.yaml"
@@ -86,7 +95,7 @@ rule layer_barriers:
     output:
         **{k: f"{RESULTS(LAYERWISE_DIR)}/{n}" for k, n in LAYER_FILES.items()},
     log:
-        RESULTS.log("barriers/layerwise/{pair}/round~{round}.log"),
+        RESULTS.job_log("layer_barriers"),
     wildcard_constraints:
         pair=BARRIER_PAIR,
         round=r"[0-9]+",
@@ -116,7 +125,7 @@ rule layer_barrier_tables:
         barriers=RESULTS.table("layer_barriers"),
         distances=RESULTS.table("layer_distances"),
     log:
-        RESULTS.log("tables/layer_barriers.log"),
+        RESULTS.job_log("layer_barrier_tables"),
     localrule: True
     conda:
         "../envs/light.yaml"
@@ -130,7 +139,7 @@ rule layer_consecutive_table:
     output:
         table=RESULTS.table("layer_consecutive"),
     log:
-        RESULTS.log("tables/layer_consecutive.log"),
+        RESULTS.job_log("layer_consecutive_table"),
     localrule: True
     conda:
         "../envs/light.yaml"
@@ -156,12 +165,10 @@ rule layer_barrier_figures:
                 else path
             )
             for split in ("train", "test")
-            for ext, path in RESULTS.figure(
-                barrier_plan.LAYER_FIGURE, split=split
-            ).items()
+            for ext, path in RESULTS.figure(LAYER_FIGURE, split=split).items()
         },
     log:
-        f"{RESULTS.log(FIGURES)}/barriers/layerwise/{{pair}}.log",
+        RESULTS.job_log("layer_barrier_figures"),
     wildcard_constraints:
         pair=BARRIER_PAIR,
     localrule: True
@@ -177,13 +184,13 @@ rule layer_distance_figure:
     output:
         **RESULTS.figure_outputs(
             report,
-            barrier_plan.LAYER_DISTANCE_FIGURE,
+            LAYER_DISTANCE_FIGURE,
             caption="../workflow/report/barriers_layer_distances.rst",
             category="Barriers",
             subcategory="Layer-wise",
         ),
     log:
-        f"{RESULTS.log(FIGURES)}/barriers/layerwise/{{pair}}_distances.log",
+        RESULTS.job_log("layer_distance_figure"),
     wildcard_constraints:
         pair=BARRIER_PAIR,
     localrule: True
@@ -212,11 +219,11 @@ rule layer_cumulation_figures:
             )
             for split in ("train", "test")
             for ext, path in RESULTS.figure(
-                barrier_plan.LAYER_CUMULATION_FIGURE, split=split
+                LAYER_CUMULATION_FIGURE, split=split
             ).items()
         },
     log:
-        f"{RESULTS.log(FIGURES)}/barriers/layerwise/{{pair}}_cumulation.log",
+        RESULTS.job_log("layer_cumulation_figures"),
     wildcard_constraints:
         pair=BARRIER_PAIR,
     localrule: True
@@ -242,12 +249,10 @@ rule layer_aligned_figures:
                 else path
             )
             for split in ("train", "test")
-            for ext, path in RESULTS.figure(
-                barrier_plan.LAYER_ALIGNED_FIGURE, split=split
-            ).items()
+            for ext, path in RESULTS.figure(LAYER_ALIGNED_FIGURE, split=split).items()
         },
     log:
-        f"{RESULTS.log(FIGURES)}/barriers/layerwise/{{pair}}_aligned.log",
+        RESULTS.job_log("layer_aligned_figures"),
     wildcard_constraints:
         pair=BARRIER_PAIR,
     localrule: True
@@ -266,13 +271,13 @@ rule layer_training_figure:
     output:
         **RESULTS.figure_outputs(
             report,
-            barrier_plan.LAYER_TRAINING_FIGURE,
+            LAYER_TRAINING_FIGURE,
             caption="../workflow/report/barriers_layer_training.rst",
             category="Barriers",
             subcategory="Layer-wise",
         ),
     log:
-        f"{RESULTS.log(FIGURES)}/barriers/layerwise/{{pair}}_over_training.log",
+        RESULTS.job_log("layer_training_figure"),
     wildcard_constraints:
         pair=BARRIER_PAIR,
     localrule: True

@@ -10,7 +10,7 @@ rule cost_table:
     output:
         table=RESULTS.table("cost"),
     log:
-        RESULTS.log("tables/cost.log"),
+        RESULTS.job_log("cost_table"),
     localrule: True
     conda:
         "../envs/light.yaml"

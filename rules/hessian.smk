@@ -7,7 +7,7 @@ from fedscape.analysis.hessian.definitions import (
     JOB_FILES,
     hessian_columns,
 )
-from fedscape.core.paths import HESSIAN_DIR
+from fedscape.core.paths import HESSIAN_DIR, HESSIAN_FIGURE
 from fedscape.core.runs import Run
 from fedscape.plan import hessian as hessian_plan
 
@@ -22,7 +22,7 @@ rule hessian:
     output:
         **{key: f"{RESULTS(HESSIAN_DIR)}/{name}" for key, name in JOB_FILES.items()},
     log:
-        f"{RESULTS.log(HESSIAN_DIR)}/hessian.log",
+        RESULTS.job_log("hessian"),
     wildcard_constraints:
         round=r"[0-9]+",
     conda:
@@ -50,7 +50,7 @@ rule hessian_tables:
         table=RESULTS.table("hessian"),
         clients=RESULTS.table("hessian_clients"),
     log:
-        RESULTS.log("tables/hessian.log"),
+        RESULTS.job_log("hessian_tables"),
     localrule: True
     conda:
         "../envs/light.yaml"
@@ -67,20 +67,22 @@ rule hessian_by_algorithm_figure:
     output:
         **RESULTS.figure_outputs(
             report,
-            hessian_plan.FIGURE,
+            HESSIAN_FIGURE,
             caption="../workflow/report/hessian_by_algorithm.rst",
             category="Hessian",
             fields={"name": "lambda_trace_by_algorithm"},
         ),
     log:
-        RESULTS.log(hessian_plan.FIGURE_LOG, name="lambda_trace_by_algorithm"),
+        RESULTS.job_log("hessian_by_algorithm_figure"),
     localrule: True
     conda:
         "../envs/light.yaml"
     params:
+        # the job draws by algorithm (its script's entry point); the param stays so that finished figures keep
+        # their params and do not rerun
         by="algorithm",
     script:
-        "../workflow/scripts/lambda_trace_figure.py"
+        "../workflow/scripts/hessian_by_algorithm_figure.py"
 
 
 rule hessian_by_init_figure:
@@ -89,20 +91,22 @@ rule hessian_by_init_figure:
     output:
         **RESULTS.figure_outputs(
             report,
-            hessian_plan.FIGURE,
+            HESSIAN_FIGURE,
             caption="../workflow/report/hessian_by_init.rst",
             category="Hessian",
             fields={"name": "lambda_trace_by_init"},
         ),
     log:
-        RESULTS.log(hessian_plan.FIGURE_LOG, name="lambda_trace_by_init"),
+        RESULTS.job_log("hessian_by_init_figure"),
     localrule: True
     conda:
         "../envs/light.yaml"
     params:
+        # the job draws by init (its script's entry point); the param stays so that finished figures keep
+        # their params and do not rerun
         by="init",
     script:
-        "../workflow/scripts/lambda_trace_figure.py"
+        "../workflow/scripts/hessian_by_init_figure.py"
 
 
 rule hessian_density_figure:
@@ -113,13 +117,13 @@ rule hessian_density_figure:
     output:
         **RESULTS.figure_outputs(
             report,
-            hessian_plan.FIGURE,
+            HESSIAN_FIGURE,
             caption="../workflow/report/hessian_density.rst",
             category="Hessian",
             fields={"name": "spectral_density"},
         ),
     log:
-        RESULTS.log(hessian_plan.FIGURE_LOG, name="spectral_density"),
+        RESULTS.job_log("hessian_density_figure"),
     localrule: True
     conda:
         "../envs/light.yaml"

@@ -14,7 +14,7 @@ rule init:
     output:
         model=RESULTS.init_file(),
     log:
-        f"{RESULTS.log(INIT_DIR)}/init.log",
+        RESULTS.job_log("init"),
     conda:
         "../envs/torch.yaml"
     resources:

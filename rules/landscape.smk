@@ -32,7 +32,7 @@ rule landscape_plane:
     output:
         **{key: f"{RESULTS(LANDSCAPE_DIR)}/{name}" for key, name in PLANE_FILES.items()},
     log:
-        f"{RESULTS.log(LANDSCAPE_DIR)}/plane.log",
+        RESULTS.job_log("landscape_plane"),
     wildcard_constraints:
         **LANDSCAPE_WILDCARDS,
     conda:
@@ -57,7 +57,7 @@ rule landscape_chunk:
     output:
         chunk=f"{RESULTS(SURFACE_DIR)}/{CHUNK_FILE.format(chunk='{chunk}')}",
     log:
-        f"{RESULTS.log(SURFACE_DIR)}/chunk~{{chunk}}.log",
+        RESULTS.job_log("landscape_chunk"),
     wildcard_constraints:
         **LANDSCAPE_WILDCARDS,
     conda:
@@ -86,7 +86,7 @@ rule landscape_gather:
     output:
         surface=f"{RESULTS(SURFACE_DIR)}/{SURFACE_FILE}",
     log:
-        f"{RESULTS.log(SURFACE_DIR)}/gather.log",
+        RESULTS.job_log("landscape_gather"),
     wildcard_constraints:
         **LANDSCAPE_WILDCARDS,
     localrule: True
@@ -123,7 +123,7 @@ rule landscape_figure:
         grid_csv=f"{RESULTS(SURFACE_DIR)}/{FIGURE_FILES['grid_csv']}",
         points_csv=f"{RESULTS(SURFACE_DIR)}/{FIGURE_FILES['points_csv']}",
     log:
-        f"{RESULTS.log(SURFACE_DIR)}/figure.log",
+        RESULTS.job_log("landscape_figure"),
     wildcard_constraints:
         **LANDSCAPE_WILDCARDS,
     localrule: True
@@ -145,7 +145,7 @@ rule surfaces_table:
     output:
         RESULTS.table("surfaces"),
     log:
-        RESULTS.log("tables/surfaces.log"),
+        RESULTS.job_log("surfaces_table"),
     localrule: True
     conda:
         "../envs/light.yaml"

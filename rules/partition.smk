@@ -9,7 +9,7 @@ rule partition:
         partition=f"{RESULTS(PARTITION_DIR)}/partition.npz",
         counts=f"{RESULTS(PARTITION_DIR)}/counts.csv",
     log:
-        f"{RESULTS.log(PARTITION_DIR)}/partition.log",
+        RESULTS.job_log("partition"),
     localrule: True
     conda:
         "../envs/light.yaml"

@@ -3,7 +3,7 @@
 # init and alpha (Nguyen et al. 2022), accuracy tables (FedAlign Tables 1-4, 7) and cost (Table 5).
 
 from fedscape.core.config import result_version_params
-from fedscape.core.paths import FIGURES
+from fedscape.core.paths import ACCURACY_FIGURE, COST_FIGURE, CURVES_FIGURE
 from fedscape.plan import report as report_plan
 
 
@@ -17,7 +17,7 @@ rule final_table:
             category="Tables",
         ),
     log:
-        RESULTS.log("tables/final.log"),
+        RESULTS.job_log("final_table"),
     localrule: True
     conda:
         "../envs/light.yaml"
@@ -37,7 +37,7 @@ rule summary_table:
             category="Tables",
         ),
     log:
-        RESULTS.log("tables/summary.log"),
+        RESULTS.job_log("summary_table"),
     localrule: True
     conda:
         "../envs/light.yaml"
@@ -53,14 +53,14 @@ rule curves_figure:
     output:
         **RESULTS.figure_outputs(
             report,
-            report_plan.CURVES_FIGURE,
+            CURVES_FIGURE,
             caption="../workflow/report/curves.rst",
             category="Training curves",
             subcategory="{dataset} / {model}",
             labels={"dataset": "{dataset}", "model": "{model}", "metric": "{metric}"},
         ),
     log:
-        RESULTS.log(f"{FIGURES}/{report_plan.CURVES_FIGURE}.log"),
+        RESULTS.job_log("curves_figure"),
     wildcard_constraints:
         metric="|".join(report_plan.CURVE_METRICS),
     localrule: True
@@ -76,14 +76,14 @@ rule accuracy_figure:
     output:
         **RESULTS.figure_outputs(
             report,
-            report_plan.ACCURACY_FIGURE,
+            ACCURACY_FIGURE,
             caption="../workflow/report/accuracy.rst",
             category="Final accuracy",
             subcategory="{dataset} / {model}",
             labels={"dataset": "{dataset}", "model": "{model}", "figure": "{kind}"},
         ),
     log:
-        RESULTS.log(f"{FIGURES}/{report_plan.ACCURACY_FIGURE}.log"),
+        RESULTS.job_log("accuracy_figure"),
     wildcard_constraints:
         kind="|".join(report_plan.ACCURACY_KINDS),
     localrule: True
@@ -101,14 +101,14 @@ rule cost_figure:
     output:
         **RESULTS.figure_outputs(
             report,
-            report_plan.COST_FIGURE,
+            COST_FIGURE,
             caption="../workflow/report/cost.rst",
             category="Cost",
             subcategory="{dataset} / {model}",
             labels={"dataset": "{dataset}", "model": "{model}"},
         ),
     log:
-        RESULTS.log("figures/cost/{dataset}/{model}.log"),
+        RESULTS.job_log("cost_figure"),
     localrule: True
     conda:
         "../envs/light.yaml"

@@ -10,12 +10,12 @@ rule partitions_table:
     output:
         RESULTS.table("partitions"),
     log:
-        RESULTS.log("tables/partitions.log"),
+        RESULTS.job_log("partitions_table"),
     localrule: True
     conda:
         "../envs/light.yaml"
     script:
-        "../workflow/scripts/concat_tables.py"
+        "../workflow/scripts/partitions_table.py"
 
 
 rule rounds_table:
@@ -24,7 +24,7 @@ rule rounds_table:
     output:
         RESULTS.table("rounds"),
     log:
-        RESULTS.log("tables/rounds.log"),
+        RESULTS.job_log("rounds_table"),
     localrule: True
     conda:
         "../envs/light.yaml"
@@ -32,4 +32,4 @@ rule rounds_table:
         columns=rounds_columns(config, RUNS),
         optional=rounds_optional(config, RUNS),
     script:
-        "../workflow/scripts/concat_tables.py"
+        "../workflow/scripts/rounds_table.py"

@@ -11,7 +11,7 @@ rule train:
     output:
         **{name: RESULTS.train_file(name) for name in TRAIN_FILES},
     log:
-        f"{RESULTS.log(TRAIN_DIR)}/train.log",
+        RESULTS.job_log("train"),
     conda:
         "../envs/torch.yaml"
     resources:

@@ -89,20 +89,20 @@ class DivergedRuns:
 
 def build_diverged_runs(root: Path) -> DivergedRuns:
     """Partition, init and train both runs below `root` (a few seconds on one CPU core)."""
-    from fedscape.stages.init import init_stage
-    from fedscape.stages.partition import partition_stage
-    from fedscape.stages.train import train_stage
+    from fedscape.stages.init import init_job
+    from fedscape.stages.partition import partition_job
+    from fedscape.stages.train import train_job
 
     config = diverged_config()
     runs = {r.algorithm: r for r in build_runs(config)}
     healthy, diverged = runs["fedavg"], runs["boom"]
-    partition_stage(partition_settings(config, "digits", "iid", 3, 0), root / "partition.npz",
+    partition_job(partition_settings(config, "digits", "iid", 3, 0), root / "partition.npz",
                     root / "partition.csv")
-    init_stage(init_settings(config, build_runs(config), "digits", "cnn_small", "random"), root / "init.pt")
+    init_job(init_settings(config, build_runs(config), "digits", "cnn_small", "random"), root / "init.pt")
     out = DivergedRuns(root, config, healthy, diverged)
     for run in (healthy, diverged):
         d = out.run_dir(run)
         outputs = {"trajectory": d / "trajectory.pt", "clients": d / "clients.pt", "metrics": d / "metrics.csv",
                    "meta": d / "meta.json", "client_updates": d / "client_updates.csv"}
-        train_stage(train_settings(config, run), root / "partition.npz", root / "init.pt", outputs, d / "_progress")
+        train_job(train_settings(config, run), root / "partition.npz", root / "init.pt", outputs, d / "_progress")
     return out

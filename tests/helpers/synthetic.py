@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fedscape.data.federated import FederatedData
-from fedscape.models.networks import build_model
+from fedscape.models.registry import build_model
 
 
 def shard_data(sizes: list[int], seed: int = 0) -> FederatedData:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fedscape.data.federated import FederatedData
-from fedscape.models.networks import build_model
+from fedscape.models.registry import build_model
 
 
 def tiny_data(num_clients: int = 3, n: int = 90, seed: int = 0, sizes: list[int] | None = None) -> FederatedData:

@@ -11,7 +11,7 @@ from fedscape.fl import sequential as sequential_mod
 from fedscape.fl.engine import run_federated
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.base import Strategy
-from fedscape.models.networks import build_model
+from fedscape.models.registry import build_model
 
 
 def shard_data(sizes: list[int], seed: int = 0, size: int = 8) -> FederatedData:

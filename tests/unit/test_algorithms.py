@@ -42,17 +42,18 @@ from fedscape.fl.strategies.registry import make_strategy, strategy_class
 from fedscape.fl.strategies.stochdepth import survival_probabilities
 from fedscape.models.checkpoint import load_trajectory
 from fedscape.models.evaluate import evaluate
-from fedscape.models.networks import ProjectedClassifier, build_model, slim_channels
+from fedscape.models.layers import ProjectedClassifier, slim_channels
 from fedscape.models.params import FlatParams, flatten_params
+from fedscape.models.registry import build_model
 from fedscape.outputs.tables import TableError
 from fedscape.plan.init import init_settings
 from fedscape.plan.partition import partition_settings
 from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config
 from fedscape.report.cost import COST_COLUMNS, cost_table
-from fedscape.stages.init import init_stage
-from fedscape.stages.partition import partition_stage
-from fedscape.stages.train import train_stage
+from fedscape.stages.init import init_job
+from fedscape.stages.partition import partition_job
+from fedscape.stages.train import train_job
 
 RESIDUAL_ALGOS = {"stochdepth"}
 WIDTH_ALGOS = {"gradaug", "fedalign"}
@@ -501,14 +502,14 @@ def test_train_stage_saves_moon_s_projection_head_with_the_model(tmp_path):
     config = check_config(config, SCHEMA)
     (run,) = build_runs(config)
     partition = tmp_path / "partition.npz"
-    partition_stage(partition_settings(config, run.dataset, run.alpha, run.num_clients, run.seed), partition,
+    partition_job(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
                     tmp_path / "counts.csv")
     init = tmp_path / "init.pt"
-    init_stage(init_settings(config, [run], run.dataset, run.model, run.init), init)
+    init_job(init_settings(config, [run], run.dataset, run.model, run.init), init)
     outputs = {name: str(tmp_path / file) for name, file in TRAIN_FILE_NAMES.items()}
 
     # Execute
-    train_stage(train_settings(config, run), partition, init, outputs, tmp_path / "_progress")
+    train_job(train_settings(config, run), partition, init, outputs, tmp_path / "_progress")
 
     # Assert: the trajectory rebuilds the trained network (head included) and its final model scores the reported
     # test accuracy; row 0 is the initial model with the head put in

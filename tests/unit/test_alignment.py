@@ -13,16 +13,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fedscape.analysis.barriers.alignment import (
-    UNSUPPORTED_REASONS,
-    PermutationSpec,
-    Segment,
-    UnsupportedModelError,
     align_points,
     apply_permutation,
     identity_permutation,
     inner_product,
-    permutation_spec,
-    permutation_spec_from_axes_to_perm,
     point_state,
     random_permutation,
     state_point,
@@ -30,9 +24,19 @@ from fedscape.analysis.barriers.alignment import (
 )
 from fedscape.analysis.barriers.definitions import linear_barrier
 from fedscape.analysis.barriers.maths import Point, interpolation_curve
-from fedscape.models.networks import ResNet, build_model
+from fedscape.models.feedforward import chain_permutation_axes
 from fedscape.models.params import flatten_buffers, flatten_params
-from fedscape.models.specs import MODEL_NAMES
+from fedscape.models.permutation import (
+    PermutationSpec,
+    Segment,
+    UnsupportedModelError,
+    permutable_models,
+    permutation_spec,
+    permutation_spec_from_axes_to_perm,
+)
+from fedscape.models.registry import build_model
+from fedscape.models.resnets import ResNet
+from fedscape.models.specs import MODEL_NAMES, NO_PERMUTATION_SPEC
 
 NUM_CLASSES = 5
 Builder = Callable[[], nn.Module]
@@ -74,7 +78,7 @@ CASES: dict[str, tuple[Builder, tuple[int, ...]]] = {
 }
 TOKEN_CASES = {"char_gpt", "char_gpt-one-head"}
 # Registry models without a permutation spec: alignment raises a clear error naming the reason
-# (alignment.UNSUPPORTED_REASONS), checked below.
+# (fedscape.models.specs.NO_PERMUTATION_SPEC, the model class's no_permutation_spec), checked below.
 UNSUPPORTED = {"char_lstm": token_registry("char_lstm", embed_dim=4, hidden_size=6)}
 # Large (millions of parameters; 0.6M and 138 permutation groups): fewer coordinate-descent sweeps where any number
 # will do.
@@ -157,12 +161,53 @@ def test_every_registry_model_has_a_case_or_a_stated_reason() -> None:
     assert not missing
 
 
+def test_the_registry_models_named_supported_are_those_that_declare_their_axes() -> None:
+    # Prepare: one build of every registry model
+    builds = {case.split("-")[0]: build for case, (build, _) in CASES.items() if case.split("-")[0] in MODEL_NAMES}
+    builds.update({name: build for name, (build, _) in UNSUPPORTED.items()})
+
+    # Execute
+    declaring = {name for name, build in builds.items() if callable(getattr(build(), "permutation_axes", None))}
+
+    # Assert
+    assert set(builds) == set(MODEL_NAMES)
+    assert declaring == set(permutable_models()) == set(MODEL_NAMES) - set(NO_PERMUTATION_SPEC)
+
+
+class TwoLayer(nn.Module):
+    """A model outside the registry that declares its own axes: all a new model needs for weight matching."""
+
+    permutation_axes = chain_permutation_axes
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 6)
+        self.classifier = nn.Linear(6, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(F.relu(self.fc(x)))
+
+
+def test_a_model_declaring_its_axes_beside_its_definition_gets_its_spec() -> None:
+    # Prepare
+    torch.manual_seed(0)
+    model = TwoLayer()
+
+    # Execute
+    spec = permutation_spec(model)
+
+    # Assert: one group, the hidden units, on fc's outputs and the classifier's inputs
+    assert spec.group_sizes == {"fc": 6}
+    assert [(name, axis) for name, axis, _ in spec.perm_to_axes["fc"]] == [("fc.weight", 0), ("fc.bias", 0),
+                                                                         ("classifier.weight", 1)]
+
+
 @pytest.mark.parametrize("name", sorted(UNSUPPORTED))
 def test_models_without_a_spec_raise_an_error_naming_the_model_and_the_reason(name: str) -> None:
     # Prepare
     model = UNSUPPORTED[name][0]()
 
-    reason = UNSUPPORTED_REASONS[type(model)][:30]
+    reason = NO_PERMUTATION_SPEC[name][:30]
 
     # Execute / Assert
     with pytest.raises(UnsupportedModelError, match=rf"{type(model).__name__}: .*{reason}"):
@@ -400,7 +445,8 @@ def test_unknown_architectures_raise_a_clear_error() -> None:
     resnet.blocks[0] = Wrapped(resnet.blocks[0])  # e.g. a Stochastic Depth wrapper
 
     # Execute / Assert
-    with pytest.raises(UnsupportedModelError, match="no permutation spec for architecture Sequential; supported"):
+    with pytest.raises(UnsupportedModelError, match="no permutation spec for architecture Sequential; supported: "
+                       f"the registry models {', '.join(permutable_models())} "):
         permutation_spec(sequential)
     with pytest.raises(UnsupportedModelError, match="blocks.0: unsupported residual block Wrapped"):
         permutation_spec(resnet)

@@ -1,5 +1,6 @@
 """The shape of the code: layers that import only downward, no cycles, torch-free planning and light jobs,
-one script per rule, no issue numbers in comments (docs/architecture.md)."""
+one script per rule calling its rule's `<rule>_job`, every log through `Results.job_log`, no issue numbers in
+comments (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -150,6 +151,104 @@ def test_every_rule_has_a_log_an_env_and_its_script(rule):
     assert re.search(r"^\s+log:", text, re.M), f"rule {rule} has no log"
     assert re.search(r"^\s+conda:", text, re.M), f"rule {rule} has no conda env"
     assert script_of(text).exists()
+
+
+# The library package of each rule file's stage: an analysis stage's is its own package (fedscape.analysis.<stage>),
+# found without a list; the others are named here.
+STAGE_PACKAGES = {"partition": "fedscape.stages", "init": "fedscape.stages", "train": "fedscape.stages",
+                  "tables": "fedscape.outputs", "cost": "fedscape.report", "report": "fedscape.report"}
+# What a script may call beside its rule's entry point: the job's log and its thread count.
+SCRIPT_HELPERS = {"job_log", "use_threads"}
+def rule_files() -> dict[str, str]:
+    """rule name -> the stem of its rule file (its stage)."""
+    return {m[1]: smk.stem for smk in sorted((ROOT / "rules").glob("*.smk"))
+            for m in re.finditer(r"^rule (\w+):", smk.read_text(), flags=re.M)}
+
+
+def stage_package(stage: str) -> str:
+    analysis = f"fedscape.analysis.{stage}"
+    return analysis if analysis in MODULES else STAGE_PACKAGES[stage]
+
+
+def top_level_functions(module: str) -> set[str]:
+    return {n.name for n in ast.parse(MODULES[module].read_text()).body if isinstance(n, ast.FunctionDef)}
+
+
+def entry_point_problems(rule: str) -> list[str]:
+    """Why rule `rule`'s script does not call `<rule>_job` of its stage's package alone (empty when it does)."""
+    script = script_of(rule_blocks()[rule])
+    tree = ast.parse(script.read_text())
+    imported = {alias.asname or alias.name: node.module for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fedscape")
+                for alias in node.names}
+    called = [node.func.id for node in ast.walk(tree)
+              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in imported]
+    entry, package = f"{rule}_job", stage_package(rule_files()[rule])
+    problems = []
+    if entry not in imported:
+        problems.append(f"{script.name} imports no {entry}")
+    elif not (imported[entry] == package or imported[entry].startswith(f"{package}.")):
+        problems.append(f"{script.name} imports {entry} from {imported[entry]}, outside {package}")
+    elif entry not in top_level_functions(imported[entry]):
+        problems.append(f"{imported[entry]} defines no function {entry}")
+    if called.count(entry) != 1:
+        problems.append(f"{script.name} calls {entry} {called.count(entry)} times")
+    if set(called) - SCRIPT_HELPERS - {entry}:
+        problems.append(f"{script.name} calls {sorted(set(called) - SCRIPT_HELPERS - {entry})} of the library")
+    return problems
+
+
+def test_every_rule_runs_its_own_script():
+    # Prepare
+    scripts = {rule: script_of(text).resolve() for rule, text in rule_blocks().items()}
+
+    # Assert: workflow/scripts/<rule>.py, one per rule, and no script without its rule
+    assert {rule: path.relative_to(ROOT).as_posix() for rule, path in scripts.items()
+            if path != ROOT / "workflow" / "scripts" / f"{rule}.py"} == {}
+    assert sorted(p.stem for p in (ROOT / "workflow" / "scripts").glob("*.py")) == sorted(scripts)
+
+
+def test_every_stage_has_its_library_package():
+    assert {stage: stage_package(stage) for stage in set(rule_files().values())
+            if stage_package(stage) not in MODULES} == {}
+
+
+@pytest.mark.parametrize("rule", sorted(rule_blocks()))
+def test_every_script_calls_its_rule_job(rule):
+    assert entry_point_problems(rule) == []
+
+
+def test_entry_point_check_names_what_is_wrong(tmp_path, monkeypatch):
+    # Prepare: a script calling another rule's entry point and a second library function
+    script = tmp_path / "final_table.py"
+    script.write_text("from fedscape.core.logs import job_log\n"
+                      "from fedscape.report.summary import summary_table_job, final_table\n"
+                      "with job_log(None, [], ''):\n    summary_table_job(1, 2)\n    final_table(3)\n")
+    monkeypatch.setattr(sys.modules[__name__], "script_of", lambda text: script)
+
+    # Execute
+    problems = entry_point_problems("final_table")
+
+    # Assert
+    assert problems == ["final_table.py imports no final_table_job", "final_table.py calls final_table_job 0 times",
+                        "final_table.py calls ['final_table', 'summary_table_job'] of the library"]
+
+
+def log_of(text: str) -> str:
+    return re.search(r"^    log:\n(.*?)(?=^    \S)", text, flags=re.M | re.S)[1].strip()
+
+
+def test_every_rule_logs_through_job_log():
+    # Prepare
+    from fedscape.core.paths import JOB_LOGS
+
+    # Execute
+    logs = {rule: log_of(text) for rule, text in rule_blocks().items()}
+
+    # Assert: one call of one shape, its template in the one map, one template per rule
+    assert {rule: log for rule, log in logs.items() if log != f'RESULTS.job_log("{rule}"),'} == {}
+    assert sorted(JOB_LOGS) == sorted(logs)
+    assert len(set(JOB_LOGS.values())) == len(JOB_LOGS)
 
 
 def test_no_script_dispatches_on_the_rule():

@@ -34,8 +34,8 @@ from fedscape.analysis.barriers.maths import (
     model_layers,
 )
 from fedscape.core.config import ConfigError
-from fedscape.models.networks import build_model
 from fedscape.models.params import flatten_buffers, flatten_params
+from fedscape.models.registry import build_model
 from fedscape.plan.workflow import check_config
 
 CNN_LAYERS = ["features.0", "features.2", "last_block.0", "fc", "classifier"]
@@ -343,13 +343,13 @@ def distance_table() -> pd.DataFrame:
 
 @pytest.mark.parametrize("pair", ["clients", "runs"])
 def test_layer_distance_figure_writes_pdf_png_and_the_pairs_rows(tmp_path, pair):
-    from fedscape.analysis.barriers.figures import layer_distance_figure
+    from fedscape.analysis.barriers.figures import layer_distance_figure_job
 
     table = distance_table()
     table.to_csv(tmp_path / "layer_distances.csv", index=False)
     outputs = figure_outputs(tmp_path, f"{pair}/distances")
 
-    layer_distance_figure(tmp_path / "layer_distances.csv", pair, outputs)
+    layer_distance_figure_job(tmp_path / "layer_distances.csv", pair, outputs)
 
     data = assert_figure_files(outputs)
     expected = table[table["pair"] == pair]
@@ -373,7 +373,7 @@ def test_layer_distance_figure_draws_l2_and_cosine_distance(tmp_path, monkeypatc
     monkeypatch.setattr(figures, "save_figure_outputs", lambda fig, outputs, data: drawn.update(fig=fig))
 
     # Execute
-    figures.layer_distance_figure(tmp_path / "layer_distances.csv", "clients", figure_outputs(tmp_path, "d"))
+    figures.layer_distance_figure_job(tmp_path / "layer_distances.csv", "clients", figure_outputs(tmp_path, "d"))
 
     # Assert: the images hold the table's values (rows = layers + full model, columns = rounds 1-3)
     images = [ax.get_images()[0].get_array() for ax in drawn["fig"].axes if ax.get_images()]
@@ -386,34 +386,35 @@ def test_layer_distance_figure_draws_l2_and_cosine_distance(tmp_path, monkeypatc
     assert any("cosine distance" in label for label in labels)
 
 def test_layer_distance_figure_of_a_pair_absent_from_the_table(tmp_path):
-    from fedscape.analysis.barriers.figures import layer_distance_figure
+    from fedscape.analysis.barriers.figures import layer_distance_figure_job
 
     distance_table().to_csv(tmp_path / "layer_distances.csv", index=False)
     outputs = figure_outputs(tmp_path, "distances")
 
     with pytest.raises(ValueError, match=r"pair 'nope' has no rows .*its pairs: clients, runs"):
-        layer_distance_figure(tmp_path / "layer_distances.csv", "nope", outputs)
+        layer_distance_figure_job(tmp_path / "layer_distances.csv", "nope", outputs)
     assert not any(p.exists() for p in outputs.values())
     pd.DataFrame(columns=["run_id", "round"]).to_csv(tmp_path / "other.csv", index=False)
     with pytest.raises(ValueError, match=r"other\.csv: expected the columns .*\(missing \['pair'"):
-        layer_distance_figure(tmp_path / "other.csv", "clients", outputs)
+        layer_distance_figure_job(tmp_path / "other.csv", "clients", outputs)
     # a configured pair whose rounds were all skipped (the rule passes its rounds): a figure saying so
-    layer_distance_figure(tmp_path / "layer_distances.csv", "nope", outputs, rounds=[1, 2])
+    layer_distance_figure_job(tmp_path / "layer_distances.csv", "nope", outputs, rounds=[1, 2])
     assert len(assert_figure_files(outputs, min_rows=0, min_png=1000)) == 0
 
 
 def test_barrier_figures_follow_the_shared_style(tmp_path):
-    """Interpolation curves, layer heatmaps and client statistics: valid files, the tables' columns unchanged."""
-    from fedscape.analysis.barriers.figures import interpolation_figure, layer_heatmaps, pair_label
+    """Interpolation curves, layer heatmaps (one figure per split) and client statistics: valid files, the tables'
+    columns unchanged."""
+    from fedscape.analysis.barriers.figures import interpolation_figure_job, layer_barrier_figures_job, pair_label
     from fedscape.analysis.client_stats.definitions import CLIENT_STATS_COLUMNS
-    from fedscape.analysis.client_stats.figures import client_stats_figure
+    from fedscape.analysis.client_stats.figures import client_stats_figure_job
 
     curves = pd.DataFrame([
         {"pair_id": "iid_vs_01", "run_a": rid("iid"), "round_a": 3, "run_b": rid("0.1"), "round_b": 3, "t": t,
          "split": split, "loss": 1 + t * (1 - t), "error": 0.2 + 0.1 * t * (1 - t)}
         for split in ("train", "test") for t in (0.0, 0.5, 1.0)], columns=INTERPOLATION_COLUMNS)
     curves.to_csv(tmp_path / "interpolation.csv", index=False)
-    interpolation_figure(tmp_path / "interpolation.csv", figure_outputs(tmp_path, "interpolation"))
+    interpolation_figure_job(tmp_path / "interpolation.csv", figure_outputs(tmp_path, "interpolation"))
     assert list(assert_figure_files(figure_outputs(tmp_path, "interpolation")).columns) == INTERPOLATION_COLUMNS
 
     layers = pd.DataFrame([
@@ -422,16 +423,20 @@ def test_barrier_figures_follow_the_shared_style(tmp_path):
         for r in (1, 2) for mode in MODES for k, layer in enumerate(CNN_LAYERS) for split in ("train", "test")],
         columns=LAYER_BARRIER_COLUMNS)
     layers.to_csv(tmp_path / "layer_barriers.csv", index=False)
-    layer_heatmaps(tmp_path / "layer_barriers.csv", "clients", "train", figure_outputs(tmp_path, "train"))
-    data = assert_figure_files(figure_outputs(tmp_path, "train"))
-    assert list(data.columns) == LAYER_BARRIER_COLUMNS and set(data["split"]) == {"train"}
+    # the rule's outputs: each split's figure files, keyed "<split>_<format>"
+    outputs = {f"{split}_{key}": path for split in ("train", "test")
+               for key, path in figure_outputs(tmp_path, split).items()}
+    layer_barrier_figures_job(tmp_path / "layer_barriers.csv", "clients", outputs)
+    for split in ("train", "test"):
+        data = assert_figure_files(figure_outputs(tmp_path, split))
+        assert list(data.columns) == LAYER_BARRIER_COLUMNS and set(data["split"]) == {split}
 
     stats = pd.DataFrame([
         {"run_id": rid(alpha, seed), "round": r, "drift_from_start": 0.1, "drift_from_aggregate": 0.1,
          "gradient_diversity": 1.0 + r, "update_cosine_mean": 0.5, "l2_to_final": 3.0 - r}
         for alpha in ("iid", "0.1") for seed in (0, 1) for r in range(4)], columns=CLIENT_STATS_COLUMNS)
     stats.to_csv(tmp_path / "client_stats.csv", index=False)
-    client_stats_figure(tmp_path / "client_stats.csv", figure_outputs(tmp_path, "client_stats"))
+    client_stats_figure_job(tmp_path / "client_stats.csv", figure_outputs(tmp_path, "client_stats"))
     data = assert_figure_files(figure_outputs(tmp_path, "client_stats"))
     assert len(data) == 2 * 4  # seeds averaged: one line per alpha
     assert pair_label(rid("iid"), rid("0.1")) == "IID vs α=0.1"
@@ -440,7 +445,7 @@ def test_barrier_figures_follow_the_shared_style(tmp_path):
 
 # -- interpolation after alignment (Git Re-Basin) ---------------------------------------------------
 def test_barriers_from_curves_keep_aligned_and_unaligned_apart_and_old_curves_read_as_unaligned(tmp_path):
-    from fedscape.analysis.barriers.tables import interpolation_tables
+    from fedscape.analysis.barriers.tables import interpolation_tables_job
 
     # Prepare: a bump of 0.5 unaligned, flat once aligned, evaluated with recomputed batch-norm statistics; and a
     # curve file from before the columns `aligned` and `bn_stats` existed
@@ -453,7 +458,7 @@ def test_barriers_from_curves_keep_aligned_and_unaligned_apart_and_old_curves_re
                                                                                        index=False)
 
     # Execute
-    interpolation_tables([tmp_path / "p.csv", tmp_path / "old.csv"], tmp_path / "i.csv", tmp_path / "b.csv")
+    interpolation_tables_job([tmp_path / "p.csv", tmp_path / "old.csv"], tmp_path / "i.csv", tmp_path / "b.csv")
 
     # Assert
     barriers = pd.read_csv(tmp_path / "b.csv").set_index(["pair_id", "aligned"])

@@ -167,3 +167,26 @@ def test_the_damage_audit_classifies_its_cases(monkeypatch, fields, verdict, why
 
     # Assert
     assert found == verdict and why in reason
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({}, []),
+    ({"seconds": [9.0, 9.0], "peak_mem_vs_fedavg": [2.0, 2.0], "code_version": ["b", "b"]}, []),  # measurements
+    ({"loss": [0.5, 0.25 + 1e-9]}, ["loss: differs by up to 1e-09"]),
+    ({"loss": [0.5, float("nan")]}, ["loss: NaN in other rows"]),
+    ({"run_id": ["a", "c"]}, ["run_id: text differs"]),
+])
+def test_compare_results_reports_what_a_refactor_moved(monkeypatch, change, expected):
+    # Prepare
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import pandas as pd
+    from compare_results import table_differences
+
+    old = pd.DataFrame({"run_id": ["a", "b"], "loss": [0.5, 0.25], "seconds": [1.0, 2.0],
+                        "peak_mem_vs_fedavg": [1.0, 1.0], "code_version": ["a", "a"]})
+
+    # Execute
+    lines = table_differences(old, old.assign(**change), atol=1e-12)
+
+    # Assert
+    assert lines == expected

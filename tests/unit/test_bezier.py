@@ -23,8 +23,8 @@ from fedscape.analysis.barriers.definitions import (
 )
 from fedscape.analysis.barriers.maths import Point, evaluate_point, interpolation_curve
 from fedscape.core.config import ConfigError
-from fedscape.models.networks import build_model
 from fedscape.models.params import flatten_buffers, flatten_params
+from fedscape.models.registry import build_model
 from fedscape.plan.workflow import check_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -206,7 +206,7 @@ def test_interpolation_settings_carry_the_curve_only_when_enabled():
 
 
 def test_barriers_of_curves_keep_paths_apart_and_old_curves_read_as_linear(tmp_path):
-    from fedscape.analysis.barriers.tables import interpolation_tables
+    from fedscape.analysis.barriers.tables import interpolation_tables_job
 
     # Prepare: a bump of 0.5 on the straight line, 0.1 on the curve; a curve file from before `path` existed
     def curve(pair, path, bump):
@@ -217,7 +217,7 @@ def test_barriers_of_curves_keep_paths_apart_and_old_curves_read_as_linear(tmp_p
     pd.DataFrame(curve("old", "linear", 0.25)).drop(columns="path").to_csv(tmp_path / "old.csv", index=False)
 
     # Execute
-    interpolation_tables([tmp_path / "p.csv", tmp_path / "old.csv"], tmp_path / "i.csv", tmp_path / "b.csv")
+    interpolation_tables_job([tmp_path / "p.csv", tmp_path / "old.csv"], tmp_path / "i.csv", tmp_path / "b.csv")
 
     # Assert
     table = pd.read_csv(tmp_path / "b.csv")
@@ -241,7 +241,7 @@ def runs(tmp_path_factory):
 
 
 def test_stage_writes_bezier_rows_next_to_linear_ones_and_nan_rows_for_a_diverged_end(runs, tmp_path):
-    from fedscape.analysis.barriers.stage import interpolation_stage
+    from fedscape.analysis.barriers.stage import interpolation_job
     from fedscape.plan.barriers import interpolation_pairs, interpolation_settings
 
     # Prepare: the fixture's two pairs (healthy round 1 vs final; healthy vs diverged), curve and alignment on
@@ -251,7 +251,7 @@ def test_stage_writes_bezier_rows_next_to_linear_ones_and_nan_rows_for_a_diverge
     frames = {}
     for pair in interpolation_pairs(config, [runs.healthy, runs.diverged]):
         # Execute
-        interpolation_stage(interpolation_settings(config, pair), runs.trajectory(pair.run_a),
+        interpolation_job(interpolation_settings(config, pair), runs.trajectory(pair.run_a),
                             runs.trajectory(pair.run_b), runs.partition, tmp_path / f"{pair.label}.csv")
         frames[pair.label] = pd.read_csv(tmp_path / f"{pair.label}.csv")
 

@@ -19,8 +19,9 @@ from fedscape.analysis.barriers.definitions import linear_barrier
 from fedscape.analysis.barriers.maths import Point, interpolation_curve, layerwise_barriers
 from fedscape.core.config import ConfigError
 from fedscape.models.batchnorm import batch_norms, bn_sample, has_batch_norm, recompute_bn_stats
-from fedscape.models.networks import BatchNorm2d, build_model
+from fedscape.models.layers import BatchNorm2d
 from fedscape.models.params import flatten_buffers, flatten_params, load_buffers, load_params
+from fedscape.models.registry import build_model
 from fedscape.models.specs import BN_STATS_SAMPLES, uses_batch_norm
 from fedscape.plan.workflow import check_config
 
@@ -372,7 +373,7 @@ def swa_config(model_options: dict | None, swa: dict, where: str) -> dict:
 ])
 def test_swa_bn_stats_enters_the_train_settings_of_batch_norm_models_only(model_options, swa, expected, where):
     from fedscape.core.runs import build_runs
-    from fedscape.fl.swa import job_swa_config
+    from fedscape.fl.swa import SWASettings
     from fedscape.plan.tables import rounds_columns, rounds_optional
     from fedscape.plan.train import train_settings
 
@@ -381,7 +382,7 @@ def test_swa_bn_stats_enters_the_train_settings_of_batch_norm_models_only(model_
 
     settings = [train_settings(config, run)["training"]["swa"] for run in runs]
     # the train job reads back what it computes with: the given value, the baseline where the settings omit it
-    assert {job_swa_config(s).bn_stats for s in settings} == {expected or "stored"}
+    assert {SWASettings.from_settings(s).config().bn_stats for s in settings} == {expected or "stored"}
 
     assert {s.get("bn_stats") for s in settings} == {expected}
     assert all(set(s) - {"bn_stats"} == {"start_round", "cycle", "lr_ratio", "scheduled_lr"} for s in settings)
@@ -500,7 +501,7 @@ def test_training_the_bend_in_train_mode_is_eval_mode_without_batch_norm(float64
 
 # -- the stages, end to end on digits ---------------------------------------------------------------------------
 def test_stages_of_a_batch_norm_model_evaluate_and_record_recomputed_statistics(tmp_path):
-    from fedscape.analysis.barriers.stage import interpolation_stage, layerwise_stage
+    from fedscape.analysis.barriers.stage import interpolation_job, layer_barriers_job
     from fedscape.core.runs import build_runs
     from fedscape.data.federated import load_federated_data
     from fedscape.models.checkpoint import load_trajectory
@@ -509,9 +510,9 @@ def test_stages_of_a_batch_norm_model_evaluate_and_record_recomputed_statistics(
     from fedscape.plan.init import init_settings
     from fedscape.plan.partition import partition_settings
     from fedscape.plan.train import train_settings
-    from fedscape.stages.init import init_stage
-    from fedscape.stages.partition import partition_stage
-    from fedscape.stages.train import train_stage
+    from fedscape.stages.init import init_job
+    from fedscape.stages.partition import partition_job
+    from fedscape.stages.train import train_job
 
     # Prepare: a plain and an SWA run of cnn_small with batch norm (defaults: bn_stats recomputed everywhere)
     plain = {"algorithm": "fedavg"}
@@ -528,20 +529,20 @@ def test_stages_of_a_batch_norm_model_evaluate_and_record_recomputed_statistics(
         "client_stats": {"enabled": False}}, SCHEMA)
     runs = {r.algorithm: r for r in build_runs(config)}
     partition, init = tmp_path / "partition.npz", tmp_path / "init.pt"
-    partition_stage(partition_settings(config, "digits", "iid", 3, 0), partition, tmp_path / "counts.csv")
-    init_stage(init_settings(config, list(runs.values()), "digits", "cnn_small", "random"), init)
+    partition_job(partition_settings(config, "digits", "iid", 3, 0), partition, tmp_path / "counts.csv")
+    init_job(init_settings(config, list(runs.values()), "digits", "cnn_small", "random"), init)
     files = {}
     for label, run in runs.items():
         d = tmp_path / label
         files[label] = {name: d / f"{name}.{ext}" for name, ext in (("trajectory", "pt"), ("clients", "pt"),
                         ("metrics", "csv"), ("meta", "json"), ("client_updates", "csv"))}
-        train_stage(train_settings(config, run), partition, init, files[label], d / "_progress")
+        train_job(train_settings(config, run), partition, init, files[label], d / "_progress")
     (ipair,), (lpair,) = interpolation_pairs(config, list(runs.values())), layer_pairs(config, list(runs.values()))
 
     # Execute
-    interpolation_stage(interpolation_settings(config, ipair), files["fedavg"]["trajectory"],
+    interpolation_job(interpolation_settings(config, ipair), files["fedavg"]["trajectory"],
                         files["fedavg"]["trajectory"], partition, tmp_path / "curve.csv")
-    layerwise_stage(layer_settings(config, lpair, 1), {"trajectory_a": files["fedavg"]["trajectory"],
+    layer_barriers_job(layer_settings(config, lpair, 1), {"trajectory_a": files["fedavg"]["trajectory"],
                                                        "clients": files["fedavg"]["clients"], "partition": partition},
                     tmp_path / "layers.csv", tmp_path / "distances.csv")
 

@@ -10,7 +10,7 @@ import torch
 from helpers.figures import assert_figure_files
 
 from fedscape.analysis.client_stats.definitions import CLIENT_STATS_COLUMNS, CLIENT_STATS_FIGURE_COLUMNS
-from fedscape.analysis.client_stats.figures import client_stats_figure
+from fedscape.analysis.client_stats.figures import client_stats_figure_job
 from fedscape.fl.client_stats import (
     client_drift,
     cosine_similarity,
@@ -90,7 +90,7 @@ def _tiny_federation(rounds: int, participation: float):
     from fedscape.fl.engine import run_federated
     from fedscape.fl.settings import TrainConfig
     from fedscape.fl.strategies.registry import make_strategy
-    from fedscape.models.networks import build_model
+    from fedscape.models.registry import build_model
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(120, 1, 8, 8, generator=gen)
@@ -132,7 +132,7 @@ def test_client_stats_figure_plots_drift_as_the_mean_over_seeds(tmp_path):
     outputs = {ext: tmp_path / f"client_stats.{ext}" for ext in ("png", "pdf", "csv")}
 
     # Execute
-    client_stats_figure(tmp_path / "client_stats.csv", outputs)
+    client_stats_figure_job(tmp_path / "client_stats.csv", outputs)
 
     # Assert
     data = assert_figure_files(outputs)

@@ -11,7 +11,7 @@ from helpers.configs import DEFAULT, SCHEMA, TINY
 from helpers.workflow import ROOT
 
 from fedscape.core.config import ConfigError, duplicate_keys, read_config_file
-from fedscape.core.runs import build_runs, resolve_run, select_runs
+from fedscape.core.runs import RUN_FIELDS, Run, build_runs, resolve_run, select_runs
 from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config, check_data
 
@@ -152,7 +152,7 @@ def test_bad_config_is_rejected_naming_the_key(path, value, needle):
 def test_a_natural_partition_of_a_dataset_without_writers_is_rejected_at_planning():
     config = with_change("partitions", {"nat": {"kind": "natural"}}, GRID_ONLY)
 
-    with pytest.raises(ConfigError, match="partitions.nat: the kind natural gives one client per writer, but digits "
+    with pytest.raises(ConfigError, match="partitions.nat: the kind natural splits by each sample.s writer, but digits "
                                           "has no writer ids"):
         check_config(config, SCHEMA)
 
@@ -187,7 +187,25 @@ def test_grid_is_the_product_of_the_lists():
     others = len(config["inits"]) * len(config["algorithms"]) * len(config["models"])
     assert len(runs) == len(config["alphas"]) * 2 * 2 * others
     assert len({r.run_id for r in runs}) == len(runs)
-    assert {r.alpha for r in runs} == {"iid", "1.0", "0.1"}
+    assert {r.setting for r in runs} == {"iid", "1.0", "0.1"}
+
+
+def test_the_setting_keeps_the_name_alpha_outside_the_run():
+    # Prepare: an IID run and an alpha run
+    config = check_config(with_change("experiments", [{"alpha": "iid"}, {"alpha": 0.1, "seed": 2}], GRID_ONLY),
+                          SCHEMA)
+    runs = build_runs(config)
+
+    # Execute / Assert: wildcards, table columns, run ids and partition paths name the field alpha, the Run setting
+    for run in runs:
+        assert list(run.fields()) == list(RUN_FIELDS) and RUN_FIELDS[4] == "alpha"
+        assert run.fields()["alpha"] == run.field("alpha") == run.setting
+        assert f"/alpha~{run.setting}/" in run.run_id
+        assert run.partition_fields["alpha"] == run.setting
+        assert Run.from_id(run.run_id) == Run.from_wildcards(run.fields()) == run
+    assert [r.setting for r in select_runs(runs, {"alpha": "0.1"})] == ["0.1"]
+    with pytest.raises(ConfigError, match="Did you mean 'alpha'"):
+        select_runs(runs, {"setting": "iid"})
 
 
 def test_explicit_experiments_replace_the_grid():
@@ -195,7 +213,7 @@ def test_explicit_experiments_replace_the_grid():
 
     runs = build_runs(config)
 
-    assert [(r.alpha, r.seed) for r in runs] == [("0.5", 2), ("iid", 0)]
+    assert [(r.setting, r.seed) for r in runs] == [("0.5", 2), ("iid", 0)]
 
 
 def test_selectors_resolve_runs_and_fail_clearly():
@@ -493,8 +511,8 @@ def test_an_integer_where_a_number_is_expected_and_a_list_of_numbers_stay_valid(
     ({"c11": {"kind": "classes", "classes_per_client": 11}},
      "partitions.c11.classes_per_client: 11 classes per client, but digits has 10 classes; set classes_per_client "
      "to at most 10"),
-    ({"nat": {"kind": "natural"}}, "partitions.nat: the kind natural gives one client per writer, but digits has no "
-                                   "writer ids"),
+    ({"nat": {"kind": "natural"}}, "partitions.nat: the kind natural splits by each sample's writer, but digits has "
+                                   "no writer ids"),
 ])
 def test_a_partition_option_beyond_the_dataset_is_rejected_at_planning(partitions, expected):
     # Prepare: the label joins the run grid of digits (10 classes, no writers)

@@ -24,17 +24,17 @@ from fedscape.analysis.barriers.definitions import (
     LAYER_DISTANCE_COLUMNS,
     MODES,
 )
-from fedscape.analysis.barriers.stage import interpolation_stage, layerwise_stage
-from fedscape.analysis.barriers.tables import interpolation_tables
+from fedscape.analysis.barriers.stage import interpolation_job, layer_barriers_job
+from fedscape.analysis.barriers.tables import interpolation_tables_job
 from fedscape.analysis.client_stats.definitions import CLIENT_STATS_COLUMNS
-from fedscape.analysis.client_stats.stage import client_stats_table
+from fedscape.analysis.client_stats.stage import client_stats_job
 from fedscape.analysis.hessian.definitions import CLIENT_COLUMNS, DENSITY_COLUMNS, hessian_columns
 from fedscape.analysis.hessian.stage import hessian_stage
 from fedscape.analysis.hessian.tables import gather_tables
-from fedscape.analysis.landscape.figures import figure_stage
-from fedscape.analysis.landscape.gather import gather_stage, load_surface
+from fedscape.analysis.landscape.figures import landscape_figure_job
+from fedscape.analysis.landscape.gather import landscape_gather_job, load_surface
 from fedscape.analysis.landscape.planes import load_plane
-from fedscape.analysis.landscape.stage import chunk_stage, plane_stage
+from fedscape.analysis.landscape.stage import landscape_chunk_job, landscape_plane_job
 from fedscape.core.config import validate_config
 from fedscape.plan.barriers import interpolation_pairs, interpolation_settings, layer_pairs, layer_settings
 from fedscape.plan.hessian import hessian_job_settings
@@ -166,9 +166,9 @@ def test_interpolation_with_a_diverged_end_writes_nan_rows(runs, tmp_path, caplo
     curves = []
     for label, pair in pairs.items():
         curves.append(tmp_path / f"{label}.csv")
-        interpolation_stage(interpolation_settings(runs.config, pair), runs.trajectory(pair.run_a),
+        interpolation_job(interpolation_settings(runs.config, pair), runs.trajectory(pair.run_a),
                             runs.trajectory(pair.run_b), runs.partition, curves[-1])
-    interpolation_tables(curves, tmp_path / "interpolation.csv", tmp_path / "barriers.csv")
+    interpolation_tables_job(curves, tmp_path / "interpolation.csv", tmp_path / "barriers.csv")
 
     assert "ok_vs_boom" in warnings_of(caplog) and "NaN rows" in warnings_of(caplog)
     df = pd.read_csv(tmp_path / "interpolation.csv")
@@ -194,7 +194,7 @@ def test_layerwise_barriers_of_a_diverged_run_write_nan_rows(runs, tmp_path, cap
         for round_ in pair.rounds:
             b, d = tmp_path / f"{pair.label}_{round_}_b.csv", tmp_path / f"{pair.label}_{round_}_d.csv"
             inputs = {"partition": runs.partition, "trajectory_a": runs.trajectory(pair.run_a), **inputs_of[pair.label]}
-            layerwise_stage(layer_settings(runs.config, pair, round_), inputs, b, d)
+            layer_barriers_job(layer_settings(runs.config, pair, round_), inputs, b, d)
             frames[pair.label, round_] = (pd.read_csv(b), pd.read_csv(d))
 
     assert set(frames) == {("ok_clients", 1), ("boom_clients", 1), ("boom_clients", ROUNDS), ("ok_vs_boom", 1)}
@@ -213,8 +213,8 @@ def test_layerwise_barriers_of_a_diverged_run_write_nan_rows(runs, tmp_path, cap
 def test_client_stats_of_a_diverged_run_have_nan_l2_to_final(runs, tmp_path, caplog):
     caplog.set_level(logging.WARNING)
     both = (runs.healthy, runs.diverged)
-    client_stats_table([r.run_id for r in both], [runs.run_dir(r) / "client_updates.csv" for r in both],
-                       [runs.trajectory(r) for r in both], tmp_path / "client_stats.csv")
+    client_stats_job({"run_ids": [r.run_id for r in both]}, [runs.run_dir(r) / "client_updates.csv" for r in both],
+                     [runs.trajectory(r) for r in both], tmp_path / "client_stats.csv")
 
     assert "l2_to_final is NaN" in warnings_of(caplog)
     df = pd.read_csv(tmp_path / "client_stats.csv")
@@ -236,17 +236,18 @@ def _surface(runs, plan_spec: dict, label: str, tmp_path, hessian_plane=None):
     outputs = {"plane": d / "plane.npz", "points": d / "points.csv", "grid": d / "grid.json"}
     trajs = [runs.trajectory(r) for r in plan.runs]
     clients = runs.clients(plan.runs[0]) if plan.kind == "local" else None
-    plane_stage(plane_settings(config, plan), trajs, clients, hessian_plane, outputs)
+    landscape_plane_job(plane_settings(config, plan), trajs, clients, hessian_plane, outputs)
     chunks = []
     for i in range(plan.spec.get("chunks", 1)):
         chunks.append(d / f"chunk~{i}.npz")
-        chunk_stage(chunk_settings(config, plan, "train", i), outputs["plane"], outputs["grid"], runs.partition,
+        landscape_chunk_job(chunk_settings(config, plan, "train", i), outputs["plane"], outputs["grid"], runs.partition,
                     chunks[-1])
-    gather_stage(surface_settings(config, plan, "train"), chunks, outputs["plane"], outputs["grid"],
-                 outputs["points"], d / "surface.npz")
+    landscape_gather_job(surface_settings(config, plan, "train"), chunks, outputs["plane"], outputs["grid"],
+                         outputs["points"], d / "surface.npz")
     figure = {"pdf": d / "surface.pdf", "png": d / "surface.png", "grid_csv": d / "grid.csv",
               "points_csv": d / "points_fig.csv"}
-    figure_stage({"surface_id": f"{label}/train", "levels": 10, "clip_loss": None}, d / "surface.npz", None, figure)
+    landscape_figure_job({"surface_id": f"{label}/train", "levels": 10, "clip_loss": None}, d / "surface.npz", None,
+                         figure)
     assert figure["png"].stat().st_size > 0 and figure["pdf"].stat().st_size > 0
     return load_surface(d / "surface.npz"), load_plane(outputs["plane"])
 
@@ -298,7 +299,7 @@ def test_final_trajectory_surface_of_a_run_that_diverged_late_uses_its_last_fini
     (plan,) = landscape_plans(config, [runs.healthy, runs.diverged])
     caplog.set_level(logging.WARNING)
 
-    plane_stage(plane_settings(config, plan), [late], None, None, outputs)
+    landscape_plane_job(plane_settings(config, plan), [late], None, None, outputs)
 
     assert "using its last finite model (round 2)" in warnings_of(caplog)
     points = pd.read_csv(outputs["points"])

@@ -29,8 +29,8 @@ from fedscape.models.checkpoint import (
     save_trajectory,
 )
 from fedscape.models.evaluate import EvalResult, evaluate
-from fedscape.models.networks import build_model
 from fedscape.models.params import FlatParams, flatten_buffers, flatten_params, load_params
+from fedscape.models.registry import build_model
 
 
 def test_weighted_aggregation_matches_hand_computation():

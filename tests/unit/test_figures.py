@@ -13,15 +13,15 @@ from helpers.configs import SCHEMA, TINY
 from helpers.figures import assert_figure_files
 from helpers.tables import rounds_table, run_id
 
-from fedscape.core.alpha import alpha_label
 from fedscape.core.runs import build_runs
+from fedscape.core.setting import alpha_label
 from fedscape.outputs.labels import label_run
-from fedscape.outputs.style import PALETTE, RunStyle, alpha_order, empty_figure, log_levels, save_figure, varying_keys
+from fedscape.outputs.style import PALETTE, RunStyle, empty_figure, log_levels, save_figure, setting_order, varying_keys
 from fedscape.plan import report as report_plan
 from fedscape.plan.workflow import check_config
 from fedscape.report.figure_kinds import ACCURACY_FIGURES, CURVE_METRICS, accuracy_figure
+from fedscape.report.figures import accuracy_figure_job
 from fedscape.report.figures import cost as cost_figures
-from fedscape.report.figures import final_figure_stage
 from fedscape.report.figures.accuracy import (
     accuracy_by_init_figure,
     accuracy_table,
@@ -241,7 +241,7 @@ def test_label_run_uses_one_order_and_format_everywhere():
 def test_alpha_order_and_colours_are_stable():
     alphas = [0.1, "iid", 1.0, 0.5]
 
-    ordered = alpha_order(alphas)
+    ordered = setting_order(alphas)
     style = RunStyle(pd.DataFrame({"alpha": [math.inf, 0.1, 1.0, 0.5], "init": "random", "algorithm": "fedavg"}))
 
     assert [alpha_label(a) for a in ordered] == ["IID", "α=1", "α=0.5", "α=0.1"]
@@ -476,7 +476,7 @@ def test_every_accuracy_kind_is_drawn_from_final_csv_by_its_registered_function(
     figure, draw = accuracy_figure(kind)
 
     # Execute
-    final_figure_stage(final_csv, kind, "digits", "cnn_small", tmp_path / f"{kind}.png", WORK)
+    accuracy_figure_job(final_csv, kind, "digits", "cnn_small", tmp_path / f"{kind}.png", WORK)
 
     # Assert: the files of the figure, and the function is the one of the figures module the registry names
     data = assert_figure_files({ext: tmp_path / f"{kind}.{ext}" for ext in ("pdf", "png", "csv")})
@@ -488,7 +488,7 @@ def test_every_accuracy_kind_is_drawn_from_final_csv_by_its_registered_function(
 
 def test_an_unknown_accuracy_kind_is_refused_with_a_suggestion_before_final_csv_is_read(tmp_path):
     with pytest.raises(ValueError, match=r"unknown accuracy figure kind 'tabel'\. Did you mean 'table'\?.* by_init"):
-        final_figure_stage(tmp_path / "absent.csv", "tabel", "digits", "cnn_small", tmp_path / "x.png")
+        accuracy_figure_job(tmp_path / "absent.csv", "tabel", "digits", "cnn_small", tmp_path / "x.png")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -638,7 +638,7 @@ def test_density_figure_draws_each_runs_smoothed_spectrum_on_a_log_axis_without_
     outputs = {ext: tmp_path / f"density.{ext}" for ext in ("png", "pdf", "csv")}
 
     # Execute
-    hessian_figures.density_figure(inputs, outputs, grid_points=2000)
+    hessian_figures.hessian_density_figure_job(inputs, outputs, grid_points=2000)
 
     # Assert: one curve per run and round over its own padded range, each a probability density
     data = assert_figure_files(outputs)

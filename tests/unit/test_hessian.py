@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 
@@ -15,7 +16,7 @@ from helpers.configs import tiny_config
 from helpers.workflow import ROOT
 from torch import nn
 
-from fedscape.analysis.hessian.definitions import JOB_FILES, HessianSettings, job_settings, settings_of_job
+from fedscape.analysis.hessian.definitions import JOB_FILES, HessianJob, HessianSettings
 from fedscape.analysis.hessian.maths import (
     HessianOperator,
     analyse,
@@ -34,20 +35,35 @@ from fedscape.analysis.hessian.maths import (
 from fedscape.analysis.hessian.stage import hessian_stage, write_eigen_plane
 from fedscape.analysis.landscape.planes import load_plane
 from fedscape.core.config import ConfigError, load_schema
+from fedscape.core.jobs import declared_defaults, to_settings
 from fedscape.core.paths import TRAIN_FILE_NAMES
 from fedscape.core.runs import build_runs
 from fedscape.data.federated import load_federated_data
-from fedscape.models.networks import BatchNorm2d
+from fedscape.models.layers import BatchNorm2d
 from fedscape.plan.hessian import hessian_job_settings, hessian_jobs, settings_from_config
 from fedscape.plan.init import init_settings
 from fedscape.plan.partition import partition_settings
 from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config
-from fedscape.stages.init import init_stage
-from fedscape.stages.partition import partition_stage
-from fedscape.stages.train import train_stage
+from fedscape.stages.init import init_job
+from fedscape.stages.partition import partition_job
+from fedscape.stages.train import train_job
 
 N_SAMPLES = 160
+SCHEMA = load_schema(ROOT / "workflow/schemas/config.schema.yaml")
+
+
+def _schema_defaults(properties: dict) -> dict:
+    """The defaults of a schema section's keys, those of its nested objects filled in."""
+    return {key: _schema_defaults(sub["properties"]) if "properties" in sub else sub["default"]
+            for key, sub in properties.items() if "default" in sub}
+
+
+def hessian_settings(**changes) -> HessianSettings:
+    """HessianSettings of the schema's default `hessian` section (the dataclass declares only the baselines of its
+    late fields), with `changes`."""
+    base = settings_from_config(_schema_defaults(SCHEMA["properties"]["hessian"]["properties"]))
+    return dataclasses.replace(base, **changes)
 
 
 def make_data(n: int = N_SAMPLES, features: int = 24, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,8 +128,8 @@ def test_streaming_every_sample_equals_the_full_batch_analysis(tiny, batch_size,
     x, y = tiny["x"].double(), tiny["y"]
     common = {"top_k": 2, "method": "lanczos", "trace_probes": 20, "density": True, "density_probes": 2,
               "density_steps": 8, "cache_graph": False}
-    streamed = HessianSettings(eval_samples="all", batch_size=batch_size, **common)
-    full = HessianSettings(eval_samples=None, batch_size=len(y), **common)
+    streamed = hessian_settings(eval_samples="all", batch_size=batch_size, **common)
+    full = hessian_settings(eval_samples=None, batch_size=len(y), **common)
 
     # Execute
     got = analyse(tiny["model64"], x, y, streamed)
@@ -133,9 +149,9 @@ def test_streaming_every_sample_equals_the_full_batch_analysis(tiny, batch_size,
 def test_eval_samples_all_takes_every_sample_and_keeps_no_graph():
     assert torch.equal(eval_subset(5000, "all", seed=0), torch.arange(5000))
     with pytest.raises(ValueError, match="eval_samples all streams .* set hessian.cache_graph: false"):
-        HessianSettings(eval_samples="all", cache_graph=True)
+        hessian_settings(eval_samples="all", cache_graph=True)
     with pytest.raises(ValueError, match="eval_samples must be an integer >= 1, 'all' or None, got 'al'"):
-        HessianSettings(eval_samples="al", cache_graph=False)
+        hessian_settings(eval_samples="al", cache_graph=False)
 
 
 @pytest.mark.parametrize(("hessian", "message"), [
@@ -155,7 +171,7 @@ def test_eval_samples_all_reaches_the_job_settings():
     settings = hessian_job_settings(config, runs, run, round_)
 
     assert settings["hessian"]["eval_samples"] == "all" and settings["hessian"]["cache_graph"] is False
-    assert settings_of_job(settings["hessian"]).eval_samples == "all"
+    assert HessianJob.from_settings(settings).hessian.eval_samples == "all"
 
 
 def test_hessian_stage_with_eval_samples_all_takes_every_training_sample_of_a_moon_projection_run(tmp_path):
@@ -172,11 +188,11 @@ def test_hessian_stage_with_eval_samples_all_takes_every_training_sample_of_a_mo
     runs = build_runs(config)
     (run,) = runs
     partition, init = tmp_path / "partition.npz", tmp_path / "init.pt"
-    partition_stage(partition_settings(config, run.dataset, run.alpha, run.num_clients, run.seed), partition,
+    partition_job(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
                     tmp_path / "counts.csv")
-    init_stage(init_settings(config, runs, run.dataset, run.model, run.init), init)
+    init_job(init_settings(config, runs, run.dataset, run.model, run.init), init)
     train = {name: str(tmp_path / file) for name, file in TRAIN_FILE_NAMES.items()}
-    train_stage(train_settings(config, run), partition, init, train, tmp_path / "_progress")
+    train_job(train_settings(config, run), partition, init, train, tmp_path / "_progress")
     outputs = {key: str(tmp_path / name) for key, name in JOB_FILES.items()}
 
     # Execute
@@ -328,7 +344,7 @@ def test_slq_density_is_a_distribution_over_the_spectrum(tiny):
 
 # -- HN and HD -------------------------------------------------------------------------------------
 def test_identical_clients_have_hn_zero_and_hd_one(tiny):
-    settings = HessianSettings(trace_probes=20, density=False)
+    settings = hessian_settings(trace_probes=20, density=False)
     x, y = tiny["x"], tiny["y"]
 
     a = analyse(tiny["model"], x, y, settings, eigen=False)
@@ -352,7 +368,7 @@ def test_hn_hd_follow_the_fedalign_definition():
 
 
 def test_different_client_data_give_positive_hn(tiny):
-    settings = HessianSettings(trace_probes=20, density=False)
+    settings = hessian_settings(trace_probes=20, density=False)
     x, y = tiny["x"], tiny["y"]
     first, second = y < 5, y >= 5
 
@@ -384,7 +400,7 @@ def test_batch_norm_model_is_evaluated_in_eval_mode_and_is_deterministic():
     x = torch.randn(96, 1, 4, 4)
     y = torch.randint(0, 10, (96,))
     buffers_before = [b.clone() for b in model.buffers()]
-    settings = HessianSettings(max_iter=20, trace_probes=4, density=True, density_steps=5, density_probes=1)
+    settings = hessian_settings(max_iter=20, trace_probes=4, density=True, density_steps=5, density_probes=1)
     model.train()
 
     first = analyse(model, x, y, settings)
@@ -410,7 +426,7 @@ def test_operator_restores_training_mode():
 
 # -- the eigenvector plane -------------------------------------------------------------------------
 def test_eigen_plane_is_orthonormal_and_curvature_along_d1_is_lambda_1(tiny, tmp_path):
-    settings = HessianSettings(trace_probes=4, density=False)
+    settings = hessian_settings(trace_probes=4, density=False)
     report = analyse(tiny["model"], tiny["x"], tiny["y"], settings)
     d1, d2 = orthonormal_plane(report.eigen.vectors[0], report.eigen.vectors[1])
     center = torch.cat([p.detach().reshape(-1) for p in tiny["model"].parameters()])
@@ -445,7 +461,7 @@ def test_eigen_plane_is_orthonormal_and_curvature_along_d1_is_lambda_1(tiny, tmp
 ])
 def test_settings_reject_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        HessianSettings(**kwargs)
+        hessian_settings(**kwargs)
 
 
 def test_eval_subset_is_fixed_seeded_and_whole_when_small():
@@ -456,15 +472,12 @@ def test_eval_subset_is_fixed_seeded_and_whole_when_small():
     assert not torch.equal(a, eval_subset(1000, 100, seed=1))
 
 
-SCHEMA = load_schema(ROOT / "workflow/schemas/config.schema.yaml")
-
-
 def test_tiny_config_plans_round_zero_and_final():
     config = check_config(tiny_config(), SCHEMA)
 
     jobs = hessian_jobs(config, build_runs(config))
 
-    assert [(run.alpha, r) for run, r in jobs] == [("iid", 0), ("iid", config["training"]["rounds"])]
+    assert [(run.setting, r) for run, r in jobs] == [("iid", 0), ("iid", config["training"]["rounds"])]
     assert hessian_jobs(check_config(tiny_config(enabled=False), SCHEMA), build_runs(config)) == []
 
 
@@ -618,7 +631,7 @@ def test_hutchpp_uses_exactly_its_budget_and_needs_four_products():
 def test_analyse_with_hutchpp_on_a_model_matches_its_exact_hessian(tiny):
     # Prepare
     H = tiny["H"]
-    settings = HessianSettings(top_k=2, trace_probes=300, trace_estimator="hutchpp", density=False, eval_samples=None)
+    settings = hessian_settings(top_k=2, trace_probes=300, trace_estimator="hutchpp", density=False, eval_samples=None)
 
     # Execute
     report = analyse(tiny["model"], tiny["x"], tiny["y"], settings)
@@ -635,16 +648,17 @@ def test_analyse_with_hutchpp_on_a_model_matches_its_exact_hessian(tiny):
 ])
 def test_trace_estimator_settings_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        HessianSettings(**kwargs)
+        hessian_settings(**kwargs)
 
 
 def test_the_default_estimator_is_the_schemas():
     # Execute
     config = check_config(tiny_config(), SCHEMA)
 
-    # Assert: the schema's default, which the settings' own default repeats for direct callers
+    # Assert: the schema's default, which is also the baseline the settings declare (the behaviour before the key)
     default = SCHEMA["properties"]["hessian"]["properties"]["trace_estimator"]["default"]
-    assert default == config["hessian"]["trace_estimator"] == HessianSettings().trace_estimator == "hutchinson"
+    assert default == config["hessian"]["trace_estimator"] == declared_defaults(HessianSettings)["trace_estimator"]
+    assert default == "hutchinson"
     assert settings_from_config(config["hessian"]).trace_estimator == "hutchinson"
 
 
@@ -663,9 +677,10 @@ def test_job_settings_omit_a_late_setting_only_at_the_value_finished_jobs_had():
     # Assert
     assert pp["trace_estimator"] == "hutchpp"
     assert "trace_estimator" not in hu and "sharpness" not in hu and "precision" not in hu
-    assert settings_of_job(pp).trace_estimator == "hutchpp"
-    assert settings_of_job(hu).trace_estimator == "hutchinson"
-    assert settings_of_job(job_settings(HessianSettings(trace_probes=7))) == HessianSettings(trace_probes=7)
+    assert HessianSettings.from_settings(pp).trace_estimator == "hutchpp"
+    assert HessianSettings.from_settings(hu).trace_estimator == "hutchinson"
+    seven = hessian_settings(trace_probes=7)
+    assert HessianSettings.from_settings(to_settings(seven)) == seven
 
 
 @pytest.mark.parametrize(("hessian", "message"), [
@@ -734,8 +749,8 @@ def test_sharpness_at_a_minimum_finds_the_top_curvature():
 
 def test_analyse_reports_sharpness_only_when_asked(tiny):
     # Prepare
-    off = HessianSettings(top_k=2, trace_probes=4, density=False)
-    on = HessianSettings(top_k=2, trace_probes=4, density=False, sharpness=True, sharpness_rho=0.05)
+    off = hessian_settings(top_k=2, trace_probes=4, density=False)
+    on = hessian_settings(top_k=2, trace_probes=4, density=False, sharpness=True, sharpness_rho=0.05)
 
     # Execute
     without = analyse(tiny["model"], tiny["x"], tiny["y"], off)

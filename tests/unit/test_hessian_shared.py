@@ -38,7 +38,7 @@ def test_default_config_shares_round_zero_of_runs_differing_in_algorithm_or_part
     assert len({src.run_id for src in shared.values()}) == 1
     source = next(iter(shared.values()))
     assert sources[(source.run_id, 0)] is None  # the source computes
-    group = [run for run, r in hessian_jobs(config, runs) if r == 0 and run.init == "random" and run.alpha == "0.1"]
+    group = [run for run, r in hessian_jobs(config, runs) if r == 0 and run.init == "random" and run.setting == "0.1"]
     assert len(group) == 4 and {run.run_id for run in group} == {source.run_id, *(job for job, _ in shared)}
 
 
@@ -78,7 +78,7 @@ def test_a_sharing_job_reads_its_sources_outputs_and_says_so_in_its_settings():
     config["experiments"] = [{"alpha": "iid"}, {"alpha": 0.5, "algorithm": "fedavg"},
                              {"alpha": 0.5, "algorithm": "fedprox"}]
     config, runs = _checked(config)
-    fedavg, fedprox = sorted((r for r in runs if r.alpha == "0.5"), key=lambda r: r.algorithm)
+    fedavg, fedprox = sorted((r for r in runs if r.setting == "0.5"), key=lambda r: r.algorithm)
 
     # Execute
     own, copied, final = (hessian_inputs(config, runs, fedavg, 0), hessian_inputs(config, runs, fedprox, 0),
@@ -123,7 +123,7 @@ def test_copy_replaces_only_the_run_id(tmp_path):
     out = {key: tmp_path / f"out_{name}" for key, name in JOB_FILES.items()}
 
     # Execute
-    copy_shared_job({"run_id": TARGET, "round": 0, "shared_from": SOURCE}, source, out)
+    copy_shared_job(TARGET, 0, SOURCE, source, out)
 
     # Assert: every CSV is the source's text with the run id replaced (numbers byte for byte)
     for key in ("table", "clients", "density"):
@@ -143,5 +143,5 @@ def test_copy_refuses_a_source_of_another_run(tmp_path):
 
     # Execute / Assert: nothing written
     with pytest.raises(ValueError, match="digits/other"):
-        copy_shared_job({"run_id": TARGET, "round": 0, "shared_from": SOURCE}, source, out)
+        copy_shared_job(TARGET, 0, SOURCE, source, out)
     assert not any(p.exists() for p in out.values())

@@ -23,12 +23,17 @@ from fedscape.models.params import flatten_params
 from fedscape.plan.init import init_settings
 from fedscape.plan.workflow import check_config
 from fedscape.stages import init as inits_mod
-from fedscape.stages.init import ProxyData, init_stage, pretrain, proxy_data
-from fedscape.stages.init_settings import KIND_KEYS, PretrainConfig
+from fedscape.stages.init import ProxyData, init_job, pretrain, proxy_data
+from fedscape.stages.init_settings import KIND_KEYS, InitJob, PretrainConfig, RandomInit
 
 DIGITS = {"dataset": "digits", "model": "cnn_small", "model_options": {}, "in_channels": 1, "image_size": 8,
           "num_classes": 10}
 OPTIONS = {"test_fraction": 0.25, "proxy_fraction": 0.2}
+NO_PROXY = {"proxy_dataset": None, "proxy_data_dir": None, "proxy_dir": None, "max_samples": None}
+
+
+def random_job(**kw) -> RandomInit:
+    return RandomInit(**{**DIGITS, "init": "r", "kind": "random", "seed": 0, **kw})
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
@@ -38,7 +43,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
 def test_random_init_is_seeded(tmp_path):
     paths = [tmp_path / f"{i}.pt" for i in range(3)]
     for path, seed in zip(paths, (0, 0, 1), strict=True):
-        init_stage({**DIGITS, "init": "r", "kind": "random", "seed": seed}, path)
+        init_job({**DIGITS, "init": "r", "kind": "random", "seed": seed}, path)
 
     a, b, c = (load_trajectory(p).params[0] for p in paths)
     assert torch.equal(a, b)
@@ -54,13 +59,28 @@ def test_random_init_settings_ignore_other_kinds_keys():
 
 
 # -- pretrained ------------------------------------------------------------------------------------
-def pretrained_settings(**kw) -> dict:
-    return {**DIGITS, "init": "pre", "kind": "pretrained", "seed": 0, "epochs": 8, "lr": 0.05, "batch_size": 16,
-            "momentum": 0.9, "weight_decay": 5e-4, "dataset_options": OPTIONS, "device": "cpu", **kw}
+def pretrained_job(**kw):
+    return InitJob.from_settings({**DIGITS, "init": "pre", "kind": "pretrained", "seed": 0, "epochs": 8, "lr": 0.05,
+                                  "batch_size": 16, "momentum": 0.9, "weight_decay": 5e-4, **NO_PROXY,
+                                  "dataset_options": OPTIONS, "device": "cpu", **kw})
+
+
+def test_init_settings_of_an_unknown_kind_fail_naming_the_kinds():
+    with pytest.raises(ValueError, match=r"unknown kind 'pretrain'\. Did you mean 'pretrained'.*Valid: random, "):
+        init_job({**DIGITS, "init": "p", "kind": "pretrain", "seed": 0}, "unused.pt")
+
+
+def test_init_settings_must_carry_their_kind_s_keys():
+    settings = {**DIGITS, "init": "p", "kind": "pretrained", "seed": 0, "epochs": 1, "lr": 0.1, "batch_size": 4,
+                "momentum": 0.0, "weight_decay": 0.0, **NO_PROXY, "dataset_options": OPTIONS, "device": "cpu"}
+    del settings["proxy_dir"]
+
+    with pytest.raises(ValueError, match=r"PretrainedInit \(rule init\) settings lack the required 'proxy_dir'"):
+        init_job(settings, "unused.pt")
 
 
 def test_pretrained_init_starts_above_chance_on_the_clients_data():
-    model, meta = pretrain(pretrained_settings())
+    model, meta = pretrain(pretrained_job())
 
     ds = load_dataset("digits", proxy_fraction=0.2)
     clients = evaluate(model, ds.x_train, ds.y_train)
@@ -72,7 +92,7 @@ def test_pretrained_init_starts_above_chance_on_the_clients_data():
 
 
 def test_pretraining_resumes_after_a_kill(tmp_path, monkeypatch):
-    settings = pretrained_settings(epochs=4)
+    settings = pretrained_job(epochs=4)
     reference, _ = pretrain(settings)
 
     real_atomic = inits_mod.atomic_path
@@ -105,10 +125,9 @@ def write_imagenet32(directory: Path, n: int = 40, seed: int = 0) -> None:
 
 def test_imagenet32_proxy_reinitialises_the_classifier(tmp_path):
     write_imagenet32(tmp_path / "imagenet32")
-    settings = {"dataset": "cifar10", "model": "resnet20", "model_options": {}, "in_channels": 3, "image_size": 32,
-                "num_classes": 10, "init": "pre", "kind": "pretrained", "seed": 3, "epochs": 1, "lr": 0.01,
-                "batch_size": 16, "momentum": 0.9, "weight_decay": 0.0, "proxy_dir": str(tmp_path / "imagenet32"),
-                "max_samples": 50, "dataset_options": {}, "device": "cpu"}
+    settings = pretrained_job(dataset="cifar10", model="resnet20", in_channels=3, image_size=32, seed=3, epochs=1,
+                              lr=0.01, weight_decay=0.0, proxy_dir=str(tmp_path / "imagenet32"), max_samples=50,
+                              dataset_options={})
 
     model, meta = pretrain(settings)
 
@@ -122,7 +141,8 @@ def test_imagenet32_proxy_reinitialises_the_classifier(tmp_path):
 
 def test_imagenet32_proxy_is_streamed_and_normalised_with_the_clients_statistics(tmp_path):
     write_imagenet32(tmp_path / "in32", n=5)
-    settings = {"dataset": "cifar10", "proxy_dir": str(tmp_path / "in32"), "dataset_options": {}, "seed": 0}
+    settings = pretrained_job(dataset="cifar10", in_channels=3, image_size=32, proxy_dir=str(tmp_path / "in32"),
+                              dataset_options={})
     written = np.concatenate([np.load(tmp_path / "in32" / f"train_data_batch_{i}.npz")["data"] for i in (1, 2)])
     mean, std = torch.tensor((0.4914, 0.4822, 0.4465)).view(1, 3, 1, 1), torch.tensor((0.2470, 0.2435, 0.2616))
 
@@ -136,10 +156,9 @@ def test_imagenet32_proxy_is_streamed_and_normalised_with_the_clients_statistics
 
 def test_streamed_imagenet32_pretraining_equals_pretraining_on_the_images_held_in_memory(tmp_path, monkeypatch):
     write_imagenet32(tmp_path / "in32", n=24)
-    settings = {**DIGITS, "dataset": "cifar10", "in_channels": 3, "image_size": 32, "init": "pre",
-                "kind": "pretrained", "seed": 1, "epochs": 2, "lr": 0.01, "batch_size": 8, "momentum": 0.9,
-                "weight_decay": 0.0, "proxy_dir": str(tmp_path / "in32"), "max_samples": 40,
-                "dataset_options": {"augment": "crop_flip"}, "device": "cpu"}
+    settings = pretrained_job(dataset="cifar10", in_channels=3, image_size=32, seed=1, epochs=2, lr=0.01,
+                              batch_size=8, weight_decay=0.0, proxy_dir=str(tmp_path / "in32"), max_samples=40,
+                              dataset_options={"augment": "crop_flip"})
     streamed_model, streamed_meta = pretrain(settings)
     streamed = proxy_data(settings)
     held = ProxyData(streamed.y, streamed.num_classes, streamed.source,
@@ -156,7 +175,8 @@ def test_streamed_imagenet32_pretraining_equals_pretraining_on_the_images_held_i
 
 def test_streamed_proxy_evaluation_in_batches_equals_one_pass(tmp_path):
     write_imagenet32(tmp_path / "in32", n=12)
-    proxy = proxy_data({"dataset": "cifar10", "proxy_dir": str(tmp_path / "in32"), "dataset_options": {}})
+    proxy = proxy_data(pretrained_job(dataset="cifar10", in_channels=3, image_size=32,
+                                      proxy_dir=str(tmp_path / "in32"), dataset_options={}))
     torch.manual_seed(0)
     model = inits_mod.build_model("mlp", num_classes=1000, in_channels=3, image_size=32)
 
@@ -183,18 +203,20 @@ def test_iid_warmup_is_fedavg_rounds_on_the_iid_split(tmp_path):
     labels = ds.y_train.numpy()
     part = make_partition(labels, 4, float("inf"), 0, 10, 1000)
     save_partition(tmp_path / "partition.npz", part, labels, 10, {"dataset": "digits"})
-    training = {"local_epochs": 1, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0,
-                "save_clients_at": [1], "device": "cpu"}
+    training = {"rounds": 30, "local_epochs": 1, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0,
+                "save_clients_at": [1], "eval_batch_size": 1024, "device": "cpu", "client_parallel": "auto",
+                "client_chunk_size": 64, "bf16_autocast": False}
     settings = {**DIGITS, "init": "warm", "kind": "iid_warmup", "seed": 0, "rounds": 1, "num_clients": 4,
-                "partition_seed": 0, "dataset_options": OPTIONS, "warmup_training": training}
+                "partition_seed": 0, "training": {}, "dataset_options": OPTIONS,
+                "partition": {"min_size": 10, "max_tries": 1000}, "warmup_training": training, "device": "cpu"}
 
-    init_stage(settings, tmp_path / "init.pt", {"partition": str(tmp_path / "partition.npz")}, tmp_path / "prog")
+    init_job(settings, tmp_path / "init.pt", {"partition": str(tmp_path / "partition.npz")}, tmp_path / "prog")
 
     init = load_trajectory(tmp_path / "init.pt")
     split = load_partition(tmp_path / "partition.npz", labels)
     data = FederatedData(ds.x_train, ds.y_train, [torch.as_tensor(i) for i in split.client_indices], ds.x_test,
                          ds.y_test)
-    model = inits_mod.random_model(settings)
+    model = inits_mod.random_model(InitJob.from_settings(settings))
     start = flatten_params(model)
     cfg = TrainConfig(rounds=1, local_epochs=1, batch_size=32, lr=0.05, momentum=0.9, seed=0)
     expected = run_federated(model, data, make_strategy("fedavg"), cfg)
@@ -206,7 +228,7 @@ def test_iid_warmup_is_fedavg_rounds_on_the_iid_split(tmp_path):
 
 # -- continue --------------------------------------------------------------------------------------
 def test_continue_starts_from_the_final_global_model(tmp_path):
-    model = inits_mod.random_model({**DIGITS, "seed": 0})
+    model = inits_mod.random_model(random_job())
     meta = ModelMeta("cnn_small", 10, 1, 8, {}, tuple(n for n, _ in model.named_parameters()),
                      tuple(tuple(p.shape) for p in model.parameters()))
     params = torch.randn(4, flatten_params(model).numel(), generator=torch.Generator().manual_seed(0))
@@ -214,7 +236,7 @@ def test_continue_starts_from_the_final_global_model(tmp_path):
                     {"status": "ok", "seed": 7})
     settings = {**DIGITS, "init": "cont", "kind": "continue", "run": {"alpha": 1.0}, "source_run_id": "x/y"}
 
-    init_stage(settings, tmp_path / "init.pt", {"trajectory": str(tmp_path / "trajectory.pt")})
+    init_job(settings, tmp_path / "init.pt", {"trajectory": str(tmp_path / "trajectory.pt")})
 
     init = load_trajectory(tmp_path / "init.pt")
     assert torch.equal(init.params[0], params[3])
@@ -222,12 +244,13 @@ def test_continue_starts_from_the_final_global_model(tmp_path):
 
 
 def test_continue_refuses_another_model(tmp_path):
-    model = inits_mod.random_model({**DIGITS, "model": "mlp", "seed": 0})
+    model = inits_mod.random_model(random_job(model="mlp"))
     meta = ModelMeta("mlp", 10, 1, 8, {}, (), ())
     save_trajectory(tmp_path / "t.pt", flatten_params(model)[None], torch.zeros(1, 0), torch.zeros(1), meta, {})
 
     with pytest.raises(ValueError, match="holds a mlp"):
-        init_stage({**DIGITS, "init": "cont", "kind": "continue"}, tmp_path / "i.pt", {"trajectory": tmp_path / "t.pt"})
+        init_job({**DIGITS, "init": "cont", "kind": "continue", "run": {}, "source_run_id": "x/y"}, tmp_path / "i.pt",
+                 {"trajectory": tmp_path / "t.pt"})
 
 
 # -- config checks ---------------------------------------------------------------------------------
@@ -272,6 +295,6 @@ def test_continue_settings_name_the_source_run():
 
     settings = init_settings(config, build_runs(config), "digits", "cnn_small", "cont")
 
-    source = [r for r in build_runs(config) if r.init == "random" and r.alpha == "0.5"][0]
+    source = [r for r in build_runs(config) if r.init == "random" and r.setting == "0.5"][0]
     assert settings["source_run_id"] == source.run_id
     assert set(settings) - set(DIGITS) == {"init", "kind", "run", "source_run_id"}

@@ -28,6 +28,7 @@ from fedscape.analysis.landscape.planes import (
     three_point_plane,
 )
 from fedscape.analysis.landscape.project import project
+from fedscape.analysis.landscape.stage import surface_data
 from fedscape.analysis.landscape.surface import (
     LayoutFlatParams,
     SurfaceEvaluator,
@@ -36,11 +37,16 @@ from fedscape.analysis.landscape.surface import (
     evaluate_chunk,
 )
 from fedscape.core.config import ConfigError
-from fedscape.data.datasets import load_dataset
+from fedscape.core.runs import build_runs
+from fedscape.data.datasets import dataset_from_options, load_dataset
+from fedscape.data.federated import load_federated_data
+from fedscape.data.partition import PartitionError
 from fedscape.models.evaluate import evaluate
-from fedscape.models.networks import build_model
 from fedscape.models.params import flatten_buffers, flatten_params, load_buffers, load_params
+from fedscape.models.registry import build_model
+from fedscape.plan.partition import partition_settings
 from fedscape.plan.workflow import check_config
+from fedscape.stages.partition import partition_job
 
 IID = {"alpha": "iid", "init": "random", "algorithm": "fedavg"}
 
@@ -384,6 +390,53 @@ def test_grid_extent_covers_points_and_centre_with_margin():
     np.testing.assert_allclose(grid.coords([0, 1, 3, 8]), [[0, 10], [0.5, 10], [0, 11], [1, 12]])
 
 
+# -- surface data ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def noise_partition(tmp_path_factory):
+    """A run of the tiny config on a feature_noise partition (a kind with an input transform) and its file."""
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["partitions"] = {"noise": {"kind": "feature_noise", "sigma": 0.5}}
+    config["experiments"] = [{"alpha": "iid"}, {"alpha": "noise"}]  # the tiny config's sections name the IID run
+    config = check_config(config, SCHEMA)
+    run = next(r for r in build_runs(config) if r.setting == "noise")
+    path = tmp_path_factory.mktemp("noise") / "partition.npz"
+    partition_job(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), path,
+                    path.with_name("counts.csv"))
+    return run, config["datasets"][run.dataset], path
+
+
+@pytest.mark.parametrize("data", ["train", "client~0", "client~3", "test"])
+def test_a_surface_evaluates_the_tensors_the_train_stage_trains_on(noise_partition, data):
+    # Prepare
+    run, options, path = noise_partition
+    # Execute: the landscape chunk's data, and the train stage's (stages.train loads through load_federated_data)
+    x, y = surface_data(run.dataset, options, data, path, run.fields())
+    trained = load_federated_data(run.fields(), options, path)
+
+    # Assert: the same tensors; the clients' inputs carry the kind's noise (the stored data would not)
+    if data == "test":
+        expected, stored = (trained.x_test, trained.y_test), None
+    elif data == "train":
+        expected, stored = trained.union(), torch.cat(trained.client_indices).sort().values
+    else:
+        m = int(data.split("~")[1])
+        expected, stored = trained.client(m), trained.client_indices[m]
+    assert torch.equal(x, expected[0]) and torch.equal(y, expected[1])
+    if stored is not None:
+        clean = dataset_from_options(run.dataset, options).x_train[stored]
+        assert x.shape == clean.shape and not torch.equal(x, clean)
+
+
+def test_a_surface_refuses_another_runs_partition_and_an_unknown_client(noise_partition):
+    run, options, path = noise_partition
+    other = {**run.fields(), "alpha": "iid"}
+
+    with pytest.raises(PartitionError, match="partition"):
+        surface_data(run.dataset, options, "train", path, other)
+    with pytest.raises(ValueError, match="client 99 does not exist: the partition has 4 clients"):
+        surface_data(run.dataset, options, "client~99", path, run.fields())
+
+
 # -- plane stage: every surface kind on synthetic runs -------------------------------------------------------
 def _fake_runs(tmp_path: Path, n_runs: int = 3, rounds: int = 4):
     """Trajectories (and round-2 clients) of n runs of cnn_small: random walks from one init."""
@@ -413,7 +466,7 @@ def _fake_runs(tmp_path: Path, n_runs: int = 3, rounds: int = 4):
 @pytest.mark.parametrize("kind", ["trajectory", "trajectories", "final_models", "local", "random", "three_points",
                                   "hessian"])
 def test_plane_stage_projects_every_kinds_checkpoints(tmp_path, kind):
-    from fedscape.analysis.landscape.stage import plane_stage
+    from fedscape.analysis.landscape.stage import landscape_plane_job
 
     dirs, fields = _fake_runs(tmp_path)
     single = kind in ("trajectory", "local", "random", "hessian")
@@ -431,7 +484,7 @@ def test_plane_stage_projects_every_kinds_checkpoints(tmp_path, kind):
         d[0, 0], d[1, 1] = 1.0, 1.0
         save_plane(hessian, Plane(traj[-1], torch.zeros(0), d[0], d[1], kind="hessian", round=4))
     out = {k: str(tmp_path / f"out.{k}") for k in ("plane", "points", "grid")}
-    plane_stage(settings, [str(dirs[i] / "trajectory.pt") for i in use], str(dirs[0] / "clients.pt"),
+    landscape_plane_job(settings, [str(dirs[i] / "trajectory.pt") for i in use], str(dirs[0] / "clients.pt"),
                 str(hessian) if hessian else None, out)
     plane = load_plane(out["plane"])
     points = pd.read_csv(out["points"])
@@ -546,7 +599,7 @@ def test_landscape_specs_resolve_with_defaults():
         "h": {"kind": "hessian", "runs": [IID]},
     }), SCHEMA)
     plans = {p.label: p for p in landscape_plans(config, build_runs(config))}
-    assert [r.alpha for r in plans["t"].runs] == ["iid", "0.5"]  # IID first: the reference
+    assert [r.setting for r in plans["t"].runs] == ["iid", "0.5"]  # IID first: the reference
     assert plans["t"].data == ("train",) and plans["t"].spec["resolution"] == 21
     assert [c.round for c in plans["p"].checkpoints] == [0, "final", "final"]
     assert plans["h"].round == 3  # the Hessian stage names its plane by round number

@@ -21,6 +21,7 @@ from fedscape.analysis.barriers.definitions import (
     LAYER_BARRIER_COLUMNS,
     LAYER_MODES,
     RATIO_COLUMNS,
+    LayerBarriersJob,
     barrier_ratio,
     format_averaged,
     random_direction,
@@ -33,11 +34,12 @@ from fedscape.analysis.barriers.maths import (
     midpoint_barrier,
     model_layers,
 )
-from fedscape.analysis.barriers.tables import barriers_from_curves, consecutive_table, layer_tables
+from fedscape.analysis.barriers.tables import barriers_from_curves, consecutive_table, layer_barrier_tables_job
 from fedscape.core.config import ConfigError
-from fedscape.models.networks import build_model
+from fedscape.core.jobs import declared_defaults
 from fedscape.models.params import flatten_buffers, flatten_params
-from fedscape.plan.barriers import BARRIER_BASELINES, layer_pair, layer_settings, layerwise_inputs
+from fedscape.models.registry import build_model
+from fedscape.plan.barriers import layer_pair, layer_settings, layerwise_inputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -126,7 +128,7 @@ def test_older_layer_tables_read_nan_in_the_new_columns(tmp_path):
                           "aligned"]).to_csv(tmp_path / "d.csv", index=False)
 
     # Execute
-    layer_tables([tmp_path / "old.csv"], [tmp_path / "d.csv"], tmp_path / "b.csv", tmp_path / "dd.csv")
+    layer_barrier_tables_job([tmp_path / "old.csv"], [tmp_path / "d.csv"], tmp_path / "b.csv", tmp_path / "dd.csv")
 
     # Assert: the existing columns keep their names, order and numbers; the new ones follow, NaN
     table = pd.read_csv(tmp_path / "b.csv")
@@ -234,7 +236,7 @@ def test_consecutive_sweep_plans_rounds_t_of_the_pairs_t_and_t_plus_one(config, 
     # Prepare: the healthy run trains 3 rounds (0 = init): pairs (0, 1), (1, 2), (2, 3)
     config["layer_barriers"]["every"] = every
     config["layer_barriers"]["pairs"] = {"sweep": {"run": {"algorithm": "fedavg"}, "consecutive": True,
-                                                   "rounds": rounds, "clients": [0, 1]}}
+                                                   "rounds": rounds, "clients": [0, 1], "a": None, "b": None}}
 
     # Execute
     pair = layer_pair(config, runs_of(config), "sweep")
@@ -277,7 +279,7 @@ def test_direction_settings_enter_only_the_jobs_of_the_control(config):
 
     # Assert: the default modes' settings carry no new key (finished jobs keep their settings)
     assert not {"direction_seed", "direction_samples", "consecutive"} & set(before)
-    assert "modes" not in before and BARRIER_BASELINES["modes"] == ["single", "shallow", "deep"]
+    assert "modes" not in before and declared_defaults(LayerBarriersJob)["modes"] == ("single", "shallow", "deep")
     assert after["direction_seed"] == 3 and after["direction_samples"] == 5
 
 
@@ -302,22 +304,23 @@ def runs(tmp_path_factory):
 
 
 def test_consecutive_stage_compares_the_global_models_of_rounds_t_and_t_plus_one(runs, tmp_path):
-    from fedscape.analysis.barriers.stage import _splits, layerwise_stage
+    from fedscape.analysis.barriers.stage import _splits, layer_barriers_job
     from fedscape.models.checkpoint import load_trajectory
 
     # Prepare
     config = copy.deepcopy(runs.config)
     config["layer_barriers"]["pairs"] = {"sweep": {"run": {"algorithm": "fedavg"}, "consecutive": True,
-                                                   "rounds": "all", "clients": [0, 1]}}
+                                                   "rounds": "all", "clients": [0, 1], "a": None, "b": None}}
     pair = layer_pair(config, [runs.healthy, runs.diverged], "sweep")
     assert pair.rounds == (0, 1, 2)
     traj = load_trajectory(runs.trajectory(runs.healthy))
     model = traj.model_meta.build().eval()
-    splits = _splits(layer_settings(config, pair, 1), runs.partition, torch.device("cpu"))
+    splits = _splits(LayerBarriersJob.from_settings(layer_settings(config, pair, 1)).data, runs.partition,
+                     torch.device("cpu"))
     frames = []
     for t in pair.rounds:
         # Execute
-        layerwise_stage(layer_settings(config, pair, t), {"partition": runs.partition,
+        layer_barriers_job(layer_settings(config, pair, t), {"partition": runs.partition,
                                                           "trajectory_a": runs.trajectory(runs.healthy)},
                         tmp_path / f"b{t}.csv", tmp_path / f"d{t}.csv")
         frames.append(pd.read_csv(tmp_path / f"b{t}.csv", dtype={"averaged": str}))

@@ -17,7 +17,6 @@ from helpers.synthetic import digits_like
 from fedscape.analysis.barriers.alignment import (
     align_points,
     apply_permutation,
-    permutation_spec,
     point_state,
     random_permutation,
     state_point,
@@ -40,8 +39,9 @@ from fedscape.analysis.barriers.maths import (
     model_layers,
 )
 from fedscape.core.config import ConfigError
-from fedscape.models.networks import build_model
 from fedscape.models.params import flatten_buffers, flatten_params
+from fedscape.models.permutation import permutation_spec
+from fedscape.models.registry import build_model
 from fedscape.plan.workflow import check_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -187,7 +187,7 @@ def test_layer_settings_carry_the_new_options_only_when_they_differ_from_the_def
 
 # -- tables ----------------------------------------------------------------------------------------
 def test_layer_tables_read_older_job_files_as_unaligned_with_their_averaged_layers(tmp_path):
-    from fedscape.analysis.barriers.tables import layer_tables
+    from fedscape.analysis.barriers.tables import layer_barrier_tables_job
 
     # Prepare: a job file from before `aligned`, `averaged` and `bn_stats`, and one written now
     old = pd.DataFrame([{"run_id": "r", "round": 1, "pair": "q", "mode": mode, "layer_index": i, "layer": f"l{i}",
@@ -201,8 +201,8 @@ def test_layer_tables_read_older_job_files_as_unaligned_with_their_averaged_laye
     dist.to_csv(tmp_path / "dist.csv", index=False)
 
     # Execute
-    layer_tables([tmp_path / "old.csv", tmp_path / "new.csv"], [tmp_path / "dist.csv"], tmp_path / "b.csv",
-                 tmp_path / "d.csv")
+    layer_barrier_tables_job([tmp_path / "old.csv", tmp_path / "new.csv"], [tmp_path / "dist.csv"], tmp_path / "b.csv",
+                             tmp_path / "d.csv")
 
     # Assert
     table = pd.read_csv(tmp_path / "b.csv", dtype={"averaged": str})
@@ -290,7 +290,7 @@ def test_layer_training_figure_draws_full_barrier_and_distances_over_rounds(tmp_
         return save(fig, outs, data)
     monkeypatch.setattr(figures, "save_figure_outputs", spy)
 
-    figures.layer_training_figure(tmp_path / "b.csv", tmp_path / "d.csv", "q", outputs(tmp_path, "t"))
+    figures.layer_training_figure_job(tmp_path / "b.csv", tmp_path / "d.csv", "q", outputs(tmp_path, "t"))
 
     data = assert_figure_files(outputs(tmp_path, "t"))
     assert (data["what"] == "full_barrier").sum() == 2 * 2 * 3  # aligned x split x round
@@ -313,7 +313,7 @@ def runs(tmp_path_factory):
 
 
 def test_stage_writes_every_mode_as_trained_and_aligned_and_nan_rows_for_a_diverged_run(runs, tmp_path):
-    from fedscape.analysis.barriers.stage import layerwise_stage
+    from fedscape.analysis.barriers.stage import layer_barriers_job
     from fedscape.plan.barriers import layer_pairs, layer_settings
 
     # Prepare: every mode and alignment on; the healthy client pair at round 1 and the diverged run's clients
@@ -328,7 +328,7 @@ def test_stage_writes_every_mode_as_trained_and_aligned_and_nan_rows_for_a_diver
         inputs = {"partition": runs.partition, "trajectory_a": runs.trajectory(pair.run_a), **inputs_of[label]}
 
         # Execute
-        layerwise_stage(layer_settings(config, pair, round_), inputs, tmp_path / f"{label}_b.csv",
+        layer_barriers_job(layer_settings(config, pair, round_), inputs, tmp_path / f"{label}_b.csv",
                         tmp_path / f"{label}_d.csv")
         out[label] = (pd.read_csv(tmp_path / f"{label}_b.csv", dtype={"averaged": str}),
                       pd.read_csv(tmp_path / f"{label}_d.csv"))

@@ -26,7 +26,7 @@ from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.models import specs
 from fedscape.models.evaluate import evaluate
-from fedscape.models.networks import build_model
+from fedscape.models.registry import build_model
 from fedscape.models.specs import check_model_compatible
 from fedscape.plan.workflow import check_config
 

@@ -35,9 +35,9 @@ from fedscape.plan.report import local_work
 from fedscape.plan.train import run_training, train_settings
 from fedscape.plan.workflow import check_config
 from fedscape.report.cost import cost_table
-from fedscape.stages.init import init_stage
-from fedscape.stages.partition import partition_stage
-from fedscape.stages.train import train_stage
+from fedscape.stages.init import init_job
+from fedscape.stages.partition import partition_job
+from fedscape.stages.train import train_job
 
 # -- learning-rate schedules -----------------------------------------------------------------------------------------
 
@@ -473,14 +473,14 @@ def test_train_stage_runs_fednova_with_drawn_local_steps_and_adamw(tmp_path, cap
     check_config(config, SCHEMA)
     (run,) = build_runs(config)
     partition = tmp_path / "partition.npz"
-    partition_stage(partition_settings(config, run.dataset, run.alpha, run.num_clients, run.seed), partition,
+    partition_job(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
                     tmp_path / "counts.csv")
     init = tmp_path / "init.pt"
-    init_stage(init_settings(config, [run], run.dataset, run.model, run.init), init)
+    init_job(init_settings(config, [run], run.dataset, run.model, run.init), init)
     outputs = {name: str(tmp_path / file) for name, file in TRAIN_FILE_NAMES.items()}
 
     with caplog.at_level(logging.INFO, logger="fedscape.train"):
-        train_stage(train_settings(config, run), partition, init, outputs, tmp_path / "_progress")
+        train_job(train_settings(config, run), partition, init, outputs, tmp_path / "_progress")
 
     meta = json.loads((tmp_path / TRAIN_FILE_NAMES["meta"]).read_text())
     assert meta["status"] == "ok" and meta["settings"]["training"]["optimizer"] == "adamw"

@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 from fedscape.data.datasets import load_dataset
-from fedscape.models.networks import BasicBlock, Bottleneck, ZeroPadShortcut, build_model, sliced_norm
+from fedscape.models.layers import sliced_norm
+from fedscape.models.registry import build_model
+from fedscape.models.resnets import BasicBlock, Bottleneck, ZeroPadShortcut
 from fedscape.models.specs import MODEL_NAMES, NORMS, check_model_compatible, is_token_model, model_info
 
 NUM_CLASSES = 7  # not 10, so a hard-coded class count shows up

@@ -69,7 +69,7 @@ def test_pilot_has_the_papers_settings():
 
     assert set(config["datasets"]) == {"cifar10"}
     assert {r.model for r in runs} == {"convnet", "resnet20"}
-    assert {r.alpha for r in runs if r.num_clients == 10} == {"iid", "1.0", "0.5", "0.3", "0.1"}
+    assert {r.setting for r in runs if r.num_clients == 10} == {"iid", "1.0", "0.5", "0.3", "0.1"}
     t = config["training"]
     assert (t["rounds"], t["local_epochs"], t["lr"], t["batch_size"]) == (100, 5, 0.01, 16)
     assert {r.participation for r in runs if r.num_clients == 50} == {"0.2", "0.5", "0.8"}
@@ -88,7 +88,7 @@ def test_meta_has_the_posters_comparison():
     assert {config["inits"][r.init]["kind"] for r in runs} == {"random", "pretrained"}
     for name in ALGORITHM_NAMES:  # ... from both inits
         assert {r.init for r in cifar if config["algorithms"][r.algorithm]["name"] == name} == {"random", "pretrained"}
-    assert {r.alpha for r in cifar} == {"iid", "0.1"} and {r.seed for r in runs} == {0, 1, 2}
+    assert {r.setting for r in cifar} == {"iid", "0.1"} and {r.seed for r in runs} == {0, 1, 2}
     assert {(r.num_clients, r.participation) for r in cifar} == {(100, "0.1")}
     assert config["hessian"]["enabled"] and 0 in config["hessian"]["rounds"]
     assert config["client_stats"]["enabled"]
@@ -99,14 +99,15 @@ def test_meta_has_the_posters_femnist_row_with_one_client_per_writer():
     femnist = [r for r in runs if r.dataset == "femnist"]
     partitions = config["partitions"]
 
-    assert {r.alpha for r in femnist} == {"iid", "writers"} and partitions["writers"]["kind"] == "natural"
+    assert {r.setting for r in femnist} == {"iid", "writers"} and partitions["writers"]["kind"] == "natural"
     assert {config["inits"][r.init]["kind"] for r in femnist} == {"random", "pretrained"}
     assert {config["algorithms"][r.algorithm]["name"] for r in femnist} == {"fedavg", "fedadam"}
     assert {r.seed for r in femnist} == {0, 1, 2}
     for run in femnist:  # 10 of 3,400 writers per round, as Reddi et al. 2021's EMNIST
         assert (run.model, run.num_clients, round(float(run.participation) * run.num_clients)) == ("resnet18", 3400, 10)
         # every (algorithm, init, setting) at the three seeds
-        assert len([r for r in femnist if (r.algorithm, r.init, r.alpha) == (run.algorithm, run.init, run.alpha)]) == 3
+        same = [r for r in femnist if (r.algorithm, r.init, r.setting) == (run.algorithm, run.init, run.setting)]
+        assert len(same) == 3
 
 
 @pytest.mark.parametrize("name", ["meta", "meta_digits"])
@@ -141,7 +142,7 @@ def test_layerwise_has_the_papers_models_and_splits():
     config, runs = load("layerwise"), runs_of("layerwise")
 
     assert {r.model for r in runs if r.dataset == "cifar10"} == {"resnet18_nonorm", "vgg11"}
-    assert {r.alpha for r in runs} == {"iid", "12.0", "0.1"}
+    assert {r.setting for r in runs} == {"iid", "12.0", "0.1"}
     pairs = config["layer_barriers"]["pairs"]
     # federated: two clients of each run
     assert sum(p.get("run") is not None and not p.get("consecutive") for p in pairs.values()) == 6
@@ -171,7 +172,7 @@ def test_layerwise_centralised_pairs_differ_only_in_shuffling_init_or_both_at_lo
     assert set(pairs) == {"central_shuffle", "central_inits", "central_lowlr_shuffle", "central_lowlr_inits"}
     for label, pair in pairs.items():
         a, b = (resolve_run(runs, pair[k]) for k in ("a", "b"))
-        assert a.num_clients == b.num_clients == 1 and a.alpha == b.alpha == "iid"
+        assert a.num_clients == b.num_clients == 1 and a.setting == b.setting == "iid"
         assert a.algorithm == b.algorithm == ("central_lowlr" if "lowlr" in label else "central")
         assert (a.seed != b.seed, a.init != b.init) == ((True, False) if "shuffle" in label else (False, True))
         training = {**config["training"], **config["algorithms"][a.algorithm]["training"]}
@@ -204,7 +205,7 @@ def test_fedalign_has_the_papers_settings_and_ablation_grid():
               for label, spec in config["algorithms"].items()}
     rounds = {label: spec.get("training", {}).get("rounds", config["training"]["rounds"])
               for label, spec in config["algorithms"].items()}
-    base = [r for r in runs if r.dataset == "cifar100" and r.alpha == "0.5" and r.num_clients == 16
+    base = [r for r in runs if r.dataset == "cifar100" and r.setting == "0.5" and r.num_clients == 16
             and epochs[r.algorithm] == 20 and r.participation == "1.0"]
 
     t = config["training"]
@@ -219,7 +220,7 @@ def test_fedalign_has_the_papers_settings_and_ablation_grid():
     assert {config["algorithms"][r.algorithm].get("num_subnets", 2) for r in base
             if name[r.algorithm] == "gradaug"} == {1, 2, 3, 4}  # Table 5
     for alpha in ("0.1", "2.0", "iid"):  # Table 2
-        assert {name[r.algorithm] for r in runs if r.dataset == "cifar100" and r.alpha == alpha} == FEDALIGN_METHODS
+        assert {name[r.algorithm] for r in runs if r.dataset == "cifar100" and r.setting == alpha} == FEDALIGN_METHODS
     for e in (10, 30):  # Table 3
         assert {name[r.algorithm] for r in runs if epochs[r.algorithm] == e} == FEDALIGN_METHODS
     for clients, part, rnds in ((32, "1.0", 25), (64, "1.0", 25), (64, "0.25", 25), (64, "0.25", 100)):  # Table 4
@@ -228,7 +229,7 @@ def test_fedalign_has_the_papers_settings_and_ablation_grid():
     assert {name[r.algorithm] for r in runs if r.dataset == "cifar10"} == FEDALIGN_METHODS  # Table 7
     assert len(runs) == 95
     # Table 8: mu with omega_s = 0.8, omega_s with mu = 0.05, all in Table 1's setting
-    table1 = [r for r in runs if r.dataset == "cifar100" and r.alpha == "0.5" and r.num_clients == 16
+    table1 = [r for r in runs if r.dataset == "cifar100" and r.setting == "0.5" and r.num_clients == 16
               and r.participation == "1.0" and epochs[r.algorithm] == 20 and rounds[r.algorithm] == 25]
     ablation = {(config["algorithms"][r.algorithm]["mu"], config["algorithms"][r.algorithm]["width"])
                 for r in table1 if name[r.algorithm] == "fedalign"}

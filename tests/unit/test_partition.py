@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from fedscape.core.alpha import IID, AlphaError, format_alpha, parse_alpha
+from fedscape.core.setting import IID, AlphaError, format_alpha, parse_alpha
 from fedscape.data.federated import load_federated_data
 from fedscape.data.partition import (
     PartitionError,

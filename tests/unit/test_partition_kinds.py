@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedscape.core.alpha import (
+from fedscape.core.setting import (
     alpha_column,
     format_setting,
     is_iid,
@@ -18,10 +18,11 @@ from fedscape.core.alpha import (
     setting_order_key,
 )
 from fedscape.data.datasets import Dataset
-from fedscape.data.federated import federate, with_feature_noise
+from fedscape.data.federated import client_inputs, federate
 from fedscape.data.partition import (
     PARTITION_KINDS,
     PartitionError,
+    PartitionKind,
     check_partition_dataset,
     check_partition_entry,
     check_partition_file,
@@ -166,8 +167,8 @@ def test_feature_noise_perturbs_each_client_by_its_std_and_nothing_else():
     part = feature_noise_partition(n, m, sigma=sigma, seed=3)
     x = torch.zeros(n, 1, 4, 4)
 
-    noisy = with_feature_noise(x, part)
-    again = with_feature_noise(x, part)
+    noisy = client_inputs(x, part)
+    again = client_inputs(x, part)
 
     assert torch.equal(noisy, again)
     assert torch.equal(x, torch.zeros(n, 1, 4, 4)), "the stored data must stay clean"
@@ -180,14 +181,14 @@ def test_feature_noise_leaves_other_kinds_untouched(labels):
     part = classes_partition(labels, 4, 2, seed=0)
     x = torch.randn(len(labels), 3)
 
-    assert with_feature_noise(x, part) is x
+    assert client_inputs(x, part) is x
 
 
 def test_feature_noise_rejects_token_inputs():
     part = feature_noise_partition(100, 4, sigma=0.1, seed=0)
 
     with pytest.raises(PartitionError, match="token ids"):
-        with_feature_noise(torch.zeros(100, 8, dtype=torch.long), part)
+        client_inputs(torch.zeros(100, 8, dtype=torch.long), part)
 
 
 @pytest.mark.parametrize("select", ["first", "random"])
@@ -258,8 +259,8 @@ def test_bad_entries_are_named(entry, message):
       "to at most 10"]),
     ({"kind": "classes", "classes_per_client": 11}, "cifar100", []),
     ({"kind": "classes", "classes_per_client": 10}, "digits", []),
-    ({"kind": "natural"}, "cifar10", ["partitions.lab: the kind natural gives one client per writer, but cifar10 has "
-                                      "no writer ids (datasets with writers: femnist, shakespeare)"]),
+    ({"kind": "natural"}, "cifar10", ["partitions.lab: the kind natural splits by each sample's writer, but cifar10 "
+                                      "has no writer ids (datasets with writers: femnist, shakespeare)"]),
     ({"kind": "natural", "select": "random"}, "femnist", []),
     ({"kind": "classes"}, "digits", []),  # the missing option is check_partition_entry's to report
     ({"kind": "quantity", "beta": 0.5}, "digits", []),
@@ -315,3 +316,44 @@ def test_federated_data_of_a_feature_noise_partition_holds_the_noisy_inputs(tmp_
     assert float(data.client(0)[0].std()) == pytest.approx(0.5, rel=0.05)
     assert float(data.client(3)[0].std()) == pytest.approx(2.0, rel=0.05)
     assert torch.equal(data.x_test, torch.zeros_like(data.x_test))
+
+
+def test_loading_applies_the_input_transform_a_kind_declares(tmp_path, labels, monkeypatch):
+    # Prepare: a new kind (the IID writer, inputs shifted by one) declared by its PartitionKind entry alone
+    shifted = PartitionKind("shifted", {}, "a test kind", PARTITION_KINDS["iid"].make,
+                            inputs=lambda x, part: x + float(part.num_clients))
+    monkeypatch.setitem(PARTITION_KINDS, "shifted", shifted)
+    n = len(labels)
+    x = torch.zeros(n, 1, 2, 2)
+    ds = Dataset("toy", x, torch.as_tensor(labels), x[:10], torch.as_tensor(labels[:10]), x[:0],
+                 torch.as_tensor(labels[:0]), 10)
+    path = tmp_path / "partition.npz"
+    part = make_kind_partition({"kind": "shifted"}, labels, 4, seed=0, label="lab")
+    save_partition(path, part, labels, 10, {"dataset": "toy"})
+
+    # Execute
+    data = federate(ds, path)
+
+    # Assert: the file records the kind its entry names; every client's inputs shifted, the stored data and the
+    # test set not
+    assert part.kind == load_partition(path).kind == "shifted"
+    assert torch.equal(data.x_train, torch.full_like(x, 4.0)) and torch.equal(x, torch.zeros_like(x))
+    assert torch.equal(data.x_test, torch.zeros_like(data.x_test))
+
+
+@pytest.mark.parametrize(("kind", "writers_given"), [("natural", True), ("iid", False), ("classes", False)])
+def test_only_a_kind_that_needs_writers_gets_them(labels, writers, kind, writers_given, monkeypatch):
+    # Prepare: the kind's writer, spied on
+    seen = []
+    spec = PARTITION_KINDS[kind]
+    monkeypatch.setitem(PARTITION_KINDS, kind, PartitionKind(
+        spec.name, spec.options, spec.paper, lambda *args, **kw: seen.append(args[5]) or spec.make(*args, **kw),
+        spec.fits, spec.needs_writers, spec.inputs))
+    entry = {"kind": kind, **({"classes_per_client": 2} if kind == "classes" else {})}
+    assert len(writers) <= len(labels)
+
+    # Execute: every kind is offered the samples' writers
+    make_kind_partition(entry, labels[: len(writers)], 4, seed=0, min_size=5, writer_ids=writers)
+
+    # Assert
+    assert (seen[0] is not None) == writers_given == spec.needs_writers

@@ -23,9 +23,9 @@ from fedscape.report.summary import (
     FINAL_TABLES,
     SUMMARY_COLUMNS,
     SUMMARY_METRICS,
-    final_stage,
     final_table,
-    summary_stage,
+    final_table_job,
+    summary_table_job,
 )
 
 FIXTURES = Path(__file__).resolve().parents[1] / "data" / "report"
@@ -112,8 +112,8 @@ def test_final_and_summary_equal_those_made_before(tmp_path, case):
     inputs = {name: FIXTURES / case / f"{name}.csv" for name in FINAL_TABLES}
 
     # Execute
-    final_stage(FIXTURES / case / "rounds.csv", tmp_path / "final.csv", **inputs)
-    summary_stage(tmp_path / "final.csv", tmp_path / "summary.csv")
+    final_table_job(FIXTURES / case / "rounds.csv", tmp_path / "final.csv", **inputs)
+    summary_table_job(tmp_path / "final.csv", tmp_path / "summary.csv")
 
     # Assert: the same files, byte for byte
     assert (tmp_path / "final.csv").read_text() == (FIXTURES / case / "final.csv").read_text()
@@ -137,7 +137,7 @@ def test_an_unknown_table_is_refused_with_a_suggestion(tmp_path):
     with pytest.raises(ValueError, match=r"unknown final.csv input table 'hesian'\. Did you mean 'hessian'\?"):
         final_table(rounds, hesian=None)
     with pytest.raises(ValueError, match=r"'barrier'\. Did you mean 'barriers'\?.*interpolation"):
-        final_stage(FIXTURES / "pairs" / "rounds.csv", tmp_path / "final.csv", barrier=FIXTURES / "x.csv")
+        final_table_job(FIXTURES / "pairs" / "rounds.csv", tmp_path / "final.csv", barrier=FIXTURES / "x.csv")
     assert not (tmp_path / "final.csv").exists()
 
 

@@ -75,7 +75,7 @@ def _job_settings(config: dict) -> dict[str, list[dict]]:
     plans = landscape.landscape_plans(config, runs)
     label = next(iter(config["interpolation"]["pairs"]))
     return {
-        "partition": [partition.partition_settings(config, run.dataset, run.alpha, run.num_clients, run.seed)],
+        "partition": [partition.partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed)],
         "init": [init.init_settings(config, runs, run.dataset, run.model, run.init)],
         "train": [train.train_settings(config, r) for r in runs],
         "hessian": [hessian.hessian_job_settings(config, runs, r, 0) for r in runs],

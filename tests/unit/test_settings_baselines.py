@@ -1,6 +1,7 @@
 """Finished jobs keep their settings: a key added to a job's settings after results existed is left out at its
-baseline (`fedscape.core.config.without_baselines`), so adding it reruns nothing, while every other value, and a
-changed default, reach the settings."""
+baseline (a typed job's declared default, `fedscape.core.jobs`; else `fedscape.core.config.without_baselines`), so
+adding it reruns nothing, while every other value, and a changed default, reach the settings. The contracts of every
+typed job kind: tests/unit/test_job_contracts.py."""
 
 from __future__ import annotations
 
@@ -11,14 +12,17 @@ import pytest
 import yaml
 from helpers.workflow import ROOT
 
-from fedscape.analysis.hessian.definitions import HESSIAN_BASELINES, HessianSettings, settings_of_job
+from fedscape.analysis.barriers.definitions import InterpolationJob
+from fedscape.analysis.hessian.definitions import HessianSettings
+from fedscape.analysis.landscape.definitions import LandscapeChunkJob, LandscapePlaneJob
 from fedscape.core.config import load_schema, without_baselines
+from fedscape.core.jobs import declared_defaults
 from fedscape.core.runs import build_runs
 from fedscape.data.specs import DATASET_BASELINES
-from fedscape.fl.settings import TRAINING_BASELINES, TrainConfig
-from fedscape.plan.barriers import BARRIER_BASELINES, interpolation_pair, interpolation_settings
+from fedscape.fl.settings import TrainConfig, TrainingSettings
+from fedscape.plan.barriers import interpolation_pair, interpolation_settings
 from fedscape.plan.hessian import hessian_job_settings
-from fedscape.plan.landscape import LANDSCAPE_BASELINES, chunk_settings, landscape_plans, plane_settings
+from fedscape.plan.landscape import chunk_settings, landscape_plans, plane_settings
 from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config
 
@@ -27,6 +31,13 @@ from fedscape.plan.workflow import check_config
 FIRST_TRAINING_KEYS = {"batch_size", "bf16_autocast", "client_chunk_size", "client_parallel", "device",
                        "eval_batch_size", "local_epochs", "lr", "momentum", "rounds", "save_clients_at",
                        "weight_decay"}
+# The later training keys with their baselines, recorded (how every run trained before the key): the declared defaults
+# of TrainingSettings must be these.
+TRAINING_BASELINES = {
+    "keep_optimizer_state": False, "local_steps": None, "optimizer": "sgd", "adamw_beta1": 0.9, "adamw_beta2": 0.999,
+    "adamw_eps": 1e-8, "lr_schedule": "constant", "lr_schedule_over": "rounds", "lr_warmup": 0.0, "precision": "fp32",
+    "eval_every": 1, "save_every": 1, "nesterov": False, "swa": None,
+}
 # Likewise for the Hessian jobs' `hessian` settings.
 FIRST_HESSIAN_KEYS = {"batch_size", "cache_graph", "density", "density_probes", "density_steps", "eval_samples",
                       "max_iter", "method", "seed", "tol", "top_k", "trace_probes"}
@@ -61,20 +72,29 @@ def test_without_baselines_leaves_out_exactly_the_keys_at_their_baseline(setting
     assert without_baselines(settings, {"precision": "fp32", "modes": ["x", "y"], "curve": None}) == expected
 
 
-def test_every_training_key_is_a_first_key_or_has_a_baseline():
-    # Prepare: every field a train job's training settings can carry (TrainConfig's, less the train job's own swa)
+def test_every_training_key_is_a_first_key_or_has_its_baseline_as_default():
+    # Prepare: every field a train job's training settings carry, and TrainConfig's (less the run's own)
+    declared = {f.name for f in fields(TrainingSettings)}
+    defaults = declared_defaults(TrainingSettings)
     keys = {f.name for f in fields(TrainConfig)} - {"augment", "seed", "participation"}
 
-    # Assert: a key added without a baseline would enter every finished job's settings and rerun it
-    missing = keys - FIRST_TRAINING_KEYS - set(TRAINING_BASELINES)
-    assert not missing, f"give {sorted(missing)} a baseline in fedscape.fl.settings.TRAINING_BASELINES"
+    # Assert: a key added without a default would enter every finished job's settings and rerun it; a default off
+    # its baseline would change the settings of the jobs that relied on the baseline
+    assert keys <= declared, f"declare {sorted(keys - declared)} in fedscape.fl.settings.TrainingSettings"
+    missing = declared - FIRST_TRAINING_KEYS - set(defaults)
+    assert not missing, f"give {sorted(missing)} a default in TrainingSettings: its baseline"
+    assert defaults == TRAINING_BASELINES, "a later training key's default is its baseline, recorded above"
 
 
 def test_every_hessian_key_is_a_first_key_or_has_a_baseline():
     keys = {f.name for f in fields(HessianSettings)}
+    baselines = set(declared_defaults(HessianSettings))
 
-    missing = keys - FIRST_HESSIAN_KEYS - set(HESSIAN_BASELINES)
-    assert not missing, f"give {sorted(missing)} a baseline in fedscape.analysis.hessian.definitions.HESSIAN_BASELINES"
+    # Assert: a later key without a default would enter every finished job's settings; a first key with one would
+    # leave the settings of the jobs at that value
+    missing = keys - FIRST_HESSIAN_KEYS - baselines
+    assert not missing, f"give {sorted(missing)} its baseline as its default in analysis.hessian.HessianSettings"
+    assert not FIRST_HESSIAN_KEYS & baselines, "a key of the first results is required: it has no baseline"
 
 
 def test_every_dataset_key_is_a_first_key_or_has_a_baseline(default_config):
@@ -102,8 +122,9 @@ def test_the_default_config_s_jobs_carry_no_later_key(default_config):
     # Assert: the keys of the first results, and none of the later ones
     assert set(training) == FIRST_TRAINING_KEYS
     assert set(hessian) == FIRST_HESSIAN_KEYS | {"sharpness"}  # the default config measures sharpness
-    assert set(interpolation) & set(BARRIER_BASELINES) == {"align"}  # the default config aligns the pairs
-    assert not (set(plane) | set(chunk)) & set(LANDSCAPE_BASELINES)
+    assert set(interpolation) & set(declared_defaults(InterpolationJob)) == {"align"}  # the default config aligns
+    assert not set(plane) & set(declared_defaults(LandscapePlaneJob))
+    assert not set(chunk) & set(declared_defaults(LandscapeChunkJob))
 
 
 @pytest.mark.parametrize(("edit", "where", "key", "value"), [
@@ -141,17 +162,27 @@ def test_a_changed_default_reruns_the_jobs_that_relied_on_the_old_one(monkeypatc
 
 
 def test_a_job_s_settings_read_back_take_the_baselines_not_the_current_defaults(monkeypatch):
-    # Prepare: baselines off today's defaults (as after a default changes), and job settings that omit the
-    # later keys (a finished job's)
-    monkeypatch.setitem(TRAINING_BASELINES, "precision", "bf16")
-    monkeypatch.setitem(HESSIAN_BASELINES, "sharpness_rho", 0.2)
+    # Prepare: job settings that omit the later keys (a finished job's); the training keys' baselines are
+    # TrainingSettings' declared defaults, checked against the record above
     training = {"rounds": 3, "local_epochs": 1, "batch_size": 8, "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0,
                 "save_clients_at": [], "eval_batch_size": 64, "client_parallel": "auto", "client_chunk_size": 64,
                 "device": "cpu", "bf16_autocast": False}
 
     # Execute
-    cfg = TrainConfig.from_training(training, seed=0, participation=1.0)
-    hessian = settings_of_job({"top_k": 2})
+    cfg = TrainingSettings.from_settings(training).train_config(seed=0, participation=1.0)
 
     # Assert: an omitted later key is its baseline, not the dataclass's default
-    assert cfg.precision == "bf16" and hessian.sharpness_rho == 0.2
+    assert all(getattr(cfg, k) == v for k, v in TRAINING_BASELINES.items() if k != "swa")
+
+
+def test_a_hessian_job_s_settings_read_back_take_the_baselines():
+    # Prepare: a finished job's `hessian` settings from before the later keys (the first results' keys)
+    first = {"top_k": 2, "method": "lanczos", "tol": 1e-4, "max_iter": 100, "trace_probes": 300,
+             "eval_samples": 1024, "batch_size": 512, "cache_graph": True, "density": True, "density_steps": 90,
+             "density_probes": 10, "seed": 0}
+
+    # Execute
+    hessian = HessianSettings.from_settings(first)
+
+    # Assert: what the job computed with (the declared defaults: `HessianSettings` holds no config default)
+    assert (hessian.sharpness_rho, hessian.trace_estimator, hessian.precision) == (0.05, "hutchinson", "fp32")

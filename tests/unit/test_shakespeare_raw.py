@@ -28,7 +28,7 @@ from fedscape.data.specs import (
     dataset_settings,
     fits_dataset,
 )
-from fedscape.models.networks import build_model
+from fedscape.models.registry import build_model
 from fedscape.plan.init import init_settings
 from fedscape.plan.partition import partition_settings
 from fedscape.plan.train import train_settings
@@ -282,7 +282,7 @@ def test_jobs_carry_the_new_keys_only_off_their_baseline() -> None:
     for name, config in (("leaf", leaf), ("paper", paper)):
         run = build_runs(config)[0]
         settings[name] = (train_settings(config, run)["dataset_options"],
-                          partition_settings(config, run.dataset, run.alpha, run.num_clients, run.seed)[
+                          partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed)[
                               "dataset_options"],
                           init_settings(config, [run], run.dataset, run.model, run.init))
 

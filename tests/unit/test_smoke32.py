@@ -138,7 +138,7 @@ def test_smoke32_config_is_the_default_study_on_32x32():
 
     # Execute: the runs of both, with the dataset and model left out
     def grid(config):
-        return [(r.init, r.algorithm, r.alpha, r.num_clients, r.participation, r.seed) for r in build_runs(config)]
+        return [(r.init, r.algorithm, r.setting, r.num_clients, r.participation, r.seed) for r in build_runs(config)]
 
     # Assert: the same runs, inits, algorithms and analyses, only smaller
     assert grid(smoke) == grid(default)

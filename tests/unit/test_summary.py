@@ -15,10 +15,10 @@ from fedscape.report.summary import (
     FINAL_COLUMNS,
     GROUP_KEYS,
     SUMMARY_COLUMNS,
-    final_stage,
     final_table,
-    summary_stage,
+    final_table_job,
     summary_table,
+    summary_table_job,
 )
 
 # t quantiles (0.975) by hand from a table: df=1 12.7062047, df=2 4.30265273, df=3 3.18244631.
@@ -59,7 +59,7 @@ def test_final_leaves_analyses_nan_when_not_computed(tmp_path):
     rounds_table().to_csv(rounds, index=False)
     out = tmp_path / "final.csv"
 
-    final_stage(rounds, out)
+    final_table_job(rounds, out)
 
     df = pd.read_csv(out)
     for col in ("barrier_to_iid_loss", "barrier_to_iid_error", "lambda_max", "trace", "lambda_max_init",
@@ -211,7 +211,7 @@ def test_summary_with_one_seed_has_mean_but_no_spread(tmp_path):
     final_table(rounds_table(final_acc=one)).to_csv(final_csv, index=False)
     out = tmp_path / "summary.csv"
 
-    summary_stage(final_csv, out)
+    summary_table_job(final_csv, out)
 
     df = pd.read_csv(out)
     assert (df["n_seeds"] == 1).all()
@@ -278,27 +278,27 @@ def _interpolation_csv(path):
 
 
 def _read_final(path, out):
-    from fedscape.report.summary import final_stage
-    final_stage(path, out / "final.csv")
+    from fedscape.report.summary import final_table_job
+    final_table_job(path, out / "final.csv")
 
 
 def _read_summary(path, out):
-    summary_stage(path, out / "summary.csv")
+    summary_table_job(path, out / "summary.csv")
 
 
 def _read_curves(path, out):
-    from fedscape.report.figures import curves_stage
-    curves_stage(path, "digits", "cnn_small", "test_acc", out / "curves")
+    from fedscape.report.figures import curves_figure_job
+    curves_figure_job(path, "digits", "cnn_small", "test_acc", out / "curves")
 
 
 def _read_accuracy(path, out):
-    from fedscape.report.figures import final_figure_stage
-    final_figure_stage(path, "table", "digits", "cnn_small", out / "table")
+    from fedscape.report.figures import accuracy_figure_job
+    accuracy_figure_job(path, "table", "digits", "cnn_small", out / "table")
 
 
 def _read_interpolation(path, out):
-    from fedscape.analysis.barriers.tables import interpolation_tables
-    interpolation_tables([path], out / "interpolation.csv", out / "barriers.csv")
+    from fedscape.analysis.barriers.tables import interpolation_tables_job
+    interpolation_tables_job([path], out / "interpolation.csv", out / "barriers.csv")
 
 
 @pytest.mark.parametrize(("write", "read", "dropped"), [

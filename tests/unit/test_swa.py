@@ -29,10 +29,10 @@ from fedscape.plan.partition import partition_settings
 from fedscape.plan.tables import rounds_columns
 from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config
-from fedscape.report.summary import final_stage
-from fedscape.stages.init import init_stage
-from fedscape.stages.partition import partition_stage
-from fedscape.stages.train import train_stage
+from fedscape.report.summary import final_table_job
+from fedscape.stages.init import init_job
+from fedscape.stages.partition import partition_job
+from fedscape.stages.train import train_job
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
@@ -270,15 +270,15 @@ def test_train_stage_writes_both_models_and_reports_the_swa_model(tmp_path):
     runs = {run.algorithm: run for run in build_runs(config)}
     run = runs["fedavg"]
     partition, init = tmp_path / "partition.npz", tmp_path / "init.pt"
-    partition_stage(partition_settings(config, run.dataset, run.alpha, run.num_clients, run.seed), partition,
+    partition_job(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
                     tmp_path / "counts.csv")
-    init_stage(init_settings(config, list(runs.values()), run.dataset, run.model, run.init), init)
+    init_job(init_settings(config, list(runs.values()), run.dataset, run.model, run.init), init)
     outputs = {}
     for label, r in runs.items():
         outputs[label] = {name: str(tmp_path / label / file) for name, file in TRAIN_FILE_NAMES.items()}
 
         # Execute
-        train_stage(train_settings(config, r), partition, init, outputs[label], tmp_path / label / "_progress")
+        train_job(train_settings(config, r), partition, init, outputs[label], tmp_path / label / "_progress")
 
     # Assert: the plain run's files are as without SWA
     plain, swa = (load_trajectory(outputs[k]["trajectory"]) for k in ("fedavg", "fedavg_swa"))
@@ -306,7 +306,7 @@ def test_train_stage_writes_both_models_and_reports_the_swa_model(tmp_path):
                   SWA_METRICS)
     table = pd.read_csv(rounds_csv)
     assert table[table["algorithm"] == "fedavg"]["swa_test_acc"].isna().all()
-    final_stage(rounds_csv, final_csv)
+    final_table_job(rounds_csv, final_csv)
     final = pd.read_csv(final_csv).set_index("algorithm")
     assert final.loc["fedavg_swa", "test_acc"] == metrics["swa_test_acc"].iloc[-1]
     assert final.loc["fedavg_swa", "train_loss"] == metrics["swa_train_loss"].iloc[-1]

@@ -33,9 +33,10 @@ from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.vectorized import resolve_client_parallel
 from fedscape.models.evaluate import evaluate
-from fedscape.models.networks import CharGPT, CharLSTM, LSTMLayer, build_model
 from fedscape.models.params import flatten_buffers, flatten_params
+from fedscape.models.registry import build_model
 from fedscape.models.specs import TOKEN_MODEL_DEFAULTS, check_token_options, model_option_problems
+from fedscape.models.tokens import CharGPT, CharLSTM, LSTMLayer
 from fedscape.plan.barriers import check as barriers_check
 from fedscape.plan.barriers import interpolation_pair
 from fedscape.plan.workflow import check_config

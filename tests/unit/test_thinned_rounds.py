@@ -15,8 +15,8 @@ import yaml
 from helpers.resume import killed_after_round
 from helpers.tiny import tiny_data, tiny_model
 
-from fedscape.analysis.client_stats.stage import client_stats_table
-from fedscape.analysis.landscape.stage import plane_stage
+from fedscape.analysis.client_stats.stage import client_stats_job
+from fedscape.analysis.landscape.stage import landscape_plane_job
 from fedscape.core.config import ConfigError, load_schema
 from fedscape.core.paths import TRAIN_FILE_NAMES
 from fedscape.core.runs import build_runs
@@ -31,9 +31,9 @@ from fedscape.plan.init import init_settings
 from fedscape.plan.partition import partition_settings
 from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config
-from fedscape.stages.init import init_stage
-from fedscape.stages.partition import partition_stage
-from fedscape.stages.train import train_stage
+from fedscape.stages.init import init_job
+from fedscape.stages.partition import partition_job
+from fedscape.stages.train import train_job
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
@@ -261,15 +261,16 @@ def test_train_job_writes_the_evaluated_rows_and_kept_models_and_client_stats_co
     check_config(config, SCHEMA)
     run = build_runs(config)[0]
     partition, init, out = tmp_path / "partition.npz", tmp_path / "init.pt", tmp_path / "run"
-    partition_stage(partition_settings(config, run.dataset, run.alpha, run.num_clients, run.seed), partition,
+    partition_job(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
                     tmp_path / "counts.csv")
-    init_stage(init_settings(config, build_runs(config), run.dataset, run.model, run.init), init)
+    init_job(init_settings(config, build_runs(config), run.dataset, run.model, run.init), init)
     outputs = {name: str(out / file) for name, file in TRAIN_FILE_NAMES.items()}
     settings = train_settings(config, run)
 
     # Execute
-    train_stage(settings, partition, init, outputs, out / "_progress")
-    client_stats_table([run.run_id], [outputs["client_updates"]], [outputs["trajectory"]], tmp_path / "stats.csv")
+    train_job(settings, partition, init, outputs, out / "_progress")
+    client_stats_job({"run_ids": [run.run_id]}, [outputs["client_updates"]], [outputs["trajectory"]],
+                     tmp_path / "stats.csv")
 
     # Assert
     assert {k: settings["training"][k] for k in ("eval_every", "save_every")} == {"eval_every": 4, "save_every": 5}
@@ -376,9 +377,9 @@ def test_a_trajectory_plane_projects_the_kept_rounds(tmp_path, round_, projected
     # Execute / Assert
     if projected is KeyError:
         with pytest.raises(KeyError, match="round 4 is not kept"):
-            plane_stage(settings, [str(path)], None, None, out)
+            landscape_plane_job(settings, [str(path)], None, None, out)
         return
-    plane_stage(settings, [str(path)], None, None, out)
+    landscape_plane_job(settings, [str(path)], None, None, out)
     points = pd.read_csv(out["points"])
     assert points["round"].tolist() == projected
     assert points["role"].tolist() == ["init", *["global"] * (len(projected) - 2), "final"]

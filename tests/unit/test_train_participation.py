@@ -19,9 +19,9 @@ from fedscape.plan.init import init_settings
 from fedscape.plan.partition import partition_settings
 from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config
-from fedscape.stages.init import init_stage
-from fedscape.stages.partition import partition_stage
-from fedscape.stages.train import train_stage
+from fedscape.stages.init import init_job
+from fedscape.stages.partition import partition_job
+from fedscape.stages.train import train_job
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
@@ -37,13 +37,13 @@ def test_train_stage_samples_the_runs_fraction_of_clients(tmp_path, participatio
     check_config(config, load_schema(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
     (run,) = build_runs(config)
     partition = tmp_path / "partition.npz"
-    partition_stage(partition_settings(config, run.dataset, run.alpha, run.num_clients, run.seed), partition,
+    partition_job(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
                     tmp_path / "counts.csv")
     init = tmp_path / "init.pt"
-    init_stage(init_settings(config, build_runs(config), run.dataset, run.model, run.init), init)
+    init_job(init_settings(config, build_runs(config), run.dataset, run.model, run.init), init)
     outputs = {name: str(tmp_path / file) for name, file in TRAIN_FILE_NAMES.items()}
 
-    train_stage(train_settings(config, run), partition, init, outputs, tmp_path / "_progress")
+    train_job(train_settings(config, run), partition, init, outputs, tmp_path / "_progress")
 
     clients = load_clients(outputs["clients"])
     expected = round(participation * run.num_clients)

@@ -82,3 +82,67 @@ def test_two_results_directories_never_share_a_log_and_their_results_paths_stay_
     assert default.log(TRAIN_DIR, **fields) != other.log(TRAIN_DIR, **fields)
     assert default.table("rounds") == "results/tables/rounds.csv"
     assert other.table("rounds") == "results_b/tables/rounds.csv"
+
+
+# Every rule's log for one job of it, as the logs have always been laid out: a log that moved would rerun nothing but
+# would leave users' earlier logs where nobody looks for them. (Filled in, so that the wildcards' names may change.)
+JOB_LOG_FIELDS = {"dataset": "digits", "model": "cnn_small", "init": "random", "algorithm": "fedavg", "alpha": "0.1",
+                  "setting": "0.1", "num_clients": 10, "participation": "1.0", "seed": 0, "round": 30, "pair": "p",
+                  "surface": "s", "data": "train", "chunk": 2, "metric": "accuracy", "kind": "table"}
+RUN_LOGS = "train/digits/cnn_small/init~random/algo~fedavg/alpha~0.1/clients~10/part~1.0/seed~0"
+SURFACE_LOGS = "landscape/digits/cnn_small/s/train"
+EXPECTED_JOB_LOGS = {
+    "partition": "partitions/digits/clients~10/alpha~0.1/seed~0/partition.log",
+    "init": "init/digits/cnn_small/init~random/init.log",
+    "train": f"{RUN_LOGS}/train.log",
+    "partitions_table": "tables/partitions.log",
+    "rounds_table": "tables/rounds.log",
+    "cost_table": "tables/cost.log",
+    "client_stats": "tables/client_stats.log",
+    "client_stats_figure": "figures/client_stats.log",
+    "hessian": f"hessian/{RUN_LOGS.removeprefix('train/')}/round~30/hessian.log",
+    "hessian_tables": "tables/hessian.log",
+    "hessian_by_algorithm_figure": "figures/hessian/lambda_trace_by_algorithm.log",
+    "hessian_by_init_figure": "figures/hessian/lambda_trace_by_init.log",
+    "hessian_density_figure": "figures/hessian/spectral_density.log",
+    "interpolation": "barriers/interpolation/p.log",
+    "interpolation_tables": "tables/interpolation.log",
+    "interpolation_figure": "figures/barriers/interpolation.log",
+    "layer_barriers": "barriers/layerwise/p/round~30.log",
+    "layer_barrier_tables": "tables/layer_barriers.log",
+    "layer_consecutive_table": "tables/layer_consecutive.log",
+    "layer_barrier_figures": "figures/barriers/layerwise/p.log",
+    "layer_distance_figure": "figures/barriers/layerwise/p_distances.log",
+    "layer_cumulation_figures": "figures/barriers/layerwise/p_cumulation.log",
+    "layer_aligned_figures": "figures/barriers/layerwise/p_aligned.log",
+    "layer_training_figure": "figures/barriers/layerwise/p_over_training.log",
+    "landscape_plane": "landscape/digits/cnn_small/s/plane.log",
+    "landscape_chunk": f"{SURFACE_LOGS}/chunk~2.log",
+    "landscape_gather": f"{SURFACE_LOGS}/gather.log",
+    "landscape_figure": f"{SURFACE_LOGS}/figure.log",
+    "surfaces_table": "tables/surfaces.log",
+    "final_table": "tables/final.log",
+    "summary_table": "tables/summary.log",
+    "curves_figure": "figures/curves/digits/cnn_small/accuracy.log",
+    "accuracy_figure": "figures/accuracy/digits/cnn_small/table.log",
+    "cost_figure": "figures/cost/digits/cnn_small.log",
+}
+
+
+@pytest.mark.parametrize(("results_dir", "logs"), [("results", "logs"), ("/scratch/me/study", "logs/scratch/me/study")])
+def test_every_job_log_stays_where_it_was(results_dir, logs):
+    from fedscape.core.paths import JOB_LOGS, Results, fill
+
+    # Execute
+    paths = {rule: fill(Results.of({"results_dir": results_dir}).job_log(rule), **JOB_LOG_FIELDS) for rule in JOB_LOGS}
+
+    # Assert
+    assert paths == {rule: f"{logs}/{path}" for rule, path in EXPECTED_JOB_LOGS.items()}
+
+
+def test_a_rule_without_a_log_template_is_named_with_the_closest():
+    from fedscape.core.paths import Results
+
+    with pytest.raises(ValueError, match=r"rule 'cost_tabel' has no log template: add one to JOB_LOGS in "
+                                         r"fedscape.core.paths. Did you mean 'cost_table'\?"):
+        Results.of({}).job_log("cost_tabel")

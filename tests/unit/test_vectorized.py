@@ -27,8 +27,8 @@ from fedscape.fl.vectorized import (
     resolve_client_parallel,
     vectorization_blocker,
 )
-from fedscape.models.networks import build_model
 from fedscape.models.params import FlatParams
+from fedscape.models.registry import build_model
 from fedscape.plan.workflow import check_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -374,7 +374,7 @@ def test_forward_stacked_equals_vmapped_functional_call(name, in_channels, size,
 
 def test_stacked_layers_moves_relu_after_max_pool_without_changing_gradients():
     # Prepare: integer activations with ties, windows whose maximum is negative, zero or positive
-    from fedscape.models.networks import grouped_layout, stacked_layers
+    from fedscape.models.layers import grouped_layout, stacked_layers
 
     layers = nn.Sequential(nn.ReLU(), nn.MaxPool2d(2))
     x = torch.randint(-3, 4, (2, 3, 4, 8, 8), generator=torch.Generator().manual_seed(0)).float()
@@ -394,7 +394,7 @@ def test_stacked_layers_moves_relu_after_max_pool_without_changing_gradients():
 
 
 def test_stacked_layers_rejects_layers_without_a_grouped_form():
-    from fedscape.models.networks import grouped_layout, stacked_layers
+    from fedscape.models.layers import grouped_layout, stacked_layers
 
     with pytest.raises(TypeError, match="BatchNorm2d"):
         stacked_layers(nn.Sequential(nn.BatchNorm2d(4)), {}, "", grouped_layout(torch.zeros(2, 1, 4, 3, 3)), k=2)

@@ -1,5 +1,5 @@
 """Vectorised training of batch-norm models: each client normalises over its own real samples and keeps its own
-running statistics, as sequential training does (fedscape.models.networks.stacked_batch_norm)."""
+running statistics, as sequential training does (fedscape.models.layers.stacked_batch_norm)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from fedscape.fl import vectorized as vectorized_mod
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.vectorized import VectorizedTrainer, resolve_client_parallel, vectorization_blocker
-from fedscape.models.networks import BatchNorm2d, ResNet, StackedNorm, build_model, stacked_batch_norm
+from fedscape.models.layers import BatchNorm2d, StackedNorm, stacked_batch_norm
 from fedscape.models.params import FlatParams, flatten_buffers
+from fedscape.models.registry import build_model
+from fedscape.models.resnets import ResNet
 
 # float32: measured on AVX-512, AVX2-only and ATen's default kernels (`small_resnet`, the round below): each path's
 # float32 client models depart from its float64 ones by at most 2.6e-7 (parameters) and 2.0e-7 relative (running

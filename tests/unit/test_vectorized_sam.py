@@ -15,7 +15,7 @@ from fedscape.fl.strategies.base import Strategy
 from fedscape.fl.strategies.fedsam import FedSAM, sam_perturbation
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.vectorized import resolve_client_parallel
-from fedscape.models.networks import build_model
+from fedscape.models.registry import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -37,8 +37,8 @@ for path in ["config/config.yaml", *sorted(glob.glob("config/papers/*.yaml"))]:
     runs = build_runs(config)
     settings = []
     for run in runs:
-        wildcards = {k: str(v) for k, v in vars(run).items()}
-        settings.append(partition_settings(config, run.dataset, run.alpha, run.num_clients, run.seed))
+        wildcards = {k: str(v) for k, v in run.fields().items()}
+        settings.append(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed))
         settings.append(init_settings(config, runs, run.dataset, run.model, run.init))
         settings.append(init_input_paths(config, runs, run.dataset, run.model, run.init))
         settings.append(train_settings(config, Run.from_wildcards(wildcards)))

@@ -96,7 +96,7 @@ def test_shared_round_zero_job_equals_its_own_computation(tmp_path):
     (workdir / "pair.yaml").write_text(yaml.safe_dump(config))
     checked = check_config(copy.deepcopy(config), SCHEMA)
     runs = build_runs(checked)
-    fedavg, fedprox = sorted((r for r in runs if r.alpha == "0.5"), key=lambda r: r.algorithm)
+    fedavg, fedprox = sorted((r for r in runs if r.setting == "0.5"), key=lambda r: r.algorithm)
 
     # Execute: the workflow up to the Hessian table; then FedProx's round 0 computed directly
     fedprox_trajectory = f"results/train/{fedprox.run_id}/trajectory.pt"  # not an input of the copying job

@@ -39,9 +39,9 @@ def test_labels_join_the_grid_and_leave_the_alphas_settings_unchanged():
 
     runs = build_runs(grid)
 
-    assert sorted({r.alpha for r in runs}) == ["0.1", "c2", "iid", "noise", "qskew"]
+    assert sorted({r.setting for r in runs}) == ["0.1", "c2", "iid", "noise", "qskew"]
     assert {r.run_id for r in build_runs(plain)} <= {r.run_id for r in runs}
-    assert "alpha~c2/" in next(r.run_id for r in runs if r.alpha == "c2")
+    assert "alpha~c2/" in next(r.run_id for r in runs if r.setting == "c2")
     for alpha in ("iid", "0.1"):  # same settings, so Snakemake reruns none of the alphas' partitions
         assert partition_settings(grid, "digits", alpha, 10, 0) == partition_settings(plain, "digits", alpha, 10, 0)
     assert partition_settings(grid, "digits", "c2", 10, 0)["kind"] == {"kind": "classes", "classes_per_client": 2}

@@ -1,10 +1,11 @@
 """Snakemake script of rule client_stats: every run's client statistics with l2_to_final."""
 
-from fedscape.analysis.client_stats.stage import client_stats_table
+from fedscape.analysis.client_stats.stage import client_stats_job
 from fedscape.core.logs import job_log
 from fedscape.models.device import use_threads
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
     use_threads(sm.threads)
-    client_stats_table(list(sm.params.run_ids), list(sm.input.updates), list(sm.input.trajectories), sm.output.table)
+    # the rule's params are the job's settings (run_ids and a result version)
+    client_stats_job(dict(sm.params.items()), list(sm.input.updates), list(sm.input.trajectories), sm.output.table)

@@ -2,9 +2,9 @@
 
 from fedscape.core.logs import job_log
 from fedscape.models.device import use_threads
-from fedscape.stages.init import init_stage
+from fedscape.stages.init import init_job
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
     use_threads(sm.threads)
-    init_stage(sm.params.settings, sm.output.model, dict(sm.input.items()), sm.params.progress_dir)
+    init_job(sm.params.settings, sm.output.model, dict(sm.input.items()), sm.params.progress_dir)

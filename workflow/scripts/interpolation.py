@@ -1,11 +1,11 @@
 """Snakemake script of rule interpolation: the loss along the segment between two checkpoints."""
 
-from fedscape.analysis.barriers.stage import interpolation_stage
+from fedscape.analysis.barriers.stage import interpolation_job
 from fedscape.core.logs import job_log
 from fedscape.models.device import use_threads
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
     use_threads(sm.threads)
-    interpolation_stage(sm.params.settings, sm.input.trajectory_a, sm.input.trajectory_b, sm.input.partition,
-                        sm.output.curve)
+    interpolation_job(sm.params.settings, sm.input.trajectory_a, sm.input.trajectory_b, sm.input.partition,
+                      sm.output.curve)

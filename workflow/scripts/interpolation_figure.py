@@ -1,8 +1,8 @@
 """Snakemake script of rule interpolation_figure."""
 
-from fedscape.analysis.barriers.figures import interpolation_figure
+from fedscape.analysis.barriers.figures import interpolation_figure_job
 from fedscape.core.logs import job_log
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
-    interpolation_figure(sm.input.table, {key: sm.output[key] for key in ("png", "pdf", "csv")})
+    interpolation_figure_job(sm.input.table, {key: sm.output[key] for key in ("png", "pdf", "csv")})

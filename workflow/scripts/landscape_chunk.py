@@ -1,10 +1,10 @@
 """Snakemake script of rule landscape_chunk: one chunk of a surface's grid."""
 
-from fedscape.analysis.landscape.stage import chunk_stage
+from fedscape.analysis.landscape.stage import landscape_chunk_job
 from fedscape.core.logs import job_log
 from fedscape.models.device import use_threads
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
     use_threads(sm.threads)
-    chunk_stage(sm.params.settings, sm.input.plane, sm.input.grid, sm.input.get("partition"), sm.output.chunk)
+    landscape_chunk_job(sm.params.settings, sm.input.plane, sm.input.grid, sm.input.get("partition"), sm.output.chunk)

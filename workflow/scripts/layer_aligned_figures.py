@@ -1,11 +1,8 @@
 """Snakemake script of rule layer_aligned_figures: the heatmaps of one pair with b aligned to a by weight matching."""
 
-from fedscape.analysis.barriers.figures import layer_heatmaps
+from fedscape.analysis.barriers.figures import layer_aligned_figures_job
 from fedscape.core.logs import job_log
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
-    for split in ("train", "test"):
-        layer_heatmaps(sm.input.table, sm.wildcards.pair, split,
-                       {key: sm.output[f"{split}_{key}"] for key in ("png", "pdf", "csv")},
-                       modes=tuple(sm.params.modes), aligned=True)
+    layer_aligned_figures_job(sm.input.table, sm.wildcards.pair, dict(sm.output.items()), tuple(sm.params.modes))

@@ -1,10 +1,10 @@
 """Snakemake script of rule layer_barriers: layer-wise barriers and distances of one pair at one round."""
 
-from fedscape.analysis.barriers.stage import layerwise_stage
+from fedscape.analysis.barriers.stage import layer_barriers_job
 from fedscape.core.logs import job_log
 from fedscape.models.device import use_threads
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
     use_threads(sm.threads)
-    layerwise_stage(sm.params.settings, dict(sm.input.items()), sm.output.barriers, sm.output.distances)
+    layer_barriers_job(sm.params.settings, dict(sm.input.items()), sm.output.barriers, sm.output.distances)

@@ -3,10 +3,10 @@
 from fedscape.core.logs import job_log
 from fedscape.core.paths import TRAIN_FILES
 from fedscape.models.device import use_threads
-from fedscape.stages.train import train_stage
+from fedscape.stages.train import train_job
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
     use_threads(sm.threads)
-    train_stage(sm.params.settings, sm.input.partition, sm.input.init, {key: sm.output[key] for key in TRAIN_FILES},
-                sm.params.progress_dir)
+    train_job(sm.params.settings, sm.input.partition, sm.input.init, {key: sm.output[key] for key in TRAIN_FILES},
+              sm.params.progress_dir)

@@ -13,6 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from fedscape.core.names import suggest
 from fedscape.core.runs import RUN_ID, Run
 
 LOGS = "logs"
@@ -33,6 +34,64 @@ SURFACE_DIR = f"{LANDSCAPE_DIR}/{{data}}"
 TABLE = "tables/{table}.csv"
 FIGURES = "figures"
 FIGURE_FORMATS = ("png", "pdf", "csv")  # every figure: the picture twice and the data it draws
+# Every figure's path below figures/, by what it draws (`Results.figure` adds each format's suffix).
+CURVES_FIGURE = "curves/{dataset}/{model}/{metric}"
+ACCURACY_FIGURE = "accuracy/{dataset}/{model}/{kind}"
+COST_FIGURE = "cost/{dataset}/{model}/cost"
+CLIENT_STATS_FIGURE = "client_stats/client_stats"
+HESSIAN_FIGURE = "hessian/{name}"
+INTERPOLATION_FIGURE = "barriers/interpolation"
+LAYER_FIGURE = "barriers/layerwise/{pair}/{split}"
+LAYER_DISTANCE_FIGURE = "barriers/layerwise/{pair}/distances"
+LAYER_CUMULATION_FIGURE = "barriers/layerwise/{pair}/cumulation_{split}"  # Fig. 4: modes random and ends
+LAYER_ALIGNED_FIGURE = "barriers/layerwise/{pair}/aligned_{split}"  # the heatmaps after weight matching
+LAYER_TRAINING_FIGURE = "barriers/layerwise/{pair}/over_training"  # Fig. 1b: full barrier and distances
+
+# Every rule's log, below the logs of its results directory (`Results.job_log`): a job's log mirrors its results
+# (its job directory, or the table or figure it makes). A log path never changes with the code: a moved log would
+# rerun nothing but leave users' logs where nobody looks for them.
+JOB_LOGS: dict[str, str] = {
+    # partition, init and train: one log in each job's directory
+    "partition": f"{PARTITION_DIR}/partition.log",
+    "init": f"{INIT_DIR}/init.log",
+    "train": f"{TRAIN_DIR}/train.log",
+    "partitions_table": "tables/partitions.log",
+    "rounds_table": "tables/rounds.log",
+    "cost_table": "tables/cost.log",
+    # client statistics
+    "client_stats": "tables/client_stats.log",
+    "client_stats_figure": f"{FIGURES}/client_stats.log",
+    # Hessian
+    "hessian": f"{HESSIAN_DIR}/hessian.log",
+    "hessian_tables": "tables/hessian.log",
+    "hessian_by_algorithm_figure": f"{FIGURES}/hessian/lambda_trace_by_algorithm.log",
+    "hessian_by_init_figure": f"{FIGURES}/hessian/lambda_trace_by_init.log",
+    "hessian_density_figure": f"{FIGURES}/hessian/spectral_density.log",
+    # barriers: a pair's job logs are named after its job directory
+    "interpolation": f"{INTERPOLATION_DIR}.log",
+    "interpolation_tables": "tables/interpolation.log",
+    "interpolation_figure": f"{FIGURES}/barriers/interpolation.log",
+    "layer_barriers": f"{LAYERWISE_DIR}.log",
+    "layer_barrier_tables": "tables/layer_barriers.log",
+    "layer_consecutive_table": "tables/layer_consecutive.log",
+    "layer_barrier_figures": f"{FIGURES}/barriers/layerwise/{{pair}}.log",
+    "layer_distance_figure": f"{FIGURES}/barriers/layerwise/{{pair}}_distances.log",
+    "layer_cumulation_figures": f"{FIGURES}/barriers/layerwise/{{pair}}_cumulation.log",
+    "layer_aligned_figures": f"{FIGURES}/barriers/layerwise/{{pair}}_aligned.log",
+    "layer_training_figure": f"{FIGURES}/barriers/layerwise/{{pair}}_over_training.log",
+    # landscapes
+    "landscape_plane": f"{LANDSCAPE_DIR}/plane.log",
+    "landscape_chunk": f"{SURFACE_DIR}/chunk~{{chunk}}.log",
+    "landscape_gather": f"{SURFACE_DIR}/gather.log",
+    "landscape_figure": f"{SURFACE_DIR}/figure.log",
+    "surfaces_table": "tables/surfaces.log",
+    # the report
+    "final_table": "tables/final.log",
+    "summary_table": "tables/summary.log",
+    "curves_figure": f"{FIGURES}/curves/{{dataset}}/{{model}}/{{metric}}.log",
+    "accuracy_figure": f"{FIGURES}/accuracy/{{dataset}}/{{model}}/{{kind}}.log",
+    "cost_figure": f"{FIGURES}/cost/{{dataset}}/{{model}}.log",
+}
 
 _FIELD = re.compile(r"\{(\w+)\}")
 
@@ -86,6 +145,13 @@ class Results:
     def log(self, template: str, **fields) -> str:
         """`template` below the logs of this results directory (a results path's mirror), `fields` filled in."""
         return f"{self.logs}/{fill(template, **fields)}"
+
+    def job_log(self, rule: str) -> str:
+        """The log of a job of `rule` (its template in `JOB_LOGS`), wildcards left for Snakemake to fill."""
+        if rule not in JOB_LOGS:
+            raise ValueError(f"rule {rule!r} has no log template: add one to JOB_LOGS in fedscape.core.paths."
+                             f"{suggest(rule, JOB_LOGS)}")
+        return self.log(JOB_LOGS[rule])
 
     @property
     def logs(self) -> str:

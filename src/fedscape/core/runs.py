@@ -10,29 +10,30 @@ import itertools
 from dataclasses import dataclass, fields
 from typing import Any
 
-from fedscape.core.alpha import format_fraction, format_setting, setting_order_key
 from fedscape.core.config import ConfigError
 from fedscape.core.names import suggest
+from fedscape.core.setting import format_fraction, format_setting, setting_order_key
 
 # The id of a run: its path below <results_dir>/train/ (and below hessian/); wildcards of the train rule.
 RUN_ID = ("{dataset}/{model}/init~{init}/algo~{algorithm}/alpha~{alpha}/clients~{num_clients}/"
           "part~{participation}/seed~{seed}")
-# The key=value parts of a run id after dataset and model, and the run field each one holds.
+# The key=value parts of a run id after dataset and model, and the run field (by its name in FIELD_NAMES) each holds.
 _ID_KEYS = {"init": "init", "algo": "algorithm", "alpha": "alpha", "clients": "num_clients",
             "part": "participation", "seed": "seed"}
 OK, DIVERGED = "ok", "diverged"  # the status of a run, of its rounds and of the analyses of its models
-# Constraints of the run wildcards (the dataset's is the list of dataset names, added by the plan layer).
+# Constraints of the run wildcards, by their names (FIELD_NAMES); the dataset's is the list of dataset names, added by
+# the plan layer.
 WILDCARD_CONSTRAINTS = {
     "model": r"[a-z0-9_]+",
     "init": r"[A-Za-z0-9_.-]+",
     "algorithm": r"[A-Za-z0-9_.-]+",
-    # a Dirichlet alpha, iid, or the label of a `partitions` entry (fedscape.core.alpha.PARTITION_LABEL)
+    # a Dirichlet alpha, iid, or the label of a `partitions` entry (fedscape.core.setting.PARTITION_LABEL)
     "alpha": r"iid|[0-9]+\.[0-9]+(e-?[0-9]+)?|[a-z][a-z0-9_]*",
     "num_clients": r"[0-9]+",
     "participation": r"[0-9]+\.[0-9]+(e-?[0-9]+)?",
     "seed": r"[0-9]+",
 }
-# Grid key of every run field: the config list (or mapping) the grid takes its values from.
+# Grid key of every run field (by its name: FIELD_NAMES): the config list (or mapping) the grid takes its values from.
 GRID_SECTIONS = {"dataset": "datasets", "model": "models", "init": "inits", "algorithm": "algorithms",
                  "alpha": "alphas", "num_clients": "num_clients", "participation": "participation", "seed": "seeds"}
 
@@ -45,7 +46,7 @@ class Run:
     model: str
     init: str
     algorithm: str
-    alpha: str  # the heterogeneity setting, canonical text: 'iid', '1.0', '0.1' or a `partitions` label
+    setting: str  # the heterogeneity setting (core.setting): 'iid', '1.0', '0.1' or a `partitions` label; named alpha
     num_clients: int
     participation: str  # canonical text: '1.0', '0.5'
     seed: int
@@ -58,17 +59,26 @@ class Run:
     @property
     def partition_fields(self) -> dict[str, Any]:
         """The fields that name the run's client split (shared by runs differing in model, init, algorithm)."""
-        return {"dataset": self.dataset, "num_clients": self.num_clients, "alpha": self.alpha, "seed": self.seed}
+        return {"dataset": self.dataset, "num_clients": self.num_clients, "alpha": self.setting, "seed": self.seed}
 
     def fields(self) -> dict[str, Any]:
-        """The run fields as a dict (the train rule's wildcards)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The run fields as a dict by their names (RUN_FIELDS: the train rule's wildcards, the table columns)."""
+        return {name: getattr(self, f.name) for name, f in zip(RUN_FIELDS, fields(self), strict=True)}
+
+    def field(self, name: str) -> Any:
+        """The run field named `name` (one of RUN_FIELDS: the setting is `alpha`)."""
+        return getattr(self, _ATTRIBUTES[name])
+
+    @classmethod
+    def from_fields(cls, values) -> Run:
+        """The run of these fields by their names (RUN_FIELDS; text or numbers, e.g. a job's wildcards)."""
+        values = {_ATTRIBUTES[name]: values[name] for name in RUN_FIELDS}
+        return cls(**{**values, "num_clients": int(values["num_clients"]), "seed": int(values["seed"])})
 
     @classmethod
     def from_wildcards(cls, wildcards) -> Run:
         """The run of a train-rule job (its wildcards)."""
-        values = {name: wildcards[name] for name in RUN_FIELDS}
-        return cls(**{**values, "num_clients": int(values["num_clients"]), "seed": int(values["seed"])})
+        return cls.from_fields(wildcards)
 
     @classmethod
     def from_id(cls, run_id: str) -> Run:
@@ -77,10 +87,17 @@ class Run:
         missing = [k for k in RUN_FIELDS if k not in values]
         if missing:
             raise ValueError(f"{run_id!r} is not a run id (no {', '.join(missing)}); expected {RUN_ID}")
-        return cls(**{**values, "num_clients": int(values["num_clients"]), "seed": int(values["seed"])})
+        return cls.from_fields(values)
 
 
-RUN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Run))
+# The name of a run field in run ids and paths (`alpha~0.1`, the `{alpha}` wildcard), tables (the `alpha` column),
+# selectors and `experiments` (`{alpha: iid}`) and job settings, where it differs from the Run attribute: the
+# heterogeneity setting keeps the name `alpha` it had when it could only be a Dirichlet alpha, so that finished
+# results, their tables and users' configs stay valid.
+FIELD_NAMES = {"setting": "alpha"}
+RUN_FIELDS: tuple[str, ...] = tuple(FIELD_NAMES.get(f.name, f.name) for f in fields(Run))
+"""The run fields by their names (FIELD_NAMES): the wildcards of the train rule and the run columns of every table."""
+_ATTRIBUTES = {FIELD_NAMES.get(f.name, f.name): f.name for f in fields(Run)}
 
 
 def parse_run_id(run_id: str) -> dict[str, str]:
@@ -138,8 +155,8 @@ def build_runs(config: dict) -> list[Run]:
             if c[key] not in config[section]:
                 raise ConfigError(f"experiments[{i}].{key}: {c[key]!r} is not defined in `{section}`."
                                   f"{suggest(c[key], config[section])} Defined: {', '.join(config[section])}")
-        runs.append(Run(c["dataset"], c["model"], c["init"], c["algorithm"], format_setting(c["alpha"]),
-                        int(c["num_clients"]), format_fraction(c["participation"]), int(c["seed"])))
+        runs.append(Run.from_fields({**c, "alpha": format_setting(c["alpha"]),
+                                     "participation": format_fraction(c["participation"])}))
     return sorted(set(runs))
 
 
@@ -156,10 +173,13 @@ def select_runs(runs: list[Run], selector: dict) -> list[Run]:
     """The runs whose fields equal every key of `selector` (e.g. {alpha: iid, init: random})."""
     unknown = [k for k in selector if k not in RUN_FIELDS]
     if unknown:
-        raise ConfigError(f"unknown run field {unknown[0]!r} in selector {selector}.{suggest(unknown[0], RUN_FIELDS)} "
+        # the attribute of a renamed field (`setting`) points at its name (`alpha`)
+        hint = (f" Did you mean {FIELD_NAMES[unknown[0]]!r}?" if unknown[0] in FIELD_NAMES
+                else suggest(unknown[0], RUN_FIELDS))
+        raise ConfigError(f"unknown run field {unknown[0]!r} in selector {selector}.{hint} "
                           f"Valid: {', '.join(RUN_FIELDS)}")
     want = {k: _selector_value(k, v) for k, v in selector.items()}
-    return [r for r in runs if all(_selector_value(k, getattr(r, k)) == v for k, v in want.items())]
+    return [r for r in runs if all(_selector_value(k, r.field(k)) == v for k, v in want.items())]
 
 
 def resolve_run(runs: list[Run], selector: dict, where: str = "") -> Run:
@@ -179,12 +199,12 @@ def _values_of(runs: list[Run], selector: dict) -> str:
     if not runs:
         return "the config defines no runs"
     keys = [k for k in selector if k in RUN_FIELDS]
-    values = {k: list(dict.fromkeys(_selector_value(k, getattr(r, k)) for r in runs)) for k in keys}
+    values = {k: list(dict.fromkeys(_selector_value(k, r.field(k)) for r in runs)) for k in keys}
     absent = [k for k in keys if _selector_value(k, selector[k]) not in values[k]]
     if absent or len(keys) == 1:
         shown = absent or keys
         return "the runs' values: " + "; ".join(f"{k}: {', '.join(values[k])}" for k in shown)
-    combos = list(dict.fromkeys(tuple(_selector_value(k, getattr(r, k)) for k in keys) for r in runs))
+    combos = list(dict.fromkeys(tuple(_selector_value(k, r.field(k)) for k in keys) for r in runs))
     more = f" and {len(combos) - 12} more" if len(combos) > 12 else ""
     return (f"each value is taken by some run, but not together; the runs' ({', '.join(keys)}): "
             + "; ".join(f"({', '.join(c)})" for c in combos[:12]) + more)
@@ -192,10 +212,10 @@ def _values_of(runs: list[Run], selector: dict) -> str:
 
 def varying_fields(runs: list[Run]) -> list[str]:
     """The run fields that take more than one value among `runs`."""
-    return [f for f in RUN_FIELDS if len({getattr(r, f) for r in runs}) > 1]
+    return [f for f in RUN_FIELDS if len({r.field(f) for r in runs}) > 1]
 
 
 def iid_first(runs: list[Run]) -> list[Run]:
     """Runs ordered from IID to the most skewed alpha, then the other partition kinds (the pilot study's
     order: IID is the reference)."""
-    return sorted(runs, key=lambda r: setting_order_key(r.alpha))
+    return sorted(runs, key=lambda r: setting_order_key(r.setting))

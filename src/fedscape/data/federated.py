@@ -1,4 +1,7 @@
-"""A federated data set on one device: the training pool, each client's shard of it, and the test set."""
+"""A federated data set on one device: the training pool, each client's shard of it, and the test set.
+
+Every stage that needs a run's client or union data loads it here (`load_federated_data`), so that the partition
+kind's input transform (`client_inputs`: e.g. feature noise) reaches training and every analysis alike."""
 
 from __future__ import annotations
 
@@ -7,11 +10,8 @@ from pathlib import Path
 
 import torch
 
-from fedscape.core.seeds import derive_seed
 from fedscape.data.datasets import Dataset, dataset_from_options
-from fedscape.data.partition import Partition, PartitionError, check_run_partition, load_partition, noise_std
-
-_NOISE_STREAM = 0x4E  # keeps the feature noise apart from every other random stream of the run seed
+from fedscape.data.partition import Partition, check_run_partition, load_partition, partition_kind
 
 
 @dataclass
@@ -41,32 +41,19 @@ class FederatedData:
         return self.x_train[idx], self.y_train[idx]
 
 
-def with_feature_noise(x_train: torch.Tensor, part: Partition) -> torch.Tensor:
-    """The training pool as the clients see it: for a feature_noise partition, client j's samples (j = 1..M)
-    plus fixed Gaussian noise of std sigma * j / M (NIID-Bench), drawn once on the CPU from the partition's seed so that
-    training and every analysis see the same data; other partitions: `x_train` itself."""
-    if part.kind != "feature_noise":
-        return x_train
-    if not x_train.is_floating_point():
-        raise PartitionError(f"the partition kind feature_noise adds noise to inputs, but this dataset's inputs "
-                             f"are {x_train.dtype} (e.g. token ids): use another partition kind")
-    noisy = x_train.clone()
-    for client, idx in enumerate(part.client_indices):
-        std = noise_std(part, client)
-        if std == 0 or len(idx) == 0:
-            continue
-        gen = torch.Generator().manual_seed(derive_seed(part.seed, client, _NOISE_STREAM))
-        index = torch.as_tensor(idx, dtype=torch.long)
-        noise = torch.randn((len(idx), *x_train.shape[1:]), generator=gen, dtype=torch.float32)
-        noisy[index.to(x_train.device)] += std * noise.to(device=x_train.device, dtype=x_train.dtype)
-    return noisy
+def client_inputs(x_train: torch.Tensor, part: Partition) -> torch.Tensor:
+    """The training pool as the clients see it: the input transform of the partition's kind
+    (`PartitionKind.inputs`, e.g. feature_noise's fixed Gaussian noise per client) applied, or `x_train` itself for
+    a kind without one."""
+    transform = partition_kind(part.kind).inputs
+    return x_train if transform is None else transform(x_train, part)
 
 
 def federate(ds: Dataset, partition_path: str | Path, device: torch.device | str = "cpu") -> FederatedData:
     """The dataset split among clients by the partition file (checked against its labels), on `device`."""
     part = load_partition(partition_path, ds.y_train.numpy())
     return FederatedData(
-        x_train=with_feature_noise(ds.x_train, part).to(device), y_train=ds.y_train.to(device),
+        x_train=client_inputs(ds.x_train, part).to(device), y_train=ds.y_train.to(device),
         client_indices=[torch.as_tensor(ix, device=device) for ix in part.client_indices],
         x_test=ds.x_test.to(device), y_test=ds.y_test.to(device),
     )
@@ -78,3 +65,11 @@ def load_federated_data(run: dict, options: dict, partition_path: str | Path,
     PartitionError naming the file when the partition is another run's (`check_run_partition`)."""
     check_run_partition(partition_path, run)
     return federate(dataset_from_options(run["dataset"], options), partition_path, device)
+
+
+def load_test_data(dataset: str, options: dict,
+                   device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The test set of `dataset` (config `datasets.<name>` options) on `device`: no client's, so no partition and
+    no input transform (the same tensors as `FederatedData.x_test`, `y_test`)."""
+    ds = dataset_from_options(dataset, options)
+    return ds.x_test.to(device), ds.y_test.to(device)

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from fedscape.core.alpha import IID, is_partition_label, parse_alpha
 from fedscape.core.io import atomic_path, remake_alone_hint
 from fedscape.core.names import suggest
 from fedscape.core.provenance import check_belongs
+from fedscape.core.seeds import derive_seed
+from fedscape.core.setting import IID, is_partition_label, parse_alpha
 from fedscape.data.specs import DATASET_NAMES, dataset_info
 
 MAX_TRIES_DEFAULT = 1000
@@ -117,10 +118,8 @@ def dirichlet_partition(
 def make_partition(
     labels: np.ndarray, num_clients: int, alpha: float, seed: int, min_size: int = 10, max_tries: int = 1000
 ) -> Partition:
-    """IID split when alpha is inf, Dirichlet split otherwise."""
-    if math.isinf(alpha):
-        return iid_partition(len(labels), num_clients, seed, min_size)
-    return dirichlet_partition(labels, num_clients, alpha, seed, min_size, max_tries)
+    """The partition of an alpha (inf: the IID split, else Dirichlet label skew), as the partition job makes it."""
+    return make_kind_partition(setting_entry(alpha)[0], labels, num_clients, seed, min_size, max_tries)
 
 
 def classes_partition(labels: np.ndarray, num_clients: int, classes_per_client: int, seed: int,
@@ -206,8 +205,8 @@ def quantity_partition(num_samples: int, num_clients: int, beta: float, seed: in
 def feature_noise_partition(num_samples: int, num_clients: int, sigma: float, seed: int,
                             min_size: int = 10) -> Partition:
     """Feature-noise skew: an IID split whose client j = 1..M sees its inputs plus N(0, (sigma * j / M)^2) noise
-    (NIID-Bench, Li et al. 2022). The noise is added when the client's data is read (`noise_std`), so the
-    stored dataset and the test set stay clean."""
+    (NIID-Bench, Li et al. 2022). The noise is the kind's input transform (`_feature_noise_inputs`), added when
+    the client's data is loaded, so the stored dataset and the test set stay clean."""
     if not sigma >= 0 or math.isinf(sigma):
         raise PartitionError(f"partition kind feature_noise: sigma must be a number >= 0, got {sigma}")
     part = iid_partition(num_samples, num_clients, seed, min_size)
@@ -258,15 +257,24 @@ NATURAL_SELECT = ("first", "random")
 
 @dataclass(frozen=True)
 class PartitionKind:
-    """A partition kind of a `partitions` entry: its options (name -> default; None = required) and paper, and the
-    check of its options against a dataset known without loading it (`fits`: (where, options, dataset) -> problems),
-    so that planning refuses what the partition job would."""
+    """A partition kind: all that planning, the partition job and data loading ask of it, so that none of them
+    compares kind names (a new kind is its writer, its input transform if any, and its entry in PARTITION_KINDS).
+
+    `options`: name -> default (None = required); `paper`; `make`: the writer, (labels, num_clients, seed,
+    min_size, max_tries, writer_ids, dataset, **options) -> Partition; `fits`: the check of its options against a
+    dataset known without loading it ((where, options, dataset) -> problems), so that planning refuses what the
+    partition job would; `needs_writers`: the writer splits by each sample's writer (`writer_ids`, None for the
+    other kinds), so planning refuses a dataset whose declaration has none (data.specs `writers`); `inputs`: the
+    input transform, (x_train, partition) -> the training pool as the clients see it, applied wherever a client's
+    or the union's data is loaded (data.federated.client_inputs), None for the inputs as stored."""
 
     name: str
     options: dict[str, Any]
     paper: str
     make: Callable[..., Partition]
     fits: Callable[[str, dict[str, Any], str], list[str]] | None = None
+    needs_writers: bool = False
+    inputs: Callable[[Any, Partition], Any] | None = None
 
 
 def _classes_fit(where: str, options: dict[str, Any], dataset: str) -> list[str]:
@@ -278,12 +286,33 @@ def _classes_fit(where: str, options: dict[str, Any], dataset: str) -> list[str]
             f"classes_per_client to at most {classes}"]
 
 
-def _natural_fits(where: str, options: dict[str, Any], dataset: str) -> list[str]:
-    if dataset_info(dataset).writers:
-        return []
-    with_writers = [name for name in DATASET_NAMES if dataset_info(name).writers]
-    return [f"{where}: the kind natural gives one client per writer, but {dataset} has no writer ids (datasets with "
-            f"writers: {', '.join(with_writers) or 'none yet'})"]
+_NOISE_STREAM = 0x4E  # keeps the feature noise apart from every other random stream of the run seed
+
+
+def noise_std(partition: Partition, client_id: int) -> float:
+    """The std of the Gaussian noise on client `client_id`'s inputs in a feature_noise partition: sigma * j / M
+    with j = client_id + 1 (NIID-Bench counts clients from 1, so the last one gets sigma)."""
+    return float(partition.options["sigma"]) * (client_id + 1) / partition.num_clients
+
+
+def _feature_noise_inputs(x_train, partition: Partition):
+    """Client j's samples (j = 1..M) plus fixed Gaussian noise of std `noise_std` (NIID-Bench), drawn once on the CPU
+    from the partition's seed, so that training and every analysis see the same data."""
+    import torch  # lazy: only where a client's data is loaded; planning and the partition job stay torch-free
+
+    if not x_train.is_floating_point():
+        raise PartitionError(f"the partition kind feature_noise adds noise to inputs, but this dataset's inputs "
+                             f"are {x_train.dtype} (e.g. token ids): use another partition kind")
+    noisy = x_train.clone()
+    for client, idx in enumerate(partition.client_indices):
+        std = noise_std(partition, client)
+        if std == 0 or len(idx) == 0:
+            continue
+        gen = torch.Generator().manual_seed(derive_seed(partition.seed, client, _NOISE_STREAM))
+        index = torch.as_tensor(idx, dtype=torch.long)
+        noise = torch.randn((len(idx), *x_train.shape[1:]), generator=gen, dtype=torch.float32)
+        noisy[index.to(x_train.device)] += std * noise.to(device=x_train.device, dtype=x_train.dtype)
+    return noisy
 
 
 def _make_dirichlet(labels, num_clients, seed, min_size, max_tries, writer_ids, dataset, alpha):
@@ -316,9 +345,30 @@ PARTITION_KINDS: dict[str, PartitionKind] = {k.name: k for k in (
     PartitionKind("classes", {"classes_per_client": None}, "McMahan et al. 2017; NIID-Bench #C=k", _make_classes,
                   _classes_fit),
     PartitionKind("quantity", {"beta": None}, "NIID-Bench quantity skew (Li et al. 2022)", _make_quantity),
-    PartitionKind("feature_noise", {"sigma": None}, "NIID-Bench noise-based feature skew", _make_feature_noise),
-    PartitionKind("natural", {"select": "first"}, "LEAF (Caldas et al. 2018)", _make_natural, _natural_fits),
+    PartitionKind("feature_noise", {"sigma": None}, "NIID-Bench noise-based feature skew", _make_feature_noise,
+                  inputs=_feature_noise_inputs),
+    PartitionKind("natural", {"select": "first"}, "LEAF (Caldas et al. 2018)", _make_natural, needs_writers=True),
 )}
+
+
+def partition_kind(name: str) -> PartitionKind:
+    """The PartitionKind named `name` (a `partitions` entry's kind, or the kind a partition file records)."""
+    if name not in PARTITION_KINDS:
+        raise PartitionError(f"unknown partition kind {name!r}.{suggest(str(name), PARTITION_KINDS)} "
+                             f"Valid: {', '.join(PARTITION_KINDS)}")
+    return PARTITION_KINDS[name]
+
+
+def setting_entry(setting: str | float, entry: dict | None = None) -> tuple[dict, str | None]:
+    """The `partitions` entry ({kind: ..., <options>}) a heterogeneity setting stands for and the label its
+    partition records: a `partitions` label's own `entry` (a partition job's `kind` setting) and the label; an
+    alpha's kind, iid or dirichlet with that alpha, and no label (so the alphas' partitions stay as they were)."""
+    if is_partition_label(setting):
+        if entry is None:
+            raise PartitionError(f"the partition label {setting!r} comes without its `partitions` entry")
+        return entry, setting
+    alpha = parse_alpha(setting)
+    return ({"kind": "iid"} if math.isinf(alpha) else {"kind": "dirichlet", "alpha": alpha}), None
 
 
 def kind_options(entry: dict) -> dict[str, Any]:
@@ -346,13 +396,18 @@ def check_partition_entry(label: str, entry: dict) -> list[str]:
 
 
 def check_partition_dataset(label: str, entry: dict, dataset: str) -> list[str]:
-    """Problems of a `partitions` entry on `dataset` (a known name) that the dataset's declaration shows: an option
-    beyond what it holds (classes_per_client above its classes) or a kind it cannot take (natural without writers).
-    An entry that `check_partition_entry` refuses is left to it."""
+    """Problems of a `partitions` entry on `dataset` (a known name) that the dataset's declaration shows: a kind
+    it cannot take (one that needs writers, on a dataset without them) or an option beyond what it holds
+    (classes_per_client above its classes). An entry that `check_partition_entry` refuses is left to it."""
     spec = PARTITION_KINDS.get(entry.get("kind"))
-    if spec is None or spec.fits is None or check_partition_entry(label, entry):
+    if spec is None or check_partition_entry(label, entry):
         return []
-    return spec.fits(f"partitions.{label}", kind_options(entry), dataset)
+    where = f"partitions.{label}"
+    if spec.needs_writers and not dataset_info(dataset).writers:
+        with_writers = [name for name in DATASET_NAMES if dataset_info(name).writers]
+        return [f"{where}: the kind {spec.name} splits by each sample's writer, but {dataset} has no writer ids "
+                f"(datasets with writers: {', '.join(with_writers) or 'none yet'})"]
+    return [] if spec.fits is None else spec.fits(where, kind_options(entry), dataset)
 
 
 def make_kind_partition(entry: dict, labels: np.ndarray, num_clients: int, seed: int, min_size: int = 10,
@@ -363,17 +418,9 @@ def make_kind_partition(entry: dict, labels: np.ndarray, num_clients: int, seed:
     if problems:
         raise PartitionError("; ".join(problems))
     spec = PARTITION_KINDS[entry["kind"]]
-    part = spec.make(np.asarray(labels), num_clients, seed, min_size, max_tries, writer_ids, dataset,
-                     **kind_options(entry))
-    return replace(part, label=label)
-
-
-def noise_std(partition: Partition, client_id: int) -> float:
-    """The std of the Gaussian noise on client `client_id`'s inputs: sigma * j / M with j = client_id + 1 for
-    feature_noise (NIID-Bench counts clients from 1, so the last one gets sigma), else 0."""
-    if partition.kind != "feature_noise":
-        return 0.0
-    return float(partition.options["sigma"]) * (client_id + 1) / partition.num_clients
+    part = spec.make(np.asarray(labels), num_clients, seed, min_size, max_tries,
+                     writer_ids if spec.needs_writers else None, dataset, **kind_options(entry))
+    return replace(part, kind=spec.name, label=label)  # the kind its entry names (a writer may reuse another's)
 
 
 def _check_counts(num_samples: int, num_clients: int, min_size: int) -> None:

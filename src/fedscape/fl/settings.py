@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from fedscape.core.jobs import JobSettings
 from fedscape.core.names import nearest_text
 from fedscape.core.runs import RUN_FIELDS
 from fedscape.core.seeds import derive_seed
@@ -25,26 +26,14 @@ from fedscape.fl.schedule import (
     work_amounts,
     work_text,
 )
-from fedscape.fl.swa import SWAConfig
+from fedscape.fl.swa import SWAConfig, SWASettings
 from fedscape.models.specs import DEFAULT_PRECISION, EVAL_BATCH_SIZE, PRECISIONS
 
 CLIENT_PARALLEL = ("auto", "sequential", "vectorized")
 ADAMW_KEYS = ("adamw_beta1", "adamw_beta2", "adamw_eps")  # the options only optimizer adamw reads
-# Keys of a config's `training` section that are not TrainConfig fields: where the job computes (`device`), the
-# train job's server-side SWA (`swa`: fedscape.fl.swa), and `bf16_autocast`, which `precision: bf16` replaced (only
-# its default, false, is accepted: it stays in the settings of every train job, so that finished runs keep theirs).
-JOB_ONLY_TRAINING_KEYS = ("device", "swa", "bf16_autocast")
 # Keys of how often a run evaluates and keeps its global model: they change no model, so an IID warm-up init
-# (which keeps its last model) leaves them out of its settings.
+# (which keeps its last model) leaves them at their baselines (out of its settings).
 RUN_ONLY_TRAINING_KEYS = ("eval_every", "save_every")
-# Training keys added after results existed, with their baselines: how every run trained before the key
-# (`fedscape.core.config.without_baselines`): a job's settings leave a key out at its baseline, and reading them
-# back restores it. A new training key needs an entry here; tests/unit/test_settings_baselines.py checks it.
-TRAINING_BASELINES: dict[str, object] = {
-    "keep_optimizer_state": False, "local_steps": None, "optimizer": "sgd", "adamw_beta1": 0.9, "adamw_beta2": 0.999,
-    "adamw_eps": 1e-8, "lr_schedule": "constant", "lr_schedule_over": "rounds", "lr_warmup": 0.0, "precision": "fp32",
-    "eval_every": 1, "save_every": 1, "nesterov": False,
-}
 # What the engine measures after every evaluated round (`TrainConfig.evaluates`; round 0 = the initial model);
 # `status` is ok or diverged.
 ROUND_METRICS = ("round", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "peak_mem_mb", "status")
@@ -126,15 +115,6 @@ class TrainConfig:
     # The global model is kept (a row of trajectory.pt) every `save_every` rounds and at the rounds `kept_rounds`
     # adds: every round's model of a convnet is 0.9 MB, 9.3 GB a run at Caldarola et al.'s 10,000 rounds.
     save_every: int = 1
-
-    @classmethod
-    def from_training(cls, training: dict, **fields) -> TrainConfig:
-        """The TrainConfig of a config's (or a job's) `training` dict, the job-only keys left out, a key the job's
-        settings leave out at its baseline (`TRAINING_BASELINES`) restored, with `fields` (the run's seed,
-        participation, augmentation) on top."""
-        kept = {k: v for k, v in {**TRAINING_BASELINES, **training}.items() if k not in JOB_ONLY_TRAINING_KEYS}
-        kept["save_clients_at"] = tuple(kept.get("save_clients_at", ()))
-        return cls(**{**kept, **fields})
 
     def __post_init__(self):
         self._check_local_training()
@@ -260,6 +240,71 @@ class TrainConfig:
         """The learning rate of each of a client's `num_steps` local steps in round `round_`."""
         return step_lrs(self.lr, self.lr_schedule, self.lr_schedule_over, self.lr_warmup, self.rounds, round_,
                         num_steps)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingSettings(JobSettings):
+    """The `training` settings of a train job (and of an IID warm-up init's `warmup_training`): the config's
+    `training` section with the algorithm's overrides, as the job's settings carry it (`fedscape.core.jobs`).
+
+    The fields without a default are the keys of the first results; every later key's default is its baseline, the
+    behaviour of every run before the key existed, so `to_settings` leaves it out there and finished runs keep their
+    settings (tests/unit/test_job_contracts.py and test_settings_baselines.py record the baselines: a new field needs
+    a default, equal to its baseline).
+
+    Why beside TrainConfig and not TrainConfig itself: TrainConfig's defaults are the pilot study's, a convenience for
+    library callers and tests that may change with the config's; a baseline never changes. TrainConfig also holds the
+    run's own fields (seed, participation, the dataset's augmentation), which are not training settings, and the job
+    holds keys TrainConfig has not (device, bf16_autocast, swa). So the job's shape is declared here once and
+    `train_config` is the one place a TrainConfig is made from it (or from a config's `training`: `of`).
+    """
+
+    rule = "train"
+    # The keys of the first results: written in every job's settings.
+    rounds: int
+    local_epochs: int | list | dict | None  # None where local_steps counts the work (fedscape.fl.schedule)
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    save_clients_at: tuple[int, ...]
+    eval_batch_size: int
+    device: str
+    client_parallel: str
+    client_chunk_size: int
+    # Replaced by `precision: bf16`; only its default, false, is accepted, and it stays in the settings of every train
+    # job, so that finished runs keep theirs.
+    bf16_autocast: bool
+    # Later keys, each at its baseline.
+    keep_optimizer_state: bool = False
+    local_steps: int | list | dict | None = None
+    optimizer: str = "sgd"
+    adamw_beta1: float = 0.9
+    adamw_beta2: float = 0.999
+    adamw_eps: float = 1e-8
+    lr_schedule: str = "constant"
+    lr_schedule_over: str = "rounds"
+    lr_warmup: float = 0.0
+    precision: str = "fp32"
+    eval_every: int = 1
+    save_every: int = 1
+    nesterov: bool = False
+    swa: SWASettings | None = None  # the train job's server-side SWA (fedscape.fl.swa), None without
+
+    @classmethod
+    def of(cls, training: dict, swa: SWASettings | None = None) -> TrainingSettings:
+        """The settings of a config's resolved `training` (every key of the schema's `training` section, the
+        algorithm's overrides applied: `fedscape.plan.train.merge_training`), its `swa` given resolved or None."""
+        declared = {f.name for f in fields(cls)} - {"swa"}
+        values = {k: v for k, v in training.items() if k in declared}
+        values["save_clients_at"] = tuple(values.get("save_clients_at", ()))
+        return cls(**values, swa=swa)
+
+    def train_config(self, **run_fields) -> TrainConfig:
+        """The TrainConfig of these settings (less the job's own keys: device, bf16_autocast, swa), with `run_fields`
+        on top (the run's seed, participation and augmentation; a warm-up's rounds)."""
+        kept = {f.name: getattr(self, f.name) for f in fields(TrainConfig) if hasattr(self, f.name)}
+        return TrainConfig(**{**kept, **run_fields})
 
 
 def sample_clients(seed: int, round_: int, num_clients: int, participation: float) -> list[int]:

@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from fedscape.core.config import without_baselines
+from fedscape.core.jobs import JobSettings
 from fedscape.core.names import suggest
 from fedscape.models.specs import BN_STATS, BN_STATS_BASELINE
 
@@ -41,8 +41,6 @@ SWA_METRICS = ("swa_train_loss", "swa_train_acc", "swa_test_loss", "swa_test_acc
 # The batch-norm statistics the SWA model was evaluated with (`SWAConfig.bn_stats`), beside SWA_METRICS in the
 # metrics.csv of a run with SWA whose model has batch norm (only there, so that no other run's table changes).
 SWA_BN_COLUMN = "swa_bn_stats"
-# `swa` keys added after results existed, with their baselines (`without_baselines`, as TRAINING_BASELINES).
-SWA_BASELINES: dict[str, object] = {"bn_stats": BN_STATS_BASELINE}
 START_FRACTION = 0.75  # Caldarola et al. 2022 start SWA after 75% of the rounds (their code: int(.75 * rounds))
 
 
@@ -58,8 +56,8 @@ class SWAConfig:
     lr_ratio: float = 0.01
     scheduled_lr: str = "client"  # the lr the cycle scales: the clients' (the authors' code) or the server's
     # The SWA model's batch-norm statistics: recomputed from the training data after each update (Izmailov et al.
-    # 2018, `bn_update`) or the running mean of the global models' (`stored`, the baseline: `job_swa_config` gives
-    # it to a job's settings without the key). Models without batch norm ignore it.
+    # 2018, `bn_update`) or the running mean of the global models' (`stored`, the baseline: `SWASettings` leaves it
+    # out of a job's settings). Models without batch norm ignore it.
     bn_stats: str = "recomputed"
 
     def __post_init__(self):
@@ -104,17 +102,35 @@ class SWAConfig:
         return {**asdict(self), "start_round": self.start(rounds)}
 
 
-def job_swa(swa: dict, batch_norm: bool) -> dict:
-    """A train job's `swa` settings (`SWAConfig.to_dict`): `bn_stats` only where it is not the baseline and the
-    model has batch norm (recomputing is a no-op without it, which must not rerun finished runs)."""
-    if not batch_norm:
-        swa = {**swa, "bn_stats": BN_STATS_BASELINE}
-    return without_baselines(swa, SWA_BASELINES)
+@dataclass(frozen=True, kw_only=True)
+class SWASettings(JobSettings):
+    """A train job's `training.swa` settings (`fedscape.core.jobs`): the run's SWAConfig with its start resolved.
 
+    `bn_stats` came after the first SWA results: its declared default is its baseline, `stored` (what every SWA run
+    did before the key), not SWAConfig's current default, so the settings of those runs stay as they were.
+    """
 
-def job_swa_config(value: Any) -> SWAConfig | None:
-    """The SWAConfig of a train job's `swa` settings: a key they leave out (`job_swa`) takes its baseline."""
-    return swa_config(None if value is None else {**SWA_BASELINES, **value})
+    rule = "train"
+    start_round: int
+    cycle: int
+    lr_ratio: float
+    scheduled_lr: str
+    bn_stats: str = BN_STATS_BASELINE
+
+    @classmethod
+    def of(cls, swa: SWAConfig, rounds: int, batch_norm: bool) -> SWASettings:
+        """The settings of `swa` in a run of `rounds` rounds: the start resolved (`SWAConfig.to_dict`), and
+        `bn_stats` at its baseline for a model without batch norm (recomputing is a no-op there, which must not
+        rerun finished runs)."""
+        resolved = swa.to_dict(rounds)
+        if not batch_norm:
+            resolved["bn_stats"] = BN_STATS_BASELINE
+        return cls(**resolved)
+
+    def config(self) -> SWAConfig:
+        """The SWAConfig the engine runs (its start_round as the job resolved it)."""
+        return SWAConfig(start_round=self.start_round, cycle=self.cycle, lr_ratio=self.lr_ratio,
+                         scheduled_lr=self.scheduled_lr, bn_stats=self.bn_stats)
 
 
 def swa_config(value: Any) -> SWAConfig | None:

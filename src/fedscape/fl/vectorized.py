@@ -40,7 +40,7 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
   at a time;
 - batch norm (Ioffe & Szegedy 2015) in a model's `forward_stacked` (`stacks_batch_norm`: the ResNets)
   normalises each client with the mean and biased variance of its own real samples, the padded rows
-  masked out (`models.networks.stacked_batch_norm`; torch's own batch norm over the grouped channels
+  masked out (`models.layers.stacked_batch_norm`; torch's own batch norm over the grouped channels
   where a step has no padding), and moves that client's running statistics by the momentum towards
   its mean and unbiased variance; each client starts from the global statistics and returns its own
   (`ClientResult.buffers`), which the server averages (`Strategy.aggregate_buffers`). A client done
@@ -85,7 +85,7 @@ from fedscape.fl.local import client_generator, layer_seed, local_plan, round_wo
 from fedscape.fl.schedule import update_weight
 from fedscape.fl.settings import CLIENT_PARALLEL, TrainConfig
 from fedscape.fl.strategies.base import ClientResult, Strategy
-from fedscape.models.networks import StackedNorm, has_forward_stacked
+from fedscape.models.layers import StackedNorm, has_forward_stacked
 
 log = logging.getLogger("fedscape.train")
 

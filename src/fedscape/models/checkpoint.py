@@ -34,8 +34,8 @@ from fedscape.core.names import nearest_text
 from fedscape.core.provenance import check_belongs
 from fedscape.core.runs import parse_run_id
 from fedscape.data.specs import DATASETS, fits_dataset
-from fedscape.models.networks import build_model
 from fedscape.models.params import load_buffers, load_params
+from fedscape.models.registry import build_model
 from fedscape.models.specs import CHECKPOINT_FORMAT
 
 FORMAT = CHECKPOINT_FORMAT

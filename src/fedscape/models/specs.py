@@ -1,6 +1,6 @@
 """Torch-free facts about every model of the registry (what planning and config checks need).
 
-`fedscape.models.networks` builds them; this module only describes them (ModelInfo: residual,
+`fedscape.models.registry` builds them; this module only describes them (ModelInfo: residual,
 width-sliceable, accepted image sizes, options), so that validating a config never imports torch.
 Token models (char_gpt, char_lstm) take int64 character ids [N, T] and return the logits of the
 character after the sequence; their vocabulary size and sequence length are model options, checked
@@ -194,6 +194,13 @@ MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(sorted(MODEL_INFOS))
+# Registry models without a permutation spec (Git Re-Basin weight matching, fedscape.models.permutation), and why:
+# planning refuses to align them (interpolation.align, layer_barriers.align) and the model class names the reason.
+NO_PERMUTATION_SPEC: dict[str, str] = {
+    "char_lstm": ("an LSTM's recurrent weights weight_hh are permuted on both axes by the same hidden-unit "
+                  "permutation, so the matching objective is quadratic in it and a coordinate step is no longer "
+                  "a linear assignment (Ainsworth et al. 2023 match feed-forward and residual networks only)"),
+}
 if {n for n, i in MODEL_INFOS.items() if i.inputs == "tokens"} != set(TOKEN_MODEL_DEFAULTS):
     raise RuntimeError("every token model needs its option defaults in TOKEN_MODEL_DEFAULTS, and only they")
 

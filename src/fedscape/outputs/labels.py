@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from fedscape.core.alpha import setting_label
+from fedscape.core.setting import setting_label
 from fedscape.fl.hparams.registry import display_name
 
 # Order of the run fields in labels, legends and table rows.

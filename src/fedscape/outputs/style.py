@@ -26,8 +26,8 @@ import pandas as pd
 from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.ticker import LogLocator
 
-from fedscape.core.alpha import format_setting, setting_order_key
 from fedscape.core.io import atomic_path
+from fedscape.core.setting import format_setting, setting_order_key
 from fedscape.outputs.labels import LABEL_ORDER
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision deficiencies.
@@ -48,12 +48,12 @@ MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 DPI = 150  # PNG resolution: sharp on screen, small files (< 200 KB for the default figures)
 
 # -- values and labels -----------------------------------------------------------------------------
-def alpha_order(alphas: Iterable) -> list:
+def setting_order(settings: Iterable) -> list:
     """Distinct settings from IID (inf) through mild to severe skew (decreasing alpha), then the other
     partition kinds by label."""
     unique: dict[str, object] = {}
-    for a in alphas:
-        unique.setdefault(format_setting(a), a)
+    for s in settings:
+        unique.setdefault(format_setting(s), s)
     return [unique[k] for k in sorted(unique, key=setting_order_key)]
 
 
@@ -63,9 +63,9 @@ def varying_keys(df: pd.DataFrame, keys: Sequence[str] = LABEL_ORDER) -> list[st
 
 
 # -- style maps ------------------------------------------------------------------------------------
-def alpha_colors(alphas: Iterable) -> dict[str, str]:
-    """Colour per setting keyed by its canonical text ('iid', '0.1', 'c2'), assigned in alpha_order (IID first)."""
-    return {format_setting(a): PALETTE[i % len(PALETTE)] for i, a in enumerate(alpha_order(alphas))}
+def setting_colors(settings: Iterable) -> dict[str, str]:
+    """Colour per setting keyed by its canonical text ('iid', '0.1', 'c2'), assigned in setting_order (IID first)."""
+    return {format_setting(s): PALETTE[i % len(PALETTE)] for i, s in enumerate(setting_order(settings))}
 
 
 def category_styles(values: Iterable, styles: Sequence, first: Sequence[str] = ()) -> dict:
@@ -76,16 +76,16 @@ def category_styles(values: Iterable, styles: Sequence, first: Sequence[str] = (
 
 
 class RunStyle:
-    """Colour by alpha, line style by init, marker by algorithm: one instance per figure."""
+    """Colour by setting (the `alpha` column), line style by init, marker by algorithm: one instance per figure."""
 
     def __init__(self, runs: pd.DataFrame):
-        self.colors = alpha_colors(runs["alpha"]) if "alpha" in runs else {}
+        self.colors = setting_colors(runs["alpha"]) if "alpha" in runs else {}
         # the baselines take the plainest styles: random init solid, FedAvg circles
         self.linestyles = category_styles(runs["init"], LINESTYLES, first=("random",)) if "init" in runs else {}
         self.markers = category_styles(runs["algorithm"], MARKERS, first=("fedavg",)) if "algorithm" in runs else {}
 
-    def color(self, alpha) -> str:
-        return self.colors.get(format_setting(alpha), PALETTE[0])
+    def color(self, setting) -> str:
+        return self.colors.get(format_setting(setting), PALETTE[0])
 
     def linestyle(self, init) -> object:
         return self.linestyles.get(str(init), "-")

@@ -93,3 +93,15 @@ def concat_tables(inputs: list[str | Path], output: str | Path, columns: list[st
     if SWA_BN_COLUMN in df.columns and "swa_models" in df.columns:
         df.loc[df["swa_models"].notna() & df[SWA_BN_COLUMN].isna(), SWA_BN_COLUMN] = BN_STATS_BASELINE
     write_csv(df, output)
+
+
+def partitions_table_job(inputs: list[str | Path], output: str | Path) -> None:
+    """partitions.csv: every client split's label counts (partitions of datasets with other class counts have other
+    class columns, so the columns are not fixed)."""
+    concat_tables(inputs, output)
+
+
+def rounds_table_job(inputs: list[str | Path], output: str | Path, columns: list[str],
+                     optional: list[str] | tuple[str, ...]) -> None:
+    """rounds.csv: every run's metrics.csv with exactly `columns`, the `optional` ones empty where a run has none."""
+    concat_tables(inputs, output, columns, optional)

@@ -6,40 +6,46 @@ module resolves them, checks them and builds the per-job settings, inputs and ta
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from fedscape.analysis.barriers.definitions import (
     CONTROL_MODES,
     CUMULATION_MODES,
     INTERPOLATION_FILES,
     LAYER_FILES,
-    MODES,
-    NO_PERMUTATION_SPEC,
     PAIR_SEPARATOR,
     SPLITS,
+    BarrierData,
     CurveSettings,
+    InterpolationJob,
+    LayerBarriersJob,
 )
-from fedscape.core.config import ConfigError, with_result_version, without_baselines
-from fedscape.core.paths import INTERPOLATION_DIR, LAYERWISE_DIR, Results
+from fedscape.core.config import ConfigError, canonical, with_result_version
+from fedscape.core.jobs import to_settings
+from fedscape.core.paths import (
+    INTERPOLATION_DIR,
+    INTERPOLATION_FIGURE,
+    LAYER_ALIGNED_FIGURE,
+    LAYER_CUMULATION_FIGURE,
+    LAYER_DISTANCE_FIGURE,
+    LAYER_FIGURE,
+    LAYER_TRAINING_FIGURE,
+    LAYERWISE_DIR,
+    Results,
+)
 from fedscape.core.runs import Run, resolve_run
+from fedscape.data.specs import dataset_settings
 from fedscape.fl.settings import sample_clients
-from fedscape.models.specs import BN_STATS_BASELINE, uses_batch_norm
+from fedscape.models.specs import BN_STATS_BASELINE, NO_PERMUTATION_SPEC, uses_batch_norm
 from fedscape.plan.train import (
     algorithm_model_options,
     check_round,
     kept_rounds_of,
     rounds_of,
     run_training,
-    train_settings,
     unkept_round,
 )
 
-LAYER_FIGURE = "barriers/layerwise/{pair}/{split}"  # below figures/
-LAYER_DISTANCE_FIGURE = "barriers/layerwise/{pair}/distances"
-LAYER_CUMULATION_FIGURE = "barriers/layerwise/{pair}/cumulation_{split}"  # Fig. 4: modes random and ends
-LAYER_ALIGNED_FIGURE = "barriers/layerwise/{pair}/aligned_{split}"  # the heatmaps after weight matching
-LAYER_TRAINING_FIGURE = "barriers/layerwise/{pair}/over_training"  # Fig. 1b: full barrier and distances
-INTERPOLATION_FIGURE = "barriers/interpolation"
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 RESULT_VERSIONS = {"interpolation": 1, "layer_barriers": 1}
 
@@ -111,8 +117,8 @@ def interpolation_pair(config: dict, runs: list, label: str) -> InterpolationPai
     """The interpolation pair `label` of the config, resolved to runs (ConfigError naming the key)."""
     spec = config["interpolation"]["pairs"][label]
     where = f"interpolation.pairs.{label}"
-    run_a = _resolve(runs, spec.get("a"), f"{where}.a")
-    run_b = _resolve(runs, spec.get("b"), f"{where}.b")
+    run_a = _resolve(runs, spec["a"], f"{where}.a")
+    run_b = _resolve(runs, spec["b"], f"{where}.b")
     _same_architecture(config, run_a, run_b, where)
     _check_alignable(config, "interpolation", run_a, where)
     round_a, round_b = spec["round_a"], spec["round_b"]
@@ -128,8 +134,8 @@ def layer_pair(config: dict, runs: list, label: str) -> LayerPair:
     section = config["layer_barriers"]
     spec, every = section["pairs"][label], section["every"]
     where = f"layer_barriers.pairs.{label}"
-    has_run = spec.get("run") is not None
-    has_ab = spec.get("a") is not None or spec.get("b") is not None
+    has_run = spec["run"] is not None
+    has_ab = spec["a"] is not None or spec["b"] is not None
     if has_run == has_ab:
         raise ConfigError(f"{where}: give either `run` (two clients of one run, with `clients`; or its global models "
                           "at consecutive rounds, with `consecutive: true`) or both `a` and `b` (the global models "
@@ -188,7 +194,7 @@ def layer_pair(config: dict, runs: list, label: str) -> LayerPair:
                               "pick other clients or set `rounds`")
         pair = LayerPair(label, "clients", run, None, clients, ())
     else:
-        if spec.get("a") is None or spec.get("b") is None:
+        if spec["a"] is None or spec["b"] is None:
             raise ConfigError(f"{where}: a pair of runs needs both `a` and `b`")
         run_a = _resolve(runs, spec["a"], f"{where}.a")
         run_b = _resolve(runs, spec["b"], f"{where}.b")
@@ -239,35 +245,35 @@ def check(config: dict, runs: list) -> list[str]:
     return problems
 
 
-def _common(config: dict, run, section: str) -> dict:
-    settings = train_settings(config, run)
-    return {"data": {"run": settings["run"], "dataset_options": settings["dataset_options"]},
-            "device": config["training"]["device"], "eval_batch_size": config["training"]["eval_batch_size"],
-            "precision": config[section]["precision"], "bn_stats": bn_stats_setting(config, run, section)}
+def _data(config: dict, run: Run) -> BarrierData:
+    """The data of a barrier job: the run's fields and its dataset's options (keys sorted, as a train job's)."""
+    return BarrierData(run=canonical(run.fields()),
+                       dataset_options=canonical(dataset_settings(config["datasets"][run.dataset])))
 
 
 def bn_stats_setting(config: dict, run: Run, section: str) -> str:
-    """`<section>.bn_stats` for a run whose model has batch norm; for any other the baseline `stored`, which
-    `without_baselines` leaves out: recomputing is a no-op there and must not rerun its finished jobs."""
+    """`<section>.bn_stats` for a run whose model has batch norm; for any other the baseline `stored`, which the
+    settings leave out: recomputing is a no-op there and must not rerun its finished jobs."""
     if uses_batch_norm(run.model, config["model_options"].get(run.model)):
         return config[section]["bn_stats"]
     return BN_STATS_BASELINE
 
 
-# Settings added after results existed, with their baselines: how every barrier job computed before the key
-# (`without_baselines`).
-BARRIER_BASELINES: dict[str, object] = {"precision": "fp32", "align": False, "curve": None, "modes": list(MODES),
-                                        "bn_stats": BN_STATS_BASELINE}
+def make_interpolation_job(config: dict, pair: InterpolationPair) -> InterpolationJob:
+    """Everything one interpolation job needs."""
+    section = config["interpolation"]
+    return InterpolationJob(
+        pair_id=pair.label, run_a=pair.run_a.run_id, run_b=pair.run_b.run_id, round_a=pair.round_a,
+        round_b=pair.round_b, points=section["points"], data=_data(config, pair.run_a),
+        device=config["training"]["device"], eval_batch_size=config["training"]["eval_batch_size"],
+        precision=section["precision"], bn_stats=bn_stats_setting(config, pair.run_a, "interpolation"),
+        align=bool(section["align"]), curve=curve_settings(section["curve"]))
 
 
 def interpolation_settings(config: dict, pair: InterpolationPair) -> dict:
-    """Everything one interpolation job needs (Snakemake reruns it when this changes)."""
-    settings = {"pair_id": pair.label, "run_a": pair.run_a.run_id, "run_b": pair.run_b.run_id,
-                "round_a": pair.round_a, "round_b": pair.round_b, "points": config["interpolation"]["points"],
-                **_common(config, pair.run_a, "interpolation"), "align": bool(config["interpolation"]["align"])}
-    curve = curve_settings(config["interpolation"]["curve"])
-    settings["curve"] = None if curve is None else asdict(curve)
-    return with_result_version(without_baselines(settings, BARRIER_BASELINES), RESULT_VERSIONS["interpolation"])
+    """The settings of one interpolation job (`make_interpolation_job`) as its rule's params carry them (Snakemake
+    reruns it when they change)."""
+    return with_result_version(to_settings(make_interpolation_job(config, pair)), RESULT_VERSIONS["interpolation"])
 
 
 def curve_settings(section: dict) -> CurveSettings | None:
@@ -277,18 +283,22 @@ def curve_settings(section: dict) -> CurveSettings | None:
     return CurveSettings(**{k: v for k, v in section.items() if k != "enabled"})
 
 
-def layer_settings(config: dict, pair: LayerPair, round_: int) -> dict:
-    """Everything one layer-wise job (one pair, one round) needs."""
+def make_layer_job(config: dict, pair: LayerPair, round_: int) -> LayerBarriersJob:
+    """Everything one layer-wise job (one pair, one round) needs; the job itself drops the seeds of modes it does
+    not run."""
     section = config["layer_barriers"]
-    settings = {"pair": pair.label, "kind": pair.kind, "run_id": pair.run_id, "round": int(round_),
-                "clients": list(pair.clients), **_common(config, pair.run_a, "layer_barriers"),
-                "modes": list(section["modes"]), "align": bool(section.get("align"))}
-    if "random" in settings["modes"]:  # the random orders' seed, where there are random orders
-        settings["order_seed"] = section["order_seed"]
-    if set(CONTROL_MODES) & set(settings["modes"]):  # the random directions, where there are
-        settings["direction_seed"] = section["direction_seed"]
-        settings["direction_samples"] = section["direction_samples"]
-    return with_result_version(without_baselines(settings, BARRIER_BASELINES), RESULT_VERSIONS["layer_barriers"])
+    return LayerBarriersJob(
+        pair=pair.label, kind=pair.kind, run_id=pair.run_id, round=int(round_), clients=pair.clients,
+        data=_data(config, pair.run_a), device=config["training"]["device"],
+        eval_batch_size=config["training"]["eval_batch_size"], precision=section["precision"],
+        bn_stats=bn_stats_setting(config, pair.run_a, "layer_barriers"), modes=tuple(section["modes"]),
+        align=bool(section["align"]), order_seed=section["order_seed"], direction_seed=section["direction_seed"],
+        direction_samples=section["direction_samples"])
+
+
+def layer_settings(config: dict, pair: LayerPair, round_: int) -> dict:
+    """The settings of one layer-wise job (`make_layer_job`) as its rule's params carry them."""
+    return with_result_version(to_settings(make_layer_job(config, pair, round_)), RESULT_VERSIONS["layer_barriers"])
 
 
 # -- inputs and targets -------------------------------------------------------------------------------

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from fedscape.core.paths import Results
+from fedscape.analysis.client_stats.definitions import ClientStatsJob
+from fedscape.core.config import with_result_version
+from fedscape.core.jobs import to_settings
+from fedscape.core.paths import CLIENT_STATS_FIGURE, Results
 from fedscape.core.runs import Run
 
-FIGURE = "client_stats/client_stats"  # below figures/
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 RESULT_VERSIONS = {"client_stats": 1}
+
+
+def planned_client_stats(runs: list[Run]) -> ClientStatsJob:
+    """The client-statistics job: every run, in run order (the order of the rule's inputs, `plan.train.run_files`)."""
+    return ClientStatsJob(run_ids=tuple(run.run_id for run in runs))
+
+
+def client_stats_params(runs: list[Run]) -> dict:
+    """The rule's params: the settings of `planned_client_stats` with the result version, each a param of its own
+    (`params: **client_stats_params(RUNS)`), as the rule has always had them."""
+    return with_result_version(to_settings(planned_client_stats(runs)), RESULT_VERSIONS["client_stats"])
 
 
 def check(config: dict, runs: list[Run]) -> list[str]:
@@ -20,4 +33,4 @@ def targets(config: dict, runs: list[Run]) -> list[str]:
     if not config["client_stats"]["enabled"]:
         return []
     results = Results.of(config)
-    return [results.table("client_stats"), *results.figure(FIGURE).values()]
+    return [results.table("client_stats"), *results.figure(CLIENT_STATS_FIGURE).values()]

@@ -3,21 +3,20 @@ the targets, and the checks of the `hessian` section."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
-from fedscape.analysis.hessian.definitions import JOB_FILES, HessianSettings, job_settings
+from fedscape.analysis.hessian.definitions import JOB_FILES, HessianJob, HessianSettings
 from fedscape.core.config import ConfigError, with_result_version
-from fedscape.core.paths import HESSIAN_DIR, Results
+from fedscape.core.jobs import to_settings
+from fedscape.core.paths import HESSIAN_DIR, HESSIAN_FIGURE, Results
 from fedscape.core.runs import select_runs
 from fedscape.data.specs import dataset_settings
 from fedscape.plan.train import algorithm_model_options, rounds_of, unkept_round
 
-FIGURE = "hessian/{name}"  # below figures/
-FIGURE_LOG = "figures/hessian/{name}.log"  # below logs/
 FIGURES = ("lambda_trace_by_algorithm", "lambda_trace_by_init")
 DENSITY_FIGURE = "spectral_density"
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 RESULT_VERSIONS = {"hessian": 1}
+
+
 def settings_from_config(section: dict) -> HessianSettings:
     """HessianSettings from the config's `hessian` section (defaults already filled by the schema)."""
     density = section["density"]
@@ -122,21 +121,21 @@ def shared_source(config: dict, runs: list, run, round_: int):
     return None if first == run else first
 
 
-def hessian_job_settings(config: dict, runs: list, run, round_: int) -> dict:
-    """Everything one Hessian job needs, resolved (Snakemake reruns the job when it changes); `shared_from`: the
-    run id whose job's result this one copies (`shared_source`), only when it does."""
-    settings = {
-        "run": asdict(run),
-        "run_id": run.run_id,
-        "round": int(round_),
-        "dataset_options": dataset_settings(config["datasets"][run.dataset]),
-        "device": config["training"]["device"],
-        "hessian": job_settings(settings_from_config(config["hessian"])),
-    }
+def make_hessian_job(config: dict, runs: list, run, round_: int) -> HessianJob:
+    """Everything one Hessian job needs, resolved; `shared_from`: the run id whose job's result this one copies
+    (`shared_source`), None when it computes."""
     source = shared_source(config, runs, run, round_)
-    if source is not None:
-        settings["shared_from"] = source.run_id
-    return with_result_version(settings, RESULT_VERSIONS["hessian"])
+    return HessianJob(run=run.fields(), run_id=run.run_id, round=int(round_),
+                      dataset_options=dataset_settings(config["datasets"][run.dataset]),
+                      device=config["training"]["device"],
+                      hessian=settings_from_config(config["hessian"]),
+                      shared_from=None if source is None else source.run_id)
+
+
+def hessian_job_settings(config: dict, runs: list, run, round_: int) -> dict:
+    """The settings of one Hessian job (`make_hessian_job`) as its rule's params carry them (Snakemake reruns the job
+    when they change)."""
+    return with_result_version(to_settings(make_hessian_job(config, runs, run, round_)), RESULT_VERSIONS["hessian"])
 
 
 def hessian_inputs(config: dict, runs: list, run, round_: int) -> dict[str, str]:
@@ -164,4 +163,4 @@ def targets(config: dict, runs: list) -> list[str]:
     results = Results.of(config)
     out = [results.table("hessian"), results.table("hessian_clients"), *(f"{d}/{JOB_FILES['plane']}" for d in dirs)]
     names = [*FIGURES, *([DENSITY_FIGURE] if config["hessian"]["density"]["enabled"] else [])]
-    return out + [path for name in names for path in results.figure(FIGURE, name=name).values()]
+    return out + [path for name in names for path in results.figure(HESSIAN_FIGURE, name=name).values()]

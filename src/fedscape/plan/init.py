@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
-from fedscape.core.config import ConfigError, canonical, with_result_version, without_baselines
+from dataclasses import replace
+
+from fedscape.core.config import ConfigError, canonical, with_result_version
+from fedscape.core.jobs import declared_defaults, to_settings
 from fedscape.core.paths import PARTITION_DIR, Results
 from fedscape.core.runs import Run, resolve_run
 from fedscape.data.specs import DATASET_NAMES, dataset_info, dataset_settings
-from fedscape.fl.settings import RUN_ONLY_TRAINING_KEYS
-from fedscape.plan.train import TRAINING_BASELINES, check_training, job_training, merge_training, work_list_problems
-from fedscape.stages.init_settings import PretrainConfig, kind_spec
+from fedscape.fl.settings import RUN_ONLY_TRAINING_KEYS, TrainingSettings
+from fedscape.plan.train import check_training, merge_training, work_list_problems
+from fedscape.stages.init_settings import INIT_JOBS, InitJob, PretrainConfig, kind_spec
 
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 RESULT_VERSIONS = {"init": 1}
 
 
-def init_settings(config: dict, runs: list[Run], dataset: str, model: str, init: str) -> dict:
-    """Everything an init job needs, resolved (Snakemake reruns it when this changes)."""
+def planned_init(config: dict, runs: list[Run], dataset: str, model: str, init: str) -> InitJob:
+    """The init job of label `init` for `dataset` and `model`: the job of its kind (`INIT_JOBS`), with the keys of
+    its `inits` entry that the kind reads and what else it needs (`init_extras`)."""
     info = dataset_info(dataset, config["datasets"][dataset])
     spec = config["inits"][init]
-    settings = canonical({"dataset": dataset, "model": model, "model_options": config["model_options"].get(model, {}),
-                          "in_channels": info.in_channels, "image_size": info.image_size,
-                          "num_classes": info.num_classes, "init": init, **kind_spec(spec),
-                          **init_extras(config, runs, dataset, model, init)})
-    return with_result_version(settings, RESULT_VERSIONS["init"])
+    return INIT_JOBS[spec["kind"]](dataset=dataset, model=model, model_options=config["model_options"].get(model, {}),
+                                   in_channels=info.in_channels, image_size=info.image_size,
+                                   num_classes=info.num_classes, init=init, **kind_spec(spec),
+                                   **init_extras(config, runs, dataset, model, init))
+
+
+def init_settings(config: dict, runs: list[Run], dataset: str, model: str, init: str) -> dict:
+    """The settings of `planned_init` with its result version (the rule's params): Snakemake reruns the job when
+    they change. Keys sorted at every level (`canonical`), as they have always been (Snakemake records the text)."""
+    job = planned_init(config, runs, dataset, model, init)
+    return with_result_version(canonical(to_settings(job)), RESULT_VERSIONS["init"])
 
 
 def iid_partition_path(results: Results, dataset: str, num_clients: int, seed: int) -> str:
@@ -38,20 +48,20 @@ def continue_source(config: dict, runs: list, dataset: str, model: str, init: st
 
 
 def init_extras(config: dict, runs: list, dataset: str, model: str, init: str) -> dict:
-    """Settings beyond the `inits` entry that a kind needs (they rerun the init job when they change)."""
+    """The fields beyond the `inits` entry that a kind needs (they rerun the init job when they change)."""
     spec = config["inits"][init]
     kind = spec["kind"]
     device = config["training"]["device"]
     if kind == "pretrained":
-        extras = {"dataset_options": dataset_settings(config["datasets"][dataset]), "device": device,
-                  "precision": config["training"]["precision"]}
-        return without_baselines(extras, {"precision": TRAINING_BASELINES["precision"]})
+        return {"dataset_options": dataset_settings(config["datasets"][dataset]), "device": device,
+                "precision": config["training"]["precision"]}
     if kind == "iid_warmup":
-        training = job_training(merge_training(config["training"], spec["training"]))
-        for key in RUN_ONLY_TRAINING_KEYS:  # what a run evaluates and keeps does not change the warm-up's model
-            training.pop(key, None)
+        training = TrainingSettings.of(merge_training(config["training"], spec["training"]))
+        # what a run evaluates and keeps does not change the warm-up's model: at their baselines, left out
+        baselines = declared_defaults(TrainingSettings)
+        training = replace(training, **{key: baselines[key] for key in RUN_ONLY_TRAINING_KEYS})
         return {"dataset_options": dataset_settings(config["datasets"][dataset]), "partition": config["partition"],
-                "warmup_training": training, "device": training["device"]}
+                "warmup_training": training, "device": training.device}
     if kind == "continue":
         return {"source_run_id": continue_source(config, runs, dataset, model, init).run_id}
     return {}

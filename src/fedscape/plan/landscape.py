@@ -21,10 +21,14 @@ from fedscape.analysis.landscape.definitions import (
     PLANE_FILES,
     SINGLE_RUN_KINDS,
     SURFACE_FILE,
+    LandscapeChunkJob,
+    LandscapePlaneJob,
+    PlaneCheckpoint,
     PlaneError,
     read_plane_file,
 )
-from fedscape.core.config import ConfigError, with_result_version, without_baselines
+from fedscape.core.config import ConfigError, with_result_version
+from fedscape.core.jobs import to_settings
 from fedscape.core.paths import HESSIAN_DIR, LANDSCAPE_DIR, SURFACE_DIR, Results, fill
 from fedscape.core.runs import iid_first, resolve_run, select_runs, varying_fields
 from fedscape.data.specs import dataset_settings
@@ -104,11 +108,11 @@ def resolve_landscape(config: dict, runs: list, label: str) -> LandscapePlan:
         items = spec["checkpoints"]
         if len(items) != 3:
             raise ConfigError(f"{where}.checkpoints: kind three_points needs exactly 3 checkpoints, got {len(items)}")
-        if spec.get("runs"):
+        if spec["runs"]:
             raise ConfigError(f"{where}.runs: kind three_points names its runs in `checkpoints`; remove `runs`")
         cps = []
         for i, item in enumerate(items):
-            if not isinstance(item.get("run"), dict) or not item.get("run"):
+            if not isinstance(item["run"], dict) or not item["run"]:
                 raise ConfigError(f"{where}.checkpoints[{i}].run: a run selector is a non-empty mapping of run fields")
             run = resolve_run(runs, item["run"], f"{where}.checkpoints[{i}].run")
             check_round(config, run, item["round"], f"{where}.checkpoints[{i}].round")
@@ -118,7 +122,7 @@ def resolve_landscape(config: dict, runs: list, label: str) -> LandscapePlan:
         checkpoints = tuple(cps)
         selected = list(dict.fromkeys(c.run for c in cps))
     else:
-        if spec.get("checkpoints"):
+        if spec["checkpoints"]:
             raise ConfigError(f"{where}.checkpoints: only kind three_points takes checkpoints (kind is {kind})")
         selected = _select(runs, spec["runs"], f"{where}.runs")
         if kind in SINGLE_RUN_KINDS and len(selected) != 1:
@@ -152,7 +156,7 @@ def resolve_landscape(config: dict, runs: list, label: str) -> LandscapePlan:
         if t not in saved:
             raise ConfigError(f"{where}.round: round {t} is not in training.save_clients_at {saved} of run "
                               f"{run.run_id}; add it there so the clients' models of that round are kept")
-    if kind == "hessian" and spec.get("plane_file") is None and round_ == "final":
+    if kind == "hessian" and spec["plane_file"] is None and round_ == "final":
         round_ = rounds_of(config, selected[0])  # the Hessian stage names its files by round number
     data_run = selected[0]
     client = spec["client"]
@@ -164,7 +168,7 @@ def resolve_landscape(config: dict, runs: list, label: str) -> LandscapePlan:
     if chunks > resolution * resolution:
         raise ConfigError(f"{where}.chunks: {chunks} chunks for a {resolution}x{resolution} grid; at most "
                           f"{resolution * resolution}")
-    span = spec.get("span")
+    span = spec["span"]
     if isinstance(span, list) and not (span[0] < span[1] and span[2] < span[3]):
         raise ConfigError(f"{where}.span: [amin, amax, bmin, bmax] needs amin < amax and bmin < bmax, got {span}")
     return LandscapePlan(label, kind, tuple(selected), round_, checkpoints, data_names(spec), spec)
@@ -191,7 +195,7 @@ def check(config: dict, runs: list) -> list[str]:
         problems += _plane_file_problems(label, spec)
         points = int(spec["resolution"]) ** 2
         per_chunk = -(-points // int(spec["chunks"]))
-        if per_chunk > MAX_CHUNK_POINTS and not spec.get("allow_large"):
+        if per_chunk > MAX_CHUNK_POINTS and not spec["allow_large"]:
             problems.append(f"landscapes.{label}: resolution {spec['resolution']} gives {points:,} grid points, "
                             f"{per_chunk:,} per chunk in {spec['chunks']} chunk(s), each point a model evaluation on "
                             f"each data set; at most {MAX_CHUNK_POINTS:,} per chunk: raise `chunks` to at least "
@@ -202,7 +206,7 @@ def check(config: dict, runs: list) -> list[str]:
 def _plane_file_problems(label: str, spec: dict) -> list[str]:
     """A `plane_file` that its kind would ignore, or that is no readable plane: checked here, not by the plane job
     that runs after training. Read once by `check` (not by `resolve_landscape`, which every rule's inputs call)."""
-    path = spec.get("plane_file")
+    path = spec["plane_file"]
     if not path:  # null or empty: the Hessian stage's plane (`hessian_plane_path`)
         return []
     where = f"landscapes.{label}.plane_file"
@@ -221,62 +225,56 @@ def _plane_file_problems(label: str, spec: dict) -> list[str]:
     return []
 
 
-# -- per-job settings (plain dicts: Snakemake reruns a job when its dict changes) ------------------------
+# -- per-job settings (typed job kinds, written by core.jobs.to_settings: Snakemake reruns a job when they change) --
 def _round_value(value) -> int | str:
     return value if value == "final" else int(value)
 
 
 def hessian_plane_path(plan: LandscapePlan, results: Results) -> str:
     """The plane file a hessian surface reads: `plane_file`, or the Hessian stage's eigenvector plane."""
-    if plan.spec.get("plane_file"):
+    if plan.spec["plane_file"]:
         return str(plan.spec["plane_file"])
     return f"{results(HESSIAN_DIR, **plan.runs[0].fields(), round=plan.round)}/{JOB_FILES['plane']}"
 
 
-# Settings added after results existed, with their baselines: how every plane and chunk job computed before the
-# key (`without_baselines`).
-LANDSCAPE_BASELINES: dict[str, object] = {"plane_file": None, "precision": "fp32"}
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 RESULT_VERSIONS = {"landscape_plane": 1, "landscape_chunk": 1}
 
 
-def plane_settings(config: dict, plan: LandscapePlan) -> dict:
+def make_plane_job(config: dict, plan: LandscapePlan) -> LandscapePlaneJob:
     """Everything the plane job needs."""
     spec = plan.spec
-    return with_result_version(without_baselines({
-        "label": plan.label,
-        "kind": plan.kind,
-        "runs": [r.run_id for r in plan.runs],
-        "run_fields": [r.fields() for r in plan.runs],
-        "round": _round_value(plan.round),
-        "checkpoints": [{"run_id": c.run.run_id, "round": _round_value(c.round)} for c in plan.checkpoints],
-        "center": spec["center"],
-        "seed": int(spec["seed"]),
-        "resolution": int(spec["resolution"]),
-        "span": spec.get("span"),
-        "margin": float(spec["margin"]),
-        "client": int(spec["client"]),
-        "plane_file": str(spec["plane_file"]) if spec.get("plane_file") else None,
-    }, LANDSCAPE_BASELINES), RESULT_VERSIONS["landscape_plane"])
+    return LandscapePlaneJob(
+        label=plan.label, kind=plan.kind, runs=tuple(r.run_id for r in plan.runs),
+        run_fields=tuple(r.fields() for r in plan.runs), round=_round_value(plan.round),
+        checkpoints=tuple(PlaneCheckpoint(run_id=c.run.run_id, round=_round_value(c.round))
+                          for c in plan.checkpoints),
+        center=spec["center"], seed=int(spec["seed"]), resolution=int(spec["resolution"]), span=spec["span"],
+        margin=float(spec["margin"]), client=int(spec["client"]),
+        plane_file=str(spec["plane_file"]) if spec["plane_file"] else None)
 
 
-def chunk_settings(config: dict, plan: LandscapePlan, data: str, chunk: int) -> dict:
+def plane_settings(config: dict, plan: LandscapePlan) -> dict:
+    """The settings of the plane job (`make_plane_job`) as its rule's params carry them."""
+    return with_result_version(to_settings(make_plane_job(config, plan)), RESULT_VERSIONS["landscape_plane"])
+
+
+def make_chunk_job(config: dict, plan: LandscapePlan, data: str, chunk: int) -> LandscapeChunkJob:
     """Everything one chunk job needs (the grid and plane come as input files)."""
     spec = plan.spec
     run = plan.data_run
     training = run_training(config, run)
-    return with_result_version(without_baselines({
-        "surface_id": plan.surface_id(data),
-        "dataset": run.dataset,
-        "dataset_options": dataset_settings(config["datasets"][run.dataset]),
-        "data": data,
-        "chunk": int(chunk),
-        "chunks": int(spec["chunks"]),
-        "points_per_batch": int(spec["points_per_batch"]),
-        "batch_size": int(training["eval_batch_size"]),
-        "device": training["device"],
-        "precision": spec["precision"],
-    }, LANDSCAPE_BASELINES), RESULT_VERSIONS["landscape_chunk"])
+    return LandscapeChunkJob(
+        surface_id=plan.surface_id(data), dataset=run.dataset,
+        dataset_options=dataset_settings(config["datasets"][run.dataset]),
+        data=data, chunk=int(chunk), chunks=int(spec["chunks"]), points_per_batch=int(spec["points_per_batch"]),
+        batch_size=int(training["eval_batch_size"]), device=training["device"], precision=spec["precision"])
+
+
+def chunk_settings(config: dict, plan: LandscapePlan, data: str, chunk: int) -> dict:
+    """The settings of one chunk job (`make_chunk_job`) as its rule's params carry them."""
+    return with_result_version(to_settings(make_chunk_job(config, plan, data, chunk)),
+                               RESULT_VERSIONS["landscape_chunk"])
 
 
 def surface_settings(config: dict, plan: LandscapePlan, data: str) -> dict:
@@ -305,7 +303,7 @@ def surface_settings(config: dict, plan: LandscapePlan, data: str) -> dict:
 def figure_settings(config: dict, plan: LandscapePlan, data: str) -> dict:
     spec = plan.spec
     return {"surface_id": plan.surface_id(data), "levels": int(spec["levels"]),
-            "clip_loss": spec.get("clip_loss")}
+            "clip_loss": spec["clip_loss"]}
 
 
 def overlay_data(plan: LandscapePlan, data: str) -> str | None:

@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
-from fedscape.core.alpha import is_partition_label
 from fedscape.core.config import canonical, with_result_version
+from fedscape.core.jobs import to_settings
 from fedscape.core.names import suggest
 from fedscape.core.runs import Run
+from fedscape.core.setting import is_partition_label
 from fedscape.data.partition import check_partition_dataset, check_partition_entry, kind_options
 from fedscape.data.specs import dataset_info, dataset_settings
+from fedscape.stages.partition_settings import PartitionJob
 
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 RESULT_VERSIONS = {"partition": 1}
 
 
-def partition_settings(config: dict, dataset: str, alpha: str, num_clients: int, seed: int) -> dict:
-    """Everything a partition job needs: the dataset's options, the setting (an alpha or a `partitions`
-    label, whose entry comes along as `kind`), client count, seed and `partition`."""
-    settings = {"dataset": dataset, "dataset_options": dataset_settings(config["datasets"][dataset]), "alpha": alpha,
-                "num_clients": int(num_clients), "seed": int(seed), **config["partition"]}
-    if is_partition_label(alpha):  # only then: the settings of the alphas' partitions stay as they were
-        entry = config["partitions"][alpha]
-        settings["kind"] = {"kind": entry["kind"], **kind_options(entry)}
-    return with_result_version(canonical(settings), RESULT_VERSIONS["partition"])
+def planned_partition(config: dict, dataset: str, setting: str, num_clients: int, seed: int) -> PartitionJob:
+    """The partition job of a dataset, setting (an alpha or a `partitions` label, whose entry comes along as
+    `kind`), client count and seed, with the `partition` section."""
+    kind = None
+    if is_partition_label(setting):
+        entry = config["partitions"][setting]
+        kind = {"kind": entry["kind"], **kind_options(entry)}
+    return PartitionJob(dataset=dataset, dataset_options=dataset_settings(config["datasets"][dataset]), alpha=setting,
+                        num_clients=int(num_clients), seed=int(seed), kind=kind, **config["partition"])
+
+
+def partition_settings(config: dict, dataset: str, setting: str, num_clients: int, seed: int) -> dict:
+    """The settings of `planned_partition` with its result version (the rule's params), keys sorted at every level
+    (`canonical`), as they have always been: Snakemake records them as text, key order included."""
+    job = planned_partition(config, dataset, setting, num_clients, seed)
+    return with_result_version(canonical(to_settings(job)), RESULT_VERSIONS["partition"])
 
 
 def check(config: dict, runs: list[Run]) -> list[str]:
@@ -42,7 +51,7 @@ def check(config: dict, runs: list[Run]) -> list[str]:
             problems.append(f"alphas: {alpha!r} is neither a number, iid nor a label of `partitions`."
                             f"{suggest(alpha, ['iid', *entries])}")
     min_size = int(config["partition"]["min_size"])
-    for dataset, label in sorted({(run.dataset, run.alpha) for run in runs if run.alpha in entries}):
+    for dataset, label in sorted({(run.dataset, run.setting) for run in runs if run.setting in entries}):
         problems += check_partition_dataset(label, entries[label], dataset)
     for dataset, num_clients in sorted({(run.dataset, run.num_clients) for run in runs}):
         options = config["datasets"][dataset]

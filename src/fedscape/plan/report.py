@@ -6,14 +6,11 @@ from __future__ import annotations
 import importlib
 
 from fedscape.analysis.contributions import final_contributions
-from fedscape.core.paths import Results
+from fedscape.core.paths import ACCURACY_FIGURE, COST_FIGURE, CURVES_FIGURE, Results
 from fedscape.core.runs import Run
 from fedscape.plan.train import run_training
 from fedscape.report import figure_kinds
 
-CURVES_FIGURE = "curves/{dataset}/{model}/{metric}"  # below figures/
-ACCURACY_FIGURE = "accuracy/{dataset}/{model}/{kind}"
-COST_FIGURE = "cost/{dataset}/{model}/cost"
 CURVE_METRICS = tuple(figure_kinds.CURVE_METRICS)
 ACCURACY_KINDS = figure_kinds.ACCURACY_KINDS
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedscape.core.config import ConfigError, canonical, with_result_version, without_baselines
+from fedscape.core.config import ConfigError, canonical, with_result_version
+from fedscape.core.jobs import to_settings
 from fedscape.core.names import suggest
 from fedscape.core.paths import Results
 from fedscape.core.runs import Run
@@ -19,8 +20,8 @@ from fedscape.fl.hparams.registry import (
     hyperparameter_type_problems,
 )
 from fedscape.fl.schedule import DEFAULT_LOCAL_EPOCHS, WORK_KEYS
-from fedscape.fl.settings import TRAINING_BASELINES, TrainConfig
-from fedscape.fl.swa import check_swa, job_swa, swa_config
+from fedscape.fl.settings import TrainConfig, TrainingSettings
+from fedscape.fl.swa import SWASettings, check_swa, swa_config
 from fedscape.models.specs import (
     MODEL_NAMES,
     MODEL_NORMS,
@@ -30,21 +31,10 @@ from fedscape.models.specs import (
     model_option_problems,
     uses_batch_norm,
 )
+from fedscape.stages.train_settings import TrainJob
 
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 RESULT_VERSIONS = {"train": 1}
-
-
-def job_training(training: dict) -> dict:
-    """`training` as a job's settings carry it: the later keys left out at their baselines, and `swa` left out
-    (server-side SWA belongs to the train job alone: `train_settings` adds it where it is on)."""
-    return without_baselines({k: v for k, v in training.items() if k != "swa"}, TRAINING_BASELINES)
-
-
-def run_swa(training: dict) -> dict | None:
-    """The resolved `swa` settings of a run's training (start round filled in), or None without SWA."""
-    swa = swa_config(training.get("swa"))
-    return None if swa is None else swa.to_dict(int(training["rounds"]))
 
 
 def merge_training(training: dict, overrides: dict) -> dict:
@@ -82,22 +72,24 @@ def rounds_of(config: dict, run: Run) -> int:
     return int(run_training(config, run)["rounds"])
 
 
-def train_settings(config: dict, run: Run) -> dict:
-    """Everything a train job needs, resolved: Snakemake reruns the job when this dict changes."""
+def planned_train(config: dict, run: Run) -> TrainJob:
+    """The train job of `run`: its training resolved (the algorithm's overrides, server-side SWA with its start)."""
     spec = config["algorithms"][run.algorithm]
     training = run_training(config, run)
-    job = job_training(training)
-    swa = run_swa(training)
-    if swa is not None:  # only runs with SWA carry the key: the settings of every other run stay as they were
-        job["swa"] = job_swa(swa, uses_batch_norm(run.model, config["model_options"].get(run.model)))
-    return with_result_version(canonical({
-        "run": run.fields(),
-        "run_id": run.run_id,
-        "dataset_options": dataset_settings(config["datasets"][run.dataset]),
-        "algorithm": spec["name"],
-        "hyperparameters": {k: v for k, v in spec.items() if k not in ("name", "training")},
-        "training": job,
-    }), RESULT_VERSIONS["train"])
+    swa = swa_config(training.get("swa"))
+    if swa is not None:
+        swa = SWASettings.of(swa, int(training["rounds"]),
+                             uses_batch_norm(run.model, config["model_options"].get(run.model)))
+    return TrainJob(run=run.fields(), run_id=run.run_id,
+                    dataset_options=dataset_settings(config["datasets"][run.dataset]), algorithm=spec["name"],
+                    hyperparameters={k: v for k, v in spec.items() if k not in ("name", "training")},
+                    training=TrainingSettings.of(training, swa=swa))
+
+
+def train_settings(config: dict, run: Run) -> dict:
+    """The settings of `planned_train` with its result version (the rule's params): Snakemake reruns the job when
+    they change. Keys sorted at every level (`canonical`), as they have always been (Snakemake records the text)."""
+    return with_result_version(canonical(to_settings(planned_train(config, run))), RESULT_VERSIONS["train"])
 
 
 def train_inputs(results: Results, run: Run) -> dict[str, str]:
@@ -110,7 +102,7 @@ def train_inputs(results: Results, run: Run) -> dict[str, str]:
     partition = results.partition_file(run)
     if Path(partition).exists():
         try:
-            check_partition_file(partition, run.dataset, run.num_clients, run.alpha, run.seed)
+            check_partition_file(partition, run.dataset, run.num_clients, run.setting, run.seed)
         except PartitionError as exc:
             raise PartitionError(
                 f"{exc}. Nothing ran, and the runs trained on it are kept. Remake it (bit-identical from its "
@@ -144,7 +136,7 @@ def kept_rounds_of(config: dict, run: Run) -> frozenset[int] | None:
     training = run_training(config, run)
     if training["save_every"] == 1:
         return None
-    return frozenset(TrainConfig.from_training(training).kept_rounds(swa_config(training.get("swa"))))
+    return frozenset(TrainingSettings.of(training).train_config().kept_rounds(swa_config(training.get("swa"))))
 
 
 def unkept_round(config: dict, run: Run, round_: int) -> str | None:
@@ -153,7 +145,7 @@ def unkept_round(config: dict, run: Run, round_: int) -> str | None:
     training = run_training(config, run)
     if training["save_every"] == 1:
         return None
-    problem = TrainConfig.from_training(training).unkept_round(round_, swa_config(training.get("swa")))
+    problem = TrainingSettings.of(training).train_config().unkept_round(round_, swa_config(training.get("swa")))
     return problem and f"{problem} (run {run.run_id})"
 
 
@@ -167,7 +159,7 @@ def check_training(training: dict, overrides: dict) -> TrainConfig:
     if merged.get("bf16_autocast"):
         raise ValueError("bf16_autocast is replaced by precision: bf16, which also covers sequential training and "
                          "the evaluations: set precision: bf16 and remove bf16_autocast")
-    cfg = TrainConfig.from_training(merged)  # swa, the train job's alone, is checked by `check_swa_settings`
+    cfg = TrainingSettings.of(merged).train_config()  # swa, the train job's alone: `check_swa_settings`
     ignored = cfg.ignored_optimizer_options()
     if ignored:
         raise ValueError(ignored)

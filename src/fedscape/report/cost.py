@@ -78,7 +78,7 @@ def cost_table(runs: list[tuple[str | Path, str | Path]]) -> pd.DataFrame:
     return table[COST_COLUMNS]
 
 
-def cost_stage(metrics: list[str | Path], metas: list[str | Path], output: str | Path) -> None:
+def cost_table_job(metrics: list[str | Path], metas: list[str | Path], output: str | Path) -> None:
     """Write results/tables/cost.csv from the train jobs' metrics.csv and meta.json."""
     if len(metrics) != len(metas):
         raise ValueError(f"{len(metrics)} metrics files but {len(metas)} meta files")

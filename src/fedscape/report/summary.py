@@ -21,10 +21,10 @@ from pathlib import Path
 import pandas as pd
 
 from fedscape.analysis.contributions import final_contributions
-from fedscape.core.alpha import setting_order_key
 from fedscape.core.io import write_csv
 from fedscape.core.names import unknown_name_error
 from fedscape.core.runs import OK, RUN_FIELDS
+from fedscape.core.setting import setting_order_key
 from fedscape.fl.settings import CODE_VERSION, ROUNDS_COLUMNS
 from fedscape.outputs.stats import did_not_diverge, t_interval
 from fedscape.outputs.tables import read_table
@@ -141,7 +141,7 @@ def summary_table(final: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame
     return df.sort_values(GROUP_KEYS, key=_sort_key, kind="stable").reset_index(drop=True)
 
 
-def final_stage(rounds: str | Path, output: str | Path, **tables: str | Path | None) -> None:
+def final_table_job(rounds: str | Path, output: str | Path, **tables: str | Path | None) -> None:
     """Write results/tables/final.csv from rounds.csv and the analysis tables the config produces (paths by
     their name in FINAL_TABLES: `barriers=`, `hessian=`, ...)."""
     unknown = [name for name in tables if name not in FINAL_TABLES]
@@ -156,7 +156,7 @@ def final_stage(rounds: str | Path, output: str | Path, **tables: str | Path | N
     log.info("final.csv: %d runs; headline numbers present: %s", len(df), ", ".join(computed) or "none")
 
 
-def summary_stage(final: str | Path, output: str | Path) -> None:
+def summary_table_job(final: str | Path, output: str | Path) -> None:
     """Write results/tables/summary.csv from final.csv."""
     df = summary_table(read_table(final, FINAL_COLUMNS))
     write_csv(df, output)

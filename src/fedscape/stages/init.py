@@ -28,25 +28,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedscape.core.alpha import IID
 from fedscape.core.config import digest
 from fedscape.core.io import atomic_path
-from fedscape.core.names import suggest
+from fedscape.core.jobs import to_settings
 from fedscape.core.seeds import derive_seed
+from fedscape.core.setting import IID
 from fedscape.data.datasets import augment_batch, dataset_from_options, normalisation
 from fedscape.data.federated import federate
 from fedscape.data.imagenet32 import ImageNet32
 from fedscape.data.partition import check_partition_file
 from fedscape.fl.engine import run_federated
-from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.models.checkpoint import ModelMeta, load_trajectory, save_trajectory
 from fedscape.models.device import describe_compute, log_compute, resolve_device, use_precision
 from fedscape.models.evaluate import EvalResult, evaluate
-from fedscape.models.networks import build_model
 from fedscape.models.params import flatten_buffers, flatten_params, load_buffers, load_params
-from fedscape.models.specs import DEFAULT_PRECISION, EVAL_BATCH_SIZE
-from fedscape.stages.init_settings import INIT_KINDS, PretrainConfig
+from fedscape.models.registry import build_model
+from fedscape.models.specs import EVAL_BATCH_SIZE
+from fedscape.stages.init_settings import ContinueInit, InitJob, PretrainedInit, WarmupInit
 
 log = logging.getLogger("fedscape.init")
 
@@ -55,52 +54,49 @@ _HEAD_STREAM = 0x4EAD  # re-initialised classifier head
 
 
 # -- models ----------------------------------------------------------------------------------------
-def random_model(settings: dict, num_classes: int | None = None, seed: int | None = None) -> torch.nn.Module:
-    """The model of an init's settings with seeded random weights (what a `random` init saves)."""
-    torch.manual_seed(settings.get("seed", 0) if seed is None else seed)
-    return build_model(settings["model"], num_classes=num_classes or settings["num_classes"],
-                       in_channels=settings["in_channels"], image_size=settings["image_size"],
-                       **settings.get("model_options", {}))
+def random_model(job: InitJob, num_classes: int | None = None, seed: int | None = None) -> torch.nn.Module:
+    """The model of an init job with seeded random weights (what a `random` init saves): `seed`, else the job's."""
+    torch.manual_seed(job.seed if seed is None else seed)
+    return build_model(job.model, num_classes=num_classes or job.num_classes, in_channels=job.in_channels,
+                       image_size=job.image_size, **job.model_options)
 
 
-def model_meta_for(settings: dict, model: torch.nn.Module) -> ModelMeta:
+def model_meta_for(job: InitJob, model: torch.nn.Module) -> ModelMeta:
     """What rebuilds `model` from a flat vector: its name, options, data shape and parameter layout."""
     return ModelMeta(
-        model=settings["model"], num_classes=settings["num_classes"], in_channels=settings["in_channels"],
-        image_size=settings["image_size"], model_options=dict(settings.get("model_options", {})),
-        param_names=tuple(n for n, _ in model.named_parameters()),
+        model=job.model, num_classes=job.num_classes, in_channels=job.in_channels, image_size=job.image_size,
+        model_options=dict(job.model_options), param_names=tuple(n for n, _ in model.named_parameters()),
         param_shapes=tuple(tuple(p.shape) for p in model.parameters()),
     )
 
 
-def _save(out: str | Path, model: torch.nn.Module, settings: dict, meta: dict) -> None:
-    meta = {"init": settings["init"], "kind": settings["kind"], "seed": settings.get("seed"),
-            "settings_digest": digest(settings), **meta}
+def _save(out: str | Path, model: torch.nn.Module, job: InitJob, key: str, meta: dict) -> None:
+    meta = {"init": job.init, "kind": job.kind, "seed": getattr(job, "seed", None), "settings_digest": key, **meta}
     save_trajectory(out, flatten_params(model).unsqueeze(0), flatten_buffers(model).unsqueeze(0),
-                    torch.zeros(1, dtype=torch.long), model_meta_for(settings, model), meta)
+                    torch.zeros(1, dtype=torch.long), model_meta_for(job, model), meta)
 
 
-def init_stage(settings: dict, out: str | Path, inputs: dict | None = None,
-               progress_dir: str | Path | None = None) -> None:
-    """Make the initial model of one init label and write it to `out` (a one-row trajectory)."""
+def init_job(settings: dict, out: str | Path, inputs: dict | None = None,
+             progress_dir: str | Path | None = None) -> None:
+    """Make the initial model of one init label (the job of `settings`: `InitJob`, of its kind) and write it to
+    `out` (a one-row trajectory)."""
     inputs = dict(inputs or {})
-    kind = settings["kind"]
-    if kind not in INIT_KINDS:
-        raise ValueError(f"unknown init kind {kind!r}.{suggest(kind, INIT_KINDS)} Valid: {', '.join(INIT_KINDS)}")
+    job = InitJob.from_settings(settings)
+    key = digest(settings)  # the settings as the rule gave them: resumed progress and the init's record
     t0 = time.perf_counter()
-    if kind == "random":
-        model, meta = random_model(settings), {}
-    elif kind == "pretrained":
-        model, meta = pretrain(settings, progress_dir)
-    elif kind == "iid_warmup":
-        model, meta = iid_warmup(settings, inputs["partition"], progress_dir)
+    if isinstance(job, PretrainedInit):
+        model, meta = pretrain(job, progress_dir, key)
+    elif isinstance(job, WarmupInit):
+        model, meta = iid_warmup(job, inputs["partition"], progress_dir, key)
+    elif isinstance(job, ContinueInit):
+        model, meta = continue_from(job, inputs["trajectory"])
     else:
-        model, meta = continue_from(settings, inputs["trajectory"])
-    _save(out, model.cpu(), settings, meta)
+        model, meta = random_model(job), {}
+    _save(out, model.cpu(), job, key, meta)
     if progress_dir is not None:
         shutil.rmtree(progress_dir, ignore_errors=True)
     n = sum(p.numel() for p in model.parameters())
-    log.info("init %s (%s): %d parameters in %.1f s %s", settings["init"], kind, n, time.perf_counter() - t0,
+    log.info("init %s (%s): %d parameters in %.1f s %s", job.init, job.kind, n, time.perf_counter() - t0,
              json.dumps(meta, default=str))
 
 
@@ -143,59 +139,59 @@ class ProxyData:
         return EvalResult(loss=loss / max(n, 1), acc=correct / max(n, 1), n=n)
 
 
-def proxy_data(settings: dict, device: torch.device | str = "cpu") -> ProxyData:
+def proxy_data(job: PretrainedInit, device: torch.device | str = "cpu") -> ProxyData:
     """The proxy data of a pretrained init, its labels (and in-memory images) on ``device``."""
-    options = settings["dataset_options"]
-    if settings.get("proxy_dir"):
+    options = job.dataset_options
+    if job.proxy_dir:
         try:
-            mean, std = normalisation(settings["dataset"])
+            mean, std = normalisation(job.dataset)
         except ValueError:
-            raise ValueError(f"proxy_dir (down-sampled ImageNet) needs a 32x32 RGB dataset, not "
-                             f"{settings['dataset']}") from None
-        stream = ImageNet32(settings["proxy_dir"], settings.get("max_samples"), settings.get("seed", 0))
+            raise ValueError(f"proxy_dir (down-sampled ImageNet) needs a 32x32 RGB dataset, "
+                             f"not {job.dataset}") from None
+        stream = ImageNet32(job.proxy_dir, job.max_samples, job.seed)
         return ProxyData(torch.from_numpy(stream.labels).to(device), max(stream.num_classes, 1000),
-                         f"imagenet32:{settings['proxy_dir']}", stream=stream,
+                         f"imagenet32:{job.proxy_dir}", stream=stream,
                          mean=torch.tensor(mean).view(1, 3, 1, 1), std=torch.tensor(std).view(1, 3, 1, 1))
-    if settings.get("proxy_dataset"):
-        name = settings["proxy_dataset"]
-        proxy_options = {"data_dir": settings.get("proxy_data_dir") or options.get("data_dir"),
+    if job.proxy_dataset:
+        name = job.proxy_dataset
+        proxy_options = {"data_dir": job.proxy_data_dir or options.get("data_dir"),
                          "download": options.get("download", False), "split_seed": options.get("split_seed", 0)}
         ds = dataset_from_options(name, proxy_options)
         x, y = ds.x_train, ds.y_train
-        if settings.get("max_samples") is not None and settings["max_samples"] < len(y):
-            keep = torch.from_numpy(np.sort(np.random.default_rng(settings.get("seed", 0))
-                                            .permutation(len(y))[: settings["max_samples"]]))
+        if job.max_samples is not None and job.max_samples < len(y):
+            keep = torch.from_numpy(np.sort(np.random.default_rng(job.seed).permutation(len(y))[: job.max_samples]))
             x, y = x[keep], y[keep]
         return ProxyData(y.to(device), ds.num_classes, f"dataset:{name}", x=x.to(device))
-    ds = dataset_from_options(settings["dataset"], options)
+    ds = dataset_from_options(job.dataset, options)
     if len(ds.y_proxy) == 0:
-        raise ValueError(f"the proxy split of {settings['dataset']} is empty: set datasets.{settings['dataset']}."
+        raise ValueError(f"the proxy split of {job.dataset} is empty: set datasets.{job.dataset}."
                          "proxy_fraction > 0, or a proxy_dataset / proxy_dir")
-    return ProxyData(ds.y_proxy.to(device), ds.num_classes, f"split:{settings['dataset']}", x=ds.x_proxy.to(device))
+    return ProxyData(ds.y_proxy.to(device), ds.num_classes, f"split:{job.dataset}", x=ds.x_proxy.to(device))
 
 
-def pretrain(settings: dict, progress_dir: str | Path | None = None) -> tuple[torch.nn.Module, dict]:
+def pretrain(job: PretrainedInit, progress_dir: str | Path | None = None,
+             key: str | None = None) -> tuple[torch.nn.Module, dict]:
     """Centralised SGD on the proxy data from the seeded random init, in the training's precision (fp32 unless the
-    settings say otherwise); resumable after every epoch."""
-    device = resolve_device(settings.get("device", "auto"))
-    log_compute(describe_compute(device, settings.get("precision", DEFAULT_PRECISION)))
-    with use_precision(settings.get("precision", DEFAULT_PRECISION), device) as used:
-        model, meta = _pretrain(settings, progress_dir, device)
+    job says otherwise); resumable after every epoch (progress of the job whose settings have digest `key`, by
+    default the job's own)."""
+    device = resolve_device(job.device)
+    log_compute(describe_compute(device, job.precision))
+    with use_precision(job.precision, device) as used:
+        model, meta = _pretrain(job, progress_dir, device, key or digest(to_settings(job)))
     return model, {**meta, "precision": used}
 
 
-def _pretrain(settings: dict, progress_dir: str | Path | None,
-              device: torch.device) -> tuple[torch.nn.Module, dict]:
-    cfg = PretrainConfig.of(settings)
-    proxy = proxy_data(settings, device)
+def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torch.device,
+              key: str) -> tuple[torch.nn.Module, dict]:
+    cfg = job.schedule()
+    proxy = proxy_data(job, device)
     y, proxy_classes, source = proxy.y, proxy.num_classes, proxy.source
     same_labels = source.startswith("split:")
-    model = random_model(settings, num_classes=settings["num_classes"] if same_labels else proxy_classes,
+    model = random_model(job, num_classes=job.num_classes if same_labels else proxy_classes,
                          seed=cfg.seed).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    augment = settings["dataset_options"].get("augment", "none")
+    augment = job.dataset_options.get("augment", "none")
     progress = Path(progress_dir) / "state.pt" if progress_dir else None
-    key = digest(settings)
     start = 0
     if progress is not None and progress.exists():
         try:
@@ -208,7 +204,7 @@ def _pretrain(settings: dict, progress_dir: str | Path | None,
         except Exception as exc:  # a file cut short by a kill: start afresh
             log.warning("cannot resume pretraining from %s (%s): starting afresh", progress, exc)
     log.info("pretraining %s on %s (%d samples, %d classes) for %d epochs: lr %g, batch %d, momentum %g, "
-             "weight decay %g, device %s", settings["model"], source, len(y), proxy_classes, cfg.epochs, cfg.lr,
+             "weight decay %g, device %s", job.model, source, len(y), proxy_classes, cfg.epochs, cfg.lr,
              cfg.batch_size, cfg.momentum, cfg.weight_decay, device)
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
@@ -233,9 +229,9 @@ def _pretrain(settings: dict, progress_dir: str | Path | None,
             "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "proxy_loss": proxy_eval.loss,
             "proxy_acc": proxy_eval.acc, "head_reinitialised": not same_labels}
     if not same_labels:
-        model = _with_new_head(model, settings, cfg.seed).to(device)
+        model = _with_new_head(model, job, cfg.seed).to(device)
     else:
-        ds = dataset_from_options(settings["dataset"], settings["dataset_options"])
+        ds = dataset_from_options(job.dataset, job.dataset_options)
         pool = evaluate(model, ds.x_train.to(device), ds.y_train.to(device))
         test = evaluate(model, ds.x_test.to(device), ds.y_test.to(device))
         meta.update({"clients_pool_acc": pool.acc, "test_acc": test.acc})
@@ -245,9 +241,9 @@ def _pretrain(settings: dict, progress_dir: str | Path | None,
     return model.eval(), meta
 
 
-def _with_new_head(pretrained: torch.nn.Module, settings: dict, seed: int) -> torch.nn.Module:
+def _with_new_head(pretrained: torch.nn.Module, job: PretrainedInit, seed: int) -> torch.nn.Module:
     """The clients' model: every pretrained tensor except the classifier, which gets seeded fresh weights."""
-    model = random_model(settings, seed=derive_seed(seed, _HEAD_STREAM))
+    model = random_model(job, seed=derive_seed(seed, _HEAD_STREAM))
     source = pretrained.state_dict()
     target = model.state_dict()
     for name, tensor in target.items():
@@ -258,22 +254,19 @@ def _with_new_head(pretrained: torch.nn.Module, settings: dict, seed: int) -> to
 
 
 # -- iid_warmup ------------------------------------------------------------------------------------
-def iid_warmup(settings: dict, partition_path: str | Path,
-               progress_dir: str | Path | None = None) -> tuple[torch.nn.Module, dict]:
-    """`rounds` rounds of FedAvg on an IID split from the seeded random init (pilot study, Fig. 6b)."""
-    training = dict(settings["warmup_training"])
-    device = resolve_device(training.pop("device", settings.get("device", "auto")))
-    training.pop("rounds", None)
-    cfg = TrainConfig.from_training(training, rounds=settings["rounds"], participation=1.0, save_clients_at=(),
-                                    augment=settings["dataset_options"].get("augment", "none"), seed=settings["seed"])
+def iid_warmup(job: WarmupInit, partition_path: str | Path, progress_dir: str | Path | None = None,
+               key: str | None = None) -> tuple[torch.nn.Module, dict]:
+    """`rounds` rounds of FedAvg on an IID split from the seeded random init (pilot study, Fig. 6b); progress of the
+    job whose settings have digest `key` (by default the job's own)."""
+    device = resolve_device(job.warmup_training.device)
+    cfg = job.train_config()
     log_compute(describe_compute(device, cfg.precision))
-    check_partition_file(partition_path, settings["dataset"], settings["num_clients"], IID,
-                         settings["partition_seed"])
-    data = federate(dataset_from_options(settings["dataset"], settings["dataset_options"]), partition_path, device)
-    model = random_model(settings).to(device).train()
+    check_partition_file(partition_path, job.dataset, job.num_clients, IID, job.partition_seed)
+    data = federate(dataset_from_options(job.dataset, job.dataset_options), partition_path, device)
+    model = random_model(job).to(device).train()
     log.info("IID warm-up: %d round(s) of FedAvg on %d clients (%s)", cfg.rounds, data.num_clients, partition_path)
     result = run_federated(model, data, make_strategy("fedavg"), cfg, progress_dir=progress_dir,
-                           progress_key=digest(settings))
+                           progress_key=key or digest(to_settings(job)))
     if result.status != "ok":
         raise RuntimeError(f"the IID warm-up diverged (status {result.status}); lower its learning rate")
     load_params(model, result.params[-1].to(device))
@@ -285,21 +278,21 @@ def iid_warmup(settings: dict, partition_path: str | Path,
 
 
 # -- continue --------------------------------------------------------------------------------------
-def continue_from(settings: dict, trajectory_path: str | Path) -> tuple[torch.nn.Module, dict]:
+def continue_from(job: ContinueInit, trajectory_path: str | Path) -> tuple[torch.nn.Module, dict]:
     """The final global model of another run (its trajectory's last row)."""
-    source = load_trajectory(trajectory_path, run_id=settings.get("source_run_id"))
+    source = load_trajectory(trajectory_path, run_id=job.source_run_id)
     meta = source.model_meta
     if (meta.model, meta.num_classes, meta.in_channels, meta.image_size) != (
-            settings["model"], settings["num_classes"], settings["in_channels"], settings["image_size"]):
+            job.model, job.num_classes, job.in_channels, job.image_size):
         raise ValueError(f"{trajectory_path} holds a {meta.model} for {meta.num_classes} classes of "
                          f"{meta.in_channels}x{meta.image_size}x{meta.image_size} inputs, not the init's "
-                         f"{settings['model']}")
+                         f"{job.model}")
     if meta.model_options.get("projection_head"):
         raise ValueError(f"{trajectory_path} holds a model with MOON's classifier on its projection head (head: "
                          "projection), which the init's model has not: continue from a run of another algorithm, "
                          "or of MOON with head: side")
     final = source.final_round
     if source.meta.get("status", "ok") != "ok":
-        log.warning("the source run %s has status %s", settings.get("source_run_id"), source.meta.get("status"))
-    return source.model_at(final), {"source_run_id": settings.get("source_run_id"), "source_round": final,
+        log.warning("the source run %s has status %s", job.source_run_id, source.meta.get("status"))
+    return source.model_at(final), {"source_run_id": job.source_run_id, "source_round": final,
                                     "seed": source.meta.get("seed")}

@@ -1,8 +1,15 @@
-"""Torch-free facts of the init stage: the init kinds, the keys each reads, and the pretraining schedule."""
+"""Torch-free facts of the init stage: the init kinds, the keys each reads, the pretraining schedule, and the shape
+of an init job's settings (`InitJob`, one dataclass per kind: `fedscape.core.jobs`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from fedscape.core.jobs import JobSettings, JobSettingsError
+from fedscape.core.names import suggest
+from fedscape.fl.settings import TrainConfig, TrainingSettings
 
 INIT_KINDS = ("random", "pretrained", "iid_warmup", "continue")
 # The keys of an `inits` entry that each kind reads (the schema fills defaults for all of them).
@@ -43,3 +50,105 @@ def kind_spec(spec: dict) -> dict:
     """The keys of an `inits` entry that its kind reads (others are schema defaults and ignored)."""
     kind = spec.get("kind", "random")
     return {k: spec[k] for k in KIND_KEYS.get(kind, ("kind",)) if k in spec}
+
+
+@dataclass(frozen=True, kw_only=True)
+class InitJob(JobSettings):
+    """One init label's initial model for a dataset and model: the fields every kind has. A job is of one of the
+    kinds below (`KIND`); `InitJob.from_settings` reads the settings of any kind as that kind's job."""
+
+    rule = "init"
+    KIND: ClassVar[str] = ""
+    dataset: str
+    model: str
+    model_options: dict  # the config's `model_options.<model>`
+    in_channels: int  # the dataset's data shape (`data.specs.dataset_info`)
+    image_size: int
+    num_classes: int
+    init: str  # the label
+    kind: str  # its kind, the subclass's KIND
+
+    def __post_init__(self):
+        if type(self) is InitJob:
+            raise TypeError("an init job is of one kind: make a RandomInit, PretrainedInit, WarmupInit or ContinueInit")
+        if self.kind != self.KIND:
+            raise ValueError(f"{type(self).__name__} is an init of kind {self.KIND}, got kind {self.kind!r}")
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> InitJob:
+        """The job of an init's settings, as the job of its kind (`settings["kind"]`)."""
+        if cls is not InitJob:
+            return super().from_settings(settings)
+        kind = settings.get("kind")
+        if kind not in INIT_JOBS:
+            raise JobSettingsError(f"init settings of unknown kind {kind!r}.{suggest(str(kind), INIT_JOBS)} "
+                                   f"Valid: {', '.join(INIT_JOBS)}")
+        return INIT_JOBS[kind].from_settings(settings)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RandomInit(InitJob):
+    """Seeded random weights."""
+
+    KIND: ClassVar[str] = "random"
+    seed: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainedInit(InitJob):
+    """The seeded random init trained centrally on proxy data (the `inits` entry's schedule and proxy)."""
+
+    KIND: ClassVar[str] = "pretrained"
+    seed: int
+    epochs: int
+    lr: float
+    batch_size: int
+    momentum: float
+    weight_decay: float
+    proxy_dataset: str | None
+    proxy_data_dir: str | None
+    proxy_dir: str | None
+    max_samples: int | None
+    dataset_options: dict
+    device: str  # training.device
+    # training.precision: a later key, whose baseline is fp32 (every pretraining before it).
+    precision: str = "fp32"
+
+    def schedule(self) -> PretrainConfig:
+        """The pretraining schedule."""
+        return PretrainConfig(**{k: getattr(self, k) for k in PRETRAIN_KEYS})
+
+
+@dataclass(frozen=True, kw_only=True)
+class WarmupInit(InitJob):
+    """`rounds` rounds of IID FedAvg from the seeded random init."""
+
+    KIND: ClassVar[str] = "iid_warmup"
+    seed: int
+    rounds: int
+    num_clients: int
+    partition_seed: int
+    training: dict  # the `inits` entry's overrides of the `training` section, as given
+    dataset_options: dict
+    partition: dict  # the `partition` section (the IID split's options)
+    # The `training` section with those overrides (`warmup_training_of`), device included.
+    warmup_training: TrainingSettings
+    device: str
+
+    def train_config(self) -> TrainConfig:
+        """The warm-up's TrainConfig: its training for its `rounds` rounds, every client every round, no client
+        models kept, with the dataset's augmentation and the init's seed."""
+        return self.warmup_training.train_config(rounds=self.rounds, participation=1.0, save_clients_at=(),
+                                                 augment=self.dataset_options.get("augment", "none"), seed=self.seed)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContinueInit(InitJob):
+    """The final global model of another run."""
+
+    KIND: ClassVar[str] = "continue"
+    run: dict  # the `inits` entry's run selector, as given
+    source_run_id: str  # the run it names (`fedscape.plan.init.continue_source`)
+
+
+INIT_JOBS: dict[str, type[InitJob]] = {job.KIND: job for job in (RandomInit, PretrainedInit, WarmupInit, ContinueInit)}

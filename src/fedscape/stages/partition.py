@@ -9,36 +9,32 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedscape.core.alpha import is_partition_label, parse_alpha
 from fedscape.core.io import write_csv
-from fedscape.data.partition import make_kind_partition, make_partition, save_partition
+from fedscape.core.setting import alpha_column
+from fedscape.data.partition import make_kind_partition, save_partition, setting_entry
 from fedscape.data.sources import source_from_options
+from fedscape.stages.partition_settings import PartitionJob
 
 log = logging.getLogger("fedscape.partition")
 
 
-def partition_stage(settings: dict, out_npz: str | Path, out_csv: str | Path) -> None:
-    """Split the dataset's training pool among the clients and write the partition and its counts."""
-    ds = source_from_options(settings["dataset"], settings["dataset_options"])
+def partition_job(settings: dict, out_npz: str | Path, out_csv: str | Path) -> None:
+    """Split the dataset's training pool among the clients (the job of `settings`: `PartitionJob`) and write the
+    partition and its counts."""
+    job = PartitionJob.from_settings(settings)
+    ds = source_from_options(job.dataset, job.dataset_options)
     labels = ds.labels
-    setting = settings["alpha"]
-    if is_partition_label(setting):
-        part = make_kind_partition(settings["kind"], labels, settings["num_clients"], settings["seed"],
-                                   settings["min_size"], settings["max_tries"],
-                                   writer_ids=getattr(ds, "writer_ids", None), dataset=settings["dataset"],
-                                   label=setting)
-        alpha_column: str | float = setting
-    else:
-        part = make_partition(labels, settings["num_clients"], parse_alpha(setting), settings["seed"],
-                              settings["min_size"], settings["max_tries"])
-        alpha_column = part.alpha
-    save_partition(out_npz, part, labels, ds.num_classes, {"dataset": settings["dataset"]})
+    setting = job.alpha
+    entry, label = setting_entry(setting, job.kind)  # an alpha: its iid or dirichlet entry
+    part = make_kind_partition(entry, labels, job.num_clients, job.seed, job.min_size, job.max_tries,
+                               writer_ids=ds.writer_ids, dataset=job.dataset, label=label)
+    save_partition(out_npz, part, labels, ds.num_classes, {"dataset": job.dataset})
     counts = part.class_counts(labels, ds.num_classes)
-    df = pd.DataFrame({"dataset": settings["dataset"], "alpha": alpha_column, "partition": part.kind,
-                       "num_clients": part.num_clients, "seed": settings["seed"],
+    df = pd.DataFrame({"dataset": job.dataset, "alpha": alpha_column(setting), "partition": part.kind,
+                       "num_clients": part.num_clients, "seed": job.seed,
                        "client_id": np.arange(part.num_clients), "num_samples": part.sizes})
     for k in range(ds.num_classes):
         df[f"class_{k}"] = counts[:, k]
     write_csv(df, out_csv)
-    log.info("partition %s %s (%s) clients=%d seed=%d: sizes min=%d max=%d", settings["dataset"], setting,
-             part.kind, part.num_clients, settings["seed"], part.sizes.min(), part.sizes.max())
+    log.info("partition %s %s (%s) clients=%d seed=%d: sizes min=%d max=%d", job.dataset, setting,
+             part.kind, part.num_clients, job.seed, part.sizes.min(), part.sizes.max())

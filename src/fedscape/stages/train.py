@@ -8,51 +8,47 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedscape.core.alpha import alpha_column
 from fedscape.core.config import digest
 from fedscape.core.io import write_csv, write_json
+from fedscape.core.jobs import to_settings
 from fedscape.core.manifest import code_version_label
+from fedscape.core.setting import alpha_column
 from fedscape.data.federated import load_federated_data
 from fedscape.fl.engine import run_federated
-from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS, CODE_VERSION, ROUNDS_COLUMNS, TrainConfig
+from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS, CODE_VERSION, ROUNDS_COLUMNS
 from fedscape.fl.strategies.registry import make_strategy
-from fedscape.fl.swa import SWA_BN_COLUMN, SWA_METRICS, job_swa, job_swa_config
+from fedscape.fl.swa import SWA_BN_COLUMN, SWA_METRICS, SWASettings
 from fedscape.models.batchnorm import has_batch_norm
 from fedscape.models.checkpoint import load_trajectory, save_clients, save_trajectory
 from fedscape.models.device import describe_compute, log_compute, resolve_device
+from fedscape.stages.train_settings import TrainJob
 
 log = logging.getLogger("fedscape.train")
 
 
 
-def train_config(settings: dict) -> TrainConfig:
-    """The TrainConfig of a train job's settings (`fedscape.plan.train.train_settings`)."""
-    run = settings["run"]
-    return TrainConfig.from_training(settings["training"], augment=settings["dataset_options"].get("augment", "none"),
-                                     seed=run["seed"], participation=float(run["participation"]))
-
-
-def train_stage(settings: dict, partition_path: str | Path, init_path: str | Path, outputs: dict[str, str],
-                progress_dir: str | Path) -> None:
-    """Run one federated training job and write trajectory.pt, clients.pt, metrics.csv, meta.json and
-    client_updates.csv.
+def train_job(settings: dict, partition_path: str | Path, init_path: str | Path, outputs: dict[str, str],
+              progress_dir: str | Path) -> None:
+    """Run one federated training job (the job of `settings`: `TrainJob`) and write trajectory.pt, clients.pt,
+    metrics.csv, meta.json and client_updates.csv.
 
     Progress is kept in `progress_dir` (not a declared output, so Snakemake does not delete it when
     a job is killed) and removed once the outputs are written.
     """
-    run = settings["run"]
-    device = resolve_device(settings["training"].get("device", "auto"))
-    cfg = train_config(settings)
+    job = TrainJob.from_settings(settings)
+    run = job.run
+    device = resolve_device(job.training.device)
+    cfg = job.train_config()
     log_compute(describe_compute(device, cfg.precision))
-    data = load_federated_data(run, settings["dataset_options"], partition_path, device)
-    init = load_trajectory(init_path, run_id=settings["run_id"])
-    strategy = make_strategy(settings["algorithm"], settings["hyperparameters"])
+    data = load_federated_data(run, job.dataset_options, partition_path, device)
+    init = load_trajectory(init_path, run_id=job.run_id)
+    strategy = make_strategy(job.algorithm, job.hyperparameters)
     model = strategy.prepare_model(init.model_at(0, device), cfg.seed).train()
     model_meta = init.model_meta.with_options(strategy.config.model_options(), model)  # as trained
-    swa = job_swa_config(settings["training"].get("swa"))
+    swa = None if job.training.swa is None else job.training.swa.config()
     log.info("run %s on %s: %d clients, %d rounds x %s of local %s (lr %g, %s schedule), algorithm %s",
-             settings["run_id"], device, data.num_clients, cfg.rounds, cfg.work_text(), cfg.optimizer, cfg.lr,
-             cfg.lr_schedule, settings["algorithm"])
+             job.run_id, device, data.num_clients, cfg.rounds, cfg.work_text(), cfg.optimizer, cfg.lr,
+             cfg.lr_schedule, job.algorithm)
     log.info("progress is kept in %s after every round: if this job is killed, run the workflow again (with "
              "--rerun-incomplete if Snakemake says its outputs are incomplete) and it resumes", progress_dir)
     if cfg.save_every > 1 or cfg.eval_every > 1:
@@ -65,11 +61,11 @@ def train_stage(settings: dict, partition_path: str | Path, init_path: str | Pat
     result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir, progress_key=digest(settings),
                            swa=swa)
 
-    meta = {"run_id": settings["run_id"], "settings": settings, "status": result.status,
+    meta = {"run_id": job.run_id, "settings": settings, "status": result.status,
             **describe_compute(device, cfg.precision), "seed": run["seed"], "init_seed": init.meta.get("seed"),
             "final_round": int(result.rounds.max())}
     if swa is not None:  # the SWA model is the run's reported final model (fedscape.models.checkpoint)
-        meta["swa"] = {**job_swa(swa.to_dict(cfg.rounds), has_batch_norm(model)),
+        meta["swa"] = {**to_settings(SWASettings.of(swa, cfg.rounds, has_batch_norm(model))),
                        "models": 0 if result.swa is None else result.swa["count"],
                        "rounds": [] if result.swa is None else result.swa["rounds"]}
     save_trajectory(outputs["trajectory"], result.params, result.buffers, result.rounds, model_meta, meta,
@@ -78,14 +74,14 @@ def train_stage(settings: dict, partition_path: str | Path, init_path: str | Pat
     rows = pd.DataFrame(result.rows)
     for key in ("dataset", "model", "init", "algorithm", "num_clients", "seed"):
         rows[key] = run[key]
-    rows["run_id"] = settings["run_id"]
+    rows["run_id"] = job.run_id
     rows["alpha"] = alpha_column(run["alpha"])
     rows["participation"] = float(run["participation"])
     swa_columns = [*SWA_METRICS, *([SWA_BN_COLUMN] if has_batch_norm(model) else [])] if swa is not None else []
     rows[CODE_VERSION] = code_version_label()
     write_csv(rows[ROUNDS_COLUMNS + swa_columns + [CODE_VERSION]], outputs["metrics"])
     updates = pd.DataFrame(result.client_stats, columns=CLIENT_UPDATES_COLUMNS[1:])
-    updates.insert(0, "run_id", settings["run_id"])
+    updates.insert(0, "run_id", job.run_id)
     write_csv(updates, outputs["client_updates"])
     write_json(outputs["meta"], meta)
     shutil.rmtree(progress_dir, ignore_errors=True)

@@ -7,7 +7,7 @@ import pandas as pd
 sys.path.insert(0, "tests")
 from helpers.tables import rounds_table, run_id
 
-from fedscape.report.summary import final_stage, summary_stage
+from fedscape.report.summary import final_table_job, summary_table_job
 
 out = Path("tests/data/report/pairs")
 rounds = rounds_table()
@@ -45,7 +45,7 @@ pd.DataFrame(barriers).to_csv(out / "barriers.csv", index=False)
 pd.DataFrame(curves).to_csv(out / "interpolation.csv", index=False)
 pd.DataFrame(hessian).to_csv(out / "hessian.csv", index=False)
 pd.DataFrame(clients).to_csv(out / "hessian_clients.csv", index=False)
-final_stage(out / "rounds.csv", out / "final.csv", barriers=out / "barriers.csv",
-            interpolation=out / "interpolation.csv", hessian=out / "hessian.csv",
-            hessian_clients=out / "hessian_clients.csv")
-summary_stage(out / "final.csv", out / "summary.csv")
+final_table_job(out / "rounds.csv", out / "final.csv", barriers=out / "barriers.csv",
+                interpolation=out / "interpolation.csv", hessian=out / "hessian.csv",
+                hessian_clients=out / "hessian_clients.csv")
+summary_table_job(out / "final.csv", out / "summary.csv")

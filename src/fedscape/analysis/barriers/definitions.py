@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedscape.analysis.contributions import FinalColumns
+from fedscape.core.jobs import JobSettings
 from fedscape.core.names import unknown_name_error
 from fedscape.models.specs import BN_STATS_BASELINE
 
@@ -79,18 +80,6 @@ LAYER_DISTANCE_COLUMNS = ["run_id", "round", "pair", "layer_index", "layer", "di
 FULL_MODEL = "full"  # the `layer` of the whole-model row of layer_distances.csv (layer_index -1)
 PAIR_SEPARATOR = " | "  # the run_id of a layer-wise pair of two runs: 'run_a | run_b'
 MIN_POINTS = 3  # both endpoints and one inner point
-# Registry models that weight matching (interpolation.align) cannot align, and why (planning names it).
-NO_PERMUTATION_SPEC: dict[str, str] = {
-    "char_lstm": ("an LSTM's recurrent weights weight_hh are permuted on both axes by the same hidden-unit "
-                  "permutation, so the matching objective is quadratic in it and a coordinate step is no longer "
-                  "a linear assignment (Ainsworth et al. 2023 match feed-forward and residual networks only)"),
-}
-
-
-def job_bn_stats(settings: dict) -> str:
-    """The batch-norm statistics a barrier job evaluates with: its settings' `bn_stats`, `stored` (the baseline)
-    where they carry none (models without batch norm, jobs from before the option)."""
-    return settings.get("bn_stats", BN_STATS_BASELINE)
 
 
 def interpolation_grid(points: int) -> np.ndarray:
@@ -223,3 +212,81 @@ def curve_lr_factor(step: int, steps: int) -> float:
     if alpha <= 0.9:
         return 1.0 - (alpha - 0.5) / 0.4 * 0.99
     return 0.01
+
+
+# -- the job kinds: interpolation and layer_barriers (their settings, from plan/barriers.py) -----------------------
+@dataclass(frozen=True, kw_only=True)
+class BarrierData(JobSettings):
+    """The data of a barrier job: the run whose partition gives the aggregate training data, and its dataset's
+    options (`data.federated.load_federated_data`)."""
+
+    run: dict  # the run's fields (core.runs.Run), keys sorted
+    dataset_options: dict
+
+
+@dataclass(frozen=True, kw_only=True)
+class InterpolationJob(JobSettings):
+    """One job of rule interpolation: the segment (and the Bezier curve) between two checkpoints (Li et al. 2022;
+    Garipov et al. 2018). The defaults are the baselines: how every job computed before the field existed."""
+
+    rule = "interpolation"
+    pair_id: str
+    run_a: str
+    run_b: str
+    round_a: int | str  # a round or 'final'
+    round_b: int | str
+    points: int
+    data: BarrierData
+    device: str
+    eval_batch_size: int
+    precision: str = "fp32"
+    bn_stats: str = BN_STATS_BASELINE  # `stored` for every model without batch norm (recomputing is a no-op there)
+    align: bool = False  # also to b permuted by weight matching (Ainsworth et al. 2023)
+    curve: CurveSettings | None = None  # the trained Bezier curve, when on
+
+    @property
+    def alignments(self) -> list[bool]:
+        """The `aligned` values of the pair's curves: unaligned, and aligned when the job asks for it."""
+        return [False, True] if self.align else [False]
+
+    @property
+    def paths(self) -> list[str]:
+        """The `path` values of the pair's curves: the straight line, and the Bezier curve when the job asks."""
+        return [LINEAR, BEZIER] if self.curve is not None else [LINEAR]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerBarriersJob(JobSettings):
+    """One job of rule layer_barriers: a pair's layer-wise barriers and distances at one round (Adilova et al.
+    2023). The defaults are the baselines. A seed of a mode the job does not run is no part of its settings (None):
+    `order_seed` only with mode random, `direction_seed` and `direction_samples` only with a control mode, so that
+    changing it reruns exactly the jobs that draw from it."""
+
+    rule = "layer_barriers"
+    pair: str
+    kind: str  # clients, runs or consecutive (plan.barriers.LayerPair)
+    run_id: str  # the run, or 'run_a | run_b' for two runs
+    round: int
+    clients: tuple[int, int]  # the two clients of a `clients` pair; (0, 1) otherwise
+    data: BarrierData
+    device: str
+    eval_batch_size: int
+    precision: str = "fp32"
+    bn_stats: str = BN_STATS_BASELINE
+    modes: tuple[str, ...] = MODES
+    align: bool = False
+    order_seed: int | None = None
+    direction_seed: int | None = None
+    direction_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        if "random" not in self.modes:
+            object.__setattr__(self, "order_seed", None)
+        if not set(CONTROL_MODES) & set(self.modes):
+            object.__setattr__(self, "direction_seed", None)
+            object.__setattr__(self, "direction_samples", None)
+
+    @property
+    def alignments(self) -> list[bool]:
+        """The `aligned` values of the pair's rows: unaligned, and aligned when the job asks for it."""
+        return [False, True] if self.align else [False]

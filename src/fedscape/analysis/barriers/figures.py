@@ -112,7 +112,7 @@ def _log_heatmap(fig, ax, arr: np.ndarray, columns: list, labels: list[str], lab
 LINESTYLES = {(LINEAR, False): "-", (LINEAR, True): "--", (BEZIER, False): ":", (BEZIER, True): "-."}
 
 
-def interpolation_figure(table: str | Path, outputs: dict[str, str | Path]) -> None:
+def interpolation_figure_job(table: str | Path, outputs: dict[str, str | Path]) -> None:
     """Loss and error along the interpolation, one labelled curve per pair (Li et al. 2022, Figs 3c/5c); dashed:
     to model b aligned to a by weight matching (Ainsworth et al. 2023); dotted (dash-dotted when aligned): along
     the trained quadratic Bezier curve (Garipov et al. 2018)."""
@@ -220,8 +220,35 @@ def layer_heatmaps(table: str | Path, pair: str, split: str, outputs: dict[str, 
     save_figure_outputs(fig, outputs, df)
 
 
-def layer_distance_figure(table: str | Path, pair: str, outputs: dict[str, str | Path],
-                          rounds: list[int] | None = None) -> None:
+HEATMAP_SPLITS = ("train", "test")  # a heatmap rule draws both, in files of their own: outputs "<split>_<format>"
+
+
+def _heatmaps_of_splits(table: str | Path, pair: str, outputs: dict[str, str | Path], **options) -> None:
+    """`layer_heatmaps` of `pair` on each split, into the outputs keyed "<split>_<format>" (png, pdf, csv)."""
+    for split in HEATMAP_SPLITS:
+        layer_heatmaps(table, pair, split, {key: outputs[f"{split}_{key}"] for key in ("png", "pdf", "csv")},
+                       **options)
+
+
+def layer_barrier_figures_job(table: str | Path, pair: str, outputs: dict[str, str | Path]) -> None:
+    """The layer-wise heatmaps of one pair on train and test (Adilova et al. 2023, Figs 1-3, with the controls)."""
+    _heatmaps_of_splits(table, pair, outputs)
+
+
+def layer_cumulation_figures_job(table: str | Path, pair: str, outputs: dict[str, str | Path]) -> None:
+    """The heatmaps of modes random and ends of one pair on train and test (Adilova et al. 2023, Fig. 4)."""
+    _heatmaps_of_splits(table, pair, outputs, modes=CUMULATION_MODES)
+
+
+def layer_aligned_figures_job(table: str | Path, pair: str, outputs: dict[str, str | Path],
+                              modes: tuple[str, ...]) -> None:
+    """The heatmaps of one pair on train and test with b aligned to a by weight matching (Ainsworth et al. 2023),
+    for the configured `modes`."""
+    _heatmaps_of_splits(table, pair, outputs, modes=tuple(modes), aligned=True)
+
+
+def layer_distance_figure_job(table: str | Path, pair: str, outputs: dict[str, str | Path],
+                              rounds: list[int] | None = None) -> None:
     """Per-layer L2 and cosine distance between the two models of a pair over rounds (Adilova et al. 2023,
     Fig. 1b): two heatmaps of layers (input at the top) x rounds, the whole model in the bottom row, log scale.
 
@@ -278,8 +305,8 @@ def full_model_barriers(barriers: pd.DataFrame) -> pd.DataFrame:
         ["pair", "aligned", "split", "round"], kind="stable").reset_index(drop=True)
 
 
-def layer_training_figure(barriers_table: str | Path, distances_table: str | Path, pair: str,
-                          outputs: dict[str, str | Path]) -> None:
+def layer_training_figure_job(barriers_table: str | Path, distances_table: str | Path, pair: str,
+                              outputs: dict[str, str | Path]) -> None:
     """The full-model barrier and the per-layer Euclidean distance and cosine similarity of a pair over training,
     as lines (Adilova et al. 2023, Fig. 1b): x = round; one line per layer, coloured from the input (dark) to
     the output (light), the whole model in black; solid as trained, dashed with b aligned to a."""

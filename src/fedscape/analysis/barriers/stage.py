@@ -20,13 +20,13 @@ from fedscape.analysis.barriers.definitions import (
     LAYER_BARRIER_COLUMNS,
     LAYER_DISTANCE_COLUMNS,
     LINEAR,
-    MODES,
     PAIR_SEPARATOR,
     SPLITS,
-    CurveSettings,
+    BarrierData,
+    InterpolationJob,
+    LayerBarriersJob,
     format_averaged,
     interpolation_grid,
-    job_bn_stats,
     linear_barrier,
     mode_entries,
 )
@@ -43,16 +43,14 @@ from fedscape.data.federated import load_federated_data
 from fedscape.models.batchnorm import has_batch_norm
 from fedscape.models.checkpoint import load_clients, load_trajectory
 from fedscape.models.device import job_precision, resolve_device
-from fedscape.models.specs import DEFAULT_PRECISION
 
 log = logging.getLogger("fedscape.barriers")
 
 
-def _splits(settings: dict, partition_path: str | Path, device: torch.device) -> dict:
+def _splits(data: BarrierData, partition_path: str | Path, device: torch.device) -> dict:
     """{'train': the aggregate client data (union of the shards), 'test': the test set}."""
-    run = settings["data"]["run"]
-    data = load_federated_data(run, settings["data"]["dataset_options"], partition_path, device)
-    return {"train": data.union(), "test": (data.x_test, data.y_test)}
+    federated = load_federated_data(data.run, data.dataset_options, partition_path, device)
+    return {"train": federated.union(), "test": (federated.x_test, federated.y_test)}
 
 
 def _point(traj, round_: int) -> Point:
@@ -60,20 +58,10 @@ def _point(traj, round_: int) -> Point:
     return Point(*traj.point(round_))
 
 
-def _alignments(settings: dict) -> list[bool]:
-    """The `aligned` values of a pair's curves: unaligned, and aligned when the settings ask for it."""
-    return [False, True] if settings.get("align") else [False]
-
-
-def _paths(settings: dict) -> list[str]:
-    """The `path` values of a pair's curves: the straight line, and the Bezier curve when the settings ask for it."""
-    return [LINEAR, BEZIER] if settings.get("curve") else [LINEAR]
-
-
-def _bn_x(settings: dict, splits: dict, model: torch.nn.Module) -> torch.Tensor | None:
+def _bn_x(job: InterpolationJob | LayerBarriersJob, splits: dict, model: torch.nn.Module) -> torch.Tensor | None:
     """The training inputs every evaluated model's batch-norm statistics are recomputed from (`bn_stats:
     recomputed`), or None to keep the stored ones; a model without batch norm is never recomputed."""
-    if job_bn_stats(settings) != "recomputed" or not has_batch_norm(model):
+    if job.bn_stats != "recomputed" or not has_batch_norm(model):
         return None
     return splits["train"][0]
 
@@ -82,115 +70,124 @@ def _empty(columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(columns=columns)
 
 
-def _nan_curve(settings: dict, rounds: list[int]) -> pd.DataFrame:
+def _nan_curve(job: InterpolationJob, rounds: list[int]) -> pd.DataFrame:
     """The rows of an interpolation that is not computed (a diverged run): every t and split, NaN loss and error."""
-    rows = [{"pair_id": settings["pair_id"], "run_a": settings["run_a"], "round_a": rounds[0],
-             "run_b": settings["run_b"], "round_b": rounds[1], "t": float(t), "split": split, "loss": math.nan,
-             "error": math.nan, "aligned": aligned, "path": path, "bn_stats": job_bn_stats(settings)}
-            for path in _paths(settings) for aligned in _alignments(settings)
-            for t in interpolation_grid(settings["points"]) for split in SPLITS]
+    rows = [{"pair_id": job.pair_id, "run_a": job.run_a, "round_a": rounds[0], "run_b": job.run_b,
+             "round_b": rounds[1], "t": float(t), "split": split, "loss": math.nan, "error": math.nan,
+             "aligned": aligned, "path": path, "bn_stats": job.bn_stats}
+            for path in job.paths for aligned in job.alignments
+            for t in interpolation_grid(job.points) for split in SPLITS]
     return pd.DataFrame(rows, columns=INTERPOLATION_COLUMNS)
 
 
-def _layer_modes(settings: dict) -> list[str]:
-    """The modes of a layer-wise job: `modes` of its settings, the default three for jobs from before the option."""
-    return list(settings.get("modes", MODES))
+def _order_seed(job: LayerBarriersJob) -> int:
+    """The seed of the random orders (any value where the job runs no mode random: it draws nothing)."""
+    return 0 if job.order_seed is None else job.order_seed
 
 
-def _nan_layer_rows(traj, meta: dict, settings: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _directions(job: LayerBarriersJob) -> tuple[int, int]:
+    """The seed and the sample count of the random directions of mode random_direction (any values where the job
+    runs no control mode: it draws none)."""
+    return (0 if job.direction_seed is None else job.direction_seed,
+            1 if job.direction_samples is None else job.direction_samples)
+
+
+def _nan_layer_rows(traj, meta: dict, job: LayerBarriersJob) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The layer-barrier and layer-distance rows of a pair and round that is not computed (a diverged run): NaN."""
     layers = model_layers(traj.model_meta.build())
     barriers = [{**meta, "mode": mode, "layer_index": i, "layer": layers[i].name, "split": split,
                  "barrier_loss": math.nan, "barrier_error": math.nan, "aligned": aligned,
-                 "averaged": format_averaged(group), "bn_stats": job_bn_stats(settings)}
-                for aligned in _alignments(settings) for mode in _layer_modes(settings)
-                for i, group in mode_entries(len(layers), mode, settings.get("order_seed", 0)) for split in SPLITS]
+                 "averaged": format_averaged(group), "bn_stats": job.bn_stats}
+                for aligned in job.alignments for mode in job.modes
+                for i, group in mode_entries(len(layers), mode, _order_seed(job)) for split in SPLITS]
     distances = [{**meta, "layer_index": index, "layer": name, "distance": math.nan, "cosine": math.nan,
                   "aligned": aligned}
-                 for aligned in _alignments(settings)
+                 for aligned in job.alignments
                  for index, name in [*((layer.index, layer.name) for layer in layers), (-1, FULL_MODEL)]]
     return (pd.DataFrame(barriers, columns=LAYER_BARRIER_COLUMNS),
             pd.DataFrame(distances, columns=LAYER_DISTANCE_COLUMNS))
 
 
 # -- linear interpolation --------------------------------------------------------------------------
-@job_precision(lambda settings: settings.get("precision", DEFAULT_PRECISION))
-def interpolation_stage(settings: dict, trajectory_a: str | Path, trajectory_b: str | Path,
-                        partition: str | Path, output: str | Path) -> None:
-    """Loss and error along the segment between two checkpoints, on train and test (Li et al. 2022, Fig. 3c), and
-    along a trained quadratic Bezier curve when the settings carry `curve` (Garipov et al. 2018)."""
+@job_precision(lambda settings: InterpolationJob.from_settings(settings).precision)
+def interpolation_job(settings: dict, trajectory_a: str | Path, trajectory_b: str | Path,
+                      partition: str | Path, output: str | Path) -> None:
+    """One job of rule interpolation (its `settings`: an `InterpolationJob`): loss and error along the segment
+    between two checkpoints, on train and test (Li et al. 2022, Fig. 3c), and along a trained quadratic Bezier curve
+    when the job carries `curve` (Garipov et al. 2018)."""
     t0 = time.perf_counter()
-    device = resolve_device(settings["device"])
-    traj_a = load_trajectory(trajectory_a, run_id=settings["run_a"])
-    traj_b = load_trajectory(trajectory_b, run_id=settings["run_b"])
-    rounds = []
-    for traj, key in ((traj_a, "round_a"), (traj_b, "round_b")):
-        r = traj.final_round if settings[key] == "final" else int(settings[key])
-        rounds.append(r)
-    reasons = [f"{key} ({settings['run_' + key]}): {reason}"
-               for key, r, tr in (("a", rounds[0], traj_a), ("b", rounds[1], traj_b))
+    job = InterpolationJob.from_settings(settings)
+    device = resolve_device(job.device)
+    traj_a = load_trajectory(trajectory_a, run_id=job.run_a)
+    traj_b = load_trajectory(trajectory_b, run_id=job.run_b)
+    rounds = [traj.final_round if r == "final" else int(r) for traj, r in ((traj_a, job.round_a),
+                                                                           (traj_b, job.round_b))]
+    reasons = [f"{key} ({run_id}): {reason}"
+               for key, run_id, r, tr in (("a", job.run_a, rounds[0], traj_a), ("b", job.run_b, rounds[1], traj_b))
                if (reason := tr.unusable(r)) is not None]
     if reasons:
-        log.warning("pair %s: %s; the curve is not computed (NaN rows)", settings["pair_id"], "; ".join(reasons))
-        write_csv(_nan_curve(settings, rounds), output)
+        log.warning("pair %s: %s; the curve is not computed (NaN rows)", job.pair_id, "; ".join(reasons))
+        write_csv(_nan_curve(job, rounds), output)
         return
-    splits = _splits(settings, partition, device)
+    splits = _splits(job.data, partition, device)
     model = traj_a.model_meta.build().to(device).eval()
     a, b = _point(traj_a, rounds[0]).to(device), _point(traj_b, rounds[1]).to(device)
     ends = {False: b}
-    if settings.get("align"):
+    if job.align:
         t1 = time.perf_counter()
         ends[True], _ = align_points(model, a, b)
         log.info("pair %s: model b aligned to a by weight matching in %.1f s (distance %.4g -> %.4g)",
-                 settings["pair_id"], time.perf_counter() - t1, float((b.params - a.params).norm()),
+                 job.pair_id, time.perf_counter() - t1, float((b.params - a.params).norm()),
                  float((ends[True].params - a.params).norm()))
-    bn_x = _bn_x(settings, splits, model)
+    bn_x = _bn_x(job, splits, model)
     rows = [{**r, "aligned": aligned, "path": LINEAR} for aligned, end in ends.items()
-            for r in interpolation_curve(model, a, end, splits, settings["points"], settings["eval_batch_size"], bn_x)]
-    if settings.get("curve"):
-        curve = CurveSettings(**settings["curve"])
+            for r in interpolation_curve(model, a, end, splits, job.points, job.eval_batch_size, bn_x)]
+    if job.curve is not None:
+        curve = job.curve
         for aligned, end in ends.items():
             t1 = time.perf_counter()
             theta, losses = train_bend(model, a, end, *splits["train"], curve, train_mode=bn_x is not None)
             tail = losses[-max(1, len(losses) // 10):]
             log.info("pair %s%s: Bezier bend trained in %d steps in %.1f s (mean loss of the last %d steps %.4g; "
-                     "bend moved %.4g from the midpoint)", settings["pair_id"], " (aligned)" if aligned else "",
+                     "bend moved %.4g from the midpoint)", job.pair_id, " (aligned)" if aligned else "",
                      curve.steps, time.perf_counter() - t1, len(tail), sum(tail) / len(tail) if losses else math.nan,
                      float((theta - 0.5 * (a.params + end.params)).norm()))
             rows += [{**r, "aligned": aligned, "path": BEZIER} for r in bezier_curve(
-                model, a, theta, end, splits, settings["points"], settings["eval_batch_size"], bn_x)]
+                model, a, theta, end, splits, job.points, job.eval_batch_size, bn_x)]
     df = pd.DataFrame(rows).assign(bn_stats="stored" if bn_x is None else "recomputed")
-    df.insert(0, "pair_id", settings["pair_id"])
-    df.insert(1, "run_a", settings["run_a"])
+    df.insert(0, "pair_id", job.pair_id)
+    df.insert(1, "run_a", job.run_a)
     df.insert(2, "round_a", rounds[0])
-    df.insert(3, "run_b", settings["run_b"])
+    df.insert(3, "run_b", job.run_b)
     df.insert(4, "round_b", rounds[1])
     write_csv(df[INTERPOLATION_COLUMNS], output)
     for (path, aligned, split), sub in df.groupby(["path", "aligned", "split"], sort=False):
-        log.info("pair %s %s %s%s: loss barrier %.4f, error barrier %.4f", settings["pair_id"], path, split,
+        log.info("pair %s %s %s%s: loss barrier %.4f, error barrier %.4f", job.pair_id, path, split,
                  " (aligned)" if aligned else "", linear_barrier(sub["t"], sub["loss"]),
                  linear_barrier(sub["t"], sub["error"]))
-    log.info("pair %s: %d points x %d splits in %.1f s", settings["pair_id"], settings["points"], len(splits),
+    log.info("pair %s: %d points x %d splits in %.1f s", job.pair_id, job.points, len(splits),
              time.perf_counter() - t0)
 
 
 # -- layer-wise mode connectivity ------------------------------------------------------------------
-@job_precision(lambda settings: settings.get("precision", DEFAULT_PRECISION))
-def layerwise_stage(settings: dict, inputs: dict, out_barriers: str | Path, out_distances: str | Path) -> None:
-    """Layer-wise barriers (the configured modes) and distances of one pair at one round (Adilova et al. 2023),
-    and of the pair with b aligned to a by weight matching when the settings ask for it (Ainsworth et al. 2023).
+@job_precision(lambda settings: LayerBarriersJob.from_settings(settings).precision)
+def layer_barriers_job(settings: dict, inputs: dict, out_barriers: str | Path, out_distances: str | Path) -> None:
+    """One job of rule layer_barriers (its `settings`: a `LayerBarriersJob`): layer-wise barriers (the configured
+    modes) and distances of one pair at one round (Adilova et al. 2023),
+    and of the pair with b aligned to a by weight matching when the job asks for it (Ainsworth et al. 2023).
 
     `inputs`: 'partition' and 'trajectory_a' always; 'clients' for two clients of one run,
     'trajectory_b' for the global models of two runs; neither for a run's global models at rounds `round` and
     `round` + 1 (kind `consecutive`: Adilova et al. 2023, Sec. 2.1, the average of consecutive epochs).
     """
     t0 = time.perf_counter()
-    device = resolve_device(settings["device"])
-    pair, round_ = settings["pair"], settings["round"]
-    run_ids = settings["run_id"].split(PAIR_SEPARATOR)  # one run, or two for a pair of runs
+    job = LayerBarriersJob.from_settings(settings)
+    device = resolve_device(job.device)
+    pair, round_ = job.pair, job.round
+    run_ids = job.run_id.split(PAIR_SEPARATOR)  # one run, or two for a pair of runs
     traj_a = load_trajectory(inputs["trajectory_a"], run_id=run_ids[0])
-    meta = {"run_id": settings["run_id"], "round": round_, "pair": pair}
-    if settings["kind"] == "clients":
+    meta = {"run_id": job.run_id, "round": round_, "pair": pair}
+    if job.kind == "clients":
         saved = load_clients(inputs["clients"], run_id=run_ids[0])
         reason = None
         if round_ not in saved and traj_a.status == OK:
@@ -203,47 +200,47 @@ def layerwise_stage(settings: dict, inputs: dict, out_barriers: str | Path, out_
             reason = f"the client models of round {round_} have NaN/inf parameters (status {traj_a.status!r})"
         if reason is not None:
             log.warning("pair %s: %s; not computed (NaN rows)", pair, reason)
-            barriers, distances = _nan_layer_rows(traj_a, meta, settings)
+            barriers, distances = _nan_layer_rows(traj_a, meta, job)
             write_csv(barriers, out_barriers)
             write_csv(distances, out_distances)
             return
         c = saved[round_]
         ids = c.client_ids.tolist()
-        absent = [k for k in settings["clients"] if k not in ids]
+        absent = [k for k in job.clients if k not in ids]
         if absent:
             raise ValueError(f"pair {pair}: clients {absent} did not take part in round {round_} (took part: {ids})")
-        a, b = (Point(c.params[ids.index(k)], c.buffers[ids.index(k)]) for k in settings["clients"])
+        a, b = (Point(c.params[ids.index(k)], c.buffers[ids.index(k)]) for k in job.clients)
     else:  # two runs' global models at one round, or one run's global models at rounds t and t + 1
-        consecutive = settings["kind"] == "consecutive"
+        consecutive = job.kind == "consecutive"
         traj_b = traj_a if consecutive else load_trajectory(inputs["trajectory_b"], run_id=run_ids[-1])
         round_b = round_ + 1 if consecutive else round_
         reasons = [f"{key}: {reason}" for key, tr, r in (("a", traj_a, round_), ("b", traj_b, round_b))
                    if (reason := tr.unusable(r)) is not None]
         if reasons:
             log.warning("pair %s: %s; not computed (NaN rows)", pair, "; ".join(reasons))
-            barriers, distances = _nan_layer_rows(traj_a, meta, settings)
+            barriers, distances = _nan_layer_rows(traj_a, meta, job)
             write_csv(barriers, out_barriers)
             write_csv(distances, out_distances)
             return
         a, b = _point(traj_a, round_), _point(traj_b, round_b)
     model = traj_a.model_meta.build().to(device).eval()
     layers = model_layers(model)
-    splits = _splits(settings, inputs["partition"], device)
-    modes, seed = _layer_modes(settings), settings.get("order_seed", 0)
+    splits = _splits(job.data, inputs["partition"], device)
+    modes, seed = list(job.modes), _order_seed(job)
     a, ends = a.to(device), {False: b.to(device)}
-    if settings.get("align"):
+    if job.align:
         t1 = time.perf_counter()
         ends[True], _ = align_points(model, a, ends[False])
         log.info("pair %s round %d: model b aligned to a by weight matching in %.1f s (distance %.4g -> %.4g)",
                  pair, round_, time.perf_counter() - t1, float((ends[False].params - a.params).norm()),
                  float((ends[True].params - a.params).norm()))
     barrier_rows, distance_rows = [], []
-    bn_x = _bn_x(settings, splits, model)
+    bn_x = _bn_x(job, splits, model)
     bn_stats = "stored" if bn_x is None else "recomputed"
     for aligned, end in ends.items():
         barrier_rows += [{**meta, **r, "aligned": aligned, "bn_stats": bn_stats} for r in layerwise_barriers(
-            model, a, end, splits, settings["eval_batch_size"], modes, layers, seed, bn_x,
-            settings.get("direction_seed", 0), settings.get("direction_samples", 1))]
+            model, a, end, splits, job.eval_batch_size, modes, layers, seed, bn_x,
+            *_directions(job))]
         distance_rows += [{**meta, **r, "aligned": aligned} for r in layer_distances(a, end, layers)]
     barriers = pd.DataFrame(barrier_rows, columns=LAYER_BARRIER_COLUMNS)
     distances = pd.DataFrame(distance_rows, columns=LAYER_DISTANCE_COLUMNS)

@@ -25,9 +25,9 @@ from fedscape.analysis.barriers.definitions import (
     mode_entries,
     parse_averaged,
 )
-from fedscape.core.alpha import is_iid
 from fedscape.core.io import remake_hint, write_csv
 from fedscape.core.runs import RUN_FIELDS, parse_run_id
+from fedscape.core.setting import is_iid
 from fedscape.models.specs import BN_STATS_BASELINE
 from fedscape.outputs.tables import TableError, read_table
 
@@ -48,7 +48,7 @@ def barriers_from_curves(curves: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=BARRIER_COLUMNS)
 
 
-def interpolation_tables(inputs: list[str | Path], out_interpolation: str | Path, out_barriers: str | Path) -> None:
+def interpolation_tables_job(inputs: list[str | Path], out_interpolation: str | Path, out_barriers: str | Path) -> None:
     """Concatenate the curves into interpolation.csv and compute barriers.csv from them."""
     # curves written before alignment (Bezier curves, bn_stats) existed have no `aligned` (`path`, `bn_stats`)
     # column: unaligned (linear, evaluated with the stored statistics)
@@ -81,8 +81,8 @@ def _older_layer_rows(df: pd.DataFrame, path: str | Path) -> pd.DataFrame:
     return df
 
 
-def layer_tables(barriers: list[str | Path], distances: list[str | Path], out_barriers: str | Path,
-                 out_distances: str | Path) -> None:
+def layer_barrier_tables_job(barriers: list[str | Path], distances: list[str | Path], out_barriers: str | Path,
+                             out_distances: str | Path) -> None:
     """Concatenate the per-job layer barriers and distances into layer_barriers.csv and layer_distances.csv; files
     from before alignment, the Fig. 4 modes and bn_stats read as unaligned, with their averaged layers filled in,
     evaluated with the stored statistics."""
@@ -129,7 +129,7 @@ def consecutive_table(barriers: pd.DataFrame, pairs: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CONSECUTIVE_COLUMNS)
 
 
-def write_consecutive_table(table: str | Path, pairs: list[str], output: str | Path) -> None:
+def layer_consecutive_table_job(table: str | Path, pairs: list[str], output: str | Path) -> None:
     """layer_consecutive.csv (`consecutive_table`) from the gathered layer_barriers.csv."""
     barriers = read_table(table, ["run_id", "round", "pair", "mode", "layer_index", "split", "barrier_loss",
                                   "barrier_error", "aligned", "averaged", *END_COLUMNS])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from fedscape.core.jobs import JobSettings
 from fedscape.fl.settings import STAT_KEYS
 
 CLIENT_STATS_COLUMNS = ["run_id", "round", *STAT_KEYS, "l2_to_final"]
@@ -16,3 +19,15 @@ CLIENT_STATS_PANELS = (
 )
 CLIENT_STATS_FIGURE_COLUMNS = ["alpha", "init", "round", *(column for column, _ in CLIENT_STATS_PANELS),
                                "dataset", "model", "algorithm", "num_clients", "participation"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientStatsJob(JobSettings):
+    """The client-statistics table's job: the runs it reads, in order (the rule's inputs follow the same order).
+
+    Its settings are the rule's params themselves (`params: **client_stats_params(...)`), as they were before the
+    contract: `run_ids` and the result version beside it.
+    """
+
+    rule = "client_stats"
+    run_ids: tuple[str, ...]

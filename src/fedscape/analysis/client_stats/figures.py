@@ -12,14 +12,14 @@ from fedscape.analysis.client_stats.definitions import (
     CLIENT_STATS_FIGURE_COLUMNS,
     CLIENT_STATS_PANELS,
 )
-from fedscape.core.alpha import setting_order_key
 from fedscape.core.runs import parse_run_id
+from fedscape.core.setting import setting_order_key
 from fedscape.outputs.labels import label_run
 from fedscape.outputs.style import RunStyle, empty_figure, pyplot, save_figure_outputs, varying_keys
 from fedscape.outputs.tables import read_table
 
 
-def client_stats_figure(table: str | Path, outputs: dict[str, str | Path]) -> None:
+def client_stats_figure_job(table: str | Path, outputs: dict[str, str | Path]) -> None:
     """Client drift, gradient diversity, update cosine and L2 to final per round; colour = alpha, style = init.
 
     Drift from the round start and from the aggregate (the client-drift explainer; Karimireddy et al. 2020),

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedscape.analysis.client_stats.definitions import CLIENT_STATS_COLUMNS
+from fedscape.analysis.client_stats.definitions import CLIENT_STATS_COLUMNS, ClientStatsJob
 from fedscape.core.io import write_csv
 from fedscape.fl.client_stats import l2_to_final, stats_from_checkpoints
 from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS, STAT_KEYS
@@ -25,14 +25,17 @@ from fedscape.outputs.tables import read_table
 log = logging.getLogger("fedscape.client_stats")
 
 
-def client_stats_table(run_ids: list[str], updates: list[str | Path], trajectories: list[str | Path],
-                       output: str | Path) -> None:
-    """client_stats.csv: the per-round client statistics of every run with the L2 distance to its final model.
+def client_stats_job(settings: dict, updates: list[str | Path], trajectories: list[str | Path],
+                     output: str | Path) -> None:
+    """client_stats.csv: the per-round client statistics of every run of the job (`ClientStatsJob`: the runs,
+    whose client_updates.csv and trajectory.pt are `updates` and `trajectories`, in order) with the L2 distance to
+    its final model.
 
     One row per run and round 0..final; round 0 (the init) has no client update, so only l2_to_final. A
     diverged run (rounds up to the one where it diverged) has no final model: its l2_to_final is NaN, as is that
     of a round whose global model the run did not keep (training.save_every).
     """
+    run_ids = ClientStatsJob.from_settings(settings).run_ids
     frames = []
     for k, (run_id, upd, traj_path) in enumerate(zip(run_ids, updates, trajectories, strict=True), start=1):
         traj = load_trajectory(traj_path, run_id=run_id)

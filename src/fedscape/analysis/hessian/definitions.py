@@ -3,12 +3,12 @@ and the columns of its tables."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from fedscape.analysis.contributions import FinalColumns
-from fedscape.core.config import without_baselines
+from fedscape.core.jobs import JobSettings
 from fedscape.core.names import unknown_name_error
-from fedscape.models.specs import DEFAULT_PRECISION, PRECISIONS
+from fedscape.models.specs import PRECISIONS
 
 METHODS = ("power", "lanczos")
 TRACE_ESTIMATORS = ("hutchinson", "hutchpp")
@@ -27,42 +27,45 @@ REPORT = FinalColumns(
 )
 
 
-@dataclass(frozen=True)
-class HessianSettings:
-    """Settings of one Hessian analysis (PyHessian recipe, Yao et al. 2020, with fixed probe counts)."""
+@dataclass(frozen=True, kw_only=True)
+class HessianSettings(JobSettings):
+    """Settings of one Hessian analysis (PyHessian recipe, Yao et al. 2020, with fixed probe counts): the `hessian`
+    part of a hessian job's settings. Their values come from the config's `hessian` section (the schema holds the
+    defaults); a field added after results existed has the baseline, the behaviour before it, as its default."""
 
-    top_k: int = 2  # lambda_1 (FedAlign Table 1, Meta poster); lambda_1, lambda_2 span the plane of FedAlign Fig. 1
+    top_k: int  # lambda_1 (FedAlign Table 1, Meta poster); lambda_1, lambda_2 span the plane of FedAlign Fig. 1
     # "power" = PyHessian / FedAlign; Lanczos was measured ~1e4x more accurate at fewer products
     # (tests/unit/test_hessian.py)
-    method: str = "lanczos"
-    tol: float = 1e-4  # relative tolerance (PyHessian uses 1e-3; 1e-4 keeps lambda_1 to 4 digits)
-    max_iter: int = 100  # PyHessian's maxIter
-    trace_probes: int = 300  # fixed Hutchinson probe count: PyHessian's early stop was measured at 4% error
+    method: str
+    tol: float  # relative tolerance (PyHessian uses 1e-3; 1e-4 keeps lambda_1 to 4 digits)
+    max_iter: int  # PyHessian's maxIter is 100
+    trace_probes: int  # fixed Hutchinson probe count: PyHessian's early stop was measured at 4% error
     # "hutchpp": Hutch++ trace and Diag++ diagonal from the same `trace_probes` products (a low-rank sketch
     # taken exactly, Hutchinson on the rest; Meyer et al. 2021, Baston & Nakatsukasa 2022). Not the default:
     # on bench_trace.py's cnn_small its trace erred 1.5x Hutchinson's at 10 products and 1.2x at 30, its
     # diagonal more at 10-100 (benchmarks/README.md); it won only on the trace at 100.
-    trace_estimator: str = "hutchinson"
+    trace_estimator: str = "hutchinson"  # baseline: Hutchinson
     # A fixed, seeded subset of this many samples per data set; None = all samples (PyHessian: a fixed batch set);
     # EVAL_ALL: the whole training split streamed batch by batch (the FedAlign code's Hessian, over its train loader).
-    eval_samples: int | str | None = 1024
-    batch_size: int = 512  # samples per forward pass; the mean loss is weighted by batch size
-    cache_graph: bool = True  # keep every batch's gradient graph for all products (memory) or rebuild it per product
-    density: bool = True  # stochastic Lanczos quadrature of the spectral density (Ghorbani et al. 2019)
-    density_steps: int = 90  # Lanczos steps per SLQ probe (Ghorbani et al. 2019 use 90)
-    density_probes: int = 10  # SLQ probes (Ghorbani et al. 2019 use 10; PyHessian 1)
-    seed: int = 0  # eigen start vectors, probes and evaluation subsets derive from it
+    eval_samples: int | str | None
+    batch_size: int  # samples per forward pass; the mean loss is weighted by batch size
+    cache_graph: bool  # keep every batch's gradient graph for all products (memory) or rebuild it per product
+    density: bool  # stochastic Lanczos quadrature of the spectral density (Ghorbani et al. 2019)
+    density_steps: int  # Lanczos steps per SLQ probe (Ghorbani et al. 2019 use 90)
+    density_probes: int  # SLQ probes (Ghorbani et al. 2019 use 10; PyHessian 1)
+    seed: int  # eigen start vectors, probes and evaluation subsets derive from it
     # Worst-case sharpness max_{||e|| <= rho} L(w + e) - L(w) (Keskar et al. 2017; Foret et al. 2021) and its
     # adaptive form over ||e / (|w| + eta)|| <= rho (Kwon et al. 2021), by projected normalised ascent from the
     # SAM / ASAM step. rho 0.05, eta 0.01 and the radii of FedSAM / FedASAM's defaults would match; a few
-    # steps suffice because the first step already is the linearised maximiser: our choice.
+    # steps suffice because the first step already is the linearised maximiser: our choice. Baselines: off, and
+    # the values of the first results that measured it.
     sharpness: bool = False
     sharpness_rho: float = 0.05
     sharpness_steps: int = 5
     sharpness_eta: float = 0.01
     # Of the Hessian-vector products (fedscape.models.device.use_precision): fp32, the reference the eigenvalues'
     # tolerance is stated against, or tf32 on CUDA. Not bf16: an 8-bit mantissa cannot hold 1e-4 relative.
-    precision: str = DEFAULT_PRECISION
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.precision not in HESSIAN_PRECISIONS:
@@ -100,22 +103,19 @@ class HessianSettings:
                 raise ValueError(message)
 
 
-# Settings added after results existed, with their baselines: the value every job computed with before the setting
-# existed (`fedscape.core.config.without_baselines`), kept apart from the defaults, which may change.
-HESSIAN_BASELINES: dict[str, object] = {
-    "trace_estimator": "hutchinson", "sharpness": False, "sharpness_rho": 0.05, "sharpness_steps": 5,
-    "sharpness_eta": 0.01, "precision": "fp32",
-}
+@dataclass(frozen=True, kw_only=True)
+class HessianJob(JobSettings):
+    """One job of rule hessian: the global model of one run at one round (`shared_from`: the run whose job's result
+    this one copies, `shared.copy_shared_job`; None for a job that computes)."""
 
-
-def job_settings(settings: HessianSettings) -> dict:
-    """The settings of a job as its `params` carry them: every field, less the later ones at their baselines."""
-    return without_baselines(asdict(settings), HESSIAN_BASELINES)
-
-
-def settings_of_job(job: dict) -> HessianSettings:
-    """The HessianSettings of a job's settings (`job_settings`): an omitted later setting takes its baseline."""
-    return HessianSettings(**{**HESSIAN_BASELINES, **job})
+    rule = "hessian"
+    run: dict  # the run's fields (the Run of core.runs), as load_federated_data reads them
+    run_id: str
+    round: int
+    dataset_options: dict
+    device: str
+    hessian: HessianSettings
+    shared_from: str | None = None
 
 
 def hessian_columns(top_k: int) -> list[str]:
@@ -126,7 +126,8 @@ def hessian_columns(top_k: int) -> list[str]:
 
 
 DENSITY_COLUMNS = ["run_id", "round", "data", "probe", "node", "weight"]
-# Each output of one Hessian job (one run, one round) and its file name in the job's directory.
+# Each output of one Hessian job (one run, one round) and its file name in the job's directory: the rule's outputs and
+# the plan's inputs both read them here.
 JOB_FILES = {"table": "hessian.csv", "clients": "hessian_clients.csv", "density": "density.csv",
              "plane": "eigen_plane.npz", "details": "hessian.json"}
 AGGREGATE = "all"  # the `data` value of the aggregate training data (union of the client shards)

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 
 from fedscape.analysis.hessian.definitions import AGGREGATE, DENSITY_COLUMNS
-from fedscape.core.alpha import format_setting, setting_label
 from fedscape.core.runs import RUN_FIELDS, parse_run_id
+from fedscape.core.setting import format_setting, setting_label
 from fedscape.outputs.labels import format_field, label_run
-from fedscape.outputs.style import PALETTE, alpha_colors, alpha_order, bounded_log_ticks, pyplot
+from fedscape.outputs.style import PALETTE, bounded_log_ticks, pyplot, setting_colors, setting_order
 from fedscape.outputs.style import save_figure_outputs as save
 from fedscape.outputs.tables import read_table
 
@@ -61,8 +61,8 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str) -> None:
     metrics = ["lambda_max", "trace"]
     fig, axes = plt.subplots(len(metrics), max(1, len(panels)), figsize=(3.2 * max(1, len(panels)), 5.0),
                              squeeze=False, layout="constrained")
-    alphas = alpha_order(long["alpha"].astype(str).unique())
-    colors = alpha_colors(alphas)
+    alphas = setting_order(long["alpha"].astype(str).unique())
+    colors = setting_colors(alphas)
     legend = {}
     for col, (setting, round_) in enumerate(panels):
         for row, metric in enumerate(metrics):
@@ -94,7 +94,17 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str) -> None:
     save(fig, outputs, data)
 
 
-def density_figure(inputs: list[str | Path], outputs: dict, grid_points: int = 1000) -> None:
+def hessian_by_algorithm_figure_job(table: str | Path, outputs: dict) -> None:
+    """lambda_max and trace per algorithm (FedAlign Table 1): `lambda_trace_figure` by algorithm."""
+    lambda_trace_figure(table, outputs, by="algorithm")
+
+
+def hessian_by_init_figure_job(table: str | Path, outputs: dict) -> None:
+    """lambda_max and trace per init (the Meta poster's top eigenvalue at init): `lambda_trace_figure` by init."""
+    lambda_trace_figure(table, outputs, by="init")
+
+
+def hessian_density_figure_job(inputs: list[str | Path], outputs: dict, grid_points: int = 1000) -> None:
     """Spectral density of the aggregate-data Hessian by SLQ (Ghorbani et al. 2019): one panel per run, one line
     per round, Gaussian-smoothed as in PyHessian, log scale."""
     # a diverged run's job has no density rows

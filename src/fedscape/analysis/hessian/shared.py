@@ -12,7 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from fedscape.analysis.hessian.definitions import JOB_FILES
+from fedscape.analysis.hessian.definitions import JOB_FILES, HessianJob
 from fedscape.analysis.landscape.definitions import read_plane_file, write_plane_file
 from fedscape.core.io import atomic_write_text, write_json
 
@@ -36,13 +36,13 @@ def _with_run_id(text: str, source_id: str, run_id: str, path: str | Path) -> st
     return out.getvalue()
 
 
-def copy_shared_job(settings: dict, source: dict[str, str | Path], outputs: dict[str, str | Path]) -> None:
-    """Write this job's outputs (hessian.csv, hessian_clients.csv, density.csv, eigen_plane.npz, hessian.json)
-    from those of the job it shares its result with (`settings['shared_from']`, its run id): the same numbers,
-    this run's id."""
-    run_id, source_id = settings["run_id"], settings["shared_from"]
+def copy_shared_job(run_id: str, round_: int, source_id: str, source: dict[str, str | Path],
+                    outputs: dict[str, str | Path]) -> None:
+    """Write the outputs of run `run_id`'s job at `round_` (hessian.csv, hessian_clients.csv, density.csv,
+    eigen_plane.npz, hessian.json) from those of the job it shares its result with (of run `source_id`): the same
+    numbers, this run's id."""
     log.info("round %d of %s analyses the same model on the same data as that of %s (the initial model, the same "
-             "partition): its results are copied, with this run's id", settings["round"], run_id, source_id)
+             "partition): its results are copied, with this run's id", round_, run_id, source_id)
     for key in CSV_KEYS:
         atomic_write_text(outputs[key], _with_run_id(Path(source[key]).read_text(), source_id, run_id, source[key]))
     arrays, meta = read_plane_file(source["plane"])
@@ -54,9 +54,12 @@ def copy_shared_job(settings: dict, source: dict[str, str | Path], outputs: dict
 
 
 def hessian_job(settings: dict, inputs: dict[str, str | Path], outputs: dict[str, str | Path], threads: int) -> None:
-    """One job of the hessian rule: copy a shared result, or compute (`hessian_stage`) on `threads` CPU threads."""
-    if settings.get("shared_from"):
-        copy_shared_job(settings, {key: inputs[f"source_{key}"] for key in JOB_FILES}, outputs)
+    """One job of the hessian rule (its `settings`: a `HessianJob`): copy a shared result, or compute
+    (`hessian_stage`) on `threads` CPU threads."""
+    job = HessianJob.from_settings(settings)
+    if job.shared_from:
+        copy_shared_job(job.run_id, job.round, job.shared_from, {key: inputs[f"source_{key}"] for key in JOB_FILES},
+                        outputs)
         return
     from fedscape.analysis.hessian.stage import hessian_stage  # lazy: torch, which a copying job does without
     from fedscape.models.device import use_threads  # lazy: as above

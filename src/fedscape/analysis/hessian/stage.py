@@ -19,9 +19,9 @@ from fedscape.analysis.hessian.definitions import (
     CLIENT_COLUMNS,
     DENSITY_COLUMNS,
     EVAL_ALL,
+    HessianJob,
     client_label,
     hessian_columns,
-    settings_of_job,
 )
 from fedscape.analysis.hessian.maths import analyse, eval_subset, hessian_norm_direction, orthonormal_plane
 from fedscape.analysis.landscape.planes import META_KEYS, Plane, save_plane
@@ -72,22 +72,24 @@ def write_eigen_plane(path: str | Path, center, center_buffers, d1, d2, meta: di
     save_plane(path, plane)
 
 
-@job_precision(lambda settings: settings_of_job(settings["hessian"]).precision)
+@job_precision(lambda settings: HessianJob.from_settings(settings).hessian.precision)
 def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: str | Path,
                   outputs: dict[str, str | Path]) -> None:
-    """One (run, round): Hessian metrics on the aggregate data and on each client's data; writes the
-    job's hessian.csv, hessian_clients.csv, density.csv, eigen_plane.npz and hessian.json."""
+    """One (run, round) of a hessian job's `settings` (`HessianJob`): Hessian metrics on the aggregate data and on
+    each client's data; writes the job's hessian.csv, hessian_clients.csv, density.csv, eigen_plane.npz and
+    hessian.json."""
     t_start = time.perf_counter()
-    hs = settings_of_job(settings["hessian"])
-    run_id, round_ = settings["run_id"], int(settings["round"])
-    device = resolve_device(settings["device"])
+    job = HessianJob.from_settings(settings)
+    hs = job.hessian
+    run_id, round_ = job.run_id, job.round
+    device = resolve_device(job.device)
     traj = load_trajectory(trajectory_path, run_id=run_id)
     reason = traj.unusable(round_)
     if reason is not None:
-        _write_diverged(settings, traj, reason, outputs, t_start)
+        _write_diverged(job, traj, reason, outputs, t_start)
         return
     model = traj.model_at(round_, device)
-    data = load_federated_data(settings["run"], settings["dataset_options"], partition_path, device)
+    data = load_federated_data(job.run, job.dataset_options, partition_path, device)
     log.info("hessian of %s at round %d on %s: %d parameters, %d clients, top-%d by %s, %d trace probes",
              run_id, round_, device, traj.params.shape[1], data.num_clients, hs.top_k, hs.method, hs.trace_probes)
 
@@ -149,14 +151,14 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     log.info("done in %.1f s", details["seconds"])
 
 
-def _write_diverged(settings: dict, traj, reason: str, outputs: dict[str, str | Path], t_start: float) -> None:
+def _write_diverged(job: HessianJob, traj, reason: str, outputs: dict[str, str | Path], t_start: float) -> None:
     """Skip a job whose model cannot be analysed (a diverged run), still writing every output: NaN rows with
     status `diverged`, no density, an all-NaN eigenvector plane marked `diverged` and the reason in hessian.json."""
-    hs = settings_of_job(settings["hessian"])
-    run_id, round_ = settings["run_id"], int(settings["round"])
+    hs = job.hessian
+    run_id, round_ = job.run_id, job.round
     log.warning("run %s, round %d: %s; the Hessian is not computed (NaN rows with status %r)", run_id, round_,
                 reason, DIVERGED)
-    num_clients = int(settings["run"]["num_clients"])
+    num_clients = int(job.run["num_clients"])
     rows = [{"run_id": run_id, "round": round_, "data": data, "status": DIVERGED}
             for data in [AGGREGATE, *[client_label(k) for k in range(num_clients)]]]
     write_csv(pd.DataFrame(rows, columns=hessian_columns(hs.top_k)), outputs["table"])

@@ -34,6 +34,13 @@ def gather_tables(inputs: list[str | Path], output: str | Path, columns: list[st
     write_csv(df[columns], output)
 
 
+def hessian_tables_job(tables: list[str | Path], clients: list[str | Path], out_table: str | Path,
+                       out_clients: str | Path, columns: list[str], client_columns: list[str]) -> None:
+    """hessian.csv (the per-job tables, `columns`) and hessian_clients.csv (the per-client rows, `client_columns`)."""
+    gather_tables(tables, out_table, columns)
+    gather_tables(clients, out_clients, client_columns)
+
+
 def final_columns(final: pd.DataFrame, hessian: pd.DataFrame | None = None,
                   hessian_clients: pd.DataFrame | None = None) -> pd.DataFrame:
     """final.csv's Hessian columns per run of `final` (run_id, final_round): lambda_max / trace of the aggregate

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fedscape.core.io import atomic_path, remake_hint, supplied_hint
+from fedscape.core.jobs import JobSettings
 from fedscape.core.names import unknown_name_error
 
 SURFACE_KINDS = ("trajectory", "local", "final_models", "trajectories", "random", "hessian", "three_points")
@@ -41,6 +43,53 @@ SURFACE_FILE = "surface.npz"
 FIGURE_FILES = {"pdf": "surface.pdf", "png": "surface.png", "grid_csv": "surface_grid.csv",
                 "points_csv": "surface_points.csv"}
 LABEL_FIELDS = ("alpha", "algorithm", "init", "participation", "num_clients", "seed", "model", "dataset")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlaneCheckpoint(JobSettings):
+    """One checkpoint of a three_points plane: a run's global model after `round` (a round or 'final')."""
+
+    run_id: str
+    round: int | str
+
+
+@dataclass(frozen=True, kw_only=True)
+class LandscapePlaneJob(JobSettings):
+    """One job of rule landscape_plane: the plane of one `landscapes` entry, its projected checkpoints and its grid.
+    The defaults are the baselines: how every plane job computed before the field existed."""
+
+    rule = "landscape_plane"
+    label: str
+    kind: str  # one of SURFACE_KINDS
+    runs: tuple[str, ...]  # the plane's run ids; the first one's partition defines the data
+    run_fields: tuple[dict, ...]  # each run's fields (core.runs.Run), for the legend's labels
+    round: int | str  # a round or 'final'
+    checkpoints: tuple[PlaneCheckpoint, ...]  # kind three_points only
+    center: str  # final or mean
+    seed: int
+    resolution: int
+    span: float | tuple[float, ...] | None  # None: the points' extent plus `margin`
+    margin: float
+    client: int
+    plane_file: str | None = None  # kind hessian: a plane file the user supplies, None for the Hessian stage's
+
+
+@dataclass(frozen=True, kw_only=True)
+class LandscapeChunkJob(JobSettings):
+    """One job of rule landscape_chunk: chunk `chunk` of `chunks` of one surface's grid evaluated on its data (the
+    plane and the grid come as input files). The defaults are the baselines."""
+
+    rule = "landscape_chunk"
+    surface_id: str  # '<label>/<data>'
+    dataset: str
+    dataset_options: dict
+    data: str  # train, test or client~<id>
+    chunk: int
+    chunks: int
+    points_per_batch: int
+    batch_size: int  # the training's evaluation batch size
+    device: str
+    precision: str = "fp32"
 
 
 class PlaneError(ValueError):

@@ -15,10 +15,10 @@ from matplotlib.colors import LogNorm
 from matplotlib.patches import Patch
 
 from fedscape.analysis.landscape.gather import load_surface
-from fedscape.core.alpha import format_setting
 from fedscape.core.io import atomic_path
 from fedscape.core.runs import parse_run_id
-from fedscape.outputs.style import PALETTE, SEQUENTIAL_CMAP, alpha_colors, pyplot, write_formats
+from fedscape.core.setting import format_setting
+from fedscape.outputs.style import PALETTE, SEQUENTIAL_CMAP, pyplot, setting_colors, write_formats
 
 log = logging.getLogger("fedscape.landscape")
 
@@ -175,12 +175,12 @@ def _group_colors(order: list[str], groups: np.ndarray, run_ids: np.ndarray) -> 
     """Colour by alpha as in every fedscape figure when the groups differ in alpha, else in turn."""
     alphas = {group: parse_run_id(str(run_ids[groups == group][0])).get("alpha") for group in order}
     if None not in alphas.values() and len(set(alphas.values())) == len(order):
-        by_alpha = alpha_colors(alphas.values())
+        by_alpha = setting_colors(alphas.values())
         return {g: by_alpha[format_setting(a)] for g, a in alphas.items()}
     return {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(order)}
 
 
-def figure_stage(settings: dict, surface_path: str, overlay_path: str | None, outputs: dict[str, str]) -> None:
+def landscape_figure_job(settings: dict, surface_path: str, overlay_path: str | None, outputs: dict[str, str]) -> None:
     """Contour figure (PDF and PNG) of one surface, drawn from its .npz only, with its data as CSV beside it."""
     surface = load_surface(surface_path)
     overlay = load_surface(overlay_path) if overlay_path else None

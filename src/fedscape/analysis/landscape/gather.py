@@ -21,8 +21,8 @@ log = logging.getLogger("fedscape.landscape")
 
 
 # -- gather ----------------------------------------------------------------------------------------------
-def gather_stage(settings: dict, chunk_paths: list[str], plane_path: str, grid_path: str, points_path: str,
-                 out: str) -> None:
+def landscape_gather_job(settings: dict, chunk_paths: list[str], plane_path: str, grid_path: str, points_path: str,
+                         out: str) -> None:
     """Assemble a surface's chunks into one .npz with the grid, the projected points and the plane metadata."""
     grid = Grid.from_dict(json.loads(Path(grid_path).read_text()))
     want = digest(grid.to_dict())
@@ -89,7 +89,7 @@ def load_surface(path: str | Path) -> dict:
 
 
 # -- table -----------------------------------------------------------------------------------------------
-def surfaces_table(surface_paths: list[str], out: str) -> None:
+def surfaces_table_job(surface_paths: list[str], out: str) -> None:
     """results/tables/surfaces.csv: one row per surface (surface_id, kind, runs, round, data, resolution, path)."""
     rows = []
     for path in surface_paths:

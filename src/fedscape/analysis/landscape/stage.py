@@ -13,7 +13,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fedscape.analysis.landscape.definitions import LABEL_FIELDS, PLANE_KIND_OF, POINT_COLUMNS
+from fedscape.analysis.landscape.definitions import (
+    LABEL_FIELDS,
+    PLANE_KIND_OF,
+    POINT_COLUMNS,
+    LandscapeChunkJob,
+    LandscapePlaneJob,
+)
 from fedscape.analysis.landscape.grid import Grid, chunk_bounds, grid_extent
 from fedscape.analysis.landscape.planes import (
     Plane,
@@ -30,11 +36,9 @@ from fedscape.core.config import digest
 from fedscape.core.io import atomic_path, atomic_write_text, remake_hint, supplied_hint
 from fedscape.core.runs import DIVERGED, OK, parse_run_id
 from fedscape.data.datasets import dataset_from_options
-from fedscape.data.federated import with_feature_noise
-from fedscape.data.partition import check_run_partition, load_partition
+from fedscape.data.federated import federate, load_federated_data, load_test_data
 from fedscape.models.checkpoint import ModelMeta, Trajectory, load_clients, load_trajectory
 from fedscape.models.device import describe_compute, job_precision, resolve_device
-from fedscape.models.specs import DEFAULT_PRECISION
 from fedscape.outputs.labels import label_run
 
 log = logging.getLogger("fedscape.landscape")
@@ -98,66 +102,68 @@ def _finite_rows(traj: Trajectory, upto: int, run_id: str) -> list[int]:
 
 
 # -- plane -----------------------------------------------------------------------------------------------
-def plane_stage(settings: dict, trajectories: list[str], clients: str | None, hessian_plane: str | None,
-                outputs: dict[str, str]) -> None:
-    """Build the plane of one `landscapes` entry, project its checkpoints and fix the grid.
+def landscape_plane_job(settings: dict, trajectories: list[str], clients: str | None, hessian_plane: str | None,
+                        outputs: dict[str, str]) -> None:
+    """One job of rule landscape_plane (its `settings`: a `LandscapePlaneJob`): build the plane of one `landscapes`
+    entry, project its checkpoints and fix the grid.
 
     When a checkpoint the plane needs belongs to a diverged run (its round is missing, its model is not
     finite, or the Hessian plane was not computed), a warning is logged and an all-NaN plane marked
     `status: diverged` is written with no points; its chunks then record NaN losses without evaluating.
     """
     t0 = time.perf_counter()
-    kind, runs = settings["kind"], settings["runs"]
-    labels = dict(zip(runs, run_labels(settings["run_fields"]), strict=True))
+    job = LandscapePlaneJob.from_settings(settings)
+    kind, runs = job.kind, list(job.runs)
+    labels = dict(zip(runs, run_labels(job.run_fields), strict=True))
     trajs = {run_id: load_trajectory(path, run_id=run_id) for run_id, path in zip(runs, trajectories, strict=True)}
     first = trajs[runs[0]]
     common = {"runs": runs, "model_meta": first.model_meta.to_dict(),
-              "extra": {"label": settings["label"], "surface_kind": kind}}
+              "extra": {"label": job.label, "surface_kind": kind}}
     try:
-        plane, pts = _build_plane(settings, trajs, clients, hessian_plane, labels, common)
+        plane, pts = _build_plane(job, trajs, clients, hessian_plane, labels, common)
     except DivergedCheckpoint as exc:
-        log.warning("surface %s: %s; writing an all-NaN plane (status %r) and no points", settings["label"], exc,
+        log.warning("surface %s: %s; writing an all-NaN plane (status %r) and no points", job.label, exc,
                     DIVERGED)
-        plane, pts = _diverged_plane(settings, first, common, str(exc)), _Points([], [], [])
+        plane, pts = _diverged_plane(job, first, common, str(exc)), _Points([], [], [])
 
     if pts.rows:
         proj = project(torch.stack(pts.params), plane)
         coords, distance, rel_distance = proj.coords, proj.distance, proj.rel_distance
     else:
         coords, distance, rel_distance = np.zeros((0, 2)), np.zeros(0), np.zeros(0)
-    extent = grid_extent(coords, settings["margin"], settings["span"])
-    grid = Grid.from_extent(extent, settings["resolution"])
+    extent = grid_extent(coords, job.margin, job.span)
+    grid = Grid.from_extent(extent, job.resolution)
     save_plane(outputs["plane"], plane)
     df = pd.DataFrame(pts.rows, columns=[c for c in POINT_COLUMNS if c not in ("a", "b", "distance", "rel_distance")])
     df["a"], df["b"] = coords[:, 0], coords[:, 1]
     df["distance"], df["rel_distance"] = distance, rel_distance
     with atomic_path(outputs["points"]) as tmp:
         df[POINT_COLUMNS].to_csv(tmp, index=False)
-    grid_info = {**grid.to_dict(), "extent": list(grid.extent), "resolution": settings["resolution"],
+    grid_info = {**grid.to_dict(), "extent": list(grid.extent), "resolution": job.resolution,
                  "plane_settings_digest": digest(settings)}
     atomic_write_text(outputs["grid"], json.dumps(grid_info, indent=1))
     log.info("plane %s (%s, %d checkpoints, explained variance %s): extent %s, max distance from plane %.3g "
-             "(relative %.3g), %.1f s", settings["label"], plane.kind, len(pts.rows), plane.explained_variance,
+             "(relative %.3g), %.1f s", job.label, plane.kind, len(pts.rows), plane.explained_variance,
              [round(v, 4) for v in grid.extent], float(distance.max(initial=0.0)),
              float(rel_distance.max(initial=0.0)), time.perf_counter() - t0)
 
 
-def _diverged_plane(settings: dict, first: Trajectory, common: dict, reason: str) -> Plane:
+def _diverged_plane(job: LandscapePlaneJob, first: Trajectory, common: dict, reason: str) -> Plane:
     """An all-NaN plane of the entry's kind marked `status: diverged` (its surfaces are all NaN)."""
     nan = torch.full((first.params.shape[1],), float("nan"))
-    round_ = settings["round"]
+    round_ = job.round
     return Plane(nan, torch.full((first.buffers.shape[1],), float("nan")), nan.clone(), nan.clone(),
-                 kind=PLANE_KIND_OF[settings["kind"]], runs=tuple(common["runs"]),
+                 kind=PLANE_KIND_OF[job.kind], runs=tuple(common["runs"]),
                  round=None if round_ == "final" else int(round_),
                  axis_labels=("d1 (not computed: a run diverged)", "d2 (not computed: a run diverged)"),
-                 model_meta=common["model_meta"], seed=settings["seed"],
+                 model_meta=common["model_meta"], seed=job.seed,
                  extra={**common["extra"], "status": DIVERGED, "reason": reason})
 
 
-def _build_plane(settings: dict, trajs: dict[str, Trajectory], clients: str | None, hessian_plane: str | None,
+def _build_plane(job: LandscapePlaneJob, trajs: dict[str, Trajectory], clients: str | None, hessian_plane: str | None,
                  labels: dict[str, str], common: dict) -> tuple[Plane, _Points]:
     """The plane of one entry and the checkpoints to project on it (DivergedCheckpoint: a run diverged)."""
-    kind, runs, round_ = settings["kind"], settings["runs"], settings["round"]
+    kind, runs, round_ = job.kind, list(job.runs), job.round
     first = trajs[runs[0]]
     meta = common["model_meta"]
     pts = _Points([], [], [])
@@ -175,13 +181,13 @@ def _build_plane(settings: dict, trajs: dict[str, Trajectory], clients: str | No
         if len(pts.params) < 2 and any(trajs[r].status != "ok" for r in runs):
             raise DivergedCheckpoint(f"run(s) {', '.join(runs)} diverged with {len(pts.params)} finite checkpoint(s) "
                                      "up to the plane's round; a PCA plane needs 2")
-        center, buffers = _center(settings, pts, first.params[ends[runs[0]]], first.buffers[ends[runs[0]]])
+        center, buffers = _center(job, pts, first.params[ends[runs[0]]], first.buffers[ends[runs[0]]])
         stacked = torch.stack(pts.params)
         plane_round = None if round_ == "final" else int(round_)
         if kind == "trajectory":
-            plane = pca_plane(stacked, center, buffers, round=plane_round, seed=settings["seed"], **common)
+            plane = pca_plane(stacked, center, buffers, round=plane_round, seed=job.seed, **common)
         else:
-            plane = joint_pca_plane([stacked], center, buffers, round=plane_round, seed=settings["seed"], **common)
+            plane = joint_pca_plane([stacked], center, buffers, round=plane_round, seed=job.seed, **common)
     elif kind == "final_models":
         for run_id in runs:
             traj = trajs[run_id]
@@ -189,9 +195,9 @@ def _build_plane(settings: dict, trajs: dict[str, Trajectory], clients: str | No
             pts.add(*_model(traj, row), label=labels[run_id], group=labels[run_id], role="final",
                     run_id=run_id, round=int(traj.rounds[row]), client=-1)
         row0 = _row_of(first, round_, runs[0])
-        center, buffers = _center(settings, pts, *_model(first, row0))
+        center, buffers = _center(job, pts, *_model(first, row0))
         plane = joint_pca_plane([torch.stack(pts.params)], center, buffers,
-                                round=None if round_ == "final" else int(round_), seed=settings["seed"], **common)
+                                round=None if round_ == "final" else int(round_), seed=job.seed, **common)
     elif kind == "local":
         run_id = runs[0]
         t = int(first.final_round if round_ == "final" else round_)
@@ -209,19 +215,19 @@ def _build_plane(settings: dict, trajs: dict[str, Trajectory], clients: str | No
                     round=t, client=int(cid))
         pts.add(first.params[end], first.buffers[end], label=f"aggregate (t={t})", group="global", role="aggregate",
                 run_id=run_id, round=t, client=-1)
-        center, buffers = _center(settings, pts, first.params[end], first.buffers[end])
-        plane = pca_plane(torch.stack(pts.params), center, buffers, round=t, seed=settings["seed"],
-                          **{**common, "extra": {**common["extra"], "client": settings["client"]}})
+        center, buffers = _center(job, pts, first.params[end], first.buffers[end])
+        plane = pca_plane(torch.stack(pts.params), center, buffers, round=t, seed=job.seed,
+                          **{**common, "extra": {**common["extra"], "client": job.client}})
     elif kind == "random":
         run_id = runs[0]
         row = _row_of(first, round_, run_id)
         pts.add(*_model(first, row), label=f"{labels[run_id]}, round {int(first.rounds[row])}",
                 group=labels[run_id], role="center", run_id=run_id, round=int(first.rounds[row]), client=-1)
-        plane = random_plane(*_model(first, row), first.model_meta.param_shapes, settings["seed"],
+        plane = random_plane(*_model(first, row), first.model_meta.param_shapes, job.seed,
                              round=int(first.rounds[row]), **common)
     elif kind == "hessian":
         run_id = runs[0]
-        supplied_as = f"landscapes.{settings['label']}.plane_file" if settings.get("plane_file") else None
+        supplied_as = f"landscapes.{job.label}.plane_file" if job.plane_file else None
         plane = load_plane(hessian_plane, supplied_as)
         if plane.extra.get("status", OK) != OK:
             raise DivergedCheckpoint(f"{hessian_plane} was not computed (status {plane.extra['status']!r}: "
@@ -239,24 +245,24 @@ def _build_plane(settings: dict, trajs: dict[str, Trajectory], clients: str | No
                 group=labels[run_id], role="center", run_id=run_id, round=int(first.rounds[row]), client=-1)
     elif kind == "three_points":
         vecs, bufs, names = [], [], []
-        for cp in settings["checkpoints"]:
-            traj = trajs[cp["run_id"]]
-            row = _row_of(traj, cp["round"], cp["run_id"])
+        for cp in job.checkpoints:
+            traj = trajs[cp.run_id]
+            row = _row_of(traj, cp.round, cp.run_id)
             params, buffers = _model(traj, row)
             vecs.append(params)
             bufs.append(buffers)
-            names.append(f"{labels[cp['run_id']]}, round {int(traj.rounds[row])}")
-            pts.add(params, buffers, label=names[-1], group=labels[cp["run_id"]], role="checkpoint",
-                    run_id=cp["run_id"], round=int(traj.rounds[row]), client=-1)
+            names.append(f"{labels[cp.run_id]}, round {int(traj.rounds[row])}")
+            pts.add(params, buffers, label=names[-1], group=labels[cp.run_id], role="checkpoint",
+                    run_id=cp.run_id, round=int(traj.rounds[row]), client=-1)
         plane = three_point_plane(vecs[0], vecs[1], vecs[2], bufs[0], labels=names, **common)
     else:
         raise ValueError(f"unknown surface kind {kind!r}")
     return plane, pts
 
-def _center(settings: dict, pts: _Points, final: torch.Tensor,
+def _center(job: LandscapePlaneJob, pts: _Points, final: torch.Tensor,
             final_buffers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The plane's centre: the last checkpoint (Li et al. 2018) or the mean of all the plane's checkpoints."""
-    if settings["center"] == "mean":
+    if job.center == "mean":
         center = torch.stack(pts.params).double().mean(dim=0).float()
         buffers = torch.stack(pts.buffers).double().mean(dim=0).float()
         return center, buffers
@@ -264,64 +270,67 @@ def _center(settings: dict, pts: _Points, final: torch.Tensor,
 
 
 # -- chunks ----------------------------------------------------------------------------------------------
-def surface_data(settings: dict, partition_path: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The evaluation data of a surface: the union of the clients' data (L), one client's (L_m) or the test set."""
-    ds = dataset_from_options(settings["dataset"], settings["dataset_options"])
-    data = settings["data"]
+def surface_data(dataset: str, options: dict, data: str, partition_path: str | None,
+                 run: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The evaluation data `data` of a surface: the union of the clients' data (L, `train`), one client's (L_m,
+    `client~<id>`) or the test set, of `dataset` with `options`, loaded as the train stage loads them
+    (data.federated: the partition kind's input transform applied). `run`: the fields of the run whose partition it
+    is, checked against the file (None: a plane that names no run)."""
     if data == "test":
-        return ds.x_test, ds.y_test
-    part = load_partition(partition_path, ds.y_train.numpy())
-    x_train = with_feature_noise(ds.x_train, part)  # the clients' data as they trained on it
-    if data == "train":
-        idx = np.sort(np.concatenate([np.asarray(ix) for ix in part.client_indices]))
-    elif data.startswith("client~"):
-        m = int(data.split("~", 1)[1])
-        if not 0 <= m < part.num_clients:
-            raise ValueError(f"client {m} does not exist: the partition has {part.num_clients} clients")
-        idx = np.asarray(part.client_indices[m])
-    else:
+        return load_test_data(dataset, options)
+    if data != "train" and not data.startswith("client~"):
         raise ValueError(f"unknown surface data {data!r}: train, test or client~<id>")
-    idx_t = torch.as_tensor(idx, dtype=torch.long)
-    return x_train[idx_t], ds.y_train[idx_t]
+    if run is None:
+        fed = federate(dataset_from_options(dataset, options), partition_path)
+    else:
+        fed = load_federated_data(run, options, partition_path)
+    if data == "train":
+        return fed.union()
+    m = int(data.split("~", 1)[1])
+    if not 0 <= m < fed.num_clients:
+        raise ValueError(f"client {m} does not exist: the partition has {fed.num_clients} clients")
+    return fed.client(m)
 
 
-@job_precision(lambda settings: settings.get("precision", DEFAULT_PRECISION))
-def chunk_stage(settings: dict, plane_path: str, grid_path: str, partition_path: str | None, out: str) -> None:
-    """Evaluate one chunk of a surface's grid and write its indices, losses and accuracies (all NaN, without
-    evaluating, when the plane is marked diverged)."""
+@job_precision(lambda settings: LandscapeChunkJob.from_settings(settings).precision)
+def landscape_chunk_job(settings: dict, plane_path: str, grid_path: str, partition_path: str | None, out: str) -> None:
+    """One job of rule landscape_chunk (its `settings`: a `LandscapeChunkJob`): evaluate one chunk of a surface's
+    grid and write its indices, losses and accuracies (all NaN, without evaluating, when the plane is marked
+    diverged)."""
+    job = LandscapeChunkJob.from_settings(settings)
     plane = load_plane(plane_path)
     grid_info = json.loads(Path(grid_path).read_text())
     grid = Grid.from_dict(grid_info)
     if plane.extra.get("status", OK) != OK:
-        _write_nan_chunk(settings, plane, grid, out)
+        _write_nan_chunk(job, plane, grid, out)
         return
-    if partition_path is not None and plane.runs:  # the plane's first run is the one whose data it evaluates
-        check_run_partition(partition_path, parse_run_id(plane.runs[0]))
-    x, y = surface_data(settings, partition_path)
-    device = resolve_device(settings["device"])
+    # the plane's first run is the one whose data it evaluates
+    x, y = surface_data(job.dataset, job.dataset_options, job.data, partition_path,
+                        parse_run_id(plane.runs[0]) if plane.runs else None)
+    device = resolve_device(job.device)
     model = ModelMeta.from_dict(plane.model_meta).build()
-    sset = SurfaceSettings(batch_size=settings["batch_size"], points_per_batch=settings["points_per_batch"])
+    sset = SurfaceSettings(batch_size=job.batch_size, points_per_batch=job.points_per_batch)
     evaluator = SurfaceEvaluator(model, plane, x, y, device, sset)
-    start, stop = chunk_bounds(grid.size, settings["chunks"], sset.points_per_batch)[settings["chunk"]]
+    start, stop = chunk_bounds(grid.size, job.chunks, sset.points_per_batch)[job.chunk]
     log.info("surface %s chunk %d/%d: grid points %d..%d of %d on %s (%d samples, channels_last=%s)",
-             settings["surface_id"], settings["chunk"] + 1, settings["chunks"], start, stop, grid.size, device, len(y),
+             job.surface_id, job.chunk + 1, job.chunks, start, stop, grid.size, device, len(y),
              evaluator.flat.channels_last)
     res = evaluate_chunk(evaluator, grid, start, stop)
-    meta = {"surface_id": settings["surface_id"], "chunk": settings["chunk"], "chunks": settings["chunks"],
+    meta = {"surface_id": job.surface_id, "chunk": job.chunk, "chunks": job.chunks,
             "grid_digest": digest(grid.to_dict()), "n_eval": len(y),
-            **describe_compute(device, settings.get("precision", DEFAULT_PRECISION))}
+            **describe_compute(device, job.precision)}
     with atomic_path(out, suffix=".npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, index=res["index"], loss=res["loss"], acc=res["acc"], meta=np.array(json.dumps(meta)))
 
 
-def _write_nan_chunk(settings: dict, plane: Plane, grid: Grid, out: str) -> None:
+def _write_nan_chunk(job: LandscapeChunkJob, plane: Plane, grid: Grid, out: str) -> None:
     """The chunk of a plane marked diverged: its grid points with NaN loss and accuracy, nothing evaluated."""
-    start, stop = chunk_bounds(grid.size, settings["chunks"], settings["points_per_batch"])[settings["chunk"]]
+    start, stop = chunk_bounds(grid.size, job.chunks, job.points_per_batch)[job.chunk]
     log.warning("surface %s chunk %d/%d: the plane is marked %r (%s); grid points %d..%d recorded as NaN",
-                settings["surface_id"], settings["chunk"] + 1, settings["chunks"], plane.extra["status"],
+                job.surface_id, job.chunk + 1, job.chunks, plane.extra["status"],
                 plane.extra.get("reason", "no reason recorded"), start, stop)
     nan = np.full(stop - start, np.nan)
-    meta = {"surface_id": settings["surface_id"], "chunk": settings["chunk"], "chunks": settings["chunks"],
+    meta = {"surface_id": job.surface_id, "chunk": job.chunk, "chunks": job.chunks,
             "grid_digest": digest(grid.to_dict()), "n_eval": None, "device": None, "status": plane.extra["status"]}
     with atomic_path(out, suffix=".npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, index=np.arange(start, stop, dtype=np.int64), loss=nan, acc=nan.copy(),

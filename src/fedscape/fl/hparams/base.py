@@ -11,7 +11,7 @@ class AlgorithmConfig:
     """What every algorithm's hyperparameter dataclass answers besides its fields."""
 
     def model_options(self) -> dict:
-        """Options the algorithm adds to the model it trains (`fedscape.models.networks.build_model`), so that
+        """Options the algorithm adds to the model it trains (`fedscape.models.registry.build_model`), so that
         its trajectory rebuilds as trained; {} for all but MOON with the classifier on its projection head."""
         return {}
 

@@ -11,7 +11,7 @@ from torch import nn
 from fedscape.core.seeds import derive_seed
 from fedscape.fl.aggregate import sample_weights, weighted_mean
 from fedscape.fl.strategies.base import ClientContext, ClientResult, ClientStore, Strategy
-from fedscape.models.networks import ProjectedClassifier
+from fedscape.models.layers import ProjectedClassifier
 from fedscape.models.params import FlatParams, flatten_buffers, flatten_params, load_buffers, load_params
 
 _MOON_HEAD_STREAM = 0x4D4F4F4E  # seed stream of MOON's projection head
@@ -34,7 +34,7 @@ class Moon(Strategy):
     averaged with the model but kept by the strategy, so the model saved in trajectories is the plain
     classifier (the head only feeds the contrastive term). ``head: projection``: the classifier sits on the
     head's output, as in MOON's code and the FedAlign code; the head is then part of the model
-    (`prepare_model`: `fedscape.models.networks.ProjectedClassifier`), trained by both terms, averaged,
+    (`prepare_model`: `fedscape.models.layers.ProjectedClassifier`), trained by both terms, averaged,
     saved and evaluated with it. The previous local model of a client that has not yet trained is the
     initial global model, as in the FedAlign code.
     """

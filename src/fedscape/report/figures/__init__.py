@@ -28,13 +28,13 @@ from fedscape.report.summary import FINAL_COLUMNS
 log = logging.getLogger("fedscape.figures")
 
 
-def curves_stage(rounds: str | Path, dataset: str, model: str, metric: str, base_path: str | Path) -> None:
+def curves_figure_job(rounds: str | Path, dataset: str, model: str, metric: str, base_path: str | Path) -> None:
     curves_figure(read_table(rounds, ROUNDS_COLUMNS), dataset, model, metric, base_path)
     log.info("curves %s / %s (%s) -> %s", dataset, model, metric, base_path)
 
 
-def final_figure_stage(final: str | Path, kind: str, dataset: str, model: str, base_path: str | Path,
-                       work: dict[str, dict] | None = None) -> None:
+def accuracy_figure_job(final: str | Path, kind: str, dataset: str, model: str, base_path: str | Path,
+                        work: dict[str, dict] | None = None) -> None:
     """The final-accuracy figure `kind` (fedscape.report.figure_kinds.ACCURACY_FIGURES) of one dataset and model;
     `work`: each algorithm label's local work, for the kinds that draw it."""
     figure, draw = accuracy_figure(kind)  # an unknown kind fails before final.csv is read
@@ -46,6 +46,6 @@ def final_figure_stage(final: str | Path, kind: str, dataset: str, model: str, b
     log.info("final accuracy %s %s / %s -> %s", kind, dataset, model, base_path)
 
 
-def cost_figure_stage(cost: str | Path, dataset: str, model: str, base_path: str | Path) -> None:
+def cost_figure_job(cost: str | Path, dataset: str, model: str, base_path: str | Path) -> None:
     cost_figure(read_table(cost, COST_COLUMNS), dataset, model, base_path)
     log.info("cost %s / %s -> %s", dataset, model, base_path)

@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedscape.core.alpha import setting_label, setting_order_key
+from fedscape.core.setting import setting_label, setting_order_key
 from fedscape.outputs.labels import label_run
 from fedscape.outputs.stats import did_not_diverge, t_interval
 from fedscape.outputs.style import (
     RunStyle,
-    alpha_order,
     empty_figure,
     facet_grid,
     pyplot,
     save_figure,
+    setting_order,
     varying_keys,
 )
 from fedscape.report.figures.common import (
@@ -61,7 +61,7 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
     facets = facets_of(df)
     is_acc = column.endswith("_acc")
     most = max(in_facet(df, f)["init"].nunique() for f in facets)
-    alphas = alpha_order(df["alpha"].unique())
+    alphas = setting_order(df["alpha"].unique())
     width = 0.8 / len(alphas)
     fig, axes = facet_grid(len(facets), ncols=4, rows_per_facet=1, size=(max(2.4, 1.1 * most + 1.4), 2.6),
                            sharey=True, sharex=False)

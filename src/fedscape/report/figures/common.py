@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from fedscape.core.alpha import format_setting, setting_order_key
+from fedscape.core.setting import format_setting, setting_order_key
 from fedscape.outputs.labels import label_run
 
 # Facets (panels) of a figure: one per combination of these fields; lines within a panel by alpha and init.
@@ -38,9 +38,9 @@ def in_facet(df: pd.DataFrame, facet: dict) -> pd.DataFrame:
     return df[mask]
 
 
-def cell_rows(df: pd.DataFrame, init: str, alpha) -> pd.DataFrame:
-    """Rows of one init and setting (compared in canonical text: 'iid' == inf)."""
-    return df[(df["init"].astype(str) == init) & (df["alpha"].map(format_setting) == format_setting(alpha))]
+def cell_rows(df: pd.DataFrame, init: str, setting) -> pd.DataFrame:
+    """Rows of one init and setting (the `alpha` column, compared in canonical text: 'iid' == inf)."""
+    return df[(df["init"].astype(str) == init) & (df["alpha"].map(format_setting) == format_setting(setting))]
 
 
 def setting_panels(table: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedscape.core.alpha import setting_order_key
+from fedscape.core.setting import setting_order_key
 from fedscape.outputs.labels import label_run
 from fedscape.outputs.stats import did_not_diverge, t_interval
 from fedscape.outputs.style import (
     RunStyle,
-    alpha_order,
     bounded_log_ticks,
     empty_figure,
     facet_grid,
     save_figure,
+    setting_order,
 )
 from fedscape.report.figure_kinds import CURVE_METRICS
 from fedscape.report.figures.common import (
@@ -37,7 +37,7 @@ def _line_groups(sub: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
     groups = []
     for init in sorted(sub["init"].astype(str).unique()):
         part = sub[sub["init"].astype(str) == init]
-        for alpha in alpha_order(part["alpha"].unique()):
+        for alpha in setting_order(part["alpha"].unique()):
             groups.append(({"init": init, "alpha": alpha}, cell_rows(part, init, alpha)))
     return sorted(groups, key=lambda g: (setting_order_key(g[0]["alpha"]), g[0]["init"]))
 

@@ -1,8 +1,9 @@
 """A run's heterogeneity setting: a Dirichlet alpha (the degree of label skew), `iid`, or the label of a
 `partitions` entry (another partition kind). One parser, one canonical text, one order, one display label.
 
-The setting lives in the run's `alpha` field, path segment (`alpha~0.1`, `alpha~c2`) and table column, so
-that the runs and result paths of configs that use only Dirichlet alphas stay as they were.
+The setting is the run's `setting` field (core.runs.Run); paths (`alpha~0.1`, `alpha~c2`, the `{alpha}` wildcard),
+tables (the `alpha` column), selectors and job settings still name it `alpha` (core.runs.FIELD_NAMES), so that the
+runs, result paths and settings of configs that use only Dirichlet alphas stay as they were.
 """
 
 from __future__ import annotations

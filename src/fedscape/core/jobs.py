@@ -1,0 +1,142 @@
+"""Typed job contracts: one frozen dataclass per job kind, and the one rule that turns it into a job's settings.
+
+`plan/` builds a job kind's dataclass (a `JobSettings` subclass, declared torch-free beside the stage that runs
+it) and hands Snakemake `to_settings(job)`; the stage reads it back with `<Kind>.from_settings(settings)`. The
+dataclass is the one declared shape of the job: a field without a default is required, and a stage reads
+attributes, not string keys.
+
+Finished jobs keep their settings. Snakemake reruns a job when its params change, so a field added after results
+existed must not change the settings of the jobs that computed without it: every field added later has a default,
+the behaviour every job had before the field (its baseline, never the current config default, which may change), and
+`to_settings` leaves out every field equal to its declared default. `from_settings` restores it. No list of late keys
+and no "only when set" branch is needed: a field that only some jobs use (a seed of random orders) defaults to None
+and appears only in their settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
+
+from fedscape.core.config import RESULT_VERSION
+from fedscape.core.names import suggest
+
+J = TypeVar("J", bound="JobSettings")
+
+
+class JobSettingsError(ValueError):
+    """Settings that do not fit their job kind's declared shape (an unknown or a missing key)."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobSettings:
+    """Base of every job kind's settings: subclass it with `@dataclass(frozen=True, kw_only=True)`.
+
+    `rule` names the Snakemake rule whose jobs take these settings. Fields hold plain values (numbers, text, None,
+    tuples, mappings) or nested `JobSettings` (their own defaults left out the same way) or other dataclasses
+    (written in full, with `dataclasses.asdict`).
+    """
+
+    rule: ClassVar[str]
+
+    @classmethod
+    def from_settings(cls: type[J], settings: Mapping[str, Any]) -> J:
+        """The job of `settings` as `to_settings` wrote them (a result version among them is not a field): an omitted
+        field takes its declared default; an unknown key or a missing required one is a JobSettingsError naming it."""
+        declared = {f.name: f for f in dataclasses.fields(cls)}
+        given = {k: v for k, v in settings.items() if k != RESULT_VERSION}
+        unknown = sorted(set(given) - set(declared))
+        if unknown:
+            raise JobSettingsError(
+                f"{cls.__name__} (rule {getattr(cls, 'rule', '?')}) has no field {', '.join(map(repr, unknown))}."
+                f"{suggest(unknown[0], declared)} Its fields are {', '.join(declared)}. Settings written by a newer "
+                "fedscape? Update this checkout.")
+        missing = [name for name, f in declared.items() if name not in given and not _has_default(f)]
+        if missing:
+            raise JobSettingsError(f"{cls.__name__} (rule {getattr(cls, 'rule', '?')}) settings lack the required "
+                                   f"{', '.join(map(repr, missing))}")
+        hints = typing.get_type_hints(cls)
+        return cls(**{name: _typed(hints.get(name), value) for name, value in given.items()})
+
+
+def to_settings(job: JobSettings) -> dict:
+    """The settings of `job` as its rule's `params` carry them: every field, less those equal to their declared
+    default, in the order the fields are declared.
+
+    Snakemake records params as text, key order included, and reruns a job whose text changed: a job kind declares
+    its fields in the order its settings have always had (new fields last), and the builder passes mappings read from
+    the config through `core.config.canonical` (keys sorted), so that reordering YAML keys reruns nothing.
+    `benchmarks/compare_plans.py` compares that text.
+    """
+    if not isinstance(job, JobSettings):
+        raise TypeError(f"to_settings takes a JobSettings, got {type(job).__name__}")
+    out = {}
+    for f in dataclasses.fields(job):
+        value = getattr(job, f.name)
+        if _has_default(f) and value == _default(f):
+            continue
+        out[f.name] = _plain(value)
+    return out
+
+
+def declared_defaults(cls: type[JobSettings]) -> dict[str, Any]:
+    """The declared default of every field of `cls` that has one: the baselines of its late fields."""
+    return {f.name: _default(f) for f in dataclasses.fields(cls) if _has_default(f)}
+
+
+def _has_default(f: dataclasses.Field) -> bool:
+    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def _plain(value: Any) -> Any:
+    """`value` as JSON-like data: nested JobSettings through `to_settings`, other dataclasses in full, tuples as
+    lists (YAML and Snakemake's params text know lists)."""
+    if isinstance(value, JobSettings):
+        return to_settings(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Mapping):  # as given: the builder decides (canonical for what comes from the config)
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _typed(hint: Any, value: Any) -> Any:
+    """`value` (read from settings) as the field's declared type: a nested JobSettings or dataclass rebuilt from its
+    mapping, a list as a tuple where the field is a tuple; anything else as it is."""
+    if value is None or hint is None:
+        return value
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        for option in options:
+            if _matches(option, value):
+                return _typed(option, value)
+        return value
+    if isinstance(hint, type) and issubclass(hint, JobSettings) and isinstance(value, Mapping):
+        return hint.from_settings(value)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+        return hint(**value)
+    if origin is tuple and isinstance(value, list | tuple):
+        args = typing.get_args(hint)
+        item = args[0] if args and (len(args) == 2 and args[1] is Ellipsis) else None
+        return tuple(_typed(item, v) for v in value)
+    return value
+
+
+def _matches(hint: Any, value: Any) -> bool:
+    """Whether `value` (plain settings data) can be read as `hint`: a mapping for a dataclass, a list for a tuple."""
+    origin = typing.get_origin(hint) or hint
+    if isinstance(origin, type) and dataclasses.is_dataclass(origin):
+        return isinstance(value, Mapping)
+    if origin is tuple:
+        return isinstance(value, list | tuple)
+    return isinstance(origin, type) and isinstance(value, origin)

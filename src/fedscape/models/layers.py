@@ -1,0 +1,350 @@
+"""What every network is built from: the `ImageClassifier` base and its projection head, batch norm and the norm
+factories, the width-sliced forward passes (GradAug, FedAlign sub-networks) and the stacked forward helpers of
+vectorised client training (K models at once in a grouped layout, without vmap).
+
+The families build on it (`feedforward`, `resnets`, `tokens`); `fedscape.models.registry` builds them by name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fedscape.core.names import unknown_name_error
+from fedscape.models.specs import NORMS
+
+GROUP_NORM_MAX_GROUPS = 8
+
+NormFactory = Callable[[int], nn.Module]
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """Batch normalisation (Ioffe & Szegedy, 2015) whose only buffers are the float running stats.
+
+    The integer ``num_batches_tracked`` counter is dropped (it is only read when ``momentum`` is
+    None), so every buffer can be averaged like a parameter.
+    """
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__(num_features)
+        self.register_buffer("num_batches_tracked", None)
+
+    def reset_running_stats(self) -> None:
+        """Running mean 0 and variance 1 (the parent also zeroes the dropped counter, which is None here)."""
+        self.running_mean.zero_()
+        self.running_var.fill_(1)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        # Skip _NormBase's legacy hook: for state dicts without version metadata (e.g. plain dicts
+        # built by averaging) it inserts a num_batches_tracked entry this module does not have.
+        nn.Module._load_from_state_dict(self, *args, **kwargs)
+
+
+def norm_factory(norm: str, max_groups: int = GROUP_NORM_MAX_GROUPS) -> NormFactory:
+    """Normalisation layer constructor for ``norm`` in NORMS.
+
+    "group" (Wu & He 2018) uses ``gcd(max_groups, channels)`` groups: ``max_groups`` for the usual widths
+    (8 of 16/32/64/... by default), and always a divisor of the channel count.
+    """
+    if norm == "batch":
+        return BatchNorm2d
+    if norm == "group":
+        return lambda channels: nn.GroupNorm(math.gcd(max_groups, channels), channels)
+    if norm == "none":
+        return lambda channels: nn.Identity()
+    raise unknown_name_error("norm", norm, NORMS)
+
+
+
+# -- width slicing (GradAug / FedAlign sub-networks) -------------------------------------------
+# A sub-network of width w keeps the first slim_channels(C, w) channels of every sliced layer and
+# shares its weights with the full network (Yang et al. 2020, GradAug; Mendieta et al. 2022,
+# FedAlign). The sliced forward passes below use the weights' leading slices with F.conv2d /
+# F.linear; at width 1.0 they compute exactly what the modules compute.
+SLIM_DIVISOR = 8  # channel counts are rounded to multiples of 8 (make_divisible of the GradAug/FedAlign code)
+
+
+def slim_channels(channels: int, width: float) -> int:
+    """Channels kept at width ``width``: make_divisible(channels * width, 8) of the slimmable-network
+    code (GradAug, FedAlign), at most ``channels``."""
+    if not 0 < width <= 1:
+        raise ValueError(f"width must be in (0, 1], got {width}")
+    if width == 1:
+        return channels
+    value = channels * width
+    kept = max(1, int(value + SLIM_DIVISOR / 2) // SLIM_DIVISOR * SLIM_DIVISOR)
+    if kept < 0.9 * value:  # never round down by more than 10%
+        kept += SLIM_DIVISOR
+    return min(channels, kept)
+
+
+def sliced_conv(conv: nn.Conv2d, x: Tensor, out_channels: int) -> Tensor:
+    """``conv`` applied to ``x`` (its first x.shape[1] input channels) giving its first ``out_channels`` outputs."""
+    weight = conv.weight[:out_channels, : x.shape[1]]
+    bias = conv.bias[:out_channels] if conv.bias is not None else None
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def sliced_norm(norm: nn.Module, x: Tensor, full_width: bool) -> Tensor:
+    """A normalisation layer restricted to the first x.shape[1] channels.
+
+    At full width it is the module itself. In a narrower sub-network batch norm normalises with
+    batch statistics in training, never updating the full network's running statistics (as the
+    slimmable BN of the GradAug/FedAlign code), and with the sliced running statistics in
+    evaluation. Group norm keeps the full network's groups; a group that the width cuts normalises over its kept
+    channels alone (GradAug and FedAlign slice batch norm only; this keeps every kept channel's group as at full
+    width where the width fills whole groups, and lets any width slice a group of more than 8 channels, e.g. the
+    ResNet18's 32 groups of 512 channels at FedAlign's width 0.8: 408 channels, 25 groups and a half).
+    """
+    c = x.shape[1]
+    if isinstance(norm, nn.Identity):
+        return x
+    if full_width:
+        return norm(x)
+    if isinstance(norm, nn.BatchNorm2d):
+        weight = norm.weight[:c] if norm.weight is not None else None
+        bias = norm.bias[:c] if norm.bias is not None else None
+        if norm.training or norm.running_mean is None:
+            return F.batch_norm(x, None, None, weight, bias, True, 0.0, norm.eps)
+        return F.batch_norm(x, norm.running_mean[:c], norm.running_var[:c], weight, bias, False, 0.0, norm.eps)
+    if isinstance(norm, nn.GroupNorm):
+        group_size = norm.num_channels // norm.num_groups
+        whole = c - c % group_size  # the channels of the whole groups kept
+        weight = norm.weight[:c] if norm.weight is not None else None
+        bias = norm.bias[:c] if norm.bias is not None else None
+        if whole == c:
+            return F.group_norm(x, c // group_size, weight, bias, norm.eps)
+        parts = [(x[:, :whole], whole // group_size, slice(0, whole)), (x[:, whole:], 1, slice(whole, c))]
+        return torch.cat([F.group_norm(part, groups, None if weight is None else weight[kept],
+                                       None if bias is None else bias[kept], norm.eps)
+                          for part, groups, kept in parts if part.shape[1]], dim=1)
+    raise TypeError(f"cannot slice normalisation layer {type(norm).__name__}")
+
+
+def sliced_linear_in(linear: nn.Linear, x: Tensor) -> Tensor:
+    """``linear`` on the first x.shape[1] input features (the rest taken as zero), all outputs."""
+    return F.linear(x, linear.weight[:, : x.shape[1]], linear.bias)
+
+
+def grouped_layout(x: Tensor) -> Tensor:
+    """Stacked batches [K, B, C, H, W] -> [B, K*C, H, W] channels-last: client k's channels are group k.
+
+    oneDNN's grouped convolutions and max pooling are several times faster channels-last on a CPU;
+    cuDNN handles both layouts.
+    """
+    k, b = x.shape[:2]
+    return x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:]).contiguous(memory_format=torch.channels_last)
+
+
+def ungrouped_flat(h: Tensor, k: int) -> Tensor:
+    """Grouped layout [B, K*C, H, W] -> [K, B, C*H*W], each client's features flattened channel-major."""
+    b = h.shape[0]
+    return h.contiguous().view(b, k, -1).transpose(0, 1)
+
+
+def stacked_linear(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """K linear layers at once: h [K, B, in], weight [K, out, in], bias [K, out] -> [K, B, out]."""
+    if bias is None:
+        return torch.bmm(h, weight.transpose(1, 2))
+    return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+
+
+def stacked_layers(layers: nn.Sequential, params: Mapping[str, Tensor], prefix: str, h: Tensor, k: int) -> Tensor:
+    """``layers`` (Conv2d, ReLU, MaxPool2d) of K stacked models on h in grouped layout [B, K*C, H, W].
+
+    ``params[prefix + name]`` holds the stacked [K, *shape] parameters. A ReLU followed by a max pool
+    is computed as the pool then the ReLU, on a quarter of the activations: max pooling commutes with
+    a monotone function, and the gradients agree too (a window whose maximum is positive sends it to
+    the same first maximum; one whose maximum is not positive sends nothing either way).
+    """
+    modules = list(layers.named_children())
+    i = 0
+    while i < len(modules):
+        name, module = modules[i]
+        if isinstance(module, nn.Conv2d) and module.padding_mode == "zeros":
+            bias = params.get(f"{prefix}{name}.bias")
+            h = F.conv2d(h, params[f"{prefix}{name}.weight"].flatten(0, 1), None if bias is None else bias.flatten(),
+                         module.stride, module.padding, module.dilation, module.groups * k)
+        elif isinstance(module, nn.ReLU):
+            if i + 1 < len(modules) and isinstance(modules[i + 1][1], nn.MaxPool2d):
+                i += 1
+                h = modules[i][1](h)
+            h = F.relu(h)
+        elif isinstance(module, nn.MaxPool2d):  # parameter-free: the same module works on the grouped layout
+            h = module(h)
+        else:
+            raise TypeError(f"stacked_layers has no grouped form of {type(module).__name__} ({prefix}{name})")
+        i += 1
+    return h
+
+
+@dataclass
+class StackedNorm:
+    """What batch norm needs in a stacked forward besides the parameters (vectorised training).
+
+    ``mask`` [K, B]: 1 for a real sample of client k, 0 for a padded row (None: every row is real); each
+    client normalises with the batch statistics of its own real samples only. ``running``: the clients'
+    running statistics by buffer name, [K, *shape] each, updated in place as torch's BatchNorm updates
+    its own in training (None: normalise with batch statistics and update nothing, as a forward whose
+    statistics are discarded, FedSAM's second pass, does).
+    """
+
+    mask: Tensor | None = None
+    running: Mapping[str, Tensor] | None = None
+
+
+def stacked_conv(conv: nn.Conv2d, params: Mapping[str, Tensor], name: str, h: Tensor, k: int) -> Tensor:
+    """``conv`` of K stacked models on h in grouped layout [B, K*C, H, W] (``params[name + '.weight']``: [K, ...])."""
+    if conv.padding_mode != "zeros":
+        raise TypeError(f"stacked_conv has no grouped form of padding mode {conv.padding_mode!r} ({name})")
+    bias = params.get(f"{name}.bias")
+    return F.conv2d(h, params[f"{name}.weight"].flatten(0, 1), None if bias is None else bias.flatten(),
+                    conv.stride, conv.padding, conv.dilation, conv.groups * k)
+
+
+def stacked_batch_norm(h: Tensor, k: int, weight: Tensor | None, bias: Tensor | None, eps: float, momentum: float,
+                       mask: Tensor | None = None, running_mean: Tensor | None = None,
+                       running_var: Tensor | None = None) -> Tensor:
+    """Training-mode batch norm (Ioffe & Szegedy, 2015) of K models on h in grouped layout [B, K*C, H, W].
+
+    Each client's channel is normalised with the mean and biased variance of its own real rows (``mask``
+    [K, B], None: all rows), and its running statistics [K, C] move by ``momentum`` towards that mean and
+    the unbiased variance (n / (n - 1), n = real rows x H x W), as torch's BatchNorm2d does for one client.
+    A client without real rows keeps its running statistics. Without a mask, torch's own batch norm over the
+    K*C channels is exactly the K clients' batch norms.
+    """
+    flat_w = None if weight is None else weight.flatten()
+    flat_b = None if bias is None else bias.flatten()
+    if mask is None:
+        return F.batch_norm(h, None if running_mean is None else running_mean.view(-1),
+                            None if running_var is None else running_var.view(-1), flat_w, flat_b, True, momentum, eps)
+    b, kc, height, width = h.shape
+    c = kc // k
+    # Channels last, [B, H, W, K*C]: the grouped layout's memory order, so that every op below runs over contiguous
+    # memory with the channel axis innermost. Statistics in at least float32, as autocast runs torch's batch norm.
+    hl = h.permute(0, 2, 3, 1).to(torch.promote_types(h.dtype, torch.float32))
+    real = mask.to(hl.dtype)
+    rows = real.t().repeat_interleave(c, dim=1).view(b, 1, 1, kc)  # 1 where (row, channel) is a real sample's
+    n = (real.sum(1) * (height * width)).repeat_interleave(c)  # [K*C] values per channel
+    count = n.clamp_min(1)  # a client without real rows: statistics 0 (its outputs are unused)
+    mean = (hl * rows).sum((0, 1, 2)) / count
+    centered = hl - mean
+    var = (centered.square() * rows).sum((0, 1, 2)) / count  # biased: what normalises
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight.flatten()
+    out = centered * scale if bias is None else torch.addcmul(bias.flatten(), centered, scale)
+    if running_mean is not None and running_var is not None:
+        with torch.no_grad():
+            stepped = n > 0
+            unbiased = var * n / (n - 1).clamp_min(1)
+            flat_mean, flat_var = running_mean.view(-1), running_var.view(-1)
+            flat_mean.copy_(torch.where(stepped, (1 - momentum) * flat_mean + momentum * mean, flat_mean))
+            flat_var.copy_(torch.where(stepped, (1 - momentum) * flat_var + momentum * unbiased, flat_var))
+    return out.permute(0, 3, 1, 2)
+
+
+def stacked_norm(norm: nn.Module, params: Mapping[str, Tensor], name: str, h: Tensor, k: int,
+                 state: StackedNorm | None) -> Tensor:
+    """The normalisation layer ``norm`` (identity, group norm or batch norm in training) of K stacked models on h in
+    grouped layout [B, K*C, H, W]; batch norm per client over its real rows (``state``, `StackedNorm`)."""
+    if isinstance(norm, nn.Identity):
+        return h
+    weight, bias = params.get(f"{name}.weight"), params.get(f"{name}.bias")
+    if isinstance(norm, nn.GroupNorm):  # per sample: client k's groups are groups k*G .. k*G + G - 1
+        return F.group_norm(h, norm.num_groups * k, None if weight is None else weight.flatten(),
+                            None if bias is None else bias.flatten(), norm.eps)
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        if norm.momentum is None:
+            raise TypeError(f"stacked_norm has no grouped form of a cumulative-average batch norm ({name})")
+        state = state or StackedNorm()
+        running = state.running or {}
+        return stacked_batch_norm(h, k, weight, bias, norm.eps, norm.momentum, state.mask,
+                                  running.get(f"{name}.running_mean"), running.get(f"{name}.running_var"))
+    raise TypeError(f"stacked_norm has no grouped form of {type(norm).__name__} ({name})")
+
+
+
+class ImageClassifier(nn.Module):
+    """Base class: ``forward(x) == classifier(forward_features(x))``.
+
+    A subclass with a weight-matching spec (Git Re-Basin) adds ``permutation_axes(self, axes)``, declaring which
+    permutation groups act on which axes of its tensors (`fedscape.models.permutation.Axes`); one without any says
+    why in ``no_permutation_spec`` (`fedscape.models.permutation.permutation_spec` reads both).
+    """
+
+    classifier: nn.Linear
+    # Whether training K clients at once under vmap (no forward_stacked) was measured faster than one after another on
+    # a CPU (benchmarks/README.md); `client_parallel: auto` vectorises on a CPU only such models and those with a
+    # forward_stacked. False where measured slower (resnet20, char_gpt, char_lstm) or not measured.
+    vmap_faster_on_cpu: bool = False
+    # Whether a model's own forward_stacked trains faster than one client after another on a CPU; False where
+    # measured slower (resnet20: its convolutions are already large enough one client at a time).
+    stacked_faster_on_cpu: bool = True
+    # Whether forward_stacked takes a `StackedNorm` (``norm=``): each client's batch norm over its own real rows,
+    # updating its own running statistics, so that a model with batch norm trains vectorised exactly.
+    stacks_batch_norm: bool = False
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Penultimate representation, shape [B, D]."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.forward_features(x))
+
+    def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        """Logits [K, B, classes] of K models (``params[name]``: [K, *shape]) on their batches x [K, B, ...].
+
+        Equals ``vmap(functional_call)`` over the client axis (tests/unit/test_vectorized.py checks it);
+        models without a faster grouped form do not override it and are trained under ``vmap``. A model with
+        batch norm computes it as in training and takes ``norm`` (`StackedNorm`: which rows are padding, the
+        running statistics to update); it declares ``stacks_batch_norm``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no stacked forward")
+
+    def forward_width(self, x: Tensor, width: float) -> Tensor:
+        """Logits of the sub-network of width ``width`` (every hidden layer sliced; GradAug, Yang et al. 2020)."""
+        raise NotImplementedError(f"{type(self).__name__} has no width-sliceable layers")
+
+    def forward_last_block(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(input of the last block, its output, logits) of the full network (FedAlign, Mendieta et al. 2022)."""
+        raise NotImplementedError(f"{type(self).__name__} has no width-sliceable last block")
+
+    def last_block_width(self, h: Tensor, width: float) -> tuple[Tensor, Tensor]:
+        """The last block at width ``width`` on the full network's block input ``h``: (sliced input, output)."""
+        raise NotImplementedError(f"{type(self).__name__} has no width-sliceable last block")
+
+
+class ProjectedClassifier(ImageClassifier):
+    """A classifier on a projection head: the backbone's features -> Linear(D, D) -> ReLU -> Linear(D, D) ->
+    the backbone's classifier, as MOON's code (Li et al. 2021, model-contrastive federated learning) and the
+    FedAlign code's MOON build it. ``forward_features`` is the head's output (MOON's representation z).
+
+    The backbone's classifier moves to the end (``backbone.classifier`` is removed), so parameters still run
+    from input to output: ``backbone.*``, ``head.*``, ``classifier.*``.
+    """
+
+    def __init__(self, backbone: ImageClassifier) -> None:
+        super().__init__()
+        classifier = backbone.classifier
+        dim = classifier.in_features
+        del backbone.classifier
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+        self.classifier = classifier
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.head(self.backbone.forward_features(x))
+
+
+def has_forward_stacked(model: nn.Module) -> bool:
+    """Whether the model has its own grouped ``forward_stacked`` (else vectorised training runs it under ``vmap``)."""
+    own = getattr(type(model), "forward_stacked", None)
+    return own is not None and own is not ImageClassifier.forward_stacked
+

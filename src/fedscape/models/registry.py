@@ -1,0 +1,143 @@
+"""Model registry: every network the pipeline trains, built by name (`build_model`).
+
+The networks live by family: `feedforward` (mlp, cnn_small, convnet, vgg11), `resnets` (the CIFAR ResNets,
+resnet18), `tokens` (char_gpt, char_lstm), on the shared building blocks of `layers`; their torch-free facts are
+in `fedscape.models.specs`. Conventions every model follows (other stages rely on them):
+
+- ``forward(x)`` returns logits and equals ``classifier(forward_features(x))``, where
+  ``forward_features`` gives the penultimate representation ``[B, D]`` (MOON) and ``classifier`` is
+  the final ``nn.Linear`` (re-initialised by pretrained init when label sets differ);
+- modules are registered in forward order, so ``named_parameters()`` runs from input to output
+  (the layer-wise analyses depend on it);
+- the only buffers are floating point (BatchNorm running statistics; no ``num_batches_tracked``),
+  so state dicts can be averaged tensor by tensor;
+- ``forward`` is deterministic: no model uses dropout or any other randomness;
+- a model may add ``forward_stacked(params, x)``: K models' logits on their own batches at once,
+  equal to ``vmap(functional_call)`` but written for grouped layouts that run faster (vectorised
+  client training uses it where present; a model with batch norm declares ``stacks_batch_norm`` and
+  normalises each client over its own real samples, updating its own running statistics); a model
+  without one that trains faster under ``vmap`` than one client after another on a CPU, as measured,
+  sets ``vmap_faster_on_cpu``, and one whose ``forward_stacked`` was measured slower on a CPU clears
+  ``stacked_faster_on_cpu`` (``client_parallel: auto`` vectorises on a CPU only the faster ones);
+- a model declares its permutation symmetries (Git Re-Basin weight matching, Ainsworth et al. 2023) in
+  ``permutation_axes(self, axes)`` beside its definition (`fedscape.models.permutation`), or says in
+  ``no_permutation_spec`` why it has none (its entry of `fedscape.models.specs.NO_PERMUTATION_SPEC`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fedscape.core.names import suggest
+from fedscape.models.feedforward import MLP, VGG11, ConvNet, SmallCNN
+from fedscape.models.layers import ImageClassifier, ProjectedClassifier
+from fedscape.models.resnets import ResNet, resnet18
+from fedscape.models.specs import (
+    MODEL_INFOS,
+    MODEL_OPTIONS,
+    ModelInfo,
+    check_model_compatible,
+    check_token_options,
+    model_info,
+    model_option_problems,
+    token_model_options,
+)
+from fedscape.models.tokens import CharGPT, CharLSTM
+
+
+def _token_model(cls: type[ImageClassifier], name: str) -> Callable[..., ImageClassifier]:
+    """Builder of a token model: its options over the defaults, checked against the data.
+
+    Token data gives ``in_channels`` = vocabulary size and ``image_size`` = sequence length
+    (fedscape.data.specs.DatasetInfo); the classes (next characters) are the vocabulary too.
+    """
+
+    def build(num_classes: int, in_channels: int, image_size: int, **options: int) -> ImageClassifier:
+        problems = model_option_problems(name, options)
+        if problems:
+            raise ValueError("; ".join(problems))
+        check_token_options(name, options, in_channels, image_size, dataset="the data")
+        opts = token_model_options(name, options)
+        if num_classes != opts["vocab_size"]:
+            raise ValueError(f"model {name!r} has vocab_size {opts['vocab_size']} but the data has "
+                             f"{num_classes} classes (next characters); they must be equal")
+        return cls(**opts)
+
+    return build
+
+
+
+@dataclass(frozen=True)
+class _Entry:
+    info: ModelInfo
+    build: Callable[..., ImageClassifier]  # (num_classes, in_channels, image_size, **options)
+    options: tuple[str, ...] = ()
+
+
+
+def _cifar_resnet(depth_per_stage: int, **kwargs: Any) -> Callable[..., ImageClassifier]:
+    def build(num_classes: int, in_channels: int, image_size: int, norm: str = "batch") -> ImageClassifier:
+        depths = (depth_per_stage,) * 3
+        return ResNet(num_classes, in_channels, depths, (16, 32, 64), norm=norm, **kwargs)
+
+    return build
+
+
+# The builders of the models described in fedscape.models.specs.MODEL_INFOS (same names).
+_BUILDERS: dict[str, Callable[..., ImageClassifier]] = {
+    "mlp": lambda num_classes, in_channels, image_size: MLP(num_classes, in_channels * image_size**2),
+    "cnn_small": lambda num_classes, in_channels, image_size, norm="none": SmallCNN(num_classes, in_channels, norm),
+    "convnet": lambda num_classes, in_channels, image_size: ConvNet(num_classes, in_channels),
+    "resnet20": _cifar_resnet(3),
+    "resnet56": _cifar_resnet(9),
+    # the FedAlign code's resnet56: ResNet(Bottleneck, [6, 6, 6]) with torchvision's init
+    "resnet56_bottleneck": _cifar_resnet(6, block="bottleneck", init="torchvision"),
+    "resnet18": lambda num_classes, in_channels, image_size, norm="group": resnet18(num_classes, in_channels, norm),
+    # the layer-wise paper's ResNet18: resnet18 without norm, under its own name (its runs keep their settings)
+    "resnet18_nonorm": lambda num_classes, in_channels, image_size: resnet18(num_classes, in_channels, "none"),
+    "vgg11": lambda num_classes, in_channels, image_size: VGG11(num_classes, in_channels),
+    "char_gpt": _token_model(CharGPT, "char_gpt"),
+    "char_lstm": _token_model(CharLSTM, "char_lstm"),
+}
+if set(_BUILDERS) != set(MODEL_INFOS):
+    raise RuntimeError("fedscape.models.registry and fedscape.models.specs name different models")
+
+_REGISTRY: dict[str, _Entry] = {
+    name: _Entry(MODEL_INFOS[name], _BUILDERS[name], MODEL_OPTIONS.get(name, ())) for name in MODEL_INFOS
+}
+
+
+def _entry(name: str) -> _Entry:
+    model_info(name)  # ValueError naming the valid models for an unknown name
+    return _REGISTRY[name]
+
+
+def build_model(
+    name: str, num_classes: int, in_channels: int, image_size: int, **options: Any
+) -> ImageClassifier:
+    """Build model ``name`` for ``num_classes`` classes and [in_channels, image_size, image_size] inputs.
+
+    Token models (char_gpt, char_lstm) read [N, image_size] int64 ids over ``in_channels`` symbols.
+    ``options`` are model specific (the CIFAR ResNets: ``norm`` in NORMS, default "batch", resnet18's "group";
+    cnn_small: ``norm`` none or batch, default "none"; token models: fedscape.models.specs.TOKEN_MODEL_DEFAULTS);
+    an unknown option, an unknown name or an incompatible input size raises ValueError.
+    ``projection_head=True`` (an option of every model, set by an algorithm rather than the config: MOON with
+    ``head: projection``, `fedscape.fl.hparams.base.ServerSGDConfig.model_options`) puts the classifier on a
+    projection head (`ProjectedClassifier`).
+    """
+    entry = _entry(name)
+    projection_head = bool(options.pop("projection_head", False))
+    for option in options:
+        if option not in entry.options:
+            valid = ", ".join(entry.options) or "none"
+            raise ValueError(
+                f"unknown option {option!r} for model {name!r}.{suggest(option, entry.options)}"
+                f" Valid options: {valid}"
+            )
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    check_model_compatible(name, in_channels, image_size)
+    model = entry.build(num_classes, in_channels, image_size, **options)
+    return ProjectedClassifier(model) if projection_head else model

@@ -1,0 +1,232 @@
+"""Token models: character-level language models (char_gpt, char_lstm) and char_gpt's permutation spec.
+
+Inputs are int64 character ids [B, T]; ``forward`` returns the logits [B, vocab] of the character after the
+sequence (the last position's prediction), so training and evaluation treat them as classifiers over the
+vocabulary. ``forward_all`` gives every position's logits [B, T, vocab].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fedscape.models.layers import ImageClassifier
+from fedscape.models.permutation import Axes, UnsupportedModelError, whole
+from fedscape.models.specs import NO_PERMUTATION_SPEC
+
+GPT_INIT_STD = 0.02  # nanoGPT / GPT-2 initialisation of every Linear and Embedding weight
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention (Vaswani et al. 2017; nanoGPT's CausalSelfAttention).
+
+    ``c_attn`` stacks the query, key and value projections (rows q | k | v, head h at rows
+    h*head_dim..(h+1)*head_dim-1 of each); ``c_proj`` mixes the concatenated heads. The attention is
+    written out (no fused kernel) so that it is twice differentiable everywhere (Hessian analyses) and
+    runs under vmap; the causal mask is built per call rather than kept as a buffer, so the model's
+    only tensors are parameters.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.c_attn = nn.Linear(embed_dim, 3 * embed_dim)
+        self.c_proj = nn.Linear(embed_dim, embed_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, c = x.shape
+        h = self.num_heads
+        q, k, v = (z.view(b, t, h, c // h).transpose(1, 2) for z in self.c_attn(x).split(c, dim=2))
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(c // h))
+        future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+        att = F.softmax(att.masked_fill(future, float("-inf")), dim=-1)
+        return self.c_proj((att @ v).transpose(1, 2).reshape(b, t, c))
+
+
+class GPTMLP(nn.Module):
+    """Position-wise feed-forward network of a GPT block: Linear(d, 4d), GELU, Linear(4d, d) (nanoGPT's MLP)."""
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(embed_dim, 4 * embed_dim)
+        self.c_proj = nn.Linear(4 * embed_dim, embed_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x)))
+
+
+class GPTBlock(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x)) (Radford et al. 2019; nanoGPT)."""
+
+    def __init__(self, embed_dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(embed_dim)
+        self.attn = CausalSelfAttention(embed_dim, num_heads)
+        self.ln_2 = nn.LayerNorm(embed_dim)
+        self.mlp = GPTMLP(embed_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class CharGPT(ImageClassifier):
+    """Character-level GPT of the layer-wise LMC paper's appendix (Adilova et al. 2023), nanoGPT's architecture.
+
+    Token and learned position embeddings, ``num_blocks`` pre-LayerNorm blocks, a final LayerNorm and a
+    linear head without bias (``classifier``). Unlike nanoGPT the head is not tied to the token
+    embedding: tied weights would be one tensor in two layers of the layer-wise analyses (the paper
+    reports the embedding-to-vocabulary layer on its own) and pretrained init re-initialises the head
+    alone. No dropout (fedscape's models are deterministic). Weights are drawn N(0, 0.02), the residual
+    projections N(0, 0.02 / sqrt(2 num_blocks)), biases zero, as in nanoGPT.
+    """
+
+    def __init__(self, vocab_size: int, seq_len: int, num_blocks: int, num_heads: int, embed_dim: int) -> None:
+        super().__init__()
+        self.seq_len = seq_len
+        self.wte = nn.Embedding(vocab_size, embed_dim)
+        self.wpe = nn.Embedding(seq_len, embed_dim)
+        self.blocks = nn.ModuleList(GPTBlock(embed_dim, num_heads) for _ in range(num_blocks))
+        self.ln_f = nn.LayerNorm(embed_dim)
+        self.classifier = nn.Linear(embed_dim, vocab_size, bias=False)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                std = GPT_INIT_STD / math.sqrt(2 * num_blocks) if name.endswith("c_proj") else GPT_INIT_STD
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def hidden_states(self, x: Tensor) -> Tensor:
+        """The residual stream after the last block, [B, T, embed_dim] (before ln_f)."""
+        t = x.shape[-1]
+        if t > self.seq_len:
+            raise ValueError(f"sequence of {t} tokens is longer than the model's seq_len {self.seq_len}")
+        h = self.wte(x) + self.wpe(torch.arange(t, device=x.device))
+        for block in self.blocks:
+            h = block(h)
+        return h
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.ln_f(self.hidden_states(x)[:, -1])
+
+    def forward_all(self, x: Tensor) -> Tensor:
+        """Logits of every position, [B, T, vocab] (position t predicts token t + 1)."""
+        return self.classifier(self.ln_f(self.hidden_states(x)))
+
+    def permutation_axes(self, axes: Axes) -> None:
+        """The residual stream, each block's MLP hidden units and attention heads (Ainsworth et al. 2023, Git Re-Basin).
+
+        One permutation of the embedding dimension acts on the whole residual stream (embeddings, every LayerNorm,
+        the blocks' input and output projections, the head's inputs): LayerNorm commutes with it (mean and variance
+        are permutation invariant, its gain and bias are permuted with the features), and so do the residual sums.
+        A block's heads can be reordered as wholes: the query, key and value rows of head h (``c_attn`` viewed as
+        (q|k|v, head, head_dim, in)) and the inputs of ``c_proj`` from head h (viewed as (out, head, head_dim)) move
+        together. Permutations of the dimensions inside a head (shared by its query and key, another for its value)
+        are symmetries too but are not used: they act on the same axis of ``c_attn`` as the head permutation.
+        """
+        dim = self.wte.embedding_dim
+        stream = whole("stream", dim)
+        axes.entries["wte.weight"] = (None, stream)
+        axes.entries["wpe.weight"] = (None, stream)
+
+        def layer_norm(name: str, module: nn.Module) -> None:
+            if not isinstance(module, nn.LayerNorm) or module.normalized_shape != (dim,):
+                raise UnsupportedModelError(f"{name}: expected LayerNorm({dim}), got {module}")
+            for tensor, _ in module.named_parameters(recurse=False):
+                axes.entries[f"{name}.{tensor}"] = (stream,)
+
+        for i, block in enumerate(self.blocks):
+            name = f"blocks.{i}"
+            if type(block) is not GPTBlock:
+                raise UnsupportedModelError(f"{name}: unsupported transformer block {type(block).__name__}")
+            heads = block.attn.num_heads
+            head_dim = dim // heads
+            head = whole(f"{name}.attn.heads", heads)
+            layer_norm(f"{name}.ln_1", block.ln_1)
+            axes.views[f"{name}.attn.c_attn.weight"] = (3, heads, head_dim, dim)
+            axes.entries[f"{name}.attn.c_attn.weight"] = (None, head, None, stream)
+            axes.views[f"{name}.attn.c_attn.bias"] = (3, heads, head_dim)
+            axes.entries[f"{name}.attn.c_attn.bias"] = (None, head, None)
+            axes.views[f"{name}.attn.c_proj.weight"] = (dim, heads, head_dim)
+            axes.entries[f"{name}.attn.c_proj.weight"] = (stream, head, None)
+            axes.entries[f"{name}.attn.c_proj.bias"] = (stream,)
+            layer_norm(f"{name}.ln_2", block.ln_2)
+            hidden = whole(f"{name}.mlp", block.mlp.c_fc.out_features)
+            axes.weights(f"{name}.mlp.c_fc", block.mlp.c_fc, hidden, stream)
+            axes.weights(f"{name}.mlp.c_proj", block.mlp.c_proj, stream, hidden)
+        layer_norm("ln_f", self.ln_f)
+        axes.weights("classifier", self.classifier, None, stream)
+
+
+
+class LSTMLayer(nn.Module):
+    """One LSTM layer (Hochreiter & Schmidhuber 1997) with nn.LSTM's parameters, gates and initialisation.
+
+    ``weight_ih`` [4H, in], ``weight_hh`` [4H, H], ``bias_ih``, ``bias_hh`` hold the gates in nn.LSTM's
+    order (input, forget, cell, output) and the layer computes what a one-layer nn.LSTM computes
+    (tests/unit/test_text_models.py checks it). It is written out step by step because cuDNN's fused
+    LSTM has no double backward and no backward in eval mode, which the Hessian analyses need, and
+    because the step-wise form runs under vmap.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+        self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size))
+        self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size))
+        bound = 1.0 / math.sqrt(hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Outputs h_t of every step, [B, T, H], from zero initial states, for inputs [B, T, in]."""
+        b, t, _ = x.shape
+        gates_x = F.linear(x, self.weight_ih, self.bias_ih + self.bias_hh)  # every step's input part at once
+        h = x.new_zeros(b, self.hidden_size)
+        c = x.new_zeros(b, self.hidden_size)
+        outputs = []
+        for step in range(t):
+            i, f, g, o = (gates_x[:, step] + F.linear(h, self.weight_hh)).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            outputs.append(h)
+        return torch.stack(outputs, dim=1)
+
+
+class CharLSTM(ImageClassifier):
+    """LEAF's Shakespeare model (Caldas et al. 2018): embedding, two stacked LSTM layers, linear head on the last step.
+
+    The two layers are two modules (``lstm.0``, ``lstm.1``) so that each is a layer of the layer-wise
+    analyses; together they compute a two-layer nn.LSTM.
+    """
+
+    no_permutation_spec = NO_PERMUTATION_SPEC["char_lstm"]  # why weight matching cannot align it
+
+    def __init__(self, vocab_size: int, seq_len: int, embed_dim: int, hidden_size: int) -> None:
+        super().__init__()
+        self.seq_len = seq_len
+        self.embedding = nn.Embedding(vocab_size, embed_dim)
+        self.lstm = nn.ModuleList([LSTMLayer(embed_dim, hidden_size), LSTMLayer(hidden_size, hidden_size)])
+        self.classifier = nn.Linear(hidden_size, vocab_size)
+
+    def hidden_states(self, x: Tensor) -> Tensor:
+        """The last LSTM layer's outputs at every step, [B, T, hidden_size]."""
+        h = self.embedding(x)
+        for layer in self.lstm:
+            h = layer(h)
+        return h
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.hidden_states(x)[:, -1]
+
+    def forward_all(self, x: Tensor) -> Tensor:
+        """Logits of every position, [B, T, vocab] (position t predicts token t + 1)."""
+        return self.classifier(self.hidden_states(x))
+

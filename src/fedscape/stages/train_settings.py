@@ -1,0 +1,28 @@
+"""Torch-free shape of a train job's settings (`fedscape.core.jobs`): what `fedscape.plan.train` plans and
+`fedscape.stages.train.train_job` reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fedscape.core.jobs import JobSettings
+from fedscape.fl.settings import TrainConfig, TrainingSettings
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainJob(JobSettings):
+    """One federated run: the run, its dataset's options, its algorithm with its hyperparameters and its training."""
+
+    rule = "train"
+    run: dict  # the run's fields (`core.runs.Run.fields`), as its wildcards give them
+    run_id: str
+    dataset_options: dict  # the config's `datasets.<dataset>` entry
+    algorithm: str  # the algorithm's registry name (`fl.hparams`)
+    hyperparameters: dict  # the algorithm label's hyperparameters (its entry less name and training)
+    training: TrainingSettings
+
+    def train_config(self) -> TrainConfig:
+        """The run's TrainConfig: its training with the run's seed and participation and the dataset's
+        augmentation."""
+        return self.training.train_config(augment=self.dataset_options.get("augment", "none"), seed=self.run["seed"],
+                                          participation=float(self.run["participation"]))

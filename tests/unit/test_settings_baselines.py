@@ -18,6 +18,7 @@ from fedscape.analysis.landscape.definitions import LandscapeChunkJob, Landscape
 from fedscape.core.config import load_schema, without_baselines
 from fedscape.core.jobs import declared_defaults
 from fedscape.core.runs import build_runs
+from fedscape.data.specs import DATASET_BASELINES
 from fedscape.fl.settings import TrainConfig, TrainingSettings
 from fedscape.plan.barriers import interpolation_pair, interpolation_settings
 from fedscape.plan.hessian import hessian_job_settings
@@ -40,6 +41,8 @@ TRAINING_BASELINES = {
 # Likewise for the Hessian jobs' `hessian` settings.
 FIRST_HESSIAN_KEYS = {"batch_size", "cache_graph", "density", "density_probes", "density_steps", "eval_samples",
                       "max_iter", "method", "seed", "tol", "top_k", "trace_probes"}
+# Likewise for the `datasets.<name>` keys every job that reads data carries as its `dataset_options`.
+FIRST_DATASET_KEYS = {"augment", "data_dir", "download", "proxy_fraction", "split_seed", "test_fraction"}
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +95,17 @@ def test_every_hessian_key_is_a_first_key_or_has_a_baseline():
     missing = keys - FIRST_HESSIAN_KEYS - baselines
     assert not missing, f"give {sorted(missing)} its baseline as its default in analysis.hessian.HessianSettings"
     assert not FIRST_HESSIAN_KEYS & baselines, "a key of the first results is required: it has no baseline"
+
+
+def test_every_dataset_key_is_a_first_key_or_has_a_baseline(default_config):
+    _, schema = default_config
+    keys = set(schema["properties"]["datasets"]["additionalProperties"]["properties"])
+
+    missing = keys - FIRST_DATASET_KEYS - set(DATASET_BASELINES)
+    assert not missing, f"give {sorted(missing)} a baseline in fedscape.data.specs.DATASET_BASELINES"
+    # and a job carries only the first keys of a dataset read as before
+    config, runs = _edited(default_config, lambda c: None)
+    assert set(train_settings(config, runs[0])["dataset_options"]) <= FIRST_DATASET_KEYS
 
 
 def test_the_default_config_s_jobs_carry_no_later_key(default_config):

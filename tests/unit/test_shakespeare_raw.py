@@ -26,6 +26,7 @@ from fedscape.data.specs import (
     dataset_info,
     dataset_option_problems,
     dataset_settings,
+    fits_dataset,
 )
 from fedscape.models.registry import build_model
 from fedscape.plan.init import init_settings
@@ -174,6 +175,22 @@ def test_leafs_preprocessed_version_stays_the_default(tmp_path: Path) -> None:
         80, 80, 80)
     assert dataset_info("shakespeare", {"source": "raw"}).shape == (96, 80, 96)  # seq_len null: LEAF's 80
     assert dataset_info("shakespeare", {"source": "raw", "seq_len": 256}).shape == (96, 256, 96)
+
+
+@pytest.mark.parametrize(("name", "shape", "fits"), [
+    ("shakespeare", (80, 80, 80), True),  # LEAF's version
+    ("shakespeare", (96, 96, 256), True),  # the raw texts at the paper's sequence length
+    ("shakespeare", (96, 96, 7), True),
+    ("shakespeare", (80, 80, 256), False),  # LEAF's vocabulary at another length: no source gives it
+    ("shakespeare", (96, 80, 96), False),
+    ("femnist", (62, 1, 28), True),
+    ("femnist", (96, 96, 28), False),  # only shakespeare has raw texts
+    ("digits", (10, 1, 8), True),
+])
+def test_a_checkpoints_shape_is_checked_against_each_source_of_its_dataset(name: str, shape: tuple,
+                                                                           fits: bool) -> None:
+    # Execute / Assert: (classes, in_channels, image_size), as a run id names no dataset settings
+    assert fits_dataset(name, *shape) is fits
 
 
 # -- errors ----------------------------------------------------------------------------------------

@@ -140,6 +140,19 @@ def dataset_info(name: str, options: dict | None = None) -> DatasetInfo:
     return info
 
 
+def fits_dataset(name: str, num_classes: int, in_channels: int, image_size: int) -> bool:
+    """Whether a model of this shape can be one trained on dataset `name` with some of its settings: its default
+    shape, or (Shakespeare from its raw texts) the raw vocabulary at a sequence length of `image_size`.
+
+    A run id names the dataset but not its settings, so a checkpoint's shape is checked against each of them.
+    """
+    shape = (num_classes, in_channels, image_size)
+    infos = [dataset_info(name)]
+    if name in RAW_SOURCE_DATASETS:
+        infos.append(dataset_info(name, {"source": "raw", "seq_len": image_size}))
+    return any((i.num_classes, i.in_channels, i.image_size) == shape for i in infos)
+
+
 def dataset_settings(options: dict) -> dict:
     """`datasets.<name>` as a job's settings carry it: less the keys at their baseline (DATASET_BASELINES)."""
     return without_baselines(options, DATASET_BASELINES)

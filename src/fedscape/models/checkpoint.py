@@ -33,7 +33,7 @@ from fedscape.core.io import atomic_path, remake_hint
 from fedscape.core.names import nearest_text
 from fedscape.core.provenance import check_belongs
 from fedscape.core.runs import parse_run_id
-from fedscape.data.specs import DATASETS
+from fedscape.data.specs import DATASETS, fits_dataset
 from fedscape.models.params import load_buffers, load_params
 from fedscape.models.registry import build_model
 from fedscape.models.specs import CHECKPOINT_FORMAT
@@ -293,10 +293,9 @@ def _check_model(path: str | Path, model_meta: ModelMeta, params: torch.Tensor, 
                       remake_hint(path), CheckpointError)
     fields = parse_run_id(run_id)
     info = DATASETS.get(fields.get("dataset", ""))
-    expected = (fields.get("model"), *((info.num_classes, info.in_channels, info.image_size) if info else ()))
-    found = (model_meta.model, model_meta.num_classes, model_meta.in_channels, model_meta.image_size)
-    if info is None or expected == found:
-        return
+    if info is None or (model_meta.model == fields.get("model") and fits_dataset(
+            fields["dataset"], model_meta.num_classes, model_meta.in_channels, model_meta.image_size)):
+        return  # (a dataset read with other settings, Shakespeare's raw texts, has another shape: fits_dataset)
     want = ModelMeta(fields["model"], info.num_classes, info.in_channels, info.image_size)
     try:
         want_params = f"{sum(p.numel() for p in want.build().parameters())} parameters"

@@ -108,9 +108,12 @@ def test_conda_envs_install_torch_and_fedscape():
         assert "pip install" in deploy.read_text()
 
 
+# PIL (ImageNet-200's JPEGs): conda-forge's torchvision depends on pillow, so the envs bring it without listing it (a
+# changed env file would rerun every job of a conda deployment: Snakemake's software-env trigger).
 CONDA_PACKAGES = {"torch": ("pytorch-gpu", "pytorch-cpu"), "torchvision": ("torchvision",), "numpy": ("numpy",),
                   "pandas": ("pandas",), "matplotlib": ("matplotlib-base", "matplotlib"), "sklearn": ("scikit-learn",),
-                  "scipy": ("scipy",), "yaml": ("pyyaml",), "jsonschema": ("jsonschema",)}
+                  "scipy": ("scipy",), "yaml": ("pyyaml",), "jsonschema": ("jsonschema",),
+                  "PIL": ("pillow", "torchvision")}
 
 
 def third_party_imports() -> set[str]:

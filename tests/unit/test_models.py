@@ -461,12 +461,24 @@ def test_bottleneck_resnet56_has_the_parameters_of_the_fedalign_code_s_resnet56(
 
     # Assert: the same tensors in the same (forward) order, about 614k parameters at 100 classes
     assert [tuple(p.shape) for p in ours.parameters()] == [tuple(p.shape) for p in authors.parameters()]
-    assert [tuple(b.shape) for b in ours.buffers()] == [tuple(b.shape) for _, b in authors.named_buffers()
-                                                        if b.is_floating_point()]
+    assert [tuple(b.shape) for b in ours.buffers()] == [tuple(b.shape) for b in floating_buffers(authors)]
     count = sum(p.numel() for p in ours.parameters())
     assert count == sum(p.numel() for p in authors.parameters())
     if num_classes == 100:
         assert count == pytest.approx(614_000, rel=0.005)
+
+
+def floating_buffers(model: nn.Module) -> list[torch.Tensor]:
+    return [b for b in model.buffers() if b.is_floating_point()]
+
+
+def copy_tensors(source: nn.Module, target: nn.Module) -> None:
+    """`source`'s parameters and floating-point buffers into `target`'s, tensor by tensor in (forward) order."""
+    with torch.no_grad():
+        for mine, other in zip(target.parameters(), source.parameters(), strict=True):
+            mine.copy_(other)
+        for mine, other in zip(target.buffers(), floating_buffers(source), strict=True):
+            mine.copy_(other)
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -481,12 +493,7 @@ def test_bottleneck_resnet56_computes_the_fedalign_code_s_function(train: bool, 
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
     ours = build_model("resnet56_bottleneck", 10, *CIFAR)
-    with torch.no_grad():
-        for mine, theirs in zip(ours.parameters(), authors.parameters(), strict=True):
-            mine.copy_(theirs)
-        theirs_buffers = [b for b in authors.buffers() if b.is_floating_point()]
-        for mine, theirs in zip(ours.buffers(), theirs_buffers, strict=True):
-            mine.copy_(theirs)
+    copy_tensors(authors, ours)
     x = batch(*CIFAR, size=4)
 
     # Execute
@@ -528,10 +535,6 @@ def torchvision_cifar_resnet18(num_classes: int, norm: str) -> nn.Module:
     return model
 
 
-def floating_buffers(model: nn.Module) -> list[torch.Tensor]:
-    return [b for b in model.buffers() if b.is_floating_point()]
-
-
 @pytest.mark.parametrize("norm", ["group", "batch", "none"])
 def test_resnet18_has_the_tensors_of_torchvision_s_resnet18_with_a_cifar_stem(norm: str) -> None:
     # Prepare
@@ -562,11 +565,7 @@ def test_resnet18_computes_torchvision_s_function(norm: str, train: bool, float6
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
     ours = build_model("resnet18", 10, *CIFAR, norm=norm)
-    with torch.no_grad():
-        for mine, other in zip(ours.parameters(), theirs.parameters(), strict=True):
-            mine.copy_(other)
-        for mine, other in zip(ours.buffers(), floating_buffers(theirs), strict=True):
-            mine.copy_(other)
+    copy_tensors(theirs, ours)
     x = batch(*CIFAR, size=4)
 
     # Execute

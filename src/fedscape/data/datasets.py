@@ -25,7 +25,7 @@ from fedscape.data.specs import AUGMENTATIONS, CROP_PADDING
 
 # Grey-scale datasets without published statistics: standardised with their train part's mean and std.
 _STANDARDISED = ("digits", "femnist")
-_DECODE_CHUNK = 1024  # images decoded at once from a source that decodes when indexed (147 MB of uint8 at 224x224)
+_DECODE_CHUNK = 1024  # images normalised at once (147 MB of uint8 at 224x224, where a source decodes when indexed)
 
 
 @dataclass(frozen=True)
@@ -113,14 +113,13 @@ def from_source(src: Source) -> Dataset:
         mean_t, std_t = torch.tensor(m).view(1, 3, 1, 1), torch.tensor(s).view(1, 3, 1, 1)
 
         def part(images: np.ndarray, labels: np.ndarray, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            if isinstance(images, np.ndarray):
-                x = torch.from_numpy(images[index]).to(torch.float32).div_(255.0).sub_(mean_t).div_(std_t)
-            else:  # decoded when indexed (ImageNet-200): chunk by chunk into the tensor, elementwise as above
-                x = torch.empty((len(index), *images.shape[1:]), dtype=torch.float32)
-                for start in range(0, len(index), _DECODE_CHUNK):
-                    rows = index[start : start + _DECODE_CHUNK]
-                    x[start : start + len(rows)] = (torch.from_numpy(images[rows]).to(torch.float32).div_(255.0)
-                                                    .sub_(mean_t).div_(std_t))
+            # chunk by chunk into the tensor (elementwise, so the same numbers as at once): images decoded when
+            # indexed (ImageNet-200) are never all held as uint8 beside the floats
+            x = torch.empty((len(index), *images.shape[1:]), dtype=torch.float32)
+            for start in range(0, len(index), _DECODE_CHUNK):
+                rows = index[start : start + _DECODE_CHUNK]
+                x[start : start + len(rows)] = (torch.from_numpy(images[rows]).to(torch.float32).div_(255.0)
+                                                .sub_(mean_t).div_(std_t))
             return x, torch.from_numpy(labels[index])
 
     return Dataset(

@@ -41,6 +41,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,6 @@ CLASSES: tuple[str, ...] = tuple(sorted(WNIDS))  # label k is CLASSES[k]: ImageF
 IMAGENET_CLASSES = 1000  # the classes the subset was drawn from (ImageNet-1k)
 SUBSET_SEED = 1993  # gen_imagenet_subset.py: np.random.seed(1993)
 TRAIN_PER_CLASS = 500  # gen_imagenet_subset.py: np.random.choice(imgs, 500, replace=False) for the train phase
-VAL_PER_CLASS = 50  # ImageNet-1k's validation images per class, all copied by the script
 RESIZE = 256  # data_loader.py _data_transforms_imagenet: image_resize, the shorter side before the centre crop
 IMAGE_SIZE = 224  # data_loader.py _data_transforms_imagenet: image_size
 MEAN = (0.485, 0.456, 0.406)  # data_loader.py _data_transforms_imagenet: ImageNet's per-channel mean and std
@@ -106,7 +106,7 @@ def layout_problems(data_dir: str | Path) -> list[str]:
         missing = [w for w in CLASSES if not (folder / w).is_dir()]
         if not missing:
             continue
-        flat = split == "val" and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in _first(folder.iterdir(), 64))
+        flat = split == "val" and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in islice(folder.iterdir(), 64))
         hint = (" (val/ holds the images themselves: sort them into val/<wnid>/ class folders first, e.g. with the "
                 "common valprep.sh or from LOC_val_solution.csv)") if flat else ""
         shown = ", ".join(str(folder / w) for w in missing[:3])
@@ -114,15 +114,6 @@ def layout_problems(data_dir: str | Path) -> list[str]:
         problems.append(f"{len(missing)} of ImageNet-200's {len(CLASSES)} class folders missing in {folder}: "
                         f"{shown}{more}{hint}")
     return problems
-
-
-def _first(items, n: int) -> list:
-    out = []
-    for item in items:
-        if len(out) == n:
-            break
-        out.append(item)
-    return out
 
 
 def check_layout(data_dir: str | Path) -> Path:

@@ -11,7 +11,6 @@ from fedscape.core.jobs import JobSettings, JobSettingsError
 from fedscape.core.names import suggest
 from fedscape.fl.settings import TrainConfig, TrainingSettings
 
-INIT_KINDS = ("random", "pretrained", "iid_warmup", "continue")
 # The keys of an `inits` entry that each kind reads (the schema fills defaults for all of them).
 KIND_KEYS: dict[str, tuple[str, ...]] = {
     "random": ("kind", "seed"),

@@ -66,10 +66,6 @@ def _bn_x(job: InterpolationJob | LayerBarriersJob, splits: dict, model: torch.n
     return splits["train"][0]
 
 
-def _empty(columns: list[str]) -> pd.DataFrame:
-    return pd.DataFrame(columns=columns)
-
-
 def _nan_curve(job: InterpolationJob, rounds: list[int]) -> pd.DataFrame:
     """The rows of an interpolation that is not computed (a diverged run): every t and split, NaN loss and error."""
     rows = [{"pair_id": job.pair_id, "run_a": job.run_a, "round_a": rounds[0], "run_b": job.run_b,

@@ -7,6 +7,14 @@ LEAF's preprocessing writes ``train/*.json`` and ``test/*.json``, each file an o
 row-major) and ``y`` class ids 0..61; Shakespeare's ``x`` are 80-character strings and ``y`` the next
 character, both encoded with LEAF's vocabulary (``SHAKESPEARE_VOCAB``).
 
+Reddit (LEAF's data/reddit: Caldas et al. 2018, December 2017 comments of pushshift.io, tokenised) keeps the same
+top-level keys; its source/preprocess.py ``create_seqs`` writes per comment: in ``x`` the comment's input sequences
+(lists of REDDIT_SEQ_LEN tokens: ``<BOS>``, the words, ``<EOS>``, ``<PAD>`` to a multiple of the length), in ``y`` a
+dict with ``target_tokens`` (the words, ``<EOS>``, ``<PAD>``: each input shifted by one) and ``count_tokens`` (1 for
+the comment's positions, 0 for padding), beside the comment's metadata; ``num_samples`` counts comments. Its
+vocabulary is the pickle ``vocab/reddit_vocab.pck`` of LEAF's build_vocab.py: ``{"vocab": {word: id}, "size":
+10000, "unk_symbol": 1, "pad_symbol": 0}``. Each sequence is one sample here, with every position's target.
+
 Shakespeare can also be cut here from LEAF's raw texts (`read_shakespeare_raw`): LEAF's
 ``preprocess_shakespeare.py`` (run by its ``data_to_json.sh``, the first step of ``preprocess.sh``) splits
 Project Gutenberg's complete works into ``raw_data/by_play_and_character/<PLAY>_<ROLE>.txt``, one file of lines
@@ -16,7 +24,9 @@ per speaking role, before any sampling or fixed-length cutting.
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +44,9 @@ LEAF_SPLITS = ("train", "test")
 FEMNIST_PIXELS = 28 * 28
 
 RAW_ROLES_DIR = "by_play_and_character"  # LEAF's folder of one text file per speaking role
+IGNORE = -100  # a target position that does not count (padding): torch's cross_entropy ignore_index
+REDDIT_SEQ_LEN = 10  # LEAF's data/reddit/source/preprocess.py SEQ_LEN
+REDDIT_VOCAB_FILE = "reddit_vocab.pck"  # written by LEAF's data/reddit/build_vocab.py into --target-dir vocab
 
 
 def _token_table(vocabulary: str) -> np.ndarray:
@@ -51,8 +64,8 @@ _RAW_TOKEN_OF_BYTE = _token_table(SHAKESPEARE_RAW_VOCAB)
 class LeafPart:
     """One LEAF split (train or test): samples in file order, the writer of each, the writers' names."""
 
-    x: np.ndarray  # FEMNIST: float32 [N, 1, 28, 28]; Shakespeare: uint8 token ids [N, 80]
-    y: np.ndarray  # int64 [N]
+    x: np.ndarray  # FEMNIST: float32 [N, 1, 28, 28]; Shakespeare: uint8 token ids [N, 80]; words: int32 [N, T]
+    y: np.ndarray  # int64 [N]; word datasets: [N, T], every position's next token (IGNORE: does not count)
     writers: np.ndarray  # int64 [N], index into `writer_names`
     writer_names: tuple[str, ...]
 
@@ -99,10 +112,11 @@ def leaf_directory(name: str, data_dir: str | None) -> Path:
                 return where
     looked = ("no data_dir was given" if data_dir is None else
               f"looked in {Path(data_dir)} and {Path(data_dir) / name / 'data'}")
+    how = NO_DOWNLOAD.get(name, f"LEAF hosts {name}'s preprocessed files (its data/{name}/README.md)")
     raise FileNotFoundError(
         f"{name} not found ({looked}). Expected LEAF's preprocessed files: a folder with train/*.json and "
         f"test/*.json, each file holding {{\"users\": [...], \"num_samples\": [...], \"user_data\": "
-        f"{{user: {{\"x\": [...], \"y\": [...]}}}}}}. {NO_DOWNLOAD[name]} (run with -t sample, e.g. "
+        f"{{user: {{\"x\": [...], \"y\": [...]}}}}}}. {how} (run with -t sample, e.g. "
         f"./preprocess.sh -s niid --sf 0.05 -k 0 -t sample); set datasets.{name}.data_dir to LEAF's "
         f"data/{name}/data folder (or to a folder holding {name}/data). fedscape does not download it."
     )
@@ -154,12 +168,13 @@ def _shakespeare_user(data: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
 _DECODERS = {"femnist": _femnist_user, "shakespeare": _shakespeare_user}
 
 
-def read_leaf_part(name: str, directory: Path) -> LeafPart:
+def read_leaf_part(name: str, directory: Path, decode=None) -> LeafPart:
     """Every sample of ``directory/*.json`` (sorted file names, then each file's `users` order).
 
-    A writer found in several files keeps one index. The writers are numbered in order of appearance.
+    A writer found in several files keeps one index. The writers are numbered in order of appearance. `decode`
+    (data, where) -> (x, y) reads one user's data (None: the dataset's own decoder).
     """
-    decode = _DECODERS[name]
+    decode = decode or _DECODERS[name]
     names: dict[str, int] = {}
     xs, ys, ws = [], [], []
     for path in sorted(directory.glob("*.json")):
@@ -186,6 +201,99 @@ def read_leaf(name: str, data_dir: str | None) -> tuple[LeafPart, LeafPart]:
     """LEAF's train and test parts of dataset `name` (``femnist`` or ``shakespeare``) from ``data_dir``."""
     directory = leaf_directory(name, data_dir)
     return read_leaf_part(name, directory / "train"), read_leaf_part(name, directory / "test")
+
+
+@dataclass(frozen=True)
+class RedditVocab:
+    """LEAF's Reddit vocabulary pickle: word -> id, the id count, the unknown and padding ids."""
+
+    ids: dict[str, int]
+    size: int
+    unk: int
+    pad: int
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The name of every id 0..size-1: its words joined by '|' (LEAF's build_vocab.py numbers the words from 1,
+        so its most frequent word shares id 1 with <UNK>; ids are read as LEAF's model sees them), '' if unused."""
+        names: list[list[str]] = [[] for _ in range(self.size)]
+        for word, i in self.ids.items():
+            names[i].append(word)
+        return tuple("|".join(n) for n in names)
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Rebuilds dicts, lists, strings and numbers only: a vocabulary pickle needs no class."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"refusing to unpickle global {module}.{name}: LEAF's vocabulary pickle holds "
+                                     "a dict of words and numbers only (the file is corrupt or has been tampered with)")
+
+
+def read_reddit_vocab(path: Path) -> RedditVocab:
+    """LEAF's ``reddit_vocab.pck``; ValueError naming the file and what it lacks."""
+    with path.open("rb") as f:
+        try:
+            obj = _PlainUnpickler(f).load()
+        except (pickle.UnpicklingError, EOFError) as exc:
+            raise ValueError(f"{path}: not LEAF's Reddit vocabulary pickle ({exc})") from None
+    keys = ("vocab", "size", "unk_symbol", "pad_symbol")
+    if not isinstance(obj, dict) or any(k not in obj for k in keys) or not isinstance(obj["vocab"], dict):
+        raise ValueError(f"{path}: LEAF's Reddit vocabulary is a dict with keys {', '.join(keys)} (vocab: word -> id)")
+    size = int(obj["size"])
+    bad = [w for w, i in obj["vocab"].items() if not isinstance(i, int) or not 0 <= i < size]
+    if bad or not 0 <= obj["unk_symbol"] < size or not 0 <= obj["pad_symbol"] < size:
+        raise ValueError(f"{path}: ids outside 0..{size - 1} (size {size}), e.g. for {bad[:3] or 'unk/pad'}")
+    return RedditVocab(dict(obj["vocab"]), size, int(obj["unk_symbol"]), int(obj["pad_symbol"]))
+
+
+def _reddit_user(data: dict, where: str, vocab: RedditVocab) -> tuple[np.ndarray, np.ndarray]:
+    """One user's sequences: input ids int32 [n, 10], target ids int64 [n, 10], IGNORE where count_tokens is 0
+    (LEAF's stacked_lstm.py weights its sequence loss with count_tokens). A word outside the vocabulary is <UNK>
+    (LEAF's defaultdict)."""
+    xs, ts, counts = [], [], []
+    for c, (comment, label) in enumerate(zip(data["x"], data["y"], strict=True)):
+        if not isinstance(label, dict) or "target_tokens" not in label or "count_tokens" not in label:
+            raise ValueError(f"{where}: y[{c}] must be a dict with target_tokens and count_tokens (LEAF's "
+                             f"preprocess.py create_seqs)")
+        if not (len(comment) == len(label["target_tokens"]) == len(label["count_tokens"])):
+            raise ValueError(f"{where}: comment {c} has {len(comment)} input sequences, "
+                             f"{len(label['target_tokens'])} target_tokens and {len(label['count_tokens'])} "
+                             f"count_tokens; they must be equal")
+        xs.extend(comment)
+        ts.extend(label["target_tokens"])
+        counts.extend(label["count_tokens"])
+    bad = next((i for i, s in enumerate(xs + ts + counts) if not isinstance(s, list) or len(s) != REDDIT_SEQ_LEN),
+               None)
+    if bad is not None:
+        raise ValueError(f"{where}: every sequence of x, target_tokens and count_tokens must be a list of "
+                         f"{REDDIT_SEQ_LEN} entries (LEAF's SEQ_LEN)")
+    lookup = vocab.ids.get
+    x = np.array([[lookup(w, vocab.unk) for w in s] for s in xs], dtype=np.int32).reshape(-1, REDDIT_SEQ_LEN)
+    y = np.array([[lookup(w, vocab.unk) for w in s] for s in ts], dtype=np.int64).reshape(-1, REDDIT_SEQ_LEN)
+    y[np.asarray(counts, dtype=np.float64).reshape(-1, REDDIT_SEQ_LEN) == 0] = IGNORE
+    return x, y
+
+
+def reddit_vocab_path(directory: Path) -> Path:
+    """LEAF's ``reddit_vocab.pck`` near the folder of the JSON splits: in its ``vocab/``, its parent's ``vocab/``
+    (LEAF's data/reddit/ layout) or itself; FileNotFoundError naming them."""
+    places = [directory / "vocab", directory.parent / "vocab", directory]
+    for where in places:
+        if (where / REDDIT_VOCAB_FILE).is_file():
+            return where / REDDIT_VOCAB_FILE
+    raise FileNotFoundError(f"reddit: LEAF's vocabulary {REDDIT_VOCAB_FILE} not found (looked in "
+                            f"{', '.join(str(p) for p in places)}); make it with LEAF's data/reddit/build_vocab.py "
+                            f"--data-dir ./data/train --target-dir vocab")
+
+
+def read_reddit(data_dir: str | None) -> tuple[LeafPart, LeafPart, tuple[str, ...]]:
+    """LEAF's Reddit train and test parts (every sequence a sample, its user the writer) and the id names."""
+    directory = leaf_directory("reddit", data_dir)
+    vocab = read_reddit_vocab(reddit_vocab_path(directory))
+    decode = partial(_reddit_user, vocab=vocab)
+    return (read_leaf_part("reddit", directory / "train", decode),
+            read_leaf_part("reddit", directory / "test", decode), vocab.names)
 
 
 def raw_roles_directory(data_dir: str | None) -> Path:

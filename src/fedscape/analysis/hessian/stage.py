@@ -20,6 +20,7 @@ from fedscape.analysis.hessian.definitions import (
     DENSITY_COLUMNS,
     EVAL_ALL,
     HessianJob,
+    HessianSettings,
     client_label,
     hessian_columns,
 )
@@ -27,7 +28,7 @@ from fedscape.analysis.hessian.maths import analyse, eval_subset, hessian_norm_d
 from fedscape.analysis.landscape.planes import META_KEYS, Plane, save_plane
 from fedscape.core.io import write_csv, write_json
 from fedscape.core.runs import DIVERGED, OK
-from fedscape.data.federated import load_federated_data
+from fedscape.data.federated import FederatedData, load_federated_data
 from fedscape.models.checkpoint import load_trajectory
 from fedscape.models.device import describe_compute, job_precision, resolve_device
 
@@ -72,6 +73,16 @@ def write_eigen_plane(path: str | Path, center, center_buffers, d1, d2, meta: di
     save_plane(path, plane)
 
 
+def aggregate_eval_data(data: FederatedData, settings: HessianSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples of the aggregate training data that a job's Hessian is evaluated on: the fixed, seeded subset of
+    `eval_samples` (stream key 0), or the whole union for `all` (the split itself, without a copy of it)."""
+    x_all, y_all = data.union()
+    if settings.eval_samples != EVAL_ALL:
+        idx = eval_subset(len(y_all), settings.eval_samples, settings.seed, key=0).to(x_all.device)
+        x_all, y_all = x_all[idx], y_all[idx]
+    return x_all, y_all
+
+
 @job_precision(lambda settings: HessianJob.from_settings(settings).hessian.precision)
 def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: str | Path,
                   outputs: dict[str, str | Path]) -> None:
@@ -94,10 +105,7 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
              run_id, round_, device, traj.params.shape[1], data.num_clients, hs.top_k, hs.method, hs.trace_probes)
 
     # the aggregate data: eigenpairs (the plane), trace, density
-    x_all, y_all = data.union()
-    if hs.eval_samples != EVAL_ALL:  # all: the split itself, without a copy of it
-        idx = eval_subset(len(y_all), hs.eval_samples, hs.seed, key=0).to(x_all.device)
-        x_all, y_all = x_all[idx], y_all[idx]
+    x_all, y_all = aggregate_eval_data(data, hs)
     agg = analyse(model, x_all, y_all, hs)
     log.info("data %s (n=%d): lambda = %s, trace = %.6g +- %.3g (%d products, %.1f s)", AGGREGATE, agg.n_eval,
              ", ".join(f"{v:.6g}" for v in agg.eigen.values), agg.hutchinson.trace, agg.hutchinson.stderr,

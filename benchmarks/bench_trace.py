@@ -2,9 +2,10 @@
 Hutch++ / Diag++ (the `hessian.trace_estimator` choices), at equal products, over several seeds.
 
 The model: with --checkpoint, a run's trajectory.pt at --round (default its last), on the samples of the aggregate
-training data its Hessian job evaluates (the run found in --config, its data loaded and subsampled by the Hessian
-stage's own functions; --samples overrides `hessian.eval_samples`); otherwise a `cnn_small` trained --epochs on the
-bundled digits. The reference is the exact Hessian, formed one column per product (H e_i) when --exact is given or
+training data (or of --client k) its Hessian job evaluates (the run found in --config, its data loaded and
+subsampled by the Hessian stage's own functions; --samples overrides `hessian.eval_samples`); otherwise a
+`cnn_small` trained --epochs on the bundled digits. The reference is the exact Hessian, formed one column per
+product (H e_i) when --exact is given or
 the model has at most --exact-max parameters: its trace, diagonal, Frobenius norms (whole, of the diagonal, and
 of its best rank-k remainders for the Hutch++ sketch sizes k = products // 3) and largest eigenvalues by magnitude.
 The columns come from the operator's precision (--dtype; the Hessian stage computes in float32), accumulated in
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 from machine import cpu_model
 
 from fedscape.analysis.hessian.maths import HessianOperator, hutchinson, hutchpp
-from fedscape.analysis.hessian.stage import aggregate_eval_data
+from fedscape.analysis.hessian.stage import aggregate_eval_data, client_eval_data
 from fedscape.core.paths import Results
 from fedscape.core.runs import build_runs
 from fedscape.data.datasets import load_dataset
@@ -72,10 +73,12 @@ def trained_model(model: str, epochs: int, samples: int):
     return net, data.x_train[:samples], data.y_train[:samples]
 
 
-def checkpoint_model(checkpoint: str | Path, config_path: str | Path, round_: int | None, samples: int | None):
+def checkpoint_model(checkpoint: str | Path, config_path: str | Path, round_: int | None, samples: int | None,
+                     client: int | None = None):
     """The global model of the run whose trajectory `checkpoint` is (a run of the config at `config_path`) at
-    `round_` (None: its last), and the samples of the aggregate training data its Hessian job evaluates (the
-    Hessian stage's `aggregate_eval_data`; `samples` in place of `hessian.eval_samples` when given)."""
+    `round_` (None: its last), and the samples of the aggregate training data (or of client `client`) its Hessian
+    job evaluates (the Hessian stage's `aggregate_eval_data`, `client_eval_data`; `samples` in place of
+    `hessian.eval_samples` when given)."""
     config = load_config(config_path, SCHEMA)
     runs = build_runs(config)
     results = Results.of(config)
@@ -92,8 +95,14 @@ def checkpoint_model(checkpoint: str | Path, config_path: str | Path, round_: in
     job = make_hessian_job(config, runs, run, round_)
     settings = job.hessian if samples is None else dataclasses.replace(job.hessian, eval_samples=samples)
     data = load_federated_data(job.run, job.dataset_options, workdir / results.partition_file(run))
-    x, y = aggregate_eval_data(data, settings)
-    return traj.model_at(round_), x, y, f"{run.run_id} round {round_}"
+    if client is None:
+        x, y = aggregate_eval_data(data, settings)
+    elif 0 <= client < data.num_clients:
+        x, y = client_eval_data(data, settings, client)
+    else:
+        raise SystemExit(f"--client {client}: the run has clients 0..{data.num_clients - 1}")
+    where = "" if client is None else f", client {client}"
+    return traj.model_at(round_), x, y, f"{run.run_id} round {round_}{where}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +239,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="a run's trajectory.pt (the run found in --config)")
     parser.add_argument("--config", default=str(ROOT / "config/config.yaml"), help="the config of --checkpoint's run")
     parser.add_argument("--round", type=int, help="the checkpoint's round (default: its last)")
+    parser.add_argument("--client", type=int, help="with --checkpoint: client k's samples, not the aggregate data's")
     parser.add_argument("--model", default="cnn_small", help="without --checkpoint: the model trained on digits")
     parser.add_argument("--epochs", type=int, default=3, help="without --checkpoint: its training epochs")
     parser.add_argument("--samples", type=int, help="evaluation samples (default: the config's "
@@ -256,7 +266,7 @@ def main() -> None:
     print(f"CPU: {cpu_model()}; torch {torch.__version__}; {args.threads} threads")
 
     if args.checkpoint:
-        net, x, y, what = checkpoint_model(args.checkpoint, args.config, args.round, args.samples)
+        net, x, y, what = checkpoint_model(args.checkpoint, args.config, args.round, args.samples, args.client)
     else:
         net, x, y = trained_model(args.model, args.epochs, args.samples or 512)
         what = f"{args.model} trained {args.epochs} epochs on digits"

@@ -289,17 +289,23 @@ def test_bench_trace_evaluates_a_checkpoint_on_its_hessian_jobs_samples(tmp_path
     # Execute
     model, x, y, what = checkpoint_model(checkpoint, path, None, None)
     _, x20, y20, _ = checkpoint_model(checkpoint, path, 0, 20)
+    _, xc, yc, client = checkpoint_model(checkpoint, path, None, None, client=1)
 
     # Assert: the final round's model, and the job's seeded subset (eval_samples, hessian.seed) of the clients' union
     data = dataset_from_options("digits", dataset_settings(config["datasets"]["digits"]))
-    union = torch.as_tensor(sorted(i for ix in load_partition(partition, data.y_train.numpy()).client_indices
-                                   for i in ix))
+    clients = [torch.as_tensor(ix) for ix in load_partition(partition, data.y_train.numpy()).client_indices]
+    union = torch.cat(clients).sort().values
     idx = union[eval_subset(len(union), 48, 0, key=0)]
     assert what == f"{run.run_id} round 1" and len(y) == 48 and len(y20) == 20
     assert torch.equal(x, data.x_train[idx]) and torch.equal(y, data.y_train[idx])
+    idx = clients[1][eval_subset(len(clients[1]), 48, 0, key=2)]  # the stage's stream key of client 1
+    assert client == f"{run.run_id} round 1, client 1" and torch.equal(xc, data.x_train[idx])
+    assert torch.equal(yc, data.y_train[idx])
     assert torch.equal(flatten_params(model), load_trajectory(checkpoint).params[-1])
     with pytest.raises(SystemExit, match="not the trajectory of any run"):
         checkpoint_model(tmp_path / "elsewhere" / "trajectory.pt", path, None, None)
+    with pytest.raises(SystemExit, match=r"--client 3: the run has clients 0\.\.2"):
+        checkpoint_model(checkpoint, path, None, None, client=3)
 
 
 def test_bench_trace_runs_on_a_checkpoint(tmp_path):

@@ -83,6 +83,15 @@ def aggregate_eval_data(data: FederatedData, settings: HessianSettings) -> tuple
     return x_all, y_all
 
 
+def client_eval_data(data: FederatedData, settings: HessianSettings, client: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples of client `client` that a job's Hessian is evaluated on: the fixed, seeded subset of
+    `eval_samples` (stream key client + 1), or all of them."""
+    client_idx = data.client_indices[client]
+    ix = client_idx[eval_subset(len(client_idx), settings.eval_samples, settings.seed, key=client + 1)
+                    .to(client_idx.device)]
+    return data.x_train[ix], data.y_train[ix]
+
+
 @job_precision(lambda settings: HessianJob.from_settings(settings).hessian.precision)
 def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: str | Path,
                   outputs: dict[str, str | Path]) -> None:
@@ -121,10 +130,8 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
 
     # each client's data: eigenvalues, trace and the diagonal (HN, HD)
     diagonals = []
-    for k, client_idx in enumerate(data.client_indices):
-        sub = eval_subset(len(client_idx), hs.eval_samples, hs.seed, key=k + 1).to(client_idx.device)
-        ix = client_idx[sub]
-        rep = analyse(model, data.x_train[ix], data.y_train[ix], hs, density=False)
+    for k in range(data.num_clients):
+        rep = analyse(model, *client_eval_data(data, hs, k), hs, density=False)
         diagonals.append(rep.hutchinson.diagonal)
         rows.append(_row(run_id, round_, client_label(k), rep, hs.top_k))
         details["data"][client_label(k)] = _details(rep)

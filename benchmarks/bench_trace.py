@@ -117,7 +117,10 @@ class ExactFigures:
     asymmetry: float  # max |H - H^T| / max |H| of the columns as formed
 
     def remainder(self, k: int) -> float:
-        """||H - H_k||_F of the best rank-k approximation H_k (the top-k eigenvalues by magnitude removed)."""
+        """||H - H_k||_F of the best rank-k approximation H_k (the top-k eigenvalues by magnitude removed); NaN for
+        k beyond the eigenvalues computed."""
+        if k > len(self.eigenvalues):
+            return math.nan
         return math.sqrt(max(self.frobenius**2 - float(np.sum(self.eigenvalues[:k] ** 2)), 0.0))
 
     def save(self, path: str | Path) -> None:

@@ -3,6 +3,7 @@ would otherwise break them silently): each on the smallest settings, its table r
 
 from __future__ import annotations
 
+import math
 import platform
 import subprocess
 import sys
@@ -229,6 +230,7 @@ def test_bench_trace_exact_figures_are_those_of_the_matrix(monkeypatch):
     assert figures.eigenvalues == pytest.approx(by_magnitude[:10].numpy(), abs=1e-5)
     assert figures.remainder(3) == pytest.approx(float(by_magnitude[3:].norm()), rel=1e-5)
     assert figures.remainder(0) == pytest.approx(figures.frobenius)
+    assert math.isnan(figures.remainder(11))  # beyond the 10 eigenvalues computed
     assert figures.asymmetry == pytest.approx(float((2 * skew).abs().max() / (matrix + skew).abs().max()), rel=1e-3)
 
 

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,13 @@ from helpers.configs import tiny_config
 from helpers.workflow import ROOT
 from torch import nn
 
-from fedscape.analysis.hessian.definitions import JOB_FILES, HessianJob, HessianSettings
+from fedscape.analysis.hessian.definitions import (
+    AUTO_HUTCHPP_FROM,
+    JOB_FILES,
+    HessianJob,
+    HessianSettings,
+    resolve_trace_estimator,
+)
 from fedscape.analysis.hessian.maths import (
     HessianOperator,
     analyse,
@@ -176,8 +183,8 @@ def test_eval_samples_all_reaches_the_job_settings():
 
 def test_hessian_stage_with_eval_samples_all_takes_every_training_sample_of_a_moon_projection_run(tmp_path):
     # Prepare: a one-round MOON run whose classifier sits on its projection head (the model the trajectory rebuilds)
-    config = tiny_config(eval_samples="all", cache_graph=False, trace_probes=4, max_iter=5, tol=0.5,
-                         density={"enabled": False})
+    config = tiny_config(eval_samples="all", cache_graph=False, trace_probes=AUTO_HUTCHPP_FROM, max_iter=5, tol=0.5,
+                         density={"enabled": False})  # trace_estimator auto: Hutch++ at this budget
     config.update(alphas=["iid"], experiments=[{"alpha": "iid", "algorithm": "moonp"}],
                   algorithms={"moonp": {"name": "moon", "head": "projection"}},
                   inits={"random": {"kind": "random", "seed": 0}})
@@ -205,6 +212,9 @@ def test_hessian_stage_with_eval_samples_all_takes_every_training_sample_of_a_mo
     assert [table.loc[f"client_{k}", "n_eval"] for k in range(data.num_clients)] == [
         len(i) for i in data.client_indices]
     assert np.isfinite(table["lambda_1"]).all() and (table["trace"] != 0).all()
+    details = json.loads(Path(outputs["details"]).read_text())  # the estimator auto resolved to, recorded
+    assert details["settings"]["trace_estimator"] == "hutchpp"
+    assert {d["diagonal_estimator"] for d in details["data"].values()} <= {"diag++", "hutchinson"}
 
 
 def small_conv(norm: str, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -651,15 +661,36 @@ def test_trace_estimator_settings_are_checked(kwargs, message):
         hessian_settings(**kwargs)
 
 
-def test_the_default_estimator_is_the_schemas():
+def test_the_default_estimator_is_auto_and_the_baseline_stays_hutchinson():
     # Execute
     config = check_config(tiny_config(), SCHEMA)
 
-    # Assert: the schema's default, which is also the baseline the settings declare (the behaviour before the key)
-    default = SCHEMA["properties"]["hessian"]["properties"]["trace_estimator"]["default"]
-    assert default == config["hessian"]["trace_estimator"] == declared_defaults(HessianSettings)["trace_estimator"]
-    assert default == "hutchinson"
-    assert settings_from_config(config["hessian"]).trace_estimator == "hutchinson"
+    # Assert: the schema's default is `auto`; the settings' declared default stays the baseline (the behaviour
+    # before the key), which a job's settings never spell out; the schema tells users the threshold
+    spec = SCHEMA["properties"]["hessian"]["properties"]["trace_estimator"]
+    assert spec["default"] == config["hessian"]["trace_estimator"] == "auto"
+    assert declared_defaults(HessianSettings)["trace_estimator"] == "hutchinson"
+    assert f"hutchpp from {AUTO_HUTCHPP_FROM} products" in " ".join(spec["description"].split())
+
+
+@pytest.mark.parametrize(("name", "probes", "resolved"), [
+    ("auto", 2, "hutchinson"), ("auto", AUTO_HUTCHPP_FROM - 1, "hutchinson"), ("auto", AUTO_HUTCHPP_FROM, "hutchpp"),
+    ("auto", 300, "hutchpp"), ("hutchinson", 300, "hutchinson"), ("hutchpp", 4, "hutchpp"),
+])
+def test_auto_resolves_by_the_budget_at_planning(name, probes, resolved):
+    # Prepare
+    config = check_config(tiny_config(trace_estimator=name, trace_probes=probes), SCHEMA)
+    runs = build_runs(config)
+    run, round_ = hessian_jobs(config, runs)[0]
+
+    # Execute
+    settings = hessian_job_settings(config, runs, run, round_)["hessian"]
+
+    # Assert: the job's settings name what it computes with (absent at the baseline, hutchinson: no rerun)
+    assert resolve_trace_estimator(name, probes) == resolved
+    assert settings_from_config(config["hessian"]).trace_estimator == resolved
+    assert settings.get("trace_estimator", "hutchinson") == resolved
+    assert ("trace_estimator" in settings) == (resolved == "hutchpp")
 
 
 def test_job_settings_omit_a_late_setting_only_at_the_value_finished_jobs_had():

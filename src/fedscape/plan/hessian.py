@@ -3,7 +3,7 @@ the targets, and the checks of the `hessian` section."""
 
 from __future__ import annotations
 
-from fedscape.analysis.hessian.definitions import JOB_FILES, HessianJob, HessianSettings
+from fedscape.analysis.hessian.definitions import JOB_FILES, HessianJob, HessianSettings, resolve_trace_estimator
 from fedscape.core.config import ConfigError, with_result_version
 from fedscape.core.jobs import to_settings
 from fedscape.core.paths import HESSIAN_DIR, HESSIAN_FIGURE, Results
@@ -18,13 +18,15 @@ RESULT_VERSIONS = {"hessian": 1}
 
 
 def settings_from_config(section: dict) -> HessianSettings:
-    """HessianSettings from the config's `hessian` section (defaults already filled by the schema)."""
+    """HessianSettings from the config's `hessian` section (defaults already filled by the schema); `trace_estimator:
+    auto` resolved by the budget, so a job's settings name the estimator it computes with."""
     density = section["density"]
     sharp = section["sharpness"]
     return HessianSettings(
         top_k=section["top_k"], method=section["method"], tol=section["tol"], max_iter=section["max_iter"],
         trace_probes=section["trace_probes"], eval_samples=section["eval_samples"], batch_size=section["batch_size"],
-        cache_graph=section["cache_graph"], trace_estimator=section["trace_estimator"],
+        cache_graph=section["cache_graph"],
+        trace_estimator=resolve_trace_estimator(section["trace_estimator"], section["trace_probes"]),
         density=density["enabled"],
         density_steps=density["lanczos_steps"], density_probes=density["probes"],
         seed=section["seed"], sharpness=sharp["enabled"], sharpness_rho=sharp["rho"],

@@ -11,7 +11,13 @@ from fedscape.core.names import unknown_name_error
 from fedscape.models.specs import PRECISIONS
 
 METHODS = ("power", "lanczos")
-TRACE_ESTIMATORS = ("hutchinson", "hutchpp")
+TRACE_ESTIMATORS = ("hutchinson", "hutchpp")  # what a job computes with (its settings never hold `auto`)
+AUTO = "auto"  # the config's `trace_estimator: auto`: resolved by the budget at planning (resolve_trace_estimator)
+# From this many products `auto` takes Hutch++ / Diag++, below them Hutchinson. Measured against exact Hessians
+# (benchmarks/README.md, bench_trace.py): on the default run's round-30 IID model Hutch++'s trace erred 0.77x
+# Hutchinson's at 10 products, 0.37x at 30, 0.18x at 100, its diagonal better from 20; on a cnn_small trained
+# 3 epochs it erred 1.5x at 10 products, and its diagonal lost at 10-100.
+AUTO_HUTCHPP_FROM = 20
 HESSIAN_PRECISIONS = tuple(p for p in PRECISIONS if p != "bf16")
 CLIENT_COLUMNS = ["run_id", "round", "hn", "hd", "status"]  # status: ok, or diverged (HN, HD NaN)
 EVAL_ALL = "all"  # eval_samples: every sample of each data set, no graph kept between products
@@ -41,9 +47,8 @@ class HessianSettings(JobSettings):
     max_iter: int  # PyHessian's maxIter is 100
     trace_probes: int  # fixed Hutchinson probe count: PyHessian's early stop was measured at 4% error
     # "hutchpp": Hutch++ trace and Diag++ diagonal from the same `trace_probes` products (a low-rank sketch
-    # taken exactly, Hutchinson on the rest; Meyer et al. 2021, Baston & Nakatsukasa 2022). Not the default:
-    # on bench_trace.py's cnn_small its trace erred 1.5x Hutchinson's at 10 products and 1.2x at 30, its
-    # diagonal more at 10-100 (benchmarks/README.md); it won only on the trace at 100.
+    # taken exactly, Hutchinson on the rest; Meyer et al. 2021, Baston & Nakatsukasa 2022). The config's `auto`
+    # (its default) is resolved to one of the two at planning (resolve_trace_estimator), never kept here.
     trace_estimator: str = "hutchinson"  # baseline: Hutchinson
     # A fixed, seeded subset of this many samples per data set; None = all samples (PyHessian: a fixed batch set);
     # EVAL_ALL: the whole training split streamed batch by batch (the FedAlign code's Hessian, over its train loader).
@@ -137,3 +142,12 @@ INTEGER_COLUMNS = ("round", "n_eval", "iterations")  # kept integers in the gath
 def client_label(client: int) -> str:
     """The `data` value of client k's rows."""
     return f"client_{client}"
+
+
+def resolve_trace_estimator(name: str, trace_probes: int) -> str:
+    """The estimator a job computes with: `name` itself, or for `auto` Hutch++ from AUTO_HUTCHPP_FROM products and
+    Hutchinson below (so a small budget, where Hutch++'s third of sketch products may not pay, and every budget
+    Hutch++ cannot take, < 4, keeps Hutchinson)."""
+    if name != AUTO:
+        return name
+    return "hutchpp" if trace_probes >= AUTO_HUTCHPP_FROM else "hutchinson"

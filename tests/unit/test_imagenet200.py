@@ -15,7 +15,7 @@ from helpers.imagenet import OTHER_WNIDS, write_imagenet
 from fedscape.core.config import ConfigError
 from fedscape.core.runs import build_runs
 from fedscape.data import imagenet200
-from fedscape.data.datasets import from_source
+from fedscape.data.datasets import StoredImages, from_source
 from fedscape.data.imagenet200 import CLASSES, WNIDS, ImageFolderImages, decode, list_split, train_subset
 from fedscape.data.sources import Source, load_source
 from fedscape.data.specs import dataset_info, dataset_option_problems
@@ -169,15 +169,17 @@ def test_source_lists_without_decoding_and_the_dataset_equals_rows_decoded_direc
     # Execute
     ds = from_source(small)
 
-    # Assert: every row is its image scaled to [0, 1] and normalised with ImageNet's statistics (the code's)
+    # Assert: every row is held as its decoded pixels (uint8) and read as the image scaled to [0, 1] and normalised
+    # with ImageNet's statistics (the code's)
     mean = torch.tensor(imagenet200.MEAN).view(3, 1, 1)
     std = torch.tensor(imagenet200.STD).view(3, 1, 1)
     for x, index, paths in ((ds.x_train, small.train_index, small.train_images.paths),
                             (ds.x_proxy, small.proxy_index, small.train_images.paths),
                             (ds.x_test, np.arange(7), small.test_images.paths)):
-        expected = torch.stack([(torch.from_numpy(decode(paths[i], 40, 48)).float() / 255 - mean) / std
-                                for i in index])
-        torch.testing.assert_close(x, expected, rtol=0, atol=0)
+        pixels = torch.stack([torch.from_numpy(decode(paths[i], 40, 48)) for i in index])
+        assert isinstance(x, StoredImages) and x.pixels.dtype == torch.uint8
+        torch.testing.assert_close(x.pixels, pixels, rtol=0, atol=0)
+        torch.testing.assert_close(x[:], (pixels.float() / 255 - mean) / std, rtol=0, atol=0)
     assert ds.y_train.tolist() == small.train_labels[small.train_index].tolist()
 
 

@@ -4,10 +4,12 @@ plus augmentation.
 `fedscape.data.sources` reads the files and splits them (torch-free); here a source becomes a
 :class:`Dataset`. Images become float32 ``[N, C, H, W]``: digits and FEMNIST standardised with the
 train part's mean and std, CIFAR and ImageNet-200 scaled to [0, 1] and normalised per channel with
-their published statistics (ImageNet-200's images are decoded from disk in chunks straight into the float
-tensor, so building it never holds a second copy of the pool). Text (Shakespeare) becomes int64 token
-ids ``[N, T]`` with int64 targets ``[N]`` (the id
-of the next character), so models give logits ``[N, vocabulary]`` and the loss is unchanged.
+their published statistics. A dataset declared ``stored: uint8`` (`fedscape.data.specs.DatasetInfo`; ImageNet-200,
+whose float32 training pool at 224x224 is 60 GB) keeps its decoded pixels instead, a `StoredImages` that normalises
+the rows each batch reads on their device: the same float32 numbers at a quarter of the memory. ImageNet-200's
+images are decoded from disk in chunks, so building it never holds a second copy of the pool. Text (Shakespeare)
+becomes int64 token ids ``[N, T]`` with int64 targets ``[N]`` (the id of the next character), so models give logits
+``[N, vocabulary]`` and the loss is unchanged.
 """
 
 from __future__ import annotations
@@ -21,16 +23,134 @@ import torch.nn.functional as F
 
 from fedscape.core.names import unknown_name_error
 from fedscape.data.sources import Source, load_source, normalisation, source_from_options
-from fedscape.data.specs import AUGMENTATIONS, CROP_PADDING
+from fedscape.data.specs import AUGMENTATIONS, CROP_PADDING, DATASETS
 
 # Grey-scale datasets without published statistics: standardised with their train part's mean and std.
 _STANDARDISED = ("digits", "femnist")
 _DECODE_CHUNK = 1024  # images normalised at once (147 MB of uint8 at 224x224, where a source decodes when indexed)
 
 
+class StoredImages:
+    """Images held as their decoded uint8 pixels ``[N, C, H, W]`` and handed out as the float32 tensors they stand
+    for: indexing gives ``(pixels / 255 - mean) / std`` per channel, computed on the pixels' device for the rows
+    asked for, with the same float32 operations in the same order as a float pool normalised once
+    (`from_source`), so every batch is bitwise the rows of that pool at a quarter of its memory.
+
+    It stands in for an image tensor wherever the stages read one: ``x[index]`` (a batch), ``len(x)``, ``x.shape``,
+    ``x.device``, ``x.dtype`` (float32: what a batch is) and ``x.to(device)``. Selecting a large subset (a
+    client's shard, the union) goes through `take_rows`, which keeps the pixels (`rows`); `materialise` gives the
+    whole float tensor (for a transform that rewrites the pool, such as feature_noise's).
+    """
+
+    def __init__(self, pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> None:
+        if pixels.dtype != torch.uint8 or pixels.ndim != 4:
+            raise ValueError(f"StoredImages holds uint8 images [N, C, H, W], got {pixels.dtype} "
+                             f"{list(pixels.shape)}")
+        c = pixels.shape[1]
+        self.pixels = pixels
+        self.mean = mean.to(device=pixels.device, dtype=torch.float32).reshape(c, 1, 1)  # [C, 1, 1]: any batch
+        self.std = std.to(device=pixels.device, dtype=torch.float32).reshape(c, 1, 1)  # shape ends in C, H, W
+
+    def __len__(self) -> int:
+        return int(self.pixels.shape[0])
+
+    def __repr__(self) -> str:
+        return f"StoredImages({list(self.pixels.shape)} uint8 on {self.device})"
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.pixels.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixels.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def dim(self) -> int:
+        return self.pixels.dim()
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes held (the pixels)."""
+        return self.pixels.numel() * self.pixels.element_size()
+
+    def is_floating_point(self) -> bool:
+        return True  # what indexing gives
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """float32 ``(pixels / 255 - mean) / std`` of uint8 pixels ``[..., C, H, W]`` on this store's device."""
+        return pixels.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        return self.normalise(self.pixels[index])
+
+    def rows(self, index: torch.Tensor) -> StoredImages:
+        """The rows ``index`` as a store of their pixels (no float copy)."""
+        return StoredImages(self.pixels[index], self.mean, self.std)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> StoredImages:
+        """On ``device`` (the pixels moved, once)."""
+        if torch.device(device) == self.device:
+            return self
+        return StoredImages(self.pixels.to(device, non_blocking=non_blocking), self.mean, self.std)
+
+    def materialise(self, chunk: int = 1024) -> torch.Tensor:
+        """Every row as one float32 tensor (four times the memory), normalised chunk by chunk."""
+        out = torch.empty(tuple(self.shape), dtype=torch.float32, device=self.device)
+        for start in range(0, len(self), chunk):
+            out[start : start + chunk] = self[start : start + chunk]
+        return out
+
+
+Images = torch.Tensor | StoredImages
+
+
+def take_rows(x: Images, index: torch.Tensor) -> Images:
+    """Rows ``index`` of a tensor, or of a `StoredImages` as a store (its pixels, not a float copy)."""
+    return x.rows(index) if isinstance(x, StoredImages) else x[index]
+
+
+def batch_slices(x: Images, y: torch.Tensor, batch_size: int,
+                 memory_format: torch.memory_format | None = None) -> list[tuple[torch.Tensor, torch.Tensor]] | Batches:
+    """The consecutive batches ``(x[s:s+b], y[s:s+b])`` of a data set that a loop passes over many times: views of a
+    tensor (a list), or of a `StoredImages` each normalised when it is read (the float pool is never held).
+    ``memory_format``: the inputs' layout (e.g. channels_last)."""
+    if isinstance(x, StoredImages):
+        return Batches(x, y, batch_size, memory_format)
+    if memory_format is not None:
+        x = x.contiguous(memory_format=memory_format)
+    return [(x[s : s + batch_size], y[s : s + batch_size]) for s in range(0, len(y), batch_size)]
+
+
+class Batches:
+    """`batch_slices` of a `StoredImages`: a sequence of (inputs, labels) whose inputs are normalised when read."""
+
+    def __init__(self, x: StoredImages, y: torch.Tensor, batch_size: int,
+                 memory_format: torch.memory_format | None) -> None:
+        self.x, self.y, self.batch_size, self.memory_format = x, y, batch_size, memory_format
+        self.starts = range(0, len(y), batch_size)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.starts[i]
+        xb = self.x[s : s + self.batch_size]
+        if self.memory_format is not None:
+            xb = xb.contiguous(memory_format=self.memory_format)
+        return xb, self.y[s : s + self.batch_size]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """Normalised image tensors ``[N, C, H, W]`` (float32) or token ids ``[N, T]`` (int64), int64 labels.
+    """Normalised image tensors ``[N, C, H, W]`` (float32; a `StoredImages` for a dataset declared ``stored:
+    uint8``) or token ids ``[N, T]`` (int64), int64 labels.
 
     ``vocabulary`` is the character of each token id for text, None for images.
     ``train_index``/``test_index``/``proxy_index`` give, for provenance, each row's index in the
@@ -39,11 +159,11 @@ class Dataset:
     """
 
     name: str
-    x_train: torch.Tensor
+    x_train: Images
     y_train: torch.Tensor
-    x_test: torch.Tensor
+    x_test: Images
     y_test: torch.Tensor
-    x_proxy: torch.Tensor
+    x_proxy: Images
     y_proxy: torch.Tensor
     num_classes: int
     class_names: tuple[str, ...] = ()
@@ -108,6 +228,16 @@ def from_source(src: Source) -> Dataset:
         def part(images: np.ndarray, labels: np.ndarray, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             x = ((images[index] - mean) / std).astype(np.float32)
             return torch.from_numpy(x), torch.from_numpy(labels[index])
+    elif DATASETS[src.name].stored == "uint8":
+        m, s = normalisation(src.name)
+
+        def part(images: np.ndarray, labels: np.ndarray, index: np.ndarray) -> tuple[StoredImages, torch.Tensor]:
+            # decoded chunk by chunk into the uint8 tensor (images decoded when indexed are never held twice)
+            pixels = torch.empty((len(index), *images.shape[1:]), dtype=torch.uint8)
+            for start in range(0, len(index), _DECODE_CHUNK):
+                rows = index[start : start + _DECODE_CHUNK]
+                pixels[start : start + len(rows)] = torch.from_numpy(np.asarray(images[rows], dtype=np.uint8))
+            return StoredImages(pixels, torch.tensor(m), torch.tensor(s)), torch.from_numpy(labels[index])
     else:
         m, s = normalisation(src.name)
         mean_t, std_t = torch.tensor(m).view(1, 3, 1, 1), torch.tensor(s).view(1, 3, 1, 1)

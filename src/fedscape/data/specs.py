@@ -53,6 +53,9 @@ class DatasetInfo:
     writers: bool = False  # each sample has a writer / user id (LEAF's datasets): the `natural` partition kind
     inputs: str = "image"  # one of INPUT_KINDS
     needs_data_dir: bool = False  # read from the files below `datasets.<name>.data_dir` (False: bundled)
+    # How its images are held in memory: "float32", normalised once; "uint8", the decoded pixels, normalised per batch
+    # on their device (`fedscape.data.datasets.StoredImages`: a quarter of the memory, the same float32 batches)
+    stored: str = "float32"
 
     def client_pool_bound(self, test_fraction: float, proxy_fraction: float) -> int:
         """An upper bound of the samples split among the clients (the splits round per class)."""
@@ -97,13 +100,14 @@ DATASETS: dict[str, DatasetInfo] = {
                                "ImageNet-200 (FedAlign, Mendieta et al. 2022): 200 classes of ImageNet-1k, 500 "
                                "training images each, decoded to 224x224 from data_dir's train/<wnid>/ and "
                                "val/<wnid>/ JPEGs", imagenet200.TRAIN_PER_CLASS * len(imagenet200.CLASSES), True,
-                               needs_data_dir=True),
+                               needs_data_dir=True, stored="uint8"),
 }
 DATASET_NAMES: tuple[str, ...] = tuple(sorted(DATASETS))
 # `datasets.<name>` keys added after results existed, with their baselines (what every job read before the key):
 # a job's `dataset_options` leave a key out at its baseline (`dataset_settings`), so adding them reran nothing.
 DATASET_BASELINES: dict[str, object] = {"source": "preprocessed", "seq_len": None}
 AUGMENTATIONS: tuple[str, ...] = ("none", "crop_flip")
+STORAGE: tuple[str, ...] = ("float32", "uint8")  # DatasetInfo.stored
 CROP_PADDING = 4  # pixels of zero padding before the random crop (the CIFAR standard)
 # Datasets fedscape reads only from files made elsewhere: `download` cannot fetch them.
 NO_DOWNLOAD: dict[str, str] = {

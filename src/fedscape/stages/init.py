@@ -33,7 +33,7 @@ from fedscape.core.io import atomic_path
 from fedscape.core.jobs import to_settings
 from fedscape.core.seeds import derive_seed
 from fedscape.core.setting import IID
-from fedscape.data.datasets import augment_batch, dataset_from_options, normalisation
+from fedscape.data.datasets import augment_batch, dataset_from_options, normalisation, take_rows
 from fedscape.data.federated import federate
 from fedscape.data.imagenet32 import ImageNet32
 from fedscape.data.partition import check_partition_file
@@ -159,7 +159,7 @@ def proxy_data(job: PretrainedInit, device: torch.device | str = "cpu") -> Proxy
         x, y = ds.x_train, ds.y_train
         if job.max_samples is not None and job.max_samples < len(y):
             keep = torch.from_numpy(np.sort(np.random.default_rng(job.seed).permutation(len(y))[: job.max_samples]))
-            x, y = x[keep], y[keep]
+            x, y = take_rows(x, keep), y[keep]
         return ProxyData(y.to(device), ds.num_classes, f"dataset:{name}", x=x.to(device))
     ds = dataset_from_options(job.dataset, options)
     if len(ds.y_proxy) == 0:

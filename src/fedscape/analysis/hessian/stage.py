@@ -27,6 +27,7 @@ from fedscape.analysis.hessian.maths import analyse, eval_subset, hessian_norm_d
 from fedscape.analysis.landscape.planes import META_KEYS, Plane, save_plane
 from fedscape.core.io import write_csv, write_json
 from fedscape.core.runs import DIVERGED, OK
+from fedscape.data.datasets import take_rows
 from fedscape.data.federated import load_federated_data
 from fedscape.models.checkpoint import load_trajectory
 from fedscape.models.device import describe_compute, job_precision, resolve_device
@@ -97,7 +98,7 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     x_all, y_all = data.union()
     if hs.eval_samples != EVAL_ALL:  # all: the split itself, without a copy of it
         idx = eval_subset(len(y_all), hs.eval_samples, hs.seed, key=0).to(x_all.device)
-        x_all, y_all = x_all[idx], y_all[idx]
+        x_all, y_all = take_rows(x_all, idx), y_all[idx]
     agg = analyse(model, x_all, y_all, hs)
     log.info("data %s (n=%d): lambda = %s, trace = %.6g +- %.3g (%d products, %.1f s)", AGGREGATE, agg.n_eval,
              ", ".join(f"{v:.6g}" for v in agg.eigen.values), agg.hutchinson.trace, agg.hutchinson.stderr,
@@ -116,7 +117,7 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     for k, client_idx in enumerate(data.client_indices):
         sub = eval_subset(len(client_idx), hs.eval_samples, hs.seed, key=k + 1).to(client_idx.device)
         ix = client_idx[sub]
-        rep = analyse(model, data.x_train[ix], data.y_train[ix], hs, density=False)
+        rep = analyse(model, take_rows(data.x_train, ix), data.y_train[ix], hs, density=False)
         diagonals.append(rep.hutchinson.diagonal)
         rows.append(_row(run_id, round_, client_label(k), rep, hs.top_k))
         details["data"][client_label(k)] = _details(rep)

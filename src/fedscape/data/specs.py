@@ -136,7 +136,8 @@ NO_DOWNLOAD: dict[str, str] = {
 DATA_DIR_HOLDS: dict[str, str] = {
     "femnist": "LEAF's train/ and test/ JSON files",
     "shakespeare": "LEAF's train/ and test/ JSON files",
-    "imagenet200": "ImageNet-1k's train/<wnid>/ and val/<wnid>/ image folders (fedscape.data.imagenet200)",
+    "imagenet200": ("ImageNet-1k's train/<wnid>/ image folders and val/ (sorted into <wnid>/ folders, or flat "
+                    "with LOC_val_solution.csv; fedscape.data.imagenet200)"),
 }
 # Datasets whose folder layout is checked before their jobs start (torch-free, listing folders only): the problems
 # of a data_dir, each naming the missing path.

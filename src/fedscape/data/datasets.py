@@ -413,16 +413,26 @@ def _grey(x: torch.Tensor) -> torch.Tensor:
 
 def colour_jitter(x: torch.Tensor, order: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """torchvision's ColorJitter of float images [n, 3, H, W] in [0, 1], each image with its own order and factors
-    (`ResizedCropDraws`): brightness scales, contrast blends with the mean of the grey image, saturation with the
-    grey image, each clamped to [0, 1] (torchvision's adjust_brightness/_contrast/_saturation on tensors)."""
-    f = factors.to(x.device).view(-1, 3, 1, 1, 1)
-    order = order.to(x.device)
+    (`ResizedCropDraws`, on the CPU): brightness scales, contrast blends with the mean of the grey image, saturation
+    with the grey image, each clamped to [0, 1] (torchvision's adjust_brightness/_contrast/_saturation on tensors).
+    Each adjustment is computed for the images that take it at that position only."""
+
+    def bright(xs: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        return (f * xs).clamp(0, 1)
+
+    def contrast(xs: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        return (f * xs + (1.0 - f) * _grey(xs).mean(dim=(-3, -2, -1), keepdim=True)).clamp(0, 1)
+
+    def saturation(xs: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        return (f * xs + (1.0 - f) * _grey(xs)).clamp(0, 1)
+
+    f = host_to_device(factors, x.device).view(-1, 3, 1, 1, 1)
     for position in range(3):
-        op = order[:, position].view(-1, 1, 1, 1)
-        bright = (f[:, 0] * x).clamp(0, 1)
-        contrast = (f[:, 1] * x + (1.0 - f[:, 1]) * _grey(x).mean(dim=(-3, -2, -1), keepdim=True)).clamp(0, 1)
-        saturation = (f[:, 2] * x + (1.0 - f[:, 2]) * _grey(x)).clamp(0, 1)
-        x = torch.where(op == 0, bright, torch.where(op == 1, contrast, saturation))
+        out = torch.empty_like(x)
+        for k, adjust in enumerate((bright, contrast, saturation)):
+            rows = host_to_device((order[:, position] == k).nonzero()[:, 0], x.device)
+            out[rows] = adjust(x[rows], f[rows, k])
+        x = out
     return x
 
 

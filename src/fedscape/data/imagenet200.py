@@ -29,9 +29,14 @@ What the authors' code does (github.com/mmendiet/FedAlign), and what this module
   ``CenterCrop(224)`` of the RGB image, and trains on ``RandomResizedCrop(224, scale=(0.08, 1))``, ``ColorJitter(0.4,
   0.4, 0.4)`` and a horizontal flip of the full-resolution image, normalised with ImageNet's mean and std
   (``data_loader.py``, ``_data_transforms_imagenet``). `decode` is the evaluation transform exactly (Pillow's
-  bilinear resize, as torchvision's on a PIL image), for the test and the training images alike: fedscape augments
-  decoded tensors (`datasets.<name>.augment`), so training sees the centre crop, with crop_flip's 4-pixel padded
-  crop and flip, not the code's random resized crop and colour jitter (ours).
+  bilinear resize, as torchvision's on a PIL image) for the test images, and for the training images unless they are
+  augmented as the code does (`datasets.imagenet200.augment: resized_crop`): then they are decoded at 256x256 (the
+  shorter side resized to 256, the centre 256x256 crop), the code's random resized crop, colour jitter and flip are
+  drawn from that image per batch on the device (`fedscape.data.datasets.resized_crop_batch`), not from the
+  full-resolution file, and their centre 224x224 crop is exactly the evaluation transform (what evaluation and the
+  analyses read of them). With crop_flip (the baseline) training sees the evaluation transform with crop_flip's
+  4-pixel padded crop and flip (ours). Either way the decoded pixels are held as uint8 and normalised per batch
+  (`fedscape.data.datasets.StoredImages`): 15 GB for the 100,000 training images at 224x224, 19.7 GB at 256x256.
 
 Nothing here holds the images: `ImageFolderImages` keeps the file paths and decodes the rows asked for, batch by batch
 (Pillow, on a few threads), like `fedscape.data.imagenet32`. Listing the folders and the labels needs no decoding, so

@@ -126,10 +126,15 @@ def build_model(
     an unknown option, an unknown name or an incompatible input size raises ValueError.
     ``projection_head=True`` (an option of every model, set by an algorithm rather than the config: MOON with
     ``head: projection``, `fedscape.fl.hparams.base.ServerSGDConfig.model_options`) puts the classifier on a
-    projection head (`ProjectedClassifier`).
+    projection head (`ProjectedClassifier`), whose output width is ``projection_dim`` (MOON's `projection_dim`;
+    absent or 0: the feature width).
     """
     entry = _entry(name)
     projection_head = bool(options.pop("projection_head", False))
+    projection_dim = int(options.pop("projection_dim", 0))
+    if projection_dim and not projection_head:
+        raise ValueError(f"model option projection_dim {projection_dim} sizes a projection head; set "
+                         "projection_head too")
     for option in options:
         if option not in entry.options:
             valid = ", ".join(entry.options) or "none"
@@ -141,4 +146,4 @@ def build_model(
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     check_model_compatible(name, in_channels, image_size)
     model = entry.build(num_classes, in_channels, image_size, **options)
-    return ProjectedClassifier(model) if projection_head else model
+    return ProjectedClassifier(model, projection_dim) if projection_head else model

@@ -101,9 +101,15 @@ def test_a_split_file_that_does_not_fit_the_run_is_refused_with_the_fix(tmp_path
         make_kind_partition({"kind": "split_file", "path": str(path)}, LABELS, num_clients, seed=0, min_size=10)
 
 
-def test_the_split_file_is_the_partition_jobs_input_and_its_path_is_required():
+def test_the_split_file_is_the_partition_jobs_input_where_it_exists_and_its_path_is_required(tmp_path, monkeypatch):
+    # Prepare: the workflow's working directory, the split file not there yet
+    monkeypatch.chdir(tmp_path)
     config = {"partitions": {"fedsam_a005": {"kind": "split_file", "path": "data/splits/a.json"}}}
 
+    # Execute / Assert: no input until the file exists (a dry run plans without it), then the file
+    assert partition_files(config, "fedsam_a005") == []
+    (tmp_path / "data/splits").mkdir(parents=True)
+    (tmp_path / "data/splits/a.json").write_text("{}")
     assert partition_files(config, "fedsam_a005") == ["data/splits/a.json"]
     assert partition_files(config, "0.5") == [] and partition_files(config, "iid") == []
     assert check_partition_entry("s", {"kind": "split_file"}) == ["partitions.s.path: the partition kind split_file "

@@ -1,6 +1,6 @@
 """Model registry: every network the pipeline trains, built by name (`build_model`).
 
-The networks live by family: `feedforward` (mlp, cnn_small, convnet, vgg11), `resnets` (the CIFAR ResNets,
+The networks live by family: `feedforward` (mlp, cnn_small, convnet, lenet5, vgg11), `resnets` (the CIFAR ResNets,
 resnet18), `tokens` (char_gpt, char_lstm), on the shared building blocks of `layers`; their torch-free facts are
 in `fedscape.models.specs`. Conventions every model follows (other stages rely on them):
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedscape.core.names import suggest
-from fedscape.models.feedforward import MLP, VGG11, ConvNet, SmallCNN
+from fedscape.models.feedforward import MLP, VGG11, ConvNet, LeNet5, SmallCNN
 from fedscape.models.layers import ImageClassifier, ProjectedClassifier
 from fedscape.models.resnets import ResNet, resnet18
 from fedscape.models.specs import (
@@ -90,6 +90,7 @@ _BUILDERS: dict[str, Callable[..., ImageClassifier]] = {
     "mlp": lambda num_classes, in_channels, image_size: MLP(num_classes, in_channels * image_size**2),
     "cnn_small": lambda num_classes, in_channels, image_size, norm="none": SmallCNN(num_classes, in_channels, norm),
     "convnet": lambda num_classes, in_channels, image_size: ConvNet(num_classes, in_channels),
+    "lenet5": lambda num_classes, in_channels, image_size: LeNet5(num_classes, in_channels),
     "resnet20": _cifar_resnet(3),
     "resnet56": _cifar_resnet(9),
     # the FedAlign code's resnet56: ResNet(Bottleneck, [6, 6, 6]) with torchvision's init

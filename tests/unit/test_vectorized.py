@@ -91,6 +91,8 @@ ROUND_CASES = {
     "fedavg-nesterov": ("fedavg", {}, {"nesterov": True, "client_chunk_size": 2}),
     "fednova-nesterov-steps-per-client": ("fednova", {}, {"nesterov": True, "local_epochs": None,
                                                           "local_steps": (2, 5, 3, 7)}),
+    # the FedAlign code's client loaders drop each pass's smaller last batch (the 5-sample client keeps its one)
+    "fedavg-drop-last": ("fedavg", {}, {"drop_last": True, "augment": "crop_flip"}),
 }
 # The cases compared in float32 too, where float32 rounding is not amplified. Each was run from one start and data in
 # float32 and in float64 on AVX-512, AVX2 and ATen's default kernels (1 to 3 threads): each path's float32 client

@@ -218,3 +218,23 @@ def test_planning_refuses_vectorized_clients_and_datasets_without_larger_images(
         "datasets.shakespeare.augment: resized_crop augments images, but shakespeare gives sequences of 80 tokens "
         "over 80 symbols; use none"]
     assert np.isclose(COLOR_JITTER, 0.4)
+
+
+@pytest.mark.parametrize("kind", ["resized_crop", "crop_flip", "none"])
+def test_pretraining_on_a_stored_proxy_split_augments_as_client_training(kind):
+    from fedscape.data.datasets import augment_batch
+    from fedscape.stages.init import ProxyData
+
+    # Prepare: a proxy split held as a store of larger images
+    store = _store(n=8)
+    proxy = ProxyData(torch.arange(8) % 10, 10, "split:imagenet200", x=store)
+    index = torch.tensor([6, 1, 1, 4])
+
+    # Execute
+    batch = proxy.augmented(index, kind, torch.Generator().manual_seed(5))
+
+    # Assert: the same batch as the clients' path makes from the same draws
+    expected = (resized_crop_batch(store, index, torch.Generator().manual_seed(5)) if kind == "resized_crop" else
+                augment_batch(store[index], kind, torch.Generator().manual_seed(5)))
+    torch.testing.assert_close(batch, expected, rtol=0, atol=0)
+    assert batch.shape == (4, 3, 56, 56)

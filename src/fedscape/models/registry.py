@@ -1,6 +1,6 @@
 """Model registry: every network the pipeline trains, built by name (`build_model`).
 
-The networks live by family: `feedforward` (mlp, cnn_small, convnet, vgg11), `resnets` (the CIFAR ResNets,
+The networks live by family: `feedforward` (mlp, cnn_small, convnet, lenet5, vgg11), `resnets` (the CIFAR ResNets,
 resnet18), `tokens` (char_gpt, char_lstm), on the shared building blocks of `layers`; their torch-free facts are
 in `fedscape.models.specs`. Conventions every model follows (other stages rely on them):
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedscape.core.names import suggest
-from fedscape.models.feedforward import MLP, VGG11, ConvNet, SmallCNN
+from fedscape.models.feedforward import MLP, VGG11, ConvNet, LeNet5, SmallCNN
 from fedscape.models.layers import ImageClassifier, ProjectedClassifier
 from fedscape.models.resnets import ResNet, resnet18
 from fedscape.models.specs import (
@@ -90,6 +90,7 @@ _BUILDERS: dict[str, Callable[..., ImageClassifier]] = {
     "mlp": lambda num_classes, in_channels, image_size: MLP(num_classes, in_channels * image_size**2),
     "cnn_small": lambda num_classes, in_channels, image_size, norm="none": SmallCNN(num_classes, in_channels, norm),
     "convnet": lambda num_classes, in_channels, image_size: ConvNet(num_classes, in_channels),
+    "lenet5": lambda num_classes, in_channels, image_size: LeNet5(num_classes, in_channels),
     "resnet20": _cifar_resnet(3),
     "resnet56": _cifar_resnet(9),
     # the FedAlign code's resnet56: ResNet(Bottleneck, [6, 6, 6]) with torchvision's init
@@ -126,10 +127,15 @@ def build_model(
     an unknown option, an unknown name or an incompatible input size raises ValueError.
     ``projection_head=True`` (an option of every model, set by an algorithm rather than the config: MOON with
     ``head: projection``, `fedscape.fl.hparams.base.ServerSGDConfig.model_options`) puts the classifier on a
-    projection head (`ProjectedClassifier`).
+    projection head (`ProjectedClassifier`), whose output width is ``projection_dim`` (MOON's `projection_dim`;
+    absent or 0: the feature width).
     """
     entry = _entry(name)
     projection_head = bool(options.pop("projection_head", False))
+    projection_dim = int(options.pop("projection_dim", 0))
+    if projection_dim and not projection_head:
+        raise ValueError(f"model option projection_dim {projection_dim} sizes a projection head; set "
+                         "projection_head too")
     for option in options:
         if option not in entry.options:
             valid = ", ".join(entry.options) or "none"
@@ -141,4 +147,4 @@ def build_model(
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     check_model_compatible(name, in_channels, image_size)
     model = entry.build(num_classes, in_channels, image_size, **options)
-    return ProjectedClassifier(model) if projection_head else model
+    return ProjectedClassifier(model, projection_dim) if projection_head else model

@@ -6,7 +6,6 @@ import copy
 import dataclasses
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -183,8 +182,8 @@ def test_eval_samples_all_reaches_the_job_settings():
 
 def test_hessian_stage_with_eval_samples_all_takes_every_training_sample_of_a_moon_projection_run(tmp_path):
     # Prepare: a one-round MOON run whose classifier sits on its projection head (the model the trajectory rebuilds)
-    config = tiny_config(eval_samples="all", cache_graph=False, trace_probes=AUTO_HUTCHPP_FROM, max_iter=5, tol=0.5,
-                         density={"enabled": False})  # trace_estimator auto: Hutch++ at this budget
+    config = tiny_config(eval_samples="all", cache_graph=False, trace_probes=4, max_iter=5, tol=0.5,
+                         density={"enabled": False})
     config.update(alphas=["iid"], experiments=[{"alpha": "iid", "algorithm": "moonp"}],
                   algorithms={"moonp": {"name": "moon", "head": "projection"}},
                   inits={"random": {"kind": "random", "seed": 0}})
@@ -212,9 +211,6 @@ def test_hessian_stage_with_eval_samples_all_takes_every_training_sample_of_a_mo
     assert [table.loc[f"client_{k}", "n_eval"] for k in range(data.num_clients)] == [
         len(i) for i in data.client_indices]
     assert np.isfinite(table["lambda_1"]).all() and (table["trace"] != 0).all()
-    details = json.loads(Path(outputs["details"]).read_text())  # the estimator auto resolved to, recorded
-    assert details["settings"]["trace_estimator"] == "hutchpp"
-    assert {d["diagonal_estimator"] for d in details["data"].values()} <= {"diag++", "hutchinson"}
 
 
 def small_conv(norm: str, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -691,6 +687,31 @@ def test_auto_resolves_by_the_budget_at_planning(name, probes, resolved):
     assert settings_from_config(config["hessian"]).trace_estimator == resolved
     assert settings.get("trace_estimator", "hutchinson") == resolved
     assert ("trace_estimator" in settings) == (resolved == "hutchpp")
+
+
+@pytest.mark.parametrize("probes", [AUTO_HUTCHPP_FROM - 1, AUTO_HUTCHPP_FROM])
+def test_a_job_s_hessian_json_records_the_estimator_auto_resolved_to(tmp_path, probes):
+    # Prepare: a trained 3-client run, its Hessian job at the budgets either side of the threshold
+    from helpers.diverged import ROUNDS, build_diverged_runs
+
+    runs = build_diverged_runs(tmp_path)
+    config = copy.deepcopy(runs.config)
+    config["hessian"].update(trace_probes=probes, trace_estimator="auto", density={"enabled": False, "lanczos_steps": 6,
+                                                                                   "probes": 1})
+    outputs = {key: tmp_path / name for key, name in JOB_FILES.items()}
+
+    # Execute
+    hessian_stage(hessian_job_settings(config, [runs.healthy], runs.healthy, ROUNDS), runs.trajectory(runs.healthy),
+                  runs.partition, outputs)
+
+    # Assert: the settings in hessian.json name the estimator computed with, each data set its diagonal's
+    details = json.loads(outputs["details"].read_text())
+    expected = "hutchpp" if probes >= AUTO_HUTCHPP_FROM else "hutchinson"
+    assert details["settings"]["trace_estimator"] == expected
+    diagonals = {d["diagonal_estimator"] for d in details["data"].values()}
+    assert diagonals <= ({"diag++", "hutchinson"} if expected == "hutchpp" else {"hutchinson"})
+    assert all(d["trace_probes"] == (probes - 2 * (probes // 3) if expected == "hutchpp" else probes)
+               for d in details["data"].values())
 
 
 def test_job_settings_omit_a_late_setting_only_at_the_value_finished_jobs_had():

@@ -15,11 +15,11 @@ from fedscape.models.specs import PRECISIONS
 METHODS = ("power", "lanczos")
 TRACE_ESTIMATORS = ("hutchinson", "hutchpp")  # what a job computes with (its settings never hold `auto`)
 AUTO = "auto"  # the config's `trace_estimator: auto`: resolved by the budget at planning (resolve_trace_estimator)
-# From this many products `auto` takes Hutch++ / Diag++, below them Hutchinson. Measured against exact Hessians
-# (benchmarks/README.md, bench_trace.py): on the default run's round-30 IID model Hutch++'s trace erred 0.77x
-# Hutchinson's at 10 products, 0.37x at 30, 0.18x at 100, its diagonal better from 20; on a cnn_small trained
-# 3 epochs it erred 1.5x at 10 products, and its diagonal lost at 10-100.
-AUTO_HUTCHPP_FROM = 20
+# From this many products `auto` takes Hutch++ / Diag++, below them Hutchinson: the smallest budget measured at which
+# Hutch++'s trace lost on no model (benchmarks/README.md, bench_trace.py). Its rms error against Hutchinson's: on the
+# default run's round-30 IID model (exact Hessian) 0.77x at 10 products, 0.37x at 30, 0.18x at 100; on its round-0
+# random init 1.15x, 2.0x, 1.01x; on a cnn_small trained 3 epochs 1.5x at 10, 1.2x at 30, 0.76x at 100.
+AUTO_HUTCHPP_FROM = 100
 HESSIAN_PRECISIONS = tuple(p for p in PRECISIONS if p != "bf16")
 CLIENT_COLUMNS = ["run_id", "round", "hn", "hd", "status"]  # status: ok, or diverged (HN, HD NaN)
 # hessian_clients.csv's column when `hessian.clients` bounds the per-client analyses: the number of clients HN and

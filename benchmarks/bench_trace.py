@@ -5,14 +5,14 @@ The model: with --checkpoint, a run's trajectory.pt at --round (default its last
 training data (or of --client k) its Hessian job evaluates (the run found in --config, its data loaded and
 subsampled by the Hessian stage's own functions; --samples overrides `hessian.eval_samples`); otherwise a
 `cnn_small` trained --epochs on the bundled digits. The reference is the exact Hessian, formed one column per
-product (H e_i) when --exact is given or
-the model has at most --exact-max parameters: its trace, diagonal, Frobenius norms (whole, of the diagonal, and
-of its best rank-k remainders for the Hutch++ sketch sizes k = products // 3) and largest eigenvalues by magnitude.
+product (H e_i) when --exact is given or the model has at most --exact-max parameters: its trace, diagonal,
+Frobenius norms (whole, of the diagonal, and of its best rank-k remainders for the Hutch++ sketch sizes
+k = products // 3) and largest eigenvalues by magnitude.
 The columns come from the operator's precision (--dtype; the Hessian stage computes in float32), accumulated in
 float64; --exact-check columns are also formed in float64 and their largest difference printed. --exact-cache
-keeps the reference figures in a .npz (the default run's 22,954 parameters take ~15 min in float32 on one
-thread, ~2 h in float64). Without an exact reference: Hutch++ with --reference products, whose own standard error
-is printed.
+keeps the reference figures in a .npz (the default run's 22,954 parameters on 512 samples took 29 min in float32
+on one shared EPYC thread, ~2 h in float64). Without an exact reference: Hutch++ with --reference products, whose
+own standard error is printed.
 
 Per budget and estimator: the rms error of the trace (absolute and relative), the mean reported standard error and
 how often +-2 of it covered the reference (`cover 2se`, nominal 95%), the diagonal's relative error and cosine to

@@ -6,8 +6,9 @@ plus augmentation.
 train part's mean and std, CIFAR and ImageNet-200 scaled to [0, 1] and normalised per channel with
 their published statistics (ImageNet-200's images are decoded from disk in chunks straight into the float
 tensor, so building it never holds a second copy of the pool). Text (Shakespeare) becomes int64 token
-ids ``[N, T]`` with int64 targets ``[N]`` (the id
-of the next character), so models give logits ``[N, vocabulary]`` and the loss is unchanged.
+ids ``[N, T]`` with int64 targets ``[N]`` (the id of the next character), so models give logits
+``[N, vocabulary]`` and the loss is unchanged; with ``targets="every"`` the targets are ``[N, T]``, the next
+character at every position (`next_token_targets`, a sequence task of `fedscape.models.loss`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from fedscape.core.names import unknown_name_error
 from fedscape.data.sources import Source, load_source, normalisation, source_from_options
-from fedscape.data.specs import AUGMENTATIONS, CROP_PADDING
+from fedscape.data.specs import AUGMENTATIONS, CROP_PADDING, DATASET_BASELINES, TARGETS
 
 # Grey-scale datasets without published statistics: standardised with their train part's mean and std.
 _STANDARDISED = ("digits", "femnist")
@@ -75,16 +76,17 @@ class Dataset:
 
 def load_dataset(name: str, *, data_dir: str | None = None, seed: int = 0, test_fraction: float = 0.25,
                  proxy_fraction: float = 0.0, download: bool = False, source: str = "preprocessed",
-                 seq_len: int | None = None) -> Dataset:
-    """Load dataset ``name`` as tensors (arguments as `fedscape.data.sources.load_source`)."""
+                 seq_len: int | None = None, targets: str = DATASET_BASELINES["targets"]) -> Dataset:
+    """Load dataset ``name`` as tensors (arguments as `fedscape.data.sources.load_source`; `targets` as
+    `from_source`)."""
     return from_source(load_source(name, data_dir=data_dir, seed=seed, test_fraction=test_fraction,
                                    proxy_fraction=proxy_fraction, download=download, source=source,
-                                   seq_len=seq_len))
+                                   seq_len=seq_len), targets)
 
 
 def dataset_from_options(name: str, options: dict) -> Dataset:
     """Dataset `name` loaded with a config's `datasets.<name>` settings (a job's: keys at their baseline left out)."""
-    return from_source(source_from_options(name, options))
+    return from_source(source_from_options(name, options), options.get("targets", DATASET_BASELINES["targets"]))
 
 
 def _mean_std(images: np.ndarray, index: np.ndarray, chunk: int = 65536) -> tuple[float, float]:
@@ -96,12 +98,30 @@ def _mean_std(images: np.ndarray, index: np.ndarray, chunk: int = 65536) -> tupl
     return mean, float(np.sqrt(var))
 
 
-def from_source(src: Source) -> Dataset:
-    """The tensors of a source's train, test and proxy parts (images normalised, tokens as int64)."""
+def next_token_targets(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Every position's targets [N, T] of next-token samples: the input shifted by one, the next token last.
+
+    A sample's inputs x [N, T] and next token y [N] are T + 1 consecutive tokens of a text (LEAF and the raw cut
+    slide their window one token at a time), so position t's target is token t + 1 of the T + 1.
+    """
+    return torch.cat([x[:, 1:], y[:, None].to(x.dtype)], dim=1)
+
+
+def from_source(src: Source, targets: str = DATASET_BASELINES["targets"]) -> Dataset:
+    """The tensors of a source's train, test and proxy parts (images normalised, tokens as int64).
+
+    `targets` (`fedscape.data.specs.TARGETS`): ``next``, a label per sample; ``every`` (text only), the next token at
+    every position (`next_token_targets`).
+    """
+    if targets not in TARGETS:
+        raise ValueError(f"datasets.{src.name}.targets must be one of {', '.join(TARGETS)}, got {targets!r}")
+    if targets != DATASET_BASELINES["targets"] and src.vocabulary is None:
+        raise ValueError(f"datasets.{src.name}.targets: {targets} needs a text data set; {src.name} has images")
     if src.vocabulary is not None:
 
         def part(images: np.ndarray, labels: np.ndarray, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            return torch.from_numpy(images[index].astype(np.int64)), torch.from_numpy(labels[index])
+            x, y = torch.from_numpy(images[index].astype(np.int64)), torch.from_numpy(labels[index])
+            return (x, next_token_targets(x, y)) if targets == "every" else (x, y)
     elif src.name in _STANDARDISED:
         mean, std = _mean_std(src.train_images, src.train_index)
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedscape.core.names import suggest
+from fedscape.data.specs import TARGETS
 from fedscape.models.feedforward import MLP, VGG11, ConvNet, SmallCNN
 from fedscape.models.layers import ImageClassifier, ProjectedClassifier
 from fedscape.models.resnets import ResNet, resnet18
@@ -40,6 +41,7 @@ from fedscape.models.specs import (
     ModelInfo,
     check_model_compatible,
     check_token_options,
+    is_token_model,
     model_info,
     model_option_problems,
     token_model_options,
@@ -54,7 +56,8 @@ def _token_model(cls: type[ImageClassifier], name: str) -> Callable[..., ImageCl
     (fedscape.data.specs.DatasetInfo); the classes (next characters) are the vocabulary too.
     """
 
-    def build(num_classes: int, in_channels: int, image_size: int, **options: int) -> ImageClassifier:
+    def build(num_classes: int, in_channels: int, image_size: int, every_position: bool = False,
+              **options: int) -> ImageClassifier:
         problems = model_option_problems(name, options)
         if problems:
             raise ValueError("; ".join(problems))
@@ -63,7 +66,7 @@ def _token_model(cls: type[ImageClassifier], name: str) -> Callable[..., ImageCl
         if num_classes != opts["vocab_size"]:
             raise ValueError(f"model {name!r} has vocab_size {opts['vocab_size']} but the data has "
                              f"{num_classes} classes (next characters); they must be equal")
-        return cls(**opts)
+        return cls(**opts, every_position=every_position)
 
     return build
 
@@ -126,10 +129,19 @@ def build_model(
     an unknown option, an unknown name or an incompatible input size raises ValueError.
     ``projection_head=True`` (an option of every model, set by an algorithm rather than the config: MOON with
     ``head: projection``, `fedscape.fl.hparams.base.ServerSGDConfig.model_options`) puts the classifier on a
-    projection head (`ProjectedClassifier`).
+    projection head (`ProjectedClassifier`). ``targets`` (an option of every model, set by planning from a data
+    set's `datasets.<name>.targets`, `fedscape.data.specs.TARGETS`): ``every`` builds a token model that predicts
+    every position, logits [N, vocab, T] (`fedscape.models.loss`); ``next`` (the default) the last position's.
     """
     entry = _entry(name)
     projection_head = bool(options.pop("projection_head", False))
+    targets = options.pop("targets", TARGETS[0])
+    if targets not in TARGETS:
+        raise ValueError(f"targets must be one of {', '.join(TARGETS)}, got {targets!r}")
+    if targets != TARGETS[0] and not is_token_model(name):
+        tokens = ", ".join(n for n in MODEL_INFOS if is_token_model(n))
+        raise ValueError(f"model {name!r} predicts one class per sample; targets: {targets} (a prediction at every "
+                         f"position) needs a token model: {tokens}")
     for option in options:
         if option not in entry.options:
             valid = ", ".join(entry.options) or "none"
@@ -140,5 +152,7 @@ def build_model(
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     check_model_compatible(name, in_channels, image_size)
+    if targets != TARGETS[0]:
+        options["every_position"] = True
     model = entry.build(num_classes, in_channels, image_size, **options)
     return ProjectedClassifier(model) if projection_head else model

@@ -68,6 +68,12 @@ class Dataset:
         """Image side; for text the sequence length."""
         return int(self.x_train.shape[-1])
 
+    @staticmethod
+    def sample_labels(y: torch.Tensor) -> torch.Tensor:
+        """One label per sample, as the partition job read them from the source: a sequence task's every-position
+        targets [N, T] end with the next token, the label of its `targets: next` sample."""
+        return y if y.ndim == 1 else y[:, -1]
+
     def to(self, device: torch.device | str) -> Dataset:
         """A copy with every tensor moved to ``device`` (once, up front)."""
         tensors = ("x_train", "y_train", "x_test", "y_test", "x_proxy", "y_proxy")

@@ -106,7 +106,8 @@ DATASET_BASELINES: dict[str, object] = {"source": "preprocessed", "seq_len": Non
 # What a text data set's targets are (`datasets.<name>.targets`): `next`, the token after each sequence (one class
 # per sample, LEAF's Shakespeare task); `every`, the next token at every position, the input shifted by one (a
 # sequence task, targets [N, T] and logits [N, vocab, T]: `fedscape.models.loss`), as the layer-wise LMC authors
-# train their GPT (Adilova et al. 2023; their training follows nanoGPT's). The first is the baseline.
+# train and evaluate their GPT (Adilova et al. 2023; link-er/layer-wise-lmc LLMC/get_llm.py: get_batch's targets are
+# the window shifted by one, its accuracy the mean over every position). The first is the baseline.
 TARGETS: tuple[str, ...] = ("next", "every")
 AUGMENTATIONS: tuple[str, ...] = ("none", "crop_flip")
 CROP_PADDING = 4  # pixels of zero padding before the random crop (the CIFAR standard)

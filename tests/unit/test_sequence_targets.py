@@ -3,22 +3,35 @@ per counted position, ignored positions left out, classifiers' numbers unchanged
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import configs
 from torch import nn
 
 from fedscape.analysis.hessian.maths import HessianOperator
 from fedscape.analysis.landscape.planes import random_plane
 from fedscape.analysis.landscape.surface import SurfaceEvaluator, SurfaceSettings
+from fedscape.core.config import ConfigError
+from fedscape.core.runs import build_runs
 from fedscape.data.datasets import next_token_targets
+from fedscape.data.federated import FederatedData
 from fedscape.data.specs import dataset_option_problems, target_model_options
+from fedscape.fl import sequential as sequential_mod
+from fedscape.fl.engine import run_federated
 from fedscape.fl.hparams.registry import check_algorithm_targets
+from fedscape.fl.settings import TrainConfig
+from fedscape.fl.strategies.registry import make_strategy
 from fedscape.models.evaluate import evaluate
 from fedscape.models.loss import IGNORE_INDEX, masked_mean_loss, target_count
 from fedscape.models.params import flatten_buffers, flatten_params
 from fedscape.models.registry import build_model
+from fedscape.plan.init import planned_init
+from fedscape.plan.workflow import check_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -215,3 +228,76 @@ def test_per_sample_algorithms_refuse_sequence_tasks(algorithm):
 @pytest.mark.parametrize("algorithm", ["fedavg", "fedprox", "fedsam", "scaffold", "feddyn", "fednova"])
 def test_mean_loss_algorithms_take_sequence_tasks(algorithm):
     check_algorithm_targets(algorithm, "every", "datasets.shakespeare.targets")
+
+
+def shakespeare_config(algorithm: str, targets: str) -> dict:
+    config = copy.deepcopy(configs.TINY)
+    config["datasets"] = {"shakespeare": {"data_dir": "leaf", "source": "raw", "seq_len": SEQ, "targets": targets}}
+    config["models"] = ["char_gpt"]
+    config["model_options"] = {"char_gpt": {**TINY["char_gpt"], "vocab_size": 96}}
+    config["algorithms"] = {"algo": {"name": algorithm}}
+    config["experiment_defaults"] = {"dataset": "shakespeare", "init": "random", "algorithm": "algo"}
+    config["experiments"] = [{"alpha": "iid"}]
+    for section in ("interpolation", "layer_barriers", "landscapes"):
+        config.pop(section, None)
+    config["hessian"] = {"enabled": False}
+    return config
+
+
+@pytest.mark.parametrize(("algorithm", "targets", "fails"), [("moon", "every", True), ("moon", "next", False),
+                                                            ("fedavg", "every", False), ("fedprox", "every", False)])
+def test_planning_refuses_per_sample_algorithms_on_sequence_tasks(algorithm, targets, fails):
+    # Prepare
+    config = shakespeare_config(algorithm, targets)
+
+    # Execute / Assert
+    if fails:
+        with pytest.raises(ConfigError, match=r"algorithms\.algo: moon cannot train a model predicting every "
+                                              r"position \(datasets\.shakespeare\.targets: every\): its contrastive"):
+            check_config(config, configs.SCHEMA)
+    else:
+        check_config(config, configs.SCHEMA)
+
+
+def test_init_jobs_of_sequence_tasks_build_every_position_models():
+    # Prepare
+    every = check_config(shakespeare_config("fedavg", "every"), configs.SCHEMA)
+    nxt = check_config(shakespeare_config("fedavg", "next"), configs.SCHEMA)
+
+    # Execute
+    job_every = planned_init(every, build_runs(every), "shakespeare", "char_gpt", "random")
+    job_next = planned_init(nxt, build_runs(nxt), "shakespeare", "char_gpt", "random")
+
+    # Assert: the option only where asked (next: the settings every init job had before targets existed)
+    assert job_every.model_options == {**job_next.model_options, "targets": "every"}
+    assert "targets" not in job_next.model_options
+    model = build_model("char_gpt", 96, 96, SEQ, **job_every.model_options)
+    assert model(torch.zeros(2, SEQ, dtype=torch.long)).shape == (2, 96, SEQ)
+
+
+def sequence_federation(sizes: list[int]) -> FederatedData:
+    x, y = sequence_data(sum(sizes), seed=3, ignored=1)
+    bounds = torch.tensor([0, *sizes]).cumsum(0)
+    idx = [torch.arange(int(bounds[i]), int(bounds[i + 1])) for i in range(len(sizes))]
+    return FederatedData(x, y, idx, x[:5], y[:5])
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_vectorised_clients_train_sequence_models_as_sequential_ones(name, float64_default, monkeypatch):
+    # Prepare: uneven clients (padding rows in the vectorised batches) and ignored positions
+    cfg = TrainConfig(rounds=1, local_epochs=2, batch_size=4, lr=0.1, momentum=0.9, participation=1.0, seed=3,
+                      save_clients_at=(1,))
+
+    # Execute
+    runs = {}
+    for mode in ("sequential", "vectorized"):
+        with monkeypatch.context() as m:
+            if mode == "vectorized":
+                m.setattr(sequential_mod, "local_train", lambda *a, **k: pytest.fail("fell back to sequential"))
+            runs[mode] = run_federated(sequence_model(name).double(), sequence_federation([7, 5, 3]),
+                                       make_strategy("fedavg"), dataclasses.replace(cfg, client_parallel=mode))
+
+    # Assert: float64, one computation in two layouts
+    seq, vec = runs["sequential"], runs["vectorized"]
+    torch.testing.assert_close(vec.params[-1], seq.params[-1], rtol=0, atol=1e-10)
+    assert (seq.params[-1] - seq.params[0]).abs().max().item() > 1e-3

@@ -6,7 +6,9 @@ in `fedscape.models.specs`. Conventions every model follows (other stages rely o
 
 - ``forward(x)`` returns logits and equals ``classifier(forward_features(x))``, where
   ``forward_features`` gives the penultimate representation ``[B, D]`` (MOON) and ``classifier`` is
-  the final ``nn.Linear`` (re-initialised by pretrained init when label sets differ);
+  the final ``nn.Linear`` (re-initialised by pretrained init when label sets differ); a token model built
+  for a sequence task (``targets="every"``) returns every position's logits ``[B, vocab, T]`` instead
+  (`fedscape.models.loss`), which the algorithms reading ``forward_features`` refuse at planning;
 - modules are registered in forward order, so ``named_parameters()`` runs from input to output
   (the layer-wise analyses depend on it);
 - the only buffers are floating point (BatchNorm running statistics; no ``num_batches_tracked``),

@@ -63,7 +63,8 @@ class HessianOperator:
     device's default (`default_hvp_mode`).
 
     The model is put in eval mode for the operator's lifetime (restored by `close`). Uneven batches are
-    weighted by their size so the operator is the Hessian of the mean loss over all samples. TF32 matmuls
+    weighted by their size so the operator is the Hessian of the mean loss over all samples (over all counted
+    positions for a sequence task's targets [N, T], `fedscape.models.loss`). TF32 matmuls
     and convolutions are switched off on CUDA until `close` (their ~1e-3 relative error would swamp a 1e-4
     tolerance).
     """

@@ -80,7 +80,7 @@ from torch.func import functional_call, vmap
 
 from fedscape.core.names import unknown_name_error
 from fedscape.data.federated import FederatedData
-from fedscape.data.specs import AUGMENTATIONS, CROP_PADDING
+from fedscape.data.specs import AUGMENTATIONS, CROP_PADDING, SEQUENTIAL_AUGMENTATIONS
 from fedscape.fl.local import client_generator, layer_seed, local_plan, round_work
 from fedscape.fl.schedule import update_weight
 from fedscape.fl.settings import CLIENT_PARALLEL, TrainConfig
@@ -156,6 +156,9 @@ def resolve_client_parallel(model: nn.Module, strategy: Strategy, cfg: TrainConf
     if mode == "sequential":
         return "sequential"
     reason = vectorization_blocker(model, strategy)
+    if reason is None and cfg.augment in SEQUENTIAL_AUGMENTATIONS:
+        reason = (f"the dataset's augment {cfg.augment} crops every image to its own size before resizing, which "
+                  "the stacked clients' batches do not take (sequential path only)")
     if reason is None and cfg.keep_optimizer_state:
         reason = "training.keep_optimizer_state keeps each client's momentum between rounds (sequential path only)"
     if reason is None and cfg.optimizer == "adamw":
@@ -257,6 +260,9 @@ class VectorizedTrainer:
                  stacked_forward: bool = True):
         if cfg.augment not in AUGMENTATIONS:
             raise unknown_name_error("augmentation", cfg.augment, AUGMENTATIONS)
+        if cfg.augment in SEQUENTIAL_AUGMENTATIONS:
+            raise ValueError(f"augmentation {cfg.augment} trains the clients one after another: set "
+                             "training.client_parallel to sequential or auto")
         self.model, self.data, self.strategy, self.cfg = model, data, strategy, cfg
         self.device = next(model.parameters()).device
         self.names = [name for name, _ in model.named_parameters()]

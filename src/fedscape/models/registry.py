@@ -1,6 +1,6 @@
 """Model registry: every network the pipeline trains, built by name (`build_model`).
 
-The networks live by family: `feedforward` (mlp, cnn_small, convnet, vgg11), `resnets` (the CIFAR ResNets,
+The networks live by family: `feedforward` (mlp, cnn_small, convnet, lenet5, vgg11), `resnets` (the CIFAR ResNets,
 resnet18), `tokens` (char_gpt, char_lstm), on the shared building blocks of `layers`; their torch-free facts are
 in `fedscape.models.specs`. Conventions every model follows (other stages rely on them):
 
@@ -34,7 +34,7 @@ from typing import Any
 
 from fedscape.core.names import suggest
 from fedscape.data.specs import TARGETS
-from fedscape.models.feedforward import MLP, VGG11, ConvNet, SmallCNN
+from fedscape.models.feedforward import MLP, VGG11, ConvNet, LeNet5, SmallCNN
 from fedscape.models.layers import ImageClassifier, ProjectedClassifier
 from fedscape.models.resnets import ResNet, resnet18
 from fedscape.models.specs import (
@@ -95,6 +95,7 @@ _BUILDERS: dict[str, Callable[..., ImageClassifier]] = {
     "mlp": lambda num_classes, in_channels, image_size: MLP(num_classes, in_channels * image_size**2),
     "cnn_small": lambda num_classes, in_channels, image_size, norm="none": SmallCNN(num_classes, in_channels, norm),
     "convnet": lambda num_classes, in_channels, image_size: ConvNet(num_classes, in_channels),
+    "lenet5": lambda num_classes, in_channels, image_size: LeNet5(num_classes, in_channels),
     "resnet20": _cifar_resnet(3),
     "resnet56": _cifar_resnet(9),
     # the FedAlign code's resnet56: ResNet(Bottleneck, [6, 6, 6]) with torchvision's init
@@ -131,12 +132,17 @@ def build_model(
     an unknown option, an unknown name or an incompatible input size raises ValueError.
     ``projection_head=True`` (an option of every model, set by an algorithm rather than the config: MOON with
     ``head: projection``, `fedscape.fl.hparams.base.ServerSGDConfig.model_options`) puts the classifier on a
-    projection head (`ProjectedClassifier`). ``targets`` (an option of every model, set by planning from a data
+    projection head (`ProjectedClassifier`), whose output width is ``projection_dim`` (MOON's `projection_dim`;
+    absent or 0: the feature width). ``targets`` (an option of every model, set by planning from a data
     set's `datasets.<name>.targets`, `fedscape.data.specs.TARGETS`): ``every`` builds a token model that predicts
     every position, logits [N, vocab, T] (`fedscape.models.loss`); ``next`` (the default) the last position's.
     """
     entry = _entry(name)
     projection_head = bool(options.pop("projection_head", False))
+    projection_dim = int(options.pop("projection_dim", 0))
+    if projection_dim and not projection_head:
+        raise ValueError(f"model option projection_dim {projection_dim} sizes a projection head; set "
+                         "projection_head too")
     targets = options.pop("targets", TARGETS[0])
     if targets not in TARGETS:
         raise ValueError(f"targets must be one of {', '.join(TARGETS)}, got {targets!r}")
@@ -157,4 +163,4 @@ def build_model(
     if targets != TARGETS[0]:
         options["every_position"] = True
     model = entry.build(num_classes, in_channels, image_size, **options)
-    return ProjectedClassifier(model) if projection_head else model
+    return ProjectedClassifier(model, projection_dim) if projection_head else model

@@ -32,7 +32,7 @@ from fedscape.core.io import atomic_path
 from fedscape.core.jobs import to_settings
 from fedscape.core.seeds import derive_seed
 from fedscape.core.setting import IID
-from fedscape.data.datasets import augment_batch, dataset_from_options, normalisation
+from fedscape.data.datasets import augment_batch, augmented_batch, dataset_from_options, normalisation, take_rows
 from fedscape.data.federated import federate
 from fedscape.data.imagenet32 import ImageNet32
 from fedscape.data.partition import check_partition_file
@@ -127,6 +127,12 @@ class ProxyData:
             return self.x[index.to(self.x.device)]
         return self.stream.batch(index, self.mean, self.std, self.y.device)
 
+    def augmented(self, index: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+        """`batch` of ``index`` augmented with ``kind`` (from the stored images where the augmentation crops them)."""
+        if self.x is not None:
+            return augmented_batch(self.x, index.to(self.x.device), kind, generator)
+        return augment_batch(self.batch(index), kind, generator)
+
     def evaluate(self, model: torch.nn.Module, batch_size: int = EVAL_BATCH_SIZE) -> EvalResult:
         """Loss and accuracy of ``model`` on every proxy sample, ``batch_size`` inputs in memory at a time."""
         if self.x is not None:
@@ -158,7 +164,7 @@ def proxy_data(job: PretrainedInit, device: torch.device | str = "cpu") -> Proxy
         x, y = ds.x_train, ds.y_train
         if job.max_samples is not None and job.max_samples < len(y):
             keep = torch.from_numpy(np.sort(np.random.default_rng(job.seed).permutation(len(y))[: job.max_samples]))
-            x, y = x[keep], y[keep]
+            x, y = take_rows(x, keep), y[keep]
         return ProxyData(y.to(device), ds.num_classes, f"dataset:{name}", x=x.to(device))
     ds = dataset_from_options(job.dataset, options)
     if len(ds.y_proxy) == 0:
@@ -211,7 +217,7 @@ def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torc
         total, count = 0.0, 0
         for i in range(0, len(y), cfg.batch_size):
             b = perm[i : i + cfg.batch_size]  # on the CPU: a streamed proxy reads these rows from disk
-            loss = mean_loss(model(augment_batch(proxy.batch(b), augment, generator)), y[b.to(device)])
+            loss = mean_loss(model(proxy.augmented(b, augment, generator)), y[b.to(device)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -3,18 +3,25 @@ and the columns of its tables."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from fedscape.analysis.contributions import FinalColumns
 from fedscape.core.jobs import JobSettings
 from fedscape.core.names import unknown_name_error
+from fedscape.core.seeds import derive_seed
 from fedscape.models.specs import PRECISIONS
 
 METHODS = ("power", "lanczos")
 TRACE_ESTIMATORS = ("hutchinson", "hutchpp")
 HESSIAN_PRECISIONS = tuple(p for p in PRECISIONS if p != "bf16")
 CLIENT_COLUMNS = ["run_id", "round", "hn", "hd", "status"]  # status: ok, or diverged (HN, HD NaN)
+# hessian_clients.csv's column when `hessian.clients` bounds the per-client analyses: the number of clients HN and
+# HD are computed over (0: none, HN and HD NaN)
+CLIENTS_COLUMN = "clients"
 EVAL_ALL = "all"  # eval_samples: every sample of each data set, no graph kept between products
+ALL_CLIENTS = "all"  # clients: every client's data analysed (the baseline)
+_CLIENT_SAMPLE_STREAM = 0x48434C53  # seed stream of the sample of clients (`client_sample`)
 # final.csv's Hessian columns: lambda_max and the trace of the final and of the initial (round 0) global model on
 # the aggregate training data (PyHessian, Yao et al. 2020; FedAlign Table 1), HN / HD across the clients at the
 # final round (FedAlign Table 1).
@@ -66,8 +73,17 @@ class HessianSettings(JobSettings):
     # Of the Hessian-vector products (fedscape.models.device.use_precision): fp32, the reference the eigenvalues'
     # tolerance is stated against, or tf32 on CUDA. Not bf16: an 8-bit mantissa cannot hold 1e-4 relative.
     precision: str = "fp32"
+    # Whose data the per-client quantities (each client's rows of hessian.csv, HN and HD) are computed on: every
+    # client (ALL_CLIENTS), or a seeded sample of this many (`client_sample`; 0: none, HN and HD NaN). One
+    # Hessian per client is what FedAlign's HN / HD ask (Mendieta et al. 2022, Table 1), 3,400 of them per model
+    # on FEMNIST's natural split; the Meta poster's top eigenvalue needs the aggregate data only. Baseline: all.
+    clients: int | str = ALL_CLIENTS
 
     def __post_init__(self) -> None:
+        if self.clients != ALL_CLIENTS and (isinstance(self.clients, bool) or not isinstance(self.clients, int)
+                                            or self.clients < 0):
+            raise ValueError(f"clients must be {ALL_CLIENTS!r} or an integer >= 0 (a seeded sample of that many "
+                             f"clients; 0: no per-client analysis), got {self.clients!r}")
         if self.precision not in HESSIAN_PRECISIONS:
             raise unknown_name_error("Hessian precision", self.precision, HESSIAN_PRECISIONS)
         if self.method not in METHODS:
@@ -118,6 +134,30 @@ class HessianJob(JobSettings):
     shared_from: str | None = None
 
 
+def job_clients(clients: int | str, num_clients: int) -> int | str:
+    """The `clients` setting of a job on a run of `num_clients` clients: ALL_CLIENTS when the bound takes them all
+    (the job is then the one of `clients: all`: same settings, same outputs), else the bound."""
+    return ALL_CLIENTS if clients == ALL_CLIENTS or clients >= num_clients else int(clients)
+
+
+def client_sample(num_clients: int, clients: int | str, seed: int) -> list[int]:
+    """The clients (indices, sorted) whose data a job with setting `clients` analyses: every client for ALL_CLIENTS
+    (or a bound of at least `num_clients`), else `clients` distinct ones drawn uniformly without replacement from a
+    stream of `seed` alone, so that every model of a run, and every run of as many clients, has the same sample."""
+    if job_clients(clients, num_clients) == ALL_CLIENTS:
+        return list(range(num_clients))
+    rng = random.Random(derive_seed(seed, _CLIENT_SAMPLE_STREAM))
+    return sorted(rng.sample(range(num_clients), int(clients)))
+
+
+def client_columns(clients: int | str) -> list[str]:
+    """Columns of results/tables/hessian_clients.csv for the config's `hessian.clients`: CLIENT_COLUMNS when every
+    client is analysed (the table's columns before the option existed), else with CLIENTS_COLUMN before status."""
+    if clients == ALL_CLIENTS:
+        return list(CLIENT_COLUMNS)
+    return [*CLIENT_COLUMNS[:-1], CLIENTS_COLUMN, CLIENT_COLUMNS[-1]]
+
+
 def hessian_columns(top_k: int) -> list[str]:
     """Columns of results/tables/hessian.csv (`status`: ok, or diverged for the NaN rows of a skipped job;
     `sharpness`, `adaptive_sharpness`: NaN unless `hessian.sharpness.enabled`)."""
@@ -131,7 +171,8 @@ DENSITY_COLUMNS = ["run_id", "round", "data", "probe", "node", "weight"]
 JOB_FILES = {"table": "hessian.csv", "clients": "hessian_clients.csv", "density": "density.csv",
              "plane": "eigen_plane.npz", "details": "hessian.json"}
 AGGREGATE = "all"  # the `data` value of the aggregate training data (union of the client shards)
-INTEGER_COLUMNS = ("round", "n_eval", "iterations")  # kept integers in the gathered tables beside NaN rows
+# kept integers in the gathered tables beside NaN rows
+INTEGER_COLUMNS = ("round", "n_eval", "iterations", CLIENTS_COLUMN)
 
 
 def client_label(client: int) -> str:

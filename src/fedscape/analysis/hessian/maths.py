@@ -32,6 +32,7 @@ from torch.func import functional_call
 
 from fedscape.analysis.hessian.definitions import EVAL_ALL, HessianSettings
 from fedscape.core.seeds import derive_seed
+from fedscape.data.datasets import batch_slices
 from fedscape.models.loss import loss_sum, target_count
 
 log = logging.getLogger("fedscape.hessian")
@@ -89,8 +90,7 @@ class HessianOperator:
         self.center = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
         self.n = target_count(y)  # counted targets: samples, or a sequence task's positions (models.loss)
         self.dim = self.center.numel()
-        self.batches = [(x[i:i + batch_size].to(self.device), y[i:i + batch_size].to(self.device))
-                        for i in range(0, len(y), batch_size)]
+        self.batches = batch_slices(x.to(self.device), y.to(self.device), batch_size)
         self.mode = default_hvp_mode(self.device) if hvp is None else hvp
         if self.mode not in HVP_MODES:
             raise ValueError(f"unknown HVP mode {self.mode!r}: one of {', '.join(HVP_MODES)}")

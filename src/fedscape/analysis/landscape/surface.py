@@ -26,6 +26,7 @@ from torch.func import functional_call, vmap
 
 from fedscape.analysis.landscape.grid import Grid, chunk_bounds, gather_chunks
 from fedscape.analysis.landscape.planes import Plane
+from fedscape.data.datasets import batch_slices
 from fedscape.models.loss import correct_count, loss_sum, sample_losses, target_count
 from fedscape.models.params import FlatParams, load_buffers
 from fedscape.models.specs import EVAL_BATCH_SIZE
@@ -124,12 +125,9 @@ class SurfaceEvaluator:
         self.center = self.flat.to_layout(plane.center.to(self.device, dtype))
         self.d1 = self.flat.to_layout(plane.d1.to(self.device, dtype))
         self.d2 = self.flat.to_layout(plane.d2.to(self.device, dtype))
-        x = x.to(self.device)
-        if self.flat.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = y.to(self.device)
-        bs = settings.batch_size
-        self.batches = [(x[s : s + bs], y[s : s + bs]) for s in range(0, len(y), bs)]
+        x, y = x.to(self.device), y.to(self.device)
+        layout = torch.channels_last if self.flat.channels_last and x.dim() == 4 else None
+        self.batches = batch_slices(x, y, settings.batch_size, layout)
         self.n = target_count(y)  # counted targets: samples, or a sequence task's positions (models.loss)
         if self.n == 0:
             raise ValueError("no evaluation data: the surface's data set is empty")

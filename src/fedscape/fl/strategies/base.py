@@ -31,7 +31,7 @@ class ClientContext:
     round: int
     client_id: int
     global_params: torch.Tensor  # flat, on the training device; never modified
-    x: torch.Tensor
+    x: torch.Tensor  # the client's inputs (a StoredImages where the dataset is stored as uint8: index it for floats)
     y: torch.Tensor
     generator: torch.Generator  # CPU generator of the client's batch order; strategies draw from it too
     lr: float = 0.0  # the local learning rate (SCAFFOLD's option-II control variate divides by it)

@@ -9,7 +9,8 @@ whose float32 training pool at 224x224 is 60 GB) keeps its decoded pixels instea
 the rows each batch reads on their device: the same float32 numbers at a quarter of the memory. ImageNet-200's
 images are decoded from disk in chunks, so building it never holds a second copy of the pool. Text (Shakespeare)
 becomes int64 token ids ``[N, T]`` with int64 targets ``[N]`` (the id of the next character), so models give logits
-``[N, vocabulary]`` and the loss is unchanged.
+``[N, vocabulary]`` and the loss is unchanged; with ``targets="every"`` the targets are ``[N, T]``, the next
+character at every position (`next_token_targets`, a sequence task of `fedscape.models.loss`).
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ from fedscape.data.specs import (
     AUGMENTATIONS,
     COLOR_JITTER,
     CROP_PADDING,
+    DATASET_BASELINES,
     DATASETS,
     RESIZED_CROP_RATIO,
     RESIZED_CROP_SCALE,
     STORED_IMAGE_AUGMENTATIONS,
+    TARGETS,
 )
 
 # Grey-scale datasets without published statistics: standardised with their train part's mean and std.
@@ -207,6 +210,12 @@ class Dataset:
         """Image side; for text the sequence length."""
         return int(self.x_train.shape[-1])
 
+    @staticmethod
+    def sample_labels(y: torch.Tensor) -> torch.Tensor:
+        """One label per sample, as the partition job read them from the source: a sequence task's every-position
+        targets [N, T] end with the next token, the label of its `targets: next` sample."""
+        return y if y.ndim == 1 else y[:, -1]
+
     def to(self, device: torch.device | str) -> Dataset:
         """A copy with every tensor moved to ``device`` (once, up front)."""
         tensors = ("x_train", "y_train", "x_test", "y_test", "x_proxy", "y_proxy")
@@ -215,16 +224,17 @@ class Dataset:
 
 def load_dataset(name: str, *, data_dir: str | None = None, seed: int = 0, test_fraction: float = 0.25,
                  proxy_fraction: float = 0.0, download: bool = False, source: str = "preprocessed",
-                 seq_len: int | None = None) -> Dataset:
-    """Load dataset ``name`` as tensors (arguments as `fedscape.data.sources.load_source`)."""
+                 seq_len: int | None = None, targets: str = DATASET_BASELINES["targets"]) -> Dataset:
+    """Load dataset ``name`` as tensors (arguments as `fedscape.data.sources.load_source`; `targets` as
+    `from_source`)."""
     return from_source(load_source(name, data_dir=data_dir, seed=seed, test_fraction=test_fraction,
                                    proxy_fraction=proxy_fraction, download=download, source=source,
-                                   seq_len=seq_len))
+                                   seq_len=seq_len), targets)
 
 
 def dataset_from_options(name: str, options: dict) -> Dataset:
     """Dataset `name` loaded with a config's `datasets.<name>` settings (a job's: keys at their baseline left out)."""
-    return from_source(source_from_options(name, options))
+    return from_source(source_from_options(name, options), options.get("targets", DATASET_BASELINES["targets"]))
 
 
 def _mean_std(images: np.ndarray, index: np.ndarray, chunk: int = 65536) -> tuple[float, float]:
@@ -236,12 +246,30 @@ def _mean_std(images: np.ndarray, index: np.ndarray, chunk: int = 65536) -> tupl
     return mean, float(np.sqrt(var))
 
 
-def from_source(src: Source) -> Dataset:
-    """The tensors of a source's train, test and proxy parts (images normalised, tokens as int64)."""
+def next_token_targets(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Every position's targets [N, T] of next-token samples: the input shifted by one, the next token last.
+
+    A sample's inputs x [N, T] and next token y [N] are T + 1 consecutive tokens of a text (LEAF and the raw cut
+    slide their window one token at a time), so position t's target is token t + 1 of the T + 1.
+    """
+    return torch.cat([x[:, 1:], y[:, None].to(x.dtype)], dim=1)
+
+
+def from_source(src: Source, targets: str = DATASET_BASELINES["targets"]) -> Dataset:
+    """The tensors of a source's train, test and proxy parts (images normalised, tokens as int64).
+
+    `targets` (`fedscape.data.specs.TARGETS`): ``next``, a label per sample; ``every`` (text only), the next token at
+    every position (`next_token_targets`).
+    """
+    if targets not in TARGETS:
+        raise ValueError(f"datasets.{src.name}.targets must be one of {', '.join(TARGETS)}, got {targets!r}")
+    if targets != DATASET_BASELINES["targets"] and src.vocabulary is None:
+        raise ValueError(f"datasets.{src.name}.targets: {targets} needs a text data set; {src.name} has images")
     if src.vocabulary is not None:
 
         def part(images: np.ndarray, labels: np.ndarray, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            return torch.from_numpy(images[index].astype(np.int64)), torch.from_numpy(labels[index])
+            x, y = torch.from_numpy(images[index].astype(np.int64)), torch.from_numpy(labels[index])
+            return (x, next_token_targets(x, y)) if targets == "every" else (x, y)
     elif src.name in _STANDARDISED:
         mean, std = _mean_std(src.train_images, src.train_index)
 

@@ -112,7 +112,13 @@ DATASETS: dict[str, DatasetInfo] = {
 DATASET_NAMES: tuple[str, ...] = tuple(sorted(DATASETS))
 # `datasets.<name>` keys added after results existed, with their baselines (what every job read before the key):
 # a job's `dataset_options` leave a key out at its baseline (`dataset_settings`), so adding them reran nothing.
-DATASET_BASELINES: dict[str, object] = {"source": "preprocessed", "seq_len": None}
+DATASET_BASELINES: dict[str, object] = {"source": "preprocessed", "seq_len": None, "targets": "next"}
+# What a text data set's targets are (`datasets.<name>.targets`): `next`, the token after each sequence (one class
+# per sample, LEAF's Shakespeare task); `every`, the next token at every position, the input shifted by one (a
+# sequence task, targets [N, T] and logits [N, vocab, T]: `fedscape.models.loss`), as the layer-wise LMC authors
+# train and evaluate their GPT (Adilova et al. 2023; link-er/layer-wise-lmc LLMC/get_llm.py: get_batch's targets are
+# the window shifted by one, its accuracy the mean over every position). The first is the baseline.
+TARGETS: tuple[str, ...] = ("next", "every")
 # none; crop_flip (the CIFAR standard: CROP_PADDING); resized_crop: FedAlign's ImageNet training transform
 # (data_loader.py _data_transforms_imagenet: torchvision's RandomResizedCrop(224, scale=(0.08, 1)), ColorJitter(0.4,
 # 0.4, 0.4), RandomHorizontalFlip), drawn per batch from the stored train_stored_size image
@@ -180,6 +186,14 @@ def dataset_settings(options: dict) -> dict:
     return without_baselines(options, DATASET_BASELINES)
 
 
+def target_model_options(options: dict) -> dict:
+    """The model option a data set's `targets` (`datasets.<name>` settings `options`) asks of the models trained on it:
+    `{"targets": "every"}` for a sequence task, none at the baseline (so the init jobs of other data sets keep their
+    settings); `fedscape.models.registry.build_model` reads it."""
+    targets = options.get("targets", DATASET_BASELINES["targets"])
+    return {} if targets == DATASET_BASELINES["targets"] else {"targets": targets}
+
+
 def dataset_option_problems(name: str, options: dict) -> list[str]:
     """Settings of `datasets.<name>` that its kind of data cannot honour (each naming the key)."""
     if name not in DATASETS:
@@ -203,6 +217,10 @@ def dataset_option_problems(name: str, options: dict) -> list[str]:
         problems.append(f"datasets.{name}.seq_len: {seq_len} characters per sequence, but only shakespeare from its "
                         f"raw texts (source: raw) cuts sequences of a chosen length (LEAF's preprocessed files fix "
                         f"{SHAKESPEARE_SEQ_LEN}); set source: raw or leave seq_len null")
+    targets = options.get("targets", DATASET_BASELINES["targets"])
+    if targets != DATASET_BASELINES["targets"] and info.inputs != "tokens":
+        problems.append(f"datasets.{name}.targets: {targets} predicts the next token at every position of a text, "
+                        f"but {name} gives {info.input_description}; use targets: next")
     if options.get("download") and name in NO_DOWNLOAD:
         problems.append(f"datasets.{name}.download: fedscape cannot download {name} ({NO_DOWNLOAD[name]}); "
                         f"set download: false and data_dir to the folder holding {DATA_DIR_HOLDS[name]}")

@@ -23,6 +23,7 @@ from fedscape.fl.hparams.registry import (
     algorithm_config,
     algorithm_spec,
     check_algorithm_model,
+    check_algorithm_targets,
     hyperparameter_type_problems,
 )
 from fedscape.fl.schedule import DEFAULT_LOCAL_EPOCHS, WORK_KEYS
@@ -261,6 +262,13 @@ def check(config: dict, runs: list[Run]) -> list[str]:
                                 if config["algorithms"][r.algorithm]["name"] in ALGORITHM_NAMES}):
         try:
             check_algorithm_model(config["algorithms"][label]["name"], model)
+        except ValueError as exc:
+            problems.append(f"algorithms.{label}: {exc}")
+    for label, dataset in sorted({(r.algorithm, r.dataset) for r in known
+                                  if config["algorithms"][r.algorithm]["name"] in ALGORITHM_NAMES}):
+        try:
+            check_algorithm_targets(config["algorithms"][label]["name"], config["datasets"][dataset]["targets"],
+                                    f"datasets.{dataset}.targets")
         except ValueError as exc:
             problems.append(f"algorithms.{label}: {exc}")
     problems += _sequential_augmentations(config, known)

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fedscape.core.config import digest
 from fedscape.core.io import atomic_path
@@ -43,6 +42,7 @@ from fedscape.fl.strategies.registry import make_strategy
 from fedscape.models.checkpoint import ModelMeta, load_trajectory, save_trajectory
 from fedscape.models.device import describe_compute, log_compute, resolve_device, use_precision
 from fedscape.models.evaluate import EvalResult, evaluate
+from fedscape.models.loss import mean_loss
 from fedscape.models.params import flatten_buffers, flatten_params, load_buffers, load_params
 from fedscape.models.registry import build_model
 from fedscape.models.specs import EVAL_BATCH_SIZE
@@ -137,12 +137,11 @@ class ProxyData:
         """Loss and accuracy of ``model`` on every proxy sample, ``batch_size`` inputs in memory at a time."""
         if self.x is not None:
             return evaluate(model, self.x, self.y, batch_size)
-        loss, correct = 0.0, 0.0
+        loss, correct, n = 0.0, 0.0, 0
         for start in range(0, len(self), batch_size):
             index = torch.arange(start, min(start + batch_size, len(self)))
             part = evaluate(model, self.batch(index), self.y[index.to(self.y.device)], batch_size)
-            loss, correct = loss + part.loss * part.n, correct + part.acc * part.n
-        n = len(self)
+            loss, correct, n = loss + part.loss * part.n, correct + part.acc * part.n, n + part.n
         return EvalResult(loss=loss / max(n, 1), acc=correct / max(n, 1), n=n)
 
 
@@ -218,7 +217,7 @@ def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torc
         total, count = 0.0, 0
         for i in range(0, len(y), cfg.batch_size):
             b = perm[i : i + cfg.batch_size]  # on the CPU: a streamed proxy reads these rows from disk
-            loss = F.cross_entropy(model(proxy.augmented(b, augment, generator)), y[b.to(device)])
+            loss = mean_loss(model(proxy.augmented(b, augment, generator)), y[b.to(device)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedscape.fl.aggregate import mean_delta, sample_weights, weighted_mean
 from fedscape.fl.hparams.base import ServerSGDConfig
 from fedscape.fl.server_opt import ServerOptimizer, ServerSGD
+from fedscape.models.loss import mean_loss
 
 
 @dataclass
@@ -184,7 +184,7 @@ class Strategy:
 
     def local_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext) -> torch.Tensor:
         """The local objective on one batch; FedAvg minimises the plain cross-entropy."""
-        return F.cross_entropy(model(x), y)
+        return mean_loss(model(x), y)
 
     def adjust_gradients(self, model: nn.Module, ctx: ClientContext) -> None:
         """Change gradients after backward, before the local optimiser step (SCAFFOLD's correction)."""

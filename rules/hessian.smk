@@ -1,10 +1,11 @@
 # Hessian analysis (PyHessian recipe, Yao et al. 2020) of the global model at chosen rounds: top-k
 # eigenvalues, Hutchinson trace, SLQ spectral density (Ghorbani et al. 2019), per-client HN / HD (FedAlign,
-# Mendieta et al. 2022, Table 1) and the top-2 eigenvector plane that hessian landscapes read.
+# Mendieta et al. 2022, Table 1; over every client or the sample of hessian.clients) and the top-2
+# eigenvector plane that hessian landscapes read.
 
 from fedscape.analysis.hessian.definitions import (
-    CLIENT_COLUMNS,
     JOB_FILES,
+    client_columns,
     hessian_columns,
 )
 from fedscape.core.paths import HESSIAN_DIR, HESSIAN_FIGURE
@@ -56,7 +57,7 @@ rule hessian_tables:
         "../envs/light.yaml"
     params:
         columns=hessian_columns(config["hessian"]["top_k"]),
-        client_columns=CLIENT_COLUMNS,
+        client_columns=client_columns(config["hessian"]["clients"]),
     script:
         "../workflow/scripts/hessian_tables.py"
 

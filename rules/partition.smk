@@ -1,10 +1,12 @@
 # Client partitions (Hsu et al. 2019; NIID-Bench): one split per dataset, client count, alpha and seed.
 
 from fedscape.core.paths import PARTITION_DIR
-from fedscape.plan.partition import partition_settings
+from fedscape.plan.partition import partition_files, partition_settings
 
 
 rule partition:
+    input:
+        lambda wildcards: partition_files(config, wildcards.alpha),
     output:
         partition=f"{RESULTS(PARTITION_DIR)}/partition.npz",
         counts=f"{RESULTS(PARTITION_DIR)}/counts.csv",

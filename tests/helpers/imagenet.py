@@ -57,3 +57,20 @@ def write_imagenet(root: Path, rich: dict[str, int] | None = None, val_per_class
                 name = f"{wnid}_{i + 1}.JPEG" if split == "train" else f"ILSVRC2012_val_{k + 1:08d}.JPEG"
                 (folder / name).write_bytes(blobs[(k + (split == "val")) % len(blobs)])
     return Path(root)
+
+
+def flatten_val(root: Path, solution_dir: Path | None = None) -> Path:
+    """Move ``root/val/<wnid>/*`` into ``root/val/`` itself, as ImageNet-1k ships its validation images, and write
+    their labels as its LOC_val_solution.csv does (ImageId,PredictionString: the wnid, then a box, per object; two
+    objects for every third image) into ``solution_dir`` (default: ``root``). Returns the CSV's path."""
+    lines = ["ImageId,PredictionString"]
+    for folder in sorted((Path(root) / "val").iterdir()):
+        for k, image in enumerate(sorted(folder.iterdir())):
+            image.rename(Path(root) / "val" / image.name)
+            objects = f"{folder.name} 10 20 200 180 " * (2 if k % 3 == 2 else 1)
+            lines.append(f"{image.stem},{objects}")
+        folder.rmdir()
+    path = Path(solution_dir or root) / "LOC_val_solution.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")  # not in file order: the reader sorts
+    return path

@@ -525,11 +525,11 @@ def test_train_stage_saves_moon_s_projection_head_with_the_model(tmp_path):
     assert torch.equal(backbone, flatten_params(start)[: backbone.numel()])
 
 
-def test_moon_projection_refuses_a_plain_model_and_a_projection_dim():
+def test_moon_projection_refuses_a_plain_model_and_a_bad_head():
     with pytest.raises(ValueError, match="head projection trains the model of its prepare_model"):
         make_strategy("moon", {"head": "projection"}).setup(2, 10, torch.device("cpu"), model=model_of("mlp"))
-    with pytest.raises(ValueError, match="projection_dim must be 0"):
-        algorithm_config("moon", {"head": "projection", "projection_dim": 16})
+    with pytest.raises(ValueError, match="projection_dim >= 0"):
+        algorithm_config("moon", {"head": "projection", "projection_dim": -16})
     with pytest.raises(ValueError, match="head: expected one of side, projection .*got 'projected'"):
         algorithm_config("moon", {"head": "projected"})
     with pytest.raises(ValueError, match="unknown MOON head 'projected'. Did you mean 'projection'"):

@@ -62,6 +62,7 @@ CASES: dict[str, tuple[Builder, tuple[int, ...]]] = {
     "mlp": registry("mlp", 1, 4),
     "cnn_small": registry("cnn_small", 1, 4),
     "convnet": registry("convnet", 1, 32),
+    "lenet5": registry("lenet5", 1, 32),
     "vgg11": registry("vgg11", 1, 32),
     "resnet20-batch": registry("resnet20", 1, 8, norm="batch"),
     "resnet20-group": registry("resnet20", 1, 8, norm="group"),

@@ -3,6 +3,7 @@ would otherwise break them silently): each on the smallest settings, its table r
 
 from __future__ import annotations
 
+import math
 import platform
 import subprocess
 import sys
@@ -190,3 +191,136 @@ def test_compare_results_reports_what_a_refactor_moved(monkeypatch, change, expe
 
     # Assert
     assert lines == expected
+
+
+# -- bench_trace.py: the exact reference and a run's checkpoint -----------------------------------
+class _DenseOperator:
+    """An explicit symmetric matrix behind the operator interface of the trace benchmark."""
+
+    def __init__(self, matrix):
+        self.matrix, self.dim, self.dtype = matrix, matrix.shape[0], matrix.dtype
+
+    def hvp(self, v):
+        return self.matrix @ v.to(self.dtype)
+
+
+def test_bench_trace_exact_figures_are_those_of_the_matrix(monkeypatch):
+    # Prepare: a symmetric matrix of known eigenvalues (a few dominant, some negative), plus an antisymmetric part
+    import torch
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from bench_trace import exact_columns, exact_figures
+
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(60, 60, generator=g, dtype=torch.float64))
+    eig = torch.cat([torch.tensor([9.0, -6.0, 4.0]), torch.linspace(1.0, -0.5, 57)]).double()
+    matrix = q @ torch.diag(eig) @ q.T
+    skew = torch.randn(60, 60, generator=g, dtype=torch.float64) * 1e-4
+    skew = skew - skew.T  # what the symmetrisation removes
+
+    # Execute
+    figures = exact_figures(exact_columns(_DenseOperator(matrix + skew)), top=10)
+
+    # Assert: float32 storage, float64 sums
+    by_magnitude = eig[eig.abs().argsort(descending=True)]
+    assert figures.trace == pytest.approx(float(eig.sum()), abs=1e-5)
+    assert torch.allclose(figures.diagonal, matrix.diagonal(), atol=1e-6)
+    assert figures.frobenius == pytest.approx(float(eig.norm()), rel=1e-6)
+    assert figures.diagonal_norm == pytest.approx(float(matrix.diagonal().norm()), rel=1e-6)
+    assert figures.eigenvalues == pytest.approx(by_magnitude[:10].numpy(), abs=1e-5)
+    assert figures.remainder(3) == pytest.approx(float(by_magnitude[3:].norm()), rel=1e-5)
+    assert figures.remainder(0) == pytest.approx(figures.frobenius)
+    assert math.isnan(figures.remainder(11))  # beyond the 10 eigenvalues computed
+    assert figures.asymmetry == pytest.approx(float((2 * skew).abs().max() / (matrix + skew).abs().max()), rel=1e-3)
+
+
+def _tiny_run(root):
+    """One digits run of one round, its files where the workflow puts them below `root` (its working directory),
+    and the config file naming it."""
+    import yaml
+
+    from fedscape.core.paths import Results
+    from fedscape.core.runs import build_runs
+    from fedscape.plan.init import init_settings
+    from fedscape.plan.partition import partition_settings
+    from fedscape.plan.train import train_settings
+    from fedscape.plan.workflow import load_config
+    from fedscape.stages.init import init_job
+    from fedscape.stages.partition import partition_job
+    from fedscape.stages.train import train_job
+
+    raw = {"datasets": {"digits": {"test_fraction": 0.25}}, "models": ["mlp"],
+           "inits": {"random": {"kind": "random", "seed": 0}}, "algorithms": {"fedavg": {"name": "fedavg"}},
+           "alphas": ["iid"], "num_clients": [3], "participation": [1.0], "seeds": [0],
+           "training": {"rounds": 1, "local_epochs": 1, "batch_size": 64, "device": "cpu"},
+           "hessian": {"enabled": True, "eval_samples": 48}}
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(path, ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    (run,) = build_runs(config)
+    results = Results.of(config)
+    partition = root / results.partition_file(run)
+    partition.parent.mkdir(parents=True)
+    partition_job(partition_settings(config, "digits", "iid", 3, 0), partition, partition.with_suffix(".csv"))
+    init = root / results.init_file(dataset="digits", model="mlp", init="random")
+    init.parent.mkdir(parents=True)
+    init_job(init_settings(config, [run], "digits", "mlp", "random"), init)
+    outputs = {name: root / results.train_file(name, **run.fields()) for name in
+               ("trajectory", "clients", "metrics", "meta", "client_updates")}
+    outputs["trajectory"].parent.mkdir(parents=True)
+    train_job(train_settings(config, run), partition, init, outputs, outputs["trajectory"].parent / "_progress")
+    return path, config, run, outputs["trajectory"], partition
+
+
+def test_bench_trace_evaluates_a_checkpoint_on_its_hessian_jobs_samples(tmp_path, monkeypatch):
+    # Prepare
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import torch
+    from bench_trace import checkpoint_model
+
+    from fedscape.analysis.hessian.maths import eval_subset
+    from fedscape.data.datasets import dataset_from_options
+    from fedscape.data.partition import load_partition
+    from fedscape.data.specs import dataset_settings
+    from fedscape.models.checkpoint import load_trajectory
+    from fedscape.models.params import flatten_params
+
+    path, config, run, checkpoint, partition = _tiny_run(tmp_path)
+    monkeypatch.chdir(BENCHMARKS)  # the checkpoint's path names its working directory, not the current one
+
+    # Execute
+    model, x, y, what = checkpoint_model(checkpoint, path, None, None)
+    _, x20, y20, _ = checkpoint_model(checkpoint, path, 0, 20)
+    _, xc, yc, client = checkpoint_model(checkpoint, path, None, None, client=1)
+
+    # Assert: the final round's model, and the job's seeded subset (eval_samples, hessian.seed) of the clients' union
+    data = dataset_from_options("digits", dataset_settings(config["datasets"]["digits"]))
+    clients = [torch.as_tensor(ix) for ix in load_partition(partition, data.y_train.numpy()).client_indices]
+    union = torch.cat(clients).sort().values
+    idx = union[eval_subset(len(union), 48, 0, key=0)]
+    assert what == f"{run.run_id} round 1" and len(y) == 48 and len(y20) == 20
+    assert torch.equal(x, data.x_train[idx]) and torch.equal(y, data.y_train[idx])
+    idx = clients[1][eval_subset(len(clients[1]), 48, 0, key=2)]  # the stage's stream key of client 1
+    assert client == f"{run.run_id} round 1, client 1" and torch.equal(xc, data.x_train[idx])
+    assert torch.equal(yc, data.y_train[idx])
+    assert torch.equal(flatten_params(model), load_trajectory(checkpoint).params[-1])
+    with pytest.raises(SystemExit, match="not the trajectory of any run"):
+        checkpoint_model(tmp_path / "elsewhere" / "trajectory.pt", path, None, None)
+    with pytest.raises(SystemExit, match=r"--client 3: the run has clients 0\.\.2"):
+        checkpoint_model(checkpoint, path, None, None, client=3)
+
+
+def test_bench_trace_runs_on_a_checkpoint(tmp_path):
+    # Prepare
+    config, _, _, checkpoint, _ = _tiny_run(tmp_path)
+
+    # Execute: no exact Hessian (the mlp has 8,970 parameters), a Hutch++ reference
+    out = _run("bench_trace.py", "--checkpoint", str(checkpoint), "--config", str(config), "--samples", "16",
+               "--budgets", "4", "10", "--seeds", "2", "--exact-max", "0", "--reference", "30", "--threads", "1")
+
+    # Assert: one row per budget and estimator, and the ratio
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["4"], ["10"])]
+    assert [(r[0], r[2] if r[1] == "2" else r[1]) for r in rows] == [
+        ("4", "hutchinson"), ("4", "hutchpp"), ("4", "ratio"), ("10", "hutchinson"), ("10", "hutchpp"),
+        ("10", "ratio")]
+    assert "16 samples" in out and "reference trace" in out

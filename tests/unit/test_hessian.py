@@ -16,7 +16,13 @@ from helpers.configs import tiny_config
 from helpers.workflow import ROOT
 from torch import nn
 
-from fedscape.analysis.hessian.definitions import JOB_FILES, HessianJob, HessianSettings
+from fedscape.analysis.hessian.definitions import (
+    AUTO_HUTCHPP_FROM,
+    JOB_FILES,
+    HessianJob,
+    HessianSettings,
+    resolve_trace_estimator,
+)
 from fedscape.analysis.hessian.maths import (
     HessianOperator,
     analyse,
@@ -651,15 +657,61 @@ def test_trace_estimator_settings_are_checked(kwargs, message):
         hessian_settings(**kwargs)
 
 
-def test_the_default_estimator_is_the_schemas():
+def test_the_default_estimator_is_auto_and_the_baseline_stays_hutchinson():
     # Execute
     config = check_config(tiny_config(), SCHEMA)
 
-    # Assert: the schema's default, which is also the baseline the settings declare (the behaviour before the key)
-    default = SCHEMA["properties"]["hessian"]["properties"]["trace_estimator"]["default"]
-    assert default == config["hessian"]["trace_estimator"] == declared_defaults(HessianSettings)["trace_estimator"]
-    assert default == "hutchinson"
-    assert settings_from_config(config["hessian"]).trace_estimator == "hutchinson"
+    # Assert: the schema's default is `auto`; the settings' declared default stays the baseline (the behaviour
+    # before the key), which a job's settings never spell out; the schema tells users the threshold
+    spec = SCHEMA["properties"]["hessian"]["properties"]["trace_estimator"]
+    assert spec["default"] == config["hessian"]["trace_estimator"] == "auto"
+    assert declared_defaults(HessianSettings)["trace_estimator"] == "hutchinson"
+    assert f"hutchpp from {AUTO_HUTCHPP_FROM} products" in " ".join(spec["description"].split())
+
+
+@pytest.mark.parametrize(("name", "probes", "resolved"), [
+    ("auto", 2, "hutchinson"), ("auto", AUTO_HUTCHPP_FROM - 1, "hutchinson"), ("auto", AUTO_HUTCHPP_FROM, "hutchpp"),
+    ("auto", 300, "hutchpp"), ("hutchinson", 300, "hutchinson"), ("hutchpp", 4, "hutchpp"),
+])
+def test_auto_resolves_by_the_budget_at_planning(name, probes, resolved):
+    # Prepare
+    config = check_config(tiny_config(trace_estimator=name, trace_probes=probes), SCHEMA)
+    runs = build_runs(config)
+    run, round_ = hessian_jobs(config, runs)[0]
+
+    # Execute
+    settings = hessian_job_settings(config, runs, run, round_)["hessian"]
+
+    # Assert: the job's settings name what it computes with (absent at the baseline, hutchinson: no rerun)
+    assert resolve_trace_estimator(name, probes) == resolved
+    assert settings_from_config(config["hessian"]).trace_estimator == resolved
+    assert settings.get("trace_estimator", "hutchinson") == resolved
+    assert ("trace_estimator" in settings) == (resolved == "hutchpp")
+
+
+@pytest.mark.parametrize("probes", [AUTO_HUTCHPP_FROM - 1, AUTO_HUTCHPP_FROM])
+def test_a_job_s_hessian_json_records_the_estimator_auto_resolved_to(tmp_path, probes):
+    # Prepare: a trained 3-client run, its Hessian job at the budgets either side of the threshold
+    from helpers.diverged import ROUNDS, build_diverged_runs
+
+    runs = build_diverged_runs(tmp_path)
+    config = copy.deepcopy(runs.config)
+    config["hessian"].update(trace_probes=probes, trace_estimator="auto", density={"enabled": False, "lanczos_steps": 6,
+                                                                                   "probes": 1})
+    outputs = {key: tmp_path / name for key, name in JOB_FILES.items()}
+
+    # Execute
+    hessian_stage(hessian_job_settings(config, [runs.healthy], runs.healthy, ROUNDS), runs.trajectory(runs.healthy),
+                  runs.partition, outputs)
+
+    # Assert: the settings in hessian.json name the estimator computed with, each data set its diagonal's
+    details = json.loads(outputs["details"].read_text())
+    expected = "hutchpp" if probes >= AUTO_HUTCHPP_FROM else "hutchinson"
+    assert details["settings"]["trace_estimator"] == expected
+    diagonals = {d["diagonal_estimator"] for d in details["data"].values()}
+    assert diagonals <= ({"diag++", "hutchinson"} if expected == "hutchpp" else {"hutchinson"})
+    assert all(d["trace_probes"] == (probes - 2 * (probes // 3) if expected == "hutchpp" else probes)
+               for d in details["data"].values())
 
 
 def test_job_settings_omit_a_late_setting_only_at_the_value_finished_jobs_had():

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 from helpers.configs import DEFAULT, SCHEMA
-from helpers.imagenet import OTHER_WNIDS, write_imagenet
+from helpers.imagenet import OTHER_WNIDS, flatten_val, write_imagenet
 
 from fedscape.core.config import ConfigError
 from fedscape.core.runs import build_runs
 from fedscape.data import imagenet200
-from fedscape.data.datasets import from_source
+from fedscape.data.datasets import StoredImages, from_source
 from fedscape.data.imagenet200 import CLASSES, WNIDS, ImageFolderImages, decode, list_split, train_subset
 from fedscape.data.sources import Source, load_source
 from fedscape.data.specs import dataset_info, dataset_option_problems
@@ -169,15 +169,17 @@ def test_source_lists_without_decoding_and_the_dataset_equals_rows_decoded_direc
     # Execute
     ds = from_source(small)
 
-    # Assert: every row is its image scaled to [0, 1] and normalised with ImageNet's statistics (the code's)
+    # Assert: every row is held as its decoded pixels (uint8) and read as the image scaled to [0, 1] and normalised
+    # with ImageNet's statistics (the code's)
     mean = torch.tensor(imagenet200.MEAN).view(3, 1, 1)
     std = torch.tensor(imagenet200.STD).view(3, 1, 1)
     for x, index, paths in ((ds.x_train, small.train_index, small.train_images.paths),
                             (ds.x_proxy, small.proxy_index, small.train_images.paths),
                             (ds.x_test, np.arange(7), small.test_images.paths)):
-        expected = torch.stack([(torch.from_numpy(decode(paths[i], 40, 48)).float() / 255 - mean) / std
-                                for i in index])
-        torch.testing.assert_close(x, expected, rtol=0, atol=0)
+        pixels = torch.stack([torch.from_numpy(decode(paths[i], 40, 48)) for i in index])
+        assert isinstance(x, StoredImages) and x.pixels.dtype == torch.uint8
+        torch.testing.assert_close(x.pixels, pixels, rtol=0, atol=0)
+        torch.testing.assert_close(x[:], (pixels.float() / 255 - mean) / std, rtol=0, atol=0)
     assert ds.y_train.tolist() == small.train_labels[small.train_index].tolist()
 
 
@@ -227,7 +229,9 @@ def test_missing_folders_are_named(tmp_path):
     assert problems["partial"] == [f"1 of ImageNet-200's 200 class folders missing in {partial / 'train'}: "
                                    f"{partial / 'train' / CLASSES[5]}"]
     assert len(problems["flat"]) == 1 and "200 of ImageNet-200's 200 class folders missing" in problems["flat"][0]
-    assert "sort them into val/<wnid>/ class folders first" in problems["flat"][0]
+    assert (f"val/ holds the images themselves, as ImageNet ships them: put its LOC_val_solution.csv (columns "
+            f"ImageId,PredictionString) in {flat}, or sort the images into val/<wnid>/ class folders"
+            ) in problems["flat"][0]
     with pytest.raises(FileNotFoundError, match=f"missing in {partial / 'train'}: {partial / 'train' / CLASSES[5]}"):
         load_source("imagenet200", data_dir=str(partial))
     with pytest.raises(FileNotFoundError, match="ImageNet-200 is read from a data_dir .* and none was given"):
@@ -237,7 +241,48 @@ def test_missing_folders_are_named(tmp_path):
     assert dataset_option_problems("imagenet200", {"download": True}) == [
         "datasets.imagenet200.download: fedscape cannot download imagenet200 (image-net.org distributes ImageNet-1k "
         "(ILSVRC2012) to registered users only); set download: false and data_dir to the folder holding "
-        "ImageNet-1k's train/<wnid>/ and val/<wnid>/ image folders (fedscape.data.imagenet200)"]
+        "ImageNet-1k's train/<wnid>/ image folders and val/ (sorted into <wnid>/ folders, or flat with "
+        "LOC_val_solution.csv; fedscape.data.imagenet200)"]
+
+
+@pytest.mark.parametrize("kaggle", [False, True])
+def test_a_flat_val_folder_with_imagenets_solution_csv_is_the_sorted_one(tmp_path, kaggle):
+    # Prepare: the same ImageNet sorted into val/<wnid>/ and flat as ImageNet ships it (3 validation images per
+    # class, ImageNet-1k's other classes among them), the CSV in data_dir or, data_dir being the Kaggle archive's
+    # ILSVRC/Data/CLS-LOC, at the archive's top
+    sorted_root = write_imagenet(tmp_path / "sorted", val_per_class=3)
+    top = tmp_path / "kaggle"
+    flat_root = write_imagenet(top / "ILSVRC" / "Data" / "CLS-LOC" if kaggle else tmp_path / "flat", val_per_class=3)
+    csv = flatten_val(flat_root, top if kaggle else None)
+
+    # Execute
+    problems = imagenet200.layout_problems(flat_root)
+    ours, theirs = list_split(flat_root, "val"), list_split(sorted_root, "val")
+
+    # Assert: no problem; the same labels, images and order (by class, then file name) as the sorted folders
+    assert problems == [] and csv.exists() and not (flat_root / "val" / CLASSES[0]).exists()
+    assert ours.labels.tolist() == theirs.labels.tolist() and len(ours.paths) == 600
+    assert [p.split("/")[-1] for p in ours.paths] == [p.split("/")[-1] for p in theirs.paths]
+    assert all(p.startswith(str(flat_root / "val") + "/ILSVRC2012_val_") for p in ours.paths)
+    for a, b in zip(ours.paths[:7], theirs.paths[:7], strict=True):
+        np.testing.assert_array_equal(decode(a), decode(b))
+
+
+def test_a_flat_val_folder_names_what_its_csv_lacks(tmp_path):
+    # Prepare: a listed image deleted; a CSV of other columns
+    root = write_imagenet(tmp_path / "in")
+    csv = flatten_val(root)
+    gone = sorted((root / "val").iterdir())[0]
+    gone.unlink()
+    bad = write_imagenet(tmp_path / "bad")
+    flatten_val(bad).write_text("id,label\nx,n01440764\n")
+
+    # Execute / Assert: the file, the missing image, the expected columns
+    with pytest.raises(FileNotFoundError, match=f"1 validation images of {csv} missing in {root / 'val'}: "
+                                                f"{gone.stem}"):
+        list_split(root, "val")
+    with pytest.raises(ValueError, match="expected the columns ImageId,PredictionString"):
+        list_split(bad, "val")
 
 
 def _imagenet_config(data_dir: str) -> dict:

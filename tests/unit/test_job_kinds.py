@@ -75,13 +75,13 @@ def test_the_declared_defaults_are_the_baselines_of_the_first_results():
     # Assert: a baseline never changes (it is what the finished jobs that omit the key computed with)
     assert declared_defaults(HessianSettings) == {
         "trace_estimator": "hutchinson", "sharpness": False, "sharpness_rho": 0.05, "sharpness_steps": 5,
-        "sharpness_eta": 0.01, "precision": "fp32"}
+        "sharpness_eta": 0.01, "precision": "fp32", "clients": "all"}
     assert declared_defaults(HessianJob) == {"shared_from": None}
     assert declared_defaults(InterpolationJob) == {"precision": "fp32", "bn_stats": "stored", "align": False,
                                                    "curve": None}
     assert declared_defaults(LayerBarriersJob) == {
         "precision": "fp32", "bn_stats": "stored", "modes": MODES, "align": False, "order_seed": None,
-        "direction_seed": None, "direction_samples": None}
+        "direction_seed": None, "direction_samples": None, "direction_moves": "both"}
     assert MODES == ("single", "shallow", "deep")
     assert declared_defaults(LandscapePlaneJob) == {"plane_file": None}
     assert declared_defaults(LandscapeChunkJob) == {"precision": "fp32"}

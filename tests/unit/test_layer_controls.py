@@ -205,6 +205,40 @@ def test_random_direction_mode_by_hand():
     assert not np.allclose(single["barrier_loss"], df["barrier_loss"])  # another perturbation than the average
 
 
+@pytest.mark.usefixtures("float64_default")
+def test_random_direction_moving_the_first_model_alone_by_hand():
+    # Prepare: direction_moves first (the authors' script): a alone moved by d/2 along each of 2 directions
+    model, a = cnn_point(5)
+    _, b = cnn_point(6)
+    splits = digits_like(seed=2)
+    layers = model_layers(model)
+
+    # Execute
+    first = pd.DataFrame(layerwise_barriers(model, a, b, splits, modes=("random_direction",), direction_seed=7,
+                                            direction_samples=2, direction_moves="first"))
+    both = pd.DataFrame(layerwise_barriers(model, a, b, splits, modes=("random_direction",), direction_seed=7,
+                                           direction_samples=2))
+
+    # Assert
+    ends = [evaluate_point(model, p, splits) for p in (a, b)]
+    for i in (0, len(layers) - 1):
+        moved = [evaluate_point(model, Point(a.params + 0.5 * layer_random_direction(a, b, layers[i], 7, s),
+                                             a.buffers), splits) for s in (0, 1)]
+        for split in splits:
+            expected = sum(m[split].loss for m in moved) / 2 - (ends[0][split].loss + ends[1][split].loss) / 2
+            row = first[(first["layer_index"] == i) & (first["split"] == split)].iloc[0]
+            assert row["barrier_loss"] == pytest.approx(expected, rel=1e-10, abs=1e-12)
+    assert not np.allclose(first["barrier_loss"], both["barrier_loss"])  # b's move counts in `both` only
+
+
+def test_random_direction_refuses_an_unknown_choice_of_moved_models():
+    model, a = cnn_point(0)
+    _, b = cnn_point(1)
+
+    with pytest.raises(ValueError, match="direction_moves must be one of both, first, got 'second'"):
+        layerwise_barriers(model, a, b, digits_like(seed=0), modes=("random_direction",), direction_moves="second")
+
+
 def test_random_direction_mode_keeps_the_other_modes_rows():
     model, a = cnn_point(0)
     _, b = cnn_point(1)
@@ -274,11 +308,15 @@ def test_direction_settings_enter_only_the_jobs_of_the_control(config):
 
     # Execute
     before = layer_settings(config, pair, 1)
+    config["layer_barriers"].update(direction_moves="first")
+    moves_alone = layer_settings(config, pair, 1)
     config["layer_barriers"].update(modes=["single", "random_direction"], direction_seed=3)
     after = layer_settings(config, pair, 1)
 
     # Assert: the default modes' settings carry no new key (finished jobs keep their settings)
-    assert not {"direction_seed", "direction_samples", "consecutive"} & set(before)
+    assert not {"direction_seed", "direction_samples", "direction_moves", "consecutive"} & set(before)
+    assert moves_alone == before  # no control mode: nothing moves, nothing changes
+    assert after["direction_moves"] == "first"
     assert "modes" not in before and declared_defaults(LayerBarriersJob)["modes"] == ("single", "shallow", "deep")
     assert after["direction_seed"] == 3 and after["direction_samples"] == 5
 
@@ -292,6 +330,7 @@ def test_schema_defaults_of_the_new_keys():
     pair = section["pairs"]["additionalProperties"]["properties"]
     assert pair["consecutive"]["default"] is False and pair["consecutive"]["description"]
     assert section["direction_seed"]["default"] == 0 and section["direction_samples"]["default"] == 5
+    assert section["direction_moves"]["default"] == "both"
     assert section["modes"]["items"]["enum"] == list(LAYER_MODES) and set(ALL_MODES) < set(LAYER_MODES)
 
 

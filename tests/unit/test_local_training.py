@@ -89,6 +89,42 @@ def test_local_steps_cycle_through_seeded_shuffles():
     assert sorted(torch.cat(steps[:3]).tolist()) == [0, 1, 2, 3, 4]  # each pass covers the data once
 
 
+@pytest.mark.parametrize(("n", "batch_size", "sizes"), [(5, 2, [2, 2]), (6, 2, [2, 2, 2]), (1, 4, [1]), (3, 4, [3])])
+def test_drop_last_leaves_out_each_passes_smaller_last_batch_with_the_same_draws(n, batch_size, sizes):
+    # Execute: two passes each way, from the same generator state
+    kept = batch_order(n, batch_size, 2, torch.Generator().manual_seed(9))
+    dropped = batch_order(n, batch_size, 2, torch.Generator().manual_seed(9), drop_last=True)
+
+    # Assert: full batches only (a client smaller than one batch keeps it), each the batch without drop_last
+    assert [len(b) for b in dropped] == sizes * 2
+    per_pass = len(kept) // 2
+    expected = kept[:len(sizes)] + kept[per_pass:per_pass + len(sizes)]
+    assert all(torch.equal(a, b) for a, b in zip(dropped, expected, strict=True))
+
+
+def test_drop_last_steps_cycle_through_full_batches():
+    steps = step_batches(5, 2, 5, torch.Generator().manual_seed(4), drop_last=True)
+
+    assert [len(b) for b in steps] == [2, 2, 2, 2, 2]
+    assert len(set(torch.cat(steps[:2]).tolist())) == 4  # within a pass no sample twice
+
+
+def test_drop_last_trains_on_full_batches_only():
+    # Prepare: a client of 10 samples, batch 4, 2 epochs: 3 batches per pass, or 2 with drop_last
+    data = shard_data([10])
+    model = mlp()
+    flat = FlatParams(model)
+
+    # Execute
+    out = {drop: local_train(model, flat, flat.get().clone(), torch.zeros(0), data, 0, 1, Strategy(),
+                             TrainConfig(rounds=1, local_epochs=2, batch_size=4, lr=0.1, seed=1,
+                                         drop_last=drop))[0]
+           for drop in (False, True)}
+
+    # Assert
+    assert out[False].num_steps == 6 and out[True].num_steps == 4
+
+
 def test_a_client_takes_exactly_local_steps_steps():
     data = shard_data([5, 40])
     cfg = TrainConfig(rounds=1, local_steps=7, batch_size=4, lr=0.1, seed=1)

@@ -15,7 +15,7 @@ from fedscape.models.specs import MODEL_NAMES, NORMS, check_model_compatible, is
 NUM_CLASSES = 7  # not 10, so a hard-coded class count shows up
 DIGITS = (1, 8)  # in_channels, image_size
 CIFAR = (3, 32)
-CIFAR_MODELS = ("cnn_small", "convnet", "mlp", "resnet18", "resnet18_nonorm", "resnet20", "resnet56",
+CIFAR_MODELS = ("cnn_small", "convnet", "lenet5", "mlp", "resnet18", "resnet18_nonorm", "resnet20", "resnet56",
                 "resnet56_bottleneck", "vgg11")
 DIGIT_MODELS = ("cnn_small", "mlp", "resnet20", "resnet56_bottleneck")
 VALID_INPUTS = [(name, *CIFAR) for name in CIFAR_MODELS] + [(name, *DIGITS) for name in DIGIT_MODELS]
@@ -36,7 +36,7 @@ def batch(in_channels: int, image_size: int, size: int = 2) -> torch.Tensor:
 
 def test_model_names_are_sorted_and_complete() -> None:
     # Prepare
-    expected = {"mlp", "cnn_small", "convnet", "resnet20", "resnet56", "resnet56_bottleneck", "resnet18",
+    expected = {"mlp", "cnn_small", "convnet", "lenet5", "resnet20", "resnet56", "resnet56_bottleneck", "resnet18",
                 "resnet18_nonorm", "vgg11", "char_gpt", "char_lstm"}
 
     # Execute / Assert
@@ -86,6 +86,8 @@ def test_forward_is_classifier_of_forward_features(name: str, in_channels: int, 
         ("resnet20", 269_722),
         ("resnet56", 853_018),
         ("convnet", 233_354),
+        # conv 3*64*25+64, conv 64*64*25+64, FC 1600*384+384, 384*192+192, 192*10+10
+        ("lenet5", 797_962),
     ],
 )
 def test_parameter_count_with_10_classes(name: str, expected: int) -> None:
@@ -106,6 +108,25 @@ def test_resnet_parameter_count_is_near_the_usual_number(name: str, usual: int) 
 
     # Assert
     assert count == pytest.approx(usual, rel=0.02)
+
+
+def test_lenet5_computes_the_function_of_the_flatness_papers_cnn(float64_default) -> None:
+    # Prepare: the network as Caldarola et al.'s code writes it (models/cifar10/cnn.py: layer1, layer2, classifier),
+    # built here independently, with lenet5's weights copied in order
+    reference = nn.Sequential(
+        nn.Conv2d(3, 64, kernel_size=5), nn.ReLU(), nn.MaxPool2d(kernel_size=2),
+        nn.Conv2d(64, 64, kernel_size=5), nn.ReLU(), nn.MaxPool2d(kernel_size=2), nn.Flatten(),
+        nn.Linear(64 * 5 * 5, 384), nn.ReLU(), nn.Linear(384, 192), nn.ReLU(), nn.Linear(192, NUM_CLASSES))
+    model = make("lenet5", *CIFAR)
+    ours, theirs = list(model.parameters()), list(reference.parameters())
+    assert [p.shape for p in ours] == [p.shape for p in theirs]
+    with torch.no_grad():
+        for a, b in zip(ours, theirs, strict=True):
+            b.copy_(a)
+    x = batch(*CIFAR, size=4)
+
+    # Execute / Assert
+    assert torch.allclose(model(x), reference(x), rtol=0, atol=1e-12)
 
 
 def test_convnet_first_fc_takes_1024_features() -> None:
@@ -171,7 +192,7 @@ def test_unknown_model_name_suggests_the_closest_and_lists_all() -> None:
     assert all(name in message for name in MODEL_NAMES)
 
 
-@pytest.mark.parametrize("name", ["convnet", "vgg11"])
+@pytest.mark.parametrize("name", ["convnet", "lenet5", "vgg11"])
 def test_32x32_models_reject_digits(name: str) -> None:
     # Execute / Assert
     with pytest.raises(ValueError, match=r"needs 32x32 inputs; dataset gives 8x8\..*cnn_small.*mlp"):
@@ -296,7 +317,7 @@ def test_residual_models_expose_their_blocks(name: str, num_blocks: int, block: 
     assert all(isinstance(b, block) for b in model.blocks)
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn_small", "convnet", "vgg11", "char_gpt", "char_lstm"])
+@pytest.mark.parametrize("name", ["mlp", "cnn_small", "convnet", "lenet5", "vgg11", "char_gpt", "char_lstm"])
 def test_plain_models_are_not_residual(name: str) -> None:
     assert not model_info(name).residual
 

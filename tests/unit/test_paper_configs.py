@@ -149,19 +149,22 @@ def test_layerwise_has_the_papers_models_and_splits():
     assert len(config["training"]["save_clients_at"]) >= 5  # barriers over training time
 
 
-@pytest.mark.parametrize(("name", "epochs"), [("layerwise", 20), ("layerwise_digits", 1)])
-def test_layerwise_sweeps_consecutive_rounds_and_runs_the_random_direction_control(name, epochs):
-    """Sec. 2.1 (the average of consecutive epochs) on a centralised run; the control of the authors' code
-    (LLMC/layerwise_robustness_eval.py: 5 random directions per layer)."""
+@pytest.mark.parametrize(("name", "algorithm", "rounds"), [("layerwise", "central_epochs", tuple(range(0, 200, 20))),
+                                                      ("layerwise_digits", "central", None)])
+def test_layerwise_sweeps_consecutive_epochs_and_runs_the_random_direction_control(name, algorithm, rounds):
+    """Sec. 2.1 (the average of consecutive epochs) on a centralised run in rounds of one epoch; the control of the
+    authors' code (LLMC/layerwise_robustness_eval.py: 5 random directions per layer, model 1 moved)."""
     config, runs = load(name), runs_of(name)
     section = config["layer_barriers"]
 
     pair = layer_pair(config, runs, "central_consecutive")
 
     assert "random_direction" in section["modes"] and section["direction_samples"] == 5
-    assert pair.kind == "consecutive" and pair.run_a.algorithm == "central" and pair.run_a.num_clients == 1
-    training = {**config["training"], **config["algorithms"]["central"]["training"]}
-    assert training["local_epochs"] == epochs and pair.rounds == tuple(range(training["rounds"]))
+    assert section["direction_moves"] == "first"
+    assert pair.kind == "consecutive" and pair.run_a.algorithm == algorithm and pair.run_a.num_clients == 1
+    training = {**config["training"], **config["algorithms"][algorithm]["training"]}
+    assert training["local_epochs"] == 1  # consecutive rounds are consecutive epochs
+    assert pair.rounds == (rounds or tuple(range(training["rounds"])))
 
 
 def test_layerwise_centralised_pairs_differ_only_in_shuffling_init_or_both_at_low_lr():

@@ -113,6 +113,38 @@ def test_samples_are_every_window_of_seq_len_and_its_next_character(tmp_path: Pa
     assert src.writer_names == tuple(r for r in sorted(ROLES) if r in train_roles)
 
 
+@pytest.mark.parametrize("source", ["raw", "preprocessed"])
+def test_every_position_targets_are_each_windows_next_characters(tmp_path: Path, source: str) -> None:
+    # Prepare: the same windows read once with their next character, once with every position's
+    if source == "raw":
+        write_shakespeare_raw(tmp_path, ROLES)
+        options = {"data_dir": str(tmp_path), "source": "raw", "seq_len": 6}
+    else:
+        write_shakespeare(tmp_path)
+        options = {"data_dir": str(tmp_path)}
+
+    # Execute
+    nxt = dataset_from_options("shakespeare", options)
+    every = dataset_from_options("shakespeare", {**options, "targets": "every"})
+
+    # Assert: targets [N, T], position t's the character t + 1 of the window and its next character, the last
+    # position's the next-character label (which partitions read); the inputs are unchanged
+    for x, y, y_every in ((nxt.x_train, nxt.y_train, every.y_train), (nxt.x_test, nxt.y_test, every.y_test)):
+        assert y_every.shape == x.shape and y_every.dtype == torch.int64
+        assert torch.equal(y_every[:, :-1], x[:, 1:]) and torch.equal(y_every[:, -1], y)
+        assert torch.equal(every.sample_labels(y_every), y)
+    assert torch.equal(every.x_train, nxt.x_train)
+    if source == "raw":  # the windows of one role's text: the text from the second character on
+        train_x, train_y, _ = _expected(6, "train")
+        assert decode_text(every.y_train[0].numpy(), SHAKESPEARE_RAW_VOCAB) == (train_x[0] + train_y[0])[1:]
+
+
+def test_every_position_targets_need_text() -> None:
+    [problem] = dataset_option_problems("digits", {"targets": "every"})
+    assert problem.startswith("datasets.digits.targets: every predicts the next token at every position")
+    assert dataset_settings({"source": "raw", "seq_len": 8, "targets": "next"}) == {"source": "raw", "seq_len": 8}
+
+
 def test_each_role_keeps_the_end_of_its_text_for_testing(tmp_path: Path) -> None:
     # Prepare: one role whose train and test parts are told apart by their letters
     text = "a" * 80 + "b" * 20

@@ -91,6 +91,8 @@ ROUND_CASES = {
     "fedavg-nesterov": ("fedavg", {}, {"nesterov": True, "client_chunk_size": 2}),
     "fednova-nesterov-steps-per-client": ("fednova", {}, {"nesterov": True, "local_epochs": None,
                                                           "local_steps": (2, 5, 3, 7)}),
+    # the FedAlign code's client loaders drop each pass's smaller last batch (the 5-sample client keeps its one)
+    "fedavg-drop-last": ("fedavg", {}, {"drop_last": True, "augment": "crop_flip"}),
 }
 # The cases compared in float32 too, where float32 rounding is not amplified. Each was run from one start and data in
 # float32 and in float64 on AVX-512, AVX2 and ATen's default kernels (1 to 3 threads): each path's float32 client
@@ -203,6 +205,7 @@ def test_loss_logits_are_raised_to_float32_never_lowered(dtype, expected):
 @pytest.mark.parametrize(("name", "options", "device_type", "expected"), [
     ("cnn_small", {}, "cpu", "vectorized"),  # own forward_stacked: faster on a CPU
     ("convnet", {}, "cpu", "vectorized"),  # (built for 3x32x32 images)
+    ("lenet5", {}, "cpu", "vectorized"),
     ("resnet20", {"norm": "group"}, "cpu", "sequential"),  # its forward_stacked measured slower on a CPU
     ("resnet20", {"norm": "batch"}, "cpu", "sequential"),  # likewise (exact: tests/unit/test_vectorized_bn.py)
     ("mlp", {}, "cpu", "vectorized"),  # vmap only, but measured faster on a CPU: vmap_faster_on_cpu
@@ -345,7 +348,7 @@ def stacked_params(model: nn.Module, k: int, seed: int = 0) -> dict[str, torch.T
 
 
 @pytest.mark.parametrize(("name", "in_channels", "size"), [("cnn_small", 1, 8), ("cnn_small", 3, 12),
-                                                            ("convnet", 3, 32)])
+                                                            ("convnet", 3, 32), ("lenet5", 3, 32)])
 def test_forward_stacked_equals_vmapped_functional_call(name, in_channels, size, float64_default):
     # Prepare: 3 clients with different parameters and different batches, in float64: the two forwards sum in other
     # orders, and in float32 convnet's 6 conv layers put their logits 1.2e-3 apart on AVX2 kernels (rtol 1e-4), and

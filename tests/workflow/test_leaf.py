@@ -47,3 +47,33 @@ def test_femnist_partition_and_run_read_leafs_files(tmp_path):
     assert sorted(by_writer["num_samples"]) == [12, 15, 18]
     assert set(by_writer["partition"]) == {"natural"} and set(by_writer["alpha"]) == {"writers"}
     assert (pd.read_csv(workdir / natural / "metrics.csv")["status"] == "ok").all()
+
+
+def test_femnist_hessian_with_a_bound_on_the_clients_builds_its_tables(tmp_path):
+    # Prepare: one client per writer (3 writers), the Hessian at the init with the per-client Hessians of 2 of them
+    # (meta.yaml's FEMNIST Hessian in small)
+    (tmp_path / "wf").mkdir()
+    workdir = copy_workflow(tmp_path / "wf")
+    write_femnist(tmp_path / "leaf", sizes=(20, 16, 24), files=2, layout="leaf")
+    femnist = {"data_dir": str(tmp_path / "leaf"), "proxy_fraction": 0.0}
+    config = config_with({}, [{"alpha": "writers"}], datasets={"femnist": femnist}, num_clients=[3],
+                         partition={"min_size": 5}, training={**TINY["training"], "rounds": 1, "save_clients_at": []},
+                         partitions={"writers": {"kind": "natural"}},
+                         hessian={"enabled": True, "runs": {"alpha": "writers"}, "rounds": [0], "clients": 2,
+                                  "trace_probes": 4, "max_iter": 10, "tol": 0.5, "eval_samples": 16,
+                                  "density": {"enabled": False}})
+    for key in ("interpolation", "layer_barriers", "landscapes", "client_stats"):
+        config.pop(key, None)
+    (workdir / "c.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    # Execute
+    snakemake(workdir, "results/tables/hessian.csv", "--configfile", "c.yaml")
+
+    # Assert: the aggregate and 2 distinct writers' rows; HN / HD over those 2, said by the `clients` column
+    table = pd.read_csv(workdir / "results/tables/hessian.csv")
+    clients = [d for d in table["data"] if d != "all"]
+    assert len(table) == 3 and table["data"].iloc[0] == "all" and len(set(clients)) == 2
+    assert (table["status"] == "ok").all()
+    by_clients = pd.read_csv(workdir / "results/tables/hessian_clients.csv")
+    assert by_clients.columns.tolist() == ["run_id", "round", "hn", "hd", "clients", "status"]
+    assert by_clients["clients"].tolist() == [2] and by_clients[["hn", "hd"]].notna().all(axis=None)

@@ -74,3 +74,54 @@ def test_partition_kinds_run_through_training_and_the_tables(tmp_path):
             / "trajectory.pt").exists()
     summary = pd.read_csv(workdir / "results/tables/summary.csv")
     assert list(summary["alpha"].astype(str)) == ["inf", "c2", "noise", "qskew"]  # IID first, then the labels
+
+
+def _write_split(path, labels: np.ndarray, order: np.ndarray, clients: int) -> list[np.ndarray]:
+    """A split file in the layout Caldarola et al. 2022 publish theirs (LEAF's JSON, img_<index>_label_<label>.png),
+    `order` cut into `clients` equal shards, users listed in reverse id order."""
+    import json
+
+    shards = np.array_split(order, clients)
+    users = list(range(clients))[::-1]
+    path.write_text(json.dumps({
+        "users": users, "num_samples": [len(shards[u]) for u in users],
+        "user_data": {str(u): {"x": [f"img_{i}_label_{labels[i]}.png" for i in shards[u]],
+                               "y": [int(labels[i]) for i in shards[u]]} for u in users}}))
+    return [np.sort(s) for s in shards]
+
+
+def test_a_split_file_is_the_partition_jobs_input_and_makes_its_split(tmp_path):
+    """Without the file a dry run plans; with it the partition is the file's; a rewritten file remakes it."""
+    from fedscape.core.paths import PARTITION_DIR
+    from fedscape.data.partition import load_partition
+    from fedscape.data.sources import source_from_options
+
+    # Prepare: a tiny config whose one setting is a split file of the digits pool
+    workdir = copy_workflow(tmp_path / "wf")
+    config = _config()
+    config["partitions"] = {"paper": {"kind": "split_file", "path": "splits/paper.json"}}
+    config["experiments"] = [{"alpha": "paper"}]
+    (workdir / "split.yaml").write_text(yaml.safe_dump(config))
+    settings = check_config(copy.deepcopy(config), SCHEMA)
+    labels = source_from_options("digits", settings["datasets"]["digits"]).labels
+    target = "results/" + PARTITION_DIR.format(dataset="digits", num_clients=4, alpha="paper", seed=0) + \
+        "/partition.npz"
+
+    # Execute / Assert: the dry run needs no file; the job reads the file and keeps its split
+    snakemake(workdir, "-n", target, "--configfile", "split.yaml")
+    (workdir / "splits").mkdir()
+    order = np.random.default_rng(5).permutation(len(labels))[: len(labels) - 3]  # 3 samples left out
+    expected = _write_split(workdir / "splits/paper.json", labels, order, 4)
+    snakemake(workdir, target, "--configfile", "split.yaml")
+    part = load_partition(workdir / target)
+    assert [ix.tolist() for ix in part.client_indices] == [ix.tolist() for ix in expected]
+    assert part.kind == "split_file"
+    assert "rule partition" not in snakemake(workdir, "-n", target, "--configfile", "split.yaml").stdout
+
+    # Execute / Assert: a rewritten file remakes the partition (the file is the job's input)
+    expected = _write_split(workdir / "splits/paper.json", labels, order[::-1], 4)
+    dry = snakemake(workdir, "-n", target, "--configfile", "split.yaml")
+    assert "rule partition" in dry.stdout
+    snakemake(workdir, target, "--configfile", "split.yaml")
+    assert [ix.tolist() for ix in load_partition(workdir / target).client_indices] == \
+        [ix.tolist() for ix in expected]

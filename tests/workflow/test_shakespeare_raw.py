@@ -1,6 +1,7 @@
 """Shakespeare from LEAF's raw texts through the workflow at the layer-wise paper's kind of settings (its 96
 characters, sequences of a chosen length): one client per speaking role, char_gpt trained, layer-wise barriers
-between two clients' models (Adilova et al., Fig. 12's analysis)."""
+between two clients' models (Adilova et al., Fig. 12's analysis); with `targets: every` as the authors train their
+GPT (the next character at every position), with the Hessian and a landscape of the sequence model too."""
 
 from __future__ import annotations
 
@@ -45,13 +46,18 @@ def _config(data_dir: str) -> dict:
     return config
 
 
-@pytest.mark.slow
-def test_raw_shakespeare_trains_a_gpt_per_role_and_compares_its_layers(tmp_path):
-    # Prepare: three roles of random text over the 96 characters, in LEAF's raw layout
+def _random_roles(root) -> None:
+    """Three roles of random text over the 96 characters, in LEAF's raw layout below `root`."""
     rng = np.random.default_rng(0)
     roles = {role: "".join(SHAKESPEARE_RAW_VOCAB[i] for i in rng.integers(0, 96, size=n))
              for role, n in ROLE_LENGTHS.items()}
-    write_shakespeare_raw(tmp_path / "leaf", roles)
+    write_shakespeare_raw(root, roles)
+
+
+@pytest.mark.slow
+def test_raw_shakespeare_trains_a_gpt_per_role_and_compares_its_layers(tmp_path):
+    # Prepare: three roles of random text over the 96 characters, in LEAF's raw layout
+    _random_roles(tmp_path / "leaf")
     workdir = copy_workflow(tmp_path / "wf")
     (workdir / "raw.yaml").write_text(yaml.safe_dump(_config(str(tmp_path / "leaf")), sort_keys=False))
 
@@ -69,3 +75,41 @@ def test_raw_shakespeare_trains_a_gpt_per_role_and_compares_its_layers(tmp_path)
     assert np.abs(rounds["train_loss"] - np.log(96)).max() < 0.5
     layers = pd.read_csv(tables / "layer_barriers.csv")
     assert len(set(layers["layer"])) > 3 and np.isfinite(layers["barrier_loss"]).all()
+
+
+@pytest.mark.slow
+def test_every_position_targets_train_a_gpt_and_reach_every_analysis(tmp_path):
+    # Prepare: the same roles; the GPT predicts every position; Hessian and a local landscape of the final model
+    _random_roles(tmp_path / "leaf")
+    workdir = copy_workflow(tmp_path / "wf")
+    config = _config(str(tmp_path / "leaf"))
+    config["datasets"]["shakespeare"]["targets"] = "every"
+    config["hessian"] = {"enabled": True, "runs": {"alpha": "roles"}, "rounds": ["final"], "trace_probes": 4,
+                         "eval_samples": 64, "max_iter": 20, "tol": 1.0e-3,
+                         "density": {"lanczos_steps": 6, "probes": 1}}
+    config["landscapes"] = {"gpt": {"kind": "local", "runs": [{"alpha": "roles"}], "round": 2, "data": ["train"],
+                                    "resolution": 3, "chunks": 1}}
+    (workdir / "every.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    # Execute
+    snakemake(workdir, "--configfile", "every.yaml")
+
+    # Assert: the clients hold sequences as with `next` (FedAvg weighs sequences), the losses are per character
+    tables = workdir / "results" / "tables"
+    parts = pd.read_csv(tables / "partitions.csv")
+    natural = parts.loc[parts["partition"] == "natural"].sort_values("client_id")
+    assert natural["num_samples"].tolist() == [int(0.8 * ROLE_LENGTHS[r]) - SEQ_LEN for r in sorted(ROLE_LENGTHS)]
+    rounds = pd.read_csv(tables / "rounds.csv")
+    assert (rounds["status"] == "ok").all() and set(rounds["round"]) == {0, 1, 2}
+    # the initial model guesses uniformly over the 96 symbols; each character is a target of up to SEQ_LEN windows
+    # per epoch, so the GPT starts memorising the random training text within 2 rounds
+    by_round = rounds.sort_values("round")
+    assert abs(by_round["train_loss"].iloc[0] - np.log(96)) < 0.05
+    assert by_round["train_loss"].is_monotonic_decreasing and rounds["train_acc"].between(0, 1).all()
+    layers = pd.read_csv(tables / "layer_barriers.csv")
+    assert len(set(layers["layer"])) > 3 and np.isfinite(layers["barrier_loss"]).all()
+    hessian = pd.read_csv(tables / "hessian.csv")
+    assert len(hessian) and np.isfinite(hessian["trace"]).all()
+    [surface] = pd.read_csv(tables / "surfaces.csv")["path"]
+    grid = pd.read_csv((workdir / surface).parent / "surface_grid.csv")
+    assert len(grid) == 9 and np.isfinite(grid["loss"]).all() and grid["acc"].between(0, 1).all()

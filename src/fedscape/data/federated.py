@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from fedscape.data.datasets import Dataset, dataset_from_options
+from fedscape.data.datasets import Dataset, Images, StoredImages, dataset_from_options, take_rows
 from fedscape.data.partition import Partition, check_run_partition, load_partition, partition_kind
 
 
@@ -18,40 +18,42 @@ from fedscape.data.partition import Partition, check_run_partition, load_partiti
 class FederatedData:
     """Training pool, client shards (indices into it) and test set, all resident on one device."""
 
-    x_train: torch.Tensor
+    x_train: Images  # a StoredImages for a dataset stored as uint8: indexing gives the normalised float rows
     y_train: torch.Tensor
     client_indices: list[torch.Tensor]
-    x_test: torch.Tensor
+    x_test: Images
     y_test: torch.Tensor
 
     @property
     def num_clients(self) -> int:
         return len(self.client_indices)
 
-    def union(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def union(self) -> tuple[Images, torch.Tensor]:
         """The aggregate training data D = union of the clients' shards (the loss L of the papers)."""
         idx = torch.cat(self.client_indices).sort().values
         if len(idx) == len(self.y_train) and bool((idx == torch.arange(len(idx), device=idx.device)).all()):
             return self.x_train, self.y_train
-        return self.x_train[idx], self.y_train[idx]
+        return take_rows(self.x_train, idx), self.y_train[idx]
 
-    def client(self, client_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def client(self, client_id: int) -> tuple[Images, torch.Tensor]:
         """Client `client_id`'s samples (its L_m)."""
         idx = self.client_indices[client_id]
-        return self.x_train[idx], self.y_train[idx]
+        return take_rows(self.x_train, idx), self.y_train[idx]
 
 
-def client_inputs(x_train: torch.Tensor, part: Partition) -> torch.Tensor:
+def client_inputs(x_train: Images, part: Partition) -> Images:
     """The training pool as the clients see it: the input transform of the partition's kind
     (`PartitionKind.inputs`, e.g. feature_noise's fixed Gaussian noise per client) applied, or `x_train` itself for
-    a kind without one."""
+    a kind without one. A transform rewrites float inputs: a pool stored as uint8 is made float for it."""
     transform = partition_kind(part.kind).inputs
-    return x_train if transform is None else transform(x_train, part)
+    if transform is None:
+        return x_train
+    return transform(x_train.materialise() if isinstance(x_train, StoredImages) else x_train, part)
 
 
 def federate(ds: Dataset, partition_path: str | Path, device: torch.device | str = "cpu") -> FederatedData:
     """The dataset split among clients by the partition file (checked against its labels), on `device`."""
-    part = load_partition(partition_path, ds.y_train.numpy())
+    part = load_partition(partition_path, ds.sample_labels(ds.y_train).numpy())
     return FederatedData(
         x_train=client_inputs(ds.x_train, part).to(device), y_train=ds.y_train.to(device),
         client_indices=[torch.as_tensor(ix, device=device) for ix in part.client_indices],
@@ -68,7 +70,7 @@ def load_federated_data(run: dict, options: dict, partition_path: str | Path,
 
 
 def load_test_data(dataset: str, options: dict,
-                   device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+                   device: torch.device | str = "cpu") -> tuple[Images, torch.Tensor]:
     """The test set of `dataset` (config `datasets.<name>` options) on `device`: no client's, so no partition and
     no input transform (the same tensors as `FederatedData.x_test`, `y_test`)."""
     ds = dataset_from_options(dataset, options)

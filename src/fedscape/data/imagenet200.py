@@ -18,17 +18,25 @@ What the authors' code does (github.com/mmendiet/FedAlign), and what this module
   published does not run: it calls argparse without importing it and reads ``data_dir`` for ``args.data_dir``;
   this follows what it evidently does. The paper says only that the 200 classes were sampled at random.)
 - The layout. The script reads ``<data_dir>/train/<wnid>/*`` and ``<data_dir>/val/<wnid>/*``: the validation images
-  sorted into class folders, as the common ``valprep.sh`` does (ImageNet's flat ``val/*.JPEG`` with
-  ``LOC_val_solution.csv`` is not read: sort it into class folders first; `layout_problems` says so). The folder may
-  be all of ImageNet-1k (the 200 classes are picked from it) or the authors' generated ``imagenet200`` folder.
+  sorted into class folders, as the common ``valprep.sh`` does. ImageNet's flat ``val/*.JPEG`` (as ImageNet-1k
+  ships it, e.g. on Kaggle) is read too, with the labels of ``LOC_val_solution.csv`` (columns ImageId,
+  PredictionString; the first token of PredictionString is the image's wnid) in data_dir or, data_dir being the
+  Kaggle archive's ``ILSVRC/Data/CLS-LOC``, at the archive's top level (`val_solution`): the same images in the
+  same order as sorted into folders. The folder may be all of ImageNet-1k (the 200 classes are picked from it) or
+  the authors' generated ``imagenet200`` folder.
   Files are those ImageFolder takes (`IMAGE_EXTENSIONS`, any case).
 - The resolution. The code evaluates on ``Resize(256)`` (the shorter side to 256, bilinear) then
   ``CenterCrop(224)`` of the RGB image, and trains on ``RandomResizedCrop(224, scale=(0.08, 1))``, ``ColorJitter(0.4,
   0.4, 0.4)`` and a horizontal flip of the full-resolution image, normalised with ImageNet's mean and std
   (``data_loader.py``, ``_data_transforms_imagenet``). `decode` is the evaluation transform exactly (Pillow's
-  bilinear resize, as torchvision's on a PIL image), for the test and the training images alike: fedscape augments
-  decoded tensors (`datasets.<name>.augment`), so training sees the centre crop, with crop_flip's 4-pixel padded
-  crop and flip, not the code's random resized crop and colour jitter (ours).
+  bilinear resize, as torchvision's on a PIL image) for the test images, and for the training images unless they are
+  augmented as the code does (`datasets.imagenet200.augment: resized_crop`): then they are decoded at 256x256 (the
+  shorter side resized to 256, the centre 256x256 crop), the code's random resized crop, colour jitter and flip are
+  drawn from that image per batch on the device (`fedscape.data.datasets.resized_crop_batch`), not from the
+  full-resolution file, and their centre 224x224 crop is exactly the evaluation transform (what evaluation and the
+  analyses read of them). With crop_flip (the baseline) training sees the evaluation transform with crop_flip's
+  4-pixel padded crop and flip (ours). Either way the decoded pixels are held as uint8 and normalised per batch
+  (`fedscape.data.datasets.StoredImages`): 15 GB for the 100,000 training images at 224x224, 19.7 GB at 256x256.
 
 Nothing here holds the images: `ImageFolderImages` keeps the file paths and decodes the rows asked for, batch by batch
 (Pillow, on a few threads), like `fedscape.data.imagenet32`. Listing the folders and the labels needs no decoding, so
@@ -93,9 +101,58 @@ if len(set(WNIDS)) != 200:
     raise RuntimeError("ImageNet-200 needs 200 distinct wnids")
 
 
+VAL_SOLUTION = "LOC_val_solution.csv"  # ImageNet's validation labels beside a flat val/ (ImageId,PredictionString)
+_SOLUTION_COLUMNS = ("ImageId", "PredictionString")
+_KAGGLE_DEPTH = 3  # data_dir ILSVRC/Data/CLS-LOC lies 3 folders below the Kaggle archive's top, which holds the CSV
+
+
+def val_solution(data_dir: str | Path) -> Path | None:
+    """The LOC_val_solution.csv that labels a flat val/: in data_dir, or at the top of the Kaggle archive whose
+    ILSVRC/Data/CLS-LOC data_dir is; None where neither exists."""
+    root = Path(data_dir).absolute()
+    for folder in (root, *list(root.parents)[_KAGGLE_DEPTH - 1 : _KAGGLE_DEPTH]):
+        if (folder / VAL_SOLUTION).is_file():
+            return folder / VAL_SOLUTION
+    return None
+
+
+def read_val_solution(path: str | Path) -> dict[str, str]:
+    """Each validation image's file stem (ImageId) and wnid (the first token of its PredictionString), read from
+    LOC_val_solution.csv; ValueError naming the file for other columns or an empty prediction."""
+    import csv  # lazy: only a flat val/ needs it
+
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or tuple(h.strip() for h in header[:2]) != _SOLUTION_COLUMNS:
+            raise ValueError(f"{path}: expected the columns {','.join(_SOLUTION_COLUMNS)} (ImageNet's "
+                             f"{VAL_SOLUTION}), got {header}")
+        labels = {}
+        for line, row in enumerate(reader, start=2):
+            tokens = row[1].split() if len(row) > 1 else []
+            if not tokens:
+                raise ValueError(f"{path}, line {line}: no PredictionString for {row[0] if row else '?'}")
+            labels[row[0].strip()] = tokens[0]
+    return labels
+
+
+def _flat_images(folder: Path) -> bool:
+    """Whether `folder` holds image files itself (ImageNet's flat val/), judged by its first 64 entries."""
+    return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in islice(folder.iterdir(), 64))
+
+
+def _flat_val(root: Path) -> Path | None:
+    """The LOC_val_solution.csv labelling root/val/ when val/ is flat (no class folder of the 200, images in it)."""
+    folder = root / "val"
+    if any((folder / w).is_dir() for w in CLASSES) or not _flat_images(folder):
+        return None
+    return val_solution(root)
+
+
 def layout_problems(data_dir: str | Path) -> list[str]:
-    """What `data_dir` lacks of the layout read here (train/<wnid>/ and val/<wnid>/ of the 200 classes), each naming
-    the path; empty when nothing is missing. Lists folders only (no image is opened)."""
+    """What `data_dir` lacks of the layout read here (train/<wnid>/ of the 200 classes; val/<wnid>/, or a flat val/
+    with LOC_val_solution.csv), each naming the path; empty when nothing is missing. Lists folders only (no image is
+    opened, the CSV is not read)."""
     root = Path(data_dir)
     problems = []
     for split in SPLITS:
@@ -104,11 +161,12 @@ def layout_problems(data_dir: str | Path) -> list[str]:
             problems.append(f"{folder} is not a directory: expected ImageNet's {split}/<wnid>/ class folders there")
             continue
         missing = [w for w in CLASSES if not (folder / w).is_dir()]
-        if not missing:
+        if not missing or (split == "val" and _flat_val(root) is not None):
             continue
-        flat = split == "val" and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in islice(folder.iterdir(), 64))
-        hint = (" (val/ holds the images themselves: sort them into val/<wnid>/ class folders first, e.g. with the "
-                "common valprep.sh or from LOC_val_solution.csv)") if flat else ""
+        flat = split == "val" and len(missing) == len(CLASSES) and _flat_images(folder)
+        hint = (f" (val/ holds the images themselves, as ImageNet ships them: put its {VAL_SOLUTION} (columns "
+                f"ImageId,PredictionString) in {root}, or sort the images into val/<wnid>/ class folders, e.g. "
+                "with the common valprep.sh)") if flat else ""
         shown = ", ".join(str(folder / w) for w in missing[:3])
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         problems.append(f"{len(missing)} of ImageNet-200's {len(CLASSES)} class folders missing in {folder}: "
@@ -163,8 +221,24 @@ def list_split(data_dir: str | Path, split: str, per_class: int | None = None) -
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     root = check_layout(data_dir) / split
-    files = {wnid: class_files(root / wnid) for wnid in CLASSES}
-    empty = [str(root / w) for w in CLASSES if not files[w]]
+    solution = _flat_val(Path(data_dir)) if split == "val" else None
+    folders = {wnid: root / wnid for wnid in CLASSES}
+    if solution is not None:  # flat val/: each class's images by the CSV's labels, as if sorted into folders
+        by_stem = {Path(n).stem: n for n in class_files(root)}
+        labels = read_val_solution(solution)
+        absent = sorted(i for i, w in labels.items() if w in folders and i not in by_stem)
+        if absent:
+            raise FileNotFoundError(f"ImageNet-200: {len(absent)} validation images of {solution} missing in {root}: "
+                                    f"{', '.join(absent[:3])}{' ...' if len(absent) > 3 else ''}")
+        files = {wnid: [] for wnid in CLASSES}
+        for image, wnid in labels.items():
+            if wnid in files:
+                files[wnid].append(by_stem[image])
+        folders = {wnid: root for wnid in CLASSES}
+    else:
+        files = {wnid: class_files(root / wnid) for wnid in CLASSES}
+    empty = [str(root / w) if solution is None else f"{w} (no image of it in {solution})"
+             for w in CLASSES if not files[w]]
     if empty:
         raise FileNotFoundError(f"ImageNet-200: {len(empty)} class folders without images "
                                 f"({', '.join(IMAGE_EXTENSIONS)}): {', '.join(empty[:3])}"
@@ -174,7 +248,7 @@ def list_split(data_dir: str | Path, split: str, per_class: int | None = None) -
     paths, labels = [], []
     for label, wnid in enumerate(CLASSES):
         names = sorted(files[wnid])  # ImageFolder lists each class's files sorted
-        paths += [str(root / wnid / n) for n in names]
+        paths += [str(folders[wnid] / n) for n in names]
         labels += [label] * len(names)
     return ImageList(tuple(paths), np.asarray(labels, dtype=np.int64))
 

@@ -1,15 +1,18 @@
 """Client partitions of a training set, saved without pickles: IID and Dirichlet label skew (the `alphas` of a
-config), and the other partition kinds of NIID-Bench (Li et al. 2022) and the natural federated datasets
-(a `partitions` entry): #C=k label skew, quantity skew, feature-noise skew and one client per writer."""
+config), and the other partition kinds of NIID-Bench (Li et al. 2022), the natural federated datasets and the
+splits papers publish as files (a `partitions` entry): #C=k label skew, quantity skew, feature-noise skew, one
+client per writer, and a split file."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -255,6 +258,83 @@ def natural_partition(writer_ids: np.ndarray | None, num_clients: int, seed: int
 NATURAL_SELECT = ("first", "random")
 
 
+# A published split's image names: the index of the image in the dataset's training set and its label (the
+# data/cifar10/preprocessing/save_images.py of Caldarola et al.'s repository, under github.com/debcaldarola,
+# numbers CIFAR's training images in the order of the python version's batches, data_batch_1..5).
+_SPLIT_IMAGE = re.compile(r"img_(\d+)_label_(\d+)\.png")
+
+
+def split_file_partition(labels: np.ndarray, path: str | Path, num_clients: int, seed: int, min_size: int = 1,
+                         dataset: str = "the dataset") -> Partition:
+    """The client split a paper published as a file: LEAF's JSON layout (Caldas et al. 2018: ``users``,
+    ``num_samples``, ``user_data: {user: {"x": [...], "y": [...]}}``) whose ``x`` name training images as
+    ``img_<index>_label_<label>.png``, ``index`` counting the dataset's whole training set in its published order.
+
+    That is how Caldarola et al. 2022 publish their CIFAR-10 and CIFAR-100 splits (their repository, under
+    github.com/debcaldarola: ``data/cifar10/data/train/federated_train_alpha_<a>.json``): Hsu et al. 2020's
+    Dirichlet splits, 500 images per client, alpha 0 meaning one class per client. Client k is the k-th user in
+    ascending order of its id (numeric when every id is an integer). The file decides everything, so ``seed`` only
+    labels the result; every image must carry the label the training set gives it, and no image may belong to two
+    clients. Images the file leaves out stay with no client (the CIFAR-10 alpha 0.05 file holds 49,999 of 50,000).
+    """
+    labels = np.asarray(labels)
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PartitionError(f"partition kind split_file: {path} not found (a published split in LEAF's JSON "
+                             "layout, e.g. Caldarola et al.'s federated_train_alpha_0.05.json)") from None
+    except json.JSONDecodeError as err:
+        raise PartitionError(f"partition kind split_file: {path} is not JSON: {err}") from None
+    missing = [key for key in ("users", "user_data") if key not in data]
+    if missing:
+        raise PartitionError(f"partition kind split_file: {path} lacks {', '.join(missing)} (LEAF's layout: "
+                             "users, num_samples, user_data)")
+    users = [str(u) for u in data["users"]]
+    if all(u.lstrip("-").isdigit() for u in users):
+        users.sort(key=int)
+    else:
+        users.sort()
+    if len(users) != num_clients:
+        raise PartitionError(f"partition kind split_file: {path} splits among {len(users)} clients, but the run has "
+                             f"num_clients {num_clients}: set num_clients to {len(users)}")
+    user_data = {str(u): v for u, v in data["user_data"].items()}
+    shards, owner = [], np.full(len(labels), -1, dtype=np.int64)
+    for client, user in enumerate(users):
+        if user not in user_data:
+            raise PartitionError(f"partition kind split_file: {path}: user {user} has no user_data")
+        names, ys = user_data[user].get("x", []), user_data[user].get("y", [])
+        if len(names) != len(ys):
+            raise PartitionError(f"partition kind split_file: {path}: user {user} has {len(names)} x but {len(ys)} y")
+        index = np.empty(len(names), dtype=np.int64)
+        for i, (name, y) in enumerate(zip(names, ys, strict=True)):
+            match = _SPLIT_IMAGE.fullmatch(Path(str(name)).name)
+            if match is None:
+                raise PartitionError(f"partition kind split_file: {path}: user {user}'s image {name!r} is not named "
+                                     "img_<index>_label_<label>.png")
+            at, named = int(match.group(1)), int(match.group(2))
+            if at >= len(labels):
+                raise PartitionError(
+                    f"partition kind split_file: {path} names training image {at}, but {dataset}'s client pool has "
+                    f"{len(labels)} images: the file indexes the whole training set, so set the dataset's "
+                    "proxy_fraction to 0")
+            if named != int(y) or named != int(labels[at]):
+                raise PartitionError(
+                    f"partition kind split_file: {path}: image {at} is labelled {named} in its name and {y} in y, "
+                    f"but {dataset} labels it {int(labels[at])}: the file is not a split of this dataset (or of "
+                    "its training set in the published order)")
+            if owner[at] >= 0:
+                raise PartitionError(f"partition kind split_file: {path}: image {at} belongs to clients "
+                                     f"{int(owner[at])} and {client}")
+            owner[at] = client
+            index[i] = at
+        if len(index) < min_size:
+            raise PartitionError(f"partition kind split_file: {path}: client {client} (user {user}) holds "
+                                 f"{len(index)} images, fewer than partition.min_size={min_size}")
+        shards.append(np.sort(index))
+    return Partition(tuple(shards), math.nan, seed, len(labels), kind="split_file", options={"path": str(path)})
+
+
 @dataclass(frozen=True)
 class PartitionKind:
     """A partition kind: all that planning, the partition job and data loading ask of it, so that none of them
@@ -266,7 +346,9 @@ class PartitionKind:
     partition job would; `needs_writers`: the writer splits by each sample's writer (`writer_ids`, None for the
     other kinds), so planning refuses a dataset whose declaration has none (data.specs `writers`); `inputs`: the
     input transform, (x_train, partition) -> the training pool as the clients see it, applied wherever a client's
-    or the union's data is loaded (data.federated.client_inputs), None for the inputs as stored."""
+    or the union's data is loaded (data.federated.client_inputs), None for the inputs as stored; `files`: the files
+    its writer reads, options -> paths (the partition job's inputs, so that a changed file remakes the split), None
+    for none."""
 
     name: str
     options: dict[str, Any]
@@ -275,6 +357,7 @@ class PartitionKind:
     fits: Callable[[str, dict[str, Any], str], list[str]] | None = None
     needs_writers: bool = False
     inputs: Callable[[Any, Partition], Any] | None = None
+    files: Callable[[dict[str, Any]], list[str]] | None = None
 
 
 def _classes_fit(where: str, options: dict[str, Any], dataset: str) -> list[str]:
@@ -339,6 +422,14 @@ def _make_natural(labels, num_clients, seed, min_size, max_tries, writer_ids, da
     return natural_partition(writer_ids, num_clients, seed, select, min_size, dataset)
 
 
+def _make_split_file(labels, num_clients, seed, min_size, max_tries, writer_ids, dataset, path):
+    return split_file_partition(labels, path, num_clients, seed, min_size, dataset)
+
+
+def _split_file_files(options: dict[str, Any]) -> list[str]:
+    return [str(options["path"])]
+
+
 PARTITION_KINDS: dict[str, PartitionKind] = {k.name: k for k in (
     PartitionKind("dirichlet", {"alpha": None}, "Hsu et al. 2019; NIID-Bench (Li et al. 2022)", _make_dirichlet),
     PartitionKind("iid", {}, "McMahan et al. 2017", _make_iid),
@@ -348,6 +439,8 @@ PARTITION_KINDS: dict[str, PartitionKind] = {k.name: k for k in (
     PartitionKind("feature_noise", {"sigma": None}, "NIID-Bench noise-based feature skew", _make_feature_noise,
                   inputs=_feature_noise_inputs),
     PartitionKind("natural", {"select": "first"}, "LEAF (Caldas et al. 2018)", _make_natural, needs_writers=True),
+    PartitionKind("split_file", {"path": None}, "Caldarola et al. 2022's published splits (Hsu et al. 2020)",
+                  _make_split_file, files=_split_file_files),
 )}
 
 
@@ -376,6 +469,12 @@ def kind_options(entry: dict) -> dict[str, Any]:
     set to None counts as not given)."""
     spec = PARTITION_KINDS[entry["kind"]]
     return {name: default if entry.get(name) is None else entry[name] for name, default in spec.options.items()}
+
+
+def kind_files(entry: dict) -> list[str]:
+    """The files the writer of a `partitions` entry reads (its `PartitionKind.files`; none for most kinds)."""
+    spec = PARTITION_KINDS[entry["kind"]]
+    return [] if spec.files is None else spec.files(kind_options(entry))
 
 
 def check_partition_entry(label: str, entry: dict) -> list[str]:

@@ -31,6 +31,7 @@ from fedscape.data.specs import (
     DATA_DIR_HOLDS,
     DATASET_BASELINES,
     DATASET_NAMES,
+    DATASETS,
     FEMNIST_CLASSES,
     NO_DOWNLOAD,
     RAW_SOURCE_DATASETS,
@@ -38,6 +39,7 @@ from fedscape.data.specs import (
     SHAKESPEARE_SEQ_LEN,
     SHAKESPEARE_VOCAB,
     SOURCES,
+    STORED_IMAGE_AUGMENTATIONS,
 )
 
 DIGITS_CSV = "datasets/data/digits.csv.gz"  # inside the scikit-learn package
@@ -97,14 +99,16 @@ class Source:
 
 def load_source(name: str, *, data_dir: str | None = None, seed: int = 0, test_fraction: float = 0.25,
                 proxy_fraction: float = 0.0, download: bool = False, source: str = "preprocessed",
-                seq_len: int | None = None) -> Source:
+                seq_len: int | None = None, augment: str = "none") -> Source:
     """Read dataset ``name`` (one of ``DATASET_NAMES``) and split it.
 
     ``test_fraction`` sets the seeded stratified test split of ``digits``; CIFAR keeps its official
     train/test split and ignores it. ``proxy_fraction`` carves a seeded stratified proxy part out of
     the train part (disjoint from train and test). ``data_dir`` applies to CIFAR, LEAF's datasets and ImageNet-200,
     ``download`` to CIFAR only (LEAF's are built by LEAF's own scripts: ValueError). ``source="raw"``
-    (shakespeare only) cuts sequences of ``seq_len`` characters (None: 80) from LEAF's raw texts.
+    (shakespeare only) cuts sequences of ``seq_len`` characters (None: 80) from LEAF's raw texts. ``augment``: the
+    training augmentation; one that crops a larger stored image (``resized_crop``) has the training images read at
+    the dataset's ``train_stored_size`` (ImageNet-200: 256x256).
     """
     if not 0.0 <= proxy_fraction < 1.0:
         raise ValueError(f"proxy_fraction must be in [0, 1), got {proxy_fraction}")
@@ -121,7 +125,9 @@ def load_source(name: str, *, data_dir: str | None = None, seed: int = 0, test_f
     if name in _CIFAR:
         return _cifar(name, data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download)
     if name == "imagenet200":
-        return _imagenet200(data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download)
+        stored = DATASETS[name].train_stored_size if augment in STORED_IMAGE_AUGMENTATIONS else None
+        return _imagenet200(data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download,
+                            train_size=stored or imagenet200.IMAGE_SIZE)
     if name in NO_DOWNLOAD:
         return _leaf(name, data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download)
     raise unknown_name_error("dataset", name, DATASET_NAMES)
@@ -132,7 +138,8 @@ def source_from_options(name: str, options: dict) -> Source:
     return load_source(name, data_dir=options.get("data_dir"), seed=options.get("split_seed", 0),
                        test_fraction=options.get("test_fraction", 0.25),
                        proxy_fraction=options.get("proxy_fraction", 0.0), download=options.get("download", False),
-                       source=options.get("source", DATASET_BASELINES["source"]), seq_len=options.get("seq_len"))
+                       source=options.get("source", DATASET_BASELINES["source"]), seq_len=options.get("seq_len"),
+                       augment=options.get("augment", "none"))
 
 
 def stratified_split(
@@ -383,10 +390,12 @@ def _leaf(name: str, *, data_dir: str | None, seed: int = 0, proxy_fraction: flo
 
 
 def _imagenet200(*, data_dir: str | None, seed: int = 0, proxy_fraction: float = 0.0, download: bool = False,
-                 train_per_class: int = imagenet200.TRAIN_PER_CLASS) -> Source:
+                 train_per_class: int = imagenet200.TRAIN_PER_CLASS,
+                 train_size: int = imagenet200.IMAGE_SIZE) -> Source:
     """FedAlign's ImageNet-200 (Mendieta et al. 2022, Sec. 4.1): `fedscape.data.imagenet200` lists the training
     images kept of each of its 200 classes (500) and all their validation images (the test set); nothing is decoded
-    here."""
+    here. ``train_size``: the side of the training images (the shorter side resized to 256, the centre crop of that
+    side: 224, the code's evaluation transform; 256, the image `resized_crop` crops from)."""
     if download:
         raise ValueError(f"datasets.imagenet200.download: fedscape cannot download imagenet200: "
                          f"{NO_DOWNLOAD['imagenet200']}; set download: false and data_dir to the folder holding "
@@ -398,6 +407,6 @@ def _imagenet200(*, data_dir: str | None, seed: int = 0, proxy_fraction: float =
     test = imagenet200.list_split(data_dir, "val")
     rng = np.random.default_rng(seed)
     train_index, proxy_index = _split_proxy(np.arange(len(train.labels)), train.labels, proxy_fraction, rng)
-    return Source("imagenet200", imagenet200.ImageFolderImages(train.paths), train.labels,
+    return Source("imagenet200", imagenet200.ImageFolderImages(train.paths, size=train_size), train.labels,
                   imagenet200.ImageFolderImages(test.paths), test.labels, train_index, np.arange(len(test.labels)),
                   proxy_index, len(imagenet200.CLASSES), imagenet200.CLASSES)

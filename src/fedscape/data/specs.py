@@ -53,6 +53,12 @@ class DatasetInfo:
     writers: bool = False  # each sample has a writer / user id (LEAF's datasets): the `natural` partition kind
     inputs: str = "image"  # one of INPUT_KINDS
     needs_data_dir: bool = False  # read from the files below `datasets.<name>.data_dir` (False: bundled)
+    # How its images are held in memory: "float32", normalised once; "uint8", the decoded pixels, normalised per batch
+    # on their device (`fedscape.data.datasets.StoredImages`: a quarter of the memory, the same float32 batches)
+    stored: str = "float32"
+    # The side of the stored training images where it is larger than image_size (None: the same): the image that
+    # `resized_crop` draws its crops from, evaluated by its centre image_size crop
+    train_stored_size: int | None = None
 
     def client_pool_bound(self, test_fraction: float, proxy_fraction: float) -> int:
         """An upper bound of the samples split among the clients (the splits round per class)."""
@@ -73,8 +79,11 @@ class DatasetInfo:
 
     @property
     def augmentations(self) -> tuple[str, ...]:
-        """The augmentations its samples admit (crop_flip moves pixels, so images only)."""
-        return AUGMENTATIONS if self.inputs == "image" else ("none",)
+        """The augmentations its samples admit (crop_flip moves pixels, so images only; resized_crop crops a larger
+        stored image, so only a dataset that stores one)."""
+        if self.inputs != "image":
+            return ("none",)
+        return tuple(a for a in AUGMENTATIONS if a not in STORED_IMAGE_AUGMENTATIONS or self.train_stored_size)
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -97,13 +106,31 @@ DATASETS: dict[str, DatasetInfo] = {
                                "ImageNet-200 (FedAlign, Mendieta et al. 2022): 200 classes of ImageNet-1k, 500 "
                                "training images each, decoded to 224x224 from data_dir's train/<wnid>/ and "
                                "val/<wnid>/ JPEGs", imagenet200.TRAIN_PER_CLASS * len(imagenet200.CLASSES), True,
-                               needs_data_dir=True),
+                               needs_data_dir=True, stored="uint8",
+                               train_stored_size=imagenet200.RESIZE),
 }
 DATASET_NAMES: tuple[str, ...] = tuple(sorted(DATASETS))
 # `datasets.<name>` keys added after results existed, with their baselines (what every job read before the key):
 # a job's `dataset_options` leave a key out at its baseline (`dataset_settings`), so adding them reran nothing.
-DATASET_BASELINES: dict[str, object] = {"source": "preprocessed", "seq_len": None}
-AUGMENTATIONS: tuple[str, ...] = ("none", "crop_flip")
+DATASET_BASELINES: dict[str, object] = {"source": "preprocessed", "seq_len": None, "targets": "next"}
+# What a text data set's targets are (`datasets.<name>.targets`): `next`, the token after each sequence (one class
+# per sample, LEAF's Shakespeare task); `every`, the next token at every position, the input shifted by one (a
+# sequence task, targets [N, T] and logits [N, vocab, T]: `fedscape.models.loss`), as the layer-wise LMC authors
+# train and evaluate their GPT (Adilova et al. 2023; link-er/layer-wise-lmc LLMC/get_llm.py: get_batch's targets are
+# the window shifted by one, its accuracy the mean over every position). The first is the baseline.
+TARGETS: tuple[str, ...] = ("next", "every")
+# none; crop_flip (the CIFAR standard: CROP_PADDING); resized_crop: FedAlign's ImageNet training transform
+# (data_loader.py _data_transforms_imagenet: torchvision's RandomResizedCrop(224, scale=(0.08, 1)), ColorJitter(0.4,
+# 0.4, 0.4), RandomHorizontalFlip), drawn per batch from the stored train_stored_size image
+AUGMENTATIONS: tuple[str, ...] = ("none", "crop_flip", "resized_crop")
+STORED_IMAGE_AUGMENTATIONS: tuple[str, ...] = ("resized_crop",)  # they need DatasetInfo.train_stored_size
+# Client training trains them one client after another: the crop sizes differ per image, which the stacked
+# clients' batches of the vectorised trainer do not take (fedscape.fl.vectorized refuses them)
+SEQUENTIAL_AUGMENTATIONS: tuple[str, ...] = ("resized_crop",)
+RESIZED_CROP_SCALE = (0.08, 1.0)  # the code's crop_scale: the crop's share of the image's area
+RESIZED_CROP_RATIO = (3 / 4, 4 / 3)  # torchvision RandomResizedCrop's default aspect ratios (the code keeps them)
+COLOR_JITTER = 0.4  # the code's jitter_param: brightness, contrast and saturation factors drawn in [0.6, 1.4]
+STORAGE: tuple[str, ...] = ("float32", "uint8")  # DatasetInfo.stored
 CROP_PADDING = 4  # pixels of zero padding before the random crop (the CIFAR standard)
 # Datasets fedscape reads only from files made elsewhere: `download` cannot fetch them.
 NO_DOWNLOAD: dict[str, str] = {
@@ -115,7 +142,8 @@ NO_DOWNLOAD: dict[str, str] = {
 DATA_DIR_HOLDS: dict[str, str] = {
     "femnist": "LEAF's train/ and test/ JSON files",
     "shakespeare": "LEAF's train/ and test/ JSON files",
-    "imagenet200": "ImageNet-1k's train/<wnid>/ and val/<wnid>/ image folders (fedscape.data.imagenet200)",
+    "imagenet200": ("ImageNet-1k's train/<wnid>/ image folders and val/ (sorted into <wnid>/ folders, or flat "
+                    "with LOC_val_solution.csv; fedscape.data.imagenet200)"),
 }
 # Datasets whose folder layout is checked before their jobs start (torch-free, listing folders only): the problems
 # of a data_dir, each naming the missing path.
@@ -158,13 +186,26 @@ def dataset_settings(options: dict) -> dict:
     return without_baselines(options, DATASET_BASELINES)
 
 
+def target_model_options(options: dict) -> dict:
+    """The model option a data set's `targets` (`datasets.<name>` settings `options`) asks of the models trained on it:
+    `{"targets": "every"}` for a sequence task, none at the baseline (so the init jobs of other data sets keep their
+    settings); `fedscape.models.registry.build_model` reads it."""
+    targets = options.get("targets", DATASET_BASELINES["targets"])
+    return {} if targets == DATASET_BASELINES["targets"] else {"targets": targets}
+
+
 def dataset_option_problems(name: str, options: dict) -> list[str]:
     """Settings of `datasets.<name>` that its kind of data cannot honour (each naming the key)."""
     if name not in DATASETS:
         return []
     info, problems = DATASETS[name], []
     augment = options.get("augment", "none")
-    if augment in AUGMENTATIONS and augment not in info.augmentations:
+    if augment in STORED_IMAGE_AUGMENTATIONS and info.inputs == "image" and augment not in info.augmentations:
+        problems.append(f"datasets.{name}.augment: {augment} draws crops from training images stored larger than "
+                        f"the images trained on, which only "
+                        f"{', '.join(n for n, i in DATASETS.items() if i.train_stored_size)} keeps; use "
+                        f"{' or '.join(info.augmentations)}")
+    elif augment in AUGMENTATIONS and augment not in info.augmentations:
         problems.append(f"datasets.{name}.augment: {augment} augments images, but {name} gives "
                         f"{info.input_description}; use {' or '.join(info.augmentations)}")
     source = options.get("source", DATASET_BASELINES["source"])
@@ -176,6 +217,10 @@ def dataset_option_problems(name: str, options: dict) -> list[str]:
         problems.append(f"datasets.{name}.seq_len: {seq_len} characters per sequence, but only shakespeare from its "
                         f"raw texts (source: raw) cuts sequences of a chosen length (LEAF's preprocessed files fix "
                         f"{SHAKESPEARE_SEQ_LEN}); set source: raw or leave seq_len null")
+    targets = options.get("targets", DATASET_BASELINES["targets"])
+    if targets != DATASET_BASELINES["targets"] and info.inputs != "tokens":
+        problems.append(f"datasets.{name}.targets: {targets} predicts the next token at every position of a text, "
+                        f"but {name} gives {info.input_description}; use targets: next")
     if options.get("download") and name in NO_DOWNLOAD:
         problems.append(f"datasets.{name}.download: fedscape cannot download {name} ({NO_DOWNLOAD[name]}); "
                         f"set download: false and data_dir to the folder holding {DATA_DIR_HOLDS[name]}")

@@ -39,23 +39,28 @@ def client_generator(seed: int, round_: int, client_id: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(seed, round_, client_id))
 
 
-def batch_order(n: int, batch_size: int, epochs: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """Index batches for `epochs` shuffled passes over n samples (the last batch may be smaller)."""
+def batch_order(n: int, batch_size: int, epochs: int, generator: torch.Generator,
+                drop_last: bool = False) -> list[torch.Tensor]:
+    """Index batches for `epochs` shuffled passes over n samples (the last batch may be smaller; `drop_last`: left
+    out, unless it is the pass's only batch, so that every client trains). The same draws either way."""
     batches = []
+    end = n - batch_size + 1 if drop_last and n >= batch_size else n
     for _ in range(epochs):
         perm = torch.randperm(n, generator=generator)
-        batches.extend(perm[i : i + batch_size] for i in range(0, n, batch_size))
+        batches.extend(perm[i : i + batch_size] for i in range(0, end, batch_size))
     return batches
 
 
-def step_batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> list[torch.Tensor]:
+def step_batches(n: int, batch_size: int, steps: int, generator: torch.Generator,
+                 drop_last: bool = False) -> list[torch.Tensor]:
     """Exactly `steps` index batches, cycling through shuffled passes over n samples as `batch_order` makes them
-    (a pass's last batch may be smaller); the pass cut short draws its whole permutation, like a full one."""
+    (a pass's last batch may be smaller, or dropped: `drop_last`); the pass cut short draws its whole permutation,
+    like a full one."""
     if n < 1:
         raise ValueError("a client without samples cannot take local steps")
     batches: list[torch.Tensor] = []
     while len(batches) < steps:
-        batches.extend(batch_order(n, batch_size, 1, generator))
+        batches.extend(batch_order(n, batch_size, 1, generator, drop_last))
     return batches[:steps]
 
 
@@ -70,9 +75,9 @@ class LocalPlan:
 def local_plan(cfg: TrainConfig, n: int, work: int, round_: int, generator: torch.Generator) -> LocalPlan:
     """The batches of a client with n samples doing `work` epochs or steps (`cfg.work_unit`), and their lrs."""
     if cfg.work_unit == "steps":
-        batches = step_batches(n, cfg.batch_size, work, generator)
+        batches = step_batches(n, cfg.batch_size, work, generator, cfg.drop_last)
     else:
-        batches = batch_order(n, cfg.batch_size, work, generator)
+        batches = batch_order(n, cfg.batch_size, work, generator, cfg.drop_last)
     return LocalPlan(batches, cfg.step_lrs(round_, len(batches)))
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from fedscape.data.datasets import augment_batch, host_to_device
+from fedscape.data.datasets import augmented_batch, host_to_device, take_rows
 from fedscape.data.federated import FederatedData
 from fedscape.fl.local import client_generator, layer_seed, local_plan, round_work
 from fedscape.fl.schedule import update_weight
@@ -45,7 +45,7 @@ def local_train(
     generator = client_generator(cfg.seed, round_, client_id)
     torch.manual_seed(layer_seed(cfg.seed, round_, client_id))
     idx = data.client_indices[client_id]
-    x, y = data.x_train[idx], data.y_train[idx]
+    x, y = take_rows(data.x_train, idx), data.y_train[idx]  # a shard stored as uint8 stays uint8
     if work is None:
         work = cfg.client_work(round_, data.num_clients)[client_id]
     plan = local_plan(cfg, len(idx), work, round_, generator)
@@ -66,7 +66,7 @@ def local_train(
     for b, lr in zip(batches, plan.lrs, strict=True):
         for group in opt.param_groups:
             group["lr"] = lr
-        xb = augment_batch(x[b], cfg.augment, generator)
+        xb = augmented_batch(x, b, cfg.augment, generator)
         opt.zero_grad(set_to_none=True)
         loss = strategy.local_backward(model, xb, y[b], ctx)  # back-propagates the local objective
         strategy.adjust_gradients(model, ctx)

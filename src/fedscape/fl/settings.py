@@ -73,6 +73,9 @@ class TrainConfig:
     momentum: float = 0.0  # the pilot study uses plain SGD; FedAlign uses 0.9
     # Nesterov momentum (Sutskever et al. 2013, torch.optim.SGD's form): the FedAlign code's client SGD uses it.
     nesterov: bool = False
+    # Drop each pass's last, smaller batch, as torch's DataLoader(drop_last=True) of the FedAlign code's client
+    # loaders (data_preprocessing/data_loader.py) does; a client smaller than one batch keeps its one batch.
+    drop_last: bool = False
     weight_decay: float = 0.0
     participation: float = 1.0  # fraction of clients sampled each round (pilot study Fig. 7: 0.2/0.5/0.8)
     save_clients_at: tuple[int, ...] = ()  # rounds whose client models are kept (local scope, layer-wise LMC)
@@ -289,6 +292,7 @@ class TrainingSettings(JobSettings):
     eval_every: int = 1
     save_every: int = 1
     nesterov: bool = False
+    drop_last: bool = False
     swa: SWASettings | None = None  # the train job's server-side SWA (fedscape.fl.swa), None without
 
     @classmethod

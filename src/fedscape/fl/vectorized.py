@@ -80,12 +80,13 @@ from torch.func import functional_call, vmap
 
 from fedscape.core.names import unknown_name_error
 from fedscape.data.federated import FederatedData
-from fedscape.data.specs import AUGMENTATIONS, CROP_PADDING
+from fedscape.data.specs import AUGMENTATIONS, CROP_PADDING, SEQUENTIAL_AUGMENTATIONS
 from fedscape.fl.local import client_generator, layer_seed, local_plan, round_work
 from fedscape.fl.schedule import update_weight
 from fedscape.fl.settings import CLIENT_PARALLEL, TrainConfig
 from fedscape.fl.strategies.base import ClientResult, Strategy
 from fedscape.models.layers import StackedNorm, has_forward_stacked
+from fedscape.models.loss import masked_mean_loss, sample_losses
 
 log = logging.getLogger("fedscape.train")
 
@@ -155,6 +156,9 @@ def resolve_client_parallel(model: nn.Module, strategy: Strategy, cfg: TrainConf
     if mode == "sequential":
         return "sequential"
     reason = vectorization_blocker(model, strategy)
+    if reason is None and cfg.augment in SEQUENTIAL_AUGMENTATIONS:
+        reason = (f"the dataset's augment {cfg.augment} crops every image to its own size before resizing, which "
+                  "the stacked clients' batches do not take (sequential path only)")
     if reason is None and cfg.keep_optimizer_state:
         reason = "training.keep_optimizer_state keeps each client's momentum between rounds (sequential path only)"
     if reason is None and cfg.optimizer == "adamw":
@@ -256,6 +260,9 @@ class VectorizedTrainer:
                  stacked_forward: bool = True):
         if cfg.augment not in AUGMENTATIONS:
             raise unknown_name_error("augmentation", cfg.augment, AUGMENTATIONS)
+        if cfg.augment in SEQUENTIAL_AUGMENTATIONS:
+            raise ValueError(f"augmentation {cfg.augment} trains the clients one after another: set "
+                             "training.client_parallel to sequential or auto")
         self.model, self.data, self.strategy, self.cfg = model, data, strategy, cfg
         self.device = next(model.parameters()).device
         self.names = [name for name, _ in model.named_parameters()]
@@ -281,10 +288,10 @@ class VectorizedTrainer:
     # -- one client's objective, vmapped over the client axis ------------------------------------------
     def _client_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                      mask: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over the real (unmasked) samples of one client's batch."""
+        """Mean cross-entropy over the real (unmasked) samples of one client's batch (over their counted positions
+        for a sequence task, `fedscape.models.loss`)."""
         logits = functional_call(self.model, params, (x,))
-        ce = F.cross_entropy(at_least_float32(logits), y, reduction="none")
-        return (ce * mask).sum() / mask.sum()
+        return masked_mean_loss(at_least_float32(logits), y, mask)
 
     def _stacked_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                       mask: torch.Tensor, norm: StackedNorm | None) -> torch.Tensor:
@@ -294,9 +301,11 @@ class VectorizedTrainer:
             logits = self.model.forward_stacked(params, x)
         else:
             logits = self.model.forward_stacked(params, x, norm=norm)
-        ce = F.cross_entropy(at_least_float32(logits).flatten(0, 1), y.flatten(), reduction="none")
+        ce, counts = sample_losses(at_least_float32(logits).flatten(0, 1), y.flatten(0, 1))
         ce = ce.view_as(mask)
-        return (ce * mask).sum(1) / mask.sum(1)
+        if counts is None:
+            return (ce * mask).sum(1) / mask.sum(1)
+        return (ce * mask).sum(1) / (counts.view_as(mask) * mask).sum(1)
 
     def _step_loss(self, xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor, padded: bool,
                    running: dict[str, torch.Tensor] | None) -> Callable[[list[torch.Tensor]], torch.Tensor]:

@@ -1,19 +1,20 @@
-"""Loss and accuracy of a model on tensors held in memory."""
+"""Loss and accuracy of a model on tensors held in memory (per counted target: `fedscape.models.loss`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from fedscape.models.loss import correct_count, loss_sum, target_count
 from fedscape.models.specs import EVAL_BATCH_SIZE
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Mean cross-entropy and accuracy over a data set."""
+    """Mean cross-entropy and accuracy over a data set's `n` counted targets (samples; positions of a sequence
+    task)."""
 
     loss: float
     acc: float
@@ -30,7 +31,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
     A non-finite loss is returned as such (inf or nan) rather than raised: callers decide. The loss of a float64
     model is taken in float64: float64 runs are compared to float64 rounding, and rounding their logits to float32
-    would move the loss by ~1e-8.
+    would move the loss by ~1e-8. A sequence task's targets [N, T] count per position (`fedscape.models.loss`).
     """
     was_training = model.training
     model.eval()
@@ -42,8 +43,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
         yb = y[start : start + batch_size].to(device, non_blocking=True)
         logits = model(xb)
         wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 in float32, float64 kept
-        total_loss += F.cross_entropy(wide, yb, reduction="sum").double()
-        correct += (logits.argmax(dim=1) == yb).sum()
+        total_loss += loss_sum(wide, yb).double()
+        correct += correct_count(logits, yb)
     model.train(was_training)
-    n = len(y)
+    n = target_count(y)
     return EvalResult(loss=float(total_loss) / max(n, 1), acc=float(correct) / max(n, 1), n=n)

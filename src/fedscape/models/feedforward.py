@@ -1,5 +1,5 @@
 """Feed-forward chains: networks whose Linear/Conv2d layers each feed the next, without skips (mlp, cnn_small,
-convnet, vgg11), and their permutation spec (`chain_permutation_axes`: one group per hidden layer)."""
+convnet, lenet5, vgg11), and their permutation spec (`chain_permutation_axes`: one group per hidden layer)."""
 
 from __future__ import annotations
 
@@ -203,6 +203,41 @@ class ConvNet(ImageClassifier):
         h = F.relu(stacked_linear(h, params["fc.weight"], params["fc.bias"]))
         return stacked_linear(h, params["classifier.weight"], params["classifier.bias"])
 
+
+
+class LeNet5(ImageClassifier):
+    """The LeNet-5-like CNN of Hsu et al. 2020 (Federated Visual Classification with Real-World Data Distribution)
+    that Caldarola et al. 2022 (Improving Generalization in Federated Learning by Seeking Flat Minima) train on
+    CIFAR: two 5x5 convolutions of 64 filters (no padding), each followed by ReLU and a 2x2 max-pool, then FC 1600 ->
+    384 -> 192 -> classes with ReLU, no normalisation; torch's default initialisation, as the authors' code
+    (models/cifar10/cnn.py of their repository under github.com/debcaldarola) keeps it."""
+
+    permutation_axes = chain_permutation_axes  # one permutation group per hidden layer
+
+    def __init__(self, num_classes: int, in_channels: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 64, 5),  # 32 -> 28
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # -> 14
+            nn.Conv2d(64, 64, 5),  # -> 10
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # -> 5
+        )
+        self.fc1 = nn.Linear(64 * 5 * 5, 384)
+        self.fc2 = nn.Linear(384, 192)
+        self.classifier = nn.Linear(192, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return F.relu(self.fc2(F.relu(self.fc1(torch.flatten(self.features(x), 1)))))
+
+    def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        """K stacked models: grouped channels-last convolutions, then batched matmuls (vectorised training)."""
+        k = x.shape[0]
+        h = ungrouped_flat(stacked_layers(self.features, params, "features.", grouped_layout(x), k), k)
+        h = F.relu(stacked_linear(h, params["fc1.weight"], params["fc1.bias"]))
+        h = F.relu(stacked_linear(h, params["fc2.weight"], params["fc2.bias"]))
+        return stacked_linear(h, params["classifier.weight"], params["classifier.bias"])
 
 
 VGG11_CONFIG: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")

@@ -322,21 +322,31 @@ class ImageClassifier(nn.Module):
 
 
 class ProjectedClassifier(ImageClassifier):
-    """A classifier on a projection head: the backbone's features -> Linear(D, D) -> ReLU -> Linear(D, D) ->
-    the backbone's classifier, as MOON's code (Li et al. 2021, model-contrastive federated learning) and the
-    FedAlign code's MOON build it. ``forward_features`` is the head's output (MOON's representation z).
+    """A classifier on a projection head: the backbone's features -> Linear(D, D) -> ReLU -> Linear(D, O) ->
+    Linear(O, classes), as MOON's code (Li et al. 2021, model-contrastive federated learning: `ModelFedCon`'s l1, l2,
+    l3 with O = out_dim) and the FedAlign code's MOON build it. ``forward_features`` is the head's output (MOON's
+    representation z).
+
+    ``out_dim`` O: 0 (or D) keeps the backbone's classifier, which reads D features (the FedAlign code's CIFAR
+    ResNet: D -> D -> D); another width gets a new classifier Linear(O, classes), drawn after the head (the FedAlign
+    code's ImageNet ResNet18: 512 -> 512 -> 256, then fc on 256, models/resnet.py).
 
     The backbone's classifier moves to the end (``backbone.classifier`` is removed), so parameters still run
     from input to output: ``backbone.*``, ``head.*``, ``classifier.*``.
     """
 
-    def __init__(self, backbone: ImageClassifier) -> None:
+    def __init__(self, backbone: ImageClassifier, out_dim: int = 0) -> None:
         super().__init__()
+        if out_dim < 0:
+            raise ValueError(f"the projection head's out_dim must be >= 0 (0: the feature width), got {out_dim}")
         classifier = backbone.classifier
         dim = classifier.in_features
+        out = out_dim or dim
         del backbone.classifier
         self.backbone = backbone
-        self.head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+        self.head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, out))
+        if out != dim:
+            classifier = nn.Linear(out, classifier.out_features, bias=classifier.bias is not None)
         self.classifier = classifier
 
     def forward_features(self, x: Tensor) -> Tensor:

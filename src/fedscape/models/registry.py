@@ -1,12 +1,14 @@
 """Model registry: every network the pipeline trains, built by name (`build_model`).
 
-The networks live by family: `feedforward` (mlp, cnn_small, convnet, vgg11), `resnets` (the CIFAR ResNets,
+The networks live by family: `feedforward` (mlp, cnn_small, convnet, lenet5, vgg11), `resnets` (the CIFAR ResNets,
 resnet18), `tokens` (char_gpt, char_lstm), on the shared building blocks of `layers`; their torch-free facts are
 in `fedscape.models.specs`. Conventions every model follows (other stages rely on them):
 
 - ``forward(x)`` returns logits and equals ``classifier(forward_features(x))``, where
   ``forward_features`` gives the penultimate representation ``[B, D]`` (MOON) and ``classifier`` is
-  the final ``nn.Linear`` (re-initialised by pretrained init when label sets differ);
+  the final ``nn.Linear`` (re-initialised by pretrained init when label sets differ); a token model built
+  for a sequence task (``targets="every"``) returns every position's logits ``[B, vocab, T]`` instead
+  (`fedscape.models.loss`), which the algorithms reading ``forward_features`` refuse at planning;
 - modules are registered in forward order, so ``named_parameters()`` runs from input to output
   (the layer-wise analyses depend on it);
 - the only buffers are floating point (BatchNorm running statistics; no ``num_batches_tracked``),
@@ -31,7 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedscape.core.names import suggest
-from fedscape.models.feedforward import MLP, VGG11, ConvNet, SmallCNN
+from fedscape.data.specs import TARGETS
+from fedscape.models.feedforward import MLP, VGG11, ConvNet, LeNet5, SmallCNN
 from fedscape.models.layers import ImageClassifier, ProjectedClassifier
 from fedscape.models.resnets import ResNet, resnet18
 from fedscape.models.specs import (
@@ -40,6 +43,7 @@ from fedscape.models.specs import (
     ModelInfo,
     check_model_compatible,
     check_token_options,
+    is_token_model,
     model_info,
     model_option_problems,
     token_model_options,
@@ -54,7 +58,8 @@ def _token_model(cls: type[ImageClassifier], name: str) -> Callable[..., ImageCl
     (fedscape.data.specs.DatasetInfo); the classes (next characters) are the vocabulary too.
     """
 
-    def build(num_classes: int, in_channels: int, image_size: int, **options: int) -> ImageClassifier:
+    def build(num_classes: int, in_channels: int, image_size: int, every_position: bool = False,
+              **options: int) -> ImageClassifier:
         problems = model_option_problems(name, options)
         if problems:
             raise ValueError("; ".join(problems))
@@ -63,7 +68,7 @@ def _token_model(cls: type[ImageClassifier], name: str) -> Callable[..., ImageCl
         if num_classes != opts["vocab_size"]:
             raise ValueError(f"model {name!r} has vocab_size {opts['vocab_size']} but the data has "
                              f"{num_classes} classes (next characters); they must be equal")
-        return cls(**opts)
+        return cls(**opts, every_position=every_position)
 
     return build
 
@@ -90,6 +95,7 @@ _BUILDERS: dict[str, Callable[..., ImageClassifier]] = {
     "mlp": lambda num_classes, in_channels, image_size: MLP(num_classes, in_channels * image_size**2),
     "cnn_small": lambda num_classes, in_channels, image_size, norm="none": SmallCNN(num_classes, in_channels, norm),
     "convnet": lambda num_classes, in_channels, image_size: ConvNet(num_classes, in_channels),
+    "lenet5": lambda num_classes, in_channels, image_size: LeNet5(num_classes, in_channels),
     "resnet20": _cifar_resnet(3),
     "resnet56": _cifar_resnet(9),
     # the FedAlign code's resnet56: ResNet(Bottleneck, [6, 6, 6]) with torchvision's init
@@ -126,10 +132,24 @@ def build_model(
     an unknown option, an unknown name or an incompatible input size raises ValueError.
     ``projection_head=True`` (an option of every model, set by an algorithm rather than the config: MOON with
     ``head: projection``, `fedscape.fl.hparams.base.ServerSGDConfig.model_options`) puts the classifier on a
-    projection head (`ProjectedClassifier`).
+    projection head (`ProjectedClassifier`), whose output width is ``projection_dim`` (MOON's `projection_dim`;
+    absent or 0: the feature width). ``targets`` (an option of every model, set by planning from a data
+    set's `datasets.<name>.targets`, `fedscape.data.specs.TARGETS`): ``every`` builds a token model that predicts
+    every position, logits [N, vocab, T] (`fedscape.models.loss`); ``next`` (the default) the last position's.
     """
     entry = _entry(name)
     projection_head = bool(options.pop("projection_head", False))
+    projection_dim = int(options.pop("projection_dim", 0))
+    if projection_dim and not projection_head:
+        raise ValueError(f"model option projection_dim {projection_dim} sizes a projection head; set "
+                         "projection_head too")
+    targets = options.pop("targets", TARGETS[0])
+    if targets not in TARGETS:
+        raise ValueError(f"targets must be one of {', '.join(TARGETS)}, got {targets!r}")
+    if targets != TARGETS[0] and not is_token_model(name):
+        tokens = ", ".join(n for n in MODEL_INFOS if is_token_model(n))
+        raise ValueError(f"model {name!r} predicts one class per sample; targets: {targets} (a prediction at every "
+                         f"position) needs a token model: {tokens}")
     for option in options:
         if option not in entry.options:
             valid = ", ".join(entry.options) or "none"
@@ -140,5 +160,7 @@ def build_model(
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     check_model_compatible(name, in_channels, image_size)
+    if targets != TARGETS[0]:
+        options["every_position"] = True
     model = entry.build(num_classes, in_channels, image_size, **options)
-    return ProjectedClassifier(model) if projection_head else model
+    return ProjectedClassifier(model, projection_dim) if projection_head else model

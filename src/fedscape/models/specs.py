@@ -105,6 +105,15 @@ MODEL_INFOS: dict[str, ModelInfo] = {
         description="ConvNet, 6 conv + 2 FC (FC 1024 -> 64 -> classes), ReLU, no normalisation",
         paper="Li et al. 2022, Understanding Federated Learning through Loss Landscape Visualizations",
     ),
+    "lenet5": ModelInfo(
+        "lenet5",
+        residual=False,
+        image_sizes=(32,),
+        description="LeNet-5-like CNN: conv5-64, pool, conv5-64, pool, FC 1600 -> 384 -> 192 -> classes, ReLU, "
+                    "no normalisation",
+        paper="Hsu et al. 2020, Federated Visual Classification with Real-World Data Distribution; Caldarola et "
+              "al. 2022, Improving Generalization in Federated Learning by Seeking Flat Minima",
+    ),
     "resnet20": ModelInfo(
         "resnet20",
         residual=True,

@@ -2,7 +2,10 @@
 
 Inputs are int64 character ids [B, T]; ``forward`` returns the logits [B, vocab] of the character after the
 sequence (the last position's prediction), so training and evaluation treat them as classifiers over the
-vocabulary. ``forward_all`` gives every position's logits [B, T, vocab].
+vocabulary. ``forward_all`` gives every position's logits [B, T, vocab]. Built with ``every_position=True`` (a data
+set's ``targets: every``), ``forward`` returns every position's logits as a sequence task's [B, vocab, T], the class
+dimension second (`fedscape.models.loss`), as the layer-wise LMC authors train their GPT (Adilova et al. 2023; their
+training follows nanoGPT's: the targets are the input shifted by one).
 """
 
 from __future__ import annotations
@@ -75,7 +78,23 @@ class GPTBlock(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class CharGPT(ImageClassifier):
+class TokenModel(ImageClassifier):
+    """A character model: the logits of the character after the sequence [B, vocab], or, with `every_position`,
+    the logits of every position [B, vocab, T] (position t predicts token t + 1)."""
+
+    every_position: bool = False
+
+    def forward_all(self, x: Tensor) -> Tensor:
+        """Logits of every position, [B, T, vocab]."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.every_position:
+            return self.forward_all(x).transpose(1, 2)
+        return self.classifier(self.forward_features(x))
+
+
+class CharGPT(TokenModel):
     """Character-level GPT of the layer-wise LMC paper's appendix (Adilova et al. 2023), nanoGPT's architecture.
 
     Token and learned position embeddings, ``num_blocks`` pre-LayerNorm blocks, a final LayerNorm and a
@@ -86,9 +105,11 @@ class CharGPT(ImageClassifier):
     projections N(0, 0.02 / sqrt(2 num_blocks)), biases zero, as in nanoGPT.
     """
 
-    def __init__(self, vocab_size: int, seq_len: int, num_blocks: int, num_heads: int, embed_dim: int) -> None:
+    def __init__(self, vocab_size: int, seq_len: int, num_blocks: int, num_heads: int, embed_dim: int,
+                 every_position: bool = False) -> None:
         super().__init__()
         self.seq_len = seq_len
+        self.every_position = every_position
         self.wte = nn.Embedding(vocab_size, embed_dim)
         self.wpe = nn.Embedding(seq_len, embed_dim)
         self.blocks = nn.ModuleList(GPTBlock(embed_dim, num_heads) for _ in range(num_blocks))
@@ -200,7 +221,7 @@ class LSTMLayer(nn.Module):
         return torch.stack(outputs, dim=1)
 
 
-class CharLSTM(ImageClassifier):
+class CharLSTM(TokenModel):
     """LEAF's Shakespeare model (Caldas et al. 2018): embedding, two stacked LSTM layers, linear head on the last step.
 
     The two layers are two modules (``lstm.0``, ``lstm.1``) so that each is a layer of the layer-wise
@@ -209,9 +230,11 @@ class CharLSTM(ImageClassifier):
 
     no_permutation_spec = NO_PERMUTATION_SPEC["char_lstm"]  # why weight matching cannot align it
 
-    def __init__(self, vocab_size: int, seq_len: int, embed_dim: int, hidden_size: int) -> None:
+    def __init__(self, vocab_size: int, seq_len: int, embed_dim: int, hidden_size: int,
+                 every_position: bool = False) -> None:
         super().__init__()
         self.seq_len = seq_len
+        self.every_position = every_position
         self.embedding = nn.Embedding(vocab_size, embed_dim)
         self.lstm = nn.ModuleList([LSTMLayer(embed_dim, hidden_size), LSTMLayer(hidden_size, hidden_size)])
         self.classifier = nn.Linear(hidden_size, vocab_size)

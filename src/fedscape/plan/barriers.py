@@ -293,7 +293,7 @@ def make_layer_job(config: dict, pair: LayerPair, round_: int) -> LayerBarriersJ
         eval_batch_size=config["training"]["eval_batch_size"], precision=section["precision"],
         bn_stats=bn_stats_setting(config, pair.run_a, "layer_barriers"), modes=tuple(section["modes"]),
         align=bool(section["align"]), order_seed=section["order_seed"], direction_seed=section["direction_seed"],
-        direction_samples=section["direction_samples"])
+        direction_samples=section["direction_samples"], direction_moves=section["direction_moves"])
 
 
 def layer_settings(config: dict, pair: LayerPair, round_: int) -> dict:

@@ -3,7 +3,15 @@ the targets, and the checks of the `hessian` section."""
 
 from __future__ import annotations
 
-from fedscape.analysis.hessian.definitions import JOB_FILES, HessianJob, HessianSettings
+from dataclasses import replace
+
+from fedscape.analysis.hessian.definitions import (
+    JOB_FILES,
+    HessianJob,
+    HessianSettings,
+    job_clients,
+    resolve_trace_estimator,
+)
 from fedscape.core.config import ConfigError, with_result_version
 from fedscape.core.jobs import to_settings
 from fedscape.core.paths import HESSIAN_DIR, HESSIAN_FIGURE, Results
@@ -18,18 +26,20 @@ RESULT_VERSIONS = {"hessian": 1}
 
 
 def settings_from_config(section: dict) -> HessianSettings:
-    """HessianSettings from the config's `hessian` section (defaults already filled by the schema)."""
+    """HessianSettings from the config's `hessian` section (defaults already filled by the schema); `trace_estimator:
+    auto` resolved by the budget, so a job's settings name the estimator it computes with."""
     density = section["density"]
     sharp = section["sharpness"]
     return HessianSettings(
         top_k=section["top_k"], method=section["method"], tol=section["tol"], max_iter=section["max_iter"],
         trace_probes=section["trace_probes"], eval_samples=section["eval_samples"], batch_size=section["batch_size"],
-        cache_graph=section["cache_graph"], trace_estimator=section["trace_estimator"],
+        cache_graph=section["cache_graph"],
+        trace_estimator=resolve_trace_estimator(section["trace_estimator"], section["trace_probes"]),
         density=density["enabled"],
         density_steps=density["lanczos_steps"], density_probes=density["probes"],
         seed=section["seed"], sharpness=sharp["enabled"], sharpness_rho=sharp["rho"],
         sharpness_steps=sharp["steps"], sharpness_eta=sharp["eta"],
-        precision=section["precision"],
+        precision=section["precision"], clients=section["clients"],
     )
 
 
@@ -123,12 +133,15 @@ def shared_source(config: dict, runs: list, run, round_: int):
 
 def make_hessian_job(config: dict, runs: list, run, round_: int) -> HessianJob:
     """Everything one Hessian job needs, resolved; `shared_from`: the run id whose job's result this one copies
-    (`shared_source`), None when it computes."""
+    (`shared_source`), None when it computes. A bound `hessian.clients` of at least the run's clients is `all` in
+    the job (`job_clients`): the same job, so a bound set for a large grid leaves the smaller runs' jobs as they
+    were."""
     source = shared_source(config, runs, run, round_)
+    settings = settings_from_config(config["hessian"])
     return HessianJob(run=run.fields(), run_id=run.run_id, round=int(round_),
                       dataset_options=dataset_settings(config["datasets"][run.dataset]),
                       device=config["training"]["device"],
-                      hessian=settings_from_config(config["hessian"]),
+                      hessian=replace(settings, clients=job_clients(settings.clients, run.num_clients)),
                       shared_from=None if source is None else source.run_id)
 
 

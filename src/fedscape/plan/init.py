@@ -8,7 +8,7 @@ from fedscape.core.config import ConfigError, canonical, with_result_version
 from fedscape.core.jobs import declared_defaults, to_settings
 from fedscape.core.paths import PARTITION_DIR, Results
 from fedscape.core.runs import Run, resolve_run
-from fedscape.data.specs import DATASET_NAMES, dataset_info, dataset_settings
+from fedscape.data.specs import DATASET_NAMES, dataset_info, dataset_settings, target_model_options
 from fedscape.fl.settings import RUN_ONLY_TRAINING_KEYS, TrainingSettings
 from fedscape.plan.train import check_training, merge_training, work_list_problems
 from fedscape.stages.init_settings import INIT_JOBS, InitJob, PretrainConfig, kind_spec
@@ -22,7 +22,8 @@ def planned_init(config: dict, runs: list[Run], dataset: str, model: str, init: 
     its `inits` entry that the kind reads and what else it needs (`init_extras`)."""
     info = dataset_info(dataset, config["datasets"][dataset])
     spec = config["inits"][init]
-    return INIT_JOBS[spec["kind"]](dataset=dataset, model=model, model_options=config["model_options"].get(model, {}),
+    model_options = {**config["model_options"].get(model, {}), **target_model_options(config["datasets"][dataset])}
+    return INIT_JOBS[spec["kind"]](dataset=dataset, model=model, model_options=model_options,
                                    in_channels=info.in_channels, image_size=info.image_size,
                                    num_classes=info.num_classes, init=init, **kind_spec(spec),
                                    **init_extras(config, runs, dataset, model, init))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fedscape.core.config import canonical, with_result_version
 from fedscape.core.jobs import to_settings
 from fedscape.core.names import suggest
 from fedscape.core.runs import Run
 from fedscape.core.setting import is_partition_label
-from fedscape.data.partition import check_partition_dataset, check_partition_entry, kind_options
+from fedscape.data.partition import check_partition_dataset, check_partition_entry, kind_files, kind_options
 from fedscape.data.specs import dataset_info, dataset_settings
 from fedscape.stages.partition_settings import PartitionJob
 
@@ -31,6 +33,14 @@ def partition_settings(config: dict, dataset: str, setting: str, num_clients: in
     (`canonical`), as they have always been: Snakemake records them as text, key order included."""
     job = planned_partition(config, dataset, setting, num_clients, seed)
     return with_result_version(canonical(to_settings(job)), RESULT_VERSIONS["partition"])
+
+
+def partition_files(config: dict, setting: str) -> list[str]:
+    """The files a partition job of `setting` reads that exist (the rule's input): those of its `partitions` entry's
+    kind (a split file), none for an alpha. A file that is not there yet is left out, as a dataset's files are, so
+    that a dry run plans without it; the job then names it."""
+    files = kind_files(config["partitions"][setting]) if is_partition_label(setting) else []
+    return [f for f in files if Path(f).is_file()]
 
 
 def check(config: dict, runs: list[Run]) -> list[str]:

@@ -11,12 +11,19 @@ from fedscape.core.names import suggest
 from fedscape.core.paths import Results
 from fedscape.core.runs import Run
 from fedscape.data.partition import PartitionError, check_partition_file
-from fedscape.data.specs import DATASET_NAMES, dataset_info, dataset_option_problems, dataset_settings
+from fedscape.data.specs import (
+    DATASET_NAMES,
+    SEQUENTIAL_AUGMENTATIONS,
+    dataset_info,
+    dataset_option_problems,
+    dataset_settings,
+)
 from fedscape.fl.hparams.registry import (
     ALGORITHM_NAMES,
     algorithm_config,
     algorithm_spec,
     check_algorithm_model,
+    check_algorithm_targets,
     hyperparameter_type_problems,
 )
 from fedscape.fl.schedule import DEFAULT_LOCAL_EPOCHS, WORK_KEYS
@@ -257,8 +264,35 @@ def check(config: dict, runs: list[Run]) -> list[str]:
             check_algorithm_model(config["algorithms"][label]["name"], model)
         except ValueError as exc:
             problems.append(f"algorithms.{label}: {exc}")
+    for label, dataset in sorted({(r.algorithm, r.dataset) for r in known
+                                  if config["algorithms"][r.algorithm]["name"] in ALGORITHM_NAMES}):
+        try:
+            check_algorithm_targets(config["algorithms"][label]["name"], config["datasets"][dataset]["targets"],
+                                    f"datasets.{dataset}.targets")
+        except ValueError as exc:
+            problems.append(f"algorithms.{label}: {exc}")
+    problems += _sequential_augmentations(config, known)
     if not problems:
         problems += _work_lists(config, runs)
+    return problems
+
+
+def _sequential_augmentations(config: dict, runs: list[Run]) -> list[str]:
+    """An augmentation only sequential client training applies (SEQUENTIAL_AUGMENTATIONS: resized_crop) with
+    client_parallel vectorized asked for explicitly."""
+    problems = []
+    for dataset, label in sorted({(r.dataset, r.algorithm) for r in runs}):
+        augment = (config["datasets"][dataset] or {}).get("augment")
+        if augment not in SEQUENTIAL_AUGMENTATIONS:
+            continue
+        overrides = config["algorithms"][label]["training"]
+        if {**config["training"], **overrides}.get("client_parallel") == "vectorized":
+            where = f"algorithms.{label}.training" if "client_parallel" in overrides else "training"
+            problem = (f"{where}.client_parallel: vectorized trains stacked clients' batches, but "
+                       f"datasets.{dataset}.augment {augment} crops each image to its own size first (sequential "
+                       f"client training only); set client_parallel to auto or sequential")
+            if problem not in problems:
+                problems.append(problem)
     return problems
 
 

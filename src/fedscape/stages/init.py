@@ -26,14 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fedscape.core.config import digest
 from fedscape.core.io import atomic_path
 from fedscape.core.jobs import to_settings
 from fedscape.core.seeds import derive_seed
 from fedscape.core.setting import IID
-from fedscape.data.datasets import augment_batch, dataset_from_options, normalisation
+from fedscape.data.datasets import augment_batch, augmented_batch, dataset_from_options, normalisation, take_rows
 from fedscape.data.federated import federate
 from fedscape.data.imagenet32 import ImageNet32
 from fedscape.data.partition import check_partition_file
@@ -43,6 +42,7 @@ from fedscape.fl.strategies.registry import make_strategy
 from fedscape.models.checkpoint import ModelMeta, load_trajectory, save_trajectory
 from fedscape.models.device import describe_compute, log_compute, resolve_device, use_precision
 from fedscape.models.evaluate import EvalResult, evaluate
+from fedscape.models.loss import mean_loss
 from fedscape.models.params import flatten_buffers, flatten_params, load_buffers, load_params
 from fedscape.models.registry import build_model
 from fedscape.models.specs import EVAL_BATCH_SIZE
@@ -127,16 +127,21 @@ class ProxyData:
             return self.x[index.to(self.x.device)]
         return self.stream.batch(index, self.mean, self.std, self.y.device)
 
+    def augmented(self, index: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+        """`batch` of ``index`` augmented with ``kind`` (from the stored images where the augmentation crops them)."""
+        if self.x is not None:
+            return augmented_batch(self.x, index.to(self.x.device), kind, generator)
+        return augment_batch(self.batch(index), kind, generator)
+
     def evaluate(self, model: torch.nn.Module, batch_size: int = EVAL_BATCH_SIZE) -> EvalResult:
         """Loss and accuracy of ``model`` on every proxy sample, ``batch_size`` inputs in memory at a time."""
         if self.x is not None:
             return evaluate(model, self.x, self.y, batch_size)
-        loss, correct = 0.0, 0.0
+        loss, correct, n = 0.0, 0.0, 0
         for start in range(0, len(self), batch_size):
             index = torch.arange(start, min(start + batch_size, len(self)))
             part = evaluate(model, self.batch(index), self.y[index.to(self.y.device)], batch_size)
-            loss, correct = loss + part.loss * part.n, correct + part.acc * part.n
-        n = len(self)
+            loss, correct, n = loss + part.loss * part.n, correct + part.acc * part.n, n + part.n
         return EvalResult(loss=loss / max(n, 1), acc=correct / max(n, 1), n=n)
 
 
@@ -159,7 +164,7 @@ def proxy_data(job: PretrainedInit, device: torch.device | str = "cpu") -> Proxy
         x, y = ds.x_train, ds.y_train
         if job.max_samples is not None and job.max_samples < len(y):
             keep = torch.from_numpy(np.sort(np.random.default_rng(job.seed).permutation(len(y))[: job.max_samples]))
-            x, y = x[keep], y[keep]
+            x, y = take_rows(x, keep), y[keep]
         return ProxyData(y.to(device), ds.num_classes, f"dataset:{name}", x=x.to(device))
     ds = dataset_from_options(job.dataset, options)
     if len(ds.y_proxy) == 0:
@@ -212,7 +217,7 @@ def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torc
         total, count = 0.0, 0
         for i in range(0, len(y), cfg.batch_size):
             b = perm[i : i + cfg.batch_size]  # on the CPU: a streamed proxy reads these rows from disk
-            loss = F.cross_entropy(model(augment_batch(proxy.batch(b), augment, generator)), y[b.to(device)])
+            loss = mean_loss(model(proxy.augmented(b, augment, generator)), y[b.to(device)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -17,12 +17,12 @@ statistics recomputed from the training data, as Garipov et al. train and evalua
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from fedscape.analysis.barriers.definitions import CurveSettings, curve_lr_factor, interpolation_grid
 from fedscape.analysis.barriers.maths import Point, Splits, evaluate_point
+from fedscape.models.loss import mean_loss
 from fedscape.models.params import buffer_specs, param_specs
 from fedscape.models.specs import EVAL_BATCH_SIZE
 
@@ -84,7 +84,7 @@ def train_bend(model: nn.Module, a: Point, b: Point, x: Tensor, y: Tensor, setti
         buffers = (1.0 - t) * a.buffers + t * b.buffers
         state.update({s.name: buffers[s.slice].view(s.shape) for s in bspecs})
         xb, yb = x[idx].to(device), y[idx].to(device)
-        loss = F.cross_entropy(functional_call(model, state, (xb,)).float(), yb)
+        loss = mean_loss(functional_call(model, state, (xb,)).float(), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

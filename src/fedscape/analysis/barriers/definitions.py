@@ -26,6 +26,10 @@ ALL_MODES: tuple[str, ...] = MODES + CUMULATION_MODES
 # halfway as the single-layer average moves it; a barrier of `single` far below this one says the layer's
 # average lies in a valley, not merely that the loss is flat around the models.
 CONTROL_MODES: tuple[str, ...] = ("random_direction",)
+# Which models the control moves: `both` (a by d/2 and b by -d/2, the mirror of the single-layer average, which
+# moves both) or `first` (a alone by d/2: the authors' script samples a point at the layer's distance from model 1
+# and interpolates model 1 towards it, and their plot compares that half-way point with the average).
+DIRECTION_MOVES: tuple[str, ...] = ("both", "first")
 LAYER_MODES: tuple[str, ...] = ALL_MODES + CONTROL_MODES  # every value of layer_barriers.modes
 SPLITS: tuple[str, ...] = ("train", "test")
 # `aligned`: the curve to model b as trained (False) or to b with its hidden units permuted to match a by
@@ -259,8 +263,8 @@ class InterpolationJob(JobSettings):
 class LayerBarriersJob(JobSettings):
     """One job of rule layer_barriers: a pair's layer-wise barriers and distances at one round (Adilova et al.
     2023). The defaults are the baselines. A seed of a mode the job does not run is no part of its settings (None):
-    `order_seed` only with mode random, `direction_seed` and `direction_samples` only with a control mode, so that
-    changing it reruns exactly the jobs that draw from it."""
+    `order_seed` only with mode random, `direction_seed`, `direction_samples` and `direction_moves` (at its default
+    otherwise) only with a control mode, so that changing it reruns exactly the jobs that draw from it."""
 
     rule = "layer_barriers"
     pair: str
@@ -278,6 +282,7 @@ class LayerBarriersJob(JobSettings):
     order_seed: int | None = None
     direction_seed: int | None = None
     direction_samples: int | None = None
+    direction_moves: str = "both"  # DIRECTION_MOVES
 
     def __post_init__(self) -> None:
         if "random" not in self.modes:
@@ -285,6 +290,7 @@ class LayerBarriersJob(JobSettings):
         if not set(CONTROL_MODES) & set(self.modes):
             object.__setattr__(self, "direction_seed", None)
             object.__setattr__(self, "direction_samples", None)
+            object.__setattr__(self, "direction_moves", "both")
 
     @property
     def alignments(self) -> list[bool]:

@@ -29,6 +29,7 @@ from torch import nn
 
 from fedscape.analysis.barriers.definitions import (
     CONTROL_MODES,
+    DIRECTION_MOVES,
     FULL_MODEL,
     MODES,
     barrier_ratio,
@@ -182,19 +183,24 @@ class _Evaluator:
         mixed = self.mixed(selected)
         return {s: (mixed[s][0] - self.base[s][0], mixed[s][1] - self.base[s][1]) for s in self.splits}
 
-    def random_barrier(self, index: int, seed: int, samples: int) -> dict[str, tuple[float, float]]:
+    def random_barrier(self, index: int, seed: int, samples: int, moves: str = "both"
+                       ) -> dict[str, tuple[float, float]]:
         """(loss, error) per split of the random-direction control of layer `index`, averaged over `samples`
-        directions: a and b with that layer moved by d / 2 and -d / 2, d a random direction of norm ||a_i - b_i||
-        (`layer_random_direction`), against the mean of the ends."""
+        directions d of norm ||a_i - b_i|| (`layer_random_direction`), against the mean of the ends: the mean of a
+        and b with that layer moved by d / 2 and -d / 2 (`moves` both), or a alone moved by d / 2 (`first`, as
+        the authors' LLMC/layerwise_robustness_eval.py moves model 1)."""
+        if moves not in DIRECTION_MOVES:
+            raise ValueError(f"direction_moves must be one of {', '.join(DIRECTION_MOVES)}, got {moves!r}")
         totals = {s: [0.0, 0.0] for s in self.splits}
         for sample in range(samples):
             d = layer_random_direction(self.a, self.b, self.layers[index], seed, sample)
-            moved = [evaluate_point(self.model, p, self.splits, self.batch, self.bn_x)
-                     for p in (Point(self.a.params + 0.5 * d, self.a.buffers),
-                               Point(self.b.params - 0.5 * d, self.b.buffers))]
+            points = [Point(self.a.params + 0.5 * d, self.a.buffers)]
+            if moves == "both":
+                points.append(Point(self.b.params - 0.5 * d, self.b.buffers))
+            moved = [evaluate_point(self.model, p, self.splits, self.batch, self.bn_x) for p in points]
             for s in self.splits:
-                totals[s][0] += 0.5 * (moved[0][s].loss + moved[1][s].loss) / samples
-                totals[s][1] += 0.5 * (moved[0][s].error + moved[1][s].error) / samples
+                totals[s][0] += sum(m[s].loss for m in moved) / len(moved) / samples
+                totals[s][1] += sum(m[s].error for m in moved) / len(moved) / samples
         return {s: (totals[s][0] - self.base[s][0], totals[s][1] - self.base[s][1]) for s in self.splits}
 
     def row(self, split: str, loss: float, error: float) -> dict:
@@ -222,7 +228,7 @@ def layer_random_direction(a: Point, b: Point, layer: Layer, seed: int, sample: 
 def layerwise_barriers(model: nn.Module, a: Point, b: Point, splits: Splits, batch_size: int = EVAL_BATCH_SIZE,
                        modes: Sequence[str] = MODES, layers: Sequence[Layer] | None = None,
                        seed: int = 0, bn_x: torch.Tensor | None = None, direction_seed: int = 0,
-                       direction_samples: int = 1) -> list[dict]:
+                       direction_samples: int = 1, direction_moves: str = "both") -> list[dict]:
     """Layer-wise barriers L(mixed) - mean(L(a), L(b)) for every mode and layer (Adilova et al. 2023).
 
     Rows: mode, layer_index, layer (the layer of that entry: the one averaged in `single`, the one added in
@@ -230,15 +236,16 @@ def layerwise_barriers(model: nn.Module, a: Point, b: Point, splits: Splits, bat
     barrier_loss, barrier_error, averaged (the averaged layers), their ratios to the ends' mean and the ends'
     values. `seed` draws the order of `random`; `bn_x`: recompute the batch-norm statistics of the ends and of every
     mixed model from these training inputs. Mode `random_direction` (the authors' control) moves layer i of both
-    models along `direction_samples` random directions of `direction_seed` instead of averaging it
-    (`_Evaluator.random_barrier`).
+    models (or of a alone: `direction_moves`) along `direction_samples` random directions of `direction_seed`
+    instead of averaging it (`_Evaluator.random_barrier`).
     """
     layers = list(model_layers(model) if layers is None else layers)
     ev = _Evaluator(model, a, b, layers, splits, batch_size, bn_x)
     rows = []
     for mode in modes:
         for i, group in mode_entries(len(layers), mode, seed):
-            values = (ev.random_barrier(i, direction_seed, direction_samples) if mode in CONTROL_MODES
+            values = (ev.random_barrier(i, direction_seed, direction_samples, direction_moves)
+                      if mode in CONTROL_MODES
                       else ev.barrier(group))
             for split, (loss, error) in values.items():
                 rows.append({"mode": mode, "layer_index": i, "layer": layers[i].name, "split": split,

@@ -81,11 +81,11 @@ def _order_seed(job: LayerBarriersJob) -> int:
     return 0 if job.order_seed is None else job.order_seed
 
 
-def _directions(job: LayerBarriersJob) -> tuple[int, int]:
-    """The seed and the sample count of the random directions of mode random_direction (any values where the job
-    runs no control mode: it draws none)."""
+def _directions(job: LayerBarriersJob) -> tuple[int, int, str]:
+    """The seed, the sample count and the moved models of the random directions of mode random_direction (any
+    values where the job runs no control mode: it draws none)."""
     return (0 if job.direction_seed is None else job.direction_seed,
-            1 if job.direction_samples is None else job.direction_samples)
+            1 if job.direction_samples is None else job.direction_samples, job.direction_moves)
 
 
 def _nan_layer_rows(traj, meta: dict, job: LayerBarriersJob) -> tuple[pd.DataFrame, pd.DataFrame]:

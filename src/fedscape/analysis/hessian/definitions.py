@@ -3,18 +3,31 @@ and the columns of its tables."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 from fedscape.analysis.contributions import FinalColumns
 from fedscape.core.jobs import JobSettings
 from fedscape.core.names import unknown_name_error
+from fedscape.core.seeds import derive_seed
 from fedscape.models.specs import PRECISIONS
 
 METHODS = ("power", "lanczos")
-TRACE_ESTIMATORS = ("hutchinson", "hutchpp")
+TRACE_ESTIMATORS = ("hutchinson", "hutchpp")  # what a job computes with (its settings never hold `auto`)
+AUTO = "auto"  # the config's `trace_estimator: auto`: resolved by the budget at planning (resolve_trace_estimator)
+# From this many products `auto` takes Hutch++ / Diag++, below them Hutchinson: the smallest budget measured at which
+# Hutch++'s trace lost on no model (benchmarks/README.md, bench_trace.py). Its rms error against Hutchinson's: on the
+# default run's round-30 IID model (exact Hessian) 0.77x at 10 products, 0.37x at 30, 0.18x at 100; on its round-0
+# random init 1.15x, 2.0x, 1.01x; on a cnn_small trained 3 epochs 1.5x at 10, 1.2x at 30, 0.76x at 100.
+AUTO_HUTCHPP_FROM = 100
 HESSIAN_PRECISIONS = tuple(p for p in PRECISIONS if p != "bf16")
 CLIENT_COLUMNS = ["run_id", "round", "hn", "hd", "status"]  # status: ok, or diverged (HN, HD NaN)
+# hessian_clients.csv's column when `hessian.clients` bounds the per-client analyses: the number of clients HN and
+# HD are computed over (0: none, HN and HD NaN)
+CLIENTS_COLUMN = "clients"
 EVAL_ALL = "all"  # eval_samples: every sample of each data set, no graph kept between products
+ALL_CLIENTS = "all"  # clients: every client's data analysed (the baseline)
+_CLIENT_SAMPLE_STREAM = 0x48434C53  # seed stream of the sample of clients (`client_sample`)
 # final.csv's Hessian columns: lambda_max and the trace of the final and of the initial (round 0) global model on
 # the aggregate training data (PyHessian, Yao et al. 2020; FedAlign Table 1), HN / HD across the clients at the
 # final round (FedAlign Table 1).
@@ -41,9 +54,8 @@ class HessianSettings(JobSettings):
     max_iter: int  # PyHessian's maxIter is 100
     trace_probes: int  # fixed Hutchinson probe count: PyHessian's early stop was measured at 4% error
     # "hutchpp": Hutch++ trace and Diag++ diagonal from the same `trace_probes` products (a low-rank sketch
-    # taken exactly, Hutchinson on the rest; Meyer et al. 2021, Baston & Nakatsukasa 2022). Not the default:
-    # on bench_trace.py's cnn_small its trace erred 1.5x Hutchinson's at 10 products and 1.2x at 30, its
-    # diagonal more at 10-100 (benchmarks/README.md); it won only on the trace at 100.
+    # taken exactly, Hutchinson on the rest; Meyer et al. 2021, Baston & Nakatsukasa 2022). The config's `auto`
+    # (its default) is resolved to one of the two at planning (resolve_trace_estimator), never kept here.
     trace_estimator: str = "hutchinson"  # baseline: Hutchinson
     # A fixed, seeded subset of this many samples per data set; None = all samples (PyHessian: a fixed batch set);
     # EVAL_ALL: the whole training split streamed batch by batch (the FedAlign code's Hessian, over its train loader).
@@ -66,8 +78,17 @@ class HessianSettings(JobSettings):
     # Of the Hessian-vector products (fedscape.models.device.use_precision): fp32, the reference the eigenvalues'
     # tolerance is stated against, or tf32 on CUDA. Not bf16: an 8-bit mantissa cannot hold 1e-4 relative.
     precision: str = "fp32"
+    # Whose data the per-client quantities (each client's rows of hessian.csv, HN and HD) are computed on: every
+    # client (ALL_CLIENTS), or a seeded sample of this many (`client_sample`; 0: none, HN and HD NaN). One
+    # Hessian per client is what FedAlign's HN / HD ask (Mendieta et al. 2022, Table 1), 3,400 of them per model
+    # on FEMNIST's natural split; the Meta poster's top eigenvalue needs the aggregate data only. Baseline: all.
+    clients: int | str = ALL_CLIENTS
 
     def __post_init__(self) -> None:
+        if self.clients != ALL_CLIENTS and (isinstance(self.clients, bool) or not isinstance(self.clients, int)
+                                            or self.clients < 0):
+            raise ValueError(f"clients must be {ALL_CLIENTS!r} or an integer >= 0 (a seeded sample of that many "
+                             f"clients; 0: no per-client analysis), got {self.clients!r}")
         if self.precision not in HESSIAN_PRECISIONS:
             raise unknown_name_error("Hessian precision", self.precision, HESSIAN_PRECISIONS)
         if self.method not in METHODS:
@@ -118,6 +139,30 @@ class HessianJob(JobSettings):
     shared_from: str | None = None
 
 
+def job_clients(clients: int | str, num_clients: int) -> int | str:
+    """The `clients` setting of a job on a run of `num_clients` clients: ALL_CLIENTS when the bound takes them all
+    (the job is then the one of `clients: all`: same settings, same outputs), else the bound."""
+    return ALL_CLIENTS if clients == ALL_CLIENTS or clients >= num_clients else int(clients)
+
+
+def client_sample(num_clients: int, clients: int | str, seed: int) -> list[int]:
+    """The clients (indices, sorted) whose data a job with setting `clients` analyses: every client for ALL_CLIENTS
+    (or a bound of at least `num_clients`), else `clients` distinct ones drawn uniformly without replacement from a
+    stream of `seed` alone, so that every model of a run, and every run of as many clients, has the same sample."""
+    if job_clients(clients, num_clients) == ALL_CLIENTS:
+        return list(range(num_clients))
+    rng = random.Random(derive_seed(seed, _CLIENT_SAMPLE_STREAM))
+    return sorted(rng.sample(range(num_clients), int(clients)))
+
+
+def client_columns(clients: int | str) -> list[str]:
+    """Columns of results/tables/hessian_clients.csv for the config's `hessian.clients`: CLIENT_COLUMNS when every
+    client is analysed (the table's columns before the option existed), else with CLIENTS_COLUMN before status."""
+    if clients == ALL_CLIENTS:
+        return list(CLIENT_COLUMNS)
+    return [*CLIENT_COLUMNS[:-1], CLIENTS_COLUMN, CLIENT_COLUMNS[-1]]
+
+
 def hessian_columns(top_k: int) -> list[str]:
     """Columns of results/tables/hessian.csv (`status`: ok, or diverged for the NaN rows of a skipped job;
     `sharpness`, `adaptive_sharpness`: NaN unless `hessian.sharpness.enabled`)."""
@@ -131,9 +176,19 @@ DENSITY_COLUMNS = ["run_id", "round", "data", "probe", "node", "weight"]
 JOB_FILES = {"table": "hessian.csv", "clients": "hessian_clients.csv", "density": "density.csv",
              "plane": "eigen_plane.npz", "details": "hessian.json"}
 AGGREGATE = "all"  # the `data` value of the aggregate training data (union of the client shards)
-INTEGER_COLUMNS = ("round", "n_eval", "iterations")  # kept integers in the gathered tables beside NaN rows
+# kept integers in the gathered tables beside NaN rows
+INTEGER_COLUMNS = ("round", "n_eval", "iterations", CLIENTS_COLUMN)
 
 
 def client_label(client: int) -> str:
     """The `data` value of client k's rows."""
     return f"client_{client}"
+
+
+def resolve_trace_estimator(name: str, trace_probes: int) -> str:
+    """The estimator a job computes with: `name` itself, or for `auto` Hutch++ from AUTO_HUTCHPP_FROM products and
+    Hutchinson below (so a small budget, where Hutch++'s third of sketch products may not pay, and every budget
+    Hutch++ cannot take, < 4, keeps Hutchinson)."""
+    if name != AUTO:
+        return name
+    return "hutchpp" if trace_probes >= AUTO_HUTCHPP_FROM else "hutchinson"

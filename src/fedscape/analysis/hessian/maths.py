@@ -27,12 +27,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from fedscape.analysis.hessian.definitions import EVAL_ALL, HessianSettings
 from fedscape.core.seeds import derive_seed
+from fedscape.data.datasets import batch_slices
+from fedscape.models.loss import loss_sum, target_count
 
 log = logging.getLogger("fedscape.hessian")
 
@@ -63,7 +64,8 @@ class HessianOperator:
     device's default (`default_hvp_mode`).
 
     The model is put in eval mode for the operator's lifetime (restored by `close`). Uneven batches are
-    weighted by their size so the operator is the Hessian of the mean loss over all samples. TF32 matmuls
+    weighted by their size so the operator is the Hessian of the mean loss over all samples (over all counted
+    positions for a sequence task's targets [N, T], `fedscape.models.loss`). TF32 matmuls
     and convolutions are switched off on CUDA until `close` (their ~1e-3 relative error would swamp a 1e-4
     tolerance).
     """
@@ -86,10 +88,9 @@ class HessianOperator:
         self._sizes = [p.numel() for p in model.parameters()]
         self._buffers = {n: b.detach() for n, b in model.named_buffers()}
         self.center = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
-        self.n = len(y)
+        self.n = target_count(y)  # counted targets: samples, or a sequence task's positions (models.loss)
         self.dim = self.center.numel()
-        self.batches = [(x[i:i + batch_size].to(self.device), y[i:i + batch_size].to(self.device))
-                        for i in range(0, self.n, batch_size)]
+        self.batches = batch_slices(x.to(self.device), y.to(self.device), batch_size)
         self.mode = default_hvp_mode(self.device) if hvp is None else hvp
         if self.mode not in HVP_MODES:
             raise ValueError(f"unknown HVP mode {self.mode!r}: one of {', '.join(HVP_MODES)}")
@@ -104,7 +105,7 @@ class HessianOperator:
     def _batch_loss(self, w: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
         params = {n: t.view(s) for n, t, s in zip(self._names, torch.split(w, self._sizes), self._shapes, strict=True)}
         logits = functional_call(self.model, {**params, **self._buffers}, (xb,))
-        return F.cross_entropy(logits, yb, reduction="sum") / self.n
+        return loss_sum(logits, yb) / self.n
 
     def _gradient(self, w: Tensor, create_graph: bool) -> Tensor:
         total = torch.zeros_like(w)

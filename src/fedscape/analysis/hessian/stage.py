@@ -1,6 +1,7 @@
 """The Hessian stage: one job per (run, round) evaluates the global model on the aggregate data (top-k
-eigenpairs, Hutchinson trace, SLQ density, the eigenvector plane) and on every client's data (top-k
-eigenvalues, trace and Hessian diagonal, hence HN and HD of FedAlign, Mendieta et al. 2022)."""
+eigenpairs, Hutchinson trace, SLQ density, the eigenvector plane) and on every client's data, or a seeded sample
+of the clients (`hessian.clients`): top-k eigenvalues, trace and Hessian diagonal, hence HN and HD of FedAlign,
+Mendieta et al. 2022."""
 
 from __future__ import annotations
 
@@ -16,18 +17,23 @@ import torch
 
 from fedscape.analysis.hessian.definitions import (
     AGGREGATE,
-    CLIENT_COLUMNS,
+    ALL_CLIENTS,
+    CLIENTS_COLUMN,
     DENSITY_COLUMNS,
     EVAL_ALL,
     HessianJob,
+    HessianSettings,
+    client_columns,
     client_label,
+    client_sample,
     hessian_columns,
 )
 from fedscape.analysis.hessian.maths import analyse, eval_subset, hessian_norm_direction, orthonormal_plane
 from fedscape.analysis.landscape.planes import META_KEYS, Plane, save_plane
 from fedscape.core.io import write_csv, write_json
 from fedscape.core.runs import DIVERGED, OK
-from fedscape.data.federated import load_federated_data
+from fedscape.data.datasets import take_rows
+from fedscape.data.federated import FederatedData, load_federated_data
 from fedscape.models.checkpoint import load_trajectory
 from fedscape.models.device import describe_compute, job_precision, resolve_device
 
@@ -72,6 +78,25 @@ def write_eigen_plane(path: str | Path, center, center_buffers, d1, d2, meta: di
     save_plane(path, plane)
 
 
+def aggregate_eval_data(data: FederatedData, settings: HessianSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples of the aggregate training data that a job's Hessian is evaluated on: the fixed, seeded subset of
+    `eval_samples` (stream key 0), or the whole union for `all` (the split itself, without a copy of it)."""
+    x_all, y_all = data.union()
+    if settings.eval_samples != EVAL_ALL:
+        idx = eval_subset(len(y_all), settings.eval_samples, settings.seed, key=0).to(x_all.device)
+        x_all, y_all = take_rows(x_all, idx), y_all[idx]
+    return x_all, y_all
+
+
+def client_eval_data(data: FederatedData, settings: HessianSettings, client: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The samples of client `client` that a job's Hessian is evaluated on: the fixed, seeded subset of
+    `eval_samples` (stream key client + 1), or all of them."""
+    client_idx = data.client_indices[client]
+    ix = client_idx[eval_subset(len(client_idx), settings.eval_samples, settings.seed, key=client + 1)
+                    .to(client_idx.device)]
+    return take_rows(data.x_train, ix), data.y_train[ix]
+
+
 @job_precision(lambda settings: HessianJob.from_settings(settings).hessian.precision)
 def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: str | Path,
                   outputs: dict[str, str | Path]) -> None:
@@ -94,10 +119,7 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
              run_id, round_, device, traj.params.shape[1], data.num_clients, hs.top_k, hs.method, hs.trace_probes)
 
     # the aggregate data: eigenpairs (the plane), trace, density
-    x_all, y_all = data.union()
-    if hs.eval_samples != EVAL_ALL:  # all: the split itself, without a copy of it
-        idx = eval_subset(len(y_all), hs.eval_samples, hs.seed, key=0).to(x_all.device)
-        x_all, y_all = x_all[idx], y_all[idx]
+    x_all, y_all = aggregate_eval_data(data, hs)
     agg = analyse(model, x_all, y_all, hs)
     log.info("data %s (n=%d): lambda = %s, trace = %.6g +- %.3g (%d products, %.1f s)", AGGREGATE, agg.n_eval,
              ", ".join(f"{v:.6g}" for v in agg.eigen.values), agg.hutchinson.trace, agg.hutchinson.stderr,
@@ -111,18 +133,21 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
             density_rows.extend({"run_id": run_id, "round": round_, "data": AGGREGATE, "probe": p, "node": float(n),
                                  "weight": float(w)} for n, w in zip(nodes, weights, strict=True))
 
-    # each client's data: eigenvalues, trace and the diagonal (HN, HD)
+    # each client's data (all, or the sample of `hessian.clients`): eigenvalues, trace and the diagonal (HN, HD)
+    clients = client_sample(data.num_clients, hs.clients, hs.seed)
+    if hs.clients != ALL_CLIENTS:
+        log.info("per-client analyses on %d of the %d clients (hessian.clients %s, seed %d)", len(clients),
+                 data.num_clients, hs.clients, hs.seed)
+        details["clients"] = clients
     diagonals = []
-    for k, client_idx in enumerate(data.client_indices):
-        sub = eval_subset(len(client_idx), hs.eval_samples, hs.seed, key=k + 1).to(client_idx.device)
-        ix = client_idx[sub]
-        rep = analyse(model, data.x_train[ix], data.y_train[ix], hs, density=False)
+    for i, k in enumerate(clients):
+        rep = analyse(model, *client_eval_data(data, hs, k), hs, density=False)
         diagonals.append(rep.hutchinson.diagonal)
         rows.append(_row(run_id, round_, client_label(k), rep, hs.top_k))
         details["data"][client_label(k)] = _details(rep)
-        log.info("client %d/%d (n=%d): lambda_1 = %.6g, trace = %.6g +- %.3g (%.1f s)", k + 1, data.num_clients,
+        log.info("client %d (%d/%d, n=%d): lambda_1 = %.6g, trace = %.6g +- %.3g (%.1f s)", k, i + 1, len(clients),
                  rep.n_eval, rep.eigen.values[0], rep.hutchinson.trace, rep.hutchinson.stderr, rep.seconds)
-    hn, hd = hessian_norm_direction(diagonals)
+    hn, hd = hessian_norm_direction(diagonals)  # NaN with fewer than two clients
     log.info("HN = %.6g, HD = %.6f over %d clients", hn, hd, len(diagonals))
     details.update({"hn": hn, "hd": hd})
 
@@ -143,8 +168,8 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
                       d1.cpu().numpy(), d2.cpu().numpy(), meta)
 
     write_csv(pd.DataFrame(rows, columns=hessian_columns(hs.top_k)), outputs["table"])
-    client_row = {"run_id": run_id, "round": round_, "hn": hn, "hd": hd, "status": OK}
-    write_csv(pd.DataFrame([client_row], columns=CLIENT_COLUMNS), outputs["clients"])
+    client_row = {"run_id": run_id, "round": round_, "hn": hn, "hd": hd, CLIENTS_COLUMN: len(clients), "status": OK}
+    write_csv(pd.DataFrame([client_row], columns=client_columns(hs.clients)), outputs["clients"])
     write_csv(pd.DataFrame(density_rows, columns=DENSITY_COLUMNS), outputs["density"])
     details["seconds"] = round(time.perf_counter() - t_start, 3)
     write_json(outputs["details"], details, default=float)
@@ -158,12 +183,12 @@ def _write_diverged(job: HessianJob, traj, reason: str, outputs: dict[str, str |
     run_id, round_ = job.run_id, job.round
     log.warning("run %s, round %d: %s; the Hessian is not computed (NaN rows with status %r)", run_id, round_,
                 reason, DIVERGED)
-    num_clients = int(job.run["num_clients"])
+    clients = client_sample(int(job.run["num_clients"]), hs.clients, hs.seed)
     rows = [{"run_id": run_id, "round": round_, "data": data, "status": DIVERGED}
-            for data in [AGGREGATE, *[client_label(k) for k in range(num_clients)]]]
+            for data in [AGGREGATE, *[client_label(k) for k in clients]]]
     write_csv(pd.DataFrame(rows, columns=hessian_columns(hs.top_k)), outputs["table"])
-    client_row = {"run_id": run_id, "round": round_, "status": DIVERGED}
-    write_csv(pd.DataFrame([client_row], columns=CLIENT_COLUMNS), outputs["clients"])
+    client_row = {"run_id": run_id, "round": round_, CLIENTS_COLUMN: len(clients), "status": DIVERGED}
+    write_csv(pd.DataFrame([client_row], columns=client_columns(hs.clients)), outputs["clients"])
     write_csv(pd.DataFrame(columns=DENSITY_COLUMNS), outputs["density"])
     nan = np.full(traj.params.shape[1], np.nan, dtype=np.float32)
     meta = {"kind": "hessian", "runs": [run_id], "round": round_, "explained_variance": None,
@@ -175,4 +200,6 @@ def _write_diverged(job: HessianJob, traj, reason: str, outputs: dict[str, str |
                       meta)
     details = {"run_id": run_id, "round": round_, "status": DIVERGED, "reason": reason,
                "settings": asdict(hs), "seconds": round(time.perf_counter() - t_start, 3)}
+    if hs.clients != ALL_CLIENTS:
+        details["clients"] = clients
     write_json(outputs["details"], details, default=float)

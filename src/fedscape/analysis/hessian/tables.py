@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedscape.analysis.hessian.definitions import HESSIAN_DATA, INTEGER_COLUMNS, REPORT
+from fedscape.analysis.hessian.definitions import CLIENTS_COLUMN, HESSIAN_DATA, INTEGER_COLUMNS, REPORT
 from fedscape.core.io import write_csv
 from fedscape.core.paths import run_of_path
-from fedscape.core.runs import OK
+from fedscape.core.runs import OK, parse_run_id
 from fedscape.outputs.tables import read_table
 
 log = logging.getLogger("fedscape.hessian")
@@ -20,9 +20,15 @@ log = logging.getLogger("fedscape.hessian")
 def gather_tables(inputs: list[str | Path], output: str | Path, columns: list[str]) -> None:
     """Concatenate per-job CSVs with exactly `columns` (in order); a diverged job's NaN rows leave the
     integer columns integers (empty where NaN)."""
+    optional = ("status", CLIENTS_COLUMN)
+    frames = [read_table(p, [c for c in columns if c not in optional], expect=run_of_path(p)) for p in inputs]
     # per-job tables written before the `status` column existed lack it: every such job was computed
-    frames = [read_table(p, [c for c in columns if c != "status"], expect=run_of_path(p)) for p in inputs]
     frames = [f if "status" in f.columns or "status" not in columns else f.assign(status=OK) for f in frames]
+    # a job that analysed every client (hessian.clients all, or a bound of at least its run's clients) writes no
+    # `clients` column: its HN and HD are over all of its run's clients
+    frames = [f if CLIENTS_COLUMN in f.columns or CLIENTS_COLUMN not in columns
+              else f.assign(**{CLIENTS_COLUMN: [int(parse_run_id(r)["num_clients"]) for r in f["run_id"]]})
+              for f in frames]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
     for col in INTEGER_COLUMNS:
         if col in df.columns and len(df):

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
 from fedscape.analysis.landscape.grid import Grid, chunk_bounds, gather_chunks
 from fedscape.analysis.landscape.planes import Plane
+from fedscape.data.datasets import batch_slices
+from fedscape.models.loss import correct_count, loss_sum, sample_losses, target_count
 from fedscape.models.params import FlatParams, load_buffers
 from fedscape.models.specs import EVAL_BATCH_SIZE
 
@@ -124,13 +125,10 @@ class SurfaceEvaluator:
         self.center = self.flat.to_layout(plane.center.to(self.device, dtype))
         self.d1 = self.flat.to_layout(plane.d1.to(self.device, dtype))
         self.d2 = self.flat.to_layout(plane.d2.to(self.device, dtype))
-        x = x.to(self.device)
-        if self.flat.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = y.to(self.device)
-        bs = settings.batch_size
-        self.batches = [(x[s : s + bs], y[s : s + bs]) for s in range(0, len(y), bs)]
-        self.n = len(y)
+        x, y = x.to(self.device), y.to(self.device)
+        layout = torch.channels_last if self.flat.channels_last and x.dim() == 4 else None
+        self.batches = batch_slices(x, y, settings.batch_size, layout)
+        self.n = target_count(y)  # counted targets: samples, or a sequence task's positions (models.loss)
         if self.n == 0:
             raise ValueError("no evaluation data: the surface's data set is empty")
         self._batched = None
@@ -188,8 +186,8 @@ class SurfaceEvaluator:
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         for xb, yb in self.batches:
             logits = self.model(xb)
-            total += F.cross_entropy(logits.float(), yb, reduction="sum").double()
-            correct += (logits.argmax(dim=1) == yb).sum()
+            total += loss_sum(logits.float(), yb).double()
+            correct += correct_count(logits, yb)
         return total, correct
 
     def _many(self, group: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,10 +197,10 @@ class SurfaceEvaluator:
         total = torch.zeros(kk, dtype=torch.float64, device=self.device)
         correct = torch.zeros(kk, dtype=torch.int64, device=self.device)
         for xb, yb in self.batches:
-            logits = self._batched(stacked, xb)  # [K, B, C]
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), yb.repeat(kk), reduction="none")
+            logits = self._batched(stacked, xb)  # [K, B, C] ([K, B, C, T] for a sequence task)
+            ce, _ = sample_losses(logits.flatten(0, 1).float(), yb.repeat(kk, *(1,) * (yb.ndim - 1)))
             total += ce.view(kk, -1).double().sum(dim=1)
-            correct += (logits.argmax(dim=2) == yb).sum(dim=1)
+            correct += correct_count(logits, yb, dims=1)
         return total, correct
 
 

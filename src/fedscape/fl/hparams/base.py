@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedscape.data.specs import DATASET_BASELINES
 from fedscape.models.specs import MODEL_NAMES, model_info
 
 
@@ -37,12 +38,22 @@ class AlgorithmSpec:
     # Why the algorithm needs a fresh local optimiser every round (training.keep_optimizer_state refused); None: it
     # does not.
     fresh_optimizer: str | None = None
+    # Why the algorithm's maths needs one prediction per sample, so that it refuses a sequence task (a data set's
+    # `targets: every`, fedscape.models.loss); None: its loss is the mean cross-entropy, which counts per position.
+    per_sample: str | None = None
 
     def check_training(self, training: dict) -> None:
         """ValueError when the algorithm cannot train with these (resolved) `training` settings."""
         if training.get("keep_optimizer_state") and self.fresh_optimizer:
             raise ValueError(f"{self.name} cannot keep the clients' optimiser state between rounds "
                              f"(training.keep_optimizer_state): {self.fresh_optimizer}")
+
+    def check_targets(self, targets: str, where: str) -> None:
+        """ValueError when the algorithm cannot train on targets `targets` (`fedscape.data.specs.TARGETS`) of the
+        data set named by `where`."""
+        if targets != DATASET_BASELINES["targets"] and self.per_sample:
+            raise ValueError(f"{self.name} cannot train a model predicting every position ({where}: {targets}): "
+                             f"{self.per_sample}; use {where}: {DATASET_BASELINES['targets']} or another algorithm")
 
     def check_model(self, model: str) -> None:
         """ValueError when the algorithm cannot train `model` (e.g. StochDepth on a plain CNN)."""

@@ -23,4 +23,6 @@ class FedAlignConfig(ServerSGDConfig):
 
 SPECS = (AlgorithmSpec("fedalign", FedAlignConfig, "fedalign:FedAlign", "FedAlign",
                   "Mendieta et al. 2022, Local Learning Matters: Rethinking Data Heterogeneity in Federated Learning",
-                  requires="width_sliceable"),)
+                  requires="width_sliceable",
+                  per_sample="its Lipschitz regulariser compares one final representation per sample "
+                             "(Mendieta et al. 2022, Eq. 4)"),)

@@ -26,4 +26,6 @@ class GradAugConfig(ServerSGDConfig):
 
 SPECS = (AlgorithmSpec("gradaug", GradAugConfig, "gradaug:GradAug", "GradAug",
                   "Yang et al. 2020, GradAug: A New Regularization Method for Deep Neural Networks; FedAlign paper",
-                  requires="width_sliceable"),)
+                  requires="width_sliceable",
+                  per_sample="its sub-networks are distilled from the full network's one prediction per sample "
+                             "(Yang et al. 2020)"),)

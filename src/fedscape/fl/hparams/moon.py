@@ -18,7 +18,10 @@ class MoonConfig(ServerSGDConfig):
 
     mu: float = 1.0  # FedAlign paper, Sec. 3.2: the tuned optimum for MOON
     temperature: float = 0.5  # Li et al. 2021 (MOON) and the FedAlign code
-    projection_dim: int = 0  # head output size; 0 = the feature width D (FedAlign code: D -> D -> D)
+    # The head's output size O (MOON's code: `out_dim` of ModelFedCon); 0 = the feature width D (the FedAlign code's
+    # CIFAR ResNet: D -> D -> D). With head projection a width other than D puts a new classifier Linear(O, classes)
+    # on the head, as both codes do (the FedAlign code's ImageNet ResNet18: 512 -> 512 -> 256, models/resnet.py).
+    projection_dim: int = 0
     # Where the classifier sits. "side": on the backbone's features, the head a side branch feeding only the
     # contrastive term (kept by the strategy; the saved model is the plain classifier). "projection": on the
     # head's output, as in MOON's code (Li et al. 2021, model-contrastive federated learning) and the FedAlign
@@ -30,14 +33,15 @@ class MoonConfig(ServerSGDConfig):
             raise ValueError("MOON needs temperature > 0, mu >= 0 and projection_dim >= 0")
         if self.head not in MOON_HEADS:
             raise unknown_name_error("MOON head", self.head, MOON_HEADS)
-        if self.head == "projection" and self.projection_dim:
-            raise ValueError(f"MOON head projection keeps the initial model's classifier, which reads the D "
-                             f"features, on the head's output: projection_dim must be 0 (= D, as MOON's and the "
-                             f"FedAlign code's D -> D -> D head), got {self.projection_dim}")
 
     def model_options(self) -> dict:
-        return {"projection_head": True} if self.head == "projection" else {}
+        """head projection: the classifier on the head (`fedscape.models.layers.ProjectedClassifier`), of output
+        width projection_dim where set (a network its 0 does not build: the analyses rebuild it from these)."""
+        if self.head != "projection":
+            return {}
+        return {"projection_head": True, **({"projection_dim": self.projection_dim} if self.projection_dim else {})}
 
 
 SPECS = (AlgorithmSpec("moon", MoonConfig, "moon:Moon", "MOON",
-                  "Li et al. 2021, Model-Contrastive Federated Learning"),)
+                  "Li et al. 2021, Model-Contrastive Federated Learning",
+                  per_sample="its contrastive term compares one representation per sample (Li et al. 2021, Eq. 3)"),)

@@ -126,6 +126,11 @@ def check_algorithm_model(name: str, model: str) -> None:
     algorithm_spec(name).check_model(model)
 
 
+def check_algorithm_targets(name: str, targets: str, where: str) -> None:
+    """ValueError when algorithm `name` cannot train on a data set's targets `targets` (`where`: the config key)."""
+    algorithm_spec(name).check_targets(targets, where)
+
+
 def display_name(name: str) -> str:
     """An algorithm as its paper writes it ('FedAvg'); labels that are no algorithm name are kept."""
     spec = ALGORITHM_SPECS.get(str(name).lower())

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedscape.fl.aggregate import mean_delta, sample_weights, weighted_mean
 from fedscape.fl.hparams.base import ServerSGDConfig
 from fedscape.fl.server_opt import ServerOptimizer, ServerSGD
+from fedscape.models.loss import mean_loss
 
 
 @dataclass
@@ -31,7 +31,7 @@ class ClientContext:
     round: int
     client_id: int
     global_params: torch.Tensor  # flat, on the training device; never modified
-    x: torch.Tensor
+    x: torch.Tensor  # the client's inputs (a StoredImages where the dataset is stored as uint8: index it for floats)
     y: torch.Tensor
     generator: torch.Generator  # CPU generator of the client's batch order; strategies draw from it too
     lr: float = 0.0  # the local learning rate (SCAFFOLD's option-II control variate divides by it)
@@ -184,7 +184,7 @@ class Strategy:
 
     def local_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext) -> torch.Tensor:
         """The local objective on one batch; FedAvg minimises the plain cross-entropy."""
-        return F.cross_entropy(model(x), y)
+        return mean_loss(model(x), y)
 
     def adjust_gradients(self, model: nn.Module, ctx: ClientContext) -> None:
         """Change gradients after backward, before the local optimiser step (SCAFFOLD's correction)."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fedscape.fl.strategies.base import ClientContext, Strategy
+from fedscape.models.loss import mean_loss
 
 
 def sam_perturbation(params: list[torch.Tensor], grads: list[torch.Tensor], rho: float,
@@ -55,7 +55,7 @@ class FedSAM(Strategy):
                 p.add_(e)
         for p in params:
             p.grad = None
-        F.cross_entropy(model(x), y).backward()  # the gradient at w + e ...
+        mean_loss(model(x), y).backward()  # the gradient at w + e ...
         with torch.no_grad():
             for p, w in zip(params, saved, strict=True):
                 p.copy_(w)  # ... applied at w (exactly w: no rounding of w + e - e) by the step that follows

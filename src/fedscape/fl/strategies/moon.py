@@ -48,13 +48,14 @@ class Moon(Strategy):
 
     def prepare_model(self, model: nn.Module, seed: int = 0) -> nn.Module:
         """``head: projection``: `model` (taken over) with its classifier on a projection head drawn from the
-        seed stream of the side head, so both placements start from the same head; otherwise `model`."""
+        seed stream of the side head, so both placements start from the same head (a classifier of another input
+        width than the model's, `projection_dim`, is drawn next from that stream); otherwise `model`."""
         if not self.projection:
             return model
         device = next(model.parameters()).device
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(seed, _MOON_HEAD_STREAM))
-            return ProjectedClassifier(model).to(device)
+            return ProjectedClassifier(model, self.config.projection_dim).to(device)
 
     def setup(self, num_clients, num_params, device, model=None, seed=0) -> None:
         super().setup(num_clients, num_params, device, model, seed)

@@ -1,0 +1,66 @@
+"""Cross-entropy, accuracy and counts of classifiers and of sequence models: the one definition every stage uses.
+
+A classifier has targets y [N] (class ids) and logits [N, C]. A sequence task, a language model trained on every
+position of its input (the layer-wise LMC paper's GPT, Adilova et al. 2023, trained as nanoGPT trains: targets are
+the input shifted by one), has targets y [N, T] and logits [N, C, T], the class dimension second: torch's
+``cross_entropy`` then averages over all N*T positions and ``logits.argmax(1) == y`` compares per position. A
+target of ``IGNORE_INDEX`` (torch's default ``ignore_index``) marks a position that does not count (padding).
+
+Means are over the counted positions (a per-token loss and accuracy: `target_count` of a classifier's targets is
+N, so its numbers are those of a per-sample mean). A sample's weight where one is meant (FedAvg's client weights)
+stays the number of samples, sequences for a sequence task.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE_INDEX = -100  # torch's default ignore_index: a target position that counts in no loss, accuracy or count
+
+
+def is_sequence(y: Tensor) -> bool:
+    """Whether targets `y` are a sequence task's [N, T] (a classifier's are [N])."""
+    return y.ndim > 1
+
+
+def target_count(y: Tensor) -> int:
+    """The number of counted targets of `y`: N for a classifier's [N], the positions not IGNORE_INDEX for [N, T]."""
+    if not is_sequence(y):
+        return len(y)
+    return int((y != IGNORE_INDEX).sum())
+
+
+def loss_sum(logits: Tensor, y: Tensor) -> Tensor:
+    """Summed cross-entropy over the counted targets (ignored positions add 0)."""
+    return F.cross_entropy(logits, y, reduction="sum")
+
+
+def mean_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Mean cross-entropy over the counted targets (per token for a sequence task)."""
+    return F.cross_entropy(logits, y)
+
+
+def correct_count(logits: Tensor, y: Tensor, dims: int = 0) -> Tensor:
+    """The number of counted targets predicted right (an ignored target is never a class, so never right); summed
+    over every axis after the first `dims` (0: one number; 1: one per leading entry, e.g. per stacked model)."""
+    hits = logits.argmax(dim=1 + dims) == y
+    return hits.sum() if dims == 0 else hits.flatten(dims).sum(dims)
+
+
+def sample_losses(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Each sample's summed cross-entropy [N] and its number of counted positions [N] (None for a classifier,
+    whose samples count once each), for a mean over a masked subset of samples."""
+    ce = F.cross_entropy(logits, y, reduction="none")
+    if not is_sequence(y):
+        return ce, None
+    return ce.flatten(1).sum(1), (y != IGNORE_INDEX).flatten(1).sum(1).to(ce.dtype)
+
+
+def masked_mean_loss(logits: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    """Mean cross-entropy over the counted targets of the samples whose `mask` [N] is 1 (padding rows 0)."""
+    ce, counts = sample_losses(logits, y)
+    if counts is None:
+        return (ce * mask).sum() / mask.sum()
+    return (ce * mask).sum() / (counts * mask).sum()
+

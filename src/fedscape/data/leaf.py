@@ -33,6 +33,7 @@ import numpy as np
 
 from fedscape.data.specs import (
     FEMNIST_CLASSES,
+    IGNORE_INDEX,
     NO_DOWNLOAD,
     SHAKESPEARE_RAW_TEST_FRACTION,
     SHAKESPEARE_RAW_VOCAB,
@@ -44,7 +45,7 @@ LEAF_SPLITS = ("train", "test")
 FEMNIST_PIXELS = 28 * 28
 
 RAW_ROLES_DIR = "by_play_and_character"  # LEAF's folder of one text file per speaking role
-IGNORE = -100  # a target position that does not count (padding): torch's cross_entropy ignore_index
+IGNORE = IGNORE_INDEX  # a target position that does not count (padding)
 REDDIT_SEQ_LEN = 10  # LEAF's data/reddit/source/preprocess.py SEQ_LEN
 REDDIT_VOCAB_FILE = "reddit_vocab.pck"  # written by LEAF's data/reddit/build_vocab.py into --target-dir vocab
 

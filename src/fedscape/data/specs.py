@@ -11,6 +11,9 @@ from fedscape.data import imagenet200
 
 # What a dataset's samples are: float images [N, C, H, W], or int64 token ids [N, T] (text).
 INPUT_KINDS: tuple[str, ...] = ("image", "tokens")
+# A target position that counts in no loss, accuracy or count (padding of a sequence task's y [N, T]): torch's
+# default ignore_index. Readers write it (data.leaf, data.stackoverflow), models.loss skips it.
+IGNORE_INDEX = -100
 # LEAF's Shakespeare vocabulary (Caldas et al. 2018, models/utils/language_utils.py ALL_LETTERS): a
 # character's token id is its position here.
 SHAKESPEARE_VOCAB = "\n !\"&'(),-.0123456789:;>?ABCDEFGHIJKLMNOPQRSTUVWXYZ[]abcdefghijklmnopqrstuvwxyz}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-IGNORE_INDEX = -100  # torch's default ignore_index: a target position that counts in no loss, accuracy or count
+from fedscape.data.specs import IGNORE_INDEX
 
 
 def is_sequence(y: Tensor) -> bool:

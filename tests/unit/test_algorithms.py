@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from helpers.configs import SCHEMA, TINY
 from helpers.resume import killed_after_round
+from helpers.stages import train_run
 from torch import nn
 
 from fedscape.core.config import ConfigError
-from fedscape.core.paths import TRAIN_FILE_NAMES
 from fedscape.core.runs import build_runs
 from fedscape.core.seeds import derive_seed
 from fedscape.data.datasets import load_dataset
@@ -46,14 +46,8 @@ from fedscape.models.layers import ProjectedClassifier, slim_channels
 from fedscape.models.params import FlatParams, flatten_params
 from fedscape.models.registry import build_model
 from fedscape.outputs.tables import TableError
-from fedscape.plan.init import init_settings
-from fedscape.plan.partition import partition_settings
-from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config
 from fedscape.report.cost import COST_COLUMNS, cost_table
-from fedscape.stages.init import init_job
-from fedscape.stages.partition import partition_job
-from fedscape.stages.train import train_job
 
 RESIDUAL_ALGOS = {"stochdepth"}
 WIDTH_ALGOS = {"gradaug", "fedalign"}
@@ -501,15 +495,9 @@ def test_train_stage_saves_moon_s_projection_head_with_the_model(tmp_path):
     config["training"] = {**config["training"], "rounds": 2, "save_clients_at": [], "device": "cpu"}
     config = check_config(config, SCHEMA)
     (run,) = build_runs(config)
-    partition = tmp_path / "partition.npz"
-    partition_job(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
-                    tmp_path / "counts.csv")
-    init = tmp_path / "init.pt"
-    init_job(init_settings(config, [run], run.dataset, run.model, run.init), init)
-    outputs = {name: str(tmp_path / file) for name, file in TRAIN_FILE_NAMES.items()}
 
     # Execute
-    train_job(train_settings(config, run), partition, init, outputs, tmp_path / "_progress")
+    partition, init, outputs = train_run(config, [run], run, tmp_path)
 
     # Assert: the trajectory rebuilds the trained network (head included) and its final model scores the reported
     # test accuracy; row 0 is the initial model with the head put in

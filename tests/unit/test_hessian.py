@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.configs import tiny_config
+from helpers.stages import train_run
 from helpers.workflow import ROOT
 from torch import nn
 
@@ -42,18 +43,11 @@ from fedscape.analysis.hessian.stage import hessian_stage, write_eigen_plane
 from fedscape.analysis.landscape.planes import load_plane
 from fedscape.core.config import ConfigError, load_schema
 from fedscape.core.jobs import declared_defaults, to_settings
-from fedscape.core.paths import TRAIN_FILE_NAMES
 from fedscape.core.runs import build_runs
 from fedscape.data.federated import load_federated_data
 from fedscape.models.layers import BatchNorm2d
 from fedscape.plan.hessian import hessian_job_settings, hessian_jobs, settings_from_config
-from fedscape.plan.init import init_settings
-from fedscape.plan.partition import partition_settings
-from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config
-from fedscape.stages.init import init_job
-from fedscape.stages.partition import partition_job
-from fedscape.stages.train import train_job
 
 N_SAMPLES = 160
 SCHEMA = load_schema(ROOT / "workflow/schemas/config.schema.yaml")
@@ -193,12 +187,7 @@ def test_hessian_stage_with_eval_samples_all_takes_every_training_sample_of_a_mo
     config = check_config(config, SCHEMA)
     runs = build_runs(config)
     (run,) = runs
-    partition, init = tmp_path / "partition.npz", tmp_path / "init.pt"
-    partition_job(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
-                    tmp_path / "counts.csv")
-    init_job(init_settings(config, runs, run.dataset, run.model, run.init), init)
-    train = {name: str(tmp_path / file) for name, file in TRAIN_FILE_NAMES.items()}
-    train_job(train_settings(config, run), partition, init, train, tmp_path / "_progress")
+    partition, _, train = train_run(config, runs, run, tmp_path)
     outputs = {key: str(tmp_path / name) for key, name in JOB_FILES.items()}
 
     # Execute

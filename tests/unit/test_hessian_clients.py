@@ -9,6 +9,7 @@ import math
 import pandas as pd
 import pytest
 from helpers.configs import tiny_config
+from helpers.stages import train_run
 from helpers.workflow import ROOT
 
 from fedscape.analysis.hessian.definitions import (
@@ -25,16 +26,9 @@ from fedscape.analysis.hessian.stage import hessian_stage
 from fedscape.analysis.hessian.tables import final_columns, hessian_tables_job
 from fedscape.core.config import ConfigError, load_schema
 from fedscape.core.jobs import declared_defaults
-from fedscape.core.paths import TRAIN_FILE_NAMES
 from fedscape.core.runs import build_runs
 from fedscape.plan.hessian import hessian_job_settings, hessian_jobs
-from fedscape.plan.init import init_settings
-from fedscape.plan.partition import partition_settings
-from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config
-from fedscape.stages.init import init_job
-from fedscape.stages.partition import partition_job
-from fedscape.stages.train import train_job
 
 SCHEMA = load_schema(ROOT / "workflow/schemas/config.schema.yaml")
 CHEAP = {"trace_probes": 4, "max_iter": 10, "tol": 0.5, "eval_samples": 64, "density": {"enabled": False}}
@@ -130,12 +124,7 @@ def trained(tmp_path_factory):
     config = check_config(config, SCHEMA)
     runs = build_runs(config)
     (run,) = runs
-    partition, init = tmp / "partition.npz", tmp / "init.pt"
-    partition_job(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
-                  tmp / "counts.csv")
-    init_job(init_settings(config, runs, run.dataset, run.model, run.init), init)
-    train = {name: str(tmp / file) for name, file in TRAIN_FILE_NAMES.items()}
-    train_job(train_settings(config, run), partition, init, train, tmp / "_progress")
+    partition, _, train = train_run(config, runs, run, tmp)
     return {"config": config, "runs": runs, "run": run, "trajectory": train["trajectory"], "partition": partition,
             "tmp": tmp}
 

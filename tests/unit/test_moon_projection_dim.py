@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.configs import SCHEMA, TINY
+from helpers.stages import train_run
 
 from fedscape.core.config import ConfigError
-from fedscape.core.paths import TRAIN_FILE_NAMES
 from fedscape.core.runs import build_runs
 from fedscape.data.datasets import load_dataset
 from fedscape.data.federated import FederatedData
@@ -27,13 +27,8 @@ from fedscape.models.params import flatten_params, load_params
 from fedscape.models.permutation import UnsupportedModelError, permutation_spec
 from fedscape.models.registry import build_model
 from fedscape.plan.hessian import _round_zero_key
-from fedscape.plan.init import init_settings
-from fedscape.plan.partition import partition_settings
-from fedscape.plan.train import algorithm_model_options, train_settings
+from fedscape.plan.train import algorithm_model_options
 from fedscape.plan.workflow import check_config
-from fedscape.stages.init import init_job
-from fedscape.stages.partition import partition_job
-from fedscape.stages.train import train_job
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread
 
@@ -191,14 +186,9 @@ def test_the_train_stage_saves_the_narrow_head_and_the_trajectory_rebuilds_it(tm
     config["training"] = {**config["training"], "rounds": 1, "save_clients_at": [], "device": "cpu"}
     config = check_config(config, SCHEMA)
     (run,) = build_runs(config)
-    partition, init = tmp_path / "partition.npz", tmp_path / "init.pt"
-    partition_job(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
-                  tmp_path / "counts.csv")
-    init_job(init_settings(config, [run], run.dataset, run.model, run.init), init)
-    outputs = {name: str(tmp_path / file) for name, file in TRAIN_FILE_NAMES.items()}
 
     # Execute
-    train_job(train_settings(config, run), partition, init, outputs, tmp_path / "_progress")
+    _, _, outputs = train_run(config, [run], run, tmp_path)
 
     # Assert: the trajectory records the width and rebuilds the trained network from it
     trajectory = load_trajectory(outputs["trajectory"])

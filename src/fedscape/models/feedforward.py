@@ -172,6 +172,18 @@ class SmallCNN(ImageClassifier):
                                                                                                 width)), width == 1))
 
 
+def stacked_convs_then_linears(model: nn.Module, params: Mapping[str, Tensor], x: Tensor,
+                               hidden: tuple[str, ...]) -> Tensor:
+    """The stacked forward of K copies of a chain `features` (convolutions, ReLU, pooling), flattened, then the
+    hidden Linear layers `hidden` with ReLU and the classifier: grouped channels-last convolutions, then batched
+    matmuls (vectorised training)."""
+    k = x.shape[0]
+    h = ungrouped_flat(stacked_layers(model.features, params, "features.", grouped_layout(x), k), k)
+    for name in hidden:
+        h = F.relu(stacked_linear(h, params[f"{name}.weight"], params[f"{name}.bias"]))
+    return stacked_linear(h, params["classifier.weight"], params["classifier.bias"])
+
+
 class ConvNet(ImageClassifier):
     """ConvNet with 6 conv + 2 FC layers for 32x32 inputs (Li et al., 2022, FL loss-landscape pilot study)."""
 
@@ -198,10 +210,7 @@ class ConvNet(ImageClassifier):
 
     def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
         """K stacked models: grouped channels-last convolutions, then batched matmuls (vectorised training)."""
-        k = x.shape[0]
-        h = ungrouped_flat(stacked_layers(self.features, params, "features.", grouped_layout(x), k), k)
-        h = F.relu(stacked_linear(h, params["fc.weight"], params["fc.bias"]))
-        return stacked_linear(h, params["classifier.weight"], params["classifier.bias"])
+        return stacked_convs_then_linears(self, params, x, ("fc",))
 
 
 
@@ -233,11 +242,7 @@ class LeNet5(ImageClassifier):
 
     def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
         """K stacked models: grouped channels-last convolutions, then batched matmuls (vectorised training)."""
-        k = x.shape[0]
-        h = ungrouped_flat(stacked_layers(self.features, params, "features.", grouped_layout(x), k), k)
-        h = F.relu(stacked_linear(h, params["fc1.weight"], params["fc1.bias"]))
-        h = F.relu(stacked_linear(h, params["fc2.weight"], params["fc2.bias"]))
-        return stacked_linear(h, params["classifier.weight"], params["classifier.bias"])
+        return stacked_convs_then_linears(self, params, x, ("fc1", "fc2"))
 
 
 VGG11_CONFIG: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")

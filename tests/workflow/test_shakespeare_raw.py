@@ -54,6 +54,17 @@ def _random_roles(root) -> None:
     write_shakespeare_raw(root, roles)
 
 
+def _roles_trained(tables) -> pd.DataFrame:
+    """Assert one client per role (in role file order) holding every window of its first 80 % and 3 ok rounds;
+    the rounds table."""
+    parts = pd.read_csv(tables / "partitions.csv")
+    natural = parts.loc[parts["partition"] == "natural"].sort_values("client_id")
+    assert natural["num_samples"].tolist() == [int(0.8 * ROLE_LENGTHS[r]) - SEQ_LEN for r in sorted(ROLE_LENGTHS)]
+    rounds = pd.read_csv(tables / "rounds.csv")
+    assert (rounds["status"] == "ok").all() and set(rounds["round"]) == {0, 1, 2}
+    return rounds
+
+
 @pytest.mark.slow
 def test_raw_shakespeare_trains_a_gpt_per_role_and_compares_its_layers(tmp_path):
     # Prepare: three roles of random text over the 96 characters, in LEAF's raw layout
@@ -66,11 +77,7 @@ def test_raw_shakespeare_trains_a_gpt_per_role_and_compares_its_layers(tmp_path)
 
     # Assert: one client per role (in role file order) holding every window of its first 80 %
     tables = workdir / "results" / "tables"
-    parts = pd.read_csv(tables / "partitions.csv")
-    natural = parts.loc[parts["partition"] == "natural"].sort_values("client_id")
-    assert natural["num_samples"].tolist() == [int(0.8 * ROLE_LENGTHS[r]) - SEQ_LEN for r in sorted(ROLE_LENGTHS)]
-    rounds = pd.read_csv(tables / "rounds.csv")
-    assert (rounds["status"] == "ok").all() and set(rounds["round"]) == {0, 1, 2}
+    rounds = _roles_trained(tables)
     # random characters: a model can only learn the uniform guess over the 96 symbols
     assert np.abs(rounds["train_loss"] - np.log(96)).max() < 0.5
     layers = pd.read_csv(tables / "layer_barriers.csv")
@@ -96,11 +103,7 @@ def test_every_position_targets_train_a_gpt_and_reach_every_analysis(tmp_path):
 
     # Assert: the clients hold sequences as with `next` (FedAvg weighs sequences), the losses are per character
     tables = workdir / "results" / "tables"
-    parts = pd.read_csv(tables / "partitions.csv")
-    natural = parts.loc[parts["partition"] == "natural"].sort_values("client_id")
-    assert natural["num_samples"].tolist() == [int(0.8 * ROLE_LENGTHS[r]) - SEQ_LEN for r in sorted(ROLE_LENGTHS)]
-    rounds = pd.read_csv(tables / "rounds.csv")
-    assert (rounds["status"] == "ok").all() and set(rounds["round"]) == {0, 1, 2}
+    rounds = _roles_trained(tables)
     # the initial model guesses uniformly over the 96 symbols; each character is a target of up to SEQ_LEN windows
     # per epoch, so the GPT starts memorising the random training text within 2 rounds
     by_round = rounds.sort_values("round")

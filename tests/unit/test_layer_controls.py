@@ -175,6 +175,20 @@ def test_layer_random_direction_lies_in_the_layer_with_the_layers_distance():
         assert torch.equal(d, layer_random_direction(a, b, layer, seed=0))
 
 
+def _control_by_hand(model, a, b, layer, splits, moves: str) -> dict[str, float]:
+    """The random-direction barrier of `layer` per split, written out: a moved by d/2 (and b by -d/2 where `moves`
+    is both) along each of 2 directions of seed 7, the moved models' mean loss less the ends' mean."""
+    moved = []
+    for sample in (0, 1):
+        d = layer_random_direction(a, b, layer, 7, sample)
+        moved.append(evaluate_point(model, Point(a.params + 0.5 * d, a.buffers), splits))
+        if moves == "both":
+            moved.append(evaluate_point(model, Point(b.params - 0.5 * d, b.buffers), splits))
+    ends = [evaluate_point(model, p, splits) for p in (a, b)]
+    return {split: sum(m[split].loss for m in moved) / len(moved) - (ends[0][split].loss + ends[1][split].loss) / 2
+            for split in splits}
+
+
 @pytest.mark.usefixtures("float64_default")
 def test_random_direction_mode_by_hand():
     # Prepare: the control of layer i moves a by d/2 and b by -d/2 (d of norm ||a_i - b_i||), 2 directions averaged
@@ -191,16 +205,10 @@ def test_random_direction_mode_by_hand():
     assert len(df) == len(layers) * len(splits)
     assert df["averaged"].tolist() == [format_averaged([i]) for i in range(len(layers)) for _ in splits]
     for i in (0, len(layers) - 1):
-        moved = []
-        for sample in (0, 1):
-            d = layer_random_direction(a, b, layers[i], 7, sample)
-            moved += [evaluate_point(model, Point(a.params + 0.5 * d, a.buffers), splits),
-                      evaluate_point(model, Point(b.params - 0.5 * d, b.buffers), splits)]
-        ends = [evaluate_point(model, p, splits) for p in (a, b)]
+        expected = _control_by_hand(model, a, b, layers[i], splits, "both")
         for split in splits:
-            expected = (sum(m[split].loss for m in moved) / 4 - (ends[0][split].loss + ends[1][split].loss) / 2)
             row = df[(df["layer_index"] == i) & (df["split"] == split)].iloc[0]
-            assert row["barrier_loss"] == pytest.approx(expected, rel=1e-10, abs=1e-12)
+            assert row["barrier_loss"] == pytest.approx(expected[split], rel=1e-10, abs=1e-12)
     single = pd.DataFrame(layerwise_barriers(model, a, b, splits, modes=("single",)))
     assert not np.allclose(single["barrier_loss"], df["barrier_loss"])  # another perturbation than the average
 
@@ -220,14 +228,11 @@ def test_random_direction_moving_the_first_model_alone_by_hand():
                                            direction_samples=2))
 
     # Assert
-    ends = [evaluate_point(model, p, splits) for p in (a, b)]
     for i in (0, len(layers) - 1):
-        moved = [evaluate_point(model, Point(a.params + 0.5 * layer_random_direction(a, b, layers[i], 7, s),
-                                             a.buffers), splits) for s in (0, 1)]
+        expected = _control_by_hand(model, a, b, layers[i], splits, "first")
         for split in splits:
-            expected = sum(m[split].loss for m in moved) / 2 - (ends[0][split].loss + ends[1][split].loss) / 2
             row = first[(first["layer_index"] == i) & (first["split"] == split)].iloc[0]
-            assert row["barrier_loss"] == pytest.approx(expected, rel=1e-10, abs=1e-12)
+            assert row["barrier_loss"] == pytest.approx(expected[split], rel=1e-10, abs=1e-12)
     assert not np.allclose(first["barrier_loss"], both["barrier_loss"])  # b's move counts in `both` only
 
 

@@ -120,7 +120,7 @@ class StoredImages:
             return self
         return StoredImages(self.pixels.to(device, non_blocking=non_blocking), self.mean, self.std, self.size)
 
-    def materialise(self, chunk: int = 1024) -> torch.Tensor:
+    def materialise(self, chunk: int = _DECODE_CHUNK) -> torch.Tensor:
         """Every row as one float32 tensor (four times the memory), normalised chunk by chunk."""
         out = torch.empty(tuple(self.shape), dtype=torch.float32, device=self.device)
         for start in range(0, len(self), chunk):

@@ -310,12 +310,13 @@ def _attempts_report(workdir: Path, jobs: list[list[str]], log: str) -> str:
 
 
 def time_limit_config() -> dict:
-    """One FedAvg run that trains for about 2 minutes on one core: longer than a 1-minute time limit."""
+    """One FedAvg run that trains for about 2-4 minutes on one core: well beyond a 1-minute time limit and the ~30 s
+    SLURM may take to enforce it (50 rounds took 81 s on a 2-core AMD EPYC and finished before the kill landed)."""
     cfg = yaml.safe_load(TINY_CONFIG.read_text())
     keys = ("datasets", "models", "num_clients", "participation", "seeds", "partition", "training")
     cfg = {key: cfg[key] for key in keys} | {"alphas": ["iid"], "algorithms": {"fedavg": {"name": "fedavg"}},
                                              "inits": {"random": {"kind": "random", "seed": 0}}}
-    cfg["training"].update(rounds=50, local_epochs=25, batch_size=16, save_clients_at=[20])
+    cfg["training"].update(rounds=100, local_epochs=25, batch_size=16, save_clients_at=[20])
     return cfg
 
 

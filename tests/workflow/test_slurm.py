@@ -322,7 +322,8 @@ def time_limit_config() -> dict:
 
 @pytest.mark.slurm
 def test_time_limit_kill_resubmits_and_resumes_to_identical_checkpoints(slurm_cluster, tmp_path, monkeypatch):
-    # Prepare: a run longer than its 1-minute limit (runtime = attempt minutes: 1, then 2, then 3), and
+    # Prepare: a run longer than its first attempt's 1-minute limit (the resubmission gets 15 minutes, so that
+    # a slow or shared CI machine still finishes it: at 1, 2, 3 minutes all three attempts once timed out), and
     # the same run uninterrupted on the local machine, started alongside as the reference
     cfg = time_limit_config()
     runs = build_runs(check_config(yaml.safe_load(yaml.safe_dump(cfg)), load_schema(SCHEMA)))
@@ -344,13 +345,13 @@ def test_time_limit_kill_resubmits_and_resumes_to_identical_checkpoints(slurm_cl
     # Execute: the profile as typed, with a test-only time limit on the training job, and one thread as the
     # reference has: this one-node cluster shares its cores with the reference run, where two torch threads
     # beside it would spin on an oversubscribed core (a round then takes many times longer)
-    proc = snakemake(slurm_dir, target, "--profile", "slurm", "--configfile", "run.yaml", "--retries", "2",
-                     "--set-resources", "train:runtime=attempt", "--set-threads", "train=1",
-                     "--slurm-init-seconds-before-status-checks", "2", timeout=900)
+    proc = snakemake(slurm_dir, target, "--profile", "slurm", "--configfile", "run.yaml", "--retries", "1",
+                     "--set-resources", "train:runtime=1 if attempt == 1 else 15", "--set-threads", "train=1",
+                     "--slurm-init-seconds-before-status-checks", "2", timeout=1500)
 
     # Assert: the first attempt hit its time limit, a resubmission completed, resuming after a saved
     # round, and the checkpoints equal the uninterrupted run's bit for bit
-    assert reference.wait(timeout=900) == 0
+    assert reference.wait(timeout=1500) == 0
     rows = [line.split("|") for line in _slurm(
         ["sacct", "-X", "-n", "-P", "-S", "now-1day", "-o", "JobID,Comment,State,Timelimit,Elapsed"],
         conf).splitlines() if line]

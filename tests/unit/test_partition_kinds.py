@@ -260,7 +260,8 @@ def test_bad_entries_are_named(entry, message):
     ({"kind": "classes", "classes_per_client": 11}, "cifar100", []),
     ({"kind": "classes", "classes_per_client": 10}, "digits", []),
     ({"kind": "natural"}, "cifar10", ["partitions.lab: the kind natural splits by each sample's writer, but cifar10 "
-                                      "has no writer ids (datasets with writers: femnist, shakespeare)"]),
+                                      "has no writer ids (datasets with writers: femnist, reddit, shakespeare, "
+                                      "stackoverflow)"]),
     ({"kind": "natural", "select": "random"}, "femnist", []),
     ({"kind": "classes"}, "digits", []),  # the missing option is check_partition_entry's to report
     ({"kind": "quantity", "beta": 0.5}, "digits", []),

@@ -20,7 +20,7 @@ from fedscape.core.config import ConfigError
 from fedscape.core.runs import build_runs
 from fedscape.data.datasets import next_token_targets
 from fedscape.data.federated import FederatedData
-from fedscape.data.specs import dataset_option_problems, target_model_options
+from fedscape.data.specs import dataset_option_problems, dataset_settings, target_model_options
 from fedscape.fl import sequential as sequential_mod
 from fedscape.fl.engine import run_federated
 from fedscape.fl.hparams.registry import check_algorithm_targets
@@ -211,9 +211,31 @@ def test_only_text_data_sets_take_every_position_targets():
     # Execute / Assert
     assert dataset_option_problems("shakespeare", {"targets": "every"}) == []
     [problem] = dataset_option_problems("digits", {"targets": "every"})
-    assert "datasets.digits.targets" in problem and "use targets: next" in problem
-    assert target_model_options({"targets": "next"}) == {} == target_model_options({})
-    assert target_model_options({"targets": "every"}) == {"targets": "every"}
+    assert "datasets.digits.targets" in problem and "leave targets null" in problem
+    assert target_model_options("shakespeare", {"targets": "next"}) == {} == target_model_options("shakespeare", {})
+    assert target_model_options("shakespeare", {"targets": "every"}) == {"targets": "every"}
+
+
+@pytest.mark.parametrize("dataset", ["stackoverflow", "reddit"])
+def test_word_data_sets_predict_every_position_and_refuse_next(dataset):
+    # Execute / Assert: null (the schema's default) is the data set's own task, every; next has no target
+    assert target_model_options(dataset, {"targets": None}) == {"targets": "every"}
+    assert dataset_option_problems(dataset, {"targets": "every"}) == []
+    [problem] = dataset_option_problems(dataset, {"targets": "next"})
+    assert f"datasets.{dataset}.targets: next" in problem and "no token after the sequence" in problem
+
+
+@pytest.mark.parametrize(("dataset", "options"), [
+    ("shakespeare", {"targets": "next"}), ("shakespeare", {"targets": None}), ("shakespeare", {}),
+    ("stackoverflow", {"targets": "every"}), ("reddit", {"targets": None}),
+])
+def test_a_data_sets_own_targets_leave_its_job_settings_as_null_does(dataset, options):
+    # Execute / Assert: naming the data set's own targets plans the job of the default (no rerun)
+    assert "targets" not in dataset_settings(dataset, options)
+
+
+def test_other_targets_enter_the_job_settings():
+    assert dataset_settings("shakespeare", {"targets": "every"}) == {"targets": "every"}
     with pytest.raises(ValueError, match="needs a token model"):
         build_model("mlp", 10, 1, 8, targets="every")
 

@@ -142,7 +142,8 @@ def test_every_position_targets_are_each_windows_next_characters(tmp_path: Path,
 def test_every_position_targets_need_text() -> None:
     [problem] = dataset_option_problems("digits", {"targets": "every"})
     assert problem.startswith("datasets.digits.targets: every predicts the next token at every position")
-    assert dataset_settings({"source": "raw", "seq_len": 8, "targets": "next"}) == {"source": "raw", "seq_len": 8}
+    raw = {"source": "raw", "seq_len": 8}
+    assert dataset_settings("shakespeare", {**raw, "targets": "next"}) == raw
 
 
 def test_each_role_keeps_the_end_of_its_text_for_testing(tmp_path: Path) -> None:
@@ -327,4 +328,5 @@ def test_jobs_carry_the_new_keys_only_off_their_baseline() -> None:
         assert (options["source"], options["seq_len"]) == ("raw", 256)
     assert (settings["leaf"][2]["in_channels"], settings["leaf"][2]["image_size"]) == (80, 80)
     assert (settings["paper"][2]["in_channels"], settings["paper"][2]["image_size"]) == (96, 256)
-    assert dataset_settings({"data_dir": "x", "source": "preprocessed", "seq_len": None}) == {"data_dir": "x"}
+    leaf_options = {"data_dir": "x", "source": "preprocessed", "seq_len": None}
+    assert dataset_settings("shakespeare", leaf_options) == {"data_dir": "x"}

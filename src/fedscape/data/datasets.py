@@ -28,12 +28,12 @@ from fedscape.data.specs import (
     AUGMENTATIONS,
     COLOR_JITTER,
     CROP_PADDING,
-    DATASET_BASELINES,
     DATASETS,
     RESIZED_CROP_RATIO,
     RESIZED_CROP_SCALE,
     STORED_IMAGE_AUGMENTATIONS,
     TARGETS,
+    resolved_targets,
 )
 
 # Grey-scale datasets without published statistics: standardised with their train part's mean and std.
@@ -193,7 +193,7 @@ class Dataset:
     train_index: np.ndarray | None = None
     test_index: np.ndarray | None = None
     proxy_index: np.ndarray | None = None
-    vocabulary: str | None = None
+    vocabulary: str | tuple[str, ...] | None = None
 
     @property
     def inputs(self) -> str:
@@ -210,11 +210,11 @@ class Dataset:
         """Image side; for text the sequence length."""
         return int(self.x_train.shape[-1])
 
-    @staticmethod
-    def sample_labels(y: torch.Tensor) -> torch.Tensor:
-        """One label per sample, as the partition job read them from the source: a sequence task's every-position
-        targets [N, T] end with the next token, the label of its `targets: next` sample."""
-        return y if y.ndim == 1 else y[:, -1]
+    def sample_labels(self, y: torch.Tensor) -> torch.Tensor:
+        """The labels as the partition job read them from the source: a sequence task's every-position targets
+        [N, T] end with the next token, the label of its `targets: next` sample; a word data set's are its labels."""
+        info = DATASETS.get(self.name)
+        return y if y.ndim == 1 or (info is not None and info.sequence_labels) else y[:, -1]
 
     def to(self, device: torch.device | str) -> Dataset:
         """A copy with every tensor moved to ``device`` (once, up front)."""
@@ -224,17 +224,17 @@ class Dataset:
 
 def load_dataset(name: str, *, data_dir: str | None = None, seed: int = 0, test_fraction: float = 0.25,
                  proxy_fraction: float = 0.0, download: bool = False, source: str = "preprocessed",
-                 seq_len: int | None = None, targets: str = DATASET_BASELINES["targets"]) -> Dataset:
+                 seq_len: int | None = None, targets: str | None = None) -> Dataset:
     """Load dataset ``name`` as tensors (arguments as `fedscape.data.sources.load_source`; `targets` as
-    `from_source`)."""
+    `from_source`, None: the data set's own)."""
     return from_source(load_source(name, data_dir=data_dir, seed=seed, test_fraction=test_fraction,
                                    proxy_fraction=proxy_fraction, download=download, source=source,
-                                   seq_len=seq_len), targets)
+                                   seq_len=seq_len), resolved_targets(name, {"targets": targets}))
 
 
 def dataset_from_options(name: str, options: dict) -> Dataset:
     """Dataset `name` loaded with a config's `datasets.<name>` settings (a job's: keys at their baseline left out)."""
-    return from_source(source_from_options(name, options), options.get("targets", DATASET_BASELINES["targets"]))
+    return from_source(source_from_options(name, options), resolved_targets(name, options))
 
 
 def _mean_std(images: np.ndarray, index: np.ndarray, chunk: int = 65536) -> tuple[float, float]:
@@ -255,21 +255,23 @@ def next_token_targets(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.cat([x[:, 1:], y[:, None].to(x.dtype)], dim=1)
 
 
-def from_source(src: Source, targets: str = DATASET_BASELINES["targets"]) -> Dataset:
+def from_source(src: Source, targets: str = TARGETS[0]) -> Dataset:
     """The tensors of a source's train, test and proxy parts (images normalised, tokens as int64).
 
     `targets` (`fedscape.data.specs.TARGETS`): ``next``, a label per sample; ``every`` (text only), the next token at
-    every position (`next_token_targets`).
+    every position (`next_token_targets`, or the word data sets' own labels [N, T]).
     """
     if targets not in TARGETS:
         raise ValueError(f"datasets.{src.name}.targets must be one of {', '.join(TARGETS)}, got {targets!r}")
-    if targets != DATASET_BASELINES["targets"] and src.vocabulary is None:
+    if targets != TARGETS[0] and src.vocabulary is None:
         raise ValueError(f"datasets.{src.name}.targets: {targets} needs a text data set; {src.name} has images")
+    if src.train_labels.ndim == 2 and targets != TARGETS[1]:
+        raise ValueError(f"datasets.{src.name}.targets: {targets}, but its labels are every position's next token")
     if src.vocabulary is not None:
 
         def part(images: np.ndarray, labels: np.ndarray, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
             x, y = torch.from_numpy(images[index].astype(np.int64)), torch.from_numpy(labels[index])
-            return (x, next_token_targets(x, y)) if targets == "every" else (x, y)
+            return (x, next_token_targets(x, y)) if targets == "every" and y.ndim == 1 else (x, y)
     elif src.name in _STANDARDISED:
         mean, std = _mean_std(src.train_images, src.train_index)
 

@@ -35,6 +35,7 @@ from fedscape.data.specs import (
     FEMNIST_CLASSES,
     IGNORE_INDEX,
     NO_DOWNLOAD,
+    REDDIT_SEQ_LEN,
     SHAKESPEARE_RAW_TEST_FRACTION,
     SHAKESPEARE_RAW_VOCAB,
     SHAKESPEARE_SEQ_LEN,
@@ -46,7 +47,6 @@ FEMNIST_PIXELS = 28 * 28
 
 RAW_ROLES_DIR = "by_play_and_character"  # LEAF's folder of one text file per speaking role
 IGNORE = IGNORE_INDEX  # a target position that does not count (padding)
-REDDIT_SEQ_LEN = 10  # LEAF's data/reddit/source/preprocess.py SEQ_LEN
 REDDIT_VOCAB_FILE = "reddit_vocab.pck"  # written by LEAF's data/reddit/build_vocab.py into --target-dir vocab
 
 
@@ -169,18 +169,27 @@ def _shakespeare_user(data: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
 _DECODERS = {"femnist": _femnist_user, "shakespeare": _shakespeare_user}
 
 
-def read_leaf_part(name: str, directory: Path, decode=None) -> LeafPart:
+def read_leaf_part(name: str, directory: Path, decode=None, max_writers: int | None = None,
+                   only: tuple[str, ...] | None = None) -> LeafPart:
     """Every sample of ``directory/*.json`` (sorted file names, then each file's `users` order).
 
     A writer found in several files keeps one index. The writers are numbered in order of appearance. `decode`
-    (data, where) -> (x, y) reads one user's data (None: the dataset's own decoder).
+    (data, where) -> (x, y) reads one user's data (None: the dataset's own decoder). `max_writers`: the samples of
+    the first that many writers only (the files after the last one are not opened); `only`: of these writers only.
     """
     decode = decode or _DECODERS[name]
     names: dict[str, int] = {}
     xs, ys, ws = [], [], []
+    wanted = None if only is None else set(only)
     for path in sorted(directory.glob("*.json")):
+        if max_writers is not None and len(names) >= max_writers:
+            break
         obj = _read_json(path)
         for user, count in zip(obj["users"], obj["num_samples"], strict=True):
+            if wanted is not None and str(user) not in wanted:
+                continue
+            if max_writers is not None and len(names) >= max_writers and str(user) not in names:
+                continue
             where = f"{path} user {user!r}"
             data = obj["user_data"].get(user)
             if not isinstance(data, dict) or "x" not in data or "y" not in data:
@@ -288,13 +297,18 @@ def reddit_vocab_path(directory: Path) -> Path:
                             f"--data-dir ./data/train --target-dir vocab")
 
 
-def read_reddit(data_dir: str | None) -> tuple[LeafPart, LeafPart, tuple[str, ...]]:
-    """LEAF's Reddit train and test parts (every sequence a sample, its user the writer) and the id names."""
+def read_reddit(data_dir: str | None, max_clients: int | None = None) -> tuple[LeafPart, LeafPart, tuple[str, ...]]:
+    """LEAF's Reddit train and test parts (every sequence a sample, its user the writer) and the id names.
+
+    `max_clients`: the first that many users of the train files (None: all), and the test samples of those users
+    (LEAF's sample-wise split gives a user samples in both)."""
     directory = leaf_directory("reddit", data_dir)
     vocab = read_reddit_vocab(reddit_vocab_path(directory))
     decode = partial(_reddit_user, vocab=vocab)
-    return (read_leaf_part("reddit", directory / "train", decode),
-            read_leaf_part("reddit", directory / "test", decode), vocab.names)
+    train = read_leaf_part("reddit", directory / "train", decode, max_writers=max_clients)
+    test = read_leaf_part("reddit", directory / "test", decode,
+                          only=None if max_clients is None else train.writer_names)
+    return train, test, vocab.names
 
 
 def raw_roles_directory(data_dir: str | None) -> Path:

@@ -52,8 +52,13 @@ class Partition:
         return np.array([len(ix) for ix in self.client_indices], dtype=np.int64)
 
     def class_counts(self, labels: np.ndarray, num_classes: int) -> np.ndarray:
-        """[num_clients, num_classes] label histogram of every client."""
-        return np.stack([np.bincount(labels[ix], minlength=num_classes) for ix in self.client_indices])
+        """[num_clients, num_classes] label histogram of every client (sequence labels [N, T]: of the positions that
+        count, IGNORE_INDEX left out)."""
+        def histogram(ix: np.ndarray) -> np.ndarray:
+            counted = labels[ix].ravel()
+            return np.bincount(counted[counted >= 0], minlength=num_classes)
+
+        return np.stack([histogram(ix) for ix in self.client_indices])
 
 
 def iid_partition(num_samples: int, num_clients: int, seed: int, min_size: int = 1) -> Partition:
@@ -348,7 +353,8 @@ class PartitionKind:
     input transform, (x_train, partition) -> the training pool as the clients see it, applied wherever a client's
     or the union's data is loaded (data.federated.client_inputs), None for the inputs as stored; `files`: the files
     its writer reads, options -> paths (the partition job's inputs, so that a changed file remakes the split), None
-    for none."""
+    for none; `by_class`: the writer splits by each sample's class label, so planning refuses a dataset whose
+    samples have none (data.specs `sequence_labels`: the word data sets)."""
 
     name: str
     options: dict[str, Any]
@@ -356,6 +362,7 @@ class PartitionKind:
     make: Callable[..., Partition]
     fits: Callable[[str, dict[str, Any], str], list[str]] | None = None
     needs_writers: bool = False
+    by_class: bool = False
     inputs: Callable[[Any, Partition], Any] | None = None
     files: Callable[[dict[str, Any]], list[str]] | None = None
 
@@ -431,16 +438,17 @@ def _split_file_files(options: dict[str, Any]) -> list[str]:
 
 
 PARTITION_KINDS: dict[str, PartitionKind] = {k.name: k for k in (
-    PartitionKind("dirichlet", {"alpha": None}, "Hsu et al. 2019; NIID-Bench (Li et al. 2022)", _make_dirichlet),
+    PartitionKind("dirichlet", {"alpha": None}, "Hsu et al. 2019; NIID-Bench (Li et al. 2022)", _make_dirichlet,
+                  by_class=True),
     PartitionKind("iid", {}, "McMahan et al. 2017", _make_iid),
     PartitionKind("classes", {"classes_per_client": None}, "McMahan et al. 2017; NIID-Bench #C=k", _make_classes,
-                  _classes_fit),
+                  _classes_fit, by_class=True),
     PartitionKind("quantity", {"beta": None}, "NIID-Bench quantity skew (Li et al. 2022)", _make_quantity),
     PartitionKind("feature_noise", {"sigma": None}, "NIID-Bench noise-based feature skew", _make_feature_noise,
                   inputs=_feature_noise_inputs),
     PartitionKind("natural", {"select": "first"}, "LEAF (Caldas et al. 2018)", _make_natural, needs_writers=True),
     PartitionKind("split_file", {"path": None}, "Caldarola et al. 2022's published splits (Hsu et al. 2020)",
-                  _make_split_file, files=_split_file_files),
+                  _make_split_file, files=_split_file_files, by_class=True),
 )}
 
 
@@ -502,11 +510,24 @@ def check_partition_dataset(label: str, entry: dict, dataset: str) -> list[str]:
     if spec is None or check_partition_entry(label, entry):
         return []
     where = f"partitions.{label}"
+    problem = class_label_problem(spec.name, dataset)
+    if problem:
+        return [f"{where}: {problem}"]
     if spec.needs_writers and not dataset_info(dataset).writers:
         with_writers = [name for name in DATASET_NAMES if dataset_info(name).writers]
         return [f"{where}: the kind {spec.name} splits by each sample's writer, but {dataset} has no writer ids "
                 f"(datasets with writers: {', '.join(with_writers) or 'none yet'})"]
     return [] if spec.fits is None else spec.fits(where, kind_options(entry), dataset)
+
+
+def class_label_problem(kind: str, dataset: str) -> str | None:
+    """Why partition kind `kind` cannot split `dataset` (a known name): it splits by class, and the dataset's samples
+    have none (sequence labels); None where it can."""
+    if not PARTITION_KINDS[kind].by_class or not dataset_info(dataset).sequence_labels:
+        return None
+    free = [name for name, spec in PARTITION_KINDS.items() if not spec.by_class]
+    return (f"the kind {kind} splits by each sample's class, but {dataset}'s samples are labelled with every "
+            f"position's next word (no class per sample); use a kind that does not: {', '.join(free)}")
 
 
 def make_kind_partition(entry: dict, labels: np.ndarray, num_clients: int, seed: int, min_size: int = 10,

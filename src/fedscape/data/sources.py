@@ -11,7 +11,10 @@ read from LEAF's JSON files (`fedscape.data.leaf`) and keep LEAF's train/test sp
 of theirs names its writer (``writer_ids``), which a natural partition gives one client each. Shakespeare
 with ``source="raw"`` is cut from LEAF's raw texts by role instead (`fedscape.data.leaf.read_shakespeare_raw`).
 ImageNet-200 is read from ImageNet's class folders (`fedscape.data.imagenet200`): its images are decoded
-only for the rows asked for, so its labels (what partitions need) cost a listing of the folders.
+only for the rows asked for, so its labels (what partitions need) cost a listing of the folders. The word data sets,
+Stack Overflow (TFF's SQLite file, `fedscape.data.stackoverflow`) and Reddit (LEAF's JSON, `fedscape.data.leaf`),
+label each sequence with its every position's next word ([N, T], -100 where nothing counts): their proxy part is
+drawn at random, since there is no class to stratify by.
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ import numpy as np
 
 from fedscape.core.names import unknown_name_error
 from fedscape.data import imagenet200
-from fedscape.data.leaf import read_leaf, read_shakespeare_raw
+from fedscape.data.leaf import LeafPart, read_leaf, read_reddit, read_shakespeare_raw
 from fedscape.data.specs import (
     DATA_DIR_HOLDS,
     DATASET_BASELINES,
     DATASET_NAMES,
     DATASETS,
     FEMNIST_CLASSES,
+    MANY_CLIENT_DATASETS,
     NO_DOWNLOAD,
     RAW_SOURCE_DATASETS,
     SHAKESPEARE_RAW_VOCAB,
@@ -41,6 +45,7 @@ from fedscape.data.specs import (
     SOURCES,
     STORED_IMAGE_AUGMENTATIONS,
 )
+from fedscape.data.stackoverflow import read_stackoverflow
 
 DIGITS_CSV = "datasets/data/digits.csv.gz"  # inside the scikit-learn package
 
@@ -57,8 +62,9 @@ class Source:
     ``train_images``/``train_labels`` hold the rows the train and proxy indices point into (digits: all
     of ``load_digits()``; CIFAR: the official training set; LEAF: its train files); ``test_images``/
     ``test_labels`` the rows of the test indices (digits: the same arrays; CIFAR: the official test
-    set; LEAF: its test files). Text datasets hold token ids (uint8 ``[N, T]``) as their images and
-    their ``vocabulary`` (the character of each id); image datasets have ``vocabulary`` None. ImageNet-200's
+    set; LEAF: its test files). Text datasets hold token ids (uint8 ``[N, T]``; words: int32) as their images and
+    their ``vocabulary`` (the character of each id; words: a tuple of the word of each id); image datasets have
+    ``vocabulary`` None. The word data sets' labels are every position's next word, ``[N, T]``. ImageNet-200's
     images are `fedscape.data.imagenet200.ImageFolderImages`, decoded when indexed (``images[index]``).
     ``train_writers`` (LEAF only, else None) is the writer of every ``train_images`` row, an index
     into ``writer_names``.
@@ -76,11 +82,11 @@ class Source:
     class_names: tuple[str, ...]
     train_writers: np.ndarray | None = None
     writer_names: tuple[str, ...] | None = None
-    vocabulary: str | None = None
+    vocabulary: str | tuple[str, ...] | None = None
 
     @property
     def labels(self) -> np.ndarray:
-        """The labels of the train part: what client partitions split."""
+        """The labels of the train part: what client partitions split ([N, T] for the word data sets)."""
         return self.train_labels[self.train_index]
 
     @property
@@ -99,7 +105,7 @@ class Source:
 
 def load_source(name: str, *, data_dir: str | None = None, seed: int = 0, test_fraction: float = 0.25,
                 proxy_fraction: float = 0.0, download: bool = False, source: str = "preprocessed",
-                seq_len: int | None = None, augment: str = "none") -> Source:
+                seq_len: int | None = None, augment: str = "none", max_clients: int | None = None) -> Source:
     """Read dataset ``name`` (one of ``DATASET_NAMES``) and split it.
 
     ``test_fraction`` sets the seeded stratified test split of ``digits``; CIFAR keeps its official
@@ -108,7 +114,8 @@ def load_source(name: str, *, data_dir: str | None = None, seed: int = 0, test_f
     ``download`` to CIFAR only (LEAF's are built by LEAF's own scripts: ValueError). ``source="raw"``
     (shakespeare only) cuts sequences of ``seq_len`` characters (None: 80) from LEAF's raw texts. ``augment``: the
     training augmentation; one that crops a larger stored image (``resized_crop``) has the training images read at
-    the dataset's ``train_stored_size`` (ImageNet-200: 256x256).
+    the dataset's ``train_stored_size`` (ImageNet-200: 256x256). ``max_clients`` (Stack Overflow and Reddit only):
+    the first that many clients of their files (None: all).
     """
     if not 0.0 <= proxy_fraction < 1.0:
         raise ValueError(f"proxy_fraction must be in [0, 1), got {proxy_fraction}")
@@ -120,6 +127,12 @@ def load_source(name: str, *, data_dir: str | None = None, seed: int = 0, test_f
     if source == "raw":
         return _leaf(name, data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download,
                      seq_len=seq_len or SHAKESPEARE_SEQ_LEN)
+    if max_clients is not None and name not in MANY_CLIENT_DATASETS:
+        raise ValueError(f"datasets.{name}.max_clients: only {', '.join(MANY_CLIENT_DATASETS)} read a number of "
+                         f"clients; leave it null")
+    if name in MANY_CLIENT_DATASETS:
+        return _words(name, data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download,
+                      max_clients=max_clients)
     if name == "digits":
         return _digits(seed=seed, test_fraction=test_fraction, proxy_fraction=proxy_fraction)
     if name in _CIFAR:
@@ -139,7 +152,7 @@ def source_from_options(name: str, options: dict) -> Source:
                        test_fraction=options.get("test_fraction", 0.25),
                        proxy_fraction=options.get("proxy_fraction", 0.0), download=options.get("download", False),
                        source=options.get("source", DATASET_BASELINES["source"]), seq_len=options.get("seq_len"),
-                       augment=options.get("augment", "none"))
+                       augment=options.get("augment", "none"), max_clients=options.get("max_clients"))
 
 
 def stratified_split(
@@ -164,8 +177,13 @@ def stratified_split(
 def _split_proxy(
     train_index: np.ndarray, labels: np.ndarray, proxy_fraction: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Carve a stratified proxy part out of ``train_index`` (indices into ``labels``)."""
-    keep, held = stratified_split(labels[train_index], proxy_fraction, rng)
+    """Carve a proxy part out of ``train_index`` (indices into ``labels``): stratified by class, or for sequence
+    labels ([N, T]: no class per sample) ``round(proxy_fraction * N)`` rows drawn at random."""
+    if labels.ndim == 1:
+        keep, held = stratified_split(labels[train_index], proxy_fraction, rng)
+    else:
+        held = np.sort(rng.permutation(len(train_index))[:round(proxy_fraction * len(train_index))])
+        keep = np.setdiff1d(np.arange(len(train_index)), held)
     return train_index[keep], train_index[held]
 
 
@@ -383,6 +401,40 @@ def _leaf(name: str, *, data_dir: str | None, seed: int = 0, proxy_fraction: flo
     return Source(name, train.x, train.y, test.x, test.y, train_index, np.arange(len(test.y)), proxy_index,
                   len(classes), tuple(classes), train_writers=train.writers, writer_names=train.writer_names,
                   vocabulary=vocabulary)
+
+
+# ---------------------------------------------------------------------------------------------
+# Word data sets (Stack Overflow, Reddit)
+
+
+def _words(name: str, *, data_dir: str | None, seed: int = 0, proxy_fraction: float = 0.0, download: bool = False,
+           max_clients: int | None = None) -> Source:
+    """Stack Overflow as TFF publishes it or Reddit as LEAF writes it: every sequence a sample, its user the writer,
+    every position's next word its label, the ids' names its vocabulary (`DatasetInfo` of `name` fixes their
+    number: ValueError naming it for files with another)."""
+    if download:
+        raise ValueError(f"datasets.{name}.download: fedscape cannot download {name} ({NO_DOWNLOAD[name]}); set "
+                         f"download: false and data_dir to the folder holding {DATA_DIR_HOLDS[name]}")
+    if name == "stackoverflow":
+        train, test, names = read_stackoverflow(data_dir, max_clients)
+    else:
+        train, test, names = read_reddit(data_dir, max_clients)
+    info = DATASETS[name]
+    if len(names) != info.num_classes:
+        raise ValueError(f"datasets.{name}: the files of {data_dir} give a vocabulary of {len(names)} ids, but "
+                         f"{name} has {info.num_classes} ({info.description})")
+    _check_words(name, train, info.image_size)
+    rng = np.random.default_rng(seed)
+    train_index, proxy_index = _split_proxy(np.arange(len(train.y)), train.y, proxy_fraction, rng)
+    return Source(name, train.x, train.y, test.x, test.y, train_index, np.arange(len(test.y)), proxy_index,
+                  len(names), names, train_writers=train.writers, writer_names=train.writer_names,
+                  vocabulary=names)
+
+
+def _check_words(name: str, part: LeafPart, seq_len: int) -> None:
+    if part.x.ndim != 2 or part.x.shape[1] != seq_len or part.y.shape != part.x.shape:
+        raise ValueError(f"datasets.{name}: sequences of {list(part.x.shape[1:])} tokens and targets of "
+                         f"{list(part.y.shape[1:])}, but {name} has sequences of {seq_len}")
 
 
 # ---------------------------------------------------------------------------------------------

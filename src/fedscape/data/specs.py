@@ -32,6 +32,15 @@ SHAKESPEARE_RAW_VOCAB = "".join(sorted(set(string.ascii_letters + string.digits 
 # The share of each role's text (its end) that is its test part: the authors cut their text at 80 % (the same
 # code), LEAF's and FedAvg's Shakespeare split 80/20 (McMahan et al. 2017; LEAF's -tf 0.8).
 SHAKESPEARE_RAW_TEST_FRACTION = 0.2
+# Stack Overflow's next-word task as Reddi et al. 2021 set it (Sec. 5 / App. C.3; TFF's baseline): the 10,000 most
+# frequent words, sequences of 20 words; the model's ids add padding, out-of-vocabulary, beginning and end
+STACKOVERFLOW_VOCAB_SIZE = 10_000
+STACKOVERFLOW_SEQ_LEN = 20
+STACKOVERFLOW_SPECIAL_TOKENS = 4
+# LEAF's Reddit (Caldas et al. 2018; data/reddit/source/preprocess.py SEQ_LEN, build_vocab.py's default vocabulary
+# size): sequences of 10 tokens over 10,000 ids (<PAD> 0 and <UNK> 1 among them).
+REDDIT_SEQ_LEN = 10
+REDDIT_VOCAB_SIZE = 10_000
 # FEMNIST's 62 classes as LEAF numbers them (data_to_json.py relabel_class): digits, upper case, lower case.
 FEMNIST_CLASSES = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -62,6 +71,15 @@ class DatasetInfo:
     # The side of the stored training images where it is larger than image_size (None: the same): the image that
     # `resized_crop` draws its crops from, evaluated by its centre image_size crop
     train_stored_size: int | None = None
+    # What each sample's label is: one class (images; LEAF's Shakespeare, the character after the sequence), or the
+    # next token at every position of the sequence (the word data sets: their published files give nothing else).
+    # A data set of the second kind has `targets: every` only, and no partition that splits by class.
+    sequence_labels: bool = False
+
+    @property
+    def own_targets(self) -> str:
+        """The targets `datasets.<name>.targets: null` stands for: `every` for sequence labels, else `next`."""
+        return TARGETS[1] if self.sequence_labels else TARGETS[0]
 
     def client_pool_bound(self, test_fraction: float, proxy_fraction: float) -> int:
         """An upper bound of the samples split among the clients (the splits round per class)."""
@@ -111,17 +129,34 @@ DATASETS: dict[str, DatasetInfo] = {
                                "val/<wnid>/ JPEGs", imagenet200.TRAIN_PER_CLASS * len(imagenet200.CLASSES), True,
                                needs_data_dir=True, stored="uint8",
                                train_stored_size=imagenet200.RESIZE),
+    # TFF's Stack Overflow (tff.simulation.datasets.stackoverflow: 342,477 train clients, 135,818,730 examples; Reddi
+    # et al. 2021 Table 2): the next word at every position of 20-word sequences, 10,000 words and 4 special ids.
+    "stackoverflow": DatasetInfo(STACKOVERFLOW_VOCAB_SIZE + STACKOVERFLOW_SPECIAL_TOKENS, STACKOVERFLOW_SEQ_LEN,
+                                 STACKOVERFLOW_VOCAB_SIZE + STACKOVERFLOW_SPECIAL_TOKENS,
+                                 "Stack Overflow (TFF; Reddi et al. 2021): next word at every position of "
+                                 "20-word sequences by user, TFF's stackoverflow.sqlite from data_dir", 135818730,
+                                 True, writers=True, inputs="tokens", needs_data_dir=True, sequence_labels=True),
+    # LEAF's Reddit (Caldas et al. 2018, Table 1: 1,660,820 users, 56,587,343 comments; a comment gives one
+    # sequence per 10 tokens, so the sample count is a lower bound here)
+    "reddit": DatasetInfo(REDDIT_VOCAB_SIZE, REDDIT_SEQ_LEN, REDDIT_VOCAB_SIZE,
+                          "Reddit (LEAF, Caldas et al. 2018): next token at every position of 10-token sequences by "
+                          "user, LEAF's JSON and vocabulary pickle from data_dir", 56587343, True, writers=True,
+                          inputs="tokens", needs_data_dir=True, sequence_labels=True),
 }
 DATASET_NAMES: tuple[str, ...] = tuple(sorted(DATASETS))
 # `datasets.<name>` keys added after results existed, with their baselines (what every job read before the key):
 # a job's `dataset_options` leave a key out at its baseline (`dataset_settings`), so adding them reran nothing.
-DATASET_BASELINES: dict[str, object] = {"source": "preprocessed", "seq_len": None, "targets": "next"}
+DATASET_BASELINES: dict[str, object] = {"source": "preprocessed", "seq_len": None, "targets": None,
+                                         "max_clients": None}
 # What a text data set's targets are (`datasets.<name>.targets`): `next`, the token after each sequence (one class
 # per sample, LEAF's Shakespeare task); `every`, the next token at every position, the input shifted by one (a
 # sequence task, targets [N, T] and logits [N, vocab, T]: `fedscape.models.loss`), as the layer-wise LMC authors
 # train and evaluate their GPT (Adilova et al. 2023; link-er/layer-wise-lmc LLMC/get_llm.py: get_batch's targets are
-# the window shifted by one, its accuracy the mean over every position). The first is the baseline.
+# the window shifted by one, its accuracy the mean over every position). null: the data set's own
+# (`DatasetInfo.own_targets`), the baseline: `next` for Shakespeare, `every` for the word data sets.
 TARGETS: tuple[str, ...] = ("next", "every")
+# Data sets with more clients than a run reads (`datasets.<name>.max_clients`: the first k clients of the files)
+MANY_CLIENT_DATASETS: tuple[str, ...] = ("stackoverflow", "reddit")
 # none; crop_flip (the CIFAR standard: CROP_PADDING); resized_crop: FedAlign's ImageNet training transform
 # (data_loader.py _data_transforms_imagenet: torchvision's RandomResizedCrop(224, scale=(0.08, 1)), ColorJitter(0.4,
 # 0.4, 0.4), RandomHorizontalFlip), drawn per batch from the stored train_stored_size image
@@ -140,6 +175,9 @@ NO_DOWNLOAD: dict[str, str] = {
     "femnist": "LEAF builds FEMNIST from NIST Special Database 19 with its data/femnist/preprocess.sh",
     "shakespeare": "LEAF builds Shakespeare from the Gutenberg text with its data/shakespeare/preprocess.sh",
     "imagenet200": "image-net.org distributes ImageNet-1k (ILSVRC2012) to registered users only",
+    "stackoverflow": "TFF publishes stackoverflow.sqlite.lzma (tff.simulation.datasets.stackoverflow.load_data "
+                     "fetches it)",
+    "reddit": "LEAF builds Reddit from pushshift.io's comments with its data/reddit/ scripts",
 }
 # What data_dir holds for the datasets fedscape cannot download (the hint of a `download: true` error).
 DATA_DIR_HOLDS: dict[str, str] = {
@@ -147,6 +185,8 @@ DATA_DIR_HOLDS: dict[str, str] = {
     "shakespeare": "LEAF's train/ and test/ JSON files",
     "imagenet200": ("ImageNet-1k's train/<wnid>/ image folders and val/ (sorted into <wnid>/ folders, or flat "
                     "with LOC_val_solution.csv; fedscape.data.imagenet200)"),
+    "stackoverflow": "TFF's stackoverflow.sqlite (or .sqlite.lzma) and stackoverflow.word_count",
+    "reddit": "LEAF's train/ and test/ JSON files and vocab/reddit_vocab.pck",
 }
 # Datasets whose folder layout is checked before their jobs start (torch-free, listing folders only): the problems
 # of a data_dir, each naming the missing path.
@@ -184,17 +224,27 @@ def fits_dataset(name: str, num_classes: int, in_channels: int, image_size: int)
     return any((i.num_classes, i.in_channels, i.image_size) == shape for i in infos)
 
 
-def dataset_settings(options: dict) -> dict:
-    """`datasets.<name>` as a job's settings carry it: less the keys at their baseline (DATASET_BASELINES)."""
-    return without_baselines(options, DATASET_BASELINES)
+def resolved_targets(name: str, options: dict) -> str:
+    """What the models trained on data set `name` predict, read from its `datasets.<name>` settings `options`:
+    `targets`, or where it is null (or left out at its baseline) the data set's own (`DatasetInfo.own_targets`)."""
+    return options.get("targets") or dataset_info(name).own_targets
 
 
-def target_model_options(options: dict) -> dict:
-    """The model option a data set's `targets` (`datasets.<name>` settings `options`) asks of the models trained on it:
-    `{"targets": "every"}` for a sequence task, none at the baseline (so the init jobs of other data sets keep their
-    settings); `fedscape.models.registry.build_model` reads it."""
-    targets = options.get("targets", DATASET_BASELINES["targets"])
-    return {} if targets == DATASET_BASELINES["targets"] else {"targets": targets}
+def dataset_settings(name: str, options: dict) -> dict:
+    """`datasets.<name>` as a job's settings carry it: less the keys at their baseline (DATASET_BASELINES), and
+    `targets` where it names the data set's own (so `targets: next` on Shakespeare is the job of null)."""
+    settings = without_baselines(options, DATASET_BASELINES)
+    if name in DATASETS and settings.get("targets") == DATASETS[name].own_targets:
+        del settings["targets"]
+    return settings
+
+
+def target_model_options(name: str, options: dict) -> dict:
+    """The model option data set `name`'s targets (`datasets.<name>` settings `options`) ask of the models trained on
+    it: `{"targets": "every"}` for a sequence task, none for one class per sample (so the init jobs of other data
+    sets keep their settings); `fedscape.models.registry.build_model` reads it."""
+    targets = resolved_targets(name, options)
+    return {} if targets == TARGETS[0] else {"targets": targets}
 
 
 def dataset_option_problems(name: str, options: dict) -> list[str]:
@@ -220,10 +270,18 @@ def dataset_option_problems(name: str, options: dict) -> list[str]:
         problems.append(f"datasets.{name}.seq_len: {seq_len} characters per sequence, but only shakespeare from its "
                         f"raw texts (source: raw) cuts sequences of a chosen length (LEAF's preprocessed files fix "
                         f"{SHAKESPEARE_SEQ_LEN}); set source: raw or leave seq_len null")
-    targets = options.get("targets", DATASET_BASELINES["targets"])
-    if targets != DATASET_BASELINES["targets"] and info.inputs != "tokens":
+    targets = options.get("targets")
+    if targets == TARGETS[1] and info.inputs != "tokens":
         problems.append(f"datasets.{name}.targets: {targets} predicts the next token at every position of a text, "
-                        f"but {name} gives {info.input_description}; use targets: next")
+                        f"but {name} gives {info.input_description}; leave targets null")
+    elif targets == TARGETS[0] and info.sequence_labels:
+        problems.append(f"datasets.{name}.targets: {targets} predicts one token after each sequence, but {name}'s "
+                        f"files give the next token at every position (no token after the sequence); leave targets "
+                        f"null or set every")
+    max_clients = options.get("max_clients")
+    if max_clients is not None and name not in MANY_CLIENT_DATASETS:
+        problems.append(f"datasets.{name}.max_clients: {max_clients} reads the first clients of a data set's files, "
+                        f"which only {', '.join(MANY_CLIENT_DATASETS)} need; leave max_clients null")
     if options.get("download") and name in NO_DOWNLOAD:
         problems.append(f"datasets.{name}.download: fedscape cannot download {name} ({NO_DOWNLOAD[name]}); "
                         f"set download: false and data_dir to the folder holding {DATA_DIR_HOLDS[name]}")

@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from fedscape.data.leaf import IGNORE, LeafPart
+from fedscape.data.specs import STACKOVERFLOW_SEQ_LEN as SEQ_LEN
+from fedscape.data.specs import STACKOVERFLOW_VOCAB_SIZE as VOCAB_SIZE
 
 DATABASE = "stackoverflow.sqlite"
 WORD_COUNT_FILE = "stackoverflow.word_count"
 SPLITS = ("train", "heldout", "test")
-VOCAB_SIZE = 10_000  # Reddi et al. 2021, Sec. 5 / App. C.3: the 10,000 most frequent words
-SEQ_LEN = 20  # Reddi et al. 2021: sequences of 20 words
 # Tables and columns SqlClientData requires (sql_client_data.py REQUIRED_TABLES, REQUIRED_EXAMPLES_COLUMNS).
 REQUIRED_COLUMNS = {"examples": ("split_name", "client_id", "serialized_example_proto"),
                     "client_metadata": ("client_id", "split_name")}

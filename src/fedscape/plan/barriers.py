@@ -248,7 +248,7 @@ def check(config: dict, runs: list) -> list[str]:
 def _data(config: dict, run: Run) -> BarrierData:
     """The data of a barrier job: the run's fields and its dataset's options (keys sorted, as a train job's)."""
     return BarrierData(run=canonical(run.fields()),
-                       dataset_options=canonical(dataset_settings(config["datasets"][run.dataset])))
+                       dataset_options=canonical(dataset_settings(run.dataset, config["datasets"][run.dataset])))
 
 
 def bn_stats_setting(config: dict, run: Run, section: str) -> str:

@@ -139,7 +139,7 @@ def make_hessian_job(config: dict, runs: list, run, round_: int) -> HessianJob:
     source = shared_source(config, runs, run, round_)
     settings = settings_from_config(config["hessian"])
     return HessianJob(run=run.fields(), run_id=run.run_id, round=int(round_),
-                      dataset_options=dataset_settings(config["datasets"][run.dataset]),
+                      dataset_options=dataset_settings(run.dataset, config["datasets"][run.dataset]),
                       device=config["training"]["device"],
                       hessian=replace(settings, clients=job_clients(settings.clients, run.num_clients)),
                       shared_from=None if source is None else source.run_id)

@@ -22,7 +22,8 @@ def planned_init(config: dict, runs: list[Run], dataset: str, model: str, init: 
     its `inits` entry that the kind reads and what else it needs (`init_extras`)."""
     info = dataset_info(dataset, config["datasets"][dataset])
     spec = config["inits"][init]
-    model_options = {**config["model_options"].get(model, {}), **target_model_options(config["datasets"][dataset])}
+    model_options = {**config["model_options"].get(model, {}),
+                     **target_model_options(dataset, config["datasets"][dataset])}
     return INIT_JOBS[spec["kind"]](dataset=dataset, model=model, model_options=model_options,
                                    in_channels=info.in_channels, image_size=info.image_size,
                                    num_classes=info.num_classes, init=init, **kind_spec(spec),
@@ -54,14 +55,15 @@ def init_extras(config: dict, runs: list, dataset: str, model: str, init: str) -
     kind = spec["kind"]
     device = config["training"]["device"]
     if kind == "pretrained":
-        return {"dataset_options": dataset_settings(config["datasets"][dataset]), "device": device,
+        return {"dataset_options": dataset_settings(dataset, config["datasets"][dataset]), "device": device,
                 "precision": config["training"]["precision"]}
     if kind == "iid_warmup":
         training = TrainingSettings.of(merge_training(config["training"], spec["training"]))
         # what a run evaluates and keeps does not change the warm-up's model: at their baselines, left out
         baselines = declared_defaults(TrainingSettings)
         training = replace(training, **{key: baselines[key] for key in RUN_ONLY_TRAINING_KEYS})
-        return {"dataset_options": dataset_settings(config["datasets"][dataset]), "partition": config["partition"],
+        return {"dataset_options": dataset_settings(dataset, config["datasets"][dataset]),
+                "partition": config["partition"],
                 "warmup_training": training, "device": training.device}
     if kind == "continue":
         return {"source_run_id": continue_source(config, runs, dataset, model, init).run_id}

@@ -266,7 +266,7 @@ def make_chunk_job(config: dict, plan: LandscapePlan, data: str, chunk: int) -> 
     training = run_training(config, run)
     return LandscapeChunkJob(
         surface_id=plan.surface_id(data), dataset=run.dataset,
-        dataset_options=dataset_settings(config["datasets"][run.dataset]),
+        dataset_options=dataset_settings(run.dataset, config["datasets"][run.dataset]),
         data=data, chunk=int(chunk), chunks=int(spec["chunks"]), points_per_batch=int(spec["points_per_batch"]),
         batch_size=int(training["eval_batch_size"]), device=training["device"], precision=spec["precision"])
 

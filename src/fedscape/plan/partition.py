@@ -9,7 +9,14 @@ from fedscape.core.jobs import to_settings
 from fedscape.core.names import suggest
 from fedscape.core.runs import Run
 from fedscape.core.setting import is_partition_label
-from fedscape.data.partition import check_partition_dataset, check_partition_entry, kind_files, kind_options
+from fedscape.data.partition import (
+    check_partition_dataset,
+    check_partition_entry,
+    class_label_problem,
+    kind_files,
+    kind_options,
+    setting_entry,
+)
 from fedscape.data.specs import dataset_info, dataset_settings
 from fedscape.stages.partition_settings import PartitionJob
 
@@ -24,8 +31,8 @@ def planned_partition(config: dict, dataset: str, setting: str, num_clients: int
     if is_partition_label(setting):
         entry = config["partitions"][setting]
         kind = {"kind": entry["kind"], **kind_options(entry)}
-    return PartitionJob(dataset=dataset, dataset_options=dataset_settings(config["datasets"][dataset]), alpha=setting,
-                        num_clients=int(num_clients), seed=int(seed), kind=kind, **config["partition"])
+    return PartitionJob(dataset=dataset, dataset_options=dataset_settings(dataset, config["datasets"][dataset]),
+                        alpha=setting, num_clients=int(num_clients), seed=int(seed), kind=kind, **config["partition"])
 
 
 def partition_settings(config: dict, dataset: str, setting: str, num_clients: int, seed: int) -> dict:
@@ -63,6 +70,10 @@ def check(config: dict, runs: list[Run]) -> list[str]:
     min_size = int(config["partition"]["min_size"])
     for dataset, label in sorted({(run.dataset, run.setting) for run in runs if run.setting in entries}):
         problems += check_partition_dataset(label, entries[label], dataset)
+    for dataset, setting in sorted({(run.dataset, str(run.setting)) for run in runs if run.setting not in entries}):
+        problem = class_label_problem(setting_entry(setting)[0]["kind"], dataset)
+        if problem:
+            problems.append(f"alphas: {setting} on {dataset}: {problem} (alphas: iid, or a `partitions` label)")
     for dataset, num_clients in sorted({(run.dataset, run.num_clients) for run in runs}):
         options = config["datasets"][dataset]
         pool = dataset_info(dataset, options).client_pool_bound(options["test_fraction"],

@@ -17,6 +17,7 @@ from fedscape.data.specs import (
     dataset_info,
     dataset_option_problems,
     dataset_settings,
+    resolved_targets,
 )
 from fedscape.fl.hparams.registry import (
     ALGORITHM_NAMES,
@@ -88,7 +89,8 @@ def planned_train(config: dict, run: Run) -> TrainJob:
         swa = SWASettings.of(swa, int(training["rounds"]),
                              uses_batch_norm(run.model, config["model_options"].get(run.model)))
     return TrainJob(run=run.fields(), run_id=run.run_id,
-                    dataset_options=dataset_settings(config["datasets"][run.dataset]), algorithm=spec["name"],
+                    dataset_options=dataset_settings(run.dataset, config["datasets"][run.dataset]),
+                    algorithm=spec["name"],
                     hyperparameters={k: v for k, v in spec.items() if k not in ("name", "training")},
                     training=TrainingSettings.of(training, swa=swa))
 
@@ -267,7 +269,8 @@ def check(config: dict, runs: list[Run]) -> list[str]:
     for label, dataset in sorted({(r.algorithm, r.dataset) for r in known
                                   if config["algorithms"][r.algorithm]["name"] in ALGORITHM_NAMES}):
         try:
-            check_algorithm_targets(config["algorithms"][label]["name"], config["datasets"][dataset]["targets"],
+            check_algorithm_targets(config["algorithms"][label]["name"],
+                                    resolved_targets(dataset, config["datasets"][dataset]),
                                     f"datasets.{dataset}.targets")
         except ValueError as exc:
             problems.append(f"algorithms.{label}: {exc}")

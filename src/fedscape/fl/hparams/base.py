@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedscape.data.specs import DATASET_BASELINES
+from fedscape.data.specs import TARGETS
 from fedscape.models.specs import MODEL_NAMES, model_info
 
 
@@ -51,9 +51,10 @@ class AlgorithmSpec:
     def check_targets(self, targets: str, where: str) -> None:
         """ValueError when the algorithm cannot train on targets `targets` (`fedscape.data.specs.TARGETS`) of the
         data set named by `where`."""
-        if targets != DATASET_BASELINES["targets"] and self.per_sample:
+        if targets != TARGETS[0] and self.per_sample:
             raise ValueError(f"{self.name} cannot train a model predicting every position ({where}: {targets}): "
-                             f"{self.per_sample}; use {where}: {DATASET_BASELINES['targets']} or another algorithm")
+                             f"{self.per_sample}; use {where}: {TARGETS[0]} where the data set has it, or another "
+                             f"algorithm")
 
     def check_model(self, model: str) -> None:
         """ValueError when the algorithm cannot train `model` (e.g. StochDepth on a plain CNN)."""

@@ -234,7 +234,7 @@ def load_dataset(name: str, *, data_dir: str | None = None, seed: int = 0, test_
 
 def dataset_from_options(name: str, options: dict) -> Dataset:
     """Dataset `name` loaded with a config's `datasets.<name>` settings (a job's: keys at their baseline left out)."""
-    return from_source(source_from_options(name, options), resolved_targets(name, options))
+    return from_source(source_from_options(name, options), resolved_targets(name, options), options)
 
 
 def _mean_std(images: np.ndarray, index: np.ndarray, chunk: int = 65536) -> tuple[float, float]:
@@ -255,11 +255,12 @@ def next_token_targets(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.cat([x[:, 1:], y[:, None].to(x.dtype)], dim=1)
 
 
-def from_source(src: Source, targets: str = TARGETS[0]) -> Dataset:
+def from_source(src: Source, targets: str = TARGETS[0], options: dict | None = None) -> Dataset:
     """The tensors of a source's train, test and proxy parts (images normalised, tokens as int64).
 
     `targets` (`fedscape.data.specs.TARGETS`): ``next``, a label per sample; ``every`` (text only), the next token at
-    every position (`next_token_targets`, or the word data sets' own labels [N, T]).
+    every position (`next_token_targets`, or the word data sets' own labels [N, T]). `options`: its `datasets.<name>`
+    settings, whose `channel_mean` / `channel_std` replace an RGB dataset's published statistics where set.
     """
     if targets not in TARGETS:
         raise ValueError(f"datasets.{src.name}.targets must be one of {', '.join(TARGETS)}, got {targets!r}")
@@ -279,7 +280,7 @@ def from_source(src: Source, targets: str = TARGETS[0]) -> Dataset:
             x = ((images[index] - mean) / std).astype(np.float32)
             return torch.from_numpy(x), torch.from_numpy(labels[index])
     elif DATASETS[src.name].stored == "uint8":
-        m, s = normalisation(src.name)
+        m, s = normalisation(src.name, options)
 
         def part(images: np.ndarray, labels: np.ndarray, index: np.ndarray) -> tuple[StoredImages, torch.Tensor]:
             # decoded chunk by chunk into the uint8 tensor (images decoded when indexed are never held twice)
@@ -292,7 +293,7 @@ def from_source(src: Source, targets: str = TARGETS[0]) -> Dataset:
             return (StoredImages(pixels, torch.tensor(m), torch.tensor(s), size if pixels.shape[-1] > size else None),
                     torch.from_numpy(labels[index]))
     else:
-        m, s = normalisation(src.name)
+        m, s = normalisation(src.name, options)
         mean_t, std_t = torch.tensor(m).view(1, 3, 1, 1), torch.tensor(s).view(1, 3, 1, 1)
 
         def part(images: np.ndarray, labels: np.ndarray, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

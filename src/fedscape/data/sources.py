@@ -39,6 +39,7 @@ from fedscape.data.specs import (
     MANY_CLIENT_DATASETS,
     NO_DOWNLOAD,
     RAW_SOURCE_DATASETS,
+    RGB_DATASETS,
     SHAKESPEARE_RAW_VOCAB,
     SHAKESPEARE_SEQ_LEN,
     SHAKESPEARE_VOCAB,
@@ -267,15 +268,18 @@ _CIFAR = {
     ),
 }
 
-def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def normalisation(name: str, options: dict | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel (mean, std) an RGB dataset is normalised with (ValueError for other datasets): CIFAR's published
-    statistics, and ImageNet's for ImageNet-200 (the FedAlign code's)."""
-    if name == "imagenet200":
-        return imagenet200.MEAN, imagenet200.STD
-    if name not in _CIFAR:
+    statistics, and ImageNet's for ImageNet-200 (the FedAlign code's), each replaced by its `datasets.<name>`
+    settings' `channel_mean` / `channel_std` where set (`options`: a paper's own)."""
+    if name not in RGB_DATASETS:
         raise ValueError(f"{name} is not an RGB dataset; normalisation statistics exist for "
-                         f"{', '.join((*_CIFAR, 'imagenet200'))}")
-    return _CIFAR[name].mean, _CIFAR[name].std
+                         f"{', '.join(RGB_DATASETS)}")
+    mean, std = (imagenet200.MEAN, imagenet200.STD) if name == "imagenet200" else (_CIFAR[name].mean,
+                                                                                    _CIFAR[name].std)
+    options = options or {}
+    return (tuple(float(v) for v in options.get("channel_mean") or mean),
+            tuple(float(v) for v in options.get("channel_std") or std))
 
 
 def cifar_spec(name: str) -> _CifarSpec:

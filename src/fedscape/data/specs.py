@@ -147,7 +147,12 @@ DATASET_NAMES: tuple[str, ...] = tuple(sorted(DATASETS))
 # `datasets.<name>` keys added after results existed, with their baselines (what every job read before the key):
 # a job's `dataset_options` leave a key out at its baseline (`dataset_settings`), so adding them reran nothing.
 DATASET_BASELINES: dict[str, object] = {"source": "preprocessed", "seq_len": None, "targets": None,
-                                         "max_clients": None}
+                                         "max_clients": None, "channel_mean": None, "channel_std": None}
+# Datasets normalised per RGB channel with published statistics (`fedscape.data.sources.normalisation`), which
+# `datasets.<name>.channel_mean` and `channel_std` may replace with a paper's own (e.g. the CIFAR std of many public
+# loaders, (0.2023, 0.1994, 0.2010), that the flatness paper's code uses)
+CHANNEL_STATISTICS: tuple[str, ...] = ("channel_mean", "channel_std")
+RGB_DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "imagenet200")
 # What a text data set's targets are (`datasets.<name>.targets`): `next`, the token after each sequence (one class
 # per sample, LEAF's Shakespeare task); `every`, the next token at every position, the input shifted by one (a
 # sequence task, targets [N, T] and logits [N, vocab, T]: `fedscape.models.loss`), as the layer-wise LMC authors
@@ -278,6 +283,10 @@ def dataset_option_problems(name: str, options: dict) -> list[str]:
         problems.append(f"datasets.{name}.targets: {targets} predicts one token after each sequence, but {name}'s "
                         f"files give the next token at every position (no token after the sequence); leave targets "
                         f"null or set every")
+    for key in CHANNEL_STATISTICS:
+        if options.get(key) is not None and name not in RGB_DATASETS:
+            problems.append(f"datasets.{name}.{key}: per-channel statistics replace an RGB dataset's published ones "
+                            f"({', '.join(RGB_DATASETS)}); {name} gives {info.input_description}; leave {key} null")
     max_clients = options.get("max_clients")
     if max_clients is not None and name not in MANY_CLIENT_DATASETS:
         problems.append(f"datasets.{name}.max_clients: {max_clients} reads the first clients of a data set's files, "

@@ -151,7 +151,7 @@ def proxy_data(job: PretrainedInit, device: torch.device | str = "cpu") -> Proxy
     if job.proxy_dir:
         if dataset_info(job.dataset).input_description != "3x32x32 images":  # ImageNet-200 is RGB too
             raise ValueError(f"proxy_dir (down-sampled ImageNet) needs a 32x32 RGB dataset, not {job.dataset}")
-        mean, std = normalisation(job.dataset)
+        mean, std = normalisation(job.dataset, options)
         stream = ImageNet32(job.proxy_dir, job.max_samples, job.seed)
         return ProxyData(torch.from_numpy(stream.labels).to(device), max(stream.num_classes, 1000),
                          f"imagenet32:{job.proxy_dir}", stream=stream,

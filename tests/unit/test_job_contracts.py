@@ -61,7 +61,8 @@ CONTRACTS: dict[type[JobSettings], tuple[set[str], dict]] = {
                        {"keep_optimizer_state": False, "local_steps": None, "optimizer": "sgd", "adamw_beta1": 0.9,
                         "adamw_beta2": 0.999, "adamw_eps": 1e-8, "lr_schedule": "constant",
                         "lr_schedule_over": "rounds", "lr_warmup": 0.0, "precision": "fp32", "eval_every": 1,
-                        "save_every": 1, "nesterov": False, "drop_last": False, "swa": None}),
+                        "save_every": 1, "nesterov": False, "drop_last": False, "batch_sampling": "shuffle",
+                        "swa": None}),
     SWASettings: ({"start_round", "cycle", "lr_ratio", "scheduled_lr"}, {"bn_stats": "stored"}),
     ClientStatsJob: ({"run_ids"}, {}),
 }

@@ -109,6 +109,34 @@ def test_drop_last_steps_cycle_through_full_batches():
     assert len(set(torch.cat(steps[:2]).tolist())) == 4  # within a pass no sample twice
 
 
+@pytest.mark.parametrize(("n", "batch_size", "drop_last", "per_pass"), [(5, 2, False, 3), (5, 2, True, 2),
+                                                                        (1, 4, False, 1), (8, 4, False, 2)])
+def test_replacement_draws_full_batches_uniformly_as_many_per_pass_as_shuffle(n, batch_size, drop_last, per_pass):
+    # Execute
+    drawn = batch_order(n, batch_size, 3, torch.Generator().manual_seed(2), drop_last, "replacement")
+    shuffled = batch_order(n, batch_size, 3, torch.Generator().manual_seed(2), drop_last)
+
+    # Assert: as many steps as shuffled passes, each batch_size samples drawn with replacement by the generator
+    assert len(drawn) == len(shuffled) == 3 * per_pass
+    assert all(len(b) == batch_size for b in drawn)
+    generator = torch.Generator().manual_seed(2)
+    assert all(torch.equal(b, torch.randint(n, (batch_size,), generator=generator)) for b in drawn)
+
+
+def test_replacement_repeats_samples_within_a_pass_and_covers_them_in_the_long_run():
+    # 1000 steps of 4 from 10 samples: repeats within a pass (impossible when shuffled), every sample ~400 times
+    drawn = step_batches(10, 4, 1000, torch.Generator().manual_seed(0), sampling="replacement")
+    counts = torch.bincount(torch.cat(drawn), minlength=10)
+
+    assert len(drawn) == 1000 and any(len(set(b.tolist())) < 4 for b in drawn[:50])
+    assert int(counts.min()) > 300 and int(counts.max()) < 500  # binomial(4000, 0.1): 400 +- 19 sd
+
+
+def test_an_unknown_batch_sampling_is_refused_naming_the_choices():
+    with pytest.raises(ValueError, match="batch_sampling must be one of shuffle, replacement"):
+        TrainConfig(rounds=1, batch_sampling="random")
+
+
 def test_drop_last_trains_on_full_batches_only():
     # Prepare: a client of 10 samples, batch 4, 2 epochs: 3 batches per pass, or 2 with drop_last
     data = shard_data([10])

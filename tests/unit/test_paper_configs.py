@@ -197,7 +197,7 @@ def test_layerwise_fig12_trains_two_gpts_centrally_with_the_appendix_settings():
     assert (training["optimizer"], training["adamw_beta2"], training["lr"], training["weight_decay"]) == (
         "adamw", 0.95, 0.002, 0.001)
     assert (training["lr_schedule"], training["lr_schedule_over"], training["batch_size"]) == ("cosine", "rounds", 50)
-    assert training["lr_warmup"] > 0
+    assert training["lr_warmup"] > 0 and training["batch_sampling"] == "replacement"  # their get_batch
     assert config["model_options"]["char_gpt"]["embed_dim"] == 128
 
 

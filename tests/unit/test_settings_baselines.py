@@ -36,7 +36,7 @@ FIRST_TRAINING_KEYS = {"batch_size", "bf16_autocast", "client_chunk_size", "clie
 TRAINING_BASELINES = {
     "keep_optimizer_state": False, "local_steps": None, "optimizer": "sgd", "adamw_beta1": 0.9, "adamw_beta2": 0.999,
     "adamw_eps": 1e-8, "lr_schedule": "constant", "lr_schedule_over": "rounds", "lr_warmup": 0.0, "precision": "fp32",
-    "eval_every": 1, "save_every": 1, "nesterov": False, "drop_last": False, "swa": None,
+    "eval_every": 1, "save_every": 1, "nesterov": False, "drop_last": False, "batch_sampling": "shuffle", "swa": None,
 }
 # Likewise for the Hessian jobs' `hessian` settings.
 FIRST_HESSIAN_KEYS = {"batch_size", "cache_graph", "density", "density_probes", "density_steps", "eval_samples",

@@ -93,6 +93,8 @@ ROUND_CASES = {
                                                           "local_steps": (2, 5, 3, 7)}),
     # the FedAlign code's client loaders drop each pass's smaller last batch (the 5-sample client keeps its one)
     "fedavg-drop-last": ("fedavg", {}, {"drop_last": True, "augment": "crop_flip"}),
+    # batches drawn with replacement per step (the layer-wise LMC authors' GPT training)
+    "fedavg-replacement": ("fedavg", {}, {"batch_sampling": "replacement", "local_epochs": None, "local_steps": 3}),
 }
 # The cases compared in float32 too, where float32 rounding is not amplified. Each was run from one start and data in
 # float32 and in float64 on AVX-512, AVX2 and ATen's default kernels (1 to 3 threads): each path's float32 client

@@ -40,27 +40,33 @@ def client_generator(seed: int, round_: int, client_id: int) -> torch.Generator:
 
 
 def batch_order(n: int, batch_size: int, epochs: int, generator: torch.Generator,
-                drop_last: bool = False) -> list[torch.Tensor]:
+                drop_last: bool = False, sampling: str = "shuffle") -> list[torch.Tensor]:
     """Index batches for `epochs` shuffled passes over n samples (the last batch may be smaller; `drop_last`: left
-    out, unless it is the pass's only batch, so that every client trains). The same draws either way."""
+    out, unless it is the pass's only batch, so that every client trains). The same draws either way.
+
+    `sampling="replacement"` (fedscape.fl.schedule.BATCH_SAMPLINGS): as many batches per pass, each of batch_size
+    samples drawn uniformly with replacement (nanoGPT's get_batch), so none is smaller."""
     batches = []
     end = n - batch_size + 1 if drop_last and n >= batch_size else n
     for _ in range(epochs):
+        if sampling == "replacement":
+            batches.extend(torch.randint(n, (batch_size,), generator=generator) for _ in range(0, end, batch_size))
+            continue
         perm = torch.randperm(n, generator=generator)
         batches.extend(perm[i : i + batch_size] for i in range(0, end, batch_size))
     return batches
 
 
 def step_batches(n: int, batch_size: int, steps: int, generator: torch.Generator,
-                 drop_last: bool = False) -> list[torch.Tensor]:
+                 drop_last: bool = False, sampling: str = "shuffle") -> list[torch.Tensor]:
     """Exactly `steps` index batches, cycling through shuffled passes over n samples as `batch_order` makes them
     (a pass's last batch may be smaller, or dropped: `drop_last`); the pass cut short draws its whole permutation,
-    like a full one."""
+    like a full one. `sampling`: as `batch_order`'s."""
     if n < 1:
         raise ValueError("a client without samples cannot take local steps")
     batches: list[torch.Tensor] = []
     while len(batches) < steps:
-        batches.extend(batch_order(n, batch_size, 1, generator, drop_last))
+        batches.extend(batch_order(n, batch_size, 1, generator, drop_last, sampling))
     return batches[:steps]
 
 
@@ -75,9 +81,9 @@ class LocalPlan:
 def local_plan(cfg: TrainConfig, n: int, work: int, round_: int, generator: torch.Generator) -> LocalPlan:
     """The batches of a client with n samples doing `work` epochs or steps (`cfg.work_unit`), and their lrs."""
     if cfg.work_unit == "steps":
-        batches = step_batches(n, cfg.batch_size, work, generator, cfg.drop_last)
+        batches = step_batches(n, cfg.batch_size, work, generator, cfg.drop_last, cfg.batch_sampling)
     else:
-        batches = batch_order(n, cfg.batch_size, work, generator, cfg.drop_last)
+        batches = batch_order(n, cfg.batch_size, work, generator, cfg.drop_last, cfg.batch_sampling)
     return LocalPlan(batches, cfg.step_lrs(round_, len(batches)))
 
 

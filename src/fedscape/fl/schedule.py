@@ -16,6 +16,11 @@ from fedscape.core.seeds import derive_seed
 
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("constant", "cosine")
+# How a client's batches are drawn (`training.batch_sampling`): `shuffle`, each pass a permutation of its samples
+# (torch's DataLoader(shuffle=True), the baseline); `replacement`, every step a batch of batch_size samples drawn
+# uniformly with replacement, as nanoGPT's get_batch draws random windows per step (the layer-wise LMC authors'
+# LLMC/get_llm.py), a pass being as many steps as shuffle's.
+BATCH_SAMPLINGS = ("shuffle", "replacement")
 LR_SCHEDULE_OVER = ("local_steps", "rounds")
 WORK_KEYS = ("local_epochs", "local_steps")  # a client's local work per round: one of the two
 WORK_DRAWS = ("round", "once")

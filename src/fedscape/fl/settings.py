@@ -15,6 +15,7 @@ from fedscape.core.names import nearest_text
 from fedscape.core.runs import RUN_FIELDS
 from fedscape.core.seeds import derive_seed
 from fedscape.fl.schedule import (
+    BATCH_SAMPLINGS,
     DEFAULT_LOCAL_EPOCHS,
     LR_SCHEDULE_OVER,
     LR_SCHEDULES,
@@ -76,6 +77,9 @@ class TrainConfig:
     # Drop each pass's last, smaller batch, as torch's DataLoader(drop_last=True) of the FedAlign code's client
     # loaders (data_preprocessing/data_loader.py) does; a client smaller than one batch keeps its one batch.
     drop_last: bool = False
+    # How each step's batch is drawn (fedscape.fl.schedule.BATCH_SAMPLINGS): shuffled passes, or with replacement
+    # per step as the layer-wise LMC authors' GPT training draws its windows.
+    batch_sampling: str = "shuffle"
     weight_decay: float = 0.0
     participation: float = 1.0  # fraction of clients sampled each round (pilot study Fig. 7: 0.2/0.5/0.8)
     save_clients_at: tuple[int, ...] = ()  # rounds whose client models are kept (local scope, layer-wise LMC)
@@ -151,6 +155,9 @@ class TrainConfig:
         object.__setattr__(self, "local_steps", steps)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.batch_sampling not in BATCH_SAMPLINGS:
+            raise ValueError(f"batch_sampling must be one of {', '.join(BATCH_SAMPLINGS)}, got "
+                             f"{self.batch_sampling!r}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
             raise ValueError(f"nesterov needs optimizer sgd with a momentum > 0 (torch.optim.SGD's rule), got "
                              f"optimizer {self.optimizer} with momentum {self.momentum}: set momentum (e.g. 0.9) "
@@ -293,6 +300,7 @@ class TrainingSettings(JobSettings):
     save_every: int = 1
     nesterov: bool = False
     drop_last: bool = False
+    batch_sampling: str = "shuffle"
     swa: SWASettings | None = None  # the train job's server-side SWA (fedscape.fl.swa), None without
 
     @classmethod

@@ -294,7 +294,7 @@ def test_bench_trace_evaluates_a_checkpoint_on_its_hessian_jobs_samples(tmp_path
     _, xc, yc, client = checkpoint_model(checkpoint, path, None, None, client=1)
 
     # Assert: the final round's model, and the job's seeded subset (eval_samples, hessian.seed) of the clients' union
-    data = dataset_from_options("digits", dataset_settings(config["datasets"]["digits"]))
+    data = dataset_from_options("digits", dataset_settings("digits", config["datasets"]["digits"]))
     clients = [torch.as_tensor(ix) for ix in load_partition(partition, data.y_train.numpy()).client_indices]
     union = torch.cat(clients).sort().values
     idx = union[eval_subset(len(union), 48, 0, key=0)]

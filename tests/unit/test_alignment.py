@@ -80,7 +80,8 @@ CASES: dict[str, tuple[Builder, tuple[int, ...]]] = {
 TOKEN_CASES = {"char_gpt", "char_gpt-one-head"}
 # Registry models without a permutation spec: alignment raises a clear error naming the reason
 # (fedscape.models.specs.NO_PERMUTATION_SPEC, the model class's no_permutation_spec), checked below.
-UNSUPPORTED = {"char_lstm": token_registry("char_lstm", embed_dim=4, hidden_size=6)}
+UNSUPPORTED = {"char_lstm": token_registry("char_lstm", embed_dim=4, hidden_size=6),
+               "word_lstm": token_registry("word_lstm", embed_dim=4, hidden_size=6)}
 # Large (millions of parameters; 0.6M and 138 permutation groups): fewer coordinate-descent sweeps where any number
 # will do.
 HEAVY = {"vgg11", "resnet18_nonorm", "resnet18-group", "resnet56_bottleneck-batch", "resnet56_bottleneck-group"}

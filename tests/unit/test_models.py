@@ -37,7 +37,7 @@ def batch(in_channels: int, image_size: int, size: int = 2) -> torch.Tensor:
 def test_model_names_are_sorted_and_complete() -> None:
     # Prepare
     expected = {"mlp", "cnn_small", "convnet", "lenet5", "resnet20", "resnet56", "resnet56_bottleneck", "resnet18",
-                "resnet18_nonorm", "vgg11", "char_gpt", "char_lstm"}
+                "resnet18_nonorm", "vgg11", "char_gpt", "char_lstm", "word_lstm"}
 
     # Execute / Assert
     assert list(MODEL_NAMES) == sorted(MODEL_NAMES)

@@ -110,6 +110,23 @@ def test_meta_has_the_posters_femnist_row_with_one_client_per_writer():
         assert len(same) == 3
 
 
+def test_meta_has_the_posters_language_columns_with_one_client_per_user():
+    config, runs = load("meta"), runs_of("meta")
+    words = [r for r in runs if r.dataset in ("stackoverflow", "reddit")]
+
+    assert {r.dataset for r in words} == {"stackoverflow", "reddit"} and {r.model for r in words} == {"word_lstm"}
+    assert {r.setting for r in words} == {"writers"} and config["partitions"]["writers"]["kind"] == "natural"
+    assert {config["inits"][r.init]["kind"] for r in words} == {"random", "pretrained"}
+    assert {config["algorithms"][r.algorithm]["name"] for r in words} == {"fedavg", "fedadam"}
+    for run in words:  # 50 clients per round (Reddi et al. 2021), 3 seeds of every (data set, algorithm, init)
+        assert round(float(run.participation) * run.num_clients) == 50
+        assert run.num_clients <= config["datasets"][run.dataset]["max_clients"]
+        same = [r for r in words if (r.dataset, r.algorithm, r.init) == (run.dataset, run.algorithm, run.init)]
+        assert sorted(r.seed for r in same) == [0, 1, 2]
+    hessian = [entry.get("dataset") for entry in config["hessian"]["runs"]]
+    assert hessian.count("stackoverflow") == hessian.count("reddit") == 2 and 0 in config["hessian"]["rounds"]
+
+
 @pytest.mark.parametrize("name", ["meta", "meta_digits"])
 def test_meta_compares_algorithms_under_unequal_local_steps_from_both_inits(name):
     """The poster's system heterogeneity: clients draw their local steps every round; the same algorithms from

@@ -1,8 +1,8 @@
 """Model registry: every network the pipeline trains, built by name (`build_model`).
 
 The networks live by family: `feedforward` (mlp, cnn_small, convnet, lenet5, vgg11), `resnets` (the CIFAR ResNets,
-resnet18), `tokens` (char_gpt, char_lstm), on the shared building blocks of `layers`; their torch-free facts are
-in `fedscape.models.specs`. Conventions every model follows (other stages rely on them):
+resnet18), `tokens` (char_gpt, char_lstm, word_lstm), on the shared building blocks of `layers`; their torch-free
+facts are in `fedscape.models.specs`. Conventions every model follows (other stages rely on them):
 
 - ``forward(x)`` returns logits and equals ``classifier(forward_features(x))``, where
   ``forward_features`` gives the penultimate representation ``[B, D]`` (MOON) and ``classifier`` is
@@ -48,7 +48,7 @@ from fedscape.models.specs import (
     model_option_problems,
     token_model_options,
 )
-from fedscape.models.tokens import CharGPT, CharLSTM
+from fedscape.models.tokens import CharGPT, CharLSTM, WordLSTM
 
 
 def _token_model(cls: type[ImageClassifier], name: str) -> Callable[..., ImageClassifier]:
@@ -65,6 +65,8 @@ def _token_model(cls: type[ImageClassifier], name: str) -> Callable[..., ImageCl
             raise ValueError("; ".join(problems))
         check_token_options(name, options, in_channels, image_size, dataset="the data")
         opts = token_model_options(name, options)
+        opts["vocab_size"] = opts["vocab_size"] or in_channels  # None: the data's
+        opts["seq_len"] = opts["seq_len"] or image_size
         if num_classes != opts["vocab_size"]:
             raise ValueError(f"model {name!r} has vocab_size {opts['vocab_size']} but the data has "
                              f"{num_classes} classes (next characters); they must be equal")
@@ -107,6 +109,7 @@ _BUILDERS: dict[str, Callable[..., ImageClassifier]] = {
     "vgg11": lambda num_classes, in_channels, image_size: VGG11(num_classes, in_channels),
     "char_gpt": _token_model(CharGPT, "char_gpt"),
     "char_lstm": _token_model(CharLSTM, "char_lstm"),
+    "word_lstm": _token_model(WordLSTM, "word_lstm"),
 }
 if set(_BUILDERS) != set(MODEL_INFOS):
     raise RuntimeError("fedscape.models.registry and fedscape.models.specs name different models")

@@ -190,6 +190,16 @@ MODEL_INFOS: dict[str, ModelInfo] = {
         paper="Caldas et al. 2018, LEAF: A Benchmark for Federated Settings",
         inputs="tokens",
     ),
+    "word_lstm": ModelInfo(
+        "word_lstm",
+        residual=False,
+        image_sizes=None,
+        description="Stack Overflow next-word model: word embedding (96), one LSTM layer of 670 units (Keras: one "
+                    "bias per gate), dense projection to 96, dense layer to the vocabulary's logits at every "
+                    "position; 4,050,748 parameters over Stack Overflow's 10,004 ids",
+        paper="Reddi et al. 2021, Adaptive Federated Optimization (App. C; TFF's create_recurrent_model)",
+        inputs="tokens",
+    ),
 }
 
 # Defaults of the token models' options (all positive integers).
@@ -200,6 +210,10 @@ TOKEN_MODEL_DEFAULTS: dict[str, dict[str, int]] = {
     # LEAF's Shakespeare model (Caldas et al. 2018): 80 characters in, the next one out, embedding 8,
     # two LSTM layers of 256 units.
     "char_lstm": {"vocab_size": 80, "seq_len": 80, "embed_dim": 8, "hidden_size": 256},
+    # Reddi et al. 2021's Stack Overflow LSTM: embedding 96, 670 units. Its vocabulary and sequence length are the
+    # data's (None: Stack Overflow's 10,004 ids and 20 words, LEAF Reddit's 10,000 and 10), so that one model runs
+    # on both of the Meta poster's language columns.
+    "word_lstm": {"vocab_size": None, "seq_len": None, "embed_dim": 96, "hidden_size": 670},
 }
 
 # The keyword options `build_model` accepts per model (the ResNets, cnn_small: `norm` in MODEL_NORMS; resnet18 also
@@ -217,6 +231,8 @@ NO_PERMUTATION_SPEC: dict[str, str] = {
     "char_lstm": ("an LSTM's recurrent weights weight_hh are permuted on both axes by the same hidden-unit "
                   "permutation, so the matching objective is quadratic in it and a coordinate step is no longer "
                   "a linear assignment (Ainsworth et al. 2023 match feed-forward and residual networks only)"),
+    "word_lstm": ("its LSTM's recurrent weights weight_hh are permuted on both axes by the same hidden-unit "
+                  "permutation, so the matching objective is quadratic in it (as char_lstm's)"),
 }
 if {n for n, i in MODEL_INFOS.items() if i.inputs == "tokens"} != set(TOKEN_MODEL_DEFAULTS):
     raise RuntimeError("every token model needs its option defaults in TOKEN_MODEL_DEFAULTS, and only they")
@@ -235,7 +251,8 @@ def is_token_model(name: str) -> bool:
 
 
 def token_model_options(name: str, options: dict | None = None) -> dict[str, int]:
-    """The options of token model ``name``: its defaults updated by ``options`` (ValueError for an image model)."""
+    """The options of token model ``name``: its defaults updated by ``options`` (ValueError for an image model); a
+    vocab_size or seq_len of None is the data's (word_lstm's defaults)."""
     if not is_token_model(name):
         raise ValueError(f"model {name!r} is not a token model; token models: {', '.join(TOKEN_MODEL_DEFAULTS)}")
     return {**TOKEN_MODEL_DEFAULTS[name], **(options or {})}
@@ -288,10 +305,10 @@ def check_token_options(name: str, options: dict | None, vocab_size: int, seq_le
     if not is_token_model(name):
         return
     opts = token_model_options(name, options)
-    if opts["vocab_size"] != vocab_size:
+    if opts["vocab_size"] is not None and opts["vocab_size"] != vocab_size:
         raise ValueError(f"model {name!r} has vocab_size {opts['vocab_size']} but {dataset} has a vocabulary of "
                          f"{vocab_size} characters; set model_options.{name}.vocab_size: {vocab_size}")
-    if opts["seq_len"] != seq_len:
+    if opts["seq_len"] is not None and opts["seq_len"] != seq_len:
         raise ValueError(f"model {name!r} has seq_len {opts['seq_len']} but {dataset} gives sequences of "
                          f"{seq_len} characters; set model_options.{name}.seq_len: {seq_len}")
 

@@ -1,4 +1,5 @@
-"""Token models: character-level language models (char_gpt, char_lstm) and char_gpt's permutation spec.
+"""Token models: character-level language models (char_gpt, char_lstm), the word-level LSTM of Reddi et al. 2021
+(word_lstm), and char_gpt's permutation spec.
 
 Inputs are int64 character ids [B, T]; ``forward`` returns the logits [B, vocab] of the character after the
 sequence (the last position's prediction), so training and evaluation treat them as classifiers over the
@@ -206,10 +207,14 @@ class LSTMLayer(nn.Module):
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
 
+    def gate_bias(self) -> Tensor:
+        """The bias added to the gates' input part (nn.LSTM's two biases summed)."""
+        return self.bias_ih + self.bias_hh
+
     def forward(self, x: Tensor) -> Tensor:
         """Outputs h_t of every step, [B, T, H], from zero initial states, for inputs [B, T, in]."""
         b, t, _ = x.shape
-        gates_x = F.linear(x, self.weight_ih, self.bias_ih + self.bias_hh)  # every step's input part at once
+        gates_x = F.linear(x, self.weight_ih, self.gate_bias())  # every step's input part at once
         h = x.new_zeros(b, self.hidden_size)
         c = x.new_zeros(b, self.hidden_size)
         outputs = []
@@ -253,3 +258,65 @@ class CharLSTM(TokenModel):
         """Logits of every position, [B, T, vocab] (position t predicts token t + 1)."""
         return self.classifier(self.hidden_states(x))
 
+
+
+class KerasLSTMLayer(LSTMLayer):
+    """One LSTM layer as Keras builds it (tf.keras.layers.LSTM): one bias per gate (``bias``, [4H]) where nn.LSTM has
+    two, gates in the same order (input, forget, cell, output), and Keras' initialisation: Glorot-uniform input
+    kernel, orthogonal recurrent kernel, zero bias but the forget gate's at 1 (``unit_forget_bias``). The weights
+    are stored transposed from Keras' ([4H, in] and [4H, H], as nn.LSTM's), so ``weight_hh``'s columns are
+    orthonormal where Keras' recurrent kernel [H, 4H] has orthonormal rows."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        nn.Module.__init__(self)
+        self.hidden_size = hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+        self.bias = nn.Parameter(torch.zeros(4 * hidden_size))
+        nn.init.xavier_uniform_(self.weight_ih)  # Glorot over fan_in = in, fan_out = 4H, as Keras' [in, 4H] kernel
+        nn.init.orthogonal_(self.weight_hh)
+        with torch.no_grad():
+            self.bias[hidden_size : 2 * hidden_size] = 1.0
+
+    def gate_bias(self) -> Tensor:
+        return self.bias
+
+
+class WordLSTM(TokenModel):
+    """The Stack Overflow next-word model of Reddi et al. 2021 (Adaptive Federated Optimization, App. C; TFF's
+    ``create_recurrent_model``): a word embedding (96), one LSTM layer (670 units), a dense projection back to the
+    embedding width and a dense layer to the vocabulary's logits, at every position.
+
+    Keras' layers and initialisation: ``KerasLSTMLayer`` (one bias per gate), Dense layers Glorot-uniform with zero
+    bias, the embedding uniform in [-0.05, 0.05]; 4,050,748 parameters over Stack Overflow's 10,004 ids. Keras
+    masks the padding id in the LSTM (``mask_zero``): padding comes only after a sequence's end token, where no
+    target counts (-100), so the positions that count see the same states without a mask. Deterministic, so
+    without dropout, like every model of the registry.
+    """
+
+    no_permutation_spec = NO_PERMUTATION_SPEC["word_lstm"]  # why weight matching cannot align it
+
+    def __init__(self, vocab_size: int, seq_len: int, embed_dim: int, hidden_size: int,
+                 every_position: bool = False) -> None:
+        super().__init__()
+        self.seq_len = seq_len
+        self.every_position = every_position
+        self.embedding = nn.Embedding(vocab_size, embed_dim)
+        self.lstm = KerasLSTMLayer(embed_dim, hidden_size)
+        self.projection = nn.Linear(hidden_size, embed_dim)
+        self.classifier = nn.Linear(embed_dim, vocab_size)
+        nn.init.uniform_(self.embedding.weight, -0.05, 0.05)
+        for layer in (self.projection, self.classifier):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def hidden_states(self, x: Tensor) -> Tensor:
+        """The projected LSTM outputs at every step, [B, T, embed_dim]."""
+        return self.projection(self.lstm(self.embedding(x)))
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.hidden_states(x)[:, -1]
+
+    def forward_all(self, x: Tensor) -> Tensor:
+        """Logits of every position, [B, T, vocab] (position t predicts token t + 1)."""
+        return self.classifier(self.hidden_states(x))

@@ -7,13 +7,16 @@ per step is that of CIFAR for CIFAR's models):
 - plain: a plain-torch SGD step of the same network (forward, cross-entropy, backward, `torch.optim.SGD.step`), the
   reference;
 - sequential: fedscape's local training of one client (`fedscape.fl.sequential.local_train`), per step;
+- captured: the same with its forward and backward passes replayed from CUDA graphs (`fedscape.fl.capture`, what
+  `training.capture: auto` takes on a GPU where the check at capture passes), per step; on a CUDA device only;
 - vectorized: fedscape's vectorised round of `--clients` clients (`fedscape.fl.vectorized`), per client step, where
   the model and FedAvg can be trained vectorised (`vectorization_blocker`); the reason where not.
 
 It then projects each config's local training into hours: every run the workflow plans, its rounds x the clients
 sampled in each round x each client's local steps (epochs x batches of its share of the training pool, or the
 configured steps). "before" prices every step at the sequential cost; "now" at the path `client_parallel: auto` takes
-on this device (`resolve_client_parallel`); "plain" at the reference step. Evaluation, initialisation (pre-training,
+on this device (`resolve_client_parallel`; a sequential step captured where `capture: auto` captures it); "plain" at
+the reference step. Evaluation, initialisation (pre-training,
 warm-up) and the analysis jobs (Hessian, landscapes, barriers) are not included: local training dominates the papers'
 workload. The clients' shares are taken equal (pool / clients); Dirichlet splits change the number of batches only by
 the rounding of each client's last batch.
@@ -38,6 +41,7 @@ from machine import device_label, torch_line
 from fedscape.core.runs import Run, build_runs
 from fedscape.data.federated import FederatedData
 from fedscape.data.specs import DATASETS
+from fedscape.fl.capture import CapturedForward, capture_blocker
 from fedscape.fl.sequential import local_train
 from fedscape.fl.settings import TrainConfig, sample_clients
 from fedscape.fl.strategies.registry import make_strategy
@@ -163,6 +167,16 @@ def measure(kind: StepKind, args: argparse.Namespace, device: torch.device) -> d
         row["sequential_ms"] = timed(
             lambda: local_train(model, flat, global_params, global_buffers, data, 0, 1, strategy, cfg),
             device, args.repeats) / args.steps * 1e3
+        row["captured_ms"], row["why_not_captured"] = None, capture_blocker(model, strategy, device.type)
+        if row["why_not_captured"] is None:
+            capture = CapturedForward(model, kind.batch_size)  # captured and checked in the untimed warm-up call
+            ms = timed(lambda: local_train(model, flat, global_params, global_buffers, data, 0, 1, strategy, cfg,
+                                           capture=capture), device, args.repeats) / args.steps * 1e3
+            if capture.on:
+                row["captured_ms"] = ms
+            else:
+                row["why_not_captured"] = f"the check at capture failed: {capture.difference}"
+            capture.close()
         reason = vectorization_blocker(model, strategy)
         row["vectorized_ms"], row["why_not"] = None, reason
         if reason is None:
@@ -173,7 +187,8 @@ def measure(kind: StepKind, args: argparse.Namespace, device: torch.device) -> d
             row["vectorized_ms"] = timed(lambda: trainer.train_round(global_params, global_buffers, sampled, 1),
                                          device, args.repeats) / (args.steps * args.clients) * 1e3
         row["auto"] = resolve_client_parallel(model, strategy, cfg, device.type)
-    row["now_ms"] = row["vectorized_ms"] if row["auto"] == "vectorized" else row["sequential_ms"]
+    sequential = row["sequential_ms"] if row["captured_ms"] is None else row["captured_ms"]
+    row["now_ms"] = row["vectorized_ms"] if row["auto"] == "vectorized" else sequential
     return row
 
 
@@ -212,15 +227,17 @@ def main() -> None:
     print(f"# local training step costs on {name}, precision {precision_used(args.precision, device)}, "
           f"{torch_line()}; {args.steps} steps x {args.repeats} repeats, vectorised over {args.clients} clients")
     print("| model | plain ms/step | fedscape sequential ms/step | sequential / plain | vectorised ms/client step | "
-          "plain / vectorised | auto |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+          "plain / vectorised | auto | captured ms/step | plain / captured |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|")
     costs: dict[StepKind, dict] = {}
     for kind in sorted({k for per_kind in projections.values() for k in per_kind}, key=lambda k: k.label):
         row = costs[kind] = measure(kind, args, device)
         vec = (f"{row['vectorized_ms']:.4g} | {row['plain_ms'] / row['vectorized_ms']:.1f}x"
                if row["vectorized_ms"] is not None else f"n/a: {row['why_not']} | ")
+        cap = (f"{row['captured_ms']:.4g} | {row['plain_ms'] / row['captured_ms']:.1f}x"
+               if row["captured_ms"] is not None else f"n/a: {row['why_not_captured']} | ")
         print(f"| {kind.label} | {row['plain_ms']:.4g} | {row['sequential_ms']:.4g} | "
-              f"{row['sequential_ms'] / row['plain_ms']:.2f}x | {vec} | {row['auto']} |", flush=True)
+              f"{row['sequential_ms'] / row['plain_ms']:.2f}x | {vec} | {row['auto']} | {cap} |", flush=True)
 
     print(f"\n# projected hours of local training on {name} (training only: no evaluation, inits or analysis)")
     print("| config | model | runs | client steps | hours at plain steps | hours before (sequential) | hours now |")

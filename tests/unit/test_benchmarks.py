@@ -60,6 +60,8 @@ def test_bench_gpu_projects_the_measured_step_costs():
         assert int(runs) > 0 and int(steps) > 0
         assert float(plain) == pytest.approx(int(steps) * costs[model][0] / 3.6e6, rel=2e-3)
         assert float(before) == pytest.approx(int(steps) * costs[model][1] / 3.6e6, rel=2e-3)
+    # a CPU has no captured steps, and says why
+    assert all(row[7] == "n/a: CUDA graphs need a CUDA device, not cpu" for row in tables[0][1:])
 
 
 def test_bench_algorithms_runs():

@@ -62,7 +62,7 @@ CONTRACTS: dict[type[JobSettings], tuple[set[str], dict]] = {
                         "adamw_beta2": 0.999, "adamw_eps": 1e-8, "lr_schedule": "constant",
                         "lr_schedule_over": "rounds", "lr_warmup": 0.0, "precision": "fp32", "eval_every": 1,
                         "save_every": 1, "nesterov": False, "drop_last": False, "batch_sampling": "shuffle",
-                        "swa": None}),
+                        "capture": "auto", "swa": None}),
     SWASettings: ({"start_round", "cycle", "lr_ratio", "scheduled_lr"}, {"bn_stats": "stored"}),
     ClientStatsJob: ({"run_ids"}, {}),
 }

@@ -36,7 +36,8 @@ FIRST_TRAINING_KEYS = {"batch_size", "bf16_autocast", "client_chunk_size", "clie
 TRAINING_BASELINES = {
     "keep_optimizer_state": False, "local_steps": None, "optimizer": "sgd", "adamw_beta1": 0.9, "adamw_beta2": 0.999,
     "adamw_eps": 1e-8, "lr_schedule": "constant", "lr_schedule_over": "rounds", "lr_warmup": 0.0, "precision": "fp32",
-    "eval_every": 1, "save_every": 1, "nesterov": False, "drop_last": False, "batch_sampling": "shuffle", "swa": None,
+    "eval_every": 1, "save_every": 1, "nesterov": False, "drop_last": False, "batch_sampling": "shuffle",
+    "capture": "auto", "swa": None,
 }
 # Likewise for the Hessian jobs' `hessian` settings.
 FIRST_HESSIAN_KEYS = {"batch_size", "cache_graph", "density", "density_probes", "density_steps", "eval_samples",
@@ -131,6 +132,7 @@ def test_the_default_config_s_jobs_carry_no_later_key(default_config):
 @pytest.mark.parametrize(("edit", "where", "key", "value"), [
     (lambda c: c["training"].update(optimizer="adamw", momentum=0.0), "train", "optimizer", "adamw"),
     (lambda c: c["training"].update(lr_warmup=2.0), "train", "lr_warmup", 2.0),
+    (lambda c: c["training"].update(capture="eager"), "train", "capture", "eager"),
     (lambda c: c["hessian"].update(trace_estimator="hutchpp"), "hessian", "trace_estimator", "hutchpp"),
     (lambda c: c["hessian"]["sharpness"].update(rho=0.1), "hessian", "sharpness_rho", 0.1),
     (lambda c: c["interpolation"].update(align=True), "interpolation", "align", True),

@@ -122,14 +122,21 @@ def run_federated(
     """
     device = next(model.parameters()).device
     with use_precision(cfg.precision, device):
-        return _run_federated(model, data, strategy, cfg, progress_dir, progress_key, trainer, swa)
+        flat = FlatParams(model)
+        owned = trainer is None
+        if owned:
+            trainer = make_trainer(model, flat, data, strategy, cfg)
+        try:
+            return _run_federated(model, flat, data, strategy, cfg, progress_dir, progress_key, trainer, swa)
+        finally:
+            if owned:  # a trainer passed in is its caller's to close
+                trainer.close()
 
 
-def _run_federated(model: torch.nn.Module, data: FederatedData, strategy: Strategy, cfg: TrainConfig,
-                   progress_dir: str | Path | None, progress_key: str, trainer: Trainer | None,
+def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData, strategy: Strategy,
+                   cfg: TrainConfig, progress_dir: str | Path | None, progress_key: str, trainer: Trainer,
                    swa: SWAConfig | None) -> RunResult:
     device = next(model.parameters()).device
-    flat = FlatParams(model)
     progress = _Progress(Path(progress_dir) if progress_dir else None, progress_key)
     x_all, y_all = data.union()
     strategy.setup(data.num_clients, flat.vector.numel(), device, model=model, seed=cfg.seed)
@@ -152,8 +159,6 @@ def _run_federated(model: torch.nn.Module, data: FederatedData, strategy: Strate
         return rec
 
     keep = set(cfg.kept_rounds(swa))
-    if trainer is None:
-        trainer = make_trainer(model, flat, data, strategy, cfg)
     averager = SWAModel() if swa is not None else None
     recompute_swa_bn = swa is not None and swa.bn_stats == "recomputed" and has_batch_norm(model)
     swa_bn_stats = "recomputed" if recompute_swa_bn else "stored"  # what every row's SWA metrics were measured with

@@ -33,6 +33,10 @@ class Trainer(Protocol):
         """Restore `state_dict` when a run resumes."""
         ...
 
+    def close(self) -> None:
+        """Undo what the trainer changed on the model for its rounds (a captured forward); called once, at the end."""
+        ...
+
 
 def client_generator(seed: int, round_: int, client_id: int) -> torch.Generator:
     """The CPU generator behind a client's batch order and augmentation in one round."""

@@ -9,6 +9,7 @@ import torch
 
 from fedscape.data.datasets import augmented_batch, host_to_device, take_rows
 from fedscape.data.federated import FederatedData
+from fedscape.fl.capture import CapturedForward, make_capture
 from fedscape.fl.local import client_generator, layer_seed, local_plan, round_work
 from fedscape.fl.schedule import update_weight
 from fedscape.fl.settings import TrainConfig
@@ -28,14 +29,16 @@ def local_train(
     cfg: TrainConfig,
     momentum: torch.Tensor | None = None,
     work: int | None = None,
+    capture: CapturedForward | None = None,
 ) -> tuple[ClientResult, torch.Tensor]:
     """One client's local training (SGD or AdamW, `cfg.optimizer`) from the global model, with the strategy's
     local objective.
 
     `momentum`: the client's kept optimiser state to start from (None: a fresh optimiser): its flat SGD momentum
     buffer, or with AdamW its moments and step count (`adamw_state`). `work`: its local epochs or steps this
-    round (None: from `cfg.client_work`). Returns the result and that state after the last step (zeros where
-    a parameter got no gradient).
+    round (None: from `cfg.client_work`). `capture`: the model's forward and backward replayed from CUDA graphs
+    (fedscape.fl.capture), captured and checked on the first full batch; None: eager. Returns the result and that
+    state after the last step (zeros where a parameter got no gradient).
     """
     flat.set(global_params)
     if global_buffers.numel():
@@ -68,6 +71,8 @@ def local_train(
             group["lr"] = lr
         xb = augmented_batch(x, b, cfg.augment, generator)
         opt.zero_grad(set_to_none=True)
+        if capture is not None:
+            capture.prepare(xb, y[b])
         loss = strategy.local_backward(model, xb, y[b], ctx)  # back-propagates the local objective
         strategy.adjust_gradients(model, ctx)
         opt.step()
@@ -136,6 +141,7 @@ class SequentialTrainer:
         self.model, self.flat, self.data, self.strategy, self.cfg = model, flat, data, strategy, cfg
         size = flat.vector.numel() * (2 if cfg.optimizer == "adamw" else 1) + (cfg.optimizer == "adamw")
         self.momentum = ClientStore(size) if cfg.keep_optimizer_state else None
+        self.capture = make_capture(model, strategy, cfg, flat.vector.device.type)
 
     def train_round(self, global_params: torch.Tensor, global_buffers: torch.Tensor, sampled: list[int],
                     round_: int) -> list[ClientResult]:
@@ -147,7 +153,7 @@ class SequentialTrainer:
             if self.momentum is not None and c in self.momentum.values:
                 kept = self.momentum.get(c, global_params.device)
             result, momentum = local_train(self.model, self.flat, global_params, global_buffers, self.data, c, round_,
-                                           self.strategy, self.cfg, kept, amount)
+                                           self.strategy, self.cfg, kept, amount, self.capture)
             if self.momentum is not None:
                 self.momentum.set(c, momentum)
             results.append(result)
@@ -160,3 +166,8 @@ class SequentialTrainer:
     def load_state_dict(self, state: dict) -> None:
         if self.momentum is not None and "momentum" in state:
             self.momentum.load_state_dict(state["momentum"])
+
+    def close(self) -> None:
+        """Give the model its own forward back, where the steps were captured."""
+        if self.capture is not None:
+            self.capture.close()

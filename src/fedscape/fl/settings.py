@@ -31,6 +31,10 @@ from fedscape.fl.swa import SWAConfig, SWASettings
 from fedscape.models.specs import DEFAULT_PRECISION, EVAL_BATCH_SIZE, PRECISIONS
 
 CLIENT_PARALLEL = ("auto", "sequential", "vectorized")
+# How a sequential client's local steps run (fedscape.fl.capture): "auto" replays the model's forward and backward
+# passes from CUDA graphs on a CUDA device wherever the replay is checked equal to the eager step, else eagerly;
+# "eager" always eagerly; "cuda_graph" insists (an error where it cannot be captured, or is not exact).
+CAPTURE_MODES = ("auto", "eager", "cuda_graph")
 ADAMW_KEYS = ("adamw_beta1", "adamw_beta2", "adamw_eps")  # the options only optimizer adamw reads
 # Keys of how often a run evaluates and keeps its global model: they change no model, so an IID warm-up init
 # (which keeps its last model) leaves them at their baselines (out of its settings).
@@ -92,6 +96,11 @@ class TrainConfig:
     # after another; "vectorized" insists.
     client_parallel: str = "auto"
     client_chunk_size: int = 64  # clients trained together at most (bounds memory); 0 = all sampled clients
+    # How a client trained one after another takes its local steps (CAPTURE_MODES). "auto": at the papers' batch
+    # sizes a GPU step is bound by kernel launches (a resnet20 step: ~8 ms for ~1 ms of arithmetic on an H100), which
+    # a CUDA graph replays in one launch; the replay runs the eager step's kernels, so it is taken only where a check
+    # at capture finds it equal to the eager step (fedscape.fl.capture), and results do not depend on it.
+    capture: str = "auto"
     # The float32 precision of the run's computations (fedscape.models.device.use_precision): fp32, tf32 (CUDA) or
     # bf16 autocast. fp32 on every device by default: at the pilot's batch sizes (16-32) a step is bound by kernel
     # launches, not by FLOPs, so TF32 buys little there, while it moved vectorised against sequential CUDA rounds
@@ -129,6 +138,8 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.client_parallel not in CLIENT_PARALLEL:
             raise ValueError(f"client_parallel must be auto, sequential or vectorized, got {self.client_parallel!r}")
+        if self.capture not in CAPTURE_MODES:
+            raise ValueError(f"capture must be one of {', '.join(CAPTURE_MODES)}, got {self.capture!r}")
         if self.client_chunk_size < 0:
             raise ValueError(f"client_chunk_size must be >= 0, got {self.client_chunk_size}")
         if self.rounds < 1:
@@ -301,6 +312,7 @@ class TrainingSettings(JobSettings):
     nesterov: bool = False
     drop_last: bool = False
     batch_sampling: str = "shuffle"
+    capture: str = "auto"
     swa: SWASettings | None = None  # the train job's server-side SWA (fedscape.fl.swa), None without
 
     @classmethod

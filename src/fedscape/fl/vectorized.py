@@ -347,6 +347,9 @@ class VectorizedTrainer:
     def load_state_dict(self, state: dict) -> None:
         """Nothing to restore."""
 
+    def close(self) -> None:
+        """Nothing to undo: the stacked path leaves the model as it was."""
+
     def train_round(self, global_params: torch.Tensor, global_buffers: torch.Tensor, sampled: list[int],
                     round_: int) -> list[ClientResult]:
         """Local training of the `sampled` clients from `global_params` and `global_buffers` (the running statistics

@@ -168,6 +168,9 @@ def check_training(training: dict, overrides: dict) -> TrainConfig:
     if merged.get("bf16_autocast"):
         raise ValueError("bf16_autocast is replaced by precision: bf16, which also covers sequential training and "
                          "the evaluations: set precision: bf16 and remove bf16_autocast")
+    if merged.get("capture") == "cuda_graph" and merged.get("device") == "cpu":
+        raise ValueError("capture: cuda_graph replays CUDA graphs, but device is cpu: set capture to auto (eager "
+                         "steps on a CPU) or device to auto or cuda")
     cfg = TrainingSettings.of(merged).train_config()  # swa, the train job's alone: `check_swa_settings`
     ignored = cfg.ignored_optimizer_options()
     if ignored:

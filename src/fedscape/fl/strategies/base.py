@@ -124,9 +124,16 @@ class Strategy:
     # changes the server step (standard local training and no client hook of its own), in which case
     # it inherits its parent's value.
     vectorized: ClassVar[bool] = True
+    # Whether a sequential client's forward and backward passes may be replayed from CUDA graphs
+    # (fedscape.fl.capture): every pass is `model(x)` on the step's batch, its loss back-propagated before the next
+    # pass. The gradient hooks (`adjust_gradients`), `begin_local` and `end_local` run eagerly around it. A subclass
+    # that changes `local_backward` or `local_loss` is False unless it declares `capturable` itself.
+    capturable: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "capturable" not in cls.__dict__ and any(h in cls.__dict__ for h in ("local_backward", "local_loss")):
+            cls.capturable = False
         if "vectorized" not in cls.__dict__:
             hooks = ("begin_local", "local_parameters", "local_backward", "local_loss", "adjust_gradients",
                      "end_local")

@@ -39,6 +39,8 @@ class FedSAM(Strategy):
 
     standard_local_training = False
     vectorized = True  # local_gradients_vectorized: each client's own ascent on the stacked tensors
+    # Two plain passes per step, at w and at w + e, each back-propagated before the next: a replay serves both.
+    capturable = True
 
     def _eta(self) -> float | None:
         return None

@@ -1,0 +1,202 @@
+"""Captured local steps: a sequential client's forward and backward passes replayed from CUDA graphs.
+
+Why: at the papers' batch sizes (16-32 CIFAR images) a resnet20 step on a GPU is bound by launching its few hundred
+kernels, not by their arithmetic (an H100 took 8 ms for a plain-torch step, ../shared/gpu). A CUDA graph launches
+the captured kernels in one call (`torch.cuda.make_graphed_callables`: one graph for the module's forward, one for
+its backward, behind one autograd node). The loss, the strategy's gradient hooks and the optimiser step stay eager:
+they are a few kernels, and keeping torch's own optimiser keeps its arithmetic.
+
+Exactness: a replay runs the kernels the eager pass launched while it was captured, on the same parameters and
+buffers, so it computes what the eager step computes. That is checked, not assumed: `CapturedForward.prepare`
+runs one pass eagerly, one replayed and one eagerly again from the same state, and keeps the graphs only where the
+replay's loss, gradients and buffers (batch-norm statistics) equal the first eager pass's bit for bit, or differ
+by no more than the second eager pass does (a nondeterministic cuDNN kernel, which the eager step has too). A
+model that draws random numbers in training (dropout) fails that check: a replay does not draw as an eager pass
+does. Only the full batches of the capture's shape replay; the last, smaller batch of a pass runs eagerly.
+
+`training.capture` (fedscape.fl.settings.CAPTURE_MODES): auto captures where it is exact, eager never, cuda_graph
+insists.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from fedscape.fl.settings import CAPTURE_MODES, TrainConfig
+from fedscape.fl.strategies.base import Strategy
+from fedscape.models.loss import mean_loss
+
+log = logging.getLogger("fedscape.train")
+
+# The graph maker: torch's, or a stand-in with its signature in the CPU tests of the machinery around it.
+GraphMaker = Callable[..., nn.Module]
+
+
+def capture_blocker(model: nn.Module, strategy: Strategy, device_type: str) -> str | None:
+    """Why the local steps of `strategy` on `model` cannot be captured on `device_type`; None where they can (the
+    check at capture decides the rest)."""
+    if device_type != "cuda":
+        return f"CUDA graphs need a CUDA device, not {device_type}"
+    if not strategy.capturable:
+        return (f"{strategy.name}'s local objective calls the model in its own way (its own local_backward or "
+                "local_loss), which one captured pass does not replay")
+    stochastic = sorted({type(m).__name__ for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)
+                         and m.p > 0})
+    if stochastic:
+        return f"the model draws random numbers in training ({', '.join(stochastic)}), which a replay does not redraw"
+    if any(b.requires_grad for b in model.buffers()):
+        return "the model has a buffer that requires grad"
+    return None
+
+
+def resolve_capture(model: nn.Module, strategy: Strategy, cfg: TrainConfig, device_type: str) -> bool:
+    """Whether the sequential client steps try capturing (`cfg.capture`). An explicit cuda_graph that cannot be
+    honoured is an error, raised before any training."""
+    if cfg.capture not in CAPTURE_MODES:
+        raise ValueError(f"capture must be one of {', '.join(CAPTURE_MODES)}, got {cfg.capture!r}")
+    if cfg.capture == "eager":
+        return False
+    reason = capture_blocker(model, strategy, device_type)
+    if reason is None:
+        return True
+    if cfg.capture == "cuda_graph":
+        raise ValueError(f"training.capture is 'cuda_graph' but {reason}; use 'auto' to take eager steps where "
+                         "capturing is not possible")
+    if device_type == "cuda":  # on a CPU eager steps are all there is: nothing to say in every job's log
+        log.info("local steps: eager (%s)", reason)
+    return False
+
+
+def _max_difference(a: list[torch.Tensor | None], b: list[torch.Tensor | None]) -> float:
+    """The largest absolute difference between matching tensors (inf where one is missing or not finite)."""
+    worst = 0.0
+    for u, v in zip(a, b, strict=True):
+        if u is None or v is None:
+            if u is not v:
+                return float("inf")
+            continue
+        if u.shape != v.shape:
+            return float("inf")
+        if u.numel():
+            diff = (u.double() - v.double()).abs().max()
+            worst = max(worst, float(diff) if torch.isfinite(diff) else (0.0 if torch.equal(u, v) else float("inf")))
+    return worst
+
+
+class CapturedForward:
+    """The model's training forward of full batches (and the backward behind it), replayed from CUDA graphs once
+    `prepare` has captured and checked them; the model's own forward for every other call.
+
+    Installed on the model for the trainer's lifetime: the forward is an attribute of the module instance that sends
+    a call to the graphs only in training mode, with gradients enabled, on a tensor of the captured shape, dtype and
+    device. Evaluation (eval mode) and batch-norm recomputation (no gradients) take the eager forward.
+    """
+
+    def __init__(self, model: nn.Module, batch_size: int, strict: bool = False,
+                 make_graphed: GraphMaker | None = None):
+        self.model, self.batch_size, self.strict = model, batch_size, strict
+        self.make_graphed = make_graphed if make_graphed is not None else torch.cuda.make_graphed_callables
+        self.state = "pending"  # pending -> on (graphs installed) | off (eager for good)
+        self.replays = 0  # passes served by the graphs (a replayed forward, and its backward)
+        self.difference = None  # what the check at capture measured: (replay vs eager, eager vs eager)
+        self._graphed: Callable | None = None
+        self._key: tuple | None = None
+
+    @property
+    def on(self) -> bool:
+        return self.state == "on"
+
+    def _dispatch(self, x, *args, **kwargs):
+        if (self._graphed is not None and not args and not kwargs and self.model.training and torch.is_grad_enabled()
+                and isinstance(x, torch.Tensor) and (x.shape, x.dtype, x.device) == self._key):
+            self.replays += 1
+            return self._graphed(x)
+        return type(self.model).forward(self.model, x, *args, **kwargs)
+
+    def prepare(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Capture on the first full batch (x, y) and check the replay against the eager pass; nothing otherwise.
+
+        Called at a step's start (gradients cleared): the parameters, buffers, gradients and random state are as
+        they were on return, so the step that follows computes what it would have without the capture."""
+        if self.state != "pending" or len(x) != self.batch_size or not self.model.training:
+            return
+        model = self.model
+        params, buffers = list(model.parameters()), list(model.buffers())
+        saved = [b.detach().clone() for b in buffers]
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state(x.device) if x.device.type == "cuda" else None
+
+        def restore() -> None:
+            with torch.no_grad():
+                for b, v in zip(buffers, saved, strict=True):
+                    b.copy_(v)
+            for p in params:
+                p.grad = None
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, x.device)
+
+        def one_pass() -> list[torch.Tensor | None]:
+            restore()
+            loss = mean_loss(model(x), y)
+            loss.backward()
+            return [loss.detach().clone(), *(None if p.grad is None else p.grad.detach().clone() for p in params),
+                    *(b.detach().clone() for b in buffers)]
+
+        try:
+            eager, again = one_pass(), one_pass()
+            restore()
+            # The maker's warm-up and capture passes move batch-norm statistics: restored before the replay.
+            self.make_graphed(model, (x.detach().clone(),), allow_unused_input=True)
+            self._graphed = model.__dict__.pop("forward")
+            self._key = (x.shape, x.dtype, x.device)
+            model.forward = self._dispatch
+            replayed = one_pass()
+            self.replays = 0
+        except Exception as exc:  # a model whose forward syncs with the host, or anything else capture refuses
+            self._uninstall()
+            restore()
+            self.state = "off"
+            if self.strict:
+                raise RuntimeError(f"training.capture is 'cuda_graph' but capturing the model failed: {exc}") from exc
+            log.warning("local steps: eager (capturing the model failed: %s)", exc)
+            return
+        restore()
+        difference, spread = _max_difference(replayed, eager), _max_difference(again, eager)
+        self.difference = (difference, spread)
+        if difference <= spread:
+            self.state = "on"
+            log.info("local steps: forward and backward of batches of %d replayed from CUDA graphs (checked at "
+                     "capture: largest difference from the eager pass %.3g, the eager pass's own %.3g)",
+                     self.batch_size, difference, spread)
+            return
+        self._uninstall()
+        self.state = "off"
+        message = (f"the replayed pass differs from the eager one by up to {difference:.3g} (the eager pass from "
+                   f"itself by {spread:.3g})")
+        if self.strict:
+            raise RuntimeError(f"training.capture is 'cuda_graph' but {message}; use 'auto' or 'eager'")
+        log.warning("local steps: eager (%s)", message)
+
+    def _uninstall(self) -> None:
+        self.model.__dict__.pop("forward", None)
+        self._graphed, self._key = None, None
+
+    def close(self) -> None:
+        """Give the model its own forward back (the graphs' memory goes with them)."""
+        self._uninstall()
+        if self.state == "on":
+            self.state = "off"
+
+
+def make_capture(model: nn.Module, strategy: Strategy, cfg: TrainConfig, device_type: str,
+                 make_graphed: GraphMaker | None = None) -> CapturedForward | None:
+    """The captured forward of a sequential trainer where `cfg.capture` asks for one and it is possible; None for
+    eager steps."""
+    if not resolve_capture(model, strategy, cfg, device_type):
+        return None
+    return CapturedForward(model, cfg.batch_size, strict=cfg.capture == "cuda_graph", make_graphed=make_graphed)

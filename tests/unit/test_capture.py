@@ -1,0 +1,353 @@
+"""Captured local steps (fedscape.fl.capture): which steps may be captured, the check at capture, and that a captured
+client trains exactly as an eager one.
+
+On a CPU the machinery around the graphs runs with a stand-in graph maker of `torch.cuda.make_graphed_callables`'
+signature: its warm-up and capture passes move batch-norm statistics as torch's do, and its replay is the eager
+forward (exact), the eager forward plus an offset (inexact) or an error (a model capture refuses). The tests marked
+CUDA use torch's own maker.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+
+import pytest
+import torch
+from helpers.configs import SCHEMA, TINY
+from helpers.synthetic import shard_data
+from torch import nn
+
+from fedscape.core.config import ConfigError
+from fedscape.fl.capture import CapturedForward, capture_blocker, make_capture, resolve_capture
+from fedscape.fl.engine import run_federated
+from fedscape.fl.sequential import SequentialTrainer, local_train
+from fedscape.fl.settings import TrainConfig
+from fedscape.fl.strategies.registry import make_strategy
+from fedscape.models.params import FlatParams, flatten_buffers
+from fedscape.models.registry import build_model
+from fedscape.plan.workflow import check_config
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def bn_model(seed: int = 0) -> nn.Module:
+    """cnn_small with batch norm on digits-shaped inputs: running statistics and a step counter in its buffers."""
+    torch.manual_seed(seed)
+    return build_model("cnn_small", num_classes=10, in_channels=1, image_size=8, norm="batch")
+
+
+def with_dropout() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 10))
+
+
+def stand_in_maker(offset: float = 0.0, error: str | None = None, calls: list | None = None):
+    """A graph maker with make_graphed_callables' signature: 3 warm-up passes and a capture pass of forward and
+    backward on the sample (each moves batch-norm statistics, as torch's do), then the module's forward replaced by
+    the 'replay': the eager forward, plus `offset`; `error`: raised instead, as a capture that fails."""
+
+    def make(module: nn.Module, sample_args: tuple, num_warmup_iters: int = 3, allow_unused_input: bool = False):
+        if calls is not None:
+            calls.append(tuple(sample_args[0].shape))
+        if error is not None:
+            raise RuntimeError(error)
+        params = tuple(module.parameters())
+        for _ in range(num_warmup_iters + 1):
+            out = module(*sample_args)
+            torch.autograd.grad(out, params, grad_outputs=torch.randn_like(out), allow_unused=allow_unused_input)
+        original = module.forward
+
+        def replay(*args):
+            out = original(*args)
+            return out + offset if offset else out
+
+        module.forward = replay
+        return module
+
+    return make
+
+
+def train_clients(model: nn.Module, data, strategy_name: str, cfg: TrainConfig, capture: str | None,
+                  maker=None, rounds: int = 2) -> tuple[list, CapturedForward | None]:
+    """Every client's local training for `rounds` rounds through a SequentialTrainer (its capture from `cfg`, with the
+    stand-in maker on a CPU): the clients' results per round and the trainer's capture."""
+    cfg = dataclasses.replace(cfg, capture=capture) if capture else cfg
+    strategy = make_strategy(strategy_name)
+    flat = FlatParams(model)
+    strategy.setup(data.num_clients, flat.vector.numel(), flat.vector.device, model=model, seed=0)
+    trainer = SequentialTrainer(model, flat, data, strategy, cfg)
+    if trainer.capture is None and maker is not None:  # on a CPU: the trainer's capture with the stand-in maker
+        trainer.capture = CapturedForward(model, cfg.batch_size, strict=cfg.capture == "cuda_graph",
+                                          make_graphed=maker)
+    params, buffers = flat.get(), flatten_buffers(model)
+    out = []
+    for t in range(1, rounds + 1):
+        results = trainer.train_round(params, buffers, list(range(data.num_clients)), t)
+        params = strategy.server_update(params, results)
+        buffers = strategy.aggregate_buffers(results)
+        out.append(results)
+    return out, trainer.capture
+
+
+def assert_same_results(got: list, expected: list) -> None:
+    for round_got, round_expected in zip(got, expected, strict=True):
+        for a, b in zip(round_got, round_expected, strict=True):
+            assert torch.equal(a.params, b.params)
+            assert torch.equal(a.buffers, b.buffers)
+            assert a.train_loss == b.train_loss and a.num_steps == b.num_steps
+
+
+# -- which steps may be captured ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "capturable"), [
+    ("fedavg", True), ("fedadam", True), ("fedprox", True), ("scaffold", True), ("feddyn", True), ("fednova", True),
+    ("fedsam", True), ("fedasam", True),
+    ("moon", False), ("mixup", False), ("stochdepth", False), ("gradaug", False), ("fedalign", False),
+])
+def test_an_algorithm_is_capturable_where_every_pass_is_a_plain_forward(name, capturable):
+    assert make_strategy(name).capturable is capturable
+
+
+@pytest.mark.parametrize(("model", "strategy", "device_type", "reason"), [
+    ("cnn_small", "fedavg", "cpu", "CUDA graphs need a CUDA device, not cpu"),
+    ("cnn_small", "moon", "cuda", "moon's local objective calls the model in its own way"),
+    ("dropout", "fedavg", "cuda", "draws random numbers in training (Dropout)"),
+    ("cnn_small", "fedavg", "cuda", None),
+    ("resnet20", "scaffold", "cuda", None),
+])
+def test_capture_blocker_names_why(model, strategy, device_type, reason):
+    if model == "dropout":  # no registry model draws random numbers: a user's might
+        net = with_dropout()
+    else:
+        size = 32 if model != "cnn_small" else 8
+        net = build_model(model, num_classes=10, in_channels=3 if size == 32 else 1, image_size=size)
+
+    got = capture_blocker(net, make_strategy(strategy), device_type)
+
+    assert got is None if reason is None else reason in got
+
+
+def test_auto_takes_eager_steps_on_a_cpu_and_cuda_graph_refuses_what_it_cannot_capture(caplog):
+    model = bn_model()
+    with caplog.at_level(logging.INFO, logger="fedscape.train"):
+        assert resolve_capture(model, make_strategy("fedavg"), TrainConfig(), "cpu") is False
+        assert resolve_capture(model, make_strategy("fedavg"), TrainConfig(capture="eager"), "cuda") is False
+        assert resolve_capture(model, make_strategy("fedavg"), TrainConfig(), "cuda") is True
+        assert resolve_capture(model, make_strategy("moon"), TrainConfig(), "cuda") is False
+    assert "local steps: eager (moon's local objective" in caplog.text
+    assert "need a CUDA device" not in caplog.text  # nothing said of eager steps on a CPU, where they are all there is
+
+    with pytest.raises(ValueError, match="capture is 'cuda_graph' but CUDA graphs need a CUDA device, not cpu"):
+        make_capture(model, make_strategy("fedavg"), TrainConfig(capture="cuda_graph"), "cpu")
+    with pytest.raises(ValueError, match="capture is 'cuda_graph' but gradaug's local objective"):
+        make_capture(model, make_strategy("gradaug"), TrainConfig(capture="cuda_graph"), "cuda")
+    with pytest.raises(ValueError, match="capture must be one of auto, eager, cuda_graph, got 'graph'"):
+        TrainConfig(capture="graph")
+
+
+# -- the check at capture, and a captured client equal to an eager one ------------------------------------------------
+
+@pytest.mark.parametrize(("strategy", "train"), [
+    ("fedavg", {"momentum": 0.9, "weight_decay": 5e-4}),
+    ("fedprox", {}),
+    ("scaffold", {}),
+    ("fedsam", {"nesterov": True, "momentum": 0.9}),
+])
+def test_a_captured_client_trains_exactly_as_an_eager_one(strategy, train):
+    # Prepare: uneven clients (9 and 14 samples at batch 4: full batches replayed, the last of each pass eager)
+    data = shard_data([9, 14, 6])
+    cfg = TrainConfig(rounds=2, local_epochs=2, batch_size=4, lr=0.05, seed=3, **train)
+    calls: list = []
+
+    # Execute
+    eager, _ = train_clients(bn_model(), data, strategy, cfg, capture="eager")
+    captured, capture = train_clients(bn_model(), data, strategy, cfg, capture=None, maker=stand_in_maker(calls=calls))
+
+    # Assert: the same clients bit for bit (the warm-up's statistics, the check's passes and the random state undone);
+    # one capture, of the full batch's shape, and the full batches replayed
+    assert_same_results(captured, eager)
+    assert capture.on and calls == [(4, 1, 8, 8)]
+    full_batches = 2 * 2 * (9 // 4 + 14 // 4 + 6 // 4)  # rounds x epochs x full batches per pass
+    passes = 2 if strategy == "fedsam" else 1
+    assert capture.replays == passes * full_batches  # the first full batch's too: captured before its step
+
+
+def test_the_check_leaves_the_model_and_the_random_state_as_they_were():
+    model = bn_model().train()
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    before = [t.clone() for t in (*model.parameters(), *model.buffers())]
+    rng = torch.get_rng_state()
+    capture = CapturedForward(model, 4, make_graphed=stand_in_maker())
+
+    capture.prepare(x, y)
+
+    assert capture.on
+    assert all(torch.equal(a, b) for a, b in zip(before, (*model.parameters(), *model.buffers()), strict=True))
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_an_inexact_replay_is_refused_with_what_the_check_measured(caplog):
+    data = shard_data([9, 14])
+    cfg = TrainConfig(rounds=1, local_epochs=1, batch_size=4, lr=0.05, seed=0)
+    eager, _ = train_clients(bn_model(), data, "fedavg", cfg, capture="eager", rounds=1)
+
+    with caplog.at_level(logging.WARNING, logger="fedscape.train"):
+        got, capture = train_clients(bn_model(), data, "fedavg", cfg, None, maker=stand_in_maker(offset=1e-3),
+                                     rounds=1)
+
+    assert capture.state == "off" and capture.replays == 0
+    assert capture.difference[0] > 0 and capture.difference[1] == 0
+    assert "local steps: eager (the replayed pass differs from the eager one by up to" in caplog.text
+    assert_same_results(got, eager)  # the client trained eagerly: nothing of the refused replay remains
+
+
+@pytest.mark.parametrize(("maker", "message"), [
+    (stand_in_maker(offset=1e-3), "capture is 'cuda_graph' but the replayed pass differs from the eager one"),
+    (stand_in_maker(error="operation not permitted when stream is capturing"),
+     "capturing the model failed: operation not permitted when stream is capturing"),
+])
+def test_cuda_graph_insists(maker, message):
+    model = bn_model().train()
+    capture = CapturedForward(model, 4, strict=True, make_graphed=maker)
+
+    with pytest.raises(RuntimeError, match=message):
+        capture.prepare(torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)))
+
+    assert capture.state == "off" and "forward" not in model.__dict__
+
+
+def test_a_failed_capture_under_auto_trains_eagerly(caplog):
+    data = shard_data([9, 14])
+    cfg = TrainConfig(rounds=1, local_epochs=1, batch_size=4, lr=0.05, seed=0)
+    eager, _ = train_clients(bn_model(), data, "fedavg", cfg, capture="eager", rounds=1)
+
+    with caplog.at_level(logging.WARNING, logger="fedscape.train"):
+        got, capture = train_clients(bn_model(), data, "fedavg", cfg, None, maker=stand_in_maker(error="sync"),
+                                     rounds=1)
+
+    assert capture.state == "off" and "capturing the model failed: sync" in caplog.text
+    assert_same_results(got, eager)
+
+
+def test_only_training_passes_of_the_captured_shape_replay():
+    model = bn_model().train()
+    capture = CapturedForward(model, 4, make_graphed=stand_in_maker())
+    capture.prepare(torch.randn(3, 1, 8, 8), torch.randint(0, 10, (3,)))  # not a full batch: nothing captured
+    assert capture.state == "pending"
+    capture.prepare(torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)))
+    assert capture.on
+
+    model(torch.randn(4, 1, 8, 8))
+    model(torch.randn(3, 1, 8, 8))  # another shape
+    with torch.no_grad():  # batch-norm recomputation
+        model(torch.randn(4, 1, 8, 8))
+    model.eval()
+    model(torch.randn(4, 1, 8, 8))  # evaluation
+    model.train()
+    model(torch.randn(4, 1, 8, 8))
+    assert capture.replays == 2
+
+    capture.close()
+    assert "forward" not in model.__dict__ and not capture.on
+
+
+def test_the_engine_gives_the_model_its_forward_back(monkeypatch):
+    data = shard_data([9, 14])
+    model = bn_model()
+    cfg = TrainConfig(rounds=1, local_epochs=1, batch_size=4, lr=0.05, seed=0, client_parallel="sequential")
+    seen = {}
+    original = CapturedForward.__init__
+
+    def with_stand_in(self, model, batch_size, strict=False, make_graphed=None):
+        original(self, model, batch_size, strict, stand_in_maker())
+        seen["capture"] = self
+
+    monkeypatch.setattr(CapturedForward, "__init__", with_stand_in)
+    monkeypatch.setattr("fedscape.fl.capture.capture_blocker", lambda *a: None)  # as on a GPU
+
+    run_federated(model, data, make_strategy("fedavg"), cfg)
+
+    assert seen["capture"].replays > 0 and "forward" not in model.__dict__
+
+
+# -- the setting -------------------------------------------------------------------------------------------------------
+
+def test_capture_cuda_graph_on_a_cpu_device_is_refused_at_planning():
+    config = copy.deepcopy(TINY)
+    config["training"] = {**config.get("training", {}), "capture": "cuda_graph", "device": "cpu"}
+
+    with pytest.raises(ConfigError, match="capture: cuda_graph replays CUDA graphs, but device is cpu"):
+        check_config(config, SCHEMA)
+
+
+def test_a_wrong_capture_mode_is_refused_by_the_schema():
+    config = copy.deepcopy(TINY)
+    config["training"] = {**config.get("training", {}), "capture": "graphs"}
+
+    with pytest.raises(ConfigError, match="capture"):
+        check_config(config, SCHEMA)
+
+
+# -- on a GPU: torch's own graphs --------------------------------------------------------------------------------------
+
+@CUDA
+@pytest.mark.parametrize(("model_name", "options", "strategy"), [
+    ("resnet20", {"norm": "batch"}, "fedavg"),
+    ("resnet20", {"norm": "batch"}, "scaffold"),
+    ("resnet20", {"norm": "group"}, "fedsam"),
+    ("cnn_small", {}, "fedprox"),
+])
+def test_on_a_gpu_captured_clients_equal_eager_ones_bit_for_bit(model_name, options, strategy):
+    from fedscape.models.device import use_precision
+
+    torch.manual_seed(0)
+    size, channels = (32, 3) if model_name == "resnet20" else (8, 1)
+    g = torch.Generator().manual_seed(0)
+    n = [40, 23]
+    x = torch.randn(sum(n), channels, size, size, generator=g).cuda()
+    y = torch.randint(0, 10, (sum(n),), generator=g).cuda()
+    idx = [torch.arange(0, n[0]).cuda(), torch.arange(n[0], sum(n)).cuda()]
+    from fedscape.data.federated import FederatedData
+
+    data = FederatedData(x, y, idx, x[:8], y[:8])
+    cfg = TrainConfig(rounds=2, local_epochs=1, batch_size=16, lr=0.05, momentum=0.9, seed=0)
+    model = build_model(model_name, num_classes=10, in_channels=channels, image_size=size, **options).cuda()
+    with use_precision("fp32", "cuda"):
+        eager, _ = train_clients(copy.deepcopy(model), data, strategy, cfg, capture="eager")
+        captured, capture = train_clients(copy.deepcopy(model), data, strategy, cfg, capture="cuda_graph")
+
+    assert capture.on and capture.replays > 0
+    assert_same_results(captured, eager)
+
+
+@CUDA
+def test_on_a_gpu_a_dropout_model_fails_the_check():
+    # Prepare: a model whose replay draws no new dropout mask, past the blocker (as a user's stochastic layer would be)
+    torch.manual_seed(0)
+    model = with_dropout().cuda().train()
+    x, y = torch.randn(16, 1, 8, 8, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
+    capture = CapturedForward(model, 16)
+
+    capture.prepare(x, y)
+
+    assert capture.state == "off" and capture.difference[0] > capture.difference[1]
+
+
+def test_local_train_takes_a_capture_argument():
+    # The sequential reference takes no capture by default: its eager steps are unchanged.
+    data = shard_data([9])
+    cfg = TrainConfig(rounds=1, local_epochs=1, batch_size=4, lr=0.05, seed=0)
+    model = bn_model()
+    flat = FlatParams(model)
+    start = flat.get()
+
+    plain, _ = local_train(model, flat, start, flatten_buffers(model), data, 0, 1, make_strategy("fedavg"), cfg)
+    model2 = bn_model()
+    flat2 = FlatParams(model2)
+    capture = CapturedForward(model2, 4, make_graphed=stand_in_maker())
+    captured, _ = local_train(model2, flat2, start, flatten_buffers(model2), data, 0, 1, make_strategy("fedavg"), cfg,
+                              capture=capture)
+
+    assert torch.equal(plain.params, captured.params) and capture.replays == 2  # 2 full batches, 1 partial

@@ -64,6 +64,35 @@ def test_bench_gpu_projects_the_measured_step_costs():
     assert all(row[7] == "n/a: CUDA graphs need a CUDA device, not cpu" for row in tables[0][1:])
 
 
+def test_the_gpu_session_runs_scripts_and_tests_that_exist_with_flags_they_take():
+    # Prepare
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from gpu_session import CALL_SECONDS, CALLS, PARTS
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+    # Execute / Assert: every script is there and declares every flag passed to it; every test file is there
+    for commands in PARTS.values():
+        for _, argv, _ in commands:
+            if argv[1] == "-m":
+                assert all((ROOT / a).is_file() for a in argv if a.startswith("tests/"))
+                continue
+            script = (ROOT / argv[1]).read_text()
+            for flag in (a for a in argv[2:] if a.startswith("--")):
+                assert f'"{flag}"' in script, (argv[1], flag)
+    # every part in one call, each call within a device call's 600 s
+    assert sorted(p for call in CALLS for p in call) == sorted(PARTS)
+    assert all(sum(limit for p in call for _, _, limit in PARTS[p]) <= CALL_SECONDS < 600 for call in CALLS)
+
+
+def test_the_gpu_session_refuses_an_unknown_part():
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_session.py"), "--out", "/tmp/x", "stepz"],
+                          capture_output=True, text=True)
+
+    assert proc.returncode == 2 and "unknown part 'stepz'; valid: tests, steps" in proc.stderr
+
+
 def test_bench_algorithms_runs():
     out = _run("bench_algorithms.py", "--algorithms", "fedavg", "fedprox", "--clients", "2", "--rounds", "1")
 

@@ -1,0 +1,92 @@
+"""Every GPU measurement the project still owes, in a few calls of at most 10 minutes each.
+
+A GPU machine is lent now and then, for 30 minutes of device time, and goes back after half a minute idle; its
+`python3` has torch but not Snakemake (`../shared/gpu/setup.sh` adds it). So the checks and benchmarks that need a
+card are listed here once, grouped into parts that each fit one call, and each writes its output to a file of its
+own under `--out` (a part that runs past its time limit keeps what it wrote):
+
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT tests steps      # one call (CALLS)
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT vectorized surface hvp
+    python benchmarks/gpu_session.py --list                                               # what each part runs
+
+Record what they print in benchmarks/README.md with the GPU's name and the torch version (each script prints both).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+# part -> [(name, argv, time limit in seconds)]: argv[1] is a script under the repository root, run from the root.
+PARTS: dict[str, list[tuple[str, list[str], int]]] = {
+    # The CUDA tests: captured steps equal to eager ones, fp32 CUDA rounds against the CPU, vectorised batch norm,
+    # crop-flip on the device, the precision switches.
+    "tests": [("cuda_tests", [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", "cuda or gpu",
+                              "tests/unit/test_capture.py", "tests/unit/test_precision.py",
+                              "tests/unit/test_vectorized.py", "tests/unit/test_vectorized_bn.py",
+                              "tests/unit/test_data.py"], 240)],
+    # The papers' step costs (plain, sequential, captured, vectorised over 50 clients) and their projected hours.
+    "steps": [("bench_gpu", [PY, "benchmarks/bench_gpu.py", "--device", "cuda"], 330)],
+    # Vectorised rounds of the batch-norm ResNets against sequential ones (goal >= 10x at M=50).
+    "vectorized": [("vectorized_resnet20_bn", [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model",
+                                               "resnet20", "--norm", "batch", "--clients", "10", "50", "100"], 200)],
+    # Surface evaluation against a plain eval loop (goal >= 0.9x its images/s in fp32).
+    "surface": [("surface_resnet20_bn", [PY, "benchmarks/bench_surface.py", "--model", "resnet20", "--norm", "batch",
+                                         "--samples", "8000", "--batch-size", "2048", "--device", "cuda"], 150)],
+    # HVP against a gradient (goal <= 3x) in both modes, and the top eigenvalues against float64 (goal 1e-4).
+    "hvp": [("hvp_resnet20_bn", [PY, "benchmarks/bench_hvp.py", "--model", "resnet20", "--norm", "batch",
+                                 "--dataset", "cifar10", "--samples", "1024", "--device", "cuda"], 200)],
+}
+# The parts as device calls: each call's limits add up to less than a call's 600 s, with room for setup.sh.
+CALLS = (("tests", "steps"), ("vectorized", "surface", "hvp"))
+CALL_SECONDS = 570
+
+
+def run_part(part: str, out: Path) -> int:
+    """Run a part's commands, each output in out/<name>.txt; the worst exit status."""
+    worst = 0
+    for name, argv, limit in PARTS[part]:
+        path = out / f"{name}.txt"
+        print(f"[{part}] {name}: {' '.join(argv[1:])} (limit {limit} s) -> {path}", flush=True)
+        t0 = time.perf_counter()
+        with path.open("w") as f:
+            f.write(f"$ {' '.join(argv[1:])}\n")
+            f.flush()
+            try:
+                code = subprocess.run(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=limit).returncode
+            except subprocess.TimeoutExpired:
+                code = 124
+                f.write(f"\n(stopped after its limit of {limit} s)\n")
+        print(f"[{part}] {name}: exit {code} in {time.perf_counter() - t0:.0f} s", flush=True)
+        worst = max(worst, code)
+    return worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("parts", nargs="*", help=f"parts to run, in order: {', '.join(PARTS)}")
+    parser.add_argument("--out", type=Path, help="folder of the outputs (created)")
+    parser.add_argument("--list", action="store_true", help="print each part's commands and exit")
+    args = parser.parse_args()
+    if args.list or not args.parts:
+        for part, commands in PARTS.items():
+            for name, argv, limit in commands:
+                print(f"{part}: {name}: {' '.join(argv[1:])}  (limit {limit} s)")
+        return
+    unknown = [p for p in args.parts if p not in PARTS]
+    if unknown:
+        parser.error(f"unknown part {unknown[0]!r}; valid: {', '.join(PARTS)}")
+    if args.out is None:
+        parser.error("--out is needed to run parts")
+    args.out.mkdir(parents=True, exist_ok=True)
+    sys.exit(max(run_part(part, args.out) for part in args.parts))
+
+
+if __name__ == "__main__":
+    main()

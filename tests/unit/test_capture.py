@@ -19,6 +19,7 @@ from helpers.configs import SCHEMA, TINY
 from helpers.synthetic import shard_data
 from torch import nn
 
+from fedscape.core import manifest
 from fedscape.core.config import ConfigError
 from fedscape.fl.capture import CapturedForward, capture_blocker, make_capture, resolve_capture
 from fedscape.fl.engine import run_federated
@@ -173,16 +174,19 @@ def test_a_captured_client_trains_exactly_as_an_eager_one(strategy, train):
     assert capture.replays == passes * full_batches  # the first full batch's too: captured before its step
 
 
-def test_the_check_leaves_the_model_and_the_random_state_as_they_were():
+def test_the_check_leaves_the_model_and_the_random_state_as_they_were(monkeypatch):
     model = bn_model().train()
     x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
     before = [t.clone() for t in (*model.parameters(), *model.buffers())]
     rng = torch.get_rng_state()
     capture = CapturedForward(model, 4, make_graphed=stand_in_maker())
+    monkeypatch.setattr(manifest, "_NOTES", {})
 
     capture.prepare(x, y)
 
     assert capture.on
+    assert manifest._NOTES["local_steps"] == {"captured": True, "batch_size": 4, "difference_from_eager": 0.0,
+                                              "eager_spread": 0.0}  # the job's record says how its steps ran
     assert all(torch.equal(a, b) for a, b in zip(before, (*model.parameters(), *model.buffers()), strict=True))
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(torch.get_rng_state(), rng)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from fedscape.core.manifest import note
 from fedscape.fl.settings import CAPTURE_MODES, TrainConfig
 from fedscape.fl.strategies.base import Strategy
 from fedscape.models.loss import mean_loss
@@ -68,6 +69,7 @@ def resolve_capture(model: nn.Module, strategy: Strategy, cfg: TrainConfig, devi
                          "capturing is not possible")
     if device_type == "cuda":  # on a CPU eager steps are all there is: nothing to say in every job's log
         log.info("local steps: eager (%s)", reason)
+        note(local_steps={"captured": False, "why": reason})
     return False
 
 
@@ -164,10 +166,14 @@ class CapturedForward:
             if self.strict:
                 raise RuntimeError(f"training.capture is 'cuda_graph' but capturing the model failed: {exc}") from exc
             log.warning("local steps: eager (capturing the model failed: %s)", exc)
+            note(local_steps={"captured": False, "why": f"capturing the model failed: {exc}"})
             return
         restore()
         difference, spread = _max_difference(replayed, eager), _max_difference(again, eager)
         self.difference = (difference, spread)
+        # The job's record says how its steps ran, with what the check measured.
+        note(local_steps={"captured": difference <= spread, "batch_size": self.batch_size,
+                          "difference_from_eager": difference, "eager_spread": spread})
         if difference <= spread:
             self.state = "on"
             log.info("local steps: forward and backward of batches of %d replayed from CUDA graphs (checked at "

@@ -10,25 +10,88 @@ Measured in one run on the same model and batch:
 
 Prints median times and the ratios, and the largest relative difference of each HVP from a float64 one. The
 three HVPs alternate call by call (`--repeats` rounds), so that a change of load on a shared machine falls on
-all of them. Not a test: run it by hand, e.g.
+all of them.
+
+Then (`--eigen K`, default 2; 0 skips it) the top-K eigenvalues as a Hessian job computes them: `top_eigen` with
+the schema's default `hessian` settings (Lanczos, tol 1e-4, at most 100 products, seed 0, batches of 512, cached
+graph), the operator built as `maths.analyse` builds it, inside `use_precision` as `hessian_stage` runs, for the
+float32 model in each HVP mode, and on CUDA also with `hessian.precision: tf32`; each against the same computed by
+a float64 copy of the model and batch. Prints every eigenvalue's relative difference from float64 and whether it
+is within the goal, 1e-4 relative.
+
+Not a test: run it by hand, e.g.
 
     python benchmarks/bench_hvp.py --model cnn_small --samples 1024
-    python benchmarks/bench_hvp.py --model resnet20 --samples 256 --device cuda
+    python benchmarks/bench_hvp.py --model resnet20 --dataset cifar10 --samples 1024 --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import statistics
+from pathlib import Path
 
 import torch
-from machine import cpu_model
+from machine import cpu_model, torch_line
 from timing import timed  # benchmarks/timing.py (the script's directory is on sys.path)
 
-from fedscape.analysis.hessian.maths import HessianOperator
+from fedscape.analysis.hessian.definitions import HessianSettings
+from fedscape.analysis.hessian.maths import HessianOperator, top_eigen
+from fedscape.core.config import default_filling_validator, load_schema
 from fedscape.data.specs import DATASET_NAMES, dataset_info
+from fedscape.models.device import use_precision
 from fedscape.models.registry import build_model
+from fedscape.plan.hessian import settings_from_config
+
+ROOT = Path(__file__).resolve().parents[1]
+EIGEN_GOAL = 1e-4  # relative difference of each top eigenvalue from float64 (the stage's default `tol`)
+
+
+def job_settings(top_k: int) -> HessianSettings:
+    """The settings of a Hessian job of the schema's default `hessian` section, with `top_k` eigenvalues."""
+    schema = load_schema(ROOT / "workflow" / "schemas" / "config.schema.yaml")["properties"]["hessian"]
+    section: dict = {}
+    default_filling_validator()(schema).validate(section)  # fills in every default
+    return dataclasses.replace(settings_from_config(section), top_k=top_k)
+
+
+def job_eigenvalues(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, settings: HessianSettings,
+                    device: torch.device, hvp: str) -> tuple[tuple[float, ...], int, bool]:
+    """The top eigenvalues, Lanczos products and convergence of a Hessian job with `settings` on (x, y): inside
+    `use_precision` as `hessian_stage` runs (its `job_precision`), the operator as `maths.analyse` builds it, except
+    for the HVP mode `hvp` (a job takes the device's default)."""
+    with use_precision(settings.precision, device), \
+            HessianOperator(model, x, y, settings.batch_size, settings.cache_graph, hvp=hvp,
+                            precision=settings.precision) as op:
+        eigen = top_eigen(op, settings)
+    return eigen.values, eigen.total_iterations, all(eigen.converged)
+
+
+def eigen_check(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, top_k: int, device: torch.device) -> None:
+    """Print the top-k eigenvalues of each float32 variant against a float64 copy's, and whether each is within
+    EIGEN_GOAL relative."""
+    settings = job_settings(top_k)
+    variants = [("fp32", "reverse", "HVP, cached graph"), ("fp32", "forward", "HVP, forward-over-reverse")]
+    if device.type == "cuda":  # TF32 exists on CUDA only: elsewhere `tf32` computes in fp32 (precision_used)
+        variants += [("tf32", "reverse", "HVP, cached graph, TF32"),
+                     ("tf32", "forward", "HVP, forward-over-reverse, TF32")]
+    reference, products, converged = job_eigenvalues(copy.deepcopy(model).double(), x.double(), y,
+                                                     dataclasses.replace(settings, precision="fp32"), device,
+                                                     "reverse")
+    print(f"\ntop-{top_k} eigenvalues as a Hessian job computes them ({settings.method}, tol {settings.tol:g}, at most "
+          f"{settings.max_iter} products, seed {settings.seed}, batches of {settings.batch_size}), against float64; "
+          f"goal: within {EIGEN_GOAL:g} relative")
+    print(f"{'float64, cached graph':<35} {products:4d} products{'' if converged else ' (NOT converged)'}   "
+          + "   ".join(f"lambda_{i + 1} {value:.10g}" for i, value in enumerate(reference)))
+    for precision, hvp, name in variants:
+        values, products, converged = job_eigenvalues(model, x, y, dataclasses.replace(settings, precision=precision),
+                                                      device, hvp)
+        differences = [abs(value - exact) / abs(exact) for value, exact in zip(values, reference, strict=True)]
+        cells = "   ".join(f"lambda_{i + 1} {d:.1e} {'ok' if d <= EIGEN_GOAL else 'OVER the goal'}"
+                           for i, d in enumerate(differences))
+        print(f"{name:<35} {products:4d} products{'' if converged else ' (NOT converged)'}   {cells}")
 
 
 def main() -> None:
@@ -40,6 +103,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    parser.add_argument("--eigen", type=int, default=2, metavar="K",
+                        help="check the top-K eigenvalues against float64 (0: skip)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,7 +150,7 @@ def main() -> None:
     print(f"model {args.model}{norm} ({v.numel()} parameters), {args.samples} samples of {args.dataset}, on {device}, "
           f"{torch.get_num_threads()} CPU threads, median of {args.repeats}")
     if device.type == "cpu":
-        print(f"CPU: {cpu_model()}; torch {torch.__version__}")
+        print(f"CPU: {cpu_model()}; {torch_line()}")
     else:
         print(f"GPU: {torch.cuda.get_device_name(device)}; torch {torch.__version__}")
     print(f"gradient                    {t['gradient'] * 1e3:9.2f} ms   1.00x")
@@ -95,6 +160,8 @@ def main() -> None:
         print(f"{name:<27} {t[name] * 1e3:9.2f} ms   {t[name] / t['gradient']:.2f}x gradient (goal <= 3x), "
               f"{t[name] / t['HVP, cached graph']:.2f}x the cached, relative difference from float64 "
               f"{errors[name]:.1e}")
+    if args.eigen:
+        eigen_check(model, x, y, args.eigen, device)
 
 
 if __name__ == "__main__":

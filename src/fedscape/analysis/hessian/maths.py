@@ -30,9 +30,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fedscape.analysis.hessian.definitions import EVAL_ALL, HessianSettings
+from fedscape.analysis.hessian.definitions import EVAL_ALL, HESSIAN_PRECISIONS, HessianSettings
 from fedscape.core.seeds import derive_seed
 from fedscape.data.datasets import batch_slices
+from fedscape.models.device import precision_used
 from fedscape.models.loss import loss_sum, target_count
 
 log = logging.getLogger("fedscape.hessian")
@@ -65,24 +66,31 @@ class HessianOperator:
 
     The model is put in eval mode for the operator's lifetime (restored by `close`). Uneven batches are
     weighted by their size so the operator is the Hessian of the mean loss over all samples (over all counted
-    positions for a sequence task's targets [N, T], `fedscape.models.loss`). TF32 matmuls
-    and convolutions are switched off on CUDA until `close` (their ~1e-3 relative error would swamp a 1e-4
-    tolerance).
+    positions for a sequence task's targets [N, T], `fedscape.models.loss`).
+
+    `precision` sets the TF32 switches of matmuls and convolutions until `close`: "fp32" (the default) turns
+    them off, since their ~1e-3 relative error could swamp the eigenvalues' 1e-4 tolerance and PyTorch's own
+    default leaves cuDNN's on; "tf32" turns them on where TF32 exists (CUDA; a CPU computes it in fp32, as
+    `fedscape.models.device.precision_used` says), so that `hessian.precision: tf32` computes what it records.
     """
 
     def __init__(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512, cache_graph: bool = True,
-                 hvp: str | None = None):
+                 hvp: str | None = None, precision: str = "fp32"):
         if len(y) == 0:
             raise ValueError("the evaluation set is empty")
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
         self.model = model
         self._was_training = model.training
-        self._tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        model.eval()
         first = next(model.parameters())
         self.device, self.dtype = first.device, first.dtype
+        self.precision = precision_used(precision, self.device)
+        if self.precision not in HESSIAN_PRECISIONS:
+            raise ValueError(f"Hessian-vector products compute in one of {', '.join(HESSIAN_PRECISIONS)}, "
+                             f"not {precision!r}")
+        self._tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.precision == "tf32"
+        model.eval()
         self._names = [n for n, _ in model.named_parameters()]
         self._shapes = [p.shape for p in model.parameters()]
         self._sizes = [p.numel() for p in model.parameters()]
@@ -597,7 +605,7 @@ def analyse(model: nn.Module, x: Tensor, y: Tensor, settings: HessianSettings, e
     """Eigenpairs, trace and diagonal (Hutchinson or Hutch++ / Diag++), and optionally the SLQ density on (x, y)."""
     density = settings.density if density is None else density
     t0 = time.perf_counter()
-    with HessianOperator(model, x, y, settings.batch_size, settings.cache_graph) as op:
+    with HessianOperator(model, x, y, settings.batch_size, settings.cache_graph, precision=settings.precision) as op:
         loss = op.loss()
         eig = top_eigen(op, settings) if eigen else None
         hutch = trace_and_diagonal(op, settings)

@@ -8,6 +8,9 @@ Measured in one run on the same model and batch:
   (what a naive implementation, or `cache_graph: false`, does);
 * HVP, forward-over-reverse: `HessianOperator(hvp="forward")`, torch.func.jvp of torch.func.grad.
 
+All inside `use_precision("fp32")` as a Hessian job computes (on CUDA: TF32 off, cuDNN's benchmark mode on); on
+CUDA also a gradient and a cached-graph HVP in TF32 (`hessian.precision: tf32`).
+
 Prints median times and the ratios, and the largest relative difference of each HVP from a float64 one. The
 three HVPs alternate call by call (`--repeats` rounds), so that a change of load on a shared machine falls on
 all of them.
@@ -94,6 +97,24 @@ def eigen_check(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, top_k:
         print(f"{name:<35} {products:4d} products{'' if converged else ' (NOT converged)'}   {cells}")
 
 
+def tf32_times(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, samples: int,
+               repeats: int, device: torch.device) -> tuple[float, float]:
+    """Median seconds of a gradient and of a cached-graph HVP in TF32, as a `hessian.precision: tf32` job computes
+    (CUDA only: elsewhere TF32 is fp32)."""
+    with use_precision("tf32", device), HessianOperator(model, x, y, batch_size=samples, cache_graph=True,
+                                                        hvp="reverse", precision="tf32") as op:
+        def gradient() -> None:
+            model.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+
+        fns = (gradient, lambda: op.hvp(v))
+        for fn in fns:  # warm-up
+            fn()
+            fn()
+        times = [[timed(fn, device, 1, warmup=0) for fn in fns] for _ in range(repeats)]
+    return statistics.median(r[0] for r in times), statistics.median(r[1] for r in times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="cnn_small")
@@ -118,6 +139,9 @@ def main() -> None:
     y = torch.randint(0, classes, (args.samples,), device=device)
     v = torch.randn(sum(p.numel() for p in model.parameters()), device=device)
 
+    # As a Hessian job computes (`hessian_stage` runs inside `use_precision`): on CUDA with cuDNN's benchmark mode.
+    precision = use_precision("fp32", device)
+    precision.__enter__()
     cached = HessianOperator(model, x, y, batch_size=args.samples, cache_graph=True, hvp="reverse")
     rebuilt = HessianOperator(model, x, y, batch_size=args.samples, cache_graph=False, hvp="reverse")
     forward = HessianOperator(model, x, y, batch_size=args.samples, hvp="forward")
@@ -145,6 +169,8 @@ def main() -> None:
     t = {name: statistics.median(values) for name, values in times.items()}
     for op in (cached, rebuilt, forward):
         op.close()
+    precision.__exit__(None, None, None)
+    tf32 = tf32_times(model, x, y, v, args.samples, args.repeats, device) if device.type == "cuda" else None
 
     norm = "" if args.norm is None else f", {args.norm} norm"
     print(f"model {args.model}{norm} ({v.numel()} parameters), {args.samples} samples of {args.dataset}, on {device}, "
@@ -160,6 +186,9 @@ def main() -> None:
         print(f"{name:<27} {t[name] * 1e3:9.2f} ms   {t[name] / t['gradient']:.2f}x gradient (goal <= 3x), "
               f"{t[name] / t['HVP, cached graph']:.2f}x the cached, relative difference from float64 "
               f"{errors[name]:.1e}")
+    if tf32 is not None:
+        print(f"TF32 (hessian.precision: tf32): gradient {tf32[0] * 1e3:.2f} ms, HVP, cached graph {tf32[1] * 1e3:.2f} "
+              f"ms = {tf32[1] / tf32[0]:.2f}x the TF32 gradient, {tf32[1] / t['gradient']:.2f}x the fp32 gradient")
     if args.eigen:
         eigen_check(model, x, y, args.eigen, device)
 

@@ -3,7 +3,7 @@ client trains exactly as an eager one.
 
 On a CPU the machinery around the graphs runs with a stand-in graph maker of `torch.cuda.make_graphed_callables`'
 signature: its warm-up and capture passes move batch-norm statistics as torch's do, and its replay is the eager
-forward (exact), the eager forward plus an offset (inexact) or an error (a model capture refuses). The tests marked
+forward (exact), the eager forward scaled (inexact) or an error (a model capture refuses). The tests marked
 CUDA use torch's own maker.
 """
 
@@ -43,10 +43,11 @@ def with_dropout() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 10))
 
 
-def stand_in_maker(offset: float = 0.0, error: str | None = None, calls: list | None = None):
+def stand_in_maker(scale: float = 1.0, error: str | None = None, calls: list | None = None):
     """A graph maker with make_graphed_callables' signature: 3 warm-up passes and a capture pass of forward and
     backward on the sample (each moves batch-norm statistics, as torch's do), then the module's forward replaced by
-    the 'replay': the eager forward, plus `offset`; `error`: raised instead, as a capture that fails."""
+    the 'replay': the eager forward, times `scale` (not an offset, which cross-entropy does not see); `error`: raised
+    instead, as a capture that fails."""
 
     def make(module: nn.Module, sample_args: tuple, num_warmup_iters: int = 3, allow_unused_input: bool = False):
         if calls is not None:
@@ -61,7 +62,7 @@ def stand_in_maker(offset: float = 0.0, error: str | None = None, calls: list | 
 
         def replay(*args):
             out = original(*args)
-            return out + offset if offset else out
+            return out * scale if scale != 1.0 else out
 
         module.forward = replay
         return module
@@ -198,7 +199,7 @@ def test_an_inexact_replay_is_refused_with_what_the_check_measured(caplog):
     eager, _ = train_clients(bn_model(), data, "fedavg", cfg, capture="eager", rounds=1)
 
     with caplog.at_level(logging.WARNING, logger="fedscape.train"):
-        got, capture = train_clients(bn_model(), data, "fedavg", cfg, None, maker=stand_in_maker(offset=1e-3),
+        got, capture = train_clients(bn_model(), data, "fedavg", cfg, None, maker=stand_in_maker(scale=1.001),
                                      rounds=1)
 
     assert capture.state == "off" and capture.replays == 0
@@ -208,7 +209,7 @@ def test_an_inexact_replay_is_refused_with_what_the_check_measured(caplog):
 
 
 @pytest.mark.parametrize(("maker", "message"), [
-    (stand_in_maker(offset=1e-3), "capture is 'cuda_graph' but the replayed pass differs from the eager one"),
+    (stand_in_maker(scale=1.001), "capture is 'cuda_graph' but the replayed pass differs from the eager one"),
     (stand_in_maker(error="operation not permitted when stream is capturing"),
      "capturing the model failed: operation not permitted when stream is capturing"),
 ])

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from fedscape.core.manifest import note
-from fedscape.fl.settings import CAPTURE_MODES, TrainConfig
+from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.base import Strategy
 from fedscape.models.loss import mean_loss
 
@@ -57,9 +57,7 @@ def capture_blocker(model: nn.Module, strategy: Strategy, device_type: str) -> s
 def resolve_capture(model: nn.Module, strategy: Strategy, cfg: TrainConfig, device_type: str) -> bool:
     """Whether the sequential client steps try capturing (`cfg.capture`). An explicit cuda_graph that cannot be
     honoured is an error, raised before any training."""
-    if cfg.capture not in CAPTURE_MODES:
-        raise ValueError(f"capture must be one of {', '.join(CAPTURE_MODES)}, got {cfg.capture!r}")
-    if cfg.capture == "eager":
+    if cfg.capture == "eager":  # TrainConfig has checked the mode against CAPTURE_MODES
         return False
     reason = capture_blocker(model, strategy, device_type)
     if reason is None:

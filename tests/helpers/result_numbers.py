@@ -84,7 +84,7 @@ def _train(run: Path) -> dict[str, float]:
 def _hessian(run: Path) -> dict[str, float]:
     df = _table(run, "hessian")
     return {f"{r.run_id}/round~{r.round}/{r.data}/{m}": float(getattr(r, m)) for r in df.itertuples()
-            for m in ("lambda_1", "trace")}
+            for m in ("lambda_1", "trace", "trace_stderr")}
 
 
 def _interpolation(run: Path) -> dict[str, float]:

@@ -3,8 +3,9 @@ client trains exactly as an eager one.
 
 On a CPU the machinery around the graphs runs with a stand-in graph maker of `torch.cuda.make_graphed_callables`'
 signature: its warm-up and capture passes move batch-norm statistics as torch's do, and its replay is the eager
-forward (exact), the eager forward scaled (inexact) or an error (a model capture refuses). The tests marked
-CUDA use torch's own maker.
+forward (exact), the eager forward scaled (inexact) or an error (a model capture refuses), returning its output and
+gradients in static memory that the next replay overwrites, as a CUDA graph does. The tests marked CUDA use torch's
+own maker.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -26,6 +28,7 @@ from fedscape.fl.engine import run_federated
 from fedscape.fl.sequential import SequentialTrainer, local_train
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
+from fedscape.models.loss import mean_loss
 from fedscape.models.params import FlatParams, flatten_buffers
 from fedscape.models.registry import build_model
 from fedscape.plan.workflow import check_config
@@ -43,11 +46,52 @@ def with_dropout() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 10))
 
 
+class _StaticReplay:
+    """A 'graph' of one module as `torch.cuda.make_graphed_callables` leaves it, less the graph: static memory. The
+    replayed forward writes its output into one static tensor and returns a detached alias of it; the backward writes
+    the parameters' gradients into static tensors and returns aliases of them, which autograd hands to `p.grad`. So a
+    second replay overwrites what the first returned, and code that keeps a replay's output or a parameter's
+    gradient past the next pass reads the wrong numbers, as it would on a GPU."""
+
+    def __init__(self, module: nn.Module, forward: Callable, scale: float):
+        self.params, self.forward, self.scale = tuple(module.parameters()), forward, scale
+        self.static_out: torch.Tensor | None = None
+        self.static_grads: list[torch.Tensor | None] = [None] * len(self.params)
+        self.last: torch.Tensor | None = None  # the eager output behind the static one (its graph, for backward)
+        replay = self
+
+        class Graphed(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x, *params):
+                with torch.enable_grad():
+                    out = replay.forward(x)
+                    replay.last = out * replay.scale if replay.scale != 1.0 else out
+                if replay.static_out is None:
+                    replay.static_out = torch.empty_like(replay.last)
+                replay.static_out.copy_(replay.last.detach())
+                return replay.static_out.detach()
+
+            @staticmethod
+            def backward(ctx, grad_out):
+                grads = torch.autograd.grad(replay.last, replay.params, grad_out, allow_unused=True)
+                for i, g in enumerate(grads):
+                    if g is not None:
+                        if replay.static_grads[i] is None:
+                            replay.static_grads[i] = torch.empty_like(g)
+                        replay.static_grads[i].copy_(g)
+                return None, *(None if g is None else replay.static_grads[i].detach() for i, g in enumerate(grads))
+
+        self.graphed = Graphed
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graphed.apply(x, *self.params)
+
+
 def stand_in_maker(scale: float = 1.0, error: str | None = None, calls: list | None = None):
     """A graph maker with make_graphed_callables' signature: 3 warm-up passes and a capture pass of forward and
     backward on the sample (each moves batch-norm statistics, as torch's do), then the module's forward replaced by
-    the 'replay': the eager forward, times `scale` (not an offset, which cross-entropy does not see); `error`: raised
-    instead, as a capture that fails."""
+    the 'replay' (`_StaticReplay`: the eager forward and backward behind static output and gradient memory), times
+    `scale` (not an offset, which cross-entropy does not see); `error`: raised instead, as a capture that fails."""
 
     def make(module: nn.Module, sample_args: tuple, num_warmup_iters: int = 3, allow_unused_input: bool = False):
         if calls is not None:
@@ -58,13 +102,7 @@ def stand_in_maker(scale: float = 1.0, error: str | None = None, calls: list | N
         for _ in range(num_warmup_iters + 1):
             out = module(*sample_args)
             torch.autograd.grad(out, params, grad_outputs=torch.randn_like(out), allow_unused=allow_unused_input)
-        original = module.forward
-
-        def replay(*args):
-            out = original(*args)
-            return out * scale if scale != 1.0 else out
-
-        module.forward = replay
+        module.forward = _StaticReplay(module, module.forward, scale)
         return module
 
     return make
@@ -146,6 +184,34 @@ def test_auto_takes_eager_steps_on_a_cpu_and_cuda_graph_refuses_what_it_cannot_c
         make_capture(model, make_strategy("gradaug"), TrainConfig(capture="cuda_graph"), "cuda")
     with pytest.raises(ValueError, match="capture must be one of auto, eager, cuda_graph, got 'graph'"):
         TrainConfig(capture="graph")
+
+
+def test_the_stand_in_replays_into_static_memory_as_torchs_graphs_do():
+    """What makes the CPU tests below mean something for a GPU: a replay overwrites the output and the gradients the
+    previous replay returned (FedSAM's two passes a step must use each before the next)."""
+    # Prepare
+    model = bn_model().train()
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = torch.randn(4, 1, 8, 8, generator=g), torch.randn(4, 1, 8, 8, generator=g)
+    y = torch.tensor([0, 1, 2, 3])
+    stand_in_maker()(model, (x1.clone(),))
+    params = list(model.parameters())
+
+    # Execute: two forward passes, then two backward passes, each keeping what the first returned
+    out1 = model(x1)
+    first_out = out1.clone()
+    out2 = model(x2)
+    mean_loss(model(x1), y).backward()
+    grads1 = [p.grad for p in params]
+    first_grads = [t.clone() for t in grads1]
+    for p in params:
+        p.grad = None
+    mean_loss(model(x2), y).backward()
+
+    # Assert: the first pass's output and every gradient now hold the second's numbers
+    assert not torch.equal(first_out, out2) and torch.equal(out1, out2)
+    assert all(not torch.equal(a, b) and torch.equal(a, p.grad) for a, b, p in zip(grads1, first_grads, params,
+                                                                                  strict=True))
 
 
 # -- the check at capture, and a captured client equal to an eager one ------------------------------------------------

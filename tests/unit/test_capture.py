@@ -58,33 +58,35 @@ class _StaticReplay:
         self.static_out: torch.Tensor | None = None
         self.static_grads: list[torch.Tensor | None] = [None] * len(self.params)
         self.last: torch.Tensor | None = None  # the eager output behind the static one (its graph, for backward)
-        replay = self
-
-        class Graphed(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, x, *params):
-                with torch.enable_grad():
-                    out = replay.forward(x)
-                    replay.last = out * replay.scale if replay.scale != 1.0 else out
-                if replay.static_out is None:
-                    replay.static_out = torch.empty_like(replay.last)
-                replay.static_out.copy_(replay.last.detach())
-                return replay.static_out.detach()
-
-            @staticmethod
-            def backward(ctx, grad_out):
-                grads = torch.autograd.grad(replay.last, replay.params, grad_out, allow_unused=True)
-                for i, g in enumerate(grads):
-                    if g is not None:
-                        if replay.static_grads[i] is None:
-                            replay.static_grads[i] = torch.empty_like(g)
-                        replay.static_grads[i].copy_(g)
-                return None, *(None if g is None else replay.static_grads[i].detach() for i, g in enumerate(grads))
-
-        self.graphed = Graphed
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.graphed.apply(x, *self.params)
+        return _Replayed.apply(self, x, *self.params)
+
+
+class _Replayed(torch.autograd.Function):
+    """One replay of a `_StaticReplay`, behind one autograd node as torch's graphed callable is."""
+
+    @staticmethod
+    def forward(ctx, replay: _StaticReplay, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        ctx.replay = replay
+        with torch.enable_grad():
+            out = replay.forward(x)
+            replay.last = out * replay.scale if replay.scale != 1.0 else out
+        if replay.static_out is None:
+            replay.static_out = torch.empty_like(replay.last)
+        replay.static_out.copy_(replay.last.detach())
+        return replay.static_out.detach()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        replay = ctx.replay
+        grads = torch.autograd.grad(replay.last, replay.params, grad_out, allow_unused=True)
+        for i, g in enumerate(grads):
+            if g is not None:
+                if replay.static_grads[i] is None:
+                    replay.static_grads[i] = torch.empty_like(g)
+                replay.static_grads[i].copy_(g)
+        return None, None, *(None if g is None else replay.static_grads[i].detach() for i, g in enumerate(grads))
 
 
 def stand_in_maker(scale: float = 1.0, error: str | None = None, calls: list | None = None):

@@ -384,18 +384,13 @@ def hutchinson(op: HessianOperator, probes: int, seed: int = 0, every: float = 3
     t0 = last = time.perf_counter()
     for i in range(probes):
         z = rademacher(op.dim, gen).to(op.device, op.dtype)
-        z64, hz = z.double(), op.hvp(z).double()
-        moments.add(z64, hz)
-        samples[i] = float((z64 * hz).sum())
+        samples[i] = float(moments.add(z.double(), op.hvp(z).double()).sum())
         now = time.perf_counter()
         if now - last > every:
             log.info("hutchinson: %d/%d probes, trace %.6g so far (%.0f s)", i + 1, probes, samples[: i + 1].mean(),
                      now - t0)
             last = now
-    variance = 2.0 * moments.off_diagonal()
-    if not variance > 0:
-        variance = float(samples.var(ddof=1))
-    return HutchinsonResult(float(samples.mean()), math.sqrt(variance / probes), moments.diagonal().cpu(), samples)
+    return HutchinsonResult(float(samples.mean()), moments.trace_stderr(samples), moments.diagonal().cpu(), samples)
 
 
 class _ProbeMoments:
@@ -407,15 +402,26 @@ class _ProbeMoments:
         self.n, self.squares, self.diag_squares = 0, 0.0, 0.0
         self.diag_sum = torch.zeros_like(like)
 
-    def add(self, p: Tensor, v: Tensor) -> None:
+    def add(self, p: Tensor, v: Tensor) -> Tensor:
+        """Count probe p with its product v = M p; returns p * v (its sum is the probe's sample p^T M p)."""
         pv = p * v
         self.n += 1
         self.squares += float(v @ v)
         self.diag_sum += pv
         self.diag_squares += float(pv @ pv)
+        return pv
 
     def diagonal(self) -> Tensor:
         return self.diag_sum / self.n
+
+    def trace_stderr(self, samples: np.ndarray) -> float:
+        """The standard error of the mean of the probes' samples p^T M p: sqrt(Var / n) with Hutchinson's variance
+        for Rademacher probes, 2 `off_diagonal()` (Hutchinson 1989; Avron & Toledo 2011), or the samples' spread
+        where that estimate is not positive."""
+        variance = 2.0 * self.off_diagonal()
+        if not variance > 0:
+            variance = float(samples.var(ddof=1))
+        return math.sqrt(variance / self.n)
 
     def off_diagonal(self) -> float:
         """||M||_F^2 - sum_i M_ii^2, unbiased (two probes or more): the mean of ||Mp||^2 less the mean over pairs
@@ -475,15 +481,12 @@ def hutchpp(op: HessianOperator, products: int, seed: int = 0) -> HutchinsonResu
         hpz = h - hq @ qz  # H (I - QQ^T) z
         samples[i] = float((z - q @ qz) @ hpz)
         residual_trace.add(z, hpz - q @ (q.T @ hpz))
-    variance = 2.0 * residual_trace.off_diagonal()
-    if not variance > 0:
-        variance = float(samples.var(ddof=1))
     if residual_diag.off_diagonal() / probes <= plain_diag.off_diagonal() / plain_diag.n:
         diag, diagonal_estimator = (q * hq).sum(dim=1) + residual_diag.diagonal(), "diag++"
     else:
         diag, diagonal_estimator = plain_diag.diagonal(), "hutchinson"
-    return HutchinsonResult(exact_trace + float(samples.mean()), math.sqrt(variance / probes), diag.cpu(), samples,
-                            diagonal_estimator)
+    return HutchinsonResult(exact_trace + float(samples.mean()), residual_trace.trace_stderr(samples), diag.cpu(),
+                            samples, diagonal_estimator)
 
 
 def trace_and_diagonal(op: HessianOperator, settings: HessianSettings) -> HutchinsonResult:

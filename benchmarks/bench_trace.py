@@ -14,14 +14,16 @@ keeps the reference figures in a .npz (the default run's 22,954 parameters on 51
 on one shared EPYC thread, ~2 h in float64). Without an exact reference: Hutch++ with --reference products, whose
 own standard error is printed.
 
-Per budget and estimator: the rms error of the trace (absolute and relative), the mean reported standard error and
-how often +-2 of it covered the reference (`cover 2se`, nominal 95%; `cover spread`: the same with the textbook
-standard error, the spread of the probes' z^T H z, or Hutch++'s residual samples, over sqrt(probes), which the
-whole-vector estimates of `maths` replaced), the diagonal's relative error and cosine to
-the reference, and the seconds per estimate. With an exact reference also the rms errors that the exact norms
-predict: Hutchinson's sqrt(2 (||H||_F^2 - sum H_ii^2) / N) (Hutchinson 1989; Avron & Toledo 2011) and, for
-Hutch++, the same over the N - 2k residual probes with the best rank-k remainder in place of H (a lower bound:
-the sketch only approximates the top-k eigenvectors; Meyer et al. 2021). Prints the CPU model and torch version.
+Per budget and estimator (`by variance`: Hutch++'s trace or Hutchinson's from the Rademacher probes among the same
+products, whichever has the smaller estimated standard error, the rule Diag++ applies to the diagonal; its `diagonal
+by` column says in how many seeds it kept Hutch++'s trace): the rms error of the trace (absolute and relative), the
+mean reported standard error and how often +-2 of it covered the reference (`cover 2se`, nominal 95%; `cover spread`:
+the same with the textbook standard error, the spread of the probes' z^T H z, or Hutch++'s residual samples, over
+sqrt(probes), which the whole-vector estimates of `maths` replaced), the diagonal's relative error and cosine to the
+reference, and the seconds per estimate. With an exact reference also the rms errors that the exact norms predict:
+Hutchinson's sqrt(2 (||H||_F^2 - sum H_ii^2) / N) (Hutchinson 1989; Avron & Toledo 2011) and, for Hutch++, the same
+over the N - 2k residual probes with the best rank-k remainder in place of H (a lower bound: the sketch only
+approximates the top-k eigenvectors; Meyer et al. 2021). Prints the CPU model and torch version.
 
     python benchmarks/bench_trace.py --budgets 10 30 100 300 --seeds 10
     python benchmarks/bench_trace.py --budgets 10 30 100 --seeds 100 20 10   # seeds per budget
@@ -43,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from machine import cpu_model
 
-from fedscape.analysis.hessian.maths import HessianOperator, hutchinson, hutchpp
+from fedscape.analysis.hessian.maths import HessianOperator, HutchinsonResult, _ProbeMoments, hutchinson, hutchpp
 from fedscape.analysis.hessian.stage import aggregate_eval_data, client_eval_data
 from fedscape.core.paths import Results
 from fedscape.core.runs import build_runs
@@ -228,12 +230,45 @@ def reference(op: HessianOperator, args, model, x, y) -> tuple[float, torch.Tens
     return ref.trace, ref.diagonal, None
 
 
+class _RecordingOperator:
+    """An operator that keeps each product it gives, (v, Hv) in float64."""
+
+    def __init__(self, op):
+        self.op, self.dim, self.device, self.dtype = op, op.dim, op.device, op.dtype
+        self.products: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def hvp(self, v: torch.Tensor) -> torch.Tensor:
+        h = self.op.hvp(v)
+        self.products.append((v.double(), h.double()))
+        return h
+
+
+def by_variance(op, products: int, seed: int = 0) -> HutchinsonResult:
+    """Hutch++'s trace, or Hutchinson's from the Rademacher probes among the same products (the sketch's and the
+    residual's, products - products // 3 of them), whichever has the smaller estimated standard error: the rule
+    `hutchpp` applies to its diagonal, tried on the trace. The diagonal is Hutch++'s (its own choice)."""
+    recorder = _RecordingOperator(op)
+    pp = hutchpp(recorder, products, seed)
+    moments = _ProbeMoments(recorder.products[0][0])
+    # the sketch's orthonormal columns have norm 1, a Rademacher probe's entries are all +-1
+    samples = np.array([float(moments.add(v, h).sum()) for v, h in recorder.products if bool((v.abs() == 1).all())])
+    stderr = moments.trace_stderr(samples)
+    if pp.stderr <= stderr:
+        return pp
+    return dataclasses.replace(pp, trace=float(samples.mean()), stderr=stderr, samples=samples)
+
+
+ESTIMATORS = {"hutchinson": hutchinson, "hutchpp": hutchpp, "by variance": by_variance}
+
+
 def predicted_rms(exact: ExactFigures | None, name: str, budget: int) -> float:
     """The rms trace error that the exact norms predict (module docstring); NaN without them."""
     if exact is None:
         return math.nan
     if name == "hutchinson":
         return math.sqrt(2 * max(exact.frobenius**2 - exact.diagonal_norm**2, 0.0) / budget)
+    if name != "hutchpp":
+        return math.nan
     k = budget // 3
     # the remainder's diagonal is not known; its off-diagonal mass is at most its Frobenius norm
     return math.sqrt(2 * exact.remainder(k) ** 2 / (budget - 2 * k))
@@ -280,12 +315,12 @@ def main() -> None:
     with HessianOperator(net, x, y) as op:
         print(f"{what}: {op.dim} parameters, {len(y)} samples, {args.dtype}")
         trace, diag, exact = reference(op, args, net, x, y)
-        print(f"{'products':>8}  {'seeds':>5}  {'estimator':<10}  {'trace rms error':>15}  {'relative':>8}  "
+        print(f"{'products':>8}  {'seeds':>5}  {'estimator':<11}  {'trace rms error':>15}  {'relative':>8}  "
               f"{'predicted':>9}  {'mean stderr':>11}  {'cover 2se':>9}  {'cover spread':>12}  "
               f"{'diag rel. error':>15}  {'diag cosine':>11}  {'diagonal by':>11}  {'seconds':>7}")
         for budget in args.budgets:
             rms = {}
-            for name, estimate in (("hutchinson", hutchinson), ("hutchpp", hutchpp)):
+            for name, estimate in ESTIMATORS.items():
                 t0 = time.perf_counter()
                 results = [estimate(op, budget, seed=s) for s in range(seeds[budget])]
                 seconds = (time.perf_counter() - t0) / seeds[budget]
@@ -299,13 +334,17 @@ def main() -> None:
                 by = used[0] if len(used) == 1 else "/".join(
                     f"{sum(r.diagonal_estimator == u for r in results)} {u}" for u in used)
                 rms[name] = math.sqrt(float((errors**2).mean()))
-                print(f"{budget:>8}  {seeds[budget]:>5}  {name:<10}  {rms[name]:>15.4g}  "
+                if name == "by variance":  # which trace it kept, in place of the diagonal's estimator
+                    kept = sum(r.probes == budget - 2 * (budget // 3) for r in results)
+                    by = f"{kept} Hutch++"
+                print(f"{budget:>8}  {seeds[budget]:>5}  {name:<11}  {rms[name]:>15.4g}  "
                       f"{100 * rms[name] / abs(trace):>7.2f}%  {predicted_rms(exact, name, budget):>9.4g}  "
                       f"{stderr.mean():>11.3g}  {np.mean(np.abs(errors) <= 2 * stderr):>9.2f}  "
                       f"{np.mean(np.abs(errors) <= 2 * spread):>12.2f}  {rel:>15.3f}  "
                       f"{cosine:>11.3f}  {by:>11}  {seconds:>7.2f}", flush=True)
-            print(f"{budget:>8}  {'':>5}  {'ratio':<10}  {rms['hutchpp'] / rms['hutchinson']:>15.2f}  "
-                  "(Hutch++ / Hutchinson)", flush=True)
+            print(f"{budget:>8}  {'':>5}  {'ratio':<11}  {rms['hutchpp'] / rms['hutchinson']:>15.2f}  "
+                  f"(Hutch++ / Hutchinson; by variance / Hutchinson: {rms['by variance'] / rms['hutchinson']:.2f})",
+                  flush=True)
 
 
 if __name__ == "__main__":

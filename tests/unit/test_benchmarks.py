@@ -229,7 +229,7 @@ class _DenseOperator:
     """An explicit symmetric matrix behind the operator interface of the trace benchmark."""
 
     def __init__(self, matrix):
-        self.matrix, self.dim, self.dtype = matrix, matrix.shape[0], matrix.dtype
+        self.matrix, self.dim, self.dtype, self.device = matrix, matrix.shape[0], matrix.dtype, matrix.device
 
     def hvp(self, v):
         return self.matrix @ v.to(self.dtype)
@@ -263,6 +263,41 @@ def test_bench_trace_exact_figures_are_those_of_the_matrix(monkeypatch):
     assert figures.remainder(0) == pytest.approx(figures.frobenius)
     assert math.isnan(figures.remainder(11))  # beyond the 10 eigenvalues computed
     assert figures.asymmetry == pytest.approx(float((2 * skew).abs().max() / (matrix + skew).abs().max()), rel=1e-3)
+
+
+@pytest.mark.parametrize(("spectrum", "keeps_hutchpp"), [("low_rank", True), ("flat", False)])
+def test_bench_trace_by_variance_keeps_the_trace_whose_estimated_error_is_smaller(monkeypatch, spectrum,
+                                                                                  keeps_hutchpp):
+    # Prepare: a few dominant eigenvalues (the sketch takes them exactly) or a flat spectrum of random
+    # eigenvectors (the sketch removes little, and Hutch++ has fewer probes)
+    import torch
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from bench_trace import by_variance
+
+    from fedscape.analysis.hessian.maths import _STREAM_PROBES, _STREAM_SKETCH, _generator, hutchpp, rademacher
+
+    g = torch.Generator().manual_seed(1)
+    q, _ = torch.linalg.qr(torch.randn(80, 80, generator=g, dtype=torch.float64))
+    eig = torch.linspace(-1.0, 1.0, 80).double() + (torch.tensor([50.0, 30.0, 20.0] + [0.0] * 77).double()
+                                                      if spectrum == "low_rank" else 0.0)
+    op = _DenseOperator(q @ torch.diag(eig) @ q.T)
+    products, k = 12, 4
+
+    # Execute
+    pp, chosen = hutchpp(op, products, seed=3), by_variance(op, products, seed=3)
+
+    # Assert: Hutch++ kept as it is, or Hutchinson over the sketch's and the residual's Rademacher probes (the
+    # seeded streams hutchpp draws them from), with the whole-vector standard error, and Hutch++'s diagonal
+    probes = [rademacher(80, gen) for gen, n in ((_generator(3, _STREAM_SKETCH), k),
+                                                (_generator(3, _STREAM_PROBES), products - 2 * k)) for _ in range(n)]
+    samples = [float(z.double() @ op.matrix @ z.double()) for z in probes]
+    assert torch.equal(chosen.diagonal, pp.diagonal)
+    if keeps_hutchpp:
+        assert (chosen.trace, chosen.stderr, list(chosen.samples)) == (pp.trace, pp.stderr, list(pp.samples))
+    else:
+        assert chosen.samples == pytest.approx(samples, rel=1e-12)
+        assert chosen.trace == pytest.approx(sum(samples) / len(samples)) and chosen.stderr < pp.stderr
 
 
 def _tiny_run(root):
@@ -352,6 +387,6 @@ def test_bench_trace_runs_on_a_checkpoint(tmp_path):
     # Assert: one row per budget and estimator, and the ratio
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["4"], ["10"])]
     assert [(r[0], r[2] if r[1] == "2" else r[1]) for r in rows] == [
-        ("4", "hutchinson"), ("4", "hutchpp"), ("4", "ratio"), ("10", "hutchinson"), ("10", "hutchpp"),
-        ("10", "ratio")]
+        ("4", "hutchinson"), ("4", "hutchpp"), ("4", "by"), ("4", "ratio"), ("10", "hutchinson"), ("10", "hutchpp"),
+        ("10", "by"), ("10", "ratio")]
     assert "16 samples" in out and "reference trace" in out

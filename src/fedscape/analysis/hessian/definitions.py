@@ -18,7 +18,9 @@ AUTO = "auto"  # the config's `trace_estimator: auto`: resolved by the budget at
 # From this many products `auto` takes Hutch++ / Diag++, below them Hutchinson: the smallest budget measured at which
 # Hutch++'s trace lost on no model (benchmarks/README.md, bench_trace.py). Its rms error against Hutchinson's: on the
 # default run's round-30 IID model (exact Hessian) 0.77x at 10 products, 0.37x at 30, 0.18x at 100; on its round-0
-# random init 1.15x, 2.0x, 1.01x; on a cnn_small trained 3 epochs 1.5x at 10, 1.2x at 30, 0.76x at 100.
+# random init 1.15x, 2.0x, 1.01x; on a cnn_small trained 3 epochs 1.5x at 10, 1.2x at 30, 0.76x at 100. Keeping
+# whichever trace of the two the same products estimate the smaller error for (Diag++'s rule for the diagonal) still
+# lost up to 1.5x at the init and 1.36x on the 3-epoch model below 50 products (`by variance` in bench_trace.py).
 AUTO_HUTCHPP_FROM = 100
 HESSIAN_PRECISIONS = tuple(p for p in PRECISIONS if p != "bf16")
 CLIENT_COLUMNS = ["run_id", "round", "hn", "hd", "status"]  # status: ok, or diverged (HN, HD NaN)

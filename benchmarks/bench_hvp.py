@@ -6,10 +6,12 @@ Measured in one run on the same model and batch:
 * HVP, cached graph: fedscape.hessian.HessianOperator, the gradient graph built once and reused;
 * HVP, rebuilt graph: double backward that rebuilds the gradient graph for every product
   (what a naive implementation, or `cache_graph: false`, does);
-* HVP, forward-over-reverse: `HessianOperator(hvp="forward")`, torch.func.jvp of torch.func.grad.
+* HVP, forward-over-reverse: `HessianOperator(hvp="forward")`, torch.func.jvp of torch.func.grad;
+* HVP, cached graph, channels_last: `HessianOperator(channels_last=True)`, the convolutions on NHWC inputs and
+  weights (convolutional models only), which cuDNN and oneDNN serve with kernels of their own.
 
 All inside `use_precision("fp32")` as a Hessian job computes (on CUDA: TF32 off, cuDNN's benchmark mode on); on
-CUDA also a gradient and a cached-graph HVP in TF32 (`hessian.precision: tf32`).
+CUDA also a gradient and a cached-graph HVP in TF32 (`hessian.precision: tf32`), in both layouts.
 
 Prints median times and the ratios, and the largest relative difference of each HVP from a float64 one. The
 three HVPs alternate call by call (`--repeats` rounds), so that a change of load on a shared machine falls on
@@ -98,21 +100,25 @@ def eigen_check(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, top_k:
 
 
 def tf32_times(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, v: torch.Tensor, samples: int,
-               repeats: int, device: torch.device) -> tuple[float, float]:
+               repeats: int, device: torch.device, channels_last: bool) -> tuple[float, ...]:
     """Median seconds of a gradient and of a cached-graph HVP in TF32, as a `hessian.precision: tf32` job computes
-    (CUDA only: elsewhere TF32 is fp32)."""
-    with use_precision("tf32", device), HessianOperator(model, x, y, batch_size=samples, cache_graph=True,
-                                                        hvp="reverse", precision="tf32") as op:
-        def gradient() -> None:
-            model.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(model(x), y).backward()
+    (CUDA only: elsewhere TF32 is fp32), and with `channels_last` of the same HVP in the NHWC layout."""
+    def gradient() -> None:
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
 
-        fns = (gradient, lambda: op.hvp(v))
+    with use_precision("tf32", device):
+        layouts = (False, True) if channels_last else (False,)
+        operators = [HessianOperator(model, x, y, batch_size=samples, cache_graph=True, hvp="reverse",
+                                     precision="tf32", channels_last=layout) for layout in layouts]
+        fns = [gradient, *((lambda op=op: op.hvp(v)) for op in operators)]
         for fn in fns:  # warm-up
             fn()
             fn()
         times = [[timed(fn, device, 1, warmup=0) for fn in fns] for _ in range(repeats)]
-    return statistics.median(r[0] for r in times), statistics.median(r[1] for r in times)
+        for op in operators:
+            op.close()
+    return tuple(statistics.median(r[i] for r in times) for i in range(len(fns)))
 
 
 def main() -> None:
@@ -145,8 +151,14 @@ def main() -> None:
     cached = HessianOperator(model, x, y, batch_size=args.samples, cache_graph=True, hvp="reverse")
     rebuilt = HessianOperator(model, x, y, batch_size=args.samples, cache_graph=False, hvp="reverse")
     forward = HessianOperator(model, x, y, batch_size=args.samples, hvp="forward")
+    operators = [cached, rebuilt, forward]
     products = {"HVP, cached graph": cached.hvp, "HVP, rebuilt graph": rebuilt.hvp,
                 "HVP, forward-over-reverse": forward.hvp}
+    convolutional = any(p.dim() == 4 for p in model.parameters()) and x.dim() == 4
+    if convolutional:
+        operators.append(HessianOperator(model, x, y, batch_size=args.samples, cache_graph=True, hvp="reverse",
+                                         channels_last=True))
+        products["HVP, cached, channels_last"] = operators[-1].hvp
     model64 = copy.deepcopy(model).double()
     with HessianOperator(model64, x.double(), y, batch_size=args.samples, cache_graph=False, hvp="reverse") as ref:
         exact = ref.hvp(v.double())
@@ -167,10 +179,11 @@ def main() -> None:
         for name, fn in timers.items():
             times[name].append(timed(fn, device, 1, warmup=0))
     t = {name: statistics.median(values) for name, values in times.items()}
-    for op in (cached, rebuilt, forward):
+    for op in operators:
         op.close()
     precision.__exit__(None, None, None)
-    tf32 = tf32_times(model, x, y, v, args.samples, args.repeats, device) if device.type == "cuda" else None
+    tf32 = (tf32_times(model, x, y, v, args.samples, args.repeats, device, convolutional) if device.type == "cuda"
+            else None)
 
     norm = "" if args.norm is None else f", {args.norm} norm"
     print(f"model {args.model}{norm} ({v.numel()} parameters), {args.samples} samples of {args.dataset}, on {device}, "
@@ -183,12 +196,15 @@ def main() -> None:
     print(f"gradient, flat params       {t['gradient, flat params'] * 1e3:9.2f} ms   "
           f"{t['gradient, flat params'] / t['gradient']:.2f}x gradient")
     for name in products:
-        print(f"{name:<27} {t[name] * 1e3:9.2f} ms   {t[name] / t['gradient']:.2f}x gradient (goal <= 3x), "
+        print(f"{name:<28}{t[name] * 1e3:9.2f} ms   {t[name] / t['gradient']:.2f}x gradient (goal <= 3x), "
               f"{t[name] / t['HVP, cached graph']:.2f}x the cached, relative difference from float64 "
               f"{errors[name]:.1e}")
     if tf32 is not None:
         print(f"TF32 (hessian.precision: tf32): gradient {tf32[0] * 1e3:.2f} ms, HVP, cached graph {tf32[1] * 1e3:.2f} "
               f"ms = {tf32[1] / tf32[0]:.2f}x the TF32 gradient, {tf32[1] / t['gradient']:.2f}x the fp32 gradient")
+        if len(tf32) > 2:
+            print(f"TF32, channels_last: HVP, cached graph {tf32[2] * 1e3:.2f} ms = {tf32[2] / tf32[0]:.2f}x the TF32 "
+                  f"gradient, {tf32[2] / t['gradient']:.2f}x the fp32 gradient")
     if args.eigen:
         eigen_check(model, x, y, args.eigen, device)
 

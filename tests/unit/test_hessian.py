@@ -202,15 +202,15 @@ def test_hessian_stage_with_eval_samples_all_takes_every_training_sample_of_a_mo
     assert np.isfinite(table["lambda_1"]).all() and (table["trace"] != 0).all()
 
 
-def small_conv(norm: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+def small_conv(norm: str, dtype: torch.dtype = torch.float32, in_channels: int = 1) -> nn.Module:
     """Two convolutions with batch norm (running statistics away from 0 and 1) or group norm, and a linear head."""
     torch.manual_seed(0)
     layer = BatchNorm2d(6) if norm == "batch" else nn.GroupNorm(2, 6)
-    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), layer, nn.ReLU(), nn.Conv2d(6, 4, 3), nn.Tanh(),
+    model = nn.Sequential(nn.Conv2d(in_channels, 6, 3, padding=1), layer, nn.ReLU(), nn.Conv2d(6, 4, 3), nn.Tanh(),
                           nn.Flatten(), nn.Linear(4 * 6 * 6, 10))
     if norm == "batch":
         model.train()
-        model(torch.randn(64, 1, 8, 8) * 2 + 1)
+        model(torch.randn(64, in_channels, 8, 8) * 2 + 1)
     return model.to(dtype)
 
 
@@ -238,6 +238,42 @@ def test_forward_over_reverse_hvp_equals_double_backward(norm):
 
     assert rel(results[torch.float64, "forward"], results[torch.float64, "reverse"]) < 1e-10
     assert rel(results[torch.float32, "forward"], results[torch.float32, "reverse"]) < 1e-5
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+@pytest.mark.parametrize(("mode", "cache_graph"), [("reverse", True), ("reverse", False), ("forward", True)])
+def test_channels_last_products_equal_the_contiguous_ones(norm, mode, cache_graph):
+    """channels_last=True runs the convolutions on NHWC inputs and weights, and its products are the contiguous
+    layout's in the flat parameters' own order: in float64 to 1e-12 relative (only the kernels' summation order
+    differs)."""
+    # Prepare: a record of the layout the second convolution sees (6 input channels: NCHW and NHWC tell apart), on
+    # 2-channel images (a 1-channel image's strides are both layouts', and its convolution keeps NCHW)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(40, 2, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 10, (40,), generator=g)
+    model = small_conv(norm, torch.float64, in_channels=2)
+    v = torch.randn(sum(p.numel() for p in model.parameters()), generator=g, dtype=torch.float64)
+    seen = []
+    model[3].register_forward_pre_hook(lambda conv, args: seen.append(
+        (args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous(),
+         conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous())))
+    products = {}
+    for layout in (False, True):
+        seen.clear()
+        # Execute (uneven batches: 16 + 16 + 8)
+        with HessianOperator(model, x, y, batch_size=16, cache_graph=cache_graph, hvp=mode,
+                             channels_last=layout) as op:
+            products[layout] = op.hvp(v)
+        assert seen and set(seen) == {(layout, layout)}  # inputs and weights, in every batch's forward
+
+    # Assert
+    assert float((products[True] - products[False]).norm() / products[False].norm()) < 1e-12
+
+
+def test_channels_last_leaves_models_without_images_alone(tiny):
+    v = torch.randn(sum(p.numel() for p in tiny["model"].parameters()), generator=torch.Generator().manual_seed(0))
+    with HessianOperator(tiny["model"], tiny["x"], tiny["y"]) as plain, \
+            HessianOperator(tiny["model"], tiny["x"], tiny["y"], channels_last=True) as nhwc:
+        assert torch.equal(nhwc.hvp(v), plain.hvp(v))
 
 
 @pytest.mark.parametrize("norm", ["batch", "group"])

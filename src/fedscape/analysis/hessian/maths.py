@@ -72,10 +72,15 @@ class HessianOperator:
     them off, since their ~1e-3 relative error could swamp the eigenvalues' 1e-4 tolerance and PyTorch's own
     default leaves cuDNN's on; "tf32" turns them on where TF32 exists (CUDA; a CPU computes it in fp32, as
     `fedscape.models.device.precision_used` says), so that `hessian.precision: tf32` computes what it records.
+
+    `channels_last`: the convolutions see their inputs and weights in the channels-last (NHWC) layout, for which
+    cuDNN and oneDNN have kernels of their own; the weights are copied into it inside the graph, so vectors keep
+    the flat parameters' order and the products are the same up to rounding. Off by default: on a CPU it made a
+    product 1.1-1.2x slower (benchmarks/README.md, "Hessian-vector products"); `bench_hvp.py` measures it on a GPU.
     """
 
     def __init__(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 512, cache_graph: bool = True,
-                 hvp: str | None = None, precision: str = "fp32"):
+                 hvp: str | None = None, precision: str = "fp32", channels_last: bool = False):
         if len(y) == 0:
             raise ValueError("the evaluation set is empty")
         if len(x) != len(y):
@@ -98,7 +103,9 @@ class HessianOperator:
         self.center = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
         self.n = target_count(y)  # counted targets: samples, or a sequence task's positions (models.loss)
         self.dim = self.center.numel()
-        self.batches = batch_slices(x.to(self.device), y.to(self.device), batch_size)
+        self.channels_last = channels_last
+        layout = torch.channels_last if channels_last and len(x.shape) == 4 else None  # images, not token ids
+        self.batches = batch_slices(x.to(self.device), y.to(self.device), batch_size, layout)
         self.mode = default_hvp_mode(self.device) if hvp is None else hvp
         if self.mode not in HVP_MODES:
             raise ValueError(f"unknown HVP mode {self.mode!r}: one of {', '.join(HVP_MODES)}")
@@ -112,6 +119,9 @@ class HessianOperator:
 
     def _batch_loss(self, w: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
         params = {n: t.view(s) for n, t, s in zip(self._names, torch.split(w, self._sizes), self._shapes, strict=True)}
+        if self.channels_last:  # a copy inside the graph: the gradient reaches w in its own order
+            params = {n: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+                      for n, t in params.items()}
         logits = functional_call(self.model, {**params, **self._buffers}, (xb,))
         return loss_sum(logits, yb) / self.n
 

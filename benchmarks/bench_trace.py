@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from machine import cpu_model
 
-from fedscape.analysis.hessian.maths import HessianOperator, HutchinsonResult, _ProbeMoments, hutchinson, hutchpp
+from fedscape.analysis.hessian.maths import HessianOperator, HutchinsonResult, ProbeMoments, hutchinson, hutchpp
 from fedscape.analysis.hessian.stage import aggregate_eval_data, client_eval_data
 from fedscape.core.paths import Results
 from fedscape.core.runs import build_runs
@@ -249,7 +249,7 @@ def by_variance(op, products: int, seed: int = 0) -> HutchinsonResult:
     `hutchpp` applies to its diagonal, tried on the trace. The diagonal is Hutch++'s (its own choice)."""
     recorder = _RecordingOperator(op)
     pp = hutchpp(recorder, products, seed)
-    moments = _ProbeMoments(recorder.products[0][0])
+    moments = ProbeMoments(recorder.products[0][0])
     # the sketch's orthonormal columns have norm 1, a Rademacher probe's entries are all +-1
     samples = np.array([float(moments.add(v, h).sum()) for v, h in recorder.products if bool((v.abs() == 1).all())])
     stderr = moments.trace_stderr(samples)

@@ -609,7 +609,7 @@ def eval_subset(n: int, max_samples: int | str | None, seed: int, key: int = 0) 
 class HessianReport:
     """Everything measured on one data set."""
 
-    n_eval: int
+    n_eval: int  # samples (a token task's sequences), as `eval_samples` counts them, not counted positions
     loss: float
     eigen: EigenResult | None
     hutchinson: HutchinsonResult

@@ -157,8 +157,9 @@ def test_every_rule_has_a_log_an_env_and_its_script(rule):
 # found without a list; the others are named here.
 STAGE_PACKAGES = {"partition": "fedscape.stages", "init": "fedscape.stages", "train": "fedscape.stages",
                   "tables": "fedscape.outputs", "cost": "fedscape.report", "report": "fedscape.report"}
-# What a script may call beside its rule's entry point: the job's log and its thread count.
-SCRIPT_HELPERS = {"job_log", "use_threads"}
+# What a script may call beside its rule's entry point: the job's log, its thread count, and where its data is now
+# (data.specs.with_data_locations; tests/workflow/test_reruns.py checks which scripts must).
+SCRIPT_HELPERS = {"job_log", "use_threads", "with_data_locations"}
 def rule_files() -> dict[str, str]:
     """rule name -> the stem of its rule file (its stage)."""
     return {m[1]: smk.stem for smk in sorted((ROOT / "rules").glob("*.smk"))

@@ -328,5 +328,5 @@ def test_jobs_carry_the_new_keys_only_off_their_baseline() -> None:
         assert (options["source"], options["seq_len"]) == ("raw", 256)
     assert (settings["leaf"][2]["in_channels"], settings["leaf"][2]["image_size"]) == (80, 80)
     assert (settings["paper"][2]["in_channels"], settings["paper"][2]["image_size"]) == (96, 256)
-    leaf_options = {"data_dir": "x", "source": "preprocessed", "seq_len": None}
-    assert dataset_settings("shakespeare", leaf_options) == {"data_dir": "x"}
+    leaf_options = {"proxy_fraction": 0.2, "source": "preprocessed", "seq_len": None}
+    assert dataset_settings("shakespeare", leaf_options) == {"proxy_fraction": 0.2}

@@ -4,6 +4,7 @@ setting; the tables say which commit made each run."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -99,6 +100,33 @@ def test_changing_one_setting_plans_exactly_the_jobs_it_affects(clone):
     forced = planned_jobs(clone, "--configfile", "tiny.yaml", "--forcerun", "hessian")
 
     assert changed == forced and changed.get("hessian")
+
+
+def test_moving_the_data_plans_nothing(clone):
+    # Prepare: the finished run's config with its data elsewhere, fetchable, and a proxy folder of its own
+    cfg = yaml.safe_load((clone / "tiny.yaml").read_text())
+    cfg["datasets"]["digits"].update(data_dir="/scratch/elsewhere/digits", download=True)
+    cfg["inits"]["pre"]["proxy_data_dir"] = "/scratch/elsewhere/proxy"
+    (clone / "moved.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    # Execute / Assert: a location is not meaning (data.specs.LOCATION_BASELINES) ...
+    proc = snakemake(clone, "--configfile", "moved.yaml", "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    # ... while a dataset option that is plans every job that reads the data set
+    cfg["datasets"]["digits"]["test_fraction"] = 0.3
+    (clone / "changed.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert planned_jobs(clone, "--configfile", "changed.yaml").get("partition")
+
+
+def test_every_rule_whose_jobs_read_a_data_set_gives_them_its_location(tiny_run):
+    # the rules whose finished jobs' recorded params carry a data set's options (the tiny run has every stage)
+    records = [json.loads(p.read_text()) for p in (tiny_run / ".snakemake" / "metadata").iterdir()]
+    reading = {r["rule"] for r in records if any("'dataset_options'" in p for p in r.get("params") or [])}
+    giving = {s.stem for s in (tiny_run / "workflow" / "scripts").glob("*.py")
+              if "with_data_locations(sm.params.settings, sm.config)" in s.read_text()}
+
+    assert {"partition", "init", "train", "hessian"} <= reading
+    assert giving == reading
 
 
 def test_the_tables_name_the_code_version_that_trained_each_run(tiny_run):

@@ -12,6 +12,8 @@ from pathlib import Path
 import yaml
 from helpers.workflow import ROOT, copy_workflow, planned_jobs, snakemake
 
+from fedscape.core.manifest import output_records
+
 SMOKE = "config/smoke32.yaml"
 
 
@@ -44,3 +46,28 @@ def test_smoke32_plans_every_rule_of_the_default_workflow_and_reads_the_syntheti
     assert planned_only
     rows = (workdir / config["results_dir"] / "tables" / "partitions.csv").read_text().splitlines()
     assert len(rows) == 1 + len(config["alphas"]) * config["num_clients"][0]  # a row per client of each split
+
+
+def test_moved_data_reruns_nothing_and_is_read_where_it_is_now(tmp_path):
+    # Prepare: the smoke run's partitions made, then its data set moved to another folder, and the config with it
+    workdir = copy_workflow(tmp_path)
+    config = yaml.safe_load((workdir / SMOKE).read_text())
+    write_data(workdir)
+    snakemake(workdir, "--configfile", SMOKE, "--until", "partitions_table", timeout=300)
+    old = workdir / config["datasets"]["cifar10"]["data_dir"]
+    new = tmp_path / "scratch" / "cifar10"
+    new.parent.mkdir()
+    old.rename(new)
+    config["datasets"]["cifar10"]["data_dir"] = str(new)
+    (workdir / "moved.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    # Execute: plan, then remake the partitions, which read the data (the old folder is gone)
+    planned = planned_jobs(workdir, "--configfile", "moved.yaml", "--until", "partitions_table")
+    snakemake(workdir, "--configfile", "moved.yaml", "--until", "partitions_table", "--forcerun", "partition",
+              timeout=300)
+
+    # Assert: nothing was planned, and the partition jobs' records say where they read
+    assert planned == {"total": 0}
+    records = output_records(str(workdir / config["results_dir"]))
+    read = [r["data_locations"] for out, r in records.items() if out.endswith("partition.npz")]
+    assert read and all(r == {"cifar10": {"data_dir": str(new), "download": False}} for r in read)

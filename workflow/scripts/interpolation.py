@@ -2,10 +2,12 @@
 
 from fedscape.analysis.barriers.stage import interpolation_job
 from fedscape.core.logs import job_log
+from fedscape.data.specs import with_data_locations
 from fedscape.models.device import use_threads
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
+    settings = with_data_locations(sm.params.settings, sm.config)  # where its data is now (not in its params)
     use_threads(sm.threads)
-    interpolation_job(sm.params.settings, sm.input.trajectory_a, sm.input.trajectory_b, sm.input.partition,
+    interpolation_job(settings, sm.input.trajectory_a, sm.input.trajectory_b, sm.input.partition,
                       sm.output.curve)

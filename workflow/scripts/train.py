@@ -2,11 +2,13 @@
 
 from fedscape.core.logs import job_log
 from fedscape.core.paths import TRAIN_FILES
+from fedscape.data.specs import with_data_locations
 from fedscape.models.device import use_threads
 from fedscape.stages.train import train_job
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
+    settings = with_data_locations(sm.params.settings, sm.config)  # where its data is now (not in its params)
     use_threads(sm.threads)
-    train_job(sm.params.settings, sm.input.partition, sm.input.init, {key: sm.output[key] for key in TRAIN_FILES},
+    train_job(settings, sm.input.partition, sm.input.init, {key: sm.output[key] for key in TRAIN_FILES},
               sm.params.progress_dir)

@@ -6,6 +6,7 @@ import string
 from dataclasses import dataclass, replace
 
 from fedscape.core.config import without_baselines
+from fedscape.core.manifest import note
 from fedscape.core.names import unknown_name_error
 from fedscape.data import imagenet200
 
@@ -148,6 +149,15 @@ DATASET_NAMES: tuple[str, ...] = tuple(sorted(DATASETS))
 # a job's `dataset_options` leave a key out at its baseline (`dataset_settings`), so adding them reran nothing.
 DATASET_BASELINES: dict[str, object] = {"source": "preprocessed", "seq_len": None, "targets": None,
                                          "max_clients": None, "channel_mean": None, "channel_std": None}
+# Where a data set's files are and whether fedscape may fetch them (`datasets.<name>.data_dir`, `download`): not
+# what the data is. Every job's settings carry these keys at these values, whatever the config says, and a job reads
+# the config's own when it starts (`with_data_locations`, which its record keeps): moving the data to a node's
+# scratch or a colleague's copy, or turning `download` off once the files are there, reruns nothing. (As for every
+# file the DAG does not list, different data under the same path reruns nothing either: `--forcerun` remakes it.)
+LOCATION_BASELINES: dict[str, object] = {"data_dir": None, "download": False}
+# The same for a pretrained init's proxy data set's folder (`inits.<label>.proxy_data_dir`; None: the clients' data
+# set's data_dir). Not `proxy_dir`: whether it is set says which proxy the init trains on.
+INIT_LOCATION_KEYS: tuple[str, ...] = ("proxy_data_dir",)
 # Datasets normalised per RGB channel with published statistics (`fedscape.data.sources.normalisation`), which
 # `datasets.<name>.channel_mean` and `channel_std` may replace with a paper's own (e.g. the CIFAR std of many public
 # loaders, (0.2023, 0.1994, 0.2010), that the flatness paper's code uses)
@@ -241,7 +251,47 @@ def dataset_settings(name: str, options: dict) -> dict:
     settings = without_baselines(options, DATASET_BASELINES)
     if name in DATASETS and settings.get("targets") == DATASETS[name].own_targets:
         del settings["targets"]
+    for key, baseline in LOCATION_BASELINES.items():  # in place: the keys keep their order (some jobs keep it)
+        if key in settings:
+            settings[key] = baseline
     return settings
+
+
+def with_data_locations(settings: dict, config: dict) -> dict:
+    """A job's `settings` with the data locations `config` gives now, which the job reads its data from: the
+    location keys (LOCATION_BASELINES) of every data set's options in them, and a pretrained init's
+    INIT_LOCATION_KEYS. The job's record notes them (`fedscape.core.manifest`).
+
+    A job's settings carry these keys at their baselines (`dataset_settings`, `fedscape.plan.init`), so that the
+    location is not part of what Snakemake compares; a job finds its data set's name beside its options, as
+    `dataset` or in its `run`."""
+    read: dict[str, dict] = {}
+
+    def fill(node):
+        if isinstance(node, list):
+            return [fill(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: fill(v) for k, v in node.items()}
+        if "dataset_options" in out:
+            run = out.get("run")
+            name = out.get("dataset") if isinstance(out.get("dataset"), str) else \
+                run.get("dataset") if isinstance(run, dict) else None
+            if name not in config["datasets"]:
+                raise ValueError(f"job settings with dataset_options name no data set of the config's datasets "
+                                 f"({', '.join(sorted(config['datasets']))}): {name!r}")
+            given = config["datasets"][name]
+            read[name] = {k: given.get(k, baseline) for k, baseline in LOCATION_BASELINES.items()}
+            out["dataset_options"] = {**out["dataset_options"], **read[name]}
+        if out.get("kind") == "pretrained" and any(k in out for k in INIT_LOCATION_KEYS):
+            spec = config["inits"][out["init"]]
+            out.update({k: spec.get(k) for k in INIT_LOCATION_KEYS})
+            read[f"inits.{out['init']}"] = {k: spec.get(k) for k in INIT_LOCATION_KEYS}
+        return out
+
+    filled = fill(settings)
+    note(data_locations=read)
+    return filled
 
 
 def target_model_options(name: str, options: dict) -> dict:

@@ -274,9 +274,8 @@ def with_data_locations(settings: dict, config: dict) -> dict:
             return node
         out = {k: fill(v) for k, v in node.items()}
         if "dataset_options" in out:
-            run = out.get("run")
-            name = out.get("dataset") if isinstance(out.get("dataset"), str) else \
-                run.get("dataset") if isinstance(run, dict) else None
+            run = out.get("run") if isinstance(out.get("run"), dict) else {}
+            name = out.get("dataset") or run.get("dataset")
             if name not in config["datasets"]:
                 raise ValueError(f"job settings with dataset_options name no data set of the config's datasets "
                                  f"({', '.join(sorted(config['datasets']))}): {name!r}")
@@ -285,8 +284,8 @@ def with_data_locations(settings: dict, config: dict) -> dict:
             out["dataset_options"] = {**out["dataset_options"], **read[name]}
         if out.get("kind") == "pretrained" and any(k in out for k in INIT_LOCATION_KEYS):
             spec = config["inits"][out["init"]]
-            out.update({k: spec.get(k) for k in INIT_LOCATION_KEYS})
             read[f"inits.{out['init']}"] = {k: spec.get(k) for k in INIT_LOCATION_KEYS}
+            out.update(read[f"inits.{out['init']}"])
         return out
 
     filled = fill(settings)

@@ -1,5 +1,6 @@
 """Write a small ImageNet in the folder layout fedscape.data.imagenet200 reads: ``train/<wnid>/*.JPEG`` and
-``val/<wnid>/*.JPEG`` (the validation images sorted into class folders, as valprep.sh leaves them).
+``val/<wnid>/*.JPEG`` (the validation images sorted into class folders, as valprep.sh leaves them); and a small
+down-sampled ImageNet in the published .npz files fedscape.data.imagenet32 reads (`write_imagenet32`).
 
 Every one of ImageNet-200's 200 class folders exists (a real copy has them all; the reader checks), most with one
 image; a few classes hold several images of different sizes and orientations, and two ImageNet-1k classes that are
@@ -74,3 +75,20 @@ def flatten_val(root: Path, solution_dir: Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")  # not in file order: the reader sorts
     return path
+
+
+def write_imagenet32(directory: Path, sizes: tuple[int, ...] = (7, 5, 9), compressed: bool = False,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Files train_data_batch_<i>.npz as published (`data` uint8 [n, 3072], `labels` 1..1000, `mean`), one per
+    size; the images [N, 3, 32, 32] and labels they hold."""
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    save = np.savez_compressed if compressed else np.savez
+    data, labels = [], []
+    for i, n in enumerate(sizes):
+        x = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        y = rng.integers(1, 1001, n).tolist()  # the published files hold a list of ints
+        save(directory / f"train_data_batch_{i + 1}.npz", data=x, labels=y, mean=x.mean(0))
+        data.append(x)
+        labels.append(np.asarray(y))
+    return np.concatenate(data).reshape(-1, 3, 32, 32), np.concatenate(labels)

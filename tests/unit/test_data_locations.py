@@ -1,6 +1,6 @@
-"""Where the data is (`datasets.<name>.data_dir`, `download`, a pretrained init's `proxy_data_dir`) is not what a job
-computes: the jobs' settings carry these keys at their baselines (`data.specs.dataset_settings`, `plan.init`), and a
-job reads the config's own when it starts (`data.specs.with_data_locations`)."""
+"""Where the data is (`datasets.<name>.data_dir`, `download`, a pretrained init's `proxy_data_dir` and `proxy_dir`) is
+not what a job computes: the jobs' settings carry these keys at their baselines (`data.specs.dataset_settings`,
+`plan.init`), and a job reads the config's own when it starts (`data.specs.with_data_locations`)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ from helpers.configs import SCHEMA, TINY
 
 from fedscape.core import manifest
 from fedscape.core.runs import build_runs
-from fedscape.data.specs import LOCATION_BASELINES, dataset_settings, with_data_locations
+from fedscape.data.specs import INIT_LOCATION_BASELINES, LOCATION_BASELINES, dataset_settings, with_data_locations
 from fedscape.plan.init import init_settings
 from fedscape.plan.partition import partition_settings
 from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config
+from fedscape.stages.init import proxy_data
+from fedscape.stages.init_settings import InitJob
 
 
 def _config(**digits) -> dict:
@@ -59,6 +61,46 @@ def test_moving_the_data_plans_the_same_settings(moved):
     # Assert: every job's settings (the params Snakemake compares) are the same, as text too
     assert [repr(s) for s in after] == [repr(s) for s in before]
     assert any(s.get("kind") == "pretrained" for s in after)
+
+
+def _imagenet32_config(proxy_dir: str | None) -> dict:
+    """The tiny config on CIFAR-10 (cnn_small), its pretrained init reading down-sampled ImageNet from `proxy_dir`."""
+    config = copy.deepcopy(TINY)
+    config["datasets"] = {"cifar10": {"data_dir": "/data/cifar10", "proxy_fraction": 0.2}}
+    config["inits"]["pre"]["proxy_dir"] = proxy_dir
+    return check_config(config, SCHEMA)
+
+
+def test_moving_down_sampled_imagenet_plans_the_same_settings_while_using_it_or_not_does_not():
+    # Prepare: the pretrained init on down-sampled ImageNet in one folder, in another, and on the proxy split
+    here, there, split = (_imagenet32_config(d) for d in ("data/imagenet32", "/scratch/me/in32", None))
+
+    # Execute
+    before, after, unused = _planned(here), _planned(there), _planned(split)
+
+    # Assert: the folder is not in the settings, whether ImageNet is the proxy is
+    assert [repr(s) for s in after] == [repr(s) for s in before]
+    pretrained = [s for s in before if s.get("kind") == "pretrained"]
+    assert pretrained and all(s["proxy_dir"] == INIT_LOCATION_BASELINES["proxy_dir"] for s in pretrained)
+    assert [s.get("proxy_dir") for s in unused if s.get("kind") == "pretrained"] == [None]
+    assert unused != before and len(unused) == len(before)
+
+
+def test_a_pretrained_init_reads_down_sampled_imagenet_where_the_config_says_and_never_its_baseline():
+    # Prepare: the planned settings of the pretrained init, which carry the folder's baseline
+    config = _imagenet32_config("/scratch/me/in32")
+    runs = build_runs(config)
+    settings = next(s for s in (init_settings(config, runs, r.dataset, r.model, r.init) for r in runs)
+                    if s["kind"] == "pretrained")
+
+    # Execute
+    filled = with_data_locations(settings, config)
+
+    # Assert: the job gets the config's folder; a job given the baseline itself stops before reading anything
+    assert filled["proxy_dir"] == "/scratch/me/in32" and filled["dataset_options"]["data_dir"] == "/data/cifar10"
+    assert manifest._NOTES["data_locations"]["inits.pre"] == {"proxy_data_dir": None, "proxy_dir": "/scratch/me/in32"}
+    with pytest.raises(ValueError, match="proxy_dir is its planned baseline, not a folder"):
+        proxy_data(InitJob.from_settings(settings))
 
 
 def test_a_meaningful_dataset_option_still_changes_the_settings():

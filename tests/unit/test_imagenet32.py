@@ -8,32 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.imagenet import write_imagenet32
 
 from fedscape.data.imagenet32 import CACHE_DIR, ImageNet32
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread: the batches convert on one thread
 
 
-def write_batches(directory: Path, sizes: tuple[int, ...] = (7, 5, 9), compressed: bool = False,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Files train_data_batch_<i>.npz as published (`data` uint8 [n, 3072], `labels` 1..1000, `mean`)."""
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True, exist_ok=True)
-    save = np.savez_compressed if compressed else np.savez
-    data, labels = [], []
-    for i, n in enumerate(sizes):
-        x = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        y = rng.integers(1, 1001, n).tolist()  # the published files hold a list of ints
-        save(directory / f"train_data_batch_{i + 1}.npz", data=x, labels=y, mean=x.mean(0))
-        data.append(x)
-        labels.append(np.asarray(y))
-    return np.concatenate(data).reshape(-1, 3, 32, 32), np.concatenate(labels)
-
-
 @pytest.mark.parametrize("compressed", [False, True])
 def test_rows_are_read_in_the_asked_order_across_files(tmp_path: Path, compressed: bool) -> None:
     # Prepare
-    images, labels = write_batches(tmp_path, compressed=compressed)
+    images, labels = write_imagenet32(tmp_path, compressed=compressed)
     index = np.array([20, 0, 7, 6, 12, 7, 3])  # across the three files, unsorted, one repeated
 
     # Execute
@@ -49,7 +34,7 @@ def test_rows_are_read_in_the_asked_order_across_files(tmp_path: Path, compresse
 
 def test_uncompressed_files_are_mapped_in_place(tmp_path: Path) -> None:
     # Prepare
-    write_batches(tmp_path, sizes=(4, 4))
+    write_imagenet32(tmp_path, sizes=(4, 4))
 
     # Execute
     stream = ImageNet32(tmp_path)
@@ -61,7 +46,7 @@ def test_uncompressed_files_are_mapped_in_place(tmp_path: Path) -> None:
 
 def test_compressed_files_are_unpacked_once(tmp_path: Path) -> None:
     # Prepare
-    images, _ = write_batches(tmp_path, sizes=(6, 3), compressed=True)
+    images, _ = write_imagenet32(tmp_path, sizes=(6, 3), compressed=True)
     ImageNet32(tmp_path)
     cached = sorted((tmp_path / CACHE_DIR).glob("*.npy"))
     stamps = [p.stat().st_mtime_ns for p in cached]
@@ -79,7 +64,7 @@ def test_compressed_files_are_unpacked_once(tmp_path: Path) -> None:
 
 def test_max_samples_keeps_a_seeded_subset_in_file_order(tmp_path: Path) -> None:
     # Prepare
-    images, labels = write_batches(tmp_path)
+    images, labels = write_imagenet32(tmp_path)
 
     # Execute
     a = ImageNet32(tmp_path, max_samples=8, seed=4)
@@ -96,7 +81,7 @@ def test_max_samples_keeps_a_seeded_subset_in_file_order(tmp_path: Path) -> None
 
 def test_batches_are_scaled_and_normalised_per_channel(tmp_path: Path) -> None:
     # Prepare
-    images, _ = write_batches(tmp_path, sizes=(5,))
+    images, _ = write_imagenet32(tmp_path, sizes=(5,))
     mean = torch.tensor([0.1, 0.5, 0.9]).view(1, 3, 1, 1)
     std = torch.tensor([0.5, 0.25, 2.0]).view(1, 3, 1, 1)
 
@@ -158,7 +143,7 @@ def test_an_empty_folder_names_the_expected_files(tmp_path: Path) -> None:
 
 def test_a_truncated_file_is_named_when_read(tmp_path: Path) -> None:
     # Prepare: the unpacked copy of a compressed file loses its last image
-    write_batches(tmp_path, sizes=(4,), compressed=True)
+    write_imagenet32(tmp_path, sizes=(4,), compressed=True)
     stream = ImageNet32(tmp_path)
     cached = tmp_path / CACHE_DIR / "train_data_batch_1.data.npy"
     cached.write_bytes(cached.read_bytes()[:-100])

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from helpers.configs import SCHEMA, config_with
+from helpers.imagenet import write_imagenet32
 
 from fedscape.core.config import ConfigError
 from fedscape.core.runs import build_runs
@@ -115,16 +114,8 @@ def test_pretraining_resumes_after_a_kill(tmp_path, monkeypatch):
     assert torch.equal(flatten_params(resumed), flatten_params(reference))
 
 
-def write_imagenet32(directory: Path, n: int = 40, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    directory.mkdir(parents=True)
-    for i in range(2):
-        np.savez(directory / f"train_data_batch_{i + 1}.npz", data=rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 labels=rng.integers(1, 1001, n))
-
-
 def test_imagenet32_proxy_reinitialises_the_classifier(tmp_path):
-    write_imagenet32(tmp_path / "imagenet32")
+    write_imagenet32(tmp_path / "imagenet32", sizes=(40, 40))
     settings = pretrained_job(dataset="cifar10", model="resnet20", in_channels=3, image_size=32, seed=3, epochs=1,
                               lr=0.01, weight_decay=0.0, proxy_dir=str(tmp_path / "imagenet32"), max_samples=50,
                               dataset_options={})
@@ -140,7 +131,7 @@ def test_imagenet32_proxy_reinitialises_the_classifier(tmp_path):
 
 
 def test_imagenet32_proxy_is_streamed_and_normalised_with_the_clients_statistics(tmp_path):
-    write_imagenet32(tmp_path / "in32", n=5)
+    write_imagenet32(tmp_path / "in32", sizes=(5, 5))
     settings = pretrained_job(dataset="cifar10", in_channels=3, image_size=32, proxy_dir=str(tmp_path / "in32"),
                               dataset_options={})
     written = np.concatenate([np.load(tmp_path / "in32" / f"train_data_batch_{i}.npz")["data"] for i in (1, 2)])
@@ -155,7 +146,7 @@ def test_imagenet32_proxy_is_streamed_and_normalised_with_the_clients_statistics
 
 
 def test_streamed_imagenet32_pretraining_equals_pretraining_on_the_images_held_in_memory(tmp_path, monkeypatch):
-    write_imagenet32(tmp_path / "in32", n=24)
+    write_imagenet32(tmp_path / "in32", sizes=(24, 24))
     settings = pretrained_job(dataset="cifar10", in_channels=3, image_size=32, seed=1, epochs=2, lr=0.01,
                               batch_size=8, weight_decay=0.0, proxy_dir=str(tmp_path / "in32"), max_samples=40,
                               dataset_options={"augment": "crop_flip"})
@@ -174,7 +165,7 @@ def test_streamed_imagenet32_pretraining_equals_pretraining_on_the_images_held_i
 
 
 def test_streamed_proxy_evaluation_in_batches_equals_one_pass(tmp_path):
-    write_imagenet32(tmp_path / "in32", n=12)
+    write_imagenet32(tmp_path / "in32", sizes=(12, 12))
     proxy = proxy_data(pretrained_job(dataset="cifar10", in_channels=3, image_size=32,
                                       proxy_dir=str(tmp_path / "in32"), dataset_options={}))
     torch.manual_seed(0)

@@ -155,9 +155,11 @@ DATASET_BASELINES: dict[str, object] = {"source": "preprocessed", "seq_len": Non
 # scratch or a colleague's copy, or turning `download` off once the files are there, reruns nothing. (As for every
 # file the DAG does not list, different data under the same path reruns nothing either: `--forcerun` remakes it.)
 LOCATION_BASELINES: dict[str, object] = {"data_dir": None, "download": False}
-# The same for a pretrained init's proxy data set's folder (`inits.<label>.proxy_data_dir`; None: the clients' data
-# set's data_dir). Not `proxy_dir`: whether it is set says which proxy the init trains on.
-INIT_LOCATION_KEYS: tuple[str, ...] = ("proxy_data_dir",)
+# The same for a pretrained init's folders: its proxy data set's (`inits.<label>.proxy_data_dir`; None: the clients'
+# data set's data_dir) and down-sampled ImageNet's (`proxy_dir`). A folder that is set is planned at its baseline
+# here and one that is not stays None: whether `proxy_dir` is set says which proxy the init trains on, where it is
+# does not. (Its baseline is no folder a job could read by mistake: `fedscape.stages.init` refuses it.)
+INIT_LOCATION_BASELINES: dict[str, object] = {"proxy_data_dir": None, "proxy_dir": "<inits.proxy_dir>"}
 # Datasets normalised per RGB channel with published statistics (`fedscape.data.sources.normalisation`), which
 # `datasets.<name>.channel_mean` and `channel_std` may replace with a paper's own (e.g. the CIFAR std of many public
 # loaders, (0.2023, 0.1994, 0.2010), that the flatness paper's code uses)
@@ -259,8 +261,8 @@ def dataset_settings(name: str, options: dict) -> dict:
 
 def with_data_locations(settings: dict, config: dict) -> dict:
     """A job's `settings` with the data locations `config` gives now, which the job reads its data from: the
-    location keys (LOCATION_BASELINES) of every data set's options in them, and a pretrained init's
-    INIT_LOCATION_KEYS. The job's record notes them (`fedscape.core.manifest`).
+    location keys (LOCATION_BASELINES) of every data set's options in them, and a pretrained init's folders
+    (INIT_LOCATION_BASELINES). The job's record notes them (`fedscape.core.manifest`).
 
     A job's settings carry these keys at their baselines (`dataset_settings`, `fedscape.plan.init`), so that the
     location is not part of what Snakemake compares; a job finds its data set's name beside its options, as
@@ -282,9 +284,9 @@ def with_data_locations(settings: dict, config: dict) -> dict:
             given = config["datasets"][name]
             read[name] = {k: given.get(k, baseline) for k, baseline in LOCATION_BASELINES.items()}
             out["dataset_options"] = {**out["dataset_options"], **read[name]}
-        if out.get("kind") == "pretrained" and any(k in out for k in INIT_LOCATION_KEYS):
+        if out.get("kind") == "pretrained" and any(k in out for k in INIT_LOCATION_BASELINES):
             spec = config["inits"][out["init"]]
-            read[f"inits.{out['init']}"] = {k: spec.get(k) for k in INIT_LOCATION_KEYS}
+            read[f"inits.{out['init']}"] = {k: spec.get(k) for k in INIT_LOCATION_BASELINES}
             out.update(read[f"inits.{out['init']}"])
         return out
 

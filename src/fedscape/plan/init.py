@@ -8,7 +8,13 @@ from fedscape.core.config import ConfigError, canonical, with_result_version
 from fedscape.core.jobs import declared_defaults, to_settings
 from fedscape.core.paths import PARTITION_DIR, Results
 from fedscape.core.runs import Run, resolve_run
-from fedscape.data.specs import DATASET_NAMES, INIT_LOCATION_KEYS, dataset_info, dataset_settings, target_model_options
+from fedscape.data.specs import (
+    DATASET_NAMES,
+    INIT_LOCATION_BASELINES,
+    dataset_info,
+    dataset_settings,
+    target_model_options,
+)
 from fedscape.fl.settings import RUN_ONLY_TRAINING_KEYS, TrainingSettings
 from fedscape.plan.train import check_training, merge_training, work_list_problems
 from fedscape.stages.init_settings import INIT_JOBS, InitJob, PretrainConfig, kind_spec
@@ -24,8 +30,9 @@ def planned_init(config: dict, runs: list[Run], dataset: str, model: str, init: 
     spec = config["inits"][init]
     model_options = {**config["model_options"].get(model, {}),
                      **target_model_options(dataset, config["datasets"][dataset])}
-    # the proxy data's folder is where the job reads, not what it trains on: at its baseline (with_data_locations)
-    fields = {k: None if k in INIT_LOCATION_KEYS else v for k, v in kind_spec(spec).items()}
+    # a proxy folder is where the job reads, not what it trains on: at its baseline where set (with_data_locations)
+    fields = {k: INIT_LOCATION_BASELINES[k] if k in INIT_LOCATION_BASELINES and v is not None else v
+              for k, v in kind_spec(spec).items()}
     return INIT_JOBS[spec["kind"]](dataset=dataset, model=model, model_options=model_options,
                                    in_channels=info.in_channels, image_size=info.image_size,
                                    num_classes=info.num_classes, init=init, **fields,

@@ -36,7 +36,7 @@ from fedscape.data.datasets import augment_batch, augmented_batch, dataset_from_
 from fedscape.data.federated import federate
 from fedscape.data.imagenet32 import ImageNet32
 from fedscape.data.partition import check_partition_file
-from fedscape.data.specs import dataset_info
+from fedscape.data.specs import INIT_LOCATION_BASELINES, dataset_info
 from fedscape.fl.engine import run_federated
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.models.checkpoint import ModelMeta, load_trajectory, save_trajectory
@@ -149,12 +149,15 @@ def proxy_data(job: PretrainedInit, device: torch.device | str = "cpu") -> Proxy
     """The proxy data of a pretrained init, its labels (and in-memory images) on ``device``."""
     options = job.dataset_options
     if job.proxy_dir:
+        if job.proxy_dir == INIT_LOCATION_BASELINES["proxy_dir"]:
+            raise ValueError("the job's proxy_dir is its planned baseline, not a folder: a job reads the config's "
+                             "(fedscape.data.specs.with_data_locations)")
         if dataset_info(job.dataset).input_description != "3x32x32 images":  # ImageNet-200 is RGB too
             raise ValueError(f"proxy_dir (down-sampled ImageNet) needs a 32x32 RGB dataset, not {job.dataset}")
         mean, std = normalisation(job.dataset, options)
         stream = ImageNet32(job.proxy_dir, job.max_samples, job.seed)
         return ProxyData(torch.from_numpy(stream.labels).to(device), max(stream.num_classes, 1000),
-                         f"imagenet32:{job.proxy_dir}", stream=stream,
+                         "imagenet32", stream=stream,
                          mean=torch.tensor(mean).view(1, 3, 1, 1), std=torch.tensor(std).view(1, 3, 1, 1))
     if job.proxy_dataset:
         name = job.proxy_dataset

@@ -12,6 +12,11 @@ from helpers.workflow import ROOT
 
 from fedscape.core.config import ConfigError, duplicate_keys, read_config_file
 from fedscape.core.runs import RUN_FIELDS, Run, build_runs, resolve_run, select_runs
+from fedscape.data.specs import DATASET_OPTION_ORDER
+from fedscape.plan.hessian import hessian_job_settings, hessian_jobs
+from fedscape.plan.init import init_settings
+from fedscape.plan.landscape import chunk_settings, data_names, landscape_plans, plane_settings
+from fedscape.plan.partition import partition_settings
 from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config, check_data
 
@@ -311,10 +316,32 @@ def test_reordering_every_mapping_of_a_shipped_config_changes_no_run_and_no_job_
     # Execute
     config, flipped = check_config(copy.deepcopy(raw), SCHEMA), check_config(_reversed_mappings(raw), SCHEMA)
 
-    # Assert
+    # Assert: the same runs, and every job's settings the same as text (Snakemake compares the text, key order and all)
     runs = build_runs(config)
     assert runs == build_runs(flipped)
-    assert [train_settings(config, r) for r in runs] == [train_settings(flipped, r) for r in runs]
+    assert _settings_texts(config, runs) == _settings_texts(flipped, runs)
+
+
+def test_every_dataset_option_of_the_schema_has_its_place_in_the_jobs_settings():
+    # a key left out of DATASET_OPTION_ORDER would follow the order written, and reordering the config would rerun
+    options = SCHEMA["properties"]["datasets"]["additionalProperties"]["properties"]
+
+    assert sorted(DATASET_OPTION_ORDER) == sorted(options)
+    assert len(set(DATASET_OPTION_ORDER)) == len(DATASET_OPTION_ORDER)
+
+
+def _settings_texts(config: dict, runs: list) -> list[str]:
+    """The params text of the partition, init, train, Hessian and landscape jobs that `config` plans, sorted (the
+    sections' order lists the jobs, but is not part of any job's settings)."""
+    settings = [partition_settings(config, r.dataset, r.setting, r.num_clients, r.seed) for r in runs]
+    settings += [init_settings(config, runs, r.dataset, r.model, r.init) for r in runs]
+    settings += [train_settings(config, r) for r in runs]
+    settings += [hessian_job_settings(config, runs, run, round_) for run, round_ in hessian_jobs(config, runs)]
+    for plan in landscape_plans(config, runs):
+        settings.append(plane_settings(config, plan))
+        settings += [chunk_settings(config, plan, data, chunk) for data in data_names(plan.spec)
+                     for chunk in range(plan.spec["chunks"])]
+    return sorted(repr(s) for s in settings)
 
 
 def test_an_experiment_without_init_needs_a_default_when_inits_has_several_labels():

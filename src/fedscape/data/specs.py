@@ -149,6 +149,14 @@ DATASET_NAMES: tuple[str, ...] = tuple(sorted(DATASETS))
 # a job's `dataset_options` leave a key out at its baseline (`dataset_settings`), so adding them reran nothing.
 DATASET_BASELINES: dict[str, object] = {"source": "preprocessed", "seq_len": None, "targets": None,
                                          "max_clients": None, "channel_mean": None, "channel_std": None}
+# The order of the `datasets.<name>` keys in a job's settings, whatever order the config writes them in: the Hessian
+# and landscape-chunk jobs keep it (the others sort their settings), and Snakemake compares the settings as text.
+# It is the order the default config's options had when those jobs were first made (its two keys, then the schema's
+# defaults), so that its results and those of every config that writes the same keys kept their settings; a key
+# added later goes last (tests/unit/test_config.py checks that every key of the schema is here).
+DATASET_OPTION_ORDER: tuple[str, ...] = ("test_fraction", "proxy_fraction", "data_dir", "download", "augment",
+                                         "split_seed", "source", "seq_len", "targets", "channel_mean", "channel_std",
+                                         "max_clients")
 # Where a data set's files are and whether fedscape may fetch them (`datasets.<name>.data_dir`, `download`): not
 # what the data is. Every job's settings carry these keys at these values, whatever the config says, and a job reads
 # the config's own when it starts (`with_data_locations`, which its record keeps): moving the data to a node's
@@ -253,10 +261,11 @@ def dataset_settings(name: str, options: dict) -> dict:
     settings = without_baselines(options, DATASET_BASELINES)
     if name in DATASETS and settings.get("targets") == DATASETS[name].own_targets:
         del settings["targets"]
-    for key, baseline in LOCATION_BASELINES.items():  # in place: the keys keep their order (some jobs keep it)
+    for key, baseline in LOCATION_BASELINES.items():
         if key in settings:
             settings[key] = baseline
-    return settings
+    rank = {key: i for i, key in enumerate(DATASET_OPTION_ORDER)}
+    return dict(sorted(settings.items(), key=lambda item: rank.get(item[0], len(rank))))
 
 
 def with_data_locations(settings: dict, config: dict) -> dict:

@@ -13,6 +13,7 @@ from helpers.workflow import ROOT
 from fedscape.core.config import ConfigError, duplicate_keys, read_config_file
 from fedscape.core.runs import RUN_FIELDS, Run, build_runs, resolve_run, select_runs
 from fedscape.data.specs import DATASET_OPTION_ORDER
+from fedscape.plan.barriers import interpolation_pairs, interpolation_settings, layer_pairs, layer_settings
 from fedscape.plan.hessian import hessian_job_settings, hessian_jobs
 from fedscape.plan.init import init_settings
 from fedscape.plan.landscape import chunk_settings, data_names, landscape_plans, plane_settings
@@ -331,12 +332,14 @@ def test_every_dataset_option_of_the_schema_has_its_place_in_the_jobs_settings()
 
 
 def _settings_texts(config: dict, runs: list) -> list[str]:
-    """The params text of the partition, init, train, Hessian and landscape jobs that `config` plans, sorted (the
-    sections' order lists the jobs, but is not part of any job's settings)."""
+    """The params text of the partition, init, train, Hessian, barrier and landscape jobs that `config` plans, sorted
+    (the sections' order lists the jobs, but is not part of any job's settings)."""
     settings = [partition_settings(config, r.dataset, r.setting, r.num_clients, r.seed) for r in runs]
     settings += [init_settings(config, runs, r.dataset, r.model, r.init) for r in runs]
     settings += [train_settings(config, r) for r in runs]
     settings += [hessian_job_settings(config, runs, run, round_) for run, round_ in hessian_jobs(config, runs)]
+    settings += [interpolation_settings(config, pair) for pair in interpolation_pairs(config, runs)]
+    settings += [layer_settings(config, pair, r) for pair in layer_pairs(config, runs) for r in pair.rounds]
     for plan in landscape_plans(config, runs):
         settings.append(plane_settings(config, plan))
         settings += [chunk_settings(config, plan, data, chunk) for data in data_names(plan.spec)

@@ -296,6 +296,13 @@ def test_the_model_must_fit_the_raw_vocabulary_and_sequence_length(gpt: dict, ma
         check_config(config, SCHEMA)
 
 
+@pytest.mark.parametrize("gpt", [{}, {"vocab_size": 96}, {"vocab_size": 96, "seq_len": 128}])
+def test_the_model_takes_the_raw_vocabulary_and_sequence_length_unless_set(gpt: dict) -> None:
+    config = check_config(_gpt_config("/leaf", {"source": "raw", "seq_len": 128}, gpt), SCHEMA)
+
+    assert config["model_options"]["char_gpt"] == gpt  # planned as written: the data's sizes are not copied in
+
+
 def test_config_check_refuses_raw_for_a_dataset_without_raw_texts() -> None:
     # Prepare
     config = config_with({}, datasets={"digits": {"source": "raw"}})

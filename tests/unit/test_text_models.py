@@ -132,8 +132,10 @@ def lstm_count(v: int, e: int, h: int) -> int:
     [
         ("char_gpt", TINY["char_gpt"], 160 + 128 + 2 * 3280 + 32 + 160),  # 16 dims, 2 blocks: by hand
         ("char_lstm", TINY["char_lstm"], 40 + 288 + 336 + 70),  # 4-dim embedding, 6 units: by hand
-        ("char_gpt", TOKEN_MODEL_DEFAULTS["char_gpt"], gpt_count(96, 256, 4, 128)),
-        ("char_lstm", TOKEN_MODEL_DEFAULTS["char_lstm"], 819_920),  # LEAF's Shakespeare LSTM
+        # the papers' data: 96 characters and 256 positions; LEAF's Shakespeare, 80 and 80
+        ("char_gpt", {**TOKEN_MODEL_DEFAULTS["char_gpt"], "vocab_size": 96, "seq_len": 256},
+         gpt_count(96, 256, 4, 128)),
+        ("char_lstm", {**TOKEN_MODEL_DEFAULTS["char_lstm"], "vocab_size": 80, "seq_len": 80}, 819_920),
     ],
     ids=["gpt-tiny", "lstm-tiny", "gpt-default", "lstm-default"],
 )
@@ -147,14 +149,17 @@ def test_parameter_counts_match_a_hand_computation(name, options, expected):
     assert expected == (lstm_count(VOCAB, 4, 6) if options is TINY["char_lstm"] else expected)
 
 
-def test_default_models_are_built_without_options():
-    # Prepare / Execute
-    gpt = build_model("char_gpt", 96, 96, 256)
-    lstm = build_model("char_lstm", 80, 80, 80)
+@pytest.mark.parametrize(("vocab", "seq"), [(96, 256), (80, 80), (65, 32)])
+def test_default_models_are_built_without_options_on_the_data_s_vocabulary_and_positions(vocab, seq):
+    # Prepare / Execute: the layer-wise paper's data (96, 256), LEAF's Shakespeare (80, 80), another text's
+    gpt = build_model("char_gpt", vocab, vocab, seq)
+    lstm = build_model("char_lstm", vocab, vocab, seq)
 
-    # Assert: the paper's 128-dim embeddings and 256 positions; LEAF's 8-dim embedding and 256 units
-    assert gpt.wte.weight.shape == (96, 128) and gpt.wpe.weight.shape == (256, 128) and len(gpt.blocks) == 4
-    assert lstm.embedding.weight.shape == (80, 8) and lstm.lstm[1].weight_hh.shape == (1024, 256)
+    # Assert: the paper's 128-dim embeddings and 4 blocks; LEAF's 8-dim embedding and 256 units; the data's sizes
+    assert gpt.wte.weight.shape == (vocab, 128) and gpt.wpe.weight.shape == (seq, 128) and len(gpt.blocks) == 4
+    assert gpt.classifier.weight.shape == (vocab, 128) and gpt.seq_len == seq
+    assert lstm.embedding.weight.shape == (vocab, 8) and lstm.lstm[1].weight_hh.shape == (1024, 256)
+    assert lstm.classifier.weight.shape == (vocab, 256)
 
 
 def test_lstm_layers_compute_what_torch_lstm_computes():
@@ -217,8 +222,7 @@ def test_bad_option_values_are_named(name, options, message):
     # Assert: named at planning and again when building
     assert len(problems) == 1 and problems[0].find(message.replace("\\", "")) >= 0
     with pytest.raises(ValueError, match=message):
-        defaults = TOKEN_MODEL_DEFAULTS[name]
-        build_model(name, defaults["vocab_size"], defaults["vocab_size"], defaults["seq_len"], **options)
+        build_model(name, 80, 80, 80, **options)
 
 
 def test_good_options_have_no_problems_and_image_models_are_not_checked():
@@ -235,15 +239,17 @@ def test_good_options_have_no_problems_and_image_models_are_not_checked():
     ],
 )
 def test_build_names_the_data_mismatch(num_classes, vocab, seq, message):
+    # the paper's sizes, set (unset, they are the data's)
     with pytest.raises(ValueError, match=message):
-        build_model("char_gpt", num_classes, vocab, seq)
+        build_model("char_gpt", num_classes, vocab, seq, vocab_size=96, seq_len=256)
 
 
 @pytest.mark.parametrize(
     ("name", "options", "vocab", "seq", "message"),
     [
-        ("char_gpt", {}, 80, 80, r"vocab_size 96 but shakespeare has a vocabulary of 80 .*vocab_size: 80"),
-        ("char_gpt", {"vocab_size": 80}, 80, 80, r"seq_len 256 but shakespeare gives sequences of 80 .*seq_len: 80"),
+        ("char_gpt", {"vocab_size": 96}, 80, 80,
+         r"vocab_size 96 but shakespeare has a vocabulary of 80 .*vocab_size: 80"),
+        ("char_gpt", {"seq_len": 256}, 80, 80, r"seq_len 256 but shakespeare gives sequences of 80 .*seq_len: 80"),
         ("char_lstm", {"seq_len": 40}, 80, 80, r"seq_len 40 but shakespeare gives sequences of 80 .*seq_len: 80"),
     ],
 )
@@ -254,7 +260,8 @@ def test_model_and_data_mismatches_name_both(name, options, vocab, seq, message)
 
 @pytest.mark.parametrize(
     ("name", "options", "vocab", "seq"),
-    [("char_gpt", {"vocab_size": 80, "seq_len": 80}, 80, 80), ("char_lstm", {}, 80, 80), ("resnet20", {}, 3, 32)],
+    [("char_gpt", {"vocab_size": 80, "seq_len": 80}, 80, 80), ("char_lstm", {}, 80, 80), ("char_gpt", {}, 96, 256),
+     ("char_lstm", {}, 96, 256), ("resnet20", {}, 3, 32)],
 )
 def test_matching_model_and_data_pass(name, options, vocab, seq):
     check_token_options(name, options, vocab, seq, dataset="shakespeare")

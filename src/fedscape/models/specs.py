@@ -202,17 +202,20 @@ MODEL_INFOS: dict[str, ModelInfo] = {
     ),
 }
 
-# Defaults of the token models' options (all positive integers).
-TOKEN_MODEL_DEFAULTS: dict[str, dict[str, int]] = {
-    # Adilova et al., appendix: 128-dim embeddings, sequence length 256, all 96 characters. The text of
-    # the paper's appendix loses the number of blocks and heads (a page break); 4 and 4 are ours.
-    "char_gpt": {"vocab_size": 96, "seq_len": 256, "num_blocks": 4, "num_heads": 4, "embed_dim": 128},
-    # LEAF's Shakespeare model (Caldas et al. 2018): 80 characters in, the next one out, embedding 8,
-    # two LSTM layers of 256 units.
-    "char_lstm": {"vocab_size": 80, "seq_len": 80, "embed_dim": 8, "hidden_size": 256},
+# Defaults of the token models' options (positive integers). A vocabulary and sequence length of None are the
+# data's: a model fits the data set it is planned on without options, and a value that is set must equal the data's
+# (`check_token_options`).
+TOKEN_MODEL_DEFAULTS: dict[str, dict[str, int | None]] = {
+    # Adilova et al., appendix: 128-dim embeddings, sequence length 256, all 96 characters (the data's: Shakespeare
+    # with `source: raw, seq_len: 256`). The text of the paper's appendix loses the number of blocks and heads (a
+    # page break); 4 and 4 are ours.
+    "char_gpt": {"vocab_size": None, "seq_len": None, "num_blocks": 4, "num_heads": 4, "embed_dim": 128},
+    # LEAF's Shakespeare model (Caldas et al. 2018): 80 characters in, the next one out (the data's: LEAF's
+    # preprocessed Shakespeare), embedding 8, two LSTM layers of 256 units.
+    "char_lstm": {"vocab_size": None, "seq_len": None, "embed_dim": 8, "hidden_size": 256},
     # Reddi et al. 2021's Stack Overflow LSTM: embedding 96, 670 units. Its vocabulary and sequence length are the
-    # data's (None: Stack Overflow's 10,004 ids and 20 words, LEAF Reddit's 10,000 and 10), so that one model runs
-    # on both of the Meta poster's language columns.
+    # data's (Stack Overflow's 10,004 ids and 20 words, LEAF Reddit's 10,000 and 10), so that one model runs on both
+    # of the Meta poster's language columns.
     "word_lstm": {"vocab_size": None, "seq_len": None, "embed_dim": 96, "hidden_size": 670},
 }
 
@@ -252,7 +255,7 @@ def is_token_model(name: str) -> bool:
 
 def token_model_options(name: str, options: dict | None = None) -> dict[str, int]:
     """The options of token model ``name``: its defaults updated by ``options`` (ValueError for an image model); a
-    vocab_size or seq_len of None is the data's (word_lstm's defaults)."""
+    vocab_size or seq_len of None is the data's (the defaults)."""
     if not is_token_model(name):
         raise ValueError(f"model {name!r} is not a token model; token models: {', '.join(TOKEN_MODEL_DEFAULTS)}")
     return {**TOKEN_MODEL_DEFAULTS[name], **(options or {})}

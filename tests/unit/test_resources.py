@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -86,22 +87,44 @@ def test_claim_needs_a_card(tmp_path):
         claim_card(0, tmp_path)
 
 
-@pytest.mark.parametrize(("count", "expected"), [(0, "cpu"), (1, "cuda:0"), (3, "cuda:0")])
-def test_auto_takes_a_claimed_card_only_when_there_are_several(count, expected, tmp_path, monkeypatch):
-    # Prepare: a machine with `count` CUDA devices as torch reports them, and an unclaimed one above card 0
+def test_claims_name_cards_by_uuid_so_workflows_that_see_other_cards_count_each_other(tmp_path):
+    # Prepare: workflow A sees only the machine's second card (CUDA_VISIBLE_DEVICES=1: its cuda:0), workflow B all
+    # three; A's job and B's first job hold a card each
+    machine = ["GPU-a", "GPU-b", "GPU-c"]
+    a = claim_card(1, tmp_path, ["GPU-b"])
+    b1 = claim_card(3, tmp_path, machine)
+
+    # Execute
+    b2 = claim_card(3, tmp_path, machine)
+
+    # Assert: B's second job takes the third card, not A's (which is B's cuda:1: by index it would look free)
+    assert (a.card, b1.card, b2.card) == (0, 0, 2)
+    assert card_loads(3, tmp_path, machine) == [1, 1, 1]
+    with pytest.raises(ValueError, match="2 card names for 3 cards"):
+        claim_card(3, tmp_path, machine[:2])
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_auto_takes_the_visible_card_with_the_fewest_claims_named_by_its_uuid(count, tmp_path, monkeypatch):
+    # Prepare: a machine with `count` CUDA devices as torch reports them, another job on the first of them
     monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(uuid=f"GPU-{i}{i}"))
     monkeypatch.setattr(device_mod, "_CLAIM", None)
-    held = claim_card(count, tmp_path) if count > 1 else None  # another job holds card 0
+    uuids = [f"GPU-{i}{i}" for i in range(count)]
+    held = claim_card(count, tmp_path, uuids) if count else None
 
     # Execute
     got = device_mod.resolve_device("auto", claim_dir=tmp_path)
 
-    # Assert: with several cards, the free one; the same card for the rest of the job
-    want = "cuda:1" if count > 1 else expected
+    # Assert: the free card where there is one (the only card is shared: jobs are spread, never refused); the same
+    # card for the rest of the job; its claim names the card's UUID
+    want = {0: "cpu", 1: "cuda:0", 3: "cuda:1"}[count]
     assert str(got) == want
     assert str(device_mod.resolve_device("auto", claim_dir=tmp_path)) == want
     if held is not None:
+        assert device_mod._CLAIM.path.name.startswith(f"card{uuids[got.index]}.slot")
+        assert card_loads(count, tmp_path, uuids)[got.index] == 1 + (count == 1)
         held.release()
         device_mod._CLAIM.release()
 

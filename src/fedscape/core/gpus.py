@@ -5,8 +5,10 @@ Snakemake schedules local jobs by cores alone unless a resource says otherwise: 
 has a core would start at once on the same card (14 Hessian jobs of 5.9 GB each on one 80 GB card ran out of memory).
 The Snakefile therefore limits the `gpu` resource of a local run to the visible cards, and each GPU job claims the card
 with the fewest fedscape jobs on it (`claim_card`): at most one job per card unless the user allows more with
-`--resources gpu=N`. A cluster places GPU jobs itself (the SLURM profile asks for `gpu: 1` per job and SLURM sets
-CUDA_VISIBLE_DEVICES), so neither applies there.
+`--resources gpu=N`. Claims name a card by what identifies it machine-wide (its UUID: `fedscape.models.device`), not
+by its index, so two workflows that see different cards (CUDA_VISIBLE_DEVICES) count each other's jobs on the card
+they share. A cluster places GPU jobs itself (the SLURM profile asks for `gpu: 1` per job and SLURM sets
+CUDA_VISIBLE_DEVICES), so the limit does not apply there, and a job's claim on its one card changes nothing.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -97,29 +101,45 @@ def _held(path: Path) -> bool:
         return False
 
 
-def card_loads(cards: int, claim_dir: Path = CLAIM_DIR) -> list[int]:
-    """How many live claims each of `cards` cards has."""
-    return [sum(_held(p) for p in claim_dir.glob(f"card{card}.slot*")) for card in range(cards)]
+def _slot_prefix(name: str) -> str:
+    """The start of the slot files' names of the card named `name` (a UUID, or an index)."""
+    return "card" + re.sub(r"[^A-Za-z0-9-]", "_", name)
 
 
-def claim_card(cards: int, claim_dir: Path = CLAIM_DIR) -> CardClaim:
-    """Claim the card (of `cards` visible ones) with the fewest live claims, the lowest index among equals.
+def _names(cards: int, names: Sequence[str] | None) -> list[str]:
+    if names is None:
+        return [str(card) for card in range(cards)]
+    if len(names) != cards:
+        raise ValueError(f"{len(names)} card names for {cards} cards")
+    return [str(name) for name in names]
+
+
+def card_loads(cards: int, claim_dir: Path = CLAIM_DIR, names: Sequence[str] | None = None) -> list[int]:
+    """How many live claims each of `cards` cards has; `names`: what identifies each card machine-wide (its UUID),
+    by default its index."""
+    return [sum(_held(p) for p in claim_dir.glob(f"{_slot_prefix(name)}.slot*")) for name in _names(cards, names)]
+
+
+def claim_card(cards: int, claim_dir: Path = CLAIM_DIR, names: Sequence[str] | None = None) -> CardClaim:
+    """Claim the card (of `cards` visible ones, named `names` machine-wide as in `card_loads`) with the fewest live
+    claims, the lowest index among equals; the claim's `card` is the card's index among the visible ones.
 
     The choice is made under one machine-wide lock, so two jobs starting together never both count the same free
     card. Jobs are not refused: the workflow's `gpu` resource bounds how many run at once, and this spreads them.
     """
     if cards < 1:
         raise ValueError(f"claim_card needs at least one card, got {cards}")
+    names = _names(cards, names)
     claim_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
         claim_dir.chmod(0o1777)
     with _open_lock(claim_dir / "choose.lock") as chooser:
         fcntl.flock(chooser, fcntl.LOCK_EX)
-        loads = card_loads(cards, claim_dir)
+        loads = card_loads(cards, claim_dir, names)
         card = min(range(cards), key=lambda c: (loads[c], c))
         slot = 0
         while True:
-            path = claim_dir / f"card{card}.slot{slot}"
+            path = claim_dir / f"{_slot_prefix(names[card])}.slot{slot}"
             handle = _open_lock(path)
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

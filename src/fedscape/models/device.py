@@ -25,8 +25,9 @@ _CLAIM: CardClaim | None = None
 def resolve_device(name: str, claim_dir=CLAIM_DIR) -> torch.device:
     """'auto' -> CUDA when available, else CPU; explicit names are checked.
 
-    With several visible cards, 'auto' takes the card with the fewest fedscape jobs on it (`claim_card`), so that the
-    jobs of a local run spread over the cards instead of all starting on cuda:0. A cluster job sees the one card it
+    'auto' takes the visible card with the fewest fedscape jobs on it (`claim_card`, the cards named by their UUIDs),
+    so that the jobs of a local run spread over the cards instead of all starting on cuda:0, and a job on its one
+    card counts for the jobs of other workflows that see it under another index. A cluster job sees the one card it
     was given, and an explicit `cuda:<i>` is taken as it is.
     """
     global _CLAIM
@@ -34,16 +35,26 @@ def resolve_device(name: str, claim_dir=CLAIM_DIR) -> torch.device:
         if not torch.cuda.is_available():
             return torch.device("cpu")
         cards = torch.cuda.device_count()
-        if cards <= 1:
-            return torch.device("cuda", 0)
         if _CLAIM is None:
-            _CLAIM = claim_card(cards, claim_dir)
+            _CLAIM = claim_card(cards, claim_dir, card_uuids(cards))
             log.info("took cuda:%d, the card with the fewest fedscape jobs of the %d visible", _CLAIM.card, cards)
         return torch.device("cuda", _CLAIM.card)
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} was requested but CUDA is not available on this node")
     return device
+
+
+def card_uuids(cards: int) -> list[str]:
+    """What identifies each of the `cards` visible CUDA devices machine-wide: its UUID (an index depends on
+    CUDA_VISIBLE_DEVICES), else its index."""
+    uuids = []
+    for card in range(cards):
+        try:
+            uuids.append(str(torch.cuda.get_device_properties(card).uuid))
+        except (AttributeError, RuntimeError):  # a torch without the property, a driver that does not say
+            uuids.append(str(card))
+    return uuids
 
 
 def use_threads(threads: int | None) -> None:

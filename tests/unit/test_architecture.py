@@ -159,7 +159,7 @@ STAGE_PACKAGES = {"partition": "fedscape.stages", "init": "fedscape.stages", "tr
                   "tables": "fedscape.outputs", "cost": "fedscape.report", "report": "fedscape.report"}
 # What a script may call beside its rule's entry point: the job's log, its thread count, and where its data is now
 # (data.specs.with_data_locations; tests/workflow/test_reruns.py checks which scripts must).
-SCRIPT_HELPERS = {"job_log", "use_threads", "with_data_locations"}
+SCRIPT_HELPERS = {"job_log", "memory_hint", "use_threads", "with_data_locations"}
 def rule_files() -> dict[str, str]:
     """rule name -> the stem of its rule file (its stage)."""
     return {m[1]: smk.stem for smk in sorted((ROOT / "rules").glob("*.smk"))

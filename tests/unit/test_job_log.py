@@ -45,3 +45,21 @@ def test_job_log_writes_a_failing_jobs_error_and_reraises(tmp_path):
     assert "job failed: ValueError: bad partition in results/partitions/x.npz" in text
     assert "Traceback" in text
     assert "job done in" not in text
+
+
+@pytest.mark.parametrize(("error", "hinted"), [
+    (lambda: __import__("torch").cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+    (lambda: RuntimeError("CUDA error: an illegal memory access was encountered"), False),
+])
+def test_a_job_out_of_device_memory_says_what_bounds_its_memory(tmp_path, error, hinted):
+    # Prepare
+    path = tmp_path / "job.log"
+
+    # Execute
+    with pytest.raises(type(error())), job_log(path, memory_hint="lower hessian.batch_size (now 512)"):
+        raise error()
+
+    # Assert: the hint follows the error, for torch's out-of-memory error only
+    text = path.read_text()
+    assert "job failed: " in text
+    assert ("out of device memory: lower hessian.batch_size (now 512)" in text) is hinted

@@ -22,7 +22,7 @@ from fedscape.plan.barriers import interpolation_pair, interpolation_settings
 from fedscape.plan.hessian import hessian_job_settings
 from fedscape.plan.init import init_settings
 from fedscape.plan.landscape import chunk_settings, landscape_plans
-from fedscape.plan.resources import DATA_RULES, GPU_RULES, RULE_NEEDS, gpu_per_job, local_gpu_slots
+from fedscape.plan.resources import DATA_RULES, GPU_RULES, RULE_NEEDS, gpu_per_job, local_gpu_slots, memory_hint
 from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config
 
@@ -266,3 +266,39 @@ def test_a_precision_reaches_exactly_the_jobs_it_concerns(default_config):
 def test_bad_precisions_are_rejected_at_planning(default_config, edit, message):
     with pytest.raises(ConfigError, match=message):
         _with(default_config, edit)
+
+
+def test_every_gpu_rule_names_the_config_keys_that_bound_its_memory(default_config):
+    # Prepare: the default config, and a job of each GPU rule's wildcards
+    config, _ = default_config
+    wildcards = {"init": {"init": "pretrained"}, "landscape_chunk": {"surface": "global_0.1"}}
+
+    # Execute
+    hints = {rule: memory_hint(rule, config, wildcards.get(rule, {})) for rule in GPU_RULES}
+
+    # Assert: every GPU rule has keys, only they; each key is a key of the config, its value in the message
+    assert {rule for rule, needs in RULE_NEEDS.items() if needs.memory} == set(GPU_RULES)
+    for hint in hints.values():
+        assert hint.startswith("lower what bounds this job's memory: ") and "unset" not in hint, hint
+        assert "--resources gpu=N" in hint
+    assert "training.client_chunk_size (now 64), training.client_parallel (now auto; sequential uses least)" in \
+        hints["train"]
+    assert "inits.pretrained.batch_size (now 16)" in hints["init"]
+    assert "landscapes.global_0.1.points_per_batch (now 1)" in hints["landscape_chunk"]
+    assert "hessian.cache_graph (now true; false uses least)" in hints["hessian"]
+
+
+def test_a_memory_hint_never_fails_and_names_what_it_cannot_resolve():
+    hint = memory_hint("init", {"training": {}}, {})
+
+    assert hint.startswith("lower what bounds this job's memory: inits.{init}.batch_size (unset), "
+                           "training.eval_batch_size (unset); or give it the card alone")
+    assert memory_hint("partition", {}, {}).startswith("give it the card alone")
+
+
+def test_every_gpu_rule_s_script_logs_its_memory_hint():
+    scripts = {rule: (ROOT / "workflow" / "scripts" / f"{rule}.py").read_text() for rule in GPU_RULES}
+    missing = [rule for rule, text in scripts.items()
+               if f'memory_hint("{rule}", sm.config, dict(sm.wildcards.items()))' not in text]
+
+    assert missing == []

@@ -5,9 +5,11 @@ from fedscape.analysis.hessian.definitions import JOB_FILES
 from fedscape.analysis.hessian.shared import hessian_job
 from fedscape.core.logs import job_log
 from fedscape.data.specs import with_data_locations
+from fedscape.plan.resources import memory_hint
 
 sm = snakemake  # noqa: F821
-with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
+with job_log(sm.log[0], sm.output, sm.config["results_dir"],
+             memory_hint("hessian", sm.config, dict(sm.wildcards.items()))):
     settings = with_data_locations(sm.params.settings, sm.config)  # where its data is now (not in its params)
     hessian_job(settings, dict(sm.input.items()), {key: sm.output[key] for key in JOB_FILES},
                 sm.threads)

@@ -32,12 +32,15 @@ def setup_logging(path: str | Path | None) -> None:
 
 
 @contextlib.contextmanager
-def job_log(path: str | Path | None, outputs: Iterable[str] = (), results_dir: str | None = None) -> Iterator[None]:
+def job_log(path: str | Path | None, outputs: Iterable[str] = (), results_dir: str | None = None,
+            memory_hint: str | None = None) -> Iterator[None]:
     """Set up a job's logging; an exception is written to the log (type, message, traceback) and re-raised.
 
     Snakemake points the user at the rule's log when a job fails: the reason must be there, not only
     on the console. With `results_dir` (the config's), a job that succeeds records its `outputs` (SHA-256, size)
-    and what made them below the results' manifest (`fedscape.core.manifest`), for `make verify`.
+    and what made them below the results' manifest (`fedscape.core.manifest`), for `make verify`. A job that runs
+    out of device memory (torch's OutOfMemoryError) also logs `memory_hint`: what the user can change
+    (`fedscape.plan.resources.memory_hint`).
     """
     setup_logging(path)
     age = process_age()
@@ -48,6 +51,8 @@ def job_log(path: str | Path | None, outputs: Iterable[str] = (), results_dir: s
         yield
     except BaseException as exc:
         log.error("job failed: %s: %s", type(exc).__name__, exc, exc_info=True)
+        if memory_hint and type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without torch
+            log.error("out of device memory: %s", memory_hint)
         raise
     if results_dir is not None and path:
         results = Results.of({"results_dir": results_dir})

@@ -19,6 +19,10 @@ class RuleNeeds:
 
     gpu: bool  # computes with torch on the configured device (a GPU rule)
     data: bool  # reads a dataset (or an init's proxy data): its data directory is checked before the job starts
+    # The config keys that bound a GPU rule's device memory, for the message of a job that runs out of it
+    # (`memory_hint`): smaller values use less, and `key=value` names the value (as YAML writes it) that uses least;
+    # a `{wildcard}` part is the job's own (its entry of a section).
+    memory: tuple[str, ...] = ()
 
 
 # Every heavy rule (not `localrule: True`) and every rule that reads data, once: the GPU rules and DATA_RULES derive
@@ -26,12 +30,18 @@ class RuleNeeds:
 # (tests/unit/test_resources.py keeps them in step).
 RULE_NEEDS: dict[str, RuleNeeds] = {
     "partition": RuleNeeds(gpu=False, data=True),  # torch-free; runs local, but reads the data
-    "train": RuleNeeds(gpu=True, data=True),
-    "init": RuleNeeds(gpu=True, data=True),
-    "landscape_chunk": RuleNeeds(gpu=True, data=True),
-    "hessian": RuleNeeds(gpu=True, data=True),
-    "interpolation": RuleNeeds(gpu=True, data=True),
-    "layer_barriers": RuleNeeds(gpu=True, data=True),
+    # vectorised rounds stack client_chunk_size clients' models, activations and gradients
+    "train": RuleNeeds(gpu=True, data=True, memory=("training.client_chunk_size",
+                                                   "training.client_parallel=sequential",
+                                                   "training.eval_batch_size")),
+    "init": RuleNeeds(gpu=True, data=True, memory=("inits.{init}.batch_size", "training.eval_batch_size")),
+    "landscape_chunk": RuleNeeds(gpu=True, data=True, memory=("landscapes.{surface}.points_per_batch",
+                                                              "training.eval_batch_size")),
+    # cache_graph keeps every batch's gradient graph, which grows with eval_samples
+    "hessian": RuleNeeds(gpu=True, data=True, memory=("hessian.batch_size", "hessian.cache_graph=false",
+                                                     "hessian.eval_samples")),
+    "interpolation": RuleNeeds(gpu=True, data=True, memory=("training.eval_batch_size",)),
+    "layer_barriers": RuleNeeds(gpu=True, data=True, memory=("training.eval_batch_size",)),
     "landscape_plane": RuleNeeds(gpu=False, data=False),  # checkpoints in, a plane out: CPU
     "client_stats": RuleNeeds(gpu=False, data=False),  # client_updates.csv and trajectories in: CPU
 }
@@ -60,3 +70,27 @@ def local_gpu_slots(config: dict, gpus: int | None = None) -> int:
     if gpu_per_job(config, gpus) == 0:
         return 0
     return gpus if config["training"]["device"] == "auto" else 1
+
+
+class _Kept(dict):
+    """Wildcards for str.format_map that leave a missing one as it stands."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def memory_hint(rule: str, config: dict, wildcards: dict[str, str]) -> str:
+    """What a GPU job of `rule` (with `wildcards`) that ran out of device memory can change: the config keys that bound
+    its memory (`RuleNeeds.memory`, with the values `config` gives), and the other jobs on its card. It never fails
+    (a job computes it before its log is open): what it cannot resolve it names as it is."""
+    keys = []
+    for entry in RULE_NEEDS[rule].memory if rule in RULE_NEEDS else ():
+        template, _, least = entry.partition("=")
+        parts, node = [part.format_map(_Kept(wildcards)) for part in template.split(".")], config
+        for part in parts:
+            node = node.get(part) if isinstance(node, dict) else None
+        now = [] if node is None else [f"now {str(node).lower() if isinstance(node, bool) else node}"]
+        keys.append(f"{'.'.join(parts)} ({'; '.join(now + [f'{least} uses least'] if least else now) or 'unset'})")
+    own = f"lower what bounds this job's memory: {', '.join(keys)}; or " if keys else ""
+    return (f"{own}give it the card alone: a local run starts one GPU job per visible card unless `--resources "
+            f"gpu=N` allows more, and other programs on the card (nvidia-smi lists them) take memory too")

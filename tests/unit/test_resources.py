@@ -302,3 +302,20 @@ def test_every_gpu_rule_s_script_logs_its_memory_hint():
                if f'memory_hint("{rule}", sm.config, dict(sm.wildcards.items()))' not in text]
 
     assert missing == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_cards_are_claimed_by_their_uuids(tmp_path, monkeypatch):
+    # Prepare: the real cards of this machine, and no claim of this process yet
+    monkeypatch.setattr(device_mod, "_CLAIM", None)
+    cards = torch.cuda.device_count()
+
+    # Execute
+    uuids = device_mod.card_uuids(cards)
+    got = device_mod.resolve_device("auto", claim_dir=tmp_path)
+
+    # Assert: one distinct name per card, not its index; the job's claim is on the card it computes on
+    assert len(set(uuids)) == cards and all(u and u != str(i) for i, u in enumerate(uuids))
+    assert got.type == "cuda" and device_mod._CLAIM.path.name.startswith(f"card{uuids[got.index]}.slot")
+    assert card_loads(cards, tmp_path, uuids)[got.index] == 1
+    device_mod._CLAIM.release()

@@ -304,6 +304,22 @@ def test_every_gpu_rule_s_script_logs_its_memory_hint():
     assert missing == []
 
 
+def test_a_job_that_cannot_claim_a_card_runs_on_the_first(tmp_path, monkeypatch, caplog):
+    # Prepare: two cards as torch reports them, and a claim directory that cannot be made (a file is in its place)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(uuid=f"GPU-{i}"))
+    monkeypatch.setattr(device_mod, "_CLAIM", None)
+    (tmp_path / "claims").write_text("not a directory")
+
+    # Execute
+    got = device_mod.resolve_device("auto", claim_dir=tmp_path / "claims")
+
+    # Assert: the job goes on, on cuda:0, and says why it holds no claim
+    assert str(got) == "cuda:0" and device_mod._CLAIM is None
+    assert "could not claim a card" in caplog.text
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_cards_are_claimed_by_their_uuids(tmp_path, monkeypatch):
     # Prepare: the real cards of this machine, and no claim of this process yet

@@ -36,7 +36,11 @@ def resolve_device(name: str, claim_dir=CLAIM_DIR) -> torch.device:
             return torch.device("cpu")
         cards = torch.cuda.device_count()
         if _CLAIM is None:
-            _CLAIM = claim_card(cards, claim_dir, card_uuids(cards))
+            try:
+                _CLAIM = claim_card(cards, claim_dir, card_uuids(cards))
+            except OSError as exc:  # the claims spread jobs; a job runs without one
+                log.warning("could not claim a card in %s (%s): taking cuda:0", claim_dir, exc)
+                return torch.device("cuda", 0)
             log.info("took cuda:%d, the card with the fewest fedscape jobs of the %d visible", _CLAIM.card, cards)
         return torch.device("cuda", _CLAIM.card)
     device = torch.device(name)

@@ -8,17 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers.configs import DEFAULT, SCHEMA, TINY
+from helpers.plans import all_settings
 from helpers.workflow import ROOT
 
 from fedscape.core.config import ConfigError, duplicate_keys, read_config_file
 from fedscape.core.runs import RUN_FIELDS, Run, build_runs, resolve_run, select_runs
 from fedscape.data.specs import DATASET_OPTION_ORDER
-from fedscape.plan.barriers import interpolation_pairs, interpolation_settings, layer_pairs, layer_settings
-from fedscape.plan.hessian import hessian_job_settings, hessian_jobs
-from fedscape.plan.init import init_settings
-from fedscape.plan.landscape import chunk_settings, data_names, landscape_plans, plane_settings
-from fedscape.plan.partition import partition_settings
-from fedscape.plan.train import train_settings
+from fedscape.plan.landscape import landscape_plans, plane_settings
 from fedscape.plan.workflow import check_config, check_data
 
 # The default's run grid without the analyses, whose run selectors assume the default grid.
@@ -320,7 +316,7 @@ def test_reordering_every_mapping_of_a_shipped_config_changes_no_run_and_no_job_
     # Assert: the same runs, and every job's settings the same as text (Snakemake compares the text, key order and all)
     runs = build_runs(config)
     assert runs == build_runs(flipped)
-    assert _settings_texts(config, runs) == _settings_texts(flipped, runs)
+    assert _settings_texts(config) == _settings_texts(flipped)
 
 
 def test_every_dataset_option_of_the_schema_has_its_place_in_the_jobs_settings():
@@ -331,20 +327,10 @@ def test_every_dataset_option_of_the_schema_has_its_place_in_the_jobs_settings()
     assert len(set(DATASET_OPTION_ORDER)) == len(DATASET_OPTION_ORDER)
 
 
-def _settings_texts(config: dict, runs: list) -> list[str]:
-    """The params text of the partition, init, train, Hessian, barrier and landscape jobs that `config` plans, sorted
-    (the sections' order lists the jobs, but is not part of any job's settings)."""
-    settings = [partition_settings(config, r.dataset, r.setting, r.num_clients, r.seed) for r in runs]
-    settings += [init_settings(config, runs, r.dataset, r.model, r.init) for r in runs]
-    settings += [train_settings(config, r) for r in runs]
-    settings += [hessian_job_settings(config, runs, run, round_) for run, round_ in hessian_jobs(config, runs)]
-    settings += [interpolation_settings(config, pair) for pair in interpolation_pairs(config, runs)]
-    settings += [layer_settings(config, pair, r) for pair in layer_pairs(config, runs) for r in pair.rounds]
-    for plan in landscape_plans(config, runs):
-        settings.append(plane_settings(config, plan))
-        settings += [chunk_settings(config, plan, data, chunk) for data in data_names(plan.spec)
-                     for chunk in range(plan.spec["chunks"])]
-    return sorted(repr(s) for s in settings)
+def _settings_texts(config: dict) -> list[str]:
+    """The params text of every job `config` plans, sorted (the sections' order lists the jobs, but is not part of
+    any job's settings)."""
+    return sorted(repr(s) for s in all_settings(config))
 
 
 def test_an_experiment_without_init_needs_a_default_when_inits_has_several_labels():
@@ -422,7 +408,6 @@ def test_planning_a_config_without_its_data_is_valid():
 
 
 def test_a_plane_file_reaches_the_plane_job_only_when_set_so_other_plane_jobs_keep_their_settings(tmp_path):
-    from fedscape.plan.landscape import landscape_plans, plane_settings
 
     # Prepare: a hessian surface on the user's own plane file beside one without
     runs_ = [{"alpha": "iid", "init": "random"}]

@@ -8,13 +8,12 @@ import copy
 
 import pytest
 from helpers.configs import SCHEMA, TINY
+from helpers.plans import all_settings
 
 from fedscape.core import manifest
 from fedscape.core.runs import build_runs
 from fedscape.data.specs import INIT_LOCATION_BASELINES, LOCATION_BASELINES, dataset_settings, with_data_locations
 from fedscape.plan.init import init_settings
-from fedscape.plan.partition import partition_settings
-from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config
 from fedscape.stages.init import proxy_data
 from fedscape.stages.init_settings import InitJob
@@ -25,14 +24,6 @@ def _config(**digits) -> dict:
     config = copy.deepcopy(TINY)
     config["datasets"]["digits"].update(digits)
     return check_config(config, SCHEMA)
-
-
-def _planned(config: dict) -> list[dict]:
-    """The settings of every partition, init and train job `config` plans."""
-    runs = build_runs(config)
-    jobs = [partition_settings(config, r.dataset, r.setting, r.num_clients, r.seed) for r in runs]
-    jobs += [init_settings(config, runs, r.dataset, r.model, r.init) for r in runs]
-    return jobs + [train_settings(config, r) for r in runs]
 
 
 def test_dataset_settings_carry_the_location_keys_at_their_baselines_in_one_order():
@@ -57,7 +48,7 @@ def test_moving_the_data_plans_the_same_settings(moved):
     there = check_config(there, SCHEMA)
 
     # Execute
-    before, after = _planned(here), _planned(there)
+    before, after = all_settings(here), all_settings(there)
 
     # Assert: every job's settings (the params Snakemake compares) are the same, as text too
     assert [repr(s) for s in after] == [repr(s) for s in before]
@@ -77,7 +68,7 @@ def test_moving_down_sampled_imagenet_plans_the_same_settings_while_using_it_or_
     here, there, split = (_imagenet32_config(d) for d in ("data/imagenet32", "/scratch/me/in32", None))
 
     # Execute
-    before, after, unused = _planned(here), _planned(there), _planned(split)
+    before, after, unused = all_settings(here), all_settings(there), all_settings(split)
 
     # Assert: the folder is not in the settings, whether ImageNet is the proxy is
     assert [repr(s) for s in after] == [repr(s) for s in before]
@@ -105,7 +96,7 @@ def test_a_pretrained_init_reads_down_sampled_imagenet_where_the_config_says_and
 
 
 def test_a_meaningful_dataset_option_still_changes_the_settings():
-    before, after = _planned(_config()), _planned(_config(test_fraction=0.3))
+    before, after = all_settings(_config()), all_settings(_config(test_fraction=0.3))
 
     assert before != after
 

@@ -9,6 +9,7 @@ import dataclasses
 
 import pytest
 from helpers.configs import DEFAULT, SCHEMA
+from helpers.plans import stage_settings
 from helpers.workflow import ROOT, TINY_CONFIG
 
 from fedscape.analysis.client_stats.definitions import ClientStatsJob
@@ -17,9 +18,7 @@ from fedscape.core.jobs import JobSettings, JobSettingsError, declared_defaults,
 from fedscape.core.runs import build_runs
 from fedscape.fl.settings import RUN_ONLY_TRAINING_KEYS, TrainConfig, TrainingSettings
 from fedscape.fl.swa import SWASettings
-from fedscape.plan.client_stats import client_stats_params
 from fedscape.plan.init import init_settings, planned_init
-from fedscape.plan.partition import partition_settings
 from fedscape.plan.train import planned_train, train_settings
 from fedscape.plan.workflow import check_config, load_config
 from fedscape.stages.init_settings import (
@@ -69,20 +68,6 @@ CONTRACTS: dict[type[JobSettings], tuple[set[str], dict]] = {
 RULES = {PartitionJob: "partition", InitJob: "init", TrainJob: "train", ClientStatsJob: "client_stats"}
 
 
-def planned_settings(config: dict) -> list[tuple[type[JobSettings], dict]]:
-    """Every job of the four rules that `config` plans, with its kind and its settings (the rules' params)."""
-    runs = build_runs(config)
-    partitions = {(r.dataset, r.setting, r.num_clients, r.seed) for r in runs}
-    for run in runs:
-        spec = config["inits"][run.init]
-        if spec["kind"] == "iid_warmup":  # the IID split its warm-up trains on
-            partitions.add((run.dataset, "iid", spec["num_clients"], spec["partition_seed"]))
-    jobs = [(PartitionJob, partition_settings(config, *p)) for p in sorted(partitions, key=str)]
-    jobs += [(InitJob, init_settings(config, runs, *i)) for i in sorted({(r.dataset, r.model, r.init) for r in runs})]
-    jobs += [(TrainJob, train_settings(config, run)) for run in runs]
-    return [*jobs, (ClientStatsJob, client_stats_params(runs))]
-
-
 def _without_version(settings: dict) -> dict:
     return {k: v for k, v in settings.items() if k != RESULT_VERSION}
 
@@ -98,7 +83,7 @@ def _assert_round_trips(kind: type[JobSettings], settings: dict) -> None:
 
 @pytest.fixture(scope="module", params=SHIPPED, ids=lambda p: p.name)
 def shipped(request) -> list[tuple[type[JobSettings], dict]]:
-    return planned_settings(load_config(request.param, ROOT / "workflow" / "schemas" / "config.schema.yaml"))
+    return stage_settings(load_config(request.param, ROOT / "workflow" / "schemas" / "config.schema.yaml"))
 
 
 def test_every_planned_job_of_a_shipped_config_reads_back_to_its_settings(shipped):
@@ -135,7 +120,7 @@ def _swa_on_batch_norm(config: dict) -> None:
 ], ids=["later_training_keys", "drawn_steps", "work_per_client", "swa", "swa_bn_stats", "partition_label"])
 def test_jobs_with_later_keys_set_read_back_to_their_settings(edit, written):
     # Prepare
-    jobs = planned_settings(_edited(edit))
+    jobs = stage_settings(_edited(edit))
 
     # Execute / Assert: the later keys reach the settings, sorted among the others, and read back
     assert any(written in repr(settings) for _, settings in jobs)

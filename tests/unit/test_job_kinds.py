@@ -8,6 +8,7 @@ import functools
 from pathlib import Path
 
 import pytest
+from helpers.plans import analysis_settings
 from helpers.workflow import ROOT
 
 from fedscape.analysis.barriers.definitions import MODES, InterpolationJob, LayerBarriersJob
@@ -15,10 +16,6 @@ from fedscape.analysis.hessian.definitions import HessianJob, HessianSettings
 from fedscape.analysis.landscape.definitions import LandscapeChunkJob, LandscapePlaneJob
 from fedscape.core.config import RESULT_VERSION
 from fedscape.core.jobs import JobSettingsError, declared_defaults, to_settings
-from fedscape.core.runs import build_runs
-from fedscape.plan.barriers import interpolation_pairs, interpolation_settings, layer_pairs, layer_settings
-from fedscape.plan.hessian import hessian_job_settings, hessian_jobs
-from fedscape.plan.landscape import chunk_settings, landscape_plans, plane_settings
 from fedscape.plan.workflow import load_config
 
 SCHEMA_FILE = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -31,21 +28,7 @@ KINDS = {kind.rule: kind for kind in (HessianJob, InterpolationJob, LayerBarrier
 @functools.cache
 def planned_settings(path: Path) -> dict[str, list[dict]]:
     """The settings of every job of the five kinds that the config at `path` plans, by rule."""
-    config = load_config(path, SCHEMA_FILE)
-    runs = build_runs(config)
-    jobs: dict[str, list[dict]] = {rule: [] for rule in KINDS}
-    hessian = list(hessian_jobs(config, runs))
-    planes = landscape_plans(config, runs)
-    # a hessian surface without a plane file reads the Hessian job of its run, planned even with the stage off
-    hessian += [(p.runs[0], p.round) for p in planes if p.kind == "hessian" and not p.spec["plane_file"]]
-    jobs["hessian"] = [hessian_job_settings(config, runs, run, r) for run, r in dict.fromkeys(hessian)]
-    jobs["interpolation"] = [interpolation_settings(config, pair) for pair in interpolation_pairs(config, runs)]
-    jobs["layer_barriers"] = [layer_settings(config, pair, r) for pair in layer_pairs(config, runs)
-                              for r in pair.rounds]
-    jobs["landscape_plane"] = [plane_settings(config, plan) for plan in planes]
-    jobs["landscape_chunk"] = [chunk_settings(config, plan, data, i) for plan in planes for data in plan.data
-                               for i in range(plan.spec["chunks"])]
-    return jobs
+    return analysis_settings(load_config(path, SCHEMA_FILE))
 
 
 def test_the_shipped_configs_plan_jobs_of_every_kind():

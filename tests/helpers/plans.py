@@ -1,0 +1,61 @@
+"""The settings of every job a config plans (the rules' params), by stage: what the plan tests compare."""
+
+from __future__ import annotations
+
+from fedscape.analysis.barriers.definitions import InterpolationJob, LayerBarriersJob
+from fedscape.analysis.client_stats.definitions import ClientStatsJob
+from fedscape.analysis.hessian.definitions import HessianJob
+from fedscape.analysis.landscape.definitions import LandscapeChunkJob, LandscapePlaneJob
+from fedscape.core.jobs import JobSettings
+from fedscape.core.runs import build_runs
+from fedscape.plan.barriers import interpolation_pairs, interpolation_settings, layer_pairs, layer_settings
+from fedscape.plan.client_stats import client_stats_params
+from fedscape.plan.hessian import hessian_job_settings, hessian_jobs
+from fedscape.plan.init import init_settings
+from fedscape.plan.landscape import chunk_settings, landscape_plans, plane_settings
+from fedscape.plan.partition import partition_settings
+from fedscape.plan.train import train_settings
+from fedscape.stages.init_settings import InitJob
+from fedscape.stages.partition_settings import PartitionJob
+from fedscape.stages.train_settings import TrainJob
+
+ANALYSIS_RULES = tuple(kind.rule for kind in (HessianJob, InterpolationJob, LayerBarriersJob, LandscapePlaneJob,
+                                              LandscapeChunkJob))
+
+
+def stage_settings(config: dict) -> list[tuple[type[JobSettings], dict]]:
+    """Every job of the partition, init, train and client_stats rules that `config` (checked) plans, with its kind
+    and its settings."""
+    runs = build_runs(config)
+    partitions = {(r.dataset, r.setting, r.num_clients, r.seed) for r in runs}
+    for run in runs:
+        spec = config["inits"][run.init]
+        if spec["kind"] == "iid_warmup":  # the IID split its warm-up trains on
+            partitions.add((run.dataset, "iid", spec["num_clients"], spec["partition_seed"]))
+    jobs = [(PartitionJob, partition_settings(config, *p)) for p in sorted(partitions, key=str)]
+    jobs += [(InitJob, init_settings(config, runs, *i)) for i in sorted({(r.dataset, r.model, r.init) for r in runs})]
+    jobs += [(TrainJob, train_settings(config, run)) for run in runs]
+    return [*jobs, (ClientStatsJob, client_stats_params(runs))]
+
+
+def analysis_settings(config: dict) -> dict[str, list[dict]]:
+    """The settings of every job of the analysis rules (ANALYSIS_RULES) that `config` (checked) plans, by rule."""
+    runs = build_runs(config)
+    jobs: dict[str, list[dict]] = {rule: [] for rule in ANALYSIS_RULES}
+    hessian = list(hessian_jobs(config, runs))
+    planes = landscape_plans(config, runs)
+    # a hessian surface without a plane file reads the Hessian job of its run, planned even with the stage off
+    hessian += [(p.runs[0], p.round) for p in planes if p.kind == "hessian" and not p.spec["plane_file"]]
+    jobs["hessian"] = [hessian_job_settings(config, runs, run, r) for run, r in dict.fromkeys(hessian)]
+    jobs["interpolation"] = [interpolation_settings(config, pair) for pair in interpolation_pairs(config, runs)]
+    jobs["layer_barriers"] = [layer_settings(config, pair, r) for pair in layer_pairs(config, runs)
+                              for r in pair.rounds]
+    jobs["landscape_plane"] = [plane_settings(config, plan) for plan in planes]
+    jobs["landscape_chunk"] = [chunk_settings(config, plan, data, i) for plan in planes for data in plan.data
+                               for i in range(plan.spec["chunks"])]
+    return jobs
+
+
+def all_settings(config: dict) -> list[dict]:
+    """The settings of every job `config` (checked) plans that carries settings: the stages' and the analyses'."""
+    return [s for _, s in stage_settings(config)] + [s for jobs in analysis_settings(config).values() for s in jobs]

@@ -157,6 +157,7 @@ DATASET_BASELINES: dict[str, object] = {"source": "preprocessed", "seq_len": Non
 DATASET_OPTION_ORDER: tuple[str, ...] = ("test_fraction", "proxy_fraction", "data_dir", "download", "augment",
                                          "split_seed", "source", "seq_len", "targets", "channel_mean", "channel_std",
                                          "max_clients")
+_OPTION_RANK = {key: i for i, key in enumerate(DATASET_OPTION_ORDER)}
 # Where a data set's files are and whether fedscape may fetch them (`datasets.<name>.data_dir`, `download`): not
 # what the data is. Every job's settings carry these keys at these values, whatever the config says, and a job reads
 # the config's own when it starts (`with_data_locations`, which its record keeps): moving the data to a node's
@@ -264,8 +265,7 @@ def dataset_settings(name: str, options: dict) -> dict:
     for key, baseline in LOCATION_BASELINES.items():
         if key in settings:
             settings[key] = baseline
-    rank = {key: i for i, key in enumerate(DATASET_OPTION_ORDER)}
-    return dict(sorted(settings.items(), key=lambda item: rank.get(item[0], len(rank))))
+    return dict(sorted(settings.items(), key=lambda item: _OPTION_RANK.get(item[0], len(_OPTION_RANK))))
 
 
 def with_data_locations(settings: dict, config: dict) -> dict:

@@ -253,7 +253,7 @@ def is_token_model(name: str) -> bool:
     return name in MODEL_INFOS and MODEL_INFOS[name].inputs == "tokens"
 
 
-def token_model_options(name: str, options: dict | None = None) -> dict[str, int]:
+def token_model_options(name: str, options: dict | None = None) -> dict[str, int | None]:
     """The options of token model ``name``: its defaults updated by ``options`` (ValueError for an image model); a
     vocab_size or seq_len of None is the data's (the defaults)."""
     if not is_token_model(name):

@@ -89,8 +89,9 @@ def memory_hint(rule: str, config: dict, wildcards: dict[str, str]) -> str:
         parts, node = [part.format_map(_Kept(wildcards)) for part in template.split(".")], config
         for part in parts:
             node = node.get(part) if isinstance(node, dict) else None
-        now = [] if node is None else [f"now {str(node).lower() if isinstance(node, bool) else node}"]
-        keys.append(f"{'.'.join(parts)} ({'; '.join(now + [f'{least} uses least'] if least else now) or 'unset'})")
+        notes = [] if node is None else [f"now {str(node).lower() if isinstance(node, bool) else node}"]
+        notes += [f"{least} uses least"] if least else []
+        keys.append(f"{'.'.join(parts)} ({'; '.join(notes) or 'unset'})")
     own = f"lower what bounds this job's memory: {', '.join(keys)}; or " if keys else ""
     return (f"{own}give it the card alone: a local run starts one GPU job per visible card unless `--resources "
             f"gpu=N` allows more, and other programs on the card (nvidia-smi lists them) take memory too")

@@ -47,8 +47,9 @@ RESULTS ?= results
 verify: install
 	$(BIN)/python -c "import sys; from fedscape.core.manifest import main; sys.exit(main(sys.argv[1]))" $(RESULTS)
 
-# The results that are out of date in meaning (settings, result versions or the set of inputs changed), with the
-# command that remakes only them; results made by another commit at the same result versions are current.
+# The results that are out of date in meaning (settings, result versions or the set of inputs changed) or made from
+# other data than the files under their data set's folder now, with the command that remakes only them; results made
+# by another commit at the same result versions are current.
 #   make status ARGS="--configfile config/papers/pilot_digits.yaml"
 status: install
 	$(BIN)/python -m fedscape.plan.status $(ARGS)

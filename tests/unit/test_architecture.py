@@ -158,7 +158,7 @@ def test_every_rule_has_a_log_an_env_and_its_script(rule):
 STAGE_PACKAGES = {"partition": "fedscape.stages", "init": "fedscape.stages", "train": "fedscape.stages",
                   "tables": "fedscape.outputs", "cost": "fedscape.report", "report": "fedscape.report"}
 # What a script may call beside its rule's entry point: the job's log, its thread count, and where its data is now
-# (data.specs.with_data_locations; tests/workflow/test_reruns.py checks which scripts must).
+# (data.locations.with_data_locations; tests/workflow/test_reruns.py checks which scripts must).
 SCRIPT_HELPERS = {"job_log", "memory_hint", "use_threads", "with_data_locations"}
 def rule_files() -> dict[str, str]:
     """rule name -> the stem of its rule file (its stage)."""

@@ -1,6 +1,6 @@
 """Where the data is (`datasets.<name>.data_dir`, `download`, a pretrained init's `proxy_data_dir` and `proxy_dir`) is
 not what a job computes: the jobs' settings carry these keys at their baselines (`data.specs.dataset_settings`,
-`plan.init`), and a job reads the config's own when it starts (`data.specs.with_data_locations`)."""
+`plan.init`), and a job reads the config's own when it starts (`data.locations.with_data_locations`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from helpers.plans import all_settings
 
 from fedscape.core import manifest
 from fedscape.core.runs import build_runs
-from fedscape.data.specs import INIT_LOCATION_BASELINES, LOCATION_BASELINES, dataset_settings, with_data_locations
+from fedscape.data.locations import with_data_locations
+from fedscape.data.specs import INIT_LOCATION_BASELINES, LOCATION_BASELINES, dataset_settings
 from fedscape.plan.init import init_settings
 from fedscape.plan.workflow import check_config
 from fedscape.stages.init import proxy_data

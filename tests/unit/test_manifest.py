@@ -61,6 +61,24 @@ def test_every_job_that_succeeds_writes_its_record(finished):
     assert record["software"]["python"] and record["code"]["fedscape"]
 
 
+def test_a_job_s_record_holds_its_own_notes_and_a_noted_function_s_value_when_it_ended(tmp_path, monkeypatch,
+                                                                                      restore_logging):
+    # Prepare: a note of an earlier job in this process
+    monkeypatch.chdir(tmp_path)
+    manifest.note(earlier="a note of another job")
+    read = []
+
+    # Execute: the job notes a value and a function of what it has read by its end
+    with job_log("logs/job.log", [], "results"):
+        manifest.note(device="cpu", files=lambda: len(read))
+        read += ["a", "b"]
+
+    # Assert
+    record = json.loads((tmp_path / "results" / MANIFEST / "job.json").read_text())
+    assert record["device"] == "cpu" and record["files"] == 2
+    assert "earlier" not in record
+
+
 def test_a_failing_job_writes_no_record(tmp_path, monkeypatch, restore_logging):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RuntimeError), job_log("logs/bad.log", ["results/bad.csv"], "results"):

@@ -3,12 +3,17 @@ jobs) and training runs read data_dir."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
+
 import pandas as pd
 import pytest
 import yaml
 from helpers.configs import TINY, config_with
 from helpers.leaf import write_femnist
-from helpers.workflow import copy_workflow, snakemake
+from helpers.workflow import copy_workflow, planned_jobs, snakemake
 
 from fedscape.models.checkpoint import load_trajectory
 
@@ -77,3 +82,59 @@ def test_femnist_hessian_with_a_bound_on_the_clients_builds_its_tables(tmp_path)
     by_clients = pd.read_csv(workdir / "results/tables/hessian_clients.csv")
     assert by_clients.columns.tolist() == ["run_id", "round", "hn", "hd", "clients", "status"]
     assert by_clients["clients"].tolist() == [2] and by_clients[["hn", "hd"]].notna().all(axis=None)
+
+
+def _status(workdir, config: str = "c.yaml") -> str:
+    proc = subprocess.run([sys.executable, "-m", "fedscape.plan.status", "--configfile", config], cwd=workdir,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_status_names_the_results_made_from_other_data_under_the_same_path_and_remakes_them(tmp_path):
+    # Prepare: one run on FEMNIST, finished
+    (tmp_path / "wf").mkdir()
+    workdir = copy_workflow(tmp_path / "wf")
+    write_femnist(tmp_path / "leaf", sizes=(20, 16, 24), files=2, layout="leaf")
+    config = config_with({}, [{"alpha": 0.5}], datasets={"femnist": {"data_dir": str(tmp_path / "leaf")}},
+                         num_clients=[3], partition={"min_size": 5},
+                         training={**TINY["training"], "rounds": 1, "save_clients_at": []})
+    for key in ("interpolation", "layer_barriers", "landscapes", "hessian", "client_stats"):
+        config.pop(key, None)
+    (workdir / "c.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    run_dir = "results/train/femnist/cnn_small/init~random/algo~fedavg/alpha~0.5/clients~3/part~1.0/seed~0"
+    counts = "results/partitions/femnist/clients~3/alpha~0.5/seed~0/counts.csv"
+    snakemake(workdir, f"{run_dir}/metrics.csv", "--configfile", "c.yaml")
+    before = _status(workdir)
+
+    # Execute: other images under the same path (the labels as they were: the partition's label check passes)
+    train_file = next((tmp_path / "leaf/femnist/data/train").glob("*.json"))
+    data = json.loads(train_file.read_text())
+    user = next(iter(data["user_data"]))
+    data["user_data"][user]["x"][0] = [1.0 - v for v in data["user_data"][user]["x"][0]]
+    train_file.write_text(json.dumps(data))
+    changed = _status(workdir)
+    unseen = snakemake(workdir, "-n", f"{run_dir}/metrics.csv", "--configfile", "c.yaml")
+    rerun = ("--configfile", "c.yaml", "--forcerun", *_forcerun_targets(changed), "--", f"{run_dir}/metrics.csv")
+    forced = planned_jobs(workdir, *rerun)
+    snakemake(workdir, *rerun)
+    remade = _status(workdir)
+
+    # Assert: Snakemake sees nothing, make status names the two jobs that read FEMNIST and remakes them
+    assert "made from other data" not in before
+    assert "Nothing to be done" in unseen.stdout + unseen.stderr
+    assert "made from other data than the files there now: 2 jobs" in changed
+    assert f"datasets.femnist ({tmp_path / 'leaf'}) now holds" in changed
+    assert sorted(_forcerun_targets(changed)) == sorted([counts, f"{run_dir}/client_updates.csv"])
+    assert forced == {"partition": 1, "train": 1, "total": 2}
+    assert "made from other data" not in remade
+    # moving the data where the config says is the same data: nothing to remake
+    shutil.move(tmp_path / "leaf", tmp_path / "moved")
+    config["datasets"]["femnist"]["data_dir"] = str(tmp_path / "moved")
+    (workdir / "moved.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert "made from other data" not in _status(workdir, "moved.yaml")
+
+
+def _forcerun_targets(status: str) -> list[str]:
+    command = next(line for line in status.splitlines() if "--forcerun" in line).split()
+    return command[command.index("--forcerun") + 1:]

@@ -18,7 +18,9 @@ import pytest
 import yaml
 from helpers.workflow import ROOT, WORKFLOW_PARTS, copy_workflow, planned_jobs, snakemake
 
+from fedscape.core.fingerprints import tree_fingerprint
 from fedscape.core.manifest import code_version_label
+from fedscape.data.locations import data_files
 from fedscape.plan.workflow import result_versions
 
 RESULTS_PARTS = ("results", "logs", ".snakemake", "tiny.yaml")  # what a user copies next to a fresh clone
@@ -129,6 +131,17 @@ def test_every_rule_whose_jobs_read_a_data_set_gives_them_its_location(tiny_run)
     assert giving == reading
 
 
+def test_every_job_that_read_a_data_set_recorded_what_its_files_held(tiny_run):
+    # the job records (core.manifest) of the jobs given a data location (data.locations.with_data_locations)
+    records = [json.loads(p.read_text()) for p in (tiny_run / "results/_manifest").rglob("*.json")]
+    reading = [r for r in records if r.get("data_locations")]
+    root, names = data_files("digits", None)
+
+    assert {Path(r["log"]).name for r in reading} >= {"partition.log", "init.log", "train.log", "hessian.log"}
+    assert all(r["data"]["datasets.digits"]["sha256"] == tree_fingerprint(root, names).sha256 for r in reading)
+    assert not any(r.get("data") for r in records if not r.get("data_locations"))
+
+
 def test_the_tables_name_the_code_version_that_trained_each_run(tiny_run):
     rounds = pd.read_csv(tiny_run / "results/tables/rounds.csv", dtype={"code_version": str})
     final = pd.read_csv(tiny_run / "results/tables/final.csv", dtype={"code_version": str})
@@ -154,6 +167,7 @@ def test_status_lists_a_bumped_versions_results_with_the_command_that_remakes_on
 
     # Assert: nothing to remake before; after, every Hessian job for its result version, and the forcerun command
     assert "out of date in meaning: 0 jobs" in before and "nothing to remake" in before
+    assert "made from other data" not in before
     assert f"out of date in meaning: {len(hessian_csvs)} jobs" in after
     assert after.count("(result version changed)") == len(hessian_csvs)
     command = next(line for line in after.splitlines() if "--forcerun" in line).split()

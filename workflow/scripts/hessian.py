@@ -4,7 +4,7 @@ job it shares its result with)."""
 from fedscape.analysis.hessian.definitions import JOB_FILES
 from fedscape.analysis.hessian.shared import hessian_job
 from fedscape.core.logs import job_log
-from fedscape.data.specs import with_data_locations
+from fedscape.data.locations import with_data_locations
 from fedscape.plan.resources import memory_hint
 
 sm = snakemake  # noqa: F821

@@ -1,7 +1,7 @@
 """Snakemake script of rule init: make the initial model of an init label."""
 
 from fedscape.core.logs import job_log
-from fedscape.data.specs import with_data_locations
+from fedscape.data.locations import with_data_locations
 from fedscape.models.device import use_threads
 from fedscape.plan.resources import memory_hint
 from fedscape.stages.init import init_job

@@ -2,7 +2,7 @@
 
 from fedscape.analysis.barriers.stage import interpolation_job
 from fedscape.core.logs import job_log
-from fedscape.data.specs import with_data_locations
+from fedscape.data.locations import with_data_locations
 from fedscape.models.device import use_threads
 from fedscape.plan.resources import memory_hint
 

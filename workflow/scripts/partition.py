@@ -1,7 +1,7 @@
 """Snakemake script of rule partition: split a dataset's training pool among the clients."""
 
 from fedscape.core.logs import job_log
-from fedscape.data.specs import with_data_locations
+from fedscape.data.locations import with_data_locations
 from fedscape.stages.partition import partition_job
 
 sm = snakemake  # noqa: F821

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from fedscape.core.manifest import manifest_path, write_record
+from fedscape.core.manifest import manifest_path, start_notes, write_record
 from fedscape.core.paths import Results
 
 log = logging.getLogger("fedscape")
@@ -43,6 +43,7 @@ def job_log(path: str | Path | None, outputs: Iterable[str] = (), results_dir: s
     (`fedscape.plan.resources.memory_hint`).
     """
     setup_logging(path)
+    start_notes()
     age = process_age()
     t0, started = time.perf_counter(), time.time()
     if age is not None:  # the job's fixed cost: interpreter, Snakemake's script preamble, imports

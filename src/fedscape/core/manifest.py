@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import hashlib
 import json
 import os
 import platform
@@ -28,28 +27,30 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from fedscape.core.fingerprints import file_sha256
 from fedscape.core.io import atomic_write_text, remake_hint
 
 MANIFEST = "_manifest"  # below results_dir: one record per job, at its log's relative path (.json)
 RECORD_VERSION = 1
-_CHUNK = 1 << 20
 # What the running job noted about itself (fedscape.models.device.log_compute: device and precision), added to its
 # record; one job per process.
 _NOTES: dict = {}
 
 
+def start_notes() -> None:
+    """Forget what an earlier job of this process noted (a job's record holds its own notes only)."""
+    _NOTES.clear()
+
+
 def note(**fields) -> None:
-    """Add `fields` to the record of the job running in this process."""
+    """Add `fields` to the record of the job running in this process. A value that is a function without arguments
+    is called when the record is written, after the job's work (what the job read, once it has read it)."""
     _NOTES.update(fields)
 
 
 def file_record(path: str | Path) -> dict:
     """{'size': bytes, 'sha256': hex digest} of a file, read in chunks (checkpoints are hundreds of MB)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_CHUNK):
-            digest.update(block)
-    return {"size": os.path.getsize(path), "sha256": digest.hexdigest()}
+    return {"size": os.path.getsize(path), "sha256": file_sha256(path)}
 
 
 def code_version(source: Path | None = None) -> dict:
@@ -120,7 +121,7 @@ def write_record(path: str | Path, outputs: Iterable[str | Path], started: float
         "host": socket.gethostname(),
         "started": _iso(started),
         "finished": _iso(datetime.datetime.now().timestamp()),
-        **_NOTES,
+        **{key: value() if callable(value) else value for key, value in _NOTES.items()},
     }
     atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
 

@@ -23,6 +23,8 @@ TRAIN_DIR = f"train/{RUN_ID}"
 TRAIN_FILES = ("trajectory", "clients", "metrics", "meta", "client_updates")  # the train rule's named outputs
 TRAIN_FILE_NAMES = {"trajectory": "trajectory.pt", "clients": "clients.pt", "metrics": "metrics.csv",
                     "meta": "meta.json", "client_updates": "client_updates.csv"}
+# below results_dir: the digests of the data files its jobs read, by path, size and date (core.fingerprints)
+DATA_HASHES = "_data_hashes"
 PROGRESS = "_progress"  # per-round progress of a job, beside its outputs (not an output: it survives a kill)
 PARTITION_DIR = "partitions/{dataset}/clients~{num_clients}/alpha~{alpha}/seed~{seed}"
 INIT_DIR = "init/{dataset}/{model}/init~{init}"

@@ -141,6 +141,12 @@ def _flat_images(folder: Path) -> bool:
     return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in islice(folder.iterdir(), 64))
 
 
+def flat_val_solution(data_dir: str | Path) -> Path | None:
+    """The LOC_val_solution.csv the validation images below `data_dir` are labelled by (None: val/ is sorted into
+    class folders)."""
+    return _flat_val(Path(data_dir))
+
+
 def _flat_val(root: Path) -> Path | None:
     """The LOC_val_solution.csv labelling root/val/ when val/ is flat (no class folder of the 200, images in it)."""
     folder = root / "val"

@@ -21,6 +21,8 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from fedscape.data.specs import IMAGENET32_FILES
+
 ROW_BYTES = 3 * 32 * 32
 CACHE_DIR = ".fedscape_cache"  # inside the data folder
 _CHUNK_ROWS = 16384  # rows per read when unpacking a compressed file (48 MB)
@@ -126,7 +128,7 @@ class ImageNet32:
     def __init__(self, directory: str | Path, max_samples: int | None = None, seed: int = 0) -> None:
         self._fds: list[int | None] = []  # before anything can fail: __del__ closes them
         directory = Path(directory)
-        files = sorted(directory.glob("*.npz"))
+        files = sorted(directory.glob(IMAGENET32_FILES))
         if not files:
             raise FileNotFoundError(f"no .npz files in {directory}: expected down-sampled ImageNet 32x32 arrays "
                                     "(e.g. train_data_batch_1.npz ... with `data` [N, 3072] uint8 and `labels` "

@@ -6,7 +6,6 @@ import string
 from dataclasses import dataclass, replace
 
 from fedscape.core.config import without_baselines
-from fedscape.core.manifest import note
 from fedscape.core.names import unknown_name_error
 from fedscape.data import imagenet200
 
@@ -160,15 +159,18 @@ DATASET_OPTION_ORDER: tuple[str, ...] = ("test_fraction", "proxy_fraction", "dat
 _OPTION_RANK = {key: i for i, key in enumerate(DATASET_OPTION_ORDER)}
 # Where a data set's files are and whether fedscape may fetch them (`datasets.<name>.data_dir`, `download`): not
 # what the data is. Every job's settings carry these keys at these values, whatever the config says, and a job reads
-# the config's own when it starts (`with_data_locations`, which its record keeps): moving the data to a node's
-# scratch or a colleague's copy, or turning `download` off once the files are there, reruns nothing. (As for every
-# file the DAG does not list, different data under the same path reruns nothing either: `--forcerun` remakes it.)
+# the config's own when it starts (`fedscape.data.locations.with_data_locations`, which its record keeps): moving the
+# data to a node's scratch or a colleague's copy, or turning `download` off once the files are there, reruns nothing.
+# What the files hold is recorded too (their fingerprint), and `make status` lists the results made from other data
+# than the files there now, with the command that remakes them.
 LOCATION_BASELINES: dict[str, object] = {"data_dir": None, "download": False}
 # The same for a pretrained init's folders: its proxy data set's (`inits.<label>.proxy_data_dir`; None: the clients'
 # data set's data_dir) and down-sampled ImageNet's (`proxy_dir`). A folder that is set is planned at its baseline
 # here and one that is not stays None: whether `proxy_dir` is set says which proxy the init trains on, where it is
 # does not. (Its baseline is no folder a job could read by mistake: `fedscape.stages.init` refuses it.)
 INIT_LOCATION_BASELINES: dict[str, object] = {"proxy_data_dir": None, "proxy_dir": "<inits.proxy_dir>"}
+# The files of down-sampled ImageNet in a pretrained init's `proxy_dir` (Chrabaszcz et al. 2017's batches)
+IMAGENET32_FILES = "*.npz"
 # Datasets normalised per RGB channel with published statistics (`fedscape.data.sources.normalisation`), which
 # `datasets.<name>.channel_mean` and `channel_std` may replace with a paper's own (e.g. the CIFAR std of many public
 # loaders, (0.2023, 0.1994, 0.2010), that the flatness paper's code uses)
@@ -266,42 +268,6 @@ def dataset_settings(name: str, options: dict) -> dict:
         if key in settings:
             settings[key] = baseline
     return dict(sorted(settings.items(), key=lambda item: _OPTION_RANK.get(item[0], len(_OPTION_RANK))))
-
-
-def with_data_locations(settings: dict, config: dict) -> dict:
-    """A job's `settings` with the data locations `config` gives now, which the job reads its data from: the
-    location keys (LOCATION_BASELINES) of every data set's options in them, and a pretrained init's folders
-    (INIT_LOCATION_BASELINES). The job's record notes them (`fedscape.core.manifest`).
-
-    A job's settings carry these keys at their baselines (`dataset_settings`, `fedscape.plan.init`), so that the
-    location is not part of what Snakemake compares; a job finds its data set's name beside its options, as
-    `dataset` or in its `run`."""
-    read: dict[str, dict] = {}
-
-    def fill(node):
-        if isinstance(node, list):
-            return [fill(v) for v in node]
-        if not isinstance(node, dict):
-            return node
-        out = {k: fill(v) for k, v in node.items()}
-        if "dataset_options" in out:
-            run = out.get("run") if isinstance(out.get("run"), dict) else {}
-            name = out.get("dataset") or run.get("dataset")
-            if name not in config["datasets"]:
-                raise ValueError(f"job settings with dataset_options name no data set of the config's datasets "
-                                 f"({', '.join(sorted(config['datasets']))}): {name!r}")
-            given = config["datasets"][name]
-            read[name] = {k: given.get(k, baseline) for k, baseline in LOCATION_BASELINES.items()}
-            out["dataset_options"] = {**out["dataset_options"], **read[name]}
-        if out.get("kind") == "pretrained" and any(k in out for k in INIT_LOCATION_BASELINES):
-            spec = config["inits"][out["init"]]
-            read[f"inits.{out['init']}"] = {k: spec.get(k) for k in INIT_LOCATION_BASELINES}
-            out.update(read[f"inits.{out['init']}"])
-        return out
-
-    filled = fill(settings)
-    note(data_locations=read)
-    return filled
 
 
 def target_model_options(name: str, options: dict) -> dict:

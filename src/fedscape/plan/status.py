@@ -10,6 +10,10 @@ falls into one class:
 - `missing`: not made yet (a new run, a new analysis);
 - `other`: anything else Snakemake reports (forced, incomplete, a changed conda environment).
 
+Snakemake does not see the data: a data set's location is not part of any job's settings, and its files are no
+job's inputs. Each job that read data recorded the fingerprint of its files (`data.locations`); the results made
+from other files than those there now are listed too (`made from other data`), and the command remakes them.
+
 Every recorded result that no planned job remakes is current, whichever commit made it: the job records (`_manifest`,
 `core.manifest`) say which, and a result made by another commit at the same result versions is current.
 """
@@ -27,6 +31,7 @@ from pathlib import Path
 from fedscape.core.config import read_config_file
 from fedscape.core.manifest import code_label, output_records
 from fedscape.core.paths import results_root
+from fedscape.data.locations import DataChange, changed_data
 
 CLASSES = ("meaning", "made from", "dates", "missing", "other")
 # Snakemake's words for each reason (the start of a `reason:` part), in the order the classes are checked
@@ -78,11 +83,15 @@ def parse_dry_run(text: str) -> list[PlannedJob]:
     return [j for j in jobs if j.rule != "all"]
 
 
-def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args: Iterable[str] = ()) -> list[str]:
-    """The lines of `make status` for a dry run's jobs and the results' job records."""
+def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args: Iterable[str] = (),
+           changes: Sequence[DataChange] = ()) -> list[str]:
+    """The lines of `make status` for a dry run's jobs, the results' job records and the data sets whose files
+    changed since some of them were made (`data.locations.changed_data`)."""
     planned = {o for job in jobs for o in job.outputs}
+    stale = [c for c in changes if c.now is not None]
+    other_data = {o for c in stale for job in c.jobs for o in job}
     current = Counter(code_label(r.get("code"), digits=12) for output, r in records.items()
-                      if output not in planned and Path(output).exists())
+                      if output not in planned and output not in other_data and Path(output).exists())
     by_kind = {kind: [j for j in jobs if j.kind == kind] for kind in CLASSES}
     lines = [f"current: {sum(current.values())} recorded results"
              + (f", made by {', '.join(f'{c} ({n})' for c, n in current.most_common())}" if current else "")]
@@ -100,11 +109,17 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
                          + ", ".join(f"{r} {n}" for r, n in sorted(counts.items())) + ")")
     if by_kind["made from"] and not meaning:
         lines.append(f"made from results remade above: {len(by_kind['made from'])} jobs")
-    if meaning:
-        targets = " ".join(o for j in sorted(meaning, key=lambda j: j.outputs) for o in j.outputs[:1])
+    if changes:
+        lines.append(f"made from other data than the files there now: {sum(len(c.jobs) for c in stale)} jobs")
+        for change in changes:
+            lines.append(f"  {change.describe()}")
+            lines += [f"    {job[0]}" for job in sorted(change.jobs)] if change.now is not None else []
+    targets = [j.outputs[0] for j in sorted(meaning, key=lambda j: j.outputs) if j.outputs]
+    targets += sorted({job[0] for c in stale for job in c.jobs} - set(targets))
+    if targets:
         extra = " ".join(snakemake_args)
         lines.append("remake only these (and what is made from them):")
-        lines.append(f"  snakemake --cores all {extra + ' ' if extra else ''}--forcerun {targets}")
+        lines.append(f"  snakemake --cores all {extra + ' ' if extra else ''}--forcerun {' '.join(targets)}")
     elif not jobs:
         lines.append("nothing to remake")
     return lines
@@ -121,16 +136,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(proc.stdout[-4000:] + proc.stderr[-4000:], file=sys.stderr)
         print("the dry run failed: fix what it says first", file=sys.stderr)
         return 1
-    results = _results_dir(args)
-    for line in report(parse_dry_run(proc.stdout + proc.stderr), output_records(results), args):
+    config = _config(args)
+    jobs = parse_dry_run(proc.stdout + proc.stderr)
+    records = output_records(results_root(config))
+    changes = changed_data(records, config, skip={o for job in jobs for o in job.outputs})
+    for line in report(jobs, records, args, changes):
         print(line)
     return 0
 
 
-def _results_dir(args: Sequence[str]) -> str:
-    """The results directory of the config the arguments name (the default config's without one)."""
+def _config(args: Sequence[str]) -> dict:
+    """The config the arguments give the workflow: the last `--configfile` (which replaces the default config, as in
+    the Snakefile), the default config without one."""
     configs = [a for i, a in enumerate(args) if i > 0 and args[i - 1] in ("--configfile", "--configfiles")]
-    return results_root(read_config_file(configs[-1] if configs else "config/config.yaml"))
+    return read_config_file(configs[-1] if configs else "config/config.yaml")
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ def proxy_data(job: PretrainedInit, device: torch.device | str = "cpu") -> Proxy
     if job.proxy_dir:
         if job.proxy_dir == INIT_LOCATION_BASELINES["proxy_dir"]:
             raise ValueError("the job's proxy_dir is its planned baseline, not a folder: a job reads the config's "
-                             "(fedscape.data.specs.with_data_locations)")
+                             "(fedscape.data.locations.with_data_locations)")
         if dataset_info(job.dataset).input_description != "3x32x32 images":  # ImageNet-200 is RGB too
             raise ValueError(f"proxy_dir (down-sampled ImageNet) needs a 32x32 RGB dataset, not {job.dataset}")
         mean, std = normalisation(job.dataset, options)

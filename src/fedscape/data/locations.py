@@ -1,0 +1,248 @@
+"""Where a job's data is, and what it holds: the locations a job reads from the config when it starts, and the
+fingerprint of the files it read, which its record keeps and `make status` compares with the files there now.
+
+A data set's location is not part of a job's settings (`fedscape.data.specs.LOCATION_BASELINES`): moving the data
+reruns nothing. So replacing the data under the same path would rerun nothing either, and every result made from
+the old data would look current. Every job that reads data therefore records, per data set it read, a `DataRead`
+(which files, found through which config keys) and the fingerprint of those files (`fedscape.core.fingerprints`:
+their contents and their paths relative to the data set's folder, so a copy elsewhere has the same one).
+`make status` reads those records and lists the results whose data changed since (`changed_data`).
+
+Torch-free: the partition job and `make status` use it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fedscape.core.fingerprints import Fingerprint, tree_fingerprint
+from fedscape.core.manifest import note
+from fedscape.core.paths import DATA_HASHES, results_root
+from fedscape.data import imagenet200
+from fedscape.data.leaf import LEAF_SPLITS, leaf_directory, raw_roles_directory, reddit_vocab_path
+from fedscape.data.sources import cifar_files, digits_file
+from fedscape.data.specs import DATASET_NAMES, IMAGENET32_FILES, INIT_LOCATION_BASELINES, LOCATION_BASELINES
+from fedscape.data.stackoverflow import WORD_COUNT_FILE, database_path
+
+IMAGENET32 = "imagenet32"  # a DataRead's reader for down-sampled ImageNet (a pretrained init's proxy_dir)
+
+
+@dataclass(frozen=True)
+class DataRead:
+    """One data set a job read: `key` names it as the config does (`datasets.cifar10`, `inits.pre.proxy_dir`,
+    `inits.pre.proxy_dataset`); `reader` is the data set whose files were read (or `imagenet32`); `source` its
+    `datasets.<name>.source` where that chooses other files (Shakespeare's raw texts); `location` the config keys
+    that give its folder, the first one set wins (a proxy data set without its own folder is read from the clients'
+    data set's)."""
+
+    key: str
+    reader: str
+    location: tuple[tuple[str, ...], ...] = ()
+    source: str | None = None
+
+    def data_dir(self, config: Mapping) -> str | None:
+        """The folder `config` gives this data set (None: none set, e.g. the digits bundled with scikit-learn)."""
+        for keys in self.location:
+            node = config
+            for key in keys:
+                node = node.get(key) if isinstance(node, Mapping) else None
+            if node is not None:
+                return str(node)
+        return None
+
+    def as_record(self) -> dict:
+        return {"reader": self.reader, "location": [list(k) for k in self.location], "source": self.source}
+
+    @classmethod
+    def from_record(cls, key: str, record: Mapping) -> DataRead:
+        return cls(key, record["reader"], tuple(tuple(k) for k in record.get("location") or ()),
+                   record.get("source"))
+
+
+def data_files(reader: str, data_dir: str | None, source: str | None = None) -> tuple[Path, tuple[str, ...]]:
+    """The folder and the files (relative to it) that data set `reader` is read from below `data_dir`: every file
+    its reader opens (`fedscape.data.sources`), in the layout the reader finds. FileNotFoundError as the reader
+    raises it when they are not there."""
+    if reader == "digits":
+        paths = [digits_file()]
+    elif reader in ("cifar10", "cifar100"):
+        paths = cifar_files(reader, data_dir)
+    elif reader == "shakespeare" and source == "raw":
+        paths = sorted(raw_roles_directory(data_dir).glob("*.txt"))
+    elif reader in ("femnist", "shakespeare", "reddit"):
+        directory = leaf_directory(reader, data_dir)
+        paths = [p for split in LEAF_SPLITS for p in sorted((directory / split).glob("*.json"))]
+        if reader == "reddit":
+            paths.append(reddit_vocab_path(directory))
+    elif reader == "stackoverflow":
+        database = database_path(data_dir)
+        paths = [database, database.parent / WORD_COUNT_FILE]
+    elif reader == "imagenet200":
+        if data_dir is None:
+            raise FileNotFoundError("ImageNet-200 is read from a data_dir, and none was given")
+        paths = [Path(p) for split, per_class in (("train", imagenet200.TRAIN_PER_CLASS), ("val", None))
+                 for p in imagenet200.list_split(data_dir, split, per_class).paths]
+        solution = imagenet200.flat_val_solution(data_dir)
+        paths += [solution] if solution is not None else []
+    elif reader == IMAGENET32:
+        paths = sorted(Path(data_dir).glob(IMAGENET32_FILES)) if data_dir is not None else []
+        if not paths:
+            raise FileNotFoundError(f"no {IMAGENET32_FILES} files in {data_dir}")
+    else:
+        raise ValueError(f"no files are known for the data set {reader!r} (one of {', '.join(DATASET_NAMES)}, "
+                         f"or {IMAGENET32})")
+    paths = [Path(os.path.abspath(p)) for p in paths]
+    root = Path(os.path.commonpath([p.parent for p in paths]))
+    return root, tuple(p.relative_to(root).as_posix() for p in paths)
+
+
+def fingerprint(read: DataRead, data_dir: str | None, cache_dir: str | os.PathLike | None) -> Fingerprint:
+    """The fingerprint of the files `read` is read from below `data_dir` (`data_files`)."""
+    root, names = data_files(read.reader, data_dir, read.source)
+    return tree_fingerprint(root, names, cache_dir)
+
+
+def hash_cache(config: Mapping) -> str:
+    """Where the file digests of a config's data sets are kept: below its results directory."""
+    return os.path.join(results_root(config), DATA_HASHES)
+
+
+def with_data_locations(settings: dict, config: dict) -> dict:
+    """A job's `settings` with the data locations `config` gives now, which the job reads its data from: the
+    location keys (LOCATION_BASELINES) of every data set's options in them, and a pretrained init's folders
+    (INIT_LOCATION_BASELINES). The job's record notes them (`fedscape.core.manifest`), and the fingerprint of each
+    data set the job reads (`data_reads`), taken when the job has finished (a CIFAR job with `download: true` fetches
+    its files first).
+
+    A job's settings carry these keys at their baselines (`dataset_settings`, `fedscape.plan.init`), so that the
+    location is not part of what Snakemake compares; a job finds its data set's name beside its options, as
+    `dataset` or in its `run`."""
+    read: dict[str, dict] = {}
+
+    def fill(node):
+        if isinstance(node, list):
+            return [fill(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: fill(v) for k, v in node.items()}
+        if "dataset_options" in out:
+            name = _dataset_of(out)
+            if name not in config["datasets"]:
+                raise ValueError(f"job settings with dataset_options name no data set of the config's datasets "
+                                 f"({', '.join(sorted(config['datasets']))}): {name!r}")
+            given = config["datasets"][name]
+            read[name] = {k: given.get(k, baseline) for k, baseline in LOCATION_BASELINES.items()}
+            out["dataset_options"] = {**out["dataset_options"], **read[name]}
+        if out.get("kind") == "pretrained" and any(k in out for k in INIT_LOCATION_BASELINES):
+            spec = config["inits"][out["init"]]
+            read[f"inits.{out['init']}"] = {k: spec.get(k) for k in INIT_LOCATION_BASELINES}
+            out.update(read[f"inits.{out['init']}"])
+        return out
+
+    filled = fill(settings)
+    reads = data_reads(filled)
+    note(data_locations=read, data=lambda: data_record(reads, config))
+    return filled
+
+
+def _dataset_of(node: Mapping) -> str | None:
+    run = node.get("run") if isinstance(node.get("run"), dict) else {}
+    return node.get("dataset") or run.get("dataset")
+
+
+def data_reads(settings: dict) -> list[DataRead]:
+    """The data sets a job with these `settings` reads: each node with `dataset_options` reads its data set, except
+    a pretrained init whose proxy lies elsewhere (down-sampled ImageNet in `proxy_dir`, or a `proxy_dataset`), which
+    reads that instead."""
+    reads: dict[str, DataRead] = {}
+
+    def visit(node):
+        if isinstance(node, list):
+            for v in node:
+                visit(v)
+        if not isinstance(node, dict):
+            return
+        for v in node.values():
+            visit(v)
+        if "dataset_options" not in node:
+            return
+        name = _dataset_of(node)
+        own = ("datasets", name, "data_dir")
+        if node.get("kind") == "pretrained" and node.get("proxy_dir"):
+            key = f"inits.{node['init']}.proxy_dir"
+            reads[key] = DataRead(key, IMAGENET32, (("inits", node["init"], "proxy_dir"),))
+        elif node.get("kind") == "pretrained" and node.get("proxy_dataset"):
+            key = f"inits.{node['init']}.proxy_dataset"
+            reads[key] = DataRead(key, node["proxy_dataset"], (("inits", node["init"], "proxy_data_dir"), own))
+        else:
+            source = node["dataset_options"].get("source")
+            reads[f"datasets.{name}"] = DataRead(f"datasets.{name}", name, (own,),
+                                                 source if source not in (None, "preprocessed") else None)
+
+    visit(settings)
+    return list(reads.values())
+
+
+def data_record(reads: Iterable[DataRead], config: Mapping) -> dict[str, dict]:
+    """What a job's record says of the data it read: per `DataRead`, how to find its files again, the folder it
+    was read from and their fingerprint (None with the reason where they cannot be read now)."""
+    out = {}
+    for read in reads:
+        data_dir = read.data_dir(config)
+        try:
+            found = fingerprint(read, data_dir, hash_cache(config)).as_record()
+        except (OSError, ValueError) as exc:
+            found = {"sha256": None, "problem": f"{type(exc).__name__}: {exc}"}
+        out[read.key] = {**read.as_record(), "data_dir": data_dir, **found}
+    return out
+
+
+@dataclass
+class DataChange:
+    """A data set whose files differ from those some recorded results were made from."""
+
+    read: DataRead
+    data_dir: str | None
+    now: Fingerprint | None
+    problem: str | None = None
+    jobs: list[tuple[str, ...]] = field(default_factory=list)  # the outputs of each job made from other data
+
+    def describe(self) -> str:
+        """One line: the data set, its folder now and what it holds, or why it cannot be read."""
+        where = f"{self.read.key} ({self.data_dir or 'bundled'})"
+        if self.now is None:
+            return f"{where}: cannot be read now ({self.problem}); {len(self.jobs)} jobs not checked"
+        return f"{where} now holds {self.now.short}: {len(self.jobs)} jobs read other files"
+
+
+def changed_data(records: Mapping[str, dict], config: Mapping, skip: Iterable[str] = ()) -> list[DataChange]:
+    """The data sets of `config` whose files are not those that recorded jobs read (`records`:
+    `core.manifest.output_records`, output -> its job's record), each with the outputs of each such job. A job
+    with an output in `skip` (a dry run plans it already) or without its outputs is left out. A data set that
+    cannot be read now (moved without telling the config) is listed with the problem and no fingerprint."""
+    skip = set(skip)
+    jobs: dict[str, tuple[dict, list[str]]] = {}
+    for output, record in records.items():
+        jobs.setdefault(record.get("log") or output, (record, []))[1].append(output)
+    changes: dict[tuple, DataChange] = {}
+    for record, outputs in jobs.values():
+        if skip.intersection(outputs) or not all(Path(o).exists() for o in outputs):
+            continue
+        for key, entry in sorted((record.get("data") or {}).items()):
+            if not isinstance(entry, dict) or not entry.get("sha256"):
+                continue
+            read = DataRead.from_record(key, entry)
+            data_dir = read.data_dir(config)
+            if (read, data_dir) not in changes:
+                try:
+                    now, problem = fingerprint(read, data_dir, hash_cache(config)), None
+                except (OSError, ValueError) as exc:
+                    now, problem = None, f"{type(exc).__name__}: {exc}"
+                changes[read, data_dir] = DataChange(read, data_dir, now, problem)
+            change = changes[read, data_dir]
+            if change.now is None or change.now.sha256 != entry["sha256"]:
+                change.jobs.append(tuple(sorted(outputs)))
+    return [c for c in changes.values() if c.jobs]

@@ -357,6 +357,8 @@ def test_status_leaves_out_planned_jobs_and_moved_data_and_says_what_it_cannot_r
     lines = report([], records, [], [unreadable])
     assert any("cannot be read now" in line and "2 jobs not checked" in line for line in lines)
     assert not any("--forcerun" in line for line in lines)
+    # a data set the config no longer has is no longer the workflow's
+    assert changed_data(records, {**config, "datasets": {"digits": {}}}) == []
     # a job the dry run plans anyway is not listed twice
     (tmp_path / "moved/cifar-10-batches-py/test_batch").write_bytes(b"x")
     (change,) = changed_data(records, moved, skip={"results/t/trajectory.pt"})

@@ -53,6 +53,16 @@ class DataRead:
                 return str(node)
         return None
 
+    def in_config(self, config: Mapping) -> bool:
+        """Whether `config` still has the data set (or init) whose folder this is: results of one it dropped are no
+        longer the workflow's."""
+        for keys in self.location[:1]:
+            node = config
+            for key in keys[:-1]:
+                node = node.get(key) if isinstance(node, Mapping) else None
+            return isinstance(node, Mapping)
+        return False
+
     def as_record(self) -> dict:
         return {"reader": self.reader, "location": [list(k) for k in self.location], "source": self.source}
 
@@ -221,8 +231,9 @@ class DataChange:
 def changed_data(records: Mapping[str, dict], config: Mapping, skip: Iterable[str] = ()) -> list[DataChange]:
     """The data sets of `config` whose files are not those that recorded jobs read (`records`:
     `core.manifest.output_records`, output -> its job's record), each with the outputs of each such job. A job
-    with an output in `skip` (a dry run plans it already) or without its outputs is left out. A data set that
-    cannot be read now (moved without telling the config) is listed with the problem and no fingerprint."""
+    with an output in `skip` (a dry run plans it already) or without its outputs, and a data set (or init) the config
+    no longer has, are left out. A data set that cannot be read now (moved without telling the config) is listed
+    with the problem and no fingerprint."""
     skip = set(skip)
     jobs: dict[str, tuple[dict, list[str]]] = {}
     for output, record in records.items():
@@ -235,6 +246,8 @@ def changed_data(records: Mapping[str, dict], config: Mapping, skip: Iterable[st
             if not isinstance(entry, dict) or not entry.get("sha256"):
                 continue
             read = DataRead.from_record(key, entry)
+            if not read.in_config(config):
+                continue
             data_dir = read.data_dir(config)
             if (read, data_dir) not in changes:
                 try:

@@ -28,11 +28,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedscape.core.config import read_config_file
 from fedscape.core.manifest import code_label, output_records
 from fedscape.core.paths import results_root
 from fedscape.data.locations import DataChange, changed_data
+from fedscape.plan.workflow import load_config
 
+SCHEMA = "workflow/schemas/config.schema.yaml"  # below the workflow's root, where `make status` runs
 CLASSES = ("meaning", "made from", "dates", "missing", "other")
 # Snakemake's words for each reason (the start of a `reason:` part), in the order the classes are checked
 _REASONS = (
@@ -146,10 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _config(args: Sequence[str]) -> dict:
-    """The config the arguments give the workflow: the last `--configfile` (which replaces the default config, as in
-    the Snakefile), the default config without one."""
+    """The config the arguments give the workflow, its defaults filled: the last `--configfile` (which replaces the
+    default config, as in the Snakefile), the default config without one."""
     configs = [a for i, a in enumerate(args) if i > 0 and args[i - 1] in ("--configfile", "--configfiles")]
-    return read_config_file(configs[-1] if configs else "config/config.yaml")
+    return load_config(configs[-1] if configs else "config/config.yaml", SCHEMA)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from fedscape.data.locations import (
     data_files,
     data_reads,
     hash_cache,
+    unfingerprinted_jobs,
     with_data_locations,
 )
 from fedscape.data.sources import load_source
@@ -367,3 +368,16 @@ def test_status_leaves_out_planned_jobs_and_moved_data_and_says_what_it_cannot_r
 
 def test_the_hash_cache_lies_below_the_results():
     assert hash_cache({**TINY, "results_dir": "res/x"}) == os.path.join("res/x", "_data_hashes")
+
+
+def test_status_counts_the_jobs_that_read_data_before_fingerprints_were_recorded():
+    # two jobs that noted where their data was but not what it held (one with two outputs), one that read no data,
+    # one with a fingerprint
+    old = {"log": "logs/t.log", "data_locations": {"digits": {"data_dir": None}}}
+    records = {"t/a.pt": old, "t/b.csv": old, "p/p.npz": {"log": "logs/p.log", "data_locations": {"digits": {}}},
+               "tables/x.csv": {"log": "logs/x.log", "data_locations": {}},
+               "n/n.npz": {"log": "logs/n.log", "data_locations": {"digits": {}}, "data": {}}}
+
+    assert unfingerprinted_jobs(records) == 2
+    assert report([], {}, [], [], 2)[-2] == ("made before fedscape recorded what their data held: 2 jobs (not checked "
+                                             "against the files there now)")

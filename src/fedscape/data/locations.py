@@ -259,3 +259,10 @@ def changed_data(records: Mapping[str, dict], config: Mapping, skip: Iterable[st
             if change.now is None or change.now.sha256 != entry["sha256"]:
                 change.jobs.append(tuple(sorted(outputs)))
     return [c for c in changes.values() if c.jobs]
+
+
+def unfingerprinted_jobs(records: Mapping[str, dict]) -> int:
+    """How many recorded jobs read data (their record notes its locations) but not what it held: jobs made before
+    fedscape recorded fingerprints, which `changed_data` cannot check."""
+    logs = {r.get("log") for r in records.values() if r.get("data_locations") and "data" not in r}
+    return len(logs)

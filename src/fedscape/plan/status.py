@@ -30,7 +30,7 @@ from pathlib import Path
 
 from fedscape.core.manifest import code_label, output_records
 from fedscape.core.paths import results_root
-from fedscape.data.locations import DataChange, changed_data
+from fedscape.data.locations import DataChange, changed_data, unfingerprinted_jobs
 from fedscape.plan.workflow import load_config
 
 SCHEMA = "workflow/schemas/config.schema.yaml"  # below the workflow's root, where `make status` runs
@@ -85,9 +85,10 @@ def parse_dry_run(text: str) -> list[PlannedJob]:
 
 
 def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args: Iterable[str] = (),
-           changes: Sequence[DataChange] = ()) -> list[str]:
-    """The lines of `make status` for a dry run's jobs, the results' job records and the data sets whose files
-    changed since some of them were made (`data.locations.changed_data`)."""
+           changes: Sequence[DataChange] = (), unchecked: int = 0) -> list[str]:
+    """The lines of `make status` for a dry run's jobs, the results' job records, the data sets whose files
+    changed since some of them were made (`data.locations.changed_data`) and the number of jobs that read data
+    before fedscape recorded what it held (`unchecked`)."""
     planned = {o for job in jobs for o in job.outputs}
     stale = [c for c in changes if c.now is not None]
     other_data = {o for c in stale for job in c.jobs for o in job}
@@ -115,6 +116,9 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
         for change in changes:
             lines.append(f"  {change.describe()}")
             lines += [f"    {job[0]}" for job in sorted(change.jobs)] if change.now is not None else []
+    if unchecked:
+        lines.append(f"made before fedscape recorded what their data held: {unchecked} jobs (not checked against "
+                     "the files there now)")
     targets = [j.outputs[0] for j in sorted(meaning, key=lambda j: j.outputs) if j.outputs]
     targets += sorted({job[0] for c in stale for job in c.jobs} - set(targets))
     if targets:
@@ -141,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs = parse_dry_run(proc.stdout + proc.stderr)
     records = output_records(results_root(config))
     changes = changed_data(records, config, skip={o for job in jobs for o in job.outputs})
-    for line in report(jobs, records, args, changes):
+    for line in report(jobs, records, args, changes, unfingerprinted_jobs(records)):
         print(line)
     return 0
 

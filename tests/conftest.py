@@ -11,6 +11,17 @@ import pytest
 import torch
 from helpers.workflow import TINY_CONFIG, copy_workflow, snakemake
 
+from fedscape.core import manifest
+
+
+@pytest.fixture(autouse=True)
+def no_earlier_job_notes():
+    """Each test starts as a job process does (`core.logs.job_log`): with no note of an earlier job (the data sets a
+    job reads are among them, and a job that loads a partition checks their fingerprint)."""
+    manifest.start_notes()
+    yield
+    manifest.start_notes()
+
 
 @pytest.fixture(scope='module')
 def one_thread():

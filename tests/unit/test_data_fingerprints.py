@@ -19,6 +19,8 @@ from helpers.words import write_reddit, write_stackoverflow
 
 from fedscape.core import fingerprints, manifest
 from fedscape.core.fingerprints import tree_fingerprint
+from fedscape.data.datasets import dataset_from_options
+from fedscape.data.federated import federate
 from fedscape.data.imagenet32 import ImageNet32
 from fedscape.data.locations import (
     IMAGENET32,
@@ -27,9 +29,11 @@ from fedscape.data.locations import (
     data_files,
     data_reads,
     hash_cache,
+    job_fingerprint,
     unfingerprinted_jobs,
     with_data_locations,
 )
+from fedscape.data.partition import PartitionError, iid_partition, save_partition
 from fedscape.data.sources import load_source
 from fedscape.data.specs import DATASETS
 from fedscape.plan.status import report
@@ -255,20 +259,12 @@ def test_a_proxy_data_set_without_a_folder_of_its_own_is_read_from_the_clients_o
     assert DataRead.from_record(read.key, json.loads(json.dumps(read.as_record()))) == read
 
 
-@pytest.fixture
-def record_notes():
-    """The notes of the job running in this process, emptied before and after."""
-    manifest.start_notes()
-    yield manifest._NOTES
-    manifest.start_notes()
-
-
 def _cifar_config(tmp_path: Path, data_dir: Path) -> dict:
     return {"results_dir": str(tmp_path / "results"), "datasets": {"cifar10": {"data_dir": str(data_dir)}},
             "inits": {}}
 
 
-def test_a_job_s_record_keeps_the_fingerprint_of_the_data_it_read_once_it_has_read_it(tmp_path, record_notes):
+def test_a_job_s_record_keeps_the_fingerprint_of_the_data_it_read_once_it_has_read_it(tmp_path):
     # Prepare: the job's settings; CIFAR's files appear only after the job started (as `download: true` fetches them)
     config = _cifar_config(tmp_path, tmp_path / "data")
     settings = {"dataset": "cifar10", "dataset_options": {"data_dir": None, "download": False}}
@@ -286,7 +282,7 @@ def test_a_job_s_record_keeps_the_fingerprint_of_the_data_it_read_once_it_has_re
     assert list((tmp_path / "results/_data_hashes").iterdir())  # the cache below the results
 
 
-def test_a_job_whose_data_cannot_be_fingerprinted_records_why(tmp_path, record_notes):
+def test_a_job_whose_data_cannot_be_fingerprinted_records_why(tmp_path):
     config = _cifar_config(tmp_path, tmp_path / "nowhere")
     with_data_locations({"dataset": "cifar10", "dataset_options": {}}, config)
     manifest.write_record(tmp_path / "record.json", [], 0.0)
@@ -381,3 +377,41 @@ def test_status_counts_the_jobs_that_read_data_before_fingerprints_were_recorded
     assert unfingerprinted_jobs(records) == 2
     assert report([], {}, [], [], 2)[-2] == ("made before fedscape recorded what their data held: 2 jobs (not checked "
                                              "against the files there now)")
+
+
+def _job(config: dict) -> None:
+    """The start of a job that reads CIFAR-10 where `config` says (as `job_log` and the rule's script start it)."""
+    manifest.start_notes()
+    with_data_locations({"dataset": "cifar10", "dataset_options": {}}, config)
+
+
+def test_a_job_loading_a_partition_made_from_other_files_stops(tmp_path):
+    # Prepare: a partition job records the fingerprint of the files it split
+    data = write_fake_cifar10(tmp_path / "data", 6, 6)
+    config = _cifar_config(tmp_path, data)
+    _job(config)
+    labels = dataset_from_options("cifar10", {"data_dir": str(data)}).y_train.numpy()
+    made_from = job_fingerprint("cifar10")
+    save_partition(tmp_path / "p.npz", iid_partition(len(labels), 3, seed=0), labels, 10,
+                   {"dataset": "cifar10", "data_sha256": made_from})
+
+    # Execute / Assert: the same files, and a copy elsewhere the config points to, load
+    _job(config)
+    federate(dataset_from_options("cifar10", {"data_dir": str(data)}), tmp_path / "p.npz")
+    shutil.copytree(data, tmp_path / "copy")
+    _job(_cifar_config(tmp_path, tmp_path / "copy"))
+    assert job_fingerprint("cifar10") == made_from
+    federate(dataset_from_options("cifar10", {"data_dir": str(tmp_path / "copy")}), tmp_path / "p.npz")
+    # other images with the same labels (which the labels' checksum cannot see) stop the job, naming both prints
+    write_fake_cifar10(data, 6, 6, seed=1)
+    _job(config)
+    now = job_fingerprint("cifar10")
+    with pytest.raises(PartitionError, match=f"made from other files of cifar10 .*{made_from[:12]}, now {now[:12]}"):
+        federate(dataset_from_options("cifar10", {"data_dir": str(data)}), tmp_path / "p.npz")
+    # outside a job (no data set noted), and for a partition that recorded no fingerprint, nothing is compared
+    manifest.start_notes()
+    assert job_fingerprint("cifar10") is None
+    federate(dataset_from_options("cifar10", {"data_dir": str(data)}), tmp_path / "p.npz")
+    save_partition(tmp_path / "old.npz", iid_partition(len(labels), 3, seed=0), labels, 10, {"dataset": "cifar10"})
+    _job(config)
+    federate(dataset_from_options("cifar10", {"data_dir": str(data)}), tmp_path / "old.npz")

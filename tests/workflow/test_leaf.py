@@ -107,7 +107,8 @@ def test_status_names_the_results_made_from_other_data_under_the_same_path_and_r
     snakemake(workdir, f"{run_dir}/metrics.csv", "--configfile", "c.yaml")
     before = _status(workdir)
 
-    # Execute: other images under the same path (the labels as they were: the partition's label check passes)
+    # Execute: other images under the same path (the labels as they were: the partition's label check passes); then
+    # the run alone forced (as a new analysis of it would read the old partition with the new files), then the remake
     train_file = next((tmp_path / "leaf/femnist/data/train").glob("*.json"))
     data = json.loads(train_file.read_text())
     user = next(iter(data["user_data"]))
@@ -115,6 +116,9 @@ def test_status_names_the_results_made_from_other_data_under_the_same_path_and_r
     train_file.write_text(json.dumps(data))
     changed = _status(workdir)
     unseen = snakemake(workdir, "-n", f"{run_dir}/metrics.csv", "--configfile", "c.yaml")
+    mixed = snakemake(workdir, "--configfile", "c.yaml", "--forcerun", f"{run_dir}/metrics.csv", "--",
+                      f"{run_dir}/metrics.csv", check=False)
+    train_log = (workdir / "logs" / run_dir.removeprefix("results/") / "train.log").read_text()
     rerun = ("--configfile", "c.yaml", "--forcerun", *_forcerun_targets(changed), "--", f"{run_dir}/metrics.csv")
     forced = planned_jobs(workdir, *rerun)
     snakemake(workdir, *rerun)
@@ -123,6 +127,8 @@ def test_status_names_the_results_made_from_other_data_under_the_same_path_and_r
     # Assert: Snakemake sees nothing, make status names the two jobs that read FEMNIST and remakes them
     assert "made from other data" not in before
     assert "Nothing to be done" in unseen.stdout + unseen.stderr
+    # a job that would train on the new files with the partition of the old ones stops
+    assert mixed.returncode != 0 and "was made from other files of femnist than those there now" in train_log
     assert "made from other data than the files there now: 2 jobs" in changed
     assert f"datasets.femnist ({tmp_path / 'leaf'}) now holds" in changed
     assert sorted(_forcerun_targets(changed)) == sorted([counts, f"{run_dir}/client_updates.csv"])

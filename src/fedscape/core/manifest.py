@@ -48,6 +48,11 @@ def note(**fields) -> None:
     _NOTES.update(fields)
 
 
+def noted(key: str):
+    """What the running job noted under `key` (None if nothing)."""
+    return _NOTES.get(key)
+
+
 def file_record(path: str | Path) -> dict:
     """{'size': bytes, 'sha256': hex digest} of a file, read in chunks (checkpoints are hundreds of MB)."""
     return {"size": os.path.getsize(path), "sha256": file_sha256(path)}

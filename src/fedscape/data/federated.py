@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from fedscape.data.datasets import Dataset, Images, StoredImages, dataset_from_options, take_rows
+from fedscape.data.locations import job_fingerprint
 from fedscape.data.partition import Partition, check_run_partition, load_partition, partition_kind
 
 
@@ -53,7 +54,7 @@ def client_inputs(x_train: Images, part: Partition) -> Images:
 
 def federate(ds: Dataset, partition_path: str | Path, device: torch.device | str = "cpu") -> FederatedData:
     """The dataset split among clients by the partition file (checked against its labels), on `device`."""
-    part = load_partition(partition_path, ds.sample_labels(ds.y_train).numpy())
+    part = load_partition(partition_path, ds.sample_labels(ds.y_train).numpy(), job_fingerprint(ds.name))
     return FederatedData(
         x_train=client_inputs(ds.x_train, part).to(device), y_train=ds.y_train.to(device),
         client_indices=[torch.as_tensor(ix, device=device) for ix in part.client_indices],

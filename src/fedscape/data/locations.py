@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedscape.core.fingerprints import Fingerprint, tree_fingerprint
-from fedscape.core.manifest import note
+from fedscape.core.manifest import note, noted
 from fedscape.core.paths import DATA_HASHES, results_root
 from fedscape.data import imagenet200
 from fedscape.data.leaf import LEAF_SPLITS, leaf_directory, raw_roles_directory, reddit_vocab_path
@@ -153,9 +153,37 @@ def with_data_locations(settings: dict, config: dict) -> dict:
         return out
 
     filled = fill(settings)
-    reads = data_reads(filled)
-    note(data_locations=read, data=lambda: data_record(reads, config))
+    note(data_locations=read, data=JobData(data_reads(filled), config))
     return filled
+
+
+class JobData:
+    """The data sets the running job reads (`with_data_locations` notes it as the record's `data`): called, the
+    record of each (`data_record`), their fingerprints taken once per job, when first asked for (`job_fingerprint`:
+    by the partition job and each job that loads a partition) or when the record is written."""
+
+    def __init__(self, reads: Iterable[DataRead], config: Mapping) -> None:
+        self.reads = {read.key: read for read in reads}
+        self.config = config
+        self._records: dict[str, dict] = {}
+
+    def record(self, key: str) -> dict:
+        if key not in self._records:
+            self._records.update(data_record([self.reads[key]], self.config))
+        return self._records[key]
+
+    def __call__(self) -> dict[str, dict]:
+        return {key: self.record(key) for key in self.reads}
+
+
+def job_fingerprint(dataset: str) -> str | None:
+    """The SHA-256 fingerprint of data set `dataset`'s files as the running job reads them (`with_data_locations`
+    said where); None outside such a job (a test, a benchmark) or where its files cannot be read."""
+    data = noted("data")
+    key = f"datasets.{dataset}"
+    if not isinstance(data, JobData) or key not in data.reads:
+        return None
+    return data.record(key)["sha256"]
 
 
 def _dataset_of(node: Mapping) -> str | None:

@@ -576,8 +576,10 @@ def save_partition(path, partition: Partition, labels: np.ndarray, num_classes: 
             )
 
 
-def load_partition(path, labels: np.ndarray | None = None) -> Partition:
-    """Load a partition; with `labels`, check it was made for this dataset's training set."""
+def load_partition(path, labels: np.ndarray | None = None, data_sha256: str | None = None) -> Partition:
+    """Load a partition; with `labels`, check it was made for this dataset's training set, and with `data_sha256`
+    (the fingerprint of the data set's files now: `fedscape.data.locations.job_fingerprint`) that it was made from
+    these files (a partition that recorded theirs)."""
     try:
         with np.load(path, allow_pickle=False) as f:
             indices, offsets = f["indices"], f["offsets"]
@@ -594,6 +596,13 @@ def load_partition(path, labels: np.ndarray | None = None) -> Partition:
                 f"({meta['num_samples_total']} samples in the partition, {len(labels)} in the dataset, or "
                 f"different labels); {remake_alone_hint(path)}"
             )
+    made_from = meta.get("data_sha256")
+    if data_sha256 and made_from and data_sha256 != made_from:
+        raise PartitionError(
+            f"partition file {path} was made from other files of {meta.get('dataset')} than those there now "
+            f"(fingerprint {made_from[:12]}, now {data_sha256[:12]}): what was made from the old files is out of "
+            "date, and this job would mix the two. `make status` lists those results with the command that remakes "
+            "them (from the partition on); or put back the files it was made from")
     shards = tuple(indices[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1))
     alpha = math.nan if meta["alpha"] is None else float(meta["alpha"])
     kind = meta.get("kind") or ("iid" if math.isinf(alpha) else "dirichlet")  # files from before the kinds

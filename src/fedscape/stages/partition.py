@@ -11,6 +11,7 @@ import pandas as pd
 
 from fedscape.core.io import write_csv
 from fedscape.core.setting import alpha_column
+from fedscape.data.locations import job_fingerprint
 from fedscape.data.partition import make_kind_partition, save_partition, setting_entry
 from fedscape.data.sources import source_from_options
 from fedscape.stages.partition_settings import PartitionJob
@@ -28,7 +29,9 @@ def partition_job(settings: dict, out_npz: str | Path, out_csv: str | Path) -> N
     entry, label = setting_entry(setting, job.kind)  # an alpha: its iid or dirichlet entry
     part = make_kind_partition(entry, labels, job.num_clients, job.seed, job.min_size, job.max_tries,
                                writer_ids=ds.writer_ids, dataset=job.dataset, label=label)
-    save_partition(out_npz, part, labels, ds.num_classes, {"dataset": job.dataset})
+    made_from = job_fingerprint(job.dataset)  # what the files held: a job loading the partition checks its data
+    save_partition(out_npz, part, labels, ds.num_classes,
+                   {"dataset": job.dataset, **({"data_sha256": made_from} if made_from else {})})
     counts = part.class_counts(labels, ds.num_classes)
     df = pd.DataFrame({"dataset": job.dataset, "alpha": alpha_column(setting), "partition": part.kind,
                        "num_clients": part.num_clients, "seed": job.seed,

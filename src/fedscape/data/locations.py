@@ -6,7 +6,9 @@ reruns nothing. So replacing the data under the same path would rerun nothing ei
 the old data would look current. Every job that reads data therefore records, per data set it read, a `DataRead`
 (which files, found through which config keys) and the fingerprint of those files (`fedscape.core.fingerprints`:
 their contents and their paths relative to the data set's folder, so a copy elsewhere has the same one).
-`make status` reads those records and lists the results whose data changed since (`changed_data`).
+`make status` reads those records and lists the results whose data changed since (`changed_data`). A partition
+records the fingerprint of the files it split, and a job that loads it with other files stops
+(`job_fingerprint`, `fedscape.data.partition.load_partition`): it would mix results of the two.
 
 Torch-free: the partition job and `make status` use it.
 """
@@ -124,8 +126,8 @@ def with_data_locations(settings: dict, config: dict) -> dict:
     """A job's `settings` with the data locations `config` gives now, which the job reads its data from: the
     location keys (LOCATION_BASELINES) of every data set's options in them, and a pretrained init's folders
     (INIT_LOCATION_BASELINES). The job's record notes them (`fedscape.core.manifest`), and the fingerprint of each
-    data set the job reads (`data_reads`), taken when the job has finished (a CIFAR job with `download: true` fetches
-    its files first).
+    data set the job reads (`data_reads`, `JobData`), taken when the job first needs it or else when its record is
+    written, after the job's work (a CIFAR job with `download: true` fetches its files first).
 
     A job's settings carry these keys at their baselines (`dataset_settings`, `fedscape.plan.init`), so that the
     location is not part of what Snakemake compares; a job finds its data set's name beside its options, as

@@ -99,6 +99,15 @@ def non_finite(value, where: tuple = ()) -> list[str]:
     return []
 
 
+def config_value(config: Mapping, keys: Iterable[str]):
+    """The value at the key path `keys` of a nested config (`("training", "lr")`); None where a key is missing or a
+    value on the way is no mapping."""
+    node = config
+    for key in keys:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node
+
+
 def key_path(parts: Iterable) -> str:
     """Dotted text of a key path: `training.lr`, `experiments[2].alpha`."""
     text = ""

@@ -20,13 +20,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedscape.core.config import config_value
 from fedscape.core.fingerprints import Fingerprint, tree_fingerprint
 from fedscape.core.manifest import note, noted
 from fedscape.core.paths import DATA_HASHES, results_root
 from fedscape.data import imagenet200
 from fedscape.data.leaf import LEAF_SPLITS, leaf_directory, raw_roles_directory, reddit_vocab_path
 from fedscape.data.sources import cifar_files, digits_file
-from fedscape.data.specs import DATASET_NAMES, IMAGENET32_FILES, INIT_LOCATION_BASELINES, LOCATION_BASELINES
+from fedscape.data.specs import (
+    DATASET_BASELINES,
+    DATASET_NAMES,
+    IMAGENET32_FILES,
+    INIT_LOCATION_BASELINES,
+    LOCATION_BASELINES,
+)
 from fedscape.data.stackoverflow import WORD_COUNT_FILE, database_path
 
 IMAGENET32 = "imagenet32"  # a DataRead's reader for down-sampled ImageNet (a pretrained init's proxy_dir)
@@ -47,23 +54,13 @@ class DataRead:
 
     def data_dir(self, config: Mapping) -> str | None:
         """The folder `config` gives this data set (None: none set, e.g. the digits bundled with scikit-learn)."""
-        for keys in self.location:
-            node = config
-            for key in keys:
-                node = node.get(key) if isinstance(node, Mapping) else None
-            if node is not None:
-                return str(node)
-        return None
+        folders = [config_value(config, keys) for keys in self.location]
+        return next((str(f) for f in folders if f is not None), None)
 
     def in_config(self, config: Mapping) -> bool:
         """Whether `config` still has the data set (or init) whose folder this is: results of one it dropped are no
         longer the workflow's."""
-        for keys in self.location[:1]:
-            node = config
-            for key in keys[:-1]:
-                node = node.get(key) if isinstance(node, Mapping) else None
-            return isinstance(node, Mapping)
-        return False
+        return bool(self.location) and isinstance(config_value(config, self.location[0][:-1]), Mapping)
 
     def as_record(self) -> dict:
         return {"reader": self.reader, "location": [list(k) for k in self.location], "source": self.source}
@@ -111,10 +108,15 @@ def data_files(reader: str, data_dir: str | None, source: str | None = None) -> 
     return root, tuple(p.relative_to(root).as_posix() for p in paths)
 
 
-def fingerprint(read: DataRead, data_dir: str | None, cache_dir: str | os.PathLike | None) -> Fingerprint:
-    """The fingerprint of the files `read` is read from below `data_dir` (`data_files`)."""
-    root, names = data_files(read.reader, data_dir, read.source)
-    return tree_fingerprint(root, names, cache_dir)
+def fingerprint_now(read: DataRead, config: Mapping) -> tuple[str | None, Fingerprint | None, str | None]:
+    """The folder `config` gives `read`'s data set, the fingerprint of its files there (`data_files`), and None; or
+    the folder, None and why they cannot be read."""
+    data_dir = read.data_dir(config)
+    try:
+        root, names = data_files(read.reader, data_dir, read.source)
+        return data_dir, tree_fingerprint(root, names, hash_cache(config)), None
+    except (OSError, ValueError) as exc:
+        return data_dir, None, f"{type(exc).__name__}: {exc}"
 
 
 def hash_cache(config: Mapping) -> str:
@@ -171,7 +173,7 @@ class JobData:
 
     def record(self, key: str) -> dict:
         if key not in self._records:
-            self._records.update(data_record([self.reads[key]], self.config))
+            self._records[key] = data_record(self.reads[key], self.config)
         return self._records[key]
 
     def __call__(self) -> dict[str, dict]:
@@ -218,26 +220,20 @@ def data_reads(settings: dict) -> list[DataRead]:
             key = f"inits.{node['init']}.proxy_dataset"
             reads[key] = DataRead(key, node["proxy_dataset"], (("inits", node["init"], "proxy_data_dir"), own))
         else:
-            source = node["dataset_options"].get("source")
+            source = node["dataset_options"].get("source", DATASET_BASELINES["source"])
             reads[f"datasets.{name}"] = DataRead(f"datasets.{name}", name, (own,),
-                                                 source if source not in (None, "preprocessed") else None)
+                                                 None if source == DATASET_BASELINES["source"] else source)
 
     visit(settings)
     return list(reads.values())
 
 
-def data_record(reads: Iterable[DataRead], config: Mapping) -> dict[str, dict]:
-    """What a job's record says of the data it read: per `DataRead`, how to find its files again, the folder it
-    was read from and their fingerprint (None with the reason where they cannot be read now)."""
-    out = {}
-    for read in reads:
-        data_dir = read.data_dir(config)
-        try:
-            found = fingerprint(read, data_dir, hash_cache(config)).as_record()
-        except (OSError, ValueError) as exc:
-            found = {"sha256": None, "problem": f"{type(exc).__name__}: {exc}"}
-        out[read.key] = {**read.as_record(), "data_dir": data_dir, **found}
-    return out
+def data_record(read: DataRead, config: Mapping) -> dict:
+    """What a job's record says of a data set it read: how to find its files again, the folder it was read from and
+    their fingerprint (sha256 None, with the reason, where they cannot be read now)."""
+    data_dir, now, problem = fingerprint_now(read, config)
+    found = now.as_record() if now is not None else {"sha256": None, "problem": problem}
+    return {**read.as_record(), "data_dir": data_dir, **found}
 
 
 @dataclass
@@ -280,11 +276,7 @@ def changed_data(records: Mapping[str, dict], config: Mapping, skip: Iterable[st
                 continue
             data_dir = read.data_dir(config)
             if (read, data_dir) not in changes:
-                try:
-                    now, problem = fingerprint(read, data_dir, hash_cache(config)), None
-                except (OSError, ValueError) as exc:
-                    now, problem = None, f"{type(exc).__name__}: {exc}"
-                changes[read, data_dir] = DataChange(read, data_dir, now, problem)
+                changes[read, data_dir] = DataChange(read, *fingerprint_now(read, config))
             change = changes[read, data_dir]
             if change.now is None or change.now.sha256 != entry["sha256"]:
                 change.jobs.append(tuple(sorted(outputs)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedscape.core.config import config_value
 from fedscape.core.gpus import visible_gpus
 
 
@@ -86,9 +87,8 @@ def memory_hint(rule: str, config: dict, wildcards: dict[str, str]) -> str:
     keys = []
     for entry in RULE_NEEDS[rule].memory if rule in RULE_NEEDS else ():
         template, _, least = entry.partition("=")
-        parts, node = [part.format_map(_Kept(wildcards)) for part in template.split(".")], config
-        for part in parts:
-            node = node.get(part) if isinstance(node, dict) else None
+        parts = [part.format_map(_Kept(wildcards)) for part in template.split(".")]
+        node = config_value(config, parts)
         notes = [] if node is None else [f"now {str(node).lower() if isinstance(node, bool) else node}"]
         notes += [f"{least} uses least"] if least else []
         keys.append(f"{'.'.join(parts)} ({'; '.join(notes) or 'unset'})")

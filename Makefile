@@ -50,6 +50,7 @@ verify: install
 # The results that are out of date in meaning (settings, result versions or the set of inputs changed) or made from
 # other data than the files under their data set's folder now, with the command that remakes only them; results made
 # by another commit at the same result versions are current.
+# Data files are hashed again only where their size, date or inode changed; ARGS="--rehash" reads every one again.
 #   make status ARGS="--configfile config/papers/pilot_digits.yaml"
 status: install
 	$(BIN)/python -m fedscape.plan.status $(ARGS)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -18,7 +20,7 @@ from helpers.leaf import write_femnist, write_shakespeare_raw
 from helpers.words import write_reddit, write_stackoverflow
 
 from fedscape.core import fingerprints, manifest
-from fedscape.core.fingerprints import tree_fingerprint
+from fedscape.core.fingerprints import TreeDifference, tree_difference, tree_files, tree_fingerprint
 from fedscape.data.datasets import dataset_from_options
 from fedscape.data.federated import federate
 from fedscape.data.imagenet32 import ImageNet32
@@ -105,7 +107,7 @@ def test_a_damaged_or_unwritable_cache_costs_a_hash_never_a_wrong_digest(tmp_pat
     folder = tmp_path / "cache"
     folder.mkdir()
     tree_fingerprint(tmp_path / "d", names, folder)
-    (path,) = folder.iterdir()
+    (path,) = folder.glob("*.json")
     if cache == "damaged":
         path.write_text('{"version": 1, "files": {"a.bin": [')
     elif cache == "another version":
@@ -119,6 +121,66 @@ def test_a_damaged_or_unwritable_cache_costs_a_hash_never_a_wrong_digest(tmp_pat
         assert tree_fingerprint(tmp_path / "d", names, folder) == want
     finally:
         folder.chmod(0o700)
+
+
+def test_rehashing_sees_a_change_that_keeps_size_date_and_inode(tmp_path):
+    # Prepare: a byte changed in place, the file's modification time put back (inode and size unchanged)
+    names = _files(tmp_path / "d", FILES)
+    before = tree_fingerprint(tmp_path / "d", names, tmp_path / "cache")
+    stat = (tmp_path / "d/a.bin").stat()
+    with open(tmp_path / "d/a.bin", "r+b") as fh:
+        fh.write(b"A")
+    os.utime(tmp_path / "d/a.bin", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    # Execute
+    cached = tree_fingerprint(tmp_path / "d", names, tmp_path / "cache")
+    rehashed = tree_fingerprint(tmp_path / "d", names, tmp_path / "cache", rehash=True)
+    after = tree_fingerprint(tmp_path / "d", names, tmp_path / "cache")
+
+    # Assert: the cache cannot see it (its documented blind spot); a rehash does, and the cache keeps the new digest
+    assert cached == before
+    assert rehashed == after == tree_fingerprint(tmp_path / "d", names, None) != before
+
+
+def test_each_fingerprint_keeps_the_list_of_its_files_so_a_later_one_names_what_differs(tmp_path):
+    # Prepare: one file changed, one added, one removed, between two fingerprints
+    first = {**FILES, "gone.bin": b"g", "z/same.bin": b"s"}
+    names = _files(tmp_path / "d", first)
+    before = tree_fingerprint(tmp_path / "d", names, tmp_path / "cache")
+    (tmp_path / "d/a.bin").write_bytes(b"changed")
+    names = (*[n for n in names if n != "gone.bin"], *_files(tmp_path / "d", {"new.bin": b"n"}))
+
+    # Execute
+    after = tree_fingerprint(tmp_path / "d", names, tmp_path / "cache")
+    difference = tree_difference(tree_files(tmp_path / "cache", before.sha256),
+                                 tree_files(tmp_path / "cache", after.sha256))
+
+    # Assert
+    assert tree_files(tmp_path / "cache", before.sha256) == {n: hashlib.sha256(b).hexdigest() for n, b in first.items()}
+    assert difference == TreeDifference(changed=("a.bin",), added=("new.bin",), removed=("gone.bin",))
+    assert difference.describe() == "1 changed (a.bin), 1 added (new.bin), 1 removed (gone.bin)"
+    assert fingerprints.describe_change(tmp_path / "cache", before.sha256, before.sha256) == "the same files"
+    assert "not known" in fingerprints.describe_change(tmp_path / "cache", "0" * 64, after.sha256)
+
+
+def test_a_file_difference_names_a_few_files_and_counts_the_rest():
+    before = {f"f{i}": "x" for i in range(5)}
+
+    difference = tree_difference(before, {f"f{i}": "y" for i in range(5)})
+
+    assert difference.describe(limit=2) == "5 changed (f0, f1 and 3 more)"
+
+
+@pytest.mark.parametrize("damage", ["not gzip", "another version", "no files"])
+def test_a_damaged_list_of_files_is_no_list(tmp_path, damage):
+    names = _files(tmp_path / "d", FILES)
+    sha = tree_fingerprint(tmp_path / "d", names, tmp_path / "cache").sha256
+    (path,) = (tmp_path / "cache/trees").iterdir()
+    body = {"not gzip": b"{}", "another version": gzip.compress(b'{"version": 99, "files": {}}'),
+            "no files": gzip.compress(b'{"version": 1}')}[damage]
+    path.write_bytes(body)
+
+    assert tree_files(tmp_path / "cache", sha) is None
 
 
 def test_a_missing_file_is_named(tmp_path):
@@ -312,7 +374,7 @@ def _recorded(tmp_path: Path, monkeypatch, config: dict) -> dict[str, dict]:
     entry = {**data_reads({"dataset": "cifar10", "dataset_options": {}})[0].as_record()}
     read = DataRead.from_record("datasets.cifar10", entry)
     root, names = data_files("cifar10", read.data_dir(config))
-    entry["sha256"] = tree_fingerprint(root, names).sha256
+    entry["sha256"] = tree_fingerprint(root, names, hash_cache(config)).sha256
     partition = {"log": "logs/p.log", "data": {"datasets.cifar10": entry}, "code": {"commit": "a" * 40}}
     train = {"log": "logs/t.log", "data": {"datasets.cifar10": entry}, "code": {"commit": "a" * 40}}
     records = {"results/p/partition.npz": partition, "results/t/metrics.csv": train, "results/t/trajectory.pt": train,
@@ -343,6 +405,9 @@ def test_status_lists_the_jobs_made_from_other_data_with_the_command_that_remake
     assert lines[0] == f"current: 1 recorded results, made by {'a' * 12} (1)"
     assert "made from other data than the files there now: 2 jobs" in lines
     assert any(line.startswith(f"  datasets.cifar10 ({data}) now holds ") and "7 files" in line for line in lines)
+    made_from = records["results/p/partition.npz"]["data"]["datasets.cifar10"]["sha256"]
+    listed = lines.index(f"    made from {made_from[:12]}, now 1 changed (data_batch_3)")
+    assert lines[listed + 1:listed + 3] == ["      results/p/partition.npz", "      results/t/metrics.csv"]
     assert lines[-1] == ("  snakemake --cores all --configfile c.yaml --forcerun results/p/partition.npz "
                          "results/t/metrics.csv")
 
@@ -416,7 +481,8 @@ def test_a_job_loading_a_partition_made_from_other_files_stops(tmp_path):
     write_fake_cifar10(data, 6, 6, seed=1)
     _job(config)
     now = job_fingerprint("cifar10")
-    with pytest.raises(PartitionError, match=f"made from other files of cifar10 .*{made_from[:12]}, now {now[:12]}"):
+    with pytest.raises(PartitionError, match=f"made from other files of cifar10 .*{made_from[:12]}, now {now[:12]}: "
+                       r"6 changed \(data_batch_1, data_batch_2, data_batch_3 and 3 more\)"):
         federate(dataset_from_options("cifar10", {"data_dir": str(data)}), tmp_path / "p.npz")
     # outside a job (no data set noted), and for a partition that recorded no fingerprint, nothing is compared
     manifest.start_notes()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
+from fedscape.plan import status
 from fedscape.plan.status import PlannedJob, parse_dry_run, report
 
 DRY_RUN = """Building DAG of jobs...
@@ -91,3 +94,33 @@ def test_the_report_names_the_out_of_date_results_the_command_and_the_commits_of
 
 def test_nothing_planned_says_so():
     assert report([], {}) == ["current: 0 recorded results", "out of date in meaning: 0 jobs", "nothing to remake"]
+
+
+@pytest.mark.parametrize(("args", "rehash"), [(["--configfile", "my.yaml"], False),
+                                              (["--rehash", "--configfile", "my.yaml"], True)])
+def test_rehash_reads_every_data_file_again_and_is_not_passed_to_snakemake(monkeypatch, args, rehash):
+    # Prepare: the dry run and the data check, recorded
+    seen = {}
+
+    def dry_run(cmd, **_):
+        seen["cmd"] = cmd
+        return subprocess.CompletedProcess(cmd, 0, DRY_RUN, "")
+
+    def config(a):
+        seen["config_args"] = a
+        return {"results_dir": "r"}
+
+    def changed_data(records, config, skip, rehash):
+        seen["rehash"] = rehash
+        return []
+
+    monkeypatch.setattr(status.subprocess, "run", dry_run)
+    monkeypatch.setattr(status, "_config", config)
+    monkeypatch.setattr(status, "changed_data", changed_data)
+
+    # Execute
+    assert status.main(args) == 0
+
+    # Assert
+    assert seen["cmd"][-3:] == ["-n", "--configfile", "my.yaml"] and seen["config_args"] == ["--configfile", "my.yaml"]
+    assert seen["rehash"] is rehash

@@ -131,6 +131,7 @@ def test_status_names_the_results_made_from_other_data_under_the_same_path_and_r
     assert mixed.returncode != 0 and "was made from other files of femnist than those there now" in train_log
     assert "made from other data than the files there now: 2 jobs" in changed
     assert f"datasets.femnist ({tmp_path / 'leaf'}) now holds" in changed
+    assert f", now 1 changed (train/{train_file.name})" in changed  # which file differs
     assert sorted(_forcerun_targets(changed)) == sorted([counts, f"{run_dir}/client_updates.csv"])
     assert forced == {"partition": 1, "train": 1, "total": 2}
     assert "made from other data" not in remade

@@ -9,21 +9,27 @@ The digest is over the files' paths relative to their root and their contents: a
 fingerprint of the original, a changed byte or a renamed file another. Hashing ImageNet's images takes minutes, so
 each file's digest is kept in a cache keyed by its path, size, modification time and inode (DVC's state database does
 the same): a job re-reads only files that changed since they were hashed. A lost cache entry (two jobs writing the
-cache at once) costs one more hash, never a wrong digest.
+cache at once) costs one more hash, never a wrong digest. A change that keeps a file's size, modification time and
+inode is not seen through the cache: `rehash` reads every file again.
+
+Beside it, the list of each fingerprint's files and their digests is kept once (`trees/<fingerprint>.json.gz`, about
+45 bytes a file compressed: 5 MB for ImageNet-200's 110,000 images), so that a later fingerprint can say which files
+differ (`tree_difference`) rather than only that some do.
 
 Torch-free: `make status` runs without torch.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedscape.core.io import atomic_write_text
+from fedscape.core.io import atomic_path, atomic_write_text
 
 _CHUNK = 1 << 20
 CACHE_VERSION = 1
@@ -58,14 +64,16 @@ def _stat_key(stat: os.stat_result) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
 
 
-def tree_fingerprint(root: str | os.PathLike, names: Sequence[str], cache_dir: str | os.PathLike | None = None
-                     ) -> Fingerprint:
+def tree_fingerprint(root: str | os.PathLike, names: Sequence[str], cache_dir: str | os.PathLike | None = None,
+                     rehash: bool = False) -> Fingerprint:
     """The fingerprint of the files `names` (paths relative to `root`, '/'-separated): SHA-256 over each name and
     its file's digest, in sorted order. `cache_dir`: where the files' digests are kept between calls (one JSON file
-    per root; None: no cache). FileNotFoundError naming a missing file."""
+    per root), and the list of each fingerprint's files (`tree_files`); None: no cache. `rehash`: read every file
+    again, whatever the cache holds (the cache then holds the new digests). FileNotFoundError naming a missing
+    file."""
     root = Path(root).resolve()
     cache_file = None if cache_dir is None else Path(cache_dir) / f"{hashlib.sha256(bytes(root)).hexdigest()[:20]}.json"
-    cached = _read_cache(cache_file)
+    cached = {} if rehash else _read_cache(cache_file)
     fresh: dict[str, list] = {}
     total = hashlib.sha256()
     size = 0
@@ -84,7 +92,75 @@ def tree_fingerprint(root: str | os.PathLike, names: Sequence[str], cache_dir: s
                                                       "files": {**cached, **fresh}}) + "\n")
         except OSError:
             pass
-    return Fingerprint(total.hexdigest(), len(fresh), size)
+    found = Fingerprint(total.hexdigest(), len(fresh), size)
+    if cache_dir is not None:
+        _keep_tree(Path(cache_dir), found.sha256, {name: sha for name, (_, sha) in fresh.items()})
+    return found
+
+
+TREES = "trees"  # below the cache folder: one list of files per fingerprint
+
+
+def _tree_path(cache_dir: str | os.PathLike, sha256: str) -> Path:
+    return Path(cache_dir) / TREES / f"{sha256}.json.gz"
+
+
+def _keep_tree(cache_dir: Path, sha256: str, files: dict[str, str]) -> None:
+    """Keep the list of a fingerprint's files, once: its name is its content's digest, so an existing one is
+    right (a read-only results folder keeps none, and no file difference can be named later)."""
+    path = _tree_path(cache_dir, sha256)
+    if path.exists():
+        return
+    try:
+        with atomic_path(path, suffix=".gz") as tmp:
+            tmp.write_bytes(gzip.compress(json.dumps({"version": CACHE_VERSION, "files": files}).encode(), mtime=0))
+    except OSError:
+        pass
+
+
+def tree_files(cache_dir: str | os.PathLike, sha256: str) -> dict[str, str] | None:
+    """The files (name -> SHA-256) whose fingerprint is `sha256`, as kept when it was taken; None where no list
+    was kept (a fingerprint recorded before lists were kept, another results folder, a damaged list)."""
+    try:
+        data = json.loads(gzip.decompress(_tree_path(cache_dir, sha256).read_bytes()))
+    except (OSError, ValueError, EOFError):
+        return None
+    files = data.get("files") if isinstance(data, dict) and data.get("version") == CACHE_VERSION else None
+    return files if isinstance(files, dict) else None
+
+
+@dataclass(frozen=True)
+class TreeDifference:
+    """The files that differ between two lists of files: changed in content, only in the later one, only in the
+    earlier one (each sorted)."""
+
+    changed: tuple[str, ...] = ()
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+    def describe(self, limit: int = 3) -> str:
+        """'2 changed (a.json, b.json), 1 added (c.json)': at most `limit` names of each kind."""
+        parts = []
+        for what, names in (("changed", self.changed), ("added", self.added), ("removed", self.removed)):
+            if names:
+                shown = ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+                parts.append(f"{len(names)} {what} ({shown})")
+        return ", ".join(parts) or "the same files"
+
+
+def tree_difference(before: Mapping[str, str], after: Mapping[str, str]) -> TreeDifference:
+    """Which files of `after` (name -> digest) differ from `before`."""
+    return TreeDifference(tuple(sorted(n for n in before.keys() & after.keys() if before[n] != after[n])),
+                          tuple(sorted(after.keys() - before.keys())), tuple(sorted(before.keys() - after.keys())))
+
+
+def describe_change(cache_dir: str | os.PathLike, before: str, after: str) -> str:
+    """Which files differ between fingerprints `before` and `after`, in words ('1 changed (a.json)'), or that it
+    is not known, where the list of either was not kept."""
+    old, new = tree_files(cache_dir, before), tree_files(cache_dir, after)
+    if old is None or new is None:
+        return "which files differ is not known (no list of the earlier files was kept)"
+    return tree_difference(old, new).describe()
 
 
 def _read_cache(path: Path | None) -> dict[str, list]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedscape.core.config import config_value
-from fedscape.core.fingerprints import Fingerprint, tree_fingerprint
+from fedscape.core.fingerprints import Fingerprint, describe_change, tree_fingerprint
 from fedscape.core.manifest import note, noted
 from fedscape.core.paths import DATA_HASHES, results_root
 from fedscape.data import imagenet200
@@ -108,13 +108,14 @@ def data_files(reader: str, data_dir: str | None, source: str | None = None) -> 
     return root, tuple(p.relative_to(root).as_posix() for p in paths)
 
 
-def fingerprint_now(read: DataRead, config: Mapping) -> tuple[str | None, Fingerprint | None, str | None]:
+def fingerprint_now(read: DataRead, config: Mapping, rehash: bool = False
+                    ) -> tuple[str | None, Fingerprint | None, str | None]:
     """The folder `config` gives `read`'s data set, the fingerprint of its files there (`data_files`), and None; or
-    the folder, None and why they cannot be read."""
+    the folder, None and why they cannot be read. `rehash`: every file read again (`tree_fingerprint`)."""
     data_dir = read.data_dir(config)
     try:
         root, names = data_files(read.reader, data_dir, read.source)
-        return data_dir, tree_fingerprint(root, names, hash_cache(config)), None
+        return data_dir, tree_fingerprint(root, names, hash_cache(config), rehash), None
     except (OSError, ValueError) as exc:
         return data_dir, None, f"{type(exc).__name__}: {exc}"
 
@@ -190,6 +191,14 @@ def job_fingerprint(dataset: str) -> str | None:
     return data.record(key)["sha256"]
 
 
+def job_data_change(dataset: str, before: str) -> str:
+    """Which files of data set `dataset`, as the running job reads them, differ from those whose fingerprint was
+    `before`, in words (`core.fingerprints.describe_change`); '' outside such a job."""
+    data = noted("data")
+    now = job_fingerprint(dataset)
+    return describe_change(hash_cache(data.config), before, now) if now else ""
+
+
 def _dataset_of(node: Mapping) -> str | None:
     run = node.get("run") if isinstance(node.get("run"), dict) else {}
     return node.get("dataset") or run.get("dataset")
@@ -245,6 +254,8 @@ class DataChange:
     now: Fingerprint | None
     problem: str | None = None
     jobs: list[tuple[str, ...]] = field(default_factory=list)  # the outputs of each job made from other data
+    made_from: list[str] = field(default_factory=list)  # the fingerprint each of those jobs recorded
+    cache_dir: str | None = None  # where the lists of the fingerprints' files are kept
 
     def describe(self) -> str:
         """One line: the data set, its folder now and what it holds, or why it cannot be read."""
@@ -253,13 +264,25 @@ class DataChange:
             return f"{where}: cannot be read now ({self.problem}); {len(self.jobs)} jobs not checked"
         return f"{where} now holds {self.now.short}: {len(self.jobs)} jobs read other files"
 
+    def by_files(self) -> list[tuple[str, list[tuple[str, ...]]]]:
+        """The jobs grouped by the files they read: for each recorded fingerprint (sorted), which files differ from
+        those there now, in words, and the outputs of each job that read them."""
+        groups: dict[str, list[tuple[str, ...]]] = {}
+        for sha, job in zip(self.made_from, self.jobs, strict=True):
+            groups.setdefault(sha, []).append(job)
+        return [(f"{sha[:12]}, now {describe_change(self.cache_dir, sha, self.now.sha256)}"
+                 if self.now is not None and self.cache_dir else sha[:12], sorted(jobs))
+                for sha, jobs in sorted(groups.items())]
 
-def changed_data(records: Mapping[str, dict], config: Mapping, skip: Iterable[str] = ()) -> list[DataChange]:
+
+def changed_data(records: Mapping[str, dict], config: Mapping, skip: Iterable[str] = (), rehash: bool = False
+                 ) -> list[DataChange]:
     """The data sets of `config` whose files are not those that recorded jobs read (`records`:
     `core.manifest.output_records`, output -> its job's record), each with the outputs of each such job. A job
     with an output in `skip` (a dry run plans it already) or without its outputs, and a data set (or init) the config
     no longer has, are left out. A data set that cannot be read now (moved without telling the config) is listed
-    with the problem and no fingerprint."""
+    with the problem and no fingerprint. `rehash`: every file read again, not trusting the cache's digests of files
+    whose size, modification time and inode are unchanged."""
     skip = set(skip)
     jobs: dict[str, tuple[dict, list[str]]] = {}
     for output, record in records.items():
@@ -276,10 +299,12 @@ def changed_data(records: Mapping[str, dict], config: Mapping, skip: Iterable[st
                 continue
             data_dir = read.data_dir(config)
             if (read, data_dir) not in changes:
-                changes[read, data_dir] = DataChange(read, *fingerprint_now(read, config))
+                changes[read, data_dir] = DataChange(read, *fingerprint_now(read, config, rehash),
+                                                     cache_dir=hash_cache(config))
             change = changes[read, data_dir]
             if change.now is None or change.now.sha256 != entry["sha256"]:
                 change.jobs.append(tuple(sorted(outputs)))
+                change.made_from.append(entry["sha256"])
     return [c for c in changes.values() if c.jobs]
 
 

@@ -22,6 +22,7 @@ from fedscape.core.names import suggest
 from fedscape.core.provenance import check_belongs
 from fedscape.core.seeds import derive_seed
 from fedscape.core.setting import IID, is_partition_label, parse_alpha
+from fedscape.data.locations import job_data_change
 from fedscape.data.specs import DATASET_NAMES, dataset_info
 
 MAX_TRIES_DEFAULT = 1000
@@ -598,9 +599,11 @@ def load_partition(path, labels: np.ndarray | None = None, data_sha256: str | No
             )
     made_from = meta.get("data_sha256")
     if data_sha256 and made_from and data_sha256 != made_from:
+        differ = job_data_change(meta.get("dataset"), made_from)
         raise PartitionError(
             f"partition file {path} was made from other files of {meta.get('dataset')} than those there now "
-            f"(fingerprint {made_from[:12]}, now {data_sha256[:12]}): what was made from the old files is out of "
+            f"(fingerprint {made_from[:12]}, now {data_sha256[:12]}{': ' + differ if differ else ''}): what was "
+            "made from the old files is out of "
             "date, and this job would mix the two. `make status` lists those results with the command that remakes "
             "them (from the partition on); or put back the files it was made from")
     shards = tuple(indices[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1))

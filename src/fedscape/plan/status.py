@@ -34,6 +34,7 @@ from fedscape.data.locations import DataChange, changed_data, unfingerprinted_jo
 from fedscape.plan.workflow import load_config
 
 SCHEMA = "workflow/schemas/config.schema.yaml"  # below the workflow's root, where `make status` runs
+REHASH = "--rehash"
 CLASSES = ("meaning", "made from", "dates", "missing", "other")
 # Snakemake's words for each reason (the start of a `reason:` part), in the order the classes are checked
 _REASONS = (
@@ -115,7 +116,9 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
         lines.append(f"made from other data than the files there now: {sum(len(c.jobs) for c in stale)} jobs")
         for change in changes:
             lines.append(f"  {change.describe()}")
-            lines += [f"    {job[0]}" for job in sorted(change.jobs)] if change.now is not None else []
+            for files, made in change.by_files() if change.now is not None else []:
+                lines.append(f"    made from {files}")
+                lines += [f"      {job[0]}" for job in made]
     if unchecked:
         lines.append(f"made before fedscape recorded what their data held: {unchecked} jobs (not checked against "
                      "the files there now)")
@@ -134,8 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`make status [ARGS="--configfile my.yaml"]`: print the status of the workflow's results; 1 if the dry run fails.
 
     The dry run is Snakemake's own (`snakemake -n` with the given arguments), so it follows the same config and
-    profile as a real run would."""
+    profile as a real run would. `--rehash` (not passed on): every data file read again, not only those whose size,
+    modification time or inode changed since they were last hashed."""
     args = list(sys.argv[1:] if argv is None else argv)
+    rehash = REHASH in args
+    args = [a for a in args if a != REHASH]
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", *args], capture_output=True, text=True)
     if proc.returncode != 0:
         print(proc.stdout[-4000:] + proc.stderr[-4000:], file=sys.stderr)
@@ -144,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = _config(args)
     jobs = parse_dry_run(proc.stdout + proc.stderr)
     records = output_records(results_root(config))
-    changes = changed_data(records, config, skip={o for job in jobs for o in job.outputs})
+    changes = changed_data(records, config, skip={o for job in jobs for o in job.outputs}, rehash=rehash)
     for line in report(jobs, records, args, changes, unfingerprinted_jobs(records)):
         print(line)
     return 0

@@ -6,7 +6,14 @@ CORES ?= 2
 
 .PHONY: install run report smoke32 test test-slurm lint dryrun check-config verify status clean
 
+# What the venv takes (6.0 GiB measured: torch's CUDA build is 5.5) and pip's unpacking. Checked before anything is
+# written: a disk that fills half-way leaves a broken venv and pip's bare "[Errno 28] No space left on device".
+VENV_GIB ?= 7
+
 $(BIN)/activate:
+	@$(PYTHON) -c "import shutil, sys; free = shutil.disk_usage('.').free / 2**30; sys.exit(0 if free >= $(VENV_GIB) \
+	else f'make install needs about $(VENV_GIB) GiB free here for $(VENV) (torch with CUDA is 5.5 GiB); {free:.1f} GiB ' \
+	'are free. Free some space (old clones and their .venv, pip caches) and run it again.')"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,16 @@ import pytest
 import torch
 from helpers.imagenet import write_imagenet32
 
-from fedscape.data.imagenet32 import CACHE_DIR, ImageNet32
+from fedscape.data.imagenet32 import CACHE_DIR, CACHE_ENV, ImageNet32, user_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread: the batches convert on one thread
+
+
+def _copy_name(npz: Path) -> str:
+    """The name of the unpacked copy of `npz`'s compressed `data`: its CRC-32 and size, as the zip file says."""
+    with zipfile.ZipFile(npz) as zf:
+        info = zf.getinfo("data.npy")
+    return f"{npz.stem}.{info.CRC:08x}-{info.file_size}.data.npy"
 
 
 @pytest.mark.parametrize("compressed", [False, True])
@@ -55,11 +63,74 @@ def test_compressed_files_are_unpacked_once(tmp_path: Path) -> None:
     again = ImageNet32(tmp_path)
 
     # Assert: the same cache files, not rewritten, hold the images
-    assert [p.name for p in cached] == ["train_data_batch_1.data.npy", "train_data_batch_2.data.npy"]
+    assert [p.name for p in cached] == [_copy_name(tmp_path / f"train_data_batch_{k}.npz") for k in (1, 2)]
     assert [p.stat().st_mtime_ns for p in cached] == stamps
     assert np.array_equal(np.load(cached[0]), images[:6].reshape(6, 3072))
     assert np.array_equal(again.read(np.arange(9)), images)
     assert not list((tmp_path / CACHE_DIR).glob("*.tmp"))
+
+
+@pytest.mark.parametrize("earlier", ["another version", "a copy named as before copies carried their CRC"])
+def test_a_file_replaced_under_its_name_is_unpacked_again_and_its_old_copy_removed(tmp_path: Path, earlier) -> None:
+    # Prepare: a copy of other images with the same count lies in the cache
+    old, _ = write_imagenet32(tmp_path, sizes=(6,), compressed=True, seed=0)
+    ImageNet32(tmp_path)
+    if earlier != "another version":
+        (stale,) = (tmp_path / CACHE_DIR).iterdir()
+        stale.rename(tmp_path / CACHE_DIR / "train_data_batch_1.data.npy")
+    new, _ = write_imagenet32(tmp_path, sizes=(6,), compressed=True, seed=1)
+
+    # Execute
+    got = ImageNet32(tmp_path).read(np.arange(6))
+
+    # Assert: the new images, one copy (the new file's) left
+    assert not np.array_equal(old, new) and np.array_equal(got, new)
+    assert [p.name for p in (tmp_path / CACHE_DIR).iterdir()] == [_copy_name(tmp_path / "train_data_batch_1.npz")]
+
+
+def test_a_data_folder_that_cannot_be_written_unpacks_to_the_user_cache(tmp_path: Path, monkeypatch) -> None:
+    # Prepare: the cache beside the data cannot be made (a file in its place: root ignores read-only modes)
+    images, _ = write_imagenet32(tmp_path / "data", sizes=(4, 3), compressed=True)
+    (tmp_path / "data" / CACHE_DIR).write_text("not a folder")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
+
+    # Execute
+    got = ImageNet32(tmp_path / "data").read(np.arange(7))
+
+    # Assert: the images, unpacked below the user's cache in a folder of this data folder's own
+    assert np.array_equal(got, images)
+    assert user_cache(tmp_path / "data").parent == tmp_path / "mine" / "imagenet32"
+    assert sorted(p.name for p in user_cache(tmp_path / "data").iterdir()) == [
+        _copy_name(tmp_path / "data" / f"train_data_batch_{k}.npz") for k in (1, 2)]
+    assert user_cache(tmp_path / "data") != user_cache(tmp_path)
+
+
+def test_a_copy_beside_the_data_is_read_before_the_user_cache(tmp_path: Path, monkeypatch) -> None:
+    write_imagenet32(tmp_path / "data", sizes=(4,), compressed=True)
+    ImageNet32(tmp_path / "data")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "mine"))
+
+    (segment,) = ImageNet32(tmp_path / "data").segments
+
+    assert segment.path.parent == tmp_path / "data" / CACHE_DIR and not (tmp_path / "mine").exists()
+
+
+def test_the_user_cache_follows_xdg_without_its_own_variable(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+    assert user_cache(tmp_path).parent == tmp_path / "xdg" / "fedscape" / "imagenet32"
+
+
+def test_no_cache_folder_that_can_be_written_names_each_and_the_variable(tmp_path: Path, monkeypatch) -> None:
+    write_imagenet32(tmp_path / "data", sizes=(4,), compressed=True)
+    (tmp_path / "data" / CACHE_DIR).write_text("not a folder")
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "file" / "below"))
+
+    with pytest.raises(OSError, match=rf"no cache folder could be written: .*{CACHE_DIR}.*; .*file/below.*"
+                                      rf"Set {CACHE_ENV} to a writable folder"):
+        ImageNet32(tmp_path / "data")
 
 
 def test_max_samples_keeps_a_seeded_subset_in_file_order(tmp_path: Path) -> None:
@@ -145,10 +216,10 @@ def test_a_truncated_file_is_named_when_read(tmp_path: Path) -> None:
     # Prepare: the unpacked copy of a compressed file loses its last image
     write_imagenet32(tmp_path, sizes=(4,), compressed=True)
     stream = ImageNet32(tmp_path)
-    cached = tmp_path / CACHE_DIR / "train_data_batch_1.data.npy"
+    cached = tmp_path / CACHE_DIR / _copy_name(tmp_path / "train_data_batch_1.npz")
     cached.write_bytes(cached.read_bytes()[:-100])
 
     # Execute / Assert: the images before it still read
     assert stream.read(np.array([0, 2])).shape == (2, 3, 32, 32)
-    with pytest.raises(ValueError, match=r"train_data_batch_1\.data\.npy: ends before image 3 of 4"):
+    with pytest.raises(ValueError, match=r"train_data_batch_1\.[0-9a-f]{8}-\d+\.data\.npy: ends before image 3 of 4"):
         stream.read(np.array([1, 3]))

@@ -6,12 +6,22 @@ float32, so nothing holds them in memory: the labels are read (10 MB), and each 
 from the uint8 bytes on disk and converted on the fly, so the resident memory stays one batch whatever
 the size of the data. An ``.npz`` member stored uncompressed (``np.savez``) is read where it lies; a
 compressed one (``np.savez_compressed``) is unpacked once, chunk by chunk, to a uint8 ``.npy`` next to
-the data (``.fedscape_cache/``) and read from there.
+the data (``.fedscape_cache/``) and read from there. Where the data's folder cannot be written (a shared,
+read-only copy on a cluster), it is unpacked to the user's cache instead: ``$FEDSCAPE_CACHE_DIR``, else
+``$XDG_CACHE_HOME/fedscape`` or ``~/.cache/fedscape`` (3.9 GB for the whole training set: point the variable at
+scratch where home has a quota).
+
+An unpacked copy is named by its member's CRC-32 and size, which the zip file stores: a file replaced under
+the same name (other images, the same count) is unpacked again rather than read from the old copy, and the
+old copy is removed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -25,6 +35,9 @@ from fedscape.data.specs import IMAGENET32_FILES
 
 ROW_BYTES = 3 * 32 * 32
 CACHE_DIR = ".fedscape_cache"  # inside the data folder
+CACHE_ENV = "FEDSCAPE_CACHE_DIR"  # the user's cache, where the data folder cannot be written
+
+log = logging.getLogger(__name__)
 _CHUNK_ROWS = 16384  # rows per read when unpacking a compressed file (48 MB)
 
 
@@ -56,8 +69,17 @@ def _check_header(where: str, shape: tuple[int, ...], fortran: bool, dtype: np.d
     return rows
 
 
-def _segment(path: Path, cache_dir: Path) -> tuple[_Segment, np.ndarray]:
-    """Where the images of one ``.npz`` lie on disk (unpacked to the cache if compressed), and its labels."""
+def user_cache(directory: Path) -> Path:
+    """Where the compressed files of data folder `directory` are unpacked when the folder cannot be written: a
+    folder per data folder below the user's cache (`CACHE_ENV`, else XDG's cache home)."""
+    base = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fedscape")
+    return Path(base) / "imagenet32" / hashlib.sha256(os.fsencode(directory.resolve())).hexdigest()[:16]
+
+
+def _segment(path: Path, cache_dirs: tuple[Path, ...]) -> tuple[_Segment, np.ndarray]:
+    """Where the images of one ``.npz`` lie on disk (unpacked to the first writable cache if compressed), and its
+    labels."""
     with zipfile.ZipFile(path) as zf:
         names = {Path(n).stem: n for n in zf.namelist()}
         if "data" not in names or "labels" not in names:
@@ -75,48 +97,76 @@ def _segment(path: Path, cache_dir: Path) -> tuple[_Segment, np.ndarray]:
                 rows = _check_header(str(path), *_npy_header(raw))
                 segment = _Segment(path, raw.tell(), rows)
         else:
-            segment = _unpack(path, zf, names["data"], cache_dir)
+            segment = _unpacked(path, zf, info, cache_dirs)
     if len(labels) != segment.rows:
         raise ValueError(f"{path}: {segment.rows} images but {len(labels)} labels")
     return segment, labels
 
 
-def _unpack(path: Path, zf: zipfile.ZipFile, member: str, cache_dir: Path) -> _Segment:
-    """The cached uint8 copy of a compressed ``data`` member, written once chunk by chunk."""
-    target = cache_dir / f"{path.stem}.data.npy"
-    with zf.open(member) as f:
+def _cached(target: Path, rows: int) -> _Segment | None:
+    """The segment of an unpacked copy at `target` if it holds `rows` images, else None."""
+    try:
+        with target.open("rb") as c:
+            shape, fortran, dtype = _npy_header(c)
+            if shape == (rows, ROW_BYTES) and dtype == np.uint8 and not fortran:
+                return _Segment(target, c.tell(), rows)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _unpacked(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, cache_dirs: tuple[Path, ...]) -> _Segment:
+    """The unpacked uint8 copy of a compressed ``data`` member: one already in a cache folder, else one written to
+    the first of `cache_dirs` that can be written. The copy's name holds the member's CRC-32 and size."""
+    name = f"{path.stem}.{info.CRC:08x}-{info.file_size}.data.npy"
+    with zf.open(info) as f:
         rows = _check_header(str(path), *_npy_header(f))
-        if target.exists():
-            with target.open("rb") as c:
-                shape, fortran, dtype = _npy_header(c)
-                if shape == (rows, ROW_BYTES) and dtype == np.uint8 and not fortran:
-                    return _Segment(target, c.tell(), rows)
+    for cache_dir in cache_dirs:
+        if (found := _cached(cache_dir / name, rows)) is not None:
+            return found
+    failures = []
+    for cache_dir in cache_dirs:
         try:
-            # A private temporary renamed into place: init jobs sharing the data may unpack the same file
-            # at once, and each then renames a complete, identical copy.
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=cache_dir)
-            os.close(fd)
-            try:
-                with open(tmp, "wb") as out:  # plain writes: a writable map would keep every page resident
-                    header = {"descr": "|u1", "fortran_order": False, "shape": (rows, ROW_BYTES)}
-                    np.lib.format.write_array_header_1_0(out, header)
-                    for start in range(0, rows, _CHUNK_ROWS):
-                        chunk = f.read(min(_CHUNK_ROWS, rows - start) * ROW_BYTES)
-                        if len(chunk) != min(_CHUNK_ROWS, rows - start) * ROW_BYTES:
-                            raise ValueError(f"{path}: `data` ends after {start} of {rows} rows")
-                        out.write(chunk)
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, target)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+            with zf.open(info) as f:
+                _npy_header(f)
+                _unpack(path, f, rows, cache_dir / name)
         except OSError as exc:
-            raise OSError(f"{path} stores `data` compressed, so it is unpacked once to {target}, which failed "
-                          f"({exc}); make {cache_dir.parent} writable or store the files uncompressed "
-                          "(np.savez), which are read in place") from None
-    with target.open("rb") as c:
-        _npy_header(c)
-        return _Segment(target, c.tell(), rows)
+            failures.append(f"{cache_dir} ({exc})")
+            continue
+        if failures:
+            log.info("%s: unpacked to %s (%s)", path, cache_dir, "; ".join(failures))
+        return _Segment(cache_dir / name, _cached(cache_dir / name, rows).offset, rows)
+    raise OSError(f"{path} stores `data` compressed, so it is unpacked once, and no cache folder could be written: "
+                  f"{'; '.join(failures)}. Set {CACHE_ENV} to a writable folder with "
+                  f"{rows * ROW_BYTES / 2**30:.1f} GiB free, or store the files uncompressed (np.savez), which are "
+                  "read in place")
+
+
+def _unpack(path: Path, member: BinaryIO, rows: int, target: Path) -> None:
+    """Write the `rows` images that `member` holds (after its header) to `target` as a uint8 ``.npy``, chunk by
+    chunk, then remove the copies of earlier versions of `path` in the same folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # A private temporary renamed into place: init jobs sharing the data may unpack the same file at once, and
+    # each then renames a complete, identical copy.
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        with open(tmp, "wb") as out:  # plain writes: a writable map would keep every page resident
+            header = {"descr": "|u1", "fortran_order": False, "shape": (rows, ROW_BYTES)}
+            np.lib.format.write_array_header_1_0(out, header)
+            for start in range(0, rows, _CHUNK_ROWS):
+                chunk = member.read(min(_CHUNK_ROWS, rows - start) * ROW_BYTES)
+                if len(chunk) != min(_CHUNK_ROWS, rows - start) * ROW_BYTES:
+                    raise ValueError(f"{path}: `data` ends after {start} of {rows} rows")
+                out.write(chunk)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    version = re.compile(rf"{re.escape(path.stem)}(\.[0-9a-f]{{8}}-\d+)?\.data\.npy")
+    for old in target.parent.iterdir():
+        if old != target and version.fullmatch(old.name):  # an earlier version's copy (or one named before
+            old.unlink(missing_ok=True)  # copies carried their CRC)
 
 
 class ImageNet32:
@@ -133,7 +183,7 @@ class ImageNet32:
             raise FileNotFoundError(f"no .npz files in {directory}: expected down-sampled ImageNet 32x32 arrays "
                                     "(e.g. train_data_batch_1.npz ... with `data` [N, 3072] uint8 and `labels` "
                                     "1..1000)")
-        parts = [_segment(f, directory / CACHE_DIR) for f in files]
+        parts = [_segment(f, (directory / CACHE_DIR, user_cache(directory))) for f in files]
         self.segments = [s for s, _ in parts]
         labels = np.concatenate([y for _, y in parts])
         if labels.size and labels.min() >= 1:

@@ -38,7 +38,7 @@ def test_bench_vectorized_runs_and_matches_sequential(model):
      "round_stats"),
     ("bench_surface.py", ["--points", "4", "--repeats", "1"], "speed-up of the surface evaluator"),
     ("bench_fingerprint.py", ["--cifar-train", "50", "--cifar-test", "20", "--files", "20", "--file-kb", "1",
-                              "--repeats", "1"], "| synthetic CIFAR-10 (50 + 20) | 7 |"),
+                              "--repeats", "1", "--jobs", "2"], "| 20 files of 1 KiB |"),
     ("bench_surface.py", ["--model", "resnet20", "--norm", "batch", "--samples", "64", "--batch-size", "32",
                           "--points", "2", "--repeats", "1"], "surface evaluator / plain eval loop, images/s"),
 ])

@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import json
 import os
 import shutil
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +101,70 @@ def test_the_cache_hashes_only_files_that_changed(tmp_path, monkeypatch):
     # Assert: nothing re-read while nothing changed, then only the changed file; the digest is the uncached one
     assert again == first and hashed == ["a.bin"]
     assert changed == tree_fingerprint(tmp_path / "d", names, None)
+
+
+def test_jobs_fingerprinting_the_same_data_at_once_hash_each_file_once(tmp_path, monkeypatch):
+    # Prepare: four new files; a slow hash, so that the two jobs (threads, each with its own lock file handle, as
+    # processes have) overlap
+    names = _files(tmp_path / "d", {f"f{i}.bin": bytes([i]) * 100 for i in range(4)})
+    hashed = []
+    real = fingerprints.file_sha256
+
+    def slow(path):
+        hashed.append(Path(path).name)
+        time.sleep(0.05)
+        return real(path)
+
+    monkeypatch.setattr(fingerprints, "file_sha256", slow)
+    start = threading.Barrier(2)
+    found = []
+
+    def job():
+        start.wait()
+        found.append(tree_fingerprint(tmp_path / "d", names, tmp_path / "cache"))
+
+    # Execute
+    threads = [threading.Thread(target=job) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    # Assert: one job hashed every file, the other read its digests
+    assert sorted(hashed) == sorted(names)
+    assert found[0] == found[1] == tree_fingerprint(tmp_path / "d", names, None)
+
+
+def test_checks_against_the_cache_run_side_by_side(tmp_path):
+    # Prepare: the cache filled; another job is checking its files against it (a shared lock)
+    names = _files(tmp_path / "d", FILES)
+    want = tree_fingerprint(tmp_path / "d", names, tmp_path / "cache")
+    (lock_file,) = (tmp_path / "cache").glob("*.lock")
+    found = []
+    with open(lock_file) as held:
+        fcntl.flock(held, fcntl.LOCK_SH)
+
+        # Execute
+        check = threading.Thread(target=lambda: found.append(tree_fingerprint(tmp_path / "d", names,
+                                                                              tmp_path / "cache")), daemon=True)
+        check.start()
+        check.join(timeout=10)
+
+        # Assert: done while the other check holds its lock
+        assert not check.is_alive() and found == [want]
+
+
+def test_rehashing_a_few_files_keeps_the_cached_digests_of_the_others(tmp_path, monkeypatch):
+    names = _files(tmp_path / "d", FILES)
+    tree_fingerprint(tmp_path / "d", names, tmp_path / "cache")
+    tree_fingerprint(tmp_path / "d", names[:1], tmp_path / "cache", rehash=True)
+    hashed = []
+    real = fingerprints.file_sha256
+    monkeypatch.setattr(fingerprints, "file_sha256", lambda p: hashed.append(Path(p).name) or real(p))
+
+    tree_fingerprint(tmp_path / "d", names, tmp_path / "cache")
+
+    assert hashed == []
 
 
 @pytest.mark.parametrize("cache", ["damaged", "another version", "read-only"])

@@ -8,8 +8,9 @@ that reads a data set therefore records the fingerprint of the files it read (`f
 The digest is over the files' paths relative to their root and their contents: a copy of the data elsewhere has the
 fingerprint of the original, a changed byte or a renamed file another. Hashing ImageNet's images takes minutes, so
 each file's digest is kept in a cache keyed by its path, size, modification time and inode (DVC's state database does
-the same): a job re-reads only files that changed since they were hashed. A lost cache entry (two jobs writing the
-cache at once) costs one more hash, never a wrong digest. A change that keeps a file's size, modification time and
+the same): a job re-reads only files that changed since they were hashed. Jobs hash under a file lock per cache, so
+that jobs starting together on one data set wait for the one that hashes instead of each reading every file; a lost
+cache entry (a file system without locks) costs one more hash, never a wrong digest. A change that keeps a file's size, modification time and
 inode is not seen through the cache: `rehash` reads every file again.
 
 Beside it, the list of each fingerprint's files and their digests is kept once (`trees/<fingerprint>.json.gz`, about
@@ -21,11 +22,13 @@ Torch-free: `make status` runs without torch.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +76,56 @@ def tree_fingerprint(root: str | os.PathLike, names: Sequence[str], cache_dir: s
     file."""
     root = Path(root).resolve()
     cache_file = None if cache_dir is None else Path(cache_dir) / f"{hashlib.sha256(bytes(root)).hexdigest()[:20]}.json"
-    cached = {} if rehash else _read_cache(cache_file)
+    if cache_file is None:
+        return _fingerprint(root, names, None, rehash)
+    for _ in range(3):
+        seen = None
+        if not rehash:
+            with _locked(cache_file, fcntl.LOCK_SH):  # checks run side by side, and wait only while a job hashes
+                seen = _state(cache_file)
+                if known := _fingerprint(root, names, cache_file, False, hash_files=False):
+                    return known
+        with _locked(cache_file, fcntl.LOCK_EX):
+            if rehash or _state(cache_file) == seen:
+                return _fingerprint(root, names, cache_file, rehash)
+        # another job wrote the cache while this one waited (it hashed the same files): check against it
+    with _locked(cache_file, fcntl.LOCK_EX):
+        return _fingerprint(root, names, cache_file, rehash)
+
+
+def _state(path: Path) -> tuple[int, int] | None:
+    """(inode, modification time) of a cache file, which each write replaces; None where there is none."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+@contextlib.contextmanager
+def _locked(cache_file: Path, kind: int) -> Iterator[None]:
+    """Hold the lock of a root's cache: shared to check the files against it, exclusive to hash them. The jobs that
+    start together on a data set (its partitions, on a cluster) would each hash every file the first time; with the
+    lock, one does and the others read its digests. Where the file system has no locks (some parallel file
+    systems), or the cache's folder cannot be written, each job hashes on its own, as without the lock."""
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(cache_file.with_suffix(".lock"), "a")  # noqa: SIM115 (held for the with block below)
+    except OSError:
+        yield
+        return
+    with lock:
+        try:
+            fcntl.flock(lock, kind)
+        except OSError:
+            pass
+        yield  # closing the file releases the lock, as the end of a killed job does
+
+
+def _fingerprint(root: Path, names: Sequence[str], cache_file: Path | None, rehash: bool, hash_files: bool = True
+                 ) -> Fingerprint | None:
+    """The fingerprint (`tree_fingerprint`); without `hash_files`, None as soon as a file is not as cached."""
+    cached = _read_cache(cache_file)
     fresh: dict[str, list] = {}
     total = hashlib.sha256()
     size = 0
@@ -81,7 +133,9 @@ def tree_fingerprint(root: str | os.PathLike, names: Sequence[str], cache_dir: s
         path = root / name
         stat = path.stat()
         key = _stat_key(stat)
-        entry = cached.get(name)
+        entry = None if rehash else cached.get(name)
+        if not (entry and entry[0] == key) and not hash_files:
+            return None
         sha = entry[1] if entry and entry[0] == key else file_sha256(path)
         fresh[name] = [key, sha]
         total.update(f"{name}\t{sha}\n".encode())
@@ -93,8 +147,8 @@ def tree_fingerprint(root: str | os.PathLike, names: Sequence[str], cache_dir: s
         except OSError:
             pass
     found = Fingerprint(total.hexdigest(), len(fresh), size)
-    if cache_dir is not None:
-        _keep_tree(Path(cache_dir), found.sha256, {name: sha for name, (_, sha) in fresh.items()})
+    if cache_file is not None:
+        _keep_tree(cache_file.parent, found.sha256, {name: sha for name, (_, sha) in fresh.items()})
     return found
 
 

@@ -7,11 +7,11 @@ that reads a data set therefore records the fingerprint of the files it read (`f
 
 The digest is over the files' paths relative to their root and their contents: a copy of the data elsewhere has the
 fingerprint of the original, a changed byte or a renamed file another. Hashing ImageNet's images takes minutes, so
-each file's digest is kept in a cache keyed by its path, size, modification time and inode (DVC's state database does
-the same): a job re-reads only files that changed since they were hashed. Jobs hash under a file lock per cache, so
-that jobs starting together on one data set wait for the one that hashes instead of each reading every file; a lost
-cache entry (a file system without locks) costs one more hash, never a wrong digest. A change that keeps a file's size, modification time and
-inode is not seen through the cache: `rehash` reads every file again.
+each file's digest is kept in a cache keyed by its path, size, modification time and inode (DVC's state database
+does the same): a job re-reads only files that changed since they were hashed. Jobs hash under a file lock per
+cache, so that jobs starting together on one data set wait for the one that hashes instead of each reading every
+file; a lost cache entry (a file system without locks) costs one more hash, never a wrong digest. A change that
+keeps a file's size, modification time and inode is not seen through the cache: `rehash` reads every file again.
 
 Beside it, the list of each fingerprint's files and their digests is kept once (`trees/<fingerprint>.json.gz`, about
 45 bytes a file compressed: 5 MB for ImageNet-200's 110,000 images), so that a later fingerprint can say which files
@@ -78,7 +78,7 @@ def tree_fingerprint(root: str | os.PathLike, names: Sequence[str], cache_dir: s
     cache_file = None if cache_dir is None else Path(cache_dir) / f"{hashlib.sha256(bytes(root)).hexdigest()[:20]}.json"
     if cache_file is None:
         return _fingerprint(root, names, None, rehash)
-    for _ in range(3):
+    for _ in range(3):  # again after waiting for a job that hashed these files: check against its digests
         seen = None
         if not rehash:
             with _locked(cache_file, fcntl.LOCK_SH):  # checks run side by side, and wait only while a job hashes
@@ -88,7 +88,6 @@ def tree_fingerprint(root: str | os.PathLike, names: Sequence[str], cache_dir: s
         with _locked(cache_file, fcntl.LOCK_EX):
             if rehash or _state(cache_file) == seen:
                 return _fingerprint(root, names, cache_file, rehash)
-        # another job wrote the cache while this one waited (it hashed the same files): check against it
     with _locked(cache_file, fcntl.LOCK_EX):
         return _fingerprint(root, names, cache_file, rehash)
 
@@ -134,9 +133,10 @@ def _fingerprint(root: Path, names: Sequence[str], cache_file: Path | None, reha
         stat = path.stat()
         key = _stat_key(stat)
         entry = None if rehash else cached.get(name)
-        if not (entry and entry[0] == key) and not hash_files:
+        known = bool(entry) and entry[0] == key
+        if not known and not hash_files:
             return None
-        sha = entry[1] if entry and entry[0] == key else file_sha256(path)
+        sha = entry[1] if known else file_sha256(path)
         fresh[name] = [key, sha]
         total.update(f"{name}\t{sha}\n".encode())
         size += stat.st_size

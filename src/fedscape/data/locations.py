@@ -250,12 +250,12 @@ class DataChange:
     """A data set whose files differ from those some recorded results were made from."""
 
     read: DataRead
+    cache_dir: str  # where the digests and the lists of the fingerprints' files are kept (`hash_cache`)
     data_dir: str | None
     now: Fingerprint | None
     problem: str | None = None
     jobs: list[tuple[str, ...]] = field(default_factory=list)  # the outputs of each job made from other data
     made_from: list[str] = field(default_factory=list)  # the fingerprint each of those jobs recorded
-    cache_dir: str | None = None  # where the lists of the fingerprints' files are kept
 
     def describe(self) -> str:
         """One line: the data set, its folder now and what it holds, or why it cannot be read."""
@@ -265,13 +265,13 @@ class DataChange:
         return f"{where} now holds {self.now.short}: {len(self.jobs)} jobs read other files"
 
     def by_files(self) -> list[tuple[str, list[tuple[str, ...]]]]:
-        """The jobs grouped by the files they read: for each recorded fingerprint (sorted), which files differ from
-        those there now, in words, and the outputs of each job that read them."""
+        """The jobs grouped by the files they read (a change whose files can be read now): for each recorded
+        fingerprint (sorted), which files differ from those there now, in words, and the outputs of each job that
+        read them."""
         groups: dict[str, list[tuple[str, ...]]] = {}
         for sha, job in zip(self.made_from, self.jobs, strict=True):
             groups.setdefault(sha, []).append(job)
-        return [(f"{sha[:12]}, now {describe_change(self.cache_dir, sha, self.now.sha256)}"
-                 if self.now is not None and self.cache_dir else sha[:12], sorted(jobs))
+        return [(f"{sha[:12]}, now {describe_change(self.cache_dir, sha, self.now.sha256)}", sorted(jobs))
                 for sha, jobs in sorted(groups.items())]
 
 
@@ -299,8 +299,7 @@ def changed_data(records: Mapping[str, dict], config: Mapping, skip: Iterable[st
                 continue
             data_dir = read.data_dir(config)
             if (read, data_dir) not in changes:
-                changes[read, data_dir] = DataChange(read, *fingerprint_now(read, config, rehash),
-                                                     cache_dir=hash_cache(config))
+                changes[read, data_dir] = DataChange(read, hash_cache(config), *fingerprint_now(read, config, rehash))
             change = changes[read, data_dir]
             if change.now is None or change.now.sha256 != entry["sha256"]:
                 change.jobs.append(tuple(sorted(outputs)))

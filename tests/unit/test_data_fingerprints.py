@@ -479,6 +479,28 @@ def test_status_lists_the_jobs_made_from_other_data_with_the_command_that_remake
                          "results/t/metrics.csv")
 
 
+def test_status_names_ten_jobs_of_a_group_and_counts_the_others_by_stage(tmp_path, monkeypatch):
+    # Prepare: a partition and twelve runs that read CIFAR-10, whose files then change
+    data = write_fake_cifar10(tmp_path / "data", 4, 4)
+    config = _cifar_config(tmp_path, data)
+    entry = _recorded(tmp_path, monkeypatch, config)["results/p/partition.npz"]["data"]
+    records = {"results/partitions/p/partition.npz": {"log": "logs/p.log", "data": entry}}
+    records |= {f"results/train/r{k:02d}/metrics.csv": {"log": f"logs/r{k}.log", "data": entry} for k in range(12)}
+    for output in records:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text("x")
+    (data / "cifar-10-batches-py/test_batch").write_bytes(b"other images")
+
+    # Execute
+    lines = report([], records, [], changed_data(records, config), root="results")
+
+    # Assert: ten named, the other three counted by the folder they lie in; the command names all thirteen
+    listed = [line.strip() for line in lines if line.startswith("      results/")]
+    assert listed == ["results/partitions/p/partition.npz"] + [f"results/train/r{k:02d}/metrics.csv" for k in range(9)]
+    assert "      and 3 more (train 3)" in lines
+    assert len(lines[-1].split("--forcerun ")[1].split()) == 13
+
+
 def test_status_leaves_out_planned_jobs_and_moved_data_and_says_what_it_cannot_read(tmp_path, monkeypatch):
     # Prepare: the data moved, and the config says where
     data = write_fake_cifar10(tmp_path / "data", 4, 4)

@@ -20,6 +20,7 @@ Every recorded result that no planned job remakes is current, whichever commit m
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from fedscape.plan.workflow import load_config
 
 SCHEMA = "workflow/schemas/config.schema.yaml"  # below the workflow's root, where `make status` runs
 REHASH = "--rehash"
+LISTED = 10  # jobs named per group of jobs made from other data; a data set of a paper config is read by hundreds
 CLASSES = ("meaning", "made from", "dates", "missing", "other")
 # Snakemake's words for each reason (the start of a `reason:` part), in the order the classes are checked
 _REASONS = (
@@ -85,11 +87,19 @@ def parse_dry_run(text: str) -> list[PlannedJob]:
     return [j for j in jobs if j.rule != "all"]
 
 
+def _by_stage(jobs: Iterable[tuple[str, ...]], root: str) -> str:
+    """'train 30, hessian 90': how many of `jobs` (their outputs) lie in each folder below the results `root`."""
+    counts = Counter(Path(os.path.relpath(job[0], root)).parts[0] for job in jobs)
+    return ", ".join(f"{stage} {n}" for stage, n in sorted(counts.items()))
+
+
 def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args: Iterable[str] = (),
-           changes: Sequence[DataChange] = (), unchecked: int = 0) -> list[str]:
+           changes: Sequence[DataChange] = (), unchecked: int = 0, root: str = "results") -> list[str]:
     """The lines of `make status` for a dry run's jobs, the results' job records, the data sets whose files
     changed since some of them were made (`data.locations.changed_data`) and the number of jobs that read data
-    before fedscape recorded what it held (`unchecked`)."""
+    before fedscape recorded what it held (`unchecked`); `root`: the results folder. Of the jobs made from other
+    data, the first `LISTED` of each group are named and the others counted by the folder they lie in (the command
+    names them all)."""
     planned = {o for job in jobs for o in job.outputs}
     stale = [c for c in changes if c.now is not None]
     other_data = {o for c in stale for job in c.jobs for o in job}
@@ -118,7 +128,9 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
             lines.append(f"  {change.describe()}")
             for files, made in change.by_files() if change.now is not None else []:
                 lines.append(f"    made from {files}")
-                lines += [f"      {job[0]}" for job in made]
+                lines += [f"      {job[0]}" for job in made[:LISTED]]
+                if len(made) > LISTED:
+                    lines.append(f"      and {len(made) - LISTED} more ({_by_stage(made[LISTED:], root)})")
     if unchecked:
         lines.append(f"made before fedscape recorded what their data held: {unchecked} jobs (not checked against "
                      "the files there now)")
@@ -151,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs = parse_dry_run(proc.stdout + proc.stderr)
     records = output_records(results_root(config))
     changes = changed_data(records, config, skip={o for job in jobs for o in job.outputs}, rehash=rehash)
-    for line in report(jobs, records, args, changes, unfingerprinted_jobs(records)):
+    for line in report(jobs, records, args, changes, unfingerprinted_jobs(records), results_root(config)):
         print(line)
     return 0
 

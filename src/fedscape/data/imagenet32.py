@@ -129,22 +129,22 @@ def _unpacked(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, cache_dirs
         try:
             with zf.open(info) as f:
                 _npy_header(f)
-                _unpack(path, f, rows, cache_dir / name)
+                segment = _unpack(path, f, rows, cache_dir / name)
         except OSError as exc:
             failures.append(f"{cache_dir} ({exc})")
             continue
         if failures:
             log.info("%s: unpacked to %s (%s)", path, cache_dir, "; ".join(failures))
-        return _Segment(cache_dir / name, _cached(cache_dir / name, rows).offset, rows)
+        return segment
     raise OSError(f"{path} stores `data` compressed, so it is unpacked once, and no cache folder could be written: "
-                  f"{'; '.join(failures)}. Set {CACHE_ENV} to a writable folder with "
-                  f"{rows * ROW_BYTES / 2**30:.1f} GiB free, or store the files uncompressed (np.savez), which are "
-                  "read in place")
+                  f"{'; '.join(failures)}. Set {CACHE_ENV} to a writable folder ({rows * ROW_BYTES / 2**30:.2f} GiB "
+                  "for this file, 3.9 GiB for all of down-sampled ImageNet's training set), or store the files "
+                  "uncompressed (np.savez), which are read in place")
 
 
-def _unpack(path: Path, member: BinaryIO, rows: int, target: Path) -> None:
+def _unpack(path: Path, member: BinaryIO, rows: int, target: Path) -> _Segment:
     """Write the `rows` images that `member` holds (after its header) to `target` as a uint8 ``.npy``, chunk by
-    chunk, then remove the copies of earlier versions of `path` in the same folder."""
+    chunk, then remove the copies of earlier versions of `path` in the same folder; the copy's segment."""
     target.parent.mkdir(parents=True, exist_ok=True)
     # A private temporary renamed into place: init jobs sharing the data may unpack the same file at once, and
     # each then renames a complete, identical copy.
@@ -154,6 +154,7 @@ def _unpack(path: Path, member: BinaryIO, rows: int, target: Path) -> None:
         with open(tmp, "wb") as out:  # plain writes: a writable map would keep every page resident
             header = {"descr": "|u1", "fortran_order": False, "shape": (rows, ROW_BYTES)}
             np.lib.format.write_array_header_1_0(out, header)
+            offset = out.tell()
             for start in range(0, rows, _CHUNK_ROWS):
                 chunk = member.read(min(_CHUNK_ROWS, rows - start) * ROW_BYTES)
                 if len(chunk) != min(_CHUNK_ROWS, rows - start) * ROW_BYTES:
@@ -167,6 +168,7 @@ def _unpack(path: Path, member: BinaryIO, rows: int, target: Path) -> None:
     for old in target.parent.iterdir():
         if old != target and version.fullmatch(old.name):  # an earlier version's copy (or one named before
             old.unlink(missing_ok=True)  # copies carried their CRC)
+    return _Segment(target, offset, rows)
 
 
 class ImageNet32:

@@ -78,7 +78,8 @@ def tree_fingerprint(root: str | os.PathLike, names: Sequence[str], cache_dir: s
     cache_file = None if cache_dir is None else Path(cache_dir) / f"{hashlib.sha256(bytes(root)).hexdigest()[:20]}.json"
     if cache_file is None:
         return _fingerprint(root, names, None, rehash)
-    for _ in range(3):  # again after waiting for a job that hashed these files: check against its digests
+    waits = 0
+    while True:
         seen = None
         if not rehash:
             with _locked(cache_file, fcntl.LOCK_SH):  # checks run side by side, and wait only while a job hashes
@@ -86,10 +87,9 @@ def tree_fingerprint(root: str | os.PathLike, names: Sequence[str], cache_dir: s
                 if known := _fingerprint(root, names, cache_file, False, hash_files=False):
                     return known
         with _locked(cache_file, fcntl.LOCK_EX):
-            if rehash or _state(cache_file) == seen:
+            if rehash or waits == 2 or _state(cache_file) == seen:
                 return _fingerprint(root, names, cache_file, rehash)
-    with _locked(cache_file, fcntl.LOCK_EX):
-        return _fingerprint(root, names, cache_file, rehash)
+        waits += 1  # another job hashed these files while this one waited: check against its digests
 
 
 def _state(path: Path) -> tuple[int, int] | None:

@@ -110,6 +110,8 @@ def test_auto_takes_the_visible_card_with_the_fewest_claims_named_by_its_uuid(co
     monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(uuid=f"GPU-{i}{i}"))
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.append(str(d)))
     monkeypatch.setattr(device_mod, "_CLAIM", None)
     uuids = [f"GPU-{i}{i}" for i in range(count)]
     held = claim_card(count, tmp_path, uuids) if count else None
@@ -118,10 +120,11 @@ def test_auto_takes_the_visible_card_with_the_fewest_claims_named_by_its_uuid(co
     got = device_mod.resolve_device("auto", claim_dir=tmp_path)
 
     # Assert: the free card where there is one (the only card is shared: jobs are spread, never refused); the same
-    # card for the rest of the job; its claim names the card's UUID
+    # card for the rest of the job, made the current device; its claim names the card's UUID
     want = {0: "cpu", 1: "cuda:0", 3: "cuda:1"}[count]
     assert str(got) == want
     assert str(device_mod.resolve_device("auto", claim_dir=tmp_path)) == want
+    assert current == ([] if count == 0 else [want, want])
     if held is not None:
         assert device_mod._CLAIM.path.name.startswith(f"card{uuids[got.index]}.slot")
         assert card_loads(count, tmp_path, uuids)[got.index] == 1 + (count == 1)
@@ -309,6 +312,7 @@ def test_a_job_that_cannot_claim_a_card_runs_on_the_first(tmp_path, monkeypatch,
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(uuid=f"GPU-{i}"))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
     monkeypatch.setattr(device_mod, "_CLAIM", None)
     (tmp_path / "claims").write_text("not a directory")
 
@@ -318,6 +322,20 @@ def test_a_job_that_cannot_claim_a_card_runs_on_the_first(tmp_path, monkeypatch,
     # Assert: the job goes on, on cuda:0, and says why it holds no claim
     assert str(got) == "cuda:0" and device_mod._CLAIM is None
     assert "could not claim a card" in caplog.text
+
+
+@pytest.mark.parametrize(("name", "current"), [("cuda:1", ["cuda:1"]), ("cuda", []), ("cpu", [])])
+def test_an_explicit_card_is_made_the_current_device(name, current, monkeypatch):
+    # Prepare: CUDA as torch reports it; which device the process makes current
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    made = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: made.append(str(d)))
+
+    # Execute
+    got = device_mod.resolve_device(name)
+
+    # Assert: a named card is current (calls that name no device go to it); "cuda" is the current one already
+    assert str(got) == name and made == current
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -333,5 +351,6 @@ def test_cuda_cards_are_claimed_by_their_uuids(tmp_path, monkeypatch):
     # Assert: one distinct name per card, not its index; the job's claim is on the card it computes on
     assert len(set(uuids)) == cards and all(u and u != str(i) for i, u in enumerate(uuids))
     assert got.type == "cuda" and device_mod._CLAIM.path.name.startswith(f"card{uuids[got.index]}.slot")
+    assert torch.cuda.current_device() == got.index
     assert card_loads(cards, tmp_path, uuids)[got.index] == 1
     device_mod._CLAIM.release()

@@ -29,6 +29,11 @@ def resolve_device(name: str, claim_dir=CLAIM_DIR) -> torch.device:
     so that the jobs of a local run spread over the cards instead of all starting on cuda:0, and a job on its one
     card counts for the jobs of other workflows that see it under another index. A cluster job sees the one card it
     was given, and an explicit `cuda:<i>` is taken as it is.
+
+    A card is also made the process's current CUDA device: torch's calls that name no device (a CUDA graph's
+    capture stream and synchronisation, the default generator's state, a tensor made on "cuda") then act on the
+    job's card. Left at cuda:0, they would capture on another card's stream than the model's kernels run on, and
+    open a second context on cuda:0 in every job of a multi-card machine.
     """
     global _CLAIM
     if name == "auto":
@@ -40,12 +45,18 @@ def resolve_device(name: str, claim_dir=CLAIM_DIR) -> torch.device:
                 _CLAIM = claim_card(cards, claim_dir, card_uuids(cards))
             except OSError as exc:  # the claims spread jobs; a job runs without one
                 log.warning("could not claim a card in %s (%s): taking cuda:0", claim_dir, exc)
-                return torch.device("cuda", 0)
+                return _made_current(torch.device("cuda", 0))
             log.info("took cuda:%d, the card with the fewest fedscape jobs of the %d visible", _CLAIM.card, cards)
-        return torch.device("cuda", _CLAIM.card)
+        return _made_current(torch.device("cuda", _CLAIM.card))
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} was requested but CUDA is not available on this node")
+    return _made_current(device)
+
+
+def _made_current(device: torch.device) -> torch.device:
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
     return device
 
 

@@ -10,12 +10,19 @@ per step is that of CIFAR for CIFAR's models):
 - captured: the same with its forward and backward passes replayed from CUDA graphs (`fedscape.fl.capture`, what
   `training.capture: auto` takes on a GPU where the check at capture passes), per step; on a CUDA device only;
 - vectorized: fedscape's vectorised round of `--clients` clients (`fedscape.fl.vectorized`), per client step, where
-  the model and FedAvg can be trained vectorised (`vectorization_blocker`); the reason where not.
+  the runs of that kind train vectorised on this device (`resolve_client_parallel` of each run's own algorithm and
+  training settings: a run set to `client_parallel: sequential`, or whose augmentation or algorithm cannot be
+  stacked, trains one client after another, and its kind is not measured stacked).
+
+Every step is FedAvg's (SGD on cross-entropy) without augmentation, in the plain reference and in fedscape's paths
+alike: `bench_algorithms.py` gives the other algorithms' cost relative to FedAvg's. Runs of a data set that is not
+made of images (meta.yaml's Reddit, layerwise.yaml's Shakespeare) are not measured; the script names them.
 
 It then projects each config's local training into hours: every run the workflow plans, its rounds x the clients
 sampled in each round x each client's local steps (epochs x batches of its share of the training pool, or the
-configured steps). "before" prices every step at the sequential cost; "now" at the path `client_parallel: auto` takes
-on this device (`resolve_client_parallel`; a sequential step captured where `capture: auto` captures it); "plain" at
+configured steps). "before" prices every step at the sequential cost; "now" at the path its runs take on this device
+(vectorised, else a sequential step, captured where the runs' `capture` allows and the check at capture passes);
+"plain" at
 the reference step. Evaluation, initialisation (pre-training,
 warm-up) and the analysis jobs (Hessian, landscapes, barriers) are not included: local training dominates the papers'
 workload. The clients' shares are taken equal (pool / clients); Dirichlet splits change the number of batches only by
@@ -45,7 +52,7 @@ from fedscape.fl.capture import CapturedForward, capture_blocker
 from fedscape.fl.sequential import local_train
 from fedscape.fl.settings import TrainConfig, sample_clients
 from fedscape.fl.strategies.registry import make_strategy
-from fedscape.fl.vectorized import VectorizedTrainer, resolve_client_parallel, vectorization_blocker
+from fedscape.fl.vectorized import VectorizedTrainer, resolve_client_parallel
 from fedscape.models.device import precision_used, use_precision
 from fedscape.models.params import FlatParams, flatten_buffers
 from fedscape.models.registry import build_model
@@ -69,30 +76,37 @@ class StepKind:
     batch_size: int
     momentum: float
     weight_decay: float
+    path: str  # "vectorized" or "sequential": how its runs train their clients on the measuring device
+    capture: bool  # whether its runs' sequential steps may be captured (training.capture is not "eager")
 
     @property
     def label(self) -> str:
         opts = ", ".join(f"{k} {v}" for k, v in self.options)
         return (f"{self.model}{f' ({opts})' if opts else ''}, {self.in_channels}x{self.image_size}x{self.image_size} "
-                f"images of {self.num_classes} classes, batch {self.batch_size}")
+                f"images of {self.num_classes} classes, batch {self.batch_size}, {self.path}"
+                f"{'' if self.capture else ', eager'}")
 
     def build(self) -> torch.nn.Module:
         return build_model(self.model, num_classes=self.num_classes, in_channels=self.in_channels,
                            image_size=self.image_size, **dict(self.options))
 
 
-def run_work(config: dict, run: Run) -> tuple[StepKind, TrainConfig, int]:
-    """The step kind of a run, its training settings and its total client steps over all rounds."""
+def run_work(config: dict, run: Run, device: torch.device, models: dict) -> tuple[StepKind, TrainConfig, int]:
+    """The step kind of an image run, its training settings and its total client steps over all rounds. `models`:
+    one network per (model, options, shape), built once to decide the runs' path."""
     job = planned_train(config, run)
     cfg = job.train_config()
     info = DATASETS[run.dataset]
-    if info.inputs != "image":
-        raise SystemExit(f"{run.dataset}: bench_gpu measures image models only (its inputs are {info.inputs})")
     options = job.dataset_options
     pool = info.client_pool_bound(options.get("test_fraction", 0.25), options.get("proxy_fraction", 0.0))
     share = max(1, (pool - info.num_classes) // run.num_clients)  # client_pool_bound adds a class per rounding
-    kind = StepKind(run.model, tuple(sorted(config.get("model_options", {}).get(run.model, {}).items())),
-                    info.in_channels, info.image_size, info.num_classes, cfg.batch_size, cfg.momentum, cfg.weight_decay)
+    shape = (run.model, tuple(sorted(config.get("model_options", {}).get(run.model, {}).items())), info.in_channels,
+             info.image_size, info.num_classes)
+    if shape not in models:
+        models[shape] = build_model(run.model, num_classes=info.num_classes, in_channels=info.in_channels,
+                                    image_size=info.image_size, **dict(shape[1]))
+    path = resolve_client_parallel(models[shape], make_strategy(job.algorithm, job.hyperparameters), cfg, device.type)
+    kind = StepKind(*shape, cfg.batch_size, cfg.momentum, cfg.weight_decay, path, cfg.capture != "eager")
     batches = math.ceil(share / cfg.batch_size)
     steps = 0
     for t in range(1, cfg.rounds + 1):
@@ -100,6 +114,22 @@ def run_work(config: dict, run: Run) -> tuple[StepKind, TrainConfig, int]:
         for c in sample_clients(cfg.seed, t, run.num_clients, cfg.participation):
             steps += work[c] * (batches if cfg.work_unit == "epochs" else 1)
     return kind, cfg, steps
+
+
+def project(config: dict, device: torch.device, models: dict) -> tuple[dict[StepKind, list[int]], dict[str, int]]:
+    """A config's image runs as [runs, client steps] per step kind, and how many runs of each other data set it
+    has (not measured)."""
+    per_kind: dict[StepKind, list[int]] = {}
+    others: dict[str, int] = {}
+    for run in build_runs(config):
+        if DATASETS[run.dataset].inputs != "image":
+            others[run.dataset] = others.get(run.dataset, 0) + 1
+            continue
+        kind, _, steps = run_work(config, run, device, models)
+        per_kind.setdefault(kind, [0, 0])
+        per_kind[kind][0] += 1
+        per_kind[kind][1] += steps
+    return per_kind, others
 
 
 def sync(device: torch.device) -> None:
@@ -168,6 +198,8 @@ def measure(kind: StepKind, args: argparse.Namespace, device: torch.device) -> d
             lambda: local_train(model, flat, global_params, global_buffers, data, 0, 1, strategy, cfg),
             device, args.repeats) / args.steps * 1e3
         row["captured_ms"], row["why_not_captured"] = None, capture_blocker(model, strategy, device.type)
+        if not kind.capture:
+            row["why_not_captured"] = "its runs set training.capture: eager"
         if row["why_not_captured"] is None:
             capture = CapturedForward(model, kind.batch_size)  # captured and checked in the untimed warm-up call
             ms = timed(lambda: local_train(model, flat, global_params, global_buffers, data, 0, 1, strategy, cfg,
@@ -177,7 +209,7 @@ def measure(kind: StepKind, args: argparse.Namespace, device: torch.device) -> d
             else:
                 row["why_not_captured"] = f"the check at capture failed: {capture.difference}"
             capture.close()
-        reason = vectorization_blocker(model, strategy)
+        reason = None if kind.path == "vectorized" else f"its runs train sequentially on {device.type}"
         row["vectorized_ms"], row["why_not"] = None, reason
         if reason is None:
             data = synthetic_clients(kind, args.clients, samples, device)
@@ -186,9 +218,8 @@ def measure(kind: StepKind, args: argparse.Namespace, device: torch.device) -> d
             sampled = list(range(args.clients))
             row["vectorized_ms"] = timed(lambda: trainer.train_round(global_params, global_buffers, sampled, 1),
                                          device, args.repeats) / (args.steps * args.clients) * 1e3
-        row["auto"] = resolve_client_parallel(model, strategy, cfg, device.type)
     sequential = row["sequential_ms"] if row["captured_ms"] is None else row["captured_ms"]
-    row["now_ms"] = row["vectorized_ms"] if row["auto"] == "vectorized" else sequential
+    row["now_ms"] = row["vectorized_ms"] if kind.path == "vectorized" else sequential
     return row
 
 
@@ -213,21 +244,20 @@ def main() -> None:
     name = device_label(device)
 
     projections: dict[str, dict[StepKind, list[int]]] = {}
+    not_measured: list[str] = []
+    models: dict = {}
     for entry in args.configs:
         path = Path(entry) if entry.endswith((".yaml", ".yml")) else PAPERS / f"{entry}.yaml"
-        config = load_config(path, SCHEMA)
-        per_kind: dict[StepKind, list[int]] = {}
-        for run in build_runs(config):
-            kind, _, steps = run_work(config, run)
-            per_kind.setdefault(kind, [0, 0])
-            per_kind[kind][0] += 1
-            per_kind[kind][1] += steps
-        projections[path.stem] = per_kind
+        projections[path.stem], others = project(load_config(path, SCHEMA), device, models)
+        not_measured += [f"{path.stem}: {n} runs of {dataset} ({DATASETS[dataset].inputs} inputs)"
+                         for dataset, n in sorted(others.items())]
 
     print(f"# local training step costs on {name}, precision {precision_used(args.precision, device)}, "
           f"{torch_line()}; {args.steps} steps x {args.repeats} repeats, vectorised over {args.clients} clients")
+    if not_measured:
+        print(f"# not measured (image models only): {'; '.join(not_measured)}")
     print("| model | plain ms/step | fedscape sequential ms/step | sequential / plain | vectorised ms/client step | "
-          "plain / vectorised | auto | captured ms/step | plain / captured |")
+          "plain / vectorised | runs' path | captured ms/step | plain / captured |")
     print("|---|---:|---:|---:|---:|---:|---|---:|---:|")
     costs: dict[StepKind, dict] = {}
     for kind in sorted({k for per_kind in projections.values() for k in per_kind}, key=lambda k: k.label):
@@ -237,7 +267,7 @@ def main() -> None:
         cap = (f"{row['captured_ms']:.4g} | {row['plain_ms'] / row['captured_ms']:.1f}x"
                if row["captured_ms"] is not None else f"n/a: {row['why_not_captured']} | ")
         print(f"| {kind.label} | {row['plain_ms']:.4g} | {row['sequential_ms']:.4g} | "
-              f"{row['sequential_ms'] / row['plain_ms']:.2f}x | {vec} | {row['auto']} | {cap} |", flush=True)
+              f"{row['sequential_ms'] / row['plain_ms']:.2f}x | {vec} | {kind.path} | {cap} |", flush=True)
 
     print(f"\n# projected hours of local training on {name} (training only: no evaluation, inits or analysis)")
     print("| config | model | runs | client steps | hours at plain steps | hours before (sequential) | hours now |")

@@ -66,6 +66,36 @@ def test_bench_gpu_projects_the_measured_step_costs():
     assert all(row[7] == "n/a: CUDA graphs need a CUDA device, not cpu" for row in tables[0][1:])
 
 
+@pytest.mark.parametrize(("name", "client_parallel", "path"), [
+    ("pilot_digits", "auto", "vectorized"), ("pilot_digits", "sequential", "sequential"), ("layerwise", "auto", None),
+])
+def test_bench_gpu_prices_each_run_on_its_own_path_and_names_the_runs_it_does_not_measure(name, client_parallel,
+                                                                                          path):
+    # Prepare: a paper config, its runs' client_parallel set for all of them
+    import torch
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_gpu
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    config = bench_gpu.load_config(bench_gpu.PAPERS / f"{name}.yaml", bench_gpu.SCHEMA)
+    config["training"]["client_parallel"] = client_parallel
+
+    # Execute
+    per_kind, others = bench_gpu.project(config, torch.device("cpu"), {})
+
+    # Assert: the runs' own path, never a stacked round for runs that train sequentially; the text model's runs
+    # counted, not measured (an image network's step costs say nothing of them)
+    runs = bench_gpu.build_runs(config)
+    cnn = [kind for kind in per_kind if kind.model == "cnn_small"]
+    if path is not None:
+        assert cnn and {kind.path for kind in cnn} == {path} and others == {}
+    else:
+        assert others == {"shakespeare": sum(r.dataset == "shakespeare" for r in runs)} and others["shakespeare"] > 0
+    assert sum(n for n, _ in per_kind.values()) + sum(others.values()) == len(runs)
+
+
 def test_the_gpu_session_runs_scripts_and_tests_that_exist_with_flags_they_take():
     # Prepare
     sys.path.insert(0, str(BENCHMARKS))

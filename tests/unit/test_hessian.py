@@ -537,6 +537,30 @@ def test_analyse_computes_the_products_in_the_settings_precision(tiny, monkeypat
     assert after == outside
 
 
+@pytest.mark.parametrize("failure", ["mode", "graph"])
+def test_an_operator_that_fails_to_build_leaves_the_switches_and_the_mode_as_they_were(tiny, monkeypatch, failure):
+    # Prepare: TF32 on outside (fp32 products turn it off), the model training; the graph build out of memory
+    if failure == "graph":
+        def out_of_memory(*args, **kwargs):
+            raise RuntimeError("CUDA out of memory")
+
+        monkeypatch.setattr(HessianOperator, "_gradient", out_of_memory)
+    model = copy.deepcopy(tiny["model"]).train()
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    # Execute
+    try:
+        with pytest.raises((ValueError, RuntimeError), match="unknown HVP mode|out of memory"):
+            HessianOperator(model, tiny["x"], tiny["y"], hvp="sideways" if failure == "mode" else None)
+        after = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+    # Assert: a later job in this process computes as it would have
+    assert after == (True, True) and model.training
+
+
 def test_operator_rejects_a_precision_the_hessian_does_not_take(tiny):
     with pytest.raises(ValueError, match="fp32, tf32"):
         HessianOperator(tiny["model"], tiny["x"], tiny["y"], precision="bf16")

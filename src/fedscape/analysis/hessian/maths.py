@@ -94,28 +94,32 @@ class HessianOperator:
             raise ValueError(f"Hessian-vector products compute in one of {', '.join(HESSIAN_PRECISIONS)}, "
                              f"not {precision!r}")
         self._tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.precision == "tf32"
-        model.eval()
-        self._names = [n for n, _ in model.named_parameters()]
-        self._shapes = [p.shape for p in model.parameters()]
-        self._sizes = [p.numel() for p in model.parameters()]
-        self._buffers = {n: b.detach() for n, b in model.named_buffers()}
-        self.center = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
-        self.n = target_count(y)  # counted targets: samples, or a sequence task's positions (models.loss)
-        self.dim = self.center.numel()
-        self.channels_last = channels_last
-        layout = torch.channels_last if channels_last and len(x.shape) == 4 else None  # images, not token ids
-        self.batches = batch_slices(x.to(self.device), y.to(self.device), batch_size, layout)
-        self.mode = default_hvp_mode(self.device) if hvp is None else hvp
-        if self.mode not in HVP_MODES:
-            raise ValueError(f"unknown HVP mode {self.mode!r}: one of {', '.join(HVP_MODES)}")
-        self.cache_graph = cache_graph and self.mode == "reverse"
-        self.products = 0
         self._w: Tensor | None = None
         self._grad: Tensor | None = None
-        if self.cache_graph:
-            self._w = self.center.clone().requires_grad_(True)
-            self._grad = self._gradient(self._w, create_graph=True)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.precision == "tf32"
+        model.eval()
+        try:
+            self._names = [n for n, _ in model.named_parameters()]
+            self._shapes = [p.shape for p in model.parameters()]
+            self._sizes = [p.numel() for p in model.parameters()]
+            self._buffers = {n: b.detach() for n, b in model.named_buffers()}
+            self.center = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
+            self.n = target_count(y)  # counted targets: samples, or a sequence task's positions (models.loss)
+            self.dim = self.center.numel()
+            self.channels_last = channels_last
+            layout = torch.channels_last if channels_last and len(x.shape) == 4 else None  # images, not token ids
+            self.batches = batch_slices(x.to(self.device), y.to(self.device), batch_size, layout)
+            self.mode = default_hvp_mode(self.device) if hvp is None else hvp
+            if self.mode not in HVP_MODES:
+                raise ValueError(f"unknown HVP mode {self.mode!r}: one of {', '.join(HVP_MODES)}")
+            self.cache_graph = cache_graph and self.mode == "reverse"
+            self.products = 0
+            if self.cache_graph:
+                self._w = self.center.clone().requires_grad_(True)
+                self._grad = self._gradient(self._w, create_graph=True)
+        except BaseException:  # out of memory building the graph, a bad mode: the switches and the mode restored
+            self.close()
+            raise
 
     def _batch_loss(self, w: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
         params = {n: t.view(s) for n, t, s in zip(self._names, torch.split(w, self._sizes), self._shapes, strict=True)}

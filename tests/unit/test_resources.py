@@ -37,7 +37,7 @@ def test_cuda_visible_devices_counts_as_cuda_enumerates_it(value, expected):
     assert parse_visible_devices(value) == expected
 
 
-def test_visible_gpus_reads_the_environment_first_then_the_driver(tmp_path):
+def test_visible_gpus_reads_the_environment_first_then_the_driver(tmp_path, monkeypatch):
     # Prepare: a driver listing with three cards
     proc = tmp_path / "gpus"
     for bus in ("0000:01:00.0", "0000:02:00.0", "0000:03:00.0"):
@@ -47,6 +47,11 @@ def test_visible_gpus_reads_the_environment_first_then_the_driver(tmp_path):
     assert visible_gpus({}, proc) == 3
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "1"}, proc) == 1  # a SLURM job sees the card it was given
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": ""}, proc) == 0
+    # CUDA stops at an index the machine does not have: two jobs would otherwise start on the one card it shows
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3,0"}, proc) == 1
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "0,GPU-8d2f,1"}, proc) == 3
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "0,1"}, tmp_path / "absent") == 2  # no driver listing: as given
 
 
 def test_visible_gpus_is_zero_without_a_driver(tmp_path, monkeypatch):

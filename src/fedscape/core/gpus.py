@@ -30,11 +30,12 @@ NVIDIA_PROC = Path("/proc/driver/nvidia/gpus")
 CLAIM_DIR = Path(tempfile.gettempdir()) / "fedscape-gpu-claims"
 
 
-def parse_visible_devices(value: str) -> int:
-    """The number of devices a CUDA_VISIBLE_DEVICES value leaves visible.
+def parse_visible_devices(value: str, cards: int | None = None) -> int:
+    """The number of devices a CUDA_VISIBLE_DEVICES value leaves visible on a machine with `cards` GPUs (None: not
+    known).
 
-    CUDA enumerates the comma-separated entries (indices, `GPU-<uuid>` or `MIG-<uuid>`) up to the first invalid one;
-    an empty value or one starting at `-1` hides every device.
+    CUDA enumerates the comma-separated entries (indices, `GPU-<uuid>` or `MIG-<uuid>`) up to the first invalid one,
+    an index the machine does not have among them; an empty value or one starting at `-1` hides every device.
     """
     count = 0
     for entry in value.split(","):
@@ -43,28 +44,37 @@ def parse_visible_devices(value: str) -> int:
             break
         if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
             break
+        if entry.isdigit() and cards is not None and int(entry) >= cards:
+            break
         count += 1
     return count
 
 
 def visible_gpus(environ: dict[str, str] | None = None, proc: Path = NVIDIA_PROC) -> int:
-    """How many CUDA devices a job started from here would see: CUDA_VISIBLE_DEVICES where it is set, else the
-    driver's GPUs (/proc, else `nvidia-smi -L`), 0 on a machine without an NVIDIA driver.
+    """How many CUDA devices a job started from here would see: those CUDA_VISIBLE_DEVICES leaves where it is set,
+    else the driver's GPUs (/proc, else `nvidia-smi -L`), 0 on a machine without an NVIDIA driver.
 
     It must not import torch: it runs while Snakemake plans, and on a login node.
     """
     environ = os.environ if environ is None else environ
     if "CUDA_VISIBLE_DEVICES" in environ:
-        return parse_visible_devices(environ["CUDA_VISIBLE_DEVICES"])
+        # An index past the machine's cards ends the list for CUDA: counted, it would start two jobs on one card.
+        return parse_visible_devices(environ["CUDA_VISIBLE_DEVICES"], driver_gpus(proc))
+    return driver_gpus(proc) or 0
+
+
+def driver_gpus(proc: Path = NVIDIA_PROC) -> int | None:
+    """The GPUs of this machine as its NVIDIA driver lists them (/proc, else `nvidia-smi -L`); None where neither
+    answers."""
     with contextlib.suppress(OSError):
         return sum(1 for entry in proc.iterdir() if entry.is_dir())
     smi = shutil.which("nvidia-smi")
     if smi is None:
-        return 0
+        return None
     try:
         out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return 0
+        return None
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 

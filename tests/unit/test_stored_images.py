@@ -11,7 +11,7 @@ from helpers.tiny import tiny_data
 from fedscape.analysis.hessian.maths import HessianOperator
 from fedscape.analysis.landscape.planes import random_plane
 from fedscape.analysis.landscape.surface import SurfaceEvaluator, SurfaceSettings
-from fedscape.data.datasets import StoredImages, batch_slices, take_rows
+from fedscape.data.datasets import StoredImages, batch_slices, take_rows, unit_pixels
 from fedscape.data.federated import FederatedData
 from fedscape.data.specs import DATASETS, STORAGE
 from fedscape.fl.engine import run_federated
@@ -57,6 +57,24 @@ def test_a_batch_is_bitwise_the_rows_of_the_float_pool(index):
     # Assert: exactly the same floats (rows, stacked [K, B] indices of the vectorised trainer, one row)
     assert batch.dtype == torch.float32
     torch.testing.assert_close(batch, pool[index], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_every_byte_value_is_scaled_by_true_division_and_a_cards_batch_is_the_cpu_pools(device):
+    # Prepare: every byte value, in images of three channels
+    values = torch.arange(256, dtype=torch.uint8)
+    pixels = values.view(1, 1, 16, 16).expand(2, 3, 16, 16).contiguous()
+
+    # Execute
+    scaled = unit_pixels(values.to(device)).cpu()
+    batch = _stored(pixels).to(device)[:]
+
+    # Assert: each value / 255 correctly rounded to float32 (CUDA's division by a Python number multiplies by the
+    # reciprocal instead: 1 ulp off for about half of them), and a batch normalised on the card is the CPU pool
+    torch.testing.assert_close(scaled, (values.double() / 255).float(), rtol=0, atol=0)
+    assert batch.device.type == device
+    torch.testing.assert_close(batch.cpu(), _float_pool(pixels), rtol=0, atol=0)
 
 
 def test_a_store_stands_in_for_the_pool_and_holds_a_quarter_of_its_bytes():

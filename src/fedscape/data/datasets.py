@@ -41,6 +41,13 @@ _STANDARDISED = ("digits", "femnist")
 _DECODE_CHUNK = 1024  # images normalised at once (147 MB of uint8 at 224x224, where a source decodes when indexed)
 
 
+def unit_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """float32 ``pixels / 255`` of uint8 pixels, by true division on every device: CUDA divides by a Python number
+    as a multiplication by its float32 reciprocal, 1 ulp off for about half the byte values, so a batch made on a
+    card would not hold the numbers of one made on the CPU. A 0-dim tensor on the pixels' device is divided by."""
+    return pixels.to(torch.float32).div_(torch.full((), 255.0, device=pixels.device))
+
+
 class StoredImages:
     """Images held as their decoded uint8 pixels ``[N, C, H, W]`` and handed out as the float32 tensors they stand
     for: indexing gives ``(pixels / 255 - mean) / std`` per channel, computed on the pixels' device for the rows
@@ -102,7 +109,7 @@ class StoredImages:
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """float32 ``(pixels / 255 - mean) / std`` of uint8 pixels ``[..., C, H, W]`` on this store's device."""
-        return pixels.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
+        return unit_pixels(pixels).sub_(self.mean).div_(self.std)
 
     def __getitem__(self, index) -> torch.Tensor:
         pixels = self.pixels[index]
@@ -302,8 +309,7 @@ def from_source(src: Source, targets: str = TARGETS[0], options: dict | None = N
             x = torch.empty((len(index), *images.shape[1:]), dtype=torch.float32)
             for start in range(0, len(index), _DECODE_CHUNK):
                 rows = index[start : start + _DECODE_CHUNK]
-                x[start : start + len(rows)] = (torch.from_numpy(images[rows]).to(torch.float32).div_(255.0)
-                                                .sub_(mean_t).div_(std_t))
+                x[start : start + len(rows)] = unit_pixels(torch.from_numpy(images[rows])).sub_(mean_t).div_(std_t)
             return x, torch.from_numpy(labels[index])
 
     return Dataset(
@@ -479,7 +485,7 @@ def resized_crop_batch(x: StoredImages, index: torch.Tensor, generator: torch.Ge
     n, _, height, width = pixels.shape
     d = resized_crop_draws(n, height, width, generator)
     size = [x.size, x.size]
-    crops = [F.interpolate(pixels[j : j + 1, :, t : t + h, s : s + w].to(torch.float32).div_(255.0), size=size,
+    crops = [F.interpolate(unit_pixels(pixels[j : j + 1, :, t : t + h, s : s + w]), size=size,
                            mode="bilinear", align_corners=False, antialias=True)
              for j, (t, s, h, w) in enumerate(zip(d.top.tolist(), d.left.tolist(), d.height.tolist(),
                                                   d.width.tolist(), strict=True))]

@@ -31,6 +31,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from fedscape.data.datasets import unit_pixels
 from fedscape.data.specs import IMAGENET32_FILES
 
 ROW_BYTES = 3 * 32 * 32
@@ -246,5 +247,5 @@ class ImageNet32:
         ``mean`` and ``std`` are ``[1, 3, 1, 1]``; the uint8 batch moves to the device before the conversion.
         """
         index = index.cpu().numpy() if isinstance(index, torch.Tensor) else index
-        x = torch.from_numpy(self.read(index)).to(device).float().div_(255.0)
+        x = unit_pixels(torch.from_numpy(self.read(index)).to(device))
         return (x - mean.to(device)) / std.to(device)

@@ -217,19 +217,19 @@ def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torc
         t0 = time.perf_counter()
         generator = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, _EPOCH_STREAM))
         perm = torch.randperm(len(y), generator=generator)
-        total, count = 0.0, 0
+        total, count = torch.zeros((), dtype=torch.float64, device=device), 0  # summed on the device: no wait a step
         for i in range(0, len(y), cfg.batch_size):
             b = perm[i : i + cfg.batch_size]  # on the CPU: a streamed proxy reads these rows from disk
             loss = mean_loss(model(proxy.augmented(b, augment, generator)), y[b.to(device)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(b)
+            total += loss.detach().double() * len(b)
             count += len(b)
         if progress is not None:
             with atomic_path(progress) as tmp:
                 torch.save({"key": key, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict()}, tmp)
-        log.info("pretraining epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, cfg.epochs, total / max(count, 1),
+        log.info("pretraining epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, cfg.epochs, float(total) / max(count, 1),
                  time.perf_counter() - t0)
     proxy_eval = proxy.evaluate(model)
     meta = {"proxy": source, "proxy_samples": len(y), "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,

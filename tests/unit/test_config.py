@@ -491,6 +491,25 @@ def test_an_algorithm_hyperparameter_of_the_wrong_type_is_rejected_naming_the_ke
     assert "not supported between" not in str(err.value)
 
 
+@pytest.mark.parametrize("name", ["fedavg", "fedavgm", "fedprox", "scaffold", "fednova", "fedsam", "fedasam", "moon",
+                                  "feddyn", "fedalign", "gradaug", "mixup", "stochdepth"])
+@pytest.mark.parametrize("step", [{"server_lr": 0.0}, {"server_lr": -1.0}, {"server_momentum": 1.0},
+                                  {"server_momentum": -0.5}])
+def test_a_server_step_that_cannot_train_is_rejected_for_every_server_sgd_algorithm(name, step):
+    # Prepare: lr 0 trains a run of identical rounds to the end, and says nothing
+    config = with_change("algorithms", {"x": {"name": name, **step}}, GRID_ONLY)
+
+    # Execute / Assert
+    with pytest.raises(ConfigError, match=r"algorithms\.x: .*server_lr must be positive and server_momentum in "
+                                          r"\[0, 1\)"):
+        check_config(config, SCHEMA)
+
+
+def test_a_server_step_within_its_ranges_is_accepted():
+    check_config(with_change("algorithms", {"x": {"name": "fedavgm", "server_lr": 0.5, "server_momentum": 0.9}},
+                             GRID_ONLY), SCHEMA)
+
+
 def _every_hyperparameter():
     from dataclasses import fields
 

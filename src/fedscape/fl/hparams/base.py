@@ -24,6 +24,13 @@ class ServerSGDConfig(AlgorithmConfig):
     server_lr: float = 1.0  # McMahan et al. 2017: the new global model is the weighted mean
     server_momentum: float = 0.0  # FedAvgM (Hsu et al. 2019) uses 0.9
 
+    def __post_init__(self):
+        # lr 0 never moves the global model (a run of identical rounds), a negative one climbs the loss, and
+        # momentum 1 or more never lets a step's weight decay.
+        if self.server_lr <= 0 or not 0 <= self.server_momentum < 1:
+            raise ValueError(f"server_lr must be positive and server_momentum in [0, 1), got {self.server_lr} and "
+                             f"{self.server_momentum}")
+
 
 @dataclass(frozen=True)
 class AlgorithmSpec:

@@ -17,6 +17,7 @@ class FedAlignConfig(ServerSGDConfig):
     clip_grad_norm: float = 10.0  # the FedAlign code clips the local gradient norm at 10; 0 turns it off
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0 < self.width <= 1 or self.mu < 0 or self.power_iterations < 1 or self.clip_grad_norm < 0:
             raise ValueError("FedAlign needs 0 < width <= 1, mu >= 0, power_iterations >= 1 and clip_grad_norm >= 0")
 

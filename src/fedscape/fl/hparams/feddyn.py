@@ -14,6 +14,7 @@ class FedDynConfig(ServerSGDConfig):
     alpha: float = 0.01  # Acar et al. 2021 search alpha in {0.1, 0.01, 0.001}; 0.01 in their CIFAR runs
 
     def __post_init__(self):
+        super().__post_init__()
         if self.alpha <= 0:
             raise ValueError(f"alpha must be positive, got {self.alpha}")
 

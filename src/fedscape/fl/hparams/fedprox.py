@@ -14,6 +14,7 @@ class FedProxConfig(ServerSGDConfig):
     mu: float = 1e-4  # FedAlign paper (Mendieta et al. 2022), Sec. 3.2: the tuned optimum for FedProx
 
     def __post_init__(self):
+        super().__post_init__()
         if self.mu < 0:
             raise ValueError(f"mu must be non-negative, got {self.mu}")
 

@@ -17,6 +17,7 @@ class FedSAMConfig(ServerSGDConfig):
     rho: float = 0.05
 
     def __post_init__(self):
+        super().__post_init__()
         if self.rho < 0:
             raise ValueError(f"rho must be non-negative, got {self.rho}")
 

@@ -17,6 +17,7 @@ class GradAugConfig(ServerSGDConfig):
     scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.625)  # input sizes 32/28/24/20 of 32 in the FedAlign code
 
     def __post_init__(self):
+        super().__post_init__()
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
         if self.num_subnets < 1 or not 0 < self.min_width <= 1 or self.mu < 0:
             raise ValueError("GradAug needs num_subnets >= 1, 0 < min_width <= 1 and mu >= 0")

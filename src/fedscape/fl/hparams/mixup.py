@@ -14,6 +14,7 @@ class MixupConfig(ServerSGDConfig):
     gamma: float = 0.05  # FedAlign paper, Sec. 3.2: lambda ~ Beta(gamma, gamma) with gamma = 0.05
 
     def __post_init__(self):
+        super().__post_init__()
         if self.gamma < 0:
             raise ValueError(f"gamma must be non-negative, got {self.gamma}")
 

@@ -29,6 +29,7 @@ class MoonConfig(ServerSGDConfig):
     head: MoonHead = "side"
 
     def __post_init__(self):
+        super().__post_init__()
         if self.temperature <= 0 or self.mu < 0 or self.projection_dim < 0:
             raise ValueError("MOON needs temperature > 0, mu >= 0 and projection_dim >= 0")
         if self.head not in MOON_HEADS:

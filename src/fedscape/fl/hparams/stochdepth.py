@@ -14,6 +14,7 @@ class StochDepthConfig(ServerSGDConfig):
     survival_last: float = 0.9  # gamma_L, the last block's survival probability (FedAlign paper, Sec. 3.2)
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0 < self.survival_last <= 1:
             raise ValueError(f"survival_last must be in (0, 1], got {self.survival_last}")
 

@@ -8,7 +8,11 @@ from snakemake.utils import min_version
 from fedscape.core.config import load_schema, read_config_file
 from fedscape.core.paths import Results
 from fedscape.core.runs import build_runs
-from fedscape.plan.resources import gpu_per_job, local_gpu_slots
+from fedscape.plan.resources import (
+    cpu_job_resources,
+    gpu_job_resources,
+    local_gpu_slots,
+)
 from fedscape.plan.workflow import (
     all_targets,
     check_config,
@@ -41,16 +45,14 @@ check_config(
 )
 RUNS = build_runs(config)
 RESULTS = Results.of(config)
-# The `gpu` resource of the GPU rules' jobs; a local run (the main process, no --jobs to an executor: no
-# `_nodes`) starts at most one GPU job per card at once unless `--resources gpu=N` says otherwise
-# (fedscape.plan.resources). A cluster places GPU jobs itself: the SLURM profile asks for gpu: 1 per job, and
-# the job step on the node is not the main process.
-GPU_JOB = gpu_per_job(config)
-if (
-    workflow.is_main_process
-    and workflow.global_resources["_nodes"].value is None
-    and "gpu" not in workflow.global_resources
-):
+# The resources that say whether a GPU rule's job takes a card (fedscape.plan.resources): a local run (no --jobs to
+# an executor: no `_nodes`) starts at most one GPU job per card at once unless `--resources gpu=N` says otherwise;
+# a cluster places GPU jobs itself, each asking for a card unless training.device is cpu (the job step on the
+# node is not the main process).
+CLUSTER = workflow.global_resources["_nodes"].value is not None
+GPU_JOB = gpu_job_resources(config, CLUSTER)
+CPU_JOB = cpu_job_resources(CLUSTER)
+if workflow.is_main_process and not CLUSTER and "gpu" not in workflow.global_resources:
     workflow.global_resources["gpu"] = local_gpu_slots(config)
 
 

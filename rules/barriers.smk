@@ -41,7 +41,7 @@ rule interpolation:
     conda:
         "../envs/torch.yaml"
     resources:
-        gpu=GPU_JOB,
+        **GPU_JOB,
     params:
         settings=lambda wildcards: barrier_plan.interpolation_settings(
             config, INTERPOLATION_PAIRS[wildcards.pair]
@@ -102,7 +102,7 @@ rule layer_barriers:
     conda:
         "../envs/torch.yaml"
     resources:
-        gpu=GPU_JOB,
+        **GPU_JOB,
     params:
         settings=lambda wildcards: barrier_plan.layer_settings(
             config,

@@ -11,6 +11,7 @@ from fedscape.analysis.hessian.definitions import (
 from fedscape.core.paths import HESSIAN_DIR, HESSIAN_FIGURE
 from fedscape.core.runs import Run
 from fedscape.plan import hessian as hessian_plan
+from fedscape.plan.resources import by_input
 
 
 rule hessian:
@@ -30,7 +31,7 @@ rule hessian:
         "../envs/torch.yaml"
     resources:
         # a job that copies another run's round-0 result computes nothing
-        gpu=lambda wildcards, input: 0 if "source_details" in input.keys() else GPU_JOB,
+        **{key: by_input(key, "source_details", GPU_JOB, CPU_JOB) for key in GPU_JOB},
     params:
         settings=lambda wildcards: hessian_plan.hessian_job_settings(
             config, RUNS, Run.from_wildcards(wildcards), int(wildcards.round)

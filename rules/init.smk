@@ -18,7 +18,7 @@ rule init:
     conda:
         "../envs/torch.yaml"
     resources:
-        gpu=GPU_JOB,
+        **GPU_JOB,
     params:
         settings=lambda wildcards: init_settings(
             config, RUNS, wildcards.dataset, wildcards.model, wildcards.init

@@ -63,7 +63,7 @@ rule landscape_chunk:
     conda:
         "../envs/torch.yaml"
     resources:
-        gpu=GPU_JOB,
+        **GPU_JOB,
     params:
         settings=lambda wildcards: landscape_plan.chunk_settings(
             config,

@@ -15,7 +15,7 @@ rule train:
     conda:
         "../envs/torch.yaml"
     resources:
-        gpu=GPU_JOB,
+        **GPU_JOB,
     params:
         settings=lambda wildcards: train_settings(config, Run.from_wildcards(wildcards)),
         # Kept outside the declared outputs: Snakemake deletes those when a job is killed.

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from snakemake.iocontainers import Namedlist
 
 from fedscape.core.config import ConfigError, load_schema
 from fedscape.core.gpus import card_loads, claim_card, parse_visible_devices, visible_gpus
@@ -22,7 +23,17 @@ from fedscape.plan.barriers import interpolation_pair, interpolation_settings
 from fedscape.plan.hessian import hessian_job_settings
 from fedscape.plan.init import init_settings
 from fedscape.plan.landscape import chunk_settings, landscape_plans
-from fedscape.plan.resources import DATA_RULES, GPU_RULES, RULE_NEEDS, gpu_per_job, local_gpu_slots, memory_hint
+from fedscape.plan.resources import (
+    DATA_RULES,
+    GPU_RULES,
+    RULE_NEEDS,
+    by_input,
+    cpu_job_resources,
+    gpu_job_resources,
+    gpu_per_job,
+    local_gpu_slots,
+    memory_hint,
+)
 from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config
 
@@ -157,17 +168,58 @@ def _rules_with_gpu() -> set[str]:
     for path in (ROOT / "rules").glob("*.smk"):
         for block in re.split(r"\n(?=rule )", path.read_text()):
             match = re.match(r"rule (\w+):", block)
-            if match and re.search(r"\n    resources:\n(        #[^\n]*\n)*        gpu=", block):
+            declared = r"\n    resources:\n(        #[^\n]*\n)*        \*\*(GPU_JOB|\{key: by_input)"
+            if match and re.search(declared, block):
                 rules.add(match.group(1))
     return rules
 
 
-def test_the_gpu_rules_declare_a_gpu_here_and_on_slurm():
+def test_the_gpu_rules_declare_their_card_and_the_slurm_profile_only_sizes_them():
     profile = yaml.safe_load((ROOT / "slurm" / "config.yaml").read_text())
-    on_slurm = {rule for rule, res in profile["set-resources"].items() if "gpu" in res}
+    sized = set(profile["set-resources"])
+    cards = {rule for rule, res in profile["set-resources"].items()
+             if {"gpu", "gpu_model", "slurm_partition", "gres"} & set(res)}
 
     assert _rules_with_gpu() == set(GPU_RULES)
-    assert on_slurm == set(GPU_RULES)
+    assert sized == set(GPU_RULES) and cards == set()  # the profile would override the config's device
+
+
+ENVIRON = {"SLURM_PARTITION": "cpu", "SLURM_GPU_PARTITION": "gpu", "SLURM_GPU_MODEL": "a100"}
+
+
+@pytest.mark.parametrize(("device", "cluster", "environ", "expected"), [
+    ("auto", True, ENVIRON, {"gpu": 1, "gpu_model": "a100", "slurm_partition": "gpu"}),
+    ("cuda:1", True, {"SLURM_PARTITION": "cpu"}, {"gpu": 1, "gpu_model": "", "slurm_partition": "cpu"}),
+    ("auto", True, {}, {"gpu": 1, "gpu_model": "", "slurm_partition": ""}),  # the cluster's defaults
+    ("cpu", True, ENVIRON, {"gpu": 0, "gpu_model": "", "slurm_partition": "cpu"}),  # a CPU job: no card held idle
+    ("cpu", False, ENVIRON, {"gpu": 0}),
+])
+def test_a_gpu_rules_job_asks_a_cluster_for_a_card_unless_the_config_computes_on_cpus(device, cluster, environ,
+                                                                                      expected):
+    assert gpu_job_resources({"training": {"device": device}}, cluster, environ) == expected
+
+
+def test_a_local_gpu_rules_job_asks_for_a_card_only_where_one_is_visible(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+    assert gpu_job_resources({"training": {"device": "auto"}}, cluster=False) == {"gpu": 0}
+
+
+@pytest.mark.parametrize("cluster", [True, False])
+def test_a_job_that_copies_a_result_takes_the_cpu_resources(cluster):
+    # Prepare: a Hessian job's resource callables, for a computing job's input and a copying one's
+    gpu_job = gpu_job_resources({"training": {"device": "auto"}}, True, ENVIRON) if cluster else {"gpu": 1}
+    cpu_job = cpu_job_resources(cluster, ENVIRON)
+    computing, copying = (Namedlist(fromdict={name: f"{name}.file" for name in names})
+                          for names in (("trajectory", "partition"), ("source_details", "source_table")))
+
+    # Execute
+    got = {name: {key: by_input(key, "source_details", gpu_job, cpu_job)(None, inputs) for key in gpu_job}
+           for name, inputs in (("computing", computing), ("copying", copying))}
+
+    # Assert
+    assert got == {"computing": gpu_job, "copying": cpu_job}
+    assert cpu_job == ({"gpu": 0, "gpu_model": "", "slurm_partition": "cpu"} if cluster else {"gpu": 0})
 
 
 def _rule_blocks() -> dict[str, str]:

@@ -29,12 +29,13 @@ from fedscape.analysis.hessian.definitions import JOB_FILES
 from fedscape.core.config import load_schema
 from fedscape.core.runs import build_runs
 from fedscape.models.checkpoint import load_clients, load_trajectory
+from fedscape.plan.resources import GPU_RULES, gpu_job_resources
 from fedscape.plan.workflow import check_config
 
 PROFILE = ROOT / "slurm" / "config.yaml"
 SLURM_DIR = ROOT / "tests" / "slurm"
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
-RESOURCE_KEYS = ("gpu", "mem_mb", "runtime", "cpus_per_task")
+RESOURCE_KEYS = ("mem_mb", "runtime", "cpus_per_task")
 
 
 def profile() -> dict:
@@ -78,10 +79,9 @@ def test_profile_is_one_file_where_snakemake_resolves_a_bare_name():
     assert profile()["executor"] == "slurm"
 
 
-def test_gpu_rules_have_gpu_resources_and_the_cuda_env():
+def test_gpu_rules_are_sized_and_use_the_cuda_env():
     envs = rule_envs()
-    gpu_rules = {rule for rule, res in profile()["set-resources"].items()
-                 if evaluate_resource(res.get("gpu", 0)) >= 1}
+    gpu_rules = set(GPU_RULES)
 
     assert {"train", "init", "landscape_chunk", "hessian"} <= gpu_rules
     for rule in gpu_rules:
@@ -151,11 +151,12 @@ def test_conda_envs_provide_every_module_fedscape_imports(env):
     ],
 )
 def test_account_and_partitions_come_from_the_environment(environ, account, partition, gpu_partition):
-    defaults, train = profile()["default-resources"], profile()["set-resources"]["train"]
+    defaults = profile()["default-resources"]
+    train = gpu_job_resources({"training": {"device": "auto"}}, cluster=True, environ=environ)
 
     assert evaluate_resource(defaults["slurm_account"], environ) == account
     assert evaluate_resource(defaults["slurm_partition"], environ) == partition
-    assert evaluate_resource(train["slurm_partition"], environ) == gpu_partition
+    assert train["slurm_partition"] == gpu_partition
 
 
 def test_every_submitted_rule_uses_the_cpus_it_asks_for():
@@ -176,18 +177,44 @@ def test_every_submitted_rule_uses_the_cpus_it_asks_for():
 
 @pytest.mark.parametrize(("inputs", "gpu"), [(("trajectory", "partition"), 1),
                                              (tuple(f"source_{key}" for key in JOB_FILES), 0)])
-def test_a_copying_hessian_job_asks_for_no_gpu(inputs, gpu):
+def test_a_copying_hessian_job_is_a_small_cpu_job(inputs, gpu):
     # Prepare: the inputs of a computing job, and of a round-0 job that copies a shared result
     environ = {"SLURM_PARTITION": "cpu", "SLURM_GPU_PARTITION": "gpu", "SLURM_GPU_MODEL": "a100"}
 
-    # Execute
+    # Execute: the profile's size of the job
     hessian = profile()["set-resources"]["hessian"]
     res = {key: evaluate_resource(value, environ, inputs) for key, value in hessian.items()}
 
-    # Assert
-    assert res["gpu"] == gpu
-    assert (res["slurm_partition"], res["gpu_model"]) == (("gpu", "a100") if gpu else ("cpu", ""))
-    assert (res["runtime"], res["cpus_per_task"]) == ((240, 4) if gpu else (10, 1))
+    # Assert (its card: tests/unit/test_resources.py)
+    assert (res["mem_mb"], res["runtime"], res["cpus_per_task"]) == ((16000, 240, 4) if gpu else (2000, 10, 1))
+
+
+@pytest.mark.parametrize(("device", "card"), [("cpu", False), ("auto", True)])
+def test_a_dry_run_under_the_profile_asks_for_cards_by_the_configs_device(tmp_path, device, card):
+    # Prepare: the workflow, the profile as typed, the tiny config computing on `device`
+    workdir = copy_workflow(tmp_path)
+    shutil.copytree(ROOT / "slurm", workdir / "slurm")
+    (workdir / "tiny.yaml").write_text(TINY_CONFIG.read_text().replace("  device: cpu\n", f"  device: {device}\n"))
+    environ = {"SLURM_ACCOUNT": "acc", "SLURM_PARTITION": "cpuq", "SLURM_GPU_PARTITION": "gpuq",
+               "SLURM_GPU_MODEL": "a100"}
+
+    # Execute
+    proc = snakemake(workdir, "-n", "--profile", "slurm", "--configfile", "tiny.yaml", env=environ, timeout=300)
+
+    # Assert: every train and init job on a card in the GPU partition, or a CPU job in the CPU partition (a config
+    # that computes on CPUs holds no card idle); partition jobs stay CPU jobs either way
+    resources: dict[str, set[str]] = {}
+    rule = None
+    for line in proc.stdout.splitlines():
+        if line.startswith("rule "):
+            rule = line[5:].rstrip(":")
+        elif line.strip().startswith("resources:") and rule:
+            fields = dict(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))
+            resources.setdefault(rule, set()).add(
+                f"{fields.get('gpu', '0')} {fields.get('gpu_model', '')} {fields['slurm_partition']}")
+    want = "1 a100 gpuq" if card else "0  cpuq"
+    assert resources["train"] == resources["init"] == {want}
+    assert resources["partition"] == {"0  cpuq"}
 
 
 # -- a real SLURM -----------------------------------------------------------------------------------
@@ -247,7 +274,8 @@ def test_tiny_workflow_runs_through_sbatch(slurm_cluster, tmp_path, monkeypatch)
     # Prepare: the workflow, the profile as typed, the tiny config; account and partitions from the environment
     workdir = copy_workflow(tmp_path)
     shutil.copytree(ROOT / "slurm", workdir / "slurm")
-    shutil.copy2(TINY_CONFIG, workdir / "tiny.yaml")
+    # device auto (CUDA where a job sees a card, else its CPUs): the jobs ask SLURM for a card; `cpu` asks for none
+    (workdir / "tiny.yaml").write_text(TINY_CONFIG.read_text().replace("  device: cpu\n", "  device: auto\n"))
     monkeypatch.setenv("SLURM_CONF", slurm_cluster["SLURM_CONF"])
     monkeypatch.setenv("SLURM_ACCOUNT", "fsacct")
     monkeypatch.setenv("SLURM_PARTITION", "fscpu")

@@ -1,13 +1,17 @@
 """What a job asks of the machine beyond cores: one GPU for the jobs that compute with torch on a device.
 
 Snakemake schedules a local run by cores alone unless a resource says otherwise, so every rule that can run on a GPU
-declares `resources: gpu=` (`gpu_per_job`) and the Snakefile limits a local run's `gpu` resource to what the cards
-hold (`local_gpu_slots`). The SLURM profile (slurm/config.yaml) asks for `gpu: 1` for the same rules (`GPU_RULES`;
-tests/unit/test_resources.py keeps the three in step), and SLURM places the jobs itself.
+declares its `gpu` resource (`gpu_job_resources`) and the Snakefile limits a local run's `gpu` resource to what the
+cards hold (`local_gpu_slots`). Under a cluster executor (the SLURM profile) the same rules ask SLURM for a card, in
+the GPU partition, whenever `training.device` is not `cpu`, and SLURM places the jobs itself: a config that computes
+on CPUs asks for none (the profile only sizes the jobs: memory, time, CPUs). tests/unit/test_resources.py keeps the
+rules and `GPU_RULES` in step.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from fedscape.core.config import config_value
@@ -60,6 +64,37 @@ def gpu_per_job(config: dict, gpus: int | None = None) -> int:
     machine's, `fedscape.core.gpus.visible_gpus`)."""
     gpus = visible_gpus() if gpus is None else gpus
     return int(config["training"]["device"] != "cpu" and gpus > 0)
+
+
+def gpu_job_resources(config: dict, cluster: bool, environ: Mapping[str, str] | None = None) -> dict[str, object]:
+    """The resources of a GPU rule's job that say whether, and on a cluster where, it takes a card.
+
+    A local run: `gpu` alone (`gpu_per_job`). A cluster (an executor's `--jobs`: the submitting node need not see a
+    card): a card whenever `training.device` is not `cpu`, in SLURM_GPU_PARTITION (else SLURM_PARTITION) with
+    SLURM_GPU_MODEL, as the environment says when the jobs are planned; with `device: cpu`, a CPU job
+    (`cpu_job_resources`)."""
+    if not cluster:
+        return {"gpu": gpu_per_job(config)}
+    environ = os.environ if environ is None else environ
+    if config["training"]["device"] == "cpu":
+        return cpu_job_resources(cluster, environ)
+    return {"gpu": 1, "gpu_model": environ.get("SLURM_GPU_MODEL", ""),
+            "slurm_partition": environ.get("SLURM_GPU_PARTITION") or environ.get("SLURM_PARTITION", "")}
+
+
+def cpu_job_resources(cluster: bool, environ: Mapping[str, str] | None = None) -> dict[str, object]:
+    """The same resources for a job of a GPU rule that computes nothing on a device (a Hessian job that copies
+    another run's result): no card, and on a cluster the partition of CPU jobs (SLURM_PARTITION)."""
+    if not cluster:
+        return {"gpu": 0}
+    environ = os.environ if environ is None else environ
+    return {"gpu": 0, "gpu_model": "", "slurm_partition": environ.get("SLURM_PARTITION", "")}
+
+
+def by_input(key: str, copies: str, gpu_job: dict, cpu_job: dict) -> Callable:
+    """A rule's resource `key` as a function of its job's input: `cpu_job`'s where the job has an input named
+    `copies` (it copies a result and computes nothing), else `gpu_job`'s."""
+    return lambda wildcards, input: (cpu_job if copies in input.keys() else gpu_job)[key]
 
 
 def local_gpu_slots(config: dict, gpus: int | None = None) -> int:

@@ -24,7 +24,9 @@ DENSITY_FIGURE = "spectral_density"
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 # 2: Hutchinson's `trace_stderr` from Hutchinson's variance estimated over whole probe vectors, not from the spread of
 # the probes' z^T H z (too small at small budgets); every other number is as at 1.
-RESULT_VERSIONS = {"hessian": 2}
+# 3: HN and HD from unbiased inner products of the clients' diagonals (two halves of the probes), not from the
+# squared norms of the estimates (biased up by their variance); every other number is as at 2.
+RESULT_VERSIONS = {"hessian": 3}
 
 
 def settings_from_config(section: dict) -> HessianSettings:

@@ -142,7 +142,7 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     diagonals = []
     for i, k in enumerate(clients):
         rep = analyse(model, *client_eval_data(data, hs, k), hs, density=False)
-        diagonals.append(rep.hutchinson.diagonal)
+        diagonals.append(rep.hutchinson.halves)
         rows.append(_row(run_id, round_, client_label(k), rep, hs.top_k))
         details["data"][client_label(k)] = _details(rep)
         log.info("client %d (%d/%d, n=%d): lambda_1 = %.6g, trace = %.6g +- %.3g (%.1f s)", k, i + 1, len(clients),

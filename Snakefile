@@ -7,7 +7,7 @@ from snakemake.utils import min_version
 
 from fedscape.core.config import load_schema, read_config_file
 from fedscape.core.paths import Results
-from fedscape.core.runs import build_runs
+from fedscape.core.runs import build_runs, unused_grid_values
 from fedscape.plan.resources import (
     cpu_job_resources,
     gpu_job_resources,
@@ -44,6 +44,9 @@ check_config(
     files=workflow.configfiles,
 )
 RUNS = build_runs(config)
+if workflow.is_main_process:
+    for line in unused_grid_values(config, RUNS):
+        logger.warning(f"fedscape: {line}")
 RESULTS = Results.of(config)
 # The resources that say whether a GPU rule's job takes a card (fedscape.plan.resources): a local run (no --jobs to
 # an executor: no `_nodes`) starts at most one GPU job per card at once unless `--resources gpu=N` says otherwise;

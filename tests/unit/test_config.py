@@ -12,7 +12,7 @@ from helpers.plans import all_settings
 from helpers.workflow import ROOT
 
 from fedscape.core.config import ConfigError, duplicate_keys, read_config_file
-from fedscape.core.runs import RUN_FIELDS, Run, build_runs, resolve_run, select_runs
+from fedscape.core.runs import RUN_FIELDS, Run, build_runs, resolve_run, select_runs, unused_grid_values
 from fedscape.data.specs import DATASET_OPTION_ORDER
 from fedscape.plan.landscape import landscape_plans, plane_settings
 from fedscape.plan.workflow import check_config, check_data
@@ -216,6 +216,49 @@ def test_explicit_experiments_replace_the_grid():
     runs = build_runs(config)
 
     assert [(r.setting, r.seed) for r in runs] == [("0.5", 2), ("iid", 0)]
+
+
+@pytest.mark.parametrize(("default", "expected"), [
+    (None, [("0.5", 2), ("iid", 0)]),  # the first of `seeds`
+    (1, [("0.5", 2), ("iid", 1)]),
+    ("every", [("0.5", 2), ("iid", 0), ("iid", 1), ("iid", 2)]),  # replicates of the experiment that names no seed
+])
+def test_an_experiment_without_a_seed_takes_the_default_seed_or_every_seed(default, expected):
+    # Prepare
+    config = with_change("experiments", [{"alpha": "iid"}, {"alpha": 0.5, "seed": 2}], GRID_ONLY)
+    config["seeds"] = [0, 1, 2]
+    config["experiment_defaults"] = {"seed": default}
+
+    # Execute
+    runs = build_runs(check_config(config, SCHEMA))
+
+    # Assert
+    assert [(r.setting, r.seed) for r in runs] == expected
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({}, []),
+    ({"seeds": [0, 1, 2]}, ["seeds: 1 taken by no run (an experiment that leaves `seed` unset takes the first of "
+                            "`seeds`, 0): set `experiment_defaults: {seed: every}`"]),
+    ({"alphas": ["iid", 1.0, 0.5], "num_clients": [10, 20]}, ["alphas: 1.0 taken by no run",
+                                                              "num_clients: 20 taken by no run"]),
+    ({"experiment_defaults": {"seed": "every"}, "seeds": [0, 1, 2]}, []),
+    ({"experiments": None, "seeds": [0, 1, 2]}, []),  # the grid takes every value of every list
+])
+def test_values_of_the_grid_that_no_experiment_takes_are_named(change, expected):
+    # Prepare: experiments at iid (seed 0) and 0.5 (seed 2), beside lists that may hold more values
+    config = with_change("experiments", [{"alpha": "iid"}, {"alpha": 0.5, "seed": 2}], GRID_ONLY)
+    config.update({"alphas": ["iid", 0.5], "num_clients": [10], "seeds": [0, 2], **change})
+    if config["experiments"] is None:
+        config.pop("experiments")
+    config = check_config(config, SCHEMA)
+
+    # Execute
+    lines = sorted(unused_grid_values(config, build_runs(config)))
+
+    # Assert: one line a list, naming the values, the first value taken instead and the fix
+    assert len(lines) == len(expected)
+    assert all(line.startswith(want) for line, want in zip(lines, sorted(expected), strict=True))
 
 
 def test_selectors_resolve_runs_and_fail_clearly():

@@ -115,6 +115,8 @@ def parse_run_id(run_id: str) -> dict[str, str]:
 # The grid sections that are YAML mappings: their order carries no meaning (a tool that rewrites the file may
 # sort them), so an experiment cannot take "the first" label of one of them.
 MAPPING_SECTIONS = ("datasets", "inits", "algorithms")
+# `experiment_defaults: {seed: every}`: an experiment that names no seed runs once for each of `seeds`.
+EVERY_SEED = "every"
 
 
 def _experiment_defaults(config: dict, grid: dict[str, list]) -> dict:
@@ -146,6 +148,9 @@ def build_runs(config: dict) -> list[Run]:
     if config.get("experiments"):
         defaults = _experiment_defaults(config, grid)
         combos = [{k: defaults[k] if exp.get(k) is None else exp[k] for k in grid} for exp in config["experiments"]]
+        if defaults["seed"] == EVERY_SEED:  # replicates: each experiment without a seed, for every seed
+            combos = [{**c, "seed": seed} for c in combos for seed in
+                      (grid["seed"] if c["seed"] == EVERY_SEED else [c["seed"]])]
     else:
         combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     runs = []
@@ -158,6 +163,27 @@ def build_runs(config: dict) -> list[Run]:
         runs.append(Run.from_fields({**c, "alpha": format_setting(c["alpha"]),
                                      "participation": format_fraction(c["participation"])}))
     return sorted(set(runs))
+
+
+def unused_grid_values(config: dict, runs: list[Run]) -> list[str]:
+    """A line for each list of the grid (models, alphas, num_clients, participation, seeds) with values that no run
+    of `experiments` takes: an experiment that leaves a field unset takes the first value of its list, so adding
+    a seed to `seeds` alone plans nothing new, and a user expecting replicates would see no sign of it."""
+    if not config.get("experiments"):
+        return []
+    lines = []
+    for key, section in GRID_SECTIONS.items():
+        if section in MAPPING_SECTIONS:
+            continue
+        used = {_selector_value(key, getattr(run, _ATTRIBUTES.get(key, key))) for run in runs}
+        unused = [str(v) for v in config[section] if _selector_value(key, v) not in used]
+        if not unused:
+            continue
+        fix = ("set `experiment_defaults: {seed: every}` to run each experiment without a seed for every seed, or "
+               "name them in `experiments`" if key == "seed" else "name them in `experiments`, or drop them")
+        lines.append(f"{section}: {', '.join(unused)} taken by no run (an experiment that leaves `{key}` unset takes "
+                     f"the first of `{section}`, {config[section][0]}): {fix}")
+    return lines
 
 
 def _selector_value(key: str, value) -> str:

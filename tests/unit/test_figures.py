@@ -654,3 +654,36 @@ def test_density_figure_draws_each_runs_smoothed_spectrum_on_a_log_axis_without_
         assert ax.get_yscale() == "log" and len(ax.lines) == 2
         assert ax.get_ylim()[0] == 1e-6 and math.log10(ax.get_ylim()[1] / 1e-6) > 6
         assert len(ax.yaxis.get_ticklocs(minor=True)) == 0
+
+
+@pytest.mark.parametrize("by", ["init", "algorithm"])
+def test_lambda_trace_figures_never_pool_run_groups_that_differ_in_another_field(tmp_path, by):
+    from fedscape.analysis.hessian import figures as hessian_figures
+    from fedscape.analysis.hessian.definitions import AGGREGATE
+
+    # Prepare: at alpha 0.1, FedAvg from random and pretrained inits, FedProx from random, FedAvg with half the
+    # clients per round, two seeds each; lambda_max tells the groups apart
+    groups = {("random", "fedavg", "1.0"): 1.0, ("pretrained", "fedavg", "1.0"): 2.0,
+              ("random", "fedprox", "1.0"): 3.0, ("random", "fedavg", "0.5"): 4.0}
+    rows = []
+    for (init, algorithm, part), value in groups.items():
+        for seed in (0, 1):
+            rid = run_id("0.1", seed, init, algorithm).replace("part~1.0", f"part~{part}")
+            rows.append({"run_id": rid, "round": 5, "data": AGGREGATE, "lambda_1": value + seed / 10, "trace": 1.0,
+                         "trace_stderr": 0.1})
+    rows.append({**rows[0], "data": "client~0", "lambda_1": 99.0})  # a client's row: not plotted
+    pd.DataFrame(rows).to_csv(tmp_path / "hessian.csv", index=False)
+    outputs = {ext: tmp_path / f"fig.{ext}" for ext in ("png", "pdf", "csv")}
+
+    # Execute
+    hessian_figures.lambda_trace_figure(tmp_path / "hessian.csv", outputs, by)
+
+    # Assert: each category holds one run group's two seeds; the usual group is named by its `by` value alone
+    data = assert_figure_files(outputs)
+    lam = data[data["metric"] == "lambda_max"]
+    assert lam.groupby("group")["value"].apply(lambda v: sorted(v.round(1))).to_dict() == {
+        "random init" if by == "init" else "FedAvg": [1.0, 1.1],
+        "pretrained init" if by == "init" else "FedAvg · pretrained init": [2.0, 2.1],
+        "random init · FedProx" if by == "init" else "FedProx": [3.0, 3.1],
+        "random init · 50% sampled" if by == "init" else "FedAvg · 50% sampled": [4.0, 4.1],
+    }

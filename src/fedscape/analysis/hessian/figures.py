@@ -37,12 +37,31 @@ def density_on_grid(nodes: Sequence[np.ndarray], weights: Sequence[np.ndarray], 
     return out / len(nodes)
 
 
+# The run fields besides alpha and seed that set a run group apart within a dataset/model (the x categories).
+_GROUP_FIELDS = ("init", "algorithm", "participation", "num_clients")
+
+
+def run_groups(df: pd.DataFrame, by: str) -> pd.Series:
+    """Each row's x category: its `by` value, then every other field of `_GROUP_FIELDS` in which its run differs
+    from the dataset/model's most common value (e.g. 'random init · 50% sampled'), so that a category holds one
+    run group's seeds and never pools algorithms, inits or participation."""
+    out = pd.Series("", index=df.index, dtype=object)
+    for _, sub in df.groupby("setting"):
+        common = {f: sub[f].astype(str).mode().iloc[0] for f in _GROUP_FIELDS if f != by}
+        for i, row in sub.iterrows():
+            parts = [format_field(by, row[by])]
+            parts += [format_field(f, row[f]) for f, value in common.items() if str(row[f]) != value]
+            out[i] = " · ".join(parts)
+    return out
+
+
 def lambda_trace_figure(table: str | Path, outputs: dict, by: str) -> None:
     """lambda_max and trace of the global model on the aggregate data, per `by` (algorithm or init).
 
-    One panel per (metric, dataset/model, round); x = the `by` field, colour = alpha (fedscape.outputs.style),
-    one point per seed (trace with its standard error) and a bar at the mean: FedAlign Table 1 (per
-    algorithm) and the Meta poster's top eigenvalue at init (per init).
+    One panel per (metric, dataset/model, round); x = the run groups by `by` (`run_groups`: runs that differ in
+    another field too, say FedProx at a random init in the per-init figure, are a category of their own), colour =
+    alpha (fedscape.outputs.style), one point per seed (trace with its standard error) and a bar at the mean:
+    FedAlign Table 1 (per algorithm) and the Meta poster's top eigenvalue at init (per init).
     """
     if by not in ("algorithm", "init"):
         raise ValueError(f"by must be 'algorithm' or 'init', got {by!r}")
@@ -53,8 +72,9 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str) -> None:
         df.assign(metric="trace", value=df["trace"], stderr=df["trace_stderr"]),
     ], ignore_index=True)
     long["setting"] = long["dataset"] + "/" + long["model"]
-    data_cols = ["metric", "setting", "round", by, "alpha", "seed", "run_id", "value", "stderr"]
-    data = long[data_cols].sort_values(data_cols[:6]).reset_index(drop=True)
+    long["group"] = run_groups(long, by)
+    data_cols = ["metric", "setting", "round", by, "group", "alpha", "seed", "run_id", "value", "stderr"]
+    data = long[data_cols].sort_values(data_cols[:7]).reset_index(drop=True)
 
     plt = pyplot()
     panels = sorted({(s, int(r)) for s, r in zip(long["setting"], long["round"], strict=True)})
@@ -68,11 +88,13 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str) -> None:
         for row, metric in enumerate(metrics):
             ax = axes[row, col]
             sub = long[(long["setting"] == setting) & (long["round"] == round_) & (long["metric"] == metric)]
-            cats = sorted(sub[by].astype(str).unique())
+            # the groups of each `by` value together, the value's own group (nothing else differs) first
+            first = sub.groupby("group")[by].first().astype(str)
+            cats = sorted(first.index, key=lambda g: (first[g], " · " in g, g))
             width = 0.8 / max(1, len(alphas))
             for i, cat in enumerate(cats):
                 for j, alpha in enumerate(alphas):
-                    pts = sub[(sub[by].astype(str) == cat) & (sub["alpha"].astype(str) == alpha)]
+                    pts = sub[(sub["group"] == cat) & (sub["alpha"].astype(str) == alpha)]
                     if pts.empty:
                         continue
                     color = colors[format_setting(alpha)]
@@ -82,7 +104,7 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str) -> None:
                                          color=color, capsize=2)
                     ax.hlines(pts["value"].mean(), xpos - width * 0.4, xpos + width * 0.4, color=color)
                     legend.setdefault(setting_label(alpha), handle)
-            ax.set_xticks(range(len(cats)), [format_field(by, c) for c in cats], rotation=20)
+            ax.set_xticks(range(len(cats)), cats, rotation=20, ha="right")
             ax.grid(axis="x", visible=False)
             ax.set_title(f"{setting}, round {round_}")
             ax.set_ylabel("λmax" if metric == "lambda_max" else "trace (Hutchinson)")

@@ -553,6 +553,22 @@ def test_a_server_step_within_its_ranges_is_accepted():
                              GRID_ONLY), SCHEMA)
 
 
+@pytest.mark.parametrize(("key", "hint"), [
+    ("rounds", "It is training.rounds or hessian.rounds: set it inside its section (in a config file: `training: "
+               "{rounds: ...}`; Snakemake's --config sets top-level keys only)."),
+    ("min_size", "It is partition.min_size: set it inside its section"),
+    ("seedz", "Did you mean 'seeds'?"),  # no section holds it: the nearest top-level key
+])
+def test_a_sections_key_given_at_the_top_level_names_its_section(key, hint):
+    # Prepare: what `snakemake --config rounds=5` gives
+    config = with_change(key, 5)
+
+    # Execute / Assert
+    with pytest.raises(ConfigError) as err:
+        check_config(config, SCHEMA)
+    assert f"{key}: unknown key {key!r}. {hint}" in str(err.value)
+
+
 def _every_hyperparameter():
     from dataclasses import fields
 

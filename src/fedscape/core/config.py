@@ -116,12 +116,26 @@ def key_path(parts: Iterable) -> str:
     return text or "<top level>"
 
 
+def _nested_hint(schema: dict, key: str) -> str:
+    """Where `key` is a key one level down (`rounds` of `training`, often given as `--config rounds=5`), the
+    sections that hold it; '' where none does."""
+    sections = [name for name, sub in schema.get("properties", {}).items()
+                if isinstance(sub, dict) and key in sub.get("properties", {})]
+    if not sections:
+        return ""
+    where = " or ".join(f"{name}.{key}" for name in sections)
+    return (f" It is {where}: set it inside its section (in a config file: `{sections[0]}: {{{key}: ...}}`; "
+            "Snakemake's --config sets top-level keys only).")
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
     where = key_path(error.absolute_path)
     if error.validator == "additionalProperties":
         allowed = list(error.schema.get("properties", {}))
         extra = [k for k in error.instance if k not in allowed]
-        parts = [f"{key_path([*error.absolute_path, k])}: unknown key {k!r}.{suggest(k, allowed)}" for k in extra]
+        parts = [f"{key_path([*error.absolute_path, k])}: unknown key {k!r}."
+                 f"{(not error.absolute_path and _nested_hint(error.schema, k)) or suggest(k, allowed)}"
+                 for k in extra]
         return "; ".join(parts) + f" Valid keys: {', '.join(allowed)}"
     if error.validator == "enum":
         return f"{where}: {error.instance!r} is not valid.{suggest(error.instance, error.validator_value)} " \

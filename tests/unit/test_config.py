@@ -553,6 +553,11 @@ def test_a_server_step_within_its_ranges_is_accepted():
                              GRID_ONLY), SCHEMA)
 
 
+def test_an_unknown_device_names_the_devices_not_a_regex():
+    with pytest.raises(ConfigError, match=r"training.device: 'gpu' is not valid: auto, cpu, cuda or cuda:<index>"):
+        check_config(with_change("training.device", "gpu"), SCHEMA)
+
+
 @pytest.mark.parametrize(("key", "hint"), [
     ("rounds", "It is training.rounds or hessian.rounds: set it inside its section (in a config file: `training: "
                "{rounds: ...}`; Snakemake's --config sets top-level keys only)."),

@@ -488,24 +488,25 @@ def test_missing_leaf_data_points_to_leafs_scripts_not_to_download(options, says
     assert "download: true" not in message
 
 
+@pytest.mark.parametrize("name", ["fednova", "scaffold"])  # both divide the round's update by its own steps
 @pytest.mark.parametrize(("training", "label_training", "refused"), [
     ({"keep_optimizer_state": True}, {}, True),            # the whole config keeps the clients' momentum
     ({}, {"keep_optimizer_state": True}, True),            # only the FedNova label does
     ({"keep_optimizer_state": True}, {"keep_optimizer_state": False}, False),  # the label turns it off
     ({}, {}, False),
 ])
-def test_fednova_refuses_a_carried_over_optimiser_state(training, label_training, refused):
-    # Prepare: a FedNova label beside FedAvg, keep_optimizer_state set in `training` and/or the label
+def test_normalising_algorithms_refuse_a_carried_over_optimiser_state(training, label_training, refused, name):
+    # Prepare: a FedNova (or SCAFFOLD) label beside FedAvg, keep_optimizer_state set in `training` and/or the label
     config = copy.deepcopy(GRID_ONLY)
     config["training"] = {**config.get("training", {}), **training}
-    config["algorithms"] = {"fedavg": {"name": "fedavg"}, "nova": {"name": "fednova", "training": label_training}}
+    config["algorithms"] = {"fedavg": {"name": "fedavg"}, "nova": {"name": name, "training": label_training}}
     config["experiment_defaults"] = {"init": next(iter(config["inits"])), "algorithm": "nova"}
 
     # Execute / Assert: refused at planning, naming the label and the reason; FedAvg may keep its momentum
     if not refused:
         check_config(config, SCHEMA)
         return
-    with pytest.raises(ConfigError, match=r"algorithms\.nova: fednova cannot keep the clients' optimiser state"):
+    with pytest.raises(ConfigError, match=rf"algorithms\.nova: {name} cannot keep the clients' optimiser state"):
         check_config(config, SCHEMA)
 
 

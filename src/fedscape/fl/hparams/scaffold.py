@@ -5,4 +5,7 @@ from __future__ import annotations
 from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
 
 SPECS = (AlgorithmSpec("scaffold", ServerSGDConfig, "scaffold:Scaffold", "SCAFFOLD",
-                  "Karimireddy et al. 2020, SCAFFOLD: Stochastic Controlled Averaging for Federated Learning"),)
+                  "Karimireddy et al. 2020, SCAFFOLD: Stochastic Controlled Averaging for Federated Learning",
+                  fresh_optimizer="its option-II control variate divides the round's update x - y_i by the weight "
+                                  "of the round's own gradients (Karimireddy et al. 2020, eq. 4), which a "
+                                  "carried-over momentum or Adam state adds to"),)

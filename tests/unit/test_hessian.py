@@ -38,6 +38,7 @@ from fedscape.analysis.hessian.maths import (
     power_iteration,
     sharpness,
     slq_density,
+    unresolved_diagonals,
 )
 from fedscape.analysis.hessian.stage import hessian_stage, write_eigen_plane
 from fedscape.analysis.landscape.planes import load_plane
@@ -440,6 +441,22 @@ def test_hn_hd_follow_the_fedalign_definition():
     assert hn == pytest.approx(np.mean([(sq[0] - sq[1]) ** 2, (sq[0] - sq[2]) ** 2, (sq[1] - sq[2]) ** 2]))
     assert hd == pytest.approx(np.mean(cos))
     assert all(math.isnan(v) for v in hessian_norm_direction([(d[0], d[0])]))
+
+
+def test_a_cosine_estimate_past_one_is_clipped_and_an_unresolved_diagonal_makes_hd_nan():
+    # Prepare: client 0 resolved (A . B = 1), client 1's halves agree less than their norms (cosine estimate 1.06),
+    # client 2's halves point apart (its squared norm estimate -1: noise)
+    t = torch.tensor
+    resolved = [(t([1.0, 0.0]), t([1.0, 0.0])), (t([2.0, 0.0]), t([1.0, 0.0]))]
+    unresolved = (t([1.0, 0.0]), t([-1.0, 0.0]))
+
+    # Execute
+    hn, hd = hessian_norm_direction(resolved)
+    _, hd_nan = hessian_norm_direction([*resolved, unresolved])
+
+    # Assert
+    assert hn == pytest.approx((1.0 - 2.0) ** 2) and hd == 1.0
+    assert math.isnan(hd_nan) and unresolved_diagonals([*resolved, unresolved]) == [2]
 
 
 @pytest.mark.parametrize("estimator", [hutchinson, hutchpp])

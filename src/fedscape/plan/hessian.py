@@ -25,7 +25,8 @@ DENSITY_FIGURE = "spectral_density"
 # 2: Hutchinson's `trace_stderr` from Hutchinson's variance estimated over whole probe vectors, not from the spread of
 # the probes' z^T H z (too small at small budgets); every other number is as at 1.
 # 3: HN and HD from unbiased inner products of the clients' diagonals (two halves of the probes), not from the
-# squared norms of the estimates (biased up by their variance); every other number is as at 2.
+# squared norms of the estimates (biased up by their variance): a cosine clipped to [-1, 1], HD NaN where a client's
+# diagonal is unresolved; every other number is as at 2.
 RESULT_VERSIONS = {"hessian": 3}
 
 

@@ -607,8 +607,9 @@ def hessian_norm_direction(diagonals: Sequence[tuple[Tensor, Tensor]]) -> tuple[
     both unbiased. The squared norm of an estimate itself is ||D_k||^2 plus its variance, (||H||_F^2 - ||D||^2) / n
     for n Hutchinson probes, which on a small CNN was several times ||D_k||^2 at 20 probes: that HN followed the
     clients' Frobenius norms and fell with the probe count (231 at 20 probes, 8.2 at 300, where the unbiased norms
-    give about 3) and HD was pulled towards 0. A pair whose norm estimates are not both positive (far too few
-    probes) has HD NaN. NaN with fewer than two clients.
+    give about 3) and HD was pulled towards 0. A pair's cosine estimate is clipped to [-1, 1] (noise past the bounds
+    of a cosine), and is NaN where a norm estimate is not positive: too few probes to resolve that client's
+    diagonal (`unresolved_diagonals`), so HD is NaN too. NaN with fewer than two clients.
     """
     if len(diagonals) < 2:
         return math.nan, math.nan
@@ -619,10 +620,18 @@ def hessian_norm_direction(diagonals: Sequence[tuple[Tensor, Tensor]]) -> tuple[
     hn, hd = [], []
     for k, j in itertools.combinations(range(len(diagonals)), 2):
         hn.append(float((sq[k] - sq[j]) ** 2))
-        both = float(sq[k]) * float(sq[j])
-        hd.append(0.5 * float(cross[k, j] + cross[j, k]) / math.sqrt(both) if sq[k] > 0 and sq[j] > 0 and both > 0
-                  else math.nan)
+        if sq[k] > 0 and sq[j] > 0:
+            cosine = 0.5 * float(cross[k, j] + cross[j, k]) / math.sqrt(float(sq[k]) * float(sq[j]))
+            hd.append(min(1.0, max(-1.0, cosine)))
+        else:
+            hd.append(math.nan)
     return float(np.mean(hn)), float(np.mean(hd))
+
+
+def unresolved_diagonals(diagonals: Sequence[tuple[Tensor, Tensor]]) -> list[int]:
+    """The positions of the clients whose diagonal the probes did not resolve: the unbiased estimate of its
+    squared norm (`hessian_norm_direction`) is not positive."""
+    return [i for i, (a, b) in enumerate(diagonals) if not float(a.double() @ b.double()) > 0]
 
 
 # -- evaluation sets and one full analysis ---------------------------------------------------------

@@ -81,7 +81,9 @@ class FedSAM(Strategy):
 
 class FedASAM(FedSAM):
     """FedASAM (Caldarola et al. 2022): FedSAM with ASAM's adaptive ascent, rho T^2 g / ||T g||, T = |w| + eta
-    (Kwon et al. 2021), invariant to rescaling the weights."""
+    (Kwon et al. 2021), invariant to rescaling the weights. T scales every parameter, biases and normalisation
+    parameters too, as the paper's eq. 10 writes it; ASAM's public code (which FedASAM's uses) leaves tensors not
+    named `weight` at T = 1, so its ascent differs in those tensors."""
 
     # Declared again: a subclass of a strategy with non-standard local training is otherwise sequential-only
     # (Strategy.__init_subclass__); only the ascent's scale T differs, which sam_perturbation stacks too.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pandas as pd
 
@@ -31,3 +33,16 @@ def rounds_table(rounds: int = 3, final_acc: dict | None = None, inits=("random"
                     "seconds": 0.0 if r == 0 else 0.5 * r, "peak_mem_mb": 0.0, "status": "ok",
                 })
     return pd.DataFrame(rows)
+
+
+def assert_hd_bounded_or_unresolved(results: Path, clients: pd.DataFrame) -> None:
+    """hessian_clients.csv's HN finite, and HD in [-1, 1] where the products resolved every client's Hessian diagonal;
+    NaN only where the job's hessian.json names the clients they did not resolve (a small test budget may not)."""
+    for row in clients.itertuples():
+        details = json.loads((Path(results) / "hessian" / row.run_id / f"round~{row.round}" / "hessian.json")
+                             .read_text())
+        assert math.isfinite(row.hn) and row.hn >= 0, row
+        if math.isnan(row.hd):
+            assert details["hd_unresolved_clients"], row
+        else:
+            assert -1 <= row.hd <= 1 and details["hd_unresolved_clients"] == [], row

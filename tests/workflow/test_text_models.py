@@ -12,6 +12,7 @@ import pytest
 import yaml
 from helpers.configs import TINY
 from helpers.leaf import write_shakespeare
+from helpers.tables import assert_hd_bounded_or_unresolved
 from helpers.workflow import copy_workflow, snakemake
 
 GPT = {"vocab_size": 80, "seq_len": 80, "num_blocks": 1, "num_heads": 2, "embed_dim": 16}
@@ -71,7 +72,7 @@ def test_text_models_train_on_shakespeare_and_every_analysis_runs(tmp_path):
     hessian = pd.read_csv(tables / "hessian.csv")
     assert set(hessian["run_id"].str.contains("alpha~roles")) == {True}
     assert (hessian.loc[hessian["data"] == "train", "lambda_1"] > 0).all()
-    assert np.isfinite(pd.read_csv(tables / "hessian_clients.csv")[["hn", "hd"]]).all().all()
+    assert_hd_bounded_or_unresolved(workdir / "results", pd.read_csv(tables / "hessian_clients.csv"))
     updates = pd.read_csv(tables / "client_stats.csv")
     assert np.isfinite(updates.loc[updates["round"] > 0, "gradient_diversity"]).all()
     assert (workdir / "results/landscape/shakespeare/char_gpt/gpt_final/train/surface.png").stat().st_size > 0

@@ -155,11 +155,12 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
                  rep.n_eval, rep.eigen.values[0], rep.hutchinson.trace, rep.hutchinson.stderr, rep.seconds)
     hn, hd = hessian_norm_direction(diagonals)  # NaN with fewer than two clients
     log.info("HN = %.6g, HD = %.6f over %d clients", hn, hd, len(diagonals))
-    unresolved = unresolved_diagonals(diagonals)
+    unresolved = [clients[i] for i in unresolved_diagonals(diagonals)]
+    details["hd_unresolved_clients"] = unresolved  # why HD is NaN where it is
     if unresolved:
         log.warning("HD is NaN: %d products did not resolve the Hessian diagonal of client(s) %s (the unbiased "
                     "estimate of its squared norm is not positive); raise hessian.trace_probes", hs.trace_probes,
-                    ", ".join(str(clients[i]) for i in unresolved))
+                    ", ".join(map(str, unresolved)))
     details.update({"hn": hn, "hd": hd})
 
     not_converged = [d for d, v in details["data"].items() if "converged" in v and not all(v["converged"])]

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
 
-.PHONY: install run report smoke32 test test-slurm lint dryrun check-config verify status clean
+.PHONY: install run report smoke32 test test-slurm lint dryrun check-config verify status clean clean-all
 
 # What the venv takes (6.0 GiB measured: torch's CUDA build is 5.5) and pip's unpacking. Checked before anything is
 # written: a disk that fills half-way leaves a broken venv and pip's bare "[Errno 28] No space left on device".
@@ -75,5 +75,26 @@ lint: install
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check rules Snakefile
 
+# The default run's results and logs, and smoke32's. A paper study's results below results/ (its results_dir
+# results/<study> holds a _manifest of its own) and its logs (logs/results/<study>) are hours of runs that are not
+# the default's to delete: they are kept, and so is .snakemake (Snakemake's records of their jobs' settings).
+# `make clean-all` deletes everything.
 clean:
+	@kept=; \
+	for entry in results/* results/.[!.]*; do \
+	  [ -e "$$entry" ] || continue; \
+	  if [ -d "$$entry/_manifest" ]; then kept="$$kept $${entry#results/}"; else rm -rf "$$entry"; fi; \
+	done; \
+	for entry in logs/* logs/.[!.]*; do [ ! -e "$$entry" ] || [ "$$entry" = logs/results ] || rm -rf "$$entry"; done; \
+	for entry in logs/results/*; do \
+	  [ -e "$$entry" ] || continue; \
+	  case " $$kept " in *" $${entry#logs/results/} "*) ;; *) rm -rf "$$entry";; esac; \
+	done; \
+	rm -rf results_smoke32; \
+	if [ -n "$$kept" ]; then \
+	  echo "make clean kept the results and logs of other studies below results/ and logs/results/:$$kept" \
+	    "(make clean-all deletes them too)"; \
+	else rm -rf .snakemake; fi
+
+clean-all:
 	rm -rf results results_smoke32 logs .snakemake

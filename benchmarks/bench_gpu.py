@@ -87,8 +87,12 @@ class StepKind:
                 f"{'' if self.capture else ', eager'}")
 
     def build(self) -> torch.nn.Module:
-        return build_model(self.model, num_classes=self.num_classes, in_channels=self.in_channels,
-                           image_size=self.image_size, **dict(self.options))
+        return network(self.model, self.options, self.in_channels, self.image_size, self.num_classes)
+
+
+def network(model: str, options: tuple, in_channels: int, image_size: int, num_classes: int) -> torch.nn.Module:
+    """The network of a step kind's shape (its first five fields)."""
+    return build_model(model, num_classes=num_classes, in_channels=in_channels, image_size=image_size, **dict(options))
 
 
 def run_work(config: dict, run: Run, device: torch.device, models: dict) -> tuple[StepKind, TrainConfig, int]:
@@ -103,8 +107,7 @@ def run_work(config: dict, run: Run, device: torch.device, models: dict) -> tupl
     shape = (run.model, tuple(sorted(config.get("model_options", {}).get(run.model, {}).items())), info.in_channels,
              info.image_size, info.num_classes)
     if shape not in models:
-        models[shape] = build_model(run.model, num_classes=info.num_classes, in_channels=info.in_channels,
-                                    image_size=info.image_size, **dict(shape[1]))
+        models[shape] = network(*shape)
     path = resolve_client_parallel(models[shape], make_strategy(job.algorithm, job.hyperparameters), cfg, device.type)
     kind = StepKind(*shape, cfg.batch_size, cfg.momentum, cfg.weight_decay, path, cfg.capture != "eager")
     batches = math.ceil(share / cfg.batch_size)

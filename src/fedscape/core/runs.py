@@ -175,7 +175,7 @@ def unused_grid_values(config: dict, runs: list[Run]) -> list[str]:
     for key, section in GRID_SECTIONS.items():
         if section in MAPPING_SECTIONS:
             continue
-        used = {_selector_value(key, getattr(run, _ATTRIBUTES.get(key, key))) for run in runs}
+        used = {_selector_value(key, run.field(key)) for run in runs}
         unused = [str(v) for v in config[section] if _selector_value(key, v) not in used]
         if not unused:
             continue

@@ -162,6 +162,27 @@ def with_data_locations(settings: dict, config: dict) -> dict:
     return filled
 
 
+def without_data_locations(settings: dict) -> dict:
+    """`settings` with every data location at its baseline, as the job was planned: the inverse of
+    `with_data_locations`, for what identifies a job's work apart from where its data is (its saved progress)."""
+
+    def clear(node):
+        if isinstance(node, list):
+            return [clear(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: clear(v) for k, v in node.items()}
+        if isinstance(out.get("dataset_options"), dict):
+            out["dataset_options"] = {k: LOCATION_BASELINES[k] if k in LOCATION_BASELINES else v
+                                      for k, v in out["dataset_options"].items()}
+        if out.get("kind") == "pretrained":
+            out.update({k: None if out[k] is None else INIT_LOCATION_BASELINES[k]
+                        for k in INIT_LOCATION_BASELINES if k in out})
+        return out
+
+    return clear(settings)
+
+
 class JobData:
     """The data sets the running job reads (`with_data_locations` notes it as the record's `data`): called, the
     record of each (`data_record`), their fingerprints taken once per job, when first asked for (`job_fingerprint`:

@@ -27,6 +27,9 @@ from fedscape.models.evaluate import evaluate
 from fedscape.models.params import FlatParams, flatten_buffers, load_buffers
 
 log = logging.getLogger("fedscape.train")
+# Between two evaluated rounds (`training.eval_every`), at most one progress line per this many seconds: a long
+# run evaluated every 100 rounds would otherwise say nothing for hours.
+UNEVALUATED_LOG_SECONDS = 60.0
 
 
 @dataclass
@@ -53,8 +56,9 @@ class _Progress:
     def _load(self, path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
 
-    def restore(self) -> tuple[dict, list[dict]] | None:
-        """(state, round records 0..k) of the last completed round, or None to start afresh."""
+    def restore(self, sizes: tuple[int, int]) -> tuple[dict, list[dict]] | None:
+        """(state, round records 0..k) of the last completed round, or None to start afresh; `sizes`: the model's
+        numbers of parameters and buffer values, which the saved global model must have."""
         if self.dir is None:
             return None
         if not (self.dir / "state.pt").exists():
@@ -68,6 +72,12 @@ class _Progress:
             records = [self._load(self.dir / f"round_{r:05d}.pt") for r in range(state["round"] + 1)]
         except Exception as exc:  # a file cut short by a kill: the run is simply redone
             log.warning("cannot resume from %s (%s): starting afresh", self.dir, exc)
+            return None
+        model = state if "params" in state else records[-1]  # (progress saved before save_every: in the record)
+        saved = (model["params"].numel(), model["buffers"].numel()) if "params" in model else tuple(sizes)
+        if saved != tuple(sizes):  # another model under the same key (a caller's key without the model's shape)
+            log.warning("progress in %s holds a model of %d parameters and %d buffer values, this run's has %d and "
+                        "%d: starting afresh", self.dir, *saved, *sizes)
             return None
         return state, records
 
@@ -162,7 +172,7 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
     averager = SWAModel() if swa is not None else None
     recompute_swa_bn = swa is not None and swa.bn_stats == "recomputed" and has_batch_norm(model)
     swa_bn_stats = "recomputed" if recompute_swa_bn else "stored"  # what every row's SWA metrics were measured with
-    restored = progress.restore()
+    restored = progress.restore((flat.vector.numel(), flatten_buffers(model).numel()))
     if restored is not None:
         state, records = restored
         strategy.load_state_dict(_to_device(state["strategy"], device))
@@ -185,6 +195,7 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
     global_params = last["params"].to(device)
     global_buffers = last["buffers"].to(device)
     start = len(records)
+    logged = time.perf_counter()  # when the last progress line was written
     if records[-1]["row"] is not None and records[-1]["row"]["status"] != "ok":
         start = cfg.rounds + 1
     for t in range(start, cfg.rounds + 1):
@@ -237,8 +248,12 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
             start_params, torch.stack([r.params for r in results]), global_params)}
         progress.save(t, records[-1], strategy, trainer, (global_params, global_buffers))
         if row is None:
+            if time.perf_counter() - logged >= UNEVALUATED_LOG_SECONDS:
+                _log_unevaluated(t, cfg, results, seconds)
+                logged = time.perf_counter()
             continue
         _log_row(row, cfg.rounds)
+        logged = time.perf_counter()
         if row["status"] != "ok":
             log.error("round %d: the global model's training loss is %s (not finite or above %g): the run diverged; "
                       "stopping (lower the learning rate)", t, row["train_loss"], DIVERGED_LOSS)
@@ -341,6 +356,15 @@ def _to_device(obj, device):
     if isinstance(obj, list):
         return [_to_device(v, device) for v in obj]
     return obj
+
+
+def _log_unevaluated(round_: int, cfg: TrainConfig, results: list, seconds: float) -> None:
+    """A progress line of a round whose global model is not evaluated (`training.eval_every`): the clients' mean
+    local training loss, weighted by their samples, which costs no evaluation."""
+    samples = sum(r.num_samples for r in results)
+    loss = sum(float(r.train_loss) * r.num_samples for r in results) / max(samples, 1)
+    log.info("round %d/%d local_train_loss=%.4f seconds=%.2f (the global model is evaluated every %d rounds)",
+             round_, cfg.rounds, loss, seconds, cfg.eval_every)
 
 
 def _log_row(row: dict, rounds: int) -> None:

@@ -35,6 +35,7 @@ from fedscape.core.setting import IID
 from fedscape.data.datasets import augment_batch, augmented_batch, dataset_from_options, normalisation, take_rows
 from fedscape.data.federated import federate
 from fedscape.data.imagenet32 import ImageNet32
+from fedscape.data.locations import without_data_locations
 from fedscape.data.partition import check_partition_file
 from fedscape.data.specs import INIT_LOCATION_BASELINES, dataset_info
 from fedscape.fl.engine import run_federated
@@ -47,6 +48,7 @@ from fedscape.models.params import flatten_buffers, flatten_params, load_buffers
 from fedscape.models.registry import build_model
 from fedscape.models.specs import EVAL_BATCH_SIZE
 from fedscape.stages.init_settings import ContinueInit, InitJob, PretrainedInit, WarmupInit
+from fedscape.stages.progress import progress_key
 
 log = logging.getLogger("fedscape.init")
 
@@ -83,12 +85,12 @@ def init_job(settings: dict, out: str | Path, inputs: dict | None = None,
     `out` (a one-row trajectory)."""
     inputs = dict(inputs or {})
     job = InitJob.from_settings(settings)
-    key = digest(settings)  # the settings as the rule gave them: resumed progress and the init's record
+    key = digest(without_data_locations(settings))  # the settings as planned: the init's record
     t0 = time.perf_counter()
     if isinstance(job, PretrainedInit):
-        model, meta = pretrain(job, progress_dir, key)
+        model, meta = pretrain(job, progress_dir, progress_key(settings))
     elif isinstance(job, WarmupInit):
-        model, meta = iid_warmup(job, inputs["partition"], progress_dir, key)
+        model, meta = iid_warmup(job, inputs["partition"], progress_dir, progress_key(settings, [inputs["partition"]]))
     elif isinstance(job, ContinueInit):
         model, meta = continue_from(job, inputs["trajectory"])
     else:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedscape.core.config import digest
 from fedscape.core.io import write_csv, write_json
 from fedscape.core.jobs import to_settings
 from fedscape.core.manifest import code_version_label
@@ -21,10 +20,10 @@ from fedscape.fl.swa import SWA_BN_COLUMN, SWA_METRICS, SWASettings
 from fedscape.models.batchnorm import has_batch_norm
 from fedscape.models.checkpoint import load_trajectory, save_clients, save_trajectory
 from fedscape.models.device import describe_compute, log_compute, resolve_device
+from fedscape.stages.progress import progress_key
 from fedscape.stages.train_settings import TrainJob
 
 log = logging.getLogger("fedscape.train")
-
 
 
 def train_job(settings: dict, partition_path: str | Path, init_path: str | Path, outputs: dict[str, str],
@@ -58,8 +57,8 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
     if swa is not None:
         log.info("SWA at the server from round %d: cycles of %d rounds, %s lr down to %g x its value",
                  swa.start(cfg.rounds), swa.cycle, swa.scheduled_lr, swa.lr_ratio)
-    result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir, progress_key=digest(settings),
-                           swa=swa)
+    result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir,
+                           progress_key=progress_key(settings, (partition_path, init_path)), swa=swa)
 
     meta = {"run_id": job.run_id, "settings": settings, "status": result.status,
             **describe_compute(device, cfg.precision), "seed": run["seed"], "init_seed": init.meta.get("seed"),

@@ -1,0 +1,207 @@
+"""What a resumable job's saved progress belongs to (`fedscape.stages.progress`), and how the engine treats progress
+that is not its own: a run resumes only the rounds it would have trained itself."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+
+import pytest
+import torch
+import yaml
+from helpers.plans import all_settings
+from helpers.resume import killed_after_round
+from helpers.workflow import ROOT, TINY_CONFIG
+
+from fedscape.core.config import load_schema
+from fedscape.core.manifest import start_notes
+from fedscape.core.paths import TRAIN_FILE_NAMES
+from fedscape.core.runs import build_runs
+from fedscape.data.federated import FederatedData
+from fedscape.data.locations import with_data_locations, without_data_locations
+from fedscape.fl import engine as engine_mod
+from fedscape.fl.engine import run_federated
+from fedscape.fl.settings import TrainConfig
+from fedscape.fl.strategies.registry import make_strategy
+from fedscape.models.checkpoint import load_trajectory
+from fedscape.models.registry import build_model
+from fedscape.plan.init import init_settings
+from fedscape.plan.partition import partition_settings
+from fedscape.plan.train import train_settings
+from fedscape.plan.workflow import check_config, load_config
+from fedscape.stages.init import init_job
+from fedscape.stages.partition import partition_job
+from fedscape.stages.progress import progress_key
+from fedscape.stages.train import train_job
+
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SHIPPED = [ROOT / "config" / "config.yaml", *sorted((ROOT / "config" / "papers").glob("*.yaml")), TINY_CONFIG]
+
+
+def _moved(config: dict) -> dict:
+    """`config` with every data set and every pretrained init's proxy folders somewhere else."""
+    moved = copy.deepcopy(config)
+    for name, options in moved["datasets"].items():
+        options.update(data_dir=f"/moved/{name}", download=True)
+    for spec in moved["inits"].values():
+        if spec["kind"] == "pretrained":
+            spec["proxy_data_dir"] = "/moved/proxy"
+            if spec.get("proxy_dir"):
+                spec["proxy_dir"] = "/moved/imagenet32"
+    return moved
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_without_data_locations_gives_back_the_planned_settings_of_every_job(path):
+    # Prepare
+    config = load_config(path, SCHEMA)
+    moved = _moved(config)
+    start_notes()  # with_data_locations notes what a job reads, as at a job's start
+
+    # Execute
+    jobs = [(settings, with_data_locations(settings, moved)) for settings in all_settings(config)]
+
+    # Assert: the locations change a job that reads data, and clearing them gives back what was planned
+    assert any(located != settings for settings, located in jobs)
+    for settings, located in jobs:
+        assert without_data_locations(located) == settings
+
+
+def _tiny_config(seed: int = 0, rounds: int = 3) -> dict:
+    raw = yaml.safe_load(TINY_CONFIG.read_text())
+    config = {key: raw[key] for key in ("datasets", "models", "num_clients", "partition", "training")}
+    config.update(inits={"random": {"kind": "random", "seed": seed}}, algorithms={"fedavg": {"name": "fedavg"}},
+                  alphas=["iid"], seeds=[0], participation=[1.0])
+    config["training"] = {**config["training"], "rounds": rounds, "save_clients_at": [], "device": "cpu"}
+    check_config(config, load_schema(SCHEMA))
+    return config
+
+
+def _init(config: dict, path) -> None:
+    (run,) = build_runs(config)
+    init_job(init_settings(config, build_runs(config), run.dataset, run.model, run.init), path)
+
+
+def _train(config: dict, partition, init, directory) -> torch.Tensor:
+    (run,) = build_runs(config)
+    directory.mkdir(exist_ok=True)
+    outputs = {name: str(directory / file) for name, file in TRAIN_FILE_NAMES.items()}
+    train_job(train_settings(config, run), partition, init, outputs, directory / "_progress")
+    return load_trajectory(outputs["trajectory"]).params
+
+
+def test_a_run_killed_and_then_given_a_remade_init_starts_from_the_new_init(tmp_path, monkeypatch):
+    # Prepare: a run killed after round 1, then its init remade with another seed (the train job's own settings
+    # do not hold the init's seed, so only the init file says the run must start over)
+    old, new = _tiny_config(seed=0), _tiny_config(seed=1)
+    (run,) = build_runs(old)
+    assert train_settings(old, run) == train_settings(new, run)
+    partition = tmp_path / "partition.npz"
+    partition_job(partition_settings(old, run.dataset, run.setting, run.num_clients, run.seed), partition,
+                  tmp_path / "counts.csv")
+    _init(old, tmp_path / "init.pt")
+    killed_after_round(monkeypatch, 1, lambda: _train(old, partition, tmp_path / "init.pt", tmp_path / "run"))
+    _init(new, tmp_path / "init.pt")
+
+    # Execute
+    resumed = _train(new, partition, tmp_path / "init.pt", tmp_path / "run")
+
+    # Assert: the run equals one trained from the new init alone, not the old run's rounds continued
+    _init(new, tmp_path / "new_init.pt")
+    _init(old, tmp_path / "old_init.pt")
+    fresh_new = _train(new, partition, tmp_path / "new_init.pt", tmp_path / "fresh_new")
+    fresh_old = _train(old, partition, tmp_path / "old_init.pt", tmp_path / "fresh_old")
+    assert torch.equal(resumed, fresh_new)
+    assert not torch.allclose(resumed, fresh_old)
+
+
+def test_a_run_killed_and_rerun_with_the_same_inputs_resumes(tmp_path, monkeypatch, caplog):
+    # Prepare: the init remade with the same settings writes the same bytes, and the data moved elsewhere (a location
+    # is not meaning): the run still resumes
+    config = _tiny_config()
+    (run,) = build_runs(config)
+    partition = tmp_path / "partition.npz"
+    partition_job(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
+                  tmp_path / "counts.csv")
+    _init(config, tmp_path / "init.pt")
+    killed_after_round(monkeypatch, 2, lambda: _train(config, partition, tmp_path / "init.pt", tmp_path / "run"))
+    _init(config, tmp_path / "init.pt")
+
+    # Execute
+    with caplog.at_level(logging.INFO, logger="fedscape.train"):
+        resumed = _train(config, partition, tmp_path / "init.pt", tmp_path / "run")
+
+    # Assert
+    assert "resuming after round 2/3" in caplog.text
+    assert torch.equal(resumed, _train(config, partition, tmp_path / "init.pt", tmp_path / "fresh"))
+
+
+def test_the_progress_key_follows_the_inputs_and_not_the_data_s_location(tmp_path):
+    # Prepare
+    config = _tiny_config()
+    (run,) = build_runs(config)
+    settings = train_settings(config, run)
+    init = tmp_path / "init.pt"
+    init.write_bytes(b"model a")
+    start_notes()
+
+    # Execute
+    key = progress_key(settings, [init])
+    moved = progress_key(with_data_locations(settings, _moved(config)), [init])
+    shutil.copy(init, tmp_path / "copy.pt")
+    copied = progress_key(settings, [tmp_path / "copy.pt"])
+    init.write_bytes(b"model b")
+    remade = progress_key(settings, [init])
+
+    # Assert
+    assert key == moved == copied
+    assert remade != key
+    assert progress_key({**settings, "algorithm": "fedprox"}, [tmp_path / "copy.pt"]) != key
+
+
+def _data(n_clients: int = 2) -> FederatedData:
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 1, 8, 8, generator=gen), torch.randint(0, 10, (40,), generator=gen)
+    return FederatedData(x, y, [torch.arange(i, 40, n_clients) for i in range(n_clients)], x[:8], y[:8])
+
+
+def _model(kind: str):
+    torch.manual_seed(0)
+    return build_model(kind, num_classes=10, in_channels=1, image_size=8)
+
+
+def test_progress_of_a_model_of_another_size_under_the_same_key_is_not_resumed(tmp_path, monkeypatch, caplog):
+    # Prepare: a cnn_small run killed after round 1; its rerun trains an mlp under the same (caller's) key
+    cfg = TrainConfig(rounds=2, local_epochs=1, batch_size=8, lr=0.05, seed=0)
+    killed_after_round(monkeypatch, 1, lambda: run_federated(_model("cnn_small"), _data(), make_strategy("fedavg"),
+                                                             cfg, progress_dir=tmp_path, progress_key="k"))
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="fedscape.train"):
+        rerun = run_federated(_model("mlp"), _data(), make_strategy("fedavg"), cfg, progress_dir=tmp_path,
+                              progress_key="k")
+
+    # Assert: it starts afresh (before, it failed on every attempt: the saved vector did not fit the model)
+    assert "starting afresh" in caplog.text and "parameters" in caplog.text
+    fresh = run_federated(_model("mlp"), _data(), make_strategy("fedavg"), cfg)
+    assert torch.equal(rerun.params, fresh.params)
+
+
+@pytest.mark.parametrize("interval, logged_rounds", [(0.0, [1, 2, 4, 5]), (3600.0, [])])
+def test_rounds_that_are_not_evaluated_log_progress_at_most_every_interval(monkeypatch, caplog, interval,
+                                                                           logged_rounds):
+    # Prepare: 6 rounds evaluated every 3 (rounds 0, 3 and 6 get their full line)
+    monkeypatch.setattr(engine_mod, "UNEVALUATED_LOG_SECONDS", interval)
+    cfg = TrainConfig(rounds=6, local_epochs=1, batch_size=8, lr=0.05, seed=0, eval_every=3)
+
+    # Execute
+    with caplog.at_level(logging.INFO, logger="fedscape.train"):
+        run_federated(_model("mlp"), _data(), make_strategy("fedavg"), cfg)
+
+    # Assert
+    local = [r.getMessage() for r in caplog.records if "local_train_loss=" in r.getMessage()]
+    assert [int(m.split()[1].split("/")[0]) for m in local] == logged_rounds
+    assert all(m.endswith("(the global model is evaluated every 3 rounds)") for m in local)
+    full = [r.getMessage() for r in caplog.records if " test_acc=" in r.getMessage()]
+    assert [int(m.split()[1].split("/")[0]) for m in full] == [0, 3, 6]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from helpers.configs import tiny_config
@@ -214,3 +215,73 @@ def test_a_diverged_job_writes_the_rows_of_its_sample(trained, tmp_path):
     clients = pd.read_csv(outputs["clients"])
     assert clients.loc[0, "clients"] == 3 and clients.loc[0, "status"] == "diverged"
     assert json.loads(open(outputs["details"]).read())["clients"] == sample
+
+
+def test_a_killed_job_resumes_after_its_last_finished_part_with_the_same_outputs(trained, tmp_path, monkeypatch):
+    # Prepare: the job killed while analysing its third part (the aggregate and client 0 finished)
+    from fedscape.analysis.hessian import stage as stage_mod
+
+    settings = hessian_job_settings(trained["config"], trained["runs"], trained["run"], 1)
+    args = (settings, trained["trajectory"], trained["partition"])
+    outputs = {key: str(tmp_path / name) for key, name in JOB_FILES.items()}
+    real, calls = stage_mod.analyse, []
+
+    def killed_at_the_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*a, **k)
+
+    monkeypatch.setattr(stage_mod, "analyse", killed_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        hessian_stage(*args, outputs, tmp_path / "_progress")
+    assert sorted(p.name for p in (tmp_path / "_progress").iterdir()) == ["all.pt", "client_0.pt"]
+
+    # Execute: the rerun computes the three other clients only
+    calls.clear()
+    monkeypatch.setattr(stage_mod, "analyse", lambda *a, **k: calls.append(1) or real(*a, **k))
+    hessian_stage(*args, outputs, tmp_path / "_progress")
+
+    # Assert: the outputs of an uninterrupted job, and the parts removed at the end
+    assert len(calls) == 3 and not (tmp_path / "_progress").exists()
+    whole = {key: str(tmp_path / f"whole_{name}") for key, name in JOB_FILES.items()}
+    hessian_stage(*args, whole)
+    for key in ("table", "clients", "density"):
+        pd.testing.assert_frame_equal(pd.read_csv(outputs[key]), pd.read_csv(whole[key]))
+    resumed, fresh = (json.loads(open(o["details"]).read()) for o in (outputs, whole))
+    for d in (resumed, fresh):  # measured times apart
+        d.pop("seconds")
+        for part in d["data"].values():
+            part.pop("seconds")
+    assert resumed == fresh
+    planes = [np.load(o["plane"]) for o in (outputs, whole)]
+    assert all(np.array_equal(planes[0][k], planes[1][k]) for k in planes[1].files if planes[1][k].dtype != object)
+
+
+def test_parts_of_another_job_s_inputs_are_not_resumed(trained, tmp_path, monkeypatch):
+    # Prepare: the job killed after two parts; then its inputs change (another progress key: a remade trajectory)
+    from fedscape.analysis.hessian import stage as stage_mod
+
+    settings = hessian_job_settings(trained["config"], trained["runs"], trained["run"], 1)
+    args = (settings, trained["trajectory"], trained["partition"])
+    outputs = {key: str(tmp_path / name) for key, name in JOB_FILES.items()}
+    real, calls = stage_mod.analyse, []
+
+    def killed_at_the_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*a, **k)
+
+    monkeypatch.setattr(stage_mod, "analyse", killed_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        hessian_stage(*args, outputs, tmp_path / "_progress")
+    monkeypatch.setattr(stage_mod, "progress_key", lambda *a: "the key of other inputs")
+    calls.clear()
+    monkeypatch.setattr(stage_mod, "analyse", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    # Execute
+    hessian_stage(*args, outputs, tmp_path / "_progress")
+
+    # Assert: every part computed again (the aggregate and 4 clients)
+    assert len(calls) == 5

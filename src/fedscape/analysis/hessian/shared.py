@@ -53,9 +53,10 @@ def copy_shared_job(run_id: str, round_: int, source_id: str, source: dict[str, 
     write_json(outputs["details"], {**details, "run_id": run_id, "shared_from": source_id})
 
 
-def hessian_job(settings: dict, inputs: dict[str, str | Path], outputs: dict[str, str | Path], threads: int) -> None:
+def hessian_job(settings: dict, inputs: dict[str, str | Path], outputs: dict[str, str | Path], threads: int,
+                progress_dir: str | Path | None = None) -> None:
     """One job of the hessian rule (its `settings`: a `HessianJob`): copy a shared result, or compute
-    (`hessian_stage`) on `threads` CPU threads."""
+    (`hessian_stage`) on `threads` CPU threads, keeping its finished parts in `progress_dir` until it ends."""
     job = HessianJob.from_settings(settings)
     if job.shared_from:
         copy_shared_job(job.run_id, job.round, job.shared_from, {key: inputs[f"source_{key}"] for key in JOB_FILES},
@@ -65,4 +66,4 @@ def hessian_job(settings: dict, inputs: dict[str, str | Path], outputs: dict[str
     from fedscape.models.device import use_threads  # lazy: as above
 
     use_threads(threads)
-    hessian_stage(settings, inputs["trajectory"], inputs["partition"], outputs)
+    hessian_stage(settings, inputs["trajectory"], inputs["partition"], outputs, progress_dir)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from fedscape.analysis.hessian.definitions import (
     hessian_columns,
 )
 from fedscape.analysis.hessian.maths import (
+    HessianReport,
     analyse,
     eval_subset,
     hessian_norm_direction,
@@ -36,12 +38,13 @@ from fedscape.analysis.hessian.maths import (
     unresolved_diagonals,
 )
 from fedscape.analysis.landscape.planes import META_KEYS, Plane, save_plane
-from fedscape.core.io import write_csv, write_json
+from fedscape.core.io import atomic_path, write_csv, write_json
 from fedscape.core.runs import DIVERGED, OK
 from fedscape.data.datasets import take_rows
 from fedscape.data.federated import FederatedData, load_federated_data
 from fedscape.models.checkpoint import load_trajectory
 from fedscape.models.device import describe_compute, job_precision, resolve_device
+from fedscape.stages.progress import progress_key
 
 log = logging.getLogger("fedscape.hessian")
 
@@ -103,12 +106,60 @@ def client_eval_data(data: FederatedData, settings: HessianSettings, client: int
     return take_rows(data.x_train, ix), data.y_train[ix]
 
 
+class _Parts:
+    """The finished parts of a Hessian job (the aggregate data's analysis, then each client's), saved in `directory`
+    (beside the outputs, not one of them: a kill keeps it) under the job's progress key, so that a killed job resumes
+    after its last finished part. A part keeps what the job's outputs need: the aggregate's eigenvectors (the plane),
+    each client's two half-diagonals (HN, HD), not the diagonals themselves."""
+
+    def __init__(self, directory: str | Path | None, key: str):
+        self.dir, self.key = (Path(directory) if directory is not None else None), key
+
+    def _path(self, name: str) -> Path:
+        return self.dir / f"{name}.pt"
+
+    def load(self, name: str) -> HessianReport | None:
+        if self.dir is None or not self._path(name).exists():
+            return None
+        try:
+            # weights_only=False: a part is a report (dataclasses, numpy arrays) that this job wrote itself
+            saved = torch.load(self._path(name), map_location="cpu", weights_only=False)
+        except Exception as exc:  # cut short by a kill: computed again
+            log.warning("cannot resume part %s from %s (%s): computing it again", name, self.dir, exc)
+            return None
+        return saved["report"] if saved.get("key") == self.key else None
+
+    def save(self, name: str, report: HessianReport) -> None:
+        if self.dir is None:
+            return
+        hutch = report.hutchinson
+        kept = replace(report, hutchinson=replace(hutch, diagonal=hutch.diagonal.new_zeros(0)))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self._path(name)) as tmp:
+            torch.save({"key": self.key, "report": kept}, tmp)
+
+    def clear(self) -> None:
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _analysed(parts: _Parts, name: str, compute) -> tuple[HessianReport, bool]:
+    """The report of part `name`: saved by an earlier attempt of this job, or computed now and saved; and whether it
+    was resumed."""
+    report = parts.load(name)
+    if report is not None:
+        return report, True
+    report = compute()
+    parts.save(name, report)
+    return report, False
+
+
 @job_precision(lambda settings: HessianJob.from_settings(settings).hessian.precision)
 def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: str | Path,
-                  outputs: dict[str, str | Path]) -> None:
+                  outputs: dict[str, str | Path], progress_dir: str | Path | None = None) -> None:
     """One (run, round) of a hessian job's `settings` (`HessianJob`): Hessian metrics on the aggregate data and on
     each client's data; writes the job's hessian.csv, hessian_clients.csv, density.csv, eigen_plane.npz and
-    hessian.json."""
+    hessian.json. With `progress_dir`, each finished part is kept there until the job ends (`_Parts`)."""
     t_start = time.perf_counter()
     job = HessianJob.from_settings(settings)
     hs = job.hessian
@@ -124,12 +175,13 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     log.info("hessian of %s at round %d on %s: %d parameters, %d clients, top-%d by %s, %d trace probes",
              run_id, round_, device, traj.params.shape[1], data.num_clients, hs.top_k, hs.method, hs.trace_probes)
 
+    parts = _Parts(progress_dir, progress_key(settings, (trajectory_path, partition_path)))
+
     # the aggregate data: eigenpairs (the plane), trace, density
-    x_all, y_all = aggregate_eval_data(data, hs)
-    agg = analyse(model, x_all, y_all, hs)
-    log.info("data %s (n=%d): lambda = %s, trace = %.6g +- %.3g (%d products, %.1f s)", AGGREGATE, agg.n_eval,
+    agg, resumed = _analysed(parts, AGGREGATE, lambda: analyse(model, *aggregate_eval_data(data, hs), hs))
+    log.info("data %s (n=%d): lambda = %s, trace = %.6g +- %.3g (%d products, %.1f s%s)", AGGREGATE, agg.n_eval,
              ", ".join(f"{v:.6g}" for v in agg.eigen.values), agg.hutchinson.trace, agg.hutchinson.stderr,
-             agg.products, agg.seconds)
+             agg.products, agg.seconds, _resumed_note(resumed, parts))
     rows = [_row(run_id, round_, AGGREGATE, agg, hs.top_k)]
     details = {"run_id": run_id, "round": round_, **describe_compute(device, hs.precision),
                "settings": asdict(hs), "data": {AGGREGATE: _details(agg)}}
@@ -147,12 +199,14 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
         details["clients"] = clients
     diagonals = []
     for i, k in enumerate(clients):
-        rep = analyse(model, *client_eval_data(data, hs, k), hs, density=False)
+        rep, resumed = _analysed(parts, client_label(k),
+                                 lambda k=k: analyse(model, *client_eval_data(data, hs, k), hs, density=False))
         diagonals.append(rep.hutchinson.halves)
         rows.append(_row(run_id, round_, client_label(k), rep, hs.top_k))
         details["data"][client_label(k)] = _details(rep)
-        log.info("client %d (%d/%d, n=%d): lambda_1 = %.6g, trace = %.6g +- %.3g (%.1f s)", k, i + 1, len(clients),
-                 rep.n_eval, rep.eigen.values[0], rep.hutchinson.trace, rep.hutchinson.stderr, rep.seconds)
+        log.info("client %d (%d/%d, n=%d): lambda_1 = %.6g, trace = %.6g +- %.3g (%.1f s%s)", k, i + 1, len(clients),
+                 rep.n_eval, rep.eigen.values[0], rep.hutchinson.trace, rep.hutchinson.stderr, rep.seconds,
+                 _resumed_note(resumed, parts))
     hn, hd = hessian_norm_direction(diagonals)  # NaN with fewer than two clients
     log.info("HN = %.6g, HD = %.6f over %d clients", hn, hd, len(diagonals))
     unresolved = [clients[i] for i in unresolved_diagonals(diagonals)]
@@ -185,7 +239,12 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     write_csv(pd.DataFrame(density_rows, columns=DENSITY_COLUMNS), outputs["density"])
     details["seconds"] = round(time.perf_counter() - t_start, 3)
     write_json(outputs["details"], details, default=float)
+    parts.clear()
     log.info("done in %.1f s", details["seconds"])
+
+
+def _resumed_note(resumed: bool, parts: _Parts) -> str:
+    return f", when an earlier attempt of this job computed it: resumed from {parts.dir}" if resumed else ""
 
 
 def _write_diverged(job: HessianJob, traj, reason: str, outputs: dict[str, str | Path], t_start: float) -> None:

@@ -205,3 +205,52 @@ def test_rounds_that_are_not_evaluated_log_progress_at_most_every_interval(monke
     assert all(m.endswith("(the global model is evaluated every 3 rounds)") for m in local)
     full = [r.getMessage() for r in caplog.records if " test_acc=" in r.getMessage()]
     assert [int(m.split()[1].split("/")[0]) for m in full] == [0, 3, 6]
+
+
+@pytest.mark.parametrize("interval, lines", [(0.0, 9), (3600.0, 0)])
+def test_a_bezier_bend_logs_its_steps_at_most_every_interval(monkeypatch, caplog, interval, lines):
+    # Prepare: a two-weight model and 10 steps
+    from fedscape.analysis.barriers import curve as curve_mod
+    from fedscape.analysis.barriers.curve import train_bend
+    from fedscape.analysis.barriers.definitions import CurveSettings
+    from fedscape.analysis.barriers.maths import Point
+
+    monkeypatch.setattr(curve_mod, "PROGRESS_SECONDS", interval)
+    model = torch.nn.Linear(2, 2)
+    x, y = torch.randn(32, 2, generator=torch.Generator().manual_seed(0)), torch.zeros(32, dtype=torch.long)
+    a = Point(torch.cat([p.detach().flatten() for p in model.parameters()]), torch.zeros(0))
+    b = Point(-a.params, torch.zeros(0))
+
+    # Execute
+    with caplog.at_level(logging.INFO, logger="fedscape.barriers"):
+        train_bend(model, a, b, x, y, CurveSettings(steps=10, batch_size=8, lr=0.01, momentum=0.0, seed=0))
+
+    # Assert: one line per step after the first (a line needs a loss to report), none within the interval
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Bezier bend: step")]
+    assert len(steps) == lines
+    assert all("/10, mean loss of the last" in s for s in steps)
+
+
+@pytest.mark.parametrize("interval, expect_lines", [(0.0, True), (3600.0, False)])
+def test_layer_wise_barriers_log_where_they_are_at_most_every_interval(monkeypatch, caplog, interval, expect_lines):
+    # Prepare
+    from fedscape.analysis.barriers import maths as barrier_maths
+    from fedscape.analysis.barriers.maths import Point, layerwise_barriers
+    from fedscape.models.params import flatten_buffers, flatten_params
+
+    monkeypatch.setattr(barrier_maths, "PROGRESS_SECONDS", interval)
+    model = _model("mlp").eval()
+    a = Point(flatten_params(model), flatten_buffers(model))
+    b = Point(a.params + 0.1, a.buffers)
+    data = _data()
+    splits = {"train": (data.x_train, data.y_train)}
+
+    # Execute
+    with caplog.at_level(logging.INFO, logger="fedscape.barriers"):
+        rows = layerwise_barriers(model, a, b, splits, modes=("single", "shallow"))
+
+    # Assert
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("layer-wise barriers: mode")]
+    assert bool(lines) == expect_lines and rows
+    if expect_lines:
+        assert lines[-1].startswith("layer-wise barriers: mode shallow (2/2), entry ")

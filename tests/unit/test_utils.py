@@ -40,6 +40,29 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["table.csv"]
 
 
+def test_the_new_contents_are_synced_to_disk_before_the_rename(tmp_path, monkeypatch):
+    # Prepare: record the syncs (with the bytes the synced file holds then) and the renames, in order
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.pread(fd, 100, 0)))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.path.basename(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+
+    # Execute
+    atomic_write_text(tmp_path / "out.txt", "new contents")
+
+    # Assert: the whole new contents reach the disk, then the name points at them
+    assert events == [("fsync", b"new contents"), ("replace", "out.txt")]
+
+
 def test_a_write_removes_the_temporaries_a_killed_writer_left_of_the_same_target(tmp_path):
     # Prepare: what a kill during two earlier writes leaves (0 bytes), and another file's temporary
     stale = [tmp_path / ".rounds.csv.abc123.tmp.csv", tmp_path / ".rounds.csv.x_9.tmp.csv"]

@@ -17,9 +17,9 @@ from typing import Any
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path in the target's directory; rename it onto `path` on success.
 
-    Readers never see a half-written file: the rename is atomic on POSIX file systems. Temporary files of
-    the same target left by a killed writer (a kill skips the clean-up below) are removed first: one job
-    writes a given output, so they cannot belong to a writer still running.
+    Readers never see a half-written file: the rename is atomic on POSIX file systems, and the file is synced
+    before it. Temporary files of the same target left by a killed writer (a kill skips the clean-up below) are
+    removed first: one job writes a given output, so they cannot belong to a writer still running.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,6 +34,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         # mkstemp makes the file private (0600); give it the mode a plain open() would (0666 minus the
         # umask), so that results in a shared project directory stay readable by the group.
         os.chmod(tmp_path, 0o666 & ~_umask())
+        # The contents reach the disk before the name does: after a node's crash the target is the old file or the
+        # whole new one, never a renamed empty one (a file system may write the rename first).
+        with open(tmp_path, "rb") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -16,15 +16,20 @@ statistics recomputed from the training data, as Garipov et al. train and evalua
 
 from __future__ import annotations
 
+import logging
+import time
+
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from fedscape.analysis.barriers.definitions import CurveSettings, curve_lr_factor, interpolation_grid
-from fedscape.analysis.barriers.maths import Point, Splits, evaluate_point
+from fedscape.analysis.barriers.maths import PROGRESS_SECONDS, Point, Splits, evaluate_point
 from fedscape.models.loss import mean_loss
 from fedscape.models.params import buffer_specs, param_specs
 from fedscape.models.specs import EVAL_BATCH_SIZE
+
+log = logging.getLogger("fedscape.barriers")
 
 
 def bezier_params(a: Tensor, theta: Tensor, b: Tensor, t: float) -> Tensor:
@@ -71,7 +76,13 @@ def train_bend(model: nn.Module, a: Point, b: Point, x: Tensor, y: Tensor, setti
     model.train(train_mode)
     losses: list[float] = []
     order, cursor = torch.randperm(len(y), generator=gen), 0
+    logged = time.perf_counter()
     for step in range(settings.steps):
+        if time.perf_counter() - logged >= PROGRESS_SECONDS and losses:
+            tail = losses[-100:]
+            log.info("Bezier bend: step %d/%d, mean loss of the last %d steps %.4g", step, settings.steps, len(tail),
+                     sum(tail) / len(tail))
+            logged = time.perf_counter()
         if cursor + settings.batch_size > len(y) and cursor > 0:  # a new epoch: a new order, no ragged batch
             order, cursor = torch.randperm(len(y), generator=gen), 0
         idx = order[cursor:cursor + settings.batch_size]

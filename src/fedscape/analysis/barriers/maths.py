@@ -20,7 +20,9 @@ that the chord and the path use one estimate of the statistics.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,6 +44,9 @@ from fedscape.models.batchnorm import recompute_bn_stats
 from fedscape.models.evaluate import EvalResult, evaluate
 from fedscape.models.params import buffer_specs, load_buffers, load_params, param_specs
 from fedscape.models.specs import EVAL_BATCH_SIZE
+
+log = logging.getLogger("fedscape.barriers")
+PROGRESS_SECONDS = 30.0  # at most one progress line per this many seconds (layer-wise barriers, a Bezier bend)
 
 
 # -- models as points ------------------------------------------------------------------------------
@@ -242,8 +247,14 @@ def layerwise_barriers(model: nn.Module, a: Point, b: Point, splits: Splits, bat
     layers = list(model_layers(model) if layers is None else layers)
     ev = _Evaluator(model, a, b, layers, splits, batch_size, bn_x)
     rows = []
-    for mode in modes:
-        for i, group in mode_entries(len(layers), mode, seed):
+    logged = time.perf_counter()
+    for m, mode in enumerate(modes):
+        entries = list(mode_entries(len(layers), mode, seed))
+        for e, (i, group) in enumerate(entries):
+            if time.perf_counter() - logged >= PROGRESS_SECONDS:  # a deep model's modes take long: say where it is
+                log.info("layer-wise barriers: mode %s (%d/%d), entry %d/%d", mode, m + 1, len(modes), e + 1,
+                         len(entries))
+                logged = time.perf_counter()
             values = (ev.random_barrier(i, direction_seed, direction_samples, direction_moves)
                       if mode in CONTROL_MODES
                       else ev.barrier(group))

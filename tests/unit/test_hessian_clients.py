@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from helpers.configs import tiny_config
 from helpers.stages import train_run
 from helpers.workflow import ROOT
@@ -217,8 +218,9 @@ def test_a_diverged_job_writes_the_rows_of_its_sample(trained, tmp_path):
     assert json.loads(open(outputs["details"]).read())["clients"] == sample
 
 
-def test_a_killed_job_resumes_after_its_last_finished_part_with_the_same_outputs(trained, tmp_path, monkeypatch):
-    # Prepare: the job killed while analysing its third part (the aggregate and client 0 finished)
+def killed_after_two_parts(trained, tmp_path, monkeypatch):
+    """The Hessian job of the trained run at round 1, killed while analysing its third part (the aggregate and client 0
+    finished, in tmp_path / _progress): its arguments, outputs, and the list that counts `analyse` calls from now."""
     from fedscape.analysis.hessian import stage as stage_mod
 
     settings = hessian_job_settings(trained["config"], trained["runs"], trained["run"], 1)
@@ -235,11 +237,22 @@ def test_a_killed_job_resumes_after_its_last_finished_part_with_the_same_outputs
     monkeypatch.setattr(stage_mod, "analyse", killed_at_the_third)
     with pytest.raises(KeyboardInterrupt):
         hessian_stage(*args, outputs, tmp_path / "_progress")
-    assert sorted(p.name for p in (tmp_path / "_progress").iterdir()) == ["all.pt", "client_0.pt"]
-
-    # Execute: the rerun computes the three other clients only
     calls.clear()
     monkeypatch.setattr(stage_mod, "analyse", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return args, outputs, calls
+
+
+def test_a_killed_job_resumes_after_its_last_finished_part_with_the_same_outputs(trained, tmp_path, monkeypatch):
+    # Prepare
+    args, outputs, calls = killed_after_two_parts(trained, tmp_path, monkeypatch)
+    assert sorted(p.name for p in (tmp_path / "_progress").iterdir()) == ["all.pt", "client_0.pt"]
+    # plain tensors (read without unpickling objects); a client part keeps its half-diagonals, not its eigenvectors
+    aggregate, client = (torch.load(tmp_path / "_progress" / f, weights_only=True)["report"]
+                         for f in ("all.pt", "client_0.pt"))
+    assert aggregate["eigen"]["vectors"].shape[0] == 2 and client["eigen"]["vectors"].numel() == 0
+    assert [h.shape for h in client["hutchinson"]["halves"]] == [aggregate["eigen"]["vectors"].shape[1:]] * 2
+
+    # Execute: the rerun computes the three other clients only
     hessian_stage(*args, outputs, tmp_path / "_progress")
 
     # Assert: the outputs of an uninterrupted job, and the parts removed at the end
@@ -262,26 +275,28 @@ def test_parts_of_another_job_s_inputs_are_not_resumed(trained, tmp_path, monkey
     # Prepare: the job killed after two parts; then its inputs change (another progress key: a remade trajectory)
     from fedscape.analysis.hessian import stage as stage_mod
 
-    settings = hessian_job_settings(trained["config"], trained["runs"], trained["run"], 1)
-    args = (settings, trained["trajectory"], trained["partition"])
-    outputs = {key: str(tmp_path / name) for key, name in JOB_FILES.items()}
-    real, calls = stage_mod.analyse, []
-
-    def killed_at_the_third(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return real(*a, **k)
-
-    monkeypatch.setattr(stage_mod, "analyse", killed_at_the_third)
-    with pytest.raises(KeyboardInterrupt):
-        hessian_stage(*args, outputs, tmp_path / "_progress")
+    args, outputs, calls = killed_after_two_parts(trained, tmp_path, monkeypatch)
     monkeypatch.setattr(stage_mod, "progress_key", lambda *a: "the key of other inputs")
-    calls.clear()
-    monkeypatch.setattr(stage_mod, "analyse", lambda *a, **k: calls.append(1) or real(*a, **k))
 
     # Execute
     hessian_stage(*args, outputs, tmp_path / "_progress")
 
     # Assert: every part computed again (the aggregate and 4 clients)
     assert len(calls) == 5
+
+
+def test_a_job_that_copies_a_shared_result_removes_the_parts_a_killed_attempt_left(trained, tmp_path, monkeypatch):
+    # Prepare: parts of a killed attempt; then the job is planned as a copy of another run's round-0 result
+    from fedscape.analysis.hessian import shared
+
+    killed_after_two_parts(trained, tmp_path, monkeypatch)
+    monkeypatch.setattr(shared, "copy_shared_job", lambda *a: None)
+    settings = {**hessian_job_settings(trained["config"], trained["runs"], trained["run"], 1), "shared_from": "r"}
+    monkeypatch.setattr(shared.HessianJob, "from_settings", classmethod(lambda cls, s: type("J", (), {
+        "shared_from": s["shared_from"], "run_id": "x", "round": 0})()))
+
+    # Execute
+    shared.hessian_job(settings, {f"source_{k}": "" for k in JOB_FILES}, {}, 1, tmp_path / "_progress")
+
+    # Assert
+    assert not (tmp_path / "_progress").exists()

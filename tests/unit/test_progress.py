@@ -78,6 +78,14 @@ def _tiny_config(seed: int = 0, rounds: int = 3) -> dict:
     return config
 
 
+def _partition(config: dict, directory) -> str:
+    (run,) = build_runs(config)
+    path = directory / "partition.npz"
+    partition_job(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), path,
+                  directory / "counts.csv")
+    return path
+
+
 def _init(config: dict, path) -> None:
     (run,) = build_runs(config)
     init_job(init_settings(config, build_runs(config), run.dataset, run.model, run.init), path)
@@ -97,9 +105,7 @@ def test_a_run_killed_and_then_given_a_remade_init_starts_from_the_new_init(tmp_
     old, new = _tiny_config(seed=0), _tiny_config(seed=1)
     (run,) = build_runs(old)
     assert train_settings(old, run) == train_settings(new, run)
-    partition = tmp_path / "partition.npz"
-    partition_job(partition_settings(old, run.dataset, run.setting, run.num_clients, run.seed), partition,
-                  tmp_path / "counts.csv")
+    partition = _partition(old, tmp_path)
     _init(old, tmp_path / "init.pt")
     killed_after_round(monkeypatch, 1, lambda: _train(old, partition, tmp_path / "init.pt", tmp_path / "run"))
     _init(new, tmp_path / "init.pt")
@@ -117,13 +123,10 @@ def test_a_run_killed_and_then_given_a_remade_init_starts_from_the_new_init(tmp_
 
 
 def test_a_run_killed_and_rerun_with_the_same_inputs_resumes(tmp_path, monkeypatch, caplog):
-    # Prepare: the init remade with the same settings writes the same bytes, and the data moved elsewhere (a location
-    # is not meaning): the run still resumes
+    # Prepare: the init remade with the same settings writes the same bytes, so the run still resumes (a moved data
+    # set keeps the key too: the test of the key below)
     config = _tiny_config()
-    (run,) = build_runs(config)
-    partition = tmp_path / "partition.npz"
-    partition_job(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
-                  tmp_path / "counts.csv")
+    partition = _partition(config, tmp_path)
     _init(config, tmp_path / "init.pt")
     killed_after_round(monkeypatch, 2, lambda: _train(config, partition, tmp_path / "init.pt", tmp_path / "run"))
     _init(config, tmp_path / "init.pt")

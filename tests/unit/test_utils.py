@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
@@ -61,6 +62,28 @@ def test_the_new_contents_are_synced_to_disk_before_the_rename(tmp_path, monkeyp
 
     # Assert: the whole new contents reach the disk, then the name points at them
     assert events == [("fsync", b"new contents"), ("replace", "out.txt")]
+
+
+@pytest.mark.parametrize("code, written", [(errno.EINVAL, True), (errno.EOPNOTSUPP, True), (errno.EIO, False)])
+def test_a_file_system_that_refuses_fsync_still_gets_the_file_and_a_failing_disk_an_error(tmp_path, monkeypatch,
+                                                                                          code, written):
+    # Prepare: fsync fails with `code`
+    def fsync(fd):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    (tmp_path / "out.txt").write_text("old")
+
+    # Execute
+    if written:
+        atomic_write_text(tmp_path / "out.txt", "new")
+    else:
+        with pytest.raises(OSError):
+            atomic_write_text(tmp_path / "out.txt", "new")
+
+    # Assert: written where fsync is not supported; on an I/O error the old file stays, with no temporary
+    assert (tmp_path / "out.txt").read_text() == ("new" if written else "old")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
 
 
 def test_a_write_removes_the_temporaries_a_killed_writer_left_of_the_same_target(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -36,12 +37,22 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         os.chmod(tmp_path, 0o666 & ~_umask())
         # The contents reach the disk before the name does: after a node's crash the target is the old file or the
         # whole new one, never a renamed empty one (a file system may write the rename first).
-        with open(tmp_path, "rb") as fh:
-            os.fsync(fh.fileno())
+        _sync(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _sync(path: Path) -> None:
+    """Flush the file's contents to its disk; a file system that cannot (some FUSE mounts refuse fsync) keeps the
+    rename's own guarantee."""
+    with open(path, "rb") as fh:
+        try:
+            os.fsync(fh.fileno())
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
 
 
 def _umask() -> int:

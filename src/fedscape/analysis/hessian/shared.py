@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import logging
+import shutil
 from pathlib import Path
 
 from fedscape.analysis.hessian.definitions import JOB_FILES, HessianJob
@@ -61,9 +62,11 @@ def hessian_job(settings: dict, inputs: dict[str, str | Path], outputs: dict[str
     if job.shared_from:
         copy_shared_job(job.run_id, job.round, job.shared_from, {key: inputs[f"source_{key}"] for key in JOB_FILES},
                         outputs)
-        return
-    from fedscape.analysis.hessian.stage import hessian_stage  # lazy: torch, which a copying job does without
-    from fedscape.models.device import use_threads  # lazy: as above
+    else:
+        from fedscape.analysis.hessian.stage import hessian_stage  # lazy: torch, which a copying job does without
+        from fedscape.models.device import use_threads  # lazy: as above
 
-    use_threads(threads)
-    hessian_stage(settings, inputs["trajectory"], inputs["partition"], outputs, progress_dir)
+        use_threads(threads)
+        hessian_stage(settings, inputs["trajectory"], inputs["partition"], outputs, progress_dir)
+    if progress_dir is not None:  # parts a killed attempt left where this one took another way (a copy, a divergence)
+        shutil.rmtree(progress_dir, ignore_errors=True)

@@ -9,7 +9,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +30,10 @@ from fedscape.analysis.hessian.definitions import (
     hessian_columns,
 )
 from fedscape.analysis.hessian.maths import (
+    DensityResult,
+    EigenResult,
     HessianReport,
+    HutchinsonResult,
     analyse,
     eval_subset,
     hessian_norm_direction,
@@ -108,9 +111,10 @@ def client_eval_data(data: FederatedData, settings: HessianSettings, client: int
 
 class _Parts:
     """The finished parts of a Hessian job (the aggregate data's analysis, then each client's), saved in `directory`
-    (beside the outputs, not one of them: a kill keeps it) under the job's progress key, so that a killed job resumes
-    after its last finished part. A part keeps what the job's outputs need: the aggregate's eigenvectors (the plane),
-    each client's two half-diagonals (HN, HD), not the diagonals themselves."""
+    (beside the outputs, not one of them: a kill keeps it) under the job's progress key and device, so that a killed
+    job resumes after its last finished part. A part keeps what the job's outputs need: the aggregate's eigenvectors
+    (the plane), each client's two half-diagonals (HN, HD), not the diagonals or a client's eigenvectors; as plain
+    tensors and numbers, read back without unpickling objects."""
 
     def __init__(self, directory: str | Path | None, key: str):
         self.dir, self.key = (Path(directory) if directory is not None else None), key
@@ -122,25 +126,53 @@ class _Parts:
         if self.dir is None or not self._path(name).exists():
             return None
         try:
-            # weights_only=False: a part is a report (dataclasses, numpy arrays) that this job wrote itself
-            saved = torch.load(self._path(name), map_location="cpu", weights_only=False)
-        except Exception as exc:  # cut short by a kill: computed again
+            saved = torch.load(self._path(name), map_location="cpu", weights_only=True)
+            if saved.get("key") != self.key:
+                return None
+            return _report(saved["report"])
+        except Exception as exc:  # cut short by a kill, or written by another version: computed again
             log.warning("cannot resume part %s from %s (%s): computing it again", name, self.dir, exc)
             return None
-        return saved["report"] if saved.get("key") == self.key else None
 
     def save(self, name: str, report: HessianReport) -> None:
         if self.dir is None:
             return
-        hutch = report.hutchinson
-        kept = replace(report, hutchinson=replace(hutch, diagonal=hutch.diagonal.new_zeros(0)))
         self.dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(self._path(name)) as tmp:
-            torch.save({"key": self.key, "report": kept}, tmp)
+            torch.save({"key": self.key, "report": _plain(report, vectors=name == AGGREGATE)}, tmp)
 
     def clear(self) -> None:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _plain(report: HessianReport, vectors: bool) -> dict:
+    """A part's report as tensors, lists and numbers (`_report` reads it back); the eigenvectors only with `vectors`."""
+    e, h, d = report.eigen, report.hutchinson, report.density
+    eigen = None if e is None else {
+        "values": [float(v) for v in e.values], "iterations": [int(i) for i in e.iterations],
+        "converged": [bool(c) for c in e.converged], "residuals": [float(r) for r in e.residuals],
+        "method": e.method, "vectors": e.vectors.cpu() if vectors else torch.zeros(0, dtype=torch.float64)}
+    hutchinson = {"trace": float(h.trace), "stderr": float(h.stderr), "samples": torch.tensor(np.asarray(h.samples)),
+                  "diagonal_estimator": h.diagonal_estimator, "halves": None if h.halves is None else list(h.halves)}
+    density = None if d is None else {"nodes": [torch.tensor(np.asarray(n)) for n in d.nodes],
+                                      "weights": [torch.tensor(np.asarray(w)) for w in d.weights]}
+    return {"n_eval": int(report.n_eval), "loss": float(report.loss), "products": int(report.products),
+            "seconds": float(report.seconds), "sharpness": float(report.sharpness),
+            "adaptive_sharpness": float(report.adaptive_sharpness), "eigen": eigen, "hutchinson": hutchinson,
+            "density": density}
+
+
+def _report(plain: dict) -> HessianReport:
+    """The report of a part saved by `_plain` (without the diagonal, which no output reads)."""
+    e, h, d = plain["eigen"], plain["hutchinson"], plain["density"]
+    eigen = None if e is None else EigenResult(tuple(e["values"]), e["vectors"], tuple(e["iterations"]),
+                                               tuple(e["converged"]), tuple(e["residuals"]), e["method"])
+    hutchinson = HutchinsonResult(h["trace"], h["stderr"], torch.zeros(0, dtype=torch.float64), h["samples"].numpy(),
+                                  h["diagonal_estimator"], None if h["halves"] is None else tuple(h["halves"]))
+    density = None if d is None else DensityResult([n.numpy() for n in d["nodes"]], [w.numpy() for w in d["weights"]])
+    return HessianReport(plain["n_eval"], plain["loss"], eigen, hutchinson, density, plain["products"],
+                         plain["seconds"], plain["sharpness"], plain["adaptive_sharpness"])
 
 
 def _analysed(parts: _Parts, name: str, compute) -> tuple[HessianReport, bool]:
@@ -175,7 +207,8 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     log.info("hessian of %s at round %d on %s: %d parameters, %d clients, top-%d by %s, %d trace probes",
              run_id, round_, device, traj.params.shape[1], data.num_clients, hs.top_k, hs.method, hs.trace_probes)
 
-    parts = _Parts(progress_dir, progress_key(settings, (trajectory_path, partition_path)))
+    # (the device too: a part computed on a card is not mixed with parts of a CPU attempt under `device: auto`)
+    parts = _Parts(progress_dir, f"{progress_key(settings, (trajectory_path, partition_path))}:{device.type}")
 
     # the aggregate data: eigenpairs (the plane), trace, density
     agg, resumed = _analysed(parts, AGGREGATE, lambda: analyse(model, *aggregate_eval_data(data, hs), hs))

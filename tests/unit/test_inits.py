@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -62,6 +64,26 @@ def pretrained_job(**kw):
     return InitJob.from_settings({**DIGITS, "init": "pre", "kind": "pretrained", "seed": 0, "epochs": 8, "lr": 0.05,
                                   "batch_size": 16, "momentum": 0.9, "weight_decay": 5e-4, **NO_PROXY,
                                   "dataset_options": OPTIONS, "device": "cpu", **kw})
+
+
+@pytest.mark.parametrize("interval, expect_lines", [(0.0, True), (3600.0, False)])
+def test_pretraining_logs_where_it_is_within_an_epoch_at_most_every_interval(monkeypatch, caplog, interval,
+                                                                              expect_lines):
+    # Prepare
+    from fedscape.stages import init as init_mod
+
+    monkeypatch.setattr(init_mod, "EPOCH_LOG_SECONDS", interval)
+
+    # Execute
+    with caplog.at_level(logging.INFO, logger="fedscape.init"):
+        pretrain(pretrained_job(epochs=1))
+
+    # Assert: lines that count the epoch's samples so far, and the epoch's own line
+    within = [r.getMessage() for r in caplog.records if " samples, loss " in r.getMessage()]
+    assert bool(within) == expect_lines
+    counts = [int(m.split(": ")[1].split(" of ")[0]) for m in within]
+    assert counts == sorted(counts) and all(c % 16 == 0 for c in counts)
+    assert any(r.getMessage().startswith("pretraining epoch 1/1: loss ") for r in caplog.records)
 
 
 def test_init_settings_of_an_unknown_kind_fail_naming_the_kinds():

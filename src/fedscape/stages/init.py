@@ -51,6 +51,8 @@ from fedscape.stages.init_settings import ContinueInit, InitJob, PretrainedInit,
 from fedscape.stages.progress import progress_key
 
 log = logging.getLogger("fedscape.init")
+# Within a pretraining epoch, at most one progress line per this many seconds (a whole epoch is resumed, not a part)
+EPOCH_LOG_SECONDS = 60.0
 
 _EPOCH_STREAM = 0x5EED  # batch order of pretraining epochs
 _HEAD_STREAM = 0x4EAD  # re-initialised classifier head
@@ -220,7 +222,12 @@ def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torc
         generator = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, _EPOCH_STREAM))
         perm = torch.randperm(len(y), generator=generator)
         total, count = torch.zeros((), dtype=torch.float64, device=device), 0  # summed on the device: no wait a step
+        logged = time.perf_counter()
         for i in range(0, len(y), cfg.batch_size):
+            if time.perf_counter() - logged >= EPOCH_LOG_SECONDS:  # an epoch of ImageNet32 takes long: say where it is
+                log.info("pretraining epoch %d/%d: %d of %d samples, loss %.4f", epoch + 1, cfg.epochs, count, len(y),
+                         float(total) / max(count, 1))
+                logged = time.perf_counter()
             b = perm[i : i + cfg.batch_size]  # on the CPU: a streamed proxy reads these rows from disk
             loss = mean_loss(model(proxy.augmented(b, augment, generator)), y[b.to(device)])
             opt.zero_grad(set_to_none=True)

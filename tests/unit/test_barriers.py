@@ -482,3 +482,29 @@ def test_interpolation_settings_carry_align_only_when_on():
 
         assert interpolation_settings(config, pair).get("align", False) is align
         assert ("align" in interpolation_settings(config, pair)) is align  # off: the settings of older jobs
+
+
+def test_the_interpolation_legend_says_where_alignment_changed_nothing(tmp_path, monkeypatch):
+    # Prepare: pair "same" aligned to the identity (its aligned rows repeat the unaligned ones), pair "moved" not
+    from fedscape.analysis.barriers import figures
+
+    def rows(pair, aligned, bump):
+        return [{"pair_id": pair, "run_a": rid("iid"), "round_a": 3, "run_b": rid("0.1"), "round_b": 3, "t": t,
+                 "split": split, "loss": 1 + t * (1 - t) - bump * t * (1 - t), "error": 0.2, "aligned": aligned,
+                 "path": "linear", "bn_stats": "stored"}
+                for split in ("train", "test") for t in (0.0, 0.5, 1.0)]
+
+    table = pd.DataFrame(rows("same", False, 0) + rows("same", True, 0) + rows("moved", False, 0)
+                         + rows("moved", True, 0.5), columns=INTERPOLATION_COLUMNS)
+    table.to_csv(tmp_path / "interpolation.csv", index=False)
+    legends = []
+    monkeypatch.setattr(figures, "save_figure_outputs",
+                        lambda fig, outputs, df: legends.extend(t.get_text() for t in fig.legends[0].get_texts()))
+
+    # Execute
+    figures.interpolation_figure_job(tmp_path / "interpolation.csv", figure_outputs(tmp_path, "interpolation"))
+
+    # Assert
+    aligned = {text.split(":")[0]: text for text in legends if "aligned to a" in text}
+    assert aligned["same"].endswith("b aligned to a (alignment changed nothing: on the unaligned line)")
+    assert aligned["moved"].endswith("b aligned to a")

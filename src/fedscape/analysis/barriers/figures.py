@@ -142,6 +142,8 @@ def interpolation_figure_job(table: str | Path, outputs: dict[str, str | Path]) 
                     rounds = "" if first["round_a"] == first["round_b"] else \
                         f" (round {first['round_a']} vs {first['round_b']})"
                     note = (" · Bezier curve" if path == BEZIER else "") + (" · b aligned to a" if aligned else "")
+                    if aligned and _on_the_unaligned_curve(df, aligned_rows, path_rows, pair, path):
+                        note += " (alignment changed nothing: on the unaligned line)"
                     legend.setdefault(f"{pair}: {pair_label(first['run_a'], first['run_b'])}{rounds}{note}", handle)
             if i == 1:
                 ax.set_xlabel("t  (0 = model a, 1 = model b)")
@@ -151,6 +153,23 @@ def interpolation_figure_job(table: str | Path, outputs: dict[str, str | Path]) 
                  + (" and trained Bezier curves" if (path_rows == BEZIER).any() else ""))
     fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=min(2, len(legend)))
     save_figure_outputs(fig, outputs, df)
+
+
+def _on_the_unaligned_curve(df: pd.DataFrame, aligned_rows: pd.Series, path_rows: pd.Series, pair: str,
+                            path: str) -> bool:
+    """Whether a pair's aligned curve along `path` has the values of its unaligned one at every t and split (to 1e-6
+    relative: a GPU's evaluations may differ in the last bits): weight matching found the identity permutation (models
+    of one init keep their hidden units matched), so the dashed line hides under the solid one and the legend says
+    why."""
+    of_pair = (df["pair_id"] == pair) & (path_rows == path)
+    key = ["split", "t"]
+    aligned = df[of_pair & aligned_rows].sort_values(key)
+    unaligned = df[of_pair & ~aligned_rows].sort_values(key)
+    if aligned.empty or aligned[key].values.tolist() != unaligned[key].values.tolist():
+        return False
+    values = ["loss", "error"]
+    return bool(np.allclose(aligned[values].to_numpy(float), unaligned[values].to_numpy(float), rtol=1e-6, atol=0.0,
+                            equal_nan=True))
 
 
 def _entry_rows(sub: pd.DataFrame, mode: str) -> tuple[pd.Series, list[str]]:

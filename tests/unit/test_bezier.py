@@ -267,3 +267,38 @@ def test_stage_writes_bezier_rows_next_to_linear_ones_and_nan_rows_for_a_diverge
     assert (ends["bezier"] == ends["linear"]).all()  # the curve's ends are the models
     inner = ok[ok["t"] == 0.5].pivot_table(index=["split", "aligned"], columns="path", values="loss")
     assert (inner["bezier"] != inner["linear"]).all()  # the trained bend moved the curve off the line
+
+
+def test_a_killed_interpolation_keeps_its_trained_bends_and_resumes_with_the_same_curve(runs, tmp_path, monkeypatch):
+    from fedscape.analysis.barriers import stage as stage_mod
+    from fedscape.plan.barriers import interpolation_pairs, interpolation_settings
+
+    # Prepare: the healthy pair with curve and alignment, killed while training its second (aligned) bend
+    config = copy.deepcopy(runs.config)
+    config["interpolation"].update(align=True, curve={**config["interpolation"]["curve"], "enabled": True,
+                                                      "steps": 10, "batch_size": 32})
+    pair = next(p for p in interpolation_pairs(config, [runs.healthy, runs.diverged]) if p.label == "ok_r1_vs_final")
+    args = (interpolation_settings(config, pair), runs.trajectory(pair.run_a), runs.trajectory(pair.run_b),
+            runs.partition)
+    real, calls = stage_mod.train_bend, []
+
+    def killed_at_the_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real(*a, **k)
+
+    monkeypatch.setattr(stage_mod, "train_bend", killed_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        stage_mod.interpolation_job(*args, tmp_path / "curve.csv", tmp_path / "_progress")
+    assert [p.name for p in (tmp_path / "_progress").iterdir()] == ["bend.pt"]
+    calls.clear()
+    monkeypatch.setattr(stage_mod, "train_bend", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    # Execute
+    stage_mod.interpolation_job(*args, tmp_path / "curve.csv", tmp_path / "_progress")
+
+    # Assert: only the aligned bend trained again; the curve of an uninterrupted job; the parts removed
+    assert len(calls) == 1 and not (tmp_path / "_progress").exists()
+    stage_mod.interpolation_job(*args, tmp_path / "whole.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "curve.csv"), pd.read_csv(tmp_path / "whole.csv"))

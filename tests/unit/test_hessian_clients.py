@@ -247,7 +247,7 @@ def test_a_killed_job_resumes_after_its_last_finished_part_with_the_same_outputs
     args, outputs, calls = killed_after_two_parts(trained, tmp_path, monkeypatch)
     assert sorted(p.name for p in (tmp_path / "_progress").iterdir()) == ["all.pt", "client_0.pt"]
     # plain tensors (read without unpickling objects); a client part keeps its half-diagonals, not its eigenvectors
-    aggregate, client = (torch.load(tmp_path / "_progress" / f, weights_only=True)["report"]
+    aggregate, client = (torch.load(tmp_path / "_progress" / f, weights_only=True)["part"]
                          for f in ("all.pt", "client_0.pt"))
     assert aggregate["eigen"]["vectors"].shape[0] == 2 and client["eigen"]["vectors"].numel() == 0
     assert [h.shape for h in client["hutchinson"]["halves"]] == [aggregate["eigen"]["vectors"].shape[1:]] * 2

@@ -257,3 +257,24 @@ def test_layer_wise_barriers_log_where_they_are_at_most_every_interval(monkeypat
     assert bool(lines) == expect_lines and rows
     if expect_lines:
         assert lines[-1].startswith("layer-wise barriers: mode shallow (2/2), entry ")
+
+
+def test_parts_are_read_back_only_whole_and_under_their_key(tmp_path, caplog):
+    # Prepare
+    from fedscape.stages.progress import Parts
+
+    part = {"theta": torch.arange(4.0, dtype=torch.float64), "losses": [1.5, 0.5], "name": "bend"}
+    Parts(tmp_path, "key").save("bend", part)
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "bend.pt").read_bytes()[:20])  # as a kill mid-write would leave
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="fedscape.progress"):
+        same, other, cut, missing = (Parts(tmp_path, k).load(n) for k, n in (("key", "bend"), ("other", "bend"),
+                                                                             ("key", "cut"), ("key", "none")))
+
+    # Assert
+    assert torch.equal(same["theta"], part["theta"]) and same["losses"] == [1.5, 0.5] and same["name"] == "bend"
+    assert other is None and cut is None and missing is None
+    assert "cannot resume part cut" in caplog.text
+    Parts(tmp_path, "key").clear()
+    assert not tmp_path.exists()

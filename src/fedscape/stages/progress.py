@@ -1,14 +1,20 @@
 """What a resumable job's saved progress belongs to (`fedscape.fl.engine`: train and IID warm-up rounds, and the
-pretraining epochs of `fedscape.stages.init`)."""
+pretraining epochs of `fedscape.stages.init`), and the finished parts of a job that computes in parts (`Parts`)."""
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 from collections.abc import Iterable
+from pathlib import Path
 
 from fedscape.core.config import digest
 from fedscape.core.fingerprints import file_sha256
+from fedscape.core.io import atomic_path
 from fedscape.data.locations import without_data_locations
+
+log = logging.getLogger("fedscape.progress")
 
 
 def progress_key(settings: dict, inputs: Iterable[str | os.PathLike] = ()) -> str:
@@ -22,3 +28,47 @@ def progress_key(settings: dict, inputs: Iterable[str | os.PathLike] = ()) -> st
     with the same bytes (checkpoints and partitions are byte-reproducible on a CPU) keeps the progress.
     """
     return digest({"settings": without_data_locations(settings), "inputs": [file_sha256(path) for path in inputs]})
+
+
+class Parts:
+    """The finished parts of a job that computes in independent parts (a Hessian job's aggregate and clients, an
+    interpolation's trained Bezier bends), saved in `directory` (beside the outputs, not one of them: a kill keeps
+    it) under the job's key (`progress_key`), so that a rerun after a kill resumes after its last finished part.
+    A part is plain data (tensors, lists, numbers, text), read back without unpickling objects; one of another key,
+    or cut short, is computed again."""
+
+    def __init__(self, directory: str | os.PathLike | None, key: str):
+        self.dir, self.key = (Path(directory) if directory is not None else None), key
+
+    def _path(self, name: str) -> Path:
+        return self.dir / f"{name}.pt"
+
+    def load(self, name: str) -> dict | None:
+        """Part `name` as saved, or None where it is not saved under this key."""
+        if self.dir is None or not self._path(name).exists():
+            return None
+        import torch  # lazy: the planning imports of this module stay torch-free
+
+        try:
+            saved = torch.load(self._path(name), map_location="cpu", weights_only=True)
+        except Exception as exc:  # cut short by a kill, or written by another version: computed again
+            log.warning("cannot resume part %s from %s (%s): computing it again", name, self.dir, exc)
+            return None
+        return saved["part"] if saved.get("key") == self.key else None
+
+    def save(self, name: str, part: dict) -> None:
+        if self.dir is None:
+            return
+        import torch  # lazy: as above
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self._path(name)) as tmp:
+            torch.save({"key": self.key, "part": part}, tmp)
+
+    def clear(self) -> None:
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def note(self, resumed: bool) -> str:
+        """Text for a part's log line: where it was resumed from, or nothing."""
+        return f", when an earlier attempt of this job computed it: resumed from {self.dir}" if resumed else ""

@@ -43,6 +43,7 @@ from fedscape.data.federated import load_federated_data
 from fedscape.models.batchnorm import has_batch_norm
 from fedscape.models.checkpoint import load_clients, load_trajectory
 from fedscape.models.device import job_precision, resolve_device
+from fedscape.stages.progress import Parts, progress_key
 
 log = logging.getLogger("fedscape.barriers")
 
@@ -107,13 +108,15 @@ def _nan_layer_rows(traj, meta: dict, job: LayerBarriersJob) -> tuple[pd.DataFra
 # -- linear interpolation --------------------------------------------------------------------------
 @job_precision(lambda settings: InterpolationJob.from_settings(settings).precision)
 def interpolation_job(settings: dict, trajectory_a: str | Path, trajectory_b: str | Path,
-                      partition: str | Path, output: str | Path) -> None:
+                      partition: str | Path, output: str | Path, progress_dir: str | Path | None = None) -> None:
     """One job of rule interpolation (its `settings`: an `InterpolationJob`): loss and error along the segment
     between two checkpoints, on train and test (Li et al. 2022, Fig. 3c), and along a trained quadratic Bezier curve
-    when the job carries `curve` (Garipov et al. 2018)."""
+    when the job carries `curve` (Garipov et al. 2018). With `progress_dir`, each trained bend is kept there until the
+    job ends (`Parts`): a rerun after a kill does not train it again."""
     t0 = time.perf_counter()
     job = InterpolationJob.from_settings(settings)
     device = resolve_device(job.device)
+    parts = Parts(progress_dir, f"{progress_key(settings, (trajectory_a, trajectory_b, partition))}:{device.type}")
     traj_a = load_trajectory(trajectory_a, run_id=job.run_a)
     traj_b = load_trajectory(trajectory_b, run_id=job.run_b)
     rounds = [traj.final_round if r == "final" else int(r) for traj, r in ((traj_a, job.round_a),
@@ -124,6 +127,7 @@ def interpolation_job(settings: dict, trajectory_a: str | Path, trajectory_b: st
     if reasons:
         log.warning("pair %s: %s; the curve is not computed (NaN rows)", job.pair_id, "; ".join(reasons))
         write_csv(_nan_curve(job, rounds), output)
+        parts.clear()  # bends a killed attempt trained from other checkpoints
         return
     splits = _splits(job.data, partition, device)
     model = traj_a.model_meta.build().to(device).eval()
@@ -142,12 +146,18 @@ def interpolation_job(settings: dict, trajectory_a: str | Path, trajectory_b: st
         curve = job.curve
         for aligned, end in ends.items():
             t1 = time.perf_counter()
-            theta, losses = train_bend(model, a, end, *splits["train"], curve, train_mode=bn_x is not None)
+            name = "bend_aligned" if aligned else "bend"
+            saved = parts.load(name)
+            if saved is not None:
+                theta, losses = saved["theta"].to(device), saved["losses"].tolist()
+            else:
+                theta, losses = train_bend(model, a, end, *splits["train"], curve, train_mode=bn_x is not None)
+                parts.save(name, {"theta": theta.cpu(), "losses": torch.tensor(losses, dtype=torch.float64)})
             tail = losses[-max(1, len(losses) // 10):]
             log.info("pair %s%s: Bezier bend trained in %d steps in %.1f s (mean loss of the last %d steps %.4g; "
-                     "bend moved %.4g from the midpoint)", job.pair_id, " (aligned)" if aligned else "",
+                     "bend moved %.4g from the midpoint)%s", job.pair_id, " (aligned)" if aligned else "",
                      curve.steps, time.perf_counter() - t1, len(tail), sum(tail) / len(tail) if losses else math.nan,
-                     float((theta - 0.5 * (a.params + end.params)).norm()))
+                     float((theta - 0.5 * (a.params + end.params)).norm()), parts.note(saved is not None))
             rows += [{**r, "aligned": aligned, "path": BEZIER} for r in bezier_curve(
                 model, a, theta, end, splits, job.points, job.eval_batch_size, bn_x)]
     df = pd.DataFrame(rows).assign(bn_stats="stored" if bn_x is None else "recomputed")
@@ -157,6 +167,7 @@ def interpolation_job(settings: dict, trajectory_a: str | Path, trajectory_b: st
     df.insert(3, "run_b", job.run_b)
     df.insert(4, "round_b", rounds[1])
     write_csv(df[INTERPOLATION_COLUMNS], output)
+    parts.clear()
     for (path, aligned, split), sub in df.groupby(["path", "aligned", "split"], sort=False):
         log.info("pair %s %s %s%s: loss barrier %.4f, error barrier %.4f", job.pair_id, path, split,
                  " (aligned)" if aligned else "", linear_barrier(sub["t"], sub["loss"]),

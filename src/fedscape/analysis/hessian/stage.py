@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -41,13 +40,13 @@ from fedscape.analysis.hessian.maths import (
     unresolved_diagonals,
 )
 from fedscape.analysis.landscape.planes import META_KEYS, Plane, save_plane
-from fedscape.core.io import atomic_path, write_csv, write_json
+from fedscape.core.io import write_csv, write_json
 from fedscape.core.runs import DIVERGED, OK
 from fedscape.data.datasets import take_rows
 from fedscape.data.federated import FederatedData, load_federated_data
 from fedscape.models.checkpoint import load_trajectory
 from fedscape.models.device import describe_compute, job_precision, resolve_device
-from fedscape.stages.progress import progress_key
+from fedscape.stages.progress import Parts, progress_key
 
 log = logging.getLogger("fedscape.hessian")
 
@@ -109,43 +108,6 @@ def client_eval_data(data: FederatedData, settings: HessianSettings, client: int
     return take_rows(data.x_train, ix), data.y_train[ix]
 
 
-class _Parts:
-    """The finished parts of a Hessian job (the aggregate data's analysis, then each client's), saved in `directory`
-    (beside the outputs, not one of them: a kill keeps it) under the job's progress key and device, so that a killed
-    job resumes after its last finished part. A part keeps what the job's outputs need: the aggregate's eigenvectors
-    (the plane), each client's two half-diagonals (HN, HD), not the diagonals or a client's eigenvectors; as plain
-    tensors and numbers, read back without unpickling objects."""
-
-    def __init__(self, directory: str | Path | None, key: str):
-        self.dir, self.key = (Path(directory) if directory is not None else None), key
-
-    def _path(self, name: str) -> Path:
-        return self.dir / f"{name}.pt"
-
-    def load(self, name: str) -> HessianReport | None:
-        if self.dir is None or not self._path(name).exists():
-            return None
-        try:
-            saved = torch.load(self._path(name), map_location="cpu", weights_only=True)
-            if saved.get("key") != self.key:
-                return None
-            return _report(saved["report"])
-        except Exception as exc:  # cut short by a kill, or written by another version: computed again
-            log.warning("cannot resume part %s from %s (%s): computing it again", name, self.dir, exc)
-            return None
-
-    def save(self, name: str, report: HessianReport) -> None:
-        if self.dir is None:
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self._path(name)) as tmp:
-            torch.save({"key": self.key, "report": _plain(report, vectors=name == AGGREGATE)}, tmp)
-
-    def clear(self) -> None:
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-
 def _plain(report: HessianReport, vectors: bool) -> dict:
     """A part's report as tensors, lists and numbers (`_report` reads it back); the eigenvectors only with `vectors`."""
     e, h, d = report.eigen, report.hutchinson, report.density
@@ -175,14 +137,15 @@ def _report(plain: dict) -> HessianReport:
                          plain["seconds"], plain["sharpness"], plain["adaptive_sharpness"])
 
 
-def _analysed(parts: _Parts, name: str, compute) -> tuple[HessianReport, bool]:
-    """The report of part `name`: saved by an earlier attempt of this job, or computed now and saved; and whether it
-    was resumed."""
-    report = parts.load(name)
-    if report is not None:
-        return report, True
+def _analysed(parts: Parts, name: str, compute) -> tuple[HessianReport, bool]:
+    """The report of part `name` (the aggregate, or a client): saved by an earlier attempt of this job, or computed
+    now and saved, with the aggregate's eigenvectors (the plane) and each client's two half-diagonals (HN, HD), not
+    the diagonals or a client's eigenvectors; and whether it was resumed."""
+    saved = parts.load(name)
+    if saved is not None:
+        return _report(saved), True
     report = compute()
-    parts.save(name, report)
+    parts.save(name, _plain(report, vectors=name == AGGREGATE))
     return report, False
 
 
@@ -191,7 +154,7 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
                   outputs: dict[str, str | Path], progress_dir: str | Path | None = None) -> None:
     """One (run, round) of a hessian job's `settings` (`HessianJob`): Hessian metrics on the aggregate data and on
     each client's data; writes the job's hessian.csv, hessian_clients.csv, density.csv, eigen_plane.npz and
-    hessian.json. With `progress_dir`, each finished part is kept there until the job ends (`_Parts`)."""
+    hessian.json. With `progress_dir`, each finished part is kept there until the job ends (`Parts`)."""
     t_start = time.perf_counter()
     job = HessianJob.from_settings(settings)
     hs = job.hessian
@@ -208,13 +171,13 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
              run_id, round_, device, traj.params.shape[1], data.num_clients, hs.top_k, hs.method, hs.trace_probes)
 
     # (the device too: a part computed on a card is not mixed with parts of a CPU attempt under `device: auto`)
-    parts = _Parts(progress_dir, f"{progress_key(settings, (trajectory_path, partition_path))}:{device.type}")
+    parts = Parts(progress_dir, f"{progress_key(settings, (trajectory_path, partition_path))}:{device.type}")
 
     # the aggregate data: eigenpairs (the plane), trace, density
     agg, resumed = _analysed(parts, AGGREGATE, lambda: analyse(model, *aggregate_eval_data(data, hs), hs))
     log.info("data %s (n=%d): lambda = %s, trace = %.6g +- %.3g (%d products, %.1f s%s)", AGGREGATE, agg.n_eval,
              ", ".join(f"{v:.6g}" for v in agg.eigen.values), agg.hutchinson.trace, agg.hutchinson.stderr,
-             agg.products, agg.seconds, _resumed_note(resumed, parts))
+             agg.products, agg.seconds, parts.note(resumed))
     rows = [_row(run_id, round_, AGGREGATE, agg, hs.top_k)]
     details = {"run_id": run_id, "round": round_, **describe_compute(device, hs.precision),
                "settings": asdict(hs), "data": {AGGREGATE: _details(agg)}}
@@ -239,7 +202,7 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
         details["data"][client_label(k)] = _details(rep)
         log.info("client %d (%d/%d, n=%d): lambda_1 = %.6g, trace = %.6g +- %.3g (%.1f s%s)", k, i + 1, len(clients),
                  rep.n_eval, rep.eigen.values[0], rep.hutchinson.trace, rep.hutchinson.stderr, rep.seconds,
-                 _resumed_note(resumed, parts))
+                 parts.note(resumed))
     hn, hd = hessian_norm_direction(diagonals)  # NaN with fewer than two clients
     log.info("HN = %.6g, HD = %.6f over %d clients", hn, hd, len(diagonals))
     unresolved = [clients[i] for i in unresolved_diagonals(diagonals)]
@@ -274,10 +237,6 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     write_json(outputs["details"], details, default=float)
     parts.clear()
     log.info("done in %.1f s", details["seconds"])
-
-
-def _resumed_note(resumed: bool, parts: _Parts) -> str:
-    return f", when an earlier attempt of this job computed it: resumed from {parts.dir}" if resumed else ""
 
 
 def _write_diverged(job: HessianJob, traj, reason: str, outputs: dict[str, str | Path], t_start: float) -> None:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from helpers.configs import SCHEMA, TINY
+from helpers.resume import killed_at_call
 from helpers.synthetic import digits_like
 from torch import nn
 
@@ -280,20 +281,9 @@ def test_a_killed_interpolation_keeps_its_trained_bends_and_resumes_with_the_sam
     pair = next(p for p in interpolation_pairs(config, [runs.healthy, runs.diverged]) if p.label == "ok_r1_vs_final")
     args = (interpolation_settings(config, pair), runs.trajectory(pair.run_a), runs.trajectory(pair.run_b),
             runs.partition)
-    real, calls = stage_mod.train_bend, []
-
-    def killed_at_the_second(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated kill")
-        return real(*a, **k)
-
-    monkeypatch.setattr(stage_mod, "train_bend", killed_at_the_second)
-    with pytest.raises(KeyboardInterrupt):
-        stage_mod.interpolation_job(*args, tmp_path / "curve.csv", tmp_path / "_progress")
+    calls = killed_at_call(monkeypatch, stage_mod, "train_bend", 2, lambda: stage_mod.interpolation_job(
+        *args, tmp_path / "curve.csv", tmp_path / "_progress"))
     assert [p.name for p in (tmp_path / "_progress").iterdir()] == ["bend.pt"]
-    calls.clear()
-    monkeypatch.setattr(stage_mod, "train_bend", lambda *a, **k: calls.append(1) or real(*a, **k))
 
     # Execute
     stage_mod.interpolation_job(*args, tmp_path / "curve.csv", tmp_path / "_progress")

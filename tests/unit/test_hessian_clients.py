@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from helpers.configs import tiny_config
+from helpers.resume import killed_at_call
 from helpers.stages import train_run
 from helpers.workflow import ROOT
 
@@ -226,19 +227,8 @@ def killed_after_two_parts(trained, tmp_path, monkeypatch):
     settings = hessian_job_settings(trained["config"], trained["runs"], trained["run"], 1)
     args = (settings, trained["trajectory"], trained["partition"])
     outputs = {key: str(tmp_path / name) for key, name in JOB_FILES.items()}
-    real, calls = stage_mod.analyse, []
-
-    def killed_at_the_third(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("simulated kill")
-        return real(*a, **k)
-
-    monkeypatch.setattr(stage_mod, "analyse", killed_at_the_third)
-    with pytest.raises(KeyboardInterrupt):
-        hessian_stage(*args, outputs, tmp_path / "_progress")
-    calls.clear()
-    monkeypatch.setattr(stage_mod, "analyse", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = killed_at_call(monkeypatch, stage_mod, "analyse", 3,
+                           lambda: hessian_stage(*args, outputs, tmp_path / "_progress"))
     return args, outputs, calls
 
 

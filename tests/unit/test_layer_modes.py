@@ -12,6 +12,7 @@ import pytest
 import torch
 from helpers.configs import SCHEMA, TINY
 from helpers.figures import assert_figure_files
+from helpers.resume import killed_at_call
 from helpers.synthetic import digits_like
 
 from fedscape.analysis.barriers.alignment import (
@@ -349,3 +350,30 @@ def test_stage_writes_every_mode_as_trained_and_aligned_and_nan_rows_for_a_diver
     assert len(ok[ok["averaged"] == every].drop_duplicates(["aligned", "split"])) == 4
     dist = out["ok_clients"][1].set_index(["aligned", "layer_index"])["distance"]
     assert dist.loc[(True, -1)] <= dist.loc[(False, -1)] + 1e-9
+
+
+def test_a_killed_layer_barriers_job_keeps_its_finished_rows_and_resumes_with_the_same_tables(runs, tmp_path,
+                                                                                                monkeypatch):
+    from fedscape.analysis.barriers import stage as stage_mod
+    from fedscape.plan.barriers import layer_pairs, layer_settings
+
+    # Prepare: the healthy client pair with alignment, killed while computing the aligned rows
+    config = copy.deepcopy(runs.config)
+    config["layer_barriers"].update(modes=["single", "random"], order_seed=2, align=True)
+    pair = next(p for p in layer_pairs(config, [runs.healthy, runs.diverged]) if p.label == "ok_clients")
+    inputs = {"partition": runs.partition, "trajectory_a": runs.trajectory(pair.run_a),
+              "clients": runs.clients(runs.healthy)}
+    settings = layer_settings(config, pair, pair.rounds[-1])
+    outputs = (tmp_path / "b.csv", tmp_path / "d.csv")
+    calls = killed_at_call(monkeypatch, stage_mod, "layerwise_barriers", 2, lambda: stage_mod.layer_barriers_job(
+        settings, inputs, *outputs, tmp_path / "_progress"))
+    assert [p.name for p in (tmp_path / "_progress").iterdir()] == ["as_trained.pt"]
+
+    # Execute
+    stage_mod.layer_barriers_job(settings, inputs, *outputs, tmp_path / "_progress")
+
+    # Assert: only the aligned rows computed again; the tables of an uninterrupted job; the parts removed
+    assert len(calls) == 1 and not (tmp_path / "_progress").exists()
+    stage_mod.layer_barriers_job(settings, inputs, tmp_path / "wb.csv", tmp_path / "wd.csv")
+    for name, whole in (("b.csv", "wb.csv"), ("d.csv", "wd.csv")):
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / name), pd.read_csv(tmp_path / whole))

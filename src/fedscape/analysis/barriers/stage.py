@@ -178,18 +178,22 @@ def interpolation_job(settings: dict, trajectory_a: str | Path, trajectory_b: st
 
 # -- layer-wise mode connectivity ------------------------------------------------------------------
 @job_precision(lambda settings: LayerBarriersJob.from_settings(settings).precision)
-def layer_barriers_job(settings: dict, inputs: dict, out_barriers: str | Path, out_distances: str | Path) -> None:
+def layer_barriers_job(settings: dict, inputs: dict, out_barriers: str | Path, out_distances: str | Path,
+                       progress_dir: str | Path | None = None) -> None:
     """One job of rule layer_barriers (its `settings`: a `LayerBarriersJob`): layer-wise barriers (the configured
     modes) and distances of one pair at one round (Adilova et al. 2023),
     and of the pair with b aligned to a by weight matching when the job asks for it (Ainsworth et al. 2023).
 
     `inputs`: 'partition' and 'trajectory_a' always; 'clients' for two clients of one run,
     'trajectory_b' for the global models of two runs; neither for a run's global models at rounds `round` and
-    `round` + 1 (kind `consecutive`: Adilova et al. 2023, Sec. 2.1, the average of consecutive epochs).
+    `round` + 1 (kind `consecutive`: Adilova et al. 2023, Sec. 2.1, the average of consecutive epochs). With
+    `progress_dir`, the rows of the pair as trained and of the aligned pair are kept there until the job ends
+    (`Parts`): a rerun after a kill does not compute a finished one (nor its weight matching) again.
     """
     t0 = time.perf_counter()
     job = LayerBarriersJob.from_settings(settings)
     device = resolve_device(job.device)
+    parts = Parts(progress_dir, f"{progress_key(settings, [inputs[k] for k in sorted(inputs)])}:{device.type}")
     pair, round_ = job.pair, job.round
     run_ids = job.run_id.split(PAIR_SEPARATOR)  # one run, or two for a pair of runs
     traj_a = load_trajectory(inputs["trajectory_a"], run_id=run_ids[0])
@@ -210,6 +214,7 @@ def layer_barriers_job(settings: dict, inputs: dict, out_barriers: str | Path, o
             barriers, distances = _nan_layer_rows(traj_a, meta, job)
             write_csv(barriers, out_barriers)
             write_csv(distances, out_distances)
+            parts.clear()  # rows a killed attempt computed from other checkpoints
             return
         c = saved[round_]
         ids = c.client_ids.tolist()
@@ -228,34 +233,45 @@ def layer_barriers_job(settings: dict, inputs: dict, out_barriers: str | Path, o
             barriers, distances = _nan_layer_rows(traj_a, meta, job)
             write_csv(barriers, out_barriers)
             write_csv(distances, out_distances)
+            parts.clear()  # rows a killed attempt computed from other checkpoints
             return
         a, b = _point(traj_a, round_), _point(traj_b, round_b)
     model = traj_a.model_meta.build().to(device).eval()
     layers = model_layers(model)
     splits = _splits(job.data, inputs["partition"], device)
     modes, seed = list(job.modes), _order_seed(job)
-    a, ends = a.to(device), {False: b.to(device)}
-    if job.align:
-        t1 = time.perf_counter()
-        ends[True], _ = align_points(model, a, ends[False])
-        log.info("pair %s round %d: model b aligned to a by weight matching in %.1f s (distance %.4g -> %.4g)",
-                 pair, round_, time.perf_counter() - t1, float((ends[False].params - a.params).norm()),
-                 float((ends[True].params - a.params).norm()))
+    a, b = a.to(device), b.to(device)
     barrier_rows, distance_rows = [], []
     bn_x = _bn_x(job, splits, model)
     bn_stats = "stored" if bn_x is None else "recomputed"
-    for aligned, end in ends.items():
-        barrier_rows += [{**meta, **r, "aligned": aligned, "bn_stats": bn_stats} for r in layerwise_barriers(
-            model, a, end, splits, job.eval_batch_size, modes, layers, seed, bn_x,
-            *_directions(job))]
-        distance_rows += [{**meta, **r, "aligned": aligned} for r in layer_distances(a, end, layers)]
+    for aligned in job.alignments:
+        name = "aligned" if aligned else "as_trained"
+        saved = parts.load(name)
+        if saved is None:
+            end = b
+            if aligned:
+                t1 = time.perf_counter()
+                end, _ = align_points(model, a, b)
+                log.info("pair %s round %d: model b aligned to a by weight matching in %.1f s (distance %.4g -> "
+                         "%.4g)", pair, round_, time.perf_counter() - t1, float((b.params - a.params).norm()),
+                         float((end.params - a.params).norm()))
+            saved = {"barriers": [{**meta, **r, "aligned": aligned, "bn_stats": bn_stats} for r in layerwise_barriers(
+                         model, a, end, splits, job.eval_batch_size, modes, layers, seed, bn_x, *_directions(job))],
+                     "distances": [{**meta, **r, "aligned": aligned} for r in layer_distances(a, end, layers)]}
+            parts.save(name, saved)
+        else:
+            log.info("pair %s round %d: the rows %s%s", pair, round_, "with b aligned to a" if aligned else
+                     "as trained", parts.note(True))
+        barrier_rows += saved["barriers"]
+        distance_rows += saved["distances"]
     barriers = pd.DataFrame(barrier_rows, columns=LAYER_BARRIER_COLUMNS)
     distances = pd.DataFrame(distance_rows, columns=LAYER_DISTANCE_COLUMNS)
     write_csv(barriers, out_barriers)
     write_csv(distances, out_distances)
+    parts.clear()
     full = barriers[barriers["averaged"] == format_averaged(range(len(layers)))].drop_duplicates(["aligned", "split"])
     for _, r in full.iterrows():
         log.info("pair %s round %d %s%s: full-model barrier loss %.4f error %.4f", pair, round_, r["split"],
                  " (aligned)" if r["aligned"] else "", r["barrier_loss"], r["barrier_error"])
     log.info("pair %s round %d: %d layers x %d modes x %d alignments in %.1f s", pair, round_, len(layers),
-             len(modes), len(ends), time.perf_counter() - t0)
+             len(modes), len(job.alignments), time.perf_counter() - t0)

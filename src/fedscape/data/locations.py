@@ -137,12 +137,7 @@ def with_data_locations(settings: dict, config: dict) -> dict:
     `dataset` or in its `run`."""
     read: dict[str, dict] = {}
 
-    def fill(node):
-        if isinstance(node, list):
-            return [fill(v) for v in node]
-        if not isinstance(node, dict):
-            return node
-        out = {k: fill(v) for k, v in node.items()}
+    def fill(out: dict) -> dict:
         if "dataset_options" in out:
             name = _dataset_of(out)
             if name not in config["datasets"]:
@@ -157,7 +152,7 @@ def with_data_locations(settings: dict, config: dict) -> dict:
             out.update(read[f"inits.{out['init']}"])
         return out
 
-    filled = fill(settings)
+    filled = _each_mapping(settings, fill)
     note(data_locations=read, data=JobData(data_reads(filled), config))
     return filled
 
@@ -166,12 +161,7 @@ def without_data_locations(settings: dict) -> dict:
     """`settings` with every data location at its baseline, as the job was planned: the inverse of
     `with_data_locations`, for what identifies a job's work apart from where its data is (its saved progress)."""
 
-    def clear(node):
-        if isinstance(node, list):
-            return [clear(v) for v in node]
-        if not isinstance(node, dict):
-            return node
-        out = {k: clear(v) for k, v in node.items()}
+    def clear(out: dict) -> dict:
         if isinstance(out.get("dataset_options"), dict):
             out["dataset_options"] = {k: LOCATION_BASELINES[k] if k in LOCATION_BASELINES else v
                                       for k, v in out["dataset_options"].items()}
@@ -180,7 +170,17 @@ def without_data_locations(settings: dict) -> dict:
                         for k in INIT_LOCATION_BASELINES if k in out})
         return out
 
-    return clear(settings)
+    return _each_mapping(settings, clear)
+
+
+def _each_mapping(node, change):
+    """`node` (job settings: mappings, lists and values) with `change` applied to every mapping, innermost first, to a
+    copy whose values are already changed."""
+    if isinstance(node, list):
+        return [_each_mapping(v, change) for v in node]
+    if not isinstance(node, dict):
+        return node
+    return change({k: _each_mapping(v, change) for k, v in node.items()})
 
 
 class JobData:

@@ -17,9 +17,10 @@ from fedscape.data.locations import without_data_locations
 log = logging.getLogger("fedscape.progress")
 
 
-def progress_key(settings: dict, inputs: Iterable[str | os.PathLike] = ()) -> str:
-    """The key of a job's progress: its settings without the data's locations, and the contents of the files it
-    starts from.
+def progress_key(settings: dict, inputs: Iterable[str | os.PathLike] = (), device: str | None = None) -> str:
+    """The key of a job's progress: its settings without the data's locations, the contents of the files it
+    starts from, and where given the type of device it computes on (parts computed on a card are not mixed with those
+    of a CPU attempt under `device: auto`).
 
     Moving the data keeps the progress (a location is not meaning, `fedscape.data.specs.LOCATION_BASELINES`). A
     remade input does not, even where the job's own settings are unchanged: a train job's settings hold neither its
@@ -27,7 +28,8 @@ def progress_key(settings: dict, inputs: Iterable[str | os.PathLike] = ()) -> st
     the run, which must start from the new model, not resume the rounds trained from the old one. An input remade
     with the same bytes (checkpoints and partitions are byte-reproducible on a CPU) keeps the progress.
     """
-    return digest({"settings": without_data_locations(settings), "inputs": [file_sha256(path) for path in inputs]})
+    key = digest({"settings": without_data_locations(settings), "inputs": [file_sha256(path) for path in inputs]})
+    return key if device is None else f"{key}:{device}"
 
 
 class Parts:

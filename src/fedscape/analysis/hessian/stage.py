@@ -170,8 +170,7 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     log.info("hessian of %s at round %d on %s: %d parameters, %d clients, top-%d by %s, %d trace probes",
              run_id, round_, device, traj.params.shape[1], data.num_clients, hs.top_k, hs.method, hs.trace_probes)
 
-    # (the device too: a part computed on a card is not mixed with parts of a CPU attempt under `device: auto`)
-    parts = Parts(progress_dir, f"{progress_key(settings, (trajectory_path, partition_path))}:{device.type}")
+    parts = Parts(progress_dir, progress_key(settings, (trajectory_path, partition_path), device.type))
 
     # the aggregate data: eigenpairs (the plane), trace, density
     agg, resumed = _analysed(parts, AGGREGATE, lambda: analyse(model, *aggregate_eval_data(data, hs), hs))

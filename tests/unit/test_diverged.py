@@ -282,6 +282,20 @@ def test_a_healthy_surface_beside_the_diverged_run_is_computed(runs, hessian_job
     assert not warnings_of(caplog)
 
 
+def test_a_plane_file_of_another_run_evaluates_the_planned_runs_data_and_records_where_it_came_from(
+        runs, hessian_jobs, tmp_path, caplog):
+    """The healthy run's eigenvector plane through the diverged run's (finite) initial model: the surface is the
+    diverged run's, so its chunks read that run's partition; the file's run is kept as `direction_runs`."""
+    source = str(hessian_jobs["ok"]["plane"])
+    spec = {"kind": "hessian", "runs": [BOOM], "round": 0, "resolution": 3, "plane_file": source}
+
+    surface, plane = _surface(runs, spec, "borrowed", tmp_path, source)
+
+    assert plane.runs == (runs.diverged.run_id,)
+    assert plane.extra["direction_runs"] == [runs.healthy.run_id]
+    assert np.isfinite(surface["loss"]).all() and surface["meta"]["status"] == "ok"
+
+
 def test_final_trajectory_surface_of_a_run_that_diverged_late_uses_its_last_finite_model(runs, tmp_path, caplog):
     """A run diverged at round 3 of 3 keeps rounds 0..2: `final` stops at round 2, with a warning."""
     from fedscape.models.checkpoint import load_trajectory, save_trajectory
@@ -305,3 +319,10 @@ def test_final_trajectory_surface_of_a_run_that_diverged_late_uses_its_last_fini
     points = pd.read_csv(outputs["points"])
     assert points["round"].tolist() == [0, 1, 2] and points["role"].iloc[-1] == "final"
     assert load_plane(outputs["plane"]).extra.get("status", "ok") == "ok"
+    # the surface (its figure's title, surfaces.csv) is at round 2, not at the planned 3
+    landscape_chunk_job(chunk_settings(config, plan, "train", 0), outputs["plane"], outputs["grid"], runs.partition,
+                        tmp_path / "chunk.npz")
+    landscape_gather_job(surface_settings(config, plan, "train"), [tmp_path / "chunk.npz"], outputs["plane"],
+                         outputs["grid"], outputs["points"], tmp_path / "surface.npz")
+    assert surface_settings(config, plan, "train")["round"] == ROUNDS
+    assert load_surface(tmp_path / "surface.npz")["meta"]["round"] == 2

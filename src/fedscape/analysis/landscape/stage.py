@@ -239,6 +239,10 @@ def _build_plane(job: LandscapePlaneJob, trajs: dict[str, Trajectory], clients: 
                                f"{first.params.shape[1]}; {fix}")
         if not plane.model_meta:
             plane = replace(plane, model_meta=meta)
+        if tuple(plane.runs) != tuple(runs):
+            # the surface evaluates the planned run's data (the chunk jobs' partition input), whichever run the
+            # directions were computed for: a supplied plane_file may come from another run
+            plane = replace(plane, runs=tuple(runs), extra={**plane.extra, "direction_runs": list(plane.runs)})
         if plane.center_buffers.numel() != first.buffers.shape[1]:
             plane = replace(plane, center_buffers=_model(first, row)[1].clone())
         pts.add(*_model(first, row), label=f"{labels[run_id]}, round {int(first.rounds[row])}",

@@ -15,7 +15,7 @@ from helpers.configs import SCHEMA
 from helpers.workflow import TINY_CONFIG
 
 from fedscape.analysis.landscape.definitions import PlaneError
-from fedscape.analysis.landscape.figures import loss_levels, plot_surface, write_figure_data
+from fedscape.analysis.landscape.figures import clipped_surface, plot_surface, write_figure_data
 from fedscape.analysis.landscape.grid import Grid, chunk_bounds, gather_chunks, grid_extent
 from fedscape.analysis.landscape.planes import (
     Plane,
@@ -44,6 +44,7 @@ from fedscape.data.partition import PartitionError
 from fedscape.models.evaluate import evaluate
 from fedscape.models.params import flatten_buffers, flatten_params, load_buffers, load_params
 from fedscape.models.registry import build_model
+from fedscape.outputs.style import log_levels
 from fedscape.plan.partition import partition_settings
 from fedscape.plan.workflow import check_config
 from fedscape.stages.partition import partition_job
@@ -153,12 +154,35 @@ def test_pca_projection_of_a_planar_trajectory_is_exact_with_the_final_model_at_
     assert "variance" in plane.axis_labels[0]
 
 
+@pytest.mark.parametrize("block_entries", [1 << 24, 5 * 7, 5 * 64])  # one block, one column, uneven blocks
+def test_pca_in_column_blocks_equals_the_svd_of_the_centred_checkpoints(monkeypatch, block_entries):
+    """The Gram matrix and the components are made block by block (memory of the float32 checkpoints only); the
+    result is the top-2 right singular vectors of the mean-centred differences, whatever the blocks."""
+    import fedscape.analysis.landscape.planes as planes
+
+    g = torch.Generator().manual_seed(3)
+    points = torch.randn(5, 301, generator=g) * torch.tensor([3.0, 2.0, 1.0, 0.5, 0.1])[:, None]
+    center = points[-1].clone()
+    diffs = (points.double() - center.double()).numpy()
+    diffs -= diffs.mean(axis=0)
+    _, sv, vt = np.linalg.svd(diffs, full_matrices=False)
+    monkeypatch.setattr(planes, "GRAM_BLOCK_ENTRIES", block_entries)
+
+    pca = planes.pca_directions(points, center)
+
+    for got, want in ((pca.d1, vt[0]), (pca.d2, vt[1])):
+        assert abs(float(np.dot(got.double().numpy(), want))) == pytest.approx(1.0, abs=1e-6)
+    np.testing.assert_allclose(pca.explained_variance, sv[:2] ** 2 / (sv ** 2).sum(), rtol=1e-9)
+
+
 def test_pca_of_a_straight_line_completes_the_plane_with_an_orthogonal_direction():
     g = torch.Generator().manual_seed(1)
     final, u = torch.randn(200, generator=g), torch.randn(200, generator=g)
     line = final + torch.linspace(2, 0, 5)[:, None] * u
     plane = pca_plane(line, final, torch.zeros(0), seed=5)
     assert plane.explained_variance[1] == 0.0
+    assert plane.axis_labels[0].startswith("PC1 (100.0%")
+    assert plane.axis_labels[1] == "d2: random (the checkpoints span 1 dimension)"
     assert orthonormality(plane)[2] == pytest.approx(0.0, abs=1e-6)
     assert project(line, plane).distance.max() < 1e-4
 
@@ -550,11 +574,22 @@ def test_a_surface_that_diverged_everywhere_still_gets_a_figure(tmp_path):
 
 def test_contour_levels_are_log_spaced_and_clipped():
     loss = np.array([[0.01, 0.1], [1.0, np.nan]])
-    levels = loss_levels(loss, 5)
+    levels = log_levels(loss, 5)
     np.testing.assert_allclose(np.diff(np.log(levels)), np.log(levels[1] / levels[0]))
     assert levels[0] == pytest.approx(0.01)
-    assert loss_levels(np.array([0.1, 1.0, 1e9]), 5)[-1] == pytest.approx(20.0)  # 20 x the median
-    assert loss_levels(loss, 5, clip=0.5)[-1] == pytest.approx(0.5)
+    assert log_levels(np.array([0.1, 1.0, 1e9]), 5)[-1] == pytest.approx(20.0)  # 20 x the median
+    assert log_levels(loss, 5, clip=0.5)[-1] == pytest.approx(0.5)
+    assert log_levels(loss, 5, clip=10.0)[-1] == pytest.approx(10.0)  # a shared scale may reach above the maximum
+
+
+def test_infinite_and_nan_losses_are_masked_and_finite_ones_clipped_into_the_levels():
+    loss = np.array([[0.5, 1.0], [np.inf, np.nan], [-np.inf, 1e6]])
+    levels = log_levels(loss, 5)
+
+    z = clipped_surface(loss, levels)
+
+    assert z.mask.tolist() == [[False, False], [True, True], [True, False]]
+    assert z[2, 1] == pytest.approx(levels[-1]) and z[0, 0] == pytest.approx(levels[0])
 
 
 # -- config ----------------------------------------------------------------------------------------------
@@ -574,6 +609,8 @@ TRAJ = {"kind": "trajectory", "runs": [IID]}
     ({"kind": "trajectory", "runs": [{"alpha": 0.3}]}, r"landscapes\.x\.runs\[0\]: no run of the config matches"),
     ({"kind": "final_models", "runs": [{"init": "random"}]}, r"landscapes\.x\.runs: kind final_models needs at"),
     ({**TRAJ, "round": 9}, r"landscapes\.x\.round: round 9 must be 'final' or an integer in 0\.\.3"),
+    ({**TRAJ, "round": 0}, r"landscapes\.x\.round: a trajectory plane needs a round >= 1"),
+    ({"kind": "trajectories", "runs": [{"init": "random"}], "round": 0}, r"a trajectories plane needs a round >= 1"),
     ({**TRAJ, "data": ["client"], "client": 4}, r"landscapes\.x\.client: client 4 does not exist"),
     ({**TRAJ, "resolution": 3, "chunks": 10}, r"landscapes\.x\.chunks: 10 chunks for a 3x3 grid"),
     ({"kind": "three_points", "checkpoints": [{"run": IID, "round": 0}, {"run": IID}]}, r"needs exactly 3 checkpoints"),

@@ -106,16 +106,23 @@ class RunStyle:
 
 
 # -- numbers ---------------------------------------------------------------------------------------
+AUTO_CLIP_FACTOR = 20.0  # automatic clip: 20 x the median finite value (losses far above are divergent regions)
+
+
 def log_levels(values: np.ndarray, n: int = 30, clip: float | None = None) -> np.ndarray:
-    """n log-spaced contour levels from the smallest positive finite value to max (or `clip`)."""
+    """n log-spaced contour levels (Li et al. 2018 plot log levels) from the smallest finite value (at least 1e-8)
+    to `clip`, or without one to the largest finite value but at most AUTO_CLIP_FACTOR x the median. An explicit
+    `clip` above the largest value is kept: several figures can then share one colour scale."""
     values = np.asarray(values, dtype=float)
-    finite = values[np.isfinite(values) & (values > 0)]
+    finite = values[np.isfinite(values)]
     if finite.size == 0:
         return np.geomspace(1e-3, 1.0, n)
-    lo = float(finite.min())
-    hi = float(finite.max()) if clip is None else min(float(clip), float(finite.max()))
+    lo = max(float(finite.min()), 1e-8)
+    hi = float(finite.max()) if clip is None else float(clip)
+    if clip is None:
+        hi = min(hi, AUTO_CLIP_FACTOR * max(float(np.median(finite)), lo))
     if hi <= lo * (1 + 1e-9):
-        hi = lo * 1.01 + 1e-12
+        hi = lo * 1.01 + 1e-8
     return np.geomspace(lo, hi, n)
 
 

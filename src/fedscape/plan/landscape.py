@@ -135,6 +135,9 @@ def resolve_landscape(config: dict, runs: list, label: str) -> LandscapePlan:
             raise ConfigError(f"{where}.runs: kind trajectories needs at least 2 runs (use kind trajectory for one)")
         for run in selected:
             check_round(config, run, round_, f"{where}.round")
+        if kind in ("trajectory", "trajectories") and round_ == 0:
+            raise ConfigError(f"{where}.round: a {kind} plane needs a round >= 1 (the PCA of the global models of "
+                              f"rounds 0..round; round 0 is the initial model alone)")
     if not selected:
         raise ConfigError(f"{where}.runs: the config defines no runs")
     archs = {(r.dataset, r.model) for r in selected}

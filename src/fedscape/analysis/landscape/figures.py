@@ -18,11 +18,10 @@ from fedscape.analysis.landscape.gather import load_surface
 from fedscape.core.io import atomic_path
 from fedscape.core.runs import parse_run_id
 from fedscape.core.setting import format_setting
-from fedscape.outputs.style import PALETTE, SEQUENTIAL_CMAP, pyplot, setting_colors, write_formats
+from fedscape.outputs.style import PALETTE, SEQUENTIAL_CMAP, log_levels, pyplot, setting_colors, write_formats
 
 log = logging.getLogger("fedscape.landscape")
 
-AUTO_CLIP_FACTOR = 20.0  # automatic clip: 20 x the median finite loss (losses far above are divergent regions)
 
 
 def data_description(data: str) -> str:
@@ -35,18 +34,10 @@ def data_description(data: str) -> str:
     return data
 
 
-def loss_levels(loss: np.ndarray, n: int = 30, clip: float | None = None) -> np.ndarray:
-    """Log-spaced contour levels from the smallest finite loss to the clip value (Li et al. 2018 plot log levels)."""
-    finite = loss[np.isfinite(loss)]
-    if finite.size == 0:
-        return np.geomspace(1e-3, 1.0, n)
-    lo = max(float(finite.min()), 1e-8)
-    hi = float(finite.max()) if clip is None else float(clip)
-    if clip is None:
-        hi = min(hi, AUTO_CLIP_FACTOR * max(float(np.median(finite)), lo))
-    if hi <= lo * (1 + 1e-9):
-        hi = lo * 1.01 + 1e-8
-    return np.geomspace(lo, hi, n)
+def clipped_surface(loss: np.ndarray, levels: np.ndarray) -> np.ma.MaskedArray:
+    """The losses to draw: NaN and inf masked (they show the hatched background), finite values clipped into the
+    levels' range. Masked before clipping: clipping first would draw an infinite loss in the top colour."""
+    return np.ma.clip(np.ma.masked_invalid(loss), levels[0], levels[-1])
 
 
 def write_figure_data(surface: dict, grid_csv: str | Path, points_csv: str | Path) -> None:
@@ -71,8 +62,8 @@ def plot_surface(surface: dict, out_pdf: str | Path, out_png: str | Path, overla
     plt = pyplot()
     meta = surface["meta"]
     a, b, loss = surface["a"], surface["b"], np.asarray(surface["loss"], dtype=np.float64)
-    lv = loss_levels(loss, levels, clip_loss)
-    z = np.ma.masked_invalid(np.clip(loss, lv[0], lv[-1]))
+    lv = log_levels(loss, levels, clip_loss)
+    z = clipped_surface(loss, lv)
     fig, ax = plt.subplots(figsize=(6.4, 5.2), constrained_layout=True)
     ax.set_facecolor("#d9d9d9")
     handles = []
@@ -93,8 +84,8 @@ def plot_surface(surface: dict, out_pdf: str | Path, out_png: str | Path, overla
     cbar.set_label("loss (log scale" + (f", clipped at {lv[-1]:.3g})" if clipped else ")"))
     if overlay is not None:
         oloss = np.asarray(overlay["loss"], dtype=np.float64)
-        olv = loss_levels(oloss, 10, clip_loss)
-        ax.contour(overlay["a"], overlay["b"], np.ma.masked_invalid(np.clip(oloss, olv[0], olv[-1])), levels=olv,
+        olv = log_levels(oloss, 10, clip_loss)
+        ax.contour(overlay["a"], overlay["b"], clipped_surface(oloss, olv), levels=olv,
                    colors=PALETTE[1], linewidths=0.9, linestyles="dashed", zorder=3)
         handles.append(plt.Line2D([], [], color=PALETTE[1], linestyle="dashed",
                                   label=f"{data_description(overlay['meta']['data'])} (contours)"))

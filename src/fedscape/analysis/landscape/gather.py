@@ -39,7 +39,8 @@ def landscape_gather_job(settings: dict, chunk_paths: list[str], plane_path: str
     plane_meta = {k: v for k, v in plane.items() if k != "model_meta"}
     plane_meta["model"] = (plane["model_meta"] or {}).get("model")
     nonfinite = int((~np.isfinite(loss)).sum())
-    meta = {**settings, "n_eval": n_eval, "extent": list(grid.extent),
+    meta = {**settings, "round": model_round(settings["round"], points), "n_eval": n_eval,
+            "extent": list(grid.extent),
             "axis_labels": list(plane["axis_labels"] or ("d1", "d2")),
             "explained_variance": plane["explained_variance"], "plane_kind": plane["kind"],
             "nonfinite_points": nonfinite, "status": plane.get("status", OK)}
@@ -60,6 +61,20 @@ def landscape_gather_job(settings: dict, chunk_paths: list[str], plane_path: str
     log.info("surface %s: %dx%d grid from %d chunks, loss %.4g..%.4g, %d non-finite points", settings["surface_id"],
              grid.shape[0], grid.shape[1], len(chunk_paths), finite.min(initial=np.inf), finite.max(initial=-np.inf),
              nonfinite)
+
+
+# The roles of the points that are the surface's models at its round (the other roles are earlier checkpoints, a
+# round's clients, or a three_points plane's corners).
+MODEL_ROLES = ("final", "center", "aggregate")
+
+
+def model_round(planned: int | None, points: pd.DataFrame) -> int | None:
+    """The round of the models the surface was made at: the planned round, unless every model point has one other
+    round (`final` of a run that diverged: its last finite model, which the plane job picked and warned about)."""
+    rounds = set(points.loc[points["role"].isin(MODEL_ROLES), "round"].astype(int))
+    if planned is None or len(rounds) != 1:
+        return planned
+    return rounds.pop()
 
 
 CHUNK_KEYS = ("index", "loss", "acc")

@@ -32,7 +32,10 @@ from fedscape.core.io import remake_hint, supplied_hint
 log = logging.getLogger("fedscape.landscape")
 
 FILTER_NORM_EPS = 1e-10  # Li et al. 2018 (loss-landscape code, net_plotter.normalize_direction)
-GRAM_COLUMN_CHUNK = 1 << 20  # columns per block when forming the Gram matrix of large models
+# float64 entries per block of centred checkpoints (128 MiB): PCA of hundreds of checkpoints of a large model
+# needs memory for the float32 checkpoints alone, not for float64 copies of them
+GRAM_BLOCK_ENTRIES = 1 << 24
+GRAM_MAX_COLUMNS = 1 << 20  # columns per block at most (a few checkpoints)
 
 
 @dataclass(frozen=True)
@@ -128,23 +131,34 @@ def pca_directions(points: torch.Tensor, center: torch.Tensor, seed: int = 0) ->
         raise ValueError(f"points must be [N, {center.numel()}], got {list(points.shape)}")
     if points.shape[0] < 2:
         raise ValueError(f"PCA needs at least 2 checkpoints, got {points.shape[0]}")
-    diffs = points.double() - center.double()
-    diffs = diffs - diffs.mean(dim=0, keepdim=True)
-    n = diffs.shape[0]
+    n = points.shape[0]
+    columns = max(1, min(GRAM_MAX_COLUMNS, GRAM_BLOCK_ENTRIES // n))
+    blocks = [(start, min(start + columns, points.shape[1])) for start in range(0, points.shape[1], columns)]
+
+    def centred(start: int, stop: int) -> torch.Tensor:
+        """Columns start:stop of the checkpoints minus the centre, mean-centred, in float64."""
+        block = points[:, start:stop].double() - center[start:stop].double()
+        return block - block.mean(dim=0, keepdim=True)
+
     gram = torch.zeros(n, n, dtype=torch.float64)
-    for start in range(0, diffs.shape[1], GRAM_COLUMN_CHUNK):
-        block = diffs[:, start : start + GRAM_COLUMN_CHUNK]
+    for start, stop in blocks:
+        block = centred(start, stop)
         gram += block @ block.T
     evals, evecs = torch.linalg.eigh(gram)  # ascending
     evals, evecs = evals.flip(0).clamp_min(0.0), evecs.flip(1)
     total = float(evals.sum())
     tol = max(total, 1e-300) * 1e-12
+    found = [k for k in range(min(2, n)) if float(evals[k]) > tol]
+    # the components, P x len(found): one more pass over the blocks for both
+    components = torch.empty(points.shape[1], len(found), dtype=torch.float64)
+    for start, stop in blocks:
+        components[start:stop] = centred(start, stop).T @ evecs[:, found]
     directions: list[torch.Tensor] = []
     ratios: list[float] = []
     for k in range(2):
-        lam = float(evals[k]) if k < n else 0.0
-        if lam > tol:
-            v = diffs.T @ evecs[:, k] / math.sqrt(lam)
+        if k in found:
+            lam = float(evals[k])
+            v = components[:, k] / math.sqrt(lam)
             v = v / v.norm()
             if v[v.abs().argmax()] < 0:
                 v = -v
@@ -173,8 +187,15 @@ def pca_plane(trajectory: torch.Tensor, center: torch.Tensor, center_buffers: to
     r1, r2 = pca.explained_variance
     return Plane(center.float().clone(), center_buffers.float().clone(), pca.d1, pca.d2, kind=kind, runs=tuple(runs),
                  round=round, explained_variance=(r1, r2),
-                 axis_labels=(f"PC1 ({100 * r1:.1f}% of variance)", f"PC2 ({100 * r2:.1f}% of variance)"),
-                 model_meta=model_meta or {}, seed=seed, extra=extra or {})
+                 axis_labels=(_pc_label(1, r1), _pc_label(2, r2)), model_meta=model_meta or {}, seed=seed,
+                 extra=extra or {})
+
+
+def _pc_label(k: int, ratio: float) -> str:
+    """Axis label of component k: its share of the variance, or that it is a random completion (share 0)."""
+    if ratio == 0.0:
+        return f"d{k}: random (the checkpoints span {k - 1} dimension{'' if k == 2 else 's'})"
+    return f"PC{k} ({100 * ratio:.1f}% of variance)"
 
 
 def joint_pca_plane(point_sets: Sequence[torch.Tensor], center: torch.Tensor, center_buffers: torch.Tensor, *,

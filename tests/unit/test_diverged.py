@@ -282,6 +282,47 @@ def test_a_healthy_surface_beside_the_diverged_run_is_computed(runs, hessian_job
     assert not warnings_of(caplog)
 
 
+@pytest.mark.parametrize(("span", "outside"), [(None, 0), (1.0e-6, 3)])  # rounds 0..2 (3, the centre, is in)
+def test_checkpoints_outside_an_explicit_span_are_named_in_a_warning(runs, tmp_path, caplog, span, outside):
+    caplog.set_level(logging.WARNING)
+    spec = {"kind": "trajectory", "runs": [{"algorithm": "fedavg"}], "resolution": 3, "span": span}
+
+    _surface(runs, spec, "span", tmp_path)
+
+    warned = [r.getMessage() for r in caplog.records if "outside span" in r.getMessage()]
+    assert len(warned) == (1 if outside else 0)
+    if outside:
+        assert f"{outside} checkpoint(s) lie outside span [-0.0, 0.0, -0.0, 0.0]" in warned[0]
+        assert "(round 0, round 1, round 2)" in warned[0] and "round 3" not in warned[0]
+
+
+def test_gathering_chunks_of_another_plane_is_refused_and_chunks_without_a_plane_digest_are_accepted(
+        runs, hessian_jobs, tmp_path):
+    """A plane made again with other directions over the same grid (e.g. a rerun by --rerun-triggers params only)
+    must not be assembled with chunks evaluated on the old one."""
+    import fedscape.analysis.landscape.definitions as definitions
+
+    spec = {"kind": "hessian", "runs": [{"algorithm": "fedavg"}], "resolution": 3}
+    _surface(runs, spec, "ok", tmp_path, hessian_jobs["ok"]["plane"])
+    d = tmp_path / "ok"
+    config = validate_config({**runs.config, "landscapes": {"ok": spec}}, SCHEMA)
+    (plan,) = landscape_plans(config, [runs.healthy, runs.diverged])
+    gather = (surface_settings(config, plan, "train"), [d / "chunk~0.npz"], d / "plane.npz", d / "grid.json",
+              d / "points.csv")
+    arrays, meta = definitions.read_plane_file(d / "plane.npz")
+    definitions.write_plane_file(d / "plane.npz", {**arrays, "d1": -arrays["d1"]}, json.dumps(meta))
+
+    with pytest.raises(RuntimeError, match=r"chunk~0\.npz was computed on another plane than .*plane\.npz holds now"):
+        landscape_gather_job(*gather, tmp_path / "surface.npz")
+
+    with np.load(d / "chunk~0.npz") as npz:  # a chunk from before the digest: the grid check alone
+        chunk = {k: npz[k] for k in npz.files}
+    old_meta = {k: v for k, v in json.loads(str(chunk["meta"])).items() if k != "plane_digest"}
+    np.savez(d / "chunk~0.npz", **{**chunk, "meta": np.array(json.dumps(old_meta))})
+    landscape_gather_job(*gather, tmp_path / "surface.npz")
+    assert load_surface(tmp_path / "surface.npz")["loss"].shape == (3, 3)
+
+
 def test_a_plane_file_of_another_run_evaluates_the_planned_runs_data_and_records_where_it_came_from(
         runs, hessian_jobs, tmp_path, caplog):
     """The healthy run's eigenvector plane through the diverged run's (finite) initial model: the surface is the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -563,6 +564,17 @@ def test_figure_with_divergent_cells_is_drawn_and_its_data_saved_beside_it(tmp_p
     assert len(grid) == 49 and list(grid.columns) == ["a", "b", "loss", "acc"]
     np.testing.assert_array_equal(grid["loss"].to_numpy(), surface["loss"].ravel())
     assert len(pd.read_csv(tmp_path / "points.csv")) == 3
+
+
+@pytest.mark.parametrize(("client", "warned"), [(0, False), (3, True)])  # the fake round's client is 0
+def test_a_local_scope_warns_when_the_highlighted_client_did_not_train_that_round(tmp_path, caplog, client, warned):
+    caplog.set_level(logging.WARNING, logger="fedscape.landscape")
+    surface, overlay = _fake_surface("local"), _fake_surface("local")
+    overlay["meta"]["data"] = f"client~{client}"
+
+    plot_surface(surface, tmp_path / "s.pdf", tmp_path / "s.png", overlay=overlay, levels=12)
+
+    assert any(f"client {client} did not train" in r.getMessage() for r in caplog.records) == warned
 
 
 def test_a_surface_that_diverged_everywhere_still_gets_a_figure(tmp_path):

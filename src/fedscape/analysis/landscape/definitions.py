@@ -10,6 +10,7 @@ keys are kept (``Plane.extra``). The Hessian stage writes ``hessian`` planes in 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zipfile
 from dataclasses import dataclass
@@ -142,6 +143,16 @@ def read_plane_file(path: str | Path, supplied_as: str | None = None) -> tuple[d
     except (TypeError, ValueError) as exc:  # e.g. text arrays, an unknown kind or directions of another length
         raise PlaneError(f"plane file {path}: {exc}; {fix}") from exc
     return arrays, meta
+
+
+def plane_digest(arrays: dict[str, np.ndarray]) -> str:
+    """The digest of a plane's arrays (as `read_plane_file` returns them): what a surface chunk was evaluated on.
+    Of the arrays, not the file: the same plane written again (another zip timestamp) has the same digest."""
+    total = hashlib.sha256()
+    for key in ARRAY_KEYS:
+        total.update(key.encode())
+        total.update(np.ascontiguousarray(arrays[key], dtype=np.float32).tobytes())
+    return total.hexdigest()[:16]
 
 
 def write_plane_file(path: str | Path, arrays: dict[str, np.ndarray], meta_json: str) -> None:

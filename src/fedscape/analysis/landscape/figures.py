@@ -116,6 +116,10 @@ def _draw_points(ax, surface: dict, highlight: str | None) -> list:
         start = xy[roles == "round_start"][0]
         agg = xy[roles == "aggregate"][0]
         chosen = int(highlight.split("~")[1]) if highlight and highlight.startswith("client~") else None
+        if chosen is not None and chosen not in clients[roles == "client"].tolist():
+            log.warning("surface %s: client %d did not train in round %s (partial participation), so no client "
+                        "model is highlighted; its data's contours are drawn all the same",
+                        surface["meta"]["surface_id"], chosen, surface["meta"].get("round"))
         for p, cid in zip(xy[roles == "client"], clients[roles == "client"], strict=True):
             color = PALETTE[1] if cid == chosen else "white"
             ax.annotate("", xy=p, xytext=start, arrowprops={"arrowstyle": "->", "color": color, "lw": 1.0}, zorder=4)

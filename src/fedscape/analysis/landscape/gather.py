@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedscape.analysis.landscape.definitions import POINT_COLUMNS, SURFACES_COLUMNS, read_plane_file
+from fedscape.analysis.landscape.definitions import POINT_COLUMNS, SURFACES_COLUMNS, plane_digest, read_plane_file
 from fedscape.analysis.landscape.grid import Grid, gather_chunks
 from fedscape.core.config import digest
 from fedscape.core.io import atomic_path, remake_hint, write_csv
@@ -26,15 +26,20 @@ def landscape_gather_job(settings: dict, chunk_paths: list[str], plane_path: str
     """Assemble a surface's chunks into one .npz with the grid, the projected points and the plane metadata."""
     grid = Grid.from_dict(json.loads(Path(grid_path).read_text()))
     want = digest(grid.to_dict())
+    plane_arrays, plane = read_plane_file(plane_path)
+    want_plane = plane_digest(plane_arrays)
     parts, n_eval = [], None
     for path in chunk_paths:
         chunk, meta = read_chunk(path)
         if meta["grid_digest"] != want:
             raise RuntimeError(f"{path} was computed on another grid; {remake_hint(path)}")
+        # chunks written before the digest was recorded have none: the grid check is all they get
+        if meta.get("plane_digest", want_plane) != want_plane:
+            raise RuntimeError(f"{path} was computed on another plane than {plane_path} holds now; "
+                               f"{remake_hint(path)}")
         parts.append(chunk)
         n_eval = meta["n_eval"]
     loss, acc = gather_chunks(parts, grid)
-    _, plane = read_plane_file(plane_path)
     points = read_table(points_path, POINT_COLUMNS, keep_default_na=False)
     plane_meta = {k: v for k, v in plane.items() if k != "model_meta"}
     plane_meta["model"] = (plane["model_meta"] or {}).get("model")

@@ -19,6 +19,8 @@ from fedscape.analysis.landscape.definitions import (
     POINT_COLUMNS,
     LandscapeChunkJob,
     LandscapePlaneJob,
+    plane_digest,
+    read_plane_file,
 )
 from fedscape.analysis.landscape.grid import Grid, chunk_bounds, grid_extent
 from fedscape.analysis.landscape.planes import (
@@ -132,6 +134,12 @@ def landscape_plane_job(settings: dict, trajectories: list[str], clients: str | 
     else:
         coords, distance, rel_distance = np.zeros((0, 2)), np.zeros(0), np.zeros(0)
     extent = grid_extent(coords, job.margin, job.span)
+    outside = [row["label"] for row, (a, b) in zip(pts.rows, coords, strict=True)
+               if not (extent[0] <= a <= extent[1] and extent[2] <= b <= extent[3])]
+    if outside:
+        log.warning("plane %s: %d checkpoint(s) lie outside span %s and are not drawn (%s); widen the span or "
+                    "leave it out (automatic: every checkpoint inside)", job.label, len(outside),
+                    [round(v, 4) for v in extent], ", ".join(outside[:5]) + (", ..." if len(outside) > 5 else ""))
     grid = Grid.from_extent(extent, job.resolution)
     save_plane(outputs["plane"], plane)
     df = pd.DataFrame(pts.rows, columns=[c for c in POINT_COLUMNS if c not in ("a", "b", "distance", "rel_distance")])
@@ -303,10 +311,11 @@ def landscape_chunk_job(settings: dict, plane_path: str, grid_path: str, partiti
     diverged)."""
     job = LandscapeChunkJob.from_settings(settings)
     plane = load_plane(plane_path)
+    evaluated_on = plane_digest(read_plane_file(plane_path)[0])  # the gather job checks it against the plane's
     grid_info = json.loads(Path(grid_path).read_text())
     grid = Grid.from_dict(grid_info)
     if plane.extra.get("status", OK) != OK:
-        _write_nan_chunk(job, plane, grid, out)
+        _write_nan_chunk(job, plane, evaluated_on, grid, out)
         return
     # the plane's first run is the one whose data it evaluates
     x, y = surface_data(job.dataset, job.dataset_options, job.data, partition_path,
@@ -321,13 +330,14 @@ def landscape_chunk_job(settings: dict, plane_path: str, grid_path: str, partiti
              evaluator.flat.channels_last)
     res = evaluate_chunk(evaluator, grid, start, stop)
     meta = {"surface_id": job.surface_id, "chunk": job.chunk, "chunks": job.chunks,
-            "grid_digest": digest(grid.to_dict()), "n_eval": len(y),
+            "grid_digest": digest(grid.to_dict()), "plane_digest": evaluated_on,
+            "n_eval": len(y),
             **describe_compute(device, job.precision)}
     with atomic_path(out, suffix=".npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, index=res["index"], loss=res["loss"], acc=res["acc"], meta=np.array(json.dumps(meta)))
 
 
-def _write_nan_chunk(job: LandscapeChunkJob, plane: Plane, grid: Grid, out: str) -> None:
+def _write_nan_chunk(job: LandscapeChunkJob, plane: Plane, evaluated_on: str, grid: Grid, out: str) -> None:
     """The chunk of a plane marked diverged: its grid points with NaN loss and accuracy, nothing evaluated."""
     start, stop = chunk_bounds(grid.size, job.chunks, job.points_per_batch)[job.chunk]
     log.warning("surface %s chunk %d/%d: the plane is marked %r (%s); grid points %d..%d recorded as NaN",
@@ -335,7 +345,8 @@ def _write_nan_chunk(job: LandscapeChunkJob, plane: Plane, grid: Grid, out: str)
                 plane.extra.get("reason", "no reason recorded"), start, stop)
     nan = np.full(stop - start, np.nan)
     meta = {"surface_id": job.surface_id, "chunk": job.chunk, "chunks": job.chunks,
-            "grid_digest": digest(grid.to_dict()), "n_eval": None, "device": None, "status": plane.extra["status"]}
+            "grid_digest": digest(grid.to_dict()), "plane_digest": evaluated_on, "n_eval": None, "device": None,
+            "status": plane.extra["status"]}
     with atomic_path(out, suffix=".npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, index=np.arange(start, stop, dtype=np.int64), loss=nan, acc=nan.copy(),
                  meta=np.array(json.dumps(meta)))

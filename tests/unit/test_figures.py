@@ -34,6 +34,7 @@ from fedscape.report.figures.algorithms import (
     RANKING_COLUMNS,
     local_work_figure,
     local_work_table,
+    joined_groups,
     ranking_figure,
     ranking_table,
 )
@@ -366,6 +367,34 @@ def test_ranking_table_ranks_by_mean_over_the_runs_that_did_not_diverge():
     assert (table.loc[("random", "scaffold"), "rank_seed_min"],
             table.loc[("random", "scaffold"), "rank_seed_max"]) == (3, 3)
     assert (table["n_algorithms"] == 3).all()
+
+
+RANKED = {"random": frozenset({"fedavg", "fedprox"}), "warmup": frozenset({"fedavg", "fedprox"}),
+          "pretrained": frozenset({"fedavg"})}
+
+
+@pytest.mark.parametrize(("inits", "groups"), [
+    (["random", "warmup"], [[0, 1]]),                       # same algorithms ranked: one line
+    (["random", "pretrained", "warmup"], [[0], [1], [2]]),  # FedAvg alone under pretrained: rank 1 of 1
+    (["random", "warmup", "pretrained"], [[0, 1], [2]]),
+    (["pretrained"], [[0]]),
+])
+def test_ranks_are_joined_only_across_inits_that_rank_the_same_algorithms(inits, groups):
+    assert joined_groups(inits, RANKED) == groups
+
+
+def test_a_ranking_of_inits_with_other_algorithms_keeps_every_rank_in_its_table(tmp_path):
+    # Prepare: FedAvg alone from the pretrained init (as the default config runs it)
+    final = ranking_final()
+    final = final[(final["init"] == "random") | (final["algorithm"] == "fedavg")]
+
+    # Execute
+    data = assert_figure_files(ranking_figure(final, "digits", "cnn_small", tmp_path / "ranking.png"))
+
+    # Assert
+    ranks = data.set_index(["init", "algorithm"])
+    assert ranks.loc[("pretrained", "fedavg"), ["rank", "n_algorithms"]].tolist() == [1, 1]
+    assert ranks.loc[("random", "fedavg"), ["rank", "n_algorithms"]].tolist() == [1, 3]
 
 
 def test_ranking_with_one_seed_has_no_rank_interval_and_the_figure_is_written(tmp_path):

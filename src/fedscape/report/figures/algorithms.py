@@ -64,6 +64,19 @@ def ranking_table(final: pd.DataFrame, column: str = "test_acc") -> pd.DataFrame
     return pd.DataFrame(rows, columns=RANKING_COLUMNS)
 
 
+def joined_groups(inits: list[str], ranked: dict[str, frozenset]) -> list[list[int]]:
+    """One algorithm's points (its inits, in the panel's order) split into runs of consecutive inits that rank the
+    same set of algorithms: only those are joined by a line, since a rank among other algorithms (e.g. the one
+    algorithm run from a pretrained init) says nothing about a change of rank."""
+    groups: list[list[int]] = []
+    for k, init in enumerate(inits):
+        if groups and ranked[inits[k - 1]] == ranked[init]:
+            groups[-1].append(k)
+        else:
+            groups.append([k])
+    return groups
+
+
 def ranking_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str | Path,
                    column: str = "test_acc") -> dict:
     """Slope chart of the algorithms' rank by final accuracy under each init (x), one line per algorithm,
@@ -79,18 +92,25 @@ def ranking_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str
     most = int(table["n_algorithms"].max())
     fig, axes = facet_grid(len(settings), ncols=3, size=(3.4, 0.9 + 0.45 * most), sharey=False, sharex=False)
     legend = {}
+    unjoined = False
     for ((alpha, clients, part), sub), (ax,) in zip(settings, axes, strict=True):
         inits = init_order(sub["init"])
+        ranked = {init: frozenset(per_init["algorithm"].astype(str)) for init, per_init in sub.groupby("init")}
+        uneven = len(set(ranked.values())) > 1
         for algorithm, line in sub.groupby("algorithm", sort=True):
             line = line.set_index("init").reindex([i for i in inits if i in set(line["init"])])
             x = [inits.index(i) for i in line.index]
             color = colors[str(algorithm)]
-            (handle,) = ax.plot(x, line["rank"], "-o", color=color, lw=1.5, ms=5)
-            legend.setdefault(display_name(str(algorithm)), handle)
-            for xi, (_, row) in zip(x, line.iterrows(), strict=True):
+            for group in joined_groups(list(line.index), ranked):
+                (handle,) = ax.plot([x[k] for k in group], line["rank"].iloc[group], "-o", color=color, lw=1.5, ms=5)
+                legend.setdefault(display_name(str(algorithm)), handle)
+            unjoined |= len(joined_groups(list(line.index), ranked)) > 1
+            for xi, (init, row) in zip(x, line.iterrows(), strict=True):
                 if not math.isnan(row["rank_seed_min"]):
                     ax.vlines(xi, row["rank_seed_min"], row["rank_seed_max"], color=color, lw=4, alpha=0.25)
-                ax.annotate(f"{100 * row['mean']:.1f}%", (xi, row["rank"]), textcoords="offset points",
+                # where the inits rank different sets of algorithms, a rank says of how many
+                of_n = f" ({int(row['rank'])} of {len(ranked[init])})" if uneven else ""
+                ax.annotate(f"{100 * row['mean']:.1f}%{of_n}", (xi, row["rank"]), textcoords="offset points",
                             xytext=(6 if xi == len(inits) - 1 else -6, 0), fontsize=6, va="center",
                             ha="left" if xi == len(inits) - 1 else "right", color=color)
         ax.set_xticks(range(len(inits)), [f"{i} init" for i in inits])
@@ -104,7 +124,10 @@ def ranking_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str
         ax.grid(axis="x", visible=False)
     seeds = int(table["n_seeds"].max())
     band = f"bars: rank range over {seeds} seeds" if seeds > 1 else "one seed"
-    fig.suptitle(f"{dataset} / {model}: rank of each algorithm by final accuracy per initialisation ({band})")
+    note = ("\nlines join only inits that rank the same algorithms (a rank among fewer algorithms is not comparable)"
+            if unjoined else "")
+    fig.suptitle(f"{dataset} / {model}: rank of each algorithm by final accuracy per initialisation ({band})"
+                 f"{note}")
     fig.legend(legend.values(), legend.keys(), loc="outside right center", title="algorithm")
     return save_figure(fig, base_path, table)
 

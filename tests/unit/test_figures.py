@@ -685,6 +685,28 @@ def test_density_figure_draws_each_runs_smoothed_spectrum_on_a_log_axis_without_
         assert len(ax.yaxis.get_ticklocs(minor=True)) == 0
 
 
+@pytest.mark.parametrize(("estimator", "label"), [("hutchinson", "trace (Hutchinson)"), ("hutchpp", "trace (Hutch++)"),
+                                                   ("hutch", None)])
+def test_the_trace_axis_names_the_estimator_the_jobs_computed_with(tmp_path, monkeypatch, estimator, label):
+    from fedscape.analysis.hessian import figures as hessian_figures
+    from fedscape.analysis.hessian.definitions import AGGREGATE
+
+    pd.DataFrame([{"run_id": run_id("0.1", 0), "round": 5, "data": AGGREGATE, "lambda_1": 1.0, "trace": 2.0,
+                   "trace_stderr": 0.1}]).to_csv(tmp_path / "hessian.csv", index=False)
+    outputs = {ext: tmp_path / f"fig.{ext}" for ext in ("png", "pdf", "csv")}
+    drawn = {}
+    save = hessian_figures.save
+    monkeypatch.setattr(hessian_figures, "save", lambda fig, outs, data: drawn.update(fig=fig) or save(fig, outs, data))
+
+    if label is None:
+        with pytest.raises(ValueError, match=r"trace_estimator must be one of \['hutchinson', 'hutchpp'\]"):
+            hessian_figures.hessian_by_init_figure_job(tmp_path / "hessian.csv", outputs, trace_estimator=estimator)
+        return
+    hessian_figures.hessian_by_init_figure_job(tmp_path / "hessian.csv", outputs, trace_estimator=estimator)
+
+    assert sorted(ax.get_ylabel() for ax in drawn["fig"].axes if ax.get_ylabel()) == [label, "λmax"]
+
+
 @pytest.mark.parametrize("by", ["init", "algorithm"])
 def test_lambda_trace_figures_never_pool_run_groups_that_differ_in_another_field(tmp_path, by):
     from fedscape.analysis.hessian import figures as hessian_figures

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedscape.analysis.hessian.definitions import AGGREGATE, DENSITY_COLUMNS
+from fedscape.analysis.hessian.definitions import AGGREGATE, DENSITY_COLUMNS, TRACE_ESTIMATORS
 from fedscape.core.runs import RUN_FIELDS, parse_run_id
 from fedscape.core.setting import format_setting, setting_label
 from fedscape.outputs.labels import format_field, label_run
@@ -39,6 +39,7 @@ def density_on_grid(nodes: Sequence[np.ndarray], weights: Sequence[np.ndarray], 
 
 # The run fields besides alpha and seed that set a run group apart within a dataset/model (the x categories).
 _GROUP_FIELDS = ("init", "algorithm", "participation", "num_clients")
+TRACE_LABELS = {"hutchinson": "Hutchinson", "hutchpp": "Hutch++"}  # axis text of each of TRACE_ESTIMATORS
 
 
 def run_groups(df: pd.DataFrame, by: str) -> pd.Series:
@@ -55,8 +56,9 @@ def run_groups(df: pd.DataFrame, by: str) -> pd.Series:
     return out
 
 
-def lambda_trace_figure(table: str | Path, outputs: dict, by: str) -> None:
-    """lambda_max and trace of the global model on the aggregate data, per `by` (algorithm or init).
+def lambda_trace_figure(table: str | Path, outputs: dict, by: str, trace_estimator: str = "hutchinson") -> None:
+    """lambda_max and trace of the global model on the aggregate data, per `by` (algorithm or init); the trace axis
+    names `trace_estimator`, the estimator the Hessian jobs computed it with (one of TRACE_ESTIMATORS).
 
     One panel per (metric, dataset/model, round); x = the run groups by `by` (`run_groups`: runs that differ in
     another field too, say FedProx at a random init in the per-init figure, are a category of their own), colour =
@@ -65,6 +67,8 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str) -> None:
     """
     if by not in ("algorithm", "init"):
         raise ValueError(f"by must be 'algorithm' or 'init', got {by!r}")
+    if trace_estimator not in TRACE_ESTIMATORS:
+        raise ValueError(f"trace_estimator must be one of {list(TRACE_ESTIMATORS)}, got {trace_estimator!r}")
     df = _with_fields(read_table(table, ["run_id", "round", "data", "lambda_1", "trace", "trace_stderr"]))
     df = df[df["data"] == AGGREGATE]
     long = pd.concat([
@@ -107,7 +111,7 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str) -> None:
             ax.set_xticks(range(len(cats)), cats, rotation=20, ha="right")
             ax.grid(axis="x", visible=False)
             ax.set_title(f"{setting}, round {round_}")
-            ax.set_ylabel("λmax" if metric == "lambda_max" else "trace (Hutchinson)")
+            ax.set_ylabel("λmax" if metric == "lambda_max" else f"trace ({TRACE_LABELS[trace_estimator]})")
     if not panels:
         axes[0, 0].text(0.5, 0.5, "no Hessian rows of the aggregate data", ha="center", va="center")
     fig.suptitle(f"Hessian of the global model on the aggregate data, per {by} (points: seeds)")
@@ -116,14 +120,14 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str) -> None:
     save(fig, outputs, data)
 
 
-def hessian_by_algorithm_figure_job(table: str | Path, outputs: dict) -> None:
+def hessian_by_algorithm_figure_job(table: str | Path, outputs: dict, trace_estimator: str = "hutchinson") -> None:
     """lambda_max and trace per algorithm (FedAlign Table 1): `lambda_trace_figure` by algorithm."""
-    lambda_trace_figure(table, outputs, by="algorithm")
+    lambda_trace_figure(table, outputs, by="algorithm", trace_estimator=trace_estimator)
 
 
-def hessian_by_init_figure_job(table: str | Path, outputs: dict) -> None:
+def hessian_by_init_figure_job(table: str | Path, outputs: dict, trace_estimator: str = "hutchinson") -> None:
     """lambda_max and trace per init (the Meta poster's top eigenvalue at init): `lambda_trace_figure` by init."""
-    lambda_trace_figure(table, outputs, by="init")
+    lambda_trace_figure(table, outputs, by="init", trace_estimator=trace_estimator)
 
 
 def hessian_density_figure_job(inputs: list[str | Path], outputs: dict, grid_points: int = 1000) -> None:

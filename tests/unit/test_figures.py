@@ -32,9 +32,9 @@ from fedscape.report.figures.accuracy import (
 from fedscape.report.figures.algorithms import (
     LOCAL_WORK_COLUMNS,
     RANKING_COLUMNS,
+    joined_groups,
     local_work_figure,
     local_work_table,
-    joined_groups,
     ranking_figure,
     ranking_table,
 )

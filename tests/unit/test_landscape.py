@@ -13,10 +13,17 @@ import pytest
 import torch
 import yaml
 from helpers.configs import SCHEMA
+from helpers.tables import run_id
 from helpers.workflow import TINY_CONFIG
 
 from fedscape.analysis.landscape.definitions import PlaneError
-from fedscape.analysis.landscape.figures import clipped_surface, plot_surface, write_figure_data
+from fedscape.analysis.landscape.figures import (
+    GROUP_LINESTYLES,
+    clipped_surface,
+    group_styles,
+    plot_surface,
+    write_figure_data,
+)
 from fedscape.analysis.landscape.grid import Grid, chunk_bounds, gather_chunks, grid_extent
 from fedscape.analysis.landscape.planes import (
     Plane,
@@ -45,7 +52,7 @@ from fedscape.data.partition import PartitionError
 from fedscape.models.evaluate import evaluate
 from fedscape.models.params import flatten_buffers, flatten_params, load_buffers, load_params
 from fedscape.models.registry import build_model
-from fedscape.outputs.style import log_levels
+from fedscape.outputs.style import PALETTE, log_levels
 from fedscape.plan.partition import partition_settings
 from fedscape.plan.workflow import check_config
 from fedscape.stages.partition import partition_job
@@ -575,6 +582,33 @@ def test_a_local_scope_warns_when_the_highlighted_client_did_not_train_that_roun
     plot_surface(surface, tmp_path / "s.pdf", tmp_path / "s.png", overlay=overlay, levels=12)
 
     assert any(f"client {client} did not train" in r.getMessage() for r in caplog.records) == warned
+
+
+@pytest.mark.parametrize(("runs", "settings", "expected"), [
+    # alone on its plane, alpha 0.1 keeps the colour it has beside IID and alpha 1 (third), not the first one
+    ({"g": run_id("0.1", 0)}, ["iid", "1.0", "0.1"], {"g": (PALETTE[2], "-", "o")}),
+    ({"g": run_id("0.1", 0)}, [], {"g": (PALETTE[0], "-", "o")}),  # no workflow settings: those on the plane
+    # two inits at one alpha: one colour, told apart by line style and marker
+    ({"random": run_id("0.1", 0), "pretrained": run_id("0.1", 0, init="pretrained"), "iid": run_id("iid", 0)},
+     ["iid", "0.1"], {"random": (PALETTE[1], "-", "o"), "pretrained": (PALETTE[1], GROUP_LINESTYLES[1], "s"),
+                      "iid": (PALETTE[0], "-", "o")}),
+])
+def test_plane_groups_are_coloured_by_the_workflows_setting_order_and_share_a_colour_by_style(runs, settings,
+                                                                                              expected):
+    order = list(runs)
+    groups, run_ids = np.array(order), np.array([runs[g] for g in order])
+
+    assert group_styles(order, groups, run_ids, settings) == expected
+
+
+def test_a_client_surface_without_an_overlay_highlights_its_own_client(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="fedscape.landscape")
+    surface = _fake_surface("local")
+    surface["meta"]["data"] = "client~3"  # the fake round's only client is 0: the highlight is missing, and said
+
+    plot_surface(surface, tmp_path / "s.pdf", tmp_path / "s.png", levels=12)
+
+    assert any("client 3 did not train" in r.getMessage() for r in caplog.records)
 
 
 def test_a_surface_that_diverged_everywhere_still_gets_a_figure(tmp_path):

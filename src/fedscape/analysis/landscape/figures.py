@@ -7,6 +7,7 @@ grid and the points are also written as CSV beside the figure for other tools.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +58,10 @@ def write_figure_data(surface: dict, grid_csv: str | Path, points_csv: str | Pat
 
 
 def plot_surface(surface: dict, out_pdf: str | Path, out_png: str | Path, overlay: dict | None = None,
-                 levels: int = 30, clip_loss: float | None = None) -> None:
-    """Filled log-spaced loss contours, divergent regions hatched, checkpoints drawn and labelled."""
+                 levels: int = 30, clip_loss: float | None = None, settings: Sequence[str] = ()) -> None:
+    """Filled log-spaced loss contours, divergent regions hatched, checkpoints drawn and labelled. `settings`: every
+    heterogeneity setting of the workflow's runs, so that a setting has the colour it has in every other figure
+    (without them: the settings on this plane)."""
     plt = pyplot()
     meta = surface["meta"]
     a, b, loss = surface["a"], surface["b"], np.asarray(surface["loss"], dtype=np.float64)
@@ -89,7 +92,8 @@ def plot_surface(surface: dict, out_pdf: str | Path, out_png: str | Path, overla
                    colors=PALETTE[1], linewidths=0.9, linestyles="dashed", zorder=3)
         handles.append(plt.Line2D([], [], color=PALETTE[1], linestyle="dashed",
                                   label=f"{data_description(overlay['meta']['data'])} (contours)"))
-    handles += _draw_points(ax, surface, highlight=None if overlay is None else overlay["meta"]["data"])
+    # the client whose data the contours show (the overlay's, else the surface's own) is the one highlighted
+    handles += _draw_points(ax, surface, highlight=(overlay or surface)["meta"]["data"], settings=settings)
     labels = meta.get("axis_labels") or ["d1", "d2"]
     ax.set_xlabel(labels[0])
     ax.set_ylabel(labels[1])
@@ -97,12 +101,12 @@ def plot_surface(surface: dict, out_pdf: str | Path, out_png: str | Path, overla
     ax.set_ylim(b[0], b[-1])
     round_txt = "" if meta.get("round") is None else f", round {meta['round']}"
     ax.set_title(f"{meta['surface_id']} ({meta['kind']}{round_txt})\n{data_description(meta['data'])}", fontsize=9)
-    if handles:
-        ax.legend(handles=handles, fontsize=7, loc="best", framealpha=0.85)
+    if handles:  # framed (the style's default is frameless): the legend may sit on the filled contours
+        ax.legend(handles=handles, fontsize=7, loc="best", frameon=True, framealpha=0.85)
     write_formats(fig, {Path(out).suffix.lstrip("."): out for out in (out_pdf, out_png)}, dpi=150, tight=False)
 
 
-def _draw_points(ax, surface: dict, highlight: str | None) -> list:
+def _draw_points(ax, surface: dict, highlight: str | None, settings: Sequence[str] = ()) -> list:
     """Trajectories as lines (start o, end *), local scope as arrows start -> client -> aggregate, others as markers."""
     plt = pyplot()
     xy = surface["points_xy"]
@@ -140,23 +144,24 @@ def _draw_points(ax, surface: dict, highlight: str | None) -> list:
                                       label=f"client {chosen}"))
         return handles
     order = list(dict.fromkeys(groups.tolist()))
-    colors = _group_colors(order, groups, surface["points_run_id"])
+    styles = group_styles(order, groups, surface["points_run_id"], settings)
     for group in order:
         sel = groups == group
-        color = colors[group]
+        color, linestyle, marker = styles[group]
         pts = xy[sel]
         if kind in ("trajectory", "trajectories"):
-            ax.plot(pts[:, 0], pts[:, 1], "-", color=color, lw=1.4, zorder=4)
+            ax.plot(pts[:, 0], pts[:, 1], linestyle=linestyle, color=color, lw=1.4, zorder=4)
             ax.plot(pts[:, 0], pts[:, 1], ".", color=color, markersize=4, zorder=4)
             ax.plot(*pts[0], "o", color=color, markeredgecolor="black", markersize=6, zorder=5)
             ax.plot(*pts[-1], "*", color=color, markeredgecolor="black", markersize=13, zorder=5)
-            handles.append(plt.Line2D([], [], color=color, marker="*", markeredgecolor="black", label=group))
+            handles.append(plt.Line2D([], [], color=color, linestyle=linestyle, marker="*", markeredgecolor="black",
+                                      label=group))
         else:
-            ax.plot(pts[:, 0], pts[:, 1], "o", color=color, markeredgecolor="black", markersize=8, zorder=5)
+            ax.plot(pts[:, 0], pts[:, 1], marker, color=color, markeredgecolor="black", markersize=8, zorder=5)
             for p, lab in zip(pts, labels[sel], strict=True):
                 ax.annotate(str(lab), p, textcoords="offset points", xytext=(5, 5), fontsize=7, color="white",
                             zorder=6)
-            handles.append(plt.Line2D([], [], color=color, marker="o", linestyle="", markeredgecolor="black",
+            handles.append(plt.Line2D([], [], color=color, marker=marker, linestyle="", markeredgecolor="black",
                                       label=group))
     if kind in ("trajectory", "trajectories"):
         handles += [plt.Line2D([], [], marker="o", linestyle="", color="white", markeredgecolor="black",
@@ -166,20 +171,37 @@ def _draw_points(ax, surface: dict, highlight: str | None) -> list:
     return handles
 
 
-def _group_colors(order: list[str], groups: np.ndarray, run_ids: np.ndarray) -> dict[str, str]:
-    """Colour by alpha as in every fedscape figure when the groups differ in alpha, else in turn."""
-    alphas = {group: parse_run_id(str(run_ids[groups == group][0])).get("alpha") for group in order}
-    if None not in alphas.values() and len(set(alphas.values())) == len(order):
-        by_alpha = setting_colors(alphas.values())
-        return {g: by_alpha[format_setting(a)] for g, a in alphas.items()}
-    return {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(order)}
+GROUP_LINESTYLES = ("-", "--", ":", "-.")  # groups of one setting: trajectories told apart by line style
+GROUP_MARKERS = ("o", "s", "^", "D")  # and single checkpoints by marker
 
 
-def landscape_figure_job(settings: dict, surface_path: str, overlay_path: str | None, outputs: dict[str, str]) -> None:
-    """Contour figure (PDF and PNG) of one surface, drawn from its .npz only, with its data as CSV beside it."""
+def group_styles(order: list[str], groups: np.ndarray, run_ids: np.ndarray,
+                 settings: Sequence[str] = ()) -> dict[str, tuple[str, object, str]]:
+    """(colour, line style, marker) of each group of points. Colour = the runs' heterogeneity setting, as in every
+    fedscape figure (`settings`: all of the workflow's, so a setting keeps its colour; otherwise those on this
+    plane); groups of one setting (e.g. two inits at alpha 0.1) differ by line style and marker, in turn. Points
+    of no run's setting (none parsed) take the palette in turn."""
+    setting_of = {group: parse_run_id(str(run_ids[groups == group][0])).get("alpha") for group in order}
+    if None in setting_of.values():
+        return {g: (PALETTE[i % len(PALETTE)], "-", "o") for i, g in enumerate(order)}
+    colors = setting_colors([*settings, *setting_of.values()])
+    seen: dict[str, int] = {}
+    styles = {}
+    for group in order:
+        setting = format_setting(setting_of[group])
+        k = seen[setting] = seen.get(setting, -1) + 1
+        styles[group] = (colors[setting], GROUP_LINESTYLES[k % len(GROUP_LINESTYLES)],
+                         GROUP_MARKERS[k % len(GROUP_MARKERS)])
+    return styles
+
+
+def landscape_figure_job(settings: dict, surface_path: str, overlay_path: str | None, outputs: dict[str, str],
+                         run_settings: Sequence[str] = ()) -> None:
+    """Contour figure (PDF and PNG) of one surface, drawn from its .npz only, with its data as CSV beside it;
+    `run_settings`: the heterogeneity settings of all the workflow's runs (each keeps its colour)."""
     surface = load_surface(surface_path)
     overlay = load_surface(overlay_path) if overlay_path else None
     write_figure_data(surface, outputs["grid_csv"], outputs["points_csv"])
     plot_surface(surface, outputs["pdf"], outputs["png"], overlay=overlay, levels=settings["levels"],
-                 clip_loss=settings["clip_loss"])
+                 clip_loss=settings["clip_loss"], settings=run_settings)
     log.info("figure of surface %s: %s", settings["surface_id"], outputs["pdf"])

@@ -83,6 +83,10 @@ rule hessian_by_algorithm_figure:
         # the job draws by algorithm (its script's entry point); the param stays so that finished figures keep
         # their params and do not rerun
         by="algorithm",
+        # the estimator the Hessian jobs computed the trace with, for the axis label
+        trace_estimator=hessian_plan.settings_from_config(
+            config["hessian"]
+        ).trace_estimator,
     script:
         "../workflow/scripts/hessian_by_algorithm_figure.py"
 
@@ -107,6 +111,10 @@ rule hessian_by_init_figure:
         # the job draws by init (its script's entry point); the param stays so that finished figures keep
         # their params and do not rerun
         by="init",
+        # the estimator the Hessian jobs computed the trace with, for the axis label
+        trace_estimator=hessian_plan.settings_from_config(
+            config["hessian"]
+        ).trace_estimator,
     script:
         "../workflow/scripts/hessian_by_init_figure.py"
 

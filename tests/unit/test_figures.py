@@ -89,6 +89,31 @@ def test_curves_with_one_seed_have_no_band():
     assert stats["mean"].notna().all()
 
 
+def test_accuracy_by_init_spans_the_values_and_centres_a_panels_only_alpha_on_its_tick(tmp_path, monkeypatch):
+    from fedscape.report.figures import accuracy as accuracy_figures
+
+    # Prepare: accuracies of 96-98% (a gap of two points), FedProx at alpha 0.1 only
+    final = final_table(two_inits_two_algorithms())
+    iid = final["alpha"].astype(float) == float("inf")
+    final["test_acc"] = 0.96 + 0.02 * iid + 0.001 * final["seed"]
+    final = final[(final["algorithm"] == "fedavg") | ~iid]
+    drawn = {}
+    save = accuracy_figures.save_figure
+    monkeypatch.setattr(accuracy_figures, "save_figure", lambda fig, *a: drawn.update(fig=fig) or save(fig, *a))
+
+    # Execute
+    accuracy_by_init_figure(final, "digits", "cnn_small", tmp_path / "by_init")
+
+    # Assert: no axis from 0 that flattens the gap; FedProx's one alpha sits on its init's tick
+    panels = {ax.get_title(): ax for ax in drawn["fig"].axes if ax.collections}
+    low, high = next(iter(panels.values())).get_ylim()
+    assert 0.9 < low < 0.96 and 0.98 < high <= 1.0
+    fedprox = next(ax for title, ax in panels.items() if "FedProx" in title)
+    centres = sorted(float(np.mean(seg[:, 0])) for c in fedprox.collections if hasattr(c, "get_segments")
+                     for seg in c.get_segments() if len(seg) == 2 and seg[0][1] == seg[1][1])
+    assert centres == pytest.approx([0.0, 1.0])
+
+
 def test_accuracy_by_init_figure(tmp_path):
     final = final_table(two_inits_two_algorithms())
 

@@ -2,9 +2,8 @@
 
 from fedscape.analysis.hessian.figures import hessian_by_algorithm_figure_job
 from fedscape.core.logs import job_log
-from fedscape.plan.hessian import settings_from_config
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
     hessian_by_algorithm_figure_job(sm.input.table, {key: sm.output[key] for key in ("png", "pdf", "csv")},
-                             trace_estimator=settings_from_config(sm.config["hessian"]).trace_estimator)
+                             trace_estimator=sm.params.trace_estimator)

@@ -2,10 +2,8 @@
 
 from fedscape.analysis.landscape.figures import landscape_figure_job
 from fedscape.core.logs import job_log
-from fedscape.core.runs import build_runs
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
     landscape_figure_job(sm.params.settings, sm.input.surface, sm.input.get("overlay"),
-                         {key: sm.output[key] for key in ("pdf", "png", "grid_csv", "points_csv")},
-                         run_settings=sorted({run.setting for run in build_runs(sm.config)}))
+                         {key: sm.output[key] for key in ("pdf", "png", "grid_csv", "points_csv")})

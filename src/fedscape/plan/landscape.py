@@ -30,7 +30,7 @@ from fedscape.analysis.landscape.definitions import (
 from fedscape.core.config import ConfigError, with_result_version
 from fedscape.core.jobs import to_settings
 from fedscape.core.paths import HESSIAN_DIR, LANDSCAPE_DIR, SURFACE_DIR, Results, fill
-from fedscape.core.runs import iid_first, resolve_run, select_runs, varying_fields
+from fedscape.core.runs import build_runs, iid_first, resolve_run, select_runs, varying_fields
 from fedscape.data.specs import dataset_settings
 from fedscape.plan.train import algorithm_model_options, check_round, rounds_of, run_training
 
@@ -304,9 +304,11 @@ def surface_settings(config: dict, plan: LandscapePlan, data: str) -> dict:
 
 
 def figure_settings(config: dict, plan: LandscapePlan, data: str) -> dict:
+    """What a landscape figure job draws with: the contour levels, and every heterogeneity setting of the
+    workflow's runs, so that each setting has the colour it has in the other figures (a new one redraws them)."""
     spec = plan.spec
     return {"surface_id": plan.surface_id(data), "levels": int(spec["levels"]),
-            "clip_loss": spec["clip_loss"]}
+            "clip_loss": spec["clip_loss"], "run_settings": sorted({run.setting for run in build_runs(config)})}
 
 
 def overlay_data(plan: LandscapePlan, data: str) -> str | None:

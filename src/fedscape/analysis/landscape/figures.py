@@ -195,13 +195,12 @@ def group_styles(order: list[str], groups: np.ndarray, run_ids: np.ndarray,
     return styles
 
 
-def landscape_figure_job(settings: dict, surface_path: str, overlay_path: str | None, outputs: dict[str, str],
-                         run_settings: Sequence[str] = ()) -> None:
-    """Contour figure (PDF and PNG) of one surface, drawn from its .npz only, with its data as CSV beside it;
-    `run_settings`: the heterogeneity settings of all the workflow's runs (each keeps its colour)."""
+def landscape_figure_job(settings: dict, surface_path: str, overlay_path: str | None, outputs: dict[str, str]) -> None:
+    """Contour figure (PDF and PNG) of one surface, drawn from its .npz only, with its data as CSV beside it
+    (`settings`: `fedscape.plan.landscape.figure_settings`)."""
     surface = load_surface(surface_path)
     overlay = load_surface(overlay_path) if overlay_path else None
     write_figure_data(surface, outputs["grid_csv"], outputs["points_csv"])
     plot_surface(surface, outputs["pdf"], outputs["png"], overlay=overlay, levels=settings["levels"],
-                 clip_loss=settings["clip_loss"], settings=run_settings)
+                 clip_loss=settings["clip_loss"], settings=settings.get("run_settings", ()))
     log.info("figure of surface %s: %s", settings["surface_id"], outputs["pdf"])

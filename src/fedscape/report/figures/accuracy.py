@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
 
-from fedscape.core.setting import setting_label, setting_order_key
+from fedscape.core.setting import format_setting, setting_label, setting_order_key
 from fedscape.outputs.labels import label_run
 from fedscape.outputs.stats import did_not_diverge, t_interval
 from fedscape.outputs.style import (
@@ -50,8 +51,9 @@ def _final_points(final: pd.DataFrame, column: str) -> pd.DataFrame:
 
 def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str | Path,
                             column: str = "test_acc") -> dict:
-    """Final test accuracy per init (x) and alpha (colour): bar = mean over seeds, dots = seeds,
-    error bar = 95% interval; one panel per algorithm (x clients x participation)."""
+    """Final test accuracy per init (x) and alpha (colour): thick line = mean over seeds, dots = seeds,
+    error bar = 95% interval; one panel per algorithm (x clients x participation). No bars: a bar must start at 0,
+    and from 0 the gaps of a point or two that the poster is about cannot be seen; the axis spans the values."""
     df = select_model(final, dataset, model)
     if df.empty:
         return save_figure(empty_figure(f"no runs of {dataset} / {model} in final.csv"), base_path,
@@ -62,7 +64,6 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
     is_acc = column.endswith("_acc")
     most = max(in_facet(df, f)["init"].nunique() for f in facets)
     alphas = setting_order(df["alpha"].unique())
-    width = 0.8 / len(alphas)
     fig, axes = facet_grid(len(facets), ncols=4, rows_per_facet=1, size=(max(2.4, 1.1 * most + 1.4), 2.6),
                            sharey=True, sharex=False)
     legend = {}
@@ -70,15 +71,19 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
         sub = in_facet(points, facet)
         runs = in_facet(df, facet)
         inits = sorted(runs["init"].astype(str).unique())  # the inits of this panel only
+        present = set(sub["alpha"].map(format_setting))
+        here = [a for a in alphas if format_setting(a) in present]  # the alphas of this panel: centred on the ticks
+        width = 0.8 / len(here)
         for i, init in enumerate(inits):
-            for j, alpha in enumerate(alphas):
+            for j, alpha in enumerate(here):
                 x = i - 0.4 + width * (j + 0.5)
                 cell = cell_rows(sub, init, alpha)
                 if cell.empty:
                     continue
                 c = cell.iloc[0]
                 color = style.color(alpha)
-                handle = ax.bar(x, c["mean"], width * 0.9, color=color, alpha=0.75, edgecolor="none")
+                ax.hlines(c["mean"], x - width * 0.4, x + width * 0.4, color=color, lw=3)
+                handle = Line2D([], [], color=color, lw=3)
                 if not math.isnan(c["ci95_low"]):
                     lo, hi = c["ci95_low"], c["ci95_high"]
                     if is_acc:  # the interval of the mean, drawn within [0, 1] (the CSV keeps it whole)
@@ -89,11 +94,13 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
                 ax.plot(np.full(len(seeds), x), seeds[column], "o", ms=2.5, color="black", alpha=0.7)
                 legend.setdefault(setting_label(alpha), handle)
         ax.set_xticks(range(len(inits)), [f"{i} init" for i in inits])
-        if is_acc:
-            ax.set_ylim(0.0, 1.02)
+        ax.set_xlim(-0.6, len(inits) - 0.4)
         ax.set_title(facet_title(facet, df))
         ax.set_ylabel("final test accuracy" if column == "test_acc" else column)
         ax.grid(axis="x", visible=False)
+    if is_acc:  # the values' range (shared by the panels), within [0, 1]
+        low, high = axes[0][0].get_ylim()
+        axes[0][0].set_ylim(max(low, 0.0), min(high, 1.0))
     fig.suptitle(f"{dataset} / {model}: final accuracy by initialisation and alpha")
     fig.legend(legend.values(), legend.keys(), loc="outside right center", title="partition")
     return save_figure(fig, base_path, points)

@@ -104,6 +104,13 @@ BAD_CONFIGS = [
     ("num_clients", [200], "num_clients: 200 clients x partition.min_size 10 = 2000 samples, but digits leaves"),
     ("landscapes", {"..": {"kind": "random", "runs": [{"alpha": "iid"}]}}, "landscapes: the label '..' names a"),
     ("inits", {".": {"kind": "random", "seed": 0}}, "inits: the label '.' names a directory"),
+    ("algorithms", {2024: {"name": "fedavg"}}, "algorithms: the label 2024 is read by YAML as an integer, not as "
+     "text; quote it ('2024':)"),
+    ("landscapes", {0.1: {"kind": "random", "runs": [{"alpha": "iid"}]}}, "landscapes: the label 0.1 is read by YAML "
+     "as a number"),
+    ("interpolation", {"pairs": {None: {"a": {"alpha": "iid"}, "b": {"alpha": 0.1}}}}, "interpolation.pairs: the "
+     "label ~ is read by YAML as null"),
+    ("partitions", {1: {"kind": "classes", "classes_per_client": 2}}, "partitions: the label 1 is read by YAML as"),
     ("model_options", {"mlp": {"norm": "batch"}}, "model_options.mlp: unknown option 'norm'. mlp takes no options"),
     ("model_options", {"cnn_small": {"norm": "group"}}, "model_options.cnn_small.norm: 'group' is not a norm of "
      "cnn_small. Valid: none, batch"),
@@ -559,11 +566,31 @@ def test_an_unknown_device_names_the_devices_not_a_regex():
         check_config(with_change("training.device", "gpu"), SCHEMA)
 
 
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("training.rounds", 2.0, "training.rounds: 2.0 is not an integer: write 2"),
+    ("training.batch_size", 16.0, "training.batch_size: 16.0 is not an integer: write 16"),
+    ("hessian.top_k", 2.0, "hessian.top_k: 2.0 is not an integer: write 2"),
+    ("training.rounds", True, "training.rounds: True is not of type 'integer'"),
+    ("training.rounds", 2.5, "training.rounds: 2.5 is not of type 'integer'"),
+    ("training.lr", "1e-3", "training.lr: '1e-3' is not of type 'number'; YAML read '1e-3' as text: an exponent "
+                            "needs a decimal point (1.0e-3, not 1e-3)"),
+    ("training.lr", "0.1", "training.lr: '0.1' is not of type 'number'; YAML read '0.1' as text"),
+])
+def test_a_number_of_the_wrong_kind_is_refused_before_any_job_with_how_to_write_it(key, value, message):
+    """2.0 for an integer passed JSON Schema and failed in the jobs that count with it, after the ones before
+    (and a finished run whose params changed lost its training); 1e-3 is text to YAML 1.1."""
+    with pytest.raises(ConfigError) as err:
+        check_config(with_change(key, value), SCHEMA)
+    assert message in str(err.value)
+
+
 @pytest.mark.parametrize(("key", "hint"), [
     ("rounds", "It is training.rounds or hessian.rounds: set it inside its section (in a config file: `training: "
                "{rounds: ...}`; Snakemake's --config sets top-level keys only)."),
     ("min_size", "It is partition.min_size: set it inside its section"),
     ("seedz", "Did you mean 'seeds'?"),  # no section holds it: the nearest top-level key
+    # the singular of a top-level key that a section also holds: both
+    ("seed", "Did you mean 'seeds'? Or it is experiment_defaults.seed or hessian.seed: set it inside its section"),
 ])
 def test_a_sections_key_given_at_the_top_level_names_its_section(key, hint):
     # Prepare: what `snakemake --config rounds=5` gives

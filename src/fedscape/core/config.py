@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from fedscape.core.names import suggest
+from fedscape.core.names import get_close, suggest
 
 if TYPE_CHECKING:
     import jsonschema
@@ -42,7 +42,11 @@ def _with_defaults(validator_class):
                     instance[key] = _copy(sub["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+    # an integer is an int: JSON Schema's `integer` also takes 2.0, which YAML gives for `rounds: 2.0`, and every
+    # job that counts with it would fail (after the jobs before it ran); bool is not an integer either
+    integers = validator_class.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool))
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults}, type_checker=integers)
 
 
 def _copy(value):
@@ -128,13 +132,58 @@ def _nested_hint(schema: dict, key: str) -> str:
             "Snakemake's --config sets top-level keys only).")
 
 
+def _unknown_key_hint(error: jsonschema.ValidationError, key: str, allowed: list[str]) -> str:
+    """The closest valid key ('seed' -> 'seeds'), and at the top level the section that holds `key` one level down
+    (`--config rounds=5` means training.rounds)."""
+    close = suggest(key, allowed)
+    nested = _nested_hint(error.schema, key) if not error.absolute_path else ""
+    if not nested:
+        return close
+    # beside a key one level down, only the singular or plural of a top-level key is worth naming ('seed')
+    match = get_close(key, allowed)
+    if match is not None and (match.startswith(key) or key.startswith(match)):
+        return close + nested.replace(" It is", " Or it is", 1)
+    return nested
+
+
+_TEXT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _text_number_hint(value) -> str:
+    """For a number that YAML read as text, why: YAML 1.1 (PyYAML, Snakemake) reads `1e-3` (no decimal point) and
+    anything quoted as a string."""
+    if isinstance(value, str) and _TEXT_NUMBER.fullmatch(value.strip()):
+        return (f"; YAML read {value!r} as text: an exponent needs a decimal point (1.0e-3, not 1e-3) and numbers "
+                "are not quoted")
+    return ""
+
+
+_YAML_KINDS = {int: "an integer", float: "a number", bool: "a boolean", type(None): "null"}
+
+
+def label_not_text(label) -> str:
+    """Why a label of a section is refused when YAML read it as something other than text (`1.0:`, `2024:`, `~:`)."""
+    text = "~" if label is None else str(label)
+    return (f"the label {text} is read by YAML as {_YAML_KINDS.get(type(label), type(label).__name__)}, not as text; "
+            f"quote it ('{text}':) or start it with a letter")
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
+    return _describe_error(error) + _text_number_hint(error.instance)
+
+
+def _describe_error(error: jsonschema.ValidationError) -> str:
     where = key_path(error.absolute_path)
+    if error.validator == "type" and "propertyNames" in error.schema_path and not isinstance(error.instance, str):
+        return f"{where}: {label_not_text(error.instance)}"
+    if error.validator == "type" and isinstance(error.instance, float) and error.instance.is_integer():
+        expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        if "integer" in expected:
+            return f"{where}: {error.instance!r} is not an integer: write {int(error.instance)}"
     if error.validator == "additionalProperties":
         allowed = list(error.schema.get("properties", {}))
         extra = [k for k in error.instance if k not in allowed]
-        parts = [f"{key_path([*error.absolute_path, k])}: unknown key {k!r}."
-                 f"{(not error.absolute_path and _nested_hint(error.schema, k)) or suggest(k, allowed)}"
+        parts = [f"{key_path([*error.absolute_path, k])}: unknown key {k!r}.{_unknown_key_hint(error, k, allowed)}"
                  for k in extra]
         return "; ".join(parts) + f" Valid keys: {', '.join(allowed)}"
     if error.validator == "enum":

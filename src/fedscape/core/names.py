@@ -6,10 +6,16 @@ import difflib
 from collections.abc import Iterable, Sequence
 
 
+def get_close(name: str, valid: Iterable[str]) -> str | None:
+    """The closest valid name, or None when none is close."""
+    close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
 def suggest(name: str, valid: Iterable[str]) -> str:
     """Return ' Did you mean X?' for the closest valid name, or ''."""
-    close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
+    close = get_close(name, valid)
+    return f" Did you mean {close!r}?" if close is not None else ""
 
 
 def unknown_name_error(kind: str, name: str, valid: Iterable[str]) -> ValueError:

@@ -19,7 +19,14 @@ from types import ModuleType
 import numpy as np
 
 import fedscape.plan as _package
-from fedscape.core.config import ConfigError, duplicate_keys, load_schema, read_config_file, validate_config
+from fedscape.core.config import (
+    ConfigError,
+    duplicate_keys,
+    label_not_text,
+    load_schema,
+    read_config_file,
+    validate_config,
+)
 from fedscape.core.io import remake_hint
 from fedscape.core.paths import PARTITION_DIR, parse_path, run_of_path
 from fedscape.core.provenance import belongs_problem, checkpoint_record, table_problem
@@ -64,6 +71,8 @@ def check_config(config: dict, schema: dict, files: Iterable[str | Path] = ()) -
         raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in duplicates))
     validate_config(config, schema)
     problems: list[str] = _results_dir_problems(config) + _directory_labels(config)
+    if problems:  # the grid and every stage look their sections up by label text
+        raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
     try:
         runs = build_runs(config)
     except ConfigError as exc:
@@ -96,15 +105,18 @@ LABEL_SECTIONS = (("inits",), ("algorithms",), ("landscapes",), ("interpolation"
 
 
 def _directory_labels(config: dict) -> list[str]:
-    """Labels `.` and `..`: the schema's label characters allow them, but as a path part they would write
-    outside their folder."""
+    """Labels `.` and `..` (the schema's label characters allow them, but as a path part they would write outside
+    their folder), and labels that YAML read as numbers, booleans or null (`1.0:`, `2024:`, `~:`): the schema's
+    label pattern checks strings only, and every lookup by the label's text would fail while the jobs are planned."""
     problems = []
     for path in LABEL_SECTIONS:
         section = config
         for key in path:
             section = section.get(key) or {}
-        problems += [f"{'.'.join(path)}: the label {label!r} names a directory; a label needs a letter, a digit or "
+        where = ".".join(path)
+        problems += [f"{where}: the label {label!r} names a directory; a label needs a letter, a digit or "
                      "_ (e.g. 'run_a')" for label in section if label in (".", "..")]
+        problems += [f"{where}: {label_not_text(label)}" for label in section if not isinstance(label, str)]
     return problems
 
 

@@ -94,6 +94,18 @@ BAD_CONFIGS = [
     ("algorithms", {"x": {"name": "fedsgd"}}, "algorithms.x.name"),
     ("algorithms", {"m": {"name": "fedavgm", "server_momentm": 0.9}}, "Did you mean 'server_momentum'"),
     ("algorithms", {"m": {"name": "fedavg", "training": {"lr_": 0.1}}}, "algorithms.m.training"),
+    # an override's value is checked as the `training` section's own (it trained by gradient ascent, or failed in
+    # the train job after the partition and init jobs ran)
+    ("algorithms", {"m": {"name": "fedavg", "training": {"lr": -1.0}}},
+     "algorithms.m.training.lr: -1.0 is less than or equal to the minimum of 0"),
+    ("algorithms", {"m": {"name": "fedavg", "training": {"lr": "0.1"}}},
+     "algorithms.m.training.lr: '0.1' is not of type 'number'; YAML read '0.1' as text"),
+    ("algorithms", {"m": {"name": "fedavg", "training": {"device": "gpu"}}},
+     "algorithms.m.training.device: 'gpu' is not valid: auto, cpu, cuda or cuda:<index>"),
+    ("algorithms", {"m": {"name": "fedavg", "training": {"rounds": 3.0}}},
+     "algorithms.m.training.rounds: 3.0 is not an integer: write 3"),
+    ("inits", {"w": {"kind": "iid_warmup", "training": {"momentum": 2.0}}},
+     "inits.w.training.momentum: 2.0 is greater than the maximum of 1"),
     ("datasets", {"digitz": {}}, "digitz"),
     ("datasets", {"digits": {"test_fraction": 1.0}}, "test_fraction"),
     ("datasets", {"digits": {"augment": "flip"}}, "augment"),

@@ -42,11 +42,17 @@ def _with_defaults(validator_class):
                     instance[key] = _copy(sub["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
-    # an integer is an int: JSON Schema's `integer` also takes 2.0, which YAML gives for `rounds: 2.0`, and every
-    # job that counts with it would fail (after the jobs before it ran); bool is not an integer either
+    return jsonschema.validators.extend(_strict_integers(validator_class), {"properties": set_defaults})
+
+
+def _strict_integers(validator_class):
+    """`validator_class` whose integers are ints: JSON Schema's `integer` also takes 2.0, which YAML gives for
+    `rounds: 2.0`, and every job that counts with it would fail (after the jobs before it ran); nor is a bool one."""
+    import jsonschema
+
     integers = validator_class.TYPE_CHECKER.redefine(
         "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool))
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults}, type_checker=integers)
+    return jsonschema.validators.extend(validator_class, type_checker=integers)
 
 
 def _copy(value):
@@ -84,9 +90,37 @@ def validate_config(config: dict, schema: dict) -> dict:
     that is not finite."""
     errors = sorted(default_filling_validator()(schema).iter_errors(config), key=lambda e: list(e.absolute_path))
     problems = non_finite(config) + [_describe(e) for e in errors]
+    if not problems:
+        problems = training_override_problems(config, schema)
     if problems:
         raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
     return config
+
+
+# Sections whose entries may override keys of the `training` section (an algorithm's, an iid_warmup init's): the
+# schema can say only that an override is a mapping, so each value is checked against its `training` key's schema.
+TRAINING_OVERRIDES = ("algorithms", "inits")
+
+
+def training_override_problems(config: dict, schema: dict) -> list[str]:
+    """One line per override of a `training` key whose value that key's schema refuses (type, range, enum), named
+    by its path (`algorithms.fedavg.training.lr`). Unknown keys are left to the training check, which names the
+    nearest valid one."""
+    import jsonschema
+
+    keys = schema["properties"]["training"]["properties"]
+    check = _strict_integers(jsonschema.Draft202012Validator)
+    problems = []
+    for section in TRAINING_OVERRIDES:
+        for label, entry in (config.get(section) or {}).items():
+            overrides = entry.get("training") if isinstance(entry, dict) else None
+            for key, value in (overrides or {}).items():
+                if key not in keys:
+                    continue
+                for error in check({**keys[key], "$defs": schema.get("$defs", {})}).iter_errors(value):
+                    error.path.extendleft(reversed([section, label, "training", key]))
+                    problems.append(_describe(error))
+    return problems
 
 
 def non_finite(value, where: tuple = ()) -> list[str]:

@@ -106,6 +106,16 @@ BAD_CONFIGS = [
      "algorithms.m.training.rounds: 3.0 is not an integer: write 3"),
     ("inits", {"w": {"kind": "iid_warmup", "training": {"momentum": 2.0}}},
      "inits.w.training.momentum: 2.0 is greater than the maximum of 1"),
+    # another kind's keys were ignored: the init was not the one the config describes
+    ("inits", {"w": {"kind": "iid_warmup", "epochs": 5}}, "inits.w: kind iid_warmup does not read epochs; the kinds "
+     "that do: epochs: pretrained. Kind iid_warmup reads seed, rounds, num_clients, partition_seed, training"),
+    ("inits", {"w": {"kind": "iid_warmup", "lr": 0.01}}, "inits.w: kind iid_warmup does not read lr (the warm-up's "
+     "own training keys, such as lr, go in its `training`)"),
+    ("inits", {"r": {"kind": "random", "seed": 1, "run": {"alpha": "iid"}}}, "inits.r: kind random does not read run; "
+     "the kinds that do: run: continue"),
+    ("inits.warmup", {"kind": "iid_warmup", "rounds": 2, "training": {"rounds": 3}},
+     "inits.warmup.training.rounds: the warm-up's rounds are inits.warmup.rounds (2); remove rounds from its "
+     "training"),
     ("datasets", {"digitz": {}}, "digitz"),
     ("datasets", {"digits": {"test_fraction": 1.0}}, "test_fraction"),
     ("datasets", {"digits": {"augment": "flip"}}, "augment"),

@@ -17,7 +17,7 @@ from fedscape.data.specs import (
 )
 from fedscape.fl.settings import RUN_ONLY_TRAINING_KEYS, TrainingSettings
 from fedscape.plan.train import check_training, merge_training, work_list_problems
-from fedscape.stages.init_settings import INIT_JOBS, InitJob, PretrainConfig, kind_spec
+from fedscape.stages.init_settings import INIT_JOBS, KIND_KEYS, InitJob, PretrainConfig, kind_spec
 
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 RESULT_VERSIONS = {"init": 1}
@@ -90,6 +90,29 @@ def init_input_paths(config: dict, runs: list, dataset: str, model: str, init: s
     return {}
 
 
+def given_keys(config: dict) -> dict[str, list[str]]:
+    """The keys each `inits` entry gives, read before the schema fills every kind's defaults into it."""
+    return {label: list(spec) for label, spec in (config.get("inits") or {}).items() if isinstance(spec, dict)}
+
+
+def foreign_key_problems(config: dict, given: dict[str, list[str]]) -> list[str]:
+    """Keys an `inits` entry gives that its kind does not read (`epochs` of an iid_warmup, `lr` of a random init):
+    they would be ignored, and the init would not be the one the config describes."""
+    problems = []
+    for label, keys in given.items():
+        kind = config["inits"][label]["kind"]
+        foreign = [k for k in keys if k not in KIND_KEYS[kind]]
+        if not foreign:
+            continue
+        readers = "; ".join(f"{k}: {', '.join(r for r, read in KIND_KEYS.items() if k in read) or 'no kind'}"
+                            for k in foreign)
+        hint = (" (the warm-up's own training keys, such as lr, go in its `training`)"
+                if kind == "iid_warmup" and any(k in TrainingSettings.__dataclass_fields__ for k in foreign) else "")
+        problems.append(f"inits.{label}: kind {kind} does not read {', '.join(foreign)}{hint}; the kinds that do: "
+                        f"{readers}. Kind {kind} reads {', '.join(k for k in KIND_KEYS[kind] if k != 'kind')}")
+    return problems
+
+
 def check(config: dict, runs: list) -> list[str]:
     """Problems of the `inits` section a schema cannot express: proxies, selectors, continue cycles."""
     problems: list[str] = []
@@ -129,6 +152,9 @@ def check(config: dict, runs: list) -> list[str]:
                     problems.append(f"{where}: pretrained init on {dataset}'s proxy split needs "
                                     f"datasets.{dataset}.proxy_fraction > 0 (or set proxy_dataset / proxy_dir)")
         elif kind == "iid_warmup":
+            if "rounds" in spec["training"]:
+                problems.append(f"{where}.training.rounds: the warm-up's rounds are {where}.rounds "
+                                f"({spec['rounds']}); remove rounds from its training")
             try:
                 check_training(config["training"], {**spec["training"], "rounds": spec["rounds"],
                                                    "save_clients_at": []})

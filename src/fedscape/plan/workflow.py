@@ -34,6 +34,7 @@ from fedscape.core.runs import WILDCARD_CONSTRAINTS, Run, build_runs
 from fedscape.data.partition import PartitionError, check_partition_file
 from fedscape.data.specs import DATASET_NAMES, DATASETS, NO_DOWNLOAD, data_layout_problems
 from fedscape.models.specs import CHECKPOINT_FORMAT
+from fedscape.plan import init as init_plan
 from fedscape.plan.resources import DATA_RULES
 
 PARTITION_FILE = f"{PARTITION_DIR}/partition.npz"
@@ -69,8 +70,11 @@ def check_config(config: dict, schema: dict, files: Iterable[str | Path] = ()) -
     duplicates = [problem for path in files for problem in duplicate_keys(path)]
     if duplicates:
         raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in duplicates))
+    given_inits = init_plan.given_keys(config)
     validate_config(config, schema)
     problems: list[str] = _results_dir_problems(config) + _directory_labels(config)
+    if not problems:
+        problems = init_plan.foreign_key_problems(config, given_inits)
     if problems:  # the grid and every stage look their sections up by label text
         raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
     try:

@@ -588,6 +588,29 @@ def test_an_unknown_device_names_the_devices_not_a_regex():
         check_config(with_change("training.device", "gpu"), SCHEMA)
 
 
+@pytest.mark.parametrize(("algorithm", "training", "message"), [
+    ({"name": "scaffold"}, {"client_parallel": "vectorized"}, "training.client_parallel: vectorized trains stacked "
+     "clients' batches, but algorithm scaffold (fedavg) needs the control-variate correction of every local step "
+     "(sequential client training only); set client_parallel to auto or sequential"),
+    ({"name": "fedavg", "training": {"client_parallel": "vectorized", "keep_optimizer_state": True}}, {},
+     "algorithms.fedavg.training.client_parallel: vectorized trains stacked clients' batches, but "
+     "keep_optimizer_state keeps each client's optimiser state between rounds"),
+    ({"name": "scaffold"}, {"client_parallel": "auto"}, None),  # auto falls back to sequential training
+    ({"name": "fedprox"}, {"client_parallel": "vectorized"}, None),
+])
+def test_an_explicit_vectorized_that_cannot_be_honoured_is_refused_at_planning(algorithm, training, message):
+    """Before: refused by the train job, after the partition and init jobs (and in a grid, other runs) ran."""
+    config = with_change("algorithms.fedavg", algorithm)
+    config["training"].update(training)
+
+    if message is None:
+        check_config(config, SCHEMA)
+        return
+    with pytest.raises(ConfigError) as err:
+        check_config(config, SCHEMA)
+    assert message in str(err.value)
+
+
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("training.rounds", 2.0, "training.rounds: 2.0 is not an integer: write 2"),
     ("training.batch_size", 16.0, "training.batch_size: 16.0 is not an integer: write 16"),

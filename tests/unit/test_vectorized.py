@@ -270,6 +270,8 @@ def test_sequential_mode_is_honoured_for_vectorisable_pairs():
 
 def test_strategy_declarations():
     vectorised = {name for name in ALGORITHM_SPECS if strategy_class(name).vectorized}
+    # planning (torch-free) reads the spec's declaration: it must say what the strategy class does
+    assert vectorised == {name for name, spec in ALGORITHM_SPECS.items() if spec.sequential_only is None}
 
     assert {"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "fedsam", "fedasam"} <= vectorised
     assert not vectorised & {"scaffold", "feddyn", "moon", "mixup", "stochdepth", "gradaug", "fedalign"}

@@ -284,19 +284,30 @@ def check(config: dict, runs: list[Run]) -> list[str]:
 
 
 def _sequential_augmentations(config: dict, runs: list[Run]) -> list[str]:
-    """An augmentation only sequential client training applies (SEQUENTIAL_AUGMENTATIONS: resized_crop) with
-    client_parallel vectorized asked for explicitly."""
+    """client_parallel vectorized asked for explicitly where the clients can only train one after another: an
+    augmentation only sequential client training applies (SEQUENTIAL_AUGMENTATIONS: resized_crop), an algorithm
+    whose local steps a stacked step does not compute (`AlgorithmSpec.sequential_only`), or clients that keep their
+    optimiser state. (A model's batch norm without a stacked forward is found by the train job: it needs torch.)"""
     problems = []
     for dataset, label in sorted({(r.dataset, r.algorithm) for r in runs}):
-        augment = (config["datasets"][dataset] or {}).get("augment")
-        if augment not in SEQUENTIAL_AUGMENTATIONS:
-            continue
         overrides = config["algorithms"][label]["training"]
-        if {**config["training"], **overrides}.get("client_parallel") == "vectorized":
-            where = f"algorithms.{label}.training" if "client_parallel" in overrides else "training"
-            problem = (f"{where}.client_parallel: vectorized trains stacked clients' batches, but "
-                       f"datasets.{dataset}.augment {augment} crops each image to its own size first (sequential "
-                       f"client training only); set client_parallel to auto or sequential")
+        merged = {**config["training"], **overrides}
+        if merged.get("client_parallel") != "vectorized":
+            continue
+        where = f"algorithms.{label}.training" if "client_parallel" in overrides else "training"
+        augment = (config["datasets"][dataset] or {}).get("augment")
+        name = config["algorithms"][label]["name"]
+        spec = algorithm_spec(name) if name in ALGORITHM_NAMES else None  # an unknown name is reported on its own
+        reasons = []
+        if augment in SEQUENTIAL_AUGMENTATIONS:
+            reasons.append(f"datasets.{dataset}.augment {augment} crops each image to its own size first")
+        if spec is not None and spec.sequential_only:
+            reasons.append(f"algorithm {spec.name} ({label}) needs {spec.sequential_only}")
+        if merged.get("keep_optimizer_state"):
+            reasons.append("keep_optimizer_state keeps each client's optimiser state between rounds")
+        for reason in reasons:
+            problem = (f"{where}.client_parallel: vectorized trains stacked clients' batches, but {reason} "
+                       f"(sequential client training only); set client_parallel to auto or sequential")
             if problem not in problems:
                 problems.append(problem)
     return problems

@@ -48,6 +48,10 @@ class AlgorithmSpec:
     # Why the algorithm's maths needs one prediction per sample, so that it refuses a sequence task (a data set's
     # `targets: every`, fedscape.models.loss); None: its loss is the mean cross-entropy, which counts per position.
     per_sample: str | None = None
+    # What in its local steps a stacked (vectorised) client step does not compute, so that its clients train one
+    # after another (client_parallel: vectorized refused at planning); None: it vectorises. The strategy class's
+    # `vectorized` says the same (tests/unit/test_registry.py keeps them in step).
+    sequential_only: str | None = None
 
     def check_training(self, training: dict) -> None:
         """ValueError when the algorithm cannot train with these (resolved) `training` settings."""

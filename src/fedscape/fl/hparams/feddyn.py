@@ -20,4 +20,5 @@ class FedDynConfig(ServerSGDConfig):
 
 
 SPECS = (AlgorithmSpec("feddyn", FedDynConfig, "feddyn:FedDyn", "FedDyn",
-                  "Acar et al. 2021, Federated Learning Based on Dynamic Regularization"),)
+                  "Acar et al. 2021, Federated Learning Based on Dynamic Regularization",
+                  sequential_only="the dynamic regulariser of every local step"),)

@@ -29,4 +29,5 @@ SPECS = (AlgorithmSpec("gradaug", GradAugConfig, "gradaug:GradAug", "GradAug",
                   "Yang et al. 2020, GradAug: A New Regularization Method for Deep Neural Networks; FedAlign paper",
                   requires="width_sliceable",
                   per_sample="its sub-networks are distilled from the full network's one prediction per sample "
-                             "(Yang et al. 2020)"),)
+                             "(Yang et al. 2020)",
+                  sequential_only="the sub-network passes of every step"),)

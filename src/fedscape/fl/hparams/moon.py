@@ -45,4 +45,5 @@ class MoonConfig(ServerSGDConfig):
 
 SPECS = (AlgorithmSpec("moon", MoonConfig, "moon:Moon", "MOON",
                   "Li et al. 2021, Model-Contrastive Federated Learning",
-                  per_sample="its contrastive term compares one representation per sample (Li et al. 2021, Eq. 3)"),)
+                  per_sample="its contrastive term compares one representation per sample (Li et al. 2021, Eq. 3)",
+                  sequential_only="the contrastive term against the global and the previous local model"),)

@@ -8,4 +8,5 @@ SPECS = (AlgorithmSpec("scaffold", ServerSGDConfig, "scaffold:Scaffold", "SCAFFO
                   "Karimireddy et al. 2020, SCAFFOLD: Stochastic Controlled Averaging for Federated Learning",
                   fresh_optimizer="its option-II control variate divides the round's update x - y_i by the weight "
                                   "of the round's own gradients (Karimireddy et al. 2020, eq. 4), which a "
-                                  "carried-over momentum or Adam state adds to"),)
+                                  "carried-over momentum or Adam state adds to",
+                  sequential_only="the control-variate correction of every local step"),)

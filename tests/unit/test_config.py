@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.cifar import write_fake_cifar10, write_fake_cifar100
 from helpers.configs import DEFAULT, SCHEMA, TINY
+from helpers.leaf import write_femnist, write_shakespeare, write_shakespeare_raw
 from helpers.plans import all_settings
+from helpers.words import write_reddit
 from helpers.workflow import ROOT
 
 from fedscape.core.config import ConfigError, duplicate_keys, read_config_file
 from fedscape.core.runs import RUN_FIELDS, Run, build_runs, resolve_run, select_runs, unused_grid_values
-from fedscape.data.specs import DATASET_OPTION_ORDER
+from fedscape.data.specs import DATASET_OPTION_ORDER, data_layout_problems
 from fedscape.plan.landscape import landscape_plans, plane_settings
 from fedscape.plan.workflow import check_config, check_data
 
@@ -133,6 +136,9 @@ BAD_CONFIGS = [
     ("interpolation", {"pairs": {None: {"a": {"alpha": "iid"}, "b": {"alpha": 0.1}}}}, "interpolation.pairs: the "
      "label ~ is read by YAML as null"),
     ("partitions", {1: {"kind": "classes", "classes_per_client": 2}}, "partitions: the label 1 is read by YAML as"),
+    ("algorithms", {"fed/prox": {"name": "fedprox"}}, "algorithms: 'fed/prox' is not valid: letters, digits, _, . "
+     "and - only (it names a folder or a file of the results"),
+    ("landscapes", {"a b": {"kind": "random", "runs": [{"alpha": "iid"}]}}, "landscapes: 'a b' is not valid: letters"),
     ("model_options", {"mlp": {"norm": "batch"}}, "model_options.mlp: unknown option 'norm'. mlp takes no options"),
     ("model_options", {"cnn_small": {"norm": "group"}}, "model_options.cnn_small.norm: 'group' is not a norm of "
      "cnn_small. Valid: none, batch"),
@@ -273,6 +279,14 @@ def test_an_experiment_without_a_seed_takes_the_default_seed_or_every_seed(defau
                                                               "num_clients: 20 taken by no run"]),
     ({"experiment_defaults": {"seed": "every"}, "seeds": [0, 1, 2]}, []),
     ({"experiments": None, "seeds": [0, 1, 2]}, []),  # the grid takes every value of every list
+    # labels of a mapping that no run takes: a partitions entry or an algorithm added alone plans nothing
+    ({"partitions": {"c2": {"kind": "classes", "classes_per_client": 2}}},
+     ["partitions: c2 taken by no run: name them as `alpha` in `experiments`, or drop them"]),
+    ({"algorithms": {"fedavg": {"name": "fedavg"}, "prox": {"name": "fedprox"}},
+      "experiment_defaults": {"algorithm": "fedavg"}},
+     ["algorithms: prox taken by no run: name them as `algorithm` in `experiments`"]),
+    # the grid runs every partitions label beside the alphas
+    ({"experiments": None, "partitions": {"c2": {"kind": "classes", "classes_per_client": 2}}}, []),
 ])
 def test_values_of_the_grid_that_no_experiment_takes_are_named(change, expected):
     # Prepare: experiments at iid (seed 0) and 0.5 (seed 2), beside lists that may hold more values
@@ -440,6 +454,14 @@ TRAIN_CIFAR = [("train", {"dataset": "cifar10", "model": "cnn_small"}), ("rounds
     ({"data_dir": "no/such/dir"}, None, None, ["datasets.cifar10.data_dir: 'no/such/dir' is not a directory"]),
     ({"data_dir": "no/such/dir", "download": True}, None, None, []),
     ({"data_dir": "{tmp}"}, None, None, []),
+    # a folder without CIFAR's files: named before any job (the partition job would fail on it), unless downloaded
+    ({"data_dir": "{empty}"}, None, None, ["datasets.cifar10.data_dir: missing data_batch_1, data_batch_2, "
+                                           "data_batch_3, data_batch_4, data_batch_5, test_batch, batches.meta in "
+                                           "{empty}/cifar-10-batches-py: cifar10's python version is read from there"]),
+    ({"data_dir": "{empty}", "download": True}, None, None, []),
+    ({"data_dir": "{cifar10}"}, {"pre": {"kind": "pretrained", "proxy_dataset": "cifar100"}}, None,
+     ["inits.pre: proxy_dataset cifar100 from datasets.cifar10.data_dir: missing train, test, meta in "
+      "{cifar10}/cifar-100-python"]),
     # jobs that read no data (tables, figures), or only digits: a machine without CIFAR runs them
     ({}, None, [("rounds_table", {}), ("curves_figure", {"dataset": "cifar10"})], []),
     ({}, None, [("train", {"dataset": "digits"}), ("partition", {"dataset": "digits"})], []),
@@ -453,8 +475,14 @@ TRAIN_CIFAR = [("train", {"dataset": "cifar10", "model": "cnn_small"}), ("rounds
     ({"data_dir": "{tmp}"}, {"pre": {"kind": "pretrained", "proxy_dataset": "cifar100"}}, None, []),
 ])
 def test_missing_data_directories_are_reported_for_the_jobs_about_to_run(tmp_path, options, inits, jobs, expected):
-    # Prepare
-    options = {k: str(tmp_path) if v == "{tmp}" else v for k, v in options.items()}
+    # Prepare: {tmp} holds CIFAR-10 and CIFAR-100 as their archives unpack, {cifar10} CIFAR-10 only, {empty} nothing
+    folders = {"{tmp}": tmp_path / "both", "{cifar10}": tmp_path / "cifar10", "{empty}": tmp_path / "empty"}
+    write_fake_cifar100(write_fake_cifar10(folders["{tmp}"]))
+    write_fake_cifar10(folders["{cifar10}"])
+    folders["{empty}"].mkdir()
+    options = {k: str(folders.get(v, v)) if isinstance(v, str) else v for k, v in options.items()}
+    expected = [e.replace("{empty}", str(folders["{empty}"])).replace("{cifar10}", str(folders["{cifar10}"]))
+                for e in expected]
     config = _cifar_config(options, inits)
     runs = build_runs(config)
 
@@ -500,9 +528,13 @@ def test_a_plane_file_reaches_the_plane_job_only_when_set_so_other_plane_jobs_ke
 @pytest.mark.parametrize(("options", "says"), [
     ({}, "is read from a data_dir, and none is set: set it to the directory that holds its files (LEAF builds"),
     ({"data_dir": "no/such/leaf"}, "is not a directory (relative paths start at the working directory"),
+    ({"data_dir": "{empty}"}, "datasets.femnist.data_dir: no train/*.json and test/*.json in {empty} or "
+                              "{empty}/femnist/data: expected LEAF's train/ and test/ JSON files (LEAF builds"),
 ])
-def test_missing_leaf_data_points_to_leafs_scripts_not_to_download(options, says):
-    # Prepare: FEMNIST, which LEAF's preprocess.sh builds (no download can fetch it)
+def test_missing_leaf_data_points_to_leafs_scripts_not_to_download(tmp_path, options, says):
+    # Prepare: FEMNIST, which LEAF's preprocess.sh builds (no download can fetch it); {empty}: a folder without it
+    options = {k: str(tmp_path) if v == "{empty}" else v for k, v in options.items()}
+    says = says.replace("{empty}", str(tmp_path))
     config = with_change("datasets", {"femnist": options}, GRID_ONLY)
     config["models"] = ["cnn_small"]
     config = check_config(config, SCHEMA)
@@ -515,6 +547,85 @@ def test_missing_leaf_data_points_to_leafs_scripts_not_to_download(options, says
     message = str(err.value)
     assert says in message and "preprocess.sh" in message
     assert "download: true" not in message
+
+
+@pytest.mark.parametrize(("name", "options", "write", "says"), [
+    ("cifar10", {}, "cifar10", None),
+    ("cifar100", {}, "cifar100", None),
+    ("femnist", {}, "femnist", None),
+    ("femnist", {}, "femnist_leaf", None),  # LEAF's own data/femnist/data below data_dir
+    ("shakespeare", {}, "shakespeare", None),
+    ("shakespeare", {"source": "raw"}, "raw", None),
+    ("reddit", {}, "reddit", None),
+    ("cifar10", {}, "cifar100", "missing data_batch_1, data_batch_2, data_batch_3, data_batch_4, data_batch_5, "
+                                "test_batch, batches.meta in {d}/cifar-10-batches-py"),
+    ("cifar10", {}, "cifar10_no_test", "missing test_batch in {d}/cifar-10-batches-py"),
+    ("cifar100", {}, None, "missing train, test, meta in {d}/cifar-100-python"),
+    ("femnist", {}, "femnist_train_only", "no train/*.json and test/*.json in {d} or {d}/femnist/data"),
+    ("shakespeare", {}, "raw", "no train/*.json and test/*.json in {d} or {d}/shakespeare/data"),
+    ("shakespeare", {"source": "raw"}, "shakespeare", "no .txt files in {d}/by_play_and_character, "
+                                                      "{d}/raw_data/by_play_and_character"),
+    ("reddit", {}, "cifar10", "no train/*.json and test/*.json in {d} or {d}/reddit/data"),
+])
+def test_a_data_dir_without_its_datasets_files_is_named_before_any_job(tmp_path, name, options, write, says):
+    """The readers' own layouts (sources._check_cifar_files, leaf.leaf_directory and raw_roles_directory), checked
+    before the first job: the fixtures in the published formats pass, a folder lacking them names what it lacks."""
+    # Prepare
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    writers = {"cifar10": write_fake_cifar10, "cifar100": write_fake_cifar100, "femnist": write_femnist,
+               "femnist_leaf": lambda d: write_femnist(d, layout="leaf"), "shakespeare": write_shakespeare,
+               "raw": lambda d: write_shakespeare_raw(d, {"PLAY_ROLE": "To be, or not to be.\n" * 20}),
+               "reddit": lambda d: write_reddit(d, {s: {"u0": [["hi"]]} for s in ("train", "test")}, {"hi": 2}, 10),
+               "cifar10_no_test": lambda d: (write_fake_cifar10(d) / "cifar-10-batches-py" / "test_batch").unlink(),
+               "femnist_train_only": lambda d: [f.unlink() for f in write_femnist(d).data_dir.glob("test/*.json")]}
+    if write is not None:
+        writers[write](data_dir)
+
+    # Execute
+    problems = data_layout_problems(name, str(data_dir), {"data_dir": str(data_dir), **options})
+
+    # Assert: one problem naming the key's folder and what it lacks
+    if says is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problems[0].startswith(says.format(d=data_dir))
+
+
+@pytest.mark.parametrize(("path", "jobs", "says"), [
+    ("nofile.json", None, "partitions.paper.path: 'nofile.json' does not exist (relative paths start at the working "
+                          "directory {tmp}): the partition kind split_file reads this file"),
+    ("{tmp}/splits/nofile.json", None, "partitions.paper.path: '{tmp}/splits/nofile.json' does not exist: the "
+                                       "partition kind split_file reads this file"),
+    ("splits", None, "partitions.paper.path: 'splits' is a directory, not a file (relative paths start at"),
+    ("nofile.json", [("partition", {"dataset": "digits", "num_clients": "4", "alpha": "paper", "seed": "0"})],
+     "partitions.paper.path: 'nofile.json' does not exist"),
+    # the split's partition made already, or only other partitions about to be made: the file is read by no job
+    ("nofile.json", [("train", {"dataset": "digits", "alpha": "paper"})], None),
+    ("nofile.json", [("partition", {"dataset": "digits", "num_clients": "4", "alpha": "0.5", "seed": "0"})], None),
+    ("splits/a.json", None, None),
+])
+def test_a_missing_split_file_is_named_by_its_key_before_the_partition_job_starts(tmp_path, monkeypatch, path, jobs,
+                                                                                  says):
+    # Prepare: the workflow's working directory with a split file, a config with a run on `partitions.paper`
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits/a.json").write_text("{}")
+    config = copy.deepcopy(TINY)
+    config["partitions"] = {"paper": {"kind": "split_file", "path": path.replace("{tmp}", str(tmp_path))}}
+    config["experiments"].append({"alpha": "paper", "init": "random", "algorithm": "fedavg"})
+    config = check_config(config, SCHEMA)  # a dry run plans without the file
+
+    # Execute
+    if says is None:
+        check_data(config, build_runs(config), jobs)
+        return
+    with pytest.raises(ConfigError) as err:
+        check_data(config, build_runs(config), jobs)
+
+    # Assert: one line, naming the key and where a relative path is read from
+    lines = str(err.value).splitlines()
+    assert len(lines) == 2 and lines[1].startswith(f"  - {says.replace('{tmp}', str(tmp_path))}")
 
 
 @pytest.mark.parametrize("name", ["fednova", "scaffold"])  # both divide the round's update by its own steps

@@ -168,10 +168,11 @@ def build_runs(config: dict) -> list[Run]:
 def unused_grid_values(config: dict, runs: list[Run]) -> list[str]:
     """A line for each list of the grid (models, alphas, num_clients, participation, seeds) with values that no run
     of `experiments` takes: an experiment that leaves a field unset takes the first value of its list, so adding
-    a seed to `seeds` alone plans nothing new, and a user expecting replicates would see no sign of it."""
+    a seed to `seeds` alone plans nothing new, and a user expecting replicates would see no sign of it. Likewise
+    for the labels of datasets, inits, algorithms and partitions (`_unused_labels`)."""
+    lines = _unused_labels(config, runs)
     if not config.get("experiments"):
-        return []
-    lines = []
+        return lines
     for key, section in GRID_SECTIONS.items():
         if section in MAPPING_SECTIONS:
             continue
@@ -183,6 +184,21 @@ def unused_grid_values(config: dict, runs: list[Run]) -> list[str]:
                "name them in `experiments`" if key == "seed" else "name them in `experiments`, or drop them")
         lines.append(f"{section}: {', '.join(unused)} taken by no run (an experiment that leaves `{key}` unset takes "
                      f"the first of `{section}`, {config[section][0]}): {fix}")
+    return lines
+
+
+def _unused_labels(config: dict, runs: list[Run]) -> list[str]:
+    """A line for each mapping of labels (datasets, inits, algorithms, partitions) with labels that no run takes: a
+    `partitions` entry or an algorithm added without a run that names it plans nothing, silently."""
+    used = {"datasets": {r.dataset for r in runs}, "inits": {r.init for r in runs},
+            "algorithms": {r.algorithm for r in runs}, "partitions": {str(r.setting) for r in runs}}
+    name = {"datasets": "dataset", "inits": "init", "algorithms": "algorithm", "partitions": "alpha"}
+    lines = []
+    for section, taken in used.items():
+        unused = [str(label) for label in (config.get(section) or {}) if str(label) not in taken]
+        if unused:  # (the grid without `experiments` takes every label)
+            lines.append(f"{section}: {', '.join(unused)} taken by no run: name them as `{name[section]}` in "
+                         "`experiments`, or drop them")
     return lines
 
 

@@ -730,7 +730,10 @@ def test_an_explicit_vectorized_that_cannot_be_honoured_is_refused_at_planning(a
     ("training.rounds", 2.5, "training.rounds: 2.5 is not of type 'integer'"),
     ("training.lr", "1e-3", "training.lr: '1e-3' is not of type 'number'; YAML read '1e-3' as text: an exponent "
                             "needs a decimal point (1.0e-3, not 1e-3)"),
-    ("training.lr", "0.1", "training.lr: '0.1' is not of type 'number'; YAML read '0.1' as text"),
+    ("training.lr", "0.1", "training.lr: '0.1' is not of type 'number'; YAML read '0.1' as text: it is quoted, or "
+                           "it came in a list given to Snakemake's --config"),
+    ("seeds", "[0,1]", "seeds: '[0,1]' is not of type 'array'; Snakemake's --config passes a list or a mapping as "
+                       "text: set it in a config file (--configfile) instead"),
 ])
 def test_a_number_of_the_wrong_kind_is_refused_before_any_job_with_how_to_write_it(key, value, message):
     """2.0 for an integer passed JSON Schema and failed in the jobs that count with it, after the ones before

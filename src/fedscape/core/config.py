@@ -187,8 +187,13 @@ def _text_number_hint(value) -> str:
     """For a number that YAML read as text, why: YAML 1.1 (PyYAML, Snakemake) reads `1e-3` (no decimal point) and
     anything quoted as a string."""
     if isinstance(value, str) and _TEXT_NUMBER.fullmatch(value.strip()):
-        return (f"; YAML read {value!r} as text: an exponent needs a decimal point (1.0e-3, not 1e-3) and numbers "
-                "are not quoted")
+        if "e" in value.lower() and "." not in value:
+            return f"; YAML read {value!r} as text: an exponent needs a decimal point (1.0e-3, not 1e-3)"
+        return (f"; YAML read {value!r} as text: it is quoted, or it came in a list given to Snakemake's --config, "
+                "which passes a list's values as text (set lists in a config file)")
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        return ("; Snakemake's --config passes a list or a mapping as text: set it in a config file (--configfile) "
+                "instead")
     return ""
 
 

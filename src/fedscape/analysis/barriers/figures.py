@@ -347,19 +347,26 @@ def layer_training_figure_job(barriers_table: str | Path, distances_table: str |
     fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.6), squeeze=False, layout="constrained")
     ax_barrier, ax_l2, ax_cos = axes[0]
     styles = {False: "-", True: "--"}
+    # the error barrier on an axis of its own (right): in [-1, 1], it is flat on the loss barrier's scale
+    ax_error = ax_barrier.twinx() if not full.empty else None
     for (split, aligned), sub in full.groupby(["split", "aligned"], sort=False):
-        for value, color in (("barrier_loss", PALETTE[0]), ("barrier_error", PALETTE[1])):
-            ax_barrier.plot(sub["round"], sub[value], color=color, linestyle=styles[bool(aligned)],
-                            marker="o" if split == "train" else "s", markersize=3, lw=1.2,
-                            label=f"{value.split('_')[1]}, {split}" + (", aligned" if aligned else ""))
+        for value, color, ax in (("barrier_loss", PALETTE[0], ax_barrier), ("barrier_error", PALETTE[1], ax_error)):
+            ax.plot(sub["round"], sub[value], color=color, linestyle=styles[bool(aligned)],
+                    marker="o" if split == "train" else "s", markersize=3, lw=1.2,
+                    label=f"{value.split('_')[1]}, {split}" + (", aligned" if aligned else ""))
     if full.empty:
         ax_barrier.text(0.5, 0.5, "no cumulative mode:\nno full-model barrier", ha="center", va="center",
                         transform=ax_barrier.transAxes)
     else:
-        ax_barrier.axhline(0.0, color="grey", lw=0.6)
-        ax_barrier.legend(fontsize=7)
+        ax_barrier.axhline(0.0, color=PALETTE[0], lw=0.6, alpha=0.5)
+        ax_error.axhline(0.0, color=PALETTE[1], lw=0.6, alpha=0.5, linestyle=":")
+        ax_error.set_ylabel("error barrier (right)", color=PALETTE[1])
+        ax_error.grid(False)
+        lines = ax_barrier.get_legend_handles_labels()
+        more = ax_error.get_legend_handles_labels()
+        ax_barrier.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7)
     ax_barrier.set_title("full-model barrier")
-    ax_barrier.set_ylabel("L(avg) - mean(L(a), L(b))")
+    ax_barrier.set_ylabel("loss barrier L(avg) - mean(L(a), L(b))", color=PALETTE[0])
     layer_ids = sorted(i for i in dist["layer_index"].unique() if i >= 0)
     cmap = sequential_cmap()
     for ax, column, label in ((ax_l2, "distance", "Euclidean distance ||θa - θb||"),

@@ -54,6 +54,26 @@ def two_inits_two_algorithms() -> pd.DataFrame:
 
 
 # -- figures from fixture tables ---------------------------------------------------------------------
+def test_legends_list_iid_first_whichever_panel_drew_a_run_first(tmp_path, monkeypatch):
+    from fedscape.report.figures import curves as curve_figures
+
+    # Prepare: the first panel (FedAvg) has alpha 0.1 runs only; IID appears in the second (FedProx)
+    rounds = two_inits_two_algorithms()
+    iid = rounds["alpha"].astype(str).isin(["iid", "inf"])
+    rounds = rounds[~(iid & (rounds["algorithm"] == "fedavg"))]
+    drawn = {}
+    save = curve_figures.save_figure
+    monkeypatch.setattr(curve_figures, "save_figure", lambda fig, *a: drawn.update(fig=fig) or save(fig, *a))
+
+    # Execute
+    curves_figure(rounds, "digits", "cnn_small", "accuracy", tmp_path / "curves.png")
+
+    # Assert
+    (legend,) = drawn["fig"].legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "random init · IID", "pretrained init · IID", "random init · α=0.1", "pretrained init · α=0.1"]
+
+
 @pytest.mark.parametrize("metric", ["accuracy", "loss"])
 def test_curves_figure_files_and_data(tmp_path, metric):
     rounds = two_inits_two_algorithms()

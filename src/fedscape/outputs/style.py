@@ -57,6 +57,15 @@ def setting_order(settings: Iterable) -> list:
     return [unique[k] for k in sorted(unique, key=setting_order_key)]
 
 
+def legend_key(fields: Mapping) -> tuple:
+    """Sort key of a legend entry of run fields: IID first, then from mild to severe skew (the colour order), the
+    random init before the others. Legends built panel by panel otherwise list the first panel's runs first."""
+    alpha = fields.get("alpha")
+    init = fields.get("init")
+    return (() if alpha is None else setting_order_key(alpha), init is not None and str(init) != "random",
+            "" if init is None else str(init))
+
+
 def varying_keys(df: pd.DataFrame, keys: Sequence[str] = LABEL_ORDER) -> list[str]:
     """The run fields among `keys` that take more than one value in `df` (what a legend must show)."""
     return [k for k in keys if k in df.columns and df[k].nunique(dropna=False) > 1]

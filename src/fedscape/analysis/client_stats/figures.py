@@ -15,7 +15,7 @@ from fedscape.analysis.client_stats.definitions import (
 from fedscape.core.runs import parse_run_id
 from fedscape.core.setting import setting_order_key
 from fedscape.outputs.labels import label_run
-from fedscape.outputs.style import RunStyle, empty_figure, pyplot, save_figure_outputs, varying_keys
+from fedscape.outputs.style import RunStyle, empty_figure, legend_key, pyplot, save_figure_outputs, varying_keys
 from fedscape.outputs.tables import read_table
 
 
@@ -56,11 +56,13 @@ def client_stats_figure_job(table: str | Path, outputs: dict[str, str | Path]) -
                 line = line.dropna(subset=[stat])  # l2_to_final exists at the kept rounds only (training.save_every)
                 (handle,) = ax.plot(line["round"], line[stat], color=style.color(alpha),
                                     linestyle=style.linestyle(init), lw=1.2)
-                legend.setdefault(label_run({"alpha": alpha, "init": init}, line_keys), handle)
+                legend.setdefault(label_run({"alpha": alpha, "init": init}, line_keys),
+                                  (legend_key({"alpha": alpha, "init": init}), handle))
             ax.set_title(title if g == 0 else "")
             ax.set_ylabel(label_run(dict(zip(group_keys, key, strict=True)), shown, sep="\n") if j == 0 else "")
             if g == len(groups) - 1:
                 ax.set_xlabel("round")
     fig.suptitle("Client-update statistics per round, mean over seeds (colour: alpha, line style: init)")
-    fig.legend(legend.values(), legend.keys(), loc="outside right center")
+    entries = sorted(legend.items(), key=lambda item: item[1][0])
+    fig.legend([handle for _, (_, handle) in entries], [label for label, _ in entries], loc="outside right center")
     save_figure_outputs(fig, outputs, pd.concat(plotted, ignore_index=True))

@@ -19,6 +19,7 @@ from fedscape.outputs.style import (
     RunStyle,
     empty_figure,
     facet_grid,
+    legend_key,
     pyplot,
     save_figure,
     setting_order,
@@ -92,7 +93,7 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
                                 capsize=2)
                 seeds = cell_rows(runs, init, alpha)
                 ax.plot(np.full(len(seeds), x), seeds[column], "o", ms=2.5, color="black", alpha=0.7)
-                legend.setdefault(setting_label(alpha), handle)
+                legend.setdefault(setting_label(alpha), (legend_key({"alpha": alpha}), handle))
         ax.set_xticks(range(len(inits)), [f"{i} init" for i in inits])
         ax.set_xlim(-0.6, len(inits) - 0.4)
         ax.set_title(facet_title(facet, df))
@@ -102,7 +103,9 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
         low, high = axes[0][0].get_ylim()
         axes[0][0].set_ylim(max(low, 0.0), min(high, 1.0))
     fig.suptitle(f"{dataset} / {model}: final accuracy by initialisation and alpha")
-    fig.legend(legend.values(), legend.keys(), loc="outside right center", title="partition")
+    entries = sorted(legend.items(), key=lambda item: item[1][0])
+    fig.legend([handle for _, (_, handle) in entries], [label for label, _ in entries], loc="outside right center",
+               title="partition")
     return save_figure(fig, base_path, points)
 
 

@@ -16,6 +16,7 @@ from fedscape.outputs.style import (
     bounded_log_ticks,
     empty_figure,
     facet_grid,
+    legend_key,
     save_figure,
     setting_order,
 )
@@ -85,7 +86,7 @@ def curves_figure(rounds: pd.DataFrame, dataset: str, model: str, metric: str, b
                     ax.fill_between(band["round"], lo, hi, color=kw["color"],
                                     alpha=0.2, lw=0)
             keys = ["alpha"] + (["init"] if df["init"].nunique() > 1 else [])
-            legend.setdefault(label_run(fields, keys), handle)
+            legend.setdefault(label_run(fields, keys), (legend_key(fields), handle))
         ax_train.set_title(facet_title(facet, df))
         ax_test.set_xlabel("round")
         ax_test.tick_params(labelbottom=True)  # wrapped facets: every panel pair keeps its round axis
@@ -101,5 +102,6 @@ def curves_figure(rounds: pd.DataFrame, dataset: str, model: str, metric: str, b
     seeds = int(stats["n_seeds"].max()) if len(stats) else 0
     band = "mean and 95% t-interval over seeds" if seeds > 1 else "one seed"
     fig.suptitle(f"{dataset} / {model}: global model {metric} per round ({band})")
-    fig.legend(legend.values(), legend.keys(), loc="outside right center")
+    entries = sorted(legend.items(), key=lambda item: item[1][0])
+    fig.legend([handle for _, (_, handle) in entries], [label for label, _ in entries], loc="outside right center")
     return save_figure(fig, base_path, stats)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 
 import pytest
 import torch
@@ -334,14 +335,79 @@ def test_bad_checkpoint_names_file_and_fix(tmp_path, content):
     assert str(path) in str(err.value)
 
 
+@pytest.mark.parametrize(("given", "load", "says"), [
+    ("clients.pt", load_trajectory, "is not a fedscape trajectory checkpoint: this is a clients checkpoint: read it "
+                                    "with load_clients"),
+    ("trajectory.pt", load_clients, "is not a fedscape clients checkpoint: this is a trajectory checkpoint: read "
+                                    "it with load_trajectory"),
+    ("metrics.csv", load_trajectory, "it is truncated or not a fedscape checkpoint; no job makes it: fedscape's "
+                                     "checkpoints are the .pt files"),
+])
+def test_a_file_that_is_no_checkpoint_of_the_kind_asked_says_what_it_is_without_a_remake_hint(tmp_path, given, load,
+                                                                                             says):
+    # Prepare: a healthy run's trajectory and clients, and a table beside them
+    _saved_trajectory(tmp_path / "trajectory.pt", "cnn_small")
+    (tmp_path / "metrics.csv").write_text("round,loss\n0,2.3\n")
+
+    # Execute
+    with pytest.raises(CheckpointError) as err:
+        load(tmp_path / given)
+
+    # Assert: what the file is and which loader reads it; never the command that would rerun a healthy training
+    assert f"{tmp_path / given} " in str(err.value)
+    assert says in str(err.value)
+    assert "--forcerun" not in str(err.value)
+
+
+@pytest.mark.parametrize(("round_", "expected"), [(0, 0), (2, 2), ("final", 3)])
+def test_a_round_is_an_int_or_final(tmp_path, round_, expected):
+    # Prepare: a 3-round trajectory whose rows differ
+    path = tmp_path / "trajectory.pt"
+    _saved_trajectory(path, "cnn_small", rounds=3)
+    traj = load_trajectory(path)
+
+    # Execute
+    model = traj.model_at(round_)
+
+    # Assert
+    assert traj.row(round_) == expected
+    assert torch.equal(flatten_params(model), traj.params[expected])
+
+
+@pytest.mark.parametrize("round_", ["2", "last", 2.0, True, None])
+def test_a_round_of_another_type_is_a_type_error_naming_it(tmp_path, round_):
+    # Prepare
+    path = tmp_path / "trajectory.pt"
+    _saved_trajectory(path, "cnn_small", rounds=3)
+    traj = load_trajectory(path)
+
+    # Execute / Assert: model_at, row and unusable alike
+    for call in (traj.model_at, traj.row, traj.unusable):
+        with pytest.raises(TypeError, match=re.escape(f"round is an int or 'final', got {round_!r}")):
+            call(round_)
+
+
+def test_an_unsaved_round_of_the_clients_names_the_saved_ones(tmp_path):
+    # Prepare: clients saved at round 1
+    _saved_trajectory(tmp_path / "trajectory.pt", "cnn_small")
+    saved = load_clients(tmp_path / "clients.pt")
+
+    # Execute / Assert: a present round as before, a missing one names the file and the saved rounds
+    assert saved[1].round == 1 and list(saved) == [1] and saved.get(10) is None and 10 not in saved
+    with pytest.raises(KeyError, match=r"clients\.pt: the clients of round 10 are not saved; it holds rounds 1 "
+                                       r"\(training\.save_clients_at\)"):
+        saved[10]  # noqa: B018
+
+
 def _saved_trajectory(path, model_name: str, num_classes: int = 10, in_channels: int = 1, image_size: int = 8,
-                      width_change: int = 0):
+                      width_change: int = 0, rounds: int = 1):
+    """A trajectory of `rounds` rounds (row t: every parameter t) and its clients saved at round 1, beside it."""
     model = build_model(model_name, num_classes=num_classes, in_channels=in_channels, image_size=image_size)
     meta = ModelMeta(model_name, num_classes, in_channels, image_size, {},
                      tuple(n for n, _ in model.named_parameters()), tuple(tuple(p.shape) for p in model.parameters()))
     flat = flatten_params(model)
-    params = torch.zeros(2, flat.numel() + width_change)
-    save_trajectory(path, params, torch.zeros(2, 0), torch.arange(2), meta, {"status": "ok"})
+    params = torch.arange(rounds + 1.0).unsqueeze(1).repeat(1, flat.numel() + width_change)
+    save_trajectory(path, params, torch.zeros(rounds + 1, 0), torch.arange(rounds + 1), meta, {"status": "ok"})
     clients = {1: ClientRound(1, torch.tensor([0]), torch.tensor([5]), params[:1], torch.zeros(1, 0))}
     save_clients(path.with_name("clients.pt"), clients, meta, {})
     return flat.numel()

@@ -321,10 +321,13 @@ def test_rounds_table_keeps_its_columns_without_swa():
 
 
 @pytest.mark.parametrize(("where", "swa", "match"), [
-    ("algorithm", {"cycle": 2, "lr_rati": 0.1}, "algorithms.fedavg_swa.training: unknown swa key 'lr_rati'"),
+    # an algorithm's swa is checked against the training section's schema, as the section's own
+    ("algorithm", {"cycle": 2, "lr_rati": 0.1}, "algorithms.fedavg_swa.training.swa.lr_rati: unknown key 'lr_rati'. "
+                                                "Did you mean 'lr_ratio'?"),
     ("algorithm", {"start_round": 3, "cycle": 2}, "algorithms.fedavg_swa.training: swa: the SWA phase starts at "
                                                   "round 3 but its first cycle of 2 rounds ends at round 4"),
-    ("algorithm", {"scheduled_lr": "global"}, "swa.scheduled_lr must be one of client, server"),
+    ("algorithm", {"scheduled_lr": "global"}, "algorithms.fedavg_swa.training.swa.scheduled_lr: 'global' is not "
+                                              "valid. Valid values: client, server"),
     ("training", {"cycle": 4}, r"training: swa: the SWA phase starts at round 3 .*after the last round \(3\)"),
     ("training", {"cycle": 0}, "training.swa.cycle: 0 is less than the minimum of 1"),
     ("training", {"lr_ratio": 2}, "training.swa.lr_ratio: 2 is greater than the maximum of 1"),

@@ -48,7 +48,7 @@ def _with_defaults(validator_class):
 def _strict_integers(validator_class):
     """`validator_class` whose integers are ints: JSON Schema's `integer` also takes 2.0, which YAML gives for
     `rounds: 2.0`, and every job that counts with it would fail (after the jobs before it ran); nor is a bool one."""
-    import jsonschema
+    import jsonschema  # lazy: as in _with_defaults
 
     integers = validator_class.TYPE_CHECKER.redefine(
         "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool))
@@ -106,7 +106,7 @@ def training_override_problems(config: dict, schema: dict) -> list[str]:
     """One line per override of a `training` key whose value that key's schema refuses (type, range, enum), named
     by its path (`algorithms.fedavg.training.lr`). Unknown keys are left to the training check, which names the
     nearest valid one."""
-    import jsonschema
+    import jsonschema  # lazy: as in _with_defaults
 
     keys = schema["properties"]["training"]["properties"]
     check = _strict_integers(jsonschema.Draft202012Validator)

@@ -34,18 +34,22 @@ import numpy as np
 from fedscape.data.specs import (
     FEMNIST_CLASSES,
     IGNORE_INDEX,
+    LEAF_SPLITS,
     NO_DOWNLOAD,
+    RAW_ROLES_DIR,
     REDDIT_SEQ_LEN,
     SHAKESPEARE_RAW_TEST_FRACTION,
     SHAKESPEARE_RAW_VOCAB,
     SHAKESPEARE_SEQ_LEN,
     SHAKESPEARE_VOCAB,
+    leaf_folder,
+    leaf_places,
+    raw_roles_folder,
+    raw_roles_places,
 )
 
-LEAF_SPLITS = ("train", "test")
 FEMNIST_PIXELS = 28 * 28
 
-RAW_ROLES_DIR = "by_play_and_character"  # LEAF's folder of one text file per speaking role
 IGNORE = IGNORE_INDEX  # a target position that does not count (padding)
 REDDIT_VOCAB_FILE = "reddit_vocab.pck"  # written by LEAF's data/reddit/build_vocab.py into --target-dir vocab
 
@@ -104,19 +108,20 @@ def encode_raw_text(text: str) -> np.ndarray:
 def leaf_directory(name: str, data_dir: str | None) -> Path:
     """The folder holding LEAF's ``train/`` and ``test/`` JSON files of dataset `name`.
 
-    Looks in ``data_dir`` itself, then in ``data_dir/<name>/data`` (LEAF's own layout, so that one
-    data_dir can hold several datasets). FileNotFoundError naming the folders and the layout otherwise.
+    Looks in ``data_dir`` itself, then in ``data_dir/<name>/data`` (`fedscape.data.specs.leaf_places`: LEAF's own
+    layout, so that one data_dir can hold several datasets). FileNotFoundError naming the folders and the layout
+    otherwise.
     """
-    if data_dir is not None:
-        for where in (Path(data_dir), Path(data_dir) / name / "data"):
-            if all(any((where / split).glob("*.json")) for split in LEAF_SPLITS):
-                return where
+    found = leaf_folder(name, data_dir)
+    if found is not None:
+        return found
     looked = ("no data_dir was given" if data_dir is None else
-              f"looked in {Path(data_dir)} and {Path(data_dir) / name / 'data'}")
+              "looked in " + " and ".join(str(where) for where in leaf_places(name, data_dir)))
     how = NO_DOWNLOAD.get(name, f"LEAF hosts {name}'s preprocessed files (its data/{name}/README.md)")
+    splits = " and ".join(f"{split}/*.json" for split in LEAF_SPLITS)
     raise FileNotFoundError(
-        f"{name} not found ({looked}). Expected LEAF's preprocessed files: a folder with train/*.json and "
-        f"test/*.json, each file holding {{\"users\": [...], \"num_samples\": [...], \"user_data\": "
+        f"{name} not found ({looked}). Expected LEAF's preprocessed files: a folder with {splits}, each file "
+        f"holding {{\"users\": [...], \"num_samples\": [...], \"user_data\": "
         f"{{user: {{\"x\": [...], \"y\": [...]}}}}}}. {how} (run with -t sample, e.g. "
         f"./preprocess.sh -s niid --sf 0.05 -k 0 -t sample); set datasets.{name}.data_dir to LEAF's "
         f"data/{name}/data folder (or to a folder holding {name}/data). fedscape does not download it."
@@ -315,15 +320,14 @@ def raw_roles_directory(data_dir: str | None) -> Path:
     """The folder of LEAF's raw Shakespeare texts by role (``by_play_and_character/``) below `data_dir`.
 
     Looks in ``data_dir`` itself, ``data_dir/raw_data`` (LEAF's ``data/shakespeare/data``) and
-    ``data_dir/shakespeare/data/raw_data`` (LEAF's repository); FileNotFoundError naming them and how to make it.
+    ``data_dir/shakespeare/data/raw_data`` (LEAF's repository: `fedscape.data.specs.raw_roles_places`);
+    FileNotFoundError naming them and how to make it.
     """
-    places = [] if data_dir is None else [Path(data_dir), Path(data_dir) / "raw_data",
-                                          Path(data_dir) / "shakespeare" / "data" / "raw_data"]
-    for where in places:
-        if any((where / RAW_ROLES_DIR).glob("*.txt")):
-            return where / RAW_ROLES_DIR
+    found = raw_roles_folder(data_dir)
+    if found is not None:
+        return found
     looked = ("no data_dir was given" if data_dir is None else
-              "looked for *.txt in " + ", ".join(str(p / RAW_ROLES_DIR) for p in places))
+              "looked for *.txt in " + ", ".join(str(p / RAW_ROLES_DIR) for p in raw_roles_places(data_dir)))
     raise FileNotFoundError(
         f"shakespeare's raw texts not found ({looked}). datasets.shakespeare.source: raw reads LEAF's raw texts by "
         f"speaking role, {RAW_ROLES_DIR}/<PLAY>_<ROLE>.txt, which LEAF's data/shakespeare/preprocess/"

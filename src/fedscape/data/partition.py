@@ -286,7 +286,7 @@ def split_file_partition(labels: np.ndarray, path: str | Path, num_clients: int,
     labels = np.asarray(labels)
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(kind_file_path(path).read_text())
     except FileNotFoundError:
         raise PartitionError(f"partition kind split_file: {path} not found (a published split in LEAF's JSON "
                              "layout, e.g. Caldarola et al.'s federated_train_alpha_0.05.json)") from None
@@ -353,9 +353,10 @@ class PartitionKind:
     other kinds), so planning refuses a dataset whose declaration has none (data.specs `writers`); `inputs`: the
     input transform, (x_train, partition) -> the training pool as the clients see it, applied wherever a client's
     or the union's data is loaded (data.federated.client_inputs), None for the inputs as stored; `files`: the files
-    its writer reads, options -> paths (the partition job's inputs, so that a changed file remakes the split), None
-    for none; `by_class`: the writer splits by each sample's class label, so planning refuses a dataset whose
-    samples have none (data.specs `sequence_labels`: the word data sets)."""
+    its writer reads, options -> {option: path} (the partition job's inputs, so that a changed file remakes the split;
+    each checked before the partition jobs start, `kind_file_problems`), None for none; `by_class`: the writer
+    splits by each sample's class label, so planning refuses a dataset whose samples have none (data.specs
+    `sequence_labels`: the word data sets)."""
 
     name: str
     options: dict[str, Any]
@@ -365,7 +366,7 @@ class PartitionKind:
     needs_writers: bool = False
     by_class: bool = False
     inputs: Callable[[Any, Partition], Any] | None = None
-    files: Callable[[dict[str, Any]], list[str]] | None = None
+    files: Callable[[dict[str, Any]], dict[str, str]] | None = None
 
 
 def _classes_fit(where: str, options: dict[str, Any], dataset: str) -> list[str]:
@@ -434,8 +435,8 @@ def _make_split_file(labels, num_clients, seed, min_size, max_tries, writer_ids,
     return split_file_partition(labels, path, num_clients, seed, min_size, dataset)
 
 
-def _split_file_files(options: dict[str, Any]) -> list[str]:
-    return [str(options["path"])]
+def _split_file_files(options: dict[str, Any]) -> dict[str, str]:
+    return {"path": str(options["path"])}
 
 
 PARTITION_KINDS: dict[str, PartitionKind] = {k.name: k for k in (
@@ -483,7 +484,32 @@ def kind_options(entry: dict) -> dict[str, Any]:
 def kind_files(entry: dict) -> list[str]:
     """The files the writer of a `partitions` entry reads (its `PartitionKind.files`; none for most kinds)."""
     spec = PARTITION_KINDS[entry["kind"]]
-    return [] if spec.files is None else spec.files(kind_options(entry))
+    return [] if spec.files is None else list(spec.files(kind_options(entry)).values())
+
+
+def kind_file_path(path: str | Path) -> Path:
+    """A file that a `partitions` entry names, as its writer opens it: a relative path starts at the working
+    directory (Snakemake's, the directory it runs in, where the partition job runs too)."""
+    return Path.cwd() / path
+
+
+def kind_file_problems(label: str, entry: dict) -> list[str]:
+    """The files a `partitions` entry's kind reads that are not there, each naming its key (`partitions.<label>.
+    <option>`) and, for a relative path, the folder it is read from; none for an entry `check_partition_entry`
+    refuses. Checked before the partition jobs start, not by a dry run (which plans without the file)."""
+    spec = PARTITION_KINDS.get(entry.get("kind"))
+    if spec is None or spec.files is None or check_partition_entry(label, entry):
+        return []
+    problems = []
+    for option, given in spec.files(kind_options(entry)).items():
+        path = kind_file_path(given)
+        if path.is_file():
+            continue
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        where = "" if Path(given).is_absolute() else f" (relative paths start at the working directory {Path.cwd()})"
+        problems.append(f"partitions.{label}.{option}: {given!r} {what}{where}: the partition kind {spec.name} reads "
+                        "this file")
+    return problems
 
 
 def check_partition_entry(label: str, entry: dict) -> list[str]:

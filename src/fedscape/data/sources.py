@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import pickle
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from fedscape.core.names import unknown_name_error
 from fedscape.data import imagenet200
 from fedscape.data.leaf import LeafPart, read_leaf, read_reddit, read_shakespeare_raw
 from fedscape.data.specs import (
+    CIFAR_LAYOUTS,
     DATA_DIR_HOLDS,
     DATASET_BASELINES,
     DATASET_NAMES,
@@ -45,6 +46,7 @@ from fedscape.data.specs import (
     SHAKESPEARE_VOCAB,
     SOURCES,
     STORED_IMAGE_AUGMENTATIONS,
+    CifarLayout,
 )
 from fedscape.data.stackoverflow import read_stackoverflow
 
@@ -223,34 +225,23 @@ def digits_file() -> Path:
 
 
 @dataclass(frozen=True)
-class _CifarSpec:
+class _CifarSpec(CifarLayout):
+    """A CIFAR's files (its `fedscape.data.specs.CIFAR_LAYOUTS` entry) and how to read them."""
+
     title: str
     torchvision_class: str
-    folder: str
-    archive: str
-    train_files: tuple[str, ...]
-    test_file: str
-    meta_file: str
     label_key: str
     names_key: str
     num_classes: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
-    @property
-    def files(self) -> tuple[str, ...]:
-        return (*self.train_files, self.test_file, self.meta_file)
-
 
 _CIFAR = {
     "cifar10": _CifarSpec(
+        **asdict(CIFAR_LAYOUTS["cifar10"]),
         title="CIFAR-10",
         torchvision_class="CIFAR10",
-        folder="cifar-10-batches-py",
-        archive="cifar-10-python.tar.gz",
-        train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
-        test_file="test_batch",
-        meta_file="batches.meta",
         label_key="labels",
         names_key="label_names",
         num_classes=10,
@@ -258,13 +249,9 @@ _CIFAR = {
         std=(0.2470, 0.2435, 0.2616),
     ),
     "cifar100": _CifarSpec(
+        **asdict(CIFAR_LAYOUTS["cifar100"]),
         title="CIFAR-100",
         torchvision_class="CIFAR100",
-        folder="cifar-100-python",
-        archive="cifar-100-python.tar.gz",
-        train_files=("train",),
-        test_file="test",
-        meta_file="meta",
         label_key="fine_labels",
         names_key="fine_label_names",
         num_classes=100,
@@ -338,8 +325,7 @@ def cifar_files(name: str, data_dir: str | None) -> list[Path]:
 
 def _check_cifar_files(spec: _CifarSpec, data_dir: str | None) -> Path:
     """The CIFAR folder under ``data_dir``; one FileNotFoundError naming every expected file if incomplete."""
-    where = Path(data_dir) / spec.folder if data_dir is not None else Path("<data_dir>", spec.folder)
-    missing = spec.files if data_dir is None else tuple(f for f in spec.files if not (where / f).is_file())
+    where, missing = spec.where(data_dir), spec.missing(data_dir)
     if not missing:
         return where
     reason = "no data_dir was given" if data_dir is None else f"missing {', '.join(missing)} in {where}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import string
 from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
 
 from fedscape.core.config import without_baselines
 from fedscape.core.names import unknown_name_error
@@ -216,9 +218,107 @@ DATA_DIR_HOLDS: dict[str, str] = {
     "stackoverflow": "TFF's stackoverflow.sqlite (or .sqlite.lzma) and stackoverflow.word_count",
     "reddit": "LEAF's train/ and test/ JSON files and vocab/reddit_vocab.pck",
 }
-# Datasets whose folder layout is checked before their jobs start (torch-free, listing folders only): the problems
-# of a data_dir, each naming the missing path.
-_LAYOUT_PROBLEMS = {"imagenet200": imagenet200.layout_problems}
+
+
+# -- the layouts of data_dir that the readers look for (fedscape.data.sources, fedscape.data.leaf), declared here so
+# that the check before a run's first job (`data_layout_problems`) looks for the same files
+
+
+@dataclass(frozen=True)
+class CifarLayout:
+    """CIFAR-10/100's python version below a data_dir: the folder its archive unpacks to and the files read there."""
+
+    folder: str
+    archive: str
+    train_files: tuple[str, ...]
+    test_file: str
+    meta_file: str
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (*self.train_files, self.test_file, self.meta_file)
+
+    def where(self, data_dir: str | None) -> Path:
+        """Its folder below `data_dir` (below a `<data_dir>` placeholder without one)."""
+        return Path(data_dir) / self.folder if data_dir is not None else Path("<data_dir>", self.folder)
+
+    def missing(self, data_dir: str | None) -> tuple[str, ...]:
+        """Its files that are not in its folder below `data_dir` (every one without a data_dir)."""
+        if data_dir is None:
+            return self.files
+        return tuple(f for f in self.files if not (self.where(data_dir) / f).is_file())
+
+
+CIFAR_LAYOUTS: dict[str, CifarLayout] = {
+    "cifar10": CifarLayout("cifar-10-batches-py", "cifar-10-python.tar.gz",
+                           tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"),
+    "cifar100": CifarLayout("cifar-100-python", "cifar-100-python.tar.gz", ("train",), "test", "meta"),
+}
+LEAF_SPLITS = ("train", "test")  # LEAF's folders of JSON files
+LEAF_JSON_DATASETS = ("femnist", "shakespeare", "reddit")  # read from LEAF's JSON files (fedscape.data.leaf)
+RAW_ROLES_DIR = "by_play_and_character"  # LEAF's folder of Shakespeare's raw texts, one file per speaking role
+
+
+def leaf_places(name: str, data_dir: str) -> tuple[Path, Path]:
+    """Where LEAF's train/ and test/ JSON folders of dataset `name` are looked for: in `data_dir` itself, then in
+    `data_dir/<name>/data` (LEAF's own layout, so that one data_dir can hold several datasets)."""
+    return Path(data_dir), Path(data_dir) / name / "data"
+
+
+def leaf_folder(name: str, data_dir: str | None) -> Path | None:
+    """The first of `leaf_places` whose train/ and test/ both hold JSON files; None where neither does."""
+    if data_dir is None:
+        return None
+    return next((where for where in leaf_places(name, data_dir)
+                 if all(any((where / split).glob("*.json")) for split in LEAF_SPLITS)), None)
+
+
+def raw_roles_places(data_dir: str) -> tuple[Path, ...]:
+    """Where the folder of Shakespeare's raw texts by role (RAW_ROLES_DIR) is looked for: in `data_dir`, its
+    `raw_data` (LEAF's data/shakespeare/data) and its `shakespeare/data/raw_data` (LEAF's repository)."""
+    return Path(data_dir), Path(data_dir) / "raw_data", Path(data_dir) / "shakespeare" / "data" / "raw_data"
+
+
+def raw_roles_folder(data_dir: str | None) -> Path | None:
+    """The first RAW_ROLES_DIR of `raw_roles_places` that holds .txt files; None where none does."""
+    if data_dir is None:
+        return None
+    return next((where / RAW_ROLES_DIR for where in raw_roles_places(data_dir)
+                 if any((where / RAW_ROLES_DIR).glob("*.txt"))), None)
+
+
+def _cifar_layout_problems(name: str, data_dir: str, options: dict) -> list[str]:
+    layout = CIFAR_LAYOUTS[name]
+    missing = layout.missing(data_dir)
+    if not missing or options.get("download"):  # the job downloads the archive into data_dir before reading it
+        return []
+    return [f"missing {', '.join(missing)} in {layout.where(data_dir)}: {name}'s python version is read from there "
+            f"(the files {', '.join(layout.files)}); copy the extracted {layout.archive} into {data_dir}, or set "
+            "`download: true` on a machine with internet access"]
+
+
+def _leaf_layout_problems(name: str, data_dir: str, options: dict) -> list[str]:
+    if options.get("source") == "raw":
+        if raw_roles_folder(data_dir) is not None:
+            return []
+        places = ", ".join(str(where / RAW_ROLES_DIR) for where in raw_roles_places(data_dir))
+        return [f"no .txt files in {places}: source: raw reads LEAF's raw texts by speaking role "
+                f"({RAW_ROLES_DIR}/<PLAY>_<ROLE>.txt, in LEAF's data/shakespeare/data/raw_data/)"]
+    if leaf_folder(name, data_dir) is not None:
+        return []
+    splits = " and ".join(f"{split}/*.json" for split in LEAF_SPLITS)
+    return [f"no {splits} in {' or '.join(str(p) for p in leaf_places(name, data_dir))}: expected "
+            f"{DATA_DIR_HOLDS[name]} ({NO_DOWNLOAD[name]}; data_dir is LEAF's data/{name}/data folder or a folder "
+            f"holding {name}/data)"]
+
+
+# Datasets whose folder layout is checked before their jobs start (torch-free, listing folders only): (data_dir,
+# its `datasets.<name>` settings) -> the problems of the data_dir, each naming the missing path.
+_LAYOUT_PROBLEMS = {
+    "imagenet200": lambda data_dir, options: imagenet200.layout_problems(data_dir),
+    **{name: partial(_cifar_layout_problems, name) for name in CIFAR_LAYOUTS},
+    **{name: partial(_leaf_layout_problems, name) for name in LEAF_JSON_DATASETS},
+}
 
 
 def dataset_info(name: str, options: dict | None = None) -> DatasetInfo:
@@ -323,8 +423,9 @@ def dataset_option_problems(name: str, options: dict) -> list[str]:
     return problems
 
 
-def data_layout_problems(name: str, data_dir: str) -> list[str]:
-    """What the existing folder `data_dir` lacks of dataset `name`'s layout, each naming the path (empty for the
-    datasets without such a check: their readers name what they miss)."""
+def data_layout_problems(name: str, data_dir: str, options: dict | None = None) -> list[str]:
+    """What the existing folder `data_dir` lacks of dataset `name`'s layout as its `datasets.<name>` settings
+    `options` read it (Shakespeare's `source`; nothing for a CIFAR that `download` fetches), each naming the path
+    (empty for the datasets without such a check: their readers name what they miss)."""
     check = _LAYOUT_PROBLEMS.get(name)
-    return check(data_dir) if check else []
+    return check(data_dir, options or {}) if check else []

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import operator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -39,6 +40,8 @@ from fedscape.models.registry import build_model
 from fedscape.models.specs import CHECKPOINT_FORMAT
 
 FORMAT = CHECKPOINT_FORMAT
+CHECKPOINT_SUFFIX = ".pt"  # every checkpoint a job writes (trajectory.pt, clients.pt, init.pt)
+LOADERS = {"trajectory": "load_trajectory", "clients": "load_clients"}  # each checkpoint kind's reader
 
 
 class CheckpointError(RuntimeError):
@@ -124,17 +127,19 @@ class Trajectory:
         """Whether the run has an SWA model (its reported final model)."""
         return self.swa_params is not None
 
-    def point(self, round_: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(params, buffers) of the model analysed at `round_`: the global model after that round, except at the
-        final round of a run with SWA, where it is the SWA model (the run's reported final model)."""
+    def point(self, round_: int | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(params, buffers) of the model analysed at `round_` (an int or 'final'): the global model after that
+        round, except at the final round of a run with SWA, where it is the SWA model (the run's reported final
+        model)."""
+        round_ = self.round_number(round_)
         row = self.row(round_)
         if self.has_swa and round_ == self.final_round:
             return self.swa_params, self.swa_buffers
         return self.params[row], self.buffers[row]
 
-    def model_at(self, round_: int, device: str | torch.device = "cpu") -> nn.Module:
-        """The model after round `round_` (0 = init; `point`: the SWA model at the final round of a run with
-        SWA), in eval mode."""
+    def model_at(self, round_: int | str, device: str | torch.device = "cpu") -> nn.Module:
+        """The model after round `round_` (0 = init, 'final' = the final round; `point`: the SWA model at the final
+        round of a run with SWA), in eval mode."""
         params, buffers = self.point(round_)
         model = self.model_meta.build().to(device)
         load_params(model, params.to(device))
@@ -146,7 +151,21 @@ class Trajectory:
         """The run's `training.save_every`: 1 (every round kept) unless the run kept every k-th round."""
         return int(self.meta.get("settings", {}).get("training", {}).get("save_every", 1))
 
-    def row(self, round_: int) -> int:
+    def round_number(self, round_: int | str) -> int:
+        """`round_` as a round: an int as it is, 'final' the trajectory's final round (as the config means it);
+        TypeError for anything else (a round given as text, '2', is a mistake, not a round)."""
+        if isinstance(round_, str) and round_ == "final":
+            return self.final_round
+        if not isinstance(round_, bool):
+            try:
+                return operator.index(round_)  # an int, numpy's or a one-element integer tensor
+            except TypeError:
+                pass
+        raise TypeError(f"round is an int or 'final', got {round_!r}")
+
+    def row(self, round_: int | str) -> int:
+        """The row of the global model after round `round_` (an int or 'final'); KeyError for a round it lacks."""
+        round_ = self.round_number(round_)
         hits = (self.rounds == round_).nonzero()
         if len(hits) == 0:
             if self.save_every > 1 and 0 <= round_ <= self.final_round:
@@ -169,7 +188,7 @@ class Trajectory:
         """The run's status: 'ok', or 'diverged' when training stopped early on a non-finite loss."""
         return str(self.meta.get("status", "ok"))
 
-    def unusable(self, round_: int) -> str | None:
+    def unusable(self, round_: int | str) -> str | None:
         """Why the global model of `round_` cannot be analysed (the run diverged), or None when it can.
 
         A diverged run's trajectory ends at the round where its training loss became NaN/inf
@@ -177,6 +196,7 @@ class Trajectory:
         its parameters happen to be finite. A round missing from a run that did not diverge is an
         error (KeyError), not a reason to skip.
         """
+        round_ = self.round_number(round_)
         if not bool((self.rounds == round_).any()):
             if self.save_every > 1 and 0 <= round_ <= self.final_round:
                 raise KeyError(self._not_kept(round_))
@@ -208,6 +228,20 @@ class ClientRound:
     num_samples: torch.Tensor  # [m]
     params: torch.Tensor  # [m, P]
     buffers: torch.Tensor  # [m, B]
+
+
+class SavedRounds(dict):
+    """What `load_clients` gives: a dict {round: ClientRound} whose missing round is a KeyError naming the file and
+    the rounds it holds (a plain dict's names only the key)."""
+
+    def __init__(self, rounds: dict[int, ClientRound], path: str = "") -> None:
+        super().__init__(rounds)
+        self.path = path
+
+    def __missing__(self, round_):
+        saved = ", ".join(str(r) for r in sorted(self)) or "none"
+        raise KeyError(f"{self.path or 'clients checkpoint'}: the clients of round {round_!r} are not saved; it holds "
+                       f"rounds {saved} (training.save_clients_at)")
 
 
 def save_trajectory(path: str | Path, params: torch.Tensor, buffers: torch.Tensor, rounds: torch.Tensor,
@@ -260,17 +294,18 @@ def save_clients(path: str | Path, rounds: dict[int, ClientRound], model_meta: M
     })
 
 
-def load_clients(path: str | Path, map_location: str = "cpu", run_id: str | None = None) -> dict[int, ClientRound]:
-    """Load the client checkpoints: {round: ClientRound}; with `run_id`, check that they hold that run's model."""
+def load_clients(path: str | Path, map_location: str = "cpu", run_id: str | None = None) -> SavedRounds:
+    """Load the client checkpoints: {round: ClientRound} (`SavedRounds`: an unsaved round's KeyError names the saved
+    ones); with `run_id`, check that they hold that run's model."""
     obj = _load(path, "clients", map_location)
     model_meta = ModelMeta.from_dict(json.loads(obj["model_meta"]))
     meta = json.loads(obj["meta"])
     for saved in obj["rounds"].values():
         _check_model(path, model_meta, saved["params"], run_id, meta)
-    return {
+    return SavedRounds({
         int(r): ClientRound(int(r), d["client_ids"], d["num_samples"], d["params"], d["buffers"])
         for r, d in obj["rounds"].items()
-    }
+    }, str(path))
 
 
 def _check_model(path: str | Path, model_meta: ModelMeta, params: torch.Tensor, run_id: str | None,
@@ -324,10 +359,22 @@ def _load(path: str | Path, kind: str, map_location: str) -> dict:
     except Exception as exc:  # truncated, foreign or unsafe content
         raise CheckpointError(
             f"cannot read checkpoint {path} ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); "
-            f"it is truncated or not a fedscape checkpoint; {remake_hint(path)}"
+            f"it is truncated or not a fedscape checkpoint; {_damage_fix(path)}"
         ) from exc
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT or obj.get("kind") != kind:
+    found = obj.get("kind") if isinstance(obj, dict) and obj.get("format") == FORMAT else None
+    if found in LOADERS and found != kind:  # a healthy checkpoint of another kind: remaking it would change nothing
+        raise CheckpointError(f"{path} is not a fedscape {kind} checkpoint: this is a {found} checkpoint: read it "
+                              f"with {LOADERS[found]}")
+    if found != kind:
         raise CheckpointError(
-            f"{path} is not a fedscape {kind} checkpoint ({FORMAT}); {remake_hint(path)}"
+            f"{path} is not a fedscape {kind} checkpoint ({FORMAT}); {_damage_fix(path)}"
         )
     return obj
+
+
+def _damage_fix(path: Path) -> str:
+    """What to do about a file that is no readable checkpoint: a .pt file (what jobs write checkpoints as) is made
+    again by its job; a file of another kind (e.g. a table given by mistake) was never a checkpoint."""
+    if path.suffix == CHECKPOINT_SUFFIX:
+        return remake_hint(path)
+    return f"no job makes it: fedscape's checkpoints are the {CHECKPOINT_SUFFIX} files its train and init jobs write"

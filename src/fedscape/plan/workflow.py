@@ -22,7 +22,6 @@ import fedscape.plan as _package
 from fedscape.core.config import (
     ConfigError,
     duplicate_keys,
-    label_not_text,
     load_schema,
     read_config_file,
     validate_config,
@@ -31,7 +30,7 @@ from fedscape.core.io import remake_hint
 from fedscape.core.paths import PARTITION_DIR, parse_path, run_of_path
 from fedscape.core.provenance import belongs_problem, checkpoint_record, table_problem
 from fedscape.core.runs import WILDCARD_CONSTRAINTS, Run, build_runs
-from fedscape.data.partition import PartitionError, check_partition_file
+from fedscape.data.partition import PartitionError, check_partition_file, kind_file_problems
 from fedscape.data.specs import DATASET_NAMES, DATASETS, NO_DOWNLOAD, data_layout_problems
 from fedscape.models.specs import CHECKPOINT_FORMAT
 from fedscape.plan import init as init_plan
@@ -75,7 +74,7 @@ def check_config(config: dict, schema: dict, files: Iterable[str | Path] = ()) -
     problems: list[str] = _results_dir_problems(config) + _directory_labels(config)
     if not problems:
         problems = init_plan.foreign_key_problems(config, given_inits)
-    if problems:  # the grid and every stage look their sections up by label text
+    if problems:  # the grid and every stage look their sections up by label
         raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
     try:
         runs = build_runs(config)
@@ -109,9 +108,8 @@ LABEL_SECTIONS = (("inits",), ("algorithms",), ("landscapes",), ("interpolation"
 
 
 def _directory_labels(config: dict) -> list[str]:
-    """Labels `.` and `..` (the schema's label characters allow them, but as a path part they would write outside
-    their folder), and labels that YAML read as numbers, booleans or null (`1.0:`, `2024:`, `~:`): the schema's
-    label pattern checks strings only, and every lookup by the label's text would fail while the jobs are planned."""
+    """Labels `.` and `..`: the schema's label characters allow them, but as a path part they would write
+    outside their folder."""
     problems = []
     for path in LABEL_SECTIONS:
         section = config
@@ -120,7 +118,6 @@ def _directory_labels(config: dict) -> list[str]:
         where = ".".join(path)
         problems += [f"{where}: the label {label!r} names a directory; a label needs a letter, a digit or "
                      "_ (e.g. 'run_a')" for label in section if label in (".", "..")]
-        problems += [f"{where}: {label_not_text(label)}" for label in section if not isinstance(label, str)]
     return problems
 
 
@@ -143,7 +140,8 @@ def wildcard_constraints() -> dict[str, str]:
 
 
 def check_data(config: dict, runs: list[Run], jobs: Iterable[tuple[str, dict]] | None = None) -> None:
-    """ConfigError listing every data directory that the jobs about to run need and that is not there.
+    """ConfigError listing every data directory (and the files it lacks of its dataset's layout) and every file of a
+    `partitions` entry (a split file) that the jobs about to run need and that is not there.
 
     `jobs`: (rule name, wildcards) of the jobs Snakemake is about to run (None: every job of the config).
     Not part of `check_config`: `snakemake -n` plans on machines without the data (a laptop, a login
@@ -153,18 +151,24 @@ def check_data(config: dict, runs: list[Run], jobs: Iterable[tuple[str, dict]] |
     used = sorted({r.dataset for r in runs})
     if jobs is None:
         datasets, inits = set(used), {(r.init, r.dataset) for r in runs}
+        settings = {str(r.setting) for r in runs}
     else:
-        datasets, inits = set(), set()
+        datasets, inits, settings = set(), set(), set()
         for rule, wildcards in jobs:
             if rule not in DATA_RULES:
                 continue
             datasets |= {wildcards["dataset"]} if "dataset" in wildcards else set(used)
             if rule == "init":
                 inits.add((wildcards.get("init"), wildcards.get("dataset")))
+            if rule == "partition":  # the only job that reads a `partitions` entry's files
+                settings.add(wildcards.get("alpha"))
     problems = [p for name in sorted(datasets)
                 for p in _data_dir_problems(f"datasets.{name}", name, config["datasets"].get(name) or {})]
     for label, dataset in sorted(inits):
         problems += _proxy_problems(config, label, dataset)
+    entries = config.get("partitions") or {}
+    for label in sorted(s for s in settings if s in entries):
+        problems += kind_file_problems(label, entries[label])
     if problems:
         raise ConfigError("data missing for the jobs about to run (nothing ran; `snakemake -n` does not check "
                           "data):\n" + "\n".join(f"  - {p}" for p in dict.fromkeys(problems)))
@@ -270,7 +274,7 @@ def _data_dir_problems(where: str, name: str, options: dict, key: str = "data_di
                 f"{Path.cwd()}); {get}"]
     if not Path(data_dir).is_dir():
         return []
-    return [f"{where}.{key}: {p}" for p in data_layout_problems(name, data_dir)]
+    return [f"{where}.{key}: {p}" for p in data_layout_problems(name, data_dir, options)]
 
 
 def _proxy_problems(config: dict, label: str, dataset: str) -> list[str]:

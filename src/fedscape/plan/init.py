@@ -90,9 +90,12 @@ def init_input_paths(config: dict, runs: list, dataset: str, model: str, init: s
     return {}
 
 
-def given_keys(config: dict) -> dict[str, list[str]]:
-    """The keys each `inits` entry gives, read before the schema fills every kind's defaults into it."""
-    return {label: list(spec) for label, spec in (config.get("inits") or {}).items() if isinstance(spec, dict)}
+def given_keys(config: dict, schema: dict) -> dict[str, list[str]]:
+    """The keys each `inits` entry gives other than at their schema default, read before the schema fills every
+    kind's defaults into it (a config checked again, defaults filled, gives none of another kind's keys)."""
+    keys = schema["properties"]["inits"]["additionalProperties"]["properties"]
+    return {label: [k for k, v in spec.items() if k not in keys or "default" not in keys[k] or v != keys[k]["default"]]
+            for label, spec in (config.get("inits") or {}).items() if isinstance(spec, dict)}
 
 
 def foreign_key_problems(config: dict, given: dict[str, list[str]]) -> list[str]:

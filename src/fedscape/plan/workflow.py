@@ -69,7 +69,7 @@ def check_config(config: dict, schema: dict, files: Iterable[str | Path] = ()) -
     duplicates = [problem for path in files for problem in duplicate_keys(path)]
     if duplicates:
         raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in duplicates))
-    given_inits = init_plan.given_keys(config)
+    given_inits = init_plan.given_keys(config, schema)
     validate_config(config, schema)
     problems: list[str] = _results_dir_problems(config) + _directory_labels(config)
     if not problems:

@@ -14,13 +14,13 @@ import pandas as pd
 import torch
 
 from fedscape.analysis.landscape.definitions import (
+    ARRAY_KEYS,
     LABEL_FIELDS,
     PLANE_KIND_OF,
     POINT_COLUMNS,
     LandscapeChunkJob,
     LandscapePlaneJob,
     plane_digest,
-    read_plane_file,
 )
 from fedscape.analysis.landscape.grid import Grid, chunk_bounds, grid_extent
 from fedscape.analysis.landscape.planes import (
@@ -311,7 +311,8 @@ def landscape_chunk_job(settings: dict, plane_path: str, grid_path: str, partiti
     diverged)."""
     job = LandscapeChunkJob.from_settings(settings)
     plane = load_plane(plane_path)
-    evaluated_on = plane_digest(read_plane_file(plane_path)[0])  # the gather job checks it against the plane's
+    # the plane's arrays, as read (no second read of the file): the gather job checks it against the plane's
+    evaluated_on = plane_digest({key: getattr(plane, key).numpy() for key in ARRAY_KEYS})
     grid_info = json.loads(Path(grid_path).read_text())
     grid = Grid.from_dict(grid_info)
     if plane.extra.get("status", OK) != OK:

@@ -7,7 +7,7 @@ from snakemake.utils import min_version
 
 from fedscape.core.config import load_schema, read_config_file
 from fedscape.core.paths import Results
-from fedscape.core.runs import build_runs, unused_grid_values
+from fedscape.core.runs import build_runs
 from fedscape.plan.resources import (
     cpu_job_resources,
     gpu_job_resources,
@@ -18,6 +18,7 @@ from fedscape.plan.workflow import (
     check_config,
     check_data,
     check_read_files,
+    config_warnings,
 )
 
 # (a line of its own: at the start of a line, Snakemake's parser takes the name for its keyword)
@@ -45,7 +46,7 @@ check_config(
 )
 RUNS = build_runs(config)
 if workflow.is_main_process:
-    for line in unused_grid_values(config, RUNS):
+    for line in config_warnings(config, RUNS):
         logger.warning(f"fedscape: {line}")
 RESULTS = Results.of(config)
 # The resources that say whether a GPU rule's job takes a card (fedscape.plan.resources): a local run (no --jobs to

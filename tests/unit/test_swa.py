@@ -28,7 +28,7 @@ from fedscape.plan.init import init_settings
 from fedscape.plan.partition import partition_settings
 from fedscape.plan.tables import rounds_columns
 from fedscape.plan.train import train_settings
-from fedscape.plan.workflow import check_config
+from fedscape.plan.workflow import check_config, config_warnings
 from fedscape.report.summary import final_table_job
 from fedscape.stages.init import init_job
 from fedscape.stages.partition import partition_job
@@ -339,3 +339,28 @@ def test_bad_swa_config_is_an_error_before_any_job(where, swa, match):
         config["training"]["swa"] = swa
 
     assert re.search(match, _problems(config))
+
+
+@pytest.mark.parametrize(("where", "swa", "expected"), [
+    ("algorithm", {"start_round": 4, "cycle": 2}, ["algorithms.fedavg_swa.training.swa: its phase starts at round 4, "
+                                                   "after the last round (3) of the runs of fedavg_swa"]),
+    ("training", {"start_round": 9}, ["training.swa: its phase starts at round 9, after the last round (3) of "
+                                      "the runs of fedavg"]),
+    ("algorithm", {"start_round": 2, "cycle": 2}, []),  # a phase within the run
+    ("both", {"start_round": 2, "cycle": 2}, ["training.swa: its phase starts at round 9, after the last round (3) "
+                                              "of the runs of fedavg"]),  # the algorithm's own phase starts
+    ("algorithm", None, []),  # no SWA
+])
+def test_a_swa_phase_after_the_last_round_is_warned_about(where, swa, expected):
+    # Prepare: a valid config whose SWA (an algorithm's or the training section's) may never start
+    config = _swa_config(swa if where != "training" else None)
+    if where != "algorithm":
+        config["training"]["swa"] = swa if where == "training" else {"start_round": 9}
+    check_config(config, SCHEMA)
+
+    # Execute
+    lines = config_warnings(config, build_runs(config))
+
+    # Assert: one line per algorithm whose runs end before its phase, naming where the swa was set
+    assert [line.split(", so")[0] for line in lines] == expected
+    assert all("set `swa: null`" in line for line in lines)

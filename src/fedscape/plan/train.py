@@ -68,6 +68,24 @@ def run_training(config: dict, run: Run) -> dict:
     return merge_training(config["training"], spec["training"])
 
 
+def idle_swa(config: dict, runs: list[Run]) -> list[str]:
+    """A line for each `swa` setting whose runs end before its phase starts: such runs train and end exactly as
+    without SWA (no swa_* columns, the last global model is the final one), which a user who lowered
+    `training.rounds` for a pilot would not see otherwise. `swa: null` turns it off without this line."""
+    idle: dict[tuple[str, int, int], list[str]] = {}
+    for label in sorted({run.algorithm for run in runs}):
+        overrides = config["algorithms"][label]["training"]
+        training = merge_training(config["training"], overrides)
+        swa = swa_config(training.get("swa"))
+        rounds = int(training["rounds"])
+        if swa is not None and swa.start(rounds) > rounds:
+            where = f"algorithms.{label}.training" if "swa" in overrides else "training"
+            idle.setdefault((where, swa.start(rounds), rounds), []).append(label)
+    return [f"{where}.swa: its phase starts at round {start}, after the last round ({rounds}) of the runs of "
+            f"{', '.join(labels)}, so they train as without SWA; set `swa: null` to say so, or lower "
+            "swa.start_round" for (where, start, rounds), labels in idle.items()]
+
+
 def algorithm_model_options(config: dict, run: Run) -> dict:
     """The options `run`'s algorithm adds to the model it trains (MOON with head projection); {} for most."""
     spec = config["algorithms"][run.algorithm]

@@ -29,12 +29,13 @@ from fedscape.core.config import (
 from fedscape.core.io import remake_hint
 from fedscape.core.paths import PARTITION_DIR, parse_path, run_of_path
 from fedscape.core.provenance import belongs_problem, checkpoint_record, table_problem
-from fedscape.core.runs import WILDCARD_CONSTRAINTS, Run, build_runs
+from fedscape.core.runs import WILDCARD_CONSTRAINTS, Run, build_runs, unused_grid_values
 from fedscape.data.partition import PartitionError, check_partition_file, kind_file_problems
 from fedscape.data.specs import DATASET_NAMES, DATASETS, NO_DOWNLOAD, data_layout_problems
 from fedscape.models.specs import CHECKPOINT_FORMAT
 from fedscape.plan import init as init_plan
 from fedscape.plan.resources import DATA_RULES
+from fedscape.plan.train import idle_swa
 
 PARTITION_FILE = f"{PARTITION_DIR}/partition.npz"
 FIRST = "train"  # its checks come first: every other stage reads the run grid it checks
@@ -119,6 +120,12 @@ def _directory_labels(config: dict) -> list[str]:
         problems += [f"{where}: the label {label!r} names a directory; a label needs a letter, a digit or "
                      "_ (e.g. 'run_a')" for label in section if label in (".", "..")]
     return problems
+
+
+def config_warnings(config: dict, runs: list[Run]) -> list[str]:
+    """Lines on settings that are valid but take no effect: grid values and labels no run takes
+    (`unused_grid_values`), an SWA phase that starts after the last round (`idle_swa`)."""
+    return [*unused_grid_values(config, runs), *idle_swa(config, runs)]
 
 
 def load_config(path: str | Path, schema_path: str | Path) -> dict:

@@ -275,7 +275,7 @@ def test_consecutive_sweep_plans_rounds_t_of_the_pairs_t_and_t_plus_one(config, 
     # Prepare: the healthy run trains 3 rounds (0 = init): pairs (0, 1), (1, 2), (2, 3)
     config["layer_barriers"]["every"] = every
     config["layer_barriers"]["pairs"] = {"sweep": {"run": {"algorithm": "fedavg"}, "consecutive": True,
-                                                   "rounds": rounds, "clients": [0, 1], "a": None, "b": None}}
+                                                   "rounds": rounds, "clients": None, "a": None, "b": None}}
 
     # Execute
     pair = layer_pair(config, runs_of(config), "sweep")
@@ -295,9 +295,14 @@ def test_consecutive_sweep_plans_rounds_t_of_the_pairs_t_and_t_plus_one(config, 
     ({"a": {"algorithm": "fedavg"}, "b": {"algorithm": "boom"}, "consecutive": True}, None, "give `run` instead"),
     ({"run": {"algorithm": "fedavg"}, "consecutive": True}, ["single", "random_direction"],
      "add one of shallow, deep, random or ends"),
+    # clients given to a pair of global models would be ignored
+    ({"run": {"algorithm": "fedavg"}, "consecutive": True, "clients": [1, 2]}, None,
+     r"sweep.clients: this pair compares global models at rounds t and t \+ 1, not clients"),
+    ({"a": {"algorithm": "fedavg"}, "b": {"algorithm": "fedavg"}, "clients": [0, 1]}, None,
+     "sweep.clients: this pair compares the global models of a and b, not clients"),
 ])
 def test_bad_consecutive_pairs_are_refused_naming_the_key(config, spec, modes, message):
-    config["layer_barriers"]["pairs"] = {"sweep": {"clients": [0, 1], "rounds": "all", "consecutive": False,
+    config["layer_barriers"]["pairs"] = {"sweep": {"clients": None, "rounds": "all", "consecutive": False,
                                                    "run": None, "a": None, "b": None, **spec}}
     if modes:
         config["layer_barriers"]["modes"] = modes
@@ -354,7 +359,7 @@ def test_consecutive_stage_compares_the_global_models_of_rounds_t_and_t_plus_one
     # Prepare
     config = copy.deepcopy(runs.config)
     config["layer_barriers"]["pairs"] = {"sweep": {"run": {"algorithm": "fedavg"}, "consecutive": True,
-                                                   "rounds": "all", "clients": [0, 1], "a": None, "b": None}}
+                                                   "rounds": "all", "clients": None, "a": None, "b": None}}
     pair = layer_pair(config, [runs.healthy, runs.diverged], "sweep")
     assert pair.rounds == (0, 1, 2)
     traj = load_trajectory(runs.trajectory(runs.healthy))

@@ -48,6 +48,9 @@ from fedscape.plan.train import (
 
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 RESULT_VERSIONS = {"interpolation": 1, "layer_barriers": 1}
+# The clients a pair of one run compares when `clients` is null: the first two, which every run has (at least two
+# clients are needed for a pair) and which both train every round under full participation.
+DEFAULT_CLIENT_PAIR = (0, 1)
 
 
 # -- plan: pairs named in the config ---------------------------------------------------------------
@@ -141,6 +144,10 @@ def layer_pair(config: dict, runs: list, label: str) -> LayerPair:
                           "at consecutive rounds, with `consecutive: true`) or both `a` and `b` (the global models "
                           "of two runs)")
     explicit = spec["rounds"]
+    if spec["clients"] is not None and (spec["consecutive"] or not has_run):
+        compared = "global models at rounds t and t + 1" if spec["consecutive"] else "the global models of a and b"
+        raise ConfigError(f"{where}.clients: this pair compares {compared}, not clients; drop `clients`, or give "
+                          "`run` and `clients` without `consecutive` to compare two clients")
     if spec["consecutive"]:
         if not has_run:
             raise ConfigError(f"{where}.consecutive: compares the global models of one run at rounds t and t + 1; "
@@ -167,7 +174,7 @@ def layer_pair(config: dict, runs: list, label: str) -> LayerPair:
     elif has_run:
         run = _resolve(runs, spec["run"], f"{where}.run")
         training = run_training(config, run)
-        clients = tuple(spec["clients"])
+        clients = DEFAULT_CLIENT_PAIR if spec["clients"] is None else tuple(spec["clients"])
         if len(clients) != 2 or clients[0] == clients[1]:
             raise ConfigError(f"{where}.clients: name two different client ids, got {list(clients)}")
         bad = [c for c in clients if not 0 <= c < run.num_clients]

@@ -37,6 +37,15 @@ def test_config_is_valid_and_documents_its_cost(name):
         assert not {"digits"} & set(config["datasets"])
 
 
+def test_the_papers_readme_states_each_config_s_run_count():
+    # Prepare: the `runs` column of config/papers/README.md's table, by config file
+    rows = re.findall(r"^\| `(\w+)\.yaml` \|(?:[^|]*\|){2} (\d+) \|", (PAPERS / "README.md").read_text(), re.M)
+
+    # Assert: a row per paper's config, each with the runs its experiments plan
+    assert sorted(name for name, _ in rows) == sorted(NAMES)
+    assert {name: int(count) for name, count in rows} == {name: len(runs_of(name)) for name in NAMES}
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_digits_variant_draws_the_same_kinds_of_figures(name):
     full, small = load(name), load(f"{name}_digits")

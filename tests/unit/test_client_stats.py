@@ -48,6 +48,16 @@ def test_gradient_diversity_of_cancelling_and_zero_updates():
     assert update_cosine_mean(u) == pytest.approx(-1.0)
 
 
+def test_update_cosine_leaves_out_the_pairs_of_a_zero_update():
+    # Prepare: three updates, one of them zero (a client that did not move has no direction)
+    gen = torch.Generator().manual_seed(1)
+    u, v = torch.randn(30, generator=gen), torch.randn(30, generator=gen)
+
+    # Execute / Assert: the mean over the one pair of nonzero updates; no such pair at all gives NaN
+    assert update_cosine_mean(torch.stack([u, torch.zeros(30), v])) == pytest.approx(cosine_similarity(u, v), abs=1e-6)
+    assert math.isnan(update_cosine_mean(torch.stack([u, torch.zeros(30), torch.zeros(30)])))
+
+
 def test_cosine_is_symmetric_and_one_for_identical_updates():
     gen = torch.Generator().manual_seed(0)
     u, v = torch.randn(100, generator=gen), torch.randn(100, generator=gen)

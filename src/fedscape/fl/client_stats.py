@@ -1,9 +1,9 @@
 """Statistics of the client updates of a federated round (pure functions on flat parameter vectors).
 
 Client drift (the distance of local models from the round-start and the aggregated model; the
-client-drift explainer and Li et al. 2022, local scope), gradient diversity (Yin et al. 2018), mean
-pairwise cosine similarity of client updates and the L2 distance of the server weights from their
-final values (Nguyen et al. 2022, "Where to begin?", bottom row of the poster's figure).
+client-drift explainer, Karimireddy et al. 2020, and Li et al. 2022's local scope), gradient diversity
+(Yin et al. 2018), mean pairwise cosine similarity of client updates and the L2 distance of the server
+weights from their final values (Nguyen et al. 2022, "Where to begin?", bottom row of the poster's figure).
 
 The engine computes `round_stats` every round from the clients' results (the keys are
 `fedscape.fl.settings.STAT_KEYS`); `stats_from_checkpoints` recomputes them from saved checkpoints
@@ -63,7 +63,8 @@ def gradient_diversity(updates: torch.Tensor) -> float:
 
 
 def update_cosine_mean(updates: torch.Tensor) -> float:
-    """Mean cosine similarity over the pairs of client updates [M, P] (Nguyen et al. 2022); NaN for M < 2."""
+    """Mean cosine similarity over the pairs of client updates [M, P] (Nguyen et al. 2022). A client whose update
+    is zero has no direction: its pairs are left out. NaN for M < 2 or when no pair of nonzero updates is left."""
     return _cosine_mean(_gram(updates))
 
 

@@ -66,7 +66,7 @@ def backfill_client_updates(run_dir: str | Path, overwrite: bool = False) -> Pat
     run_dir = Path(run_dir)
     out = run_dir / "client_updates.csv"
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
     traj = load_trajectory(run_dir / "trajectory.pt")
     rows = stats_from_checkpoints(traj.params, traj.rounds, load_clients(run_dir / "clients.pt"))
     df = pd.DataFrame(rows, columns=CLIENT_UPDATES_COLUMNS[1:])

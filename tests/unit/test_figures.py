@@ -730,6 +730,24 @@ def test_density_figure_draws_each_runs_smoothed_spectrum_on_a_log_axis_without_
         assert len(ax.yaxis.get_ticklocs(minor=True)) == 0
 
 
+@pytest.mark.parametrize("spread", [1.0, 50.0, 500.0, 5000.0])
+def test_a_smoothed_density_integrates_to_one_whatever_the_spectrum_s_width(spread):
+    from fedscape.analysis.hessian.figures import density_on_grid
+
+    # Prepare: two probes' nodes over [-spread/100, spread] (a sharp network's wide spectrum), weights summing to 1
+    rng = np.random.default_rng(0)
+    nodes = [np.sort(rng.uniform(-spread / 100, spread, 30)) for _ in range(2)]
+    weights = [rng.dirichlet(np.ones(30)) for _ in range(2)]
+    lo, hi = min(n.min() for n in nodes), max(n.max() for n in nodes)
+    grid = np.linspace(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo), 1000)
+
+    # Execute
+    density = density_on_grid(nodes, weights, grid)
+
+    # Assert: a probability density on the figure's grid, every eigenvalue's kernel seen by it
+    assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=1e-6)
+
+
 @pytest.mark.parametrize(("estimator", "label"), [("hutchinson", "trace (Hutchinson)"), ("hutchpp", "trace (Hutch++)"),
                                                    ("hutch", None)])
 def test_the_trace_axis_names_the_estimator_the_jobs_computed_with(tmp_path, monkeypatch, estimator, label):

@@ -26,10 +26,16 @@ def _with_fields(df: pd.DataFrame) -> pd.DataFrame:
 
 def density_on_grid(nodes: Sequence[np.ndarray], weights: Sequence[np.ndarray], grid: np.ndarray,
                     sigma2: float | None = None) -> np.ndarray:
-    """The SLQ density smoothed with a Gaussian kernel (PyHessian: sigma^2 = 1e-5 * max(1, lambda range))."""
+    """The SLQ density smoothed with a Gaussian kernel (PyHessian: sigma^2 = 1e-5 * max(1, lambda range)).
+
+    By default the kernel is at least one step of `grid` wide: PyHessian draws on 10,000 points, and on fewer a
+    spectrum wider than ~10 would have kernels narrower than the step, whose peaks fall between grid points (the
+    curve would miss eigenvalues and no longer integrate to 1)."""
     all_nodes = np.concatenate([np.asarray(n) for n in nodes])
     if sigma2 is None:
         sigma2 = 1e-5 * max(1.0, float(all_nodes.max() - all_nodes.min()))
+        if len(grid) > 1:
+            sigma2 = max(sigma2, (float(grid[-1] - grid[0]) / (len(grid) - 1)) ** 2)
     out = np.zeros_like(grid, dtype=float)
     for n, w in zip(nodes, weights, strict=True):
         diff = grid[:, None] - np.asarray(n)[None, :]

@@ -313,6 +313,37 @@ def test_train_stage_writes_both_models_and_reports_the_swa_model(tmp_path):
     assert final.loc["fedavg", "test_acc"] == metrics["test_acc"].iloc[-1]
 
 
+def test_a_consecutive_layer_pair_compares_global_models_at_the_last_round_of_a_swa_run(tmp_path):
+    from fedscape.analysis.barriers.stage import layer_barriers_job
+    from fedscape.plan.barriers import layer_pair, layer_settings
+
+    # Prepare: a 3-round SWA run (its final model is the SWA model) and a pair of its consecutive global models
+    config = _swa_config({"start_round": 1, "cycle": 1})
+    config["layer_barriers"] = {"modes": ["single", "shallow"],
+                                "pairs": {"sweep": {"run": {"algorithm": "fedavg_swa"}, "consecutive": True}}}
+    check_config(config, SCHEMA)
+    run = next(r for r in build_runs(config) if r.algorithm == "fedavg_swa")
+    partition, init = tmp_path / "partition.npz", tmp_path / "init.pt"
+    partition_job(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
+                  tmp_path / "counts.csv")
+    init_job(init_settings(config, [run], run.dataset, run.model, run.init), init)
+    outputs = {name: str(tmp_path / "run" / file) for name, file in TRAIN_FILE_NAMES.items()}
+    train_job(train_settings(config, run), partition, init, outputs, tmp_path / "run" / "_progress")
+    traj = load_trajectory(outputs["trajectory"])
+    pair = layer_pair(config, [run], "sweep")
+
+    # Execute: rounds t = 2 and t + 1 = 3, the last
+    layer_barriers_job(layer_settings(config, pair, 2), {"partition": partition, "trajectory_a": outputs["trajectory"]},
+                       tmp_path / "barriers.csv", tmp_path / "distances.csv")
+
+    # Assert: the whole model's distance is that of the global models of rounds 2 and 3, not of the SWA model
+    whole = pd.read_csv(tmp_path / "distances.csv").query("layer_index == -1 and not aligned")
+    global_3 = traj.global_point(3)[0]
+    assert not torch.equal(traj.point(3)[0], global_3) and torch.equal(traj.global_point(2)[0], traj.point(2)[0])
+    expected = torch.linalg.vector_norm((global_3 - traj.params[traj.row(2)]).double()).item()
+    assert whole["distance"].tolist() == pytest.approx([expected], rel=1e-5)
+
+
 def test_rounds_table_keeps_its_columns_without_swa():
     config = _swa_config(None)
     check_config(config, SCHEMA)

@@ -137,6 +137,12 @@ class Trajectory:
             return self.swa_params, self.swa_buffers
         return self.params[row], self.buffers[row]
 
+    def global_point(self, round_: int | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(params, buffers) of the global model after `round_`, also at the final round of a run with SWA (whose
+        reported final model, `point`, is its SWA model)."""
+        row = self.row(round_)
+        return self.params[row], self.buffers[row]
+
     def model_at(self, round_: int | str, device: str | torch.device = "cpu") -> nn.Module:
         """The model after round `round_` (0 = init, 'final' = the final round; `point`: the SWA model at the final
         round of a run with SWA), in eval mode."""

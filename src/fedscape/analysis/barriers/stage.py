@@ -235,7 +235,10 @@ def layer_barriers_job(settings: dict, inputs: dict, out_barriers: str | Path, o
             write_csv(distances, out_distances)
             parts.clear()  # rows a killed attempt computed from other checkpoints
             return
-        a, b = _point(traj_a, round_), _point(traj_b, round_b)
+        if consecutive:  # two global models of the trajectory, at t + 1 = R too (not the SWA model there)
+            a, b = Point(*traj_a.global_point(round_)), Point(*traj_a.global_point(round_b))
+        else:
+            a, b = _point(traj_a, round_), _point(traj_b, round_b)
     model = traj_a.model_meta.build().to(device).eval()
     layers = model_layers(model)
     splits = _splits(job.data, inputs["partition"], device)

@@ -23,7 +23,7 @@ from fedscape.analysis.barriers.alignment import (
     weight_matching,
 )
 from fedscape.analysis.barriers.definitions import linear_barrier
-from fedscape.analysis.barriers.maths import Point, interpolation_curve
+from fedscape.analysis.barriers.maths import Point, interpolate, interpolation_curve
 from fedscape.models.feedforward import chain_permutation_axes
 from fedscape.models.params import flatten_buffers, flatten_params
 from fedscape.models.permutation import (
@@ -493,3 +493,18 @@ def test_hand_written_specs_are_checked() -> None:
         permutation_spec_from_axes_to_perm({"w": ("p", None), "v": ("p", None)}, shapes)
     with pytest.raises(ValueError, match="overlap or leave the axis"):
         permutation_spec_from_axes_to_perm({"w": ((Segment("p", (0, 5)),), None), "v": (None, None)}, shapes)
+
+
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_flat_points_of_a_model_lie_on_its_device_even_without_buffers(norm):
+    # Prepare: a model on a device other than the CPU ('meta' stands in for CUDA: it refuses CPU operands alike)
+    model = build_model("resnet20", NUM_CLASSES, 1, 8, norm=norm).to("meta")
+
+    # Execute
+    flat = Point(flatten_params(model), flatten_buffers(model))
+    point = state_point(model, model.state_dict())
+    halfway = interpolate(flat, point, 0.5)  # (it raised for a CPU vector beside the device's)
+
+    # Assert: every vector on the model's device, the empty buffers of a model without batch norm too
+    assert {t.device.type for p in (flat, point, halfway) for t in (p.params, p.buffers)} == {"meta"}
+    assert (flat.buffers.numel() == 0) == (norm == "none") and halfway.buffers.shape == flat.buffers.shape

@@ -458,7 +458,7 @@ class VectorizedTrainer:
             buffers = torch.cat([b.reshape(k0, -1) for b in stacked_buffers], dim=1)
             client_buffers = [buffers[j].clone() for j in range(k0)]
         else:
-            client_buffers = [torch.zeros(0)] * k0  # no floating buffers, as flatten_buffers gives
+            client_buffers = [torch.zeros(0, device=flat.device)] * k0  # no floating buffers, as flatten_buffers gives
         sgd_momentum = 0.0 if adamw else cfg.momentum
         return [ClientResult(p.client_id, p.num_samples, flat[j].clone(), client_buffers[j], losses_mean[j],
                              len(p.batches), update_weight(p.lrs, sgd_momentum, cfg.nesterov))

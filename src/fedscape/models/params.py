@@ -7,6 +7,7 @@ parameters of a module to one contiguous buffer so that loading a vector is a si
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -55,17 +56,24 @@ def flatten_params(model: nn.Module) -> torch.Tensor:
     """A detached copy of all parameters as one vector in their dtype (float32 for the workflow's models;
     checkpoints store float32 either way): a float64 model stays float64, as float64 runs are compared to float64
     rounding."""
-    return _flatten(p for p in model.parameters())
+    return _flatten((p for p in model.parameters()), _device(model))
 
 
 def flatten_buffers(model: nn.Module) -> torch.Tensor:
-    """A detached copy of the floating buffers as one vector in their dtype (empty when there are none)."""
-    return _flatten(b for b in model.buffers() if b.is_floating_point())
+    """A detached copy of the floating buffers as one vector in their dtype (empty when there are none, on the
+    model's device: an empty CPU vector beside a model's CUDA parameters is refused by every operation on both)."""
+    return _flatten((b for b in model.buffers() if b.is_floating_point()), _device(model))
 
 
-def _flatten(tensors) -> torch.Tensor:
+def _device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a model with neither)."""
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if first is None else first.device
+
+
+def _flatten(tensors, device: torch.device) -> torch.Tensor:
     parts = [t.detach().reshape(-1) for t in tensors]
-    return torch.cat(parts) if parts else torch.zeros(0)
+    return torch.cat(parts) if parts else torch.zeros(0, device=device)
 
 
 @torch.no_grad()

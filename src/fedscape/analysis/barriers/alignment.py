@@ -204,7 +204,8 @@ def state_point(model: nn.Module, state: State) -> Point:
     """The flat point (models.params order) of a state, the inverse of ``point_state`` (Ainsworth et al. 2023)."""
     params = [state[s.name].reshape(-1) for s in param_specs(model)]
     buffers = [state[s.name].reshape(-1) for s in buffer_specs(model)]
-    return Point(torch.cat(params), torch.cat(buffers) if buffers else torch.zeros(0))
+    flat = torch.cat(params)  # (an empty CPU vector beside CUDA parameters would be refused by interpolate)
+    return Point(flat, torch.cat(buffers) if buffers else torch.zeros(0, dtype=flat.dtype, device=flat.device))
 
 
 def align_points(model: nn.Module, a: Point, b: Point, max_iter: int = 100, seed: int = 0) -> tuple[Point, Perms]:

@@ -19,6 +19,7 @@ from fedscape.analysis.barriers.definitions import (
     LAYER_BARRIER_COLUMNS,
     LAYER_DISTANCE_COLUMNS,
     MODES,
+    interpolation_grid,
     linear_barrier,
     mode_groups,
 )
@@ -133,6 +134,42 @@ def test_barrier_of_a_model_with_itself_is_zero():
         assert linear_barrier(sub["t"], sub["error"]) == 0.0
     assert (layerwise[["barrier_loss", "barrier_error"]] == 0.0).all().all()
     assert all(v == (0.0, 0.0) for v in midpoint_barrier(model, a, a, splits).values())
+
+
+def test_a_model_interpolated_with_itself_stays_itself_at_every_t_of_a_fine_grid():
+    # Prepare: 21 points, whose t = 0.05, 0.15, ... round (1 - t) a + t a away from a in float32; a linear
+    # classifier whose loss shows that rounding (seed 1: a barrier of 3e-7 computed as (1 - t) a + t a)
+    model, splits = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval(), digits_like()
+    a = random_point(model, 1)
+    same = Point(a.params.clone(), torch.linspace(0.5, 1.5, 7))  # buffers too: lerped like the parameters
+
+    # Execute
+    points = [interpolate(same, same, float(t)) for t in interpolation_grid(21)]
+    curve = pd.DataFrame(interpolation_curve(model, a, a, splits, points=21))
+
+    # Assert
+    assert all(torch.equal(p.params, same.params) and torch.equal(p.buffers, same.buffers) for p in points)
+    for split in ("train", "test"):
+        sub = curve[curve["split"] == split]
+        assert sub["loss"].nunique() == 1 and sub["error"].nunique() == 1
+        assert linear_barrier(sub["t"], sub["loss"]) == 0.0
+        assert linear_barrier(sub["t"], sub["error"]) == 0.0
+
+
+def test_interpolation_ends_are_the_two_models_bit_for_bit():
+    # Prepare: float32 points that differ everywhere, buffers included
+    generator = torch.Generator().manual_seed(0)
+    a = Point(torch.randn(1000, generator=generator), torch.rand(10, generator=generator) + 0.5)
+    b = Point(torch.randn(1000, generator=generator) * 3, torch.rand(10, generator=generator) + 2.0)
+
+    # Execute
+    start, end = interpolate(a, b, 0.0), interpolate(a, b, 1.0)
+
+    # Assert
+    assert start.params.dtype == torch.float32 and end.buffers.dtype == torch.float32
+    for got, want in ((start, a), (end, b)):
+        assert torch.equal(got.params.view(torch.int32), want.params.view(torch.int32))
+        assert torch.equal(got.buffers.view(torch.int32), want.buffers.view(torch.int32))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -252,6 +289,11 @@ IID = {"alpha": "iid", "init": "random", "algorithm": "fedavg"}
     ({"interpolation": {"pairs": {"p": {"a": {"init": "random"}, "b": IID}}}}, r"interpolation\.pairs\.p\.a: 2 runs"),
     ({"interpolation": {"pairs": {"p": {"a": {"alfa": "iid"}, "b": IID}}}}, r"alfa.*Did you mean 'alpha'"),
     ({"interpolation": {"pairs": {"p": {"a": IID, "b": IID}}}}, "same checkpoint"),
+    # 'final' is the tiny run's last round 3: the same checkpoint written two ways
+    ({"interpolation": {"pairs": {"p": {"a": IID, "b": IID, "round_a": "final", "round_b": 3}}}},
+     r"interpolation\.pairs\.p: a and b name the same checkpoint \(.*, round 3"),
+    ({"interpolation": {"pairs": {"p": {"a": IID, "b": IID, "round_a": 3, "round_b": "final"}}}},
+     r"interpolation\.pairs\.p: a and b name the same checkpoint"),
     ({"interpolation": {"pairs": {"p": {"a": IID, "b": IID, "round_a": 9}}}}, r"round_a: round 9"),
     ({"interpolation": {"points": 2}}, r"interpolation\.points"),
     ({"layer_barriers": {"pairs": {"q": {"run": IID, "clients": [0, 7]}}}}, r"q\.clients: client ids \[7\]"),
@@ -508,3 +550,64 @@ def test_the_interpolation_legend_says_where_alignment_changed_nothing(tmp_path,
     aligned = {text.split(":")[0]: text for text in legends if "aligned to a" in text}
     assert aligned["same"].endswith("b aligned to a (alignment changed nothing: on the unaligned line)")
     assert aligned["moved"].endswith("b aligned to a")
+
+
+def test_the_interpolation_legend_says_a_pair_of_nan_rows_was_not_computed(tmp_path, monkeypatch):
+    # Prepare: pair "boom" of a diverged run: NaN rows as trained and aligned (the job's rows when not computed);
+    # pair "same" aligned to the identity, whose legend says alignment changed nothing
+    from fedscape.analysis.barriers import figures
+
+    def rows(pair, aligned, loss):
+        return [{"pair_id": pair, "run_a": rid("iid"), "round_a": 3, "run_b": rid("0.1"), "round_b": 3, "t": t,
+                 "split": split, "loss": loss, "error": loss, "aligned": aligned, "path": "linear",
+                 "bn_stats": "stored"}
+                for split in ("train", "test") for t in (0.0, 0.5, 1.0)]
+
+    table = pd.DataFrame(rows("boom", False, float("nan")) + rows("boom", True, float("nan"))
+                         + rows("same", False, 1.0) + rows("same", True, 1.0), columns=INTERPOLATION_COLUMNS)
+    table.to_csv(tmp_path / "interpolation.csv", index=False)
+    legends = []
+    monkeypatch.setattr(figures, "save_figure_outputs",
+                        lambda fig, outputs, df: legends.extend(t.get_text() for t in fig.legends[0].get_texts()))
+
+    # Execute
+    figures.interpolation_figure_job(tmp_path / "interpolation.csv", figure_outputs(tmp_path, "interpolation"))
+
+    # Assert
+    boom = [text for text in legends if text.startswith("boom:")]
+    assert len(boom) == 2  # as trained and aligned
+    assert all(text.endswith("(not computed: a run diverged)") and "changed nothing" not in text for text in boom)
+    (same_aligned,) = [text for text in legends if text.startswith("same:") and "aligned to a" in text]
+    assert same_aligned.endswith("(alignment changed nothing: on the unaligned line)")
+
+
+def test_the_layer_training_figure_of_one_round_has_integer_round_ticks(tmp_path, monkeypatch):
+    # Prepare: a client pair computed at round 1 alone (matplotlib's default view 0.945..1.055)
+    from fedscape.analysis.barriers import figures
+
+    layers = [(0, "0"), (1, "0 1")]
+    barriers = pd.DataFrame([
+        {"run_id": rid("iid"), "round": 1, "pair": "q", "mode": "shallow", "layer_index": k, "layer": CNN_LAYERS[k],
+         "split": split, "barrier_loss": 0.1 * (k + 1), "barrier_error": 0.05, "aligned": False, "averaged": averaged}
+        for k, averaged in layers for split in ("train", "test")], columns=LAYER_BARRIER_COLUMNS)
+    distances = pd.DataFrame([
+        {"run_id": rid("iid"), "round": 1, "pair": "q", "layer_index": k, "layer": name, "distance": k + 2.0,
+         "cosine": 0.9, "aligned": False} for k, name in [(0, CNN_LAYERS[0]), (1, CNN_LAYERS[1]), (-1, "full")]],
+        columns=LAYER_DISTANCE_COLUMNS)
+    barriers.to_csv(tmp_path / "b.csv", index=False)
+    distances.to_csv(tmp_path / "d.csv", index=False)
+    ticks = []
+
+    def visible_ticks(fig, outputs, data):
+        fig.canvas.draw()
+        for ax in fig.axes:
+            lo, hi = ax.get_xlim()
+            ticks.append([x for x in ax.get_xticks() if lo <= x <= hi])
+    monkeypatch.setattr(figures, "save_figure_outputs", visible_ticks)
+
+    # Execute
+    figures.layer_training_figure_job(tmp_path / "b.csv", tmp_path / "d.csv", "q", figure_outputs(tmp_path, "t"))
+
+    # Assert: every panel's visible round ticks are the one round
+    assert len(ticks) == 4  # barrier, L2, cosine and the error barrier's twin axis
+    assert all(visible == [1.0] for visible in ticks)

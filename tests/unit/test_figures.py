@@ -748,6 +748,28 @@ def test_a_smoothed_density_integrates_to_one_whatever_the_spectrum_s_width(spre
     assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=1e-6)
 
 
+def test_the_density_figure_of_a_spectrum_narrower_than_its_kernel_integrates_to_one(tmp_path):
+    from fedscape.analysis.hessian import figures as hessian_figures
+    from fedscape.analysis.hessian.definitions import AGGREGATE, DENSITY_COLUMNS
+
+    # Prepare: two probes' nodes within 1e-4 of each other (a flat network's spectrum): far narrower than the
+    # smoothing kernel (sigma = sqrt(1e-5) ~ 3e-3), weights summing to 1
+    rows = [(run_id("iid", 0), 0, AGGREGATE, probe, node, weight)
+            for probe in (0, 1) for node, weight in ((0.5, 0.25), (0.50005, 0.5), (0.5001, 0.25))]
+    path = tmp_path / "density_rows.csv"
+    pd.DataFrame(rows, columns=DENSITY_COLUMNS).to_csv(path, index=False)
+    outputs = {ext: tmp_path / f"density.{ext}" for ext in ("png", "pdf", "csv")}
+
+    # Execute
+    hessian_figures.hessian_density_figure_job([path], outputs)
+
+    # Assert: the figure's curve is a whole probability density, its tails on the grid
+    data = assert_figure_files(outputs)
+    x, y = data["eigenvalue"].to_numpy(), data["density"].to_numpy()
+    assert np.trapezoid(y, x) == pytest.approx(1.0, abs=1e-3)
+    assert max(y[0], y[-1]) < 1e-3 * y.max()
+
+
 @pytest.mark.parametrize(("estimator", "label"), [("hutchinson", "trace (Hutchinson)"), ("hutchpp", "trace (Hutch++)"),
                                                    ("hutch", None)])
 def test_the_trace_axis_names_the_estimator_the_jobs_computed_with(tmp_path, monkeypatch, estimator, label):

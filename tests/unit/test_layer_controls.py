@@ -413,6 +413,28 @@ def test_consecutive_table_by_hand():
     assert row["mean_barrier_loss"] == pytest.approx(-0.325)
 
 
+def test_a_consecutive_pair_none_of_whose_rounds_was_computed_keeps_its_run_id():
+    # Prepare: pair "ok" of run "r_ok" computed at round 0; pair "boom" of run "r_boom" (diverged) NaN at rounds 0, 1
+    rows = []
+    for pair, run_id, rounds, barrier, end in [("ok", "r_ok", (0,), -0.6, 1.0),
+                                               ("boom", "r_boom", (0, 1), math.nan, math.nan)]:
+        for t in rounds:
+            for i, averaged in [(0, "0"), (1, "0 1")]:
+                rows.append({"run_id": run_id, "round": t, "pair": pair, "mode": "shallow", "layer_index": i,
+                             "layer": "x", "split": "train", "barrier_loss": barrier, "barrier_error": barrier,
+                             "aligned": False, "averaged": averaged, "end_loss_a": end, "end_loss_b": end,
+                             "end_error_a": end, "end_error_b": end})
+    barriers = pd.DataFrame(rows)
+
+    # Execute
+    table = consecutive_table(barriers, ["ok", "boom"]).set_index("pair")
+
+    # Assert
+    assert table["run_id"].to_dict() == {"ok": "r_ok", "boom": "r_boom"}
+    assert table.loc["boom", "rounds"] == 0 and math.isnan(table.loc["boom", "mean_barrier_loss"])
+    assert table.loc["ok", "rounds"] == 1
+
+
 def test_consecutive_table_of_no_rows_is_empty_with_its_columns():
     barriers = pd.DataFrame(columns=LAYER_BARRIER_COLUMNS)
 

@@ -116,6 +116,11 @@ def _check_alignable(config: dict, section: str, run, where: str) -> None:
                           f"{section}.align: false for it, or use head: side")
 
 
+def _round_number(config: dict, run: Run, value: int | str) -> int:
+    """A checked round of `run` as a number: 'final' is its last round."""
+    return rounds_of(config, run) if value == "final" else int(value)
+
+
 def interpolation_pair(config: dict, runs: list, label: str) -> InterpolationPair:
     """The interpolation pair `label` of the config, resolved to runs (ConfigError naming the key)."""
     spec = config["interpolation"]["pairs"][label]
@@ -127,8 +132,12 @@ def interpolation_pair(config: dict, runs: list, label: str) -> InterpolationPai
     round_a, round_b = spec["round_a"], spec["round_b"]
     check_round(config, run_a, round_a, f"{where}.round_a")
     check_round(config, run_b, round_b, f"{where}.round_b")
-    if run_a == run_b and round_a == round_b:
-        raise ConfigError(f"{where}: a and b name the same checkpoint ({run_a.run_id}, round {round_a})")
+    # 'final' is the run's last round: resolved before comparing, or round_a: final, round_b: <last> would pass
+    # and interpolate a checkpoint with itself (barrier 0 everywhere).
+    number_a, number_b = _round_number(config, run_a, round_a), _round_number(config, run_b, round_b)
+    if run_a == run_b and number_a == number_b:
+        raise ConfigError(f"{where}: a and b name the same checkpoint ({run_a.run_id}, round {number_a}: "
+                          f"round_a {round_a!r}, round_b {round_b!r})")
     return InterpolationPair(label, run_a, run_b, round_a, round_b)
 
 

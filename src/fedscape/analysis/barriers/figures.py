@@ -125,6 +125,8 @@ def interpolation_figure_job(table: str | Path, outputs: dict[str, str | Path]) 
     pairs = list(dict.fromkeys(df["pair_id"]))
     aligned_rows = df["aligned"].astype(bool) if "aligned" in df.columns else pd.Series(False, index=df.index)
     path_rows = df["path"].astype(str) if "path" in df.columns else pd.Series(LINEAR, index=df.index)
+    # a pair whose rows are all NaN was not computed (a run diverged: the job writes NaN rows); its legend says so
+    not_computed = df[["loss", "error"]].isna().all(axis=1).groupby(df["pair_id"]).all()
     legend = {}
     for j, split in enumerate(SPLITS):
         for i, value in enumerate(("loss", "error")):
@@ -142,7 +144,9 @@ def interpolation_figure_job(table: str | Path, outputs: dict[str, str | Path]) 
                     rounds = "" if first["round_a"] == first["round_b"] else \
                         f" (round {first['round_a']} vs {first['round_b']})"
                     note = (" · Bezier curve" if path == BEZIER else "") + (" · b aligned to a" if aligned else "")
-                    if aligned and _on_the_unaligned_curve(df, aligned_rows, path_rows, pair, path):
+                    if not_computed[pair]:
+                        note += " (not computed: a run diverged)"
+                    elif aligned and _on_the_unaligned_curve(df, aligned_rows, path_rows, pair, path):
                         note += " (alignment changed nothing: on the unaligned line)"
                     legend.setdefault(f"{pair}: {pair_label(first['run_a'], first['run_b'])}{rounds}{note}", handle)
             if i == 1:
@@ -160,7 +164,8 @@ def _on_the_unaligned_curve(df: pd.DataFrame, aligned_rows: pd.Series, path_rows
     """Whether a pair's aligned curve along `path` has the values of its unaligned one at every t and split (to 1e-6
     relative: a GPU's evaluations may differ in the last bits): weight matching found the identity permutation (models
     of one init keep their hidden units matched), so the dashed line hides under the solid one and the legend says
-    why."""
+    why. NaN matches NaN (a point not evaluated in both), but an all-NaN comparison (a pair not computed) says
+    nothing about the alignment: False."""
     of_pair = (df["pair_id"] == pair) & (path_rows == path)
     key = ["split", "t"]
     aligned = df[of_pair & aligned_rows].sort_values(key)
@@ -168,8 +173,10 @@ def _on_the_unaligned_curve(df: pd.DataFrame, aligned_rows: pd.Series, path_rows
     if aligned.empty or aligned[key].values.tolist() != unaligned[key].values.tolist():
         return False
     values = ["loss", "error"]
-    return bool(np.allclose(aligned[values].to_numpy(float), unaligned[values].to_numpy(float), rtol=1e-6, atol=0.0,
-                            equal_nan=True))
+    aligned_values, unaligned_values = aligned[values].to_numpy(float), unaligned[values].to_numpy(float)
+    if not np.isfinite(aligned_values).any():
+        return False
+    return bool(np.allclose(aligned_values, unaligned_values, rtol=1e-6, atol=0.0, equal_nan=True))
 
 
 def _entry_rows(sub: pd.DataFrame, mode: str) -> tuple[pd.Series, list[str]]:
@@ -382,7 +389,9 @@ def layer_training_figure_job(barriers_table: str | Path, distances_table: str |
         ax.set_xlabel("round")
     ax_barrier.set_xlabel("round")
     for ax in (ax_barrier, ax_l2, ax_cos):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        # rounds are integers; min_n_ticks=1: MaxNLocator keeps integers only where it finds min_n_ticks of them in
+        # view, and a pair of one round (view 0.945..1.055) has one, which the default 2 turned into fractional ticks
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     if len(layer_ids) <= 12:
         ax_cos.legend(fontsize=6, loc="best")
     run_a, run_b = split_pair_run_id((dist if not dist.empty else own)["run_id"].iloc[0])

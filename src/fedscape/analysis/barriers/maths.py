@@ -64,9 +64,21 @@ class Point:
 Splits = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
+def midpoint(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(x + y) / 2 rounded once (halving is exact), symmetric in x and y and x where x == y: the average of the
+    layer-wise modes (`mix_layers`) and the interpolation's t = 0.5, which are one model."""
+    return 0.5 * x + 0.5 * y
+
+
 def interpolate(a: Point, b: Point, t: float) -> Point:
-    """The point (1 - t) a + t b (buffers too), exact at t = 0 and t = 1 (Li et al. 2022, Fig. 3c)."""
-    return Point((1.0 - t) * a.params + t * b.params, (1.0 - t) * a.buffers + t * b.buffers)
+    """The point (1 - t) a + t b (buffers too; Li et al. 2022, Fig. 3c), computed by `torch.lerp`: a + t (b - a)
+    for t < 0.5 and b - (b - a)(1 - t) otherwise, so a at t = 0 and b at t = 1 bit for bit, and a at every t when
+    a == b. The literal (1 - t) a + t b rounds away from a at t such as 0.05 (a model's barrier with itself 1.5e-8,
+    not 0). At t = 0.5 the `midpoint`, rounded once where lerp rounds twice: the full average of the layer-wise
+    barriers, bit for bit."""
+    if t == 0.5:
+        return Point(midpoint(a.params, b.params), midpoint(a.buffers, b.buffers))
+    return Point(torch.lerp(a.params, b.params, t), torch.lerp(a.buffers, b.buffers, t))
 
 
 @torch.no_grad()
@@ -149,8 +161,7 @@ def mix_layers(a: Point, b: Point, layers: Sequence[Layer], selected: Sequence[i
     """a and b with the selected layers replaced by their average (Adilova et al. 2023)."""
     pmask = _mask(layers, selected, a.params.numel(), "param_slices", a.params.device)
     bmask = _mask(layers, selected, a.buffers.numel(), "buffer_slices", a.buffers.device)
-    avg_p = 0.5 * a.params + 0.5 * b.params
-    avg_b = 0.5 * a.buffers + 0.5 * b.buffers
+    avg_p, avg_b = midpoint(a.params, b.params), midpoint(a.buffers, b.buffers)
     return (Point(torch.where(pmask, avg_p, a.params), torch.where(bmask, avg_b, a.buffers)),
             Point(torch.where(pmask, avg_p, b.params), torch.where(bmask, avg_b, b.buffers)))
 

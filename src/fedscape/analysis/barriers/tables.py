@@ -115,13 +115,14 @@ def consecutive_table(barriers: pd.DataFrame, pairs: list[str]) -> pd.DataFrame:
     full = sub[is_full].drop_duplicates(["pair", "round", "aligned", "split"])
     for pair in pairs:
         for (aligned, split), g in full[full["pair"] == pair].groupby(["aligned", "split"], sort=False):
+            run_id = g["run_id"].iloc[0]  # before the NaN rows go: a pair none of whose rounds was computed keeps it
             g = g.dropna(subset=["barrier_loss", "barrier_error", *END_COLUMNS])
             better = {}
             for value in ("loss", "error"):
                 ends = g[[f"end_{value}_a", f"end_{value}_b"]]
                 midpoint = g[f"barrier_{value}"] + ends.mean(axis=1)
                 better[value] = float((midpoint < ends.min(axis=1)).mean()) if len(g) else math.nan
-            rows.append({"pair": pair, "run_id": g["run_id"].iloc[0] if len(g) else math.nan,
+            rows.append({"pair": pair, "run_id": run_id,
                          "aligned": bool(aligned), "split": split, "rounds": len(g),
                          "midpoint_better_loss": better["loss"], "midpoint_better_error": better["error"],
                          "mean_barrier_loss": float(g["barrier_loss"].mean()) if len(g) else math.nan,

@@ -24,18 +24,22 @@ def _with_fields(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([df, fields_df[[c for c in RUN_FIELDS if c not in df.columns]]], axis=1)
 
 
+def kernel_sigma2(node_range: float, grid_step: float = 0.0) -> float:
+    """The variance of the Gaussian kernel smoothing an SLQ density whose nodes span `node_range` (PyHessian:
+    sigma^2 = 1e-5 * max(1, lambda range)), at least one `grid_step` squared: PyHessian draws on 10,000 points, and
+    on fewer a spectrum wider than ~10 would have kernels narrower than the step, whose peaks fall between grid
+    points (the curve would miss eigenvalues and no longer integrate to 1)."""
+    return max(1e-5 * max(1.0, node_range), grid_step**2)
+
+
 def density_on_grid(nodes: Sequence[np.ndarray], weights: Sequence[np.ndarray], grid: np.ndarray,
                     sigma2: float | None = None) -> np.ndarray:
-    """The SLQ density smoothed with a Gaussian kernel (PyHessian: sigma^2 = 1e-5 * max(1, lambda range)).
-
-    By default the kernel is at least one step of `grid` wide: PyHessian draws on 10,000 points, and on fewer a
-    spectrum wider than ~10 would have kernels narrower than the step, whose peaks fall between grid points (the
-    curve would miss eigenvalues and no longer integrate to 1)."""
+    """The SLQ density smoothed with a Gaussian kernel, by default of variance `kernel_sigma2` (the nodes' range,
+    at least one step of `grid`)."""
     all_nodes = np.concatenate([np.asarray(n) for n in nodes])
     if sigma2 is None:
-        sigma2 = 1e-5 * max(1.0, float(all_nodes.max() - all_nodes.min()))
-        if len(grid) > 1:
-            sigma2 = max(sigma2, (float(grid[-1] - grid[0]) / (len(grid) - 1)) ** 2)
+        step = float(grid[-1] - grid[0]) / (len(grid) - 1) if len(grid) > 1 else 0.0
+        sigma2 = kernel_sigma2(float(all_nodes.max() - all_nodes.min()), step)
     out = np.zeros_like(grid, dtype=float)
     for n, w in zip(nodes, weights, strict=True):
         diff = grid[:, None] - np.asarray(n)[None, :]
@@ -151,7 +155,11 @@ def hessian_density_figure_job(inputs: list[str | Path], outputs: dict, grid_poi
             nodes = [g["node"].to_numpy() for g in groups]
             weights = [g["weight"].to_numpy() for g in groups]
             lo, hi = float(sub["node"].min()), float(sub["node"].max())
-            pad = 0.05 * max(hi - lo, 1e-3)
+            # 5% of the range, and at least 5 kernel standard deviations: a spectrum narrower than its kernel (nodes
+            # within 1e-4, sigma ~3e-3) would be cut off by the 5% alone (its curve integrating to ~0.03, not 1).
+            # Where one grid step is the wider kernel (a spectrum wider than ~8 on 1000 points), 5 steps are
+            # 5 (1.1 range) / (grid_points - 1): within the 5% from grid_points 111 on.
+            pad = max(0.05 * max(hi - lo, 1e-3), 5 * math.sqrt(kernel_sigma2(hi - lo)))
             grid = np.linspace(lo - pad, hi + pad, grid_points)
             curves.append(pd.DataFrame({"run_id": run_id, "round": int(round_), "eigenvalue": grid,
                                         "density": density_on_grid(nodes, weights, grid)}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 import math
 
@@ -26,6 +27,7 @@ from fedscape.analysis.hessian.definitions import (
 )
 from fedscape.analysis.hessian.maths import (
     HessianOperator,
+    NonFiniteLoss,
     analyse,
     default_hvp_mode,
     eval_subset,
@@ -425,7 +427,7 @@ def test_identical_clients_have_hn_zero_and_hd_one(tiny):
 
     a = analyse(tiny["model"], x, y, settings, eigen=False)
     b = analyse(tiny["model"], x.clone(), y.clone(), settings, eigen=False)
-    hn, hd = hessian_norm_direction([a.hutchinson.halves, b.hutchinson.halves, a.hutchinson.halves])
+    hn, hd = hessian_norm_direction([a.hutchinson.quarters, b.hutchinson.quarters, a.hutchinson.quarters])
 
     assert hn == 0.0
     assert hd == pytest.approx(1.0, abs=1e-12)
@@ -436,73 +438,107 @@ def test_hn_hd_follow_the_fedalign_definition():
     sq = [1.0, 4.0, 2.0]
     cos = [0.0, 1 / math.sqrt(2), 1 / math.sqrt(2)]
 
-    hn, hd = hessian_norm_direction([(t, t) for t in d])  # exact diagonals: each its own two estimates
+    hn, hd = hessian_norm_direction([(t,) * 4 for t in d])  # exact diagonals: each its own four estimates
 
     assert hn == pytest.approx(np.mean([(sq[0] - sq[1]) ** 2, (sq[0] - sq[2]) ** 2, (sq[1] - sq[2]) ** 2]))
     assert hd == pytest.approx(np.mean(cos))
-    assert all(math.isnan(v) for v in hessian_norm_direction([(d[0], d[0])]))
+    assert all(math.isnan(v) for v in hessian_norm_direction([(d[0],) * 4]))
 
 
 def test_a_cosine_estimate_past_one_is_clipped_and_an_unresolved_diagonal_makes_hd_nan():
-    # Prepare: client 0 resolved (A . B = 1), client 1's halves agree less than their norms (cosine estimate 1.06),
-    # client 2's halves point apart (its squared norm estimate -1: noise)
+    # Prepare: four estimates of each client's diagonal. Client 0 resolved (norm 1); client 1's quarters agree less
+    # than their norms: squared norm the mean of Q_a . Q_b over a < b, (2 + 4 + 2 + 2 + 1 + 2) / 6 = 13/6, inner
+    # product with client 0 the mean over a != b, 1.5, cosine estimate 1.5 / sqrt(13/6) = 1.02; client 2's quarters
+    # point apart (its squared norm estimate -1/3: noise)
     t = torch.tensor
-    resolved = [(t([1.0, 0.0]), t([1.0, 0.0])), (t([2.0, 0.0]), t([1.0, 0.0]))]
-    unresolved = (t([1.0, 0.0]), t([-1.0, 0.0]))
+    resolved = [(t([1.0, 0.0]),) * 4, (t([2.0, 0.0]), t([1.0, 0.0]), t([2.0, 0.0]), t([1.0, 0.0]))]
+    unresolved = (t([1.0, 0.0]), t([-1.0, 0.0])) * 2
 
     # Execute
     hn, hd = hessian_norm_direction(resolved)
     _, hd_nan = hessian_norm_direction([*resolved, unresolved])
 
-    # Assert
-    assert hn == pytest.approx((1.0 - 2.0) ** 2) and hd == 1.0
+    # Assert: HN the mean over the three splits of the quarters into pairs of d_ab d_cd: (01, 23): (1 - 2)(1 - 2),
+    # (02, 13): (1 - 4)(1 - 1), (03, 12): (1 - 2)(1 - 2)
+    assert hn == pytest.approx(2 / 3) and hd == 1.0
     assert math.isnan(hd_nan) and unresolved_diagonals([*resolved, unresolved]) == [2]
+    assert unresolved_diagonals([resolved[0], None]) == [1]  # fewer than 4 probes: no quarters
+    assert all(math.isnan(v) for v in hessian_norm_direction([resolved[0], None]))
 
 
 @pytest.mark.parametrize("estimator", [hutchinson, hutchpp])
 def test_hn_and_hd_take_unbiased_inner_products_of_the_clients_diagonals(tiny, estimator):
     """The squared norm of a diagonal estimate is ||D||^2 plus its variance, (||H||_F^2 - ||D||^2) / n: at 10
     products more than twice ||D||^2 here, which pulled HD from 0.59 to 0.31 or less. The inner product of two estimates
-    from disjoint probes is unbiased."""
+    from disjoint probes is unbiased. Likewise the square of one estimate of ||D_k||^2 - ||D_j||^2 adds its variance
+    to HN, where the product of two independent ones does not."""
     # Prepare: two clients' data, their exact Hessians (float64) and the exact HN and HD
     x, y = tiny["x"], tiny["y"]
     parts = (y < 5, y >= 5)
     model64 = tiny["model64"]
     exact = [exact_hessian(model64, x[part].double(), y[part]).diagonal() for part in parts]
-    _, hd_exact = hessian_norm_direction([(d, d) for d in exact])
+    hn_exact, hd_exact = hessian_norm_direction([(d,) * 4 for d in exact])
     norm = float(exact[0] @ exact[0])
 
     # Execute: 10 products per client, over 40 seeds
-    inner, squared, hd, hd_of_estimates = [], [], [], []
+    inner, squared, hd, hd_of_estimates, hn, hn_of_one_difference = [], [], [], [], [], []
     for seed in range(40):
         results = []
         for part in parts:
             with HessianOperator(tiny["model"], x[part], y[part]) as op:
                 results.append(estimator(op, 10, seed))
-        a, b = results[0].halves
-        inner.append(float(a @ b))
+        q = results[0].quarters
+        inner.append(float(np.mean([float(q[a].double() @ q[b].double())
+                                    for a, b in itertools.combinations(range(4), 2)])))
         squared.append(float(results[0].diagonal @ results[0].diagonal))
-        hd.append(hessian_norm_direction([r.halves for r in results])[1])
-        hd_of_estimates.append(hessian_norm_direction([(r.diagonal, r.diagonal) for r in results])[1])
+        hd.append(hessian_norm_direction([r.quarters for r in results])[1])
+        hd_of_estimates.append(hessian_norm_direction([(r.diagonal,) * 4 for r in results])[1])
+        hn.append(hessian_norm_direction([r.quarters for r in results])[0])
+        halves = [((r.quarters[0] + r.quarters[2]).double() / 2, (r.quarters[1] + r.quarters[3]).double() / 2)
+                  for r in results]
+        hn_of_one_difference.append(float(halves[0][0] @ halves[0][1] - halves[1][0] @ halves[1][1]) ** 2)
 
-    # Assert: ||D||^2 within 4 standard errors of the mean over seeds, where the estimate's own square is far off;
-    # HD near the exact one (a ratio: consistent, not unbiased), where the estimates' cosine is not
+    # Assert: ||D||^2 and HN within 4 standard errors of the mean over seeds, where the estimate's own square and the
+    # square of one difference are far off; HD near the exact one (a ratio: consistent, not unbiased), where the
+    # estimates' cosine is not
     se = np.std(inner, ddof=1) / math.sqrt(len(inner))
     assert abs(np.mean(inner) - norm) <= 4 * se
     assert np.mean(squared) - norm > 0.5 * norm > 10 * se
     assert abs(np.mean(hd) - hd_exact) <= 0.05 and np.mean(hd_of_estimates) < hd_exact - 0.2
+    se_hn, se_one = (np.std(v, ddof=1) / math.sqrt(len(v)) for v in (hn, hn_of_one_difference))
+    assert abs(np.mean(hn) - hn_exact) <= 4 * se_hn
+    assert np.mean(hn_of_one_difference) - hn_exact > 2.5 * se_one
 
 
 def test_different_client_data_give_positive_hn(tiny):
+    # Prepare: two clients of other classes, the second's inputs scaled by 2 (its curvature larger: exact HN 2.4)
     settings = hessian_settings(trace_probes=20, density=False)
     x, y = tiny["x"], tiny["y"]
     first, second = y < 5, y >= 5
+    clients = ((x[first], y[first]), (2 * x[second], y[second]))
+    exact = [exact_hessian(tiny["model64"], xk.double(), yk).diagonal() for xk, yk in clients]
+    hn_exact, hd_exact = hessian_norm_direction([(d,) * 4 for d in exact])
 
-    a = analyse(tiny["model"], x[first], y[first], settings, eigen=False)
-    b = analyse(tiny["model"], x[second], y[second], settings, eigen=False)
-    hn, hd = hessian_norm_direction([a.hutchinson.halves, b.hutchinson.halves])
+    # Execute
+    a, b = (analyse(tiny["model"], xk, yk, settings, eigen=False) for xk, yk in clients)
+    hn, hd = hessian_norm_direction([a.hutchinson.quarters, b.hutchinson.quarters])
 
-    assert hn > 0 and hd < 1 - 1e-6
+    # Assert: HN positive and HD below 1 as the exact ones; an unbiased HN of clients whose squared norms differ
+    # little can be negative (the noise of its two differences, not a bias), so these differ clearly
+    assert hn_exact > 2.0 and hd_exact < 0.6
+    assert hn > 0.25 * hn_exact and hd < 1 - 1e-6
+
+
+def test_a_model_with_finite_weights_and_an_infinite_loss_is_refused_before_the_eigensolver(tiny):
+    # Prepare: the tiny model's output layer scaled to 1e38 per weight: finite, but its float32 logits overflow
+    model = copy.deepcopy(tiny["model"])
+    with torch.no_grad():
+        model[-1].weight.copy_(torch.sign(model[-1].weight) * 1e38)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+    # Execute / Assert: a NonFiniteLoss naming the loss, not the eigensolver's "did not converge"
+    with pytest.raises(NonFiniteLoss, match="loss on the 160 evaluated samples is (inf|nan)"):
+        analyse(model, tiny["x"], tiny["y"], hessian_settings(trace_probes=4, density=False))
 
 
 # -- eval mode with batch norm ---------------------------------------------------------------------
@@ -905,7 +941,7 @@ def test_a_job_s_hessian_json_records_the_estimator_auto_resolved_to(tmp_path, p
     assert details["settings"]["trace_estimator"] == expected
     diagonals = {d["diagonal_estimator"] for d in details["data"].values()}
     assert diagonals <= ({"diag++", "hutchinson"} if expected == "hutchpp" else {"hutchinson"})
-    assert all(d["trace_probes"] == (probes - 2 * (probes // 3) if expected == "hutchpp" else probes)
+    assert all(d["trace_samples"] == (probes - 2 * (probes // 3) if expected == "hutchpp" else probes)
                for d in details["data"].values())
 
 

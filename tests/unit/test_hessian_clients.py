@@ -240,7 +240,7 @@ def test_a_killed_job_resumes_after_its_last_finished_part_with_the_same_outputs
     aggregate, client = (torch.load(tmp_path / "_progress" / f, weights_only=True)["part"]
                          for f in ("all.pt", "client_0.pt"))
     assert aggregate["eigen"]["vectors"].shape[0] == 2 and client["eigen"]["vectors"].numel() == 0
-    assert [h.shape for h in client["hutchinson"]["halves"]] == [aggregate["eigen"]["vectors"].shape[1:]] * 2
+    assert [h.shape for h in client["hutchinson"]["quarters"]] == [aggregate["eigen"]["vectors"].shape[1:]] * 4
 
     # Execute: the rerun computes the three other clients only
     hessian_stage(*args, outputs, tmp_path / "_progress")

@@ -27,7 +27,10 @@ DENSITY_FIGURE = "spectral_density"
 # 3: HN and HD from unbiased inner products of the clients' diagonals (two halves of the probes), not from the
 # squared norms of the estimates (biased up by their variance): a cosine clipped to [-1, 1], HD NaN where a client's
 # diagonal is unresolved; every other number is as at 2.
-RESULT_VERSIONS = {"hessian": 3}
+# 4: HN from products of two independent estimates of each difference of squared norms (four quarters of the
+# probes), not from the square of one (biased up by its variance: HN still fell with the probe count); HD from the
+# same quarters (every pair of them); every other number is as at 3.
+RESULT_VERSIONS = {"hessian": 4}
 
 
 def settings_from_config(section: dict) -> HessianSettings:

@@ -33,6 +33,7 @@ from fedscape.analysis.hessian.maths import (
     EigenResult,
     HessianReport,
     HutchinsonResult,
+    NonFiniteLoss,
     analyse,
     eval_subset,
     hessian_norm_direction,
@@ -64,7 +65,9 @@ def _row(run_id: str, round_: int, data: str, report, top_k: int) -> dict:
 
 def _details(report) -> dict:
     out = {"n_eval": report.n_eval, "loss": report.loss, "trace": report.hutchinson.trace,
-           "trace_stderr": report.hutchinson.stderr, "trace_probes": report.hutchinson.probes,
+           "trace_stderr": report.hutchinson.stderr,
+           # the samples the trace averages (Hutch++: the residual's probes): not the budget, settings.trace_probes
+           "trace_samples": report.hutchinson.probes,
            "diagonal_estimator": report.hutchinson.diagonal_estimator,
            "hvp_products": report.products, "seconds": round(report.seconds, 3)}
     if report.eigen is not None:
@@ -116,7 +119,8 @@ def _plain(report: HessianReport, vectors: bool) -> dict:
         "converged": [bool(c) for c in e.converged], "residuals": [float(r) for r in e.residuals],
         "method": e.method, "vectors": e.vectors.cpu() if vectors else torch.zeros(0, dtype=torch.float64)}
     hutchinson = {"trace": float(h.trace), "stderr": float(h.stderr), "samples": torch.tensor(np.asarray(h.samples)),
-                  "diagonal_estimator": h.diagonal_estimator, "halves": None if h.halves is None else list(h.halves)}
+                  "diagonal_estimator": h.diagonal_estimator,
+                  "quarters": None if h.quarters is None else list(h.quarters)}
     density = None if d is None else {"nodes": [torch.tensor(np.asarray(n)) for n in d.nodes],
                                       "weights": [torch.tensor(np.asarray(w)) for w in d.weights]}
     return {"n_eval": int(report.n_eval), "loss": float(report.loss), "products": int(report.products),
@@ -131,7 +135,7 @@ def _report(plain: dict) -> HessianReport:
     eigen = None if e is None else EigenResult(tuple(e["values"]), e["vectors"], tuple(e["iterations"]),
                                                tuple(e["converged"]), tuple(e["residuals"]), e["method"])
     hutchinson = HutchinsonResult(h["trace"], h["stderr"], torch.zeros(0, dtype=torch.float64), h["samples"].numpy(),
-                                  h["diagonal_estimator"], None if h["halves"] is None else tuple(h["halves"]))
+                                  h["diagonal_estimator"], None if h["quarters"] is None else tuple(h["quarters"]))
     density = None if d is None else DensityResult([n.numpy() for n in d["nodes"]], [w.numpy() for w in d["weights"]])
     return HessianReport(plain["n_eval"], plain["loss"], eigen, hutchinson, density, plain["products"],
                          plain["seconds"], plain["sharpness"], plain["adaptive_sharpness"])
@@ -173,7 +177,12 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     parts = Parts(progress_dir, progress_key(settings, (trajectory_path, partition_path), device.type))
 
     # the aggregate data: eigenpairs (the plane), trace, density
-    agg, resumed = _analysed(parts, AGGREGATE, lambda: analyse(model, *aggregate_eval_data(data, hs), hs))
+    try:
+        agg, resumed = _analysed(parts, AGGREGATE, lambda: analyse(model, *aggregate_eval_data(data, hs), hs))
+    except NonFiniteLoss as exc:  # finite weights, overflowing outputs: a diverged model all the same
+        _write_diverged(job, traj, f"the model of round {round_} has finite weights but {exc}", outputs, t_start)
+        parts.clear()
+        return
     log.info("data %s (n=%d): lambda = %s, trace = %.6g +- %.3g (%d products, %.1f s%s)", AGGREGATE, agg.n_eval,
              ", ".join(f"{v:.6g}" for v in agg.eigen.values), agg.hutchinson.trace, agg.hutchinson.stderr,
              agg.products, agg.seconds, parts.note(resumed))
@@ -196,7 +205,7 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     for i, k in enumerate(clients):
         rep, resumed = _analysed(parts, client_label(k),
                                  lambda k=k: analyse(model, *client_eval_data(data, hs, k), hs, density=False))
-        diagonals.append(rep.hutchinson.halves)
+        diagonals.append(rep.hutchinson.quarters)
         rows.append(_row(run_id, round_, client_label(k), rep, hs.top_k))
         details["data"][client_label(k)] = _details(rep)
         log.info("client %d (%d/%d, n=%d): lambda_1 = %.6g, trace = %.6g +- %.3g (%.1f s%s)", k, i + 1, len(clients),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -530,6 +531,30 @@ def test_local_work_of_the_plan_takes_each_labels_training_override():
     # Assert
     assert work["fedavg"] == {"name": "fedavg", "local_epochs": config["training"]["local_epochs"]}
     assert work["fedavg_e5"] == {"name": "fedavg", "local_epochs": 5}
+
+
+@pytest.mark.parametrize(("extra", "drawn"), [
+    (None, False),  # every run does the tiny config's local work: one x value per panel
+    ({"local_epochs": 5}, True),
+    ({"local_steps": 3}, True),
+    ({"local_epochs": [1, 3, 1, 3]}, False),  # work that differs between clients is not drawn
+])
+def test_the_local_work_figure_is_planned_where_runs_do_more_than_one_local_work(extra, drawn):
+    # Prepare: the tiny config, with a second FedAvg label of other local work where given
+    config = copy.deepcopy(TINY)
+    if extra is not None:
+        config["algorithms"]["fedavg_other"] = {"name": "fedavg", "training": extra}
+        config["experiments"].append({"alpha": "iid", "init": "random", "algorithm": "fedavg_other"})
+    config = check_config(config, SCHEMA)
+    runs = build_runs(config)
+
+    # Execute
+    targets = report_plan.targets(config, runs)
+
+    # Assert: the local-work figure's files exactly where it has two x values; the other kinds always
+    assert report_plan.varies_local_work(config, runs) == drawn
+    kinds = {Path(t).stem for t in targets if "/accuracy/" in t}
+    assert kinds == set(report_plan.ACCURACY_KINDS) - (set() if drawn else {"local_work"})
 
 
 

@@ -43,6 +43,13 @@ def local_work(config: dict, runs: list[Run]) -> dict[str, dict]:
     return work
 
 
+def varies_local_work(config: dict, runs: list[Run]) -> bool:
+    """Whether `runs` do more than one local work (epochs or steps, per algorithm label): with one, the figure of
+    final accuracy against local work has a single x value per panel and says nothing the other figures do not."""
+    single = {(w["local_epochs"], w.get("local_steps")) for w in local_work(config, runs).values()}
+    return len(single - {(None, None)}) > 1  # (work that differs between clients is not drawn)
+
+
 def _single(value) -> int | None:
     """An integer local work as it is; None for none or for work that differs between clients."""
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
@@ -54,12 +61,15 @@ def check(config: dict, runs: list[Run]) -> list[str]:
 
 
 def targets(config: dict, runs: list[Run]) -> list[str]:
-    """final.csv, summary.csv and the curve, accuracy and cost figures of every dataset and model."""
+    """final.csv, summary.csv and the curve, accuracy and cost figures of every dataset and model (the local work
+    figure where its runs do more than one local work: `varies_local_work`)."""
     results = Results.of(config)
     out = [results.table("final"), results.table("summary")]
     for dataset, model in sorted({(run.dataset, run.model) for run in runs}):
         figures = [results.figure(CURVES_FIGURE, dataset=dataset, model=model, metric=m) for m in CURVE_METRICS]
-        figures += [results.figure(ACCURACY_FIGURE, dataset=dataset, model=model, kind=k) for k in ACCURACY_KINDS]
+        these = [run for run in runs if (run.dataset, run.model) == (dataset, model)]
+        kinds = [k for k in ACCURACY_KINDS if k != "local_work" or varies_local_work(config, these)]
+        figures += [results.figure(ACCURACY_FIGURE, dataset=dataset, model=model, kind=k) for k in kinds]
         figures.append(results.figure(COST_FIGURE, dataset=dataset, model=model))
         out += [path for figure in figures for path in figure.values()]
     return out

@@ -687,3 +687,23 @@ def test_landscape_specs_resolve_with_defaults():
     assert [c.round for c in plans["p"].checkpoints] == [0, "final", "final"]
     assert plans["h"].round == 3  # the Hessian stage names its plane by round number
     assert check_config({}, SCHEMA)["landscapes"] == {}
+
+
+@pytest.mark.parametrize(("p", "expected"), [((1.0, 0.0), (8.0, 0.0)), ((0.0, -3.0), (0.0, -8.0)),
+                                             ((0.0, 0.0), (5.6, 5.6))])  # a client that did not move: up right
+def test_a_client_s_label_sits_beyond_its_arrow_head_away_from_the_round_start(p, expected):
+    from fedscape.analysis.landscape.figures import _outward
+    from fedscape.outputs.style import pyplot
+
+    # Prepare: a square axes whose units are equal on screen
+    fig, ax = pyplot().subplots(figsize=(3, 3))
+    ax.set_xlim(-4, 4)
+    ax.set_ylim(-4, 4)
+    ax.set_aspect("equal")
+
+    # Execute
+    offset = _outward(ax, np.array([0.0, 0.0]), np.array(p))
+    pyplot().close(fig)
+
+    # Assert: 8 points along the update on screen
+    assert offset == pytest.approx(expected, abs=1e-6)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import patheffects
 from matplotlib.colors import LogNorm
 from matplotlib.patches import Patch
 
@@ -21,6 +22,8 @@ from fedscape.core.runs import parse_run_id
 from fedscape.core.setting import format_setting
 from fedscape.outputs.style import PALETTE, SEQUENTIAL_CMAP, log_levels, pyplot, setting_colors, write_formats
 
+# A dark outline keeps white labels legible on the light (high-loss) end of the colour map.
+_OUTLINE = patheffects.withStroke(linewidth=1.5, foreground="black")
 log = logging.getLogger("fedscape.landscape")
 
 
@@ -106,6 +109,15 @@ def plot_surface(surface: dict, out_pdf: str | Path, out_png: str | Path, overla
     write_formats(fig, {Path(out).suffix.lstrip("."): out for out in (out_pdf, out_png)}, dpi=150, tight=False)
 
 
+def _outward(ax, start, p, points: float = 8.0) -> tuple[float, float]:
+    """An offset in points from client model `p` away from the round start (along its update, on screen): the
+    clients' labels sit beyond their arrow heads, not on the arrows of clients that moved little."""
+    a, b = ax.transData.transform([start, p])
+    d = b - a
+    norm = float(np.hypot(*d))
+    return (points * 0.7, points * 0.7) if norm == 0 else (points * d[0] / norm, points * d[1] / norm)
+
+
 def _draw_points(ax, surface: dict, highlight: str | None, settings: Sequence[str] = ()) -> list:
     """Trajectories as lines (start o, end *), local scope as arrows start -> client -> aggregate, others as markers."""
     plt = pyplot()
@@ -130,7 +142,8 @@ def _draw_points(ax, surface: dict, highlight: str | None, settings: Sequence[st
             ax.annotate("", xy=agg, xytext=p, arrowprops={"arrowstyle": "->", "color": color, "lw": 0.6,
                                                           "linestyle": "dotted"}, zorder=4)
             ax.plot(*p, "o", color=color, markeredgecolor="black", markersize=5, zorder=5)
-            ax.annotate(str(cid), p, textcoords="offset points", xytext=(3, 3), fontsize=6, color="white", zorder=6)
+            ax.annotate(str(cid), p, textcoords="offset points", xytext=_outward(ax, start, p), fontsize=7,
+                        color="white", ha="center", va="center", zorder=6, path_effects=[_OUTLINE])
         ax.plot(*start, "^", color=PALETTE[4], markeredgecolor="black", markersize=10, zorder=6)
         ax.plot(*agg, "*", color=PALETTE[4], markeredgecolor="black", markersize=14, zorder=6)
         handles += [plt.Line2D([], [], marker="^", linestyle="", color=PALETTE[4], markeredgecolor="black",

@@ -132,10 +132,10 @@ class Trajectory:
         round, except at the final round of a run with SWA, where it is the SWA model (the run's reported final
         model)."""
         round_ = self.round_number(round_)
-        row = self.row(round_)
+        global_model = self.global_point(round_)  # (a KeyError for a round the trajectory lacks, SWA or not)
         if self.has_swa and round_ == self.final_round:
             return self.swa_params, self.swa_buffers
-        return self.params[row], self.buffers[row]
+        return global_model
 
     def global_point(self, round_: int | str) -> tuple[torch.Tensor, torch.Tensor]:
         """(params, buffers) of the global model after `round_`, also at the final round of a run with SWA (whose

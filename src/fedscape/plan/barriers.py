@@ -41,6 +41,7 @@ from fedscape.plan.train import (
     algorithm_model_options,
     check_round,
     kept_rounds_of,
+    round_number,
     rounds_of,
     run_training,
     unkept_round,
@@ -116,11 +117,6 @@ def _check_alignable(config: dict, section: str, run, where: str) -> None:
                           f"{section}.align: false for it, or use head: side")
 
 
-def _round_number(config: dict, run: Run, value: int | str) -> int:
-    """A checked round of `run` as a number: 'final' is its last round."""
-    return rounds_of(config, run) if value == "final" else int(value)
-
-
 def interpolation_pair(config: dict, runs: list, label: str) -> InterpolationPair:
     """The interpolation pair `label` of the config, resolved to runs (ConfigError naming the key)."""
     spec = config["interpolation"]["pairs"][label]
@@ -134,7 +130,7 @@ def interpolation_pair(config: dict, runs: list, label: str) -> InterpolationPai
     check_round(config, run_b, round_b, f"{where}.round_b")
     # 'final' is the run's last round: resolved before comparing, or round_a: final, round_b: <last> would pass
     # and interpolate a checkpoint with itself (barrier 0 everywhere).
-    number_a, number_b = _round_number(config, run_a, round_a), _round_number(config, run_b, round_b)
+    number_a, number_b = round_number(config, run_a, round_a), round_number(config, run_b, round_b)
     if run_a == run_b and number_a == number_b:
         raise ConfigError(f"{where}: a and b name the same checkpoint ({run_a.run_id}, round {number_a}: "
                           f"round_a {round_a!r}, round_b {round_b!r})")

@@ -73,13 +73,12 @@ def idle_swa(config: dict, runs: list[Run]) -> list[str]:
     without SWA (no swa_* columns, the last global model is the final one), which a user who lowered
     `training.rounds` for a pilot would not see otherwise. `swa: null` turns it off without this line."""
     idle: dict[tuple[str, int, int], list[str]] = {}
-    for label in sorted({run.algorithm for run in runs}):
-        overrides = config["algorithms"][label]["training"]
-        training = merge_training(config["training"], overrides)
+    for label, run in sorted({run.algorithm: run for run in runs}.items()):
+        training = run_training(config, run)
         swa = swa_config(training.get("swa"))
         rounds = int(training["rounds"])
         if swa is not None and swa.start(rounds) > rounds:
-            where = f"algorithms.{label}.training" if "swa" in overrides else "training"
+            where = f"algorithms.{label}.training" if "swa" in config["algorithms"][label]["training"] else "training"
             idle.setdefault((where, swa.start(rounds), rounds), []).append(label)
     return [f"{where}.swa: its phase starts at round {start}, after the last round ({rounds}) of the runs of "
             f"{', '.join(labels)}, so they train as without SWA; set `swa: null` to say so, or lower "
@@ -142,6 +141,11 @@ def run_files(config: dict, runs: list[Run], name: str) -> list[str]:
     """The train output `name` (trajectory, metrics, meta, client_updates, ...) of every run, in run order."""
     results = Results.of(config)
     return [results.run_file(run, name) for run in runs]
+
+
+def round_number(config: dict, run: Run, value: int | str) -> int:
+    """A round of `run` checked by `check_round` as a number: 'final' is its last round."""
+    return rounds_of(config, run) if value == "final" else int(value)
 
 
 def check_round(config: dict, run: Run, value, where: str) -> None:

@@ -379,7 +379,7 @@ class HutchinsonResult:
     # unbiased and independent of the others (given Diag++'s sketch), float32 on the CPU (the memory two float64
     # halves took): the inner product of two of them is an unbiased estimate of ||diag H||^2, which the diagonal's
     # own squared norm overestimates by its variance, and the product of two such differences across clients one of
-    # (||D_k||^2 - ||D_j||^2)^2 (`hessian_norm_direction`). None: the diagonal alone, or fewer than 4 probes.
+    # (||D_k||^2 - ||D_j||^2)^2 (`diagonal_consistency`). None: the diagonal alone, or fewer than 4 probes.
     quarters: tuple[Tensor, ...] | None = None
 
     @property
@@ -608,8 +608,9 @@ def slq_density(op: HessianOperator, steps: int = 90, probes: int = 10, seed: in
 
 
 # -- cross-client consistency ----------------------------------------------------------------------
-def hessian_norm_direction(diagonals: Sequence[Sequence[Tensor] | None]) -> tuple[float, float]:
-    """HN and HD of FedAlign (Mendieta et al. 2022, eqs. 3-4) from per-client Hessian diagonals.
+def diagonal_consistency(diagonals: Sequence[Sequence[Tensor] | None]) -> tuple[float, float, list[int]]:
+    """HN and HD of FedAlign (Mendieta et al. 2022, eqs. 3-4) from per-client Hessian diagonals, and the positions
+    of the clients whose diagonal the probes did not resolve, from one pass over the diagonals.
 
     HN = mean over client pairs of (||D_k||^2 - ||D_j||^2)^2 (as written in the paper) and HD = mean over pairs of
     cos(D_k, D_j), with D_k the Hessian diagonal on client k's data. Each client's diagonal comes as four
@@ -623,13 +624,17 @@ def hessian_norm_direction(diagonals: Sequence[Sequence[Tensor] | None]) -> tupl
     at 100), and the squared norm of an estimate itself (||H||_F^2 - ||D||^2) / n more, several times ||D_k||^2 on
     a small CNN at 20 probes. A pair's cosine estimate is clipped to [-1, 1] (noise past the bounds of a cosine),
     and is NaN where a norm estimate is not positive: too few probes to resolve that client's diagonal
-    (`unresolved_diagonals`), so HD is NaN too. NaN with fewer than two clients, or where a client's diagonal has
-    no quarters (fewer than 4 probes).
+    (its squared-norm estimate not positive, or no quarters: fewer than 4 probes), so HD is NaN too. HN and HD are
+    NaN with fewer than two clients, or where a client's diagonal has no quarters.
     """
-    if len(diagonals) < 2 or any(d is None for d in diagonals):
-        return math.nan, math.nan
+    missing = [i for i, d in enumerate(diagonals) if d is None]
+    if missing or not diagonals:
+        return math.nan, math.nan, missing
     g = _quarter_gram(diagonals)
     norms = _squared_norms(g)
+    unresolved = [i for i, norm in enumerate(norms) if not norm > 0]
+    if len(diagonals) < 2:
+        return math.nan, math.nan, unresolved
     splits = ((0, 1, 2, 3), (0, 2, 1, 3), (0, 3, 1, 2))
     hn, hd = [], []
     for k, j in itertools.combinations(range(len(diagonals)), 2):
@@ -640,15 +645,18 @@ def hessian_norm_direction(diagonals: Sequence[Sequence[Tensor] | None]) -> tupl
             hd.append(min(1.0, max(-1.0, cross / math.sqrt(norms[k] * norms[j]))))
         else:
             hd.append(math.nan)
-    return float(np.mean(hn)), float(np.mean(hd))
+    return float(np.mean(hn)), float(np.mean(hd)), unresolved
+
+
+def hessian_norm_direction(diagonals: Sequence[Sequence[Tensor] | None]) -> tuple[float, float]:
+    """HN and HD of `diagonal_consistency`."""
+    hn, hd, _ = diagonal_consistency(diagonals)
+    return hn, hd
 
 
 def unresolved_diagonals(diagonals: Sequence[Sequence[Tensor] | None]) -> list[int]:
-    """The positions of the clients whose diagonal the probes did not resolve: the unbiased estimate of its
-    squared norm (`hessian_norm_direction`) is not positive (or it has no quarters)."""
-    if not diagonals or any(d is None for d in diagonals):
-        return [i for i, d in enumerate(diagonals) if d is None]
-    return [i for i, norm in enumerate(_squared_norms(_quarter_gram(diagonals))) if not norm > 0]
+    """The positions of the clients whose diagonal the probes did not resolve (`diagonal_consistency`)."""
+    return diagonal_consistency(diagonals)[2]
 
 
 def _quarter_gram(diagonals: Sequence[Sequence[Tensor]]) -> Tensor:

@@ -35,10 +35,9 @@ from fedscape.analysis.hessian.maths import (
     HutchinsonResult,
     NonFiniteLoss,
     analyse,
+    diagonal_consistency,
     eval_subset,
-    hessian_norm_direction,
     orthonormal_plane,
-    unresolved_diagonals,
 )
 from fedscape.analysis.landscape.planes import META_KEYS, Plane, save_plane
 from fedscape.core.io import write_csv, write_json
@@ -211,9 +210,9 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
         log.info("client %d (%d/%d, n=%d): lambda_1 = %.6g, trace = %.6g +- %.3g (%.1f s%s)", k, i + 1, len(clients),
                  rep.n_eval, rep.eigen.values[0], rep.hutchinson.trace, rep.hutchinson.stderr, rep.seconds,
                  parts.note(resumed))
-    hn, hd = hessian_norm_direction(diagonals)  # NaN with fewer than two clients
+    hn, hd, unresolved_at = diagonal_consistency(diagonals)  # HN, HD NaN with fewer than two clients
     log.info("HN = %.6g, HD = %.6f over %d clients", hn, hd, len(diagonals))
-    unresolved = [clients[i] for i in unresolved_diagonals(diagonals)]
+    unresolved = [clients[i] for i in unresolved_at]
     details["hd_unresolved_clients"] = unresolved  # why HD is NaN where it is
     if unresolved:
         log.warning("HD is NaN: %d products did not resolve the Hessian diagonal of client(s) %s (the unbiased "

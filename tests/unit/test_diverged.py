@@ -114,6 +114,47 @@ def test_hessian_job_of_a_diverged_run_writes_nan_rows_with_status(runs, tmp_pat
         assert details["status"] == "diverged" and why in details["reason"]
 
 
+def test_hessian_job_of_finite_weights_with_an_infinite_loss_writes_diverged_outputs(runs, tmp_path, caplog):
+    # Prepare: the healthy run's final model with its classifier scaled to 1e38 per weight (finite weights whose
+    # float32 logits overflow), saved as that run's trajectory; a progress directory, as the rule gives
+    from fedscape.models.checkpoint import load_trajectory, save_trajectory
+    from fedscape.models.params import flatten_params
+
+    healthy = load_trajectory(runs.trajectory(runs.healthy))
+    model = healthy.model_at(ROUNDS)
+    classifier = list(model.parameters())[-2]  # the last layer's weight (its bias is last)
+    with torch.no_grad():
+        classifier.copy_(torch.sign(classifier) * 1e38)
+    params = healthy.params.clone()
+    params[healthy.row(ROUNDS)] = flatten_params(model)
+    assert torch.isfinite(params).all()
+    trajectory = tmp_path / "trajectory.pt"
+    save_trajectory(trajectory, params, healthy.buffers, healthy.rounds, healthy.model_meta, healthy.meta)
+    outputs = {key: tmp_path / name for key, name in (("table", "hessian.csv"), ("clients", "hessian_clients.csv"),
+                                                      ("density", "density.csv"), ("plane", "eigen_plane.npz"),
+                                                      ("details", "hessian.json"))}
+    progress = tmp_path / "progress"
+    progress.mkdir()
+    (progress / "all.pt").write_bytes(b"an earlier attempt's part")  # cleared with the job's parts
+    caplog.set_level(logging.WARNING)
+
+    # Execute: no exception (the eigensolver's "did not converge" before NonFiniteLoss existed)
+    hessian_stage(hessian_job_settings(runs.config, [runs.healthy], runs.healthy, ROUNDS), trajectory,
+                  runs.partition, outputs, progress_dir=progress)
+
+    # Assert: every output written as diverged, with the reason; no part kept for a resume
+    why = "finite weights but its loss on the"
+    assert why in warnings_of(caplog)
+    table = pd.read_csv(outputs["table"])
+    assert (table["status"] == "diverged").all() and len(table) == 1 + NUM_CLIENTS
+    assert table.drop(columns=["run_id", "round", "data", "status"]).isna().all().all()
+    assert (pd.read_csv(outputs["clients"])["status"] == "diverged").all()
+    assert torch.isnan(load_plane(outputs["plane"]).d1).all()
+    details = json.loads(outputs["details"].read_text())
+    assert details["status"] == "diverged" and why in details["reason"]
+    assert not progress.exists()
+
+
 def test_healthy_hessian_job_and_gathered_tables_beside_a_diverged_one(hessian_jobs, tmp_path, caplog):
     ok = pd.read_csv(hessian_jobs["ok"]["table"])
     assert (ok["status"] == "ok").all() and ok[["lambda_1", "lambda_2", "trace"]].notna().all().all()

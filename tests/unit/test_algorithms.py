@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from helpers.configs import SCHEMA, TINY
 from helpers.resume import killed_after_round
 from helpers.stages import train_run
+from helpers.tiny import tiny_data, tiny_model
 from torch import nn
 
 from fedscape.core.config import ConfigError
@@ -171,6 +172,35 @@ def test_fedprox_with_mu_zero_equals_fedavg_exactly(digits_data, mode):
     prox = run_federated(model_of(), data, make_strategy("fedprox", {"mu": 0.0}), cfg)
 
     assert torch.equal(fedavg.params, prox.params)
+
+
+def test_fedprox_with_mu_zero_equals_fedavg_for_a_parameter_without_gradient():
+    # Prepare: a model with a parameter no forward reads (as a skipped block's), momentum and weight decay, which
+    # torch's SGD applies to every parameter that has a gradient, even a zero one
+    def model():
+        m = tiny_model()
+        m.unused = nn.Parameter(torch.ones(3))
+        return m
+
+    cfg = TrainConfig(rounds=2, local_epochs=1, batch_size=8, lr=0.1, momentum=0.9, weight_decay=0.1, seed=0,
+                      client_parallel="sequential")
+
+    # Execute
+    fedavg = run_federated(model(), tiny_data(), make_strategy("fedavg"), cfg)
+    prox = run_federated(model(), tiny_data(), make_strategy("fedprox", {"mu": 0.0}), cfg)
+    pulled = run_federated(model(), tiny_data(), make_strategy("fedprox", {"mu": 0.5}), cfg)
+
+    # Assert: bit for bit FedAvg (the unused parameter stays 1, not decayed to 0.83); with mu > 0 the prox term
+    # alone gives it a gradient, zero at the global model, so weight decay moves it
+    offset = 0
+    for name, p in model().named_parameters():
+        if name == "unused":
+            break
+        offset += p.numel()
+    unused = slice(offset, offset + 3)
+    assert torch.equal(fedavg.params, prox.params)
+    assert torch.equal(fedavg.params[-1, unused], torch.ones(3))
+    assert (pulled.params[-1, unused] < 1).all()
 
 
 def test_fedprox_pulls_clients_towards_the_global_model(digits_data):

@@ -650,6 +650,29 @@ def test_normalising_algorithms_refuse_a_carried_over_optimiser_state(training, 
         check_config(config, SCHEMA)
 
 
+@pytest.mark.parametrize(("name", "training", "label_training", "refused"), [
+    ("scaffold", {"optimizer": "adamw", "momentum": 0.0}, {}, True),   # the whole config trains with adamw
+    ("scaffold", {}, {"optimizer": "adamw", "momentum": 0.0}, True),   # only the SCAFFOLD label does
+    ("scaffold", {"optimizer": "adamw", "momentum": 0.0}, {"optimizer": "sgd"}, False),  # the label turns it off
+    ("scaffold", {}, {}, False),
+    ("fedavg", {"optimizer": "adamw", "momentum": 0.0}, {}, False),    # FedAvg averages whatever the clients did
+])
+def test_scaffold_refuses_a_local_optimiser_other_than_sgd(name, training, label_training, refused):
+    # Prepare: a label of `name` beside FedAvg, the optimiser set in `training` and/or the label
+    config = copy.deepcopy(GRID_ONLY)
+    config["training"] = {**config.get("training", {}), **training}
+    config["algorithms"] = {"fedavg": {"name": "fedavg"}, "x": {"name": name, "training": label_training}}
+    config["experiment_defaults"] = {"init": next(iter(config["inits"])), "algorithm": "x"}
+
+    # Execute / Assert: refused at planning, naming the label, the optimiser and why
+    if not refused:
+        check_config(config, SCHEMA)
+        return
+    with pytest.raises(ConfigError, match=r"algorithms\.x: scaffold trains its clients with sgd only "
+                                          r"\(training\.optimizer: adamw\): its option-II control variate"):
+        check_config(config, SCHEMA)
+
+
 # -- algorithm hyperparameters are type-checked from their dataclass, for every algorithm ----------------------
 @pytest.mark.parametrize(("hparams", "expected"), [
     ({"name": "fedasam", "rho": "big"}, "algorithms.x.rho: expected a number (e.g. its default 0.5), got 'big'"),

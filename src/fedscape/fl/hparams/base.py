@@ -45,6 +45,9 @@ class AlgorithmSpec:
     # Why the algorithm needs a fresh local optimiser every round (training.keep_optimizer_state refused); None: it
     # does not.
     fresh_optimizer: str | None = None
+    # Why the algorithm's maths reads the local steps as SGD steps (training.optimizer: adamw refused); None: any
+    # local optimiser.
+    sgd_only: str | None = None
     # Why the algorithm's maths needs one prediction per sample, so that it refuses a sequence task (a data set's
     # `targets: every`, fedscape.models.loss); None: its loss is the mean cross-entropy, which counts per position.
     per_sample: str | None = None
@@ -58,6 +61,10 @@ class AlgorithmSpec:
         if training.get("keep_optimizer_state") and self.fresh_optimizer:
             raise ValueError(f"{self.name} cannot keep the clients' optimiser state between rounds "
                              f"(training.keep_optimizer_state): {self.fresh_optimizer}")
+        optimizer = training.get("optimizer", "sgd")
+        if optimizer != "sgd" and self.sgd_only:
+            raise ValueError(f"{self.name} trains its clients with sgd only (training.optimizer: {optimizer}): "
+                             f"{self.sgd_only}")
 
     def check_targets(self, targets: str, where: str) -> None:
         """ValueError when the algorithm cannot train on targets `targets` (`fedscape.data.specs.TARGETS`) of the

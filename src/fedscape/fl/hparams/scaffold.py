@@ -9,4 +9,8 @@ SPECS = (AlgorithmSpec("scaffold", ServerSGDConfig, "scaffold:Scaffold", "SCAFFO
                   fresh_optimizer="its option-II control variate divides the round's update x - y_i by the weight "
                                   "of the round's own gradients (Karimireddy et al. 2020, eq. 4), which a "
                                   "carried-over momentum or Adam state adds to",
+                  sgd_only="its option-II control variate (x - y_i) over the weight of the round's gradients is "
+                           "the clients' mean gradient only when each local step is a known multiple of gradients "
+                           "(SGD, momentum included); with adamw's normalised steps it is the mean Adam direction "
+                           "(about 100x a gradient in a measured case), which the correction adds to raw gradients",
                   sequential_only="the control-variate correction of every local step"),)

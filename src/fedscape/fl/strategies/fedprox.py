@@ -22,7 +22,10 @@ class FedProx(Strategy):
         for p, g in zip(model.parameters(), ctx.scratch["global_views"], strict=True):
             prox = p.detach() - g
             if p.grad is None:
-                p.grad = mu * prox
+                # no data gradient in this step (a skipped block): the prox term's alone, and none at mu = 0, so
+                # that the optimiser skips the parameter (weight decay, momentum) as FedAvg's does
+                if mu:
+                    p.grad = mu * prox
             else:
                 p.grad.add_(prox, alpha=mu)
 

@@ -37,6 +37,10 @@ class Moon(Strategy):
     (`prepare_model`: `fedscape.models.layers.ProjectedClassifier`), trained by both terms, averaged,
     saved and evaluated with it. The previous local model of a client that has not yet trained is the
     initial global model, as in the FedAlign code.
+
+    The global and previous models compute their representations in the local model's mode: in training, a
+    batch-norm model's with the batch's statistics, as in the FedAlign code (its copies are never put in eval
+    mode). MOON's own code puts them in eval mode (running statistics); the two differ for batch-norm models only.
     """
 
     standard_local_training = False

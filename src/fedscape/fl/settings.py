@@ -332,7 +332,8 @@ class TrainingSettings(JobSettings):
 
 
 def sample_clients(seed: int, round_: int, num_clients: int, participation: float) -> list[int]:
-    """Clients taking part in a round: a seeded sample of max(1, round(p * M)) without replacement."""
+    """Clients taking part in a round: a seeded sample of max(1, round(p * M)) without replacement. Python's
+    round takes a half to the even neighbour (0.5 of 5: 2, of 7: 4); floor would take 0.29 of 100 to 28."""
     m = max(1, int(round(participation * num_clients)))
     if m >= num_clients:
         return list(range(num_clients))

@@ -119,3 +119,30 @@ def test_verify_finds_changed_missing_and_foreign_outputs_even_with_their_times_
 def test_verify_without_records_says_so(tmp_path, capsys):
     assert manifest.main(str(tmp_path)) == 1
     assert "no job records" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("has_pyproject", "names_commit"), [(True, True), (False, False)])
+def test_the_commit_is_recorded_only_for_a_source_checkout(tmp_path, has_pyproject, names_commit):
+    # Prepare: a git repository holding an installed copy's tree (a venv inside a checkout) or a source checkout
+    import subprocess
+
+    def git(*args, cwd=tmp_path):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "README").write_text("a checkout\n")
+    git("add", "README")
+    git("commit", "-q", "-m", "one")
+    root = tmp_path / "venv" / "lib" / "python3.11"  # where site-packages' fedscape/core/manifest.py puts its root
+    root.mkdir(parents=True)
+    if has_pyproject:
+        root = tmp_path
+        (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+
+    # Execute
+    code = manifest.code_version(root)
+
+    # Assert: the enclosing repository's commit only where the tree is the checkout itself
+    assert (code["commit"] is not None) == names_commit
+    assert code["fedscape"] and (code["dirty"] is None) == (not names_commit)

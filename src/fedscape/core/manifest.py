@@ -59,9 +59,15 @@ def file_record(path: str | Path) -> dict:
 
 
 def code_version(source: Path | None = None) -> dict:
-    """fedscape's version, and the git commit of its source checkout with a dirty flag where it is one."""
+    """fedscape's version, and the git commit of its source checkout with a dirty flag where it is one.
+
+    `source` (default: the root of the tree this module is in) is a checkout only where it holds pyproject.toml:
+    an installed copy's root (site-packages' parent) may lie inside some git checkout, whose commit is not the
+    code that ran."""
     source = Path(source or Path(__file__).resolve().parents[3])
     out = {"fedscape": _version("fedscape"), "commit": None, "dirty": None}
+    if not (source / "pyproject.toml").is_file():
+        return out
     try:
         commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()

@@ -288,6 +288,8 @@ def test_continue_refuses_another_model(tmp_path):
     ({"warm": {"kind": "iid_warmup", "training": {"lrr": 0.1}}}, [{"alpha": "iid"}, {"init": "warm"}], {},
      r"inits\.warm\.training: unknown training key 'lrr'"),
     ({"w": {"kind": "warmup"}}, None, {}, r"inits\.w\.kind: 'warmup' is not valid"),
+    ({"warm": {"kind": "iid_warmup", "training": {"swa": {"cycle": 2}}}}, [{"alpha": "iid"}, {"init": "warm"}], {},
+     r"inits\.warm\.training\.swa: an IID warm-up is plain FedAvg and keeps its last global model"),
 ])
 def test_bad_inits_fail_at_config_check(inits, experiments, extra, match):
     with pytest.raises(ConfigError, match=match):

@@ -158,6 +158,9 @@ def check(config: dict, runs: list) -> list[str]:
             if "rounds" in spec["training"]:
                 problems.append(f"{where}.training.rounds: the warm-up's rounds are {where}.rounds "
                                 f"({spec['rounds']}); remove rounds from its training")
+            if spec["training"].get("swa") is not None:  # (the `training` section's SWA is its runs')
+                problems.append(f"{where}.training.swa: an IID warm-up is plain FedAvg and keeps its last global "
+                                f"model, not an SWA average; remove swa from its training")
             try:
                 check_training(config["training"], {**spec["training"], "rounds": spec["rounds"],
                                                    "save_clients_at": []})

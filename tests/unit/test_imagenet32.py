@@ -208,8 +208,58 @@ def test_malformed_files_are_named(tmp_path: Path, arrays: dict, match: str) -> 
 
 def test_an_empty_folder_names_the_expected_files(tmp_path: Path) -> None:
     # Execute / Assert
-    with pytest.raises(FileNotFoundError, match=r"no \.npz files in .*train_data_batch_1\.npz"):
+    with pytest.raises(FileNotFoundError, match=r"no train_data_batch_\*\.npz in .*train_data_batch_1\.npz"):
         ImageNet32(tmp_path)
+
+
+def test_only_the_training_batches_are_read_not_the_validation_file_beside_them(tmp_path: Path) -> None:
+    # Prepare: the published training batches and, beside them, the published validation file
+    images, labels = write_imagenet32(tmp_path, sizes=(4, 3))
+    rng = np.random.default_rng(5)
+    np.savez(tmp_path / "val_data.npz", data=rng.integers(0, 256, (6, 3072), dtype=np.uint8),
+             labels=rng.integers(1, 1001, 6).tolist())
+
+    # Execute
+    stream = ImageNet32(tmp_path)
+
+    # Assert: the training images alone
+    assert [s.path.name for s in stream.segments] == ["train_data_batch_1.npz", "train_data_batch_2.npz"]
+    assert len(stream) == 7 and np.array_equal(stream.labels, labels - 1)
+    assert np.array_equal(stream.read(np.arange(7)), images)
+
+
+def test_a_folder_without_training_batches_is_refused_naming_what_it_holds(tmp_path: Path) -> None:
+    # Prepare: the validation file alone
+    np.savez(tmp_path / "val_data.npz", data=np.zeros((2, 3072), np.uint8), labels=[1, 2])
+
+    # Execute / Assert
+    with pytest.raises(FileNotFoundError, match=r"no train_data_batch_\*\.npz in .*; the \.npz files there "
+                                                r"\(val_data\.npz\) are no training batches"):
+        ImageNet32(tmp_path)
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 2], [5, 1001, 7], [-1, 3, 4]])
+def test_labels_outside_1_to_1000_are_refused_naming_the_file(tmp_path: Path, labels: list[int]) -> None:
+    # Prepare: a valid first batch, and a second whose labels are not the published 1..1000 (e.g. re-saved from 0)
+    write_imagenet32(tmp_path, sizes=(3,))
+    np.savez(tmp_path / "train_data_batch_2.npz", data=np.zeros((3, 3072), np.uint8), labels=labels)
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match=rf"train_data_batch_2\.npz: labels {min(labels)}\.\.{max(labels)}, but "
+                                         r"down-sampled ImageNet's files number its classes 1\.\.1000"):
+        ImageNet32(tmp_path)
+
+
+def test_labels_are_shifted_by_one_and_the_classes_are_imagenets_whatever_the_files_hold(tmp_path: Path) -> None:
+    # Prepare: a subset of the classes, without class 1 (0 once shifted) or class 1000
+    np.savez(tmp_path / "train_data_batch_1.npz", data=np.zeros((4, 3072), np.uint8), labels=[2, 3, 5, 40])
+
+    # Execute
+    stream = ImageNet32(tmp_path, max_samples=3, seed=1)
+
+    # Assert: 1..1000 are 0..999 always, and the classifier pretrained on them has ImageNet's 1000 classes
+    assert set(stream.labels.tolist()) <= {1, 2, 4, 39} and len(stream) == 3
+    assert stream.num_classes == 1000
 
 
 def test_a_truncated_file_is_named_when_read(tmp_path: Path) -> None:

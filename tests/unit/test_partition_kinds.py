@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedscape.core.runs import Run
 from fedscape.core.setting import (
     alpha_column,
     format_setting,
@@ -35,6 +36,8 @@ from fedscape.data.partition import (
     quantity_partition,
     save_partition,
 )
+from fedscape.data.specs import dataset_info
+from fedscape.plan.partition import check as check_planned_partitions
 
 ENTRIES = {
     "classes": {"kind": "classes", "classes_per_client": 2},
@@ -128,6 +131,78 @@ def test_classes_fails_naming_the_kind_and_numbers_when_a_class_has_too_few_samp
 
     with pytest.raises(PartitionError, match=r"partition kind classes.*class 2 has 2 samples"):
         classes_partition(tiny, 9, 3, seed=0, min_size=1, max_tries=5)
+
+
+def _classes_partition_as_first_written(labels, num_clients, k, seed, min_size, max_tries):
+    """classes_partition's draws as the first partitions were made (each class's indices found and each class's
+    holders searched per try): the client indices, or the last try's problem where it gives up."""
+    classes, class_sizes = np.unique(labels, return_counts=True)
+    rng = np.random.default_rng(seed)
+    problem = ""
+    for _ in range(max_tries):
+        held = []
+        for i in range(num_clients):
+            first = i % len(classes)
+            others = rng.choice(np.delete(np.arange(len(classes)), first), size=k - 1, replace=False)
+            held.append(np.sort(np.concatenate([[first], others])).astype(np.int64))
+        holders = np.bincount(np.concatenate(held), minlength=len(classes))
+        short = np.flatnonzero(holders > class_sizes)
+        if len(short):
+            c = int(short[0])
+            problem = f"class {classes[c]} has {class_sizes[c]} samples for {holders[c]} clients"
+            continue
+        shards = [[] for _ in range(num_clients)]
+        for c in range(len(classes)):
+            if holders[c] == 0:
+                continue
+            idx_c = np.flatnonzero(labels == classes[c])
+            rng.shuffle(idx_c)
+            owners = [i for i in range(num_clients) if c in held[i]]
+            for owner, part in zip(owners, np.array_split(idx_c, holders[c]), strict=True):
+                shards[owner].append(part)
+        smallest = min(sum(len(x) for x in sh) for sh in shards)
+        if smallest >= min_size:
+            return [np.sort(np.concatenate(sh)).astype(np.int64) for sh in shards]
+        problem = f"smallest client in the last try: {smallest} samples"
+    return problem
+
+
+@pytest.mark.parametrize(("seed", "k", "num_clients", "min_size"), [
+    (0, 1, 10, 1), (1, 2, 10, 10), (2, 3, 25, 10), (3, 2, 40, 40), (4, 10, 7, 10), (5, 4, 13, 120),
+    (6, 2, 45, 64),  # gives up: 45 clients of 2 classes rarely all reach 64 samples
+])
+def test_classes_draws_the_partitions_it_always_has(seed, k, num_clients, min_size):
+    # Prepare: unequal classes with gaps in their ids, so that class ids and positions differ
+    labels = np.random.default_rng(seed).choice([0, 2, 3, 5, 7, 8, 9, 11, 12, 14], size=3000,
+                                                p=np.linspace(1, 3, 10) / np.linspace(1, 3, 10).sum())
+    expected = _classes_partition_as_first_written(labels, num_clients, k, seed, min_size, max_tries=25)
+
+    # Execute
+    try:
+        got = [ix.tolist() for ix in classes_partition(labels, num_clients, k, seed, min_size, max_tries=25)
+               .client_indices]
+    except PartitionError as err:
+        got = str(err)
+
+    # Assert: the same clients' indices for every seed (finished runs' partitions are remade bit for bit), or the
+    # same last try where it gives up
+    if isinstance(expected, str):
+        assert isinstance(got, str) and f"({expected})" in got
+    else:
+        assert got == [ix.tolist() for ix in expected]
+
+
+def test_classes_redraws_as_it_always_has_after_a_class_too_small_for_its_holders():
+    # Prepare: class 2's 4 samples cannot go to 5 or more of 9 clients, so some tries fail before any shuffle
+    tiny = np.array([0] * 50 + [1] * 50 + [2] * 4)
+    expected = [_classes_partition_as_first_written(tiny, 9, 2, seed, 1, max_tries=25) for seed in range(8)]
+
+    # Execute
+    got = [[ix.tolist() for ix in classes_partition(tiny, 9, 2, seed, 1, max_tries=25).client_indices]
+           for seed in range(8)]
+
+    # Assert
+    assert got == [[ix.tolist() for ix in e] for e in expected]
 
 
 def test_quantity_keeps_labels_iid_within_sampling_error(labels):
@@ -265,6 +340,12 @@ def test_bad_entries_are_named(entry, message):
     ({"kind": "natural", "select": "random"}, "femnist", []),
     ({"kind": "classes"}, "digits", []),  # the missing option is check_partition_entry's to report
     ({"kind": "quantity", "beta": 0.5}, "digits", []),
+    ({"kind": "feature_noise", "sigma": 0.1}, "digits", []),
+    ({"kind": "feature_noise", "sigma": 0.1}, "femnist", []),
+    ({"kind": "feature_noise", "sigma": 0.1}, "shakespeare",
+     ["partitions.lab: the kind feature_noise adds Gaussian noise to each client's inputs, but shakespeare gives "
+      "sequences of 80 tokens over 80 symbols (token ids, which noise cannot perturb); use it on a dataset of "
+      "images (cifar10, cifar100, digits, femnist, imagenet200) or another kind on shakespeare"]),
 ])
 def test_the_options_a_dataset_cannot_take_are_known_from_its_declaration(entry, dataset, expected):
     # Prepare / Execute
@@ -272,6 +353,26 @@ def test_the_options_a_dataset_cannot_take_are_known_from_its_declaration(entry,
 
     # Assert
     assert problems == expected
+
+
+@pytest.mark.parametrize(("dataset", "refused"), [("shakespeare", True), ("stackoverflow", True), ("reddit", True),
+                                                 ("digits", False)])
+def test_planning_refuses_feature_noise_on_token_data(dataset, refused):
+    # Prepare: a run of each dataset on a feature_noise partition, as the config check plans it
+    config = {"partitions": {"noise": {"kind": "feature_noise", "sigma": 0.1}}, "alphas": [],
+              "partition": {"min_size": 1}, "datasets": {dataset: {"test_fraction": 0.2, "proxy_fraction": 0.0}}}
+    runs = [Run(dataset, "cnn_small", "random", "fedavg", "noise", 4, "1.0", 0)]
+
+    # Execute
+    problems = check_planned_partitions(config, runs)
+
+    # Assert: before any job runs (the train job would be the first to see the token ids)
+    noise = [p for p in problems if "feature_noise adds Gaussian noise" in p]
+    assert noise == ([f"partitions.noise: the kind feature_noise adds Gaussian noise to each client's inputs, but "
+                      f"{dataset} gives {dataset_info(dataset).input_description} (token ids, which noise cannot "
+                      f"perturb); use it on a dataset of images (cifar10, cifar100, digits, femnist, imagenet200) or "
+                      f"another kind on {dataset}"] if refused else [])
+    assert problems == noise
 
 
 def test_every_kind_cites_a_paper_and_declares_its_options():

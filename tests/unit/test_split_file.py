@@ -114,3 +114,16 @@ def test_the_split_file_is_the_partition_jobs_input_where_it_exists_and_its_path
     assert partition_files(config, "0.5") == [] and partition_files(config, "iid") == []
     assert check_partition_entry("s", {"kind": "split_file"}) == ["partitions.s.path: the partition kind split_file "
                                                                   "needs `path`"]
+
+
+def test_a_split_file_read_in_a_pool_less_its_proxy_split_names_the_proxy_split(tmp_path):
+    # Prepare: the pool as a proxy split leaves it (every 10th image of the training set gone), and a split of the
+    # training set's first images: its image 9 is the pool's row 9, image 10 of the training set
+    pool = np.delete(np.arange(600), np.arange(0, 600, 10))
+    path = tmp_path / "split.json"
+    write_split(path, {0: list(range(0, 20)), 1: list(range(20, 40))}, labels=np.arange(600) % 10)
+
+    # Execute / Assert: a label mismatch whose message names the proxy split among its causes
+    with pytest.raises(PartitionError, match="or the dataset's proxy_fraction is above 0 .the file indexes the whole "
+                                             "training set; set proxy_fraction to 0"):
+        make_kind_partition({"kind": "split_file", "path": str(path)}, pool % 10, 2, seed=0, min_size=10)

@@ -18,7 +18,7 @@ from fedscape.data.partition import (
     save_partition,
 )
 from fedscape.data.sources import load_source, source_from_options
-from fedscape.data.specs import DATASETS, dataset_option_problems
+from fedscape.data.specs import DATASETS, data_layout_problems, dataset_option_problems
 
 WORDS = ["the", "is", "code", "a", "bug"] + [f"w{i}" for i in range(9995)]  # TFF's vocabulary: 10,000 words
 TEXTS = ["the code is a bug", "is the code", "a bug", "the the the the the the the the the the the the the the the "
@@ -156,3 +156,60 @@ def test_a_vocabulary_of_another_size_is_refused_naming_it(tmp_path):
     # Execute / Assert
     with pytest.raises(ValueError, match="vocabulary of 6 ids, but reddit has 10000"):
         load_source("reddit", data_dir=str(root))
+
+
+@pytest.mark.parametrize(("remove", "compressed", "says"), [
+    ((), False, None),
+    (("stackoverflow.sqlite",), True, "missing stackoverflow.sqlite in {d}: expected TFF's stackoverflow.sqlite "
+     "(decompressed from its stackoverflow.sqlite.lzma) and stackoverflow.word_count ({d}/stackoverflow.sqlite.lzma "
+     "is there: decompress it once with fedscape.data.stackoverflow.decompress_database('{d}'))"),
+    (("stackoverflow.sqlite",), False, "missing stackoverflow.sqlite in {d}: expected TFF's stackoverflow.sqlite "
+     "(decompressed from its stackoverflow.sqlite.lzma) and stackoverflow.word_count (TFF publishes "
+     "stackoverflow.sqlite.lzma"),
+    (("stackoverflow.word_count",), False, "missing stackoverflow.word_count in {d}: "),
+])
+def test_a_stackoverflow_data_dir_without_its_files_is_named_before_any_job(stackoverflow_dir, remove, compressed,
+                                                                            says):
+    # Prepare: TFF's files as the reader opens them, less those removed (the compressed database left beside them)
+    for name in remove:
+        (stackoverflow_dir / name).unlink()
+    if compressed:
+        (stackoverflow_dir / "stackoverflow.sqlite.lzma").write_bytes(b"")
+
+    # Execute
+    problems = data_layout_problems("stackoverflow", str(stackoverflow_dir), {"data_dir": str(stackoverflow_dir)})
+
+    # Assert: what the reader would miss, named before the first job; a complete folder reads
+    if says is None:
+        assert problems == []
+        assert len(load_source("stackoverflow", data_dir=str(stackoverflow_dir)).labels)
+    else:
+        assert len(problems) == 1 and problems[0].startswith(says.format(d=stackoverflow_dir)), problems
+        with pytest.raises(FileNotFoundError):
+            load_source("stackoverflow", data_dir=str(stackoverflow_dir))
+
+
+@pytest.mark.parametrize("vocab_at", [None, "reddit/vocab", "reddit/data/vocab", "reddit/data"])
+def test_a_reddit_data_dir_without_its_vocabulary_is_named_before_any_job(reddit_dir, vocab_at):
+    # Prepare: LEAF's layout, its vocabulary moved to another place the reader looks in, or removed
+    written = reddit_dir / "reddit" / "vocab" / "reddit_vocab.pck"
+    if vocab_at is None:
+        written.unlink()
+    else:
+        (reddit_dir / vocab_at).mkdir(parents=True, exist_ok=True)
+        written.replace(reddit_dir / vocab_at / "reddit_vocab.pck")
+
+    # Execute
+    problems = data_layout_problems("reddit", str(reddit_dir), {"data_dir": str(reddit_dir)})
+
+    # Assert: the places the reader looks in are named; where the file is in one of them, the data reads
+    data = reddit_dir / "reddit" / "data"
+    if vocab_at is None:
+        assert problems == [f"no reddit_vocab.pck in {data}/vocab, {reddit_dir}/reddit/vocab, {data}: reddit's token "
+                            "ids are those of LEAF's vocabulary pickle; make it with LEAF's data/reddit/build_vocab.py "
+                            "--data-dir ./data/train --target-dir vocab"]
+        with pytest.raises(FileNotFoundError, match="reddit_vocab.pck not found"):
+            load_source("reddit", data_dir=str(reddit_dir))
+    else:
+        assert problems == []
+        assert len(load_source("reddit", data_dir=str(reddit_dir)).labels)

@@ -35,6 +35,7 @@ from fedscape.data.datasets import unit_pixels
 from fedscape.data.specs import IMAGENET32_FILES
 
 ROW_BYTES = 3 * 32 * 32
+NUM_CLASSES = 1000  # ImageNet-1k's classes, which the published files number 1..1000
 CACHE_DIR = ".fedscape_cache"  # inside the data folder
 CACHE_ENV = "FEDSCAPE_CACHE_DIR"  # the user's cache, where the data folder cannot be written
 
@@ -172,10 +173,22 @@ def _unpack(path: Path, member: BinaryIO, rows: int, target: Path) -> _Segment:
     return _Segment(target, offset, rows)
 
 
-class ImageNet32:
-    """The images of every ``*.npz`` in a folder, read by rows from disk; labels 0..999 in memory.
+def _training_labels(path: Path, labels: np.ndarray) -> np.ndarray:
+    """A file's labels 1..1000 as the classes 0..999; ValueError naming the file for labels outside 1..1000 (a
+    file re-saved with classes from 0, say, which a shift decided from the data would misnumber unseen)."""
+    if labels.size and not (labels.min() >= 1 and labels.max() <= NUM_CLASSES):
+        raise ValueError(f"{path}: labels {int(labels.min())}..{int(labels.max())}, but down-sampled ImageNet's "
+                         f"files number its classes 1..{NUM_CLASSES} (Chrabaszcz et al. 2017); use the published "
+                         f"files, or re-save these with labels 1..{NUM_CLASSES}")
+    return labels - 1
 
-    ``max_samples`` keeps a seeded random subset (its rows in file order, as the whole set's).
+
+class ImageNet32:
+    """The images of the training batches in a folder (IMAGENET32_FILES: ``train_data_batch_*.npz``), read by rows
+    from disk; labels 0..999 in memory.
+
+    ``max_samples`` keeps a seeded random subset (its rows in file order, as the whole set's). ``num_classes`` is
+    ImageNet-1k's 1000, whichever classes the files hold: the size of the classifier pretrained on them.
     """
 
     def __init__(self, directory: str | Path, max_samples: int | None = None, seed: int = 0) -> None:
@@ -183,21 +196,21 @@ class ImageNet32:
         directory = Path(directory)
         files = sorted(directory.glob(IMAGENET32_FILES))
         if not files:
-            raise FileNotFoundError(f"no .npz files in {directory}: expected down-sampled ImageNet 32x32 arrays "
-                                    "(e.g. train_data_batch_1.npz ... with `data` [N, 3072] uint8 and `labels` "
-                                    "1..1000)")
+            others = sorted(p.name for p in directory.glob("*.npz"))
+            beside = f"; the .npz files there ({', '.join(others)}) are no training batches" if others else ""
+            raise FileNotFoundError(f"no {IMAGENET32_FILES} in {directory}{beside}: expected down-sampled ImageNet "
+                                    "32x32's training batches as published (train_data_batch_1.npz ... "
+                                    "train_data_batch_10.npz, with `data` [N, 3072] uint8 and `labels` 1..1000)")
         parts = [_segment(f, (directory / CACHE_DIR, user_cache(directory))) for f in files]
         self.segments = [s for s, _ in parts]
-        labels = np.concatenate([y for _, y in parts])
-        if labels.size and labels.min() >= 1:
-            labels = labels - 1  # the published files number classes 1..1000
+        labels = np.concatenate([_training_labels(f, y) for f, (_, y) in zip(files, parts, strict=True)])
         self._starts = np.cumsum([0] + [s.rows for s in self.segments])
         rows = np.arange(len(labels))
         if max_samples is not None and max_samples < len(labels):
             rows = np.sort(np.random.default_rng(seed).permutation(len(labels))[:max_samples])
         self.rows = rows  # the file rows this set reads, in order
         self.labels = labels[rows]
-        self.num_classes = int(labels.max()) + 1 if labels.size else 0
+        self.num_classes = NUM_CLASSES
         self._fds = [None] * len(self.segments)
 
     def __len__(self) -> int:

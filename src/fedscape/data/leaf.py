@@ -38,6 +38,8 @@ from fedscape.data.specs import (
     NO_DOWNLOAD,
     RAW_ROLES_DIR,
     REDDIT_SEQ_LEN,
+    REDDIT_VOCAB_FILE,
+    REDDIT_VOCAB_HOW,
     SHAKESPEARE_RAW_TEST_FRACTION,
     SHAKESPEARE_RAW_VOCAB,
     SHAKESPEARE_SEQ_LEN,
@@ -46,12 +48,13 @@ from fedscape.data.specs import (
     leaf_places,
     raw_roles_folder,
     raw_roles_places,
+    reddit_vocab_file,
+    reddit_vocab_places,
 )
 
 FEMNIST_PIXELS = 28 * 28
 
 IGNORE = IGNORE_INDEX  # a target position that does not count (padding)
-REDDIT_VOCAB_FILE = "reddit_vocab.pck"  # written by LEAF's data/reddit/build_vocab.py into --target-dir vocab
 
 
 def _token_table(vocabulary: str) -> np.ndarray:
@@ -293,13 +296,11 @@ def _reddit_user(data: dict, where: str, vocab: RedditVocab) -> tuple[np.ndarray
 def reddit_vocab_path(directory: Path) -> Path:
     """LEAF's ``reddit_vocab.pck`` near the folder of the JSON splits: in its ``vocab/``, its parent's ``vocab/``
     (LEAF's data/reddit/ layout) or itself; FileNotFoundError naming them."""
-    places = [directory / "vocab", directory.parent / "vocab", directory]
-    for where in places:
-        if (where / REDDIT_VOCAB_FILE).is_file():
-            return where / REDDIT_VOCAB_FILE
+    found = reddit_vocab_file(directory)
+    if found is not None:
+        return found
     raise FileNotFoundError(f"reddit: LEAF's vocabulary {REDDIT_VOCAB_FILE} not found (looked in "
-                            f"{', '.join(str(p) for p in places)}); make it with LEAF's data/reddit/build_vocab.py "
-                            f"--data-dir ./data/train --target-dir vocab")
+                            f"{', '.join(str(p) for p in reddit_vocab_places(directory))}); {REDDIT_VOCAB_HOW}")
 
 
 def read_reddit(data_dir: str | None, max_clients: int | None = None) -> tuple[LeafPart, LeafPart, tuple[str, ...]]:

@@ -171,8 +171,10 @@ LOCATION_BASELINES: dict[str, object] = {"data_dir": None, "download": False}
 # here and one that is not stays None: whether `proxy_dir` is set says which proxy the init trains on, where it is
 # does not. (Its baseline is no folder a job could read by mistake: `fedscape.stages.init` refuses it.)
 INIT_LOCATION_BASELINES: dict[str, object] = {"proxy_data_dir": None, "proxy_dir": "<inits.proxy_dir>"}
-# The files of down-sampled ImageNet in a pretrained init's `proxy_dir` (Chrabaszcz et al. 2017's batches)
-IMAGENET32_FILES = "*.npz"
+# The files of down-sampled ImageNet in a pretrained init's `proxy_dir`: the training batches as Chrabaszcz et al.
+# 2017 publish them (Imagenet32_train_npz: train_data_batch_1.npz ... train_data_batch_10.npz). Their validation
+# file, val_data.npz, may lie beside them and is no pretraining data.
+IMAGENET32_FILES = "train_data_batch_*.npz"
 # Datasets normalised per RGB channel with published statistics (`fedscape.data.sources.normalisation`), which
 # `datasets.<name>.channel_mean` and `channel_std` may replace with a paper's own (e.g. the CIFAR std of many public
 # loaders, (0.2023, 0.1994, 0.2010), that the flatness paper's code uses)
@@ -215,7 +217,8 @@ DATA_DIR_HOLDS: dict[str, str] = {
     "shakespeare": "LEAF's train/ and test/ JSON files",
     "imagenet200": ("ImageNet-1k's train/<wnid>/ image folders and val/ (sorted into <wnid>/ folders, or flat "
                     "with LOC_val_solution.csv; fedscape.data.imagenet200)"),
-    "stackoverflow": "TFF's stackoverflow.sqlite (or .sqlite.lzma) and stackoverflow.word_count",
+    "stackoverflow": "TFF's stackoverflow.sqlite (decompressed from its stackoverflow.sqlite.lzma) and "
+                     "stackoverflow.word_count",
     "reddit": "LEAF's train/ and test/ JSON files and vocab/reddit_vocab.pck",
 }
 
@@ -287,6 +290,27 @@ def raw_roles_folder(data_dir: str | None) -> Path | None:
                  if any((where / RAW_ROLES_DIR).glob("*.txt"))), None)
 
 
+# Stack Overflow's files in its data_dir, read by fedscape.data.stackoverflow: TFF's database, which TFF publishes
+# compressed (its name + .lzma) and the reader opens decompressed, and TFF's word-count file (the vocabulary)
+STACKOVERFLOW_DATABASE = "stackoverflow.sqlite"
+STACKOVERFLOW_WORD_COUNT_FILE = "stackoverflow.word_count"
+# LEAF's Reddit vocabulary (data/reddit/build_vocab.py writes it into --target-dir vocab), read by fedscape.data.leaf
+REDDIT_VOCAB_FILE = "reddit_vocab.pck"
+REDDIT_VOCAB_HOW = "make it with LEAF's data/reddit/build_vocab.py --data-dir ./data/train --target-dir vocab"
+
+
+def reddit_vocab_places(directory: Path) -> tuple[Path, ...]:
+    """Where REDDIT_VOCAB_FILE is looked for near `directory`, the folder of LEAF's Reddit train/ and test/: in its
+    ``vocab/``, its parent's ``vocab/`` (LEAF's data/reddit/ layout) and itself."""
+    return directory / "vocab", directory.parent / "vocab", directory
+
+
+def reddit_vocab_file(directory: Path) -> Path | None:
+    """The first REDDIT_VOCAB_FILE of `reddit_vocab_places`; None where none is there."""
+    return next((where / REDDIT_VOCAB_FILE for where in reddit_vocab_places(directory)
+                 if (where / REDDIT_VOCAB_FILE).is_file()), None)
+
+
 def _cifar_layout_problems(name: str, data_dir: str, options: dict) -> list[str]:
     layout = CIFAR_LAYOUTS[name]
     missing = layout.missing(data_dir)
@@ -312,12 +336,38 @@ def _leaf_layout_problems(name: str, data_dir: str, options: dict) -> list[str]:
             f"holding {name}/data)"]
 
 
+def _reddit_layout_problems(data_dir: str, options: dict) -> list[str]:
+    problems = _leaf_layout_problems("reddit", data_dir, options)
+    folder = leaf_folder("reddit", data_dir)
+    if problems or reddit_vocab_file(folder) is not None:
+        return problems
+    places = ", ".join(str(where) for where in reddit_vocab_places(folder))
+    return [f"no {REDDIT_VOCAB_FILE} in {places}: reddit's token ids are those of LEAF's vocabulary pickle; "
+            f"{REDDIT_VOCAB_HOW}"]
+
+
+def _stackoverflow_layout_problems(data_dir: str, options: dict) -> list[str]:
+    missing = [name for name in (STACKOVERFLOW_DATABASE, STACKOVERFLOW_WORD_COUNT_FILE)
+               if not (Path(data_dir) / name).is_file()]
+    if not missing:
+        return []
+    compressed = Path(data_dir) / f"{STACKOVERFLOW_DATABASE}.lzma"
+    if STACKOVERFLOW_DATABASE in missing and compressed.is_file():
+        how = (f"{compressed} is there: decompress it once with fedscape.data.stackoverflow."
+               f"decompress_database({str(data_dir)!r})")
+    else:
+        how = NO_DOWNLOAD["stackoverflow"]
+    return [f"missing {', '.join(missing)} in {data_dir}: expected {DATA_DIR_HOLDS['stackoverflow']} ({how})"]
+
+
 # Datasets whose folder layout is checked before their jobs start (torch-free, listing folders only): (data_dir,
 # its `datasets.<name>` settings) -> the problems of the data_dir, each naming the missing path.
 _LAYOUT_PROBLEMS = {
     "imagenet200": lambda data_dir, options: imagenet200.layout_problems(data_dir),
     **{name: partial(_cifar_layout_problems, name) for name in CIFAR_LAYOUTS},
     **{name: partial(_leaf_layout_problems, name) for name in LEAF_JSON_DATASETS},
+    "reddit": _reddit_layout_problems,  # LEAF's JSON, and its vocabulary
+    "stackoverflow": _stackoverflow_layout_problems,
 }
 
 

@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from fedscape.data.leaf import IGNORE, LeafPart
+from fedscape.data.specs import STACKOVERFLOW_DATABASE as DATABASE
 from fedscape.data.specs import STACKOVERFLOW_SEQ_LEN as SEQ_LEN
 from fedscape.data.specs import STACKOVERFLOW_VOCAB_SIZE as VOCAB_SIZE
+from fedscape.data.specs import STACKOVERFLOW_WORD_COUNT_FILE as WORD_COUNT_FILE
 
-DATABASE = "stackoverflow.sqlite"
-WORD_COUNT_FILE = "stackoverflow.word_count"
 SPLITS = ("train", "heldout", "test")
 # Tables and columns SqlClientData requires (sql_client_data.py REQUIRED_TABLES, REQUIRED_EXAMPLES_COLUMNS).
 REQUIRED_COLUMNS = {"examples": ("split_name", "client_id", "serialized_example_proto"),

@@ -850,14 +850,14 @@ def test_every_algorithm_beats_chance_on_digits(digits_data, name):
 
 # -- cost accounting -------------------------------------------------------------------------------
 def cost_job(tmp_path, i, algorithm, name, seconds, mem, alpha=0.1, clients=10, part=1.0, epochs=2, batch=16,
-             device="cpu"):
+             device="cpu", execution="sequential"):
     """metrics.csv and meta.json of one train job with the given per-round seconds and peak memory."""
     metrics = tmp_path / f"m{i}.csv"
     pd.DataFrame({"run_id": f"r{i}", "dataset": "digits", "model": "cnn_small", "algorithm": algorithm,
                   "alpha": alpha, "num_clients": clients, "participation": part, "round": [0, 1, 2, 3],
                   "seconds": [0.0, *seconds], "peak_mem_mb": [1.0, *mem]}).to_csv(metrics, index=False)
     meta = tmp_path / f"m{i}.json"
-    meta.write_text(json.dumps({"device": device, "device_name": f"{device} (x)", "settings": {
+    meta.write_text(json.dumps({"device": device, "device_name": f"{device} (x)", "execution": execution, "settings": {
         "algorithm": name, "training": {"local_epochs": epochs, "batch_size": batch}}}))
     return metrics, meta
 
@@ -880,7 +880,7 @@ def test_cost_table_medians_peaks_and_ratios(tmp_path):
 
 
 @pytest.mark.parametrize("other", [{"part": 0.25}, {"clients": 64}, {"epochs": 10}, {"batch": 64}, {"alpha": 2.0},
-                                   {"device": "cuda"}])
+                                   {"device": "cuda"}, {"execution": "vectorized"}])
 def test_cost_ratios_compare_runs_of_the_same_setting_only(tmp_path, other):
     """FedAlign Table 5: a FedAvg run doing a quarter of the work per round is no baseline for the others."""
     # Prepare: FedAvg in the setting of the GradAug runs (2 s per round) and in another setting (0.5 s)
@@ -895,6 +895,30 @@ def test_cost_ratios_compare_runs_of_the_same_setting_only(tmp_path, other):
     assert rows.loc["ga", "seconds_vs_fedavg"] == 2.5
     assert rows.loc["ga", "peak_mem_vs_fedavg"] == 2.0
     assert rows.loc["fedavg_other", "seconds_vs_fedavg"] == 1.0  # its own baseline
+
+
+def test_the_cost_table_names_each_runs_execution_and_unrecorded_for_older_runs(tmp_path):
+    # Prepare: a vectorised FedAvg run, and a GradAug run whose meta.json predates the record of the execution
+    metrics, meta = cost_job(tmp_path, 1, "ga", "gradaug", [5, 5, 5], [20, 20, 20])
+    meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "execution"}))
+
+    # Execute
+    rows = cost_table([cost_job(tmp_path, 0, "fedavg", "fedavg", [2, 2, 2], [10, 10, 10], execution="vectorized"),
+                       (metrics, meta)]).set_index("algorithm")
+
+    # Assert: two executions, so no ratio across them
+    assert rows.loc["fedavg", "execution"] == "vectorized" and rows.loc["ga", "execution"] == "unrecorded"
+    assert np.isnan(rows.loc["ga", "seconds_vs_fedavg"])
+
+
+@pytest.mark.parametrize(("parallel", "expected"), [("sequential", "sequential"), ("auto", "vectorized")])
+def test_a_run_records_how_its_clients_trained(digits_data, parallel, expected):
+    # Execute: FedAvg on a CPU (no CUDA graphs), one by one or (auto) all at once
+    result = run_federated(model_of(), small_data(digits_data), make_strategy("fedavg"),
+                           sequential(rounds=1, client_parallel=parallel))
+
+    # Assert
+    assert result.execution == expected
 
 
 def test_cost_table_refuses_another_runs_metrics_in_a_runs_place(tmp_path):

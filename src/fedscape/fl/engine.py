@@ -44,6 +44,8 @@ class RunResult:
     status: str = "ok"
     client_stats: list[dict] = field(default_factory=list)  # per round: fedscape.fl.client_stats.round_stats
     swa: dict | None = None  # with SWA: SWAModel.state_dict() of the SWA model (None until a cycle has ended)
+    # How the clients trained (`execution_of`): a run's seconds per round depend on it as much as on its algorithm
+    execution: str = ""
 
 
 class _Progress:
@@ -275,7 +277,17 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
         clients=clients,
         status=records[-1]["row"]["status"],
         swa=averager.state_dict() if averager is not None and averager.count else None,
+        execution=execution_of(trainer),
     )
+
+
+def execution_of(trainer: Trainer) -> str:
+    """How `trainer` trained its clients: `vectorized` (all sampled clients at once), `sequential, captured` (one
+    after another, their steps replayed from CUDA graphs) or `sequential`."""
+    if isinstance(trainer, VectorizedTrainer):
+        return "vectorized"
+    capture = getattr(trainer, "capture", None)
+    return "sequential, captured" if capture is not None and capture.state == "on" else "sequential"
 
 
 def _round_of(record: dict) -> int:

@@ -5,6 +5,10 @@ from __future__ import annotations
 from fedscape.core.paths import Results
 from fedscape.core.runs import Run
 
+# The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
+# cost_table 2: runs are compared within one execution (clients trained at once, one by one, or from CUDA graphs).
+RESULT_VERSIONS = {"cost_table": 2}
+
 
 def check(config: dict, runs: list[Run]) -> list[str]:
     """Nothing beyond the schema."""

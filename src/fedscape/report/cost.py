@@ -15,11 +15,16 @@ from fedscape.outputs.tables import read_table
 # What a run's cost per round depends on besides the algorithm: runs are compared only within one setting.
 # local_epochs and local_steps hold a work that every client does (empty otherwise); local_work names the work as
 # text ('5 epochs', 'steps uniform in 1..5, drawn every round'), so that unequal work is a setting of its own too.
+# execution is how the clients trained (fedscape.fl.engine.execution_of; `unrecorded` for runs trained before it was
+# recorded): on a GPU, FedAvg's clients train all at once where MOON's or GradAug's train one after another, and a
+# ratio across the two would be the path's speed-up, not the algorithm's overhead.
 COST_SETTING = ["dataset", "model", "device", "device_name", "alpha", "num_clients", "participation", "local_epochs",
-                "batch_size", "local_steps", "local_work"]
+                "batch_size", "local_steps", "local_work", "execution"]
 COST_COLUMNS = ["dataset", "model", "algorithm", "algorithm_name", "device", "device_name", "num_runs", "num_rounds",
                 "median_seconds_per_round", "peak_mem_mb", "seconds_vs_fedavg", "peak_mem_vs_fedavg",
-                "alpha", "num_clients", "participation", "local_epochs", "batch_size", "local_steps", "local_work"]
+                "alpha", "num_clients", "participation", "local_epochs", "batch_size", "local_steps", "local_work",
+                "execution"]
+UNRECORDED_EXECUTION = "unrecorded"
 # The columns of a run's metrics.csv that the cost table reads.
 METRICS_COLUMNS = ["run_id", "dataset", "model", "algorithm", "alpha", "num_clients", "participation", "round",
                    "seconds", "peak_mem_mb"]
@@ -40,6 +45,7 @@ def _run_rounds(metrics: str | Path, meta_path: str | Path) -> pd.DataFrame:
     df = df[df["round"] > 0].copy()
     df["device"] = meta.get("device", "unknown")
     df["device_name"] = meta.get("device_name", meta.get("device", "unknown"))
+    df["execution"] = meta.get("execution", UNRECORDED_EXECUTION)
     df["algorithm_name"] = settings.get("algorithm", df["algorithm"].iloc[0] if len(df) else "")
     unit = "steps" if training.get("local_steps") is not None else "epochs"
     work = parse_work(f"local_{unit}", training[f"local_{unit}"])
@@ -57,7 +63,8 @@ def cost_table(runs: list[tuple[str | Path, str | Path]]) -> pd.DataFrame:
     left out. Peak memory is the largest per-round peak: CUDA max allocated on GPU, the process's peak
     RSS on CPU (which includes the data and the interpreter). A setting (COST_SETTING) is everything
     besides the algorithm that sets the work of a round: dataset, model, device, partition, client
-    count, participation, local work (epochs or steps, equal or not) and batch size. `seconds_vs_fedavg` and
+    count, participation, local work (epochs or steps, equal or not), batch size and how the clients trained
+    (`execution`: vectorised, sequential, captured). `seconds_vs_fedavg` and
     `peak_mem_vs_fedavg` divide by the algorithm name `fedavg` in the same setting (the median over its labels
     there; empty when there is none), so that the overheads of GradAug, FedAlign, MOON ... read off directly.
     """

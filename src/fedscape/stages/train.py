@@ -61,8 +61,8 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
                            progress_key=progress_key(settings, (partition_path, init_path)), swa=swa)
 
     meta = {"run_id": job.run_id, "settings": settings, "status": result.status,
-            **describe_compute(device, cfg.precision), "seed": run["seed"], "init_seed": init.meta.get("seed"),
-            "final_round": int(result.rounds.max())}
+            **describe_compute(device, cfg.precision), "execution": result.execution, "seed": run["seed"],
+            "init_seed": init.meta.get("seed"), "final_round": int(result.rounds.max())}
     if swa is not None:  # the SWA model is the run's reported final model (fedscape.models.checkpoint)
         meta["swa"] = {**to_settings(SWASettings.of(swa, cfg.rounds, has_batch_norm(model))),
                        "models": 0 if result.swa is None else result.swa["count"],

@@ -2,6 +2,7 @@
 
 from fedscape.core.paths import INIT_DIR, PROGRESS
 from fedscape.plan.init import init_input_paths, init_settings
+from fedscape.plan.resources import init_mem_mb
 
 
 rule init:
@@ -19,6 +20,10 @@ rule init:
         "../envs/torch.yaml"
     resources:
         **GPU_JOB,
+        # host memory: the data set it trains on is decoded whole before it is copied to the card
+        mem_mb=lambda wildcards, attempt: init_mem_mb(
+            config, wildcards.dataset, wildcards.init, attempt
+        ),
     params:
         settings=lambda wildcards: init_settings(
             config, RUNS, wildcards.dataset, wildcards.model, wildcards.init

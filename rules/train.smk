@@ -2,6 +2,7 @@
 
 from fedscape.core.paths import PROGRESS, TRAIN_DIR, TRAIN_FILES
 from fedscape.core.runs import Run
+from fedscape.plan.resources import train_mem_mb
 from fedscape.plan.train import train_inputs, train_settings
 
 
@@ -16,6 +17,10 @@ rule train:
         "../envs/torch.yaml"
     resources:
         **GPU_JOB,
+        # host memory: the data set is decoded whole before it is copied to the card
+        mem_mb=lambda wildcards, attempt: train_mem_mb(
+            config, wildcards.dataset, attempt
+        ),
     params:
         settings=lambda wildcards: train_settings(config, Run.from_wildcards(wildcards)),
         # Kept outside the declared outputs: Snakemake deletes those when a job is killed.

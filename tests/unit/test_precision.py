@@ -27,6 +27,9 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 # and mlp on 16 digits-shaped samples, CPU autocast; mean 2.7e-2): bf16 keeps 8 mantissa bits (unit roundoff
 # 2^-8 = 3.9e-3) and a gradient passes several rounded layers forward and back. The bound is about twice the worst.
 BF16_STEP_REL_ERROR = 0.15
+# What `tf32` on "cuda" computes in here: TF32 where the card has it (compute capability 8.0 and later) or where there
+# is no card to ask, fp32 on an older card
+CUDA_TF32 = "fp32" if torch.cuda.is_available() and torch.cuda.get_device_capability()[0] < 8 else "tf32"
 
 
 def moved(data: FederatedData, device: str, dtype: torch.dtype | None = None) -> FederatedData:
@@ -46,7 +49,7 @@ def tf32_flags() -> tuple[bool, bool]:
     ("tf32", "cpu", "fp32", (False, False), False),  # no TF32 on a CPU: computed, and recorded, as fp32
     ("bf16", "cpu", "bf16", (False, False), True),
     ("fp32", "cuda", "fp32", (False, False), False),  # PyTorch's own default has cuDNN's TF32 on: fp32 turns it off
-    ("tf32", "cuda", "tf32", (True, True), False),
+    ("tf32", "cuda", CUDA_TF32, (CUDA_TF32 == "tf32",) * 2, False),
     ("bf16", "cuda", "bf16", (False, False), True),
 ])
 def test_use_precision_sets_torch_switches_and_restores_them(precision, device, used, tf32, autocast):
@@ -101,6 +104,22 @@ def test_describe_compute_records_what_was_asked_and_used():
 
     assert info["device"] == "cpu" and info["device_name"].startswith("cpu (")
     assert (info["precision"], info["precision_used"]) == ("tf32", "fp32")
+
+
+@pytest.mark.parametrize(("capability", "used"), [((7, 0), "fp32"), ((7, 5), "fp32"), ((8, 0), "tf32"),
+                                                   ((9, 0), "tf32")])
+def test_tf32_is_recorded_only_on_cards_that_have_it(capability, used, monkeypatch):
+    # Prepare: a CUDA card of `capability` as torch reports it (a V100 is 7.0, a T4 7.5, an A100 8.0, an H100 9.0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a card")
+
+    # Execute
+    info = describe_compute(torch.device("cuda", 0), "tf32")
+
+    # Assert: a card before Ampere has no TF32 and computes `tf32` in fp32, and says so; the others are unchanged
+    assert (info["precision"], info["precision_used"]) == ("tf32", used)
+    assert precision_used("fp32", "cuda") == "fp32" and precision_used("bf16", "cuda:0") == "bf16"
 
 
 def test_job_precision_runs_the_stage_inside_its_precision(caplog):

@@ -65,6 +65,21 @@ def test_visible_gpus_reads_the_environment_first_then_the_driver(tmp_path, monk
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "0,1"}, tmp_path / "absent") == 2  # no driver listing: as given
 
 
+@pytest.mark.parametrize("value", ["MIG-4b1c,MIG-77d0,MIG-9e2a", "MIG-4b1c,MIG-77d0"])
+def test_a_list_of_mig_instances_is_one_slot_since_cuda_enumerates_one(value, tmp_path, caplog):
+    # Prepare: one physical card in MIG mode, several of its instances listed for the workflow
+    proc = tmp_path / "gpus"
+    (proc / "0000:07:00.0").mkdir(parents=True)
+    unused = value.split(",")[1:]
+
+    # Execute
+    slots = local_gpu_slots({"training": {"device": "auto"}}, visible_gpus({"CUDA_VISIBLE_DEVICES": value}, proc))
+
+    # Assert: each job would see one device, the same instance: one job at a time, and the log names the idle ones
+    assert parse_visible_devices(value) == 1 and slots == 1
+    assert "enumerates only one" in caplog.text and all(name in caplog.text for name in unused)
+
+
 def test_visible_gpus_is_zero_without_a_driver(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
 
@@ -327,6 +342,22 @@ def test_a_precision_reaches_exactly_the_jobs_it_concerns(default_config):
 ])
 def test_bad_precisions_are_rejected_at_planning(default_config, edit, message):
     with pytest.raises(ConfigError, match=message):
+        _with(default_config, edit)
+
+
+@pytest.mark.parametrize(("section", "edit"), [
+    ("algorithms.fedprox.training", lambda c: c["algorithms"]["fedprox"]["training"].update(device="cuda:0")),
+    ("inits.warmup.training", lambda c: c["inits"]["warmup"]["training"].update(device="cpu")),
+])
+def test_the_device_is_the_workflows_and_no_label_overrides_it(default_config, section, edit):
+    # Prepare: the default config has a FedProx label and an IID warm-up init, the device set once for the workflow
+    config, _ = default_config
+    assert config["algorithms"]["fedprox"]["name"] == "fedprox" and config["inits"]["warmup"]["kind"] == "iid_warmup"
+
+    # Execute / Assert: a label of its own device is refused where the label is named, not planned on the other's
+    # resources (a local run's `gpu` and the SLURM request read training.device alone)
+    with pytest.raises(ConfigError, match=re.escape(f"{section}: device: the device is the workflow's: set "
+                                                    "training.device; GPU planning and SLURM requests read it")):
         _with(default_config, edit)
 
 

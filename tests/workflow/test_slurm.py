@@ -86,8 +86,10 @@ def test_gpu_rules_are_sized_and_use_the_cuda_env():
     assert {"train", "init", "landscape_chunk", "hessian"} <= gpu_rules
     for rule in gpu_rules:
         res = {key: evaluate_resource(value) for key, value in profile()["set-resources"][rule].items()}
-        assert all(key in res for key in RESOURCE_KEYS), (rule, res)
-        assert res["mem_mb"] >= 4000 and res["runtime"] >= 60 and res["cpus_per_task"] >= 1
+        # train and init size their memory by their data set in their rules (tests/unit/test_slurm_resources.py)
+        keys = [key for key in RESOURCE_KEYS if not (key == "mem_mb" and rule in ("train", "init"))]
+        assert all(key in res for key in keys), (rule, res)
+        assert res.get("mem_mb", 4000) >= 4000 and res["runtime"] >= 60 and res["cpus_per_task"] >= 1
         if rule in envs:  # rules that other stages have not added yet are simply never submitted
             assert envs[rule] == "../envs/torch.yaml", rule
     for rule, env in envs.items():
@@ -186,7 +188,7 @@ def test_a_copying_hessian_job_is_a_small_cpu_job(inputs, gpu):
     res = {key: evaluate_resource(value, environ, inputs) for key, value in hessian.items()}
 
     # Assert (its card: tests/unit/test_resources.py)
-    assert (res["mem_mb"], res["runtime"], res["cpus_per_task"]) == ((16000, 240, 4) if gpu else (2000, 10, 1))
+    assert (res["mem_mb"], res["runtime"], res["cpus_per_task"]) == ((16000, 480, 4) if gpu else (2000, 10, 1))
 
 
 @pytest.mark.parametrize(("device", "card"), [("cpu", False), ("auto", True)])

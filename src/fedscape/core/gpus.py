@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import re
 import shutil
@@ -28,16 +29,17 @@ from typing import IO
 NVIDIA_PROC = Path("/proc/driver/nvidia/gpus")
 # Machine-wide, so that two users' or two workflows' jobs on one workstation see each other's claims.
 CLAIM_DIR = Path(tempfile.gettempdir()) / "fedscape-gpu-claims"
+log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # the CUDA_VISIBLE_DEVICES values already warned of (the planner asks more than once)
 
 
-def parse_visible_devices(value: str, cards: int | None = None) -> int:
-    """The number of devices a CUDA_VISIBLE_DEVICES value leaves visible on a machine with `cards` GPUs (None: not
-    known).
+def visible_entries(value: str, cards: int | None = None) -> list[str]:
+    """The entries of a CUDA_VISIBLE_DEVICES value that CUDA reads on a machine with `cards` GPUs (None: not known).
 
-    CUDA enumerates the comma-separated entries (indices, `GPU-<uuid>` or `MIG-<uuid>`) up to the first invalid one,
-    an index the machine does not have among them; an empty value or one starting at `-1` hides every device.
+    CUDA reads the comma-separated entries (indices, `GPU-<uuid>` or `MIG-<uuid>`) up to the first invalid one, an
+    index the machine does not have among them; an empty value or one starting at `-1` hides every device.
     """
-    count = 0
+    entries = []
     for entry in value.split(","):
         entry = entry.strip()
         if not entry or entry.startswith("-"):
@@ -46,8 +48,20 @@ def parse_visible_devices(value: str, cards: int | None = None) -> int:
             break
         if entry.isdigit() and cards is not None and int(entry) >= cards:
             break
-        count += 1
-    return count
+        entries.append(entry)
+    return entries
+
+
+def parse_visible_devices(value: str, cards: int | None = None) -> int:
+    """The number of devices a CUDA_VISIBLE_DEVICES value leaves visible on a machine with `cards` GPUs (None: not
+    known): its entries (`visible_entries`), and one where they name a MIG instance.
+
+    A CUDA process enumerates a single MIG device however many the variable lists (NVIDIA's MIG user guide, "CUDA
+    Device Enumeration": "CUDA can only enumerate a single compute instance"), so every job of a list of N instances
+    would see one device, the same one: counted as N, N jobs would share that one slice.
+    """
+    entries = visible_entries(value, cards)
+    return 1 if any(entry.startswith("MIG-") for entry in entries) else len(entries)
 
 
 def visible_gpus(environ: dict[str, str] | None = None, proc: Path = NVIDIA_PROC) -> int:
@@ -59,7 +73,16 @@ def visible_gpus(environ: dict[str, str] | None = None, proc: Path = NVIDIA_PROC
     environ = os.environ if environ is None else environ
     if "CUDA_VISIBLE_DEVICES" in environ:
         # An index past the machine's cards ends the list for CUDA: counted, it would start two jobs on one card.
-        return parse_visible_devices(environ["CUDA_VISIBLE_DEVICES"], driver_gpus(proc))
+        value = environ["CUDA_VISIBLE_DEVICES"]
+        cards = driver_gpus(proc)
+        mig = [entry for entry in visible_entries(value, cards) if entry.startswith("MIG-")]
+        if len(mig) > 1 and value not in _WARNED:
+            _WARNED.add(value)
+            log.warning("CUDA_VISIBLE_DEVICES lists %d MIG instances, but a CUDA process enumerates only one of them "
+                        "(NVIDIA's MIG user guide): fedscape counts one GPU slot, and %s stay unused; to use each, run "
+                        "one job per instance with CUDA_VISIBLE_DEVICES set to it (as SLURM does)", len(mig),
+                        ", ".join(mig[1:]))
+        return parse_visible_devices(value, cards)
     return driver_gpus(proc) or 0
 
 

@@ -82,11 +82,15 @@ def use_threads(threads: int | None) -> None:
 
 
 def precision_used(precision: str, device: torch.device | str) -> str:
-    """The precision a job asking for `precision` computes in on `device`: TF32 exists on CUDA only, so a CPU
-    computes `tf32` in fp32; fp32 and bf16 are what they say everywhere (bf16 by autocast, on a CPU too)."""
+    """The precision a job asking for `precision` computes in on `device`: TF32 exists on CUDA cards of compute
+    capability 8.0 and later (Ampere) only, so a CPU or an older card (V100: 7.0, T4: 7.5) computes `tf32` in fp32;
+    fp32 and bf16 are what they say everywhere (bf16 by autocast, on a CPU too)."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     if precision == "tf32" and torch.device(device).type != "cuda":
+        return "fp32"
+    # (without CUDA there is no card to ask: the job fails on its first CUDA tensor anyway)
+    if precision == "tf32" and torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] < 8:
         return "fp32"
     return precision
 

@@ -6,16 +6,22 @@ cards hold (`local_gpu_slots`). Under a cluster executor (the SLURM profile) the
 the GPU partition, whenever `training.device` is not `cpu`, and SLURM places the jobs itself: a config that computes
 on CPUs asks for none (the profile only sizes the jobs: memory, time, CPUs). tests/unit/test_resources.py keeps the
 rules and `GPU_RULES` in step.
+
+The host memory a cluster job asks for (`mem_mb`) follows its data where it reads a data set: a job decodes the whole
+data set into host memory before it copies it to the card (`train_mem_mb`, `init_mem_mb`), and ImageNet-200's pool
+alone is about 20 GB where CIFAR-10's is 0.7 GB.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from fedscape.core.config import config_value
 from fedscape.core.gpus import visible_gpus
+from fedscape.data.specs import STORED_IMAGE_AUGMENTATIONS, TARGETS, dataset_info, resolved_targets
 
 
 @dataclass(frozen=True)
@@ -130,3 +136,77 @@ def memory_hint(rule: str, config: dict, wildcards: dict[str, str]) -> str:
     own = f"lower what bounds this job's memory: {', '.join(keys)}; or " if keys else ""
     return (f"{own}give it the card alone: a local run starts one GPU job per visible card unless `--resources "
             f"gpu=N` allows more, and other programs on the card (nvidia-smi lists them) take memory too")
+
+
+# -- host memory: the `mem_mb` of the jobs that decode a data set (train, init), as a cluster asks for it
+
+# What such a job holds beside its data set's tensors: Python, torch and CUDA's host side (its context and libraries
+# take 2-3 GB of host memory once a job has touched a card), the model, its optimiser, and its kept global models,
+# which it holds until it writes them (ResNet18: 45 MB each). 16000: what the profile gave every train and init job
+# before their data sets were counted (tests/workflow/test_slurm.py ran with it), so that no job asks for less.
+HOST_BASE_MB = 16000
+# The test set of a data set with a test set of its own (`fixed_test_split`), as a share of its `train_samples`: at
+# most a fifth (CIFAR's 10,000 test images beside 50,000; ImageNet-200's 10,000 validation images beside 100,000).
+# LEAF's and TFF's data sets (`writers`) count their test samples in `train_samples` already.
+FIXED_TEST_SHARE = 0.2
+# The users in the files of the data sets that may read only their first `max_clients` (TFF's Stack Overflow: 342,477
+# train clients; LEAF's Reddit, Table 1: 1,660,820 users), and how many times its mean share of the samples a user
+# read may hold: users differ in size by orders of magnitude, and those with fewer than partition.min_size samples are
+# passed over, so the users read are the larger ones.
+MAX_CLIENTS_USERS: dict[str, int] = {"stackoverflow": 342_477, "reddit": 1_660_820}
+MAX_CLIENTS_SKEW = 10
+_INT64 = 8
+
+
+def data_bytes(dataset: str, options: dict) -> int:
+    """An upper bound of the host bytes of data set `dataset`'s tensors as a job decodes them with its
+    `datasets.<name>` settings `options` (keys left out at their defaults): its train, proxy and test parts, all of
+    them held at once before they are copied to the card (`fedscape.data.datasets.from_source`).
+
+    Images: float32, or uint8 for a data set `stored: uint8` (ImageNet-200), its training images at their stored size
+    where the augmentation crops them from a larger one (`resized_crop`: 256x256). Tokens: int64 ids, and int64
+    targets, one per sample or (`targets: every`) one per position. The samples are the data set's `train_samples`
+    (`fedscape.data.specs.DatasetInfo`), its own test set added (`FIXED_TEST_SHARE`)."""
+    info = dataset_info(dataset, options)
+    samples = float(info.train_samples)
+    test = samples * FIXED_TEST_SHARE if info.fixed_test_split and not info.writers else 0.0
+    if options.get("max_clients") and dataset in MAX_CLIENTS_USERS:
+        share = min(1.0, MAX_CLIENTS_SKEW * int(options["max_clients"]) / MAX_CLIENTS_USERS[dataset])
+        samples, test = samples * share, test * share
+    if info.inputs == "tokens":
+        every = resolved_targets(dataset, options) == TARGETS[1]
+        train_row = test_row = _INT64 * info.image_size * (2 if every else 1) + (0 if every else _INT64)
+    else:
+        value = 1 if info.stored == "uint8" else 4
+        stored = info.train_stored_size if options.get("augment") in STORED_IMAGE_AUGMENTATIONS else None
+        train_row = value * info.in_channels * (stored or info.image_size) ** 2
+        test_row = value * info.in_channels * info.image_size ** 2
+    return int(samples * train_row + test * test_row)
+
+
+def _mem_mb(datasets: list[tuple[str, dict]], attempt: int) -> int:
+    """`HOST_BASE_MB` and the data sets' tensors (`data_bytes`) in MiB (SLURM's `--mem` unit), times `attempt`: a
+    job killed for its memory asks for more when it is resubmitted (the profile's `retries`)."""
+    data = sum(data_bytes(name, options) for name, options in datasets)
+    return int(attempt) * (HOST_BASE_MB + math.ceil(data / 2**20))
+
+
+def train_mem_mb(config: dict, dataset: str, attempt: int = 1) -> int:
+    """The host memory (MiB) of a train job on `dataset`: its data set whole (`data_bytes`), federated on the card
+    after it is decoded, and `HOST_BASE_MB`, times `attempt`."""
+    return _mem_mb([(dataset, config["datasets"][dataset])], attempt)
+
+
+def init_mem_mb(config: dict, dataset: str, init: str, attempt: int = 1) -> int:
+    """The host memory (MiB) of the init job of label `init` for `dataset`, times `attempt`: `HOST_BASE_MB` and the
+    data set it decodes. An IID warm-up trains on `dataset`, a pretrained init on its proxy split (`dataset` whole)
+    or on a `proxy_dataset` (read with its defaults); down-sampled ImageNet (`proxy_dir`) is read batch by batch,
+    and a random or continue init reads no data set."""
+    spec = config["inits"][init]
+    datasets: list[tuple[str, dict]] = []
+    if spec["kind"] == "iid_warmup" or (spec["kind"] == "pretrained" and not spec.get("proxy_dir")
+                                         and not spec.get("proxy_dataset")):
+        datasets.append((dataset, config["datasets"][dataset]))
+    elif spec["kind"] == "pretrained" and spec.get("proxy_dataset"):
+        datasets.append((spec["proxy_dataset"], {}))
+    return _mem_mb(datasets, attempt)

@@ -186,6 +186,11 @@ def check_training(training: dict, overrides: dict) -> TrainConfig:
     if unknown:
         key = sorted(unknown)[0]
         raise ValueError(f"unknown training key {key!r}.{suggest(key, training)} Valid: {', '.join(training)}")
+    if "device" in overrides:
+        # Whether a job takes a card, locally and on SLURM, is planned from `training.device` alone
+        # (fedscape.plan.resources): a label computing elsewhere would be scheduled on the wrong resources.
+        raise ValueError("device: the device is the workflow's: set training.device; GPU planning and SLURM requests "
+                         "read it")
     merged = merge_training(training, overrides)
     if merged.get("bf16_autocast"):
         raise ValueError("bf16_autocast is replaced by precision: bf16, which also covers sequential training and "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -315,6 +316,23 @@ def test_a_replay_within_the_eager_passes_own_spread_is_kept_and_a_wrong_one_ref
     assert all(kept) and max(ratios) > 1 and max(ratios) <= SPREAD_SLACK
     assert all(0 < d for d in wrong.difference)
     assert wrong.state == "off" and wrong.difference[0] > 10 * SPREAD_SLACK * wrong.difference[1]
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_a_pass_with_nan_in_it_is_never_replayed(scale):
+    # Prepare: a model whose loss is NaN (one NaN weight), so that the eager passes cannot measure their spread; a
+    # replay that is exact (scale 1) or wrong (scale 2)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).train()
+    with torch.no_grad():
+        model[3].weight[0, 0] = float("nan")
+    capture = CapturedForward(model, 4, make_graphed=stand_in_maker(scale=scale))
+
+    # Execute
+    capture.prepare(torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)))
+
+    # Assert: eager steps, whatever the replay (an infinite spread accepted the wrong replay before)
+    assert capture.state == "off" and not math.isfinite(capture.difference[1])
 
 
 def test_a_dropout_replay_draws_the_eager_passs_mask():

@@ -308,31 +308,6 @@ def test_stacked_crop_flip_equals_augment_batch():
     assert not torch.equal(got, x)
 
 
-class DropoutNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.drop, self.fc2 = nn.Linear(64, 32), nn.Dropout(0.5), nn.Linear(32, 10)
-
-    def forward(self, x):
-        return self.fc2(self.drop(torch.relu(self.fc1(x.flatten(1)))))
-
-
-def test_dropout_models_train_under_vmap():
-    # two clients with the same samples in one full batch each: only dropout can set them apart
-    data = shard_data([8, 8])
-    data.x_train[8:], data.y_train[8:] = data.x_train[:8], data.y_train[:8]
-    torch.manual_seed(0)
-    model = DropoutNet().train()
-    cfg = TrainConfig(local_epochs=1, batch_size=8, lr=0.5)
-    trainer = VectorizedTrainer(model, data, make_strategy("fedavg"), cfg)
-    start = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-    a, b = trainer.train_round(start, torch.zeros(0), [0, 1], round_=1)
-
-    assert torch.isfinite(a.params).all() and torch.isfinite(b.params).all()
-    assert not torch.allclose(a.params, b.params)  # dropout was active (vmap randomness="different")
-
-
 def test_client_parallel_is_validated():
     schema = load_schema(ROOT / "workflow" / "schemas" / "config.schema.yaml")
     config = {"training": {"client_parallel": "vectorised"}}
@@ -471,3 +446,20 @@ def test_adamw_is_vectorised_only_when_asked(mode, expected, caplog):
 
     assert got == expected
     assert "AdamW magnifies the float rounding" in caplog.text
+
+
+@pytest.mark.parametrize("dropout", [nn.Dropout(0.5), nn.Dropout2d(0.5), nn.AlphaDropout(0.5)])
+def test_a_model_with_dropout_is_not_vectorised_where_its_masks_would_differ(dropout):
+    # Prepare: an MLP with dropout: a chunk of clients draws its masks from one stream seeded by its first client,
+    # where each client trained alone draws from its own
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), dropout, nn.Linear(32, 10))
+
+    # Execute
+    why = vectorization_blocker(model, make_strategy("fedavg"))
+
+    # Assert: refused, naming the module; without it the same MLP vectorises
+    assert why is not None and "dropout (3)" in why
+    with pytest.raises(ValueError, match="dropout"):  # an explicit client_parallel: vectorized is refused too
+        VectorizedTrainer(model, shard_data([8, 8]), make_strategy("fedavg"), TrainConfig(batch_size=8))
+    plain = nn.Sequential(*[m for m in model if m is not dropout])
+    assert vectorization_blocker(plain, make_strategy("fedavg")) is None

@@ -26,6 +26,7 @@ insists.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import torch
@@ -176,7 +177,9 @@ class CapturedForward:
         difference = _max_difference(replayed, eager)
         spread = max(_max_difference(again, eager) for again in repeats)
         self.difference = (difference, spread)
-        exact = difference <= SPREAD_SLACK * spread
+        # A pass with NaN in it (a client diverged before its first full batch) measures no spread (inf), against
+        # which any replay would pass: refused, the steps stay eager
+        exact = math.isfinite(spread) and difference <= SPREAD_SLACK * spread
         # The job's record says how its steps ran, with what the check measured.
         note(local_steps={"captured": exact, "batch_size": self.batch_size,
                           "difference_from_eager": difference, "eager_spread": spread})

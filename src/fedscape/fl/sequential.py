@@ -62,7 +62,7 @@ def local_train(
     elif momentum is not None and cfg.momentum:
         for p, buf in zip(model.parameters(), param_views(momentum.to(device), model), strict=True):
             opt.state[p]["momentum_buffer"] = buf.clone()
-    total, steps = torch.zeros((), device=device), 0
+    total, steps = torch.zeros((), device=device, dtype=global_params.dtype), 0  # a float64 model's loss too
     # The round's batch indices reach the device in one copy, not one per step (`host_to_device`).
     sizes = [len(b) for b in plan.batches]
     batches = host_to_device(torch.cat(plan.batches), device).split(sizes) if sizes else ()

@@ -57,7 +57,9 @@ checks FedAvg, FedProx, FedNova and the server-optimiser variants, AdamW, lr sch
 work in float64, and in float32 to 1e-5 where float32 training is not chaotic; tests/unit/test_vectorized_sam.py
 FedSAM and FedASAM, in float64 at a large ascent radius; tests/unit/test_vectorized_bn.py batch norm: parameters
 and running statistics, a small ResNet in float32, resnet20 in float64). In float64 the two paths agree
-to float64 rounding (1e-10 checked, ~1e-14 seen, also for resnet20 at 32x32): nothing is computed in float32
+to float64 rounding (1e-10 checked, ~1e-14 seen, also for resnet20 at 32x32; a deep batch-norm model's client
+whose batch holds one sample departs by up to 1e-8, as sequential training does from a start moved by 1e-15, since
+one sample's statistics amplify rounding): nothing is computed in float32
 there, the loss included (`at_least_float32`). In float32 a deep model's clients drift further apart: after a
 few steps a rounding difference of 1e-7 moves some ReLU input across 0, and from that step on the gradients
 differ at 1e-4 to 1e-2 instead of 1e-6, and the difference grows; sequential float32 training departs from
@@ -103,14 +105,20 @@ def buffer_blocker(model: nn.Module, stacked_forward: bool = True) -> str | None
     (`stacks_batch_norm`: statistics of the client's real samples, its own running statistics) and the trainer
     uses it (`stacked_forward`; under vmap batch norm would take the padded rows into its statistics)."""
     stacks = stacked_forward and has_forward_stacked(model) and getattr(model, "stacks_batch_norm", False)
+    for name, module in model.named_modules():
+        # A chunk of clients draws its random numbers from one generator, seeded by its first client, where each
+        # client trained alone draws from its own: their dropout masks would differ from sequential training's.
+        if isinstance(module, nn.modules.dropout._DropoutNd | nn.AlphaDropout | nn.FeatureAlphaDropout):
+            return (f"the model has dropout ({name}), whose masks a stacked step cannot draw from each client's own "
+                    "random stream")
     statistics = set()
     for name, module in model.named_modules():
         if not isinstance(module, nn.modules.batchnorm._BatchNorm):
             continue
         if not stacks:
             return (f"the model has batch norm ({name}) but no stacked forward that keeps each client's statistics "
-                    "apart, and padded client batches would enter them (use norm: group, or client_parallel: "
-                    "sequential)")
+                    "apart, and padded client batches would enter them (use another norm: group where the model has "
+                    "it, or none; or client_parallel: sequential)")
         if module.track_running_stats and module.momentum is None:
             return (f"the model's batch norm {name} averages its statistics cumulatively (momentum None), which "
                     "needs a per-client batch count")
@@ -412,7 +420,8 @@ class VectorizedTrainer:
         step_lr: list[float | torch.Tensor] = []
         for t in range(num_steps):
             lrs = [p.lrs[t] for p in plans[: active[t]]]
-            step_lr.append(lrs[0] if all(v == lrs[0] for v in lrs) else torch.tensor(lrs, device=device))
+            step_lr.append(lrs[0] if all(v == lrs[0] for v in lrs) else
+                           torch.tensor(lrs, device=device, dtype=global_params.dtype))  # a float64 model's lr too
         loss_sum = torch.zeros(k0, device=device, dtype=global_params.dtype)  # float64 runs record float64 losses
 
         x_train, y_train = self.data.x_train, self.data.y_train

@@ -7,35 +7,41 @@ per step is that of CIFAR for CIFAR's models):
 - plain: a plain-torch SGD step of the same network (forward, cross-entropy, backward, `torch.optim.SGD.step`), the
   reference;
 - sequential: fedscape's local training of one client (`fedscape.fl.sequential.local_train`), per step;
-- captured: the same with its forward and backward passes replayed from CUDA graphs (`fedscape.fl.capture`, what
-  `training.capture: auto` takes on a GPU where the check at capture passes), per step; on a CUDA device only;
-- vectorized: fedscape's vectorised round of `--clients` clients (`fedscape.fl.vectorized`), per client step, where
-  the runs of that kind train vectorised on this device (`resolve_client_parallel` of each run's own algorithm and
-  training settings: a run set to `client_parallel: sequential`, or whose augmentation or algorithm cannot be
-  stacked, trains one client after another, and its kind is not measured stacked).
+- captured: the same with its forward and backward passes replayed from CUDA graphs (`fedscape.fl.capture`), per
+  step; only for the kinds whose runs capture on this device (`resolve_capture`, as the sequential trainer decides:
+  their own algorithm, model and `training.capture`; MOON, Mixup, FedAlign and the other algorithms with their own
+  local objective step eagerly), and only on a CUDA device;
+- vectorized: fedscape's vectorised round (`fedscape.fl.vectorized`), per client step, where the runs of that kind
+  train vectorised on this device (`resolve_client_parallel` of each run's own algorithm and training settings: a run
+  set to `client_parallel: sequential`, or whose augmentation or algorithm cannot be stacked, trains one client after
+  another, and its kind is not measured stacked). The round stacks as many clients as the kind's runs train together:
+  their clients per round, at most `client_chunk_size`: the stacked round's fixed cost per step is shared by its
+  clients, so its cost per client step depends on how many (cnn_small on a CPU: 4.2 / 2.6 / 2.1 ms at 2 / 10 / 50
+  clients; benchmarks/README.md). `--clients N` caps it at N to save time; the table's footnote then names the kinds
+  measured at fewer clients than their runs train together (usually dearer per client step: upper bounds there).
 
 Every step is FedAvg's (SGD on cross-entropy) without augmentation, in the plain reference and in fedscape's paths
 alike: `bench_algorithms.py` gives the other algorithms' cost relative to FedAvg's. Runs of a data set that is not
 made of images (meta.yaml's Reddit, layerwise.yaml's Shakespeare) are not measured; the script names them.
 
 It then projects each config's local training into hours: every run the workflow plans, its rounds x the clients
-sampled in each round x each client's local steps (epochs x batches of its share of the training pool, or the
-configured steps). "before" prices every step at the sequential cost; "now" at the path its runs take on this device
-(vectorised, else a sequential step, captured where the runs' `capture` allows and the check at capture passes);
-"plain" at
-the reference step. Evaluation, initialisation (pre-training,
-warm-up) and the analysis jobs (Hessian, landscapes, barriers) are not included: local training dominates the papers'
-workload. The clients' shares are taken equal (pool / clients); Dirichlet splits change the number of batches only by
-the rounding of each client's last batch.
+sampled in each round x each client's local steps (epochs x the batches of an epoch over its share of the training
+pool, counted by the trainers' own `local_plan`, so `training.drop_last` drops a last partial batch as the runs do;
+or the configured steps). "before" prices every step at the sequential cost; "now" at the path its runs take on this
+device (vectorised at their clients per round, else a sequential step, captured where their runs capture and the
+check at capture passes); "plain" at the reference step. Evaluation, initialisation (pre-training, warm-up) and the
+analysis jobs (Hessian, landscapes, barriers) are not included: local training dominates the papers' workload. The
+clients' shares are taken equal (pool / clients); Dirichlet splits change the number of batches only by the rounding
+of each client's last batch. A run whose clients per round exceed `client_chunk_size` trains them in chunks, every
+one priced at a full chunk's cost per client step (none of the paper configs has one: 64 clients at most).
 
-    python benchmarks/bench_gpu.py --device cuda                       # the papers' configs, M=50
+    python benchmarks/bench_gpu.py --device cuda                       # the papers' configs
     python benchmarks/bench_gpu.py --device cpu --steps 2 --repeats 1 --clients 2 --configs pilot   # a quick check
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -48,7 +54,8 @@ from machine import device_label, torch_line
 from fedscape.core.runs import Run, build_runs
 from fedscape.data.federated import FederatedData
 from fedscape.data.specs import DATASETS
-from fedscape.fl.capture import CapturedForward, capture_blocker
+from fedscape.fl.capture import CapturedForward, capture_blocker, resolve_capture
+from fedscape.fl.local import local_plan
 from fedscape.fl.sequential import local_train
 from fedscape.fl.settings import TrainConfig, sample_clients
 from fedscape.fl.strategies.registry import make_strategy
@@ -66,7 +73,8 @@ PAPERS = ROOT / "config" / "papers"
 
 @dataclass(frozen=True)
 class StepKind:
-    """What one local step costs depends on: the network, its classes and the batch (and the optimiser's work)."""
+    """What one local step costs depends on: the network, its classes and the batch (and the optimiser's work), and
+    the path its runs take on the measuring device."""
 
     model: str
     options: tuple[tuple[str, object], ...]
@@ -77,14 +85,22 @@ class StepKind:
     momentum: float
     weight_decay: float
     path: str  # "vectorized" or "sequential": how its runs train their clients on the measuring device
-    capture: bool  # whether its runs' sequential steps may be captured (training.capture is not "eager")
+    capture: bool  # whether its runs' sequential steps try capturing there (resolve_capture); False when vectorised
+    clients: int  # clients its runs train in one stacked round (per round, at most client_chunk_size); 0: sequential
+
+    @property
+    def shape(self) -> tuple:
+        """The fields the plain and sequential steps depend on: one measurement serves every kind of a shape."""
+        return (self.model, self.options, self.in_channels, self.image_size, self.num_classes, self.batch_size,
+                self.momentum, self.weight_decay)
 
     @property
     def label(self) -> str:
         opts = ", ".join(f"{k} {v}" for k, v in self.options)
+        how = (f"vectorized over {self.clients} clients" if self.path == "vectorized"
+               else f"sequential, {'captured' if self.capture else 'eager'}")
         return (f"{self.model}{f' ({opts})' if opts else ''}, {self.in_channels}x{self.image_size}x{self.image_size} "
-                f"images of {self.num_classes} classes, batch {self.batch_size}, {self.path}"
-                f"{'' if self.capture else ', eager'}")
+                f"images of {self.num_classes} classes, batch {self.batch_size}, {how}")
 
     def build(self) -> torch.nn.Module:
         return network(self.model, self.options, self.in_channels, self.image_size, self.num_classes)
@@ -95,27 +111,41 @@ def network(model: str, options: tuple, in_channels: int, image_size: int, num_c
     return build_model(model, num_classes=num_classes, in_channels=in_channels, image_size=image_size, **dict(options))
 
 
+def client_share(run: Run, options: dict) -> int:
+    """Each client's samples, the clients' shares of the training pool taken equal."""
+    info = DATASETS[run.dataset]
+    pool = info.client_pool_bound(options.get("test_fraction", 0.25), options.get("proxy_fraction", 0.0))
+    return max(1, (pool - info.num_classes) // run.num_clients)  # client_pool_bound adds a class per rounding
+
+
 def run_work(config: dict, run: Run, device: torch.device, models: dict) -> tuple[StepKind, TrainConfig, int]:
     """The step kind of an image run, its training settings and its total client steps over all rounds. `models`:
     one network per (model, options, shape), built once to decide the runs' path."""
     job = planned_train(config, run)
     cfg = job.train_config()
     info = DATASETS[run.dataset]
-    options = job.dataset_options
-    pool = info.client_pool_bound(options.get("test_fraction", 0.25), options.get("proxy_fraction", 0.0))
-    share = max(1, (pool - info.num_classes) // run.num_clients)  # client_pool_bound adds a class per rounding
+    share = client_share(run, job.dataset_options)
     shape = (run.model, tuple(sorted(config.get("model_options", {}).get(run.model, {}).items())), info.in_channels,
              info.image_size, info.num_classes)
     if shape not in models:
         models[shape] = network(*shape)
-    path = resolve_client_parallel(models[shape], make_strategy(job.algorithm, job.hyperparameters), cfg, device.type)
-    kind = StepKind(*shape, cfg.batch_size, cfg.momentum, cfg.weight_decay, path, cfg.capture != "eager")
-    batches = math.ceil(share / cfg.batch_size)
+    strategy = make_strategy(job.algorithm, job.hyperparameters)
+    path = resolve_client_parallel(models[shape], strategy, cfg, device.type)
+    # As the engine decides: the vectorised trainer never captures; the sequential one where resolve_capture says so
+    # for the run's own algorithm (one with its own local objective steps eagerly) and training.capture.
+    capture = path == "sequential" and resolve_capture(models[shape], strategy, cfg, device.type)
+    clients = 0
+    if path == "vectorized":
+        clients = len(sample_clients(cfg.seed, 1, run.num_clients, cfg.participation))  # the same every round
+        clients = min(clients, cfg.client_chunk_size or clients)
+    kind = StepKind(*shape, cfg.batch_size, cfg.momentum, cfg.weight_decay, path, capture, clients)
+    # The trainers' own batching (drop_last, batch sampling) of one epoch, or one step: the steps per unit of work.
+    per_unit = len(local_plan(cfg, share, 1, 1, torch.Generator().manual_seed(0)).batches)
     steps = 0
     for t in range(1, cfg.rounds + 1):
         work = cfg.client_work(t, run.num_clients)
         for c in sample_clients(cfg.seed, t, run.num_clients, cfg.participation):
-            steps += work[c] * (batches if cfg.work_unit == "epochs" else 1)
+            steps += work[c] * per_unit
     return kind, cfg, steps
 
 
@@ -163,16 +193,25 @@ def synthetic_clients(kind: StepKind, num_clients: int, samples: int, device: to
     return FederatedData(x, y, indices, x[:256], y[:256])
 
 
-def measure(kind: StepKind, args: argparse.Namespace, device: torch.device) -> dict:
-    """ms per step of the plain reference, of fedscape's sequential step, and per client step of its vectorised
-    round (None, with the reason, where it cannot be vectorised); which path `auto` takes here."""
+def stacked_clients(kind: StepKind, args: argparse.Namespace) -> int:
+    """The clients of the measured vectorised round of a vectorised kind: its runs' own, at most `--clients`."""
+    return min(kind.clients, args.clients) if args.clients else kind.clients
+
+
+def measure(kinds: list[StepKind], args: argparse.Namespace, device: torch.device) -> dict[StepKind, dict]:
+    """The rows of the kinds of one shape: ms per step of the plain reference and of fedscape's sequential step
+    (measured once for the shape), of its captured step (once, where a kind's runs capture), and per client step of
+    a vectorised round of each vectorised kind's clients (None, with the reason, where a kind does not take that
+    path); and what each kind's runs cost "now"."""
+    kind = kinds[0]
     torch.manual_seed(0)
     model = kind.build().to(device).train()
     cfg = TrainConfig(local_epochs=1, batch_size=kind.batch_size, lr=0.01, momentum=kind.momentum,
                       weight_decay=kind.weight_decay, precision=args.precision, seed=0)
     samples = args.steps * kind.batch_size
     strategy = make_strategy("fedavg")
-    row: dict = {"kind": kind}
+    shared: dict = {}
+    vectorized: dict[int, float] = {}
     with use_precision(args.precision, device):
         # The reference: the same network, the same batches, torch's own loop.
         data = synthetic_clients(kind, 1, samples, device)
@@ -193,36 +232,55 @@ def measure(kind: StepKind, args: argparse.Namespace, device: torch.device) -> d
                 F.cross_entropy(plain_model(data.x_train[sl]), data.y_train[sl]).backward()
                 opt.step()
 
-        row["plain_ms"] = timed(plain_epoch, device, args.repeats) / args.steps * 1e3
+        shared["plain_ms"] = timed(plain_epoch, device, args.repeats) / args.steps * 1e3
         flat = FlatParams(model)
         global_params, global_buffers = flat.get(), flatten_buffers(model).to(device)
         strategy.setup(1, global_params.numel(), device, model=model, seed=0)
-        row["sequential_ms"] = timed(
+        shared["sequential_ms"] = timed(
             lambda: local_train(model, flat, global_params, global_buffers, data, 0, 1, strategy, cfg),
             device, args.repeats) / args.steps * 1e3
-        row["captured_ms"], row["why_not_captured"] = None, capture_blocker(model, strategy, device.type)
-        if not kind.capture:
-            row["why_not_captured"] = "its runs set training.capture: eager"
-        if row["why_not_captured"] is None:
+        # FedAvg's step on this device first: on a CPU that is why no kind is captured.
+        captured_ms, why_not_captured = None, capture_blocker(model, strategy, device.type)
+        if why_not_captured is None and any(k.capture for k in kinds):
             capture = CapturedForward(model, kind.batch_size)  # captured and checked in the untimed warm-up call
             ms = timed(lambda: local_train(model, flat, global_params, global_buffers, data, 0, 1, strategy, cfg,
                                            capture=capture), device, args.repeats) / args.steps * 1e3
             if capture.on:
-                row["captured_ms"] = ms
+                captured_ms = ms
             else:
-                row["why_not_captured"] = f"the check at capture failed: {capture.difference}"
+                why_not_captured = f"the check at capture failed: {capture.difference}"
             capture.close()
-        reason = None if kind.path == "vectorized" else f"its runs train sequentially on {device.type}"
-        row["vectorized_ms"], row["why_not"] = None, reason
-        if reason is None:
-            data = synthetic_clients(kind, args.clients, samples, device)
-            strategy.setup(args.clients, global_params.numel(), device, model=model, seed=0)
+        for m in sorted({stacked_clients(k, args) for k in kinds if k.path == "vectorized"}):
+            data = synthetic_clients(kind, m, samples, device)
+            strategy.setup(m, global_params.numel(), device, model=model, seed=0)
             trainer = VectorizedTrainer(model, data, strategy, cfg)
-            sampled = list(range(args.clients))
-            row["vectorized_ms"] = timed(lambda: trainer.train_round(global_params, global_buffers, sampled, 1),
-                                         device, args.repeats) / (args.steps * args.clients) * 1e3
-    sequential = row["sequential_ms"] if row["captured_ms"] is None else row["captured_ms"]
-    row["now_ms"] = row["vectorized_ms"] if kind.path == "vectorized" else sequential
+            sampled = list(range(m))
+            vectorized[m] = timed(lambda trainer=trainer, sampled=sampled: trainer.train_round(
+                global_params, global_buffers, sampled, 1), device, args.repeats) / (args.steps * m) * 1e3
+    return {k: price(k, shared, captured_ms, why_not_captured, vectorized, args, device.type) for k in kinds}
+
+
+def price(kind: StepKind, shared: dict, captured_ms: float | None, why_not_captured: str | None,
+          vectorized: dict[int, float], args: argparse.Namespace, device_type: str) -> dict:
+    """A kind's row from its shape's measurements (`shared`: plain_ms, sequential_ms; the captured step where it was
+    measured, else why not; the vectorised rounds' ms per client step by their clients): "now_ms" is the step its
+    runs take, captured only where they capture themselves."""
+    row = {"kind": kind, **shared, "captured_ms": None, "why_not_captured": why_not_captured, "vectorized_ms": None,
+           "why_not": None, "stacked": 0}
+    if why_not_captured is None:
+        if kind.path == "vectorized":
+            row["why_not_captured"] = "its runs train vectorised"
+        elif not kind.capture:
+            row["why_not_captured"] = ("its runs step eagerly (resolve_capture: their algorithm's own local "
+                                       "objective, or training.capture: eager)")
+        else:
+            row["captured_ms"] = captured_ms
+    if kind.path == "vectorized":
+        row["stacked"] = stacked_clients(kind, args)
+        row["vectorized_ms"] = row["now_ms"] = vectorized[row["stacked"]]
+    else:
+        row["why_not"] = f"its runs train sequentially on {device_type}"
+        row["now_ms"] = row["sequential_ms"] if row["captured_ms"] is None else row["captured_ms"]
     return row
 
 
@@ -235,7 +293,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--configs", nargs="+", default=["pilot", "fedalign", "meta"],
                         help="paper configs (names under config/papers, or paths)")
-    parser.add_argument("--clients", type=int, default=50, help="clients of the vectorised round")
+    parser.add_argument("--clients", type=int, default=0,
+                        help="at most this many clients in a measured vectorised round (0: each kind's runs' own "
+                             "clients per round, at most client_chunk_size)")
     parser.add_argument("--steps", type=int, default=20, help="local steps per timed call")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls (median reported)")
     parser.add_argument("--precision", default="fp32", help="training.precision of the measured steps")
@@ -255,22 +315,37 @@ def main() -> None:
         not_measured += [f"{path.stem}: {n} runs of {dataset} ({DATASETS[dataset].inputs} inputs)"
                          for dataset, n in sorted(others.items())]
 
+    kinds = sorted({k for per_kind in projections.values() for k in per_kind},
+                   key=lambda k: (k.label.split(', batch')[0], k.batch_size, k.path, k.clients, k.capture))
+    capped = sorted({k.clients for k in kinds if k.path == "vectorized" and stacked_clients(k, args) < k.clients})
+    stacked = f"at most {args.clients}" if args.clients else "its runs' own clients per round"
     print(f"# local training step costs on {name}, precision {precision_used(args.precision, device)}, "
-          f"{torch_line()}; {args.steps} steps x {args.repeats} repeats, vectorised over {args.clients} clients")
+          f"{torch_line()}; {args.steps} steps x {args.repeats} repeats, vectorised rounds of {stacked}")
     if not_measured:
         print(f"# not measured (image models only): {'; '.join(not_measured)}")
     print("| model | plain ms/step | fedscape sequential ms/step | sequential / plain | vectorised ms/client step | "
           "plain / vectorised | runs' path | captured ms/step | plain / captured |")
     print("|---|---:|---:|---:|---:|---:|---|---:|---:|")
     costs: dict[StepKind, dict] = {}
-    for kind in sorted({k for per_kind in projections.values() for k in per_kind}, key=lambda k: k.label):
-        row = costs[kind] = measure(kind, args, device)
-        vec = (f"{row['vectorized_ms']:.4g} | {row['plain_ms'] / row['vectorized_ms']:.1f}x"
-               if row["vectorized_ms"] is not None else f"n/a: {row['why_not']} | ")
-        cap = (f"{row['captured_ms']:.4g} | {row['plain_ms'] / row['captured_ms']:.1f}x"
-               if row["captured_ms"] is not None else f"n/a: {row['why_not_captured']} | ")
-        print(f"| {kind.label} | {row['plain_ms']:.4g} | {row['sequential_ms']:.4g} | "
-              f"{row['sequential_ms'] / row['plain_ms']:.2f}x | {vec} | {kind.path} | {cap} |", flush=True)
+    shapes: dict[tuple, list[StepKind]] = {}
+    for kind in kinds:
+        shapes.setdefault(kind.shape, []).append(kind)
+    for group in shapes.values():
+        costs.update(measure(group, args, device))
+        for kind in group:
+            row = costs[kind]
+            vec = (f"{row['vectorized_ms']:.4g} ({row['stacked']} clients) | "
+                   f"{row['plain_ms'] / row['vectorized_ms']:.1f}x"
+                   if row["vectorized_ms"] is not None else f"n/a: {row['why_not']} | ")
+            cap = (f"{row['captured_ms']:.4g} | {row['plain_ms'] / row['captured_ms']:.1f}x"
+                   if row["captured_ms"] is not None else f"n/a: {row['why_not_captured']} | ")
+            print(f"| {kind.label} | {row['plain_ms']:.4g} | {row['sequential_ms']:.4g} | "
+                  f"{row['sequential_ms'] / row['plain_ms']:.2f}x | {vec} | {kind.path} | {cap} |", flush=True)
+    if capped:
+        # The stacked round's fixed cost per step is shared by its clients: fewer clients cost more per client step.
+        print(f"# --clients {args.clients} measured fewer clients than the runs of {', '.join(map(str, capped))} "
+              "clients per round train together: their vectorised figures (and hours now) are not their runs' own, "
+              "usually dearer per client step")
 
     print(f"\n# projected hours of local training on {name} (training only: no evaluation, inits or analysis)")
     print("| config | model | runs | client steps | hours at plain steps | hours before (sequential) | hours now |")

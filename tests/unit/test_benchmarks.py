@@ -64,6 +64,9 @@ def test_bench_gpu_projects_the_measured_step_costs():
         assert float(before) == pytest.approx(int(steps) * costs[model][1] / 3.6e6, rel=2e-3)
     # a CPU has no captured steps, and says why
     assert all(row[7] == "n/a: CUDA graphs need a CUDA device, not cpu" for row in tables[0][1:])
+    # each vectorised kind measured at its runs' clients per round, capped by --clients 2, and the table says so
+    assert all(row[4].endswith("(2 clients)") for row in tables[0][1:])
+    assert "# --clients 2 measured fewer clients than the runs of 4, 10, 16 clients per round" in out
 
 
 @pytest.mark.parametrize(("name", "client_parallel", "path"), [
@@ -94,6 +97,108 @@ def test_bench_gpu_prices_each_run_on_its_own_path_and_names_the_runs_it_does_no
     else:
         assert others == {"shakespeare": sum(r.dataset == "shakespeare" for r in runs)} and others["shakespeare"] > 0
     assert sum(n for n, _ in per_kind.values()) + sum(others.values()) == len(runs)
+
+
+def _bench_gpu(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench_gpu
+
+    return bench_gpu
+
+
+def test_bench_gpu_captures_only_the_runs_whose_own_algorithm_captures(monkeypatch):
+    # Prepare: fedalign.yaml's CIFAR-100 runs, all sequential (on CUDA FedAvg's would otherwise train vectorised)
+    import argparse
+
+    import torch
+
+    bench_gpu = _bench_gpu(monkeypatch)
+    config = bench_gpu.load_config(bench_gpu.PAPERS / "fedalign.yaml", bench_gpu.SCHEMA)
+    config["training"]["client_parallel"] = "sequential"
+    runs = {}
+    for run in bench_gpu.build_runs(config):
+        if run.dataset == "cifar100":
+            runs.setdefault(run.algorithm, run)
+    models: dict = {}
+
+    # Execute: each run's kind on a CUDA device (the decision reads the device type only) and on a CPU
+    cuda = {name: bench_gpu.run_work(config, runs[name], torch.device("cuda"), models)[0]
+            for name in ("fedavg", "moon", "fedalign")}
+    cpu = bench_gpu.run_work(config, runs["fedavg"], torch.device("cpu"), models)[0]
+    args = argparse.Namespace(clients=0)
+    rows = {name: bench_gpu.price(kind, {"plain_ms": 4.0, "sequential_ms": 3.0}, 1.0, None, {}, args, "cuda")
+            for name, kind in cuda.items()}
+
+    # Assert: FedAvg's steps are captured on CUDA and priced so; MOON's and FedAlign's (their own local objectives)
+    # are eager and priced at the sequential step; nothing is captured on a CPU
+    assert {kind.path for kind in cuda.values()} == {"sequential"}
+    assert cuda["fedavg"].capture and not cuda["moon"].capture and not cuda["fedalign"].capture
+    assert cuda["moon"] == cuda["fedalign"] != cuda["fedavg"]  # one kind of eager steps of that shape
+    assert not cpu.capture
+    assert rows["fedavg"]["now_ms"] == rows["fedavg"]["captured_ms"] == 1.0
+    for name in ("moon", "fedalign"):
+        assert rows[name]["now_ms"] == 3.0 and rows[name]["captured_ms"] is None
+        assert "resolve_capture" in rows[name]["why_not_captured"]
+
+
+@pytest.mark.parametrize("batch_size", [40, 128])  # shares of 107 and 53 samples: a partial last batch; one in all
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_bench_gpu_counts_the_steps_the_trainer_takes(monkeypatch, batch_size, drop_last):
+    # Prepare: the digits pilot's runs with a batch that leaves a partial last batch (40) or exceeds every client
+    # (128: under drop_last the trainer still takes that one batch)
+    import torch
+
+    from fedscape.fl.local import client_generator, local_plan
+
+    bench_gpu = _bench_gpu(monkeypatch)
+    config = bench_gpu.load_config(bench_gpu.PAPERS / "pilot_digits.yaml", bench_gpu.SCHEMA)
+    config["training"].update(batch_size=batch_size, drop_last=drop_last)
+    runs = bench_gpu.build_runs(config)
+    runs = [next(r for r in runs if (r.num_clients, r.participation) == key) for key in ((10, "1.0"), (20, "0.2"))]
+
+    for run in runs:
+        # Execute
+        _, cfg, steps = bench_gpu.run_work(config, run, torch.device("cpu"), {})
+
+        # Assert: the steps of the trainers' own plan of every sampled client in every round
+        share = bench_gpu.client_share(run, bench_gpu.planned_train(config, run).dataset_options)
+        expected = 0
+        for t in range(1, cfg.rounds + 1):
+            work = cfg.client_work(t, run.num_clients)
+            for c in bench_gpu.sample_clients(cfg.seed, t, run.num_clients, cfg.participation):
+                expected += len(local_plan(cfg, share, work[c], t, client_generator(cfg.seed, t, c)).batches)
+        assert cfg.drop_last == drop_last and steps == expected > 0
+        per_epoch = (share // batch_size or 1) if drop_last else math.ceil(share / batch_size)
+        assert steps == per_epoch * sum(cfg.client_work(t, run.num_clients)[c] for t in range(1, cfg.rounds + 1)
+                                        for c in bench_gpu.sample_clients(cfg.seed, t, run.num_clients,
+                                                                          cfg.participation))
+
+
+@pytest.mark.parametrize(("chunk", "cap"), [(64, 0), (8, 0), (64, 3)])
+def test_bench_gpu_stacks_as_many_clients_as_the_runs_train_together(monkeypatch, chunk, cap):
+    # Prepare: the digits pilot (10 and 20 clients, participation 0.2-1.0), its chunk of stacked clients
+    import argparse
+
+    import torch
+
+    bench_gpu = _bench_gpu(monkeypatch)
+    config = bench_gpu.load_config(bench_gpu.PAPERS / "pilot_digits.yaml", bench_gpu.SCHEMA)
+    config["training"]["client_chunk_size"] = chunk
+    models: dict = {}
+
+    # Execute
+    kinds = {run: bench_gpu.run_work(config, run, torch.device("cpu"), models)[0]
+             for run in bench_gpu.build_runs(config)}
+    args = argparse.Namespace(clients=cap)
+
+    # Assert: a vectorised kind's clients are its runs' clients per round, at most the chunk; the measured round
+    # stacks them, at most --clients
+    assert {kind.path for kind in kinds.values()} == {"vectorized"}
+    for run, kind in kinds.items():
+        per_round = max(1, round(float(run.participation) * run.num_clients))
+        assert kind.clients == min(per_round, chunk) and f"vectorized over {kind.clients} clients" in kind.label
+        assert bench_gpu.stacked_clients(kind, args) == (min(kind.clients, cap) if cap else kind.clients)
+    assert len({kind.clients for kind in kinds.values()}) > 1
 
 
 def test_the_gpu_session_runs_scripts_and_tests_that_exist_with_flags_they_take():

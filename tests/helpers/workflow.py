@@ -46,3 +46,16 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
         if len(parts) == 2 and parts[1].isdigit():
             jobs[parts[0]] = int(parts[1])
     return jobs
+
+
+def planned_resources(stdout: str) -> dict[str, list[dict[str, str]]]:
+    """rule -> the `resources:` of each of its jobs, as a dry run (`snakemake -n`) prints them."""
+    resources: dict[str, list[dict[str, str]]] = {}
+    rule = None
+    for line in stdout.splitlines():
+        if line.startswith("rule "):
+            rule = line[5:].rstrip(":")
+        elif line.strip().startswith("resources:") and rule:
+            fields = dict(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))
+            resources.setdefault(rule, []).append(fields)
+    return resources

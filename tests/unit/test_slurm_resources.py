@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers.workflow import TINY_CONFIG, copy_workflow, snakemake
+from helpers.workflow import TINY_CONFIG, copy_workflow, planned_resources, snakemake
 from snakemake.iocontainers import Namedlist
 
 from fedscape.core.config import load_schema
@@ -146,13 +146,6 @@ def test_a_dry_run_under_the_profile_sizes_each_job_by_its_data(tmp_path):
     proc = snakemake(workdir, "-n", "--profile", "slurm", "--configfile", "tiny.yaml", env=environ, timeout=300)
 
     # Assert: train and the pretrained init ask for the digits' memory, the random init for the base alone
-    memory: dict[str, set[int]] = {}
-    rule = None
-    for line in proc.stdout.splitlines():
-        if line.startswith("rule "):
-            rule = line[5:].rstrip(":")
-        elif line.strip().startswith("resources:") and rule:
-            fields = dict(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))
-            memory.setdefault(rule, set()).add(int(fields["mem_mb"]))
+    memory = {rule: {int(job["mem_mb"]) for job in jobs} for rule, jobs in planned_resources(proc.stdout).items()}
     assert memory["train"] == {HOST_BASE_MB + mib(DIGITS)}
     assert memory["init"] == {HOST_BASE_MB, HOST_BASE_MB + mib(DIGITS)}

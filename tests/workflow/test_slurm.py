@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers.workflow import ROOT, TINY_CONFIG, copy_workflow, snakemake
+from helpers.workflow import ROOT, TINY_CONFIG, copy_workflow, planned_resources, snakemake
 from snakemake.iocontainers import Namedlist
 
 from fedscape.analysis.hessian.definitions import JOB_FILES
@@ -205,15 +205,8 @@ def test_a_dry_run_under_the_profile_asks_for_cards_by_the_configs_device(tmp_pa
 
     # Assert: every train and init job on a card in the GPU partition, or a CPU job in the CPU partition (a config
     # that computes on CPUs holds no card idle); partition jobs stay CPU jobs either way
-    resources: dict[str, set[str]] = {}
-    rule = None
-    for line in proc.stdout.splitlines():
-        if line.startswith("rule "):
-            rule = line[5:].rstrip(":")
-        elif line.strip().startswith("resources:") and rule:
-            fields = dict(item.split("=", 1) for item in line.split(":", 1)[1].strip().split(", "))
-            resources.setdefault(rule, set()).add(
-                f"{fields.get('gpu', '0')} {fields.get('gpu_model', '')} {fields['slurm_partition']}")
+    resources = {rule: {f"{job.get('gpu', '0')} {job.get('gpu_model', '')} {job['slurm_partition']}" for job in jobs}
+                 for rule, jobs in planned_resources(proc.stdout).items()}
     want = "1 a100 gpuq" if card else "0  cpuq"
     assert resources["train"] == resources["init"] == {want}
     assert resources["partition"] == {"0  cpuq"}

@@ -19,6 +19,7 @@ from fedscape.plan.workflow import (
     check_data,
     check_read_files,
     config_warnings,
+    check_execution,
 )
 
 # (a line of its own: at the start of a line, Snakemake's parser takes the name for its keyword)
@@ -69,6 +70,9 @@ wildcard_constraints:
 # so before it deletes any job's outputs): Snakemake calls `onstart` only then (not for -n, --summary or --dag), so
 # a dry run plans on a machine without the data. (`workflow.dryrun` is not yet known while this file is read.)
 onstart:
+    check_execution(
+        config, CLUSTER, workflow.local_exec, "gpu" in workflow.global_resources
+    )
     jobs = list(workflow.dag.needrun_jobs())
     check_data(config, RUNS, [(job.rule.name, job.wildcards_dict) for job in jobs])
     check_read_files(

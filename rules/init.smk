@@ -2,7 +2,7 @@
 
 from fedscape.core.paths import INIT_DIR, PROGRESS
 from fedscape.plan.init import init_input_paths, init_settings
-from fedscape.plan.resources import init_mem_mb
+from fedscape.plan.resources import by_init, init_mem_mb
 
 
 rule init:
@@ -19,7 +19,8 @@ rule init:
     conda:
         "../envs/torch.yaml"
     resources:
-        **GPU_JOB,
+        # a card only for the kinds that train (pretrained, iid_warmup): random and continued models are made on the CPU
+        **{key: by_init(key, config, GPU_JOB, CPU_JOB) for key in GPU_JOB},
         # host memory: the data set it trains on is decoded whole before it is copied to the card
         mem_mb=lambda wildcards, attempt: init_mem_mb(
             config, wildcards.dataset, wildcards.init, attempt

@@ -49,7 +49,13 @@ def test_job_log_writes_a_failing_jobs_error_and_reraises(tmp_path):
 
 @pytest.mark.parametrize(("error", "hinted"), [
     (lambda: __import__("torch").cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+    # CUDA's and its libraries' own errors when a card is full outside torch's allocator (a context on a full card,
+    # cuBLAS's workspace), as torch raises them: AcceleratorError (a RuntimeError) or RuntimeError
+    (lambda: getattr(__import__("torch"), "AcceleratorError", RuntimeError)("CUDA error: out of memory"), True),
+    (lambda: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), True),
+    (lambda: RuntimeError("cuDNN error: CUDNN_STATUS_NOT_ENOUGH_WORKSPACE"), True),
     (lambda: RuntimeError("CUDA error: an illegal memory access was encountered"), False),
+    (lambda: ValueError("out of memory"), False),  # not an error of the device
 ])
 def test_a_job_out_of_device_memory_says_what_bounds_its_memory(tmp_path, error, hinted):
     # Prepare
@@ -59,7 +65,7 @@ def test_a_job_out_of_device_memory_says_what_bounds_its_memory(tmp_path, error,
     with pytest.raises(type(error())), job_log(path, memory_hint="lower hessian.batch_size (now 512)"):
         raise error()
 
-    # Assert: the hint follows the error, for torch's out-of-memory error only
+    # Assert: the hint follows the errors of a full card only
     text = path.read_text()
     assert "job failed: " in text
     assert ("out of device memory: lower hessian.batch_size (now 512)" in text) is hinted

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -104,6 +105,7 @@ def test_describe_compute_records_what_was_asked_and_used():
 
     assert info["device"] == "cpu" and info["device_name"].startswith("cpu (")
     assert (info["precision"], info["precision_used"]) == ("tf32", "fp32")
+    assert "device_uuid" not in info  # a card's alone
 
 
 @pytest.mark.parametrize(("capability", "used"), [((7, 0), "fp32"), ((7, 5), "fp32"), ((8, 0), "tf32"),
@@ -113,12 +115,15 @@ def test_tf32_is_recorded_only_on_cards_that_have_it(capability, used, monkeypat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a card")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(uuid=f"GPU-card{i}"))
 
     # Execute
-    info = describe_compute(torch.device("cuda", 0), "tf32")
+    info = describe_compute(torch.device("cuda", 1), "tf32")
 
-    # Assert: a card before Ampere has no TF32 and computes `tf32` in fp32, and says so; the others are unchanged
+    # Assert: a card before Ampere has no TF32 and computes `tf32` in fp32, and says so; the others are unchanged.
+    # The card's UUID names it machine-wide (its index is the job's own)
     assert (info["precision"], info["precision_used"]) == ("tf32", used)
+    assert (info["device"], info["device_uuid"]) == ("cuda:1", "GPU-card1")
     assert precision_used("fp32", "cuda") == "fp32" and precision_used("bf16", "cuda:0") == "bf16"
 
 

@@ -15,8 +15,9 @@ import torch
 import yaml
 from snakemake.iocontainers import Namedlist
 
+from fedscape.core import gpus as gpus_mod
 from fedscape.core.config import ConfigError, load_schema
-from fedscape.core.gpus import card_loads, claim_card, parse_visible_devices, visible_gpus
+from fedscape.core.gpus import CLAIM_DIR, card_loads, claim_card, parse_visible_devices, visible_gpus
 from fedscape.core.runs import build_runs
 from fedscape.models import device as device_mod
 from fedscape.plan.barriers import interpolation_pair, interpolation_settings
@@ -27,8 +28,10 @@ from fedscape.plan.resources import (
     DATA_RULES,
     GPU_RULES,
     RULE_NEEDS,
+    by_init,
     by_input,
     cpu_job_resources,
+    execution_problems,
     gpu_job_resources,
     gpu_per_job,
     local_gpu_slots,
@@ -78,6 +81,51 @@ def test_a_list_of_mig_instances_is_one_slot_since_cuda_enumerates_one(value, tm
     # Assert: each job would see one device, the same instance: one job at a time, and the log names the idle ones
     assert parse_visible_devices(value) == 1 and slots == 1
     assert "enumerates only one" in caplog.text and all(name in caplog.text for name in unused)
+
+
+def _mig_machine(tmp_path: Path, instances: list[int]) -> tuple[Path, Path]:
+    """A driver listing of len(instances) GPUs, GPU i holding instances[i] MIG GPU instances (0: not in MIG mode),
+    as /proc/driver/nvidia lists them (gpus/<bus>/, capabilities/gpu<minor>/mig/gi<id>/)."""
+    proc, capabilities = tmp_path / "gpus", tmp_path / "capabilities"
+    for minor, count in enumerate(instances):
+        (proc / f"0000:0{minor + 1}:00.0").mkdir(parents=True)
+        (capabilities / f"gpu{minor}" / "mig").mkdir(parents=True)
+        (capabilities / f"gpu{minor}" / "mig" / "config").touch()  # MIG-capable, whether or not in MIG mode
+        for gi in range(count):
+            (capabilities / f"gpu{minor}" / "mig" / f"gi{gi + 1}" / "ci0").mkdir(parents=True)
+    return proc, capabilities
+
+
+@pytest.mark.parametrize(("instances", "expected"), [
+    ([0, 0], 2),         # no MIG: every GPU
+    ([3, 0], 2),         # one GPU in MIG mode: its first instance, and the other GPU
+    ([2, 7, 0, 0], 3),   # two in MIG mode count as one device together
+    ([4, 4], 1),
+])
+def test_without_cuda_visible_devices_the_gpus_in_mig_mode_count_as_one(instances, expected, tmp_path, caplog,
+                                                                       monkeypatch):
+    # Prepare
+    proc, capabilities = _mig_machine(tmp_path, instances)
+    monkeypatch.setattr(gpus_mod, "_WARNED_MIG", set())  # warned once per process
+
+    # Execute
+    got = visible_gpus({}, proc, capabilities)
+
+    # Assert: a CUDA process enumerates one MIG instance in all; counted as two, two jobs would share it
+    assert got == expected
+    assert ("enumerates only one MIG instance" in caplog.text) is any(instances)
+    # a CUDA_VISIBLE_DEVICES still decides alone (SLURM's one instance per job)
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "0"}, proc, capabilities) == 1
+
+
+def test_the_card_claims_do_not_follow_tmpdir():
+    # Snakemake gives each job a TMPDIR of its own `tmpdir` resource: claims there would miss other workflows' jobs
+    code = "from fedscape.core.gpus import CLAIM_DIR; print(CLAIM_DIR)"
+
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
+                         env={**__import__("os").environ, "TMPDIR": "/var/tmp"}).stdout.strip()
+
+    assert got == str(CLAIM_DIR) == "/tmp/fedscape-gpu-claims"
 
 
 def test_visible_gpus_is_zero_without_a_driver(tmp_path, monkeypatch):
@@ -178,12 +226,51 @@ def test_gpu_resources_of_a_local_run(device, gpus, per_job, slots):
     assert local_gpu_slots(config, gpus) == slots
 
 
+@pytest.mark.parametrize(("device", "planned_as_cluster", "local_exec", "gpu_limited", "gpus", "refused"), [
+    # a local run planned as a cluster (--jobs beside --cores): no per-card limit
+    ("auto", True, True, False, 1, "given --jobs with --cores"),
+    ("auto", True, True, True, 1, None),      # --resources gpu=N limits the GPU jobs itself
+    ("auto", True, True, False, 0, None),     # no card to share
+    ("cpu", True, True, False, 2, None),      # the jobs do not touch the cards
+    ("auto", False, True, True, 2, None),     # --cores alone: the Snakefile's limit
+    ("auto", True, False, False, 0, None),    # a cluster run: SLURM places the jobs
+    # an explicit card that the jobs will not see
+    ("cuda:1", True, False, False, 0, "a cluster job sees only the card it was given"),
+    ("cuda:0", True, False, False, 0, None),
+    ("cuda", True, False, False, 0, None),
+    ("cuda:2", False, True, True, 2, "shows 2 card(s) to the jobs (cuda:0..cuda:1"),
+    ("cuda:1", False, True, True, 2, None),
+    ("cuda:3", False, True, True, 0, None),   # no card at all: the job says CUDA is missing
+])
+def test_a_run_started_so_that_jobs_would_share_or_miss_a_card_is_refused(device, planned_as_cluster, local_exec,
+                                                                         gpu_limited, gpus, refused):
+    problems = execution_problems({"training": {"device": device}}, planned_as_cluster, local_exec, gpu_limited, gpus)
+
+    assert (len(problems), refused is None or refused in problems[0]) == (int(refused is not None), True)
+
+
+@pytest.mark.parametrize("cluster", [True, False])
+def test_only_the_inits_that_train_take_a_card(cluster):
+    # Prepare: an init of each kind, the init rule's resource callables
+    config = {"inits": {"r": {"kind": "random"}, "p": {"kind": "pretrained"}, "w": {"kind": "iid_warmup"},
+                        "c": {"kind": "continue"}}}
+    gpu_job = gpu_job_resources({"training": {"device": "auto"}}, True, ENVIRON) if cluster else {"gpu": 1}
+    cpu_job = cpu_job_resources(cluster, ENVIRON)
+
+    # Execute
+    got = {init: {key: by_init(key, config, gpu_job, cpu_job)(SimpleNamespace(init=init)) for key in gpu_job}
+           for init in config["inits"]}
+
+    # Assert: a random or continued model is made on the CPU, and holds no card
+    assert got == {"r": cpu_job, "p": gpu_job, "w": gpu_job, "c": cpu_job}
+
+
 def _rules_with_gpu() -> set[str]:
     rules = set()
     for path in (ROOT / "rules").glob("*.smk"):
         for block in re.split(r"\n(?=rule )", path.read_text()):
             match = re.match(r"rule (\w+):", block)
-            declared = r"\n    resources:\n(        #[^\n]*\n)*        \*\*(GPU_JOB|\{key: by_input)"
+            declared = r"\n    resources:\n(        #[^\n]*\n)*        \*\*(GPU_JOB|\{key: by_(input|init))"
             if match and re.search(declared, block):
                 rules.add(match.group(1))
     return rules

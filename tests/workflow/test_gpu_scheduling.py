@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers.workflow import TINY_CONFIG, copy_workflow, snakemake
+from helpers.workflow import TINY_CONFIG, copy_workflow, planned_resources, snakemake
 
 from fedscape.plan.resources import GPU_RULES
 
@@ -32,16 +32,10 @@ def scheduling_config(tmp_path: Path) -> Path:
     return path
 
 
-def dry_run_resources(workdir: Path, env: dict[str, str], *args: str) -> dict[str, set[str]]:
-    """rule -> the `resources:` lines of its jobs in a dry run."""
+def dry_run_cards(workdir: Path, env: dict[str, str], *args: str) -> dict[str, set[str]]:
+    """rule -> the `gpu` resource of its jobs in a dry run (None where a job declares none)."""
     out = snakemake(workdir, "-n", "--configfile", "sched.yaml", *args, env=env).stdout
-    found: dict[str, set[str]] = {}
-    for block in out.split("rule ")[1:]:
-        name = block.split(":", 1)[0]
-        match = re.search(r"resources: ([^\n]*)", block)
-        if match:
-            found.setdefault(name, set()).add(match.group(1))
-    return found
+    return {rule: {job.get("gpu") for job in jobs} for rule, jobs in planned_resources(out).items()}
 
 
 def job_intervals(workdir: Path, rules: tuple[str, ...]) -> list[tuple[str, datetime, datetime]]:
@@ -64,6 +58,11 @@ def overlapping(intervals) -> list[tuple[str, str]]:
     return [(a[0], b[0]) for a, b in zip(ordered, ordered[1:], strict=False) if b[1] < a[2]]
 
 
+def card_jobs(workdir: Path) -> list[tuple[str, datetime, datetime]]:
+    """`job_intervals` of the jobs that take a card: train, and the inits that train (not the random one)."""
+    return [i for i in job_intervals(workdir, ("init", "train")) if not i[0].endswith("init~random/init.log")]
+
+
 @pytest.fixture
 def workdir(tmp_path) -> Path:
     workdir = copy_workflow(tmp_path / "wf")
@@ -72,25 +71,42 @@ def workdir(tmp_path) -> Path:
 
 
 def test_gpu_jobs_ask_for_a_card_only_where_there_is_one(workdir):
-    with_card = dry_run_resources(workdir, ONE_CARD)
-    without = dry_run_resources(workdir, NO_CARD)
+    with_card = dry_run_cards(workdir, ONE_CARD)
+    without = dry_run_cards(workdir, NO_CARD)
 
-    # the GPU rules' jobs ask for one card where one is visible, none on a CPU-only machine; light rules never
-    assert {rule: lines for rule, lines in with_card.items() if rule in GPU_RULES} == {
-        "init": {"tmpdir=/tmp, gpu=1"}, "train": {"tmpdir=/tmp, gpu=1"}}
-    assert {rule: lines for rule, lines in without.items() if rule in GPU_RULES} == {
-        "init": {"tmpdir=/tmp, gpu=0"}, "train": {"tmpdir=/tmp, gpu=0"}}
-    assert all("gpu" not in line for rule, lines in with_card.items() if rule not in GPU_RULES for line in lines)
+    # the GPU rules' jobs ask for one card where one is visible (the random init, made on the CPU, for none), none
+    # on a CPU-only machine; light rules never
+    assert {rule: cards for rule, cards in with_card.items() if rule in GPU_RULES} == {
+        "init": {"1", "0"}, "train": {"1"}}
+    assert {rule: cards for rule, cards in without.items() if rule in GPU_RULES} == {"init": {"0"}, "train": {"0"}}
+    assert all(cards == {None} for rule, cards in with_card.items() if rule not in GPU_RULES)
 
 
 def test_one_card_runs_one_gpu_job_at_a_time_and_more_when_allowed(workdir):
     # Execute: the same workflow with 3 cores on one card, then again (forced) when 3 jobs may share it
     snakemake(workdir, "--configfile", "sched.yaml", cores=3, env=ONE_CARD)
-    serial = job_intervals(workdir, ("init", "train"))
+    serial = card_jobs(workdir)
     snakemake(workdir, "--configfile", "sched.yaml", "--forceall", "--resources", "gpu=3", cores=3, env=ONE_CARD)
-    shared = job_intervals(workdir, ("init", "train"))
+    shared = card_jobs(workdir)
 
-    # Assert: 2 inits and 3 train jobs; none overlapped on one card, while sharing it they did
-    assert len(serial) == len(shared) == 5
+    # Assert: the pretrained init and 3 train jobs take the card; none overlapped on it, while sharing it they did
+    assert len(serial) == len(shared) == 4
     assert overlapping(serial) == []
     assert overlapping(shared) != []
+
+
+def test_a_local_run_given_jobs_beside_cores_is_refused_where_a_card_would_be_shared(workdir):
+    # Execute: --jobs beside --cores, which Snakemake plans as a cluster run (no per-card limit), with one card,
+    # with one card and a limit of its own, and on a CPU-only machine
+    refused = snakemake(workdir, "--configfile", "sched.yaml", "--jobs", "2", "--until", "partition", check=False,
+                        env=ONE_CARD)
+    limited = snakemake(workdir, "--configfile", "sched.yaml", "--jobs", "2", "--resources", "gpu=1", "--until",
+                        "partition", "--dry-run", env=ONE_CARD)
+    cpu_only = snakemake(workdir, "--configfile", "sched.yaml", "--jobs", "2", "--until", "partition", env=NO_CARD)
+
+    # Assert: refused before any job, saying how to start it; the others run (dry, or their partition jobs)
+    assert refused.returncode != 0
+    assert "given --jobs with --cores" in refused.stderr + refused.stdout
+    assert "Finished job" not in refused.stderr + refused.stdout
+    assert limited.returncode == 0
+    assert cpu_only.returncode == 0 and list((workdir / "results").rglob("partition.npz"))

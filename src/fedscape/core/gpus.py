@@ -7,8 +7,9 @@ The Snakefile therefore limits the `gpu` resource of a local run to the visible 
 with the fewest fedscape jobs on it (`claim_card`): at most one job per card unless the user allows more with
 `--resources gpu=N`. Claims name a card by what identifies it machine-wide (its UUID: `fedscape.models.device`), not
 by its index, so two workflows that see different cards (CUDA_VISIBLE_DEVICES) count each other's jobs on the card
-they share. A cluster places GPU jobs itself (the SLURM profile asks for `gpu: 1` per job and SLURM sets
-CUDA_VISIBLE_DEVICES), so the limit does not apply there, and a job's claim on its one card changes nothing.
+they share. A cluster places GPU jobs itself (each GPU rule's job asks it for a card:
+`plan.resources.gpu_job_resources`, and SLURM sets CUDA_VISIBLE_DEVICES), so the limit does not apply there, and a
+job's claim on its one card changes nothing.
 """
 
 from __future__ import annotations
@@ -20,17 +21,22 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
 # Where the NVIDIA driver lists one directory per GPU of the machine (all of them, not only the visible ones).
 NVIDIA_PROC = Path("/proc/driver/nvidia/gpus")
-# Machine-wide, so that two users' or two workflows' jobs on one workstation see each other's claims.
-CLAIM_DIR = Path(tempfile.gettempdir()) / "fedscape-gpu-claims"
+# Where the driver lists each GPU's MIG GPU instances, as capabilities (NVIDIA's MIG user guide, "Device Nodes and
+# Capabilities"): capabilities/gpu<minor>/mig/gi<id>/ for every GPU instance made on GPU <minor>.
+NVIDIA_CAPABILITIES = Path("/proc/driver/nvidia/capabilities")
+# Machine-wide, so that two users' or two workflows' jobs on one workstation see each other's claims: a fixed path,
+# not tempfile's, which follows TMPDIR (Snakemake sets each job's TMPDIR to its `tmpdir` resource, and a user may set
+# another): jobs with different TMPDIRs would claim in different folders and never see each other.
+CLAIM_DIR = Path("/tmp/fedscape-gpu-claims")
 log = logging.getLogger(__name__)
 _WARNED: set[str] = set()  # the CUDA_VISIBLE_DEVICES values already warned of (the planner asks more than once)
+_WARNED_MIG: set[int] = set()  # likewise, the counts of MIG GPUs without CUDA_VISIBLE_DEVICES
 
 
 def visible_entries(value: str, cards: int | None = None) -> list[str]:
@@ -64,9 +70,11 @@ def parse_visible_devices(value: str, cards: int | None = None) -> int:
     return 1 if any(entry.startswith("MIG-") for entry in entries) else len(entries)
 
 
-def visible_gpus(environ: dict[str, str] | None = None, proc: Path = NVIDIA_PROC) -> int:
+def visible_gpus(environ: dict[str, str] | None = None, proc: Path = NVIDIA_PROC,
+                 capabilities: Path = NVIDIA_CAPABILITIES) -> int:
     """How many CUDA devices a job started from here would see: those CUDA_VISIBLE_DEVICES leaves where it is set,
-    else the driver's GPUs (/proc, else `nvidia-smi -L`), 0 on a machine without an NVIDIA driver.
+    else the driver's GPUs (/proc, else `nvidia-smi -L`), 0 on a machine without an NVIDIA driver. Without
+    CUDA_VISIBLE_DEVICES, the GPUs in MIG mode count as one device together (`cuda_devices`).
 
     It must not import torch: it runs while Snakemake plans, and on a login node.
     """
@@ -83,7 +91,31 @@ def visible_gpus(environ: dict[str, str] | None = None, proc: Path = NVIDIA_PROC
                         "one job per instance with CUDA_VISIBLE_DEVICES set to it (as SLURM does)", len(mig),
                         ", ".join(mig[1:]))
         return parse_visible_devices(value, cards)
-    return driver_gpus(proc) or 0
+    return cuda_devices(driver_gpus(proc) or 0, mig_gpus(capabilities))
+
+
+def cuda_devices(gpus: int, mig: int) -> int:
+    """The devices a CUDA process enumerates on a machine of `gpus` GPUs, `mig` of them in MIG mode with instances:
+    the others, and one MIG instance however many there are (NVIDIA's MIG user guide, "CUDA Device Enumeration": a
+    CUDA process "can only enumerate a single MIG device"). Counted as `gpus`, the jobs of the MIG GPUs would all
+    start on that one instance."""
+    if mig <= 0:
+        return gpus
+    if mig not in _WARNED_MIG:
+        _WARNED_MIG.add(mig)
+        log.warning("%d GPU(s) of this machine are in MIG mode, and a CUDA process enumerates only one MIG instance "
+                    "(NVIDIA's MIG user guide): fedscape counts one GPU slot for them; to use each instance, run one "
+                    "job per instance with CUDA_VISIBLE_DEVICES set to it (as SLURM does)", mig)
+    return max(gpus - mig, 0) + 1
+
+
+def mig_gpus(capabilities: Path = NVIDIA_CAPABILITIES) -> int:
+    """How many GPUs of this machine hold MIG GPU instances (capabilities/gpu<minor>/mig/gi<id>/); 0 where the driver
+    lists none, or no capabilities (a machine without MIG, a container that hides them)."""
+    try:
+        return sum(1 for gpu in capabilities.glob("gpu*") if any((gpu / "mig").glob("gi*")))
+    except OSError:
+        return 0
 
 
 def driver_gpus(proc: Path = NVIDIA_PROC) -> int | None:

@@ -39,7 +39,7 @@ def job_log(path: str | Path | None, outputs: Iterable[str] = (), results_dir: s
     Snakemake points the user at the rule's log when a job fails: the reason must be there, not only
     on the console. With `results_dir` (the config's), a job that succeeds records its `outputs` (SHA-256, size)
     and what made them below the results' manifest (`fedscape.core.manifest`), for `make verify`. A job that runs
-    out of device memory (torch's OutOfMemoryError) also logs `memory_hint`: what the user can change
+    out of device memory (`out_of_device_memory`) also logs `memory_hint`: what the user can change
     (`fedscape.plan.resources.memory_hint`).
     """
     setup_logging(path)
@@ -52,13 +52,28 @@ def job_log(path: str | Path | None, outputs: Iterable[str] = (), results_dir: s
         yield
     except BaseException as exc:
         log.error("job failed: %s: %s", type(exc).__name__, exc, exc_info=True)
-        if memory_hint and type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without torch
+        if memory_hint and out_of_device_memory(exc):
             log.error("out of device memory: %s", memory_hint)
         raise
     if results_dir is not None and path:
         results = Results.of({"results_dir": results_dir})
         write_record(manifest_path(results.root, results.logs, path), list(outputs), started - (age or 0.0), path)
     log.info("job done in %.2f s", time.perf_counter() - t0)
+
+
+# What CUDA and its libraries say when a card's memory is full outside torch's caching allocator (which raises
+# torch.OutOfMemoryError): the context of a job that starts on a full card, cuBLAS's and cuDNN's workspaces.
+_OOM_MESSAGES = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED",
+                 "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE")
+
+
+def out_of_device_memory(exc: BaseException) -> bool:
+    """Whether `exc` says a card ran out of memory: torch's OutOfMemoryError (named, so that this module needs no
+    torch), or CUDA's and its libraries' own errors (`RuntimeError`, torch's `AcceleratorError`) with their
+    messages."""
+    if type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and any(message in str(exc) for message in _OOM_MESSAGES)
 
 
 def process_age() -> float | None:

@@ -151,9 +151,16 @@ def device_name(device: torch.device | str) -> str:
 
 
 def describe_compute(device: torch.device, precision: str) -> dict[str, str]:
-    """What a job records of where it computed: the device, its name, and the precision asked for and used."""
-    return {"device": str(device), "device_name": device_name(device), "precision": precision,
-            "precision_used": precision_used(precision, device)}
+    """What a job records of where it computed: the device, its name, and the precision asked for and used; on a
+    card also its UUID (`device_uuid`), which names it machine-wide where the index is the job's own (cuda:0 of a
+    SLURM job, or of CUDA_VISIBLE_DEVICES=2, is the machine's third card)."""
+    device = torch.device(device)
+    compute = {"device": str(device), "device_name": device_name(device), "precision": precision,
+               "precision_used": precision_used(precision, device)}
+    if device.type == "cuda" and torch.cuda.is_available():
+        index = torch.cuda.current_device() if device.index is None else device.index
+        compute["device_uuid"] = card_uuids(index + 1)[index]
+    return compute
 
 
 def log_compute(compute: dict[str, str]) -> None:

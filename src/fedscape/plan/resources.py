@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from fedscape.core.config import config_value
 from fedscape.core.gpus import visible_gpus
 from fedscape.data.specs import STORED_IMAGE_AUGMENTATIONS, TARGETS, dataset_info, resolved_targets
+from fedscape.stages.init_settings import TRAINING_KINDS
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,8 @@ class RuleNeeds:
 
 
 # Every heavy rule (not `localrule: True`) and every rule that reads data, once: the GPU rules and DATA_RULES derive
-# from it, and the SLURM profile gives each heavy rule a `set-threads` entry and each GPU rule `gpu: 1`
-# (tests/unit/test_resources.py keeps them in step).
+# from it, the SLURM profile gives each heavy rule a `set-threads` entry, and each GPU rule asks for its card itself
+# (`gpu_job_resources`; tests/unit/test_resources.py keeps them in step).
 RULE_NEEDS: dict[str, RuleNeeds] = {
     "partition": RuleNeeds(gpu=False, data=True),  # torch-free; runs local, but reads the data
     # vectorised rounds stack client_chunk_size clients' models, activations and gradients
@@ -101,6 +102,48 @@ def by_input(key: str, copies: str, gpu_job: dict, cpu_job: dict) -> Callable:
     """A rule's resource `key` as a function of its job's input: `cpu_job`'s where the job has an input named
     `copies` (it copies a result and computes nothing), else `gpu_job`'s."""
     return lambda wildcards, input: (cpu_job if copies in input.keys() else gpu_job)[key]
+
+
+def init_job_resources(config: dict, init: str, gpu_job: dict, cpu_job: dict) -> dict:
+    """The card resources of the init job of label `init`: `gpu_job`'s where its kind trains on the configured device
+    (`fedscape.stages.init_settings.TRAINING_KINDS`: pretrained, iid_warmup), else `cpu_job`'s (a random or a
+    continued model is made on the CPU: a card held for it would keep a training job waiting)."""
+    return gpu_job if config["inits"][init]["kind"] in TRAINING_KINDS else cpu_job
+
+
+def by_init(key: str, config: dict, gpu_job: dict, cpu_job: dict) -> Callable:
+    """The init rule's resource `key` as a function of its job's `init` wildcard (`init_job_resources`)."""
+    return lambda wildcards: init_job_resources(config, wildcards.init, gpu_job, cpu_job)[key]
+
+
+def execution_problems(config: dict, planned_as_cluster: bool, local_exec: bool, gpu_limited: bool,
+                       gpus: int | None = None) -> list[str]:
+    """What the way Snakemake was started leaves wrong about the cards, known only once it executes (`onstart`):
+
+    - `--jobs` with `--cores` on a local run: Snakemake then counts it as a cluster run while the Snakefile is read
+      (no limit on cores, and the Snakefile sets no `gpu` limit), so every GPU job could start on one card at once;
+      refused where a card is visible and no `--resources gpu=N` limits them.
+    - `training.device: cuda:<i>` with no card of index i: locally past the visible cards (`gpus`, default this
+      machine's); on a cluster any i > 0, since a job sees only the card it was given, as cuda:0.
+    """
+    gpus = visible_gpus() if gpus is None else gpus
+    problems = []
+    if local_exec and planned_as_cluster and not gpu_limited and local_gpu_slots(config, gpus) > 0:
+        problems.append(
+            f"this local run was given --jobs with --cores: Snakemake then plans it as a cluster run, with no limit on "
+            f"the GPU jobs that share a card ({gpus} visible), which run out of its memory together. Run it with "
+            f"--cores alone (one GPU job per card at a time), and add --resources gpu=N for N GPU jobs at once")
+    device = config["training"]["device"]
+    index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else None
+    if index is not None and not local_exec and index > 0:
+        problems.append(
+            f"training.device: {device}: a cluster job sees only the card it was given, as cuda:0, so {device} does "
+            f"not exist there; set training.device to cuda or auto")
+    elif index is not None and local_exec and 0 < gpus <= index:
+        problems.append(
+            f"training.device: {device}: this machine shows {gpus} card(s) to the jobs (cuda:0..cuda:{gpus - 1}; "
+            f"CUDA_VISIBLE_DEVICES renumbers the cards it lists from 0); set training.device to one of them, or auto")
+    return problems
 
 
 def local_gpu_slots(config: dict, gpus: int | None = None) -> int:

@@ -34,7 +34,7 @@ from fedscape.data.partition import PartitionError, check_partition_file, kind_f
 from fedscape.data.specs import DATASET_NAMES, DATASETS, NO_DOWNLOAD, data_layout_problems
 from fedscape.models.specs import CHECKPOINT_FORMAT
 from fedscape.plan import init as init_plan
-from fedscape.plan.resources import DATA_RULES
+from fedscape.plan.resources import DATA_RULES, execution_problems
 from fedscape.plan.train import idle_swa
 
 PARTITION_FILE = f"{PARTITION_DIR}/partition.npz"
@@ -141,6 +141,15 @@ def all_targets(config: dict, runs: list[Run]) -> list[str]:
 def wildcard_constraints() -> dict[str, str]:
     """The constraint of every run wildcard (the dataset's: one of the dataset names)."""
     return {"dataset": "|".join(DATASET_NAMES), **WILDCARD_CONSTRAINTS}
+
+
+def check_execution(config: dict, planned_as_cluster: bool, local_exec: bool, gpu_limited: bool) -> None:
+    """ConfigError listing what the way Snakemake was started leaves wrong about the cards
+    (`plan.resources.execution_problems`), called in `onstart`: only then does Snakemake know whether it executes
+    locally, and no job has run yet."""
+    problems = execution_problems(config, planned_as_cluster, local_exec, gpu_limited)
+    if problems:
+        raise ConfigError("the jobs cannot run as started (nothing ran):\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 # -- the data the jobs about to run read (DATA_RULES: plan.resources.RULE_NEEDS) -----------------------------

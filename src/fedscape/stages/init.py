@@ -186,10 +186,11 @@ def pretrain(job: PretrainedInit, progress_dir: str | Path | None = None,
     job says otherwise); resumable after every epoch (progress of the job whose settings have digest `key`, by
     default the job's own)."""
     device = resolve_device(job.device)
-    log_compute(describe_compute(device, job.precision))
-    with use_precision(job.precision, device) as used:
+    compute = describe_compute(device, job.precision)
+    log_compute(compute)
+    with use_precision(job.precision, device):
         model, meta = _pretrain(job, progress_dir, device, key or digest(to_settings(job)))
-    return model, {**meta, "precision": used}
+    return model, {**meta, **compute}
 
 
 def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torch.device,
@@ -276,7 +277,8 @@ def iid_warmup(job: WarmupInit, partition_path: str | Path, progress_dir: str | 
     job whose settings have digest `key` (by default the job's own)."""
     device = resolve_device(job.warmup_training.device)
     cfg = job.train_config()
-    log_compute(describe_compute(device, cfg.precision))
+    compute = describe_compute(device, cfg.precision)
+    log_compute(compute)
     check_partition_file(partition_path, job.dataset, job.num_clients, IID, job.partition_seed)
     data = federate(dataset_from_options(job.dataset, job.dataset_options), partition_path, device)
     model = random_model(job).to(device).train()
@@ -290,7 +292,7 @@ def iid_warmup(job: WarmupInit, partition_path: str | Path, progress_dir: str | 
         load_buffers(model, result.buffers[-1].to(device))
     final = result.rows[-1]
     return model.eval(), {"rounds": cfg.rounds, "num_clients": data.num_clients, "partition": str(partition_path),
-                          "train_acc": final["train_acc"], "test_acc": final["test_acc"]}
+                          "train_acc": final["train_acc"], "test_acc": final["test_acc"], **compute}
 
 
 # -- continue --------------------------------------------------------------------------------------

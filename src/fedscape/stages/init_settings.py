@@ -151,3 +151,6 @@ class ContinueInit(InitJob):
 
 
 INIT_JOBS: dict[str, type[InitJob]] = {job.KIND: job for job in (RandomInit, PretrainedInit, WarmupInit, ContinueInit)}
+# The kinds that train on the configured device (their job declares it): the init jobs that take a card. A random or a
+# continued model is made on the CPU.
+TRAINING_KINDS: tuple[str, ...] = tuple(kind for kind, job in INIT_JOBS.items() if "device" in job.__dataclass_fields__)

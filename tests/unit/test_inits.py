@@ -256,6 +256,44 @@ def test_continue_starts_from_the_final_global_model(tmp_path):
     assert init.meta["source_round"] == 3 and init.meta["source_run_id"] == "x/y"
 
 
+@pytest.mark.parametrize("source_swa", [False, True])
+def test_continue_from_a_run_with_swa_starts_from_its_final_global_model_not_its_swa_average(tmp_path, source_swa):
+    # Prepare: a source run that keeps an SWA model beside its global models
+    model = inits_mod.random_model(random_job())
+    meta = ModelMeta("cnn_small", 10, 1, 8, {}, tuple(n for n, _ in model.named_parameters()),
+                     tuple(tuple(p.shape) for p in model.parameters()))
+    params = torch.randn(4, flatten_params(model).numel(), generator=torch.Generator().manual_seed(0))
+    swa = {"params": params[2:].mean(0), "buffers": torch.zeros(0), "rounds": (2, 3)}
+    save_trajectory(tmp_path / "trajectory.pt", params, torch.zeros(4, 0), torch.arange(4), meta,
+                    {"status": "ok", "seed": 7}, swa=swa)
+    settings = {**DIGITS, "init": "cont", "kind": "continue", "run": {"alpha": 1.0}, "source_run_id": "x/y",
+                **({"source_swa": True} if source_swa else {})}
+
+    # Execute
+    init_job(settings, tmp_path / "init.pt", {"trajectory": str(tmp_path / "trajectory.pt")})
+
+    # Assert: the global model of the last round, as the schema promises, and the record says which model it is
+    init = load_trajectory(tmp_path / "init.pt")
+    assert torch.equal(init.params[0], params[3]) and not torch.equal(init.params[0], swa["params"])
+    assert init.meta["source_model"] == "global"
+
+
+def test_continue_refuses_a_diverged_source_run(tmp_path):
+    # Prepare: a source run that diverged (its last kept model is not finite)
+    model = inits_mod.random_model(random_job())
+    meta = ModelMeta("cnn_small", 10, 1, 8, {}, tuple(n for n, _ in model.named_parameters()),
+                     tuple(tuple(p.shape) for p in model.parameters()))
+    params = torch.randn(3, flatten_params(model).numel())
+    params[2] = float("nan")
+    save_trajectory(tmp_path / "t.pt", params, torch.zeros(3, 0), torch.arange(3), meta, {"status": "diverged"})
+
+    # Execute / Assert: refused before any file is written, naming the run and its status
+    with pytest.raises(ValueError, match=r"source run x/y of init cont has status diverged"):
+        init_job({**DIGITS, "init": "cont", "kind": "continue", "run": {}, "source_run_id": "x/y"},
+                 tmp_path / "i.pt", {"trajectory": tmp_path / "t.pt"})
+    assert not (tmp_path / "i.pt").exists()
+
+
 def test_continue_refuses_another_model(tmp_path):
     model = inits_mod.random_model(random_job(model="mlp"))
     meta = ModelMeta("mlp", 10, 1, 8, {}, (), ())
@@ -288,6 +326,9 @@ def test_continue_refuses_another_model(tmp_path):
     ({"warm": {"kind": "iid_warmup", "training": {"lrr": 0.1}}}, [{"alpha": "iid"}, {"init": "warm"}], {},
      r"inits\.warm\.training: unknown training key 'lrr'"),
     ({"w": {"kind": "warmup"}}, None, {}, r"inits\.w\.kind: 'warmup' is not valid"),
+    # the proxy split's size is the dataset's proxy_fraction: a subset of it was silently ignored
+    ({"pre": {"kind": "pretrained", "max_samples": 50}}, [{"alpha": "iid"}, {"init": "pre"}], {},
+     r"inits\.pre\.max_samples: a subset of proxy_dataset's or proxy_dir's images"),
     ({"warm": {"kind": "iid_warmup", "training": {"swa": {"cycle": 2}}}}, [{"alpha": "iid"}, {"init": "warm"}], {},
      r"inits\.warm\.training\.swa: an IID warm-up is plain FedAvg and keeps its last global model"),
 ])
@@ -313,3 +354,19 @@ def test_continue_settings_name_the_source_run():
     source = [r for r in build_runs(config) if r.init == "random" and r.setting == "0.5"][0]
     assert settings["source_run_id"] == source.run_id
     assert set(settings) - set(DIGITS) == {"init", "kind", "run", "source_run_id"}
+
+
+def test_continue_settings_mark_a_source_with_swa_only():
+    # Prepare: the same continue init from a run of an algorithm with server-side SWA
+    config = check_config(config_with({"cont": {"kind": "continue", "run": {"alpha": 0.5, "algorithm": "swa"}}},
+                                      [{"alpha": "iid"}, {"alpha": 0.5, "algorithm": "swa"},
+                                       {"alpha": 0.5, "init": "cont"}],
+                                      algorithms={"fedavg": {"name": "fedavg"},
+                                                  "swa": {"name": "fedavg", "training": {"swa": {"cycle": 1}}}}),
+                          SCHEMA)
+
+    # Execute
+    settings = init_settings(config, build_runs(config), "digits", "cnn_small", "cont")
+
+    # Assert: only such an init's settings change (it took the SWA average before), so only it reruns
+    assert settings["source_swa"] is True

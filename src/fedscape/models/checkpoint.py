@@ -143,10 +143,10 @@ class Trajectory:
         row = self.row(round_)
         return self.params[row], self.buffers[row]
 
-    def model_at(self, round_: int | str, device: str | torch.device = "cpu") -> nn.Module:
+    def model_at(self, round_: int | str, device: str | torch.device = "cpu", global_model: bool = False) -> nn.Module:
         """The model after round `round_` (0 = init, 'final' = the final round; `point`: the SWA model at the final
-        round of a run with SWA), in eval mode."""
-        params, buffers = self.point(round_)
+        round of a run with SWA, unless `global_model`: `global_point`), in eval mode."""
+        params, buffers = self.global_point(round_) if global_model else self.point(round_)
         model = self.model_meta.build().to(device)
         load_params(model, params.to(device))
         load_buffers(model, buffers.to(device))

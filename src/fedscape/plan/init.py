@@ -16,7 +16,7 @@ from fedscape.data.specs import (
     target_model_options,
 )
 from fedscape.fl.settings import RUN_ONLY_TRAINING_KEYS, TrainingSettings
-from fedscape.plan.train import check_training, merge_training, work_list_problems
+from fedscape.plan.train import check_training, merge_training, run_training, work_list_problems
 from fedscape.stages.init_settings import INIT_JOBS, KIND_KEYS, InitJob, PretrainConfig, kind_spec
 
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
@@ -75,7 +75,8 @@ def init_extras(config: dict, runs: list, dataset: str, model: str, init: str) -
                 "partition": config["partition"],
                 "warmup_training": training, "device": training.device}
     if kind == "continue":
-        return {"source_run_id": continue_source(config, runs, dataset, model, init).run_id}
+        source = continue_source(config, runs, dataset, model, init)
+        return {"source_run_id": source.run_id, "source_swa": run_training(config, source).get("swa") is not None}
     return {}
 
 
@@ -131,6 +132,10 @@ def check(config: dict, runs: list) -> list[str]:
                 problems.append(f"{where}: {exc}")
             if spec.get("proxy_dataset") and spec.get("proxy_dir"):
                 problems.append(f"{where}: give either proxy_dataset or proxy_dir, not both")
+            if spec.get("max_samples") is not None and not (spec.get("proxy_dataset") or spec.get("proxy_dir")):
+                problems.append(f"{where}.max_samples: a subset of proxy_dataset's or proxy_dir's images; this init "
+                                "pretrains on its dataset's proxy split, whose size is the dataset's "
+                                "proxy_fraction: set that instead, or remove max_samples")
             for dataset in datasets:
                 info = dataset_info(dataset, config["datasets"][dataset])
                 shape = (info.inputs, *info.shape[:2])

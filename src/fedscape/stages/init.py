@@ -309,8 +309,16 @@ def continue_from(job: ContinueInit, trajectory_path: str | Path) -> tuple[torch
         raise ValueError(f"{trajectory_path} holds a model with MOON's classifier on its projection head (head: "
                          "projection), which the init's model has not: continue from a run of another algorithm, "
                          "or of MOON with head: side")
+    status = source.meta.get("status", "ok")
+    if status != "ok":
+        # its last kept model is not finite, or not the one it was to end with: every run from it would diverge at
+        # round 0 with nothing naming the cause
+        raise ValueError(f"the source run {job.source_run_id} of init {job.init} has status {status} "
+                         f"({trajectory_path}): continue from a run that trained to its end, or retrain that one "
+                         "(e.g. with a lower lr)")
     final = source.final_round
-    if source.meta.get("status", "ok") != "ok":
-        log.warning("the source run %s has status %s", job.source_run_id, source.meta.get("status"))
-    return source.model_at(final), {"source_run_id": job.source_run_id, "source_round": final,
-                                    "seed": source.meta.get("seed")}
+    # The run's final global model, as the schema promises: a run with SWA also keeps its SWA average, which `point`
+    # would give at the final round.
+    model = source.model_at(final, global_model=True)
+    return model, {"source_run_id": job.source_run_id, "source_round": final, "source_model": "global",
+                   "seed": source.meta.get("seed")}

@@ -148,6 +148,10 @@ class ContinueInit(InitJob):
     KIND: ClassVar[str] = "continue"
     run: dict  # the `inits` entry's run selector, as given
     source_run_id: str  # the run it names (`fedscape.plan.init.continue_source`)
+    # Whether the source run trains with SWA and so keeps an SWA average beside its final global model, which is the
+    # init. Its baseline is False: before the field, an init from such a run took the SWA average, so only those
+    # jobs rerun.
+    source_swa: bool = False
 
 
 INIT_JOBS: dict[str, type[InitJob]] = {job.KIND: job for job in (RandomInit, PretrainedInit, WarmupInit, ContinueInit)}

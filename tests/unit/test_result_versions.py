@@ -8,6 +8,7 @@ import re
 
 import pytest
 import yaml
+from helpers.configs import SCHEMA, TINY
 from helpers.workflow import ROOT
 
 from fedscape.core.config import (
@@ -111,6 +112,52 @@ def test_bumping_a_version_puts_it_into_exactly_that_job_kinds_settings(default_
             assert [_without_version(s) for s in jobs] == [_without_version(s) for s in before[kind]]
         else:
             assert jobs == before[kind], kind
+
+
+@pytest.fixture(scope="module")
+def settings_config() -> dict:
+    """The alphas and `partitions` labels around the threshold of numpy's exact zeros (Dirichlet alpha < 0.1)."""
+    partitions = {"c2": {"kind": "classes", "classes_per_client": 2}, "tiny": {"kind": "dirichlet", "alpha": 0.05},
+                  "edge": {"kind": "dirichlet", "alpha": 0.1}}
+    return check_config({"alphas": ["iid", 1.0, 0.1, 0.05, 0.01], "partitions": partitions}, SCHEMA)
+
+
+@pytest.mark.parametrize(("setting", "version"), [
+    ("0.05", 2), ("0.01", 2), ("tiny", 2), ("0.1", None), ("1.0", None), ("iid", None), ("c2", None), ("edge", None),
+])
+def test_only_the_dirichlet_partitions_below_alpha_0_1_carry_the_version_of_the_redrawn_zero_draws(
+        settings_config, setting, version):
+    # Their draws alone can be exact zeros (numpy's stick-breaking), so the redraws changed only them: they rerun,
+    # every other partition keeps the settings (and the results) it had
+    settings = partition.partition_settings(settings_config, "digits", setting, 10, 0)
+
+    assert settings.get(RESULT_VERSION) == version
+    assert result_versions()["partition"] == FIRST_RESULT_VERSION
+
+
+def test_bumping_the_partition_version_moves_every_partition_past_the_versions_it_had(settings_config, monkeypatch):
+    def versions() -> dict[str, int]:
+        return {s: partition.partition_settings(settings_config, "digits", s, 10, 0).get(RESULT_VERSION, 1)
+                for s in ("iid", "0.1", "0.05", "tiny", "c2")}
+
+    before = versions()
+    monkeypatch.setitem(partition.RESULT_VERSIONS, "partition", partition.RESULT_VERSIONS["partition"] + 1)
+    after = versions()
+
+    assert before == {"iid": 1, "0.1": 1, "0.05": 2, "tiny": 2, "c2": 1}
+    assert after == {"iid": 2, "0.1": 2, "0.05": 3, "tiny": 3, "c2": 2}
+
+
+def test_the_tiny_runs_partitions_carry_the_version_its_recorded_numbers_are_keyed_by():
+    # tests/helpers/result_numbers.py keys the tiny run's numbers by result_versions(), one version per job kind: no
+    # setting of the tiny config may carry another partition version than the kind's
+    config = check_config(copy.deepcopy(TINY), SCHEMA)
+    runs = build_runs(config)
+
+    found = {partition.partition_settings(config, r.dataset, r.setting, r.num_clients, r.seed).get(
+        RESULT_VERSION, FIRST_RESULT_VERSION) for r in runs}
+
+    assert runs and found == {result_versions()["partition"]}, sorted({str(r.setting) for r in runs})
 
 
 @pytest.mark.parametrize("profile", ["profiles/default", "slurm"])

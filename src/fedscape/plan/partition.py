@@ -13,6 +13,7 @@ from fedscape.data.partition import (
     check_partition_dataset,
     check_partition_entry,
     class_label_problem,
+    dirichlet_draws_exact_zeros,
     kind_files,
     kind_options,
     setting_entry,
@@ -21,7 +22,16 @@ from fedscape.data.specs import dataset_info, dataset_settings
 from fedscape.stages.partition_settings import PartitionJob
 
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
+# A partition job's settings carry RESULT_VERSIONS["partition"] plus EXACT_ZEROS_BUMPS where its split is Dirichlet
+# with alpha < 0.1 (`data.partition.dirichlet_draws_exact_zeros`, an alpha of `alphas` or a `partitions` entry),
+# RESULT_VERSIONS["partition"] otherwise: the bumps only those splits have had. Bump RESULT_VERSIONS["partition"] for
+# a change of every partition (those splits then move on with it, never back to a version they had), and
+# EXACT_ZEROS_BUMPS for one of those splits alone.
+# EXACT_ZEROS_BUMPS 1: a class whose Dirichlet draw gave no client under the cap any mass (numpy's exact zeros,
+# alpha < 0.1 only) is redrawn instead of spread over every client, those at the cap included (version 2 of those
+# splits). Only such partitions (and what is made from them) rerun: no other partition changed, bit for bit.
 RESULT_VERSIONS = {"partition": 1}
+EXACT_ZEROS_BUMPS = 1
 
 
 def planned_partition(config: dict, dataset: str, setting: str, num_clients: int, seed: int) -> PartitionJob:
@@ -39,7 +49,14 @@ def partition_settings(config: dict, dataset: str, setting: str, num_clients: in
     """The settings of `planned_partition` with its result version (the rule's params), keys sorted at every level
     (`canonical`), as they have always been: Snakemake records them as text, key order included."""
     job = planned_partition(config, dataset, setting, num_clients, seed)
-    return with_result_version(canonical(to_settings(job)), RESULT_VERSIONS["partition"])
+    return with_result_version(canonical(to_settings(job)), partition_result_version(setting, job.kind))
+
+
+def partition_result_version(setting: str, kind: dict | None = None) -> int:
+    """The result version of the partition job of `setting` (an alpha, or a `partitions` label with its entry `kind`):
+    RESULT_VERSIONS["partition"], plus EXACT_ZEROS_BUMPS for a Dirichlet split with alpha < 0.1."""
+    entry = setting_entry(setting, kind)[0]
+    return RESULT_VERSIONS["partition"] + (EXACT_ZEROS_BUMPS if dirichlet_draws_exact_zeros(entry) else 0)
 
 
 def partition_files(config: dict, setting: str) -> list[str]:

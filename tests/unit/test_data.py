@@ -19,6 +19,7 @@ from sklearn.datasets import load_digits
 from fedscape.data.datasets import augment_batch, host_to_device, load_dataset
 from fedscape.data.sources import read_digits, stratified_split
 from fedscape.data.specs import CROP_PADDING, DATASET_NAMES
+from fedscape.data.synthetic import write_py2_pickle
 
 CIFAR_CASES = {
     # name: (writer, folder, train files, test file, label key, normalisation mean, std)
@@ -275,6 +276,53 @@ def test_restricted_unpickler_refuses_malicious_batch_files(tmp_path: Path, payl
     # Assert
     assert str(batch_path) in str(excinfo.value)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_an_empty_or_truncated_cifar_batch_is_named(tmp_path: Path, damage: str) -> None:
+    # Prepare: a fake CIFAR-10 whose third training batch is empty, or cut in half
+    root = write_fake_cifar10(tmp_path / "data")
+    batch_path = root / CIFAR10_DIR / "data_batch_3"
+    whole = batch_path.read_bytes()
+    batch_path.write_bytes(b"" if damage == "empty" else whole[: len(whole) // 2])
+
+    # Execute
+    with pytest.raises(pickle.UnpicklingError) as excinfo:
+        load_dataset("cifar10", data_dir=str(root))
+
+    # Assert: the file is named (pickle's own EOFError says "Ran out of input" and nothing else)
+    assert str(batch_path) in str(excinfo.value)
+    if damage == "empty":
+        assert "0 bytes: empty or truncated" in str(excinfo.value)
+
+
+@pytest.mark.parametrize(("name", "file", "dropped"), [
+    ("cifar10", "data_batch_3", b"labels"),
+    ("cifar10", "data_batch_2", b"data"),
+    ("cifar10", "batches.meta", b"label_names"),
+    ("cifar100", "train", b"fine_labels"),
+])
+def test_a_cifar_file_without_its_key_names_the_file_and_the_keys_it_has(
+    tmp_path: Path, name: str, file: str, dropped: bytes
+) -> None:
+    # Prepare: one file of a fake CIFAR written again without one key, in CIFAR's own pickle format
+    writer, folder = CIFAR_CASES[name][:2]
+    root = writer(tmp_path / "data")
+    path = root / folder / file
+    with path.open("rb") as f:
+        content = pickle.load(f, encoding="bytes")
+    del content[dropped]
+    write_py2_pickle(path, content)
+
+    # Execute
+    with pytest.raises(ValueError, match="in this CIFAR file") as excinfo:
+        load_dataset(name, data_dir=str(root))
+
+    # Assert: the file, the key it lacks and those it has (not KeyError: 'labels')
+    message = str(excinfo.value)
+    assert str(path) in message
+    assert f"no {dropped.decode()!r}" in message
+    assert all(repr(k.decode()) in message for k in content)
 
 
 def test_download_fetches_with_torchvision_then_reads_the_files(

@@ -273,3 +273,38 @@ def test_a_truncated_file_is_named_when_read(tmp_path: Path) -> None:
     assert stream.read(np.array([0, 2])).shape == (2, 3, 32, 32)
     with pytest.raises(ValueError, match=r"train_data_batch_1\.[0-9a-f]{8}-\d+\.data\.npy: ends before image 3 of 4"):
         stream.read(np.array([1, 3]))
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+@pytest.mark.parametrize("keep", [0.0, 0.5, 0.999])
+def test_a_truncated_batch_is_named_when_opened(tmp_path: Path, compressed: bool, keep: float) -> None:
+    # Prepare: the second of two batches cut short (an interrupted copy): empty, half, or all but its last bytes
+    write_imagenet32(tmp_path, sizes=(3, 4), compressed=compressed)
+    path = tmp_path / "train_data_batch_2.npz"
+    whole = path.read_bytes()
+    path.write_bytes(whole[: int(len(whole) * keep)])
+
+    # Execute / Assert: the file is named, and what zipfile said (alone: "BadZipFile: File is not a zip file")
+    with pytest.raises(ValueError, match=r"train_data_batch_2\.npz: cannot read this \.npz: the file is damaged, "
+                                         r"e\.g\. truncated .*\(BadZipFile: File is not a zip file\)") as excinfo:
+        ImageNet32(tmp_path)
+    assert str(path) in str(excinfo.value)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_batch_with_damaged_arrays_is_named(tmp_path: Path, compressed: bool) -> None:
+    # Prepare: a batch whose zip directory is intact but whose `data` member's bytes are overwritten
+    write_imagenet32(tmp_path, sizes=(4,), compressed=compressed)
+    path = tmp_path / "train_data_batch_1.npz"
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("data.npy")
+    content = bytearray(path.read_bytes())
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    content[start : start + 64] = bytes(64)
+    path.write_bytes(bytes(content))
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match=r"train_data_batch_1\.npz: cannot read (the header of )?`data`: the file is "
+                                         "damaged") as excinfo:
+        ImageNet32(tmp_path)
+    assert str(path) in str(excinfo.value)

@@ -24,6 +24,7 @@ import os
 import re
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -62,6 +63,27 @@ def _npy_header(f: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
     raise ValueError(f"unsupported .npy format version {version}")
 
 
+# What zipfile, zlib and numpy raise on a truncated or damaged .npz (BadZipFile: File is not a zip file, EOFError,
+# zlib's and numpy's format ValueErrors), none naming the file
+_DAMAGED = (zipfile.BadZipFile, EOFError, zlib.error, ValueError)
+
+
+def _damaged(path: Path, exc: Exception, what: str = "") -> ValueError:
+    """The error of a damaged `.npz` (`exc`, one of _DAMAGED, raised while reading `what` of it), naming the file."""
+    kind = "zlib.error" if isinstance(exc, zlib.error) else type(exc).__name__
+    return ValueError(f"{path}: cannot read {what or 'this .npz'}: the file is damaged, e.g. truncated by an "
+                      f"interrupted copy ({kind}: {(str(exc).splitlines() or [''])[0]}); copy it again from "
+                      "down-sampled ImageNet's published archive")
+
+
+def _read_header(path: Path, f: BinaryIO, member: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """`_npy_header` of member `member` of `path`; a ValueError naming both if it cannot be read."""
+    try:
+        return _npy_header(f)
+    except _DAMAGED as exc:
+        raise _damaged(path, exc, f"the header of `{member}`") from None
+
+
 def _check_header(where: str, shape: tuple[int, ...], fortran: bool, dtype: np.dtype) -> int:
     """The row count of a ``data`` array that is uint8 [N, 3072] (or [N, 3, 32, 32]) in C order."""
     rows = shape[0] if shape else 0
@@ -82,12 +104,19 @@ def user_cache(directory: Path) -> Path:
 def _segment(path: Path, cache_dirs: tuple[Path, ...]) -> tuple[_Segment, np.ndarray]:
     """Where the images of one ``.npz`` lie on disk (unpacked to the first writable cache if compressed), and its
     labels."""
-    with zipfile.ZipFile(path) as zf:
+    try:
+        zf = zipfile.ZipFile(path)
+    except _DAMAGED as exc:  # BadZipFile: File is not a zip file, for one cut short (its directory is at its end)
+        raise _damaged(path, exc) from None
+    with zf:
         names = {Path(n).stem: n for n in zf.namelist()}
         if "data" not in names or "labels" not in names:
             raise ValueError(f"{path}: expected arrays `data` and `labels`, found {sorted(names)}")
-        with zf.open(names["labels"]) as f:
-            labels = np.lib.format.read_array(f, allow_pickle=False).astype(np.int64).reshape(-1)
+        try:
+            with zf.open(names["labels"]) as f:
+                labels = np.lib.format.read_array(f, allow_pickle=False).astype(np.int64).reshape(-1)
+        except _DAMAGED as exc:
+            raise _damaged(path, exc, "`labels`") from None
         info = zf.getinfo(names["data"])
         if info.compress_type == zipfile.ZIP_STORED:
             with path.open("rb") as raw:
@@ -96,7 +125,7 @@ def _segment(path: Path, cache_dirs: tuple[Path, ...]) -> tuple[_Segment, np.nda
                 start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + \
                     int.from_bytes(local[28:30], "little")
                 raw.seek(start)
-                rows = _check_header(str(path), *_npy_header(raw))
+                rows = _check_header(str(path), *_read_header(path, raw, "data"))
                 segment = _Segment(path, raw.tell(), rows)
         else:
             segment = _unpacked(path, zf, info, cache_dirs)
@@ -121,8 +150,11 @@ def _unpacked(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, cache_dirs
     """The unpacked uint8 copy of a compressed ``data`` member: one already in a cache folder, else one written to
     the first of `cache_dirs` that can be written. The copy's name holds the member's CRC-32 and size."""
     name = f"{path.stem}.{info.CRC:08x}-{info.file_size}.data.npy"
-    with zf.open(info) as f:
-        rows = _check_header(str(path), *_npy_header(f))
+    try:
+        with zf.open(info) as f:
+            rows = _check_header(str(path), *_read_header(path, f, "data"))
+    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:  # opening the member
+        raise _damaged(path, exc, "`data`") from None
     for cache_dir in cache_dirs:
         if (found := _cached(cache_dir / name, rows)) is not None:
             return found
@@ -135,6 +167,8 @@ def _unpacked(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, cache_dirs
         except OSError as exc:
             failures.append(f"{cache_dir} ({exc})")
             continue
+        except (zipfile.BadZipFile, EOFError, zlib.error) as exc:  # its compressed bytes (Bad CRC-32, cut short)
+            raise _damaged(path, exc, "`data`") from None
         if failures:
             log.info("%s: unpacked to %s (%s)", path, cache_dir, "; ".join(failures))
         return segment

@@ -305,15 +305,29 @@ class ArrayOnlyUnpickler(pickle.Unpickler):
             ) from None
 
 
-def _load_pickle(path: Path) -> dict[str, Any]:
+def _load_pickle(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The pickled dict of a CIFAR file, with `keys` in it; an error naming the file if it is damaged (empty,
+    truncated, tampered with) or lacks one of the keys (naming those it has)."""
     with path.open("rb") as f:
         try:
             obj = ArrayOnlyUnpickler(f, encoding="latin1").load()
+        except EOFError:  # empty, or cut before its end (pickle's "Ran out of input" names no file)
+            raise pickle.UnpicklingError(
+                f"{path}: the file ends before its pickle does ({path.stat().st_size} bytes: empty or truncated); "
+                f"{_CIFAR_FILE_HINT}") from None
         except pickle.UnpicklingError as e:
-            raise pickle.UnpicklingError(f"{path}: {e}") from None
+            raise pickle.UnpicklingError(f"{path}: {e}; {_CIFAR_FILE_HINT}") from None
     if not isinstance(obj, dict):
         raise TypeError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        found = ", ".join(repr(k) for k in obj) or "none"
+        raise ValueError(f"{path}: no {', '.join(repr(k) for k in missing)} in this CIFAR file (its keys: {found}); "
+                         f"{_CIFAR_FILE_HINT}")
     return obj
+
+
+_CIFAR_FILE_HINT = "copy it again from the extracted python-version archive"
 
 
 def cifar_files(name: str, data_dir: str | None) -> list[Path]:
@@ -343,7 +357,7 @@ def _read_cifar_part(
     """Images (uint8 ``[N, 3, 32, 32]``) and labels (int64) of the given batch files, concatenated."""
     images, labels = [], []
     for file in files:
-        batch = _load_pickle(directory / file)
+        batch = _load_pickle(directory / file, ("data", spec.label_key))
         data = np.asarray(batch["data"])
         y = np.asarray(batch[spec.label_key], dtype=np.int64)
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(y) != len(data):
@@ -372,7 +386,8 @@ def _cifar(name: str, *, data_dir: str | None, seed: int = 0, proxy_fraction: fl
         getattr(datasets, spec.torchvision_class)(root=data_dir, train=True, download=True)
     directory = _check_cifar_files(spec, data_dir)
 
-    class_names = tuple(str(n) for n in _load_pickle(directory / spec.meta_file)[spec.names_key])
+    meta = _load_pickle(directory / spec.meta_file, (spec.names_key,))
+    class_names = tuple(str(n) for n in meta[spec.names_key])
     if len(class_names) != spec.num_classes:
         raise ValueError(f"{directory / spec.meta_file}: expected {spec.num_classes} class names")
     train_images, train_labels = _read_cifar_part(spec, directory, spec.train_files)

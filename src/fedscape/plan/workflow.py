@@ -50,7 +50,9 @@ def stage_modules() -> list[ModuleType]:
 
 
 def result_versions() -> dict[str, int]:
-    """rule -> the result version of its jobs, from every plan module's RESULT_VERSIONS (each declared once)."""
+    """rule -> the result version of its jobs, from every plan module's RESULT_VERSIONS (each declared once): the
+    base version of a kind whose settings add bumps of their own to some jobs (plan.partition: Dirichlet splits with
+    alpha < 0.1)."""
     versions: dict[str, int] = {}
     for info in pkgutil.iter_modules(_package.__path__):
         declared = getattr(importlib.import_module(f"{_package.__name__}.{info.name}"), "RESULT_VERSIONS", {})

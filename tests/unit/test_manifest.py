@@ -121,8 +121,8 @@ def test_verify_without_records_says_so(tmp_path, capsys):
     assert "no job records" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(("has_pyproject", "names_commit"), [(True, True), (False, False)])
-def test_the_commit_is_recorded_only_for_a_source_checkout(tmp_path, has_pyproject, names_commit):
+@pytest.mark.parametrize(("tree", "names_commit"), [("checkout", True), ("installed", False), ("unpacked", False)])
+def test_the_commit_is_recorded_only_for_a_source_checkout(tmp_path, tree, names_commit):
     # Prepare: a git repository holding an installed copy's tree (a venv inside a checkout) or a source checkout
     import subprocess
 
@@ -134,10 +134,12 @@ def test_the_commit_is_recorded_only_for_a_source_checkout(tmp_path, has_pyproje
     (tmp_path / "README").write_text("a checkout\n")
     git("add", "README")
     git("commit", "-q", "-m", "one")
-    root = tmp_path / "venv" / "lib" / "python3.11"  # where site-packages' fedscape/core/manifest.py puts its root
-    root.mkdir(parents=True)
-    if has_pyproject:
-        root = tmp_path
+    # the checkout itself; an installed copy's root (where site-packages' fedscape/core/manifest.py puts it) in a venv
+    # inside the checkout; an unpacked source tree (pyproject.toml, no .git of its own) inside the checkout
+    root = {"checkout": tmp_path, "installed": tmp_path / "venv" / "lib" / "python3.11",
+            "unpacked": tmp_path / "vendor" / "fedscape-1.0"}[tree]
+    root.mkdir(parents=True, exist_ok=True)
+    if tree != "installed":
         (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
 
     # Execute

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from fedscape.core.config import ConfigError, load_schema
 from fedscape.data.datasets import augment_batch
 from fedscape.data.federated import FederatedData
 from fedscape.fl import sequential as sequential_mod
+from fedscape.fl.engine import run_federated
 from fedscape.fl.hparams.registry import ALGORITHM_SPECS
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.base import Strategy
@@ -463,3 +465,29 @@ def test_a_model_with_dropout_is_not_vectorised_where_its_masks_would_differ(dro
         VectorizedTrainer(model, shard_data([8, 8]), make_strategy("fedavg"), TrainConfig(batch_size=8))
     plain = nn.Sequential(*[m for m in model if m is not dropout])
     assert vectorization_blocker(plain, make_strategy("fedavg")) is None
+
+
+def test_a_float64_model_under_a_float32_default_gets_float64_learning_rates(monkeypatch):
+    # Prepare: a float64 model and data while torch's default dtype stays float32 (the fixture float64_default would
+    # make every tensor float64 and hide a float32 one), unequal shards and a cosine lr over local steps, so that the
+    # clients of one step have different lrs (one tensor of them)
+    data = shard_data([21, 9, 5, 14, 3])
+    data = FederatedData(data.x_train.double(), data.y_train, data.client_indices, data.x_test.double(), data.y_test)
+    cfg = TrainConfig(rounds=1, local_epochs=2, batch_size=4, lr=0.1, momentum=0.9, weight_decay=1e-3, seed=3,
+                      lr_schedule="cosine", lr_schedule_over="local_steps")
+    assert torch.get_default_dtype() == torch.float32
+
+    # Execute
+    runs = {}
+    for mode in ("sequential", "vectorized"):
+        with monkeypatch.context() as m:
+            if mode == "vectorized":
+                m.setattr(sequential_mod, "local_train", lambda *a, **k: pytest.fail("fell back to sequential"))
+            runs[mode] = run_federated(model_of("mlp").double(), data, make_strategy("fedavg"),
+                                       dataclasses.replace(cfg, client_parallel=mode))
+
+    # Assert: equal to float64 rounding (with a float32 tensor of the lrs they differed by 2.4e-9)
+    seq, vec = runs["sequential"], runs["vectorized"]
+    assert seq.params.dtype == vec.params.dtype == torch.float64
+    assert (seq.params[-1] - vec.params[-1]).abs().max().item() <= 1e-12
+    assert seq.rows[-1]["train_loss"] == pytest.approx(vec.rows[-1]["train_loss"], abs=1e-12)

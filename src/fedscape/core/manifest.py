@@ -61,19 +61,21 @@ def file_record(path: str | Path) -> dict:
 def code_version(source: Path | None = None) -> dict:
     """fedscape's version, and the git commit of its source checkout with a dirty flag where it is one.
 
-    `source` (default: the root of the tree this module is in) is a checkout only where it holds pyproject.toml:
-    an installed copy's root (site-packages' parent) may lie inside some git checkout, whose commit is not the
-    code that ran."""
+    `source` (default: the root of the tree this module is in) is a checkout only where it holds pyproject.toml and
+    is the top of its git work tree: an installed copy's root (site-packages' parent), or an unpacked source tree
+    without a .git of its own, may lie inside some other git checkout, whose commit is not the code that ran."""
     source = Path(source or Path(__file__).resolve().parents[3])
     out = {"fedscape": _version("fedscape"), "commit": None, "dirty": None}
     if not (source / "pyproject.toml").is_file():
         return out
     try:
-        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
+        top, commit = subprocess.run(["git", "-C", str(source), "rev-parse", "--show-toplevel", "HEAD"],
+                                     capture_output=True, text=True, timeout=10, check=True).stdout.splitlines()
+        if Path(top).resolve() != source.resolve():
+            return out  # a tree inside another checkout
         status = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
                                 capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError, ValueError):
         return out  # an installed copy, not a checkout
     return {**out, "commit": commit, "dirty": bool(status.strip())}
 

@@ -22,7 +22,7 @@ from fedscape.models.checkpoint import ModelMeta, load_trajectory, save_trajecto
 from fedscape.models.evaluate import evaluate
 from fedscape.models.params import flatten_params
 from fedscape.plan.init import init_settings
-from fedscape.plan.workflow import check_config
+from fedscape.plan.workflow import check_config, config_warnings
 from fedscape.stages import init as inits_mod
 from fedscape.stages.init import ProxyData, init_job, pretrain, proxy_data
 from fedscape.stages.init_settings import KIND_KEYS, InitJob, PretrainConfig, RandomInit
@@ -370,3 +370,27 @@ def test_continue_settings_mark_a_source_with_swa_only():
 
     # Assert: only such an init's settings change (it took the SWA average before), so only it reruns
     assert settings["source_swa"] is True
+
+
+@pytest.mark.parametrize(("training", "own", "warned"), [
+    ({"lr_schedule": "cosine"}, {}, True),                      # anneals over its own 1 round
+    ({"lr_warmup": 2}, {}, True),                               # warms up over its own round
+    ({"lr_schedule": "cosine"}, {"lr_schedule": "constant"}, False),  # its own constant lr
+    ({"lr_schedule": "cosine", "lr_schedule_over": "local_steps"}, {}, False),  # restarts every round, as the runs'
+    ({}, {}, False),
+])
+def test_an_iid_warmup_under_a_schedule_over_its_own_rounds_is_warned_about(training, own, warned):
+    # Prepare: a valid config whose warm-up inherits (or overrides) the runs' lr schedule
+    config = config_with({"warm": {"kind": "iid_warmup", "training": own}}, [{"alpha": "iid"}, {"init": "warm"}])
+    config["training"].update(training)
+    check_config(config, SCHEMA)
+
+    # Execute
+    lines = [line for line in config_warnings(config, build_runs(config)) if line.startswith("inits.")]
+
+    # Assert: one line naming the warm-up and the setting that keeps its lr the runs' own
+    assert lines == ([f"inits.warm: the IID warm-up trains its 1 round(s) under lr_schedule "
+                      f"{training.get('lr_schedule', 'constant')} (lr_warmup {training.get('lr_warmup', 0)}) over "
+                      "rounds, its own rounds, not the runs' 3: its lr is not the runs' first one; set "
+                      "inits.warm.training: {lr_schedule: constant, lr_warmup: 0} to warm up at the runs' lr"]
+                     if warned else [])

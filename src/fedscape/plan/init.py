@@ -46,6 +46,26 @@ def init_settings(config: dict, runs: list[Run], dataset: str, model: str, init:
     return with_result_version(canonical(to_settings(job)), RESULT_VERSIONS["init"])
 
 
+def warmup_schedule_warnings(config: dict, runs: list[Run]) -> list[str]:
+    """A line for each IID warm-up that the runs use whose lr follows a schedule over rounds: the warm-up trains its
+    own `rounds` under it, so its lr anneals (or warms up) over those few rounds, where the runs' does over theirs; a
+    pilot study's 1-round warm-up under `cosine` ends near lr 0. Valid (the warm-up is FedAvg with the `training`
+    section), but rarely what a warm-up is meant to be; its own `training.lr_schedule: constant` says otherwise."""
+    lines = []
+    for label in sorted({run.init for run in runs}):
+        spec = config["inits"][label]
+        if spec["kind"] != "iid_warmup":
+            continue
+        training = merge_training(config["training"], spec["training"])
+        over_rounds = training["lr_schedule_over"] == "rounds"
+        if over_rounds and (training["lr_schedule"] != "constant" or training["lr_warmup"] > 0):
+            lines.append(f"inits.{label}: the IID warm-up trains its {spec['rounds']} round(s) under lr_schedule "
+                         f"{training['lr_schedule']} (lr_warmup {training['lr_warmup']}) over rounds, its own rounds, "
+                         f"not the runs' {training['rounds']}: its lr is not the runs' first one; set inits.{label}."
+                         "training: {lr_schedule: constant, lr_warmup: 0} to warm up at the runs' lr")
+    return lines
+
+
 def iid_partition_path(results: Results, dataset: str, num_clients: int, seed: int) -> str:
     """The IID partition file an iid_warmup init trains on."""
     return f"{results(PARTITION_DIR, dataset=dataset, num_clients=int(num_clients), alpha='iid', seed=int(seed))}/" \

@@ -125,9 +125,11 @@ def _directory_labels(config: dict) -> list[str]:
 
 
 def config_warnings(config: dict, runs: list[Run]) -> list[str]:
-    """Lines on settings that are valid but take no effect: grid values and labels no run takes
-    (`unused_grid_values`), an SWA phase that starts after the last round (`idle_swa`)."""
-    return [*unused_grid_values(config, runs), *idle_swa(config, runs)]
+    """Lines on settings that are valid but take no effect or another than they seem to: grid values and labels no
+    run takes (`unused_grid_values`), an SWA phase that starts after the last round (`idle_swa`), an IID warm-up
+    under an lr schedule over its own few rounds (`plan.init.warmup_schedule_warnings`)."""
+    return [*unused_grid_values(config, runs), *idle_swa(config, runs),
+            *init_plan.warmup_schedule_warnings(config, runs)]
 
 
 def load_config(path: str | Path, schema_path: str | Path) -> dict:

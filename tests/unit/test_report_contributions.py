@@ -12,7 +12,7 @@ import pytest
 from helpers.configs import SCHEMA, TINY
 
 from fedscape.analysis.barriers.definitions import BARRIER_COLUMNS, INTERPOLATION_COLUMNS
-from fedscape.analysis.contributions import Contribution, final_contributions
+from fedscape.analysis.contributions import Contribution, FinalColumns, final_contributions
 from fedscape.analysis.hessian.definitions import CLIENT_COLUMNS, hessian_columns
 from fedscape.core.paths import Results
 from fedscape.core.runs import build_runs
@@ -50,9 +50,11 @@ def test_summary_columns_are_exactly_the_published_list():
                "barrier_to_iid_error", "lambda_max", "trace", "lambda_max_init", "trace_init", "hn", "hd"]
 
     assert SUMMARY_METRICS == metrics
+    # each metric's number of values after every earlier column: none of those moved
     assert SUMMARY_COLUMNS == [
         "dataset", "model", "init", "algorithm", "alpha", "num_clients", "participation", "n_seeds", "n_ok",
         *[f"{m}_{s}" for m in metrics for s in ("mean", "std", "ci95_low", "ci95_high")],
+        *[f"{m}_n" for m in metrics],
     ]
 
 
@@ -63,6 +65,15 @@ def test_the_contributions_are_the_barriers_then_the_hessian_with_their_tables()
          ("hessian", "hessian_clients")),
     ]
     assert FINAL_TABLES == ["barriers", "interpolation", "hessian", "hessian_clients"]
+    # the Hessian of the initial model is one estimate for every seed of a group
+    assert [c.final.shared for c in final_contributions()] == [(), ("lambda_max_init", "trace_init")]
+
+
+def test_a_report_refuses_a_shared_or_summarised_column_it_does_not_have():
+    with pytest.raises(ValueError, match=r"not \['trace_init'\]"):
+        FinalColumns(columns=("trace",), tables={}, compute="tables:f", shared=("trace_init",))
+    with pytest.raises(ValueError, match=r"not \['hd'\]"):
+        FinalColumns(columns=("trace",), tables={}, compute="tables:f", summarised=("hd",))
 
 
 @pytest.mark.parametrize("contribution", final_contributions(), ids=lambda c: c.analysis)
@@ -115,9 +126,20 @@ def test_final_and_summary_equal_those_made_before(tmp_path, case):
     final_table_job(FIXTURES / case / "rounds.csv", tmp_path / "final.csv", **inputs)
     summary_table_job(tmp_path / "final.csv", tmp_path / "summary.csv")
 
-    # Assert: the same files, byte for byte
+    # Assert: the same files, byte for byte; summary.csv's since appended columns (each metric's number of
+    # values) aside (no quoted fields in these files: a line's fields are its commas' pieces)
     assert (tmp_path / "final.csv").read_text() == (FIXTURES / case / "final.csv").read_text()
-    assert (tmp_path / "summary.csv").read_text() == (FIXTURES / case / "summary.csv").read_text()
+    before = (FIXTURES / case / "summary.csv").read_text().splitlines()
+    now = (tmp_path / "summary.csv").read_text().splitlines()
+    width = before[0].count(",") + 1
+    assert [",".join(line.split(",")[:width]) for line in now] == before
+    appended = pd.read_csv(tmp_path / "summary.csv").iloc[:, width:]
+    assert list(appended.columns) == [f"{m}_n" for m in SUMMARY_METRICS]
+    summary = pd.read_csv(FIXTURES / case / "summary.csv")
+    for metric in SUMMARY_METRICS:  # as many values as the mean is over: one without a std, none without a mean
+        n = appended[f"{metric}_n"]
+        assert (n[summary[f"{metric}_mean"].isna()] == 0).all() and (n[summary[f"{metric}_std"].notna()] >= 2).all()
+        assert (n[summary[f"{metric}_mean"].notna() & summary[f"{metric}_std"].isna()] == 1).all()
 
 
 def test_final_table_takes_tables_by_position_in_the_contributions_order():

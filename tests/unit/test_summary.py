@@ -232,6 +232,70 @@ def test_summary_uses_only_finite_values_of_a_metric():
     assert row["lambda_max_ci95_high"] - 12.0 == pytest.approx(T975[1] * math.sqrt(8.0) / math.sqrt(2))
 
 
+def test_a_metric_the_seeds_share_is_one_value_not_a_zero_spread():
+    # Prepare: every IID seed carries the same round-0 Hessian (one model, one data set, one estimate); the
+    # alpha = 0.1 seeds carry two distinct values, one of them twice
+    final = final_table(rounds_table())
+    iid = final["alpha"] == math.inf
+    final.loc[iid, ["lambda_max_init", "trace_init"]] = [15.5, 66.568321]
+    final.loc[~iid, "trace_init"] = [60.0, 70.0, 70.0]
+
+    # Execute
+    summary = summary_table(final).set_index("alpha")
+
+    # Assert: IID's is one value: its mean, no std or interval (not std 0 and the interval [x, x])
+    row = summary.loc[math.inf]
+    assert row["trace_init_mean"] == 66.568321 and row["trace_init_n"] == 1 and row["lambda_max_init_n"] == 1
+    assert row[["trace_init_std", "trace_init_ci95_low", "trace_init_ci95_high", "lambda_max_init_std"]].isna().all()
+    assert row["n_ok"] == 3 and row["test_acc_n"] == 3  # a metric of each run's own keeps every seed
+    # the 0.1 seeds' distinct values, each once
+    other = summary.loc[0.1]
+    assert other["trace_init_n"] == 2 and other["trace_init_mean"] == pytest.approx(65.0)
+    assert other["trace_init_std"] == pytest.approx(math.sqrt(50.0))
+
+
+def test_a_metric_that_is_not_shared_keeps_equal_values_of_several_seeds():
+    final = final_table(rounds_table())
+    final["lambda_max"] = 7.0  # equal by chance: three values with no spread
+
+    row = summary_table(final).iloc[0]
+
+    assert row["lambda_max_n"] == 3 and row["lambda_max_std"] == 0.0
+
+
+def test_summary_says_how_many_values_each_metric_is_over():
+    # Prepare: a barrier for 2 of the 3 healthy IID seeds; alpha = 0.1's seed 2 diverged
+    rounds = rounds_table()
+    rid = run_id("0.1", 2)
+    rounds = rounds[~((rounds["run_id"] == rid) & (rounds["round"] == 3))].copy()
+    rounds.loc[(rounds["run_id"] == rid) & (rounds["round"] == 2), "status"] = "diverged"
+    final = final_table(rounds)
+    final.loc[final["run_id"].isin([run_id("iid", 0), run_id("iid", 1)]), "barrier_to_iid_loss"] = [0.1, 0.3]
+
+    # Execute
+    summary = summary_table(final).set_index("alpha")
+
+    # Assert: the barrier's interval has one degree of freedom, and the row says so beside n_ok = 3
+    iid = summary.loc[math.inf]
+    assert iid["n_ok"] == 3 and iid["barrier_to_iid_loss_n"] == 2 and iid["test_acc_n"] == 3
+    assert iid["barrier_to_iid_loss_ci95_high"] - 0.2 == pytest.approx(T975[1] * iid["barrier_to_iid_loss_std"]
+                                                                       / math.sqrt(2))
+    assert iid["lambda_max_n"] == 0 and math.isnan(iid["lambda_max_mean"])
+    assert summary.loc[0.1, "n_seeds"] == 3 and summary.loc[0.1, "test_acc_n"] == 2  # the diverged seed: in none
+    assert summary.loc[0.1, "train_loss_n"] == 2
+
+
+def test_summary_csv_writes_the_counts_as_integers_after_every_other_column(tmp_path):
+    final_csv = tmp_path / "final.csv"
+    final_table(rounds_table()).to_csv(final_csv, index=False)
+
+    summary_table_job(final_csv, tmp_path / "summary.csv")
+
+    header, first = (tmp_path / "summary.csv").read_text().splitlines()[:2]
+    assert header.split(",")[-13:] == [c for c in SUMMARY_COLUMNS if c.endswith("_n")]
+    assert first.split(",")[-13:] == ["3"] * 5 + ["0"] * 8  # the run's metrics of 3 seeds, no analysis
+
+
 def test_summary_groups_by_every_setting_but_seed():
     rounds = pd.concat([rounds_table(), rounds_table(inits=("pretrained",))], ignore_index=True)
 

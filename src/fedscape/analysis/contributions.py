@@ -32,6 +32,18 @@ class FinalColumns:
     tables: dict[str, tuple[str, ...]]  # results/tables/<name>.csv -> the columns it reads there
     compute: str  # "module:function" below the analysis package
     summarised: tuple[str, ...] | None = None  # the columns summary.csv takes statistics of; None = every one
+    # The columns whose value is one computation shared by the runs of a summary.csv group (the runs that differ
+    # only in their seed), e.g. a number of the initial model on the aggregate data when every seed starts from the
+    # same init: each seed's value is then the same estimate, not a draw, and its spread over seeds (0) says
+    # nothing of its error. summary.csv takes their statistics over the group's distinct finite values (one
+    # estimate: n = 1, a mean without std or interval; runs that differ: each distinct value once).
+    shared: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in (*(self.summarised or ()), *self.shared) if c not in self.columns]
+        if unknown:
+            raise ValueError(f"summarised and shared name columns of the REPORT's own, not {unknown} "
+                             f"(its columns: {list(self.columns)})")
 
 
 @dataclass(frozen=True)

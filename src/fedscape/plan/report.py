@@ -14,7 +14,10 @@ from fedscape.report import figure_kinds
 CURVE_METRICS = tuple(figure_kinds.CURVE_METRICS)
 ACCURACY_KINDS = figure_kinds.ACCURACY_KINDS
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
-RESULT_VERSIONS = {"final_table": 1, "summary_table": 1}
+# summary_table 2: a metric shared by a group's runs (FinalColumns.shared: the Hessian of the initial model) has its
+# statistics over its distinct values (one estimate: n = 1, no std or interval, where every seed's copy gave std 0),
+# and each metric's number of values, `<metric>_n`, follows every other column.
+RESULT_VERSIONS = {"final_table": 1, "summary_table": 2}
 
 
 def final_table_inputs(config: dict, runs: list[Run]) -> dict[str, str]:

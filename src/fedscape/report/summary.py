@@ -10,7 +10,9 @@ that was not computed leaves its columns empty (NaN).
 
 summary.csv groups the runs that differ only in their seed (dataset x model x init x algorithm x alpha
 x num_clients x participation, FedAlign Tables 1-4 and 7 as rows) and reports, per metric, the mean,
-the sample standard deviation (ddof=1) and the Student-t 95% interval of the mean.
+the sample standard deviation (ddof=1), the Student-t 95% interval of the mean and the number of values they are
+over (`<metric>_n`, after every other column). A metric whose runs share one computation (an analysis's
+`FinalColumns.shared`, e.g. the Hessian of the common initial model) counts each distinct value once.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fedscape.analysis.contributions import final_contributions
@@ -45,7 +48,12 @@ FINAL_COLUMNS = [*RUN_KEYS, "final_round", "status", *RUN_METRICS, *CONTRIBUTED_
 # Metrics summarised over seeds, in column order.
 SUMMARY_METRICS = [*RUN_SUMMARY_METRICS, *(c for x in final_contributions() for c in x.summarised)]
 SUMMARY_STATS = ("mean", "std", "ci95_low", "ci95_high")
-SUMMARY_COLUMNS = [*GROUP_KEYS, "n_seeds", "n_ok", *[f"{m}_{s}" for m in SUMMARY_METRICS for s in SUMMARY_STATS]]
+# Each metric's number of values (`<metric>_n`) comes after every column that summary.csv had before it, so that no
+# column moves (users read them by name and by position).
+SUMMARY_COLUMNS = [*GROUP_KEYS, "n_seeds", "n_ok", *[f"{m}_{s}" for m in SUMMARY_METRICS for s in SUMMARY_STATS],
+                   *[f"{m}_n" for m in SUMMARY_METRICS]]
+# The metrics whose value is one computation shared by the runs of a group (FinalColumns.shared).
+SHARED_METRICS = frozenset(c for contribution in final_contributions() for c in contribution.final.shared)
 # The analyses' tables final.csv reads, in the contributions' order (final_table's positional tables).
 FINAL_TABLES = [name for contribution in final_contributions() for name in contribution.final.tables]
 
@@ -119,12 +127,24 @@ def _sort_key(col: pd.Series) -> pd.Series:
     return col
 
 
+def metric_values(runs: pd.DataFrame, metric: str) -> list[float]:
+    """The values of `metric` that statistics over `runs` (a group's runs that did not diverge) are taken over: its
+    finite values, each distinct one once for a metric the runs share (SHARED_METRICS): one estimate repeated per
+    seed is one value (n = 1: a mean, no std or interval), not n values with zero spread."""
+    values = pd.to_numeric(runs[metric], errors="coerce").to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    if metric in SHARED_METRICS:
+        values = pd.unique(values)
+    return values.tolist()
+
+
 def summary_table(final: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """Per group of runs differing only in seed: n_seeds, n_ok and mean / std / t-interval per metric.
+    """Per group of runs differing only in seed: n_seeds, n_ok and mean / std / t-interval per metric, and the
+    number of values each metric's statistics are over (`<metric>_n`).
 
     The statistics are over the n_ok runs that did not diverge (`did_not_diverge`). Each metric uses
-    those runs' finite values; a metric with one value has NaN std and
-    interval, one with none is NaN throughout.
+    those runs' finite values (`metric_values`: a shared metric's distinct ones); a metric with one value has NaN
+    std and interval, one with none is NaN throughout (n 0).
     """
     rows = []
     for keys, sub in final.groupby(GROUP_KEYS, sort=False, dropna=False):
@@ -133,9 +153,9 @@ def summary_table(final: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame
         ok = did_not_diverge(sub)
         row["n_ok"] = len(ok)
         for metric in SUMMARY_METRICS:
-            mean, std, lo, hi, _ = t_interval(ok[metric].tolist(), confidence)
+            mean, std, lo, hi, n = t_interval(metric_values(ok, metric), confidence)
             row.update({f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_ci95_low": lo,
-                        f"{metric}_ci95_high": hi})
+                        f"{metric}_ci95_high": hi, f"{metric}_n": n})
         rows.append(row)
     df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     return df.sort_values(GROUP_KEYS, key=_sort_key, kind="stable").reset_index(drop=True)

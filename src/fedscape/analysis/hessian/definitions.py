@@ -32,13 +32,16 @@ ALL_CLIENTS = "all"  # clients: every client's data analysed (the baseline)
 _CLIENT_SAMPLE_STREAM = 0x48434C53  # seed stream of the sample of clients (`client_sample`)
 # final.csv's Hessian columns: lambda_max and the trace of the final and of the initial (round 0) global model on
 # the aggregate training data (PyHessian, Yao et al. 2020; FedAlign Table 1), HN / HD across the clients at the
-# final round (FedAlign Table 1).
+# final round (FedAlign Table 1). The initial model's two are shared by the seeds of a run group: one init per
+# dataset, model and init (core.paths.INIT_DIR) on the aggregate training data, every seed's job the same estimate,
+# which summary.csv counts once, not once per seed with zero spread (its error is hessian.csv's trace_stderr).
 HESSIAN_DATA = "all"  # hessian.csv's rows of the aggregate training data
 REPORT = FinalColumns(
     columns=("lambda_max", "trace", "lambda_max_init", "trace_init", "hn", "hd"),
     tables={"hessian": ("run_id", "round", "data", "lambda_1", "trace"),
             "hessian_clients": ("run_id", "round", "hn", "hd")},
     compute="tables:final_columns",
+    shared=("lambda_max_init", "trace_init"),
 )
 
 

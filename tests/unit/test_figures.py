@@ -219,6 +219,64 @@ def test_figures_and_summary_leave_out_the_same_diverged_seed(tmp_path):
     assert bar["n_seeds"] == 2 and bar["mean"] == pytest.approx(expected)
 
 
+def test_accuracy_by_init_draws_a_diverged_seed_apart_and_says_which(tmp_path, monkeypatch):
+    from fedscape.report.figures import accuracy as accuracy_figures
+
+    # Prepare: alpha 0.1's seed 2 diverged at round 2, its last finite model at chance (0.10) in final.csv
+    rounds = rounds_table()
+    rid = run_id("0.1", 2)
+    rounds = rounds[~((rounds["run_id"] == rid) & (rounds["round"] == 3))].copy()
+    rounds.loc[(rounds["run_id"] == rid) & (rounds["round"] == 2), "status"] = "diverged"
+    final = final_table(rounds)
+    final.loc[final["run_id"] == rid, "test_acc"] = 0.10
+    drawn = {}
+    save = accuracy_figures.save_figure
+    monkeypatch.setattr(accuracy_figures, "save_figure", lambda fig, *a: drawn.update(fig=fig) or save(fig, *a))
+
+    # Execute
+    points = assert_figure_files(accuracy_by_init_figure(final, "digits", "cnn_small", tmp_path / "by_init"))
+
+    # Assert: the CSV names the diverged seed, out of the mean; the drawing marks it with a cross, not a dot
+    cell = points[points["alpha"] == 0.1].iloc[0]
+    assert cell["seeds"] == "0 1 2" and str(cell["diverged"]) in ("2", "2.0")
+    assert cell["n_seeds"] == 2 and cell["mean"] == pytest.approx(np.mean([0.40, 0.52]))
+    assert points.loc[points["alpha"] == math.inf, "diverged"].isna().all()
+    (ax,) = [ax for ax in drawn["fig"].axes if ax.lines]
+    dots = [y for line in ax.lines if line.get_marker() == "o" for y in line.get_ydata()]
+    crosses = [y for line in ax.lines if line.get_marker() == "x" for y in line.get_ydata()]
+    assert crosses == [0.10] and 0.10 not in dots and len(dots) == 5
+    labels = [t.get_text() for legend in drawn["fig"].legends for t in legend.get_texts()]
+    assert "diverged seed\n(not in the mean)" in labels
+
+
+def test_accuracy_by_init_without_a_diverged_seed_has_no_cross(tmp_path, monkeypatch):
+    from fedscape.report.figures import accuracy as accuracy_figures
+
+    drawn = {}
+    save = accuracy_figures.save_figure
+    monkeypatch.setattr(accuracy_figures, "save_figure", lambda fig, *a: drawn.update(fig=fig) or save(fig, *a))
+
+    points = assert_figure_files(accuracy_by_init_figure(final_table(rounds_table()), "digits", "cnn_small",
+                                                         tmp_path / "by_init"))
+
+    assert points["diverged"].isna().all()
+    assert not [line for ax in drawn["fig"].axes for line in ax.lines if line.get_marker() == "x"]
+    (legend,) = drawn["fig"].legends  # the partitions only
+
+
+def test_the_headline_figure_counts_the_hessian_at_init_once():
+    # Prepare: the three IID seeds share one round-0 estimate
+    final = final_table(rounds_table())
+    final.loc[final["alpha"] == math.inf, "lambda_max_init"] = 15.5
+
+    # Execute
+    table = headline_table(final)
+
+    # Assert: one value, no spread to print as "± 0"
+    row = table[table["metric"] == "lambda_max_init"].iloc[0]
+    assert row["n_seeds"] == 1 and row["mean"] == 15.5 and math.isnan(row["std"])
+
+
 def test_cost_figure(tmp_path):
     cost = pd.DataFrame([
         {"dataset": "digits", "model": "cnn_small", "algorithm": a, "algorithm_name": a, "device": "cpu",

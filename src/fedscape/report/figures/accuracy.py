@@ -34,8 +34,12 @@ from fedscape.report.figures.common import (
     seeds_note,
     select_model,
 )
+from fedscape.report.summary import metric_values
 
-POINT_COLUMNS = [*CURVE_GROUP, "n_seeds", "mean", "std", "ci95_low", "ci95_high", "seeds", "values"]
+# `diverged`: the seeds among `seeds` whose run diverged, drawn apart and in no statistic (appended: the columns before
+# it keep their places).
+POINT_COLUMNS = [*CURVE_GROUP, "n_seeds", "mean", "std", "ci95_low", "ci95_high", "seeds", "values", "diverged"]
+DIVERGED_MARKER = {"marker": "x", "ls": "none", "ms": 4, "mew": 0.9, "color": "0.55"}  # a diverged seed's value
 TABLE_COLUMNS = [*CURVE_GROUP, "row", "column", "n_seeds", "mean", "std", "ci95_low", "ci95_high"]
 
 
@@ -43,18 +47,22 @@ def _final_points(final: pd.DataFrame, column: str) -> pd.DataFrame:
     """Per (facet, init, alpha): mean, std and 95% t-interval over the seeds that did not diverge of `column`."""
     rows = []
     for keys, sub in final.groupby(CURVE_GROUP, sort=False):
-        mean, std, lo, hi, n = t_interval(did_not_diverge(sub)[column].tolist())
+        ok = did_not_diverge(sub)
+        mean, std, lo, hi, n = t_interval(ok[column].tolist())
         rows.append({**dict(zip(CURVE_GROUP, keys, strict=True)), "n_seeds": n, "mean": mean, "std": std,
                      "ci95_low": lo, "ci95_high": hi, "seeds": " ".join(str(s) for s in sorted(sub["seed"])),
-                     "values": " ".join(f"{v:.6g}" for v in sub.sort_values("seed")[column])})
+                     "values": " ".join(f"{v:.6g}" for v in sub.sort_values("seed")[column]),
+                     "diverged": " ".join(str(s) for s in sorted(sub.drop(index=ok.index)["seed"]))})
     return pd.DataFrame(rows, columns=POINT_COLUMNS)
 
 
 def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str | Path,
                             column: str = "test_acc") -> dict:
-    """Final test accuracy per init (x) and alpha (colour): thick line = mean over seeds, dots = seeds,
-    error bar = 95% interval; one panel per algorithm (x clients x participation). No bars: a bar must start at 0,
-    and from 0 the gaps of a point or two that the poster is about cannot be seen; the axis spans the values."""
+    """Final test accuracy per init (x) and alpha (colour): thick line = mean over the seeds that did not diverge,
+    dots = those seeds, grey crosses = diverged seeds (their last finite model: in no mean or interval, as in
+    summary.csv), error bar = 95% interval; one panel per algorithm (x clients x participation). No bars: a bar must
+    start at 0, and from 0 the gaps of a point or two that the poster is about cannot be seen; the axis spans the
+    values."""
     df = select_model(final, dataset, model)
     if df.empty:
         return save_figure(empty_figure(f"no runs of {dataset} / {model} in final.csv"), base_path,
@@ -68,6 +76,7 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
     fig, axes = facet_grid(len(facets), ncols=4, rows_per_facet=1, size=(max(2.4, 1.1 * most + 1.4), 2.6),
                            sharey=True, sharex=False)
     legend = {}
+    any_diverged = False
     for facet, (ax,) in zip(facets, axes, strict=True):
         sub = in_facet(points, facet)
         runs = in_facet(df, facet)
@@ -92,7 +101,12 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
                     ax.errorbar(x, c["mean"], yerr=[[c["mean"] - lo], [hi - c["mean"]]], color="black", lw=0.8,
                                 capsize=2)
                 seeds = cell_rows(runs, init, alpha)
-                ax.plot(np.full(len(seeds), x), seeds[column], "o", ms=2.5, color="black", alpha=0.7)
+                ok = did_not_diverge(seeds)
+                ax.plot(np.full(len(ok), x), ok[column], "o", ms=2.5, color="black", alpha=0.7)
+                diverged = seeds.drop(index=ok.index)
+                if not diverged.empty:
+                    ax.plot(np.full(len(diverged), x), diverged[column], **DIVERGED_MARKER)
+                    any_diverged = True
                 legend.setdefault(setting_label(alpha), (legend_key({"alpha": alpha}), handle))
         ax.set_xticks(range(len(inits)), [f"{i} init" for i in inits])
         ax.set_xlim(-0.6, len(inits) - 0.4)
@@ -106,6 +120,10 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
     entries = sorted(legend.items(), key=lambda item: item[1][0])
     fig.legend([handle for _, (_, handle) in entries], [label for label, _ in entries], loc="outside right center",
                title="partition")
+    if any_diverged:  # the markers' meaning below the partitions
+        seed = Line2D([], [], marker="o", ls="none", ms=2.5, color="black", alpha=0.7)
+        fig.legend([seed, Line2D([], [], **DIVERGED_MARKER)], ["seed", "diverged seed\n(not in the mean)"],
+                   loc="outside right lower")
     return save_figure(fig, base_path, points)
 
 
@@ -209,7 +227,9 @@ def headline_table(final: pd.DataFrame) -> pd.DataFrame:
         for metric, (_, scale, _) in HEADLINE_METRICS.items():
             if metric not in final or not final[metric].notna().any():
                 continue
-            mean, std, lo, hi, n = t_interval((did_not_diverge(sub)[metric] * scale).tolist())
+            # a metric the seeds share (the Hessian at init: one estimate) counts once: no spread of 0 (summary.csv)
+            values = metric_values(did_not_diverge(sub), metric)
+            mean, std, lo, hi, n = t_interval([v * scale for v in values])
             rows.append({**fields, "row": label_run(fields, keys), "metric": metric, "n_seeds": n, "mean": mean,
                          "std": std, "ci95_low": lo, "ci95_high": hi})
     return pd.DataFrame(rows, columns=HEADLINE_COLUMNS)

@@ -18,7 +18,7 @@ from fedscape.core.config import ConfigError, duplicate_keys, read_config_file
 from fedscape.core.runs import RUN_FIELDS, Run, build_runs, resolve_run, select_runs, unused_grid_values
 from fedscape.data.specs import DATASET_OPTION_ORDER, data_layout_problems
 from fedscape.plan.landscape import landscape_plans, plane_settings
-from fedscape.plan.workflow import check_config, check_data
+from fedscape.plan.workflow import check_config, check_data, config_warnings
 
 # The default's run grid without the analyses, whose run selectors assume the default grid.
 # the grid tests use the default config's lists, not its `experiments` (which replace the grid)
@@ -77,6 +77,9 @@ def test_every_schema_key_has_description_and_default():
 
 
 BAD_CONFIGS = [
+    # algorithm labels that figures would show alike
+    ("algorithms.FedAvg", {"name": "fedavg"},
+     "algorithms.FedAvg: figures and tables show it as FedAvg, as they show algorithms.fedavg; rename one of them"),
     ("alphas", [0.0], "alphas"),
     ("alphas", [-1], "alphas"),
     ("alphas", ["idd"], "alphas"),
@@ -999,3 +1002,28 @@ def test_a_number_that_is_not_finite_is_rejected_naming_the_key(path, yaml_value
 
     # Assert: the key and why
     assert f"{key}: " in str(err.value) and "is not a finite number" in str(err.value)
+
+
+@pytest.mark.parametrize(("label", "name", "warned"), [
+    ("fedprox", "fedavg", True),   # shown as FedProx, trained as FedAvg
+    ("FedProx", "fedavg", True),
+    ("FedProx", "fedprox", False),
+    ("fedavg_lowlr", "fedavg", False),
+])
+def test_an_algorithm_label_that_spells_another_algorithm_is_warned_about(label, name, warned):
+    # Prepare: the tiny config's grid (without its analyses, which name its labels) with one algorithm label
+    config = copy.deepcopy(TINY)
+    for section in ("interpolation", "layer_barriers", "landscapes", "hessian", "client_stats"):
+        config.pop(section, None)
+    config["algorithms"] = {label: {"name": name}}
+    config["experiment_defaults"] = {**config.get("experiment_defaults", {}), "algorithm": label}
+    config["experiments"] = [{"alpha": "iid", "init": "random", "algorithm": label}]
+    check_config(config, SCHEMA)
+
+    # Execute
+    lines = [line for line in config_warnings(config, build_runs(config)) if line.startswith("algorithms.")]
+
+    # Assert
+    assert lines == ([f"algorithms.{label}: figures and tables show it as FedProx, the algorithm its label spells, "
+                      f"but its runs are of {name}: a label such as {name}_{label.lower()} would say so"]
+                     if warned else [])

@@ -25,6 +25,7 @@ from fedscape.fl.hparams.registry import (
     algorithm_spec,
     check_algorithm_model,
     check_algorithm_targets,
+    display_name,
     hyperparameter_type_problems,
 )
 from fedscape.fl.schedule import DEFAULT_LOCAL_EPOCHS, WORK_KEYS
@@ -214,6 +215,32 @@ def check_swa_settings(training: dict, overrides: dict) -> None:
         check_swa(swa, int(merged["rounds"]))
 
 
+def algorithm_label_problems(algorithms: dict) -> list[str]:
+    """Algorithm labels that tables and figures would not tell apart: labels shown alike (`display_name`: `fedavg`
+    and `FedAvg` are both FedAvg) would share a figure's row (the accuracy table failed on them)."""
+    problems, shown = [], {}
+    for label in algorithms:
+        other = shown.setdefault(display_name(label), label)
+        if other != label:
+            problems.append(f"algorithms.{label}: figures and tables show it as {display_name(label)}, as they show "
+                            f"algorithms.{other}; rename one of them")
+    return problems
+
+
+def misnamed_algorithm_labels(config: dict, runs: list[Run]) -> list[str]:
+    """A line for each algorithm label of the runs that spells another algorithm's name (`fedprox` of runs of
+    fedavg): figures and tables show a label that spells an algorithm name as that algorithm (`display_name`).
+    Valid (a label is a name), but the figures then name another algorithm than the runs trained."""
+    lines = []
+    for label in sorted({run.algorithm for run in runs}):
+        name = config["algorithms"][label]["name"]
+        if label.lower() in ALGORITHM_NAMES and label.lower() != name:
+            lines.append(f"algorithms.{label}: figures and tables show it as {display_name(label)}, the algorithm "
+                         f"its label spells, but its runs are of {name}: a label such as {name}_{label.lower()} "
+                         "would say so")
+    return lines
+
+
 def check(config: dict, runs: list[Run]) -> list[str]:
     """Problems of `datasets`, `models`, `training` and `algorithms` that the schema cannot express."""
     problems: list[str] = []
@@ -249,6 +276,7 @@ def check(config: dict, runs: list[Run]) -> list[str]:
     except (TypeError, ValueError) as exc:
         base = str(exc)
         problems.append(f"training: {exc}")
+    problems += algorithm_label_problems(config["algorithms"])
     for label, spec in config["algorithms"].items():
         hparams = {k: v for k, v in spec.items() if k not in ("name", "training")}
         if spec["name"] not in ALGORITHM_NAMES:

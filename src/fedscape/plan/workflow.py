@@ -35,7 +35,7 @@ from fedscape.data.specs import DATASET_NAMES, DATASETS, NO_DOWNLOAD, data_layou
 from fedscape.models.specs import CHECKPOINT_FORMAT
 from fedscape.plan import init as init_plan
 from fedscape.plan.resources import DATA_RULES, execution_problems
-from fedscape.plan.train import idle_swa
+from fedscape.plan.train import idle_swa, misnamed_algorithm_labels
 
 PARTITION_FILE = f"{PARTITION_DIR}/partition.npz"
 FIRST = "train"  # its checks come first: every other stage reads the run grid it checks
@@ -126,9 +126,10 @@ def _directory_labels(config: dict) -> list[str]:
 
 def config_warnings(config: dict, runs: list[Run]) -> list[str]:
     """Lines on settings that are valid but take no effect or another than they seem to: grid values and labels no
-    run takes (`unused_grid_values`), an SWA phase that starts after the last round (`idle_swa`), an IID warm-up
-    under an lr schedule over its own few rounds (`plan.init.warmup_schedule_warnings`)."""
-    return [*unused_grid_values(config, runs), *idle_swa(config, runs),
+    run takes (`unused_grid_values`), an SWA phase that starts after the last round (`idle_swa`), an algorithm label
+    that figures show as another algorithm (`misnamed_algorithm_labels`), an IID warm-up under an lr schedule over
+    its own few rounds (`plan.init.warmup_schedule_warnings`)."""
+    return [*unused_grid_values(config, runs), *idle_swa(config, runs), *misnamed_algorithm_labels(config, runs),
             *init_plan.warmup_schedule_warnings(config, runs)]
 
 

@@ -29,8 +29,9 @@ from fedscape.analysis.hessian.definitions import JOB_FILES
 from fedscape.core.config import load_schema
 from fedscape.core.runs import build_runs
 from fedscape.models.checkpoint import load_clients, load_trajectory
-from fedscape.plan.resources import GPU_RULES, gpu_job_resources
+from fedscape.plan.resources import GPU_RULES, gpu_job_resources, init_mem_mb, train_mem_mb
 from fedscape.plan.workflow import check_config
+from fedscape.stages.init_settings import TRAINING_KINDS
 
 PROFILE = ROOT / "slurm" / "config.yaml"
 SLURM_DIR = ROOT / "tests" / "slurm"
@@ -307,10 +308,21 @@ def test_tiny_workflow_runs_through_sbatch(slurm_cluster, tmp_path, monkeypatch)
         by_rule.setdefault(rule.group(1), []).append(row)
     inits = {(run.dataset, run.model, run.init) for run in runs}  # one init job per dataset, model and init
     assert {rule: len(jobs) for rule, jobs in by_rule.items()} == {"init": len(inits), "train": len(runs)}
+    # Each job where its resources put it: train jobs and the inits that train (pretrained) on a card in the GPU
+    # partition, a random init (made on the CPU) in the CPU partition without one; 4 CPUs each; host memory by the
+    # data set (16,000 MB and digits' tensors: plan.resources.train_mem_mb, init_mem_mb)
+    trains = {init: config["inits"][init]["kind"] in TRAINING_KINDS for _, _, init in inits}
+    expected = {"train": sorted(("fsgpu", True, train_mem_mb(config, run.dataset)) for run in runs),
+                "init": sorted(("fsgpu" if trains[init] else "fscpu", trains[init], init_mem_mb(config, dataset, init))
+                               for dataset, _, init in inits)}
+    got = {}
     for rule, jobs in by_rule.items():
         for _, _, state, account, partition, tres in jobs:
-            assert (state, account, partition) == ("COMPLETED", "fsacct", "fsgpu"), (rule, state, account, partition)
-            assert "gres/gpu=1" in tres and "cpu=4" in tres and "mem=16000M" in tres, tres
+            assert (state, account) == ("COMPLETED", "fsacct"), (rule, state, account)
+            assert "cpu=4" in tres, tres
+            mem = int(re.search(r"mem=(\d+)M", tres).group(1))
+            got.setdefault(rule, []).append((partition, "gres/gpu=1" in tres, mem))
+    assert {rule: sorted(jobs) for rule, jobs in got.items()} == expected
     # light rules stayed on the submitting node (localrules): no sbatch for partitions or tables
     assert not {"partition", "partitions_table", "rounds_table"} & set(by_rule)
     queued = _slurm(["squeue", "-h", "-t", "all", "-o", "%i"], conf).split()

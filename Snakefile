@@ -17,9 +17,9 @@ from fedscape.plan.workflow import (
     all_targets,
     check_config,
     check_data,
+    check_execution,
     check_read_files,
     config_warnings,
-    check_execution,
 )
 
 # (a line of its own: at the start of a line, Snakemake's parser takes the name for its keyword)

@@ -71,7 +71,7 @@ def test_visible_gpus_reads_the_environment_first_then_the_driver(tmp_path, monk
 @pytest.mark.parametrize("value", ["MIG-4b1c,MIG-77d0,MIG-9e2a", "MIG-4b1c,MIG-77d0"])
 def test_a_list_of_mig_instances_is_one_slot_since_cuda_enumerates_one(value, tmp_path, caplog, monkeypatch):
     # Prepare: one physical card in MIG mode, several of its instances listed for the workflow
-    monkeypatch.setattr(gpus_mod, "_WARNED", set())  # warned once per process and value
+    monkeypatch.setattr(gpus_mod, "_WARNED", set())  # warned once per process
     proc = tmp_path / "gpus"
     (proc / "0000:07:00.0").mkdir(parents=True)
     unused = value.split(",")[1:]
@@ -107,7 +107,7 @@ def test_without_cuda_visible_devices_the_gpus_in_mig_mode_count_as_one(instance
                                                                        monkeypatch):
     # Prepare
     proc, capabilities = _mig_machine(tmp_path, instances)
-    monkeypatch.setattr(gpus_mod, "_WARNED_MIG", set())  # warned once per process
+    monkeypatch.setattr(gpus_mod, "_WARNED", set())  # warned once per process
 
     # Execute
     got = visible_gpus({}, proc, capabilities)

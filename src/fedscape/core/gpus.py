@@ -35,8 +35,7 @@ NVIDIA_CAPABILITIES = Path("/proc/driver/nvidia/capabilities")
 # another): jobs with different TMPDIRs would claim in different folders and never see each other.
 CLAIM_DIR = Path("/tmp/fedscape-gpu-claims")
 log = logging.getLogger(__name__)
-_WARNED: set[str] = set()  # the CUDA_VISIBLE_DEVICES values already warned of (the planner asks more than once)
-_WARNED_MIG: set[int] = set()  # likewise, the counts of MIG GPUs without CUDA_VISIBLE_DEVICES
+_WARNED: set[str] = set()  # the MIG warnings already given (the planner asks more than once)
 
 
 def visible_entries(value: str, cards: int | None = None) -> list[str]:
@@ -84,12 +83,8 @@ def visible_gpus(environ: dict[str, str] | None = None, proc: Path = NVIDIA_PROC
         value = environ["CUDA_VISIBLE_DEVICES"]
         cards = driver_gpus(proc)
         mig = [entry for entry in visible_entries(value, cards) if entry.startswith("MIG-")]
-        if len(mig) > 1 and value not in _WARNED:
-            _WARNED.add(value)
-            log.warning("CUDA_VISIBLE_DEVICES lists %d MIG instances, but a CUDA process enumerates only one of them "
-                        "(NVIDIA's MIG user guide): fedscape counts one GPU slot, and %s stay unused; to use each, run "
-                        "one job per instance with CUDA_VISIBLE_DEVICES set to it (as SLURM does)", len(mig),
-                        ", ".join(mig[1:]))
+        if len(mig) > 1:
+            _warn_mig(f"CUDA_VISIBLE_DEVICES lists {len(mig)} MIG instances", f"{', '.join(mig[1:])} stay unused")
         return parse_visible_devices(value, cards)
     return cuda_devices(driver_gpus(proc) or 0, mig_gpus(capabilities))
 
@@ -101,12 +96,17 @@ def cuda_devices(gpus: int, mig: int) -> int:
     start on that one instance."""
     if mig <= 0:
         return gpus
-    if mig not in _WARNED_MIG:
-        _WARNED_MIG.add(mig)
-        log.warning("%d GPU(s) of this machine are in MIG mode, and a CUDA process enumerates only one MIG instance "
-                    "(NVIDIA's MIG user guide): fedscape counts one GPU slot for them; to use each instance, run one "
-                    "job per instance with CUDA_VISIBLE_DEVICES set to it (as SLURM does)", mig)
+    _warn_mig(f"{mig} GPU(s) of this machine are in MIG mode", "their other instances stay unused")
     return max(gpus - mig, 0) + 1
+
+
+def _warn_mig(what: str, unused: str) -> None:
+    """Warn once per process that `what` counts as one GPU slot, since a CUDA process enumerates one MIG instance."""
+    if what not in _WARNED:
+        _WARNED.add(what)
+        log.warning("%s, but a CUDA process enumerates only one MIG instance (NVIDIA's MIG user guide): fedscape "
+                    "counts one GPU slot, and %s; to use each, run one job per instance with CUDA_VISIBLE_DEVICES set "
+                    "to it (as SLURM does)", what, unused)
 
 
 def mig_gpus(capabilities: Path = NVIDIA_CAPABILITIES) -> int:

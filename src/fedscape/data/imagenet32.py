@@ -65,7 +65,8 @@ def _npy_header(f: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype]:
 
 # What zipfile, zlib and numpy raise on a truncated or damaged .npz (BadZipFile: File is not a zip file, EOFError,
 # zlib's and numpy's format ValueErrors), none naming the file
-_DAMAGED = (zipfile.BadZipFile, EOFError, zlib.error, ValueError)
+_DAMAGED_ZIP = (zipfile.BadZipFile, EOFError, zlib.error)  # the archive's own (a header's ValueError is not)
+_DAMAGED = (*_DAMAGED_ZIP, ValueError)
 
 
 def _damaged(path: Path, exc: Exception, what: str = "") -> ValueError:
@@ -153,7 +154,7 @@ def _unpacked(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, cache_dirs
     try:
         with zf.open(info) as f:
             rows = _check_header(str(path), *_read_header(path, f, "data"))
-    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:  # opening the member
+    except _DAMAGED_ZIP as exc:  # opening the member
         raise _damaged(path, exc, "`data`") from None
     for cache_dir in cache_dirs:
         if (found := _cached(cache_dir / name, rows)) is not None:
@@ -167,7 +168,7 @@ def _unpacked(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, cache_dirs
         except OSError as exc:
             failures.append(f"{cache_dir} ({exc})")
             continue
-        except (zipfile.BadZipFile, EOFError, zlib.error) as exc:  # its compressed bytes (Bad CRC-32, cut short)
+        except _DAMAGED_ZIP as exc:  # its compressed bytes (Bad CRC-32, cut short)
             raise _damaged(path, exc, "`data`") from None
         if failures:
             log.info("%s: unpacked to %s (%s)", path, cache_dir, "; ".join(failures))

@@ -305,6 +305,9 @@ class ArrayOnlyUnpickler(pickle.Unpickler):
             ) from None
 
 
+_CIFAR_FILE_HINT = "copy it again from the extracted python-version archive"
+
+
 def _load_pickle(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
     """The pickled dict of a CIFAR file, with `keys` in it; an error naming the file if it is damaged (empty,
     truncated, tampered with) or lacks one of the keys (naming those it has)."""
@@ -325,9 +328,6 @@ def _load_pickle(path: Path, keys: tuple[str, ...] = ()) -> dict[str, Any]:
         raise ValueError(f"{path}: no {', '.join(repr(k) for k in missing)} in this CIFAR file (its keys: {found}); "
                          f"{_CIFAR_FILE_HINT}")
     return obj
-
-
-_CIFAR_FILE_HINT = "copy it again from the extracted python-version archive"
 
 
 def cifar_files(name: str, data_dir: str | None) -> list[Path]:

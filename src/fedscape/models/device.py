@@ -61,15 +61,17 @@ def _made_current(device: torch.device) -> torch.device:
 
 
 def card_uuids(cards: int) -> list[str]:
-    """What identifies each of the `cards` visible CUDA devices machine-wide: its UUID (an index depends on
-    CUDA_VISIBLE_DEVICES), else its index."""
-    uuids = []
-    for card in range(cards):
-        try:
-            uuids.append(str(torch.cuda.get_device_properties(card).uuid))
-        except (AttributeError, RuntimeError):  # a torch without the property, a driver that does not say
-            uuids.append(str(card))
-    return uuids
+    """What identifies each of the `cards` visible CUDA devices machine-wide (`card_uuid`)."""
+    return [card_uuid(card) for card in range(cards)]
+
+
+def card_uuid(card: int) -> str:
+    """What identifies visible CUDA device `card` machine-wide: its UUID (an index depends on CUDA_VISIBLE_DEVICES),
+    else its index."""
+    try:
+        return str(torch.cuda.get_device_properties(card).uuid)
+    except (AttributeError, RuntimeError):  # a torch without the property, a driver that does not say
+        return str(card)
 
 
 def use_threads(threads: int | None) -> None:
@@ -158,8 +160,7 @@ def describe_compute(device: torch.device, precision: str) -> dict[str, str]:
     compute = {"device": str(device), "device_name": device_name(device), "precision": precision,
                "precision_used": precision_used(precision, device)}
     if device.type == "cuda" and torch.cuda.is_available():
-        index = torch.cuda.current_device() if device.index is None else device.index
-        compute["device_uuid"] = card_uuids(index + 1)[index]
+        compute["device_uuid"] = card_uuid(torch.cuda.current_device() if device.index is None else device.index)
     return compute
 
 

@@ -104,16 +104,12 @@ def by_input(key: str, copies: str, gpu_job: dict, cpu_job: dict) -> Callable:
     return lambda wildcards, input: (cpu_job if copies in input.keys() else gpu_job)[key]
 
 
-def init_job_resources(config: dict, init: str, gpu_job: dict, cpu_job: dict) -> dict:
-    """The card resources of the init job of label `init`: `gpu_job`'s where its kind trains on the configured device
-    (`fedscape.stages.init_settings.TRAINING_KINDS`: pretrained, iid_warmup), else `cpu_job`'s (a random or a
-    continued model is made on the CPU: a card held for it would keep a training job waiting)."""
-    return gpu_job if config["inits"][init]["kind"] in TRAINING_KINDS else cpu_job
-
-
 def by_init(key: str, config: dict, gpu_job: dict, cpu_job: dict) -> Callable:
-    """The init rule's resource `key` as a function of its job's `init` wildcard (`init_job_resources`)."""
-    return lambda wildcards: init_job_resources(config, wildcards.init, gpu_job, cpu_job)[key]
+    """The init rule's resource `key` as a function of its job's `init` wildcard: `gpu_job`'s where the init's kind
+    trains on the configured device (`fedscape.stages.init_settings.TRAINING_KINDS`: pretrained, iid_warmup), else
+    `cpu_job`'s (a random or a continued model is made on the CPU: a card held for it would keep a training job
+    waiting)."""
+    return lambda wildcards: (gpu_job if config["inits"][wildcards.init]["kind"] in TRAINING_KINDS else cpu_job)[key]
 
 
 def execution_problems(config: dict, planned_as_cluster: bool, local_exec: bool, gpu_limited: bool,

@@ -256,16 +256,22 @@ def test_continue_starts_from_the_final_global_model(tmp_path):
     assert init.meta["source_round"] == 3 and init.meta["source_run_id"] == "x/y"
 
 
-@pytest.mark.parametrize("source_swa", [False, True])
-def test_continue_from_a_run_with_swa_starts_from_its_final_global_model_not_its_swa_average(tmp_path, source_swa):
-    # Prepare: a source run that keeps an SWA model beside its global models
+def swa_source(path) -> tuple[torch.Tensor, dict]:
+    """A source run's trajectory at `path` that keeps an SWA model (rounds 2 and 3) beside its 4 global models:
+    (the global models, the SWA model)."""
     model = inits_mod.random_model(random_job())
     meta = ModelMeta("cnn_small", 10, 1, 8, {}, tuple(n for n, _ in model.named_parameters()),
                      tuple(tuple(p.shape) for p in model.parameters()))
     params = torch.randn(4, flatten_params(model).numel(), generator=torch.Generator().manual_seed(0))
     swa = {"params": params[2:].mean(0), "buffers": torch.zeros(0), "rounds": (2, 3)}
-    save_trajectory(tmp_path / "trajectory.pt", params, torch.zeros(4, 0), torch.arange(4), meta,
-                    {"status": "ok", "seed": 7}, swa=swa)
+    save_trajectory(path, params, torch.zeros(4, 0), torch.arange(4), meta, {"status": "ok", "seed": 7}, swa=swa)
+    return params, swa
+
+
+@pytest.mark.parametrize("source_swa", [False, True])
+def test_continue_from_a_run_with_swa_starts_from_its_final_global_model_not_its_swa_average(tmp_path, source_swa):
+    # Prepare: a source run that keeps an SWA model beside its global models
+    params, swa = swa_source(tmp_path / "trajectory.pt")
     settings = {**DIGITS, "init": "cont", "kind": "continue", "run": {"alpha": 1.0}, "source_run_id": "x/y",
                 **({"source_swa": True} if source_swa else {})}
 
@@ -276,6 +282,36 @@ def test_continue_from_a_run_with_swa_starts_from_its_final_global_model_not_its
     init = load_trajectory(tmp_path / "init.pt")
     assert torch.equal(init.params[0], params[3]) and not torch.equal(init.params[0], swa["params"])
     assert init.meta["source_model"] == "global"
+
+
+def test_continue_with_source_model_swa_starts_from_the_swa_average(tmp_path):
+    # Prepare
+    params, swa = swa_source(tmp_path / "trajectory.pt")
+    settings = {**DIGITS, "init": "cont", "kind": "continue", "run": {"alpha": 1.0}, "source_run_id": "x/y",
+                "source_swa": True, "source_model": "swa"}
+
+    # Execute
+    init_job(settings, tmp_path / "init.pt", {"trajectory": str(tmp_path / "trajectory.pt")})
+
+    # Assert: the SWA average (the mean of rounds 2 and 3), not the last global model, and the record says so
+    init = load_trajectory(tmp_path / "init.pt")
+    assert torch.equal(init.params[0], swa["params"]) and not torch.equal(init.params[0], params[3])
+    assert init.meta["source_model"] == "swa" and init.meta["swa_rounds"] == [2, 3]
+
+
+def test_continue_from_the_swa_average_of_a_run_without_one_is_refused(tmp_path):
+    # Prepare: a source run without SWA
+    model = inits_mod.random_model(random_job())
+    meta = ModelMeta("cnn_small", 10, 1, 8, {}, tuple(n for n, _ in model.named_parameters()),
+                     tuple(tuple(p.shape) for p in model.parameters()))
+    save_trajectory(tmp_path / "t.pt", flatten_params(model).repeat(2, 1), torch.zeros(2, 0), torch.arange(2), meta,
+                    {"status": "ok"})
+
+    # Execute / Assert: refused, naming the option to use, and nothing written
+    with pytest.raises(ValueError, match=r"SWA average of run x/y, but .*t\.pt holds none.*source_model: global"):
+        init_job({**DIGITS, "init": "cont", "kind": "continue", "run": {}, "source_run_id": "x/y",
+                  "source_model": "swa"}, tmp_path / "i.pt", {"trajectory": tmp_path / "t.pt"})
+    assert not (tmp_path / "i.pt").exists()
 
 
 def test_continue_refuses_a_diverged_source_run(tmp_path):
@@ -370,6 +406,44 @@ def test_continue_settings_mark_a_source_with_swa_only():
 
     # Assert: only such an init's settings change (it took the SWA average before), so only it reruns
     assert settings["source_swa"] is True
+
+
+SWA_ALGORITHMS = {"fedavg": {"name": "fedavg"},
+                  "swa": {"name": "fedavg", "training": {"swa": {"cycle": 1}}},
+                  "late": {"name": "fedavg", "training": {"swa": {"cycle": 1, "start_round": 99}}}}
+
+
+@pytest.mark.parametrize(("source_model", "algorithm", "expected"), [
+    ("global", "fedavg", {}),  # the baseline: no key, so no finished init reruns
+    ("global", "swa", {"source_swa": True}),
+    ("swa", "swa", {"source_swa": True, "source_model": "swa"}),
+])
+def test_continue_settings_carry_source_model_off_its_baseline_only(source_model, algorithm, expected):
+    # Prepare
+    selector = {"alpha": 0.5, "algorithm": algorithm, "init": "random"}
+    config = check_config(config_with({"cont": {"kind": "continue", "run": selector, "source_model": source_model}},
+                                      [{"alpha": "iid"}, {"alpha": 0.5, "algorithm": algorithm},
+                                       {"alpha": 0.5, "init": "cont"}], algorithms=SWA_ALGORITHMS), SCHEMA)
+
+    # Execute
+    settings = init_settings(config, build_runs(config), "digits", "cnn_small", "cont")
+
+    # Assert
+    assert {k: settings[k] for k in ("source_swa", "source_model") if k in settings} == expected
+
+
+@pytest.mark.parametrize(("algorithm", "why"), [
+    ("fedavg", r"trains without SWA \(training\.swa is null\)"),
+    ("late", r"starts its SWA phase at round 99, after its last round \(\d+\)"),
+])
+def test_continue_from_the_swa_average_of_a_run_without_one_fails_at_config_check(algorithm, why):
+    selector = {"alpha": 0.5, "algorithm": algorithm, "init": "random"}
+    config = config_with({"cont": {"kind": "continue", "run": selector, "source_model": "swa"}},
+                         [{"alpha": "iid"}, {"alpha": 0.5, "algorithm": algorithm}, {"alpha": 0.5, "init": "cont"}],
+                         algorithms=SWA_ALGORITHMS)
+
+    with pytest.raises(ConfigError, match=rf"inits\.cont\.source_model: swa, but \S+ {why}; continue from"):
+        check_config(config, SCHEMA)
 
 
 @pytest.mark.parametrize(("training", "own", "warned"), [

@@ -52,7 +52,7 @@ CONTRACTS: dict[type[JobSettings], tuple[set[str], dict]] = {
                   "seed", "rounds", "num_clients", "partition_seed", "training", "dataset_options", "partition",
                   "warmup_training", "device"}, {}),
     ContinueInit: ({"dataset", "model", "model_options", "in_channels", "image_size", "num_classes", "init", "kind",
-                    "run", "source_run_id"}, {"source_swa": False}),
+                    "run", "source_run_id"}, {"source_swa": False, "source_model": "global"}),
     TrainJob: ({"run", "run_id", "dataset_options", "algorithm", "hyperparameters", "training"}, {}),
     TrainingSettings: ({"batch_size", "bf16_autocast", "client_chunk_size", "client_parallel", "device",
                         "eval_batch_size", "local_epochs", "lr", "momentum", "rounds", "save_clients_at",

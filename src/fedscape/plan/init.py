@@ -16,6 +16,7 @@ from fedscape.data.specs import (
     target_model_options,
 )
 from fedscape.fl.settings import RUN_ONLY_TRAINING_KEYS, TrainingSettings
+from fedscape.fl.swa import swa_config
 from fedscape.plan.train import check_training, merge_training, run_training, work_list_problems
 from fedscape.stages.init_settings import INIT_JOBS, KIND_KEYS, InitJob, PretrainConfig, kind_spec
 
@@ -203,12 +204,29 @@ def check(config: dict, runs: list) -> list[str]:
                 if i != label:
                     continue
                 try:
-                    continue_source(config, runs, d, m, label)
+                    source = continue_source(config, runs, d, m, label)
                 except ConfigError as exc:
                     problems.append(str(exc))
+                    continue
+                if spec["source_model"] == "swa" and (problem := _no_swa_average(config, source)):
+                    problems.append(f"{where}.source_model: swa, but {source.run_id} {problem}; continue from its "
+                                    "final global model (source_model: global) or from a run with SWA")
     if not problems:
         problems.extend(_continue_cycles(config, runs, used))
     return problems
+
+
+def _no_swa_average(config: dict, source: Run) -> str:
+    """Why the run `source` ends without an SWA average ('' where it has one): no `training.swa`, or a phase that
+    starts after its last round (which leaves the run plain, `fedscape.fl.swa.SWAConfig.start_round`)."""
+    training = run_training(config, source)
+    swa = swa_config(training.get("swa"))
+    if swa is None:
+        return "trains without SWA (training.swa is null)"
+    rounds = int(training["rounds"])
+    if swa.start(rounds) > rounds:
+        return f"starts its SWA phase at round {swa.start(rounds)}, after its last round ({rounds})"
+    return ""
 
 
 def _continue_cycles(config: dict, runs: list, used: list) -> list[str]:

@@ -297,7 +297,7 @@ def iid_warmup(job: WarmupInit, partition_path: str | Path, progress_dir: str | 
 
 # -- continue --------------------------------------------------------------------------------------
 def continue_from(job: ContinueInit, trajectory_path: str | Path) -> tuple[torch.nn.Module, dict]:
-    """The final global model of another run (its trajectory's last row)."""
+    """The final global model of another run (its trajectory's last row), or its SWA average (`job.source_model`)."""
     source = load_trajectory(trajectory_path, run_id=job.source_run_id)
     meta = source.model_meta
     if (meta.model, meta.num_classes, meta.in_channels, meta.image_size) != (
@@ -317,8 +317,14 @@ def continue_from(job: ContinueInit, trajectory_path: str | Path) -> tuple[torch
                          f"({trajectory_path}): continue from a run that trained to its end, or retrain that one "
                          "(e.g. with a lower lr)")
     final = source.final_round
-    # The run's final global model, as the schema promises: a run with SWA also keeps its SWA average, which `point`
-    # would give at the final round.
-    model = source.model_at(final, global_model=True)
-    return model, {"source_run_id": job.source_run_id, "source_round": final, "source_model": "global",
-                   "seed": source.meta.get("seed")}
+    swa = job.source_model == "swa"
+    if swa and not source.has_swa:
+        raise ValueError(f"init {job.init} continues from the SWA average of run {job.source_run_id}, but "
+                         f"{trajectory_path} holds none (a run without SWA, or whose SWA phase starts after its last "
+                         "round): use source_model: global")
+    # A run with SWA keeps its SWA average beside its final global model: `point` gives the average at the final
+    # round, `global_model` the global model.
+    model = source.model_at(final, global_model=not swa)
+    extra = {"swa_rounds": list(source.swa_rounds)} if swa else {}
+    return model, {"source_run_id": job.source_run_id, "source_round": final, "source_model": job.source_model,
+                   **extra, "seed": source.meta.get("seed")}

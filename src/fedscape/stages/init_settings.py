@@ -17,7 +17,7 @@ KIND_KEYS: dict[str, tuple[str, ...]] = {
     "pretrained": ("kind", "seed", "epochs", "lr", "batch_size", "momentum", "weight_decay", "proxy_dataset",
                    "proxy_data_dir", "proxy_dir", "max_samples"),
     "iid_warmup": ("kind", "seed", "rounds", "num_clients", "partition_seed", "training"),
-    "continue": ("kind", "run"),
+    "continue": ("kind", "run", "source_model"),
 }
 PRETRAIN_KEYS = ("epochs", "lr", "batch_size", "momentum", "weight_decay", "seed")  # the PretrainConfig fields
 
@@ -143,7 +143,7 @@ class WarmupInit(InitJob):
 
 @dataclass(frozen=True, kw_only=True)
 class ContinueInit(InitJob):
-    """The final global model of another run."""
+    """The final global model of another run, or its SWA average (`source_model`)."""
 
     KIND: ClassVar[str] = "continue"
     run: dict  # the `inits` entry's run selector, as given
@@ -152,6 +152,9 @@ class ContinueInit(InitJob):
     # init. Its baseline is False: before the field, an init from such a run took the SWA average, so only those
     # jobs rerun.
     source_swa: bool = False
+    # Which final model of the source run is the init (the schema's `source_model`: global or swa). Its baseline is
+    # `global`, the model the init took before the field, so that no finished init's settings change.
+    source_model: str = "global"
 
 
 INIT_JOBS: dict[str, type[InitJob]] = {job.KIND: job for job in (RandomInit, PretrainedInit, WarmupInit, ContinueInit)}

@@ -7,17 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import vectorized
-from helpers.vectorized import model_of, shard_data
+from helpers.vectorized import both_rounds, model_of, shard_data
 from torch import nn
 
-from fedscape.data.federated import FederatedData
-from fedscape.fl import sequential as sequential_mod
 from fedscape.fl import vectorized as vectorized_mod
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.vectorized import VectorizedTrainer, resolve_client_parallel, vectorization_blocker
 from fedscape.models.layers import BatchNorm2d, StackedNorm, stacked_batch_norm
-from fedscape.models.params import FlatParams, flatten_buffers
 from fedscape.models.registry import build_model
 from fedscape.models.resnets import ResNet
 
@@ -34,18 +31,6 @@ def small_resnet(seed: int = 0) -> ResNet:
     """A two-block ResNet with batch norm (and a zero-padded shortcut) on 8x8 one-channel images."""
     torch.manual_seed(seed)
     return ResNet(10, 1, (1, 1), (4, 8), norm="batch")
-
-
-def both_rounds(model: nn.Module, data: FederatedData, cfg: TrainConfig, algorithm: str = "fedavg",
-                hparams: dict | None = None):
-    """One round of every client, vectorised and sequential, from the model's parameters and running statistics."""
-    flat = FlatParams(model)
-    start, buffers = flat.get(), flatten_buffers(model)
-    strategy = make_strategy(algorithm, hparams or {})
-    clients = list(range(data.num_clients))
-    vec = VectorizedTrainer(model, data, strategy, cfg).train_round(start, buffers, clients, round_=1)
-    seq = [sequential_mod.local_train(model, flat, start, buffers, data, c, 1, strategy, cfg)[0] for c in clients]
-    return start, buffers, seq, vec
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:

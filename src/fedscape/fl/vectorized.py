@@ -38,6 +38,9 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
   parameters, the padded samples excluded by the loss mask, zero for a zero gradient) and the
   gradient of its masked loss at w + e, on the same batch, as `FedSAM.local_backward` does one client
   at a time;
+- a parameter the loss does not use (a layer defined but bypassed) gets no gradient (None), as its `.grad`
+  stays None sequentially, and the step skips it as torch's optimisers do (no weight decay, momentum or
+  update), unless the strategy's term gives it one (FedProx's prox term at mu > 0);
 - batch norm (Ioffe & Szegedy 2015) in a model's `forward_stacked` (`stacks_batch_norm`: the ResNets)
   normalises each client with the mean and biased variance of its own real samples, the padded rows
   masked out (`models.layers.stacked_batch_norm`; torch's own batch norm over the grouped channels
@@ -56,7 +59,8 @@ One vectorised round equals one sequential round within float rounding (tests/un
 checks FedAvg, FedProx, FedNova and the server-optimiser variants, AdamW, lr schedules and unequal local
 work in float64, and in float32 to 1e-5 where float32 training is not chaotic; tests/unit/test_vectorized_sam.py
 FedSAM and FedASAM, in float64 at a large ascent radius; tests/unit/test_vectorized_bn.py batch norm: parameters
-and running statistics, a small ResNet in float32, resnet20 in float64). In float64 the two paths agree
+and running statistics, a small ResNet in float32, resnet20 in float64; tests/unit/test_vectorized_unused.py a
+bypassed layer under each vectorised local training). In float64 the two paths agree
 to float64 rounding (1e-10 checked, ~1e-14 seen, also for resnet20 at 32x32; a deep batch-norm model's client
 whose batch holds one sample departs by up to 1e-8, as sequential training does from a start moved by 1e-15, since
 one sample's statistics amplify rounding): nothing is computed in float32
@@ -196,8 +200,9 @@ def resolve_client_parallel(model: nn.Module, strategy: Strategy, cfg: TrainConf
     return "sequential"
 
 
-def unaliased(grads: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
-    """The gradients with every tensor sharing memory with an earlier one replaced by a copy.
+def unaliased(grads: tuple[torch.Tensor | None, ...]) -> list[torch.Tensor | None]:
+    """The gradients with every tensor sharing memory with an earlier one replaced by a copy (None, a parameter
+    without gradient, kept).
 
     Autograd may hand back one tensor for several parameters (the gradient of ``bias_ih + bias_hh`` is
     the same tensor for both); the in-place SGD updates below (weight decay, FedProx's term) would then
@@ -206,6 +211,9 @@ def unaliased(grads: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
     seen: set[int] = set()
     out = []
     for g in grads:
+        if g is None:
+            out.append(g)
+            continue
         ptr = g.untyped_storage().data_ptr()
         out.append(g.clone() if ptr in seen else g)
         seen.add(ptr)
@@ -438,17 +446,21 @@ class VectorizedTrainer:
             grads = unaliased(tuple(grads))
             with torch.no_grad():
                 adjust(params, global_views, grads)  # e.g. FedProx's mu (w - w_global)
-                current = [s[:k] for s in stacked]
+                # A parameter without gradient (None: the loss does not use it) is skipped, as torch's optimisers
+                # skip one whose .grad is None: no weight decay, momentum or step.
+                used = [i for i, g in enumerate(grads) if g is not None]
+                grads = [grads[i] for i in used]
+                current = [stacked[i][:k] for i in used]
                 if moments is not None:
-                    self._adamw_step(current, grads, [m[:k] for m in moments[0]], [m[:k] for m in moments[1]],
-                                     step_lr[t], t + 1)
+                    self._adamw_step(current, grads, [moments[0][i][:k] for i in used],
+                                     [moments[1][i][:k] for i in used], step_lr[t], t + 1)
                     loss_sum[:k] += losses.detach()
                     continue
                 # torch.optim.SGD (dampening 0, Nesterov's where cfg.nesterov) on the active prefix of the stack.
                 if cfg.weight_decay:
                     torch._foreach_add_(grads, current, alpha=cfg.weight_decay)
                 if momentum is not None:
-                    bufs = [m[:k] for m in momentum]
+                    bufs = [momentum[i][:k] for i in used]
                     torch._foreach_mul_(bufs, cfg.momentum)  # zero at the first step: buf = grad
                     torch._foreach_add_(bufs, grads)
                     # Nesterov (torch's form): step along g + m b instead of b

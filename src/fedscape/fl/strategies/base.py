@@ -69,6 +69,13 @@ def param_views(vector: torch.Tensor, model: nn.Module) -> list[torch.Tensor]:
     return views
 
 
+def stacked_gradients(losses: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor | None]:
+    """The gradients of the stacked clients' summed `losses` [K] at `params`, None for a tensor the loss does not
+    use (a bypassed layer), whose `.grad` stays None in sequential training, so that the optimiser skips it (no
+    weight decay, momentum or step) there as here."""
+    return list(torch.autograd.grad(losses.sum(), params, allow_unused=True))
+
+
 class ClientStore:
     """Per-client flat vectors (control variates, previous local models) kept on the CPU.
 
@@ -198,23 +205,26 @@ class Strategy:
 
     def local_gradients_vectorized(self, params: list[torch.Tensor],
                                    loss: Callable[[list[torch.Tensor]], torch.Tensor]
-                                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                                   ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """`local_backward` of the vectorised path: (the K losses, the gradients to apply) for stacked clients.
 
         `params` are the K active clients' parameters [K, *shape] (leaves that require grad, in
         `named_parameters()` order); `loss(tensors)` is every client's mean cross-entropy [K] on its batch of
         this step (padded samples excluded) at any stacked parameters of those shapes, so a strategy may
-        evaluate it more than once (FedSAM: at w and at w + e). The default: the gradients at `params`.
+        evaluate it more than once (FedSAM: at w and at w + e). The default: the gradients at `params`, None for a
+        tensor the loss does not use (`stacked_gradients`).
         """
         losses = loss(params)
-        return losses.detach(), list(torch.autograd.grad(losses.sum(), params))
+        return losses.detach(), stacked_gradients(losses, params)
 
     def adjust_gradients_vectorized(self, params: list[torch.Tensor], global_params: list[torch.Tensor],
-                                    grads: list[torch.Tensor]) -> None:
+                                    grads: list[torch.Tensor | None]) -> None:
         """`adjust_gradients` of the vectorised path, in place on stacked client tensors [K, *shape].
 
         `params` and `grads` hold the K active clients of a step, `global_params` the round's global
-        model (unstacked), all in `named_parameters()` order; nothing for FedAvg.
+        model (unstacked), all in `named_parameters()` order; nothing for FedAvg. A None in `grads` is a
+        parameter without gradient, which the optimiser skips unless the hook puts a tensor there, as
+        `adjust_gradients` may give a parameter whose `.grad` is None one.
         """
 
     def end_local(self, model: nn.Module, ctx: ClientContext, params: torch.Tensor) -> None:

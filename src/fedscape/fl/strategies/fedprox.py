@@ -8,6 +8,17 @@ from torch import nn
 from fedscape.fl.strategies.base import ClientContext, Strategy, param_views
 
 
+def with_prox(grad: torch.Tensor | None, prox: torch.Tensor, mu: float) -> torch.Tensor | None:
+    """The gradient `grad` (in place) plus the prox term's mu (w - w_global), `prox` being w - w_global.
+
+    A parameter without data gradient (None: a skipped block or an unused layer) gets the prox term's alone, and
+    none at mu = 0, so that the optimiser skips it (weight decay, momentum) as FedAvg's does.
+    """
+    if grad is None:
+        return mu * prox if mu else None
+    return grad.add_(prox, alpha=mu)
+
+
 class FedProx(Strategy):
     """FedProx (Li et al. 2020, MLSys): local loss + mu/2 ||w - w_global||^2, added as a gradient term."""
 
@@ -18,19 +29,11 @@ class FedProx(Strategy):
         ctx.scratch["global_views"] = param_views(ctx.global_params, model)
 
     def adjust_gradients(self, model: nn.Module, ctx: ClientContext) -> None:
-        mu = self.config.mu
         for p, g in zip(model.parameters(), ctx.scratch["global_views"], strict=True):
-            prox = p.detach() - g
-            if p.grad is None:
-                # no data gradient in this step (a skipped block): the prox term's alone, and none at mu = 0, so
-                # that the optimiser skips the parameter (weight decay, momentum) as FedAvg's does
-                if mu:
-                    p.grad = mu * prox
-            else:
-                p.grad.add_(prox, alpha=mu)
+            p.grad = with_prox(p.grad, p.detach() - g, self.config.mu)
 
     def adjust_gradients_vectorized(self, params: list[torch.Tensor], global_params: list[torch.Tensor],
-                                    grads: list[torch.Tensor]) -> None:
+                                    grads: list[torch.Tensor | None]) -> None:
         """The prox gradient mu (w - w_global) of every stacked client (FedProx, Li et al. 2020)."""
-        for grad, p, g in zip(grads, params, global_params, strict=True):
-            grad.add_(p.detach() - g, alpha=self.config.mu)
+        for i, (p, g) in enumerate(zip(params, global_params, strict=True)):
+            grads[i] = with_prox(grads[i], p.detach() - g, self.config.mu)

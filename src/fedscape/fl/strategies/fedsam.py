@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from fedscape.fl.strategies.base import ClientContext, Strategy
+from fedscape.fl.strategies.base import ClientContext, Strategy, stacked_gradients
 from fedscape.models.loss import mean_loss
 
 
@@ -67,16 +67,21 @@ class FedSAM(Strategy):
 
     def local_gradients_vectorized(self, params: list[torch.Tensor],
                                    loss: Callable[[list[torch.Tensor]], torch.Tensor]
-                                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                                   ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """`local_backward` for stacked clients: every client's ascent from its own gradient norm, then the
-        gradient at its w + e (the stacked tensors stay at w, where the optimiser applies it)."""
+        gradient at its w + e (the stacked tensors stay at w, where the optimiser applies it). A tensor the loss
+        does not use has no gradient (None), takes no ascent and no part in its norm, as in `local_backward`."""
         losses, grads = super().local_gradients_vectorized(params, loss)
+        used = [i for i, g in enumerate(grads) if g is not None]
         with torch.no_grad():
-            perturbation = sam_perturbation(params, grads, self.config.rho, self._eta(), stacked=True)
-            shifted = [p + e for p, e in zip(params, perturbation, strict=True)]
+            perturbation = sam_perturbation([params[i] for i in used], [grads[i] for i in used], self.config.rho,
+                                            self._eta(), stacked=True)
+            shifted = [p.detach() for p in params]
+            for i, e in zip(used, perturbation, strict=True):
+                shifted[i] = params[i] + e
         for s in shifted:
             s.requires_grad_(True)
-        return losses, list(torch.autograd.grad(loss(shifted).sum(), shifted))
+        return losses, stacked_gradients(loss(shifted), shifted)
 
 
 class FedASAM(FedSAM):

@@ -264,6 +264,60 @@ def test_accuracy_by_init_without_a_diverged_seed_has_no_cross(tmp_path, monkeyp
     (legend,) = drawn["fig"].legends  # the partitions only
 
 
+def _by_init_axes(final, column, base_path, monkeypatch):
+    """The y limits and the diverged seeds' cross lines of the accuracy-by-init figure of `final` (one panel)."""
+    from fedscape.report.figures import accuracy as accuracy_figures
+
+    drawn = {}
+    save = accuracy_figures.save_figure
+    monkeypatch.setattr(accuracy_figures, "save_figure", lambda fig, *a: drawn.update(fig=fig) or save(fig, *a))
+    accuracy_by_init_figure(final, "digits", "cnn_small", base_path, column=column)
+    (ax,) = [ax for ax in drawn["fig"].axes if ax.get_visible()]
+    return ax.get_ylim(), [line for line in ax.lines if line.get_marker() == "x"]
+
+
+# alpha 0.1's seeds 0-2 close together, seed 3 diverged: its accuracy near chance, or a huge loss
+TIGHT_ACC = {("iid", 0): 0.91, ("iid", 1): 0.93, ("iid", 2): 0.95,
+             ("0.1", 0): 0.80, ("0.1", 1): 0.81, ("0.1", 2): 0.82, ("0.1", 3): 0.83}
+
+
+@pytest.mark.parametrize(("column", "value", "edge"), [("test_acc", 0.10, "bottom"), ("test_loss", 1e6, "top")])
+def test_a_diverged_seed_leaves_the_range_to_the_others_and_is_drawn_at_its_edge(tmp_path, monkeypatch, column,
+                                                                                    value, edge):
+    # Prepare: the same runs with and without the diverged seed
+    final = final_table(rounds_table(final_acc=TIGHT_ACC))
+    diverged = final["run_id"] == run_id("0.1", 3)
+    final.loc[diverged, ["status", column]] = ["diverged", value]
+
+    # Execute
+    (low, high), crosses = _by_init_axes(final, column, tmp_path / "by_init", monkeypatch)
+    (low_without, high_without), no_crosses = _by_init_axes(final[~diverged], column, tmp_path / "without", monkeypatch)
+
+    # Assert: the range is that of the seeds that count (with matplotlib's margin), the cross at the edge its value
+    # lies beyond, its whole marker drawn; the CSV keeps the value
+    assert (low, high) == (low_without, high_without) and not no_crosses
+    assert not low <= value <= high
+    (cross,) = crosses
+    assert list(cross.get_ydata()) == [low if edge == "bottom" else high] and not cross.get_clip_on()
+    points = pd.read_csv(tmp_path / "by_init.csv")
+    assert f"{value:.6g}" in points.loc[points["alpha"] == 0.1, "values"].iloc[0].split()
+
+
+def test_where_every_seed_diverged_the_crosses_set_the_range(tmp_path, monkeypatch):
+    # Prepare: every seed of the figure diverged, at accuracies 0.10 to 0.25
+    final = final_table(rounds_table())
+    final["status"] = "diverged"
+    final["test_acc"] = np.linspace(0.10, 0.25, len(final))
+
+    # Execute
+    (low, high), crosses = _by_init_axes(final, "test_acc", tmp_path / "by_init", monkeypatch)
+
+    # Assert: every cross drawn at its own value, within the range
+    drawn = sorted(y for line in crosses for y in line.get_ydata())
+    assert drawn == pytest.approx(sorted(final["test_acc"]))
+    assert low < 0.10 and 0.25 < high < 0.5
+
+
 def test_the_headline_figure_counts_the_hessian_at_init_once():
     # Prepare: the three IID seeds share one round-0 estimate
     final = final_table(rounds_table())

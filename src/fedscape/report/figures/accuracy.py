@@ -62,7 +62,9 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
     dots = those seeds, grey crosses = diverged seeds (their last finite model: in no mean or interval, as in
     summary.csv), error bar = 95% interval; one panel per algorithm (x clients x participation). No bars: a bar must
     start at 0, and from 0 the gaps of a point or two that the poster is about cannot be seen; the axis spans the
-    values."""
+    values of the seeds that did not diverge (a diverged seed's chance accuracy or huge loss would squeeze them), and
+    a cross beyond them is drawn at the edge it lies beyond. Where no seed that counts has a value, the crosses set
+    the range."""
     df = select_model(final, dataset, model)
     if df.empty:
         return save_figure(empty_figure(f"no runs of {dataset} / {model} in final.csv"), base_path,
@@ -76,7 +78,7 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
     fig, axes = facet_grid(len(facets), ncols=4, rows_per_facet=1, size=(max(2.4, 1.1 * most + 1.4), 2.6),
                            sharey=True, sharex=False)
     legend = {}
-    any_diverged = False
+    crosses = []  # (axes, x, values) of the diverged seeds, drawn once the range of the others is known
     for facet, (ax,) in zip(facets, axes, strict=True):
         sub = in_facet(points, facet)
         runs = in_facet(df, facet)
@@ -105,22 +107,28 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
                 ax.plot(np.full(len(ok), x), ok[column], "o", ms=2.5, color="black", alpha=0.7)
                 diverged = seeds.drop(index=ok.index)
                 if not diverged.empty:
-                    ax.plot(np.full(len(diverged), x), diverged[column], **DIVERGED_MARKER)
-                    any_diverged = True
+                    crosses.append((ax, np.full(len(diverged), x), diverged[column].to_numpy(dtype=float)))
                 legend.setdefault(setting_label(alpha), (legend_key({"alpha": alpha}), handle))
         ax.set_xticks(range(len(inits)), [f"{i} init" for i in inits])
         ax.set_xlim(-0.6, len(inits) - 0.4)
         ax.set_title(facet_title(facet, df))
         ax.set_ylabel("final test accuracy" if column == "test_acc" else column)
         ax.grid(axis="x", visible=False)
-    if is_acc:  # the values' range (shared by the panels), within [0, 1]
+    if np.isfinite(did_not_diverge(df)[column]).any():  # the range of the seeds that count (shared by the panels),
+        axes[0][0].set_ylim(axes[0][0].get_ylim())  # fixed: the crosses drawn next do not stretch it
+    cross_lines = [line for ax, x, values in crosses
+                   for line in ax.plot(x, values, clip_on=False, **DIVERGED_MARKER)]
+    if is_acc:  # the values' range, within [0, 1]
         low, high = axes[0][0].get_ylim()
         axes[0][0].set_ylim(max(low, 0.0), min(high, 1.0))
+    low, high = axes[0][0].get_ylim()
+    for line in cross_lines:  # at the edge a value lies beyond, the whole marker drawn (clip_on=False)
+        line.set_ydata(np.clip(line.get_ydata(), low, high))
     fig.suptitle(f"{dataset} / {model}: final accuracy by initialisation and alpha")
     entries = sorted(legend.items(), key=lambda item: item[1][0])
     fig.legend([handle for _, (_, handle) in entries], [label for label, _ in entries], loc="outside right center",
                title="partition")
-    if any_diverged:  # the markers' meaning below the partitions
+    if crosses:  # the markers' meaning below the partitions
         seed = Line2D([], [], marker="o", ls="none", ms=2.5, color="black", alpha=0.7)
         fig.legend([seed, Line2D([], [], **DIVERGED_MARKER)], ["seed", "diverged seed\n(not in the mean)"],
                    loc="outside right lower")

@@ -152,3 +152,65 @@ def test_client_stats_figure_plots_drift_as_the_mean_over_seeds(tmp_path):
         line = data[data["alpha"].astype(str) == alpha].sort_values("round")
         assert line["drift_from_start"].tolist() == pytest.approx([scale * r + 1 for r in range(1, 4)])
         assert line["drift_from_aggregate"].tolist() == pytest.approx([scale * r / 2 + 1 for r in range(1, 4)])
+
+
+def _drawn_client_stats(tmp_path, monkeypatch, rows):
+    """The figure of client_stats.csv `rows`: the drift-from-aggregate panel (the one group's) and the CSV."""
+    from fedscape.analysis.client_stats import figures as client_figures
+
+    pd.DataFrame(rows, columns=CLIENT_STATS_COLUMNS).to_csv(tmp_path / "client_stats.csv", index=False)
+    outputs = {ext: tmp_path / f"client_stats.{ext}" for ext in ("png", "pdf", "csv")}
+    drawn = {}
+    save = client_figures.save_figure_outputs
+    monkeypatch.setattr(client_figures, "save_figure_outputs",
+                        lambda fig, *a: drawn.update(fig=fig) or save(fig, *a))
+    client_stats_figure_job(tmp_path / "client_stats.csv", outputs)
+    (ax,) = [ax for ax in drawn["fig"].axes if ax.get_title() == "client drift from the aggregate"]
+    return ax, assert_figure_files(outputs)
+
+
+@pytest.mark.parametrize(("clients", "part", "drift", "note"), [
+    (4, "0.25", 1e-9, "one client per round: 0 up to float rounding"),  # the aggregate is the one client's model
+    (10, "1.0", 1e-9, "0 up to float rounding"),  # ten clients whose models coincide (no cause named)
+    (4, "0.25", 0.05, None),  # one client, a server step that moves the aggregate (FedAvgM): a real drift
+    (10, "1.0", 0.05, None),
+])
+def test_a_drift_from_the_aggregate_of_float_rounding_is_drawn_as_zero_and_says_so(tmp_path, monkeypatch, clients,
+                                                                                   part, drift, note):
+    # Prepare: the drift from the start ~0.1, the drift from the aggregate `drift` times a wobble per round
+    rid = f"digits/cnn_small/init~random/algo~fedavg/alpha~0.1/clients~{clients}/part~{part}/seed~0"
+    wobble = (1.0, 3.0, 0.5, 2.0)
+    rows = [{"run_id": rid, "round": r, "drift_from_start": 0.1 + r / 100, "drift_from_aggregate": drift * w,
+             "gradient_diversity": 1.0, "update_cosine_mean": math.nan, "l2_to_final": 4.0 - r}
+            for r, w in enumerate(wobble, start=1)]
+
+    # Execute
+    ax, data = _drawn_client_stats(tmp_path, monkeypatch, rows)
+
+    # Assert: rounding drawn as 0 on a fixed range with the panel's note, a real drift as measured; the CSV keeps
+    # the measured values
+    (line,) = ax.lines
+    texts = [t.get_text() for t in ax.texts]
+    if note is None:
+        assert list(line.get_ydata()) == pytest.approx([drift * w for w in wobble], rel=1e-12) and texts == []
+        assert ax.get_ylim()[0] > 0
+    else:
+        assert list(line.get_ydata()) == [0.0] * 4 and ax.get_ylim() == (-1.0, 1.0)
+        assert texts == [f"{note}\n(below 0.0001 × the drift from the start)"]
+    assert data["drift_from_aggregate"].tolist() == pytest.approx([drift * w for w in wobble], rel=1e-12)
+
+
+def test_the_engine_s_drift_from_the_aggregate_with_one_client_per_round_is_drawn_as_zero(tmp_path, monkeypatch):
+    # Prepare: four rounds of FedAvg with one client of four per round; its drift from the aggregate is float rounding
+    result = _tiny_federation(rounds=4, participation=0.25)
+    rid = "digits/mlp/init~random/algo~fedavg/alpha~iid/clients~4/part~0.25/seed~0"
+    rows = [{"run_id": rid, **{k: s[k] for k in CLIENT_STATS_COLUMNS if k in s}, "l2_to_final": math.nan}
+            for s in result.client_stats]
+    assert all(0 <= s["drift_from_aggregate"] < 1e-6 * s["drift_from_start"] for s in result.client_stats)
+
+    # Execute
+    ax, _ = _drawn_client_stats(tmp_path, monkeypatch, rows)
+
+    # Assert
+    assert list(ax.lines[0].get_ydata()) == [0.0] * 4
+    assert [t.get_text().split("\n")[0] for t in ax.texts] == ["one client per round: 0 up to float rounding"]

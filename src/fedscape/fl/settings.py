@@ -331,10 +331,15 @@ class TrainingSettings(JobSettings):
         return TrainConfig(**{**kept, **run_fields})
 
 
+def clients_per_round(num_clients: int, participation: float) -> int:
+    """How many clients take part in a round: max(1, round(p * M)), at most M. Python's round takes a half to the even
+    neighbour (0.5 of 5: 2, of 7: 4); floor would take 0.29 of 100 to 28."""
+    return min(num_clients, max(1, int(round(participation * num_clients))))
+
+
 def sample_clients(seed: int, round_: int, num_clients: int, participation: float) -> list[int]:
-    """Clients taking part in a round: a seeded sample of max(1, round(p * M)) without replacement. Python's
-    round takes a half to the even neighbour (0.5 of 5: 2, of 7: 4); floor would take 0.29 of 100 to 28."""
-    m = max(1, int(round(participation * num_clients)))
+    """Clients taking part in a round: a seeded sample of `clients_per_round` without replacement."""
+    m = clients_per_round(num_clients, participation)
     if m >= num_clients:
         return list(range(num_clients))
     rng = np.random.default_rng(derive_seed(seed, round_, _SAMPLING_STREAM))

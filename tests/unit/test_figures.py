@@ -10,14 +10,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers.configs import SCHEMA, TINY
+from helpers.configs import DEFAULT, SCHEMA, TINY
 from helpers.figures import assert_figure_files
 from helpers.tables import rounds_table, run_id
 
 from fedscape.core.runs import build_runs
 from fedscape.core.setting import alpha_label
 from fedscape.outputs.labels import label_run
-from fedscape.outputs.style import PALETTE, RunStyle, empty_figure, log_levels, save_figure, setting_order, varying_keys
+from fedscape.outputs.style import (
+    PALETTE,
+    RunStyle,
+    agg_canvas,
+    empty_figure,
+    log_levels,
+    save_figure,
+    setting_order,
+    varying_keys,
+)
 from fedscape.plan import report as report_plan
 from fedscape.plan.workflow import check_config
 from fedscape.report.figure_kinds import ACCURACY_FIGURES, CURVE_METRICS, accuracy_figure
@@ -780,6 +789,34 @@ def test_bounded_log_ticks_need_a_log_axis():
     pyplot().close(fig)
 
 
+@pytest.mark.parametrize("columns", [1, 3])
+def test_widen_to_fit_gives_every_axes_its_width(columns):
+    from fedscape.outputs.style import WIDEN_TOLERANCE_IN, category_ticks, pyplot, widen_to_fit
+
+    # Prepare: narrow panels, each with 12 labels of two fields
+    fig, axes = pyplot().subplots(1, columns, figsize=(2.0 * columns, 2.0), squeeze=False, layout="constrained")
+    needs = {ax: category_ticks(ax, [f"algorithm {k} · pretrained init" for k in range(12)]) for ax in axes[0]}
+
+    # Execute
+    widen_to_fit(fig, needs)
+
+    # Assert: each axes, laid out again, as wide as it needs (to the helper's tolerance)
+    fig.get_layout_engine().execute(fig)
+    widths = [ax.get_position().width * fig.get_figwidth() for ax in axes[0]]
+    assert all(width >= need - WIDEN_TOLERANCE_IN for width, need in zip(widths, needs.values(), strict=True))
+    assert min(needs.values()) > 2.0 * 2
+    pyplot().close(fig)
+
+
+def test_widen_to_fit_needs_a_layout_engine():
+    from fedscape.outputs.style import pyplot, widen_to_fit
+
+    fig, ax = pyplot().subplots(layout="none")
+    with pytest.raises(ValueError, match="needs a figure with a layout engine"):
+        widen_to_fit(fig, {ax: 1.0})
+    pyplot().close(fig)
+
+
 def _laid_out_figure():
     """Constrained layout, a log axis, a colour bar and legends inside and outside: what the layout moves."""
     from fedscape.outputs.style import pyplot
@@ -960,3 +997,80 @@ def test_lambda_trace_figures_never_pool_run_groups_that_differ_in_another_field
         "random init · FedProx" if by == "init" else "FedProx": [3.0, 3.1],
         "random init · 50% sampled" if by == "init" else "FedAvg · 50% sampled": [4.0, 4.1],
     }
+
+
+def _hessian_rows(runs_rounds) -> pd.DataFrame:
+    """hessian.csv rows of the aggregate data for (run id, round) pairs, values that tell the runs apart."""
+    from fedscape.analysis.hessian.definitions import AGGREGATE
+
+    return pd.DataFrame([{"run_id": rid, "round": r, "data": AGGREGATE, "lambda_1": 1.0 + i, "trace": 10.0 + i,
+                          "trace_stderr": 0.5} for i, (rid, r) in enumerate(runs_rounds)])
+
+
+def _drawn_lambda_trace(tmp_path, monkeypatch, rows: pd.DataFrame, by: str):
+    """The laid-out figure that lambda_trace_figure draws of `rows`, drawn again after saving."""
+    from fedscape.analysis.hessian import figures as hessian_figures
+
+    rows.to_csv(tmp_path / "hessian.csv", index=False)
+    outputs = {ext: tmp_path / f"fig.{ext}" for ext in ("png", "pdf", "csv")}
+    drawn = {}
+    save = hessian_figures.save
+    monkeypatch.setattr(hessian_figures, "save", lambda fig, outs, data: drawn.update(fig=fig) or save(fig, outs, data))
+    hessian_figures.lambda_trace_figure(tmp_path / "hessian.csv", outputs, by)
+    fig = drawn["fig"]
+    agg_canvas(fig).draw()  # at the positions the saved files have
+    return fig
+
+
+def _overlapping_tick_labels(fig) -> list[tuple[str, str]]:
+    """Neighbouring x tick labels of any axes of `fig` whose drawn extents overlap."""
+    renderer = fig.canvas.get_renderer()
+    pairs = []
+    for ax in fig.axes:
+        labels = sorted((t for t in ax.get_xticklabels() if t.get_text()),
+                        key=lambda t: t.get_window_extent(renderer).x0)
+        pairs += [(a.get_text(), b.get_text()) for a, b in zip(labels, labels[1:], strict=False)
+                  if a.get_window_extent(renderer).x1 > b.get_window_extent(renderer).x0]
+    return pairs
+
+
+def _default_config_hessian_rows() -> pd.DataFrame:
+    from fedscape.plan.hessian import hessian_jobs
+
+    config = check_config(copy.deepcopy(DEFAULT), SCHEMA)
+    return _hessian_rows([(run.run_id, r) for run, r in hessian_jobs(config, build_runs(config))])
+
+
+def _many_algorithms_rows() -> pd.DataFrame:
+    """16 algorithm labels at alpha 0.1, each also from a pretrained init: 32 run groups of long labels."""
+    return _hessian_rows([(run_id("0.1", 0, init, f"fedavg_variant_{k:02d}"), 5)
+                          for k in range(16) for init in ("random", "pretrained_proxy")])
+
+
+@pytest.mark.parametrize("rows", [_default_config_hessian_rows, _many_algorithms_rows], ids=["default", "many"])
+@pytest.mark.parametrize("by", ["init", "algorithm"])
+def test_the_hessian_figures_run_group_labels_never_overlap(tmp_path, monkeypatch, rows, by):
+    # Prepare
+    table = rows()
+
+    # Execute
+    fig = _drawn_lambda_trace(tmp_path, monkeypatch, table, by)
+
+    # Assert: the labels side by side without touching, every run group a label with one field a line
+    assert _overlapping_tick_labels(fig) == []
+    labels = {t.get_text() for ax in fig.axes for t in ax.get_xticklabels()}
+    groups = set(pd.read_csv(tmp_path / "fig.csv")["group"])
+    assert labels == {g.replace(" · ", "\n") for g in groups} and len(groups) >= 6
+
+
+def test_a_hessian_figure_whose_labels_fit_keeps_its_width(tmp_path, monkeypatch):
+    # Prepare: two short run groups at two rounds
+    table = _hessian_rows([(run_id(alpha, 0), r) for alpha in ("iid", "0.1") for r in (0, 5)]
+                          + [(run_id("0.1", 0, "pretrained"), r) for r in (0, 5)])
+
+    # Execute
+    fig = _drawn_lambda_trace(tmp_path, monkeypatch, table, "init")
+
+    # Assert: 3.2 inches a panel, as before
+    assert fig.get_figwidth() == pytest.approx(2 * 3.2)
+    assert _overlapping_tick_labels(fig) == []

@@ -9,6 +9,7 @@ from fedscape.fl.hparams.registry import display_name
 
 # Order of the run fields in labels, legends and table rows.
 LABEL_ORDER = ("dataset", "model", "algorithm", "init", "alpha", "num_clients", "participation", "seed")
+LABEL_SEP = " · "  # between the fields of a label
 
 
 def format_field(key: str, value) -> str:
@@ -29,7 +30,7 @@ def format_field(key: str, value) -> str:
     return str(value)
 
 
-def label_run(fields: Mapping, keys: Sequence[str] | None = None, sep: str = " · ") -> str:
+def label_run(fields: Mapping, keys: Sequence[str] | None = None, sep: str = LABEL_SEP) -> str:
     """Legend label of a run or run group, e.g. 'FedAvg · random init · α=0.1'.
 
     `keys` picks the fields shown (default: every run field present in `fields`), always in the

@@ -28,7 +28,7 @@ from matplotlib.ticker import LogLocator
 
 from fedscape.core.io import atomic_path
 from fedscape.core.setting import format_setting, setting_order_key
-from fedscape.outputs.labels import LABEL_ORDER
+from fedscape.outputs.labels import LABEL_ORDER, LABEL_SEP
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable under the common colour-vision deficiencies.
 # Same order as the landscape figures; yellow last (weak on white).
@@ -198,6 +198,40 @@ def bounded_log_ticks(axis, max_decades: float = LOG_MINOR_MAX_DECADES) -> None:
     axis.set_minor_locator(BoundedLogMinorLocator(max_decades))
 
 
+CATEGORY_GAP_IN = 0.15  # inches between the labels of neighbouring categories
+
+
+def category_ticks(ax, labels: Sequence[str], sep: str = LABEL_SEP) -> float:
+    """Label the categories 0..n-1 of `ax`'s x axis horizontally, one part of each label (split at `sep`: the fields
+    of a run group's label) per line, and return the width in inches that the axes need to show them side by side:
+    n times the widest label plus CATEGORY_GAP_IN. Rotated labels overlap their neighbours once a panel holds a few
+    long ones; `widen_to_fit` widens a figure whose axes are narrower than the returned width."""
+    ax.set_xticks(range(len(labels)), [str(label).replace(sep, "\n") for label in labels])
+    renderer = agg_canvas(ax.figure).get_renderer()
+    widest = max((t.get_window_extent(renderer).width for t in ax.get_xticklabels()), default=0.0) / ax.figure.dpi
+    return len(labels) * (widest + CATEGORY_GAP_IN)
+
+
+WIDEN_TOLERANCE_IN = 1e-3  # widen_to_fit stops this close to every need
+
+
+def widen_to_fit(fig, needs: Mapping) -> None:
+    """Widen `fig` (laid out by its layout engine) until every axes in `needs` is at least as wide as its need in
+    inches. The layout gives each column of the axes' grid an equal share of extra width, less the gaps between
+    columns, which grow with it: the widest deficit times the columns is added until it is gone (a few rounds)."""
+    engine = fig.get_layout_engine()
+    if engine is None:
+        raise ValueError("widen_to_fit needs a figure with a layout engine (e.g. layout='constrained')")
+    columns = max((ax.get_subplotspec().get_gridspec().ncols for ax in needs), default=1)
+    for _ in range(10):
+        engine.execute(fig)
+        width = fig.get_figwidth()
+        deficit = max((need - ax.get_position().width * width for ax, need in needs.items()), default=0.0)
+        if deficit <= WIDEN_TOLERANCE_IN:
+            return
+        fig.set_figwidth(width + deficit * columns)
+
+
 def empty_figure(message: str, size: tuple[float, float] = (4.0, 2.0)):
     """A figure that says why there is nothing to draw (rules always produce their outputs)."""
     plt = pyplot()
@@ -205,6 +239,13 @@ def empty_figure(message: str, size: tuple[float, float] = (4.0, 2.0)):
     ax.axis("off")
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
     return fig
+
+
+def agg_canvas(fig):
+    """`fig`'s Agg canvas (a closed figure's is attached again): what measures text and draws PNGs."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: the backend loads with pyplot()
+
+    return fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
 
 
 def write_formats(fig, paths: Mapping[str, str | Path], dpi: int = DPI, tight: bool = True) -> None:
@@ -218,11 +259,9 @@ def write_formats(fig, paths: Mapping[str, str | Path], dpi: int = DPI, tight: b
     savefig its measuring draw. `tight`: crop to the artists plus rcParams["savefig.pad_inches"] (as
     savefig's bbox_inches="tight"), else write the whole figure.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: the backend loads with pyplot()
-
     plt = pyplot()
     try:
-        canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+        canvas = agg_canvas(fig)
         fig.set_dpi(dpi)
         engine = fig.get_layout_engine()
         if fig.axes and engine is not None:

@@ -13,8 +13,16 @@ import pandas as pd
 from fedscape.analysis.hessian.definitions import AGGREGATE, DENSITY_COLUMNS, TRACE_ESTIMATORS
 from fedscape.core.runs import RUN_FIELDS, parse_run_id
 from fedscape.core.setting import format_setting, setting_label
-from fedscape.outputs.labels import format_field, label_run
-from fedscape.outputs.style import PALETTE, bounded_log_ticks, pyplot, setting_colors, setting_order
+from fedscape.outputs.labels import LABEL_SEP, format_field, label_run
+from fedscape.outputs.style import (
+    PALETTE,
+    bounded_log_ticks,
+    category_ticks,
+    pyplot,
+    setting_colors,
+    setting_order,
+    widen_to_fit,
+)
 from fedscape.outputs.style import save_figure_outputs as save
 from fedscape.outputs.tables import read_table
 
@@ -62,7 +70,7 @@ def run_groups(df: pd.DataFrame, by: str) -> pd.Series:
         for i, row in sub.iterrows():
             parts = [format_field(by, row[by])]
             parts += [format_field(f, row[f]) for f, value in common.items() if str(row[f]) != value]
-            out[i] = " · ".join(parts)
+            out[i] = LABEL_SEP.join(parts)
     return out
 
 
@@ -97,14 +105,14 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str, trace_estimat
                              squeeze=False, layout="constrained")
     alphas = setting_order(long["alpha"].astype(str).unique())
     colors = setting_colors(alphas)
-    legend = {}
+    legend, needs = {}, {}
     for col, (setting, round_) in enumerate(panels):
         for row, metric in enumerate(metrics):
             ax = axes[row, col]
             sub = long[(long["setting"] == setting) & (long["round"] == round_) & (long["metric"] == metric)]
             # the groups of each `by` value together, the value's own group (nothing else differs) first
             first = sub.groupby("group")[by].first().astype(str)
-            cats = sorted(first.index, key=lambda g: (first[g], " · " in g, g))
+            cats = sorted(first.index, key=lambda g: (first[g], LABEL_SEP in g, g))
             width = 0.8 / max(1, len(alphas))
             for i, cat in enumerate(cats):
                 for j, alpha in enumerate(alphas):
@@ -118,7 +126,7 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str, trace_estimat
                                          color=color, capsize=2)
                     ax.hlines(pts["value"].mean(), xpos - width * 0.4, xpos + width * 0.4, color=color)
                     legend.setdefault(setting_label(alpha), handle)
-            ax.set_xticks(range(len(cats)), cats, rotation=20, ha="right")
+            needs[ax] = category_ticks(ax, cats)  # a run group's fields one a line, its panel as wide as they need
             ax.grid(axis="x", visible=False)
             ax.set_title(f"{setting}, round {round_}")
             ax.set_ylabel("λmax" if metric == "lambda_max" else f"trace ({TRACE_LABELS[trace_estimator]})")
@@ -127,6 +135,7 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str, trace_estimat
     fig.suptitle(f"Hessian of the global model on the aggregate data, per {by} (points: seeds)")
     if legend:
         fig.legend(legend.values(), legend.keys(), loc="outside right center", title="partition")
+    widen_to_fit(fig, needs)
     save(fig, outputs, data)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from fedscape.fl.hparams.registry import display_name
-from fedscape.outputs.labels import label_run
+from fedscape.outputs.labels import LABEL_SEP, label_run
 from fedscape.outputs.style import (
     PALETTE,
     empty_figure,
@@ -36,7 +36,7 @@ def _cost_label(row: pd.Series, varying: list[str]) -> str:
         parts += [f"{k.replace('_', ' ')} {row[k]}" for k in varying if k in ("local_epochs", "batch_size")]
         parts += [str(row["local_work"]) for k in varying if k == "local_work"]
         parts += [str(row["execution"]) for k in varying if k == "execution"]
-    return " · ".join(parts)
+    return LABEL_SEP.join(parts)
 
 
 def cost_figure(cost: pd.DataFrame, dataset: str, model: str, base_path: str | Path) -> dict:

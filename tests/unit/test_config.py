@@ -664,6 +664,39 @@ def test_algorithms_refuse_the_local_optimisers_their_maths_cannot_read(name, tr
         check_config(config, SCHEMA)
 
 
+SIDE_HEAD = r"MOON with head side "
+PLAINLY = SIDE_HEAD + r"averages its head plainly, so "
+SERVER_SWA = {"swa": {"cycle": 1, "scheduled_lr": "server"}}
+
+
+@pytest.mark.parametrize(("hparams", "label_training", "refusal"), [
+    # the head, kept beside the model, is averaged plainly: a server step or a kept state of the model's alone
+    ({"server_lr": 0.5}, {}, PLAINLY + r"server_lr 0\.5"),
+    ({"server_momentum": 0.9}, {}, PLAINLY + r"server_lr 1\.0 and server_momentum 0\.9"),
+    ({}, SERVER_SWA, PLAINLY + r"swa\.scheduled_lr: server"),
+    ({}, {"keep_optimizer_state": True}, SIDE_HEAD + r"keeps the clients' optimiser state of the model's parameters"),
+    # the head in the model takes the model's server step and optimiser state
+    ({"head": "projection", "server_lr": 0.5, "server_momentum": 0.9}, {}, None),
+    ({"head": "projection"}, {**SERVER_SWA, "keep_optimizer_state": True}, None),
+    # the SWA schedule of the clients' lr reaches the head too
+    ({}, {"swa": {"cycle": 1, "scheduled_lr": "client"}}, None),
+    ({}, {}, None),
+])
+def test_moon_with_its_head_beside_the_model_refuses_what_would_reach_the_model_alone(hparams, label_training,
+                                                                                      refusal):
+    # Prepare
+    config = copy.deepcopy(GRID_ONLY)
+    config["algorithms"] = {"fedavg": {"name": "fedavg"}, "x": {"name": "moon", **hparams, "training": label_training}}
+    config["experiment_defaults"] = {"init": next(iter(config["inits"])), "algorithm": "x"}
+
+    # Execute / Assert: refused at planning, naming the label and what to use instead
+    if refusal is None:
+        check_config(config, SCHEMA)
+        return
+    with pytest.raises(ConfigError, match=rf"algorithms\.x: {refusal}.*: use head: projection"):
+        check_config(config, SCHEMA)
+
+
 # -- algorithm hyperparameters are type-checked from their dataclass, for every algorithm ----------------------
 @pytest.mark.parametrize(("hparams", "expected"), [
     ({"name": "fedasam", "rho": "big"}, "algorithms.x.rho: expected a number (e.g. its default 0.5), got 'big'"),

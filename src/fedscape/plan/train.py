@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from fedscape.core.config import ConfigError, canonical, with_result_version
@@ -286,9 +287,13 @@ def check(config: dict, runs: list[Run]) -> list[str]:
         wrong = hyperparameter_type_problems(spec["name"], hparams)
         problems += [f"algorithms.{label}.{key}: {problem}" for key, problem in wrong]
         try:  # without the mistyped values, which the dataclass's own checks would compare
-            algorithm_config(spec["name"], {k: v for k, v in hparams.items() if k not in dict(wrong)})
+            hyperparameters = algorithm_config(spec["name"], {k: v for k, v in hparams.items() if k not in dict(wrong)})
         except ValueError as exc:
             problems.append(f"algorithms.{label}: {exc}")
+        else:
+            with contextlib.suppress(TypeError, ValueError):  # a bad `training` is reported below
+                if problem := hyperparameters.training_problem(merge_training(config["training"], spec["training"])):
+                    problems.append(f"algorithms.{label}: {problem}")
         try:
             check_training(config["training"], spec["training"])
         except (TypeError, ValueError) as exc:

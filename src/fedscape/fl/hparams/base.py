@@ -16,6 +16,11 @@ class AlgorithmConfig:
         its trajectory rebuilds as trained; {} for all but MOON with the classifier on its projection head."""
         return {}
 
+    def training_problem(self, training: dict) -> str | None:
+        """Why the algorithm with these hyperparameters cannot train with the (resolved) `training` settings; None:
+        it can. What holds for every setting of the algorithm is `AlgorithmSpec.check_training`'s."""
+        return None
+
 
 @dataclass(frozen=True)
 class ServerSGDConfig(AlgorithmConfig):

@@ -7,6 +7,7 @@ from typing import Literal, get_args
 
 from fedscape.core.names import unknown_name_error
 from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
+from fedscape.fl.swa import swa_config
 
 MoonHead = Literal["side", "projection"]
 MOON_HEADS = get_args(MoonHead)
@@ -34,6 +35,26 @@ class MoonConfig(ServerSGDConfig):
             raise ValueError("MOON needs temperature > 0, mu >= 0 and projection_dim >= 0")
         if self.head not in MOON_HEADS:
             raise unknown_name_error("MOON head", self.head, MOON_HEADS)
+        if self.head == "side" and (self.server_lr != 1 or self.server_momentum):
+            raise ValueError(f"MOON with head side averages its head plainly, so server_lr {self.server_lr} and "
+                             f"server_momentum {self.server_momentum} would step the model and its head differently: "
+                             "use head: projection (the head is then part of the model), or server_lr 1 and "
+                             "server_momentum 0")
+
+    def training_problem(self, training: dict) -> str | None:
+        """head side: the strategy keeps the head beside the model, so neither the SWA schedule of the server's lr
+        nor the clients' kept optimiser state (both of the model's parameters) reaches it."""
+        if self.head != "side":
+            return None
+        swa = swa_config(training.get("swa"))
+        if swa is not None and swa.scheduled_lr == "server":
+            return ("MOON with head side averages its head plainly, so swa.scheduled_lr: server would cycle the "
+                    "model's server lr but not its head's: use head: projection, or swa.scheduled_lr: client")
+        if training.get("keep_optimizer_state"):
+            return ("MOON with head side keeps the clients' optimiser state of the model's parameters only "
+                    "(training.keep_optimizer_state), so its head would restart its momentum every round while the "
+                    "model does not: use head: projection, or keep_optimizer_state: false")
+        return None
 
     def model_options(self) -> dict:
         """head projection: the classifier on the head (`fedscape.models.layers.ProjectedClassifier`), of output

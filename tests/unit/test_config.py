@@ -651,10 +651,7 @@ ADAMW = {"optimizer": "adamw", "momentum": 0.0}
 ])
 def test_algorithms_refuse_the_local_optimisers_their_maths_cannot_read(name, training, label_training, refusal):
     # Prepare: a label of `name` beside FedAvg, the optimiser's settings in `training` and/or the label
-    config = copy.deepcopy(GRID_ONLY)
-    config["training"] = {**config.get("training", {}), **training}
-    config["algorithms"] = {"fedavg": {"name": "fedavg"}, "x": {"name": name, "training": label_training}}
-    config["experiment_defaults"] = {"init": next(iter(config["inits"])), "algorithm": "x"}
+    config = with_label_x({"name": name, "training": label_training}, training)
 
     # Execute / Assert: refused at planning, naming the label and the reason
     if refusal is None:
@@ -662,6 +659,15 @@ def test_algorithms_refuse_the_local_optimisers_their_maths_cannot_read(name, tr
         return
     with pytest.raises(ConfigError, match=rf"algorithms\.x: {name} {refusal}"):
         check_config(config, SCHEMA)
+
+
+def with_label_x(spec: dict, training: dict | None = None) -> dict:
+    """GRID_ONLY whose runs train the algorithm label `x` (`spec`) beside FedAvg, with `training` added."""
+    config = copy.deepcopy(GRID_ONLY)
+    config["training"] = {**config.get("training", {}), **(training or {})}
+    config["algorithms"] = {"fedavg": {"name": "fedavg"}, "x": spec}
+    config["experiment_defaults"] = {"init": next(iter(config["inits"])), "algorithm": "x"}
+    return config
 
 
 SIDE_HEAD = r"MOON with head side "
@@ -685,9 +691,7 @@ SERVER_SWA = {"swa": {"cycle": 1, "scheduled_lr": "server"}}
 def test_moon_with_its_head_beside_the_model_refuses_what_would_reach_the_model_alone(hparams, label_training,
                                                                                       refusal):
     # Prepare
-    config = copy.deepcopy(GRID_ONLY)
-    config["algorithms"] = {"fedavg": {"name": "fedavg"}, "x": {"name": "moon", **hparams, "training": label_training}}
-    config["experiment_defaults"] = {"init": next(iter(config["inits"])), "algorithm": "x"}
+    config = with_label_x({"name": "moon", **hparams, "training": label_training})
 
     # Execute / Assert: refused at planning, naming the label and what to use instead
     if refusal is None:

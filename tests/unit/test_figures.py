@@ -14,7 +14,7 @@ from helpers.configs import DEFAULT, SCHEMA, TINY
 from helpers.figures import assert_figure_files
 from helpers.tables import rounds_table, run_id
 
-from fedscape.core.runs import build_runs
+from fedscape.core.runs import build_runs, parse_run_id
 from fedscape.core.setting import alpha_label
 from fedscape.outputs.labels import label_run
 from fedscape.outputs.style import (
@@ -817,6 +817,103 @@ def test_widen_to_fit_needs_a_layout_engine():
     pyplot().close(fig)
 
 
+LONG_LABELS = [f"fedavg_variant_{k:02d} · pretrained_words init" for k in range(4)]
+
+
+def _label_panels(n: int, labels: list[str] = LONG_LABELS):
+    """A `draw(ncols)` for wrap_to_fit: n panels 2 inches wide, each with `labels` on its x axis."""
+    from fedscape.outputs.style import category_ticks, facet_grid
+
+    def draw(ncols: int):
+        fig, facets = facet_grid(n, ncols=ncols, size=(2.0, 2.0), sharey=False, sharex=False)
+        return fig, {ax: category_ticks(ax, labels) for (ax,) in facets}
+
+    return draw
+
+
+def _widened_width(draw, ncols: int) -> float:
+    from fedscape.outputs.style import pyplot, widen_to_fit
+
+    fig, needs = draw(ncols)
+    widen_to_fit(fig, needs)
+    pyplot().close(fig)
+    return fig.get_figwidth()
+
+
+def _grid(fig) -> tuple[int, int]:
+    """(rows, columns) of the one grid that `fig`'s axes sit in."""
+    grids = {ax.get_subplotspec().get_gridspec() for ax in fig.axes}
+    assert len(grids) == 1
+    grid = grids.pop()
+    return grid.nrows, grid.ncols
+
+
+def _assert_every_panel_fits_its_labels(fig, labels: list[str]) -> None:
+    """Every visible axes, laid out again, at least as wide as `labels` need (category_ticks), the others empty."""
+    from fedscape.outputs.style import WIDEN_TOLERANCE_IN, category_ticks
+
+    fig.get_layout_engine().execute(fig)
+    for ax in fig.axes:
+        if ax.get_visible():
+            assert ax.get_position().width * fig.get_figwidth() >= category_ticks(ax, labels) - WIDEN_TOLERANCE_IN
+        else:
+            assert not ax.has_data()
+
+
+@pytest.mark.parametrize("slack", [0.0, 1.0])
+def test_wrap_to_fit_keeps_the_one_row_figure_while_it_fits(slack):
+    from fedscape.outputs.style import pyplot, wrap_to_fit
+
+    # Prepare: a maximum at (or above) the width of the five panels in one row, widened to fit
+    draw = _label_panels(5)
+    one_row = _widened_width(draw, 5)
+
+    # Execute
+    fig = wrap_to_fit(draw, 5, max_width=one_row + slack)
+
+    # Assert: that very figure, one row of five at that width
+    assert _grid(fig) == (1, 5)
+    assert fig.get_figwidth() == one_row and one_row > 5 * 2.0
+    pyplot().close(fig)
+
+
+@pytest.mark.parametrize(("n", "fraction"), [(7, 0.99), (7, 0.6), (7, 0.3), (8, 0.5), (2, 0.9)])
+def test_wrap_to_fit_wraps_into_the_fewest_rows_within_the_width(n, fraction):
+    from fedscape.outputs.style import WIDEN_TOLERANCE_IN, pyplot, wrap_to_fit
+
+    # Prepare: a maximum below the one-row width
+    draw = _label_panels(n)
+    max_width = fraction * _widened_width(draw, n)
+
+    # Execute
+    fig = wrap_to_fit(draw, n, max_width=max_width)
+
+    # Assert: within the width in rows spread evenly; one row fewer would be too wide; the unused cells hidden
+    rows, columns = _grid(fig)
+    assert fig.get_figwidth() <= max_width + WIDEN_TOLERANCE_IN
+    assert rows > 1 and columns == math.ceil(n / rows) and rows == math.ceil(n / columns)
+    assert _widened_width(draw, math.ceil(n / (rows - 1))) > max_width
+    assert sum(ax.get_visible() for ax in fig.axes) == n and len(fig.axes) == rows * columns
+    _assert_every_panel_fits_its_labels(fig, LONG_LABELS)
+    pyplot().close(fig)
+
+
+def test_wrap_to_fit_gives_a_panel_too_wide_for_the_maximum_a_row_of_its_own():
+    from fedscape.outputs.style import pyplot, wrap_to_fit
+
+    # Prepare: a maximum narrower than one panel's labels
+    draw = _label_panels(3)
+
+    # Execute
+    fig = wrap_to_fit(draw, 3, max_width=1.0)
+
+    # Assert: one column, as wide as the labels need rather than the maximum
+    assert _grid(fig) == (3, 1)
+    assert fig.get_figwidth() > 1.0
+    _assert_every_panel_fits_its_labels(fig, LONG_LABELS)
+    pyplot().close(fig)
+
+
 def _laid_out_figure():
     """Constrained layout, a log axis, a colour bar and legends inside and outside: what the layout moves."""
     from fedscape.outputs.style import pyplot
@@ -1073,4 +1170,80 @@ def test_a_hessian_figure_whose_labels_fit_keeps_its_width(tmp_path, monkeypatch
 
     # Assert: 3.2 inches a panel, as before
     assert fig.get_figwidth() == pytest.approx(2 * 3.2)
+    assert _overlapping_tick_labels(fig) == []
+
+
+def _settings_rows(settings, rounds, inits, algorithms) -> pd.DataFrame:
+    """hessian.csv rows of alpha 0.1, seed 0 runs of every dataset/model, init and algorithm at every round."""
+    from fedscape.core.runs import Run
+
+    return _hessian_rows([(Run(dataset, model, init, algorithm, "0.1", 10, "1.0", 0).run_id, r)
+                          for dataset, model in settings for init in inits for algorithm in algorithms
+                          for r in rounds])
+
+
+def _meta_like_rows() -> pd.DataFrame:
+    """As config/papers/meta.yaml: 4 dataset/models at 2 rounds (8 panels), groups as 'pretrained_words init ·
+    fedavg_words'."""
+    settings = [("cifar10", "resnet18"), ("femnist", "resnet18"), ("reddit", "word_lstm"),
+                ("stackoverflow", "word_lstm")]
+    return _settings_rows(settings, (0, 1500), ("random", "pretrained_words"), ("fedavg", "fedavg_words"))
+
+
+def _many_panels_rows() -> pd.DataFrame:
+    """12 panels (6 dataset/models at 2 rounds) of 4 run groups with long labels each."""
+    settings = [(f"dataset_{k}", "model_with_a_long_name") for k in range(6)]
+    return _settings_rows(settings, (0, 100), ("random", "pretrained_proxy"),
+                          [f"fedavg_variant_{k:02d}" for k in range(2)])
+
+
+def _panel_count(rows: pd.DataFrame) -> int:
+    """The panels of lambda_trace_figure for `rows`: one per dataset/model and round."""
+    return len({(parse_run_id(r)["dataset"], parse_run_id(r)["model"], round_)
+                for r, round_ in zip(rows["run_id"], rows["round"], strict=True)})
+
+
+@pytest.mark.parametrize("rows", [_meta_like_rows, _many_panels_rows], ids=["meta_like", "many_panels"])
+@pytest.mark.parametrize("by", ["init", "algorithm"])
+def test_a_hessian_figure_of_many_wide_panels_wraps_into_rows_within_the_maximum_width(tmp_path, monkeypatch, rows,
+                                                                                        by):
+    from fedscape.outputs.style import DPI, MAX_FIGURE_WIDTH_IN, WIDEN_TOLERANCE_IN, pyplot
+
+    # Prepare
+    table = rows()
+    panels = _panel_count(table)
+
+    # Execute
+    fig = _drawn_lambda_trace(tmp_path, monkeypatch, table, by)
+
+    # Assert: within the maximum (its PNG too, but for the tight crop's padding), the panels (a metric above the
+    # other) in rows of fewer columns, the unused cells hidden, every run group a label, none overlapping
+    nrows, ncols = _grid(fig)
+    pad = pyplot().rcParams["savefig.pad_inches"]
+    assert fig.get_figwidth() <= MAX_FIGURE_WIDTH_IN + WIDEN_TOLERANCE_IN
+    assert pyplot().imread(tmp_path / "fig.png").shape[1] <= (MAX_FIGURE_WIDTH_IN + 2 * pad) * DPI
+    assert 1 < ncols < panels and nrows == 2 * math.ceil(panels / ncols)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 2 * panels and len(fig.axes) == nrows * ncols
+    assert _overlapping_tick_labels(fig) == []
+    data = pd.read_csv(tmp_path / "fig.csv")
+    assert {t.get_text() for ax in visible for t in ax.get_xticklabels()} == {
+        g.replace(" · ", "\n") for g in data["group"]}
+    assert len(data) == 2 * len(table)
+
+
+@pytest.mark.parametrize("by", ["init", "algorithm"])
+def test_the_default_configs_hessian_figures_keep_one_row_of_widened_panels(tmp_path, monkeypatch, by):
+    from fedscape.outputs.style import MAX_FIGURE_WIDTH_IN
+
+    # Prepare
+    table = _default_config_hessian_rows()
+    n = _panel_count(table)
+
+    # Execute
+    fig = _drawn_lambda_trace(tmp_path, monkeypatch, table, by)
+
+    # Assert: one row of panels, widened for their labels and still within the maximum
+    assert _grid(fig) == (2, n) and all(ax.get_visible() for ax in fig.axes)
+    assert 3.2 * n < fig.get_figwidth() <= MAX_FIGURE_WIDTH_IN
     assert _overlapping_tick_labels(fig) == []

@@ -17,7 +17,7 @@ Conventions used by all figures (so a reader learns them once):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -46,6 +46,11 @@ PALETTE: tuple[str, ...] = tuple(OKABE_ITO.values())
 LINESTYLES: tuple = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
 MARKERS: tuple[str, ...] = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 DPI = 150  # PNG resolution: sharp on screen, small files (< 200 KB for the default figures)
+# The widest figure that wrap_to_fit lays out in one row of panels (wider, it wraps them into rows): its PNG is
+# then 1920 px at DPI, a full-HD screen's width (most laptops and monitors), which the report's browser window
+# shows near its own size, its 7-8 pt text legible; a wider one is scaled down to fit the window. The saved PNG's
+# tight crop adds at most savefig.pad_inches a side.
+MAX_FIGURE_WIDTH_IN = 1920 / DPI
 
 # -- values and labels -----------------------------------------------------------------------------
 def setting_order(settings: Iterable) -> list:
@@ -230,6 +235,44 @@ def widen_to_fit(fig, needs: Mapping) -> None:
         if deficit <= WIDEN_TOLERANCE_IN:
             return
         fig.set_figwidth(width + deficit * columns)
+
+
+def wrap_to_fit(draw: Callable, n: int, max_width: float = MAX_FIGURE_WIDTH_IN):
+    """The figure of n panels that `draw(ncols)` draws in a grid of at most `ncols` columns (e.g. with `facet_grid`),
+    returning (fig, needs) for `widen_to_fit`, widened to fit: in one row where that figure is at most `max_width`
+    inches wide, else in the fewest rows that keep it so, ceil(n / rows) columns each (8 panels: 2 rows of 4, or 3
+    rows of 3, 3 and 2, ...), every panel still as wide as its labels need. Where even one column is too wide (a
+    panel whose labels alone need more), the panels take a row each and the figure stays wider than `max_width`.
+
+    A figure is narrower the fewer columns it has, so the rows are found by bisection: a few drawings, every figure
+    but the one returned closed."""
+    plt = pyplot()
+
+    def widened(ncols: int):
+        fig, needs = draw(ncols)
+        widen_to_fit(fig, needs)
+        return fig
+
+    def fits(fig) -> bool:
+        return fig.get_figwidth() <= max_width + WIDEN_TOLERANCE_IN
+
+    fig = widened(n)
+    if n <= 1 or fits(fig):
+        return fig
+    plt.close(fig)
+    options = sorted({math.ceil(n / rows) for rows in range(2, n + 1)}, reverse=True)  # the columns of 2..n rows
+    lo, hi, best = 0, len(options) - 1, None  # the answer is in options[lo..hi]; best: options[hi]'s figure, drawn
+    while lo < hi:
+        mid = (lo + hi) // 2
+        fig = widened(options[mid])
+        if fits(fig):
+            if best is not None:
+                plt.close(best)
+            hi, best = mid, fig
+        else:
+            plt.close(fig)
+            lo = mid + 1
+    return best if best is not None else widened(options[lo])
 
 
 def empty_figure(message: str, size: tuple[float, float] = (4.0, 2.0)):

@@ -18,10 +18,11 @@ from fedscape.outputs.style import (
     PALETTE,
     bounded_log_ticks,
     category_ticks,
+    facet_grid,
     pyplot,
     setting_colors,
     setting_order,
-    widen_to_fit,
+    wrap_to_fit,
 )
 from fedscape.outputs.style import save_figure_outputs as save
 from fedscape.outputs.tables import read_table
@@ -98,44 +99,48 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str, trace_estimat
     data_cols = ["metric", "setting", "round", by, "group", "alpha", "seed", "run_id", "value", "stderr"]
     data = long[data_cols].sort_values(data_cols[:7]).reset_index(drop=True)
 
-    plt = pyplot()
     panels = sorted({(s, int(r)) for s, r in zip(long["setting"], long["round"], strict=True)})
     metrics = ["lambda_max", "trace"]
-    fig, axes = plt.subplots(len(metrics), max(1, len(panels)), figsize=(3.2 * max(1, len(panels)), 5.0),
-                             squeeze=False, layout="constrained")
     alphas = setting_order(long["alpha"].astype(str).unique())
     colors = setting_colors(alphas)
-    legend, needs = {}, {}
-    for col, (setting, round_) in enumerate(panels):
-        for row, metric in enumerate(metrics):
-            ax = axes[row, col]
-            sub = long[(long["setting"] == setting) & (long["round"] == round_) & (long["metric"] == metric)]
-            # the groups of each `by` value together, the value's own group (nothing else differs) first
-            first = sub.groupby("group")[by].first().astype(str)
-            cats = sorted(first.index, key=lambda g: (first[g], LABEL_SEP in g, g))
-            width = 0.8 / max(1, len(alphas))
-            for i, cat in enumerate(cats):
-                for j, alpha in enumerate(alphas):
-                    pts = sub[(sub["group"] == cat) & (sub["alpha"].astype(str) == alpha)]
-                    if pts.empty:
-                        continue
-                    color = colors[format_setting(alpha)]
-                    xpos = i - 0.4 + width * (j + 0.5)
-                    jitter = np.linspace(-width * 0.25, width * 0.25, len(pts)) if len(pts) > 1 else np.zeros(1)
-                    handle = ax.errorbar(xpos + jitter, pts["value"], yerr=pts["stderr"].fillna(0), fmt="o", ms=4,
-                                         color=color, capsize=2)
-                    ax.hlines(pts["value"].mean(), xpos - width * 0.4, xpos + width * 0.4, color=color)
-                    legend.setdefault(setting_label(alpha), handle)
-            needs[ax] = category_ticks(ax, cats)  # a run group's fields one a line, its panel as wide as they need
-            ax.grid(axis="x", visible=False)
-            ax.set_title(f"{setting}, round {round_}")
-            ax.set_ylabel("λmax" if metric == "lambda_max" else f"trace ({TRACE_LABELS[trace_estimator]})")
-    if not panels:
-        axes[0, 0].text(0.5, 0.5, "no Hessian rows of the aggregate data", ha="center", va="center")
-    fig.suptitle(f"Hessian of the global model on the aggregate data, per {by} (points: seeds)")
-    if legend:
-        fig.legend(legend.values(), legend.keys(), loc="outside right center", title="partition")
-    widen_to_fit(fig, needs)
+
+    def draw(ncols: int):
+        """The figure with its panels in at most `ncols` columns, each panel a metric above the other."""
+        fig, facets = facet_grid(max(1, len(panels)), ncols=ncols, rows_per_facet=len(metrics), size=(3.2, 2.5),
+                                 sharey=False, sharex=False)
+        legend, needs = {}, {}
+        for (setting, round_), facet in zip(panels, facets, strict=False):
+            for ax, metric in zip(facet, metrics, strict=True):
+                sub = long[(long["setting"] == setting) & (long["round"] == round_) & (long["metric"] == metric)]
+                # the groups of each `by` value together, the value's own group (nothing else differs) first
+                first = sub.groupby("group")[by].first().astype(str)
+                cats = sorted(first.index, key=lambda g: (first[g], LABEL_SEP in g, g))
+                width = 0.8 / max(1, len(alphas))
+                for i, cat in enumerate(cats):
+                    for j, alpha in enumerate(alphas):
+                        pts = sub[(sub["group"] == cat) & (sub["alpha"].astype(str) == alpha)]
+                        if pts.empty:
+                            continue
+                        color = colors[format_setting(alpha)]
+                        xpos = i - 0.4 + width * (j + 0.5)
+                        jitter = np.linspace(-width * 0.25, width * 0.25, len(pts)) if len(pts) > 1 else np.zeros(1)
+                        handle = ax.errorbar(xpos + jitter, pts["value"], yerr=pts["stderr"].fillna(0), fmt="o",
+                                             ms=4, color=color, capsize=2)
+                        ax.hlines(pts["value"].mean(), xpos - width * 0.4, xpos + width * 0.4, color=color)
+                        legend.setdefault(setting_label(alpha), handle)
+                needs[ax] = category_ticks(ax, cats)  # a run group's fields one a line, its panel as wide as they need
+                ax.grid(axis="x", visible=False)
+                ax.set_title(f"{setting}, round {round_}")
+                ax.set_ylabel("λmax" if metric == "lambda_max" else f"trace ({TRACE_LABELS[trace_estimator]})")
+        if not panels:
+            facets[0][0].text(0.5, 0.5, "no Hessian rows of the aggregate data", ha="center", va="center")
+        fig.suptitle(f"Hessian of the global model on the aggregate data, per {by} (points: seeds)")
+        if legend:
+            fig.legend(legend.values(), legend.keys(), loc="outside right center", title="partition")
+        return fig, needs
+
+    # one row of panels while it fits a screen, else wrapped into rows (panels still as wide as their labels)
+    fig = wrap_to_fit(draw, max(1, len(panels)))
     save(fig, outputs, data)
 
 

@@ -79,6 +79,11 @@ class SWAConfig:
         """The first round of the SWA phase in a run of `rounds` rounds."""
         return int(START_FRACTION * rounds) + 1 if self.start_round is None else self.start_round
 
+    def idle(self, rounds: int) -> bool:
+        """Whether the SWA phase starts after the last of `rounds` rounds, which leaves the run plain: no SWA model,
+        its last global model the final one."""
+        return self.start(rounds) > rounds
+
     def position(self, round_: int, rounds: int) -> int:
         """j in 1..cycle: the round's place in its cycle; 0 before the SWA phase."""
         start = self.start(rounds)

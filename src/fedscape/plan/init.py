@@ -224,7 +224,7 @@ def _no_swa_average(config: dict, source: Run) -> str:
     if swa is None:
         return "trains without SWA (training.swa is null)"
     rounds = int(training["rounds"])
-    if swa.start(rounds) > rounds:
+    if swa.idle(rounds):
         return f"starts its SWA phase at round {swa.start(rounds)}, after its last round ({rounds})"
     return ""
 

@@ -79,7 +79,7 @@ def idle_swa(config: dict, runs: list[Run]) -> list[str]:
         training = run_training(config, run)
         swa = swa_config(training.get("swa"))
         rounds = int(training["rounds"])
-        if swa is not None and swa.start(rounds) > rounds:
+        if swa is not None and swa.idle(rounds):
             where = f"algorithms.{label}.training" if "swa" in config["algorithms"][label]["training"] else "training"
             idle.setdefault((where, swa.start(rounds), rounds), []).append(label)
     return [f"{where}.swa: its phase starts at round {start}, after the last round ({rounds}) of the runs of "

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from fedscape.core import manifest
 from fedscape.core.logs import job_log
-from fedscape.core.manifest import MANIFEST, file_record, manifest_path, verify
+from fedscape.core.manifest import MANIFEST, code_label, file_record, manifest_path, verify
 
 SHA256_OF_TABLE = "81bf9fa83c6f7f151bd491a98cd7d933de3965289e3ebd77c6c425f7eaa16392"
 
@@ -124,16 +127,10 @@ def test_verify_without_records_says_so(tmp_path, capsys):
 @pytest.mark.parametrize(("tree", "names_commit"), [("checkout", True), ("installed", False), ("unpacked", False)])
 def test_the_commit_is_recorded_only_for_a_source_checkout(tmp_path, tree, names_commit):
     # Prepare: a git repository holding an installed copy's tree (a venv inside a checkout) or a source checkout
-    import subprocess
-
-    def git(*args, cwd=tmp_path):
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True,
-                       capture_output=True)
-
-    git("init", "-q")
+    _git(tmp_path, "init", "-q")
     (tmp_path / "README").write_text("a checkout\n")
-    git("add", "README")
-    git("commit", "-q", "-m", "one")
+    _git(tmp_path, "add", "README")
+    _git(tmp_path, "commit", "-q", "-m", "one")
     # the checkout itself; an installed copy's root (where site-packages' fedscape/core/manifest.py puts it) in a venv
     # inside the checkout; an unpacked source tree (pyproject.toml, no .git of its own) inside the checkout
     root = {"checkout": tmp_path, "installed": tmp_path / "venv" / "lib" / "python3.11",
@@ -148,3 +145,90 @@ def test_the_commit_is_recorded_only_for_a_source_checkout(tmp_path, tree, names
     # Assert: the enclosing repository's commit only where the tree is the checkout itself
     assert (code["commit"] is not None) == names_commit
     assert code["fedscape"] and (code["dirty"] is None) == (not names_commit)
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def checkout(tmp_path) -> Path:
+    """A committed source checkout: pyproject.toml, a module below src/, a rule and a README."""
+    repo = tmp_path / "checkout"
+    for name, text in {"pyproject.toml": "[project]\nname = 'x'\n", "src/fedscape/fl/hparams/fedavg.py": "",
+                       "rules/train.smk": "", "README": "a checkout\n"}.items():
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(text)
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "one")
+    return repo
+
+
+@pytest.mark.parametrize(("files", "dirty", "untracked"), [
+    ({}, False, []),
+    # a module the registries load (pkgutil.iter_modules) whether git tracks it or not
+    ({"src/fedscape/fl/hparams/zz_untracked.py": ""}, True, ["src/fedscape/fl/hparams/zz_untracked.py"]),
+    ({"rules/extra.smk": ""}, True, ["rules/extra.smk"]),
+    ({"workflow/scripts/new.py": "", "Snakefile": ""}, True, ["Snakefile", "workflow/"]),  # a new folder: one entry
+    ({"notes.txt": "", "scratch/try.py": "", "srcnotes.txt": ""}, False, []),  # untracked beside the code
+    ({"README": "edited\n"}, True, []),  # a tracked file changed
+])
+def test_the_code_is_dirty_with_a_changed_tracked_file_or_an_untracked_code_file(checkout, files, dirty, untracked):
+    # Prepare
+    for name, text in files.items():
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / name).write_text(text)
+
+    # Execute
+    code = manifest.code_version(checkout)
+
+    # Assert
+    assert code["commit"] == _git(checkout, "rev-parse", "HEAD")
+    assert (code["dirty"], code["untracked"], code["untracked_count"]) == (dirty, untracked, len(untracked))
+    assert code_label(code).endswith("-dirty") == dirty
+
+
+def test_a_record_names_the_first_untracked_code_files_and_counts_them_all(checkout):
+    for k in range(manifest.UNTRACKED_LISTED + 2):
+        (checkout / f"src/fedscape/fl/hparams/zz_{k:02d}.py").write_text("")
+
+    code = manifest.code_version(checkout)
+
+    assert code["untracked"] == [f"src/fedscape/fl/hparams/zz_{k:02d}.py" for k in range(manifest.UNTRACKED_LISTED)]
+    assert code["untracked_count"] == manifest.UNTRACKED_LISTED + 2 and code["dirty"]
+
+
+def _commit_a_change(repo: Path) -> None:
+    (repo / "src/fedscape/fl/hparams/fedavg.py").write_text("changed = True\n")
+    _git(repo, "commit", "-q", "-am", "two")
+
+
+def _remove_the_untracked_module(repo: Path) -> None:
+    (repo / "src/fedscape/fl/hparams/zz_untracked.py").unlink()
+
+
+@pytest.mark.parametrize(("untracked_at_start", "during_the_job"), [
+    (False, _commit_a_change),  # a `git pull` or commit while a long job runs
+    (True, _remove_the_untracked_module),  # a module the job loaded, gone by its end
+])
+def test_a_job_records_the_code_version_it_started_with(checkout, tmp_path, monkeypatch, restore_logging,
+                                                         untracked_at_start, during_the_job):
+    # Prepare: the code version of `checkout`, in a job that changes it while it runs
+    monkeypatch.setattr(manifest, "code_version", functools.partial(manifest.code_version, checkout))
+    if untracked_at_start:
+        (checkout / "src/fedscape/fl/hparams/zz_untracked.py").write_text("")
+    started = manifest.code_version()
+    monkeypatch.chdir(tmp_path)
+
+    # Execute
+    with job_log("logs/job.log", [], "results"):
+        during_the_job(checkout)
+        label = manifest.code_version_label()
+
+    # Assert: the record and the tables' label name the code as the job started, not as the checkout is at its end
+    record = json.loads((tmp_path / "results" / MANIFEST / "job.json").read_text())
+    assert manifest.code_version() != started
+    assert record["code"] == started and started["dirty"] == untracked_at_start
+    assert label == code_label(started)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from fedscape.core.manifest import manifest_path, start_notes, write_record
+from fedscape.core.manifest import manifest_path, start_job, write_record
 from fedscape.core.paths import Results
 
 log = logging.getLogger("fedscape")
@@ -38,12 +38,12 @@ def job_log(path: str | Path | None, outputs: Iterable[str] = (), results_dir: s
 
     Snakemake points the user at the rule's log when a job fails: the reason must be there, not only
     on the console. With `results_dir` (the config's), a job that succeeds records its `outputs` (SHA-256, size)
-    and what made them below the results' manifest (`fedscape.core.manifest`), for `make verify`. A job that runs
-    out of device memory (`out_of_device_memory`) also logs `memory_hint`: what the user can change
-    (`fedscape.plan.resources.memory_hint`).
+    and what made them below the results' manifest (`fedscape.core.manifest`), for `make verify`; the code version
+    it names is taken here, before the job's work (`start_job`). A job that runs out of device memory
+    (`out_of_device_memory`) also logs `memory_hint`: what the user can change (`fedscape.plan.resources.memory_hint`).
     """
     setup_logging(path)
-    start_notes()
+    start_job()
     age = process_age()
     t0, started = time.perf_counter(), time.time()
     if age is not None:  # the job's fixed cost: interpreter, Snakemake's script preamble, imports

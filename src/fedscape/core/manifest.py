@@ -7,6 +7,9 @@ after its outputs, a record below `<results_dir>/_manifest/` (mirroring its log'
 each recorded output with the file now there: changed, missing, or foreign (the content recorded for another output),
 each with the command that remakes it. The records travel with the results directory.
 
+The code version a record names is the one the job started with (`start_job`): a file edited, or a commit pulled,
+while a job runs is not the code it loaded.
+
 Torch-free: light jobs write records too, and `make verify` runs without torch. Versions of torch, CUDA and cuDNN are
 recorded by the jobs that imported torch (`sys.modules`), and what a job computed on (device, precision) is noted by
 the job itself (`note`).
@@ -32,14 +35,26 @@ from fedscape.core.io import atomic_write_text, remake_hint
 
 MANIFEST = "_manifest"  # below results_dir: one record per job, at its log's relative path (.json)
 RECORD_VERSION = 1
-# What the running job noted about itself (fedscape.models.device.log_compute: device and precision), added to its
-# record; one job per process.
+# Untracked files below these (relative to the checkout) make the code dirty: the registries load every module of
+# their packages, tracked or not (pkgutil.iter_modules), and Snakemake reads every rule and script it is given
+CODE_PATHS = ("src", "rules", "workflow", "Snakefile")
+UNTRACKED_LISTED = 10  # untracked code files a record names (it counts them all)
+# What the running job noted about itself (its code version as it started: `start_job`; device and precision:
+# fedscape.models.device.log_compute), added to its record; one job per process.
 _NOTES: dict = {}
 
 
 def start_notes() -> None:
     """Forget what an earlier job of this process noted (a job's record holds its own notes only)."""
     _NOTES.clear()
+
+
+def start_job() -> None:
+    """Begin the record of the job this process runs: forget an earlier job's notes, and note the code version now,
+    as the job starts (its record and its tables' `code_version` name it): the code it loaded, whatever the checkout
+    holds when it ends."""
+    start_notes()
+    note(code=code_version())
 
 
 def note(**fields) -> None:
@@ -61,6 +76,9 @@ def file_record(path: str | Path) -> dict:
 def code_version(source: Path | None = None) -> dict:
     """fedscape's version, and the git commit of its source checkout with a dirty flag where it is one.
 
+    Dirty: a tracked file differs from the commit, or an untracked file lies below `CODE_PATHS` (the record names
+    the first `UNTRACKED_LISTED` of those, `untracked`, and counts them, `untracked_count`). Two git calls.
+
     `source` (default: the root of the tree this module is in) is a checkout only where it holds pyproject.toml and
     is the top of its git work tree: an installed copy's root (site-packages' parent), or an unpacked source tree
     without a .git of its own, may lie inside some other git checkout, whose commit is not the code that ran."""
@@ -73,17 +91,29 @@ def code_version(source: Path | None = None) -> dict:
                                      capture_output=True, text=True, timeout=10, check=True).stdout.splitlines()
         if Path(top).resolve() != source.resolve():
             return out  # a tree inside another checkout
-        status = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+        # -z: paths as they are (no quoting); an untracked folder is one entry ('normal'), not each file in it
+        status = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "-z", "--untracked-files=normal"],
                                 capture_output=True, text=True, timeout=10, check=True).stdout
     except (OSError, subprocess.SubprocessError, ValueError):
         return out  # an installed copy, not a checkout
-    return {**out, "commit": commit, "dirty": bool(status.strip())}
+    entries = status.split("\0")
+    tracked, untracked, index = False, [], 0
+    while index < len(entries):
+        entry, index = entries[index], index + 1
+        if entry[:2] == "??":
+            if entry[3:].split("/", 1)[0] in CODE_PATHS:
+                untracked.append(entry[3:])
+        elif entry:
+            tracked = True
+            index += "R" in entry[:2] or "C" in entry[:2]  # a rename or copy: the entry after it is the old path
+    return {**out, "commit": commit, "dirty": tracked or bool(untracked),
+            "untracked": sorted(untracked)[:UNTRACKED_LISTED], "untracked_count": len(untracked)}
 
 
 def code_label(code: dict | None, digits: int | None = None) -> str:
     """A record's `code` (`code_version`) in one word: the commit (its first `digits` characters; `-dirty` with
-    uncommitted changes to tracked files), `fedscape <version>` for an installed copy that is no checkout,
-    `unrecorded` without one."""
+    uncommitted changes to tracked files or untracked code files), `fedscape <version>` for an installed copy that is
+    no checkout, `unrecorded` without one."""
     if not code:
         return "unrecorded"
     if code.get("commit"):
@@ -91,10 +121,15 @@ def code_label(code: dict | None, digits: int | None = None) -> str:
     return f"fedscape {code.get('fedscape')}"
 
 
-@functools.cache
 def code_version_label() -> str:
-    """The code_version column of the tables: this process's `code_label`."""
-    return code_label(code_version())
+    """The code_version column of the tables: the `code_label` of the code the running job started with
+    (`start_job`); outside a job, of this process's checkout when first asked."""
+    return code_label(noted("code") or _process_code())
+
+
+@functools.cache
+def _process_code() -> dict:
+    return code_version()
 
 
 def _version(package: str) -> str | None:
@@ -124,17 +159,19 @@ def manifest_path(results_root: str | Path, logs_root: str | Path, log: str | Pa
 
 def write_record(path: str | Path, outputs: Iterable[str | Path], started: float,
                  log: str | Path | None = None) -> None:
-    """The record of a finished job: its outputs' size and SHA-256, what made them, when, and on what."""
+    """The record of a finished job: its outputs' size and SHA-256, what made them (the code version the job started
+    with, `start_job`), when, and on what."""
+    notes = {key: value() if callable(value) else value for key, value in _NOTES.items()}
     record = {
         "version": RECORD_VERSION,
         "log": None if log is None else str(log),
         "outputs": {str(p): file_record(p) for p in outputs if Path(p).is_file()},
-        "code": code_version(),
+        "code": notes.pop("code") if "code" in notes else code_version(),
         "software": software(),
         "host": socket.gethostname(),
         "started": _iso(started),
         "finished": _iso(datetime.datetime.now().timestamp()),
-        **{key: value() if callable(value) else value for key, value in _NOTES.items()},
+        **notes,
     }
     atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
 

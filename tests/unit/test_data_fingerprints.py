@@ -411,7 +411,7 @@ def test_a_job_s_record_keeps_the_fingerprint_of_the_data_it_read_once_it_has_re
     # Execute
     with_data_locations(settings, config)
     write_fake_cifar10(tmp_path / "data", 4, 4)
-    manifest.write_record(tmp_path / "record.json", [], 0.0)
+    manifest.write_record(tmp_path / "record.json", [], 0.0, root=tmp_path)
 
     # Assert
     entry = json.loads((tmp_path / "record.json").read_text())["data"]["datasets.cifar10"]
@@ -424,7 +424,7 @@ def test_a_job_s_record_keeps_the_fingerprint_of_the_data_it_read_once_it_has_re
 def test_a_job_whose_data_cannot_be_fingerprinted_records_why(tmp_path):
     config = _cifar_config(tmp_path, tmp_path / "nowhere")
     with_data_locations({"dataset": "cifar10", "dataset_options": {}}, config)
-    manifest.write_record(tmp_path / "record.json", [], 0.0)
+    manifest.write_record(tmp_path / "record.json", [], 0.0, root=tmp_path)
 
     entry = json.loads((tmp_path / "record.json").read_text())["data"]["datasets.cifar10"]
 

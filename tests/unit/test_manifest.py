@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import pytest
 
 from fedscape.core import manifest
 from fedscape.core.logs import job_log
-from fedscape.core.manifest import MANIFEST, code_label, file_record, manifest_path, verify
+from fedscape.core.manifest import MANIFEST, code_label, file_record, manifest_path, output_records, verify
+from fedscape.plan.status import report
 
 SHA256_OF_TABLE = "81bf9fa83c6f7f151bd491a98cd7d933de3965289e3ebd77c6c425f7eaa16392"
 
@@ -58,8 +60,9 @@ def finished(tmp_path, monkeypatch, restore_logging):
 def test_every_job_that_succeeds_writes_its_record(finished):
     record = json.loads((finished / "results" / MANIFEST / "run.json").read_text())
 
-    assert record["log"] == "logs/run.log"
-    assert record["outputs"]["results/train/r/y.pt"] == file_record(finished / "results/train/r/y.pt")
+    # its outputs by their paths below the results directory, which travel with it
+    assert record["version"] == 2 and record["log"] == "logs/run.log"
+    assert record["outputs"] == {p: file_record(finished / "results" / p) for p in ("train/r/x.pt", "train/r/y.pt")}
     assert set(record) >= {"code", "software", "host", "started", "finished"}
     assert record["software"]["python"] and record["code"]["fedscape"]
 
@@ -232,3 +235,88 @@ def test_a_job_records_the_code_version_it_started_with(checkout, tmp_path, monk
     assert manifest.code_version() != started
     assert record["code"] == started and started["dirty"] == untracked_at_start
     assert label == code_label(started)
+
+
+# -- make verify: the results directory it is given ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["copied", "moved"])
+def test_verify_checks_the_results_directory_it_is_given_wherever_it_was_made(finished, how):
+    # Prepare: the results copied (the original kept) or moved elsewhere, and an output there damaged
+    Path("elsewhere").mkdir()
+    (shutil.copytree if how == "copied" else shutil.move)("results", "elsewhere/res")
+    Path("elsewhere/res/tables/a.csv").write_text("garbage\n")
+
+    # Execute
+    checked, findings = verify("elsewhere/res")
+
+    # Assert: the damaged file of the given directory, named where it is now
+    assert checked == 3
+    assert [(f.path, f.problem) for f in findings] == [("elsewhere/res/tables/a.csv", "changed")]
+    assert f"--forcerun {shlex.quote('elsewhere/res/tables/a.csv')}" in findings[0].line()
+    assert verify("results") == ((3, []) if how == "copied" else (0, []))
+
+
+@pytest.mark.parametrize("root", ["..", "ABSOLUTE"])
+def test_verify_of_results_made_with_a_relative_results_dir_runs_from_any_directory(finished, monkeypatch, root):
+    monkeypatch.chdir(finished / "results" / "train")
+
+    assert verify(str(finished / "results") if root == "ABSOLUTE" else root) == (3, [])
+
+
+def _old_record(manifest_dir: Path, log: str | None, outputs: dict[str, Path]) -> None:
+    """A record as fedscape wrote it before version 2: each output by the path its job was given (`outputs`: that
+    path -> the file now), at the log's path below the manifest."""
+    path = manifest_dir / "train/r/train.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"version": 1, "log": log, "finished": "2026-01-01T00:00:00+00:00",
+                                "outputs": {o: file_record(f) for o, f in outputs.items()}}))
+
+
+@pytest.mark.parametrize(("results_dir", "log"), [
+    ("results", "logs/train/r/train.log"),  # the default: paths relative to the workflow's directory
+    ("res/a", "logs/res/a/train/r/train.log"),  # another relative results directory
+    ("ABSOLUTE", "logs/ABSOLUTE/train/r/train.log"),  # an absolute one: its logs below logs/ without the leading /
+])
+def test_verify_reads_an_older_record_of_results_moved_elsewhere(tmp_path, monkeypatch, results_dir, log):
+    # Prepare: an older record of results made in tmp_path/wd, their directory then moved, verify run elsewhere
+    made = tmp_path / "wd" / results_dir if results_dir != "ABSOLUTE" else tmp_path / "made"
+    results_dir = str(made) if results_dir == "ABSOLUTE" else results_dir
+    log = log.replace("ABSOLUTE", str(made).lstrip("/"))
+    for name in ("x.pt", "y.pt"):
+        (made / "train/r").mkdir(parents=True, exist_ok=True)
+        (made / "train/r" / name).write_text(name)
+    _old_record(made / MANIFEST, log, {f"{results_dir}/train/r/{n}": made / "train/r" / n for n in ("x.pt", "y.pt")})
+    shutil.move(made, tmp_path / "moved")
+    (tmp_path / "moved/train/r/y.pt").write_text("bit rot")
+    monkeypatch.chdir(tmp_path)
+
+    # Execute
+    checked, findings = verify("moved")
+
+    # Assert: both outputs found below the directory given, the damaged one named there
+    assert checked == 2
+    assert [(f.path, f.problem) for f in findings] == [("moved/train/r/y.pt", "changed")]
+    assert sorted(output_records("moved")) == ["moved/train/r/x.pt", "moved/train/r/y.pt"]
+
+
+def test_an_older_record_s_output_outside_its_results_directory_keeps_its_path(tmp_path, monkeypatch):
+    # Prepare: an older record without a log, and one whose output lies outside the results directory of its log
+    monkeypatch.chdir(tmp_path)
+    Path("results/train/r").mkdir(parents=True)
+    Path("elsewhere.csv").write_text("x")
+    outputs = {"elsewhere.csv": Path("elsewhere.csv"), "results/train/r/gone.pt": Path("elsewhere.csv")}
+    _old_record(Path("results", MANIFEST), "logs/train/r/train.log", outputs)
+    _old_record(Path("results", MANIFEST, "nolog"), None, {"results/train/r/z.pt": Path("elsewhere.csv")})
+
+    # Execute / Assert
+    assert sorted(output_records("results")) == ["elsewhere.csv", "results/train/r/gone.pt", "results/train/r/z.pt"]
+
+
+def test_status_counts_the_recorded_results_of_a_moved_results_directory(finished):
+    shutil.move("results", "moved")
+
+    records = output_records("moved")
+
+    assert sorted(records) == ["moved/tables/a.csv", "moved/train/r/x.pt", "moved/train/r/y.pt"]
+    assert report([], records, root="moved")[0].startswith("current: 3 recorded results")

@@ -57,7 +57,8 @@ def job_log(path: str | Path | None, outputs: Iterable[str] = (), results_dir: s
         raise
     if results_dir is not None and path:
         results = Results.of({"results_dir": results_dir})
-        write_record(manifest_path(results.root, results.logs, path), list(outputs), started - (age or 0.0), path)
+        write_record(manifest_path(results.root, results.logs, path), list(outputs), started - (age or 0.0), path,
+                     root=results.root)
     log.info("job done in %.2f s", time.perf_counter() - t0)
 
 

@@ -5,7 +5,8 @@ Snakemake decides what is up to date from modification times, so damage that kee
 preserves times, bit rot, another run's file restored into place) is invisible to it. Every job therefore writes,
 after its outputs, a record below `<results_dir>/_manifest/` (mirroring its log's path), and `make verify` compares
 each recorded output with the file now there: changed, missing, or foreign (the content recorded for another output),
-each with the command that remakes it. The records travel with the results directory.
+each with the command that remakes it. The records travel with the results directory: a record names its outputs by
+their paths below the results directory, so that a copied or moved results directory is checked where it is now.
 
 The code version a record names is the one the job started with (`start_job`): a file edited, or a commit pulled,
 while a job runs is not the code it loaded.
@@ -32,9 +33,12 @@ from pathlib import Path
 
 from fedscape.core.fingerprints import file_sha256
 from fedscape.core.io import atomic_write_text, remake_hint
+from fedscape.core.paths import DEFAULT_RESULTS, LOGS
 
 MANIFEST = "_manifest"  # below results_dir: one record per job, at its log's relative path (.json)
-RECORD_VERSION = 1
+# 2: outputs by their paths relative to the results directory; 1: as the job named them (absolute, or relative to
+# the workflow's directory), read by mapping them onto the results directory they are found in (`_outputs`)
+RECORD_VERSION = 2
 # Untracked files below these (relative to the checkout) make the code dirty: the registries load every module of
 # their packages, tracked or not (pkgutil.iter_modules), and Snakemake reads every rule and script it is given
 CODE_PATHS = ("src", "rules", "workflow", "Snakefile")
@@ -157,15 +161,15 @@ def manifest_path(results_root: str | Path, logs_root: str | Path, log: str | Pa
     return Path(results_root) / MANIFEST / relative.with_suffix(".json")
 
 
-def write_record(path: str | Path, outputs: Iterable[str | Path], started: float,
-                 log: str | Path | None = None) -> None:
-    """The record of a finished job: its outputs' size and SHA-256, what made them (the code version the job started
-    with, `start_job`), when, and on what."""
+def write_record(path: str | Path, outputs: Iterable[str | Path], started: float, log: str | Path | None = None, *,
+                 root: str | Path) -> None:
+    """The record of a finished job: its outputs' size and SHA-256 (each by its path relative to the results
+    directory `root`), what made them (the code version the job started with, `start_job`), when, and on what."""
     notes = {key: value() if callable(value) else value for key, value in _NOTES.items()}
     record = {
         "version": RECORD_VERSION,
         "log": None if log is None else str(log),
-        "outputs": {str(p): file_record(p) for p in outputs if Path(p).is_file()},
+        "outputs": {Path(os.path.relpath(p, root)).as_posix(): file_record(p) for p in outputs if Path(p).is_file()},
         "code": notes.pop("code") if "code" in notes else code_version(),
         "software": software(),
         "host": socket.gethostname(),
@@ -192,31 +196,94 @@ class Finding:
         return f"{self.problem}: {self.path} ({self.detail}); {remake_hint(self.path)}"
 
 
-def output_records(results_root: str | Path) -> dict[str, dict]:
-    """output path -> the newest record of a job that wrote it, for every record below `results_root`'s manifest (a
-    job that ran again wrote a newer one)."""
-    records: dict[str, dict] = {}
-    manifest = Path(results_root) / MANIFEST
+@dataclass(frozen=True)
+class JobRecord:
+    """One job's record as read from a results directory: the record file, its contents, and its outputs (size and
+    SHA-256) by their paths below the results directory it was read from."""
+
+    file: Path
+    record: dict
+    outputs: dict[str, dict]
+
+
+@dataclass(frozen=True)
+class Records:
+    """The job records of a results directory."""
+
+    jobs: list[JobRecord]
+
+    def by_output(self) -> dict[str, JobRecord]:
+        """output path -> the newest record of a job that wrote it (a job that ran again wrote a newer one)."""
+        newest: dict[str, JobRecord] = {}
+        for job in self.jobs:
+            for output in job.outputs:
+                if output not in newest or job.record.get("finished", "") >= newest[output].record.get("finished", ""):
+                    newest[output] = job
+        return newest
+
+
+def read_records(results_root: str | Path) -> Records:
+    """Every job record below `results_root`'s manifest, each output named by its path below `results_root` as
+    given: where the directory is now, not where its jobs wrote it."""
+    root = os.path.normpath(results_root)
+    manifest = Path(root) / MANIFEST
+    jobs = []
     for path in sorted(manifest.rglob("*.json")):
         try:
             record = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"cannot read the job record {path} ({exc}): it is damaged; the job whose log mirrors "
                              "its path writes it again when it runs") from None
-        for output in record.get("outputs", {}):
-            if output not in records or record.get("finished", "") >= records[output].get("finished", ""):
-                records[output] = record
-    return records
+        jobs.append(JobRecord(path, record, _outputs(record, path.relative_to(manifest), root)))
+    return Records(jobs)
+
+
+def _outputs(record: dict, relative: Path, root: str) -> dict[str, dict]:
+    """A record's outputs (size and SHA-256), each by its path below `root`. A record of version 1 names them as its
+    job did: those below the results directory it was written in (`_written_below`) are mapped onto `root`, any
+    other path is kept."""
+    outputs = record.get("outputs", {})
+    if record.get("version", 1) >= 2:
+        return {os.path.join(root, output): entry for output, entry in outputs.items()}
+    written = _written_below(record.get("log"), relative)
+    found = {}
+    for output, entry in outputs.items():
+        below = output.lstrip("/")
+        if written is not None and below.startswith(f"{written}/"):
+            output = os.path.join(root, below[len(written) + 1:])
+        found[output] = entry
+    return found
+
+
+def _written_below(log: str | None, relative: Path) -> str | None:
+    """The results directory a record of version 1 was written in, without a leading '/' (its job named its outputs
+    below it, absolute or relative to the workflow's directory), found from its log: the record's path below the
+    manifest is the log's below the logs of that directory (`manifest_path`), which are `logs/` for the default
+    results directory and `logs/<results_dir>/` for any other (`core.paths.Results.logs`). None where the log does
+    not say."""
+    if not log:
+        return None
+    parts, mirrored = Path(log).with_suffix("").parts, relative.with_suffix("").parts
+    logs = parts[:len(parts) - len(mirrored)]
+    if not logs or logs[0] != LOGS or parts[len(logs):] != mirrored:
+        return None
+    return DEFAULT_RESULTS if len(logs) == 1 else "/".join(logs[1:])
+
+
+def output_records(results_root: str | Path) -> dict[str, dict]:
+    """output path (below `results_root` as given) -> the record of the newest job that wrote it (`read_records`)."""
+    return {output: job.record for output, job in read_records(results_root).by_output().items()}
 
 
 def verify(results_root: str | Path) -> tuple[int, list[Finding]]:
-    """(outputs checked, findings) for every recorded output below `results_root` (`output_records`)."""
-    records = {output: record["outputs"][output] for output, record in output_records(results_root).items()}
+    """(outputs checked, findings) for every recorded output below `results_root` (`read_records`)."""
+    newest = read_records(results_root).by_output()
     by_digest: dict[str, list[str]] = {}
-    for output, want in records.items():
-        by_digest.setdefault(want["sha256"], []).append(output)
+    for output, job in newest.items():
+        by_digest.setdefault(job.outputs[output]["sha256"], []).append(output)
     findings = []
-    for output, want in sorted(records.items()):
+    for output, job in sorted(newest.items()):
+        want = job.outputs[output]
         if not Path(output).is_file():
             findings.append(Finding(output, "missing", "recorded by its job, not there now"))
             continue
@@ -229,7 +296,7 @@ def verify(results_root: str | Path) -> tuple[int, list[Finding]]:
         else:
             findings.append(Finding(output, "changed", f"{found['size']} bytes, SHA-256 {found['sha256'][:12]}...; "
                                                        f"its job wrote {want['size']} bytes, {want['sha256'][:12]}..."))
-    return len(records), findings
+    return len(newest), findings
 
 
 def main(results_root: str = "results") -> int:

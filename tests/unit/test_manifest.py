@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -320,3 +322,94 @@ def test_status_counts_the_recorded_results_of_a_moved_results_directory(finishe
 
     assert sorted(records) == ["moved/tables/a.csv", "moved/train/r/x.pt", "moved/train/r/y.pt"]
     assert report([], records, root="moved")[0].startswith("current: 3 recorded results")
+
+
+# -- make verify: the command of each finding ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("output", "command"), [
+    ("partitions/digits/clients~4/alpha~0.5/seed~0/partition.npz", "--force"),  # bit-identical from its seed
+    ("partitions/digits/clients~4/alpha~0.5/seed~0/counts.csv", "--force"),
+    ("train/digits/cnn_small/init~random/algo~fedavg/alpha~0.5/clients~4/part~1.0/seed~0/trajectory.pt",
+     "--forcerun"),
+    ("init/digits/cnn_small/init~random/init.pt", "--forcerun"),
+])
+def test_verify_remakes_a_partition_alone_and_any_other_output_with_what_is_made_from_it(
+        tmp_path, monkeypatch, restore_logging, capsys, output, command):
+    # Prepare: a job's output, then deleted
+    monkeypatch.chdir(tmp_path)
+    path = f"results/{output}"
+    with job_log("logs/job.log", [path], "results"):
+        Path(path).parent.mkdir(parents=True)
+        Path(path).write_text("made")
+    Path(path).unlink()
+
+    # Execute
+    code = manifest.main("results")
+
+    # Assert
+    assert code == 1
+    assert f"`snakemake --cores 1 {command} {shlex.quote(path)}`" in capsys.readouterr().out
+
+
+def test_a_missing_output_names_the_record_to_delete_when_the_workflow_no_longer_makes_it(finished, capsys):
+    # Prepare: the output of a one-output job and one of a two-output job gone (a workflow that no longer makes them)
+    Path("results/tables/a.csv").unlink()
+    Path("results/train/r/y.pt").unlink()
+
+    # Execute
+    code = manifest.main("results")
+
+    # Assert: each names its job's record, and says which other outputs it also holds
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 1
+    assert lines[0].startswith("missing: results/tables/a.csv (")
+    assert lines[1].startswith("missing: results/train/r/y.pt (")
+    assert lines[0].endswith(f"delete its job's record {Path('results', MANIFEST, 'tables.json')}")
+    assert lines[1].endswith(f"delete its job's record {Path('results', MANIFEST, 'run.json')}, which also names 1 "
+                             "other outputs, no longer checked then")
+
+
+# -- make verify: records that cannot be read -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content", [
+    b'{"version": 2, "outputs": {"tables/b.csv": {"si',  # cut short
+    b"\xff\xfe garbage",
+    b"[1, 2]",  # JSON, not a record
+    b'{"version": 2, "outputs": {"tables/b.csv": {"size": 3}}}',  # an output without its digest
+    b'{"version": "2", "outputs": {}}',
+])
+def test_a_damaged_record_is_a_finding_naming_it_and_every_other_record_is_checked(finished, capsys, caplog, content):
+    # Prepare
+    record = Path("results", MANIFEST, "tables", "final.json")
+    record.parent.mkdir()
+    record.write_bytes(content)
+
+    # Execute
+    checked, findings = verify("results")
+    code = manifest.main("results")
+    with caplog.at_level(logging.WARNING, logger="fedscape"):
+        records = output_records("results")
+
+    # Assert: the other jobs' outputs are checked; the record is named with how to get it back; status goes on
+    assert checked == 3
+    assert [(f.path, f.problem) for f in findings] == [(str(record), "damaged record")]
+    out = capsys.readouterr().out
+    assert out.startswith(f"damaged record: {record} (") and "its job logs to tables/final.log" in out
+    assert "--forcerun <one of its outputs>" in out and "or delete the record" in out
+    assert out.splitlines()[-1] == ("3 outputs checked below results: 0 changed, missing or foreign; damaged job "
+                                    "records: 1")
+    assert code == 1
+    assert len(records) == 3 and str(record) in caplog.text
+
+
+def test_the_temporary_file_of_a_killed_record_write_is_no_record(finished):
+    # Prepare: what a job killed while it wrote its record leaves (core.io.atomic_path's name), cut short
+    folder = Path("results", MANIFEST, "tables")
+    folder.mkdir()
+    fd, _ = tempfile.mkstemp(prefix=".final.json.", suffix=".tmp.json", dir=folder)
+    os.write(fd, b'{"outp')
+    os.close(fd)
+
+    assert verify("results") == (3, [])

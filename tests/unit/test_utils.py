@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from fedscape.core.io import atomic_path, atomic_write_text
+from fedscape.core.io import atomic_path, atomic_write_text, is_temporary
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
@@ -192,3 +192,14 @@ def test_a_rule_without_a_log_template_is_named_with_the_closest():
     with pytest.raises(ValueError, match=r"rule 'cost_tabel' has no log template: add one to JOB_LOGS in "
                                          r"fedscape.core.paths. Did you mean 'cost_table'\?"):
         Results.of({}).job_log("cost_tabel")
+
+
+@pytest.mark.parametrize(("name", "suffix"), [("final.json", None), ("trees.json.gz", ".gz"), ("plain", None)])
+def test_the_temporary_file_of_an_atomic_write_is_named_temporary_and_its_target_is_not(tmp_path, name, suffix):
+    # Execute: the name atomic_path gives the file it writes
+    with atomic_path(tmp_path / name, suffix) as tmp:
+        temporary = is_temporary(tmp)
+
+    # Assert
+    assert temporary
+    assert not is_temporary(tmp_path / name) and not is_temporary(tmp_path / f".{name}")

@@ -7,6 +7,7 @@ import errno
 import glob
 import json
 import os
+import re
 import shlex
 import tempfile
 from collections.abc import Callable, Iterator
@@ -42,6 +43,16 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+# `atomic_path`'s temporary name for a target: `.<name>.<mkstemp's random letters>.tmp<suffix>`
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]+\.tmp(\.[^.]*)?")
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether `path` is named as `atomic_path`'s temporary file: a write in progress, or one a killed writer left,
+    never a finished output."""
+    return _TEMPORARY.fullmatch(Path(path).name) is not None
 
 
 def _sync(path: Path) -> None:

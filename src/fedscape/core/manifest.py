@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import logging
 import os
 import platform
 import socket
@@ -32,8 +33,8 @@ from importlib import metadata
 from pathlib import Path
 
 from fedscape.core.fingerprints import file_sha256
-from fedscape.core.io import atomic_write_text, remake_hint
-from fedscape.core.paths import DEFAULT_RESULTS, LOGS
+from fedscape.core.io import atomic_write_text, is_temporary, remake_alone_hint, remake_hint
+from fedscape.core.paths import DEFAULT_RESULTS, LOGS, PARTITION_DIR, parse_path
 
 MANIFEST = "_manifest"  # below results_dir: one record per job, at its log's relative path (.json)
 # 2: outputs by their paths relative to the results directory; 1: as the job named them (absolute, or relative to
@@ -184,16 +185,36 @@ def _iso(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")
 
 
+DAMAGED = "damaged record"  # a Finding's problem for a record that cannot be read
+
+
 @dataclass(frozen=True)
 class Finding:
-    """One recorded output that is not what its job made."""
+    """One recorded output that is not what its job made, or a job record that cannot be read."""
 
     path: str
-    problem: str  # changed | missing | foreign
+    problem: str  # changed | missing | foreign | damaged record
     detail: str
+    record: str = ""  # a missing output's: the record naming it, and how many other outputs that record names
+    others: int = 0
 
     def line(self) -> str:
-        return f"{self.problem}: {self.path} ({self.detail}); {remake_hint(self.path)}"
+        if self.problem == DAMAGED:
+            return (f"{DAMAGED}: {self.path} ({self.detail}); the outputs of its job are not checked: run the job "
+                    "again, which writes its record again (`snakemake --cores 1 --forcerun <one of its outputs>`, plus "
+                    "the --configfile you run with), or delete the record")
+        line = f"{self.problem}: {self.path} ({self.detail}); {_remake_hint(self.path)}"
+        if self.problem == "missing":
+            also = f", which also names {self.others} other outputs, no longer checked then" if self.others else ""
+            line += (f"; or, where the workflow no longer makes it (a setting changed since: fewer landscape chunks, a "
+                     f"run taken out of the config), delete its job's record {self.record}{also}")
+        return line
+
+
+def _remake_hint(path: str) -> str:
+    """The command that makes the output at `path` again: a partition's files alone (`--force`: bit-identical from
+    its seed, so that the runs trained on it stay valid), any other output with what is made from it."""
+    return remake_alone_hint(path) if parse_path(f"{PARTITION_DIR}/{{file}}", path) else remake_hint(path)
 
 
 @dataclass(frozen=True)
@@ -208,9 +229,10 @@ class JobRecord:
 
 @dataclass(frozen=True)
 class Records:
-    """The job records of a results directory."""
+    """The job records of a results directory: those that can be read, and the damaged ones (file, problem)."""
 
     jobs: list[JobRecord]
+    damaged: list[tuple[Path, str]]
 
     def by_output(self) -> dict[str, JobRecord]:
         """output path -> the newest record of a job that wrote it (a job that ran again wrote a newer one)."""
@@ -223,26 +245,35 @@ class Records:
 
 
 def read_records(results_root: str | Path) -> Records:
-    """Every job record below `results_root`'s manifest, each output named by its path below `results_root` as
-    given: where the directory is now, not where its jobs wrote it."""
+    """Every job record below `results_root`'s manifest (a killed write's temporary file is none), each output
+    named by its path below `results_root` as given: where the directory is now, not where its jobs wrote it."""
     root = os.path.normpath(results_root)
     manifest = Path(root) / MANIFEST
-    jobs = []
+    jobs, damaged = [], []
     for path in sorted(manifest.rglob("*.json")):
+        if is_temporary(path):
+            continue
         try:
             record = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read the job record {path} ({exc}): it is damaged; the job whose log mirrors "
-                             "its path writes it again when it runs") from None
-        jobs.append(JobRecord(path, record, _outputs(record, path.relative_to(manifest), root)))
-    return Records(jobs)
+            outputs = _outputs(record, path.relative_to(manifest), root)
+        except (OSError, ValueError, TypeError) as exc:  # a cut or garbled file (JSONDecodeError), another shape
+            damaged.append((path, f"{type(exc).__name__}: {exc}; its job logs to "
+                                  f"{path.relative_to(manifest).with_suffix('.log')} below the results' logs"))
+            continue
+        jobs.append(JobRecord(path, record, outputs))
+    return Records(jobs, damaged)
 
 
 def _outputs(record: dict, relative: Path, root: str) -> dict[str, dict]:
-    """A record's outputs (size and SHA-256), each by its path below `root`. A record of version 1 names them as its
-    job did: those below the results directory it was written in (`_written_below`) are mapped onto `root`, any
-    other path is kept."""
+    """A record's outputs (size and SHA-256), each by its path below `root`; ValueError for a record of another
+    shape. A record of version 1 names them as its job did: those below the results directory it was written in
+    (`_written_below`) are mapped onto `root`, any other path is kept."""
+    if not isinstance(record, dict) or not isinstance(record.get("outputs", {}), dict):
+        raise ValueError("not a job record (no outputs by path)")
     outputs = record.get("outputs", {})
+    for entry in outputs.values():
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and type(entry.get("size")) is int):
+            raise ValueError(f"an output's entry is not its size and SHA-256: {entry!r}")
     if record.get("version", 1) >= 2:
         return {os.path.join(root, output): entry for output, entry in outputs.items()}
     written = _written_below(record.get("log"), relative)
@@ -271,21 +302,29 @@ def _written_below(log: str | None, relative: Path) -> str | None:
 
 
 def output_records(results_root: str | Path) -> dict[str, dict]:
-    """output path (below `results_root` as given) -> the record of the newest job that wrote it (`read_records`)."""
-    return {output: job.record for output, job in read_records(results_root).by_output().items()}
+    """output path (below `results_root` as given) -> the record of the newest job that wrote it (`read_records`).
+    A damaged record is left out with a warning (`make verify` lists it)."""
+    records = read_records(results_root)
+    for path, problem in records.damaged:
+        logging.getLogger("fedscape").warning("the job record %s cannot be read (%s): its outputs are left out; "
+                                              "`make verify` says how to get it back", path, problem)
+    return {output: job.record for output, job in records.by_output().items()}
 
 
 def verify(results_root: str | Path) -> tuple[int, list[Finding]]:
-    """(outputs checked, findings) for every recorded output below `results_root` (`read_records`)."""
-    newest = read_records(results_root).by_output()
+    """(outputs checked, findings) for every recorded output below `results_root` (`read_records`), and a finding
+    for each damaged record."""
+    records = read_records(results_root)
+    newest = records.by_output()
     by_digest: dict[str, list[str]] = {}
     for output, job in newest.items():
         by_digest.setdefault(job.outputs[output]["sha256"], []).append(output)
-    findings = []
+    findings = [Finding(str(path), DAMAGED, problem) for path, problem in records.damaged]
     for output, job in sorted(newest.items()):
         want = job.outputs[output]
         if not Path(output).is_file():
-            findings.append(Finding(output, "missing", "recorded by its job, not there now"))
+            findings.append(Finding(output, "missing", "recorded by its job, not there now", str(job.file),
+                                    len(job.outputs) - 1))
             continue
         found = file_record(output)
         if found == want:
@@ -304,9 +343,11 @@ def main(results_root: str = "results") -> int:
     checked, findings = verify(results_root)
     for finding in findings:
         print(finding.line())
-    if not checked:
+    damaged = sum(f.problem == DAMAGED for f in findings)
+    if not checked and not damaged:
         print(f"no job records below {Path(results_root) / MANIFEST}: run the workflow first (results made before "
               "fedscape recorded them have none)")
         return 1
-    print(f"{checked} outputs checked below {results_root}: {len(findings)} changed, missing or foreign")
+    print(f"{checked} outputs checked below {results_root}: {len(findings) - damaged} changed, missing or foreign"
+          + (f"; damaged job records: {damaged}" if damaged else ""))
     return 1 if findings else 0

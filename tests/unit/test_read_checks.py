@@ -1,21 +1,34 @@
 """The check that the workflow makes when it starts (`plan.workflow.check_read_files`): every result that a job about
 to run reads is readable and its job's, or nothing runs, so that no job deletes its finished outputs and then fails
-on (or computes on) a damaged or foreign file. Torch-free readers (`core.provenance`) against the real writers."""
+on (or computes on) a damaged or foreign file. Torch-free readers (`core.provenance`) against the real writers.
+Partitions are checked there too (`plan.workflow.partition_problems`)."""
 
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
+from helpers.workflow import ROOT
 
 from fedscape.core.config import ConfigError
 from fedscape.core.io import remake_hint
+from fedscape.core.paths import PARTITION_DIR, Results, fill
 from fedscape.core.provenance import checkpoint_record
+from fedscape.core.runs import Run
+from fedscape.core.setting import parse_alpha
+from fedscape.data.partition import make_partition, save_partition
 from fedscape.models.checkpoint import ModelMeta, save_clients, save_trajectory
-from fedscape.plan.workflow import check_read_files
+from fedscape.plan.train import train_inputs
+from fedscape.plan.workflow import (
+    CONTINUE_BY_MEANING,
+    check_read_files,
+    partition_problems,
+)
 
 RUN_ID = "digits/cnn_small/init~random/algo~fedavg/alpha~0.5/clients~4/part~1.0/seed~0"
 OTHER = RUN_ID.replace("seed~0", "seed~1")
@@ -118,3 +131,126 @@ def test_a_checkpoints_record_reads_without_torch_and_refuses_other_pickles(tmp_
     assert "params" not in record
     with pytest.raises(ValueError, match="is not a readable checkpoint"):
         checkpoint_record(other)
+
+
+# -- partitions: checked before any job runs (the onstart) and by `make status` --------------------------------------
+PARTITION = {"dataset": "digits", "num_clients": 4, "alpha": "0.5", "seed": 0}
+
+
+def partition(fields: dict | None = None, **made) -> Path:
+    """The partition file of `fields` (PARTITION's by default) below results/, written by the partition job's writer
+    for the fields `made` changes (another run's file where they differ)."""
+    fields = PARTITION | (fields or {})
+    content = fields | made
+    labels = np.repeat(np.arange(4), 25)
+    path = Path("results", fill(PARTITION_DIR, **fields), "partition.npz")
+    save_partition(path, make_partition(labels, content["num_clients"], parse_alpha(content["alpha"]), content["seed"],
+                                        min_size=2), labels, 4, {"dataset": content["dataset"]})
+    return path
+
+
+def pickled(path: Path) -> None:
+    """A partition's keys, its indices a pickled object (np.load refuses to build it)."""
+    with open(path, "wb") as fh:
+        np.savez(fh, indices=np.array([{"not": "an index"}], dtype=object), offsets=np.array([0, 1]),
+                 meta=np.array("{}"))
+
+
+# (how the file at PARTITION's path is made or damaged, what the line says)
+PARTITION_DAMAGES = {
+    "cut in half": (lambda: cut_half(partition()), "is not a readable partition file (BadZipFile: "),
+    "a pickle": (lambda: pickled(partition()), "is not a readable partition file (ValueError: "),
+    "another seed's": (lambda: partition(seed=1), "is not the partition of this run: seed 1 (expected 0)"),
+    "another client count's": (lambda: partition(num_clients=5), "is not the partition of this run: clients 5 "
+                                                                 "(expected 4)"),
+    "another alpha's": (lambda: partition(alpha="iid"), "is not the partition of this run: alpha inf (expected 0.5)"),
+}
+
+
+@pytest.mark.parametrize("case", PARTITION_DAMAGES)
+def test_a_damaged_or_foreign_partition_is_one_line_with_the_commands_that_remake_it_alone(tmp_path, monkeypatch,
+                                                                                           case):
+    # Prepare
+    monkeypatch.chdir(tmp_path)
+    damage, message = PARTITION_DAMAGES[case]
+    damage()
+    path = str(Path("results", fill(PARTITION_DIR, **PARTITION), "partition.npz"))
+
+    # Execute
+    lines = partition_problems([path, "results/tables/rounds.csv"])
+    with pytest.raises(ConfigError) as err:
+        check_read_files([path], ["results/tables/out.csv"], "results")
+
+    # Assert: one line naming the file and what is wrong, then the partition's remedy: made again alone (its runs
+    # kept), then continued by meaning; the workflow's error lists that line under "nothing ran"
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert lines[0].startswith(f"{path} {message}")
+    assert (f"make it again alone (bit-identical from its seed) with `snakemake --cores 1 --force "
+            f"{shlex.quote(path)}`, then continue with `{CONTINUE_BY_MEANING}`") in lines[0]
+    assert str(err.value) == ("a file that the jobs about to run read is damaged or not theirs (nothing ran, no output "
+                              f"was deleted):\n  - {lines[0]}")
+
+
+def test_intact_missing_remade_and_other_files_give_no_partition_line(tmp_path, monkeypatch):
+    # Prepare: the partitions of four runs, whole; a damaged one that a job about to run makes again; one not there
+    monkeypatch.chdir(tmp_path)
+    intact = [partition(), partition({"alpha": "iid"}), partition({"num_clients": 5}), partition({"seed": 1})]
+    remade = partition({"seed": 2})
+    cut_half(remade)
+    missing = Path("results", fill(PARTITION_DIR, **PARTITION | {"seed": 3}), "partition.npz")
+
+    # Execute
+    lines = partition_problems([*intact, remade, missing, intact[0].with_name("counts.csv")], remade=[remade])
+
+    # Assert: no line; and the workflow's check passes too
+    assert lines == []
+    check_read_files([*map(str, intact), str(remade), str(missing)], [str(remade)], "results")
+
+
+def test_one_line_per_damaged_partition_beside_the_other_damaged_files(tmp_path, monkeypatch):
+    # Prepare: two damaged partitions (each read by two jobs), one whole, and a cut metrics.csv
+    monkeypatch.chdir(tmp_path)
+    cut, foreign, whole = partition(), partition({"alpha": "iid"}, seed=1), partition({"num_clients": 5})
+    cut_half(cut)
+    table = metrics(Path("results/train", RUN_ID, "metrics.csv"))
+    table.write_text(table.read_text()[:-5])
+
+    # Execute
+    with pytest.raises(ConfigError) as err:
+        check_read_files([str(cut), str(table), str(foreign), str(cut), str(whole), str(foreign)], [], "results")
+
+    # Assert: each damaged file once, the partitions with their remedy, the table with its own
+    lines = str(err.value).splitlines()[1:]
+    assert len(lines) == 3
+    assert lines[0].startswith(f"  - {cut} is not a readable partition file") and "--force" in lines[0]
+    assert lines[1].startswith(f"  - {foreign} is not the partition of this run: seed 1 (expected 0)")
+    assert "--force" in lines[1]
+    assert lines[2].startswith(f"  - {table}, line 4: cut short") and lines[2].endswith(remake_hint(table))
+
+
+def test_continuing_by_meaning_is_the_default_profiles_rerun_triggers_without_file_dates():
+    # the remedy's second command: what was made from a remade partition is older than it, and its scripts may be
+    # newer than it (a fresh clone): neither may make it again
+    profile = yaml.safe_load((ROOT / "profiles/default/config.yaml").read_text())
+
+    triggers = CONTINUE_BY_MEANING.split("--rerun-triggers ")[1].split()
+
+    assert set(triggers) == set(profile["rerun-triggers"]) - {"mtime"}
+    assert "code" not in triggers
+
+
+def test_a_train_jobs_inputs_read_no_file(tmp_path, monkeypatch):
+    """Snakemake 9 takes an error from an input function, where the job's outputs exist, for "no job makes this
+    file" and silently plans without the job: the input function only names the files."""
+    # Prepare: a damaged partition of a run
+    monkeypatch.chdir(tmp_path)
+    path = partition()
+    cut_half(path)
+    run = Run(dataset="digits", model="cnn_small", init="random", algorithm="fedavg", setting="0.5", num_clients=4,
+              participation="1.0", seed=0)
+
+    # Execute
+    inputs = train_inputs(Results("results"), run)
+
+    # Assert
+    assert inputs == {"partition": str(path), "init": "results/init/digits/cnn_small/init~random/init.pt"}

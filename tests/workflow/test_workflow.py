@@ -17,9 +17,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from helpers.workflow import ROOT, TINY_CONFIG, copy_workflow, snakemake
+from helpers.workflow import ROOT, TINY_CONFIG, copy_workflow, planned_jobs, snakemake
 
 from fedscape.models.checkpoint import load_clients, load_trajectory
+from fedscape.plan.workflow import CONTINUE_BY_MEANING
 
 ROUNDS_COLUMNS = ["run_id", "dataset", "model", "init", "algorithm", "alpha", "num_clients", "participation", "seed",
                   "round", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "peak_mem_mb", "status",
@@ -255,42 +256,57 @@ def _foreign_partition(path: Path) -> None:
         np.savez(fh, **arrays)
 
 
-def _pickled_partition(path: Path) -> None:
-    """An .npz holding a pickled object instead of the partition's arrays."""
-    with open(path, "wb") as fh:
-        np.savez(fh, indices=np.array([{"not": "an index"}], dtype=object))
+def _cut_partition(path: Path) -> None:
+    """The partition file cut short, as a full disk or a killed copy leaves it."""
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 @pytest.mark.slow
-def test_a_damaged_partition_never_costs_a_finished_run(tmp_path):
-    """The check runs when the workflow is planned: nothing is deleted, and the advice given works."""
-    # Prepare: one finished run
+def test_a_damaged_partition_stops_the_run_before_any_job_and_its_remedy_remakes_nothing_else(tmp_path):
+    """A partition damaged or replaced after its run finished is newer than the run: Snakemake plans the run again,
+    and the workflow refuses before any job deletes an output (an input function that raised made Snakemake drop the
+    run and what reads it, silently, and remake the tables from the rest). The remedy in the message makes it again
+    alone and continues without making anything else again."""
+    # Prepare: one finished run, every target of the workflow
     workdir = copy_workflow(tmp_path / "wf")
     (workdir / "one.yaml").write_text(yaml.safe_dump(single_run_config()))
-    snakemake(workdir, "results/tables/rounds.csv", "--configfile", "one.yaml")
-    partition = next((workdir / "results/partitions").rglob("partition.npz"))
-    run_dir = next((workdir / "results/train").rglob("trajectory.pt")).parent
-    finished = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    snakemake(workdir, "--configfile", "one.yaml")
+    results = workdir / "results"
+    partition = next((results / "partitions").rglob("partition.npz"))
+    relative, own = str(partition.relative_to(workdir)), partition.read_bytes()
+    # the partition job's outputs and its record
+    remade = {partition, partition.with_name("counts.csv"),
+              results / "_manifest" / partition.parent.relative_to(results) / "partition.json"}
 
-    for damage, message in ((_foreign_partition, "is not the partition of this run: seed 1 (expected 0)"),
-                            (_pickled_partition, "is not a readable partition file")):
-        # Execute: the partition is damaged after the run finished (newer than its checkpoints)
+    def files(but: set[Path]) -> dict[Path, tuple[bytes, int]]:
+        return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in results.rglob("*") if p.is_file() and p not in but}
+
+    finished = files({partition})
+    for damage, message in ((_cut_partition, "is not a readable partition file (BadZipFile: "),
+                            (_foreign_partition, "is not the partition of this run: seed 1 (expected 0)")):
+        # Execute: the partition damaged; a dry run and the run
         damage(partition)
-        proc = snakemake(workdir, "results/tables/rounds.csv", "--configfile", "one.yaml", check=False)
+        planned = planned_jobs(workdir, "--configfile", "one.yaml")
+        proc = snakemake(workdir, "--configfile", "one.yaml", check=False)
 
-        # Assert: planning stops, names the file, and the finished run is untouched
-        assert proc.returncode != 0
-        assert message in proc.stdout + proc.stderr and str(partition.relative_to(workdir)) in proc.stdout + proc.stderr
-        assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == finished
+        # Assert: the train job is planned (its input is newer); the run is refused before any job, naming the file
+        # and the remedy, and no file was deleted, remade or touched
+        assert planned["train"] == 1 and planned["rounds_table"] == 1
+        remedy = f"--force {shlex.quote(relative)}`, then continue with `{CONTINUE_BY_MEANING}`"
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0 and "(nothing ran, no output was deleted):\n" in out
+        assert f"\n  - {relative} {message}" in out and remedy in out
+        assert files({partition}) == finished
 
-        # Execute: the advice in the message
-        snakemake(workdir, "--force", str(partition.relative_to(workdir)), "--configfile", "one.yaml")
-        proc = snakemake(workdir, "-n", "results/tables/rounds.csv", "--configfile", "one.yaml", "--rerun-triggers",
-                         "params", "input", "code", "software-env")
+        # Execute: the remedy
+        snakemake(workdir, "--force", relative, "--configfile", "one.yaml", cores=1)
+        snakemake(workdir, *CONTINUE_BY_MEANING.split()[1:], "--configfile", "one.yaml")
 
-        # Assert: the partition is back and nothing would retrain
-        assert "Nothing to be done" in proc.stdout + proc.stderr
-        assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == finished
+        # Assert: the partition is its own again, bit for bit, and nothing else was made again
+        assert partition.read_bytes() == own
+        assert files(remade) == {p: state for p, state in finished.items() if p not in remade}
+        assert partition.with_name("counts.csv").read_bytes() == finished[partition.with_name("counts.csv")][0]
+        finished = files({partition})
 
 
 @pytest.mark.slow
@@ -324,8 +340,7 @@ def test_a_foreign_partition_or_trajectory_under_finished_analyses_stops_the_wor
 
     # Execute: the advice (remake the partition, continue by meaning)
     snakemake(workdir, "--force", str(partition.relative_to(workdir)), "--configfile", "one.yaml")
-    proc = snakemake(workdir, "-n", "--configfile", "one.yaml", "--rerun-triggers", "params", "input", "code",
-                     "software-env")
+    proc = snakemake(workdir, "-n", "--configfile", "one.yaml", *CONTINUE_BY_MEANING.split()[1:])
 
     # Assert: the partition is its own again, and nothing made from it would be made again
     assert "Nothing to be done" in proc.stdout + proc.stderr

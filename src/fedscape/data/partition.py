@@ -19,7 +19,7 @@ import numpy as np
 
 from fedscape.core.io import atomic_path, remake_alone_hint
 from fedscape.core.names import suggest
-from fedscape.core.provenance import check_belongs
+from fedscape.core.provenance import belongs_problem
 from fedscape.core.seeds import derive_seed
 from fedscape.core.setting import IID, is_partition_label, parse_alpha
 from fedscape.data.locations import job_data_change
@@ -665,6 +665,14 @@ def save_partition(path, partition: Partition, labels: np.ndarray, num_classes: 
             )
 
 
+# What np.load raises for a file that is not a partition's .npz: truncated, pickled, another archive, a key missing.
+UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+def _unreadable(path, exc: Exception) -> str:
+    return f"{path} is not a readable partition file ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]})"
+
+
 def load_partition(path, labels: np.ndarray | None = None, data_sha256: str | None = None) -> Partition:
     """Load a partition; with `labels`, check it was made for this dataset's training set, and with `data_sha256`
     (the fingerprint of the data set's files now: `fedscape.data.locations.job_fingerprint`) that it was made from
@@ -674,9 +682,8 @@ def load_partition(path, labels: np.ndarray | None = None, data_sha256: str | No
             indices, offsets = f["indices"], f["offsets"]
             meta = json.loads(str(f["meta"]))
             checksum = int(f["labels_checksum"][0])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # truncated, pickled, foreign
-        raise PartitionError(f"{path} is not a readable partition file ({type(exc).__name__}: "
-                             f"{(str(exc).splitlines() or [''])[0]}); {remake_alone_hint(path)}") from None
+    except UNREADABLE as exc:
+        raise PartitionError(f"{_unreadable(path, exc)}; {remake_alone_hint(path)}") from None
     if labels is not None:
         labels = np.asarray(labels)
         if len(labels) != meta["num_samples_total"] or _labels_checksum(labels) != checksum:
@@ -701,10 +708,11 @@ def load_partition(path, labels: np.ndarray | None = None, data_sha256: str | No
                      options=dict(meta.get("options") or {}), label=meta.get("label"))
 
 
-def check_partition_file(path, dataset: str, num_clients: int, setting: str | float, seed: int) -> None:
-    """PartitionError naming `path` unless it is a readable partition of `dataset` into `num_clients` clients
-    for this heterogeneity `setting` (an alpha, or a `partitions` label) and `seed` (the checks that need no
-    data, so that they run when the workflow is planned).
+def partition_file_problem(path, dataset: str, num_clients: int, setting: str | float, seed: int) -> str | None:
+    """One line naming `path` and what is wrong, unless it is a readable partition of `dataset` into `num_clients`
+    clients for this heterogeneity `setting` (an alpha, or a `partitions` label) and `seed` (None): the checks that
+    need no data, so that they run before any job. The line holds no remedy: that depends on who asks (a job that
+    failed on it, or the workflow before any job, when what was made from it is still there).
 
     A label's kind options are not compared: when they change, Snakemake remakes the partition anyway."""
     try:
@@ -712,8 +720,8 @@ def check_partition_file(path, dataset: str, num_clients: int, setting: str | fl
             offsets = f["offsets"]
             meta = json.loads(str(f["meta"]))
             f["indices"], f["labels_checksum"]  # noqa: B018 (present and readable)
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise PartitionError(f"{path} is not a readable partition file ({type(exc).__name__}: {exc})") from exc
+    except UNREADABLE as exc:
+        return _unreadable(path, exc)
     found = {"dataset": meta.get("dataset"), "clients": len(offsets) - 1, "seed": meta.get("seed")}
     want = {"dataset": dataset, "clients": num_clients, "seed": seed}
     if is_partition_label(setting):
@@ -721,7 +729,14 @@ def check_partition_file(path, dataset: str, num_clients: int, setting: str | fl
     else:
         found["alpha"], want["alpha"] = meta.get("alpha"), parse_alpha(setting)
         found["partition"], want["partition"] = meta.get("label"), None
-    check_belongs(path, "the partition of this run", want, found, remake_alone_hint(path), PartitionError)
+    return belongs_problem(path, "the partition of this run", want, found)
+
+
+def check_partition_file(path, dataset: str, num_clients: int, setting: str | float, seed: int) -> None:
+    """PartitionError with `partition_file_problem`'s line and the command that makes the file again alone."""
+    problem = partition_file_problem(path, dataset, num_clients, setting, seed)
+    if problem is not None:
+        raise PartitionError(f"{problem}; {remake_alone_hint(path)}")
 
 
 def check_run_partition(path, run: dict) -> None:

@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 from fedscape.core.config import ConfigError, canonical, with_result_version
 from fedscape.core.jobs import to_settings
 from fedscape.core.names import suggest
 from fedscape.core.paths import Results
 from fedscape.core.runs import Run
-from fedscape.data.partition import PartitionError, check_partition_file
 from fedscape.data.specs import (
     DATASET_NAMES,
     SEQUENTIAL_AUGMENTATIONS,
@@ -121,22 +119,14 @@ def train_settings(config: dict, run: Run) -> dict:
 
 
 def train_inputs(results: Results, run: Run) -> dict[str, str]:
-    """The partition and the initial model a run trains from; an existing partition file is checked first.
+    """The partition and the initial model a run trains from.
 
-    Snakemake deletes a job's outputs before it runs: a damaged or foreign partition.npz (newer than the
-    run's checkpoints) would cost a finished run before its job could fail. Checked here, it stops the
-    planning instead, and nothing is touched.
+    An existing partition file is not checked here: Snakemake 9 takes an error from an input function, where the
+    job's outputs exist, for "no job makes this file" and silently plans without the job and what reads it. The
+    workflow's onstart checks it before any job runs (`plan.workflow.check_read_files`), and `make status` names it.
     """
-    partition = results.partition_file(run)
-    if Path(partition).exists():
-        try:
-            check_partition_file(partition, run.dataset, run.num_clients, run.setting, run.seed)
-        except PartitionError as exc:
-            raise PartitionError(
-                f"{exc}. Nothing ran, and the runs trained on it are kept. Remake it (bit-identical from its "
-                f"seed) with `snakemake --cores 1 --force {partition}`, then continue with `snakemake "
-                "--rerun-triggers params input code software-env` so that those runs are not retrained.") from None
-    return {"partition": partition, "init": results.init_file(dataset=run.dataset, model=run.model, init=run.init)}
+    return {"partition": results.partition_file(run),
+            "init": results.init_file(dataset=run.dataset, model=run.model, init=run.init)}
 
 
 def run_files(config: dict, runs: list[Run], name: str) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import pkgutil
+import shlex
 import zipfile
 import zlib
 from collections.abc import Iterable
@@ -30,7 +31,7 @@ from fedscape.core.io import remake_hint
 from fedscape.core.paths import PARTITION_DIR, parse_path, run_of_path
 from fedscape.core.provenance import belongs_problem, checkpoint_record, table_problem
 from fedscape.core.runs import WILDCARD_CONSTRAINTS, Run, build_runs, unused_grid_values
-from fedscape.data.partition import PartitionError, check_partition_file, kind_file_problems
+from fedscape.data.partition import kind_file_problems, partition_file_problem
 from fedscape.data.specs import DATASET_NAMES, DATASETS, NO_DOWNLOAD, data_layout_problems
 from fedscape.models.specs import CHECKPOINT_FORMAT
 from fedscape.plan import init as init_plan
@@ -202,40 +203,52 @@ def check_read_files(inputs: Iterable[str], remade: Iterable[str], results_root:
 
     Called when Snakemake starts executing, before any job: a job that failed on such a file would cost its
     finished outputs (Snakemake deletes a job's outputs before running it), and a job that did not fail would
-    compute on another run's data. Checked without torch or pandas: a partition (`check_partition_file`), a
+    compute on another run's data. Checked without torch or pandas: a partition (`partition_problems`), a
     checkpoint (readable, its format and kind, the run it records), a CSV table (whole, and a per-run table's
     `run_id` in every row), an .npz file (every array readable) and a JSON file.
     """
     remade = {str(Path(p)) for p in remade}
     root = Path(results_root)
-    problems, partitions = [], False
-    for path in dict.fromkeys(str(Path(p)) for p in inputs):
-        if path in remade or not Path(path).is_file() or root not in Path(path).parents:
-            continue
-        if parse_path(PARTITION_FILE, path) is not None:
-            problem = _partition_problem(path)
-            partitions = partitions or problem is not None
-        else:
-            problem = read_problem(path)
-            problem = None if problem is None else f"{problem}; {remake_hint(path)}"
+    read = [path for path in dict.fromkeys(str(Path(p)) for p in inputs)
+            if path not in remade and Path(path).is_file() and root in Path(path).parents]
+    problems = partition_problems(read)
+    for path in read:
+        problem = None if parse_path(PARTITION_FILE, path) is not None else read_problem(path)
         if problem is not None:
-            problems.append(problem)
+            problems.append(f"{problem}; {remake_hint(path)}")
     if problems:
-        advice = ("\nA partition is remade bit-identical from its seed: after remaking it, continue with `snakemake "
-                  "--rerun-triggers params input code software-env` so that what was made from it is not made "
-                  "again.") if partitions else ""
         raise ConfigError("a file that the jobs about to run read is damaged or not theirs (nothing ran, no output "
-                          "was deleted):\n" + "\n".join(f"  - {p}" for p in problems) + advice)
+                          "was deleted):\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def _partition_problem(path: str) -> str | None:
-    fields = parse_path(PARTITION_FILE, path)
-    try:
-        check_partition_file(path, fields["dataset"], int(fields["num_clients"]), fields["alpha"],
-                             int(fields["seed"]))
-    except PartitionError as exc:
-        return str(exc)
-    return None
+# How the workflow goes on after a partition is made again alone: by meaning, the default profile's rerun triggers
+# (profiles/default/config.yaml) without file dates, so that what was made from the partition, now older than it, is
+# not made again. Nor with Snakemake's `code` trigger: it reruns every job whose script is newer than its outputs, as
+# after a fresh clone.
+CONTINUE_BY_MEANING = "snakemake --rerun-triggers params input software-env"
+
+
+def partition_problems(paths: Iterable[str | Path], remade: Iterable[str | Path] = ()) -> list[str]:
+    """One line for each existing partition file among `paths` that is damaged or not the partition its path names
+    (`data.partition.partition_file_problem`), with what to do: make it again alone (bit-identical from its seed, so
+    what was made from it stays valid), then continue by meaning (`CONTINUE_BY_MEANING`). Other paths are passed
+    over, and so are `remade` (a partition that a job about to run makes again: the remedy forces that job).
+
+    `check_read_files` (the onstart) checks the partitions that the jobs about to run read."""
+    remade = {str(Path(p)) for p in remade}
+    lines = []
+    for path in dict.fromkeys(str(Path(p)) for p in paths):
+        fields = parse_path(PARTITION_FILE, path)
+        if fields is None or path in remade or not Path(path).is_file():
+            continue
+        problem = partition_file_problem(path, fields["dataset"], int(fields["num_clients"]), fields["alpha"],
+                                         int(fields["seed"]))
+        if problem is not None:
+            lines.append(f"{problem}; what was made from it is kept: make it again alone (bit-identical from its "
+                         f"seed) with `snakemake --cores 1 --force {shlex.quote(path)}`, then continue with "
+                         f"`{CONTINUE_BY_MEANING}` (each with the --configfile you run with) so that what was made "
+                         "from it is not made again")
+    return lines
 
 
 def read_problem(path: str | Path) -> str | None:

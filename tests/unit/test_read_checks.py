@@ -1,7 +1,7 @@
 """The check that the workflow makes when it starts (`plan.workflow.check_read_files`): every result that a job about
 to run reads is readable and its job's, or nothing runs, so that no job deletes its finished outputs and then fails
 on (or computes on) a damaged or foreign file. Torch-free readers (`core.provenance`) against the real writers.
-Partitions are checked there too (`plan.workflow.partition_problems`)."""
+Partitions (`plan.workflow.partition_problems`) are checked there and by `make status`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers.configs import SCHEMA, config_with
 from helpers.workflow import ROOT
 
 from fedscape.core.config import ConfigError
@@ -26,7 +27,9 @@ from fedscape.models.checkpoint import ModelMeta, save_clients, save_trajectory
 from fedscape.plan.train import train_inputs
 from fedscape.plan.workflow import (
     CONTINUE_BY_MEANING,
+    check_config,
     check_read_files,
+    config_partition_files,
     partition_problems,
 )
 
@@ -237,6 +240,21 @@ def test_continuing_by_meaning_is_the_default_profiles_rerun_triggers_without_fi
 
     assert set(triggers) == set(profile["rerun-triggers"]) - {"mtime"}
     assert "code" not in triggers
+
+
+def test_the_configs_partition_files_are_its_runs_and_its_warm_ups(tmp_path):
+    # Prepare: IID and alpha 0.5 runs from a random init, and a 0.5 run from an IID warm-up on 6 clients, seed 3
+    config = check_config(config_with({"warm": {"kind": "iid_warmup", "num_clients": 6, "partition_seed": 3}},
+                                      [{"alpha": "iid"}, {"alpha": 0.5}, {"alpha": 0.5, "init": "warm"}],
+                                      results_dir=str(tmp_path / "res")), SCHEMA)
+
+    # Execute
+    files = config_partition_files(config)
+
+    # Assert: each run's partition once (two runs share alpha 0.5's), and the warm-up's
+    assert sorted(files) == [f"{tmp_path}/res/partitions/digits/clients~4/alpha~0.5/seed~0/partition.npz",
+                             f"{tmp_path}/res/partitions/digits/clients~4/alpha~iid/seed~0/partition.npz",
+                             f"{tmp_path}/res/partitions/digits/clients~6/alpha~iid/seed~3/partition.npz"]
 
 
 def test_a_train_jobs_inputs_read_no_file(tmp_path, monkeypatch):

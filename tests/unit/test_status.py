@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
+from helpers.configs import SCHEMA, config_with
 
 from fedscape.plan import status
 from fedscape.plan.status import PlannedJob, parse_dry_run, report
+from fedscape.plan.workflow import check_config, partition_problems
 
 DRY_RUN = """Building DAG of jobs...
 Job stats:
@@ -117,6 +120,7 @@ def test_rehash_reads_every_data_file_again_and_is_not_passed_to_snakemake(monke
     monkeypatch.setattr(status.subprocess, "run", dry_run)
     monkeypatch.setattr(status, "_config", config)
     monkeypatch.setattr(status, "changed_data", changed_data)
+    monkeypatch.setattr(status, "config_partition_files", lambda config: [])
 
     # Execute
     assert status.main(args) == 0
@@ -124,3 +128,32 @@ def test_rehash_reads_every_data_file_again_and_is_not_passed_to_snakemake(monke
     # Assert
     assert seen["cmd"][-3:] == ["-n", "--configfile", "my.yaml"] and seen["config_args"] == ["--configfile", "my.yaml"]
     assert seen["rehash"] is rehash
+
+
+def test_each_damaged_partition_of_the_config_is_named_unless_a_planned_job_remakes_it(tmp_path, monkeypatch, capsys):
+    """A dry run checks no partition (the workflow's onstart does): status names every damaged one of the config's
+    jobs with the command that remakes it alone."""
+    # Prepare: the tiny config's two partitions (IID and alpha 0.5) both damaged; the dry run remakes the IID one
+    config = check_config(config_with({}, results_dir=str(tmp_path / "res")), SCHEMA)
+    iid, skewed = (Path(tmp_path, "res/partitions/digits/clients~4", alpha, "seed~0/partition.npz")
+                   for alpha in ("alpha~iid", "alpha~0.5"))
+    for path in (iid, skewed):
+        path.parent.mkdir(parents=True)
+        path.write_text("not a partition")
+    dry_run = f"""[Mon Nov 23 14:57:18 2026]
+localrule partition:
+    output: {iid}, {iid.with_name("counts.csv")}
+    reason: Forced execution
+"""
+    monkeypatch.setattr(status.subprocess, "run", lambda cmd, **_: subprocess.CompletedProcess(cmd, 0, dry_run, ""))
+    monkeypatch.setattr(status, "_config", lambda args: config)
+
+    # Execute
+    assert status.main(["--configfile", "tiny.yaml"]) == 0
+
+    # Assert: the alpha 0.5 partition alone, after the dry run's lines, with its remedy
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index("damaged partition files, or another run's: 1 (the workflow refuses to run the jobs that read "
+                        "them)")
+    assert lines[start + 1:] == [f"  {line}" for line in partition_problems([skewed])]
+    assert lines[start + 1].startswith(f"  {skewed} is not a readable partition file") and "--force" in lines[-1]

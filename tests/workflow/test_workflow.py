@@ -265,8 +265,8 @@ def _cut_partition(path: Path) -> None:
 def test_a_damaged_partition_stops_the_run_before_any_job_and_its_remedy_remakes_nothing_else(tmp_path):
     """A partition damaged or replaced after its run finished is newer than the run: Snakemake plans the run again,
     and the workflow refuses before any job deletes an output (an input function that raised made Snakemake drop the
-    run and what reads it, silently, and remake the tables from the rest). The remedy in the message makes it again
-    alone and continues without making anything else again."""
+    run and what reads it, silently, and remake the tables from the rest). `make status` names the file; the remedy
+    in the message makes it again alone and continues without making anything else again."""
     # Prepare: one finished run, every target of the workflow
     workdir = copy_workflow(tmp_path / "wf")
     (workdir / "one.yaml").write_text(yaml.safe_dump(single_run_config()))
@@ -284,15 +284,18 @@ def test_a_damaged_partition_stops_the_run_before_any_job_and_its_remedy_remakes
     finished = files({partition})
     for damage, message in ((_cut_partition, "is not a readable partition file (BadZipFile: "),
                             (_foreign_partition, "is not the partition of this run: seed 1 (expected 0)")):
-        # Execute: the partition damaged; a dry run and the run
+        # Execute: the partition damaged; a dry run, `make status` and the run
         damage(partition)
         planned = planned_jobs(workdir, "--configfile", "one.yaml")
+        status = subprocess.run([sys.executable, "-m", "fedscape.plan.status", "--configfile", "one.yaml"],
+                                cwd=workdir, capture_output=True, text=True, timeout=300)
         proc = snakemake(workdir, "--configfile", "one.yaml", check=False)
 
-        # Assert: the train job is planned (its input is newer); the run is refused before any job, naming the file
-        # and the remedy, and no file was deleted, remade or touched
+        # Assert: the train job is planned (its input is newer) and status names the file with the remedy; the run
+        # is refused before any job with the same line, and no file was deleted, remade or touched
         assert planned["train"] == 1 and planned["rounds_table"] == 1
         remedy = f"--force {shlex.quote(relative)}`, then continue with `{CONTINUE_BY_MEANING}`"
+        assert status.returncode == 0 and f"\n  {relative} {message}" in status.stdout and remedy in status.stdout
         out = proc.stdout + proc.stderr
         assert proc.returncode != 0 and "(nothing ran, no output was deleted):\n" in out
         assert f"\n  - {relative} {message}" in out and remedy in out

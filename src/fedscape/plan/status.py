@@ -32,7 +32,7 @@ from pathlib import Path
 from fedscape.core.manifest import code_label, output_records
 from fedscape.core.paths import results_root
 from fedscape.data.locations import DataChange, changed_data, unfingerprinted_jobs
-from fedscape.plan.workflow import load_config
+from fedscape.plan.workflow import config_partition_files, load_config, partition_problems
 
 SCHEMA = "workflow/schemas/config.schema.yaml"  # below the workflow's root, where `make status` runs
 REHASH = "--rehash"
@@ -165,6 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     changes = changed_data(records, config, skip={o for job in jobs for o in job.outputs}, rehash=rehash)
     for line in report(jobs, records, args, changes, unfingerprinted_jobs(records), results_root(config)):
         print(line)
+    # a dry run checks no partition file (the workflow's onstart does, before the first job)
+    damaged = partition_problems(config_partition_files(config), {o for job in jobs for o in job.outputs})
+    if damaged:
+        print(f"damaged partition files, or another run's: {len(damaged)} (the workflow refuses to run the jobs that "
+              "read them)")
+        for line in damaged:
+            print(f"  {line}")
     return 0
 
 

@@ -28,7 +28,7 @@ from fedscape.core.config import (
     validate_config,
 )
 from fedscape.core.io import remake_hint
-from fedscape.core.paths import PARTITION_DIR, parse_path, run_of_path
+from fedscape.core.paths import PARTITION_DIR, Results, parse_path, run_of_path
 from fedscape.core.provenance import belongs_problem, checkpoint_record, table_problem
 from fedscape.core.runs import WILDCARD_CONSTRAINTS, Run, build_runs, unused_grid_values
 from fedscape.data.partition import kind_file_problems, partition_file_problem
@@ -234,7 +234,8 @@ def partition_problems(paths: Iterable[str | Path], remade: Iterable[str | Path]
     what was made from it stays valid), then continue by meaning (`CONTINUE_BY_MEANING`). Other paths are passed
     over, and so are `remade` (a partition that a job about to run makes again: the remedy forces that job).
 
-    `check_read_files` (the onstart) checks the partitions that the jobs about to run read."""
+    `check_read_files` (the onstart) checks the partitions that the jobs about to run read, `make status` those of
+    every job of the config (`config_partition_files`)."""
     remade = {str(Path(p)) for p in remade}
     lines = []
     for path in dict.fromkeys(str(Path(p)) for p in paths):
@@ -249,6 +250,16 @@ def partition_problems(paths: Iterable[str | Path], remade: Iterable[str | Path]
                          f"`{CONTINUE_BY_MEANING}` (each with the --configfile you run with) so that what was made "
                          "from it is not made again")
     return lines
+
+
+def config_partition_files(config: dict) -> list[str]:
+    """The partition file of every job of `config` that reads one: each run's, and each IID warm-up init's
+    (`plan.init.init_input_paths`)."""
+    results, runs = Results.of(config), build_runs(config)
+    inits = sorted({(run.dataset, run.model, run.init) for run in runs})
+    warmups = [init_plan.init_input_paths(config, runs, *init)["partition"] for init in inits
+               if config["inits"][init[2]]["kind"] == "iid_warmup"]
+    return list(dict.fromkeys([*(results.partition_file(run) for run in runs), *warmups]))
 
 
 def read_problem(path: str | Path) -> str | None:

@@ -27,7 +27,7 @@ import platform
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -37,6 +37,7 @@ from fedscape.core.io import atomic_write_text, is_temporary, remake_alone_hint,
 from fedscape.core.paths import DEFAULT_RESULTS, LOGS, PARTITION_DIR, parse_path
 
 MANIFEST = "_manifest"  # below results_dir: one record per job, at its log's relative path (.json)
+MISSING = "recorded by its job, not there now"  # a recorded output that is no file now (make verify, make status)
 # 2: outputs by their paths relative to the results directory; 1: as the job named them (absolute, or relative to
 # the workflow's directory), read by mapping them onto the results directory they are found in (`_outputs`)
 RECORD_VERSION = 2
@@ -311,6 +312,15 @@ def output_records(results_root: str | Path) -> dict[str, dict]:
     return {output: job.record for output, job in records.by_output().items()}
 
 
+def recorded_jobs(records: Mapping[str, dict]) -> list[tuple[dict, list[str]]]:
+    """(record, its outputs) of each job of `records` (`output_records`: output -> its job's record), a job known by
+    its log (a record without one by its output)."""
+    jobs: dict[str, tuple[dict, list[str]]] = {}
+    for output, record in records.items():
+        jobs.setdefault(record.get("log") or output, (record, []))[1].append(output)
+    return list(jobs.values())
+
+
 def verify(results_root: str | Path) -> tuple[int, list[Finding]]:
     """(outputs checked, findings) for every recorded output below `results_root` (`read_records`), and a finding
     for each damaged record."""
@@ -323,7 +333,7 @@ def verify(results_root: str | Path) -> tuple[int, list[Finding]]:
     for output, job in sorted(newest.items()):
         want = job.outputs[output]
         if not Path(output).is_file():
-            findings.append(Finding(output, "missing", "recorded by its job, not there now", str(job.file),
+            findings.append(Finding(output, "missing", MISSING, str(job.file),
                                     len(job.outputs) - 1))
             continue
         found = file_record(output)

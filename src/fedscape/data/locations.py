@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fedscape.core.config import config_value
 from fedscape.core.fingerprints import Fingerprint, describe_change, tree_fingerprint
-from fedscape.core.manifest import note, noted
+from fedscape.core.manifest import note, noted, recorded_jobs
 from fedscape.core.paths import DATA_HASHES, results_root
 from fedscape.data import imagenet200
 from fedscape.data.leaf import LEAF_SPLITS, leaf_directory, raw_roles_directory, reddit_vocab_path
@@ -305,11 +305,8 @@ def changed_data(records: Mapping[str, dict], config: Mapping, skip: Iterable[st
     with the problem and no fingerprint. `rehash`: every file read again, not trusting the cache's digests of files
     whose size, modification time and inode are unchanged."""
     skip = set(skip)
-    jobs: dict[str, tuple[dict, list[str]]] = {}
-    for output, record in records.items():
-        jobs.setdefault(record.get("log") or output, (record, []))[1].append(output)
     changes: dict[tuple, DataChange] = {}
-    for record, outputs in jobs.values():
+    for record, outputs in recorded_jobs(records):
         if skip.intersection(outputs) or not all(Path(o).exists() for o in outputs):
             continue
         for key, entry in sorted((record.get("data") or {}).items()):

@@ -1,4 +1,5 @@
-"""`make status`: a dry run's jobs sorted by why they would run, current results by the commit that made them."""
+"""`make status`: a dry run's jobs sorted by why they would run, current results by the commit that made them; the
+config read from the arguments as Snakemake reads them."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers.configs import SCHEMA, config_with
+from helpers.workflow import ROOT, TINY_CONFIG
 
+from fedscape.core.config import ConfigError
 from fedscape.plan import status
-from fedscape.plan.status import PlannedJob, parse_dry_run, report
+from fedscape.plan.status import PlannedJob, parse_dry_run, report, snakemake_args, workflow_config
 from fedscape.plan.workflow import check_config, partition_problems
 
 DRY_RUN = """Building DAG of jobs...
@@ -104,13 +108,16 @@ def test_nothing_planned_says_so():
 def test_rehash_reads_every_data_file_again_and_is_not_passed_to_snakemake(monkeypatch, args, rehash):
     # Prepare: the dry run and the data check, recorded
     seen = {}
+    run = subprocess.run  # Snakemake's own argument parser asks its executor plugins' commands too
 
-    def dry_run(cmd, **_):
+    def dry_run(cmd, **kwargs):
+        if cmd[1:3] != ["-m", "snakemake"]:
+            return run(cmd, **kwargs)
         seen["cmd"] = cmd
         return subprocess.CompletedProcess(cmd, 0, DRY_RUN, "")
 
-    def config(a):
-        seen["config_args"] = a
+    def config(parsed):
+        seen["configfiles"] = parsed.configfile
         return {"results_dir": "r"}
 
     def changed_data(records, config, skip, rehash):
@@ -118,7 +125,7 @@ def test_rehash_reads_every_data_file_again_and_is_not_passed_to_snakemake(monke
         return []
 
     monkeypatch.setattr(status.subprocess, "run", dry_run)
-    monkeypatch.setattr(status, "_config", config)
+    monkeypatch.setattr(status, "workflow_config", config)
     monkeypatch.setattr(status, "changed_data", changed_data)
     monkeypatch.setattr(status, "config_partition_files", lambda config: [])
 
@@ -126,7 +133,7 @@ def test_rehash_reads_every_data_file_again_and_is_not_passed_to_snakemake(monke
     assert status.main(args) == 0
 
     # Assert
-    assert seen["cmd"][-3:] == ["-n", "--configfile", "my.yaml"] and seen["config_args"] == ["--configfile", "my.yaml"]
+    assert seen["cmd"][-3:] == ["-n", "--configfile", "my.yaml"] and seen["configfiles"] == [Path("my.yaml")]
     assert seen["rehash"] is rehash
 
 
@@ -146,7 +153,7 @@ localrule partition:
     reason: Forced execution
 """
     monkeypatch.setattr(status.subprocess, "run", lambda cmd, **_: subprocess.CompletedProcess(cmd, 0, dry_run, ""))
-    monkeypatch.setattr(status, "_config", lambda args: config)
+    monkeypatch.setattr(status, "workflow_config", lambda args: config)
 
     # Execute
     assert status.main(["--configfile", "tiny.yaml"]) == 0
@@ -157,3 +164,50 @@ localrule partition:
                         "them)")
     assert lines[start + 1:] == [f"  {line}" for line in partition_problems([skewed])]
     assert lines[start + 1].startswith(f"  {skewed} is not a readable partition file") and "--force" in lines[-1]
+
+
+# -- the config: the arguments as Snakemake reads them -----------------------------------------------------------
+
+
+@pytest.fixture
+def config_files(tmp_path, monkeypatch) -> Path:
+    """base.yaml (the tiny config, its own lr and results folder) and over.yaml (another results folder and number of
+    rounds) in `tmp_path`; the working directory the workflow's root, where `make status` runs."""
+    monkeypatch.chdir(ROOT)
+    base = yaml.safe_load(TINY_CONFIG.read_text())
+    base["results_dir"] = str(tmp_path / "base")
+    base["training"]["lr"] = 0.0123
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "over.yaml").write_text(yaml.safe_dump({"results_dir": str(tmp_path / "over"),
+                                                        "training": {"rounds": 4}}))
+    return tmp_path
+
+
+DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+@pytest.mark.parametrize(("args", "results_dir", "lr", "rounds"), [
+    (["--configfile={d}/base.yaml"], "{d}/base", 0.0123, 3),
+    # several files merge in their order (nested sections key by key): the second's folder and rounds, the first's lr
+    (["--configfile", "{d}/base.yaml", "{d}/over.yaml"], "{d}/over", 0.0123, 4),
+    (["--configfiles", "{d}/base.yaml", "{d}/over.yaml"], "{d}/over", 0.0123, 4),
+    (["--configfile", "{d}/over.yaml", "{d}/base.yaml"], "{d}/base", 0.0123, 3),
+    # --config values go on top, as Snakemake parses them
+    (["--configfile", "{d}/base.yaml", "--config", "results_dir=elsewhere"], "elsewhere", 0.0123, 3),
+    (["--config", "results_dir=elsewhere"], "elsewhere", DEFAULT["training"]["lr"], DEFAULT["training"]["rounds"]),
+    # no --configfile: the default config
+    ([], "results", DEFAULT["training"]["lr"], DEFAULT["training"]["rounds"]),
+    # targets before the options, and the dry run's other options
+    (["results/tables/final.csv", "--configfile={d}/base.yaml", "--rerun-triggers", "mtime"], "{d}/base", 0.0123, 3),
+])
+def test_the_config_is_the_one_snakemake_reads_from_the_arguments(config_files, args, results_dir, lr, rounds):
+    config = workflow_config(snakemake_args([a.format(d=config_files) for a in args]))
+
+    assert config["results_dir"] == results_dir.format(d=config_files)
+    assert (config["training"]["lr"], config["training"]["rounds"]) == (lr, rounds)
+    assert config["hessian"]["top_k"] > 0  # defaults filled
+
+
+def test_a_config_the_dry_run_refuses_is_refused(config_files):
+    with pytest.raises(ConfigError, match="not_a_key"):
+        workflow_config(snakemake_args(["--configfile", f"{config_files}/base.yaml", "--config", "not_a_key=1"]))

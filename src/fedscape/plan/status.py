@@ -15,11 +15,15 @@ job's inputs. Each job that read data recorded the fingerprint of its files (`da
 from other files than those there now are listed too (`made from other data`), and the command remakes them.
 
 Every recorded result that no planned job remakes is current, whichever commit made it: the job records (`_manifest`,
-`core.manifest`) say which, and a result made by another commit at the same result versions is current.
+`core.manifest`) say which, and a result made by another commit at the same result versions is current. The config is
+the dry run's: its arguments read by Snakemake's own parser (`snakemake_args`).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import os
 import re
 import subprocess
@@ -29,12 +33,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedscape.core.config import load_schema, read_config_file
 from fedscape.core.manifest import code_label, output_records
 from fedscape.core.paths import results_root
 from fedscape.data.locations import DataChange, changed_data, unfingerprinted_jobs
-from fedscape.plan.workflow import config_partition_files, load_config, partition_problems
+from fedscape.plan.workflow import check_config, config_partition_files, partition_problems
 
 SCHEMA = "workflow/schemas/config.schema.yaml"  # below the workflow's root, where `make status` runs
+DEFAULT_CONFIG = "config/config.yaml"  # there too: the Snakefile reads it without a --configfile
 REHASH = "--rehash"
 LISTED = 10  # jobs named per group of jobs made from other data; a data set of a paper config is read by hundreds
 CLASSES = ("meaning", "made from", "dates", "missing", "other")
@@ -159,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(proc.stdout[-4000:] + proc.stderr[-4000:], file=sys.stderr)
         print("the dry run failed: fix what it says first", file=sys.stderr)
         return 1
-    config = _config(args)
+    config = workflow_config(snakemake_args(args))
     jobs = parse_dry_run(proc.stdout + proc.stderr)
     records = output_records(results_root(config))
     changes = changed_data(records, config, skip={o for job in jobs for o in job.outputs}, rehash=rehash)
@@ -175,11 +181,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _config(args: Sequence[str]) -> dict:
-    """The config the arguments give the workflow, its defaults filled: the last `--configfile` (which replaces the
-    default config, as in the Snakefile), the default config without one."""
-    configs = [a for i, a in enumerate(args) if i > 0 and args[i - 1] in ("--configfile", "--configfiles")]
-    return load_config(configs[-1] if configs else "config/config.yaml", SCHEMA)
+def snakemake_args(args: Sequence[str]) -> argparse.Namespace:
+    """The dry run's arguments (`snakemake -n ARGS`) as Snakemake reads them: its own parser, with the profiles it
+    reads too (the workflow's default profile, `--profile`)."""
+    from snakemake.cli import parse_args  # lazy: Snakemake's command line (a second of imports), for make status alone
+
+    with contextlib.redirect_stderr(io.StringIO()):  # its note of the profiles it reads
+        return parse_args(["-n", *args])[1]
+
+
+def workflow_config(parsed: argparse.Namespace) -> dict:
+    """The config the workflow runs with under these arguments (`snakemake_args`), its defaults filled and validated
+    as the Snakefile does: Snakemake's merge of the --configfile files in their order and then the --config values
+    (its ConfigSettings); without a --configfile, the default config with those values on top (the Snakefile reads
+    the default config only then)."""
+    from snakemake.cli import parse_config  # lazy: Snakemake's reading of --config, for make status alone
+    from snakemake.settings.types import ConfigSettings  # lazy: its merge of config files, for make status alone
+    from snakemake.utils import update_config  # lazy: its merge of two configs, for make status alone
+
+    given = ConfigSettings(config=parse_config(parsed.config), configfiles=parsed.configfile,
+                           replace_workflow_config=parsed.replace_workflow_config).overwrite_config
+    files = [str(path) for path in parsed.configfile]
+    if files:
+        config = given
+    else:
+        files = [DEFAULT_CONFIG]
+        # as Snakemake's `configfile:` directive, which the Snakefile gives the default config
+        config = {} if parsed.replace_workflow_config and given else read_config_file(DEFAULT_CONFIG)
+        update_config(config, given)
+    return check_config(config, load_schema(SCHEMA), files=files)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,10 @@ from fedscape.plan import status
 from fedscape.plan.status import PlannedJob, parse_dry_run, report, snakemake_args, workflow_config
 from fedscape.plan.workflow import check_config, partition_problems
 
+# Snakemake's words for a params change (snakemake.persistence.ParamsChange), before and now to fill in
+PARAMS_CHANGE = ("Params have changed since last execution: Union of exclusive params before and now across all "
+                 "output: before: {} now: {}")
+
 DRY_RUN = """Building DAG of jobs...
 Job stats:
 job      count
@@ -61,6 +65,41 @@ def test_a_dry_runs_jobs_are_parsed_with_their_outputs_and_reasons():
     assert jobs[0].outputs == ["results/hessian/a/round~0/hessian.csv", "results/hessian/a/round~0/hessian.json"]
     assert [j.kind for j in jobs] == ["meaning", "meaning", "made from", "missing", "dates"]
     assert [j.result_version_changed for j in jobs[:2]] == [True, False]
+
+
+@pytest.mark.parametrize(("rule", "before", "now", "changed"), [
+    # a job's settings carry its version: a settings change at version 4, and a bump
+    ("hessian", "{'trace_probes': 8, 'result_version': 4}", "{'trace_probes': 9, 'result_version': 4}", False),
+    ("hessian", "{'trace_probes': 8, 'result_version': 4}", "{'trace_probes': 8, 'result_version': 5}", True),
+    # the first version is no key: a first bump, a settings change at the first version, and back to it
+    ("train", "{'lr': 0.05}", "{'lr': 0.05, 'result_version': 2}", True),
+    ("train", "{'lr': 0.05}", "{'lr': 0.04}", False),
+    ("partition", "{'alpha': 0.05, 'result_version': 2}", "{'alpha': 0.05}", True),
+    # the train job's other param (where it keeps its progress) is no version
+    ("train", "'/a/progress'", "'/b/progress'", False),
+    # a rule without settings has its version as its param, none at the first version
+    ("summary_table", "2", "3", True),
+    ("final_table", "<nothing exclusive>", "2", True),
+    # client statistics: its runs and its version, each a param; a version both share is in neither
+    ("client_stats", "['a']", "['a', 'b']", False),
+    ("client_stats", "['a'],2", "['a', 'b'],3", True),
+    # outputs recorded at two versions, one of them the version now
+    ("hessian", "{'x': 1, 'result_version': 3},{'x': 1, 'result_version': 4}", "{'x': 2, 'result_version': 4}", True),
+    # a rule without a result version: a number among its params is no version
+    ("curves_figure", "5", "6", False),
+    # params that are no Python literal: no version to read
+    ("hessian", "{'x': inf, 'result_version': 4}", "{'x': 1.0, 'result_version': 5}", False),
+])
+def test_a_result_version_changed_when_the_recorded_and_the_planned_versions_differ(rule, before, now, changed):
+    assert PlannedJob(rule, ["x"], PARAMS_CHANGE.format(before, now)).result_version_changed is changed
+
+
+@pytest.mark.parametrize("reason", [
+    "Missing output files: x; " + PARAMS_CHANGE.format("2", "3"),
+    PARAMS_CHANGE.format("2", "3") + " ; Software environment definition has changed since last execution",
+])
+def test_the_params_change_is_read_among_other_reasons(reason):
+    assert PlannedJob("summary_table", ["x"], reason).result_version_changed
 
 
 @pytest.mark.parametrize(("reason", "kind"), [

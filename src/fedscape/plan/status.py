@@ -22,7 +22,9 @@ the dry run's: its arguments read by Snakemake's own parser (`snakemake_args`).
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
+import functools
 import io
 import os
 import re
@@ -33,11 +35,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedscape.core.config import load_schema, read_config_file
+from fedscape.core.config import FIRST_RESULT_VERSION, RESULT_VERSION, load_schema, read_config_file
 from fedscape.core.manifest import code_label, output_records
 from fedscape.core.paths import results_root
 from fedscape.data.locations import DataChange, changed_data, unfingerprinted_jobs
-from fedscape.plan.workflow import check_config, config_partition_files, partition_problems
+from fedscape.plan.workflow import check_config, config_partition_files, partition_problems, result_versions
 
 SCHEMA = "workflow/schemas/config.schema.yaml"  # below the workflow's root, where `make status` runs
 DEFAULT_CONFIG = "config/config.yaml"  # there too: the Snakefile reads it without a --configfile
@@ -53,6 +55,12 @@ _REASONS = (
 )
 _JOB_START = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):\s*$")
 _FIELD = re.compile(r"^\s+(\w+): (.*)$")
+# Snakemake's params change: the params only the recorded outputs had, and those only the planned job has (each a
+# repr, joined by commas), up to the reason Snakemake gives after it (snakemake.jobs, snakemake.persistence)
+_PARAMS_CHANGE = re.compile(r"Params have changed since last execution: (?:Union of exclusive params before and now "
+                            r"across all output: )?before: (?P<before>.*?) now: (?P<now>.*?)"
+                            r"(?:; Software environment definition has changed since last execution)?$")
+_NO_PARAMS = "<nothing exclusive>"
 
 
 @dataclass
@@ -72,7 +80,33 @@ class PlannedJob:
 
     @property
     def result_version_changed(self) -> bool:
-        return "'result_version'" in self.reason
+        """Whether the job's result version differs from that of its recorded outputs (not merely its settings)."""
+        change = _PARAMS_CHANGE.search(self.reason)
+        if change is None or self.rule not in _versioned_rules():
+            return False
+        before, now = (_result_versions(change[side]) for side in ("before", "now"))
+        return before is not None and now is not None and before != now
+
+
+@functools.cache
+def _versioned_rules() -> frozenset[str]:
+    """The rules whose jobs have a result version (`plan.workflow.result_versions`)."""
+    return frozenset(result_versions())
+
+
+def _result_versions(params: str) -> frozenset[int] | None:
+    """The result versions in one side of Snakemake's params change (`before` or `now`: the params only that side has,
+    each a repr, joined by commas): a settings dict's RESULT_VERSION (FIRST_RESULT_VERSION where it has none), and a
+    bare integer, which in a rule with a result version is that version (`result_version_params` as a param of its
+    own: the tables, client_stats; none at the first version). A version both sides share is in neither, as is any
+    param both share. None where the params are no Python literal, so that their versions cannot be read."""
+    try:
+        values = () if params == _NO_PARAMS else ast.literal_eval(params)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+    values = values if isinstance(values, tuple) else (values,)
+    return frozenset(v.get(RESULT_VERSION, FIRST_RESULT_VERSION) if isinstance(v, dict) else v
+                     for v in values if isinstance(v, dict) or type(v) is int)
 
 
 def parse_dry_run(text: str) -> list[PlannedJob]:

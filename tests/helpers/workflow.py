@@ -37,6 +37,21 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900,
     return proc
 
 
+def make_status(workdir: Path, config: str, env: dict[str, str] | None = None) -> str:
+    """What `make status` prints for `workdir` with `--configfile config`; `env`: variables set on top of ours."""
+    proc = subprocess.run([sys.executable, "-m", "fedscape.plan.status", "--configfile", config], cwd=workdir,
+                          capture_output=True, text=True, timeout=600,
+                          env=None if env is None else {**os.environ, **env})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def forcerun_targets(status: str) -> list[str]:
+    """The files `make status`'s command (`make_status`) forces."""
+    command = next(line for line in status.splitlines() if "--forcerun" in line).split()
+    return command[command.index("--forcerun") + 1:]
+
+
 def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
     """rule -> number of jobs that a dry run (`snakemake -n --quiet rules`) of `workdir` plans."""
     proc = snakemake(workdir, "-n", "--quiet", "rules", *args, timeout=300)

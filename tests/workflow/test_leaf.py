@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -14,7 +12,7 @@ import yaml
 from helpers.configs import TINY, config_with
 from helpers.leaf import write_femnist
 from helpers.tables import assert_hd_bounded_or_unresolved
-from helpers.workflow import copy_workflow, planned_jobs, snakemake
+from helpers.workflow import copy_workflow, forcerun_targets, make_status, planned_jobs, snakemake
 
 from fedscape.models.checkpoint import load_trajectory
 
@@ -86,13 +84,6 @@ def test_femnist_hessian_with_a_bound_on_the_clients_builds_its_tables(tmp_path)
     assert_hd_bounded_or_unresolved(workdir / "results", by_clients)
 
 
-def _status(workdir, config: str = "c.yaml") -> str:
-    proc = subprocess.run([sys.executable, "-m", "fedscape.plan.status", "--configfile", config], cwd=workdir,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
-
-
 def test_status_names_the_results_made_from_other_data_under_the_same_path_and_remakes_them(tmp_path):
     # Prepare: one run on FEMNIST, finished
     (tmp_path / "wf").mkdir()
@@ -107,7 +98,7 @@ def test_status_names_the_results_made_from_other_data_under_the_same_path_and_r
     run_dir = "results/train/femnist/cnn_small/init~random/algo~fedavg/alpha~0.5/clients~3/part~1.0/seed~0"
     counts = "results/partitions/femnist/clients~3/alpha~0.5/seed~0/counts.csv"
     snakemake(workdir, f"{run_dir}/metrics.csv", "--configfile", "c.yaml")
-    before = _status(workdir)
+    before = make_status(workdir, "c.yaml")
 
     # Execute: other images under the same path (the labels as they were: the partition's label check passes); then
     # the run alone forced (as a new analysis of it would read the old partition with the new files), then the remake
@@ -116,15 +107,15 @@ def test_status_names_the_results_made_from_other_data_under_the_same_path_and_r
     user = next(iter(data["user_data"]))
     data["user_data"][user]["x"][0] = [1.0 - v for v in data["user_data"][user]["x"][0]]
     train_file.write_text(json.dumps(data))
-    changed = _status(workdir)
+    changed = make_status(workdir, "c.yaml")
     unseen = snakemake(workdir, "-n", f"{run_dir}/metrics.csv", "--configfile", "c.yaml")
     mixed = snakemake(workdir, "--configfile", "c.yaml", "--forcerun", f"{run_dir}/metrics.csv", "--",
                       f"{run_dir}/metrics.csv", check=False)
     train_log = (workdir / "logs" / run_dir.removeprefix("results/") / "train.log").read_text()
-    rerun = ("--configfile", "c.yaml", "--forcerun", *_forcerun_targets(changed), "--", f"{run_dir}/metrics.csv")
+    rerun = ("--configfile", "c.yaml", "--forcerun", *forcerun_targets(changed), "--", f"{run_dir}/metrics.csv")
     forced = planned_jobs(workdir, *rerun)
     snakemake(workdir, *rerun)
-    remade = _status(workdir)
+    remade = make_status(workdir, "c.yaml")
 
     # Assert: Snakemake sees nothing, make status names the two jobs that read FEMNIST and remakes them
     assert "made from other data" not in before
@@ -134,16 +125,11 @@ def test_status_names_the_results_made_from_other_data_under_the_same_path_and_r
     assert "made from other data than the files there now: 2 jobs" in changed
     assert f"datasets.femnist ({tmp_path / 'leaf'}) now holds" in changed
     assert f", now 1 changed (train/{train_file.name})" in changed  # which file differs
-    assert sorted(_forcerun_targets(changed)) == sorted([counts, f"{run_dir}/client_updates.csv"])
+    assert sorted(forcerun_targets(changed)) == sorted([counts, f"{run_dir}/client_updates.csv"])
     assert forced == {"partition": 1, "train": 1, "total": 2}
     assert "made from other data" not in remade
     # moving the data where the config says is the same data: nothing to remake
     shutil.move(tmp_path / "leaf", tmp_path / "moved")
     config["datasets"]["femnist"]["data_dir"] = str(tmp_path / "moved")
     (workdir / "moved.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    assert "made from other data" not in _status(workdir, "moved.yaml")
-
-
-def _forcerun_targets(status: str) -> list[str]:
-    command = next(line for line in status.splitlines() if "--forcerun" in line).split()
-    return command[command.index("--forcerun") + 1:]
+    assert "made from other data" not in make_status(workdir, "moved.yaml")

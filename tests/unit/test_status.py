@@ -1,5 +1,5 @@
-"""`make status`: a dry run's jobs sorted by why they would run, current results by the commit that made them; the
-config read from the arguments as Snakemake reads them."""
+"""`make status`: a dry run's jobs sorted by why they would run, current results by the commit that made them, the
+recorded outputs not there now; the config read from the arguments as Snakemake reads them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ from helpers.workflow import ROOT, TINY_CONFIG
 
 from fedscape.core.config import ConfigError
 from fedscape.plan import status
-from fedscape.plan.status import PlannedJob, parse_dry_run, report, snakemake_args, workflow_config
+from fedscape.plan.status import (
+    PlannedJob,
+    missing_jobs,
+    parse_dry_run,
+    report,
+    snakemake_args,
+    workflow_config,
+)
 from fedscape.plan.workflow import check_config, partition_problems
 
 # Snakemake's words for a params change (snakemake.persistence.ParamsChange), before and now to fill in
@@ -116,14 +123,17 @@ def test_the_report_names_the_out_of_date_results_the_command_and_the_commits_of
                                                                                                 monkeypatch):
     # Prepare: two current results made by two commits (one dirty), and a planned one
     monkeypatch.chdir(tmp_path)
-    for name in ("current_a.csv", "current_b.csv", "results/hessian/a/round~0/hessian.csv"):
+    # and one recorded at another path (its folder moved since), there still
+    for name in ("results/current_a.csv", "results/current_b.csv", "results/hessian/a/round~0/hessian.csv",
+                 "old/results/current_c.csv"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x\n")
     records = {
-        "current_a.csv": {"code": {"commit": "a" * 40, "dirty": False}},
-        "current_b.csv": {"code": {"commit": "b" * 40, "dirty": True}},
+        "results/current_a.csv": {"code": {"commit": "a" * 40, "dirty": False}},
+        "results/current_b.csv": {"code": {"commit": "b" * 40, "dirty": True}},
         "results/hessian/a/round~0/hessian.csv": {"code": {"commit": "a" * 40, "dirty": False}},
-        "gone.csv": {"code": {"commit": "c" * 40, "dirty": False}},
+        "results/gone.csv": {"code": {"commit": "c" * 40, "dirty": False}},
+        "old/results/current_c.csv": {"code": {"commit": "c" * 40, "dirty": False}},
     }
 
     # Execute
@@ -250,3 +260,57 @@ def test_the_config_is_the_one_snakemake_reads_from_the_arguments(config_files, 
 def test_a_config_the_dry_run_refuses_is_refused(config_files):
     with pytest.raises(ConfigError, match="not_a_key"):
         workflow_config(snakemake_args(["--configfile", f"{config_files}/base.yaml", "--config", "not_a_key=1"]))
+
+
+# -- what the dry run does not see: recorded outputs not there now ----------------------------------------------
+
+
+def _write(*paths: str) -> None:
+    for path in paths:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text("x")
+
+
+def test_recorded_jobs_whose_outputs_are_not_there_are_listed_with_the_command_that_remakes_them(tmp_path,
+                                                                                                 monkeypatch):
+    # Prepare: a train job that lost two of its three outputs, a job that lost its one, one the dry run plans anyway
+    # (DRY_RUN: results/hessian/a), one recorded at another path (its folder moved since), and one all there
+    monkeypatch.chdir(tmp_path)
+    train = {"log": "logs/train/a.log"}
+    records = {"results/train/a/metrics.csv": train, "results/train/a/trajectory.pt": train,
+               "results/train/a/clients.pt": train, "results/hessian/b/hessian.csv": {"log": "logs/hessian/b.log"},
+               "results/hessian/a/round~0/hessian.csv": {"log": "logs/hessian/a.log"},
+               "/elsewhere/results/train/c/metrics.csv": {"log": "logs/train/c.log"},
+               "results/tables/final.csv": {"log": "logs/tables/final.log"}}
+    _write("results/train/a/metrics.csv", "results/tables/final.csv")
+    jobs = parse_dry_run(DRY_RUN)
+
+    # Execute
+    missing = missing_jobs(records, {o for job in jobs for o in job.outputs}, "results")
+    lines = report(jobs, records, ["--configfile", "c.yaml"], missing=missing)
+
+    # Assert: each job by its missing outputs; listed, and forced by the command after the jobs out of date
+    assert missing == [("results/hessian/b/hessian.csv",),
+                       ("results/train/a/clients.pt", "results/train/a/trajectory.pt")]
+    at = lines.index("missing outputs: 2 jobs (Snakemake does not remake a missing file while files made from it "
+                     "exist)")
+    assert lines[at + 1:at + 3] == [
+        "  results/hessian/b/hessian.csv (recorded by its job, not there now)",
+        "  results/train/a/clients.pt and 1 more of its outputs (recorded by its job, not there now)"]
+    assert lines[0] == "current: 2 recorded results, made by unrecorded (2)"
+    assert lines[-1] == ("  snakemake --cores all --configfile c.yaml --forcerun results/hessian/a/round~0/hessian.csv "
+                         "results/hessian/b/round~0/hessian.csv results/hessian/b/hessian.csv "
+                         "results/train/a/clients.pt")
+
+
+def test_missing_jobs_past_ten_are_counted_by_stage_and_all_remade(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    records = {f"results/{stage}/r{k:02d}/out.csv": {"log": f"logs/{stage}/r{k}.log"}
+               for stage, n in (("init", 1), ("train", 12)) for k in range(n)}
+
+    missing = missing_jobs(records, [], "results")
+    lines = report([], records, [], missing=missing)
+
+    assert len(missing) == 13
+    assert "  and 3 more (train 3)" in lines
+    assert len(lines[-1].split("--forcerun ")[1].split()) == 13

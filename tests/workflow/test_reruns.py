@@ -8,18 +8,24 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from helpers.workflow import ROOT, WORKFLOW_PARTS, copy_workflow, planned_jobs, snakemake
+from helpers.workflow import (
+    ROOT,
+    WORKFLOW_PARTS,
+    copy_workflow,
+    forcerun_targets,
+    make_status,
+    planned_jobs,
+    snakemake,
+)
 
 from fedscape.core.fingerprints import tree_fingerprint
-from fedscape.core.manifest import code_version_label
+from fedscape.core.manifest import MANIFEST, code_version_label
 from fedscape.data.locations import data_files
 from fedscape.plan.workflow import result_versions
 
@@ -153,24 +159,38 @@ def test_the_tables_name_the_code_version_that_trained_each_run(tiny_run):
 
 def test_status_lists_a_bumped_versions_results_with_the_command_that_remakes_only_them(clone, tmp_path):
     # Prepare: the Hessian's result version bumped
-    env = {**os.environ, **_with_bumped_version(tmp_path, "hessian")}
+    env = _with_bumped_version(tmp_path, "hessian")
     hessian_csvs = sorted(str(p.relative_to(clone)) for p in (clone / "results/hessian").rglob("hessian.csv"))
 
     # Execute: `make status`'s command, before and after
-    def status(environ):
-        proc = subprocess.run([sys.executable, "-m", "fedscape.plan.status", "--configfile", "tiny.yaml"], cwd=clone,
-                              capture_output=True, text=True, env=environ, timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
-
-    before, after = status(None), status(env)
+    before, after = make_status(clone, "tiny.yaml"), make_status(clone, "tiny.yaml", env)
 
     # Assert: nothing to remake before; after, every Hessian job for its result version, and the forcerun command
     assert "out of date in meaning: 0 jobs" in before and "nothing to remake" in before
-    assert "made from other data" not in before
+    assert "made from other data" not in before and "missing outputs" not in before
     assert f"out of date in meaning: {len(hessian_csvs)} jobs" in after
     assert after.count("(result version changed)") == len(hessian_csvs)
-    command = next(line for line in after.splitlines() if "--forcerun" in line).split()
-    assert command[:4] == ["snakemake", "--cores", "all", "--configfile"]
-    assert sorted(command[command.index("--forcerun") + 1:]) == hessian_csvs
+    assert next(line for line in after.splitlines() if "--forcerun" in line).split()[:4] == [
+        "snakemake", "--cores", "all", "--configfile"]
+    assert sorted(forcerun_targets(after)) == hessian_csvs
     assert "current: " in after and code_version_label()[:12] in after
+
+
+def test_status_lists_a_job_whose_outputs_are_gone_with_the_command_that_remakes_it(clone, tmp_path):
+    # Prepare: a copy of the finished run in which one train job's outputs are gone (as when a run is killed after
+    # Snakemake deleted the old ones), while what was made from them is there
+    workdir = shutil.copytree(clone, tmp_path / "copy", symlinks=True)
+    record = next((workdir / "results" / MANIFEST / "train").rglob("train.json"))
+    gone = sorted(json.loads(record.read_text())["outputs"])
+    for output in gone:
+        (workdir / output).unlink()
+
+    # Execute
+    status = make_status(workdir, "tiny.yaml")
+
+    # Assert: Snakemake plans nothing; make status lists the job and forces it, which plans it
+    assert _nothing_planned(workdir)
+    assert "missing outputs: 1 jobs" in status and "out of date in meaning: 0 jobs" in status
+    assert f"  {gone[0]} and {len(gone) - 1} more of its outputs (recorded by its job, not there now)" in status
+    assert forcerun_targets(status) == [gone[0]]
+    assert planned_jobs(workdir, "--configfile", "tiny.yaml", "--forcerun", gone[0])["train"] == 1

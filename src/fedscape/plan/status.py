@@ -14,9 +14,13 @@ Snakemake does not see the data: a data set's location is not part of any job's 
 job's inputs. Each job that read data recorded the fingerprint of its files (`data.locations`); the results made
 from other files than those there now are listed too (`made from other data`), and the command remakes them.
 
-Every recorded result that no planned job remakes is current, whichever commit made it: the job records (`_manifest`,
-`core.manifest`) say which, and a result made by another commit at the same result versions is current. The config is
-the dry run's: its arguments read by Snakemake's own parser (`snakemake_args`).
+Every recorded result below the results folder that no planned job remakes is current, whichever commit made it: the
+job records (`_manifest`, `core.manifest`) say which, and a result made by another commit at the same result versions
+is current. The config is the dry run's: its arguments read by Snakemake's own parser (`snakemake_args`).
+
+The dry run does not see what the records do: a recorded output that is no file now (a job killed after Snakemake
+deleted its old outputs, a file removed by hand) is not remade while files made from it exist; such jobs are listed,
+and the command forces them.
 """
 
 from __future__ import annotations
@@ -31,12 +35,12 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedscape.core.config import FIRST_RESULT_VERSION, RESULT_VERSION, load_schema, read_config_file
-from fedscape.core.manifest import code_label, output_records
+from fedscape.core.manifest import MISSING, code_label, output_records, recorded_jobs
 from fedscape.core.paths import results_root
 from fedscape.data.locations import DataChange, changed_data, unfingerprinted_jobs
 from fedscape.plan.workflow import check_config, config_partition_files, partition_problems, result_versions
@@ -44,7 +48,7 @@ from fedscape.plan.workflow import check_config, config_partition_files, partiti
 SCHEMA = "workflow/schemas/config.schema.yaml"  # below the workflow's root, where `make status` runs
 DEFAULT_CONFIG = "config/config.yaml"  # there too: the Snakefile reads it without a --configfile
 REHASH = "--rehash"
-LISTED = 10  # jobs named per group of jobs made from other data; a data set of a paper config is read by hundreds
+LISTED = 10  # jobs named per group (made from other data, missing outputs); a paper config's data set: hundreds
 CLASSES = ("meaning", "made from", "dates", "missing", "other")
 # Snakemake's words for each reason (the start of a `reason:` part), in the order the classes are checked
 _REASONS = (
@@ -133,18 +137,48 @@ def _by_stage(jobs: Iterable[tuple[str, ...]], root: str) -> str:
     return ", ".join(f"{stage} {n}" for stage, n in sorted(counts.items()))
 
 
+def _below(path: str, root: str) -> bool:
+    """Whether `path` lies below the folder `root` as both are written (as Snakemake keys its metadata: a relative and
+    an absolute path are never the same)."""
+    path, root = os.path.normpath(path), os.path.normpath(root)
+    if os.path.isabs(path) != os.path.isabs(root):
+        return False
+    if root == os.curdir:
+        return path != os.pardir and not path.startswith(os.pardir + os.sep)
+    return os.path.commonpath([path, root]) == root
+
+
+def missing_jobs(records: Mapping[str, dict], planned: Iterable[str], root: str) -> list[tuple[str, ...]]:
+    """Each recorded job (`records`: `core.manifest.output_records`) below the results folder `root` that the dry run
+    does not plan (`planned`: its outputs) and whose outputs are not all there now, as its missing outputs, sorted.
+
+    Snakemake does not remake a missing file while files made from it exist (`core.io.remake_hint`): a job killed
+    after Snakemake deleted its old outputs, or a file removed by hand, leaves the files made from them current to it.
+    A job recorded at another path than below `root` (results moved since) is not this folder's to remake there."""
+    planned = set(planned)
+    found = []
+    for _, outputs in recorded_jobs(records):
+        gone = tuple(sorted(o for o in outputs if not Path(o).is_file()))
+        if gone and planned.isdisjoint(outputs) and all(_below(o, root) for o in gone):
+            found.append(gone)
+    return sorted(found)
+
+
 def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args: Iterable[str] = (),
-           changes: Sequence[DataChange] = (), unchecked: int = 0, root: str = "results") -> list[str]:
+           changes: Sequence[DataChange] = (), unchecked: int = 0, root: str = "results",
+           missing: Sequence[tuple[str, ...]] = ()) -> list[str]:
     """The lines of `make status` for a dry run's jobs, the results' job records, the data sets whose files
     changed since some of them were made (`data.locations.changed_data`) and the number of jobs that read data
-    before fedscape recorded what it held (`unchecked`); `root`: the results folder. Of the jobs made from other
-    data, the first `LISTED` of each group are named and the others counted by the folder they lie in (the command
-    names them all)."""
+    before fedscape recorded what it held (`unchecked`); `root`: the results folder; `missing`: the recorded jobs
+    whose outputs are not there (`missing_jobs`). Of the jobs made from other data, and of the missing ones, the
+    first `LISTED` of each group are named and the others counted by the folder they lie in (the command names them
+    all)."""
     planned = {o for job in jobs for o in job.outputs}
     stale = [c for c in changes if c.now is not None]
     other_data = {o for c in stale for job in c.jobs for o in job}
     current = Counter(code_label(r.get("code"), digits=12) for output, r in records.items()
-                      if output not in planned and output not in other_data and Path(output).exists())
+                      if output not in planned and output not in other_data and _below(output, root)
+                      and Path(output).exists())
     by_kind = {kind: [j for j in jobs if j.kind == kind] for kind in CLASSES}
     lines = [f"current: {sum(current.values())} recorded results"
              + (f", made by {', '.join(f'{c} ({n})' for c, n in current.most_common())}" if current else "")]
@@ -174,8 +208,16 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
     if unchecked:
         lines.append(f"made before fedscape recorded what their data held: {unchecked} jobs (not checked against "
                      "the files there now)")
+    if missing:
+        lines.append(f"missing outputs: {len(missing)} jobs (Snakemake does not remake a missing file while files "
+                     "made from it exist)")
+        lines += [f"  {gone[0]}" + (f" and {len(gone) - 1} more of its outputs" if len(gone) > 1 else "")
+                  + f" ({MISSING})" for gone in missing[:LISTED]]
+        if len(missing) > LISTED:
+            lines.append(f"  and {len(missing) - LISTED} more ({_by_stage(missing[LISTED:], root)})")
     targets = [j.outputs[0] for j in sorted(meaning, key=lambda j: j.outputs) if j.outputs]
     targets += sorted({job[0] for c in stale for job in c.jobs} - set(targets))
+    targets += sorted({gone[0] for gone in missing} - set(targets))
     if targets:
         extra = " ".join(snakemake_args)
         lines.append("remake only these (and what is made from them):")
@@ -199,11 +241,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(proc.stdout[-4000:] + proc.stderr[-4000:], file=sys.stderr)
         print("the dry run failed: fix what it says first", file=sys.stderr)
         return 1
-    config = workflow_config(snakemake_args(args))
+    parsed = snakemake_args(args)
+    config = workflow_config(parsed)
+    root = results_root(config)
     jobs = parse_dry_run(proc.stdout + proc.stderr)
-    records = output_records(results_root(config))
-    changes = changed_data(records, config, skip={o for job in jobs for o in job.outputs}, rehash=rehash)
-    for line in report(jobs, records, args, changes, unfingerprinted_jobs(records), results_root(config)):
+    planned = {o for job in jobs for o in job.outputs}
+    records = output_records(root)
+    changes = changed_data(records, config, skip=planned, rehash=rehash)
+    missing = missing_jobs(records, planned, root)
+    for line in report(jobs, records, args, changes, unfingerprinted_jobs(records), root, missing):
         print(line)
     # a dry run checks no partition file (the workflow's onstart does, before the first job)
     damaged = partition_problems(config_partition_files(config), {o for job in jobs for o in job.outputs})

@@ -1,5 +1,6 @@
 """`make status`: a dry run's jobs sorted by why they would run, current results by the commit that made them, the
-recorded outputs not there now; the config read from the arguments as Snakemake reads them."""
+recorded outputs not there now and those whose settings Snakemake cannot compare; the config read from the arguments
+as Snakemake reads them."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from fedscape.plan.status import (
     parse_dry_run,
     report,
     snakemake_args,
+    uncompared_outputs,
     workflow_config,
 )
 from fedscape.plan.workflow import check_config, partition_problems
@@ -262,7 +264,7 @@ def test_a_config_the_dry_run_refuses_is_refused(config_files):
         workflow_config(snakemake_args(["--configfile", f"{config_files}/base.yaml", "--config", "not_a_key=1"]))
 
 
-# -- what the dry run does not see: recorded outputs not there now ----------------------------------------------
+# -- what the dry run does not see: recorded outputs not there now, settings without Snakemake's metadata -----------
 
 
 def _write(*paths: str) -> None:
@@ -314,3 +316,37 @@ def test_missing_jobs_past_ten_are_counted_by_stage_and_all_remade(tmp_path, mon
     assert len(missing) == 13
     assert "  and 3 more (train 3)" in lines
     assert len(lines[-1].split("--forcerun ")[1].split()) == 13
+
+
+@pytest.mark.parametrize(("root", "uncompared"), [
+    ("results", ["/elsewhere/results/e.csv", "results/b.csv"]),
+    # an absolute results folder: the same folder written relative is another path to Snakemake
+    ("{d}/results", ["/elsewhere/results/e.csv", "results/a.csv", "{d}/results/b.csv"]),
+])
+def test_the_outputs_snakemake_has_no_metadata_for_are_those_whose_settings_it_cannot_compare(tmp_path, monkeypatch,
+                                                                                              root, uncompared):
+    # Prepare: below the root, a, b and c there, a and c with Snakemake's metadata, c planned anyway, d not there; one
+    # recorded at another path (its folder moved since), and results/a.csv (the root's a, or another path)
+    monkeypatch.chdir(tmp_path)
+    root = root.format(d=tmp_path)
+    names = {name: f"{root}/{name}.csv" for name in "abcd"}
+    _write(*(names[n] for n in "abc"), "results/a.csv")
+    records = {path: {"log": f"logs/{n}.log"} for n, path in names.items()}
+    records |= {"results/a.csv": {"log": "logs/a.log"}, "/elsewhere/results/e.csv": {"log": "logs/e.log"}}
+    with_metadata = {names["a"], names["c"]}
+
+    # Execute
+    found = uncompared_outputs(records, [names["c"]], root, with_metadata.__contains__)
+    lines = report([], records, root=root, uncompared=len(found))
+
+    # Assert
+    assert found == sorted(o.format(d=tmp_path) for o in uncompared)
+    assert lines[-3:-1] == [
+        f"settings not compared: {len(uncompared)} recorded results that Snakemake has no metadata for here (made "
+        "from another checkout, copied without .snakemake/, or at another path), so a changed setting of theirs shows "
+        "nowhere above",
+        "  run make status from the checkout that made them, or remake what you doubt with snakemake --forcerun <file>"]
+
+
+def test_nothing_without_metadata_says_nothing():
+    assert not any("settings not compared" in line for line in report([], {}, uncompared=0))

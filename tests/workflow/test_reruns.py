@@ -25,7 +25,7 @@ from helpers.workflow import (
 )
 
 from fedscape.core.fingerprints import tree_fingerprint
-from fedscape.core.manifest import MANIFEST, code_version_label
+from fedscape.core.manifest import MANIFEST, code_version_label, output_records
 from fedscape.data.locations import data_files
 from fedscape.plan.workflow import result_versions
 
@@ -168,6 +168,7 @@ def test_status_lists_a_bumped_versions_results_with_the_command_that_remakes_on
     # Assert: nothing to remake before; after, every Hessian job for its result version, and the forcerun command
     assert "out of date in meaning: 0 jobs" in before and "nothing to remake" in before
     assert "made from other data" not in before and "missing outputs" not in before
+    assert "settings not compared" not in before
     assert f"out of date in meaning: {len(hessian_csvs)} jobs" in after
     assert after.count("(result version changed)") == len(hessian_csvs)
     assert next(line for line in after.splitlines() if "--forcerun" in line).split()[:4] == [
@@ -194,3 +195,20 @@ def test_status_lists_a_job_whose_outputs_are_gone_with_the_command_that_remakes
     assert f"  {gone[0]} and {len(gone) - 1} more of its outputs (recorded by its job, not there now)" in status
     assert forcerun_targets(status) == [gone[0]]
     assert planned_jobs(workdir, "--configfile", "tiny.yaml", "--forcerun", gone[0])["train"] == 1
+
+
+def test_status_without_snakemakes_metadata_says_it_cannot_compare_the_results_settings(clone, tmp_path):
+    # Prepare: the finished run copied without Snakemake's metadata, and a config with another lr
+    workdir = shutil.copytree(clone, tmp_path / "copy", symlinks=True)
+    shutil.rmtree(workdir / ".snakemake" / "metadata")
+    cfg = yaml.safe_load((workdir / "tiny.yaml").read_text())
+    cfg["training"]["lr"] /= 2
+    (workdir / "lr.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    # Execute
+    status = make_status(workdir, "lr.yaml")
+
+    # Assert: the changed lr plans nothing (Snakemake has no settings to compare), and status says so of every result
+    recorded = len(output_records(workdir / "results"))
+    assert "out of date in meaning: 0 jobs" in status
+    assert f"settings not compared: {recorded} recorded results that Snakemake has no metadata for here" in status

@@ -18,9 +18,12 @@ Every recorded result below the results folder that no planned job remakes is cu
 job records (`_manifest`, `core.manifest`) say which, and a result made by another commit at the same result versions
 is current. The config is the dry run's: its arguments read by Snakemake's own parser (`snakemake_args`).
 
-The dry run does not see what the records do: a recorded output that is no file now (a job killed after Snakemake
-deleted its old outputs, a file removed by hand) is not remade while files made from it exist; such jobs are listed,
-and the command forces them.
+Two things the dry run does not see, the records do. A recorded output that is no file now (a job killed after
+Snakemake deleted its old outputs, a file removed by hand) is not remade while files made from it exist; such jobs are
+listed, and the command forces them. And Snakemake compares a job's settings with those it kept in its metadata
+(`.snakemake/metadata`, keyed by the output's path): a result it has no metadata for (made from another checkout,
+copied without `.snakemake/`, or below an absolute `results_dir` that has moved since) is not compared, so a changed
+setting of its job shows nowhere; the records hold no settings to compare instead, so such results are counted.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import re
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,15 +167,27 @@ def missing_jobs(records: Mapping[str, dict], planned: Iterable[str], root: str)
     return sorted(found)
 
 
+def uncompared_outputs(records: Mapping[str, dict], planned: Iterable[str], root: str,
+                       has_metadata: Callable[[str], bool]) -> list[str]:
+    """The recorded outputs whose settings the dry run could not compare with their job's settings now, as Snakemake
+    keeps no metadata for them where this config puts them (`has_metadata`: `snakemake_metadata`): those below the
+    results folder `root` that are there, not planned and without metadata (a fresh clone, results copied without
+    `.snakemake/`), and every one recorded at another path (an absolute `results_dir` moved: Snakemake keys its
+    metadata by the path). The records hold no settings to compare instead."""
+    planned = set(planned)
+    return sorted(o for o in records if o not in planned
+                  and (not _below(o, root) or Path(o).is_file() and not has_metadata(o)))
+
+
 def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args: Iterable[str] = (),
            changes: Sequence[DataChange] = (), unchecked: int = 0, root: str = "results",
-           missing: Sequence[tuple[str, ...]] = ()) -> list[str]:
+           missing: Sequence[tuple[str, ...]] = (), uncompared: int = 0) -> list[str]:
     """The lines of `make status` for a dry run's jobs, the results' job records, the data sets whose files
     changed since some of them were made (`data.locations.changed_data`) and the number of jobs that read data
     before fedscape recorded what it held (`unchecked`); `root`: the results folder; `missing`: the recorded jobs
-    whose outputs are not there (`missing_jobs`). Of the jobs made from other data, and of the missing ones, the
-    first `LISTED` of each group are named and the others counted by the folder they lie in (the command names them
-    all)."""
+    whose outputs are not there (`missing_jobs`); `uncompared`: how many recorded outputs Snakemake has no metadata
+    for (`uncompared_outputs`). Of the jobs made from other data, and of the missing ones, the first `LISTED` of
+    each group are named and the others counted by the folder they lie in (the command names them all)."""
     planned = {o for job in jobs for o in job.outputs}
     stale = [c for c in changes if c.now is not None]
     other_data = {o for c in stale for job in c.jobs for o in job}
@@ -215,6 +230,12 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
                   + f" ({MISSING})" for gone in missing[:LISTED]]
         if len(missing) > LISTED:
             lines.append(f"  and {len(missing) - LISTED} more ({_by_stage(missing[LISTED:], root)})")
+    if uncompared:
+        lines.append(f"settings not compared: {uncompared} recorded results that Snakemake has no metadata for here "
+                     "(made from another checkout, copied without .snakemake/, or at another path), so a changed "
+                     "setting of theirs shows nowhere above")
+        lines.append("  run make status from the checkout that made them, or remake what you doubt with "
+                     "snakemake --forcerun <file>")
     targets = [j.outputs[0] for j in sorted(meaning, key=lambda j: j.outputs) if j.outputs]
     targets += sorted({job[0] for c in stale for job in c.jobs} - set(targets))
     targets += sorted({gone[0] for gone in missing} - set(targets))
@@ -249,7 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = output_records(root)
     changes = changed_data(records, config, skip=planned, rehash=rehash)
     missing = missing_jobs(records, planned, root)
-    for line in report(jobs, records, args, changes, unfingerprinted_jobs(records), root, missing):
+    uncompared = uncompared_outputs(records, planned, root, snakemake_metadata(parsed))
+    for line in report(jobs, records, args, changes, unfingerprinted_jobs(records), root, missing, len(uncompared)):
         print(line)
     # a dry run checks no partition file (the workflow's onstart does, before the first job)
     damaged = partition_problems(config_partition_files(config), {o for job in jobs for o in job.outputs})
@@ -290,6 +312,28 @@ def workflow_config(parsed: argparse.Namespace) -> dict:
         config = {} if parsed.replace_workflow_config and given else read_config_file(DEFAULT_CONFIG)
         update_config(config, given)
     return check_config(config, load_schema(SCHEMA), files=files)
+
+
+def snakemake_metadata(parsed: argparse.Namespace) -> Callable[[str], bool]:
+    """Whether Snakemake keeps metadata for an output path, read by its own persistence backend (that of the
+    arguments: `.snakemake/metadata` or a database), opened at the first question."""
+
+    @functools.cache
+    def persistence():
+        from snakemake.persistence.db import DbPersistence  # lazy: Snakemake's metadata, for make status alone
+        from snakemake.persistence.file import FilePersistence  # lazy: Snakemake's metadata, for make status alone
+        from snakemake.settings.enums import PersistenceBackend  # lazy: which one the arguments ask for
+
+        if parsed.persistence_backend == PersistenceBackend.DB:
+            return DbPersistence(nolock=True, db_url=parsed.persistence_backend_db_url)
+        return FilePersistence(nolock=True)
+
+    def has_metadata(output: str) -> bool:
+        from snakemake.io import IOFile  # lazy: the path as Snakemake keys it, for make status alone
+
+        return persistence().metadata(IOFile(output)) is not None
+
+    return has_metadata
 
 
 if __name__ == "__main__":

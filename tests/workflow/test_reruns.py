@@ -182,7 +182,7 @@ def test_status_lists_a_job_whose_outputs_are_gone_with_the_command_that_remakes
     # Snakemake deleted the old ones), while what was made from them is there
     workdir = shutil.copytree(clone, tmp_path / "copy", symlinks=True)
     record = next((workdir / "results" / MANIFEST / "train").rglob("train.json"))
-    gone = sorted(json.loads(record.read_text())["outputs"])
+    gone = sorted(f"results/{output}" for output in json.loads(record.read_text())["outputs"])  # below results/
     for output in gone:
         (workdir / output).unlink()
 

@@ -119,16 +119,34 @@ CONDA_PACKAGES = {"torch": ("pytorch-gpu", "pytorch-cpu"), "torchvision": ("torc
                   "PIL": ("pillow", "torchvision")}
 
 
-def third_party_imports() -> set[str]:
-    """Top-level modules imported by the library and the workflow scripts, stdlib and fedscape left out."""
-    modules = set()
+# Modules that only the tools run beside Snakemake import (never a job, so never a job's env), each with the files
+# allowed to: `make status` reads the config and Snakemake's metadata with Snakemake's own code, in the venv that runs
+# the workflow.
+HOST_ONLY = {"snakemake": {"src/fedscape/plan/status.py"}}
+
+
+def third_party_imports(host_only: bool = False) -> dict[str, set[str]]:
+    """Top-level module -> the files importing it, of the library and the workflow scripts (stdlib and fedscape left
+    out); with `host_only`, the HOST_ONLY modules too."""
+    modules: dict[str, set[str]] = {}
     for path in [*(ROOT / "src" / "fedscape").rglob("*.py"), *(ROOT / "workflow" / "scripts").glob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
+            names = []
             if isinstance(node, ast.Import):
-                modules |= {alias.name.split(".")[0] for alias in node.names}
+                names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                modules.add(node.module.split(".")[0])
-    return {m for m in modules if m not in sys.stdlib_module_names and m != "fedscape"}
+                names = [node.module]
+            for name in names:
+                modules.setdefault(name.split(".")[0], set()).add(path.relative_to(ROOT).as_posix())
+    return {m: files for m, files in modules.items() if m not in sys.stdlib_module_names and m != "fedscape"
+            and (host_only or m not in HOST_ONLY)}
+
+
+def test_host_only_modules_are_imported_only_by_their_tools():
+    imported = third_party_imports(host_only=True)
+
+    assert imported.get("snakemake")  # the scan sees make status's imports
+    assert {m: files - HOST_ONLY[m] for m, files in imported.items() if m in HOST_ONLY and files - HOST_ONLY[m]} == {}
 
 
 @pytest.mark.parametrize("env", ["torch", "light"])
@@ -136,7 +154,7 @@ def test_conda_envs_provide_every_module_fedscape_imports(env):
     # post-deploy installs fedscape with --no-deps: the env file itself must bring every import
     packages = {re.split(r"[\s=<>!]", str(d))[0] for d in yaml.safe_load(
         (ROOT / "envs" / f"{env}.yaml").read_text())["dependencies"]}
-    modules = third_party_imports()
+    modules = set(third_party_imports())
 
     assert modules >= {"torch", "numpy", "pandas"}  # the scan sees the imports
     unknown = modules - set(CONDA_PACKAGES)

@@ -242,8 +242,7 @@ def test_iid_warmup_is_fedavg_rounds_on_the_iid_split(tmp_path):
 # -- continue --------------------------------------------------------------------------------------
 def test_continue_starts_from_the_final_global_model(tmp_path):
     model = inits_mod.random_model(random_job())
-    meta = ModelMeta("cnn_small", 10, 1, 8, {}, tuple(n for n, _ in model.named_parameters()),
-                     tuple(tuple(p.shape) for p in model.parameters()))
+    meta = inits_mod.model_meta_for(random_job(), model)
     params = torch.randn(4, flatten_params(model).numel(), generator=torch.Generator().manual_seed(0))
     save_trajectory(tmp_path / "trajectory.pt", params, torch.zeros(4, 0), torch.arange(4), meta,
                     {"status": "ok", "seed": 7})
@@ -260,8 +259,7 @@ def swa_source(path) -> tuple[torch.Tensor, dict]:
     """A source run's trajectory at `path` that keeps an SWA model (rounds 2 and 3) beside its 4 global models:
     (the global models, the SWA model)."""
     model = inits_mod.random_model(random_job())
-    meta = ModelMeta("cnn_small", 10, 1, 8, {}, tuple(n for n, _ in model.named_parameters()),
-                     tuple(tuple(p.shape) for p in model.parameters()))
+    meta = inits_mod.model_meta_for(random_job(), model)
     params = torch.randn(4, flatten_params(model).numel(), generator=torch.Generator().manual_seed(0))
     swa = {"params": params[2:].mean(0), "buffers": torch.zeros(0), "rounds": (2, 3)}
     save_trajectory(path, params, torch.zeros(4, 0), torch.arange(4), meta, {"status": "ok", "seed": 7}, swa=swa)
@@ -302,8 +300,7 @@ def test_continue_with_source_model_swa_starts_from_the_swa_average(tmp_path):
 def test_continue_from_the_swa_average_of_a_run_without_one_is_refused(tmp_path):
     # Prepare: a source run without SWA
     model = inits_mod.random_model(random_job())
-    meta = ModelMeta("cnn_small", 10, 1, 8, {}, tuple(n for n, _ in model.named_parameters()),
-                     tuple(tuple(p.shape) for p in model.parameters()))
+    meta = inits_mod.model_meta_for(random_job(), model)
     save_trajectory(tmp_path / "t.pt", flatten_params(model).repeat(2, 1), torch.zeros(2, 0), torch.arange(2), meta,
                     {"status": "ok"})
 
@@ -317,8 +314,7 @@ def test_continue_from_the_swa_average_of_a_run_without_one_is_refused(tmp_path)
 def test_continue_refuses_a_diverged_source_run(tmp_path):
     # Prepare: a source run that diverged (its last kept model is not finite)
     model = inits_mod.random_model(random_job())
-    meta = ModelMeta("cnn_small", 10, 1, 8, {}, tuple(n for n, _ in model.named_parameters()),
-                     tuple(tuple(p.shape) for p in model.parameters()))
+    meta = inits_mod.model_meta_for(random_job(), model)
     params = torch.randn(3, flatten_params(model).numel())
     params[2] = float("nan")
     save_trajectory(tmp_path / "t.pt", params, torch.zeros(3, 0), torch.arange(3), meta, {"status": "diverged"})

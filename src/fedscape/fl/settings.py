@@ -321,7 +321,9 @@ class TrainingSettings(JobSettings):
         algorithm's overrides applied: `fedscape.plan.train.merge_training`), its `swa` given resolved or None."""
         declared = {f.name for f in fields(cls)} - {"swa"}
         values = {k: v for k, v in training.items() if k in declared}
-        values["save_clients_at"] = tuple(values.get("save_clients_at", ()))
+        # A set of rounds: [30, 10] and [10, 30, 30] keep the same clients as [10, 30], and the job's settings (compared
+        # as text) say so.
+        values["save_clients_at"] = tuple(sorted(set(values.get("save_clients_at", ()))))
         return cls(**values, swa=swa)
 
     def train_config(self, **run_fields) -> TrainConfig:

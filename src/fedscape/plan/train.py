@@ -25,6 +25,7 @@ from fedscape.fl.hparams.registry import (
     check_algorithm_model,
     check_algorithm_targets,
     display_name,
+    hyperparameter_settings,
     hyperparameter_type_problems,
 )
 from fedscape.fl.schedule import DEFAULT_LOCAL_EPOCHS, WORK_KEYS
@@ -108,7 +109,8 @@ def planned_train(config: dict, run: Run) -> TrainJob:
     return TrainJob(run=run.fields(), run_id=run.run_id,
                     dataset_options=dataset_settings(run.dataset, config["datasets"][run.dataset]),
                     algorithm=spec["name"],
-                    hyperparameters={k: v for k, v in spec.items() if k not in ("name", "training")},
+                    hyperparameters=hyperparameter_settings(
+                        spec["name"], {k: v for k, v in spec.items() if k not in ("name", "training")}),
                     training=TrainingSettings.of(training, swa=swa))
 
 

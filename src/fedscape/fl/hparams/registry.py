@@ -100,6 +100,32 @@ def hyperparameter_type_problems(name: str, overrides: dict[str, Any]) -> list[t
     return problems
 
 
+def _as_declared(annotation, value):
+    """`value` as a hyperparameter annotated `annotation` takes it: an int written for a float as that float (also in
+    a list of floats, which stays a list, as YAML gives it); anything else unchanged."""
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float and whole:
+        return float(value)
+    if typing.get_origin(annotation) is tuple and set(typing.get_args(annotation)) - {Ellipsis} == {float}:
+        if isinstance(value, list):
+            return [_as_declared(float, v) for v in value]
+    return value
+
+
+def hyperparameter_settings(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters of algorithm `name` as its train jobs' settings carry them: each override as its field's
+    type (`_as_declared`), in the config's order.
+
+    `mu: 0` and `mu: 0.0` are one run, but Snakemake compares settings by their text: without this, respelling one as
+    the other would rerun the run. The float is the spelling kept, as the shipped configs write these numbers. A key
+    written at its default stays (unlike the schema's keys): the shipped studies spell some at their defaults (meta's
+    fedadam, layerwise's central_gpt), and leaving them out would rerun those finished runs. Keys the algorithm has
+    not are kept, for `algorithm_config` to refuse by name.
+    """
+    hints = typing.get_type_hints(algorithm_spec(name).config)
+    return {key: _as_declared(hints[key], value) if key in hints else value for key, value in overrides.items()}
+
+
 def algorithm_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
     """The algorithm's hyperparameter dataclass with `overrides` applied; unknown keys and values of the wrong
     type fail clearly."""

@@ -1,0 +1,163 @@
+"""Two spellings of one setting plan one job: an int written where a number is meant (`weight_decay: 0` for `0.0`) and
+a reordered set of rounds (`save_clients_at`) give the same settings text, which Snakemake compares to decide a rerun
+(fedscape.core.config.numbers_as_floats, fedscape.fl.hparams.registry.hyperparameter_settings,
+fedscape.fl.settings.TrainingSettings.of). What changes a job still reaches its settings."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import yaml
+from helpers.configs import DEFAULT, SCHEMA, TINY
+from helpers.plans import all_settings
+from helpers.workflow import ROOT
+
+from fedscape.core.config import ConfigError, numbers_as_floats
+from fedscape.fl.hparams.registry import hyperparameter_settings
+from fedscape.plan.workflow import check_config
+
+SHIPPED = [ROOT / "config" / "config.yaml", *sorted((ROOT / "config" / "papers").glob("*.yaml")),
+           ROOT / "tests" / "data" / "tiny_config.yaml"]
+CONTINUE = {"kind": "continue", "run": {"alpha": 1.0, "participation": 1.0, "init": "random", "algorithm": "fedavg"}}
+
+
+def _texts(config: dict) -> list[str]:
+    """The settings of every job `config` plans, as Snakemake records them (their text)."""
+    return sorted(repr(settings) for settings in all_settings(check_config(copy.deepcopy(config), SCHEMA)))
+
+
+def _edit(config: dict, path: tuple, value) -> dict:
+    config = copy.deepcopy(config)
+    parent = config
+    for part in path[:-1]:
+        parent = parent.setdefault(part, {}) if isinstance(parent, dict) else parent[part]
+    parent[path[-1]] = value
+    return config
+
+
+def _whole_floats(value, path: tuple = ()):
+    """(path, value) of every float of a parsed YAML document that an int could spell (2.0, 0.0)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _whole_floats(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _whole_floats(item, (*path, i))
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        yield path, value
+
+
+def _with_continue_init(config: dict) -> dict:
+    return {**copy.deepcopy(config), "inits": {**config["inits"], "more": copy.deepcopy(CONTINUE)},
+            "experiments": [*config["experiments"], {"alpha": 0.1, "init": "more"}]}
+
+
+# (config, path, one spelling, the other): each pair means the same jobs.
+SAME_MEANING = [
+    pytest.param(DEFAULT, ("training", "weight_decay"), 0.0, 0, id="training-float-as-int"),
+    pytest.param(DEFAULT, ("training", "lr"), 1.0, 1, id="training-lr-as-int"),
+    pytest.param(DEFAULT, ("training", "save_clients_at"), [1, 10, 30], [30, 1, 10], id="rounds-reordered"),
+    pytest.param(DEFAULT, ("training", "save_clients_at"), [1, 10, 30], [1, 10, 10, 30], id="rounds-repeated"),
+    pytest.param(DEFAULT, ("algorithms", "fedprox", "mu"), 1.0, 1, id="hyperparameter-as-int"),
+    pytest.param(DEFAULT, ("algorithms", "fedprox", "training"), {"momentum": 0.0}, {"momentum": 0},
+                 id="algorithm-training-override-as-int"),
+    pytest.param(DEFAULT, ("inits", "pretrained", "lr"), 1.0, 1, id="init-key-as-int"),
+    pytest.param(_with_continue_init(DEFAULT), ("inits", "more", "run", "alpha"), 1.0, 1, id="continue-selector"),
+    pytest.param(DEFAULT, ("partition", "min_size"), 10, 10, id="unchanged"),
+]
+
+
+@pytest.mark.parametrize(("config", "path", "one", "other"), SAME_MEANING)
+def test_two_spellings_of_one_setting_plan_the_same_settings(config, path, one, other):
+    # Prepare
+    first, second = _edit(config, path, one), _edit(config, path, other)
+
+    # Execute
+    texts = _texts(first), _texts(second)
+
+    # Assert
+    assert texts[0] == texts[1]
+
+
+@pytest.mark.parametrize(("path", "one", "other"), [
+    (("training", "weight_decay"), 0, 0.5),
+    (("training", "save_clients_at"), [1, 10, 30], [1, 10]),
+    (("algorithms", "fedprox", "mu"), 1, 2),
+    (("algorithms", "fedprox", "mu"), 1, 1.5),
+    (("inits", "pretrained", "lr"), 1, 0.5),
+])
+def test_a_change_of_meaning_still_changes_the_settings(path, one, other):
+    assert _texts(_edit(DEFAULT, path, one)) != _texts(_edit(DEFAULT, path, other))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_whole_number_of_a_shipped_config_may_be_written_as_an_int(path):
+    # Prepare: each whole float of the file (a learning rate 1.0, a weight decay 0.0, an alpha 1.0) as an int
+    config = yaml.safe_load(path.read_text())
+    base = _texts(config)
+    floats = list(_whole_floats(config))
+
+    # Execute
+    changed = [where for where, value in floats if _texts(_edit(config, where, int(value))) != base]
+
+    # Assert
+    assert changed == []
+
+
+def test_the_tiny_config_has_whole_floats_to_respell():
+    # the test above checks something on at least the configs the suite runs
+    assert list(_whole_floats(DEFAULT)) and list(_whole_floats(TINY))
+
+
+SCHEMA_CASES = [
+    ({"type": "number"}, 2, 2.0),
+    ({"type": "number"}, 2.5, 2.5),
+    ({"type": "integer"}, 2, 2),
+    ({"type": ["integer", "number"]}, 2, 2),
+    ({"type": ["number", "null"]}, 2, 2.0),
+    ({"anyOf": [{"const": "iid"}, {"type": "number"}]}, 1, 1.0),
+    ({"anyOf": [{"const": "iid"}, {"type": "number"}]}, "iid", "iid"),
+    ({"anyOf": [{"type": "integer"}, {"type": "number"}]}, 3, 3),
+    ({"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "integer"}}}, {"a": 0, "b": 0},
+     {"a": 0.0, "b": 0}),
+    ({"type": "array", "items": {"type": "number"}}, [0, 1.5, 2], [0.0, 1.5, 2.0]),
+    ({"type": "object", "additionalProperties": {"type": "array", "items": {"type": "number"}}}, {"x": [1]},
+     {"x": [1.0]}),
+]
+
+
+@pytest.mark.parametrize(("schema", "value", "expected"), SCHEMA_CASES)
+def test_numbers_as_floats_makes_floats_where_the_schema_means_any_number(schema, value, expected):
+    # Execute
+    result = numbers_as_floats(copy.deepcopy(value), schema)
+
+    # Assert: equal, and of the same types (1 == 1.0 in Python, so compare the text)
+    assert repr(result) == repr(expected)
+
+
+def test_numbers_as_floats_leaves_a_boolean_alone():
+    # a YAML true is a Python int: the schema refuses it where it means a number, and no float may hide that
+    assert numbers_as_floats({"a": True}, {"type": "object", "properties": {"a": {"type": "number"}}}) == {"a": True}
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ({"mu": 1}, "{'mu': 1.0}"),
+    ({"mu": 0.5}, "{'mu': 0.5}"),
+    ({"mu": 1e-4}, "{'mu': 0.0001}"),  # at its default: written, as the shipped studies write some
+    ({"muu": 1}, "{'muu': 1}"),  # no such key: kept for the algorithm's check to name
+])
+def test_hyperparameters_reach_the_settings_as_their_declared_type(overrides, expected):
+    assert repr(hyperparameter_settings("fedprox", overrides)) == expected
+
+
+def test_a_list_of_float_hyperparameters_stays_a_list_of_floats():
+    # GradAug's input scales, declared tuple[float, ...]: a YAML list, kept a list (its text is the settings')
+    assert repr(hyperparameter_settings("gradaug", {"scales": [1, 0.5]})) == "{'scales': [1.0, 0.5]}"
+
+
+def test_a_bad_value_is_still_refused_by_its_key():
+    # the schema check runs before any respelling: a text where a number is meant names the key
+    with pytest.raises(ConfigError, match="weight_decay"):
+        check_config(_edit(DEFAULT, ("training", "weight_decay"), "zero"), SCHEMA)

@@ -11,6 +11,8 @@ from fedscape.fl.swa import swa_config
 
 MoonHead = Literal["side", "projection"]
 MOON_HEADS = get_args(MoonHead)
+MoonReferenceMode = Literal["train", "eval"]
+MOON_REFERENCE_MODES = get_args(MoonReferenceMode)
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,17 @@ class MoonConfig(ServerSGDConfig):
     # head's output, as in MOON's code (Li et al. 2021, model-contrastive federated learning) and the FedAlign
     # code (models/resnet.py, projection=True): the head is part of the model, trained by both terms, evaluated.
     head: MoonHead = "side"
+    # The mode in which the reference models (the round's global model and the client's previous local model) compute
+    # their representations. "train" (the baseline): the local model's mode, train mode during local training, so a
+    # batch-norm model normalises the references' features with the batch's statistics, as the FedAlign code does
+    # (Mendieta et al. 2022, methods/moon.py: its copies of the global and previous models are never put in eval
+    # mode). "eval": eval mode, each reference with its own running statistics (the global model's of the round, the
+    # previous local model's from the end of its client's last local training), as MOON's code does (Li et al. 2021,
+    # github.com/QinbinLi/MOON main.py: global_model.eval() every round and the previous nets .eval(), requires_grad
+    # False). They differ for batch-norm models only (no model here has dropout), and there by about MOON's own effect
+    # (an earlier measurement on resnet20: the round-2 global model's difference between the two modes was 1.08x
+    # MOON's whole departure from FedAvg). MOON trains its clients one after another in either mode (SPECS).
+    reference_mode: MoonReferenceMode = "train"
 
     def __post_init__(self):
         super().__post_init__()
@@ -35,6 +48,8 @@ class MoonConfig(ServerSGDConfig):
             raise ValueError("MOON needs temperature > 0, mu >= 0 and projection_dim >= 0")
         if self.head not in MOON_HEADS:
             raise unknown_name_error("MOON head", self.head, MOON_HEADS)
+        if self.reference_mode not in MOON_REFERENCE_MODES:
+            raise unknown_name_error("MOON reference mode", self.reference_mode, MOON_REFERENCE_MODES)
         if self.head == "side" and (self.server_lr != 1 or self.server_momentum):
             raise ValueError(f"MOON with head side averages its head plainly, so server_lr {self.server_lr} and "
                              f"server_momentum {self.server_momentum} would step the model and its head differently: "

@@ -38,12 +38,21 @@ class Moon(Strategy):
     saved and evaluated with it. The previous local model of a client that has not yet trained is the
     initial global model, as in the FedAlign code.
 
-    The global and previous models compute their representations in the local model's mode: in training, a
-    batch-norm model's with the batch's statistics, as in the FedAlign code (its copies are never put in eval
-    mode). MOON's own code puts them in eval mode (running statistics); the two differ for batch-norm models only.
+    ``reference_mode: train`` (the default): the global and previous models compute their representations in the
+    local model's mode: in training, a batch-norm model's with the batch's statistics, as in the FedAlign code (its
+    copies are never put in eval mode). ``reference_mode: eval``: in eval mode, as MOON's own code does, each with
+    its own running statistics: the global model with the round's global buffers, a client's previous model with
+    the buffers its local model had at the end of that client's last local training (kept per client, `prev_buffers`,
+    only in this mode), a client that has not yet trained with the initial global model's. The two modes differ for
+    batch-norm models only.
     """
 
     standard_local_training = False
+
+    @property
+    def eval_references(self) -> bool:
+        """Whether the reference models compute in eval mode with their own buffers (``reference_mode: eval``)."""
+        return self.config.reference_mode == "eval"
 
     @property
     def projection(self) -> bool:
@@ -72,6 +81,7 @@ class Moon(Strategy):
             self._global_model = copy.deepcopy(model).requires_grad_(False)
             self._prev_model = copy.deepcopy(model).requires_grad_(False)
             self.prev = ClientStore(num_params, flatten_params(model).cpu())
+            self._setup_prev_buffers(model)
             return
         dim = model.classifier.in_features
         out = self.config.projection_dim or dim
@@ -88,16 +98,27 @@ class Moon(Strategy):
         self.prev = ClientStore(num_params, flatten_params(model).cpu())
         self.prev_heads = ClientStore(self.head_global.numel(), self.head_global.cpu())
         self._pending_heads: dict[int, torch.Tensor] = {}
+        self._setup_prev_buffers(model)
+
+    def _setup_prev_buffers(self, model: nn.Module) -> None:
+        """reference_mode eval: each client's previous floating buffers, the initial model's for a client that has not
+        yet trained (as its previous parameters are the initial model's); None in train mode, whose references
+        normalise with the batch's statistics."""
+        buffers = flatten_buffers(model).cpu()
+        self.prev_buffers = ClientStore(buffers.numel(), buffers) if self.eval_references else None
 
     def state_dict(self):
+        extra = {"prev_buffers": self.prev_buffers.state_dict()} if self.prev_buffers is not None else {}
         if self.projection:
-            return {**super().state_dict(), "prev": self.prev.state_dict()}
+            return {**super().state_dict(), "prev": self.prev.state_dict(), **extra}
         return {**super().state_dict(), "head_global": self.head_global, "prev": self.prev.state_dict(),
-                "prev_heads": self.prev_heads.state_dict()}
+                "prev_heads": self.prev_heads.state_dict(), **extra}
 
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
         self.prev.load_state_dict(state["prev"])
+        if self.prev_buffers is not None:
+            self.prev_buffers.load_state_dict(state["prev_buffers"])
         if self.projection:
             return
         self.head_global = state["head_global"].to(self.device)
@@ -105,17 +126,22 @@ class Moon(Strategy):
 
     def begin_local(self, model: nn.Module, ctx: ClientContext) -> None:
         device = ctx.global_params.device
-        buffers = flatten_buffers(model)
-        for copy_, params in ((self._global_model, ctx.global_params),
-                              (self._prev_model, self.prev.get(ctx.client_id, device))):
+        buffers = flatten_buffers(model)  # the round's global buffers: the engine has loaded the global model
+        # train mode: both references take them (unread by batch norm in train mode); eval mode: the previous model
+        # takes its client's own
+        prev_buffers = buffers if self.prev_buffers is None else self.prev_buffers.get(ctx.client_id, device)
+        for copy_, params, copy_buffers in ((self._global_model, ctx.global_params, buffers),
+                                            (self._prev_model, self.prev.get(ctx.client_id, device), prev_buffers)):
             load_params(copy_, params)
-            if buffers.numel():
-                load_buffers(copy_, buffers)
-            copy_.train(model.training)
+            if copy_buffers.numel():
+                load_buffers(copy_, copy_buffers)
+            copy_.train(model.training and not self.eval_references)
         if self.projection:
             return
         load_params(self._global_head, self.head_global)
         load_params(self._prev_head, self.prev_heads.get(ctx.client_id, device))
+        self._global_head.train(not self.eval_references)  # no batch norm in the head: the mode changes nothing
+        self._prev_head.train(not self.eval_references)
         self.head_flat.set(self.head_global)
         self.head.train()
 
@@ -140,6 +166,8 @@ class Moon(Strategy):
 
     def end_local(self, model: nn.Module, ctx: ClientContext, params: torch.Tensor) -> None:
         self.prev.set(ctx.client_id, params)
+        if self.prev_buffers is not None:
+            self.prev_buffers.set(ctx.client_id, flatten_buffers(model))
         if self.projection:
             return
         head = self.head_flat.get()

@@ -9,11 +9,12 @@ from fedscape.data.federated import FederatedData
 from fedscape.models.registry import build_model
 
 
-def shard_data(sizes: list[int], seed: int = 0) -> FederatedData:
-    """Clients holding consecutive shards of `sizes` random samples; the first 20 samples are the test set."""
+def shard_data(sizes: list[int], seed: int = 0, size: int = 8) -> FederatedData:
+    """Clients holding consecutive shards of `sizes` random 1-channel `size` x `size` samples (in torch's default
+    dtype); the first 20 samples are the test set."""
     g = torch.Generator().manual_seed(seed)
     n = sum(sizes)
-    x = torch.randn(n, 1, 8, 8, generator=g)
+    x = torch.randn(n, 1, size, size, generator=g)
     y = torch.randint(0, 10, (n,), generator=g)
     bounds = torch.tensor([0, *sizes]).cumsum(0)
     idx = [torch.arange(int(bounds[i]), int(bounds[i + 1])) for i in range(len(sizes))]

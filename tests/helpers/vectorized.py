@@ -19,17 +19,6 @@ from fedscape.models.params import FlatParams, flatten_buffers
 from fedscape.models.registry import build_model
 
 
-def shard_data(sizes: list[int], seed: int = 0, size: int = 8) -> FederatedData:
-    """Random 1-channel images split into contiguous shards of unequal sizes (in torch's default dtype)."""
-    g = torch.Generator().manual_seed(seed)
-    n = sum(sizes)
-    x = torch.randn(n, 1, size, size, generator=g)
-    y = torch.randint(0, 10, (n,), generator=g)
-    bounds = torch.tensor([0, *sizes]).cumsum(0)
-    idx = [torch.arange(int(bounds[i]), int(bounds[i + 1])) for i in range(len(sizes))]
-    return FederatedData(x, y, idx, x[:20], y[:20])
-
-
 def model_of(name: str = "cnn_small", seed: int = 0, **options) -> nn.Module:
     """A seeded digits-shaped model (8x8, one channel, 10 classes)."""
     torch.manual_seed(seed)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import vectorized
-from helpers.vectorized import model_of, shard_data
+from helpers.synthetic import shard_data
+from helpers.vectorized import model_of
 from torch import nn
 
 from fedscape.core.config import ConfigError, load_schema

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import vectorized
-from helpers.vectorized import both_rounds, model_of, shard_data
+from helpers.synthetic import shard_data
+from helpers.vectorized import both_rounds, model_of
 from torch import nn
 
 from fedscape.fl import vectorized as vectorized_mod

@@ -9,7 +9,8 @@ import math
 import pytest
 import torch
 from helpers import vectorized
-from helpers.vectorized import both_rounds, shard_data
+from helpers.synthetic import shard_data
+from helpers.vectorized import both_rounds
 from torch import nn
 
 from fedscape.fl.settings import TrainConfig

@@ -4,6 +4,8 @@ as Snakemake reads them."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from helpers.configs import SCHEMA, config_with
 from helpers.workflow import ROOT, TINY_CONFIG
 
 from fedscape.core.config import ConfigError
+from fedscape.core.logs import job_log
 from fedscape.plan import status
 from fedscape.plan.status import (
     PlannedJob,
@@ -223,7 +226,9 @@ localrule partition:
 @pytest.fixture
 def config_files(tmp_path, monkeypatch) -> Path:
     """base.yaml (the tiny config, its own lr and results folder) and over.yaml (another results folder and number of
-    rounds) in `tmp_path`; the working directory the workflow's root, where `make status` runs."""
+    rounds) in `tmp_path`, and work/ (a folder to give Snakemake's --directory) with a default config of its own
+    (config/config.yaml: the tiny config with another lr and a relative results folder); the working directory the
+    workflow's root, where `make status` runs."""
     monkeypatch.chdir(ROOT)
     base = yaml.safe_load(TINY_CONFIG.read_text())
     base["results_dir"] = str(tmp_path / "base")
@@ -231,6 +236,9 @@ def config_files(tmp_path, monkeypatch) -> Path:
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     (tmp_path / "over.yaml").write_text(yaml.safe_dump({"results_dir": str(tmp_path / "over"),
                                                         "training": {"rounds": 4}}))
+    (tmp_path / "work" / "config").mkdir(parents=True)
+    own = {**base, "results_dir": "work_results", "training": {**base["training"], "lr": 0.0456}}
+    (tmp_path / "work" / "config" / "config.yaml").write_text(yaml.safe_dump(own))
     return tmp_path
 
 
@@ -250,6 +258,9 @@ DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     ([], "results", DEFAULT["training"]["lr"], DEFAULT["training"]["rounds"]),
     # targets before the options, and the dry run's other options
     (["results/tables/final.csv", "--configfile={d}/base.yaml", "--rerun-triggers", "mtime"], "{d}/base", 0.0123, 3),
+    # --directory: the Snakefile reads its default config below it; a --configfile is read where Snakemake starts
+    (["--directory", "{d}/work"], "work_results", 0.0456, 3),
+    (["-d", "{d}/work", "--configfile={d}/base.yaml"], "{d}/base", 0.0123, 3),
 ])
 def test_the_config_is_the_one_snakemake_reads_from_the_arguments(config_files, args, results_dir, lr, rounds):
     config = workflow_config(snakemake_args([a.format(d=config_files) for a in args]))
@@ -350,3 +361,80 @@ def test_the_outputs_snakemake_has_no_metadata_for_are_those_whose_settings_it_c
 
 def test_nothing_without_metadata_says_nothing():
     assert not any("settings not compared" in line for line in report([], {}, uncompared=0))
+
+
+# -- Snakemake's --directory: every path below it but the --configfile files ---------------------------------------
+
+NOTHING_PLANNED = "Building DAG of jobs...\nNothing to be done (all requested files are present and up to date).\n"
+
+
+def _dry_run(monkeypatch, text: str) -> list[list[str]]:
+    """The dry run of `status.main` replaced by one that prints `text`; returns the commands it was given."""
+    seen = []
+    run = subprocess.run  # Snakemake's own argument parser asks its executor plugins' commands too
+
+    def dry_run(cmd, **kwargs):
+        if cmd[1:3] != ["-m", "snakemake"]:
+            return run(cmd, **kwargs)
+        seen.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, text, "")
+
+    monkeypatch.setattr(status.subprocess, "run", dry_run)
+    return seen
+
+
+@pytest.fixture
+def finished_below(config_files, restore_logging) -> Path:
+    """A finished-looking run below work/ (of `config_files`), as `snakemake --directory work` leaves one: a table job
+    and a job with two outputs, their outputs and records below work/results (written through job_log, as every
+    job does), and Snakemake's metadata (in work/.snakemake) of every output but the table. Returns work/."""
+    from snakemake.persistence import MetadataRecord
+    from snakemake.persistence.file import FilePersistence
+
+    work = config_files / "work"
+    outputs = {"tables": ["results/tables/a.csv"], "run": ["results/train/r/x.pt", "results/train/r/y.pt"]}
+    with contextlib.chdir(work):
+        for name, paths in outputs.items():
+            with job_log(f"logs/{name}.log", paths, "results"):
+                for i, path in enumerate(paths):
+                    Path(path).parent.mkdir(parents=True, exist_ok=True)
+                    Path(path).write_text(f"{name} output {i}\n")
+        metadata = FilePersistence(nolock=True)  # work/.snakemake, keyed by the outputs' paths below work/
+        for path in outputs["run"]:
+            metadata._write_record(path, MetadataRecord(rule="train"))
+    return work
+
+
+def test_with_directory_the_records_and_metadata_below_it_are_read(finished_below, monkeypatch, capsys):
+    # Prepare: the dry run plans nothing; the config file named relative to where make status runs, its results_dir
+    # relative (below the working directory, as Snakemake reads it)
+    _dry_run(monkeypatch, NOTHING_PLANNED)
+    work = os.path.relpath(finished_below, ROOT)
+    config = os.path.relpath(finished_below.parent / "base.yaml", ROOT)
+
+    # Execute
+    assert status.main(["--directory", work, "--configfile", config, "--config", "results_dir=results"]) == 0
+
+    # Assert: the three results below work/ are current; Snakemake has no metadata for the table's in work/.snakemake
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("current: 3 recorded results, made by ")
+    assert next(line for line in lines if line.startswith("settings not compared")).startswith(
+        "settings not compared: 1 recorded results")
+    assert lines[-1] == "nothing to remake"
+    assert Path.cwd() == ROOT  # and make status is back where it started
+
+
+def test_with_directory_a_missing_output_is_forced_by_its_path_below_it(finished_below, monkeypatch, capsys):
+    # Prepare: one of the train job's outputs removed; the dry run plans nothing
+    (finished_below / "results/train/r/y.pt").unlink()
+    _dry_run(monkeypatch, NOTHING_PLANNED)
+    args = ["-d", str(finished_below), "--configfile", str(finished_below.parent / "base.yaml"),
+            "--config", "results_dir=results"]
+
+    # Execute
+    assert status.main(args) == 0
+
+    # Assert: its path as Snakemake reads a target with --directory (relative to that folder), in the command
+    lines = capsys.readouterr().out.splitlines()
+    assert "  results/train/r/y.pt (recorded by its job, not there now)" in lines
+    assert lines[-1] == f"  snakemake --cores all {' '.join(args)} --forcerun results/train/r/y.pt"

@@ -16,7 +16,9 @@ from other files than those there now are listed too (`made from other data`), a
 
 Every recorded result below the results folder that no planned job remakes is current, whichever commit made it: the
 job records (`_manifest`, `core.manifest`) say which, and a result made by another commit at the same result versions
-is current. The config is the dry run's: its arguments read by Snakemake's own parser (`snakemake_args`).
+is current. The config is the dry run's: its arguments read by Snakemake's own parser (`snakemake_args`), and every
+path read where Snakemake reads it: the --configfile files from here, the rest (the default config, the results and
+their records, `.snakemake/`, the data) below its working directory, `--directory` where given (`working_directory`).
 
 Two things the dry run does not see, the records do. A recorded output that is no file now (a job killed after
 Snakemake deleted its old outputs, a file removed by hand) is not remade while files made from it exist; such jobs are
@@ -264,22 +266,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     parsed = snakemake_args(args)
     config = workflow_config(parsed)
-    root = results_root(config)
-    jobs = parse_dry_run(proc.stdout + proc.stderr)
-    planned = {o for job in jobs for o in job.outputs}
-    records = output_records(root)
-    changes = changed_data(records, config, skip=planned, rehash=rehash)
-    missing = missing_jobs(records, planned, root)
-    uncompared = uncompared_outputs(records, planned, root, snakemake_metadata(parsed))
-    for line in report(jobs, records, args, changes, unfingerprinted_jobs(records), root, missing, len(uncompared)):
-        print(line)
-    # a dry run checks no partition file (the workflow's onstart does, before the first job)
-    damaged = partition_problems(config_partition_files(config), {o for job in jobs for o in job.outputs})
-    if damaged:
-        print(f"damaged partition files, or another run's: {len(damaged)} (the workflow refuses to run the jobs that "
-              "read them)")
-        for line in damaged:
-            print(f"  {line}")
+    with working_directory(parsed):  # every path below is Snakemake's: relative to its working directory
+        root = results_root(config)
+        jobs = parse_dry_run(proc.stdout + proc.stderr)
+        planned = {o for job in jobs for o in job.outputs}
+        records = output_records(root)
+        changes = changed_data(records, config, skip=planned, rehash=rehash)
+        missing = missing_jobs(records, planned, root)
+        uncompared = uncompared_outputs(records, planned, root, snakemake_metadata(parsed))
+        for line in report(jobs, records, args, changes, unfingerprinted_jobs(records), root, missing,
+                           len(uncompared)):
+            print(line)
+        # a dry run checks no partition file (the workflow's onstart does, before the first job)
+        damaged = partition_problems(config_partition_files(config), planned)
+        if damaged:
+            print(f"damaged partition files, or another run's: {len(damaged)} (the workflow refuses to run the jobs "
+                  "that read them)")
+            for line in damaged:
+                print(f"  {line}")
     return 0
 
 
@@ -296,27 +300,42 @@ def workflow_config(parsed: argparse.Namespace) -> dict:
     """The config the workflow runs with under these arguments (`snakemake_args`), its defaults filled and validated
     as the Snakefile does: Snakemake's merge of the --configfile files in their order and then the --config values
     (its ConfigSettings); without a --configfile, the default config with those values on top (the Snakefile reads
-    the default config only then)."""
+    the default config only then). As Snakemake does, the --configfile files are read relative to where it starts,
+    and the default config, and what check_config reads (a `plane_file`), relative to its working directory
+    (`working_directory`)."""
     from snakemake.cli import parse_config  # lazy: Snakemake's reading of --config, for make status alone
     from snakemake.settings.types import ConfigSettings  # lazy: its merge of config files, for make status alone
     from snakemake.utils import update_config  # lazy: its merge of two configs, for make status alone
 
-    given = ConfigSettings(config=parse_config(parsed.config), configfiles=parsed.configfile,
-                           replace_workflow_config=parsed.replace_workflow_config).overwrite_config
-    files = [str(path) for path in parsed.configfile]
-    if files:
-        config = given
-    else:
-        files = [DEFAULT_CONFIG]
-        # as Snakemake's `configfile:` directive, which the Snakefile gives the default config
-        config = {} if parsed.replace_workflow_config and given else read_config_file(DEFAULT_CONFIG)
-        update_config(config, given)
-    return check_config(config, load_schema(SCHEMA), files=files)
+    schema = load_schema(SCHEMA)  # the Snakefile's (its folder's), not below --directory
+    # the --configfile files, read before Snakemake enters its working directory: relative to where it starts
+    settings = ConfigSettings(config=parse_config(parsed.config), configfiles=parsed.configfile,
+                              replace_workflow_config=parsed.replace_workflow_config)
+    given, files = settings.overwrite_config, [str(path) for path in settings.configfiles]  # those paths absolute
+    with working_directory(parsed):  # where the Snakefile runs: its default config and check_config's files
+        if files:
+            config = given
+        else:
+            files = [DEFAULT_CONFIG]
+            # as Snakemake's `configfile:` directive, which the Snakefile gives the default config
+            config = {} if parsed.replace_workflow_config and given else read_config_file(DEFAULT_CONFIG)
+            update_config(config, given)
+        return check_config(config, schema, files=files)
+
+
+def working_directory(parsed: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """Enter the folder Snakemake works in under these arguments (`snakemake_args`): `--directory` (`-d`, or a
+    profile's `directory:`), else stay here. Snakemake enters it before it reads the Snakefile, so that a relative
+    `results_dir` (the results, their records and logs), its `.snakemake/` metadata, the default config and the data
+    folders are below it; only the --configfile files are read from where it starts (`workflow_config`)."""
+    return contextlib.chdir(parsed.directory) if parsed.directory else contextlib.nullcontext()
 
 
 def snakemake_metadata(parsed: argparse.Namespace) -> Callable[[str], bool]:
     """Whether Snakemake keeps metadata for an output path, read by its own persistence backend (that of the
-    arguments: `.snakemake/metadata` or a database), opened at the first question."""
+    arguments: `.snakemake/metadata` or a database) in the working directory at this call, as Snakemake reads it there
+    (`working_directory`); the output's path relative to that folder too. Opened at the first question."""
+    workdir = os.getcwd()
 
     @functools.cache
     def persistence():
@@ -324,9 +343,10 @@ def snakemake_metadata(parsed: argparse.Namespace) -> Callable[[str], bool]:
         from snakemake.persistence.file import FilePersistence  # lazy: Snakemake's metadata, for make status alone
         from snakemake.settings.enums import PersistenceBackend  # lazy: which one the arguments ask for
 
-        if parsed.persistence_backend == PersistenceBackend.DB:
-            return DbPersistence(nolock=True, db_url=parsed.persistence_backend_db_url)
-        return FilePersistence(nolock=True)
+        with contextlib.chdir(workdir):  # its default place (`.snakemake`, and a database's namespace) is the folder's
+            if parsed.persistence_backend == PersistenceBackend.DB:
+                return DbPersistence(nolock=True, db_url=parsed.persistence_backend_db_url)
+            return FilePersistence(nolock=True)
 
     def has_metadata(output: str) -> bool:
         from snakemake.io import IOFile  # lazy: the path as Snakemake keys it, for make status alone

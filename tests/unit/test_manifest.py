@@ -124,6 +124,75 @@ def test_verify_finds_changed_missing_and_foreign_outputs_even_with_their_times_
     assert code == 1
 
 
+# -- make status's quick check: sizes, and the contents of files dated outside their job's run ----------------------
+
+HOUR = 3600
+
+
+def _put(path: Path, content: bytes | None = None, shift: float | None = None) -> None:
+    """Write `content` to `path` (None: leave it), its modification time then moved by `shift` seconds from where it
+    was (None: as the write left it)."""
+    times = os.stat(path).st_mtime
+    if content is not None:
+        path.write_bytes(content)
+    if shift is not None:
+        os.utime(path, (times + shift, times + shift))
+
+
+FOREIGN_X = ("foreign", "its content is that recorded for results/train/r/y.pt")
+
+
+@pytest.mark.parametrize(("change", "found", "hashed"), [
+    # another size: changed, read by none
+    (lambda x, y: _put(x, b"a longer file\n"), [("changed", "14 bytes; its job wrote 13 bytes")], 0),
+    # the same size, written after its job: read, and changed or another output's content (foreign)
+    (lambda x, y: _put(x, b"run output 9\n", HOUR), [("changed", "13 bytes, SHA-256 ")], 1),
+    (lambda x, y: _put(x, y.read_bytes(), HOUR), [FOREIGN_X], 1),
+    # another run's file put in its place with its older date kept (cp -a, rsync -a): dated before its job started
+    (lambda x, y: _put(x, y.read_bytes(), -HOUR), [FOREIGN_X], 1),
+    # touched (or copied without its dates): read, and the file its job wrote
+    (lambda x, y: _put(x, None, HOUR), [], 1),
+    # nothing changed: nothing read
+    (lambda x, y: None, [], 0),
+    # the same size and a date within its job's run (bit rot, an edit that kept the date): not read here (make verify)
+    (lambda x, y: _put(x, b"run output 9\n", 0), [], 0),
+])
+def test_status_s_check_reads_only_the_files_whose_size_and_date_do_not_say(finished, monkeypatch, change, found,
+                                                                            hashed):
+    # Prepare: one change to x.pt (13 bytes, as its sibling y.pt); every file that is read, counted
+    read = []
+    monkeypatch.setattr(manifest, "file_record", lambda path: read.append(path) or file_record(path))
+    x, y = finished / "results/train/r/x.pt", finished / "results/train/r/y.pt"
+    change(x, y)
+
+    # Execute
+    findings, count = manifest.changed_outputs(manifest.read_records("results"))
+
+    # Assert
+    assert [(f.path, f.problem) for f in findings] == [("results/train/r/x.pt", problem) for problem, _ in found]
+    assert all(f.detail.startswith(detail) for f, (_, detail) in zip(findings, found, strict=True))
+    assert count == hashed and read == ["results/train/r/x.pt"] * hashed
+
+
+def test_status_s_check_leaves_out_the_outputs_it_is_told_to_and_those_not_there(finished):
+    (finished / "results/train/r/x.pt").write_text("a longer file\n")
+    (finished / "results/train/r/y.pt").unlink()
+
+    assert manifest.changed_outputs(manifest.read_records("results"), skip=["results/train/r/x.pt"]) == ([], 0)
+
+
+def test_status_s_check_compares_sizes_alone_for_a_record_without_its_job_s_times(finished):
+    # Prepare: x.pt's record without its times, x.pt touched; a.csv's with them, a.csv touched
+    record_file = finished / "results" / MANIFEST / "run.json"
+    record = json.loads(record_file.read_text())
+    record_file.write_text(json.dumps({k: v for k, v in record.items() if k not in ("started", "finished")}))
+    for path in ("results/train/r/x.pt", "results/tables/a.csv"):
+        _put(finished / path, None, HOUR)
+
+    # Execute / Assert: a.csv alone is read
+    assert manifest.changed_outputs(manifest.read_records("results")) == ([], 1)
+
+
 def test_verify_without_records_says_so(tmp_path, capsys):
     assert manifest.main(str(tmp_path)) == 1
     assert "no job records" in capsys.readouterr().out

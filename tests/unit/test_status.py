@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from helpers.workflow import ROOT, TINY_CONFIG
 
 from fedscape.core.config import ConfigError
 from fedscape.core.logs import job_log
+from fedscape.core.manifest import Finding
 from fedscape.plan import status
 from fedscape.plan.status import (
     PlannedJob,
@@ -146,8 +148,9 @@ def test_the_report_names_the_out_of_date_results_the_command_and_the_commits_of
 
     # Assert
     assert lines[0] == f"current: 2 recorded results, made by {'a' * 12} (1), {'b' * 12}-dirty (1)"
-    assert lines[1] == "out of date in meaning: 2 jobs (1 more made from them)"
-    assert "(result version changed)" in lines[2] and "(params have changed since last execution)" in lines[3]
+    assert lines[1].startswith("  each file checked against its job's record by size")  # how current (below)
+    assert lines[2] == "out of date in meaning: 2 jobs (1 more made from them)"
+    assert "(result version changed)" in lines[3] and "(params have changed since last execution)" in lines[4]
     assert lines[-1] == ("  snakemake --cores all --configfile my.yaml --forcerun "
                          "results/hessian/a/round~0/hessian.csv results/hessian/b/round~0/hessian.csv")
     assert "not made yet: 1 jobs (train 1)" in lines
@@ -438,3 +441,62 @@ def test_with_directory_a_missing_output_is_forced_by_its_path_below_it(finished
     lines = capsys.readouterr().out.splitlines()
     assert "  results/train/r/y.pt (recorded by its job, not there now)" in lines
     assert lines[-1] == f"  snakemake --cores all {' '.join(args)} --forcerun results/train/r/y.pt"
+
+
+# -- recorded outputs that are not the files their jobs wrote: not current, listed and remade -----------------------
+
+
+def test_outputs_not_their_jobs_files_are_not_current_and_are_listed_with_the_command(tmp_path, monkeypatch):
+    # Prepare: four recorded results there, one changed, one another's content; a partition file changed
+    monkeypatch.chdir(tmp_path)
+    part = "results/partitions/digits/clients~4/alpha~0.5/seed~0/partition.npz"
+    outputs = ["results/train/a/x.pt", "results/train/a/y.pt", "results/tables/final.csv", "results/train/b/x.pt", part]
+    _write(*outputs)
+    records = {o: {"log": f"logs/{k}.log"} for k, o in enumerate(outputs)}
+    changed = [Finding("results/train/a/x.pt", "changed", "14 bytes; its job wrote 13 bytes"),
+               Finding("results/train/b/x.pt", "foreign", "its content is that recorded for results/train/a/y.pt"),
+               Finding(part, "changed", "9 bytes; its job wrote 8 bytes")]
+
+    # Execute
+    lines = report([], records, ["--configfile", "c.yaml"], changed=changed, hashed=1)
+
+    # Assert: two current; each named as make verify names it, the partition file with its own command (alone)
+    assert lines[0] == "current: 2 recorded results, made by unrecorded (2)"
+    assert lines[1].endswith("dated outside its job's run (1 hashed); make verify re-hashes every one")
+    at = lines.index("not the files their jobs wrote: 3 recorded results (changed or foreign, as make verify says)")
+    assert lines[at + 1:at + 4] == [
+        "  changed: results/train/a/x.pt (14 bytes; its job wrote 13 bytes)",
+        "  foreign: results/train/b/x.pt (its content is that recorded for results/train/a/y.pt)",
+        f"  changed: {part} (9 bytes; its job wrote 8 bytes); make it again (bit-identical from its seed) with "
+        f"`snakemake --cores 1 --force {shlex.quote(part)}` (plus the --configfile you run with), then run the "
+        "workflow again"]
+    assert lines[-1] == ("  snakemake --cores all --configfile c.yaml --forcerun results/train/a/x.pt "
+                         "results/train/b/x.pt")
+
+
+def test_changed_outputs_past_ten_are_counted_by_stage_and_all_remade(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    changed = [Finding(f"results/{stage}/r{k:02d}/out.csv", "changed", "2 bytes; its job wrote 1 bytes")
+               for stage, n in (("init", 1), ("train", 12)) for k in range(n)]
+
+    lines = report([], {f.path: {} for f in changed}, [], changed=changed)
+
+    assert "  and 3 more (train 3)" in lines
+    assert len(lines[-1].split("--forcerun ")[1].split()) == 13
+
+
+def test_a_changed_output_is_found_listed_and_forced_by_make_status(finished_below, monkeypatch, capsys):
+    # Prepare: below work/, one output of the train job rewritten with another size; the dry run plans nothing
+    (finished_below / "results/train/r/x.pt").write_text("another run's output\n")
+    _dry_run(monkeypatch, NOTHING_PLANNED)
+    args = ["-d", str(finished_below), "--configfile", str(finished_below.parent / "base.yaml"),
+            "--config", "results_dir=results"]
+
+    # Execute
+    assert status.main(args) == 0
+
+    # Assert
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("current: 2 recorded results")
+    assert "  changed: results/train/r/x.pt (21 bytes; its job wrote 13 bytes)" in lines
+    assert lines[-1] == f"  snakemake --cores all {' '.join(args)} --forcerun results/train/r/x.pt"

@@ -5,8 +5,10 @@ Snakemake decides what is up to date from modification times, so damage that kee
 preserves times, bit rot, another run's file restored into place) is invisible to it. Every job therefore writes,
 after its outputs, a record below `<results_dir>/_manifest/` (mirroring its log's path), and `make verify` compares
 each recorded output with the file now there: changed, missing, or foreign (the content recorded for another output),
-each with the command that remakes it. The records travel with the results directory: a record names its outputs by
-their paths below the results directory, so that a copied or moved results directory is checked where it is now.
+each with the command that remakes it; `make status` checks them quickly (`changed_outputs`: sizes, and the contents
+of the files dated outside their job's run) and counts no such output as current. The records travel with the
+results directory: a record names its outputs by their paths below the results directory, so that a copied or moved
+results directory is checked where it is now.
 
 The code version a record names is the one the job started with (`start_job`): a file edited, or a commit pulled,
 while a job runs is not the code it loaded.
@@ -25,6 +27,7 @@ import logging
 import os
 import platform
 import socket
+import stat
 import subprocess
 import sys
 from collections.abc import Iterable, Mapping
@@ -38,6 +41,9 @@ from fedscape.core.paths import DEFAULT_RESULTS, LOGS, PARTITION_DIR, parse_path
 
 MANIFEST = "_manifest"  # below results_dir: one record per job, at its log's relative path (.json)
 MISSING = "recorded by its job, not there now"  # a recorded output that is no file now (make verify, make status)
+# Seconds a file's modification time may lie outside its job's run (its record's `started` to `finished`) and still
+# count as written by it (`changed_outputs`): the record's clock (the job's host) and the file system's may differ
+DATE_SLACK = 10.0
 # 2: outputs by their paths relative to the results directory; 1: as the job named them (absolute, or relative to
 # the workflow's directory), read by mapping them onto the results directory they are found in (`_outputs`)
 RECORD_VERSION = 2
@@ -204,18 +210,32 @@ class Finding:
             return (f"{DAMAGED}: {self.path} ({self.detail}); the outputs of its job are not checked: run the job "
                     "again, which writes its record again (`snakemake --cores 1 --forcerun <one of its outputs>`, plus "
                     "the --configfile you run with), or delete the record")
-        line = f"{self.problem}: {self.path} ({self.detail}); {_remake_hint(self.path)}"
+        line = f"{self.what()}; {self.remedy()}"
         if self.problem == "missing":
             also = f", which also names {self.others} other outputs, no longer checked then" if self.others else ""
             line += (f"; or, where the workflow no longer makes it (a setting changed since: fewer landscape chunks, a "
                      f"run taken out of the config), delete its job's record {self.record}{also}")
         return line
 
+    def what(self) -> str:
+        """'changed: <path> (<detail>)': the finding without what to do about it."""
+        return f"{self.problem}: {self.path} ({self.detail})"
+
+    def remedy(self) -> str:
+        """The command that makes its output again (`_remake_hint`)."""
+        return _remake_hint(self.path)
+
+
+def remade_alone(path: str) -> bool:
+    """Whether the output at `path` is made again alone, not with what is made from it: a partition's files
+    (`--force`: bit-identical from its seed, so that the runs trained on it stay valid)."""
+    return bool(parse_path(f"{PARTITION_DIR}/{{file}}", path))
+
 
 def _remake_hint(path: str) -> str:
-    """The command that makes the output at `path` again: a partition's files alone (`--force`: bit-identical from
-    its seed, so that the runs trained on it stay valid), any other output with what is made from it."""
-    return remake_alone_hint(path) if parse_path(f"{PARTITION_DIR}/{{file}}", path) else remake_hint(path)
+    """The command that makes the output at `path` again: a partition's files alone (`remade_alone`), any other
+    output with what is made from it."""
+    return remake_alone_hint(path) if remade_alone(path) else remake_hint(path)
 
 
 @dataclass(frozen=True)
@@ -302,10 +322,10 @@ def _written_below(log: str | None, relative: Path) -> str | None:
     return DEFAULT_RESULTS if len(logs) == 1 else "/".join(logs[1:])
 
 
-def output_records(results_root: str | Path) -> dict[str, dict]:
-    """output path (below `results_root` as given) -> the record of the newest job that wrote it (`read_records`).
-    A damaged record is left out with a warning (`make verify` lists it)."""
-    records = read_records(results_root)
+def output_records(results_root: str | Path, records: Records | None = None) -> dict[str, dict]:
+    """output path (below `results_root` as given) -> the record of the newest job that wrote it (`read_records`;
+    `records`: those already read from it). A damaged record is left out with a warning (`make verify` lists it)."""
+    records = read_records(results_root) if records is None else records
     for path, problem in records.damaged:
         logging.getLogger("fedscape").warning("the job record %s cannot be read (%s): its outputs are left out; "
                                               "`make verify` says how to get it back", path, problem)
@@ -321,31 +341,88 @@ def recorded_jobs(records: Mapping[str, dict]) -> list[tuple[dict, list[str]]]:
     return list(jobs.values())
 
 
+def _by_digest(newest: Mapping[str, JobRecord]) -> dict[str, list[str]]:
+    """SHA-256 -> the outputs recorded with it (`Records.by_output`)."""
+    by_digest: dict[str, list[str]] = {}
+    for output, job in newest.items():
+        by_digest.setdefault(job.outputs[output]["sha256"], []).append(output)
+    return by_digest
+
+
+def content_finding(output: str, want: dict, by_digest: Mapping[str, list[str]]) -> Finding | None:
+    """The file at `output` re-hashed against its record (`want`: size and SHA-256): None where it is the file its
+    job wrote; foreign where it holds the content recorded for another output (`by_digest`: `_by_digest`); changed
+    otherwise."""
+    found = file_record(output)
+    if found == want:
+        return None
+    others = [o for o in by_digest.get(found["sha256"], []) if o != output]
+    if others:
+        return Finding(output, "foreign", f"its content is that recorded for {others[0]}")
+    return Finding(output, "changed", f"{found['size']} bytes, SHA-256 {found['sha256'][:12]}...; "
+                                      f"its job wrote {want['size']} bytes, {want['sha256'][:12]}...")
+
+
 def verify(results_root: str | Path) -> tuple[int, list[Finding]]:
     """(outputs checked, findings) for every recorded output below `results_root` (`read_records`), and a finding
     for each damaged record."""
     records = read_records(results_root)
     newest = records.by_output()
-    by_digest: dict[str, list[str]] = {}
-    for output, job in newest.items():
-        by_digest.setdefault(job.outputs[output]["sha256"], []).append(output)
+    by_digest = _by_digest(newest)
     findings = [Finding(str(path), DAMAGED, problem) for path, problem in records.damaged]
     for output, job in sorted(newest.items()):
-        want = job.outputs[output]
         if not Path(output).is_file():
             findings.append(Finding(output, "missing", MISSING, str(job.file),
                                     len(job.outputs) - 1))
-            continue
-        found = file_record(output)
-        if found == want:
-            continue
-        others = [o for o in by_digest.get(found["sha256"], []) if o != output]
-        if others:
-            findings.append(Finding(output, "foreign", f"its content is that recorded for {others[0]}"))
-        else:
-            findings.append(Finding(output, "changed", f"{found['size']} bytes, SHA-256 {found['sha256'][:12]}...; "
-                                                       f"its job wrote {want['size']} bytes, {want['sha256'][:12]}..."))
+        elif finding := content_finding(output, job.outputs[output], by_digest):
+            findings.append(finding)
     return len(newest), findings
+
+
+def changed_outputs(records: Records, skip: Iterable[str] = (), slack: float = DATE_SLACK
+                    ) -> tuple[list[Finding], int]:
+    """(findings, files hashed): `make status`'s quick `verify` of the recorded outputs that are files now (not those
+    in `skip`), which reads no file whose size and date agree with its record. A file of another size than its job
+    wrote is changed (not hashed); a file of that size whose modification time lies outside its job's run (`started`
+    to `finished` of the record, `slack` seconds either side: the record's times are whole seconds of the job's
+    clock, the file's are its file system's) was not written by that job as it stands (touched, copied without its
+    dates, or another file put in its place) and is hashed (`content_finding`). A file of the recorded size dated
+    within its job's run is not read: content changed in place with its date kept (bit rot, a copy that kept another
+    file's dates from within that run) is for `verify`. A record without its times is checked by size only."""
+    skip = set(skip)
+    newest = records.by_output()
+    by_digest: dict[str, list[str]] | None = None
+    findings, hashed = [], 0
+    for output, job in sorted(newest.items()):
+        if output in skip:
+            continue
+        try:
+            found = os.stat(output)
+        except OSError:
+            continue  # not there: missing (`verify`; `make status` lists the jobs)
+        if not stat.S_ISREG(found.st_mode):
+            continue
+        want = job.outputs[output]
+        if found.st_size != want["size"]:
+            findings.append(Finding(output, "changed", f"{found.st_size} bytes; its job wrote {want['size']} bytes"))
+            continue
+        run = _run_times(job.record)
+        if run is None or run[0] - slack <= found.st_mtime <= run[1] + 1 + slack:  # `finished`: cut to the second
+            continue
+        by_digest = _by_digest(newest) if by_digest is None else by_digest
+        hashed += 1
+        if finding := content_finding(output, want, by_digest):
+            findings.append(finding)
+    return findings, hashed
+
+
+def _run_times(record: dict) -> tuple[float, float] | None:
+    """(started, finished) of a job's record as POSIX times; None where it has not both (`write_record`)."""
+    try:
+        return (datetime.datetime.fromisoformat(record["started"]).timestamp(),
+                datetime.datetime.fromisoformat(record["finished"]).timestamp())
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def main(results_root: str = "results") -> int:

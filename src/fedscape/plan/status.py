@@ -14,18 +14,24 @@ Snakemake does not see the data: a data set's location is not part of any job's 
 job's inputs. Each job that read data recorded the fingerprint of its files (`data.locations`); the results made
 from other files than those there now are listed too (`made from other data`), and the command remakes them.
 
-Every recorded result below the results folder that no planned job remakes is current, whichever commit made it: the
-job records (`_manifest`, `core.manifest`) say which, and a result made by another commit at the same result versions
-is current. The config is the dry run's: its arguments read by Snakemake's own parser (`snakemake_args`), and every
-path read where Snakemake reads it: the --configfile files from here, the rest (the default config, the results and
-their records, `.snakemake/`, the data) below its working directory, `--directory` where given (`working_directory`).
+Every recorded result below the results folder that no planned job remakes, and that is the file its job wrote (below),
+is current, whichever commit made it: the job records (`_manifest`, `core.manifest`) say which, and a result made by
+another commit at the same result versions is current. The config is the dry run's: its arguments read by Snakemake's
+own parser (`snakemake_args`), and every path read where Snakemake reads it: the --configfile files from here, the rest
+(the default config, the results and their records, `.snakemake/`, the data) below its working directory, `--directory`
+where given (`working_directory`).
 
-Two things the dry run does not see, the records do. A recorded output that is no file now (a job killed after
+Three things the dry run does not see, the records do. A recorded output that is no file now (a job killed after
 Snakemake deleted its old outputs, a file removed by hand) is not remade while files made from it exist; such jobs are
-listed, and the command forces them. And Snakemake compares a job's settings with those it kept in its metadata
-(`.snakemake/metadata`, keyed by the output's path): a result it has no metadata for (made from another checkout,
-copied without `.snakemake/`, or below an absolute `results_dir` that has moved since) is not compared, so a changed
-setting of its job shows nowhere; the records hold no settings to compare instead, so such results are counted.
+listed, and the command forces them. A recorded output that is not the file its job wrote (changed, or another output's
+content: foreign, as `make verify` says) is no current result: listed, and forced too (a partition file is made again
+alone, as `make verify` says). Status runs often, so it re-hashes no file whose size and date agree with its record
+(`core.manifest.changed_outputs`): a file of another size is changed, one dated outside its job's run (touched, copied
+without its dates, another run's file put in its place) is hashed, and damage that keeps a file's size and a date within
+its job's run is left to `make verify`. And Snakemake compares a job's settings with those it kept in its metadata
+(`.snakemake/metadata`, keyed by the output's path): a result it has no metadata for (made from another checkout, copied
+without `.snakemake/`, or below an absolute `results_dir` that has moved since) is not compared, so a changed setting of
+its job shows nowhere; the records hold no settings to compare instead, so such results are counted.
 """
 
 from __future__ import annotations
@@ -45,7 +51,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedscape.core.config import FIRST_RESULT_VERSION, RESULT_VERSION, load_schema, read_config_file
-from fedscape.core.manifest import MISSING, code_label, output_records, recorded_jobs
+from fedscape.core.manifest import (
+    MISSING,
+    Finding,
+    changed_outputs,
+    code_label,
+    output_records,
+    read_records,
+    recorded_jobs,
+    remade_alone,
+)
 from fedscape.core.paths import results_root
 from fedscape.data.locations import DataChange, changed_data, unfingerprinted_jobs
 from fedscape.plan.workflow import check_config, config_partition_files, partition_problems, result_versions
@@ -181,24 +196,36 @@ def uncompared_outputs(records: Mapping[str, dict], planned: Iterable[str], root
                   and (not _below(o, root) or Path(o).is_file() and not has_metadata(o)))
 
 
+def made_from_other_data(changes: Sequence[DataChange]) -> set[str]:
+    """The outputs of the jobs made from other data than the files there now (`data.locations.changed_data`)."""
+    return {o for c in changes if c.now is not None for job in c.jobs for o in job}
+
+
 def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args: Iterable[str] = (),
            changes: Sequence[DataChange] = (), unchecked: int = 0, root: str = "results",
-           missing: Sequence[tuple[str, ...]] = (), uncompared: int = 0) -> list[str]:
+           missing: Sequence[tuple[str, ...]] = (), uncompared: int = 0, changed: Sequence[Finding] = (),
+           hashed: int = 0) -> list[str]:
     """The lines of `make status` for a dry run's jobs, the results' job records, the data sets whose files
     changed since some of them were made (`data.locations.changed_data`) and the number of jobs that read data
     before fedscape recorded what it held (`unchecked`); `root`: the results folder; `missing`: the recorded jobs
     whose outputs are not there (`missing_jobs`); `uncompared`: how many recorded outputs Snakemake has no metadata
-    for (`uncompared_outputs`). Of the jobs made from other data, and of the missing ones, the first `LISTED` of
-    each group are named and the others counted by the folder they lie in (the command names them all)."""
+    for (`uncompared_outputs`); `changed`: the recorded outputs that are not the files their jobs wrote, and
+    `hashed`: how many files that check read (`core.manifest.changed_outputs`). Of the jobs made from other data, of
+    the missing ones and of the changed outputs, the first `LISTED` of each group are named and the others counted by
+    the folder they lie in (the command names them all); a changed partition file is named with its own command."""
     planned = {o for job in jobs for o in job.outputs}
     stale = [c for c in changes if c.now is not None]
-    other_data = {o for c in stale for job in c.jobs for o in job}
+    other_data = made_from_other_data(changes)
+    not_theirs = {f.path for f in changed}
     current = Counter(code_label(r.get("code"), digits=12) for output, r in records.items()
-                      if output not in planned and output not in other_data and _below(output, root)
-                      and Path(output).exists())
+                      if output not in planned and output not in other_data and output not in not_theirs
+                      and _below(output, root) and Path(output).exists())
     by_kind = {kind: [j for j in jobs if j.kind == kind] for kind in CLASSES}
     lines = [f"current: {sum(current.values())} recorded results"
              + (f", made by {', '.join(f'{c} ({n})' for c, n in current.most_common())}" if current else "")]
+    if current or changed:
+        lines.append("  each file checked against its job's record by size, and by content where it is dated outside "
+                     f"its job's run{f' ({hashed} hashed)' if hashed else ''}; make verify re-hashes every one")
     meaning = by_kind["meaning"]
     lines.append(f"out of date in meaning: {len(meaning)} jobs"
                  + (f" ({len(by_kind['made from'])} more made from them)" if meaning else ""))
@@ -232,6 +259,15 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
                   + f" ({MISSING})" for gone in missing[:LISTED]]
         if len(missing) > LISTED:
             lines.append(f"  and {len(missing) - LISTED} more ({_by_stage(missing[LISTED:], root)})")
+    if changed:
+        alone = [f for f in changed if remade_alone(f.path)]
+        others = [f for f in changed if not remade_alone(f.path)]
+        lines.append(f"not the files their jobs wrote: {len(changed)} recorded results (changed or foreign, as make "
+                     "verify says)")
+        lines += [f"  {finding.what()}" for finding in others[:LISTED]]
+        if len(others) > LISTED:
+            lines.append(f"  and {len(others) - LISTED} more ({_by_stage([(f.path,) for f in others[LISTED:]], root)})")
+        lines += [f"  {finding.what()}; {finding.remedy()}" for finding in alone]
     if uncompared:
         lines.append(f"settings not compared: {uncompared} recorded results that Snakemake has no metadata for here "
                      "(made from another checkout, copied without .snakemake/, or at another path), so a changed "
@@ -241,11 +277,12 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
     targets = [j.outputs[0] for j in sorted(meaning, key=lambda j: j.outputs) if j.outputs]
     targets += sorted({job[0] for c in stale for job in c.jobs} - set(targets))
     targets += sorted({gone[0] for gone in missing} - set(targets))
+    targets += sorted({f.path for f in changed if not remade_alone(f.path)} - set(targets))
     if targets:
         extra = " ".join(snakemake_args)
         lines.append("remake only these (and what is made from them):")
         lines.append(f"  snakemake --cores all {extra + ' ' if extra else ''}--forcerun {' '.join(targets)}")
-    elif not jobs:
+    elif not jobs and not changed:
         lines.append("nothing to remake")
     return lines
 
@@ -270,12 +307,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = results_root(config)
         jobs = parse_dry_run(proc.stdout + proc.stderr)
         planned = {o for job in jobs for o in job.outputs}
-        records = output_records(root)
+        read = read_records(root)
+        records = output_records(root, read)
         changes = changed_data(records, config, skip=planned, rehash=rehash)
         missing = missing_jobs(records, planned, root)
         uncompared = uncompared_outputs(records, planned, root, snakemake_metadata(parsed))
+        # the outputs that would count as current: the others are remade, or listed, anyway
+        changed, hashed = changed_outputs(read, planned | made_from_other_data(changes)
+                                          | {o for o in records if not _below(o, root)})
         for line in report(jobs, records, args, changes, unfingerprinted_jobs(records), root, missing,
-                           len(uncompared)):
+                           len(uncompared), changed, hashed):
             print(line)
         # a dry run checks no partition file (the workflow's onstart does, before the first job)
         damaged = partition_problems(config_partition_files(config), planned)

@@ -25,7 +25,7 @@ from helpers.workflow import (
 )
 
 from fedscape.core.fingerprints import tree_fingerprint
-from fedscape.core.manifest import MANIFEST, code_version_label, output_records
+from fedscape.core.manifest import MANIFEST, changed_outputs, code_version_label, output_records, read_records
 from fedscape.data.locations import data_files
 from fedscape.plan.workflow import result_versions
 
@@ -175,6 +175,14 @@ def test_status_lists_a_bumped_versions_results_with_the_command_that_remakes_on
         "snakemake", "--cores", "all", "--configfile"]
     assert sorted(forcerun_targets(after)) == hessian_csvs
     assert "current: " in after and code_version_label()[:12] in after
+
+
+def test_every_job_dates_its_outputs_within_its_run_so_that_status_reads_none_of_them(clone):
+    """`make status` re-hashes only a recorded output of another size or dated outside its job's run (its record's
+    start to end): every rule's outputs, copied with their dates, are neither."""
+    findings, hashed = changed_outputs(read_records(clone / "results"))
+
+    assert (findings, hashed) == ([], 0)
 
 
 def test_status_lists_a_job_whose_outputs_are_gone_with_the_command_that_remakes_it(clone, tmp_path):

@@ -119,8 +119,8 @@ def test_save_load_round_trip_and_dataset_check(tmp_path, labels):
     assert loaded.alpha == 0.5 and loaded.seed == 3
     other = labels.copy()
     other[0] = (other[0] + 1) % 10
-    with pytest.raises(PartitionError, match=rf"does not match this dataset.*make it again \(bit-identical from its "
-                                             rf"seed\) with `snakemake --cores 1 --force {path}`"):
+    with pytest.raises(PartitionError, match=rf"does not match this dataset.*make it again alone \(bit-identical from "
+                                             rf"its seed\) with `snakemake --cores 1 --force {path}`"):
         load_partition(path, other)
     with pytest.raises(PartitionError, match="does not match this dataset"):
         load_partition(path, labels[:-1])

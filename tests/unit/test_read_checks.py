@@ -17,7 +17,7 @@ from helpers.configs import SCHEMA, config_with
 from helpers.workflow import ROOT
 
 from fedscape.core.config import ConfigError
-from fedscape.core.io import remake_hint
+from fedscape.core.io import CONTINUE_BY_MEANING, remake_hint
 from fedscape.core.paths import PARTITION_DIR, Results, fill
 from fedscape.core.provenance import checkpoint_record
 from fedscape.core.runs import Run
@@ -26,7 +26,6 @@ from fedscape.data.partition import make_partition, save_partition
 from fedscape.models.checkpoint import ModelMeta, save_clients, save_trajectory
 from fedscape.plan.train import train_inputs
 from fedscape.plan.workflow import (
-    CONTINUE_BY_MEANING,
     check_config,
     check_read_files,
     config_partition_files,

@@ -16,6 +16,7 @@ from helpers.configs import SCHEMA, config_with
 from helpers.workflow import ROOT, TINY_CONFIG
 
 from fedscape.core.config import ConfigError
+from fedscape.core.io import remake_alone_hint
 from fedscape.core.logs import job_log
 from fedscape.core.manifest import Finding
 from fedscape.plan import status
@@ -319,6 +320,35 @@ def test_recorded_jobs_whose_outputs_are_not_there_are_listed_with_the_command_t
                          "results/train/a/clients.pt")
 
 
+def test_a_missing_partition_is_made_again_alone_not_forced_with_what_was_trained_on_it(tmp_path, monkeypatch):
+    # Prepare: a partition recorded by its job and gone, while the run trained on it is there; a train output gone too
+    monkeypatch.chdir(tmp_path)
+    partition = "results/partitions/digits/clients~10/alpha~0.1/seed~0/partition.npz"
+    records = {partition: {"log": "logs/partition/p.log"}, "results/train/a/metrics.csv": {"log": "logs/train/a.log"},
+               "results/train/b/metrics.csv": {"log": "logs/train/b.log"}}
+    _write("results/train/a/metrics.csv")
+
+    # Execute
+    lines = report([], records, ["--configfile", "c.yaml"], missing=missing_jobs(records, [], "results"))
+
+    # Assert: the partition with its own commands (bit-identical from its seed, then on by meaning), kept out of the
+    # --forcerun command, which would retrain every run on it
+    assert "missing outputs: 2 jobs (Snakemake does not remake a missing file while files made from it exist)" in lines
+    assert f"  {partition} (recorded by its job, not there now); {remake_alone_hint(partition)}" in lines
+    assert lines[-1] == "  snakemake --cores all --configfile c.yaml --forcerun results/train/b/metrics.csv"
+
+
+def test_a_missing_partition_alone_is_no_nothing_to_remake(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    partition = "results/partitions/digits/clients~10/alpha~0.1/seed~0/partition.npz"
+    records = {partition: {"log": "logs/partition/p.log"}}
+
+    lines = report([], records, [], missing=missing_jobs(records, [], "results"))
+
+    assert "nothing to remake" not in lines
+    assert f"--force {shlex.quote(partition)}`" in lines[-1]
+
+
 def test_missing_jobs_past_ten_are_counted_by_stage_and_all_remade(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     records = {f"results/{stage}/r{k:02d}/out.csv": {"log": f"logs/{stage}/r{k}.log"}
@@ -467,9 +497,7 @@ def test_outputs_not_their_jobs_files_are_not_current_and_are_listed_with_the_co
     assert lines[at + 1:at + 4] == [
         "  changed: results/train/a/x.pt (14 bytes; its job wrote 13 bytes)",
         "  foreign: results/train/b/x.pt (its content is that recorded for results/train/a/y.pt)",
-        f"  changed: {part} (9 bytes; its job wrote 8 bytes); make it again (bit-identical from its seed) with "
-        f"`snakemake --cores 1 --force {shlex.quote(part)}` (plus the --configfile you run with), then run the "
-        "workflow again"]
+        f"  changed: {part} (9 bytes; its job wrote 8 bytes); {remake_alone_hint(part)}"]
     assert lines[-1] == ("  snakemake --cores all --configfile c.yaml --forcerun results/train/a/x.pt "
                          "results/train/b/x.pt")
 

@@ -19,8 +19,8 @@ import torch
 import yaml
 from helpers.workflow import ROOT, TINY_CONFIG, copy_workflow, planned_jobs, snakemake
 
+from fedscape.core.io import CONTINUE_BY_MEANING
 from fedscape.models.checkpoint import load_clients, load_trajectory
-from fedscape.plan.workflow import CONTINUE_BY_MEANING
 
 ROUNDS_COLUMNS = ["run_id", "dataset", "model", "init", "algorithm", "alpha", "num_clients", "participation", "seed",
                   "round", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "peak_mem_mb", "status",

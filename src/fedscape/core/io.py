@@ -101,11 +101,20 @@ def remake_hint(path: str | os.PathLike) -> str:
             "you run with): it reruns the job that writes it and every job that reads it")
 
 
+# How the workflow goes on after a file is made again alone (`remake_alone_hint`): by meaning, the default profile's
+# rerun triggers (profiles/default/config.yaml) without file dates, so that what was made from the file, now older
+# than it, is not made again (Snakemake compares the checksums of small inputs only: a partition over 1 MB would
+# otherwise retrain its runs). Nor with Snakemake's `code` trigger: it reruns every job whose script is newer than its
+# outputs, as after a fresh clone.
+CONTINUE_BY_MEANING = "snakemake --rerun-triggers params input software-env"
+
+
 def remake_alone_hint(path: str | os.PathLike) -> str:
-    """The command that makes a damaged output again without its job's dependents (for a file its job makes
-    bit-identically from a seed, such as a partition: the runs trained on it stay valid)."""
-    return (f"make it again (bit-identical from its seed) with `snakemake --cores 1 --force {shlex.quote(str(path))}` "
-            "(plus the --configfile you run with), then run the workflow again")
+    """The commands that make an output again without its job's dependents (for a file its job makes
+    bit-identically from a seed, such as a partition: the runs trained on it stay valid), then go on by meaning."""
+    return (f"make it again alone (bit-identical from its seed) with `snakemake --cores 1 --force "
+            f"{shlex.quote(str(path))}`, then continue with `{CONTINUE_BY_MEANING}` (each with the --configfile you "
+            "run with) so that what was made from it is not made again")
 
 
 def supplied_hint(path: str | os.PathLike, key: str) -> str:

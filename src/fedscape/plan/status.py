@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedscape.core.config import FIRST_RESULT_VERSION, RESULT_VERSION, load_schema, read_config_file
+from fedscape.core.io import remake_alone_hint
 from fedscape.core.manifest import (
     MISSING,
     Finding,
@@ -252,13 +253,17 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
     if unchecked:
         lines.append(f"made before fedscape recorded what their data held: {unchecked} jobs (not checked against "
                      "the files there now)")
-    if missing:
-        lines.append(f"missing outputs: {len(missing)} jobs (Snakemake does not remake a missing file while files "
-                     "made from it exist)")
+    # a partition is made again alone, bit-identical from its seed, so that what was trained on it is kept
+    missing_alone = [gone for gone in missing if remade_alone(gone[0])]
+    missing = [gone for gone in missing if not remade_alone(gone[0])]
+    if missing or missing_alone:
+        lines.append(f"missing outputs: {len(missing) + len(missing_alone)} jobs (Snakemake does not remake a missing "
+                     "file while files made from it exist)")
         lines += [f"  {gone[0]}" + (f" and {len(gone) - 1} more of its outputs" if len(gone) > 1 else "")
                   + f" ({MISSING})" for gone in missing[:LISTED]]
         if len(missing) > LISTED:
             lines.append(f"  and {len(missing) - LISTED} more ({_by_stage(missing[LISTED:], root)})")
+        lines += [f"  {gone[0]} ({MISSING}); {remake_alone_hint(gone[0])}" for gone in missing_alone]
     if changed:
         alone = [f for f in changed if remade_alone(f.path)]
         others = [f for f in changed if not remade_alone(f.path)]
@@ -282,7 +287,7 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
         extra = " ".join(snakemake_args)
         lines.append("remake only these (and what is made from them):")
         lines.append(f"  snakemake --cores all {extra + ' ' if extra else ''}--forcerun {' '.join(targets)}")
-    elif not jobs and not changed:
+    elif not jobs and not changed and not missing_alone:
         lines.append("nothing to remake")
     return lines
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import json
 import pkgutil
-import shlex
 import zipfile
 import zlib
 from collections.abc import Iterable
@@ -27,7 +26,7 @@ from fedscape.core.config import (
     read_config_file,
     validate_config,
 )
-from fedscape.core.io import remake_hint
+from fedscape.core.io import remake_alone_hint, remake_hint
 from fedscape.core.paths import PARTITION_DIR, Results, parse_path, run_of_path
 from fedscape.core.provenance import belongs_problem, checkpoint_record, table_problem
 from fedscape.core.runs import WILDCARD_CONSTRAINTS, Run, build_runs, unused_grid_values
@@ -221,17 +220,10 @@ def check_read_files(inputs: Iterable[str], remade: Iterable[str], results_root:
                           "was deleted):\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-# How the workflow goes on after a partition is made again alone: by meaning, the default profile's rerun triggers
-# (profiles/default/config.yaml) without file dates, so that what was made from the partition, now older than it, is
-# not made again. Nor with Snakemake's `code` trigger: it reruns every job whose script is newer than its outputs, as
-# after a fresh clone.
-CONTINUE_BY_MEANING = "snakemake --rerun-triggers params input software-env"
-
-
 def partition_problems(paths: Iterable[str | Path], remade: Iterable[str | Path] = ()) -> list[str]:
     """One line for each existing partition file among `paths` that is damaged or not the partition its path names
     (`data.partition.partition_file_problem`), with what to do: make it again alone (bit-identical from its seed, so
-    what was made from it stays valid), then continue by meaning (`CONTINUE_BY_MEANING`). Other paths are passed
+    what was made from it stays valid), then continue by meaning (`core.io.remake_alone_hint`). Other paths are passed
     over, and so are `remade` (a partition that a job about to run makes again: the remedy forces that job).
 
     `check_read_files` (the onstart) checks the partitions that the jobs about to run read, `make status` those of
@@ -245,10 +237,7 @@ def partition_problems(paths: Iterable[str | Path], remade: Iterable[str | Path]
         problem = partition_file_problem(path, fields["dataset"], int(fields["num_clients"]), fields["alpha"],
                                          int(fields["seed"]))
         if problem is not None:
-            lines.append(f"{problem}; what was made from it is kept: make it again alone (bit-identical from its "
-                         f"seed) with `snakemake --cores 1 --force {shlex.quote(path)}`, then continue with "
-                         f"`{CONTINUE_BY_MEANING}` (each with the --configfile you run with) so that what was made "
-                         "from it is not made again")
+            lines.append(f"{problem}; what was made from it is kept: {remake_alone_hint(path)}")
     return lines
 
 

@@ -1,6 +1,7 @@
-"""Two spellings of one setting plan one job: an int written where a number is meant (`weight_decay: 0` for `0.0`) and
-a reordered set of rounds (`save_clients_at`) give the same settings text, which Snakemake compares to decide a rerun
-(fedscape.core.config.numbers_as_floats, fedscape.fl.hparams.registry.hyperparameter_settings,
+"""Two spellings of one setting plan one job: an int written where a number is meant (`weight_decay: 0` for `0.0`), a
+whole float where a count is meant (`lr_warmup: 1.0` for `1`) and a reordered set of rounds (`save_clients_at`) give
+the same settings text, which Snakemake compares to decide a rerun
+(fedscape.core.config.canonical_numbers, fedscape.fl.hparams.registry.hyperparameter_settings,
 fedscape.fl.settings.TrainingSettings.of). What changes a job still reaches its settings."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from helpers.configs import DEFAULT, SCHEMA, TINY
 from helpers.plans import all_settings
 from helpers.workflow import ROOT
 
-from fedscape.core.config import ConfigError, numbers_as_floats
+from fedscape.core.config import ConfigError, canonical_numbers
 from fedscape.fl.hparams.registry import hyperparameter_settings
 from fedscape.plan.workflow import check_config
 
@@ -58,6 +59,9 @@ def _with_continue_init(config: dict) -> dict:
 SAME_MEANING = [
     pytest.param(DEFAULT, ("training", "weight_decay"), 0.0, 0, id="training-float-as-int"),
     pytest.param(DEFAULT, ("training", "lr"), 1.0, 1, id="training-lr-as-int"),
+    pytest.param(DEFAULT, ("training", "lr_warmup"), 1, 1.0, id="whole-count-as-float"),
+    pytest.param(DEFAULT, ("algorithms", "fedprox", "training"), {"lr_warmup": 2}, {"lr_warmup": 2.0},
+                 id="override-whole-count-as-float"),
     pytest.param(DEFAULT, ("training", "save_clients_at"), [1, 10, 30], [30, 1, 10], id="rounds-reordered"),
     pytest.param(DEFAULT, ("training", "save_clients_at"), [1, 10, 30], [1, 10, 10, 30], id="rounds-repeated"),
     pytest.param(DEFAULT, ("algorithms", "fedprox", "mu"), 1.0, 1, id="hyperparameter-as-int"),
@@ -106,6 +110,39 @@ def test_every_whole_number_of_a_shipped_config_may_be_written_as_an_int(path):
     assert changed == []
 
 
+def _numbers(value, path: tuple = ()):
+    """(path, value) of every number of a parsed YAML document."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _numbers(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _numbers(item, (*path, i))
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        yield path, value
+
+
+def _at(config, path: tuple):
+    for part in path:
+        config = config[part]
+    return config
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_checking_a_shipped_config_respells_none_of_its_numbers(path):
+    # The canonical spelling is the shipped configs' own: respelling one of their numbers would change the settings
+    # text of their finished jobs, and rerun them.
+    # Prepare
+    written = yaml.safe_load(path.read_text())
+
+    # Execute
+    checked = check_config(copy.deepcopy(written), SCHEMA)
+
+    # Assert
+    assert [(where, value, _at(checked, where)) for where, value in _numbers(written)
+            if repr(_at(checked, where)) != repr(value)] == []
+
+
 def test_the_tiny_config_has_whole_floats_to_respell():
     # the test above checks something on at least the configs the suite runs
     assert list(_whole_floats(DEFAULT)) and list(_whole_floats(TINY))
@@ -125,21 +162,25 @@ SCHEMA_CASES = [
     ({"type": "array", "items": {"type": "number"}}, [0, 1.5, 2], [0.0, 1.5, 2.0]),
     ({"type": "object", "additionalProperties": {"type": "array", "items": {"type": "number"}}}, {"x": [1]},
      {"x": [1.0]}),
+    ({"type": "number", "whole_as_int": True}, 2.0, 2),
+    ({"type": "number", "whole_as_int": True}, 2, 2),
+    ({"type": "number", "whole_as_int": True}, 0.5, 0.5),
+    ({"type": "object", "properties": {"w": {"type": "number", "whole_as_int": True}}}, {"w": 1.0}, {"w": 1}),
 ]
 
 
 @pytest.mark.parametrize(("schema", "value", "expected"), SCHEMA_CASES)
-def test_numbers_as_floats_makes_floats_where_the_schema_means_any_number(schema, value, expected):
+def test_canonical_numbers_spells_each_number_as_its_schema_position_says(schema, value, expected):
     # Execute
-    result = numbers_as_floats(copy.deepcopy(value), schema)
+    result = canonical_numbers(copy.deepcopy(value), schema)
 
     # Assert: equal, and of the same types (1 == 1.0 in Python, so compare the text)
     assert repr(result) == repr(expected)
 
 
-def test_numbers_as_floats_leaves_a_boolean_alone():
+def test_canonical_numbers_leaves_a_boolean_alone():
     # a YAML true is a Python int: the schema refuses it where it means a number, and no float may hide that
-    assert numbers_as_floats({"a": True}, {"type": "object", "properties": {"a": {"type": "number"}}}) == {"a": True}
+    assert canonical_numbers({"a": True}, {"type": "object", "properties": {"a": {"type": "number"}}}) == {"a": True}
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [

@@ -55,53 +55,73 @@ def _strict_integers(validator_class):
     return jsonschema.validators.extend(validator_class, type_checker=integers)
 
 
-def _floats_only(validator_class):
-    """`validator_class` whose `number` takes floats alone: its type errors name every int written where the schema
-    means a number that need not be whole (`numbers_as_floats`)."""
+def _number_spellings(validator_class):
+    """`validator_class` whose `number` takes floats alone, and with the keyword `whole_as_int`: its errors name every
+    number spelled otherwise than its canonical spelling (`canonical_numbers`): an int where the schema means any
+    number, a whole float where it says `whole_as_int: true`."""
     import jsonschema  # lazy: as in _with_defaults
 
     floats = validator_class.TYPE_CHECKER.redefine("number", lambda _checker, value: isinstance(value, float))
-    return jsonschema.validators.extend(validator_class, type_checker=floats)
+
+    def whole_as_int(_validator, wanted, instance, _schema):
+        if wanted and isinstance(instance, float) and instance.is_integer():
+            yield jsonschema.ValidationError(f"{instance!r} is spelled as an int here")
+
+    return jsonschema.validators.extend(validator_class, {"whole_as_int": whole_as_int}, type_checker=floats)
 
 
 @functools.cache
-def _int_finder():
+def _spelling_finder():
     import jsonschema  # lazy: as in _with_defaults
 
-    return _floats_only(_strict_integers(jsonschema.Draft202012Validator))
+    return _number_spellings(_strict_integers(jsonschema.Draft202012Validator))
 
 
-def _type_errors(errors):
-    """Every error of `errors` and of their contexts (the branches of an anyOf or oneOf) that a `type` gave."""
+def _errors(errors):
+    """Every error of `errors` and of their contexts (the branches of an anyOf or oneOf)."""
     for error in errors:
-        if error.validator == "type":
-            yield error
-        yield from _type_errors(error.context or ())
+        yield error
+        yield from _errors(error.context or ())
 
 
-def numbers_as_floats(instance, schema: dict):
-    """`instance` (valid against `schema`) with every int where the schema means a number, not only a whole one, made
-    a float: in place in its mappings and lists, and returned (a number alone is returned as a float).
+def _respelled(error):
+    """The canonical spelling of the number an error of `_spelling_finder` names, or None where it names none."""
+    value = error.instance
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if error.validator == "whole_as_int":
+        return int(value)
+    types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+    if (error.validator == "type" and isinstance(value, int) and "number" in types and "integer" not in types
+            and not error.schema.get("whole_as_int")):
+        return float(value)
+    return None
+
+
+def canonical_numbers(instance, schema: dict):
+    """`instance` (valid against `schema`) with every number in its canonical spelling: in place in its mappings and
+    lists, and returned (a number alone is returned respelled).
 
     `weight_decay: 0` and `weight_decay: 0.0` are one setting, but Snakemake compares a job's settings by their text,
     where `0` and `0.0` differ: without this, rewriting one as the other would rerun every job that carries it. The
-    float is the spelling kept, because the shipped configs spell these numbers so (`benchmarks/compare_plans.py`
-    shows that none of their jobs' settings changed). A position that also takes an integer (`type: [integer,
-    number]`, or an anyOf branch that accepts it) keeps its int.
+    canonical spelling is the one the shipped configs and the schema's defaults use, so that no finished job's settings
+    change (`tests/unit/test_spelling.py`): a float where the schema means any number (an int there becomes its
+    float), and an int where a key says `whole_as_int: true` (a whole float there becomes its int: `lr_warmup`, a
+    count of rounds or steps that may be fractional, written `1` in the shipped configs). A position that also takes
+    an integer (`type: [integer, number]`, or an anyOf branch that accepts it) keeps its int.
     """
-    for error in _type_errors(_int_finder()(schema).iter_errors(instance)):
-        types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-        value = error.instance
-        path = list(error.absolute_path)
-        if "number" not in types or "integer" in types or isinstance(value, bool) or not isinstance(value, int):
+    for error in _errors(_spelling_finder()(schema).iter_errors(instance)):
+        value = _respelled(error)
+        if value is None:
             continue
+        path = list(error.absolute_path)
         if not path:
-            return float(value)
+            return value
         parent = instance
         for part in path[:-1]:
             parent = parent[part]
-        if parent[path[-1]] is value:
-            parent[path[-1]] = float(value)
+        if parent[path[-1]] is error.instance:
+            parent[path[-1]] = value
     return instance
 
 
@@ -144,17 +164,17 @@ def validate_config(config: dict, schema: dict) -> dict:
         problems = training_override_problems(config, schema)
     if problems:
         raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
-    numbers_as_floats(config, schema)
+    canonical_numbers(config, schema)
     defs = schema.get("$defs", {})
     for entry in (config.get("inits") or {}).values():  # a continue init's selector, a mapping to the schema
         if isinstance(entry, dict) and isinstance(entry.get("run"), dict):
-            numbers_as_floats(entry["run"], {"$ref": "#/$defs/run_selector", "$defs": defs})
+            canonical_numbers(entry["run"], {"$ref": "#/$defs/run_selector", "$defs": defs})
     for section in TRAINING_OVERRIDES:  # each override as its `training` key's schema types it
         for entry in (config.get(section) or {}).values():
             overrides = entry.get("training") if isinstance(entry, dict) else None
             for key, value in (overrides or {}).items():
                 if key in (keys := schema["properties"]["training"]["properties"]):
-                    overrides[key] = numbers_as_floats(value, {**keys[key], "$defs": defs})
+                    overrides[key] = canonical_numbers(value, {**keys[key], "$defs": defs})
     return config
 
 

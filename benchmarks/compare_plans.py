@@ -8,7 +8,8 @@ Snakemake records them, key order included: a reordered settings dict reruns the
     python benchmarks/compare_plans.py --ref HEAD~1
     python benchmarks/compare_plans.py --ref main config/papers/pilot.yaml
 
-Prints one line per config and exits 1 when any plan differs.
+Prints one line per config and exits 1 when any plan differs. A config that uses what --ref does not know (a new key)
+is compared as it was at --ref: what a user who ran it there plans after upgrading.
 """
 
 from __future__ import annotations
@@ -90,10 +91,22 @@ def main() -> int:
             failed = 0
             for config in configs:
                 config = config.resolve()
-                differences = compare(plan(ref_tree, config, Path(scratch)), new := plan(ROOT, config, Path(scratch)))
+                note = ""
+                try:
+                    old = plan(ref_tree, config, Path(scratch))
+                except RuntimeError as exc:
+                    # this checkout's config uses what --ref has not (a new key): compare the config as it was at
+                    # --ref instead, which is what a user who ran it there plans after upgrading
+                    config = ref_tree / config.relative_to(ROOT)
+                    if not config.exists():
+                        raise exc from None
+                    old = plan(ref_tree, config, Path(scratch))
+                    note = " (--ref cannot plan this checkout's version of it: compared as it was at --ref)"
+                differences = compare(old, new := plan(ROOT, config, Path(scratch)))
                 failed += bool(differences)
-                print(f"{config.relative_to(ROOT)}: {len(new)} jobs, "
-                      f"{'same jobs and settings' if not differences else f'{len(differences)} differences'}")
+                name = config.relative_to(ref_tree if note else ROOT)
+                print(f"{name}: {len(new)} jobs, "
+                      f"{'same jobs and settings' if not differences else f'{len(differences)} differences'}{note}")
                 for line in differences[:20]:
                     print("   ", line)
         finally:

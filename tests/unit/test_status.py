@@ -157,6 +157,22 @@ def test_the_report_names_the_out_of_date_results_the_command_and_the_commits_of
     assert "not made yet: 1 jobs (train 1)" in lines
 
 
+@pytest.mark.parametrize("args", [["-d", "my work", "--configfile", "my.yaml"],
+                                  ["--config", "hessian={top_k: 3}", "results_dir=/scratch/me/$USER's"]])
+def test_the_commands_carry_the_users_arguments_as_one_word_each_in_the_shell(args):
+    # Prepare: a job out of date in meaning, and results Snakemake has no metadata for
+    jobs = [PlannedJob("hessian", ["results/hessian/a/round~0/hessian.csv"], PARAMS_CHANGE.format("1", "2"))]
+
+    # Execute
+    lines = report(jobs, {}, args, uncompared=1)
+
+    # Assert: the shell reads each command back into the arguments given, in their place
+    command = shlex.split(lines[-1])
+    assert command == ["snakemake", "--cores", "all", *args, "--forcerun", "results/hessian/a/round~0/hessian.csv"]
+    doubt = next(line for line in lines if "remake what you doubt with" in line).split(" with ", 1)[1]
+    assert shlex.split(doubt) == ["snakemake", "--cores", "all", *args, "--forcerun", "<file>"]
+
+
 def test_nothing_planned_says_so():
     assert report([], {}) == ["current: 0 recorded results", "out of date in meaning: 0 jobs", "nothing to remake"]
 
@@ -389,7 +405,8 @@ def test_the_outputs_snakemake_has_no_metadata_for_are_those_whose_settings_it_c
         f"settings not compared: {len(uncompared)} recorded results that Snakemake has no metadata for here (made "
         "from another checkout, copied without .snakemake/, or at another path), so a changed setting of theirs shows "
         "nowhere above",
-        "  run make status from the checkout that made them, or remake what you doubt with snakemake --forcerun <file>"]
+        "  run make status from the checkout that made them, or remake what you doubt with snakemake --cores all "
+        "--forcerun <file>"]
 
 
 def test_nothing_without_metadata_says_nothing():
@@ -470,7 +487,7 @@ def test_with_directory_a_missing_output_is_forced_by_its_path_below_it(finished
     # Assert: its path as Snakemake reads a target with --directory (relative to that folder), in the command
     lines = capsys.readouterr().out.splitlines()
     assert "  results/train/r/y.pt (recorded by its job, not there now)" in lines
-    assert lines[-1] == f"  snakemake --cores all {' '.join(args)} --forcerun results/train/r/y.pt"
+    assert lines[-1] == f"  snakemake --cores all {shlex.join(args)} --forcerun results/train/r/y.pt"
 
 
 # -- recorded outputs that are not the files their jobs wrote: not current, listed and remade -----------------------
@@ -527,4 +544,4 @@ def test_a_changed_output_is_found_listed_and_forced_by_make_status(finished_bel
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("current: 2 recorded results")
     assert "  changed: results/train/r/x.pt (21 bytes; its job wrote 13 bytes)" in lines
-    assert lines[-1] == f"  snakemake --cores all {' '.join(args)} --forcerun results/train/r/x.pt"
+    assert lines[-1] == f"  snakemake --cores all {shlex.join(args)} --forcerun results/train/r/x.pt"

@@ -43,6 +43,7 @@ import functools
 import io
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections import Counter
@@ -273,18 +274,18 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
         if len(others) > LISTED:
             lines.append(f"  and {len(others) - LISTED} more ({_by_stage([(f.path,) for f in others[LISTED:]], root)})")
         lines += [f"  {finding.what()}; {finding.remedy()}" for finding in alone]
+    extra = shlex.join(snakemake_args)  # as the user gave them: each one word in the shell again
     if uncompared:
         lines.append(f"settings not compared: {uncompared} recorded results that Snakemake has no metadata for here "
                      "(made from another checkout, copied without .snakemake/, or at another path), so a changed "
                      "setting of theirs shows nowhere above")
         lines.append("  run make status from the checkout that made them, or remake what you doubt with "
-                     "snakemake --forcerun <file>")
+                     f"snakemake --cores all {extra + ' ' if extra else ''}--forcerun <file>")
     targets = [j.outputs[0] for j in sorted(meaning, key=lambda j: j.outputs) if j.outputs]
     targets += sorted({job[0] for c in stale for job in c.jobs} - set(targets))
     targets += sorted({gone[0] for gone in missing} - set(targets))
     targets += sorted({f.path for f in changed if not remade_alone(f.path)} - set(targets))
     if targets:
-        extra = " ".join(snakemake_args)
         lines.append("remake only these (and what is made from them):")
         lines.append(f"  snakemake --cores all {extra + ' ' if extra else ''}--forcerun {' '.join(targets)}")
     elif not jobs and not changed and not missing_alone:

@@ -17,7 +17,7 @@ from helpers.configs import SCHEMA, config_with
 from helpers.workflow import ROOT
 
 from fedscape.core.config import ConfigError
-from fedscape.core.io import CONTINUE_BY_MEANING, remake_hint
+from fedscape.core.io import CONTINUE_BY_MEANING, remake_alone_hint, remake_hint
 from fedscape.core.paths import PARTITION_DIR, Results, fill
 from fedscape.core.provenance import checkpoint_record
 from fedscape.core.runs import Run
@@ -228,6 +228,25 @@ def test_one_line_per_damaged_partition_beside_the_other_damaged_files(tmp_path,
     assert lines[1].startswith(f"  - {foreign} is not the partition of this run: seed 1 (expected 0)")
     assert "--force" in lines[1]
     assert lines[2].startswith(f"  - {table}, line 4: cut short") and lines[2].endswith(remake_hint(table))
+
+
+@pytest.mark.parametrize("args", ["", "-d 'my work' --configfile c.yaml", "--config 'hessian={top_k: 3}'"])
+def test_the_remedies_carry_the_users_arguments_where_given(args):
+    # Prepare: a partition file, and a table, below a folder of the user's
+    path, table = "results/partitions/digits/clients~4/alpha~0.5/seed~0/partition.npz", "results/tables/final.csv"
+
+    # Execute
+    alone, remade = remake_alone_hint(path, args), remake_hint(table, args)
+
+    # Assert: the commands with the arguments, each as the shell reads it; the --configfile wording gone
+    force, go_on = (shlex.split(command) for command in alone.split("`")[1::2])
+    assert force == ["snakemake", "--cores", "1", *shlex.split(args), "--force", path]
+    assert go_on == ["snakemake", *shlex.split(args), *CONTINUE_BY_MEANING.split()[1:]]
+    assert shlex.split(remade.split("`")[1]) == ["snakemake", "--cores", "1", *shlex.split(args), "--forcerun", table]
+    assert "--configfile you run with" not in alone + remade
+    # and without them, where not known: the wording
+    assert "(each with the --configfile you run with)" in remake_alone_hint(path)
+    assert "(plus the --configfile you run with)" in remake_hint(table)
 
 
 def test_continuing_by_meaning_is_the_default_profiles_rerun_triggers_without_file_dates():

@@ -29,7 +29,7 @@ from fedscape.plan.status import (
     uncompared_outputs,
     workflow_config,
 )
-from fedscape.plan.workflow import check_config, partition_problems
+from fedscape.plan.workflow import check_config, config_partition_files, partition_problems
 
 # Snakemake's words for a params change (snakemake.persistence.ParamsChange), before and now to fill in
 PARAMS_CHANGE = ("Params have changed since last execution: Union of exclusive params before and now across all "
@@ -236,7 +236,7 @@ localrule partition:
     lines = capsys.readouterr().out.splitlines()
     start = lines.index("damaged partition files, or another run's: 1 (the workflow refuses to run the jobs that read "
                         "them)")
-    assert lines[start + 1:] == [f"  {line}" for line in partition_problems([skewed])]
+    assert lines[start + 1:] == [f"  {line}" for line in partition_problems([skewed], args="--configfile tiny.yaml")]
     assert lines[start + 1].startswith(f"  {skewed} is not a readable partition file") and "--force" in lines[-1]
 
 
@@ -545,3 +545,69 @@ def test_a_changed_output_is_found_listed_and_forced_by_make_status(finished_bel
     assert lines[0].startswith("current: 2 recorded results")
     assert "  changed: results/train/r/x.pt (21 bytes; its job wrote 13 bytes)" in lines
     assert lines[-1] == f"  snakemake --cores all {shlex.join(args)} --forcerun results/train/r/x.pt"
+
+
+# -- the partition remedies: the user's own arguments, each file once ----------------------------------------------
+
+
+def test_every_partition_remedy_carries_the_users_arguments_and_names_each_file_once(config_files, restore_logging,
+                                                                                      monkeypatch, capsys):
+    """With `-d DIR`, a partition's path in its remedy is relative to DIR: run without it, the command would force
+    the partition of the folder make status ran in."""
+    # Prepare: the arguments with a target and a working directory with a space; below it, the config's two
+    # partitions: one recorded by its job and then another file put in its place (changed, and damaged), one damaged
+    # and never recorded; and a third partition recorded and gone. The dry run plans nothing.
+    work = config_files / "my work"
+    (config_files / "work").rename(work)
+    args = ["results/tables/final.csv", "-d", str(work), "--configfile", str(config_files / "base.yaml"),
+            "--config", "results_dir=results"]
+    given = args[1:]  # without the target, which --force would force too
+    recorded, damaged = config_partition_files(workflow_config(snakemake_args(args)))
+    gone = "results/partitions/digits/clients~4/alpha~0.1/seed~9/partition.npz"
+    with contextlib.chdir(work):
+        for k, path in enumerate((recorded, gone)):
+            with job_log(f"logs/partition/{k}.log", [path], "results"):
+                Path(path).parent.mkdir(parents=True)
+                Path(path).write_text("a partition\n")
+        Path(recorded).write_text("another run's partition\n")
+        Path(gone).unlink()
+        Path(damaged).parent.mkdir(parents=True)
+        Path(damaged).write_text("not a partition")
+    _dry_run(monkeypatch, NOTHING_PLANNED)
+
+    # Execute
+    assert status.main(args) == 0
+
+    # Assert: each partition once (the recorded one among the damaged ones, with what is wrong with it, not again as
+    # changed), each with both commands; none of them current
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert [sum(path in line for line in lines) for path in (recorded, damaged, gone)] == [1, 1, 1]
+    assert not any(line.startswith("not the files their jobs wrote") for line in lines)
+    assert lines[0] == "current: 0 recorded results"
+    at = lines.index("damaged partition files, or another run's: 2 (the workflow refuses to run the jobs that read "
+                     "them)")
+    assert sorted(line.split(" is not a readable partition file")[0] for line in lines[at + 1:]) == sorted([
+        f"  {damaged}", f"  {recorded}"])
+    assert "--configfile you run with" not in out
+    for path in (recorded, damaged, gone):
+        line = next(line for line in lines if path in line)
+        force, go_on = (shlex.split(command) for command in line.split("`")[1::2][-2:])  # numpy's words quote too
+        assert force == ["snakemake", "--cores", "1", *given, "--force", path]
+        assert go_on == ["snakemake", *given, "--rerun-triggers", "params", "input", "software-env"]
+        # as Snakemake reads it: that partition alone, below the working directory given
+        parsed = snakemake_args(force[1:])
+        assert (set(parsed.targets), str(parsed.directory), parsed.force) == ({path}, str(work), True)
+
+
+@pytest.mark.parametrize(("args", "kept"), [
+    (["--configfile", "a.yaml"], ["--configfile", "a.yaml"]),
+    (["results/x.csv", "-d", "my work", "--configfile", "a.yaml", "--config", "a=1"],
+     ["-d", "my work", "--configfile", "a.yaml", "--config", "a=1"]),
+    # a --configfile list takes every word up to the next option: no target there
+    (["--configfile", "a.yaml", "results/x.csv", "-d", "w"], ["--configfile", "a.yaml", "results/x.csv", "-d", "w"]),
+    # an option's value spelled as a target is kept
+    (["-d", "results", "results", "all"], ["-d", "results"]),
+])
+def test_the_targets_are_told_from_the_other_arguments_by_snakemakes_parser(args, kept):
+    assert status.without_targets(args) == kept

@@ -295,7 +295,10 @@ def test_a_damaged_partition_stops_the_run_before_any_job_and_its_remedy_remakes
         # is refused before any job with the same line, and no file was deleted, remade or touched
         assert planned["train"] == 1 and planned["rounds_table"] == 1
         remedy = f"--force {shlex.quote(relative)}`, then continue with `{CONTINUE_BY_MEANING}`"
-        assert status.returncode == 0 and f"\n  {relative} {message}" in status.stdout and remedy in status.stdout
+        # status's: with the arguments it was given
+        given = (f"`snakemake --cores 1 --configfile one.yaml --force {shlex.quote(relative)}`, then continue with "
+                 f"`snakemake --configfile one.yaml {CONTINUE_BY_MEANING.removeprefix('snakemake ')}`")
+        assert status.returncode == 0 and f"\n  {relative} {message}" in status.stdout and given in status.stdout
         out = proc.stdout + proc.stderr
         assert proc.returncode != 0 and "(nothing ran, no output was deleted):\n" in out
         assert f"\n  - {relative} {message}" in out and remedy in out

@@ -90,15 +90,21 @@ def write_csv(frame: Any, path: str | os.PathLike) -> None:
         frame.to_csv(tmp, index=False)
 
 
-def remake_hint(path: str | os.PathLike) -> str:
+def remake_hint(path: str | os.PathLike, args: str | None = None) -> str:
     """The command that makes a damaged workflow output again, with everything made from it.
 
     Deleting the file is not enough: Snakemake does not remake a missing intermediate file while the
     files made from it exist ("Nothing to be done"). `--forcerun <file>` reruns the job that writes it and
     every job downstream. Never say this of a file the user supplied: no job can make it.
+
+    `args`: the user's own Snakemake arguments, shell-quoted (`shlex.join`; without targets), put in the command;
+    None where they are not known: the command then says to add the --configfile you run with.
     """
-    return (f"make it again with `snakemake --cores 1 --forcerun {shlex.quote(str(path))}` (plus the --configfile "
-            "you run with): it reruns the job that writes it and every job that reads it")
+    command = f"{_snakemake('--cores 1', args)} --forcerun {shlex.quote(str(path))}"
+    if args is None:
+        return (f"make it again with `{command}` (plus the --configfile you run with): it reruns the job that writes "
+                "it and every job that reads it")
+    return f"make it again with `{command}`: it reruns the job that writes it and every job that reads it"
 
 
 # How the workflow goes on after a file is made again alone (`remake_alone_hint`): by meaning, the default profile's
@@ -109,12 +115,27 @@ def remake_hint(path: str | os.PathLike) -> str:
 CONTINUE_BY_MEANING = "snakemake --rerun-triggers params input software-env"
 
 
-def remake_alone_hint(path: str | os.PathLike) -> str:
+def remake_alone_hint(path: str | os.PathLike, args: str | None = None) -> str:
     """The commands that make an output again without its job's dependents (for a file its job makes
-    bit-identically from a seed, such as a partition: the runs trained on it stay valid), then go on by meaning."""
-    return (f"make it again alone (bit-identical from its seed) with `snakemake --cores 1 --force "
-            f"{shlex.quote(str(path))}`, then continue with `{CONTINUE_BY_MEANING}` (each with the --configfile you "
-            "run with) so that what was made from it is not made again")
+    bit-identically from a seed, such as a partition: the runs trained on it stay valid), then go on by meaning.
+
+    `args`: the user's own Snakemake arguments, shell-quoted (`shlex.join`), put in both commands (before their own
+    options, so that a --configfile list ends there); without targets, which `--force` would force too, with every job
+    between them and the file. None where they are not known: the commands then say to add the --configfile you run
+    with."""
+    force = f"{_snakemake('--cores 1', args)} --force {shlex.quote(str(path))}"
+    go_on = _snakemake(CONTINUE_BY_MEANING.removeprefix("snakemake "), args, first=True)
+    each = " (each with the --configfile you run with)" if args is None else ""
+    return (f"make it again alone (bit-identical from its seed) with `{force}`, then continue with `{go_on}`{each} so "
+            "that what was made from it is not made again")
+
+
+def _snakemake(options: str, args: str | None, first: bool = False) -> str:
+    """'snakemake <options> <args>' (`args`: the user's, shell-quoted; None or '': none), or with `first`
+    'snakemake <args> <options>': the user's arguments before options of the command's own that must win."""
+    if not args:
+        return f"snakemake {options}"
+    return f"snakemake {args} {options}" if first else f"snakemake {options} {args}"
 
 
 def supplied_hint(path: str | os.PathLike, key: str) -> str:

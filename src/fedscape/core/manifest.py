@@ -221,9 +221,10 @@ class Finding:
         """'changed: <path> (<detail>)': the finding without what to do about it."""
         return f"{self.problem}: {self.path} ({self.detail})"
 
-    def remedy(self) -> str:
-        """The command that makes its output again (`_remake_hint`)."""
-        return _remake_hint(self.path)
+    def remedy(self, args: str | None = None) -> str:
+        """The command that makes its output again (`_remake_hint`; `args`: the user's Snakemake arguments,
+        shell-quoted, as `core.io.remake_alone_hint` takes them)."""
+        return _remake_hint(self.path, args)
 
 
 def remade_alone(path: str) -> bool:
@@ -232,10 +233,10 @@ def remade_alone(path: str) -> bool:
     return bool(parse_path(f"{PARTITION_DIR}/{{file}}", path))
 
 
-def _remake_hint(path: str) -> str:
+def _remake_hint(path: str, args: str | None = None) -> str:
     """The command that makes the output at `path` again: a partition's files alone (`remade_alone`), any other
-    output with what is made from it."""
-    return remake_alone_hint(path) if remade_alone(path) else remake_hint(path)
+    output with what is made from it; with the user's Snakemake arguments `args` where given (`core.io`)."""
+    return remake_alone_hint(path, args) if remade_alone(path) else remake_hint(path, args)
 
 
 @dataclass(frozen=True)

@@ -19,19 +19,21 @@ is current, whichever commit made it: the job records (`_manifest`, `core.manife
 another commit at the same result versions is current. The config is the dry run's: its arguments read by Snakemake's
 own parser (`snakemake_args`), and every path read where Snakemake reads it: the --configfile files from here, the rest
 (the default config, the results and their records, `.snakemake/`, the data) below its working directory, `--directory`
-where given (`working_directory`).
+where given (`working_directory`). Every command status prints carries the user's arguments, shell-quoted; a
+partition's, which make it again alone, carry them without their targets (`without_targets`).
 
 Three things the dry run does not see, the records do. A recorded output that is no file now (a job killed after
 Snakemake deleted its old outputs, a file removed by hand) is not remade while files made from it exist; such jobs are
 listed, and the command forces them. A recorded output that is not the file its job wrote (changed, or another output's
 content: foreign, as `make verify` says) is no current result: listed, and forced too (a partition file is made again
-alone, as `make verify` says). Status runs often, so it re-hashes no file whose size and date agree with its record
-(`core.manifest.changed_outputs`): a file of another size is changed, one dated outside its job's run (touched, copied
-without its dates, another run's file put in its place) is hashed, and damage that keeps a file's size and a date within
-its job's run is left to `make verify`. And Snakemake compares a job's settings with those it kept in its metadata
-(`.snakemake/metadata`, keyed by the output's path): a result it has no metadata for (made from another checkout, copied
-without `.snakemake/`, or below an absolute `results_dir` that has moved since) is not compared, so a changed setting of
-its job shows nowhere; the records hold no settings to compare instead, so such results are counted.
+alone, as `make verify` says; one that is damaged is named once, among the damaged partitions). Status runs often, so it
+re-hashes no file whose size and date agree with its record (`core.manifest.changed_outputs`): a file of another size is
+changed, one dated outside its job's run (touched, copied without its dates, another run's file put in its place) is
+hashed, and damage that keeps a file's size and a date within its job's run is left to `make verify`. And Snakemake
+compares a job's settings with those it kept in its metadata (`.snakemake/metadata`, keyed by the output's path): a
+result it has no metadata for (made from another checkout, copied without `.snakemake/`, or below an absolute
+`results_dir` that has moved since) is not compared, so a changed setting of its job shows nowhere; the records hold no
+settings to compare instead, so such results are counted.
 """
 
 from __future__ import annotations
@@ -206,7 +208,7 @@ def made_from_other_data(changes: Sequence[DataChange]) -> set[str]:
 def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args: Iterable[str] = (),
            changes: Sequence[DataChange] = (), unchecked: int = 0, root: str = "results",
            missing: Sequence[tuple[str, ...]] = (), uncompared: int = 0, changed: Sequence[Finding] = (),
-           hashed: int = 0) -> list[str]:
+           hashed: int = 0, alone_args: str | None = None, damaged: Iterable[str] = ()) -> list[str]:
     """The lines of `make status` for a dry run's jobs, the results' job records, the data sets whose files
     changed since some of them were made (`data.locations.changed_data`) and the number of jobs that read data
     before fedscape recorded what it held (`unchecked`); `root`: the results folder; `missing`: the recorded jobs
@@ -214,11 +216,17 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
     for (`uncompared_outputs`); `changed`: the recorded outputs that are not the files their jobs wrote, and
     `hashed`: how many files that check read (`core.manifest.changed_outputs`). Of the jobs made from other data, of
     the missing ones and of the changed outputs, the first `LISTED` of each group are named and the others counted by
-    the folder they lie in (the command names them all); a changed partition file is named with its own command."""
+    the folder they lie in (the command names them all); a changed partition file is named with its own command.
+    Every command carries `snakemake_args`, each one word in the shell; a partition's, which force it alone, carry
+    `alone_args` (those arguments without their targets, shell-quoted: `without_targets`), or say to add the
+    --configfile you run with where None. `damaged`: the partition files that `make status` names among the damaged
+    ones (`partition_problems`, with what is wrong with them): not current, and not named again here."""
     planned = {o for job in jobs for o in job.outputs}
     stale = [c for c in changes if c.now is not None]
     other_data = made_from_other_data(changes)
-    not_theirs = {f.path for f in changed}
+    damaged = {str(Path(p)) for p in damaged}
+    not_theirs = {f.path for f in changed} | damaged
+    changed = [f for f in changed if str(Path(f.path)) not in damaged]
     current = Counter(code_label(r.get("code"), digits=12) for output, r in records.items()
                       if output not in planned and output not in other_data and output not in not_theirs
                       and _below(output, root) and Path(output).exists())
@@ -264,7 +272,7 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
                   + f" ({MISSING})" for gone in missing[:LISTED]]
         if len(missing) > LISTED:
             lines.append(f"  and {len(missing) - LISTED} more ({_by_stage(missing[LISTED:], root)})")
-        lines += [f"  {gone[0]} ({MISSING}); {remake_alone_hint(gone[0])}" for gone in missing_alone]
+        lines += [f"  {gone[0]} ({MISSING}); {remake_alone_hint(gone[0], alone_args)}" for gone in missing_alone]
     if changed:
         alone = [f for f in changed if remade_alone(f.path)]
         others = [f for f in changed if not remade_alone(f.path)]
@@ -273,7 +281,7 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
         lines += [f"  {finding.what()}" for finding in others[:LISTED]]
         if len(others) > LISTED:
             lines.append(f"  and {len(others) - LISTED} more ({_by_stage([(f.path,) for f in others[LISTED:]], root)})")
-        lines += [f"  {finding.what()}; {finding.remedy()}" for finding in alone]
+        lines += [f"  {finding.what()}; {finding.remedy(alone_args)}" for finding in alone]
     extra = shlex.join(snakemake_args)  # as the user gave them: each one word in the shell again
     if uncompared:
         lines.append(f"settings not compared: {uncompared} recorded results that Snakemake has no metadata for here "
@@ -308,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("the dry run failed: fix what it says first", file=sys.stderr)
         return 1
     parsed = snakemake_args(args)
+    alone = without_targets(args)  # for the commands that make a partition again alone
+    alone_args = None if alone is None else shlex.join(alone)
     config = workflow_config(parsed)
     with working_directory(parsed):  # every path below is Snakemake's: relative to its working directory
         root = results_root(config)
@@ -321,15 +331,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the outputs that would count as current: the others are remade, or listed, anyway
         changed, hashed = changed_outputs(read, planned | made_from_other_data(changes)
                                           | {o for o in records if not _below(o, root)})
+        # a dry run checks no partition file (the workflow's onstart does, before the first job): each damaged one is
+        # named below with what is wrong with it, and not again among the files that are not their jobs'
+        damaged = {path: lines for path in config_partition_files(config)
+                   if (lines := partition_problems([path], planned, alone_args))}
         for line in report(jobs, records, args, changes, unfingerprinted_jobs(records), root, missing,
-                           len(uncompared), changed, hashed):
+                           len(uncompared), changed, hashed, alone_args, damaged):
             print(line)
-        # a dry run checks no partition file (the workflow's onstart does, before the first job)
-        damaged = partition_problems(config_partition_files(config), planned)
         if damaged:
             print(f"damaged partition files, or another run's: {len(damaged)} (the workflow refuses to run the jobs "
                   "that read them)")
-            for line in damaged:
+            for line in (line for lines in damaged.values() for line in lines):
                 print(f"  {line}")
     return 0
 
@@ -341,6 +353,35 @@ def snakemake_args(args: Sequence[str]) -> argparse.Namespace:
 
     with contextlib.redirect_stderr(io.StringIO()):  # its note of the profiles it reads
         return parse_args(["-n", *args])[1]
+
+
+def without_targets(args: Sequence[str]) -> list[str] | None:
+    """The dry run's arguments without their targets (the files and rules Snakemake is asked for), as its own parser
+    reads them (`snakemake_args`): each argument that is a target and whose removal changes nothing else of what
+    Snakemake reads (not an option's value that is spelled as a target too). None where a target cannot be told
+    apart so. For the commands that make a partition again alone: `--force` forces every target, and a target made
+    from the partition would have every job between them run again."""
+    parsed = snakemake_args(args)
+    kept, targets = list(args), set(parsed.targets)
+    for at in reversed(range(len(kept))):
+        if not targets:
+            break
+        if kept[at] not in targets:
+            continue
+        trial = kept[:at] + kept[at + 1:]
+        try:
+            found = snakemake_args(trial)
+        except SystemExit:  # argparse exits on what it cannot read (then the argument was an option's value)
+            continue
+        if set(found.targets) <= targets and all(_same(value, getattr(found, key, None))
+                                                 for key, value in vars(parsed).items() if key != "targets"):
+            kept, targets = trial, set(found.targets)
+    return None if targets else kept
+
+
+def _same(a: object, b: object) -> bool:
+    """Whether two values of Snakemake's parsed arguments are the same (some are objects without an equality)."""
+    return a == b or (type(a) is type(b) and hasattr(a, "__dict__") and vars(a) == vars(b))
 
 
 def workflow_config(parsed: argparse.Namespace) -> dict:

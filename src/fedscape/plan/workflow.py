@@ -220,11 +220,13 @@ def check_read_files(inputs: Iterable[str], remade: Iterable[str], results_root:
                           "was deleted):\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def partition_problems(paths: Iterable[str | Path], remade: Iterable[str | Path] = ()) -> list[str]:
+def partition_problems(paths: Iterable[str | Path], remade: Iterable[str | Path] = (),
+                       args: str | None = None) -> list[str]:
     """One line for each existing partition file among `paths` that is damaged or not the partition its path names
     (`data.partition.partition_file_problem`), with what to do: make it again alone (bit-identical from its seed, so
-    what was made from it stays valid), then continue by meaning (`core.io.remake_alone_hint`). Other paths are passed
-    over, and so are `remade` (a partition that a job about to run makes again: the remedy forces that job).
+    what was made from it stays valid), then continue by meaning (`core.io.remake_alone_hint`, with the user's
+    Snakemake arguments `args`, shell-quoted, where given). Other paths are passed over, and so are `remade` (a
+    partition that a job about to run makes again: the remedy forces that job; or one listed already).
 
     `check_read_files` (the onstart) checks the partitions that the jobs about to run read, `make status` those of
     every job of the config (`config_partition_files`)."""
@@ -237,7 +239,7 @@ def partition_problems(paths: Iterable[str | Path], remade: Iterable[str | Path]
         problem = partition_file_problem(path, fields["dataset"], int(fields["num_clients"]), fields["alpha"],
                                          int(fields["seed"]))
         if problem is not None:
-            lines.append(f"{problem}; what was made from it is kept: {remake_alone_hint(path)}")
+            lines.append(f"{problem}; what was made from it is kept: {remake_alone_hint(path, args)}")
     return lines
 
 

@@ -124,7 +124,7 @@ def test_verify_finds_changed_missing_and_foreign_outputs_even_with_their_times_
     assert code == 1
 
 
-# -- make status's quick check: sizes, and the contents of files dated outside their job's run ----------------------
+# -- make status's quick check: sizes, and the contents of files dated outside their job's run or of another's size --
 
 HOUR = 3600
 
@@ -145,6 +145,11 @@ FOREIGN_X = ("foreign", "its content is that recorded for results/train/r/y.pt")
 @pytest.mark.parametrize(("change", "found", "hashed"), [
     # another size: changed, read by none
     (lambda x, y: _put(x, b"a longer file\n"), [("changed", "14 bytes; its job wrote 13 bytes")], 0),
+    # another size, that another output was recorded at (a.csv's 16 bytes): read, and a copy of that output (foreign,
+    # as make verify says), or changed
+    (lambda x, y: _put(x, (x.parents[2] / "tables/a.csv").read_bytes()),
+     [("foreign", "its content is that recorded for results/tables/a.csv")], 1),
+    (lambda x, y: _put(x, b"another file 16\n"), [("changed", "16 bytes, SHA-256 ")], 1),
     # the same size, written after its job: read, and changed or another output's content (foreign)
     (lambda x, y: _put(x, b"run output 9\n", HOUR), [("changed", "13 bytes, SHA-256 ")], 1),
     (lambda x, y: _put(x, y.read_bytes(), HOUR), [FOREIGN_X], 1),

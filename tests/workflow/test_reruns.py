@@ -178,8 +178,8 @@ def test_status_lists_a_bumped_versions_results_with_the_command_that_remakes_on
 
 
 def test_every_job_dates_its_outputs_within_its_run_so_that_status_reads_none_of_them(clone):
-    """`make status` re-hashes only a recorded output of another size or dated outside its job's run (its record's
-    start to end): every rule's outputs, copied with their dates, are neither."""
+    """`make status` re-hashes only a recorded output dated outside its job's run (its record's start to end), or of
+    another size that another output was recorded at: every rule's outputs, copied with their dates, are neither."""
     findings, hashed = changed_outputs(read_records(clone / "results"))
 
     assert (findings, hashed) == ([], 0)

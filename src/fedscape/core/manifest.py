@@ -6,7 +6,8 @@ preserves times, bit rot, another run's file restored into place) is invisible t
 after its outputs, a record below `<results_dir>/_manifest/` (mirroring its log's path), and `make verify` compares
 each recorded output with the file now there: changed, missing, or foreign (the content recorded for another output),
 each with the command that remakes it; `make status` checks them quickly (`changed_outputs`: sizes, and the contents
-of the files dated outside their job's run) and counts no such output as current. The records travel with the
+of the files dated outside their job's run, or of another output's recorded size) and counts no such output as
+current. The records travel with the
 results directory: a record names its outputs by their paths below the results directory, so that a copied or moved
 results directory is checked where it is now.
 
@@ -384,15 +385,18 @@ def changed_outputs(records: Records, skip: Iterable[str] = (), slack: float = D
                     ) -> tuple[list[Finding], int]:
     """(findings, files hashed): `make status`'s quick `verify` of the recorded outputs that are files now (not those
     in `skip`), which reads no file whose size and date agree with its record. A file of another size than its job
-    wrote is changed (not hashed); a file of that size whose modification time lies outside its job's run (`started`
-    to `finished` of the record, `slack` seconds either side: the record's times are whole seconds of the job's
-    clock, the file's are its file system's) was not written by that job as it stands (touched, copied without its
-    dates, or another file put in its place) and is hashed (`content_finding`). A file of the recorded size dated
-    within its job's run is not read: content changed in place with its date kept (bit rot, a copy that kept another
-    file's dates from within that run) is for `verify`. A record without its times is checked by size only."""
+    wrote is changed, and not hashed unless another output was recorded at its size: then it may be a copy of that
+    output, and is hashed (`content_finding`: foreign where it holds that output's content, as `verify` says; rare, so
+    cheap). A file of the recorded size whose modification time lies outside its job's run (`started` to `finished`
+    of the record, `slack` seconds either side: the record's times are whole seconds of the job's clock, the file's
+    are its file system's) was not written by that job as it stands (touched, copied without its dates, or another
+    file put in its place) and is hashed (`content_finding`). A file of the recorded size dated within its job's run
+    is not read: content changed in place with its date kept (bit rot, a copy that kept another file's dates from
+    within that run) is for `verify`. A record without its times is checked by size only."""
     skip = set(skip)
     newest = records.by_output()
     by_digest: dict[str, list[str]] | None = None
+    sizes: set[int] | None = None
     findings, hashed = [], 0
     for output, job in sorted(newest.items()):
         if output in skip:
@@ -405,11 +409,16 @@ def changed_outputs(records: Records, skip: Iterable[str] = (), slack: float = D
             continue
         want = job.outputs[output]
         if found.st_size != want["size"]:
-            findings.append(Finding(output, "changed", f"{found.st_size} bytes; its job wrote {want['size']} bytes"))
-            continue
-        run = _run_times(job.record)
-        if run is None or run[0] - slack <= found.st_mtime <= run[1] + 1 + slack:  # `finished`: cut to the second
-            continue
+            # the sizes other outputs were recorded at (this one's is not its own)
+            sizes = {o.outputs[other]["size"] for other, o in newest.items()} if sizes is None else sizes
+            if found.st_size not in sizes:
+                findings.append(Finding(output, "changed",
+                                        f"{found.st_size} bytes; its job wrote {want['size']} bytes"))
+                continue
+        else:
+            run = _run_times(job.record)
+            if run is None or run[0] - slack <= found.st_mtime <= run[1] + 1 + slack:  # `finished`: cut to the second
+                continue
         by_digest = _by_digest(newest) if by_digest is None else by_digest
         hashed += 1
         if finding := content_finding(output, want, by_digest):

@@ -28,12 +28,13 @@ listed, and the command forces them. A recorded output that is not the file its 
 content: foreign, as `make verify` says) is no current result: listed, and forced too (a partition file is made again
 alone, as `make verify` says; one that is damaged is named once, among the damaged partitions). Status runs often, so it
 re-hashes no file whose size and date agree with its record (`core.manifest.changed_outputs`): a file of another size is
-changed, one dated outside its job's run (touched, copied without its dates, another run's file put in its place) is
-hashed, and damage that keeps a file's size and a date within its job's run is left to `make verify`. And Snakemake
-compares a job's settings with those it kept in its metadata (`.snakemake/metadata`, keyed by the output's path): a
-result it has no metadata for (made from another checkout, copied without `.snakemake/`, or below an absolute
-`results_dir` that has moved since) is not compared, so a changed setting of its job shows nowhere; the records hold no
-settings to compare instead, so such results are counted.
+changed (hashed only where another output was recorded at its size: a copy of that output is foreign), one dated outside
+its job's run (touched, copied without its dates, another run's file put in its place) is hashed, and damage that keeps
+a file's size and a date within its job's run is left to `make verify`. And Snakemake compares a job's settings with
+those it kept in its metadata (`.snakemake/metadata`, keyed by the output's path): a result it has no metadata for (made
+from another checkout, copied without `.snakemake/`, or below an absolute `results_dir` that has moved since) is not
+compared, so a changed setting of its job shows nowhere; the records hold no settings to compare instead, so such
+results are counted.
 """
 
 from __future__ import annotations
@@ -235,7 +236,8 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
              + (f", made by {', '.join(f'{c} ({n})' for c, n in current.most_common())}" if current else "")]
     if current or changed:
         lines.append("  each file checked against its job's record by size, and by content where it is dated outside "
-                     f"its job's run{f' ({hashed} hashed)' if hashed else ''}; make verify re-hashes every one")
+                     "its job's run or has the size another output was recorded at"
+                     f"{f' ({hashed} hashed)' if hashed else ''}; make verify re-hashes every one")
     meaning = by_kind["meaning"]
     lines.append(f"out of date in meaning: {len(meaning)} jobs"
                  + (f" ({len(by_kind['made from'])} more made from them)" if meaning else ""))

@@ -42,11 +42,12 @@ dryrun: install
 	$(BIN)/snakemake -n
 
 # A config checked as the workflow checks it (YAML syntax with the line, schema, every stage's rules), without
-# Snakemake, whose own reading of a --configfile reports a YAML syntax error without its line:
+# Snakemake, whose own reading of a --configfile reports a YAML syntax error without its line: one line per problem
+# (exits 1), or "is valid" and the warnings the workflow prints on it. Without CONFIG=, the default config/config.yaml.
 #   make check-config CONFIG=my.yaml
 check-config: install
-	$(BIN)/python -c "import sys; from fedscape.plan.workflow import load_config; \
-	load_config(sys.argv[1], 'workflow/schemas/config.schema.yaml'); print(sys.argv[1], 'is valid')" $(CONFIG)
+	$(BIN)/python -c "import sys; from fedscape.plan.workflow import check_config_main; \
+	sys.exit(check_config_main(sys.argv[1:]))" $(CONFIG)
 
 # Every result that a job recorded, hashed again: lists what changed, went missing or holds another output's content,
 # each with the command that remakes it; exits 1 if anything is wrong.  make verify RESULTS=/scratch/me/results

@@ -60,3 +60,26 @@ def test_clean_deletes_the_default_runs_results_and_keeps_other_studies(tmp_path
     # Execute / Assert: clean-all deletes everything
     subprocess.run(["make", "clean-all"], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Makefile"]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
+@pytest.mark.parametrize(("given", "code", "out", "err"), [
+    # no CONFIG=: the default config (it was an IndexError)
+    (False, 0, "no CONFIG= given: checking the default config config/config.yaml", ""),
+    # an invalid one: its problem alone (it was a traceback before it)
+    (True, 2, "", "a config is a mapping of keys"),
+])
+def test_check_config_checks_the_default_config_and_prints_problems_without_a_traceback(tmp_path, given, code, out,
+                                                                                         err):
+    # Prepare: a config that is a list; this Python's folder as the venv's (install is not made: -o install)
+    bad = tmp_path / "my.yaml"
+    bad.write_text("- a list, not a mapping\n")
+    config = [f"CONFIG={bad}"] if given else []
+
+    # Execute
+    proc = subprocess.run(["make", "-s", "-o", "install", "check-config", f"BIN={Path(sys.executable).parent}",
+                           *config], cwd=ROOT, capture_output=True, text=True)
+
+    # Assert: make's exit status (2 where the command failed), and no traceback
+    assert proc.returncode == code, proc.stderr
+    assert out in proc.stdout and err in proc.stderr and "Traceback" not in proc.stderr

@@ -68,10 +68,15 @@ from fedscape.core.manifest import (
 )
 from fedscape.core.paths import results_root
 from fedscape.data.locations import DataChange, changed_data, unfingerprinted_jobs
-from fedscape.plan.workflow import check_config, config_partition_files, partition_problems, result_versions
+from fedscape.plan.workflow import (
+    DEFAULT_CONFIG,
+    SCHEMA,
+    check_config,
+    config_partition_files,
+    partition_problems,
+    result_versions,
+)
 
-SCHEMA = "workflow/schemas/config.schema.yaml"  # below the workflow's root, where `make status` runs
-DEFAULT_CONFIG = "config/config.yaml"  # there too: the Snakefile reads it without a --configfile
 REHASH = "--rehash"
 LISTED = 10  # jobs named per group (made from other data, missing outputs); a paper config's data set: hundreds
 CLASSES = ("meaning", "made from", "dates", "missing", "other")

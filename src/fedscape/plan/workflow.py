@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib
 import json
 import pkgutil
+import sys
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -39,6 +40,8 @@ from fedscape.plan.train import idle_swa, misnamed_algorithm_labels
 
 PARTITION_FILE = f"{PARTITION_DIR}/partition.npz"
 FIRST = "train"  # its checks come first: every other stage reads the run grid it checks
+SCHEMA = "workflow/schemas/config.schema.yaml"  # below the workflow's root, where `make` runs
+DEFAULT_CONFIG = "config/config.yaml"  # there too: the Snakefile reads it without a --configfile
 
 
 def stage_modules() -> list[ModuleType]:
@@ -136,6 +139,35 @@ def config_warnings(config: dict, runs: list[Run]) -> list[str]:
 def load_config(path: str | Path, schema_path: str | Path) -> dict:
     """Read a YAML config safely, fill defaults and validate it."""
     return check_config(read_config_file(path), load_schema(schema_path), files=[path])
+
+
+def check_config_file(path: str | Path, schema_path: str | Path = SCHEMA) -> list[str]:
+    """The config file at `path` checked as the workflow checks it (`load_config`: YAML syntax with the line, the
+    schema, every stage's rules; ConfigError listing its problems): '<path> is valid', then the warnings the workflow
+    prints on it (`config_warnings`), each as 'warning: <line>'."""
+    config = load_config(path, schema_path)
+    return [f"{path} is valid", *(f"warning: {line}" for line in config_warnings(config, build_runs(config)))]
+
+
+def check_config_main(args: Sequence[str]) -> int:
+    """`make check-config [CONFIG=my.yaml]` (`args`: the config file, or none): print `check_config_file`'s lines, or
+    the config's problems alone (one line each, as the workflow gives them) and 1; without a file, the default config
+    (`DEFAULT_CONFIG`), which the workflow reads without a --configfile, said so first. 2 for more than one file."""
+    if len(args) > 1:
+        print(f"make check-config checks one config file (CONFIG=my.yaml), not {len(args)}: {' '.join(args)}",
+              file=sys.stderr)
+        return 2
+    path = args[0] if args else DEFAULT_CONFIG
+    if not args:
+        print(f"no CONFIG= given: checking the default config {DEFAULT_CONFIG} (make check-config CONFIG=my.yaml "
+              "checks another)")
+    try:
+        lines = check_config_file(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
 
 
 def all_targets(config: dict, runs: list[Run]) -> list[str]:

@@ -1,0 +1,83 @@
+"""`make check-config [CONFIG=my.yaml]` (`plan.workflow.check_config_main`): a config checked as the workflow checks
+it, without Snakemake: its problems one line each, or that it is valid and the warnings the workflow prints on it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from helpers.configs import DEFAULT
+from helpers.workflow import ROOT
+
+from fedscape.core.config import ConfigError
+from fedscape.core.runs import build_runs
+from fedscape.plan.workflow import DEFAULT_CONFIG, check_config_file, check_config_main, config_warnings, load_config
+
+
+@pytest.fixture(autouse=True)
+def at_the_workflows_root(monkeypatch):
+    monkeypatch.chdir(ROOT)  # where make runs: the schema and the default config below it
+
+
+def _write(tmp_path, config: dict, name: str = "my.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_a_valid_config_is_said_valid(tmp_path, capsys):
+    path = _write(tmp_path, DEFAULT)
+
+    assert check_config_main([path]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{path} is valid"]
+
+
+def test_a_valid_configs_warnings_are_those_the_workflow_prints_after_it_is_valid(tmp_path, capsys):
+    # Prepare: a second seed that no experiment takes (each leaves `seed` unset: the first of `seeds`)
+    path = _write(tmp_path, {**copy.deepcopy(DEFAULT), "seeds": [0, 1]})
+    config = load_config(path, "workflow/schemas/config.schema.yaml")
+
+    # Execute
+    code = check_config_main([path])
+
+    # Assert: exit 0, "is valid", then the workflow's warnings
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert lines == [f"{path} is valid", *(f"warning: {w}" for w in config_warnings(config, build_runs(config)))]
+    assert lines[1].startswith("warning: seeds: 1 taken by no run")
+
+
+@pytest.mark.parametrize(("config", "problem"), [
+    ({**DEFAULT, "not_a_key": 1}, "not_a_key"),
+    # a YAML syntax error, with its line
+    ("seeds: [0\nalphas: [iid]\n", "YAML syntax error"),
+])
+def test_an_invalid_config_prints_its_problems_alone_and_exits_1(tmp_path, capsys, config, problem):
+    # Prepare
+    path = tmp_path / "my.yaml"
+    path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
+    with pytest.raises(ConfigError) as err:
+        check_config_file(path)
+
+    # Execute
+    code = check_config_main([str(path)])
+
+    # Assert: the ConfigError's message, as the workflow gives it (one line per problem), and nothing else
+    out, stderr = capsys.readouterr()
+    assert code == 1 and out == ""
+    assert stderr == f"{err.value}\n" and problem in stderr and "Traceback" not in stderr
+
+
+def test_without_a_config_the_default_one_is_checked_and_said_so(capsys):
+    assert check_config_main([]) == 0
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"no CONFIG= given: checking the default config {DEFAULT_CONFIG}")
+    assert lines[1:] == check_config_file(DEFAULT_CONFIG)
+    assert lines[1] == f"{DEFAULT_CONFIG} is valid"
+
+
+def test_more_than_one_config_is_refused(capsys):
+    assert check_config_main(["a.yaml", "b.yaml"]) == 2
+    assert "checks one config file" in capsys.readouterr().err

@@ -38,16 +38,21 @@ def _edit(config: dict, path: tuple, value) -> dict:
     return config
 
 
-def _whole_floats(value, path: tuple = ()):
-    """(path, value) of every float of a parsed YAML document that an int could spell (2.0, 0.0)."""
+def _numbers(value, path: tuple = ()):
+    """(path, value) of every number of a parsed YAML document."""
     if isinstance(value, dict):
         for key, item in value.items():
-            yield from _whole_floats(item, (*path, key))
+            yield from _numbers(item, (*path, key))
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            yield from _whole_floats(item, (*path, i))
-    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            yield from _numbers(item, (*path, i))
+    elif isinstance(value, int | float) and not isinstance(value, bool):
         yield path, value
+
+
+def _whole_floats(value):
+    """(path, value) of every float of a parsed YAML document that an int could spell (2.0, 0.0)."""
+    return [(path, v) for path, v in _numbers(value) if isinstance(v, float) and math.isfinite(v) and v.is_integer()]
 
 
 def _with_continue_init(config: dict) -> dict:
@@ -108,18 +113,6 @@ def test_every_whole_number_of_a_shipped_config_may_be_written_as_an_int(path):
 
     # Assert
     assert changed == []
-
-
-def _numbers(value, path: tuple = ()):
-    """(path, value) of every number of a parsed YAML document."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _numbers(item, (*path, key))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            yield from _numbers(item, (*path, i))
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        yield path, value
 
 
 def _at(config, path: tuple):

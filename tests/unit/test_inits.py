@@ -460,8 +460,7 @@ def test_an_iid_warmup_under_a_schedule_over_its_own_rounds_is_warned_about(trai
 
     # Assert: one line naming the warm-up and the setting that keeps its lr the runs' own
     assert lines == ([f"inits.warm: the IID warm-up trains its 1 round(s) under lr_schedule "
-                      f"{training.get('lr_schedule', 'constant')} (lr_warmup "
-                      f"{float(training.get('lr_warmup', 0))}) over rounds, its own rounds, not the runs' 3: its lr "
-                      "is not the runs' first one; set "
+                      f"{training.get('lr_schedule', 'constant')} (lr_warmup {training.get('lr_warmup', 0)}) over "
+                      "rounds, its own rounds, not the runs' 3: its lr is not the runs' first one; set "
                       "inits.warm.training: {lr_schedule: constant, lr_warmup: 0} to warm up at the runs' lr"]
                      if warned else [])

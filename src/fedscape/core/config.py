@@ -169,11 +169,12 @@ def validate_config(config: dict, schema: dict) -> dict:
     for entry in (config.get("inits") or {}).values():  # a continue init's selector, a mapping to the schema
         if isinstance(entry, dict) and isinstance(entry.get("run"), dict):
             canonical_numbers(entry["run"], {"$ref": "#/$defs/run_selector", "$defs": defs})
+    keys = schema["properties"]["training"]["properties"]
     for section in TRAINING_OVERRIDES:  # each override as its `training` key's schema types it
         for entry in (config.get(section) or {}).values():
             overrides = entry.get("training") if isinstance(entry, dict) else None
             for key, value in (overrides or {}).items():
-                if key in (keys := schema["properties"]["training"]["properties"]):
+                if key in keys:
                     overrides[key] = canonical_numbers(value, {**keys[key], "$defs": defs})
     return config
 

@@ -323,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("the dry run failed: fix what it says first", file=sys.stderr)
         return 1
     parsed = snakemake_args(args)
-    alone = without_targets(args)  # for the commands that make a partition again alone
+    alone = without_targets(args, parsed)  # for the commands that make a partition again alone
     alone_args = None if alone is None else shlex.join(alone)
     config = workflow_config(parsed)
     with working_directory(parsed):  # every path below is Snakemake's: relative to its working directory
@@ -362,13 +362,13 @@ def snakemake_args(args: Sequence[str]) -> argparse.Namespace:
         return parse_args(["-n", *args])[1]
 
 
-def without_targets(args: Sequence[str]) -> list[str] | None:
+def without_targets(args: Sequence[str], parsed: argparse.Namespace | None = None) -> list[str] | None:
     """The dry run's arguments without their targets (the files and rules Snakemake is asked for), as its own parser
     reads them (`snakemake_args`): each argument that is a target and whose removal changes nothing else of what
     Snakemake reads (not an option's value that is spelled as a target too). None where a target cannot be told
     apart so. For the commands that make a partition again alone: `--force` forces every target, and a target made
-    from the partition would have every job between them run again."""
-    parsed = snakemake_args(args)
+    from the partition would have every job between them run again. `parsed`: `snakemake_args(args)`, where read."""
+    parsed = snakemake_args(args) if parsed is None else parsed
     kept, targets = list(args), set(parsed.targets)
     for at in reversed(range(len(kept))):
         if not targets:

@@ -26,11 +26,13 @@ PY = sys.executable
 # part -> [(name, argv, time limit in seconds)]: argv[1] is a script under the repository root, run from the root.
 PARTS: dict[str, list[tuple[str, list[str], int]]] = {
     # The CUDA tests: captured steps equal to eager ones, fp32 CUDA rounds against the CPU, vectorised batch norm,
-    # crop-flip on the device, the precision switches, the cards' claims by UUID.
+    # crop-flip on the device, the precision switches, the cards' claims by UUID, a card's UUID in a job's record,
+    # MOON's eval-mode references with batch norm, flat points on the card.
     "tests": [("cuda_tests", [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", "cuda or gpu",
                               "tests/unit/test_capture.py", "tests/unit/test_precision.py",
                               "tests/unit/test_vectorized.py", "tests/unit/test_vectorized_bn.py",
-                              "tests/unit/test_data.py", "tests/unit/test_resources.py"], 240)],
+                              "tests/unit/test_data.py", "tests/unit/test_resources.py",
+                              "tests/unit/test_moon_reference_mode.py", "tests/unit/test_alignment.py"], 240)],
     # The papers' step costs (plain, sequential, captured, vectorised over 50 clients) and their projected hours.
     "steps": [("bench_gpu", [PY, "benchmarks/bench_gpu.py", "--device", "cuda"], 330)],
     # Vectorised rounds of the batch-norm ResNets against sequential ones (goal >= 10x at M=50).

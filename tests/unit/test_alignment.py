@@ -495,10 +495,13 @@ def test_hand_written_specs_are_checked() -> None:
         permutation_spec_from_axes_to_perm({"w": ((Segment("p", (0, 5)),), None), "v": (None, None)}, shapes)
 
 
+@pytest.mark.parametrize("device", ["meta", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
 @pytest.mark.parametrize("norm", ["none", "batch"])
-def test_flat_points_of_a_model_lie_on_its_device_even_without_buffers(norm):
-    # Prepare: a model on a device other than the CPU ('meta' stands in for CUDA: it refuses CPU operands alike)
-    model = build_model("resnet20", NUM_CLASSES, 1, 8, norm=norm).to("meta")
+def test_flat_points_of_a_model_lie_on_its_device_even_without_buffers(norm, device):
+    # Prepare: a model on a device other than the CPU ('meta' stands in for CUDA where there is none: it refuses CPU
+    # operands alike)
+    model = build_model("resnet20", NUM_CLASSES, 1, 8, norm=norm).to(device)
 
     # Execute
     flat = Point(flatten_params(model), flatten_buffers(model))
@@ -506,5 +509,5 @@ def test_flat_points_of_a_model_lie_on_its_device_even_without_buffers(norm):
     halfway = interpolate(flat, point, 0.5)  # (it raised for a CPU vector beside the device's)
 
     # Assert: every vector on the model's device, the empty buffers of a model without batch norm too
-    assert {t.device.type for p in (flat, point, halfway) for t in (p.params, p.buffers)} == {"meta"}
+    assert {t.device.type for p in (flat, point, halfway) for t in (p.params, p.buffers)} == {device}
     assert (flat.buffers.numel() == 0) == (norm == "none") and halfway.buffers.shape == flat.buffers.shape

@@ -262,3 +262,25 @@ def test_eval_mode_trains_sequentially_and_an_explicit_vectorized_is_refused(cli
         return
     check_config(config_, SCHEMA)
     assert resolve_client_parallel(model_of("batch"), moon, TrainConfig(), device_type="cuda") == "sequential"
+
+
+def moon_eval_run_on(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two rounds of MOON in eval mode with batch norm on `device`: the last global parameters and buffers (CPU)."""
+    cfg = config(rounds=2, precision="fp32")
+    moon = make_strategy("moon", {"mu": 2.0, "reference_mode": "eval"})
+    model = moon.prepare_model(model_of("batch"), cfg.seed).to(device)
+    data = tiny_data(4, 160)
+    data = type(data)(data.x_train.to(device), data.y_train.to(device), [ix.to(device) for ix in data.client_indices],
+                      data.x_test.to(device), data.y_test.to(device))
+    result = run_federated(model, data, moon, cfg)
+    return result.params[-1].cpu(), result.buffers[-1].cpu()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_eval_mode_with_batch_norm_trains_on_a_gpu_as_on_the_cpu(float64_default):
+    # Prepare and Execute: in float64, where the card's kernels differ from the CPU's by their summation order only
+    cpu, gpu = moon_eval_run_on("cpu"), moon_eval_run_on("cuda")
+
+    # Assert: the global model and its running statistics (the per-client previous statistics went into it)
+    assert (cpu[0] - gpu[0]).abs().max().item() <= 1e-9
+    assert ((cpu[1] - gpu[1]).abs() / (1 + cpu[1].abs())).max().item() <= 1e-9

@@ -4,6 +4,7 @@ bf16 against fp32 (measured, on a CPU and on CUDA where there is one)."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -125,6 +126,16 @@ def test_tf32_is_recorded_only_on_cards_that_have_it(capability, used, monkeypat
     assert (info["precision"], info["precision_used"]) == ("tf32", used)
     assert (info["device"], info["device_uuid"]) == ("cuda:1", "GPU-card1")
     assert precision_used("fp32", "cuda") == "fp32" and precision_used("bf16", "cuda:0") == "bf16"
+
+
+@CUDA
+def test_on_a_gpu_the_card_is_recorded_by_its_uuid_not_its_index():
+    # Execute
+    info = describe_compute(torch.device("cuda"), "fp32")
+
+    # Assert: a UUID as nvidia-smi -L prints it (with or without its GPU- prefix), which names the card machine-wide
+    assert re.fullmatch(r"(GPU-)?[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", info["device_uuid"]), info
+    assert info["device"] == "cuda" and info["precision_used"] == "fp32"
 
 
 def test_job_precision_runs_the_stage_inside_its_precision(caplog):

@@ -15,7 +15,7 @@ from fedscape.fl import vectorized as vectorized_mod
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.vectorized import VectorizedTrainer, resolve_client_parallel, vectorization_blocker
-from fedscape.models.layers import BatchNorm2d, StackedNorm, stacked_batch_norm
+from fedscape.models.layers import BatchNorm2d, MaskedBatchNorm, StackedNorm, masked_counts, stacked_batch_norm
 from fedscape.models.registry import build_model
 from fedscape.models.resnets import ResNet
 
@@ -156,11 +156,12 @@ def test_stacked_batch_norm_equals_each_clients_batch_norm_on_its_real_rows(leng
     mean0, var0 = torch.randn(k, c, generator=g), torch.rand(k, c, generator=g) + 0.5
     running_mean, running_var = mean0.clone(), var0.clone()
     own = x.clone().requires_grad_(True)
+    stacked_w, stacked_b = weight.clone().requires_grad_(True), bias.clone().requires_grad_(True)
     weights = torch.randn(k, b, c, 3, 3, generator=g) * mask.view(k, b, 1, 1, 1)  # a loss on the real rows only
 
     # Execute
     grouped = own.transpose(0, 1).reshape(b, k * c, 3, 3)
-    got = stacked_batch_norm(grouped, k, weight, bias, 1e-5, momentum, mask, running_mean, running_var)
+    got = stacked_batch_norm(grouped, k, stacked_w, stacked_b, 1e-5, momentum, mask, running_mean, running_var)
     got = got.view(b, k, c, 3, 3).transpose(0, 1)
     (got * weights).sum().backward()
 
@@ -171,17 +172,58 @@ def test_stacked_batch_norm_equals_each_clients_batch_norm_on_its_real_rows(leng
             assert torch.equal(running_mean[i], mean0[i]) and torch.equal(running_var[i], var0[i])
             continue
         ref_x = x[i, :n].clone().requires_grad_(True)
+        ref_w, ref_b = weight[i].clone().requires_grad_(True), bias[i].clone().requires_grad_(True)
         rm, rv = mean0[i].clone(), var0[i].clone()
-        ref = F.batch_norm(ref_x, rm, rv, weight[i], bias[i], True, momentum, 1e-5)
+        ref = F.batch_norm(ref_x, rm, rv, ref_w, ref_b, True, momentum, 1e-5)
         (ref * weights[i, :n]).sum().backward()
         torch.testing.assert_close(got[i, :n], ref, rtol=TOL64, atol=TOL64)
         torch.testing.assert_close(own.grad[i, :n], ref_x.grad, rtol=TOL64, atol=TOL64)
+        torch.testing.assert_close(stacked_w.grad[i], ref_w.grad, rtol=TOL64, atol=TOL64)
+        torch.testing.assert_close(stacked_b.grad[i], ref_b.grad, rtol=TOL64, atol=TOL64)
         torch.testing.assert_close(running_mean[i], rm, rtol=TOL64, atol=TOL64)
         torch.testing.assert_close(running_var[i], rv, rtol=TOL64, atol=TOL64)
         if n < b:  # padded rows get no gradient, and the statistics with them in would be far from these
             assert torch.equal(own.grad[i, n:], torch.zeros_like(own.grad[i, n:]))
             padded = F.batch_norm(x[i], mean0[i].clone(), var0[i].clone(), weight[i], bias[i], True, momentum, 1e-5)
             assert (padded[:n] - ref).abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+def test_masked_batch_norm_gradients_match_finite_differences(affine, float64_default):
+    # Prepare: 2 clients of 3 channels, the second with 2 padded rows, and a loss on every row (padded ones too), so
+    # that the backward's padded-row gradient is checked as well as the real rows'
+    k, b, c = 2, 4, 3
+    g = torch.Generator().manual_seed(2)
+    mask = torch.tensor([[1.0, 1, 1, 1], [1, 1, 0, 0]])
+    h = torch.randn(b, 2, 2, k * c, generator=g).requires_grad_(True)
+    rows, count, _, _ = masked_counts(mask, c, 4, 0.1, torch.float64)
+    weight = (torch.rand(k * c, generator=g) + 0.5).requires_grad_(True) if affine else None
+    bias = torch.randn(k * c, generator=g).requires_grad_(True) if affine else None
+
+    # Execute and Assert: the hand-written backward against central differences of the forward
+    assert torch.autograd.gradcheck(lambda *a: MaskedBatchNorm.apply(*a)[0], (h, rows, count, weight, bias, 1e-5))
+
+
+def test_a_forwards_counts_are_computed_once_per_layer_shape(monkeypatch, float64_default):
+    # Prepare: resnet20's 19 batch norms come in three shapes (16, 32 and 64 channels at 8, 4 and 2 pixels here)
+    model = model_of("resnet20", norm="batch")
+    params = {name: p.unsqueeze(0).expand(2, *p.shape) for name, p in model.named_parameters()}
+    x = torch.randn(2, 3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1.0, 1, 1], [1, 1, 0]])
+    calls = []
+    real = masked_counts
+    monkeypatch.setattr("fedscape.models.layers.masked_counts",
+                        lambda *a: calls.append(a[1:3]) or real(*a))
+
+    # Execute
+    norm = StackedNorm(mask, None)
+    logits = model.forward_stacked(params, x, norm=norm)
+
+    # Assert: every layer asked (19), three computed, and the client with a padded row got its own logits for it
+    assert len(calls) == 19 and len(norm.counts) == 3
+    assert logits.shape == (2, 3, 10)
+    alone = model.forward_stacked({n: p[1:] for n, p in params.items()}, x[1:, :2], norm=StackedNorm(None, None))
+    torch.testing.assert_close(logits[1, :2], alone[0], rtol=TOL64, atol=TOL64)
 
 
 def test_without_a_mask_the_stacked_batch_norm_is_torchs_over_the_grouped_channels(float64_default):
@@ -313,3 +355,21 @@ def test_batch_norm_under_vmap_is_refused():
 
     with pytest.raises(ValueError, match="batch norm"):
         VectorizedTrainer(small_resnet(), data, make_strategy("fedavg"), TrainConfig(), stacked_forward=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_float64_batch_norm_round_equals_sequential(float64_default):
+    # Prepare: the padded steps of SIZES on the card, in float64 (exact by construction, on cuDNN's kernels too)
+    data = shard_data(SIZES)
+    data = type(data)(data.x_train.cuda(), data.y_train.cuda(), [ix.cuda() for ix in data.client_indices],
+                      data.x_test.cuda(), data.y_test.cuda())
+    model = small_resnet().cuda()
+
+    # Execute
+    _, _, seq, vec = both_rounds(model, data, TrainConfig(**CFG))
+
+    # Assert
+    for s, v in zip(seq, vec, strict=True):
+        assert v.params.device.type == "cuda"
+        assert (s.params - v.params).abs().max().item() <= TOL64
+        assert relative(v.buffers, s.buffers) <= TOL64

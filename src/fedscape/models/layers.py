@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -197,6 +197,8 @@ class StackedNorm:
 
     mask: Tensor | None = None
     running: Mapping[str, Tensor] | None = None
+    # What the mask gives each layer shape (`masked_counts`), computed once per forward, not per layer.
+    counts: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def stacked_conv(conv: nn.Conv2d, params: Mapping[str, Tensor], name: str, h: Tensor, k: int) -> Tensor:
@@ -208,45 +210,95 @@ def stacked_conv(conv: nn.Conv2d, params: Mapping[str, Tensor], name: str, h: Te
                     conv.stride, conv.padding, conv.dilation, conv.groups * k)
 
 
+def masked_counts(mask: Tensor, c: int, spatial: int, momentum: float, dtype: torch.dtype,
+                  cache: dict | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """What a mask [K, B] gives a batch norm of C channels per client over ``spatial`` positions, in grouped
+    channels-last layout: rows [B, 1, 1, K*C] (1 where the row is a real sample of the channel's client), the values
+    per channel n clamped to at least 1 [K*C], the running statistics' step weight (momentum where n > 0, else 0: a
+    client without real rows keeps its statistics) and the unbiased variance's factor n / (n - 1). ``cache``: the same
+    mask's results by shape, so that a forward computes them once per layer shape rather than once per layer."""
+    key = (c, spatial, momentum, dtype)
+    if cache is not None and key in cache:
+        return cache[key]
+    k, b = mask.shape
+    real = mask.to(dtype)
+    rows = real.t().repeat_interleave(c, dim=1).view(b, 1, 1, k * c)
+    n = (real.sum(1) * spatial).repeat_interleave(c)
+    step = torch.where(n > 0, momentum, 0.0).to(dtype)
+    out = (rows, n.clamp_min(1), step, n / (n - 1).clamp_min(1))
+    if cache is not None:
+        cache[key] = out
+    return out
+
+
+class MaskedBatchNorm(torch.autograd.Function):
+    """Training-mode batch norm over the real rows only, of channels-last h [B, H, W, K*C]: forward and backward in
+    a few whole-tensor ops (the autograd graph of the same formula took about 30 more kernel launches per layer,
+    which bounded a vectorised step on a GPU; benchmarks/README.md).
+
+    Forward: mean and biased variance of each channel over its real rows (``rows`` [B, 1, 1, K*C], ``count`` their
+    values per channel), out = (h - mean) * rsqrt(var + eps) * weight + bias on every row. Backward, with s = weight *
+    rsqrt(var + eps), c = h - mean, g = the output's gradient: dh = s (g - rows (sum(g) / n + c rsqrt(var + eps)^2
+    sum(g c) / n)), dweight = sum(g c) rsqrt(var + eps), dbias = sum(g), torch's batch-norm backward restricted to the
+    real rows (a padded row's output depends on its own input only: its gradient is s g, zero where the loss masks
+    it). Also returns the mean and biased variance, without gradient, for the running statistics.
+    """
+
+    @staticmethod
+    def forward(ctx, h: Tensor, rows: Tensor, count: Tensor, weight: Tensor | None, bias: Tensor | None,
+                eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        mean = (h * rows).sum((0, 1, 2)) / count
+        centered = h - mean
+        # (c * rows)^2 is c^2 on a real row and 0 on a padded one, exactly (rows are 0 or 1)
+        var = (centered * rows).square_().sum((0, 1, 2)) / count
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd if weight is None else invstd * weight
+        out = centered * scale if bias is None else torch.addcmul(bias, centered, scale)
+        ctx.save_for_backward(centered, rows, count, invstd, scale)
+        ctx.affine = (weight is not None, bias is not None)
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _mean: Tensor, _var: Tensor) -> tuple:
+        centered, rows, count, invstd, scale = ctx.saved_tensors
+        has_weight, has_bias = ctx.affine
+        dbias = grad.sum((0, 1, 2))
+        dot = (grad * centered).sum((0, 1, 2))
+        dh = None
+        if ctx.needs_input_grad[0]:
+            inner = torch.addcmul(dbias / count, centered, invstd.square() * dot / count)
+            dh = torch.addcmul(grad, inner, rows, value=-1).mul_(scale)
+        dweight = dot * invstd if has_weight and ctx.needs_input_grad[3] else None
+        return dh, None, None, dweight, dbias if has_bias and ctx.needs_input_grad[4] else None, None
+
+
 def stacked_batch_norm(h: Tensor, k: int, weight: Tensor | None, bias: Tensor | None, eps: float, momentum: float,
                        mask: Tensor | None = None, running_mean: Tensor | None = None,
-                       running_var: Tensor | None = None) -> Tensor:
+                       running_var: Tensor | None = None, counts: dict | None = None) -> Tensor:
     """Training-mode batch norm (Ioffe & Szegedy, 2015) of K models on h in grouped layout [B, K*C, H, W].
 
     Each client's channel is normalised with the mean and biased variance of its own real rows (``mask``
-    [K, B], None: all rows), and its running statistics [K, C] move by ``momentum`` towards that mean and
-    the unbiased variance (n / (n - 1), n = real rows x H x W), as torch's BatchNorm2d does for one client.
+    [K, B], None: all rows; `MaskedBatchNorm`), and its running statistics [K, C] move by ``momentum`` towards that
+    mean and the unbiased variance (n / (n - 1), n = real rows x H x W), as torch's BatchNorm2d does for one client.
     A client without real rows keeps its running statistics. Without a mask, torch's own batch norm over the
-    K*C channels is exactly the K clients' batch norms.
+    K*C channels is exactly the K clients' batch norms. ``counts``: a cache of `masked_counts` for this mask.
     """
     flat_w = None if weight is None else weight.flatten()
     flat_b = None if bias is None else bias.flatten()
     if mask is None:
         return F.batch_norm(h, None if running_mean is None else running_mean.view(-1),
                             None if running_var is None else running_var.view(-1), flat_w, flat_b, True, momentum, eps)
-    b, kc, height, width = h.shape
-    c = kc // k
-    # Channels last, [B, H, W, K*C]: the grouped layout's memory order, so that every op below runs over contiguous
-    # memory with the channel axis innermost. Statistics in at least float32, as autocast runs torch's batch norm.
+    _, kc, height, width = h.shape
+    # Channels last, [B, H, W, K*C]: the grouped layout's memory order, so that every op runs over contiguous memory
+    # with the channel axis innermost. Statistics in at least float32, as autocast runs torch's batch norm.
     hl = h.permute(0, 2, 3, 1).to(torch.promote_types(h.dtype, torch.float32))
-    real = mask.to(hl.dtype)
-    rows = real.t().repeat_interleave(c, dim=1).view(b, 1, 1, kc)  # 1 where (row, channel) is a real sample's
-    n = (real.sum(1) * (height * width)).repeat_interleave(c)  # [K*C] values per channel
-    count = n.clamp_min(1)  # a client without real rows: statistics 0 (its outputs are unused)
-    mean = (hl * rows).sum((0, 1, 2)) / count
-    centered = hl - mean
-    var = (centered.square() * rows).sum((0, 1, 2)) / count  # biased: what normalises
-    scale = torch.rsqrt(var + eps)
-    if weight is not None:
-        scale = scale * weight.flatten()
-    out = centered * scale if bias is None else torch.addcmul(bias.flatten(), centered, scale)
+    rows, count, step, unbiased = masked_counts(mask, kc // k, height * width, momentum, hl.dtype, counts)
+    out, mean, var = MaskedBatchNorm.apply(hl, rows, count, flat_w, flat_b, eps)
     if running_mean is not None and running_var is not None:
-        with torch.no_grad():
-            stepped = n > 0
-            unbiased = var * n / (n - 1).clamp_min(1)
-            flat_mean, flat_var = running_mean.view(-1), running_var.view(-1)
-            flat_mean.copy_(torch.where(stepped, (1 - momentum) * flat_mean + momentum * mean, flat_mean))
-            flat_var.copy_(torch.where(stepped, (1 - momentum) * flat_var + momentum * unbiased, flat_var))
+        with torch.no_grad():  # (1 - m) r + m x, as torch's batch norm moves them; r itself where m is 0
+            running_mean.view(-1).lerp_(mean, step)
+            running_var.view(-1).lerp_(var * unbiased, step)
     return out.permute(0, 3, 1, 2)
 
 
@@ -266,7 +318,7 @@ def stacked_norm(norm: nn.Module, params: Mapping[str, Tensor], name: str, h: Te
         state = state or StackedNorm()
         running = state.running or {}
         return stacked_batch_norm(h, k, weight, bias, norm.eps, norm.momentum, state.mask,
-                                  running.get(f"{name}.running_mean"), running.get(f"{name}.running_var"))
+                                  running.get(f"{name}.running_mean"), running.get(f"{name}.running_var"), state.counts)
     raise TypeError(f"stacked_norm has no grouped form of {type(norm).__name__} ({name})")
 
 

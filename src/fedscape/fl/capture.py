@@ -215,3 +215,128 @@ def make_capture(model: nn.Module, strategy: Strategy, cfg: TrainConfig, device_
     if not resolve_capture(model, strategy, cfg, device_type):
         return None
     return CapturedForward(model, cfg.batch_size, strict=cfg.capture == "cuda_graph", make_graphed=make_graphed)
+
+
+# -- stacked steps (fedscape.fl.vectorized) ---------------------------------------------------------------------------
+# A step shape is captured once it recurs this often in a chunk's plan (the papers' shards make hundreds of steps of
+# one shape; a shape met a few times would not repay its capture, about seven steps' work), and at most this many
+# graphs are kept per trainer (each holds its step's activations; they share one memory pool).
+STACKED_CAPTURE_MIN_STEPS = 8
+STACKED_MAX_GRAPHS = 32
+# Eager runs of the step on a side stream before its capture: cuDNN's and the autograd engine's first-call work.
+CAPTURE_WARMUP = 2
+
+# A graph maker for a whole step: takes the step (a function of no arguments that reads its inputs from, and writes
+# its results to, fixed tensors) and gives a function that replays it. `cuda_graph` on a card; in the CPU tests of the
+# machinery, a stand-in.
+StepGraphMaker = Callable[[Callable[[], None]], Callable[[], None]]
+
+
+def cuda_graph(step: Callable[[], None], pool=None) -> Callable[[], None]:
+    """`step` captured in a CUDA graph (after `CAPTURE_WARMUP` eager runs on a side stream, as torch's whole-network
+    capture recipe does): its replay. The warm-up runs change what the step writes: the caller restores it."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(CAPTURE_WARMUP):
+            step()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        step()
+    return graph.replay
+
+
+class StackedStepGraphs:
+    """The vectorised trainer's stacked steps replayed from CUDA graphs, one graph per step shape.
+
+    Why: a stacked step of resnet20 over 10 clients launches about 500 kernels, and on an H200 took 14 ms of which its
+    kernels ran 3.7 (benchmarks/README.md): the launches, not the card, bound it. A graph of the whole step (forward,
+    backward, the strategy's gradient change and the SGD update) launches them in one call. The step reads its
+    batches from input tensors of its own (copied in before each replay) and the clients' parameters, momentum,
+    running statistics and loss sums from the trainer's chunk state, which stays at the same addresses from round to
+    round, so one capture serves every later step of its shape (active clients, batch width, padding, learning rate).
+
+    Exactness is checked at capture, as `CapturedForward.prepare` checks a sequential pass: from the same state the
+    step runs once eagerly, `EAGER_REPEATS` more times eagerly, then once replayed, and the graph is kept only where
+    the replay's results (every tensor of the state) equal the first eager run's bit for bit, or differ by at most
+    `SPREAD_SLACK` times the most the repeats do. The state is restored after each run; the step then replays.
+    """
+
+    def __init__(self, strict: bool = False, make_graph: StepGraphMaker | None = None):
+        self.strict = strict
+        if make_graph is None:
+            pool = torch.cuda.graph_pool_handle()
+            make_graph = lambda step: cuda_graph(step, pool)  # noqa: E731
+        self.make_graph = make_graph
+        # shape key -> (replay, its input tensors), or None where the check refused it (that shape steps eagerly)
+        self.graphs: dict[tuple, tuple[Callable[[], None], tuple] | None] = {}
+        self.replays = 0
+        self.difference: dict[tuple, tuple[float, float]] = {}  # what each check measured: (replay, eager spread)
+
+    def run(self, key: tuple, inputs: tuple, step_of: Callable[[tuple], Callable[[], None]], state: list[torch.Tensor],
+            capture: bool) -> bool:
+        """Replay the graph of `key` on `inputs` and say True; False where the caller must take the step eagerly (no
+        graph, and `capture` False or the graph budget spent; or its check refused it). `step_of(inputs)`: the step
+        reading those input tensors; `state`: every tensor it changes."""
+        entry = self.graphs.get(key, ...)
+        if entry is ...:
+            if not capture or len(self.graphs) >= STACKED_MAX_GRAPHS:
+                return False
+            static = tuple(None if x is None else x.clone() for x in inputs)
+            entry = self.graphs[key] = self._capture(key, step_of(static), static, state)
+        if entry is None:
+            return False
+        replay, static = entry
+        for s, x in zip(static, inputs, strict=True):
+            if s is not None:
+                s.copy_(x)
+        replay()
+        self.replays += 1
+        return True
+
+    def _capture(self, key: tuple, step: Callable[[], None], static: tuple, state: list[torch.Tensor]
+                 ) -> tuple[Callable[[], None], tuple] | None:
+        saved = [t.clone() for t in state]
+
+        def restore() -> None:
+            with torch.no_grad():
+                for t, v in zip(state, saved, strict=True):
+                    t.copy_(v)
+
+        def one_run(run: Callable[[], None]) -> list[torch.Tensor]:
+            run()
+            out = [t.clone() for t in state]
+            restore()
+            return out
+
+        try:
+            eager = one_run(step)
+            repeats = [one_run(step) for _ in range(EAGER_REPEATS)]
+            replay = self.make_graph(step)
+            restore()
+            replayed = one_run(replay)
+        except Exception as exc:  # a step that syncs with the host, or anything else capture refuses
+            restore()
+            if self.strict:
+                raise RuntimeError("training.capture is 'cuda_graph' but capturing a stacked step failed: "
+                                   f"{exc}") from exc
+            log.warning("stacked steps of shape %s: eager (capturing failed: %s)", key, exc)
+            return None
+        difference = _max_difference(replayed, eager)
+        spread = max(_max_difference(again, eager) for again in repeats)
+        self.difference[key] = (difference, spread)
+        if math.isfinite(spread) and difference <= SPREAD_SLACK * spread:
+            log.info("stacked steps of shape %s replayed from a CUDA graph (checked at capture: largest difference "
+                     "from the eager step %.3g, the eager step's own %.3g)", key, difference, spread)
+            return replay, static
+        message = (f"the replayed stacked step differs from the eager one by up to {difference:.3g} (the eager step "
+                   f"from itself by {spread:.3g})")
+        if self.strict:
+            raise RuntimeError(f"training.capture is 'cuda_graph' but {message}; use 'auto' or 'eager'")
+        log.warning("stacked steps of shape %s: eager (%s)", key, message)
+        return None
+
+    def close(self) -> None:
+        """Drop the graphs (and with them their memory)."""
+        self.graphs.clear()

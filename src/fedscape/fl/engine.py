@@ -282,10 +282,11 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
 
 
 def execution_of(trainer: Trainer) -> str:
-    """How `trainer` trained its clients: `vectorized` (all sampled clients at once), `sequential, captured` (one
-    after another, their steps replayed from CUDA graphs) or `sequential`."""
+    """How `trainer` trained its clients: `vectorized` (all sampled clients at once), `vectorized, captured` (their
+    stacked steps replayed from CUDA graphs), `sequential, captured` (one after another, their steps replayed from
+    CUDA graphs) or `sequential`."""
     if isinstance(trainer, VectorizedTrainer):
-        return "vectorized"
+        return "vectorized, captured" if trainer.captured else "vectorized"
     capture = getattr(trainer, "capture", None)
     return "sequential, captured" if capture is not None and capture.state == "on" else "sequential"
 

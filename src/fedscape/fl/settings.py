@@ -31,9 +31,10 @@ from fedscape.fl.swa import SWAConfig, SWASettings
 from fedscape.models.specs import DEFAULT_PRECISION, EVAL_BATCH_SIZE, PRECISIONS
 
 CLIENT_PARALLEL = ("auto", "sequential", "vectorized")
-# How a sequential client's local steps run (fedscape.fl.capture): "auto" replays the model's forward and backward
-# passes from CUDA graphs on a CUDA device wherever the replay is checked equal to the eager step, else eagerly;
-# "eager" always eagerly; "cuda_graph" insists (an error where it cannot be captured, or is not exact).
+# How local steps run (fedscape.fl.capture): "auto" replays a sequential client's forward and backward passes, and a
+# vectorised chunk's whole SGD steps of a recurring shape, from CUDA graphs on a CUDA device wherever the replay is
+# checked equal to the eager step, else eagerly; "eager" always eagerly; "cuda_graph" insists (an error where it
+# cannot be captured, or is not exact).
 CAPTURE_MODES = ("auto", "eager", "cuda_graph")
 ADAMW_KEYS = ("adamw_beta1", "adamw_beta2", "adamw_eps")  # the options only optimizer adamw reads
 # Keys of how often a run evaluates and keeps its global model: they change no model, so an IID warm-up init
@@ -96,7 +97,7 @@ class TrainConfig:
     # after another; "vectorized" insists.
     client_parallel: str = "auto"
     client_chunk_size: int = 64  # clients trained together at most (bounds memory); 0 = all sampled clients
-    # How a client trained one after another takes its local steps (CAPTURE_MODES). "auto": at the papers' batch
+    # How local steps are taken (CAPTURE_MODES), one client after another or stacked. "auto": at the papers' batch
     # sizes a GPU step is bound by kernel launches (a resnet20 step: ~8 ms for ~1 ms of arithmetic on an H100), which
     # a CUDA graph replays in one launch; the replay runs the eager step's kernels, so it is taken only where a check
     # at capture finds it equal to the eager step (fedscape.fl.capture), and results do not depend on it.

@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -87,6 +88,7 @@ from torch.func import functional_call, vmap
 from fedscape.core.names import unknown_name_error
 from fedscape.data.federated import FederatedData
 from fedscape.data.specs import AUGMENTATIONS, CROP_PADDING, SEQUENTIAL_AUGMENTATIONS
+from fedscape.fl.capture import STACKED_CAPTURE_MIN_STEPS, StackedStepGraphs, StepGraphMaker
 from fedscape.fl.local import client_generator, layer_seed, local_plan, round_work
 from fedscape.fl.schedule import update_weight
 from fedscape.fl.settings import CLIENT_PARALLEL, TrainConfig
@@ -269,11 +271,35 @@ class _ClientPlan:
     lrs: list[float]  # the learning rate of each step
 
 
+@dataclass
+class _ChunkState:
+    """What a chunk's stacked steps change, [K, *shape] per tensor, kept from round to round at the same addresses
+    (those a captured step reads and writes; `fedscape.fl.capture.StackedStepGraphs`) and reset for every chunk."""
+
+    stacked: list[torch.Tensor]  # the clients' parameters
+    buffers: list[torch.Tensor]  # their running statistics
+    momentum: list[torch.Tensor] | None  # SGD's momentum buffers
+    moments: tuple[list[torch.Tensor], list[torch.Tensor]] | None  # AdamW's
+    loss_sum: torch.Tensor  # [K] the clients' summed step losses
+    global_flat: torch.Tensor  # the round's global parameters (FedProx's term reads them)
+    global_views: list[torch.Tensor]
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor a step writes."""
+        return [*self.stacked, *self.buffers, *(self.momentum or []),
+                *(t for group in (self.moments or ()) for t in group), self.loss_sum]
+
+
 class VectorizedTrainer:
-    """Trains the sampled clients of a round together; `train_round` replaces M `local_train` calls."""
+    """Trains the sampled clients of a round together; `train_round` replaces M `local_train` calls.
+
+    On CUDA a step shape met often enough (`fedscape.fl.capture.STACKED_CAPTURE_MIN_STEPS` times in a chunk) is
+    replayed from a CUDA graph where a check at capture finds the replay equal to the eager step (`training.capture`:
+    auto, or cuda_graph to insist; eager never); `make_graph` replaces torch's graph maker (the CPU tests' stand-in).
+    """
 
     def __init__(self, model: nn.Module, data: FederatedData, strategy: Strategy, cfg: TrainConfig,
-                 stacked_forward: bool = True):
+                 stacked_forward: bool = True, make_graph: StepGraphMaker | None = None):
         if cfg.augment not in AUGMENTATIONS:
             raise unknown_name_error("augmentation", cfg.augment, AUGMENTATIONS)
         if cfg.augment in SEQUENTIAL_AUGMENTATIONS:
@@ -300,6 +326,21 @@ class VectorizedTrainer:
         else:
             vmapped = vmap(self._client_loss, in_dims=(0, 0, 0, 0), randomness="different")
             self._loss = lambda params, x, y, mask, norm: vmapped(params, x, y, mask)
+        self._states: dict[int, _ChunkState] = {}
+        self.graphs = self._graphs(make_graph)
+
+    def _graphs(self, make_graph: StepGraphMaker | None) -> StackedStepGraphs | None:
+        """The captured steps where `cfg.capture` asks for them and they are possible: on CUDA (or with a stand-in
+        graph maker), SGD steps (AdamW's step count changes every step)."""
+        cfg = self.cfg
+        if cfg.capture == "eager" or (self.device.type != "cuda" and make_graph is None):
+            return None
+        if cfg.optimizer == "adamw":
+            if cfg.capture == "cuda_graph":
+                raise ValueError("training.capture is 'cuda_graph' but the stacked AdamW step is not captured (its "
+                                 "step count changes every step); use 'auto' or 'eager'")
+            return None
+        return StackedStepGraphs(strict=cfg.capture == "cuda_graph", make_graph=make_graph)
 
     # -- one client's objective, vmapped over the client axis ------------------------------------------
     def _client_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
@@ -364,7 +405,14 @@ class VectorizedTrainer:
         """Nothing to restore."""
 
     def close(self) -> None:
-        """Nothing to undo: the stacked path leaves the model as it was."""
+        """Drop the captured steps' graphs; the stacked path leaves the model as it was."""
+        if self.graphs is not None:
+            self.graphs.close()
+
+    @property
+    def captured(self) -> bool:
+        """Whether some step was replayed from a CUDA graph."""
+        return self.graphs is not None and self.graphs.replays > 0
 
     def train_round(self, global_params: torch.Tensor, global_buffers: torch.Tensor, sampled: list[int],
                     round_: int) -> list[ClientResult]:
@@ -413,16 +461,7 @@ class VectorizedTrainer:
         if aug is not None:
             aug = aug.to(device)
 
-        # Stacked client parameters [k0, *shape] per tensor, all starting at the global model.
-        global_views = [v.view(s) for v, s in zip(global_params.split(self.numels), self.shapes, strict=True)]
-        stacked = [g.unsqueeze(0).expand(k0, *g.shape).clone() for g in global_views]
-        # Each client's own running statistics [k0, *shape], from the global ones; an inactive client's stay put.
-        buffer_views = [v.view(s) for v, s in zip(global_buffers.split(self.buffer_numels), self.buffer_shapes,
-                                                  strict=True)] if self.buffer_names else []
-        stacked_buffers = [g.unsqueeze(0).expand(k0, *g.shape).clone() for g in buffer_views]
-        adamw = cfg.optimizer == "adamw"
-        momentum = [torch.zeros_like(t) for t in stacked] if cfg.momentum and not adamw else None
-        moments = ([torch.zeros_like(t) for t in stacked], [torch.zeros_like(t) for t in stacked]) if adamw else None
+        st = self._chunk_state(k0, global_params, global_buffers)
         # Each step's lr: one number when the active clients share it (always under a constant lr), else one
         # per client (a schedule over local steps with unequal step counts), shaped to scale stacked tensors.
         step_lr: list[float | torch.Tensor] = []
@@ -430,49 +469,23 @@ class VectorizedTrainer:
             lrs = [p.lrs[t] for p in plans[: active[t]]]
             step_lr.append(lrs[0] if all(v == lrs[0] for v in lrs) else
                            torch.tensor(lrs, device=device, dtype=global_params.dtype))  # a float64 model's lr too
-        loss_sum = torch.zeros(k0, device=device, dtype=global_params.dtype)  # float64 runs record float64 losses
+        # A step's shape: what its graph depends on (None: a per-client lr, which steps eagerly).
+        keys = [(k0, active[t], width[t], padded[t], step_lr[t]) if isinstance(step_lr[t], float) else None
+                for t in range(num_steps)]
+        recurring = {key: n >= STACKED_CAPTURE_MIN_STEPS for key, n in Counter(keys).items()}
 
         x_train, y_train = self.data.x_train, self.data.y_train
-        gradients, adjust = self.strategy.local_gradients_vectorized, self.strategy.adjust_gradients_vectorized
         for t in range(num_steps):
             k, w = active[t], width[t]
-            params = [s[:k].detach().requires_grad_(True) for s in stacked]
             idx = index[t, :k, :w]
-            xb, yb, mb = x_train[idx], y_train[idx], mask[t, :k, :w]
-            if aug is not None:
-                xb = crop_flip_stacked(xb, aug[0, t, :k, :w], aug[1, t, :k, :w], aug[2, t, :k, :w].bool())
-            running = dict(zip(self.buffer_names, (b[:k] for b in stacked_buffers), strict=True))
-            losses, grads = gradients(params, self._step_loss(xb, yb, mb, padded[t], running))  # FedSAM: at w + e
-            grads = unaliased(tuple(grads))
-            with torch.no_grad():
-                adjust(params, global_views, grads)  # e.g. FedProx's mu (w - w_global)
-                # A parameter without gradient (None: the loss does not use it) is skipped, as torch's optimisers
-                # skip one whose .grad is None: no weight decay, momentum or step.
-                used = [i for i, g in enumerate(grads) if g is not None]
-                grads = [grads[i] for i in used]
-                current = [stacked[i][:k] for i in used]
-                if moments is not None:
-                    self._adamw_step(current, grads, [moments[0][i][:k] for i in used],
-                                     [moments[1][i][:k] for i in used], step_lr[t], t + 1)
-                    loss_sum[:k] += losses.detach()
-                    continue
-                # torch.optim.SGD (dampening 0, Nesterov's where cfg.nesterov) on the active prefix of the stack.
-                if cfg.weight_decay:
-                    torch._foreach_add_(grads, current, alpha=cfg.weight_decay)
-                if momentum is not None:
-                    bufs = [momentum[i][:k] for i in used]
-                    torch._foreach_mul_(bufs, cfg.momentum)  # zero at the first step: buf = grad
-                    torch._foreach_add_(bufs, grads)
-                    # Nesterov (torch's form): step along g + m b instead of b
-                    grads = torch._foreach_add(grads, bufs, alpha=cfg.momentum) if cfg.nesterov else bufs
-                lr = step_lr[t]
-                if isinstance(lr, float):
-                    torch._foreach_add_(current, grads, alpha=-lr)
-                else:
-                    for c, g in zip(current, grads, strict=True):
-                        c.sub_(g * lr.view(-1, *([1] * (g.dim() - 1))))
-                loss_sum[:k] += losses.detach()
+            inputs = (x_train[idx], y_train[idx], mask[t, :k, :w], None if aug is None else aug[:, t, :k, :w])
+            if self.graphs is not None and keys[t] is not None and self.graphs.run(
+                    keys[t], inputs, lambda static, t=t: lambda: self._step(st, t, padded[t], step_lr[t], *static),
+                    st.tensors(), recurring[keys[t]]):
+                continue
+            self._step(st, t, padded[t], step_lr[t], *inputs)
 
+        stacked, stacked_buffers, loss_sum = st.stacked, st.buffers, st.loss_sum
         flat = torch.cat([s.reshape(k0, -1) for s in stacked], dim=1)
         losses_mean = (loss_sum.cpu() / torch.tensor(steps, dtype=torch.float32).clamp_min(1)).tolist()
         if stacked_buffers:
@@ -480,10 +493,83 @@ class VectorizedTrainer:
             client_buffers = [buffers[j].clone() for j in range(k0)]
         else:
             client_buffers = [torch.zeros(0, device=flat.device)] * k0  # no floating buffers, as flatten_buffers gives
-        sgd_momentum = 0.0 if adamw else cfg.momentum
+        sgd_momentum = 0.0 if cfg.optimizer == "adamw" else cfg.momentum
         return [ClientResult(p.client_id, p.num_samples, flat[j].clone(), client_buffers[j], losses_mean[j],
                              len(p.batches), update_weight(p.lrs, sgd_momentum, cfg.nesterov))
                 for j, p in enumerate(plans)]
+
+    def _chunk_state(self, k0: int, global_params: torch.Tensor, global_buffers: torch.Tensor) -> _ChunkState:
+        """The state of a chunk of k0 clients, all starting at the global model and statistics, zero momentum and
+        loss sums; kept per chunk size so that its tensors keep their addresses from round to round."""
+        cfg = self.cfg
+        st = self._states.get(k0)
+        if st is None or (st.global_flat.dtype, st.global_flat.device) != (global_params.dtype, global_params.device):
+            views = [v.view(s) for v, s in zip(global_params.split(self.numels), self.shapes, strict=True)]
+            buffer_views = [v.view(s) for v, s in zip(global_buffers.split(self.buffer_numels), self.buffer_shapes,
+                                                      strict=True)] if self.buffer_names else []
+            adamw = cfg.optimizer == "adamw"
+            stacked = [torch.empty((k0, *g.shape), dtype=g.dtype, device=g.device) for g in views]
+            global_flat = torch.empty_like(global_params)
+            st = self._states[k0] = _ChunkState(
+                stacked=stacked,
+                buffers=[torch.empty((k0, *g.shape), dtype=g.dtype, device=g.device) for g in buffer_views],
+                momentum=[torch.empty_like(t) for t in stacked] if cfg.momentum and not adamw else None,
+                moments=([torch.empty_like(t) for t in stacked], [torch.empty_like(t) for t in stacked])
+                if adamw else None,
+                loss_sum=torch.empty(k0, device=self.device, dtype=global_params.dtype),  # float64 runs: float64
+                global_flat=global_flat,
+                global_views=[v.view(s) for v, s in zip(global_flat.split(self.numels), self.shapes, strict=True)])
+        with torch.no_grad():
+            st.global_flat.copy_(global_params)
+            for s, g in zip(st.stacked, st.global_views, strict=True):
+                s.copy_(g.unsqueeze(0).expand_as(s))
+            buffer_views = [v.view(s) for v, s in zip(global_buffers.split(self.buffer_numels), self.buffer_shapes,
+                                                      strict=True)] if self.buffer_names else []
+            for b, g in zip(st.buffers, buffer_views, strict=True):  # an inactive client's statistics stay put
+                b.copy_(g.to(b.device).unsqueeze(0).expand_as(b))
+            for t in [*(st.momentum or []), *(t for group in (st.moments or ()) for t in group), st.loss_sum]:
+                t.zero_()
+        return st
+
+    def _step(self, st: _ChunkState, t: int, padded: bool, lr: float | torch.Tensor, xb: torch.Tensor,
+              yb: torch.Tensor, mb: torch.Tensor, aug: torch.Tensor | None) -> None:
+        """Step t of the active clients (the first xb.shape[0] of the chunk) on their batches: the strategy's
+        gradients, then SGD's or AdamW's update, in place on `st`."""
+        cfg, k = self.cfg, xb.shape[0]
+        params = [s[:k].detach().requires_grad_(True) for s in st.stacked]
+        if aug is not None:
+            xb = crop_flip_stacked(xb, aug[0], aug[1], aug[2].bool())
+        running = dict(zip(self.buffer_names, (b[:k] for b in st.buffers), strict=True))
+        gradients, adjust = self.strategy.local_gradients_vectorized, self.strategy.adjust_gradients_vectorized
+        losses, grads = gradients(params, self._step_loss(xb, yb, mb, padded, running))  # FedSAM: at w + e
+        grads = unaliased(tuple(grads))
+        with torch.no_grad():
+            adjust(params, st.global_views, grads)  # e.g. FedProx's mu (w - w_global)
+            # A parameter without gradient (None: the loss does not use it) is skipped, as torch's optimisers
+            # skip one whose .grad is None: no weight decay, momentum or step.
+            used = [i for i, g in enumerate(grads) if g is not None]
+            grads = [grads[i] for i in used]
+            current = [st.stacked[i][:k] for i in used]
+            if st.moments is not None:
+                self._adamw_step(current, grads, [st.moments[0][i][:k] for i in used],
+                                 [st.moments[1][i][:k] for i in used], lr, t + 1)
+                st.loss_sum[:k] += losses.detach()
+                return
+            # torch.optim.SGD (dampening 0, Nesterov's where cfg.nesterov) on the active prefix of the stack.
+            if cfg.weight_decay:
+                torch._foreach_add_(grads, current, alpha=cfg.weight_decay)
+            if st.momentum is not None:
+                bufs = [st.momentum[i][:k] for i in used]
+                torch._foreach_mul_(bufs, cfg.momentum)  # zero at the first step: buf = grad
+                torch._foreach_add_(bufs, grads)
+                # Nesterov (torch's form): step along g + m b instead of b
+                grads = torch._foreach_add(grads, bufs, alpha=cfg.momentum) if cfg.nesterov else bufs
+            if isinstance(lr, float):
+                torch._foreach_add_(current, grads, alpha=-lr)
+            else:
+                for c, g in zip(current, grads, strict=True):
+                    c.sub_(g * lr.view(-1, *([1] * (g.dim() - 1))))
+            st.loss_sum[:k] += losses.detach()
 
     def _adamw_step(self, params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
                     exp_avg_sq: list[torch.Tensor], lr: float | torch.Tensor, step: int) -> None:

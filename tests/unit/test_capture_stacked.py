@@ -1,0 +1,226 @@
+"""Vectorised steps replayed from CUDA graphs (fedscape.fl.capture.StackedStepGraphs): the machinery on a CPU with a
+stand-in graph maker, whose replay runs the captured step function again on its own input tensors and the trainer's
+chunk state, as a graph replays its kernels on the addresses it captured; and on a card, with torch's graphs."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from helpers.synthetic import shard_data
+from helpers.vectorized import model_of
+
+from fedscape.fl import capture as capture_mod
+from fedscape.fl.engine import execution_of
+from fedscape.fl.settings import TrainConfig
+from fedscape.fl.strategies.registry import make_strategy
+from fedscape.fl.vectorized import VectorizedTrainer
+from fedscape.models.params import FlatParams, flatten_buffers
+from fedscape.models.resnets import ResNet
+
+# Batch 8, 4 epochs: 24, 24, 20 and 8 steps (the last client's every other batch holds 1 sample). Steps 0-7 are
+# 4 clients' (4 times full, 4 times padded), 8-19 three clients' full batches (12 times: the one shape met 8 times or
+# more), 20-23 two clients'.
+SIZES = [48, 48, 40, 9]
+CFG = {"local_epochs": 4, "batch_size": 8, "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3, "seed": 3}
+RECURRING = 12  # steps of the recurring shape per round
+
+
+def stand_in(step):
+    """A graph maker whose replay is the captured step function itself."""
+    return step
+
+
+def small_resnet() -> ResNet:
+    torch.manual_seed(0)
+    return ResNet(10, 1, (1, 1), (4, 8), norm="batch")
+
+
+def rounds(model, cfg: TrainConfig, make_graph=None, algorithm: str = "fedprox", hparams=None, num_rounds: int = 2):
+    """`num_rounds` rounds of every client from the model, the server's update between them: (the trainer, every
+    round's client results, the last global parameters)."""
+    data = shard_data(SIZES)
+    flat = FlatParams(model)
+    params, buffers = flat.get(), flatten_buffers(model)
+    strategy = make_strategy(algorithm, {"mu": 0.5} if hparams is None and algorithm == "fedprox" else hparams or {})
+    strategy.setup(data.num_clients, params.numel(), params.device, model=model, seed=0)
+    trainer = VectorizedTrainer(model, data, strategy, cfg, make_graph=make_graph)
+    results = []
+    for r in range(1, num_rounds + 1):
+        results.append(trainer.train_round(params, buffers, list(range(data.num_clients)), r))
+        params = strategy.server_update(params, results[-1])
+        buffers = strategy.aggregate_buffers(results[-1]) if buffers.numel() else buffers
+    return trainer, results, params
+
+
+def same(a, b) -> bool:
+    return all(torch.equal(x.params, y.params) and torch.equal(x.buffers, y.buffers) and x.train_loss == y.train_loss
+               for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
+
+
+@pytest.mark.parametrize(("make", "train"), [
+    (lambda: model_of("cnn_small"), {}),
+    (lambda: model_of("cnn_small"), {"augment": "crop_flip", "nesterov": True}),
+    (small_resnet, {}),  # batch norm: padded steps and each client's running statistics
+], ids=["cnn_small", "crop_flip-nesterov", "batch-norm"])
+def test_replayed_steps_equal_eager_ones_bit_for_bit_over_rounds(make, train):
+    # Prepare
+    cfg = TrainConfig(**{**CFG, **train})
+
+    # Execute: eager steps (no graph maker on a CPU), then steps of recurring shapes replayed from the stand-in
+    eager_trainer, eager, _ = rounds(make(), cfg)
+    trainer, replayed, _ = rounds(make(), cfg, make_graph=stand_in)
+
+    # Assert: the same clients in both rounds (the second round's replays run on the state and inputs of the first
+    # round's captures), steps were replayed, and only the shape met often enough was captured
+    assert eager_trainer.graphs is None and not eager_trainer.captured
+    assert same(eager, replayed)
+    assert trainer.captured and trainer.graphs.replays == 2 * RECURRING  # its first step too, after the capture
+    assert [key[1:4] for key in trainer.graphs.graphs] == [(3, 8, False)]
+    assert execution_of(trainer) == "vectorized, captured" and execution_of(eager_trainer) == "vectorized"
+
+
+def test_a_replay_that_differs_from_the_eager_step_is_refused(caplog):
+    # Prepare: a graph maker whose replay moves every parameter a little after the step
+    def wrong(step):
+        def replay():
+            step()
+            with torch.no_grad():
+                trainer_state = list(trainer._states.values())[0]
+                for t in trainer_state.stacked:
+                    t.add_(1e-3)
+        return replay
+
+    trainer = None
+    cfg = TrainConfig(**CFG)
+    _, eager, _ = rounds(model_of("cnn_small"), cfg)
+    model = model_of("cnn_small")
+
+    def make_trainer_rounds():
+        nonlocal trainer
+        data = shard_data(SIZES)
+        flat = FlatParams(model)
+        params, buffers = flat.get(), flatten_buffers(model)
+        strategy = make_strategy("fedprox", {"mu": 0.5})
+        strategy.setup(data.num_clients, params.numel(), params.device, model=model, seed=0)
+        trainer = VectorizedTrainer(model, data, strategy, cfg, make_graph=wrong)
+        out = []
+        for r in (1, 2):
+            out.append(trainer.train_round(params, buffers, list(range(data.num_clients)), r))
+            params = strategy.server_update(params, out[-1])
+        return out
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="fedscape.train"):
+        refused = make_trainer_rounds()
+
+    # Assert: the check measured the difference, kept no graph, and the steps ran eagerly (the same results)
+    assert same(eager, refused)
+    assert list(trainer.graphs.graphs.values()) == [None] and not trainer.captured
+    (difference, spread), = trainer.graphs.difference.values()
+    assert spread == 0 and difference == pytest.approx(1e-3, rel=1e-2)
+    assert "differs from the eager one" in caplog.text
+
+
+def test_cuda_graph_mode_insists_on_an_exact_replay():
+    # Prepare: a replay that computes nothing
+    cfg = TrainConfig(**{**CFG, "capture": "cuda_graph"})
+
+    # Execute and Assert
+    with pytest.raises(RuntimeError, match="'cuda_graph' but the replayed stacked step differs"):
+        rounds(model_of("cnn_small"), cfg, make_graph=lambda step: (lambda: None))
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_capture_that_fails_steps_eagerly_or_is_an_error_where_insisted_on(strict, caplog):
+    # Prepare: a graph maker that fails, as capturing a step that syncs with the host does
+    def failing(step):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    cfg = TrainConfig(**{**CFG, "capture": "cuda_graph" if strict else "auto"})
+
+    # Execute and Assert
+    if strict:
+        with pytest.raises(RuntimeError, match="capturing a stacked step failed: operation not permitted"):
+            rounds(model_of("cnn_small"), cfg, make_graph=failing)
+        return
+    _, eager, _ = rounds(model_of("cnn_small"), TrainConfig(**CFG))
+    with caplog.at_level(logging.WARNING, logger="fedscape.train"):
+        trainer, results, _ = rounds(model_of("cnn_small"), cfg, make_graph=failing)
+    assert same(eager, results) and not trainer.captured
+    assert "capturing failed: operation not permitted" in caplog.text
+
+
+@pytest.mark.parametrize(("train", "error"), [
+    ({"capture": "eager"}, None),
+    ({"optimizer": "adamw", "client_parallel": "vectorized"}, None),
+    ({"optimizer": "adamw", "client_parallel": "vectorized", "capture": "cuda_graph"}, "stacked AdamW step"),
+], ids=["eager", "adamw", "adamw-insisted"])
+def test_what_is_never_captured(train, error):
+    # Prepare
+    cfg = TrainConfig(**{**CFG, **train})
+
+    # Execute and Assert: no graphs (AdamW's bias correction changes with every step), or a clear error
+    if error:
+        with pytest.raises(ValueError, match=error):
+            rounds(model_of("cnn_small"), cfg, make_graph=stand_in, num_rounds=1)
+        return
+    trainer, _, _ = rounds(model_of("cnn_small"), cfg, make_graph=stand_in, num_rounds=1)
+    assert trainer.graphs is None
+
+
+def test_a_shape_met_fewer_times_than_the_threshold_is_not_captured(monkeypatch):
+    # Prepare: a threshold above the recurring shape's count
+    monkeypatch.setattr("fedscape.fl.vectorized.STACKED_CAPTURE_MIN_STEPS", RECURRING + 1)
+
+    # Execute
+    trainer, _, _ = rounds(model_of("cnn_small"), TrainConfig(**CFG), make_graph=stand_in, num_rounds=1)
+
+    # Assert
+    assert trainer.graphs.graphs == {} and not trainer.captured
+
+
+def test_graphs_stop_at_their_budget(monkeypatch):
+    # Prepare: room for no graph
+    monkeypatch.setattr(capture_mod, "STACKED_MAX_GRAPHS", 0)
+
+    # Execute
+    trainer, _, _ = rounds(model_of("cnn_small"), TrainConfig(**CFG), make_graph=stand_in, num_rounds=1)
+
+    # Assert
+    assert trainer.graphs.graphs == {} and not trainer.captured
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("make", [lambda: model_of("cnn_small"), small_resnet], ids=["cnn_small", "batch-norm"])
+def test_on_a_gpu_captured_stacked_steps_equal_eager_ones(make, float64_default):
+    # Prepare: in float64 on the card (cuDNN's float64 kernels: the check's spread is 0 or rounding)
+    cfg = TrainConfig(**{**CFG, "precision": "fp32"})
+
+    def on_gpu(capture: str):
+        model = make().cuda()
+        data = shard_data(SIZES)
+        data = type(data)(data.x_train.cuda(), data.y_train.cuda(), [ix.cuda() for ix in data.client_indices],
+                          data.x_test.cuda(), data.y_test.cuda())
+        flat = FlatParams(model)
+        params, buffers = flat.get(), flatten_buffers(model).cuda()
+        strategy = make_strategy("fedprox", {"mu": 0.5})
+        strategy.setup(data.num_clients, params.numel(), params.device, model=model, seed=0)
+        trainer = VectorizedTrainer(model, data, strategy, TrainConfig(**{**CFG, "capture": capture}))
+        out = []
+        for r in (1, 2):
+            out.append(trainer.train_round(params, buffers, list(range(data.num_clients)), r))
+            params = strategy.server_update(params, out[-1])
+        return trainer, out
+
+    # Execute
+    eager_trainer, eager = on_gpu("eager")
+    trainer, captured = on_gpu("cuda_graph")
+
+    # Assert: the graphs replayed, and the clients equal the eager ones to float64 rounding
+    assert trainer.captured and eager_trainer.graphs is None and cfg.precision == "fp32"
+    for ra, rb in zip(eager, captured, strict=True):
+        for a, b in zip(ra, rb, strict=True):
+            assert (a.params - b.params).abs().max().item() <= 1e-10
+            assert (a.buffers - b.buffers).abs().max().item() <= 1e-10

@@ -36,7 +36,7 @@ from fedscape.data.datasets import load_dataset
 from fedscape.data.federated import FederatedData
 from fedscape.data.partition import make_partition
 from fedscape.fl.sequential import local_train
-from fedscape.fl.settings import TrainConfig, sample_clients
+from fedscape.fl.settings import CAPTURE_MODES, TrainConfig, sample_clients
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.vectorized import VectorizedTrainer, vectorization_blocker
 from fedscape.models.device import precision_used, use_precision
@@ -86,7 +86,7 @@ def bench(num_clients: int, args: argparse.Namespace, device: torch.device) -> d
     flat = FlatParams(model)
     global_params, global_buffers = flat.get(), flatten_buffers(model).to(device)
     cfg = TrainConfig(local_epochs=args.local_epochs, batch_size=args.batch_size, lr=args.lr,
-                      client_chunk_size=args.chunk_size, precision=args.precision, seed=0)
+                      client_chunk_size=args.chunk_size, precision=args.precision, seed=0, capture=args.capture)
     strategy = make_strategy(args.algorithm)
     reason = vectorization_blocker(model, strategy)
     if reason is not None:  # the vectorised trainer would silently train something else
@@ -123,7 +123,8 @@ def bench(num_clients: int, args: argparse.Namespace, device: torch.device) -> d
     return {"clients": num_clients, "samples_min": min(sizes), "samples_max": max(sizes),
             "sequential_s": seq, "vectorized_s": vec, "speedup": seq / vec,
             "sequential_cpu_s": seq_cpu, "vectorized_cpu_s": vec_cpu, "cpu_ratio": seq_cpu / vec_cpu,
-            "max_abs_diff": float((outputs["sequential"] - outputs["vectorized"]).abs().max())}
+            "max_abs_diff": float((outputs["sequential"] - outputs["vectorized"]).abs().max()),
+            "replayed_steps": 0 if vectorized.graphs is None else vectorized.graphs.replays}
 
 
 def main() -> None:
@@ -140,6 +141,8 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=TrainConfig.client_chunk_size)
     parser.add_argument("--vmap", action="store_true",
                         help="functional_call under vmap even where the model has a forward_stacked")
+    parser.add_argument("--capture", default="auto", choices=CAPTURE_MODES,
+                        help="training.capture of the vectorised rounds (CUDA: recurring stacked steps from graphs)")
     parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
                         help="fp32 (TF32 off), tf32 (CUDA) or bf16 autocast: training.precision")
     parser.add_argument("--model", default="cnn_small", choices=sorted(SHAPES))
@@ -156,17 +159,18 @@ def main() -> None:
     norm = f" (norm {args.norm})" if args.norm else ""
     print(f"# vectorised vs sequential client training: {args.model}{norm} on {data}, alpha {args.alpha}, "
           f"{args.local_epochs} local epochs, batch {args.batch_size}, chunk {args.chunk_size}, {name}, "
-          f"precision {precision_used(args.precision, device)}, {torch_line()}")
+          f"precision {precision_used(args.precision, device)}, capture {args.capture}, {torch_line()}")
     print("| clients | samples/client | sequential s/round | vectorized s/round | speedup | CPU s seq / vec | "
-          "CPU ratio | max abs diff |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "CPU ratio | max abs diff | replayed steps |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
     for m in args.clients:
         row = bench(m, args, device)
         rows.append(row)
         print(f"| {m} | {row['samples_min']}-{row['samples_max']} | {row['sequential_s']:.3f} | "
               f"{row['vectorized_s']:.3f} | {row['speedup']:.1f}x | {row['sequential_cpu_s']:.2f} / "
-              f"{row['vectorized_cpu_s']:.2f} | {row['cpu_ratio']:.1f}x | {row['max_abs_diff']:.1e} |", flush=True)
+              f"{row['vectorized_cpu_s']:.2f} | {row['cpu_ratio']:.1f}x | {row['max_abs_diff']:.1e} | "
+              f"{row['replayed_steps']} |", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": name, "precision": precision_used(args.precision, device), "args": vars(args),

@@ -27,12 +27,13 @@ PY = sys.executable
 PARTS: dict[str, list[tuple[str, list[str], int]]] = {
     # The CUDA tests: captured steps equal to eager ones, fp32 CUDA rounds against the CPU, vectorised batch norm,
     # crop-flip on the device, the precision switches, the cards' claims by UUID, a card's UUID in a job's record,
-    # MOON's eval-mode references with batch norm, flat points on the card.
+    # MOON's eval-mode references with batch norm, flat points on the card, stacked steps replayed from graphs.
     "tests": [("cuda_tests", [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", "cuda or gpu",
                               "tests/unit/test_capture.py", "tests/unit/test_precision.py",
                               "tests/unit/test_vectorized.py", "tests/unit/test_vectorized_bn.py",
                               "tests/unit/test_data.py", "tests/unit/test_resources.py",
-                              "tests/unit/test_moon_reference_mode.py", "tests/unit/test_alignment.py"], 240)],
+                              "tests/unit/test_moon_reference_mode.py", "tests/unit/test_alignment.py",
+                              "tests/unit/test_capture_stacked.py"], 240)],
     # The papers' step costs (plain, sequential, captured, vectorised over 50 clients) and their projected hours.
     "steps": [("bench_gpu", [PY, "benchmarks/bench_gpu.py", "--device", "cuda"], 330)],
     # Vectorised rounds of the batch-norm ResNets against sequential ones (goal >= 10x at M=50).

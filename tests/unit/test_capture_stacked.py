@@ -223,4 +223,4 @@ def test_on_a_gpu_captured_stacked_steps_equal_eager_ones(make, float64_default)
     for ra, rb in zip(eager, captured, strict=True):
         for a, b in zip(ra, rb, strict=True):
             assert (a.params - b.params).abs().max().item() <= 1e-10
-            assert (a.buffers - b.buffers).abs().max().item() <= 1e-10
+            assert a.buffers.numel() == 0 or (a.buffers - b.buffers).abs().max().item() <= 1e-10

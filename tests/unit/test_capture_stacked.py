@@ -21,10 +21,11 @@ from fedscape.models.resnets import ResNet
 
 # Batch 8, 4 epochs: 24, 24, 20 and 8 steps (the last client's every other batch holds 1 sample). Steps 0-7 are
 # 4 clients' (4 times full, 4 times padded), 8-19 three clients' full batches (12 times: the one shape met 8 times or
-# more), 20-23 two clients'.
+# more in the first round), 20-23 two clients' (4 times). The three shapes of 4 steps a round reach 8 in the second.
 SIZES = [48, 48, 40, 9]
 CFG = {"local_epochs": 4, "batch_size": 8, "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3, "seed": 3}
-RECURRING = 12  # steps of the recurring shape per round
+RECURRING = 12  # steps of the shape met most per round
+SHAPES = {(3, 8, False): 12, (4, 8, False): 4, (4, 8, True): 4, (2, 8, False): 4}  # (active, width, padded): steps
 
 
 def stand_in(step):
@@ -73,11 +74,12 @@ def test_replayed_steps_equal_eager_ones_bit_for_bit_over_rounds(make, train):
     trainer, replayed, _ = rounds(make(), cfg, make_graph=stand_in)
 
     # Assert: the same clients in both rounds (the second round's replays run on the state and inputs of the first
-    # round's captures), steps were replayed, and only the shape met often enough was captured
+    # round's captures); the shape met 12 times in the first round was captured then, the three met 4 times a round
+    # in the second, and every step of a captured shape replayed (the capturing one too)
     assert eager_trainer.graphs is None and not eager_trainer.captured
     assert same(eager, replayed)
-    assert trainer.captured and trainer.graphs.replays == 2 * RECURRING  # its first step too, after the capture
-    assert [key[1:4] for key in trainer.graphs.graphs] == [(3, 8, False)]
+    assert {key[1:4] for key in trainer.graphs.graphs} == set(SHAPES)
+    assert trainer.captured and trainer.graphs.replays == RECURRING + sum(SHAPES.values())
     assert execution_of(trainer) == "vectorized, captured" and execution_of(eager_trainer) == "vectorized"
 
 
@@ -117,9 +119,10 @@ def test_a_replay_that_differs_from_the_eager_step_is_refused(caplog):
 
     # Assert: the check measured the difference, kept no graph, and the steps ran eagerly (the same results)
     assert same(eager, refused)
-    assert list(trainer.graphs.graphs.values()) == [None] and not trainer.captured
-    (difference, spread), = trainer.graphs.difference.values()
-    assert spread == 0 and difference == pytest.approx(1e-3, rel=1e-2)
+    assert trainer.graphs.graphs == {} and {k[1:4] for k in trainer.graphs.refused} == set(SHAPES)
+    assert not trainer.captured
+    for difference, spread in trainer.graphs.difference.values():
+        assert spread == 0 and difference == pytest.approx(1e-3, rel=1e-2)
     assert "differs from the eager one" in caplog.text
 
 
@@ -170,15 +173,16 @@ def test_what_is_never_captured(train, error):
     assert trainer.graphs is None
 
 
-def test_a_shape_met_fewer_times_than_the_threshold_is_not_captured(monkeypatch):
-    # Prepare: a threshold above the recurring shape's count
-    monkeypatch.setattr("fedscape.fl.vectorized.STACKED_CAPTURE_MIN_STEPS", RECURRING + 1)
+@pytest.mark.parametrize(("num_rounds", "captured"), [(1, set()), (2, {(3, 8, False)})])
+def test_a_shape_is_captured_once_the_rounds_so_far_planned_it_often_enough(monkeypatch, num_rounds, captured):
+    # Prepare: a threshold above one round's count of the most frequent shape, below two rounds'
+    monkeypatch.setattr(capture_mod, "STACKED_CAPTURE_MIN_STEPS", RECURRING + 1)
 
     # Execute
-    trainer, _, _ = rounds(model_of("cnn_small"), TrainConfig(**CFG), make_graph=stand_in, num_rounds=1)
+    trainer, _, _ = rounds(model_of("cnn_small"), TrainConfig(**CFG), make_graph=stand_in, num_rounds=num_rounds)
 
     # Assert
-    assert trainer.graphs.graphs == {} and not trainer.captured
+    assert {key[1:4] for key in trainer.graphs.graphs} == captured and trainer.captured == bool(captured)
 
 
 def test_graphs_stop_at_their_budget(monkeypatch):

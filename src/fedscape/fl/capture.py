@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable
 
 import torch
@@ -218,11 +219,12 @@ def make_capture(model: nn.Module, strategy: Strategy, cfg: TrainConfig, device_
 
 
 # -- stacked steps (fedscape.fl.vectorized) ---------------------------------------------------------------------------
-# A step shape is captured once it recurs this often in a chunk's plan (the papers' shards make hundreds of steps of
-# one shape; a shape met a few times would not repay its capture, about seven steps' work), and at most this many
-# graphs are kept per trainer (each holds its step's activations; they share one memory pool).
+# A step shape is captured once the chunks planned so far (this round's and the earlier rounds') hold this many steps
+# of it: the papers' shards make hundreds of steps of one shape a round, and a shape met once a round repays its
+# capture (about seven steps' work) after a few rounds, since its graph serves every later round. At most this many
+# graphs are kept per trainer (they share one memory pool, which holds one step's activations).
 STACKED_CAPTURE_MIN_STEPS = 8
-STACKED_MAX_GRAPHS = 32
+STACKED_MAX_GRAPHS = 64
 # Eager runs of the step on a side stream before its capture: cuDNN's and the autograd engine's first-call work.
 CAPTURE_WARMUP = 2
 
@@ -269,24 +271,34 @@ class StackedStepGraphs:
             pool = torch.cuda.graph_pool_handle()
             make_graph = lambda step: cuda_graph(step, pool)  # noqa: E731
         self.make_graph = make_graph
-        # shape key -> (replay, its input tensors), or None where the check refused it (that shape steps eagerly)
-        self.graphs: dict[tuple, tuple[Callable[[], None], tuple] | None] = {}
+        self.graphs: dict[tuple, tuple[Callable[[], None], tuple]] = {}  # shape -> (replay, its input tensors)
+        self.refused: set[tuple] = set()  # shapes whose check refused the replay: they step eagerly
+        self.planned: Counter = Counter()  # steps of each shape in the chunks planned so far
         self.replays = 0
         self.difference: dict[tuple, tuple[float, float]] = {}  # what each check measured: (replay, eager spread)
 
-    def run(self, key: tuple, inputs: tuple, step_of: Callable[[tuple], Callable[[], None]], state: list[torch.Tensor],
-            capture: bool) -> bool:
+    def plan(self, keys: list[tuple | None]) -> None:
+        """Count a chunk's step shapes (None: a step that is never captured) before its steps run."""
+        self.planned.update(key for key in keys if key is not None)
+
+    def run(self, key: tuple, inputs: tuple, step_of: Callable[[tuple], Callable[[], None]],
+            state: list[torch.Tensor]) -> bool:
         """Replay the graph of `key` on `inputs` and say True; False where the caller must take the step eagerly (no
-        graph, and `capture` False or the graph budget spent; or its check refused it). `step_of(inputs)`: the step
-        reading those input tensors; `state`: every tensor it changes."""
-        entry = self.graphs.get(key, ...)
-        if entry is ...:
-            if not capture or len(self.graphs) >= STACKED_MAX_GRAPHS:
+        graph, and the shape planned fewer than STACKED_CAPTURE_MIN_STEPS times so far or the graph budget spent; or
+        its check refused it). `step_of(inputs)`: the step reading those input tensors; `state`: every tensor it
+        changes."""
+        if key in self.refused:
+            return False
+        entry = self.graphs.get(key)
+        if entry is None:
+            if self.planned[key] < STACKED_CAPTURE_MIN_STEPS or len(self.graphs) >= STACKED_MAX_GRAPHS:
                 return False
             static = tuple(None if x is None else x.clone() for x in inputs)
-            entry = self.graphs[key] = self._capture(key, step_of(static), static, state)
-        if entry is None:
-            return False
+            entry = self._capture(key, step_of(static), static, state)
+            if entry is None:
+                self.refused.add(key)
+                return False
+            self.graphs[key] = entry
         replay, static = entry
         for s, x in zip(static, inputs, strict=True):
             if s is not None:

@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -88,7 +87,7 @@ from torch.func import functional_call, vmap
 from fedscape.core.names import unknown_name_error
 from fedscape.data.federated import FederatedData
 from fedscape.data.specs import AUGMENTATIONS, CROP_PADDING, SEQUENTIAL_AUGMENTATIONS
-from fedscape.fl.capture import STACKED_CAPTURE_MIN_STEPS, StackedStepGraphs, StepGraphMaker
+from fedscape.fl.capture import StackedStepGraphs, StepGraphMaker
 from fedscape.fl.local import client_generator, layer_seed, local_plan, round_work
 from fedscape.fl.schedule import update_weight
 from fedscape.fl.settings import CLIENT_PARALLEL, TrainConfig
@@ -293,9 +292,10 @@ class _ChunkState:
 class VectorizedTrainer:
     """Trains the sampled clients of a round together; `train_round` replaces M `local_train` calls.
 
-    On CUDA a step shape met often enough (`fedscape.fl.capture.STACKED_CAPTURE_MIN_STEPS` times in a chunk) is
-    replayed from a CUDA graph where a check at capture finds the replay equal to the eager step (`training.capture`:
-    auto, or cuda_graph to insist; eager never); `make_graph` replaces torch's graph maker (the CPU tests' stand-in).
+    On CUDA a step shape met often enough (`fedscape.fl.capture.STACKED_CAPTURE_MIN_STEPS` steps in the chunks so
+    far) is replayed from a CUDA graph where a check at capture finds the replay equal to the eager step
+    (`training.capture`: auto, or cuda_graph to insist; eager never); `make_graph` replaces torch's graph maker (the
+    CPU tests' stand-in).
     """
 
     def __init__(self, model: nn.Module, data: FederatedData, strategy: Strategy, cfg: TrainConfig,
@@ -472,7 +472,8 @@ class VectorizedTrainer:
         # A step's shape: what its graph depends on (None: a per-client lr, which steps eagerly).
         keys = [(k0, active[t], width[t], padded[t], step_lr[t]) if isinstance(step_lr[t], float) else None
                 for t in range(num_steps)]
-        recurring = {key: n >= STACKED_CAPTURE_MIN_STEPS for key, n in Counter(keys).items()}
+        if self.graphs is not None:
+            self.graphs.plan(keys)
 
         x_train, y_train = self.data.x_train, self.data.y_train
         for t in range(num_steps):
@@ -481,7 +482,7 @@ class VectorizedTrainer:
             inputs = (x_train[idx], y_train[idx], mask[t, :k, :w], None if aug is None else aug[:, t, :k, :w])
             if self.graphs is not None and keys[t] is not None and self.graphs.run(
                     keys[t], inputs, lambda static, t=t: lambda: self._step(st, t, padded[t], step_lr[t], *static),
-                    st.tensors(), recurring[keys[t]]):
+                    st.tensors()):
                 continue
             self._step(st, t, padded[t], step_lr[t], *inputs)
 

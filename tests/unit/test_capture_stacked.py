@@ -1,6 +1,6 @@
 """Vectorised steps replayed from CUDA graphs (fedscape.fl.capture.StackedStepGraphs): the machinery on a CPU with a
-stand-in graph maker, whose replay runs the captured step function again on its own input tensors and the trainer's
-chunk state, as a graph replays its kernels on the addresses it captured; and on a card, with torch's graphs."""
+stand-in graph maker (helpers.graphs.emulated_graph: the ops the step dispatched at capture, replayed on the tensors
+it saw, as a graph replays its kernels on the addresses it captured), and on a card with torch's graphs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 
 import pytest
 import torch
+from helpers.graphs import emulated_graph
 from helpers.synthetic import shard_data
 from helpers.vectorized import model_of
 
@@ -28,9 +29,7 @@ RECURRING = 12  # steps of the shape met most per round
 SHAPES = {(3, 8, False): 12, (4, 8, False): 4, (4, 8, True): 4, (2, 8, False): 4}  # (active, width, padded): steps
 
 
-def stand_in(step):
-    """A graph maker whose replay is the captured step function itself."""
-    return step
+stand_in = emulated_graph
 
 
 def small_resnet() -> ResNet:
@@ -200,8 +199,6 @@ def test_graphs_stop_at_their_budget(monkeypatch):
 @pytest.mark.parametrize("make", [lambda: model_of("cnn_small"), small_resnet], ids=["cnn_small", "batch-norm"])
 def test_on_a_gpu_captured_stacked_steps_equal_eager_ones(make, float64_default):
     # Prepare: in float64 on the card (cuDNN's float64 kernels: the check's spread is 0 or rounding)
-    cfg = TrainConfig(**{**CFG, "precision": "fp32"})
-
     def on_gpu(capture: str):
         model = make().cuda()
         data = shard_data(SIZES)
@@ -223,7 +220,7 @@ def test_on_a_gpu_captured_stacked_steps_equal_eager_ones(make, float64_default)
     trainer, captured = on_gpu("cuda_graph")
 
     # Assert: the graphs replayed, and the clients equal the eager ones to float64 rounding
-    assert trainer.captured and eager_trainer.graphs is None and cfg.precision == "fp32"
+    assert trainer.captured and eager_trainer.graphs is None
     for ra, rb in zip(eager, captured, strict=True):
         for a, b in zip(ra, rb, strict=True):
             assert (a.params - b.params).abs().max().item() <= 1e-10

@@ -37,9 +37,11 @@ def small_resnet() -> ResNet:
     return ResNet(10, 1, (1, 1), (4, 8), norm="batch")
 
 
-def rounds(model, cfg: TrainConfig, make_graph=None, algorithm: str = "fedprox", hparams=None, num_rounds: int = 2):
+def rounds(model, cfg: TrainConfig, make_graph=None, algorithm: str = "fedprox", hparams=None, num_rounds: int = 2,
+           fresh: bool = False):
     """`num_rounds` rounds of every client from the model, the server's update between them: (the trainer, every
-    round's client results, the last global parameters)."""
+    round's client results, the last global parameters). `fresh`: a new trainer every round (no state kept from one
+    round to the next: the reference of the kept state's reuse)."""
     data = shard_data(SIZES)
     flat = FlatParams(model)
     params, buffers = flat.get(), flatten_buffers(model)
@@ -48,6 +50,8 @@ def rounds(model, cfg: TrainConfig, make_graph=None, algorithm: str = "fedprox",
     trainer = VectorizedTrainer(model, data, strategy, cfg, make_graph=make_graph)
     results = []
     for r in range(1, num_rounds + 1):
+        if fresh:
+            trainer = VectorizedTrainer(model, data, strategy, cfg, make_graph=make_graph)
         results.append(trainer.train_round(params, buffers, list(range(data.num_clients)), r))
         params = strategy.server_update(params, results[-1])
         buffers = strategy.aggregate_buffers(results[-1]) if buffers.numel() else buffers
@@ -68,8 +72,9 @@ def test_replayed_steps_equal_eager_ones_bit_for_bit_over_rounds(make, train):
     # Prepare
     cfg = TrainConfig(**{**CFG, **train})
 
-    # Execute: eager steps (no graph maker on a CPU), then steps of recurring shapes replayed from the stand-in
-    eager_trainer, eager, _ = rounds(make(), cfg)
+    # Execute: eager steps (no graph maker on a CPU) by a new trainer every round, then steps of recurring shapes
+    # replayed from the stand-in by one trainer for both rounds
+    eager_trainer, eager, _ = rounds(make(), cfg, fresh=True)
     trainer, replayed, _ = rounds(make(), cfg, make_graph=stand_in)
 
     # Assert: the same clients in both rounds (the second round's replays run on the state and inputs of the first
@@ -225,3 +230,31 @@ def test_on_a_gpu_captured_stacked_steps_equal_eager_ones(make, float64_default)
         for a, b in zip(ra, rb, strict=True):
             assert (a.params - b.params).abs().max().item() <= 1e-10
             assert a.buffers.numel() == 0 or (a.buffers - b.buffers).abs().max().item() <= 1e-10
+
+
+def test_chunk_states_are_kept_only_where_graphs_replay_into_them_and_go_with_the_trainer():
+    # Prepare and Execute: an eager trainer (no graphs on a CPU) and one with graphs, both closed after their rounds
+    eager, _, _ = rounds(model_of("cnn_small"), TrainConfig(**CFG))
+    captured, _, _ = rounds(model_of("cnn_small"), TrainConfig(**CFG), make_graph=stand_in)
+    kept = set(captured._states)
+    eager.close()
+    captured.close()
+
+    # Assert: the eager trainer frees each chunk's state with the chunk, as before graphs; the other keeps one per
+    # chunk size (4 clients here) until it is closed
+    assert eager._states == {} and kept == {4} and captured._states == {}
+
+
+def test_dropping_shapes_forgets_their_graphs_refusals_and_counts():
+    # Prepare: a trainer whose graphs captured the recurring shape
+    trainer, _, _ = rounds(model_of("cnn_small"), TrainConfig(**CFG), make_graph=stand_in, num_rounds=1)
+    graphs = trainer.graphs
+    graphs.refused.add((9, 1, 8, False, 0.05))
+    assert graphs.graphs and graphs.planned
+
+    # Execute
+    graphs.drop(lambda key: key[0] == 4)
+
+    # Assert: the chunk size's shapes are gone, the other chunk size's refusal stays
+    assert graphs.graphs == {} and not any(k[0] == 4 for k in graphs.planned)
+    assert graphs.refused == {(9, 1, 8, False, 0.05)}

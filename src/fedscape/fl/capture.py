@@ -222,7 +222,8 @@ def make_capture(model: nn.Module, strategy: Strategy, cfg: TrainConfig, device_
 # A step shape is captured once the chunks planned so far (this round's and the earlier rounds') hold this many steps
 # of it: the papers' shards make hundreds of steps of one shape a round, and a shape met once a round repays its
 # capture (about seven steps' work) after a few rounds, since its graph serves every later round. At most this many
-# graphs are kept per trainer (they share one memory pool, which holds one step's activations).
+# graphs are kept per trainer: they share one memory pool for their steps' activations, and each keeps a copy of its
+# step's batch (its input tensors).
 STACKED_CAPTURE_MIN_STEPS = 8
 STACKED_MAX_GRAPHS = 64
 # Eager runs of the step on a side stream before its capture: cuDNN's and the autograd engine's first-call work.
@@ -348,6 +349,14 @@ class StackedStepGraphs:
             raise RuntimeError(f"training.capture is 'cuda_graph' but {message}; use 'auto' or 'eager'")
         log.warning("stacked steps of shape %s: eager (%s)", key, message)
         return None
+
+    def drop(self, which: Callable[[tuple], bool]) -> None:
+        """Forget the shapes `which` selects (their graphs, refusals and counts): the state they replay into is
+        replaced."""
+        for table in (self.graphs, self.planned):
+            for key in [k for k in table if which(k)]:
+                del table[key]
+        self.refused = {k for k in self.refused if not which(k)}
 
     def close(self) -> None:
         """Drop the graphs (and with them their memory)."""

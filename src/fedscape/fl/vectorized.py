@@ -405,9 +405,11 @@ class VectorizedTrainer:
         """Nothing to restore."""
 
     def close(self) -> None:
-        """Drop the captured steps' graphs; the stacked path leaves the model as it was."""
+        """Drop the captured steps' graphs and the chunk states they replay into; the stacked path leaves the model as
+        it was."""
         if self.graphs is not None:
             self.graphs.close()
+        self._states.clear()
 
     @property
     def captured(self) -> bool:
@@ -501,17 +503,23 @@ class VectorizedTrainer:
 
     def _chunk_state(self, k0: int, global_params: torch.Tensor, global_buffers: torch.Tensor) -> _ChunkState:
         """The state of a chunk of k0 clients, all starting at the global model and statistics, zero momentum and
-        loss sums; kept per chunk size so that its tensors keep their addresses from round to round."""
+        loss sums; where steps are captured, kept per chunk size so that its tensors keep their addresses from round to
+        round."""
         cfg = self.cfg
         st = self._states.get(k0)
-        if st is None or (st.global_flat.dtype, st.global_flat.device) != (global_params.dtype, global_params.device):
+        if st is not None and (st.global_flat.dtype, st.global_flat.device) != (global_params.dtype,
+                                                                                global_params.device):
+            st = None  # a new state: the graphs of the old one would replay into it
+            if self.graphs is not None:
+                self.graphs.drop(lambda key: key[0] == k0)
+        if st is None:
             views = [v.view(s) for v, s in zip(global_params.split(self.numels), self.shapes, strict=True)]
             buffer_views = [v.view(s) for v, s in zip(global_buffers.split(self.buffer_numels), self.buffer_shapes,
                                                       strict=True)] if self.buffer_names else []
             adamw = cfg.optimizer == "adamw"
             stacked = [torch.empty((k0, *g.shape), dtype=g.dtype, device=g.device) for g in views]
             global_flat = torch.empty_like(global_params)
-            st = self._states[k0] = _ChunkState(
+            st = _ChunkState(
                 stacked=stacked,
                 buffers=[torch.empty((k0, *g.shape), dtype=g.dtype, device=g.device) for g in buffer_views],
                 momentum=[torch.empty_like(t) for t in stacked] if cfg.momentum and not adamw else None,
@@ -520,6 +528,8 @@ class VectorizedTrainer:
                 loss_sum=torch.empty(k0, device=self.device, dtype=global_params.dtype),  # float64 runs: float64
                 global_flat=global_flat,
                 global_views=[v.view(s) for v, s in zip(global_flat.split(self.numels), self.shapes, strict=True)])
+            if self.graphs is not None:  # kept only where graphs replay into it (else freed with the chunk, as before)
+                self._states[k0] = st
         with torch.no_grad():
             st.global_flat.copy_(global_params)
             for s, g in zip(st.stacked, st.global_views, strict=True):

@@ -241,7 +241,9 @@ class MaskedBatchNorm(torch.autograd.Function):
     rsqrt(var + eps), c = h - mean, g = the output's gradient: dh = s (g - rows (sum(g) / n + c rsqrt(var + eps)^2
     sum(g c) / n)), dweight = sum(g c) rsqrt(var + eps), dbias = sum(g), torch's batch-norm backward restricted to the
     real rows (a padded row's output depends on its own input only: its gradient is s g, zero where the loss masks
-    it). Also returns the mean and biased variance, without gradient, for the running statistics.
+    it). Also returns the mean and biased variance, without gradient, for the running statistics. Training needs first
+    derivatives only, and only training's stacked forward uses it: its backward is not itself differentiable (the
+    Hessian and sharpness code differentiate twice through models' own forward passes, never this Function).
     """
 
     @staticmethod
@@ -281,8 +283,9 @@ def stacked_batch_norm(h: Tensor, k: int, weight: Tensor | None, bias: Tensor | 
     Each client's channel is normalised with the mean and biased variance of its own real rows (``mask``
     [K, B], None: all rows; `MaskedBatchNorm`), and its running statistics [K, C] move by ``momentum`` towards that
     mean and the unbiased variance (n / (n - 1), n = real rows x H x W), as torch's BatchNorm2d does for one client.
-    A client without real rows keeps its running statistics. Without a mask, torch's own batch norm over the
-    K*C channels is exactly the K clients' batch norms. ``counts``: a cache of `masked_counts` for this mask.
+    A client without real rows keeps its running statistics (its step weight is 0; its padded rows finite, as the
+    trainer's are: copies of a training sample). Without a mask, torch's own batch norm over the K*C channels is
+    exactly the K clients' batch norms. ``counts``: a cache of `masked_counts` for this mask.
     """
     flat_w = None if weight is None else weight.flatten()
     flat_b = None if bias is None else bias.flatten()

@@ -23,7 +23,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from bench_gpu import StepKind, measure, synthetic_clients
+from bench_gpu import StepKind, measure, sync, synthetic_clients
 from bench_vectorized import make_data
 from machine import device_label, torch_line
 from torch.profiler import ProfilerActivity, profile
@@ -39,30 +39,21 @@ from fedscape.models.registry import build_model
 CASES = ("vec_bn", "vec_gn", "vec_bn_equal", "seq", "captured")
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def report(label: str, fn, device: torch.device, rows: int) -> None:
     """Profile one call of fn (after a warm-up call) and print its summary; in fp32 (TF32 off), as a job runs."""
-    with use_precision("fp32", device):
-        _report(label, fn, device, rows)
-
-
-def _report(label: str, fn, device: torch.device, rows: int) -> None:
-    fn()
-    sync(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    t0 = time.perf_counter()
-    with profile(activities=activities) as prof:
+    with use_precision("fp32", device):
         fn()
         sync(device)
-    wall = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    unprofiled = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with profile(activities=activities) as prof:
+            fn()
+            sync(device)
+        wall = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        unprofiled = time.perf_counter() - t0
     averages = prof.key_averages()
     kernels = [e for e in averages if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
     kernel_ms = sum(e.self_device_time_total for e in kernels) / 1e3

@@ -79,6 +79,16 @@ def resolve_capture(model: nn.Module, strategy: Strategy, cfg: TrainConfig, devi
     return False
 
 
+def replay_check(replayed: list[torch.Tensor | None], eager: list[torch.Tensor | None],
+                 repeats: list[list[torch.Tensor | None]]) -> tuple[float, float, bool]:
+    """(the replay's largest difference from the first eager pass, the eager repeats' own, whether the replay is
+    exact): equal bit for bit, or within SPREAD_SLACK times the repeats' spread (module docstring). A pass with NaN in
+    it measures no spread (inf), against which any replay would pass: refused."""
+    difference = _max_difference(replayed, eager)
+    spread = max(_max_difference(again, eager) for again in repeats)
+    return difference, spread, math.isfinite(spread) and difference <= SPREAD_SLACK * spread
+
+
 def _max_difference(a: list[torch.Tensor | None], b: list[torch.Tensor | None]) -> float:
     """The largest absolute difference between matching tensors (inf where one is missing or not finite)."""
     worst = 0.0
@@ -175,12 +185,9 @@ class CapturedForward:
             note(local_steps={"captured": False, "why": f"capturing the model failed: {exc}"})
             return
         restore()
-        difference = _max_difference(replayed, eager)
-        spread = max(_max_difference(again, eager) for again in repeats)
+        # (A pass with NaN in it, a client diverged before its first full batch, is refused: its steps stay eager.)
+        difference, spread, exact = replay_check(replayed, eager, repeats)
         self.difference = (difference, spread)
-        # A pass with NaN in it (a client diverged before its first full batch) measures no spread (inf), against
-        # which any replay would pass: refused, the steps stay eager
-        exact = math.isfinite(spread) and difference <= SPREAD_SLACK * spread
         # The job's record says how its steps ran, with what the check measured.
         note(local_steps={"captured": exact, "batch_size": self.batch_size,
                           "difference_from_eager": difference, "eager_spread": spread})
@@ -336,10 +343,9 @@ class StackedStepGraphs:
                                    f"{exc}") from exc
             log.warning("stacked steps of shape %s: eager (capturing failed: %s)", key, exc)
             return None
-        difference = _max_difference(replayed, eager)
-        spread = max(_max_difference(again, eager) for again in repeats)
+        difference, spread, exact = replay_check(replayed, eager, repeats)
         self.difference[key] = (difference, spread)
-        if math.isfinite(spread) and difference <= SPREAD_SLACK * spread:
+        if exact:
             log.info("stacked steps of shape %s replayed from a CUDA graph (checked at capture: largest difference "
                      "from the eager step %.3g, the eager step's own %.3g)", key, difference, spread)
             return replay, static

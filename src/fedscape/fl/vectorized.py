@@ -283,10 +283,13 @@ class _ChunkState:
     global_flat: torch.Tensor  # the round's global parameters (FedProx's term reads them)
     global_views: list[torch.Tensor]
 
+    def optimizer_state(self) -> list[torch.Tensor]:
+        """SGD's momentum or AdamW's moments (zero at a chunk's start)."""
+        return [*(self.momentum or []), *(t for group in (self.moments or ()) for t in group)]
+
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor a step writes."""
-        return [*self.stacked, *self.buffers, *(self.momentum or []),
-                *(t for group in (self.moments or ()) for t in group), self.loss_sum]
+        return [*self.stacked, *self.buffers, *self.optimizer_state(), self.loss_sum]
 
 
 class VectorizedTrainer:
@@ -488,11 +491,10 @@ class VectorizedTrainer:
                 continue
             self._step(st, t, padded[t], step_lr[t], *inputs)
 
-        stacked, stacked_buffers, loss_sum = st.stacked, st.buffers, st.loss_sum
-        flat = torch.cat([s.reshape(k0, -1) for s in stacked], dim=1)
-        losses_mean = (loss_sum.cpu() / torch.tensor(steps, dtype=torch.float32).clamp_min(1)).tolist()
-        if stacked_buffers:
-            buffers = torch.cat([b.reshape(k0, -1) for b in stacked_buffers], dim=1)
+        flat = torch.cat([s.reshape(k0, -1) for s in st.stacked], dim=1)
+        losses_mean = (st.loss_sum.cpu() / torch.tensor(steps, dtype=torch.float32).clamp_min(1)).tolist()
+        if st.buffers:
+            buffers = torch.cat([b.reshape(k0, -1) for b in st.buffers], dim=1)
             client_buffers = [buffers[j].clone() for j in range(k0)]
         else:
             client_buffers = [torch.zeros(0, device=flat.device)] * k0  # no floating buffers, as flatten_buffers gives
@@ -505,24 +507,22 @@ class VectorizedTrainer:
         """The state of a chunk of k0 clients, all starting at the global model and statistics, zero momentum and
         loss sums; where steps are captured, kept per chunk size so that its tensors keep their addresses from round to
         round."""
-        cfg = self.cfg
         st = self._states.get(k0)
         if st is not None and (st.global_flat.dtype, st.global_flat.device) != (global_params.dtype,
                                                                                 global_params.device):
             st = None  # a new state: the graphs of the old one would replay into it
             if self.graphs is not None:
                 self.graphs.drop(lambda key: key[0] == k0)
+        buffer_views = [v.view(s) for v, s in zip(global_buffers.split(self.buffer_numels), self.buffer_shapes,
+                                                  strict=True)] if self.buffer_names else []
         if st is None:
-            views = [v.view(s) for v, s in zip(global_params.split(self.numels), self.shapes, strict=True)]
-            buffer_views = [v.view(s) for v, s in zip(global_buffers.split(self.buffer_numels), self.buffer_shapes,
-                                                      strict=True)] if self.buffer_names else []
-            adamw = cfg.optimizer == "adamw"
-            stacked = [torch.empty((k0, *g.shape), dtype=g.dtype, device=g.device) for g in views]
+            stacked = [global_params.new_empty((k0, *s)) for s in self.shapes]
+            adamw = self.cfg.optimizer == "adamw"
             global_flat = torch.empty_like(global_params)
             st = _ChunkState(
                 stacked=stacked,
-                buffers=[torch.empty((k0, *g.shape), dtype=g.dtype, device=g.device) for g in buffer_views],
-                momentum=[torch.empty_like(t) for t in stacked] if cfg.momentum and not adamw else None,
+                buffers=[g.new_empty((k0, *g.shape)) for g in buffer_views],
+                momentum=[torch.empty_like(t) for t in stacked] if self.cfg.momentum and not adamw else None,
                 moments=([torch.empty_like(t) for t in stacked], [torch.empty_like(t) for t in stacked])
                 if adamw else None,
                 loss_sum=torch.empty(k0, device=self.device, dtype=global_params.dtype),  # float64 runs: float64
@@ -534,11 +534,9 @@ class VectorizedTrainer:
             st.global_flat.copy_(global_params)
             for s, g in zip(st.stacked, st.global_views, strict=True):
                 s.copy_(g.unsqueeze(0).expand_as(s))
-            buffer_views = [v.view(s) for v, s in zip(global_buffers.split(self.buffer_numels), self.buffer_shapes,
-                                                      strict=True)] if self.buffer_names else []
             for b, g in zip(st.buffers, buffer_views, strict=True):  # an inactive client's statistics stay put
-                b.copy_(g.to(b.device).unsqueeze(0).expand_as(b))
-            for t in [*(st.momentum or []), *(t for group in (st.moments or ()) for t in group), st.loss_sum]:
+                b.copy_(g.unsqueeze(0).expand_as(b))
+            for t in [*st.optimizer_state(), st.loss_sum]:
                 t.zero_()
         return st
 

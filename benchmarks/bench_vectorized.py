@@ -107,14 +107,14 @@ def bench(num_clients: int, args: argparse.Namespace, device: torch.device) -> d
     times: dict[str, list[float]] = {"sequential": [], "vectorized": []}
     cpu: dict[str, list[float]] = {"sequential": [], "vectorized": []}  # process CPU time: robust to other load
     outputs = {}
-    for round_ in range(args.repeats + 1):  # round 0 warms up both paths and is not timed
+    for round_ in range(args.warmup + args.repeats):  # the first `warmup` rounds are not timed
         for mode, fn in (("sequential", sequential_round), ("vectorized", vectorized_round)):
             sync(device)
             t0, c0 = time.perf_counter(), time.process_time()
             with use_precision(args.precision, device):  # as the engine trains a run
                 outputs[mode] = fn(round_ + 1)
             sync(device)
-            if round_ > 0:
+            if round_ >= args.warmup:
                 times[mode].append(time.perf_counter() - t0)
                 cpu[mode].append(time.process_time() - c0)
     seq, vec = statistics.median(times["sequential"]), statistics.median(times["vectorized"])
@@ -131,6 +131,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, nargs="+", default=[10, 50, 100])
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per mode (median reported)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed rounds first (on CUDA a step shape met STACKED_CAPTURE_MIN_STEPS times over the "
+                             "rounds so far is captured: more warm-up rounds time the steady state of a long run)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--alpha", default="0.5", help="Dirichlet alpha of the split, or iid")
@@ -159,7 +162,8 @@ def main() -> None:
     norm = f" (norm {args.norm})" if args.norm else ""
     print(f"# vectorised vs sequential client training: {args.model}{norm} on {data}, alpha {args.alpha}, "
           f"{args.local_epochs} local epochs, batch {args.batch_size}, chunk {args.chunk_size}, {name}, "
-          f"precision {precision_used(args.precision, device)}, capture {args.capture}, {torch_line()}")
+          f"precision {precision_used(args.precision, device)}, capture {args.capture}, "
+          f"median of {args.repeats} rounds after {args.warmup} untimed, {torch_line()}")
     print("| clients | samples/client | sequential s/round | vectorized s/round | speedup | CPU s seq / vec | "
           "CPU ratio | max abs diff | replayed steps |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

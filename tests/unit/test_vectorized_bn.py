@@ -15,7 +15,15 @@ from fedscape.fl import vectorized as vectorized_mod
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.vectorized import VectorizedTrainer, resolve_client_parallel, vectorization_blocker
-from fedscape.models.layers import BatchNorm2d, MaskedBatchNorm, StackedNorm, masked_counts, stacked_batch_norm
+from fedscape.models.layers import (
+    BatchNorm2d,
+    MaskedBatchNorm,
+    StackedNorm,
+    grouped_layout,
+    grouped_memory_format,
+    masked_counts,
+    stacked_batch_norm,
+)
 from fedscape.models.registry import build_model
 from fedscape.models.resnets import ResNet
 
@@ -26,6 +34,17 @@ TOL = 1e-5
 TOL64 = 1e-10  # float64: the two paths differ by the order of float64 operations only (~1e-15 seen)
 SIZES = [21, 9, 5, 14]  # batch 4: last batches of 1, 1, 1 and 2 samples, so padded steps, and 6, 3, 2, 4 steps
 
+
+
+LAYOUTS = {"channels_last": torch.channels_last, "channels_first": torch.contiguous_format}
+
+
+@pytest.fixture(params=sorted(LAYOUTS))
+def grouped_format(request, monkeypatch):
+    """Each grouped memory order on this CPU: channels last (a CPU's) and channels first (a GPU's)."""
+    fmt = LAYOUTS[request.param]
+    monkeypatch.setattr("fedscape.models.layers.grouped_memory_format", lambda device: fmt)
+    return fmt
 
 
 def small_resnet(seed: int = 0) -> ResNet:
@@ -40,6 +59,24 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 CFG = {"local_epochs": 2, "batch_size": 4, "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3, "seed": 3}
+
+
+@pytest.mark.parametrize(("device", "expected"), [("cpu", torch.channels_last), ("cuda", torch.contiguous_format)])
+def test_the_grouped_layout_is_channels_last_on_a_cpu_and_channels_first_on_a_gpu(device, expected):
+    assert grouped_memory_format(torch.device(device)) == expected
+
+
+def test_the_grouped_layout_puts_client_k_in_group_k_in_either_memory_order(grouped_format):
+    # Prepare: 2 clients' batches of 3 images of 4 channels
+    x = torch.randn(2, 3, 4, 5, 5, generator=torch.Generator().manual_seed(0))
+
+    # Execute
+    h = grouped_layout(x)
+
+    # Assert: the requested memory order (a CPU tensor either way), client k's channels at k*C .. k*C + C - 1
+    assert h.is_contiguous(memory_format=grouped_format) and not h.is_contiguous(
+        memory_format=({torch.channels_last, torch.contiguous_format} - {grouped_format}).pop())
+    assert torch.equal(h[:, 4:8], x[1]) and torch.equal(h[:, :4], x[0])
 
 
 @pytest.mark.parametrize(("algorithm", "hparams", "train"), [
@@ -70,7 +107,8 @@ def test_float32_batch_norm_round_equals_sequential(algorithm, hparams, train):
     ("resnet20", "none", "fedavg"),
     ("resnet20", "crop_flip", "fedsam"),
 ], ids=["small-crop_flip", "resnet20", "resnet20-fedsam-crop_flip"])
-def test_float64_batch_norm_round_equals_sequential_to_float64_rounding(name, augment, algorithm, float64_default):
+def test_float64_batch_norm_round_equals_sequential_to_float64_rounding(name, augment, algorithm, grouped_format,
+                                                                       float64_default):
     # Prepare: in float64, since resnet20's float32 round is chaotic: at lr 0.05 with momentum each path's float32
     # client models depart from its float64 ones by 4-7e-6, so a float32 bound would be 1e-4 (module docstring of
     # fedscape.fl.vectorized)
@@ -142,7 +180,9 @@ def test_a_round_whose_padding_entered_the_statistics_differs(monkeypatch, float
 
 @pytest.mark.parametrize("lengths", [(5, 3, 1), (2, 5, 4), (5, 0, 3)], ids=["decreasing", "mixed", "empty-client"])
 @pytest.mark.parametrize("momentum", [0.1, 0.5])
-def test_stacked_batch_norm_equals_each_clients_batch_norm_on_its_real_rows(lengths, momentum, float64_default):
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_stacked_batch_norm_equals_each_clients_batch_norm_on_its_real_rows(lengths, momentum, layout,
+                                                                            float64_default):
     # Prepare: 3 clients of 4 channels with their own affine parameters and running statistics; padded rows far
     # off (mean 5, scale 3) so that statistics taking them in could not pass
     k, b, c = 3, 5, 4
@@ -160,7 +200,7 @@ def test_stacked_batch_norm_equals_each_clients_batch_norm_on_its_real_rows(leng
     weights = torch.randn(k, b, c, 3, 3, generator=g) * mask.view(k, b, 1, 1, 1)  # a loss on the real rows only
 
     # Execute
-    grouped = own.transpose(0, 1).reshape(b, k * c, 3, 3)
+    grouped = own.transpose(0, 1).reshape(b, k * c, 3, 3).contiguous(memory_format=LAYOUTS[layout])
     got = stacked_batch_norm(grouped, k, stacked_w, stacked_b, 1e-5, momentum, mask, running_mean, running_var)
     got = got.view(b, k, c, 3, 3).transpose(0, 1)
     (got * weights).sum().backward()
@@ -189,19 +229,23 @@ def test_stacked_batch_norm_equals_each_clients_batch_norm_on_its_real_rows(leng
 
 
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
-def test_masked_batch_norm_gradients_match_finite_differences(affine, float64_default):
+@pytest.mark.parametrize("channel_dim", [3, 1], ids=["channels_last", "channels_first"])
+def test_masked_batch_norm_gradients_match_finite_differences(affine, channel_dim, float64_default):
     # Prepare: 2 clients of 3 channels, the second with 2 padded rows, and a loss on every row (padded ones too), so
-    # that the backward's padded-row gradient is checked as well as the real rows'
+    # that the backward's padded-row gradient is checked as well as the real rows'; h [B, H, W, K*C] or [B, K*C, H*W]
     k, b, c = 2, 4, 3
     g = torch.Generator().manual_seed(2)
     mask = torch.tensor([[1.0, 1, 1, 1], [1, 1, 0, 0]])
-    h = torch.randn(b, 2, 2, k * c, generator=g).requires_grad_(True)
+    shape = (b, 2, 2, k * c) if channel_dim == 3 else (b, k * c, 4)
+    h = torch.randn(*shape, generator=g).requires_grad_(True)
     rows, count, _, _ = masked_counts(mask, c, 4, 0.1, torch.float64)
+    rows = rows if channel_dim == 3 else rows.view(b, k * c, 1)
     weight = (torch.rand(k * c, generator=g) + 0.5).requires_grad_(True) if affine else None
     bias = torch.randn(k * c, generator=g).requires_grad_(True) if affine else None
 
     # Execute and Assert: the hand-written backward against central differences of the forward
-    assert torch.autograd.gradcheck(lambda *a: MaskedBatchNorm.apply(*a)[0], (h, rows, count, weight, bias, 1e-5))
+    assert torch.autograd.gradcheck(lambda *a: MaskedBatchNorm.apply(*a, channel_dim)[0],
+                                    (h, rows, count, weight, bias, 1e-5))
 
 
 def test_a_forwards_counts_are_computed_once_per_layer_shape(monkeypatch, float64_default):
@@ -250,7 +294,7 @@ def test_without_a_mask_the_stacked_batch_norm_is_torchs_over_the_grouped_channe
 @pytest.mark.parametrize(("name", "norm"), [("resnet20", "batch"), ("resnet20", "group"), ("resnet20", "none"),
                                           ("resnet56_bottleneck", "batch"), ("resnet56_bottleneck", "group"),
                                           ("resnet18", "group"), ("resnet18", "batch")])
-def test_resnet_forward_stacked_equals_each_clients_forward(name, norm, float64_default):
+def test_resnet_forward_stacked_equals_each_clients_forward(name, norm, grouped_format, float64_default):
     # Prepare: 3 clients with their own parameters and running statistics, in training mode. ResNet18's last stage
     # sees 16x16 images at 2x2 (at 8x8 it is 1x1, and a batch norm over 2 rows x 1 value is so ill-conditioned that
     # the stem's gradients move by 1e-7 of their size in float64 with the order of the sums)

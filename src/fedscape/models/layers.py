@@ -132,14 +132,23 @@ def sliced_linear_in(linear: nn.Linear, x: Tensor) -> Tensor:
     return F.linear(x, linear.weight[:, : x.shape[1]], linear.bias)
 
 
-def grouped_layout(x: Tensor) -> Tensor:
-    """Stacked batches [K, B, C, H, W] -> [B, K*C, H, W] channels-last: client k's channels are group k.
+def grouped_memory_format(device: torch.device) -> torch.memory_format:
+    """The memory order of the grouped layout on ``device``: channels-last on a CPU, where oneDNN's grouped
+    convolutions and max pooling are several times faster in it; channels-first (contiguous) on a GPU, where cuDNN
+    runs fp32 grouped convolutions channels-last group by group through slicing and transposing kernels, 1.5x
+    slower over resnet20's convolutions of 50 clients x 16 images on an H200 (benchmarks/README.md)."""
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
-    oneDNN's grouped convolutions and max pooling are several times faster channels-last on a CPU;
-    cuDNN handles both layouts.
-    """
+
+def grouped_contiguous(h: Tensor) -> Tensor:
+    """h [B, K*C, H, W] in the grouped layout's memory order on its device (`grouped_memory_format`)."""
+    return h.contiguous(memory_format=grouped_memory_format(h.device))
+
+
+def grouped_layout(x: Tensor) -> Tensor:
+    """Stacked batches [K, B, C, H, W] -> [B, K*C, H, W]: client k's channels are group k."""
     k, b = x.shape[:2]
-    return x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:]).contiguous(memory_format=torch.channels_last)
+    return grouped_contiguous(x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:]))
 
 
 def ungrouped_flat(h: Tensor, k: int) -> Tensor:
@@ -213,7 +222,7 @@ def stacked_conv(conv: nn.Conv2d, params: Mapping[str, Tensor], name: str, h: Te
 def masked_counts(mask: Tensor, c: int, spatial: int, momentum: float, dtype: torch.dtype,
                   cache: dict | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """What a mask [K, B] gives a batch norm of C channels per client over ``spatial`` positions, in grouped
-    channels-last layout: rows [B, 1, 1, K*C] (1 where the row is a real sample of the channel's client), the values
+    layout: rows [B, 1, 1, K*C] (1 where the row is a real sample of the channel's client), the values
     per channel n clamped to at least 1 [K*C], the running statistics' step weight (momentum where n > 0, else 0: a
     client without real rows keeps its statistics) and the unbiased variance's factor n / (n - 1). ``cache``: the same
     mask's results by shape, so that a forward computes them once per layer shape rather than once per layer."""
@@ -232,32 +241,37 @@ def masked_counts(mask: Tensor, c: int, spatial: int, momentum: float, dtype: to
 
 
 class MaskedBatchNorm(torch.autograd.Function):
-    """Training-mode batch norm over the real rows only, of channels-last h [B, H, W, K*C]: forward and backward in
-    a few whole-tensor ops (the autograd graph of the same formula took about 30 more kernel launches per layer,
-    which bounded a vectorised step on a GPU; benchmarks/README.md).
+    """Training-mode batch norm over the real rows only, of h [B, H, W, K*C] (channels last, ``channel_dim`` 3) or
+    [B, K*C, H*W] (channels first, ``channel_dim`` 1): forward and backward in a few whole-tensor ops over h's own
+    memory order (the autograd graph of the same formula took about 30 more kernel launches per layer, which bounded a
+    vectorised step on a GPU; benchmarks/README.md).
 
-    Forward: mean and biased variance of each channel over its real rows (``rows`` [B, 1, 1, K*C], ``count`` their
-    values per channel), out = (h - mean) * rsqrt(var + eps) * weight + bias on every row. Backward, with s = weight *
-    rsqrt(var + eps), c = h - mean, g = the output's gradient: dh = s (g - rows (sum(g) / n + c rsqrt(var + eps)^2
-    sum(g c) / n)), dweight = sum(g c) rsqrt(var + eps), dbias = sum(g), torch's batch-norm backward restricted to the
-    real rows (a padded row's output depends on its own input only: its gradient is s g, zero where the loss masks
-    it). Also returns the mean and biased variance, without gradient, for the running statistics. Training needs first
-    derivatives only, and only training's stacked forward uses it: its backward is not itself differentiable (the
-    Hessian and sharpness code differentiate twice through models' own forward passes, never this Function).
+    Forward: mean and biased variance of each channel over its real rows (``rows``, broadcast against h: 1 on a real
+    sample's values, 0 on a padded one's; ``count`` their values per channel), out = (h - mean) * rsqrt(var + eps) *
+    weight + bias on every row. Backward, with s = weight * rsqrt(var + eps), c = h - mean, g = the output's gradient:
+    dh = s (g - rows (sum(g) / n + c rsqrt(var + eps)^2 sum(g c) / n)), dweight = sum(g c) rsqrt(var + eps), dbias =
+    sum(g), torch's batch-norm backward restricted to the real rows (a padded row's output depends on its own input
+    only: its gradient is s g, zero where the loss masks it). Also returns the mean and biased variance [K*C], without
+    gradient, for the running statistics. Training needs first derivatives only, and only training's stacked forward
+    uses it: its backward is not itself differentiable (the Hessian and sharpness code differentiate twice through
+    models' own forward passes, never this Function).
     """
 
     @staticmethod
     def forward(ctx, h: Tensor, rows: Tensor, count: Tensor, weight: Tensor | None, bias: Tensor | None,
-                eps: float) -> tuple[Tensor, Tensor, Tensor]:
-        mean = (h * rows).sum((0, 1, 2)) / count
-        centered = h - mean
+                eps: float, channel_dim: int) -> tuple[Tensor, Tensor, Tensor]:
+        dims = tuple(d for d in range(h.dim()) if d != channel_dim)
+        per_channel = (-1,) + (1,) * (h.dim() - 1 - channel_dim)  # a [K*C] vector broadcast along h's channels
+        mean = (h * rows).sum(dims) / count
+        centered = h - mean.view(per_channel)
         # (c * rows)^2 is c^2 on a real row and 0 on a padded one, exactly (rows are 0 or 1)
-        var = (centered * rows).square_().sum((0, 1, 2)) / count
+        var = (centered * rows).square_().sum(dims) / count
         invstd = torch.rsqrt(var + eps)
-        scale = invstd if weight is None else invstd * weight
-        out = centered * scale if bias is None else torch.addcmul(bias, centered, scale)
+        scale = (invstd if weight is None else invstd * weight).view(per_channel)
+        out = centered * scale if bias is None else torch.addcmul(bias.view(per_channel), centered, scale)
         ctx.save_for_backward(centered, rows, count, invstd, scale)
         ctx.affine = (weight is not None, bias is not None)
+        ctx.layout = (dims, per_channel)
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
 
@@ -265,14 +279,16 @@ class MaskedBatchNorm(torch.autograd.Function):
     def backward(ctx, grad: Tensor, _mean: Tensor, _var: Tensor) -> tuple:
         centered, rows, count, invstd, scale = ctx.saved_tensors
         has_weight, has_bias = ctx.affine
-        dbias = grad.sum((0, 1, 2))
-        dot = (grad * centered).sum((0, 1, 2))
+        dims, per_channel = ctx.layout
+        dbias = grad.sum(dims)
+        dot = (grad * centered).sum(dims)
         dh = None
         if ctx.needs_input_grad[0]:
-            inner = torch.addcmul(dbias / count, centered, invstd.square() * dot / count)
+            inner = torch.addcmul((dbias / count).view(per_channel), centered,
+                                  (invstd.square() * dot / count).view(per_channel))
             dh = torch.addcmul(grad, inner, rows, value=-1).mul_(scale)
         dweight = dot * invstd if has_weight and ctx.needs_input_grad[3] else None
-        return dh, None, None, dweight, dbias if has_bias and ctx.needs_input_grad[4] else None, None
+        return dh, None, None, dweight, dbias if has_bias and ctx.needs_input_grad[4] else None, None, None
 
 
 def stacked_batch_norm(h: Tensor, k: int, weight: Tensor | None, bias: Tensor | None, eps: float, momentum: float,
@@ -292,17 +308,25 @@ def stacked_batch_norm(h: Tensor, k: int, weight: Tensor | None, bias: Tensor | 
     if mask is None:
         return F.batch_norm(h, None if running_mean is None else running_mean.view(-1),
                             None if running_var is None else running_var.view(-1), flat_w, flat_b, True, momentum, eps)
-    _, kc, height, width = h.shape
-    # Channels last, [B, H, W, K*C]: the grouped layout's memory order, so that every op runs over contiguous memory
-    # with the channel axis innermost. Statistics in at least float32, as autocast runs torch's batch norm.
-    hl = h.permute(0, 2, 3, 1).to(torch.promote_types(h.dtype, torch.float32))
-    rows, count, step, unbiased = masked_counts(mask, kc // k, height * width, momentum, hl.dtype, counts)
-    out, mean, var = MaskedBatchNorm.apply(hl, rows, count, flat_w, flat_b, eps)
+    b, kc, height, width = h.shape
+    # Statistics in at least float32, as autocast runs torch's batch norm.
+    dtype = torch.promote_types(h.dtype, torch.float32)
+    rows, count, step, unbiased = masked_counts(mask, kc // k, height * width, momentum, dtype, counts)
+    # In the grouped layout's memory order (`grouped_memory_format`), so that every op runs over contiguous memory:
+    # channels last [B, H, W, K*C], or channels first [B, K*C, H*W].
+    channels_last = h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous()
+    if channels_last:
+        out, mean, var = MaskedBatchNorm.apply(h.permute(0, 2, 3, 1).to(dtype), rows, count, flat_w, flat_b, eps, 3)
+        out = out.permute(0, 3, 1, 2)
+    else:
+        out, mean, var = MaskedBatchNorm.apply(h.contiguous().view(b, kc, -1).to(dtype), rows.view(b, kc, 1), count,
+                                               flat_w, flat_b, eps, 1)
+        out = out.view(b, kc, height, width)
     if running_mean is not None and running_var is not None:
         with torch.no_grad():  # (1 - m) r + m x, as torch's batch norm moves them; r itself where m is 0
             running_mean.view(-1).lerp_(mean, step)
             running_var.view(-1).lerp_(var * unbiased, step)
-    return out.permute(0, 3, 1, 2)
+    return out
 
 
 def stacked_norm(norm: nn.Module, params: Mapping[str, Tensor], name: str, h: Tensor, k: int,

@@ -16,6 +16,7 @@ from fedscape.models.layers import (
     ImageClassifier,
     NormFactory,
     StackedNorm,
+    grouped_contiguous,
     grouped_layout,
     norm_factory,
     sliced_conv,
@@ -65,7 +66,7 @@ class ZeroPadShortcut(nn.Module):
         h = h[:, :, :: self.stride, :: self.stride].unflatten(1, (k, -1))  # [B, K, C, H, W]
         front = self.extra_channels // 2
         h = F.pad(h, (0, 0, 0, 0, front, self.extra_channels - front))
-        return h.flatten(1, 2).contiguous(memory_format=torch.channels_last)
+        return grouped_contiguous(h.flatten(1, 2))
 
 
 class ResidualBlock(nn.Module):

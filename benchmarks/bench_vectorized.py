@@ -15,6 +15,8 @@ measure of the work done than wall time (with one thread; more threads spin whil
     python benchmarks/bench_vectorized.py --model resnet20 --norm batch --clients 10 16   # batch norm per client
     python benchmarks/bench_vectorized.py --model resnet20 --norm group --clients 10 16
     python benchmarks/bench_vectorized.py --model mlp --vmap --clients 10 50      # digits, under vmap
+    python benchmarks/bench_vectorized.py --device cuda --model resnet20 --norm batch --clients 50 \
+        --layout channels_last channels_first        # the grouped layout's memory orders side by side
 
 The 32x32 models (convnet, resnet20 with batch or group norm, through their own `forward_stacked`) train on seeded
 synthetic CIFAR-shaped data (N(0, 1) images, uniform labels, `--samples-per-client` each), since CIFAR itself
@@ -39,11 +41,14 @@ from fedscape.fl.sequential import local_train
 from fedscape.fl.settings import CAPTURE_MODES, TrainConfig, sample_clients
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.vectorized import VectorizedTrainer, vectorization_blocker
+from fedscape.models import layers
 from fedscape.models.device import precision_used, use_precision
 from fedscape.models.params import FlatParams, flatten_buffers
 from fedscape.models.registry import build_model
 from fedscape.models.specs import DEFAULT_PRECISION, PRECISIONS
 
+# The grouped layout's memory orders (`fedscape.models.layers.grouped_memory_format`; auto: the device's own).
+LAYOUTS = {"auto": None, "channels_last": torch.channels_last, "channels_first": torch.contiguous_format}
 # The models the benchmark knows: (in_channels, image size) of their data; digits for 8x8 ones, else CIFAR-shaped.
 SHAPES = {"cnn_small": (1, 8), "mlp": (1, 8), "convnet": (3, 32), "resnet20": (3, 32)}
 
@@ -146,6 +151,8 @@ def main() -> None:
                         help="functional_call under vmap even where the model has a forward_stacked")
     parser.add_argument("--capture", default="auto", choices=CAPTURE_MODES,
                         help="training.capture of the vectorised rounds (CUDA: recurring stacked steps from graphs)")
+    parser.add_argument("--layout", nargs="+", default=["auto"], choices=sorted(LAYOUTS),
+                        help="the vectorised steps' grouped memory order(s), each timed in its own row")
     parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
                         help="fp32 (TF32 off), tf32 (CUDA) or bf16 autocast: training.precision")
     parser.add_argument("--model", default="cnn_small", choices=sorted(SHAPES))
@@ -164,17 +171,22 @@ def main() -> None:
           f"{args.local_epochs} local epochs, batch {args.batch_size}, chunk {args.chunk_size}, {name}, "
           f"precision {precision_used(args.precision, device)}, capture {args.capture}, "
           f"median of {args.repeats} rounds after {args.warmup} untimed, {torch_line()}")
-    print("| clients | samples/client | sequential s/round | vectorized s/round | speedup | CPU s seq / vec | "
+    print("| layout | clients | samples/client | sequential s/round | vectorized s/round | speedup | CPU s seq / vec | "
           "CPU ratio | max abs diff | replayed steps |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
-    for m in args.clients:
-        row = bench(m, args, device)
-        rows.append(row)
-        print(f"| {m} | {row['samples_min']}-{row['samples_max']} | {row['sequential_s']:.3f} | "
-              f"{row['vectorized_s']:.3f} | {row['speedup']:.1f}x | {row['sequential_cpu_s']:.2f} / "
-              f"{row['vectorized_cpu_s']:.2f} | {row['cpu_ratio']:.1f}x | {row['max_abs_diff']:.1e} | "
-              f"{row['replayed_steps']} |", flush=True)
+    default_format = layers.grouped_memory_format
+    for layout in args.layout:
+        fmt = LAYOUTS[layout]
+        layers.grouped_memory_format = default_format if fmt is None else (lambda device, fmt=fmt: fmt)
+        for m in args.clients:
+            row = {"layout": layout, **bench(m, args, device)}
+            rows.append(row)
+            print(f"| {layout} | {m} | {row['samples_min']}-{row['samples_max']} | {row['sequential_s']:.3f} | "
+                  f"{row['vectorized_s']:.3f} | {row['speedup']:.1f}x | {row['sequential_cpu_s']:.2f} / "
+                  f"{row['vectorized_cpu_s']:.2f} | {row['cpu_ratio']:.1f}x | {row['max_abs_diff']:.1e} | "
+                  f"{row['replayed_steps']} |", flush=True)
+    layers.grouped_memory_format = default_format
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": name, "precision": precision_used(args.precision, device), "args": vars(args),

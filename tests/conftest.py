@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.vectorized import GROUPED_LAYOUTS
 from helpers.workflow import TINY_CONFIG, copy_workflow, snakemake
 
 from fedscape.core import manifest
@@ -40,6 +41,15 @@ def float64_default():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
+
+
+@pytest.fixture(params=sorted(GROUPED_LAYOUTS))
+def grouped_format(request, monkeypatch):
+    """Each memory order of vectorised training's grouped layout, on this CPU: channels last (a CPU's) and channels
+    first (a GPU's; `fedscape.models.layers.grouped_memory_format`)."""
+    fmt = GROUPED_LAYOUTS[request.param]
+    monkeypatch.setattr("fedscape.models.layers.grouped_memory_format", lambda device: fmt)
+    return fmt
 
 
 @pytest.fixture

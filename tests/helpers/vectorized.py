@@ -18,6 +18,9 @@ from fedscape.fl.vectorized import VectorizedTrainer
 from fedscape.models.params import FlatParams, flatten_buffers
 from fedscape.models.registry import build_model
 
+# The grouped layout's memory orders (`fedscape.models.layers.grouped_memory_format`): a CPU's and a GPU's.
+GROUPED_LAYOUTS = {"channels_last": torch.channels_last, "channels_first": torch.contiguous_format}
+
 
 def model_of(name: str = "cnn_small", seed: int = 0, **options) -> nn.Module:
     """A seeded digits-shaped model (8x8, one channel, 10 classes)."""

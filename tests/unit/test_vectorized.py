@@ -331,7 +331,7 @@ def stacked_params(model: nn.Module, k: int, seed: int = 0) -> dict[str, torch.T
 
 @pytest.mark.parametrize(("name", "in_channels", "size"), [("cnn_small", 1, 8), ("cnn_small", 3, 12),
                                                             ("convnet", 3, 32), ("lenet5", 3, 32)])
-def test_forward_stacked_equals_vmapped_functional_call(name, in_channels, size, float64_default):
+def test_forward_stacked_equals_vmapped_functional_call(name, in_channels, size, grouped_format, float64_default):
     # Prepare: 3 clients with different parameters and different batches, in float64: the two forwards sum in other
     # orders, and in float32 convnet's 6 conv layers put their logits 1.2e-3 apart on AVX2 kernels (rtol 1e-4), and
     # a rounding-level near-tie can move a max pool's argmax

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from helpers import vectorized
 from helpers.synthetic import shard_data
-from helpers.vectorized import both_rounds, model_of
+from helpers.vectorized import GROUPED_LAYOUTS, both_rounds, model_of
 from torch import nn
 
 from fedscape.fl import vectorized as vectorized_mod
@@ -34,17 +34,6 @@ TOL = 1e-5
 TOL64 = 1e-10  # float64: the two paths differ by the order of float64 operations only (~1e-15 seen)
 SIZES = [21, 9, 5, 14]  # batch 4: last batches of 1, 1, 1 and 2 samples, so padded steps, and 6, 3, 2, 4 steps
 
-
-
-LAYOUTS = {"channels_last": torch.channels_last, "channels_first": torch.contiguous_format}
-
-
-@pytest.fixture(params=sorted(LAYOUTS))
-def grouped_format(request, monkeypatch):
-    """Each grouped memory order on this CPU: channels last (a CPU's) and channels first (a GPU's)."""
-    fmt = LAYOUTS[request.param]
-    monkeypatch.setattr("fedscape.models.layers.grouped_memory_format", lambda device: fmt)
-    return fmt
 
 
 def small_resnet(seed: int = 0) -> ResNet:
@@ -180,7 +169,7 @@ def test_a_round_whose_padding_entered_the_statistics_differs(monkeypatch, float
 
 @pytest.mark.parametrize("lengths", [(5, 3, 1), (2, 5, 4), (5, 0, 3)], ids=["decreasing", "mixed", "empty-client"])
 @pytest.mark.parametrize("momentum", [0.1, 0.5])
-@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("layout", sorted(GROUPED_LAYOUTS))
 def test_stacked_batch_norm_equals_each_clients_batch_norm_on_its_real_rows(lengths, momentum, layout,
                                                                             float64_default):
     # Prepare: 3 clients of 4 channels with their own affine parameters and running statistics; padded rows far
@@ -200,7 +189,7 @@ def test_stacked_batch_norm_equals_each_clients_batch_norm_on_its_real_rows(leng
     weights = torch.randn(k, b, c, 3, 3, generator=g) * mask.view(k, b, 1, 1, 1)  # a loss on the real rows only
 
     # Execute
-    grouped = own.transpose(0, 1).reshape(b, k * c, 3, 3).contiguous(memory_format=LAYOUTS[layout])
+    grouped = own.transpose(0, 1).reshape(b, k * c, 3, 3).contiguous(memory_format=GROUPED_LAYOUTS[layout])
     got = stacked_batch_norm(grouped, k, stacked_w, stacked_b, 1e-5, momentum, mask, running_mean, running_var)
     got = got.view(b, k, c, 3, 3).transpose(0, 1)
     (got * weights).sum().backward()

@@ -218,17 +218,16 @@ def test_stacked_batch_norm_equals_each_clients_batch_norm_on_its_real_rows(leng
 
 
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
-@pytest.mark.parametrize("channel_dim", [3, 1], ids=["channels_last", "channels_first"])
+@pytest.mark.parametrize("channel_dim", [2, 1], ids=["channels_last", "channels_first"])
 def test_masked_batch_norm_gradients_match_finite_differences(affine, channel_dim, float64_default):
     # Prepare: 2 clients of 3 channels, the second with 2 padded rows, and a loss on every row (padded ones too), so
-    # that the backward's padded-row gradient is checked as well as the real rows'; h [B, H, W, K*C] or [B, K*C, H*W]
+    # that the backward's padded-row gradient is checked as well as the real rows'; h [B, S, K*C] or [B, K*C, S]
     k, b, c = 2, 4, 3
     g = torch.Generator().manual_seed(2)
     mask = torch.tensor([[1.0, 1, 1, 1], [1, 1, 0, 0]])
-    shape = (b, 2, 2, k * c) if channel_dim == 3 else (b, k * c, 4)
+    shape = (b, 4, k * c) if channel_dim == 2 else (b, k * c, 4)
     h = torch.randn(*shape, generator=g).requires_grad_(True)
     rows, count, _, _ = masked_counts(mask, c, 4, 0.1, torch.float64)
-    rows = rows if channel_dim == 3 else rows.view(b, k * c, 1)
     weight = (torch.rand(k * c, generator=g) + 0.5).requires_grad_(True) if affine else None
     bias = torch.randn(k * c, generator=g).requires_grad_(True) if affine else None
 

@@ -221,17 +221,16 @@ def stacked_conv(conv: nn.Conv2d, params: Mapping[str, Tensor], name: str, h: Te
 
 def masked_counts(mask: Tensor, c: int, spatial: int, momentum: float, dtype: torch.dtype,
                   cache: dict | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """What a mask [K, B] gives a batch norm of C channels per client over ``spatial`` positions, in grouped
-    layout: rows [B, 1, 1, K*C] (1 where the row is a real sample of the channel's client), the values
-    per channel n clamped to at least 1 [K*C], the running statistics' step weight (momentum where n > 0, else 0: a
-    client without real rows keeps its statistics) and the unbiased variance's factor n / (n - 1). ``cache``: the same
-    mask's results by shape, so that a forward computes them once per layer shape rather than once per layer."""
+    """What a mask [K, B] gives a batch norm of C channels per client over ``spatial`` positions, in grouped layout:
+    rows [B, K*C] (1 where the row is a real sample of the channel's client), the values per channel n clamped to at
+    least 1 [K*C], the running statistics' step weight (momentum where n > 0, else 0: a client without real rows keeps
+    its statistics) and the unbiased variance's factor n / (n - 1). ``cache``: the same mask's results by shape, so
+    that a forward computes them once per layer shape rather than once per layer."""
     key = (c, spatial, momentum, dtype)
     if cache is not None and key in cache:
         return cache[key]
-    k, b = mask.shape
     real = mask.to(dtype)
-    rows = real.t().repeat_interleave(c, dim=1).view(b, 1, 1, k * c)
+    rows = real.t().repeat_interleave(c, dim=1)
     n = (real.sum(1) * spatial).repeat_interleave(c)
     step = torch.where(n > 0, momentum, 0.0).to(dtype)
     out = (rows, n.clamp_min(1), step, n / (n - 1).clamp_min(1))
@@ -241,37 +240,46 @@ def masked_counts(mask: Tensor, c: int, spatial: int, momentum: float, dtype: to
 
 
 class MaskedBatchNorm(torch.autograd.Function):
-    """Training-mode batch norm over the real rows only, of h [B, H, W, K*C] (channels last, ``channel_dim`` 3) or
-    [B, K*C, H*W] (channels first, ``channel_dim`` 1): forward and backward in a few whole-tensor ops over h's own
-    memory order (the autograd graph of the same formula took about 30 more kernel launches per layer, which bounded a
-    vectorised step on a GPU; benchmarks/README.md).
+    """Training-mode batch norm over the real rows only, of h [B, S, K*C] (channels last, ``channel_dim`` 2) or
+    [B, K*C, S] (channels first, ``channel_dim`` 1) over S spatial positions, in h's own memory order: forward and
+    backward in a few whole-tensor passes (the autograd graph of the same formula took about 30 more kernel launches
+    per layer, which bounded a vectorised step on a GPU; benchmarks/README.md).
 
-    Forward: mean and biased variance of each channel over its real rows (``rows``, broadcast against h: 1 on a real
-    sample's values, 0 on a padded one's; ``count`` their values per channel), out = (h - mean) * rsqrt(var + eps) *
-    weight + bias on every row. Backward, with s = weight * rsqrt(var + eps), c = h - mean, g = the output's gradient:
-    dh = s (g - rows (sum(g) / n + c rsqrt(var + eps)^2 sum(g c) / n)), dweight = sum(g c) rsqrt(var + eps), dbias =
-    sum(g), torch's batch-norm backward restricted to the real rows (a padded row's output depends on its own input
-    only: its gradient is s g, zero where the loss masks it). Also returns the mean and biased variance [K*C], without
-    gradient, for the running statistics. Training needs first derivatives only, and only training's stacked forward
-    uses it: its backward is not itself differentiable (the Hessian and sharpness code differentiate twice through
-    models' own forward passes, never this Function).
+    ``rows`` [B, K*C] is 1 where row b is a real sample of the channel's client, 0 where it is padding, and ``count``
+    the real values per channel. The sums run over the positions of each row first, then over the rows weighted by
+    ``rows``, so that no full-size masked copy of h is made. Forward: mean and biased variance of each channel over its
+    real rows, out = (h - mean) * rsqrt(var + eps) * weight + bias on every row. Backward, with s = weight *
+    rsqrt(var + eps), c = h - mean, g = the output's gradient: dh = s (g - rows (sum(g) / n + c rsqrt(var + eps)^2
+    sum(g c) / n)), dweight = sum(g c) rsqrt(var + eps), dbias = sum(g), the sums over every row: torch's
+    batch-norm backward with the statistics of the real rows (a padded row's output depends on its own input only: its
+    gradient is s g, zero where the loss masks it). Also returns the mean and biased variance [K*C], without gradient, for the running
+    statistics. Training needs first derivatives only, and only training's stacked forward uses it: its backward is
+    not itself differentiable (the Hessian and sharpness code differentiate twice through models' own forward passes,
+    never this Function).
     """
 
     @staticmethod
     def forward(ctx, h: Tensor, rows: Tensor, count: Tensor, weight: Tensor | None, bias: Tensor | None,
                 eps: float, channel_dim: int) -> tuple[Tensor, Tensor, Tensor]:
-        dims = tuple(d for d in range(h.dim()) if d != channel_dim)
-        per_channel = (-1,) + (1,) * (h.dim() - 1 - channel_dim)  # a [K*C] vector broadcast along h's channels
-        mean = (h * rows).sum(dims) / count
-        centered = h - mean.view(per_channel)
-        # (c * rows)^2 is c^2 on a real row and 0 on a padded one, exactly (rows are 0 or 1)
-        var = (centered * rows).square_().sum(dims) / count
+        spatial = 3 - channel_dim
+
+        def per_channel(v: Tensor) -> Tensor:  # [K*C] -> broadcast along h's channel axis
+            return v.unsqueeze(0).unsqueeze(spatial)
+
+        def real_sum(per_row: Tensor) -> Tensor:  # [B, K*C] -> the sum over each channel's real rows [K*C]
+            return (per_row * rows).sum(0)
+
+        mean = real_sum(h.sum(spatial)) / count
+        centered = h - per_channel(mean)
+        # |c|^2 per row in one reduction (no full-size square written)
+        var = real_sum(torch.linalg.vector_norm(centered, dim=spatial).square()) / count
         invstd = torch.rsqrt(var + eps)
-        scale = (invstd if weight is None else invstd * weight).view(per_channel)
-        out = centered * scale if bias is None else torch.addcmul(bias.view(per_channel), centered, scale)
+        scale = invstd if weight is None else invstd * weight
+        out = (centered * per_channel(scale) if bias is None
+               else torch.addcmul(per_channel(bias), centered, per_channel(scale)))
         ctx.save_for_backward(centered, rows, count, invstd, scale)
         ctx.affine = (weight is not None, bias is not None)
-        ctx.layout = (dims, per_channel)
+        ctx.spatial = spatial
         ctx.mark_non_differentiable(mean, var)
         return out, mean, var
 
@@ -279,14 +287,17 @@ class MaskedBatchNorm(torch.autograd.Function):
     def backward(ctx, grad: Tensor, _mean: Tensor, _var: Tensor) -> tuple:
         centered, rows, count, invstd, scale = ctx.saved_tensors
         has_weight, has_bias = ctx.affine
-        dims, per_channel = ctx.layout
-        dbias = grad.sum(dims)
-        dot = (grad * centered).sum(dims)
+        spatial = ctx.spatial
+        # Over every row: each output row, padded ones too, depends on the real rows through the statistics
+        dbias = grad.sum((0, spatial))
+        dot = (grad * centered).sum((0, spatial))
         dh = None
         if ctx.needs_input_grad[0]:
-            inner = torch.addcmul((dbias / count).view(per_channel), centered,
-                                  (invstd.square() * dot / count).view(per_channel))
-            dh = torch.addcmul(grad, inner, rows, value=-1).mul_(scale)
+            # s g - s rows sum(g) / n - (s rows rsqrt(var + eps)^2 sum(g c) / n) c, the coefficients per row [B, K*C]
+            shift = (rows * (scale * dbias / count)).unsqueeze(spatial)
+            slope = (rows * (scale * invstd.square() * dot / count)).unsqueeze(spatial)
+            dh = torch.addcmul(shift.neg(), grad, scale.unsqueeze(0).unsqueeze(spatial)).addcmul_(slope, centered,
+                                                                                               value=-1)
         dweight = dot * invstd if has_weight and ctx.needs_input_grad[3] else None
         return dh, None, None, dweight, dbias if has_bias and ctx.needs_input_grad[4] else None, None, None
 
@@ -313,14 +324,14 @@ def stacked_batch_norm(h: Tensor, k: int, weight: Tensor | None, bias: Tensor | 
     dtype = torch.promote_types(h.dtype, torch.float32)
     rows, count, step, unbiased = masked_counts(mask, kc // k, height * width, momentum, dtype, counts)
     # In the grouped layout's memory order (`grouped_memory_format`), so that every op runs over contiguous memory:
-    # channels last [B, H, W, K*C], or channels first [B, K*C, H*W].
-    channels_last = h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous()
-    if channels_last:
-        out, mean, var = MaskedBatchNorm.apply(h.permute(0, 2, 3, 1).to(dtype), rows, count, flat_w, flat_b, eps, 3)
-        out = out.permute(0, 3, 1, 2)
+    # channels last [B, H*W, K*C], or channels first [B, K*C, H*W].
+    if h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous():
+        hl = h.permute(0, 2, 3, 1).reshape(b, height * width, kc).to(dtype)
+        out, mean, var = MaskedBatchNorm.apply(hl, rows, count, flat_w, flat_b, eps, 2)
+        out = out.view(b, height, width, kc).permute(0, 3, 1, 2)
     else:
-        out, mean, var = MaskedBatchNorm.apply(h.contiguous().view(b, kc, -1).to(dtype), rows.view(b, kc, 1), count,
-                                               flat_w, flat_b, eps, 1)
+        out, mean, var = MaskedBatchNorm.apply(h.contiguous().view(b, kc, -1).to(dtype), rows, count, flat_w, flat_b,
+                                               eps, 1)
         out = out.view(b, kc, height, width)
     if running_mean is not None and running_var is not None:
         with torch.no_grad():  # (1 - m) r + m x, as torch's batch norm moves them; r itself where m is 0

@@ -1,9 +1,10 @@
 """Every GPU measurement the project still owes, in a few calls of at most 10 minutes each.
 
-A GPU machine is lent now and then, for 30 minutes of device time, and goes back after half a minute idle; its
+A GPU machine is lent now and then, for 15 minutes of device time, and goes back after half a minute idle; its
 `python3` has torch but not Snakemake (`../shared/gpu/setup.sh` adds it). So the checks and benchmarks that need a
 card are listed here once, grouped into parts that each fit one call, and each writes its output to a file of its
-own under `--out` (a part that runs past its time limit keeps what it wrote):
+own under `--out` (a part that runs past its time limit keeps what it wrote; a call brings back at most 8 files, so a
+call's parts write fewer):
 
     source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT tests steps      # one call (CALLS)
     source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT vectorized surface hvp
@@ -36,14 +37,17 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
                               "tests/unit/test_capture_stacked.py"], 240)],
     # The papers' step costs (plain, sequential, captured, vectorised over 50 clients) and their projected hours.
     "steps": [("bench_gpu", [PY, "benchmarks/bench_gpu.py", "--device", "cuda"], 330)],
-    # Vectorised rounds of the batch-norm ResNets against sequential ones (goal >= 10x at M=50).
-    # The Dirichlet shards change step shape too often for a two-round benchmark to capture; iid shards of 64 make
-    # every step one shape, replayed from a CUDA graph (fedscape.fl.capture.StackedStepGraphs).
+    # Vectorised rounds of the batch-norm ResNets against sequential ones (goal >= 10x at M=50). A Dirichlet split's
+    # step shapes recur a few times a round, and are captured once met 8 times over the rounds so far: 9 untimed
+    # rounds time a long run's steady state. iid shards of 64 make every step one shape, replayed from the first
+    # round (fedscape.fl.capture.StackedStepGraphs). Then the forms of a stacked convolution, layer by layer.
     "vectorized": [("vectorized_resnet20_bn", [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model",
-                                               "resnet20", "--norm", "batch", "--clients", "10", "50", "100"], 150),
+                                               "resnet20", "--norm", "batch", "--clients", "50", "--warmup", "9",
+                                               "--repeats", "3"], 90),
                    ("vectorized_resnet20_bn_iid", [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model",
                                                    "resnet20", "--norm", "batch", "--clients", "50", "--alpha", "iid",
-                                                   "--repeats", "3"], 60)],
+                                                   "--repeats", "3"], 60),
+                   ("stacked_conv", [PY, "benchmarks/bench_stacked_conv.py", "--device", "cuda"], 60)],
     # Surface evaluation against a plain eval loop (goal >= 0.9x its images/s in fp32).
     "surface": [("surface_resnet20_bn", [PY, "benchmarks/bench_surface.py", "--model", "resnet20", "--norm", "batch",
                                          "--samples", "8000", "--batch-size", "2048", "--device", "cuda"], 150)],

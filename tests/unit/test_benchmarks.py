@@ -21,19 +21,38 @@ def _run(script: str, *args: str) -> str:
     return proc.stdout
 
 
-@pytest.mark.parametrize("model", [["--model", "cnn_small"], ["--model", "mlp"], ["--model", "convnet"],
-                                   ["--model", "resnet20", "--norm", "group"]])
-def test_bench_vectorized_runs_and_matches_sequential(model):
+@pytest.mark.parametrize(("model", "layouts"), [
+    (["--model", "cnn_small"], ["auto"]),
+    (["--model", "mlp"], ["auto"]),
+    (["--model", "convnet"], ["channels_last", "channels_first"]),  # a CPU's grouped memory order and a GPU's
+    (["--model", "resnet20", "--norm", "group"], ["auto"]),
+])
+def test_bench_vectorized_runs_and_matches_sequential(model, layouts):
     out = _run("bench_vectorized.py", "--threads", "1", "--clients", "2", "--repeats", "1", "--local-epochs", "1",
-               "--samples-per-client", "8", *model)
+               "--samples-per-client", "8", "--layout", *layouts, *model)
 
-    header = [line for line in out.splitlines() if line.startswith("| clients |")]
-    row = [line for line in out.splitlines() if line.startswith("| 2 |")]
-    assert "CPU kernels" in out and "oneDNN ISA" in out and len(row) == 1 and len(header) == 1
-    cells = dict(zip((c.strip() for c in header[0].strip("|").split("|")),
-                     (c.strip() for c in row[0].strip("|").split("|")), strict=True))
-    assert float(cells["max abs diff"]) < 1e-4  # the two modes' new global models agree
-    assert cells["replayed steps"] == "0"  # no CUDA graphs on a CPU
+    header = [line for line in out.splitlines() if line.startswith("| layout |")]
+    rows = [line for line in out.splitlines() if line.startswith(tuple(f"| {layout} | 2 |" for layout in layouts))]
+    assert "CPU kernels" in out and "oneDNN ISA" in out and len(rows) == len(layouts) and len(header) == 1
+    for row in rows:
+        cells = dict(zip((c.strip() for c in header[0].strip("|").split("|")),
+                         (c.strip() for c in row.strip("|").split("|")), strict=True))
+        assert float(cells["max abs diff"]) < 1e-4  # the two modes' new global models agree
+        assert cells["replayed steps"] == "0"  # no CUDA graphs on a CPU
+
+
+def test_bench_stacked_conv_times_every_form_of_every_layer():
+    out = _run("bench_stacked_conv.py", "--device", "cpu", "--clients", "2", "--batch-size", "2", "--repeats", "1",
+               "--threads", "1")
+
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    header, rows = lines[0], lines[1:]
+    forms = [c.strip() for c in header.strip("|").split("|")][2:]
+    assert forms == ["grouped_cl", "grouped_cf", "vmap", "unfold_bmm", "loop"]  # no TF32 on a CPU
+    assert len(rows) == 6 + 1 and rows[-1].startswith("| resnet20's 19")
+    for row in rows[:-1]:
+        cells = [c.strip() for c in row.strip("|").split("|")][2:]
+        assert len(cells) == len(forms) and all(float(c.split(" / ")[0]) > 0 for c in cells)
 
 
 @pytest.mark.parametrize(("script", "args", "needle"), [

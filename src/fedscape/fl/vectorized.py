@@ -6,8 +6,9 @@ stacked along a leading client axis and one step of local SGD is taken for all s
 clients together, with `torch.func.functional_call` under `torch.func.vmap` (batched matmuls and
 grouped convolutions underneath), as in the ensembling recipe of `torch.func`. A model with its own
 `forward_stacked` (cnn_small, convnet, the ResNets) computes the same thing in a layout of its choosing:
-channels-last grouped convolutions, with each ReLU before a max pool moved after it, which is about
-1.4x faster than the vmapped forward on a CPU (cnn_small, convnet).
+grouped convolutions (channels-last on a CPU, channels-first on a GPU: `fedscape.models.layers.grouped_memory_format`),
+with each ReLU before a max pool moved after it, which is about 1.4x faster than the vmapped forward on a CPU
+(cnn_small, convnet).
 
 `client_parallel: auto` vectorises wherever that is exact on CUDA, but on a CPU only models whose own
 `forward_stacked` is not known to be slower there (not the ResNets: resnet20 0.7-0.8x of sequential speed) or
@@ -314,8 +315,8 @@ class VectorizedTrainer:
         self.shapes = [tuple(p.shape) for _, p in model.named_parameters()]
         self.numels = [math.prod(s) for s in self.shapes]
         self.indices_cpu = [ix.cpu() for ix in data.client_indices]
-        # The model's own grouped forward where it has one (cnn_small, convnet: channels-last grouped
-        # convolutions, about 1.4x faster on a CPU), else functional_call under vmap.
+        # The model's own grouped forward where it has one (cnn_small, convnet: grouped convolutions, about 1.4x
+        # faster on a CPU), else functional_call under vmap.
         self.stacked_forward = stacked_forward and has_forward_stacked(model)
         self.batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         reason = buffer_blocker(model, self.stacked_forward)

@@ -252,10 +252,10 @@ class MaskedBatchNorm(torch.autograd.Function):
     rsqrt(var + eps), c = h - mean, g = the output's gradient: dh = s (g - rows (sum(g) / n + c rsqrt(var + eps)^2
     sum(g c) / n)), dweight = sum(g c) rsqrt(var + eps), dbias = sum(g), the sums over every row: torch's
     batch-norm backward with the statistics of the real rows (a padded row's output depends on its own input only: its
-    gradient is s g, zero where the loss masks it). Also returns the mean and biased variance [K*C], without gradient, for the running
-    statistics. Training needs first derivatives only, and only training's stacked forward uses it: its backward is
-    not itself differentiable (the Hessian and sharpness code differentiate twice through models' own forward passes,
-    never this Function).
+    gradient is s g, zero where the loss masks it). Also returns the mean and biased variance [K*C], without gradient,
+    for the running statistics. Training needs first derivatives only, and only training's stacked forward uses it:
+    its backward is not itself differentiable (the Hessian and sharpness code differentiate twice through models' own
+    forward passes, never this Function).
     """
 
     @staticmethod

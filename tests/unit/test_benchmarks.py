@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 import pytest
+import torch
+import torch.nn.functional as F
 from helpers.workflow import ROOT
 
 BENCHMARKS = ROOT / "benchmarks"
@@ -41,15 +43,41 @@ def test_bench_vectorized_runs_and_matches_sequential(model, layouts):
         assert cells["replayed steps"] == "0"  # no CUDA graphs on a CPU
 
 
-def test_bench_stacked_conv_times_every_form_of_every_layer():
-    out = _run("bench_stacked_conv.py", "--device", "cpu", "--clients", "2", "--batch-size", "2", "--repeats", "1",
-               "--threads", "1")
+@pytest.mark.parametrize(("kernel", "stride"), [(3, 1), (3, 2), (1, 1), (1, 2)])
+def test_bench_stacked_conv_forms_compute_each_clients_convolution(kernel, stride, float64_default):
+    # Prepare: 3 clients' batches of 2 images and their own weights
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_stacked_conv as bench
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    k, b, c_in, c_out, size = 3, 2, 4, 5, 6
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(k, b, c_in, size, size, generator=gen)
+    w = torch.randn(k, c_out, c_in, kernel, kernel, generator=gen)
+    expected = torch.stack([F.conv2d(x[i], w[i], None, stride, kernel // 2) for i in range(k)])  # [K, B, C', H', W']
+    out_size = expected.shape[-1]
+
+    # Execute / Assert: every form, its output brought to [K, B, C', H', W']
+    for form, (fn, _) in bench.FORMS.items():
+        got = fn(x, w, stride)
+        if form.startswith("grouped"):  # [B, K*C', H', W']
+            got = got.view(b, k, c_out, out_size, out_size).transpose(0, 1)
+        elif form == "unfold_bmm":  # [K, C', B, H'*W']
+            got = got.view(k, c_out, b, out_size, out_size).transpose(1, 2)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10, msg=form)
+
+
+@pytest.mark.parametrize(("model", "layers", "total"), [("resnet20", 6, 19), ("resnet56_bottleneck", 17, 58)])
+def test_bench_stacked_conv_times_every_form_of_every_layer(model, layers, total):
+    out = _run("bench_stacked_conv.py", "--device", "cpu", "--model", model, "--clients", "2", "--batch-size", "2",
+               "--repeats", "1", "--threads", "1")
 
     lines = [line for line in out.splitlines() if line.startswith("| ")]
     header, rows = lines[0], lines[1:]
     forms = [c.strip() for c in header.strip("|").split("|")][2:]
     assert forms == ["grouped_cl", "grouped_cf", "vmap", "unfold_bmm", "loop"]  # no TF32 on a CPU
-    assert len(rows) == 6 + 1 and rows[-1].startswith("| resnet20's 19")
+    assert len(rows) == layers + 1 and rows[-1].startswith(f"| {model}'s {total}")
     for row in rows[:-1]:
         cells = [c.strip() for c in row.strip("|").split("|")][2:]
         assert len(cells) == len(forms) and all(float(c.split(" / ")[0]) > 0 for c in cells)

@@ -176,17 +176,19 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
     default_format = layers.grouped_memory_format
-    for layout in args.layout:
-        fmt = LAYOUTS[layout]
-        layers.grouped_memory_format = default_format if fmt is None else (lambda device, fmt=fmt: fmt)
-        for m in args.clients:
-            row = {"layout": layout, **bench(m, args, device)}
-            rows.append(row)
-            print(f"| {layout} | {m} | {row['samples_min']}-{row['samples_max']} | {row['sequential_s']:.3f} | "
-                  f"{row['vectorized_s']:.3f} | {row['speedup']:.1f}x | {row['sequential_cpu_s']:.2f} / "
-                  f"{row['vectorized_cpu_s']:.2f} | {row['cpu_ratio']:.1f}x | {row['max_abs_diff']:.1e} | "
-                  f"{row['replayed_steps']} |", flush=True)
-    layers.grouped_memory_format = default_format
+    try:
+        for layout in args.layout:
+            fmt = LAYOUTS[layout]
+            layers.grouped_memory_format = default_format if fmt is None else (lambda device, fmt=fmt: fmt)
+            for m in args.clients:
+                row = {"layout": layout, **bench(m, args, device)}
+                rows.append(row)
+                print(f"| {layout} | {m} | {row['samples_min']}-{row['samples_max']} | {row['sequential_s']:.3f} | "
+                      f"{row['vectorized_s']:.3f} | {row['speedup']:.1f}x | {row['sequential_cpu_s']:.2f} / "
+                      f"{row['vectorized_cpu_s']:.2f} | {row['cpu_ratio']:.1f}x | {row['max_abs_diff']:.1e} | "
+                      f"{row['replayed_steps']} |", flush=True)
+    finally:
+        layers.grouped_memory_format = default_format
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": name, "precision": precision_used(args.precision, device), "args": vars(args),

@@ -139,7 +139,7 @@ class SmallCNN(ImageClassifier):
         return F.relu(self.fc(torch.flatten(x, 1)))
 
     def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
-        """K stacked models: grouped channels-last convolutions, then batched matmuls (vectorised training)."""
+        """K stacked models: grouped convolutions, then batched matmuls (vectorised training)."""
         k = x.shape[0]
         h = stacked_layers(self.features, params, "features.", grouped_layout(x), k)
         h = ungrouped_flat(self.pool(stacked_layers(self.last_block, params, "last_block.", h, k)), k)
@@ -175,7 +175,7 @@ class SmallCNN(ImageClassifier):
 def stacked_convs_then_linears(model: nn.Module, params: Mapping[str, Tensor], x: Tensor,
                                hidden: tuple[str, ...]) -> Tensor:
     """The stacked forward of K copies of a chain `features` (convolutions, ReLU, pooling), flattened, then the
-    hidden Linear layers `hidden` with ReLU and the classifier: grouped channels-last convolutions, then batched
+    hidden Linear layers `hidden` with ReLU and the classifier: grouped convolutions, then batched
     matmuls (vectorised training)."""
     k = x.shape[0]
     h = ungrouped_flat(stacked_layers(model.features, params, "features.", grouped_layout(x), k), k)
@@ -209,7 +209,7 @@ class ConvNet(ImageClassifier):
         return F.relu(self.fc(torch.flatten(self.features(x), 1)))
 
     def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
-        """K stacked models: grouped channels-last convolutions, then batched matmuls (vectorised training)."""
+        """K stacked models: grouped convolutions, then batched matmuls (vectorised training)."""
         return stacked_convs_then_linears(self, params, x, ("fc",))
 
 
@@ -241,7 +241,7 @@ class LeNet5(ImageClassifier):
         return F.relu(self.fc2(F.relu(self.fc1(torch.flatten(self.features(x), 1)))))
 
     def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
-        """K stacked models: grouped channels-last convolutions, then batched matmuls (vectorised training)."""
+        """K stacked models: grouped convolutions, then batched matmuls (vectorised training)."""
         return stacked_convs_then_linears(self, params, x, ("fc1", "fc2"))
 
 

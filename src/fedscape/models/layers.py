@@ -312,7 +312,8 @@ def stacked_batch_norm(h: Tensor, k: int, weight: Tensor | None, bias: Tensor | 
     mean and the unbiased variance (n / (n - 1), n = real rows x H x W), as torch's BatchNorm2d does for one client.
     A client without real rows keeps its running statistics (its step weight is 0; its padded rows finite, as the
     trainer's are: copies of a training sample). Without a mask, torch's own batch norm over the K*C channels is
-    exactly the K clients' batch norms. ``counts``: a cache of `masked_counts` for this mask.
+    exactly the K clients' batch norms. ``counts``: a cache of `masked_counts` for this mask. With a mask the output
+    is in the statistics' dtype (float32 for a bfloat16 h under autocast), as the loss is taken in at least float32.
     """
     flat_w = None if weight is None else weight.flatten()
     flat_b = None if bias is None else bias.flatten()
@@ -330,8 +331,8 @@ def stacked_batch_norm(h: Tensor, k: int, weight: Tensor | None, bias: Tensor | 
         out, mean, var = MaskedBatchNorm.apply(hl, rows, count, flat_w, flat_b, eps, 2)
         out = out.view(b, height, width, kc).permute(0, 3, 1, 2)
     else:
-        out, mean, var = MaskedBatchNorm.apply(h.contiguous().view(b, kc, -1).to(dtype), rows, count, flat_w, flat_b,
-                                               eps, 1)
+        out, mean, var = MaskedBatchNorm.apply(h.to(dtype, memory_format=torch.contiguous_format).view(b, kc, -1),
+                                               rows, count, flat_w, flat_b, eps, 1)
         out = out.view(b, kc, height, width)
     if running_mean is not None and running_var is not None:
         with torch.no_grad():  # (1 - m) r + m x, as torch's batch norm moves them; r itself where m is 0

@@ -291,7 +291,7 @@ class ResNet(ImageClassifier):
         return torch.flatten(self.pool(x), 1)
 
     def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor, norm: StackedNorm | None = None) -> Tensor:
-        """K stacked models in training: grouped channels-last convolutions, each client's group or batch norm
+        """K stacked models in training: grouped convolutions, each client's group or batch norm
         (batch norm over its real rows, updating its running statistics: ``norm``), then batched matmuls."""
         k = x.shape[0]
         h = stacked_conv(self.stem, params, "stem", grouped_layout(x), k)

@@ -25,13 +25,12 @@ layer by its count in the model. Precision fp32 (TF32 off), cuDNN's benchmark mo
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from machine import device_label, torch_line
+from timing import timed
 
 from fedscape.models.device import use_precision
 
@@ -83,23 +82,6 @@ FORMS: dict[str, tuple[Callable, str]] = {
 }
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median milliseconds of fn over `repeats` calls after 3 warm-up calls."""
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    for _ in range(3):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
 def measure(form: str, layer: tuple[int, ...], args: argparse.Namespace, device: torch.device) -> tuple[float, float]:
     """(forward + backward ms, forward ms) of one layer in one form."""
     fn, precision = FORMS[form]
@@ -116,7 +98,8 @@ def measure(form: str, layer: tuple[int, ...], args: argparse.Namespace, device:
             fn(x, w, stride)
 
     with use_precision(precision, device):
-        return timed(train, device, args.repeats), timed(forward, device, args.repeats)
+        return (timed(train, device, args.repeats, warmup=3) * 1e3,
+                timed(forward, device, args.repeats, warmup=3) * 1e3)
 
 
 def main() -> None:

@@ -259,12 +259,17 @@ class MaskedBatchNorm(torch.autograd.Function):
     """
 
     @staticmethod
+    def _per_channel(v: Tensor, spatial: int) -> Tensor:
+        """A [K*C] vector broadcast along h's channel axis (h's positions on axis ``spatial``)."""
+        return v.unsqueeze(0).unsqueeze(spatial)
+
+    @staticmethod
     def forward(ctx, h: Tensor, rows: Tensor, count: Tensor, weight: Tensor | None, bias: Tensor | None,
                 eps: float, channel_dim: int) -> tuple[Tensor, Tensor, Tensor]:
         spatial = 3 - channel_dim
 
-        def per_channel(v: Tensor) -> Tensor:  # [K*C] -> broadcast along h's channel axis
-            return v.unsqueeze(0).unsqueeze(spatial)
+        def per_channel(v: Tensor) -> Tensor:
+            return MaskedBatchNorm._per_channel(v, spatial)
 
         def real_sum(per_row: Tensor) -> Tensor:  # [B, K*C] -> the sum over each channel's real rows [K*C]
             return (per_row * rows).sum(0)
@@ -296,8 +301,8 @@ class MaskedBatchNorm(torch.autograd.Function):
             # s g - s rows sum(g) / n - (s rows rsqrt(var + eps)^2 sum(g c) / n) c, the coefficients per row [B, K*C]
             shift = (rows * (scale * dbias / count)).unsqueeze(spatial)
             slope = (rows * (scale * invstd.square() * dot / count)).unsqueeze(spatial)
-            dh = torch.addcmul(shift.neg(), grad, scale.unsqueeze(0).unsqueeze(spatial)).addcmul_(slope, centered,
-                                                                                               value=-1)
+            dh = torch.addcmul(shift.neg(), grad, MaskedBatchNorm._per_channel(scale, spatial)).addcmul_(
+                slope, centered, value=-1)
         dweight = dot * invstd if has_weight and ctx.needs_input_grad[3] else None
         return dh, None, None, dweight, dbias if has_bias and ctx.needs_input_grad[4] else None, None, None
 

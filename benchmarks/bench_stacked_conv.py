@@ -8,6 +8,10 @@ alone and the forward with both backward products (input and weight gradients, a
 
 - ``grouped_cl``: the grouped convolution channels-last (the grouped layout's memory order on a CPU);
 - ``grouped_cf``: the same channels-first (its memory order on a GPU: `grouped_memory_format`);
+- ``grouped_cf_bmm``: from and to that channels-first grouped layout, a 1x1 convolution as one batched matrix
+  product (each client's [C', C] weights times its [C, B*H*W] pixels, the layout changes on both sides counted),
+  any other as ``grouped_cf``: whether a stacked forward would gain by taking its 1x1 convolutions out of cuDNN's
+  grouped kernels (half of the bottleneck ResNet56's arithmetic);
 - ``vmap``: `torch.vmap` of a client's convolution (what models without their own stacked forward get);
 - ``unfold_bmm``: im2col and one batched matrix product per layer (for a 1x1 convolution, a batched matrix product
   over the pixels);
@@ -15,7 +19,10 @@ alone and the forward with both backward products (input and weight gradients, a
 - ``grouped_cl_tf32`` (CUDA only): channels-last with TF32 convolutions, for scale (the default precision is fp32).
 
 Each form's input starts as stacked batches [K, B, C, H, W], so its layout change is counted. The total weights each
-layer by its count in the model. Precision fp32 (TF32 off), cuDNN's benchmark mode on, as training runs.
+layer by its count in the model. Precision fp32 (TF32 off), cuDNN's benchmark mode on, as training runs. The last row
+divides the convolutions' arithmetic (`train_flops`: the forward's multiply-adds and the two backward products' as
+many again each) by each form's total time: the TFLOP/s it reaches, to set against the card's fp32 peak (a stacked
+step can gain over the plain one only what its convolutions reach above the plain step's rate).
 
     python benchmarks/bench_stacked_conv.py --device cuda                  # resnet20, 50 clients x 16 images
     python benchmarks/bench_stacked_conv.py --device cuda --model resnet56_bottleneck    # 16 clients x 64 images
@@ -49,10 +56,31 @@ LAYERS = {
 DEFAULTS = {"resnet20": (50, 16), "resnet56_bottleneck": (16, 64)}  # (clients, batch size)
 
 
+def train_flops(layer: tuple[int, ...], clients: int, batch: int) -> int:
+    """The floating-point operations of one layer's convolution for `clients` x `batch` images, forward and both
+    backward products (input and weight gradients, each as many as the forward), as torch's FlopCounterMode counts
+    them: 2 per multiply-add; the layer's count in the model not included."""
+    c_in, c_out, kernel, size, stride, _ = layer
+    out = (size + 2 * (kernel // 2) - kernel) // stride + 1
+    return 3 * 2 * clients * batch * c_out * c_in * kernel * kernel * out * out
+
+
 def grouped(x: torch.Tensor, w: torch.Tensor, stride: int, fmt: torch.memory_format) -> torch.Tensor:
     k, b, c = x.shape[:3]
     h = x.transpose(0, 1).reshape(b, k * c, *x.shape[3:]).contiguous(memory_format=fmt)
     return F.conv2d(h, w.flatten(0, 1), None, stride, w.shape[-1] // 2, 1, k)
+
+
+def grouped_bmm(x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:
+    if w.shape[-1] != 1:
+        return grouped(x, w, stride, torch.contiguous_format)
+    k, b, c = x.shape[:3]
+    h = x.transpose(0, 1).reshape(b, k * c, *x.shape[3:]).contiguous()  # the grouped layout, as grouped_cf's input
+    h = h[:, :, ::stride, ::stride]  # a 1x1 convolution's stride only subsamples
+    height, width = h.shape[-2:]
+    cols = h.reshape(b, k, c, height * width).permute(1, 2, 0, 3).reshape(k, c, b * height * width)
+    out = torch.bmm(w.view(k, -1, c), cols)  # [K, C', B*H*W]
+    return out.view(k, -1, b, height * width).permute(2, 0, 1, 3).reshape(b, -1, height, width)
 
 
 def unfold_bmm(x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:
@@ -75,6 +103,7 @@ def vmapped(x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:
 FORMS: dict[str, tuple[Callable, str]] = {
     "grouped_cl": (lambda x, w, s: grouped(x, w, s, torch.channels_last), "fp32"),
     "grouped_cf": (lambda x, w, s: grouped(x, w, s, torch.contiguous_format), "fp32"),
+    "grouped_cf_bmm": (grouped_bmm, "fp32"),
     "vmap": (vmapped, "fp32"),
     "unfold_bmm": (unfold_bmm, "fp32"),
     "loop": (loop, "fp32"),
@@ -133,6 +162,9 @@ def main() -> None:
               + " |", flush=True)
     number = sum(layer[-1] for layer in LAYERS[args.model])
     print(f"| {args.model}'s {number}, forward + backward | | " + " | ".join(f"{totals[f]:.2f}" for f in forms)
+          + " |")
+    flops = sum(train_flops(layer, args.clients, args.batch_size) * layer[-1] for layer in LAYERS[args.model])
+    print(f"| TFLOP/s of the {flops / 1e9:.1f} GFLOP | | " + " | ".join(f"{flops / totals[f] / 1e9:.3g}" for f in forms)
           + " |")
 
 

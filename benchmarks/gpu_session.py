@@ -48,8 +48,9 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
                    ("vectorized_resnet20_bn_iid", [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model",
                                                    "resnet20", "--norm", "batch", "--clients", "50", "--alpha", "iid",
                                                    "--repeats", "3"], 60)],
-    # The forms of a stacked convolution, layer by layer: the pilot's resnet20 and FedAlign's bottleneck ResNet56
-    # (compute-bound at batch 64, where stacking gained 2.5-3.3x, not the goal's 10x).
+    # The forms of a stacked convolution, layer by layer, and the TFLOP/s each reaches: the pilot's resnet20 and
+    # FedAlign's bottleneck ResNet56 (compute-bound at batch 64, where stacking gained 2.5-3.3x, not the goal's 10x;
+    # `grouped_cf_bmm` says whether its 1x1 convolutions, half its arithmetic, would gain as batched matrix products).
     "conv": [("stacked_conv_resnet20", [PY, "benchmarks/bench_stacked_conv.py", "--device", "cuda"], 60),
              ("stacked_conv_resnet56", [PY, "benchmarks/bench_stacked_conv.py", "--device", "cuda", "--model",
                                         "resnet56_bottleneck"], 90)],

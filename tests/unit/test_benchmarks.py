@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.workflow import ROOT
+from torch.utils.flop_counter import FlopCounterMode
 
 BENCHMARKS = ROOT / "benchmarks"
 
@@ -68,6 +69,26 @@ def test_bench_stacked_conv_forms_compute_each_clients_convolution(kernel, strid
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10, msg=form)
 
 
+@pytest.mark.parametrize("layer", [(4, 5, 3, 8, 1, 1), (4, 5, 3, 7, 2, 1), (6, 3, 1, 8, 1, 1), (6, 3, 1, 7, 2, 1)])
+def test_bench_stacked_conv_flops_are_what_torch_counts_for_training(layer):
+    # Prepare: the layer's convolution for 3 clients x 2 images, inputs and weights needing gradients
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import bench_stacked_conv as bench
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    c_in, c_out, kernel, size, stride, _ = layer
+    x = torch.randn(3, 2, c_in, size, size, requires_grad=True)
+    w = torch.randn(3, c_out, c_in, kernel, kernel, requires_grad=True)
+
+    # Execute: the forward and both backward products, counted by torch
+    with FlopCounterMode(display=False) as counter:
+        torch.autograd.grad(bench.FORMS["loop"][0](x, w, stride).sum(), (x, w))
+
+    # Assert
+    assert bench.train_flops(layer, clients=3, batch=2) == counter.get_total_flops() > 0
+
+
 @pytest.mark.parametrize(("model", "layers", "total"), [("resnet20", 6, 19), ("resnet56_bottleneck", 17, 58)])
 def test_bench_stacked_conv_times_every_form_of_every_layer(model, layers, total):
     out = _run("bench_stacked_conv.py", "--device", "cpu", "--model", model, "--clients", "2", "--batch-size", "2",
@@ -76,8 +97,10 @@ def test_bench_stacked_conv_times_every_form_of_every_layer(model, layers, total
     lines = [line for line in out.splitlines() if line.startswith("| ")]
     header, rows = lines[0], lines[1:]
     forms = [c.strip() for c in header.strip("|").split("|")][2:]
-    assert forms == ["grouped_cl", "grouped_cf", "vmap", "unfold_bmm", "loop"]  # no TF32 on a CPU
-    assert len(rows) == layers + 1 and rows[-1].startswith(f"| {model}'s {total}")
+    assert forms == ["grouped_cl", "grouped_cf", "grouped_cf_bmm", "vmap", "unfold_bmm", "loop"]  # no TF32 on a CPU
+    assert len(rows) == layers + 2 and rows[-2].startswith(f"| {model}'s {total}")
+    rates = [float(c) for c in rows[-1].strip("|").split("|")[2:]]
+    assert rows[-1].startswith("| TFLOP/s of the ") and len(rates) == len(forms) and min(rates) > 0
     for row in rows[:-1]:
         cells = [c.strip() for c in row.strip("|").split("|")][2:]
         assert len(cells) == len(forms) and all(float(c.split(" / ")[0]) > 0 for c in cells)

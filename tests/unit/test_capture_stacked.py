@@ -38,20 +38,23 @@ def small_resnet() -> ResNet:
 
 
 def rounds(model, cfg: TrainConfig, make_graph=None, algorithm: str = "fedprox", hparams=None, num_rounds: int = 2,
-           fresh: bool = False):
+           fresh: bool = False, made: list | None = None):
     """`num_rounds` rounds of every client from the model, the server's update between them: (the trainer, every
     round's client results, the last global parameters). `fresh`: a new trainer every round (no state kept from one
-    round to the next: the reference of the kept state's reuse)."""
+    round to the next: the reference of the kept state's reuse). `made`: a list each trainer is appended to before it
+    trains (so that a graph maker can reach the trainer whose steps it captures)."""
     data = shard_data(SIZES)
     flat = FlatParams(model)
     params, buffers = flat.get(), flatten_buffers(model)
     strategy = make_strategy(algorithm, {"mu": 0.5} if hparams is None and algorithm == "fedprox" else hparams or {})
     strategy.setup(data.num_clients, params.numel(), params.device, model=model, seed=0)
-    trainer = VectorizedTrainer(model, data, strategy, cfg, make_graph=make_graph)
+    trainer = None
     results = []
     for r in range(1, num_rounds + 1):
-        if fresh:
+        if trainer is None or fresh:
             trainer = VectorizedTrainer(model, data, strategy, cfg, make_graph=make_graph)
+            if made is not None:
+                made.append(trainer)
         results.append(trainer.train_round(params, buffers, list(range(data.num_clients)), r))
         params = strategy.server_update(params, results[-1])
         buffers = strategy.aggregate_buffers(results[-1]) if buffers.numel() else buffers
@@ -89,37 +92,22 @@ def test_replayed_steps_equal_eager_ones_bit_for_bit_over_rounds(make, train):
 
 def test_a_replay_that_differs_from_the_eager_step_is_refused(caplog):
     # Prepare: a graph maker whose replay moves every parameter a little after the step
+    made = []
+
     def wrong(step):
         def replay():
             step()
             with torch.no_grad():
-                trainer_state = list(trainer._states.values())[0]
-                for t in trainer_state.stacked:
+                for t in next(iter(made[-1]._states.values())).stacked:
                     t.add_(1e-3)
         return replay
 
-    trainer = None
     cfg = TrainConfig(**CFG)
     _, eager, _ = rounds(model_of("cnn_small"), cfg)
-    model = model_of("cnn_small")
-
-    def make_trainer_rounds():
-        nonlocal trainer
-        data = shard_data(SIZES)
-        flat = FlatParams(model)
-        params, buffers = flat.get(), flatten_buffers(model)
-        strategy = make_strategy("fedprox", {"mu": 0.5})
-        strategy.setup(data.num_clients, params.numel(), params.device, model=model, seed=0)
-        trainer = VectorizedTrainer(model, data, strategy, cfg, make_graph=wrong)
-        out = []
-        for r in (1, 2):
-            out.append(trainer.train_round(params, buffers, list(range(data.num_clients)), r))
-            params = strategy.server_update(params, out[-1])
-        return out
 
     # Execute
     with caplog.at_level(logging.WARNING, logger="fedscape.train"):
-        refused = make_trainer_rounds()
+        trainer, refused, _ = rounds(model_of("cnn_small"), cfg, make_graph=wrong, made=made)
 
     # Assert: the check measured the difference, kept no graph, and the steps ran eagerly (the same results)
     assert same(eager, refused)

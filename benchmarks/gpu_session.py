@@ -1,10 +1,10 @@
 """Every GPU measurement the project still owes, in a few calls of at most 10 minutes each.
 
 A GPU machine is lent now and then, for 15 minutes of device time, and goes back after half a minute idle; its
-`python3` has torch but not Snakemake (`../shared/gpu/setup.sh` adds it). So the checks and benchmarks that need a
-card are listed here once, grouped into parts that each fit one call, and each writes its output to a file of its
-own under `--out` (a part that runs past its time limit keeps what it wrote; a call brings back at most 8 files, so a
-call's parts write fewer):
+`python3` has torch but not Snakemake (`.gpu/setup.sh`, a copy of `../shared/gpu/setup.sh`, adds it). So the checks
+and benchmarks that need a card are listed here once, grouped into parts that each fit one call, and each writes its
+output to a file of its own under `--out` (a part that runs past its time limit keeps what it wrote; a call brings
+back at most 8 files, so a call's parts write fewer):
 
     source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT tests steps      # one call (CALLS)
     source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT vectorized conv surface

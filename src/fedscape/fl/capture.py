@@ -1,10 +1,14 @@
-"""Captured local steps: a sequential client's forward and backward passes replayed from CUDA graphs.
+"""Captured local steps replayed from CUDA graphs: a sequential client's forward and backward passes
+(`CapturedForward`), and a vectorised chunk's recurring whole stacked steps (`StackedStepGraphs`, below).
 
 Why: at the papers' batch sizes (16-32 CIFAR images) a resnet20 step on a GPU is bound by launching its few hundred
 kernels, not by their arithmetic (an H100 took 8 ms for a plain-torch step, ../shared/gpu). A CUDA graph launches
 the captured kernels in one call (`torch.cuda.make_graphed_callables`: one graph for the module's forward, one for
-its backward, behind one autograd node). The loss, the strategy's gradient hooks and the optimiser step stay eager:
-they are a few kernels, and keeping torch's own optimiser keeps its arithmetic.
+its backward, behind one autograd node). For a sequential client the loss, the strategy's gradient hooks and the
+optimiser step stay eager: they are a few kernels, and keeping torch's own optimiser keeps its arithmetic. A stacked
+step is captured whole (forward, backward, the strategy's gradient change and the update), one graph per step shape
+once that shape is planned `STACKED_CAPTURE_MIN_STEPS` times, padded steps included; the rest of this docstring is
+about the sequential capture, `StackedStepGraphs` says how the stacked one is checked.
 
 Exactness: a replay runs the kernels the eager pass launched while it was captured, on the same parameters and
 buffers, so it computes what the eager step computes. That is checked, not assumed: `CapturedForward.prepare`
@@ -17,7 +21,8 @@ repeat alone, the replay of an exact graph would be refused about every other ti
 a missed buffer) differs by the size of the numbers themselves, orders of magnitude past it. Random numbers drawn
 in training (dropout) replay as the eager pass draws them: a CUDA graph takes the generator's offset at each replay
 and advances it as the eager kernels would (torch's graph-safe RNG), and the check restores the random state before
-each pass. Only the full batches of the capture's shape replay; the last, smaller batch of a pass runs eagerly.
+each pass. Only a sequential client's full batches of the capture's shape replay; the last, smaller batch of a pass
+runs eagerly.
 
 `training.capture` (fedscape.fl.settings.CAPTURE_MODES): auto captures where it is exact, eager never, cuda_graph
 insists.

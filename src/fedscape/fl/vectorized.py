@@ -5,13 +5,13 @@ idle: the models are small and the local batches are tiny. Here every client's p
 stacked along a leading client axis and one step of local SGD is taken for all still-active
 clients together, with `torch.func.functional_call` under `torch.func.vmap` (batched matmuls and
 grouped convolutions underneath), as in the ensembling recipe of `torch.func`. A model with its own
-`forward_stacked` (cnn_small, convnet, the ResNets) computes the same thing in a layout of its choosing:
+`forward_stacked` (cnn_small, convnet, lenet5, the ResNets) computes the same thing in a layout of its choosing:
 grouped convolutions (channels-last on a CPU, channels-first on a GPU: `fedscape.models.layers.grouped_memory_format`),
 with each ReLU before a max pool moved after it, which is about 1.4x faster than the vmapped forward on a CPU
 (cnn_small, convnet).
 
 `client_parallel: auto` vectorises wherever that is exact on CUDA, but on a CPU only models whose own
-`forward_stacked` is not known to be slower there (not the ResNets: resnet20 0.7-0.8x of sequential speed) or
+`forward_stacked` is not known to be slower there (not the ResNets: resnet20 0.7-0.9x of sequential speed) or
 that declare `vmap_faster_on_cpu` (mlp): under vmap the CPU speed depends on the model (mlp 3-6x faster than
 sequential training, resnet20 with group norm at 32x32 0.6-0.7x, char_lstm 0.4x), so elsewhere the sequential
 reference is kept unless `vectorized` is asked for (`speed_blocker`).
@@ -160,7 +160,8 @@ def resolve_client_parallel(model: nn.Module, strategy: Strategy, cfg: TrainConf
     """'vectorized' or 'sequential' for `cfg.client_parallel`.
 
     'auto' vectorises whenever that is exact and, on a device other than CUDA, the model has its own
-    `forward_stacked` or declares `vmap_faster_on_cpu` (`speed_blocker`); `device_type`: where the clients
+    `forward_stacked` not marked slower there (`stacked_faster_on_cpu`) or declares `vmap_faster_on_cpu`
+    (`speed_blocker`); `device_type`: where the clients
     train (None: the model's parameters' device). An explicit 'vectorized' that cannot be honoured is an
     error, raised before any training.
     """

@@ -7,7 +7,8 @@ a deterministic function of the parameters):
 * top-k eigenpairs by power iteration with deflation (PyHessian, Yao et al. 2020) or by Lanczos
   with full reorthogonalisation;
 * the trace and the diagonal by Hutchinson's estimator with Rademacher probes and a fixed probe
-  count, with the standard error of the trace (Hutchinson 1989; Bekas et al. 2007 for the diagonal);
+  count, with the standard error of the trace (Hutchinson 1989; Bekas et al. 2007 for the diagonal), or by
+  Hutch++ and Diag++ (Meyer et al. 2021; Baston & Nakatsukasa 2022), which `auto` takes from 100 products;
 * the eigenvalue spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019);
 * the cross-client Hessian norm difference HN and direction similarity HD (Mendieta et al. 2022,
   "Local Learning Matters" / FedAlign, eqs. 3-4, Table 1).
@@ -38,7 +39,7 @@ from fedscape.models.loss import loss_sum, target_count
 
 log = logging.getLogger("fedscape.hessian")
 
-# Random streams, all derived from HessianSettings.seed (utils.derive_seed): the probes are shared by
+# Random streams, all derived from HessianSettings.seed (core.seeds.derive_seed): the probes are shared by
 # every data set of a job (common random numbers: identical clients give identical diagonals).
 _STREAM_EIGEN, _STREAM_PROBES, _STREAM_DENSITY, _STREAM_SUBSET, _STREAM_SKETCH = 1, 2, 3, 4, 5
 # The disjoint groups of probes each diagonal is estimated from (HN and HD take products of estimates from different

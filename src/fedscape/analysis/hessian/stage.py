@@ -142,7 +142,7 @@ def _report(plain: dict) -> HessianReport:
 
 def _analysed(parts: Parts, name: str, compute) -> tuple[HessianReport, bool]:
     """The report of part `name` (the aggregate, or a client): saved by an earlier attempt of this job, or computed
-    now and saved, with the aggregate's eigenvectors (the plane) and each client's two half-diagonals (HN, HD), not
+    now and saved, with the aggregate's eigenvectors (the plane) and each client's four quarter-diagonals (HN, HD), not
     the diagonals or a client's eigenvectors; and whether it was resumed."""
     saved = parts.load(name)
     if saved is not None:

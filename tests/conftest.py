@@ -13,6 +13,7 @@ from helpers.vectorized import GROUPED_LAYOUTS
 from helpers.workflow import TINY_CONFIG, copy_workflow, snakemake
 
 from fedscape.core import manifest
+from fedscape.models.layers import POINTWISE_FORMS
 
 
 @pytest.fixture(autouse=True)
@@ -50,6 +51,14 @@ def grouped_format(request, monkeypatch):
     fmt = GROUPED_LAYOUTS[request.param]
     monkeypatch.setattr("fedscape.models.layers.grouped_memory_format", lambda device: fmt)
     return fmt
+
+
+@pytest.fixture(params=POINTWISE_FORMS)
+def pointwise(request, monkeypatch):
+    """Each form of a stacked 1x1 convolution (`fedscape.models.layers.pointwise_form`): grouped, and the batched
+    matrix product."""
+    monkeypatch.setattr("fedscape.models.layers.pointwise_form", lambda device: request.param)
+    return request.param
 
 
 @pytest.fixture

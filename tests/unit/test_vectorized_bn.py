@@ -22,7 +22,9 @@ from fedscape.models.layers import (
     grouped_layout,
     grouped_memory_format,
     masked_counts,
+    pointwise_form,
     stacked_batch_norm,
+    stacked_pointwise,
 )
 from fedscape.models.registry import build_model
 from fedscape.models.resnets import ResNet
@@ -66,6 +68,32 @@ def test_the_grouped_layout_puts_client_k_in_group_k_in_either_memory_order(grou
     assert h.is_contiguous(memory_format=grouped_format) and not h.is_contiguous(
         memory_format=({torch.channels_last, torch.contiguous_format} - {grouped_format}).pop())
     assert torch.equal(h[:, 4:8], x[1]) and torch.equal(h[:, :4], x[0])
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_stacked_1x1_convolutions_are_grouped_until_the_product_is_measured_faster(device):
+    assert pointwise_form(torch.device(device)) == "grouped"
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no-bias", "bias"])
+def test_a_stacked_1x1_convolution_as_a_batched_product_is_each_clients_convolution(stride, with_bias,
+                                                                                    grouped_format, float64_default):
+    # Prepare: 3 clients' batches of 2 images of 4 channels at 7x7 (an odd size: stride 2 keeps the first of 4 rows),
+    # each client with its own weights and bias
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 4, 7, 7, generator=gen)
+    weight = torch.randn(3, 5, 4, 1, 1, generator=gen)
+    bias = torch.randn(3, 5, generator=gen) if with_bias else None
+
+    # Execute
+    y = stacked_pointwise(grouped_layout(x), weight, bias, (stride, stride), 3)
+
+    # Assert: client k's output channels at k*C' .. k*C' + C' - 1, in the input's memory order
+    expected = [F.conv2d(x[i], weight[i], None if bias is None else bias[i], stride) for i in range(3)]
+    assert y.shape == (2, 15, *expected[0].shape[-2:]) and y.is_contiguous(memory_format=grouped_format)
+    for i in range(3):
+        torch.testing.assert_close(y[:, 5 * i : 5 * i + 5], expected[i], rtol=TOL64, atol=TOL64)
 
 
 @pytest.mark.parametrize(("algorithm", "hparams", "train"), [
@@ -282,7 +310,7 @@ def test_without_a_mask_the_stacked_batch_norm_is_torchs_over_the_grouped_channe
 @pytest.mark.parametrize(("name", "norm"), [("resnet20", "batch"), ("resnet20", "group"), ("resnet20", "none"),
                                           ("resnet56_bottleneck", "batch"), ("resnet56_bottleneck", "group"),
                                           ("resnet18", "group"), ("resnet18", "batch")])
-def test_resnet_forward_stacked_equals_each_clients_forward(name, norm, grouped_format, float64_default):
+def test_resnet_forward_stacked_equals_each_clients_forward(name, norm, grouped_format, pointwise, float64_default):
     # Prepare: 3 clients with their own parameters and running statistics, in training mode. ResNet18's last stage
     # sees 16x16 images at 2x2 (at 8x8 it is 1x1, and a batch norm over 2 rows x 1 value is so ill-conditioned that
     # the stem's gradients move by 1e-7 of their size in float64 with the order of the sums)

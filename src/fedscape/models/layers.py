@@ -210,11 +210,49 @@ class StackedNorm:
     counts: dict = field(default_factory=dict, repr=False, compare=False)
 
 
+# The forms of a stacked 1x1 convolution (`pointwise_form`): one grouped convolution, as every other kernel size, or a
+# batched matrix product of each client's [C', C] weights with its [C, B*H*W] pixels (`stacked_pointwise`).
+POINTWISE_FORMS = ("grouped", "bmm")
+
+
+def pointwise_form(device: torch.device) -> str:
+    """How stacked 1x1 convolutions (half the bottleneck ResNet56's arithmetic) run on ``device``: grouped everywhere.
+    On a CPU the batched product ties with the grouped convolution (benchmarks/README.md, bench_stacked_conv.py's
+    `grouped_cf_bmm`); on a card cuDNN's fp32 grouped convolutions reached 5 TFLOP/s, and whether the product does
+    better there is to be measured (`bench_stacked_conv.py --device cuda --model resnet56_bottleneck`,
+    `bench_vectorized.py --pointwise grouped bmm`) before it becomes a device's form."""
+    return "grouped"
+
+
+def stacked_pointwise(h: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int], k: int) -> Tensor:
+    """A 1x1 convolution (no padding) of K stacked models on h in grouped layout [B, K*C, H, W] as one batched matrix
+    product per client over its batch's pixels (weight [K, C', C, 1, 1], bias [K, C'] or None), the result in h's
+    memory order."""
+    channels_last = h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous()
+    h = h[:, :, :: stride[0], :: stride[1]]  # a 1x1 convolution's stride only subsamples
+    b, _, height, width = h.shape
+    c, out = weight.shape[2], weight.shape[1]
+    w = weight.view(k, out, c)
+    if channels_last:
+        # [B, H, W, K*C] in memory: each client's pixels are the rows [B*H*W, C] of a strided view, read in place
+        rows = h.permute(0, 2, 3, 1).reshape(b * height * width, k, c).transpose(0, 1)  # [K, B*H*W, C]
+        y = torch.bmm(rows, w.transpose(1, 2)) if bias is None else torch.baddbmm(bias.unsqueeze(1), rows,
+                                                                                   w.transpose(1, 2))
+        return y.transpose(0, 1).reshape(b, height, width, k * out).permute(0, 3, 1, 2)
+    cols = h.reshape(b, k, c, height * width).permute(1, 2, 0, 3).reshape(k, c, b * height * width)
+    y = torch.bmm(w, cols) if bias is None else torch.baddbmm(bias.unsqueeze(2), w, cols)  # [K, C', B*H*W]
+    return y.view(k, out, b, height * width).permute(2, 0, 1, 3).contiguous().view(b, k * out, height, width)
+
+
 def stacked_conv(conv: nn.Conv2d, params: Mapping[str, Tensor], name: str, h: Tensor, k: int) -> Tensor:
-    """``conv`` of K stacked models on h in grouped layout [B, K*C, H, W] (``params[name + '.weight']``: [K, ...])."""
+    """``conv`` of K stacked models on h in grouped layout [B, K*C, H, W] (``params[name + '.weight']``: [K, ...]); a
+    1x1 convolution in the device's `pointwise_form`."""
     if conv.padding_mode != "zeros":
         raise TypeError(f"stacked_conv has no grouped form of padding mode {conv.padding_mode!r} ({name})")
     bias = params.get(f"{name}.bias")
+    if (conv.kernel_size == (1, 1) and conv.padding == (0, 0) and conv.groups == 1
+            and pointwise_form(h.device) == "bmm"):
+        return stacked_pointwise(h, params[f"{name}.weight"], bias, conv.stride, k)
     return F.conv2d(h, params[f"{name}.weight"].flatten(0, 1), None if bias is None else bias.flatten(),
                     conv.stride, conv.padding, conv.dilation, conv.groups * k)
 

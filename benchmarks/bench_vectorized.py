@@ -17,8 +17,11 @@ measure of the work done than wall time (with one thread; more threads spin whil
     python benchmarks/bench_vectorized.py --model mlp --vmap --clients 10 50      # digits, under vmap
     python benchmarks/bench_vectorized.py --device cuda --model resnet20 --norm batch --clients 50 \
         --layout channels_last channels_first        # the grouped layout's memory orders side by side
+    python benchmarks/bench_vectorized.py --device cuda --model resnet56_bottleneck --norm batch --batch-size 64 \
+        --samples-per-client 640 --clients 16 --pointwise grouped bmm   # stacked 1x1 convolutions in both forms
 
-The 32x32 models (convnet, resnet20 with batch or group norm, through their own `forward_stacked`) train on seeded
+The 32x32 models (convnet, resnet20 and resnet56_bottleneck with batch or group norm, through their own
+`forward_stacked`) train on seeded
 synthetic CIFAR-shaped data (N(0, 1) images, uniform labels, `--samples-per-client` each), since CIFAR itself
 cannot be downloaded here; the work per step is that of CIFAR.
 """
@@ -50,7 +53,7 @@ from fedscape.models.specs import DEFAULT_PRECISION, PRECISIONS
 # The grouped layout's memory orders (`fedscape.models.layers.grouped_memory_format`; auto: the device's own).
 LAYOUTS = {"auto": None, "channels_last": torch.channels_last, "channels_first": torch.contiguous_format}
 # The models the benchmark knows: (in_channels, image size) of their data; digits for 8x8 ones, else CIFAR-shaped.
-SHAPES = {"cnn_small": (1, 8), "mlp": (1, 8), "convnet": (3, 32), "resnet20": (3, 32)}
+SHAPES = {"cnn_small": (1, 8), "mlp": (1, 8), "convnet": (3, 32), "resnet20": (3, 32), "resnet56_bottleneck": (3, 32)}
 
 
 def make_data(num_clients: int, alpha: str, device: torch.device, model: str = "cnn_small",
@@ -153,6 +156,9 @@ def main() -> None:
                         help="training.capture of the vectorised rounds (CUDA: recurring stacked steps from graphs)")
     parser.add_argument("--layout", nargs="+", default=["auto"], choices=sorted(LAYOUTS),
                         help="the vectorised steps' grouped memory order(s), each timed in its own row")
+    parser.add_argument("--pointwise", nargs="+", default=["auto"], choices=["auto", *layers.POINTWISE_FORMS],
+                        help="the form(s) of the stacked 1x1 convolutions (`layers.pointwise_form`; auto: the "
+                             "device's), each timed in its own row")
     parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=PRECISIONS,
                         help="fp32 (TF32 off), tf32 (CUDA) or bf16 autocast: training.precision")
     parser.add_argument("--model", default="cnn_small", choices=sorted(SHAPES))
@@ -171,24 +177,27 @@ def main() -> None:
           f"{args.local_epochs} local epochs, batch {args.batch_size}, chunk {args.chunk_size}, {name}, "
           f"precision {precision_used(args.precision, device)}, capture {args.capture}, "
           f"median of {args.repeats} rounds after {args.warmup} untimed, {torch_line()}")
-    print("| layout | clients | samples/client | sequential s/round | vectorized s/round | speedup | CPU s seq / vec | "
-          "CPU ratio | max abs diff | replayed steps |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| layout | 1x1 | clients | samples/client | sequential s/round | vectorized s/round | speedup | "
+          "CPU s seq / vec | CPU ratio | max abs diff | replayed steps |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
-    default_format = layers.grouped_memory_format
+    default_format, default_pointwise = layers.grouped_memory_format, layers.pointwise_form
     try:
-        for layout in args.layout:
+        for layout, pointwise in [(a, b) for a in args.layout for b in args.pointwise]:
             fmt = LAYOUTS[layout]
             layers.grouped_memory_format = default_format if fmt is None else (lambda device, fmt=fmt: fmt)
+            layers.pointwise_form = (default_pointwise if pointwise == "auto"
+                                     else (lambda device, form=pointwise: form))
             for m in args.clients:
-                row = {"layout": layout, **bench(m, args, device)}
+                row = {"layout": layout, "pointwise": pointwise, **bench(m, args, device)}
                 rows.append(row)
-                print(f"| {layout} | {m} | {row['samples_min']}-{row['samples_max']} | {row['sequential_s']:.3f} | "
+                print(f"| {layout} | {pointwise} | {m} | {row['samples_min']}-{row['samples_max']} | "
+                      f"{row['sequential_s']:.3f} | "
                       f"{row['vectorized_s']:.3f} | {row['speedup']:.1f}x | {row['sequential_cpu_s']:.2f} / "
                       f"{row['vectorized_cpu_s']:.2f} | {row['cpu_ratio']:.1f}x | {row['max_abs_diff']:.1e} | "
                       f"{row['replayed_steps']} |", flush=True)
     finally:
-        layers.grouped_memory_format = default_format
+        layers.grouped_memory_format, layers.pointwise_form = default_format, default_pointwise
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": name, "precision": precision_used(args.precision, device), "args": vars(args),

@@ -53,7 +53,13 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
     # `grouped_cf_bmm` says whether its 1x1 convolutions, half its arithmetic, would gain as batched matrix products).
     "conv": [("stacked_conv_resnet20", [PY, "benchmarks/bench_stacked_conv.py", "--device", "cuda"], 60),
              ("stacked_conv_resnet56", [PY, "benchmarks/bench_stacked_conv.py", "--device", "cuda", "--model",
-                                        "resnet56_bottleneck"], 90)],
+                                        "resnet56_bottleneck"], 90),
+             # the same whole: FedAlign's vectorised rounds with the stacked 1x1 convolutions in both forms
+             ("vectorized_resnet56_pointwise", [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model",
+                                                "resnet56_bottleneck", "--norm", "batch", "--batch-size", "64",
+                                                "--samples-per-client", "640", "--local-epochs", "1", "--alpha", "iid",
+                                                "--clients", "16", "--pointwise", "grouped", "bmm", "--repeats", "2"],
+              90)],
     # Surface evaluation against a plain eval loop (goal >= 0.9x its images/s in fp32).
     "surface": [("surface_resnet20_bn", [PY, "benchmarks/bench_surface.py", "--model", "resnet20", "--norm", "batch",
                                          "--samples", "8000", "--batch-size", "2048", "--device", "cuda"], 150)],

@@ -24,23 +24,29 @@ def _run(script: str, *args: str) -> str:
     return proc.stdout
 
 
-@pytest.mark.parametrize(("model", "layouts"), [
-    (["--model", "cnn_small"], ["auto"]),
-    (["--model", "mlp"], ["auto"]),
-    (["--model", "convnet"], ["channels_last", "channels_first"]),  # a CPU's grouped memory order and a GPU's
-    (["--model", "resnet20", "--norm", "group"], ["auto"]),
+# The largest difference of the two modes' new global models in float32. The bottleneck ResNet56's round is
+# chaotic there (a batch norm over 8 images, 56 layers deep: 1.1e-3 to 5.4e-3 seen here in either 1x1 form); the
+# forms' exactness is tested in float64 (tests/unit/test_vectorized_bn.py).
+@pytest.mark.parametrize(("model", "layouts", "forms", "tol"), [
+    (["--model", "cnn_small"], ["auto"], ["auto"], 1e-4),
+    (["--model", "mlp"], ["auto"], ["auto"], 1e-4),
+    (["--model", "convnet"], ["channels_last", "channels_first"], ["auto"], 1e-4),  # a CPU's order and a GPU's
+    (["--model", "resnet20", "--norm", "group"], ["auto"], ["auto"], 1e-4),
+    (["--model", "resnet56_bottleneck", "--norm", "batch"], ["channels_first"], ["grouped", "bmm"], 5e-2),
 ])
-def test_bench_vectorized_runs_and_matches_sequential(model, layouts):
+def test_bench_vectorized_runs_and_matches_sequential(model, layouts, forms, tol):
     out = _run("bench_vectorized.py", "--threads", "1", "--clients", "2", "--repeats", "1", "--local-epochs", "1",
-               "--samples-per-client", "8", "--layout", *layouts, *model)
+               "--samples-per-client", "8", "--layout", *layouts, "--pointwise", *forms, *model)
 
-    header = [line for line in out.splitlines() if line.startswith("| layout |")]
-    rows = [line for line in out.splitlines() if line.startswith(tuple(f"| {layout} | 2 |" for layout in layouts))]
-    assert "CPU kernels" in out and "oneDNN ISA" in out and len(rows) == len(layouts) and len(header) == 1
+    header = [line for line in out.splitlines() if line.startswith("| layout | 1x1 |")]
+    rows = [line for line in out.splitlines()
+            if line.startswith(tuple(f"| {layout} | {form} | 2 |" for layout in layouts for form in forms))]
+    assert "CPU kernels" in out and "oneDNN ISA" in out and len(rows) == len(layouts) * len(forms)
+    assert len(header) == 1
     for row in rows:
         cells = dict(zip((c.strip() for c in header[0].strip("|").split("|")),
                          (c.strip() for c in row.strip("|").split("|")), strict=True))
-        assert float(cells["max abs diff"]) < 1e-4  # the two modes' new global models agree
+        assert float(cells["max abs diff"]) < tol  # the two modes' new global models agree
         assert cells["replayed steps"] == "0"  # no CUDA graphs on a CPU
 
 

@@ -72,6 +72,7 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
 # first two, in this order.
 CALLS = (("tests", "steps"), ("vectorized", "conv", "surface"), ("hvp",))
 CALL_SECONDS = 570
+CALL_FILES = 8  # what a device call brings back from $OUT: one file per command, so at most this many per call
 
 
 def run_part(part: str, out: Path) -> int:

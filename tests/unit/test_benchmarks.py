@@ -285,7 +285,7 @@ def test_the_gpu_session_runs_scripts_and_tests_that_exist_with_flags_they_take(
     # Prepare
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        from gpu_session import CALL_SECONDS, CALLS, PARTS
+        from gpu_session import CALL_FILES, CALL_SECONDS, CALLS, PARTS
     finally:
         sys.path.remove(str(BENCHMARKS))
 
@@ -298,9 +298,10 @@ def test_the_gpu_session_runs_scripts_and_tests_that_exist_with_flags_they_take(
             script = (ROOT / argv[1]).read_text()
             for flag in (a for a in argv[2:] if a.startswith("--")):
                 assert f'"{flag}"' in script, (argv[1], flag)
-    # every part in one call, each call within a device call's 600 s
+    # every part in one call, each call within a device call's 600 s and the files it brings back
     assert sorted(p for call in CALLS for p in call) == sorted(PARTS)
     assert all(sum(limit for p in call for _, _, limit in PARTS[p]) <= CALL_SECONDS < 600 for call in CALLS)
+    assert all(sum(len(PARTS[p]) for p in call) <= CALL_FILES for call in CALLS)
 
 
 def test_the_gpu_session_refuses_an_unknown_part():

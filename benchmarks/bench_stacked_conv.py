@@ -80,7 +80,7 @@ def grouped_bmm(x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:
     height, width = h.shape[-2:]
     cols = h.reshape(b, k, c, height * width).permute(1, 2, 0, 3).reshape(k, c, b * height * width)
     out = torch.bmm(w.view(k, -1, c), cols)  # [K, C', B*H*W]
-    return out.view(k, -1, b, height * width).permute(2, 0, 1, 3).reshape(b, -1, height, width)
+    return out.view(k, -1, b, height * width).permute(2, 0, 1, 3).contiguous().view(b, -1, height, width)
 
 
 def unfold_bmm(x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:

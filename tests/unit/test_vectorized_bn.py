@@ -77,23 +77,27 @@ def test_stacked_1x1_convolutions_are_grouped_until_the_product_is_measured_fast
 
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("with_bias", [False, True], ids=["no-bias", "bias"])
-def test_a_stacked_1x1_convolution_as_a_batched_product_is_each_clients_convolution(stride, with_bias,
+@pytest.mark.parametrize("c_out", [5, 1])
+def test_a_stacked_1x1_convolution_as_a_batched_product_is_each_clients_convolution(stride, with_bias, c_out,
                                                                                     grouped_format, float64_default):
     # Prepare: 3 clients' batches of 2 images of 4 channels at 7x7 (an odd size: stride 2 keeps the first of 4 rows),
-    # each client with its own weights and bias
+    # each client with its own weights and bias (one output channel too, where a reshape could keep a view)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(3, 2, 4, 7, 7, generator=gen)
-    weight = torch.randn(3, 5, 4, 1, 1, generator=gen)
-    bias = torch.randn(3, 5, generator=gen) if with_bias else None
+    weight = torch.randn(3, c_out, 4, 1, 1, generator=gen)
+    bias = torch.randn(3, c_out, generator=gen) if with_bias else None
 
     # Execute
     y = stacked_pointwise(grouped_layout(x), weight, bias, (stride, stride), 3)
 
-    # Assert: client k's output channels at k*C' .. k*C' + C' - 1, in the input's memory order
+    # Assert: client k's output channels at k*C' .. k*C' + C' - 1, in the input's memory order, as the grouped
+    # convolution leaves them
     expected = [F.conv2d(x[i], weight[i], None if bias is None else bias[i], stride) for i in range(3)]
-    assert y.shape == (2, 15, *expected[0].shape[-2:]) and y.is_contiguous(memory_format=grouped_format)
+    grouped = F.conv2d(grouped_layout(x), weight.flatten(0, 1), None if bias is None else bias.flatten(), stride,
+                       groups=3)
+    assert y.shape == (2, 3 * c_out, *expected[0].shape[-2:]) and y.stride() == grouped.stride()
     for i in range(3):
-        torch.testing.assert_close(y[:, 5 * i : 5 * i + 5], expected[i], rtol=TOL64, atol=TOL64)
+        torch.testing.assert_close(y[:, c_out * i : c_out * (i + 1)], expected[i], rtol=TOL64, atol=TOL64)
 
 
 @pytest.mark.parametrize(("algorithm", "hparams", "train"), [

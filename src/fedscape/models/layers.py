@@ -238,7 +238,7 @@ def stacked_pointwise(h: Tensor, weight: Tensor, bias: Tensor | None, stride: tu
         rows = h.permute(0, 2, 3, 1).reshape(b * height * width, k, c).transpose(0, 1)  # [K, B*H*W, C]
         y = torch.bmm(rows, w.transpose(1, 2)) if bias is None else torch.baddbmm(bias.unsqueeze(1), rows,
                                                                                    w.transpose(1, 2))
-        return y.transpose(0, 1).reshape(b, height, width, k * out).permute(0, 3, 1, 2)
+        return y.transpose(0, 1).contiguous().view(b, height, width, k * out).permute(0, 3, 1, 2)
     cols = h.reshape(b, k, c, height * width).permute(1, 2, 0, 3).reshape(k, c, b * height * width)
     y = torch.bmm(w, cols) if bias is None else torch.baddbmm(bias.unsqueeze(2), w, cols)  # [K, C', B*H*W]
     return y.view(k, out, b, height * width).permute(2, 0, 1, 3).contiguous().view(b, k * out, height, width)

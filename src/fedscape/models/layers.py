@@ -217,8 +217,8 @@ POINTWISE_FORMS = ("grouped", "bmm")
 
 def pointwise_form(device: torch.device) -> str:
     """How stacked 1x1 convolutions (half the bottleneck ResNet56's arithmetic) run on ``device``: grouped everywhere.
-    On a CPU the batched product ties with the grouped convolution layer by layer and made a vectorised round 1.3x
-    slower (benchmarks/README.md); on a card cuDNN's fp32 grouped convolutions reached 5 TFLOP/s, and whether the
+    On a CPU the batched product is no faster than the grouped convolution layer by layer and made a vectorised round
+    1.3x slower (benchmarks/README.md); on a card cuDNN's fp32 grouped convolutions reached 5 TFLOP/s, and whether the
     product does better there is to be measured (`bench_stacked_conv.py --device cuda --model resnet56_bottleneck`,
     `bench_vectorized.py --pointwise grouped bmm`) before it becomes a device's form."""
     return "grouped"

@@ -40,6 +40,7 @@ from machine import device_label, torch_line
 from timing import timed
 
 from fedscape.models.device import use_precision
+from fedscape.models.layers import stacked_pointwise
 
 # The models' convolutions on 32x32 images (as their forward hooks list them): (in channels, out channels, kernel,
 # input size, stride, how many), and the clients and batch size of the papers' runs that stack them.
@@ -76,11 +77,7 @@ def grouped_bmm(x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:
         return grouped(x, w, stride, torch.contiguous_format)
     k, b, c = x.shape[:3]
     h = x.transpose(0, 1).reshape(b, k * c, *x.shape[3:]).contiguous()  # the grouped layout, as grouped_cf's input
-    h = h[:, :, ::stride, ::stride]  # a 1x1 convolution's stride only subsamples
-    height, width = h.shape[-2:]
-    cols = h.reshape(b, k, c, height * width).permute(1, 2, 0, 3).reshape(k, c, b * height * width)
-    out = torch.bmm(w.view(k, -1, c), cols)  # [K, C', B*H*W]
-    return out.view(k, -1, b, height * width).permute(2, 0, 1, 3).contiguous().view(b, -1, height, width)
+    return stacked_pointwise(h, w, None, (stride, stride), k)  # what training runs where pointwise_form says bmm
 
 
 def unfold_bmm(x: torch.Tensor, w: torch.Tensor, stride: int) -> torch.Tensor:

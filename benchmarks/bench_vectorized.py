@@ -192,8 +192,8 @@ def main() -> None:
                 row = {"layout": layout, "pointwise": pointwise, **bench(m, args, device)}
                 rows.append(row)
                 print(f"| {layout} | {pointwise} | {m} | {row['samples_min']}-{row['samples_max']} | "
-                      f"{row['sequential_s']:.3f} | "
-                      f"{row['vectorized_s']:.3f} | {row['speedup']:.1f}x | {row['sequential_cpu_s']:.2f} / "
+                      f"{row['sequential_s']:.3f} | {row['vectorized_s']:.3f} | {row['speedup']:.1f}x | "
+                      f"{row['sequential_cpu_s']:.2f} / "
                       f"{row['vectorized_cpu_s']:.2f} | {row['cpu_ratio']:.1f}x | {row['max_abs_diff']:.1e} | "
                       f"{row['replayed_steps']} |", flush=True)
     finally:

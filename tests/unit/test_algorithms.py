@@ -579,7 +579,7 @@ def test_mixup_with_fixed_lambda_mixes_as_specified(monkeypatch):
         def beta(self, a, b):
             return 0.3
 
-    monkeypatch.setattr(mixup_mod, "_numpy_rng", lambda ctx: FixedBeta())
+    monkeypatch.setattr(mixup_mod, "_numpy_rng", lambda generator, scratch: FixedBeta())
     model, mixup = Recorder(), make_strategy("mixup")
     ctx = ClientContext(1, 0, torch.zeros(1), x, y, torch.Generator().manual_seed(7))
     loss = mixup.local_loss(model, x, y, ctx)

@@ -66,19 +66,21 @@ def same(a, b) -> bool:
                for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
 
 
-@pytest.mark.parametrize(("make", "train"), [
-    (lambda: model_of("cnn_small"), {}),
-    (lambda: model_of("cnn_small"), {"augment": "crop_flip", "nesterov": True}),
-    (small_resnet, {}),  # batch norm: padded steps and each client's running statistics
-], ids=["cnn_small", "crop_flip-nesterov", "batch-norm"])
-def test_replayed_steps_equal_eager_ones_bit_for_bit_over_rounds(make, train):
+@pytest.mark.parametrize(("make", "train", "algorithm"), [
+    (lambda: model_of("cnn_small"), {}, "fedprox"),
+    (lambda: model_of("cnn_small"), {"augment": "crop_flip", "nesterov": True}, "fedprox"),
+    (small_resnet, {}, "fedprox"),  # batch norm: padded steps and each client's running statistics
+    (small_resnet, {"augment": "crop_flip"}, "mixup"),  # each step's lam and permutation: inputs of the replay
+], ids=["cnn_small", "crop_flip-nesterov", "batch-norm", "batch-norm-mixup"])
+def test_replayed_steps_equal_eager_ones_bit_for_bit_over_rounds(make, train, algorithm):
     # Prepare
     cfg = TrainConfig(**{**CFG, **train})
+    hparams = {"gamma": 0.4} if algorithm == "mixup" else None
 
     # Execute: eager steps (no graph maker on a CPU) by a new trainer every round, then steps of recurring shapes
     # replayed from the stand-in by one trainer for both rounds
-    eager_trainer, eager, _ = rounds(make(), cfg, fresh=True)
-    trainer, replayed, _ = rounds(make(), cfg, make_graph=stand_in)
+    eager_trainer, eager, _ = rounds(make(), cfg, fresh=True, algorithm=algorithm, hparams=hparams)
+    trainer, replayed, _ = rounds(make(), cfg, make_graph=stand_in, algorithm=algorithm, hparams=hparams)
 
     # Assert: the same clients in both rounds (the second round's replays run on the state and inputs of the first
     # round's captures); the shape met 12 times in the first round was captured then, the three met 4 times a round

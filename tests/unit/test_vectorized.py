@@ -98,6 +98,12 @@ ROUND_CASES = {
     "fedavg-drop-last": ("fedavg", {}, {"drop_last": True, "augment": "crop_flip"}),
     # batches drawn with replacement per step (the layer-wise LMC authors' GPT training)
     "fedavg-replacement": ("fedavg", {}, {"batch_sampling": "replacement", "local_epochs": None, "local_steps": 3}),
+    # Mixup: each client's lam and permutation drawn after its step's augmentation; a gamma far from the paper's 0.05
+    # so that most batches are mixed well inside (0, 1)
+    "mixup": ("mixup", {"gamma": 0.4}, {}),
+    "mixup-crop_flip-chunks": ("mixup", {"gamma": 0.4}, {"augment": "crop_flip", "client_chunk_size": 2}),
+    "mixup-batch-over-shards-nesterov": ("mixup", {"gamma": 0.05}, {"batch_size": 64, "augment": "crop_flip",
+                                                                    "nesterov": True, "local_epochs": 3}),
 }
 # The cases compared in float32 too, where float32 rounding is not amplified. Each was run from one start and data in
 # float32 and in float64 on AVX-512, AVX2 and ATen's default kernels (1 to 3 threads): each path's float32 client
@@ -106,8 +112,10 @@ ROUND_CASES = {
 # crop_flip a rounding difference moves some ReLU input across 0 (float32 and float64 training end 0.1-0.5 apart),
 # and AdamW's m / sqrt(v) turns one into 3.4e-3 (the float32 paths differed by that on an AMD EPYC's AVX2 kernels);
 # FedAvgM's second round departed by 4.8e-7 on ATen's default kernels, which bounds its float32 paths by TOL / 10 only.
+# Mixup's float32 paths differed from each other by at most 2.7e-7 on AVX-512, AVX2 and ATen's default kernels (FedAvg's
+# by 2.8e-7 in the same runs).
 FLOAT32_CASES = ["fedavg", "fedavg-plain-sgd-chunk1", "fedprox", "fedadam", "fedyogi", "cosine-local-steps",
-                 "fedprox-cosine-rounds", "fednova-drawn-epochs"]
+                 "fedprox-cosine-rounds", "fednova-drawn-epochs", "mixup"]
 
 
 @pytest.mark.parametrize(("algorithm", "hparams", "train"), list(ROUND_CASES.values()), ids=list(ROUND_CASES))
@@ -139,6 +147,47 @@ def test_float32_vectorized_round_equals_sequential_round(algorithm, hparams, tr
     assert vec.params.dtype == torch.float32
     assert_same_round(seq, vec, TOL)
     assert (seq.params[-1] - seq.params[0]).abs().max().item() > 100 * TOL
+
+
+@pytest.mark.parametrize("stacked_forward", [True, False], ids=["forward_stacked", "vmap"])
+def test_vectorized_mixup_mixes_each_clients_batch_as_sequential_training_does(stacked_forward, float64_default):
+    # Prepare: unequal shards (padded steps), crop_flip drawn before each step's mixing, in float64
+    data = shard_data([21, 9, 5, 14])
+    model = model_of("cnn_small")
+    flat = FlatParams(model)
+    start = flat.get()
+    cfg = TrainConfig(local_epochs=2, batch_size=8, lr=0.1, momentum=0.9, weight_decay=1e-3, seed=3,
+                      augment="crop_flip")
+    mixup = make_strategy("mixup", {"gamma": 0.4})
+
+    # Execute: Mixup vectorised in the model's stacked form or under vmap, sequentially, and FedAvg vectorised
+    vec = VectorizedTrainer(model, data, mixup, cfg, stacked_forward=stacked_forward).train_round(
+        start, torch.zeros(0), [0, 1, 2, 3], round_=1)
+    seq = [sequential_mod.local_train(model, flat, start, torch.zeros(0), data, c, 1, mixup, cfg)[0]
+           for c in range(4)]
+    plain = VectorizedTrainer(model, data, make_strategy("fedavg"), cfg, stacked_forward=stacked_forward
+                              ).train_round(start, torch.zeros(0), [0, 1, 2, 3], round_=1)
+
+    # Assert: the sequential clients to float64 rounding, and far from FedAvg's (the mixing happened)
+    for s, v, p in zip(seq, vec, plain, strict=True):
+        assert (s.params - v.params).abs().max().item() <= TOL64
+        assert s.train_loss == pytest.approx(v.train_loss, abs=TOL64)
+        assert (p.params - v.params).abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("augment", ["none", "crop_flip"])
+def test_vectorized_mixup_at_gamma_zero_is_fedavg_where_nothing_else_draws(augment, monkeypatch):
+    # Prepare: lam = 1 mixes nothing in, but each step still draws its permutation, which moves the next steps'
+    # crop_flip draws
+    data = shard_data([21, 9, 5, 30])
+
+    # Execute
+    mixup = run_mode("vectorized", "mixup", {"gamma": 0.0}, data, monkeypatch, augment=augment)
+    fedavg = run_mode("vectorized", "fedavg", {}, data, monkeypatch, augment=augment)
+
+    # Assert: bit for bit FedAvg without augmentation (1 x + 0 x[perm] = x, 1 CE + 0 CE' = CE), not with it
+    same = torch.equal(mixup.params[-1], fedavg.params[-1])
+    assert same is (augment == "none")
 
 
 def test_fedprox_term_changes_vectorized_training(monkeypatch):
@@ -276,8 +325,9 @@ def test_strategy_declarations():
     # planning (torch-free) reads the spec's declaration: it must say what the strategy class does
     assert vectorised == {name for name, spec in ALGORITHM_SPECS.items() if spec.sequential_only is None}
 
-    assert {"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "fedsam", "fedasam"} <= vectorised
-    assert not vectorised & {"scaffold", "feddyn", "moon", "mixup", "stochdepth", "gradaug", "fedalign"}
+    assert {"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "fedsam", "fedasam",
+            "mixup"} <= vectorised
+    assert not vectorised & {"scaffold", "feddyn", "moon", "stochdepth", "gradaug", "fedalign"}
 
     class ServerOnly(Strategy):  # only the server step differs: inherits FedAvg's vectorised training
         name = "server_only"

@@ -127,7 +127,8 @@ def test_float32_batch_norm_round_equals_sequential(algorithm, hparams, train):
     ("small", "crop_flip", "fedavg"),
     ("resnet20", "none", "fedavg"),
     ("resnet20", "crop_flip", "fedsam"),
-], ids=["small-crop_flip", "resnet20", "resnet20-fedsam-crop_flip"])
+    ("small", "crop_flip", "mixup"),  # the mixed batches' statistics, each client's own
+], ids=["small-crop_flip", "resnet20", "resnet20-fedsam-crop_flip", "small-mixup-crop_flip"])
 def test_float64_batch_norm_round_equals_sequential_to_float64_rounding(name, augment, algorithm, grouped_format,
                                                                        float64_default):
     # Prepare: in float64, since resnet20's float32 round is chaotic: at lr 0.05 with momentum each path's float32
@@ -138,7 +139,8 @@ def test_float64_batch_norm_round_equals_sequential_to_float64_rounding(name, au
     cfg = TrainConfig(**{**CFG, "augment": augment})
 
     # Execute
-    start, buffers, seq, vec = both_rounds(model, data, cfg, algorithm, {"rho": 0.05} if algorithm == "fedsam" else {})
+    hparams = {"fedsam": {"rho": 0.05}, "mixup": {"gamma": 0.4}}.get(algorithm, {})
+    start, buffers, seq, vec = both_rounds(model, data, cfg, algorithm, hparams)
 
     # Assert
     for s, v in zip(seq, vec, strict=True):

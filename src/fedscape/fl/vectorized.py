@@ -39,6 +39,10 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
   parameters, the padded samples excluded by the loss mask, zero for a zero gradient) and the
   gradient of its masked loss at w + e, on the same batch, as `FedSAM.local_backward` does one client
   at a time;
+- an input-mixing objective (Mixup, Zhang et al. 2018) mixes each client's batch after its augmentation with the lam
+  and permutation its sequential `local_loss` draws, from the same generator in the same order
+  (`Strategy.input_mixing`; a padded row mixes with itself), and takes lam CE(y) + (1 - lam) CE(y[perm]) over the
+  real rows;
 - a parameter the loss does not use (a layer defined but bypassed) gets no gradient (None), as its `.grad`
   stays None sequentially, and the step skips it as torch's optimisers do (no weight decay, momentum or
   update), unless the strategy's term gives it one (FedProx's prox term at mu > 0);
@@ -57,7 +61,7 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
   (`Strategy.vectorized` is False: SCAFFOLD, MOON, ...).
 
 One vectorised round equals one sequential round within float rounding (tests/unit/test_vectorized.py
-checks FedAvg, FedProx, FedNova and the server-optimiser variants, AdamW, lr schedules and unequal local
+checks FedAvg, FedProx, FedNova, Mixup and the server-optimiser variants, AdamW, lr schedules and unequal local
 work in float64, and in float32 to 1e-5 where float32 training is not chaotic; tests/unit/test_vectorized_sam.py
 FedSAM and FedASAM, in float64 at a large ascent radius; tests/unit/test_vectorized_bn.py batch norm: parameters
 and running statistics, a small ResNet in float32, resnet20 in float64; tests/unit/test_vectorized_unused.py a
@@ -270,6 +274,7 @@ class _ClientPlan:
     batches: list[torch.Tensor]  # CPU indices into data.x_train, one tensor per step
     draws: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None  # crop_flip draws per step
     lrs: list[float]  # the learning rate of each step
+    mixes: list[tuple[float, torch.Tensor]] | None = None  # the strategy's input mixing per step (Mixup's lam, perm)
 
 
 @dataclass
@@ -330,7 +335,9 @@ class VectorizedTrainer:
             self._loss = self._stacked_loss
         else:
             vmapped = vmap(self._client_loss, in_dims=(0, 0, 0, 0), randomness="different")
-            self._loss = lambda params, x, y, mask, norm: vmapped(params, x, y, mask)
+            vmapped_mixed = vmap(self._client_mixed_loss, in_dims=(0, 0, 0, 0, 0, 0), randomness="different")
+            self._loss = lambda params, x, y, mask, norm, mix: (
+                vmapped(params, x, y, mask) if mix is None else vmapped_mixed(params, x, y, mask, *mix))
         self._states: dict[int, _ChunkState] = {}
         self.graphs = self._graphs(make_graph)
 
@@ -355,24 +362,43 @@ class VectorizedTrainer:
         logits = functional_call(self.model, params, (x,))
         return masked_mean_loss(at_least_float32(logits), y, mask)
 
+    def _client_mixed_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                           mask: torch.Tensor, weights: torch.Tensor, y_mixed: torch.Tensor) -> torch.Tensor:
+        """`_client_loss` of an input-mixing objective: lam CE(y) + (1 - lam) CE(y_mixed) on the mixed batch x,
+        `weights` = (lam, 1 - lam)."""
+        logits = at_least_float32(functional_call(self.model, params, (x,)))
+        return weights[0] * masked_mean_loss(logits, y, mask) + weights[1] * masked_mean_loss(logits, y_mixed, mask)
+
     def _stacked_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                      mask: torch.Tensor, norm: StackedNorm | None) -> torch.Tensor:
-        """`_client_loss` of every client at once through the model's `forward_stacked`: [K] losses; `norm`: its
-        batch norms' padding mask and running statistics (None for a model without batch norm)."""
+                      mask: torch.Tensor, norm: StackedNorm | None,
+                      mix: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """`_client_loss` (or `_client_mixed_loss` where `mix` holds the clients' weights [K, 2] and mixed targets)
+        of every client at once through the model's `forward_stacked`: [K] losses; `norm`: its batch norms' padding
+        mask and running statistics (None for a model without batch norm)."""
         if norm is None:
             logits = self.model.forward_stacked(params, x)
         else:
             logits = self.model.forward_stacked(params, x, norm=norm)
-        ce, counts = sample_losses(at_least_float32(logits).flatten(0, 1), y.flatten(0, 1))
-        ce = ce.view_as(mask)
-        if counts is None:
-            return (ce * mask).sum(1) / mask.sum(1)
-        return (ce * mask).sum(1) / (counts.view_as(mask) * mask).sum(1)
+        logits = at_least_float32(logits).flatten(0, 1)
+
+        def mean_loss(targets: torch.Tensor) -> torch.Tensor:
+            ce, counts = sample_losses(logits, targets.flatten(0, 1))
+            ce = ce.view_as(mask)
+            if counts is None:
+                return (ce * mask).sum(1) / mask.sum(1)
+            return (ce * mask).sum(1) / (counts.view_as(mask) * mask).sum(1)
+
+        if mix is None:
+            return mean_loss(y)
+        weights, y_mixed = mix
+        return weights[:, 0] * mean_loss(y) + weights[:, 1] * mean_loss(y_mixed)
 
     def _step_loss(self, xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor, padded: bool,
-                   running: dict[str, torch.Tensor] | None) -> Callable[[list[torch.Tensor]], torch.Tensor]:
+                   running: dict[str, torch.Tensor] | None, mix: tuple[torch.Tensor, torch.Tensor] | None
+                   ) -> Callable[[list[torch.Tensor]], torch.Tensor]:
         """The K clients' losses [K] on this step's batches as a function of stacked parameters (a list in
-        `named_parameters()` order), for `Strategy.local_gradients_vectorized`.
+        `named_parameters()` order), for `Strategy.local_gradients_vectorized`; `mix`: an input-mixing objective's
+        weights [K, 2] and mixed targets (`_stacked_loss`), None for the plain cross-entropy.
 
         With batch norm, `padded` says whether any row of the step is padding (else torch's batch norm over the
         grouped channels is each client's), and the first evaluation alone updates the clients' `running`
@@ -386,7 +412,7 @@ class VectorizedTrainer:
             if self.batch_norm:
                 norm = StackedNorm(mb if padded else None, running if first[0] else None)
                 first[0] = False
-            return self._loss(dict(zip(self.names, params, strict=True)), xb, yb, mb, norm)
+            return self._loss(dict(zip(self.names, params, strict=True)), xb, yb, mb, norm, mix)
 
         return loss
 
@@ -399,8 +425,15 @@ class VectorizedTrainer:
         generator = client_generator(cfg.seed, round_, client_id)
         idx = self.indices_cpu[client_id]
         local = local_plan(cfg, len(idx), work, round_, generator)
-        draws = [crop_flip_draws(len(b), generator) for b in local.batches] if cfg.augment == "crop_flip" else None
-        return _ClientPlan(client_id, len(idx), [idx[b] for b in local.batches], draws, local.lrs)
+        # Each step's draws in the sequential order: its augmentation's, then the strategy's input mixing's.
+        draws, mixes, scratch = [], [], {}
+        for b in local.batches:
+            if cfg.augment == "crop_flip":
+                draws.append(crop_flip_draws(len(b), generator))
+            mixes.append(self.strategy.input_mixing(len(b), generator, scratch))
+        return _ClientPlan(client_id, len(idx), [idx[b] for b in local.batches],
+                           draws if cfg.augment == "crop_flip" else None, local.lrs,
+                           mixes if any(m is not None for m in mixes) else None)
 
     def state_dict(self) -> dict:
         """Nothing is kept between rounds (every round starts fresh optimisers)."""
@@ -467,6 +500,7 @@ class VectorizedTrainer:
         index, mask = index.to(device), mask.to(device)
         if aug is not None:
             aug = aug.to(device)
+        mix_weights, mix_perm = self._mixing(plans, num_steps, batch, global_params.dtype)
 
         st = self._chunk_state(k0, global_params, global_buffers)
         # Each step's lr: one number when the active clients share it (always under a constant lr), else one
@@ -486,7 +520,9 @@ class VectorizedTrainer:
         for t in range(num_steps):
             k, w = active[t], width[t]
             idx = index[t, :k, :w]
-            inputs = (x_train[idx], y_train[idx], mask[t, :k, :w], None if aug is None else aug[:, t, :k, :w])
+            inputs = (x_train[idx], y_train[idx], mask[t, :k, :w], None if aug is None else aug[:, t, :k, :w],
+                      None if mix_weights is None else mix_weights[t, :k],
+                      None if mix_perm is None else mix_perm[t, :k, :w])
             if self.graphs is not None and keys[t] is not None and self.graphs.run(
                     keys[t], inputs, lambda static, t=t: lambda: self._step(st, t, padded[t], step_lr[t], *static),
                     st.tensors()):
@@ -504,6 +540,22 @@ class VectorizedTrainer:
         return [ClientResult(p.client_id, p.num_samples, flat[j].clone(), client_buffers[j], losses_mean[j],
                              len(p.batches), update_weight(p.lrs, sgd_momentum, cfg.nesterov))
                 for j, p in enumerate(plans)]
+
+    def _mixing(self, plans: list[_ClientPlan], num_steps: int, batch: int, dtype: torch.dtype
+                ) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+        """The chunk's input mixing (`Strategy.input_mixing`) on the device: weights (lam, 1 - lam) [steps, clients,
+        2] in the model's dtype, each from the float64 lam as the sequential loss's Python floats are, and
+        permutations [steps, clients, batch] within each client's real rows (a padded row mixes with itself); (None,
+        None) for a strategy that does not mix."""
+        if all(p.mixes is None for p in plans):
+            return None, None
+        weights = torch.zeros(num_steps, len(plans), 2, dtype=torch.float64)
+        perm = torch.arange(batch).repeat(num_steps, len(plans), 1)
+        for j, p in enumerate(plans):
+            for t, (lam, order) in enumerate(p.mixes):
+                weights[t, j, 0], weights[t, j, 1] = lam, 1 - lam
+                perm[t, j, : len(order)] = order
+        return weights.to(device=self.device, dtype=dtype), perm.to(self.device)
 
     def _chunk_state(self, k0: int, global_params: torch.Tensor, global_buffers: torch.Tensor) -> _ChunkState:
         """The state of a chunk of k0 clients, all starting at the global model and statistics, zero momentum and
@@ -543,16 +595,23 @@ class VectorizedTrainer:
         return st
 
     def _step(self, st: _ChunkState, t: int, padded: bool, lr: float | torch.Tensor, xb: torch.Tensor,
-              yb: torch.Tensor, mb: torch.Tensor, aug: torch.Tensor | None) -> None:
+              yb: torch.Tensor, mb: torch.Tensor, aug: torch.Tensor | None, mix_weights: torch.Tensor | None,
+              mix_perm: torch.Tensor | None) -> None:
         """Step t of the active clients (the first xb.shape[0] of the chunk) on their batches: the strategy's
         gradients, then SGD's or AdamW's update, in place on `st`."""
         cfg, k = self.cfg, xb.shape[0]
         params = [s[:k].detach().requires_grad_(True) for s in st.stacked]
         if aug is not None:
             xb = crop_flip_stacked(xb, aug[0], aug[1], aug[2].bool())
+        mix = None
+        if mix_perm is not None:  # Mixup: lam x + (1 - lam) x[perm] per client, after the augmentation
+            rows = torch.arange(k, device=xb.device).unsqueeze(1)
+            shape = (k, *([1] * (xb.dim() - 1)))
+            xb = mix_weights[:, 0].view(shape) * xb + mix_weights[:, 1].view(shape) * xb[rows, mix_perm]
+            mix = (mix_weights, yb[rows, mix_perm])
         running = dict(zip(self.buffer_names, (b[:k] for b in st.buffers), strict=True))
         gradients, adjust = self.strategy.local_gradients_vectorized, self.strategy.adjust_gradients_vectorized
-        losses, grads = gradients(params, self._step_loss(xb, yb, mb, padded, running))  # FedSAM: at w + e
+        losses, grads = gradients(params, self._step_loss(xb, yb, mb, padded, running, mix))  # FedSAM: at w + e
         grads = unaliased(tuple(grads))
         with torch.no_grad():
             adjust(params, st.global_views, grads)  # e.g. FedProx's mu (w - w_global)

@@ -22,5 +22,4 @@ class MixupConfig(ServerSGDConfig):
 SPECS = (AlgorithmSpec("mixup", MixupConfig, "mixup:Mixup", "Mixup",
                   "Zhang et al. 2018, mixup: Beyond Empirical Risk Minimization; FedAlign paper, Sec. 3.2",
                   requires="pixel_input",
-                  per_sample="it mixes whole samples and their one-hot labels (Zhang et al. 2018)",
-                  sequential_only="the mixing of each batch"),)
+                  per_sample="it mixes whole samples and their one-hot labels (Zhang et al. 2018)"),)

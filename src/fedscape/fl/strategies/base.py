@@ -126,8 +126,8 @@ class Strategy:
     # batched/vectorised client path may train these clients without calling the client hooks.
     standard_local_training: ClassVar[bool] = True
     # Whether fedscape.fl.vectorized may train all clients of a round at once (stacked parameters
-    # under vmap; `local_gradients_vectorized` and `adjust_gradients_vectorized` are its only client
-    # hooks). FedAvg: yes. A subclass is False unless it declares `vectorized` itself, or it only
+    # under vmap; `input_mixing`, `local_gradients_vectorized` and `adjust_gradients_vectorized` are its only
+    # client hooks). FedAvg: yes. A subclass is False unless it declares `vectorized` itself, or it only
     # changes the server step (standard local training and no client hook of its own), in which case
     # it inherits its parent's value.
     vectorized: ClassVar[bool] = True
@@ -202,6 +202,15 @@ class Strategy:
 
     def adjust_gradients(self, model: nn.Module, ctx: ClientContext) -> None:
         """Change gradients after backward, before the local optimiser step (SCAFFOLD's correction)."""
+
+    def input_mixing(self, n: int, generator: torch.Generator, scratch: dict[str, Any]
+                     ) -> tuple[float, torch.Tensor] | None:
+        """The vectorised path's draws of an input-mixing objective for one step's batch of n: (lam, a CPU
+        permutation of the batch), each client's batch then mixed as lam x + (1 - lam) x[perm] and its loss as
+        lam CE(y) + (1 - lam) CE(y[perm]) (Mixup); drawn from the client's `generator` (with `scratch`, its working
+        state of the round) in the order its `local_loss` draws them, after the step's augmentation. None: no
+        mixing (nothing drawn)."""
+        return None
 
     def local_gradients_vectorized(self, params: list[torch.Tensor],
                                    loss: Callable[[list[torch.Tensor]], torch.Tensor]

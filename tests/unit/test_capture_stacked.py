@@ -71,11 +71,12 @@ def same(a, b) -> bool:
     (lambda: model_of("cnn_small"), {"augment": "crop_flip", "nesterov": True}, "fedprox"),
     (small_resnet, {}, "fedprox"),  # batch norm: padded steps and each client's running statistics
     (small_resnet, {"augment": "crop_flip"}, "mixup"),  # each step's lam and permutation: inputs of the replay
-], ids=["cnn_small", "crop_flip-nesterov", "batch-norm", "batch-norm-mixup"])
+    (small_resnet, {}, "stochdepth"),  # each step's residual scales too, and the dropped branches kept
+], ids=["cnn_small", "crop_flip-nesterov", "batch-norm", "batch-norm-mixup", "batch-norm-stochdepth"])
 def test_replayed_steps_equal_eager_ones_bit_for_bit_over_rounds(make, train, algorithm):
     # Prepare
     cfg = TrainConfig(**{**CFG, **train})
-    hparams = {"gamma": 0.4} if algorithm == "mixup" else None
+    hparams = {"mixup": {"gamma": 0.4}, "stochdepth": {"survival_last": 0.5}}.get(algorithm)
 
     # Execute: eager steps (no graph maker on a CPU) by a new trainer every round, then steps of recurring shapes
     # replayed from the stand-in by one trainer for both rounds

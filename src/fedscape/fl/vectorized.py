@@ -43,6 +43,12 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
   and permutation its sequential `local_loss` draws, from the same generator in the same order
   (`Strategy.input_mixing`; a padded row mixes with itself), and takes lam CE(y) + (1 - lam) CE(y[perm]) over the
   real rows;
+- a random-depth objective (Stochastic Depth, Huang et al. 2016) scales each client's residual branches by the
+  scales its sequential `local_loss` draws (`Strategy.residual_scales`, through the ResNets' `forward_stacked`); a
+  branch at scale 0 adds exactly 0 and gets zero gradients, and its parameters, SGD momentum and running statistics
+  are put back where the step found them (`torch.where`, exact), as the sequential step, which never runs the branch,
+  leaves them (torch's SGD skips a parameter whose .grad is None); AdamW, which also counts each parameter's steps,
+  keeps such clients sequential;
 - a parameter the loss does not use (a layer defined but bypassed) gets no gradient (None), as its `.grad`
   stays None sequentially, and the step skips it as torch's optimisers do (no weight decay, momentum or
   update), unless the strategy's term gives it one (FedProx's prox term at mu > 0);
@@ -63,7 +69,8 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
 One vectorised round equals one sequential round within float rounding (tests/unit/test_vectorized.py
 checks FedAvg, FedProx, FedNova, Mixup and the server-optimiser variants, AdamW, lr schedules and unequal local
 work in float64, and in float32 to 1e-5 where float32 training is not chaotic; tests/unit/test_vectorized_sam.py
-FedSAM and FedASAM, in float64 at a large ascent radius; tests/unit/test_vectorized_bn.py batch norm: parameters
+FedSAM and FedASAM, in float64 at a large ascent radius; tests/unit/test_vectorized_depth.py Stochastic Depth;
+tests/unit/test_vectorized_bn.py batch norm: parameters
 and running statistics, a small ResNet in float32, resnet20 in float64; tests/unit/test_vectorized_unused.py a
 bypassed layer under each vectorised local training). In float64 the two paths agree
 to float64 rounding (1e-10 checked, ~1e-14 seen, also for resnet20 at 32x32; a deep batch-norm model's client
@@ -106,6 +113,10 @@ def vectorization_blocker(model: nn.Module, strategy: Strategy) -> str | None:
     """Why this model/algorithm pair cannot be trained vectorised, or None when it can."""
     if not getattr(strategy, "vectorized", False):
         return f"algorithm {strategy.name!r} has no vectorised local training"
+    if getattr(strategy, "residual_scaled", False) and not (has_forward_stacked(model)
+                                                             and hasattr(model, "residual_branch_of")):
+        return (f"algorithm {strategy.name!r} scales each residual branch per client, which only the ResNets' own "
+                f"stacked forward does ({type(model).__name__} has none)")
     return buffer_blocker(model)
 
 
@@ -178,6 +189,9 @@ def resolve_client_parallel(model: nn.Module, strategy: Strategy, cfg: TrainConf
     if reason is None and cfg.augment in SEQUENTIAL_AUGMENTATIONS:
         reason = (f"the dataset's augment {cfg.augment} crops every image to its own size before resizing, which "
                   "the stacked clients' batches do not take (sequential path only)")
+    if reason is None and cfg.optimizer != "sgd" and strategy.residual_scaled:
+        reason = (f"algorithm {strategy.name!r} drops residual branches per client, whose skipped steps the stacked "
+                  f"step reproduces for SGD only ({cfg.optimizer} also counts each parameter's steps)")
     if reason is None and cfg.keep_optimizer_state:
         reason = "training.keep_optimizer_state keeps each client's momentum between rounds (sequential path only)"
     if reason is None and cfg.optimizer == "adamw":
@@ -275,6 +289,7 @@ class _ClientPlan:
     draws: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None  # crop_flip draws per step
     lrs: list[float]  # the learning rate of each step
     mixes: list[tuple[float, torch.Tensor]] | None = None  # the strategy's input mixing per step (Mixup's lam, perm)
+    scales: list[list[float]] | None = None  # its residual scales per step (Stochastic Depth's, one per block)
 
 
 @dataclass
@@ -326,17 +341,28 @@ class VectorizedTrainer:
         self.stacked_forward = stacked_forward and has_forward_stacked(model)
         self.batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         reason = buffer_blocker(model, self.stacked_forward)
+        if reason is None and strategy.residual_scaled:
+            reason = vectorization_blocker(model, strategy) if self.stacked_forward else (
+                f"algorithm {strategy.name!r} scales residual branches per client in the model's stacked forward only")
+            if reason is None and cfg.optimizer != "sgd":
+                reason = f"algorithm {strategy.name!r} drops residual branches, reproduced for SGD steps only"
         if reason is not None:
             raise ValueError(f"cannot train this model vectorised: {reason}")
         self.buffer_names = [name for name, b in model.named_buffers() if b.is_floating_point()]
         self.buffer_shapes = [tuple(b.shape) for _, b in model.named_buffers() if b.is_floating_point()]
         self.buffer_numels = [math.prod(s) for s in self.buffer_shapes]
+        # Each parameter's and statistic's residual block (None: outside every branch), where the strategy drops
+        # branches: a client's dropped branch keeps them as its step found them.
+        branch_of = getattr(model, "residual_branch_of", lambda name: None)
+        self.param_branch = [branch_of(n) for n in self.names] if strategy.residual_scaled else []
+        self.buffer_branch = [branch_of(n) for n in self.buffer_names] if strategy.residual_scaled else []
+        self.num_blocks = len(model.blocks) if strategy.residual_scaled else 0
         if self.stacked_forward:
             self._loss = self._stacked_loss
         else:
             vmapped = vmap(self._client_loss, in_dims=(0, 0, 0, 0), randomness="different")
             vmapped_mixed = vmap(self._client_mixed_loss, in_dims=(0, 0, 0, 0, 0, 0), randomness="different")
-            self._loss = lambda params, x, y, mask, norm, mix: (
+            self._loss = lambda params, x, y, mask, norm, mix, scales: (
                 vmapped(params, x, y, mask) if mix is None else vmapped_mixed(params, x, y, mask, *mix))
         self._states: dict[int, _ChunkState] = {}
         self.graphs = self._graphs(make_graph)
@@ -371,14 +397,16 @@ class VectorizedTrainer:
 
     def _stacked_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                       mask: torch.Tensor, norm: StackedNorm | None,
-                      mix: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+                      mix: tuple[torch.Tensor, torch.Tensor] | None, scales: torch.Tensor | None) -> torch.Tensor:
         """`_client_loss` (or `_client_mixed_loss` where `mix` holds the clients' weights [K, 2] and mixed targets)
         of every client at once through the model's `forward_stacked`: [K] losses; `norm`: its batch norms' padding
-        mask and running statistics (None for a model without batch norm)."""
+        mask and running statistics (None for a model without batch norm); `scales`: each client's residual scales
+        [K, blocks] (None: none)."""
+        extra = {} if scales is None else {"scales": scales}
         if norm is None:
-            logits = self.model.forward_stacked(params, x)
+            logits = self.model.forward_stacked(params, x, **extra)
         else:
-            logits = self.model.forward_stacked(params, x, norm=norm)
+            logits = self.model.forward_stacked(params, x, norm=norm, **extra)
         logits = at_least_float32(logits).flatten(0, 1)
 
         def mean_loss(targets: torch.Tensor) -> torch.Tensor:
@@ -394,11 +422,12 @@ class VectorizedTrainer:
         return weights[:, 0] * mean_loss(y) + weights[:, 1] * mean_loss(y_mixed)
 
     def _step_loss(self, xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor, padded: bool,
-                   running: dict[str, torch.Tensor] | None, mix: tuple[torch.Tensor, torch.Tensor] | None
-                   ) -> Callable[[list[torch.Tensor]], torch.Tensor]:
+                   running: dict[str, torch.Tensor] | None, mix: tuple[torch.Tensor, torch.Tensor] | None,
+                   scales: torch.Tensor | None) -> Callable[[list[torch.Tensor]], torch.Tensor]:
         """The K clients' losses [K] on this step's batches as a function of stacked parameters (a list in
         `named_parameters()` order), for `Strategy.local_gradients_vectorized`; `mix`: an input-mixing objective's
-        weights [K, 2] and mixed targets (`_stacked_loss`), None for the plain cross-entropy.
+        weights [K, 2] and mixed targets, `scales`: the residual scales (`_stacked_loss`); None for the plain model and
+        cross-entropy.
 
         With batch norm, `padded` says whether any row of the step is padding (else torch's batch norm over the
         grouped channels is each client's), and the first evaluation alone updates the clients' `running`
@@ -412,7 +441,7 @@ class VectorizedTrainer:
             if self.batch_norm:
                 norm = StackedNorm(mb if padded else None, running if first[0] else None)
                 first[0] = False
-            return self._loss(dict(zip(self.names, params, strict=True)), xb, yb, mb, norm, mix)
+            return self._loss(dict(zip(self.names, params, strict=True)), xb, yb, mb, norm, mix, scales)
 
         return loss
 
@@ -426,14 +455,17 @@ class VectorizedTrainer:
         idx = self.indices_cpu[client_id]
         local = local_plan(cfg, len(idx), work, round_, generator)
         # Each step's draws in the sequential order: its augmentation's, then the strategy's input mixing's.
-        draws, mixes, scratch = [], [], {}
+        draws, mixes, scales, scratch = [], [], [], {}
         for b in local.batches:
             if cfg.augment == "crop_flip":
                 draws.append(crop_flip_draws(len(b), generator))
             mixes.append(self.strategy.input_mixing(len(b), generator, scratch))
+            if self.num_blocks:
+                scales.append(self.strategy.residual_scales(self.num_blocks, generator, scratch))
         return _ClientPlan(client_id, len(idx), [idx[b] for b in local.batches],
                            draws if cfg.augment == "crop_flip" else None, local.lrs,
-                           mixes if any(m is not None for m in mixes) else None)
+                           mixes if any(m is not None for m in mixes) else None,
+                           scales if self.num_blocks else None)
 
     def state_dict(self) -> dict:
         """Nothing is kept between rounds (every round starts fresh optimisers)."""
@@ -501,6 +533,13 @@ class VectorizedTrainer:
         if aug is not None:
             aug = aug.to(device)
         mix_weights, mix_perm = self._mixing(plans, num_steps, batch, global_params.dtype)
+        scales = None
+        if self.num_blocks:  # [steps, clients, blocks]; an inactive client's ones are never read
+            scales = torch.ones(num_steps, k0, self.num_blocks, dtype=torch.float64)
+            for j, p in enumerate(plans):
+                if p.batches:
+                    scales[: len(p.batches), j] = torch.tensor(p.scales, dtype=torch.float64)
+            scales = scales.to(device=device, dtype=global_params.dtype)
 
         st = self._chunk_state(k0, global_params, global_buffers)
         # Each step's lr: one number when the active clients share it (always under a constant lr), else one
@@ -522,7 +561,7 @@ class VectorizedTrainer:
             idx = index[t, :k, :w]
             inputs = (x_train[idx], y_train[idx], mask[t, :k, :w], None if aug is None else aug[:, t, :k, :w],
                       None if mix_weights is None else mix_weights[t, :k],
-                      None if mix_perm is None else mix_perm[t, :k, :w])
+                      None if mix_perm is None else mix_perm[t, :k, :w], None if scales is None else scales[t, :k])
             if self.graphs is not None and keys[t] is not None and self.graphs.run(
                     keys[t], inputs, lambda static, t=t: lambda: self._step(st, t, padded[t], step_lr[t], *static),
                     st.tensors()):
@@ -596,10 +635,11 @@ class VectorizedTrainer:
 
     def _step(self, st: _ChunkState, t: int, padded: bool, lr: float | torch.Tensor, xb: torch.Tensor,
               yb: torch.Tensor, mb: torch.Tensor, aug: torch.Tensor | None, mix_weights: torch.Tensor | None,
-              mix_perm: torch.Tensor | None) -> None:
+              mix_perm: torch.Tensor | None, scales: torch.Tensor | None) -> None:
         """Step t of the active clients (the first xb.shape[0] of the chunk) on their batches: the strategy's
-        gradients, then SGD's or AdamW's update, in place on `st`."""
-        cfg, k = self.cfg, xb.shape[0]
+        gradients, then SGD's or AdamW's update, in place on `st`; `scales` [K, blocks]: the residual scales, a
+        client's dropped branch (scale 0) keeping its parameters, momentum and statistics."""
+        k = xb.shape[0]
         params = [s[:k].detach().requires_grad_(True) for s in st.stacked]
         if aug is not None:
             xb = crop_flip_stacked(xb, aug[0], aug[1], aug[2].bool())
@@ -610,36 +650,67 @@ class VectorizedTrainer:
             xb = mix_weights[:, 0].view(shape) * xb + mix_weights[:, 1].view(shape) * xb[rows, mix_perm]
             mix = (mix_weights, yb[rows, mix_perm])
         running = dict(zip(self.buffer_names, (b[:k] for b in st.buffers), strict=True))
+        # Where branches drop: what a client's dropped branch must keep (its sequential step never runs the branch,
+        # so torch's SGD skips its parameters, whose .grad stays None). Kept for every branch, whatever the draws,
+        # so that a captured step needs no host decision.
+        kept_buffers = [(b, live, b.clone())
+                        for b, live in self._branch_views(st.buffers, self.buffer_branch, scales, k)]
         gradients, adjust = self.strategy.local_gradients_vectorized, self.strategy.adjust_gradients_vectorized
-        losses, grads = gradients(params, self._step_loss(xb, yb, mb, padded, running, mix))  # FedSAM: at w + e
+        losses, grads = gradients(params, self._step_loss(xb, yb, mb, padded, running, mix, scales))  # FedSAM: w + e
         grads = unaliased(tuple(grads))
         with torch.no_grad():
-            adjust(params, st.global_views, grads)  # e.g. FedProx's mu (w - w_global)
-            # A parameter without gradient (None: the loss does not use it) is skipped, as torch's optimisers
-            # skip one whose .grad is None: no weight decay, momentum or step.
-            used = [i for i, g in enumerate(grads) if g is not None]
-            grads = [grads[i] for i in used]
-            current = [st.stacked[i][:k] for i in used]
-            if st.moments is not None:
-                self._adamw_step(current, grads, [st.moments[0][i][:k] for i in used],
-                                 [st.moments[1][i][:k] for i in used], lr, t + 1)
-                st.loss_sum[:k] += losses.detach()
-                return
-            # torch.optim.SGD (dampening 0, Nesterov's where cfg.nesterov) on the active prefix of the stack.
-            if cfg.weight_decay:
-                torch._foreach_add_(grads, current, alpha=cfg.weight_decay)
+            for b, live, before in kept_buffers:
+                b.copy_(torch.where(live, b, before))
+            kept = [(p, live, p.clone()) for p, live in self._branch_views(st.stacked, self.param_branch, scales, k)]
             if st.momentum is not None:
-                bufs = [st.momentum[i][:k] for i in used]
-                torch._foreach_mul_(bufs, cfg.momentum)  # zero at the first step: buf = grad
-                torch._foreach_add_(bufs, grads)
-                # Nesterov (torch's form): step along g + m b instead of b
-                grads = torch._foreach_add(grads, bufs, alpha=cfg.momentum) if cfg.nesterov else bufs
-            if isinstance(lr, float):
-                torch._foreach_add_(current, grads, alpha=-lr)
-            else:
-                for c, g in zip(current, grads, strict=True):
-                    c.sub_(g * lr.view(-1, *([1] * (g.dim() - 1))))
+                kept += [(m, live, m.clone())
+                         for m, live in self._branch_views(st.momentum, self.param_branch, scales, k)]
+            self._sgd_update(st, k, params, grads, losses, lr, t, adjust)
+            for v, live, before in kept:
+                v.copy_(torch.where(live, v, before))
+
+    def _branch_views(self, tensors: list[torch.Tensor], branch: list[int | None], scales: torch.Tensor | None,
+                      k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(the active clients' view of each tensor in a residual branch, whether each client's branch runs this step,
+        shaped to broadcast); none without scales."""
+        if scales is None:
+            return []
+        live = scales != 0
+        return [(tensor[:k], live[:, block].view(k, *([1] * (tensor.dim() - 1))))
+                for tensor, block in zip(tensors, branch, strict=True) if block is not None]
+
+    def _sgd_update(self, st: _ChunkState, k: int, params: list[torch.Tensor], grads: list[torch.Tensor | None],
+                    losses: torch.Tensor, lr: float | torch.Tensor, t: int,
+                    adjust: Callable[[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor | None]], None]
+                    ) -> None:
+        """The strategy's gradient hook, then SGD's or AdamW's update of the active clients, and their losses."""
+        cfg = self.cfg
+        adjust(params, st.global_views, grads)  # e.g. FedProx's mu (w - w_global)
+        # A parameter without gradient (None: the loss does not use it) is skipped, as torch's optimisers
+        # skip one whose .grad is None: no weight decay, momentum or step.
+        used = [i for i, g in enumerate(grads) if g is not None]
+        grads = [grads[i] for i in used]
+        current = [st.stacked[i][:k] for i in used]
+        if st.moments is not None:
+            self._adamw_step(current, grads, [st.moments[0][i][:k] for i in used],
+                             [st.moments[1][i][:k] for i in used], lr, t + 1)
             st.loss_sum[:k] += losses.detach()
+            return
+        # torch.optim.SGD (dampening 0, Nesterov's where cfg.nesterov) on the active prefix of the stack.
+        if cfg.weight_decay:
+            torch._foreach_add_(grads, current, alpha=cfg.weight_decay)
+        if st.momentum is not None:
+            bufs = [st.momentum[i][:k] for i in used]
+            torch._foreach_mul_(bufs, cfg.momentum)  # zero at the first step: buf = grad
+            torch._foreach_add_(bufs, grads)
+            # Nesterov (torch's form): step along g + m b instead of b
+            grads = torch._foreach_add(grads, bufs, alpha=cfg.momentum) if cfg.nesterov else bufs
+        if isinstance(lr, float):
+            torch._foreach_add_(current, grads, alpha=-lr)
+        else:
+            for c, g in zip(current, grads, strict=True):
+                c.sub_(g * lr.view(-1, *([1] * (g.dim() - 1))))
+        st.loss_sum[:k] += losses.detach()
 
     def _adamw_step(self, params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
                     exp_avg_sq: list[torch.Tensor], lr: float | torch.Tensor, step: int) -> None:

@@ -69,6 +69,15 @@ class ZeroPadShortcut(nn.Module):
         return grouped_contiguous(h.flatten(1, 2))
 
 
+def scaled_branch(r: Tensor, scale: Tensor | None, k: int) -> Tensor:
+    """K stacked residual branches r [B, K*C, H, W] (grouped layout), client k's times ``scale[k]`` (None: r). A
+    branch at scale 0 adds exactly 0 to its block's shortcut, as `ResidualBlock.forward_scaled` skips it, and passes
+    zero gradients back (the trainer keeps its parameters and statistics where the sequential step leaves them)."""
+    if scale is None:
+        return r
+    return r * scale.to(r.dtype).repeat_interleave(r.shape[1] // k).view(1, -1, 1, 1)
+
+
 class ResidualBlock(nn.Module):
     """What the ResNet blocks share: relu(F(x) + shortcut(x)) with their `residual_branch` F and `shortcut`."""
 
@@ -124,8 +133,9 @@ class BasicBlock(ResidualBlock):
         return self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x)))))
 
     def forward_stacked(self, params: Mapping[str, Tensor], prefix: str, h: Tensor, k: int,
-                        norm: StackedNorm | None) -> Tensor:
-        """The block of K stacked models on h in grouped layout [B, K*C, H, W] (``params[prefix + name]``)."""
+                        norm: StackedNorm | None, scale: Tensor | None = None) -> Tensor:
+        """The block of K stacked models on h in grouped layout [B, K*C, H, W] (``params[prefix + name]``); ``scale``
+        [K]: each client's residual branch scaled, as `forward_scaled` scales one model's (None: unscaled)."""
         r = stacked_conv(self.conv1, params, f"{prefix}conv1", h, k)
         r = F.relu(stacked_norm(self.norm1, params, f"{prefix}norm1", r, k, norm))
         r = stacked_norm(self.norm2, params, f"{prefix}norm2", stacked_conv(self.conv2, params, f"{prefix}conv2", r, k),
@@ -136,7 +146,7 @@ class BasicBlock(ResidualBlock):
             skip = self.shortcut.forward_grouped(h, k)
         else:
             skip = self.stacked_projection(params, prefix, h, k, norm)
-        return F.relu(r + skip)
+        return F.relu(scaled_branch(r, scale, k) + skip)
 
     def forward_width(self, x: Tensor, width: float) -> Tensor:
         """The block at width ``width`` on an input holding the first x.shape[1] channels."""
@@ -185,8 +195,9 @@ class Bottleneck(ResidualBlock):
         return self.norm3(self.conv3(h))
 
     def forward_stacked(self, params: Mapping[str, Tensor], prefix: str, h: Tensor, k: int,
-                        norm: StackedNorm | None) -> Tensor:
-        """The block of K stacked models on h in grouped layout [B, K*C, H, W] (``params[prefix + name]``)."""
+                        norm: StackedNorm | None, scale: Tensor | None = None) -> Tensor:
+        """The block of K stacked models on h in grouped layout [B, K*C, H, W] (``params[prefix + name]``); ``scale``
+        [K]: each client's residual branch scaled, as `forward_scaled` scales one model's (None: unscaled)."""
         r = h
         for i, (conv, layer) in enumerate(((self.conv1, self.norm1), (self.conv2, self.norm2),
                                            (self.conv3, self.norm3)), start=1):
@@ -194,7 +205,7 @@ class Bottleneck(ResidualBlock):
                              k, norm)
             r = F.relu(r) if i < 3 else r
         skip = h if isinstance(self.shortcut, nn.Identity) else self.stacked_projection(params, prefix, h, k, norm)
-        return F.relu(r + skip)
+        return F.relu(scaled_branch(r, scale, k) + skip)
 
     def forward_width(self, x: Tensor, width: float) -> Tensor:
         """The block at width ``width`` on an input holding the first x.shape[1] channels: every convolution keeps
@@ -290,16 +301,19 @@ class ResNet(ImageClassifier):
             x = block(x)
         return torch.flatten(self.pool(x), 1)
 
-    def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor, norm: StackedNorm | None = None) -> Tensor:
+    def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor, norm: StackedNorm | None = None,
+                        scales: Tensor | None = None) -> Tensor:
         """K stacked models in training: grouped convolutions, each client's group or batch norm
-        (batch norm over its real rows, updating its running statistics: ``norm``), then batched matmuls."""
+        (batch norm over its real rows, updating its running statistics: ``norm``), then batched matmuls. ``scales``
+        [K, blocks]: block i's residual branch of client k scaled by ``scales[k, i]``, as `forward_residual_scaled`
+        does for one model (Stochastic Depth; None: unscaled)."""
         k = x.shape[0]
         h = stacked_conv(self.stem, params, "stem", grouped_layout(x), k)
         h = self.stem_pool(F.relu(stacked_norm(self.stem_norm, params, "stem_norm", h, k, norm)))
         for i, block in enumerate(self.blocks):
             if not isinstance(block, BasicBlock | Bottleneck):  # a wrapped block (Stochastic Depth) has no stacked form
                 raise TypeError(f"ResNet.forward_stacked has no grouped form of {type(block).__name__} (blocks.{i})")
-            h = block.forward_stacked(params, f"blocks.{i}.", h, k, norm)
+            h = block.forward_stacked(params, f"blocks.{i}.", h, k, norm, None if scales is None else scales[:, i])
         h = ungrouped_flat(self.pool(h), k)
         return stacked_linear(h, params["classifier.weight"], params["classifier.bias"])
 
@@ -309,6 +323,14 @@ class ResNet(ImageClassifier):
         the whole last stage, ``layer3`` of its ResNet56)."""
         starts = [i for i, b in enumerate(self.blocks) if not isinstance(b.shortcut, nn.Identity)]
         return starts[-1] if starts else 0
+
+    def residual_branch_of(self, name: str) -> int | None:
+        """The block whose residual branch holds the parameter or buffer ``name`` (its shortcut is not part of it),
+        None for one outside every branch (the stem, the shortcuts, the classifier)."""
+        parts = name.split(".")
+        if len(parts) < 3 or parts[0] != "blocks" or parts[2] == "shortcut":
+            return None
+        return int(parts[1])
 
     def forward_residual_scaled(self, x: Tensor, scales: Sequence[float]) -> Tensor:
         """Logits with block i's residual branch scaled by ``scales[i]`` (0 drops it; Stochastic Depth)."""

@@ -22,5 +22,4 @@ class StochDepthConfig(ServerSGDConfig):
 SPECS = (AlgorithmSpec("stochdepth", StochDepthConfig, "stochdepth:StochDepth", "StochDepth",
                   "Huang et al. 2016, Deep Networks with Stochastic Depth; FedAlign paper, Sec. 3.2",
                   requires="residual",
-                  per_sample="its residual-scaled forward gives one prediction per sample (forward_residual_scaled)",
-                  sequential_only="the random depth of every step"),)
+                  per_sample="its residual-scaled forward gives one prediction per sample (forward_residual_scaled)"),)

@@ -136,6 +136,10 @@ class Strategy:
     # pass. The gradient hooks (`adjust_gradients`), `begin_local` and `end_local` run eagerly around it. A subclass
     # that changes `local_backward` or `local_loss` is False unless it declares `capturable` itself.
     capturable: ClassVar[bool] = True
+    # Whether local training scales each residual branch per step (`residual_scales`): its vectorised form needs a
+    # model whose `forward_stacked` takes those scales (the ResNets) and SGD, whose skipping of a dropped branch's
+    # parameters the stacked step reproduces (AdamW would also keep a step count per parameter).
+    residual_scaled: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -210,6 +214,14 @@ class Strategy:
         lam CE(y) + (1 - lam) CE(y[perm]) (Mixup); drawn from the client's `generator` (with `scratch`, its working
         state of the round) in the order its `local_loss` draws them, after the step's augmentation. None: no
         mixing (nothing drawn)."""
+        return None
+
+    def residual_scales(self, num_blocks: int, generator: torch.Generator, scratch: dict[str, Any]
+                        ) -> list[float] | None:
+        """The vectorised path's draws of a random-depth objective for one step: each residual block's scale (0 drops
+        its branch; Stochastic Depth), drawn from the client's `generator` (with `scratch`) in the order its
+        `local_loss` draws them, after the step's augmentation. None: every branch as it is (nothing drawn).
+        A strategy that returns scales declares `residual_scaled`."""
         return None
 
     def local_gradients_vectorized(self, params: list[torch.Tensor],

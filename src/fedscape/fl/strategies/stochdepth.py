@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,8 +12,20 @@ from fedscape.fl.strategies.base import ClientContext, Strategy
 
 
 def survival_probabilities(num_blocks: int, survival_last: float) -> list[float]:
-    """Linear decay gamma_l = 1 - l/L (1 - gamma_L), l = 1..L (Huang et al. 2016; FedAlign Sec. 3.1)."""
+    """Linear decay gamma_l = 1 - l/L (1 - gamma_L), l = 1..L (Huang et al. 2016; FedAlign Sec. 3.2)."""
     return [1 - (block / num_blocks) * (1 - survival_last) for block in range(1, num_blocks + 1)]
+
+
+def stochdepth_scales(num_blocks: int, survival_last: float, generator: torch.Generator,
+                      scratch: dict[str, Any]) -> list[float]:
+    """One step's residual scales: 1 / gamma_l for a surviving block l, 0 for a dropped one, from one uniform draw
+    per block of the client's generator (`scratch`: the client's working state of the round). One home for the
+    draws both training paths take."""
+    probs = scratch.get("survival")
+    if probs is None:
+        probs = scratch["survival"] = survival_probabilities(num_blocks, survival_last)
+    draws = torch.rand(len(probs), generator=generator).tolist()
+    return [1.0 / p if u < p else 0.0 for u, p in zip(draws, probs, strict=True)]
 
 
 class StochDepth(Strategy):
@@ -22,15 +36,20 @@ class StochDepth(Strategy):
     are used as they are at evaluation: every analysis of the saved models evaluates the plain
     network, which is what Huang et al.'s test-time rule (branch scaled by gamma_l) computes, up to
     that re-parameterisation of the residual branches.
+
+    Vectorised training takes the same draws (`residual_scales`) and scales each stacked client's branches; a dropped
+    branch's parameters, momentum and running statistics stay as they were, as a sequential step that never ran the
+    branch leaves them.
     """
 
     standard_local_training = False
+    vectorized: ClassVar[bool] = True
+    residual_scaled: ClassVar[bool] = True
 
+    def residual_scales(self, num_blocks: int, generator: torch.Generator, scratch: dict[str, Any]
+                        ) -> list[float] | None:
+        return stochdepth_scales(num_blocks, self.config.survival_last, generator, scratch)
 
     def local_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext) -> torch.Tensor:
-        probs = ctx.scratch.get("survival")
-        if probs is None:
-            probs = ctx.scratch["survival"] = survival_probabilities(len(model.blocks), self.config.survival_last)
-        draws = torch.rand(len(probs), generator=ctx.generator).tolist()
-        scales = [1.0 / p if u < p else 0.0 for u, p in zip(draws, probs, strict=True)]
+        scales = stochdepth_scales(len(model.blocks), self.config.survival_last, ctx.generator, ctx.scratch)
         return F.cross_entropy(model.forward_residual_scaled(x, scales), y)

@@ -37,6 +37,12 @@ def small_resnet() -> ResNet:
     return ResNet(10, 1, (1, 1), (4, 8), norm="batch")
 
 
+def wider_resnet() -> ResNet:
+    """Wide enough that FedAlign's width cuts its last stage's channels (slim_channels keeps multiples of 8)."""
+    torch.manual_seed(0)
+    return ResNet(10, 1, (1, 1), (16, 32), norm="batch")
+
+
 def rounds(model, cfg: TrainConfig, make_graph=None, algorithm: str = "fedprox", hparams=None, num_rounds: int = 2,
            fresh: bool = False, made: list | None = None):
     """`num_rounds` rounds of every client from the model, the server's update between them: (the trainer, every
@@ -72,11 +78,14 @@ def same(a, b) -> bool:
     (small_resnet, {}, "fedprox"),  # batch norm: padded steps and each client's running statistics
     (small_resnet, {"augment": "crop_flip"}, "mixup"),  # each step's lam and permutation: inputs of the replay
     (small_resnet, {}, "stochdepth"),  # each step's residual scales too, and the dropped branches kept
-], ids=["cnn_small", "crop_flip-nesterov", "batch-norm", "batch-norm-mixup", "batch-norm-stochdepth"])
+    (wider_resnet, {}, "fedalign"),  # the slimmed pass, each client's factor and clipping, without a host read
+], ids=["cnn_small", "crop_flip-nesterov", "batch-norm", "batch-norm-mixup", "batch-norm-stochdepth",
+        "batch-norm-fedalign"])
 def test_replayed_steps_equal_eager_ones_bit_for_bit_over_rounds(make, train, algorithm):
     # Prepare
     cfg = TrainConfig(**{**CFG, **train})
-    hparams = {"mixup": {"gamma": 0.4}, "stochdepth": {"survival_last": 0.5}}.get(algorithm)
+    hparams = {"mixup": {"gamma": 0.4}, "stochdepth": {"survival_last": 0.5},
+               "fedalign": {"mu": 0.5, "width": 0.5, "clip_grad_norm": 1.0}}.get(algorithm)
 
     # Execute: eager steps (no graph maker on a CPU) by a new trainer every round, then steps of recurring shapes
     # replayed from the stand-in by one trainer for both rounds

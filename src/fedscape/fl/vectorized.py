@@ -49,6 +49,11 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
   are put back where the step found them (`torch.where`, exact), as the sequential step, which never runs the branch,
   leaves them (torch's SGD skips a parameter whose .grad is None); AdamW, which also counts each parameter's steps,
   keeps such clients sequential;
+- FedAlign (Mendieta et al. 2022) runs the model its own way on the step's batches (`loss.batch`, a `StackedBatch`):
+  the full pass with the last stage's input and output, the last stage slimmed on that input (its batch norms over
+  each client's real rows from batch statistics, updating nothing), each client's Lipschitz estimates over its real
+  rows, its own CE / L_lip factor where L_lip is positive and finite (on the device, no host read), and its own
+  gradient clipping; one backward pass where the sequential step takes two;
 - a parameter the loss does not use (a layer defined but bypassed) gets no gradient (None), as its `.grad`
   stays None sequentially, and the step skips it as torch's optimisers do (no weight decay, momentum or
   update), unless the strategy's term gives it one (FedProx's prox term at mu > 0);
@@ -70,6 +75,7 @@ One vectorised round equals one sequential round within float rounding (tests/un
 checks FedAvg, FedProx, FedNova, Mixup and the server-optimiser variants, AdamW, lr schedules and unequal local
 work in float64, and in float32 to 1e-5 where float32 training is not chaotic; tests/unit/test_vectorized_sam.py
 FedSAM and FedASAM, in float64 at a large ascent radius; tests/unit/test_vectorized_depth.py Stochastic Depth;
+tests/unit/test_vectorized_fedalign.py FedAlign;
 tests/unit/test_vectorized_bn.py batch norm: parameters
 and running statistics, a small ResNet in float32, resnet20 in float64; tests/unit/test_vectorized_unused.py a
 bypassed layer under each vectorised local training). In float64 the two paths agree
@@ -103,9 +109,9 @@ from fedscape.fl.capture import StackedStepGraphs, StepGraphMaker
 from fedscape.fl.local import client_generator, layer_seed, local_plan, round_work
 from fedscape.fl.schedule import update_weight
 from fedscape.fl.settings import CLIENT_PARALLEL, TrainConfig
-from fedscape.fl.strategies.base import ClientResult, Strategy
+from fedscape.fl.strategies.base import ClientResult, StackedBatch, Strategy
 from fedscape.models.layers import StackedNorm, has_forward_stacked
-from fedscape.models.loss import masked_mean_loss, sample_losses
+from fedscape.models.loss import at_least_float32, masked_mean_loss, stacked_mean_loss
 
 log = logging.getLogger("fedscape.train")
 
@@ -113,11 +119,8 @@ def vectorization_blocker(model: nn.Module, strategy: Strategy) -> str | None:
     """Why this model/algorithm pair cannot be trained vectorised, or None when it can."""
     if not getattr(strategy, "vectorized", False):
         return f"algorithm {strategy.name!r} has no vectorised local training"
-    if getattr(strategy, "residual_scaled", False) and not (has_forward_stacked(model)
-                                                             and hasattr(model, "residual_branch_of")):
-        return (f"algorithm {strategy.name!r} scales each residual branch per client, which only the ResNets' own "
-                f"stacked forward does ({type(model).__name__} has none)")
-    return buffer_blocker(model)
+    reason = strategy.stacked_blocker(model, has_forward_stacked(model))
+    return reason if reason is not None else buffer_blocker(model)
 
 
 def buffer_blocker(model: nn.Module, stacked_forward: bool = True) -> str | None:
@@ -241,15 +244,6 @@ def unaliased(grads: tuple[torch.Tensor | None, ...]) -> list[torch.Tensor | Non
     return out
 
 
-def at_least_float32(logits: torch.Tensor) -> torch.Tensor:
-    """Logits for the cross-entropy: bf16 ones (autocast) in float32, float32 and float64 ones as they are.
-
-    A plain ``.float()`` would take float64 logits down to float32, and with them the loss and every
-    gradient (1e-7 relative) that the sequential path computes in float64.
-    """
-    return logits.to(torch.promote_types(logits.dtype, torch.float32))
-
-
 def crop_flip_draws(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The random numbers `data.augment_batch(x, 'crop_flip', generator)` draws for a batch of n.
 
@@ -290,6 +284,18 @@ class _ClientPlan:
     lrs: list[float]  # the learning rate of each step
     mixes: list[tuple[float, torch.Tensor]] | None = None  # the strategy's input mixing per step (Mixup's lam, perm)
     scales: list[list[float]] | None = None  # its residual scales per step (Stochastic Depth's, one per block)
+
+
+@dataclass(frozen=True)
+class _StepLoss:
+    """A step's loss function of stacked parameters, and the batches it evaluates (`Strategy.local_gradients_vectorized`
+    may run the model its own way on them)."""
+
+    loss: Callable[[list[torch.Tensor]], torch.Tensor]
+    batch: StackedBatch
+
+    def __call__(self, params: list[torch.Tensor]) -> torch.Tensor:
+        return self.loss(params)
 
 
 @dataclass
@@ -341,11 +347,10 @@ class VectorizedTrainer:
         self.stacked_forward = stacked_forward and has_forward_stacked(model)
         self.batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         reason = buffer_blocker(model, self.stacked_forward)
-        if reason is None and strategy.residual_scaled:
-            reason = vectorization_blocker(model, strategy) if self.stacked_forward else (
-                f"algorithm {strategy.name!r} scales residual branches per client in the model's stacked forward only")
-            if reason is None and cfg.optimizer != "sgd":
-                reason = f"algorithm {strategy.name!r} drops residual branches, reproduced for SGD steps only"
+        if reason is None:
+            reason = strategy.stacked_blocker(model, self.stacked_forward)
+        if reason is None and strategy.residual_scaled and cfg.optimizer != "sgd":
+            reason = f"algorithm {strategy.name!r} drops residual branches, reproduced for SGD steps only"
         if reason is not None:
             raise ValueError(f"cannot train this model vectorised: {reason}")
         self.buffer_names = [name for name, b in model.named_buffers() if b.is_floating_point()]
@@ -407,27 +412,19 @@ class VectorizedTrainer:
             logits = self.model.forward_stacked(params, x, **extra)
         else:
             logits = self.model.forward_stacked(params, x, norm=norm, **extra)
-        logits = at_least_float32(logits).flatten(0, 1)
-
-        def mean_loss(targets: torch.Tensor) -> torch.Tensor:
-            ce, counts = sample_losses(logits, targets.flatten(0, 1))
-            ce = ce.view_as(mask)
-            if counts is None:
-                return (ce * mask).sum(1) / mask.sum(1)
-            return (ce * mask).sum(1) / (counts.view_as(mask) * mask).sum(1)
-
         if mix is None:
-            return mean_loss(y)
+            return stacked_mean_loss(logits, y, mask)
         weights, y_mixed = mix
-        return weights[:, 0] * mean_loss(y) + weights[:, 1] * mean_loss(y_mixed)
+        return weights[:, 0] * stacked_mean_loss(logits, y, mask) + weights[:, 1] * stacked_mean_loss(logits, y_mixed,
+                                                                                                      mask)
 
     def _step_loss(self, xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor, padded: bool,
                    running: dict[str, torch.Tensor] | None, mix: tuple[torch.Tensor, torch.Tensor] | None,
-                   scales: torch.Tensor | None) -> Callable[[list[torch.Tensor]], torch.Tensor]:
+                   scales: torch.Tensor | None) -> _StepLoss:
         """The K clients' losses [K] on this step's batches as a function of stacked parameters (a list in
         `named_parameters()` order), for `Strategy.local_gradients_vectorized`; `mix`: an input-mixing objective's
         weights [K, 2] and mixed targets, `scales`: the residual scales (`_stacked_loss`); None for the plain model and
-        cross-entropy.
+        cross-entropy. Its `batch` is the step's `StackedBatch`.
 
         With batch norm, `padded` says whether any row of the step is padding (else torch's batch norm over the
         grouped channels is each client's), and the first evaluation alone updates the clients' `running`
@@ -436,14 +433,17 @@ class VectorizedTrainer:
         """
         first = [True]
 
-        def loss(params: list[torch.Tensor]) -> torch.Tensor:
-            norm = None
-            if self.batch_norm:
-                norm = StackedNorm(mb if padded else None, running if first[0] else None)
-                first[0] = False
-            return self._loss(dict(zip(self.names, params, strict=True)), xb, yb, mb, norm, mix, scales)
+        def norm_state(update: bool) -> StackedNorm | None:
+            if not self.batch_norm:
+                return None
+            state = StackedNorm(mb if padded else None, running if update and first[0] else None)
+            first[0] = first[0] and not update
+            return state
 
-        return loss
+        def loss(params: list[torch.Tensor]) -> torch.Tensor:
+            return self._loss(dict(zip(self.names, params, strict=True)), xb, yb, mb, norm_state(True), mix, scales)
+
+        return _StepLoss(loss, StackedBatch(self.model, self.names, xb, yb, mb, norm_state))
 
     def plan(self, client_id: int, round_: int, work: int | None = None) -> _ClientPlan:
         """The client's batches (and augmentation draws) from its generator, as `local_train` draws them;

@@ -405,6 +405,33 @@ def stacked_norm(norm: nn.Module, params: Mapping[str, Tensor], name: str, h: Te
 
 
 
+def sliced_stacked_conv(conv: nn.Conv2d, params: Mapping[str, Tensor], name: str, h: Tensor, k: int,
+                        out_channels: int) -> Tensor:
+    """`sliced_conv` of K stacked models on h in grouped layout [B, K*C', H, W]: each client's first C' input and
+    ``out_channels`` output channels of its ``conv`` (``params[name + '.weight']``: [K, ...])."""
+    c_in = h.shape[1] // k
+    sliced = {f"{name}.weight": params[f"{name}.weight"][:, :out_channels, :c_in]}
+    if f"{name}.bias" in params:
+        sliced[f"{name}.bias"] = params[f"{name}.bias"][:, :out_channels]
+    return stacked_conv(conv, sliced, name, h, k)
+
+
+def sliced_stacked_norm(norm: nn.Module, params: Mapping[str, Tensor], name: str, h: Tensor, k: int,
+                        state: StackedNorm | None) -> Tensor:
+    """`sliced_norm` in training below full width, of K stacked models on h in grouped layout [B, K*C', H, W]: batch
+    norm over each client's real rows (``state.mask``) with its first C' weights, from batch statistics, updating no
+    running statistics (the slimmable BN of the GradAug and FedAlign code). Group norm's cut groups have no stacked
+    form here."""
+    if isinstance(norm, nn.Identity):
+        return h
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        raise TypeError(f"sliced_stacked_norm has no grouped form of {type(norm).__name__} ({name})")
+    c = h.shape[1] // k
+    sliced = {n: params[n][:, :c] for n in (f"{name}.weight", f"{name}.bias") if n in params}
+    return stacked_norm(norm, sliced, name, h, k, StackedNorm(state.mask if state else None, None,
+                                                             state.counts if state else {}))
+
+
 class ImageClassifier(nn.Module):
     """Base class: ``forward(x) == classifier(forward_features(x))``.
 

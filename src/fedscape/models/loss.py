@@ -13,6 +13,7 @@ stays the number of samples, sequences for a sequence task.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -64,3 +65,22 @@ def masked_mean_loss(logits: Tensor, y: Tensor, mask: Tensor) -> Tensor:
         return (ce * mask).sum() / mask.sum()
     return (ce * mask).sum() / (counts * mask).sum()
 
+
+
+def at_least_float32(logits: Tensor) -> Tensor:
+    """Logits for the cross-entropy: bf16 ones (autocast) in float32, float32 and float64 ones as they are.
+
+    A plain ``.float()`` would take float64 logits down to float32, and with them the loss and every
+    gradient (1e-7 relative) that the sequential path computes in float64.
+    """
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+def stacked_mean_loss(logits: Tensor, y: Tensor, mask: Tensor) -> Tensor:
+    """Each of K stacked models' mean cross-entropy [K] over the counted targets of its real samples: logits
+    [K, B, C, ...], targets [K, B, ...] and `mask` [K, B] (1 for a real sample, 0 for a padded row)."""
+    ce, counts = sample_losses(at_least_float32(logits).flatten(0, 1), y.flatten(0, 1))
+    ce = ce.view_as(mask)
+    if counts is None:
+        return (ce * mask).sum(1) / mask.sum(1)
+    return (ce * mask).sum(1) / (counts.view_as(mask) * mask).sum(1)

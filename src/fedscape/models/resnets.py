@@ -22,6 +22,8 @@ from fedscape.models.layers import (
     sliced_conv,
     sliced_linear_in,
     sliced_norm,
+    sliced_stacked_conv,
+    sliced_stacked_norm,
     slim_channels,
     stacked_conv,
     stacked_linear,
@@ -67,6 +69,14 @@ class ZeroPadShortcut(nn.Module):
         front = self.extra_channels // 2
         h = F.pad(h, (0, 0, 0, 0, front, self.extra_channels - front))
         return grouped_contiguous(h.flatten(1, 2))
+
+    def forward_grouped_width(self, h: Tensor, k: int, in_channels: int, out_channels: int) -> Tensor:
+        """`forward_grouped` of each client's first h.shape[1] / k of ``in_channels`` input channels (the rest taken
+        as zero), keeping its first ``out_channels`` outputs, as `BasicBlock.forward_width` uses the shortcut."""
+        h = h.unflatten(1, (k, -1))
+        h = F.pad(h, (0, 0, 0, 0, 0, in_channels - h.shape[2]))
+        out = self.forward_grouped(h.flatten(1, 2), k).unflatten(1, (k, -1))[:, :, :out_channels]
+        return grouped_contiguous(out.flatten(1, 2))
 
 
 def scaled_branch(r: Tensor, scale: Tensor | None, k: int) -> Tensor:
@@ -164,6 +174,24 @@ class BasicBlock(ResidualBlock):
             skip = sliced_norm(norm, sliced_conv(conv, x, out_channels), full)
         return F.relu(h + skip)
 
+    def forward_width_stacked(self, params: Mapping[str, Tensor], prefix: str, h: Tensor, k: int, width: float,
+                              norm: StackedNorm | None) -> Tensor:
+        """`forward_width` below full width of K stacked models on h in grouped layout [B, K*C', H, W]."""
+        out_channels = slim_channels(self.conv1.out_channels, width)
+        r = sliced_stacked_conv(self.conv1, params, f"{prefix}conv1", h, k, out_channels)
+        r = F.relu(sliced_stacked_norm(self.norm1, params, f"{prefix}norm1", r, k, norm))
+        r = sliced_stacked_conv(self.conv2, params, f"{prefix}conv2", r, k, out_channels)
+        r = sliced_stacked_norm(self.norm2, params, f"{prefix}norm2", r, k, norm)
+        if isinstance(self.shortcut, nn.Identity):
+            skip = h
+        elif isinstance(self.shortcut, ZeroPadShortcut):
+            skip = self.shortcut.forward_grouped_width(h, k, self.conv1.in_channels, out_channels)
+        else:
+            skip = sliced_stacked_norm(self.shortcut[1], params, f"{prefix}shortcut.1",
+                                       sliced_stacked_conv(self.shortcut[0], params, f"{prefix}shortcut.0", h, k,
+                                                           out_channels), k, norm)
+        return F.relu(r + skip)
+
 
 class Bottleneck(ResidualBlock):
     """ResNet bottleneck block (He et al., 2016, Sec. 4.1): 1x1 reduce to ``planes``, 3x3 (carrying the stride),
@@ -222,6 +250,25 @@ class Bottleneck(ResidualBlock):
             conv, norm = self.shortcut[0], self.shortcut[1]
             skip = sliced_norm(norm, sliced_conv(conv, x, out_channels), full)
         return F.relu(h + skip)
+
+    def forward_width_stacked(self, params: Mapping[str, Tensor], prefix: str, h: Tensor, k: int, width: float,
+                              norm: StackedNorm | None) -> Tensor:
+        """`forward_width` below full width of K stacked models on h in grouped layout [B, K*C', H, W]."""
+        inner = slim_channels(self.conv1.out_channels, width)
+        out_channels = slim_channels(self.out_channels, width)
+        r = h
+        for i, (conv, layer, out) in enumerate(((self.conv1, self.norm1, inner), (self.conv2, self.norm2, inner),
+                                                (self.conv3, self.norm3, out_channels)), start=1):
+            r = sliced_stacked_norm(layer, params, f"{prefix}norm{i}",
+                                    sliced_stacked_conv(conv, params, f"{prefix}conv{i}", r, k, out), k, norm)
+            r = F.relu(r) if i < 3 else r
+        if isinstance(self.shortcut, nn.Identity):
+            skip = h
+        else:
+            skip = sliced_stacked_norm(self.shortcut[1], params, f"{prefix}shortcut.1",
+                                       sliced_stacked_conv(self.shortcut[0], params, f"{prefix}shortcut.0", h, k,
+                                                           out_channels), k, norm)
+        return F.relu(r + skip)
 
 
 RESNET_BLOCKS = ("basic", "bottleneck")
@@ -307,15 +354,28 @@ class ResNet(ImageClassifier):
         (batch norm over its real rows, updating its running statistics: ``norm``), then batched matmuls. ``scales``
         [K, blocks]: block i's residual branch of client k scaled by ``scales[k, i]``, as `forward_residual_scaled`
         does for one model (Stochastic Depth; None: unscaled)."""
-        k = x.shape[0]
+        return self._stacked(params, x, norm, scales)[2]
+
+    def forward_stacked_last_block(self, params: Mapping[str, Tensor], x: Tensor, norm: StackedNorm | None = None
+                                   ) -> tuple[Tensor, Tensor, Tensor]:
+        """`forward_last_block` of K stacked models: the last stage's input and output in grouped layout
+        [B, K*C, H, W] and the logits [K, B, classes], as `forward_stacked` computes them."""
+        return self._stacked(params, x, norm, None)
+
+    def _stacked(self, params: Mapping[str, Tensor], x: Tensor, norm: StackedNorm | None, scales: Tensor | None
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+        k, start = x.shape[0], self.last_stage_start
         h = stacked_conv(self.stem, params, "stem", grouped_layout(x), k)
         h = self.stem_pool(F.relu(stacked_norm(self.stem_norm, params, "stem_norm", h, k, norm)))
+        h_in = h
         for i, block in enumerate(self.blocks):
             if not isinstance(block, BasicBlock | Bottleneck):  # a wrapped block (Stochastic Depth) has no stacked form
                 raise TypeError(f"ResNet.forward_stacked has no grouped form of {type(block).__name__} (blocks.{i})")
+            if i == start:
+                h_in = h
             h = block.forward_stacked(params, f"blocks.{i}.", h, k, norm, None if scales is None else scales[:, i])
-        h = ungrouped_flat(self.pool(h), k)
-        return stacked_linear(h, params["classifier.weight"], params["classifier.bias"])
+        logits = stacked_linear(ungrouped_flat(self.pool(h), k), params["classifier.weight"], params["classifier.bias"])
+        return h_in, h, logits
 
     @property
     def last_stage_start(self) -> int:
@@ -365,6 +425,29 @@ class ResNet(ImageClassifier):
         x = h
         for block in self.blocks[start:]:
             x = block.forward_width(x, width)
+        return h, x
+
+    def last_stage_whole_at(self, width: float) -> bool:
+        """Whether the last stage at ``width`` keeps every channel (`slim_channels` rounds each of its widths back up):
+        its sub-network is then the full stage, and `last_block_width` computes what `forward_last_block` does."""
+        start = self.last_stage_start
+        channels = [self.blocks[start].conv1.in_channels]
+        channels += [m.out_channels for m in self.blocks[start:].modules() if isinstance(m, nn.Conv2d)]
+        return all(slim_channels(c, width) == c for c in channels)
+
+    def last_block_width_stacked(self, params: Mapping[str, Tensor], h: Tensor, k: int, width: float,
+                                 norm: StackedNorm | None = None) -> tuple[Tensor, Tensor]:
+        """`last_block_width` below full width of K stacked models on the last stage's input h in grouped layout
+        [B, K*C, H, W]: (each client's sliced input, the stage's output at ``width``), grouped; its batch norms over
+        each client's real rows (``norm.mask``) from batch statistics, updating nothing."""
+        if width >= 1:
+            raise ValueError("last_block_width_stacked slims the last stage: width must be below 1")
+        start = self.last_stage_start
+        kept = slim_channels(self.blocks[start].conv1.in_channels, width)
+        h = grouped_contiguous(h.unflatten(1, (k, -1))[:, :, :kept].flatten(1, 2))
+        x = h
+        for i, block in enumerate(self.blocks[start:], start=start):
+            x = block.forward_width_stacked(params, f"blocks.{i}.", x, k, width, norm)
         return h, x
 
 

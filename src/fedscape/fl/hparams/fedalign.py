@@ -26,5 +26,4 @@ SPECS = (AlgorithmSpec("fedalign", FedAlignConfig, "fedalign:FedAlign", "FedAlig
                   "Mendieta et al. 2022, Local Learning Matters: Rethinking Data Heterogeneity in Federated Learning",
                   requires="width_sliceable",
                   per_sample="its Lipschitz regulariser compares one final representation per sample "
-                             "(Mendieta et al. 2022, Eq. 4)",
-                  sequential_only="the slimmed sub-network pass of every step"),)
+                             "(Mendieta et al. 2022, Eq. 4)"),)

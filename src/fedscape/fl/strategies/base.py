@@ -43,6 +43,23 @@ class ClientContext:
 
 
 @dataclass(frozen=True)
+class StackedBatch:
+    """One vectorised step's batches as the trainer's loss evaluates them, for a strategy whose local objective runs
+    the model its own way (FedAlign): the model and its parameter names (the order of the stacked parameters), the
+    active clients' inputs x [K, B, ...] after augmentation, their targets y and loss mask [K, B] (0 for a padded
+    row), and `norm(update)`: the batch norms' state of a pass (`fedscape.models.layers.StackedNorm`: padded rows
+    masked; the clients' running statistics moved by the pass where `update`), None for a model without batch
+    norm."""
+
+    model: nn.Module
+    names: list[str]
+    x: torch.Tensor
+    y: torch.Tensor
+    mask: torch.Tensor
+    norm: Callable[[bool], Any]
+
+
+@dataclass(frozen=True)
 class ClientResult:
     """A client's model after local training."""
 
@@ -136,9 +153,9 @@ class Strategy:
     # pass. The gradient hooks (`adjust_gradients`), `begin_local` and `end_local` run eagerly around it. A subclass
     # that changes `local_backward` or `local_loss` is False unless it declares `capturable` itself.
     capturable: ClassVar[bool] = True
-    # Whether local training scales each residual branch per step (`residual_scales`): its vectorised form needs a
-    # model whose `forward_stacked` takes those scales (the ResNets) and SGD, whose skipping of a dropped branch's
-    # parameters the stacked step reproduces (AdamW would also keep a step count per parameter).
+    # Whether local training scales each residual branch per step (`residual_scales`): its vectorised form needs
+    # SGD, whose skipping of a dropped branch's parameters the stacked step reproduces (AdamW would also keep a step
+    # count per parameter).
     residual_scaled: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -224,6 +241,12 @@ class Strategy:
         A strategy that returns scales declares `residual_scaled`."""
         return None
 
+    def stacked_blocker(self, model: nn.Module, stacked_forward: bool = True) -> str | None:
+        """Why this algorithm's local training has no vectorised form for `model` (trained through its own
+        `forward_stacked` where `stacked_forward`, else under vmap), or None: every model its declaration
+        (`vectorized`) covers."""
+        return None
+
     def local_gradients_vectorized(self, params: list[torch.Tensor],
                                    loss: Callable[[list[torch.Tensor]], torch.Tensor]
                                    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
@@ -232,8 +255,9 @@ class Strategy:
         `params` are the K active clients' parameters [K, *shape] (leaves that require grad, in
         `named_parameters()` order); `loss(tensors)` is every client's mean cross-entropy [K] on its batch of
         this step (padded samples excluded) at any stacked parameters of those shapes, so a strategy may
-        evaluate it more than once (FedSAM: at w and at w + e). The default: the gradients at `params`, None for a
-        tensor the loss does not use (`stacked_gradients`).
+        evaluate it more than once (FedSAM: at w and at w + e); `loss.batch` is the step's `StackedBatch`, for an
+        objective that runs the model its own way. The default: the gradients at `params`, None for a tensor the
+        loss does not use (`stacked_gradients`).
         """
         losses = loss(params)
         return losses.detach(), stacked_gradients(losses, params)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedscape.fl.strategies.base import ClientContext, Strategy
+from fedscape.fl.strategies.base import ClientContext, Strategy, stacked_gradients
+from fedscape.models.loss import stacked_mean_loss
 
 
 def transmitting_matrix(h_in: torch.Tensor, h_out: torch.Tensor) -> torch.Tensor:
@@ -42,6 +45,27 @@ def lipschitz_estimate(h_in: torch.Tensor, h_out: torch.Tensor, iterations: int 
     return spectral_norm_power(transmitting_matrix(h_in, h_out), iterations)
 
 
+def stacked_lipschitz(h_in: torch.Tensor, h_out: torch.Tensor, k: int, iterations: int = 10) -> torch.Tensor:
+    """`lipschitz_estimate` of K stacked models' maps in grouped layout [B, K*C, H, W]: [K, B]."""
+    def ungrouped(h: torch.Tensor) -> torch.Tensor:
+        return h.unflatten(1, (k, -1)).transpose(0, 1).flatten(0, 1)  # [K*B, C, H, W], client k's rows k*B ..
+
+    return lipschitz_estimate(ungrouped(h_in), ungrouped(h_out), iterations).view(k, -1)
+
+
+def clip_stacked_grad_norm_(grads: list[torch.Tensor | None], max_norm: float) -> None:
+    """`torch.nn.utils.clip_grad_norm_` of each of K stacked clients over its own gradients [K, *shape] (None: a
+    parameter without gradient), in place: client k's scaled by min(1, max_norm / (its total 2-norm + 1e-6))."""
+    present = [g for g in grads if g is not None]
+    if not present:
+        return
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in present]),
+                                     dim=0)
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in present:
+        g.mul_(coef.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
+
+
 class FedAlign(Strategy):
     """FedAlign (Mendieta et al. 2022, Local Learning Matters): align the last block's Lipschitz constants.
 
@@ -49,9 +73,55 @@ class FedAlign(Strategy):
     of the last block at full width (K_F, detached) and at width omega_s (K_S), the sub-block
     reusing the full network's (detached) block input; the ratio CE / L_lip is a constant (App. A.2).
     The last "block" is the whole last stage of a ResNet and `last_block` of cnn_small.
+
+    Vectorised training (the ResNets with batch norm or none, below full width) computes the same terms for every
+    stacked client, each with its own CE / L_lip factor and its own gradient clipping, in one backward pass where the
+    sequential step takes two (the sums differ by float rounding only).
     """
 
     standard_local_training = False
+    vectorized: ClassVar[bool] = True
+
+    def stacked_blocker(self, model: nn.Module, stacked_forward: bool = True) -> str | None:
+        if not (stacked_forward and hasattr(model, "last_block_width_stacked")):
+            return (f"algorithm {self.name!r} slims the last block of each client, which only the ResNets' own "
+                    f"stacked forward does ({type(model).__name__}{'' if stacked_forward else ' under vmap'})")
+        if self.config.width >= 1:
+            return (f"algorithm {self.name!r} at width 1 runs the full last block twice a step, whose batch norms "
+                    "move their running statistics twice (sequential client training only)")
+        if any(isinstance(m, nn.GroupNorm) for m in model.modules()):
+            return f"algorithm {self.name!r} slims group norm's groups, which has no stacked form"
+        return None
+
+    def local_gradients_vectorized(self, params: list[torch.Tensor],
+                                   loss: Callable[[list[torch.Tensor]], torch.Tensor]
+                                   ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        c, batch = self.config, loss.batch
+        k = batch.x.shape[0]
+        named = dict(zip(batch.names, params, strict=True))
+        h_in, h_out, logits = batch.model.forward_stacked_last_block(named, batch.x, norm=batch.norm(True))
+        ce = stacked_mean_loss(logits, batch.y, batch.mask)
+        if c.mu == 0 or batch.model.last_stage_whole_at(c.width):
+            # No term: at a width that keeps every channel the sub-block is the block, L_lip is 0 (the sequential
+            # step's is, computed twice alike; here the two passes' kernels differ, and CE / L_lip would magnify that).
+            return ce.detach(), stacked_gradients(ce, params)
+        h_in, h_out = h_in.detach(), h_out.detach()
+        sub_in, sub_out = batch.model.last_block_width_stacked(named, h_in, k, c.width, norm=batch.norm(False))
+        k_s = stacked_lipschitz(sub_in, sub_out, k, c.power_iterations)
+        k_f = stacked_lipschitz(h_in, h_out, k, c.power_iterations)
+        lip = ((k_s - k_f).square() * batch.mask).sum(1) / batch.mask.sum(1)  # each client's MSE over its real rows
+        lip_value, ce_value = lip.detach(), ce.detach()
+        # The sequential step's host test, per client and on the device: the term where L_lip is positive and finite.
+        aligned = (lip_value > 0) & torch.isfinite(lip_value)
+        zero = torch.zeros_like(lip_value)
+        factor = torch.where(aligned, c.mu * ce_value / lip_value, zero)
+        total = ce + torch.where(aligned, factor * lip, zero)
+        return ce_value + torch.where(aligned, c.mu * ce_value, zero), stacked_gradients(total, params)
+
+    def adjust_gradients_vectorized(self, params: list[torch.Tensor], global_params: list[torch.Tensor],
+                                    grads: list[torch.Tensor | None]) -> None:
+        if self.config.clip_grad_norm > 0:
+            clip_stacked_grad_norm_(grads, self.config.clip_grad_norm)
 
 
     def local_backward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext) -> torch.Tensor:

@@ -46,6 +46,13 @@ class StochDepth(Strategy):
     vectorized: ClassVar[bool] = True
     residual_scaled: ClassVar[bool] = True
 
+    def stacked_blocker(self, model: nn.Module, stacked_forward: bool = True) -> str | None:
+        if not (stacked_forward and hasattr(model, "residual_branch_of")):
+            return (f"algorithm {self.name!r} scales each residual branch per client, which only the ResNets' own "
+                    f"stacked forward does ({type(model).__name__}"
+                    f"{'' if stacked_forward else ' under vmap'})")
+        return None
+
     def residual_scales(self, num_blocks: int, generator: torch.Generator, scratch: dict[str, Any]
                         ) -> list[float] | None:
         return stochdepth_scales(num_blocks, self.config.survival_last, generator, scratch)

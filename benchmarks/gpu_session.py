@@ -8,7 +8,7 @@ back at most 8 files, so a call's parts write fewer):
 
     source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT tests steps      # one call (CALLS)
     source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT vectorized conv surface
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT hvp
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT hvp algorithms
     python benchmarks/gpu_session.py --list                                               # what each part runs
 
 Record what they print in benchmarks/README.md with the GPU's name and the torch version (each script prints both).
@@ -66,11 +66,18 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
     # HVP against a gradient (goal <= 3x) in both modes, and the top eigenvalues against float64 (goal 1e-4).
     "hvp": [("hvp_resnet20_bn", [PY, "benchmarks/bench_hvp.py", "--model", "resnet20", "--norm", "batch",
                                  "--dataset", "cifar10", "--samples", "1024", "--device", "cuda"], 200)],
+    # FedAlign's own baselines vectorised on its bottleneck ResNet56 (batch 64, 16 clients, as fedalign.yaml): their
+    # stacked rounds against one client after another, which bench_gpu prices at FedAvg's steps.
+    "algorithms": [(f"vectorized_resnet56_{algorithm}",
+                    [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model", "resnet56_bottleneck",
+                     "--norm", "batch", "--batch-size", "64", "--samples-per-client", "640", "--local-epochs", "1",
+                     "--alpha", "iid", "--clients", "16", "--algorithm", algorithm, "--repeats", "2"], 110)
+                   for algorithm in ("fedalign", "stochdepth", "mixup")],
 }
 # The parts as device calls: each call's limits add up to less than a call's 600 s, with room for setup.sh. A
 # session's 15 minutes of device time hold about two calls as they usually run (well under their limits): the
 # first two, in this order.
-CALLS = (("tests", "steps"), ("vectorized", "conv", "surface"), ("hvp",))
+CALLS = (("tests", "steps"), ("vectorized", "conv", "surface"), ("hvp", "algorithms"))
 CALL_SECONDS = 570
 CALL_FILES = 8  # what a device call brings back from $OUT: one file per command, so at most this many per call
 

@@ -201,8 +201,14 @@ def test_graphs_stop_at_their_budget(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("make", [lambda: model_of("cnn_small"), small_resnet], ids=["cnn_small", "batch-norm"])
-def test_on_a_gpu_captured_stacked_steps_equal_eager_ones(make, float64_default):
+@pytest.mark.parametrize(("make", "algorithm", "hparams"), [
+    (lambda: model_of("cnn_small"), "fedprox", {"mu": 0.5}),
+    (small_resnet, "fedprox", {"mu": 0.5}),
+    (small_resnet, "mixup", {"gamma": 0.4}),
+    (small_resnet, "stochdepth", {"survival_last": 0.5}),
+    (wider_resnet, "fedalign", {"mu": 0.5, "width": 0.5, "clip_grad_norm": 1.0}),  # no host read in its step
+], ids=["cnn_small", "batch-norm", "mixup", "stochdepth", "fedalign"])
+def test_on_a_gpu_captured_stacked_steps_equal_eager_ones(make, algorithm, hparams, float64_default):
     # Prepare: in float64 on the card (cuDNN's float64 kernels: the check's spread is 0 or rounding)
     def on_gpu(capture: str):
         model = make().cuda()
@@ -211,7 +217,7 @@ def test_on_a_gpu_captured_stacked_steps_equal_eager_ones(make, float64_default)
                           data.x_test.cuda(), data.y_test.cuda())
         flat = FlatParams(model)
         params, buffers = flat.get(), flatten_buffers(model).cuda()
-        strategy = make_strategy("fedprox", {"mu": 0.5})
+        strategy = make_strategy(algorithm, hparams)
         strategy.setup(data.num_clients, params.numel(), params.device, model=model, seed=0)
         trainer = VectorizedTrainer(model, data, strategy, TrainConfig(**{**CFG, "capture": capture}))
         out = []

@@ -759,6 +759,12 @@ def test_an_unknown_device_names_the_devices_not_a_regex():
      "keep_optimizer_state keeps each client's optimiser state between rounds"),
     ({"name": "scaffold"}, {"client_parallel": "auto"}, None),  # auto falls back to sequential training
     ({"name": "fedprox"}, {"client_parallel": "vectorized"}, None),
+    # vectorised algorithms whose stacked form does not cover the run: FedAlign on cnn_small (the default config's
+    # model), Stochastic Depth with AdamW
+    ({"name": "fedalign"}, {"client_parallel": "vectorized"}, "training.client_parallel: vectorized trains stacked "
+     "clients' batches, but algorithm fedalign (fedavg) needs its last block slimmed per client, which only the "
+     "ResNets stack (not cnn_small) (sequential client training only)"),
+    ({"name": "mixup"}, {"client_parallel": "vectorized"}, None),
 ])
 def test_an_explicit_vectorized_that_cannot_be_honoured_is_refused_at_planning(algorithm, training, message):
     """Before: refused by the train job, after the partition and init jobs (and in a grid, other runs) ran."""

@@ -18,7 +18,7 @@ from fedscape.data.datasets import augment_batch
 from fedscape.data.federated import FederatedData
 from fedscape.fl import sequential as sequential_mod
 from fedscape.fl.engine import run_federated
-from fedscape.fl.hparams.registry import ALGORITHM_SPECS
+from fedscape.fl.hparams.registry import ALGORITHM_SPECS, algorithm_config
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.base import Strategy
 from fedscape.fl.strategies.registry import make_strategy, strategy_class
@@ -30,8 +30,10 @@ from fedscape.fl.vectorized import (
     vectorization_blocker,
 )
 from fedscape.models.loss import at_least_float32
-from fedscape.models.params import FlatParams
+from fedscape.models.params import FlatParams, flatten_buffers
 from fedscape.models.registry import build_model
+from fedscape.models.resnets import ResNet
+from fedscape.models.specs import model_info
 from fedscape.plan.workflow import check_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,6 +175,28 @@ def test_vectorized_mixup_mixes_each_clients_batch_as_sequential_training_does(s
         assert (s.params - v.params).abs().max().item() <= TOL64
         assert s.train_loss == pytest.approx(v.train_loss, abs=TOL64)
         assert (p.params - v.params).abs().max().item() > 1e-2
+
+
+@pytest.mark.parametrize("algorithm", ["mixup", "stochdepth", "fedalign"])
+def test_a_client_without_local_steps_keeps_the_global_model_with_every_drawing_algorithm(algorithm,
+                                                                                         float64_default):
+    # Prepare: a ResNet (which every one of them vectorises) and a client whose shard is empty
+    data = shard_data([21, 0, 5, 14])
+    cfg = TrainConfig(local_epochs=1, batch_size=8, lr=0.1, momentum=0.9, weight_decay=1e-3, seed=3)
+    model = ResNet(10, 1, (1, 1), (16, 32), norm="batch")
+    flat = FlatParams(model)
+    start = flat.get()
+    strategy = make_strategy(algorithm)
+
+    # Execute
+    vec = VectorizedTrainer(model, data, strategy, cfg).train_round(start, flatten_buffers(model), [0, 1, 2, 3], 1)
+    seq = [sequential_mod.local_train(model, flat, start, flatten_buffers(model), data, c, 1, strategy, cfg)[0]
+           for c in range(4)]
+
+    # Assert: the empty client's model is the global one; the others train as sequentially
+    assert vec[1].num_steps == 0 and torch.equal(vec[1].params, start)
+    for s, v in zip(seq, vec, strict=True):
+        assert (s.params - v.params).abs().max().item() <= TOL64
 
 
 @pytest.mark.parametrize("augment", ["none", "crop_flip"])
@@ -542,3 +566,29 @@ def test_a_float64_model_under_a_float32_default_gets_float64_learning_rates(mon
     assert seq.params.dtype == vec.params.dtype == torch.float64
     assert (seq.params[-1] - vec.params[-1]).abs().max().item() <= 1e-12
     assert seq.rows[-1]["train_loss"] == pytest.approx(vec.rows[-1]["train_loss"], abs=1e-12)
+
+
+@pytest.mark.parametrize(("algorithm", "hparams"), [("fedalign", {}), ("fedalign", {"width": 1.0}),
+                                                    ("stochdepth", {}), ("mixup", {}), ("fedprox", {})])
+@pytest.mark.parametrize(("model", "options"), [("cnn_small", {}), ("resnet20", {"norm": "batch"}),
+                                                ("resnet20", {"norm": "group"}), ("resnet20", {"norm": "none"}),
+                                                ("resnet18", {}), ("resnet56_bottleneck", {})])
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_planning_refuses_an_explicit_vectorized_exactly_where_the_trainer_would(algorithm, hparams, model, options,
+                                                                                optimizer):
+    # Prepare: what planning knows without torch: the spec's model needs and the hyperparameters' stacked_problem
+    spec = ALGORITHM_SPECS[algorithm]
+    planned = algorithm_config(algorithm, hparams).stacked_problem(model, options, {"optimizer": optimizer})
+    unfit = spec.requires is not None and not getattr(model_info(model), spec.requires)
+    net = build_model(model, num_classes=10, in_channels=3, image_size=8, **options)
+    cfg = TrainConfig(client_parallel="vectorized", optimizer=optimizer)
+
+    # Execute: the train job's decision on a card
+    try:
+        resolve_client_parallel(net, make_strategy(algorithm, hparams), cfg, device_type="cuda")
+        refused = False
+    except ValueError:
+        refused = True
+
+    # Assert
+    assert refused == (planned is not None or unfit)

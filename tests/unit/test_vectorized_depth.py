@@ -13,7 +13,7 @@ from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.vectorized import VectorizedTrainer, resolve_client_parallel, vectorization_blocker
 from fedscape.models.params import FlatParams, flatten_buffers
 from fedscape.models.registry import build_model
-from fedscape.models.resnets import ResNet
+from fedscape.models.resnets import ResNet, scaled_branch
 
 TOL = 1e-5
 TOL64 = 1e-10  # float64: the two paths differ by the order of float64 operations only (~1e-16 seen)
@@ -184,3 +184,19 @@ def test_what_vectorised_stochdepth_needs(caplog):
         VectorizedTrainer(small_resnet("group"), data, depth, TrainConfig(), stacked_forward=False)
     with pytest.raises(ValueError, match="SGD steps only"):
         VectorizedTrainer(resnet, data, depth, adamw)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_stacked_branch_is_scaled_as_a_python_float_scales_one_models(dtype):
+    # Prepare: 3 clients' branches of 4 channels in the grouped layout, scales 1 / gamma that bfloat16 cannot hold
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(2, 12, 3, 3, generator=g).to(dtype)
+    scales = [1 / 0.95, 0.0, 1 / 0.9]
+
+    # Execute
+    got = scaled_branch(r, torch.tensor(scales), 3)
+
+    # Assert: bit for bit each client's `scale * branch` (ResidualBlock.forward_scaled), in the branch's dtype
+    assert got.dtype == dtype
+    for k, scale in enumerate(scales):
+        assert torch.equal(got[:, 4 * k : 4 * (k + 1)], scale * r[:, 4 * k : 4 * (k + 1)])

@@ -181,3 +181,21 @@ def test_a_round_through_a_trainer_keeps_the_global_model_untouched(float64_defa
 
     # Assert
     assert torch.equal(flat.get(), start) and torch.equal(flatten_buffers(model), buffers)
+
+
+def test_a_client_whose_lipschitz_term_is_not_finite_trains_without_it_as_sequentially(float64_default):
+    # Prepare: client 2's images scaled by 1e80, so that its estimates overflow and its L_lip is NaN: the sequential
+    # step skips the term's backward pass for it, where a zero factor times NaN estimates would give NaN gradients
+    data = shard_data([16, 16, 16])
+    data.x_train[32:48] *= 1e80
+    cfg = TrainConfig(**{**CFG, "augment": "none"})
+
+    # Execute
+    start, buffers, seq, vec = both_rounds(model_of("resnet20", norm="none"), data, cfg, "fedalign",
+                                           {"mu": 0.5, "width": 0.6, "clip_grad_norm": 1.0})
+
+    # Assert: every client finite and equal to its sequential training, the other clients' terms applied
+    for s, v in zip(seq, vec, strict=True):
+        assert torch.isfinite(v.params).all()
+        assert (s.params - v.params).abs().max().item() <= TOL64
+        assert s.train_loss == pytest.approx(v.train_loss, rel=TOL64)

@@ -53,7 +53,8 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
   the full pass with the last stage's input and output, the last stage slimmed on that input (its batch norms over
   each client's real rows from batch statistics, updating nothing), each client's Lipschitz estimates over its real
   rows, its own CE / L_lip factor where L_lip is positive and finite (on the device, no host read), and its own
-  gradient clipping; one backward pass where the sequential step takes two;
+  gradient clipping; two backward passes, as sequentially, the term's gradients kept only for the clients it applies
+  to (a non-finite L_lip would otherwise pass 0 x NaN back);
 - a parameter the loss does not use (a layer defined but bypassed) gets no gradient (None), as its `.grad`
   stays None sequentially, and the step skips it as torch's optimisers do (no weight decay, momentum or
   update), unless the strategy's term gives it one (FedProx's prox term at mu > 0);
@@ -591,7 +592,7 @@ class VectorizedTrainer:
         weights = torch.zeros(num_steps, len(plans), 2, dtype=torch.float64)
         perm = torch.arange(batch).repeat(num_steps, len(plans), 1)
         for j, p in enumerate(plans):
-            for t, (lam, order) in enumerate(p.mixes):
+            for t, (lam, order) in enumerate(p.mixes or ()):  # None: a client without steps
                 weights[t, j, 0], weights[t, j, 1] = lam, 1 - lam
                 perm[t, j, : len(order)] = order
         return weights.to(device=self.device, dtype=dtype), perm.to(self.device)

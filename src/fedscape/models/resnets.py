@@ -85,7 +85,10 @@ def scaled_branch(r: Tensor, scale: Tensor | None, k: int) -> Tensor:
     zero gradients back (the trainer keeps its parameters and statistics where the sequential step leaves them)."""
     if scale is None:
         return r
-    return r * scale.to(r.dtype).repeat_interleave(r.shape[1] // k).view(1, -1, 1, 1)
+    # In at least float32, as a Python float scales one model's bfloat16 branch (autocast): a bfloat16 1 / gamma
+    # would be off by up to 0.4%.
+    dtype = torch.promote_types(r.dtype, torch.float32)
+    return (r.to(dtype) * scale.to(dtype).repeat_interleave(r.shape[1] // k).view(1, -1, 1, 1)).to(r.dtype)
 
 
 class ResidualBlock(nn.Module):

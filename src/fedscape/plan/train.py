@@ -338,10 +338,11 @@ def check(config: dict, runs: list[Run]) -> list[str]:
 def _sequential_augmentations(config: dict, runs: list[Run]) -> list[str]:
     """client_parallel vectorized asked for explicitly where the clients can only train one after another: an
     augmentation only sequential client training applies (SEQUENTIAL_AUGMENTATIONS: resized_crop), an algorithm
-    whose local steps a stacked step does not compute (`AlgorithmSpec.sequential_only`), or clients that keep their
-    optimiser state. (A model's batch norm without a stacked forward is found by the train job: it needs torch.)"""
+    whose local steps a stacked step does not compute (`AlgorithmSpec.sequential_only`) or does not compute for this
+    model or these settings (the hyperparameters' `stacked_problem`), or clients that keep their optimiser state. (A
+    model's batch norm without a stacked forward is found by the train job: it needs torch.)"""
     problems = []
-    for dataset, label in sorted({(r.dataset, r.algorithm) for r in runs}):
+    for dataset, label, model in sorted({(r.dataset, r.algorithm, r.model) for r in runs}):
         overrides = config["algorithms"][label]["training"]
         merged = {**config["training"], **overrides}
         if merged.get("client_parallel") != "vectorized":
@@ -355,6 +356,12 @@ def _sequential_augmentations(config: dict, runs: list[Run]) -> list[str]:
             reasons.append(f"datasets.{dataset}.augment {augment} crops each image to its own size first")
         if spec is not None and spec.sequential_only:
             reasons.append(f"algorithm {spec.name} ({label}) needs {spec.sequential_only}")
+        elif spec is not None:
+            hparams = {k: v for k, v in config["algorithms"][label].items() if k not in ("name", "training")}
+            with contextlib.suppress(TypeError, ValueError):  # bad hyperparameters are reported on their own
+                options = (config.get("model_options") or {}).get(model) or {}
+                if need := algorithm_config(name, hparams).stacked_problem(model, options, merged):
+                    reasons.append(f"algorithm {spec.name} ({label}) needs {need}")
         if merged.get("keep_optimizer_state"):
             reasons.append("keep_optimizer_state keeps each client's optimiser state between rounds")
         for reason in reasons:

@@ -21,6 +21,13 @@ class AlgorithmConfig:
         it can. What holds for every setting of the algorithm is `AlgorithmSpec.check_training`'s."""
         return None
 
+    def stacked_problem(self, model: str, model_options: dict, training: dict) -> str | None:
+        """What the algorithm with these hyperparameters needs that vectorised local training of ``model`` (with
+        ``model_options`` and the resolved ``training``) lacks, so that its clients train one after another; None:
+        nothing (an algorithm without any vectorised form says so in `AlgorithmSpec.sequential_only`). Planning
+        reads it without torch; the strategy's `stacked_blocker` says the same of the built model."""
+        return None
+
 
 @dataclass(frozen=True)
 class ServerSGDConfig(AlgorithmConfig):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
+from fedscape.models.specs import MODEL_INFOS, model_norm
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,16 @@ class FedAlignConfig(ServerSGDConfig):
         super().__post_init__()
         if not 0 < self.width <= 1 or self.mu < 0 or self.power_iterations < 1 or self.clip_grad_norm < 0:
             raise ValueError("FedAlign needs 0 < width <= 1, mu >= 0, power_iterations >= 1 and clip_grad_norm >= 0")
+
+    def stacked_problem(self, model: str, model_options: dict, training: dict) -> str | None:
+        info = MODEL_INFOS.get(model)
+        if info is None or not info.residual:  # the ResNets, whose forward_stacked slims their last stage
+            return f"its last block slimmed per client, which only the ResNets stack (not {model})"
+        if self.width >= 1:
+            return "a width below 1 (at width 1 the full last block runs twice a step)"
+        if model_norm(model, model_options) == "group":
+            return f"batch norm or none in {model} (group norm's groups cut at its width have no stacked form)"
+        return None
 
 
 SPECS = (AlgorithmSpec("fedalign", FedAlignConfig, "fedalign:FedAlign", "FedAlign",

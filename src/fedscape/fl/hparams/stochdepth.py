@@ -18,6 +18,12 @@ class StochDepthConfig(ServerSGDConfig):
         if not 0 < self.survival_last <= 1:
             raise ValueError(f"survival_last must be in (0, 1], got {self.survival_last}")
 
+    def stacked_problem(self, model: str, model_options: dict, training: dict) -> str | None:
+        optimizer = training.get("optimizer", "sgd")
+        if optimizer != "sgd":  # the stacked step keeps a dropped branch as torch's SGD skips it
+            return f"optimizer sgd (training.optimizer {optimizer} also counts each parameter's steps)"
+        return None
+
 
 SPECS = (AlgorithmSpec("stochdepth", StochDepthConfig, "stochdepth:StochDepth", "StochDepth",
                   "Huang et al. 2016, Deep Networks with Stochastic Depth; FedAlign paper, Sec. 3.2",

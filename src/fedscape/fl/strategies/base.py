@@ -143,10 +143,10 @@ class Strategy:
     # batched/vectorised client path may train these clients without calling the client hooks.
     standard_local_training: ClassVar[bool] = True
     # Whether fedscape.fl.vectorized may train all clients of a round at once (stacked parameters
-    # under vmap; `input_mixing`, `local_gradients_vectorized` and `adjust_gradients_vectorized` are its only
-    # client hooks). FedAvg: yes. A subclass is False unless it declares `vectorized` itself, or it only
-    # changes the server step (standard local training and no client hook of its own), in which case
-    # it inherits its parent's value.
+    # under vmap; `input_mixing`, `residual_scales`, `local_gradients_vectorized` and `adjust_gradients_vectorized`
+    # are its only client hooks, `stacked_blocker` the models they do not cover). FedAvg: yes. A subclass is
+    # False unless it declares `vectorized` itself, or it only changes the server step (standard local training
+    # and no client hook of its own), in which case it inherits its parent's value.
     vectorized: ClassVar[bool] = True
     # Whether a sequential client's forward and backward passes may be replayed from CUDA graphs
     # (fedscape.fl.capture): every pass is `model(x)` on the step's batch, its loss back-propagated before the next

@@ -75,8 +75,8 @@ class FedAlign(Strategy):
     The last "block" is the whole last stage of a ResNet and `last_block` of cnn_small.
 
     Vectorised training (the ResNets with batch norm or none, below full width) computes the same terms for every
-    stacked client, each with its own CE / L_lip factor and its own gradient clipping, in one backward pass where the
-    sequential step takes two (the sums differ by float rounding only).
+    stacked client, each with its own CE / L_lip factor and its own gradient clipping, in two backward passes as the
+    sequential step, the second's gradients kept for the clients whose L_lip is positive and finite.
     """
 
     standard_local_training = False
@@ -115,8 +115,15 @@ class FedAlign(Strategy):
         aligned = (lip_value > 0) & torch.isfinite(lip_value)
         zero = torch.zeros_like(lip_value)
         factor = torch.where(aligned, c.mu * ce_value / lip_value, zero)
-        total = ce + torch.where(aligned, factor * lip, zero)
-        return ce_value + torch.where(aligned, c.mu * ce_value, zero), stacked_gradients(total, params)
+        # Two backward passes, as the sequential step takes them, the second's gradients kept where the term applies
+        # only: a client whose L_lip is not finite would pass 0 x NaN back through its estimates.
+        grads = stacked_gradients(ce, params)
+        for i, g in enumerate(stacked_gradients(factor * lip, params)):
+            if g is None:
+                continue
+            g = torch.where(aligned.view(-1, *([1] * (g.dim() - 1))), g, torch.zeros_like(g))
+            grads[i] = g if grads[i] is None else grads[i] + g
+        return ce_value + torch.where(aligned, c.mu * ce_value, zero), grads
 
     def adjust_gradients_vectorized(self, params: list[torch.Tensor], global_params: list[torch.Tensor],
                                     grads: list[torch.Tensor | None]) -> None:

@@ -76,10 +76,11 @@ def test_the_term_changes_training_and_its_loss():
 
 
 def test_float64_bottleneck_resnet56_round_equals_sequential(float64_default):
-    # Prepare: the FedAlign code's model, at the paper's mu and width. L_lip is the mean square of differences of
-    # close estimates (k_s - k_f), whose float64 rounding the term's CE / L_lip magnifies: the paths differed by
-    # 7.6e-10 of the largest parameter here (FedAvg's by 2.6e-11), so the bound is 1e-8, relative
-    data = shard_data([9, 5])
+    # Prepare: the FedAlign code's model, at the paper's mu and width, on shards of 8 and 6 in batches of 4: no
+    # batch of one sample, whose batch norm amplifies float64 rounding in this deep model (FedAvg's two paths
+    # departed by 6.8e-8 of the largest parameter on shards of 9 and 5). Seen: 4.4e-12 to 4.9e-12 relative on
+    # AVX-512, AVX2 and ATen's default kernels (FedAvg's 1.7e-12 to 2.1e-12); the parameters move by up to ~10
+    data = shard_data([8, 6])
     cfg = TrainConfig(**{**CFG, "batch_size": 4})
 
     # Execute
@@ -88,8 +89,8 @@ def test_float64_bottleneck_resnet56_round_equals_sequential(float64_default):
 
     # Assert
     for s, v in zip(seq, vec, strict=True):
-        assert relative(v.params, s.params) <= 1e-8
-        assert relative(v.buffers, s.buffers) <= 1e-8
+        assert relative(v.params, s.params) <= TOL64
+        assert relative(v.buffers, s.buffers) <= TOL64
         assert (s.params - start).abs().max().item() > 1e-2
 
 

@@ -116,11 +116,11 @@ from fedscape.models.loss import at_least_float32, masked_mean_loss, stacked_mea
 
 log = logging.getLogger("fedscape.train")
 
-def vectorization_blocker(model: nn.Module, strategy: Strategy) -> str | None:
-    """Why this model/algorithm pair cannot be trained vectorised, or None when it can."""
+def vectorization_blocker(model: nn.Module, strategy: Strategy, optimizer: str = "sgd") -> str | None:
+    """Why this model/algorithm pair (with the local `optimizer`) cannot be trained vectorised, or None when it can."""
     if not getattr(strategy, "vectorized", False):
         return f"algorithm {strategy.name!r} has no vectorised local training"
-    reason = strategy.stacked_blocker(model, has_forward_stacked(model))
+    reason = strategy.stacked_blocker(model, has_forward_stacked(model), optimizer)
     return reason if reason is not None else buffer_blocker(model)
 
 
@@ -189,13 +189,10 @@ def resolve_client_parallel(model: nn.Module, strategy: Strategy, cfg: TrainConf
         raise unknown_name_error("client_parallel mode", mode, CLIENT_PARALLEL)
     if mode == "sequential":
         return "sequential"
-    reason = vectorization_blocker(model, strategy)
+    reason = vectorization_blocker(model, strategy, cfg.optimizer)
     if reason is None and cfg.augment in SEQUENTIAL_AUGMENTATIONS:
         reason = (f"the dataset's augment {cfg.augment} crops every image to its own size before resizing, which "
                   "the stacked clients' batches do not take (sequential path only)")
-    if reason is None and cfg.optimizer != "sgd" and strategy.residual_scaled:
-        reason = (f"algorithm {strategy.name!r} drops residual branches per client, whose skipped steps the stacked "
-                  f"step reproduces for SGD only ({cfg.optimizer} also counts each parameter's steps)")
     if reason is None and cfg.keep_optimizer_state:
         reason = "training.keep_optimizer_state keeps each client's momentum between rounds (sequential path only)"
     if reason is None and cfg.optimizer == "adamw":
@@ -349,9 +346,7 @@ class VectorizedTrainer:
         self.batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         reason = buffer_blocker(model, self.stacked_forward)
         if reason is None:
-            reason = strategy.stacked_blocker(model, self.stacked_forward)
-        if reason is None and strategy.residual_scaled and cfg.optimizer != "sgd":
-            reason = f"algorithm {strategy.name!r} drops residual branches, reproduced for SGD steps only"
+            reason = strategy.stacked_blocker(model, self.stacked_forward, cfg.optimizer)
         if reason is not None:
             raise ValueError(f"cannot train this model vectorised: {reason}")
         self.buffer_names = [name for name, b in model.named_buffers() if b.is_floating_point()]

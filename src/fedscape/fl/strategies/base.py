@@ -153,9 +153,8 @@ class Strategy:
     # pass. The gradient hooks (`adjust_gradients`), `begin_local` and `end_local` run eagerly around it. A subclass
     # that changes `local_backward` or `local_loss` is False unless it declares `capturable` itself.
     capturable: ClassVar[bool] = True
-    # Whether local training scales each residual branch per step (`residual_scales`): its vectorised form needs
-    # SGD, whose skipping of a dropped branch's parameters the stacked step reproduces (AdamW would also keep a step
-    # count per parameter).
+    # Whether local training scales each residual branch per step (`residual_scales`), so that the stacked step
+    # keeps each client's dropped branches as its step found them.
     residual_scaled: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -241,10 +240,10 @@ class Strategy:
         A strategy that returns scales declares `residual_scaled`."""
         return None
 
-    def stacked_blocker(self, model: nn.Module, stacked_forward: bool = True) -> str | None:
+    def stacked_blocker(self, model: nn.Module, stacked_forward: bool = True, optimizer: str = "sgd") -> str | None:
         """Why this algorithm's local training has no vectorised form for `model` (trained through its own
-        `forward_stacked` where `stacked_forward`, else under vmap), or None: every model its declaration
-        (`vectorized`) covers."""
+        `forward_stacked` where `stacked_forward`, else under vmap) and the local `optimizer`, or None: every model
+        its declaration (`vectorized`) covers."""
         return None
 
     def local_gradients_vectorized(self, params: list[torch.Tensor],

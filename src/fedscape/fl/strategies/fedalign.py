@@ -82,7 +82,7 @@ class FedAlign(Strategy):
     standard_local_training = False
     vectorized: ClassVar[bool] = True
 
-    def stacked_blocker(self, model: nn.Module, stacked_forward: bool = True) -> str | None:
+    def stacked_blocker(self, model: nn.Module, stacked_forward: bool = True, optimizer: str = "sgd") -> str | None:
         if not (stacked_forward and hasattr(model, "last_block_width_stacked")):
             return (f"algorithm {self.name!r} slims the last block of each client, which only the ResNets' own "
                     f"stacked forward does ({type(model).__name__}{'' if stacked_forward else ' under vmap'})")

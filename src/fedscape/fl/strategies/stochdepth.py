@@ -46,11 +46,15 @@ class StochDepth(Strategy):
     vectorized: ClassVar[bool] = True
     residual_scaled: ClassVar[bool] = True
 
-    def stacked_blocker(self, model: nn.Module, stacked_forward: bool = True) -> str | None:
+    def stacked_blocker(self, model: nn.Module, stacked_forward: bool = True, optimizer: str = "sgd") -> str | None:
         if not (stacked_forward and hasattr(model, "residual_branch_of")):
             return (f"algorithm {self.name!r} scales each residual branch per client, which only the ResNets' own "
                     f"stacked forward does ({type(model).__name__}"
                     f"{'' if stacked_forward else ' under vmap'})")
+        if optimizer != "sgd":  # the stacked step keeps a dropped branch's state as torch's SGD skips a None .grad
+            return (f"algorithm {self.name!r} drops residual branches per client, which a stacked step reproduces "
+                    f"for SGD only (for SGD steps only skip a parameter without gradient; {optimizer} also counts "
+                    "each parameter's steps)")
         return None
 
     def residual_scales(self, num_blocks: int, generator: torch.Generator, scratch: dict[str, Any]

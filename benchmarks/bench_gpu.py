@@ -20,9 +20,12 @@ per step is that of CIFAR for CIFAR's models):
   clients; benchmarks/README.md). `--clients N` caps it at N to save time; the table's footnote then names the kinds
   measured at fewer clients than their runs train together (usually dearer per client step: upper bounds there).
 
-Every step is FedAvg's (SGD on cross-entropy) without augmentation, in the plain reference and in fedscape's paths
-alike: `bench_algorithms.py` gives the other algorithms' cost relative to FedAvg's. Runs of a data set that is not
-made of images (meta.yaml's Reddit, layerwise.yaml's Shakespeare) are not measured; the script names them.
+The plain reference is FedAvg's step (SGD on cross-entropy) of the plain network. fedscape's steps are each run's own
+algorithm's, with its hyperparameters (FedAlign's slimmed pass, MOON's reference passes and projection head, GradAug's
+sub-networks, Mixup's and Stochastic Depth's draws...): an algorithm whose clients train exactly as FedAvg's do
+(`Strategy.local_step_is_fedavgs`: FedAvgM, FedAdam, FedYogi, FedAdagrad, FedNova) is priced at FedAvg's steps, so
+those share a kind. Augmentation is left out. Runs of a data set that is not made of images (meta.yaml's Reddit,
+layerwise.yaml's Shakespeare) are not measured; the script names them.
 
 It then projects each config's local training into hours: every run the workflow plans, its rounds x the clients
 sampled in each round x each client's local steps (epochs x the batches of an epoch over its share of the training
@@ -44,8 +47,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,10 +59,12 @@ from fedscape.core.runs import Run, build_runs
 from fedscape.data.federated import FederatedData
 from fedscape.data.specs import DATASETS
 from fedscape.fl.capture import CapturedForward, capture_blocker, resolve_capture
+from fedscape.fl.hparams.registry import algorithm_config
 from fedscape.fl.local import local_plan
 from fedscape.fl.sequential import local_train
 from fedscape.fl.settings import TrainConfig, sample_clients
-from fedscape.fl.strategies.registry import make_strategy
+from fedscape.fl.strategies.base import Strategy
+from fedscape.fl.strategies.registry import make_strategy, strategy_class
 from fedscape.fl.vectorized import VectorizedTrainer, resolve_client_parallel
 from fedscape.models.device import precision_used, use_precision
 from fedscape.models.params import FlatParams, flatten_buffers
@@ -73,8 +79,8 @@ PAPERS = ROOT / "config" / "papers"
 
 @dataclass(frozen=True)
 class StepKind:
-    """What one local step costs depends on: the network, its classes and the batch (and the optimiser's work), and
-    the path its runs take on the measuring device."""
+    """What one local step costs depends on: the network, its classes and the batch (and the optimiser's work), the
+    local step of the runs' algorithm, and the path its runs take on the measuring device."""
 
     model: str
     options: tuple[tuple[str, object], ...]
@@ -87,6 +93,13 @@ class StepKind:
     path: str  # "vectorized" or "sequential": how its runs train their clients on the measuring device
     capture: bool  # whether its runs' sequential steps try capturing there (resolve_capture); False when vectorised
     clients: int  # clients its runs train in one stacked round (per round, at most client_chunk_size); 0: sequential
+    algorithm: str = "fedavg"  # whose local step its runs take (`local_step`)
+    hyperparameters: Any = None  # that algorithm's hyperparameter dataclass (None: its defaults)
+
+    @property
+    def local(self) -> tuple[str, Any]:
+        """The algorithm and hyperparameters of its local step: the strategy `local_strategy` builds."""
+        return self.algorithm, self.hyperparameters
 
     @property
     def shape(self) -> tuple:
@@ -100,10 +113,34 @@ class StepKind:
         how = (f"vectorized over {self.clients} clients" if self.path == "vectorized"
                else f"sequential, {'captured' if self.capture else 'eager'}")
         return (f"{self.model}{f' ({opts})' if opts else ''}, {self.in_channels}x{self.image_size}x{self.image_size} "
-                f"images of {self.num_classes} classes, batch {self.batch_size}, {how}")
+                f"images of {self.num_classes} classes, batch {self.batch_size}, {algorithm_label(*self.local)}, {how}")
 
     def build(self) -> torch.nn.Module:
         return network(self.model, self.options, self.in_channels, self.image_size, self.num_classes)
+
+
+def local_step(algorithm: str, hyperparameters: Any) -> tuple[str, Any]:
+    """The algorithm and hyperparameters whose local step a run of `algorithm` takes: FedAvg's defaults where its
+    clients train as FedAvg's (`Strategy.local_step_is_fedavgs`), else its own."""
+    if strategy_class(algorithm).local_step_is_fedavgs():
+        return "fedavg", algorithm_config("fedavg")
+    return algorithm, hyperparameters
+
+
+def local_strategy(algorithm: str, hyperparameters: Any) -> Strategy:
+    """The strategy of a kind's local step (`StepKind.local`)."""
+    config = algorithm_config(algorithm) if hyperparameters is None else hyperparameters
+    return strategy_class(algorithm)(config, algorithm)
+
+
+def algorithm_label(algorithm: str, hyperparameters: Any) -> str:
+    """`algorithm` with the hyperparameters it sets away from their defaults, e.g. "fedalign (width 0.6)"."""
+    if hyperparameters is None:
+        return algorithm
+    default = type(hyperparameters)()
+    changed = [f"{f.name} {getattr(hyperparameters, f.name)}" for f in fields(hyperparameters)
+               if getattr(hyperparameters, f.name) != getattr(default, f.name)]
+    return f"{algorithm} ({', '.join(changed)})" if changed else algorithm
 
 
 def network(model: str, options: tuple, in_channels: int, image_size: int, num_classes: int) -> torch.nn.Module:
@@ -138,7 +175,8 @@ def run_work(config: dict, run: Run, device: torch.device, models: dict) -> tupl
     if path == "vectorized":
         clients = len(sample_clients(cfg.seed, 1, run.num_clients, cfg.participation))  # the same every round
         clients = min(clients, cfg.client_chunk_size or clients)
-    kind = StepKind(*shape, cfg.batch_size, cfg.momentum, cfg.weight_decay, path, capture, clients)
+    kind = StepKind(*shape, cfg.batch_size, cfg.momentum, cfg.weight_decay, path, capture, clients,
+                    *local_step(job.algorithm, strategy.config))
     # The trainers' own batching (drop_last, batch sampling) of one epoch, or one step: the steps per unit of work.
     per_unit = len(local_plan(cfg, share, 1, 1, torch.Generator().manual_seed(0)).batches)
     steps = 0
@@ -199,22 +237,19 @@ def stacked_clients(kind: StepKind, args: argparse.Namespace) -> int:
 
 
 def measure(kinds: list[StepKind], args: argparse.Namespace, device: torch.device) -> dict[StepKind, dict]:
-    """The rows of the kinds of one shape: ms per step of the plain reference and of fedscape's sequential step
-    (measured once for the shape), of its captured step (once, where a kind's runs capture), and per client step of
-    a vectorised round of each vectorised kind's clients (None, with the reason, where a kind does not take that
-    path); and what each kind's runs cost "now"."""
+    """The rows of the kinds of one shape: ms per step of the plain reference (measured once for the shape), and for
+    each local step among them (`StepKind.local`) of fedscape's sequential step, of its captured step (where a kind's
+    runs capture), and per client step of a vectorised round of each vectorised kind's clients (None, with the reason,
+    where a kind does not take that path); and what each kind's runs cost "now"."""
     kind = kinds[0]
-    torch.manual_seed(0)
-    model = kind.build().to(device).train()
+    samples = args.steps * kind.batch_size
     cfg = TrainConfig(local_epochs=1, batch_size=kind.batch_size, lr=0.01, momentum=kind.momentum,
                       weight_decay=kind.weight_decay, precision=args.precision, seed=0)
-    samples = args.steps * kind.batch_size
-    strategy = make_strategy("fedavg")
-    shared: dict = {}
-    vectorized: dict[int, float] = {}
+    rows: dict[StepKind, dict] = {}
     with use_precision(args.precision, device):
         # The reference: the same network, the same batches, torch's own loop.
         data = synthetic_clients(kind, 1, samples, device)
+        torch.manual_seed(0)
         plain_model = kind.build().to(device).train()
         start = [p.detach().clone() for p in plain_model.parameters()]
 
@@ -232,32 +267,49 @@ def measure(kinds: list[StepKind], args: argparse.Namespace, device: torch.devic
                 F.cross_entropy(plain_model(data.x_train[sl]), data.y_train[sl]).backward()
                 opt.step()
 
-        shared["plain_ms"] = timed(plain_epoch, device, args.repeats) / args.steps * 1e3
-        flat = FlatParams(model)
-        global_params, global_buffers = flat.get(), flatten_buffers(model).to(device)
-        strategy.setup(1, global_params.numel(), device, model=model, seed=0)
-        shared["sequential_ms"] = timed(
-            lambda: local_train(model, flat, global_params, global_buffers, data, 0, 1, strategy, cfg),
-            device, args.repeats) / args.steps * 1e3
-        # FedAvg's step on this device first: on a CPU that is why no kind is captured.
-        captured_ms, why_not_captured = None, capture_blocker(model, strategy, device.type)
-        if why_not_captured is None and any(k.capture for k in kinds):
-            capture = CapturedForward(model, kind.batch_size)  # captured and checked in the untimed warm-up call
-            ms = timed(lambda: local_train(model, flat, global_params, global_buffers, data, 0, 1, strategy, cfg,
-                                           capture=capture), device, args.repeats) / args.steps * 1e3
-            if capture.on:
-                captured_ms = ms
-            else:
-                why_not_captured = f"the check at capture failed: {capture.difference}"
-            capture.close()
-        for m in sorted({stacked_clients(k, args) for k in kinds if k.path == "vectorized"}):
-            data = synthetic_clients(kind, m, samples, device)
-            strategy.setup(m, global_params.numel(), device, model=model, seed=0)
-            trainer = VectorizedTrainer(model, data, strategy, cfg)
-            sampled = list(range(m))
-            vectorized[m] = timed(lambda trainer=trainer, sampled=sampled: trainer.train_round(
-                global_params, global_buffers, sampled, 1), device, args.repeats) / (args.steps * m) * 1e3
-    return {k: price(k, shared, captured_ms, why_not_captured, vectorized, args, device.type) for k in kinds}
+        plain_ms = timed(plain_epoch, device, args.repeats) / args.steps * 1e3
+        by_local: dict[tuple, list[StepKind]] = {}
+        for k in kinds:
+            by_local.setdefault(k.local, []).append(k)
+        for group in by_local.values():
+            rows.update(measure_local(group, plain_ms, data, cfg, args, device))
+    return rows
+
+
+def measure_local(group: list[StepKind], plain_ms: float, data: FederatedData, cfg: TrainConfig,
+                  args: argparse.Namespace, device: torch.device) -> dict[StepKind, dict]:
+    """The rows of the kinds of one shape and one local step: its sequential step on `data` (one client), captured
+    where a kind's runs capture, and its vectorised rounds."""
+    kind = group[0]
+    strategy = local_strategy(*kind.local)
+    torch.manual_seed(0)
+    model = strategy.prepare_model(kind.build().to(device).train(), seed=0)  # MOON's projection head
+    flat = FlatParams(model)
+    global_params, global_buffers = flat.get(), flatten_buffers(model).to(device)
+    strategy.setup(1, global_params.numel(), device, model=model, seed=0)
+    shared = {"plain_ms": plain_ms, "sequential_ms": timed(
+        lambda: local_train(model, flat, global_params, global_buffers, data, 0, 1, strategy, cfg),
+        device, args.repeats) / args.steps * 1e3}
+    # The strategy's step on this device first: on a CPU that is why no kind is captured.
+    captured_ms, why_not_captured = None, capture_blocker(model, strategy, device.type)
+    if why_not_captured is None and any(k.capture for k in group):
+        capture = CapturedForward(model, kind.batch_size)  # captured and checked in the untimed warm-up call
+        ms = timed(lambda: local_train(model, flat, global_params, global_buffers, data, 0, 1, strategy, cfg,
+                                       capture=capture), device, args.repeats) / args.steps * 1e3
+        if capture.on:
+            captured_ms = ms
+        else:
+            why_not_captured = f"the check at capture failed: {capture.difference}"
+        capture.close()
+    vectorized: dict[int, float] = {}
+    for m in sorted({stacked_clients(k, args) for k in group if k.path == "vectorized"}):
+        clients = synthetic_clients(kind, m, args.steps * kind.batch_size, device)
+        strategy.setup(m, global_params.numel(), device, model=model, seed=0)
+        trainer = VectorizedTrainer(model, clients, strategy, cfg)
+        sampled = list(range(m))
+        vectorized[m] = timed(lambda trainer=trainer, sampled=sampled: trainer.train_round(
+            global_params, global_buffers, sampled, 1), device, args.repeats) / (args.steps * m) * 1e3
+    return {k: price(k, shared, captured_ms, why_not_captured, vectorized, args, device.type) for k in group}
 
 
 def price(kind: StepKind, shared: dict, captured_ms: float | None, why_not_captured: str | None,

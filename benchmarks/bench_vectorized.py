@@ -20,7 +20,7 @@ measure of the work done than wall time (with one thread; more threads spin whil
     python benchmarks/bench_vectorized.py --device cuda --model resnet56_bottleneck --norm batch --batch-size 64 \
         --samples-per-client 640 --clients 16 --pointwise grouped bmm   # stacked 1x1 convolutions in both forms
 
-The 32x32 models (convnet, resnet20 and resnet56_bottleneck with batch or group norm, through their own
+The 32x32 models (convnet, resnet20, resnet56 and resnet56_bottleneck with batch or group norm, through their own
 `forward_stacked`) train on seeded
 synthetic CIFAR-shaped data (N(0, 1) images, uniform labels, `--samples-per-client` each), since CIFAR itself
 cannot be downloaded here; the work per step is that of CIFAR.
@@ -53,7 +53,8 @@ from fedscape.models.specs import DEFAULT_PRECISION, PRECISIONS
 # The grouped layout's memory orders (`fedscape.models.layers.grouped_memory_format`; auto: the device's own).
 LAYOUTS = {"auto": None, "channels_last": torch.channels_last, "channels_first": torch.contiguous_format}
 # The models the benchmark knows: (in_channels, image size) of their data; digits for 8x8 ones, else CIFAR-shaped.
-SHAPES = {"cnn_small": (1, 8), "mlp": (1, 8), "convnet": (3, 32), "resnet20": (3, 32), "resnet56_bottleneck": (3, 32)}
+SHAPES = {"cnn_small": (1, 8), "mlp": (1, 8), "convnet": (3, 32), "resnet20": (3, 32), "resnet56": (3, 32),
+          "resnet56_bottleneck": (3, 32)}
 
 
 def make_data(num_clients: int, alpha: str, device: torch.device, model: str = "cnn_small",

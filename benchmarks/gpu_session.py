@@ -6,10 +6,11 @@ and benchmarks that need a card are listed here once, grouped into parts that ea
 output to a file of its own under `--out` (a part that runs past its time limit keeps what it wrote; a call brings
 back at most 8 files, so a call's parts write fewer):
 
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT tests steps      # one call (CALLS)
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT vectorized conv surface
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT hvp algorithms
-    python benchmarks/gpu_session.py --list                                               # what each part runs
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT tests steps resnet56   # one call (CALLS)
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT steps_fedalign algorithms
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT vectorized conv
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT surface hvp
+    python benchmarks/gpu_session.py --list                                                     # what each part runs
 
 Record what they print in benchmarks/README.md with the GPU's name and the torch version (each script prints both).
 """
@@ -35,9 +36,13 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
                               "tests/unit/test_vectorized.py", "tests/unit/test_vectorized_bn.py",
                               "tests/unit/test_data.py", "tests/unit/test_resources.py",
                               "tests/unit/test_moon_reference_mode.py", "tests/unit/test_alignment.py",
-                              "tests/unit/test_capture_stacked.py"], 240)],
-    # The papers' step costs (plain, sequential, captured, vectorised over 50 clients) and their projected hours.
-    "steps": [("bench_gpu", [PY, "benchmarks/bench_gpu.py", "--device", "cuda"], 330)],
+                              "tests/unit/test_capture_stacked.py", "tests/unit/test_stored_images.py"], 90)],
+    # The papers' step costs (plain; sequential, captured and vectorised at each run's own algorithm's local step)
+    # and their projected hours. fedalign.yaml has the most local steps (23 of its bottleneck ResNet56: FedAlign at
+    # four mu and four widths, GradAug at four sub-network counts...), measured at fewer steps to fit its own call.
+    "steps": [("bench_gpu", [PY, "benchmarks/bench_gpu.py", "--device", "cuda", "--configs", "pilot", "meta"], 220)],
+    "steps_fedalign": [("bench_gpu_fedalign", [PY, "benchmarks/bench_gpu.py", "--device", "cuda", "--configs",
+                                               "fedalign", "--steps", "10", "--repeats", "3"], 300)],
     # Vectorised rounds of the batch-norm ResNets against sequential ones (goal >= 10x at M=50). A Dirichlet split's
     # step shapes recur a few times a round, and are captured once met 8 times over the rounds so far: 9 untimed
     # rounds time a long run's steady state. iid shards of 64 make every step one shape, replayed from the first
@@ -48,6 +53,15 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
                    ("vectorized_resnet20_bn_iid", [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model",
                                                    "resnet20", "--norm", "batch", "--clients", "50", "--alpha", "iid",
                                                    "--repeats", "3"], 60)],
+    # resnet56 with batch norm (basic blocks, 56 layers) at the pilot's batch 16 and M = 50: 8.9x on iid shards on an
+    # H200, short of 10x. A Dirichlet split's shapes each recur about once a round and are captured from the eighth
+    # round on: 9 untimed rounds reach the steady state that 6 did not.
+    "resnet56": [("vectorized_resnet56_bn_iid", [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model",
+                                                 "resnet56", "--norm", "batch", "--clients", "50", "--alpha", "iid",
+                                                 "--repeats", "2"], 75),
+                 ("vectorized_resnet56_bn", [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model",
+                                             "resnet56", "--norm", "batch", "--clients", "50", "--warmup", "9",
+                                             "--repeats", "2"], 170)],
     # The forms of a stacked convolution, layer by layer, and the TFLOP/s each reaches: the pilot's resnet20 and
     # FedAlign's bottleneck ResNet56 (compute-bound at batch 64, where stacking gained 2.5-3.3x, not the goal's 10x;
     # `grouped_cf_bmm` says whether its 1x1 convolutions, half its arithmetic, would gain as batched matrix products).
@@ -71,13 +85,12 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
     "algorithms": [(f"vectorized_resnet56_{algorithm}",
                     [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model", "resnet56_bottleneck",
                      "--norm", "batch", "--batch-size", "64", "--samples-per-client", "640", "--local-epochs", "1",
-                     "--alpha", "iid", "--clients", "16", "--algorithm", algorithm, "--repeats", "2"], 110)
+                     "--alpha", "iid", "--clients", "16", "--algorithm", algorithm, "--repeats", "2"], 80)
                    for algorithm in ("fedalign", "stochdepth", "mixup")],
 }
-# The parts as device calls: each call's limits add up to less than a call's 600 s, with room for setup.sh. A
-# session's 15 minutes of device time hold about two calls as they usually run (well under their limits): the
-# first two, in this order.
-CALLS = (("tests", "steps"), ("vectorized", "conv", "surface"), ("hvp", "algorithms"))
+# The parts as device calls, most wanted first: each call's limits add up to less than a call's 600 s, with room for
+# setup.sh. A session's 15 minutes of device time hold about two calls as they usually run (well under their limits).
+CALLS = (("tests", "steps", "resnet56"), ("steps_fedalign", "algorithms"), ("vectorized", "conv"), ("surface", "hvp"))
 CALL_SECONDS = 570
 CALL_FILES = 8  # what a device call brings back from $OUT: one file per command, so at most this many per call
 

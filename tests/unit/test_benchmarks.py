@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from helpers.workflow import ROOT
 from torch.utils.flop_counter import FlopCounterMode
 
+from fedscape.fl.hparams.registry import ALGORITHM_NAMES
+
 BENCHMARKS = ROOT / "benchmarks"
 
 
@@ -213,12 +215,72 @@ def test_bench_gpu_captures_only_the_runs_whose_own_algorithm_captures(monkeypat
     # are eager and priced at the sequential step; nothing is captured on a CPU
     assert {kind.path for kind in cuda.values()} == {"sequential"}
     assert cuda["fedavg"].capture and not cuda["moon"].capture and not cuda["fedalign"].capture
-    assert cuda["moon"] == cuda["fedalign"] != cuda["fedavg"]  # one kind of eager steps of that shape
+    # one shape (one plain reference), three local steps
+    assert cuda["moon"].shape == cuda["fedalign"].shape == cuda["fedavg"].shape
+    assert [cuda[name].algorithm for name in ("fedavg", "moon", "fedalign")] == ["fedavg", "moon", "fedalign"]
     assert not cpu.capture
     assert rows["fedavg"]["now_ms"] == rows["fedavg"]["captured_ms"] == 1.0
     for name in ("moon", "fedalign"):
         assert rows[name]["now_ms"] == 3.0 and rows[name]["captured_ms"] is None
         assert "resolve_capture" in rows[name]["why_not_captured"]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
+def test_only_server_side_algorithms_take_fedavgs_local_step(algorithm):
+    # Prepare / Execute
+    from fedscape.fl.strategies.registry import strategy_class
+
+    same = strategy_class(algorithm).local_step_is_fedavgs()
+
+    # Assert: the server optimisers and FedNova's normalised averaging train their clients as FedAvg does; every
+    # algorithm with a client hook, a stacked-step hook or a model change of its own (or inherited) does not
+    assert same == (algorithm in {"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fednova"})
+
+
+def test_bench_gpu_prices_each_run_at_its_own_algorithms_local_step(monkeypatch):
+    # Prepare: meta_digits' runs (FedAvg, the server optimisers, FedProx at two mu, SAM, MOON, GradAug...), every
+    # timed call recorded with the strategy it trained with, instead of timed
+    import argparse
+
+    import torch
+
+    bench_gpu = _bench_gpu(monkeypatch)
+    config = bench_gpu.load_config(bench_gpu.PAPERS / "meta_digits.yaml", bench_gpu.SCHEMA)
+    per_kind, _ = bench_gpu.project(config, torch.device("cpu"), {})
+    trained: list = []
+    real_local_train = bench_gpu.local_train
+
+    def recording_local_train(model, flat, global_params, global_buffers, data, client, round_, strategy, cfg,
+                              **kwargs):
+        trained.append((strategy.name, strategy.config))
+        return real_local_train(model, flat, global_params, global_buffers, data, client, round_, strategy, cfg,
+                                **kwargs)
+
+    monkeypatch.setattr(bench_gpu, "local_train", recording_local_train)
+    monkeypatch.setattr(bench_gpu, "timed", lambda fn, device, repeats: (fn(), 1.0)[1])
+    args = argparse.Namespace(steps=1, repeats=1, clients=2, precision="fp32")
+    kinds = [k for k in per_kind if k.model == "cnn_small"]
+    shapes: dict = {}
+    for k in kinds:
+        shapes.setdefault(k.shape, []).append(k)
+
+    # Execute
+    rows = {}
+    for group in shapes.values():
+        rows.update(bench_gpu.measure(group, args, torch.device("cpu")))
+
+    # Assert: one kind per local step of a shape; the server-side algorithms share FedAvg's; each local step's
+    # sequential step trained once, with its own algorithm and hyperparameters (FedProx's two mu apart)
+    runs = bench_gpu.build_runs(config)
+    algorithms = {bench_gpu.planned_train(config, r).algorithm for r in runs}
+    assert {"fedadam", "fedprox", "moon", "gradaug"} <= algorithms
+    assert {k.algorithm for k in kinds} == {a for a in algorithms
+                                            if not bench_gpu.strategy_class(a).local_step_is_fedavgs()} | {"fedavg"}
+    locals_ = {(k.shape, k.local) for k in kinds}
+    assert len(trained) == len(locals_)
+    assert sorted(map(repr, trained)) == sorted(repr(local) for _, local in locals_)
+    assert len({k.hyperparameters for k in kinds if k.algorithm == "fedprox"}) == 2
+    assert set(rows) == set(kinds)
 
 
 @pytest.mark.parametrize("batch_size", [40, 128])  # shares of 107 and 53 samples: a partial last batch; one in all

@@ -217,10 +217,9 @@ POINTWISE_FORMS = ("grouped", "bmm")
 
 def pointwise_form(device: torch.device) -> str:
     """How stacked 1x1 convolutions (half the bottleneck ResNet56's arithmetic) run on ``device``: grouped everywhere.
-    On a CPU the batched product is no faster than the grouped convolution layer by layer and made a vectorised round
-    1.3x slower (benchmarks/README.md); on a card cuDNN's fp32 grouped convolutions reached 5 TFLOP/s, and whether the
-    product does better there is to be measured (`bench_stacked_conv.py --device cuda --model resnet56_bottleneck`,
-    `bench_vectorized.py --pointwise grouped bmm`) before it becomes a device's form."""
+    The batched product lost on both devices measured (benchmarks/README.md): on a CPU it made a vectorised round 1.3x
+    slower; on an H200 (`bench_vectorized.py --device cuda --pointwise grouped bmm`, FedAlign's bottleneck ResNet56,
+    16 clients, batch 64) 1.25x slower, winning only at the 8x8 layers (`bench_stacked_conv.py`)."""
     return "grouped"
 
 

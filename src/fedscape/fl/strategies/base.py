@@ -136,6 +136,12 @@ class ClientStore:
         return (total / num_clients).float()
 
 
+# The hooks through which a strategy changes a client's training: those the sequential trainer calls, and those
+# the vectorised trainer calls instead on a stacked step.
+CLIENT_HOOKS = ("begin_local", "local_parameters", "local_backward", "local_loss", "adjust_gradients", "end_local")
+STACKED_HOOKS = ("input_mixing", "residual_scales", "local_gradients_vectorized", "adjust_gradients_vectorized")
+
+
 class Strategy:
     """The base of every algorithm, and FedAvg's behaviour (McMahan et al. 2017): local SGD on cross-entropy,
     sample-weighted model averaging fed to a server optimiser."""
@@ -162,10 +168,16 @@ class Strategy:
         if "capturable" not in cls.__dict__ and any(h in cls.__dict__ for h in ("local_backward", "local_loss")):
             cls.capturable = False
         if "vectorized" not in cls.__dict__:
-            hooks = ("begin_local", "local_parameters", "local_backward", "local_loss", "adjust_gradients",
-                     "end_local")
-            if not cls.standard_local_training or any(h in cls.__dict__ for h in hooks):
+            if not cls.standard_local_training or any(h in cls.__dict__ for h in CLIENT_HOOKS):
                 cls.vectorized = False
+
+    @classmethod
+    def local_step_is_fedavgs(cls) -> bool:
+        """Whether a client trains exactly as FedAvg's does, step for step, so that only the server step differs
+        (FedAvgM, FedAdam, FedNova): standard local training, and no client hook, stacked-step hook or model change
+        of its own or inherited (FedASAM inherits FedSAM's)."""
+        hooks = (*CLIENT_HOOKS, *STACKED_HOOKS, "prepare_model")
+        return cls.standard_local_training and all(getattr(cls, h) is getattr(Strategy, h) for h in hooks)
 
     def __init__(self, config: Any = None, name: str = "fedavg"):
         # config: the algorithm's hyperparameter dataclass (fedscape.fl.hparams); FedAvg's by default

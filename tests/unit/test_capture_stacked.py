@@ -43,6 +43,14 @@ def wider_resnet() -> ResNet:
     return ResNet(10, 1, (1, 1), (16, 32), norm="batch")
 
 
+MOON = {"mu": 1.0, "temperature": 0.5, "head": "projection"}
+
+
+def moon_resnet():
+    """small_resnet with MOON's classifier on its projection head."""
+    return make_strategy("moon", MOON).prepare_model(small_resnet(), seed=0)
+
+
 def rounds(model, cfg: TrainConfig, make_graph=None, algorithm: str = "fedprox", hparams=None, num_rounds: int = 2,
            fresh: bool = False, made: list | None = None):
     """`num_rounds` rounds of every client from the model, the server's update between them: (the trainer, every
@@ -79,13 +87,14 @@ def same(a, b) -> bool:
     (small_resnet, {"augment": "crop_flip"}, "mixup"),  # each step's lam and permutation: inputs of the replay
     (small_resnet, {}, "stochdepth"),  # each step's residual scales too, and the dropped branches kept
     (wider_resnet, {}, "fedalign"),  # the slimmed pass, each client's factor and clipping, without a host read
+    (moon_resnet, {}, "moon"),  # the references' passes at the global and the clients' previous parameters
 ], ids=["cnn_small", "crop_flip-nesterov", "batch-norm", "batch-norm-mixup", "batch-norm-stochdepth",
-        "batch-norm-fedalign"])
+        "batch-norm-fedalign", "batch-norm-moon"])
 def test_replayed_steps_equal_eager_ones_bit_for_bit_over_rounds(make, train, algorithm):
     # Prepare
     cfg = TrainConfig(**{**CFG, **train})
     hparams = {"mixup": {"gamma": 0.4}, "stochdepth": {"survival_last": 0.5},
-               "fedalign": {"mu": 0.5, "width": 0.5, "clip_grad_norm": 1.0}}.get(algorithm)
+               "fedalign": {"mu": 0.5, "width": 0.5, "clip_grad_norm": 1.0}, "moon": MOON}.get(algorithm)
 
     # Execute: eager steps (no graph maker on a CPU) by a new trainer every round, then steps of recurring shapes
     # replayed from the stand-in by one trainer for both rounds
@@ -207,7 +216,8 @@ def test_graphs_stop_at_their_budget(monkeypatch):
     (small_resnet, "mixup", {"gamma": 0.4}),
     (small_resnet, "stochdepth", {"survival_last": 0.5}),
     (wider_resnet, "fedalign", {"mu": 0.5, "width": 0.5, "clip_grad_norm": 1.0}),  # no host read in its step
-], ids=["cnn_small", "batch-norm", "mixup", "stochdepth", "fedalign"])
+    (moon_resnet, "moon", MOON),
+], ids=["cnn_small", "batch-norm", "mixup", "stochdepth", "fedalign", "moon"])
 def test_on_a_gpu_captured_stacked_steps_equal_eager_ones(make, algorithm, hparams, float64_default):
     # Prepare: in float64 on the card (cuDNN's float64 kernels: the check's spread is 0 or rounding)
     def on_gpu(capture: str):

@@ -247,15 +247,16 @@ def test_train_mode_s_saved_state_keeps_its_keys(hparams):
 
 @pytest.mark.parametrize("client_parallel", ["vectorized", "auto"])
 def test_eval_mode_trains_sequentially_and_an_explicit_vectorized_is_refused(client_parallel):
-    # Prepare: MOON has no vectorised local training (AlgorithmSpec.sequential_only), whatever its reference mode
-    config_ = moon_config(reference_mode="eval")
+    # Prepare: MOON's stacked step has no eval-mode references (their per-client running statistics), so that mode
+    # trains one client after another even with the projection head, on the ResNets
+    config_ = moon_config(reference_mode="eval", head="projection")
     config_["training"]["client_parallel"] = client_parallel
-    moon = make_strategy("moon", {"reference_mode": "eval"})
+    moon = make_strategy("moon", {"reference_mode": "eval", "head": "projection"})
 
     # Execute / Assert: refused at planning; auto trains one client after another
     if client_parallel == "vectorized":
         with pytest.raises(ConfigError, match="training.client_parallel: vectorized trains stacked clients' batches, "
-                                              "but algorithm moon .moon. needs the contrastive term"):
+                                              "but algorithm moon .moon. needs reference_mode train"):
             check_config(config_, SCHEMA)
         with pytest.raises(ValueError, match="algorithm 'moon'"):
             resolve_client_parallel(model_of("batch"), moon, TrainConfig(client_parallel="vectorized"))

@@ -350,8 +350,8 @@ def test_strategy_declarations():
     assert vectorised == {name for name, spec in ALGORITHM_SPECS.items() if spec.sequential_only is None}
 
     assert {"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "fedsam", "fedasam", "mixup",
-            "stochdepth", "fedalign"} <= vectorised
-    assert not vectorised & {"scaffold", "feddyn", "moon", "gradaug"}
+            "stochdepth", "fedalign", "moon"} <= vectorised
+    assert not vectorised & {"scaffold", "feddyn", "gradaug"}
 
     class ServerOnly(Strategy):  # only the server step differs: inherits FedAvg's vectorised training
         name = "server_only"
@@ -569,7 +569,9 @@ def test_a_float64_model_under_a_float32_default_gets_float64_learning_rates(mon
 
 
 @pytest.mark.parametrize(("algorithm", "hparams"), [("fedalign", {}), ("fedalign", {"width": 1.0}),
-                                                    ("stochdepth", {}), ("mixup", {}), ("fedprox", {})])
+                                                    ("stochdepth", {}), ("mixup", {}), ("fedprox", {}),
+                                                    ("moon", {"head": "projection"}), ("moon", {}),
+                                                    ("moon", {"head": "projection", "reference_mode": "eval"})])
 @pytest.mark.parametrize(("model", "options"), [("cnn_small", {}), ("resnet20", {"norm": "batch"}),
                                                 ("resnet20", {"norm": "group"}), ("resnet20", {"norm": "none"}),
                                                 ("resnet18", {}), ("resnet56_bottleneck", {})])
@@ -580,7 +582,8 @@ def test_planning_refuses_an_explicit_vectorized_exactly_where_the_trainer_would
     spec = ALGORITHM_SPECS[algorithm]
     planned = algorithm_config(algorithm, hparams).stacked_problem(model, options, {"optimizer": optimizer})
     unfit = spec.requires is not None and not getattr(model_info(model), spec.requires)
-    net = build_model(model, num_classes=10, in_channels=3, image_size=8, **options)
+    net = build_model(model, num_classes=10, in_channels=3, image_size=8, **options,
+                      **algorithm_config(algorithm, hparams).model_options())  # MOON's projection head
     cfg = TrainConfig(client_parallel="vectorized", optimizer=optimizer)
 
     # Execute: the train job's decision on a card

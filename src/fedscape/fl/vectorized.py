@@ -416,7 +416,7 @@ class VectorizedTrainer:
 
     def _step_loss(self, xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor, padded: bool,
                    running: dict[str, torch.Tensor] | None, mix: tuple[torch.Tensor, torch.Tensor] | None,
-                   scales: torch.Tensor | None) -> _StepLoss:
+                   scales: torch.Tensor | None, global_views: list[torch.Tensor]) -> _StepLoss:
         """The K clients' losses [K] on this step's batches as a function of stacked parameters (a list in
         `named_parameters()` order), for `Strategy.local_gradients_vectorized`; `mix`: an input-mixing objective's
         weights [K, 2] and mixed targets, `scales`: the residual scales (`_stacked_loss`); None for the plain model and
@@ -439,7 +439,7 @@ class VectorizedTrainer:
         def loss(params: list[torch.Tensor]) -> torch.Tensor:
             return self._loss(dict(zip(self.names, params, strict=True)), xb, yb, mb, norm_state(True), mix, scales)
 
-        return _StepLoss(loss, StackedBatch(self.model, self.names, xb, yb, mb, norm_state))
+        return _StepLoss(loss, StackedBatch(self.model, self.names, xb, yb, mb, norm_state, global_views))
 
     def plan(self, client_id: int, round_: int, work: int | None = None) -> _ClientPlan:
         """The client's batches (and augmentation draws) from its generator, as `local_train` draws them;
@@ -538,6 +538,7 @@ class VectorizedTrainer:
             scales = scales.to(device=device, dtype=global_params.dtype)
 
         st = self._chunk_state(k0, global_params, global_buffers)
+        self.strategy.begin_stacked([p.client_id for p in plans], global_params)
         # Each step's lr: one number when the active clients share it (always under a constant lr), else one
         # per client (a schedule over local steps with unequal step counts), shaped to scale stacked tensors.
         step_lr: list[float | torch.Tensor] = []
@@ -572,9 +573,11 @@ class VectorizedTrainer:
         else:
             client_buffers = [torch.zeros(0, device=flat.device)] * k0  # no floating buffers, as flatten_buffers gives
         sgd_momentum = 0.0 if cfg.optimizer == "adamw" else cfg.momentum
-        return [ClientResult(p.client_id, p.num_samples, flat[j].clone(), client_buffers[j], losses_mean[j],
-                             len(p.batches), update_weight(p.lrs, sgd_momentum, cfg.nesterov))
-                for j, p in enumerate(plans)]
+        results = [ClientResult(p.client_id, p.num_samples, flat[j].clone(), client_buffers[j], losses_mean[j],
+                                len(p.batches), update_weight(p.lrs, sgd_momentum, cfg.nesterov))
+                   for j, p in enumerate(plans)]
+        self.strategy.end_stacked(results)
+        return results
 
     def _mixing(self, plans: list[_ClientPlan], num_steps: int, batch: int, dtype: torch.dtype
                 ) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
@@ -652,7 +655,8 @@ class VectorizedTrainer:
         kept_buffers = [(b, live, b.clone())
                         for b, live in self._branch_views(st.buffers, self.buffer_branch, scales, k)]
         gradients, adjust = self.strategy.local_gradients_vectorized, self.strategy.adjust_gradients_vectorized
-        losses, grads = gradients(params, self._step_loss(xb, yb, mb, padded, running, mix, scales))  # FedSAM: w + e
+        losses, grads = gradients(params, self._step_loss(xb, yb, mb, padded, running, mix, scales,
+                                                          st.global_views))  # FedSAM: w + e
         grads = unaliased(tuple(grads))
         with torch.no_grad():
             for b, live, before in kept_buffers:

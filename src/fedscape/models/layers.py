@@ -468,6 +468,11 @@ class ImageClassifier(nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} has no stacked forward")
 
+    def forward_features_stacked(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        """`forward_features` of K stacked models [K, B, D], as `forward_stacked` computes them; a model whose
+        representation an algorithm reads in a stacked step (MOON's projection head) overrides it."""
+        raise NotImplementedError(f"{type(self).__name__} has no stacked features")
+
     def forward_width(self, x: Tensor, width: float) -> Tensor:
         """Logits of the sub-network of width ``width`` (every hidden layer sliced; GradAug, Yang et al. 2020)."""
         raise NotImplementedError(f"{type(self).__name__} has no width-sliceable layers")
@@ -508,13 +513,50 @@ class ProjectedClassifier(ImageClassifier):
         if out != dim:
             classifier = nn.Linear(out, classifier.out_features, bias=classifier.bias is not None)
         self.classifier = classifier
+        # Trained vectorised as its backbone is (`has_forward_stacked`): the head and classifier are linear layers.
+        self.stacks_batch_norm = backbone.stacks_batch_norm
+        self.stacked_faster_on_cpu = backbone.stacked_faster_on_cpu
+        self.vmap_faster_on_cpu = backbone.vmap_faster_on_cpu
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.head(self.backbone.forward_features(x))
 
+    def forward_features_stacked(self, params: Mapping[str, Tensor], x: Tensor, norm: StackedNorm | None = None
+                                 ) -> Tensor:
+        """The head's output z of K stacked models [K, B, O]: the backbone's stacked features (its parameters and
+        running statistics under ``backbone.``), then the head's two linear layers."""
+        inner = {name.removeprefix(_BACKBONE): v for name, v in params.items() if name.startswith(_BACKBONE)}
+        if norm is None:
+            h = self.backbone.forward_features_stacked(inner, x)
+        else:
+            running = None if norm.running is None else {
+                name.removeprefix(_BACKBONE): v for name, v in norm.running.items() if name.startswith(_BACKBONE)}
+            h = self.backbone.forward_features_stacked(inner, x, norm=StackedNorm(norm.mask, running, norm.counts))
+        h = F.relu(stacked_linear(h, params["head.0.weight"], params["head.0.bias"]))
+        return stacked_linear(h, params["head.2.weight"], params["head.2.bias"])
+
+    def classify_stacked(self, params: Mapping[str, Tensor], z: Tensor) -> Tensor:
+        """The classifier of K stacked models on their head outputs z [K, B, O]: logits [K, B, classes]."""
+        return stacked_linear(z, params["classifier.weight"], params.get("classifier.bias"))
+
+    def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor, norm: StackedNorm | None = None) -> Tensor:
+        z = self.forward_features_stacked(params, x) if norm is None else self.forward_features_stacked(params, x,
+                                                                                                       norm=norm)
+        return self.classify_stacked(params, z)
+
+
+_BACKBONE = "backbone."  # the prefix of a ProjectedClassifier's backbone's parameters and buffers
+
+
+def _overrides(model: nn.Module, method: str) -> bool:
+    """Whether the model's class has its own ``method``, not `ImageClassifier`'s."""
+    own = getattr(type(model), method, None)
+    return own is not None and own is not getattr(ImageClassifier, method)
+
 
 def has_forward_stacked(model: nn.Module) -> bool:
     """Whether the model has its own grouped ``forward_stacked`` (else vectorised training runs it under ``vmap``)."""
-    own = getattr(type(model), "forward_stacked", None)
-    return own is not None and own is not ImageClassifier.forward_stacked
+    if isinstance(model, ProjectedClassifier):  # through its backbone's stacked features
+        return _overrides(model.backbone, "forward_features_stacked")
+    return _overrides(model, "forward_stacked")
 

@@ -359,6 +359,13 @@ class ResNet(ImageClassifier):
         does for one model (Stochastic Depth; None: unscaled)."""
         return self._stacked(params, x, norm, scales)[2]
 
+    def forward_features_stacked(self, params: Mapping[str, Tensor], x: Tensor, norm: StackedNorm | None = None
+                                 ) -> Tensor:
+        """`forward_features` of K stacked models in training, [K, B, D], as `forward_stacked` computes them (a
+        projection head's input: MOON)."""
+        k = x.shape[0]
+        return ungrouped_flat(self.pool(self._stacked_trunk(params, x, norm, None)[1]), k)
+
     def forward_stacked_last_block(self, params: Mapping[str, Tensor], x: Tensor, norm: StackedNorm | None = None
                                    ) -> tuple[Tensor, Tensor, Tensor]:
         """`forward_last_block` of K stacked models: the last stage's input and output in grouped layout
@@ -367,6 +374,14 @@ class ResNet(ImageClassifier):
 
     def _stacked(self, params: Mapping[str, Tensor], x: Tensor, norm: StackedNorm | None, scales: Tensor | None
                  ) -> tuple[Tensor, Tensor, Tensor]:
+        k = x.shape[0]
+        h_in, h = self._stacked_trunk(params, x, norm, scales)
+        logits = stacked_linear(ungrouped_flat(self.pool(h), k), params["classifier.weight"], params["classifier.bias"])
+        return h_in, h, logits
+
+    def _stacked_trunk(self, params: Mapping[str, Tensor], x: Tensor, norm: StackedNorm | None,
+                       scales: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(the last stage's input, the last block's output) of K stacked models, in grouped layout."""
         k, start = x.shape[0], self.last_stage_start
         h = stacked_conv(self.stem, params, "stem", grouped_layout(x), k)
         h = self.stem_pool(F.relu(stacked_norm(self.stem_norm, params, "stem_norm", h, k, norm)))
@@ -377,8 +392,7 @@ class ResNet(ImageClassifier):
             if i == start:
                 h_in = h
             h = block.forward_stacked(params, f"blocks.{i}.", h, k, norm, None if scales is None else scales[:, i])
-        logits = stacked_linear(ungrouped_flat(self.pool(h), k), params["classifier.weight"], params["classifier.bias"])
-        return h_in, h, logits
+        return h_in, h
 
     @property
     def last_stage_start(self) -> int:

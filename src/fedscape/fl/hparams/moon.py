@@ -8,6 +8,7 @@ from typing import Literal, get_args
 from fedscape.core.names import unknown_name_error
 from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
 from fedscape.fl.swa import swa_config
+from fedscape.models.specs import MODEL_INFOS
 
 MoonHead = Literal["side", "projection"]
 MOON_HEADS = get_args(MoonHead)
@@ -39,7 +40,7 @@ class MoonConfig(ServerSGDConfig):
     # github.com/QinbinLi/MOON main.py: global_model.eval() every round and the previous nets .eval(), requires_grad
     # False). They differ for batch-norm models only (no model here has dropout), and there by about MOON's own effect
     # (an earlier measurement on resnet20: the round-2 global model's difference between the two modes was 1.08x
-    # MOON's whole departure from FedAvg). MOON trains its clients one after another in either mode (SPECS).
+    # MOON's whole departure from FedAvg). Only "train" trains its clients vectorised (`stacked_problem`).
     reference_mode: MoonReferenceMode = "train"
 
     def __post_init__(self):
@@ -71,6 +72,19 @@ class MoonConfig(ServerSGDConfig):
                     "model does not: use head: projection, or keep_optimizer_state: false")
         return None
 
+    def stacked_problem(self, model: str, model_options: dict, training: dict) -> str | None:
+        # What `Moon.stacked_blocker` says of the built model.
+        if self.head != "projection":
+            return ("head projection (the side head is a second model, with its own averaged parameters, that the "
+                    "stacked step does not carry)")
+        if self.reference_mode != "train":
+            return ("reference_mode train (eval-mode references normalise with per-client running statistics that "
+                    "the stacked step does not carry)")
+        info = MODEL_INFOS.get(model)
+        if info is None or not info.residual:
+            return f"stacked features, which only the ResNets compute (not {model})"
+        return None
+
     def model_options(self) -> dict:
         """head projection: the classifier on the head (`fedscape.models.layers.ProjectedClassifier`), of output
         width projection_dim where set (a network its 0 does not build: the analyses rebuild it from these)."""
@@ -81,5 +95,4 @@ class MoonConfig(ServerSGDConfig):
 
 SPECS = (AlgorithmSpec("moon", MoonConfig, "moon:Moon", "MOON",
                   "Li et al. 2021, Model-Contrastive Federated Learning",
-                  per_sample="its contrastive term compares one representation per sample (Li et al. 2021, Eq. 3)",
-                  sequential_only="the contrastive term against the global and the previous local model"),)
+                  per_sample="its contrastive term compares one representation per sample (Li et al. 2021, Eq. 3)"),)

@@ -47,9 +47,9 @@ class StackedBatch:
     """One vectorised step's batches as the trainer's loss evaluates them, for a strategy whose local objective runs
     the model its own way (FedAlign): the model and its parameter names (the order of the stacked parameters), the
     active clients' inputs x [K, B, ...] after augmentation, their targets y and loss mask [K, B] (0 for a padded
-    row), and `norm(update)`: the batch norms' state of a pass (`fedscape.models.layers.StackedNorm`: padded rows
+    row), `norm(update)`: the batch norms' state of a pass (`fedscape.models.layers.StackedNorm`: padded rows
     masked; the clients' running statistics moved by the pass where `update`), None for a model without batch
-    norm."""
+    norm, and the round's global parameters (unstacked, in `names` order; MOON's reference model)."""
 
     model: nn.Module
     names: list[str]
@@ -57,6 +57,7 @@ class StackedBatch:
     y: torch.Tensor
     mask: torch.Tensor
     norm: Callable[[bool], Any]
+    global_params: list[torch.Tensor] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,8 @@ class ClientStore:
 # The hooks through which a strategy changes a client's training: those the sequential trainer calls, and those
 # the vectorised trainer calls instead on a stacked step.
 CLIENT_HOOKS = ("begin_local", "local_parameters", "local_backward", "local_loss", "adjust_gradients", "end_local")
-STACKED_HOOKS = ("input_mixing", "residual_scales", "local_gradients_vectorized", "adjust_gradients_vectorized")
+STACKED_HOOKS = ("input_mixing", "residual_scales", "local_gradients_vectorized", "adjust_gradients_vectorized",
+                 "begin_stacked", "end_stacked")
 
 
 class Strategy:
@@ -282,6 +284,13 @@ class Strategy:
         parameter without gradient, which the optimiser skips unless the hook puts a tensor there, as
         `adjust_gradients` may give a parameter whose `.grad` is None one.
         """
+
+    def begin_stacked(self, client_ids: list[int], global_params: torch.Tensor) -> None:
+        """`begin_local` of the vectorised path: called before a chunk's stacked steps with its clients in the
+        stack's order and the round's global parameters (flat). A step's active clients are the first K."""
+
+    def end_stacked(self, results: list[ClientResult]) -> None:
+        """`end_local` of the vectorised path: called after a chunk's steps with its clients' results."""
 
     def end_local(self, model: nn.Module, ctx: ClientContext, params: torch.Tensor) -> None:
         """Called after the client's last step with its final flat parameters (update client state)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -10,8 +11,9 @@ from torch import nn
 
 from fedscape.core.seeds import derive_seed
 from fedscape.fl.aggregate import sample_weights, weighted_mean
-from fedscape.fl.strategies.base import ClientContext, ClientResult, ClientStore, Strategy
-from fedscape.models.layers import ProjectedClassifier
+from fedscape.fl.strategies.base import ClientContext, ClientResult, ClientStore, Strategy, stacked_gradients
+from fedscape.models.layers import ProjectedClassifier, has_forward_stacked
+from fedscape.models.loss import stacked_mean_loss
 from fedscape.models.params import FlatParams, flatten_buffers, flatten_params, load_buffers, load_params
 
 _MOON_HEAD_STREAM = 0x4D4F4F4E  # seed stream of MOON's projection head
@@ -25,6 +27,17 @@ def moon_contrastive_loss(z: torch.Tensor, z_global: torch.Tensor, z_prev: torch
     neg = F.cosine_similarity(z, z_prev, dim=-1)
     logits = torch.stack([pos, neg], dim=1) / temperature
     return F.cross_entropy(logits, torch.zeros(len(z), dtype=torch.long, device=z.device))
+
+
+def stacked_moon_contrastive_loss(z: torch.Tensor, z_global: torch.Tensor, z_prev: torch.Tensor, temperature: float,
+                                  mask: torch.Tensor) -> torch.Tensor:
+    """`moon_contrastive_loss` of K stacked clients [K]: representations [K, B, D], each client's mean over its real
+    rows (``mask`` [K, B], 0 for a padded row), 0 for a client without any."""
+    pos = F.cosine_similarity(z, z_global, dim=-1)
+    neg = F.cosine_similarity(z, z_prev, dim=-1)
+    rows = -torch.log_softmax(torch.stack([pos, neg], dim=-1) / temperature, dim=-1)[..., 0]  # [K, B]
+    mask = mask.to(rows.dtype)
+    return (rows * mask).sum(1) / mask.sum(1).clamp_min(1)
 
 
 class Moon(Strategy):
@@ -45,9 +58,16 @@ class Moon(Strategy):
     the buffers its local model had at the end of that client's last local training (kept per client, `prev_buffers`,
     only in this mode), a client that has not yet trained with the initial global model's. The two modes differ for
     batch-norm models only.
+
+    Vectorised (`local_gradients_vectorized`) with ``head: projection`` and ``reference_mode: train`` on a model whose
+    features stack (the ResNets, `stacked_blocker`): each stacked client's representations against the global model's
+    and its own previous model's on its batch, those from stacked passes at the global parameters and at the
+    clients' previous parameters (`begin_stacked`), normalised with each client's batch statistics as the
+    sequential references are.
     """
 
     standard_local_training = False
+    vectorized = True  # where `stacked_blocker` finds nothing
 
     @property
     def eval_references(self) -> bool:
@@ -82,6 +102,7 @@ class Moon(Strategy):
             self._prev_model = copy.deepcopy(model).requires_grad_(False)
             self.prev = ClientStore(num_params, flatten_params(model).cpu())
             self._setup_prev_buffers(model)
+            self._stacked_prev: dict[int, list[torch.Tensor]] = {}  # chunk size -> previous models [K, *shape]
             return
         dim = model.classifier.in_features
         out = self.config.projection_dim or dim
@@ -144,6 +165,63 @@ class Moon(Strategy):
         self._prev_head.train(not self.eval_references)
         self.head_flat.set(self.head_global)
         self.head.train()
+
+    def stacked_blocker(self, model: nn.Module, stacked_forward: bool = True, optimizer: str = "sgd") -> str | None:
+        # The hyperparameters' `stacked_problem` says the same to planning, without torch.
+        if not self.projection:
+            return (f"algorithm {self.name!r} with head side trains a second model beside the stacked one (its side "
+                    "head, averaged apart), which the stacked step does not carry")
+        if self.eval_references:
+            return (f"algorithm {self.name!r} with reference_mode eval normalises its references with per-client "
+                    "running statistics, which the stacked step does not carry")
+        if not (stacked_forward and has_forward_stacked(model)):
+            name = type(getattr(model, "backbone", model)).__name__
+            return (f"algorithm {self.name!r} compares each client's representations, which only the ResNets' own "
+                    f"stacked features give ({name}{'' if stacked_forward else ' under vmap'})")
+        return None
+
+    def begin_stacked(self, client_ids: list[int], global_params: torch.Tensor) -> None:
+        """The chunk's previous local models, stacked in its order, at addresses kept per chunk size (a captured step
+        reads them)."""
+        k0, shapes = len(client_ids), [tuple(p.shape) for p in self._prev_model.parameters()]
+        store = self._stacked_prev.get(k0)
+        if store is None or (store[0].dtype, store[0].device) != (global_params.dtype, global_params.device):
+            store = [global_params.new_empty((k0, *shape)) for shape in shapes]
+            self._stacked_prev[k0] = store
+        prev = torch.stack([self.prev.get(c, global_params.device) for c in client_ids]).to(global_params.dtype)
+        with torch.no_grad():
+            for tensor, values in zip(store, prev.split([math.prod(s) for s in shapes], dim=1), strict=True):
+                tensor.copy_(values.view_as(tensor))
+        self._prev_stack = store
+
+    def end_stacked(self, results: list[ClientResult]) -> None:
+        for r in results:
+            self.prev.set(r.client_id, r.params)
+
+    def local_gradients_vectorized(self, params: list[torch.Tensor], loss) -> tuple[torch.Tensor,
+                                                                                    list[torch.Tensor | None]]:
+        """`local_loss` of K stacked clients: CE of the classifier on z plus mu times the contrastive term of z against
+        the global model's and each client's previous model's representations of its batch (the references without
+        gradient, normalised with the batch's statistics and updating no running statistics)."""
+        batch = loss.batch
+        k, model = params[0].shape[0], batch.model
+
+        def features(tensors: list[torch.Tensor], update: bool) -> torch.Tensor:
+            named = dict(zip(batch.names, tensors, strict=True))
+            norm = batch.norm(update)
+            if norm is None:
+                return model.forward_features_stacked(named, batch.x)
+            return model.forward_features_stacked(named, batch.x, norm=norm)
+
+        z = features(params, True)  # the local pass first, as `local_loss`: it alone moves the running statistics
+        ce = stacked_mean_loss(model.classify_stacked(dict(zip(batch.names, params, strict=True)), z), batch.y,
+                               batch.mask)
+        with torch.no_grad():
+            z_global = features([g.expand(k, *g.shape) for g in batch.global_params], False)
+            z_prev = features([p[:k] for p in self._prev_stack], False)
+        con = stacked_moon_contrastive_loss(z, z_global, z_prev, self.config.temperature, batch.mask)
+        losses = ce + self.config.mu * con
+        return losses.detach(), stacked_gradients(losses, params)
 
     def local_parameters(self, ctx: ClientContext) -> list[torch.Tensor]:
         return [] if self.projection else list(self.head.parameters())

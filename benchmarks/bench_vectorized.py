@@ -34,6 +34,7 @@ import statistics
 import time
 
 import torch
+import yaml
 from machine import device_label, torch_line
 
 from fedscape.core.setting import parse_alpha
@@ -91,23 +92,25 @@ def bench(num_clients: int, args: argparse.Namespace, device: torch.device) -> d
     channels, size = SHAPES[args.model]
     options = {"norm": args.norm} if args.norm else {}
     model = build_model(args.model, num_classes=10, in_channels=channels, image_size=size, **options)
-    model = model.to(device).train()
+    # One strategy per path: a strategy may keep per-client state between rounds (MOON's previous models)
+    strategy, seq_strategy = (make_strategy(args.algorithm, args.hparams) for _ in range(2))
+    model = strategy.prepare_model(model, seed=0).to(device).train()  # MOON's projection head
     flat = FlatParams(model)
     global_params, global_buffers = flat.get(), flatten_buffers(model).to(device)
     cfg = TrainConfig(local_epochs=args.local_epochs, batch_size=args.batch_size, lr=args.lr,
                       client_chunk_size=args.chunk_size, precision=args.precision, seed=0, capture=args.capture)
-    strategy = make_strategy(args.algorithm)
     reason = vectorization_blocker(model, strategy)
     if reason is not None:  # the vectorised trainer would silently train something else
         raise SystemExit(f"cannot benchmark vectorised training: {reason}")
-    strategy.setup(num_clients, global_params.numel(), device, model=model, seed=0)
+    for s in (strategy, seq_strategy):
+        s.setup(num_clients, global_params.numel(), device, model=model, seed=0)
     vectorized = VectorizedTrainer(model, data, strategy, cfg, stacked_forward=not args.vmap)
     sampled = sample_clients(0, 1, num_clients, 1.0)
 
     def sequential_round(round_: int):
-        results = [local_train(model, flat, global_params, global_buffers, data, c, round_, strategy, cfg)[0]
+        results = [local_train(model, flat, global_params, global_buffers, data, c, round_, seq_strategy, cfg)[0]
                    for c in sampled]
-        return strategy.server_update(global_params, results)
+        return seq_strategy.server_update(global_params, results)
 
     def vectorized_round(round_: int):
         results = vectorized.train_round(global_params, global_buffers, sampled, round_)
@@ -147,6 +150,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--alpha", default="0.5", help="Dirichlet alpha of the split, or iid")
     parser.add_argument("--algorithm", default="fedavg")
+    parser.add_argument("--hparams", type=yaml.safe_load, default={},
+                        help="the algorithm's hyperparameters as a YAML mapping, e.g. '{head: projection}' (MOON)")
     parser.add_argument("--local-epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=0.05)
@@ -174,7 +179,8 @@ def main() -> None:
     data = ("digits" if SHAPES[args.model] == (1, 8)
             else f"synthetic CIFAR-shaped data, {args.samples_per_client}/client")
     norm = f" (norm {args.norm})" if args.norm else ""
-    print(f"# vectorised vs sequential client training: {args.model}{norm} on {data}, alpha {args.alpha}, "
+    algorithm = f"{args.algorithm}{f' {args.hparams}' if args.hparams else ''}"
+    print(f"# vectorised vs sequential client training: {algorithm}, {args.model}{norm} on {data}, alpha {args.alpha}, "
           f"{args.local_epochs} local epochs, batch {args.batch_size}, chunk {args.chunk_size}, {name}, "
           f"precision {precision_used(args.precision, device)}, capture {args.capture}, "
           f"median of {args.repeats} rounds after {args.warmup} untimed, {torch_line()}")

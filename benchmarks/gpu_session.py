@@ -80,13 +80,15 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
     # HVP against a gradient (goal <= 3x) in both modes, and the top eigenvalues against float64 (goal 1e-4).
     "hvp": [("hvp_resnet20_bn", [PY, "benchmarks/bench_hvp.py", "--model", "resnet20", "--norm", "batch",
                                  "--dataset", "cifar10", "--samples", "1024", "--device", "cuda"], 200)],
-    # FedAlign's own baselines vectorised on its bottleneck ResNet56 (batch 64, 16 clients, as fedalign.yaml): their
-    # stacked rounds against one client after another, which bench_gpu prices at FedAvg's steps.
+    # FedAlign and its baselines vectorised on its bottleneck ResNet56 (batch 64, 16 clients, MOON on its projection
+    # head, as in fedalign.yaml): their stacked rounds against one client after another.
     "algorithms": [(f"vectorized_resnet56_{algorithm}",
                     [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model", "resnet56_bottleneck",
                      "--norm", "batch", "--batch-size", "64", "--samples-per-client", "640", "--local-epochs", "1",
-                     "--alpha", "iid", "--clients", "16", "--algorithm", algorithm, "--repeats", "2"], 80)
-                   for algorithm in ("fedalign", "stochdepth", "mixup")],
+                     "--alpha", "iid", "--clients", "16", "--algorithm", algorithm, "--hparams", hparams,
+                     "--repeats", "2"], 65)
+                   for algorithm, hparams in (("fedalign", "{}"), ("stochdepth", "{}"), ("mixup", "{}"),
+                                              ("moon", "{head: projection}"))],
 }
 # The parts as device calls, most wanted first: each call's limits add up to less than a call's 600 s, with room for
 # setup.sh. A session's 15 minutes of device time hold about two calls as they usually run (well under their limits).

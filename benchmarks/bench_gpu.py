@@ -157,20 +157,24 @@ def client_share(run: Run, options: dict) -> int:
 
 def run_work(config: dict, run: Run, device: torch.device, models: dict) -> tuple[StepKind, TrainConfig, int]:
     """The step kind of an image run, its training settings and its total client steps over all rounds. `models`:
-    one network per (model, options, shape), built once to decide the runs' path."""
+    one network per (model, options, shape), and per algorithm where it changes the network (MOON's projection
+    head), built once to decide the runs' path."""
     job = planned_train(config, run)
     cfg = job.train_config()
     info = DATASETS[run.dataset]
     share = client_share(run, job.dataset_options)
     shape = (run.model, tuple(sorted(config.get("model_options", {}).get(run.model, {}).items())), info.in_channels,
              info.image_size, info.num_classes)
-    if shape not in models:
-        models[shape] = network(*shape)
     strategy = make_strategy(job.algorithm, job.hyperparameters)
-    path = resolve_client_parallel(models[shape], strategy, cfg, device.type)
+    # The network the run trains: its algorithm's (MOON's projection head) where the algorithm changes it.
+    key = shape if type(strategy).prepare_model is Strategy.prepare_model else (shape, job.algorithm, strategy.config)
+    if key not in models:
+        models[key] = strategy.prepare_model(network(*shape), seed=0)
+    net = models[key]
+    path = resolve_client_parallel(net, strategy, cfg, device.type)
     # As the engine decides: the vectorised trainer never captures; the sequential one where resolve_capture says so
     # for the run's own algorithm (one with its own local objective steps eagerly) and training.capture.
-    capture = path == "sequential" and resolve_capture(models[shape], strategy, cfg, device.type)
+    capture = path == "sequential" and resolve_capture(net, strategy, cfg, device.type)
     clients = 0
     if path == "vectorized":
         clients = len(sample_clients(cfg.seed, 1, run.num_clients, cfg.participation))  # the same every round

@@ -99,7 +99,7 @@ def bench(num_clients: int, args: argparse.Namespace, device: torch.device) -> d
     global_params, global_buffers = flat.get(), flatten_buffers(model).to(device)
     cfg = TrainConfig(local_epochs=args.local_epochs, batch_size=args.batch_size, lr=args.lr,
                       client_chunk_size=args.chunk_size, precision=args.precision, seed=0, capture=args.capture)
-    reason = vectorization_blocker(model, strategy)
+    reason = vectorization_blocker(model, strategy) or (strategy.stacked_blocker(model, False) if args.vmap else None)
     if reason is not None:  # the vectorised trainer would silently train something else
         raise SystemExit(f"cannot benchmark vectorised training: {reason}")
     for s in (strategy, seq_strategy):

@@ -36,7 +36,8 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
                               "tests/unit/test_vectorized.py", "tests/unit/test_vectorized_bn.py",
                               "tests/unit/test_data.py", "tests/unit/test_resources.py",
                               "tests/unit/test_moon_reference_mode.py", "tests/unit/test_alignment.py",
-                              "tests/unit/test_capture_stacked.py", "tests/unit/test_stored_images.py"], 90)],
+                              "tests/unit/test_capture_stacked.py", "tests/unit/test_stored_images.py",
+                              "tests/unit/test_vectorized_moon.py"], 90)],
     # The papers' step costs (plain; sequential, captured and vectorised at each run's own algorithm's local step)
     # and their projected hours. fedalign.yaml has the most local steps (23 of its bottleneck ResNet56: FedAlign at
     # four mu and four widths, GradAug at four sub-network counts...), measured at fewer steps to fit its own call.

@@ -225,6 +225,25 @@ def test_bench_gpu_captures_only_the_runs_whose_own_algorithm_captures(monkeypat
         assert "resolve_capture" in rows[name]["why_not_captured"]
 
 
+def test_bench_gpu_decides_a_runs_path_on_the_network_its_algorithm_trains(monkeypatch):
+    # Prepare: meta_digits' MOON on its projection head, which cnn_small has no stacked features for (FedAvg's
+    # cnn_small stacks)
+    import torch
+
+    bench_gpu = _bench_gpu(monkeypatch)
+    config = bench_gpu.load_config(bench_gpu.PAPERS / "meta_digits.yaml", bench_gpu.SCHEMA)
+    config["algorithms"]["moon"]["head"] = "projection"
+    runs = {r.algorithm: r for r in bench_gpu.build_runs(config) if r.algorithm in ("moon", "fedavg")}
+
+    # Execute: the kinds as on a card
+    models: dict = {}
+    kinds = {name: bench_gpu.run_work(config, run, torch.device("cuda"), models)[0] for name, run in runs.items()}
+
+    # Assert: MOON's clients train one after another there, as its trainer would (not priced as stacked)
+    assert kinds["fedavg"].path == "vectorized" and kinds["moon"].path == "sequential"
+    assert kinds["moon"].shape == kinds["fedavg"].shape
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
 def test_only_server_side_algorithms_take_fedavgs_local_step(algorithm):
     # Prepare / Execute

@@ -30,14 +30,17 @@ def small_resnet(norm: str = "batch") -> ResNet:
     return ResNet(10, 1, (1, 1), (8, 16), norm=norm)
 
 
-def both(make, monkeypatch, hparams=PROJECTION, **train):
+def both(make, monkeypatch, hparams=PROJECTION, device: str = "cpu", **train):
     """The sequential and vectorised runs of MOON (each with its own strategy: it keeps the clients' previous
     models) over three rounds of 4 of the 5 clients, so that a client meets its own earlier model and one that
     had not yet trained meets the initial one."""
     data = shard_data(SIZES)
+    data = type(data)(data.x_train.to(device), data.y_train.to(device), [ix.to(device) for ix in data.client_indices],
+                      data.x_test.to(device), data.y_test.to(device))
     train = {"rounds": 3, "augment": "crop_flip", "save_clients_at": (), **train}
-    return [run_mode(mode, make_strategy("moon", hparams), data, monkeypatch, model=projected(make, hparams), **train)
-            for mode in ("sequential", "vectorized")]
+    model = projected(make, hparams)
+    return [run_mode(mode, make_strategy("moon", hparams), data, monkeypatch, model=lambda: model().to(device),
+                     **train) for mode in ("sequential", "vectorized")]
 
 
 @pytest.mark.parametrize(("make", "train"), [
@@ -59,6 +62,17 @@ def test_float64_vectorized_moon_rounds_equal_sequential(make, train, monkeypatc
         assert (seq.buffers - vec.buffers).abs().max().item() <= TOL64 * seq.buffers.abs().max().item()
     for s, v in zip(seq.rows, vec.rows, strict=True):
         assert s["train_loss"] == pytest.approx(v["train_loss"], rel=TOL64)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_vectorized_moon_rounds_equal_sequential(monkeypatch, float64_default):
+    # Execute: float64 on the card (cuDNN's kernels, the stacked steps captured once their shapes recur)
+    seq, vec = both(lambda: model_of("resnet20", norm="batch"), monkeypatch, device="cuda")
+
+    # Assert
+    assert vec.params.dtype == torch.float64 and vec.execution.startswith("vectorized")
+    assert (seq.params - vec.params).abs().max().item() <= TOL64 * seq.params.abs().max().item()
+    assert (seq.buffers - vec.buffers).abs().max().item() <= TOL64 * seq.buffers.abs().max().item()
 
 
 def test_the_contrastive_term_moves_training_and_mu_0_is_fedavg_bit_for_bit(monkeypatch):

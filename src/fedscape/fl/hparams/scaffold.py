@@ -12,5 +12,4 @@ SPECS = (AlgorithmSpec("scaffold", ServerSGDConfig, "scaffold:Scaffold", "SCAFFO
                   sgd_only="its option-II control variate (x - y_i) over the weight of the round's gradients is "
                            "the clients' mean gradient only when each local step is a known multiple of gradients "
                            "(SGD, momentum included); with adamw's normalised steps it is the mean Adam direction "
-                           "(about 100x a gradient in a measured case), which the correction adds to raw gradients",
-                  sequential_only="the control-variate correction of every local step"),)
+                           "(about 100x a gradient in a measured case), which the correction adds to raw gradients"),)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -19,15 +21,23 @@ class Scaffold(Strategy):
     and the server sets c <- c + (1/N) sum_{i in S} (c_i+ - c_i), so that c stays the mean
     of all N clients' c_i. The model step is the weighted mean delta (times the global lr
     `server_lr`, 1 in the paper's experiments).
+
+    Vectorised: each stacked client's correction c - c_i is added to its gradients (`adjust_gradients_vectorized`),
+    the chunk's corrections stacked once per chunk (`begin_stacked`), and each client's c_i+ computed from its result
+    (`end_stacked`, its `update_weight` the sequential `end_local`'s).
     """
 
     standard_local_training = False
+    vectorized = True  # the correction is elementwise: any model FedAvg stacks
 
     def setup(self, num_clients, num_params, device, model=None, seed=0) -> None:
         super().setup(num_clients, num_params, device, model, seed)
         self.c = torch.zeros(num_params, device=device)
         self.c_clients = ClientStore(num_params)
         self._delta_c: dict[int, torch.Tensor] = {}
+        self._shapes = None if model is None else [tuple(p.shape) for p in model.parameters()]
+        # chunk size -> the chunk's corrections c - c_i [K, *shape] per parameter, at addresses a captured step reads
+        self._stacked_corrections: dict[int, list[torch.Tensor]] = {}
 
     def state_dict(self):
         return {**super().state_dict(), "c": self.c, "c_clients": self.c_clients.state_dict()}
@@ -56,6 +66,41 @@ class Scaffold(Strategy):
         c_new = c_i - self.c.to(c_i.device) + (ctx.global_params - params) / weight
         self._delta_c[ctx.client_id] = (c_new - c_i).to(self.c.device)
         self.c_clients.set(ctx.client_id, c_new)
+
+    def begin_stacked(self, client_ids: list[int], global_params: torch.Tensor) -> None:
+        if self._shapes is None:
+            raise ValueError("SCAFFOLD's vectorised clients need the model at setup (their corrections' shapes)")
+        k0, device = len(client_ids), global_params.device
+        store = self._stacked_corrections.get(k0)
+        if store is None or (store[0].dtype, store[0].device) != (global_params.dtype, device):
+            store = [global_params.new_empty((k0, *shape)) for shape in self._shapes]
+            self._stacked_corrections[k0] = store
+        c_clients = torch.stack([self.c_clients.get(c, device) for c in client_ids])
+        with torch.no_grad():  # as `begin_local`: c - c_i, then in the model's dtype
+            corrections = (self.c.to(device) - c_clients).to(global_params.dtype)
+            for tensor, values in zip(store, corrections.split([math.prod(s) for s in self._shapes], dim=1),
+                                      strict=True):
+                tensor.copy_(values.view_as(tensor))
+        self._corrections = store
+        self._stacked_global = global_params
+
+    def adjust_gradients_vectorized(self, params: list[torch.Tensor], global_params: list[torch.Tensor],
+                                    grads: list[torch.Tensor | None]) -> None:
+        """g + c - c_i for every stacked client (a parameter without gradient keeps none, as `adjust_gradients`)."""
+        k = params[0].shape[0]
+        for i, correction in enumerate(self._corrections):
+            if grads[i] is not None:
+                grads[i] = grads[i] + correction[:k]
+
+    def end_stacked(self, results: list[ClientResult]) -> None:
+        """`end_local` of each client of the chunk, from its result: c_i+ = c_i - c + (x - y_i) / its update weight."""
+        for r in results:
+            if r.num_steps == 0 or r.update_weight <= 0:
+                continue
+            c_i = self.c_clients.get(r.client_id, r.params.device)
+            c_new = c_i - self.c.to(c_i.device) + (self._stacked_global - r.params) / r.update_weight
+            self._delta_c[r.client_id] = (c_new - c_i).to(self.c.device)
+            self.c_clients.set(r.client_id, c_new)
 
     def server_update(self, global_params: torch.Tensor, results: list[ClientResult]) -> torch.Tensor:
         for r in results:

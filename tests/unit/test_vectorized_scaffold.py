@@ -1,0 +1,102 @@
+"""Vectorised SCAFFOLD: every stacked client's gradients corrected by its own c - c_i, and its control variate
+updated from its result, equal to one client at a time."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers.synthetic import shard_data
+from helpers.vectorized import model_of, run_mode
+
+from fedscape.fl.engine import run_federated
+from fedscape.fl.settings import TrainConfig
+from fedscape.fl.strategies.registry import make_strategy
+from fedscape.fl.vectorized import resolve_client_parallel
+
+TOL64 = 1e-10
+SIZES = [21, 9, 5, 14, 11]  # batch 8: padded last batches, unequal step counts
+
+
+def both(make, monkeypatch, **train):
+    """Sequential and vectorised SCAFFOLD (each its own strategy: it keeps the clients' control variates) over four
+    rounds of 4 of the 5 clients: (the two runs, the two strategies)."""
+    data = shard_data(SIZES)
+    train = {"rounds": 4, "save_clients_at": (), **train}
+    strategies = [make_strategy("scaffold") for _ in range(2)]
+    runs = [run_mode(mode, strategy, data, monkeypatch, model=make, **train)
+            for mode, strategy in zip(("sequential", "vectorized"), strategies, strict=True)]
+    return runs, strategies
+
+
+@pytest.mark.parametrize(("make", "train"), [
+    (lambda: model_of("cnn_small"), {"nesterov": True, "augment": "crop_flip"}),
+    # a cosine lr over local steps: the clients of a step have different lrs, and each its own update weight
+    (lambda: model_of("mlp"), {"lr_schedule": "cosine", "lr_schedule_over": "local_steps", "client_chunk_size": 3}),
+    (lambda: model_of("resnet20", norm="batch"), {"local_epochs": 1}),
+    (lambda: model_of("cnn_small"), {"local_steps": 3, "local_epochs": None, "momentum": 0.0}),
+], ids=["cnn_small-nesterov", "mlp-cosine-chunks", "resnet20-bn", "steps-no-momentum"])
+def test_float64_vectorized_scaffold_rounds_equal_sequential(make, train, monkeypatch, float64_default):
+    # Execute
+    (seq, vec), (seq_s, vec_s) = both(make, monkeypatch, **train)
+
+    # Assert: every round's global model and loss, the server's and every client's control variate; and the
+    # correction acts (the clients' variates are not zero)
+    assert seq.execution == "sequential" and vec.execution.startswith("vectorized")
+    assert (seq.params - vec.params).abs().max().item() <= TOL64 * seq.params.abs().max().item()
+    for s, v in zip(seq.rows, vec.rows, strict=True):
+        assert s["train_loss"] == pytest.approx(v["train_loss"], rel=TOL64)
+    assert (seq_s.c - vec_s.c).abs().max().item() <= TOL64 * seq_s.c.abs().max().item()
+    assert sorted(seq_s.c_clients.values) == sorted(vec_s.c_clients.values)
+    for c, value in seq_s.c_clients.values.items():
+        assert (value - vec_s.c_clients.values[c]).abs().max().item() <= TOL64 * value.abs().max().item()
+    assert seq_s.c.abs().max().item() > 1e-3
+
+
+def test_float32_vectorized_scaffold_rounds_equal_sequential(monkeypatch):
+    # Execute
+    (seq, vec), _ = both(lambda: model_of("cnn_small"), monkeypatch)
+
+    # Assert
+    assert vec.params.dtype == torch.float32
+    assert (seq.params - vec.params).abs().max().item() <= 1e-5
+    assert (seq.params[-1] - seq.params[0]).abs().max().item() > 1e-2
+
+
+def test_the_correction_changes_vectorised_training(monkeypatch):
+    # Prepare / Execute: vectorised SCAFFOLD and FedAvg from the same model
+    data = shard_data(SIZES)
+    runs = {name: run_mode("vectorized", make_strategy(name), data, monkeypatch, rounds=3, save_clients_at=())
+            for name in ("scaffold", "fedavg")}
+
+    # Assert: the first round has no correction (every variate is 0) and equals FedAvg bit for bit; later ones differ
+    assert torch.equal(runs["scaffold"].params[1], runs["fedavg"].params[1])
+    assert (runs["scaffold"].params[-1] - runs["fedavg"].params[-1]).abs().max().item() > 1e-4
+
+
+def test_scaffold_vectorises_under_auto_where_fedavg_does():
+    # Prepare
+    scaffold, fedavg = make_strategy("scaffold"), make_strategy("fedavg")
+
+    # Execute / Assert: the same decisions as FedAvg's, on a CPU and on a card
+    for net in (model_of("cnn_small"), model_of("resnet20", norm="batch"), model_of("mlp")):
+        for device in ("cpu", "cuda"):
+            assert (resolve_client_parallel(net, scaffold, TrainConfig(), device_type=device)
+                    == resolve_client_parallel(net, fedavg, TrainConfig(), device_type=device))
+    assert resolve_client_parallel(model_of("cnn_small"), scaffold, TrainConfig()) == "vectorized"
+
+
+def test_a_resumed_vectorised_run_keeps_the_control_variates(monkeypatch, tmp_path, float64_default):
+    # Prepare: 4 rounds at once, and 2 then 2 more resumed from the progress files
+    data = shard_data(SIZES)
+    cfg = TrainConfig(rounds=4, local_epochs=1, batch_size=8, lr=0.1, momentum=0.9, participation=0.75, seed=3,
+                      save_clients_at=(), client_parallel="vectorized")
+
+    # Execute
+    whole = run_federated(model_of("cnn_small"), data, make_strategy("scaffold"), cfg)
+    run_federated(model_of("cnn_small"), data, make_strategy("scaffold"), TrainConfig(**{**cfg.__dict__, "rounds": 2}),
+                  progress_dir=tmp_path, progress_key="k")
+    resumed = run_federated(model_of("cnn_small"), data, make_strategy("scaffold"), cfg, progress_dir=tmp_path,
+                            progress_key="k")
+
+    # Assert
+    assert torch.equal(whole.params[-1], resumed.params[-1])

@@ -89,8 +89,9 @@ def same(a, b) -> bool:
     (wider_resnet, {}, "fedalign"),  # the slimmed pass, each client's factor and clipping, without a host read
     (moon_resnet, {}, "moon"),  # the references' passes at the global and the clients' previous parameters
     (lambda: model_of("cnn_small"), {}, "scaffold"),  # each client's correction, read from the chunk's store
+    (lambda: model_of("cnn_small"), {}, "feddyn"),
 ], ids=["cnn_small", "crop_flip-nesterov", "batch-norm", "batch-norm-mixup", "batch-norm-stochdepth",
-        "batch-norm-fedalign", "batch-norm-moon", "scaffold"])
+        "batch-norm-fedalign", "batch-norm-moon", "scaffold", "feddyn"])
 def test_replayed_steps_equal_eager_ones_bit_for_bit_over_rounds(make, train, algorithm):
     # Prepare
     cfg = TrainConfig(**{**CFG, **train})
@@ -219,7 +220,8 @@ def test_graphs_stop_at_their_budget(monkeypatch):
     (wider_resnet, "fedalign", {"mu": 0.5, "width": 0.5, "clip_grad_norm": 1.0}),  # no host read in its step
     (moon_resnet, "moon", MOON),
     (small_resnet, "scaffold", {}),
-], ids=["cnn_small", "batch-norm", "mixup", "stochdepth", "fedalign", "moon", "scaffold"])
+    (small_resnet, "feddyn", {}),
+], ids=["cnn_small", "batch-norm", "mixup", "stochdepth", "fedalign", "moon", "scaffold", "feddyn"])
 def test_on_a_gpu_captured_stacked_steps_equal_eager_ones(make, algorithm, hparams, float64_default):
     # Prepare: in float64 on the card (cuDNN's float64 kernels: the check's spread is 0 or rounding)
     def on_gpu(capture: str):

@@ -751,14 +751,15 @@ def test_an_unknown_device_names_the_devices_not_a_regex():
 
 
 @pytest.mark.parametrize(("algorithm", "training", "message"), [
-    ({"name": "feddyn"}, {"client_parallel": "vectorized"}, "training.client_parallel: vectorized trains stacked "
-     "clients' batches, but algorithm feddyn (fedavg) needs the dynamic regulariser of every local step "
+    ({"name": "gradaug"}, {"client_parallel": "vectorized"}, "training.client_parallel: vectorized trains stacked "
+     "clients' batches, but algorithm gradaug (fedavg) needs the sub-network passes of every step "
      "(sequential client training only); set client_parallel to auto or sequential"),
     ({"name": "fedavg", "training": {"client_parallel": "vectorized", "keep_optimizer_state": True}}, {},
      "algorithms.fedavg.training.client_parallel: vectorized trains stacked clients' batches, but "
      "keep_optimizer_state keeps each client's optimiser state between rounds"),
-    ({"name": "feddyn"}, {"client_parallel": "auto"}, None),  # auto falls back to sequential training
+    ({"name": "gradaug"}, {"client_parallel": "auto"}, None),  # auto falls back to sequential training
     ({"name": "scaffold"}, {"client_parallel": "vectorized"}, None),
+    ({"name": "feddyn"}, {"client_parallel": "vectorized"}, None),
     ({"name": "fedprox"}, {"client_parallel": "vectorized"}, None),
     # vectorised algorithms whose stacked form does not cover the run: FedAlign on cnn_small (the default config's
     # model), Stochastic Depth with AdamW

@@ -70,7 +70,7 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
 - a model with batch norm but no such stacked forward (under vmap padded rows would enter its
   statistics), a cumulative-average batch norm (momentum None) or any other floating buffer falls back
   to sequential training (`buffer_blocker`); so do algorithms whose local training has no stacked form
-  (`Strategy.vectorized` is False: FedDyn, GradAug), or whose stacked form does not cover this model or
+  (`Strategy.vectorized` is False: GradAug), or whose stacked form does not cover this model or
   these settings (`Strategy.stacked_blocker`: MOON with its side head, say).
 
 One vectorised round equals one sequential round within float rounding (tests/unit/test_vectorized.py
@@ -78,7 +78,7 @@ checks FedAvg, FedProx, FedNova, Mixup and the server-optimiser variants, AdamW,
 work in float64, and in float32 to 1e-5 where float32 training is not chaotic; tests/unit/test_vectorized_sam.py
 FedSAM and FedASAM, in float64 at a large ascent radius; tests/unit/test_vectorized_depth.py Stochastic Depth;
 tests/unit/test_vectorized_fedalign.py FedAlign; tests/unit/test_vectorized_moon.py MOON;
-tests/unit/test_vectorized_scaffold.py SCAFFOLD;
+tests/unit/test_vectorized_drift.py SCAFFOLD and FedDyn;
 tests/unit/test_vectorized_bn.py batch norm: parameters
 and running statistics, a small ResNet in float32, resnet20 in float64; tests/unit/test_vectorized_unused.py a
 bypassed layer under each vectorised local training). In float64 the two paths agree

@@ -20,5 +20,4 @@ class FedDynConfig(ServerSGDConfig):
 
 
 SPECS = (AlgorithmSpec("feddyn", FedDynConfig, "feddyn:FedDyn", "FedDyn",
-                  "Acar et al. 2021, Federated Learning Based on Dynamic Regularization",
-                  sequential_only="the dynamic regulariser of every local step"),)
+                  "Acar et al. 2021, Federated Learning Based on Dynamic Regularization"),)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -16,15 +18,23 @@ class FedDyn(Strategy):
     alpha (w_k - w_global) (g_k starts at 0). The server keeps h <- h - alpha (1/N) sum_{k in S}
     (w_k - w_global) and sets w = mean_k w_k - h / alpha (the mean weighted by sample counts, as
     everywhere in fedscape; equal shards give the paper's plain mean).
+
+    Vectorised: each stacked client's gradients get its own alpha (w - w_global) - g_k
+    (`adjust_gradients_vectorized`), the chunk's g_k stacked once per chunk (`begin_stacked`), and each g_k
+    updated from its result (`end_stacked`).
     """
 
     standard_local_training = False
+    vectorized = True  # the regulariser's gradient is elementwise: any model FedAvg stacks
 
     def setup(self, num_clients, num_params, device, model=None, seed=0) -> None:
         super().setup(num_clients, num_params, device, model, seed)
         self.h = torch.zeros(num_params, device=device)
         self.grads = ClientStore(num_params)
         self._deltas: dict[int, torch.Tensor] = {}
+        self._shapes = None if model is None else [tuple(p.shape) for p in model.parameters()]
+        # chunk size -> the chunk's g_k [K, *shape] per parameter, at addresses a captured step reads
+        self._stacked_grads: dict[int, list[torch.Tensor]] = {}
 
     def state_dict(self):
         return {**super().state_dict(), "h": self.h, "grads": self.grads.state_dict()}
@@ -48,6 +58,37 @@ class FedDyn(Strategy):
                 p.grad = extra
             else:
                 p.grad.add_(extra)
+
+    def begin_stacked(self, client_ids: list[int], global_params: torch.Tensor) -> None:
+        if self._shapes is None:
+            raise ValueError("FedDyn's vectorised clients need the model at setup (their g_k's shapes)")
+        k0, device = len(client_ids), global_params.device
+        store = self._stacked_grads.get(k0)
+        if store is None or (store[0].dtype, store[0].device) != (global_params.dtype, device):
+            store = [global_params.new_empty((k0, *shape)) for shape in self._shapes]
+            self._stacked_grads[k0] = store
+        g = torch.stack([self.grads.get(c, device) for c in client_ids]).to(global_params.dtype)
+        with torch.no_grad():
+            for tensor, values in zip(store, g.split([math.prod(s) for s in self._shapes], dim=1), strict=True):
+                tensor.copy_(values.view_as(tensor))
+        self._g_stack = store
+        self._stacked_global = global_params
+
+    def adjust_gradients_vectorized(self, params: list[torch.Tensor], global_params: list[torch.Tensor],
+                                    grads: list[torch.Tensor | None]) -> None:
+        """`adjust_gradients` of every stacked client: + alpha (w - w_global) - g_k, a parameter without gradient
+        getting that term alone."""
+        alpha, k = self.config.alpha, params[0].shape[0]
+        for i, (p, w_g, g_k) in enumerate(zip(params, global_params, self._g_stack, strict=True)):
+            extra = alpha * (p.detach() - w_g) - g_k[:k]
+            grads[i] = extra if grads[i] is None else grads[i].add_(extra)
+
+    def end_stacked(self, results: list[ClientResult]) -> None:
+        """`end_local` of each client of the chunk, from its result."""
+        for r in results:
+            delta = r.params - self._stacked_global
+            self.grads.set(r.client_id, self.grads.get(r.client_id, r.params.device) - self.config.alpha * delta)
+            self._deltas[r.client_id] = delta
 
     def end_local(self, model: nn.Module, ctx: ClientContext, params: torch.Tensor) -> None:
         delta = params - ctx.global_params

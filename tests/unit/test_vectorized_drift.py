@@ -1,5 +1,5 @@
-"""Vectorised SCAFFOLD: every stacked client's gradients corrected by its own c - c_i, and its control variate
-updated from its result, equal to one client at a time."""
+"""Vectorised SCAFFOLD and FedDyn: every stacked client's gradients corrected by its own state (SCAFFOLD's c - c_i,
+FedDyn's alpha (w - w_global) - g_k), and that state updated from its result, equal to one client at a time."""
 
 from __future__ import annotations
 
@@ -15,14 +15,17 @@ from fedscape.fl.vectorized import resolve_client_parallel
 
 TOL64 = 1e-10
 SIZES = [21, 9, 5, 14, 11]  # batch 8: padded last batches, unequal step counts
+# Each algorithm's server state and per-client store
+STATE = {"scaffold": ("c", "c_clients"), "feddyn": ("h", "grads")}
+ALGORITHMS = pytest.mark.parametrize("algorithm", sorted(STATE))
 
 
-def both(make, monkeypatch, **train):
-    """Sequential and vectorised SCAFFOLD (each its own strategy: it keeps the clients' control variates) over four
-    rounds of 4 of the 5 clients: (the two runs, the two strategies)."""
+def both(make, monkeypatch, algorithm="scaffold", **train):
+    """Sequential and vectorised runs (each its own strategy: it keeps per-client state) over four rounds of 4 of
+    the 5 clients: (the two runs, the two strategies)."""
     data = shard_data(SIZES)
     train = {"rounds": 4, "save_clients_at": (), **train}
-    strategies = [make_strategy("scaffold") for _ in range(2)]
+    strategies = [make_strategy(algorithm) for _ in range(2)]
     runs = [run_mode(mode, strategy, data, monkeypatch, model=make, **train)
             for mode, strategy in zip(("sequential", "vectorized"), strategies, strict=True)]
     return runs, strategies
@@ -35,26 +38,31 @@ def both(make, monkeypatch, **train):
     (lambda: model_of("resnet20", norm="batch"), {"local_epochs": 1}),
     (lambda: model_of("cnn_small"), {"local_steps": 3, "local_epochs": None, "momentum": 0.0}),
 ], ids=["cnn_small-nesterov", "mlp-cosine-chunks", "resnet20-bn", "steps-no-momentum"])
-def test_float64_vectorized_scaffold_rounds_equal_sequential(make, train, monkeypatch, float64_default):
+@ALGORITHMS
+def test_float64_vectorized_rounds_equal_sequential(algorithm, make, train, monkeypatch, float64_default):
     # Execute
-    (seq, vec), (seq_s, vec_s) = both(make, monkeypatch, **train)
+    (seq, vec), (seq_s, vec_s) = both(make, monkeypatch, algorithm, **train)
 
-    # Assert: every round's global model and loss, the server's and every client's control variate; and the
-    # correction acts (the clients' variates are not zero)
+    # Assert: every round's global model and loss, the server's and every client's state; and the correction acts
+    # (the server's state is not zero)
+    server, clients = STATE[algorithm]
     assert seq.execution == "sequential" and vec.execution.startswith("vectorized")
     assert (seq.params - vec.params).abs().max().item() <= TOL64 * seq.params.abs().max().item()
     for s, v in zip(seq.rows, vec.rows, strict=True):
         assert s["train_loss"] == pytest.approx(v["train_loss"], rel=TOL64)
-    assert (seq_s.c - vec_s.c).abs().max().item() <= TOL64 * seq_s.c.abs().max().item()
-    assert sorted(seq_s.c_clients.values) == sorted(vec_s.c_clients.values)
-    for c, value in seq_s.c_clients.values.items():
-        assert (value - vec_s.c_clients.values[c]).abs().max().item() <= TOL64 * value.abs().max().item()
-    assert seq_s.c.abs().max().item() > 1e-3
+    seq_c, vec_c = getattr(seq_s, server), getattr(vec_s, server)
+    assert (seq_c - vec_c).abs().max().item() <= TOL64 * seq_c.abs().max().item()
+    seq_store, vec_store = getattr(seq_s, clients).values, getattr(vec_s, clients).values
+    assert sorted(seq_store) == sorted(vec_store)
+    for c, value in seq_store.items():
+        assert (value - vec_store[c]).abs().max().item() <= TOL64 * value.abs().max().item()
+    assert seq_c.abs().max().item() > 1e-5
 
 
-def test_float32_vectorized_scaffold_rounds_equal_sequential(monkeypatch):
+@ALGORITHMS
+def test_float32_vectorized_rounds_equal_sequential(algorithm, monkeypatch):
     # Execute
-    (seq, vec), _ = both(lambda: model_of("cnn_small"), monkeypatch)
+    (seq, vec), _ = both(lambda: model_of("cnn_small"), monkeypatch, algorithm)
 
     # Assert
     assert vec.params.dtype == torch.float32
@@ -66,36 +74,40 @@ def test_the_correction_changes_vectorised_training(monkeypatch):
     # Prepare / Execute: vectorised SCAFFOLD and FedAvg from the same model
     data = shard_data(SIZES)
     runs = {name: run_mode("vectorized", make_strategy(name), data, monkeypatch, rounds=3, save_clients_at=())
-            for name in ("scaffold", "fedavg")}
+            for name in ("scaffold", "fedavg", "feddyn")}
 
-    # Assert: the first round has no correction (every variate is 0) and equals FedAvg bit for bit; later ones differ
+    # Assert: SCAFFOLD's first round has no correction (every variate is 0) and equals FedAvg bit for bit; later
+    # ones differ; FedDyn's regulariser acts from the first round's second step
     assert torch.equal(runs["scaffold"].params[1], runs["fedavg"].params[1])
     assert (runs["scaffold"].params[-1] - runs["fedavg"].params[-1]).abs().max().item() > 1e-4
+    assert (runs["feddyn"].params[1] - runs["fedavg"].params[1]).abs().max().item() > 1e-6
 
 
-def test_scaffold_vectorises_under_auto_where_fedavg_does():
+@ALGORITHMS
+def test_they_vectorise_under_auto_where_fedavg_does(algorithm):
     # Prepare
-    scaffold, fedavg = make_strategy("scaffold"), make_strategy("fedavg")
+    strategy, fedavg = make_strategy(algorithm), make_strategy("fedavg")
 
     # Execute / Assert: the same decisions as FedAvg's, on a CPU and on a card
     for net in (model_of("cnn_small"), model_of("resnet20", norm="batch"), model_of("mlp")):
         for device in ("cpu", "cuda"):
-            assert (resolve_client_parallel(net, scaffold, TrainConfig(), device_type=device)
+            assert (resolve_client_parallel(net, strategy, TrainConfig(), device_type=device)
                     == resolve_client_parallel(net, fedavg, TrainConfig(), device_type=device))
-    assert resolve_client_parallel(model_of("cnn_small"), scaffold, TrainConfig()) == "vectorized"
+    assert resolve_client_parallel(model_of("cnn_small"), strategy, TrainConfig()) == "vectorized"
 
 
-def test_a_resumed_vectorised_run_keeps_the_control_variates(monkeypatch, tmp_path, float64_default):
+@ALGORITHMS
+def test_a_resumed_vectorised_run_keeps_the_clients_state(algorithm, tmp_path, float64_default):
     # Prepare: 4 rounds at once, and 2 then 2 more resumed from the progress files
     data = shard_data(SIZES)
     cfg = TrainConfig(rounds=4, local_epochs=1, batch_size=8, lr=0.1, momentum=0.9, participation=0.75, seed=3,
                       save_clients_at=(), client_parallel="vectorized")
 
     # Execute
-    whole = run_federated(model_of("cnn_small"), data, make_strategy("scaffold"), cfg)
-    run_federated(model_of("cnn_small"), data, make_strategy("scaffold"), TrainConfig(**{**cfg.__dict__, "rounds": 2}),
+    whole = run_federated(model_of("cnn_small"), data, make_strategy(algorithm), cfg)
+    run_federated(model_of("cnn_small"), data, make_strategy(algorithm), TrainConfig(**{**cfg.__dict__, "rounds": 2}),
                   progress_dir=tmp_path, progress_key="k")
-    resumed = run_federated(model_of("cnn_small"), data, make_strategy("scaffold"), cfg, progress_dir=tmp_path,
+    resumed = run_federated(model_of("cnn_small"), data, make_strategy(algorithm), cfg, progress_dir=tmp_path,
                             progress_key="k")
 
     # Assert

@@ -26,6 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
+
+
+def bn_rounds(model: str, *extra: str) -> list[str]:
+    """bench_vectorized's rounds of `model` with batch norm at M = 50 on the card."""
+    return [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model", model, "--norm", "batch", "--clients",
+            "50", *extra]
+
+
 # part -> [(name, argv, time limit in seconds)]: argv[1] is a script under the repository root, run from the root.
 PARTS: dict[str, list[tuple[str, list[str], int]]] = {
     # The CUDA tests: captured steps equal to eager ones, fp32 CUDA rounds against the CPU, vectorised batch norm,
@@ -48,21 +56,13 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
     # step shapes recur a few times a round, and are captured once met 8 times over the rounds so far: 9 untimed
     # rounds time a long run's steady state. iid shards of 64 make every step one shape, replayed from the first
     # round (fedscape.fl.capture.StackedStepGraphs). Then the forms of a stacked convolution, layer by layer.
-    "vectorized": [("vectorized_resnet20_bn", [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model",
-                                               "resnet20", "--norm", "batch", "--clients", "50", "--warmup", "9",
-                                               "--repeats", "3"], 90),
-                   ("vectorized_resnet20_bn_iid", [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model",
-                                                   "resnet20", "--norm", "batch", "--clients", "50", "--alpha", "iid",
-                                                   "--repeats", "3"], 60)],
+    "vectorized": [("vectorized_resnet20_bn", bn_rounds("resnet20", "--warmup", "9", "--repeats", "3"), 90),
+                   ("vectorized_resnet20_bn_iid", bn_rounds("resnet20", "--alpha", "iid", "--repeats", "3"), 60)],
     # resnet56 with batch norm (basic blocks, 56 layers) at the pilot's batch 16 and M = 50: 8.9x on iid shards on an
     # H200, short of 10x. A Dirichlet split's shapes each recur about once a round and are captured from the eighth
     # round on: 9 untimed rounds reach the steady state that 6 did not.
-    "resnet56": [("vectorized_resnet56_bn_iid", [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model",
-                                                 "resnet56", "--norm", "batch", "--clients", "50", "--alpha", "iid",
-                                                 "--repeats", "2"], 75),
-                 ("vectorized_resnet56_bn", [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model",
-                                             "resnet56", "--norm", "batch", "--clients", "50", "--warmup", "9",
-                                             "--repeats", "2"], 170)],
+    "resnet56": [("vectorized_resnet56_bn_iid", bn_rounds("resnet56", "--alpha", "iid", "--repeats", "2"), 75),
+                 ("vectorized_resnet56_bn", bn_rounds("resnet56", "--warmup", "9", "--repeats", "2"), 170)],
     # The forms of a stacked convolution, layer by layer, and the TFLOP/s each reaches: the pilot's resnet20 and
     # FedAlign's bottleneck ResNet56 (compute-bound at batch 64, where stacking gained 2.5-3.3x, not the goal's 10x;
     # `grouped_cf_bmm` says whether its 1x1 convolutions, half its arithmetic, would gain as batched matrix products).

@@ -11,6 +11,7 @@ module of the same name in `fedscape.fl.hparams`; `registry.make_strategy` build
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -92,6 +93,22 @@ def stacked_gradients(losses: torch.Tensor, params: list[torch.Tensor]) -> list[
     use (a bypassed layer), whose `.grad` stays None in sequential training, so that the optimiser skips it (no
     weight decay, momentum or step) there as here."""
     return list(torch.autograd.grad(losses.sum(), params, allow_unused=True))
+
+
+def stacked_rows(cache: dict[int, list[torch.Tensor]], rows: torch.Tensor, shapes: list[tuple[int, ...]]
+                 ) -> list[torch.Tensor]:
+    """`rows` [K, P] (one flat vector per stacked client: previous models, control variates) as [K, *shape] tensors
+    per parameter, copied into tensors kept per K in `cache`, so that a captured stacked step reads each chunk's own
+    at the addresses it captured (new tensors where the rows' dtype or device changed)."""
+    k0 = rows.shape[0]
+    store = cache.get(k0)
+    if store is None or (store[0].dtype, store[0].device) != (rows.dtype, rows.device):
+        store = [rows.new_empty((k0, *shape)) for shape in shapes]
+        cache[k0] = store
+    with torch.no_grad():
+        for tensor, values in zip(store, rows.split([math.prod(s) for s in shapes], dim=1), strict=True):
+            tensor.copy_(values.view_as(tensor))
+    return store
 
 
 class ClientStore:

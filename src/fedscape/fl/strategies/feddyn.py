@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from fedscape.fl.aggregate import sample_weights, weighted_mean
-from fedscape.fl.strategies.base import ClientContext, ClientResult, ClientStore, Strategy, param_views
+from fedscape.fl.strategies.base import ClientContext, ClientResult, ClientStore, Strategy, param_views, stacked_rows
 
 
 class FedDyn(Strategy):
@@ -62,16 +60,8 @@ class FedDyn(Strategy):
     def begin_stacked(self, client_ids: list[int], global_params: torch.Tensor) -> None:
         if self._shapes is None:
             raise ValueError("FedDyn's vectorised clients need the model at setup (their g_k's shapes)")
-        k0, device = len(client_ids), global_params.device
-        store = self._stacked_grads.get(k0)
-        if store is None or (store[0].dtype, store[0].device) != (global_params.dtype, device):
-            store = [global_params.new_empty((k0, *shape)) for shape in self._shapes]
-            self._stacked_grads[k0] = store
-        g = torch.stack([self.grads.get(c, device) for c in client_ids]).to(global_params.dtype)
-        with torch.no_grad():
-            for tensor, values in zip(store, g.split([math.prod(s) for s in self._shapes], dim=1), strict=True):
-                tensor.copy_(values.view_as(tensor))
-        self._g_stack = store
+        g = torch.stack([self.grads.get(c, global_params.device) for c in client_ids]).to(global_params.dtype)
+        self._g_stack = stacked_rows(self._stacked_grads, g, self._shapes)
         self._stacked_global = global_params
 
     def adjust_gradients_vectorized(self, params: list[torch.Tensor], global_params: list[torch.Tensor],

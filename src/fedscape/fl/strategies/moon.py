@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 import torch.nn.functional as F
@@ -11,7 +10,14 @@ from torch import nn
 
 from fedscape.core.seeds import derive_seed
 from fedscape.fl.aggregate import sample_weights, weighted_mean
-from fedscape.fl.strategies.base import ClientContext, ClientResult, ClientStore, Strategy, stacked_gradients
+from fedscape.fl.strategies.base import (
+    ClientContext,
+    ClientResult,
+    ClientStore,
+    Strategy,
+    stacked_gradients,
+    stacked_rows,
+)
 from fedscape.models.layers import ProjectedClassifier, has_forward_stacked
 from fedscape.models.loss import stacked_mean_loss
 from fedscape.models.params import FlatParams, flatten_buffers, flatten_params, load_buffers, load_params
@@ -183,16 +189,9 @@ class Moon(Strategy):
     def begin_stacked(self, client_ids: list[int], global_params: torch.Tensor) -> None:
         """The chunk's previous local models, stacked in its order, at addresses kept per chunk size (a captured step
         reads them)."""
-        k0, shapes = len(client_ids), [tuple(p.shape) for p in self._prev_model.parameters()]
-        store = self._stacked_prev.get(k0)
-        if store is None or (store[0].dtype, store[0].device) != (global_params.dtype, global_params.device):
-            store = [global_params.new_empty((k0, *shape)) for shape in shapes]
-            self._stacked_prev[k0] = store
+        shapes = [tuple(p.shape) for p in self._prev_model.parameters()]
         prev = torch.stack([self.prev.get(c, global_params.device) for c in client_ids]).to(global_params.dtype)
-        with torch.no_grad():
-            for tensor, values in zip(store, prev.split([math.prod(s) for s in shapes], dim=1), strict=True):
-                tensor.copy_(values.view_as(tensor))
-        self._prev_stack = store
+        self._prev_stack = stacked_rows(self._stacked_prev, prev, shapes)
 
     def end_stacked(self, results: list[ClientResult]) -> None:
         for r in results:

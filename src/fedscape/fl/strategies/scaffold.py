@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from fedscape.fl.schedule import update_weight
-from fedscape.fl.strategies.base import ClientContext, ClientResult, ClientStore, Strategy, param_views
+from fedscape.fl.strategies.base import ClientContext, ClientResult, ClientStore, Strategy, param_views, stacked_rows
 
 
 class Scaffold(Strategy):
@@ -70,18 +68,10 @@ class Scaffold(Strategy):
     def begin_stacked(self, client_ids: list[int], global_params: torch.Tensor) -> None:
         if self._shapes is None:
             raise ValueError("SCAFFOLD's vectorised clients need the model at setup (their corrections' shapes)")
-        k0, device = len(client_ids), global_params.device
-        store = self._stacked_corrections.get(k0)
-        if store is None or (store[0].dtype, store[0].device) != (global_params.dtype, device):
-            store = [global_params.new_empty((k0, *shape)) for shape in self._shapes]
-            self._stacked_corrections[k0] = store
+        device = global_params.device
         c_clients = torch.stack([self.c_clients.get(c, device) for c in client_ids])
-        with torch.no_grad():  # as `begin_local`: c - c_i, then in the model's dtype
-            corrections = (self.c.to(device) - c_clients).to(global_params.dtype)
-            for tensor, values in zip(store, corrections.split([math.prod(s) for s in self._shapes], dim=1),
-                                      strict=True):
-                tensor.copy_(values.view_as(tensor))
-        self._corrections = store
+        corrections = (self.c.to(device) - c_clients).to(global_params.dtype)  # as `begin_local`: c - c_i
+        self._corrections = stacked_rows(self._stacked_corrections, corrections, self._shapes)
         self._stacked_global = global_params
 
     def adjust_gradients_vectorized(self, params: list[torch.Tensor], global_params: list[torch.Tensor],

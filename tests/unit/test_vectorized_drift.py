@@ -103,12 +103,46 @@ def test_a_resumed_vectorised_run_keeps_the_clients_state(algorithm, tmp_path, f
     cfg = TrainConfig(rounds=4, local_epochs=1, batch_size=8, lr=0.1, momentum=0.9, participation=0.75, seed=3,
                       save_clients_at=(), client_parallel="vectorized")
 
-    # Execute
-    whole = run_federated(model_of("cnn_small"), data, make_strategy(algorithm), cfg)
-    run_federated(model_of("cnn_small"), data, make_strategy(algorithm), TrainConfig(**{**cfg.__dict__, "rounds": 2}),
-                  progress_dir=tmp_path, progress_key="k")
-    resumed = run_federated(model_of("cnn_small"), data, make_strategy(algorithm), cfg, progress_dir=tmp_path,
-                            progress_key="k")
+    strategies = [make_strategy(algorithm) for _ in range(3)]
 
-    # Assert
+    # Execute
+    whole = run_federated(model_of("cnn_small"), data, strategies[0], cfg)
+    run_federated(model_of("cnn_small"), data, strategies[1], TrainConfig(**{**cfg.__dict__, "rounds": 2}),
+                  progress_dir=tmp_path, progress_key="k")
+    resumed = run_federated(model_of("cnn_small"), data, strategies[2], cfg, progress_dir=tmp_path, progress_key="k")
+
+    # Assert: the model, the server's state and every client's, bit for bit
     assert torch.equal(whole.params[-1], resumed.params[-1])
+    server, clients = STATE[algorithm]
+    assert torch.equal(getattr(strategies[0], server), getattr(strategies[2], server))
+    a, b = getattr(strategies[0], clients).values, getattr(strategies[2], clients).values
+    assert a.keys() == b.keys() and all(torch.equal(a[c], b[c]) for c in a)
+
+
+def test_the_stacked_state_is_freed_where_no_step_replays_and_when_the_trainer_closes():
+    # Prepare: SCAFFOLD's stacked corrections, with eager steps and with steps replayed from the CPU stand-in graphs
+    from helpers.graphs import emulated_graph
+
+    from fedscape.fl.vectorized import VectorizedTrainer
+    from fedscape.models.params import FlatParams, flatten_buffers
+
+    data = shard_data(SIZES)
+    model = model_of("cnn_small")
+    params, buffers = FlatParams(model).get(), flatten_buffers(model)
+    held = {}
+    for name, make_graph in (("eager", None), ("replayed", emulated_graph)):
+        strategy = make_strategy("scaffold")
+        strategy.setup(data.num_clients, params.numel(), params.device, model=model)
+        trainer = VectorizedTrainer(model, data, strategy, TrainConfig(batch_size=8, local_epochs=4, seed=3),
+                                    make_graph=make_graph)
+
+        # Execute: two rounds (the second replays the shapes the first met often enough)
+        for round_ in (1, 2):
+            strategy.server_update(params, trainer.train_round(params, buffers, list(range(data.num_clients)), round_))
+        held[name] = bool(strategy._stacked_stores)
+        trainer.close()
+        held[f"{name}, closed"] = bool(strategy._stacked_stores)
+
+    # Assert: kept only while graphs may replay from them
+    assert trainer.captured
+    assert held == {"eager": False, "eager, closed": False, "replayed": True, "replayed, closed": False}

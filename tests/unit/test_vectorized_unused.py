@@ -104,7 +104,9 @@ def test_vectorized_round_with_a_bypassed_layer_equals_sequential(model_name, al
     ("fedadam", {"server_lr": 0.05}, {"rounds": 2}),  # an adaptive server step on zero pseudo-gradient entries
     ("fednova", {}, {"local_epochs": None, "local_steps": (2, 5, 3, 7)}),  # normalised by unequal local work
     ("fedprox", {"mu": 0.5}, {}),  # the bypassed layer moves at the clients and so in the aggregate
-], ids=["fedadam-2rounds", "fednova-steps-per-client", "fedprox"])
+    ("scaffold", {}, {"rounds": 3}),  # no correction where there is no gradient: the layer stays
+    ("feddyn", {}, {"rounds": 3}),  # the regulariser gives the layer a gradient (zero at first), as sequentially
+], ids=["fedadam-2rounds", "fednova-steps-per-client", "fedprox", "scaffold", "feddyn"])
 def test_bypassed_layer_through_the_engine_equals_sequential(algorithm, hparams, train, monkeypatch):
     # Prepare: run_federated as a run trains (3 of 4 clients sampled); the vectorised run must not fall back
     data = shard_data(SIZES)
@@ -125,5 +127,5 @@ def test_bypassed_layer_through_the_engine_equals_sequential(algorithm, hparams,
         assert a.keys() == b.keys()
         for key in a:
             assert math.isfinite(b[key]) and b[key] == pytest.approx(a[key], rel=1e-9, abs=1e-12)
-    assert torch.equal(vec.params[-1][bypassed], vec.params[0][bypassed]) != (algorithm == "fedprox")
+    assert torch.equal(vec.params[-1][bypassed], vec.params[0][bypassed]) != (algorithm in ("fedprox", "feddyn"))
     assert (vec.params[-1][~bypassed] - vec.params[0][~bypassed]).abs().max().item() > 1e-3

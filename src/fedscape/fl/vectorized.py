@@ -475,6 +475,7 @@ class VectorizedTrainer:
     def close(self) -> None:
         """Drop the captured steps' graphs and the chunk states they replay into; the stacked path leaves the model as
         it was."""
+        self.strategy.release_stacked()
         if self.graphs is not None:
             self.graphs.close()
         self._states.clear()
@@ -579,6 +580,8 @@ class VectorizedTrainer:
                                 len(p.batches), update_weight(p.lrs, sgd_momentum, cfg.nesterov))
                    for j, p in enumerate(plans)]
         self.strategy.end_stacked(results)
+        if self.graphs is None:  # no replay reads the chunk's stacked rows at their addresses: free them
+            self.strategy.release_stacked()
         return results
 
     def _mixing(self, plans: list[_ClientPlan], num_steps: int, batch: int, dtype: torch.dtype

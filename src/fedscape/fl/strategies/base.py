@@ -95,11 +95,9 @@ def stacked_gradients(losses: torch.Tensor, params: list[torch.Tensor]) -> list[
     return list(torch.autograd.grad(losses.sum(), params, allow_unused=True))
 
 
-def stacked_rows(cache: dict[int, list[torch.Tensor]], rows: torch.Tensor, shapes: list[tuple[int, ...]]
-                 ) -> list[torch.Tensor]:
-    """`rows` [K, P] (one flat vector per stacked client: previous models, control variates) as [K, *shape] tensors
-    per parameter, copied into tensors kept per K in `cache`, so that a captured stacked step reads each chunk's own
-    at the addresses it captured (new tensors where the rows' dtype or device changed)."""
+def _stacked_rows(cache: dict[int, list[torch.Tensor]], rows: torch.Tensor, shapes: list[tuple[int, ...]]
+                  ) -> list[torch.Tensor]:
+    """`Strategy.stacked_rows` into the tensors of `cache` (chunk size -> [K, *shape] per parameter)."""
     k0 = rows.shape[0]
     store = cache.get(k0)
     if store is None or (store[0].dtype, store[0].device) != (rows.dtype, rows.device):
@@ -202,6 +200,7 @@ class Strategy:
         # config: the algorithm's hyperparameter dataclass (fedscape.fl.hparams); FedAvg's by default
         self.config = ServerSGDConfig() if config is None else config
         self.name = name
+        self._stacked_stores: dict[str, dict[int, list[torch.Tensor]]] = {}  # `stacked_rows`
         self.server_opt = self.make_server_optimizer()
 
     # -- set-up and state -------------------------------------------------------------------
@@ -216,6 +215,7 @@ class Strategy:
         initialisations). A resumed run calls setup and then `load_state_dict`.
         """
         self.num_clients, self.num_params, self.device = num_clients, num_params, device
+        self.release_stacked()
 
     def prepare_model(self, model: nn.Module, seed: int = 0) -> nn.Module:
         """The model this algorithm trains from the initial `model` (which it may take over): `model` itself, but
@@ -308,6 +308,18 @@ class Strategy:
 
     def end_stacked(self, results: list[ClientResult]) -> None:
         """`end_local` of the vectorised path: called after a chunk's steps with its clients' results."""
+
+    def stacked_rows(self, name: str, rows: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+        """`rows` [K, P] (one flat vector per stacked client: previous models, control variates) as [K, *shape]
+        tensors per parameter, copied into tensors kept per (name, K) until `release_stacked`, so that a captured
+        stacked step reads each chunk's own at the addresses it captured (new tensors where the rows' dtype or
+        device changed: the trainer then drops that chunk size's graphs too)."""
+        return _stacked_rows(self._stacked_stores.setdefault(name, {}), rows, shapes)
+
+    def release_stacked(self) -> None:
+        """Free the tensors of `stacked_rows`: the vectorised trainer calls it after each chunk where no step
+        replays from a graph, and when it closes."""
+        self._stacked_stores.clear()
 
     def end_local(self, model: nn.Module, ctx: ClientContext, params: torch.Tensor) -> None:
         """Called after the client's last step with its final flat parameters (update client state)."""

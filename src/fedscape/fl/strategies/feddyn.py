@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fedscape.fl.aggregate import sample_weights, weighted_mean
-from fedscape.fl.strategies.base import ClientContext, ClientResult, ClientStore, Strategy, param_views, stacked_rows
+from fedscape.fl.strategies.base import ClientContext, ClientResult, ClientStore, Strategy, param_views
 
 
 class FedDyn(Strategy):
@@ -31,8 +31,6 @@ class FedDyn(Strategy):
         self.grads = ClientStore(num_params)
         self._deltas: dict[int, torch.Tensor] = {}
         self._shapes = None if model is None else [tuple(p.shape) for p in model.parameters()]
-        # chunk size -> the chunk's g_k [K, *shape] per parameter, at addresses a captured step reads
-        self._stacked_grads: dict[int, list[torch.Tensor]] = {}
 
     def state_dict(self):
         return {**super().state_dict(), "h": self.h, "grads": self.grads.state_dict()}
@@ -61,7 +59,7 @@ class FedDyn(Strategy):
         if self._shapes is None:
             raise ValueError("FedDyn's vectorised clients need the model at setup (their g_k's shapes)")
         g = torch.stack([self.grads.get(c, global_params.device) for c in client_ids]).to(global_params.dtype)
-        self._g_stack = stacked_rows(self._stacked_grads, g, self._shapes)
+        self._g_stack = self.stacked_rows("g_k", g, self._shapes)
         self._stacked_global = global_params
 
     def adjust_gradients_vectorized(self, params: list[torch.Tensor], global_params: list[torch.Tensor],

@@ -16,7 +16,6 @@ from fedscape.fl.strategies.base import (
     ClientStore,
     Strategy,
     stacked_gradients,
-    stacked_rows,
 )
 from fedscape.models.layers import ProjectedClassifier, has_forward_stacked
 from fedscape.models.loss import stacked_mean_loss
@@ -108,7 +107,6 @@ class Moon(Strategy):
             self._prev_model = copy.deepcopy(model).requires_grad_(False)
             self.prev = ClientStore(num_params, flatten_params(model).cpu())
             self._setup_prev_buffers(model)
-            self._stacked_prev: dict[int, list[torch.Tensor]] = {}  # chunk size -> previous models [K, *shape]
             return
         dim = model.classifier.in_features
         out = self.config.projection_dim or dim
@@ -191,7 +189,7 @@ class Moon(Strategy):
         reads them)."""
         shapes = [tuple(p.shape) for p in self._prev_model.parameters()]
         prev = torch.stack([self.prev.get(c, global_params.device) for c in client_ids]).to(global_params.dtype)
-        self._prev_stack = stacked_rows(self._stacked_prev, prev, shapes)
+        self._prev_stack = self.stacked_rows("prev", prev, shapes)
 
     def end_stacked(self, results: list[ClientResult]) -> None:
         for r in results:

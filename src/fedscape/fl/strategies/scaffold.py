@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fedscape.fl.schedule import update_weight
-from fedscape.fl.strategies.base import ClientContext, ClientResult, ClientStore, Strategy, param_views, stacked_rows
+from fedscape.fl.strategies.base import ClientContext, ClientResult, ClientStore, Strategy, param_views
 
 
 class Scaffold(Strategy):
@@ -34,8 +34,6 @@ class Scaffold(Strategy):
         self.c_clients = ClientStore(num_params)
         self._delta_c: dict[int, torch.Tensor] = {}
         self._shapes = None if model is None else [tuple(p.shape) for p in model.parameters()]
-        # chunk size -> the chunk's corrections c - c_i [K, *shape] per parameter, at addresses a captured step reads
-        self._stacked_corrections: dict[int, list[torch.Tensor]] = {}
 
     def state_dict(self):
         return {**super().state_dict(), "c": self.c, "c_clients": self.c_clients.state_dict()}
@@ -71,7 +69,7 @@ class Scaffold(Strategy):
         device = global_params.device
         c_clients = torch.stack([self.c_clients.get(c, device) for c in client_ids])
         corrections = (self.c.to(device) - c_clients).to(global_params.dtype)  # as `begin_local`: c - c_i
-        self._corrections = stacked_rows(self._stacked_corrections, corrections, self._shapes)
+        self._corrections = self.stacked_rows("corrections", corrections, self._shapes)
         self._stacked_global = global_params
 
     def adjust_gradients_vectorized(self, params: list[torch.Tensor], global_params: list[torch.Tensor],

@@ -525,13 +525,12 @@ class ProjectedClassifier(ImageClassifier):
                                  ) -> Tensor:
         """The head's output z of K stacked models [K, B, O]: the backbone's stacked features (its parameters and
         running statistics under ``backbone.``), then the head's two linear layers."""
-        inner = {name.removeprefix(_BACKBONE): v for name, v in params.items() if name.startswith(_BACKBONE)}
-        if norm is None:
-            h = self.backbone.forward_features_stacked(inner, x)
-        else:
-            running = None if norm.running is None else {
-                name.removeprefix(_BACKBONE): v for name, v in norm.running.items() if name.startswith(_BACKBONE)}
-            h = self.backbone.forward_features_stacked(inner, x, norm=StackedNorm(norm.mask, running, norm.counts))
+        def inner(named: Mapping[str, Tensor]) -> dict[str, Tensor]:
+            return {name.removeprefix(_BACKBONE): v for name, v in named.items() if name.startswith(_BACKBONE)}
+
+        if norm is not None:
+            norm = StackedNorm(norm.mask, None if norm.running is None else inner(norm.running), norm.counts)
+        h = self.backbone.forward_features_stacked(inner(params), x, norm=norm)
         h = F.relu(stacked_linear(h, params["head.0.weight"], params["head.0.bias"]))
         return stacked_linear(h, params["head.2.weight"], params["head.2.bias"])
 
@@ -540,9 +539,7 @@ class ProjectedClassifier(ImageClassifier):
         return stacked_linear(z, params["classifier.weight"], params.get("classifier.bias"))
 
     def forward_stacked(self, params: Mapping[str, Tensor], x: Tensor, norm: StackedNorm | None = None) -> Tensor:
-        z = self.forward_features_stacked(params, x) if norm is None else self.forward_features_stacked(params, x,
-                                                                                                       norm=norm)
-        return self.classify_stacked(params, z)
+        return self.classify_stacked(params, self.forward_features_stacked(params, x, norm))
 
 
 _BACKBONE = "backbone."  # the prefix of a ProjectedClassifier's backbone's parameters and buffers

@@ -95,20 +95,6 @@ def stacked_gradients(losses: torch.Tensor, params: list[torch.Tensor]) -> list[
     return list(torch.autograd.grad(losses.sum(), params, allow_unused=True))
 
 
-def _stacked_rows(cache: dict[int, list[torch.Tensor]], rows: torch.Tensor, shapes: list[tuple[int, ...]]
-                  ) -> list[torch.Tensor]:
-    """`Strategy.stacked_rows` into the tensors of `cache` (chunk size -> [K, *shape] per parameter)."""
-    k0 = rows.shape[0]
-    store = cache.get(k0)
-    if store is None or (store[0].dtype, store[0].device) != (rows.dtype, rows.device):
-        store = [rows.new_empty((k0, *shape)) for shape in shapes]
-        cache[k0] = store
-    with torch.no_grad():
-        for tensor, values in zip(store, rows.split([math.prod(s) for s in shapes], dim=1), strict=True):
-            tensor.copy_(values.view_as(tensor))
-    return store
-
-
 class ClientStore:
     """Per-client flat vectors (control variates, previous local models) kept on the CPU.
 
@@ -201,6 +187,7 @@ class Strategy:
         self.config = ServerSGDConfig() if config is None else config
         self.name = name
         self._stacked_stores: dict[str, dict[int, list[torch.Tensor]]] = {}  # `stacked_rows`
+        self._param_shapes: list[tuple[int, ...]] | None = None  # the model's given to `setup`, for `stacked_rows`
         self.server_opt = self.make_server_optimizer()
 
     # -- set-up and state -------------------------------------------------------------------
@@ -215,6 +202,7 @@ class Strategy:
         initialisations). A resumed run calls setup and then `load_state_dict`.
         """
         self.num_clients, self.num_params, self.device = num_clients, num_params, device
+        self._param_shapes = None if model is None else [tuple(p.shape) for p in model.parameters()]
         self.release_stacked()
 
     def prepare_model(self, model: nn.Module, seed: int = 0) -> nn.Module:
@@ -309,12 +297,22 @@ class Strategy:
     def end_stacked(self, results: list[ClientResult]) -> None:
         """`end_local` of the vectorised path: called after a chunk's steps with its clients' results."""
 
-    def stacked_rows(self, name: str, rows: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+    def stacked_rows(self, name: str, rows: torch.Tensor) -> list[torch.Tensor]:
         """`rows` [K, P] (one flat vector per stacked client: previous models, control variates) as [K, *shape]
-        tensors per parameter, copied into tensors kept per (name, K) until `release_stacked`, so that a captured
-        stacked step reads each chunk's own at the addresses it captured (new tensors where the rows' dtype or
-        device changed: the trainer then drops that chunk size's graphs too)."""
-        return _stacked_rows(self._stacked_stores.setdefault(name, {}), rows, shapes)
+        tensors per parameter of the model given to `setup`, copied into tensors kept per (name, K) until
+        `release_stacked`, so that a captured stacked step reads each chunk's own at the addresses it captured (new
+        tensors where the rows' dtype or device changed: the trainer then drops that chunk size's graphs too)."""
+        if self._param_shapes is None:
+            raise ValueError(f"algorithm {self.name!r} stacks per-client state only for the model given to setup")
+        k0, shapes = rows.shape[0], self._param_shapes
+        cache = self._stacked_stores.setdefault(name, {})
+        store = cache.get(k0)
+        if store is None or (store[0].dtype, store[0].device) != (rows.dtype, rows.device):
+            store = cache[k0] = [rows.new_empty((k0, *shape)) for shape in shapes]
+        with torch.no_grad():
+            for tensor, values in zip(store, rows.split([math.prod(s) for s in shapes], dim=1), strict=True):
+                tensor.copy_(values.view_as(tensor))
+        return store
 
     def release_stacked(self) -> None:
         """Free the tensors of `stacked_rows`: the vectorised trainer calls it after each chunk where no step

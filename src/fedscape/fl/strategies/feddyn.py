@@ -30,7 +30,6 @@ class FedDyn(Strategy):
         self.h = torch.zeros(num_params, device=device)
         self.grads = ClientStore(num_params)
         self._deltas: dict[int, torch.Tensor] = {}
-        self._shapes = None if model is None else [tuple(p.shape) for p in model.parameters()]
 
     def state_dict(self):
         return {**super().state_dict(), "h": self.h, "grads": self.grads.state_dict()}
@@ -56,10 +55,8 @@ class FedDyn(Strategy):
                 p.grad.add_(extra)
 
     def begin_stacked(self, client_ids: list[int], global_params: torch.Tensor) -> None:
-        if self._shapes is None:
-            raise ValueError("FedDyn's vectorised clients need the model at setup (their g_k's shapes)")
         g = torch.stack([self.grads.get(c, global_params.device) for c in client_ids]).to(global_params.dtype)
-        self._g_stack = self.stacked_rows("g_k", g, self._shapes)
+        self._g_stack = self.stacked_rows("g_k", g)
         self._stacked_global = global_params
 
     def adjust_gradients_vectorized(self, params: list[torch.Tensor], global_params: list[torch.Tensor],

@@ -10,13 +10,7 @@ from torch import nn
 
 from fedscape.core.seeds import derive_seed
 from fedscape.fl.aggregate import sample_weights, weighted_mean
-from fedscape.fl.strategies.base import (
-    ClientContext,
-    ClientResult,
-    ClientStore,
-    Strategy,
-    stacked_gradients,
-)
+from fedscape.fl.strategies.base import ClientContext, ClientResult, ClientStore, Strategy, stacked_gradients
 from fedscape.models.layers import ProjectedClassifier, has_forward_stacked
 from fedscape.models.loss import stacked_mean_loss
 from fedscape.models.params import FlatParams, flatten_buffers, flatten_params, load_buffers, load_params
@@ -187,9 +181,8 @@ class Moon(Strategy):
     def begin_stacked(self, client_ids: list[int], global_params: torch.Tensor) -> None:
         """The chunk's previous local models, stacked in its order, at addresses kept per chunk size (a captured step
         reads them)."""
-        shapes = [tuple(p.shape) for p in self._prev_model.parameters()]
         prev = torch.stack([self.prev.get(c, global_params.device) for c in client_ids]).to(global_params.dtype)
-        self._prev_stack = self.stacked_rows("prev", prev, shapes)
+        self._prev_stack = self.stacked_rows("prev", prev)
 
     def end_stacked(self, results: list[ClientResult]) -> None:
         for r in results:
@@ -204,11 +197,8 @@ class Moon(Strategy):
         k, model = params[0].shape[0], batch.model
 
         def features(tensors: list[torch.Tensor], update: bool) -> torch.Tensor:
-            named = dict(zip(batch.names, tensors, strict=True))
-            norm = batch.norm(update)
-            if norm is None:
-                return model.forward_features_stacked(named, batch.x)
-            return model.forward_features_stacked(named, batch.x, norm=norm)
+            return model.forward_features_stacked(dict(zip(batch.names, tensors, strict=True)), batch.x,
+                                                  norm=batch.norm(update))
 
         z = features(params, True)  # the local pass first, as `local_loss`: it alone moves the running statistics
         ce = stacked_mean_loss(model.classify_stacked(dict(zip(batch.names, params, strict=True)), z), batch.y,

@@ -33,7 +33,6 @@ class Scaffold(Strategy):
         self.c = torch.zeros(num_params, device=device)
         self.c_clients = ClientStore(num_params)
         self._delta_c: dict[int, torch.Tensor] = {}
-        self._shapes = None if model is None else [tuple(p.shape) for p in model.parameters()]
 
     def state_dict(self):
         return {**super().state_dict(), "c": self.c, "c_clients": self.c_clients.state_dict()}
@@ -64,12 +63,10 @@ class Scaffold(Strategy):
         self.c_clients.set(ctx.client_id, c_new)
 
     def begin_stacked(self, client_ids: list[int], global_params: torch.Tensor) -> None:
-        if self._shapes is None:
-            raise ValueError("SCAFFOLD's vectorised clients need the model at setup (their corrections' shapes)")
         device = global_params.device
         c_clients = torch.stack([self.c_clients.get(c, device) for c in client_ids])
         corrections = (self.c.to(device) - c_clients).to(global_params.dtype)  # as `begin_local`: c - c_i
-        self._corrections = self.stacked_rows("corrections", corrections, self._shapes)
+        self._corrections = self.stacked_rows("corrections", corrections)
         self._stacked_global = global_params
 
     def adjust_gradients_vectorized(self, params: list[torch.Tensor], global_params: list[torch.Tensor],

@@ -751,9 +751,11 @@ def test_an_unknown_device_names_the_devices_not_a_regex():
 
 
 @pytest.mark.parametrize(("algorithm", "training", "message"), [
+    # GradAug on cnn_small (the default config's model): its sub-networks stack on the ResNets only
     ({"name": "gradaug"}, {"client_parallel": "vectorized"}, "training.client_parallel: vectorized trains stacked "
-     "clients' batches, but algorithm gradaug (fedavg) needs the sub-network passes of every step "
-     "(sequential client training only); set client_parallel to auto or sequential"),
+     "clients' batches, but algorithm gradaug (fedavg) needs each client's sub-networks at its own width, which only "
+     "the ResNets stack (not cnn_small) (sequential client training only); set client_parallel to auto or "
+     "sequential"),
     ({"name": "fedavg", "training": {"client_parallel": "vectorized", "keep_optimizer_state": True}}, {},
      "algorithms.fedavg.training.client_parallel: vectorized trains stacked clients' batches, but "
      "keep_optimizer_state keeps each client's optimiser state between rounds"),

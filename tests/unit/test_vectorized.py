@@ -350,8 +350,8 @@ def test_strategy_declarations():
     assert vectorised == {name for name, spec in ALGORITHM_SPECS.items() if spec.sequential_only is None}
 
     assert {"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "fedsam", "fedasam", "mixup",
-            "stochdepth", "fedalign", "moon", "scaffold", "feddyn"} <= vectorised
-    assert vectorised == set(ALGORITHM_SPECS) - {"gradaug"}
+            "stochdepth", "fedalign", "moon", "scaffold", "feddyn", "gradaug"} <= vectorised
+    assert vectorised == set(ALGORITHM_SPECS)
 
     class ServerOnly(Strategy):  # only the server step differs: inherits FedAvg's vectorised training
         name = "server_only"
@@ -571,7 +571,8 @@ def test_a_float64_model_under_a_float32_default_gets_float64_learning_rates(mon
 @pytest.mark.parametrize(("algorithm", "hparams"), [("fedalign", {}), ("fedalign", {"width": 1.0}),
                                                     ("stochdepth", {}), ("mixup", {}), ("fedprox", {}),
                                                     ("moon", {"head": "projection"}), ("moon", {}),
-                                                    ("moon", {"head": "projection", "reference_mode": "eval"})])
+                                                    ("moon", {"head": "projection", "reference_mode": "eval"}),
+                                                    ("gradaug", {}), ("gradaug", {"min_width": 1.0})])
 @pytest.mark.parametrize(("model", "options"), [("cnn_small", {}), ("resnet20", {"norm": "batch"}),
                                                 ("resnet20", {"norm": "group"}), ("resnet20", {"norm": "none"}),
                                                 ("resnet18", {}), ("resnet56_bottleneck", {})])

@@ -284,6 +284,7 @@ class _ClientPlan:
     lrs: list[float]  # the learning rate of each step
     mixes: list[tuple[float, torch.Tensor]] | None = None  # the strategy's input mixing per step (Mixup's lam, perm)
     scales: list[list[float]] | None = None  # its residual scales per step (Stochastic Depth's, one per block)
+    extra: list | None = None  # the strategy's own draws per step (`Strategy.local_draws`: GradAug's sub-networks)
 
 
 @dataclass(frozen=True)
@@ -381,6 +382,12 @@ class VectorizedTrainer:
                 raise ValueError("training.capture is 'cuda_graph' but the stacked AdamW step is not captured (its "
                                  "step count changes every step); use 'auto' or 'eager'")
             return None
+        if self.strategy.draws_per_step():
+            if cfg.capture == "cuda_graph":
+                raise ValueError(f"training.capture is 'cuda_graph' but algorithm {self.strategy.name!r}'s stacked "
+                                 "step is not captured (its passes follow draws made on the host every step); use "
+                                 "'auto' or 'eager'")
+            return None
         return StackedStepGraphs(strict=cfg.capture == "cuda_graph", make_graph=make_graph)
 
     # -- one client's objective, vmapped over the client axis ------------------------------------------
@@ -418,11 +425,12 @@ class VectorizedTrainer:
 
     def _step_loss(self, xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor, padded: bool,
                    running: dict[str, torch.Tensor] | None, mix: tuple[torch.Tensor, torch.Tensor] | None,
-                   scales: torch.Tensor | None, global_views: list[torch.Tensor]) -> _StepLoss:
+                   scales: torch.Tensor | None, global_views: list[torch.Tensor], draws: list | None = None
+                   ) -> _StepLoss:
         """The K clients' losses [K] on this step's batches as a function of stacked parameters (a list in
         `named_parameters()` order), for `Strategy.local_gradients_vectorized`; `mix`: an input-mixing objective's
         weights [K, 2] and mixed targets, `scales`: the residual scales (`_stacked_loss`); None for the plain model and
-        cross-entropy. Its `batch` is the step's `StackedBatch`.
+        cross-entropy. Its `batch` is the step's `StackedBatch` (with `draws`: the active clients' `local_draws`).
 
         With batch norm, `padded` says whether any row of the step is padding (else torch's batch norm over the
         grouped channels is each client's), and the first evaluation alone updates the clients' `running`
@@ -441,7 +449,8 @@ class VectorizedTrainer:
         def loss(params: list[torch.Tensor]) -> torch.Tensor:
             return self._loss(dict(zip(self.names, params, strict=True)), xb, yb, mb, norm_state(True), mix, scales)
 
-        return _StepLoss(loss, StackedBatch(self.model, self.names, xb, yb, mb, norm_state, global_views))
+        return _StepLoss(loss, StackedBatch(self.model, self.names, xb, yb, mb, norm_state, global_views,
+                                            draws or []))
 
     def plan(self, client_id: int, round_: int, work: int | None = None) -> _ClientPlan:
         """The client's batches (and augmentation draws) from its generator, as `local_train` draws them;
@@ -453,17 +462,19 @@ class VectorizedTrainer:
         idx = self.indices_cpu[client_id]
         local = local_plan(cfg, len(idx), work, round_, generator)
         # Each step's draws in the sequential order: its augmentation's, then the strategy's input mixing's.
-        draws, mixes, scales, scratch = [], [], [], {}
+        draws, mixes, scales, extra, scratch = [], [], [], [], {}
         for b in local.batches:
             if cfg.augment == "crop_flip":
                 draws.append(crop_flip_draws(len(b), generator))
             mixes.append(self.strategy.input_mixing(len(b), generator, scratch))
             if self.num_blocks:
                 scales.append(self.strategy.residual_scales(self.num_blocks, generator, scratch))
+            extra.append(self.strategy.local_draws(len(b), generator, scratch))
         return _ClientPlan(client_id, len(idx), [idx[b] for b in local.batches],
                            draws if cfg.augment == "crop_flip" else None, local.lrs,
                            mixes if any(m is not None for m in mixes) else None,
-                           scales if self.num_blocks else None)
+                           scales if self.num_blocks else None,
+                           extra if any(e is not None for e in extra) else None)
 
     def state_dict(self) -> dict:
         """Nothing is kept between rounds (every round starts fresh optimisers)."""
@@ -566,7 +577,9 @@ class VectorizedTrainer:
                     keys[t], inputs, lambda static, t=t: lambda: self._step(st, t, padded[t], step_lr[t], *static),
                     st.tensors()):
                 continue
-            self._step(st, t, padded[t], step_lr[t], *inputs)
+            # The strategy's own draws (host values; a strategy drawing them never replays a graph: `_graphs`)
+            draws = [p.extra[t] if p.extra else None for p in plans[:k]] if plans[0].extra is not None else None
+            self._step(st, t, padded[t], step_lr[t], *inputs, draws=draws)
 
         flat = torch.cat([s.reshape(k0, -1) for s in st.stacked], dim=1)
         losses_mean = (st.loss_sum.cpu() / torch.tensor(steps, dtype=torch.float32).clamp_min(1)).tolist()
@@ -639,10 +652,11 @@ class VectorizedTrainer:
 
     def _step(self, st: _ChunkState, t: int, padded: bool, lr: float | torch.Tensor, xb: torch.Tensor,
               yb: torch.Tensor, mb: torch.Tensor, aug: torch.Tensor | None, mix_weights: torch.Tensor | None,
-              mix_perm: torch.Tensor | None, scales: torch.Tensor | None) -> None:
+              mix_perm: torch.Tensor | None, scales: torch.Tensor | None, draws: list | None = None) -> None:
         """Step t of the active clients (the first xb.shape[0] of the chunk) on their batches: the strategy's
         gradients, then SGD's or AdamW's update, in place on `st`; `scales` [K, blocks]: the residual scales, a
-        client's dropped branch (scale 0) keeping its parameters, momentum and statistics."""
+        client's dropped branch (scale 0) keeping its parameters, momentum and statistics; `draws`: the active
+        clients' `Strategy.local_draws` of the step."""
         k = xb.shape[0]
         params = [s[:k].detach().requires_grad_(True) for s in st.stacked]
         if aug is not None:
@@ -661,7 +675,7 @@ class VectorizedTrainer:
                         for b, live in self._branch_views(st.buffers, self.buffer_branch, scales, k)]
         gradients, adjust = self.strategy.local_gradients_vectorized, self.strategy.adjust_gradients_vectorized
         losses, grads = gradients(params, self._step_loss(xb, yb, mb, padded, running, mix, scales,
-                                                          st.global_views))  # FedSAM: w + e
+                                                          st.global_views, draws))  # FedSAM: w + e
         grads = unaliased(tuple(grads))
         with torch.no_grad():
             for b, live, before in kept_buffers:

@@ -8,7 +8,7 @@ The families build on it (`feedforward`, `resnets`, `tokens`); `fedscape.models.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,6 +125,25 @@ def sliced_norm(norm: nn.Module, x: Tensor, full_width: bool) -> Tensor:
                                        None if bias is None else bias[kept], norm.eps)
                           for part, groups, kept in parts if part.shape[1]], dim=1)
     raise TypeError(f"cannot slice normalisation layer {type(norm).__name__}")
+
+
+def width_keep(widths: Sequence[float], k: int) -> Callable[[Tensor], Tensor]:
+    """K stacked sub-networks, client k's at ``widths[k]``, computed at full width: a function that zeroes, in a
+    layer's output h [B, K*C, H, W] (grouped layout), client k's channels from slim_channels(C, widths[k]) on, which
+    its sliced forward (`forward_width`) never computes. A kept channel then holds its sliced value (a cut input
+    channel adds 0 to it), and a cut one passes no gradient back. The masks are built once per channel count."""
+    masks: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+
+    def keep(h: Tensor) -> Tensor:
+        c = h.shape[1] // k
+        key = (c, h.dtype, h.device)
+        mask = masks.get(key)
+        if mask is None:
+            kept = torch.tensor([slim_channels(c, w) for w in widths], device=h.device)
+            mask = masks[key] = (torch.arange(c, device=h.device) < kept.unsqueeze(1)).to(h.dtype).view(1, k * c, 1, 1)
+        return h * mask
+
+    return keep
 
 
 def sliced_linear_in(linear: nn.Linear, x: Tensor) -> Tensor:

@@ -4,7 +4,7 @@ ResNet18 on the CIFAR or the ImageNet stem, their blocks and shortcuts, and thei
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ from fedscape.models.layers import (
     stacked_linear,
     stacked_norm,
     ungrouped_flat,
+    width_keep,
 )
 from fedscape.models.permutation import Axes, Layout, Segment, UnsupportedModelError, whole
 from fedscape.models.specs import RESNET_STEMS
@@ -91,6 +92,15 @@ def scaled_branch(r: Tensor, scale: Tensor | None, k: int) -> Tensor:
     return (r.to(dtype) * scale.to(dtype).repeat_interleave(r.shape[1] // k).view(1, -1, 1, 1)).to(r.dtype)
 
 
+Keep = Callable[[Tensor], Tensor] | None  # `width_keep`'s channel masks of stacked sub-networks (None: full width)
+
+
+def kept(keep: Keep, h: Tensor) -> Tensor:
+    """h with each stacked client's channels past its sub-network's width zeroed (`width_keep`); h where ``keep`` is
+    None."""
+    return h if keep is None else keep(h)
+
+
 class ResidualBlock(nn.Module):
     """What the ResNet blocks share: relu(F(x) + shortcut(x)) with their `residual_branch` F and `shortcut`."""
 
@@ -109,11 +119,11 @@ class ResidualBlock(nn.Module):
         return F.relu(scale * self.residual_branch(x) + self.shortcut(x))
 
     def stacked_projection(self, params: Mapping[str, Tensor], prefix: str, h: Tensor, k: int,
-                           norm: StackedNorm | None) -> Tensor:
+                           norm: StackedNorm | None, keep: Keep = None) -> Tensor:
         """The 1x1-conv + norm shortcut of K stacked models on h in grouped layout."""
         conv, shortcut_norm = self.shortcut[0], self.shortcut[1]
-        return stacked_norm(shortcut_norm, params, f"{prefix}shortcut.1",
-                            stacked_conv(conv, params, f"{prefix}shortcut.0", h, k), k, norm)
+        return kept(keep, stacked_norm(shortcut_norm, params, f"{prefix}shortcut.1",
+                                       stacked_conv(conv, params, f"{prefix}shortcut.0", h, k), k, norm))
 
 
 class BasicBlock(ResidualBlock):
@@ -146,19 +156,21 @@ class BasicBlock(ResidualBlock):
         return self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x)))))
 
     def forward_stacked(self, params: Mapping[str, Tensor], prefix: str, h: Tensor, k: int,
-                        norm: StackedNorm | None, scale: Tensor | None = None) -> Tensor:
+                        norm: StackedNorm | None, scale: Tensor | None = None, keep: Keep = None) -> Tensor:
         """The block of K stacked models on h in grouped layout [B, K*C, H, W] (``params[prefix + name]``); ``scale``
-        [K]: each client's residual branch scaled, as `forward_scaled` scales one model's (None: unscaled)."""
+        [K]: each client's residual branch scaled, as `forward_scaled` scales one model's (None: unscaled); ``keep``:
+        each client's sub-network at its own width (`width_keep`; None: full width)."""
         r = stacked_conv(self.conv1, params, f"{prefix}conv1", h, k)
-        r = F.relu(stacked_norm(self.norm1, params, f"{prefix}norm1", r, k, norm))
-        r = stacked_norm(self.norm2, params, f"{prefix}norm2", stacked_conv(self.conv2, params, f"{prefix}conv2", r, k),
-                         k, norm)
+        r = F.relu(kept(keep, stacked_norm(self.norm1, params, f"{prefix}norm1", r, k, norm)))
+        r = kept(keep, stacked_norm(self.norm2, params, f"{prefix}norm2",
+                                    stacked_conv(self.conv2, params, f"{prefix}conv2", r, k), k, norm))
         if isinstance(self.shortcut, nn.Identity):
             skip = h
         elif isinstance(self.shortcut, ZeroPadShortcut):
-            skip = self.shortcut.forward_grouped(h, k)
+            # as `forward_width`: the input's cut channels are zero, the padded output's past the width cut
+            skip = kept(keep, self.shortcut.forward_grouped(h, k))
         else:
-            skip = self.stacked_projection(params, prefix, h, k, norm)
+            skip = self.stacked_projection(params, prefix, h, k, norm, keep)
         return F.relu(scaled_branch(r, scale, k) + skip)
 
     def forward_width(self, x: Tensor, width: float) -> Tensor:
@@ -226,16 +238,18 @@ class Bottleneck(ResidualBlock):
         return self.norm3(self.conv3(h))
 
     def forward_stacked(self, params: Mapping[str, Tensor], prefix: str, h: Tensor, k: int,
-                        norm: StackedNorm | None, scale: Tensor | None = None) -> Tensor:
+                        norm: StackedNorm | None, scale: Tensor | None = None, keep: Keep = None) -> Tensor:
         """The block of K stacked models on h in grouped layout [B, K*C, H, W] (``params[prefix + name]``); ``scale``
-        [K]: each client's residual branch scaled, as `forward_scaled` scales one model's (None: unscaled)."""
+        [K]: each client's residual branch scaled, as `forward_scaled` scales one model's (None: unscaled); ``keep``:
+        each client's sub-network at its own width (`width_keep`; None: full width)."""
         r = h
         for i, (conv, layer) in enumerate(((self.conv1, self.norm1), (self.conv2, self.norm2),
                                            (self.conv3, self.norm3)), start=1):
-            r = stacked_norm(layer, params, f"{prefix}norm{i}", stacked_conv(conv, params, f"{prefix}conv{i}", r, k),
-                             k, norm)
+            r = kept(keep, stacked_norm(layer, params, f"{prefix}norm{i}",
+                                        stacked_conv(conv, params, f"{prefix}conv{i}", r, k), k, norm))
             r = F.relu(r) if i < 3 else r
-        skip = h if isinstance(self.shortcut, nn.Identity) else self.stacked_projection(params, prefix, h, k, norm)
+        skip = h if isinstance(self.shortcut, nn.Identity) else self.stacked_projection(params, prefix, h, k, norm,
+                                                                                         keep)
         return F.relu(scaled_branch(r, scale, k) + skip)
 
     def forward_width(self, x: Tensor, width: float) -> Tensor:
@@ -366,6 +380,22 @@ class ResNet(ImageClassifier):
         k = x.shape[0]
         return ungrouped_flat(self.pool(self._stacked_trunk(params, x, norm, None)[1]), k)
 
+    def forward_widths_stacked(self, params: Mapping[str, Tensor], x: Tensor, widths: Sequence[float],
+                               norm: StackedNorm | None = None) -> Tensor:
+        """`forward_width` of K stacked models in training, client k's sub-network at ``widths[k]`` (below 1): logits
+        [K, B, classes]. Computed at full width with each client's channels past its width held at 0 (`width_keep`),
+        so that the clients' widths may differ (GradAug); its batch norms over each client's real rows (``norm.mask``)
+        from batch statistics, updating nothing, as the sliced ones."""
+        if any(not 0 < w < 1 for w in widths):
+            raise ValueError(f"forward_widths_stacked runs sub-networks: every width must be in (0, 1), got {widths}")
+        if norm is not None and norm.running is not None:
+            raise ValueError("a sub-network's batch norms update no running statistics (norm.running must be None)")
+        k = x.shape[0]
+        if len(widths) != k:
+            raise ValueError(f"{len(widths)} widths for {k} stacked models")
+        _, h = self._stacked_trunk(params, x, norm, None, width_keep(widths, k))
+        return stacked_linear(ungrouped_flat(self.pool(h), k), params["classifier.weight"], params["classifier.bias"])
+
     def forward_stacked_last_block(self, params: Mapping[str, Tensor], x: Tensor, norm: StackedNorm | None = None
                                    ) -> tuple[Tensor, Tensor, Tensor]:
         """`forward_last_block` of K stacked models: the last stage's input and output in grouped layout
@@ -380,18 +410,20 @@ class ResNet(ImageClassifier):
         return h_in, h, logits
 
     def _stacked_trunk(self, params: Mapping[str, Tensor], x: Tensor, norm: StackedNorm | None,
-                       scales: Tensor | None) -> tuple[Tensor, Tensor]:
-        """(the last stage's input, the last block's output) of K stacked models, in grouped layout."""
+                       scales: Tensor | None, keep: Keep = None) -> tuple[Tensor, Tensor]:
+        """(the last stage's input, the last block's output) of K stacked models, in grouped layout; ``keep``: their
+        sub-networks' widths (`width_keep`)."""
         k, start = x.shape[0], self.last_stage_start
         h = stacked_conv(self.stem, params, "stem", grouped_layout(x), k)
-        h = self.stem_pool(F.relu(stacked_norm(self.stem_norm, params, "stem_norm", h, k, norm)))
+        h = self.stem_pool(F.relu(kept(keep, stacked_norm(self.stem_norm, params, "stem_norm", h, k, norm))))
         h_in = h
         for i, block in enumerate(self.blocks):
             if not isinstance(block, BasicBlock | Bottleneck):  # a wrapped block (Stochastic Depth) has no stacked form
                 raise TypeError(f"ResNet.forward_stacked has no grouped form of {type(block).__name__} (blocks.{i})")
             if i == start:
                 h_in = h
-            h = block.forward_stacked(params, f"blocks.{i}.", h, k, norm, None if scales is None else scales[:, i])
+            h = block.forward_stacked(params, f"blocks.{i}.", h, k, norm, None if scales is None else scales[:, i],
+                                      keep)
         return h_in, h
 
     @property

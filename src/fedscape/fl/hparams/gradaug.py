@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
+from fedscape.models.specs import MODEL_INFOS, model_norm
 
 
 @dataclass(frozen=True)
@@ -24,10 +25,19 @@ class GradAugConfig(ServerSGDConfig):
         if not self.scales or any(not 0 < s <= 1 for s in self.scales):
             raise ValueError(f"scales must be a non-empty list of fractions in (0, 1], got {list(self.scales)}")
 
+    def stacked_problem(self, model: str, model_options: dict, training: dict) -> str | None:
+        info = MODEL_INFOS.get(model)
+        if info is None or not info.residual:  # the ResNets, whose forward_widths_stacked runs per-client widths
+            return f"each client's sub-networks at its own width, which only the ResNets stack (not {model})"
+        if self.min_width >= 1:
+            return "a min_width below 1 (at 1 every sub-network is the full network, moving its running statistics)"
+        if model_norm(model, model_options) == "group":
+            return f"batch norm or none in {model} (group norm's groups cut at a width have no stacked form)"
+        return None
+
 
 SPECS = (AlgorithmSpec("gradaug", GradAugConfig, "gradaug:GradAug", "GradAug",
                   "Yang et al. 2020, GradAug: A New Regularization Method for Deep Neural Networks; FedAlign paper",
                   requires="width_sliceable",
                   per_sample="its sub-networks are distilled from the full network's one prediction per sample "
-                             "(Yang et al. 2020)",
-                  sequential_only="the sub-network passes of every step"),)
+                             "(Yang et al. 2020)"),)

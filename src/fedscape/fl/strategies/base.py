@@ -50,7 +50,8 @@ class StackedBatch:
     active clients' inputs x [K, B, ...] after augmentation, their targets y and loss mask [K, B] (0 for a padded
     row), `norm(update)`: the batch norms' state of a pass (`fedscape.models.layers.StackedNorm`: padded rows
     masked; the clients' running statistics moved by the pass where `update`), None for a model without batch
-    norm, and the round's global parameters (unstacked, in `names` order; MOON's reference model)."""
+    norm, the round's global parameters (unstacked, in `names` order; MOON's reference model) and each active
+    client's draws of the step (`Strategy.local_draws`; GradAug's sub-networks), empty for a strategy without any."""
 
     model: nn.Module
     names: list[str]
@@ -59,6 +60,7 @@ class StackedBatch:
     mask: torch.Tensor
     norm: Callable[[bool], Any]
     global_params: list[torch.Tensor] = field(default_factory=list)
+    draws: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,8 @@ class ClientStore:
 # The hooks through which a strategy changes a client's training: those the sequential trainer calls, and those
 # the vectorised trainer calls instead on a stacked step.
 CLIENT_HOOKS = ("begin_local", "local_parameters", "local_backward", "local_loss", "adjust_gradients", "end_local")
-STACKED_HOOKS = ("input_mixing", "residual_scales", "local_gradients_vectorized", "adjust_gradients_vectorized",
-                 "begin_stacked", "end_stacked")
+STACKED_HOOKS = ("input_mixing", "residual_scales", "local_draws", "local_gradients_vectorized",
+                 "adjust_gradients_vectorized", "begin_stacked", "end_stacked")
 
 
 class Strategy:
@@ -258,6 +260,19 @@ class Strategy:
         `local_loss` draws them, after the step's augmentation. None: every branch as it is (nothing drawn).
         A strategy that returns scales declares `residual_scaled`."""
         return None
+
+    def local_draws(self, n: int, generator: torch.Generator, scratch: dict[str, Any]) -> Any:
+        """The vectorised path's draws of an objective that draws its own per step (GradAug's sub-networks' widths
+        and input sizes), for a step's batch of n: drawn from the client's `generator` (with `scratch`) in the order
+        its `local_backward` draws them, after the step's augmentation, and handed to `local_gradients_vectorized`
+        as `loss.batch.draws`, one per active client. None: nothing drawn. Host values that change every step: the
+        vectorised trainer replays no captured step of a strategy that draws them (`draws_per_step`)."""
+        return None
+
+    @classmethod
+    def draws_per_step(cls) -> bool:
+        """Whether the strategy has its own `local_draws`."""
+        return cls.local_draws is not Strategy.local_draws
 
     def stacked_blocker(self, model: nn.Module, stacked_forward: bool = True, optimizer: str = "sgd") -> str | None:
         """Why this algorithm's local training has no vectorised form for `model` (trained through its own

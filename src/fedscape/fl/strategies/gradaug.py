@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedscape.fl.strategies.base import ClientContext, Strategy
+from fedscape.fl.strategies.base import ClientContext, Strategy, stacked_gradients
+from fedscape.models.layers import StackedNorm
+from fedscape.models.loss import at_least_float32, stacked_mean_loss
+
+
+def gradaug_draws(config: Any, generator: torch.Generator) -> list[tuple[float, int]]:
+    """A step's sub-networks as (width, index into ``config.scales``), largest width first: the smallest width and
+    n - 1 widths drawn uniformly from [min_width, 1], then one scale per sub-network, from the client's generator.
+    One home for the order both training paths draw in."""
+    c = config
+    draws = torch.rand(c.num_subnets - 1, generator=generator).tolist()
+    widths = sorted([c.min_width] + [c.min_width + u * (1 - c.min_width) for u in draws], reverse=True)
+    return [(width, int(torch.randint(len(c.scales), (), generator=generator))) for width in widths]
+
+
+def scaled_side(scale: float, size: int) -> int:
+    """The side a sub-network's input is resized to: ``scale`` of the batch's ``size``, at least 1."""
+    return max(1, round(scale * size))
+
+
+def resized(x: torch.Tensor, side: int) -> torch.Tensor:
+    """A batch [..., C, H, W] resized to side x side (bilinear, corners aligned, as the GradAug code); x itself at
+    its own size."""
+    if side == x.shape[-1]:
+        return x
+    lead = x.shape[:-3]
+    out = F.interpolate(x.reshape(-1, *x.shape[-3:]), size=(side, side), mode="bilinear", align_corners=True)
+    return out.view(*lead, *out.shape[1:])
 
 
 class GradAug(Strategy):
@@ -16,10 +46,64 @@ class GradAug(Strategy):
     whose every hidden layer is sliced to a width (the smallest width and n - 1 widths drawn
     uniformly from [min_width, 1], largest first), each on the batch resized to a random scale.
     Each pass is back-propagated in turn, like the reference code, so memory stays at one pass.
+
+    Vectorised training (the ResNets with batch norm or none, min_width below 1) takes the same draws
+    (`local_draws`): the full pass of every stacked client, then each sub-network pass over the clients that drew the
+    same input size, every client at its own width (`ResNet.forward_widths_stacked`: full-width layers whose
+    channels past the client's width are held at 0), each pass back-propagated in turn.
     """
 
     standard_local_training = False
+    vectorized: ClassVar[bool] = True
 
+    def stacked_blocker(self, model: nn.Module, stacked_forward: bool = True, optimizer: str = "sgd") -> str | None:
+        if not (stacked_forward and hasattr(model, "forward_widths_stacked")):
+            return (f"algorithm {self.name!r} runs each client's sub-networks at its own width, which only the "
+                    f"ResNets' own stacked forward does ({type(model).__name__}"
+                    f"{'' if stacked_forward else ' under vmap'})")
+        if self.config.min_width >= 1:
+            return (f"algorithm {self.name!r} at min_width 1 runs full-width sub-networks, whose batch norms move "
+                    "their running statistics in every pass (sequential client training only)")
+        if any(isinstance(m, nn.GroupNorm) for m in model.modules()):
+            return f"algorithm {self.name!r} slims group norm's groups, which has no stacked form"
+        return None
+
+    def local_draws(self, n: int, generator: torch.Generator, scratch: dict[str, Any]) -> list[tuple[float, int]]:
+        return gradaug_draws(self.config, generator)
+
+    def local_gradients_vectorized(self, params: list[torch.Tensor],
+                                   loss: Callable[[list[torch.Tensor]], torch.Tensor]
+                                   ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        c, batch = self.config, loss.batch
+        model, k, size = batch.model, batch.x.shape[0], batch.x.shape[-1]
+        named = dict(zip(batch.names, params, strict=True))
+        logits = at_least_float32(model.forward_stacked(named, batch.x, norm=batch.norm(True)))
+        ce = stacked_mean_loss(logits, batch.y, batch.mask)
+        grads = stacked_gradients(ce, params)
+        target = F.softmax(logits.detach(), dim=-1)
+        total = ce.detach().clone()
+        sub_norm = batch.norm(False)
+        for j in range(c.num_subnets):
+            widths = [draws[j][0] for draws in batch.draws]
+            sides = [scaled_side(c.scales[draws[j][1]], size) for draws in batch.draws]
+            for side in sorted(set(sides), reverse=True):  # one stacked pass per input size
+                members = [i for i, s in enumerate(sides) if s == side]
+                rows = None if len(members) == k else torch.tensor(members, device=batch.x.device)
+
+                def part(t: torch.Tensor, rows: torch.Tensor | None = rows) -> torch.Tensor:
+                    return t if rows is None else t.index_select(0, rows)
+
+                norm = None if sub_norm is None else StackedNorm(None if sub_norm.mask is None else part(sub_norm.mask))
+                out = model.forward_widths_stacked({n: part(p) for n, p in named.items()}, resized(part(batch.x), side),
+                                                   [widths[i] for i in members], norm=norm)
+                mask = part(batch.mask)
+                kl = F.kl_div(F.log_softmax(at_least_float32(out), dim=-1), part(target), reduction="none").sum(-1)
+                kl = c.mu * (kl * mask).sum(1) / mask.sum(1)  # each client's batchmean over its real rows
+                for i, g in enumerate(stacked_gradients(kl, params)):
+                    if g is not None:
+                        grads[i] = g if grads[i] is None else grads[i] + g
+                total = total + kl.detach() if rows is None else total.index_add(0, rows, kl.detach())
+        return total, grads
 
     def local_backward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext) -> torch.Tensor:
         c = self.config
@@ -27,15 +111,9 @@ class GradAug(Strategy):
         ce = F.cross_entropy(logits, y)
         ce.backward()
         target = F.softmax(logits.detach(), dim=1)
-        draws = torch.rand(c.num_subnets - 1, generator=ctx.generator).tolist()
-        widths = sorted([c.min_width] + [c.min_width + u * (1 - c.min_width) for u in draws], reverse=True)
         total = ce.detach()
-        size = x.shape[-1]
-        for width in widths:
-            scale = c.scales[int(torch.randint(len(c.scales), (), generator=ctx.generator))]
-            side = max(1, round(scale * size))
-            xs = x if side == size else F.interpolate(x, size=(side, side), mode="bilinear", align_corners=True)
-            out = model.forward_width(xs, width)
+        for width, scale in gradaug_draws(c, ctx.generator):
+            out = model.forward_width(resized(x, scaled_side(c.scales[scale], x.shape[-1])), width)
             kl = c.mu * F.kl_div(F.log_softmax(out, dim=1), target, reduction="batchmean")
             kl.backward()
             total = total + kl.detach()

@@ -1,0 +1,237 @@
+"""Vectorised GradAug: every stacked client's full pass, then its sub-networks, each at the client's own width and
+input size, equal to one client at a time."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers.graphs import emulated_graph
+from helpers.synthetic import shard_data
+from helpers.vectorized import both_rounds, model_of
+
+from fedscape.fl.settings import TrainConfig
+from fedscape.fl.strategies.gradaug import gradaug_draws
+from fedscape.fl.strategies.registry import make_strategy
+from fedscape.fl.vectorized import VectorizedTrainer, resolve_client_parallel, vectorization_blocker
+from fedscape.models.layers import StackedNorm
+from fedscape.models.resnets import ResNet
+
+TOL = 1e-5
+TOL64 = 1e-10  # float64: the paths differ by the order of float64 operations only (~1e-14 seen for resnet20)
+SIZES = [21, 9, 5, 14]  # batch 8: padded last batches, unequal step counts
+CFG = {"local_epochs": 1, "batch_size": 8, "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3, "seed": 3,
+       "augment": "crop_flip", "nesterov": True}
+
+
+def small_resnet(norm: str = "batch", projection: bool = False) -> ResNet:
+    torch.manual_seed(0)
+    return ResNet(10, 1, (1, 1), (16, 32), norm=norm, projection=projection)
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def stacked_params(model: torch.nn.Module, k: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """K clients' parameters: the model's, each moved its own way."""
+    return {n: p.detach().expand(k, *p.shape) + 0.05 * torch.randn(k, *p.shape, generator=generator)
+            for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize(("make", "hparams", "train"), [
+    (lambda: model_of("resnet20", norm="batch"), {}, {}),  # option-A shortcuts at each client's width
+    (lambda: model_of("resnet20", norm="none"), {"num_subnets": 3, "min_width": 0.5}, {}),
+    (lambda: small_resnet(projection=True), {"num_subnets": 1, "mu": 3.0}, {"client_chunk_size": 3,
+                                                                            "local_epochs": 2}),
+    # every sub-network at full size: one stacked pass each
+    (small_resnet, {"scales": [1.0], "min_width": 0.3}, {}),
+], ids=["resnet20", "resnet20-no-norm-n3", "projection-chunks", "one-scale"])
+def test_float64_vectorized_gradaug_round_equals_sequential(make, hparams, train, float64_default):
+    # Prepare
+    data = shard_data(SIZES)
+    cfg = TrainConfig(**{**CFG, **train})
+
+    # Execute
+    start, buffers, seq, vec = both_rounds(make(), data, cfg, "gradaug", hparams)
+
+    # Assert: the same clients, statistics and losses (CE plus the sub-networks' KL terms), moved
+    for s, v in zip(seq, vec, strict=True):
+        assert v.params.dtype == torch.float64
+        assert (s.params - v.params).abs().max().item() <= TOL64
+        if s.buffers.numel():
+            assert (s.buffers - v.buffers).abs().max().item() <= TOL64
+        assert s.train_loss == pytest.approx(v.train_loss, abs=TOL64)
+        assert (s.params - start).abs().max().item() > 1e-2
+
+
+def test_float64_bottleneck_resnet56_round_equals_sequential(float64_default):
+    # Prepare: the FedAlign code's model at the paper's mu and n, on shards of 8 and 6 in batches of 4 (no batch of
+    # one sample, whose batch norm amplifies float64 rounding in this deep model: see test_vectorized_fedalign.py).
+    # Seen: 5.7e-12 relative on AVX-512; the parameters move by up to ~38
+    data = shard_data([8, 6])
+    cfg = TrainConfig(**{**CFG, "batch_size": 4})
+
+    # Execute
+    start, buffers, seq, vec = both_rounds(model_of("resnet56_bottleneck", norm="batch"), data, cfg, "gradaug",
+                                           {"mu": 1.75, "num_subnets": 2})
+
+    # Assert
+    for s, v in zip(seq, vec, strict=True):
+        assert relative(v.params, s.params) <= TOL64
+        assert relative(v.buffers, s.buffers) <= TOL64
+        assert (s.params - start).abs().max().item() > 1e-2
+
+
+def test_float32_vectorized_gradaug_round_equals_sequential():
+    # Prepare: float32 training of resnet20 at a small lr, where float32 training is not chaotic
+    data = shard_data(SIZES)
+    cfg = TrainConfig(**{**CFG, "lr": 0.01})
+
+    # Execute
+    start, buffers, seq, vec = both_rounds(model_of("resnet20", norm="batch"), data, cfg, "gradaug")
+
+    # Assert
+    for s, v in zip(seq, vec, strict=True):
+        assert v.params.dtype == torch.float32
+        assert (s.params - v.params).abs().max().item() <= TOL
+        assert (s.params - start).abs().max().item() > 100 * TOL
+
+
+def test_the_sub_networks_change_training_and_mu_0_is_fedavg():
+    # Prepare: no augmentation, so that FedAvg's clients see the same batches as GradAug's (whose draws follow each
+    # step's augmentation draws)
+    data = shard_data(SIZES)
+    cfg = TrainConfig(**{**CFG, "augment": "none"})
+
+    # Execute
+    _, _, _, gradaug = both_rounds(small_resnet(), data, cfg, "gradaug", {"mu": 1.75})
+    _, _, _, plain = both_rounds(small_resnet(), data, cfg, "gradaug", {"mu": 0.0})
+    _, _, _, fedavg = both_rounds(small_resnet(), data, cfg, "fedavg")
+
+    # Assert: mu 0 is FedAvg bit for bit (its sub-networks add zero gradients); the term moves the clients and adds
+    # its KL to the loss
+    for g, p, f in zip(gradaug, plain, fedavg, strict=True):
+        assert torch.equal(p.params, f.params) and torch.equal(p.buffers, f.buffers)
+        assert p.train_loss == f.train_loss
+        assert (g.params - p.params).abs().max().item() > 1e-3
+        assert g.train_loss > p.train_loss
+
+
+@pytest.mark.parametrize(("name", "options"), [
+    ("resnet20", {"norm": "batch"}), ("resnet56_bottleneck", {"norm": "batch"}), ("resnet20", {"norm": "none"}),
+    ("resnet18", {"norm": "batch", "stem": "imagenet"}),
+])
+def test_stacked_widths_are_each_clients_sliced_sub_network(name, options, float64_default):
+    # Prepare: 3 clients of 5 rows at widths whose channel counts differ, the last rows of client 1 padding
+    g = torch.Generator().manual_seed(0)
+    model = model_of(name, **options)
+    k, widths, real = 3, [0.8, 0.93, 0.55], [5, 3, 5]
+    x = torch.randn(k, 5, 1, 8, 8, generator=g)
+    x[1, 3:] = 1e3  # padded rows must not enter the real rows' statistics
+    mask = torch.tensor([[1.0 if r < n else 0.0 for r in range(5)] for n in real])
+    params = stacked_params(model, k, g)
+
+    # Execute
+    norm = StackedNorm(mask, None) if options["norm"] == "batch" else None
+    out = model.forward_widths_stacked(params, x, widths, norm=norm)
+
+    # Assert: each client's real rows as its own sliced forward computes them
+    for i in range(k):
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(params[n][i])
+        torch.testing.assert_close(out[i, : real[i]], model.forward_width(x[i, : real[i]], widths[i]),
+                                   rtol=TOL64, atol=TOL64)
+
+
+def test_stacked_widths_pass_back_each_clients_gradients(float64_default):
+    # Prepare
+    g = torch.Generator().manual_seed(1)
+    model = model_of("resnet20", norm="batch")
+    k, widths = 2, [0.6, 0.9]
+    x = torch.randn(k, 4, 1, 8, 8, generator=g)
+    params = {n: p.requires_grad_(True) for n, p in stacked_params(model, k, g).items()}
+    names = list(params)
+
+    # Execute
+    out = model.forward_widths_stacked(params, x, widths, norm=StackedNorm())
+    grads = torch.autograd.grad(out.square().sum(), [params[n] for n in names])
+
+    # Assert: client i's gradient is its sliced sub-network's, zero where its width cuts the tensor
+    for i in range(k):
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(params[n][i])
+        model.zero_grad()
+        model.forward_width(x[i], widths[i]).square().sum().backward()
+        for n, grad in zip(names, grads, strict=True):
+            expected = dict(model.named_parameters())[n].grad
+            expected = torch.zeros_like(grad[i]) if expected is None else expected
+            torch.testing.assert_close(grad[i], expected, rtol=TOL64, atol=TOL64)
+    assert any((grad[0] == 0).any() and not (grad[1] == 0).all() for grad in grads)
+
+
+@pytest.mark.parametrize(("widths", "norm", "match"), [
+    ([0.8, 1.0], None, "every width must be in"),
+    ([0.8], None, "1 widths for 2 stacked models"),
+    ([0.8, 0.9], StackedNorm(None, {}), "update no running statistics"),
+])
+def test_stacked_widths_refuse_what_they_do_not_compute(widths, norm, match):
+    model = small_resnet()
+    params = stacked_params(model, 2, torch.Generator().manual_seed(0))
+
+    with pytest.raises(ValueError, match=match):
+        model.forward_widths_stacked(params, torch.zeros(2, 3, 1, 8, 8), widths, norm=norm)
+
+
+def test_draws_are_the_sequential_order():
+    # Prepare: two generators at the same state
+    config = make_strategy("gradaug", {"num_subnets": 3, "min_width": 0.5}).config
+    a, b = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+
+    # Execute
+    draws = gradaug_draws(config, a)
+    uniforms = torch.rand(2, generator=b).tolist()
+    scales = [int(torch.randint(len(config.scales), (), generator=b)) for _ in range(3)]
+
+    # Assert: the widths (min_width and two uniform in [min_width, 1]) largest first, then a scale each
+    assert [w for w, _ in draws] == sorted([0.5] + [0.5 + u * 0.5 for u in uniforms], reverse=True)
+    assert [s for _, s in draws] == scales
+    assert torch.equal(a.get_state(), b.get_state())
+
+
+def test_what_vectorised_gradaug_needs():
+    # Prepare
+    resnet = small_resnet()
+    gradaug = make_strategy("gradaug")
+
+    # Execute / Assert: the ResNets with batch norm or none vectorise on CUDA under auto; a model without the
+    # ResNets' stacked widths, a min_width of 1 and group norm keep the clients sequential, and an explicit
+    # vectorized is then an error
+    assert vectorization_blocker(resnet, gradaug) is None
+    assert vectorization_blocker(small_resnet(norm="none"), gradaug) is None
+    assert resolve_client_parallel(resnet, gradaug, TrainConfig(), device_type="cuda") == "vectorized"
+    assert resolve_client_parallel(resnet, gradaug, TrainConfig(), device_type="cpu") == "sequential"
+    assert "only the ResNets' own stacked forward" in vectorization_blocker(model_of("cnn_small"), gradaug)
+    assert "min_width 1" in vectorization_blocker(resnet, make_strategy("gradaug", {"min_width": 1.0}))
+    assert "group norm" in vectorization_blocker(small_resnet(norm="group"), gradaug)
+    with pytest.raises(ValueError, match="group norm"):
+        resolve_client_parallel(small_resnet(norm="group"), gradaug, TrainConfig(client_parallel="vectorized"),
+                                device_type="cuda")
+    with pytest.raises(ValueError, match="under vmap"):
+        VectorizedTrainer(small_resnet(norm="none"), shard_data(SIZES), gradaug, TrainConfig(), stacked_forward=False)
+
+
+def test_its_steps_are_never_replayed_from_graphs():
+    # Prepare: a graph maker that fails the test if asked for a graph
+    def refuse(step):
+        raise AssertionError("a GradAug step was captured")
+
+    data = shard_data(SIZES)
+
+    # Execute / Assert: no graphs under auto (its passes follow host draws every step), an error where capture insists
+    trainer = VectorizedTrainer(small_resnet(), data, make_strategy("gradaug"), TrainConfig(**CFG), make_graph=refuse)
+    assert trainer.graphs is None
+    with pytest.raises(ValueError, match="capture is 'cuda_graph' but algorithm 'gradaug'"):
+        VectorizedTrainer(small_resnet(), data, make_strategy("gradaug"),
+                          TrainConfig(**CFG, capture="cuda_graph"), make_graph=emulated_graph)

@@ -122,10 +122,11 @@ def test_the_sub_networks_change_training_and_mu_0_is_fedavg():
     ("resnet18", {"norm": "batch", "stem": "imagenet"}),
 ])
 def test_stacked_widths_are_each_clients_sliced_sub_network(name, options, float64_default):
-    # Prepare: 3 clients of 5 rows at widths whose channel counts differ, the last rows of client 1 padding
+    # Prepare: 4 clients of 5 rows at widths whose channel counts differ, the last rows of clients 1 and 3 padding;
+    # below width 0.5 an option-A shortcut's padded input reaches past the sub-network's channels
     g = torch.Generator().manual_seed(0)
     model = model_of(name, **options)
-    k, widths, real = 3, [0.8, 0.93, 0.55], [5, 3, 5]
+    k, widths, real = 4, [0.8, 0.93, 0.55, 0.3], [5, 3, 5, 4]
     x = torch.randn(k, 5, 1, 8, 8, generator=g)
     x[1, 3:] = 1e3  # padded rows must not enter the real rows' statistics
     mask = torch.tensor([[1.0 if r < n else 0.0 for r in range(5)] for n in real])

@@ -7,9 +7,10 @@ output to a file of its own under `--out` (a part that runs past its time limit 
 back at most 8 files, so a call's parts write fewer):
 
     source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT tests steps resnet56   # one call (CALLS)
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT steps_fedalign algorithms
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT vectorized conv surface
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT algorithms surface
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT steps_fedalign vectorized
     source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT hvp
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT conv
     python benchmarks/gpu_session.py --list                                                     # what each part runs
 
 Record what they print in benchmarks/README.md with the GPU's name and the torch version (each script prints both).
@@ -45,7 +46,7 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
                               "tests/unit/test_data.py", "tests/unit/test_resources.py",
                               "tests/unit/test_moon_reference_mode.py", "tests/unit/test_alignment.py",
                               "tests/unit/test_capture_stacked.py", "tests/unit/test_stored_images.py",
-                              "tests/unit/test_vectorized_moon.py"], 90)],
+                              "tests/unit/test_vectorized_moon.py", "tests/unit/test_vectorized_gradaug.py"], 90)],
     # The papers' step costs (plain; sequential, captured and vectorised at each run's own algorithm's local step)
     # and their projected hours. fedalign.yaml has the most local steps (23 of its bottleneck ResNet56: FedAlign at
     # four mu and four widths, GradAug at four sub-network counts...), measured at fewer steps to fit its own call.
@@ -91,18 +92,22 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
                                          "batch", "--dataset", "cifar100", "--samples", "512", "--repeats", "5",
                                          "--eigen", "0", "--device", "cuda"], 120)],
     # FedAlign and its baselines vectorised on its bottleneck ResNet56 (batch 64, 16 clients, MOON on its projection
-    # head, as in fedalign.yaml): their stacked rounds against one client after another.
+    # head, as in fedalign.yaml): their stacked rounds against one client after another. GradAug's stacked step
+    # computes its sub-networks at full width (each client's cut channels held at 0) and is never captured: whether
+    # it beats one client after another at this compute-bound size is what its line measures.
     "algorithms": [(f"vectorized_resnet56_{algorithm}",
                     [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model", "resnet56_bottleneck",
                      "--norm", "batch", "--batch-size", "64", "--samples-per-client", "640", "--local-epochs", "1",
                      "--alpha", "iid", "--clients", "16", "--algorithm", algorithm, "--hparams", hparams,
                      "--repeats", "2"], 65)
                    for algorithm, hparams in (("fedalign", "{}"), ("stochdepth", "{}"), ("mixup", "{}"),
-                                              ("moon", "{head: projection}"))],
+                                              ("moon", "{head: projection}"), ("gradaug", "{}"))],
 }
 # The parts as device calls, most wanted first: each call's limits add up to less than a call's 600 s, with room for
 # setup.sh. A session's 15 minutes of device time hold about two calls as they usually run (well under their limits).
-CALLS = (("tests", "steps", "resnet56"), ("steps_fedalign", "algorithms"), ("vectorized", "conv", "surface"), ("hvp",))
+# The goals already met on a card (resnet20's vectorised rounds, surface evaluation) come last.
+CALLS = (("tests", "steps", "resnet56"), ("algorithms", "surface"), ("steps_fedalign", "vectorized"), ("hvp",),
+         ("conv",))
 CALL_SECONDS = 570
 CALL_FILES = 8  # what a device call brings back from $OUT: one file per command, so at most this many per call
 

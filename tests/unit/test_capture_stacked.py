@@ -278,3 +278,27 @@ def test_dropping_shapes_forgets_their_graphs_refusals_and_counts():
     # Assert: the chunk size's shapes are gone, the other chunk size's refusal stays
     assert graphs.graphs == {} and not any(k[0] == 4 for k in graphs.planned)
     assert graphs.refused == {(9, 1, 8, False, 0.05)}
+
+
+@pytest.mark.parametrize("algorithm", ["scaffold", "fedprox"])
+def test_a_trainer_kept_for_a_new_run_replays_no_graph_of_the_old_runs_rows(algorithm):
+    # Prepare: a run of two rounds with one trainer, then its strategy set up for a new run from the same start (as
+    # `run_federated` does with a trainer passed in), against a new strategy and trainer
+    cfg = TrainConfig(**CFG)
+    model = model_of("cnn_small")
+    trainer, _, _ = rounds(model, cfg, make_graph=stand_in, algorithm=algorithm)
+    _, reference, _ = rounds(model_of("cnn_small"), cfg, make_graph=stand_in, algorithm=algorithm)
+    strategy, data = trainer.strategy, trainer.data
+    params, buffers = FlatParams(model).get(), flatten_buffers(model)
+
+    # Execute: the new run's two rounds on the kept trainer
+    strategy.setup(data.num_clients, params.numel(), params.device, model=model, seed=0)
+    again = []
+    for r in (1, 2):
+        again.append(trainer.train_round(params, buffers, list(range(data.num_clients)), r))
+        params = strategy.server_update(params, again[-1])
+
+    # Assert: the new run equals a fresh one bit for bit (SCAFFOLD's replays read the new run's control variates,
+    # not the old run's rows), and its recurring shapes were captured anew
+    assert same(again, reference)
+    assert trainer.captured and trainer.graphs.graphs

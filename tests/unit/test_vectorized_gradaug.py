@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers.graphs import emulated_graph
 from helpers.synthetic import shard_data
-from helpers.vectorized import both_rounds, model_of
+from helpers.vectorized import both_rounds, model_of, run_mode
 
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.gradaug import gradaug_draws
@@ -62,6 +62,40 @@ def test_float64_vectorized_gradaug_round_equals_sequential(make, hparams, train
             assert (s.buffers - v.buffers).abs().max().item() <= TOL64
         assert s.train_loss == pytest.approx(v.train_loss, abs=TOL64)
         assert (s.params - start).abs().max().item() > 1e-2
+
+
+def both_runs(make, monkeypatch, device: str = "cpu", **train):
+    """The sequential and vectorised runs of GradAug over two rounds of 3 of the 4 clients (aggregated by the
+    engine), on `device`."""
+    data = shard_data(SIZES)
+    data = type(data)(data.x_train.to(device), data.y_train.to(device), [ix.to(device) for ix in data.client_indices],
+                      data.x_test.to(device), data.y_test.to(device))
+    train = {"rounds": 2, "augment": "crop_flip", "save_clients_at": (), "lr": 0.05, **train}
+    return [run_mode(mode, make_strategy("gradaug"), data, monkeypatch, model=lambda: make().to(device), **train)
+            for mode in ("sequential", "vectorized")]
+
+
+def test_float64_vectorized_gradaug_rounds_equal_sequential(monkeypatch, float64_default):
+    # Execute
+    seq, vec = both_runs(lambda: model_of("resnet20", norm="batch"), monkeypatch)
+
+    # Assert: every round's global model, statistics and training loss
+    assert seq.execution == "sequential" and vec.execution == "vectorized"
+    assert (seq.params - vec.params).abs().max().item() <= TOL64 * seq.params.abs().max().item()
+    assert (seq.buffers - vec.buffers).abs().max().item() <= TOL64 * seq.buffers.abs().max().item()
+    for s, v in zip(seq.rows, vec.rows, strict=True):
+        assert s["train_loss"] == pytest.approx(v["train_loss"], rel=TOL64)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_vectorized_gradaug_rounds_equal_sequential(monkeypatch, float64_default):
+    # Execute: float64 on the card (cuDNN's kernels; GradAug's stacked steps are never captured)
+    seq, vec = both_runs(lambda: model_of("resnet20", norm="batch"), monkeypatch, device="cuda")
+
+    # Assert
+    assert vec.params.dtype == torch.float64 and vec.execution == "vectorized"
+    assert (seq.params - vec.params).abs().max().item() <= TOL64 * seq.params.abs().max().item()
+    assert (seq.buffers - vec.buffers).abs().max().item() <= TOL64 * seq.buffers.abs().max().item()
 
 
 def test_float64_bottleneck_resnet56_round_equals_sequential(float64_default):

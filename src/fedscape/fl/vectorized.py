@@ -49,6 +49,12 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
   are put back where the step found them (`torch.where`, exact), as the sequential step, which never runs the branch,
   leaves them (torch's SGD skips a parameter whose .grad is None); AdamW, which also counts each parameter's steps,
   keeps such clients sequential;
+- GradAug (Yang et al. 2020) runs the full pass of every stacked client, then each sub-network pass over the
+  clients that drew the same input size, every client at its own width (`ResNet.forward_widths_stacked`: full-width
+  layers whose channels past the client's width are held at 0, so that a kept channel holds its sliced value and a
+  cut one passes no gradient back; batch norms from each client's real rows, updating nothing), its KL term over
+  the real rows, each pass back-propagated in turn; its widths and scales are drawn as sequentially
+  (`Strategy.local_draws`), and such a step is never replayed from a graph;
 - FedAlign (Mendieta et al. 2022) runs the model its own way on the step's batches (`loss.batch`, a `StackedBatch`):
   the full pass with the last stage's input and output, the last stage slimmed on that input (its batch norms over
   each client's real rows from batch statistics, updating nothing), each client's Lipschitz estimates over its real
@@ -70,14 +76,15 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
 - a model with batch norm but no such stacked forward (under vmap padded rows would enter its
   statistics), a cumulative-average batch norm (momentum None) or any other floating buffer falls back
   to sequential training (`buffer_blocker`); so do algorithms whose local training has no stacked form
-  (`Strategy.vectorized` is False: GradAug), or whose stacked form does not cover this model or
+  (`Strategy.vectorized` is False), or whose stacked form does not cover this model or
   these settings (`Strategy.stacked_blocker`: MOON with its side head, say).
 
 One vectorised round equals one sequential round within float rounding (tests/unit/test_vectorized.py
 checks FedAvg, FedProx, FedNova, Mixup and the server-optimiser variants, AdamW, lr schedules and unequal local
 work in float64, and in float32 to 1e-5 where float32 training is not chaotic; tests/unit/test_vectorized_sam.py
 FedSAM and FedASAM, in float64 at a large ascent radius; tests/unit/test_vectorized_depth.py Stochastic Depth;
-tests/unit/test_vectorized_fedalign.py FedAlign; tests/unit/test_vectorized_moon.py MOON;
+tests/unit/test_vectorized_fedalign.py FedAlign; tests/unit/test_vectorized_gradaug.py GradAug;
+tests/unit/test_vectorized_moon.py MOON;
 tests/unit/test_vectorized_drift.py SCAFFOLD and FedDyn;
 tests/unit/test_vectorized_bn.py batch norm: parameters
 and running statistics, a small ResNet in float32, resnet20 in float64; tests/unit/test_vectorized_unused.py a
@@ -370,6 +377,7 @@ class VectorizedTrainer:
                 vmapped(params, x, y, mask) if mix is None else vmapped_mixed(params, x, y, mask, *mix))
         self._states: dict[int, _ChunkState] = {}
         self.graphs = self._graphs(make_graph)
+        self._rows_generation = strategy.stacked_generation  # that of the strategy's rows the graphs read
 
     def _graphs(self, make_graph: StepGraphMaker | None) -> StackedStepGraphs | None:
         """The captured steps where `cfg.capture` asks for them and they are possible: on CUDA (or with a stand-in
@@ -564,6 +572,11 @@ class VectorizedTrainer:
         keys = [(k0, active[t], width[t], padded[t], step_lr[t]) if isinstance(step_lr[t], float) else None
                 for t in range(num_steps)]
         if self.graphs is not None:
+            if self._rows_generation != self.strategy.stacked_generation:
+                # The strategy's stacked rows were freed since the graphs were captured (its `setup` for a new run,
+                # this trainer kept): their replays would read the old rows' addresses.
+                self.graphs.drop(lambda key: True)
+                self._rows_generation = self.strategy.stacked_generation
             self.graphs.plan(keys)
 
         x_train, y_train = self.data.x_train, self.data.y_train

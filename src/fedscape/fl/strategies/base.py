@@ -189,6 +189,7 @@ class Strategy:
         self.config = ServerSGDConfig() if config is None else config
         self.name = name
         self._stacked_stores: dict[str, dict[int, list[torch.Tensor]]] = {}  # `stacked_rows`
+        self.stacked_generation = 0  # counts `release_stacked`: a graph replaying older rows' addresses is stale
         self._param_shapes: list[tuple[int, ...]] | None = None  # the model's given to `setup`, for `stacked_rows`
         self.server_opt = self.make_server_optimizer()
 
@@ -331,8 +332,10 @@ class Strategy:
 
     def release_stacked(self) -> None:
         """Free the tensors of `stacked_rows`: the vectorised trainer calls it after each chunk where no step
-        replays from a graph, and when it closes."""
+        replays from a graph, and when it closes; `setup` too, so that a trainer kept for a new run drops the graphs
+        that read the old rows (`stacked_generation`)."""
         self._stacked_stores.clear()
+        self.stacked_generation += 1
 
     def end_local(self, model: nn.Module, ctx: ClientContext, params: torch.Tensor) -> None:
         """Called after the client's last step with its final flat parameters (update client state)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from helpers.workflow import ROOT
 from fedscape.core.config import ConfigError, duplicate_keys, read_config_file
 from fedscape.core.runs import RUN_FIELDS, Run, build_runs, resolve_run, select_runs, unused_grid_values
 from fedscape.data.specs import DATASET_OPTION_ORDER, data_layout_problems
+from fedscape.fl.hparams import registry
 from fedscape.plan.landscape import landscape_plans, plane_settings
 from fedscape.plan.workflow import check_config, check_data, config_warnings
 
@@ -781,6 +783,21 @@ def test_an_explicit_vectorized_that_cannot_be_honoured_is_refused_at_planning(a
     with pytest.raises(ConfigError) as err:
         check_config(config, SCHEMA)
     assert message in str(err.value)
+
+
+def test_an_algorithm_without_any_stacked_form_is_refused_vectorized_at_planning(monkeypatch):
+    # Prepare: an algorithm whose spec declares that its clients train one after another (none does today: GradAug,
+    # the last, vectorises on the ResNets), as a new algorithm without a stacked form would
+    spec = dataclasses.replace(registry.ALGORITHM_SPECS["mixup"], sequential_only="the passes of its own objective")
+    monkeypatch.setitem(registry.ALGORITHM_SPECS, "mixup", spec)
+    config = with_change("algorithms.fedavg", {"name": "mixup"})
+    config["training"].update({"client_parallel": "vectorized"})
+
+    # Execute / Assert: refused before any job, with the spec's reason; auto falls back
+    with pytest.raises(ConfigError, match="algorithm mixup \\(fedavg\\) needs the passes of its own objective"):
+        check_config(config, SCHEMA)
+    config["training"]["client_parallel"] = "auto"
+    check_config(config, SCHEMA)
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [

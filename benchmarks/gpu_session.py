@@ -105,7 +105,8 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
 }
 # The parts as device calls, most wanted first: each call's limits add up to less than a call's 600 s, with room for
 # setup.sh. A session's 15 minutes of device time hold about two calls as they usually run (well under their limits).
-# The goals already met on a card (resnet20's vectorised rounds, surface evaluation) come last.
+# The goals already met on a card come after what is new: surface evaluation fills the second call, resnet20's
+# vectorised rounds the third.
 CALLS = (("tests", "steps", "resnet56"), ("algorithms", "surface"), ("steps_fedalign", "vectorized"), ("hvp",),
          ("conv",))
 CALL_SECONDS = 570

@@ -16,8 +16,9 @@ from fedscape.outputs.tables import read_table
 # local_epochs and local_steps hold a work that every client does (empty otherwise); local_work names the work as
 # text ('5 epochs', 'steps uniform in 1..5, drawn every round'), so that unequal work is a setting of its own too.
 # execution is how the clients trained (fedscape.fl.engine.execution_of; `unrecorded` for runs trained before it was
-# recorded): on a GPU, FedAvg's clients train all at once where GradAug's train one after another, and a
-# ratio across the two would be the path's speed-up, not the algorithm's overhead.
+# recorded): on a GPU, FedAvg's clients train all at once where a label with client_parallel: sequential (Table 5's
+# GradAug runs) trains one after another, and a ratio across the two would be the path's speed-up, not the
+# algorithm's overhead.
 COST_SETTING = ["dataset", "model", "device", "device_name", "alpha", "num_clients", "participation", "local_epochs",
                 "batch_size", "local_steps", "local_work", "execution"]
 COST_COLUMNS = ["dataset", "model", "algorithm", "algorithm_name", "device", "device_name", "num_runs", "num_rounds",

@@ -20,6 +20,9 @@ measure of the work done than wall time (with one thread; more threads spin whil
     python benchmarks/bench_vectorized.py --device cuda --model resnet56_bottleneck --norm batch --batch-size 64 \
         --samples-per-client 640 --clients 16 --pointwise grouped bmm   # stacked 1x1 convolutions in both forms
 
+On CUDA the peak device memory of each mode's rounds is printed too (`torch.cuda.max_memory_allocated`: the
+stacked clients' activations, gradients and optimiser state; cuDNN's workspaces where torch's allocator holds them).
+
 The 32x32 models (convnet, resnet20, resnet56 and resnet56_bottleneck with batch or group norm, through their own
 `forward_stacked`) train on seeded
 synthetic CIFAR-shaped data (N(0, 1) images, uniform labels, `--samples-per-client` each), since CIFAR itself
@@ -118,14 +121,19 @@ def bench(num_clients: int, args: argparse.Namespace, device: torch.device) -> d
 
     times: dict[str, list[float]] = {"sequential": [], "vectorized": []}
     cpu: dict[str, list[float]] = {"sequential": [], "vectorized": []}  # process CPU time: robust to other load
+    peak: dict[str, float | None] = {"sequential": None, "vectorized": None}  # GiB allocated at most, on CUDA
     outputs = {}
     for round_ in range(args.warmup + args.repeats):  # the first `warmup` rounds are not timed
         for mode, fn in (("sequential", sequential_round), ("vectorized", vectorized_round)):
             sync(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             t0, c0 = time.perf_counter(), time.process_time()
             with use_precision(args.precision, device):  # as the engine trains a run
                 outputs[mode] = fn(round_ + 1)
             sync(device)
+            if device.type == "cuda":
+                peak[mode] = max(peak[mode] or 0.0, torch.cuda.max_memory_allocated(device) / 2**30)
             if round_ >= args.warmup:
                 times[mode].append(time.perf_counter() - t0)
                 cpu[mode].append(time.process_time() - c0)
@@ -136,7 +144,13 @@ def bench(num_clients: int, args: argparse.Namespace, device: torch.device) -> d
             "sequential_s": seq, "vectorized_s": vec, "speedup": seq / vec,
             "sequential_cpu_s": seq_cpu, "vectorized_cpu_s": vec_cpu, "cpu_ratio": seq_cpu / vec_cpu,
             "max_abs_diff": float((outputs["sequential"] - outputs["vectorized"]).abs().max()),
+            "peak_gib_sequential": peak["sequential"], "peak_gib_vectorized": peak["vectorized"],
             "replayed_steps": 0 if vectorized.graphs is None else vectorized.graphs.replays}
+
+
+def gib(value: float | None) -> str:
+    """A peak of device memory in GiB, '-' where none is measured (a CPU: no allocator statistics)."""
+    return "-" if value is None else f"{value:.2f}"
 
 
 def main() -> None:
@@ -185,8 +199,8 @@ def main() -> None:
           f"precision {precision_used(args.precision, device)}, capture {args.capture}, "
           f"median of {args.repeats} rounds after {args.warmup} untimed, {torch_line()}")
     print("| layout | 1x1 | clients | samples/client | sequential s/round | vectorized s/round | speedup | "
-          "CPU s seq / vec | CPU ratio | max abs diff | replayed steps |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "CPU s seq / vec | CPU ratio | max abs diff | replayed steps | peak GiB seq / vec |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
     default_format, default_pointwise = layers.grouped_memory_format, layers.pointwise_form
     try:
@@ -202,7 +216,8 @@ def main() -> None:
                       f"{row['sequential_s']:.3f} | {row['vectorized_s']:.3f} | {row['speedup']:.1f}x | "
                       f"{row['sequential_cpu_s']:.2f} / "
                       f"{row['vectorized_cpu_s']:.2f} | {row['cpu_ratio']:.1f}x | {row['max_abs_diff']:.1e} | "
-                      f"{row['replayed_steps']} |", flush=True)
+                      f"{row['replayed_steps']} | {gib(row['peak_gib_sequential'])} / "
+                      f"{gib(row['peak_gib_vectorized'])} |", flush=True)
     finally:
         layers.grouped_memory_format, layers.pointwise_form = default_format, default_pointwise
     if args.json:

@@ -9,7 +9,7 @@ back at most 8 files, so a call's parts write fewer):
     source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT tests steps resnet56   # one call (CALLS)
     source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT algorithms surface
     source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT steps_fedalign vectorized
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT hvp
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT hvp memory
     source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT conv
     python benchmarks/gpu_session.py --list                                                     # what each part runs
 
@@ -102,12 +102,20 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
                      "--repeats", "2"], 65)
                    for algorithm, hparams in (("fedalign", "{}"), ("stochdepth", "{}"), ("mixup", "{}"),
                                               ("moon", "{head: projection}"), ("gradaug", "{}"))],
+    # The device memory of fedalign.yaml's largest stack, 64 clients of batch 64 on its bottleneck ResNet56 (Table 4's
+    # C = 64 runs; client_chunk_size 0 stacks every sampled client): one step each, for the peak of a round (on a
+    # CPU, 561 MB of saved activations per client's full pass, about 35 GiB for 64).
+    "memory": [(f"memory_resnet56_{algorithm}",
+                [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model", "resnet56_bottleneck", "--norm",
+                 "batch", "--batch-size", "64", "--samples-per-client", "64", "--local-epochs", "1", "--alpha", "iid",
+                 "--clients", "64", "--algorithm", algorithm, "--repeats", "1", "--warmup", "0"], 35)
+               for algorithm in ("fedavg", "fedalign", "gradaug")],
 }
 # The parts as device calls, most wanted first: each call's limits add up to less than a call's 600 s, with room for
 # setup.sh. A session's 15 minutes of device time hold about two calls as they usually run (well under their limits).
 # The goals already met on a card come after what is new: surface evaluation fills the second call, resnet20's
 # vectorised rounds the third.
-CALLS = (("tests", "steps", "resnet56"), ("algorithms", "surface"), ("steps_fedalign", "vectorized"), ("hvp",),
+CALLS = (("tests", "steps", "resnet56"), ("algorithms", "surface"), ("steps_fedalign", "vectorized"), ("hvp", "memory"),
          ("conv",))
 CALL_SECONDS = 570
 CALL_FILES = 8  # what a device call brings back from $OUT: one file per command, so at most this many per call

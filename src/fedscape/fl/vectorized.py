@@ -469,7 +469,8 @@ class VectorizedTrainer:
         generator = client_generator(cfg.seed, round_, client_id)
         idx = self.indices_cpu[client_id]
         local = local_plan(cfg, len(idx), work, round_, generator)
-        # Each step's draws in the sequential order: its augmentation's, then the strategy's input mixing's.
+        # Each step's draws in the sequential order: its augmentation's, then the strategy's own (Mixup's mixing,
+        # Stochastic Depth's scales, GradAug's sub-networks: a strategy draws one of these).
         draws, mixes, scales, extra, scratch = [], [], [], [], {}
         for b in local.batches:
             if cfg.augment == "crop_flip":

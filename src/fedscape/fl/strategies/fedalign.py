@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedscape.fl.strategies.base import ClientContext, Strategy, stacked_gradients
+from fedscape.fl.strategies.base import ClientContext, Strategy, slimmed_stack_blocker, stacked_gradients
 from fedscape.models.loss import stacked_mean_loss
 
 
@@ -83,15 +83,11 @@ class FedAlign(Strategy):
     vectorized: ClassVar[bool] = True
 
     def stacked_blocker(self, model: nn.Module, stacked_forward: bool = True, optimizer: str = "sgd") -> str | None:
-        if not (stacked_forward and hasattr(model, "last_block_width_stacked")):
-            return (f"algorithm {self.name!r} slims the last block of each client, which only the ResNets' own "
-                    f"stacked forward does ({type(model).__name__}{'' if stacked_forward else ' under vmap'})")
         if self.config.width >= 1:
             return (f"algorithm {self.name!r} at width 1 runs the full last block twice a step, whose batch norms "
                     "move their running statistics twice (sequential client training only)")
-        if any(isinstance(m, nn.GroupNorm) for m in model.modules()):
-            return f"algorithm {self.name!r} slims group norm's groups, which has no stacked form"
-        return None
+        return slimmed_stack_blocker(self.name, model, stacked_forward, "last_block_width_stacked",
+                                     "slims the last block of each client")
 
     def local_gradients_vectorized(self, params: list[torch.Tensor],
                                    loss: Callable[[list[torch.Tensor]], torch.Tensor]

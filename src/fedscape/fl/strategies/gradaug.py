@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedscape.fl.strategies.base import ClientContext, Strategy, stacked_gradients
+from fedscape.fl.strategies.base import ClientContext, Strategy, slimmed_stack_blocker, stacked_gradients
 from fedscape.models.layers import StackedNorm
 from fedscape.models.loss import at_least_float32, stacked_mean_loss
 
@@ -57,16 +57,11 @@ class GradAug(Strategy):
     vectorized: ClassVar[bool] = True
 
     def stacked_blocker(self, model: nn.Module, stacked_forward: bool = True, optimizer: str = "sgd") -> str | None:
-        if not (stacked_forward and hasattr(model, "forward_widths_stacked")):
-            return (f"algorithm {self.name!r} runs each client's sub-networks at its own width, which only the "
-                    f"ResNets' own stacked forward does ({type(model).__name__}"
-                    f"{'' if stacked_forward else ' under vmap'})")
         if self.config.min_width >= 1:
             return (f"algorithm {self.name!r} at min_width 1 runs full-width sub-networks, whose batch norms move "
                     "their running statistics in every pass (sequential client training only)")
-        if any(isinstance(m, nn.GroupNorm) for m in model.modules()):
-            return f"algorithm {self.name!r} slims group norm's groups, which has no stacked form"
-        return None
+        return slimmed_stack_blocker(self.name, model, stacked_forward, "forward_widths_stacked",
+                                     "runs each client's sub-networks at its own width")
 
     def local_draws(self, n: int, generator: torch.Generator, scratch: dict[str, Any]) -> list[tuple[float, int]]:
         return gradaug_draws(self.config, generator)

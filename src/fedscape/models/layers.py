@@ -127,19 +127,20 @@ def sliced_norm(norm: nn.Module, x: Tensor, full_width: bool) -> Tensor:
     raise TypeError(f"cannot slice normalisation layer {type(norm).__name__}")
 
 
-def width_keep(widths: Sequence[float], k: int) -> Callable[[Tensor], Tensor]:
-    """K stacked sub-networks, client k's at ``widths[k]``, computed at full width: a function that zeroes, in a
-    layer's output h [B, K*C, H, W] (grouped layout), client k's channels from slim_channels(C, widths[k]) on, which
-    its sliced forward (`forward_width`) never computes. A kept channel then holds its sliced value (a cut input
-    channel adds 0 to it), and a cut one passes no gradient back. The masks are built once per channel count."""
-    masks: dict[tuple[int, torch.dtype, torch.device], Tensor] = {}
+def width_keep(widths: Sequence[float], k: int) -> Callable[[Tensor, int], Tensor]:
+    """K stacked sub-networks, client k's at ``widths[k]``, computed at a common width (the widest): a function
+    keep(h, channels) that zeroes, in the output h [B, K*C', H, W] (grouped layout) of a layer of ``channels``
+    channels sliced to its first C', client k's channels from slim_channels(channels, widths[k]) on, which its own
+    sliced forward (`forward_width`) never computes. A kept channel then holds its sliced value (a cut input channel
+    adds 0 to it), and a cut one passes no gradient back. The masks are built once per layer shape."""
+    masks: dict[tuple[int, int, torch.dtype, torch.device], Tensor] = {}
 
-    def keep(h: Tensor) -> Tensor:
+    def keep(h: Tensor, channels: int) -> Tensor:
         c = h.shape[1] // k
-        key = (c, h.dtype, h.device)
+        key = (channels, c, h.dtype, h.device)
         mask = masks.get(key)
         if mask is None:
-            kept = torch.tensor([slim_channels(c, w) for w in widths], device=h.device)
+            kept = torch.tensor([slim_channels(channels, w) for w in widths], device=h.device)
             mask = masks[key] = (torch.arange(c, device=h.device) < kept.unsqueeze(1)).to(h.dtype).view(1, k * c, 1, 1)
         return h * mask
 

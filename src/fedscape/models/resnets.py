@@ -92,13 +92,15 @@ def scaled_branch(r: Tensor, scale: Tensor | None, k: int) -> Tensor:
     return (r.to(dtype) * scale.to(dtype).repeat_interleave(r.shape[1] // k).view(1, -1, 1, 1)).to(r.dtype)
 
 
-Keep = Callable[[Tensor], Tensor] | None  # `width_keep`'s channel masks of stacked sub-networks (None: full width)
+# `width_keep`'s masks of stacked sub-networks of different widths: keep(h, channels) zeroes each client's channels of
+# h (a layer of `channels` channels, sliced) past its own width; None where the clients share one width.
+Keep = Callable[[Tensor, int], Tensor] | None
 
 
-def kept(keep: Keep, h: Tensor) -> Tensor:
-    """h with each stacked client's channels past its sub-network's width zeroed (`width_keep`); h where ``keep`` is
-    None."""
-    return h if keep is None else keep(h)
+def kept(keep: Keep, h: Tensor, channels: int) -> Tensor:
+    """h, a layer of ``channels`` channels, with each stacked client's channels past its own width zeroed (``keep``);
+    h itself where ``keep`` is None."""
+    return h if keep is None else keep(h, channels)
 
 
 class ResidualBlock(nn.Module):
@@ -119,11 +121,11 @@ class ResidualBlock(nn.Module):
         return F.relu(scale * self.residual_branch(x) + self.shortcut(x))
 
     def stacked_projection(self, params: Mapping[str, Tensor], prefix: str, h: Tensor, k: int,
-                           norm: StackedNorm | None, keep: Keep = None) -> Tensor:
+                           norm: StackedNorm | None) -> Tensor:
         """The 1x1-conv + norm shortcut of K stacked models on h in grouped layout."""
         conv, shortcut_norm = self.shortcut[0], self.shortcut[1]
-        return kept(keep, stacked_norm(shortcut_norm, params, f"{prefix}shortcut.1",
-                                       stacked_conv(conv, params, f"{prefix}shortcut.0", h, k), k, norm))
+        return stacked_norm(shortcut_norm, params, f"{prefix}shortcut.1",
+                            stacked_conv(conv, params, f"{prefix}shortcut.0", h, k), k, norm)
 
 
 class BasicBlock(ResidualBlock):
@@ -156,21 +158,19 @@ class BasicBlock(ResidualBlock):
         return self.norm2(self.conv2(F.relu(self.norm1(self.conv1(x)))))
 
     def forward_stacked(self, params: Mapping[str, Tensor], prefix: str, h: Tensor, k: int,
-                        norm: StackedNorm | None, scale: Tensor | None = None, keep: Keep = None) -> Tensor:
+                        norm: StackedNorm | None, scale: Tensor | None = None) -> Tensor:
         """The block of K stacked models on h in grouped layout [B, K*C, H, W] (``params[prefix + name]``); ``scale``
-        [K]: each client's residual branch scaled, as `forward_scaled` scales one model's (None: unscaled); ``keep``:
-        each client's sub-network at its own width (`width_keep`; None: full width)."""
+        [K]: each client's residual branch scaled, as `forward_scaled` scales one model's (None: unscaled)."""
         r = stacked_conv(self.conv1, params, f"{prefix}conv1", h, k)
-        r = F.relu(kept(keep, stacked_norm(self.norm1, params, f"{prefix}norm1", r, k, norm)))
-        r = kept(keep, stacked_norm(self.norm2, params, f"{prefix}norm2",
-                                    stacked_conv(self.conv2, params, f"{prefix}conv2", r, k), k, norm))
+        r = F.relu(stacked_norm(self.norm1, params, f"{prefix}norm1", r, k, norm))
+        r = stacked_norm(self.norm2, params, f"{prefix}norm2", stacked_conv(self.conv2, params, f"{prefix}conv2", r, k),
+                         k, norm)
         if isinstance(self.shortcut, nn.Identity):
             skip = h
         elif isinstance(self.shortcut, ZeroPadShortcut):
-            # as `forward_width`: the input's cut channels are zero, the padded output's past the width cut
-            skip = kept(keep, self.shortcut.forward_grouped(h, k))
+            skip = self.shortcut.forward_grouped(h, k)
         else:
-            skip = self.stacked_projection(params, prefix, h, k, norm, keep)
+            skip = self.stacked_projection(params, prefix, h, k, norm)
         return F.relu(scaled_branch(r, scale, k) + skip)
 
     def forward_width(self, x: Tensor, width: float) -> Tensor:
@@ -190,21 +190,24 @@ class BasicBlock(ResidualBlock):
         return F.relu(h + skip)
 
     def forward_width_stacked(self, params: Mapping[str, Tensor], prefix: str, h: Tensor, k: int, width: float,
-                              norm: StackedNorm | None) -> Tensor:
-        """`forward_width` below full width of K stacked models on h in grouped layout [B, K*C', H, W]."""
-        out_channels = slim_channels(self.conv1.out_channels, width)
+                              norm: StackedNorm | None, keep: Keep = None) -> Tensor:
+        """`forward_width` below full width of K stacked models on h in grouped layout [B, K*C', H, W]; ``keep``: each
+        client's narrower width within it (`width_keep`; None: every client at ``width``)."""
+        channels = self.conv1.out_channels
+        out_channels = slim_channels(channels, width)
         r = sliced_stacked_conv(self.conv1, params, f"{prefix}conv1", h, k, out_channels)
-        r = F.relu(sliced_stacked_norm(self.norm1, params, f"{prefix}norm1", r, k, norm))
+        r = F.relu(kept(keep, sliced_stacked_norm(self.norm1, params, f"{prefix}norm1", r, k, norm), channels))
         r = sliced_stacked_conv(self.conv2, params, f"{prefix}conv2", r, k, out_channels)
-        r = sliced_stacked_norm(self.norm2, params, f"{prefix}norm2", r, k, norm)
+        r = kept(keep, sliced_stacked_norm(self.norm2, params, f"{prefix}norm2", r, k, norm), channels)
         if isinstance(self.shortcut, nn.Identity):
             skip = h
         elif isinstance(self.shortcut, ZeroPadShortcut):
-            skip = self.shortcut.forward_grouped_width(h, k, self.conv1.in_channels, out_channels)
+            # a narrower client's padded input reaches past its own width below width 0.5: cut as `forward_width` does
+            skip = kept(keep, self.shortcut.forward_grouped_width(h, k, self.conv1.in_channels, out_channels), channels)
         else:
-            skip = sliced_stacked_norm(self.shortcut[1], params, f"{prefix}shortcut.1",
-                                       sliced_stacked_conv(self.shortcut[0], params, f"{prefix}shortcut.0", h, k,
-                                                           out_channels), k, norm)
+            skip = kept(keep, sliced_stacked_norm(self.shortcut[1], params, f"{prefix}shortcut.1",
+                                                  sliced_stacked_conv(self.shortcut[0], params, f"{prefix}shortcut.0",
+                                                                      h, k, out_channels), k, norm), channels)
         return F.relu(r + skip)
 
 
@@ -238,18 +241,16 @@ class Bottleneck(ResidualBlock):
         return self.norm3(self.conv3(h))
 
     def forward_stacked(self, params: Mapping[str, Tensor], prefix: str, h: Tensor, k: int,
-                        norm: StackedNorm | None, scale: Tensor | None = None, keep: Keep = None) -> Tensor:
+                        norm: StackedNorm | None, scale: Tensor | None = None) -> Tensor:
         """The block of K stacked models on h in grouped layout [B, K*C, H, W] (``params[prefix + name]``); ``scale``
-        [K]: each client's residual branch scaled, as `forward_scaled` scales one model's (None: unscaled); ``keep``:
-        each client's sub-network at its own width (`width_keep`; None: full width)."""
+        [K]: each client's residual branch scaled, as `forward_scaled` scales one model's (None: unscaled)."""
         r = h
         for i, (conv, layer) in enumerate(((self.conv1, self.norm1), (self.conv2, self.norm2),
                                            (self.conv3, self.norm3)), start=1):
-            r = kept(keep, stacked_norm(layer, params, f"{prefix}norm{i}",
-                                        stacked_conv(conv, params, f"{prefix}conv{i}", r, k), k, norm))
+            r = stacked_norm(layer, params, f"{prefix}norm{i}", stacked_conv(conv, params, f"{prefix}conv{i}", r, k),
+                             k, norm)
             r = F.relu(r) if i < 3 else r
-        skip = h if isinstance(self.shortcut, nn.Identity) else self.stacked_projection(params, prefix, h, k, norm,
-                                                                                         keep)
+        skip = h if isinstance(self.shortcut, nn.Identity) else self.stacked_projection(params, prefix, h, k, norm)
         return F.relu(scaled_branch(r, scale, k) + skip)
 
     def forward_width(self, x: Tensor, width: float) -> Tensor:
@@ -269,22 +270,24 @@ class Bottleneck(ResidualBlock):
         return F.relu(h + skip)
 
     def forward_width_stacked(self, params: Mapping[str, Tensor], prefix: str, h: Tensor, k: int, width: float,
-                              norm: StackedNorm | None) -> Tensor:
-        """`forward_width` below full width of K stacked models on h in grouped layout [B, K*C', H, W]."""
+                              norm: StackedNorm | None, keep: Keep = None) -> Tensor:
+        """`forward_width` below full width of K stacked models on h in grouped layout [B, K*C', H, W]; ``keep``: each
+        client's narrower width within it (`width_keep`; None: every client at ``width``)."""
         inner = slim_channels(self.conv1.out_channels, width)
         out_channels = slim_channels(self.out_channels, width)
         r = h
         for i, (conv, layer, out) in enumerate(((self.conv1, self.norm1, inner), (self.conv2, self.norm2, inner),
                                                 (self.conv3, self.norm3, out_channels)), start=1):
-            r = sliced_stacked_norm(layer, params, f"{prefix}norm{i}",
-                                    sliced_stacked_conv(conv, params, f"{prefix}conv{i}", r, k, out), k, norm)
+            r = kept(keep, sliced_stacked_norm(layer, params, f"{prefix}norm{i}",
+                                               sliced_stacked_conv(conv, params, f"{prefix}conv{i}", r, k, out), k,
+                                               norm), conv.out_channels)
             r = F.relu(r) if i < 3 else r
         if isinstance(self.shortcut, nn.Identity):
             skip = h
         else:
-            skip = sliced_stacked_norm(self.shortcut[1], params, f"{prefix}shortcut.1",
-                                       sliced_stacked_conv(self.shortcut[0], params, f"{prefix}shortcut.0", h, k,
-                                                           out_channels), k, norm)
+            skip = kept(keep, sliced_stacked_norm(self.shortcut[1], params, f"{prefix}shortcut.1",
+                                                  sliced_stacked_conv(self.shortcut[0], params, f"{prefix}shortcut.0",
+                                                                      h, k, out_channels), k, norm), self.out_channels)
         return F.relu(r + skip)
 
 
@@ -383,9 +386,10 @@ class ResNet(ImageClassifier):
     def forward_widths_stacked(self, params: Mapping[str, Tensor], x: Tensor, widths: Sequence[float],
                                norm: StackedNorm | None = None) -> Tensor:
         """`forward_width` of K stacked models in training, client k's sub-network at ``widths[k]`` (below 1): logits
-        [K, B, classes]. Computed at full width with each client's channels past its width held at 0 (`width_keep`),
-        so that the clients' widths may differ (GradAug); its batch norms over each client's real rows (``norm.mask``)
-        from batch statistics, updating nothing, as the sliced ones."""
+        [K, B, classes], so that the clients' widths may differ (GradAug). Every layer is sliced to the widest client's
+        channels and each narrower client's channels past its own width are held at 0 (`width_keep`): a kept channel
+        holds its sliced value (a cut input channel adds 0 to it), a cut one passes no gradient back. Its batch norms
+        take each client's real rows (``norm.mask``), from batch statistics, updating nothing, as the sliced ones."""
         if any(not 0 < w < 1 for w in widths):
             raise ValueError(f"forward_widths_stacked runs sub-networks: every width must be in (0, 1), got {widths}")
         if norm is not None and norm.running is not None:
@@ -393,8 +397,20 @@ class ResNet(ImageClassifier):
         k = x.shape[0]
         if len(widths) != k:
             raise ValueError(f"{len(widths)} widths for {k} stacked models")
-        _, h = self._stacked_trunk(params, x, norm, None, width_keep(widths, k))
-        return stacked_linear(ungrouped_flat(self.pool(h), k), params["classifier.weight"], params["classifier.bias"])
+        width = max(widths)
+        keep = None if min(widths) == width else width_keep(widths, k)
+        channels = self.stem.out_channels
+        h = sliced_stacked_conv(self.stem, params, "stem", grouped_layout(x), k, slim_channels(channels, width))
+        h = F.relu(kept(keep, sliced_stacked_norm(self.stem_norm, params, "stem_norm", h, k, norm), channels))
+        h = self.stem_pool(h)
+        for i, block in enumerate(self.blocks):
+            if not isinstance(block, BasicBlock | Bottleneck):
+                raise TypeError(f"ResNet.forward_widths_stacked has no grouped form of {type(block).__name__} "
+                                f"(blocks.{i})")
+            h = block.forward_width_stacked(params, f"blocks.{i}.", h, k, width, norm, keep)
+        features = ungrouped_flat(self.pool(h), k)  # [K, B, C']: the classifier reads its first C' inputs
+        return stacked_linear(features, params["classifier.weight"][:, :, : features.shape[-1]],
+                              params["classifier.bias"])
 
     def forward_stacked_last_block(self, params: Mapping[str, Tensor], x: Tensor, norm: StackedNorm | None = None
                                    ) -> tuple[Tensor, Tensor, Tensor]:
@@ -410,20 +426,18 @@ class ResNet(ImageClassifier):
         return h_in, h, logits
 
     def _stacked_trunk(self, params: Mapping[str, Tensor], x: Tensor, norm: StackedNorm | None,
-                       scales: Tensor | None, keep: Keep = None) -> tuple[Tensor, Tensor]:
-        """(the last stage's input, the last block's output) of K stacked models, in grouped layout; ``keep``: their
-        sub-networks' widths (`width_keep`)."""
+                       scales: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(the last stage's input, the last block's output) of K stacked models, in grouped layout."""
         k, start = x.shape[0], self.last_stage_start
         h = stacked_conv(self.stem, params, "stem", grouped_layout(x), k)
-        h = self.stem_pool(F.relu(kept(keep, stacked_norm(self.stem_norm, params, "stem_norm", h, k, norm))))
+        h = self.stem_pool(F.relu(stacked_norm(self.stem_norm, params, "stem_norm", h, k, norm)))
         h_in = h
         for i, block in enumerate(self.blocks):
             if not isinstance(block, BasicBlock | Bottleneck):  # a wrapped block (Stochastic Depth) has no stacked form
                 raise TypeError(f"ResNet.forward_stacked has no grouped form of {type(block).__name__} (blocks.{i})")
             if i == start:
                 h_in = h
-            h = block.forward_stacked(params, f"blocks.{i}.", h, k, norm, None if scales is None else scales[:, i],
-                                      keep)
+            h = block.forward_stacked(params, f"blocks.{i}.", h, k, norm, None if scales is None else scales[:, i])
         return h_in, h
 
     @property

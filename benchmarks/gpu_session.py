@@ -93,8 +93,8 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
                                          "--eigen", "0", "--device", "cuda"], 120)],
     # FedAlign and its baselines vectorised on its bottleneck ResNet56 (batch 64, 16 clients, MOON on its projection
     # head, as in fedalign.yaml): their stacked rounds against one client after another. GradAug's stacked step
-    # computes its sub-networks at full width (each client's cut channels held at 0) and is never captured: whether
-    # it beats one client after another at this compute-bound size is what its line measures.
+    # runs each sub-network pass at its widest client's width (narrower clients' cut channels held at 0), and is never
+    # captured: whether it beats one client after another at this compute-bound size is what its line measures.
     "algorithms": [(f"vectorized_resnet56_{algorithm}",
                     [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model", "resnet56_bottleneck",
                      "--norm", "batch", "--batch-size", "64", "--samples-per-client", "640", "--local-epochs", "1",

@@ -50,11 +50,11 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
   leaves them (torch's SGD skips a parameter whose .grad is None); AdamW, which also counts each parameter's steps,
   keeps such clients sequential;
 - GradAug (Yang et al. 2020) runs the full pass of every stacked client, then each sub-network pass over the
-  clients that drew the same input size, every client at its own width (`ResNet.forward_widths_stacked`: full-width
-  layers whose channels past the client's width are held at 0, so that a kept channel holds its sliced value and a
-  cut one passes no gradient back; batch norms from each client's real rows, updating nothing), its KL term over
-  the real rows, each pass back-propagated in turn; its widths and scales are drawn as sequentially
-  (`Strategy.local_draws`), and such a step is never replayed from a graph;
+  clients that drew the same input size, every client at its own width (`ResNet.forward_widths_stacked`: layers
+  sliced to the widest client's channels, each narrower client's past its own width held at 0, so that a kept
+  channel holds its sliced value and a cut one passes no gradient back; batch norms from each client's real rows,
+  updating nothing), its KL term over the real rows, each pass back-propagated in turn; its widths and scales are
+  drawn as sequentially (`Strategy.local_draws`), and such a step is never replayed from a graph;
 - FedAlign (Mendieta et al. 2022) runs the model its own way on the step's batches (`loss.batch`, a `StackedBatch`):
   the full pass with the last stage's input and output, the last stage slimmed on that input (its batch norms over
   each client's real rows from batch statistics, updating nothing), each client's Lipschitz estimates over its real

@@ -591,8 +591,9 @@ class VectorizedTrainer:
                     keys[t], inputs, lambda static, t=t: lambda: self._step(st, t, padded[t], step_lr[t], *static),
                     st.tensors()):
                 continue
-            # The strategy's own draws (host values; a strategy drawing them never replays a graph: `_graphs`)
-            draws = [p.extra[t] if p.extra else None for p in plans[:k]] if plans[0].extra is not None else None
+            # The strategy's own draws (host values; a strategy drawing them never replays a graph: `_graphs`). The
+            # step's active clients have a step t, so each holds its draws where the strategy draws any.
+            draws = [p.extra[t] for p in plans[:k]] if plans[0].extra is not None else None
             self._step(st, t, padded[t], step_lr[t], *inputs, draws=draws)
 
         flat = torch.cat([s.reshape(k0, -1) for s in st.stacked], dim=1)

@@ -572,7 +572,9 @@ def test_a_float64_model_under_a_float32_default_gets_float64_learning_rates(mon
                                                     ("stochdepth", {}), ("mixup", {}), ("fedprox", {}),
                                                     ("moon", {"head": "projection"}), ("moon", {}),
                                                     ("moon", {"head": "projection", "reference_mode": "eval"}),
-                                                    ("gradaug", {}), ("gradaug", {"min_width": 1.0})])
+                                                    ("gradaug", {}), ("gradaug", {"min_width": 1.0}),
+                                                    ("gradaug", {"min_width": 1 - 1e-10}),
+                                                    ("gradaug", {"min_width": 1 - 1e-8})])
 @pytest.mark.parametrize(("model", "options"), [("cnn_small", {}), ("resnet20", {"norm": "batch"}),
                                                 ("resnet20", {"norm": "group"}), ("resnet20", {"norm": "none"}),
                                                 ("resnet18", {}), ("resnet56_bottleneck", {})])

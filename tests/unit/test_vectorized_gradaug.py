@@ -257,6 +257,26 @@ def test_what_vectorised_gradaug_needs():
         VectorizedTrainer(small_resnet(norm="none"), shard_data(SIZES), gradaug, TrainConfig(), stacked_forward=False)
 
 
+@pytest.mark.parametrize(("min_width", "full"), [(0.5, False), (1 - 1e-8, False), (1 - 1e-10, True), (1.0, True)])
+def test_a_min_width_that_can_draw_the_full_network_keeps_the_clients_sequential(min_width, full):
+    # Prepare: the largest value torch.rand draws
+    from fedscape.fl.hparams.gradaug import LARGEST_UNIFORM
+
+    largest = torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)).item()
+    gradaug = make_strategy("gradaug", {"min_width": min_width, "num_subnets": 2})
+
+    # Execute: the width that value gives, and a step's draws
+    widths = [w for w, _ in gradaug_draws(gradaug.config, torch.Generator().manual_seed(0))]
+    widest = gradaug.config.width_at(largest)
+
+    # Assert: width exactly 1.0 (the full network, whose batch norms move their statistics) only where the blocker
+    # keeps the clients sequential; every other draw stays below 1
+    assert LARGEST_UNIFORM == largest
+    assert (widest == 1.0) == full == gradaug.config.draws_full_width()
+    assert (vectorization_blocker(small_resnet(), gradaug) is not None) == full
+    assert all(min_width <= w <= widest for w in widths)
+
+
 def test_its_steps_are_never_replayed_from_graphs():
     # Prepare: a graph maker that fails the test if asked for a graph
     def refuse(step):

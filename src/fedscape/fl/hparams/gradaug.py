@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
 from fedscape.models.specs import MODEL_INFOS, model_norm
 
+# The largest value torch.rand draws: the largest float32 below 1. A sub-network's width is min_width + u (1 -
+# min_width) for such a u (`GradAugConfig.width_at`), so a min_width within about 2e-9 of 1 can draw exactly 1.0.
+LARGEST_UNIFORM = 1 - 2**-24
+
 
 @dataclass(frozen=True)
 class GradAugConfig(ServerSGDConfig):
@@ -25,12 +29,22 @@ class GradAugConfig(ServerSGDConfig):
         if not self.scales or any(not 0 < s <= 1 for s in self.scales):
             raise ValueError(f"scales must be a non-empty list of fractions in (0, 1], got {list(self.scales)}")
 
+    def width_at(self, u: float) -> float:
+        """The width of a sub-network drawn at u in [0, 1): uniform in [min_width, 1] (Yang et al. 2020)."""
+        return self.min_width + u * (1 - self.min_width)
+
+    def draws_full_width(self) -> bool:
+        """Whether a drawn sub-network can be the full network (width exactly 1.0, whose batch norms move their
+        running statistics): at min_width 1, and where the widest draw rounds to 1.0."""
+        return self.width_at(LARGEST_UNIFORM) >= 1
+
     def stacked_problem(self, model: str, model_options: dict, training: dict) -> str | None:
         info = MODEL_INFOS.get(model)
         if info is None or not info.residual:  # the ResNets, whose forward_widths_stacked runs per-client widths
             return f"each client's sub-networks at its own width, which only the ResNets stack (not {model})"
-        if self.min_width >= 1:
-            return "a min_width below 1 (at 1 every sub-network is the full network, moving its running statistics)"
+        if self.draws_full_width():
+            return (f"sub-networks below full width (min_width {self.min_width} can draw width 1.0, the full "
+                    "network, which moves its running statistics)")
         if model_norm(model, model_options) == "group":
             return f"batch norm or none in {model} (group norm's groups cut at a width have no stacked form)"
         return None

@@ -20,7 +20,7 @@ def gradaug_draws(config: Any, generator: torch.Generator) -> list[tuple[float, 
     One home for the order both training paths draw in."""
     c = config
     draws = torch.rand(c.num_subnets - 1, generator=generator).tolist()
-    widths = sorted([c.min_width] + [c.min_width + u * (1 - c.min_width) for u in draws], reverse=True)
+    widths = sorted([c.min_width] + [c.width_at(u) for u in draws], reverse=True)
     return [(width, int(torch.randint(len(c.scales), (), generator=generator))) for width in widths]
 
 
@@ -57,9 +57,9 @@ class GradAug(Strategy):
     vectorized: ClassVar[bool] = True
 
     def stacked_blocker(self, model: nn.Module, stacked_forward: bool = True, optimizer: str = "sgd") -> str | None:
-        if self.config.min_width >= 1:
-            return (f"algorithm {self.name!r} at min_width 1 runs full-width sub-networks, whose batch norms move "
-                    "their running statistics in every pass (sequential client training only)")
+        if self.config.draws_full_width():
+            return (f"algorithm {self.name!r} at min_width {self.config.min_width} can draw full-width sub-networks, "
+                    "whose batch norms move their running statistics (sequential client training only)")
         return slimmed_stack_blocker(self.name, model, stacked_forward, "forward_widths_stacked",
                                      "runs each client's sub-networks at its own width")
 

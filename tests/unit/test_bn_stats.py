@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -526,6 +527,8 @@ def test_stages_of_a_batch_norm_model_evaluate_and_record_recomputed_statistics(
                      "save_clients_at": [1], "device": "cpu"},
         "interpolation": {"points": 3, "pairs": {"p": {"a": plain, "round_a": 1, "b": plain}}},
         "layer_barriers": {"modes": ["single"], "pairs": {"q": {"run": plain, "clients": [0, 1]}}},
+        "landscapes": {"s": {"kind": "trajectory", "runs": [plain], "resolution": 3, "span": 1.0,
+                             "data": ["train", "test"], "bn_stats": "recomputed"}},
         "client_stats": {"enabled": False}}, SCHEMA)
     runs = {r.algorithm: r for r in build_runs(config)}
     partition, init = tmp_path / "partition.npz", tmp_path / "init.pt"
@@ -563,3 +566,163 @@ def test_stages_of_a_batch_norm_model_evaluate_and_record_recomputed_statistics(
     metrics = pd.read_csv(files["swa"]["metrics"])
     assert set(metrics["swa_bn_stats"]) == {"recomputed"} and traj.meta["swa"]["bn_stats"] == "recomputed"
     assert "swa_bn_stats" not in pd.read_csv(files["fedavg"]["metrics"]).columns
+
+    # a surface's centre (the final model, the middle of a 3 x 3 grid over [-1, 1]^2) is that model with statistics
+    # recomputed from the training data, on the training data and on the test set; surfaces.csv says so
+    from fedscape.analysis.landscape.gather import landscape_gather_job, surfaces_table_job
+    from fedscape.analysis.landscape.stage import landscape_chunk_job, landscape_plane_job
+    from fedscape.plan.landscape import chunk_settings, landscape_plans, plane_settings, surface_settings
+
+    (plan,) = landscape_plans(config, list(runs.values()))
+    plane = {k: str(tmp_path / f"plane.{k}") for k in ("plane", "points", "grid")}
+    landscape_plane_job(plane_settings(config, plan), [str(files["fedavg"]["trajectory"])], None, None, plane)
+    surfaces = []
+    for name in plan.data:
+        chunk, surface = tmp_path / f"{name}.chunk.npz", tmp_path / f"{name}.surface.npz"
+        landscape_chunk_job(chunk_settings(config, plan, name, 0), plane["plane"], plane["grid"], str(partition),
+                            str(chunk))
+        landscape_gather_job(surface_settings(config, plan, name), [str(chunk)], plane["plane"], plane["grid"],
+                             plane["points"], str(surface))
+        surfaces.append(str(surface))
+    surfaces_table_job(surfaces, tmp_path / "surfaces.csv")
+    final = load_trajectory(files["fedavg"]["trajectory"])
+    model = final.model_at(final.final_round)
+    recompute_bn_stats(model, data.union()[0])
+    for name, (x, y) in (("train", data.union()), ("test", (data.x_test, data.y_test))):
+        centre = np.load(tmp_path / f"{name}.surface.npz")["loss"][1, 1]
+        assert centre == pytest.approx(evaluate(model, x, y).loss, rel=1e-6)
+    assert list(pd.read_csv(tmp_path / "surfaces.csv")["bn_stats"]) == ["recomputed"] * 2
+    # a surface that wants the centre's statistics refuses those chunks
+    stored_surface = {k: v for k, v in surface_settings(config, plan, "test").items() if k != "bn_stats"}
+    with pytest.raises(RuntimeError, match=r"evaluated with batch-norm statistics 'recomputed', the surface wants "
+                                           r"'stored'"):
+        landscape_gather_job(stored_surface, [str(tmp_path / "test.chunk.npz")], plane["plane"], plane["grid"],
+                             plane["points"], str(tmp_path / "other.npz"))
+
+
+# -- loss surfaces --------------------------------------------------------------------------------------------
+def surface_losses(model: nn.Module, plane, x, y, coords, bn_x=None, **settings) -> np.ndarray:
+    from fedscape.analysis.landscape.surface import SurfaceEvaluator, SurfaceSettings
+
+    evaluator = SurfaceEvaluator(model, plane, x, y, "cpu", SurfaceSettings(**settings), bn_x=bn_x)
+    return evaluator.evaluate(np.asarray(coords, dtype=np.float64))[0]
+
+
+def shifted_plane(model: nn.Module):
+    """A plane through `model` whose d1 scales its first convolution by 10 at a = 1 (batch norm undoes the scale
+    where the statistics are recomputed) and whose d2 is a random direction."""
+    from fedscape.analysis.landscape.planes import Plane
+
+    centre = flatten_params(model)
+    d1 = torch.zeros_like(centre)
+    first = model.features[0]
+    n = first.weight.numel() + first.bias.numel()  # its weight and bias lead the flat order
+    d1[:n] = 9 * centre[:n]
+    d2 = 0.05 * torch.randn(centre.shape, generator=torch.Generator().manual_seed(0), dtype=centre.dtype)
+    return Plane(centre, flatten_buffers(model), d1, d2, kind="random")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_surface_point_with_recomputed_statistics_is_that_models_barrier_point(float64_default, channels_last):
+    # Prepare: a fitted batch-norm CNN and a plane through it
+    splits = digits_like()
+    model = fitted_bn_cnn(splits)
+    x = splits["train"][0]
+    xt, yt = splits["test"]  # the surface's data: a loss far from 0, which the evaluator's float32 loss resolves
+    plane = shifted_plane(model)
+    coords = [(0.0, 0.0), (1.0, 0.0), (0.3, -0.6)]
+
+    # Execute: statistics from the training inputs whatever the surface evaluates
+    recomputed = surface_losses(bn_cnn(7), plane, xt, yt, coords, bn_x=x, channels_last=channels_last)
+    stored = surface_losses(bn_cnn(7), plane, xt, yt, coords, channels_last=channels_last)
+
+    # Assert: each point as the barriers evaluate it with recomputed statistics (the same sample, the same passes)
+    from fedscape.analysis.barriers.maths import evaluate_point
+
+    for (a, b), loss in zip(coords, recomputed, strict=True):
+        point = Point(plane.center.double() + a * plane.d1.double() + b * plane.d2.double(), plane.center_buffers)
+        expected = evaluate_point(bn_cnn(7), point, {"test": (xt, yt)}, bn_x=x)["test"].loss
+        assert loss == pytest.approx(expected, rel=1e-6)
+    # the centre carries its own recomputed statistics: both agree there; at a = 1 (the first convolution x 10)
+    # only the recomputed statistics see the centre's function, the centre's make up another loss
+    assert recomputed[0] == pytest.approx(stored[0], rel=1e-6)
+    assert recomputed[1] == pytest.approx(recomputed[0], rel=1e-3)
+    assert abs(stored[1] - recomputed[1]) > 0.5
+
+
+def test_recomputing_at_grid_points_of_a_model_without_batch_norm_changes_nothing():
+    # Prepare
+    from fedscape.analysis.landscape.planes import random_plane
+
+    torch.manual_seed(0)
+    model = build_model("cnn_small", num_classes=10, in_channels=1, image_size=8).eval()
+    x, y = digits_like()["train"]
+    plane = random_plane(flatten_params(model), flatten_buffers(model), [tuple(p.shape) for p in model.parameters()],
+                         seed=1)
+    coords = [(0.0, 0.0), (0.5, -0.5)]
+
+    # Execute
+    stored = surface_losses(copy.deepcopy(model), plane, x, y, coords, points_per_batch=2)
+    recomputed = surface_losses(copy.deepcopy(model), plane, x, y, coords, bn_x=x, points_per_batch=2)
+
+    # Assert: bit for bit, and a batched pass is accepted (there are no statistics to hold)
+    assert np.array_equal(stored, recomputed)
+
+
+def test_recomputed_statistics_refuse_a_batched_pass_of_several_grid_points():
+    from fedscape.analysis.landscape.surface import SurfaceEvaluator, SurfaceSettings
+
+    model = bn_cnn()
+    x, y = digits_like()["train"]
+
+    with pytest.raises(ValueError, match="need points_per_batch 1, got 3"):
+        SurfaceEvaluator(model, shifted_plane(model), x, y, "cpu", SurfaceSettings(points_per_batch=3), bn_x=x)
+
+
+LANDSCAPE = {"kind": "trajectory", "runs": [IID], "resolution": 3, "data": ["train", "test"]}
+
+
+def landscape_jobs(config: dict) -> tuple[list[dict], list[dict], list[dict]]:
+    """The chunk settings, chunk inputs and gather settings of every surface of the config's one landscape."""
+    from fedscape.core.runs import build_runs
+    from fedscape.plan.landscape import chunk_inputs, chunk_settings, landscape_plans, surface_settings
+
+    config = check_config(config, SCHEMA)
+    (plan,) = landscape_plans(config, build_runs(config))
+    return ([chunk_settings(config, plan, d, 0) for d in plan.data], [chunk_inputs(config, plan, d) for d in plan.data],
+            [surface_settings(config, plan, d) for d in plan.data])
+
+
+@pytest.mark.parametrize(("model_options", "spec", "expected"), [
+    (None, {}, None),
+    (None, {"bn_stats": "recomputed"}, None),  # no batch norm: no rerun of its finished surfaces
+    ({"cnn_small": {"norm": "batch"}}, {}, None),  # the default `stored`: the baseline, every older surface's
+    ({"cnn_small": {"norm": "batch"}}, {"bn_stats": "stored"}, None),
+    ({"cnn_small": {"norm": "batch"}}, {"bn_stats": "recomputed"}, "recomputed"),
+])
+def test_surface_bn_stats_enters_the_settings_of_batch_norm_models_only(model_options, spec, expected):
+    # Execute
+    chunks, inputs, gathers = landscape_jobs(tiny(model_options, landscapes={"s": {**LANDSCAPE, **spec}}))
+
+    # Assert: the chunk and gather jobs agree; a test surface reads the partition only to recompute from it
+    assert [c.get("bn_stats") for c in chunks] == [g.get("bn_stats") for g in gathers] == [expected] * 2
+    assert [("partition" in i) for i in inputs] == [True, expected is not None]
+
+
+@pytest.mark.parametrize(("model_options", "fails"), [({"cnn_small": {"norm": "batch"}}, True), (None, False)])
+def test_recomputed_surface_statistics_with_a_batched_pass_are_refused_before_work_starts(model_options, fails):
+    config = tiny(model_options, landscapes={"s": {**LANDSCAPE, "bn_stats": "recomputed", "points_per_batch": 4}})
+
+    if fails:
+        with pytest.raises(ConfigError, match=r"landscapes\.s\.points_per_batch: bn_stats recomputed .* set "
+                                              r"points_per_batch: 1, or bn_stats: stored"):
+            check_config(config, SCHEMA)
+    else:
+        landscape_jobs(config)
+
+
+def test_bad_surface_bn_stats_is_refused_with_the_valid_values():
+    config = tiny(landscapes={"s": {**LANDSCAPE, "bn_stats": "recompute"}})
+
+    with pytest.raises(ConfigError, match=r"landscapes\.s\.bn_stats.*recomputed"):
+        check_config(config, SCHEMA)

@@ -67,7 +67,7 @@ def test_the_declared_defaults_are_the_baselines_of_the_first_results():
         "direction_seed": None, "direction_samples": None, "direction_moves": "both"}
     assert MODES == ("single", "shallow", "deep")
     assert declared_defaults(LandscapePlaneJob) == {"plane_file": None}
-    assert declared_defaults(LandscapeChunkJob) == {"precision": "fp32"}
+    assert declared_defaults(LandscapeChunkJob) == {"precision": "fp32", "bn_stats": "stored"}
 
 
 def _layer_job(**changes) -> LayerBarriersJob:

@@ -573,6 +573,26 @@ def test_figure_with_divergent_cells_is_drawn_and_its_data_saved_beside_it(tmp_p
     assert len(pd.read_csv(tmp_path / "points.csv")) == 3
 
 
+@pytest.mark.parametrize(("bn_stats", "said"), [(None, False), ("stored", False), ("recomputed", True)])
+def test_a_surface_with_recomputed_batch_norm_statistics_says_so_in_its_title(tmp_path, monkeypatch, bn_stats, said):
+    # Prepare: the figure as drawn, before it is written
+    import fedscape.analysis.landscape.figures as figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "write_formats", lambda fig, *args, **kwargs: drawn.append(fig))
+    surface = _fake_surface()
+    if bn_stats is not None:
+        surface["meta"]["bn_stats"] = bn_stats
+
+    # Execute
+    plot_surface(surface, tmp_path / "s.pdf", tmp_path / "s.png", levels=12)
+
+    # Assert
+    title = drawn[0].axes[0].get_title()
+    assert title.startswith("s/train (trajectory)")
+    assert ("BN statistics recomputed at each point" in title) == said
+
+
 @pytest.mark.parametrize(("client", "warned"), [(0, False), (3, True)])  # the fake round's client is 0
 def test_a_local_scope_warns_when_the_highlighted_client_did_not_train_that_round(tmp_path, caplog, client, warned):
     caplog.set_level(logging.WARNING, logger="fedscape.landscape")

@@ -37,17 +37,38 @@ def bn_sample(n: int, samples: int = BN_STATS_SAMPLES, seed: int = BN_STATS_SEED
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:samples]
 
 
+def bn_sample_inputs(x: torch.Tensor, samples: int = BN_STATS_SAMPLES, seed: int = BN_STATS_SEED) -> torch.Tensor:
+    """The inputs the statistics are recomputed from, in the order of the passes: `x[bn_sample(len(x), ...)]`, on
+    `x`'s device. A caller that recomputes at many points (a loss surface) draws them once and keeps them on its
+    device, where `recompute_bn_stats` would gather them from `x` at every point."""
+    return x[bn_sample(len(x), samples, seed).to(x.device)]
+
+
 @torch.no_grad()
 def recompute_bn_stats(model: nn.Module, x: torch.Tensor, samples: int = BN_STATS_SAMPLES,
                        batch_size: int = BN_STATS_BATCH_SIZE, seed: int = BN_STATS_SEED) -> bool:
     """Recompute the running statistics of every batch norm of `model` from the inputs `x` (the training data the
     analysis evaluates on); return whether the model has any (a model without batch norm is left untouched).
 
-    The statistics are reset, then the sample `bn_sample(len(x), samples, seed)` goes through the model in train
-    mode, `batch_size` samples per forward pass, without gradients, and each batch norm keeps the cumulative average
-    of the batches' means and unbiased variances (momentum None: Izmailov et al. 2018's `bn_update`, torch's
-    `update_bn`). The cumulative average is set as a momentum of 1/k at the k-th batch, which does not need the
-    batch counter that fedscape's batch norms drop. The model's train/eval mode and every momentum are restored.
+    The sample `bn_sample(len(x), samples, seed)` goes through the model as `refresh_bn_stats` describes.
+    """
+    if not batch_norms(model):
+        return False
+    order = bn_sample(len(x), samples, seed)
+    return refresh_bn_stats(model, x, batch_size, order)
+
+
+@torch.no_grad()
+def refresh_bn_stats(model: nn.Module, sample: torch.Tensor, batch_size: int = BN_STATS_BATCH_SIZE,
+                     order: torch.Tensor | None = None) -> bool:
+    """Reset the running statistics of every batch norm of `model`, then pass `sample` (its rows `order`, else all
+    of them in turn; `bn_sample_inputs` draws them) through the model in train mode, `batch_size` rows per forward
+    pass, without gradients; return whether the model has any batch norm.
+
+    Each batch norm keeps the cumulative average of the batches' means and unbiased variances (momentum None:
+    Izmailov et al. 2018's `bn_update`, torch's `update_bn`). The cumulative average is set as a momentum of 1/k at
+    the k-th batch, which does not need the batch counter that fedscape's batch norms drop. The model's train/eval
+    mode and every momentum are restored.
     """
     norms = batch_norms(model)
     if not norms:
@@ -55,17 +76,21 @@ def recompute_bn_stats(model: nn.Module, x: torch.Tensor, samples: int = BN_STAT
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = next(model.parameters()).device
-    order = bn_sample(len(x), samples, seed)
+    rows = len(sample) if order is None else len(order)
+    if rows < 1:
+        raise ValueError("need at least one sample to recompute batch-norm statistics from")
     momenta = [m.momentum for m in norms]
     was_training = model.training
     for m in norms:
         m.reset_running_stats()
     model.train()
     try:
-        for k, start in enumerate(range(0, len(order), batch_size), start=1):
+        for k, start in enumerate(range(0, rows, batch_size), start=1):
             for m in norms:
                 m.momentum = 1.0 / k  # running <- (1 - 1/k) running + batch / k: the mean of the k batches
-            model(x[order[start:start + batch_size].to(x.device)].to(device, non_blocking=True))
+            batch = (sample[start:start + batch_size] if order is None
+                     else sample[order[start:start + batch_size].to(sample.device)])
+            model(batch.to(device, non_blocking=True))
     finally:
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum

@@ -36,9 +36,10 @@ from fedscape.core.paths import (
 from fedscape.core.runs import Run, resolve_run
 from fedscape.data.specs import dataset_settings
 from fedscape.fl.settings import sample_clients
-from fedscape.models.specs import BN_STATS_BASELINE, NO_PERMUTATION_SPEC, uses_batch_norm
+from fedscape.models.specs import NO_PERMUTATION_SPEC
 from fedscape.plan.train import (
     algorithm_model_options,
+    bn_stats_setting,
     check_round,
     kept_rounds_of,
     round_number,
@@ -263,14 +264,6 @@ def _data(config: dict, run: Run) -> BarrierData:
                        dataset_options=canonical(dataset_settings(run.dataset, config["datasets"][run.dataset])))
 
 
-def bn_stats_setting(config: dict, run: Run, section: str) -> str:
-    """`<section>.bn_stats` for a run whose model has batch norm; for any other the baseline `stored`, which the
-    settings leave out: recomputing is a no-op there and must not rerun its finished jobs."""
-    if uses_batch_norm(run.model, config["model_options"].get(run.model)):
-        return config[section]["bn_stats"]
-    return BN_STATS_BASELINE
-
-
 def make_interpolation_job(config: dict, pair: InterpolationPair) -> InterpolationJob:
     """Everything one interpolation job needs."""
     section = config["interpolation"]
@@ -278,7 +271,7 @@ def make_interpolation_job(config: dict, pair: InterpolationPair) -> Interpolati
         pair_id=pair.label, run_a=pair.run_a.run_id, run_b=pair.run_b.run_id, round_a=pair.round_a,
         round_b=pair.round_b, points=section["points"], data=_data(config, pair.run_a),
         device=config["training"]["device"], eval_batch_size=config["training"]["eval_batch_size"],
-        precision=section["precision"], bn_stats=bn_stats_setting(config, pair.run_a, "interpolation"),
+        precision=section["precision"], bn_stats=bn_stats_setting(config, pair.run_a, section["bn_stats"]),
         align=bool(section["align"]), curve=curve_settings(section["curve"]))
 
 
@@ -303,7 +296,7 @@ def make_layer_job(config: dict, pair: LayerPair, round_: int) -> LayerBarriersJ
         pair=pair.label, kind=pair.kind, run_id=pair.run_id, round=int(round_), clients=pair.clients,
         data=_data(config, pair.run_a), device=config["training"]["device"],
         eval_batch_size=config["training"]["eval_batch_size"], precision=section["precision"],
-        bn_stats=bn_stats_setting(config, pair.run_a, "layer_barriers"), modes=tuple(section["modes"]),
+        bn_stats=bn_stats_setting(config, pair.run_a, section["bn_stats"]), modes=tuple(section["modes"]),
         align=bool(section["align"]), order_seed=section["order_seed"], direction_seed=section["direction_seed"],
         direction_samples=section["direction_samples"], direction_moves=section["direction_moves"])
 

@@ -32,7 +32,8 @@ from fedscape.core.jobs import to_settings
 from fedscape.core.paths import HESSIAN_DIR, LANDSCAPE_DIR, SURFACE_DIR, Results, fill
 from fedscape.core.runs import build_runs, iid_first, resolve_run, select_runs, varying_fields
 from fedscape.data.specs import dataset_settings
-from fedscape.plan.train import algorithm_model_options, check_round, rounds_of, run_training
+from fedscape.models.specs import BN_STATS_BASELINE
+from fedscape.plan.train import algorithm_model_options, bn_stats_setting, check_round, rounds_of, run_training
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,10 @@ def resolve_landscape(config: dict, runs: list, label: str) -> LandscapePlan:
     if "client" in spec["data"] and not 0 <= client < data_run.num_clients:
         raise ConfigError(f"{where}.client: client {client} does not exist; run {data_run.run_id} has "
                           f"{data_run.num_clients} clients (0..{data_run.num_clients - 1})")
+    if bn_stats_setting(config, data_run, spec["bn_stats"]) != BN_STATS_BASELINE and spec["points_per_batch"] > 1:
+        raise ConfigError(f"{where}.points_per_batch: bn_stats {spec['bn_stats']} gives every grid point its own "
+                          f"batch-norm statistics, which a batched pass of {spec['points_per_batch']} points cannot "
+                          f"hold; set points_per_batch: 1, or bn_stats: {BN_STATS_BASELINE}")
     resolution = spec["resolution"]
     chunks = spec["chunks"]
     if chunks > resolution * resolution:
@@ -262,6 +267,12 @@ def plane_settings(config: dict, plan: LandscapePlan) -> dict:
     return with_result_version(to_settings(make_plane_job(config, plan)), RESULT_VERSIONS["landscape_plane"])
 
 
+def surface_bn_stats(config: dict, plan: LandscapePlan) -> str:
+    """The batch-norm statistics of a surface's grid points: `landscapes.<label>.bn_stats` where the plane's model
+    has batch norm, else `stored`."""
+    return bn_stats_setting(config, plan.data_run, plan.spec["bn_stats"])
+
+
 def make_chunk_job(config: dict, plan: LandscapePlan, data: str, chunk: int) -> LandscapeChunkJob:
     """Everything one chunk job needs (the grid and plane come as input files)."""
     spec = plan.spec
@@ -271,7 +282,8 @@ def make_chunk_job(config: dict, plan: LandscapePlan, data: str, chunk: int) -> 
         surface_id=plan.surface_id(data), dataset=run.dataset,
         dataset_options=dataset_settings(run.dataset, config["datasets"][run.dataset]),
         data=data, chunk=int(chunk), chunks=int(spec["chunks"]), points_per_batch=int(spec["points_per_batch"]),
-        batch_size=int(training["eval_batch_size"]), device=training["device"], precision=spec["precision"])
+        batch_size=int(training["eval_batch_size"]), device=training["device"], precision=spec["precision"],
+        bn_stats=surface_bn_stats(config, plan))
 
 
 def chunk_settings(config: dict, plan: LandscapePlan, data: str, chunk: int) -> dict:
@@ -300,6 +312,8 @@ def surface_settings(config: dict, plan: LandscapePlan, data: str) -> dict:
         "data_run": plan.data_run.run_id,
         "resolution": int(spec["resolution"]),
         "chunks": int(spec["chunks"]),
+        # only where it is not the baseline: the surfaces gathered before the option keep their settings
+        **({"bn_stats": bn} if (bn := surface_bn_stats(config, plan)) != BN_STATS_BASELINE else {}),
     }
 
 
@@ -332,11 +346,12 @@ def plane_inputs(config: dict, plan: LandscapePlan) -> dict:
 
 
 def chunk_inputs(config: dict, plan: LandscapePlan, data: str) -> dict[str, str]:
-    """A chunk job's plane and grid, and the partition that defines its data (none for the test set)."""
+    """A chunk job's plane and grid, and the partition that defines its data (for the test set only where the
+    batch-norm statistics are recomputed from the training data)."""
     results = Results.of(config)
     plane_dir = results(plan.directory)
     inputs = {key: f"{plane_dir}/{PLANE_FILES[key]}" for key in ("plane", "grid")}
-    if data != "test":
+    if data != "test" or surface_bn_stats(config, plan) != BN_STATS_BASELINE:
         inputs["partition"] = results.partition_file(plan.data_run)
     return inputs
 

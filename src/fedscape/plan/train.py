@@ -32,6 +32,7 @@ from fedscape.fl.schedule import DEFAULT_LOCAL_EPOCHS, WORK_KEYS
 from fedscape.fl.settings import TrainConfig, TrainingSettings
 from fedscape.fl.swa import SWASettings, check_swa, swa_config
 from fedscape.models.specs import (
+    BN_STATS_BASELINE,
     MODEL_NAMES,
     MODEL_NORMS,
     MODEL_OPTIONS,
@@ -91,6 +92,15 @@ def algorithm_model_options(config: dict, run: Run) -> dict:
     spec = config["algorithms"][run.algorithm]
     return algorithm_config(spec["name"], {k: v for k, v in spec.items() if k not in ("name", "training")}
                             ).model_options()
+
+
+def bn_stats_setting(config: dict, run: Run, value: str) -> str:
+    """A `bn_stats` value (`models.specs.BN_STATS`) for a job on `run`'s model: `value` where the model has batch
+    norm, else the baseline `stored`, which the job settings leave out: recomputing is a no-op there and must not
+    rerun finished jobs."""
+    if uses_batch_norm(run.model, config["model_options"].get(run.model)):
+        return value
+    return BN_STATS_BASELINE
 
 
 def rounds_of(config: dict, run: Run) -> int:

@@ -21,6 +21,7 @@ import numpy as np
 from fedscape.core.io import atomic_path, remake_hint, supplied_hint
 from fedscape.core.jobs import JobSettings
 from fedscape.core.names import unknown_name_error
+from fedscape.models.specs import BN_STATS_BASELINE
 
 SURFACE_KINDS = ("trajectory", "local", "final_models", "trajectories", "random", "hessian", "three_points")
 DATA_SETS = ("train", "client", "test")
@@ -35,7 +36,8 @@ PLANE_KINDS = ("pca", "joint_pca", "three_points", "random", "hessian")
 ARRAY_KEYS = ("center", "center_buffers", "d1", "d2")
 META_KEYS = ("kind", "runs", "round", "explained_variance", "axis_labels", "model_meta", "seed")
 POINT_COLUMNS = ["label", "group", "role", "run_id", "round", "client", "a", "b", "distance", "rel_distance"]
-SURFACES_COLUMNS = ["surface_id", "kind", "runs", "round", "data", "resolution", "path"]
+# bn_stats: the batch-norm statistics its grid points were evaluated with (LandscapeChunkJob.bn_stats)
+SURFACES_COLUMNS = ["surface_id", "kind", "runs", "round", "data", "resolution", "path", "bn_stats"]
 # The files of each job kind, below its directory (core.paths LANDSCAPE_DIR for a plane, SURFACE_DIR for a surface's
 # chunks, gather and figure): the rules' outputs and the plan's inputs both read them here.
 PLANE_FILES = {"plane": "plane.npz", "points": "points.csv", "grid": "grid.json"}
@@ -91,6 +93,10 @@ class LandscapeChunkJob(JobSettings):
     batch_size: int  # the training's evaluation batch size
     device: str
     precision: str = "fp32"
+    # the batch-norm statistics of every grid point (models.specs.BN_STATS): the centre's (`stored`, Li et al.
+    # 2018's surfaces), or recomputed at each point from the plane's training data; `stored` for a model without
+    # batch norm
+    bn_stats: str = BN_STATS_BASELINE
 
 
 class PlaneError(ValueError):

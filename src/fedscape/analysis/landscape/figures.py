@@ -103,7 +103,10 @@ def plot_surface(surface: dict, out_pdf: str | Path, out_png: str | Path, overla
     ax.set_xlim(a[0], a[-1])
     ax.set_ylim(b[0], b[-1])
     round_txt = "" if meta.get("round") is None else f", round {meta['round']}"
-    ax.set_title(f"{meta['surface_id']} ({meta['kind']}{round_txt})\n{data_description(meta['data'])}", fontsize=9)
+    # a surface whose points carry their own batch-norm statistics says so; the default holds the centre's
+    bn_txt = "\nBN statistics recomputed at each point" if meta.get("bn_stats") == "recomputed" else ""
+    ax.set_title(f"{meta['surface_id']} ({meta['kind']}{round_txt})\n{data_description(meta['data'])}{bn_txt}",
+                 fontsize=9)
     if handles:  # framed (the style's default is frameless): the legend may sit on the filled contours
         ax.legend(handles=handles, fontsize=7, loc="best", frameon=True, framealpha=0.85)
     write_formats(fig, {Path(out).suffix.lstrip("."): out for out in (out_pdf, out_png)}, dpi=150, tight=False)

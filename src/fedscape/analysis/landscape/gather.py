@@ -15,6 +15,7 @@ from fedscape.analysis.landscape.grid import Grid, gather_chunks
 from fedscape.core.config import digest
 from fedscape.core.io import atomic_path, remake_hint, write_csv
 from fedscape.core.runs import OK
+from fedscape.models.specs import BN_STATS_BASELINE
 from fedscape.outputs.tables import read_table
 
 log = logging.getLogger("fedscape.landscape")
@@ -37,6 +38,11 @@ def landscape_gather_job(settings: dict, chunk_paths: list[str], plane_path: str
         if meta.get("plane_digest", want_plane) != want_plane:
             raise RuntimeError(f"{path} was computed on another plane than {plane_path} holds now; "
                                f"{remake_hint(path)}")
+        # chunks written before the option were evaluated with the centre's statistics
+        made, wanted = meta.get("bn_stats", BN_STATS_BASELINE), settings.get("bn_stats", BN_STATS_BASELINE)
+        if made != wanted:
+            raise RuntimeError(f"{path} was evaluated with batch-norm statistics {made!r}, the surface wants "
+                               f"{wanted!r}; {remake_hint(path)}")
         parts.append(chunk)
         n_eval = meta["n_eval"]
     loss, acc = gather_chunks(parts, grid)
@@ -110,11 +116,12 @@ def load_surface(path: str | Path) -> dict:
 
 # -- table -----------------------------------------------------------------------------------------------
 def surfaces_table_job(surface_paths: list[str], out: str) -> None:
-    """results/tables/surfaces.csv: one row per surface (surface_id, kind, runs, round, data, resolution, path)."""
+    """results/tables/surfaces.csv: one row per surface (`SURFACES_COLUMNS`)."""
     rows = []
     for path in surface_paths:
         meta = load_surface(path)["meta"]
         rows.append({"surface_id": meta["surface_id"], "kind": meta["kind"], "runs": ";".join(meta["runs"]),
                      "round": "" if meta["round"] is None else int(meta["round"]), "data": meta["data"],
-                     "resolution": int(meta["resolution"]), "path": str(path)})
+                     "resolution": int(meta["resolution"]), "path": str(path),
+                     "bn_stats": meta.get("bn_stats", BN_STATS_BASELINE)})
     write_csv(pd.DataFrame(rows, columns=SURFACES_COLUMNS), out)

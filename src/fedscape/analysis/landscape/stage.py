@@ -319,20 +319,28 @@ def landscape_chunk_job(settings: dict, plane_path: str, grid_path: str, partiti
         _write_nan_chunk(job, plane, evaluated_on, grid, out)
         return
     # the plane's first run is the one whose data it evaluates
-    x, y = surface_data(job.dataset, job.dataset_options, job.data, partition_path,
-                        parse_run_id(plane.runs[0]) if plane.runs else None)
+    run = parse_run_id(plane.runs[0]) if plane.runs else None
+    x, y = surface_data(job.dataset, job.dataset_options, job.data, partition_path, run)
+    # the statistics come from the plane's training data whatever the surface evaluates (a client's shard, the
+    # test set), as the barriers' points take theirs from the training data
+    bn_x = None
+    if job.bn_stats == "recomputed":
+        bn_x = x if job.data == "train" else surface_data(job.dataset, job.dataset_options, "train", partition_path,
+                                                          run)[0]
     device = resolve_device(job.device)
     model = ModelMeta.from_dict(plane.model_meta).build()
     sset = SurfaceSettings(batch_size=job.batch_size, points_per_batch=job.points_per_batch)
-    evaluator = SurfaceEvaluator(model, plane, x, y, device, sset)
+    evaluator = SurfaceEvaluator(model, plane, x, y, device, sset, bn_x=bn_x)
     start, stop = chunk_bounds(grid.size, job.chunks, sset.points_per_batch)[job.chunk]
-    log.info("surface %s chunk %d/%d: grid points %d..%d of %d on %s (%d samples, channels_last=%s)",
-             job.surface_id, job.chunk + 1, job.chunks, start, stop, grid.size, device, len(y),
-             evaluator.flat.channels_last)
+    log.info("surface %s chunk %d/%d: grid points %d..%d of %d on %s (%d samples, channels_last=%s, batch-norm "
+             "statistics %s)", job.surface_id, job.chunk + 1, job.chunks, start, stop, grid.size, device, len(y),
+             evaluator.flat.channels_last,
+             f"recomputed at every point from {len(evaluator.bn_sample)} training samples"
+             if evaluator.recomputes_bn else "of the centre")
     res = evaluate_chunk(evaluator, grid, start, stop)
     meta = {"surface_id": job.surface_id, "chunk": job.chunk, "chunks": job.chunks,
             "grid_digest": digest(grid.to_dict()), "plane_digest": evaluated_on,
-            "n_eval": len(y),
+            "n_eval": len(y), "bn_stats": job.bn_stats,
             **describe_compute(device, job.precision)}
     with atomic_path(out, suffix=".npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, index=res["index"], loss=res["loss"], acc=res["acc"], meta=np.array(json.dumps(meta)))

@@ -8,6 +8,11 @@ into the flat buffer are laid out NHWC), which oneDNN executes much faster; opti
 points are evaluated in one batched forward pass (``torch.func.functional_call`` + ``vmap``), which
 pays off on GPUs for small models.
 
+Batch-norm statistics: every grid point is evaluated with the centre's running statistics (Li et al. 2018's
+surfaces), or, with ``bn_x`` (`bn_stats: recomputed`), with statistics recomputed at that point from a fixed sample
+of the training inputs before it is evaluated (`fedscape.models.batchnorm`; as the barriers' points are), so that a
+point far from the centre is not judged by normalisation statistics that belong to another model.
+
 Numerical trouble is data, not an error: a NaN/inf loss is recorded as such (accuracy NaN when the
 loss is NaN) and the grid goes on.
 """
@@ -27,6 +32,7 @@ from torch.func import functional_call, vmap
 from fedscape.analysis.landscape.grid import Grid, chunk_bounds, gather_chunks
 from fedscape.analysis.landscape.planes import Plane
 from fedscape.data.datasets import batch_slices
+from fedscape.models.batchnorm import bn_sample_inputs, has_batch_norm, refresh_bn_stats
 from fedscape.models.loss import correct_count, loss_sum, sample_losses, target_count
 from fedscape.models.params import FlatParams, load_buffers
 from fedscape.models.specs import EVAL_BATCH_SIZE
@@ -106,13 +112,23 @@ class LayoutFlatParams(FlatParams):
 
 
 class SurfaceEvaluator:
-    """Loss and accuracy of ``centre + a d1 + b d2`` on fixed data, in eval mode, for many (a, b)."""
+    """Loss and accuracy of ``centre + a d1 + b d2`` on fixed data, in eval mode, for many (a, b).
+
+    `bn_x`: training inputs to recompute a model's batch-norm statistics from at every grid point (their fixed
+    sample `models.batchnorm.bn_sample_inputs`, drawn once); None keeps the centre's. A model without batch norm
+    ignores it."""
 
     def __init__(self, model: nn.Module, plane: Plane, x: torch.Tensor, y: torch.Tensor,
-                 device: torch.device | str = "cpu", settings: SurfaceSettings = SurfaceSettings()):
+                 device: torch.device | str = "cpu", settings: SurfaceSettings = SurfaceSettings(),
+                 bn_x: torch.Tensor | None = None):
         self.device = torch.device(device)
         self.settings = settings
         self.model = model.to(self.device).eval()
+        self.recomputes_bn = bn_x is not None and has_batch_norm(self.model)
+        if self.recomputes_bn and settings.points_per_batch > 1:
+            # a batched pass shares one set of buffers between its grid points: each needs its own statistics
+            raise ValueError(f"batch-norm statistics recomputed at every grid point need points_per_batch 1, got "
+                             f"{settings.points_per_batch}")
         has_conv = any(p.dim() == 4 for p in self.model.parameters())
         cl = settings.channels_last
         if cl is None:
@@ -128,6 +144,11 @@ class SurfaceEvaluator:
         x, y = x.to(self.device), y.to(self.device)
         layout = torch.channels_last if self.flat.channels_last and x.dim() == 4 else None
         self.batches = batch_slices(x, y, settings.batch_size, layout)
+        self.bn_sample = None
+        if self.recomputes_bn:
+            self.bn_sample = bn_sample_inputs(bn_x).to(self.device)
+            if layout is not None:
+                self.bn_sample = self.bn_sample.contiguous(memory_format=layout)
         self.n = target_count(y)  # counted targets: samples, or a sequence task's positions (models.loss)
         if self.n == 0:
             raise ValueError("no evaluation data: the surface's data set is empty")
@@ -182,6 +203,8 @@ class SurfaceEvaluator:
         vec = self.flat.vector
         torch.add(self.center, self.d1, alpha=a, out=vec)
         vec.add_(self.d2, alpha=b)
+        if self.bn_sample is not None:
+            refresh_bn_stats(self.model, self.bn_sample)
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         for xb, yb in self.batches:

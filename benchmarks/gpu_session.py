@@ -39,14 +39,16 @@ def bn_rounds(model: str, *extra: str) -> list[str]:
 PARTS: dict[str, list[tuple[str, list[str], int]]] = {
     # The CUDA tests: captured steps equal to eager ones, fp32 CUDA rounds against the CPU, vectorised batch norm,
     # crop-flip on the device, the precision switches, the cards' claims by UUID, a card's UUID in a job's record,
-    # MOON's eval-mode references with batch norm, flat points on the card, stacked steps replayed from graphs.
+    # MOON's eval-mode references with batch norm, flat points on the card, stacked steps replayed from graphs, surfaces
+    # with recomputed batch-norm statistics.
     "tests": [("cuda_tests", [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", "cuda or gpu",
                               "tests/unit/test_capture.py", "tests/unit/test_precision.py",
                               "tests/unit/test_vectorized.py", "tests/unit/test_vectorized_bn.py",
                               "tests/unit/test_data.py", "tests/unit/test_resources.py",
                               "tests/unit/test_moon_reference_mode.py", "tests/unit/test_alignment.py",
                               "tests/unit/test_capture_stacked.py", "tests/unit/test_stored_images.py",
-                              "tests/unit/test_vectorized_moon.py", "tests/unit/test_vectorized_gradaug.py"], 90)],
+                              "tests/unit/test_vectorized_moon.py", "tests/unit/test_vectorized_gradaug.py",
+                              "tests/unit/test_bn_stats.py"], 90)],
     # The papers' step costs (plain; sequential, captured and vectorised at each run's own algorithm's local step)
     # and their projected hours. fedalign.yaml has the most local steps (23 of its bottleneck ResNet56: FedAlign at
     # four mu and four widths, GradAug at four sub-network counts...), measured at fewer steps to fit its own call.

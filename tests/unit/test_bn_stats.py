@@ -650,6 +650,35 @@ def test_a_surface_point_with_recomputed_statistics_is_that_models_barrier_point
     assert abs(stored[1] - recomputed[1]) > 0.5
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_recomputed_surface_statistics_on_a_device_match_the_cpus_barrier_points(device):
+    # Prepare: float32, the surface on `device`, the reference on the CPU
+    from fedscape.analysis.barriers.maths import evaluate_point
+    from fedscape.analysis.landscape.surface import SurfaceEvaluator
+    from fedscape.models.device import use_precision
+
+    splits = digits_like()
+    model = fitted_bn_cnn(splits)
+    x = splits["train"][0]
+    xt, yt = splits["test"]
+    plane = shifted_plane(model)
+    coords = [(0.0, 0.0), (1.0, 0.0), (0.3, -0.6)]
+
+    # Execute
+    with use_precision("fp32", device):
+        evaluator = SurfaceEvaluator(bn_cnn(7), plane, xt, yt, device, bn_x=x)
+        losses = evaluator.evaluate(np.asarray(coords))[0]
+        again = evaluator.evaluate(np.asarray(coords[:1]))[0]  # a second call: statistics recomputed again
+
+    # Assert: the CPU's values to float32 rounding; the model left in eval mode
+    for (a, b), loss in zip(coords, losses, strict=True):
+        point = Point(plane.center + a * plane.d1 + b * plane.d2, plane.center_buffers)
+        expected = evaluate_point(bn_cnn(7), point, {"test": (xt, yt)}, bn_x=x)["test"].loss
+        assert loss == pytest.approx(expected, rel=1e-4)
+    assert again[0] == losses[0] and not evaluator.model.training
+
+
 def test_recomputing_at_grid_points_of_a_model_without_batch_norm_changes_nothing():
     # Prepare
     from fedscape.analysis.landscape.planes import random_plane

@@ -268,9 +268,13 @@ def test_client_stats_of_a_diverged_run_have_nan_l2_to_final(runs, tmp_path, cap
 
 
 # -- landscapes --------------------------------------------------------------------------------------
-def _surface(runs, plan_spec: dict, label: str, tmp_path, hessian_plane=None):
-    """Plane, chunks, gather and figure of one landscape entry (data: train) on the two runs."""
-    config = validate_config({**runs.config, "landscapes": {label: dict(plan_spec)}}, SCHEMA)  # defaults filled
+def _surface(runs, plan_spec: dict, label: str, tmp_path, hessian_plane=None, model_options: dict | None = None):
+    """Plane, chunks, gather and figure of one landscape entry (data: train) on the two runs; `model_options`: what
+    planning takes the runs' model for (the diverged plane builds none)."""
+    config = {**runs.config, "landscapes": {label: dict(plan_spec)}}
+    if model_options is not None:
+        config["model_options"] = model_options
+    config = validate_config(config, SCHEMA)  # defaults filled
     (plan,) = landscape_plans(config, [runs.healthy, runs.diverged])
     d = tmp_path / label
     d.mkdir()
@@ -299,19 +303,23 @@ def _surface(runs, plan_spec: dict, label: str, tmp_path, hessian_plane=None):
     ({"kind": "trajectory", "runs": [BOOM]}, "a PCA plane needs 2"),  # final: only round 0 is finite
     ({"kind": "local", "runs": [BOOM], "round": 1}, "NaN/inf parameters"),
     ({"kind": "random", "runs": [BOOM], "round": 1}, "NaN/inf parameters"),
+    # planned as a batch-norm model's surface with recomputed statistics: its NaN chunks say so to the gather
+    ({"kind": "random", "runs": [BOOM], "round": 1, "bn_stats": "recomputed"}, "NaN/inf parameters"),
 ])
 def test_a_surface_needing_a_diverged_checkpoint_is_all_nan_and_drawn(runs, hessian_jobs, tmp_path, caplog, spec,
                                                                         why):
     caplog.set_level(logging.WARNING)
     hessian = hessian_jobs["boom_final"]["plane"] if spec["kind"] == "hessian" else None
+    model_options = {runs.diverged.model: {"norm": "batch"}} if "bn_stats" in spec else None
 
-    surface, plane = _surface(runs, {**spec, "resolution": 3, "chunks": 2}, "boom", tmp_path, hessian)
+    surface, plane = _surface(runs, {**spec, "resolution": 3, "chunks": 2}, "boom", tmp_path, hessian, model_options)
 
     assert why in warnings_of(caplog) and "all-NaN plane" in warnings_of(caplog)
     assert plane.extra["status"] == "diverged" and torch.isnan(plane.center).all()
     assert surface["loss"].shape == (3, 3) and np.isnan(surface["loss"]).all() and np.isnan(surface["acc"]).all()
     assert surface["meta"]["status"] == "diverged" and surface["meta"]["nonfinite_points"] == 9
     assert len(surface["points_xy"]) == 0
+    assert surface["meta"].get("bn_stats", "stored") == spec.get("bn_stats", "stored")
 
 
 def test_a_healthy_surface_beside_the_diverged_run_is_computed(runs, hessian_jobs, tmp_path, caplog):

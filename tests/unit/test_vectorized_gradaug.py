@@ -277,6 +277,20 @@ def test_a_min_width_that_can_draw_the_full_network_keeps_the_clients_sequential
     assert all(min_width <= w <= widest for w in widths)
 
 
+def test_the_draws_are_float32_under_a_float64_default(float64_default):
+    # Prepare: the draws under float32, then under the fixture's float64 default
+    gradaug = make_strategy("gradaug", {"num_subnets": 4})
+    torch.set_default_dtype(torch.float32)
+    single = gradaug_draws(gradaug.config, torch.Generator().manual_seed(3))
+    torch.set_default_dtype(torch.float64)
+
+    # Execute
+    double = gradaug_draws(gradaug.config, torch.Generator().manual_seed(3))
+
+    # Assert: the same widths and scales (a float64 draw could reach 1 - 2**-53, past draws_full_width's bound)
+    assert double == single
+
+
 def test_its_steps_are_never_replayed_from_graphs():
     # Prepare: a graph maker that fails the test if asked for a graph
     def refuse(step):

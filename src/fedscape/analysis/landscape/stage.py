@@ -41,6 +41,7 @@ from fedscape.data.datasets import dataset_from_options
 from fedscape.data.federated import federate, load_federated_data, load_test_data
 from fedscape.models.checkpoint import ModelMeta, Trajectory, load_clients, load_trajectory
 from fedscape.models.device import describe_compute, job_precision, resolve_device
+from fedscape.models.specs import BN_STATS_BASELINE
 from fedscape.outputs.labels import label_run
 
 log = logging.getLogger("fedscape.landscape")
@@ -288,20 +289,33 @@ def surface_data(dataset: str, options: dict, data: str, partition_path: str | N
     `client~<id>`) or the test set, of `dataset` with `options`, loaded as the train stage loads them
     (data.federated: the partition kind's input transform applied). `run`: the fields of the run whose partition it
     is, checked against the file (None: a plane that names no run)."""
-    if data == "test":
-        return load_test_data(dataset, options)
-    if data != "train" and not data.startswith("client~"):
+    x, y, _ = surface_inputs(dataset, options, data, partition_path, run)
+    return x, y
+
+
+def surface_inputs(dataset: str, options: dict, data: str, partition_path: str | None, run: dict | None,
+                   training_inputs: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`surface_data`'s inputs and targets, and with `training_inputs` the union of the clients' inputs (what a
+    surface recomputes batch-norm statistics from, whatever it evaluates), the data set loaded once."""
+    if data != "train" and data != "test" and not data.startswith("client~"):
         raise ValueError(f"unknown surface data {data!r}: train, test or client~<id>")
-    if run is None:
-        fed = federate(dataset_from_options(dataset, options), partition_path)
+    fed = None
+    if data != "test" or training_inputs:
+        if run is None:
+            fed = federate(dataset_from_options(dataset, options), partition_path)
+        else:
+            fed = load_federated_data(run, options, partition_path)
+    union = fed.union() if fed is not None and (data == "train" or training_inputs) else None
+    if data == "test":
+        x, y = load_test_data(dataset, options)
+    elif data == "train":
+        x, y = union
     else:
-        fed = load_federated_data(run, options, partition_path)
-    if data == "train":
-        return fed.union()
-    m = int(data.split("~", 1)[1])
-    if not 0 <= m < fed.num_clients:
-        raise ValueError(f"client {m} does not exist: the partition has {fed.num_clients} clients")
-    return fed.client(m)
+        m = int(data.split("~", 1)[1])
+        if not 0 <= m < fed.num_clients:
+            raise ValueError(f"client {m} does not exist: the partition has {fed.num_clients} clients")
+        x, y = fed.client(m)
+    return x, y, union[0] if training_inputs else None
 
 
 @job_precision(lambda settings: LandscapeChunkJob.from_settings(settings).precision)
@@ -320,13 +334,10 @@ def landscape_chunk_job(settings: dict, plane_path: str, grid_path: str, partiti
         return
     # the plane's first run is the one whose data it evaluates
     run = parse_run_id(plane.runs[0]) if plane.runs else None
-    x, y = surface_data(job.dataset, job.dataset_options, job.data, partition_path, run)
     # the statistics come from the plane's training data whatever the surface evaluates (a client's shard, the
     # test set), as the barriers' points take theirs from the training data
-    bn_x = None
-    if job.bn_stats == "recomputed":
-        bn_x = x if job.data == "train" else surface_data(job.dataset, job.dataset_options, "train", partition_path,
-                                                          run)[0]
+    x, y, bn_x = surface_inputs(job.dataset, job.dataset_options, job.data, partition_path, run,
+                                training_inputs=job.bn_stats == "recomputed")
     device = resolve_device(job.device)
     model = ModelMeta.from_dict(plane.model_meta).build()
     sset = SurfaceSettings(batch_size=job.batch_size, points_per_batch=job.points_per_batch)
@@ -340,7 +351,7 @@ def landscape_chunk_job(settings: dict, plane_path: str, grid_path: str, partiti
     res = evaluate_chunk(evaluator, grid, start, stop)
     meta = {"surface_id": job.surface_id, "chunk": job.chunk, "chunks": job.chunks,
             "grid_digest": digest(grid.to_dict()), "plane_digest": evaluated_on,
-            "n_eval": len(y), "bn_stats": job.bn_stats,
+            "n_eval": len(y), "bn_stats": "recomputed" if evaluator.recomputes_bn else BN_STATS_BASELINE,
             **describe_compute(device, job.precision)}
     with atomic_path(out, suffix=".npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, index=res["index"], loss=res["loss"], acc=res["acc"], meta=np.array(json.dumps(meta)))
@@ -355,7 +366,7 @@ def _write_nan_chunk(job: LandscapeChunkJob, plane: Plane, evaluated_on: str, gr
     nan = np.full(stop - start, np.nan)
     meta = {"surface_id": job.surface_id, "chunk": job.chunk, "chunks": job.chunks,
             "grid_digest": digest(grid.to_dict()), "plane_digest": evaluated_on, "n_eval": None, "device": None,
-            "status": plane.extra["status"]}
+            "status": plane.extra["status"], "bn_stats": job.bn_stats}
     with atomic_path(out, suffix=".npz") as tmp, open(tmp, "wb") as fh:
         np.savez(fh, index=np.arange(start, stop, dtype=np.int64), loss=nan, acc=nan.copy(),
                  meta=np.array(json.dumps(meta)))

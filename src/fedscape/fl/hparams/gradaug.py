@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
 from fedscape.models.specs import MODEL_INFOS, model_norm
 
-# The largest value torch.rand draws: the largest float32 below 1. A sub-network's width is min_width + u (1 -
-# min_width) for such a u (`GradAugConfig.width_at`), so a min_width within about 2e-9 of 1 can draw exactly 1.0.
+# The largest value torch.rand draws in float32 (`gradaug_draws` asks for float32 whatever the default dtype): the
+# largest float32 below 1. A sub-network's width is min_width + u (1 - min_width) for such a u
+# (`GradAugConfig.width_at`), so a min_width within about 1e-9 (2**-30) of 1 can draw exactly 1.0.
 LARGEST_UNIFORM = 1 - 2**-24
 
 

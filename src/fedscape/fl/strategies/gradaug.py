@@ -19,7 +19,8 @@ def gradaug_draws(config: Any, generator: torch.Generator) -> list[tuple[float, 
     n - 1 widths drawn uniformly from [min_width, 1], then one scale per sub-network, from the client's generator.
     One home for the order both training paths draw in."""
     c = config
-    draws = torch.rand(c.num_subnets - 1, generator=generator).tolist()
+    # float32 under any default dtype: the widest draw is then the one `GradAugConfig.draws_full_width` checks
+    draws = torch.rand(c.num_subnets - 1, generator=generator, dtype=torch.float32).tolist()
     widths = sorted([c.min_width] + [c.width_at(u) for u in draws], reverse=True)
     return [(width, int(torch.randint(len(c.scales), (), generator=generator))) for width in widths]
 

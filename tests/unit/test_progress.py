@@ -140,6 +140,50 @@ def test_a_run_killed_and_rerun_with_the_same_inputs_resumes(tmp_path, monkeypat
     assert torch.equal(resumed, _train(config, partition, tmp_path / "init.pt", tmp_path / "fresh"))
 
 
+@pytest.mark.parametrize(("change", "resumes"), [
+    ({"client_chunk_size": 2, "eval_batch_size": 7}, True),  # what a memory hint names: how, not what
+    ({"client_parallel": "sequential"}, True),
+    ({"lr": 0.02}, False),  # what the run computes: it starts over
+])
+def test_a_run_killed_and_rerun_with_other_memory_settings_resumes(tmp_path, monkeypatch, caplog, change, resumes):
+    # Prepare: a run killed after round 1, its rounds stacked 64 clients at a time
+    from fedscape.stages.train import resume_settings
+
+    config = _tiny_config()
+    partition = _partition(config, tmp_path)
+    _init(config, tmp_path / "init.pt")
+    killed_after_round(monkeypatch, 1, lambda: _train(config, partition, tmp_path / "init.pt", tmp_path / "run"))
+    changed = {**config, "training": {**config["training"], **change}}
+
+    # Execute
+    with caplog.at_level(logging.INFO, logger="fedscape.train"):
+        rerun = _train(changed, partition, tmp_path / "init.pt", tmp_path / "run")
+
+    # Assert: resumed after round 1 where only memory settings changed (its rounds 0 and 1 as saved), and then the
+    # same run to the float rounding by which the two settings' uninterrupted runs differ (float32 chaos between
+    # stacked and sequential clients, 3e-4 here; nothing between chunk sizes)
+    (run,) = build_runs(config)
+    same_key = resume_settings(train_settings(config, run)) == resume_settings(train_settings(changed, run))
+    assert same_key == resumes == ("resuming after round 1/3" in caplog.text)
+    fresh = _train(changed, partition, tmp_path / "init.pt", tmp_path / "fresh")
+    if resumes:
+        first = _train(config, partition, tmp_path / "init.pt", tmp_path / "first")
+        spread = (fresh - first).abs().max().item()
+        assert torch.equal(rerun[:2], first[:2])
+        assert (rerun - fresh).abs().max().item() <= 2 * spread + 1e-6
+    else:
+        assert torch.equal(rerun, fresh)
+
+
+def test_the_memory_keys_are_those_a_train_job_out_of_memory_is_told_to_lower():
+    from fedscape.fl.settings import MEMORY_KEYS
+    from fedscape.plan.resources import RULE_NEEDS
+
+    named = {entry.partition("=")[0] for entry in RULE_NEEDS["train"].memory}
+
+    assert named == {f"training.{key}" for key in MEMORY_KEYS}
+
+
 def test_the_progress_key_follows_the_inputs_and_not_the_data_s_location(tmp_path):
     # Prepare
     config = _tiny_config()

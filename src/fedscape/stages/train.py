@@ -14,7 +14,7 @@ from fedscape.core.manifest import code_version_label
 from fedscape.core.setting import alpha_column
 from fedscape.data.federated import load_federated_data
 from fedscape.fl.engine import run_federated
-from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS, CODE_VERSION, ROUNDS_COLUMNS
+from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS, CODE_VERSION, MEMORY_KEYS, ROUNDS_COLUMNS
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.swa import SWA_BN_COLUMN, SWA_METRICS, SWASettings
 from fedscape.models.batchnorm import has_batch_norm
@@ -24,6 +24,14 @@ from fedscape.stages.progress import progress_key
 from fedscape.stages.train_settings import TrainJob
 
 log = logging.getLogger("fedscape.train")
+
+
+def resume_settings(settings: dict) -> dict:
+    """A train job's settings as its progress key holds them: without the memory-only training keys (`MEMORY_KEYS`),
+    which change how its rounds compute, not what, so that a run killed for lack of device memory resumes its saved
+    rounds once they are lowered. Its record (meta.json) keeps the values it finished with."""
+    training = {key: value for key, value in settings["training"].items() if key not in MEMORY_KEYS}
+    return {**settings, "training": training}
 
 
 def train_job(settings: dict, partition_path: str | Path, init_path: str | Path, outputs: dict[str, str],
@@ -58,7 +66,7 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
         log.info("SWA at the server from round %d: cycles of %d rounds, %s lr down to %g x its value",
                  swa.start(cfg.rounds), swa.cycle, swa.scheduled_lr, swa.lr_ratio)
     result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir,
-                           progress_key=progress_key(settings, (partition_path, init_path)), swa=swa)
+                           progress_key=progress_key(resume_settings(settings), (partition_path, init_path)), swa=swa)
 
     meta = {"run_id": job.run_id, "settings": settings, "status": result.status,
             **describe_compute(device, cfg.precision), "execution": result.execution, "seed": run["seed"],

@@ -4,6 +4,7 @@ that is not its own: a run resumes only the rounds it would have trained itself.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import shutil
 
@@ -22,7 +23,7 @@ from fedscape.data.federated import FederatedData
 from fedscape.data.locations import with_data_locations, without_data_locations
 from fedscape.fl import engine as engine_mod
 from fedscape.fl.engine import run_federated
-from fedscape.fl.settings import TrainConfig
+from fedscape.fl.settings import MEMORY_KEYS, TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.models.checkpoint import load_trajectory
 from fedscape.models.registry import build_model
@@ -166,17 +167,22 @@ def test_a_run_killed_and_rerun_with_other_memory_settings_resumes(tmp_path, mon
     same_key = resume_settings(train_settings(config, run)) == resume_settings(train_settings(changed, run))
     assert same_key == resumes == ("resuming after round 1/3" in caplog.text)
     fresh = _train(changed, partition, tmp_path / "init.pt", tmp_path / "fresh")
+    meta = json.loads((tmp_path / "run" / TRAIN_FILE_NAMES["meta"]).read_text())
     if resumes:
         first = _train(config, partition, tmp_path / "init.pt", tmp_path / "first")
         spread = (fresh - first).abs().max().item()
         assert torch.equal(rerun[:2], first[:2])
         assert (rerun - fresh).abs().max().item() <= 2 * spread + 1e-6
+        # the record names each attempt's first round and memory settings; an uninterrupted run's names none
+        before, after = (train_settings(c, run)["training"] for c in (config, changed))
+        assert meta["attempts"] == [{"from_round": 1, **{k: before[k] for k in MEMORY_KEYS}},
+                                    {"from_round": 2, **{k: after[k] for k in MEMORY_KEYS}}]
+        assert "attempts" not in json.loads((tmp_path / "first" / TRAIN_FILE_NAMES["meta"]).read_text())
     else:
-        assert torch.equal(rerun, fresh)
+        assert torch.equal(rerun, fresh) and "attempts" not in meta
 
 
 def test_the_memory_keys_are_those_a_train_job_out_of_memory_is_told_to_lower():
-    from fedscape.fl.settings import MEMORY_KEYS
     from fedscape.plan.resources import RULE_NEEDS
 
     named = {entry.partition("=")[0] for entry in RULE_NEEDS["train"].memory}

@@ -46,6 +46,9 @@ class RunResult:
     swa: dict | None = None  # with SWA: SWAModel.state_dict() of the SWA model (None until a cycle has ended)
     # How the clients trained (`execution_of`): a run's seconds per round depend on it as much as on its algorithm
     execution: str = ""
+    # Each call that trained rounds of it, in order: {"from_round": its first round, **its `attempt`}; more than one
+    # where the run resumed after a kill
+    attempts: list[dict] = field(default_factory=list)
 
 
 class _Progress:
@@ -54,6 +57,7 @@ class _Progress:
 
     def __init__(self, directory: Path | None, key: str):
         self.dir, self.key = directory, key
+        self.attempts: list[dict] = []  # saved with every round: the calls that trained the run so far
 
     def _load(self, path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -98,7 +102,8 @@ class _Progress:
             torch.save(record, tmp)
         with atomic_path(self.dir / "state.pt") as tmp:
             torch.save({"key": self.key, "round": round_, "strategy": strategy.state_dict(),
-                        "trainer": trainer.state_dict(), "params": model[0].cpu(), "buffers": model[1].cpu()}, tmp)
+                        "trainer": trainer.state_dict(), "params": model[0].cpu(), "buffers": model[1].cpu(),
+                        "attempts": self.attempts}, tmp)
 
     def clear(self) -> None:
         if self.dir is not None:
@@ -114,6 +119,7 @@ def run_federated(
     progress_key: str = "",
     trainer: Trainer | None = None,
     swa: SWAConfig | None = None,
+    attempt: dict | None = None,
 ) -> RunResult:
     """Run `cfg.rounds` rounds of federated training from the model's current weights, in `cfg.precision`
     (`fedscape.models.device.use_precision`: local training and the evaluations alike).
@@ -131,6 +137,9 @@ def run_federated(
     With `swa.bn_stats` recomputed and a model with batch norm, the SWA model's statistics are recomputed from
     the clients' data together after each update (`recompute_bn_stats`; Izmailov et al. 2018) and kept as its
     buffers; every row says which (`SWA_BN_COLUMN`).
+
+    `attempt`: what the caller records of this call (plain values; a train job's memory settings, which a resumed run
+    may change); the result's `attempts` list each call's with the first round it trained.
     """
     device = next(model.parameters()).device
     with use_precision(cfg.precision, device):
@@ -139,7 +148,8 @@ def run_federated(
         if owned:
             trainer = make_trainer(model, flat, data, strategy, cfg)
         try:
-            return _run_federated(model, flat, data, strategy, cfg, progress_dir, progress_key, trainer, swa)
+            return _run_federated(model, flat, data, strategy, cfg, progress_dir, progress_key, trainer, swa,
+                                  dict(attempt or {}))
         finally:
             if owned:  # a trainer passed in is its caller's to close
                 trainer.close()
@@ -147,7 +157,7 @@ def run_federated(
 
 def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData, strategy: Strategy,
                    cfg: TrainConfig, progress_dir: str | Path | None, progress_key: str, trainer: Trainer,
-                   swa: SWAConfig | None) -> RunResult:
+                   swa: SWAConfig | None, attempt: dict) -> RunResult:
     device = next(model.parameters()).device
     progress = _Progress(Path(progress_dir) if progress_dir else None, progress_key)
     x_all, y_all = data.union()
@@ -183,8 +193,10 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
             _restore_swa(averager, records, device)
             swa_metrics = _last_swa_metrics(records)
         log.info("resuming after round %d/%d from %s", state["round"], cfg.rounds, progress.dir)
+        progress.attempts = [*state.get("attempts", []), {"from_round": state["round"] + 1, **attempt}]
     else:
         progress.reset()
+        progress.attempts = [{"from_round": 1, **attempt}]
         row0 = evaluate_row(0, 0.0, peak_memory_mb(device))
         if averager is not None:
             swa_metrics = _no_swa_metrics()
@@ -278,6 +290,7 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
         status=records[-1]["row"]["status"],
         swa=averager.state_dict() if averager is not None and averager.count else None,
         execution=execution_of(trainer),
+        attempts=progress.attempts,
     )
 
 

@@ -29,7 +29,7 @@ log = logging.getLogger("fedscape.train")
 def resume_settings(settings: dict) -> dict:
     """A train job's settings as its progress key holds them: without the memory-only training keys (`MEMORY_KEYS`),
     which change how its rounds compute, not what, so that a run killed for lack of device memory resumes its saved
-    rounds once they are lowered. Its record (meta.json) keeps the values it finished with."""
+    rounds once they are lowered. Its record (meta.json) lists each attempt's (`attempts`, where it resumed)."""
     training = {key: value for key, value in settings["training"].items() if key not in MEMORY_KEYS}
     return {**settings, "training": training}
 
@@ -65,12 +65,16 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
     if swa is not None:
         log.info("SWA at the server from round %d: cycles of %d rounds, %s lr down to %g x its value",
                  swa.start(cfg.rounds), swa.cycle, swa.scheduled_lr, swa.lr_ratio)
+    memory = {key: settings["training"][key] for key in MEMORY_KEYS if key in settings["training"]}
     result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir,
-                           progress_key=progress_key(resume_settings(settings), (partition_path, init_path)), swa=swa)
+                           progress_key=progress_key(resume_settings(settings), (partition_path, init_path)), swa=swa,
+                           attempt=memory)
 
     meta = {"run_id": job.run_id, "settings": settings, "status": result.status,
             **describe_compute(device, cfg.precision), "execution": result.execution, "seed": run["seed"],
             "init_seed": init.meta.get("seed"), "final_round": int(result.rounds.max())}
+    if len(result.attempts) > 1:  # resumed after a kill: each attempt's first round and memory settings
+        meta["attempts"] = result.attempts
     if swa is not None:  # the SWA model is the run's reported final model (fedscape.models.checkpoint)
         meta["swa"] = {**to_settings(SWASettings.of(swa, cfg.rounds, has_batch_norm(model))),
                        "models": 0 if result.swa is None else result.swa["count"],

@@ -911,6 +911,22 @@ def test_the_cost_table_names_each_runs_execution_and_unrecorded_for_older_runs(
     assert np.isnan(rows.loc["ga", "seconds_vs_fedavg"])
 
 
+def test_the_cost_table_times_a_resumed_runs_rounds_as_each_attempt_trained_them(tmp_path):
+    # Prepare: a run stacked for round 1, then killed (out of memory) and resumed one client at a time
+    metrics, meta = cost_job(tmp_path, 0, "fedavg", "fedavg", [1, 7, 9], [50, 10, 10], execution="sequential")
+    record = json.loads(meta.read_text())
+    record["attempts"] = [{"from_round": 1, "client_chunk_size": 64, "execution": "vectorized"},
+                          {"from_round": 2, "client_chunk_size": 4, "execution": "sequential"}]
+    meta.write_text(json.dumps(record))
+
+    # Execute
+    rows = cost_table([(metrics, meta)]).set_index("execution")
+
+    # Assert: round 1 under its own execution, rounds 2 and 3 under the other's
+    assert rows.loc["vectorized", "num_rounds"] == 1 and rows.loc["vectorized", "peak_mem_mb"] == 50
+    assert rows.loc["sequential", "num_rounds"] == 2 and rows.loc["sequential", "median_seconds_per_round"] == 8
+
+
 @pytest.mark.parametrize(("parallel", "expected"), [("sequential", "sequential"), ("auto", "vectorized")])
 def test_a_run_records_how_its_clients_trained(digits_data, parallel, expected):
     # Execute: FedAvg on a CPU (no CUDA graphs), one by one or (auto) all at once

@@ -211,17 +211,24 @@ def test_pretrain_defaults_match_the_schema():
 
 
 # -- iid_warmup ------------------------------------------------------------------------------------
-def test_iid_warmup_is_fedavg_rounds_on_the_iid_split(tmp_path):
+def warmup_settings(tmp_path, rounds: int = 1, **training) -> dict:
+    """An IID warm-up init's settings over 4 digits clients, its partition written to tmp_path."""
     ds = load_dataset("digits", proxy_fraction=0.2)
     labels = ds.y_train.numpy()
     part = make_partition(labels, 4, float("inf"), 0, 10, 1000)
     save_partition(tmp_path / "partition.npz", part, labels, 10, {"dataset": "digits"})
     training = {"rounds": 30, "local_epochs": 1, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0,
                 "save_clients_at": [1], "eval_batch_size": 1024, "device": "cpu", "client_parallel": "auto",
-                "client_chunk_size": 64, "bf16_autocast": False}
-    settings = {**DIGITS, "init": "warm", "kind": "iid_warmup", "seed": 0, "rounds": 1, "num_clients": 4,
-                "partition_seed": 0, "training": {}, "dataset_options": OPTIONS,
-                "partition": {"min_size": 10, "max_tries": 1000}, "warmup_training": training, "device": "cpu"}
+                "client_chunk_size": 64, "bf16_autocast": False, **training}
+    return {**DIGITS, "init": "warm", "kind": "iid_warmup", "seed": 0, "rounds": rounds, "num_clients": 4,
+            "partition_seed": 0, "training": {}, "dataset_options": OPTIONS,
+            "partition": {"min_size": 10, "max_tries": 1000}, "warmup_training": training, "device": "cpu"}
+
+
+def test_iid_warmup_is_fedavg_rounds_on_the_iid_split(tmp_path):
+    ds = load_dataset("digits", proxy_fraction=0.2)
+    labels = ds.y_train.numpy()
+    settings = warmup_settings(tmp_path)
 
     init_job(settings, tmp_path / "init.pt", {"partition": str(tmp_path / "partition.npz")}, tmp_path / "prog")
 
@@ -440,6 +447,26 @@ def test_continue_from_the_swa_average_of_a_run_without_one_fails_at_config_chec
 
     with pytest.raises(ConfigError, match=rf"inits\.cont\.source_model: swa, but \S+ {why}; continue from"):
         check_config(config, SCHEMA)
+
+
+@pytest.mark.parametrize(("change", "resumes"), [({"eval_batch_size": 100, "client_chunk_size": 2}, True),
+                                                ({"lr": 0.02}, False)])
+def test_an_iid_warmup_killed_and_rerun_with_other_memory_settings_resumes(tmp_path, monkeypatch, caplog, change,
+                                                                          resumes):
+    # Prepare: a 3-round warm-up killed after round 1
+    from helpers.resume import killed_after_round
+
+    settings = warmup_settings(tmp_path, rounds=3)
+    inputs = {"partition": str(tmp_path / "partition.npz")}
+    killed_after_round(monkeypatch, 1, lambda: init_job(settings, tmp_path / "init.pt", inputs, tmp_path / "prog"))
+    changed = {**settings, "warmup_training": {**settings["warmup_training"], **change}}
+
+    # Execute
+    with caplog.at_level(logging.INFO):
+        init_job(changed, tmp_path / "init.pt", inputs, tmp_path / "prog")
+
+    # Assert
+    assert ("resuming after round 1/3" in caplog.text) == resumes
 
 
 @pytest.mark.parametrize(("training", "own", "warned"), [

@@ -33,7 +33,7 @@ from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config, load_config
 from fedscape.stages.init import init_job
 from fedscape.stages.partition import partition_job
-from fedscape.stages.progress import progress_key
+from fedscape.stages.progress import progress_key, resume_settings
 from fedscape.stages.train import train_job
 
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -148,8 +148,6 @@ def test_a_run_killed_and_rerun_with_the_same_inputs_resumes(tmp_path, monkeypat
 ])
 def test_a_run_killed_and_rerun_with_other_memory_settings_resumes(tmp_path, monkeypatch, caplog, change, resumes):
     # Prepare: a run killed after round 1, its rounds stacked 64 clients at a time
-    from fedscape.stages.train import resume_settings
-
     config = _tiny_config()
     partition = _partition(config, tmp_path)
     _init(config, tmp_path / "init.pt")
@@ -164,7 +162,8 @@ def test_a_run_killed_and_rerun_with_other_memory_settings_resumes(tmp_path, mon
     # same run to the float rounding by which the two settings' uninterrupted runs differ (float32 chaos between
     # stacked and sequential clients, 3e-4 here; nothing between chunk sizes)
     (run,) = build_runs(config)
-    same_key = resume_settings(train_settings(config, run)) == resume_settings(train_settings(changed, run))
+    same_key = (resume_settings(train_settings(config, run), "training")
+                == resume_settings(train_settings(changed, run), "training"))
     assert same_key == resumes == ("resuming after round 1/3" in caplog.text)
     fresh = _train(changed, partition, tmp_path / "init.pt", tmp_path / "fresh")
     meta = json.loads((tmp_path / "run" / TRAIN_FILE_NAMES["meta"]).read_text())
@@ -175,11 +174,37 @@ def test_a_run_killed_and_rerun_with_other_memory_settings_resumes(tmp_path, mon
         assert (rerun - fresh).abs().max().item() <= 2 * spread + 1e-6
         # the record names each attempt's first round and memory settings; an uninterrupted run's names none
         before, after = (train_settings(c, run)["training"] for c in (config, changed))
-        assert meta["attempts"] == [{"from_round": 1, **{k: before[k] for k in MEMORY_KEYS}},
-                                    {"from_round": 2, **{k: after[k] for k in MEMORY_KEYS}}]
+        executions = ["vectorized", "sequential" if change.get("client_parallel") == "sequential" else "vectorized"]
+        assert meta["attempts"] == [
+            {**{k: settings[k] for k in MEMORY_KEYS}, "from_round": first, "execution": execution}
+            for settings, first, execution in zip((before, after), (1, 2), executions, strict=True)]
         assert "attempts" not in json.loads((tmp_path / "first" / TRAIN_FILE_NAMES["meta"]).read_text())
     else:
         assert torch.equal(rerun, fresh) and "attempts" not in meta
+
+
+def test_a_finished_run_whose_outputs_are_lost_records_no_attempt_that_trained_nothing(tmp_path, monkeypatch):
+    # Prepare: a run that saved its last round and was killed while writing its outputs (its progress kept)
+    import fedscape.stages.train as train_mod
+
+    config = _tiny_config()
+    partition = _partition(config, tmp_path)
+    _init(config, tmp_path / "init.pt")
+
+    def killed_writing(*args, **kwargs):
+        raise KeyboardInterrupt("simulated kill while writing")
+
+    monkeypatch.setattr(train_mod, "save_trajectory", killed_writing)
+    with pytest.raises(KeyboardInterrupt):
+        _train(config, partition, tmp_path / "init.pt", tmp_path / "run")
+    monkeypatch.undo()
+
+    # Execute: rerun with another memory setting; every round is done
+    changed = {**config, "training": {**config["training"], "client_chunk_size": 2}}
+    _train(changed, partition, tmp_path / "init.pt", tmp_path / "run")
+
+    # Assert: one attempt trained the run, so the record names none
+    assert "attempts" not in json.loads((tmp_path / "run" / TRAIN_FILE_NAMES["meta"]).read_text())
 
 
 def test_the_memory_keys_are_those_a_train_job_out_of_memory_is_told_to_lower():

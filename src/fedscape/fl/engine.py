@@ -46,8 +46,8 @@ class RunResult:
     swa: dict | None = None  # with SWA: SWAModel.state_dict() of the SWA model (None until a cycle has ended)
     # How the clients trained (`execution_of`): a run's seconds per round depend on it as much as on its algorithm
     execution: str = ""
-    # Each call that trained rounds of it, in order: {"from_round": its first round, **its `attempt`}; more than one
-    # where the run resumed after a kill
+    # Each call that trained rounds of it, in order: {**its `attempt`, "from_round": its first round, "execution": how
+    # its clients trained}; more than one where the run resumed after a kill
     attempts: list[dict] = field(default_factory=list)
 
 
@@ -127,9 +127,10 @@ def run_federated(
     With `progress_dir`, every completed round is saved there and a later call with the same
     `progress_key` (a digest of the run's settings) resumes after the last completed round; the
     result is bit-identical on CPU to an uninterrupted run because every random stream is derived
-    from (seed, round, client). The global model is evaluated (a row) at the rounds of `cfg.evaluates`
-    and at any round whose model is not finite; training stops early, with status 'diverged', at an
-    evaluated round whose training loss is not finite or above DIVERGED_LOSS.
+    from (seed, round, client), where the trainer computes as before (a train job's key leaves its memory settings
+    out, `stages.progress.resume_settings`: resumed with others, a run equals one to float rounding). The global model
+    is evaluated (a row) at the rounds of `cfg.evaluates` and at any round whose model is not finite; training stops
+    early, with status 'diverged', at an evaluated round whose training loss is not finite or above DIVERGED_LOSS.
 
     With `swa`, the server also keeps an SWA model (fedscape.fl.swa): the scheduled lr cycles from the
     SWA start, the SWA model takes the global model at each cycle end and is evaluated then; its metrics
@@ -139,7 +140,8 @@ def run_federated(
     buffers; every row says which (`SWA_BN_COLUMN`).
 
     `attempt`: what the caller records of this call (plain values; a train job's memory settings, which a resumed run
-    may change); the result's `attempts` list each call's with the first round it trained.
+    may change); the result's `attempts` list each call that trained rounds, with its first round and `execution_of`
+    its trainer.
     """
     device = next(model.parameters()).device
     with use_precision(cfg.precision, device):
@@ -193,10 +195,9 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
             _restore_swa(averager, records, device)
             swa_metrics = _last_swa_metrics(records)
         log.info("resuming after round %d/%d from %s", state["round"], cfg.rounds, progress.dir)
-        progress.attempts = [*state.get("attempts", []), {"from_round": state["round"] + 1, **attempt}]
+        progress.attempts = list(state.get("attempts", []))
     else:
         progress.reset()
-        progress.attempts = [{"from_round": 1, **attempt}]
         row0 = evaluate_row(0, 0.0, peak_memory_mb(device))
         if averager is not None:
             swa_metrics = _no_swa_metrics()
@@ -212,6 +213,8 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
     logged = time.perf_counter()  # when the last progress line was written
     if records[-1]["row"] is not None and records[-1]["row"]["status"] != "ok":
         start = cfg.rounds + 1
+    if start <= cfg.rounds:  # a call that trains rounds (not one that finds them all done): its attempt
+        progress.attempts.append({**attempt, "from_round": start})
     for t in range(start, cfg.rounds + 1):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -260,6 +263,7 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
             records[-1]["swa_metrics"] = swa_metrics
         records[-1]["client_stats"] = {"num_clients": len(results), **round_stats(
             start_params, torch.stack([r.params for r in results]), global_params)}
+        progress.attempts[-1]["execution"] = execution_of(trainer)  # how this attempt's rounds trained
         progress.save(t, records[-1], strategy, trainer, (global_params, global_buffers))
         if row is None:
             if time.perf_counter() - logged >= UNEVALUATED_LOG_SECONDS:

@@ -40,7 +40,7 @@ ADAMW_KEYS = ("adamw_beta1", "adamw_beta2", "adamw_eps")  # the options only opt
 # The training keys that bound a run's device memory and change how its rounds compute, not what: which clients train
 # together and how many (vectorised and sequential training agree to float rounding, tests/unit/test_vectorized.py),
 # and the evaluation's batch size. A killed run resumes its saved rounds across a change of them
-# (`stages.train.resume_settings`), so that one out of device memory continues where it stopped once its memory hint
+# (`stages.progress.resume_settings`), so that one out of device memory continues where it stopped once its memory hint
 # is followed (plan.resources.RULE_NEEDS names them to such a job).
 MEMORY_KEYS = ("client_chunk_size", "client_parallel", "eval_batch_size")
 # Keys of how often a run evaluates and keeps its global model: they change no model, so an IID warm-up init

@@ -48,7 +48,7 @@ from fedscape.models.params import flatten_buffers, flatten_params, load_buffers
 from fedscape.models.registry import build_model
 from fedscape.models.specs import EVAL_BATCH_SIZE
 from fedscape.stages.init_settings import ContinueInit, InitJob, PretrainedInit, WarmupInit
-from fedscape.stages.progress import progress_key
+from fedscape.stages.progress import progress_key, resume_settings
 
 log = logging.getLogger("fedscape.init")
 # Within a pretraining epoch, at most one progress line per this many seconds (a whole epoch is resumed, not a part)
@@ -92,7 +92,8 @@ def init_job(settings: dict, out: str | Path, inputs: dict | None = None,
     if isinstance(job, PretrainedInit):
         model, meta = pretrain(job, progress_dir, progress_key(settings))
     elif isinstance(job, WarmupInit):
-        model, meta = iid_warmup(job, inputs["partition"], progress_dir, progress_key(settings, [inputs["partition"]]))
+        model, meta = iid_warmup(job, inputs["partition"], progress_dir,
+                                 progress_key(resume_settings(settings, "warmup_training"), [inputs["partition"]]))
     elif isinstance(job, ContinueInit):
         model, meta = continue_from(job, inputs["trajectory"])
     else:

@@ -20,18 +20,10 @@ from fedscape.fl.swa import SWA_BN_COLUMN, SWA_METRICS, SWASettings
 from fedscape.models.batchnorm import has_batch_norm
 from fedscape.models.checkpoint import load_trajectory, save_clients, save_trajectory
 from fedscape.models.device import describe_compute, log_compute, resolve_device
-from fedscape.stages.progress import progress_key
+from fedscape.stages.progress import progress_key, resume_settings
 from fedscape.stages.train_settings import TrainJob
 
 log = logging.getLogger("fedscape.train")
-
-
-def resume_settings(settings: dict) -> dict:
-    """A train job's settings as its progress key holds them: without the memory-only training keys (`MEMORY_KEYS`),
-    which change how its rounds compute, not what, so that a run killed for lack of device memory resumes its saved
-    rounds once they are lowered. Its record (meta.json) lists each attempt's (`attempts`, where it resumed)."""
-    training = {key: value for key, value in settings["training"].items() if key not in MEMORY_KEYS}
-    return {**settings, "training": training}
 
 
 def train_job(settings: dict, partition_path: str | Path, init_path: str | Path, outputs: dict[str, str],
@@ -66,8 +58,8 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
         log.info("SWA at the server from round %d: cycles of %d rounds, %s lr down to %g x its value",
                  swa.start(cfg.rounds), swa.cycle, swa.scheduled_lr, swa.lr_ratio)
     memory = {key: settings["training"][key] for key in MEMORY_KEYS if key in settings["training"]}
-    result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir,
-                           progress_key=progress_key(resume_settings(settings), (partition_path, init_path)), swa=swa,
+    key = progress_key(resume_settings(settings, "training"), (partition_path, init_path))
+    result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir, progress_key=key, swa=swa,
                            attempt=memory)
 
     meta = {"run_id": job.run_id, "settings": settings, "status": result.status,

@@ -183,6 +183,45 @@ def test_a_run_killed_and_rerun_with_other_memory_settings_resumes(tmp_path, mon
         assert torch.equal(rerun, fresh) and "attempts" not in meta
 
 
+@pytest.mark.parametrize(("algorithm", "model", "options", "hparams"), [
+    ("scaffold", "cnn_small", {}, {}),  # per-client control variates in the strategy
+    ("fednova", "cnn_small", {}, {}),
+    ("feddyn", "resnet20", {"norm": "batch"}, {}),  # per-client state, and each client's running statistics
+    ("moon", "resnet20", {"norm": "batch"}, {"head": "projection"}),  # each client's previous model
+])
+@pytest.mark.parametrize(("first", "then"), [({"client_parallel": "vectorized", "client_chunk_size": 4},
+                                              {"client_parallel": "sequential"}),
+                                             ({"client_parallel": "sequential"},
+                                              {"client_parallel": "vectorized", "client_chunk_size": 1})])
+def test_a_run_resumed_with_its_clients_trained_otherwise_equals_one_run_in_float64(
+        float64_default, monkeypatch, tmp_path, algorithm, model, options, hparams, first, then):
+    # Prepare: 5 uneven clients, 4 of them a round; killed after round 2 under `first`
+    import dataclasses
+
+    from helpers.synthetic import shard_data
+    from helpers.vectorized import model_of
+
+    data = shard_data([21, 9, 5, 14, 11])
+    cfg = TrainConfig(rounds=4, local_epochs=1, batch_size=8, lr=0.05, momentum=0.9, participation=0.8, seed=3)
+
+    def run(changes: dict, progress=None):
+        strategy = make_strategy(algorithm, hparams)
+        net = strategy.prepare_model(model_of(model, **options), cfg.seed)
+        return run_federated(net, data, strategy, dataclasses.replace(cfg, **changes), progress_dir=progress,
+                             progress_key="k")
+
+    killed_after_round(monkeypatch, 2, lambda: run(first, tmp_path))
+
+    # Execute
+    resumed = run(then, tmp_path)
+
+    # Assert: the strategy's per-client state and the clients' draws carry over, whichever trainer took over
+    uninterrupted = run(then)
+    assert [a["execution"] for a in resumed.attempts] == [first["client_parallel"], then["client_parallel"]]
+    torch.testing.assert_close(resumed.params, uninterrupted.params, rtol=0, atol=1e-10)
+    torch.testing.assert_close(resumed.buffers, uninterrupted.buffers, rtol=0, atol=1e-10)
+
+
 def test_a_finished_run_whose_outputs_are_lost_records_no_attempt_that_trained_nothing(tmp_path, monkeypatch):
     # Prepare: a run that saved its last round and was killed while writing its outputs (its progress kept)
     import fedscape.stages.train as train_mod

@@ -9,6 +9,8 @@ the model and call `fedscape.evaluate.evaluate` on the data. Goal: at least 1.4x
 A plain eval loop is measured beside them: the same network's forward passes over the same batches, in eval mode
 under no_grad, with the parameters left alone: the card's (or CPU's) images/s for that network, which a surface
 evaluation can approach but not pass. Goal: the surface evaluator at >= 0.9x its images/s on a GPU.
+For a model with batch norm it also times the evaluator with the statistics recomputed at every grid point
+(`landscapes.<label>.bn_stats: recomputed`, from the evaluated data's fixed sample): what that option costs.
 All of it runs inside the job's precision (`use_precision`, fp32 unless `--precision`), as the landscape jobs do.
 
     python benchmarks/bench_surface.py [--model cnn_small] [--points 40] [--repeats 5] [--device cpu]
@@ -30,6 +32,7 @@ from machine import cpu_model, torch_line
 from fedscape.analysis.landscape.planes import random_plane
 from fedscape.analysis.landscape.surface import SurfaceEvaluator, SurfaceSettings
 from fedscape.data.datasets import load_dataset
+from fedscape.models.batchnorm import has_batch_norm
 from fedscape.models.device import precision_used, use_precision
 from fedscape.models.evaluate import evaluate
 from fedscape.models.params import flatten_buffers, flatten_params
@@ -111,6 +114,10 @@ def main() -> None:
                                                    points_per_batch=args.points_per_batch),
     }
     evaluators = {k: SurfaceEvaluator(network(), plane, x, y, device, s) for k, s in variants.items()}
+    recomputed = "  with BN statistics recomputed"  # other values than the rest: not checked against the baseline
+    if has_batch_norm(model):
+        evaluators[recomputed] = SurfaceEvaluator(network(), plane, x, y, device,
+                                                  SurfaceSettings(batch_size=args.batch_size), bn_x=x)
     runs = {"baseline (load_state_dict + evaluate)": lambda: baseline_loop(base_model, plane, coords, x_base, y_base,
                                                                           args.batch_size)}
     runs.update({k: (lambda ev=ev: ev.evaluate(coords)[0]) for k, ev in evaluators.items()})
@@ -124,7 +131,8 @@ def main() -> None:
     plain_eval(plain_model, x_base, args.batch_size)
     ref = values["baseline (load_state_dict + evaluate)"]
     for k, v in values.items():
-        assert np.allclose(v, ref, rtol=1e-5, atol=1e-6), f"{k} disagrees with the baseline: {np.abs(v - ref).max()}"
+        assert k == recomputed or np.allclose(v, ref, rtol=1e-5, atol=1e-6), \
+            f"{k} disagrees with the baseline: {np.abs(v - ref).max()}"
     rates: dict[str, list[float]] = {k: [] for k in [*runs, plain]}
     # One pass of the plain loop per grid point, so that its points/s are images/s over the same data.
     runs[plain] = lambda: [plain_eval(plain_model, x_base, args.batch_size) for _ in range(args.points)]

@@ -124,6 +124,8 @@ def test_bench_stacked_conv_times_every_form_of_every_layer(model, layers, total
                               "--repeats", "1", "--jobs", "2"], "| 20 files of 1 KiB |"),
     ("bench_surface.py", ["--model", "resnet20", "--norm", "batch", "--samples", "64", "--batch-size", "32",
                           "--points", "2", "--repeats", "1"], "surface evaluator / plain eval loop, images/s"),
+    ("bench_surface.py", ["--model", "cnn_small", "--norm", "batch", "--points", "2", "--repeats", "1"],
+     "with BN statistics recomputed"),
 ])
 def test_quick_benchmarks_run(script, args, needle):
     assert needle in _run(script, *args)

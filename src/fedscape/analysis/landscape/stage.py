@@ -301,11 +301,9 @@ def surface_inputs(dataset: str, options: dict, data: str, partition_path: str |
         raise ValueError(f"unknown surface data {data!r}: train, test or client~<id>")
     fed = None
     if data != "test" or training_inputs:
-        if run is None:
-            fed = federate(dataset_from_options(dataset, options), partition_path)
-        else:
-            fed = load_federated_data(run, options, partition_path)
-    union = fed.union() if fed is not None and (data == "train" or training_inputs) else None
+        fed = (federate(dataset_from_options(dataset, options), partition_path) if run is None
+               else load_federated_data(run, options, partition_path))
+    union = fed.union() if data == "train" or training_inputs else None
     if data == "test":
         x, y = load_test_data(dataset, options)
     elif data == "train":

@@ -124,8 +124,8 @@ class SurfaceEvaluator:
         self.device = torch.device(device)
         self.settings = settings
         self.model = model.to(self.device).eval()
-        self.recomputes_bn = bn_x is not None and has_batch_norm(self.model)
-        if self.recomputes_bn and settings.points_per_batch > 1:
+        recomputes = bn_x is not None and has_batch_norm(self.model)
+        if recomputes and settings.points_per_batch > 1:
             # a batched pass shares one set of buffers between its grid points: each needs its own statistics
             raise ValueError(f"batch-norm statistics recomputed at every grid point need points_per_batch 1, got "
                              f"{settings.points_per_batch}")
@@ -144,8 +144,8 @@ class SurfaceEvaluator:
         x, y = x.to(self.device), y.to(self.device)
         layout = torch.channels_last if self.flat.channels_last and x.dim() == 4 else None
         self.batches = batch_slices(x, y, settings.batch_size, layout)
-        self.bn_sample = None
-        if self.recomputes_bn:
+        self.bn_sample = None  # the inputs each grid point's statistics are recomputed from; None: the centre's
+        if recomputes:
             self.bn_sample = bn_sample_inputs(bn_x).to(self.device)
             if layout is not None:
                 self.bn_sample = self.bn_sample.contiguous(memory_format=layout)
@@ -155,6 +155,11 @@ class SurfaceEvaluator:
         self._batched = None
         if settings.points_per_batch > 1:
             self._batched = self._make_batched()
+
+    @property
+    def recomputes_bn(self) -> bool:
+        """Whether every grid point gets batch-norm statistics of its own."""
+        return self.bn_sample is not None
 
     def _make_batched(self):
         names = [n for n, _ in self.model.named_parameters()]

@@ -3,6 +3,7 @@
 
 from pathlib import Path
 
+from snakemake.io import IOFile
 from snakemake.utils import min_version
 
 from fedscape.core.config import load_schema, read_config_file
@@ -20,6 +21,7 @@ from fedscape.plan.workflow import (
     check_execution,
     check_read_files,
     config_warnings,
+    recorded_params,
 )
 
 # (a line of its own: at the start of a line, Snakemake's parser takes the name for its keyword)
@@ -59,6 +61,14 @@ GPU_JOB = gpu_job_resources(config, CLUSTER)
 CPU_JOB = cpu_job_resources(CLUSTER)
 if workflow.is_main_process and not CLUSTER and "gpu" not in workflow.global_resources:
     workflow.global_resources["gpu"] = local_gpu_slots(config)
+
+
+# Snakemake's record of the params of the job that wrote a path (None: no records open). The GPU rules' settings keep
+# a finished job's recorded text where they differ from it only in how the job computes (its memory settings:
+# fedscape.plan.workflow.recorded_params, fedscape.core.jobs.kept_record), so lowering one reruns nothing finished.
+READ_PARAMS = lambda path: (
+    None if workflow.persistence is None else workflow.persistence.params(IOFile(path))
+)
 
 
 wildcard_constraints:

@@ -44,7 +44,9 @@ rule interpolation:
         **GPU_JOB,
     params:
         settings=lambda wildcards: barrier_plan.interpolation_settings(
-            config, INTERPOLATION_PAIRS[wildcards.pair]
+            config,
+            INTERPOLATION_PAIRS[wildcards.pair],
+            recorded_params(READ_PARAMS, rules.interpolation.output[0], wildcards),
         ),
     script:
         "../workflow/scripts/interpolation.py"
@@ -108,6 +110,7 @@ rule layer_barriers:
             config,
             LAYER_PAIRS[wildcards.pair],
             int(wildcards.round),
+            recorded_params(READ_PARAMS, rules.layer_barriers.output[0], wildcards),
         ),
     script:
         "../workflow/scripts/layer_barriers.py"

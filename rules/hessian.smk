@@ -34,7 +34,11 @@ rule hessian:
         **{key: by_input(key, "source_details", GPU_JOB, CPU_JOB) for key in GPU_JOB},
     params:
         settings=lambda wildcards: hessian_plan.hessian_job_settings(
-            config, RUNS, Run.from_wildcards(wildcards), int(wildcards.round)
+            config,
+            RUNS,
+            Run.from_wildcards(wildcards),
+            int(wildcards.round),
+            recorded_params(READ_PARAMS, rules.hessian.output[0], wildcards),
         ),
     script:
         "../workflow/scripts/hessian.py"

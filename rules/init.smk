@@ -27,7 +27,12 @@ rule init:
         ),
     params:
         settings=lambda wildcards: init_settings(
-            config, RUNS, wildcards.dataset, wildcards.model, wildcards.init
+            config,
+            RUNS,
+            wildcards.dataset,
+            wildcards.model,
+            wildcards.init,
+            recorded_params(READ_PARAMS, rules.init.output[0], wildcards),
         ),
         # Pretraining / warm-up progress, kept outside the declared outputs (see rule train).
         progress_dir=f"{RESULTS(INIT_DIR)}/{PROGRESS}",

@@ -70,6 +70,7 @@ rule landscape_chunk:
             LANDSCAPES[wildcards.surface],
             wildcards.data,
             int(wildcards.chunk),
+            recorded_params(READ_PARAMS, rules.landscape_chunk.output[0], wildcards),
         ),
     script:
         "../workflow/scripts/landscape_chunk.py"

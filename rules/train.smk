@@ -22,7 +22,11 @@ rule train:
             config, wildcards.dataset, attempt
         ),
     params:
-        settings=lambda wildcards: train_settings(config, Run.from_wildcards(wildcards)),
+        settings=lambda wildcards: train_settings(
+            config,
+            Run.from_wildcards(wildcards),
+            recorded_params(READ_PARAMS, rules.train.output[0], wildcards),
+        ),
         # Kept outside the declared outputs: Snakemake deletes those when a job is killed.
         progress_dir=f"{RESULTS(TRAIN_DIR)}/{PROGRESS}",
     script:

@@ -59,3 +59,31 @@ def analysis_settings(config: dict) -> dict[str, list[dict]]:
 def all_settings(config: dict) -> list[dict]:
     """The settings of every job `config` (checked) plans that carries settings: the stages' and the analyses'."""
     return [s for _, s in stage_settings(config)] + [s for jobs in analysis_settings(config).values() for s in jobs]
+
+
+def neutral_rule_settings(config: dict, recorded: dict[tuple, list[str]] | None = None) -> dict[tuple, dict]:
+    """The settings of every job of the rules whose kinds have neutral fields (init, train and the GPU analyses), by
+    (rule, job) key, each planned with Snakemake's recorded params texts of that key in `recorded`."""
+    recorded = recorded or {}
+    runs = build_runs(config)
+    jobs: dict[tuple, dict] = {}
+
+    def plan(key: tuple, builder, *args) -> None:
+        jobs[key] = builder(*args, recorded.get(key))
+
+    for i in sorted({(r.dataset, r.model, r.init) for r in runs}):
+        plan(("init", *i), init_settings, config, runs, *i)
+    for run in runs:
+        plan(("train", run.run_id), train_settings, config, run)
+    for run, r in dict.fromkeys(hessian_jobs(config, runs)):
+        plan(("hessian", run.run_id, r), hessian_job_settings, config, runs, run, r)
+    for pair in interpolation_pairs(config, runs):
+        plan(("interpolation", pair.label), interpolation_settings, config, pair)
+    for pair in layer_pairs(config, runs):
+        for r in pair.rounds:
+            plan(("layer_barriers", pair.label, r), layer_settings, config, pair, r)
+    for p in landscape_plans(config, runs):
+        for data in p.data:
+            for i in range(p.spec["chunks"]):
+                plan(("landscape_chunk", p.label, data, i), chunk_settings, config, p, data, i)
+    return jobs

@@ -126,6 +126,54 @@ def test_moving_the_data_plans_nothing(clone):
     assert planned_jobs(clone, "--configfile", "changed.yaml").get("partition")
 
 
+def _memory_lowered(workdir: Path, name: str, lr_factor: float = 1.0) -> str:
+    """A copy of the tiny config, written as `name`, with every setting that bounds a job's device memory and changes
+    only how it computes lowered (`JobSettings.neutral`), and the lr times `lr_factor`."""
+    cfg = yaml.safe_load((workdir / "tiny.yaml").read_text())
+    cfg["training"].update(eval_batch_size=77, client_chunk_size=3, client_parallel="sequential")
+    cfg["training"]["lr"] *= lr_factor
+    cfg["hessian"].update(batch_size=33, cache_graph=False)
+    (workdir / name).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return name
+
+
+def test_lowering_every_memory_setting_plans_nothing_while_another_change_plans_its_jobs(clone):
+    # Execute / Assert: how jobs fit their card is not what they compute ...
+    assert _nothing_planned(clone, "--configfile", _memory_lowered(clone, "memory.yaml"))
+    # ... while an lr beside them plans every train job and what is made from them, as forcing them does
+    changed = planned_jobs(clone, "--configfile", _memory_lowered(clone, "memory_lr.yaml", lr_factor=0.5))
+    forced = planned_jobs(clone, "--configfile", "tiny.yaml", "--forcerun", "train")
+    assert changed == forced and changed.get("train")
+
+
+def test_a_job_run_again_computes_with_the_lowered_memory_settings_and_keeps_its_record(clone, tmp_path):
+    # Prepare: a copy of the finished run and the config with its memory settings lowered
+    workdir = shutil.copytree(clone, tmp_path / "copy", symlinks=True)
+    config = _memory_lowered(workdir, "memory.yaml")
+    jobs = sorted((workdir / "results" / "hessian").rglob("hessian.json"))
+    runs = {path: path.stat().st_mtime_ns for path in (workdir / "results" / "train").rglob("meta.json")}
+
+    # Execute: the Hessian jobs forced under it, and what they need
+    snakemake(workdir, "--configfile", config, "--forcerun", "hessian", "--until", "hessian")
+
+    # Assert: they computed with the lowered settings (their records say so), the runs they read were not trained
+    # again, and no job's settings are out of date under either config
+    for job in jobs:
+        settings = json.loads(job.read_text())["settings"]
+        assert (settings["batch_size"], settings["cache_graph"]) == (33, False), job
+    assert runs and runs == {path: path.stat().st_mtime_ns for path in runs}
+    for name in (config, "tiny.yaml"):
+        proc = snakemake(workdir, "--configfile", name, "-n")
+        assert _params_changed(proc.stdout + proc.stderr) == set(), name
+
+
+def _params_changed(dry_run: str) -> set[str]:
+    """The rules whose jobs a dry run plans because their params changed."""
+    lines = dry_run.splitlines()
+    start = next((i for i, line in enumerate(lines) if "params have changed since last execution" in line), None)
+    return set() if start is None else {rule.strip() for rule in lines[start + 1].split(",")}
+
+
 def test_every_rule_whose_jobs_read_a_data_set_gives_them_its_location(tiny_run):
     # the rules whose finished jobs' recorded params carry a data set's options (the tiny run has every stage)
     records = [json.loads(p.read_text()) for p in (tiny_run / ".snakemake" / "metadata").iterdir()]

@@ -11,14 +11,20 @@ the behaviour every job had before the field (its baseline, never the current co
 `to_settings` leaves out every field equal to its declared default. `from_settings` restores it. No list of late keys
 and no "only when set" branch is needed: a field that only some jobs use (a seed of random orders) defaults to None
 and appears only in their settings.
+
+Some fields change how a job computes, not what: how much device memory it takes (a batch size of evaluation, how
+many clients train at once), which its results follow only to float rounding. A job kind names them (`neutral`), and
+a finished job whose settings differ from those Snakemake recorded for it only there keeps its recorded params
+(`kept_record`): lowering one so that a job fits its card reruns none of the jobs already finished.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from fedscape.core.config import RESULT_VERSION
@@ -41,6 +47,9 @@ class JobSettings:
     """
 
     rule: ClassVar[str]
+    # The fields that change how the job computes, not what (its results agree to float rounding): dotted paths into
+    # its settings (`training.eval_batch_size` in a nested field). See `kept_record`.
+    neutral: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def from_settings(cls: type[J], settings: Mapping[str, Any]) -> J:
@@ -80,6 +89,65 @@ def to_settings(job: JobSettings) -> dict:
             continue
         out[f.name] = _plain(value)
     return out
+
+
+class RecordedSettings(dict):
+    """A job's settings whose params text is the one Snakemake recorded for its outputs (`kept_record`): the mapping
+    holds the settings of now, which the job computes with when it runs; `repr`, which Snakemake records and compares
+    (its params trigger), gives the recorded text, which differs from theirs only in neutral fields."""
+
+    def __init__(self, settings: Mapping[str, Any], text: str):
+        super().__init__(settings)
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def without_paths(settings: Mapping[str, Any], paths: Iterable[str]) -> dict:
+    """A copy of `settings` less the fields at `paths` (dotted: `training.eval_batch_size` is the key
+    `eval_batch_size` of the mapping `training`), the other keys in their order; a path not there is skipped."""
+    if isinstance(paths, str):  # one path, whose letters would each be taken for one
+        raise TypeError(f"without_paths takes a collection of dotted paths, got the string {paths!r}")
+    out = dict(settings)
+    for path in paths:
+        head, _, rest = path.partition(".")
+        if rest:
+            if isinstance(out.get(head), Mapping):
+                out[head] = without_paths(out[head], [rest])
+        else:
+            out.pop(head, None)
+    return out
+
+
+def kept_record(settings: dict, recorded: Iterable[str] | None, neutral: Iterable[str]) -> dict:
+    """`settings` (a job's params), kept at the text Snakemake recorded for the job where they differ from it only in
+    the `neutral` fields (`JobSettings.neutral`): a `RecordedSettings` then, else `settings` itself.
+
+    `recorded`: the params texts Snakemake keeps for the job's outputs (each param's `repr`; None without a record).
+    Snakemake reruns a job whose params text changed, so a setting that changes how a job computes, not what (an
+    evaluation batch size lowered to fit a card) would rerun every finished job that carries it, and everything made
+    from them. Compared without the neutral fields, the rest by its text (key order included, as Snakemake does), so
+    that every other change still reruns the job, which then records the settings of now. A job that runs for another
+    reason (a missing output, `--forcerun`) computes with the settings of now; Snakemake's record then keeps the
+    recorded neutral values, and the job's own outputs say which it used where they record its settings (a run's
+    meta.json, a Hessian job's hessian.json).
+    """
+    neutral = tuple(neutral)
+    if not neutral or not recorded:
+        return settings
+    text_now = repr(settings)
+    meaning = repr(without_paths(settings, neutral))
+    for text in recorded:
+        if text == text_now:
+            return settings
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue  # not a literal (a path's text is; an unrepresentable param is not recorded)
+        if isinstance(value, dict) and repr(without_paths(value, neutral)) == meaning:
+            return RecordedSettings(settings, text)
+    return settings
 
 
 def declared_defaults(cls: type[JobSettings]) -> dict[str, Any]:

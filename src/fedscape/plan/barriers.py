@@ -6,6 +6,7 @@ module resolves them, checks them and builds the per-job settings, inputs and ta
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fedscape.analysis.barriers.definitions import (
@@ -21,7 +22,7 @@ from fedscape.analysis.barriers.definitions import (
     LayerBarriersJob,
 )
 from fedscape.core.config import ConfigError, canonical, with_result_version
-from fedscape.core.jobs import to_settings
+from fedscape.core.jobs import kept_record, to_settings
 from fedscape.core.paths import (
     INTERPOLATION_DIR,
     INTERPOLATION_FIGURE,
@@ -275,10 +276,12 @@ def make_interpolation_job(config: dict, pair: InterpolationPair) -> Interpolati
         align=bool(section["align"]), curve=curve_settings(section["curve"]))
 
 
-def interpolation_settings(config: dict, pair: InterpolationPair) -> dict:
+def interpolation_settings(config: dict, pair: InterpolationPair, recorded: Iterable[str] | None = None) -> dict:
     """The settings of one interpolation job (`make_interpolation_job`) as its rule's params carry them (Snakemake
-    reruns it when they change)."""
-    return with_result_version(to_settings(make_interpolation_job(config, pair)), RESULT_VERSIONS["interpolation"])
+    reruns it when they change, not where they differ from its `recorded` params only in how it computes:
+    `kept_record`)."""
+    settings = with_result_version(to_settings(make_interpolation_job(config, pair)), RESULT_VERSIONS["interpolation"])
+    return kept_record(settings, recorded, InterpolationJob.neutral)
 
 
 def curve_settings(section: dict) -> CurveSettings | None:
@@ -301,9 +304,11 @@ def make_layer_job(config: dict, pair: LayerPair, round_: int) -> LayerBarriersJ
         direction_samples=section["direction_samples"], direction_moves=section["direction_moves"])
 
 
-def layer_settings(config: dict, pair: LayerPair, round_: int) -> dict:
-    """The settings of one layer-wise job (`make_layer_job`) as its rule's params carry them."""
-    return with_result_version(to_settings(make_layer_job(config, pair, round_)), RESULT_VERSIONS["layer_barriers"])
+def layer_settings(config: dict, pair: LayerPair, round_: int, recorded: Iterable[str] | None = None) -> dict:
+    """The settings of one layer-wise job (`make_layer_job`) as its rule's params carry them (kept at its `recorded`
+    params where they differ only in how it computes: `kept_record`)."""
+    settings = with_result_version(to_settings(make_layer_job(config, pair, round_)), RESULT_VERSIONS["layer_barriers"])
+    return kept_record(settings, recorded, LayerBarriersJob.neutral)
 
 
 # -- inputs and targets -------------------------------------------------------------------------------

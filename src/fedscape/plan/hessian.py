@@ -3,6 +3,7 @@ the targets, and the checks of the `hessian` section."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 from fedscape.analysis.hessian.definitions import (
@@ -13,7 +14,7 @@ from fedscape.analysis.hessian.definitions import (
     resolve_trace_estimator,
 )
 from fedscape.core.config import ConfigError, with_result_version
-from fedscape.core.jobs import to_settings
+from fedscape.core.jobs import kept_record, to_settings
 from fedscape.core.paths import HESSIAN_DIR, HESSIAN_FIGURE, Results
 from fedscape.core.runs import select_runs
 from fedscape.data.specs import dataset_settings
@@ -153,10 +154,11 @@ def make_hessian_job(config: dict, runs: list, run, round_: int) -> HessianJob:
                       shared_from=None if source is None else source.run_id)
 
 
-def hessian_job_settings(config: dict, runs: list, run, round_: int) -> dict:
+def hessian_job_settings(config: dict, runs: list, run, round_: int, recorded: Iterable[str] | None = None) -> dict:
     """The settings of one Hessian job (`make_hessian_job`) as its rule's params carry them (Snakemake reruns the job
-    when they change)."""
-    return with_result_version(to_settings(make_hessian_job(config, runs, run, round_)), RESULT_VERSIONS["hessian"])
+    when they change, not where they differ from its `recorded` params only in how it computes: `kept_record`)."""
+    settings = with_result_version(to_settings(make_hessian_job(config, runs, run, round_)), RESULT_VERSIONS["hessian"])
+    return kept_record(settings, recorded, HessianJob.neutral)
 
 
 def hessian_inputs(config: dict, runs: list, run, round_: int) -> dict[str, str]:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 
 from fedscape.core.config import ConfigError, canonical, with_result_version
-from fedscape.core.jobs import declared_defaults, to_settings
+from fedscape.core.jobs import declared_defaults, kept_record, to_settings
 from fedscape.core.paths import PARTITION_DIR, Results
 from fedscape.core.runs import Run, resolve_run
 from fedscape.data.specs import (
@@ -40,11 +41,14 @@ def planned_init(config: dict, runs: list[Run], dataset: str, model: str, init: 
                                    **init_extras(config, runs, dataset, model, init))
 
 
-def init_settings(config: dict, runs: list[Run], dataset: str, model: str, init: str) -> dict:
+def init_settings(config: dict, runs: list[Run], dataset: str, model: str, init: str,
+                  recorded: Iterable[str] | None = None) -> dict:
     """The settings of `planned_init` with its result version (the rule's params): Snakemake reruns the job when
-    they change. Keys sorted at every level (`canonical`), as they have always been (Snakemake records the text)."""
+    they change, not where they differ from its `recorded` params only in how it computes (`kept_record`). Keys
+    sorted at every level (`canonical`), as they have always been (Snakemake records the text)."""
     job = planned_init(config, runs, dataset, model, init)
-    return with_result_version(canonical(to_settings(job)), RESULT_VERSIONS["init"])
+    return kept_record(with_result_version(canonical(to_settings(job)), RESULT_VERSIONS["init"]), recorded,
+                       type(job).neutral)
 
 
 def warmup_schedule_warnings(config: dict, runs: list[Run]) -> list[str]:

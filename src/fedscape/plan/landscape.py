@@ -10,6 +10,7 @@ and the figure ``{data}/surface.{pdf,png}`` with its data beside it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from fedscape.analysis.landscape.definitions import (
     read_plane_file,
 )
 from fedscape.core.config import ConfigError, with_result_version
-from fedscape.core.jobs import to_settings
+from fedscape.core.jobs import kept_record, to_settings
 from fedscape.core.paths import HESSIAN_DIR, LANDSCAPE_DIR, SURFACE_DIR, Results, fill
 from fedscape.core.runs import build_runs, iid_first, resolve_run, select_runs, varying_fields
 from fedscape.data.specs import dataset_settings
@@ -286,10 +287,13 @@ def make_chunk_job(config: dict, plan: LandscapePlan, data: str, chunk: int) -> 
         bn_stats=surface_bn_stats(config, plan))
 
 
-def chunk_settings(config: dict, plan: LandscapePlan, data: str, chunk: int) -> dict:
-    """The settings of one chunk job (`make_chunk_job`) as its rule's params carry them."""
-    return with_result_version(to_settings(make_chunk_job(config, plan, data, chunk)),
-                               RESULT_VERSIONS["landscape_chunk"])
+def chunk_settings(config: dict, plan: LandscapePlan, data: str, chunk: int,
+                   recorded: Iterable[str] | None = None) -> dict:
+    """The settings of one chunk job (`make_chunk_job`) as its rule's params carry them (kept at its `recorded`
+    params where they differ only in how it computes: `kept_record`)."""
+    settings = with_result_version(to_settings(make_chunk_job(config, plan, data, chunk)),
+                                   RESULT_VERSIONS["landscape_chunk"])
+    return kept_record(settings, recorded, LandscapeChunkJob.neutral)
 
 
 def surface_settings(config: dict, plan: LandscapePlan, data: str) -> dict:

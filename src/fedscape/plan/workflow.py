@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import pkgutil
+import re
 import sys
 import zipfile
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -42,6 +44,28 @@ PARTITION_FILE = f"{PARTITION_DIR}/partition.npz"
 FIRST = "train"  # its checks come first: every other stage reads the run grid it checks
 SCHEMA = "workflow/schemas/config.schema.yaml"  # below the workflow's root, where `make` runs
 DEFAULT_CONFIG = "config/config.yaml"  # there too: the Snakefile reads it without a --configfile
+# A wildcard of an output pattern as a rule's `output` gives it (its constraint, if any, left out)
+_WILDCARD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_RECORDS_UNREAD: list[str] = []  # the paths whose records could not be read (the warning is given once)
+log = logging.getLogger(__name__)
+
+
+def recorded_params(read: Callable[[str], list[str] | None], output: str,
+                    wildcards: Mapping[str, str]) -> list[str] | None:
+    """The params texts Snakemake recorded for the job of a rule whose first output is `output` (its pattern) with
+    `wildcards`, read by `read` from the output's path (the Snakefile's READ_PARAMS); None without a record. A
+    params function sees the wildcards alone: one that takes `output` is derived from it, and Snakemake leaves it out
+    of the params it compares. Where the records cannot be read (another Snakemake's layout), None and a warning:
+    the settings are then compared as they are, and a changed memory setting reruns the job, as before."""
+    path = _WILDCARD.sub(lambda match: str(wildcards[match.group(1)]), str(output))
+    try:
+        return read(path)
+    except (AttributeError, TypeError) as exc:
+        if not _RECORDS_UNREAD:
+            log.warning("fedscape: cannot read Snakemake's record of %s (%s): a memory setting changed since a job "
+                        "ran reruns it", path, exc)
+        _RECORDS_UNREAD.append(path)
+        return None
 
 
 def stage_modules() -> list[ModuleType]:

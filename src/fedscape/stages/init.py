@@ -93,7 +93,7 @@ def init_job(settings: dict, out: str | Path, inputs: dict | None = None,
         model, meta = pretrain(job, progress_dir, progress_key(settings))
     elif isinstance(job, WarmupInit):
         model, meta = iid_warmup(job, inputs["partition"], progress_dir,
-                                 progress_key(resume_settings(settings, "warmup_training"), [inputs["partition"]]))
+                                 progress_key(resume_settings(settings, WarmupInit.neutral), [inputs["partition"]]))
     elif isinstance(job, ContinueInit):
         model, meta = continue_from(job, inputs["trajectory"])
     else:

@@ -12,8 +12,8 @@ from pathlib import Path
 from fedscape.core.config import digest
 from fedscape.core.fingerprints import file_sha256
 from fedscape.core.io import atomic_path
+from fedscape.core.jobs import without_paths
 from fedscape.data.locations import without_data_locations
-from fedscape.fl.settings import MEMORY_KEYS
 
 log = logging.getLogger("fedscape.progress")
 
@@ -33,13 +33,12 @@ def progress_key(settings: dict, inputs: Iterable[str | os.PathLike] = (), devic
     return key if device is None else f"{key}:{device}"
 
 
-def resume_settings(settings: dict, section: str) -> dict:
-    """A job's settings as its progress key holds them where it trains federated rounds (`section`: a train job's
-    `training`, an IID warm-up's `warmup_training`): without the memory-only keys (`MEMORY_KEYS`), which change how its
-    rounds compute, not what, so that a job killed for lack of device memory resumes its saved rounds once they are
-    lowered. A train job's record (meta.json) lists each attempt's (`attempts`, where it resumed)."""
-    kept = {key: value for key, value in settings[section].items() if key not in MEMORY_KEYS}
-    return {**settings, section: kept}
+def resume_settings(settings: dict, neutral: Iterable[str]) -> dict:
+    """A job's settings as its progress key holds them: without its kind's `neutral` fields (`JobSettings.neutral`:
+    a train job's memory keys, a Hessian job's batch size, ...), which change how it computes, not what, so that a job
+    killed for lack of device memory resumes its saved rounds or parts once they are lowered. A train job's record
+    (meta.json) lists each attempt's memory keys (`attempts`, where it resumed)."""
+    return without_paths(settings, neutral)
 
 
 class Parts:

@@ -234,6 +234,7 @@ class InterpolationJob(JobSettings):
     Garipov et al. 2018). The defaults are the baselines: how every job computed before the field existed."""
 
     rule = "interpolation"
+    neutral = ("eval_batch_size",)
     pair_id: str
     run_a: str
     run_b: str
@@ -267,6 +268,7 @@ class LayerBarriersJob(JobSettings):
     otherwise) only with a control mode, so that changing it reruns exactly the jobs that draw from it."""
 
     rule = "layer_barriers"
+    neutral = ("eval_batch_size",)
     pair: str
     kind: str  # clients, runs or consecutive (plan.barriers.LayerPair)
     run_id: str  # the run, or 'run_a | run_b' for two runs

@@ -43,7 +43,7 @@ from fedscape.data.federated import load_federated_data
 from fedscape.models.batchnorm import has_batch_norm
 from fedscape.models.checkpoint import load_clients, load_trajectory
 from fedscape.models.device import job_precision, resolve_device
-from fedscape.stages.progress import Parts, progress_key
+from fedscape.stages.progress import Parts, progress_key, resume_settings
 
 log = logging.getLogger("fedscape.barriers")
 
@@ -116,7 +116,8 @@ def interpolation_job(settings: dict, trajectory_a: str | Path, trajectory_b: st
     t0 = time.perf_counter()
     job = InterpolationJob.from_settings(settings)
     device = resolve_device(job.device)
-    parts = Parts(progress_dir, progress_key(settings, (trajectory_a, trajectory_b, partition), device.type))
+    inputs = (trajectory_a, trajectory_b, partition)
+    parts = Parts(progress_dir, progress_key(resume_settings(settings, job.neutral), inputs, device.type))
     traj_a = load_trajectory(trajectory_a, run_id=job.run_a)
     traj_b = load_trajectory(trajectory_b, run_id=job.run_b)
     rounds = [traj.final_round if r == "final" else int(r) for traj, r in ((traj_a, job.round_a),
@@ -193,7 +194,8 @@ def layer_barriers_job(settings: dict, inputs: dict, out_barriers: str | Path, o
     t0 = time.perf_counter()
     job = LayerBarriersJob.from_settings(settings)
     device = resolve_device(job.device)
-    parts = Parts(progress_dir, progress_key(settings, [inputs[k] for k in sorted(inputs)], device.type))
+    read = [inputs[k] for k in sorted(inputs)]
+    parts = Parts(progress_dir, progress_key(resume_settings(settings, job.neutral), read, device.type))
     pair, round_ = job.pair, job.round
     run_ids = job.run_id.split(PAIR_SEPARATOR)  # one run, or two for a pair of runs
     traj_a = load_trajectory(inputs["trajectory_a"], run_id=run_ids[0])

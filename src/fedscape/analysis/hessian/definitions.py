@@ -13,7 +13,10 @@ from fedscape.core.seeds import derive_seed
 from fedscape.models.specs import PRECISIONS
 
 METHODS = ("power", "lanczos")
-TRACE_ESTIMATORS = ("hutchinson", "hutchpp")  # what a job computes with (its settings never hold `auto`)
+# What a job computes the trace and diagonal with (its settings never hold `auto`): `exact` only for a model that is
+# piecewise linear in its parameters (`fedscape.models.specs.piecewise_linear`; maths.gauss_newton_diagonal).
+EXACT = "exact"
+TRACE_ESTIMATORS = ("hutchinson", "hutchpp", EXACT)
 AUTO = "auto"  # the config's `trace_estimator: auto`: resolved by the budget at planning (resolve_trace_estimator)
 # From this many products `auto` takes Hutch++ / Diag++, below them Hutchinson: the smallest budget measured at which
 # Hutch++'s trace lost on no model (benchmarks/README.md, bench_trace.py). Its rms error against Hutchinson's: on the
@@ -135,6 +138,7 @@ class HessianJob(JobSettings):
     this one copies, `shared.copy_shared_job`; None for a job that computes)."""
 
     rule = "hessian"
+    neutral = ("hessian.batch_size", "hessian.cache_graph")  # samples per pass; graphs kept between products or not
     run: dict  # the run's fields (the Run of core.runs), as load_federated_data reads them
     run_id: str
     round: int

@@ -58,7 +58,8 @@ def density_on_grid(nodes: Sequence[np.ndarray], weights: Sequence[np.ndarray], 
 
 # The run fields besides alpha and seed that set a run group apart within a dataset/model (the x categories).
 _GROUP_FIELDS = ("init", "algorithm", "participation", "num_clients")
-TRACE_LABELS = {"hutchinson": "Hutchinson", "hutchpp": "Hutch++"}  # axis text of each of TRACE_ESTIMATORS
+# the axis text of each of TRACE_ESTIMATORS
+TRACE_LABELS = {"hutchinson": "Hutchinson", "hutchpp": "Hutch++", "exact": "exact"}
 
 
 def run_groups(df: pd.DataFrame, by: str) -> pd.Series:

@@ -8,7 +8,9 @@ a deterministic function of the parameters):
   with full reorthogonalisation;
 * the trace and the diagonal by Hutchinson's estimator with Rademacher probes and a fixed probe
   count, with the standard error of the trace (Hutchinson 1989; Bekas et al. 2007 for the diagonal), or by
-  Hutch++ and Diag++ (Meyer et al. 2021; Baston & Nakatsukasa 2022), which `auto` takes from 100 products;
+  Hutch++ and Diag++ (Meyer et al. 2021; Baston & Nakatsukasa 2022), which `auto` takes from 100 products, or
+  exactly for a model that is piecewise linear in its parameters (`exact`: the Gauss-Newton diagonal, from
+  per-sample gradients rather than products);
 * the eigenvalue spectral density by stochastic Lanczos quadrature (Ghorbani et al. 2019);
 * the cross-client Hessian norm difference HN and direction similarity HD (Mendieta et al. 2022,
   "Local Learning Matters" / FedAlign, eqs. 3-4, Table 1).
@@ -29,9 +31,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
+from torch.func import functional_call, grad, vmap
 
-from fedscape.analysis.hessian.definitions import EVAL_ALL, HESSIAN_PRECISIONS, HessianSettings
+from fedscape.analysis.hessian.definitions import EVAL_ALL, EXACT, HESSIAN_PRECISIONS, HessianSettings
 from fedscape.core.seeds import derive_seed
 from fedscape.data.datasets import batch_slices
 from fedscape.models.device import precision_used
@@ -47,6 +49,9 @@ _STREAM_EIGEN, _STREAM_PROBES, _STREAM_DENSITY, _STREAM_SUBSET, _STREAM_SKETCH =
 # their inner products are summed (2^20 x 4 clients' quarters: tens of MB at a time).
 QUARTERS = 4
 GRAM_BLOCK = 1 << 20
+# The per-sample gradients the exact diagonal holds at once (samples x parameters): 2^25 floats, 128 MB in float32
+# (ResNet20's 0.27 M parameters: 124 samples a pass).
+PER_SAMPLE_BUDGET = 1 << 25
 
 
 # -- the operator ----------------------------------------------------------------------------------
@@ -129,8 +134,12 @@ class HessianOperator:
             self.close()
             raise
 
+    def params(self, w: Tensor) -> dict[str, Tensor]:
+        """The model's parameters (by name, in their shapes) of the flat vector `w`, as views of it."""
+        return {n: t.view(s) for n, t, s in zip(self._names, torch.split(w, self._sizes), self._shapes, strict=True)}
+
     def _batch_loss(self, w: Tensor, xb: Tensor, yb: Tensor) -> Tensor:
-        params = {n: t.view(s) for n, t, s in zip(self._names, torch.split(w, self._sizes), self._shapes, strict=True)}
+        params = self.params(w)
         if self.channels_last:  # a copy inside the graph: the gradient reaches w in its own order
             params = {n: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
                       for n, t in params.items()}
@@ -377,7 +386,7 @@ class HutchinsonResult:
     stderr: float  # standard error of the trace, from whole probe vectors (see hutchinson and hutchpp)
     diagonal: Tensor  # [P] float64 on the CPU: mean of z * Hz
     samples: np.ndarray  # z^T H z per probe (Hutch++: z^T A z per residual probe)
-    diagonal_estimator: str = "hutchinson"  # or "diag++" (see hutchpp)
+    diagonal_estimator: str = "hutchinson"  # or "diag++" (see hutchpp), or "exact" (gauss_newton_diagonal)
     # Four estimates of the diagonal from disjoint quarters of the probes (probe i in quarter i mod 4), each
     # unbiased and independent of the others (given Diag++'s sketch), float32 on the CPU (the memory two float64
     # halves took): the inner product of two of them is an unbiased estimate of ||diag H||^2, which the diagonal's
@@ -535,8 +544,61 @@ def hutchpp(op: HessianOperator, products: int, seed: int = 0) -> HutchinsonResu
                             samples, diagonal_estimator, quarters)
 
 
+def gauss_newton_diagonal(op: HessianOperator) -> Tensor:
+    """diag(H) of the operator's mean cross-entropy, exactly, for a model that is piecewise linear in its parameters
+    (`fedscape.models.specs.piecewise_linear`): [P] float64 on the CPU, from per-sample gradients, no products.
+
+    H = G + R, with G = (1/n) sum_i J_i^T (diag(p_i) - p_i p_i^T) J_i the generalised Gauss-Newton matrix (J_i the
+    Jacobian of sample i's logits, p_i their softmax) and R = (1/n) sum_i sum_c (p_ic - y_ic) d2 f_ic / dw2
+    (Martens 2014, "New insights and perspectives on the natural gradient method"; Schraudolph 2002). In a network of
+    linear maps (convolutions, fully connected layers, eval-mode batch norm, average pools, sums of residual
+    branches) and piecewise-linear activations (ReLU, max-pool), each logit is linear in any one parameter wherever
+    the activation pattern holds, which is almost everywhere, so d2 f_ic / dw_j^2 = 0 and diag(R) = 0: diag(H) =
+    diag(G) (BackPACK's observation for the diagonal blocks of ReLU networks: Dangel, Kunstner & Hennig 2020).
+    diag(G) = (1/n) sum_i sum_c (J_i^T s_ic)^2 with s_ic the columns of a square root of the softmax Hessian,
+    S = diag(sqrt p) - p sqrt(p)^T (S S^T = diag(p) - p p^T since the p sum to 1): one per-sample gradient per
+    class of s_ic . f(x_i). Group norm and layer norm, attention, LSTMs and smooth activations are not piecewise
+    linear there; tests/unit/test_hessian_exact.py checks every model the registry declares so against products.
+    """
+    for _, yb in op.batches:
+        if yb.dim() != 1 or bool((yb < 0).any()):
+            raise ValueError("the exact Hessian diagonal needs one class per sample (a sequence task's positions or "
+                             "ignored targets are not covered)")
+    buffers = op._buffers
+
+    def logit_along(w: Tensor, x: Tensor, s: Tensor) -> Tensor:
+        logits = functional_call(op.model, {**op.params(w), **buffers}, (x.unsqueeze(0),))
+        return (logits[0] * s).sum()
+
+    per_sample = vmap(grad(logit_along), in_dims=(None, 0, 0))
+    chunk = max(1, PER_SAMPLE_BUDGET // op.dim)
+    total = torch.zeros(op.dim, dtype=torch.float64, device=op.device)
+    center = op.center.detach()
+    for xb, _ in op.batches:
+        for start in range(0, len(xb), chunk):
+            x = xb[start : start + chunk]
+            with torch.no_grad():
+                p = functional_call(op.model, {**op.params(center), **buffers}, (x,)).double().softmax(dim=1)
+            root = p.sqrt()
+            columns = torch.diag_embed(root) - p.unsqueeze(2) * root.unsqueeze(1)  # [b, logit, column c]
+            for c in range(columns.shape[2]):
+                g = per_sample(center, x, columns[:, :, c].to(op.dtype))
+                total += g.double().square().sum(dim=0)
+    return (total / op.n).cpu()
+
+
+def exact_trace_and_diagonal(op: HessianOperator) -> HutchinsonResult:
+    """The diagonal of `gauss_newton_diagonal` and its sum, the trace, as a HutchinsonResult without probes: standard
+    error 0, and the diagonal as its own four quarters, which `diagonal_consistency` reads as exact."""
+    diagonal = gauss_newton_diagonal(op)
+    quarter = diagonal.float()
+    return HutchinsonResult(float(diagonal.sum()), 0.0, diagonal, np.empty(0), EXACT, (quarter,) * QUARTERS)
+
+
 def trace_and_diagonal(op: HessianOperator, settings: HessianSettings) -> HutchinsonResult:
-    """The trace and diagonal with the configured estimator and `trace_probes` products."""
+    """The trace and diagonal with the configured estimator: `trace_probes` products, or exact."""
+    if settings.trace_estimator == EXACT:
+        return exact_trace_and_diagonal(op)
     if settings.trace_estimator == "hutchpp":
         return hutchpp(op, settings.trace_probes, settings.seed)
     return hutchinson(op, settings.trace_probes, settings.seed)

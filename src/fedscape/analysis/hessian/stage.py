@@ -46,7 +46,7 @@ from fedscape.data.datasets import take_rows
 from fedscape.data.federated import FederatedData, load_federated_data
 from fedscape.models.checkpoint import load_trajectory
 from fedscape.models.device import describe_compute, job_precision, resolve_device
-from fedscape.stages.progress import Parts, progress_key
+from fedscape.stages.progress import Parts, progress_key, resume_settings
 
 log = logging.getLogger("fedscape.hessian")
 
@@ -173,7 +173,8 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     log.info("hessian of %s at round %d on %s: %d parameters, %d clients, top-%d by %s, %d trace probes",
              run_id, round_, device, traj.params.shape[1], data.num_clients, hs.top_k, hs.method, hs.trace_probes)
 
-    parts = Parts(progress_dir, progress_key(settings, (trajectory_path, partition_path), device.type))
+    key = progress_key(resume_settings(settings, HessianJob.neutral), (trajectory_path, partition_path), device.type)
+    parts = Parts(progress_dir, key)
 
     # the aggregate data: eigenpairs (the plane), trace, density
     try:

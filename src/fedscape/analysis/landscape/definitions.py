@@ -83,6 +83,8 @@ class LandscapeChunkJob(JobSettings):
     plane and the grid come as input files). The defaults are the baselines."""
 
     rule = "landscape_chunk"
+    # samples per forward pass (not points_per_batch: it aligns the chunks' bounds, chunk_bounds)
+    neutral = ("batch_size",)
     surface_id: str  # '<label>/<data>'
     dataset: str
     dataset_options: dict

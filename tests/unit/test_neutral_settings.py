@@ -1,0 +1,293 @@
+"""Settings that change how a job computes, not what (`JobSettings.neutral`: its memory settings): a finished job whose
+settings differ from those Snakemake recorded for it only there keeps its recorded params text (`kept_record`), so
+lowering one reruns nothing; every other change still shows, with the settings of now. That the neutral fields change
+the results only to float rounding is tested where each is computed: test_progress.py (client_parallel and
+client_chunk_size across a resumed run, float64), test_hessian.py (batch_size and cache_graph), and below (the
+evaluation batch of the runs, the barriers and the surfaces). A loss surface's `points_per_batch` is not one: it
+aligns the bounds of its chunks, so a chunk computed again under another would not tile the grid with the finished
+ones."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import pickle
+import typing
+
+import numpy as np
+import pytest
+from helpers.plans import neutral_rule_settings
+from helpers.synthetic import digits_like
+from helpers.workflow import ROOT
+
+from fedscape.analysis.barriers.definitions import InterpolationJob, LayerBarriersJob
+from fedscape.analysis.hessian.definitions import HessianJob
+from fedscape.analysis.landscape.definitions import LandscapeChunkJob
+from fedscape.analysis.landscape.planes import random_plane
+from fedscape.analysis.landscape.surface import SurfaceEvaluator, SurfaceSettings
+from fedscape.core.config import load_schema, read_config_file
+from fedscape.core.jobs import JobSettings, RecordedSettings, kept_record, without_paths
+from fedscape.models.evaluate import evaluate
+from fedscape.models.params import flatten_buffers, flatten_params
+from fedscape.models.registry import build_model
+from fedscape.plan.workflow import check_config
+from fedscape.stages.init_settings import INIT_JOBS, WarmupInit
+from fedscape.stages.progress import resume_settings
+from fedscape.stages.train_settings import TrainJob
+
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+KINDS_WITH_NEUTRAL = (TrainJob, WarmupInit, HessianJob, InterpolationJob, LayerBarriersJob, LandscapeChunkJob)
+NEUTRAL = ("training.eval_batch_size", "training.client_chunk_size")
+SETTINGS = {"run_id": "r", "training": {"client_chunk_size": 64, "eval_batch_size": 512, "lr": 0.05}, "v": 2}
+
+
+def _recorded(settings: dict, path: str = "results/progress") -> list[str]:
+    """Snakemake's record of a job's params: each one's repr (the settings, a progress folder)."""
+    return [repr(settings), repr(path)]
+
+
+# -- kept_record ----------------------------------------------------------------------------------------------------
+def test_settings_that_differ_only_in_neutral_fields_keep_the_recorded_text_and_hold_the_values_of_now():
+    # Prepare: the record of the job as it ran, and its settings now with both memory keys lowered
+    before = copy.deepcopy(SETTINGS)
+    now = copy.deepcopy(SETTINGS)
+    now["training"].update(client_chunk_size=4, eval_batch_size=100)
+
+    # Execute
+    kept = kept_record(now, _recorded(before), NEUTRAL)
+
+    # Assert: Snakemake reads the recorded text; the job computes with the values of now
+    assert isinstance(kept, RecordedSettings)
+    assert repr(kept) == repr(before) and kept == now
+    assert json.loads(json.dumps(kept)) == now
+
+
+@pytest.mark.parametrize("change", [
+    {"lr": 0.01},  # a setting that changes the result
+    {"lr": 0.01, "eval_batch_size": 100},  # ... beside a neutral one
+    {"momentum": 0.9},  # a key the record lacks
+])
+def test_any_other_change_gives_the_settings_of_now(change):
+    now = copy.deepcopy(SETTINGS)
+    now["training"].update(change)
+
+    kept = kept_record(now, _recorded(SETTINGS), NEUTRAL)
+
+    assert kept is now and repr(kept) != repr(SETTINGS)
+
+
+def test_the_other_keys_are_compared_as_text_with_their_order():
+    # Snakemake compares the params' text: a reordered record reruns the job, and so it still does
+    reordered = {"v": 2, **{k: v for k, v in SETTINGS.items() if k != "v"}}
+    now = copy.deepcopy(SETTINGS)
+    now["training"]["eval_batch_size"] = 100
+
+    assert kept_record(now, _recorded(reordered), NEUTRAL) is now
+
+
+@pytest.mark.parametrize(("recorded_training", "now_training"), [
+    ({"lr": 0.05}, {"eval_batch_size": 100, "lr": 0.05}),  # left out at its default in the record, set now
+    ({"eval_batch_size": 100, "lr": 0.05}, {"lr": 0.05}),  # set in the record, at its default (left out) now
+])
+def test_a_neutral_field_left_out_on_either_side_keeps_the_record(recorded_training, now_training):
+    before, now = {"training": recorded_training}, {"training": now_training}
+
+    kept = kept_record(now, _recorded(before), NEUTRAL)
+
+    assert repr(kept) == repr(before) and kept == now
+
+
+@pytest.mark.parametrize("recorded", [None, [], ["'results/progress'"], ["not a literal ("], ["[1, 2]"]])
+def test_without_a_recorded_settings_text_the_settings_are_those_of_now(recorded):
+    now = copy.deepcopy(SETTINGS)
+    assert kept_record(now, recorded, NEUTRAL) is now
+
+
+def test_a_kind_without_neutral_fields_keeps_no_record():
+    now = copy.deepcopy(SETTINGS)
+    now["training"]["eval_batch_size"] = 100
+    assert kept_record(now, _recorded(SETTINGS), ()) is now
+
+
+def test_settings_equal_to_the_record_are_returned_as_they_are():
+    now = copy.deepcopy(SETTINGS)
+    assert kept_record(now, _recorded(SETTINGS), NEUTRAL) is now
+
+
+def test_kept_settings_travel_to_a_job_s_script_with_their_text():
+    # Snakemake hands a script its params pickled
+    now = {"training": {"eval_batch_size": 100, "lr": 0.05}}
+    kept = kept_record(now, _recorded({"training": {"eval_batch_size": 512, "lr": 0.05}}), NEUTRAL)
+
+    copied = pickle.loads(pickle.dumps(kept))
+
+    assert copied == now and repr(copied) == repr(kept)
+
+
+def test_without_paths_leaves_out_nested_fields_and_keeps_the_order():
+    assert without_paths(SETTINGS, NEUTRAL) == {"run_id": "r", "training": {"lr": 0.05}, "v": 2}
+    assert list(without_paths(SETTINGS, ["run_id"])) == ["training", "v"]
+    assert without_paths(SETTINGS, ["missing.key", "run_id.x"]) == SETTINGS  # a path not there is skipped
+    assert SETTINGS["training"]["eval_batch_size"] == 512  # the input is not changed
+
+
+# -- the job kinds ---------------------------------------------------------------------------------------------------
+def _field_types(kind: type) -> dict[str, object]:
+    hints = typing.get_type_hints(kind)
+    return {f.name: hints[f.name] for f in dataclasses.fields(kind)}
+
+
+@pytest.mark.parametrize("kind", KINDS_WITH_NEUTRAL, ids=lambda k: k.__name__)
+def test_every_neutral_path_names_a_field_of_its_kind(kind):
+    for path in kind.neutral:
+        head, _, rest = path.partition(".")
+        types = _field_types(kind)
+        assert head in types, (kind.__name__, path)
+        if rest:  # a nested job settings' field, or a key of a free mapping (a warm-up's training overrides)
+            nested = types[head]
+            assert nested is dict or (isinstance(nested, type) and issubclass(nested, JobSettings)), path
+            assert nested is dict or rest in _field_types(nested), (kind.__name__, path)
+
+
+@pytest.mark.parametrize("norm", ["none", "batch"])
+def test_an_evaluation_is_the_same_at_every_batch_size(float64_default, norm):
+    # what the runs' and the barriers' eval_batch_size change: how many samples a pass holds (eval mode)
+    x, y = digits_like(n=90, seed=2)["train"]
+    model = build_model("cnn_small", in_channels=1, num_classes=10, image_size=8, norm=norm)
+    if norm == "batch":
+        model.train()(x)  # running statistics of its own
+    results = [evaluate(model, x, y, batch_size) for batch_size in (1, 7, 45, 1024)]
+    for other in results[1:]:
+        assert other.loss == pytest.approx(results[0].loss, rel=1e-12) and other.acc == results[0].acc
+
+
+def test_a_surface_is_the_same_at_every_evaluation_batch_size():
+    # a chunk's batch_size (training.eval_batch_size), in float32 as the chunks compute
+    x, y = digits_like(n=90, seed=2)["train"]
+    model = build_model("cnn_small", in_channels=1, num_classes=10, image_size=8)
+    plane = random_plane(flatten_params(model), flatten_buffers(model),
+                         [tuple(p.shape) for p in model.parameters()], seed=1)
+    points = np.array([[0.0, 0.0], [0.4, -0.2], [-0.3, 0.5]])
+    losses = [SurfaceEvaluator(model, plane, x, y, "cpu", SurfaceSettings(batch_size=b)).evaluate(points)
+              for b in (8, 1024)]
+    np.testing.assert_allclose(losses[0][0], losses[1][0], rtol=1e-6)
+    np.testing.assert_array_equal(losses[0][1], losses[1][1])
+
+
+def test_only_the_warm_up_among_the_inits_has_neutral_fields():
+    # a pretraining's batch size is its training's: it changes the model
+    assert {kind.KIND for kind in INIT_JOBS.values() if kind.neutral} == {WarmupInit.KIND}
+
+
+@pytest.mark.parametrize("kind", [TrainJob, WarmupInit, HessianJob, InterpolationJob, LayerBarriersJob],
+                         ids=lambda k: k.__name__)
+def test_a_job_s_progress_key_leaves_out_its_neutral_fields(kind):
+    # so that a job killed for lack of device memory resumes its saved rounds or parts once they are lowered
+    settings = {"a": 1}
+    for path in kind.neutral:
+        node = settings
+        *heads, last = path.split(".")
+        for head in heads:
+            node = node.setdefault(head, {})
+        node[last] = 7
+    assert resume_settings(settings, kind.neutral) == {"a": 1, **{p.split(".")[0]: {} for p in kind.neutral
+                                                                  if "." in p}}
+
+
+# -- planning -------------------------------------------------------------------------------------------------------
+def _config(edit=None) -> dict:
+    """The default config, checked as the workflow checks it, after `edit` on what the file holds."""
+    raw = read_config_file(ROOT / "config" / "config.yaml")
+    if edit is not None:
+        edit(raw)
+    return check_config(raw, load_schema(SCHEMA))
+
+
+def _lower_memory(raw: dict) -> None:
+    """Every neutral memory setting of the default config off its value: what a user lowers to fit a card (the IID
+    warm-up's own overrides too)."""
+    raw["training"].update(eval_batch_size=77, client_chunk_size=3, client_parallel="sequential")
+    raw["hessian"].update(batch_size=33, cache_graph=False)
+    raw["inits"]["warmup"]["training"] = {"eval_batch_size": 55, "client_chunk_size": 2}
+
+
+def test_lowering_every_memory_setting_keeps_every_finished_job_s_params():
+    # Prepare: the default config's jobs as Snakemake recorded them
+    before = neutral_rule_settings(_config())
+    recorded = {key: _recorded(settings) for key, settings in before.items()}
+
+    # Execute: the same jobs planned with every memory setting lowered, with and without the records
+    kept = neutral_rule_settings(_config(_lower_memory), recorded)
+    now = neutral_rule_settings(_config(_lower_memory))
+
+    # Assert: each job's params text is the recorded one, its values those of now, which differ (the test can tell)
+    assert kept.keys() == before.keys() == now.keys()
+    rules = {key[0] for key in before}
+    assert rules == {"init", "train", "hessian", "interpolation", "layer_barriers", "landscape_chunk"}
+    for key in before:
+        assert repr(kept[key]) == repr(before[key]), key
+        assert kept[key] == now[key], key
+    changed = {key[0] for key in before if now[key] != before[key]}
+    assert changed == rules
+    warmups = [key for key in before if key[0] == "init" and before[key]["kind"] == WarmupInit.KIND]
+    assert warmups and all(now[key] != before[key] for key in warmups)
+
+
+def test_a_change_of_meaning_beside_them_plans_the_settings_of_now():
+    before = neutral_rule_settings(_config())
+    recorded = {key: _recorded(settings) for key, settings in before.items()}
+
+    def lower_and_change(raw):
+        _lower_memory(raw)
+        raw["training"]["lr"] = 0.04  # the runs' and the warm-up's
+        raw["hessian"]["trace_probes"] += 1
+
+    kept = neutral_rule_settings(_config(lower_and_change), recorded)
+    now = neutral_rule_settings(_config(lower_and_change))
+
+    for key in before:
+        meaning_changed = key[0] in ("train", "hessian") or (key[0] == "init" and before[key]["kind"] == "iid_warmup")
+        assert (repr(kept[key]) == repr(now[key]) != repr(before[key])) if meaning_changed else \
+            (repr(kept[key]) == repr(before[key])), key
+
+
+def test_the_runs_rounds_and_kept_clients_keep_the_warm_up_s_params():
+    # The warm-up trains its own `rounds` and keeps no client models; its training section carries the runs'
+    before = neutral_rule_settings(_config())
+    recorded = {key: _recorded(settings) for key, settings in before.items()}
+
+    def longer_runs(raw):
+        raw["training"]["rounds"] += 10
+        raw["training"]["save_clients_at"] = [*raw["training"]["save_clients_at"], raw["training"]["rounds"]]
+
+    kept = neutral_rule_settings(_config(longer_runs), recorded)
+
+    warmups = [key for key in before if key[0] == "init" and before[key]["kind"] == WarmupInit.KIND]
+    assert warmups
+    for key in warmups:
+        assert repr(kept[key]) == repr(before[key])
+        assert kept[key]["warmup_training"]["rounds"] == before[key]["warmup_training"]["rounds"] + 10
+    trains = [key for key in before if key[0] == "train"]
+    assert all(repr(kept[key]) != repr(before[key]) for key in trains)  # the runs train more rounds
+
+
+def test_a_surface_s_points_per_batch_plans_its_chunks_again():
+    # it aligns the chunks' bounds (analysis.landscape.grid.chunk_bounds): not a neutral field
+    before = neutral_rule_settings(_config())
+    recorded = {key: _recorded(settings) for key, settings in before.items()}
+
+    def batched(raw):
+        for spec in raw["landscapes"].values():
+            spec["points_per_batch"] = 2
+
+    kept = neutral_rule_settings(_config(batched), recorded)
+
+    chunks = [key for key in before if key[0] == "landscape_chunk"]
+    assert chunks and all(repr(kept[key]) != repr(before[key]) for key in chunks)
+    assert all(repr(kept[key]) == repr(before[key]) for key in before if key[0] != "landscape_chunk")
+
+
+def test_one_path_given_as_a_string_is_refused():
+    with pytest.raises(TypeError, match="collection of dotted paths"):
+        without_paths(SETTINGS, "training")

@@ -1042,7 +1042,7 @@ def test_the_density_figure_of_a_spectrum_narrower_than_its_kernel_integrates_to
 
 
 @pytest.mark.parametrize(("estimator", "label"), [("hutchinson", "trace (Hutchinson)"), ("hutchpp", "trace (Hutch++)"),
-                                                   ("hutch", None)])
+                                                   ("exact", "trace (exact)"), ("hutch", None)])
 def test_the_trace_axis_names_the_estimator_the_jobs_computed_with(tmp_path, monkeypatch, estimator, label):
     from fedscape.analysis.hessian import figures as hessian_figures
     from fedscape.analysis.hessian.definitions import AGGREGATE
@@ -1055,7 +1055,7 @@ def test_the_trace_axis_names_the_estimator_the_jobs_computed_with(tmp_path, mon
     monkeypatch.setattr(hessian_figures, "save", lambda fig, outs, data: drawn.update(fig=fig) or save(fig, outs, data))
 
     if label is None:
-        with pytest.raises(ValueError, match=r"trace_estimator must be one of \['hutchinson', 'hutchpp'\]"):
+        with pytest.raises(ValueError, match=r"trace_estimator must be one of \['hutchinson', 'hutchpp', 'exact'\]"):
             hessian_figures.hessian_by_init_figure_job(tmp_path / "hessian.csv", outputs, trace_estimator=estimator)
         return
     hessian_figures.hessian_by_init_figure_job(tmp_path / "hessian.csv", outputs, trace_estimator=estimator)

@@ -120,10 +120,11 @@ def test_the_default_config_s_jobs_carry_no_later_key(default_config):
     interpolation = interpolation_settings(config, interpolation_pair(config, runs, "iid_vs_1.0"))
     plane, chunk = plane_settings(config, plan), chunk_settings(config, plan, plan.data[0], 0)
 
-    # Assert: the keys of the first results, and none of the later ones (its 20 products keep Hutchinson under
-    # `trace_estimator: auto`)
+    # Assert: the keys of the first results, and none of the later ones but those the default config sets on purpose
     assert set(training) == FIRST_TRAINING_KEYS
-    assert set(hessian) == FIRST_HESSIAN_KEYS | {"sharpness"}  # the default config measures sharpness
+    # it measures sharpness, and takes the exact diagonal and trace
+    assert set(hessian) == FIRST_HESSIAN_KEYS | {"sharpness", "trace_estimator"}
+    assert hessian["trace_estimator"] == "exact"
     assert set(interpolation) & set(declared_defaults(InterpolationJob)) == {"align"}  # the default config aligns
     assert not set(plane) & set(declared_defaults(LandscapePlaneJob))
     assert not set(chunk) & set(declared_defaults(LandscapeChunkJob))

@@ -71,6 +71,11 @@ class ModelInfo:
     # What it reads (data.specs.INPUT_KINDS): "image" float [N, C, H, W]; "tokens" int64 ids [N, T], for
     # which build_model's in_channels is the vocabulary size and image_size the sequence length.
     inputs: str = "image"
+    # Linear maps (convolutions, fully connected layers, pools, eval-mode batch norm, residual sums) and ReLU /
+    # max-pool between them: each logit is linear in any one parameter almost everywhere, so the Hessian's diagonal
+    # is the Gauss-Newton matrix's (analysis.hessian.maths.gauss_newton_diagonal). Not with group norm
+    # (`piecewise_linear`), attention, LSTMs or smooth activations.
+    piecewise_linear: bool = False
 
     @property
     def pixel_input(self) -> bool:
@@ -84,6 +89,7 @@ MODEL_INFOS: dict[str, ModelInfo] = {
     "mlp": ModelInfo(
         "mlp",
         residual=False,
+        piecewise_linear=True,
         image_sizes=None,
         description="MLP on flattened pixels: in -> 64 -> 64 -> classes, ReLU",
         paper="fedscape baseline (multilayer perceptron)",
@@ -91,6 +97,7 @@ MODEL_INFOS: dict[str, ModelInfo] = {
     "cnn_small": ModelInfo(
         "cnn_small",
         residual=False,
+        piecewise_linear=True,
         image_sizes=None,
         description="3-conv CNN for 8x8 digits (conv16-conv32-pool-last_block conv32, FC 64), no norm "
                     "(norm: batch adds batch norm after each conv)",
@@ -101,6 +108,7 @@ MODEL_INFOS: dict[str, ModelInfo] = {
     "convnet": ModelInfo(
         "convnet",
         residual=False,
+        piecewise_linear=True,
         image_sizes=(32,),
         description="ConvNet, 6 conv + 2 FC (FC 1024 -> 64 -> classes), ReLU, no normalisation",
         paper="Li et al. 2022, Understanding Federated Learning through Loss Landscape Visualizations",
@@ -108,6 +116,7 @@ MODEL_INFOS: dict[str, ModelInfo] = {
     "lenet5": ModelInfo(
         "lenet5",
         residual=False,
+        piecewise_linear=True,
         image_sizes=(32,),
         description="LeNet-5-like CNN: conv5-64, pool, conv5-64, pool, FC 1600 -> 384 -> 192 -> classes, ReLU, "
                     "no normalisation",
@@ -117,6 +126,7 @@ MODEL_INFOS: dict[str, ModelInfo] = {
     "resnet20": ModelInfo(
         "resnet20",
         residual=True,
+        piecewise_linear=True,
         image_sizes=None,
         description="CIFAR ResNet20: BasicBlock [3,3,3], widths 16/32/64, option-A shortcuts",
         paper=_CIFAR_RESNET_PAPER,
@@ -126,6 +136,7 @@ MODEL_INFOS: dict[str, ModelInfo] = {
     "resnet56": ModelInfo(
         "resnet56",
         residual=True,
+        piecewise_linear=True,
         image_sizes=None,
         description="CIFAR ResNet56: BasicBlock [9,9,9], widths 16/32/64, option-A shortcuts",
         paper=_CIFAR_RESNET_PAPER,
@@ -135,6 +146,7 @@ MODEL_INFOS: dict[str, ModelInfo] = {
     "resnet56_bottleneck": ModelInfo(
         "resnet56_bottleneck",
         residual=True,
+        piecewise_linear=True,
         image_sizes=None,
         description="the FedAlign code's ResNet56: Bottleneck [6,6,6] (1x1-3x3-1x1, expansion 4), widths "
                     "16/32/64 -> 64/128/256 channels, 1x1-conv + norm shortcuts, torchvision's init",
@@ -145,6 +157,7 @@ MODEL_INFOS: dict[str, ModelInfo] = {
     "resnet18": ModelInfo(
         "resnet18",
         residual=True,
+        piecewise_linear=True,
         image_sizes=None,
         description="ResNet18 (BasicBlock [2,2,2,2], widths 64-512, 1x1-conv + norm shortcuts), 3x3 stem, no "
                     "max-pool (stem: imagenet for the 7x7 stride-2 stem and max-pool); norm: group (32 groups, the "
@@ -158,6 +171,7 @@ MODEL_INFOS: dict[str, ModelInfo] = {
     "resnet18_nonorm": ModelInfo(
         "resnet18_nonorm",
         residual=True,
+        piecewise_linear=True,
         image_sizes=None,
         description="ResNet18 (BasicBlock [2,2,2,2], widths 64-512), 3x3 stem, no max-pool, no norm",
         paper="Adilova, Fischer, Jaggi, Layerwise Linear Mode Connectivity; He et al. 2016",
@@ -167,6 +181,7 @@ MODEL_INFOS: dict[str, ModelInfo] = {
     "vgg11": ModelInfo(
         "vgg11",
         residual=False,
+        piecewise_linear=True,
         image_sizes=(32,),
         description="VGG11 without batch norm, single Linear(512, classes) classifier (CIFAR variant)",
         paper="Simonyan & Zisserman 2015, Very Deep Convolutional Networks; Adilova et al.",
@@ -267,6 +282,13 @@ def model_norm(name: str, options: dict | None = None) -> str | None:
     if name not in MODEL_NORMS:
         return None
     return (options or {}).get("norm", MODEL_NORMS[name][0])
+
+
+def piecewise_linear(name: str, options: dict | None = None) -> bool:
+    """Whether model `name` with `options` is piecewise linear in its parameters in eval mode (`ModelInfo.
+    piecewise_linear`), so that its Hessian's diagonal is exact from per-sample gradients: not with group norm, which
+    divides by a standard deviation of the sample's own activations."""
+    return model_info(name).piecewise_linear and model_norm(name, options) != "group"
 
 
 def uses_batch_norm(name: str, options: dict | None = None) -> bool:

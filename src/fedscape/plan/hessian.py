@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from fedscape.analysis.hessian.definitions import (
+    EXACT,
     JOB_FILES,
     HessianJob,
     HessianSettings,
@@ -18,6 +19,7 @@ from fedscape.core.jobs import kept_record, to_settings
 from fedscape.core.paths import HESSIAN_DIR, HESSIAN_FIGURE, Results
 from fedscape.core.runs import select_runs
 from fedscape.data.specs import dataset_settings
+from fedscape.models.specs import model_norm, piecewise_linear
 from fedscape.plan.train import algorithm_model_options, rounds_of, unkept_round
 
 FIGURES = ("lambda_trace_by_algorithm", "lambda_trace_by_init")
@@ -32,6 +34,9 @@ DENSITY_FIGURE = "spectral_density"
 # probes), not from the square of one (biased up by its variance: HN still fell with the probe count); HD from the
 # same quarters (every pair of them); every other number is as at 3.
 RESULT_VERSIONS = {"hessian": 4}
+# The trace_probes of a job with `trace_estimator: exact`, which takes none (its settings hold the field: a required
+# one of the first results); the schema's default.
+EXACT_TRACE_PROBES = 300
 
 
 def settings_from_config(section: dict) -> HessianSettings:
@@ -39,11 +44,14 @@ def settings_from_config(section: dict) -> HessianSettings:
     auto` resolved by the budget, so a job's settings name the estimator it computes with."""
     density = section["density"]
     sharp = section["sharpness"]
+    estimator = resolve_trace_estimator(section["trace_estimator"], section["trace_probes"])
+    # an exact job takes no probes: the count it carries is fixed, so that changing trace_probes reruns none of them
+    probes = EXACT_TRACE_PROBES if estimator == EXACT else section["trace_probes"]
     return HessianSettings(
         top_k=section["top_k"], method=section["method"], tol=section["tol"], max_iter=section["max_iter"],
-        trace_probes=section["trace_probes"], eval_samples=section["eval_samples"], batch_size=section["batch_size"],
+        trace_probes=probes, eval_samples=section["eval_samples"], batch_size=section["batch_size"],
         cache_graph=section["cache_graph"],
-        trace_estimator=resolve_trace_estimator(section["trace_estimator"], section["trace_probes"]),
+        trace_estimator=estimator,
         density=density["enabled"],
         density_steps=density["lanczos_steps"], density_probes=density["probes"],
         seed=section["seed"], sharpness=sharp["enabled"], sharpness_rho=sharp["rho"],
@@ -106,6 +114,8 @@ def check(config: dict, runs: list) -> list[str]:
     except ConfigError as exc:
         problems.append(f"hessian.runs: {exc}")
         chosen = []
+    if section["enabled"]:
+        problems += exact_problems(config, chosen, "hessian.trace_estimator")
     for run in chosen:
         final = rounds_of(config, run)
         bad = [r for r in section["rounds"] if r != "final" and not 0 <= int(r) <= final]
@@ -118,6 +128,24 @@ def check(config: dict, runs: list) -> list[str]:
             problems.append(f"hessian.rounds: {unkept[0]}")
             break
     return problems
+
+
+def exact_problems(config: dict, runs: list, where: str) -> list[str]:
+    """`hessian.trace_estimator: exact` for Hessian jobs of `runs` whose model is not piecewise linear in its
+    parameters (one line per model, prefixed by `where`: what plans the jobs)."""
+    if config["hessian"]["trace_estimator"] != EXACT:
+        return []
+    problems = {}
+    for run in runs:
+        options = {**config["model_options"].get(run.model, {}), **algorithm_model_options(config, run)}
+        if not piecewise_linear(run.model, options) and run.model not in problems:
+            norm = model_norm(run.model, options)
+            problems[run.model] = (
+                f"{where}: hessian.trace_estimator exact takes the Hessian's diagonal from per-sample gradients, "
+                f"which holds for models piecewise linear in their parameters (ReLU networks with batch norm or "
+                f"none), not {run.model}{f' with {norm} norm' if norm else ''} (run {run.run_id}); use hutchinson, "
+                "hutchpp or auto")
+    return list(problems.values())
 
 
 def _round_zero_key(config: dict, run) -> tuple:

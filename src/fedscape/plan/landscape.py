@@ -34,6 +34,7 @@ from fedscape.core.paths import HESSIAN_DIR, LANDSCAPE_DIR, SURFACE_DIR, Results
 from fedscape.core.runs import build_runs, iid_first, resolve_run, select_runs, varying_fields
 from fedscape.data.specs import dataset_settings
 from fedscape.models.specs import BN_STATS_BASELINE
+from fedscape.plan.hessian import exact_problems
 from fedscape.plan.train import algorithm_model_options, bn_stats_setting, check_round, rounds_of, run_training
 
 
@@ -198,7 +199,9 @@ def check(config: dict, runs: list) -> list[str]:
     problems = []
     for label, spec in config["landscapes"].items():
         try:
-            resolve_landscape(config, runs, label)
+            plan = resolve_landscape(config, runs, label)
+            if plan.kind == "hessian" and spec["plane_file"] is None:  # its plane is a Hessian job's, planned for it
+                problems += exact_problems(config, plan.runs[:1], f"landscapes.{label}")
         except ConfigError as exc:
             problems.append(str(exc))
         problems += _plane_file_problems(label, spec)

@@ -125,8 +125,9 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str, trace_estimat
                         color = colors[format_setting(alpha)]
                         xpos = i - 0.4 + width * (j + 0.5)
                         jitter = np.linspace(-width * 0.25, width * 0.25, len(pts)) if len(pts) > 1 else np.zeros(1)
-                        handle = ax.errorbar(xpos + jitter, pts["value"], yerr=pts["stderr"].fillna(0), fmt="o",
-                                             ms=4, color=color, capsize=2)
+                        stderr = pts["stderr"].fillna(0)  # none for lambda_max, 0 for an exact trace: no bars
+                        handle = ax.errorbar(xpos + jitter, pts["value"], yerr=stderr if stderr.any() else None,
+                                             fmt="o", ms=4, color=color, capsize=2)
                         ax.hlines(pts["value"].mean(), xpos - width * 0.4, xpos + width * 0.4, color=color)
                         legend.setdefault(setting_label(alpha), handle)
                 needs[ax] = category_ticks(ax, cats)  # a run group's fields one a line, its panel as wide as they need

@@ -583,7 +583,7 @@ def gauss_newton_diagonal(op: HessianOperator) -> Tensor:
             columns = torch.diag_embed(root) - p.unsqueeze(2) * root.unsqueeze(1)  # [b, logit, column c]
             for c in range(columns.shape[2]):
                 g = per_sample(center, x, columns[:, :, c].to(op.dtype))
-                total += g.double().square().sum(dim=0)
+                total += g.square_().sum(dim=0).double()  # in place: no second [chunk, P] block
     return (total / op.n).cpu()
 
 

@@ -21,6 +21,7 @@ from fedscape.analysis.hessian.definitions import (
     CLIENTS_COLUMN,
     DENSITY_COLUMNS,
     EVAL_ALL,
+    EXACT,
     HessianJob,
     HessianSettings,
     client_columns,
@@ -46,6 +47,7 @@ from fedscape.data.datasets import take_rows
 from fedscape.data.federated import FederatedData, load_federated_data
 from fedscape.models.checkpoint import load_trajectory
 from fedscape.models.device import describe_compute, job_precision, resolve_device
+from fedscape.models.specs import piecewise_linear
 from fedscape.stages.progress import Parts, progress_key, resume_settings
 
 log = logging.getLogger("fedscape.hessian")
@@ -164,14 +166,20 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     run_id, round_ = job.run_id, job.round
     device = resolve_device(job.device)
     traj = load_trajectory(trajectory_path, run_id=run_id)
+    meta = traj.model_meta
+    if hs.trace_estimator == EXACT and not piecewise_linear(meta.model, meta.model_options):
+        raise ValueError(f"trace_estimator exact: the Hessian's diagonal of {meta.model} {meta.model_options} is not "
+                         "exact from per-sample gradients (a model piecewise linear in its parameters only); use "
+                         "hutchinson, hutchpp or auto")
     reason = traj.unusable(round_)
     if reason is not None:
         _write_diverged(job, traj, reason, outputs, t_start)
         return
     model = traj.model_at(round_, device)
     data = load_federated_data(job.run, job.dataset_options, partition_path, device)
-    log.info("hessian of %s at round %d on %s: %d parameters, %d clients, top-%d by %s, %d trace probes",
-             run_id, round_, device, traj.params.shape[1], data.num_clients, hs.top_k, hs.method, hs.trace_probes)
+    budget = "the exact diagonal" if hs.trace_estimator == EXACT else f"{hs.trace_probes} trace probes"
+    log.info("hessian of %s at round %d on %s: %d parameters, %d clients, top-%d by %s, %s",
+             run_id, round_, device, traj.params.shape[1], data.num_clients, hs.top_k, hs.method, budget)
 
     key = progress_key(resume_settings(settings, HessianJob.neutral), (trajectory_path, partition_path), device.type)
     parts = Parts(progress_dir, key)
@@ -215,7 +223,10 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     log.info("HN = %.6g, HD = %.6f over %d clients", hn, hd, len(diagonals))
     unresolved = [clients[i] for i in unresolved_at]
     details["hd_unresolved_clients"] = unresolved  # why HD is NaN where it is
-    if unresolved:
+    if unresolved and hs.trace_estimator == EXACT:
+        log.warning("HD is NaN: the Hessian diagonal of client(s) %s is zero (a saturated softmax: every logit's "
+                    "probability 0 or 1)", ", ".join(map(str, unresolved)))
+    elif unresolved:
         log.warning("HD is NaN: %d products did not resolve the Hessian diagonal of client(s) %s (the unbiased "
                     "estimate of its squared norm is not positive); raise hessian.trace_probes", hs.trace_probes,
                     ", ".join(map(str, unresolved)))

@@ -72,6 +72,22 @@ def test_sharing_needs_the_same_model_and_data_among_analysed_runs(change, share
         assert r == 0 and src.seed == run.seed and src.algorithm == "fedavg" and run.algorithm == "fedprox"
 
 
+def test_a_round_zero_job_a_landscape_asks_for_outside_the_analysed_runs_computes_itself():
+    # Prepare: the Hessian stage analyses the IID run only; a Hessian landscape asks for the other run's round 0
+    config = tiny_config(runs={"alpha": "iid"}, rounds=[0, "final"])
+    config["landscapes"] = {"eigen0": {"kind": "hessian", "runs": [{"alpha": 0.5, "algorithm": "fedavg"}], "round": 0,
+                                       "resolution": 3}}
+    config, runs = _checked(config)
+    (run,) = [r for r in runs if r.setting == "0.5" and r.algorithm == "fedavg"]
+
+    # Execute
+    source = shared_source(config, runs, run, 0)
+    settings = hessian_job_settings(config, runs, run, 0)
+
+    # Assert: no analysed run of its group to copy from
+    assert source is None and "shared_from" not in settings
+
+
 def test_a_sharing_job_reads_its_sources_outputs_and_says_so_in_its_settings():
     # Prepare
     config = tiny_config(runs="all", rounds=[0, "final"])

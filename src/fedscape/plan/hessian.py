@@ -158,13 +158,14 @@ def _round_zero_key(config: dict, run) -> tuple:
 def shared_source(config: dict, runs: list, run, round_: int):
     """The run whose (run, round 0) job computes what this run's round-0 job would: the first analysed run with
     the same initial model and partition (runs differing only in algorithm or participation); None when this
-    job computes itself (every round > 0, and the first of each group)."""
+    job computes itself (every round > 0, the first of each group, and a job a Hessian landscape asks for where no
+    analysed run shares its round 0)."""
     if int(round_) != 0:
         return None
     key = _round_zero_key(config, run)
     # rounds are resolved only for the runs of this group (hessian_jobs would resolve every run's, per job)
-    first = next(r for r in hessian_runs(config, runs)
-                 if _round_zero_key(config, r) == key and 0 in hessian_rounds(config, r))
+    first = next((r for r in hessian_runs(config, runs)
+                  if _round_zero_key(config, r) == key and 0 in hessian_rounds(config, r)), run)
     return None if first == run else first
 
 

@@ -17,6 +17,11 @@ Prints median times and the ratios, and the largest relative difference of each 
 three HVPs alternate call by call (`--repeats` rounds), so that a change of load on a shared machine falls on
 all of them.
 
+For a model piecewise linear in its parameters (`fedscape.models.specs.piecewise_linear`) also the exact diagonal
+of `hessian.trace_estimator: exact` (`gauss_newton_diagonal`: one per-sample gradient per class), timed once, in
+Hessian-vector products of the cached graph: what it costs against the products an estimate takes (FedAlign's
+300), and its largest difference from the float64 one relative to the diagonal's largest entry.
+
 Then (`--eigen K`, default 2; 0 skips it) the top-K eigenvalues as a Hessian job computes them: `top_eigen` with
 the schema's default `hessian` settings (Lanczos, tol 1e-4, at most 100 products, seed 0, batches of 512, cached
 graph), the operator built as `maths.analyse` builds it, inside `use_precision` as `hessian_stage` runs, for the
@@ -43,11 +48,12 @@ from machine import cpu_model, torch_line
 from timing import timed  # benchmarks/timing.py (the script's directory is on sys.path)
 
 from fedscape.analysis.hessian.definitions import HessianSettings
-from fedscape.analysis.hessian.maths import HessianOperator, top_eigen
+from fedscape.analysis.hessian.maths import HessianOperator, gauss_newton_diagonal, top_eigen
 from fedscape.core.config import default_filling_validator, load_schema
 from fedscape.data.specs import DATASET_NAMES, dataset_info
 from fedscape.models.device import use_precision
 from fedscape.models.registry import build_model
+from fedscape.models.specs import piecewise_linear
 from fedscape.plan.hessian import settings_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,6 +127,18 @@ def tf32_times(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, v: torc
     return tuple(statistics.median(r[i] for r in times) for i in range(len(fns)))
 
 
+def exact_diagonal_cost(op: HessianOperator, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, samples: int,
+                        device: torch.device) -> tuple[float, float]:
+    """Seconds of one exact diagonal on `op`'s batch, and its largest difference from a float64 copy's relative to
+    that diagonal's largest entry."""
+    diagonal = gauss_newton_diagonal(op)  # warm-up
+    seconds = timed(lambda: gauss_newton_diagonal(op), device, 1, warmup=0)
+    model64 = copy.deepcopy(model).double()
+    with HessianOperator(model64, x.double(), y, batch_size=samples, cache_graph=False) as ref:
+        reference = gauss_newton_diagonal(ref)
+    return seconds, float((diagonal - reference).abs().max() / reference.abs().max())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="cnn_small")
@@ -179,6 +197,8 @@ def main() -> None:
         for name, fn in timers.items():
             times[name].append(timed(fn, device, 1, warmup=0))
     t = {name: statistics.median(values) for name, values in times.items()}
+    exact = exact_diagonal_cost(cached, model, x, y, args.samples, device) if piecewise_linear(args.model, options) \
+        else None
     for op in operators:
         op.close()
     precision.__exit__(None, None, None)
@@ -205,6 +225,11 @@ def main() -> None:
         if len(tf32) > 2:
             print(f"TF32, channels_last: HVP, cached graph {tf32[2] * 1e3:.2f} ms = {tf32[2] / tf32[0]:.2f}x the TF32 "
                   f"gradient, {tf32[2] / t['gradient']:.2f}x the fp32 gradient")
+    if exact is not None:
+        hvps = exact[0] / t["HVP, cached graph"]
+        print(f"exact diagonal (trace_estimator: exact) {exact[0] * 1e3:9.2f} ms = {hvps:.1f} HVPs of the cached "
+              f"graph (an estimate takes trace_probes of them: 300 in FedAlign), largest difference from float64 "
+              f"{exact[1]:.1e} of the largest entry")
     if args.eigen:
         eigen_check(model, x, y, args.eigen, device)
 

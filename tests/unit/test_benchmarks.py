@@ -117,6 +117,8 @@ def test_bench_stacked_conv_times_every_form_of_every_layer(model, layers, total
 
 @pytest.mark.parametrize(("script", "args", "needle"), [
     ("bench_hvp.py", ["--samples", "32", "--repeats", "1", "--device", "cpu"], "HVP, cached graph"),
+    ("bench_hvp.py", ["--samples", "32", "--repeats", "1", "--device", "cpu", "--eigen", "0"],
+     "exact diagonal (trace_estimator: exact)"),
     ("bench_client_stats.py", ["--model", "cnn_small", "--dataset", "digits", "--clients", "2", "--repeats", "1"],
      "round_stats"),
     ("bench_surface.py", ["--points", "4", "--repeats", "1"], "speed-up of the surface evaluator"),

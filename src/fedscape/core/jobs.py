@@ -1,9 +1,9 @@
 """Typed job contracts: one frozen dataclass per job kind, and the one rule that turns it into a job's settings.
 
 `plan/` builds a job kind's dataclass (a `JobSettings` subclass, declared torch-free beside the stage that runs
-it) and hands Snakemake `to_settings(job)`; the stage reads it back with `<Kind>.from_settings(settings)`. The
-dataclass is the one declared shape of the job: a field without a default is required, and a stage reads
-attributes, not string keys.
+it) and hands Snakemake `job_params(job, version)`, its `to_settings(job)` with the kind's result version; the
+stage reads it back with `<Kind>.from_settings(settings)`. The dataclass is the one declared shape of the job: a
+field without a default is required, and a stage reads attributes, not string keys.
 
 Finished jobs keep their settings. Snakemake reruns a job when its params change, so a field added after results
 existed must not change the settings of the jobs that computed without it: every field added later has a default,
@@ -27,7 +27,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
-from fedscape.core.config import RESULT_VERSION
+from fedscape.core.config import RESULT_VERSION, canonical, with_result_version
 from fedscape.core.names import suggest
 
 J = TypeVar("J", bound="JobSettings")
@@ -148,6 +148,16 @@ def kept_record(settings: dict, recorded: Iterable[str] | None, neutral: Iterabl
         if isinstance(value, dict) and repr(without_paths(value, neutral)) == meaning:
             return RecordedSettings(settings, text)
     return settings
+
+
+def job_params(job: JobSettings, version: int, recorded: Iterable[str] | None = None, *, sort: bool = False) -> dict:
+    """The settings of `job` as its rule's params carry them: `to_settings`, every level's keys sorted with `sort`
+    (`canonical`: the partition, init and train jobs have always had them so), its job kind's result `version`
+    (`with_result_version`), and kept at Snakemake's `recorded` text where they differ from it only in the kind's
+    neutral fields (`kept_record`)."""
+    settings = to_settings(job)
+    return kept_record(with_result_version(canonical(settings) if sort else settings, version), recorded,
+                       type(job).neutral)
 
 
 def declared_defaults(cls: type[JobSettings]) -> dict[str, Any]:

@@ -21,8 +21,8 @@ from fedscape.analysis.barriers.definitions import (
     InterpolationJob,
     LayerBarriersJob,
 )
-from fedscape.core.config import ConfigError, canonical, with_result_version
-from fedscape.core.jobs import kept_record, to_settings
+from fedscape.core.config import ConfigError, canonical
+from fedscape.core.jobs import job_params
 from fedscape.core.paths import (
     INTERPOLATION_DIR,
     INTERPOLATION_FIGURE,
@@ -280,8 +280,7 @@ def interpolation_settings(config: dict, pair: InterpolationPair, recorded: Iter
     """The settings of one interpolation job (`make_interpolation_job`) as its rule's params carry them (Snakemake
     reruns it when they change, not where they differ from its `recorded` params only in how it computes:
     `kept_record`)."""
-    settings = with_result_version(to_settings(make_interpolation_job(config, pair)), RESULT_VERSIONS["interpolation"])
-    return kept_record(settings, recorded, InterpolationJob.neutral)
+    return job_params(make_interpolation_job(config, pair), RESULT_VERSIONS["interpolation"], recorded)
 
 
 def curve_settings(section: dict) -> CurveSettings | None:
@@ -307,8 +306,7 @@ def make_layer_job(config: dict, pair: LayerPair, round_: int) -> LayerBarriersJ
 def layer_settings(config: dict, pair: LayerPair, round_: int, recorded: Iterable[str] | None = None) -> dict:
     """The settings of one layer-wise job (`make_layer_job`) as its rule's params carry them (kept at its `recorded`
     params where they differ only in how it computes: `kept_record`)."""
-    settings = with_result_version(to_settings(make_layer_job(config, pair, round_)), RESULT_VERSIONS["layer_barriers"])
-    return kept_record(settings, recorded, LayerBarriersJob.neutral)
+    return job_params(make_layer_job(config, pair, round_), RESULT_VERSIONS["layer_barriers"], recorded)
 
 
 # -- inputs and targets -------------------------------------------------------------------------------

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from fedscape.analysis.client_stats.definitions import ClientStatsJob
-from fedscape.core.config import with_result_version
-from fedscape.core.jobs import to_settings
+from fedscape.core.jobs import job_params
 from fedscape.core.paths import CLIENT_STATS_FIGURE, Results
 from fedscape.core.runs import Run
 
@@ -20,7 +19,7 @@ def planned_client_stats(runs: list[Run]) -> ClientStatsJob:
 def client_stats_params(runs: list[Run]) -> dict:
     """The rule's params: the settings of `planned_client_stats` with the result version, each a param of its own
     (`params: **client_stats_params(RUNS)`), as the rule has always had them."""
-    return with_result_version(to_settings(planned_client_stats(runs)), RESULT_VERSIONS["client_stats"])
+    return job_params(planned_client_stats(runs), RESULT_VERSIONS["client_stats"])
 
 
 def check(config: dict, runs: list[Run]) -> list[str]:

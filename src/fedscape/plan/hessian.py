@@ -14,8 +14,8 @@ from fedscape.analysis.hessian.definitions import (
     job_clients,
     resolve_trace_estimator,
 )
-from fedscape.core.config import ConfigError, with_result_version
-from fedscape.core.jobs import kept_record, to_settings
+from fedscape.core.config import ConfigError
+from fedscape.core.jobs import job_params
 from fedscape.core.paths import HESSIAN_DIR, HESSIAN_FIGURE, Results
 from fedscape.core.runs import select_runs
 from fedscape.data.specs import dataset_settings
@@ -186,8 +186,7 @@ def make_hessian_job(config: dict, runs: list, run, round_: int) -> HessianJob:
 def hessian_job_settings(config: dict, runs: list, run, round_: int, recorded: Iterable[str] | None = None) -> dict:
     """The settings of one Hessian job (`make_hessian_job`) as its rule's params carry them (Snakemake reruns the job
     when they change, not where they differ from its `recorded` params only in how it computes: `kept_record`)."""
-    settings = with_result_version(to_settings(make_hessian_job(config, runs, run, round_)), RESULT_VERSIONS["hessian"])
-    return kept_record(settings, recorded, HessianJob.neutral)
+    return job_params(make_hessian_job(config, runs, run, round_), RESULT_VERSIONS["hessian"], recorded)
 
 
 def hessian_inputs(config: dict, runs: list, run, round_: int) -> dict[str, str]:

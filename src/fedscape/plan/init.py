@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from fedscape.core.config import ConfigError, canonical, with_result_version
-from fedscape.core.jobs import declared_defaults, kept_record, to_settings
+from fedscape.core.config import ConfigError
+from fedscape.core.jobs import declared_defaults, job_params
 from fedscape.core.paths import PARTITION_DIR, Results
 from fedscape.core.runs import Run, resolve_run
 from fedscape.data.specs import (
@@ -46,9 +46,7 @@ def init_settings(config: dict, runs: list[Run], dataset: str, model: str, init:
     """The settings of `planned_init` with its result version (the rule's params): Snakemake reruns the job when
     they change, not where they differ from its `recorded` params only in how it computes (`kept_record`). Keys
     sorted at every level (`canonical`), as they have always been (Snakemake records the text)."""
-    job = planned_init(config, runs, dataset, model, init)
-    return kept_record(with_result_version(canonical(to_settings(job)), RESULT_VERSIONS["init"]), recorded,
-                       type(job).neutral)
+    return job_params(planned_init(config, runs, dataset, model, init), RESULT_VERSIONS["init"], recorded, sort=True)
 
 
 def warmup_schedule_warnings(config: dict, runs: list[Run]) -> list[str]:

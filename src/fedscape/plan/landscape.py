@@ -28,8 +28,8 @@ from fedscape.analysis.landscape.definitions import (
     PlaneError,
     read_plane_file,
 )
-from fedscape.core.config import ConfigError, with_result_version
-from fedscape.core.jobs import kept_record, to_settings
+from fedscape.core.config import ConfigError
+from fedscape.core.jobs import job_params
 from fedscape.core.paths import HESSIAN_DIR, LANDSCAPE_DIR, SURFACE_DIR, Results, fill
 from fedscape.core.runs import build_runs, iid_first, resolve_run, select_runs, varying_fields
 from fedscape.data.specs import dataset_settings
@@ -268,7 +268,7 @@ def make_plane_job(config: dict, plan: LandscapePlan) -> LandscapePlaneJob:
 
 def plane_settings(config: dict, plan: LandscapePlan) -> dict:
     """The settings of the plane job (`make_plane_job`) as its rule's params carry them."""
-    return with_result_version(to_settings(make_plane_job(config, plan)), RESULT_VERSIONS["landscape_plane"])
+    return job_params(make_plane_job(config, plan), RESULT_VERSIONS["landscape_plane"])
 
 
 def surface_bn_stats(config: dict, plan: LandscapePlan) -> str:
@@ -294,9 +294,7 @@ def chunk_settings(config: dict, plan: LandscapePlan, data: str, chunk: int,
                    recorded: Iterable[str] | None = None) -> dict:
     """The settings of one chunk job (`make_chunk_job`) as its rule's params carry them (kept at its `recorded`
     params where they differ only in how it computes: `kept_record`)."""
-    settings = with_result_version(to_settings(make_chunk_job(config, plan, data, chunk)),
-                                   RESULT_VERSIONS["landscape_chunk"])
-    return kept_record(settings, recorded, LandscapeChunkJob.neutral)
+    return job_params(make_chunk_job(config, plan, data, chunk), RESULT_VERSIONS["landscape_chunk"], recorded)
 
 
 def surface_settings(config: dict, plan: LandscapePlan, data: str) -> dict:

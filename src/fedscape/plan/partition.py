@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedscape.core.config import canonical, with_result_version
-from fedscape.core.jobs import to_settings
+from fedscape.core.jobs import job_params
 from fedscape.core.names import suggest
 from fedscape.core.runs import Run
 from fedscape.core.setting import is_partition_label
@@ -49,7 +48,7 @@ def partition_settings(config: dict, dataset: str, setting: str, num_clients: in
     """The settings of `planned_partition` with its result version (the rule's params), keys sorted at every level
     (`canonical`), as they have always been: Snakemake records them as text, key order included."""
     job = planned_partition(config, dataset, setting, num_clients, seed)
-    return with_result_version(canonical(to_settings(job)), partition_result_version(setting, job.kind))
+    return job_params(job, partition_result_version(setting, job.kind), sort=True)
 
 
 def partition_result_version(setting: str, kind: dict | None = None) -> int:

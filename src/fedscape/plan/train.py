@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable
 
-from fedscape.core.config import ConfigError, canonical, with_result_version
-from fedscape.core.jobs import kept_record, to_settings
+from fedscape.core.config import ConfigError
+from fedscape.core.jobs import job_params
 from fedscape.core.names import suggest
 from fedscape.core.paths import Results
 from fedscape.core.runs import Run
@@ -129,8 +129,7 @@ def train_settings(config: dict, run: Run, recorded: Iterable[str] | None = None
     """The settings of `planned_train` with its result version (the rule's params): Snakemake reruns the job when
     they change, not where they differ from its `recorded` params only in how it computes (`kept_record`). Keys
     sorted at every level (`canonical`), as they have always been (Snakemake records the text)."""
-    settings = with_result_version(canonical(to_settings(planned_train(config, run))), RESULT_VERSIONS["train"])
-    return kept_record(settings, recorded, TrainJob.neutral)
+    return job_params(planned_train(config, run), RESULT_VERSIONS["train"], recorded, sort=True)
 
 
 def train_inputs(results: Results, run: Run) -> dict[str, str]:

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from fedscape.core import manifest
+from fedscape.core.config import digest
+from fedscape.core.jobs import RecordedSettings
 from fedscape.core.logs import job_log
 from fedscape.core.manifest import MANIFEST, code_label, file_record, manifest_path, output_records, verify
 from fedscape.plan.status import report
@@ -85,6 +87,26 @@ def test_a_job_s_record_holds_its_own_notes_and_a_noted_function_s_value_when_it
     record = json.loads((tmp_path / "results" / MANIFEST / "job.json").read_text())
     assert record["device"] == "cpu" and record["files"] == 2
     assert "earlier" not in record
+
+
+def test_a_job_records_the_settings_it_computes_with_and_their_digest(tmp_path, monkeypatch, restore_logging):
+    # Prepare: settings whose params text is an earlier run's (`kept_record`), with a tuple JSON holds as a list
+    monkeypatch.chdir(tmp_path)
+    now = {"run_id": "r", "training": {"eval_batch_size": 33, "lr": 0.1}, "rounds": (0, 5)}
+    settings = RecordedSettings(now, repr({**now, "training": {"eval_batch_size": 512, "lr": 0.1}}))
+
+    # Execute
+    with job_log("logs/job.log", [], "results", settings=settings):
+        pass
+    with job_log("logs/plain.log", [], "results"):
+        pass
+
+    # Assert: the values of now, not the recorded text; a job without settings records none
+    record = json.loads((tmp_path / "results" / MANIFEST / "job.json").read_text())
+    assert record["settings"] == {"run_id": "r", "training": {"eval_batch_size": 33, "lr": 0.1}, "rounds": [0, 5]}
+    assert record["settings_digest"] == digest(record["settings"]) != digest({**now, "rounds": [0, 6]})
+    plain = json.loads((tmp_path / "results" / MANIFEST / "plain.json").read_text())
+    assert "settings" not in plain and "settings_digest" not in plain
 
 
 def test_a_failing_job_writes_no_record(tmp_path, monkeypatch, restore_logging):

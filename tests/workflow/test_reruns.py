@@ -161,6 +161,11 @@ def test_a_job_run_again_computes_with_the_lowered_memory_settings_and_keeps_its
     for job in jobs:
         settings = json.loads(job.read_text())["settings"]
         assert (settings["batch_size"], settings["cache_graph"]) == (33, False), job
+    records = [json.loads(p.read_text()) for p in (workdir / "results/_manifest/hessian").rglob("*.json")]
+    assert len(records) == len(jobs)
+    for record in records:  # and so do the jobs' records, while Snakemake's keeps the text of the run that made them
+        hessian = record["settings"]["hessian"]
+        assert (hessian["batch_size"], hessian["cache_graph"]) == (33, False), record["log"]
     assert runs and runs == {path: path.stat().st_mtime_ns for path in runs}
     for name in (config, "tiny.yaml"):
         proc = snakemake(workdir, "--configfile", name, "-n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import shlex
@@ -19,6 +20,7 @@ import torch
 import yaml
 from helpers.workflow import ROOT, TINY_CONFIG, copy_workflow, planned_jobs, snakemake
 
+from fedscape.core.config import digest
 from fedscape.core.io import CONTINUE_BY_MEANING
 from fedscape.models.checkpoint import load_clients, load_trajectory
 
@@ -415,3 +417,25 @@ def test_every_job_records_its_outputs_and_verify_finds_the_results_intact(tiny_
     assert train["compute"]["precision_used"] == "fp32"
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 changed, missing or foreign" in proc.stdout
+
+
+def test_every_job_with_settings_records_those_it_computed_with_and_their_digest(tiny_run):
+    # Prepare: Snakemake's record of each job's params, by its log; and fedscape's records below results/_manifest/
+    params = {}
+    for path in (tiny_run / ".snakemake/metadata").iterdir():
+        meta = json.loads(path.read_text())
+        for log in meta.get("log") or []:
+            params[log] = meta["params"]
+    records = [json.loads(p.read_text()) for p in (tiny_run / "results/_manifest").rglob("*.json")]
+
+    # Execute: the records of the rules whose params carry settings
+    with_settings = [r for r in records if "settings" in r]
+
+    # Assert: each holds the settings of its params, as Snakemake compares them, and their digest
+    rules = {Path(r["log"]).parts[1] for r in with_settings}
+    assert rules >= {"partitions", "init", "train", "hessian", "landscape", "barriers"}
+    for record in with_settings:
+        texts = [ast.literal_eval(text) for text in params[record["log"]] if text.startswith("{")]
+        assert json.loads(json.dumps(texts, default=str)).count(record["settings"]) == 1, record["log"]
+        assert record["settings_digest"] == digest(record["settings"])
+    assert not [r["log"] for r in records if "/train.log" in r["log"] and "settings" not in r]

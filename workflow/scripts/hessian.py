@@ -12,7 +12,8 @@ from fedscape.plan.resources import memory_hint
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0], sm.output, sm.config["results_dir"],
-             memory_hint("hessian", sm.config, dict(sm.wildcards.items()))):
+             memory_hint("hessian", sm.config, dict(sm.wildcards.items())),
+             settings=sm.params.settings):
     settings = with_data_locations(sm.params.settings, sm.config)  # where its data is now (not in its params)
     # finished parts kept beside the outputs (not a param: adding one would rerun every finished job)
     hessian_job(settings, dict(sm.input.items()), {key: sm.output[key] for key in JOB_FILES},

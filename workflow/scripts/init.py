@@ -8,7 +8,8 @@ from fedscape.stages.init import init_job
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0], sm.output, sm.config["results_dir"],
-             memory_hint("init", sm.config, dict(sm.wildcards.items()))):
+             memory_hint("init", sm.config, dict(sm.wildcards.items())),
+             settings=sm.params.settings):
     settings = with_data_locations(sm.params.settings, sm.config)  # where its data is now (not in its params)
     use_threads(sm.threads)
     init_job(settings, sm.output.model, dict(sm.input.items()), sm.params.progress_dir)

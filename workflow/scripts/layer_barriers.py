@@ -11,7 +11,8 @@ from fedscape.plan.resources import memory_hint
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0], sm.output, sm.config["results_dir"],
-             memory_hint("layer_barriers", sm.config, dict(sm.wildcards.items()))):
+             memory_hint("layer_barriers", sm.config, dict(sm.wildcards.items())),
+             settings=sm.params.settings):
     settings = with_data_locations(sm.params.settings, sm.config)  # where its data is now (not in its params)
     use_threads(sm.threads)
     # finished rows kept beside the outputs (not a param: adding one would rerun every finished job)

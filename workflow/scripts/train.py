@@ -9,7 +9,8 @@ from fedscape.stages.train import train_job
 
 sm = snakemake  # noqa: F821
 with job_log(sm.log[0], sm.output, sm.config["results_dir"],
-             memory_hint("train", sm.config, dict(sm.wildcards.items()))):
+             memory_hint("train", sm.config, dict(sm.wildcards.items())),
+             settings=sm.params.settings):
     settings = with_data_locations(sm.params.settings, sm.config)  # where its data is now (not in its params)
     use_threads(sm.threads)
     train_job(settings, sm.input.partition, sm.input.init, {key: sm.output[key] for key in TRAIN_FILES},

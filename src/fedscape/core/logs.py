@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from fedscape.core.manifest import manifest_path, start_job, write_record
+from fedscape.core.config import digest
+from fedscape.core.manifest import manifest_path, note, start_job, write_record
 from fedscape.core.paths import Results
 
 log = logging.getLogger("fedscape")
@@ -33,7 +35,7 @@ def setup_logging(path: str | Path | None) -> None:
 
 @contextlib.contextmanager
 def job_log(path: str | Path | None, outputs: Iterable[str] = (), results_dir: str | None = None,
-            memory_hint: str | None = None) -> Iterator[None]:
+            memory_hint: str | None = None, settings: Mapping | None = None) -> Iterator[None]:
     """Set up a job's logging; an exception is written to the log (type, message, traceback) and re-raised.
 
     Snakemake points the user at the rule's log when a job fails: the reason must be there, not only
@@ -41,9 +43,17 @@ def job_log(path: str | Path | None, outputs: Iterable[str] = (), results_dir: s
     and what made them below the results' manifest (`fedscape.core.manifest`), for `make verify`; the code version
     it names is taken here, before the job's work (`start_job`). A job that runs out of device memory
     (`out_of_device_memory`) also logs `memory_hint`: what the user can change (`fedscape.plan.resources.memory_hint`).
+
+    `settings` (a job's `params.settings`, less its data's locations) go into the record as the job computed with
+    them, with their `settings_digest` (`fedscape.core.config.digest`). Snakemake's own record of a job's params keeps
+    the text of the run that made its outputs where only neutral fields changed since (`core.jobs.kept_record`), so a
+    forced rerun under a lowered evaluation batch computes with it and says so only here.
     """
     setup_logging(path)
     start_job()
+    if settings is not None:
+        plain = json.loads(json.dumps(dict(settings), default=str))  # as the record's JSON will hold it
+        note(settings=plain, settings_digest=digest(plain))
     age = process_age()
     t0, started = time.perf_counter(), time.time()
     if age is not None:  # the job's fixed cost: interpreter, Snakemake's script preamble, imports

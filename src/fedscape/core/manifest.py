@@ -16,7 +16,7 @@ while a job runs is not the code it loaded.
 
 Torch-free: light jobs write records too, and `make verify` runs without torch. Versions of torch, CUDA and cuDNN are
 recorded by the jobs that imported torch (`sys.modules`), and what a job computed on (device, precision) is noted by
-the job itself (`note`).
+the job itself (`note`), as are the settings it computed with (`fedscape.core.logs.job_log`).
 """
 
 from __future__ import annotations

@@ -1160,6 +1160,56 @@ def test_the_hessian_figures_run_group_labels_never_overlap(tmp_path, monkeypatc
     assert labels == {g.replace(" · ", "\n") for g in groups} and len(groups) >= 6
 
 
+@pytest.mark.parametrize(("items", "pieces", "expected"), [
+    (range(7), 3, [[0, 1, 2], [3, 4], [5, 6]]),
+    (range(6), 3, [[0, 1], [2, 3], [4, 5]]),
+    (range(2), 5, [[0], [1]]),
+    (range(4), 1, [[0, 1, 2, 3]]),
+    ([], 2, [[]]),
+])
+def test_split_evenly_keeps_the_order_in_pieces_that_differ_by_at_most_one(items, pieces, expected):
+    from fedscape.outputs.style import split_evenly
+
+    assert split_evenly(items, pieces) == expected
+
+
+def test_split_evenly_refuses_fewer_than_one_piece():
+    from fedscape.outputs.style import split_evenly
+
+    with pytest.raises(ValueError, match="pieces must be >= 1"):
+        split_evenly([1, 2], 0)
+
+
+@pytest.mark.parametrize("by", ["init", "algorithm"])
+def test_a_hessian_panel_too_wide_for_a_screen_is_split_into_pieces_on_one_scale(tmp_path, monkeypatch, by):
+    from fedscape.outputs.style import MAX_FIGURE_WIDTH_IN, WIDEN_TOLERANCE_IN
+
+    # Prepare: one place (dataset/model, round) of 32 run groups with long labels, wider alone than the maximum
+    table = _many_algorithms_rows()
+
+    # Execute
+    fig = _drawn_lambda_trace(tmp_path, monkeypatch, table, by)
+
+    # Assert: within the maximum, in pieces titled k/n; each run group a label once per metric, in the order of
+    # the figure's data; each metric's pieces on one y scale, which holds every value
+    assert fig.get_figwidth() <= MAX_FIGURE_WIDTH_IN + WIDEN_TOLERANCE_IN
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    titles = [ax.get_title() for ax in visible]
+    pieces = len(visible) // 2
+    assert pieces > 1 and sorted(set(titles)) == [f"digits/cnn_small, round 5 ({k}/{pieces})"
+                                                   for k in range(1, pieces + 1)]
+    assert _overlapping_tick_labels(fig) == []
+    groups = set(pd.read_csv(tmp_path / "fig.csv")["group"])
+    for label in ("λmax", "trace (Hutchinson)"):
+        axes = [ax for ax in visible if ax.get_ylabel() == label]
+        shown = [t.get_text() for ax in axes for t in ax.get_xticklabels()]
+        assert sorted(shown) == sorted(g.replace(" · ", "\n") for g in groups) and len(shown) == 32
+        assert len({ax.get_ylim() for ax in axes}) == 1
+        low, high = axes[0].get_ylim()
+        values = table["lambda_1" if label == "λmax" else "trace"]
+        assert low < values.min() and values.max() < high
+
+
 def test_a_hessian_figure_whose_labels_fit_keeps_its_width(tmp_path, monkeypatch):
     # Prepare: two short run groups at two rounds
     table = _hessian_rows([(run_id(alpha, 0), r) for alpha in ("iid", "0.1") for r in (0, 5)]

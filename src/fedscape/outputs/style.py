@@ -275,6 +275,18 @@ def wrap_to_fit(draw: Callable, n: int, max_width: float = MAX_FIGURE_WIDTH_IN):
     return best if best is not None else widened(options[lo])
 
 
+def split_evenly(items: Sequence, pieces: int) -> list[list]:
+    """`items` in order, in min(pieces, len(items)) consecutive pieces whose sizes differ by at most one (the
+    larger first); [[]] for no items."""
+    if pieces < 1:
+        raise ValueError(f"pieces must be >= 1, got {pieces}")
+    items = list(items)
+    count = max(1, min(pieces, len(items)))
+    size, extra = divmod(len(items), count)
+    bounds = [k * size + min(k, extra) for k in range(count + 1)]
+    return [items[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
 def empty_figure(message: str, size: tuple[float, float] = (4.0, 2.0)):
     """A figure that says why there is nothing to draw (rules always produce their outputs)."""
     plt = pyplot()

@@ -15,13 +15,16 @@ from fedscape.core.runs import RUN_FIELDS, parse_run_id
 from fedscape.core.setting import format_setting, setting_label
 from fedscape.outputs.labels import LABEL_SEP, format_field, label_run
 from fedscape.outputs.style import (
+    MAX_FIGURE_WIDTH_IN,
     PALETTE,
+    WIDEN_TOLERANCE_IN,
     bounded_log_ticks,
     category_ticks,
     facet_grid,
     pyplot,
     setting_colors,
     setting_order,
+    split_evenly,
     wrap_to_fit,
 )
 from fedscape.outputs.style import save_figure_outputs as save
@@ -83,7 +86,10 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str, trace_estimat
     One panel per (metric, dataset/model, round); x = the run groups by `by` (`run_groups`: runs that differ in
     another field too, say FedProx at a random init in the per-init figure, are a category of their own), colour =
     alpha (fedscape.outputs.style), one point per seed (trace with its standard error) and a bar at the mean:
-    FedAlign Table 1 (per algorithm) and the Meta poster's top eigenvalue at init (per init).
+    FedAlign Table 1 (per algorithm) and the Meta poster's top eigenvalue at init (per init). Panels wrap into
+    rows to fit a screen (`wrap_to_fit`); a panel whose categories alone are wider (32 run groups of long labels:
+    40 inches) is split into the fewest pieces of consecutive categories that fit, titled k/n, each metric's
+    pieces on one y scale.
     """
     if by not in ("algorithm", "init"):
         raise ValueError(f"by must be 'algorithm' or 'init', got {by!r}")
@@ -100,49 +106,75 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str, trace_estimat
     data_cols = ["metric", "setting", "round", by, "group", "alpha", "seed", "run_id", "value", "stderr"]
     data = long[data_cols].sort_values(data_cols[:7]).reset_index(drop=True)
 
-    panels = sorted({(s, int(r)) for s, r in zip(long["setting"], long["round"], strict=True)})
     metrics = ["lambda_max", "trace"]
     alphas = setting_order(long["alpha"].astype(str).unique())
     colors = setting_colors(alphas)
+    places = sorted({(s, int(r)) for s, r in zip(long["setting"], long["round"], strict=True)})
 
-    def draw(ncols: int):
-        """The figure with its panels in at most `ncols` columns, each panel a metric above the other."""
-        fig, facets = facet_grid(max(1, len(panels)), ncols=ncols, rows_per_facet=len(metrics), size=(3.2, 2.5),
-                                 sharey=False, sharex=False)
-        legend, needs = {}, {}
-        for (setting, round_), facet in zip(panels, facets, strict=False):
-            for ax, metric in zip(facet, metrics, strict=True):
-                sub = long[(long["setting"] == setting) & (long["round"] == round_) & (long["metric"] == metric)]
-                # the groups of each `by` value together, the value's own group (nothing else differs) first
-                first = sub.groupby("group")[by].first().astype(str)
-                cats = sorted(first.index, key=lambda g: (first[g], LABEL_SEP in g, g))
-                width = 0.8 / max(1, len(alphas))
-                for i, cat in enumerate(cats):
-                    for j, alpha in enumerate(alphas):
-                        pts = sub[(sub["group"] == cat) & (sub["alpha"].astype(str) == alpha)]
-                        if pts.empty:
-                            continue
-                        color = colors[format_setting(alpha)]
-                        xpos = i - 0.4 + width * (j + 0.5)
-                        jitter = np.linspace(-width * 0.25, width * 0.25, len(pts)) if len(pts) > 1 else np.zeros(1)
-                        stderr = pts["stderr"].fillna(0)  # none for lambda_max, 0 for an exact trace: no bars
-                        handle = ax.errorbar(xpos + jitter, pts["value"], yerr=stderr if stderr.any() else None,
-                                             fmt="o", ms=4, color=color, capsize=2)
-                        ax.hlines(pts["value"].mean(), xpos - width * 0.4, xpos + width * 0.4, color=color)
-                        legend.setdefault(setting_label(alpha), handle)
-                needs[ax] = category_ticks(ax, cats)  # a run group's fields one a line, its panel as wide as they need
-                ax.grid(axis="x", visible=False)
-                ax.set_title(f"{setting}, round {round_}")
-                ax.set_ylabel("λmax" if metric == "lambda_max" else f"trace ({TRACE_LABELS[trace_estimator]})")
-        if not panels:
-            facets[0][0].text(0.5, 0.5, "no Hessian rows of the aggregate data", ha="center", va="center")
-        fig.suptitle(f"Hessian of the global model on the aggregate data, per {by} (points: seeds)")
-        if legend:
-            fig.legend(legend.values(), legend.keys(), loc="outside right center", title="partition")
-        return fig, needs
+    def categories(setting: str, round_: int) -> list[str]:
+        """A place's run groups, the groups of each `by` value together, the value's own group (nothing else
+        differs) first."""
+        sub = long[(long["setting"] == setting) & (long["round"] == round_)]
+        first = sub.groupby("group")[by].first().astype(str)
+        return sorted(first.index, key=lambda g: (first[g], LABEL_SEP in g, g))
 
-    # one row of panels while it fits a screen, else wrapped into rows (panels still as wide as their labels)
-    fig = wrap_to_fit(draw, max(1, len(panels)))
+    cats_of = {place: categories(*place) for place in places}
+
+    def draw_pieces(pieces: int):
+        """The figure with each place's run groups split into at most `pieces` panels side by side."""
+        splits = {place: split_evenly(cats_of[place], pieces) for place in places}
+        panels = [(place, part, split, len(splits[place])) for place in places
+                  for part, split in enumerate(splits[place])]
+
+        def draw(ncols: int):
+            """The figure with its panels in at most `ncols` columns, each panel a metric above the other."""
+            fig, facets = facet_grid(max(1, len(panels)), ncols=ncols, rows_per_facet=len(metrics), size=(3.2, 2.5),
+                                     sharey=False, sharex=False)
+            legend, needs, first_piece = {}, {}, {}
+            for ((setting, round_), part, cats, parts), facet in zip(panels, facets, strict=False):
+                for ax, metric in zip(facet, metrics, strict=True):
+                    sub = long[(long["setting"] == setting) & (long["round"] == round_) & (long["metric"] == metric)]
+                    # the pieces of one place share the metric's scale: their points compare as in one panel
+                    shared = first_piece.setdefault((setting, round_, metric), ax)
+                    if shared is not ax:
+                        ax.sharey(shared)
+                    width = 0.8 / max(1, len(alphas))
+                    for i, cat in enumerate(cats):
+                        for j, alpha in enumerate(alphas):
+                            pts = sub[(sub["group"] == cat) & (sub["alpha"].astype(str) == alpha)]
+                            if pts.empty:
+                                continue
+                            color = colors[format_setting(alpha)]
+                            xpos = i - 0.4 + width * (j + 0.5)
+                            jitter = (np.linspace(-width * 0.25, width * 0.25, len(pts)) if len(pts) > 1
+                                      else np.zeros(1))
+                            stderr = pts["stderr"].fillna(0)  # none for lambda_max, 0 for an exact trace: no bars
+                            handle = ax.errorbar(xpos + jitter, pts["value"], yerr=stderr if stderr.any() else None,
+                                                 fmt="o", ms=4, color=color, capsize=2)
+                            ax.hlines(pts["value"].mean(), xpos - width * 0.4, xpos + width * 0.4, color=color)
+                            legend.setdefault(setting_label(alpha), handle)
+                    needs[ax] = category_ticks(ax, cats)  # a run group's fields one a line, as wide as they need
+                    ax.grid(axis="x", visible=False)
+                    ax.set_title(f"{setting}, round {round_}" + (f" ({part + 1}/{parts})" if parts > 1 else ""))
+                    ax.set_ylabel("λmax" if metric == "lambda_max" else f"trace ({TRACE_LABELS[trace_estimator]})")
+            if not panels:
+                facets[0][0].text(0.5, 0.5, "no Hessian rows of the aggregate data", ha="center", va="center")
+            fig.suptitle(f"Hessian of the global model on the aggregate data, per {by} (points: seeds)")
+            if legend:
+                fig.legend(legend.values(), legend.keys(), loc="outside right center", title="partition")
+            return fig, needs
+
+        # one row of panels while it fits a screen, else wrapped into rows (panels still as wide as their labels)
+        return wrap_to_fit(draw, max(1, len(panels)))
+
+    # a place whose run groups alone are wider than a screen is split into pieces, the fewest that fit
+    most = max((len(cats) for cats in cats_of.values()), default=1)
+    fig = draw_pieces(1)
+    for pieces in range(2, most + 1):
+        if fig.get_figwidth() <= MAX_FIGURE_WIDTH_IN + WIDEN_TOLERANCE_IN:
+            break
+        pyplot().close(fig)
+        fig = draw_pieces(pieces)
     save(fig, outputs, data)
 
 

@@ -205,11 +205,11 @@ def _config(edit=None) -> dict:
 
 
 def _lower_memory(raw: dict) -> None:
-    """Every neutral memory setting of the default config off its value: what a user lowers to fit a card (the IID
-    warm-up's own overrides too)."""
-    raw["training"].update(eval_batch_size=77, client_chunk_size=3, client_parallel="sequential")
+    """Every neutral setting of the default config off its value: what a user lowers to fit a card (the IID warm-up's
+    own overrides too), and how steps execute (CUDA graphs or not)."""
+    raw["training"].update(eval_batch_size=77, client_chunk_size=3, client_parallel="sequential", capture="eager")
     raw["hessian"].update(batch_size=33, cache_graph=False)
-    raw["inits"]["warmup"]["training"] = {"eval_batch_size": 55, "client_chunk_size": 2}
+    raw["inits"]["warmup"]["training"] = {"eval_batch_size": 55, "client_chunk_size": 2, "capture": "cuda_graph"}
 
 
 def test_lowering_every_memory_setting_keeps_every_finished_job_s_params():

@@ -130,7 +130,7 @@ def _memory_lowered(workdir: Path, name: str, lr_factor: float = 1.0) -> str:
     """A copy of the tiny config, written as `name`, with every setting that bounds a job's device memory and changes
     only how it computes lowered (`JobSettings.neutral`), and the lr times `lr_factor`."""
     cfg = yaml.safe_load((workdir / "tiny.yaml").read_text())
-    cfg["training"].update(eval_batch_size=77, client_chunk_size=3, client_parallel="sequential")
+    cfg["training"].update(eval_batch_size=77, client_chunk_size=3, client_parallel="sequential", capture="eager")
     cfg["training"]["lr"] *= lr_factor
     cfg["hessian"].update(batch_size=33, cache_graph=False)
     (workdir / name).write_text(yaml.safe_dump(cfg, sort_keys=False))

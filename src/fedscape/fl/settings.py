@@ -43,6 +43,11 @@ ADAMW_KEYS = ("adamw_beta1", "adamw_beta2", "adamw_eps")  # the options only opt
 # (`stages.progress.resume_settings`), so that one out of device memory continues where it stopped once its memory hint
 # is followed (plan.resources.RULE_NEEDS names them to such a job).
 MEMORY_KEYS = ("client_chunk_size", "client_parallel", "eval_batch_size")
+# The training keys that change how a run's steps execute and not what they compute, so that changing them reruns no
+# finished run or warm-up (their jobs' `JobSettings.neutral`): the memory keys, and `capture`, since a step replayed
+# from a CUDA graph is checked equal to the eager step before it is kept (fedscape.fl.capture) and a CPU never
+# captures.
+NEUTRAL_TRAINING_KEYS = (*MEMORY_KEYS, "capture")
 # Keys of how often a run evaluates and keeps its global model: they change no model, so an IID warm-up init
 # (which keeps its last model) leaves them at their baselines (out of its settings).
 RUN_ONLY_TRAINING_KEYS = ("eval_every", "save_every")

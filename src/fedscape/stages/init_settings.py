@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from fedscape.core.jobs import JobSettings, JobSettingsError
 from fedscape.core.names import suggest
-from fedscape.fl.settings import MEMORY_KEYS, TrainConfig, TrainingSettings
+from fedscape.fl.settings import NEUTRAL_TRAINING_KEYS, TrainConfig, TrainingSettings
 
 # The keys of an `inits` entry that each kind reads (the schema fills defaults for all of them).
 KIND_KEYS: dict[str, tuple[str, ...]] = {
@@ -123,10 +123,10 @@ class WarmupInit(InitJob):
     """`rounds` rounds of IID FedAvg from the seeded random init."""
 
     KIND: ClassVar[str] = "iid_warmup"
-    # Its training's memory keys (the overrides of its `inits` entry and its resolved training), as a train job's,
+    # Its training's neutral keys (the overrides of its `inits` entry and its resolved training), as a train job's,
     # and what of the runs' training it does not use: their `rounds` and `save_clients_at` (its own `rounds`
     # replace theirs, and it keeps no client models).
-    neutral = (*(f"{section}.{key}" for section in ("training", "warmup_training") for key in MEMORY_KEYS),
+    neutral = (*(f"{section}.{key}" for section in ("training", "warmup_training") for key in NEUTRAL_TRAINING_KEYS),
                "warmup_training.rounds", "warmup_training.save_clients_at")
     seed: int
     rounds: int

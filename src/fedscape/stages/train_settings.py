@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedscape.core.jobs import JobSettings
-from fedscape.fl.settings import MEMORY_KEYS, TrainConfig, TrainingSettings
+from fedscape.fl.settings import NEUTRAL_TRAINING_KEYS, TrainConfig, TrainingSettings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -14,8 +14,9 @@ class TrainJob(JobSettings):
     """One federated run: the run, its dataset's options, its algorithm with its hyperparameters and its training."""
 
     rule = "train"
-    # how many clients train at once, and how (the memory a round takes), and the evaluation's batch size
-    neutral = tuple(f"training.{key}" for key in MEMORY_KEYS)
+    # how many clients train at once, and how (the memory a round takes), the evaluation's batch size, and whether
+    # steps are replayed from CUDA graphs
+    neutral = tuple(f"training.{key}" for key in NEUTRAL_TRAINING_KEYS)
     run: dict  # the run's fields (`core.runs.Run.fields`), as its wildcards give them
     run_id: str
     dataset_options: dict  # the config's `datasets.<dataset>` entry

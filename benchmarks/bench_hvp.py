@@ -18,7 +18,7 @@ three HVPs alternate call by call (`--repeats` rounds), so that a change of load
 all of them.
 
 For a model piecewise linear in its parameters (`fedscape.models.specs.piecewise_linear`) also the exact diagonal
-of `hessian.trace_estimator: exact` (`gauss_newton_diagonal`: one per-sample gradient per class), timed once, in
+of `hessian.trace_estimator: exact` (`gauss_newton_diagonal`: one per-sample gradient per class but one), timed once, in
 Hessian-vector products of the cached graph: what it costs against the products an estimate takes (FedAlign's
 300), and its largest difference from the float64 one relative to the diagonal's largest entry.
 

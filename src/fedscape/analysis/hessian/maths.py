@@ -556,8 +556,8 @@ def gauss_newton_diagonal(op: HessianOperator) -> Tensor:
     the activation pattern holds, which is almost everywhere, so d2 f_ic / dw_j^2 = 0 and diag(R) = 0: diag(H) =
     diag(G) (BackPACK's observation for the diagonal blocks of ReLU networks: Dangel, Kunstner & Hennig 2020).
     diag(G) = (1/n) sum_i sum_c (J_i^T s_ic)^2 with s_ic the columns of a square root of the softmax Hessian,
-    S = diag(sqrt p) - p sqrt(p)^T (S S^T = diag(p) - p p^T since the p sum to 1): one per-sample gradient per
-    class of s_ic . f(x_i). Group norm and layer norm, attention, LSTMs and smooth activations are not piecewise
+    S = diag(sqrt p) - p sqrt(p)^T (S S^T = diag(p) - p p^T since the p sum to 1), of rank C - 1 and taken with
+    C - 1 columns: one per-sample gradient of s_ic . f(x_i) per class but one. Group norm and layer norm, attention, LSTMs and smooth activations are not piecewise
     linear there; tests/unit/test_hessian_exact.py checks every model the registry declares so against products.
     """
     for _, yb in op.batches:
@@ -581,6 +581,13 @@ def gauss_newton_diagonal(op: HessianOperator) -> Tensor:
                 p = functional_call(op.model, {**op.params(center), **buffers}, (x,)).double().softmax(dim=1)
             root = p.sqrt()
             columns = torch.diag_embed(root) - p.unsqueeze(2) * root.unsqueeze(1)  # [b, logit, column c]
+            # S sqrt(p) = 0, so S has rank C - 1: S H, H the Householder reflection that maps e_C to -sqrt(p) (its
+            # vector sqrt(p) + e_C, never short), has S H e_C = 0 and S H (S H)^T = S S^T; its first C - 1 columns
+            # give the same sum with one per-sample gradient fewer
+            w = root.clone()
+            w[:, -1] += 1
+            w = w / w.norm(dim=1, keepdim=True)
+            columns = (columns - 2 * (columns @ w.unsqueeze(2)) * w.unsqueeze(1))[:, :, :-1]
             for c in range(columns.shape[2]):
                 g = per_sample(center, x, columns[:, :, c].to(op.dtype))
                 total += g.square_().sum(dim=0).double()  # in place: no second [chunk, P] block

@@ -1210,6 +1210,24 @@ def test_a_hessian_panel_too_wide_for_a_screen_is_split_into_pieces_on_one_scale
         assert low < values.min() and values.max() < high
 
 
+def test_only_the_panel_too_wide_for_a_screen_is_split(tmp_path, monkeypatch):
+    from fedscape.outputs.style import MAX_FIGURE_WIDTH_IN, WIDEN_TOLERANCE_IN
+
+    # Prepare: round 0 of four short run groups beside round 5 of 32 long ones
+    short = _hessian_rows([(run_id(alpha, 0, init), 0) for alpha in ("iid", "0.1")
+                           for init in ("random", "pretrained")])
+    table = pd.concat([short, _many_algorithms_rows()], ignore_index=True)
+
+    # Execute
+    fig = _drawn_lambda_trace(tmp_path, monkeypatch, table, "init")
+
+    # Assert: round 0 whole, round 5 in pieces, within the maximum
+    titles = sorted({ax.get_title() for ax in fig.axes if ax.get_visible()})
+    pieces = [t for t in titles if t.startswith("digits/cnn_small, round 5 (")]
+    assert titles == ["digits/cnn_small, round 0", *pieces] and len(pieces) > 1
+    assert fig.get_figwidth() <= MAX_FIGURE_WIDTH_IN + WIDEN_TOLERANCE_IN
+
+
 def test_a_hessian_figure_whose_labels_fit_keeps_its_width(tmp_path, monkeypatch):
     # Prepare: two short run groups at two rounds
     table = _hessian_rows([(run_id(alpha, 0), r) for alpha in ("iid", "0.1") for r in (0, 5)]

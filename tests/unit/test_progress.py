@@ -23,7 +23,7 @@ from fedscape.data.federated import FederatedData
 from fedscape.data.locations import with_data_locations, without_data_locations
 from fedscape.fl import engine as engine_mod
 from fedscape.fl.engine import run_federated
-from fedscape.fl.settings import MEMORY_KEYS, TrainConfig
+from fedscape.fl.settings import MEMORY_KEYS, NEUTRAL_TRAINING_KEYS, TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.models.checkpoint import load_trajectory
 from fedscape.models.registry import build_model
@@ -247,12 +247,12 @@ def test_a_finished_run_whose_outputs_are_lost_records_no_attempt_that_trained_n
     assert "attempts" not in json.loads((tmp_path / "run" / TRAIN_FILE_NAMES["meta"]).read_text())
 
 
-def test_the_memory_keys_are_those_a_train_job_out_of_memory_is_told_to_lower():
+def test_the_neutral_training_keys_are_those_a_train_job_out_of_memory_is_told_to_lower():
     from fedscape.plan.resources import RULE_NEEDS
 
     named = {entry.partition("=")[0] for entry in RULE_NEEDS["train"].memory}
 
-    assert named == {f"training.{key}" for key in MEMORY_KEYS}
+    assert named == {f"training.{key}" for key in NEUTRAL_TRAINING_KEYS}
 
 
 def test_the_progress_key_follows_the_inputs_and_not_the_data_s_location(tmp_path):

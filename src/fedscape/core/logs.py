@@ -47,18 +47,19 @@ def job_log(path: str | Path | None, outputs: Iterable[str] = (), results_dir: s
     `settings` (a job's `params.settings`, less its data's locations) go into the record as the job computed with
     them, with their `settings_digest` (`fedscape.core.config.digest`). Snakemake's own record of a job's params keeps
     the text of the run that made its outputs where only neutral fields changed since (`core.jobs.kept_record`), so a
-    forced rerun under a lowered evaluation batch computes with it and says so only here.
+    forced rerun under a lowered evaluation batch computes with it and says so here (and in its `meta.json` or
+    `hessian.json`, for the jobs that keep their settings there), not in Snakemake's record.
     """
     setup_logging(path)
     start_job()
-    if settings is not None:
-        plain = json.loads(json.dumps(dict(settings), default=str))  # as the record's JSON will hold it
-        note(settings=plain, settings_digest=digest(plain))
     age = process_age()
     t0, started = time.perf_counter(), time.time()
     if age is not None:  # the job's fixed cost: interpreter, Snakemake's script preamble, imports
         log.info("job started %.2f s after its process", age)
     try:
+        if settings is not None:
+            plain = json.loads(json.dumps(dict(settings), default=str))  # as the record's JSON will hold it
+            note(settings=plain, settings_digest=digest(plain))
         yield
     except BaseException as exc:
         log.error("job failed: %s: %s", type(exc).__name__, exc, exc_info=True)

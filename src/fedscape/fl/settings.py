@@ -45,8 +45,9 @@ ADAMW_KEYS = ("adamw_beta1", "adamw_beta2", "adamw_eps")  # the options only opt
 MEMORY_KEYS = ("client_chunk_size", "client_parallel", "eval_batch_size")
 # The training keys that change how a run's steps execute and not what they compute, so that changing them reruns no
 # finished run or warm-up (their jobs' `JobSettings.neutral`): the memory keys, and `capture`, since a step replayed
-# from a CUDA graph is checked equal to the eager step before it is kept (fedscape.fl.capture) and a CPU never
-# captures.
+# from a CUDA graph is checked at capture to agree with the eager step to float rounding (fedscape.fl.capture) and a
+# CPU never captures. Capture also holds device memory (its graphs' pools), so a train job out of memory names it too
+# (plan.resources.RULE_NEEDS).
 NEUTRAL_TRAINING_KEYS = (*MEMORY_KEYS, "capture")
 # Keys of how often a run evaluates and keeps its global model: they change no model, so an IID warm-up init
 # (which keeps its last model) leaves them at their baselines (out of its settings).

@@ -42,10 +42,11 @@ class RuleNeeds:
 # (`gpu_job_resources`; tests/unit/test_resources.py keeps them in step).
 RULE_NEEDS: dict[str, RuleNeeds] = {
     "partition": RuleNeeds(gpu=False, data=True),  # torch-free; runs local, but reads the data
-    # vectorised rounds stack client_chunk_size clients' models, activations and gradients
+    # vectorised rounds stack client_chunk_size clients' models, activations and gradients; captured steps keep their
+    # CUDA graphs' memory pools (and a vectorised chunk's state per chunk size) for the run
     "train": RuleNeeds(gpu=True, data=True, memory=("training.client_chunk_size",
                                                    "training.client_parallel=sequential",
-                                                   "training.eval_batch_size")),
+                                                   "training.eval_batch_size", "training.capture=eager")),
     "init": RuleNeeds(gpu=True, data=True, memory=("inits.{init}.batch_size", "training.eval_batch_size")),
     "landscape_chunk": RuleNeeds(gpu=True, data=True, memory=("landscapes.{surface}.points_per_batch",
                                                               "training.eval_batch_size")),

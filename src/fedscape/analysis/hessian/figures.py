@@ -88,8 +88,8 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str, trace_estimat
     alpha (fedscape.outputs.style), one point per seed (trace with its standard error) and a bar at the mean:
     FedAlign Table 1 (per algorithm) and the Meta poster's top eigenvalue at init (per init). Panels wrap into
     rows to fit a screen (`wrap_to_fit`); a panel whose categories alone are wider (32 run groups of long labels:
-    40 inches) is split into the fewest pieces of consecutive categories that fit, titled k/n, each metric's
-    pieces on one y scale.
+    40 inches) is split into pieces of consecutive categories, titled k/n, each metric's pieces on one y scale: at
+    most as many categories a piece as let the figure fit, the most that do, and panels of no more stay whole.
     """
     if by not in ("algorithm", "init"):
         raise ValueError(f"by must be 'algorithm' or 'init', got {by!r}")
@@ -120,9 +120,9 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str, trace_estimat
 
     cats_of = {place: categories(*place) for place in places}
 
-    def draw_pieces(pieces: int):
-        """The figure with each place's run groups split into at most `pieces` panels side by side."""
-        splits = {place: split_evenly(cats_of[place], pieces) for place in places}
+    def draw_pieces(per_piece: int):
+        """The figure with each place's run groups in panels of at most `per_piece` (a place with no more: one)."""
+        splits = {place: split_evenly(cats, math.ceil(len(cats) / per_piece)) for place, cats in cats_of.items()}
         panels = [(place, part, split, len(splits[place])) for place in places
                   for part, split in enumerate(splits[place])]
 
@@ -167,14 +167,16 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str, trace_estimat
         # one row of panels while it fits a screen, else wrapped into rows (panels still as wide as their labels)
         return wrap_to_fit(draw, max(1, len(panels)))
 
-    # a place whose run groups alone are wider than a screen is split into pieces, the fewest that fit
+    # a place whose run groups alone are wider than a screen is split into pieces of at most as many groups as fit
+    # (the most that do, so the fewest pieces); a place of no more groups stays whole
     most = max((len(cats) for cats in cats_of.values()), default=1)
-    fig = draw_pieces(1)
-    for pieces in range(2, most + 1):
+    sizes = sorted({math.ceil(most / pieces) for pieces in range(1, most + 1)}, reverse=True)
+    fig = draw_pieces(sizes[0])
+    for size in sizes[1:]:
         if fig.get_figwidth() <= MAX_FIGURE_WIDTH_IN + WIDEN_TOLERANCE_IN:
             break
         pyplot().close(fig)
-        fig = draw_pieces(pieces)
+        fig = draw_pieces(size)
     save(fig, outputs, data)
 
 

@@ -557,8 +557,9 @@ def gauss_newton_diagonal(op: HessianOperator) -> Tensor:
     diag(G) (BackPACK's observation for the diagonal blocks of ReLU networks: Dangel, Kunstner & Hennig 2020).
     diag(G) = (1/n) sum_i sum_c (J_i^T s_ic)^2 with s_ic the columns of a square root of the softmax Hessian,
     S = diag(sqrt p) - p sqrt(p)^T (S S^T = diag(p) - p p^T since the p sum to 1), of rank C - 1 and taken with
-    C - 1 columns: one per-sample gradient of s_ic . f(x_i) per class but one. Group norm and layer norm, attention, LSTMs and smooth activations are not piecewise
-    linear there; tests/unit/test_hessian_exact.py checks every model the registry declares so against products.
+    C - 1 columns: one per-sample gradient of s_ic . f(x_i) per class but one. Group norm and layer norm,
+    attention, LSTMs and smooth activations are not piecewise linear there; tests/unit/test_hessian_exact.py checks
+    every model the registry declares so against products.
     """
     for _, yb in op.batches:
         if yb.dim() != 1 or bool((yb < 0).any()):

@@ -30,17 +30,17 @@ def small_resnet(norm: str = "batch") -> ResNet:
     return ResNet(10, 1, (1, 1), (8, 16), norm=norm)
 
 
-def both(make, monkeypatch, hparams=PROJECTION, device: str = "cpu", **train):
+def both(make, monkeypatch, hparams=PROJECTION, device: str = "cpu", modes=("sequential", "vectorized"), **train):
     """The sequential and vectorised runs of MOON (each with its own strategy: it keeps the clients' previous
     models) over three rounds of 4 of the 5 clients, so that a client meets its own earlier model and one that
-    had not yet trained meets the initial one."""
+    had not yet trained meets the initial one; or the runs of `modes`."""
     data = shard_data(SIZES)
     data = type(data)(data.x_train.to(device), data.y_train.to(device), [ix.to(device) for ix in data.client_indices],
                       data.x_test.to(device), data.y_test.to(device))
     train = {"rounds": 3, "augment": "crop_flip", "save_clients_at": (), **train}
     model = projected(make, hparams)
     return [run_mode(mode, make_strategy("moon", hparams), data, monkeypatch, model=lambda: model().to(device),
-                     **train) for mode in ("sequential", "vectorized")]
+                     **train) for mode in modes]
 
 
 @pytest.mark.parametrize(("make", "train"), [
@@ -92,14 +92,29 @@ def test_the_contrastive_term_moves_training_and_mu_0_is_fedavg_bit_for_bit(monk
     assert (runs["moon"].params[-1] - runs["fedavg"].params[-1]).abs().max().item() > 1e-4
 
 
-def test_float32_vectorized_moon_rounds_equal_sequential(monkeypatch):
-    # Execute: float32 resnet20 with batch norm, two rounds (the second with each client's previous model) at a
-    # small lr: at lr 0.1 and 2 epochs float32's chaos parts the paths by 2e-3 after two rounds, FedAvg's by 2e-2
-    seq, vec = both(lambda: model_of("resnet20", norm="batch"), monkeypatch, rounds=2, lr=0.02, local_epochs=1)
+def _nudged_resnet20():
+    """resnet20 with batch norm, each weight one float32 rounding off (times 1 + 2^-23)."""
+    model = model_of("resnet20", norm="batch")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1 + 2**-23)
+    return model
 
-    # Assert: 1.6e-7 seen on AVX-512
+
+def test_float32_vectorized_moon_rounds_equal_sequential_within_float32_s_own_spread(monkeypatch):
+    # Execute: float32 resnet20 with batch norm, two rounds (the second with each client's previous model) at a
+    # small lr (at lr 0.1 and 2 epochs float32's chaos parts the paths by 2e-3 after two rounds, FedAvg's by 2e-2);
+    # and the sequential run again from a start one float32 rounding away: how far rounding alone moves it here
+    train = {"rounds": 2, "lr": 0.02, "local_epochs": 1}
+    seq, vec = both(lambda: model_of("resnet20", norm="batch"), monkeypatch, **train)
+    (nudged,) = both(_nudged_resnet20, monkeypatch, modes=("sequential",), **train)
+
+    # Assert: as close as float32 allows on this CPU. On an AMD EPYC Zen 4 the paths differed by 2.4e-7 natively
+    # (AVX-512) and 1.2e-7 as an AVX2 CPU, where the nudge moved the sequential run by 2.4e-7; with ATen's default
+    # (scalar) kernels by 2.0e-5, where the nudge moved it by 2.0e-5 too (a ReLU kink; float64 agrees to 1e-10)
+    spread = (seq.params - nudged.params).abs().max().item()
     assert vec.params.dtype == torch.float32
-    assert (seq.params - vec.params).abs().max().item() <= 1e-5
+    assert (seq.params - vec.params).abs().max().item() <= 1e-5 + 4 * spread
     assert (seq.params[-1] - seq.params[0]).abs().max().item() > 1e-3
 
 

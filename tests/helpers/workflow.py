@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -35,6 +36,12 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900,
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
+
+
+def snakemake_records(workdir: Path) -> list[dict]:
+    """Snakemake's record of every finished job's output in `workdir` (`.snakemake/metadata`: its rule, log, params
+    as text, ...), one per output file."""
+    return [json.loads(p.read_text()) for p in (workdir / ".snakemake" / "metadata").iterdir()]
 
 
 def make_status(workdir: Path, config: str, env: dict[str, str] | None = None) -> str:

@@ -22,6 +22,7 @@ from helpers.workflow import (
     make_status,
     planned_jobs,
     snakemake,
+    snakemake_records,
 )
 
 from fedscape.core.fingerprints import tree_fingerprint
@@ -181,7 +182,7 @@ def _params_changed(dry_run: str) -> set[str]:
 
 def test_every_rule_whose_jobs_read_a_data_set_gives_them_its_location(tiny_run):
     # the rules whose finished jobs' recorded params carry a data set's options (the tiny run has every stage)
-    records = [json.loads(p.read_text()) for p in (tiny_run / ".snakemake" / "metadata").iterdir()]
+    records = snakemake_records(tiny_run)
     reading = {r["rule"] for r in records if any("'dataset_options'" in p for p in r.get("params") or [])}
     giving = {s.stem for s in (tiny_run / "workflow" / "scripts").glob("*.py")
               if "with_data_locations(sm.params.settings, sm.config)" in s.read_text()}

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from helpers.workflow import ROOT, TINY_CONFIG, copy_workflow, planned_jobs, snakemake
+from helpers.workflow import ROOT, TINY_CONFIG, copy_workflow, planned_jobs, snakemake, snakemake_records
 
 from fedscape.core.io import CONTINUE_BY_MEANING
 from fedscape.models.checkpoint import load_clients, load_trajectory
@@ -421,8 +421,7 @@ def test_every_job_records_its_outputs_and_verify_finds_the_results_intact(tiny_
 def test_every_job_with_settings_records_those_it_computed_with_and_their_digest(tiny_run):
     # Prepare: Snakemake's record of each job's params, by its log; and fedscape's records below results/_manifest/
     params = {}
-    for path in (tiny_run / ".snakemake/metadata").iterdir():
-        meta = json.loads(path.read_text())
+    for meta in snakemake_records(tiny_run):
         for log in meta.get("log") or []:
             params[log] = meta["params"]
     records = [json.loads(p.read_text()) for p in (tiny_run / "results/_manifest").rglob("*.json")]

@@ -465,15 +465,36 @@ def test_every_gpu_rule_names_the_config_keys_that_bound_its_memory(default_conf
     assert "training.client_chunk_size (now 64), training.client_parallel (now auto; sequential uses least)" in \
         hints["train"]
     assert "inits.pretrained.batch_size (now 16)" in hints["init"]
+    assert "training.client_chunk_size" not in hints["init"]
     assert "landscapes.global_0.1.points_per_batch (now 1)" in hints["landscape_chunk"]
     assert "hessian.cache_graph (now true; false uses least)" in hints["hessian"]
+
+
+def test_an_iid_warm_up_s_hint_names_its_rounds_keys_where_it_reads_them(default_config):
+    # Prepare: the warm-up overrides its chunk size and evaluation batch; the other two come from `training`
+    config, _ = default_config
+    config = copy.deepcopy(config)
+    config["inits"]["warmup"]["training"] = {"client_chunk_size": 5, "eval_batch_size": 300}
+
+    # Execute
+    hint = memory_hint("init", config, {"init": "warmup"})
+
+    # Assert: its rounds' keys, each where the config sets it; nothing of a pretraining
+    assert hint.startswith("lower what bounds this job's memory: inits.warmup.training.client_chunk_size (now 5), "
+                           "training.client_parallel (now auto; sequential uses least), "
+                           "inits.warmup.training.eval_batch_size (now 300), "
+                           "training.capture (now auto; eager uses least); or give it the card alone"), hint
+    assert "batch_size (now 16)" not in hint
 
 
 def test_a_memory_hint_never_fails_and_names_what_it_cannot_resolve():
     hint = memory_hint("init", {"training": {}}, {})
 
+    # an init of no known kind: every kind's keys, each once
     assert hint.startswith("lower what bounds this job's memory: inits.{init}.batch_size (unset), "
-                           "training.eval_batch_size (unset); or give it the card alone")
+                           "training.eval_batch_size (unset), training.client_chunk_size (unset), "
+                           "training.client_parallel (sequential uses least), training.capture (eager uses least); "
+                           "or give it the card alone"), hint
     assert memory_hint("partition", {}, {}).startswith("give it the card alone")
 
 

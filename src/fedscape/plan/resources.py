@@ -33,21 +33,29 @@ class RuleNeeds:
     data: bool  # reads a dataset (or an init's proxy data): its data directory is checked before the job starts
     # The config keys that bound a GPU rule's device memory, for the message of a job that runs out of it
     # (`memory_hint`): smaller values use less, and `key=value` names the value (as YAML writes it) that uses least;
-    # a `{wildcard}` part is the job's own (its entry of a section).
-    memory: tuple[str, ...] = ()
+    # a `{wildcard}` part is the job's own (its entry of a section), and `a|b` names the first of the keys the config
+    # sets (an entry's own override before the section it overrides). A mapping gives each kind of job its keys, the
+    # kind read at `kind` (a key path, with the job's wildcards).
+    memory: tuple[str, ...] | Mapping[str, tuple[str, ...]] = ()
+    kind: str = ""
 
 
 # Every heavy rule (not `localrule: True`) and every rule that reads data, once: the GPU rules and DATA_RULES derive
 # from it, the SLURM profile gives each heavy rule a `set-threads` entry, and each GPU rule asks for its card itself
 # (`gpu_job_resources`; tests/unit/test_resources.py keeps them in step).
+# vectorised rounds stack client_chunk_size clients' models, activations and gradients; captured steps keep their
+# CUDA graphs' memory pools (and a vectorised chunk's state per chunk size) for the run
+_TRAIN_MEMORY = ("training.client_chunk_size", "training.client_parallel=sequential", "training.eval_batch_size",
+                 "training.capture=eager")
 RULE_NEEDS: dict[str, RuleNeeds] = {
     "partition": RuleNeeds(gpu=False, data=True),  # torch-free; runs local, but reads the data
-    # vectorised rounds stack client_chunk_size clients' models, activations and gradients; captured steps keep their
-    # CUDA graphs' memory pools (and a vectorised chunk's state per chunk size) for the run
-    "train": RuleNeeds(gpu=True, data=True, memory=("training.client_chunk_size",
-                                                   "training.client_parallel=sequential",
-                                                   "training.eval_batch_size", "training.capture=eager")),
-    "init": RuleNeeds(gpu=True, data=True, memory=("inits.{init}.batch_size", "training.eval_batch_size")),
+    "train": RuleNeeds(gpu=True, data=True, memory=_TRAIN_MEMORY),
+    # a pretraining's batches; an IID warm-up's federated rounds, bounded as a train job's by its `inits` entry's
+    # `training` overrides, else by the `training` section
+    "init": RuleNeeds(gpu=True, data=True, kind="inits.{init}.kind",
+                      memory={"pretrained": ("inits.{init}.batch_size", "training.eval_batch_size"),
+                              "iid_warmup": tuple(f"inits.{{init}}.{entry.partition('=')[0]}|{entry}"
+                                                 for entry in _TRAIN_MEMORY)}),
     "landscape_chunk": RuleNeeds(gpu=True, data=True, memory=("landscapes.{surface}.points_per_batch",
                                                               "training.eval_batch_size")),
     # cache_graph keeps every batch's gradient graph, which grows with eval_samples
@@ -161,19 +169,34 @@ class _Kept(dict):
         return "{" + key + "}"
 
 
+def memory_keys(rule: str, config: dict, wildcards: dict[str, str]) -> tuple[str, ...]:
+    """The entries of `RuleNeeds.memory` that bound the memory of a job of `rule`: those of its kind where they
+    differ by kind, all of them in turn where its kind is not known."""
+    needs = RULE_NEEDS.get(rule)
+    if needs is None or not isinstance(needs.memory, Mapping):
+        return needs.memory if needs is not None else ()
+    kind = config_value(config, [part.format_map(_Kept(wildcards)) for part in needs.kind.split(".")])
+    if isinstance(kind, str) and kind in needs.memory:
+        return needs.memory[kind]
+    return tuple(dict.fromkeys(entry for entries in needs.memory.values() for entry in entries))
+
+
 def memory_hint(rule: str, config: dict, wildcards: dict[str, str]) -> str:
     """What a GPU job of `rule` (with `wildcards`) that ran out of device memory can change: the config keys that bound
-    its memory (`RuleNeeds.memory`, with the values `config` gives), and the other jobs on its card. It never fails
+    its memory (`memory_keys`, with the values `config` gives), and the other jobs on its card. It never fails
     (a job computes it before its log is open): what it cannot resolve it names as it is."""
     keys = []
-    for entry in RULE_NEEDS[rule].memory if rule in RULE_NEEDS else ():
-        template, _, least = entry.partition("=")
-        parts = [part.format_map(_Kept(wildcards)) for part in template.split(".")]
-        node = config_value(config, parts)
+    for entry in memory_keys(rule, config, wildcards):
+        templates, _, least = entry.partition("=")
+        paths = [[part.format_map(_Kept(wildcards)) for part in template.split(".")]
+                 for template in templates.split("|")]
+        # the first key the config sets: an override is what the job reads, and what the user lowers
+        parts, node = next(((path, value) for path in paths if (value := config_value(config, path)) is not None),
+                           (paths[-1], None))
         notes = [] if node is None else [f"now {str(node).lower() if isinstance(node, bool) else node}"]
         notes += [f"{least} uses least"] if least else []
         keys.append(f"{'.'.join(parts)} ({'; '.join(notes) or 'unset'})")
-    own = f"lower what bounds this job's memory: {', '.join(keys)}; or " if keys else ""
+    own = f"lower what bounds this job's memory: {', '.join(dict.fromkeys(keys))}; or " if keys else ""
     return (f"{own}give it the card alone: a local run starts one GPU job per visible card unless `--resources "
             f"gpu=N` allows more, and other programs on the card (nvidia-smi lists them) take memory too")
 

@@ -10,7 +10,15 @@ from fedscape.data.datasets import load_dataset
 from fedscape.models.layers import sliced_norm
 from fedscape.models.registry import build_model
 from fedscape.models.resnets import BasicBlock, Bottleneck, ZeroPadShortcut
-from fedscape.models.specs import MODEL_NAMES, NORMS, check_model_compatible, is_token_model, model_info
+from fedscape.models.specs import (
+    MODEL_NAMES,
+    MODEL_OPTIONS,
+    NORMS,
+    check_model_compatible,
+    is_token_model,
+    model_info,
+    model_option_defaults,
+)
 
 NUM_CLASSES = 7  # not 10, so a hard-coded class count shows up
 DIGITS = (1, 8)  # in_channels, image_size
@@ -711,3 +719,32 @@ def test_resnet18_with_group_norm_slices_to_any_width(width: float) -> None:
     assert logits.shape == (2, NUM_CLASSES) and torch.isfinite(logits).all()
     assert sliced.shape[1] == (64 if width == 0.25 else 208) and out.shape[1] == (128 if width == 0.25 else 408)
     torch.testing.assert_close(model.forward_width(x, 1.0), full, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_OPTIONS))
+def test_a_model_built_with_its_option_defaults_written_out_is_the_model_built_without_them(name):
+    # what an init's meaning leaves out (`InitJob.meaning`) must be what the model is built with anyway
+    defaults = model_option_defaults(name)
+    assert defaults, name  # every model with options has one at a fixed default
+    shape = (80, 16, 80) if is_token_model(name) else (3, 32, 10)  # symbols / channels, length / size, classes
+    inputs = dict(in_channels=shape[0], image_size=shape[1], num_classes=shape[2])
+
+    models = []
+    for options in ({}, defaults):
+        torch.manual_seed(0)
+        models.append(build_model(name, **inputs, **options))
+
+    plain, written = models
+    assert repr(plain) == repr(written)
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), written.state_dict().values(),
+                                                 strict=True))
+
+
+def test_an_option_off_its_default_builds_another_model():
+    # the test above can tell: a norm other than the default changes the model's layers
+    torch.manual_seed(0)
+    plain = build_model("resnet20", in_channels=3, image_size=32, num_classes=10)
+    torch.manual_seed(0)
+    other = build_model("resnet20", in_channels=3, image_size=32, num_classes=10, norm="group")
+    assert model_option_defaults("resnet20") == {"norm": "batch"}
+    assert repr(plain) != repr(other)

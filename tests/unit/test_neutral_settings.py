@@ -1,6 +1,7 @@
-"""Settings that change how a job computes, not what (`JobSettings.neutral`: its memory settings): a finished job whose
-settings differ from those Snakemake recorded for it only there keeps its recorded params text (`kept_record`), so
-lowering one reruns nothing; every other change still shows, with the settings of now. That the neutral fields change
+"""Settings that change how a job computes, not what (`JobSettings.neutral`: its memory settings), and defaults written
+out or deleted (`JobSettings.meaning`): a finished job whose settings have the meaning of those Snakemake recorded for
+it keeps its recorded params text (`kept_record`), so lowering a memory setting or spelling out a default reruns
+nothing; every other change still shows, with the settings of now. That the neutral fields change
 the results only to float rounding is tested where each is computed: test_progress.py (client_parallel and
 client_chunk_size across a resumed run, float64), test_hessian.py (batch_size and cache_graph), and below (the
 evaluation batch of the runs, the barriers and the surfaces). A loss surface's `points_per_batch` is not one: it
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import pickle
 import typing
@@ -32,13 +34,14 @@ from fedscape.models.evaluate import evaluate
 from fedscape.models.params import flatten_buffers, flatten_params
 from fedscape.models.registry import build_model
 from fedscape.plan.workflow import check_config
-from fedscape.stages.init_settings import INIT_JOBS, WarmupInit
+from fedscape.stages.init_settings import INIT_JOBS, PretrainedInit, WarmupInit
 from fedscape.stages.progress import resume_settings
 from fedscape.stages.train_settings import TrainJob
 
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 KINDS_WITH_NEUTRAL = (TrainJob, WarmupInit, HessianJob, InterpolationJob, LayerBarriersJob, LandscapeChunkJob)
 NEUTRAL = ("training.eval_batch_size", "training.client_chunk_size")
+MEANING = functools.partial(without_paths, paths=NEUTRAL)  # a kind's `JobSettings.meaning` with these neutral fields
 SETTINGS = {"run_id": "r", "training": {"client_chunk_size": 64, "eval_batch_size": 512, "lr": 0.05}, "v": 2}
 
 
@@ -55,7 +58,7 @@ def test_settings_that_differ_only_in_neutral_fields_keep_the_recorded_text_and_
     now["training"].update(client_chunk_size=4, eval_batch_size=100)
 
     # Execute
-    kept = kept_record(now, _recorded(before), NEUTRAL)
+    kept = kept_record(now, _recorded(before), MEANING)
 
     # Assert: Snakemake reads the recorded text; the job computes with the values of now
     assert isinstance(kept, RecordedSettings)
@@ -72,7 +75,7 @@ def test_any_other_change_gives_the_settings_of_now(change):
     now = copy.deepcopy(SETTINGS)
     now["training"].update(change)
 
-    kept = kept_record(now, _recorded(SETTINGS), NEUTRAL)
+    kept = kept_record(now, _recorded(SETTINGS), MEANING)
 
     assert kept is now and repr(kept) != repr(SETTINGS)
 
@@ -83,7 +86,7 @@ def test_the_other_keys_are_compared_as_text_with_their_order():
     now = copy.deepcopy(SETTINGS)
     now["training"]["eval_batch_size"] = 100
 
-    assert kept_record(now, _recorded(reordered), NEUTRAL) is now
+    assert kept_record(now, _recorded(reordered), MEANING) is now
 
 
 @pytest.mark.parametrize(("recorded_training", "now_training"), [
@@ -93,7 +96,7 @@ def test_the_other_keys_are_compared_as_text_with_their_order():
 def test_a_neutral_field_left_out_on_either_side_keeps_the_record(recorded_training, now_training):
     before, now = {"training": recorded_training}, {"training": now_training}
 
-    kept = kept_record(now, _recorded(before), NEUTRAL)
+    kept = kept_record(now, _recorded(before), MEANING)
 
     assert repr(kept) == repr(before) and kept == now
 
@@ -101,24 +104,24 @@ def test_a_neutral_field_left_out_on_either_side_keeps_the_record(recorded_train
 @pytest.mark.parametrize("recorded", [None, [], ["'results/progress'"], ["not a literal ("], ["[1, 2]"]])
 def test_without_a_recorded_settings_text_the_settings_are_those_of_now(recorded):
     now = copy.deepcopy(SETTINGS)
-    assert kept_record(now, recorded, NEUTRAL) is now
+    assert kept_record(now, recorded, MEANING) is now
 
 
-def test_a_kind_without_neutral_fields_keeps_no_record():
+def test_a_kind_whose_meaning_is_its_whole_settings_keeps_no_record():
     now = copy.deepcopy(SETTINGS)
     now["training"]["eval_batch_size"] = 100
-    assert kept_record(now, _recorded(SETTINGS), ()) is now
+    assert kept_record(now, _recorded(SETTINGS), dict) is now
 
 
 def test_settings_equal_to_the_record_are_returned_as_they_are():
     now = copy.deepcopy(SETTINGS)
-    assert kept_record(now, _recorded(SETTINGS), NEUTRAL) is now
+    assert kept_record(now, _recorded(SETTINGS), MEANING) is now
 
 
 def test_kept_settings_travel_to_a_job_s_script_with_their_text():
     # Snakemake hands a script its params pickled
     now = {"training": {"eval_batch_size": 100, "lr": 0.05}}
-    kept = kept_record(now, _recorded({"training": {"eval_batch_size": 512, "lr": 0.05}}), NEUTRAL)
+    kept = kept_record(now, _recorded({"training": {"eval_batch_size": 512, "lr": 0.05}}), MEANING)
 
     copied = pickle.loads(pickle.dumps(kept))
 
@@ -144,7 +147,7 @@ def test_every_neutral_path_names_a_field_of_its_kind(kind):
         head, _, rest = path.partition(".")
         types = _field_types(kind)
         assert head in types, (kind.__name__, path)
-        if rest:  # a nested job settings' field, or a key of a free mapping (a warm-up's training overrides)
+        if rest:  # a nested job settings' field, or a key of a free mapping
             nested = types[head]
             assert nested is dict or (isinstance(nested, type) and issubclass(nested, JobSettings)), path
             assert nested is dict or rest in _field_types(nested), (kind.__name__, path)
@@ -191,8 +194,9 @@ def test_a_job_s_progress_key_leaves_out_its_neutral_fields(kind):
         for head in heads:
             node = node.setdefault(head, {})
         node[last] = 7
-    assert resume_settings(settings, kind.neutral) == {"a": 1, **{p.split(".")[0]: {} for p in kind.neutral
+    assert resume_settings(settings, kind) == {"a": 1, **{p.split(".")[0]: {} for p in kind.neutral
                                                                   if "." in p}}
+    assert resume_settings({"a": 1}, kind) == {"a": 1}
 
 
 # -- planning -------------------------------------------------------------------------------------------------------
@@ -291,3 +295,136 @@ def test_a_surface_s_points_per_batch_plans_its_chunks_again():
 def test_one_path_given_as_a_string_is_refused():
     with pytest.raises(TypeError, match="collection of dotted paths"):
         without_paths(SETTINGS, "training")
+
+
+# -- defaults spelled out: what the config gives as written, and the job resolves itself --------------------------
+def _spell_out_defaults(raw: dict) -> None:
+    """Write out what the default config leaves at the values its jobs take anyway: FedProx's mu, cnn_small's norm,
+    the warm-up's lr (the training section's)."""
+    raw["algorithms"]["fedprox"]["mu"] = 0.0001
+    raw["model_options"] = {"cnn_small": {"norm": "none"}}
+    raw["inits"]["warmup"]["training"] = {"lr": raw["training"]["lr"]}
+
+
+@pytest.mark.parametrize("direction", ["written out", "deleted"])
+def test_defaults_written_out_or_deleted_keep_every_finished_job_s_params(direction):
+    # Prepare: the jobs as Snakemake recorded them, with the defaults left out or written out
+    plain, spelled = _config(), _config(_spell_out_defaults)
+    before, after = (plain, spelled) if direction == "written out" else (spelled, plain)
+    recorded = {key: _recorded(settings) for key, settings in neutral_rule_settings(before).items()}
+
+    # Execute
+    kept = neutral_rule_settings(after, recorded)
+    now = neutral_rule_settings(after)
+
+    # Assert: every job keeps its recorded text, with the values of now; the fedprox run and every init differ in
+    # their text (the test can tell)
+    assert kept.keys() == now.keys() == recorded.keys()
+    for key in kept:
+        assert repr(kept[key]) == recorded[key][0], key
+        assert kept[key] == now[key], key
+    differ = {key for key in kept if repr(now[key]) != recorded[key][0]}
+    assert {key[0] for key in differ} == {"init", "train"}
+    assert {now[key]["algorithm"] for key in differ if key[0] == "train"} == {"fedprox"}
+    assert {now[key]["init"] for key in differ if key[0] == "init"} == {"random", "pretrained", "warmup"}
+
+
+@pytest.mark.parametrize(("edit", "rules"), [
+    (lambda raw: raw["algorithms"]["fedprox"].update(mu=0.001), {"train"}),  # off its default
+    # batch norm: the barriers' evaluations take their `bn_stats` too
+    (lambda raw: raw.update(model_options={"cnn_small": {"norm": "batch"}}),
+     {"init", "interpolation", "layer_barriers"}),
+    (lambda raw: raw["inits"]["warmup"].update(training={"lr": 0.04}), {"init"}),
+], ids=["mu", "norm", "warm-up lr"])
+def test_a_value_off_its_default_plans_the_settings_of_now(edit, rules):
+    before = neutral_rule_settings(_config())
+    recorded = {key: _recorded(settings) for key, settings in before.items()}
+
+    kept = neutral_rule_settings(_config(edit), recorded)
+
+    changed = {key for key in before if repr(kept[key]) != repr(before[key])}
+    assert changed and {key[0] for key in changed} == rules
+    assert all(not isinstance(kept[key], RecordedSettings) for key in changed)
+
+
+@pytest.mark.parametrize(("rule", "label", "kind"), [
+    ("train", "algo~fedprox", TrainJob),  # mu written out
+    ("init", "warmup", WarmupInit),  # its lr override, and cnn_small's norm
+    ("init", "pretrained", PretrainedInit),  # cnn_small's norm
+], ids=["run", "warm-up", "pretraining"])
+def test_a_job_resumes_after_a_default_is_written_out(rule, label, kind):
+    # the progress key is the settings' meaning: a killed job resumes its saved rounds or epochs
+    def planned(edit=None) -> dict:
+        (settings,) = [s for key, s in neutral_rule_settings(_config(edit)).items()
+                       if key[0] == rule and label in key[-1]]
+        return settings
+
+    plain, spelled = planned(), planned(_spell_out_defaults)
+
+    assert plain != spelled
+    assert resume_settings(plain, kind) == resume_settings(spelled, kind)
+
+
+def test_a_pretraining_job_keys_its_progress_by_meaning(tmp_path, monkeypatch):
+    # Prepare: the pretraining itself replaced by one that notes the progress key it is given
+    from fedscape.stages import init as init_stage
+
+    keys = []
+
+    def noting(job, progress_dir, key):
+        keys.append(key)
+        return init_stage.random_model(job), {}
+
+    monkeypatch.setattr(init_stage, "pretrain", noting)
+    jobs = [[s for key, s in neutral_rule_settings(_config(edit)).items()
+             if key[0] == "init" and key[-1] == "pretrained"][0] for edit in (None, _spell_out_defaults)]
+
+    # Execute
+    for i, settings in enumerate(jobs):
+        init_stage.init_job(settings, tmp_path / f"init{i}.pt")
+
+    # Assert: one key for the settings with and without the default written out
+    assert jobs[0] != jobs[1] and len(keys) == 2 and keys[0] == keys[1]
+
+
+def test_a_hyperparameter_off_its_default_starts_a_run_over():
+    def planned(edit=None) -> dict:
+        (settings,) = [s for key, s in neutral_rule_settings(_config(edit)).items()
+                       if key[0] == "train" and "algo~fedprox" in key[-1]]
+        return settings
+
+    off = planned(lambda raw: raw["algorithms"]["fedprox"].update(mu=0.001))
+    assert resume_settings(off, TrainJob) != resume_settings(planned(), TrainJob)
+
+
+def _continue(selector: dict):
+    """The default config with a continue init from the run `selector` names, and a run from it."""
+    def edit(raw: dict) -> None:
+        raw["inits"]["more"] = {"kind": "continue", "run": selector}
+        raw["experiments"].append({"alpha": 1.0, "init": "more"})
+    return edit
+
+
+@pytest.mark.parametrize(("selector", "kept"), [
+    ({"alpha": 1.0, "init": "random", "algorithm": "fedavg", "seed": 0}, True),  # one more field, the same run
+    ({"alpha": 1.0, "algorithm": "fedavg", "init": "random", "participation": 1.0}, True),
+    ({"alpha": 0.1, "init": "random", "algorithm": "fedavg", "participation": 1.0}, False),  # another run
+])
+def test_a_continue_init_s_selector_means_the_run_it_names(selector, kept):
+    # Prepare: the init and its run, recorded with the selector the pilot study writes
+    before = neutral_rule_settings(_config(_continue({"alpha": 1.0, "init": "random", "algorithm": "fedavg"})))
+    recorded = {key: _recorded(settings) for key, settings in before.items()}
+    (key,) = [key for key in before if key[0] == "init" and key[-1] == "more"]
+
+    # Execute
+    now = neutral_rule_settings(_config(_continue(selector)), recorded)
+
+    # Assert: the selector's text differs every time; the params keep the record where it names the same run
+    assert now[key]["run"] != before[key]["run"]
+    assert (repr(now[key]) == repr(before[key])) is kept
+    assert (now[key]["source_run_id"] == before[key]["source_run_id"]) is kept
+
+
+def test_resume_settings_takes_a_job_kind_not_its_neutral_paths():
+    with pytest.raises(TypeError, match="takes a job kind"):
+        resume_settings({"a": 1}, TrainJob.neutral)

@@ -163,8 +163,8 @@ def test_a_run_killed_and_rerun_with_other_memory_settings_resumes(tmp_path, mon
     # same run to the float rounding by which the two settings' uninterrupted runs differ (float32 chaos between
     # stacked and sequential clients, 3e-4 here; nothing between chunk sizes)
     (run,) = build_runs(config)
-    same_key = (resume_settings(train_settings(config, run), TrainJob.neutral)
-                == resume_settings(train_settings(changed, run), TrainJob.neutral))
+    same_key = (resume_settings(train_settings(config, run), TrainJob)
+                == resume_settings(train_settings(changed, run), TrainJob))
     assert same_key == resumes == ("resuming after round 1/3" in caplog.text)
     fresh = _train(changed, partition, tmp_path / "init.pt", tmp_path / "fresh")
     meta = json.loads((tmp_path / "run" / TRAIN_FILE_NAMES["meta"]).read_text())

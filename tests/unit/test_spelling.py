@@ -7,6 +7,7 @@ fedscape.fl.settings.TrainingSettings.of). What changes a job still reaches its 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -16,7 +17,12 @@ from helpers.plans import all_settings
 from helpers.workflow import ROOT
 
 from fedscape.core.config import ConfigError, canonical_numbers
-from fedscape.fl.hparams.registry import hyperparameter_settings
+from fedscape.fl.hparams.registry import (
+    ALGORITHM_NAMES,
+    algorithm_config,
+    hyperparameter_settings,
+    without_default_hyperparameters,
+)
 from fedscape.plan.workflow import check_config
 
 SHIPPED = [ROOT / "config" / "config.yaml", *sorted((ROOT / "config" / "papers").glob("*.yaml")),
@@ -195,3 +201,24 @@ def test_a_bad_value_is_still_refused_by_its_key():
     # the schema check runs before any respelling: a text where a number is meant names the key
     with pytest.raises(ConfigError, match="weight_decay"):
         check_config(_edit(DEFAULT, ("training", "weight_decay"), "zero"), SCHEMA)
+
+
+@pytest.mark.parametrize(("name", "hyperparameters", "kept"), [
+    ("fedprox", {"mu": 0.0001}, {}),  # its default: the run it names is FedProx without it
+    ("fedprox", {"mu": 0.001}, {"mu": 0.001}),
+    ("fedprox", {"mu": 0}, {"mu": 0}),  # an int written for a float, off its default
+    ("gradaug", {"scales": [1, 0.875, 0.75, 0.625], "num_subnets": 2}, {}),  # a list for the default tuple
+    ("gradaug", {"scales": [1, 0.5], "num_subnets": 3}, {"scales": [1, 0.5], "num_subnets": 3}),
+    ("fedprox", {"muu": 0.0001}, {"muu": 0.0001}),  # no such key: kept as it is
+    ("no_such_algorithm", {"mu": 0.0001}, {"mu": 0.0001}),  # a record of an unknown algorithm: kept
+])
+def test_hyperparameters_at_their_defaults_are_left_out_of_a_run_s_meaning(name, hyperparameters, kept):
+    assert without_default_hyperparameters(name, hyperparameters) == kept
+
+
+def test_every_hyperparameter_default_is_the_value_its_algorithm_takes_when_it_is_left_out():
+    # what meaning drops must be what the algorithm's config takes without it
+    for name in ALGORITHM_NAMES:
+        defaults = {f.name: getattr(algorithm_config(name), f.name)
+                    for f in dataclasses.fields(algorithm_config(name))}
+        assert without_default_hyperparameters(name, defaults) == {}, name

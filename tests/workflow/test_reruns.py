@@ -127,6 +127,22 @@ def test_moving_the_data_plans_nothing(clone):
     assert planned_jobs(clone, "--configfile", "changed.yaml").get("partition")
 
 
+def test_writing_out_defaults_plans_nothing_while_a_value_off_them_plans_its_jobs(clone):
+    # Prepare: FedProx's mu and cnn_small's norm written at the values the jobs take without them, then mu off it
+    cfg = yaml.safe_load((clone / "tiny.yaml").read_text())
+    cfg["algorithms"]["fedprox"]["mu"] = 0.0001
+    cfg["model_options"] = {"cnn_small": {"norm": "none"}}
+    (clone / "defaults.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cfg["algorithms"]["fedprox"]["mu"] = 0.001
+    (clone / "mu.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    # Execute / Assert: a default written out is what the jobs computed with (JobSettings.meaning) ...
+    assert _nothing_planned(clone, "--configfile", "defaults.yaml")
+    # ... while another mu plans the FedProx run (one of the three) and what reads it, no init
+    changed = planned_jobs(clone, "--configfile", "mu.yaml")
+    assert changed.get("train") == 1 and "init" not in changed
+
+
 def _memory_lowered(workdir: Path, name: str, lr_factor: float = 1.0) -> str:
     """A copy of the tiny config, written as `name`, with every setting that bounds a job's device memory and changes
     only how it computes lowered (`JobSettings.neutral`), and the lr times `lr_factor`."""

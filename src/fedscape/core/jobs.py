@@ -13,9 +13,12 @@ and no "only when set" branch is needed: a field that only some jobs use (a seed
 and appears only in their settings.
 
 Some fields change how a job computes, not what: how much device memory it takes (a batch size of evaluation, how
-many clients train at once), which its results follow only to float rounding. A job kind names them (`neutral`), and
-a finished job whose settings differ from those Snakemake recorded for it only there keeps its recorded params
-(`kept_record`): lowering one so that a job fits its card reruns none of the jobs already finished.
+many clients train at once), which its results follow only to float rounding. A job kind names them (`neutral`).
+Some values are written as the config gives them, and the job resolves what is left out itself: an algorithm's
+hyperparameters, a model's options. Written at the default the job takes anyway, or deleted, they change the text but
+not the job. A job kind's `meaning` leaves out both, and a finished job whose settings have the meaning of those
+Snakemake recorded for it keeps its recorded params (`kept_record`): lowering a memory setting so that a job fits its
+card, or spelling out a default, reruns none of the jobs already finished.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import ast
 import dataclasses
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 from fedscape.core.config import RESULT_VERSION, canonical, with_result_version
@@ -50,6 +53,15 @@ class JobSettings:
     # The fields that change how the job computes, not what (its results agree to float rounding): dotted paths into
     # its settings (`training.eval_batch_size` in a nested field). See `kept_record`.
     neutral: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def meaning(cls, settings: Mapping[str, Any]) -> dict:
+        """What a job of `settings` computes, as data to compare: its settings less the `neutral` fields; a kind whose
+        settings hold values as the config gives them also leaves out those at the defaults the job takes anyway.
+        Never raises on settings of an older or unknown shape (a record): what it cannot resolve it keeps. The
+        defaults are today's: a new default changes what the jobs that left it out compute, so it comes with a new
+        result version (`core.config.with_result_version`)."""
+        return without_paths(settings, cls.neutral)
 
     @classmethod
     def from_settings(cls: type[J], settings: Mapping[str, Any]) -> J:
@@ -94,7 +106,7 @@ def to_settings(job: JobSettings) -> dict:
 class RecordedSettings(dict):
     """A job's settings whose params text is the one Snakemake recorded for its outputs (`kept_record`): the mapping
     holds the settings of now, which the job computes with when it runs; `repr`, which Snakemake records and compares
-    (its params trigger), gives the recorded text, which differs from theirs only in neutral fields."""
+    (its params trigger), gives the recorded text, which has their meaning (`JobSettings.meaning`)."""
 
     def __init__(self, settings: Mapping[str, Any], text: str):
         super().__init__(settings)
@@ -120,24 +132,25 @@ def without_paths(settings: Mapping[str, Any], paths: Iterable[str]) -> dict:
     return out
 
 
-def kept_record(settings: dict, recorded: Iterable[str] | None, neutral: Iterable[str]) -> dict:
-    """`settings` (a job's params), kept at the text Snakemake recorded for the job where they differ from it only in
-    the `neutral` fields (`JobSettings.neutral`): a `RecordedSettings` then, else `settings` itself.
+def kept_record(settings: dict, recorded: Iterable[str] | None,
+                meaning: Callable[[Mapping[str, Any]], dict] = dict) -> dict:
+    """`settings` (a job's params), kept at the text Snakemake recorded for the job where they have its `meaning`
+    (`JobSettings.meaning`: less the neutral fields and the defaults written out): a `RecordedSettings` then, else
+    `settings` itself.
 
     `recorded`: the params texts Snakemake keeps for the job's outputs (each param's `repr`; None without a record).
     Snakemake reruns a job whose params text changed, so a setting that changes how a job computes, not what (an
-    evaluation batch size lowered to fit a card) would rerun every finished job that carries it, and everything made
-    from them. Compared without the neutral fields, the rest by its text (key order included, as Snakemake does), so
-    that every other change still reruns the job, which then records the settings of now. A job that runs for another
-    reason (a missing output, `--forcerun`) computes with the settings of now; Snakemake's record then keeps the
-    recorded neutral values, and the job's own outputs say which it used where they record its settings (a run's
-    meta.json, a Hessian job's hessian.json).
+    evaluation batch size lowered to fit a card), or a hyperparameter written at its default, would rerun every
+    finished job that carries it, and everything made from them. Compared by meaning, the rest by its text (key order
+    included, as Snakemake does), so that every other change still reruns the job, which then records the settings of
+    now. A job that runs for another reason (a missing output, `--forcerun`) computes with the settings of now;
+    Snakemake's record then keeps the recorded text, and the job's own outputs say which it used where they record its
+    settings (a run's meta.json, a Hessian job's hessian.json, its manifest record).
     """
-    neutral = tuple(neutral)
-    if not neutral or not recorded:
+    if not recorded:
         return settings
     text_now = repr(settings)
-    meaning = repr(without_paths(settings, neutral))
+    now = None
     for text in recorded:
         if text == text_now:
             return settings
@@ -145,7 +158,10 @@ def kept_record(settings: dict, recorded: Iterable[str] | None, neutral: Iterabl
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             continue  # not a literal (a path's text is; an unrepresentable param is not recorded)
-        if isinstance(value, dict) and repr(without_paths(value, neutral)) == meaning:
+        if not isinstance(value, dict):
+            continue
+        now = repr(meaning(settings)) if now is None else now
+        if repr(meaning(value)) == now:
             return RecordedSettings(settings, text)
     return settings
 
@@ -153,11 +169,11 @@ def kept_record(settings: dict, recorded: Iterable[str] | None, neutral: Iterabl
 def job_params(job: JobSettings, version: int, recorded: Iterable[str] | None = None, *, sort: bool = False) -> dict:
     """The settings of `job` as its rule's params carry them: `to_settings`, every level's keys sorted with `sort`
     (`canonical`: the partition, init and train jobs have always had them so), its job kind's result `version`
-    (`with_result_version`), and kept at Snakemake's `recorded` text where they differ from it only in the kind's
-    neutral fields (`kept_record`)."""
+    (`with_result_version`), and kept at Snakemake's `recorded` text where they have its meaning (`kept_record`
+    with the kind's `JobSettings.meaning`)."""
     settings = to_settings(job)
     return kept_record(with_result_version(canonical(settings) if sort else settings, version), recorded,
-                       type(job).neutral)
+                       type(job).meaning)
 
 
 def declared_defaults(cls: type[JobSettings]) -> dict[str, Any]:

@@ -276,6 +276,19 @@ def token_model_options(name: str, options: dict | None = None) -> dict[str, int
     return {**TOKEN_MODEL_DEFAULTS[name], **(options or {})}
 
 
+def model_option_defaults(name: str) -> dict:
+    """The value `build_model` takes for each option of model ``name`` that is left out (MODEL_OPTIONS): the first
+    of its norms and stems, a token model's fixed sizes (not its vocab_size and seq_len, the data's); empty for an
+    unknown model. A model built with these options written out is the model built without them."""
+    defaults: dict = {}
+    if name in MODEL_NORMS:
+        defaults["norm"] = MODEL_NORMS[name][0]
+    if "stem" in MODEL_OPTIONS.get(name, ()):
+        defaults["stem"] = RESNET_STEMS[0]
+    defaults.update({key: value for key, value in TOKEN_MODEL_DEFAULTS.get(name, {}).items() if value is not None})
+    return defaults
+
+
 def model_norm(name: str, options: dict | None = None) -> str | None:
     """The normalisation of model ``name`` with ``options`` (its default without them); None for a model without a
     `norm` option."""

@@ -90,10 +90,10 @@ def init_job(settings: dict, out: str | Path, inputs: dict | None = None,
     key = digest(without_data_locations(settings))  # the settings as planned: the init's record
     t0 = time.perf_counter()
     if isinstance(job, PretrainedInit):
-        model, meta = pretrain(job, progress_dir, progress_key(settings))
+        model, meta = pretrain(job, progress_dir, progress_key(resume_settings(settings, PretrainedInit)))
     elif isinstance(job, WarmupInit):
         model, meta = iid_warmup(job, inputs["partition"], progress_dir,
-                                 progress_key(resume_settings(settings, WarmupInit.neutral), [inputs["partition"]]))
+                                 progress_key(resume_settings(settings, WarmupInit), [inputs["partition"]]))
     elif isinstance(job, ContinueInit):
         model, meta = continue_from(job, inputs["trajectory"])
     else:

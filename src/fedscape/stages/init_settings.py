@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from fedscape.core.jobs import JobSettings, JobSettingsError
 from fedscape.core.names import suggest
 from fedscape.fl.settings import NEUTRAL_TRAINING_KEYS, TrainConfig, TrainingSettings
+from fedscape.models.specs import model_option_defaults
 
 # The keys of an `inits` entry that each kind reads (the schema fills defaults for all of them).
 KIND_KEYS: dict[str, tuple[str, ...]] = {
@@ -67,6 +68,18 @@ class InitJob(JobSettings):
     init: str  # the label
     kind: str  # its kind, the subclass's KIND
 
+    @classmethod
+    def meaning(cls, settings: Mapping[str, Any]) -> dict:
+        """`JobSettings.meaning`, the model's options written at the defaults it is built with left out (the config's
+        `model_options.<model>` as given: `resnet20: {norm: batch}` is the resnet20 built without it)."""
+        out = super().meaning(settings)
+        options, model = out.get("model_options"), out.get("model")
+        if isinstance(options, Mapping) and isinstance(model, str):
+            defaults = model_option_defaults(model)
+            out["model_options"] = {key: value for key, value in options.items()
+                                    if key not in defaults or value != defaults[key]}
+        return out
+
     def __post_init__(self):
         if type(self) is InitJob:
             raise TypeError("an init job is of one kind: make a RandomInit, PretrainedInit, WarmupInit or ContinueInit")
@@ -123,11 +136,11 @@ class WarmupInit(InitJob):
     """`rounds` rounds of IID FedAvg from the seeded random init."""
 
     KIND: ClassVar[str] = "iid_warmup"
-    # Its training's neutral keys (the overrides of its `inits` entry and its resolved training), as a train job's,
-    # and what of the runs' training it does not use: their `rounds` and `save_clients_at` (its own `rounds`
-    # replace theirs, and it keeps no client models).
-    neutral = (*(f"{section}.{key}" for section in ("training", "warmup_training") for key in NEUTRAL_TRAINING_KEYS),
-               "warmup_training.rounds", "warmup_training.save_clients_at")
+    # Its resolved training's neutral keys, as a train job's, and what of the runs' training it does not use: their
+    # `rounds` and `save_clients_at` (its own `rounds` replace theirs, and it keeps no client models). Its `inits`
+    # entry's overrides are left out of its meaning whole (`meaning`).
+    neutral = (*(f"warmup_training.{key}" for key in NEUTRAL_TRAINING_KEYS), "warmup_training.rounds",
+               "warmup_training.save_clients_at")
     seed: int
     rounds: int
     num_clients: int
@@ -138,6 +151,14 @@ class WarmupInit(InitJob):
     # The `training` section with those overrides (`warmup_training_of`), device included.
     warmup_training: TrainingSettings
     device: str
+
+    @classmethod
+    def meaning(cls, settings: Mapping[str, Any]) -> dict:
+        """`InitJob.meaning` less the `training` overrides as given: what they resolve to is `warmup_training` (an
+        override equal to the section's value, or written where it was left out, warms up the same model)."""
+        out = super().meaning(settings)
+        out.pop("training", None)
+        return out
 
     def train_config(self) -> TrainConfig:
         """The warm-up's TrainConfig: its training for its `rounds` rounds, every client every round, no client
@@ -160,6 +181,14 @@ class ContinueInit(InitJob):
     # Which final model of the source run is the init (the schema's `source_model`: global or swa). Its baseline is
     # `global`, the model the init took before the field, so that no finished init's settings change.
     source_model: str = "global"
+
+    @classmethod
+    def meaning(cls, settings: Mapping[str, Any]) -> dict:
+        """`InitJob.meaning` less the run selector as given: the run it names is `source_run_id` (a selector
+        respelled, or given one more field, that names the same run continues the same model)."""
+        out = super().meaning(settings)
+        out.pop("run", None)
+        return out
 
 
 INIT_JOBS: dict[str, type[InitJob]] = {job.KIND: job for job in (RandomInit, PretrainedInit, WarmupInit, ContinueInit)}

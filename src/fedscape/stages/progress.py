@@ -12,7 +12,7 @@ from pathlib import Path
 from fedscape.core.config import digest
 from fedscape.core.fingerprints import file_sha256
 from fedscape.core.io import atomic_path
-from fedscape.core.jobs import without_paths
+from fedscape.core.jobs import JobSettings
 from fedscape.data.locations import without_data_locations
 
 log = logging.getLogger("fedscape.progress")
@@ -33,12 +33,15 @@ def progress_key(settings: dict, inputs: Iterable[str | os.PathLike] = (), devic
     return key if device is None else f"{key}:{device}"
 
 
-def resume_settings(settings: dict, neutral: Iterable[str]) -> dict:
-    """A job's settings as its progress key holds them: without its kind's `neutral` fields (`JobSettings.neutral`:
-    a train job's memory keys, a Hessian job's batch size, ...), which change how it computes, not what, so that a job
-    killed for lack of device memory resumes its saved rounds or parts once they are lowered. A train job's record
-    (meta.json) lists each attempt's memory keys (`attempts`, where it resumed)."""
-    return without_paths(settings, neutral)
+def resume_settings(settings: dict, kind: type[JobSettings]) -> dict:
+    """A job's settings as its progress key holds them: their meaning (`JobSettings.meaning`), without its kind's
+    `neutral` fields (a train job's memory keys, a Hessian job's batch size, ...), which change how it computes, not
+    what, so that a job killed for lack of device memory resumes its saved rounds or parts once they are lowered, and
+    without what the config spells out at a default the job takes anyway. A train job's record (meta.json) lists each
+    attempt's memory keys (`attempts`, where it resumed)."""
+    if not (isinstance(kind, type) and issubclass(kind, JobSettings)):
+        raise TypeError(f"resume_settings takes a job kind (a JobSettings subclass), got {kind!r}")
+    return kind.meaning(settings)
 
 
 class Parts:

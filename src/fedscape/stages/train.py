@@ -58,7 +58,7 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
         log.info("SWA at the server from round %d: cycles of %d rounds, %s lr down to %g x its value",
                  swa.start(cfg.rounds), swa.cycle, swa.scheduled_lr, swa.lr_ratio)
     memory = {key: settings["training"][key] for key in MEMORY_KEYS if key in settings["training"]}
-    key = progress_key(resume_settings(settings, TrainJob.neutral), (partition_path, init_path))
+    key = progress_key(resume_settings(settings, TrainJob), (partition_path, init_path))
     result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir, progress_key=key, swa=swa,
                            attempt=memory)
 

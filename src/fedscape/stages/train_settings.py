@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from fedscape.core.jobs import JobSettings
+from fedscape.fl.hparams.registry import without_default_hyperparameters
 from fedscape.fl.settings import NEUTRAL_TRAINING_KEYS, TrainConfig, TrainingSettings
 
 
@@ -23,6 +26,16 @@ class TrainJob(JobSettings):
     algorithm: str  # the algorithm's registry name (`fl.hparams`)
     hyperparameters: dict  # the algorithm label's hyperparameters (its entry less name and training)
     training: TrainingSettings
+
+    @classmethod
+    def meaning(cls, settings: Mapping[str, Any]) -> dict:
+        """`JobSettings.meaning`, the hyperparameters written at the algorithm's defaults left out (the algorithm
+        label's entry as given: `{name: fedprox, mu: 0.0001}` is FedProx at its default mu)."""
+        out = super().meaning(settings)
+        hyperparameters, algorithm = out.get("hyperparameters"), out.get("algorithm")
+        if isinstance(hyperparameters, Mapping) and isinstance(algorithm, str):
+            out["hyperparameters"] = without_default_hyperparameters(algorithm, dict(hyperparameters))
+        return out
 
     def train_config(self) -> TrainConfig:
         """The run's TrainConfig: its training with the run's seed and participation and the dataset's

@@ -117,7 +117,7 @@ def interpolation_job(settings: dict, trajectory_a: str | Path, trajectory_b: st
     job = InterpolationJob.from_settings(settings)
     device = resolve_device(job.device)
     inputs = (trajectory_a, trajectory_b, partition)
-    parts = Parts(progress_dir, progress_key(resume_settings(settings, job.neutral), inputs, device.type))
+    parts = Parts(progress_dir, progress_key(resume_settings(settings, type(job)), inputs, device.type))
     traj_a = load_trajectory(trajectory_a, run_id=job.run_a)
     traj_b = load_trajectory(trajectory_b, run_id=job.run_b)
     rounds = [traj.final_round if r == "final" else int(r) for traj, r in ((traj_a, job.round_a),
@@ -195,7 +195,7 @@ def layer_barriers_job(settings: dict, inputs: dict, out_barriers: str | Path, o
     job = LayerBarriersJob.from_settings(settings)
     device = resolve_device(job.device)
     read = [inputs[k] for k in sorted(inputs)]
-    parts = Parts(progress_dir, progress_key(resume_settings(settings, job.neutral), read, device.type))
+    parts = Parts(progress_dir, progress_key(resume_settings(settings, type(job)), read, device.type))
     pair, round_ = job.pair, job.round
     run_ids = job.run_id.split(PAIR_SEPARATOR)  # one run, or two for a pair of runs
     traj_a = load_trajectory(inputs["trajectory_a"], run_id=run_ids[0])

@@ -181,7 +181,7 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     log.info("hessian of %s at round %d on %s: %d parameters, %d clients, top-%d by %s, %s",
              run_id, round_, device, traj.params.shape[1], data.num_clients, hs.top_k, hs.method, budget)
 
-    key = progress_key(resume_settings(settings, HessianJob.neutral), (trajectory_path, partition_path), device.type)
+    key = progress_key(resume_settings(settings, HessianJob), (trajectory_path, partition_path), device.type)
     parts = Parts(progress_dir, key)
 
     # the aggregate data: eigenpairs (the plane), trace, density

@@ -118,12 +118,39 @@ def hyperparameter_settings(name: str, overrides: dict[str, Any]) -> dict[str, A
 
     `mu: 0` and `mu: 0.0` are one run, but Snakemake compares settings by their text: without this, respelling one as
     the other would rerun the run. The float is the spelling kept, as the shipped configs write these numbers. A key
-    written at its default stays (unlike the schema's keys): the shipped studies spell some at their defaults (meta's
-    fedadam, layerwise's central_gpt), and leaving them out would rerun those finished runs. Keys the algorithm has
-    not are kept, for `algorithm_config` to refuse by name.
+    written at its default stays in the settings (unlike the schema's keys): the shipped studies spell some at their
+    defaults (meta's fedadam, layerwise's central_gpt), and leaving them out would change those finished runs'
+    text; a finished run is compared with its recorded settings by meaning instead (`without_default_hyperparameters`),
+    so writing a default or deleting it reruns nothing. Keys the algorithm has not are kept, for `algorithm_config`
+    to refuse by name.
     """
     hints = typing.get_type_hints(algorithm_spec(name).config)
     return {key: _as_declared(hints[key], value) if key in hints else value for key, value in overrides.items()}
+
+
+def without_default_hyperparameters(name: str, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """`hyperparameters` (as `hyperparameter_settings` gives them) less those written at their field's declared
+    default, which the algorithm takes anyway: what a run computes with, compared by meaning
+    (`fedscape.stages.train_settings.TrainJob.meaning`). An unknown algorithm or key is kept as it is."""
+    try:
+        cls = algorithm_spec(name).config
+    except ValueError:
+        return dict(hyperparameters)
+    hints = typing.get_type_hints(cls)
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    return {key: value for key, value in hyperparameters.items()
+            if key not in defaults or _listed(_as_declared(hints.get(key), value)) != _listed(defaults[key])}
+
+
+def _listed(value: Any) -> Any:
+    """`value` with its tuples as lists, at every depth: a default tuple and the list YAML gives compare equal."""
+    if isinstance(value, (list, tuple)):
+        return [_listed(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _listed(v) for k, v in value.items()}
+    return value
 
 
 def algorithm_config(name: str, overrides: dict[str, Any] | None = None) -> Any:

@@ -18,9 +18,12 @@ three HVPs alternate call by call (`--repeats` rounds), so that a change of load
 all of them.
 
 For a model piecewise linear in its parameters (`fedscape.models.specs.piecewise_linear`) also the exact diagonal
-of `hessian.trace_estimator: exact` (`gauss_newton_diagonal`: one per-sample gradient per class but one), timed once, in
-Hessian-vector products of the cached graph: what it costs against the products an estimate takes (FedAlign's
-300), and its largest difference from the float64 one relative to the diagonal's largest entry.
+of `hessian.trace_estimator: exact` (`gauss_newton_diagonal`: one per-sample gradient per class but one) in each of its
+forms (`DIAGONAL_FORMS`: a forward and a backward pass per class, or one forward pass per sample and a backward pass
+per class), each timed once on the first `--exact-samples` samples and scaled to the batch (its work is per sample),
+in Hessian-vector products of the cached graph: what it costs against the products an estimate takes (FedAlign's
+300), the forms' ratio, which decides the device's default (`default_diagonal_form`), and each one's largest
+difference from the float64 one relative to the diagonal's largest entry.
 
 Then (`--eigen K`, default 2; 0 skips it) the top-K eigenvalues as a Hessian job computes them: `top_eigen` with
 the schema's default `hessian` settings (Lanczos, tol 1e-4, at most 100 products, seed 0, batches of 512, cached
@@ -48,7 +51,14 @@ from machine import cpu_model, torch_line
 from timing import timed  # benchmarks/timing.py (the script's directory is on sys.path)
 
 from fedscape.analysis.hessian.definitions import HessianSettings
-from fedscape.analysis.hessian.maths import HessianOperator, gauss_newton_diagonal, top_eigen
+from fedscape.analysis.hessian.maths import (
+    DIAGONAL_FORMS,
+    PER_SAMPLE_BUDGET,
+    HessianOperator,
+    default_diagonal_form,
+    gauss_newton_diagonal,
+    top_eigen,
+)
 from fedscape.core.config import default_filling_validator, load_schema
 from fedscape.data.specs import DATASET_NAMES, dataset_info
 from fedscape.models.device import use_precision
@@ -127,16 +137,19 @@ def tf32_times(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, v: torc
     return tuple(statistics.median(r[i] for r in times) for i in range(len(fns)))
 
 
-def exact_diagonal_cost(op: HessianOperator, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, samples: int,
-                        device: torch.device) -> tuple[float, float]:
-    """Seconds of one exact diagonal on `op`'s batch, and its largest difference from a float64 copy's relative to
-    that diagonal's largest entry."""
-    diagonal = gauss_newton_diagonal(op)  # warm-up
-    seconds = timed(lambda: gauss_newton_diagonal(op), device, 1, warmup=0)
-    model64 = copy.deepcopy(model).double()
-    with HessianOperator(model64, x.double(), y, batch_size=samples, cache_graph=False) as ref:
-        reference = gauss_newton_diagonal(ref)
-    return seconds, float((diagonal - reference).abs().max() / reference.abs().max())
+def exact_diagonal_costs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                         device: torch.device) -> dict[str, tuple[float, float]]:
+    """form -> (seconds of one exact diagonal of the batch in that form, after one untimed; its largest difference
+    from a float64 copy's relative to that diagonal's largest entry)."""
+    with HessianOperator(copy.deepcopy(model).double(), x.double(), y, batch_size=len(y), cache_graph=False) as ref:
+        reference = gauss_newton_diagonal(ref, "per_class")
+    costs = {}
+    with HessianOperator(model, x, y, batch_size=len(y), cache_graph=False) as op:
+        for form in DIAGONAL_FORMS:
+            diagonal = gauss_newton_diagonal(op, form)  # warm-up
+            seconds = timed(lambda form=form: gauss_newton_diagonal(op, form), device, 1, warmup=0)
+            costs[form] = seconds, float((diagonal - reference).abs().max() / reference.abs().max())
+    return costs
 
 
 def main() -> None:
@@ -146,11 +159,17 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1024, help="samples in the batch")
     parser.add_argument("--norm", default=None, help="the model's norm option (resnet20/56: batch, group, none)")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--exact-samples", type=int, default=0,
+                        help="samples the exact diagonal is timed on (rounded up to whole chunks of its passes, at "
+                             "most --samples), its time scaled to --samples (0: all of them)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--eigen", type=int, default=2, metavar="K",
                         help="check the top-K eigenvalues against float64 (0: skip)")
     args = parser.parse_args()
+    if args.exact_samples < 0 or args.samples < 1:
+        parser.error(f"--samples must be at least 1 and --exact-samples at least 0 (0: all of them); got "
+                     f"{args.samples} and {args.exact_samples}")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -197,8 +216,10 @@ def main() -> None:
         for name, fn in timers.items():
             times[name].append(timed(fn, device, 1, warmup=0))
     t = {name: statistics.median(values) for name, values in times.items()}
-    exact = exact_diagonal_cost(cached, model, x, y, args.samples, device) if piecewise_linear(args.model, options) \
-        else None
+    # whole chunks of the diagonal's per-sample passes (PER_SAMPLE_BUDGET), so that the scaled time is the batch's
+    chunk = max(1, PER_SAMPLE_BUDGET // v.numel())
+    few = min(args.samples, -(-(args.exact_samples or args.samples) // chunk) * chunk)
+    exact = exact_diagonal_costs(model, x[:few], y[:few], device) if piecewise_linear(args.model, options) else None
     for op in operators:
         op.close()
     precision.__exit__(None, None, None)
@@ -226,10 +247,14 @@ def main() -> None:
             print(f"TF32, channels_last: HVP, cached graph {tf32[2] * 1e3:.2f} ms = {tf32[2] / tf32[0]:.2f}x the TF32 "
                   f"gradient, {tf32[2] / t['gradient']:.2f}x the fp32 gradient")
     if exact is not None:
-        hvps = exact[0] / t["HVP, cached graph"]
-        print(f"exact diagonal (trace_estimator: exact) {exact[0] * 1e3:9.2f} ms = {hvps:.1f} HVPs of the cached "
-              f"graph (an estimate takes trace_probes of them: 300 in FedAlign), largest difference from float64 "
-              f"{exact[1]:.1e} of the largest entry")
+        scale = args.samples / few  # per-sample work: the time of the whole batch
+        for form, (seconds, error) in exact.items():
+            print(f"exact diagonal (trace_estimator: exact), form {form:<8} {seconds * scale * 1e3:9.2f} ms = "
+                  f"{seconds * scale / t['HVP, cached graph']:.1f} HVPs of the cached graph (an estimate takes "
+                  f"trace_probes of them: 300 in FedAlign; timed on {few} samples), largest difference from float64 "
+                  f"{error:.1e} of the largest entry")
+        print(f"exact diagonal, per_sample / per_class: {exact['per_sample'][0] / exact['per_class'][0]:.2f}x "
+              f"(default on {device.type}: {default_diagonal_form(device)})")
     if args.eigen:
         eigen_check(model, x, y, args.eigen, device)
 

@@ -84,15 +84,18 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
     # HVP against a gradient (goal <= 3x) in both modes, and the top eigenvalues against float64 (goal 1e-4).
     # Then the modes' times on the other papers' models (meta.yaml's resnet18 with group norm, fedalign.yaml's
     # bottleneck ResNet56): forward-over-reverse was 0.81-0.82x the cached product on resnet20 on an H200, and becomes
-    # the CUDA default (`maths.default_hvp_mode`) only if it wins on these too.
+    # the CUDA default (`maths.default_hvp_mode`) only if it wins on these too. Each also times the exact diagonal's
+    # two forms (`maths.DIAGONAL_FORMS`) on a part of the batch: `per_sample` becomes the CUDA default
+    # (`maths.default_diagonal_form`) if it wins on these.
     "hvp": [("hvp_resnet20_bn", [PY, "benchmarks/bench_hvp.py", "--model", "resnet20", "--norm", "batch",
-                                 "--dataset", "cifar10", "--samples", "1024", "--device", "cuda"], 200),
+                                 "--dataset", "cifar10", "--samples", "1024", "--exact-samples", "256", "--device",
+                                 "cuda"], 200),
             ("hvp_resnet18_gn", [PY, "benchmarks/bench_hvp.py", "--model", "resnet18", "--norm", "group",
                                  "--dataset", "cifar10", "--samples", "512", "--repeats", "5", "--eigen", "0",
                                  "--device", "cuda"], 120),
             ("hvp_resnet56_bottleneck", [PY, "benchmarks/bench_hvp.py", "--model", "resnet56_bottleneck", "--norm",
                                          "batch", "--dataset", "cifar100", "--samples", "512", "--repeats", "5",
-                                         "--eigen", "0", "--device", "cuda"], 120)],
+                                         "--exact-samples", "64", "--eigen", "0", "--device", "cuda"], 120)],
     # FedAlign and its baselines vectorised on its bottleneck ResNet56 (batch 64, 16 clients, MOON on its projection
     # head, as in fedalign.yaml): their stacked rounds against one client after another. GradAug's stacked step
     # runs each sub-network pass at its widest client's width (narrower clients' cut channels held at 0), and is never

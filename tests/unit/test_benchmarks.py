@@ -118,7 +118,12 @@ def test_bench_stacked_conv_times_every_form_of_every_layer(model, layers, total
 @pytest.mark.parametrize(("script", "args", "needle"), [
     ("bench_hvp.py", ["--samples", "32", "--repeats", "1", "--device", "cpu"], "HVP, cached graph"),
     ("bench_hvp.py", ["--samples", "32", "--repeats", "1", "--device", "cpu", "--eigen", "0"],
-     "exact diagonal (trace_estimator: exact)"),
+     "exact diagonal (trace_estimator: exact), form per_sample"),
+    ("bench_hvp.py", ["--samples", "32", "--exact-samples", "8", "--repeats", "1", "--device", "cpu", "--eigen", "0"],
+     "exact diagonal, per_sample / per_class"),
+    # cnn_small's passes come in chunks of 1,461 samples: the whole batch of 32 is timed, not the 8 asked for
+    ("bench_hvp.py", ["--samples", "32", "--exact-samples", "8", "--repeats", "1", "--device", "cpu", "--eigen", "0"],
+     "timed on 32 samples"),
     ("bench_client_stats.py", ["--model", "cnn_small", "--dataset", "digits", "--clients", "2", "--repeats", "1"],
      "round_stats"),
     ("bench_surface.py", ["--points", "4", "--repeats", "1"], "speed-up of the surface evaluator"),

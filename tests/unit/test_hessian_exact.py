@@ -18,8 +18,10 @@ from helpers.configs import tiny_config
 from helpers.stages import train_run
 from helpers.workflow import ROOT
 
+from fedscape.analysis.hessian import maths as hessian_maths
 from fedscape.analysis.hessian.definitions import EXACT, JOB_FILES, HessianSettings
 from fedscape.analysis.hessian.maths import (
+    DIAGONAL_FORMS,
     HessianOperator,
     analyse,
     diagonal_consistency,
@@ -110,6 +112,30 @@ def test_the_exact_diagonal_is_the_hessian_s_on_every_piecewise_linear_model(nam
     np.testing.assert_allclose(diagonal[index].numpy(), entries, rtol=1e-8, atol=1e-12 * scale)
 
 
+@pytest.mark.parametrize(("name", "options"),
+                         [(name, _options(norm)) for name, norm in VARIANTS if piecewise_linear(name, _options(norm))]
+                         + OPTIONED, ids=lambda v: str(v))
+def test_the_two_forms_of_the_exact_diagonal_are_equal_on_every_piecewise_linear_model(name, options):
+    # `per_sample` (one forward pass per sample, a backward pass per column) against `per_class`, checked above against
+    # the Hessian: float64, 3 classes, two batches of the operator
+    options = dict(options)
+    model, x, y = _tiny(name, options.pop("norm", None), **options)
+    with HessianOperator(model, x, y, batch_size=2, cache_graph=False) as op:
+        by_class = gauss_newton_diagonal(op, "per_class")
+        by_sample = gauss_newton_diagonal(op, "per_sample")
+
+    scale = float(by_class.abs().max())
+    assert scale > 0
+    np.testing.assert_allclose(by_sample.numpy(), by_class.numpy(), rtol=1e-9, atol=1e-12 * scale)
+
+
+def test_an_unknown_form_of_the_exact_diagonal_is_refused_by_name():
+    model, x, y = _tiny("cnn_small", None)
+    with HessianOperator(model, x, y, batch_size=3, cache_graph=False) as op, \
+            pytest.raises(ValueError, match="unknown exact diagonal form 'rows'; valid: per_class, per_sample"):
+        gauss_newton_diagonal(op, "rows")
+
+
 @pytest.mark.parametrize(("name", "norm"), [v for v in VARIANTS if not piecewise_linear(v[0], _options(v[1]))],
                          ids=lambda v: str(v))
 def test_group_norm_is_not_piecewise_linear_and_the_same_check_fails(name, norm):
@@ -128,8 +154,9 @@ def test_only_image_models_without_group_norm_are_declared_piecewise_linear():
     assert not any(piecewise_linear(name) for name, info in MODEL_INFOS.items() if info.inputs == "tokens")
 
 
+@pytest.mark.parametrize("form", DIAGONAL_FORMS)
 @pytest.mark.parametrize("norm", [False, True])
-def test_exact_trace_and_diagonal_equal_the_whole_hessian_s(norm):
+def test_exact_trace_and_diagonal_equal_the_whole_hessian_s(norm, form, monkeypatch):
     # Prepare: a convolutional ReLU network (with batch norm in eval mode) small enough for its whole Hessian
     torch.manual_seed(4)
     layers = [torch.nn.Conv2d(1, 3, 3, padding=1), *([torch.nn.BatchNorm2d(3)] if norm else []), torch.nn.ReLU(),
@@ -142,7 +169,8 @@ def test_exact_trace_and_diagonal_equal_the_whole_hessian_s(norm):
     x, y = torch.randn(5, 1, 4, 4, generator=gen, dtype=torch.float64), torch.tensor([0, 2, 1, 1, 0])
     hessian = exact_hessian(model, x, y)
 
-    # Execute
+    # Execute: in the form under test, as the device's default
+    monkeypatch.setattr(hessian_maths, "default_diagonal_form", lambda device: form)
     with HessianOperator(model, x, y, batch_size=2, cache_graph=False) as op:
         result = exact_trace_and_diagonal(op)
         products = op.products

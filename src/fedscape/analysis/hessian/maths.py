@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, grad, vjp, vmap
 
 from fedscape.analysis.hessian.definitions import EVAL_ALL, EXACT, HESSIAN_PRECISIONS, HessianSettings
 from fedscape.core.seeds import derive_seed
@@ -544,7 +544,22 @@ def hutchpp(op: HessianOperator, products: int, seed: int = 0) -> HutchinsonResu
                             samples, diagonal_estimator, quarters)
 
 
-def gauss_newton_diagonal(op: HessianOperator) -> Tensor:
+# How the exact diagonal takes its per-sample gradients: `per_class`, one vmapped gradient (a forward and a
+# backward pass over the samples) per column of the softmax Hessian's square root; `per_sample`, one forward pass
+# per sample and a backward pass through it per column (`torch.func.vjp`), C - 2 forward passes fewer. Equal in
+# exact arithmetic (tests/unit/test_hessian_exact.py).
+DIAGONAL_FORMS = ("per_class", "per_sample")
+
+
+def default_diagonal_form(device: torch.device | str) -> str:
+    """The exact diagonal's form on a device: `per_class` everywhere (benchmarks/README.md, "Hessian-vector products").
+    On a CPU (benchmarks/README.md, "The exact diagonal's two forms") `per_sample` took 1.35x the time of `per_class` on
+    cnn_small (the default run's model) and 1.13-1.23x on the pilot's ConvNet, 0.79x and 0.81x on resnet20 (10 and
+    100 classes); on a card it is yet to be measured (`bench_hvp.py` times both)."""
+    return "per_class"
+
+
+def gauss_newton_diagonal(op: HessianOperator, form: str | None = None) -> Tensor:
     """diag(H) of the operator's mean cross-entropy, exactly, for a model that is piecewise linear in its parameters
     (`fedscape.models.specs.piecewise_linear`): [P] float64 on the CPU, from per-sample gradients, no products.
 
@@ -559,8 +574,12 @@ def gauss_newton_diagonal(op: HessianOperator) -> Tensor:
     S = diag(sqrt p) - p sqrt(p)^T (S S^T = diag(p) - p p^T since the p sum to 1), of rank C - 1 and taken with
     C - 1 columns: one per-sample gradient of s_ic . f(x_i) per class but one. Group norm and layer norm,
     attention, LSTMs and smooth activations are not piecewise linear there; tests/unit/test_hessian_exact.py checks
-    every model the registry declares so against products.
+    every model the registry declares so against products. `form`: how the per-sample gradients are taken
+    (`DIAGONAL_FORMS`; default: the device's, `default_diagonal_form`).
     """
+    form = default_diagonal_form(op.device) if form is None else form
+    if form not in DIAGONAL_FORMS:
+        raise ValueError(f"unknown exact diagonal form {form!r}; valid: {', '.join(DIAGONAL_FORMS)}")
     for _, yb in op.batches:
         if yb.dim() != 1 or bool((yb < 0).any()):
             raise ValueError("the exact Hessian diagonal needs one class per sample (a sequence task's positions or "
@@ -571,7 +590,16 @@ def gauss_newton_diagonal(op: HessianOperator) -> Tensor:
         logits = functional_call(op.model, {**op.params(w), **buffers}, (x.unsqueeze(0),))
         return (logits[0] * s).sum()
 
+    def squares_along(w: Tensor, x: Tensor, columns: Tensor) -> Tensor:
+        # one sample's forward pass, kept for a backward pass per column: sum_c (J^T s_c)^2
+        _, pull = vjp(lambda w: functional_call(op.model, {**op.params(w), **buffers}, (x.unsqueeze(0),))[0], w)
+        total = torch.zeros_like(w)
+        for c in range(columns.shape[1]):
+            total = total + pull(columns[:, c])[0].square()
+        return total
+
     per_sample = vmap(grad(logit_along), in_dims=(None, 0, 0))
+    per_sample_squares = vmap(squares_along, in_dims=(None, 0, 0))
     chunk = max(1, PER_SAMPLE_BUDGET // op.dim)
     total = torch.zeros(op.dim, dtype=torch.float64, device=op.device)
     center = op.center.detach()
@@ -589,6 +617,9 @@ def gauss_newton_diagonal(op: HessianOperator) -> Tensor:
             w[:, -1] += 1
             w = w / w.norm(dim=1, keepdim=True)
             columns = (columns - 2 * (columns @ w.unsqueeze(2)) * w.unsqueeze(1))[:, :, :-1]
+            if form == "per_sample":
+                total += per_sample_squares(center, x, columns.to(op.dtype)).sum(dim=0).double()
+                continue
             for c in range(columns.shape[2]):
                 g = per_sample(center, x, columns[:, :, c].to(op.dtype))
                 total += g.square_().sum(dim=0).double()  # in place: no second [chunk, P] block

@@ -34,7 +34,7 @@ from fedscape.models.evaluate import evaluate
 from fedscape.models.params import flatten_buffers, flatten_params
 from fedscape.models.registry import build_model
 from fedscape.plan.workflow import check_config
-from fedscape.stages.init_settings import INIT_JOBS, PretrainedInit, WarmupInit
+from fedscape.stages.init_settings import INIT_JOBS, PretrainedInit, RandomInit, WarmupInit
 from fedscape.stages.progress import resume_settings
 from fedscape.stages.train_settings import TrainJob
 
@@ -428,3 +428,19 @@ def test_a_continue_init_s_selector_means_the_run_it_names(selector, kept):
 def test_resume_settings_takes_a_job_kind_not_its_neutral_paths():
     with pytest.raises(TypeError, match="takes a job kind"):
         resume_settings({"a": 1}, TrainJob.neutral)
+
+
+@pytest.mark.parametrize(("options", "same"), [
+    ({"vocab_size": 80, "seq_len": 80}, True),  # the data's: what the model is built with without them
+    ({"hidden_size": 256}, True),  # char_lstm's fixed default
+    ({"vocab_size": 96}, False),
+    ({"hidden_size": 128}, False),
+])
+def test_a_token_model_s_sizes_at_the_data_s_are_left_out_of_an_init_s_meaning(options, same):
+    # Prepare: a random init of LEAF's Shakespeare LSTM (80 symbols, 80 positions), its options left out
+    plain = {"dataset": "shakespeare", "model": "char_lstm", "model_options": {"targets": "every"}, "in_channels": 80,
+             "image_size": 80, "num_classes": 80, "init": "random", "kind": "random", "seed": 0}
+    written = {**plain, "model_options": {**plain["model_options"], **options}}
+
+    # Execute / Assert
+    assert (RandomInit.meaning(written) == RandomInit.meaning(plain)) is same

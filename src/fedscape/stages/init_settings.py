@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from fedscape.core.jobs import JobSettings, JobSettingsError
 from fedscape.core.names import suggest
 from fedscape.fl.settings import NEUTRAL_TRAINING_KEYS, TrainConfig, TrainingSettings
-from fedscape.models.specs import model_option_defaults
+from fedscape.models.specs import is_token_model, model_option_defaults
 
 # The keys of an `inits` entry that each kind reads (the schema fills defaults for all of them).
 KIND_KEYS: dict[str, tuple[str, ...]] = {
@@ -71,11 +71,14 @@ class InitJob(JobSettings):
     @classmethod
     def meaning(cls, settings: Mapping[str, Any]) -> dict:
         """`JobSettings.meaning`, the model's options written at the defaults it is built with left out (the config's
-        `model_options.<model>` as given: `resnet20: {norm: batch}` is the resnet20 built without it)."""
+        `model_options.<model>` as given: `resnet20: {norm: batch}` is the resnet20 built without it). A token model's
+        `vocab_size` and `seq_len` default to the data's, which the job holds as its `in_channels` and `image_size`."""
         out = super().meaning(settings)
         options, model = out.get("model_options"), out.get("model")
         if isinstance(options, Mapping) and isinstance(model, str):
             defaults = model_option_defaults(model)
+            if is_token_model(model):
+                defaults |= {"vocab_size": out.get("in_channels"), "seq_len": out.get("image_size")}
             out["model_options"] = {key: value for key, value in options.items()
                                     if key not in defaults or value != defaults[key]}
         return out

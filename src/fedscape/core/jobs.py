@@ -53,15 +53,19 @@ class JobSettings:
     # The fields that change how the job computes, not what (its results agree to float rounding): dotted paths into
     # its settings (`training.eval_batch_size` in a nested field). See `kept_record`.
     neutral: ClassVar[tuple[str, ...]] = ()
+    # The fields that hold a config's values as given where another field holds what they resolve to (a warm-up's
+    # training overrides, a continue init's run selector): left out of the job's `meaning` whole.
+    restated: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def meaning(cls, settings: Mapping[str, Any]) -> dict:
-        """What a job of `settings` computes, as data to compare: its settings less the `neutral` fields; a kind whose
-        settings hold values as the config gives them also leaves out those at the defaults the job takes anyway.
+        """What a job of `settings` computes, as data to compare: its settings less the `neutral` and `restated`
+        fields; a kind whose settings hold values as the config gives them also leaves out those at the defaults the
+        job takes anyway.
         Never raises on settings of an older or unknown shape (a record): what it cannot resolve it keeps. The
         defaults are today's: a new default changes what the jobs that left it out compute, so it comes with a new
         result version (`core.config.with_result_version`)."""
-        return without_paths(settings, cls.neutral)
+        return without_paths(settings, (*cls.neutral, *cls.restated))
 
     @classmethod
     def from_settings(cls: type[J], settings: Mapping[str, Any]) -> J:

@@ -47,9 +47,9 @@ def job_log(path: str | Path | None, outputs: Iterable[str] = (), results_dir: s
     `settings` (a job's `params.settings`, less its data's locations) go into the record as the job computed with
     them, with their `settings_digest` (`fedscape.core.config.digest`). Snakemake's own record of a job's params keeps
     the text of the run that made its outputs where the settings' meaning has not changed since (neutral fields,
-    defaults written out: `core.jobs.kept_record`), so a
-    forced rerun under a lowered evaluation batch computes with it and says so here (and in its `meta.json` or
-    `hessian.json`, for the jobs that keep their settings there), not in Snakemake's record.
+    defaults written out: `core.jobs.kept_record`), so a forced rerun under a lowered evaluation batch computes with it
+    and says so here (and in its `meta.json` or `hessian.json`, for the jobs that keep their settings there), not in
+    Snakemake's record.
     """
     setup_logging(path)
     start_job()

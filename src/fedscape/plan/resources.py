@@ -40,13 +40,13 @@ class RuleNeeds:
     kind: str = ""
 
 
+# What bounds federated rounds' device memory: vectorised rounds stack client_chunk_size clients' models, activations
+# and gradients; captured steps keep their CUDA graphs' memory pools (and a vectorised chunk's state per chunk size)
+_TRAIN_MEMORY = ("training.client_chunk_size", "training.client_parallel=sequential", "training.eval_batch_size",
+                 "training.capture=eager")
 # Every heavy rule (not `localrule: True`) and every rule that reads data, once: the GPU rules and DATA_RULES derive
 # from it, the SLURM profile gives each heavy rule a `set-threads` entry, and each GPU rule asks for its card itself
 # (`gpu_job_resources`; tests/unit/test_resources.py keeps them in step).
-# vectorised rounds stack client_chunk_size clients' models, activations and gradients; captured steps keep their
-# CUDA graphs' memory pools (and a vectorised chunk's state per chunk size) for the run
-_TRAIN_MEMORY = ("training.client_chunk_size", "training.client_parallel=sequential", "training.eval_batch_size",
-                 "training.capture=eager")
 RULE_NEEDS: dict[str, RuleNeeds] = {
     "partition": RuleNeeds(gpu=False, data=True),  # torch-free; runs local, but reads the data
     "train": RuleNeeds(gpu=True, data=True, memory=_TRAIN_MEMORY),
@@ -173,8 +173,10 @@ def memory_keys(rule: str, config: dict, wildcards: dict[str, str]) -> tuple[str
     """The entries of `RuleNeeds.memory` that bound the memory of a job of `rule`: those of its kind where they
     differ by kind, all of them in turn where its kind is not known."""
     needs = RULE_NEEDS.get(rule)
-    if needs is None or not isinstance(needs.memory, Mapping):
-        return needs.memory if needs is not None else ()
+    if needs is None:
+        return ()
+    if not isinstance(needs.memory, Mapping):
+        return needs.memory
     kind = config_value(config, [part.format_map(_Kept(wildcards)) for part in needs.kind.split(".")])
     if isinstance(kind, str) and kind in needs.memory:
         return needs.memory[kind]

@@ -141,9 +141,11 @@ class WarmupInit(InitJob):
     KIND: ClassVar[str] = "iid_warmup"
     # Its resolved training's neutral keys, as a train job's, and what of the runs' training it does not use: their
     # `rounds` and `save_clients_at` (its own `rounds` replace theirs, and it keeps no client models). Its `inits`
-    # entry's overrides are left out of its meaning whole (`meaning`).
+    # entry's overrides are restated by `warmup_training` (an override equal to the section's value, or written where
+    # it was left out, warms up the same model).
     neutral = (*(f"warmup_training.{key}" for key in NEUTRAL_TRAINING_KEYS), "warmup_training.rounds",
                "warmup_training.save_clients_at")
+    restated = ("training",)
     seed: int
     rounds: int
     num_clients: int
@@ -154,14 +156,6 @@ class WarmupInit(InitJob):
     # The `training` section with those overrides (`warmup_training_of`), device included.
     warmup_training: TrainingSettings
     device: str
-
-    @classmethod
-    def meaning(cls, settings: Mapping[str, Any]) -> dict:
-        """`InitJob.meaning` less the `training` overrides as given: what they resolve to is `warmup_training` (an
-        override equal to the section's value, or written where it was left out, warms up the same model)."""
-        out = super().meaning(settings)
-        out.pop("training", None)
-        return out
 
     def train_config(self) -> TrainConfig:
         """The warm-up's TrainConfig: its training for its `rounds` rounds, every client every round, no client
@@ -184,14 +178,8 @@ class ContinueInit(InitJob):
     # Which final model of the source run is the init (the schema's `source_model`: global or swa). Its baseline is
     # `global`, the model the init took before the field, so that no finished init's settings change.
     source_model: str = "global"
-
-    @classmethod
-    def meaning(cls, settings: Mapping[str, Any]) -> dict:
-        """`InitJob.meaning` less the run selector as given: the run it names is `source_run_id` (a selector
-        respelled, or given one more field, that names the same run continues the same model)."""
-        out = super().meaning(settings)
-        out.pop("run", None)
-        return out
+    # the run selector names `source_run_id`: respelled, or given one more field, it continues the same model
+    restated = ("run",)
 
 
 INIT_JOBS: dict[str, type[InitJob]] = {job.KIND: job for job in (RandomInit, PretrainedInit, WarmupInit, ContinueInit)}

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import fedscape.fl.hparams as _package
+from fedscape.core.jobs import declared_defaults
 from fedscape.core.names import suggest, unknown_name_error
 from fedscape.fl.hparams.base import AlgorithmSpec
 
@@ -136,10 +137,7 @@ def without_default_hyperparameters(name: str, hyperparameters: dict[str, Any]) 
         cls = algorithm_spec(name).config
     except ValueError:
         return dict(hyperparameters)
-    hints = typing.get_type_hints(cls)
-    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(cls)
-                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    hints, defaults = typing.get_type_hints(cls), declared_defaults(cls)
     return {key: value for key, value in hyperparameters.items()
             if key not in defaults or _listed(_as_declared(hints.get(key), value)) != _listed(defaults[key])}
 

@@ -19,11 +19,11 @@ all of them.
 
 For a model piecewise linear in its parameters (`fedscape.models.specs.piecewise_linear`) also the exact diagonal
 of `hessian.trace_estimator: exact` (`gauss_newton_diagonal`: one per-sample gradient per class but one) in each of its
-forms (`DIAGONAL_FORMS`: a forward and a backward pass per class, or one forward pass per sample and a backward pass
-per class), each timed once on the first `--exact-samples` samples and scaled to the batch (its work is per sample),
-in Hessian-vector products of the cached graph: what it costs against the products an estimate takes (FedAlign's
-300), the forms' ratio, which decides the device's default (`default_diagonal_form`), and each one's largest
-difference from the float64 one relative to the diagonal's largest entry.
+forms (`DIAGONAL_FORMS`: a forward and a backward pass per class but one, or one forward pass per sample and a
+backward pass per class but one), each timed once on the first `--exact-samples` samples and scaled to the batch
+(its work is per sample), in Hessian-vector products of the cached graph: what it costs against the products an
+estimate takes (FedAlign's 300), the forms' ratio, which decides the device's default (`default_diagonal_form`),
+and each one's largest difference from the float64 one relative to the diagonal's largest entry.
 
 Then (`--eigen K`, default 2; 0 skips it) the top-K eigenvalues as a Hessian job computes them: `top_eigen` with
 the schema's default `hessian` settings (Lanczos, tol 1e-4, at most 100 products, seed 0, batches of 512, cached
@@ -53,10 +53,10 @@ from timing import timed  # benchmarks/timing.py (the script's directory is on s
 from fedscape.analysis.hessian.definitions import HessianSettings
 from fedscape.analysis.hessian.maths import (
     DIAGONAL_FORMS,
-    PER_SAMPLE_BUDGET,
     HessianOperator,
     default_diagonal_form,
     gauss_newton_diagonal,
+    per_sample_chunk,
     top_eigen,
 )
 from fedscape.core.config import default_filling_validator, load_schema
@@ -216,8 +216,8 @@ def main() -> None:
         for name, fn in timers.items():
             times[name].append(timed(fn, device, 1, warmup=0))
     t = {name: statistics.median(values) for name, values in times.items()}
-    # whole chunks of the diagonal's per-sample passes (PER_SAMPLE_BUDGET), so that the scaled time is the batch's
-    chunk = max(1, PER_SAMPLE_BUDGET // v.numel())
+    # whole chunks of the diagonal's per-sample passes, so that the scaled time is the batch's
+    chunk = per_sample_chunk(v.numel())
     few = min(args.samples, -(-(args.exact_samples or args.samples) // chunk) * chunk)
     exact = exact_diagonal_costs(model, x[:few], y[:few], device) if piecewise_linear(args.model, options) else None
     for op in operators:

@@ -54,6 +54,11 @@ GRAM_BLOCK = 1 << 20
 PER_SAMPLE_BUDGET = 1 << 25
 
 
+def per_sample_chunk(dim: int) -> int:
+    """How many samples the exact diagonal takes per pass for a model of `dim` parameters (PER_SAMPLE_BUDGET)."""
+    return max(1, PER_SAMPLE_BUDGET // dim)
+
+
 # -- the operator ----------------------------------------------------------------------------------
 HVP_MODES = ("reverse", "forward")
 
@@ -600,7 +605,7 @@ def gauss_newton_diagonal(op: HessianOperator, form: str | None = None) -> Tenso
 
     per_sample = vmap(grad(logit_along), in_dims=(None, 0, 0))
     per_sample_squares = vmap(squares_along, in_dims=(None, 0, 0))
-    chunk = max(1, PER_SAMPLE_BUDGET // op.dim)
+    chunk = per_sample_chunk(op.dim)
     total = torch.zeros(op.dim, dtype=torch.float64, device=op.device)
     center = op.center.detach()
     for xb, _ in op.batches:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from helpers.configs import SCHEMA, config_with
 from helpers.workflow import ROOT
 
 from fedscape.core.config import ConfigError
-from fedscape.core.io import CONTINUE_BY_MEANING, remake_alone_hint, remake_hint
+from fedscape.core.io import CONTINUE_BY_MEANING, remake_alone_hint, remake_hint, shell_words
 from fedscape.core.paths import PARTITION_DIR, Results, fill
 from fedscape.core.provenance import checkpoint_record
 from fedscape.core.runs import Run
@@ -188,7 +189,7 @@ def test_a_damaged_or_foreign_partition_is_one_line_with_the_commands_that_remak
     assert len(lines) == 1 and "\n" not in lines[0]
     assert lines[0].startswith(f"{path} {message}")
     assert (f"make it again alone (bit-identical from its seed) with `snakemake --cores 1 --force "
-            f"{shlex.quote(path)}`, then continue with `{CONTINUE_BY_MEANING}`") in lines[0]
+            f"{path}`, then continue with `{CONTINUE_BY_MEANING}`") in lines[0]
     assert str(err.value) == ("a file that the jobs about to run read is damaged or not theirs (nothing ran, no output "
                               f"was deleted):\n  - {lines[0]}")
 
@@ -247,6 +248,20 @@ def test_the_remedies_carry_the_users_arguments_where_given(args):
     # and without them, where not known: the wording
     assert "(each with the --configfile you run with)" in remake_alone_hint(path)
     assert "(plus the --configfile you run with)" in remake_hint(table)
+
+
+WORDS = ["results/hessian/a/round~0/hessian.csv", "~/results/x.csv", "results_dir=~/r", "a:~/b", "/scratch/my runs/x",
+         "it's", "$HOME/r", "*.csv", "a;b", "", "--config=hessian={top_k: 3}", "résultats/x"]
+
+
+def test_shell_words_quote_only_where_the_shell_would_change_a_word():
+    # Execute: bash reads the command line back, each argument on a line of its own
+    line = shell_words(WORDS)
+    out = subprocess.run(["bash", "-c", f"printf '%s\\0' {line}"], capture_output=True, text=True, check=True).stdout
+
+    # Assert: every word back as given, and fedscape's paths with their inner `~` unquoted
+    assert out.split("\0")[:-1] == WORDS
+    assert line.startswith("results/hessian/a/round~0/hessian.csv '~/results/x.csv' 'results_dir=~/r' 'a:~/b' ")
 
 
 def test_continuing_by_meaning_is_the_default_profiles_rerun_triggers_without_file_dates():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -235,7 +234,7 @@ def test_the_advised_forcerun_remakes_a_damaged_checkpoint_where_deleting_it_doe
     trajectory.write_bytes(b"damaged")
     with pytest.raises(CheckpointError) as err:
         load_trajectory(trajectory)
-    command = f"snakemake --cores 1 --forcerun {shlex.quote(str(trajectory))}"
+    command = f"snakemake --cores 1 --forcerun {trajectory}"
 
     # Execute: the advised command, with the target and config of this workflow
     snakemake(workdir, "results/tables/client_stats.csv", "--configfile", "one.yaml", "--forcerun", str(relative))
@@ -295,9 +294,9 @@ def test_a_damaged_partition_stops_the_run_before_any_job_and_its_remedy_remakes
         # Assert: the train job is planned (its input is newer) and status names the file with the remedy; the run
         # is refused before any job with the same line, and no file was deleted, remade or touched
         assert planned["train"] == 1 and planned["rounds_table"] == 1
-        remedy = f"--force {shlex.quote(relative)}`, then continue with `{CONTINUE_BY_MEANING}`"
+        remedy = f"--force {relative}`, then continue with `{CONTINUE_BY_MEANING}`"
         # status's: with the arguments it was given
-        given = (f"`snakemake --cores 1 --configfile one.yaml --force {shlex.quote(relative)}`, then continue with "
+        given = (f"`snakemake --cores 1 --configfile one.yaml --force {relative}`, then continue with "
                  f"`snakemake --configfile one.yaml {CONTINUE_BY_MEANING.removeprefix('snakemake ')}`")
         assert status.returncode == 0 and f"\n  {relative} {message}" in status.stdout and given in status.stdout
         out = proc.stdout + proc.stderr
@@ -342,7 +341,7 @@ def test_a_foreign_partition_or_trajectory_under_finished_analyses_stops_the_wor
     assert proc.returncode != 0
     assert "is not the partition of this run: seed 1 (expected 0)" in out
     assert "nothing ran, no output was deleted" in out
-    assert f"--force {shlex.quote(str(partition.relative_to(workdir)))}" in out
+    assert f"--force {partition.relative_to(workdir)}" in out
     assert {p: p.read_bytes() for p in finished if p.exists()} == finished
 
     # Execute: the advice (remake the partition, continue by meaning)
@@ -362,7 +361,7 @@ def test_a_foreign_partition_or_trajectory_under_finished_analyses_stops_the_wor
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "is not the trajectory checkpoint of this job: run_id" in out and "nothing ran" in out
-    assert f"--forcerun {shlex.quote(str(trajectory.relative_to(workdir)))}" in out
+    assert f"--forcerun {trajectory.relative_to(workdir)}" in out
     assert {p: p.read_bytes() for p in finished if p.exists()} == finished
 
 

@@ -10,7 +10,7 @@ import os
 import re
 import shlex
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,17 @@ def write_csv(frame: Any, path: str | os.PathLike) -> None:
         frame.to_csv(tmp, index=False)
 
 
+# A word the shell reads back unchanged without quotes. A tilde inside a word (fedscape's `round~0`) is one, but not
+# one that starts the word or follows `=` or `:`, where bash expands it to a home directory.
+_SHELL_SAFE = re.compile(r"(?:[\w@%+=:,./-]|(?<=[\w.-])~)+")
+
+
+def shell_words(words: Iterable[str | os.PathLike]) -> str:
+    """`words` as one command line's arguments: each one word in the shell again, quoted only where it must be
+    (`shlex.quote` quotes every `~`, which would quote nearly every fedscape path)."""
+    return " ".join(w if _SHELL_SAFE.fullmatch(w) else shlex.quote(w) for w in map(str, words))
+
+
 def remake_hint(path: str | os.PathLike, args: str | None = None) -> str:
     """The command that makes a damaged workflow output again, with everything made from it.
 
@@ -100,7 +111,7 @@ def remake_hint(path: str | os.PathLike, args: str | None = None) -> str:
     `args`: the user's own Snakemake arguments, shell-quoted (`shlex.join`; without targets), put in the command;
     None where they are not known: the command then says to add the --configfile you run with.
     """
-    command = f"{_snakemake('--cores 1', args)} --forcerun {shlex.quote(str(path))}"
+    command = f"{_snakemake('--cores 1', args)} --forcerun {shell_words([path])}"
     if args is None:
         return (f"make it again with `{command}` (plus the --configfile you run with): it reruns the job that writes "
                 "it and every job that reads it")
@@ -123,7 +134,7 @@ def remake_alone_hint(path: str | os.PathLike, args: str | None = None) -> str:
     options, so that a --configfile list ends there); without targets, which `--force` would force too, with every job
     between them and the file. None where they are not known: the commands then say to add the --configfile you run
     with."""
-    force = f"{_snakemake('--cores 1', args)} --force {shlex.quote(str(path))}"
+    force = f"{_snakemake('--cores 1', args)} --force {shell_words([path])}"
     go_on = _snakemake(CONTINUE_BY_MEANING.removeprefix("snakemake "), args, first=True)
     each = " (each with the --configfile you run with)" if args is None else ""
     return (f"make it again alone (bit-identical from its seed) with `{force}`, then continue with `{go_on}`{each} so "

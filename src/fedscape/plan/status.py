@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedscape.core.config import FIRST_RESULT_VERSION, RESULT_VERSION, load_schema, read_config_file
-from fedscape.core.io import remake_alone_hint
+from fedscape.core.io import remake_alone_hint, shell_words
 from fedscape.core.manifest import (
     MISSING,
     Finding,
@@ -302,7 +302,7 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
     targets += sorted({f.path for f in changed if not remade_alone(f.path)} - set(targets))
     if targets:
         lines.append("remake only these (and what is made from them):")
-        lines.append(f"  snakemake --cores all {extra + ' ' if extra else ''}--forcerun {' '.join(targets)}")
+        lines.append(f"  snakemake --cores all {extra + ' ' if extra else ''}--forcerun {shell_words(targets)}")
     elif not jobs and not changed and not missing_alone:
         lines.append("nothing to remake")
     return lines

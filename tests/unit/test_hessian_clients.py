@@ -219,6 +219,44 @@ def test_a_diverged_job_writes_the_rows_of_its_sample(trained, tmp_path):
     assert json.loads(open(outputs["details"]).read())["clients"] == sample
 
 
+def test_a_client_whose_loss_overflows_is_its_own_diverged_row_and_the_aggregate_stands(trained, tmp_path,
+                                                                                           monkeypatch):
+    # Prepare: one sample that client 2's evaluation subset holds and the aggregate's leaves out, scaled until its
+    # outputs overflow (weights finite, loss not)
+    from fedscape.analysis.hessian import stage as stage_mod
+    from fedscape.analysis.hessian.maths import eval_subset
+
+    load, n, seed = stage_mod.load_federated_data, CHEAP["eval_samples"], trained["config"]["hessian"]["seed"]
+
+    def overflowing(*args, **kwargs):
+        data = load(*args, **kwargs)
+        aggregate = set(eval_subset(len(data.y_train), n, seed, key=0).tolist())  # rows of the pool: clients cover it
+        own = data.client_indices[2][eval_subset(len(data.client_indices[2]), n, seed, key=3)].tolist()
+        victim = next(i for i in own if i not in aggregate)
+        data.x_train = data.x_train.clone()
+        data.x_train[victim] *= 3e38
+        return data
+
+    healthy = run_stage(trained, "all")
+    monkeypatch.setattr(stage_mod, "load_federated_data", overflowing)
+
+    # Execute
+    got = run_stage(trained, "all")
+
+    # Assert: client 2's row NaN and diverged, the others' and the aggregate's as without it; HN, HD NaN, diverged
+    table = got["table"].set_index("data")
+    assert table.loc["client_2", "status"] == "diverged" and table.loc["client_2", ["lambda_1", "trace"]].isna().all()
+    others = ["all", "client_0", "client_1", "client_3"]
+    pd.testing.assert_frame_equal(table.loc[others], healthy["table"].set_index("data").loc[others],
+                                  check_dtype=False)  # a NaN row makes the integer columns float
+    assert (table.loc[others, "status"] == "ok").all()
+    clients = got["clients"]
+    assert clients.loc[0, "status"] == "diverged" and clients[["hn", "hd"]].isna().all(axis=None)
+    assert not np.isnan(np.load(got["outputs"]["plane"])["d1"]).any()
+    details = json.loads(open(got["outputs"]["details"]).read())
+    assert details["diverged_clients"] == [2] and details["data"]["client_2"]["status"] == "diverged"
+
+
 def killed_after_two_parts(trained, tmp_path, monkeypatch):
     """The Hessian job of the trained run at round 1, killed while analysing its third part (the aggregate and client 0
     finished, in tmp_path / _progress): its arguments, outputs, and the list that counts `analyse` calls from now."""

@@ -26,7 +26,7 @@ AUTO = "auto"  # the config's `trace_estimator: auto`: resolved by the budget at
 # lost up to 1.5x at the init and 1.36x on the 3-epoch model below 50 products (`by variance` in bench_trace.py).
 AUTO_HUTCHPP_FROM = 100
 HESSIAN_PRECISIONS = tuple(p for p in PRECISIONS if p != "bf16")
-CLIENT_COLUMNS = ["run_id", "round", "hn", "hd", "status"]  # status: ok, or diverged (HN, HD NaN)
+CLIENT_COLUMNS = ["run_id", "round", "hn", "hd", "status"]  # status: ok, or diverged (HN, HD NaN; a client's row too)
 # hessian_clients.csv's column when `hessian.clients` bounds the per-client analyses: the number of clients HN and
 # HD are computed over (0: none, HN and HD NaN)
 CLIENTS_COLUMN = "clients"
@@ -173,7 +173,8 @@ def client_columns(clients: int | str) -> list[str]:
 
 
 def hessian_columns(top_k: int) -> list[str]:
-    """Columns of results/tables/hessian.csv (`status`: ok, or diverged for the NaN rows of a skipped job;
+    """Columns of results/tables/hessian.csv (`status`: ok, or diverged for the NaN rows of a skipped job
+    and of a client whose loss is not finite at a model that is;
     `sharpness`, `adaptive_sharpness`: NaN unless `hessian.sharpness.enabled`)."""
     return ["run_id", "round", "data", *[f"lambda_{i}" for i in range(1, top_k + 1)], "trace", "trace_stderr",
             "n_eval", "iterations", "status", "sharpness", "adaptive_sharpness"]

@@ -209,19 +209,33 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
         log.info("per-client analyses on %d of the %d clients (hessian.clients %s, seed %d)", len(clients),
                  data.num_clients, hs.clients, hs.seed)
         details["clients"] = clients
-    diagonals = []
+    diagonals, diverged = [], []
     for i, k in enumerate(clients):
-        rep, resumed = _analysed(parts, client_label(k),
-                                 lambda k=k: analyse(model, *client_eval_data(data, hs, k), hs, density=False))
+        try:
+            rep, resumed = _analysed(parts, client_label(k),
+                                     lambda k=k: analyse(model, *client_eval_data(data, hs, k), hs, density=False))
+        except NonFiniteLoss as exc:
+            # a sample of this client's outside the aggregate's evaluation subset overflows: its Hessian, and the
+            # spread of the clients' diagonals, are undefined; the aggregate's results stand
+            log.warning("client %d (%d/%d): %s; its Hessian is not computed (a NaN row with status %r), nor HN and "
+                        "HD", k, i + 1, len(clients), exc, DIVERGED)
+            diverged.append(k)
+            rows.append({"run_id": run_id, "round": round_, "data": client_label(k), "status": DIVERGED})
+            details["data"][client_label(k)] = {"status": DIVERGED, "reason": str(exc)}
+            continue
         diagonals.append(rep.hutchinson.quarters)
         rows.append(_row(run_id, round_, client_label(k), rep, hs.top_k))
         details["data"][client_label(k)] = _details(rep)
         log.info("client %d (%d/%d, n=%d): lambda_1 = %.6g, trace = %.6g +- %.3g (%.1f s%s)", k, i + 1, len(clients),
                  rep.n_eval, rep.eigen.values[0], rep.hutchinson.trace, rep.hutchinson.stderr, rep.seconds,
                  parts.note(resumed))
-    hn, hd, unresolved_at = diagonal_consistency(diagonals)  # HN, HD NaN with fewer than two clients
-    log.info("HN = %.6g, HD = %.6f over %d clients", hn, hd, len(diagonals))
-    unresolved = [clients[i] for i in unresolved_at]
+    if diverged:
+        hn, hd, unresolved = math.nan, math.nan, []
+        details["diverged_clients"] = diverged
+    else:
+        hn, hd, unresolved_at = diagonal_consistency(diagonals)  # HN, HD NaN with fewer than two clients
+        log.info("HN = %.6g, HD = %.6f over %d clients", hn, hd, len(diagonals))
+        unresolved = [clients[i] for i in unresolved_at]
     details["hd_unresolved_clients"] = unresolved  # why HD is NaN where it is
     if unresolved and hs.trace_estimator == EXACT:
         log.warning("HD is NaN: the Hessian diagonal of client(s) %s is zero (a saturated softmax: every logit's "
@@ -249,7 +263,8 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
                       d1.cpu().numpy(), d2.cpu().numpy(), meta)
 
     write_csv(pd.DataFrame(rows, columns=hessian_columns(hs.top_k)), outputs["table"])
-    client_row = {"run_id": run_id, "round": round_, "hn": hn, "hd": hd, CLIENTS_COLUMN: len(clients), "status": OK}
+    client_row = {"run_id": run_id, "round": round_, "hn": hn, "hd": hd, CLIENTS_COLUMN: len(clients),
+                  "status": DIVERGED if diverged else OK}
     write_csv(pd.DataFrame([client_row], columns=client_columns(hs.clients)), outputs["clients"])
     write_csv(pd.DataFrame(density_rows, columns=DENSITY_COLUMNS), outputs["density"])
     details["seconds"] = round(time.perf_counter() - t_start, 3)

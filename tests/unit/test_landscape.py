@@ -680,6 +680,13 @@ TRAJ = {"kind": "trajectory", "runs": [IID]}
     ({**TRAJ, "data": ["client"], "client": 4}, r"landscapes\.x\.client: client 4 does not exist"),
     ({**TRAJ, "resolution": 3, "chunks": 10}, r"landscapes\.x\.chunks: 10 chunks for a 3x3 grid"),
     ({"kind": "three_points", "checkpoints": [{"run": IID, "round": 0}, {"run": IID}]}, r"needs exactly 3 checkpoints"),
+    # 'final' is round 3 of these runs: the same point spelt twice
+    ({"kind": "three_points", "checkpoints": [{"run": IID}, {"run": IID, "round": 1}, {"run": IID, "round": 3}]},
+     r"landscapes\.x\.checkpoints: the three checkpoints must differ; \[0\] and \[2\] are both round 3 of "
+     r".*alpha~iid.* \(rounds 'final' and 3\)"),
+    ({"kind": "three_points", "checkpoints": [{"run": IID, "round": 1}, {"run": IID, "round": 0}, {"run": IID,
+                                                                                                  "round": 1}]},
+     r"\[0\] and \[2\] are both round 1 of"),
     ({**TRAJ, "span": [1, 0, 0, 1]}, r"landscapes\.x\.span: .* amin < amax"),
     ({**TRAJ, "resolution": 1}, r"landscapes\.x\.resolution: 1 is less than the minimum"),
     ({**TRAJ, "chunk": 2}, r"unknown key 'chunk'\. Did you mean 'chunks'"),

@@ -35,7 +35,14 @@ from fedscape.core.runs import build_runs, iid_first, resolve_run, select_runs, 
 from fedscape.data.specs import dataset_settings
 from fedscape.models.specs import BN_STATS_BASELINE
 from fedscape.plan.hessian import exact_problems
-from fedscape.plan.train import algorithm_model_options, bn_stats_setting, check_round, rounds_of, run_training
+from fedscape.plan.train import (
+    algorithm_model_options,
+    bn_stats_setting,
+    check_round,
+    round_number,
+    rounds_of,
+    run_training,
+)
 
 
 @dataclass(frozen=True)
@@ -120,8 +127,14 @@ def resolve_landscape(config: dict, runs: list, label: str) -> LandscapePlan:
             run = resolve_run(runs, item["run"], f"{where}.checkpoints[{i}].run")
             check_round(config, run, item["round"], f"{where}.checkpoints[{i}].round")
             cps.append(Checkpoint(run, item["round"]))
-        if len(set(cps)) < 3:
-            raise ConfigError(f"{where}.checkpoints: the three checkpoints must differ")
+        # 'final' is the run's last round: compared as its number, or `final` and `<last round>` would pass and the
+        # plane job would fail on two identical points after training
+        numbered = [(c.run, round_number(config, c.run, c.round)) for c in cps]
+        for i, j in ((0, 1), (0, 2), (1, 2)):
+            if numbered[i] == numbered[j]:
+                raise ConfigError(f"{where}.checkpoints: the three checkpoints must differ; [{i}] and [{j}] are both "
+                                  f"round {numbered[i][1]} of {numbered[i][0].run_id} (rounds {cps[i].round!r} and "
+                                  f"{cps[j].round!r})")
         checkpoints = tuple(cps)
         selected = list(dict.fromkeys(c.run for c in cps))
     else:

@@ -852,6 +852,26 @@ def test_hutchpp_diagonal_falls_back_to_hutchinson_where_the_sketch_does_not_pay
     assert {r.diagonal_estimator for r in decaying} == {"diag++"}
 
 
+@pytest.mark.parametrize(("products", "estimator"), [(5, "hutchinson"), (6, "hutchinson"), (7, "hutchinson"),
+                                                     (8, "diag++"), (9, "hutchinson"), (10, "diag++"), (12, "diag++")])
+def test_a_small_hutchpp_budget_keeps_the_diagonal_with_four_quarters(products, estimator):
+    # Prepare: a decaying spectrum, where the variances choose Diag++ (above)
+    op = DenseOperator(decaying_spectrum(200))
+
+    # Execute
+    result = hutchpp(op, products, seed=0)
+
+    # Assert: Diag++ only with 4 residual probes, else Hutchinson's over all k + m probes; four quarters for HN and
+    # HD either way, whose mean weighted by their probes is the diagonal
+    assert result.diagonal_estimator == estimator
+    k = products // 3
+    n = products - 2 * k if estimator == "diag++" else products - k
+    counts = [len(range(r, n, 4)) for r in range(4)]
+    assert result.quarters is not None and min(counts) >= 1
+    mean = sum(c * q.double() for c, q in zip(counts, result.quarters, strict=True)) / n
+    assert torch.allclose(mean, result.diagonal.double(), rtol=1e-5, atol=1e-7)
+
+
 def test_hutchpp_uses_exactly_its_budget_and_needs_four_products():
     # Prepare
     op = DenseOperator(decaying_spectrum(50))

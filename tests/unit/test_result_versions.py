@@ -165,3 +165,19 @@ def test_each_profile_drops_only_the_code_trigger(profile):
     settings = yaml.safe_load((ROOT / profile / "config.yaml").read_text())
 
     assert set(settings["rerun-triggers"]) == {"mtime", "params", "input", "software-env"}
+
+
+@pytest.mark.parametrize(("estimator", "probes", "version"), [
+    ("hutchpp", 4, 5), ("hutchpp", 7, 5), ("hutchpp", 9, 5), ("hutchpp", 8, 4), ("hutchpp", 10, 4), ("hutchpp", 12, 4),
+    ("hutchinson", 5, 4), ("exact", 5, 4), ("auto", 5, 4),
+])
+def test_only_the_hessian_jobs_of_a_small_hutchpp_budget_carry_the_version_of_its_diagonal(estimator, probes, version):
+    # Below 4 residual probes Hutch++'s diagonal became Hutchinson's (HN and HD were NaN where Diag++ was taken):
+    # those jobs rerun, every other Hessian job keeps the settings (and the results) it had
+    config = check_config({"hessian": {"trace_estimator": estimator, "trace_probes": probes}}, SCHEMA)
+    runs = build_runs(config)
+
+    settings = hessian.hessian_job_settings(config, runs, runs[0], 0)
+
+    assert settings[RESULT_VERSION] == version
+    assert result_versions()["hessian"] == 4

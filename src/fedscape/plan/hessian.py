@@ -8,9 +8,12 @@ from dataclasses import replace
 
 from fedscape.analysis.hessian.definitions import (
     EXACT,
+    HUTCHPP,
     JOB_FILES,
+    QUARTERS,
     HessianJob,
     HessianSettings,
+    diagpp_probes,
     job_clients,
     resolve_trace_estimator,
 )
@@ -33,7 +36,13 @@ DENSITY_FIGURE = "spectral_density"
 # 4: HN from products of two independent estimates of each difference of squared norms (four quarters of the
 # probes), not from the square of one (biased up by its variance: HN still fell with the probe count); HD from the
 # same quarters (every pair of them); every other number is as at 3.
+# A job's settings carry RESULT_VERSIONS["hessian"] plus SMALL_HUTCHPP_BUMPS where it computes with Hutch++ below 4
+# residual probes (trace_probes 4 to 7 and 9), RESULT_VERSIONS["hessian"] otherwise: the bumps only those jobs have
+# had (as plan.partition's EXACT_ZEROS_BUMPS). Bump RESULT_VERSIONS["hessian"] for a change of every job.
+# SMALL_HUTCHPP_BUMPS 1: their diagonal is Hutchinson's over all the probes, which has four quarters where Diag++'s
+# had none (HN and HD NaN). Only those jobs rerun: no other job's numbers changed.
 RESULT_VERSIONS = {"hessian": 4}
+SMALL_HUTCHPP_BUMPS = 1
 # The trace_probes of a job with `trace_estimator: exact`, which takes none (its settings hold the field: a required
 # one of the first results); the schema's default.
 EXACT_TRACE_PROBES = 300
@@ -186,7 +195,15 @@ def make_hessian_job(config: dict, runs: list, run, round_: int) -> HessianJob:
 def hessian_job_settings(config: dict, runs: list, run, round_: int, recorded: Iterable[str] | None = None) -> dict:
     """The settings of one Hessian job (`make_hessian_job`) as its rule's params carry them (Snakemake reruns the job
     when they change, not where they differ from its `recorded` params only in how it computes: `kept_record`)."""
-    return job_params(make_hessian_job(config, runs, run, round_), RESULT_VERSIONS["hessian"], recorded)
+    job = make_hessian_job(config, runs, run, round_)
+    return job_params(job, hessian_result_version(job.hessian), recorded)
+
+
+def hessian_result_version(settings: HessianSettings) -> int:
+    """The result version of a Hessian job that computes with `settings`: RESULT_VERSIONS["hessian"], plus
+    SMALL_HUTCHPP_BUMPS for Hutch++ below 4 residual probes."""
+    small = settings.trace_estimator == HUTCHPP and diagpp_probes(settings.trace_probes) < QUARTERS
+    return RESULT_VERSIONS["hessian"] + (SMALL_HUTCHPP_BUMPS if small else 0)
 
 
 def hessian_inputs(config: dict, runs: list, run, round_: int) -> dict[str, str]:

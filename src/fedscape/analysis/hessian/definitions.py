@@ -16,7 +16,8 @@ METHODS = ("power", "lanczos")
 # What a job computes the trace and diagonal with (its settings never hold `auto`): `exact` only for a model that is
 # piecewise linear in its parameters (`fedscape.models.specs.piecewise_linear`; maths.gauss_newton_diagonal).
 EXACT = "exact"
-TRACE_ESTIMATORS = ("hutchinson", "hutchpp", EXACT)
+HUTCHPP = "hutchpp"
+TRACE_ESTIMATORS = ("hutchinson", HUTCHPP, EXACT)
 AUTO = "auto"  # the config's `trace_estimator: auto`: resolved by the budget at planning (resolve_trace_estimator)
 # From this many products `auto` takes Hutch++ / Diag++, below them Hutchinson: the smallest budget measured at which
 # Hutch++'s trace lost on no model (benchmarks/README.md, bench_trace.py). Its rms error against Hutchinson's: on the
@@ -25,6 +26,15 @@ AUTO = "auto"  # the config's `trace_estimator: auto`: resolved by the budget at
 # whichever trace of the two the same products estimate the smaller error for (Diag++'s rule for the diagonal) still
 # lost up to 1.5x at the init and 1.36x on the 3-epoch model below 50 products (`by variance` in bench_trace.py).
 AUTO_HUTCHPP_FROM = 100
+# The disjoint groups of probes each diagonal is estimated from (HN and HD take products of estimates from different
+# groups: four give two independent differences of squared norms; `maths.diagonal_consistency`).
+QUARTERS = 4
+
+
+def diagpp_probes(products: int) -> int:
+    """The residual probes of a Hutch++ budget on a model of at least products // 3 parameters (Meyer et al. 2021:
+    k = products // 3 sketch columns take 2k of the products); Diag++ reads the diagonal's quarters off them."""
+    return products - 2 * (products // 3)
 HESSIAN_PRECISIONS = tuple(p for p in PRECISIONS if p != "bf16")
 CLIENT_COLUMNS = ["run_id", "round", "hn", "hd", "status"]  # status: ok, or diverged (HN, HD NaN; a client's row too)
 # hessian_clients.csv's column when `hessian.clients` bounds the per-client analyses: the number of clients HN and
@@ -103,7 +113,7 @@ class HessianSettings(JobSettings):
             raise unknown_name_error("Hessian method", self.method, METHODS)
         if self.trace_estimator not in TRACE_ESTIMATORS:
             raise unknown_name_error("trace estimator", self.trace_estimator, TRACE_ESTIMATORS)
-        if self.trace_estimator == "hutchpp" and self.trace_probes < 4:
+        if self.trace_estimator == HUTCHPP and self.trace_probes < 4:
             raise ValueError(f"trace_estimator hutchpp needs trace_probes >= 4, got {self.trace_probes}")
         checks = [
             (self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}"),
@@ -201,4 +211,4 @@ def resolve_trace_estimator(name: str, trace_probes: int) -> str:
     Hutch++ cannot take, < 4, keeps Hutchinson)."""
     if name != AUTO:
         return name
-    return "hutchpp" if trace_probes >= AUTO_HUTCHPP_FROM else "hutchinson"
+    return HUTCHPP if trace_probes >= AUTO_HUTCHPP_FROM else "hutchinson"

@@ -33,7 +33,14 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vjp, vmap
 
-from fedscape.analysis.hessian.definitions import EVAL_ALL, EXACT, HESSIAN_PRECISIONS, HessianSettings
+from fedscape.analysis.hessian.definitions import (
+    EVAL_ALL,
+    EXACT,
+    HESSIAN_PRECISIONS,
+    HUTCHPP,
+    QUARTERS,
+    HessianSettings,
+)
 from fedscape.core.seeds import derive_seed
 from fedscape.data.datasets import batch_slices
 from fedscape.models.device import precision_used
@@ -44,10 +51,7 @@ log = logging.getLogger("fedscape.hessian")
 # Random streams, all derived from HessianSettings.seed (core.seeds.derive_seed): the probes are shared by
 # every data set of a job (common random numbers: identical clients give identical diagonals).
 _STREAM_EIGEN, _STREAM_PROBES, _STREAM_DENSITY, _STREAM_SUBSET, _STREAM_SKETCH = 1, 2, 3, 4, 5
-# The disjoint groups of probes each diagonal is estimated from (HN and HD take products of estimates from different
-# groups: four give two independent differences of squared norms), and the columns of the float64 blocks in which
-# their inner products are summed (2^20 x 4 clients' quarters: tens of MB at a time).
-QUARTERS = 4
+# The columns of the float64 blocks in which the inner products of the clients' quarters (QUARTERS) are summed.
 GRAM_BLOCK = 1 << 20
 # The per-sample gradients the exact diagonal holds at once (samples x parameters): 2^25 floats, 128 MB in float32
 # (ResNet20's 0.27 M parameters: 124 samples a pass).
@@ -503,7 +507,8 @@ def hutchpp(op: HessianOperator, products: int, seed: int = 0) -> HutchinsonResu
     over k + m probes against that of (I - QQ^T) H over m): Diag++ spends a third of the products on a
     sketch, which pays only where the top eigenvectors carry the off-diagonal mass. On a tiny MLP's
     Hessian it did not: cosine to the exact diagonal 0.61 against Hutchinson's 0.76 at 10 products,
-    0.94 against 0.97 at 100 (benchmarks/README.md).
+    0.94 against 0.97 at 100 (benchmarks/README.md). Below 4 residual probes (budgets 4 to 7
+    and 9) it is Hutchinson's: Diag++ would have no four quarters for HN and HD.
 
     `stderr` is that of the trace residual given the sketch, from Hutchinson's variance for Rademacher
     probes, Var(z^T A z) = 2 (||A||_F^2 - sum_i A_ii^2) with A = (I - QQ^T) H (I - QQ^T) (Hutchinson 1989;
@@ -539,7 +544,9 @@ def hutchpp(op: HessianOperator, products: int, seed: int = 0) -> HutchinsonResu
         hpz = h - hq @ qz  # H (I - QQ^T) z
         samples[i] = float((z - q @ qz) @ hpz)
         residual_trace.add(z, hpz - q @ (q.T @ hpz))
-    if residual_diag.off_diagonal() / probes <= plain_diag.off_diagonal() / plain_diag.n:
+    # the diagonal is read only as HN and HD's four quarters: a residual of fewer than 4 probes has none, while the
+    # k + m probes of Hutchinson's may (trace_probes 5-7 and 9)
+    if probes >= QUARTERS and residual_diag.off_diagonal() / probes <= plain_diag.off_diagonal() / plain_diag.n:
         sketched = (q * hq).sum(dim=1)  # diag(QQ^T H), exact given the sketch
         diag, quarters, diagonal_estimator = (sketched + residual_diag.diagonal(), residual_diag.quarters(sketched),
                                               "diag++")
@@ -643,7 +650,7 @@ def trace_and_diagonal(op: HessianOperator, settings: HessianSettings) -> Hutchi
     """The trace and diagonal with the configured estimator: `trace_probes` products, or exact."""
     if settings.trace_estimator == EXACT:
         return exact_trace_and_diagonal(op)
-    if settings.trace_estimator == "hutchpp":
+    if settings.trace_estimator == HUTCHPP:
         return hutchpp(op, settings.trace_probes, settings.seed)
     return hutchinson(op, settings.trace_probes, settings.seed)
 

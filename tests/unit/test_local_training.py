@@ -381,6 +381,59 @@ def test_one_client_keeping_its_adamw_state_is_centralised_adamw_with_a_cosine_s
     assert (fresh.params[3] - result.params[3]).abs().max().item() > 1e-4  # the kept state matters
 
 
+@pytest.mark.parametrize("survival", [1.0, 0.5])
+def test_one_client_keeping_its_adamw_state_under_stochastic_depth_is_centralised_adamw(float64_default, survival):
+    # A dropped residual branch takes no gradient, so torch's AdamW does not step it: each parameter counts its own
+    # steps, and its bias correction 1 - beta^t with them. Kept between rounds, the counts must stay each parameter's
+    # (one count for all moved the skipped ones by up to 3 lr at their next step).
+    from fedscape.fl.local import local_plan
+    from fedscape.fl.strategies.base import ClientContext
+    from fedscape.models.resnets import ResNet
+
+    def model() -> ResNet:
+        torch.manual_seed(0)
+        return ResNet(10, 1, (2, 2), (8, 16), norm="none")
+
+    data = shard_data([40])
+    hp = {"survival_last": survival}
+    cfg = TrainConfig(rounds=3, local_epochs=1, batch_size=8, lr=0.01, optimizer="adamw", weight_decay=0.0, seed=3,
+                      keep_optimizer_state=True)
+
+    result = run_federated(model(), data, make_strategy("stochdepth", hp), cfg)
+
+    reference, strategy = model(), make_strategy("stochdepth", hp)
+    opt = torch.optim.AdamW(reference.parameters(), lr=0.01, weight_decay=0.0)
+    for round_ in (1, 2, 3):
+        generator = client_generator(3, round_, 0)
+        plan = local_plan(cfg, 40, 1, round_, generator)
+        ctx = ClientContext(round_, 0, flatten_params(reference), data.x_train, data.y_train, generator)
+        for b in plan.batches:
+            opt.zero_grad(set_to_none=True)
+            strategy.local_backward(reference, data.x_train[b], data.y_train[b], ctx)
+            opt.step()
+        assert (result.params[round_] - flatten_params(reference)).abs().max().item() < 1e-12
+    counts = {float(state["step"]) for state in opt.state.values()}
+    assert (len(counts) > 1) == (survival < 1)  # the case tells the two bookkeepings apart
+
+
+def test_a_kept_adamw_state_of_one_step_count_resumes_with_that_count_for_every_parameter():
+    # Prepare: a client's state as runs kept it before each parameter had its own count: [m, v, the largest count]
+    model = mlp()
+    cfg = TrainConfig(rounds=1, optimizer="adamw", keep_optimizer_state=True)
+    trainer = SequentialTrainer(model, FlatParams(model), shard_data([8, 8]), Strategy(), cfg)
+    n, tensors = sum(p.numel() for p in model.parameters()), len(list(model.parameters()))
+    old = torch.cat([torch.rand(2 * n), torch.tensor([7.0])])
+    new = torch.cat([torch.rand(2 * n), torch.arange(1.0, tensors + 1)])
+
+    # Execute
+    trainer.load_state_dict({"momentum": {"ids": torch.tensor([0]), "values": old[None]}})
+    trainer.momentum.set(1, new)
+
+    # Assert: the moments as kept, the count given to every tensor; saved again beside a state of now
+    assert torch.equal(trainer.momentum.values[0], torch.cat([old[:2 * n], torch.full((tensors,), 7.0)]))
+    assert trainer.state_dict()["momentum"]["values"].shape == (2, 2 * n + tensors)
+
+
 def test_cosine_schedule_changes_the_sgd_steps_as_computed():
     # one sample, batch 1, plain SGD on a linear model: each step is w <- w - lr_k g_k; check against the lrs
     data = shard_data([1])

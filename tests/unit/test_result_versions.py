@@ -181,3 +181,22 @@ def test_only_the_hessian_jobs_of_a_small_hutchpp_budget_carry_the_version_of_it
 
     assert settings[RESULT_VERSION] == version
     assert result_versions()["hessian"] == 4
+
+
+@pytest.mark.parametrize(("algorithm", "training", "version"), [
+    ("stochdepth", {"optimizer": "adamw", "keep_optimizer_state": True}, 2),
+    ("stochdepth", {"optimizer": "adamw"}, None), ("stochdepth", {"keep_optimizer_state": True}, None),
+    ("fedavg", {"optimizer": "adamw", "keep_optimizer_state": True}, None),
+])
+def test_only_the_runs_keeping_adamw_state_over_skipped_steps_carry_the_version_of_their_step_counts(
+        algorithm, training, version):
+    # Each parameter's own step count changed only the runs whose steps skip parameters (Stochastic Depth's dropped
+    # branches) and that keep AdamW's state: they rerun, every other run keeps the settings (and the results) it had
+    config = check_config({"models": ["resnet20"], "experiments": [{"alpha": "iid", "algorithm": "a"}],
+                           "algorithms": {"a": {"name": algorithm, "training": training}}}, SCHEMA)
+    runs = build_runs(config)
+
+    settings = train.train_settings(config, runs[0])
+
+    assert settings.get(RESULT_VERSION) == version
+    assert result_versions()["train"] == FIRST_RESULT_VERSION

@@ -348,6 +348,9 @@ def test_strategy_declarations():
     vectorised = {name for name in ALGORITHM_SPECS if strategy_class(name).vectorized}
     # planning (torch-free) reads the spec's declaration: it must say what the strategy class does
     assert vectorised == {name for name, spec in ALGORITHM_SPECS.items() if spec.sequential_only is None}
+    # and so must the steps that skip parameters (a train job's result version reads the spec)
+    skipping = {name for name in ALGORITHM_SPECS if strategy_class(name).residual_scaled}
+    assert skipping == {name for name, spec in ALGORITHM_SPECS.items() if spec.skips_parameters} == {"stochdepth"}
 
     assert {"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "fedsam", "fedasam", "mixup",
             "stochdepth", "fedalign", "moon", "scaffold", "feddyn", "gradaug"} <= vectorised

@@ -103,29 +103,47 @@ def local_optimizer(params: list[torch.Tensor], cfg: TrainConfig) -> torch.optim
                            nesterov=cfg.nesterov)
 
 
+def adamw_state_size(model: torch.nn.Module) -> int:
+    """The entries of `adamw_state`: both moments of every parameter, and each parameter tensor's step count."""
+    params = list(model.parameters())
+    return 2 * sum(p.numel() for p in params) + len(params)
+
+
 def adamw_state(opt: torch.optim.Optimizer, model: torch.nn.Module) -> torch.Tensor:
-    """AdamW's state of the model's parameters as one flat vector [exp_avg, exp_avg_sq, step] (2P + 1 entries;
-    zeros for a parameter without state)."""
-    parts, step = [[], []], 0.0
+    """AdamW's state of the model's parameters as one flat vector [exp_avg, exp_avg_sq, steps] (`adamw_state_size`;
+    zeros for a parameter without state). torch counts each parameter's steps: one that got no gradient in a step
+    (a residual branch Stochastic Depth dropped) was not stepped, and its bias correction (1 - beta^t) is its own."""
+    parts, steps = [[], []], []
     for p in model.parameters():
         state = opt.state.get(p, {})
         for i, key in enumerate(("exp_avg", "exp_avg_sq")):
             parts[i].append((state[key] if key in state else torch.zeros_like(p)).reshape(-1))
-        if "step" in state:
-            step = max(step, float(state["step"]))
+        steps.append(float(state["step"]) if "step" in state else 0.0)
     device = next(model.parameters()).device
-    return torch.cat([*parts[0], *parts[1], torch.tensor([step], device=device)]).detach()
+    return torch.cat([*parts[0], *parts[1], torch.tensor(steps, device=device, dtype=parts[0][0].dtype)]).detach()
 
 
 def load_adamw_state(opt: torch.optim.Optimizer, model: torch.nn.Module, state: torch.Tensor) -> None:
-    """Restore `adamw_state` into a fresh AdamW of the model's parameters (nothing when no step was taken)."""
-    n = sum(p.numel() for p in model.parameters())
-    step = float(state[2 * n])
-    if step == 0:
-        return
-    for p, m, v in zip(model.parameters(), param_views(state[:n], model), param_views(state[n : 2 * n], model),
-                       strict=True):
-        opt.state[p] = {"step": torch.tensor(step), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
+    """Restore `adamw_state` into a fresh AdamW of the model's parameters: each parameter that has taken a step gets
+    its moments and its step count."""
+    params = list(model.parameters())
+    n = sum(p.numel() for p in params)
+    steps = state[2 * n:].tolist()
+    for p, m, v, step in zip(params, param_views(state[:n], model), param_views(state[n : 2 * n], model), steps,
+                             strict=True):
+        if step > 0:
+            opt.state[p] = {"step": torch.tensor(step), "exp_avg": m.clone(), "exp_avg_sq": v.clone()}
+
+
+def per_tensor_steps(state: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    """A kept AdamW state as `adamw_state` lays it out. One kept by a run before each parameter had its own step count
+    (2P + 1 entries: the largest) gives every parameter that count, as its loading did then, so the run resumes as it
+    ran."""
+    params = list(model.parameters())
+    n = sum(p.numel() for p in params)
+    if len(state) == 2 * n + 1:
+        return torch.cat([state[:2 * n], state[2 * n:].expand(len(params))])
+    return state
 
 
 class SequentialTrainer:
@@ -139,7 +157,7 @@ class SequentialTrainer:
     def __init__(self, model: torch.nn.Module, flat: FlatParams, data: FederatedData, strategy: Strategy,
                  cfg: TrainConfig):
         self.model, self.flat, self.data, self.strategy, self.cfg = model, flat, data, strategy, cfg
-        size = flat.vector.numel() * (2 if cfg.optimizer == "adamw" else 1) + (cfg.optimizer == "adamw")
+        size = adamw_state_size(model) if cfg.optimizer == "adamw" else flat.vector.numel()
         self.momentum = ClientStore(size) if cfg.keep_optimizer_state else None
         self.capture = make_capture(model, strategy, cfg, flat.vector.device.type)
 
@@ -166,6 +184,8 @@ class SequentialTrainer:
     def load_state_dict(self, state: dict) -> None:
         if self.momentum is not None and "momentum" in state:
             self.momentum.load_state_dict(state["momentum"])
+            if self.cfg.optimizer == "adamw":
+                self.momentum.values = {c: per_tensor_steps(v, self.model) for c, v in self.momentum.values.items()}
 
     def close(self) -> None:
         """Give the model its own forward back, where the steps were captured."""

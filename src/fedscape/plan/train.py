@@ -45,7 +45,14 @@ from fedscape.models.specs import (
 from fedscape.stages.train_settings import TrainJob
 
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
+# A train job's settings carry RESULT_VERSIONS["train"] plus SKIPPED_STEPS_BUMPS where its clients keep AdamW's state
+# between rounds under an algorithm whose steps skip parameters (`AlgorithmSpec.skips_parameters`: Stochastic Depth),
+# RESULT_VERSIONS["train"] otherwise: the bumps only those runs have had (as plan.partition's EXACT_ZEROS_BUMPS).
+# SKIPPED_STEPS_BUMPS 1: the kept state holds each parameter's own step count, not the largest for all (a skipped
+# parameter's next step was up to 3 lr too long). Only those runs rerun: every other run's parameters all step
+# together, so their counts agree and their numbers are as they were.
 RESULT_VERSIONS = {"train": 1}
+SKIPPED_STEPS_BUMPS = 1
 
 
 def merge_training(training: dict, overrides: dict) -> dict:
@@ -129,7 +136,17 @@ def train_settings(config: dict, run: Run, recorded: Iterable[str] | None = None
     """The settings of `planned_train` with its result version (the rule's params): Snakemake reruns the job when
     they change, not where they differ from its `recorded` params only in how it computes (`kept_record`). Keys
     sorted at every level (`canonical`), as they have always been (Snakemake records the text)."""
-    return job_params(planned_train(config, run), RESULT_VERSIONS["train"], recorded, sort=True)
+    job = planned_train(config, run)
+    return job_params(job, train_result_version(job), recorded, sort=True)
+
+
+def train_result_version(job: TrainJob) -> int:
+    """The result version of a train job: RESULT_VERSIONS["train"], plus SKIPPED_STEPS_BUMPS where its clients keep
+    AdamW's state under an algorithm whose steps skip parameters."""
+    training = job.training
+    skipped = (training.optimizer == "adamw" and training.keep_optimizer_state
+               and algorithm_spec(job.algorithm).skips_parameters is not None)
+    return RESULT_VERSIONS["train"] + (SKIPPED_STEPS_BUMPS if skipped else 0)
 
 
 def train_inputs(results: Results, run: Run) -> dict[str, str]:

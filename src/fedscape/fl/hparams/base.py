@@ -67,6 +67,10 @@ class AlgorithmSpec:
     # after another (client_parallel: vectorized refused at planning); None: it vectorises. The strategy class's
     # `vectorized` says the same (tests/unit/test_registry.py keeps them in step).
     sequential_only: str | None = None
+    # Why some local steps leave parameters without a gradient, which torch's optimisers then do not step (AdamW
+    # counts fewer steps for them); None: every step reaches every parameter. The strategy class's `residual_scaled`
+    # says the same (tests/unit/test_vectorized.py keeps them in step).
+    skips_parameters: str | None = None
 
     def check_training(self, training: dict) -> None:
         """ValueError when the algorithm cannot train with these (resolved) `training` settings."""

@@ -28,4 +28,5 @@ class StochDepthConfig(ServerSGDConfig):
 SPECS = (AlgorithmSpec("stochdepth", StochDepthConfig, "stochdepth:StochDepth", "StochDepth",
                   "Huang et al. 2016, Deep Networks with Stochastic Depth; FedAlign paper, Sec. 3.2",
                   requires="residual",
-                  per_sample="its residual-scaled forward gives one prediction per sample (forward_residual_scaled)"),)
+                  per_sample="its residual-scaled forward gives one prediction per sample (forward_residual_scaled)",
+                  skips_parameters="a dropped residual branch takes no gradient in that step"),)

@@ -30,6 +30,7 @@ from fedscape.analysis.hessian.maths import (
     NonFiniteLoss,
     analyse,
     default_hvp_mode,
+    diagonal_consistency,
     eval_subset,
     exact_hessian,
     hessian_norm_direction,
@@ -464,6 +465,29 @@ def test_a_cosine_estimate_past_one_is_clipped_and_an_unresolved_diagonal_makes_
     assert math.isnan(hd_nan) and unresolved_diagonals([*resolved, unresolved]) == [2]
     assert unresolved_diagonals([resolved[0], None]) == [1]  # fewer than 4 probes: no quarters
     assert all(math.isnan(v) for v in hessian_norm_direction([resolved[0], None]))
+
+
+@pytest.mark.parametrize(("entries", "columns"), [(1 << 26, 1 << 20), (12, 1 << 20), (12 * 7, 1 << 20), (1 << 26, 5)])
+def test_hn_and_hd_in_column_blocks_equal_those_of_whole_diagonals(monkeypatch, entries, columns):
+    """The float64 Gram of the clients' quarters is summed block by block, blocks bounded in entries (memory beside
+    the float32 quarters of thousands of clients) and in columns; the result does not depend on the blocks."""
+    import fedscape.analysis.hessian.maths as maths
+
+    g = torch.Generator().manual_seed(0)
+    exact = [torch.randn(301, generator=g) + k for k in range(3)]
+    diagonals = [tuple(d + 0.3 * torch.randn(301, generator=g) for _ in range(4)) for d in exact]
+    whole = diagonal_consistency(diagonals)
+    monkeypatch.setattr(maths, "GRAM_BLOCK_ENTRIES", entries)  # 12 vectors: one column, then 7, per block
+    monkeypatch.setattr(maths, "GRAM_BLOCK", columns)
+    stack, blocks = torch.stack, []
+    monkeypatch.setattr(torch, "stack", lambda tensors, *args, **kwargs: blocks.append(stack(tensors, *args, **kwargs))
+                        or blocks[-1])
+
+    blocked = diagonal_consistency(diagonals)
+
+    assert max(b.numel() for b in blocks) == 12 * min(301, columns, max(1, entries // 12))
+    assert blocked[2] == whole[2] == []
+    np.testing.assert_allclose(blocked[:2], whole[:2], rtol=1e-12)
 
 
 @pytest.mark.parametrize("estimator", [hutchinson, hutchpp])

@@ -51,7 +51,10 @@ log = logging.getLogger("fedscape.hessian")
 # Random streams, all derived from HessianSettings.seed (core.seeds.derive_seed): the probes are shared by
 # every data set of a job (common random numbers: identical clients give identical diagonals).
 _STREAM_EIGEN, _STREAM_PROBES, _STREAM_DENSITY, _STREAM_SUBSET, _STREAM_SKETCH = 1, 2, 3, 4, 5
-# The columns of the float64 blocks in which the inner products of the clients' quarters (QUARTERS) are summed.
+# The float64 blocks in which the inner products of the clients' quarters (QUARTERS) are summed: at most
+# GRAM_BLOCK_ENTRIES entries (512 MiB), so that the float32 quarters of many clients (3,400 of FEMNIST) need no float64
+# copy of them all; and at most GRAM_BLOCK columns (up to 16 clients' blocks are of those columns, as they were).
+GRAM_BLOCK_ENTRIES = 1 << 26
 GRAM_BLOCK = 1 << 20
 # The per-sample gradients the exact diagonal holds at once (samples x parameters): 2^25 floats, 128 MB in float32
 # (ResNet20's 0.27 M parameters: 124 samples a pass).
@@ -777,14 +780,15 @@ def unresolved_diagonals(diagonals: Sequence[Sequence[Tensor] | None]) -> list[i
 
 def _quarter_gram(diagonals: Sequence[Sequence[Tensor]]) -> Tensor:
     """[C, 4, C, 4] float64 inner products of every client's quarter estimates, summed over column blocks (no
-    float64 copy of all clients' diagonals at once)."""
+    float64 copy of all clients' diagonals at once: GRAM_BLOCK_ENTRIES)."""
     vectors = [q.detach() for quarters in diagonals for q in quarters]
     if any(len(quarters) != QUARTERS for quarters in diagonals):
         raise ValueError(f"each client's diagonal needs {QUARTERS} estimates from disjoint probes, got "
                          f"{[len(q) for q in diagonals]}")
+    columns = max(1, min(GRAM_BLOCK, GRAM_BLOCK_ENTRIES // len(vectors)))
     gram = torch.zeros(len(vectors), len(vectors), dtype=torch.float64)
-    for start in range(0, vectors[0].numel(), GRAM_BLOCK):
-        block = torch.stack([v[start : start + GRAM_BLOCK].double().cpu() for v in vectors])
+    for start in range(0, vectors[0].numel(), columns):
+        block = torch.stack([v[start : start + columns].double().cpu() for v in vectors])
         gram += block @ block.T
     return gram.view(len(diagonals), QUARTERS, len(diagonals), QUARTERS)
 

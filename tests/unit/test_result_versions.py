@@ -183,17 +183,19 @@ def test_only_the_hessian_jobs_of_a_small_hutchpp_budget_carry_the_version_of_it
     assert result_versions()["hessian"] == 4
 
 
-@pytest.mark.parametrize(("algorithm", "training", "version"), [
-    ("stochdepth", {"optimizer": "adamw", "keep_optimizer_state": True}, 2),
-    ("stochdepth", {"optimizer": "adamw"}, None), ("stochdepth", {"keep_optimizer_state": True}, None),
-    ("fedavg", {"optimizer": "adamw", "keep_optimizer_state": True}, None),
+@pytest.mark.parametrize(("algorithm", "hparams", "training", "version"), [
+    # each parameter's own AdamW step count: Stochastic Depth's dropped branches skip steps
+    ("stochdepth", {}, {"optimizer": "adamw", "keep_optimizer_state": True}, 2),
+    ("stochdepth", {}, {"optimizer": "adamw"}, None), ("stochdepth", {}, {"keep_optimizer_state": True}, None),
+    ("fedavg", {}, {"optimizer": "adamw", "keep_optimizer_state": True}, None),
+    # stacked sub-networks sliced to the most channels any client's width keeps
+    ("gradaug", {"min_width": 0.2}, {}, 2), ("gradaug", {"min_width": 0.25}, {}, None), ("gradaug", {}, {}, None),
 ])
-def test_only_the_runs_keeping_adamw_state_over_skipped_steps_carry_the_version_of_their_step_counts(
-        algorithm, training, version):
-    # Each parameter's own step count changed only the runs whose steps skip parameters (Stochastic Depth's dropped
-    # branches) and that keep AdamW's state: they rerun, every other run keeps the settings (and the results) it had
+def test_only_the_runs_a_fix_of_their_algorithm_changed_carry_its_bump(algorithm, hparams, training, version):
+    # A fix that changed only some runs' numbers reruns them alone: every other run keeps the settings (and the
+    # results) it had
     config = check_config({"models": ["resnet20"], "experiments": [{"alpha": "iid", "algorithm": "a"}],
-                           "algorithms": {"a": {"name": algorithm, "training": training}}}, SCHEMA)
+                           "algorithms": {"a": {"name": algorithm, **hparams, "training": training}}}, SCHEMA)
     runs = build_runs(config)
 
     settings = train.train_settings(config, runs[0])

@@ -45,7 +45,9 @@ def stacked_params(model: torch.nn.Module, k: int, generator: torch.Generator) -
                                                                             "local_epochs": 2}),
     # every sub-network at full size: one stacked pass each
     (small_resnet, {"scales": [1.0], "min_width": 0.3}, {}),
-], ids=["resnet20", "resnet20-no-norm-n3", "projection-chunks", "one-scale"])
+    # widths below 0.25 keep 9 of 16 channels where wider ones keep 8
+    (lambda: model_of("resnet20", norm="batch"), {"min_width": 0.1}, {}),
+], ids=["resnet20", "resnet20-no-norm-n3", "projection-chunks", "one-scale", "resnet20-min-width-0.1"])
 def test_float64_vectorized_gradaug_round_equals_sequential(make, hparams, train, float64_default):
     # Prepare
     data = shard_data(SIZES)
@@ -151,16 +153,23 @@ def test_the_sub_networks_change_training_and_mu_0_is_fedavg():
         assert g.train_loss > p.train_loss
 
 
-@pytest.mark.parametrize(("name", "options"), [
-    ("resnet20", {"norm": "batch"}), ("resnet56_bottleneck", {"norm": "batch"}), ("resnet20", {"norm": "none"}),
-    ("resnet18", {"norm": "batch", "stem": "imagenet"}),
+WIDTHS = [0.8, 0.93, 0.55, 0.3]
+# A narrow width keeps more channels than a wider one (16 channels: 9 at 0.1, 8 at 0.5; slim_channels' rounding)
+SMALL = [0.1, 0.5, 0.2, 0.15]
+
+
+@pytest.mark.parametrize(("name", "options", "widths"), [
+    ("resnet20", {"norm": "batch"}, WIDTHS), ("resnet56_bottleneck", {"norm": "batch"}, WIDTHS),
+    ("resnet20", {"norm": "none"}, WIDTHS), ("resnet18", {"norm": "batch", "stem": "imagenet"}, WIDTHS),
+    ("resnet20", {"norm": "batch"}, SMALL), ("resnet20", {"norm": "none"}, SMALL),
+    ("resnet56_bottleneck", {"norm": "batch"}, SMALL),
 ])
-def test_stacked_widths_are_each_clients_sliced_sub_network(name, options, float64_default):
+def test_stacked_widths_are_each_clients_sliced_sub_network(name, options, widths, float64_default):
     # Prepare: 4 clients of 5 rows at widths whose channel counts differ, the last rows of clients 1 and 3 padding;
     # below width 0.5 an option-A shortcut's padded input reaches past the sub-network's channels
     g = torch.Generator().manual_seed(0)
     model = model_of(name, **options)
-    k, widths, real = 4, [0.8, 0.93, 0.55, 0.3], [5, 3, 5, 4]
+    k, real = 4, [5, 3, 5, 4]
     x = torch.randn(k, 5, 1, 8, 8, generator=g)
     x[1, 3:] = 1e3  # padded rows must not enter the real rows' statistics
     mask = torch.tensor([[1.0 if r < n else 0.0 for r in range(5)] for n in real])

@@ -28,6 +28,7 @@ from fedscape.models.layers import (
     stacked_conv,
     stacked_linear,
     stacked_norm,
+    stacked_slim_channels,
     ungrouped_flat,
     width_keep,
 )
@@ -189,12 +190,13 @@ class BasicBlock(ResidualBlock):
             skip = sliced_norm(norm, sliced_conv(conv, x, out_channels), full)
         return F.relu(h + skip)
 
-    def forward_width_stacked(self, params: Mapping[str, Tensor], prefix: str, h: Tensor, k: int, width: float,
-                              norm: StackedNorm | None, keep: Keep = None) -> Tensor:
-        """`forward_width` below full width of K stacked models on h in grouped layout [B, K*C', H, W]; ``keep``: each
-        client's narrower width within it (`width_keep`; None: every client at ``width``)."""
+    def forward_width_stacked(self, params: Mapping[str, Tensor], prefix: str, h: Tensor, k: int,
+                              widths: float | Sequence[float], norm: StackedNorm | None, keep: Keep = None) -> Tensor:
+        """`forward_width` below full width of K stacked models on h in grouped layout [B, K*C', H, W], each layer
+        sliced to the most channels a client's width keeps (`stacked_slim_channels`); ``keep``: each client's own
+        width within it (`width_keep`; None: every client at ``widths``, one width)."""
         channels = self.conv1.out_channels
-        out_channels = slim_channels(channels, width)
+        out_channels = stacked_slim_channels(channels, widths)
         r = sliced_stacked_conv(self.conv1, params, f"{prefix}conv1", h, k, out_channels)
         r = F.relu(kept(keep, sliced_stacked_norm(self.norm1, params, f"{prefix}norm1", r, k, norm), channels))
         r = sliced_stacked_conv(self.conv2, params, f"{prefix}conv2", r, k, out_channels)
@@ -269,12 +271,13 @@ class Bottleneck(ResidualBlock):
             skip = sliced_norm(norm, sliced_conv(conv, x, out_channels), full)
         return F.relu(h + skip)
 
-    def forward_width_stacked(self, params: Mapping[str, Tensor], prefix: str, h: Tensor, k: int, width: float,
-                              norm: StackedNorm | None, keep: Keep = None) -> Tensor:
-        """`forward_width` below full width of K stacked models on h in grouped layout [B, K*C', H, W]; ``keep``: each
-        client's narrower width within it (`width_keep`; None: every client at ``width``)."""
-        inner = slim_channels(self.conv1.out_channels, width)
-        out_channels = slim_channels(self.out_channels, width)
+    def forward_width_stacked(self, params: Mapping[str, Tensor], prefix: str, h: Tensor, k: int,
+                              widths: float | Sequence[float], norm: StackedNorm | None, keep: Keep = None) -> Tensor:
+        """`forward_width` below full width of K stacked models on h in grouped layout [B, K*C', H, W], each layer
+        sliced to the most channels a client's width keeps (`stacked_slim_channels`); ``keep``: each client's own
+        width within it (`width_keep`; None: every client at ``widths``, one width)."""
+        inner = stacked_slim_channels(self.conv1.out_channels, widths)
+        out_channels = stacked_slim_channels(self.out_channels, widths)
         r = h
         for i, (conv, layer, out) in enumerate(((self.conv1, self.norm1, inner), (self.conv2, self.norm2, inner),
                                                 (self.conv3, self.norm3, out_channels)), start=1):
@@ -386,10 +389,11 @@ class ResNet(ImageClassifier):
     def forward_widths_stacked(self, params: Mapping[str, Tensor], x: Tensor, widths: Sequence[float],
                                norm: StackedNorm | None = None) -> Tensor:
         """`forward_width` of K stacked models in training, client k's sub-network at ``widths[k]`` (below 1): logits
-        [K, B, classes], so that the clients' widths may differ (GradAug). Every layer is sliced to the widest client's
-        channels and each narrower client's channels past its own width are held at 0 (`width_keep`): a kept channel
-        holds its sliced value (a cut input channel adds 0 to it), a cut one passes no gradient back. Its batch norms
-        take each client's real rows (``norm.mask``), from batch statistics, updating nothing, as the sliced ones."""
+        [K, B, classes], so that the clients' widths may differ (GradAug). Every layer is sliced to the most channels a
+        client keeps (`stacked_slim_channels`) and each client's channels past its own are held at 0 (`width_keep`):
+        a kept channel holds its sliced value (a cut input channel adds 0 to it), a cut one passes no gradient back.
+        Its batch norms take each client's real rows (``norm.mask``), from batch statistics, updating nothing, as the
+        sliced ones."""
         if any(not 0 < w < 1 for w in widths):
             raise ValueError(f"forward_widths_stacked runs sub-networks: every width must be in (0, 1), got {widths}")
         if norm is not None and norm.running is not None:
@@ -397,17 +401,17 @@ class ResNet(ImageClassifier):
         k = x.shape[0]
         if len(widths) != k:
             raise ValueError(f"{len(widths)} widths for {k} stacked models")
-        width = max(widths)
-        keep = None if min(widths) == width else width_keep(widths, k)
+        keep = None if min(widths) == max(widths) else width_keep(widths, k)
         channels = self.stem.out_channels
-        h = sliced_stacked_conv(self.stem, params, "stem", grouped_layout(x), k, slim_channels(channels, width))
+        h = sliced_stacked_conv(self.stem, params, "stem", grouped_layout(x), k,
+                                stacked_slim_channels(channels, widths))
         h = F.relu(kept(keep, sliced_stacked_norm(self.stem_norm, params, "stem_norm", h, k, norm), channels))
         h = self.stem_pool(h)
         for i, block in enumerate(self.blocks):
             if not isinstance(block, BasicBlock | Bottleneck):
                 raise TypeError(f"ResNet.forward_widths_stacked has no grouped form of {type(block).__name__} "
                                 f"(blocks.{i})")
-            h = block.forward_width_stacked(params, f"blocks.{i}.", h, k, width, norm, keep)
+            h = block.forward_width_stacked(params, f"blocks.{i}.", h, k, widths, norm, keep)
         features = ungrouped_flat(self.pool(h), k)  # [K, B, C']: the classifier reads its first C' inputs
         return stacked_linear(features, params["classifier.weight"][:, :, : features.shape[-1]],
                               params["classifier.bias"])

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterable
 
 from fedscape.core.config import ConfigError
@@ -45,14 +46,10 @@ from fedscape.models.specs import (
 from fedscape.stages.train_settings import TrainJob
 
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
-# A train job's settings carry RESULT_VERSIONS["train"] plus SKIPPED_STEPS_BUMPS where its clients keep AdamW's state
-# between rounds under an algorithm whose steps skip parameters (`AlgorithmSpec.skips_parameters`: Stochastic Depth),
-# RESULT_VERSIONS["train"] otherwise: the bumps only those runs have had (as plan.partition's EXACT_ZEROS_BUMPS).
-# SKIPPED_STEPS_BUMPS 1: the kept state holds each parameter's own step count, not the largest for all (a skipped
-# parameter's next step was up to 3 lr too long). Only those runs rerun: every other run's parameters all step
-# together, so their counts agree and their numbers are as they were.
+# A train job's settings carry RESULT_VERSIONS["train"] plus the bumps its algorithm's hyperparameters give its runs
+# (`AlgorithmConfig.result_bumps`: fixes that changed only such runs, as plan.partition's EXACT_ZEROS_BUMPS): bump
+# RESULT_VERSIONS["train"] for a change of every run, `result_bumps` for one of those runs alone.
 RESULT_VERSIONS = {"train": 1}
-SKIPPED_STEPS_BUMPS = 1
 
 
 def merge_training(training: dict, overrides: dict) -> dict:
@@ -141,12 +138,9 @@ def train_settings(config: dict, run: Run, recorded: Iterable[str] | None = None
 
 
 def train_result_version(job: TrainJob) -> int:
-    """The result version of a train job: RESULT_VERSIONS["train"], plus SKIPPED_STEPS_BUMPS where its clients keep
-    AdamW's state under an algorithm whose steps skip parameters."""
-    training = job.training
-    skipped = (training.optimizer == "adamw" and training.keep_optimizer_state
-               and algorithm_spec(job.algorithm).skips_parameters is not None)
-    return RESULT_VERSIONS["train"] + (SKIPPED_STEPS_BUMPS if skipped else 0)
+    """The result version of a train job: RESULT_VERSIONS["train"], plus its algorithm's `result_bumps`."""
+    bumps = algorithm_config(job.algorithm, job.hyperparameters).result_bumps(dataclasses.asdict(job.training))
+    return RESULT_VERSIONS["train"] + bumps
 
 
 def train_inputs(results: Results, run: Run) -> dict[str, str]:

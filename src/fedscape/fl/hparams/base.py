@@ -28,6 +28,12 @@ class AlgorithmConfig:
         reads it without torch; the strategy's `stacked_blocker` says the same of the built model."""
         return None
 
+    def result_bumps(self, training: dict) -> int:
+        """The result version bumps of the runs of these hyperparameters and (resolved) `training` settings beyond
+        their kind's (`fedscape.plan.train.RESULT_VERSIONS`): each a fix that changed only such runs' numbers, so
+        that only they rerun. 0 for all but those."""
+        return 0
+
 
 @dataclass(frozen=True)
 class ServerSGDConfig(AlgorithmConfig):
@@ -67,10 +73,6 @@ class AlgorithmSpec:
     # after another (client_parallel: vectorized refused at planning); None: it vectorises. The strategy class's
     # `vectorized` says the same (tests/unit/test_registry.py keeps them in step).
     sequential_only: str | None = None
-    # Why some local steps leave parameters without a gradient, which torch's optimisers then do not step (AdamW
-    # counts fewer steps for them); None: every step reaches every parameter. The strategy class's `residual_scaled`
-    # says the same (tests/unit/test_vectorized.py keeps them in step).
-    skips_parameters: str | None = None
 
     def check_training(self, training: dict) -> None:
         """ValueError when the algorithm cannot train with these (resolved) `training` settings."""

@@ -11,6 +11,10 @@ from fedscape.models.specs import MODEL_INFOS, model_norm
 # largest float32 below 1. A sub-network's width is min_width + u (1 - min_width) for such a u
 # (`GradAugConfig.width_at`), so a min_width within about 1e-9 (2**-30) of 1 can draw exactly 1.0.
 LARGEST_UNIFORM = 1 - 2**-24
+# Below this min_width a layer of 16 channels (the CIFAR ResNets' narrowest) keeps 9 of them at some drawn width and 8
+# at a wider one (`models.layers.slim_channels` rounds 16 w below 4 up to 9); stacked sub-network passes sliced every
+# layer to the widest client's count before they took the most any client keeps (`stacked_slim_channels`).
+NARROW_ROUNDING_BELOW = 0.25
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,12 @@ class GradAugConfig(ServerSGDConfig):
         """Whether a drawn sub-network can be the full network (width exactly 1.0, whose batch norms move their
         running statistics): at min_width 1, and where the widest draw rounds to 1.0."""
         return self.width_at(LARGEST_UNIFORM) >= 1
+
+    def result_bumps(self, training: dict) -> int:
+        # 1: vectorised runs of a min_width that rounds narrower widths to more channels (above) gave such a client
+        # the widest client's channel count, fewer than its own (every run bumped: a run's settings do not say
+        # whether it trained vectorised, as `auto` does on a GPU)
+        return int(self.min_width < NARROW_ROUNDING_BELOW)
 
     def stacked_problem(self, model: str, model_options: dict, training: dict) -> str | None:
         info = MODEL_INFOS.get(model)

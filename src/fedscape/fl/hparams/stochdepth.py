@@ -18,15 +18,13 @@ class StochDepthConfig(ServerSGDConfig):
         if not 0 < self.survival_last <= 1:
             raise ValueError(f"survival_last must be in (0, 1], got {self.survival_last}")
 
-    def stacked_problem(self, model: str, model_options: dict, training: dict) -> str | None:
-        optimizer = training.get("optimizer", "sgd")
-        if optimizer != "sgd":  # the stacked step keeps a dropped branch as torch's SGD skips it
-            return f"optimizer sgd (training.optimizer {optimizer} also counts each parameter's steps)"
-        return None
+    def result_bumps(self, training: dict) -> int:
+        # 1: a client's kept AdamW state holds each parameter's own step count (a dropped branch skips steps), not
+        # the largest for all, which lengthened a skipped parameter's next step up to 3 lr
+        return int(training.get("optimizer") == "adamw" and bool(training.get("keep_optimizer_state")))
 
 
 SPECS = (AlgorithmSpec("stochdepth", StochDepthConfig, "stochdepth:StochDepth", "StochDepth",
                   "Huang et al. 2016, Deep Networks with Stochastic Depth; FedAlign paper, Sec. 3.2",
                   requires="residual",
-                  per_sample="its residual-scaled forward gives one prediction per sample (forward_residual_scaled)",
-                  skips_parameters="a dropped residual branch takes no gradient in that step"),)
+                  per_sample="its residual-scaled forward gives one prediction per sample (forward_residual_scaled)"),)

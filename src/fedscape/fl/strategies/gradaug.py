@@ -50,8 +50,8 @@ class GradAug(Strategy):
 
     Vectorised training (the ResNets with batch norm or none, min_width below 1) takes the same draws
     (`local_draws`): the full pass of every stacked client, then each sub-network pass over the clients that drew the
-    same input size, every client at its own width (`ResNet.forward_widths_stacked`: layers sliced to the
-    widest client's channels, each narrower client's past its own width held at 0), each pass back-propagated in turn.
+    same input size, every client at its own width (`ResNet.forward_widths_stacked`: layers sliced to the most
+    channels a client's width keeps, each client's past its own held at 0), each pass back-propagated in turn.
     """
 
     standard_local_training = False

@@ -40,8 +40,13 @@ def dropped_any(model, data, cfg: TrainConfig, hparams: dict) -> bool:
     (lambda: small_resnet("group"), {"augment": "crop_flip"}),
     (lambda: model_of("resnet20", norm="batch"), {"local_epochs": 1}),
     (lambda: model_of("resnet56_bottleneck", norm="batch"), {"local_epochs": 1, "batch_size": 16}),
+    # AdamW counts each parameter's steps: a dropped branch's counts, and so its bias corrections, fall behind, and
+    # its moments stay put (seed 0: branches run again after a drop)
+    (lambda: small_resnet("batch"), {"optimizer": "adamw", "client_parallel": "vectorized", "seed": 0}),
+    (lambda: small_resnet("none"), {"optimizer": "adamw", "client_parallel": "vectorized", "client_chunk_size": 3,
+                                    "lr_schedule": "cosine", "lr_schedule_over": "local_steps", "seed": 0}),
 ], ids=["batch-norm", "batch-norm-crop_flip-nesterov-chunks", "group-norm-crop_flip", "resnet20",
-        "resnet56_bottleneck"])
+        "resnet56_bottleneck", "adamw-batch-norm", "adamw-no-norm-chunks-per-client-lr"])
 def test_float64_vectorized_stochdepth_round_equals_sequential(make, train, float64_default):
     # Prepare
     data = shard_data(SIZES)
@@ -169,21 +174,18 @@ def test_what_vectorised_stochdepth_needs(caplog):
     resnet, mlp = small_resnet(), model_of("mlp")
     depth = make_strategy("stochdepth")
 
-    # Execute / Assert: a ResNet vectorises on CUDA under auto; AdamW keeps the clients sequential (its per-parameter
-    # step counts), an explicit vectorized is then an error; a model without the ResNets' stacked forward is refused
+    # Execute / Assert: a ResNet vectorises on CUDA under auto; AdamW, as for every algorithm, only where asked (it
+    # magnifies the paths' float rounding); a model without the ResNets' stacked forward is refused
     assert vectorization_blocker(resnet, depth) is None
+    assert vectorization_blocker(resnet, depth, "adamw") is None
     assert resolve_client_parallel(resnet, depth, TrainConfig(), device_type="cuda") == "vectorized"
-    adamw = TrainConfig(optimizer="adamw")
-    assert resolve_client_parallel(resnet, depth, adamw, device_type="cuda") == "sequential"
-    with pytest.raises(ValueError, match="for SGD only"):
-        resolve_client_parallel(resnet, depth, TrainConfig(optimizer="adamw", client_parallel="vectorized"),
-                                device_type="cuda")
+    assert resolve_client_parallel(resnet, depth, TrainConfig(optimizer="adamw"), device_type="cuda") == "sequential"
+    assert resolve_client_parallel(resnet, depth, TrainConfig(optimizer="adamw", client_parallel="vectorized"),
+                                   device_type="cuda") == "vectorized"
     assert "only the ResNets' own stacked forward" in vectorization_blocker(mlp, depth)
     data = shard_data(SIZES)
     with pytest.raises(ValueError, match="under vmap"):
         VectorizedTrainer(small_resnet("group"), data, depth, TrainConfig(), stacked_forward=False)
-    with pytest.raises(ValueError, match="SGD steps only"):
-        VectorizedTrainer(resnet, data, depth, adamw)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])

@@ -47,11 +47,11 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
   scales its sequential `local_loss` draws (`Strategy.residual_scales`, through the ResNets' `forward_stacked`); a
   branch at scale 0 adds exactly 0 and gets zero gradients, and its parameters, SGD momentum and running statistics
   are put back where the step found them (`torch.where`, exact), as the sequential step, which never runs the branch,
-  leaves them (torch's SGD skips a parameter whose .grad is None); AdamW, which also counts each parameter's steps,
-  keeps such clients sequential;
+  leaves them (torch's SGD skips a parameter whose .grad is None); so are AdamW's moments, and its step counts are
+  each parameter's and client's (`_ChunkState.adam_steps`), as torch counts them;
 - GradAug (Yang et al. 2020) runs the full pass of every stacked client, then each sub-network pass over the
   clients that drew the same input size, every client at its own width (`ResNet.forward_widths_stacked`: layers
-  sliced to the widest client's channels, each narrower client's past its own width held at 0, so that a kept
+  sliced to the most channels a client's width keeps, each client's past its own held at 0, so that a kept
   channel holds its sliced value and a cut one passes no gradient back; batch norms from each client's real rows,
   updating nothing), its KL term over the real rows, each pass back-propagated in turn; its widths and scales are
   drawn as sequentially (`Strategy.local_draws`), and such a step is never replayed from a graph;
@@ -315,9 +315,14 @@ class _ChunkState:
     buffers: list[torch.Tensor]  # their running statistics
     momentum: list[torch.Tensor] | None  # SGD's momentum buffers
     moments: tuple[list[torch.Tensor], list[torch.Tensor]] | None  # AdamW's
+    # AdamW's step count of each parameter tensor and client, [tensors, K] on the host: torch counts each parameter's
+    # own steps, and a client's dropped residual branch (Stochastic Depth) skips them
+    adam_steps: torch.Tensor | None
     loss_sum: torch.Tensor  # [K] the clients' summed step losses
     global_flat: torch.Tensor  # the round's global parameters (FedProx's term reads them)
     global_views: list[torch.Tensor]
+    # which residual branches each client's step runs, [steps, K, blocks] on the host; None without dropped branches
+    branch_live: torch.Tensor | None = None
 
     def optimizer_state(self) -> list[torch.Tensor]:
         """SGD's momentum or AdamW's moments (zero at a chunk's start)."""
@@ -552,15 +557,17 @@ class VectorizedTrainer:
         if aug is not None:
             aug = aug.to(device)
         mix_weights, mix_perm = self._mixing(plans, num_steps, batch, global_params.dtype)
-        scales = None
+        scales = live = None
         if self.num_blocks:  # [steps, clients, blocks]; an inactive client's ones are never read
             scales = torch.ones(num_steps, k0, self.num_blocks, dtype=torch.float64)
             for j, p in enumerate(plans):
                 if p.batches:
                     scales[: len(p.batches), j] = torch.tensor(p.scales, dtype=torch.float64)
+            live = scales != 0  # on the host: which branches each client's step runs, for AdamW's step counts
             scales = scales.to(device=device, dtype=global_params.dtype)
 
         st = self._chunk_state(k0, global_params, global_buffers)
+        st.branch_live = live
         self.strategy.begin_stacked([p.client_id for p in plans], global_params)
         # Each step's lr: one number when the active clients share it (always under a constant lr), else one
         # per client (a schedule over local steps with unequal step counts), shaped to scale stacked tensors.
@@ -650,6 +657,7 @@ class VectorizedTrainer:
                 momentum=[torch.empty_like(t) for t in stacked] if self.cfg.momentum and not adamw else None,
                 moments=([torch.empty_like(t) for t in stacked], [torch.empty_like(t) for t in stacked])
                 if adamw else None,
+                adam_steps=torch.zeros(len(stacked), k0, dtype=torch.float64) if adamw else None,
                 loss_sum=torch.empty(k0, device=self.device, dtype=global_params.dtype),  # float64 runs: float64
                 global_flat=global_flat,
                 global_views=[v.view(s) for v, s in zip(global_flat.split(self.numels), self.shapes, strict=True)])
@@ -663,6 +671,8 @@ class VectorizedTrainer:
                 b.copy_(g.unsqueeze(0).expand_as(b))
             for t in [*st.optimizer_state(), st.loss_sum]:
                 t.zero_()
+            if st.adam_steps is not None:
+                st.adam_steps.zero_()
         return st
 
     def _step(self, st: _ChunkState, t: int, padded: bool, lr: float | torch.Tensor, xb: torch.Tensor,
@@ -696,9 +706,10 @@ class VectorizedTrainer:
             for b, live, before in kept_buffers:
                 b.copy_(torch.where(live, b, before))
             kept = [(p, live, p.clone()) for p, live in self._branch_views(st.stacked, self.param_branch, scales, k)]
-            if st.momentum is not None:
-                kept += [(m, live, m.clone())
-                         for m, live in self._branch_views(st.momentum, self.param_branch, scales, k)]
+            for state in [st.momentum, *(st.moments or ())]:  # SGD's momentum, AdamW's moments: not stepped either
+                if state is not None:
+                    kept += [(m, live, m.clone())
+                             for m, live in self._branch_views(state, self.param_branch, scales, k)]
             self._sgd_update(st, k, params, grads, losses, lr, t, adjust)
             for v, live, before in kept:
                 v.copy_(torch.where(live, v, before))
@@ -726,8 +737,11 @@ class VectorizedTrainer:
         grads = [grads[i] for i in used]
         current = [st.stacked[i][:k] for i in used]
         if st.moments is not None:
+            for i in used:  # each client's step counts for a parameter its step runs (torch counts per parameter)
+                branch = self.param_branch[i] if self.param_branch else None
+                st.adam_steps[i, :k] += 1 if branch is None or st.branch_live is None else st.branch_live[t, :k, branch]
             self._adamw_step(current, grads, [st.moments[0][i][:k] for i in used],
-                             [st.moments[1][i][:k] for i in used], lr, t + 1)
+                             [st.moments[1][i][:k] for i in used], lr, [st.adam_steps[i, :k] for i in used])
             st.loss_sum[:k] += losses.detach()
             return
         # torch.optim.SGD (dampening 0, Nesterov's where cfg.nesterov) on the active prefix of the stack.
@@ -747,20 +761,33 @@ class VectorizedTrainer:
         st.loss_sum[:k] += losses.detach()
 
     def _adamw_step(self, params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
-                    exp_avg_sq: list[torch.Tensor], lr: float | torch.Tensor, step: int) -> None:
+                    exp_avg_sq: list[torch.Tensor], lr: float | torch.Tensor, steps: list[torch.Tensor]) -> None:
         """torch.optim.AdamW's step (Loshchilov & Hutter 2019; bias-corrected moments, decoupled weight decay) on
-        stacked client tensors, in place; `lr` one number or one per client; `step` counts from 1."""
+        stacked client tensors, in place; `lr` one number or one per client; `steps` each tensor's step count per
+        client (from 1; a client whose count this step did not raise is put back by the caller), its bias
+        corrections from Python floats as torch's."""
         cfg = self.cfg
         beta1, beta2 = cfg.adamw_beta1, cfg.adamw_beta2
-        correction1, correction2 = 1 - beta1**step, 1 - beta2**step
-        for p, g, m, v in zip(params, grads, exp_avg, exp_avg_sq, strict=True):
-            scale = lr if isinstance(lr, float) else lr.view(-1, *([1] * (p.dim() - 1)))
+        for p, g, m, v, counts in zip(params, grads, exp_avg, exp_avg_sq, steps, strict=True):
+            shape = (-1, *([1] * (p.dim() - 1)))
+            scale = lr if isinstance(lr, float) else lr.view(shape)
             if cfg.weight_decay:
                 p.mul_(1 - scale * cfg.weight_decay)
             m.lerp_(g, 1 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-            denom = (v.sqrt() / math.sqrt(correction2)).add_(cfg.adamw_eps)
-            if isinstance(lr, float):
-                p.addcdiv_(m, denom, value=-lr / correction1)
-            else:
-                p.sub_(m / denom * (scale / correction1))
+            values = [max(c, 1.0) for c in counts.tolist()]  # a count of 0 (a branch not yet run) is never kept
+            if all(c == values[0] for c in values):
+                correction1, correction2 = 1 - beta1**values[0], 1 - beta2**values[0]
+                denom = (v.sqrt() / math.sqrt(correction2)).add_(cfg.adamw_eps)
+                if isinstance(lr, float):
+                    p.addcdiv_(m, denom, value=-lr / correction1)
+                else:
+                    p.sub_(m / denom * (scale / correction1))
+                continue
+            # clients at other counts (a dropped branch's): each its own corrections
+            root2 = torch.tensor([math.sqrt(1 - beta2**c) for c in values], dtype=p.dtype, device=p.device)
+            lrs = [lr] * len(values) if isinstance(lr, float) else lr.tolist()
+            size = torch.tensor([a / (1 - beta1**c) for a, c in zip(lrs, values, strict=True)], dtype=p.dtype,
+                                device=p.device)
+            denom = (v.sqrt() / root2.view(shape)).add_(cfg.adamw_eps)
+            p.sub_(m / denom * size.view(shape))

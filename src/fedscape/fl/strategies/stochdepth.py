@@ -38,8 +38,8 @@ class StochDepth(Strategy):
     that re-parameterisation of the residual branches.
 
     Vectorised training takes the same draws (`residual_scales`) and scales each stacked client's branches; a dropped
-    branch's parameters, momentum and running statistics stay as they were, as a sequential step that never ran the
-    branch leaves them.
+    branch's parameters, SGD momentum or AdamW moments and step counts, and running statistics stay as they were, as
+    a sequential step that never ran the branch leaves them (torch's optimisers skip a parameter whose .grad is None).
     """
 
     standard_local_training = False
@@ -51,10 +51,6 @@ class StochDepth(Strategy):
             return (f"algorithm {self.name!r} scales each residual branch per client, which only the ResNets' own "
                     f"stacked forward does ({type(model).__name__}"
                     f"{'' if stacked_forward else ' under vmap'})")
-        if optimizer != "sgd":  # the stacked step keeps a dropped branch's state as torch's SGD skips a None .grad
-            return (f"algorithm {self.name!r} drops residual branches per client, which a stacked step reproduces "
-                    f"for SGD only (for SGD steps only skip a parameter without gradient; {optimizer} also counts "
-                    "each parameter's steps)")
         return None
 
     def residual_scales(self, num_blocks: int, generator: torch.Generator, scratch: dict[str, Any]

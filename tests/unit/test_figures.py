@@ -638,6 +638,54 @@ def test_local_work_figure_draws_labels_in_local_steps_beside_those_in_epochs(tm
     assert len(data[data["local_epochs"].notna()]) == 6  # the epoch labels as before
 
 
+def test_labels_of_one_algorithm_and_work_that_differ_otherwise_are_lines_of_their_own(tmp_path, monkeypatch):
+    # Prepare: GradAug at 2 epochs with one seed, a variant of it at 2 epochs with three (its own band), and GradAug
+    # at 5 epochs: the first and the last are one line; the variant is one of its own, never merged into it
+    import matplotlib.axes
+
+    final = ranking_final()
+    fedavg = final[(final["algorithm"] == "fedavg") & (final["init"] == "random")]
+    rows = [fedavg[fedavg["seed"] == 1].assign(algorithm="gradaug", test_acc=0.90),
+            fedavg.assign(algorithm="gradaug_n1", test_acc=[0.45, 0.5, 0.55]),
+            fedavg[fedavg["seed"] == 1].assign(algorithm="gradaug_e5", test_acc=0.95)]
+    work = {"gradaug": {"name": "gradaug", "local_epochs": 2},
+            "gradaug_n1": {"name": "gradaug", "local_epochs": 2, "variant": "num_subnets 1"},
+            "gradaug_e5": {"name": "gradaug", "local_epochs": 5}}
+    drawn, bands, plot, fill = [], [], matplotlib.axes.Axes.plot, matplotlib.axes.Axes.fill_between
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda ax, x, y, *a, **k: drawn.append(
+        (list(x), list(y))) or plot(ax, x, y, *a, **k))
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", lambda ax, x, lo, hi, *a, **k: bands.append(
+        (list(x), list(lo))) or fill(ax, x, lo, hi, *a, **k))
+
+    # Execute
+    data = assert_figure_files(local_work_figure(pd.concat(rows, ignore_index=True), "digits", "cnn_small",
+                                                 tmp_path / "local_work.png", work))
+
+    # Assert: two lines, each with its own values; the variant's band is its own
+    assert sorted(drawn) == [([2], [pytest.approx(0.5)]), ([2, 5], [0.90, 0.95])]
+    assert [x for x, _ in bands] == [[2]] and bands[0][1][0] < 0.5
+    assert data.set_index("algorithm")["variant"].fillna("").to_dict() == {
+        "gradaug": "", "gradaug_e5": "", "gradaug_n1": "num_subnets 1"}
+
+
+def test_local_work_of_the_plan_names_what_a_label_sets_beside_its_work():
+    # Prepare: GradAug with one sub-network, FedProx with its default mu written out and another lr
+    config = copy.deepcopy(TINY)
+    config["algorithms"].update({"gradaug_n1": {"name": "gradaug", "num_subnets": 1},
+                                 "fedprox": {"name": "fedprox", "mu": 0.0001, "training": {"lr": 0.02,
+                                                                                        "local_epochs": 3}}})
+    config["experiments"] += [{"alpha": "iid", "init": "random", "algorithm": a} for a in ("gradaug_n1", "fedprox")]
+    config = check_config(config, SCHEMA)
+
+    # Execute
+    work = report_plan.local_work(config, build_runs(config))
+
+    # Assert: the hyperparameters off their defaults and the training overrides but the work
+    assert work["gradaug_n1"]["variant"] == "num_subnets 1"
+    assert work["fedprox"] == {"name": "fedprox", "local_epochs": 3, "variant": "lr 0.02"}
+    assert "variant" not in work["fedavg"]
+
+
 def test_local_work_of_the_plan_takes_each_labels_training_override():
     # Prepare
     config = copy.deepcopy(TINY)

@@ -8,6 +8,8 @@ import importlib
 from fedscape.analysis.contributions import final_contributions
 from fedscape.core.paths import ACCURACY_FIGURE, COST_FIGURE, CURVES_FIGURE, Results
 from fedscape.core.runs import Run
+from fedscape.fl.hparams.registry import without_default_hyperparameters
+from fedscape.fl.schedule import WORK_KEYS
 from fedscape.plan.train import run_training
 from fedscape.report import figure_kinds
 
@@ -35,13 +37,21 @@ def local_work(config: dict, runs: list[Run]) -> dict[str, dict]:
     """Per algorithm label of the runs: its algorithm name and local epochs or steps (its own `training` override
     or the `training` section), for the figure of final accuracy against local work. Work counted in steps
     carries `local_steps` (and `local_epochs` None); work that differs between clients (a list or a draw) is
-    None in both: it has no single value to draw."""
+    None in both: it has no single value to draw. A label that sets more than its work (hyperparameters off their
+    defaults, other training overrides) carries them as `variant` text, e.g. "num_subnets 1": labels of one
+    algorithm form one line of the figure only where they differ in their work alone."""
     work = {}
     for run in runs:
         training = run_training(config, run)
-        entry = {"name": config["algorithms"][run.algorithm]["name"], "local_epochs": _single(training["local_epochs"])}
+        spec = config["algorithms"][run.algorithm]
+        entry = {"name": spec["name"], "local_epochs": _single(training["local_epochs"])}
         if training.get("local_steps") is not None:
             entry["local_steps"] = _single(training["local_steps"])
+        hyperparameters = {k: v for k, v in spec.items() if k not in ("name", "training")}
+        own = {**without_default_hyperparameters(spec["name"], hyperparameters),
+               **{k: v for k, v in spec["training"].items() if k not in WORK_KEYS}}
+        if own:
+            entry["variant"] = ", ".join(f"{key} {own[key]}" for key in sorted(own))
         work[run.algorithm] = entry
     return work
 

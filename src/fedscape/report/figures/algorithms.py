@@ -29,7 +29,8 @@ from fedscape.report.figures.common import (
 # Algorithms are ranked against each other within one setting and init: the run fields other than these two.
 RANKING_SETTING = ["dataset", "model", "alpha", "num_clients", "participation"]
 LOCAL_WORK_COLUMNS = [*RANKING_SETTING, "init", "algorithm_name", "local_epochs", "algorithm", "n_seeds", "mean",
-                      "std", "ci95_low", "ci95_high", "local_steps"]
+                      "std", "ci95_low", "ci95_high", "local_steps", "variant"]
+VARIANT_MARKERS = ("o", "s", "^", "D", "v", "P")
 RANKING_COLUMNS = [*RANKING_SETTING, "init", "algorithm", "n_seeds", "mean", "ci95_low", "ci95_high", "rank",
                    "rank_seed_min", "rank_seed_max", "n_algorithms"]
 
@@ -135,7 +136,8 @@ def ranking_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str
 def local_work_table(final: pd.DataFrame, work: dict[str, dict], column: str = "test_acc") -> pd.DataFrame:
     """Mean and 95% t-interval over the seeds that did not diverge of `column`, per setting, init and algorithm
     label, with the label's algorithm name and local epochs or steps (`work`: label -> {name, local_epochs and
-    optionally local_steps}; empty where the work differs between clients)."""
+    optionally local_steps}; empty where the work differs between clients) and what else it sets (`variant`, empty
+    for none)."""
     unknown = sorted(set(final["algorithm"].astype(str)) - set(work))
     if unknown:
         raise ValueError(f"algorithm labels {unknown} of final.csv have no local work; known: {sorted(work)}")
@@ -147,7 +149,7 @@ def local_work_table(final: pd.DataFrame, work: dict[str, dict], column: str = "
         epochs, steps = label.get("local_epochs"), label.get("local_steps")
         rows.append({**fields, "algorithm_name": label["name"], "local_epochs": None if epochs is None else int(epochs),
                      "n_seeds": n, "mean": mean, "std": std, "ci95_low": lo, "ci95_high": hi,
-                     "local_steps": None if steps is None else int(steps)})
+                     "local_steps": None if steps is None else int(steps), "variant": label.get("variant", "")})
     table = pd.DataFrame(rows, columns=LOCAL_WORK_COLUMNS)
     return table.sort_values([*RANKING_SETTING, "init", "algorithm_name", "local_epochs", "local_steps"],
                              kind="stable")
@@ -157,8 +159,8 @@ def local_work_figure(final: pd.DataFrame, dataset: str, model: str, base_path: 
                       work: dict[str, dict], column: str = "test_acc") -> dict:
     """Final accuracy (mean, 95% interval over seeds) against local epochs per round, and against local steps
     per round for the labels that count their work in steps (labels whose work differs between clients are
-    left out): colour = algorithm, line style = init; one panel per unit and setting (alpha, clients,
-    participation)."""
+    left out): colour = algorithm, line style = init, one line per algorithm and `variant` (labels that differ in
+    their local work alone); one panel per unit and setting (alpha, clients, participation)."""
     df = select_model(final, dataset, model)
     table = local_work_table(df, work, column) if not df.empty else pd.DataFrame(columns=LOCAL_WORK_COLUMNS)
     table = table[table["local_epochs"].notna() | table["local_steps"].notna()]
@@ -168,20 +170,24 @@ def local_work_figure(final: pd.DataFrame, dataset: str, model: str, base_path: 
               for setting, sub in setting_panels(table[table[unit].notna()])]
     names = sorted(table["algorithm_name"].astype(str).unique())
     colors = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(names)}
+    # an algorithm's labels that set more than their work: a marker each, beside its colour
+    variants = {name: sorted(sub["variant"].astype(str).unique()) for name, sub in table.groupby("algorithm_name")}
     style = RunStyle(df)
     shown = varying_keys(table, ["num_clients", "participation"])
     fig, axes = facet_grid(len(panels), ncols=3, size=(3.4, 2.6), sharey=True, sharex=False)
     legend = {}
     for (unit, (alpha, clients, part), sub), (ax,) in zip(panels, axes, strict=True):
-        for (name, init), line in sub.groupby(["algorithm_name", "init"], sort=True):
-            line = line.groupby(unit, as_index=False).first()  # labels with the same work: the first
+        for (name, variant, init), line in sub.groupby(["algorithm_name", "variant", "init"], sort=True):
+            line = line.sort_values(unit, kind="stable")
             color = colors[str(name)]
-            (handle,) = ax.plot(line[unit], line["mean"], marker="o", ms=4, color=color,
+            marker = VARIANT_MARKERS[variants[name].index(str(variant)) % len(VARIANT_MARKERS)]
+            (handle,) = ax.plot(line[unit], line["mean"], marker=marker, ms=4, color=color,
                                 linestyle=style.linestyle(init), lw=1.4)
             if line["ci95_low"].notna().any():
                 ax.fill_between(line[unit], line["ci95_low"].clip(lower=0), line["ci95_high"].clip(upper=1),
                                 color=color, alpha=0.15, lw=0)
-            legend.setdefault(f"{display_name(str(name))} · {init} init", handle)
+            shown_name = display_name(str(name)) + (f" ({variant})" if variant else "")
+            legend.setdefault(f"{shown_name} · {init} init", handle)
         amounts = sorted({int(e) for e in sub[unit]})
         ax.set_xticks(amounts)
         if unit == "local_steps" and amounts[-1] > 10 * max(amounts[0], 1):

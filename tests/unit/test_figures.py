@@ -36,6 +36,7 @@ from fedscape.report.figures.accuracy import (
     accuracy_by_init_figure,
     accuracy_table,
     accuracy_table_figure,
+    headline_seeds_note,
     headline_table,
     headline_table_figure,
 )
@@ -335,9 +336,12 @@ def test_the_headline_figure_counts_the_hessian_at_init_once():
     # Execute
     table = headline_table(final)
 
-    # Assert: one value, no spread to print as "± 0"
+    # Assert: one value, no spread to print as "± 0"; the title counts the seeds of the other cells
     row = table[table["metric"] == "lambda_max_init"].iloc[0]
     assert row["n_seeds"] == 1 and row["mean"] == 15.5 and math.isnan(row["std"])
+    own = table.loc[table["metric"] != "lambda_max_init", "n_seeds"]
+    assert own.min() == own.max() == 3
+    assert headline_seeds_note(table) == ", mean ± std over 3 seeds"
 
 
 def test_cost_figure(tmp_path):

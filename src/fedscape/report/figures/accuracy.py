@@ -34,7 +34,7 @@ from fedscape.report.figures.common import (
     seeds_note,
     select_model,
 )
-from fedscape.report.summary import metric_values
+from fedscape.report.summary import SHARED_METRICS, metric_values
 
 # `diverged`: the seeds among `seeds` whose run diverged, drawn apart and in no statistic (appended: the columns before
 # it keep their places).
@@ -289,5 +289,12 @@ def headline_table_figure(final: pd.DataFrame, dataset: str, model: str, base_pa
     ax.grid(False)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title(f"{dataset} / {model}: final accuracy and headline numbers{seeds_note(table['n_seeds'])}", pad=22)
+    ax.set_title(f"{dataset} / {model}: final accuracy and headline numbers{headline_seeds_note(table)}", pad=22)
     return save_figure(fig, base_path, table)
+
+
+def headline_seeds_note(table: pd.DataFrame) -> str:
+    """The headline figure's title suffix: over how many seeds its cells are, of the metrics the seeds do not share
+    (one estimate of the Hessian at init counts n_seeds 1 whatever the seeds)."""
+    own = table[~table["metric"].isin(SHARED_METRICS)]
+    return seeds_note((own if len(own) else table)["n_seeds"])

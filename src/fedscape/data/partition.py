@@ -432,9 +432,18 @@ def _feature_noise_fit(where: str, options: dict[str, Any], dataset: str) -> lis
     # the noise perturbs float pixels (_feature_noise_inputs); token ids are categories that noise cannot move, so
     # planning refuses what the first job to load the clients' data would
     info = dataset_info(dataset)
+    images = [name for name in DATASET_NAMES if dataset_info(name).inputs == "image"
+              and dataset_info(name).train_stored_size is None]
+    if info.inputs == "image" and info.train_stored_size is not None:
+        # the noisy pool is the float pool of the centre crops: without the larger images resized_crop draws from,
+        # and at 4 bytes a value where the stored pixels take 1
+        size = info.train_samples * info.in_channels * info.image_size**2 * 4 / 2**30
+        return [f"{where}: the kind feature_noise adds fixed noise to a float copy of the whole training pool, but "
+                f"{dataset} holds its training images as {info.train_stored_size}x{info.train_stored_size} uint8 "
+                f"pixels, cropped per batch: the copy would take {size:.0f} GiB and lose the larger images "
+                f"resized_crop draws from; use it on {', '.join(images)} or another kind on {dataset}"]
     if info.inputs == "image":
         return []
-    images = [name for name in DATASET_NAMES if dataset_info(name).inputs == "image"]
     return [f"{where}: the kind feature_noise adds Gaussian noise to each client's inputs, but {dataset} gives "
             f"{info.input_description} (token ids, which noise cannot perturb); use it on a dataset of images "
             f"({', '.join(images)}) or another kind on {dataset}"]

@@ -102,6 +102,18 @@ def test_alpha_parsing(text, value, canonical):
     assert format_alpha(text) == canonical
 
 
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 0.0001, 0.00005, 1e-300, 100.0, 1e16, 1e22, "iid"])
+def test_every_alpha_s_path_text_is_one_the_run_wildcards_take(alpha):
+    # the text repr gives a float (no point below 1e-4, an exponent from 1e16) is the path's: the constraint must
+    # take it, or a valid config plans a path no rule makes
+    from fedscape.core.runs import WILDCARD_CONSTRAINTS
+    from fedscape.core.setting import format_fraction
+
+    assert re.fullmatch(WILDCARD_CONSTRAINTS["alpha"], format_alpha(alpha))
+    if alpha != "iid" and alpha <= 1:
+        assert re.fullmatch(WILDCARD_CONSTRAINTS["participation"], format_fraction(alpha))
+
+
 @pytest.mark.parametrize("bad", ["foo", 0, -0.5, "nan"])
 def test_alpha_parsing_rejects(bad):
     with pytest.raises(AlphaError, match="alpha must be"):

@@ -27,10 +27,11 @@ WILDCARD_CONSTRAINTS = {
     "model": r"[a-z0-9_]+",
     "init": r"[A-Za-z0-9_.-]+",
     "algorithm": r"[A-Za-z0-9_.-]+",
-    # a Dirichlet alpha, iid, or the label of a `partitions` entry (fedscape.core.setting.PARTITION_LABEL)
-    "alpha": r"iid|[0-9]+\.[0-9]+(e-?[0-9]+)?|[a-z][a-z0-9_]*",
+    # a Dirichlet alpha, iid, or the label of a `partitions` entry (fedscape.core.setting.PARTITION_LABEL); a number
+    # as repr writes a float: '0.5', '5e-05' (below 1e-4: no point), '1e+16'
+    "alpha": r"iid|[0-9]+(\.[0-9]+)?(e[-+]?[0-9]+)?|[a-z][a-z0-9_]*",
     "num_clients": r"[0-9]+",
-    "participation": r"[0-9]+\.[0-9]+(e-?[0-9]+)?",
+    "participation": r"[0-9]+(\.[0-9]+)?(e[-+]?[0-9]+)?",
     "seed": r"[0-9]+",
 }
 # Grid key of every run field (by its name: FIELD_NAMES): the config list (or mapping) the grid takes its values from.

@@ -174,6 +174,13 @@ BAD_CONFIGS = [
     ("experiments", [{"alpha": "iid", "model": "resnet21"}],
      "experiments[0].model: unknown model 'resnet21'. Did you mean 'resnet20'?"),
     ("experiments", [{"alpha": "iid", "model": "convnet"}], "experiments[0].model: model 'convnet' needs 32x32"),
+    ("experiments", [{"alpha": "iid"}, {"alpha": "c2"}],
+     "experiments[1].alpha: 'c2' is neither iid, a Dirichlet alpha nor a label of `partitions`. Labels: (none)"),
+    # a default model is checked whether an experiment takes it or not, a default label where one does
+    ("experiment_defaults", {"model": "cnn_smal"}, "experiment_defaults.model: unknown model 'cnn_smal'. Did you "
+                                                   "mean 'cnn_small'?"),
+    ("experiment_defaults", {"init": "random", "algorithm": "fedav"},
+     "experiments[0].algorithm: 'fedav' is not defined in `algorithms`. Did you mean 'fedavg'?"),
     ("interpolation.pairs", {"p": {"a": {"alpha": 0.3}, "b": {"alpha": "iid"}}},
      "interpolation.pairs.p.a: no run of the config matches {'alpha': 0.3}; the runs' values: alpha: 0.1, iid, 1.0"),
     ("interpolation.pairs", {"p": {"a": {"alpha": "iid", "init": "warmup"}, "b": {"alpha": "iid"}}},

@@ -12,7 +12,7 @@ from typing import Any
 
 from fedscape.core.config import ConfigError
 from fedscape.core.names import suggest
-from fedscape.core.setting import format_fraction, format_setting, setting_order_key
+from fedscape.core.setting import format_fraction, format_setting, is_partition_label, setting_order_key
 
 # The id of a run: its path below <results_dir>/train/ (and below hessian/); wildcards of the train rule.
 RUN_ID = ("{dataset}/{model}/init~{init}/algo~{algorithm}/alpha~{alpha}/clients~{num_clients}/"
@@ -161,6 +161,11 @@ def build_runs(config: dict) -> list[Run]:
             if c[key] not in config[section]:
                 raise ConfigError(f"experiments[{i}].{key}: {c[key]!r} is not defined in `{section}`."
                                   f"{suggest(c[key], config[section])} Defined: {', '.join(config[section])}")
+        labels = config.get("partitions") or {}
+        if is_partition_label(c["alpha"]) and c["alpha"] not in labels:
+            raise ConfigError(f"experiments[{i}].alpha: {c['alpha']!r} is neither iid, a Dirichlet alpha nor a label "
+                              f"of `partitions`.{suggest(c['alpha'], labels)} Labels: "
+                              f"{', '.join(labels) if labels else '(none)'}")
         runs.append(Run.from_fields({**c, "alpha": format_setting(c["alpha"]),
                                      "participation": format_fraction(c["participation"])}))
     return sorted(set(runs))

@@ -270,10 +270,12 @@ def check(config: dict, runs: list[Run]) -> list[str]:
             if name not in MODEL_NAMES:
                 problems.append(f"{section}: unknown model {name!r}.{suggest(name, MODEL_NAMES)} "
                                 f"Valid: {', '.join(MODEL_NAMES)}")
-    for i, experiment in enumerate(config.get("experiments") or []):
+    # (a default dataset, init or algorithm label an experiment takes is checked with the experiment's: core.runs)
+    given = [(f"experiments[{i}]", e) for i, e in enumerate(config.get("experiments") or [])]
+    for where, experiment in [("experiment_defaults", config.get("experiment_defaults") or {}), *given]:
         name = experiment.get("model")
         if name is not None and name not in MODEL_NAMES:
-            problems.append(f"experiments[{i}].model: unknown model {name!r}.{suggest(name, MODEL_NAMES)} "
+            problems.append(f"{where}.model: unknown model {name!r}.{suggest(name, MODEL_NAMES)} "
                             f"Valid: {', '.join(MODEL_NAMES)}")
     for name, options in config["model_options"].items():
         valid = MODEL_OPTIONS.get(name, ())

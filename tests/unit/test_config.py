@@ -132,6 +132,8 @@ BAD_CONFIGS = [
     ("experiments", [{"dataset": "digits", "init": "nope"}], "experiments[0].init"),
     ("trainig", {}, "Did you mean 'training'"),
     ("num_clients", [200], "num_clients: 200 clients x partition.min_size 10 = 2000 samples, but digits leaves"),
+    ("inits.warmup.num_clients", 500, "inits.warmup.num_clients: 500 clients x partition.min_size 10 = 5000 samples, "
+                                      "but digits leaves"),
     ("landscapes", {"..": {"kind": "random", "runs": [{"alpha": "iid"}]}}, "landscapes: the label '..' names a"),
     ("inits", {".": {"kind": "random", "seed": 0}}, "inits: the label '.' names a directory"),
     ("algorithms", {2024: {"name": "fedavg"}}, "algorithms: the label 2024 is read by YAML as an integer, not as "

@@ -90,12 +90,17 @@ def check(config: dict, runs: list[Run]) -> list[str]:
         problem = class_label_problem(setting_entry(setting)[0]["kind"], dataset)
         if problem:
             problems.append(f"alphas: {setting} on {dataset}: {problem} (alphas: iid, or a `partitions` label)")
-    for dataset, num_clients in sorted({(run.dataset, run.num_clients) for run in runs}):
+    # the runs' partitions, and the IID partitions their warm-up inits train on (`inits.<label>.num_clients`)
+    counts = {(run.dataset, run.num_clients, "num_clients") for run in runs}
+    inits = config.get("inits") or {}
+    counts |= {(run.dataset, int(inits[run.init]["num_clients"]), f"inits.{run.init}.num_clients") for run in runs
+               if run.init in inits and inits[run.init]["kind"] == "iid_warmup"}
+    for dataset, num_clients, key in sorted(counts):
         options = config["datasets"][dataset]
         pool = dataset_info(dataset, options).client_pool_bound(options["test_fraction"],
                                                        options["proxy_fraction"])
         if num_clients * min_size > pool:
-            problems.append(f"num_clients: {num_clients} clients x partition.min_size {min_size} = "
+            problems.append(f"{key}: {num_clients} clients x partition.min_size {min_size} = "
                             f"{num_clients * min_size} samples, but {dataset} leaves at most {pool} for the clients "
                             f"(after its test and proxy splits); use at most {pool // min_size} clients or a smaller "
                             "min_size")

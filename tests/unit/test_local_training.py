@@ -28,6 +28,7 @@ from fedscape.fl.sequential import SequentialTrainer, local_train
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.base import Strategy
 from fedscape.fl.strategies.registry import make_strategy
+from fedscape.models.checkpoint import CheckpointError
 from fedscape.models.params import FlatParams, flatten_params
 from fedscape.plan.init import init_settings
 from fedscape.plan.partition import partition_settings
@@ -605,6 +606,25 @@ def test_train_stage_runs_fednova_with_drawn_local_steps_and_adamw(tmp_path, cap
     assert caplog.text.count("local work (steps uniform in 1..6, drawn every round): min") == 2
     table = cost_table([(outputs["metrics"], outputs["meta"])])
     assert table["local_work"].tolist() == ["steps uniform in 1..6, drawn every round"]
+
+
+def test_a_train_job_refuses_the_init_of_another_label(tmp_path):
+    # Prepare: a run from the random init, given the pretrained init's file (the same model and data shape)
+    config = check_config(copy.deepcopy(TINY), SCHEMA)
+    runs = build_runs(config)
+    run = next(r for r in runs if r.init == "random")
+    partition = tmp_path / "partition.npz"
+    partition_job(partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed), partition,
+                  tmp_path / "counts.csv")
+    init = tmp_path / "init.pt"
+    init_job(init_settings(config, runs, run.dataset, run.model, "pre"), init)
+    outputs = {name: str(tmp_path / file) for name, file in TRAIN_FILE_NAMES.items()}
+
+    # Execute / Assert: refused before training, naming the file, both labels and the command that remakes it
+    with pytest.raises(CheckpointError, match=r"init 'pre' \(expected 'random'\)") as err:
+        train_job(train_settings(config, run), partition, init, outputs, tmp_path / "_progress")
+    assert str(init) in str(err.value) and "--forcerun" in str(err.value)
+    assert not (tmp_path / TRAIN_FILE_NAMES["trajectory"]).exists()
 
 
 def test_per_client_work_must_fit_an_iid_warm_up_too():

@@ -44,6 +44,14 @@ def trajectory(path: Path, run_id: str = RUN_ID) -> Path:
     return path
 
 
+def init_file(path: Path, label: str) -> Path:
+    """An init's checkpoint, as the init job writes it: its label, no run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_trajectory(path, torch.zeros(1, 4), torch.zeros(1, 0), torch.zeros(1, dtype=torch.long), META,
+                    {"init": label, "kind": "pretrained", "seed": 0})
+    return path
+
+
 def metrics(path: Path, run_id: str = RUN_ID) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("run_id,round,test_acc\n" + "".join(f"{run_id},{r},0.5\n" for r in range(3)))
@@ -67,6 +75,8 @@ DAMAGES = {
                                  f"is not the trajectory checkpoint of this job: run_id '{OTHER}' "
                                  f"(expected '{RUN_ID}')"),
     "a cut trajectory": (f"train/{RUN_ID}/trajectory.pt", trajectory, cut_half, "is not a readable checkpoint"),
+    "another init label's init": ("init/digits/cnn_small/init~random/init.pt", lambda p: init_file(p, "pretrained"),
+                                  None, "init 'pretrained' (expected 'random')"),
     "a clients file as trajectory": (f"train/{RUN_ID}/trajectory.pt", lambda p: save_clients(
         p, {}, META, {"run_id": RUN_ID}) or p, None, "kind 'clients' (expected 'trajectory')"),
     "a metrics.csv cut mid-row": (f"train/{RUN_ID}/metrics.csv", metrics,
@@ -80,6 +90,13 @@ DAMAGES = {
     "a damaged JSON file": ("landscape/d/m/s/grid.json", lambda p: p.write_text("{}") or p,
                             lambda p: p.write_text('{"a": '), "is not a readable JSON file"),
 }
+
+
+def test_an_init_of_its_own_label_passes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = init_file(Path("results/init/digits/cnn_small/init~random/init.pt"), "random")
+
+    check_read_files([str(path)], ["results/tables/out.csv"], "results")
 
 
 @pytest.mark.parametrize("case", DAMAGES)

@@ -30,7 +30,7 @@ from fedscape.core.config import (
     validate_config,
 )
 from fedscape.core.io import remake_alone_hint, remake_hint
-from fedscape.core.paths import PARTITION_DIR, Results, parse_path, run_of_path
+from fedscape.core.paths import INIT_DIR, PARTITION_DIR, Results, parse_path, run_of_path
 from fedscape.core.provenance import belongs_problem, checkpoint_record, table_problem
 from fedscape.core.runs import WILDCARD_CONSTRAINTS, Run, build_runs, unused_grid_values
 from fedscape.data.partition import kind_file_problems, partition_file_problem
@@ -320,14 +320,18 @@ def read_problem(path: str | Path) -> str | None:
             return str(exc)
         kind = "clients" if Path(path).name == "clients.pt" else "trajectory"
         try:
-            run_id = json.loads(record.get("meta", "{}")).get("run_id")
+            meta = json.loads(record.get("meta", "{}"))
+            run_id, init = meta.get("run_id"), meta.get("init")
         except (json.JSONDecodeError, AttributeError):
-            run_id = None
+            run_id = init = None
         found = {"format": record.get("format"), "kind": record.get("kind")}
         expected = {"format": CHECKPOINT_FORMAT, "kind": kind}
         run = run_of_path(path)
         if run and run_id is not None:  # an init's checkpoint records no run: several start from it
             found["run_id"], expected["run_id"] = run_id, run["run_id"]
+        at = parse_path(f"{INIT_DIR}/init.pt", path)
+        if at is not None and init is not None:  # but its init label (since it was recorded)
+            found["init"], expected["init"] = init, at["init"]
         return belongs_problem(path, f"the {kind} checkpoint of this job", expected, found)
     if suffix == ".csv":
         return table_problem(path, run_of_path(path))

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedscape.core.io import write_csv, write_json
+from fedscape.core.io import remake_hint, write_csv, write_json
 from fedscape.core.jobs import to_settings
 from fedscape.core.manifest import code_version_label
+from fedscape.core.provenance import check_belongs
 from fedscape.core.setting import alpha_column
 from fedscape.data.federated import load_federated_data
 from fedscape.fl.engine import run_federated
@@ -18,7 +19,7 @@ from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS, CODE_VERSION, MEMORY_KE
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.swa import SWA_BN_COLUMN, SWA_METRICS, SWASettings
 from fedscape.models.batchnorm import has_batch_norm
-from fedscape.models.checkpoint import load_trajectory, save_clients, save_trajectory
+from fedscape.models.checkpoint import CheckpointError, load_trajectory, save_clients, save_trajectory
 from fedscape.models.device import describe_compute, log_compute, resolve_device
 from fedscape.stages.progress import progress_key, resume_settings
 from fedscape.stages.train_settings import TrainJob
@@ -41,6 +42,9 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
     log_compute(describe_compute(device, cfg.precision))
     data = load_federated_data(run, job.dataset_options, partition_path, device)
     init = load_trajectory(init_path, run_id=job.run_id)
+    # the init of the run's own label (an init records it; the model and data shape load_trajectory checks)
+    check_belongs(init_path, f"the init of run {job.run_id}", {"init": run["init"]},
+                  {"init": init.meta.get("init", run["init"])}, remake_hint(init_path), CheckpointError)
     strategy = make_strategy(job.algorithm, job.hyperparameters)
     model = strategy.prepare_model(init.model_at(0, device), cfg.seed).train()
     model_meta = init.model_meta.with_options(strategy.config.model_options(), model)  # as trained

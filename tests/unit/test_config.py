@@ -183,6 +183,13 @@ BAD_CONFIGS = [
                                                    "mean 'cnn_small'?"),
     ("experiment_defaults", {"init": "random", "algorithm": "fedav"},
      "experiments[0].algorithm: 'fedav' is not defined in `algorithms`. Did you mean 'fedavg'?"),
+    ("layer_barriers.pairs", {"clients_iid": {"run": {"alpha": "iid", "init": "random", "algorithm": "fedavg"},
+                                              "clients": [0, 1]},
+                              "clients_iid_distances": {"run": {"alpha": 0.1, "init": "random", "algorithm": "fedavg"},
+                                                        "clients": [0, 1]}},
+     "layer_barriers.pairs.clients_iid_distances: a pair labelled clients_iid_distances beside pair clients_iid would "
+     "share a log with that pair's figure (barriers/layerwise/clients_iid_distances.log); name it without the ending "
+     "_distances"),
     ("interpolation.pairs", {"p": {"a": {"alpha": 0.3}, "b": {"alpha": "iid"}}},
      "interpolation.pairs.p.a: no run of the config matches {'alpha': 0.3}; the runs' values: alpha: 0.1, iid, 1.0"),
     ("interpolation.pairs", {"p": {"a": {"alpha": "iid", "init": "warmup"}, "b": {"alpha": "iid"}}},

@@ -26,6 +26,7 @@ from fedscape.core.jobs import job_params
 from fedscape.core.paths import (
     INTERPOLATION_DIR,
     INTERPOLATION_FIGURE,
+    JOB_LOGS,
     LAYER_ALIGNED_FIGURE,
     LAYER_CUMULATION_FIGURE,
     LAYER_DISTANCE_FIGURE,
@@ -243,6 +244,12 @@ def layer_pairs(config: dict, runs: list) -> list[LayerPair]:
     return [layer_pair(config, runs, label) for label in config["layer_barriers"]["pairs"]]
 
 
+# The endings of a layer-wise pair's figure logs after its label (`{pair}_distances.log`, ...)
+LAYER_LOG_SUFFIXES = tuple(sorted(
+    {log.split("/barriers/layerwise/{pair}", 1)[1].removesuffix(".log") for log in JOB_LOGS.values()
+     if "/barriers/layerwise/{pair}" in log} - {""}))
+
+
 def check(config: dict, runs: list) -> list[str]:
     """Problems of the interpolation and layer_barriers sections that the schema cannot express."""
     problems = []
@@ -251,12 +258,21 @@ def check(config: dict, runs: list) -> list[str]:
             interpolation_pair(config, runs, label)
         except ConfigError as exc:
             problems.append(str(exc))
-    for label in config["layer_barriers"]["pairs"]:
+    labels = config["layer_barriers"]["pairs"]
+    for label in labels:
         try:
             layer_pair(config, runs, label)
         except ConfigError as exc:
             problems.append(str(exc))
+        # a pair's figure logs are named after it plus a suffix (core.paths.JOB_LOGS): `x_distances` would write
+        # the log (and the record of its outputs) that pair x's distance figure writes
+        for suffix in LAYER_LOG_SUFFIXES:
+            if label.endswith(suffix) and label[: -len(suffix)] in labels:
+                problems.append(f"layer_barriers.pairs.{label}: a pair labelled {label[: -len(suffix)]}{suffix} "
+                                f"beside pair {label[: -len(suffix)]} would share a log with that pair's figure "
+                                f"(barriers/layerwise/{label}.log); name it without the ending {suffix}")
     return problems
+
 
 
 def _data(config: dict, run: Run) -> BarrierData:

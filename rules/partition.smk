@@ -22,6 +22,7 @@ rule partition:
             wildcards.alpha,
             int(wildcards.num_clients),
             int(wildcards.seed),
+            recorded_params(READ_PARAMS, rules.partition.output[0], wildcards),
         ),
     script:
         "../workflow/scripts/partition.py"

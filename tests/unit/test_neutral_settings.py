@@ -30,16 +30,21 @@ from fedscape.analysis.landscape.planes import random_plane
 from fedscape.analysis.landscape.surface import SurfaceEvaluator, SurfaceSettings
 from fedscape.core.config import load_schema, read_config_file
 from fedscape.core.jobs import JobSettings, RecordedSettings, kept_record, without_paths
+from fedscape.core.runs import build_runs
 from fedscape.models.evaluate import evaluate
 from fedscape.models.params import flatten_buffers, flatten_params
 from fedscape.models.registry import build_model
+from fedscape.plan.init import init_settings
+from fedscape.plan.partition import partition_settings
 from fedscape.plan.workflow import check_config
 from fedscape.stages.init_settings import INIT_JOBS, PretrainedInit, RandomInit, WarmupInit
+from fedscape.stages.partition_settings import PartitionJob
 from fedscape.stages.progress import resume_settings
 from fedscape.stages.train_settings import TrainJob
 
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
-KINDS_WITH_NEUTRAL = (TrainJob, WarmupInit, HessianJob, InterpolationJob, LayerBarriersJob, LandscapeChunkJob)
+KINDS_WITH_NEUTRAL = (TrainJob, WarmupInit, HessianJob, InterpolationJob, LayerBarriersJob, LandscapeChunkJob,
+                      PartitionJob)
 NEUTRAL = ("training.eval_batch_size", "training.client_chunk_size")
 MEANING = functools.partial(without_paths, paths=NEUTRAL)  # a kind's `JobSettings.meaning` with these neutral fields
 SETTINGS = {"run_id": "r", "training": {"client_chunk_size": 64, "eval_batch_size": 512, "lr": 0.05}, "v": 2}
@@ -236,6 +241,32 @@ def test_lowering_every_memory_setting_keeps_every_finished_job_s_params():
     assert changed == rules
     warmups = [key for key in before if key[0] == "init" and before[key]["kind"] == WarmupInit.KIND]
     assert warmups and all(now[key] != before[key] for key in warmups)
+
+
+@pytest.mark.parametrize(("change", "kept"), [({"max_tries": 2000}, True), ({"max_tries": 3}, True),
+                                             ({"max_tries": 2000, "min_size": 11}, False)])
+def test_the_redraws_a_partition_may_take_rerun_no_finished_partition(change, kept):
+    # Prepare: every partition job of the default config as Snakemake recorded it
+    def partitions(config: dict, recorded: dict | None = None) -> dict:
+        """Every partition job's settings, and the IID warm-up's (it carries the `partition` section)."""
+        runs = build_runs(config)
+        jobs = {(r.dataset, r.setting, r.num_clients, r.seed) for r in runs}
+        warmup = next(r for r in runs if r.init == "warmup")
+        settings = {job: partition_settings(config, *job, (recorded or {}).get(job)) for job in sorted(jobs)}
+        key = ("warmup", warmup.dataset, warmup.model)
+        return {**settings, key: init_settings(config, runs, *key[1:], "warmup", (recorded or {}).get(key))}
+
+    before = partitions(_config())
+    recorded = {job: _recorded(settings) for job, settings in before.items()}
+
+    # Execute: max_tries raised after a failed split, or lowered; and beside it a change of the split
+    config = _config(lambda raw: raw.setdefault("partition", {}).update(change))
+    now, planned = partitions(config), partitions(config, recorded)
+
+    # Assert: the recorded text where only the redraws changed (the split of a seed is the same), else that of now
+    for job in before:
+        assert now[job] != before[job]
+        assert repr(planned[job]) == (repr(before[job]) if kept else repr(now[job]))
 
 
 def test_a_change_of_meaning_beside_them_plans_the_settings_of_now():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from fedscape.core.jobs import job_params
@@ -44,11 +45,13 @@ def planned_partition(config: dict, dataset: str, setting: str, num_clients: int
                         alpha=setting, num_clients=int(num_clients), seed=int(seed), kind=kind, **config["partition"])
 
 
-def partition_settings(config: dict, dataset: str, setting: str, num_clients: int, seed: int) -> dict:
+def partition_settings(config: dict, dataset: str, setting: str, num_clients: int, seed: int,
+                       recorded: Iterable[str] | None = None) -> dict:
     """The settings of `planned_partition` with its result version (the rule's params), keys sorted at every level
-    (`canonical`), as they have always been: Snakemake records them as text, key order included."""
+    (`canonical`), as they have always been: Snakemake records them as text, key order included. Kept at its
+    `recorded` params where they differ only in how it computes (`kept_record`: `PartitionJob.neutral`)."""
     job = planned_partition(config, dataset, setting, num_clients, seed)
-    return job_params(job, partition_result_version(setting, job.kind), sort=True)
+    return job_params(job, partition_result_version(setting, job.kind), recorded, sort=True)
 
 
 def partition_result_version(setting: str, kind: dict | None = None) -> int:

@@ -142,9 +142,10 @@ class WarmupInit(InitJob):
     # Its resolved training's neutral keys, as a train job's, and what of the runs' training it does not use: their
     # `rounds` and `save_clients_at` (its own `rounds` replace theirs, and it keeps no client models). Its `inits`
     # entry's overrides are restated by `warmup_training` (an override equal to the section's value, or written where
-    # it was left out, warms up the same model).
+    # it was left out, warms up the same model). The redraws its IID split may take (`partition.max_tries`, as a
+    # partition job's) bound whether the split succeeds, not the split.
     neutral = (*(f"warmup_training.{key}" for key in NEUTRAL_TRAINING_KEYS), "warmup_training.rounds",
-               "warmup_training.save_clients_at")
+               "warmup_training.save_clients_at", "partition.max_tries")
     restated = ("training",)
     seed: int
     rounds: int

@@ -13,6 +13,9 @@ class PartitionJob(JobSettings):
     """One client split of a dataset: its setting (an alpha of `alphas` or a `partitions` label), clients and seed."""
 
     rule = "partition"
+    # The redraws a split may take bound whether the job succeeds, not the split it makes (bit for bit the one of its
+    # seed): raising it after a failure, or lowering it, reruns no finished partition.
+    neutral = ("max_tries",)
     dataset: str
     dataset_options: dict  # the config's `datasets.<dataset>` entry
     alpha: str  # the run field's text: `iid`, a Dirichlet alpha, or a `partitions` label

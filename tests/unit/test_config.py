@@ -132,6 +132,9 @@ BAD_CONFIGS = [
     ("experiments", [{"dataset": "digits", "init": "nope"}], "experiments[0].init"),
     ("trainig", {}, "Did you mean 'training'"),
     ("num_clients", [200], "num_clients: 200 clients x partition.min_size 10 = 2000 samples, but digits leaves"),
+    ("datasets", {"digits": {}, "cifar10": {"test_fraction": 0.3}},
+     "datasets.cifar10.test_fraction: cifar10 keeps its own test set, so nothing reads test_fraction (it splits a "
+     "test set off digits only); remove it"),
     ("inits.warmup.num_clients", 500, "inits.warmup.num_clients: 500 clients x partition.min_size 10 = 5000 samples, "
                                       "but digits leaves"),
     ("landscapes", {"..": {"kind": "random", "runs": [{"alpha": "iid"}]}}, "landscapes: the label '..' names a"),

@@ -100,8 +100,9 @@ def check_config(config: dict, schema: dict, files: Iterable[str | Path] = ()) -
     if duplicates:
         raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in duplicates))
     given_inits = init_plan.given_keys(config, schema)
+    given_splits = _unused_test_fractions(config)  # as written: the schema fills every dataset's
     validate_config(config, schema)
-    problems: list[str] = _results_dir_problems(config) + _directory_labels(config)
+    problems: list[str] = _results_dir_problems(config) + _directory_labels(config) + given_splits
     if not problems:
         problems = init_plan.foreign_key_problems(config, given_inits)
     if problems:  # the grid and every stage look their sections up by label
@@ -119,6 +120,18 @@ def check_config(config: dict, schema: dict, files: Iterable[str | Path] = ()) -
     if problems:
         raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
     return config
+
+
+def _unused_test_fractions(config: dict) -> list[str]:
+    """A `test_fraction` written for a dataset with a test set of its own: nothing reads it, while its value enters
+    every job's settings, so that changing it would rerun them all for nothing."""
+    own = [name for name, info in DATASETS.items() if not info.fixed_test_split]
+    datasets = config.get("datasets")
+    return [f"datasets.{name}.test_fraction: {name} keeps its own test set, so nothing reads test_fraction (it "
+            f"splits a test set off {', '.join(own)} only); remove it"
+            for name, options in (datasets.items() if isinstance(datasets, dict) else ())
+            if name in DATASETS and DATASETS[name].fixed_test_split and isinstance(options, dict)
+            and "test_fraction" in options]
 
 
 def _results_dir_problems(config: dict) -> list[str]:

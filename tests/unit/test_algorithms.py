@@ -927,6 +927,23 @@ def test_the_cost_table_times_a_resumed_runs_rounds_as_each_attempt_trained_them
     assert rows.loc["sequential", "num_rounds"] == 2 and rows.loc["sequential", "median_seconds_per_round"] == 8
 
 
+def test_the_cost_table_times_a_resumed_runs_rounds_on_the_device_each_attempt_used(tmp_path):
+    # Prepare: a run killed after round 1 on a card and resumed where there is none (device: auto)
+    metrics, meta = cost_job(tmp_path, 0, "fedavg", "fedavg", [1, 7, 9], [50, 10, 10])
+    record = json.loads(meta.read_text())
+    record.update(device="cpu", device_name="cpu (x86_64, 2 threads)")
+    record["attempts"] = [{"from_round": 1, "device": "cuda:0", "device_name": "NVIDIA H200"},
+                          {"from_round": 2, "device": "cpu", "device_name": "cpu (x86_64, 2 threads)"}]
+    meta.write_text(json.dumps(record))
+
+    # Execute
+    rows = cost_table([(metrics, meta)]).set_index("device")
+
+    # Assert: each device's rounds under it, not every round under the last attempt's
+    assert rows.loc["cuda:0", "num_rounds"] == 1 and rows.loc["cuda:0", "device_name"] == "NVIDIA H200"
+    assert rows.loc["cpu", "num_rounds"] == 2 and rows.loc["cpu", "median_seconds_per_round"] == 8
+
+
 @pytest.mark.parametrize(("parallel", "expected"), [("sequential", "sequential"), ("auto", "vectorized")])
 def test_a_run_records_how_its_clients_trained(digits_data, parallel, expected):
     # Execute: FedAvg on a CPU (no CUDA graphs), one by one or (auto) all at once

@@ -137,9 +137,12 @@ def test_a_run_killed_and_rerun_with_the_same_inputs_resumes(tmp_path, monkeypat
     with caplog.at_level(logging.INFO, logger="fedscape.train"):
         resumed = _train(config, partition, tmp_path / "init.pt", tmp_path / "run")
 
-    # Assert
+    # Assert: the same models, and the same checkpoint files, byte for byte
     assert "resuming after round 2/3" in caplog.text
     assert torch.equal(resumed, _train(config, partition, tmp_path / "init.pt", tmp_path / "fresh"))
+    for name in ("trajectory", "clients"):
+        file = TRAIN_FILE_NAMES[name]
+        assert (tmp_path / "run" / file).read_bytes() == (tmp_path / "fresh" / file).read_bytes(), name
 
 
 @pytest.mark.parametrize(("change", "resumes"), [
@@ -173,13 +176,16 @@ def test_a_run_killed_and_rerun_with_other_memory_settings_resumes(tmp_path, mon
         spread = (fresh - first).abs().max().item()
         assert torch.equal(rerun[:2], first[:2])
         assert (rerun - fresh).abs().max().item() <= 2 * spread + 1e-6
-        # the record names each attempt's first round and memory settings; an uninterrupted run's names none
+        # the record names each attempt's first round, memory settings and device; an uninterrupted run's names none
         before, after = (train_settings(c, run)["training"] for c in (config, changed))
         executions = ["vectorized", "sequential" if change.get("client_parallel") == "sequential" else "vectorized"]
+        device = {"device": "cpu", "device_name": meta["device_name"]}
         assert meta["attempts"] == [
-            {**{k: settings[k] for k in MEMORY_KEYS}, "from_round": first, "execution": execution}
+            {**{k: settings[k] for k in MEMORY_KEYS}, **device, "from_round": first, "execution": execution}
             for settings, first, execution in zip((before, after), (1, 2), executions, strict=True)]
         assert "attempts" not in json.loads((tmp_path / "first" / TRAIN_FILE_NAMES["meta"]).read_text())
+        # in meta.json alone: the checkpoints record what an unbroken run's do
+        assert "attempts" not in load_trajectory(tmp_path / "run" / TRAIN_FILE_NAMES["trajectory"]).meta
     else:
         assert torch.equal(rerun, fresh) and "attempts" not in meta
 

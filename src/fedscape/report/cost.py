@@ -48,8 +48,9 @@ def _run_rounds(metrics: str | Path, meta_path: str | Path) -> pd.DataFrame:
     df["device_name"] = meta.get("device_name", meta.get("device", "unknown"))
     df["execution"] = meta.get("execution", UNRECORDED_EXECUTION)
     for attempt in meta.get("attempts", []):  # a run resumed after a kill: each attempt's rounds as they trained
-        if "execution" in attempt:
-            df.loc[df["round"] >= attempt["from_round"], "execution"] = attempt["execution"]
+        for key in ("execution", "device", "device_name"):  # (the device recorded since runs may change it)
+            if key in attempt:
+                df.loc[df["round"] >= attempt["from_round"], key] = attempt[key]
     df["algorithm_name"] = settings.get("algorithm", df["algorithm"].iloc[0] if len(df) else "")
     unit = "steps" if training.get("local_steps") is not None else "epochs"
     work = parse_work(f"local_{unit}", training[f"local_{unit}"])

@@ -61,16 +61,18 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
     if swa is not None:
         log.info("SWA at the server from round %d: cycles of %d rounds, %s lr down to %g x its value",
                  swa.start(cfg.rounds), swa.cycle, swa.scheduled_lr, swa.lr_ratio)
-    memory = {key: settings["training"][key] for key in MEMORY_KEYS if key in settings["training"]}
+    # what each attempt of a run resumed after a kill records: its memory settings, and where it computed (under
+    # device: auto a run killed on a card may go on where none is: cost.csv times each attempt's rounds by its own)
+    compute = describe_compute(device, cfg.precision)
+    attempt = {**{key: settings["training"][key] for key in MEMORY_KEYS if key in settings["training"]},
+               "device": compute["device"], "device_name": compute["device_name"]}
     key = progress_key(resume_settings(settings, TrainJob), (partition_path, init_path))
     result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir, progress_key=key, swa=swa,
-                           attempt=memory)
+                           attempt=attempt)
 
     meta = {"run_id": job.run_id, "settings": settings, "status": result.status,
-            **describe_compute(device, cfg.precision), "execution": result.execution, "seed": run["seed"],
+            **compute, "execution": result.execution, "seed": run["seed"],
             "init_seed": init.meta.get("seed"), "final_round": int(result.rounds.max())}
-    if len(result.attempts) > 1:  # resumed after a kill: each attempt's first round and memory settings
-        meta["attempts"] = result.attempts
     if swa is not None:  # the SWA model is the run's reported final model (fedscape.models.checkpoint)
         meta["swa"] = {**to_settings(SWASettings.of(swa, cfg.rounds, has_batch_norm(model))),
                        "models": 0 if result.swa is None else result.swa["count"],
@@ -78,6 +80,8 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
     save_trajectory(outputs["trajectory"], result.params, result.buffers, result.rounds, model_meta, meta,
                     swa=result.swa)
     save_clients(outputs["clients"], result.clients, model_meta, meta)
+    if len(result.attempts) > 1:  # resumed after a kill: each attempt's first round, memory settings and device, in
+        meta["attempts"] = result.attempts  # meta.json alone, so that the checkpoints are those of an unbroken run
     rows = pd.DataFrame(result.rows)
     for key in ("dataset", "model", "init", "algorithm", "num_clients", "seed"):
         rows[key] = run[key]

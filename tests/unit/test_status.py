@@ -242,6 +242,24 @@ localrule partition:
     assert lines[start + 1].startswith(f"  {skewed} is not a readable partition file") and "--force" in lines[-1]
 
 
+def test_a_damaged_partition_alone_is_no_nothing_to_remake_either(tmp_path, monkeypatch, capsys):
+    # Prepare: nothing planned, one partition of the config damaged (the dry run checks none)
+    config = check_config(config_with({}, results_dir=str(tmp_path / "res")), SCHEMA)
+    skewed = Path(tmp_path, "res/partitions/digits/clients~4/alpha~0.5/seed~0/partition.npz")
+    skewed.parent.mkdir(parents=True)
+    skewed.write_text("not a partition")
+    monkeypatch.setattr(status.subprocess, "run", lambda cmd, **_: subprocess.CompletedProcess(cmd, 0, "", ""))
+    monkeypatch.setattr(status, "workflow_config", lambda args: config)
+
+    # Execute
+    assert status.main(["--configfile", "tiny.yaml"]) == 0
+
+    # Assert: its remedy, and no word that all is well
+    out = capsys.readouterr().out
+    assert "damaged partition files, or another run's: 1" in out and "--force" in out
+    assert "nothing to remake" not in out
+
+
 # -- the config: the arguments as Snakemake reads them -----------------------------------------------------------
 
 

@@ -303,7 +303,7 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
     if targets:
         lines.append("remake only these (and what is made from them):")
         lines.append(f"  snakemake --cores all {extra + ' ' if extra else ''}--forcerun {shell_words(targets)}")
-    elif not jobs and not changed and not missing_alone:
+    elif not jobs and not changed and not missing_alone and not damaged:  # (damaged partitions: their own remedy)
         lines.append("nothing to remake")
     return lines
 

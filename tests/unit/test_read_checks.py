@@ -52,6 +52,13 @@ def init_file(path: Path, label: str) -> Path:
     return path
 
 
+def record(path: Path, **fields) -> Path:
+    """A job's JSON record (meta.json, hessian.json) of these fields."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**fields, "status": "ok"}))
+    return path
+
+
 def metrics(path: Path, run_id: str = RUN_ID) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("run_id,round,test_acc\n" + "".join(f"{run_id},{r},0.5\n" for r in range(3)))
@@ -89,6 +96,13 @@ DAMAGES = {
                               "is not a readable .npz file"),
     "a damaged JSON file": ("landscape/d/m/s/grid.json", lambda p: p.write_text("{}") or p,
                             lambda p: p.write_text('{"a": '), "is not a readable JSON file"),
+    "another run's meta.json": (f"train/{RUN_ID}/meta.json", lambda p: record(p, run_id=OTHER), None,
+                                f"is not the record of this job: run_id '{OTHER}' (expected '{RUN_ID}')"),
+    "another round's hessian.json": (f"hessian/{RUN_ID}/round~3/hessian.json", lambda p: record(p, run_id=RUN_ID,
+                                                                                             round=0), None,
+                                     "is not the record of this job: round '0' (expected '3')"),
+    "another round's hessian.csv": (f"hessian/{RUN_ID}/round~3/hessian.csv", metrics, None,
+                                    "line 2 is not a table of round 3"),
 }
 
 
@@ -126,7 +140,9 @@ def test_whole_results_of_their_own_job_pass_and_remade_or_outside_files_are_not
     own = [trajectory(Path("results/train", RUN_ID, "trajectory.pt")), metrics(Path("results/train", RUN_ID,
                                                                                     "metrics.csv")),
            chunk(Path("results/landscape/d/m/s/train/chunks/chunk~0.npz")),
-           trajectory(Path("results/init/digits/cnn_small/init~random/init.pt"), run_id="")]
+           trajectory(Path("results/init/digits/cnn_small/init~random/init.pt"), run_id=""),
+           record(Path("results/train", RUN_ID, "meta.json"), run_id=RUN_ID),
+           record(Path("results/hessian", RUN_ID, "round~2", "hessian.json"), run_id=RUN_ID, round=2)]
     remade = metrics(Path("results/train", OTHER, "metrics.csv"))
     remade.write_text("cut")
     outside = Path("data/table.csv")

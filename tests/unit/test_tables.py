@@ -76,7 +76,7 @@ def test_empty_cells_of_a_diverged_run_are_numbers(tmp_path):
 
 def test_the_run_of_a_per_run_file_comes_from_its_path():
     assert run_of_path(f"results/train/{RUN_A}/metrics.csv") == {"run_id": RUN_A}
-    assert run_of_path(f"/scratch/r/hessian/{RUN_B}/round~3/hessian.csv") == {"run_id": RUN_B}
+    assert run_of_path(f"/scratch/r/hessian/{RUN_B}/round~3/hessian.csv") == {"run_id": RUN_B, "round": "3"}
     assert run_of_path("results/tables/rounds.csv") == {}
     assert run_of_path("results/partitions/digits/clients~4/alpha~iid/seed~0/counts.csv") == {}
 

@@ -114,14 +114,14 @@ def parse_path(template: str, path: str | os.PathLike) -> dict[str, str] | None:
 
 
 def run_of_path(path: str | os.PathLike) -> dict[str, str]:
-    """{'run_id': ...} for a file of a per-run job directory (a train job's or a Hessian job's), whose rows must
-    all belong to that run; {} for any other path."""
+    """{'run_id': ...} for a file of a per-run job directory (a train job's), and its 'round' too for a Hessian job's
+    (below round~<r>): what its rows, or its record, must all hold; {} for any other path."""
     directory = os.path.dirname(os.fspath(path))
-    for template in (TRAIN_DIR, HESSIAN_DIR):
-        fields = parse_path(template, directory)
-        if fields is not None:
-            return {"run_id": fill(RUN_ID, **fields)}
-    return {}
+    fields = parse_path(HESSIAN_DIR, directory)
+    if fields is not None:
+        return {"run_id": fill(RUN_ID, **fields), "round": fields["round"]}
+    fields = parse_path(TRAIN_DIR, directory)
+    return {} if fields is None else {"run_id": fill(RUN_ID, **fields)}
 
 
 def results_root(config: dict) -> str:

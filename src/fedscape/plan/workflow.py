@@ -358,9 +358,14 @@ def read_problem(path: str | Path) -> str | None:
         return None
     if suffix == ".json":
         try:
-            json.loads(Path(path).read_text())
+            record = json.loads(Path(path).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             return f"{path} is not a readable JSON file ({type(exc).__name__}: {exc})"
+        # a job's record (meta.json, hessian.json) names its run, and a Hessian job's its round
+        expected = {key: value for key, value in run_of_path(path).items()
+                    if isinstance(record, dict) and key in record}
+        found = {key: str(record[key]) for key in expected}
+        return belongs_problem(path, "the record of this job", expected, found)
     return None
 
 

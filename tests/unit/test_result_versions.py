@@ -165,6 +165,8 @@ def test_each_profile_drops_only_the_code_trigger(profile):
     settings = yaml.safe_load((ROOT / profile / "config.yaml").read_text())
 
     assert set(settings["rerun-triggers"]) == {"mtime", "params", "input", "software-env"}
+    # and compares an input's content beside its date up to partitions of 2 million samples (8 bytes each)
+    assert settings["max-checksum-file-size"] >= 16 * 2**20
 
 
 @pytest.mark.parametrize(("estimator", "probes", "version"), [

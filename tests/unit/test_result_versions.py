@@ -170,11 +170,13 @@ def test_each_profile_drops_only_the_code_trigger(profile):
 
 
 @pytest.mark.parametrize(("estimator", "probes", "version"), [
-    ("hutchpp", 4, 5), ("hutchpp", 7, 5), ("hutchpp", 9, 5), ("hutchpp", 8, 4), ("hutchpp", 10, 4), ("hutchpp", 12, 4),
+    ("hutchpp", 5, 5), ("hutchpp", 7, 5), ("hutchpp", 9, 5), ("hutchpp", 4, 4), ("hutchpp", 8, 4), ("hutchpp", 10, 4),
+    ("hutchpp", 12, 4),
     ("hutchinson", 5, 4), ("exact", 5, 4), ("auto", 5, 4),
 ])
 def test_only_the_hessian_jobs_of_a_small_hutchpp_budget_carry_the_version_of_its_diagonal(estimator, probes, version):
-    # Below 4 residual probes Hutch++'s diagonal became Hutchinson's (HN and HD were NaN where Diag++ was taken):
+    # Below 4 residual probes Hutch++'s diagonal became Hutchinson's (HN and HD were NaN where Diag++ was taken; at 4
+    # products neither has four quarters):
     # those jobs rerun, every other Hessian job keeps the settings (and the results) it had
     config = check_config({"hessian": {"trace_estimator": estimator, "trace_probes": probes}}, SCHEMA)
     runs = build_runs(config)
@@ -192,6 +194,7 @@ def test_only_the_hessian_jobs_of_a_small_hutchpp_budget_carry_the_version_of_it
     ("fedavg", {}, {"optimizer": "adamw", "keep_optimizer_state": True}, None),
     # stacked sub-networks sliced to the most channels any client's width keeps
     ("gradaug", {"min_width": 0.2}, {}, 2), ("gradaug", {"min_width": 0.25}, {}, None), ("gradaug", {}, {}, None),
+    ("gradaug", {"min_width": 0.2}, {"client_parallel": "sequential"}, None),  # never stacked: its numbers stand
 ])
 def test_only_the_runs_a_fix_of_their_algorithm_changed_carry_its_bump(algorithm, hparams, training, version):
     # A fix that changed only some runs' numbers reruns them alone: every other run keeps the settings (and the
@@ -204,3 +207,12 @@ def test_only_the_runs_a_fix_of_their_algorithm_changed_carry_its_bump(algorithm
 
     assert settings.get(RESULT_VERSION) == version
     assert result_versions()["train"] == FIRST_RESULT_VERSION
+
+
+def test_gradaug_s_bump_spares_the_models_it_never_stacks():
+    # group norm: GradAug's sub-networks are never stacked on it, so its runs' numbers did not change
+    config = check_config({"models": ["resnet20"], "model_options": {"resnet20": {"norm": "group"}},
+                           "experiments": [{"alpha": "iid", "algorithm": "a"}],
+                           "algorithms": {"a": {"name": "gradaug", "min_width": 0.2}}}, SCHEMA)
+
+    assert train.train_settings(config, build_runs(config)[0]).get(RESULT_VERSION) is None

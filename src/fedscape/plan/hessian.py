@@ -13,7 +13,7 @@ from fedscape.analysis.hessian.definitions import (
     QUARTERS,
     HessianJob,
     HessianSettings,
-    diagpp_probes,
+    hutchpp_split,
     job_clients,
     resolve_trace_estimator,
 )
@@ -37,10 +37,11 @@ DENSITY_FIGURE = "spectral_density"
 # probes), not from the square of one (biased up by its variance: HN still fell with the probe count); HD from the
 # same quarters (every pair of them); every other number is as at 3.
 # A job's settings carry RESULT_VERSIONS["hessian"] plus SMALL_HUTCHPP_BUMPS where it computes with Hutch++ below 4
-# residual probes (trace_probes 4 to 7 and 9), RESULT_VERSIONS["hessian"] otherwise: the bumps only those jobs have
-# had (as plan.partition's EXACT_ZEROS_BUMPS). Bump RESULT_VERSIONS["hessian"] for a change of every job.
-# SMALL_HUTCHPP_BUMPS 1: their diagonal is Hutchinson's over all the probes, which has four quarters where Diag++'s
-# had none (HN and HD NaN). Only those jobs rerun: no other job's numbers changed.
+# residual probes but 4 probes in all (trace_probes 5 to 7 and 9), RESULT_VERSIONS["hessian"] otherwise: the bumps
+# only those jobs have had (as plan.partition's EXACT_ZEROS_BUMPS). Bump RESULT_VERSIONS["hessian"] for a change of
+# every job. SMALL_HUTCHPP_BUMPS 1: their diagonal is Hutchinson's over all the probes, which has four quarters where
+# Diag++'s had none (HN and HD NaN). Only those jobs rerun: no other job's numbers changed (at 4 products neither
+# diagonal has four quarters).
 RESULT_VERSIONS = {"hessian": 4}
 SMALL_HUTCHPP_BUMPS = 1
 # The trace_probes of a job with `trace_estimator: exact`, which takes none (its settings hold the field: a required
@@ -202,7 +203,9 @@ def hessian_job_settings(config: dict, runs: list, run, round_: int, recorded: I
 def hessian_result_version(settings: HessianSettings) -> int:
     """The result version of a Hessian job that computes with `settings`: RESULT_VERSIONS["hessian"], plus
     SMALL_HUTCHPP_BUMPS for Hutch++ below 4 residual probes."""
-    small = settings.trace_estimator == HUTCHPP and diagpp_probes(settings.trace_probes) < QUARTERS
+    k, probes = hutchpp_split(settings.trace_probes)
+    # Diag++ without its four quarters where Hutchinson's over all k + m probes has them (at 4: neither has)
+    small = settings.trace_estimator == HUTCHPP and probes < QUARTERS <= k + probes
     return RESULT_VERSIONS["hessian"] + (SMALL_HUTCHPP_BUMPS if small else 0)
 
 

@@ -134,12 +134,15 @@ def train_settings(config: dict, run: Run, recorded: Iterable[str] | None = None
     they change, not where they differ from its `recorded` params only in how it computes (`kept_record`). Keys
     sorted at every level (`canonical`), as they have always been (Snakemake records the text)."""
     job = planned_train(config, run)
-    return job_params(job, train_result_version(job), recorded, sort=True)
+    return job_params(job, train_result_version(job, config["model_options"].get(run.model) or {}), recorded,
+                      sort=True)
 
 
-def train_result_version(job: TrainJob) -> int:
-    """The result version of a train job: RESULT_VERSIONS["train"], plus its algorithm's `result_bumps`."""
-    bumps = algorithm_config(job.algorithm, job.hyperparameters).result_bumps(dataclasses.asdict(job.training))
+def train_result_version(job: TrainJob, model_options: dict) -> int:
+    """The result version of a train job (its model's `model_options` from the config): RESULT_VERSIONS["train"],
+    plus its algorithm's `result_bumps`."""
+    bumps = algorithm_config(job.algorithm, job.hyperparameters).result_bumps(
+        job.run["model"], model_options, dataclasses.asdict(job.training))
     return RESULT_VERSIONS["train"] + bumps
 
 

@@ -31,10 +31,13 @@ AUTO_HUTCHPP_FROM = 100
 QUARTERS = 4
 
 
-def diagpp_probes(products: int) -> int:
-    """The residual probes of a Hutch++ budget on a model of at least products // 3 parameters (Meyer et al. 2021:
-    k = products // 3 sketch columns take 2k of the products); Diag++ reads the diagonal's quarters off them."""
-    return products - 2 * (products // 3)
+def hutchpp_split(products: int, dim: int | None = None) -> tuple[int, int]:
+    """(sketch columns k, residual probes m) of a Hutch++ budget of `products` Hessian-vector products on a model of
+    `dim` parameters (None: at least products // 3): k = products // 3 columns take 2k of the products (Meyer et al.
+    2021), the other m are probes. Diag++ reads the diagonal's quarters off the m probes; Hutchinson's over the same
+    products off all k + m."""
+    k = products // 3 if dim is None else min(products // 3, dim)
+    return k, products - 2 * k
 HESSIAN_PRECISIONS = tuple(p for p in PRECISIONS if p != "bf16")
 CLIENT_COLUMNS = ["run_id", "round", "hn", "hd", "status"]  # status: ok, or diverged (HN, HD NaN; a client's row too)
 # hessian_clients.csv's column when `hessian.clients` bounds the per-client analyses: the number of clients HN and

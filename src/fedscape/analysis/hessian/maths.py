@@ -40,6 +40,7 @@ from fedscape.analysis.hessian.definitions import (
     HUTCHPP,
     QUARTERS,
     HessianSettings,
+    hutchpp_split,
 )
 from fedscape.core.seeds import derive_seed
 from fedscape.data.datasets import batch_slices
@@ -520,8 +521,7 @@ def hutchpp(op: HessianOperator, products: int, seed: int = 0) -> HutchinsonResu
     seeds of a synthetic spectrum; this one in 96% (tests/unit/test_hessian.py). Where the estimate is not
     positive, the spread is used.
     """
-    k = min(products // 3, op.dim)
-    probes = products - 2 * k
+    k, probes = hutchpp_split(products, op.dim)
     if k < 1 or probes < 2:
         raise ValueError(f"Hutch++ needs at least 4 Hessian-vector products (a sketch column, its product and two "
                          f"probes for a standard error), got {products}")

@@ -28,10 +28,10 @@ class AlgorithmConfig:
         reads it without torch; the strategy's `stacked_blocker` says the same of the built model."""
         return None
 
-    def result_bumps(self, training: dict) -> int:
-        """The result version bumps of the runs of these hyperparameters and (resolved) `training` settings beyond
-        their kind's (`fedscape.plan.train.RESULT_VERSIONS`): each a fix that changed only such runs' numbers, so
-        that only they rerun. 0 for all but those."""
+    def result_bumps(self, model: str, model_options: dict, training: dict) -> int:
+        """The result version bumps of the runs of these hyperparameters on `model` (with `model_options`) and the
+        resolved `training` settings beyond their kind's (`fedscape.plan.train.RESULT_VERSIONS`): each a fix that
+        changed only such runs' numbers, so that only they rerun. 0 for all but those."""
         return 0
 
 

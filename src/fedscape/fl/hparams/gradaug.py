@@ -43,11 +43,13 @@ class GradAugConfig(ServerSGDConfig):
         running statistics): at min_width 1, and where the widest draw rounds to 1.0."""
         return self.width_at(LARGEST_UNIFORM) >= 1
 
-    def result_bumps(self, training: dict) -> int:
+    def result_bumps(self, model: str, model_options: dict, training: dict) -> int:
         # 1: vectorised runs of a min_width that rounds narrower widths to more channels (above) gave such a client
-        # the widest client's channel count, fewer than its own (every run bumped: a run's settings do not say
-        # whether it trained vectorised, as `auto` does on a GPU)
-        return int(self.min_width < NARROW_ROUNDING_BELOW)
+        # the widest client's channel count, fewer than its own: every run that can train stacked (whether it did
+        # is not in its settings: `auto` stacks on a GPU, not on a CPU), none that cannot
+        stackable = (training.get("client_parallel") != "sequential"
+                     and self.stacked_problem(model, model_options, training) is None)
+        return int(self.min_width < NARROW_ROUNDING_BELOW and stackable)
 
     def stacked_problem(self, model: str, model_options: dict, training: dict) -> str | None:
         info = MODEL_INFOS.get(model)

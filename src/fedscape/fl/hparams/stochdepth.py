@@ -18,7 +18,7 @@ class StochDepthConfig(ServerSGDConfig):
         if not 0 < self.survival_last <= 1:
             raise ValueError(f"survival_last must be in (0, 1], got {self.survival_last}")
 
-    def result_bumps(self, training: dict) -> int:
+    def result_bumps(self, model: str, model_options: dict, training: dict) -> int:
         # 1: a client's kept AdamW state holds each parameter's own step count (a dropped branch skips steps), not
         # the largest for all, which lengthened a skipped parameter's next step up to 3 lr
         return int(training.get("optimizer") == "adamw" and bool(training.get("keep_optimizer_state")))

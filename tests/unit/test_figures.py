@@ -677,8 +677,13 @@ def test_local_work_of_the_plan_names_what_a_label_sets_beside_its_work():
     config = copy.deepcopy(TINY)
     config["algorithms"].update({"gradaug_n1": {"name": "gradaug", "num_subnets": 1},
                                  "fedprox": {"name": "fedprox", "mu": 0.0001, "training": {"lr": 0.02,
-                                                                                        "local_epochs": 3}}})
-    config["experiments"] += [{"alpha": "iid", "init": "random", "algorithm": a} for a in ("gradaug_n1", "fedprox")]
+                                                                                        "local_epochs": 3}},
+                                 # the section's own lr, and how it computes and what it keeps: FedAvg all the same
+                                 "fedavg_e5": {"name": "fedavg", "training": {
+                                     "local_epochs": 5, "lr": TINY["training"]["lr"], "client_chunk_size": 2,
+                                     "eval_batch_size": 7, "capture": "eager", "save_every": 1}}})
+    config["experiments"] += [{"alpha": "iid", "init": "random", "algorithm": a}
+                              for a in ("gradaug_n1", "fedprox", "fedavg_e5")]
     config = check_config(config, SCHEMA)
 
     # Execute
@@ -687,7 +692,7 @@ def test_local_work_of_the_plan_names_what_a_label_sets_beside_its_work():
     # Assert: the hyperparameters off their defaults and the training overrides but the work
     assert work["gradaug_n1"]["variant"] == "num_subnets 1"
     assert work["fedprox"] == {"name": "fedprox", "local_epochs": 3, "variant": "lr 0.02"}
-    assert "variant" not in work["fedavg"]
+    assert "variant" not in work["fedavg"] and work["fedavg_e5"] == {"name": "fedavg", "local_epochs": 5}
 
 
 def test_local_work_of_the_plan_takes_each_labels_training_override():

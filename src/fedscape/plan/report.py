@@ -10,6 +10,7 @@ from fedscape.core.paths import ACCURACY_FIGURE, COST_FIGURE, CURVES_FIGURE, Res
 from fedscape.core.runs import Run
 from fedscape.fl.hparams.registry import without_default_hyperparameters
 from fedscape.fl.schedule import WORK_KEYS
+from fedscape.fl.settings import NEUTRAL_TRAINING_KEYS, RUN_ONLY_TRAINING_KEYS
 from fedscape.plan.train import run_training
 from fedscape.report import figure_kinds
 
@@ -48,8 +49,12 @@ def local_work(config: dict, runs: list[Run]) -> dict[str, dict]:
         if training.get("local_steps") is not None:
             entry["local_steps"] = _single(training["local_steps"])
         hyperparameters = {k: v for k, v in spec.items() if k not in ("name", "training")}
+        # what the label trains with that others do not: not its work, not the section's own values, not how it
+        # computes (memory settings, capture) or what it keeps and evaluates on the way
+        kept = {*WORK_KEYS, *NEUTRAL_TRAINING_KEYS, *RUN_ONLY_TRAINING_KEYS, "save_clients_at"}
         own = {**without_default_hyperparameters(spec["name"], hyperparameters),
-               **{k: v for k, v in spec["training"].items() if k not in WORK_KEYS}}
+               **{k: v for k, v in spec["training"].items()
+                  if k not in kept and v != config["training"].get(k)}}
         if own:
             entry["variant"] = ", ".join(f"{key} {own[key]}" for key in sorted(own))
         work[run.algorithm] = entry

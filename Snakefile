@@ -42,14 +42,11 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-check_config(
-    config,
-    load_schema(Path(workflow.basedir, "workflow/schemas/config.schema.yaml")),
-    files=workflow.configfiles,
-)
+SCHEMA = load_schema(Path(workflow.basedir, "workflow/schemas/config.schema.yaml"))
+check_config(config, SCHEMA, files=workflow.configfiles)
 RUNS = build_runs(config)
 if workflow.is_main_process:
-    for line in config_warnings(config, RUNS):
+    for line in config_warnings(config, RUNS, SCHEMA):
         logger.warning(f"fedscape: {line}")
 RESULTS = Results.of(config)
 # The resources that say whether a GPU rule's job takes a card (fedscape.plan.resources): a local run (no --jobs to

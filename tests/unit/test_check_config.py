@@ -10,9 +10,16 @@ import yaml
 from helpers.configs import DEFAULT
 from helpers.workflow import ROOT
 
-from fedscape.core.config import ConfigError
+from fedscape.core.config import ConfigError, load_schema
 from fedscape.core.runs import build_runs
-from fedscape.plan.workflow import DEFAULT_CONFIG, check_config_file, check_config_main, config_warnings, load_config
+from fedscape.plan.workflow import (
+    DEFAULT_CONFIG,
+    SCHEMA,
+    check_config_file,
+    check_config_main,
+    config_warnings,
+    load_config,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +40,27 @@ def test_a_valid_config_is_said_valid(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines() == [f"{path} is valid"]
 
 
+@pytest.mark.parametrize(("test_fraction", "warned"), [(0.3, True), (None, False)])
+def test_a_test_fraction_nothing_reads_is_a_warning_that_keeps_the_config_valid(tmp_path, capsys, test_fraction,
+                                                                               warned):
+    # Prepare: a CIFAR-10 entry (its own test set) beside digits, with a test_fraction of another value or none
+    config = copy.deepcopy(DEFAULT)
+    config["datasets"]["cifar10"] = {} if test_fraction is None else {"test_fraction": test_fraction}
+    config["experiment_defaults"]["dataset"] = "digits"
+    path = _write(tmp_path, config)
+
+    # Execute: valid (results made with it stay valid), and warned of
+    code = check_config_main([path])
+
+    # Assert
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0 and lines[0] == f"{path} is valid"
+    warning = ("warning: datasets.cifar10.test_fraction: cifar10 keeps its own test set, so nothing reads "
+               "test_fraction 0.3 (it splits a test set off digits only); changing it reruns every job of cifar10 "
+               "for nothing")
+    assert (warning in lines) == warned
+
+
 def test_a_valid_configs_warnings_are_those_the_workflow_prints_after_it_is_valid(tmp_path, capsys):
     # Prepare: a second seed that no experiment takes (each leaves `seed` unset: the first of `seeds`)
     path = _write(tmp_path, {**copy.deepcopy(DEFAULT), "seeds": [0, 1]})
@@ -44,7 +72,8 @@ def test_a_valid_configs_warnings_are_those_the_workflow_prints_after_it_is_vali
     # Assert: exit 0, "is valid", then the workflow's warnings
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
-    assert lines == [f"{path} is valid", *(f"warning: {w}" for w in config_warnings(config, build_runs(config)))]
+    assert lines == [f"{path} is valid", *(f"warning: {w}" for w in config_warnings(config, build_runs(config),
+                                                                                  load_schema(SCHEMA)))]
     assert lines[1].startswith("warning: seeds: 1 taken by no run")
 
 

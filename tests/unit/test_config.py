@@ -132,9 +132,6 @@ BAD_CONFIGS = [
     ("experiments", [{"dataset": "digits", "init": "nope"}], "experiments[0].init"),
     ("trainig", {}, "Did you mean 'training'"),
     ("num_clients", [200], "num_clients: 200 clients x partition.min_size 10 = 2000 samples, but digits leaves"),
-    ("datasets", {"digits": {}, "cifar10": {"test_fraction": 0.3}},
-     "datasets.cifar10.test_fraction: cifar10 keeps its own test set, so nothing reads test_fraction (it splits a "
-     "test set off digits only); remove it"),
     ("inits.warmup.num_clients", 500, "inits.warmup.num_clients: 500 clients x partition.min_size 10 = 5000 samples, "
                                       "but digits leaves"),
     ("landscapes", {"..": {"kind": "random", "runs": [{"alpha": "iid"}]}}, "landscapes: the label '..' names a"),
@@ -208,6 +205,13 @@ def test_bad_config_is_rejected_naming_the_key(path, value, needle):
         check_config(config, SCHEMA)
 
     assert needle in str(err.value)
+
+
+def test_an_alpha_label_without_its_partitions_entry_names_alphas_in_a_grid():
+    config = with_change("alphas", ["iid", "zz"], GRID_ONLY)
+
+    with pytest.raises(ConfigError, match=r"alphas: 'zz' is neither"):
+        check_config(config, SCHEMA)
 
 
 def test_a_natural_partition_of_a_dataset_without_writers_is_rejected_at_planning():

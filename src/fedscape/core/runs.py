@@ -163,8 +163,9 @@ def build_runs(config: dict) -> list[Run]:
                                   f"{suggest(c[key], config[section])} Defined: {', '.join(config[section])}")
         labels = config.get("partitions") or {}
         if is_partition_label(c["alpha"]) and c["alpha"] not in labels:
-            raise ConfigError(f"experiments[{i}].alpha: {c['alpha']!r} is neither iid, a Dirichlet alpha nor a label "
-                              f"of `partitions`.{suggest(c['alpha'], labels)} Labels: "
+            where = f"experiments[{i}].alpha" if config.get("experiments") else "alphas"
+            raise ConfigError(f"{where}: {c['alpha']!r} is neither iid, a Dirichlet alpha nor a label of "
+                              f"`partitions`.{suggest(c['alpha'], ['iid', *labels])} Labels: "
                               f"{', '.join(labels) if labels else '(none)'}")
         runs.append(Run.from_fields({**c, "alpha": format_setting(c["alpha"]),
                                      "participation": format_fraction(c["participation"])}))

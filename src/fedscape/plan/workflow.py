@@ -100,9 +100,8 @@ def check_config(config: dict, schema: dict, files: Iterable[str | Path] = ()) -
     if duplicates:
         raise ConfigError("invalid config:\n" + "\n".join(f"  - {p}" for p in duplicates))
     given_inits = init_plan.given_keys(config, schema)
-    given_splits = _unused_test_fractions(config)  # as written: the schema fills every dataset's
     validate_config(config, schema)
-    problems: list[str] = _results_dir_problems(config) + _directory_labels(config) + given_splits
+    problems: list[str] = _results_dir_problems(config) + _directory_labels(config)
     if not problems:
         problems = init_plan.foreign_key_problems(config, given_inits)
     if problems:  # the grid and every stage look their sections up by label
@@ -122,16 +121,17 @@ def check_config(config: dict, schema: dict, files: Iterable[str | Path] = ()) -
     return config
 
 
-def _unused_test_fractions(config: dict) -> list[str]:
-    """A `test_fraction` written for a dataset with a test set of its own: nothing reads it, while its value enters
-    every job's settings, so that changing it would rerun them all for nothing."""
+def unused_test_fractions(config: dict, schema: dict) -> list[str]:
+    """A line for each dataset with a test set of its own whose `test_fraction` is not the schema's default: nothing
+    reads it, while its value is in every job's settings, so that changing it reruns them all for nothing (a warning,
+    not an error: results made with it stay valid, and removing it would rerun them)."""
+    default = schema["properties"]["datasets"]["additionalProperties"]["properties"]["test_fraction"]["default"]
     own = [name for name, info in DATASETS.items() if not info.fixed_test_split]
-    datasets = config.get("datasets")
-    return [f"datasets.{name}.test_fraction: {name} keeps its own test set, so nothing reads test_fraction (it "
-            f"splits a test set off {', '.join(own)} only); remove it"
-            for name, options in (datasets.items() if isinstance(datasets, dict) else ())
-            if name in DATASETS and DATASETS[name].fixed_test_split and isinstance(options, dict)
-            and "test_fraction" in options]
+    return [f"datasets.{name}.test_fraction: {name} keeps its own test set, so nothing reads test_fraction "
+            f"{options['test_fraction']} (it splits a test set off {', '.join(own)} only); changing it reruns every "
+            f"job of {name} for nothing"
+            for name, options in config["datasets"].items()
+            if name in DATASETS and DATASETS[name].fixed_test_split and options["test_fraction"] != default]
 
 
 def _results_dir_problems(config: dict) -> list[str]:
@@ -164,13 +164,15 @@ def _directory_labels(config: dict) -> list[str]:
     return problems
 
 
-def config_warnings(config: dict, runs: list[Run]) -> list[str]:
+def config_warnings(config: dict, runs: list[Run], schema: dict | None = None) -> list[str]:
     """Lines on settings that are valid but take no effect or another than they seem to: grid values and labels no
     run takes (`unused_grid_values`), an SWA phase that starts after the last round (`idle_swa`), an algorithm label
     that figures show as another algorithm (`misnamed_algorithm_labels`), an IID warm-up under an lr schedule over
-    its own few rounds (`plan.init.warmup_schedule_warnings`)."""
+    its own few rounds (`plan.init.warmup_schedule_warnings`), and with the `schema` a test_fraction nothing reads
+    (`unused_test_fractions`)."""
     return [*unused_grid_values(config, runs), *idle_swa(config, runs), *misnamed_algorithm_labels(config, runs),
-            *init_plan.warmup_schedule_warnings(config, runs)]
+            *init_plan.warmup_schedule_warnings(config, runs),
+            *(unused_test_fractions(config, schema) if schema is not None else [])]
 
 
 def load_config(path: str | Path, schema_path: str | Path) -> dict:
@@ -183,7 +185,8 @@ def check_config_file(path: str | Path, schema_path: str | Path = SCHEMA) -> lis
     schema, every stage's rules; ConfigError listing its problems): '<path> is valid', then the warnings the workflow
     prints on it (`config_warnings`), each as 'warning: <line>'."""
     config = load_config(path, schema_path)
-    return [f"{path} is valid", *(f"warning: {line}" for line in config_warnings(config, build_runs(config)))]
+    lines = config_warnings(config, build_runs(config), load_schema(schema_path))
+    return [f"{path} is valid", *(f"warning: {line}" for line in lines)]
 
 
 def check_config_main(args: Sequence[str]) -> int:

@@ -687,6 +687,10 @@ TRAJ = {"kind": "trajectory", "runs": [IID]}
     ({"kind": "three_points", "checkpoints": [{"run": IID, "round": 1}, {"run": IID, "round": 0}, {"run": IID,
                                                                                                   "round": 1}]},
      r"\[0\] and \[2\] are both round 1 of"),
+    # round 0 of two runs from one init is that init
+    ({"kind": "three_points", "checkpoints": [{"run": IID, "round": 0}, {"run": {"alpha": 0.5, "init": "random"},
+                                                                         "round": 0}, {"run": IID}]},
+     r"\[0\] and \[1\] are both the init random of digits/.* \(round 0 of every run from it\)"),
     ({**TRAJ, "span": [1, 0, 0, 1]}, r"landscapes\.x\.span: .* amin < amax"),
     ({**TRAJ, "resolution": 1}, r"landscapes\.x\.resolution: 1 is less than the minimum"),
     ({**TRAJ, "chunk": 2}, r"unknown key 'chunk'\. Did you mean 'chunks'"),

@@ -107,6 +107,23 @@ def _select(runs: list, selectors: list, where: str) -> list:
     return out
 
 
+def _model_point(config: dict, checkpoint: Checkpoint) -> tuple:
+    """What identifies a checkpoint's model: the run and round number, or for round 0 the init it starts from (runs
+    of one init label share it, unless their algorithm adds to the model, e.g. MOON's projection head: then each
+    seed's own)."""
+    run, number = checkpoint.run, round_number(config, checkpoint.run, checkpoint.round)
+    if number != 0:
+        return (run.run_id, number)
+    options = algorithm_model_options(config, run)
+    return (run.dataset, run.model, run.init, tuple(sorted(options.items())), run.seed if options else None)
+
+
+def _point_text(point: tuple) -> str:
+    if len(point) == 2:
+        return f"round {point[1]} of {point[0]}"
+    return f"the init {point[2]} of {point[0]}/{point[1]} (round 0 of every run from it)"
+
+
 def resolve_landscape(config: dict, runs: list, label: str) -> LandscapePlan:
     """The `landscapes.<label>` entry resolved to runs; ConfigError naming the key when it cannot work."""
     spec = config["landscapes"][label]
@@ -127,14 +144,13 @@ def resolve_landscape(config: dict, runs: list, label: str) -> LandscapePlan:
             run = resolve_run(runs, item["run"], f"{where}.checkpoints[{i}].run")
             check_round(config, run, item["round"], f"{where}.checkpoints[{i}].round")
             cps.append(Checkpoint(run, item["round"]))
-        # 'final' is the run's last round: compared as its number, or `final` and `<last round>` would pass and the
-        # plane job would fail on two identical points after training
-        numbered = [(c.run, round_number(config, c.run, c.round)) for c in cps]
+        # one model named twice would pass and fail the plane job on two identical points after training: 'final'
+        # is the run's last round, and round 0 of runs from one init is that init
+        points = [_model_point(config, c) for c in cps]
         for i, j in ((0, 1), (0, 2), (1, 2)):
-            if numbered[i] == numbered[j]:
+            if points[i] == points[j]:
                 raise ConfigError(f"{where}.checkpoints: the three checkpoints must differ; [{i}] and [{j}] are both "
-                                  f"round {numbered[i][1]} of {numbered[i][0].run_id} (rounds {cps[i].round!r} and "
-                                  f"{cps[j].round!r})")
+                                  f"{_point_text(points[i])} (rounds {cps[i].round!r} and {cps[j].round!r})")
         checkpoints = tuple(cps)
         selected = list(dict.fromkeys(c.run for c in cps))
     else:

@@ -137,7 +137,8 @@ def sliced_norm(norm: nn.Module, x: Tensor, full_width: bool) -> Tensor:
 
 
 def width_keep(widths: Sequence[float], k: int) -> Callable[[Tensor, int], Tensor]:
-    """K stacked sub-networks, client k's at ``widths[k]``, computed at a common width (the widest): a function
+    """K stacked sub-networks, client k's at ``widths[k]``, computed at a common width (each layer's most channels
+    any client keeps, `stacked_slim_channels`): a function
     keep(h, channels) that zeroes, in the output h [B, K*C', H, W] (grouped layout) of a layer of ``channels``
     channels sliced to its first C', client k's channels from slim_channels(channels, widths[k]) on, which its own
     sliced forward (`forward_width`) never computes. A kept channel then holds its sliced value (a cut input channel

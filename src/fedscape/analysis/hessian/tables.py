@@ -34,9 +34,12 @@ def gather_tables(inputs: list[str | Path], output: str | Path, columns: list[st
         if col in df.columns and len(df):
             df[col] = df[col].astype("Int64")
     if "status" in df.columns:
-        skipped = df.loc[df["status"] != OK, ["run_id", "round", "status"]].drop_duplicates()
-        for r in skipped.itertuples(index=False):
-            log.warning("run %s, round %s: not computed (status %r): NaN in %s", r.run_id, r.round, r.status, output)
+        # the rows not computed: a whole job's (a diverged model), or one client's (a loss that overflows there)
+        keys = ["run_id", "round", "status", *(["data"] if "data" in df.columns else [])]
+        for r in df.loc[df["status"] != OK, keys].drop_duplicates().itertuples(index=False):
+            what = f", data {r.data}" if "data" in keys else ""
+            log.warning("run %s, round %s%s: not computed (status %r): NaN in %s", r.run_id, r.round, what, r.status,
+                        output)
     write_csv(df[columns], output)
 
 

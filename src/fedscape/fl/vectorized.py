@@ -48,7 +48,7 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
   branch at scale 0 adds exactly 0 and gets zero gradients, and its parameters, SGD momentum and running statistics
   are put back where the step found them (`torch.where`, exact), as the sequential step, which never runs the branch,
   leaves them (torch's SGD skips a parameter whose .grad is None); so are AdamW's moments, and its step counts are
-  each parameter's and client's (`_ChunkState.adam_steps`), as torch counts them;
+  each parameter's and client's (`VectorizedTrainer._adam_steps`), as torch counts them;
 - GradAug (Yang et al. 2020) runs the full pass of every stacked client, then each sub-network pass over the
   clients that drew the same input size, every client at its own width (`ResNet.forward_widths_stacked`: layers
   sliced to the most channels a client's width keeps, each client's past its own held at 0, so that a kept
@@ -315,9 +315,6 @@ class _ChunkState:
     buffers: list[torch.Tensor]  # their running statistics
     momentum: list[torch.Tensor] | None  # SGD's momentum buffers
     moments: tuple[list[torch.Tensor], list[torch.Tensor]] | None  # AdamW's
-    # AdamW's step count of each parameter tensor and client, [tensors, K] on the host: torch counts each parameter's
-    # own steps, and a client's dropped residual branch (Stochastic Depth) skips them
-    adam_steps: torch.Tensor | None
     loss_sum: torch.Tensor  # [K] the clients' summed step losses
     global_flat: torch.Tensor  # the round's global parameters (FedProx's term reads them)
     global_views: list[torch.Tensor]
@@ -657,7 +654,6 @@ class VectorizedTrainer:
                 momentum=[torch.empty_like(t) for t in stacked] if self.cfg.momentum and not adamw else None,
                 moments=([torch.empty_like(t) for t in stacked], [torch.empty_like(t) for t in stacked])
                 if adamw else None,
-                adam_steps=torch.zeros(len(stacked), k0, dtype=torch.float64) if adamw else None,
                 loss_sum=torch.empty(k0, device=self.device, dtype=global_params.dtype),  # float64 runs: float64
                 global_flat=global_flat,
                 global_views=[v.view(s) for v, s in zip(global_flat.split(self.numels), self.shapes, strict=True)])
@@ -671,8 +667,6 @@ class VectorizedTrainer:
                 b.copy_(g.unsqueeze(0).expand_as(b))
             for t in [*st.optimizer_state(), st.loss_sum]:
                 t.zero_()
-            if st.adam_steps is not None:
-                st.adam_steps.zero_()
         return st
 
     def _step(self, st: _ChunkState, t: int, padded: bool, lr: float | torch.Tensor, xb: torch.Tensor,
@@ -737,11 +731,8 @@ class VectorizedTrainer:
         grads = [grads[i] for i in used]
         current = [st.stacked[i][:k] for i in used]
         if st.moments is not None:
-            for i in used:  # each client's step counts for a parameter its step runs (torch counts per parameter)
-                branch = self.param_branch[i] if self.param_branch else None
-                st.adam_steps[i, :k] += 1 if branch is None or st.branch_live is None else st.branch_live[t, :k, branch]
             self._adamw_step(current, grads, [st.moments[0][i][:k] for i in used],
-                             [st.moments[1][i][:k] for i in used], lr, [st.adam_steps[i, :k] for i in used])
+                             [st.moments[1][i][:k] for i in used], lr, [self._adam_steps(st, i, t, k) for i in used])
             st.loss_sum[:k] += losses.detach()
             return
         # torch.optim.SGD (dampening 0, Nesterov's where cfg.nesterov) on the active prefix of the stack.
@@ -759,6 +750,15 @@ class VectorizedTrainer:
             for c, g in zip(current, grads, strict=True):
                 c.sub_(g * lr.view(-1, *([1] * (g.dim() - 1))))
         st.loss_sum[:k] += losses.detach()
+
+    def _adam_steps(self, st: _ChunkState, i: int, t: int, k: int) -> torch.Tensor:
+        """AdamW's step count of parameter tensor `i` for each of the first `k` clients after step `t`: torch counts
+        each parameter's own steps, so a parameter in a residual branch counts the steps that ran its branch (a client's
+        dropped branch, Stochastic Depth's, skips them), any other t + 1."""
+        branch = self.param_branch[i] if self.param_branch else None
+        if branch is None or st.branch_live is None:
+            return torch.full((k,), float(t + 1), dtype=torch.float64)
+        return st.branch_live[: t + 1, :k, branch].sum(dim=0, dtype=torch.float64)
 
     def _adamw_step(self, params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
                     exp_avg_sq: list[torch.Tensor], lr: float | torch.Tensor, steps: list[torch.Tensor]) -> None:

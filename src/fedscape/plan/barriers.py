@@ -274,7 +274,6 @@ def check(config: dict, runs: list) -> list[str]:
     return problems
 
 
-
 def _data(config: dict, run: Run) -> BarrierData:
     """The data of a barrier job: the run's fields and its dataset's options (keys sorted, as a train job's)."""
     return BarrierData(run=canonical(run.fields()),

@@ -34,6 +34,11 @@ def final_table_inputs(config: dict, runs: list[Run]) -> dict[str, str]:
     return inputs
 
 
+# Training overrides that do not make a label another variant of its algorithm in the local-work figure: its work (the
+# figure's x axis), how it computes (memory settings, capture), and what it keeps and evaluates on the way.
+NOT_A_VARIANT = frozenset({*WORK_KEYS, *NEUTRAL_TRAINING_KEYS, *RUN_ONLY_TRAINING_KEYS, "save_clients_at"})
+
+
 def local_work(config: dict, runs: list[Run]) -> dict[str, dict]:
     """Per algorithm label of the runs: its algorithm name and local epochs or steps (its own `training` override
     or the `training` section), for the figure of final accuracy against local work. Work counted in steps
@@ -49,12 +54,9 @@ def local_work(config: dict, runs: list[Run]) -> dict[str, dict]:
         if training.get("local_steps") is not None:
             entry["local_steps"] = _single(training["local_steps"])
         hyperparameters = {k: v for k, v in spec.items() if k not in ("name", "training")}
-        # what the label trains with that others do not: not its work, not the section's own values, not how it
-        # computes (memory settings, capture) or what it keeps and evaluates on the way
-        kept = {*WORK_KEYS, *NEUTRAL_TRAINING_KEYS, *RUN_ONLY_TRAINING_KEYS, "save_clients_at"}
         own = {**without_default_hyperparameters(spec["name"], hyperparameters),
                **{k: v for k, v in spec["training"].items()
-                  if k not in kept and v != config["training"].get(k)}}
+                  if k not in NOT_A_VARIANT and v != config["training"].get(k)}}
         if own:
             entry["variant"] = ", ".join(f"{key} {own[key]}" for key in sorted(own))
         work[run.algorithm] = entry

@@ -216,16 +216,8 @@ def main() -> None:
         for name, fn in timers.items():
             times[name].append(timed(fn, device, 1, warmup=0))
     t = {name: statistics.median(values) for name, values in times.items()}
-    # whole chunks of the diagonal's per-sample passes, so that the scaled time is the batch's
-    chunk = per_sample_chunk(v.numel())
-    few = min(args.samples, -(-(args.exact_samples or args.samples) // chunk) * chunk)
-    exact = exact_diagonal_costs(model, x[:few], y[:few], device) if piecewise_linear(args.model, options) else None
-    for op in operators:
-        op.close()
-    precision.__exit__(None, None, None)
-    tf32 = (tf32_times(model, x, y, v, args.samples, args.repeats, device, convolutional) if device.type == "cuda"
-            else None)
-
+    # What is measured so far is printed before the exact diagonal, which may outrun a device call's limit
+    # (one backward pass per class but one, in float64 too).
     norm = "" if args.norm is None else f", {args.norm} norm"
     print(f"model {args.model}{norm} ({v.numel()} parameters), {args.samples} samples of {args.dataset}, on {device}, "
           f"{torch.get_num_threads()} CPU threads, median of {args.repeats}")
@@ -240,14 +232,23 @@ def main() -> None:
         print(f"{name:<28}{t[name] * 1e3:9.2f} ms   {t[name] / t['gradient']:.2f}x gradient (goal <= 3x), "
               f"{t[name] / t['HVP, cached graph']:.2f}x the cached, relative difference from float64 "
               f"{errors[name]:.1e}")
-    if tf32 is not None:
+    for op in operators:
+        op.close()
+    precision.__exit__(None, None, None)
+    if device.type == "cuda":
+        tf32 = tf32_times(model, x, y, v, args.samples, args.repeats, device, convolutional)
         print(f"TF32 (hessian.precision: tf32): gradient {tf32[0] * 1e3:.2f} ms, HVP, cached graph {tf32[1] * 1e3:.2f} "
               f"ms = {tf32[1] / tf32[0]:.2f}x the TF32 gradient, {tf32[1] / t['gradient']:.2f}x the fp32 gradient")
         if len(tf32) > 2:
             print(f"TF32, channels_last: HVP, cached graph {tf32[2] * 1e3:.2f} ms = {tf32[2] / tf32[0]:.2f}x the TF32 "
                   f"gradient, {tf32[2] / t['gradient']:.2f}x the fp32 gradient")
-    if exact is not None:
+    if piecewise_linear(args.model, options):
+        # whole chunks of the diagonal's per-sample passes, so that the scaled time is the batch's
+        chunk = per_sample_chunk(v.numel())
+        few = min(args.samples, -(-(args.exact_samples or args.samples) // chunk) * chunk)
         scale = args.samples / few  # per-sample work: the time of the whole batch
+        with use_precision("fp32", device):
+            exact = exact_diagonal_costs(model, x[:few], y[:few], device)
         for form, (seconds, error) in exact.items():
             print(f"exact diagonal (trace_estimator: exact), form {form:<8} {seconds * scale * 1e3:9.2f} ms = "
                   f"{seconds * scale / t['HVP, cached graph']:.1f} HVPs of the cached graph (an estimate takes "

@@ -4,13 +4,14 @@ A GPU machine is lent now and then, for 15 minutes of device time, and goes back
 `python3` has torch but not Snakemake (`.gpu/setup.sh`, a copy of `../shared/gpu/setup.sh`, adds it). So the checks
 and benchmarks that need a card are listed here once, grouped into parts that each fit one call, and each writes its
 output to a file of its own under `--out` (a part that runs past its time limit keeps what it wrote; a call brings
-back at most 8 files, so a call's parts write fewer):
+back at most 8 files, so a call's parts write fewer). Single commands may be named instead of parts, and `--budget`
+cuts the last ones short so that a call ends in time:
 
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT tests steps resnet56   # one call (CALLS)
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT algorithms surface
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT steps_fedalign vectorized
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT hvp memory
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT conv
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT tests hvp         # one call (CALLS)
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT steps steps_fedalign
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT algorithms
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT resnet56 memory
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT surface vectorized conv
     python benchmarks/gpu_session.py --list                                                     # what each part runs
 
 Record what they print in benchmarks/README.md with the GPU's name and the torch version (each script prints both).
@@ -81,21 +82,18 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
     # Surface evaluation against a plain eval loop (goal >= 0.9x its images/s in fp32).
     "surface": [("surface_resnet20_bn", [PY, "benchmarks/bench_surface.py", "--model", "resnet20", "--norm", "batch",
                                          "--samples", "8000", "--batch-size", "2048", "--device", "cuda"], 150)],
-    # HVP against a gradient (goal <= 3x) in both modes, and the top eigenvalues against float64 (goal 1e-4).
-    # Then the modes' times on the other papers' models (meta.yaml's resnet18 with group norm, fedalign.yaml's
-    # bottleneck ResNet56): forward-over-reverse was 0.81-0.82x the cached product on resnet20 on an H200, and becomes
-    # the CUDA default (`maths.default_hvp_mode`) only if it wins on these too. Each also times the exact diagonal's
-    # two forms (`maths.DIAGONAL_FORMS`) on a part of the batch: `per_sample` becomes the CUDA default
-    # (`maths.default_diagonal_form`) if it wins on these.
-    "hvp": [("hvp_resnet20_bn", [PY, "benchmarks/bench_hvp.py", "--model", "resnet20", "--norm", "batch",
-                                 "--dataset", "cifar10", "--samples", "1024", "--exact-samples", "256", "--device",
-                                 "cuda"], 200),
-            ("hvp_resnet18_gn", [PY, "benchmarks/bench_hvp.py", "--model", "resnet18", "--norm", "group",
-                                 "--dataset", "cifar10", "--samples", "512", "--repeats", "5", "--eigen", "0",
-                                 "--device", "cuda"], 120),
-            ("hvp_resnet56_bottleneck", [PY, "benchmarks/bench_hvp.py", "--model", "resnet56_bottleneck", "--norm",
+    # The exact diagonal's two forms (`maths.DIAGONAL_FORMS`) on a card, timed on a part of the batch after the HVP
+    # modes: `per_sample` becomes the CUDA default (`maths.default_diagonal_form`) if it wins on both. FedAlign's
+    # bottleneck ResNet56 at 100 classes first (in 120 s on an H200 it had printed nothing: the diagonal was timed
+    # before the products were printed), then resnet20 with batch norm, with its top eigenvalues against float64
+    # (goal 1e-4). The HVP modes were measured on an H200 (forward-over-reverse 0.82x the cached graph on resnet20,
+    # 1.21x on meta.yaml's resnet18 with group norm: the cached graph stays the default, `maths.default_hvp_mode`).
+    "hvp": [("hvp_resnet56_bottleneck", [PY, "benchmarks/bench_hvp.py", "--model", "resnet56_bottleneck", "--norm",
                                          "batch", "--dataset", "cifar100", "--samples", "512", "--repeats", "5",
-                                         "--exact-samples", "64", "--eigen", "0", "--device", "cuda"], 120)],
+                                         "--exact-samples", "64", "--eigen", "0", "--device", "cuda"], 240),
+            ("hvp_resnet20_bn", [PY, "benchmarks/bench_hvp.py", "--model", "resnet20", "--norm", "batch",
+                                 "--dataset", "cifar10", "--samples", "1024", "--exact-samples", "256", "--device",
+                                 "cuda"], 200)],
     # FedAlign and its baselines vectorised on its bottleneck ResNet56 (batch 64, 16 clients, MOON on its projection
     # head, as in fedalign.yaml): their stacked rounds against one client after another. GradAug's stacked step
     # runs each sub-network pass at its widest client's width (narrower clients' cut channels held at 0), and is never
@@ -104,32 +102,44 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
                     [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model", "resnet56_bottleneck",
                      "--norm", "batch", "--batch-size", "64", "--samples-per-client", "640", "--local-epochs", "1",
                      "--alpha", "iid", "--clients", "16", "--algorithm", algorithm, "--hparams", hparams,
-                     "--repeats", "2"], 65)
-                   for algorithm, hparams in (("fedalign", "{}"), ("stochdepth", "{}"), ("mixup", "{}"),
-                                              ("moon", "{head: projection}"), ("gradaug", "{}"))],
+                     "--repeats", repeats], limit)
+                   # GradAug's rounds took 14.0 s sequential and 16.4 s stacked on an H200: one timed round
+                   for algorithm, hparams, repeats, limit in (("fedalign", "{}", "2", 65),
+                                                               ("stochdepth", "{}", "2", 65), ("mixup", "{}", "2", 65),
+                                                               ("moon", "{head: projection}", "2", 65),
+                                                               ("gradaug", "{}", "1", 110))],
     # The device memory of fedalign.yaml's largest stack, 64 clients of batch 64 on its bottleneck ResNet56 (Table 4's
     # C = 64 runs; client_chunk_size 0 stacks every sampled client): one step each, for the peak of a round (on a
     # CPU, 561 MB of saved activations per client's full pass, about 35 GiB for 64).
     "memory": [(f"memory_resnet56_{algorithm}",
                 [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model", "resnet56_bottleneck", "--norm",
                  "batch", "--batch-size", "64", "--samples-per-client", "64", "--local-epochs", "1", "--alpha", "iid",
-                 "--clients", "64", "--algorithm", algorithm, "--repeats", "1", "--warmup", "0"], 35)
-               for algorithm in ("fedavg", "fedalign", "gradaug")],
+                 "--clients", "64", "--algorithm", algorithm, "--repeats", "1", "--warmup", "0"], limit)
+               # on an H200: 25 s, 33 s and about 80 s (GradAug's sub-networks, 14.2 s sequential, 18.9 s stacked)
+               for algorithm, limit in (("fedavg", 40), ("fedalign", 50), ("gradaug", 100))],
 }
 # The parts as device calls, most wanted first: each call's limits add up to less than a call's 600 s, with room for
-# setup.sh. A session's 15 minutes of device time hold about two calls as they usually run (well under their limits).
-# The goals already met on a card come after what is new: surface evaluation fills the second call, resnet20's
-# vectorised rounds the third.
-CALLS = (("tests", "steps", "resnet56"), ("algorithms", "surface"), ("steps_fedalign", "vectorized"), ("hvp", "memory"),
-         ("conv",))
+# setup.sh. A session's 15 minutes of device time hold about one full call and a short one after the machine's start.
+# What is still unmeasured comes first (the exact diagonal on a card; each run priced at its own algorithm's step);
+# the goals already met on a card come after.
+CALLS = (("tests", "hvp"), ("steps", "steps_fedalign"), ("algorithms",), ("resnet56", "memory"),
+         ("surface", "vectorized", "conv"))
 CALL_SECONDS = 570
 CALL_FILES = 8  # what a device call brings back from $OUT: one file per command, so at most this many per call
 
 
-def run_part(part: str, out: Path) -> int:
-    """Run a part's commands, each output in out/<name>.txt; the worst exit status."""
+def run_commands(commands: list[tuple[str, list[str], int]], out: Path, deadline: float) -> int:
+    """Run commands in order, each output in out/<name>.txt, each cut at its own limit or at the deadline (a
+    time.perf_counter() value), whichever comes first; the worst exit status. A command with under 10 s left is
+    skipped (exit 124), so that a call's last seconds go to bringing back what the others wrote."""
     worst = 0
-    for name, argv, limit in PARTS[part]:
+    for name, argv, own_limit in commands:
+        limit = int(min(own_limit, deadline - time.perf_counter()))
+        if limit < 10:
+            print(f"{name}: skipped, {limit} s left of the call's budget", flush=True)
+            worst = max(worst, 124)
+            continue
+        part = next(p for p, cs in PARTS.items() if any(c[0] == name for c in cs))
         path = out / f"{name}.txt"
         print(f"[{part}] {name}: {' '.join(argv[1:])} (limit {limit} s) -> {path}", flush=True)
         t0 = time.perf_counter()
@@ -148,22 +158,29 @@ def run_part(part: str, out: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("parts", nargs="*", help=f"parts to run, in order: {', '.join(PARTS)}")
+    parser.add_argument("parts", nargs="*", help=f"parts to run, in order: {', '.join(PARTS)}; or single commands "
+                        "by name (--list)")
     parser.add_argument("--out", type=Path, help="folder of the outputs (created)")
     parser.add_argument("--list", action="store_true", help="print each part's commands and exit")
+    parser.add_argument("--budget", type=float, default=CALL_SECONDS,
+                        help="seconds for all the commands together; a command is cut at what is left of them")
     args = parser.parse_args()
     if args.list or not args.parts:
         for part, commands in PARTS.items():
             for name, argv, limit in commands:
                 print(f"{part}: {name}: {' '.join(argv[1:])}  (limit {limit} s)")
         return
-    unknown = [p for p in args.parts if p not in PARTS]
+    by_name = {c[0]: c for commands in PARTS.values() for c in commands}
+    unknown = [p for p in args.parts if p not in PARTS and p not in by_name]
     if unknown:
-        parser.error(f"unknown part {unknown[0]!r}; valid: {', '.join(PARTS)}")
+        parser.error(f"unknown part or command {unknown[0]!r}; valid parts: {', '.join(PARTS)}; commands: --list")
     if args.out is None:
         parser.error("--out is needed to run parts")
     args.out.mkdir(parents=True, exist_ok=True)
-    sys.exit(max(run_part(part, args.out) for part in args.parts))
+    commands = [c for p in args.parts for c in (PARTS[p] if p in PARTS else [by_name[p]])]
+    if len(commands) > CALL_FILES:
+        print(f"warning: {len(commands)} outputs, a device call brings back {CALL_FILES}", flush=True)
+    sys.exit(run_commands(commands, args.out, time.perf_counter() + args.budget))
 
 
 if __name__ == "__main__":

@@ -399,7 +399,7 @@ def test_the_gpu_session_refuses_an_unknown_part():
     proc = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_session.py"), "--out", "/tmp/x", "stepz"],
                           capture_output=True, text=True)
 
-    assert proc.returncode == 2 and "unknown part 'stepz'; valid: tests, steps" in proc.stderr
+    assert proc.returncode == 2 and "unknown part or command 'stepz'; valid parts: tests, steps" in proc.stderr
 
 
 def test_bench_algorithms_runs():

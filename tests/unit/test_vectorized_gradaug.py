@@ -313,3 +313,24 @@ def test_its_steps_are_never_replayed_from_graphs():
     with pytest.raises(ValueError, match="capture is 'cuda_graph' but algorithm 'gradaug'"):
         VectorizedTrainer(small_resnet(), data, make_strategy("gradaug"),
                           TrainConfig(**CFG, capture="cuda_graph"), make_graph=emulated_graph)
+
+
+@pytest.mark.parametrize(("name", "device", "path"), [
+    ("resnet56_bottleneck", "cuda", "sequential"),  # measured 0.8-0.9x stacked on an H200
+    ("resnet56_bottleneck", "cpu", "sequential"),  # the ResNets' stacked forward is slower on a CPU
+    ("resnet20", "cuda", "vectorized"),  # basic blocks: not measured slower on a card
+])
+def test_auto_trains_gradaug_on_bottleneck_blocks_one_client_after_another_on_a_gpu(name, device, path):
+    # Prepare
+    model = model_of(name, norm="batch")
+    gradaug, fedavg = make_strategy("gradaug"), make_strategy("fedavg")
+
+    # Execute
+    auto = resolve_client_parallel(model, gradaug, TrainConfig(), device_type=device)
+    asked = resolve_client_parallel(model, gradaug, TrainConfig(client_parallel="vectorized"), device_type=device)
+
+    # Assert: exact either way, so an explicit `vectorized` still stacks; FedAvg on the same blocks still stacks
+    assert (auto, asked) == (path, "vectorized")
+    assert resolve_client_parallel(model, fedavg, TrainConfig(), device_type="cuda") == "vectorized"
+    if path == "sequential" and device == "cuda":
+        assert "bottleneck" in gradaug.stacked_speed_blocker(model, device)

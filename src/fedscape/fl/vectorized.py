@@ -189,7 +189,8 @@ def resolve_client_parallel(model: nn.Module, strategy: Strategy, cfg: TrainConf
 
     'auto' vectorises whenever that is exact and, on a device other than CUDA, the model has its own
     `forward_stacked` not marked slower there (`stacked_faster_on_cpu`) or declares `vmap_faster_on_cpu`
-    (`speed_blocker`); `device_type`: where the clients
+    (`speed_blocker`), and the algorithm was not measured slower stacked on that device and model
+    (`Strategy.stacked_speed_blocker`); `device_type`: where the clients
     train (None: the model's parameters' device). An explicit 'vectorized' that cannot be honoured is an
     error, raised before any training.
     """
@@ -217,7 +218,7 @@ def resolve_client_parallel(model: nn.Module, strategy: Strategy, cfg: TrainConf
     if reason is None:
         if device_type is None:
             device_type = next(model.parameters()).device.type
-        slow = speed_blocker(model, device_type)
+        slow = speed_blocker(model, device_type) or strategy.stacked_speed_blocker(model, device_type)
         if slow is not None and mode == "auto":
             log.info("client training: sequential (%s; client_parallel: vectorized trains them at once anyway)", slow)
             return "sequential"

@@ -73,9 +73,10 @@ HVP_MODES = ("reverse", "forward")
 
 def default_hvp_mode(device: torch.device | str) -> str:
     """The HVP mode of a device: reverse-over-reverse everywhere (benchmarks/README.md, "Hessian-vector products").
-    On a CPU forward-over-reverse was measured 1.35-1.83x slower. On an H200 it was 19% faster (resnet20 with batch
-    norm: 2.03x a gradient against the cached graph's 2.49x, both within the 3x goal), but only on that one model;
-    until it is measured on the Hessian jobs' other models on a card, `hvp="forward"` stays an option."""
+    On a CPU forward-over-reverse was measured 1.35-1.83x slower. On an H200 it was 19% faster on resnet20 with batch
+    norm (2.03x a gradient against the cached graph's 2.49x) but 21% slower on meta.yaml's resnet18 with group norm
+    (3.51x a gradient against the cached graph's 2.89x, 512 samples): no one mode wins on a card, so the cached
+    graph stays the default everywhere and `hvp="forward"` an option."""
     return "reverse"
 
 

@@ -293,6 +293,12 @@ class Strategy:
         its declaration (`vectorized`) covers."""
         return None
 
+    def stacked_speed_blocker(self, model: nn.Module, device_type: str) -> str | None:
+        """Why `client_parallel: auto` trains this algorithm's clients on `model` one after another on a
+        `device_type` device although its vectorised form is exact there: measured slower (benchmarks/README.md),
+        or None. The model's own measurements (`speed_blocker`) come first; this is what the algorithm adds."""
+        return None
+
     def local_gradients_vectorized(self, params: list[torch.Tensor],
                                    loss: Callable[[list[torch.Tensor]], torch.Tensor]
                                    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:

@@ -510,3 +510,25 @@ def test_flattened_params_and_buffers_keep_the_models_dtype(dtype):
     assert params.dtype == buffers.dtype == dtype
     assert torch.equal(params, torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
     assert torch.equal(buffers, torch.cat([b.reshape(-1) for b in model.buffers() if b.is_floating_point()]))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_evaluate_gives_the_model_its_mode_back_when_a_batch_fails(training):
+    # Prepare: a model whose second batch raises (as a card out of memory does)
+    model, data = tiny_model(), tiny_data()
+    model.train(training)
+    calls = []
+
+    def fail_second(module, args):
+        calls.append(module.training)
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory")
+
+    model.register_forward_pre_hook(fail_second)
+
+    # Execute
+    with pytest.raises(RuntimeError, match="out of memory"):
+        evaluate(model, data.x_train, data.y_train, batch_size=4)
+
+    # Assert: the batches ran in eval mode, and the model is back in the mode it came in
+    assert calls == [False, False] and model.training is training

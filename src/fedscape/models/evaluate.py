@@ -38,13 +38,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     device = next(model.parameters()).device
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    for start in range(0, len(y), batch_size):
-        xb = x[start : start + batch_size].to(device, non_blocking=True)
-        yb = y[start : start + batch_size].to(device, non_blocking=True)
-        logits = model(xb)
-        wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 in float32, float64 kept
-        total_loss += loss_sum(wide, yb).double()
-        correct += correct_count(logits, yb)
-    model.train(was_training)
+    try:
+        for start in range(0, len(y), batch_size):
+            xb = x[start : start + batch_size].to(device, non_blocking=True)
+            yb = y[start : start + batch_size].to(device, non_blocking=True)
+            logits = model(xb)
+            wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 in float32, float64 kept
+            total_loss += loss_sum(wide, yb).double()
+            correct += correct_count(logits, yb)
+    finally:  # a caller that goes on after an error (out of memory) trains in the mode it left
+        model.train(was_training)
     n = target_count(y)
     return EvalResult(loss=float(total_loss) / max(n, 1), acc=float(correct) / max(n, 1), n=n)

@@ -632,3 +632,56 @@ def test_every_partition_remedy_carries_the_users_arguments_and_names_each_file_
 ])
 def test_the_targets_are_told_from_the_other_arguments_by_snakemakes_parser(args, kept):
     assert status.without_targets(args) == kept
+
+
+# Snakemake 9's words for a job killed while it wrote its outputs (the profile's own lines around it)
+INCOMPLETE = """Building DAG of jobs...
+IncompleteFilesException:
+The files below seem to be incomplete. If you are sure that certain files are not incomplete, mark them as complete with
+
+    snakemake --cleanup-metadata <filenames>
+
+To re-generate the files rerun your command with the --rerun-incomplete flag.
+Incomplete files:
+results/train/c/trajectory.pt
+results/tables/summary.csv
+Using workflow specific profile profiles/default for setting default command line arguments.
+"""
+
+
+@pytest.mark.parametrize(("output", "files"), [
+    (INCOMPLETE, ["results/train/c/trajectory.pt", "results/tables/summary.csv"]),
+    ("MissingInputException in rule train:\nMissing input files for rule train:", []),
+    ("IncompleteFilesException:\nsomething else", []),
+])
+def test_the_incomplete_files_are_read_from_a_failed_dry_run(output, files):
+    assert status.incomplete_files(output) == files
+
+
+def test_incomplete_outputs_are_named_and_the_status_is_that_of_a_run_that_makes_them_again(monkeypatch, capsys):
+    # Prepare: a dry run that fails on incomplete files unless asked to make them again
+    calls = []
+    run = subprocess.run  # Snakemake's own argument parser asks its executor plugins' commands too
+
+    def dry_run(cmd, **kwargs):
+        if cmd[1:3] != ["-m", "snakemake"]:
+            return run(cmd, **kwargs)
+        calls.append(cmd[3:])
+        if "--rerun-incomplete" in cmd:
+            return subprocess.CompletedProcess(cmd, 0, DRY_RUN, "")
+        return subprocess.CompletedProcess(cmd, 1, "", INCOMPLETE)
+
+    monkeypatch.setattr(status.subprocess, "run", dry_run)
+    monkeypatch.setattr(status, "workflow_config", lambda parsed: {"results_dir": "r"})
+    monkeypatch.setattr(status, "changed_data", lambda records, config, skip, rehash: [])
+    monkeypatch.setattr(status, "config_partition_files", lambda config: [])
+
+    # Execute
+    code = status.main(["--configfile", "my.yaml"])
+
+    # Assert: both files named, the second dry run asked to make them again, and the commands carry it
+    out = capsys.readouterr().out
+    assert code == 0
+    assert calls == [["-n", "--configfile", "my.yaml"], ["-n", "--configfile", "my.yaml", "--rerun-incomplete"]]
+    assert "2 output(s) are marked incomplete" in out and "results/train/c/trajectory.pt" in out
+    assert "--configfile my.yaml --rerun-incomplete --forcerun" in out

@@ -318,6 +318,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     rehash = REHASH in args
     args = [a for a in args if a != REHASH]
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", *args], capture_output=True, text=True)
+    incomplete = incomplete_files(proc.stdout + proc.stderr) if proc.returncode != 0 else []
+    if incomplete:
+        # A job killed while it wrote its outputs: Snakemake plans nothing until told to make them again, which is
+        # what the user will do, so the status is that of the run with --rerun-incomplete, and its commands carry it.
+        print(f"{len(incomplete)} output(s) are marked incomplete (their job was killed while it wrote them; a "
+              f"training job resumes after its last saved round): {shell_words(incomplete[:10])}"
+              f"{' ...' if len(incomplete) > 10 else ''}\n  the status below is that of a run with --rerun-incomplete")
+        args = [*args, RERUN_INCOMPLETE]
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", *args], capture_output=True, text=True)
     if proc.returncode != 0:
         print(proc.stdout[-4000:] + proc.stderr[-4000:], file=sys.stderr)
         print("the dry run failed: fix what it says first", file=sys.stderr)
@@ -351,6 +360,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             for line in (line for lines in damaged.values() for line in lines):
                 print(f"  {line}")
     return 0
+
+
+RERUN_INCOMPLETE = "--rerun-incomplete"
+
+
+def incomplete_files(output: str) -> list[str]:
+    """The files a failed dry run's IncompleteFilesException lists (Snakemake prints them one a line after
+    "Incomplete files:"); [] for any other failure."""
+    if "IncompleteFilesException" not in output or "Incomplete files:" not in output:
+        return []
+    files = []
+    for line in output.split("Incomplete files:", 1)[1].splitlines()[1:]:
+        if not line.strip() or line.startswith(" ") or " " in line.strip():
+            break
+        files.append(line.strip())
+    return files
 
 
 def snakemake_args(args: Sequence[str]) -> argparse.Namespace:

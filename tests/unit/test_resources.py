@@ -515,18 +515,49 @@ def test_a_job_that_cannot_claim_a_card_runs_on_the_first(tmp_path, monkeypatch,
     monkeypatch.setattr(device_mod, "_CLAIM", None)
     (tmp_path / "claims").write_text("not a directory")
 
-    # Execute
+    # Execute: the job's first call, then a later one (its stage after its precision check) that could claim
     got = device_mod.resolve_device("auto", claim_dir=tmp_path / "claims")
+    (tmp_path / "claims").unlink()
+    other = claim_card(2, tmp_path / "claims", ["GPU-0", "GPU-1"], card=0)  # another job came to cuda:0 since
+    again = device_mod.resolve_device("auto", claim_dir=tmp_path / "claims")
 
-    # Assert: the job goes on, on cuda:0, and says why it holds no claim
-    assert str(got) == "cuda:0" and device_mod._CLAIM is None
+    # Assert: the job goes on, on cuda:0, says why it holds no claim, and stays on the card it recorded
+    assert str(got) == str(again) == "cuda:0" and not device_mod._CLAIM.held
     assert "could not claim a card" in caplog.text
+    assert card_loads(2, tmp_path / "claims", ["GPU-0", "GPU-1"]) == [1, 0]
+    other.release()
+
+
+@pytest.mark.parametrize("name", ["cuda:1", "cuda"])
+def test_an_explicit_card_is_claimed_so_that_auto_jobs_count_it(name, tmp_path, monkeypatch):
+    # Prepare: two cards as torch reports them, the second current (as CUDA_VISIBLE_DEVICES order or a set_device
+    # would leave it)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(uuid=f"GPU-{i}"))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    monkeypatch.setattr(device_mod, "_CLAIM", None)
+
+    # Execute: a job told its card, then another process's auto job
+    got = device_mod.resolve_device(name, claim_dir=tmp_path)
+    explicit = device_mod._CLAIM
+    device_mod._CLAIM = None
+    auto = device_mod.resolve_device("auto", claim_dir=tmp_path)
+
+    # Assert: the explicit job computes where it was told and holds a claim there, so the auto job takes the other
+    assert str(got) == name and explicit.held and explicit.card == 1
+    assert str(auto) == "cuda:0" and card_loads(2, tmp_path, ["GPU-0", "GPU-1"]) == [1, 1]
+    explicit.release()
+    device_mod._CLAIM.release()
 
 
 @pytest.mark.parametrize(("name", "current"), [("cuda:1", ["cuda:1"]), ("cuda", []), ("cpu", [])])
 def test_an_explicit_card_is_made_the_current_device(name, current, monkeypatch):
-    # Prepare: CUDA as torch reports it; which device the process makes current
+    # Prepare: CUDA as torch reports it, with no card to claim; which device the process makes current
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(device_mod, "_CLAIM", None)
     made = []
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: made.append(str(d)))
 

@@ -137,11 +137,20 @@ class CardClaim:
     """A job's claim on one card: an exclusive lock on a slot file of that card, held until `release` or until the
     process ends (the kernel drops the lock of a killed job, so no claim outlives its job)."""
 
-    def __init__(self, card: int, handle: IO[bytes], path: Path):
+    def __init__(self, card: int, handle: IO[bytes] | None, path: Path | None):
         self.card, self._handle, self.path = card, handle, path
 
+    @classmethod
+    def unheld(cls, card: int) -> CardClaim:
+        """A job's card taken without a claim (the claims could not be written): other jobs do not count it."""
+        return cls(card, None, None)
+
+    @property
+    def held(self) -> bool:
+        return self._handle is not None and not self._handle.closed
+
     def release(self) -> None:
-        if not self._handle.closed:
+        if self.held:
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
 
@@ -185,23 +194,28 @@ def card_loads(cards: int, claim_dir: Path = CLAIM_DIR, names: Sequence[str] | N
     return [sum(_held(p) for p in claim_dir.glob(f"{_slot_prefix(name)}.slot*")) for name in _names(cards, names)]
 
 
-def claim_card(cards: int, claim_dir: Path = CLAIM_DIR, names: Sequence[str] | None = None) -> CardClaim:
+def claim_card(cards: int, claim_dir: Path = CLAIM_DIR, names: Sequence[str] | None = None,
+               card: int | None = None) -> CardClaim:
     """Claim the card (of `cards` visible ones, named `names` machine-wide as in `card_loads`) with the fewest live
-    claims, the lowest index among equals; the claim's `card` is the card's index among the visible ones.
+    claims, the lowest index among equals, or card `card` where given (a job told its card: it counts for the jobs
+    that choose); the claim's `card` is the card's index among the visible ones.
 
     The choice is made under one machine-wide lock, so two jobs starting together never both count the same free
     card. Jobs are not refused: the workflow's `gpu` resource bounds how many run at once, and this spreads them.
     """
     if cards < 1:
         raise ValueError(f"claim_card needs at least one card, got {cards}")
+    if card is not None and not 0 <= card < cards:
+        raise ValueError(f"card {card} is not one of the {cards} visible")
     names = _names(cards, names)
     claim_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
         claim_dir.chmod(0o1777)
     with _open_lock(claim_dir / "choose.lock") as chooser:
         fcntl.flock(chooser, fcntl.LOCK_EX)
-        loads = card_loads(cards, claim_dir, names)
-        card = min(range(cards), key=lambda c: (loads[c], c))
+        if card is None:
+            loads = card_loads(cards, claim_dir, names)
+            card = min(range(cards), key=lambda c: (loads[c], c))
         slot = 0
         while True:
             path = claim_dir / f"{_slot_prefix(names[card])}.slot{slot}"

@@ -28,7 +28,10 @@ def resolve_device(name: str, claim_dir=CLAIM_DIR) -> torch.device:
     'auto' takes the visible card with the fewest fedscape jobs on it (`claim_card`, the cards named by their UUIDs),
     so that the jobs of a local run spread over the cards instead of all starting on cuda:0, and a job on its one
     card counts for the jobs of other workflows that see it under another index. A cluster job sees the one card it
-    was given, and an explicit `cuda:<i>` is taken as it is.
+    was given. An explicit `cuda:<i>` (or `cuda`, the current card) is taken as it is, and claimed too, so that the
+    'auto' jobs of another workflow count it. Where no claim can be written the job goes on, on cuda:0 under
+    'auto', unclaimed. The card is resolved once per process: every later call (the precision check, the stage)
+    returns the same one.
 
     A card is also made the process's current CUDA device: torch's calls that name no device (a CUDA graph's
     capture stream and synchronisation, the default generator's state, a tensor made on "cuda") then act on the
@@ -39,19 +42,32 @@ def resolve_device(name: str, claim_dir=CLAIM_DIR) -> torch.device:
     if name == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
-        cards = torch.cuda.device_count()
         if _CLAIM is None:
-            try:
-                _CLAIM = claim_card(cards, claim_dir, card_uuids(cards))
-            except OSError as exc:  # the claims spread jobs; a job runs without one
-                log.warning("could not claim a card in %s (%s): taking cuda:0", claim_dir, exc)
-                return _made_current(torch.device("cuda", 0))
-            log.info("took cuda:%d, the card with the fewest fedscape jobs of the %d visible", _CLAIM.card, cards)
+            cards = torch.cuda.device_count()
+            _CLAIM = _claim(cards, claim_dir, None)
+            if _CLAIM.held:
+                log.info("took cuda:%d, the card with the fewest fedscape jobs of the %d visible", _CLAIM.card, cards)
         return _made_current(torch.device("cuda", _CLAIM.card))
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} was requested but CUDA is not available on this node")
+    if device.type == "cuda" and _CLAIM is None:
+        cards = torch.cuda.device_count()
+        card = device.index if device.index is not None or cards < 1 else torch.cuda.current_device()
+        if card is not None and 0 <= card < cards:  # else CUDA itself says so on the job's first tensor there
+            _CLAIM = _claim(cards, claim_dir, card)
     return _made_current(device)
+
+
+def _claim(cards: int, claim_dir, card: int | None) -> CardClaim:
+    """A claim on card `card` (None: the one with the fewest claims), or, where the claims cannot be written, that
+    card (None: cuda:0) unclaimed: the claims spread jobs, and a job runs without one."""
+    try:
+        return claim_card(cards, claim_dir, card_uuids(cards), card=card)
+    except OSError as exc:
+        chosen = 0 if card is None else card
+        log.warning("could not claim a card in %s (%s): taking cuda:%d unclaimed", claim_dir, exc, chosen)
+        return CardClaim.unheld(chosen)
 
 
 def _made_current(device: torch.device) -> torch.device:

@@ -20,6 +20,7 @@ Record what they print in benchmarks/README.md with the GPU's name and the torch
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -139,7 +140,7 @@ def run_commands(commands: list[tuple[str, list[str], int]], out: Path, deadline
             print(f"{name}: skipped, {limit} s left of the call's budget", flush=True)
             worst = max(worst, 124)
             continue
-        part = next(p for p, cs in PARTS.items() if any(c[0] == name for c in cs))
+        part = next((p for p, cs in PARTS.items() if any(c[0] == name for c in cs)), "command")
         path = out / f"{name}.txt"
         print(f"[{part}] {name}: {' '.join(argv[1:])} (limit {limit} s) -> {path}", flush=True)
         t0 = time.perf_counter()
@@ -147,7 +148,9 @@ def run_commands(commands: list[tuple[str, list[str], int]], out: Path, deadline
             f.write(f"$ {' '.join(argv[1:])}\n")
             f.flush()
             try:
-                code = subprocess.run(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=limit).returncode
+                # unbuffered: a command cut at its limit is killed, and what it printed must be in its file
+                code = subprocess.run(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=limit,
+                                      env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
             except subprocess.TimeoutExpired:
                 code = 124
                 f.write(f"\n(stopped after its limit of {limit} s)\n")

@@ -850,15 +850,16 @@ def test_every_algorithm_beats_chance_on_digits(digits_data, name):
 
 # -- cost accounting -------------------------------------------------------------------------------
 def cost_job(tmp_path, i, algorithm, name, seconds, mem, alpha=0.1, clients=10, part=1.0, epochs=2, batch=16,
-             device="cpu", execution="sequential"):
+             device="cpu", execution="sequential", precision="fp32"):
     """metrics.csv and meta.json of one train job with the given per-round seconds and peak memory."""
     metrics = tmp_path / f"m{i}.csv"
     pd.DataFrame({"run_id": f"r{i}", "dataset": "digits", "model": "cnn_small", "algorithm": algorithm,
                   "alpha": alpha, "num_clients": clients, "participation": part, "round": [0, 1, 2, 3],
                   "seconds": [0.0, *seconds], "peak_mem_mb": [1.0, *mem]}).to_csv(metrics, index=False)
     meta = tmp_path / f"m{i}.json"
-    meta.write_text(json.dumps({"device": device, "device_name": f"{device} (x)", "execution": execution, "settings": {
-        "algorithm": name, "training": {"local_epochs": epochs, "batch_size": batch}}}))
+    meta.write_text(json.dumps({"device": device, "device_name": f"{device} (x)", "execution": execution,
+                                "precision_used": precision, "settings": {
+                                    "algorithm": name, "training": {"local_epochs": epochs, "batch_size": batch}}}))
     return metrics, meta
 
 
@@ -880,7 +881,7 @@ def test_cost_table_medians_peaks_and_ratios(tmp_path):
 
 
 @pytest.mark.parametrize("other", [{"part": 0.25}, {"clients": 64}, {"epochs": 10}, {"batch": 64}, {"alpha": 2.0},
-                                   {"device": "cuda"}, {"execution": "vectorized"}])
+                                   {"device": "cuda"}, {"execution": "vectorized"}, {"precision": "bf16"}])
 def test_cost_ratios_compare_runs_of_the_same_setting_only(tmp_path, other):
     """FedAlign Table 5: a FedAvg run doing a quarter of the work per round is no baseline for the others."""
     # Prepare: FedAvg in the setting of the GradAug runs (2 s per round) and in another setting (0.5 s)
@@ -942,6 +943,26 @@ def test_the_cost_table_times_a_resumed_runs_rounds_on_the_device_each_attempt_u
     # Assert: each device's rounds under it, not every round under the last attempt's
     assert rows.loc["cuda:0", "num_rounds"] == 1 and rows.loc["cuda:0", "device_name"] == "NVIDIA H200"
     assert rows.loc["cpu", "num_rounds"] == 2 and rows.loc["cpu", "median_seconds_per_round"] == 8
+
+
+def test_the_cost_table_times_a_resumed_runs_rounds_in_the_precision_each_attempt_computed_in(tmp_path):
+    # Prepare: a tf32 run killed after round 1 on an A100 and resumed on a V100 (no TF32: fp32), and a run whose
+    # meta.json predates the record of the precision
+    metrics, meta = cost_job(tmp_path, 0, "fedavg", "fedavg", [1, 7, 9], [50, 10, 10], device="cuda:0")
+    record = json.loads(meta.read_text())
+    record["attempts"] = [{"from_round": 1, "device": "cuda:0", "precision_used": "tf32"},
+                          {"from_round": 2, "device": "cuda:0", "precision_used": "fp32"}]
+    meta.write_text(json.dumps(record))
+    old_metrics, old_meta = cost_job(tmp_path, 1, "old", "fedavg", [2, 2, 2], [10, 10, 10])
+    old_meta.write_text(json.dumps({k: v for k, v in json.loads(old_meta.read_text()).items()
+                                    if k != "precision_used"}))
+
+    # Execute
+    rows = cost_table([(metrics, meta), (old_metrics, old_meta)]).set_index(["algorithm", "precision"])
+
+    # Assert: round 1 in tf32, rounds 2 and 3 in fp32, the older run's precision unrecorded
+    assert rows.loc[("fedavg", "tf32"), "num_rounds"] == 1 and rows.loc[("fedavg", "fp32"), "num_rounds"] == 2
+    assert rows.loc[("old", "unrecorded"), "num_rounds"] == 3
 
 
 @pytest.mark.parametrize(("parallel", "expected"), [("sequential", "sequential"), ("auto", "vectorized")])

@@ -7,6 +7,7 @@ import math
 import platform
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -699,3 +700,22 @@ def test_bench_trace_runs_on_a_checkpoint(tmp_path):
         ("4", "hutchinson"), ("4", "hutchpp"), ("4", "by"), ("4", "ratio"), ("10", "hutchinson"), ("10", "hutchpp"),
         ("10", "by"), ("10", "ratio")]
     assert "16 samples" in out and "reference trace" in out
+
+
+def test_a_gpu_session_command_cut_at_its_limit_keeps_what_it_printed(tmp_path, monkeypatch):
+    # Prepare: a command that prints, then outlives its limit, in an environment that buffers a piped stdout
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from gpu_session import run_commands
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    monkeypatch.delenv("PYTHONUNBUFFERED", raising=False)
+    slow = [sys.executable, "-c", "import time; print('measured'); time.sleep(60)"]
+
+    # Execute: cut at its own limit, and a second command skipped for want of the call's budget
+    code = run_commands([("slow", slow, 2), ("next", slow, 60)], tmp_path, time.perf_counter() + 8)
+
+    # Assert
+    assert code == 124
+    assert "measured" in (tmp_path / "slow.txt").read_text() and "stopped after" in (tmp_path / "slow.txt").read_text()
+    assert not (tmp_path / "next.txt").exists()

@@ -380,6 +380,25 @@ def test_cost_figure_labels_tell_local_work_apart(tmp_path):
     assert cost_figures._cost_label(row, ["local_work"]) == "fedavg_u · steps uniform in 1..9, drawn every round"
 
 
+def test_cost_figure_bars_of_one_label_in_two_precisions_are_told_apart(tmp_path):
+    # Prepare: one label's runs in fp32 and bf16 (a resumed run's attempts, or a label's own training.precision)
+    cost = pd.DataFrame([
+        {"dataset": "digits", "model": "cnn_small", "algorithm": "fedavg", "algorithm_name": "fedavg", "device": "cuda",
+         "device_name": "NVIDIA H200", "num_runs": 1, "num_rounds": 5, "median_seconds_per_round": s,
+         "peak_mem_mb": 400.0, "seconds_vs_fedavg": 1.0, "peak_mem_vs_fedavg": 1.0, "alpha": 0.1, "num_clients": 8,
+         "participation": 1.0, "local_epochs": 2, "batch_size": 16, "local_steps": None, "local_work": "2 epochs",
+         "execution": "vectorized", "precision": precision}
+        for s, precision in ((1.0, "fp32"), (0.6, "bf16"))])
+
+    # Execute
+    data = assert_figure_files(cost_figure(cost, "digits", "cnn_small", tmp_path / "cost"))
+
+    # Assert: two bars, each labelled with its precision
+    assert sorted(data["precision"]) == ["bf16", "fp32"]
+    assert [cost_figures._cost_label(row, ["precision"]) for _, row in cost.iterrows()] == ["FedAvg · fp32",
+                                                                                           "FedAvg · bf16"]
+
+
 @pytest.mark.parametrize("draw", [
     lambda df, p: curves_figure(df, "cifar10", "convnet", "accuracy", p),
     lambda df, p: accuracy_by_init_figure(final_table(df), "cifar10", "convnet", p),

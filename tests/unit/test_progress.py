@@ -176,10 +176,11 @@ def test_a_run_killed_and_rerun_with_other_memory_settings_resumes(tmp_path, mon
         spread = (fresh - first).abs().max().item()
         assert torch.equal(rerun[:2], first[:2])
         assert (rerun - fresh).abs().max().item() <= 2 * spread + 1e-6
-        # the record names each attempt's first round, memory settings and device; an uninterrupted run's names none
+        # the record names each attempt's first round, memory settings, device and precision; an uninterrupted
+        # run's names none
         before, after = (train_settings(c, run)["training"] for c in (config, changed))
         executions = ["vectorized", "sequential" if change.get("client_parallel") == "sequential" else "vectorized"]
-        device = {"device": "cpu", "device_name": meta["device_name"]}
+        device = {"device": "cpu", "device_name": meta["device_name"], "precision_used": "fp32"}
         assert meta["attempts"] == [
             {**{k: settings[k] for k in MEMORY_KEYS}, **device, "from_round": first, "execution": execution}
             for settings, first, execution in zip((before, after), (1, 2), executions, strict=True)]

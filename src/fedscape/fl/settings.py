@@ -43,6 +43,10 @@ ADAMW_KEYS = ("adamw_beta1", "adamw_beta2", "adamw_eps")  # the options only opt
 # (`stages.progress.resume_settings`), so that one out of device memory continues where it stopped once its memory hint
 # is followed (plan.resources.RULE_NEEDS names them to such a job).
 MEMORY_KEYS = ("client_chunk_size", "client_parallel", "eval_batch_size")
+# What each attempt of a run (a call that trained rounds: resumed after a kill, it may be on another device) records
+# of where and how precisely it computed (`fedscape.models.device.describe_compute`'s keys), beside its memory keys
+# and its `execution`; results/tables/cost.csv times each attempt's rounds under its own.
+ATTEMPT_COMPUTE = ("device", "device_name", "device_uuid", "precision_used")
 # The training keys that change how a run's steps execute and not what they compute, so that changing them reruns no
 # finished run or warm-up (their jobs' `JobSettings.neutral`): the memory keys, and `capture`, since a step replayed
 # from a CUDA graph is checked at capture to agree with the eager step to float rounding (fedscape.fl.capture) and a

@@ -7,7 +7,8 @@ from fedscape.core.runs import Run
 
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 # cost_table 2: runs are compared within one execution (clients trained at once, one by one, or from CUDA graphs).
-RESULT_VERSIONS = {"cost_table": 2}
+# cost_table 3: and within one precision (column `precision`, each attempt's rounds in its own).
+RESULT_VERSIONS = {"cost_table": 3}
 
 
 def check(config: dict, runs: list[Run]) -> list[str]:

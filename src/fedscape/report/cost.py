@@ -19,13 +19,18 @@ from fedscape.outputs.tables import read_table
 # recorded): on a GPU, FedAvg's clients train all at once where a label with client_parallel: sequential (Table 5's
 # GradAug runs) trains one after another, and a ratio across the two would be the path's speed-up, not the
 # algorithm's overhead.
+# precision is the precision the rounds computed in (a label may set its own training.precision, and tf32 computes
+# fp32 on a CPU or a card before Ampere: `models.device.precision_used`).
 COST_SETTING = ["dataset", "model", "device", "device_name", "alpha", "num_clients", "participation", "local_epochs",
-                "batch_size", "local_steps", "local_work", "execution"]
+                "batch_size", "local_steps", "local_work", "execution", "precision"]
 COST_COLUMNS = ["dataset", "model", "algorithm", "algorithm_name", "device", "device_name", "num_runs", "num_rounds",
                 "median_seconds_per_round", "peak_mem_mb", "seconds_vs_fedavg", "peak_mem_vs_fedavg",
                 "alpha", "num_clients", "participation", "local_epochs", "batch_size", "local_steps", "local_work",
-                "execution"]
-UNRECORDED_EXECUTION = "unrecorded"
+                "execution", "precision"]
+UNRECORDED_EXECUTION = "unrecorded"  # a run's execution or precision, trained before it was recorded
+# meta.json's key -> the column: what each attempt of a resumed run overrides for the rounds from its first on
+ATTEMPT_COLUMNS = {"execution": "execution", "device": "device", "device_name": "device_name",
+                   "precision_used": "precision"}
 # The columns of a run's metrics.csv that the cost table reads.
 METRICS_COLUMNS = ["run_id", "dataset", "model", "algorithm", "alpha", "num_clients", "participation", "round",
                    "seconds", "peak_mem_mb"]
@@ -47,10 +52,11 @@ def _run_rounds(metrics: str | Path, meta_path: str | Path) -> pd.DataFrame:
     df["device"] = meta.get("device", "unknown")
     df["device_name"] = meta.get("device_name", meta.get("device", "unknown"))
     df["execution"] = meta.get("execution", UNRECORDED_EXECUTION)
+    df["precision"] = meta.get("precision_used", UNRECORDED_EXECUTION)
     for attempt in meta.get("attempts", []):  # a run resumed after a kill: each attempt's rounds as they trained
-        for key in ("execution", "device", "device_name"):  # (the device recorded since runs may change it)
+        for key, column in ATTEMPT_COLUMNS.items():  # (older attempts recorded less: the run's own value stands)
             if key in attempt:
-                df.loc[df["round"] >= attempt["from_round"], key] = attempt[key]
+                df.loc[df["round"] >= attempt["from_round"], column] = attempt[key]
     df["algorithm_name"] = settings.get("algorithm", df["algorithm"].iloc[0] if len(df) else "")
     unit = "steps" if training.get("local_steps") is not None else "epochs"
     work = parse_work(f"local_{unit}", training[f"local_{unit}"])
@@ -68,8 +74,8 @@ def cost_table(runs: list[tuple[str | Path, str | Path]]) -> pd.DataFrame:
     left out. Peak memory is the largest per-round peak: CUDA max allocated on GPU, the process's peak
     RSS on CPU (which includes the data and the interpreter). A setting (COST_SETTING) is everything
     besides the algorithm that sets the work of a round: dataset, model, device, partition, client
-    count, participation, local work (epochs or steps, equal or not), batch size and how the clients trained
-    (`execution`: vectorised, sequential, captured). `seconds_vs_fedavg` and
+    count, participation, local work (epochs or steps, equal or not), batch size, how the clients trained
+    (`execution`: vectorised, sequential, captured) and the precision they computed in. `seconds_vs_fedavg` and
     `peak_mem_vs_fedavg` divide by the algorithm name `fedavg` in the same setting (the median over its labels
     there; empty when there is none), so that the overheads of GradAug, FedAlign, MOON ... read off directly.
     """

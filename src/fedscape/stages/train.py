@@ -15,7 +15,7 @@ from fedscape.core.provenance import check_belongs
 from fedscape.core.setting import alpha_column
 from fedscape.data.federated import load_federated_data
 from fedscape.fl.engine import run_federated
-from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS, CODE_VERSION, MEMORY_KEYS, ROUNDS_COLUMNS
+from fedscape.fl.settings import ATTEMPT_COMPUTE, CLIENT_UPDATES_COLUMNS, CODE_VERSION, MEMORY_KEYS, ROUNDS_COLUMNS
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.swa import SWA_BN_COLUMN, SWA_METRICS, SWASettings
 from fedscape.models.batchnorm import has_batch_norm
@@ -61,11 +61,12 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
     if swa is not None:
         log.info("SWA at the server from round %d: cycles of %d rounds, %s lr down to %g x its value",
                  swa.start(cfg.rounds), swa.cycle, swa.scheduled_lr, swa.lr_ratio)
-    # what each attempt of a run resumed after a kill records: its memory settings, and where it computed (under
-    # device: auto a run killed on a card may go on where none is: cost.csv times each attempt's rounds by its own)
+    # what each attempt of a run resumed after a kill records: its memory settings, and where and how precisely it
+    # computed (under device: auto a run killed on a card may go on where none is, or on a card without TF32:
+    # cost.csv times each attempt's rounds by its own)
     compute = describe_compute(device, cfg.precision)
     attempt = {**{key: settings["training"][key] for key in MEMORY_KEYS if key in settings["training"]},
-               "device": compute["device"], "device_name": compute["device_name"]}
+               **{key: compute[key] for key in ATTEMPT_COMPUTE if key in compute}}
     key = progress_key(resume_settings(settings, TrainJob), (partition_path, init_path))
     result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir, progress_key=key, swa=swa,
                            attempt=attempt)

@@ -46,7 +46,8 @@ class GradAugConfig(ServerSGDConfig):
     def result_bumps(self, model: str, model_options: dict, training: dict) -> int:
         # 1: vectorised runs of a min_width that rounds narrower widths to more channels (above) gave such a client
         # the widest client's channel count, fewer than its own: every run that can train stacked (whether it did
-        # is not in its settings: `auto` stacks on a GPU, not on a CPU), none that cannot
+        # is not in its settings: `auto` stacked on a GPU, not on a CPU, and no longer stacks bottleneck blocks on a
+        # GPU either), none that cannot
         stackable = (training.get("client_parallel") != "sequential"
                      and self.stacked_problem(model, model_options, training) is None)
         return int(self.min_width < NARROW_ROUNDING_BELOW and stackable)

@@ -23,7 +23,7 @@ from fedscape.report.figures.common import select_model
 COST_FIGURE_COLUMNS = ["dataset", "model", "algorithm", "algorithm_name", "device", "device_name",
                        "median_seconds_per_round", "peak_mem_mb", "seconds_vs_fedavg", "peak_mem_vs_fedavg",
                        "alpha", "num_clients", "participation", "local_epochs", "batch_size", "local_steps",
-                       "local_work", "execution"]
+                       "local_work", "execution", "precision"]
 
 
 def _cost_label(row: pd.Series, varying: list[str]) -> str:
@@ -35,7 +35,7 @@ def _cost_label(row: pd.Series, varying: list[str]) -> str:
             parts.append(label_run(row, run_fields))
         parts += [f"{k.replace('_', ' ')} {row[k]}" for k in varying if k in ("local_epochs", "batch_size")]
         parts += [str(row["local_work"]) for k in varying if k == "local_work"]
-        parts += [str(row["execution"]) for k in varying if k == "execution"]
+        parts += [str(row[k]) for k in varying if k in ("execution", "precision")]
     return LABEL_SEP.join(parts)
 
 
@@ -48,8 +48,9 @@ def cost_figure(cost: pd.DataFrame, dataset: str, model: str, base_path: str | P
                            pd.DataFrame(columns=COST_FIGURE_COLUMNS))
     # local_work names epochs and steps, equal or not, in one text; cost.csv files made before it had local_epochs
     work = "local_work" if "local_work" in df.columns else "local_epochs"
-    df = df.assign(**{k: pd.NA for k in ("local_steps", "local_work", "execution") if k not in df.columns})
-    varying = varying_keys(df, ["alpha", "num_clients", "participation", work, "batch_size", "execution"])
+    df = df.assign(**{k: pd.NA for k in ("local_steps", "local_work", "execution", "precision") if k not in df.columns})
+    varying = varying_keys(df, ["alpha", "num_clients", "participation", work, "batch_size", "execution",
+                                "precision"])
     df = df.assign(_label=[_cost_label(row, varying) for _, row in df.iterrows()])
     df = df.sort_values(["algorithm", *varying, "device"], kind="stable")
     labels = list(dict.fromkeys(df["_label"]))

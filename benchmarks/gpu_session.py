@@ -131,13 +131,15 @@ CALL_FILES = 8  # what a device call brings back from $OUT: one file per command
 
 def run_commands(commands: list[tuple[str, list[str], int]], out: Path, deadline: float) -> int:
     """Run commands in order, each output in out/<name>.txt, each cut at its own limit or at the deadline (a
-    time.perf_counter() value), whichever comes first; the worst exit status. A command with under 10 s left is
-    skipped (exit 124), so that a call's last seconds go to bringing back what the others wrote."""
+    time.perf_counter() value), whichever comes first; the worst exit status. A command is skipped (exit 124) where
+    less is left than its own limit and 10 s, so that a call's last seconds go to bringing back what the others
+    wrote."""
     worst = 0
     for name, argv, own_limit in commands:
-        limit = int(min(own_limit, deadline - time.perf_counter()))
-        if limit < 10:
-            print(f"{name}: skipped, {limit} s left of the call's budget", flush=True)
+        left = deadline - time.perf_counter()
+        limit = int(min(own_limit, left))
+        if left < min(own_limit, 10):
+            print(f"{name}: skipped, {left:.0f} s left of the call's budget", flush=True)
             worst = max(worst, 124)
             continue
         part = next((p for p, cs in PARTS.items() if any(c[0] == name for c in cs)), "command")

@@ -4,6 +4,7 @@ its barrier next to the straight line's, its config and its rows in the interpol
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import asdict
 
 import pandas as pd
@@ -270,7 +271,8 @@ def test_stage_writes_bezier_rows_next_to_linear_ones_and_nan_rows_for_a_diverge
     assert (inner["bezier"] != inner["linear"]).all()  # the trained bend moved the curve off the line
 
 
-def test_a_killed_interpolation_keeps_its_trained_bends_and_resumes_with_the_same_curve(runs, tmp_path, monkeypatch):
+def test_a_killed_interpolation_keeps_its_trained_bends_and_resumes_with_the_same_curve(runs, tmp_path, monkeypatch,
+                                                                                       caplog):
     from fedscape.analysis.barriers import stage as stage_mod
     from fedscape.plan.barriers import interpolation_pairs, interpolation_settings
 
@@ -284,11 +286,15 @@ def test_a_killed_interpolation_keeps_its_trained_bends_and_resumes_with_the_sam
     calls = killed_at_call(monkeypatch, stage_mod, "train_bend", 2, lambda: stage_mod.interpolation_job(
         *args, tmp_path / "curve.csv", tmp_path / "_progress"))
     assert [p.name for p in (tmp_path / "_progress").iterdir()] == ["bend.pt"]
+    seconds = torch.load(tmp_path / "_progress" / "bend.pt", weights_only=True)["part"]["seconds"]
 
     # Execute
-    stage_mod.interpolation_job(*args, tmp_path / "curve.csv", tmp_path / "_progress")
+    with caplog.at_level(logging.INFO, logger="fedscape"):
+        stage_mod.interpolation_job(*args, tmp_path / "curve.csv", tmp_path / "_progress")
 
     # Assert: only the aligned bend trained again; the curve of an uninterrupted job; the parts removed
     assert len(calls) == 1 and not (tmp_path / "_progress").exists()
+    # the resumed bend's log line gives the seconds it trained in, not the moment it took to read it back
+    assert seconds > 0 and f"Bezier bend trained in 10 steps in {seconds:.1f} s" in caplog.text
     stage_mod.interpolation_job(*args, tmp_path / "whole.csv")
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "curve.csv"), pd.read_csv(tmp_path / "whole.csv"))

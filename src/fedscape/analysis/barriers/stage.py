@@ -149,15 +149,18 @@ def interpolation_job(settings: dict, trajectory_a: str | Path, trajectory_b: st
             t1 = time.perf_counter()
             name = "bend_aligned" if aligned else "bend"
             saved = parts.load(name)
-            if saved is not None:
+            if saved is not None:  # its seconds as trained (parts saved before they were kept: NaN)
                 theta, losses = saved["theta"].to(device), saved["losses"].tolist()
+                seconds = float(saved.get("seconds", math.nan))
             else:
                 theta, losses = train_bend(model, a, end, *splits["train"], curve, train_mode=bn_x is not None)
-                parts.save(name, {"theta": theta.cpu(), "losses": torch.tensor(losses, dtype=torch.float64)})
+                seconds = time.perf_counter() - t1
+                parts.save(name, {"theta": theta.cpu(), "losses": torch.tensor(losses, dtype=torch.float64),
+                                  "seconds": seconds})
             tail = losses[-max(1, len(losses) // 10):]
             log.info("pair %s%s: Bezier bend trained in %d steps in %.1f s (mean loss of the last %d steps %.4g; "
                      "bend moved %.4g from the midpoint)%s", job.pair_id, " (aligned)" if aligned else "",
-                     curve.steps, time.perf_counter() - t1, len(tail), sum(tail) / len(tail) if losses else math.nan,
+                     curve.steps, seconds, len(tail), sum(tail) / len(tail) if losses else math.nan,
                      float((theta - 0.5 * (a.params + end.params)).norm()), parts.note(saved is not None))
             rows += [{**r, "aligned": aligned, "path": BEZIER} for r in bezier_curve(
                 model, a, theta, end, splits, job.points, job.eval_batch_size, bn_x)]

@@ -320,6 +320,7 @@ def test_a_surface_needing_a_diverged_checkpoint_is_all_nan_and_drawn(runs, hess
     assert surface["meta"]["status"] == "diverged" and surface["meta"]["nonfinite_points"] == 9
     assert len(surface["points_xy"]) == 0
     assert surface["meta"].get("bn_stats", "stored") == spec.get("bn_stats", "stored")
+    assert surface["meta"]["device_name"] is None and surface["meta"]["precision"] is None  # nothing evaluated
 
 
 def test_a_healthy_surface_beside_the_diverged_run_is_computed(runs, hessian_jobs, tmp_path, caplog):
@@ -416,3 +417,34 @@ def test_final_trajectory_surface_of_a_run_that_diverged_late_uses_its_last_fini
                          outputs["grid"], outputs["points"], tmp_path / "surface.npz")
     assert surface_settings(config, plan, "train")["round"] == ROUNDS
     assert load_surface(tmp_path / "surface.npz")["meta"]["round"] == 2
+
+
+def test_a_surface_records_the_card_and_precision_of_its_chunks_and_warns_when_they_differ(runs, tmp_path, caplog):
+    from fedscape.analysis.landscape.gather import surfaces_table_job
+
+    # Prepare: a surface of two chunks evaluated here, then one of its chunks as a bf16 chunk of another card
+    spec = {"kind": "trajectory", "runs": [{"algorithm": "fedavg"}], "resolution": 3, "chunks": 2}
+    surface, _ = _surface(runs, spec, "mix", tmp_path)
+    d = tmp_path / "mix"
+    here = json.loads(str(np.load(d / "chunk~0.npz")["meta"]))
+    with np.load(d / "chunk~1.npz") as npz:
+        chunk = {k: npz[k] for k in npz.files}
+    meta = {**json.loads(str(chunk["meta"])), "device": "cuda:0", "device_name": "NVIDIA A100",
+            "precision_used": "bf16"}
+    np.savez(d / "chunk~1.npz", **{**chunk, "meta": np.array(json.dumps(meta))})
+    config = validate_config({**runs.config, "landscapes": {"mix": spec}}, SCHEMA)
+    (plan,) = landscape_plans(config, [runs.healthy, runs.diverged])
+    caplog.set_level(logging.WARNING)
+
+    # Execute
+    landscape_gather_job(surface_settings(config, plan, "train"), [d / "chunk~0.npz", d / "chunk~1.npz"],
+                         d / "plane.npz", d / "grid.json", d / "points.csv", tmp_path / "mixed.npz")
+    surfaces_table_job([str(d / "surface.npz"), str(tmp_path / "mixed.npz")], tmp_path / "surfaces.csv")
+
+    # Assert: the surface made here says where and how it was evaluated; the mixed one names both and is warned of
+    assert (surface["meta"]["device_name"], surface["meta"]["precision"]) == (here["device_name"], "fp32")
+    mixed = load_surface(tmp_path / "mixed.npz")["meta"]
+    assert mixed["device_name"] == f"{here['device_name']}; NVIDIA A100" and mixed["precision"] == "fp32; bf16"
+    assert "evaluated in fp32 and bf16" in warnings_of(caplog)
+    table = pd.read_csv(tmp_path / "surfaces.csv")
+    assert table["precision"].tolist() == ["fp32", "fp32; bf16"]

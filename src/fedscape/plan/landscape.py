@@ -28,7 +28,7 @@ from fedscape.analysis.landscape.definitions import (
     PlaneError,
     read_plane_file,
 )
-from fedscape.core.config import ConfigError
+from fedscape.core.config import ConfigError, with_result_version
 from fedscape.core.jobs import job_params
 from fedscape.core.paths import HESSIAN_DIR, LANDSCAPE_DIR, SURFACE_DIR, Results, fill
 from fedscape.core.runs import build_runs, iid_first, resolve_run, select_runs, varying_fields
@@ -279,7 +279,8 @@ def hessian_plane_path(plan: LandscapePlan, results: Results) -> str:
 
 
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
-RESULT_VERSIONS = {"landscape_plane": 1, "landscape_chunk": 1}
+# landscape_gather 2: the surface records the card and the precision its chunks were evaluated on (surfaces.csv).
+RESULT_VERSIONS = {"landscape_plane": 1, "landscape_chunk": 1, "landscape_gather": 2}
 
 
 def make_plane_job(config: dict, plan: LandscapePlan) -> LandscapePlaneJob:
@@ -336,7 +337,7 @@ def surface_settings(config: dict, plan: LandscapePlan, data: str) -> dict:
         round_ = rounds[0] if len(rounds) == 1 else None
     else:
         round_ = int(plan.round)
-    return {
+    return with_result_version({
         "surface_id": plan.surface_id(data),
         "label": plan.label,
         "kind": plan.kind,
@@ -348,7 +349,7 @@ def surface_settings(config: dict, plan: LandscapePlan, data: str) -> dict:
         "chunks": int(spec["chunks"]),
         # only where it is not the baseline: the surfaces gathered before the option keep their settings
         **({"bn_stats": bn} if (bn := surface_bn_stats(config, plan)) != BN_STATS_BASELINE else {}),
-    }
+    }, RESULT_VERSIONS["landscape_gather"])
 
 
 def figure_settings(config: dict, plan: LandscapePlan, data: str) -> dict:

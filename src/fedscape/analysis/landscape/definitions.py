@@ -37,7 +37,10 @@ ARRAY_KEYS = ("center", "center_buffers", "d1", "d2")
 META_KEYS = ("kind", "runs", "round", "explained_variance", "axis_labels", "model_meta", "seed")
 POINT_COLUMNS = ["label", "group", "role", "run_id", "round", "client", "a", "b", "distance", "rel_distance"]
 # bn_stats: the batch-norm statistics its grid points were evaluated with (LandscapeChunkJob.bn_stats)
-SURFACES_COLUMNS = ["surface_id", "kind", "runs", "round", "data", "resolution", "path", "bn_stats"]
+# device_name, precision: the card and the precision its grid points were evaluated on ("; " between several;
+# `unrecorded` for surfaces gathered before they were recorded, empty where nothing was evaluated: a diverged plane)
+SURFACES_COLUMNS = ["surface_id", "kind", "runs", "round", "data", "resolution", "path", "bn_stats", "device_name",
+                    "precision"]
 # The files of each job kind, below its directory (core.paths LANDSCAPE_DIR for a plane, SURFACE_DIR for a surface's
 # chunks, gather and figure): the rules' outputs and the plan's inputs both read them here.
 PLANE_FILES = {"plane": "plane.npz", "points": "points.csv", "grid": "grid.json"}

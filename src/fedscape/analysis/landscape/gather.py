@@ -19,6 +19,7 @@ from fedscape.models.specs import BN_STATS_BASELINE
 from fedscape.outputs.tables import read_table
 
 log = logging.getLogger("fedscape.landscape")
+UNRECORDED = "unrecorded"  # a surface's or chunk's device or precision, made before they were recorded
 
 
 # -- gather ----------------------------------------------------------------------------------------------
@@ -29,7 +30,7 @@ def landscape_gather_job(settings: dict, chunk_paths: list[str], plane_path: str
     want = digest(grid.to_dict())
     plane_arrays, plane = read_plane_file(plane_path)
     want_plane = plane_digest(plane_arrays)
-    parts, n_eval = [], None
+    parts, n_eval, computed = [], None, {}
     for path in chunk_paths:
         chunk, meta = read_chunk(path)
         if meta["grid_digest"] != want:
@@ -45,12 +46,21 @@ def landscape_gather_job(settings: dict, chunk_paths: list[str], plane_path: str
                                f"{wanted!r}; {remake_hint(path)}")
         parts.append(chunk)
         n_eval = meta["n_eval"]
+        if meta.get("device") is not None:  # an evaluated chunk (a diverged plane's NaN chunks computed nothing)
+            computed[path] = (meta.get("device_name", UNRECORDED), meta.get("precision_used", UNRECORDED))
     loss, acc = gather_chunks(parts, grid)
     points = read_table(points_path, POINT_COLUMNS, keep_default_na=False)
     plane_meta = {k: v for k, v in plane.items() if k != "model_meta"}
     plane_meta["model"] = (plane["model_meta"] or {}).get("model")
     nonfinite = int((~np.isfinite(loss)).sum())
+    names, precisions = (list(dict.fromkeys(c[i] for c in computed.values())) for i in (0, 1))
+    if len(precisions) > 1:  # chunks on cards of other kinds (tf32 computes fp32 before Ampere), or other settings
+        log.warning("surface %s: its chunks were evaluated in %s (%s): the surface mixes precisions",
+                    settings["surface_id"], " and ".join(precisions),
+                    "; ".join(f"{Path(p).name}: {c[1]} on {c[0]}" for p, c in computed.items()))
     meta = {**settings, "round": model_round(settings["round"], points), "n_eval": n_eval,
+            # where and how precisely its grid points were evaluated, every one met ("; " between several)
+            "device_name": "; ".join(names) or None, "precision": "; ".join(precisions) or None,
             "extent": list(grid.extent),
             "axis_labels": list(plane["axis_labels"] or ("d1", "d2")),
             "explained_variance": plane["explained_variance"], "plane_kind": plane["kind"],
@@ -123,5 +133,7 @@ def surfaces_table_job(surface_paths: list[str], out: str) -> None:
         rows.append({"surface_id": meta["surface_id"], "kind": meta["kind"], "runs": ";".join(meta["runs"]),
                      "round": "" if meta["round"] is None else int(meta["round"]), "data": meta["data"],
                      "resolution": int(meta["resolution"]), "path": str(path),
-                     "bn_stats": meta.get("bn_stats", BN_STATS_BASELINE)})
+                     "bn_stats": meta.get("bn_stats", BN_STATS_BASELINE),
+                     # surfaces gathered before these were recorded say so; a diverged plane's computed nothing
+                     **{key: meta.get(key, UNRECORDED) or "" for key in ("device_name", "precision")}})
     write_csv(pd.DataFrame(rows, columns=SURFACES_COLUMNS), out)

@@ -172,7 +172,8 @@ BAD_CONFIGS = [
     ("partitions", {"q": {"kind": "quantity", "beta": 0}}, "partitions.q.beta"),
     ("partitions", {"q": {"beta": 0.5}}, "partitions.q"),
     ("partitions", {"C2": {"kind": "iid"}}, "a label of lower-case letters, digits and _ that starts with a letter"),
-    ("partitions", {"inf": {"kind": "iid"}}, "partitions.inf: a partition label must"),
+    ("partitions", {"inf": {"kind": "iid"}}, "partitions: 'inf' is not valid: a label of lower-case letters, digits "
+                                             "and _ that starts with a letter and is not iid, inf or nan"),
     ("experiments", [{"alpha": "iid", "model": "resnet21"}],
      "experiments[0].model: unknown model 'resnet21'. Did you mean 'resnet20'?"),
     ("experiments", [{"alpha": "iid", "model": "convnet"}], "experiments[0].model: model 'convnet' needs 32x32"),
@@ -182,7 +183,11 @@ BAD_CONFIGS = [
     ("experiment_defaults", {"model": "cnn_smal"}, "experiment_defaults.model: unknown model 'cnn_smal'. Did you "
                                                    "mean 'cnn_small'?"),
     ("experiment_defaults", {"init": "random", "algorithm": "fedav"},
-     "experiments[0].algorithm: 'fedav' is not defined in `algorithms`. Did you mean 'fedavg'?"),
+     "experiment_defaults.algorithm: 'fedav' is not defined in `algorithms`. Did you mean 'fedavg'?"),
+    # text that reads as a number (YAML's plain nan and inf are text), and YAML's .nan
+    ("experiments", [{"alpha": "nan"}], "experiments[0].alpha: 'nan' is not valid: Dirichlet alpha, iid, or a label"),
+    ("experiments", [{"alpha": "inf"}], "experiments[0].alpha: 'inf' is not valid: Dirichlet alpha, iid, or a label"),
+    ("experiments", [{"alpha": float("nan")}], "experiments[0].alpha: nan is not a finite number"),
     ("layer_barriers.pairs", {"clients_iid": {"run": {"alpha": "iid", "init": "random", "algorithm": "fedavg"},
                                               "clients": [0, 1]},
                               "clients_iid_distances": {"run": {"alpha": 0.1, "init": "random", "algorithm": "fedavg"},

@@ -148,6 +148,12 @@ def build_runs(config: dict) -> list[Run]:
     grid["alpha"] += [label for label in config.get("partitions") or {} if label not in grid["alpha"]]
     if config.get("experiments"):
         defaults = _experiment_defaults(config, grid)
+        for key in ("dataset", "init", "algorithm"):  # a default some experiment takes, named where it is written
+            section = GRID_SECTIONS[key]
+            taken = any(exp.get(key) is None for exp in config["experiments"])
+            if taken and defaults[key] is not None and defaults[key] not in config[section]:
+                raise ConfigError(f"experiment_defaults.{key}: {defaults[key]!r} is not defined in `{section}`."
+                                  f"{suggest(defaults[key], config[section])} Defined: {', '.join(config[section])}")
         combos = [{k: defaults[k] if exp.get(k) is None else exp[k] for k in grid} for exp in config["experiments"]]
         if defaults["seed"] == EVERY_SEED:  # replicates: each experiment without a seed, for every seed
             combos = [{**c, "seed": seed} for c in combos for seed in

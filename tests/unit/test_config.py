@@ -203,6 +203,12 @@ BAD_CONFIGS = [
     ("inits.more", {"kind": "continue", "run": {"alpah": 1.0}},
      "inits.more.run.alpah: unknown key 'alpah'. Did you mean 'alpha'?"),
     ("inits.more", {"kind": "continue", "run": {"seed": -1}}, "inits.more.run.seed"),
+    # what a value of several forms may be, and a misspelt key of one of them
+    ("hessian.rounds", [0, "last"], "hessian.rounds[1]: 'last' is not valid: a round, an integer >= 0"),
+    ("hessian.eval_samples", "al", "hessian.eval_samples: 'al' is not valid: an integer >= 1, null"),
+    ("training.local_epochs", {"low": 1, "high": 3, "drw": "once"},
+     "training.local_epochs.drw: unknown key 'drw'. Did you mean 'draw'?"),
+    ("hessian.runs", {"alpah": "iid"}, "hessian.runs.alpah: unknown key 'alpah'. Did you mean 'alpha'?"),
 ]
 
 

@@ -160,7 +160,8 @@ def test_eval_samples_all_takes_every_sample_and_keeps_no_graph():
 
 @pytest.mark.parametrize(("hessian", "message"), [
     ({"eval_samples": "all"}, "hessian: eval_samples all streams .* set hessian.cache_graph: false"),
-    ({"eval_samples": "everything", "cache_graph": False}, "hessian.eval_samples: 'everything' is not valid: an integer >= 1, null"),
+    ({"eval_samples": "everything", "cache_graph": False},
+     "hessian.eval_samples: 'everything' is not valid: an integer >= 1, null"),
 ])
 def test_eval_samples_all_config_errors_name_the_fix(hessian, message):
     with pytest.raises(ConfigError, match=message):

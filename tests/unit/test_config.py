@@ -173,7 +173,9 @@ BAD_CONFIGS = [
     ("partitions", {"q": {"beta": 0.5}}, "partitions.q"),
     ("partitions", {"C2": {"kind": "iid"}}, "a label of lower-case letters, digits and _ that starts with a letter"),
     ("partitions", {"inf": {"kind": "iid"}}, "partitions: 'inf' is not valid: a label of lower-case letters, digits "
-                                             "and _ that starts with a letter and is not iid, inf or nan"),
+                                             "and _ that starts with a letter and is not iid, inf, infinity, nan or null"),
+    ("partitions", {"infinity": {"kind": "iid"}}, "partitions: 'infinity' is not valid: a label"),
+    ("partitions", {"null": {"kind": "iid"}}, "partitions: 'null' is not valid: a label"),
     ("experiments", [{"alpha": "iid", "model": "resnet21"}],
      "experiments[0].model: unknown model 'resnet21'. Did you mean 'resnet20'?"),
     ("experiments", [{"alpha": "iid", "model": "convnet"}], "experiments[0].model: model 'convnet' needs 32x32"),
@@ -209,6 +211,8 @@ BAD_CONFIGS = [
     ("training.local_epochs", {"low": 1, "high": 3, "drw": "once"},
      "training.local_epochs.drw: unknown key 'drw'. Did you mean 'draw'?"),
     ("hessian.runs", {"alpah": "iid"}, "hessian.runs.alpah: unknown key 'alpah'. Did you mean 'alpha'?"),
+    ("hessian.runs", [{"alpha": "iid"}, {"alpah": "iid"}],
+     "hessian.runs[1].alpah: unknown key 'alpah'. Did you mean 'alpha'?"),
 ]
 
 

@@ -317,10 +317,12 @@ def _describe_error(error: jsonschema.ValidationError) -> str:
         refused = [c for c in dict.fromkeys(str(error.instance)) if re.search(error.validator_value["pattern"], c)]
         contains = f"it contains {', '.join(map(repr, refused))}; " if refused else ""
         return f"{where}: {error.instance!r} is not valid: {contains}{error.schema['pattern_hint']}"
-    if error.validator in ("anyOf", "oneOf") and isinstance(error.instance, dict):
-        # a mapping that no branch takes because of a misspelt key: that key and its suggestion say the most
+    if error.validator in ("anyOf", "oneOf") and isinstance(error.instance, dict | list):
+        # a mapping (or a list of them) that no branch takes because of a misspelt key: that key and its suggestion
+        # say the most (the mapping's other mistakes, if any, are named once it is fixed)
+        base = list(error.absolute_path)
         unknown = [e for e in error.context if e.validator == "additionalProperties"
-                   and list(e.absolute_path) == list(error.absolute_path)]
+                   and list(e.absolute_path)[:len(base)] == base]
         if unknown:
             return _describe_error(unknown[0])
     if error.validator in ("anyOf", "oneOf") and "description" in error.schema:

@@ -49,7 +49,10 @@ def alpha_label(alpha: str | float | int) -> str:
 
 # A `partitions` label: lower-case, starting with a letter, so that it can never read as a number or `iid`.
 PARTITION_LABEL = re.compile(r"[a-z][a-z0-9_]*")
-RESERVED_LABELS = ("iid", "inf", "nan")
+# Lower-case labels that read as a number or as missing: float() parses inf, infinity and nan, and pandas reads nan
+# and null as NaN (its default NA strings), so an alpha column holding them would merge their runs with IID's or lose
+# them.
+RESERVED_LABELS = ("iid", "inf", "infinity", "nan", "null")
 
 
 def is_partition_label(value: object) -> bool:

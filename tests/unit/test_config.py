@@ -172,8 +172,9 @@ BAD_CONFIGS = [
     ("partitions", {"q": {"kind": "quantity", "beta": 0}}, "partitions.q.beta"),
     ("partitions", {"q": {"beta": 0.5}}, "partitions.q"),
     ("partitions", {"C2": {"kind": "iid"}}, "a label of lower-case letters, digits and _ that starts with a letter"),
-    ("partitions", {"inf": {"kind": "iid"}}, "partitions: 'inf' is not valid: a label of lower-case letters, digits "
-                                             "and _ that starts with a letter and is not iid, inf, infinity, nan or null"),
+    ("partitions", {"inf": {"kind": "iid"}},
+     "partitions: 'inf' is not valid: a label of lower-case letters, digits and _ that starts with a letter and is "
+     "not iid, inf, infinity, nan or null"),
     ("partitions", {"infinity": {"kind": "iid"}}, "partitions: 'infinity' is not valid: a label"),
     ("partitions", {"null": {"kind": "iid"}}, "partitions: 'null' is not valid: a label"),
     ("experiments", [{"alpha": "iid", "model": "resnet21"}],

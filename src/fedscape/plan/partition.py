@@ -78,8 +78,8 @@ def check(config: dict, runs: list[Run]) -> list[str]:
     for label, entry in entries.items():
         if not is_partition_label(label):
             problems.append(f"partitions.{label}: a partition label must be lower-case letters, digits and _, "
-                            "start with a letter and not be iid, inf, infinity, nan or null (it names the runs' `alpha~<label>` "
-                            "folder)")
+                            "start with a letter and not be iid, inf, infinity, nan or null (it names the runs' "
+                            "`alpha~<label>` folder)")
             continue
         problems += check_partition_entry(label, entry)
     for alpha in config.get("alphas") or []:

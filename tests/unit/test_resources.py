@@ -4,6 +4,7 @@ that the precision settings reach the jobs' settings only when they are not the 
 from __future__ import annotations
 
 import copy
+import os
 import re
 import subprocess
 import sys
@@ -584,3 +585,28 @@ def test_cuda_cards_are_claimed_by_their_uuids(tmp_path, monkeypatch):
     assert torch.cuda.current_device() == got.index
     assert card_loads(cards, tmp_path, uuids)[got.index] == 1
     device_mod._CLAIM.release()
+
+
+def test_a_claim_opens_another_users_slot_file_without_creating_it(tmp_path, monkeypatch):
+    # Prepare: a slot file that exists, and Linux's fs.protected_regular as another user sees it in a sticky folder:
+    # O_CREAT on an existing file of someone else is refused
+    from fedscape.core import gpus
+
+    names = ["GPU-0"]
+    first = claim_card(1, tmp_path, names)
+    first.release()
+    real_open = os.open
+
+    def protected_open(path, flags, *args):
+        if flags & os.O_CREAT and os.path.exists(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(gpus.os, "open", protected_open)
+
+    # Execute
+    claim = claim_card(1, tmp_path, names)
+
+    # Assert: the existing slot is claimed, not refused
+    assert claim.held and claim.path == first.path and card_loads(1, tmp_path, names) == [1]
+    claim.release()

@@ -156,9 +156,14 @@ class CardClaim:
 
 
 def _open_lock(path: Path) -> IO[bytes]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    with contextlib.suppress(OSError):  # another user's file: opening it is enough
-        os.chmod(path, 0o666)
+    try:
+        # an existing file without O_CREAT: in the sticky, world-writable claim folder Linux refuses O_CREAT on
+        # another user's file where fs.protected_regular is set (systemd's default), though it may be opened
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        with contextlib.suppress(OSError):  # past the umask, so that other users' jobs can lock it too
+            os.chmod(path, 0o666)
     return os.fdopen(fd, "r+b")
 
 

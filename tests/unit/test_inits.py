@@ -368,8 +368,6 @@ def test_continue_refuses_another_model(tmp_path):
     # the proxy split's size is the dataset's proxy_fraction: a subset of it was silently ignored
     ({"pre": {"kind": "pretrained", "max_samples": 50}}, [{"alpha": "iid"}, {"init": "pre"}], {},
      r"inits\.pre\.max_samples: a subset of proxy_dataset's or proxy_dir's images"),
-    ({"pre": {"kind": "pretrained", "proxy_data_dir": "/data/cifar"}}, [{"alpha": "iid"}, {"init": "pre"}], {},
-     r"inits\.pre\.proxy_data_dir: the folder of proxy_dataset's files; this init names no proxy_dataset"),
     ({"warm": {"kind": "iid_warmup", "training": {"swa": {"cycle": 2}}}}, [{"alpha": "iid"}, {"init": "warm"}], {},
      r"inits\.warm\.training\.swa: an IID warm-up is plain FedAvg and keeps its last global model"),
 ])

@@ -155,9 +155,6 @@ def check(config: dict, runs: list) -> list[str]:
                 problems.append(f"{where}: {exc}")
             if spec.get("proxy_dataset") and spec.get("proxy_dir"):
                 problems.append(f"{where}: give either proxy_dataset or proxy_dir, not both")
-            if spec.get("proxy_data_dir") and not spec.get("proxy_dataset"):
-                problems.append(f"{where}.proxy_data_dir: the folder of proxy_dataset's files; this init names no "
-                                "proxy_dataset, so nothing would read it (set proxy_dataset, or remove proxy_data_dir)")
             if spec.get("max_samples") is not None and not (spec.get("proxy_dataset") or spec.get("proxy_dir")):
                 problems.append(f"{where}.max_samples: a subset of proxy_dataset's or proxy_dir's images; this init "
                                 "pretrains on its dataset's proxy split, whose size is the dataset's "

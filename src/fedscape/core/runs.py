@@ -141,6 +141,18 @@ def _experiment_defaults(config: dict, grid: dict[str, list]) -> dict:
     return defaults
 
 
+# The run fields whose values are labels of a config section (GRID_SECTIONS).
+LABEL_FIELDS = ("dataset", "init", "algorithm")
+
+
+def _check_label(config: dict, key: str, value: str, where: str) -> None:
+    """ConfigError naming `where` when `value` of run field `key` is not a label of its section."""
+    section = GRID_SECTIONS[key]
+    if value not in config[section]:
+        raise ConfigError(f"{where}: {value!r} is not defined in `{section}`.{suggest(value, config[section])} "
+                          f"Defined: {', '.join(config[section])}")
+
+
 def build_runs(config: dict) -> list[Run]:
     """The runs of the config: the explicit `experiments`, or the product of the grid's lists."""
     grid = {name: list(config[section]) for name, section in GRID_SECTIONS.items()}
@@ -148,12 +160,9 @@ def build_runs(config: dict) -> list[Run]:
     grid["alpha"] += [label for label in config.get("partitions") or {} if label not in grid["alpha"]]
     if config.get("experiments"):
         defaults = _experiment_defaults(config, grid)
-        for key in ("dataset", "init", "algorithm"):  # a default some experiment takes, named where it is written
-            section = GRID_SECTIONS[key]
-            taken = any(exp.get(key) is None for exp in config["experiments"])
-            if taken and defaults[key] is not None and defaults[key] not in config[section]:
-                raise ConfigError(f"experiment_defaults.{key}: {defaults[key]!r} is not defined in `{section}`."
-                                  f"{suggest(defaults[key], config[section])} Defined: {', '.join(config[section])}")
+        for key in LABEL_FIELDS:  # a default some experiment takes, named where it is written
+            if defaults[key] is not None and any(exp.get(key) is None for exp in config["experiments"]):
+                _check_label(config, key, defaults[key], f"experiment_defaults.{key}")
         combos = [{k: defaults[k] if exp.get(k) is None else exp[k] for k in grid} for exp in config["experiments"]]
         if defaults["seed"] == EVERY_SEED:  # replicates: each experiment without a seed, for every seed
             combos = [{**c, "seed": seed} for c in combos for seed in
@@ -162,11 +171,8 @@ def build_runs(config: dict) -> list[Run]:
         combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
     runs = []
     for i, c in enumerate(combos):
-        for key in ("dataset", "init", "algorithm"):
-            section = GRID_SECTIONS[key]
-            if c[key] not in config[section]:
-                raise ConfigError(f"experiments[{i}].{key}: {c[key]!r} is not defined in `{section}`."
-                                  f"{suggest(c[key], config[section])} Defined: {', '.join(config[section])}")
+        for key in LABEL_FIELDS:
+            _check_label(config, key, c[key], f"experiments[{i}].{key}")
         labels = config.get("partitions") or {}
         if is_partition_label(c["alpha"]) and c["alpha"] not in labels:
             where = f"experiments[{i}].alpha" if config.get("experiments") else "alphas"

@@ -51,10 +51,9 @@ def resolve_device(name: str, claim_dir=CLAIM_DIR) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} was requested but CUDA is not available on this node")
-    if device.type == "cuda" and _CLAIM is None:
-        cards = torch.cuda.device_count()
-        card = device.index if device.index is not None or cards < 1 else torch.cuda.current_device()
-        if card is not None and 0 <= card < cards:  # else CUDA itself says so on the job's first tensor there
+    if device.type == "cuda" and _CLAIM is None and (cards := torch.cuda.device_count()) > 0:
+        card = torch.cuda.current_device() if device.index is None else device.index
+        if card < cards:  # else CUDA itself says so on the job's first tensor there
             _CLAIM = _claim(cards, claim_dir, card)
     return _made_current(device)
 

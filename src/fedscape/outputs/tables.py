@@ -20,6 +20,11 @@ class TableError(ValueError):
     """A table that cannot be read or does not have the columns its reader needs."""
 
 
+# A table cell for what a result made before it was recorded cannot say (how a run trained, in which precision, on
+# which card).
+UNRECORDED = "unrecorded"
+
+
 def read_table(path: str | Path, columns: Iterable[str] = (), numeric: Iterable[str] = (),
                expect: Mapping[str, object] | None = None, **read_options) -> pd.DataFrame:
     """The CSV table at `path`, read strictly; a TableError names the file (and the line) and the fix:

@@ -10,7 +10,7 @@ import pandas as pd
 from fedscape.core.io import remake_hint, write_csv
 from fedscape.core.paths import run_of_path
 from fedscape.fl.schedule import parse_work, work_text
-from fedscape.outputs.tables import read_table
+from fedscape.outputs.tables import UNRECORDED, read_table
 
 # What a run's cost per round depends on besides the algorithm: runs are compared only within one setting.
 # local_epochs and local_steps hold a work that every client does (empty otherwise); local_work names the work as
@@ -27,7 +27,6 @@ COST_COLUMNS = ["dataset", "model", "algorithm", "algorithm_name", "device", "de
                 "median_seconds_per_round", "peak_mem_mb", "seconds_vs_fedavg", "peak_mem_vs_fedavg",
                 "alpha", "num_clients", "participation", "local_epochs", "batch_size", "local_steps", "local_work",
                 "execution", "precision"]
-UNRECORDED_EXECUTION = "unrecorded"  # a run's execution or precision, trained before it was recorded
 # meta.json's key -> the column: what each attempt of a resumed run overrides for the rounds from its first on
 ATTEMPT_COLUMNS = {"execution": "execution", "device": "device", "device_name": "device_name",
                    "precision_used": "precision"}
@@ -51,8 +50,8 @@ def _run_rounds(metrics: str | Path, meta_path: str | Path) -> pd.DataFrame:
     df = df[df["round"] > 0].copy()
     df["device"] = meta.get("device", "unknown")
     df["device_name"] = meta.get("device_name", meta.get("device", "unknown"))
-    df["execution"] = meta.get("execution", UNRECORDED_EXECUTION)
-    df["precision"] = meta.get("precision_used", UNRECORDED_EXECUTION)
+    df["execution"] = meta.get("execution", UNRECORDED)
+    df["precision"] = meta.get("precision_used", UNRECORDED)
     for attempt in meta.get("attempts", []):  # a run resumed after a kill: each attempt's rounds as they trained
         for key, column in ATTEMPT_COLUMNS.items():  # (older attempts recorded less: the run's own value stands)
             if key in attempt:

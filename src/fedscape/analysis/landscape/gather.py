@@ -16,10 +16,9 @@ from fedscape.core.config import digest
 from fedscape.core.io import atomic_path, remake_hint, write_csv
 from fedscape.core.runs import OK
 from fedscape.models.specs import BN_STATS_BASELINE
-from fedscape.outputs.tables import read_table
+from fedscape.outputs.tables import UNRECORDED, read_table
 
 log = logging.getLogger("fedscape.landscape")
-UNRECORDED = "unrecorded"  # a surface's or chunk's device or precision, made before they were recorded
 
 
 # -- gather ----------------------------------------------------------------------------------------------

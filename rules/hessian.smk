@@ -1,10 +1,12 @@
 # Hessian analysis (PyHessian recipe, Yao et al. 2020) of the global model at chosen rounds: top-k
 # eigenvalues, Hutchinson trace, SLQ spectral density (Ghorbani et al. 2019), per-client HN / HD (FedAlign,
-# Mendieta et al. 2022, Table 1; over every client or the sample of hessian.clients) and the top-2
-# eigenvector plane that hessian landscapes read.
+# Mendieta et al. 2022, Table 1; over every client or the sample of hessian.clients), and in a rule of its own
+# the top-2 eigenvector plane that hessian landscapes read (so that a change of the trace, density, sharpness or
+# client settings redraws no landscape).
 
 from fedscape.analysis.hessian.definitions import (
     JOB_FILES,
+    PLANE_FILE,
     client_columns,
     hessian_columns,
 )
@@ -18,7 +20,11 @@ rule hessian:
     input:
         unpack(
             lambda wildcards: hessian_plan.hessian_inputs(
-                config, RUNS, Run.from_wildcards(wildcards), int(wildcards.round)
+                config,
+                RUNS,
+                Run.from_wildcards(wildcards),
+                int(wildcards.round),
+                ancient,
             )
         ),
     output:
@@ -27,6 +33,8 @@ rule hessian:
         RESULTS.job_log("hessian"),
     wildcard_constraints:
         round=r"[0-9]+",
+    # before its plane job, which then takes the eigenpairs it keeps instead of computing them
+    priority: 1
     conda:
         "../envs/torch.yaml"
     resources:
@@ -42,6 +50,40 @@ rule hessian:
         ),
     script:
         "../workflow/scripts/hessian.py"
+
+
+rule hessian_plane:
+    input:
+        unpack(
+            lambda wildcards: hessian_plan.plane_inputs(
+                config,
+                RUNS,
+                Run.from_wildcards(wildcards),
+                int(wildcards.round),
+                ancient,
+            )
+        ),
+    output:
+        plane=f"{RESULTS(HESSIAN_DIR)}/{PLANE_FILE}",
+    log:
+        RESULTS.job_log("hessian_plane"),
+    wildcard_constraints:
+        round=r"[0-9]+",
+    conda:
+        "../envs/torch.yaml"
+    resources:
+        # a job that copies another run's round-0 plane computes nothing
+        **{key: by_input(key, "source_plane", GPU_JOB, CPU_JOB) for key in GPU_JOB},
+    params:
+        settings=lambda wildcards: hessian_plan.plane_job_settings(
+            config,
+            RUNS,
+            Run.from_wildcards(wildcards),
+            int(wildcards.round),
+            recorded_params(READ_PARAMS, rules.hessian_plane.output[0], wildcards),
+        ),
+    script:
+        "../workflow/scripts/hessian_plane.py"
 
 
 rule hessian_tables:

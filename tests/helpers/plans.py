@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from fedscape.analysis.barriers.definitions import InterpolationJob, LayerBarriersJob
 from fedscape.analysis.client_stats.definitions import ClientStatsJob
-from fedscape.analysis.hessian.definitions import HessianJob
+from fedscape.analysis.hessian.definitions import HessianJob, HessianPlaneJob
 from fedscape.analysis.landscape.definitions import LandscapeChunkJob, LandscapePlaneJob
 from fedscape.core.jobs import JobSettings
 from fedscape.core.runs import build_runs
 from fedscape.plan.barriers import interpolation_pairs, interpolation_settings, layer_pairs, layer_settings
 from fedscape.plan.client_stats import client_stats_params
-from fedscape.plan.hessian import hessian_job_settings, hessian_jobs
+from fedscape.plan.hessian import hessian_job_settings, hessian_jobs, plane_job_settings
 from fedscape.plan.init import init_settings
 from fedscape.plan.landscape import chunk_settings, landscape_plans, plane_settings
 from fedscape.plan.partition import partition_settings
@@ -19,8 +19,8 @@ from fedscape.stages.init_settings import InitJob
 from fedscape.stages.partition_settings import PartitionJob
 from fedscape.stages.train_settings import TrainJob
 
-ANALYSIS_RULES = tuple(kind.rule for kind in (HessianJob, InterpolationJob, LayerBarriersJob, LandscapePlaneJob,
-                                              LandscapeChunkJob))
+ANALYSIS_RULES = tuple(kind.rule for kind in (HessianJob, HessianPlaneJob, InterpolationJob, LayerBarriersJob,
+                                              LandscapePlaneJob, LandscapeChunkJob))
 
 
 def stage_settings(config: dict) -> list[tuple[type[JobSettings], dict]]:
@@ -44,9 +44,11 @@ def analysis_settings(config: dict) -> dict[str, list[dict]]:
     jobs: dict[str, list[dict]] = {rule: [] for rule in ANALYSIS_RULES}
     hessian = list(hessian_jobs(config, runs))
     planes = landscape_plans(config, runs)
-    # a hessian surface without a plane file reads the Hessian job of its run, planned even with the stage off
+    # a hessian surface without a plane file reads the plane job of its run, planned even with the stage off (its
+    # Hessian job, listed beside it, is not)
     hessian += [(p.runs[0], p.round) for p in planes if p.kind == "hessian" and not p.spec["plane_file"]]
     jobs["hessian"] = [hessian_job_settings(config, runs, run, r) for run, r in dict.fromkeys(hessian)]
+    jobs["hessian_plane"] = [plane_job_settings(config, runs, run, r) for run, r in dict.fromkeys(hessian)]
     jobs["interpolation"] = [interpolation_settings(config, pair) for pair in interpolation_pairs(config, runs)]
     jobs["layer_barriers"] = [layer_settings(config, pair, r) for pair in layer_pairs(config, runs)
                               for r in pair.rounds]
@@ -77,6 +79,7 @@ def neutral_rule_settings(config: dict, recorded: dict[tuple, list[str]] | None 
         plan(("train", run.run_id), train_settings, config, run)
     for run, r in dict.fromkeys(hessian_jobs(config, runs)):
         plan(("hessian", run.run_id, r), hessian_job_settings, config, runs, run, r)
+        plan(("hessian_plane", run.run_id, r), plane_job_settings, config, runs, run, r)
     for pair in interpolation_pairs(config, runs):
         plan(("interpolation", pair.label), interpolation_settings, config, pair)
     for pair in layer_pairs(config, runs):

@@ -24,7 +24,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[2]
 RECORD = ROOT / "tests" / "data" / "result_numbers.json"
 # The job kinds whose results each kind reads, transitively (the tiny config's DAG: the Hessian plane of the
-# `tiny_hessian` landscape comes from the Hessian job).
+# `tiny_hessian` landscape comes from the plane job of the Hessian stage).
 UPSTREAM: dict[str, tuple[str, ...]] = {
     "partition": (),
     "init": ("partition",),
@@ -33,8 +33,9 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
     "interpolation": ("partition", "init", "train"),
     "layer_barriers": ("partition", "init", "train"),
     "client_stats": ("partition", "init", "train"),
-    "landscape_plane": ("partition", "init", "train", "hessian"),
-    "landscape_chunk": ("partition", "init", "train", "hessian", "landscape_plane"),
+    "hessian_plane": ("partition", "init", "train"),
+    "landscape_plane": ("partition", "init", "train", "hessian_plane"),
+    "landscape_chunk": ("partition", "init", "train", "hessian_plane", "landscape_plane"),
 }
 # Tolerances of the float numbers (counts compare exactly). Measured on an AMD EPYC (torch 2.15.0): the tiny run's
 # numbers under AVX2-only kernels (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2) and under ATen's scalar ones
@@ -87,6 +88,18 @@ def _hessian(run: Path) -> dict[str, float]:
             for m in ("lambda_1", "trace", "trace_stderr")}
 
 
+def _hessian_plane(run: Path) -> dict[str, float]:
+    out = {}
+    root = run / "results" / "hessian"
+    for path in sorted(root.rglob("eigen_plane.npz")):
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+        job = path.parent.relative_to(root).as_posix()
+        # the eigenvalues (an eigenvector's sign is arbitrary; the landscapes drawn on the plane guard its directions)
+        out.update({f"{job}/lambda_{i + 1}": float(v) for i, v in enumerate(meta["eigenvalues"])})
+    return out
+
+
 def _interpolation(run: Path) -> dict[str, float]:
     df = _table(run, "barriers")
     return {f"{r.pair_id}/{r.split}/aligned~{r.aligned}/{r.path}/{m}": float(getattr(r, m)) for r in df.itertuples()
@@ -132,7 +145,8 @@ def _landscape_chunk(run: Path) -> dict[str, float]:
 
 
 NUMBERS: dict[str, Callable[[Path], dict[str, float]]] = {
-    "partition": _partition, "init": _init, "train": _train, "hessian": _hessian, "interpolation": _interpolation,
+    "partition": _partition, "init": _init, "train": _train, "hessian": _hessian, "hessian_plane": _hessian_plane,
+    "interpolation": _interpolation,
     "layer_barriers": _layer_barriers, "client_stats": _client_stats, "landscape_plane": _landscape_plane,
     "landscape_chunk": _landscape_chunk,
 }

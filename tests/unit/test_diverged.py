@@ -29,7 +29,7 @@ from fedscape.analysis.barriers.tables import interpolation_tables_job
 from fedscape.analysis.client_stats.definitions import CLIENT_STATS_COLUMNS
 from fedscape.analysis.client_stats.stage import client_stats_job
 from fedscape.analysis.hessian.definitions import CLIENT_COLUMNS, DENSITY_COLUMNS, hessian_columns
-from fedscape.analysis.hessian.stage import hessian_stage
+from fedscape.analysis.hessian.stage import hessian_stage, plane_stage
 from fedscape.analysis.hessian.tables import gather_tables
 from fedscape.analysis.landscape.figures import landscape_figure_job
 from fedscape.analysis.landscape.gather import landscape_gather_job, load_surface
@@ -37,7 +37,7 @@ from fedscape.analysis.landscape.planes import load_plane
 from fedscape.analysis.landscape.stage import landscape_chunk_job, landscape_plane_job
 from fedscape.core.config import validate_config
 from fedscape.plan.barriers import interpolation_pairs, interpolation_settings, layer_pairs, layer_settings
-from fedscape.plan.hessian import hessian_job_settings
+from fedscape.plan.hessian import hessian_job_settings, plane_job_settings
 from fedscape.plan.landscape import chunk_settings, landscape_plans, plane_settings, surface_settings
 from fedscape.report.summary import final_table, summary_table
 
@@ -69,12 +69,19 @@ def test_the_fixture_has_one_healthy_and_one_diverged_run(runs):
 
 
 # -- Hessian -----------------------------------------------------------------------------------------
-def _hessian_job(runs, run, round_, out_dir):
-    outputs = {key: out_dir / name for key, name in (("table", "hessian.csv"), ("clients", "hessian_clients.csv"),
-                                                     ("density", "density.csv"), ("plane", "eigen_plane.npz"),
-                                                     ("details", "hessian.json"))}
-    hessian_stage(hessian_job_settings(runs.config, [run], run, round_), runs.trajectory(run), runs.partition, outputs)
-    return outputs
+HESSIAN_OUTPUTS = (("table", "hessian.csv"), ("clients", "hessian_clients.csv"), ("density", "density.csv"),
+                   ("details", "hessian.json"))
+
+
+def _hessian_job(runs, run, round_, out_dir, trajectory=None, progress_dir=None):
+    """The Hessian job and the plane job of (run, round_): their outputs (the plane's under `plane`)."""
+    trajectory = runs.trajectory(run) if trajectory is None else trajectory
+    outputs = {key: out_dir / name for key, name in HESSIAN_OUTPUTS}
+    hessian_stage(hessian_job_settings(runs.config, [run], run, round_), trajectory, runs.partition, outputs,
+                  progress_dir=progress_dir)
+    plane_stage(plane_job_settings(runs.config, [run], run, round_), trajectory, runs.partition,
+                out_dir / "eigen_plane.npz")
+    return {**outputs, "plane": out_dir / "eigen_plane.npz"}
 
 
 @pytest.fixture(scope="module")
@@ -130,21 +137,17 @@ def test_hessian_job_of_finite_weights_with_an_infinite_loss_writes_diverged_out
     assert torch.isfinite(params).all()
     trajectory = tmp_path / "trajectory.pt"
     save_trajectory(trajectory, params, healthy.buffers, healthy.rounds, healthy.model_meta, healthy.meta)
-    outputs = {key: tmp_path / name for key, name in (("table", "hessian.csv"), ("clients", "hessian_clients.csv"),
-                                                      ("density", "density.csv"), ("plane", "eigen_plane.npz"),
-                                                      ("details", "hessian.json"))}
     progress = tmp_path / "progress"
     progress.mkdir()
     (progress / "all.pt").write_bytes(b"an earlier attempt's part")  # cleared with the job's parts
     caplog.set_level(logging.WARNING)
 
     # Execute: no exception (the eigensolver's "did not converge" before NonFiniteLoss existed)
-    hessian_stage(hessian_job_settings(runs.config, [runs.healthy], runs.healthy, ROUNDS), trajectory,
-                  runs.partition, outputs, progress_dir=progress)
+    outputs = _hessian_job(runs, runs.healthy, ROUNDS, tmp_path, trajectory=trajectory, progress_dir=progress)
 
-    # Assert: every output written as diverged, with the reason; no part kept for a resume
+    # Assert: every output written as diverged, with the reason, the plane job's too; no part kept for a resume
     why = "finite weights but its loss on the"
-    assert why in warnings_of(caplog)
+    assert warnings_of(caplog).count(why) == 2
     table = pd.read_csv(outputs["table"])
     assert (table["status"] == "diverged").all() and len(table) == 1 + NUM_CLIENTS
     assert table.drop(columns=["run_id", "round", "data", "status"]).isna().all().all()

@@ -32,10 +32,13 @@ from fedscape.analysis.hessian.maths import (
 )
 from fedscape.analysis.hessian.stage import hessian_stage
 from fedscape.core.config import ConfigError, load_schema
+from fedscape.core.paths import Results
 from fedscape.core.runs import build_runs
 from fedscape.models.registry import build_model
 from fedscape.models.specs import MODEL_INFOS, MODEL_NORMS, model_info, piecewise_linear
-from fedscape.plan.hessian import hessian_job_settings
+from fedscape.plan.hessian import hessian_job_settings, hessian_jobs, plane_path
+from fedscape.plan.landscape import landscape_plans
+from fedscape.plan.landscape import plane_inputs as landscape_plane_inputs
 from fedscape.plan.workflow import check_config
 
 SCHEMA = load_schema(ROOT / "workflow/schemas/config.schema.yaml")
@@ -244,7 +247,7 @@ def test_planning_refuses_exact_for_a_model_with_group_norm():
 
 def _two_models(**hessian) -> dict:
     """Runs of cnn_small and of resnet18 (group norm); the Hessian stage analyses cnn_small's, and a Hessian
-    landscape asks for resnet18's eigenvector plane (a Hessian job of its own)."""
+    landscape asks for resnet18's eigenvector plane (a plane job of its own, with no trace)."""
     config = _config(**hessian)
     config["models"] = ["cnn_small", "resnet18"]
     config["experiments"] = [{"alpha": "iid", "model": "cnn_small"}, {"alpha": "iid", "model": "resnet18"}]
@@ -254,10 +257,16 @@ def _two_models(**hessian) -> dict:
     return config
 
 
-def test_planning_refuses_exact_for_the_hessian_job_a_landscape_asks_for():
-    check_config(_two_models(trace_estimator="hutchinson"), SCHEMA)
-    with pytest.raises(ConfigError, match=r"landscapes.eigen: hessian.trace_estimator exact .* not resnet18"):
-        check_config(_two_models(trace_estimator=EXACT), SCHEMA)
+def test_exact_is_not_refused_for_a_model_whose_plane_alone_a_landscape_asks_for():
+    # Prepare / Execute: the landscape plans resnet18's plane job, which computes eigenpairs and no trace
+    config = check_config(_two_models(trace_estimator=EXACT), SCHEMA)
+    runs = build_runs(config)
+    resnet = next(run for run in runs if run.model == "resnet18")
+
+    # Assert: no Hessian job of resnet18 is planned; the landscape reads its plane job's output
+    (plan,) = landscape_plans(config, runs)
+    assert all(run.model == "cnn_small" for run, _ in hessian_jobs(config, runs))
+    assert landscape_plane_inputs(config, plan)["hessian_plane"] == plane_path(Results.of(config), resnet, plan.round)
 
 
 def test_exact_is_not_refused_where_no_hessian_job_is_planned():

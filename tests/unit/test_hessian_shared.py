@@ -10,11 +10,18 @@ import numpy as np
 import pytest
 from helpers.configs import DEFAULT, SCHEMA, tiny_config
 
-from fedscape.analysis.hessian.definitions import JOB_FILES
-from fedscape.analysis.hessian.shared import copy_shared_job
+from fedscape.analysis.hessian.definitions import JOB_FILES, PLANE_FILE
+from fedscape.analysis.hessian.shared import copy_shared_job, copy_shared_plane
 from fedscape.analysis.landscape.definitions import read_plane_file, write_plane_file
 from fedscape.core.runs import build_runs
-from fedscape.plan.hessian import hessian_inputs, hessian_job_settings, hessian_jobs, shared_source
+from fedscape.plan.hessian import (
+    hessian_inputs,
+    hessian_job_settings,
+    hessian_jobs,
+    plane_inputs,
+    plane_job_settings,
+    shared_source,
+)
 from fedscape.plan.workflow import check_config
 
 
@@ -99,15 +106,49 @@ def test_a_sharing_job_reads_its_sources_outputs_and_says_so_in_its_settings():
     # Execute
     own, copied, final = (hessian_inputs(config, runs, fedavg, 0), hessian_inputs(config, runs, fedprox, 0),
                           hessian_inputs(config, runs, fedprox, 3))
+    own_plane, copied_plane, final_plane = (plane_inputs(config, runs, fedavg, 0),
+                                            plane_inputs(config, runs, fedprox, 0),
+                                            plane_inputs(config, runs, fedprox, 3))
     settings = hessian_job_settings(config, runs, fedprox, 0)
+    plane_settings = plane_job_settings(config, runs, fedprox, 0)
 
-    # Assert
+    # Assert: the Hessian job copies its source's outputs, the plane job its source's plane
     assert set(own) == set(final) == {"trajectory", "partition"} and "fedprox" in final["trajectory"]
-    assert set(copied) == {f"source_{key}" for key in JOB_FILES}
+    assert own_plane == own and final_plane == final
+    assert set(copied) == set(copied_plane) == {f"source_{key}" for key in JOB_FILES} | {"source_plane"}
     assert all(path.endswith(f"{fedavg.run_id}/round~0/{JOB_FILES[key]}") for key, path in
                ((k, copied[f"source_{k}"]) for k in JOB_FILES))
-    assert settings["shared_from"] == fedavg.run_id and settings["run_id"] == fedprox.run_id
+    assert copied_plane["source_plane"].endswith(f"{fedavg.run_id}/round~0/{PLANE_FILE}")
+    for job in (settings, plane_settings):
+        assert job["shared_from"] == fedavg.run_id and job["run_id"] == fedprox.run_id
     assert "shared_from" not in hessian_job_settings(config, runs, fedavg, 0)  # finished jobs keep their params
+
+
+def test_each_job_keeps_the_input_set_of_the_hessian_job_that_wrote_its_plane_and_marks_what_it_does_not_read():
+    # Snakemake's `input` trigger reruns a job whose set of input paths changed: a plane written by a Hessian job
+    # (before the plane had a rule of its own) recorded that job's inputs, the trajectory and partition, or the five
+    # outputs of the job it copied
+    config = tiny_config(runs="all", rounds=[0, "final"])
+    config["experiments"] = [{"alpha": "iid"}, {"alpha": 0.5, "algorithm": "fedavg"},
+                             {"alpha": 0.5, "algorithm": "fedprox"}]
+    config, runs = _checked(config)
+    fedprox = next(r for r in runs if r.algorithm == "fedprox")
+
+    def unread(path):
+        return ("unread", path)
+
+    for round_ in (0, 3):
+        # Execute
+        hessian, plane = (f(config, runs, fedprox, round_, unread) for f in (hessian_inputs, plane_inputs))
+
+        # Assert: one set of paths; each job marks the paths it does not read, and only those
+        def paths(inputs):
+            return {v[1] if isinstance(v, tuple) else v for v in inputs.values()}
+
+        assert paths(hessian) == paths(plane) and len(paths(plane)) == (5 if round_ == 0 else 2)
+        assert {k for k, v in hessian.items() if isinstance(v, tuple)} == ({"source_plane"} if round_ == 0 else set())
+        assert {k for k, v in plane.items() if isinstance(v, tuple)} == (
+            {f"source_{key}" for key in JOB_FILES} if round_ == 0 else set())
 
 
 # -- the copy ----------------------------------------------------------------------------------------------
@@ -128,6 +169,7 @@ def _source_job(tmp_path, rows_of: str = SOURCE) -> dict:
               "d2": rng.normal(size=7)}
     meta = {"kind": "hessian", "runs": [SOURCE], "round": 0, "explained_variance": None, "axis_labels": ["e1", "e2"],
             "model_meta": {"model": "cnn_small"}, "seed": 0, "eigenvalues": [2.5, 1.5]}
+    paths["plane"] = src / PLANE_FILE
     write_plane_file(paths["plane"], arrays, json.dumps(meta))
     paths["details"].write_text(json.dumps({"run_id": SOURCE, "round": 0, "hn": 3.25}))
     return paths
@@ -140,11 +182,12 @@ def test_copy_replaces_only_the_run_id(tmp_path):
 
     # Execute
     copy_shared_job(TARGET, 0, SOURCE, source, out)
+    copy_shared_plane(TARGET, 0, SOURCE, source["plane"], tmp_path / f"out_{PLANE_FILE}")
 
     # Assert: every CSV is the source's text with the run id replaced (numbers byte for byte)
     for key in ("table", "clients", "density"):
         assert out[key].read_text() == source[key].read_text().replace(SOURCE, TARGET)
-    arrays, meta = read_plane_file(out["plane"])
+    arrays, meta = read_plane_file(tmp_path / f"out_{PLANE_FILE}")
     src_arrays, src_meta = read_plane_file(source["plane"])
     assert meta == {**src_meta, "runs": [TARGET]}
     assert all(np.array_equal(arrays[k], src_arrays[k]) for k in src_arrays)
@@ -161,3 +204,16 @@ def test_copy_refuses_a_source_of_another_run(tmp_path):
     with pytest.raises(ValueError, match="digits/other"):
         copy_shared_job(TARGET, 0, SOURCE, source, out)
     assert not any(p.exists() for p in out.values())
+
+
+def test_a_plane_copy_refuses_the_plane_of_another_run(tmp_path):
+    # Prepare: the source's plane names a third run
+    source = _source_job(tmp_path)
+    arrays, meta = read_plane_file(source["plane"])
+    write_plane_file(source["plane"], arrays, json.dumps({**meta, "runs": ["digits/other"]}))
+    out = tmp_path / f"out_{PLANE_FILE}"
+
+    # Execute / Assert: nothing written
+    with pytest.raises(ValueError, match="digits/other"):
+        copy_shared_plane(TARGET, 0, SOURCE, source["plane"], out)
+    assert not out.exists()

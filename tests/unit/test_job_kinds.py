@@ -1,6 +1,6 @@
-"""The typed job kinds of the analyses (hessian, interpolation, layer_barriers, landscape_plane, landscape_chunk):
-every job that a shipped config plans reads back to exactly its settings, key order included (Snakemake compares
-params by their text), and the declared defaults are the baselines of the first results."""
+"""The typed job kinds of the analyses (hessian, hessian_plane, interpolation, layer_barriers, landscape_plane,
+landscape_chunk): every job that a shipped config plans reads back to exactly its settings, key order included
+(Snakemake compares params by their text), and the declared defaults are the baselines of the first results."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from helpers.plans import analysis_settings
 from helpers.workflow import ROOT
 
 from fedscape.analysis.barriers.definitions import MODES, InterpolationJob, LayerBarriersJob
-from fedscape.analysis.hessian.definitions import HessianJob, HessianSettings
+from fedscape.analysis.hessian.definitions import EigenSettings, HessianJob, HessianPlaneJob, HessianSettings
 from fedscape.analysis.landscape.definitions import LandscapeChunkJob, LandscapePlaneJob
 from fedscape.core.config import RESULT_VERSION
 from fedscape.core.jobs import JobSettingsError, declared_defaults, to_settings
@@ -21,13 +21,13 @@ from fedscape.plan.workflow import load_config
 SCHEMA_FILE = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 CONFIGS = [ROOT / "config" / "config.yaml", *sorted((ROOT / "config" / "papers").glob("*.yaml")),
            ROOT / "tests" / "data" / "tiny_config.yaml"]
-KINDS = {kind.rule: kind for kind in (HessianJob, InterpolationJob, LayerBarriersJob, LandscapePlaneJob,
-                                      LandscapeChunkJob)}
+KINDS = {kind.rule: kind for kind in (HessianJob, HessianPlaneJob, InterpolationJob, LayerBarriersJob,
+                                      LandscapePlaneJob, LandscapeChunkJob)}
 
 
 @functools.cache
 def planned_settings(path: Path) -> dict[str, list[dict]]:
-    """The settings of every job of the five kinds that the config at `path` plans, by rule."""
+    """The settings of every job of the six kinds that the config at `path` plans, by rule."""
     return analysis_settings(load_config(path, SCHEMA_FILE))
 
 
@@ -36,6 +36,7 @@ def test_the_shipped_configs_plan_jobs_of_every_kind():
     every = {rule: [s for path in CONFIGS for s in planned_settings(path)[rule]] for rule in KINDS}
     assert all(every.values()), [rule for rule, jobs in every.items() if not jobs]
     assert any("shared_from" in s for s in every["hessian"])
+    assert any("shared_from" in s for s in every["hessian_plane"])
     assert any("order_seed" in s for s in every["layer_barriers"])
     assert any("direction_seed" in s for s in every["layer_barriers"])
 
@@ -60,6 +61,8 @@ def test_the_declared_defaults_are_the_baselines_of_the_first_results():
         "trace_estimator": "hutchinson", "sharpness": False, "sharpness_rho": 0.05, "sharpness_steps": 5,
         "sharpness_eta": 0.01, "precision": "fp32", "clients": "all"}
     assert declared_defaults(HessianJob) == {"shared_from": None}
+    assert declared_defaults(HessianPlaneJob) == {"shared_from": None}
+    assert declared_defaults(EigenSettings) == {"precision": "fp32"}
     assert declared_defaults(InterpolationJob) == {"precision": "fp32", "bn_stats": "stored", "align": False,
                                                    "curve": None}
     assert declared_defaults(LayerBarriersJob) == {

@@ -233,7 +233,7 @@ def test_lowering_every_memory_setting_keeps_every_finished_job_s_params():
     # Assert: each job's params text is the recorded one, its values those of now, which differ (the test can tell)
     assert kept.keys() == before.keys() == now.keys()
     rules = {key[0] for key in before}
-    assert rules == {"init", "train", "hessian", "interpolation", "layer_barriers", "landscape_chunk"}
+    assert rules == {"init", "train", "hessian", "hessian_plane", "interpolation", "layer_barriers", "landscape_chunk"}
     for key in before:
         assert repr(kept[key]) == repr(before[key]), key
         assert kept[key] == now[key], key
@@ -282,7 +282,8 @@ def test_a_change_of_meaning_beside_them_plans_the_settings_of_now():
     now = neutral_rule_settings(_config(lower_and_change))
 
     for key in before:
-        meaning_changed = key[0] in ("train", "hessian") or (key[0] == "init" and before[key]["kind"] == "iid_warmup")
+        meaning_changed = (key[0] in ("train", "hessian", "hessian_plane")
+                           or (key[0] == "init" and before[key]["kind"] == "iid_warmup"))
         assert (repr(kept[key]) == repr(now[key]) != repr(before[key])) if meaning_changed else \
             (repr(kept[key]) == repr(before[key])), key
 

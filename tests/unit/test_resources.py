@@ -348,8 +348,8 @@ def test_every_heavy_rule_is_declared_once_and_has_its_threads_on_slurm():
 def test_every_rule_that_resolves_a_device_is_a_gpu_rule():
     # The scripts of the rules whose library code picks a torch device (resolve_device, directly or through the
     # job_precision decorator) are exactly the GPU rules'.
-    stages = {"train_job", "init_job", "landscape_chunk_job", "hessian_job", "interpolation_job",
-              "layer_barriers_job"}
+    stages = {"train_job", "init_job", "landscape_chunk_job", "hessian_job", "hessian_plane_job",
+              "interpolation_job", "layer_barriers_job"}
     scripts = {p.stem for p in (ROOT / "workflow" / "scripts").glob("*.py")
                if any(re.search(rf"\b{s}\(", p.read_text()) for s in stages)}
     script_of = {}

@@ -147,6 +147,7 @@ EXPECTED_JOB_LOGS = {
     "client_stats": "tables/client_stats.log",
     "client_stats_figure": "figures/client_stats.log",
     "hessian": f"hessian/{RUN_LOGS.removeprefix('train/')}/round~30/hessian.log",
+    "hessian_plane": f"hessian/{RUN_LOGS.removeprefix('train/')}/round~30/eigen_plane.log",
     "hessian_tables": "tables/hessian.log",
     "hessian_by_algorithm_figure": "figures/hessian/lambda_trace_by_algorithm.log",
     "hessian_by_init_figure": "figures/hessian/lambda_trace_by_init.log",

@@ -69,8 +69,10 @@ def test_tiny_run_eigen_planes_and_figures(tiny_run):
         assert {"explained_variance", "axis_labels", "model_meta", "seed"} <= set(meta)
         assert plane["center"].shape == d1.shape == d2.shape
         assert abs(d1 @ d2) < 1e-5 and abs(np.linalg.norm(d1) - 1) < 1e-5 and abs(np.linalg.norm(d2) - 1) < 1e-5
-        lam1 = table.loc[(meta["runs"][0], meta["round"], "all"), "lambda_1"]
-        assert meta["eigenvalues"][0] == pytest.approx(lam1)
+        # the plane job's eigenpairs are its Hessian job's (kept for it, or computed as it computes them)
+        row = table.loc[(meta["runs"][0], meta["round"], "all")]
+        assert meta["eigenvalues"] == pytest.approx([row["lambda_1"], row["lambda_2"]], rel=1e-12)
+        assert meta["device"] == "cpu" and meta["precision_used"] == "fp32"
         details = json.loads((job / "hessian.json").read_text())
         assert all(d["converged"] == [True, True] for d in details["data"].values())
     for name in ("lambda_trace_by_algorithm", "lambda_trace_by_init", "spectral_density"):
@@ -101,7 +103,8 @@ def test_shared_round_zero_job_equals_its_own_computation(tmp_path):
 
     # Execute: the workflow up to the Hessian table; then FedProx's round 0 computed directly
     fedprox_trajectory = f"results/train/{fedprox.run_id}/trajectory.pt"  # not an input of the copying job
-    snakemake(workdir, "results/tables/hessian.csv", fedprox_trajectory, "--configfile", "pair.yaml")
+    fedprox_plane = f"results/hessian/{fedprox.run_id}/round~0/eigen_plane.npz"
+    snakemake(workdir, "results/tables/hessian.csv", fedprox_trajectory, fedprox_plane, "--configfile", "pair.yaml")
     job = {run.algorithm: workdir / "results/hessian" / run.run_id / "round~0" for run in (fedavg, fedprox)}
     settings = hessian_job_settings(checked, runs, fedprox, 0)
     own = {key: tmp_path / name for key, name in JOB_FILES.items()}
@@ -126,5 +129,6 @@ def test_shared_round_zero_job_equals_its_own_computation(tmp_path):
     density = pd.read_csv(job["fedprox"] / "density.csv")
     pd.testing.assert_frame_equal(density, pd.read_csv(own["density"]), check_exact=True)
     assert load_plane(job["fedprox"] / "eigen_plane.npz").runs == (fedprox.run_id,)
+    assert "copied" in (workdir / "logs/hessian" / fedprox.run_id / "round~0/eigen_plane.log").read_text()
     table = pd.read_csv(workdir / "results/tables/hessian.csv")
     assert set(table["run_id"]) == {fedavg.run_id, fedprox.run_id}

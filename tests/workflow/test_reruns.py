@@ -32,8 +32,9 @@ from fedscape.plan.workflow import result_versions
 
 RESULTS_PARTS = ("results", "logs", ".snakemake", "tiny.yaml")  # what a user copies next to a fresh clone
 # A bumped version of each of these plans its jobs and their descendants (each its plan module below src/fedscape)
-BUMPED = {"train": "plan/train.py", "hessian": "plan/hessian.py", "landscape_chunk": "plan/landscape.py",
-          "client_stats": "plan/client_stats.py", "partition": "plan/partition.py"}
+BUMPED = {"train": "plan/train.py", "hessian": "plan/hessian.py", "hessian_plane": "plan/hessian.py",
+          "landscape_chunk": "plan/landscape.py", "client_stats": "plan/client_stats.py",
+          "partition": "plan/partition.py"}
 
 
 @pytest.fixture(scope="module")
@@ -100,15 +101,33 @@ def test_bumping_a_result_version_plans_exactly_that_stage_and_its_descendants(c
     assert _nothing_planned(clone)  # the clone itself is untouched
 
 
-def test_changing_one_setting_plans_exactly_the_jobs_it_affects(clone):
-    cfg = yaml.safe_load((clone / "tiny.yaml").read_text())
-    cfg["hessian"]["trace_probes"] += 1
-    (clone / "probes.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))  # the keys in their order
+def _hessian_changed(workdir: Path, name: str, **changes) -> str:
+    """A copy of the tiny config, written as `name`, with `hessian` settings changed (the keys in their order)."""
+    cfg = yaml.safe_load((workdir / "tiny.yaml").read_text())
+    cfg["hessian"].update(changes)
+    (workdir / name).write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return name
 
-    changed = planned_jobs(clone, "--configfile", "probes.yaml")
+
+def test_changing_one_setting_plans_exactly_the_jobs_it_affects(clone):
+    probes = yaml.safe_load((clone / "tiny.yaml").read_text())["hessian"]["trace_probes"] + 1
+
+    changed = planned_jobs(clone, "--configfile", _hessian_changed(clone, "probes.yaml", trace_probes=probes))
     forced = planned_jobs(clone, "--configfile", "tiny.yaml", "--forcerun", "hessian")
 
+    # the Hessian jobs and their tables, not the eigenvector planes nor the Hessian landscape drawn on one
     assert changed == forced and changed.get("hessian")
+    assert not {rule for rule in changed if rule == "hessian_plane" or rule.startswith("landscape")}
+
+
+def test_changing_what_the_eigenpairs_depend_on_plans_the_planes_and_the_landscape_on_them(clone):
+    seed = yaml.safe_load((clone / "tiny.yaml").read_text())["hessian"].get("seed", 0) + 1
+
+    changed = planned_jobs(clone, "--configfile", _hessian_changed(clone, "seed.yaml", seed=seed))
+    forced = planned_jobs(clone, "--configfile", "tiny.yaml", "--forcerun", "hessian", "hessian_plane")
+
+    assert changed == forced and changed.get("hessian_plane") == changed.get("hessian")
+    assert changed.get("landscape_plane") == 1
 
 
 def test_moving_the_data_plans_nothing(clone):
@@ -178,7 +197,7 @@ def test_a_job_run_again_computes_with_the_lowered_memory_settings_and_keeps_its
     for job in jobs:
         settings = json.loads(job.read_text())["settings"]
         assert (settings["batch_size"], settings["cache_graph"]) == (33, False), job
-    records = [json.loads(p.read_text()) for p in (workdir / "results/_manifest/hessian").rglob("*.json")]
+    records = [json.loads(p.read_text()) for p in (workdir / "results/_manifest/hessian").rglob("hessian.json")]
     assert len(records) == len(jobs)
     for record in records:  # and so do the jobs' records, while Snakemake's keeps the text of the run that made them
         hessian = record["settings"]["hessian"]

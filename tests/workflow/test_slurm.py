@@ -196,18 +196,22 @@ def test_every_submitted_rule_uses_the_cpus_it_asks_for():
     assert {rule: threads.get(rule) for rule in rules} == cpus
 
 
-@pytest.mark.parametrize(("inputs", "gpu"), [(("trajectory", "partition"), 1),
-                                             (tuple(f"source_{key}" for key in JOB_FILES), 0)])
-def test_a_copying_hessian_job_is_a_small_cpu_job(inputs, gpu):
+@pytest.mark.parametrize(("rule", "inputs", "size"), [
+    ("hessian", ("trajectory", "partition"), (16000, 480, 4)),
+    ("hessian", tuple(f"source_{key}" for key in JOB_FILES), (2000, 10, 1)),
+    ("hessian_plane", ("trajectory", "partition"), (16000, 120, 4)),
+    ("hessian_plane", ("source_plane",), (2000, 10, 1)),
+])
+def test_a_copying_hessian_or_plane_job_is_a_small_cpu_job(rule, inputs, size):
     # Prepare: the inputs of a computing job, and of a round-0 job that copies a shared result
     environ = {"SLURM_PARTITION": "cpu", "SLURM_GPU_PARTITION": "gpu", "SLURM_GPU_MODEL": "a100"}
 
     # Execute: the profile's size of the job
-    hessian = profile()["set-resources"]["hessian"]
-    res = {key: evaluate_resource(value, environ, inputs) for key, value in hessian.items()}
+    resources = profile()["set-resources"][rule]
+    res = {key: evaluate_resource(value, environ, inputs) for key, value in resources.items()}
 
     # Assert (its card: tests/unit/test_resources.py)
-    assert (res["mem_mb"], res["runtime"], res["cpus_per_task"]) == ((16000, 480, 4) if gpu else (2000, 10, 1))
+    assert (res["mem_mb"], res["runtime"], res["cpus_per_task"]) == size
 
 
 @pytest.mark.parametrize(("device", "card"), [("cpu", False), ("auto", True)])

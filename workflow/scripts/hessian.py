@@ -8,6 +8,7 @@ from fedscape.analysis.hessian.shared import hessian_job
 from fedscape.core.logs import job_log
 from fedscape.core.paths import PROGRESS
 from fedscape.data.locations import with_data_locations
+from fedscape.plan.hessian import RESULT_VERSIONS
 from fedscape.plan.resources import memory_hint
 
 sm = snakemake  # noqa: F821
@@ -15,6 +16,8 @@ with job_log(sm.log[0], sm.output, sm.config["results_dir"],
              memory_hint("hessian", sm.config, dict(sm.wildcards.items())),
              settings=sm.params.settings):
     settings = with_data_locations(sm.params.settings, sm.config)  # where its data is now (not in its params)
-    # finished parts kept beside the outputs (not a param: adding one would rerun every finished job)
+    job_dir = Path(sm.output["table"]).parent
+    # finished parts kept beside the outputs (not a param: adding one would rerun every finished job), and the
+    # aggregate's eigenpairs for the plane job
     hessian_job(settings, dict(sm.input.items()), {key: sm.output[key] for key in JOB_FILES},
-                sm.threads, Path(sm.output["table"]).parent / PROGRESS)
+                sm.threads, job_dir / PROGRESS, RESULT_VERSIONS["hessian_plane"])

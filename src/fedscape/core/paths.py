@@ -65,6 +65,7 @@ JOB_LOGS: dict[str, str] = {
     "client_stats_figure": f"{FIGURES}/client_stats.log",
     # Hessian
     "hessian": f"{HESSIAN_DIR}/hessian.log",
+    "hessian_plane": f"{HESSIAN_DIR}/eigen_plane.log",
     "hessian_tables": "tables/hessian.log",
     "hessian_by_algorithm_figure": f"{FIGURES}/hessian/lambda_trace_by_algorithm.log",
     "hessian_by_init_figure": f"{FIGURES}/hessian/lambda_trace_by_init.log",

@@ -3,15 +3,18 @@ the targets, and the checks of the `hessian` section."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
+from typing import Any
 
 from fedscape.analysis.hessian.definitions import (
     EXACT,
     HUTCHPP,
     JOB_FILES,
+    PLANE_FILE,
     QUARTERS,
     HessianJob,
+    HessianPlaneJob,
     HessianSettings,
     hutchpp_split,
     job_clients,
@@ -42,7 +45,9 @@ DENSITY_FIGURE = "spectral_density"
 # every job. SMALL_HUTCHPP_BUMPS 1: their diagonal is Hutchinson's over all the probes, which has four quarters where
 # Diag++'s had none (HN and HD NaN). Only those jobs rerun: no other job's numbers changed (at 4 products neither
 # diagonal has four quarters).
-RESULT_VERSIONS = {"hessian": 4}
+# hessian_plane: the eigenvector plane's jobs (it keys the eigenpairs a Hessian job keeps for them too: EigenStore).
+# 1: the eigenpairs every Hessian job computed before the plane had a rule of its own (HessianPlaneJob.meaning).
+RESULT_VERSIONS = {"hessian": 4, "hessian_plane": 1}
 SMALL_HUTCHPP_BUMPS = 1
 # The trace_probes of a job with `trace_estimator: exact`, which takes none (its settings hold the field: a required
 # one of the first results); the schema's default.
@@ -209,15 +214,57 @@ def hessian_result_version(settings: HessianSettings) -> int:
     return RESULT_VERSIONS["hessian"] + (SMALL_HUTCHPP_BUMPS if small else 0)
 
 
-def hessian_inputs(config: dict, runs: list, run, round_: int) -> dict[str, str]:
+def hessian_inputs(config: dict, runs: list, run, round_: int, unread: Callable[[str], Any] = str) -> dict:
     """The job's inputs: the run's trajectory and partition, or, for a job that copies (`shared_source`), the
-    outputs of the job it copies (`source_<key>`)."""
+    outputs of the job it copies (`source_<key>`) and, through `unread` (the rule's `ancient`), that job's plane."""
     results = Results.of(config)
     source = shared_source(config, runs, run, round_)
     if source is None:
-        return {"trajectory": results.run_file(run, "trajectory"), "partition": results.partition_file(run)}
+        return _computing_inputs(results, run)
+    return {**_source_outputs(results, source, round_), "source_plane": unread(plane_path(results, source, round_))}
+
+
+def _computing_inputs(results: Results, run) -> dict[str, str]:
+    return {"trajectory": results.run_file(run, "trajectory"), "partition": results.partition_file(run)}
+
+
+def _source_outputs(results: Results, source, round_: int) -> dict[str, str]:
     job = results(HESSIAN_DIR, **source.fields(), round=int(round_))
     return {f"source_{key}": f"{job}/{name}" for key, name in JOB_FILES.items()}
+
+
+def make_plane_job(config: dict, runs: list, run, round_: int) -> HessianPlaneJob:
+    """The plane job of the Hessian job of (run, round) (`make_hessian_job`): its eigen settings alone."""
+    return HessianPlaneJob.of(make_hessian_job(config, runs, run, round_))
+
+
+def plane_job_settings(config: dict, runs: list, run, round_: int, recorded: Iterable[str] | None = None) -> dict:
+    """The settings of one plane job (`make_plane_job`) as its rule's params carry them, kept at Snakemake's
+    `recorded` text where they have its meaning (`kept_record`; a plane a Hessian job wrote keeps its record:
+    HessianPlaneJob.meaning)."""
+    return job_params(make_plane_job(config, runs, run, round_), RESULT_VERSIONS["hessian_plane"], recorded)
+
+
+def plane_inputs(config: dict, runs: list, run, round_: int, unread: Callable[[str], Any] = str) -> dict:
+    """The plane job's inputs: the run's trajectory and partition, or the plane it copies (`source_plane`: of the
+    run whose round-0 result the run's shares, `shared_source`) and, through `unread`, the other outputs of that
+    run's Hessian job.
+
+    Each job has the inputs of its run's Hessian job, whose outputs the plane was before it had a rule of its own, so
+    that Snakemake's `input` trigger reruns no plane the Hessian job wrote, and no copy. An input a job does not read
+    is passed through `unread`: the rule's `ancient`, so that it remade reruns nothing (a Hessian job rerun for
+    its trace settings reruns no copied plane, nor a plane its copy)."""
+    results = Results.of(config)
+    source = shared_source(config, runs, run, round_)
+    if source is None:
+        return _computing_inputs(results, run)
+    unread_outputs = {key: unread(path) for key, path in _source_outputs(results, source, round_).items()}
+    return {"source_plane": plane_path(results, source, round_), **unread_outputs}
+
+
+def plane_path(results: Results, run, round_: int) -> str:
+    """The eigenvector plane of (run, round): the plane job's output, which Hessian landscapes read."""
+    return f"{results(HESSIAN_DIR, **run.fields(), round=int(round_))}/{PLANE_FILE}"
 
 
 def job_dirs(config: dict, runs: list) -> list[str]:
@@ -232,6 +279,7 @@ def targets(config: dict, runs: list) -> list[str]:
     if not dirs:
         return []
     results = Results.of(config)
-    out = [results.table("hessian"), results.table("hessian_clients"), *(f"{d}/{JOB_FILES['plane']}" for d in dirs)]
+    planes = [plane_path(results, run, r) for run, r in hessian_jobs(config, runs)]
+    out = [results.table("hessian"), results.table("hessian_clients"), *planes]
     names = [*FIGURES, *([DENSITY_FIGURE] if config["hessian"]["density"]["enabled"] else [])]
     return out + [path for name in names for path in results.figure(HESSIAN_FIGURE, name=name).values()]

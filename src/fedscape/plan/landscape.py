@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedscape.analysis.hessian.definitions import JOB_FILES
 from fedscape.analysis.landscape.definitions import (
     CHUNK_FILE,
     FIGURE_FILES,
@@ -30,11 +29,11 @@ from fedscape.analysis.landscape.definitions import (
 )
 from fedscape.core.config import ConfigError, with_result_version
 from fedscape.core.jobs import job_params
-from fedscape.core.paths import HESSIAN_DIR, LANDSCAPE_DIR, SURFACE_DIR, Results, fill
+from fedscape.core.paths import LANDSCAPE_DIR, SURFACE_DIR, Results, fill
 from fedscape.core.runs import build_runs, iid_first, resolve_run, select_runs, varying_fields
 from fedscape.data.specs import dataset_settings
 from fedscape.models.specs import BN_STATS_BASELINE
-from fedscape.plan.hessian import exact_problems
+from fedscape.plan.hessian import plane_path
 from fedscape.plan.train import (
     algorithm_model_options,
     bn_stats_setting,
@@ -228,9 +227,7 @@ def check(config: dict, runs: list) -> list[str]:
     problems = []
     for label, spec in config["landscapes"].items():
         try:
-            plan = resolve_landscape(config, runs, label)
-            if plan.kind == "hessian" and spec["plane_file"] is None:  # its plane is a Hessian job's, planned for it
-                problems += exact_problems(config, plan.runs[:1], f"landscapes.{label}")
+            resolve_landscape(config, runs, label)
         except ConfigError as exc:
             problems.append(str(exc))
         problems += _plane_file_problems(label, spec)
@@ -275,7 +272,7 @@ def hessian_plane_path(plan: LandscapePlan, results: Results) -> str:
     """The plane file a hessian surface reads: `plane_file`, or the Hessian stage's eigenvector plane."""
     if plan.spec["plane_file"]:
         return str(plan.spec["plane_file"])
-    return f"{results(HESSIAN_DIR, **plan.runs[0].fields(), round=plan.round)}/{JOB_FILES['plane']}"
+    return plane_path(results, plan.runs[0], plan.round)
 
 
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.

@@ -44,6 +44,9 @@ class RuleNeeds:
 # and gradients; captured steps keep their CUDA graphs' memory pools (and a vectorised chunk's state per chunk size)
 _TRAIN_MEMORY = ("training.client_chunk_size", "training.client_parallel=sequential", "training.eval_batch_size",
                  "training.capture=eager")
+# What bounds a Hessian job's device memory: cache_graph keeps every batch's gradient graph, which grows with
+# eval_samples
+_HESSIAN_MEMORY = ("hessian.batch_size", "hessian.cache_graph=false", "hessian.eval_samples")
 # Every heavy rule (not `localrule: True`) and every rule that reads data, once: the GPU rules and DATA_RULES derive
 # from it, the SLURM profile gives each heavy rule a `set-threads` entry, and each GPU rule asks for its card itself
 # (`gpu_job_resources`; tests/unit/test_resources.py keeps them in step).
@@ -58,9 +61,9 @@ RULE_NEEDS: dict[str, RuleNeeds] = {
                                                  for entry in _TRAIN_MEMORY)}),
     "landscape_chunk": RuleNeeds(gpu=True, data=True, memory=("landscapes.{surface}.points_per_batch",
                                                               "training.eval_batch_size")),
-    # cache_graph keeps every batch's gradient graph, which grows with eval_samples
-    "hessian": RuleNeeds(gpu=True, data=True, memory=("hessian.batch_size", "hessian.cache_graph=false",
-                                                     "hessian.eval_samples")),
+    "hessian": RuleNeeds(gpu=True, data=True, memory=_HESSIAN_MEMORY),
+    # the aggregate's top-2 eigenvectors, as the Hessian job computes them (where that job did not keep them)
+    "hessian_plane": RuleNeeds(gpu=True, data=True, memory=_HESSIAN_MEMORY),
     "interpolation": RuleNeeds(gpu=True, data=True, memory=("training.eval_batch_size",)),
     "layer_barriers": RuleNeeds(gpu=True, data=True, memory=("training.eval_batch_size",)),
     "landscape_plane": RuleNeeds(gpu=False, data=False),  # checkpoints in, a plane out: CPU

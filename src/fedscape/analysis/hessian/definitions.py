@@ -4,9 +4,12 @@ and the columns of its tables."""
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
 
 from fedscape.analysis.contributions import FinalColumns
+from fedscape.core.config import RESULT_VERSION
 from fedscape.core.jobs import JobSettings
 from fedscape.core.names import unknown_name_error
 from fedscape.core.seeds import derive_seed
@@ -59,6 +62,25 @@ REPORT = FinalColumns(
     compute="tables:final_columns",
     shared=("lambda_max_init", "trace_init"),
 )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EigenSettings(JobSettings):
+    """What the top-k eigenpairs of one data set depend on (the evaluation subset, the solver and its precision): the
+    `hessian` settings of a hessian_plane job, each field as HessianSettings declares it, in its order."""
+
+    top_k: int
+    method: str
+    tol: float
+    max_iter: int
+    eval_samples: int | str | None
+    batch_size: int
+    cache_graph: bool
+    seed: int
+    precision: str = "fp32"
+
+
+EIGEN_FIELDS = tuple(f.name for f in fields(EigenSettings))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,6 +166,10 @@ class HessianSettings(JobSettings):
             if not ok:
                 raise ValueError(message)
 
+    def eigen(self) -> EigenSettings:
+        """The settings the top-k eigenpairs depend on (a hessian_plane job's)."""
+        return EigenSettings(**{name: getattr(self, name) for name in EIGEN_FIELDS})
+
 
 @dataclass(frozen=True, kw_only=True)
 class HessianJob(JobSettings):
@@ -159,6 +185,43 @@ class HessianJob(JobSettings):
     device: str
     hessian: HessianSettings
     shared_from: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class HessianPlaneJob(JobSettings):
+    """One job of rule hessian_plane: the top-2 eigenvector plane of the aggregate loss of one run's global model at
+    one round (FedAlign Fig. 1), which Hessian landscapes read. Its own rule, with only the settings the eigenpairs
+    depend on, so that a change of the trace, density, sharpness or per-client settings reruns the Hessian job and no
+    landscape drawn on the plane (`shared_from`: as the Hessian job's, a round-0 plane copied with this run's id)."""
+
+    rule = "hessian_plane"
+    neutral = HessianJob.neutral
+    run: dict
+    run_id: str
+    round: int
+    dataset_options: dict
+    device: str
+    hessian: EigenSettings
+    shared_from: str | None = None
+
+    @classmethod
+    def of(cls, job: HessianJob) -> HessianPlaneJob:
+        """The plane job of the Hessian job `job` (the same run, round, data and eigen settings)."""
+        return cls(run=job.run, run_id=job.run_id, round=job.round, dataset_options=job.dataset_options,
+                   device=job.device, hessian=job.hessian.eigen(), shared_from=job.shared_from)
+
+    @classmethod
+    def meaning(cls, settings: Mapping) -> dict:
+        """As JobSettings.meaning; settings of a Hessian job (Snakemake's record of an eigen_plane.npz that a Hessian
+        job wrote, before the plane had a rule of its own) mean those of its plane job: its eigen settings, and this
+        kind's first result version, which every Hessian result version computed the eigenpairs of. A finished plane
+        keeps its record so, and is not computed again."""
+        settings = dict(settings)
+        hessian = settings.get("hessian")
+        if isinstance(hessian, Mapping) and "trace_probes" in hessian:  # a field of HessianSettings, required
+            settings["hessian"] = {name: hessian[name] for name in EIGEN_FIELDS if name in hessian}
+            settings.pop(RESULT_VERSION, None)
+        return super().meaning(settings)
 
 
 def job_clients(clients: int | str, num_clients: int) -> int | str:
@@ -197,7 +260,25 @@ DENSITY_COLUMNS = ["run_id", "round", "data", "probe", "node", "weight"]
 # Each output of one Hessian job (one run, one round) and its file name in the job's directory: the rule's outputs and
 # the plan's inputs both read them here.
 JOB_FILES = {"table": "hessian.csv", "clients": "hessian_clients.csv", "density": "density.csv",
-             "plane": "eigen_plane.npz", "details": "hessian.json"}
+             "details": "hessian.json"}
+# The output of a hessian_plane job, in the Hessian job's directory.
+PLANE_FILE = "eigen_plane.npz"
+# Beside them (not an output): the aggregate's eigenpairs as the Hessian job computed them, under the key of its plane
+# job (`stage.eigen_key`), so that the plane job of the same settings and inputs takes them instead of computing them
+# again.
+EIGENPAIRS_DIR = "_eigenpairs"
+
+
+@dataclass(frozen=True)
+class EigenStore:
+    """Where a Hessian job keeps the aggregate's eigenpairs for its plane job (`EIGENPAIRS_DIR` of its directory), and
+    the plane jobs' result version (plan.hessian.RESULT_VERSIONS), which keys them with the plane job's settings: a
+    plane job of a new version computes its own. `plane`: the plane job's output; where it already holds the
+    eigenpairs of the key (a Hessian job rerun for its trace settings), none are kept."""
+
+    directory: str | Path
+    version: int
+    plane: str | Path | None = None
 AGGREGATE = "all"  # the `data` value of the aggregate training data (union of the client shards)
 # kept integers in the gathered tables beside NaN rows
 INTEGER_COLUMNS = ("round", "n_eval", "iterations", CLIENTS_COLUMN)

@@ -39,6 +39,7 @@ from fedscape.analysis.hessian.definitions import (
     HESSIAN_PRECISIONS,
     HUTCHPP,
     QUARTERS,
+    EigenSettings,
     HessianSettings,
     hutchpp_split,
 )
@@ -384,7 +385,7 @@ def lanczos_eigen(op: HessianOperator, k: int, tol: float = 1e-4, max_iter: int 
     return EigenResult(values, vectors, (m,) + (0,) * (k - 1), (done,) * k, residuals, "lanczos")
 
 
-def top_eigen(op: HessianOperator, settings: HessianSettings) -> EigenResult:
+def top_eigen(op: HessianOperator, settings: HessianSettings | EigenSettings) -> EigenResult:
     """Top-k eigenpairs with the configured method."""
     if settings.method == "lanczos":
         return lanczos_eigen(op, settings.top_k, settings.tol, settings.max_iter, settings.seed)
@@ -830,15 +831,21 @@ class NonFiniteLoss(ValueError):
     eval-mode batch-norm statistics): its Hessian is undefined, and the eigensolvers would fail on NaN products."""
 
 
+def _finite_loss(op: HessianOperator, n: int) -> float:
+    """The operator's loss, or NonFiniteLoss where it is not finite (on `n` evaluated samples)."""
+    loss = op.loss()
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(f"its loss on the {n} evaluated samples is {loss}: the Hessian is undefined")
+    return loss
+
+
 def analyse(model: nn.Module, x: Tensor, y: Tensor, settings: HessianSettings, eigen: bool = True,
             density: bool | None = None) -> HessianReport:
     """Eigenpairs, trace and diagonal (Hutchinson or Hutch++ / Diag++), and optionally the SLQ density on (x, y)."""
     density = settings.density if density is None else density
     t0 = time.perf_counter()
     with HessianOperator(model, x, y, settings.batch_size, settings.cache_graph, precision=settings.precision) as op:
-        loss = op.loss()
-        if not math.isfinite(loss):
-            raise NonFiniteLoss(f"its loss on the {len(y)} evaluated samples is {loss}: the Hessian is undefined")
+        loss = _finite_loss(op, len(y))
         eig = top_eigen(op, settings) if eigen else None
         hutch = trace_and_diagonal(op, settings)
         dens = slq_density(op, settings.density_steps, settings.density_probes, settings.seed) if density else None
@@ -849,6 +856,14 @@ def analyse(model: nn.Module, x: Tensor, y: Tensor, settings: HessianSettings, e
             adaptive = sharpness(op, settings.sharpness_rho, settings.sharpness_steps, settings.sharpness_eta,
                                  settings.seed)
     return HessianReport(len(y), loss, eig, hutch, dens, products, time.perf_counter() - t0, sharp, adaptive)
+
+
+def top_eigenpairs(model: nn.Module, x: Tensor, y: Tensor, settings: HessianSettings | EigenSettings) -> EigenResult:
+    """The top-k eigenpairs on (x, y) alone, as `analyse` computes them (the same operator, the same products first),
+    so bit for bit theirs on a CPU."""
+    with HessianOperator(model, x, y, settings.batch_size, settings.cache_graph, precision=settings.precision) as op:
+        _finite_loss(op, len(y))
+        return top_eigen(op, settings)
 
 
 def orthonormal_plane(v1: Tensor, v2: Tensor) -> tuple[Tensor, Tensor]:

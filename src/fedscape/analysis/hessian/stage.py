@@ -1,10 +1,11 @@
 """The Hessian stage: one job per (run, round) evaluates the global model on the aggregate data (top-k
-eigenpairs, Hutchinson trace, SLQ density, the eigenvector plane) and on every client's data, or a seeded sample
-of the clients (`hessian.clients`): top-k eigenvalues, trace and Hessian diagonal, hence HN and HD of FedAlign,
-Mendieta et al. 2022."""
+eigenpairs, Hutchinson trace, SLQ density) and on every client's data, or a seeded sample of the clients
+(`hessian.clients`): top-k eigenvalues, trace and Hessian diagonal, hence HN and HD of FedAlign, Mendieta et al.
+2022. One plane job per (run, round) writes the plane of the aggregate's top-2 eigenvectors (`plane_stage`)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -22,7 +23,10 @@ from fedscape.analysis.hessian.definitions import (
     DENSITY_COLUMNS,
     EVAL_ALL,
     EXACT,
+    EigenSettings,
+    EigenStore,
     HessianJob,
+    HessianPlaneJob,
     HessianSettings,
     client_columns,
     client_label,
@@ -39,9 +43,12 @@ from fedscape.analysis.hessian.maths import (
     diagonal_consistency,
     eval_subset,
     orthonormal_plane,
+    top_eigenpairs,
 )
 from fedscape.analysis.landscape.planes import META_KEYS, Plane, save_plane
+from fedscape.core.config import with_result_version
 from fedscape.core.io import write_csv, write_json
+from fedscape.core.jobs import to_settings
 from fedscape.core.runs import DIVERGED, OK
 from fedscape.data.datasets import take_rows
 from fedscape.data.federated import FederatedData, load_federated_data
@@ -93,7 +100,8 @@ def write_eigen_plane(path: str | Path, center, center_buffers, d1, d2, meta: di
     save_plane(path, plane)
 
 
-def aggregate_eval_data(data: FederatedData, settings: HessianSettings) -> tuple[torch.Tensor, torch.Tensor]:
+def aggregate_eval_data(data: FederatedData, settings: HessianSettings | EigenSettings
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """The samples of the aggregate training data that a job's Hessian is evaluated on: the fixed, seeded subset of
     `eval_samples` (stream key 0), or the whole union for `all` (the split itself, without a copy of it)."""
     x_all, y_all = data.union()
@@ -144,8 +152,8 @@ def _report(plain: dict) -> HessianReport:
 
 def _analysed(parts: Parts, name: str, compute) -> tuple[HessianReport, bool]:
     """The report of part `name` (the aggregate, or a client): saved by an earlier attempt of this job, or computed
-    now and saved, with the aggregate's eigenvectors (the plane) and each client's four quarter-diagonals (HN, HD), not
-    the diagonals or a client's eigenvectors; and whether it was resumed."""
+    now and saved, with the aggregate's eigenvectors (kept for the plane job) and each client's four quarter-diagonals
+    (HN, HD), not the diagonals or a client's eigenvectors; and whether it was resumed."""
     saved = parts.load(name)
     if saved is not None:
         return _report(saved), True
@@ -156,10 +164,12 @@ def _analysed(parts: Parts, name: str, compute) -> tuple[HessianReport, bool]:
 
 @job_precision(lambda settings: HessianJob.from_settings(settings).hessian.precision)
 def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: str | Path,
-                  outputs: dict[str, str | Path], progress_dir: str | Path | None = None) -> None:
+                  outputs: dict[str, str | Path], progress_dir: str | Path | None = None,
+                  eigen_store: EigenStore | None = None) -> None:
     """One (run, round) of a hessian job's `settings` (`HessianJob`): Hessian metrics on the aggregate data and on
-    each client's data; writes the job's hessian.csv, hessian_clients.csv, density.csv, eigen_plane.npz and
-    hessian.json. With `progress_dir`, each finished part is kept there until the job ends (`Parts`)."""
+    each client's data; writes the job's hessian.csv, hessian_clients.csv, density.csv and hessian.json. With
+    `progress_dir`, each finished part is kept there until the job ends (`Parts`); with `eigen_store`, the aggregate's
+    eigenpairs are kept there for its plane job."""
     t_start = time.perf_counter()
     job = HessianJob.from_settings(settings)
     hs = job.hessian
@@ -184,7 +194,7 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     key = progress_key(resume_settings(settings, HessianJob), (trajectory_path, partition_path), device.type)
     parts = Parts(progress_dir, key)
 
-    # the aggregate data: eigenpairs (the plane), trace, density
+    # the aggregate data: eigenpairs (kept for the plane job), trace, density
     try:
         agg, resumed = _analysed(parts, AGGREGATE, lambda: analyse(model, *aggregate_eval_data(data, hs), hs))
     except NonFiniteLoss as exc:  # finite weights, overflowing outputs: a diverged model all the same
@@ -194,8 +204,16 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     log.info("data %s (n=%d): lambda = %s, trace = %.6g +- %.3g (%d products, %.1f s%s)", AGGREGATE, agg.n_eval,
              ", ".join(f"{v:.6g}" for v in agg.eigen.values), agg.hutchinson.trace, agg.hutchinson.stderr,
              agg.products, agg.seconds, parts.note(resumed))
+    compute = describe_compute(device, hs.precision)
+    if eigen_store is not None:
+        store = _eigen_parts(eigen_store, HessianPlaneJob.of(job), (trajectory_path, partition_path), device.type)
+        if plane_eigen_key(eigen_store.plane) == store.key:
+            log.info("the eigenvector plane of these eigenpairs is made (%s): none kept for a plane job",
+                     eigen_store.plane)
+        else:
+            store_eigenpairs(store, agg, compute)
     rows = [_row(run_id, round_, AGGREGATE, agg, hs.top_k)]
-    details = {"run_id": run_id, "round": round_, **describe_compute(device, hs.precision),
+    details = {"run_id": run_id, "round": round_, **compute,
                "settings": asdict(hs), "data": {AGGREGATE: _details(agg)}}
     density_rows = []
     if agg.density is not None:
@@ -251,17 +269,6 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
         log.warning("eigenvalues did not reach tol %.1e within max_iter %d on %s; raise hessian.max_iter",
                     hs.tol, hs.max_iter, ", ".join(not_converged))
 
-    # the eigenvector plane of the aggregate loss (FedAlign Fig. 1)
-    center, center_buffers = traj.point(round_)  # the model analysed (at the final round of an SWA run: SWA)
-    d1, d2 = orthonormal_plane(agg.eigen.vectors[0], agg.eigen.vectors[1])
-    labels = [f"eigenvector 1 (lambda_1 = {agg.eigen.values[0]:.4g})",
-              f"eigenvector 2 (lambda_2 = {agg.eigen.values[1]:.4g})"]
-    meta = {"kind": "hessian", "runs": [run_id], "round": round_, "explained_variance": None, "axis_labels": labels,
-            "model_meta": traj.model_meta.to_dict(), "seed": hs.seed, "eigenvalues": list(agg.eigen.values[:2]),
-            "data": AGGREGATE, "n_eval": agg.n_eval, "method": hs.method}
-    write_eigen_plane(outputs["plane"], center.numpy(), center_buffers.numpy(),
-                      d1.cpu().numpy(), d2.cpu().numpy(), meta)
-
     write_csv(pd.DataFrame(rows, columns=hessian_columns(hs.top_k)), outputs["table"])
     client_row = {"run_id": run_id, "round": round_, "hn": hn, "hd": hd, CLIENTS_COLUMN: len(clients),
                   "status": DIVERGED if diverged else OK}
@@ -275,7 +282,7 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
 
 def _write_diverged(job: HessianJob, traj, reason: str, outputs: dict[str, str | Path], t_start: float) -> None:
     """Skip a job whose model cannot be analysed (a diverged run), still writing every output: NaN rows with
-    status `diverged`, no density, an all-NaN eigenvector plane marked `diverged` and the reason in hessian.json."""
+    status `diverged`, no density and the reason in hessian.json."""
     hs = job.hessian
     run_id, round_ = job.run_id, job.round
     log.warning("run %s, round %d: %s; the Hessian is not computed (NaN rows with status %r)", run_id, round_,
@@ -287,16 +294,121 @@ def _write_diverged(job: HessianJob, traj, reason: str, outputs: dict[str, str |
     client_row = {"run_id": run_id, "round": round_, CLIENTS_COLUMN: len(clients), "status": DIVERGED}
     write_csv(pd.DataFrame([client_row], columns=client_columns(hs.clients)), outputs["clients"])
     write_csv(pd.DataFrame(columns=DENSITY_COLUMNS), outputs["density"])
-    nan = np.full(traj.params.shape[1], np.nan, dtype=np.float32)
-    meta = {"kind": "hessian", "runs": [run_id], "round": round_, "explained_variance": None,
-            "axis_labels": ["eigenvector 1 (not computed: the run diverged)",
-                            "eigenvector 2 (not computed: the run diverged)"],
-            "model_meta": traj.model_meta.to_dict(), "seed": hs.seed, "eigenvalues": [None, None],
-            "data": AGGREGATE, "n_eval": None, "method": hs.method, "status": DIVERGED, "reason": reason}
-    write_eigen_plane(outputs["plane"], nan, np.full(traj.buffers.shape[1], np.nan, dtype=np.float32), nan, nan,
-                      meta)
     details = {"run_id": run_id, "round": round_, "status": DIVERGED, "reason": reason,
                "settings": asdict(hs), "seconds": round(time.perf_counter() - t_start, 3)}
     if hs.clients != ALL_CLIENTS:
         details["clients"] = clients
     write_json(outputs["details"], details, default=float)
+
+
+# -- the eigenvector plane ----------------------------------------------------------------------------
+def eigen_key(job: HessianPlaneJob, version: int, inputs: tuple[str | Path, str | Path], device_type: str) -> str:
+    """The key of the aggregate's eigenpairs of plane job `job` (or of the Hessian job it is the plane job of): the
+    meaning of its settings at result version `version`, the contents of its trajectory and partition, the type of
+    device."""
+    return progress_key(HessianPlaneJob.meaning(with_result_version(to_settings(job), version)), inputs, device_type)
+
+
+def _eigen_parts(store: EigenStore, job: HessianPlaneJob, inputs: tuple[str | Path, str | Path],
+                 device_type: str) -> Parts:
+    return Parts(store.directory, eigen_key(job, store.version, inputs, device_type))
+
+
+def plane_directions(vectors: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The plane's two directions, as written (float32), from the top-2 eigenvectors (`vectors`: [>= 2, P])."""
+    d1, d2 = orthonormal_plane(vectors[0], vectors[1])
+    return d1.cpu().float().numpy(), d2.cpu().float().numpy()
+
+
+def plane_eigen_key(path: str | Path | None) -> str | None:
+    """The key of the eigenpairs the plane at `path` was made of (`eigen_key`, in its meta), None where there is no
+    such plane or it does not say (a diverged plane, one made before planes recorded it)."""
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:  # the meta alone, not the vectors
+            return json.loads(str(data["meta"])).get("eigen_key")
+    except (OSError, KeyError, ValueError):  # damaged or of another layout: the landscape stage says so
+        return None
+
+
+def store_eigenpairs(store: Parts, report: HessianReport, compute: dict[str, str]) -> None:
+    """Keep the aggregate's eigenvalues and plane directions of `report` in `store` for the plane job (`plane_stage`):
+    its two float32 directions, not the float64 eigenvectors (a quarter of their bytes), and where they were computed
+    (`describe_compute`), which the plane then records."""
+    d1, d2 = plane_directions(report.eigen.vectors)
+    try:
+        store.save(AGGREGATE, {"values": [float(v) for v in report.eigen.values], "d1": torch.from_numpy(d1),
+                               "d2": torch.from_numpy(d2), "n_eval": int(report.n_eval), "compute": dict(compute)})
+    except OSError as exc:  # a plane job that ran beside this one removed the folder: it computed its own
+        log.warning("the eigenpairs are not kept for the plane job (%s): it computes them itself", exc)
+
+
+def _stored_eigenpairs(store: Parts) -> tuple[tuple[float, ...], np.ndarray, np.ndarray, int, dict] | None:
+    saved = store.load(AGGREGATE)
+    if saved is None:
+        return None
+    return (tuple(saved["values"]), saved["d1"].numpy(), saved["d2"].numpy(), int(saved["n_eval"]),
+            dict(saved["compute"]))
+
+
+@job_precision(lambda settings: HessianPlaneJob.from_settings(settings).hessian.precision)
+def plane_stage(settings: dict, trajectory_path: str | Path, partition_path: str | Path, output: str | Path,
+                eigen_store: EigenStore | None = None) -> None:
+    """One (run, round) of a hessian_plane job's `settings` (`HessianPlaneJob`): the plane of the top-2 eigenvectors of
+    the aggregate loss (FedAlign Fig. 1) at the model analysed (at the final round of an SWA run: SWA), written to
+    `output`. The eigenpairs are those the Hessian job of the same settings and inputs kept in `eigen_store`, where
+    it ran first, else computed here as that job computes them."""
+    t_start = time.perf_counter()
+    job = HessianPlaneJob.from_settings(settings)
+    es = job.hessian
+    device = resolve_device(job.device)
+    traj = load_trajectory(trajectory_path, run_id=job.run_id)
+    reason = traj.unusable(job.round)
+    if reason is not None:
+        write_diverged_plane(output, traj, job, reason)
+        return
+    store = None if eigen_store is None else _eigen_parts(eigen_store, job, (trajectory_path, partition_path),
+                                                          device.type)
+    stored = None if store is None else _stored_eigenpairs(store)
+    if stored is not None:  # computed by the Hessian job, where it records
+        values, d1, d2, n_eval, compute = stored
+        log.info("eigenpairs of %s at round %d: those the Hessian job of the same settings and inputs computed on %s "
+                 "(%s), taken from %s", job.run_id, job.round, compute["device"], compute["precision_used"], store.dir)
+    else:
+        compute = describe_compute(device, es.precision)
+        model = traj.model_at(job.round, device)
+        data = load_federated_data(job.run, job.dataset_options, partition_path, device)
+        x, y = aggregate_eval_data(data, es)
+        log.info("top-%d eigenpairs of %s at round %d on %s by %s: %d parameters, %d samples", es.top_k, job.run_id,
+                 job.round, device, es.method, traj.params.shape[1], len(y))
+        try:
+            eigen = top_eigenpairs(model, x, y, es)
+        except NonFiniteLoss as exc:  # finite weights, overflowing outputs: a diverged model all the same
+            write_diverged_plane(output, traj, job, f"the model of round {job.round} has finite weights but {exc}")
+            return
+        values, n_eval = eigen.values, len(y)
+        d1, d2 = plane_directions(eigen.vectors)
+    center, center_buffers = traj.point(job.round)  # the model analysed (at the final round of an SWA run: SWA)
+    labels = [f"eigenvector 1 (lambda_1 = {values[0]:.4g})", f"eigenvector 2 (lambda_2 = {values[1]:.4g})"]
+    meta = {"kind": "hessian", "runs": [job.run_id], "round": job.round, "explained_variance": None,
+            "axis_labels": labels, "model_meta": traj.model_meta.to_dict(), "seed": es.seed,
+            "eigenvalues": [float(v) for v in values[:2]], "data": AGGREGATE, "n_eval": n_eval, "method": es.method,
+            **compute, **({} if store is None else {"eigen_key": store.key})}
+    write_eigen_plane(output, center.numpy(), center_buffers.numpy(), d1, d2, meta)
+    if store is not None:  # taken, or of other settings or inputs: no job reads them again
+        store.clear()
+    log.info("lambda = %s; done in %.1f s", ", ".join(f"{v:.6g}" for v in values[:2]), time.perf_counter() - t_start)
+
+
+def write_diverged_plane(output: str | Path, traj, job: HessianPlaneJob, reason: str) -> None:
+    """The plane of a model that cannot be analysed (a diverged run): all NaN, marked `diverged`, with the reason."""
+    log.warning("run %s, round %d: %s; the eigenvector plane is not computed (all NaN, status %r)", job.run_id,
+                job.round, reason, DIVERGED)
+    nan = np.full(traj.params.shape[1], np.nan, dtype=np.float32)
+    meta = {"kind": "hessian", "runs": [job.run_id], "round": job.round, "explained_variance": None,
+            "axis_labels": ["eigenvector 1 (not computed: the run diverged)",
+                            "eigenvector 2 (not computed: the run diverged)"],
+            "model_meta": traj.model_meta.to_dict(), "seed": job.hessian.seed, "eigenvalues": [None, None],
+            "data": AGGREGATE, "n_eval": None, "method": job.hessian.method, "status": DIVERGED, "reason": reason}
+    write_eigen_plane(output, nan, np.full(traj.buffers.shape[1], np.nan, dtype=np.float32), nan, nan, meta)

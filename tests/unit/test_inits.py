@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -491,3 +492,41 @@ def test_an_iid_warmup_under_a_schedule_over_its_own_rounds_is_warned_about(trai
                       "rounds, its own rounds, not the runs' 3: its lr is not the runs' first one; set "
                       "inits.warm.training: {lr_schedule: constant, lr_warmup: 0} to warm up at the runs' lr"]
                      if warned else [])
+
+
+@pytest.mark.parametrize(("proxy", "warned"), [
+    ({"proxy_data_dir": "/data/cifar100"}, "without proxy_dataset"),               # the own proxy split: not read
+    ({"proxy_data_dir": "/data/c", "proxy_dir": "/data/imagenet32"}, "from proxy_dir"),  # ImageNet read instead
+    ({"proxy_data_dir": "/data/c", "proxy_dataset": "cifar100"}, None),           # read: the proxy data set's
+    ({"proxy_dataset": "cifar100"}, None),
+    ({}, None),
+])
+def test_a_pretrained_init_s_proxy_folder_that_nothing_reads_is_warned_about(proxy, warned):
+    # Prepare: the inits of runs from a pretrained init with these proxy settings (and a random one beside)
+    from fedscape.plan.init import unread_proxy_folder_warnings
+
+    config = {"inits": {"pre": {"kind": "pretrained", **NO_PROXY, **proxy}, "random": {"kind": "random"}}}
+    runs = [SimpleNamespace(init="pre"), SimpleNamespace(init="random")]
+
+    # Execute
+    lines = unread_proxy_folder_warnings(config, runs)
+
+    # Assert: one line naming the folder, why it is not read and what to change
+    if warned is None:
+        assert lines == []
+    else:
+        assert len(lines) == 1 and lines[0].startswith(f"inits.pre.proxy_data_dir ({proxy['proxy_data_dir']}) is not "
+                                                       "read") and warned in lines[0]
+
+
+def test_the_workflow_warns_of_an_unread_proxy_folder():
+    # Prepare: the tiny config's pretrained init given a folder, without a proxy data set
+    config = config_with({"pre": {"kind": "pretrained", "epochs": 1, "proxy_data_dir": "/data/x"}},
+                         [{"alpha": "iid"}, {"init": "pre"}])
+    check_config(config, SCHEMA)
+
+    # Execute
+    lines = [line for line in config_warnings(config, build_runs(config)) if line.startswith("inits.")]
+
+    # Assert
+    assert len(lines) == 1 and lines[0].startswith("inits.pre.proxy_data_dir (/data/x) is not read")

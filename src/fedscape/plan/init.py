@@ -69,6 +69,28 @@ def warmup_schedule_warnings(config: dict, runs: list[Run]) -> list[str]:
     return lines
 
 
+def unread_proxy_folder_warnings(config: dict, runs: list[Run]) -> list[str]:
+    """A line for each pretrained init that the runs use whose `proxy_data_dir` no job reads: it is the folder of the
+    init's `proxy_dataset`, so beside `proxy_dir` (down-sampled ImageNet, which the init reads instead) or without a
+    `proxy_dataset` (the init's own data set's proxy split, from that data set's `data_dir`) nothing reads it. Valid:
+    a location changes nothing an init computes (`stages.init.proxy_data`)."""
+    lines = []
+    for label in sorted({run.init for run in runs}):
+        spec = config["inits"][label]
+        folder = spec.get("proxy_data_dir")
+        if spec["kind"] != "pretrained" or not folder:
+            continue
+        where = f"inits.{label}.proxy_data_dir ({folder}) is not read"
+        if spec.get("proxy_dir"):
+            lines.append(f"{where}: the init pretrains on down-sampled ImageNet from proxy_dir ({spec['proxy_dir']}), "
+                         "which it reads instead of any proxy_dataset; remove proxy_data_dir or proxy_dir")
+        elif not spec.get("proxy_dataset"):
+            lines.append(f"{where}: without proxy_dataset the init pretrains on its data set's own proxy split "
+                         "(datasets.<name>.proxy_fraction), read from that data set's data_dir; set proxy_dataset to "
+                         "pretrain on another data set from this folder, or remove proxy_data_dir")
+    return lines
+
+
 def iid_partition_path(results: Results, dataset: str, num_clients: int, seed: int) -> str:
     """The IID partition file an iid_warmup init trains on."""
     return f"{results(PARTITION_DIR, dataset=dataset, num_clients=int(num_clients), alpha='iid', seed=int(seed))}/" \

@@ -168,10 +168,11 @@ def config_warnings(config: dict, runs: list[Run], schema: dict | None = None) -
     """Lines on settings that are valid but take no effect or another than they seem to: grid values and labels no
     run takes (`unused_grid_values`), an SWA phase that starts after the last round (`idle_swa`), an algorithm label
     that figures show as another algorithm (`misnamed_algorithm_labels`), an IID warm-up under an lr schedule over
-    its own few rounds (`plan.init.warmup_schedule_warnings`), and with the `schema` a test_fraction nothing reads
+    its own few rounds (`plan.init.warmup_schedule_warnings`), a pretrained init's proxy folder that nothing reads
+    (`plan.init.unread_proxy_folder_warnings`), and with the `schema` a test_fraction nothing reads
     (`unused_test_fractions`)."""
     return [*unused_grid_values(config, runs), *idle_swa(config, runs), *misnamed_algorithm_labels(config, runs),
-            *init_plan.warmup_schedule_warnings(config, runs),
+            *init_plan.warmup_schedule_warnings(config, runs), *init_plan.unread_proxy_folder_warnings(config, runs),
             *(unused_test_fractions(config, schema) if schema is not None else [])]
 
 

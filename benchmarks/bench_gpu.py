@@ -6,7 +6,9 @@ per step is that of CIFAR for CIFAR's models):
 
 - plain: a plain-torch SGD step of the same network (forward, cross-entropy, backward, `torch.optim.SGD.step`), the
   reference;
-- sequential: fedscape's local training of one client (`fedscape.fl.sequential.local_train`), per step;
+- sequential: fedscape's local training of one client (`fedscape.fl.sequential.local_train`), per step, timed side by
+  side with plain (each repeat calls both, in an order that rotates: `timed_together`), so that their ratio does not
+  carry a drift of the device's speed between two measurements;
 - captured: the same with its forward and backward passes replayed from CUDA graphs (`fedscape.fl.capture`), per
   step; only for the kinds whose runs capture on this device (`resolve_capture`, as the sequential trainer decides:
   their own algorithm, model and `training.capture`; MOON, Mixup, FedAlign and the other algorithms with their own
@@ -47,6 +49,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -214,15 +217,27 @@ def sync(device: torch.device) -> None:
 
 def timed(fn, device: torch.device, repeats: int) -> float:
     """The median seconds of `fn()` over `repeats` calls after one untimed warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return timed_together({"fn": fn}, device, repeats)["fn"]
+
+
+def timed_together(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int) -> dict[str, float]:
+    """The median seconds of each of `fns` over `repeats` rounds, after one untimed warm-up call of each; every round
+    calls each once, in an order that rotates from round to round. A ratio between them then compares calls made
+    side by side: a drift of the device's speed during the measurement (its clocks, another process on it) slows
+    them alike instead of showing as the one measured later being dearer."""
+    names = list(fns)
+    for name in names:
+        fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            sync(device)
+            t0 = time.perf_counter()
+            fns[name]()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def synthetic_clients(kind: StepKind, num_clients: int, samples: int, device: torch.device) -> FederatedData:
@@ -271,19 +286,19 @@ def measure(kinds: list[StepKind], args: argparse.Namespace, device: torch.devic
                 F.cross_entropy(plain_model(data.x_train[sl]), data.y_train[sl]).backward()
                 opt.step()
 
-        plain_ms = timed(plain_epoch, device, args.repeats) / args.steps * 1e3
         by_local: dict[tuple, list[StepKind]] = {}
         for k in kinds:
             by_local.setdefault(k.local, []).append(k)
         for group in by_local.values():
-            rows.update(measure_local(group, plain_ms, data, cfg, args, device))
+            rows.update(measure_local(group, plain_epoch, data, cfg, args, device))
     return rows
 
 
-def measure_local(group: list[StepKind], plain_ms: float, data: FederatedData, cfg: TrainConfig,
+def measure_local(group: list[StepKind], plain_epoch: Callable[[], None], data: FederatedData, cfg: TrainConfig,
                   args: argparse.Namespace, device: torch.device) -> dict[StepKind, dict]:
-    """The rows of the kinds of one shape and one local step: its sequential step on `data` (one client), captured
-    where a kind's runs capture, and its vectorised rounds."""
+    """The rows of the kinds of one shape and one local step: its sequential step on `data` (one client), timed side
+    by side with the plain reference (`plain_epoch`: `timed_together`), captured where a kind's runs capture, and its
+    vectorised rounds."""
     kind = group[0]
     strategy = local_strategy(*kind.local)
     torch.manual_seed(0)
@@ -291,9 +306,11 @@ def measure_local(group: list[StepKind], plain_ms: float, data: FederatedData, c
     flat = FlatParams(model)
     global_params, global_buffers = flat.get(), flatten_buffers(model).to(device)
     strategy.setup(1, global_params.numel(), device, model=model, seed=0)
-    shared = {"plain_ms": plain_ms, "sequential_ms": timed(
-        lambda: local_train(model, flat, global_params, global_buffers, data, 0, 1, strategy, cfg),
-        device, args.repeats) / args.steps * 1e3}
+    seconds = timed_together(
+        {"plain": plain_epoch,
+         "sequential": lambda: local_train(model, flat, global_params, global_buffers, data, 0, 1, strategy, cfg)},
+        device, args.repeats)
+    shared = {f"{name}_ms": s / args.steps * 1e3 for name, s in seconds.items()}
     # The strategy's step on this device first: on a CPU that is why no kind is captured.
     captured_ms, why_not_captured = None, capture_blocker(model, strategy, device.type)
     if why_not_captured is None and any(k.capture for k in group):

@@ -288,6 +288,8 @@ def test_bench_gpu_prices_each_run_at_its_own_algorithms_local_step(monkeypatch)
 
     monkeypatch.setattr(bench_gpu, "local_train", recording_local_train)
     monkeypatch.setattr(bench_gpu, "timed", lambda fn, device, repeats: (fn(), 1.0)[1])
+    monkeypatch.setattr(bench_gpu, "timed_together",
+                        lambda fns, device, repeats: {name: (fn(), 1.0)[1] for name, fn in fns.items()})
     args = argparse.Namespace(steps=1, repeats=1, clients=2, precision="fp32")
     kinds = [k for k in per_kind if k.model == "cnn_small"]
     shapes: dict = {}
@@ -719,3 +721,21 @@ def test_a_gpu_session_command_cut_at_its_limit_keeps_what_it_printed(tmp_path, 
     assert code == 124
     assert "measured" in (tmp_path / "slow.txt").read_text() and "stopped after" in (tmp_path / "slow.txt").read_text()
     assert not (tmp_path / "next.txt").exists()
+
+
+def test_bench_gpu_times_its_steps_side_by_side_in_rotating_order(monkeypatch):
+    # Prepare: calls that take the seconds a scripted clock gives them, recording their order
+    bench_gpu = _bench_gpu(monkeypatch)
+    calls, clock = [], iter(range(1000))
+    monkeypatch.setattr(bench_gpu.time, "perf_counter", lambda: next(clock) * 1.0)
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("plain", "sequential", "captured")}
+
+    # Execute
+    seconds = bench_gpu.timed_together(fns, bench_gpu.torch.device("cpu"), 4)
+
+    # Assert: one untimed warm-up call of each, then rounds that call each once in a rotating order
+    assert calls[:3] == ["plain", "sequential", "captured"]
+    rounds = [calls[3 + 3 * r: 6 + 3 * r] for r in range(4)]
+    assert rounds == [["plain", "sequential", "captured"], ["sequential", "captured", "plain"],
+                      ["captured", "plain", "sequential"], ["plain", "sequential", "captured"]]
+    assert seconds == {name: 1.0 for name in fns}  # each call spans one tick of the clock

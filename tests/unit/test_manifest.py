@@ -510,3 +510,57 @@ def test_the_temporary_file_of_a_killed_record_write_is_no_record(finished):
     os.close(fd)
 
     assert verify("results") == (3, [])
+
+
+# -- a rule whose output moved to a rule of its own ------------------------------------------------------------------
+def _job_writes(root: Path, record: Path, outputs: dict[str, bytes]) -> None:
+    from fedscape.core.manifest import write_record
+
+    for name, content in outputs.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(content)
+    write_record(record, [root / name for name in outputs], 0.0, "logs/h/hessian.log", root=root)
+
+
+def test_outputs_a_job_no_longer_writes_keep_their_earlier_record_until_written_again(tmp_path):
+    # Prepare: a job that wrote a table and a plane; run again, it writes the table alone (the plane kept)
+    root = tmp_path / "results"
+    record = root / MANIFEST / "h" / "hessian.json"
+    _job_writes(root, record, {"h/hessian.csv": b"a\n1\n", "h/eigen_plane.npz": b"plane"})
+    earlier = json.loads(record.read_text())
+    record.write_text(json.dumps({**earlier, "started": "2026-01-01T00:00:00+00:00",
+                                  "finished": "2026-01-01T01:00:00+00:00"}))  # a job of long ago
+    _job_writes(root, record, {"h/hessian.csv": b"a\n2\n"})
+
+    # Execute
+    records = output_records(root)
+    checked, findings = verify(root)
+
+    # Assert: the plane still recorded (by the earlier job, without a log), the table by the new one; both verified
+    assert set(records) == {str(root / "h/hessian.csv"), str(root / "h/eigen_plane.npz")}
+    assert records[str(root / "h/eigen_plane.npz")]["log"] is None
+    assert records[str(root / "h/hessian.csv")]["outputs"] == {"h/hessian.csv": file_record(root / "h/hessian.csv")}
+    assert checked == 2 and findings == []
+
+    # Execute: the plane's own job writes it again, later
+    _job_writes(root, root / MANIFEST / "h" / "eigen_plane.json", {"h/eigen_plane.npz": b"plane 2"})
+
+    # Assert: its own record answers for it
+    assert output_records(root)[str(root / "h/eigen_plane.npz")]["log"] == "logs/h/hessian.log"
+    assert verify(root) == (2, [])
+
+
+def test_an_output_gone_or_a_record_of_the_first_version_carries_nothing(tmp_path):
+    # Prepare: a record whose second output is gone before its job runs again, and one of version 1
+    root = tmp_path / "results"
+    record = root / MANIFEST / "h" / "hessian.json"
+    _job_writes(root, record, {"h/a.csv": b"a", "h/b.npz": b"b"})
+    (root / "h/b.npz").unlink()
+    _job_writes(root, record, {"h/a.csv": b"a2"})
+    old = root / MANIFEST / "old" / "x.json"
+    old.parent.mkdir(parents=True)
+    old.write_text(json.dumps({"outputs": {"/elsewhere/results/h/c.csv": file_record(root / "h/a.csv")}}))
+    _job_writes(root, old, {"h/d.csv": b"d"})
+
+    # Assert: no record beside either
+    assert sorted(p.name for p in (root / MANIFEST).rglob("*.json")) == ["hessian.json", "x.json"]

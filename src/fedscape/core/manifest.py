@@ -186,7 +186,37 @@ def write_record(path: str | Path, outputs: Iterable[str | Path], started: float
         "finished": _iso(datetime.datetime.now().timestamp()),
         **notes,
     }
+    _keep_earlier_outputs(Path(path), set(record["outputs"]), root)
     atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+EARLIER = ".earlier.json"  # the suffix of a record's sibling that keeps what its job no longer writes
+
+
+def _keep_earlier_outputs(path: Path, written: set[str], root: str | Path) -> None:
+    """Before a job's record at `path` replaces an earlier one: the earlier record's outputs that this job no longer
+    writes and that are still there (of a rule whose output moved to a rule of its own, and was kept: a Hessian job's
+    eigenvector plane, now rule hessian_plane's) go to a record of their own beside it (`<name>.earlier.json`, the
+    earlier record's fields with those outputs and no log: known by its outputs), so that `make verify` and `make
+    status` still know where they came from until a job writes them again (its newer record then answers for them).
+    A record of version 1, whose output paths are not below the results directory, is left as it is."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):  # no earlier record, or a damaged one (`make verify` names it)
+        return
+    if not (isinstance(earlier, dict) and isinstance(earlier.get("outputs"), dict)
+            and earlier.get("version", 1) >= RECORD_VERSION):
+        return
+    sibling = path.with_name(path.name.removesuffix(".json") + EARLIER)
+    try:
+        kept = json.loads(sibling.read_text())["outputs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        kept = {}
+    kept = {output: entry for output, entry in {**kept, **earlier["outputs"]}.items()
+            if output not in written and Path(root, output).is_file()}
+    if kept:
+        atomic_write_text(sibling, json.dumps({**earlier, "log": None, "outputs": kept}, indent=1, sort_keys=True)
+                          + "\n")
 
 
 def _iso(timestamp: float) -> str:

@@ -214,6 +214,13 @@ BAD_CONFIGS = [
     ("hessian.runs", {"alpah": "iid"}, "hessian.runs.alpah: unknown key 'alpah'. Did you mean 'alpha'?"),
     ("hessian.runs", [{"alpha": "iid"}, {"alpah": "iid"}],
      "hessian.runs[1].alpah: unknown key 'alpah'. Did you mean 'alpha'?"),
+    # ... and beside it the other mistakes of the form it was meant as
+    ("training.local_epochs", {"low": -1, "hgh": 3},
+     "Did you mean 'high'? Valid keys: low, high, draw; training.local_epochs: 'high' is a required property; "
+     "training.local_epochs.low: -1 is less than the minimum of 1"),
+    ("hessian.runs", [{"alpha": "iid"}, {"alpah": "iid", "seed": -1}],
+     "Did you mean 'alpha'? Valid keys: dataset, model, init, algorithm, alpha, num_clients, participation, seed; "
+     "hessian.runs[1].seed: -1 is less than the minimum of 0"),
 ]
 
 

@@ -319,12 +319,15 @@ def _describe_error(error: jsonschema.ValidationError) -> str:
         return f"{where}: {error.instance!r} is not valid: {contains}{error.schema['pattern_hint']}"
     if error.validator in ("anyOf", "oneOf") and isinstance(error.instance, dict | list):
         # a mapping (or a list of them) that no branch takes because of a misspelt key: that key and its suggestion
-        # say the most (the mapping's other mistakes, if any, are named once it is fixed)
+        # say the most, then the other mistakes of the branch it was meant for (the one that names the key's place)
         base = list(error.absolute_path)
         unknown = [e for e in error.context if e.validator == "additionalProperties"
                    and list(e.absolute_path)[:len(base)] == base]
         if unknown:
-            return _describe_error(unknown[0])
+            branch = unknown[0].relative_schema_path[0]
+            others = [e for e in error.context if e is not unknown[0] and e.relative_schema_path[0] == branch
+                      and list(e.absolute_path)[:len(base)] == base]
+            return "; ".join(dict.fromkeys(_describe_error(e) for e in [unknown[0], *others]))
     if error.validator in ("anyOf", "oneOf") and "description" in error.schema:
         return f"{where}: {error.instance!r} is not valid: {error.schema['description']}"
     return f"{where}: {error.message}"

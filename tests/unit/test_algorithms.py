@@ -1049,3 +1049,16 @@ def test_fedsam_step_takes_the_gradient_at_the_ascent_point_and_applies_it_at_w(
         assert torch.equal(p.detach(), wi)  # back at w exactly
         assert torch.allclose(p.grad, gi, atol=1e-6)
     assert not torch.allclose(model.weight.grad, grads[0])  # not the plain gradient
+
+
+def test_the_cost_table_refuses_the_meta_json_of_another_run(tmp_path):
+    # Prepare: two runs' files, their meta.json swapped (each carries its run's id)
+    jobs = [cost_job(tmp_path, i, "fedavg", "fedavg", [1, 2, 3], [10, 10, 10]) for i in (0, 1)]
+    for i, (_, meta) in enumerate(jobs):
+        meta.write_text(json.dumps({**json.loads(meta.read_text()), "run_id": f"r{i}"}))
+    swapped = [(jobs[0][0], jobs[1][1]), (jobs[1][0], jobs[0][1])]
+
+    # Execute / Assert: the right pairs make the table, the swapped ones are refused naming both runs
+    assert len(cost_table(jobs)) == 1
+    with pytest.raises(ValueError, match=r"m1.json is the meta.json of run r1, not of r0"):
+        cost_table(swapped)

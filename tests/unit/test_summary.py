@@ -86,10 +86,26 @@ def test_final_joins_barrier_to_the_matching_iid_run_at_final_rounds():
     assert final.loc[run_id("0.1", 0), "barrier_to_iid_error"] == pytest.approx(0.35)
     assert final.loc[run_id("0.1", 1), "barrier_to_iid_loss"] == pytest.approx(0.2)
     assert math.isnan(final.loc[run_id("0.1", 2), "barrier_to_iid_loss"])
-    assert final.loc[run_id("iid", 1), "barrier_to_iid_loss"] == pytest.approx(0.05)
-    # IID seed 0 is in the control pair and in the pairs with 0.1 (whose other end is not IID)
+    # IID seed 0 is in the control pair (its first end) and in the pairs with 0.1 (whose other end is not IID); the
+    # control counts for its first end alone, so IID seed 1 has none
     assert final.loc[run_id("iid", 0), "barrier_to_iid_loss"] == pytest.approx(0.05)
+    assert math.isnan(final.loc[run_id("iid", 1), "barrier_to_iid_loss"])
     assert math.isnan(final.loc[run_id("iid", 2), "barrier_to_iid_loss"])
+
+
+def test_the_iid_control_pair_is_one_value_of_the_iid_row():
+    # Prepare: two IID-vs-IID control pairs over three IID seeds
+    rounds = rounds_table()
+    barriers, curves = barrier_tables([(run_id("iid", 0), 3, run_id("iid", 1), 3, 0.05),
+                                       (run_id("iid", 1), 3, run_id("iid", 2), 3, 0.15)])
+
+    # Execute
+    row = summary_table(final_table(rounds, barriers, curves)).set_index("alpha").loc[math.inf]
+
+    # Assert: two measurements, two values (each pair once), not four
+    assert row["barrier_to_iid_loss_n"] == 2
+    assert row["barrier_to_iid_loss_mean"] == pytest.approx(0.1)
+    assert row["barrier_to_iid_loss_std"] == pytest.approx(0.0707107, rel=1e-5)
 
 
 
@@ -252,6 +268,20 @@ def test_a_metric_the_seeds_share_is_one_value_not_a_zero_spread():
     other = summary.loc[0.1]
     assert other["trace_init_n"] == 2 and other["trace_init_mean"] == pytest.approx(65.0)
     assert other["trace_init_std"] == pytest.approx(math.sqrt(50.0))
+
+
+@pytest.mark.parametrize(("values", "n"), [
+    ([15.5, 15.5 + 2e-7, 15.5 - 1e-7], 1),   # one estimate computed per seed on a card: equal to rounding
+    ([15.5, 15.5 * (1 + 1e-3), 15.5], 2),    # two estimates
+])
+def test_shared_values_that_differ_by_rounding_alone_are_one_value(values, n):
+    final = final_table(rounds_table())
+    final.loc[final["alpha"] == math.inf, "lambda_max_init"] = values
+
+    row = summary_table(final).set_index("alpha").loc[math.inf]
+
+    assert row["lambda_max_init_n"] == n and row["lambda_max_init_mean"] == pytest.approx(np.mean(
+        list(dict.fromkeys(values))[:n] if n == 2 else values[:1]))
 
 
 def test_a_metric_that_is_not_shared_keeps_equal_values_of_several_seeds():

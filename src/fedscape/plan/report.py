@@ -20,7 +20,10 @@ ACCURACY_KINDS = figure_kinds.ACCURACY_KINDS
 # summary_table 2: a metric shared by a group's runs (FinalColumns.shared: the Hessian of the initial model) has its
 # statistics over its distinct values (one estimate: n = 1, no std or interval, where every seed's copy gave std 0),
 # and each metric's number of values, `<metric>_n`, follows every other column.
-RESULT_VERSIONS = {"final_table": 1, "summary_table": 2}
+# final_table 2: an IID-vs-IID barrier pair gives barrier_to_iid to its first end only (it was both ends', which the
+# summary took as two values). summary_table 3: a shared metric's values that differ by rounding alone (a round-0
+# Hessian computed per seed on a card) are one value.
+RESULT_VERSIONS = {"final_table": 2, "summary_table": 3}
 
 
 def final_table_inputs(config: dict, runs: list[Run]) -> dict[str, str]:

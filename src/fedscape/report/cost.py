@@ -39,6 +39,10 @@ def _run_rounds(metrics: str | Path, meta_path: str | Path) -> pd.DataFrame:
     """A run's rounds 1.. with its device, algorithm name, local work and batch size from meta.json."""
     df = read_table(metrics, METRICS_COLUMNS, expect=run_of_path(metrics))  # another run's metrics.csv is refused
     meta = json.loads(Path(meta_path).read_text())
+    run_id = df["run_id"].iloc[0] if len(df) else run_of_path(metrics).get("run_id")
+    if "run_id" in meta and run_id is not None and meta["run_id"] != run_id:  # its device, work, algorithm name
+        raise ValueError(f"{meta_path} is the meta.json of run {meta['run_id']}, not of {run_id} (the run of "
+                         f"{metrics}); {remake_hint(meta_path)}")
     settings = meta.get("settings", {})
     training = settings.get("training", {})
     missing = [k for k in ("batch_size",) if k not in training]

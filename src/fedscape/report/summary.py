@@ -129,13 +129,28 @@ def _sort_key(col: pd.Series) -> pd.Series:
 
 def metric_values(runs: pd.DataFrame, metric: str) -> list[float]:
     """The values of `metric` that statistics over `runs` (a group's runs that did not diverge) are taken over: its
-    finite values, each distinct one once for a metric the runs share (SHARED_METRICS): one estimate repeated per
-    seed is one value (n = 1: a mean, no std or interval), not n values with zero spread."""
+    finite values, each distinct one once for a metric the runs share (SHARED_METRICS; values within SHARED_RTOL are
+    one): one estimate repeated per seed is one value (n = 1: a mean, no std or interval), not n values with zero
+    spread."""
     values = pd.to_numeric(runs[metric], errors="coerce").to_numpy(dtype=float)
     values = values[np.isfinite(values)]
     if metric in SHARED_METRICS:
-        values = pd.unique(values)
+        values = _distinct(values)
     return values.tolist()
+
+
+# Values of a shared metric this close are one estimate computed again (on a card, to rounding: models.device's
+# use_precision; float32 Hessian products agree to ~1e-6 relative), not two estimates.
+SHARED_RTOL = 1e-5
+
+
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """`values` with each that lies within SHARED_RTOL of an earlier kept one left out, in their order."""
+    kept: list[float] = []
+    for v in values:
+        if not any(np.isclose(v, k, rtol=SHARED_RTOL, atol=0.0) for k in kept):
+            kept.append(float(v))
+    return np.asarray(kept, dtype=float)
 
 
 def summary_table(final: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:

@@ -166,7 +166,10 @@ def barrier_to_iid_columns(final: pd.DataFrame, barriers: pd.DataFrame | None = 
         ra, rb = rounds.get(r.pair_id, (None, None))
         if interpolation is not None and (ra != final_round.get(r.run_a) or rb != final_round.get(r.run_b)):
             continue  # not a final-to-final pair (e.g. round 1 vs final of one run)
-        for run, other in ((r.run_a, r.run_b), (r.run_b, r.run_a)):
+        # an IID-vs-IID pair (the pilot study's control) is one measurement: it counts for its first end alone, so
+        # that summary.csv's IID row does not take it twice (two equal values: a zero-width interval)
+        control = is_iid(fields[r.run_a]["alpha"]) and is_iid(fields[r.run_b]["alpha"])
+        for run, other in ((r.run_a, r.run_b),) if control else ((r.run_a, r.run_b), (r.run_b, r.run_a)):
             fr, fo = fields[run], fields[other]
             if run not in final_round or not is_iid(fo["alpha"]):
                 continue

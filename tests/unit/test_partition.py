@@ -220,3 +220,19 @@ def test_an_unreadable_partition_file_is_one_line_naming_it_and_the_command_that
     message = str(err.value)
     assert message.startswith(f"{path} is not a readable partition file (") and "\n" not in message
     assert f"`snakemake --cores 1 --force {path}`" in message
+
+
+@pytest.mark.parametrize("shape", [(0,), (7,), (10, 3)])
+def test_the_labels_checksum_is_that_of_the_whole_int64_array_taken_in_chunks(monkeypatch, shape):
+    # Prepare: chunks of 3 rows, so that every shape above but the empty one is taken in several
+    import zlib
+
+    from fedscape.data import partition as partition_mod
+
+    monkeypatch.setattr(partition_mod, "_CHECKSUM_ROWS", 3)
+    labels = np.arange(int(np.prod(shape)), dtype=np.int32).reshape(shape) * 7 - 5
+
+    # Execute / Assert: the value partition files were written with (CRC-32 of the int64 bytes, in one piece)
+    whole = zlib.crc32(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    assert partition_mod._labels_checksum(labels) == whole
+    assert partition_mod._labels_checksum(np.asfortranarray(labels)) == whole

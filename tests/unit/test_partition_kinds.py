@@ -3,6 +3,7 @@ property, min_size, seeds, the saved file and the config checks."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -453,9 +454,8 @@ def test_only_a_kind_that_needs_writers_gets_them(labels, writers, kind, writers
     # Prepare: the kind's writer, spied on
     seen = []
     spec = PARTITION_KINDS[kind]
-    monkeypatch.setitem(PARTITION_KINDS, kind, PartitionKind(
-        spec.name, spec.options, spec.paper, lambda *args, **kw: seen.append(args[5]) or spec.make(*args, **kw),
-        spec.fits, spec.needs_writers, spec.inputs))
+    monkeypatch.setitem(PARTITION_KINDS, kind, dataclasses.replace(
+        spec, make=lambda *args, **kw: seen.append(args[5]) or spec.make(*args, **kw)))
     entry = {"kind": kind, **({"classes_per_client": 2} if kind == "classes" else {})}
     assert len(writers) <= len(labels)
 

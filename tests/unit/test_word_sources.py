@@ -213,3 +213,34 @@ def test_a_reddit_data_dir_without_its_vocabulary_is_named_before_any_job(reddit
     else:
         assert problems == []
         assert len(load_source("reddit", data_dir=str(reddit_dir)).labels)
+
+
+@pytest.mark.parametrize(("options", "refused"), [({}, True), ({"source": "raw"}, False)])
+def test_classes_per_client_is_checked_against_the_classes_the_data_set_is_read_with(options, refused):
+    # 85 characters per client: more than LEAF's Shakespeare has (80), fewer than its raw texts (96)
+    problems = check_partition_dataset("lab", {"kind": "classes", "classes_per_client": 85}, "shakespeare", options)
+
+    assert bool(problems) == refused
+    if refused:
+        assert "shakespeare has 80 classes" in problems[0]
+
+
+@pytest.mark.parametrize(("num_clients", "refused"), [(100, False), (200, True)])
+def test_a_writer_split_of_more_clients_than_the_writers_read_is_refused_at_planning(num_clients, refused):
+    # Prepare: runs on Stack Overflow read to its first 100 writers, split by writer
+    from types import SimpleNamespace
+
+    from fedscape.plan.partition import check
+
+    config = {"partitions": {"nat": {"kind": "natural"}}, "alphas": ["nat"], "partition": {"min_size": 1},
+              "datasets": {"stackoverflow": {"max_clients": 100, "test_fraction": 0.0, "proxy_fraction": 0.0}},
+              "inits": {}}
+    runs = [SimpleNamespace(dataset="stackoverflow", setting="nat", num_clients=num_clients, init="random")]
+
+    # Execute
+    problems = [p for p in check(config, runs) if "max_clients" in p]
+
+    # Assert
+    assert problems == ([f"num_clients: 200 clients of the natural partition nat, but datasets.stackoverflow."
+                         "max_clients reads the first 100 writers alone; use at most 100 clients or raise "
+                         "max_clients"] if refused else [])

@@ -419,16 +419,19 @@ class PartitionKind:
     files: Callable[[dict[str, Any]], dict[str, str]] | None = None
 
 
-def _classes_fit(where: str, options: dict[str, Any], dataset: str) -> list[str]:
-    # every client holds k distinct classes (classes_partition)
-    k, classes = int(options["classes_per_client"]), dataset_info(dataset).num_classes
+def _classes_fit(where: str, options: dict[str, Any], dataset: str,
+                 dataset_options: dict[str, Any] | None = None) -> list[str]:
+    # every client holds k distinct classes (classes_partition), of the data set as its options read it (Shakespeare
+    # from its raw texts has more characters than LEAF's)
+    k, classes = int(options["classes_per_client"]), dataset_info(dataset, dataset_options).num_classes
     if k <= classes:
         return []
     return [f"{where}.classes_per_client: {k} classes per client, but {dataset} has {classes} classes; set "
             f"classes_per_client to at most {classes}"]
 
 
-def _feature_noise_fit(where: str, options: dict[str, Any], dataset: str) -> list[str]:
+def _feature_noise_fit(where: str, options: dict[str, Any], dataset: str,
+                      dataset_options: dict[str, Any] | None = None) -> list[str]:
     # the noise perturbs float pixels (_feature_noise_inputs); token ids are categories that noise cannot move, so
     # planning refuses what the first job to load the clients' data would
     info = dataset_info(dataset)
@@ -600,10 +603,12 @@ def check_partition_entry(label: str, entry: dict) -> list[str]:
     return problems
 
 
-def check_partition_dataset(label: str, entry: dict, dataset: str) -> list[str]:
-    """Problems of a `partitions` entry on `dataset` (a known name) that the dataset's declaration shows: a kind
-    it cannot take (one that needs writers, on a dataset without them) or an option beyond what it holds
-    (classes_per_client above its classes). An entry that `check_partition_entry` refuses is left to it."""
+def check_partition_dataset(label: str, entry: dict, dataset: str,
+                            dataset_options: dict[str, Any] | None = None) -> list[str]:
+    """Problems of a `partitions` entry on `dataset` (a known name, read with `dataset_options`: the config's
+    `datasets.<name>`) that the dataset's declaration shows: a kind it cannot take (one that needs writers, on a
+    dataset without them) or an option beyond what it holds (classes_per_client above its classes). An entry that
+    `check_partition_entry` refuses is left to it."""
     spec = PARTITION_KINDS.get(entry.get("kind"))
     if spec is None or check_partition_entry(label, entry):
         return []
@@ -615,7 +620,7 @@ def check_partition_dataset(label: str, entry: dict, dataset: str) -> list[str]:
         with_writers = [name for name in DATASET_NAMES if dataset_info(name).writers]
         return [f"{where}: the kind {spec.name} splits by each sample's writer, but {dataset} has no writer ids "
                 f"(datasets with writers: {', '.join(with_writers) or 'none yet'})"]
-    return [] if spec.fits is None else spec.fits(where, kind_options(entry), dataset)
+    return [] if spec.fits is None else spec.fits(where, kind_options(entry), dataset, dataset_options)
 
 
 def class_label_problem(kind: str, dataset: str) -> str | None:

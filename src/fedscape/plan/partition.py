@@ -10,6 +10,7 @@ from fedscape.core.names import suggest
 from fedscape.core.runs import Run
 from fedscape.core.setting import is_partition_label
 from fedscape.data.partition import (
+    PARTITION_KINDS,
     check_partition_dataset,
     check_partition_entry,
     class_label_problem,
@@ -88,7 +89,16 @@ def check(config: dict, runs: list[Run]) -> list[str]:
                             f"{suggest(alpha, ['iid', *entries])}")
     min_size = int(config["partition"]["min_size"])
     for dataset, label in sorted({(run.dataset, run.setting) for run in runs if run.setting in entries}):
-        problems += check_partition_dataset(label, entries[label], dataset)
+        problems += check_partition_dataset(label, entries[label], dataset, config["datasets"][dataset])
+    # a split by writers of a data set read to its first max_clients writers cannot give more clients
+    for dataset, label, num_clients in sorted({(r.dataset, r.setting, r.num_clients) for r in runs
+                                               if r.setting in entries}):
+        spec = PARTITION_KINDS.get(entries[label].get("kind"))
+        most = config["datasets"][dataset].get("max_clients")
+        if spec is not None and spec.needs_writers and most is not None and num_clients > most:
+            problems.append(f"num_clients: {num_clients} clients of the {spec.name} partition {label}, but "
+                            f"datasets.{dataset}.max_clients reads the first {most} writers alone; use at most "
+                            f"{most} clients or raise max_clients")
     for dataset, setting in sorted({(run.dataset, str(run.setting)) for run in runs if run.setting not in entries}):
         problem = class_label_problem(setting_entry(setting)[0]["kind"], dataset)
         if problem:

@@ -264,7 +264,7 @@ def plane_inputs(config: dict, runs: list, run, round_: int, unread: Callable[[s
 
 def plane_path(results: Results, run, round_: int) -> str:
     """The eigenvector plane of (run, round): the plane job's output, which Hessian landscapes read."""
-    return f"{results(HESSIAN_DIR, **run.fields(), round=int(round_))}/{PLANE_FILE}"
+    return f"{results(HESSIAN_DIR, **run.fields(), round=round_)}/{PLANE_FILE}"
 
 
 def job_dirs(config: dict, runs: list) -> list[str]:

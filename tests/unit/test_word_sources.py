@@ -241,6 +241,6 @@ def test_a_writer_split_of_more_clients_than_the_writers_read_is_refused_at_plan
     problems = [p for p in check(config, runs) if "max_clients" in p]
 
     # Assert
-    assert problems == ([f"num_clients: 200 clients of the natural partition nat, but datasets.stackoverflow."
+    assert problems == (["num_clients: 200 clients of the natural partition nat, but datasets.stackoverflow."
                          "max_clients reads the first 100 writers alone; use at most 100 clients or raise "
                          "max_clients"] if refused else [])

@@ -230,9 +230,11 @@ def test_a_run_resumed_with_its_clients_trained_otherwise_equals_one_run_in_floa
     torch.testing.assert_close(resumed.buffers, uninterrupted.buffers, rtol=0, atol=1e-10)
 
 
-def test_a_finished_run_whose_outputs_are_lost_records_no_attempt_that_trained_nothing(tmp_path, monkeypatch):
+@pytest.mark.parametrize("change", [{"client_chunk_size": 2}, {"client_parallel": "sequential"}])
+def test_a_finished_run_whose_outputs_are_lost_records_the_attempt_that_trained_it(tmp_path, monkeypatch, change):
     # Prepare: a run that saved its last round and was killed while writing its outputs (its progress kept)
     import fedscape.stages.train as train_mod
+    from fedscape.report.cost import cost_table
 
     config = _tiny_config()
     partition = _partition(config, tmp_path)
@@ -246,12 +248,21 @@ def test_a_finished_run_whose_outputs_are_lost_records_no_attempt_that_trained_n
         _train(config, partition, tmp_path / "init.pt", tmp_path / "run")
     monkeypatch.undo()
 
-    # Execute: rerun with another memory setting; every round is done
-    changed = {**config, "training": {**config["training"], "client_chunk_size": 2}}
+    # Execute: rerun with other memory settings; every round is done, so this call trains none
+    changed = {**config, "training": {**config["training"], **change}}
     _train(changed, partition, tmp_path / "init.pt", tmp_path / "run")
 
-    # Assert: one attempt trained the run, so the record names none
-    assert "attempts" not in json.loads((tmp_path / "run" / TRAIN_FILE_NAMES["meta"]).read_text())
+    # Assert: the record names the one attempt that trained the rounds (its memory settings and execution), not the
+    # call that wrote the outputs, and cost.csv times the rounds as that attempt trained them
+    (run,) = build_runs(config)
+    meta = json.loads((tmp_path / "run" / TRAIN_FILE_NAMES["meta"]).read_text())
+    before = train_settings(config, run)["training"]
+    assert meta["attempts"] == [{**{k: before[k] for k in MEMORY_KEYS}, "device": "cpu",
+                                 "device_name": meta["device_name"], "precision_used": "fp32", "from_round": 1,
+                                 "execution": "vectorized"}]
+    assert meta["execution"] == "vectorized"
+    cost = cost_table([(tmp_path / "run" / TRAIN_FILE_NAMES["metrics"], tmp_path / "run" / TRAIN_FILE_NAMES["meta"])])
+    assert cost["execution"].tolist() == ["vectorized"]
 
 
 def test_the_neutral_training_keys_are_those_a_train_job_out_of_memory_is_told_to_lower():

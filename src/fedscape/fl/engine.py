@@ -44,11 +44,13 @@ class RunResult:
     status: str = "ok"
     client_stats: list[dict] = field(default_factory=list)  # per round: fedscape.fl.client_stats.round_stats
     swa: dict | None = None  # with SWA: SWAModel.state_dict() of the SWA model (None until a cycle has ended)
-    # How the clients trained (`execution_of`): a run's seconds per round depend on it as much as on its algorithm
+    # How the clients trained (`execution_of`): a run's seconds per round depend on it as much as on its algorithm.
+    # That of the last call that trained rounds (a call that resumes a finished run trains none)
     execution: str = ""
     # Each call that trained rounds of it, in order: {**its `attempt`, "from_round": its first round, "execution": how
     # its clients trained}; more than one where the run resumed after a kill
     attempts: list[dict] = field(default_factory=list)
+    trained: bool = True  # whether this call trained rounds (the last of `attempts` is its own)
 
 
 class _Progress:
@@ -213,7 +215,8 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
     logged = time.perf_counter()  # when the last progress line was written
     if records[-1]["row"] is not None and records[-1]["row"]["status"] != "ok":
         start = cfg.rounds + 1
-    if start <= cfg.rounds:  # a call that trains rounds (not one that finds them all done): its attempt
+    trained = start <= cfg.rounds
+    if trained:  # a call that trains rounds (not one that finds them all done): its attempt
         progress.attempts.append({**attempt, "from_round": start})
     for t in range(start, cfg.rounds + 1):
         if device.type == "cuda":
@@ -293,8 +296,10 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
         clients=clients,
         status=records[-1]["row"]["status"],
         swa=averager.state_dict() if averager is not None and averager.count else None,
-        execution=execution_of(trainer),
+        execution=(execution_of(trainer) if trained or not progress.attempts
+                   else progress.attempts[-1].get("execution", execution_of(trainer))),
         attempts=progress.attempts,
+        trained=trained,
     )
 
 

@@ -81,8 +81,11 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
     save_trajectory(outputs["trajectory"], result.params, result.buffers, result.rounds, model_meta, meta,
                     swa=result.swa)
     save_clients(outputs["clients"], result.clients, model_meta, meta)
-    if len(result.attempts) > 1:  # resumed after a kill: each attempt's first round, memory settings and device, in
-        meta["attempts"] = result.attempts  # meta.json alone, so that the checkpoints are those of an unbroken run
+    # resumed after a kill: each attempt's first round, memory settings and device, in meta.json alone (so that the
+    # checkpoints are those of an unbroken run). A call that found every round done trained none: the attempts name
+    # where and how its rounds trained, not this call's device
+    if len(result.attempts) > 1 or (result.attempts and not result.trained):
+        meta["attempts"] = result.attempts
     rows = pd.DataFrame(result.rows)
     for key in ("dataset", "model", "init", "algorithm", "num_clients", "seed"):
         rows[key] = run[key]

@@ -30,6 +30,7 @@ from fedscape.core.jobs import RecordedSettings, declared_defaults
 from fedscape.core.runs import build_runs
 from fedscape.plan.hessian import RESULT_VERSIONS, hessian_job_settings, plane_job_settings
 from fedscape.plan.workflow import check_config
+from fedscape.stages.progress import input_digests
 
 CHEAP = {"trace_probes": 4, "max_iter": 10, "tol": 0.5, "eval_samples": 64, "density": {"enabled": False}}
 
@@ -206,14 +207,17 @@ def test_the_key_of_kept_eigenpairs_is_the_plane_s_meaning_its_inputs_contents_a
     partition_copy.write_bytes(Path(trained["partition"]).read_bytes())
     inputs = (trained["trajectory"], trained["partition"])
 
+    def key_of(paths, device="cpu", version=1):
+        return stage_mod.eigen_key(job, version, input_digests(paths), device)
+
     # Execute
-    key = stage_mod.eigen_key(job, 1, inputs, "cpu")
+    key = key_of(inputs)
 
     # Assert: the contents count, not where they are
-    assert stage_mod.eigen_key(job, 1, (trained["trajectory"], partition_copy), "cpu") == key
-    assert stage_mod.eigen_key(job, 1, (other, trained["partition"]), "cpu") != key
-    assert stage_mod.eigen_key(job, 1, inputs, "cuda") != key
-    assert stage_mod.eigen_key(job, 2, inputs, "cpu") != key
+    assert key_of((trained["trajectory"], partition_copy)) == key
+    assert key_of((other, trained["partition"])) != key
+    assert key_of(inputs, device="cuda") != key
+    assert key_of(inputs, version=2) != key
 
 
 def test_a_plane_from_kept_eigenpairs_records_where_they_were_computed_and_removes_them(trained, tmp_path,

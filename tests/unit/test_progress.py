@@ -296,6 +296,25 @@ def test_the_progress_key_follows_the_inputs_and_not_the_data_s_location(tmp_pat
     assert progress_key({**settings, "algorithm": "fedprox"}, [tmp_path / "copy.pt"]) != key
 
 
+def test_a_progress_key_from_the_inputs_digests_is_that_from_their_paths(tmp_path):
+    # Prepare: two inputs
+    from fedscape.stages.progress import input_digests
+
+    paths = [tmp_path / "a.pt", tmp_path / "b.npz"]
+    for path, text in zip(paths, (b"model", b"partition"), strict=True):
+        path.write_bytes(text)
+    settings = train_settings(_tiny_config(), build_runs(_tiny_config())[0])
+
+    # Execute
+    digests = input_digests(paths)
+
+    # Assert: the same key, in order; both at once is refused
+    assert progress_key(settings, paths, "cpu") == progress_key(settings, device="cpu", digests=digests)
+    assert progress_key(settings, paths[::-1], "cpu") != progress_key(settings, device="cpu", digests=digests)
+    with pytest.raises(ValueError, match="not both"):
+        progress_key(settings, paths, digests=digests)
+
+
 def _data(n_clients: int = 2) -> FederatedData:
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(40, 1, 8, 8, generator=gen), torch.randint(0, 10, (40,), generator=gen)

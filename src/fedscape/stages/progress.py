@@ -18,7 +18,14 @@ from fedscape.data.locations import without_data_locations
 log = logging.getLogger("fedscape.progress")
 
 
-def progress_key(settings: dict, inputs: Iterable[str | os.PathLike] = (), device: str | None = None) -> str:
+def input_digests(inputs: Iterable[str | os.PathLike]) -> tuple[str, ...]:
+    """The contents' digests of the files a job starts from, as `progress_key` takes them (`digests`): a job that
+    keys two things by the same inputs reads each file once."""
+    return tuple(file_sha256(path) for path in inputs)
+
+
+def progress_key(settings: dict, inputs: Iterable[str | os.PathLike] = (), device: str | None = None,
+                 digests: Iterable[str] | None = None) -> str:
     """The key of a job's progress: its settings without the data's locations, the contents of the files it
     starts from, and where given the type of device it computes on (parts computed on a card are not mixed with those
     of a CPU attempt under `device: auto`).
@@ -28,8 +35,14 @@ def progress_key(settings: dict, inputs: Iterable[str | os.PathLike] = (), devic
     init's settings nor its partition label's options, so a new init seed or model option reruns the init and then
     the run, which must start from the new model, not resume the rounds trained from the old one. An input remade
     with the same bytes (checkpoints and partitions are byte-reproducible on a CPU) keeps the progress.
+
+    `digests`: the inputs' `input_digests`, where the caller has them (then `inputs` is not given).
     """
-    key = digest({"settings": without_data_locations(settings), "inputs": [file_sha256(path) for path in inputs]})
+    if digests is None:
+        digests = input_digests(inputs)
+    elif tuple(inputs):
+        raise ValueError("progress_key takes the inputs' paths or their digests, not both")
+    key = digest({"settings": without_data_locations(settings), "inputs": list(digests)})
     return key if device is None else f"{key}:{device}"
 
 

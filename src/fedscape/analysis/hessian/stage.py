@@ -55,7 +55,7 @@ from fedscape.data.federated import FederatedData, load_federated_data
 from fedscape.models.checkpoint import load_trajectory
 from fedscape.models.device import describe_compute, job_precision, resolve_device
 from fedscape.models.specs import piecewise_linear
-from fedscape.stages.progress import Parts, progress_key, resume_settings
+from fedscape.stages.progress import Parts, input_digests, progress_key, resume_settings
 
 log = logging.getLogger("fedscape.hessian")
 
@@ -191,7 +191,8 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     log.info("hessian of %s at round %d on %s: %d parameters, %d clients, top-%d by %s, %s",
              run_id, round_, device, traj.params.shape[1], data.num_clients, hs.top_k, hs.method, budget)
 
-    key = progress_key(resume_settings(settings, HessianJob), (trajectory_path, partition_path), device.type)
+    inputs = input_digests((trajectory_path, partition_path))  # read once: the parts' and the eigenpairs' keys
+    key = progress_key(resume_settings(settings, HessianJob), device=device.type, digests=inputs)
     parts = Parts(progress_dir, key)
 
     # the aggregate data: eigenpairs (kept for the plane job), trace, density
@@ -206,7 +207,7 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
              agg.products, agg.seconds, parts.note(resumed))
     compute = describe_compute(device, hs.precision)
     if eigen_store is not None:
-        store = _eigen_parts(eigen_store, HessianPlaneJob.of(job), (trajectory_path, partition_path), device.type)
+        store = _eigen_parts(eigen_store, HessianPlaneJob.of(job), inputs, device.type)
         if plane_eigen_key(eigen_store.plane) == store.key:
             log.info("the eigenvector plane of these eigenpairs is made (%s): none kept for a plane job",
                      eigen_store.plane)
@@ -302,15 +303,15 @@ def _write_diverged(job: HessianJob, traj, reason: str, outputs: dict[str, str |
 
 
 # -- the eigenvector plane ----------------------------------------------------------------------------
-def eigen_key(job: HessianPlaneJob, version: int, inputs: tuple[str | Path, str | Path], device_type: str) -> str:
+def eigen_key(job: HessianPlaneJob, version: int, inputs: tuple[str, str], device_type: str) -> str:
     """The key of the aggregate's eigenpairs of plane job `job` (or of the Hessian job it is the plane job of): the
-    meaning of its settings at result version `version`, the contents of its trajectory and partition, the type of
-    device."""
-    return progress_key(HessianPlaneJob.meaning(with_result_version(to_settings(job), version)), inputs, device_type)
+    meaning of its settings at result version `version`, the contents of its trajectory and partition (`inputs`: their
+    `input_digests`), the type of device."""
+    return progress_key(HessianPlaneJob.meaning(with_result_version(to_settings(job), version)), device=device_type,
+                        digests=inputs)
 
 
-def _eigen_parts(store: EigenStore, job: HessianPlaneJob, inputs: tuple[str | Path, str | Path],
-                 device_type: str) -> Parts:
+def _eigen_parts(store: EigenStore, job: HessianPlaneJob, inputs: tuple[str, str], device_type: str) -> Parts:
     return Parts(store.directory, eigen_key(job, store.version, inputs, device_type))
 
 
@@ -368,8 +369,8 @@ def plane_stage(settings: dict, trajectory_path: str | Path, partition_path: str
     if reason is not None:
         write_diverged_plane(output, traj, job, reason)
         return
-    store = None if eigen_store is None else _eigen_parts(eigen_store, job, (trajectory_path, partition_path),
-                                                          device.type)
+    store = None if eigen_store is None else _eigen_parts(
+        eigen_store, job, input_digests((trajectory_path, partition_path)), device.type)
     stored = None if store is None else _stored_eigenpairs(store)
     if stored is not None:  # computed by the Hessian job, where it records
         values, d1, d2, n_eval, compute = stored

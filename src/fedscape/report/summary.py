@@ -153,9 +153,10 @@ def _distinct(values: np.ndarray) -> np.ndarray:
     return np.asarray(kept, dtype=float)
 
 
-def summary_table(final: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
-    """Per group of runs differing only in seed: n_seeds, n_ok and mean / std / t-interval per metric, and the
-    number of values each metric's statistics are over (`<metric>_n`).
+def summary_table(final: pd.DataFrame) -> pd.DataFrame:
+    """Per group of runs differing only in seed: n_seeds, n_ok and mean / std / 95% t-interval (the columns
+    `<metric>_ci95_*` say the level, so it is not a parameter) per metric, and the number of values each metric's
+    statistics are over (`<metric>_n`).
 
     The statistics are over the n_ok runs that did not diverge (`did_not_diverge`). Each metric uses
     those runs' finite values (`metric_values`: a shared metric's distinct ones); a metric with one value has NaN
@@ -168,7 +169,7 @@ def summary_table(final: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame
         ok = did_not_diverge(sub)
         row["n_ok"] = len(ok)
         for metric in SUMMARY_METRICS:
-            mean, std, lo, hi, n = t_interval(metric_values(ok, metric), confidence)
+            mean, std, lo, hi, n = t_interval(metric_values(ok, metric), 0.95)
             row.update({f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_ci95_low": lo,
                         f"{metric}_ci95_high": hi, f"{metric}_n": n})
         rows.append(row)

@@ -73,6 +73,29 @@ HESSIAN_OUTPUTS = (("table", "hessian.csv"), ("clients", "hessian_clients.csv"),
                    ("details", "hessian.json"))
 
 
+
+@pytest.mark.parametrize("swa_finite", [True, False])
+def test_the_global_model_of_an_swa_run_s_final_round_is_usable_whatever_its_swa_model(runs, tmp_path, swa_finite):
+    # Prepare: the healthy run's trajectory with an SWA model (finite, or overflowed) beside its global models
+    from fedscape.models.checkpoint import CheckpointError, load_trajectory, save_trajectory
+
+    ok = load_trajectory(runs.trajectory(runs.healthy))
+    swa_params = ok.params[-2:].mean(0) if swa_finite else torch.full_like(ok.params[0], float("inf"))
+    save_trajectory(tmp_path / "t.pt", ok.params, ok.buffers, ok.rounds, ok.model_meta, ok.meta,
+                    swa={"params": swa_params, "buffers": ok.buffers[-1], "rounds": (ROUNDS - 1, ROUNDS)})
+
+    # Execute
+    traj = load_trajectory(tmp_path / "t.pt")
+
+    # Assert: the global model (a consecutive layer pair's) is judged by its own values; the reported final model
+    # (the SWA model) by its own
+    assert traj.unusable(ROUNDS, global_model=True) is None
+    if swa_finite:
+        assert traj.unusable(ROUNDS) is None
+    else:
+        with pytest.raises(CheckpointError, match="damaged"):
+            traj.unusable(ROUNDS)
+
 def _hessian_job(runs, run, round_, out_dir, trajectory=None, progress_dir=None):
     """The Hessian job and the plane job of (run, round_): their outputs (the plane's under `plane`)."""
     trajectory = runs.trajectory(run) if trajectory is None else trajectory

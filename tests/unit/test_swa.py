@@ -313,8 +313,10 @@ def test_train_stage_writes_both_models_and_reports_the_swa_model(tmp_path):
     assert final.loc["fedavg", "test_acc"] == metrics["test_acc"].iloc[-1]
 
 
-def test_a_consecutive_layer_pair_compares_global_models_at_the_last_round_of_a_swa_run(tmp_path):
+@pytest.mark.parametrize("swa_overflowed", [False, True])
+def test_a_consecutive_layer_pair_compares_global_models_at_the_last_round_of_a_swa_run(tmp_path, swa_overflowed):
     from fedscape.analysis.barriers.stage import layer_barriers_job
+    from fedscape.models.checkpoint import save_trajectory
     from fedscape.plan.barriers import layer_pair, layer_settings
 
     # Prepare: a 3-round SWA run (its final model is the SWA model) and a pair of its consecutive global models
@@ -330,6 +332,11 @@ def test_a_consecutive_layer_pair_compares_global_models_at_the_last_round_of_a_
     outputs = {name: str(tmp_path / "run" / file) for name, file in TRAIN_FILE_NAMES.items()}
     train_job(train_settings(config, run), partition, init, outputs, tmp_path / "run" / "_progress")
     traj = load_trajectory(outputs["trajectory"])
+    if swa_overflowed:  # an SWA model that is not finite, beside finite global models: it is not the pair's
+        save_trajectory(outputs["trajectory"], traj.params, traj.buffers, traj.rounds, traj.model_meta, traj.meta,
+                        swa={"params": torch.full_like(traj.swa_params, float("inf")), "buffers": traj.swa_buffers,
+                             "rounds": traj.swa_rounds})
+        traj = load_trajectory(outputs["trajectory"])
     pair = layer_pair(config, [run], "sweep")
 
     # Execute: rounds t = 2 and t + 1 = 3, the last

@@ -194,8 +194,9 @@ class Trajectory:
         """The run's status: 'ok', or 'diverged' when training stopped early on a non-finite loss."""
         return str(self.meta.get("status", "ok"))
 
-    def unusable(self, round_: int | str) -> str | None:
-        """Why the global model of `round_` cannot be analysed (the run diverged), or None when it can.
+    def unusable(self, round_: int | str, global_model: bool = False) -> str | None:
+        """Why the model of `round_` (`point`, or with `global_model` the global model: `global_point`) cannot be
+        analysed (the run diverged), or None when it can.
 
         A diverged run's trajectory ends at the round where its training loss became NaN/inf
         (fedscape.fl.engine): later rounds are missing, and that last model is not analysed even when
@@ -213,7 +214,7 @@ class Trajectory:
             return (f"round {round_} is not in the trajectory (it ends at round {self.final_round}, status "
                     f"{self.status!r}: the run stopped early)")
         row = self.row(round_)
-        params, buffers = self.point(round_)
+        params, buffers = self.global_point(round_) if global_model else self.point(round_)
         if not (bool(torch.isfinite(params).all()) and bool(torch.isfinite(buffers).all())):
             if self.status == "ok":  # training never saves a non-finite model of a run it calls ok: damage
                 raise CheckpointError(f"{self.path or 'trajectory'}: the model of round {round_} has NaN/inf "

@@ -231,8 +231,9 @@ def layer_barriers_job(settings: dict, inputs: dict, out_barriers: str | Path, o
         consecutive = job.kind == "consecutive"
         traj_b = traj_a if consecutive else load_trajectory(inputs["trajectory_b"], run_id=run_ids[-1])
         round_b = round_ + 1 if consecutive else round_
+        # a consecutive pair's models are the global ones (below), also at the final round of an SWA run
         reasons = [f"{key}: {reason}" for key, tr, r in (("a", traj_a, round_), ("b", traj_b, round_b))
-                   if (reason := tr.unusable(r)) is not None]
+                   if (reason := tr.unusable(r, global_model=consecutive)) is not None]
         if reasons:
             log.warning("pair %s: %s; not computed (NaN rows)", pair, "; ".join(reasons))
             barriers, distances = _nan_layer_rows(traj_a, meta, job)

@@ -185,6 +185,51 @@ def test_accuracy_table_columns_name_clients_and_participation_when_they_vary():
     assert set(table["row"]) == {"FedAvg"}
 
 
+@pytest.mark.parametrize("diverged", ["fedprox", "alpha", "all"])
+def test_accuracy_table_figure_keeps_the_groups_whose_seeds_all_diverged_as_dashes(tmp_path, diverged):
+    # Prepare: every seed of one algorithm, of one alpha, or of every run diverged
+    final = final_table(two_inits_two_algorithms())
+    hit = {"fedprox": final["algorithm"] == "fedprox", "alpha": final["alpha"] == 0.1,
+           "all": pd.Series(True, index=final.index)}[diverged]
+    final.loc[hit, "status"] = "diverged"
+
+    # Execute
+    data = assert_figure_files(accuracy_table_figure(final, "digits", "cnn_small", tmp_path / "table"))
+
+    # Assert: every row and column stays; the diverged groups count no seed and have no mean
+    assert set(data["row"]) == {"FedAvg · random init", "FedAvg · pretrained init", "FedProx · random init",
+                                "FedProx · pretrained init"}
+    assert set(data["column"]) == {"IID", "α=0.1"}
+    gone = data["row"].str.startswith("FedProx") if diverged == "fedprox" else (
+        data["column"] == "α=0.1" if diverged == "alpha" else pd.Series(True, index=data.index))
+    assert (data.loc[gone, "n_seeds"] == 0).all() and data.loc[gone, "mean"].isna().all()
+    assert (data.loc[~gone, "n_seeds"] == 3).all() and data.loc[~gone, "mean"].notna().all()
+
+
+def test_accuracy_and_headline_tables_order_settings_iid_first_and_all_clients_first(tmp_path):
+    # Prepare: IID, 0.1 and 1.0 with all clients, and 0.1 with half of them sampled
+    final = final_table(rounds_table())
+    frames = [final]
+    for alpha, participation in ((1.0, 1.0), (0.1, 0.5)):
+        other = final[final["alpha"] == 0.1].copy()
+        other["alpha"], other["participation"] = alpha, participation
+        other["run_id"] = other["run_id"] + f"-{alpha}-{participation}"
+        frames.append(other)
+    final = pd.concat(frames, ignore_index=True)
+
+    # Execute
+    table = assert_figure_files(accuracy_table_figure(final, "digits", "cnn_small", tmp_path / "table"))
+    headline = assert_figure_files(headline_table_figure(final, "digits", "cnn_small", tmp_path / "headline"))
+
+    # Assert: as the panels of the other figures (common.setting_panels) order them
+    from fedscape.report.figures.accuracy import _column_order
+
+    assert _column_order(table) == ["IID\nall clients", "α=1\nall clients", "α=0.1\nall clients",
+                                    "α=0.1\n50% sampled"]
+    rows = list(dict.fromkeys(headline["row"]))
+    assert rows[0].startswith("IID") and rows[-1].endswith("50% sampled")
+
+
 def test_headline_table_figure_shows_only_computed_metrics(tmp_path):
     final = final_table(two_inits_two_algorithms())
     final.loc[final["alpha"] == math.inf, "lambda_max"] = 5.0

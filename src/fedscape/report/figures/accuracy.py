@@ -136,23 +136,29 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
 
 
 def accuracy_table(final: pd.DataFrame, column: str = "test_acc", scale: float = 100.0) -> pd.DataFrame:
-    """Long table of the accuracy-table figure: row label, column label, mean, std, n (values x scale)."""
+    """Long table of the accuracy-table figure: row label, column label, mean, std, n (values x scale) over the seeds
+    that did not diverge. A group whose seeds all diverged keeps its row with n 0 and NaN statistics (its cell: –)."""
     inits = final["init"].nunique() > 1
     cols = ["alpha"] + varying_keys(final, ["num_clients", "participation"])
     rows = []
-    for keys, sub in did_not_diverge(final).groupby(CURVE_GROUP, sort=False):
+    for keys, sub in final.groupby(CURVE_GROUP, sort=False):
         fields = dict(zip(CURVE_GROUP, keys, strict=True))
-        mean, std, lo, hi, n = t_interval((sub[column] * scale).tolist())
+        mean, std, lo, hi, n = t_interval((did_not_diverge(sub)[column] * scale).tolist())
         rows.append({**fields, "row": label_run(fields, ["algorithm", "init"] if inits else ["algorithm"]),
                      "column": label_run(fields, cols, sep="\n"), "n_seeds": n, "mean": mean, "std": std,
                      "ci95_low": lo, "ci95_high": hi})
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
+def _setting_sorted(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """`table` sorted by `keys` and then as `common.setting_panels` orders settings: by clients, all clients first
+    (participation descending), IID first."""
+    keyed = table.assign(_p=-table["participation"].astype(float), _a=table["alpha"].map(setting_order_key))
+    return keyed.sort_values([*keys, "num_clients", "_p", "_a"], kind="stable")
+
+
 def _column_order(table: pd.DataFrame) -> list[str]:
-    keyed = table.drop_duplicates("column").copy()
-    keyed["_a"] = keyed["alpha"].map(setting_order_key)
-    return keyed.sort_values(["num_clients", "participation", "_a"], kind="stable")["column"].tolist()
+    return _setting_sorted(table.drop_duplicates("column"), [])["column"].tolist()
 
 
 def accuracy_table_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str | Path,
@@ -183,6 +189,9 @@ def accuracy_table_figure(final: pd.DataFrame, dataset: str, model: str, base_pa
                 ax.text(j, i, "–", ha="center", va="center", color="0.5")
                 continue
             cell = lookup.loc[(r, c)]
+            if math.isnan(cell["mean"]):  # every seed of it diverged
+                ax.text(j, i, "–", ha="center", va="center", color="0.5")
+                continue
             text = f"{cell['mean']:.1f}" if math.isnan(cell["std"]) else f"{cell['mean']:.1f} ± {cell['std']:.1f}"
             weight = "bold" if cell["mean"] == best[c] else "normal"
             dark = (cell["mean"] - lo) / (vmax - lo + 1e-12) > 0.6  # white text on the darker cells
@@ -195,7 +204,7 @@ def accuracy_table_figure(final: pd.DataFrame, dataset: str, model: str, base_pa
     for spine in ax.spines.values():
         spine.set_visible(False)
     ax.set_title(f"{dataset} / {model}: final test accuracy (%){seeds_note(table['n_seeds'])}",
-                 pad=24 + 8 * col_order[0].count("\n"))
+                 pad=24 + 8 * max((c.count("\n") for c in col_order), default=0))
     return save_figure(fig, base_path, table)
 
 
@@ -252,10 +261,7 @@ def headline_table_figure(final: pd.DataFrame, dataset: str, model: str, base_pa
         return save_figure(empty_figure(f"no runs of {dataset} / {model} in final.csv"), base_path,
                            pd.DataFrame(columns=HEADLINE_COLUMNS))
     table = headline_table(df)
-    order = table.drop_duplicates("row").copy()
-    order["_a"] = order["alpha"].map(setting_order_key)
-    order = order.sort_values(["algorithm", "init", "num_clients", "participation", "_a"], kind="stable")
-    row_order = order["row"].tolist()
+    row_order = _setting_sorted(table.drop_duplicates("row"), ["algorithm", "init"])["row"].tolist()
     metrics = [m for m in HEADLINE_METRICS if m in set(table["metric"])]
     lookup = table.set_index(["row", "metric"])
     plt = pyplot()

@@ -55,7 +55,9 @@ def init_order(inits) -> list[str]:
 
 
 def seeds_note(n_seeds: pd.Series) -> str:
-    """Title suffix saying over how many seeds the cells are aggregated."""
+    """Title suffix saying over how many seeds the cells are aggregated (those with a value: a cell whose seeds all
+    diverged, n 0, is drawn as – and says nothing of the others)."""
+    n_seeds = n_seeds[n_seeds > 0]
     lo, hi = (int(n_seeds.min()), int(n_seeds.max())) if len(n_seeds) else (0, 0)
     if hi <= 1:
         return ", one seed"

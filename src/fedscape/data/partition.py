@@ -5,6 +5,7 @@ client per writer, and a split file."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -152,6 +153,13 @@ def dirichlet_partition(
 # a Dirichlet split with alpha < 0.1 ever draws no mass for every client under the cap (the redraws above).
 DIRICHLET_EXACT_ZEROS_BELOW = 0.1
 DIRICHLET_REDRAWS = 100
+
+# The largest concentration of a Dirichlet draw (a `dirichlet` alpha, also each number of `alphas`, and a `quantity`
+# beta; the schema's `alphas` repeat it as their `maximum`). Dir(c * 1_M) gives each share 1/M with a relative std of
+# sqrt((M - 1) / (M c + 1)), below 1/sqrt(c): at 1e6 the shares spread by about 0.1% around 1/M, indistinguishable
+# from an IID split, and from about 1.8e308 / M on (1e300 and more) numpy's Gamma variates sum to inf and every share it
+# draws is 0 (a Dirichlet split then spreads each class evenly after its redraws, a quantity split fails every try).
+MAX_CONCENTRATION = 1e6
 
 
 def dirichlet_draws_exact_zeros(entry: dict) -> bool:
@@ -406,17 +414,26 @@ class PartitionKind:
     its writer reads, options -> {option: path} (the partition job's inputs, so that a changed file remakes the split;
     each checked before the partition jobs start, `kind_file_problems`), None for none; `by_class`: the writer
     splits by each sample's class label, so planning refuses a dataset whose samples have none (data.specs
-    `sequence_labels`: the word data sets)."""
+    `sequence_labels`: the word data sets); `concentrations`: its options that are the concentration of a Dirichlet
+    draw, each refused above MAX_CONCENTRATION (`check_partition_entry`); `clients`: the client count its options fix,
+    known at planning, options -> (count, the option that fixes it and how, in words: 'path (s.json) lists 4 users')
+    or None where it is not known (a split file's users, where the file is there: `kind_client_count`), None for a
+    kind that splits among any count; `seed_free`: (options, num_clients, num_classes) -> why its writer gives every
+    seed the same split (the words of a warning, `seed_free_reason`), or None where the seed draws it; None for a kind
+    whose seed always does."""
 
     name: str
     options: dict[str, Any]
     paper: str
     make: Callable[..., Partition]
-    fits: Callable[[str, dict[str, Any], str], list[str]] | None = None
+    fits: Callable[[str, dict[str, Any], str, dict[str, Any] | None], list[str]] | None = None
     needs_writers: bool = False
     by_class: bool = False
     inputs: Callable[[Any, Partition], Any] | None = None
     files: Callable[[dict[str, Any]], dict[str, str]] | None = None
+    concentrations: tuple[str, ...] = ()
+    clients: Callable[[dict[str, Any]], tuple[int, str] | None] | None = None
+    seed_free: Callable[[dict[str, Any], int, int], str | None] | None = None
 
 
 def _classes_fit(where: str, options: dict[str, Any], dataset: str,
@@ -450,6 +467,76 @@ def _feature_noise_fit(where: str, options: dict[str, Any], dataset: str,
     return [f"{where}: the kind feature_noise adds Gaussian noise to each client's inputs, but {dataset} gives "
             f"{info.input_description} (token ids, which noise cannot perturb); use it on a dataset of images "
             f"({', '.join(images)}) or another kind on {dataset}"]
+
+
+def _split_file_fit(where: str, options: dict[str, Any], dataset: str,
+                    dataset_options: dict[str, Any] | None = None) -> list[str]:
+    # the file names images by their index in the whole training set as published (split_file_partition), which is
+    # the pool the clients are split from only without a proxy split: proxy_fraction > 0 takes a seeded stratified
+    # part of it away, so that the file's indices name other images (or images past the pool's end), and the file may
+    # give clients images of the proxy split. A data set without a test set of its own (digits) has no published
+    # training set: its pool is what its test and proxy splits leave, and a file for it indexes that pool.
+    proxy = float((dataset_options or {}).get("proxy_fraction") or 0.0)
+    if not dataset_info(dataset).fixed_test_split or proxy <= 0:
+        return []
+    return [f"{where}: the kind split_file reads a split of {dataset}'s whole training set (its images by their "
+            f"index in the published order), but datasets.{dataset}.proxy_fraction {proxy:g} holds part of that set "
+            f"out as the proxy split, so the file's indices would name other images; set datasets.{dataset}."
+            "proxy_fraction to 0 (a pretrained init on it then needs a proxy_dataset or proxy_dir)"]
+
+
+# A split file larger than this is not read at planning (the partition job checks its users): the published CIFAR
+# splits (Caldarola et al.: 50,000 image names) are about 1.5 MB, which json reads in under 10 ms (measured: 7 ms).
+SPLIT_FILE_PLANNING_BYTES = 32 * 2**20
+
+
+@functools.lru_cache(maxsize=64)
+def _split_file_users(path: str, size: int, mtime_ns: int) -> int | None:
+    """The number of users the split file at `path` lists (the clients split_file_partition makes); None for a file
+    it cannot read (the partition job names what is wrong). Cached by path, size and date: planning asks once per
+    client count and setting, and the Snakefile is parsed more than once per call."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    users = data.get("users") if isinstance(data, dict) else None
+    return len(users) if isinstance(users, list) else None
+
+
+def _split_file_clients(options: dict[str, Any]) -> tuple[int, str] | None:
+    # the file's users, one client each (split_file_partition), where the file is there and small enough; a missing
+    # file plans as before (the rule's input leaves it out, and it is named before the partition jobs start)
+    path = kind_file_path(options["path"])
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    if not path.is_file() or stat.st_size > SPLIT_FILE_PLANNING_BYTES:
+        return None
+    users = _split_file_users(str(path), stat.st_size, stat.st_mtime_ns)
+    return None if users is None else (users, f"path ({options['path']}) lists {users} users")
+
+
+def _classes_seed_free(options: dict[str, Any], num_clients: int, num_classes: int) -> str | None:
+    # client i holds class i mod K and k - 1 drawn ones; each class is shuffled and cut among its holders. With k = 1
+    # and at most K clients every class has at most one holder, who takes it whole: nothing is drawn. (K: the classes
+    # the data set declares, all of which an image data set's pool holds.)
+    if int(options["classes_per_client"]) != 1 or num_clients > num_classes:
+        return None
+    return (f"one class per client among no more clients than the data set's {num_classes} classes gives each "
+            "client its class whole (with more clients, or more classes per client, the seed draws the split)")
+
+
+def _natural_seed_free(options: dict[str, Any], num_clients: int, num_classes: int) -> str | None:
+    # select: first takes the first eligible writers in the data set's order; only select: random draws them
+    if options["select"] != "first":
+        return None
+    return "select: first takes the first writers whatever the seed (select: random draws them from it)"
+
+
+def _split_file_seed_free(options: dict[str, Any], num_clients: int, num_classes: int) -> str | None:
+    # the file decides everything; the seed only labels the partition (split_file_partition)
+    return f"the file {options['path']} decides the split, and the seed only labels it"
 
 
 _NOISE_STREAM = 0x4E  # keeps the feature noise apart from every other random stream of the run seed
@@ -515,16 +602,19 @@ def _split_file_files(options: dict[str, Any]) -> dict[str, str]:
 
 PARTITION_KINDS: dict[str, PartitionKind] = {k.name: k for k in (
     PartitionKind("dirichlet", {"alpha": None}, "Hsu et al. 2019; NIID-Bench (Li et al. 2022)", _make_dirichlet,
-                  by_class=True),
+                  by_class=True, concentrations=("alpha",)),
     PartitionKind("iid", {}, "McMahan et al. 2017", _make_iid),
     PartitionKind("classes", {"classes_per_client": None}, "McMahan et al. 2017; NIID-Bench #C=k", _make_classes,
-                  _classes_fit, by_class=True),
-    PartitionKind("quantity", {"beta": None}, "NIID-Bench quantity skew (Li et al. 2022)", _make_quantity),
+                  _classes_fit, by_class=True, seed_free=_classes_seed_free),
+    PartitionKind("quantity", {"beta": None}, "NIID-Bench quantity skew (Li et al. 2022)", _make_quantity,
+                  concentrations=("beta",)),
     PartitionKind("feature_noise", {"sigma": None}, "NIID-Bench noise-based feature skew", _make_feature_noise,
                   _feature_noise_fit, inputs=_feature_noise_inputs),
-    PartitionKind("natural", {"select": "first"}, "LEAF (Caldas et al. 2018)", _make_natural, needs_writers=True),
+    PartitionKind("natural", {"select": "first"}, "LEAF (Caldas et al. 2018)", _make_natural, needs_writers=True,
+                  seed_free=_natural_seed_free),
     PartitionKind("split_file", {"path": None}, "Caldarola et al. 2022's published splits (Hsu et al. 2020)",
-                  _make_split_file, files=_split_file_files, by_class=True),
+                  _make_split_file, _split_file_fit, files=_split_file_files, by_class=True,
+                  clients=_split_file_clients, seed_free=_split_file_seed_free),
 )}
 
 
@@ -561,6 +651,27 @@ def kind_files(entry: dict) -> list[str]:
     return [] if spec.files is None else list(spec.files(kind_options(entry)).values())
 
 
+def kind_client_count(entry: dict) -> tuple[int, str] | None:
+    """The client count a `partitions` entry fixes, with the option that fixes it in words (its kind's
+    `PartitionKind.clients`: a split file's users, where the file is there), or None where any count goes or the
+    count is not known at planning; None for an entry `check_partition_entry` refuses."""
+    spec = PARTITION_KINDS.get(entry.get("kind"))
+    if spec is None or spec.clients is None or check_partition_entry("<entry>", entry):
+        return None
+    return spec.clients(kind_options(entry))
+
+
+def seed_free_reason(entry: dict, num_clients: int, num_classes: int) -> str | None:
+    """Why a `partitions` entry's writer gives `num_clients` clients of a data set of `num_classes` classes the same
+    split for every seed (its kind's `PartitionKind.seed_free`: one class per client among at most the classes, the
+    first writers, a split file), or None where the seed draws it; None for an entry `check_partition_entry`
+    refuses."""
+    spec = PARTITION_KINDS.get(entry.get("kind"))
+    if spec is None or spec.seed_free is None or check_partition_entry("<entry>", entry):
+        return None
+    return spec.seed_free(kind_options(entry), int(num_clients), int(num_classes))
+
+
 def kind_file_path(path: str | Path) -> Path:
     """A file that a `partitions` entry names, as its writer opens it: a relative path starts at the working
     directory (Snakemake's, the directory it runs in, where the partition job runs too)."""
@@ -587,7 +698,8 @@ def kind_file_problems(label: str, entry: dict) -> list[str]:
 
 
 def check_partition_entry(label: str, entry: dict) -> list[str]:
-    """Problems of one `partitions` entry: an unknown kind (with a suggestion), a missing or foreign option."""
+    """Problems of one `partitions` entry: an unknown kind (with a suggestion), a missing or foreign option, a
+    Dirichlet concentration above MAX_CONCENTRATION."""
     where = f"partitions.{label}"
     kind = entry.get("kind")
     if kind not in PARTITION_KINDS:
@@ -600,6 +712,14 @@ def check_partition_entry(label: str, entry: dict) -> list[str]:
     foreign = sorted(k for k, v in entry.items() if k != "kind" and k not in spec.options and v is not None)
     problems += [f"{where}.{name}: not an option of the partition kind {kind} "
                  f"(its options: {', '.join(spec.options) or 'none'})" for name in foreign]
+    for name in spec.concentrations:
+        value = entry.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > MAX_CONCENTRATION:
+            problems.append(
+                f"{where}.{name}: {value:g} is above {MAX_CONCENTRATION:g}, where its Dirichlet draw gives each of the "
+                f"M clients 1/M to within about 0.1%, indistinguishable from an IID split (and from about 1e300 on "
+                f"numpy's draws overflow to zeros); set {name} to at most {MAX_CONCENTRATION:g}, or use the kind iid "
+                "(`alphas: [iid]`) for an IID split")
     return problems
 
 
@@ -607,8 +727,8 @@ def check_partition_dataset(label: str, entry: dict, dataset: str,
                             dataset_options: dict[str, Any] | None = None) -> list[str]:
     """Problems of a `partitions` entry on `dataset` (a known name, read with `dataset_options`: the config's
     `datasets.<name>`) that the dataset's declaration shows: a kind it cannot take (one that needs writers, on a
-    dataset without them) or an option beyond what it holds (classes_per_client above its classes). An entry that
-    `check_partition_entry` refuses is left to it."""
+    dataset without them) or an option beyond what it holds (classes_per_client above its classes; a split file of
+    the whole training set beside a proxy split). An entry that `check_partition_entry` refuses is left to it."""
     spec = PARTITION_KINDS.get(entry.get("kind"))
     if spec is None or check_partition_entry(label, entry):
         return []

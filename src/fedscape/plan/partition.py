@@ -15,8 +15,10 @@ from fedscape.data.partition import (
     check_partition_entry,
     class_label_problem,
     dirichlet_draws_exact_zeros,
+    kind_client_count,
     kind_files,
     kind_options,
+    seed_free_reason,
     setting_entry,
 )
 from fedscape.data.specs import dataset_info, dataset_settings
@@ -72,8 +74,9 @@ def partition_files(config: dict, setting: str) -> list[str]:
 
 def check(config: dict, runs: list[Run]) -> list[str]:
     """The `partitions` entries (kinds and options, and the options each dataset they are used with cannot take;
-    labels that are no run's setting) and client counts that cannot each get `partition.min_size` samples of their
-    dataset (known at planning)."""
+    labels that are no run's setting), client counts that cannot each get `partition.min_size` samples of their
+    dataset (known at planning) and client counts other than an entry fixes (a writer split beyond max_clients, a
+    split file's users)."""
     problems = []
     entries = config.get("partitions") or {}
     for label, entry in entries.items():
@@ -99,6 +102,12 @@ def check(config: dict, runs: list[Run]) -> list[str]:
             problems.append(f"num_clients: {num_clients} clients of the {spec.name} partition {label}, but "
                             f"datasets.{dataset}.max_clients reads the first {most} writers alone; use at most "
                             f"{most} clients or raise max_clients")
+        # a kind whose options fix the client count (a split file's users, read where the file is there already)
+        fixed = kind_client_count(entries[label])
+        if fixed is not None and fixed[0] != num_clients:
+            problems.append(f"num_clients: {num_clients} clients of the {spec.name} partition {label}, but "
+                            f"partitions.{label}.{fixed[1]}, one client each; set num_clients to {fixed[0]} for "
+                            f"the runs on {label}")
     for dataset, setting in sorted({(run.dataset, str(run.setting)) for run in runs if run.setting not in entries}):
         problem = class_label_problem(setting_entry(setting)[0]["kind"], dataset)
         if problem:
@@ -118,6 +127,31 @@ def check(config: dict, runs: list[Run]) -> list[str]:
                             f"(after its test and proxy splits); use at most {pool // min_size} clients or a smaller "
                             "min_size")
     return problems
+
+
+def shared_partition_warnings(config: dict, runs: list[Run]) -> list[str]:
+    """A line for each `partitions` label, dataset and client count whose runs take several seeds while its kind makes
+    the same split for every seed (`data.partition.seed_free_reason`: one class per client among at most the data
+    set's classes, the first writers, a split file): the seeds share one partition, so their spread covers the
+    training's randomness alone. Valid (a published split is fixed), but not what a spread over seeds usually means."""
+    entries = config.get("partitions") or {}
+    seeds: dict[tuple[str, str, int], set[int]] = {}
+    for run in runs:
+        if run.setting in entries:
+            seeds.setdefault((run.dataset, run.setting, run.num_clients), set()).add(int(run.seed))
+    # one line per label, reason and seeds: the datasets and client counts it holds for (meta.yaml's one label of
+    # first writers on three data sets)
+    shared: dict[tuple[str, str, tuple[int, ...]], list[str]] = {}
+    for (dataset, label, num_clients), taken in sorted(seeds.items()):
+        classes = dataset_info(dataset, config["datasets"][dataset]).num_classes
+        why = seed_free_reason(entries[label], num_clients, classes) if len(taken) > 1 else None
+        if why is not None:
+            shared.setdefault((label, why, tuple(sorted(taken))), []).append(f"{dataset} with {num_clients} clients")
+    return [f"seeds: the runs on partitions.{label} ({entries[label]['kind']}: {', '.join(where)}) take seeds "
+            f"{', '.join(map(str, taken))}, but {why}: they share one partition, so their spread covers only the "
+            f"training's randomness (client sampling, batch order), not the split's; keep one seed for {label}, or "
+            "read the spread over seeds as the training's alone"
+            for (label, why, taken), where in shared.items()]
 
 
 def targets(config: dict, runs: list[Run]) -> list[str]:

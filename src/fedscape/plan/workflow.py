@@ -37,6 +37,7 @@ from fedscape.data.partition import kind_file_problems, partition_file_problem
 from fedscape.data.specs import DATASET_NAMES, DATASETS, NO_DOWNLOAD, data_layout_problems
 from fedscape.models.specs import CHECKPOINT_FORMAT
 from fedscape.plan import init as init_plan
+from fedscape.plan import partition as partition_plan
 from fedscape.plan.resources import DATA_RULES, execution_problems
 from fedscape.plan.train import idle_swa, misnamed_algorithm_labels
 
@@ -169,10 +170,12 @@ def config_warnings(config: dict, runs: list[Run], schema: dict | None = None) -
     run takes (`unused_grid_values`), an SWA phase that starts after the last round (`idle_swa`), an algorithm label
     that figures show as another algorithm (`misnamed_algorithm_labels`), an IID warm-up under an lr schedule over
     its own few rounds (`plan.init.warmup_schedule_warnings`), a pretrained init's proxy folder that nothing reads
-    (`plan.init.unread_proxy_folder_warnings`), and with the `schema` a test_fraction nothing reads
+    (`plan.init.unread_proxy_folder_warnings`), seeds that share one partition
+    (`plan.partition.shared_partition_warnings`), and with the `schema` a test_fraction nothing reads
     (`unused_test_fractions`)."""
     return [*unused_grid_values(config, runs), *idle_swa(config, runs), *misnamed_algorithm_labels(config, runs),
             *init_plan.warmup_schedule_warnings(config, runs), *init_plan.unread_proxy_folder_warnings(config, runs),
+            *partition_plan.shared_partition_warnings(config, runs),
             *(unused_test_fractions(config, schema) if schema is not None else [])]
 
 

@@ -22,6 +22,7 @@ from fedscape.plan.workflow import (
     check_read_files,
     config_warnings,
     recorded_params,
+    recorded_rule,
 )
 
 # (a line of its own: at the start of a line, Snakemake's parser takes the name for its keyword)
@@ -65,6 +66,14 @@ if workflow.is_main_process and not CLUSTER and "gpu" not in workflow.global_res
 # fedscape.plan.workflow.recorded_params, fedscape.core.jobs.kept_record), so lowering one reruns nothing finished.
 READ_PARAMS = lambda path: (
     None if workflow.persistence is None else workflow.persistence.params(IOFile(path))
+)
+# and of the rule that wrote a path: a plane written before the plane had a rule of its own keeps its input set
+# (fedscape.plan.hessian.plane_inputs)
+READ_RULE = lambda path: recorded_rule(
+    lambda p: (
+        None if workflow.persistence is None else workflow.persistence.rule(IOFile(p))
+    ),
+    path,
 )
 
 

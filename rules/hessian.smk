@@ -25,6 +25,7 @@ rule hessian:
                 Run.from_wildcards(wildcards),
                 int(wildcards.round),
                 ancient,
+                READ_RULE,
             )
         ),
     output:
@@ -61,6 +62,7 @@ rule hessian_plane:
                 Run.from_wildcards(wildcards),
                 int(wildcards.round),
                 ancient,
+                READ_RULE,
             )
         ),
     output:

@@ -5,6 +5,7 @@ so that a change of the trace, density, sharpness or client settings redraws no 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -312,3 +313,23 @@ def test_a_hessian_job_keeps_no_eigenpairs_for_a_plane_already_made_of_them(trai
     # one of other eigen settings does, for the plane job that will run
     _hessian(trained, tmp_path / "hessian", _with_hessian(trained["config"], seed=2), store=store)
     assert kept.exists()
+
+
+@pytest.mark.parametrize(("change", "keeps"), [({"trace_probes": 6}, False), ({"seed": 2}, True)])
+def test_a_plane_the_hessian_job_wrote_before_planes_recorded_their_key_counts_as_made_of_its_eigenpairs(
+        trained, tmp_path, change, keeps):
+    # Prepare: a plane as the Hessian job wrote it before the plane rule (its meta without the key, nor the compute
+    # of kept eigenpairs); its plane job keeps that record (HessianPlaneJob.meaning), so it would never take any
+    from fedscape.analysis.landscape.definitions import read_plane_file, write_plane_file
+
+    plane = tmp_path / PLANE_FILE
+    _plane(trained, plane)
+    arrays, meta = read_plane_file(plane)
+    write_plane_file(plane, arrays, json.dumps({k: v for k, v in meta.items() if k != "eigen_key"}))
+    store = EigenStore(tmp_path / EIGENPAIRS_DIR, RESULT_VERSIONS["hessian_plane"], plane)
+
+    # Execute: a Hessian job rerun for trace settings alone, or for eigen settings (its plane job reruns too)
+    _hessian(trained, tmp_path / "hessian", _with_hessian(trained["config"], **change), store=store)
+
+    # Assert: none kept for a plane that holds the same eigenvalues (no plane job would take them), kept otherwise
+    assert (tmp_path / EIGENPAIRS_DIR / "all.pt").exists() == keeps

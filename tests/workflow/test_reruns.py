@@ -309,3 +309,30 @@ def test_status_without_snakemakes_metadata_says_it_cannot_compare_the_results_s
     recorded = len(output_records(workdir / "results"))
     assert "out of date in meaning: 0 jobs" in status
     assert f"settings not compared: {recorded} recorded results that Snakemake has no metadata for here" in status
+
+
+def test_a_landscape_on_a_copied_plane_changed_with_the_trace_settings_in_one_call_is_planned(tmp_path):
+    # Prepare: two runs of one init and partition (FedProx's round-0 Hessian and plane copy FedAvg's), and a Hessian
+    # landscape on FedProx's round-0 plane, finished
+    from helpers.workflow import TINY_CONFIG
+
+    workdir = copy_workflow(tmp_path / "fedscape")
+    cfg = yaml.safe_load(TINY_CONFIG.read_text())
+    cfg.update(alphas=["iid"], experiments=[{"alpha": "iid", "init": "random", "algorithm": name}
+                                            for name in ("fedavg", "fedprox")])
+    cfg["hessian"].update(runs="all", rounds=[0])
+    cfg["landscapes"] = {"copied": {"kind": "hessian", "runs": [{"alpha": "iid", "algorithm": "fedprox"}], "round": 0,
+                                    "resolution": 4, "span": 0.5}}
+    (workdir / "copy.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    snakemake(workdir, "--configfile", "copy.yaml")
+    cfg["hessian"]["trace_probes"] += 1
+    cfg["landscapes"]["copied"]["resolution"] = 5
+    (workdir / "both.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    # Execute
+    planned = planned_jobs(workdir, "--configfile", "both.yaml")
+
+    # Assert: the Hessian jobs for the trace and the landscape for its grid, in one call; no plane. (Through an
+    # ancient-only input from a Hessian job Snakemake would check no reason of the plane's descendants)
+    assert planned.get("hessian") == 2 and planned.get("landscape_chunk") == 1
+    assert "hessian_plane" not in planned

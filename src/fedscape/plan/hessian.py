@@ -214,14 +214,24 @@ def hessian_result_version(settings: HessianSettings) -> int:
     return RESULT_VERSIONS["hessian"] + (SMALL_HUTCHPP_BUMPS if small else 0)
 
 
-def hessian_inputs(config: dict, runs: list, run, round_: int, unread: Callable[[str], Any] = str) -> dict:
+# The rule that wrote every plane before the plane had a rule of its own (rules/hessian.smk): a plane whose record
+# names it was written with its Hessian job's input set (`plane_inputs`).
+HESSIAN_RULE = "hessian"
+
+
+def hessian_inputs(config: dict, runs: list, run, round_: int, unread: Callable[[str], Any] = str,
+                   written_by: Callable[[str], str | None] = lambda path: None) -> dict:
     """The job's inputs: the run's trajectory and partition, or, for a job that copies (`shared_source`), the
-    outputs of the job it copies (`source_<key>`) and, through `unread` (the rule's `ancient`), that job's plane."""
+    outputs of the job it copies (`source_<key>`), and through `unread` (the rule's `ancient`) that job's plane where
+    the Hessian job wrote it (`written_by`: the rule Snakemake recorded as a path's writer, None without a record):
+    its copies recorded it among their inputs then (`plane_inputs`)."""
     results = Results.of(config)
     source = shared_source(config, runs, run, round_)
     if source is None:
         return _computing_inputs(results, run)
-    return {**_source_outputs(results, source, round_), "source_plane": unread(plane_path(results, source, round_))}
+    source_plane = plane_path(results, source, round_)
+    return {**_source_outputs(results, source, round_),
+            **({"source_plane": unread(source_plane)} if written_by(source_plane) == HESSIAN_RULE else {})}
 
 
 def _computing_inputs(results: Results, run) -> dict[str, str]:
@@ -245,20 +255,25 @@ def plane_job_settings(config: dict, runs: list, run, round_: int, recorded: Ite
     return job_params(make_plane_job(config, runs, run, round_), RESULT_VERSIONS["hessian_plane"], recorded)
 
 
-def plane_inputs(config: dict, runs: list, run, round_: int, unread: Callable[[str], Any] = str) -> dict:
+def plane_inputs(config: dict, runs: list, run, round_: int, unread: Callable[[str], Any] = str,
+                 written_by: Callable[[str], str | None] = lambda path: None) -> dict:
     """The plane job's inputs: the run's trajectory and partition, or the plane it copies (`source_plane`: of the
-    run whose round-0 result the run's shares, `shared_source`) and, through `unread`, the other outputs of that
-    run's Hessian job.
+    run whose round-0 result the run's shares, `shared_source`).
 
-    Each job has the inputs of its run's Hessian job, whose outputs the plane was before it had a rule of its own, so
-    that Snakemake's `input` trigger reruns no plane the Hessian job wrote, and no copy. An input a job does not read
-    is passed through `unread`: the rule's `ancient`, so that it remade reruns nothing (a Hessian job rerun for
-    its trace settings reruns no copied plane, nor a plane its copy)."""
+    A copied plane that the Hessian job wrote, before the plane had a rule of its own (`written_by`: the rule
+    Snakemake recorded as the path's writer), recorded that job's inputs, the five outputs of the job it copied: its
+    job keeps them, the four it does not read through `unread` (the rule's `ancient`), so that Snakemake's `input`
+    trigger reruns no such plane, and remade they rerun nothing. Only there: Snakemake (9.x) does not check its own
+    reasons (changed params) for any job downstream of a job it reruns, reached from it only through ancient inputs,
+    so that a landscape on a copied plane would go stale when its settings and the trace's changed in one call. Its
+    first rerun writes a record of the plane rule, and the job then reads the source plane alone."""
     results = Results.of(config)
     source = shared_source(config, runs, run, round_)
     if source is None:
         return _computing_inputs(results, run)
-    unread_outputs = {key: unread(path) for key, path in _source_outputs(results, source, round_).items()}
+    own = plane_path(results, run, round_)
+    unread_outputs = ({key: unread(path) for key, path in _source_outputs(results, source, round_).items()}
+                      if written_by(own) == HESSIAN_RULE else {})
     return {"source_plane": plane_path(results, source, round_), **unread_outputs}
 
 

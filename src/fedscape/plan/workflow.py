@@ -69,6 +69,18 @@ def recorded_params(read: Callable[[str], list[str] | None], output: str,
         return None
 
 
+def recorded_rule(read: Callable[[str], str | None], path: str) -> str | None:
+    """The rule Snakemake recorded as the writer of `path`, read by `read` (the Snakefile's READ_RULE); None without a
+    record, or where the records cannot be read (another Snakemake's layout: a warning, as `recorded_params`)."""
+    try:
+        return read(path)
+    except (AttributeError, TypeError) as exc:
+        if not _RECORDS_UNREAD:
+            log.warning("fedscape: cannot read Snakemake's record of %s (%s)", path, exc)
+        _RECORDS_UNREAD.append(path)
+        return None
+
+
 def stage_modules() -> list[ModuleType]:
     """Every stage's plan module (train first, then alphabetically): the modules with `check` and `targets`."""
     modules = [importlib.import_module(f"{_package.__name__}.{info.name}")

@@ -208,7 +208,7 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     compute = describe_compute(device, hs.precision)
     if eigen_store is not None:
         store = _eigen_parts(eigen_store, HessianPlaneJob.of(job), inputs, device.type)
-        if plane_eigen_key(eigen_store.plane) == store.key:
+        if plane_made_of(eigen_store.plane, store.key, agg, hs):
             log.info("the eigenvector plane of these eigenpairs is made (%s): none kept for a plane job",
                      eigen_store.plane)
         else:
@@ -321,16 +321,25 @@ def plane_directions(vectors: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     return d1.cpu().float().numpy(), d2.cpu().float().numpy()
 
 
-def plane_eigen_key(path: str | Path | None) -> str | None:
-    """The key of the eigenpairs the plane at `path` was made of (`eigen_key`, in its meta), None where there is no
-    such plane or it does not say (a diverged plane, one made before planes recorded it)."""
+def plane_made_of(path: str | Path | None, key: str, report: HessianReport, settings: HessianSettings) -> bool:
+    """Whether the plane at `path` is made of the eigenpairs of key `key` (`eigen_key`, in its meta), so that none
+    need be kept for its plane job: False where there is no such plane, or it is damaged or diverged. A plane made
+    before planes recorded the key (by the Hessian job itself, whose record its plane job keeps, so that no plane job
+    would ever take kept eigenpairs) is made of them where it holds the aggregate's top two eigenvalues of `report`,
+    bit for bit, at the same sample count, method and seed: computed again with the same settings and inputs (on a
+    CPU), they are the same."""
     if path is None or not Path(path).exists():
-        return None
+        return False
     try:
         with np.load(path, allow_pickle=False) as data:  # the meta alone, not the vectors
-            return json.loads(str(data["meta"])).get("eigen_key")
+            meta = json.loads(str(data["meta"]))
     except (OSError, KeyError, ValueError):  # damaged or of another layout: the landscape stage says so
-        return None
+        return False
+    if "eigen_key" in meta:
+        return meta["eigen_key"] == key
+    return (meta.get("eigenvalues") == [float(v) for v in report.eigen.values[:2]]
+            and meta.get("n_eval") == int(report.n_eval) and meta.get("method") == settings.method
+            and meta.get("seed") == settings.seed)
 
 
 def store_eigenpairs(store: Parts, report: HessianReport, compute: dict[str, str]) -> None:
@@ -341,7 +350,9 @@ def store_eigenpairs(store: Parts, report: HessianReport, compute: dict[str, str
     try:
         store.save(AGGREGATE, {"values": [float(v) for v in report.eigen.values], "d1": torch.from_numpy(d1),
                                "d2": torch.from_numpy(d2), "n_eval": int(report.n_eval), "compute": dict(compute)})
-    except OSError as exc:  # a plane job that ran beside this one removed the folder: it computed its own
+    # a plane job that ran beside this one removed the folder (torch.save says so with a RuntimeError): it computed
+    # its own
+    except (OSError, RuntimeError) as exc:
         log.warning("the eigenpairs are not kept for the plane job (%s): it computes them itself", exc)
 
 

@@ -224,6 +224,25 @@ BAD_CONFIGS = [
 ]
 
 
+def test_a_label_may_be_no_word_that_the_tables_read_as_missing():
+    # Prepare: every word pandas reads as missing that a label's letters could spell; a label that holds one
+    import re
+
+    from pandas._libs.parsers import STR_NA_VALUES
+
+    label = SCHEMA["$defs"]["label"]
+    words = sorted(v for v in STR_NA_VALUES if re.fullmatch(r"[A-Za-z0-9_.-]+", v))
+
+    # Execute / Assert: each is refused, as an algorithm's and an init's label alike; a longer label holding one is not
+    assert words and all(not re.search(label["pattern"], word) for word in words)
+    for section, word in (("algorithms", "NA"), ("inits", "None"), ("algorithms", "null")):
+        config = copy.deepcopy(DEFAULT)
+        config[section][word] = copy.deepcopy(next(iter(config[section].values())))
+        with pytest.raises(ConfigError, match=rf"{section}: '{word}' is not valid: .*read as missing"):
+            check_config(config, SCHEMA)
+    assert re.search(label["pattern"], "fedavg_NA") and re.search(label["pattern"], "nan_free")
+
+
 @pytest.mark.parametrize(("path", "value", "needle"), BAD_CONFIGS, ids=[f"{p}={v}" for p, v, _ in BAD_CONFIGS])
 def test_bad_config_is_rejected_naming_the_key(path, value, needle):
     config = with_change(path, value)

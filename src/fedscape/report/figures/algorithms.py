@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fedscape.fl.hparams.registry import display_name
@@ -40,7 +41,8 @@ def ranking_table(final: pd.DataFrame, column: str = "test_acc") -> pd.DataFrame
 
     Only runs that did not diverge count. `rank_seed_min` / `rank_seed_max`: the best and worst rank the
     algorithm takes when the algorithms are ranked seed by seed (same seed = same partition and sampling),
-    the seed interval of the rank; NaN with one seed.
+    the seed interval of the rank, over the seeds where every ranked algorithm has a value (a rank among fewer
+    algorithms, where one diverged, would widen it); NaN with fewer than two such seeds.
     """
     ok = did_not_diverge(final)
     rows = []
@@ -52,6 +54,7 @@ def ranking_table(final: pd.DataFrame, column: str = "test_acc") -> pd.DataFrame
             means = pd.Series({a: st[0] for a, st in stats.items()})
             ranks = means.rank(ascending=False, method="min")
             per_seed = per_init.pivot_table(index="seed", columns="algorithm", values=column, aggfunc="first")
+            per_seed = per_seed.reindex(columns=list(stats)).replace([np.inf, -np.inf], np.nan).dropna()
             seed_ranks = per_seed.rank(axis=1, ascending=False, method="min")
             several = per_seed.shape[0] > 1
             for algorithm, (mean, _std, lo, hi, n) in stats.items():

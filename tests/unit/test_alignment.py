@@ -61,6 +61,7 @@ def token_registry(name: str, **options: int) -> tuple[Builder, tuple[int, ...]]
 CASES: dict[str, tuple[Builder, tuple[int, ...]]] = {
     "mlp": registry("mlp", 1, 4),
     "cnn_small": registry("cnn_small", 1, 4),
+    "cnn_small-batch": registry("cnn_small", 1, 4, norm="batch"),
     "convnet": registry("convnet", 1, 32),
     "lenet5": registry("lenet5", 1, 32),
     "vgg11": registry("vgg11", 1, 32),
@@ -72,6 +73,7 @@ CASES: dict[str, tuple[Builder, tuple[int, ...]]] = {
     "resnet56_bottleneck-group": registry("resnet56_bottleneck", 1, 8, norm="group"),
     "resnet18_nonorm": registry("resnet18_nonorm", 1, 8),
     "resnet18-group": registry("resnet18", 1, 8, norm="group"),
+    "resnet18-batch": registry("resnet18", 1, 8, norm="batch"),
     "char_gpt": token_registry("char_gpt", num_blocks=2, num_heads=4, embed_dim=16),
     "char_gpt-one-head": token_registry("char_gpt", num_blocks=1, num_heads=1, embed_dim=8),
     "resnet-projection-group": (lambda: ResNet(NUM_CLASSES, 1, (1, 2), (8, 16), norm="group", projection=True),

@@ -58,6 +58,15 @@ def test_update_cosine_leaves_out_the_pairs_of_a_zero_update():
     assert math.isnan(update_cosine_mean(torch.stack([u, torch.zeros(30), torch.zeros(30)])))
 
 
+
+def test_the_statistics_of_a_round_with_a_non_finite_update_are_nan():
+    # Prepare: two close updates and one that overflowed
+    updates = torch.tensor([[1.0, 0, 0, 0], [0.9, 0.1, 0, 0], [math.nan, 0, 0, 0]])
+
+    # Execute / Assert: no mean over the finite pairs alone, as the diversity is not one
+    assert math.isnan(update_cosine_mean(updates)) and math.isnan(gradient_diversity(updates))
+    assert update_cosine_mean(updates[:2]) == pytest.approx(cosine_similarity(updates[0], updates[1]))
+
 def test_cosine_is_symmetric_and_one_for_identical_updates():
     gen = torch.Generator().manual_seed(0)
     u, v = torch.randn(100, generator=gen), torch.randn(100, generator=gen)

@@ -46,7 +46,7 @@ def _diversity(gram: torch.Tensor) -> float:
 
 def _cosine_mean(gram: torch.Tensor) -> float:
     m = len(gram)
-    if m < 2:
+    if m < 2 or not bool(torch.isfinite(gram).all()):  # a NaN/inf update has no direction to compare, as 0 has none
         return math.nan
     norms = gram.diagonal().clamp_min(0).sqrt()
     i, j = torch.triu_indices(m, m, offset=1, device=gram.device)
@@ -64,7 +64,8 @@ def gradient_diversity(updates: torch.Tensor) -> float:
 
 def update_cosine_mean(updates: torch.Tensor) -> float:
     """Mean cosine similarity over the pairs of client updates [M, P] (Nguyen et al. 2022). A client whose update
-    is zero has no direction: its pairs are left out. NaN for M < 2 or when no pair of nonzero updates is left."""
+    is zero has no direction: its pairs are left out. NaN for M < 2, when no pair of nonzero updates is left, or when
+    an update is not finite (as the round's other statistics are then)."""
     return _cosine_mean(_gram(updates))
 
 

@@ -94,7 +94,8 @@ def interpolation_grid(points: int) -> np.ndarray:
 
 
 def linear_barrier(ts: Sequence[float], values: Sequence[float]) -> float:
-    """max_t [v(t) - ((1 - t) v(0) + t v(1))] over a grid holding t = 0 and t = 1 (Frankle et al. 2020)."""
+    """max_t [v(t) - ((1 - t) v(0) + t v(1))] over a grid holding t = 0 and t = 1 (Entezari et al. 2022, Eq. 1;
+    Frankle et al. 2020's instability subtracts the mean of the ends instead)."""
     t = np.asarray(ts, dtype=np.float64)
     v = np.asarray(values, dtype=np.float64)
     if t.ndim != 1 or t.shape != v.shape or len(t) < 2:

@@ -2,7 +2,8 @@
 
 * Linear interpolation (Li et al. 2022, FL loss-landscape pilot study, Figs 3c and 5c): the loss and
   error of ``(1 - t) w_a + t w_b`` on a grid of t; the barrier is
-  ``max_t [L(t) - ((1 - t) L(0) + t L(1))]`` (Frankle et al. 2020).
+  ``max_t [L(t) - ((1 - t) L(0) + t L(1))]`` (Entezari et al. 2022, Eq. 1; Frankle et al. 2020's
+  instability subtracts the mean of the ends instead).
 * Layer-wise linear mode connectivity (Adilova, Fischer & Jaggi 2023): a "layer" is the group of
   parameters of one module (weight and bias together), in forward order. Averaging only some layers
   and putting them into each of the two models gives two mixed models; the barrier is

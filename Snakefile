@@ -22,7 +22,7 @@ from fedscape.plan.workflow import (
     check_read_files,
     config_warnings,
     recorded_params,
-    recorded_rule,
+    recorded_inputs,
 )
 
 # (a line of its own: at the start of a line, Snakemake's parser takes the name for its keyword)
@@ -67,15 +67,13 @@ if workflow.is_main_process and not CLUSTER and "gpu" not in workflow.global_res
 READ_PARAMS = lambda path: (
     None if workflow.persistence is None else workflow.persistence.params(IOFile(path))
 )
-# and of the rule that wrote a path: a plane written before the plane had a rule of its own keeps its input set
-# (fedscape.plan.hessian.plane_inputs)
-READ_RULE = lambda path: recorded_rule(
+# and of its inputs: a job that copies keeps the unread inputs its record lists (fedscape.plan.hessian.plane_inputs)
+READ_INPUTS = lambda path: recorded_inputs(
     lambda p: (
-        None if workflow.persistence is None else workflow.persistence.rule(IOFile(p))
+        None if workflow.persistence is None else workflow.persistence.input(IOFile(p))
     ),
     path,
 )
-
 
 wildcard_constraints:
     **wildcard_constraints(),

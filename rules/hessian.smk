@@ -25,7 +25,7 @@ rule hessian:
                 Run.from_wildcards(wildcards),
                 int(wildcards.round),
                 ancient,
-                READ_RULE,
+                READ_INPUTS,
             )
         ),
     output:
@@ -62,7 +62,7 @@ rule hessian_plane:
                 Run.from_wildcards(wildcards),
                 int(wildcards.round),
                 ancient,
-                READ_RULE,
+                READ_INPUTS,
             )
         ),
     output:

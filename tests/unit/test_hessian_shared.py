@@ -14,6 +14,7 @@ from helpers.configs import DEFAULT, SCHEMA, tiny_config
 from fedscape.analysis.hessian.definitions import JOB_FILES, PLANE_FILE
 from fedscape.analysis.hessian.shared import copy_shared_job, copy_shared_plane
 from fedscape.analysis.landscape.definitions import read_plane_file, write_plane_file
+from fedscape.core.paths import HESSIAN_DIR, Results
 from fedscape.core.runs import build_runs
 from fedscape.plan.hessian import (
     hessian_inputs,
@@ -21,6 +22,7 @@ from fedscape.plan.hessian import (
     hessian_jobs,
     plane_inputs,
     plane_job_settings,
+    plane_path,
     shared_source,
 )
 from fedscape.plan.workflow import check_config
@@ -125,47 +127,48 @@ def test_a_sharing_job_reads_its_sources_outputs_and_says_so_in_its_settings():
     assert "shared_from" not in hessian_job_settings(config, runs, fedavg, 0)  # finished jobs keep their params
 
 
-@pytest.mark.parametrize("writer", [None, "hessian", "hessian_plane"])
-def test_a_plane_the_hessian_job_wrote_keeps_its_input_set_and_others_read_only_what_they_read(writer):
+@pytest.mark.parametrize("record", ["none", "without", "with"])
+def test_a_copying_job_keeps_the_unread_inputs_its_record_lists_and_reads_only_what_it_reads_otherwise(record):
     # Snakemake's `input` trigger reruns a job whose set of input paths changed: a plane written by a Hessian job
-    # (before the plane had a rule of its own) recorded that job's inputs, the trajectory and partition, or the five
-    # outputs of the job it copied. Elsewhere (no record, or the plane rule's) an unread input is an ancient-only
-    # edge, which hides a downstream job's own changes from Snakemake when the job upstream reruns
+    # (before the plane had a rule of its own) recorded that job's inputs, the five outputs of the job it copied, and a
+    # copying Hessian job its source's plane. Elsewhere an unread input is an ancient-only edge, which hides a
+    # downstream job's own changes from Snakemake when the job upstream reruns
     config = tiny_config(runs="all", rounds=[0, "final"])
     config["experiments"] = [{"alpha": "iid"}, {"alpha": 0.5, "algorithm": "fedavg"},
                              {"alpha": 0.5, "algorithm": "fedprox"}]
     config, runs = _checked(config)
-    fedprox = next(r for r in runs if r.algorithm == "fedprox")
+    fedavg, fedprox = sorted((r for r in runs if r.setting == "0.5"), key=lambda r: r.algorithm)
+    results = Results.of(config)
+    source = {key: f"{results(HESSIAN_DIR, **fedavg.fields(), round=0)}/{name}" for key, name in JOB_FILES.items()}
+    source_plane = plane_path(results, fedavg, 0)
     asked = []
 
     def unread(path):
         return ("unread", path)
 
-    def written_by(path):
+    def recorded(path):  # the old input set: the source's five files
         asked.append(path)
-        return writer if path.endswith(PLANE_FILE) else "hessian"
+        return {"none": None, "without": [source_plane] if path.endswith(PLANE_FILE) else list(source.values()),
+                "with": [*source.values(), source_plane]}[record]
 
-    old = writer == "hessian"
+    old = record == "with"
     for round_ in (0, 3):
         # Execute
-        hessian, plane = (f(config, runs, fedprox, round_, unread, written_by) for f in (hessian_inputs, plane_inputs))
+        hessian, plane = (f(config, runs, fedprox, round_, unread, recorded) for f in (hessian_inputs, plane_inputs))
 
-        # Assert: the old input set, its unread paths marked, only for a plane of the Hessian rule's record
-        def paths(inputs):
-            return {v[1] if isinstance(v, tuple) else v for v in inputs.values()}
-
-        if round_ == 3:  # a job that computes reads the trajectory and partition, whoever wrote its plane
+        # Assert: the old input set, its unread paths marked, where the record lists it
+        if round_ == 3:  # a job that computes reads the trajectory and partition, whatever its record
             assert hessian == plane and set(plane) == {"trajectory", "partition"}
             continue
-        assert set(hessian) == {f"source_{key}" for key in JOB_FILES} | ({"source_plane"} if old else set())
-        assert set(plane) == {"source_plane"} | ({f"source_{key}" for key in JOB_FILES} if old else set())
-        assert {k for k, v in hessian.items() if isinstance(v, tuple)} == ({"source_plane"} if old else set())
-        assert {k for k, v in plane.items() if isinstance(v, tuple)} == (
-            {f"source_{key}" for key in JOB_FILES} if old else set())
-        if old:
-            assert paths(hessian) == paths(plane) and len(paths(plane)) == 5
-    # the copying jobs ask about the planes only: the source's (Hessian job) and their own (plane job)
-    assert {Path(p).name for p in asked} == {PLANE_FILE}
+        copied = {f"source_{k}": v for k, v in source.items()}
+        assert {k: v for k, v in hessian.items() if k != "source_plane"} == copied
+        assert hessian.get("source_plane") == (("unread", source_plane) if old else None)
+        assert plane["source_plane"] == source_plane
+        assert {k: v for k, v in plane.items() if k != "source_plane"} == (
+            {f"source_{k}": ("unread", v) for k, v in source.items()} if old else {})
+    # each asks about its own output: the Hessian job's table, the plane job's plane
+    assert {Path(p).name for p in asked} == {JOB_FILES["table"], PLANE_FILE}
+    assert all("algo~fedprox" in p for p in asked)
 
 
 # -- the copy ----------------------------------------------------------------------------------------------

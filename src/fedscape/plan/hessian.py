@@ -214,24 +214,20 @@ def hessian_result_version(settings: HessianSettings) -> int:
     return RESULT_VERSIONS["hessian"] + (SMALL_HUTCHPP_BUMPS if small else 0)
 
 
-# The rule that wrote every plane before the plane had a rule of its own (rules/hessian.smk): a plane whose record
-# names it was written with its Hessian job's input set (`plane_inputs`).
-HESSIAN_RULE = "hessian"
-
-
 def hessian_inputs(config: dict, runs: list, run, round_: int, unread: Callable[[str], Any] = str,
-                   written_by: Callable[[str], str | None] = lambda path: None) -> dict:
+                   recorded: Callable[[str], list[str] | None] = lambda path: None) -> dict:
     """The job's inputs: the run's trajectory and partition, or, for a job that copies (`shared_source`), the
     outputs of the job it copies (`source_<key>`), and through `unread` (the rule's `ancient`) that job's plane where
-    the Hessian job wrote it (`written_by`: the rule Snakemake recorded as a path's writer, None without a record):
-    its copies recorded it among their inputs then (`plane_inputs`)."""
+    the job's record lists it (`recorded`: the inputs Snakemake recorded for a path's job, None without a record; see
+    `plane_inputs`)."""
     results = Results.of(config)
     source = shared_source(config, runs, run, round_)
     if source is None:
         return _computing_inputs(results, run)
+    outputs = _source_outputs(results, source, round_)
     source_plane = plane_path(results, source, round_)
-    return {**_source_outputs(results, source, round_),
-            **({"source_plane": unread(source_plane)} if written_by(source_plane) == HESSIAN_RULE else {})}
+    own = f"{results(HESSIAN_DIR, **run.fields(), round=int(round_))}/{JOB_FILES['table']}"
+    return {**outputs, **({"source_plane": unread(source_plane)} if source_plane in (recorded(own) or ()) else {})}
 
 
 def _computing_inputs(results: Results, run) -> dict[str, str]:
@@ -256,24 +252,25 @@ def plane_job_settings(config: dict, runs: list, run, round_: int, recorded: Ite
 
 
 def plane_inputs(config: dict, runs: list, run, round_: int, unread: Callable[[str], Any] = str,
-                 written_by: Callable[[str], str | None] = lambda path: None) -> dict:
+                 recorded: Callable[[str], list[str] | None] = lambda path: None) -> dict:
     """The plane job's inputs: the run's trajectory and partition, or the plane it copies (`source_plane`: of the
     run whose round-0 result the run's shares, `shared_source`).
 
-    A copied plane that the Hessian job wrote, before the plane had a rule of its own (`written_by`: the rule
-    Snakemake recorded as the path's writer), recorded that job's inputs, the five outputs of the job it copied: its
-    job keeps them, the four it does not read through `unread` (the rule's `ancient`), so that Snakemake's `input`
-    trigger reruns no such plane, and remade they rerun nothing. Only there: Snakemake (9.x) does not check its own
-    reasons (changed params) for any job downstream of a job it reruns, reached from it only through ancient inputs,
-    so that a landscape on a copied plane would go stale when its settings and the trace's changed in one call. Its
-    first rerun writes a record of the plane rule, and the job then reads the source plane alone."""
+    A job that copies keeps an input it does not read where its record lists it (`recorded`: the inputs Snakemake
+    recorded for the job of a path, None without a record): the plane of a Hessian job that copied, written before
+    the plane had a rule of its own, recorded that job's inputs (the five outputs of the job it copied), and a copying
+    Hessian job the source's plane. Passed through `unread` (the rule's `ancient`), such an input keeps the job's input
+    set, so that Snakemake's `input` trigger reruns nothing finished, and remade it reruns nothing. Only there:
+    Snakemake (9.x) checks no reason of its own for a job downstream of a job it reruns that is reached from it only
+    through ancient inputs, so that such an edge hides a landscape's changed settings in a call that reruns the
+    Hessian job (the next call plans it). A job planned without such a record reads what it reads."""
     results = Results.of(config)
     source = shared_source(config, runs, run, round_)
     if source is None:
         return _computing_inputs(results, run)
-    own = plane_path(results, run, round_)
-    unread_outputs = ({key: unread(path) for key, path in _source_outputs(results, source, round_).items()}
-                      if written_by(own) == HESSIAN_RULE else {})
+    listed = set(recorded(plane_path(results, run, round_)) or ())
+    unread_outputs = {key: unread(path) for key, path in _source_outputs(results, source, round_).items()
+                      if path in listed}
     return {"source_plane": plane_path(results, source, round_), **unread_outputs}
 
 

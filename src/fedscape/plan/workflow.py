@@ -69,9 +69,10 @@ def recorded_params(read: Callable[[str], list[str] | None], output: str,
         return None
 
 
-def recorded_rule(read: Callable[[str], str | None], path: str) -> str | None:
-    """The rule Snakemake recorded as the writer of `path`, read by `read` (the Snakefile's READ_RULE); None without a
-    record, or where the records cannot be read (another Snakemake's layout: a warning, as `recorded_params`)."""
+def recorded_inputs(read: Callable[[str], list[str] | None], path: str) -> list[str] | None:
+    """The input paths Snakemake recorded for the job that wrote `path`, read by `read` (the Snakefile's
+    READ_INPUTS); None without a record, or where the records cannot be read (another Snakemake's layout: a warning,
+    as `recorded_params`)."""
     try:
         return read(path)
     except (AttributeError, TypeError) as exc:

@@ -39,7 +39,9 @@ rule landscape_plane:
         "../envs/light.yaml"
     params:
         settings=lambda wildcards: landscape_plan.plane_settings(
-            config, LANDSCAPES[wildcards.surface]
+            config,
+            LANDSCAPES[wildcards.surface],
+            recorded_params(READ_PARAMS, rules.landscape_plane.output[0], wildcards),
         ),
     script:
         "../workflow/scripts/landscape_plane.py"

@@ -324,6 +324,39 @@ def test_a_surface_s_points_per_batch_plans_its_chunks_again():
     assert all(repr(kept[key]) == repr(before[key]) for key in before if key[0] != "landscape_chunk")
 
 
+@pytest.mark.parametrize(("label", "field", "value", "kept"), [
+    ("global_0.1", "client", 3, True),        # a trajectory plane names no client
+    ("final_alphas", "client", 2, True),
+    ("hessian_iid", "center", "mean", True),  # the Hessian stage's directions, centred on the model analysed
+    ("hessian_iid", "seed", 5, True),
+    ("global_0.1", "center", "mean", False),  # a PCA plane's centre
+    ("global_0.1", "seed", 5, False),         # completes a degenerate PCA plane
+    ("local_0.1_r10", "client", 1, False),    # the client whose data the local scope evaluates
+    ("hessian_iid", "span", 0.5, False),
+])
+def test_a_plane_setting_its_kind_does_not_read_reruns_no_plane(label, field, value, kept):
+    from fedscape.plan.landscape import landscape_plans, plane_settings
+
+    def planes(config: dict, recorded: dict | None = None) -> dict:
+        return {p.label: plane_settings(config, p, (recorded or {}).get(p.label))
+                for p in landscape_plans(config, build_runs(config))}
+
+    # Prepare: the default config's planes, finished
+    before = planes(_config())
+    recorded = {key: _recorded(settings) for key, settings in before.items()}
+
+    def changed(raw):
+        raw["landscapes"][label][field] = value
+
+    # Execute
+    after = planes(_config(changed), recorded)
+
+    # Assert: that plane keeps its record where its kind does not read the field; no other plane changes either way
+    assert (repr(after[label]) == repr(before[label])) == kept
+    assert after[label][field] == value  # the job computes with the settings of now
+    assert all(repr(after[k]) == repr(before[k]) for k in before if k != label)
+
+
 def test_one_path_given_as_a_string_is_refused():
     with pytest.raises(TypeError, match="collection of dotted paths"):
         without_paths(SETTINGS, "training")

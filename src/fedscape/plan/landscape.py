@@ -293,9 +293,11 @@ def make_plane_job(config: dict, plan: LandscapePlan) -> LandscapePlaneJob:
         plane_file=str(spec["plane_file"]) if spec["plane_file"] else None)
 
 
-def plane_settings(config: dict, plan: LandscapePlan) -> dict:
-    """The settings of the plane job (`make_plane_job`) as its rule's params carry them."""
-    return job_params(make_plane_job(config, plan), RESULT_VERSIONS["landscape_plane"])
+def plane_settings(config: dict, plan: LandscapePlan, recorded: Iterable[str] | None = None) -> dict:
+    """The settings of the plane job (`make_plane_job`) as its rule's params carry them, kept at Snakemake's
+    `recorded` text where they have its meaning (`kept_record`: a field its kind's plane does not read,
+    `LandscapePlaneJob.meaning`, reruns nothing)."""
+    return job_params(make_plane_job(config, plan), RESULT_VERSIONS["landscape_plane"], recorded)
 
 
 def surface_bn_stats(config: dict, plan: LandscapePlan) -> str:

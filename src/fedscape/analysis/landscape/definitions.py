@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fedscape.core.io import atomic_path, remake_hint, supplied_hint
-from fedscape.core.jobs import JobSettings
+from fedscape.core.jobs import JobSettings, without_paths
 from fedscape.core.names import unknown_name_error
 from fedscape.models.specs import BN_STATS_BASELINE
 
@@ -78,6 +78,22 @@ class LandscapePlaneJob(JobSettings):
     margin: float
     client: int
     plane_file: str | None = None  # kind hessian: a plane file the user supplies, None for the Hessian stage's
+
+    @classmethod
+    def meaning(cls, settings):
+        """Its settings less the fields its kind's plane does not read (`UNREAD_PLANE_FIELDS`): a change of one there
+        makes the same plane, points and grid, so it reruns neither the plane nor the surfaces drawn on it."""
+        return without_paths(super().meaning(settings), UNREAD_PLANE_FIELDS.get(settings.get("kind"), ()))
+
+
+# The fields of a plane job that its kind's plane does not read (stage._build_plane): `center` picks the centre of the
+# PCA kinds' planes (trajectory, trajectories, final_models, local); `seed` draws the random kind's directions and
+# completes a degenerate PCA plane; `client` is the client whose data (L_m) the local scope's figure names.
+UNREAD_PLANE_FIELDS = {
+    "trajectory": ("client",), "trajectories": ("client",), "final_models": ("client",), "local": (),
+    "random": ("center", "client"), "hessian": ("center", "seed", "client"),
+    "three_points": ("center", "seed", "client"),
+}
 
 
 @dataclass(frozen=True, kw_only=True)

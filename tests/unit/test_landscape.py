@@ -679,6 +679,11 @@ TRAJ = {"kind": "trajectory", "runs": [IID]}
     ({"kind": "trajectories", "runs": [{"init": "random"}], "round": 0}, r"a trajectories plane needs a round >= 1"),
     ({**TRAJ, "data": ["client"], "client": 4}, r"landscapes\.x\.client: client 4 does not exist"),
     ({**TRAJ, "resolution": 3, "chunks": 10}, r"landscapes\.x\.chunks: 10 chunks for a 3x3 grid"),
+    # chunks start at multiples of points_per_batch: 441 points in 7 groups of 64 leave an 8th chunk empty
+    ({**TRAJ, "resolution": 21, "chunks": 8, "points_per_batch": 64},
+     r"landscapes\.x\.chunks: 8 chunks for a 21x21 grid evaluated 64 points at a time \(7 such groups.*at most 7"),
+    # ... and make chunks of more points than an even split: 2 of 79,524 in groups of 30,000 hold 60,000 and 19,524
+    ({**TRAJ, "resolution": 282, "chunks": 2, "points_per_batch": 30000}, r"60,000 per chunk in 2 chunk\(s\)"),
     ({"kind": "three_points", "checkpoints": [{"run": IID, "round": 0}, {"run": IID}]}, r"needs exactly 3 checkpoints"),
     # 'final' is round 3 of these runs: the same point spelt twice
     ({"kind": "three_points", "checkpoints": [{"run": IID}, {"run": IID, "round": 1}, {"run": IID, "round": 3}]},

@@ -27,6 +27,7 @@ from fedscape.analysis.landscape.definitions import (
     PlaneError,
     read_plane_file,
 )
+from fedscape.analysis.landscape.grid import chunk_bounds
 from fedscape.core.config import ConfigError, with_result_version
 from fedscape.core.jobs import job_params
 from fedscape.core.paths import LANDSCAPE_DIR, SURFACE_DIR, Results, fill
@@ -203,9 +204,12 @@ def resolve_landscape(config: dict, runs: list, label: str) -> LandscapePlan:
                           f"hold; set points_per_batch: 1, or bn_stats: {BN_STATS_BASELINE}")
     resolution = spec["resolution"]
     chunks = spec["chunks"]
-    if chunks > resolution * resolution:
-        raise ConfigError(f"{where}.chunks: {chunks} chunks for a {resolution}x{resolution} grid; at most "
-                          f"{resolution * resolution}")
+    # a chunk starts at a multiple of points_per_batch (chunk_bounds): more chunks than such groups leaves some empty
+    groups = -(-resolution * resolution // int(spec["points_per_batch"]))
+    if chunks > groups:
+        raise ConfigError(f"{where}.chunks: {chunks} chunks for a {resolution}x{resolution} grid evaluated "
+                          f"{spec['points_per_batch']} points at a time ({groups} such groups, each in one chunk): "
+                          f"at most {groups}")
     span = spec["span"]
     if isinstance(span, list) and not (span[0] < span[1] and span[2] < span[3]):
         raise ConfigError(f"{where}.span: [amin, amax, bmin, bmax] needs amin < amax and bmin < bmax, got {span}")
@@ -232,7 +236,9 @@ def check(config: dict, runs: list) -> list[str]:
             problems.append(str(exc))
         problems += _plane_file_problems(label, spec)
         points = int(spec["resolution"]) ** 2
-        per_chunk = -(-points // int(spec["chunks"]))
+        # the largest chunk as the chunk jobs split the grid (aligned to points_per_batch)
+        per_chunk = max(stop - start for start, stop in chunk_bounds(points, int(spec["chunks"]),
+                                                                      int(spec["points_per_batch"])))
         if per_chunk > MAX_CHUNK_POINTS and not spec["allow_large"]:
             problems.append(f"landscapes.{label}: resolution {spec['resolution']} gives {points:,} grid points, "
                             f"{per_chunk:,} per chunk in {spec['chunks']} chunk(s), each point a model evaluation on "

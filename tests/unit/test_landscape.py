@@ -743,3 +743,21 @@ def test_a_client_s_label_sits_beyond_its_arrow_head_away_from_the_round_start(p
 
     # Assert: 8 points along the update on screen
     assert offset == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(("participations", "expected"), [
+    ((1.0, 0.5), ["all clients", "50% sampled"]),
+    ((0.5, 0.504), ["50% sampled [1]", "50% sampled [2]"]),  # equal at the labels' precision: numbered
+])
+def test_the_runs_of_a_plane_have_distinct_legend_labels(participations, expected):
+    from fedscape.analysis.landscape.stage import run_labels
+
+    # Prepare: two runs that differ in participation alone
+    base = {"dataset": "digits", "model": "cnn_small", "init": "random", "algorithm": "fedavg", "alpha": 0.1,
+            "num_clients": 10, "seed": 0}
+
+    # Execute
+    labels = run_labels([{**base, "participation": p} for p in participations])
+
+    # Assert
+    assert labels == expected

@@ -364,6 +364,84 @@ def test_feddyn_state_follows_acar_et_al(digits_data):
     assert torch.allclose(result.params[1], mean - h / 0.1, atol=1e-5)
 
 
+# -- server states over all clients, on unequal shards -----------------------------------------------------------
+class _Scalar(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize(("algorithm", "hparams"), [("fedavg", {}), ("fedprox", {"mu": 0.1}), ("fednova", {}),
+                                                    ("scaffold", {}), ("feddyn", {"alpha": 0.1})])
+def test_every_algorithm_converges_to_the_sample_weighted_optimum_on_unequal_clients(algorithm, hparams):
+    # Prepare: two clients of 90 and 10 samples with losses f_i(w) = (w - b_i)^2 / 2, b = (0, 1): the minimum of
+    # sum_i p_i f_i is 0.1 (the plain mean's, 0.5); five local gradient steps a round, through the strategy's hooks
+    from fedscape.fl.schedule import update_weight
+    from fedscape.fl.strategies.base import ClientContext, ClientResult
+
+    sizes, targets, steps, lr = [90, 10], [0.0, 1.0], 5, 0.1
+    strategy = make_strategy(algorithm, hparams or None)
+    model = _Scalar()
+    strategy.setup(2, 1, torch.device("cpu"), model=model, client_sizes=sizes)
+    x = torch.zeros(1, dtype=torch.float64)
+
+    # Execute: 400 rounds
+    for t in range(1, 401):
+        results = []
+        for i in range(2):
+            with torch.no_grad():
+                model.w.copy_(x)
+            ctx = ClientContext(t, i, x.clone(), None, None, torch.Generator(), lr=lr, step_lrs=[lr] * steps)
+            strategy.begin_local(model, ctx)
+            opt = torch.optim.SGD(model.parameters(), lr=lr)
+            for _ in range(steps):
+                opt.zero_grad()
+                (0.5 * (model.w - targets[i]) ** 2).sum().backward()
+                strategy.adjust_gradients(model, ctx)
+                opt.step()
+                ctx.steps += 1
+            params = model.w.detach().clone()
+            strategy.end_local(model, ctx, params)
+            results.append(ClientResult(i, sizes[i], params, torch.zeros(0, dtype=torch.float64), 0.0, steps,
+                                        update_weight([lr] * steps, 0.0)))
+        x = strategy.server_update(x, results)
+
+    # Assert: the objective FedAvg's sample-weighted averaging minimises, whatever the algorithm (SCAFFOLD's and
+    # FedDyn's server states kept as plain means over clients reached 0.5)
+    assert x.item() == pytest.approx(0.1, abs=1e-6)
+
+
+@pytest.mark.parametrize("algorithm", ["scaffold", "feddyn"])
+def test_a_server_state_over_all_clients_is_their_sample_weighted_mean(digits_data, algorithm):
+    # Prepare: four clients of 16, 24, 32 and 40 samples, all in the round
+    idx = [ix[:n] for ix, n in zip(digits_data.client_indices, (16, 24, 32, 40), strict=False)]
+    data = FederatedData(digits_data.x_train, digits_data.y_train, idx, digits_data.x_test[:100],
+                         digits_data.y_test[:100])
+    strategy = make_strategy(algorithm, {"alpha": 0.1} if algorithm == "feddyn" else None)
+
+    # Execute
+    result = run_federated(model_of(), data, strategy, sequential(rounds=1, momentum=0.0, lr=0.1,
+                                                                  save_clients_at=(1,)))
+
+    # Assert: c = sum_i p_i c_i, h = -alpha sum_k p_k (w_k - w), p the clients' shares of the samples
+    clients = result.clients[1]
+    shares = clients.num_samples.double() / clients.num_samples.sum()
+    if algorithm == "scaffold":
+        c_clients = torch.stack([strategy.c_clients.get(c, "cpu") for c in clients.client_ids.tolist()])
+        expected = (shares[:, None] * c_clients.double()).sum(0)
+        torch.testing.assert_close(strategy.c.double(), expected, rtol=0, atol=1e-6)
+        assert not torch.allclose(strategy.c, c_clients.mean(0), atol=1e-3)  # the plain mean is another state
+    else:
+        deltas = (clients.params - result.params[0]).double()
+        expected = -0.1 * (shares[:, None] * deltas).sum(0)
+        torch.testing.assert_close(strategy.h.double(), expected, rtol=0, atol=1e-7)
+
+
+def test_client_sizes_of_another_count_are_refused():
+    with pytest.raises(ValueError, match="need 3 client sizes >= 1"):
+        make_strategy("scaffold").setup(3, 4, torch.device("cpu"), client_sizes=[5, 6])
+
+
 # -- MOON ------------------------------------------------------------------------------------------
 def test_moon_loss_on_a_hand_built_case():
     # float64: in float32 the loss was 1.1e-7 (relative) from the hand formula, a ninth of a 1e-6 tolerance

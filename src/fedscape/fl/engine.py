@@ -165,7 +165,8 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
     device = next(model.parameters()).device
     progress = _Progress(Path(progress_dir) if progress_dir else None, progress_key)
     x_all, y_all = data.union()
-    strategy.setup(data.num_clients, flat.vector.numel(), device, model=model, seed=cfg.seed)
+    strategy.setup(data.num_clients, flat.vector.numel(), device, model=model, seed=cfg.seed,
+                   client_sizes=[len(ix) for ix in data.client_indices])
 
     def evaluate_row(round_: int, seconds: float, peak: float) -> dict:
         train = evaluate(model, x_all, y_all, cfg.eval_batch_size)

@@ -18,6 +18,11 @@ class FedDynConfig(ServerSGDConfig):
         if self.alpha <= 0:
             raise ValueError(f"alpha must be positive, got {self.alpha}")
 
+    def result_bumps(self, model: str, model_options: dict, training: dict) -> int:
+        # 1: the server state h weights each client's change by its share of the samples (it was 1/N beside
+        # sample-weighted models: fedscape.fl.strategies.feddyn)
+        return 1
+
 
 SPECS = (AlgorithmSpec("feddyn", FedDynConfig, "feddyn:FedDyn", "FedDyn",
                   "Acar et al. 2021, Federated Learning Based on Dynamic Regularization"),)

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
 
-SPECS = (AlgorithmSpec("scaffold", ServerSGDConfig, "scaffold:Scaffold", "SCAFFOLD",
+
+@dataclass(frozen=True)
+class ScaffoldConfig(ServerSGDConfig):
+    """SCAFFOLD hyperparameters: those of the server step."""
+
+    def result_bumps(self, model: str, model_options: dict, training: dict) -> int:
+        # 1: the server control variate weights each client's change by its share of the samples (it was 1/N beside
+        # sample-weighted model steps: fedscape.fl.strategies.scaffold)
+        return 1
+
+
+SPECS = (AlgorithmSpec("scaffold", ScaffoldConfig, "scaffold:Scaffold", "SCAFFOLD",
                   "Karimireddy et al. 2020, SCAFFOLD: Stochastic Controlled Averaging for Federated Learning",
                   fresh_optimizer="its option-II control variate divides the round's update x - y_i by the weight "
                                   "of the round's own gradients (Karimireddy et al. 2020, eq. 4), which a "

@@ -12,7 +12,7 @@ module of the same name in `fedscape.fl.hparams`; `registry.make_strategy` build
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -210,15 +210,29 @@ class Strategy:
         return ServerSGD(self.config.server_lr, self.config.server_momentum)
 
     def setup(self, num_clients: int, num_params: int, device: torch.device, model: nn.Module | None = None,
-              seed: int = 0) -> None:
+              seed: int = 0, client_sizes: Sequence[int] | None = None) -> None:
         """Allocate per-run state (control variates, previous models) before the first round.
 
         `model` holds the initial weights; `seed` is the run seed (for the strategy's own random
-        initialisations). A resumed run calls setup and then `load_state_dict`.
+        initialisations); `client_sizes`: the N clients' sample counts (None: equal), which weight a server state
+        kept over all clients (`share_divisor`). A resumed run calls setup and then `load_state_dict`.
         """
         self.num_clients, self.num_params, self.device = num_clients, num_params, device
+        if client_sizes is not None and (len(client_sizes) != num_clients or min(client_sizes, default=1) < 1):
+            raise ValueError(f"need {num_clients} client sizes >= 1, got {list(client_sizes)}")
+        self.client_sizes = None if client_sizes is None else tuple(int(n) for n in client_sizes)
         self._param_shapes = None if model is None else [tuple(p.shape) for p in model.parameters()]
         self.release_stacked()
+
+    def share_divisor(self, client_id: int) -> float:
+        """1 / p_i, p_i = n_i / n the client's share of all N clients' samples (N with equal or unknown sizes): a
+        server state over all clients (SCAFFOLD's c, FedDyn's h) adds p_i times a client's change, so that it stays
+        the mean weighted as the models are (by samples), and the run minimises sum_i p_i f_i as FedAvg's does (the
+        papers' plain mean over clients is this objective where the shards are equal). A divisor, not a factor:
+        with equal sizes it is N exactly, so those runs compute as they did with a plain mean."""
+        if self.client_sizes is None:
+            return float(self.num_clients)
+        return sum(self.client_sizes) / self.client_sizes[client_id]
 
     def prepare_model(self, model: nn.Module, seed: int = 0) -> nn.Module:
         """The model this algorithm trains from the initial `model` (which it may take over): `model` itself, but

@@ -13,9 +13,11 @@ class FedDyn(Strategy):
     """FedDyn (Acar et al. 2021): dynamic regularisation that aligns local and global stationary points.
 
     Client k minimises L_k(w) - <g_k, w> + alpha/2 ||w - w_global||^2, then g_k <- g_k -
-    alpha (w_k - w_global) (g_k starts at 0). The server keeps h <- h - alpha (1/N) sum_{k in S}
-    (w_k - w_global) and sets w = mean_k w_k - h / alpha (the mean weighted by sample counts, as
-    everywhere in fedscape; equal shards give the paper's plain mean).
+    alpha (w_k - w_global) (g_k starts at 0). The server keeps h <- h - alpha sum_{k in S} p_k
+    (w_k - w_global), p_k = n_k / n the client's share of all N clients' samples (`share_divisor`), and sets
+    w = mean_k w_k - h / alpha (the mean weighted by sample counts, as everywhere in fedscape). Equal shards give the
+    paper's plain means (1/N, 1/|S|); its plain h beside sample-weighted models would make a run on unequal shards
+    converge to the minimum of the plain mean of the clients' losses, not FedAvg's sample-weighted one.
 
     Vectorised: each stacked client's gradients get its own alpha (w - w_global) - g_k
     (`adjust_gradients_vectorized`), the chunk's g_k stacked once per chunk (`begin_stacked`), and each g_k
@@ -25,8 +27,8 @@ class FedDyn(Strategy):
     standard_local_training = False
     vectorized = True  # the regulariser's gradient is elementwise: any model FedAvg stacks
 
-    def setup(self, num_clients, num_params, device, model=None, seed=0) -> None:
-        super().setup(num_clients, num_params, device, model, seed)
+    def setup(self, num_clients, num_params, device, model=None, seed=0, client_sizes=None) -> None:
+        super().setup(num_clients, num_params, device, model, seed, client_sizes)
         self.h = torch.zeros(num_params, device=device)
         self.grads = ClientStore(num_params)
         self._deltas: dict[int, torch.Tensor] = {}
@@ -83,7 +85,7 @@ class FedDyn(Strategy):
     def server_update(self, global_params: torch.Tensor, results: list[ClientResult]) -> torch.Tensor:
         alpha = self.config.alpha
         for r in results:
-            self.h = self.h - alpha * self._deltas.pop(r.client_id).to(self.h.device) / self.num_clients
+            self.h = self.h - alpha * self._deltas.pop(r.client_id).to(self.h.device) / self.share_divisor(r.client_id)
         self._deltas.clear()
         weights = sample_weights([r.num_samples for r in results])
         mean = weighted_mean(torch.stack([r.params for r in results]), weights)

@@ -89,8 +89,8 @@ class Moon(Strategy):
             torch.manual_seed(derive_seed(seed, _MOON_HEAD_STREAM))
             return ProjectedClassifier(model, self.config.projection_dim).to(device)
 
-    def setup(self, num_clients, num_params, device, model=None, seed=0) -> None:
-        super().setup(num_clients, num_params, device, model, seed)
+    def setup(self, num_clients, num_params, device, model=None, seed=0, client_sizes=None) -> None:
+        super().setup(num_clients, num_params, device, model, seed, client_sizes)
         if model is None:
             raise ValueError("MOON needs the model at setup (its projection head is sized from it)")
         if self.projection:

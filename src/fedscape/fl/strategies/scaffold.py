@@ -16,9 +16,11 @@ class Scaffold(Strategy):
     the gradient g + c - c_i; afterwards c_i+ = c_i - c + (x - y_i) / (K lr) (option II, K local
     steps; with client momentum m or an lr schedule, K lr is replaced by `update_weight` of the steps'
     lrs, lr effective_steps(K, m) under a constant lr, so that the quotient stays an average gradient),
-    and the server sets c <- c + (1/N) sum_{i in S} (c_i+ - c_i), so that c stays the mean
-    of all N clients' c_i. The model step is the weighted mean delta (times the global lr
-    `server_lr`, 1 in the paper's experiments).
+    and the server sets c <- c + sum_{i in S} p_i (c_i+ - c_i), p_i = n_i / n the client's share of all N clients'
+    samples (`share_divisor`), so that c stays the mean of all N clients' c_i weighted as the model step weights
+    their deltas (by samples, times the global lr `server_lr`, 1 in the paper's experiments). The paper's plain
+    (1/N) is this on equal shards; with it beside sample-weighted deltas, a run on unequal shards converged to the
+    minimum of the plain mean of the clients' losses, not FedAvg's sample-weighted one.
 
     Vectorised: each stacked client's correction c - c_i is added to its gradients (`adjust_gradients_vectorized`),
     the chunk's corrections stacked once per chunk (`begin_stacked`), and each client's c_i+ computed from its result
@@ -28,8 +30,8 @@ class Scaffold(Strategy):
     standard_local_training = False
     vectorized = True  # the correction is elementwise: any model FedAvg stacks
 
-    def setup(self, num_clients, num_params, device, model=None, seed=0) -> None:
-        super().setup(num_clients, num_params, device, model, seed)
+    def setup(self, num_clients, num_params, device, model=None, seed=0, client_sizes=None) -> None:
+        super().setup(num_clients, num_params, device, model, seed, client_sizes)
         self.c = torch.zeros(num_params, device=device)
         self.c_clients = ClientStore(num_params)
         self._delta_c: dict[int, torch.Tensor] = {}
@@ -90,6 +92,6 @@ class Scaffold(Strategy):
     def server_update(self, global_params: torch.Tensor, results: list[ClientResult]) -> torch.Tensor:
         for r in results:
             if r.client_id in self._delta_c:
-                self.c = self.c + self._delta_c[r.client_id] / self.num_clients
+                self.c = self.c + self._delta_c[r.client_id] / self.share_divisor(r.client_id)
         self._delta_c.clear()
         return super().server_update(global_params, results)

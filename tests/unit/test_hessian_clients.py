@@ -305,7 +305,7 @@ def test_parts_of_another_job_s_inputs_are_not_resumed(trained, tmp_path, monkey
     from fedscape.analysis.hessian import stage as stage_mod
 
     args, outputs, calls = killed_after_two_parts(trained, tmp_path, monkeypatch)
-    monkeypatch.setattr(stage_mod, "progress_key", lambda *a: "the key of other inputs")
+    monkeypatch.setattr(stage_mod, "progress_key", lambda *a, **k: "the key of other inputs")
 
     # Execute
     hessian_stage(*args, outputs, tmp_path / "_progress")

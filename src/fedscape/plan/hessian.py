@@ -224,19 +224,24 @@ def hessian_inputs(config: dict, runs: list, run, round_: int, unread: Callable[
     source = shared_source(config, runs, run, round_)
     if source is None:
         return _computing_inputs(results, run)
-    outputs = _source_outputs(results, source, round_)
     source_plane = plane_path(results, source, round_)
-    own = f"{results(HESSIAN_DIR, **run.fields(), round=int(round_))}/{JOB_FILES['table']}"
-    return {**outputs, **({"source_plane": unread(source_plane)} if source_plane in (recorded(own) or ()) else {})}
+    listed = recorded(_job_files(results, run, round_)["table"]) or ()
+    return {**_source_outputs(results, source, round_),
+            **({"source_plane": unread(source_plane)} if source_plane in listed else {})}
 
 
 def _computing_inputs(results: Results, run) -> dict[str, str]:
     return {"trajectory": results.run_file(run, "trajectory"), "partition": results.partition_file(run)}
 
 
+def _job_files(results: Results, run, round_: int) -> dict[str, str]:
+    """The outputs of the Hessian job of (run, round), by JOB_FILES key."""
+    job = results(HESSIAN_DIR, **run.fields(), round=int(round_))
+    return {key: f"{job}/{name}" for key, name in JOB_FILES.items()}
+
+
 def _source_outputs(results: Results, source, round_: int) -> dict[str, str]:
-    job = results(HESSIAN_DIR, **source.fields(), round=int(round_))
-    return {f"source_{key}": f"{job}/{name}" for key, name in JOB_FILES.items()}
+    return {f"source_{key}": path for key, path in _job_files(results, source, round_).items()}
 
 
 def make_plane_job(config: dict, runs: list, run, round_: int) -> HessianPlaneJob:

@@ -59,25 +59,23 @@ def recorded_params(read: Callable[[str], list[str] | None], output: str,
     of the params it compares. Where the records cannot be read (another Snakemake's layout), None and a warning:
     the settings are then compared as they are, and a changed memory setting reruns the job, as before."""
     path = _WILDCARD.sub(lambda match: str(wildcards[match.group(1)]), str(output))
-    try:
-        return read(path)
-    except (AttributeError, TypeError) as exc:
-        if not _RECORDS_UNREAD:
-            log.warning("fedscape: cannot read Snakemake's record of %s (%s): a memory setting changed since a job "
-                        "ran reruns it", path, exc)
-        _RECORDS_UNREAD.append(path)
-        return None
+    return _read_record(read, path, ": a memory setting changed since a job ran reruns it")
 
 
 def recorded_inputs(read: Callable[[str], list[str] | None], path: str) -> list[str] | None:
     """The input paths Snakemake recorded for the job that wrote `path`, read by `read` (the Snakefile's
     READ_INPUTS); None without a record, or where the records cannot be read (another Snakemake's layout: a warning,
     as `recorded_params`)."""
+    return _read_record(read, path)
+
+
+def _read_record(read: Callable[[str], list[str] | None], path: str, consequence: str = "") -> list[str] | None:
+    """`read(path)`, or None and one warning (followed by `consequence`) where Snakemake's records cannot be read."""
     try:
         return read(path)
     except (AttributeError, TypeError) as exc:
         if not _RECORDS_UNREAD:
-            log.warning("fedscape: cannot read Snakemake's record of %s (%s)", path, exc)
+            log.warning("fedscape: cannot read Snakemake's record of %s (%s)%s", path, exc, consequence)
         _RECORDS_UNREAD.append(path)
         return None
 

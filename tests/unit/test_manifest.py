@@ -549,6 +549,23 @@ def test_outputs_a_job_no_longer_writes_keep_their_earlier_record_until_written_
     assert output_records(root)[str(root / "h/eigen_plane.npz")]["log"] == "logs/h/hessian.log"
     assert verify(root) == (2, [])
 
+    # Execute: the first job runs twice more, each time writing the table alone; the plane's job dated even before
+    # the first job's kept record (a host whose clock was behind)
+    plane = root / MANIFEST / "h" / "eigen_plane.json"
+    plane.write_text(json.dumps({**json.loads(plane.read_text()), "started": "2025-12-31T22:00:00+00:00",
+                                 "finished": "2025-12-31T23:00:00+00:00"}))
+    _job_writes(root, record, {"h/hessian.csv": b"a\n3\n"})
+    _job_writes(root, record, {"h/hessian.csv": b"a\n4\n"})
+
+    # Assert: the plane's own record still answers for it, not the first job's kept one (with that job's times)
+    records = output_records(root)
+    assert records[str(root / "h/eigen_plane.npz")]["outputs"] == {
+        "h/eigen_plane.npz": file_record(root / "h/eigen_plane.npz")}
+    assert json.loads((root / MANIFEST / "h" / "hessian.earlier.json").read_text())["finished"] == (
+        "2026-01-01T01:00:00+00:00")
+    assert verify(root) == (2, [])
+    assert manifest.changed_outputs(manifest.read_records(root))[0] == []
+
 
 def test_an_output_gone_or_a_record_of_the_first_version_carries_nothing(tmp_path):
     # Prepare: a record whose second output is gone before its job runs again, and one of version 1

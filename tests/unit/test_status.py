@@ -16,7 +16,7 @@ from helpers.configs import SCHEMA, config_with
 from helpers.workflow import ROOT, TINY_CONFIG
 
 from fedscape.core.config import ConfigError
-from fedscape.core.io import remake_alone_hint
+from fedscape.core.io import remake_alone_hint, remake_hint
 from fedscape.core.logs import job_log
 from fedscape.core.manifest import Finding
 from fedscape.plan import status
@@ -122,9 +122,57 @@ def test_the_params_change_is_read_among_other_reasons(reason):
     ("Forced execution", "other"),
     ("Missing output files: x; Params have changed since last execution", "meaning"),
     ("Incomplete output files", "other"),
+    # Snakemake 9: a new job made from another new job
+    ("Missing output files: x; Input files updated by another job: y", "missing"),
+    ("Input files updated by another job: y; Updated input files: z", "made from"),
 ])
 def test_each_reason_falls_into_its_class(reason, kind):
     assert PlannedJob("r", ["x"], reason).kind == kind
+
+
+@pytest.mark.parametrize(("reason", "why"), [
+    ("Input files updated by another job: y; Set of input files has changed since last execution",
+     "set of input files has changed since last execution"),
+    ("Input files updated by another job: y; " + PARAMS_CHANGE.format("{'lr': 1}", "{'lr': 2}"),
+     "params have changed since last execution"),
+    ("Missing output files: x; Input files updated by another job: y", "missing output files"),
+    ("Forced execution", "forced execution"),
+])
+def test_why_is_the_part_of_the_reason_that_gave_its_class(reason, why):
+    assert PlannedJob("r", ["x"], reason).why == why
+
+
+# A dry run of Snakemake 9 for a new run: its partition, and its training made from that; a table whose set of inputs
+# changed (the new run among them)
+NEW_RUN_DRY_RUN = """Building DAG of jobs...
+[Fri Nov 27 20:31:45 2026]
+rule partition:
+    output: results/partitions/d/clients~4/alpha~0.5/seed~0/partition.npz
+    reason: Missing output files: results/partitions/d/clients~4/alpha~0.5/seed~0/partition.npz
+[Fri Nov 27 20:31:45 2026]
+rule train:
+    input: results/partitions/d/clients~4/alpha~0.5/seed~0/partition.npz
+    output: results/train/c/metrics.csv
+    reason: Missing output files: results/train/c/metrics.csv; Input files updated by another job: \
+results/partitions/d/clients~4/alpha~0.5/seed~0/partition.npz
+[Fri Nov 27 20:31:45 2026]
+localrule final_table:
+    input: results/train/a/metrics.csv, results/train/c/metrics.csv
+    output: results/tables/final.csv
+    reason: Input files updated by another job: results/train/c/metrics.csv; Set of input files has changed since \
+last execution
+This was a dry-run (flag -n). The order of jobs does not reflect the order of execution.
+"""
+
+
+def test_new_jobs_made_from_new_jobs_are_not_made_yet_and_the_reason_shown_is_the_one_that_counts():
+    lines = report(parse_dry_run(NEW_RUN_DRY_RUN), {})
+
+    assert lines[1:3] == ["out of date in meaning: 1 jobs (0 more made from them)",
+                          "  final_table        results/tables/final.csv  (set of input files has changed since last "
+                          "execution)"]
+    assert "not made yet: 2 jobs (partition 1, train 1)" in lines
+    assert not any(line.startswith("made from results remade above") for line in lines)
 
 
 def test_the_report_names_the_out_of_date_results_the_command_and_the_commits_of_the_current_ones(tmp_path,
@@ -173,6 +221,20 @@ def test_the_commands_carry_the_users_arguments_as_one_word_each_in_the_shell(ar
                        "/scratch/my runs/it's/train/b/metrics.csv", "results/hessian/a/round~0/hessian.csv"]
     doubt = next(line for line in lines if "remake what you doubt with" in line).split(" with ", 1)[1]
     assert shlex.split(doubt) == ["snakemake", "--cores", "all", *args, "--forcerun", "<file>"]
+
+
+@pytest.mark.parametrize("args", [None, "--configfile my.yaml", "-d 'my work' --config 'a=1'"])
+def test_every_remedy_command_runs_here_as_printed(args):
+    # Prepare: the remedies of a partition (made again alone, then continued by meaning) and of another output
+    path = "results/partitions/digits/clients~4/alpha~0.5/seed~0/partition.npz"
+    hints = remake_alone_hint(path, args) + remake_hint("results/tables/final.csv", args)
+
+    # Execute: each command as Snakemake reads it, with the workflow's default profile
+    commands = [snakemake_args(shlex.split(command)[1:]) for command in hints.split("`")[1::2]]
+
+    # Assert: each says its cores (the default profile does not), which Snakemake needs to run any job here
+    assert len(commands) == 3
+    assert all(parsed.cores is not None for parsed in commands)
 
 
 def test_nothing_planned_says_so():
@@ -615,7 +677,7 @@ def test_every_partition_remedy_carries_the_users_arguments_and_names_each_file_
         line = next(line for line in lines if path in line)
         force, go_on = (shlex.split(command) for command in line.split("`")[1::2][-2:])  # numpy's words quote too
         assert force == ["snakemake", "--cores", "1", *given, "--force", path]
-        assert go_on == ["snakemake", *given, "--rerun-triggers", "params", "input", "software-env"]
+        assert go_on == ["snakemake", *given, "--cores", "all", "--rerun-triggers", "params", "input", "software-env"]
         # as Snakemake reads it: that partition alone, below the working directory given
         parsed = snakemake_args(force[1:])
         assert (set(parsed.targets), str(parsed.directory), parsed.force) == ({path}, str(work), True)

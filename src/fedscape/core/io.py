@@ -122,8 +122,9 @@ def remake_hint(path: str | os.PathLike, args: str | None = None) -> str:
 # rerun triggers (profiles/default/config.yaml) without file dates, so that what was made from the file, now older
 # than it, is not made again (Snakemake compares the checksums of small inputs only: a partition over 1 MB would
 # otherwise retrain its runs). Nor with Snakemake's `code` trigger: it reruns every job whose script is newer than its
-# outputs, as after a fresh clone.
-CONTINUE_BY_MEANING = "snakemake --rerun-triggers params input software-env"
+# outputs, as after a fresh clone. With its cores, as `make status`'s commands that run the workflow: the default
+# profile sets none, and without them Snakemake runs no job on this machine.
+CONTINUE_BY_MEANING = "snakemake --cores all --rerun-triggers params input software-env"
 
 
 def remake_alone_hint(path: str | os.PathLike, args: str | None = None) -> str:

@@ -198,8 +198,10 @@ def _keep_earlier_outputs(path: Path, written: set[str], root: str | Path) -> No
     writes and that are still there (of a rule whose output moved to a rule of its own, and was kept: a Hessian job's
     eigenvector plane, now rule hessian_plane's) go to a record of their own beside it (`<name>.earlier.json`, the
     earlier record's fields with those outputs and no log: known by its outputs), so that `make verify` and `make
-    status` still know where they came from until a job writes them again (its newer record then answers for them).
-    A record of version 1, whose output paths are not below the results directory, is left as it is."""
+    status` still know where they came from until a job writes them again (its newer record then answers for them,
+    `Records.by_output`). Those it kept already keep its times, the span of the runs that wrote them (`make status`
+    reads no file dated within it). A record of version 1, whose output paths are not below the results directory, is
+    left as it is."""
     try:
         earlier = json.loads(path.read_text())
     except (OSError, ValueError):  # no earlier record, or a damaged one (`make verify` names it)
@@ -208,15 +210,27 @@ def _keep_earlier_outputs(path: Path, written: set[str], root: str | Path) -> No
             and earlier.get("version", 1) >= RECORD_VERSION):
         return
     sibling = path.with_name(path.name.removesuffix(".json") + EARLIER)
-    try:
-        kept = json.loads(sibling.read_text())["outputs"]
-    except (OSError, ValueError, KeyError, TypeError):
-        kept = {}
-    kept = {output: entry for output, entry in {**kept, **earlier["outputs"]}.items()
-            if output not in written and Path(root, output).is_file()}
-    if kept:
-        atomic_write_text(sibling, json.dumps({**earlier, "log": None, "outputs": kept}, indent=1, sort_keys=True)
-                          + "\n")
+    try:  # what that record kept before (the earlier record's entry for an output it wrote again is the newer one)
+        before = json.loads(sibling.read_text())
+        carried = {output: entry for output, entry in before["outputs"].items() if output not in earlier["outputs"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        before, carried = {}, {}
+
+    def still_there(outputs: dict) -> dict:
+        return {output: entry for output, entry in outputs.items()
+                if output not in written and Path(root, output).is_file()}
+
+    dropped, carried = still_there(earlier["outputs"]), still_there(carried)
+    if not dropped and not carried:
+        return
+    if not dropped:  # nothing new to keep: that record as it was (its times), less what is gone or written now
+        kept = {**before, "outputs": carried}
+    else:
+        kept = {**earlier, "log": None, "outputs": {**carried, **dropped}}
+        since = before.get("started")
+        if carried and isinstance(since, str) and since < str(earlier.get("started", "")):
+            kept["started"] = since  # the span of both runs
+    atomic_write_text(sibling, json.dumps(kept, indent=1, sort_keys=True) + "\n")
 
 
 def _iso(timestamp: float) -> str:
@@ -288,12 +302,16 @@ class Records:
     damaged: list[tuple[Path, str]]
 
     def by_output(self) -> dict[str, JobRecord]:
-        """output path -> the newest record of a job that wrote it (a job that ran again wrote a newer one)."""
+        """output path -> the newest record of a job that wrote it (a job that ran again wrote a newer one). A record of
+        what a job no longer writes (`_keep_earlier_outputs`) answers for an output only where no other record names
+        it: whichever job writes it now wrote it after that record's job, however late the record's times."""
         newest: dict[str, JobRecord] = {}
+        rank: dict[str, tuple[bool, str]] = {}
         for job in self.jobs:
+            mine = (not job.file.name.endswith(EARLIER), str(job.record.get("finished", "")))
             for output in job.outputs:
-                if output not in newest or job.record.get("finished", "") >= newest[output].record.get("finished", ""):
-                    newest[output] = job
+                if output not in newest or mine >= rank[output]:
+                    newest[output], rank[output] = job, mine
         return newest
 
 

@@ -80,12 +80,13 @@ from fedscape.plan.workflow import (
 REHASH = "--rehash"
 LISTED = 10  # jobs named per group (made from other data, missing outputs); a paper config's data set: hundreds
 CLASSES = ("meaning", "made from", "dates", "missing", "other")
-# Snakemake's words for each reason (the start of a `reason:` part), in the order the classes are checked
+# Snakemake's words for each reason (the start of a `reason:` part), in the order the classes are checked: a new job
+# made from another new one is missing its outputs and has its inputs updated by another job (Snakemake 9), not made yet
 _REASONS = (
     ("meaning", ("Params have changed", "Set of input files has changed")),
+    ("missing", ("Missing output files",)),
     ("made from", ("Input files updated by another job",)),
     ("dates", ("Updated input files",)),
-    ("missing", ("Missing output files",)),
 )
 _JOB_START = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):\s*$")
 _FIELD = re.compile(r"^\s+(\w+): (.*)$")
@@ -107,10 +108,22 @@ class PlannedJob:
 
     @property
     def kind(self) -> str:
+        return self._reason()[0]
+
+    @property
+    def why(self) -> str:
+        """The words of the reason part that gave its class (its first part's for `other`), without the files or
+        params it names, in lower case."""
+        return self._reason()[1].split(":")[0].strip().lower()
+
+    def _reason(self) -> tuple[str, str]:
+        """(its class, the `reason:` part that gave it)."""
+        parts = self.reason.split("; ")
         for kind, starts in _REASONS:
-            if any(self.reason.startswith(s) or f"; {s}" in self.reason for s in starts):
-                return kind
-        return "other"
+            for part in parts:
+                if part.startswith(starts):
+                    return kind, part
+        return "other", parts[0]
 
     @property
     def result_version_changed(self) -> bool:
@@ -247,7 +260,7 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
     lines.append(f"out of date in meaning: {len(meaning)} jobs"
                  + (f" ({len(by_kind['made from'])} more made from them)" if meaning else ""))
     for job in sorted(meaning, key=lambda j: (j.rule, j.outputs)):
-        why = "result version changed" if job.result_version_changed else job.reason.split(":")[0].lower()
+        why = "result version changed" if job.result_version_changed else job.why
         lines.append(f"  {job.rule:<18} {job.outputs[0] if job.outputs else '-'}  ({why})")
     for kind, what in (("dates", "with inputs newer than their outputs (file dates)"),
                        ("missing", "not made yet"), ("other", "planned for another reason")):

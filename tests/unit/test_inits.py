@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,13 +17,14 @@ from fedscape.core.runs import build_runs
 from fedscape.data.datasets import load_dataset
 from fedscape.data.federated import FederatedData
 from fedscape.data.partition import load_partition, make_partition, save_partition
+from fedscape.data.sources import load_source
 from fedscape.fl.engine import run_federated
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.models.checkpoint import ModelMeta, load_trajectory, save_trajectory
 from fedscape.models.evaluate import evaluate
 from fedscape.models.params import flatten_params
-from fedscape.plan.init import init_settings
+from fedscape.plan.init import init_settings, proxy_split_problem, proxy_split_size
 from fedscape.plan.workflow import check_config, config_warnings
 from fedscape.stages import init as inits_mod
 from fedscape.stages.init import ProxyData, init_job, pretrain, proxy_data
@@ -135,6 +137,41 @@ def test_pretraining_resumes_after_a_kill(tmp_path, monkeypatch):
     resumed, _ = pretrain(settings, tmp_path)
 
     assert torch.equal(flatten_params(resumed), flatten_params(reference))
+
+
+def pretrained_settings(**kw) -> dict:
+    return {**DIGITS, "init": "pre", "kind": "pretrained", "seed": 0, "epochs": 2, "lr": 0.05, "batch_size": 32,
+            "momentum": 0.9, "weight_decay": 5e-4, **NO_PROXY, "dataset_options": OPTIONS, "device": "cpu", **kw}
+
+
+def test_a_pretraining_that_diverges_fails_naming_its_lr_and_writes_nothing(tmp_path):
+    # Execute / Assert: refused at the first epoch whose loss is not finite, naming the key to lower
+    with pytest.raises(RuntimeError, match=r"pretraining of init pre diverged by epoch 1/2: its loss is nan; lower "
+                                           r"its learning rate \(inits\.pre\.lr, now 10000\)"):
+        init_job(pretrained_settings(lr=1e4), tmp_path / "init.pt", {}, tmp_path / "progress")
+
+    # no init, and no progress that a rerun would resume from
+    assert not (tmp_path / "init.pt").exists()
+    assert not (tmp_path / "progress" / "state.pt").exists()
+
+
+def test_a_pretraining_resumed_after_its_last_epoch_does_not_save_weights_that_are_not_finite(tmp_path):
+    # Prepare: the progress of a pretraining killed after its last epoch, whose weights are not finite
+    settings = pretrained_settings()
+    job = InitJob.from_settings(settings)
+    model = inits_mod.random_model(job)
+    with torch.no_grad():
+        next(model.parameters())[0] = float("inf")
+    opt = torch.optim.SGD(model.parameters(), lr=job.lr, momentum=job.momentum)
+    key = inits_mod.progress_key(inits_mod.resume_settings(settings, type(job)))
+    (tmp_path / "progress").mkdir()
+    torch.save({"key": key, "epoch": job.epochs, "model": model.state_dict(), "opt": opt.state_dict()},
+               tmp_path / "progress" / "state.pt")
+
+    # Execute / Assert: it trains no epoch, and still refuses to save them
+    with pytest.raises(RuntimeError, match=r"diverged by epoch 2/2: tensors not finite: features\.0\.weight;"):
+        init_job(settings, tmp_path / "init.pt", {}, tmp_path / "progress")
+    assert not (tmp_path / "init.pt").exists()
 
 
 def test_imagenet32_proxy_reinitialises_the_classifier(tmp_path):
@@ -371,10 +408,87 @@ def test_continue_refuses_another_model(tmp_path):
      r"inits\.pre\.max_samples: a subset of proxy_dataset's or proxy_dir's images"),
     ({"warm": {"kind": "iid_warmup", "training": {"swa": {"cycle": 2}}}}, [{"alpha": "iid"}, {"init": "warm"}], {},
      r"inits\.warm\.training\.swa: an IID warm-up is plain FedAvg and keeps its last global model"),
+    # another kind's key written at its schema default is ignored all the same
+    ({"warm": {"kind": "iid_warmup", "lr": 0.05}}, [{"alpha": "iid"}, {"init": "warm"}], {},
+     r"inits\.warm: kind iid_warmup does not read lr \(the warm-up's own training keys, such as lr, go in its "),
+    ({"r": {"kind": "random", "seed": 0, "lr": 0.05, "epochs": 20}}, [{"alpha": "iid"}, {"init": "r"}], {},
+     r"inits\.r: kind random does not read lr, epochs; the kinds that do: lr: pretrained; epochs: pretrained"),
+    ({"pre": {"kind": "pretrained", "rounds": 1}}, [{"alpha": "iid"}, {"init": "pre"}], {},
+     r"inits\.pre: kind pretrained does not read rounds; the kinds that do: rounds: iid_warmup"),
 ])
 def test_bad_inits_fail_at_config_check(inits, experiments, extra, match):
     with pytest.raises(ConfigError, match=match):
         check_config(config_with(inits, experiments, **extra), SCHEMA)
+
+
+@pytest.mark.parametrize(("test_fraction", "proxy_fraction", "problem"), [
+    (0.25, 0.0001, r"holds 0 samples \(proxy_fraction 0\.0001 of 1348 training samples\), fewer than its 10 "
+                   r"classes, which a split stratified by class cannot all hold; set datasets\.digits\.proxy_fraction "
+                   r"to at least 0\.0075, or set proxy_dataset / proxy_dir"),
+    (0.25, 0.001, r"holds 1 samples \(proxy_fraction 0\.001 of 1348 training samples\).*at least 0\.0075,"),
+    (0.25, 0.007, r"holds 9 samples"),
+    (0.3, 0.0075, r"holds 9 samples \(proxy_fraction 0\.0075 of 1258 training samples\).*at least 0\.008,"),
+    (0.25, 0.0075, None),
+    (0.3, 0.008, None),
+    (0.25, 0.2, None),
+])
+def test_a_proxy_split_with_fewer_samples_than_classes_fails_at_config_check(test_fraction, proxy_fraction, problem):
+    # Prepare: a pretrained init on digits' own proxy split, round(proxy_fraction x its training pool) samples
+    options = {"test_fraction": test_fraction, "proxy_fraction": proxy_fraction}
+    config = config_with({"pre": {"kind": "pretrained"}}, [{"alpha": "iid"}, {"init": "pre"}],
+                         datasets={"digits": options})
+
+    # Execute / Assert: refused with its size and a fraction that holds every class, or accepted
+    if problem is not None:
+        with pytest.raises(ConfigError, match=r"inits\.pre: the proxy split of digits " + problem):
+            check_config(config, SCHEMA)
+    else:
+        check_config(config, SCHEMA)
+        source = load_source("digits", test_fraction=test_fraction, proxy_fraction=proxy_fraction)
+        assert len(np.unique(source.train_labels[source.proxy_index])) == 10
+
+
+@pytest.mark.parametrize("test_fraction", [0.25, 0.3, 0.5])
+@pytest.mark.parametrize("proxy_fraction", [0.0001, 0.00037, 0.001, 0.0074, 0.0075, 0.2, 0.5])
+def test_the_planned_proxy_split_size_is_the_split_s(test_fraction, proxy_fraction):
+    options = {"test_fraction": test_fraction, "proxy_fraction": proxy_fraction}
+
+    source = load_source("digits", seed=3, **options)
+
+    assert proxy_split_size("digits", options) == (len(source.proxy_index), len(source.train_index) +
+                                                   len(source.proxy_index))
+
+
+@pytest.mark.parametrize(("dataset", "proxy_fraction", "problem"), [
+    ("cifar10", 0.0001, r"holds 5 samples \(proxy_fraction 0\.0001 of 50000 .*at least 0\.0002,"),
+    ("cifar10", 0.0002, None),
+    ("cifar100", 0.001, r"holds 50 samples .*fewer than its 100 classes.*at least 0\.002,"),
+    # LEAF's files hold fewer samples than the data set: its size is a bound
+    ("femnist", 0.00005, r"holds at most 40 samples \(proxy_fraction 5e-05 of at most 805263 .*at least 7\.7e-05,"),
+    # no class per sample: a split that holds any sample will do
+    ("reddit", 1e-9, r"holds at most 0 samples .*\), no sample; set datasets\.reddit\.proxy_fraction to at least "
+                     r"1\.8e-08,"),
+    ("reddit", 1e-7, None),
+])
+def test_a_proxy_split_too_small_is_found_without_the_data(dataset, proxy_fraction, problem):
+    found = proxy_split_problem(dataset, {"test_fraction": 0.25, "proxy_fraction": proxy_fraction})
+
+    if problem is None:
+        assert found == ""
+    else:
+        assert re.match(r"the proxy split of " + dataset + " " + problem, found)
+
+
+def test_a_checked_config_checked_again_gives_no_key_of_another_kind():
+    # Prepare: every kind, its entry filled with every kind's defaults by the first check
+    inits = {"pre": {"kind": "pretrained", "lr": 0.01}, "warm": {"kind": "iid_warmup", "training": {"lr": 0.01}},
+             "cont": {"kind": "continue", "run": {"alpha": 0.5, "init": "random"}}}
+    config = check_config(config_with(inits, [{"alpha": "iid"}, {"alpha": 0.5}, {"init": "pre"}, {"init": "warm"},
+                                              {"alpha": 0.5, "init": "cont"}]), SCHEMA)
+    assert config["inits"]["random"]["lr"] == 0.05
+
+    # Execute / Assert: accepted again, as it is
+    assert check_config(config, SCHEMA) == config
 
 
 def test_two_step_continue_cycle_is_detected():

@@ -47,6 +47,7 @@ from fedscape.data.specs import (
     SOURCES,
     STORED_IMAGE_AUGMENTATIONS,
     CifarLayout,
+    held_out_count,
 )
 from fedscape.data.stackoverflow import read_stackoverflow
 
@@ -169,7 +170,7 @@ def stratified_split(
     classes, counts = np.unique(labels, return_counts=True)
     exact = counts * fraction
     take = np.floor(exact).astype(np.int64)
-    remainder = round(fraction * len(labels)) - int(take.sum())
+    remainder = held_out_count(len(labels), fraction) - int(take.sum())
     order = np.lexsort((rng.random(len(classes)), -(exact - take)))
     take[order[:remainder]] += 1
     held = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take, strict=True)]
@@ -185,7 +186,7 @@ def _split_proxy(
     if labels.ndim == 1:
         keep, held = stratified_split(labels[train_index], proxy_fraction, rng)
     else:
-        held = np.sort(rng.permutation(len(train_index))[:round(proxy_fraction * len(train_index))])
+        held = np.sort(rng.permutation(len(train_index))[:held_out_count(len(train_index), proxy_fraction)])
         keep = np.setdiff1d(np.arange(len(train_index)), held)
     return train_index[keep], train_index[held]
 

@@ -479,3 +479,9 @@ def data_layout_problems(name: str, data_dir: str, options: dict | None = None) 
     (empty for the datasets without such a check: their readers name what they miss)."""
     check = _LAYOUT_PROBLEMS.get(name)
     return check(data_dir, options or {}) if check else []
+
+
+def held_out_count(n: int, fraction: float) -> int:
+    """The rows a split of `fraction` holds out of `n` (`fedscape.data.sources`' test and proxy splits): round(fraction
+    * n), known from the counts alone, so that planning sizes a split as the reader makes it."""
+    return round(fraction * n)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import replace
 
@@ -14,6 +15,7 @@ from fedscape.data.specs import (
     INIT_LOCATION_BASELINES,
     dataset_info,
     dataset_settings,
+    held_out_count,
     target_model_options,
 )
 from fedscape.fl.settings import RUN_ONLY_TRAINING_KEYS, TrainingSettings
@@ -137,11 +139,20 @@ def init_input_paths(config: dict, runs: list, dataset: str, model: str, init: s
 
 
 def given_keys(config: dict, schema: dict) -> dict[str, list[str]]:
-    """The keys each `inits` entry gives other than at their schema default, read before the schema fills every
-    kind's defaults into it (a config checked again, defaults filled, gives none of another kind's keys)."""
+    """The keys each `inits` entry gives, read before the schema fills every kind's defaults into it.
+
+    An entry written by hand gives every key it holds, at its schema default or not (`lr: 0.05` on an iid_warmup is
+    ignored as any other lr would be). An entry that holds every key with a default was filled by the schema (a config
+    checked again): it gives the keys off their default only, so that another kind's filled defaults are not given.
+    """
     keys = schema["properties"]["inits"]["additionalProperties"]["properties"]
-    return {label: [k for k, v in spec.items() if k not in keys or "default" not in keys[k] or v != keys[k]["default"]]
-            for label, spec in (config.get("inits") or {}).items() if isinstance(spec, dict)}
+    defaults = {k: key["default"] for k, key in keys.items() if "default" in key}
+    given = {}
+    for label, spec in (config.get("inits") or {}).items():
+        if isinstance(spec, dict):
+            filled = defaults.keys() <= spec.keys()
+            given[label] = [k for k, v in spec.items() if not filled or k not in defaults or v != defaults[k]]
+    return given
 
 
 def foreign_key_problems(config: dict, given: dict[str, list[str]]) -> list[str]:
@@ -160,6 +171,37 @@ def foreign_key_problems(config: dict, given: dict[str, list[str]]) -> list[str]
         problems.append(f"inits.{label}: kind {kind} does not read {', '.join(foreign)}{hint}; the kinds that do: "
                         f"{readers}. Kind {kind} reads {', '.join(k for k in KIND_KEYS[kind] if k != 'kind')}")
     return problems
+
+
+def proxy_split_size(dataset: str, options: dict) -> tuple[int, int]:
+    """The samples of `dataset`'s own proxy split under its `datasets.<name>` settings `options`, and of the training
+    pool it is held out of (digits: what its test split leaves). Exact where the data set's size is
+    (`DatasetInfo.train_samples`); for LEAF's data sets, whose files hold fewer, an upper bound."""
+    info = dataset_info(dataset, options)
+    pool = info.train_samples
+    if not info.fixed_test_split:
+        pool -= held_out_count(pool, options["test_fraction"])
+    return held_out_count(pool, options["proxy_fraction"]), pool
+
+
+def proxy_split_problem(dataset: str, options: dict) -> str:
+    """Why `dataset`'s proxy split is too small to pretrain on ('' where it is not): fewer samples than classes (a
+    split stratified by class cannot hold every class; such a split fails as empty at the job's start, or pretrains
+    on a handful of images), or for samples without a class (`sequence_labels`) none."""
+    info = dataset_info(dataset, options)
+    size, pool = proxy_split_size(dataset, options)
+    least = 1 if info.sequence_labels else info.num_classes
+    if size >= least:
+        return ""
+    what = ("no sample" if info.sequence_labels else
+            f"fewer than its {least} classes, which a split stratified by class cannot all hold")
+    fix = "no proxy_fraction holds that many: set"
+    if least < pool:  # the fraction of the pool that holds `least` samples, rounded up to two significant digits
+        scale = 10 ** (1 - math.floor(math.log10(least / pool)))
+        fix = f"set datasets.{dataset}.proxy_fraction to at least {math.ceil(least / pool * scale) / scale:g}, or set"
+    bound = "at most " if info.writers else ""  # LEAF's: `DatasetInfo.train_samples` bounds what its files hold
+    return (f"the proxy split of {dataset} holds {bound}{size} samples (proxy_fraction {options['proxy_fraction']:g} "
+            f"of {bound}{pool} training samples), {what}; {fix} proxy_dataset / proxy_dir")
 
 
 def check(config: dict, runs: list) -> list[str]:
@@ -204,6 +246,8 @@ def check(config: dict, runs: list) -> list[str]:
                 elif not config["datasets"][dataset]["proxy_fraction"] > 0:
                     problems.append(f"{where}: pretrained init on {dataset}'s proxy split needs "
                                     f"datasets.{dataset}.proxy_fraction > 0 (or set proxy_dataset / proxy_dir)")
+                elif problem := proxy_split_problem(dataset, config["datasets"][dataset]):
+                    problems.append(f"{where}: {problem}")
         elif kind == "iid_warmup":
             if "rounds" in spec["training"]:
                 problems.append(f"{where}.training.rounds: the warm-up's rounds are {where}.rounds "

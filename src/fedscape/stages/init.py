@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -237,11 +238,14 @@ def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torc
             opt.step()
             total += loss.detach().double() * len(b)
             count += len(b)
+        _check_finite(model, job, epoch + 1, float(total) / max(count, 1))  # before its progress is kept
         if progress is not None:
             with atomic_path(progress) as tmp:
                 torch.save({"key": key, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict()}, tmp)
         log.info("pretraining epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, cfg.epochs, float(total) / max(count, 1),
                  time.perf_counter() - t0)
+    # a pretraining resumed after its last epoch trains none here: its weights are checked all the same
+    _check_finite(model, job, cfg.epochs)
     proxy_eval = proxy.evaluate(model)
     meta = {"proxy": source, "proxy_samples": len(y), "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
             "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "proxy_loss": proxy_eval.loss,
@@ -257,6 +261,22 @@ def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torc
              f", clients' pool accuracy {meta['clients_pool_acc']:.4f}, test accuracy {meta['test_acc']:.4f}"
              if same_labels else " (classifier head re-initialised for the clients' labels)")
     return model.eval(), meta
+
+
+def _check_finite(model: torch.nn.Module, job: PretrainedInit, epoch: int, loss: float | None = None) -> None:
+    """Raise where the pretraining diverged by `epoch`: its epoch `loss` or a parameter or buffer (batch-norm running
+    statistics) is not finite. Such weights saved as the init would make every run from it diverge at round 0, with a
+    message that points at the runs' training, not at the init."""
+    if loss is not None and not math.isfinite(loss):
+        what = f"its loss is {loss}"
+    else:
+        bad = [name for name, tensor in model.state_dict().items()
+               if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+        if not bad:
+            return
+        what = f"tensors not finite: {', '.join(bad[:3])}{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}"
+    raise RuntimeError(f"the pretraining of init {job.init} diverged by epoch {epoch}/{job.epochs}: {what}; lower its "
+                       f"learning rate (inits.{job.init}.lr, now {job.lr:g})")
 
 
 def _with_new_head(pretrained: torch.nn.Module, job: PretrainedInit, seed: int) -> torch.nn.Module:

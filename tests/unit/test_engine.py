@@ -480,6 +480,65 @@ def test_a_trajectory_of_the_runs_model_loads_and_one_whose_width_disagrees_with
         load_trajectory(bad)
 
 
+def _layout_meta(model, model_name: str = "cnn_small", options: dict | None = None, **recorded) -> ModelMeta:
+    """`model`'s meta (10 classes of 1x8x8 inputs), its recorded names and shapes replaced by `recorded`'s."""
+    layout = {"param_names": tuple(n for n, _ in model.named_parameters()),
+              "param_shapes": tuple(tuple(p.shape) for p in model.parameters())}
+    return ModelMeta(model_name, 10, 1, 8, options or {}, **{**layout, **recorded})
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    ("reordered", "records parameter 3 as 'last_block.0.bias' [32], but this version of the model's code builds "
+                  "'features.2.bias' [32] there"),
+    ("reshaped", "records parameter 6 as 'fc.weight' [128, 64], but this version of the model's code builds "
+                 "'fc.weight' [64, 128] there"),
+])
+def test_a_trajectory_whose_recorded_parameter_layout_is_not_the_built_models_refuses_to_build_it(tmp_path, change,
+                                                                                                  says):
+    # Prepare: cnn_small's trajectory as an earlier version of its code would have written it, at today's count:
+    # two equally shaped biases in the other order (their shapes alone cannot tell), or fc's weight transposed
+    model = build_model("cnn_small", num_classes=10, in_channels=1, image_size=8)
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    if change == "reordered":
+        names[3], names[5] = names[5], names[3]
+    else:
+        shapes[6] = shapes[6][::-1]
+    meta = _layout_meta(model, param_names=tuple(names), param_shapes=tuple(shapes))
+    params = flatten_params(model).unsqueeze(0)
+    save_trajectory(tmp_path / "trajectory.pt", params, torch.zeros(1, 0), torch.arange(1), meta, {"status": "ok"})
+    traj = load_trajectory(tmp_path / "trajectory.pt")  # the count agrees: loading the rows alone is fine
+
+    # Execute / Assert: building its model (every reader's way to its parameters) names the file, the first
+    # parameter that differs and why, rather than loading the rows scrambled
+    for build in (lambda: traj.model_at(0), traj.model_meta.build):
+        with pytest.raises(CheckpointError) as err:
+            build()
+        message = str(err.value)
+        assert message.startswith(f"{tmp_path / 'trajectory.pt'}: its model (cnn_small for 10 classes of 1x8x8 "
+                                  f"inputs) {says}: the checkpoint was written by another version of the model's code")
+        assert "--forcerun" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("recorded", ["as built", "no names", "projection head"])
+def test_a_trajectory_recording_its_models_layout_or_none_builds_it(tmp_path, recorded):
+    # Prepare: a trajectory that records the layout its model is built with (MOON's projection head among it, as
+    # `ModelMeta.with_options` records it), or one written before names were recorded (only its count is checked)
+    options = {"projection_head": True} if recorded == "projection head" else {}
+    model = build_model("cnn_small", num_classes=10, in_channels=1, image_size=8, **options)
+    unrecorded = {"param_names": (), "param_shapes": ()} if recorded == "no names" else {}
+    meta = _layout_meta(model, options=options, **unrecorded)
+    params = torch.stack([flatten_params(model), flatten_params(model) + 1])
+    save_trajectory(tmp_path / "trajectory.pt", params, torch.zeros(2, 0), torch.arange(2), meta, {"status": "ok"})
+
+    # Execute
+    built = load_trajectory(tmp_path / "trajectory.pt").model_at(1)
+
+    # Assert
+    assert torch.equal(flatten_params(built), params[1])
+    assert [n for n, _ in built.named_parameters()] == [n for n, _ in model.named_parameters()]
+
+
 def test_flat_params_view_shares_storage():
     model = tiny_model()
     flat = FlatParams(model)

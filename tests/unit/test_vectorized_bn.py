@@ -251,6 +251,34 @@ def test_stacked_batch_norm_equals_each_clients_batch_norm_on_its_real_rows(leng
             assert (padded[:n] - ref).abs().max().item() > 1e-2
 
 
+@pytest.mark.parametrize("layout", sorted(GROUPED_LAYOUTS))
+def test_a_float64_batch_norm_under_a_float32_default_moves_its_statistics_by_the_float64_momentum(layout):
+    # Prepare: float64 inputs and statistics while torch's default dtype stays float32 (the fixture float64_default
+    # would make every tensor float64 and hide a float32 one); 3 clients, one with padded rows, one without real rows.
+    # A momentum rounded to float32 (0.10000000149) moves these statistics ~1e-9 off torch's float64 step
+    k, b, c = 3, 5, 4
+    assert torch.get_default_dtype() == torch.float32
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(k, b, c, 3, 3, generator=g, dtype=torch.float64) + 3
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.float64)
+    mean0 = torch.randn(k, c, generator=g, dtype=torch.float64)
+    var0 = torch.rand(k, c, generator=g, dtype=torch.float64) + 0.5
+    running_mean, running_var = mean0.clone(), var0.clone()
+
+    # Execute
+    grouped = x.transpose(0, 1).reshape(b, k * c, 3, 3).contiguous(memory_format=GROUPED_LAYOUTS[layout])
+    stacked_batch_norm(grouped, k, None, None, 1e-5, 0.1, mask, running_mean, running_var)
+
+    # Assert: each client's statistics are torch's float64 batch norm's on its real rows, to float64 rounding
+    assert running_mean.dtype == running_var.dtype == torch.float64
+    for i, n in enumerate(mask.sum(1).int().tolist()):
+        rm, rv = mean0[i].clone(), var0[i].clone()
+        if n:
+            F.batch_norm(x[i, :n], rm, rv, None, None, True, 0.1, 1e-5)
+        torch.testing.assert_close(running_mean[i], rm, rtol=1e-14, atol=1e-14)
+        torch.testing.assert_close(running_var[i], rv, rtol=1e-14, atol=1e-14)
+
+
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
 @pytest.mark.parametrize("channel_dim", [2, 1], ids=["channels_last", "channels_first"])
 def test_masked_batch_norm_gradients_match_finite_differences(affine, channel_dim, float64_default):

@@ -59,6 +59,7 @@ class ModelMeta:
     model_options: dict = field(default_factory=dict)
     param_names: tuple[str, ...] = ()
     param_shapes: tuple[tuple[int, ...], ...] = ()
+    source: str = field(default="", compare=False, repr=False)  # the file it was read from (named in errors)
 
     @property
     def num_params(self) -> int:
@@ -81,8 +82,38 @@ class ModelMeta:
                        param_shapes=tuple(tuple(p.shape) for p in model.parameters()))
 
     def build(self) -> nn.Module:
-        return build_model(self.model, num_classes=self.num_classes, in_channels=self.in_channels,
-                           image_size=self.image_size, **self.model_options)
+        """The model, built by this version of its code; CheckpointError where the file records another parameter
+        layout (`check_layout`)."""
+        model = build_model(self.model, num_classes=self.num_classes, in_channels=self.in_channels,
+                            image_size=self.image_size, **self.model_options)
+        self.check_layout(model)
+        return model
+
+    def check_layout(self, model: nn.Module) -> None:
+        """CheckpointError unless `model`'s parameters have the names and shapes, in order, that this meta records.
+
+        A flat vector is loaded into a freshly built model by position, so a change to a model's code that renamed,
+        reordered or reshaped its parameters at the same count would load an older file's vectors scrambled without
+        any error; the count alone (`_check_model`) cannot see it. Checked once per built model, not per vector
+        loaded into it. A file that records no names (written before they were recorded) is not checked.
+        """
+        if not self.param_names:
+            return
+        names = tuple(name for name, _ in model.named_parameters())
+        shapes = tuple(tuple(p.shape) for p in model.parameters())
+        if names == self.param_names and (not self.param_shapes or shapes == self.param_shapes):
+            return
+        recorded = _layout(self.param_names, self.param_shapes)
+        built = _layout(names, shapes if self.param_shapes else ())
+        i = next((i for i, (a, b) in enumerate(zip(recorded, built, strict=False)) if a != b),
+                 min(len(recorded), len(built)))
+        want = recorded[i] if i < len(recorded) else "no parameter"
+        got = built[i] if i < len(built) else "no parameter"
+        fix = remake_hint(self.source) if self.source else "make it again with this version of the code"
+        raise CheckpointError(f"{self.source or 'checkpoint'}: its model ({self.describe()}) records parameter {i} "
+                              f"as {want}, but this version of the model's code builds {got} there: the checkpoint was "
+                              "written by another version of the model's code, whose parameters would load into "
+                              f"this one scrambled; {fix}")
 
     def to_dict(self) -> dict:
         return {
@@ -104,8 +135,13 @@ class ModelMeta:
             image_size=int(d["image_size"]),
             model_options=dict(d.get("model_options", {})),
             param_names=tuple(d.get("param_names", ())),
-            param_shapes=tuple(tuple(s) for s in d.get("param_shapes", ())),
+            param_shapes=tuple(tuple(int(n) for n in s) for s in d.get("param_shapes", ())),
         )
+
+
+def _layout(names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...]) -> list[str]:
+    """Each parameter as "'name' [shape]" (its name alone where no shape is given), for `ModelMeta.check_layout`."""
+    return [f"{name!r} {list(shapes[i])}" if i < len(shapes) else repr(name) for i, name in enumerate(names)]
 
 
 @dataclass(frozen=True)
@@ -274,7 +310,7 @@ def save_trajectory(path: str | Path, params: torch.Tensor, buffers: torch.Tenso
 def load_trajectory(path: str | Path, map_location: str = "cpu", run_id: str | None = None) -> Trajectory:
     """Load a whole trajectory with one call; with `run_id`, check that it holds that run's model."""
     obj = _load(path, "trajectory", map_location)
-    model_meta = ModelMeta.from_dict(json.loads(obj["model_meta"]))
+    model_meta = replace(ModelMeta.from_dict(json.loads(obj["model_meta"])), source=str(path))
     meta = json.loads(obj["meta"])
     _check_model(path, model_meta, obj["params"], run_id, meta)
     swa_rounds = tuple(int(r) for r in obj["swa_rounds"].tolist()) if "swa_rounds" in obj else ()

@@ -299,7 +299,8 @@ def masked_counts(mask: Tensor, c: int, spatial: int, momentum: float, dtype: to
     real = mask.to(dtype)
     rows = real.t().repeat_interleave(c, dim=1)
     n = (real.sum(1) * spatial).repeat_interleave(c)
-    step = torch.where(n > 0, momentum, 0.0).to(dtype)
+    # built in dtype itself: torch.where on Python scalars would round momentum to torch's default dtype first
+    step = (n > 0).to(dtype) * momentum
     out = (rows, n.clamp_min(1), step, n / (n - 1).clamp_min(1))
     if cache is not None:
         cache[key] = out

@@ -129,7 +129,7 @@ def build_model(
 ) -> ImageClassifier:
     """Build model ``name`` for ``num_classes`` classes and [in_channels, image_size, image_size] inputs.
 
-    Token models (char_gpt, char_lstm) read [N, image_size] int64 ids over ``in_channels`` symbols.
+    Token models (`is_token_model`) read [N, image_size] int64 ids over ``in_channels`` symbols.
     ``options`` are model specific (the CIFAR ResNets: ``norm`` in NORMS, default "batch", resnet18's "group";
     cnn_small: ``norm`` none or batch, default "none"; token models: fedscape.models.specs.TOKEN_MODEL_DEFAULTS);
     an unknown option, an unknown name or an incompatible input size raises ValueError.

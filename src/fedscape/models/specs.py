@@ -2,9 +2,10 @@
 
 `fedscape.models.registry` builds them; this module only describes them (ModelInfo: residual,
 width-sliceable, accepted image sizes, options), so that validating a config never imports torch.
-Token models (char_gpt, char_lstm) take int64 character ids [N, T] and return the logits of the
-character after the sequence; their vocabulary size and sequence length are model options, checked
-against the dataset's with `check_token_options`.
+Token models (ModelInfo.inputs "tokens", `is_token_model`) take int64 token ids [N, T] (characters or words) and
+return the logits of the token after the sequence (of every position's next token when built for a sequence task,
+`fedscape.models.loss`); their vocabulary size and sequence length are model options, checked against the dataset's
+with `check_token_options`.
 """
 
 from __future__ import annotations
@@ -264,7 +265,8 @@ def model_info(name: str) -> ModelInfo:
 
 
 def is_token_model(name: str) -> bool:
-    """Whether model ``name`` takes int64 token ids [N, T] (char_gpt, char_lstm) rather than images."""
+    """Whether model ``name`` takes int64 token ids [N, T] rather than images: a model of MODEL_INFOS whose
+    ``inputs`` is "tokens" (those of TOKEN_MODEL_DEFAULTS)."""
     return name in MODEL_INFOS and MODEL_INFOS[name].inputs == "tokens"
 
 

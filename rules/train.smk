@@ -1,4 +1,4 @@
-# Federated training: one job per run, every global model kept, client models at chosen rounds.
+# Federated training: one job per run, the global models of its kept rounds, client models at chosen rounds.
 
 from fedscape.core.paths import PROGRESS, TRAIN_DIR, TRAIN_FILES
 from fedscape.core.runs import Run
@@ -17,9 +17,10 @@ rule train:
         "../envs/torch.yaml"
     resources:
         **GPU_JOB,
-        # host memory: the data set is decoded whole before it is copied to the card
-        mem_mb=lambda wildcards, attempt: train_mem_mb(
-            config, wildcards.dataset, attempt
+        # host memory: the data set is decoded whole before it is copied to the card, and the kept models are held
+        # until they are written, each the size of the init (<TBD> in a dry run before the init exists)
+        mem_mb=lambda wildcards, input, attempt: train_mem_mb(
+            config, Run.from_wildcards(wildcards), attempt, input.init
         ),
     params:
         settings=lambda wildcards: train_settings(

@@ -236,6 +236,41 @@ def test_a_finite_but_exploding_loss_also_marks_the_run_diverged(monkeypatch, lo
     assert (len(result.rows) == 3) is diverged and result.status == ("diverged" if diverged else "ok")
 
 
+@pytest.mark.parametrize(("scale", "diverged"), [(1e4, True), (float("nan"), True), (1.0, False)])
+def test_an_initial_model_that_already_diverged_is_refused_before_any_round(tmp_path, scale, diverged):
+    """A start whose training loss is not finite or above DIVERGED_LOSS is the init's fault: refused on every call,
+    rather than a run that "finishes" untrained with status diverged."""
+    # Prepare: the tiny model's weights scaled (1e4: a finite loss far above DIVERGED_LOSS; NaN: a broken init)
+    model = tiny_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(scale)
+    cfg = TrainConfig(rounds=2, local_epochs=1, batch_size=8, lr=0.1, seed=0)
+
+    # Execute / Assert
+    if diverged:
+        with pytest.raises(engine_mod.InitialModelDiverged, match="initial model's training loss"):
+            run_federated(model, tiny_data(), Strategy(), cfg, progress_dir=tmp_path, progress_key="k")
+        # a second call (the job run again without remaking the init) is refused as well, not resumed as finished
+        with pytest.raises(engine_mod.InitialModelDiverged):
+            run_federated(model, tiny_data(), Strategy(), cfg, progress_dir=tmp_path, progress_key="k")
+    else:
+        assert run_federated(model, tiny_data(), Strategy(), cfg).status == "ok"
+
+
+def test_kept_models_are_stacked_as_torch_stack_stacks_them_and_each_record_lets_go_of_its_own():
+    # Prepare: three kept rounds' records of a 5-parameter model
+    records = [{"round": r, "params": torch.randn(5, generator=torch.Generator().manual_seed(r))} for r in range(3)]
+    expected = torch.stack([r["params"] for r in records])
+
+    # Execute
+    stacked = engine_mod._stack_kept(records, "params")
+
+    # Assert: the same tensor, and the records no longer hold a second copy of it
+    assert torch.equal(stacked, expected) and stacked.dtype == expected.dtype
+    assert all("params" not in r for r in records)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_evaluate_takes_the_loss_in_the_models_dtype(dtype):
     # Prepare: a model and data in `dtype`, and the summed cross-entropy of its logits in that dtype
@@ -282,6 +317,27 @@ def test_two_identical_runs_write_byte_identical_checkpoints(tmp_path):
 
     # Assert: equal SHA-256, so a checksum can confirm that a run was reproduced
     assert digests[0] == digests[1]
+
+
+def test_a_loaded_trajectory_is_the_callers_own_however_the_file_is_written_or_replaced_after(tmp_path):
+    """A trajectory is mapped from its file rather than read (a few rounds of a 21 GB one cost those pages alone):
+    writing into the loaded tensors must not reach the file, and a rerun's atomic replacement of the file must not
+    change what a reader holds."""
+    # Prepare: a trajectory on disk, loaded
+    meta = ModelMeta("mlp", 10, 1, 28)
+    params = torch.arange(12, dtype=torch.float32).view(3, 4)
+    path = tmp_path / "t.pt"
+    save_trajectory(path, params, torch.zeros(3, 0), torch.arange(3), meta, {})
+    written = path.read_bytes()
+    traj = load_trajectory(path)
+
+    # Execute: the reader writes into its tensors, and the file is replaced as a rerun replaces it
+    traj.params[0].fill_(-1.0)
+    save_trajectory(path, params + 100, torch.zeros(3, 0), torch.arange(3), meta, {})
+
+    # Assert: the reader sees its own write and the old values elsewhere; the replaced file holds the new values only
+    assert traj.params[0].eq(-1.0).all() and torch.equal(traj.params[1:], params[1:])
+    assert torch.equal(load_trajectory(path).params, params + 100) and path.read_bytes() != written
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -25,7 +25,7 @@ from fedscape.fl import engine as engine_mod
 from fedscape.fl.engine import run_federated
 from fedscape.fl.settings import MEMORY_KEYS, NEUTRAL_TRAINING_KEYS, TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
-from fedscape.models.checkpoint import load_trajectory
+from fedscape.models.checkpoint import CheckpointError, load_trajectory, save_trajectory
 from fedscape.models.registry import build_model
 from fedscape.plan.init import init_settings
 from fedscape.plan.partition import partition_settings
@@ -122,6 +122,20 @@ def test_a_run_killed_and_then_given_a_remade_init_starts_from_the_new_init(tmp_
     fresh_old = _train(old, partition, tmp_path / "old_init.pt", tmp_path / "fresh_old")
     assert torch.equal(resumed, fresh_new)
     assert not torch.allclose(resumed, fresh_old)
+
+
+def test_a_train_job_from_an_init_that_already_diverged_names_the_init_and_writes_nothing(tmp_path):
+    # Prepare: an init whose weights are scaled up 1e4-fold (a finite training loss far above DIVERGED_LOSS)
+    config = _tiny_config()
+    partition = _partition(config, tmp_path)
+    _init(config, tmp_path / "init.pt")
+    init = load_trajectory(tmp_path / "init.pt")
+    save_trajectory(tmp_path / "init.pt", init.params * 1e4, init.buffers, init.rounds, init.model_meta, init.meta)
+
+    # Execute / Assert: the error names the init file and how to remake it; no output of the run exists
+    with pytest.raises(CheckpointError, match=r"init\.pt: the initial model's training loss .* make it again"):
+        _train(config, partition, tmp_path / "init.pt", tmp_path / "run")
+    assert not any((tmp_path / "run" / name).exists() for name in TRAIN_FILE_NAMES.values())
 
 
 def test_a_run_killed_and_rerun_with_the_same_inputs_resumes(tmp_path, monkeypatch, caplog):

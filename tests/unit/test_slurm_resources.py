@@ -15,7 +15,9 @@ from helpers.workflow import TINY_CONFIG, copy_workflow, planned_resources, snak
 from snakemake.iocontainers import Namedlist
 
 from fedscape.core.config import load_schema
-from fedscape.plan.resources import HOST_BASE_MB, data_bytes, init_mem_mb, train_mem_mb
+from fedscape.core.paths import Results
+from fedscape.core.runs import build_runs
+from fedscape.plan.resources import HOST_BASE_MB, data_bytes, init_mem_mb, kept_models, train_mem_mb
 from fedscape.plan.workflow import check_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,11 +68,12 @@ def test_a_data_sets_host_bytes_are_its_decoded_tensors(dataset, options, expect
     (ROOT / "config" / "papers" / "layerwise.yaml", "shakespeare", SHAKESPEARE_RAW),
 ])
 def test_a_train_job_asks_for_its_data_set_and_more_on_each_attempt(config, dataset, data):
-    # Prepare: the config as the workflow checks it
+    # Prepare: the config as the workflow checks it, one of its runs on `dataset`
     config = checked(config)
+    run = next(run for run in build_runs(config) if run.dataset == dataset)
 
-    # Execute
-    first, second = (train_mem_mb(config, dataset, attempt) for attempt in (1, 2))
+    # Execute: without its init's size (the kept models not counted)
+    first, second = (train_mem_mb(config, run, attempt) for attempt in (1, 2))
 
     # Assert: the base and the data set's tensors; twice that on the resubmission after a kill
     assert first == HOST_BASE_MB + mib(data)
@@ -79,6 +82,47 @@ def test_a_train_job_asks_for_its_data_set_and_more_on_each_attempt(config, data
         assert first <= HOST_BASE_MB + 1
     if dataset in ("imagenet200", "shakespeare"):  # the pools the fixed 16,000 MB could not hold
         assert data > 16_000 * MIB and first > 20_000
+
+
+@pytest.mark.parametrize(("config", "dataset", "algorithm", "participation", "models"), [
+    # rounds 0..30 kept, and the 10 clients' models of each of rounds 1, 10 and 30 (all clients take part)
+    (ROOT / "config" / "config.yaml", "digits", "fedavg", "1.0", 31 + 3 * 10),
+    # half of the 10 clients per round: 5 client models a saved round
+    (ROOT / "config" / "config.yaml", "digits", "fedavg", "0.5", 31 + 3 * 5),
+    # meta.yaml's CIFAR-10 runs: each of 500 rounds kept, no client models saved
+    (ROOT / "config" / "papers" / "meta.yaml", "cifar10", "fedavg", "0.1", 501),
+    # FEMNIST's: 1500 rounds, every 100th kept (0, 100, ..., 1500)
+    (ROOT / "config" / "papers" / "meta.yaml", "femnist", "fedavg_femnist", "0.003", 16),
+])
+def test_a_train_job_asks_for_the_models_it_keeps_each_the_size_of_its_init(tmp_path, config, dataset, algorithm,
+                                                                             participation, models):
+    # Prepare: a run of the config on `dataset`, and an init file of 1 MiB + 3 bytes
+    config = checked(config)
+    run = next(run for run in build_runs(config) if (run.dataset, run.algorithm, run.participation)
+               == (dataset, algorithm, participation))
+    init = tmp_path / "init.pt"
+    init.write_bytes(bytes(MIB + 3))
+
+    # Execute
+    counted = kept_models(config, run)
+    got, without = train_mem_mb(config, run, 1, init), train_mem_mb(config, run, 1)
+
+    # Assert: the kept global models and saved client models, each as large as the init, on top of the data set
+    assert counted == models
+    assert got == HOST_BASE_MB + mib(data_bytes(dataset, config["datasets"][dataset]) + models * (MIB + 3))
+    assert got > without
+    assert train_mem_mb(config, run, 2, init) == 2 * got
+
+
+def test_a_train_jobs_memory_is_to_be_determined_while_its_init_does_not_exist(tmp_path):
+    # Prepare: the default config's first run, its init not made yet
+    config = checked(ROOT / "config" / "config.yaml")
+    missing = tmp_path / "init.pt"
+
+    # Execute / Assert: the FileNotFoundError names the file, which Snakemake takes for "evaluate when it exists"
+    with pytest.raises(FileNotFoundError) as info:
+        train_mem_mb(config, build_runs(config)[0], 1, str(missing))
+    assert info.value.filename == str(missing)
 
 
 def test_an_init_job_asks_for_the_data_set_it_trains_on():
@@ -108,8 +152,8 @@ def test_the_profile_leaves_the_memory_of_train_and_init_to_their_rules():
 
     # Assert: a `set-resources` memory would override the rule's; each rule asks for its data set's
     assert "mem_mb" not in resources["train"] and "mem_mb" not in resources["init"]
-    assert re.search(r"mem_mb=lambda wildcards, attempt: train_mem_mb\(\s*config, wildcards\.dataset, attempt\s*\)",
-                     rules["train"])
+    assert re.search(r"mem_mb=lambda wildcards, input, attempt: train_mem_mb\(\s*config, Run\.from_wildcards\("
+                     r"wildcards\), attempt, input\.init\s*\)", rules["train"])
     assert re.search(r"mem_mb=lambda wildcards, attempt: init_mem_mb\(\s*config, wildcards\.dataset, "
                      r"wildcards\.init, attempt\s*\)", rules["init"])
 
@@ -142,10 +186,21 @@ def test_a_dry_run_under_the_profile_sizes_each_job_by_its_data(tmp_path):
     shutil.copy(TINY_CONFIG, workdir / "tiny.yaml")
     environ = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
 
-    # Execute
-    proc = snakemake(workdir, "-n", "--profile", "slurm", "--configfile", "tiny.yaml", env=environ, timeout=300)
+    # Execute: a dry run before any job ran, then one after the init jobs ran (locally)
+    before = snakemake(workdir, "-n", "--profile", "slurm", "--configfile", "tiny.yaml", env=environ, timeout=300)
+    snakemake(workdir, "--configfile", "tiny.yaml", "--until", "init", env=environ, timeout=600)
+    after = snakemake(workdir, "-n", "--profile", "slurm", "--configfile", "tiny.yaml", env=environ, timeout=300)
 
-    # Assert: train and the pretrained init ask for the digits' memory, the random init for the base alone
-    memory = {rule: {int(job["mem_mb"]) for job in jobs} for rule, jobs in planned_resources(proc.stdout).items()}
-    assert memory["train"] == {HOST_BASE_MB + mib(DIGITS)}
-    assert memory["init"] == {HOST_BASE_MB, HOST_BASE_MB + mib(DIGITS)}
+    # Assert: the pretrained init asks for the digits' memory, the random init for the base alone; a train job's
+    # memory is to be determined until its init exists, then the digits and its kept models, each its init's size
+    memory = {rule: {job["mem_mb"] for job in jobs} for rule, jobs in planned_resources(before.stdout).items()}
+    assert memory["train"] == {"<TBD>"}
+    assert memory["init"] == {str(HOST_BASE_MB), str(HOST_BASE_MB + mib(DIGITS))}
+    config = checked(workdir / "tiny.yaml")
+    results = Results.of(config)
+    expected = {str(train_mem_mb(config, run, 1, workdir / results.init_file(dataset=run.dataset, model=run.model,
+                                                                              init=run.init)))
+                for run in build_runs(config)}
+    kept_mib = {int(mem) - HOST_BASE_MB - mib(DIGITS) for mem in expected}
+    assert {job["mem_mb"] for job in planned_resources(after.stdout)["train"]} == expected
+    assert min(kept_mib) > 0  # rounds 0-3 and the 4 clients of rounds 1 and 3: 12 cnn_small models, over 1 MiB

@@ -27,6 +27,7 @@ from snakemake.iocontainers import Namedlist
 
 from fedscape.analysis.hessian.definitions import JOB_FILES
 from fedscape.core.config import load_schema
+from fedscape.core.paths import Results
 from fedscape.core.runs import build_runs
 from fedscape.models.checkpoint import load_clients, load_trajectory
 from fedscape.plan.resources import GPU_RULES, gpu_job_resources, init_mem_mb, train_mem_mb
@@ -332,9 +333,12 @@ def test_tiny_workflow_runs_through_sbatch(slurm_cluster, tmp_path, monkeypatch)
     assert {rule: len(jobs) for rule, jobs in by_rule.items()} == {"init": len(inits), "train": len(runs)}
     # Each job where its resources put it: train jobs and the inits that train (pretrained) on a card in the GPU
     # partition, a random init (made on the CPU) in the CPU partition without one; 4 CPUs each; host memory by the
-    # data set (16,000 MB and digits' tensors: plan.resources.train_mem_mb, init_mem_mb)
+    # data set (16,000 MB and digits' tensors: plan.resources.train_mem_mb, init_mem_mb), a train job's with its kept
+    # models, each its init's size: evaluated when it was submitted, after its init job (a dry run shows <TBD>)
     trains = {init: config["inits"][init]["kind"] in TRAINING_KINDS for _, _, init in inits}
-    expected = {"train": sorted(("fsgpu", True, train_mem_mb(config, run.dataset)) for run in runs),
+    results = Results.of(config)
+    init_files = {run: workdir / results.init_file(dataset=run.dataset, model=run.model, init=run.init) for run in runs}
+    expected = {"train": sorted(("fsgpu", True, train_mem_mb(config, run, 1, init_files[run])) for run in runs),
                 "init": sorted(("fsgpu" if trains[init] else "fscpu", trains[init], init_mem_mb(config, dataset, init))
                                for dataset, _, init in inits)}
     got = {}

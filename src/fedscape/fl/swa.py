@@ -164,8 +164,9 @@ def check_swa(cfg: SWAConfig, rounds: int) -> None:
 class SWAModel:
     """The running mean of the global models collected at the cycle ends (parameters and floating buffers).
 
-    Floating buffers (batch-norm statistics) are averaged like the parameters; Izmailov et al. recompute them
-    with a pass over the training data instead, which a server without data cannot do.
+    Floating buffers (batch-norm statistics) are averaged like the parameters. Izmailov et al. recompute them with a
+    pass over the training data instead, which the engine does after each update where `swa.bn_stats` is
+    `recomputed` (the default for a model with batch norm): a real server without the clients' data could not.
     """
 
     def __init__(self):

@@ -21,7 +21,10 @@ from dataclasses import dataclass
 
 from fedscape.core.config import config_value
 from fedscape.core.gpus import visible_gpus
+from fedscape.core.runs import Run
 from fedscape.data.specs import STORED_IMAGE_AUGMENTATIONS, TARGETS, dataset_info, resolved_targets
+from fedscape.fl.settings import clients_per_round
+from fedscape.plan.train import kept_rounds_of, run_training
 from fedscape.stages.init_settings import TRAINING_KINDS
 
 
@@ -208,10 +211,10 @@ def memory_hint(rule: str, config: dict, wildcards: dict[str, str]) -> str:
 
 # -- host memory: the `mem_mb` of the jobs that decode a data set (train, init), as a cluster asks for it
 
-# What such a job holds beside its data set's tensors: Python, torch and CUDA's host side (its context and libraries
-# take 2-3 GB of host memory once a job has touched a card), the model, its optimiser, and its kept global models,
-# which it holds until it writes them (ResNet18: 45 MB each). 16000: what the profile gave every train and init job
-# before their data sets were counted (tests/workflow/test_slurm.py ran with it), so that no job asks for less.
+# What such a job holds beside its data set's tensors and a train job's kept models (`train_mem_mb`): Python, torch
+# and CUDA's host side (its context and libraries take 2-3 GB of host memory once a job has touched a card), the model
+# and its optimiser. 16000: what the profile gave every train and init job before their data sets were counted
+# (tests/workflow/test_slurm.py ran with it), so that no job asks for less.
 HOST_BASE_MB = 16000
 # The test set of a data set with a test set of its own (`fixed_test_split`), as a share of its `train_samples`: at
 # most a fifth (CIFAR's 10,000 test images beside 50,000; ImageNet-200's 10,000 validation images beside 100,000).
@@ -252,17 +255,33 @@ def data_bytes(dataset: str, options: dict) -> int:
     return int(samples * train_row + test * test_row)
 
 
-def _mem_mb(datasets: list[tuple[str, dict]], attempt: int) -> int:
-    """`HOST_BASE_MB` and the data sets' tensors (`data_bytes`) in MiB (SLURM's `--mem` unit), times `attempt`: a
-    job killed for its memory asks for more when it is resubmitted (the profile's `retries`)."""
-    data = sum(data_bytes(name, options) for name, options in datasets)
+def _mem_mb(datasets: list[tuple[str, dict]], attempt: int, more_bytes: int = 0) -> int:
+    """`HOST_BASE_MB`, the data sets' tensors (`data_bytes`) and `more_bytes` in MiB (SLURM's `--mem` unit), times
+    `attempt`: a job killed for its memory asks for more when it is resubmitted (the profile's `retries`)."""
+    data = sum(data_bytes(name, options) for name, options in datasets) + more_bytes
     return int(attempt) * (HOST_BASE_MB + math.ceil(data / 2**20))
 
 
-def train_mem_mb(config: dict, dataset: str, attempt: int = 1) -> int:
-    """The host memory (MiB) of a train job on `dataset`: its data set whole (`data_bytes`), federated on the card
-    after it is decoded, and `HOST_BASE_MB`, times `attempt`."""
-    return _mem_mb([(dataset, config["datasets"][dataset])], attempt)
+def kept_models(config: dict, run: Run) -> int:
+    """How many models a train job of `run` holds in host memory until it writes them: the global models of its kept
+    rounds (`TrainConfig.kept_rounds`: every round where `save_every` is 1) and the sampled clients' models of each
+    `save_clients_at` round. meta.yaml's CIFAR-10 runs keep 501 ResNet18s, 21 GB."""
+    training = run_training(config, run)
+    kept = kept_rounds_of(config, run)
+    rounds = int(training["rounds"]) + 1 if kept is None else len(kept)
+    return rounds + len(training["save_clients_at"]) * clients_per_round(int(run.num_clients), float(run.participation))
+
+
+def train_mem_mb(config: dict, run: Run, attempt: int = 1, init: str | os.PathLike | None = None) -> int:
+    """The host memory (MiB) of `run`'s train job: its data set whole (`data_bytes`), federated on the card after it
+    is decoded, its kept models (`kept_models`) each the size of its init file `init` (parameters and buffers in
+    float32; None: not counted), and `HOST_BASE_MB`, times `attempt`.
+
+    The init file is read for its size only. Where it does not exist yet (a dry run before the init job), its
+    FileNotFoundError makes Snakemake show the memory as <TBD> and evaluate it again once the file is there, before it
+    submits the job."""
+    models = 0 if init is None else kept_models(config, run) * os.path.getsize(init)
+    return _mem_mb([(run.dataset, config["datasets"][run.dataset])], attempt, models)
 
 
 def init_mem_mb(config: dict, dataset: str, init: str, attempt: int = 1) -> int:

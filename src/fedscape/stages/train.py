@@ -14,7 +14,7 @@ from fedscape.core.manifest import code_version_label
 from fedscape.core.provenance import check_belongs
 from fedscape.core.setting import alpha_column
 from fedscape.data.federated import load_federated_data
-from fedscape.fl.engine import run_federated
+from fedscape.fl.engine import InitialModelDiverged, run_federated
 from fedscape.fl.settings import ATTEMPT_COMPUTE, CLIENT_UPDATES_COLUMNS, CODE_VERSION, MEMORY_KEYS, ROUNDS_COLUMNS
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.swa import SWA_BN_COLUMN, SWA_METRICS, SWASettings
@@ -68,8 +68,11 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
     attempt = {**{key: settings["training"][key] for key in MEMORY_KEYS if key in settings["training"]},
                **{key: compute[key] for key in ATTEMPT_COMPUTE if key in compute}}
     key = progress_key(resume_settings(settings, TrainJob), (partition_path, init_path))
-    result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir, progress_key=key, swa=swa,
-                           attempt=attempt)
+    try:
+        result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir, progress_key=key, swa=swa,
+                               attempt=attempt)
+    except InitialModelDiverged as exc:
+        raise CheckpointError(f"{init_path}: {exc}; {remake_hint(init_path)}") from exc
 
     meta = {"run_id": job.run_id, "settings": settings, "status": result.status,
             **compute, "execution": result.execution, "seed": run["seed"],

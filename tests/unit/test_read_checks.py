@@ -275,7 +275,9 @@ def test_the_remedies_carry_the_users_arguments_where_given(args):
     # Assert: the commands with the arguments, each as the shell reads it; the --configfile wording gone
     force, go_on = (shlex.split(command) for command in alone.split("`")[1::2])
     assert force == ["snakemake", "--cores", "1", *shlex.split(args), "--force", path]
-    assert go_on == ["snakemake", *shlex.split(args), *CONTINUE_BY_MEANING.split()[1:]]
+    # (its cores before the arguments, so that a --cores of the user's wins; its triggers after them, so that they win)
+    assert go_on == ["snakemake", "--cores", "all", *shlex.split(args), *CONTINUE_BY_MEANING.split()[3:]]
+    assert CONTINUE_BY_MEANING.split()[1:3] == ["--cores", "all"]
     assert shlex.split(remade.split("`")[1]) == ["snakemake", "--cores", "1", *shlex.split(args), "--forcerun", table]
     assert "--configfile you run with" not in alone + remade
     # and without them, where not known: the wording

@@ -223,7 +223,7 @@ def test_the_commands_carry_the_users_arguments_as_one_word_each_in_the_shell(ar
     assert shlex.split(doubt) == ["snakemake", "--cores", "all", *args, "--forcerun", "<file>"]
 
 
-@pytest.mark.parametrize("args", [None, "--configfile my.yaml", "-d 'my work' --config 'a=1'"])
+@pytest.mark.parametrize("args", [None, "--configfile my.yaml", "-d 'my work' --config 'a=1'", "--cores 3"])
 def test_every_remedy_command_runs_here_as_printed(args):
     # Prepare: the remedies of a partition (made again alone, then continued by meaning) and of another output
     path = "results/partitions/digits/clients~4/alpha~0.5/seed~0/partition.npz"
@@ -235,6 +235,8 @@ def test_every_remedy_command_runs_here_as_printed(args):
     # Assert: each says its cores (the default profile does not), which Snakemake needs to run any job here
     assert len(commands) == 3
     assert all(parsed.cores is not None for parsed in commands)
+    if args == "--cores 3":  # the user's own cores win over the command's
+        assert {str(parsed.cores) for parsed in commands} == {"3"}
 
 
 def test_nothing_planned_says_so():
@@ -677,7 +679,7 @@ def test_every_partition_remedy_carries_the_users_arguments_and_names_each_file_
         line = next(line for line in lines if path in line)
         force, go_on = (shlex.split(command) for command in line.split("`")[1::2][-2:])  # numpy's words quote too
         assert force == ["snakemake", "--cores", "1", *given, "--force", path]
-        assert go_on == ["snakemake", *given, "--cores", "all", "--rerun-triggers", "params", "input", "software-env"]
+        assert go_on == ["snakemake", "--cores", "all", *given, "--rerun-triggers", "params", "input", "software-env"]
         # as Snakemake reads it: that partition alone, below the working directory given
         parsed = snakemake_args(force[1:])
         assert (set(parsed.targets), str(parsed.directory), parsed.force) == ({path}, str(work), True)

@@ -297,7 +297,7 @@ def test_a_damaged_partition_stops_the_run_before_any_job_and_its_remedy_remakes
         remedy = f"--force {relative}`, then continue with `{CONTINUE_BY_MEANING}`"
         # status's: with the arguments it was given
         given = (f"`snakemake --cores 1 --configfile one.yaml --force {relative}`, then continue with "
-                 f"`snakemake --configfile one.yaml {CONTINUE_BY_MEANING.removeprefix('snakemake ')}`")
+                 f"`{CONTINUE_BY_MEANING.replace(' --rerun-triggers', ' --configfile one.yaml --rerun-triggers')}`")
         assert status.returncode == 0 and f"\n  {relative} {message}" in status.stdout and given in status.stdout
         out = proc.stdout + proc.stderr
         assert proc.returncode != 0 and "(nothing ran, no output was deleted):\n" in out

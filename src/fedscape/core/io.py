@@ -123,8 +123,11 @@ def remake_hint(path: str | os.PathLike, args: str | None = None) -> str:
 # than it, is not made again (Snakemake compares the checksums of small inputs only: a partition over 1 MB would
 # otherwise retrain its runs). Nor with Snakemake's `code` trigger: it reruns every job whose script is newer than its
 # outputs, as after a fresh clone. With its cores, as `make status`'s commands that run the workflow: the default
-# profile sets none, and without them Snakemake runs no job on this machine.
-CONTINUE_BY_MEANING = "snakemake --cores all --rerun-triggers params input software-env"
+# profile sets none, and without them Snakemake runs no job on this machine (a user's own --cores, given after them,
+# wins; the triggers, given after the user's arguments, win over theirs).
+_CONTINUE_CORES = "--cores all"
+_CONTINUE_TRIGGERS = "--rerun-triggers params input software-env"
+CONTINUE_BY_MEANING = f"snakemake {_CONTINUE_CORES} {_CONTINUE_TRIGGERS}"
 
 
 def remake_alone_hint(path: str | os.PathLike, args: str | None = None) -> str:
@@ -136,18 +139,18 @@ def remake_alone_hint(path: str | os.PathLike, args: str | None = None) -> str:
     between them and the file. None where they are not known: the commands then say to add the --configfile you run
     with."""
     force = f"{_snakemake('--cores 1', args)} --force {shell_words([path])}"
-    go_on = _snakemake(CONTINUE_BY_MEANING.removeprefix("snakemake "), args, first=True)
+    go_on = f"snakemake {_CONTINUE_CORES} {args} {_CONTINUE_TRIGGERS}" if args else CONTINUE_BY_MEANING
     each = " (each with the --configfile you run with)" if args is None else ""
     return (f"make it again alone (bit-identical from its seed) with `{force}`, then continue with `{go_on}`{each} so "
             "that what was made from it is not made again")
 
 
-def _snakemake(options: str, args: str | None, first: bool = False) -> str:
-    """'snakemake <options> <args>' (`args`: the user's, shell-quoted; None or '': none), or with `first`
-    'snakemake <args> <options>': the user's arguments before options of the command's own that must win."""
+def _snakemake(options: str, args: str | None) -> str:
+    """'snakemake <options> <args>' (`args`: the user's, shell-quoted; None or '': none): the user's arguments after
+    the command's own options, so that theirs win."""
     if not args:
         return f"snakemake {options}"
-    return f"snakemake {args} {options}" if first else f"snakemake {options} {args}"
+    return f"snakemake {options} {args}"
 
 
 def supplied_hint(path: str | os.PathLike, key: str) -> str:

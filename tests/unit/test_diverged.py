@@ -276,6 +276,30 @@ def test_layerwise_barriers_of_a_diverged_run_write_nan_rows(runs, tmp_path, cap
         assert distances["distance"].isna().all() if label != "ok_clients" else (distances["distance"] > 0).all()
 
 
+def test_the_client_pair_of_the_round_where_a_run_diverged_by_a_finite_loss_is_not_computed(runs, tmp_path, caplog):
+    # Prepare: the healthy run's trajectory cut at round 1 and marked diverged there, as a run whose aggregate's loss
+    # went above the bound while every weight, its clients' too, stayed finite
+    from fedscape.models.checkpoint import load_trajectory, save_trajectory
+
+    healthy = load_trajectory(runs.trajectory(runs.healthy))
+    keep = healthy.rounds <= 1
+    trajectory = tmp_path / "trajectory.pt"
+    save_trajectory(trajectory, healthy.params[keep], healthy.buffers[keep], healthy.rounds[keep],
+                    healthy.model_meta, {**healthy.meta, "status": "diverged"})
+    pair = next(p for p in layer_pairs(runs.config, [runs.healthy, runs.diverged]) if p.label == "ok_clients")
+    inputs = {"partition": runs.partition, "trajectory_a": str(trajectory), "clients": runs.clients(runs.healthy)}
+    caplog.set_level(logging.WARNING)
+
+    # Execute
+    b, d = tmp_path / "b.csv", tmp_path / "d.csv"
+    layer_barriers_job(layer_settings(runs.config, pair, 1), inputs, b, d)
+
+    # Assert: NaN rows, with the reason in the log, as for the round's global models
+    assert pd.read_csv(b)[["barrier_loss", "barrier_error"]].isna().all().all()
+    assert pd.read_csv(d)["distance"].isna().all()
+    assert "round 1 is where the run diverged" in warnings_of(caplog)
+
+
 # -- client statistics -------------------------------------------------------------------------------
 def test_client_stats_of_a_diverged_run_have_nan_l2_to_final(runs, tmp_path, caplog):
     caplog.set_level(logging.WARNING)

@@ -257,7 +257,8 @@ class Trajectory:
                                       f"{remake_hint(self.path or 'trajectory.pt')}")
             return f"the model of round {round_} has NaN/inf parameters (status {self.status!r})"
         if self.status != "ok" and row == len(self.rounds) - 1:
-            return f"round {round_} is where the run diverged (status {self.status!r}: its loss is not finite)"
+            return (f"round {round_} is where the run diverged (status {self.status!r}: its training loss is not "
+                    "finite or above the divergence bound)")
         return None
 
 

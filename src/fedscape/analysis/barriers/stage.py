@@ -214,6 +214,10 @@ def layer_barriers_job(settings: dict, inputs: dict, out_barriers: str | Path, o
                       f"status {traj_a.status!r})")
         elif not all(bool(torch.isfinite(v).all()) for v in (saved[round_].params, saved[round_].buffers)):
             reason = f"the client models of round {round_} have NaN/inf parameters (status {traj_a.status!r})"
+        elif (diverged := traj_a.unusable(round_, global_model=True)) is not None:
+            # the clients of the round whose aggregate diverged (a finite loss above the bound): refused as that
+            # round's global models are by the global pairs and the landscapes
+            reason = f"its global model is not analysed: {diverged}"
         if reason is not None:
             log.warning("pair %s: %s; not computed (NaN rows)", pair, reason)
             barriers, distances = _nan_layer_rows(traj_a, meta, job)

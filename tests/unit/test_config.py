@@ -79,6 +79,15 @@ def test_every_schema_key_has_description_and_default():
 
 
 BAD_CONFIGS = [
+    # a section of another type than the schema's, inits among them (read before the schema checks the config)
+    ("inits", ["random"], "inits: ['random'] is not of type 'object'"),
+    ("inits", "random", "inits: 'random' is not of type 'object'"),
+    # a training key beside an algorithm's name, and a misspelt `training`: said as such, not as a hyperparameter
+    ("algorithms.fedavg", {"name": "fedavg", "lr": 0.1},
+     "algorithms.fedavg.lr: lr is a training key, not a hyperparameter of fedavg: put it in "
+     "algorithms.fedavg.training"),
+    ("algorithms.fedavg", {"name": "fedavg", "trainig": {"lr": 0.1}},
+     "algorithms.fedavg.trainig: not a key of an algorithm entry. Did you mean 'training'?"),
     # algorithm labels that figures would show alike
     ("algorithms.FedAvg", {"name": "fedavg"},
      "algorithms.FedAvg: figures and tables show it as FedAvg, as they show algorithms.fedavg; rename one of them"),
@@ -241,6 +250,26 @@ def test_a_label_may_be_no_word_that_the_tables_read_as_missing():
         with pytest.raises(ConfigError, match=rf"{section}: '{word}' is not valid: .*read as missing"):
             check_config(config, SCHEMA)
     assert re.search(label["pattern"], "fedavg_NA") and re.search(label["pattern"], "nan_free")
+
+
+@pytest.mark.parametrize(("named", "refused"), [({"model": "cnn_small"}, True), ({"dataset": "cifar10"}, True),
+                                                 ({"model": "mlp"}, False), ({}, False)])
+def test_a_continue_init_naming_another_model_than_its_runs_is_refused_not_replaced(named, refused):
+    # Prepare: pilot_digits.yaml (cnn_small and mlp runs, each from continue inits), the continue selector of one
+    # init naming a model or data set; only mlp runs start from it
+    config = yaml.safe_load((ROOT / "config" / "papers" / "pilot_digits.yaml").read_text())
+    config["inits"]["pretrained_1.0star"]["run"].update(named)
+    config["experiments"] = [e for e in config.get("experiments", []) if e.get("init") != "pretrained_1.0star"]
+    config["experiments"].append({"model": "mlp", "init": "pretrained_1.0star", "algorithm": "fedavg", "alpha": 0.1,
+                                  "num_clients": 10, "participation": 1.0, "seed": 0})
+    config["landscapes"] = {}  # (its planes hold the cnn_small runs of that init, which the mlp run would join)
+
+    # Execute / Assert: a selector naming what its runs are not is refused, naming both; one that agrees is taken
+    if refused:
+        with pytest.raises(ConfigError, match=r"inits\.pretrained_1\.0star\.run: names .* but runs on digits with mlp"):
+            check_config(config, SCHEMA)
+    else:
+        check_config(config, SCHEMA)
 
 
 @pytest.mark.parametrize(("path", "value", "needle"), BAD_CONFIGS, ids=[f"{p}={v}" for p, v, _ in BAD_CONFIGS])

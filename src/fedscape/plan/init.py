@@ -148,7 +148,8 @@ def given_keys(config: dict, schema: dict) -> dict[str, list[str]]:
     keys = schema["properties"]["inits"]["additionalProperties"]["properties"]
     defaults = {k: key["default"] for k, key in keys.items() if "default" in key}
     given = {}
-    for label, spec in (config.get("inits") or {}).items():
+    inits = config.get("inits")
+    for label, spec in (inits if isinstance(inits, dict) else {}).items():  # (another type: the schema says so)
         if isinstance(spec, dict):
             filled = defaults.keys() <= spec.keys()
             given[label] = [k for k, v in spec.items() if not filled or k not in defaults or v != defaults[k]]
@@ -270,6 +271,14 @@ def check(config: dict, runs: list) -> list[str]:
                 continue
             for i, d, m in used:
                 if i != label:
+                    continue
+                # the source is a run of the same data set and model as each run that starts from it (its weights
+                # fit no other): a selector naming others would be replaced silently
+                given = {key: spec["run"][key] for key in ("dataset", "model") if key in spec["run"]}
+                if given and given != {key: value for key, value in (("dataset", d), ("model", m)) if key in given}:
+                    problems.append(f"{where}.run: names {given}, but runs on {d} with {m} start from this init, and "
+                                    f"a continue init takes its source run of their data set and model; leave dataset "
+                                    "and model out of the selector, or start those runs from another init")
                     continue
                 try:
                     source = continue_source(config, runs, d, m, label)

@@ -304,6 +304,18 @@ def check(config: dict, runs: list[Run]) -> list[str]:
             problems.append(f"algorithms.{label}.name: unknown algorithm {spec['name']!r}."
                             f"{suggest(spec['name'], ALGORITHM_NAMES)} Valid: {', '.join(ALGORITHM_NAMES)}")
             continue
+        # a key that is no hyperparameter of the algorithm: a training key written beside `name` (it goes in the
+        # entry's `training`), or a misspelt `training`, told as such rather than as an unknown hyperparameter
+        fields = {f.name for f in dataclasses.fields(algorithm_spec(spec["name"]).config)}
+        for key in [k for k in hparams if k not in fields]:
+            if key in config["training"]:
+                problems.append(f"algorithms.{label}.{key}: {key} is a training key, not a hyperparameter of "
+                                f"{spec['name']}: put it in algorithms.{label}.training (an algorithm entry holds "
+                                "its name, its hyperparameters and its `training` overrides)")
+                del hparams[key]
+            elif (hint := suggest(key, ["training", "name"])) and not suggest(key, fields):
+                problems.append(f"algorithms.{label}.{key}: not a key of an algorithm entry.{hint}")
+                del hparams[key]
         wrong = hyperparameter_type_problems(spec["name"], hparams)
         problems += [f"algorithms.{label}.{key}: {problem}" for key, problem in wrong]
         try:  # without the mistyped values, which the dataclass's own checks would compare

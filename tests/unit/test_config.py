@@ -95,6 +95,8 @@ BAD_CONFIGS = [
     ("alphas", [-1], "alphas"),
     ("alphas", ["idd"], "alphas"),
     ("training.rounds", 0, "training.rounds"),
+    # an lr warm-up no step of which ends at the full lr
+    ("training.lr_warmup", 31, "training: lr_warmup (31) is not shorter than the 30 rounds it warms up over"),
     ("training.rounds", -5, "training.rounds"),
     ("training.lr", 0, "training.lr"),
     ("training.batch_size", 0, "training.batch_size"),

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 
 import pytest
 import torch
@@ -247,6 +248,28 @@ def test_unequal_work_logs_its_spread(caplog):
 def test_train_config_rejects_bad_local_training(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    # a warm-up longer than what it warms up over never reaches the lr: over rounds, and over a round's local steps
+    ({"lr_warmup": 6, "rounds": 5, "lr_schedule_over": "rounds"}, "no step takes the full lr"),
+    ({"lr_warmup": 10, "local_steps": 5, "lr_schedule_over": "local_steps"}, "no step takes the full lr"),
+    ({"lr_warmup": 10, "local_steps": [5, 9], "lr_schedule_over": "local_steps"}, r"the 9 local steps"),
+    ({"lr_warmup": 5, "local_steps": {"low": 1, "high": 5}, "lr_schedule_over": "local_steps",
+      "lr_schedule": "cosine"}, "leaves no step for the cosine decay"),
+])
+def test_a_runs_warm_up_longer_than_its_schedule_is_a_problem(kwargs, message):
+    assert re.search(message, TrainConfig(**kwargs).warmup_problem())
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"lr_warmup": 5, "rounds": 5, "lr_schedule_over": "rounds"},  # the last step takes the full lr
+    {"lr_warmup": 5, "local_steps": 5, "lr_schedule_over": "local_steps"},
+    {"lr_warmup": 4, "local_steps": 5, "lr_schedule_over": "local_steps", "lr_schedule": "cosine"},
+    {"lr_warmup": 100, "local_epochs": 1, "lr_schedule_over": "local_steps"},  # steps unknown until the data is
+])
+def test_a_warm_up_that_reaches_the_lr_is_taken(kwargs):
+    assert TrainConfig(**kwargs).warmup_problem() is None
 
 
 def test_train_config_defaults_to_five_local_epochs():

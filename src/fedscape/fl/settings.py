@@ -204,6 +204,28 @@ class TrainConfig:
             raise ValueError(f"lr_warmup ({self.lr_warmup} rounds) leaves no round of the {self.rounds} for the "
                              "cosine decay: make it smaller than rounds")
 
+    def warmup_problem(self, over_rounds: bool = True) -> str | None:
+        """Why a run's lr warm-up is longer than what it warms up over (its rounds, or a round's local steps where
+        those are given), so that no step takes the full lr, or as long under a cosine schedule, so that none decays;
+        None where it is not. The step that ends at lr_warmup takes the full lr and the decay starts after it
+        (`schedule.lr_factor`). Not a check of every TrainConfig: an IID warm-up init inherits the runs' schedule over
+        its own few rounds, and is warned about instead (`plan.init`): it is checked without `over_rounds`."""
+        if self.lr_schedule_over == "rounds" and not over_rounds:
+            return None
+        if self.lr_schedule_over == "rounds":
+            unit, length = "rounds", self.rounds
+        elif self.local_steps is not None:  # (over local epochs the steps follow each client's data: not known here)
+            steps = self.local_steps
+            unit = "local steps (a round's most)"
+            length = steps.high if isinstance(steps, UniformWork) else max(steps) if isinstance(steps, tuple) else steps
+        else:
+            return None
+        if self.lr_warmup == 0 or self.lr_warmup < length or self.lr_warmup == length and self.lr_schedule != "cosine":
+            return None
+        what = "no step takes the full lr" if self.lr_warmup > length else "it leaves no step for the cosine decay"
+        return (f"lr_warmup ({self.lr_warmup}) is not shorter than the {length} {unit} it warms up over: {what}; "
+                "make it smaller")
+
     def evaluates(self, round_: int) -> bool:
         """Whether the global model of `round_` is evaluated: round 0, every `eval_every`-th round and the last."""
         return round_ % self.eval_every == 0 or round_ == self.rounds

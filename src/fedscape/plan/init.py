@@ -258,7 +258,7 @@ def check(config: dict, runs: list) -> list[str]:
                                 f"model, not an SWA average; remove swa from its training")
             try:
                 check_training(config["training"], {**spec["training"], "rounds": spec["rounds"],
-                                                   "save_clients_at": []})
+                                                   "save_clients_at": []}, warm_up_init=True)
             except (TypeError, ValueError) as exc:
                 problems.append(f"{where}.training: {exc}")
             warmup = merge_training(config["training"], spec["training"])

@@ -200,8 +200,9 @@ def unkept_round(config: dict, run: Run, round_: int) -> str | None:
     return problem and f"{problem} (run {run.run_id})"
 
 
-def check_training(training: dict, overrides: dict) -> TrainConfig:
-    """The TrainConfig of `training` with `overrides`; ValueError naming an unknown key or a bad value."""
+def check_training(training: dict, overrides: dict, warm_up_init: bool = False) -> TrainConfig:
+    """The TrainConfig of `training` with `overrides`; ValueError naming an unknown key or a bad value (`warm_up_init`:
+    of an IID warm-up init, whose lr warm-up over rounds is warned about, not refused: `TrainConfig.warmup_problem`)."""
     unknown = set(overrides) - set(training)
     if unknown:
         key = sorted(unknown)[0]
@@ -222,6 +223,8 @@ def check_training(training: dict, overrides: dict) -> TrainConfig:
     ignored = cfg.ignored_optimizer_options()
     if ignored:
         raise ValueError(ignored)
+    if problem := cfg.warmup_problem(over_rounds=not warm_up_init):
+        raise ValueError(problem)
     return cfg
 
 

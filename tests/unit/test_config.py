@@ -213,6 +213,8 @@ BAD_CONFIGS = [
      "interpolation.pairs.p.a: no run of the config matches {'alpha': 0.3}; the runs' values: alpha: 0.1, iid, 1.0"),
     ("interpolation.pairs", {"p": {"a": {"alpha": "iid", "init": "warmup"}, "b": {"alpha": "iid"}}},
      "not together; the runs' (alpha, init): (0.1, pretrained); (iid, pretrained); (0.1, random)"),
+    ("inits.pretrained.proxy_dataset", "cifar1",
+     "inits.pretrained.proxy_dataset: unknown dataset 'cifar1'. Did you mean"),
     # a continue init's selector, checked as every run selector is, whether a run takes the init or not
     ("inits.more", {"kind": "continue", "run": {"alpah": 1.0}},
      "inits.more.run.alpah: unknown key 'alpah'. Did you mean 'alpha'?"),

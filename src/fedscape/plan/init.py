@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from fedscape.core.config import ConfigError
 from fedscape.core.jobs import declared_defaults, job_params
+from fedscape.core.names import suggest
 from fedscape.core.paths import PARTITION_DIR, Results
 from fedscape.core.runs import Run, resolve_run
 from fedscape.data.specs import (
@@ -229,7 +230,7 @@ def check(config: dict, runs: list) -> list[str]:
                 shape = (info.inputs, *info.shape[:2])
                 proxy = spec.get("proxy_dataset")
                 if proxy and proxy not in DATASET_NAMES:
-                    problems.append(f"{where}.proxy_dataset: unknown dataset {proxy!r}. "
+                    problems.append(f"{where}.proxy_dataset: unknown dataset {proxy!r}.{suggest(proxy, DATASET_NAMES)} "
                                     f"Valid: {', '.join(DATASET_NAMES)}")
                 elif proxy:
                     if proxy == dataset:

@@ -371,13 +371,6 @@ class VectorizedTrainer:
         self.param_branch = [branch_of(n) for n in self.names] if strategy.residual_scaled else []
         self.buffer_branch = [branch_of(n) for n in self.buffer_names] if strategy.residual_scaled else []
         self.num_blocks = len(model.blocks) if strategy.residual_scaled else 0
-        if self.stacked_forward:
-            self._loss = self._stacked_loss
-        else:
-            vmapped = vmap(self._client_loss, in_dims=(0, 0, 0, 0), randomness="different")
-            vmapped_mixed = vmap(self._client_mixed_loss, in_dims=(0, 0, 0, 0, 0, 0), randomness="different")
-            self._loss = lambda params, x, y, mask, norm, mix, scales: (
-                vmapped(params, x, y, mask) if mix is None else vmapped_mixed(params, x, y, mask, *mix))
         self._states: dict[int, _ChunkState] = {}
         self.graphs = self._graphs(make_graph)
         self._rows_generation = strategy.stacked_generation  # that of the strategy's rows the graphs read
@@ -400,6 +393,20 @@ class VectorizedTrainer:
                                  "'auto' or 'eager'")
             return None
         return StackedStepGraphs(strict=cfg.capture == "cuda_graph", make_graph=make_graph)
+
+    def _loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
+              norm: StackedNorm | None, mix: tuple[torch.Tensor, torch.Tensor] | None,
+              scales: torch.Tensor | None) -> torch.Tensor:
+        """Every client's loss [K]: through the model's stacked forward where it has one, else one client's
+        objective vmapped over the client axis. A method rather than a function stored on the trainer: a stored
+        closure over its bound methods would be a reference cycle, and a trainer dropped without `close` would keep
+        its captured graphs' memory until Python's next full collection."""
+        if self.stacked_forward:
+            return self._stacked_loss(params, x, y, mask, norm, mix, scales)
+        if mix is None:
+            return vmap(self._client_loss, in_dims=(0, 0, 0, 0), randomness="different")(params, x, y, mask)
+        return vmap(self._client_mixed_loss, in_dims=(0, 0, 0, 0, 0, 0), randomness="different")(
+            params, x, y, mask, *mix)
 
     # -- one client's objective, vmapped over the client axis ------------------------------------------
     def _client_loss(self, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,

@@ -29,16 +29,18 @@ sub-networks, Mixup's and Stochastic Depth's draws...): an algorithm whose clien
 those share a kind. Augmentation is left out. Runs of a data set that is not made of images (meta.yaml's Reddit,
 layerwise.yaml's Shakespeare) are not measured; the script names them.
 
-It then projects each config's local training into hours: every run the workflow plans, its rounds x the clients
-sampled in each round x each client's local steps (epochs x the batches of an epoch over its share of the training
-pool, counted by the trainers' own `local_plan`, so `training.drop_last` drops a last partial batch as the runs do;
-or the configured steps). "before" prices every step at the sequential cost; "now" at the path its runs take on this
-device (vectorised at their clients per round, else a sequential step, captured where their runs capture and the
-check at capture passes); "plain" at the reference step. Evaluation, initialisation (pre-training, warm-up) and the
-analysis jobs (Hessian, landscapes, barriers) are not included: local training dominates the papers' workload. The
-clients' shares are taken equal (pool / clients); Dirichlet splits change the number of batches only by the rounding
-of each client's last batch. A run whose clients per round exceed `client_chunk_size` trains them in chunks, every
-one priced at a full chunk's cost per client step (none of the paper configs has one: 64 clients at most).
+Config by config, as soon as its kinds are measured (a kind an earlier config measured is not measured again), it
+then projects that config's local training into hours, so that a run cut short keeps the configs before the cut:
+every run the workflow plans, its rounds x the clients sampled in each round x each client's local steps (epochs x
+the batches of an epoch over its share of the training pool, counted by the trainers' own `local_plan`, so
+`training.drop_last` drops a last partial batch as the runs do; or the configured steps). "before" prices every step
+at the sequential cost; "now" at the path its runs take on this device (vectorised at their clients per round, else
+a sequential step, captured where their runs capture and the check at capture passes); "plain" at the reference
+step. Evaluation, initialisation (pre-training, warm-up) and the analysis jobs (Hessian, landscapes, barriers) are
+not included: local training dominates the papers' workload. The clients' shares are taken equal (pool / clients);
+Dirichlet splits change the number of batches only by the rounding of each client's last batch. A run whose clients
+per round exceed `client_chunk_size` trains them in chunks, every one priced at a full chunk's cost per client step
+(none of the paper configs has one: 64 clients at most).
 
     python benchmarks/bench_gpu.py --device cuda                       # the papers' configs
     python benchmarks/bench_gpu.py --device cpu --steps 2 --repeats 1 --clients 2 --configs pilot   # a quick check
@@ -47,6 +49,7 @@ one priced at a full chunk's cost per client step (none of the paper configs has
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -330,7 +333,20 @@ def measure_local(group: list[StepKind], plain_epoch: Callable[[], None], data: 
         sampled = list(range(m))
         vectorized[m] = timed(lambda trainer=trainer, sampled=sampled: trainer.train_round(
             global_params, global_buffers, sampled, 1), device, args.repeats) / (args.steps * m) * 1e3
+        release(trainer)
+        del trainer, clients
+        gc.collect()  # a trainer sits in a reference cycle: without a full collection it outlives its round
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # hand its graphs' memory pool back before the next stack is built
     return {k: price(k, shared, captured_ms, why_not_captured, vectorized, args, device.type) for k in group}
+
+
+def release(trainer: Any) -> None:
+    """Drop what a measured trainer holds (on CUDA its captured steps' graphs and their memory pool), where its kind
+    of trainer has a `close`: one per stack size, each left to the garbage collector, fill the card."""
+    close = getattr(trainer, "close", None)
+    if close is not None:
+        close()
 
 
 def price(kind: StepKind, shared: dict, captured_ms: float | None, why_not_captured: str | None,
@@ -388,14 +404,30 @@ def main() -> None:
         not_measured += [f"{path.stem}: {n} runs of {dataset} ({DATASETS[dataset].inputs} inputs)"
                          for dataset, n in sorted(others.items())]
 
-    kinds = sorted({k for per_kind in projections.values() for k in per_kind},
-                   key=lambda k: (k.label.split(', batch')[0], k.batch_size, k.path, k.clients, k.capture))
-    capped = sorted({k.clients for k in kinds if k.path == "vectorized" and stacked_clients(k, args) < k.clients})
     stacked = f"at most {args.clients}" if args.clients else "its runs' own clients per round"
     print(f"# local training step costs on {name}, precision {precision_used(args.precision, device)}, "
           f"{torch_line()}; {args.steps} steps x {args.repeats} repeats, vectorised rounds of {stacked}")
     if not_measured:
         print(f"# not measured (image models only): {'; '.join(not_measured)}")
+    # One config after another, each one's hours printed as soon as its kinds are measured: a call cut at its limit
+    # (or a kind that fails) still brings back the hours of the configs before it. A kind an earlier config has
+    # measured is priced at that measurement.
+    costs: dict[StepKind, dict] = {}
+    for i, (config_name, per_kind) in enumerate(projections.items()):
+        new = [k for k in per_kind if k not in costs]
+        if new:
+            # the first table follows the heading above; a later one starts a paragraph of its own
+            print(f"\n# {config_name}: its step kinds not measured above" if i else f"# {config_name}: its step kinds",
+                  flush=True)
+            costs.update(measure_kinds(new, args, device))
+        print_hours(config_name, per_kind, costs, name)
+
+
+def measure_kinds(kinds: list[StepKind], args: argparse.Namespace, device: torch.device) -> dict[StepKind, dict]:
+    """The rows of `kinds`, measured shape by shape, each shape's rows printed (as a table of step costs) as soon as
+    they are measured."""
+    kinds = sorted(kinds, key=lambda k: (k.label.split(', batch')[0], k.batch_size, k.path, k.clients, k.capture))
+    capped = sorted({k.clients for k in kinds if k.path == "vectorized" and stacked_clients(k, args) < k.clients})
     print("| model | plain ms/step | fedscape sequential ms/step | sequential / plain | vectorised ms/client step | "
           "plain / vectorised | runs' path | captured ms/step | plain / captured |")
     print("|---|---:|---:|---:|---:|---:|---|---:|---:|")
@@ -419,24 +451,27 @@ def main() -> None:
         print(f"# --clients {args.clients} measured fewer clients than the runs of {', '.join(map(str, capped))} "
               "clients per round train together: their vectorised figures (and hours now) are not their runs' own, "
               "usually dearer per client step")
+    return costs
 
+
+def print_hours(config_name: str, per_kind: dict[StepKind, list[int]], costs: dict[StepKind, dict],
+                name: str) -> None:
+    """A config's projected hours of local training, per kind and in all, from the kinds' measured `costs`."""
     print(f"\n# projected hours of local training on {name} (training only: no evaluation, inits or analysis)")
     print("| config | model | runs | client steps | hours at plain steps | hours before (sequential) | hours now |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for config_name, per_kind in projections.items():
-        total = {"plain": 0.0, "before": 0.0, "now": 0.0}
-        for kind, (runs, steps) in per_kind.items():
-            row = costs[kind]
-            h = {"plain": hours(steps, row["plain_ms"]), "before": hours(steps, row["sequential_ms"]),
-                 "now": hours(steps, row["now_ms"])}
-            for key in total:
-                total[key] += h[key]
-            print(f"| {config_name} | {kind.label} | {runs} | {steps} | {h['plain']:.4g} | {h['before']:.4g} | "
-                  f"{h['now']:.4g} |")
-        print(f"| {config_name} | all | {sum(r for r, _ in per_kind.values())} | "
-              f"{sum(s for _, s in per_kind.values())} | {total['plain']:.4g} | {total['before']:.4g} | "
-              f"{total['now']:.4g} |", flush=True)
-
+    total = {"plain": 0.0, "before": 0.0, "now": 0.0}
+    for kind, (runs, steps) in per_kind.items():
+        row = costs[kind]
+        h = {"plain": hours(steps, row["plain_ms"]), "before": hours(steps, row["sequential_ms"]),
+             "now": hours(steps, row["now_ms"])}
+        for key in total:
+            total[key] += h[key]
+        print(f"| {config_name} | {kind.label} | {runs} | {steps} | {h['plain']:.4g} | {h['before']:.4g} | "
+              f"{h['now']:.4g} |")
+    print(f"| {config_name} | all | {sum(r for r, _ in per_kind.values())} | "
+          f"{sum(s for _, s in per_kind.values())} | {total['plain']:.4g} | {total['before']:.4g} | "
+          f"{total['now']:.4g} |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -23,7 +23,8 @@ forms (`DIAGONAL_FORMS`: a forward and a backward pass per class but one, or one
 backward pass per class but one), each timed once on the first `--exact-samples` samples and scaled to the batch
 (its work is per sample), in Hessian-vector products of the cached graph: what it costs against the products an
 estimate takes (FedAlign's 300), the forms' ratio, which decides the device's default (`default_diagonal_form`),
-and each one's largest difference from the float64 one relative to the diagonal's largest entry.
+and, last (the float64 diagonal is the dearest part: a run cut short keeps the forms' times), each one's largest
+difference from the float64 one relative to the diagonal's largest entry.
 
 Then (`--eigen K`, default 2; 0 skips it) the top-K eigenvalues as a Hessian job computes them: `top_eigen` with
 the schema's default `hessian` settings (Lanczos, tol 1e-4, at most 100 products, seed 0, batches of 512, cached
@@ -44,6 +45,7 @@ import argparse
 import copy
 import dataclasses
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -137,19 +139,20 @@ def tf32_times(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, v: torc
     return tuple(statistics.median(r[i] for r in times) for i in range(len(fns)))
 
 
-def exact_diagonal_costs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                         device: torch.device) -> dict[str, tuple[float, float]]:
-    """form -> (seconds of one exact diagonal of the batch in that form, after one untimed; its largest difference
-    from a float64 copy's relative to that diagonal's largest entry)."""
-    with HessianOperator(copy.deepcopy(model).double(), x.double(), y, batch_size=len(y), cache_graph=False) as ref:
-        reference = gauss_newton_diagonal(ref, "per_class")
-    costs = {}
+def exact_diagonal_costs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                         report: Callable[[str, float], None]) -> dict[str, float]:
+    """Each form's seconds of one exact diagonal of the batch, after one untimed, handed to `report(form, seconds)` as
+    soon as that form is timed; then form -> its largest difference from a float64 copy's relative to that diagonal's
+    largest entry. The float64 reference comes last, its passes the dearest: a run cut short keeps the forms timed."""
+    diagonals = {}
     with HessianOperator(model, x, y, batch_size=len(y), cache_graph=False) as op:
         for form in DIAGONAL_FORMS:
-            diagonal = gauss_newton_diagonal(op, form)  # warm-up
-            seconds = timed(lambda form=form: gauss_newton_diagonal(op, form), device, 1, warmup=0)
-            costs[form] = seconds, float((diagonal - reference).abs().max() / reference.abs().max())
-    return costs
+            diagonals[form] = gauss_newton_diagonal(op, form)  # warm-up
+            report(form, timed(lambda form=form: gauss_newton_diagonal(op, form), device, 1, warmup=0))
+    with HessianOperator(copy.deepcopy(model).double(), x.double(), y, batch_size=len(y), cache_graph=False) as ref:
+        reference = gauss_newton_diagonal(ref, "per_class")
+    return {form: float((diagonal - reference).abs().max() / reference.abs().max())
+            for form, diagonal in diagonals.items()}
 
 
 def main() -> None:
@@ -247,15 +250,21 @@ def main() -> None:
         chunk = per_sample_chunk(v.numel())
         few = min(args.samples, -(-(args.exact_samples or args.samples) // chunk) * chunk)
         scale = args.samples / few  # per-sample work: the time of the whole batch
+        seconds: dict[str, float] = {}
+
+        def report(form: str, spent: float) -> None:
+            seconds[form] = spent
+            print(f"exact diagonal (trace_estimator: exact), form {form:<8} {spent * scale * 1e3:9.2f} ms = "
+                  f"{spent * scale / t['HVP, cached graph']:.1f} HVPs of the cached graph (an estimate takes "
+                  f"trace_probes of them: 300 in FedAlign; timed on {few} samples)", flush=True)
+            if len(seconds) == len(DIAGONAL_FORMS):
+                print(f"exact diagonal, per_sample / per_class: {seconds['per_sample'] / seconds['per_class']:.2f}x "
+                      f"(default on {device.type}: {default_diagonal_form(device)})", flush=True)
+
         with use_precision("fp32", device):
-            exact = exact_diagonal_costs(model, x[:few], y[:few], device)
-        for form, (seconds, error) in exact.items():
-            print(f"exact diagonal (trace_estimator: exact), form {form:<8} {seconds * scale * 1e3:9.2f} ms = "
-                  f"{seconds * scale / t['HVP, cached graph']:.1f} HVPs of the cached graph (an estimate takes "
-                  f"trace_probes of them: 300 in FedAlign; timed on {few} samples), largest difference from float64 "
-                  f"{error:.1e} of the largest entry")
-        print(f"exact diagonal, per_sample / per_class: {exact['per_sample'][0] / exact['per_class'][0]:.2f}x "
-              f"(default on {device.type}: {default_diagonal_form(device)})")
+            errors = exact_diagonal_costs(model, x[:few], y[:few], device, report)
+        print("exact diagonal, largest difference from float64 of the largest entry: "
+              + ", ".join(f"form {form} {error:.1e}" for form, error in errors.items()), flush=True)
     if args.eigen:
         eigen_check(model, x, y, args.eigen, device)
 

@@ -13,6 +13,11 @@ cuts the last ones short so that a call ends in time:
     source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT resnet56 memory
     source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT surface vectorized conv
     python benchmarks/gpu_session.py --list                                                     # what each part runs
+    python benchmarks/gpu_session.py --dry-run                  # each command's arguments read by its own parser
+
+`--dry-run` runs nothing: each command's script reads its arguments with its own argparse parser and stops there
+(pytest's with pytest's, `python -c` code is compiled), so that a flag a script no longer takes, or a value it refuses,
+shows here before it costs a device call.
 
 Record what they print in benchmarks/README.md with the GPU's name and the torch version (each script prints both).
 """
@@ -20,7 +25,10 @@ Record what they print in benchmarks/README.md with the GPU's name and the torch
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
+import runpy
 import subprocess
 import sys
 import time
@@ -43,7 +51,13 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
     # crop-flip on the device, the precision switches, the cards' claims by UUID, a card's UUID in a job's record,
     # MOON's eval-mode references with batch norm, flat points on the card, stacked steps replayed from graphs, surfaces
     # with recomputed batch-norm statistics.
-    "tests": [("cuda_tests", [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", "cuda or gpu",
+    # First, in seconds, whether the machine's environment is whole (setup.sh's packages, a visible card): a missing
+    # one would otherwise show only as the tests' collection errors or every CUDA test skipped. A test file that fails
+    # to collect stops neither the others nor the call.
+    "tests": [("environment", [PY, "-c", "import attrs, jsonschema, snakemake.iocontainers, torch; "
+                                         "assert torch.cuda.is_available()"], 20),
+              ("cuda_tests", [PY, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                              "--continue-on-collection-errors", "-k", "cuda or gpu",
                               "tests/unit/test_capture.py", "tests/unit/test_precision.py",
                               "tests/unit/test_vectorized.py", "tests/unit/test_vectorized_bn.py",
                               "tests/unit/test_data.py", "tests/unit/test_resources.py",
@@ -96,19 +110,16 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
                                  "--dataset", "cifar10", "--samples", "1024", "--exact-samples", "256", "--device",
                                  "cuda"], 200)],
     # FedAlign and its baselines vectorised on its bottleneck ResNet56 (batch 64, 16 clients, MOON on its projection
-    # head, as in fedalign.yaml): their stacked rounds against one client after another. GradAug's stacked step
-    # runs each sub-network pass at its widest client's width (narrower clients' cut channels held at 0), and is never
-    # captured: whether it beats one client after another at this compute-bound size is what its line measures.
+    # head, as in fedalign.yaml): their stacked rounds against one client after another. GradAug is not among them:
+    # on an H200 its round took 16.4 s stacked, 14.0 s one client after another, and `client_parallel: auto` now
+    # trains it one client after another on a GPU, so no run takes its stacked step.
     "algorithms": [(f"vectorized_resnet56_{algorithm}",
                     [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model", "resnet56_bottleneck",
                      "--norm", "batch", "--batch-size", "64", "--samples-per-client", "640", "--local-epochs", "1",
                      "--alpha", "iid", "--clients", "16", "--algorithm", algorithm, "--hparams", hparams,
-                     "--repeats", repeats], limit)
-                   # GradAug's rounds took 14.0 s sequential and 16.4 s stacked on an H200: one timed round
-                   for algorithm, hparams, repeats, limit in (("fedalign", "{}", "2", 65),
-                                                               ("stochdepth", "{}", "2", 65), ("mixup", "{}", "2", 65),
-                                                               ("moon", "{head: projection}", "2", 65),
-                                                               ("gradaug", "{}", "1", 110))],
+                     "--repeats", "2"], 65)
+                   for algorithm, hparams in (("fedalign", "{}"), ("stochdepth", "{}"), ("mixup", "{}"),
+                                              ("moon", "{head: projection}"))],
     # The device memory of fedalign.yaml's largest stack, 64 clients of batch 64 on its bottleneck ResNet56 (Table 4's
     # C = 64 runs; client_chunk_size 0 stacks every sampled client): one step each, for the peak of a round (on a
     # CPU, 561 MB of saved activations per client's full pass, about 35 GiB for 64).
@@ -116,8 +127,8 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
                 [PY, "benchmarks/bench_vectorized.py", "--device", "cuda", "--model", "resnet56_bottleneck", "--norm",
                  "batch", "--batch-size", "64", "--samples-per-client", "64", "--local-epochs", "1", "--alpha", "iid",
                  "--clients", "64", "--algorithm", algorithm, "--repeats", "1", "--warmup", "0"], limit)
-               # on an H200: 25 s, 33 s and about 80 s (GradAug's sub-networks, 14.2 s sequential, 18.9 s stacked)
-               for algorithm, limit in (("fedavg", 40), ("fedalign", 50), ("gradaug", 100))],
+               # on an H200: 25 s and 33 s (GradAug, which its runs train sequentially on a GPU, is not stacked)
+               for algorithm, limit in (("fedavg", 40), ("fedalign", 50))],
 }
 # The parts as device calls, most wanted first: each call's limits add up to less than a call's 600 s, with room for
 # setup.sh. A session's 15 minutes of device time hold about one full call and a short one after the machine's start.
@@ -161,16 +172,97 @@ def run_commands(commands: list[tuple[str, list[str], int]], out: Path, deadline
     return worst
 
 
+class _Parsed(Exception):
+    """Raised where a script's parser has read its arguments, in place of the script going on; args: the arguments
+    the parser did not recognise."""
+
+
+# pytest's own reading of its arguments (plugins, ini and initial conftests included), no collection; its usage error
+PYTEST_PARSE = """import sys
+from _pytest.config import UsageError, get_config
+sys.argv[0] = "pytest"  # its errors' name for itself
+try:
+    get_config(sys.argv[1:]).parse(sys.argv[1:], addopts=False)
+except UsageError as error:  # its usage, "<prog>: error: <why>", then the ini file and root folder
+    lines = str(error).strip().splitlines()
+    sys.exit(next((line.strip() for line in lines if "error:" in line), lines[-1]))
+"""
+
+
+def check_arguments(argv: list[str]) -> str | None:
+    """Whether a command's own arguments are what its script takes, without running it: None, else the error its
+    parser gives (`python -c` code: whether it compiles; `-m pytest`: pytest's parser, and its test files exist)."""
+    if argv[1] == "-c":
+        try:
+            compile(argv[2], "-c", "exec")
+        except SyntaxError as error:
+            return f"SyntaxError: {error}"
+        return None
+    if argv[1:3] == ["-m", "pytest"]:
+        missing = [a for a in argv[3:] if a.startswith("tests/") and not (ROOT / a.split("::")[0]).exists()]
+        if missing:
+            return f"no test file {missing[0]}"
+        proc = subprocess.run([PY, "-c", PYTEST_PARSE, *argv[3:]], cwd=ROOT, capture_output=True, text=True)
+        return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+    return script_arguments(ROOT / argv[1], argv[2:])
+
+
+def script_arguments(script: Path, args: list[str]) -> str | None:
+    """Run `script` as `python script args...` would, up to its parser's reading of `args` (argparse's
+    parse_known_args, which parse_args calls too, stops it there): None, else the parser's error."""
+    if not script.is_file():
+        return f"no script {script.relative_to(ROOT) if script.is_relative_to(ROOT) else script}"
+    parse_known_args = argparse.ArgumentParser.parse_known_args
+
+    def parse_only(parser: argparse.ArgumentParser, *a, **kw):
+        raise _Parsed(parse_known_args(parser, *a, **kw)[1])
+
+    saved = sys.argv, list(sys.path), os.getcwd()
+    sys.argv = [str(script), *args]
+    sys.path.insert(0, str(script.parent))  # as for `python script`: its own folder's modules
+    os.chdir(ROOT)
+    errors = io.StringIO()
+    argparse.ArgumentParser.parse_known_args = parse_only
+    try:
+        with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
+            runpy.run_path(str(script), run_name="__main__")
+    except _Parsed as parsed:
+        # what parse_args would refuse, in its words
+        return f"{script.name}: error: unrecognized arguments: {' '.join(parsed.args[0])}" if parsed.args[0] else None
+    except SystemExit as stop:  # argparse's error: usage, then "<prog>: error: <why>"
+        return (errors.getvalue().strip().splitlines() or [f"exit {stop.code}"])[-1]
+    except Exception as error:  # a script that fails before its parser reads its arguments: that command's error
+        return f"{type(error).__name__}: {error}"
+    finally:
+        argparse.ArgumentParser.parse_known_args = parse_known_args
+        sys.argv, sys.path[:] = saved[0], saved[1]
+        os.chdir(saved[2])
+    return "it ran to its end without reading its arguments"
+
+
+def dry_run(commands: list[tuple[str, list[str], int]]) -> int:
+    """Print each command's name and ok, or the error of its arguments (`check_arguments`); 1 where any fails."""
+    worst = 0
+    for name, argv, _ in commands:
+        error = check_arguments(argv)
+        print(f"{name}: {'ok' if error is None else error}", flush=True)
+        worst = max(worst, int(error is not None))
+    return worst
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("parts", nargs="*", help=f"parts to run, in order: {', '.join(PARTS)}; or single commands "
                         "by name (--list)")
     parser.add_argument("--out", type=Path, help="folder of the outputs (created)")
     parser.add_argument("--list", action="store_true", help="print each part's commands and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run nothing: read each command's arguments (of the parts named, else of all) with its "
+                             "script's own parser, print ok or the parser's error, exit 1 on any error")
     parser.add_argument("--budget", type=float, default=CALL_SECONDS,
                         help="seconds for all the commands together; a command is cut at what is left of them")
     args = parser.parse_args()
-    if args.list or not args.parts:
+    if args.list or not (args.parts or args.dry_run):
         for part, commands in PARTS.items():
             for name, argv, limit in commands:
                 print(f"{part}: {name}: {' '.join(argv[1:])}  (limit {limit} s)")
@@ -179,10 +271,12 @@ def main() -> None:
     unknown = [p for p in args.parts if p not in PARTS and p not in by_name]
     if unknown:
         parser.error(f"unknown part or command {unknown[0]!r}; valid parts: {', '.join(PARTS)}; commands: --list")
+    commands = [c for p in args.parts or PARTS for c in (PARTS[p] if p in PARTS else [by_name[p]])]
+    if args.dry_run:
+        sys.exit(dry_run(commands))
     if args.out is None:
         parser.error("--out is needed to run parts")
     args.out.mkdir(parents=True, exist_ok=True)
-    commands = [c for p in args.parts for c in (PARTS[p] if p in PARTS else [by_name[p]])]
     if len(commands) > CALL_FILES:
         print(f"warning: {len(commands)} outputs, a device call brings back {CALL_FILES}", flush=True)
     sys.exit(run_commands(commands, args.out, time.perf_counter() + args.budget))

@@ -389,6 +389,8 @@ def test_the_gpu_session_runs_scripts_and_tests_that_exist_with_flags_they_take(
             if argv[1] == "-m":
                 assert all((ROOT / a).is_file() for a in argv if a.startswith("tests/"))
                 continue
+            if argv[1] == "-c":
+                continue
             script = (ROOT / argv[1]).read_text()
             for flag in (a for a in argv[2:] if a.startswith("--")):
                 assert f'"{flag}"' in script, (argv[1], flag)
@@ -403,6 +405,203 @@ def test_the_gpu_session_refuses_an_unknown_part():
                           capture_output=True, text=True)
 
     assert proc.returncode == 2 and "unknown part or command 'stepz'; valid parts: tests, steps" in proc.stderr
+
+
+def _gpu_session(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import gpu_session
+
+    return gpu_session
+
+
+def test_the_gpu_session_checks_its_environment_first_and_stacks_no_gradaug(monkeypatch):
+    # Prepare
+    gpu_session = _gpu_session(monkeypatch)
+    tests = gpu_session.PARTS["tests"]
+
+    # Assert: a quick check of the machine's packages and card before the CUDA tests, which go on past a file that
+    # fails to collect; GradAug's stacked step, which no run takes on a GPU, is not timed
+    (name, argv, limit), (_, pytest_argv, _) = tests
+    assert name == "environment" and argv[1] == "-c" and limit <= 20
+    assert "snakemake.iocontainers" in argv[2] and "torch.cuda.is_available()" in argv[2]
+    assert pytest_argv[1:3] == ["-m", "pytest"] and "--continue-on-collection-errors" in pytest_argv
+    commands = [c for commands in gpu_session.PARTS.values() for c in commands]
+    assert not [n for n, argv, _ in commands if "gradaug" in n or "gradaug" in argv]
+
+
+def test_the_gpu_session_dry_run_reads_every_commands_arguments():
+    # Execute: every part's commands, read by their own scripts' parsers
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_session.py"), "--dry-run"], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+
+    # Assert: one line per command, each ok, nothing run (no output folder asked for)
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from gpu_session import PARTS
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    names = [name for commands in PARTS.values() for name, _, _ in commands]
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == [f"{name}: ok" for name in names]
+
+
+def test_the_gpu_session_dry_run_names_a_command_its_script_refuses(monkeypatch, capsys):
+    # Prepare: a part of commands that each run would refuse, and one it takes
+    gpu_session = _gpu_session(monkeypatch)
+    py = gpu_session.PY
+    monkeypatch.setattr(gpu_session, "PARTS", {"broken": [
+        ("good", [py, "benchmarks/bench_gpu.py", "--device", "cuda", "--steps", "3"], 10),
+        ("flag", [py, "benchmarks/bench_gpu.py", "--device", "cuda", "--stepz", "3"], 10),
+        ("value", [py, "benchmarks/bench_hvp.py", "--dataset", "cifar11"], 10),
+        ("script", [py, "benchmarks/bench_nothing.py"], 10),
+        ("pytest", [py, "-m", "pytest", "-q", "--no-such-flag", "tests/unit/test_data.py"], 10),
+        ("code", [py, "-c", "import ("], 10),
+    ]})
+    monkeypatch.setattr(sys, "argv", ["gpu_session.py", "--dry-run", "broken"])
+    argv, path = list(sys.argv), list(sys.path)
+
+    # Execute
+    with pytest.raises(SystemExit) as stop:
+        gpu_session.main()
+
+    # Assert: exit 1, one line per command naming it, each with its parser's error; nothing of the dry run's left
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    assert stop.value.code == 1
+    assert list(lines) == ["good", "flag", "value", "script", "pytest", "code"]
+    assert lines["good"] == "ok"
+    assert lines["flag"] == "bench_gpu.py: error: unrecognized arguments: --stepz 3"
+    assert "argument --dataset: invalid choice: 'cifar11'" in lines["value"]
+    assert lines["script"] == "no script benchmarks/bench_nothing.py"
+    assert lines["pytest"] == "pytest: error: unrecognized arguments: --no-such-flag"
+    assert lines["code"].startswith("SyntaxError")
+    assert sys.argv == argv and sys.path == path
+    assert gpu_session.argparse.ArgumentParser.parse_known_args.__name__ == "parse_known_args"
+
+
+def test_bench_gpu_closes_each_stacked_trainer_before_building_the_next(monkeypatch):
+    # Prepare: the digits pilot's cnn_small kinds (rounds of 4, 10 and 16 clients), every trainer built recorded
+    import argparse
+    import weakref
+
+    bench_gpu = _bench_gpu(monkeypatch)
+    config = bench_gpu.load_config(bench_gpu.PAPERS / "pilot_digits.yaml", bench_gpu.SCHEMA)
+    per_kind, _ = bench_gpu.project(config, torch.device("cpu"), {})
+    group = [k for k in per_kind if k.model == "cnn_small"]
+    built: list = []  # (weak reference, whether closed) of each trainer
+    leftovers: list = []  # at each build: the earlier trainers still alive or not closed
+
+    class Recording(bench_gpu.VectorizedTrainer):
+        def __init__(self, *a, **kw):
+            leftovers.append([i for i, (ref, closed) in enumerate(built) if ref() is not None or not closed[0]])
+            super().__init__(*a, **kw)
+            built.append((weakref.ref(self), closed := [False]))
+            self._closed = closed
+
+        def close(self):
+            self._closed[0] = True
+            super().close()
+
+    monkeypatch.setattr(bench_gpu, "VectorizedTrainer", Recording)
+    monkeypatch.setattr(bench_gpu, "timed", lambda fn, device, repeats: (fn(), 1.0)[1])
+    monkeypatch.setattr(bench_gpu, "timed_together",
+                        lambda fns, device, repeats: {name: (fn(), 1.0)[1] for name, fn in fns.items()})
+    args = argparse.Namespace(steps=1, repeats=1, clients=0, precision="fp32")
+
+    # Execute
+    rows = bench_gpu.measure(group, args, torch.device("cpu"))
+
+    # Assert: one trainer per stack size, each closed and gone before the next one is built, and the last at the end
+    assert sorted({k.clients for k in group}) == [4, 10, 16] and set(rows) == set(group)
+    assert len(built) == 3 and leftovers == [[], [], []]
+    assert all(closed[0] and ref() is None for ref, closed in built)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_bench_gpu_prints_each_configs_hours_once_its_kinds_are_measured(monkeypatch, capsys, fail):
+    # Prepare: two configs sharing a kind (the digits pilot and meta), measured at made-up costs, or failing at the
+    # second config's first kind of its own
+    bench_gpu = _bench_gpu(monkeypatch)
+    pilot, _ = bench_gpu.project(bench_gpu.load_config(bench_gpu.PAPERS / "pilot_digits.yaml", bench_gpu.SCHEMA),
+                                 torch.device("cpu"), {})
+    measured: list = []
+
+    def fake_measure(group, args, device):
+        if fail and any(k not in pilot for k in group):
+            raise RuntimeError("out of memory")
+        measured.extend(group)
+        return {k: bench_gpu.price(k, {"plain_ms": 2.0, "sequential_ms": 3.0}, None, "no card",
+                                   {bench_gpu.stacked_clients(k, args): 1.0}, args, "cpu") for k in group}
+
+    monkeypatch.setattr(bench_gpu, "measure", fake_measure)
+    monkeypatch.setattr(sys, "argv", ["bench_gpu.py", "--device", "cpu", "--steps", "1", "--repeats", "1",
+                                      "--clients", "2", "--configs", "pilot_digits", "meta_digits"])
+
+    # Execute
+    if fail:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            bench_gpu.main()
+    else:
+        bench_gpu.main()
+    out = capsys.readouterr().out
+
+    # Assert: each config's step costs, then its hours, before the next config's; a kind measured once (the
+    # configs share one); a failure in the second config leaves the first one's hours printed
+    blocks = [block.splitlines() for block in out.split("\n\n")]
+    heads = [next(line for line in block if line.startswith(("# pilot", "# meta", "# projected"))) for block in blocks]
+    expected = ["# pilot_digits: its step kinds", "# projected hours",
+                "# meta_digits: its step kinds not measured above", "# projected hours"]
+    assert [h[:len(e)] for h, e in zip(heads, expected, strict=False)] == expected[:len(heads)]
+    assert len(heads) == (3 if fail else 4)
+    assert len(measured) == len(set(measured)) and set(pilot) <= set(measured)
+    hours = [[line.split(" | ")[0].strip("| ") for line in block if line.startswith("| ") and " | all | " in line]
+             for block in blocks]
+    assert hours[1] == ["pilot_digits"] and (hours[2:] == [[]] if fail else hours[3] == ["meta_digits"])
+    if not fail:
+        shared = [k for k in pilot if k.algorithm == "fedavg" and k.clients == 10 and k.model == "cnn_small"]
+        assert shared and f"| meta_digits | {shared[0].label} |" in out  # priced by the pilot's measurement
+
+
+def test_bench_hvp_prints_each_diagonal_form_before_its_float64_reference():
+    # Execute
+    out = _run("bench_hvp.py", "--samples", "32", "--exact-samples", "8", "--repeats", "1", "--device", "cpu",
+               "--eigen", "0").splitlines()
+
+    # Assert: each form's time, then the forms' ratio, then (last, on a line of its own) each one's difference from
+    # the float64 diagonal
+    forms = [i for i, line in enumerate(out) if line.startswith("exact diagonal (trace_estimator: exact), form ")]
+    ratio = [i for i, line in enumerate(out) if line.startswith("exact diagonal, per_sample / per_class: ")]
+    reference = [i for i, line in enumerate(out) if line.startswith("exact diagonal, largest difference from float64")]
+    assert len(forms) == 2 and len(ratio) == 1 and reference == [len(out) - 1]
+    assert forms[0] < forms[1] < ratio[0] < reference[0]
+    assert "form per_class" in out[reference[0]] and "form per_sample" in out[reference[0]]
+    assert all("float64" not in out[i] and " ms = " in out[i] for i in forms)
+
+
+def test_bench_hvp_reports_each_diagonal_form_before_its_float64_reference(monkeypatch):
+    # Prepare: a float64 reference that never finishes (a call cut at its limit)
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench_hvp
+
+    real = bench_hvp.gauss_newton_diagonal
+
+    def diagonal(op, form):
+        if op.dtype == torch.float64:
+            raise TimeoutError("cut")
+        return real(op, form)
+
+    monkeypatch.setattr(bench_hvp, "gauss_newton_diagonal", diagonal)
+    torch.manual_seed(0)
+    model = bench_hvp.build_model("cnn_small", num_classes=10, in_channels=1, image_size=8)
+    x, y = torch.randn(6, 1, 8, 8), torch.randint(0, 10, (6,))
+    reported: list = []
+
+    # Execute
+    with pytest.raises(TimeoutError):
+        bench_hvp.exact_diagonal_costs(model, x, y, torch.device("cpu"), lambda form, s: reported.append((form, s)))
+
+    # Assert: both forms' times reported before the reference began
+    assert [form for form, _ in reported] == list(bench_hvp.DIAGONAL_FORMS)
+    assert all(s > 0 for _, s in reported)
 
 
 def test_bench_algorithms_runs():

@@ -49,7 +49,6 @@ per round exceed `client_chunk_size` trains them in chunks, every one priced at 
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -333,20 +332,12 @@ def measure_local(group: list[StepKind], plain_epoch: Callable[[], None], data: 
         sampled = list(range(m))
         vectorized[m] = timed(lambda trainer=trainer, sampled=sampled: trainer.train_round(
             global_params, global_buffers, sampled, 1), device, args.repeats) / (args.steps * m) * 1e3
-        release(trainer)
+        # one stack's captured graphs (on a card, a memory pool of a stacked step each) freed before the next is built
+        trainer.close()
         del trainer, clients
-        gc.collect()  # a trainer sits in a reference cycle: without a full collection it outlives its round
         if device.type == "cuda":
-            torch.cuda.empty_cache()  # hand its graphs' memory pool back before the next stack is built
+            torch.cuda.empty_cache()
     return {k: price(k, shared, captured_ms, why_not_captured, vectorized, args, device.type) for k in group}
-
-
-def release(trainer: Any) -> None:
-    """Drop what a measured trainer holds (on CUDA its captured steps' graphs and their memory pool), where its kind
-    of trainer has a `close`: one per stack size, each left to the garbage collector, fill the card."""
-    close = getattr(trainer, "close", None)
-    if close is not None:
-        close()
 
 
 def price(kind: StepKind, shared: dict, captured_ms: float | None, why_not_captured: str | None,
@@ -472,6 +463,7 @@ def print_hours(config_name: str, per_kind: dict[StepKind, list[int]], costs: di
     print(f"| {config_name} | all | {sum(r for r, _ in per_kind.values())} | "
           f"{sum(s for _, s in per_kind.values())} | {total['plain']:.4g} | {total['before']:.4g} | "
           f"{total['now']:.4g} |", flush=True)
+
 
 if __name__ == "__main__":
     main()

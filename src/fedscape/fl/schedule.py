@@ -71,6 +71,14 @@ def parse_work(key: str, value) -> Work | None:
     raise ValueError(f"{key} must be an integer >= 1, a list of them or {{low, high, draw}}, got {value!r}")
 
 
+def most_work(work: Work) -> int:
+    """The most local work (epochs or steps) a client may take in a round: the value, a list's largest, a draw's
+    high end."""
+    if isinstance(work, int):
+        return work
+    return max(work) if isinstance(work, tuple) else work.high
+
+
 def work_amounts(work: Work, seed: int, round_: int, num_clients: int) -> list[int]:
     """Every client's local work (epochs or steps) in round `round_`, for all `num_clients` clients.
 

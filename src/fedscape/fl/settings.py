@@ -22,6 +22,7 @@ from fedscape.fl.schedule import (
     OPTIMIZERS,
     UniformWork,
     Work,
+    most_work,
     parse_work,
     step_lrs,
     work_amounts,
@@ -210,14 +211,12 @@ class TrainConfig:
         None where it is not. The step that ends at lr_warmup takes the full lr and the decay starts after it
         (`schedule.lr_factor`). Not a check of every TrainConfig: an IID warm-up init inherits the runs' schedule over
         its own few rounds, and is warned about instead (`plan.init`): it is checked without `over_rounds`."""
-        if self.lr_schedule_over == "rounds" and not over_rounds:
-            return None
         if self.lr_schedule_over == "rounds":
+            if not over_rounds:
+                return None
             unit, length = "rounds", self.rounds
         elif self.local_steps is not None:  # (over local epochs the steps follow each client's data: not known here)
-            steps = self.local_steps
-            unit = "local steps (a round's most)"
-            length = steps.high if isinstance(steps, UniformWork) else max(steps) if isinstance(steps, tuple) else steps
+            unit, length = "local steps (a round's most)", most_work(self.local_steps)
         else:
             return None
         if self.lr_warmup == 0 or self.lr_warmup < length or self.lr_warmup == length and self.lr_schedule != "cosine":

@@ -238,11 +238,12 @@ def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torc
             opt.step()
             total += loss.detach().double() * len(b)
             count += len(b)
-        _check_finite(model, job, epoch + 1, float(total) / max(count, 1))  # before its progress is kept
+        epoch_loss = float(total) / max(count, 1)
+        _check_finite(model, job, epoch + 1, epoch_loss)  # before its progress is kept
         if progress is not None:
             with atomic_path(progress) as tmp:
                 torch.save({"key": key, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict()}, tmp)
-        log.info("pretraining epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, cfg.epochs, float(total) / max(count, 1),
+        log.info("pretraining epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, cfg.epochs, epoch_loss,
                  time.perf_counter() - t0)
     # a pretraining resumed after its last epoch trains none here: its weights are checked all the same
     _check_finite(model, job, cfg.epochs)

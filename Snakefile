@@ -7,6 +7,7 @@ from snakemake.io import IOFile
 from snakemake.utils import min_version
 
 from fedscape.core.config import load_schema, read_config_file
+from fedscape.core.gpus import export_card_limit
 from fedscape.core.paths import Results
 from fedscape.core.runs import build_runs
 from fedscape.plan.resources import (
@@ -57,8 +58,15 @@ RESULTS = Results.of(config)
 CLUSTER = workflow.global_resources["_nodes"].value is not None
 GPU_JOB = gpu_job_resources(config, CLUSTER)
 CPU_JOB = cpu_job_resources(CLUSTER)
-if workflow.is_main_process and not CLUSTER and "gpu" not in workflow.global_resources:
-    workflow.global_resources["gpu"] = local_gpu_slots(config)
+# The local jobs (subprocesses of this process) learn how many GPU jobs of this run a card takes, and wait for a card
+# below that where other workflows' jobs fill theirs (fedscape.core.gpus); a cluster's never wait.
+if workflow.is_main_process:
+    GPU_CARDS = 0 if CLUSTER else local_gpu_slots(config)
+    if not CLUSTER and "gpu" not in workflow.global_resources:
+        workflow.global_resources["gpu"] = GPU_CARDS
+    export_card_limit(
+        None if CLUSTER else workflow.global_resources["gpu"].value, GPU_CARDS
+    )
 
 
 # Snakemake's record of the params of the job that wrote a path (None: no records open). The GPU rules' settings keep
@@ -74,6 +82,7 @@ READ_INPUTS = lambda path: recorded_inputs(
     ),
     path,
 )
+
 
 wildcard_constraints:
     **wildcard_constraints(),

@@ -66,6 +66,7 @@ def test_visible_gpus_reads_the_environment_first_then_the_driver(tmp_path, monk
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3,0"}, proc) == 1
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "0,GPU-8d2f,1"}, proc) == 3
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    monkeypatch.setattr(gpus_mod, "WSL_NVIDIA_SMI", tmp_path / "absent-smi")
     assert visible_gpus({"CUDA_VISIBLE_DEVICES": "0,1"}, tmp_path / "absent") == 2  # no driver listing: as given
 
 
@@ -132,6 +133,7 @@ def test_the_card_claims_do_not_follow_tmpdir():
 
 def test_visible_gpus_is_zero_without_a_driver(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
+    monkeypatch.setattr(gpus_mod, "WSL_NVIDIA_SMI", tmp_path / "absent-smi")
 
     assert visible_gpus({}, tmp_path / "absent") == 0
 
@@ -194,14 +196,16 @@ def test_auto_takes_the_visible_card_with_the_fewest_claims_named_by_its_uuid(co
     current = []
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: current.append(str(d)))
     monkeypatch.setattr(device_mod, "_CLAIM", None)
+    monkeypatch.delenv(gpus_mod.CARD_LIMIT_ENV, raising=False)  # outside a local run: no limit per card
     uuids = [f"GPU-{i}{i}" for i in range(count)]
     held = claim_card(count, tmp_path, uuids) if count else None
 
     # Execute
     got = device_mod.resolve_device("auto", claim_dir=tmp_path)
 
-    # Assert: the free card where there is one (the only card is shared: jobs are spread, never refused); the same
-    # card for the rest of the job, made the current device; its claim names the card's UUID
+    # Assert: the free card where there is one (without a run's limit per card the only card is shared: the job does
+    # not wait, as a cluster job or one run by hand; with one it waits: test_gpu_claims_wait); the same card for the
+    # rest of the job, made the current device; its claim names the card's UUID
     want = {0: "cpu", 1: "cuda:0", 3: "cuda:1"}[count]
     assert str(got) == want
     assert str(device_mod.resolve_device("auto", claim_dir=tmp_path)) == want

@@ -10,6 +10,31 @@ by its index, so two workflows that see different cards (CUDA_VISIBLE_DEVICES) c
 they share. A cluster places GPU jobs itself (each GPU rule's job asks it for a card:
 `plan.resources.gpu_job_resources`, and SLURM sets CUDA_VISIBLE_DEVICES), so the limit does not apply there, and a
 job's claim on its one card changes nothing.
+
+The `gpu` resource bounds one workflow's jobs only: two workflows on one workstation (two `snakemake --cores N`, or
+two users) each start their GPU jobs, and on one card both would run on it at once, out of its memory together. So a
+local GPU job waits for a card whose live claims are below the limit of its workflow (`claim_card`'s `limit`):
+several GPU jobs at once never share a card unless the user said they fit.
+
+- The limit is what the workflow allows per card that its jobs use, ceil(gpu / cards) (`jobs_per_card`): `gpu` is the
+  run's `gpu` global resource (one per card by default, N with `--resources gpu=N`), the cards those the jobs take
+  (the visible ones under `training.device: auto`, the one named otherwise: `plan.resources.local_gpu_slots`). The
+  Snakefile's main process exports it as CARD_LIMIT_ENV (`export_card_limit`), and its local jobs inherit it
+  (Snakemake runs a `script:` job as a subprocess of the main process with a copy of its os.environ, and spawns a
+  `run:` job from it), where `resolve_device` reads it (`card_limit`). A workflow's own jobs never fill every card
+  (ceil(gpu / cards) * cards >= gpu), so a job that waits waits for another workflow's or user's jobs.
+- Where the variable is absent a job never waits, as before the limit: a job run outside Snakemake, and a cluster job,
+  which SLURM gives its card (the Snakefile removes the variable in a cluster run's main process, so that sbatch,
+  which exports the submitting environment, cannot carry one from the user's shell to the nodes). A local run given
+  `--jobs` beside `--cores` is planned as a cluster run too (`plan.resources.execution_problems`): its jobs do not
+  wait either.
+- The wait holds no lock: the choice is made under the machine-wide choose.lock, which is let go between polls
+  (every POLL_SECONDS), so that other jobs claim and release meanwhile. The job logs when it starts waiting and every
+  REPORT_SECONDS after (the cards, their claims, the limit), so a user sees why it is idle. Jobs are not queued in
+  order: a freed card goes to whichever waiting job polls first.
+- A job told its card (`training.device: cuda:<i>`) waits for that card.
+- A claim is an flock, which the kernel drops when its process ends, killed or crashed, so no wait outlives the job it
+  waits for (a child forked by the job, which inherits the open file, holds it until it ends too).
 """
 
 from __future__ import annotations
@@ -21,7 +46,8 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -30,10 +56,17 @@ NVIDIA_PROC = Path("/proc/driver/nvidia/gpus")
 # Where the driver lists each GPU's MIG GPU instances, as capabilities (NVIDIA's MIG user guide, "Device Nodes and
 # Capabilities"): capabilities/gpu<minor>/mig/gi<id>/ for every GPU instance made on GPU <minor>.
 NVIDIA_CAPABILITIES = Path("/proc/driver/nvidia/capabilities")
+# Where WSL2 puts nvidia-smi (with the driver's libraries, not on every PATH); its /proc lists no GPU.
+WSL_NVIDIA_SMI = Path("/usr/lib/wsl/lib/nvidia-smi")
 # Machine-wide, so that two users' or two workflows' jobs on one workstation see each other's claims: a fixed path,
 # not tempfile's, which follows TMPDIR (Snakemake sets each job's TMPDIR to its `tmpdir` resource, and a user may set
 # another): jobs with different TMPDIRs would claim in different folders and never see each other.
 CLAIM_DIR = Path("/tmp/fedscape-gpu-claims")
+# How many GPU jobs a local run allows on one card, set by the Snakefile for its jobs (`export_card_limit`).
+CARD_LIMIT_ENV = "FEDSCAPE_GPU_JOBS_PER_CARD"
+# How often a job waiting for a card looks again, and how often it says that it still waits (seconds).
+POLL_SECONDS = 5.0
+REPORT_SECONDS = 300.0
 log = logging.getLogger(__name__)
 _WARNED: set[str] = set()  # the MIG warnings already given (the planner asks more than once)
 
@@ -120,10 +153,19 @@ def mig_gpus(capabilities: Path = NVIDIA_CAPABILITIES) -> int:
 
 def driver_gpus(proc: Path = NVIDIA_PROC) -> int | None:
     """The GPUs of this machine as its NVIDIA driver lists them (/proc, else `nvidia-smi -L`); None where neither
-    answers."""
+    answers.
+
+    Some containers and WSL2 have a /proc listing without the GPUs (or none): there nvidia-smi answers, found on PATH or
+    where WSL2 puts it (WSL_NVIDIA_SMI). An empty listing without nvidia-smi is no answer (None), not 0 GPUs: counted
+    as 0, every index of a CUDA_VISIBLE_DEVICES would be past the cards (`visible_entries`).
+    """
     with contextlib.suppress(OSError):
-        return sum(1 for entry in proc.iterdir() if entry.is_dir())
+        listed = sum(1 for entry in proc.iterdir() if entry.is_dir())
+        if listed:
+            return listed
     smi = shutil.which("nvidia-smi")
+    if smi is None and os.access(WSL_NVIDIA_SMI, os.X_OK):
+        smi = str(WSL_NVIDIA_SMI)
     if smi is None:
         return None
     try:
@@ -131,6 +173,39 @@ def driver_gpus(proc: Path = NVIDIA_PROC) -> int | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def jobs_per_card(gpu_limit: int | None, cards: int) -> int | None:
+    """How many GPU jobs at once a local run whose `gpu` resource is `gpu_limit` allows on each of the `cards` cards its
+    jobs use: ceil(gpu_limit / cards), so that the workflow's own jobs always find a card; None (no limit) without a
+    card or a `gpu` limit."""
+    if gpu_limit is None or gpu_limit < 1 or cards < 1:
+        return None
+    return -(-int(gpu_limit) // cards)
+
+
+def export_card_limit(gpu_limit: int | None, cards: int, environ: MutableMapping[str, str] | None = None) -> None:
+    """Tell the jobs that a process starts from here how many GPU jobs one card takes (`jobs_per_card`), in
+    CARD_LIMIT_ENV, or that none waits (the variable removed, also one the user's shell set)."""
+    environ = os.environ if environ is None else environ
+    limit = jobs_per_card(gpu_limit, cards)
+    if limit is None:
+        environ.pop(CARD_LIMIT_ENV, None)
+    else:
+        environ[CARD_LIMIT_ENV] = str(limit)
+
+
+def card_limit(environ: Mapping[str, str] | None = None) -> int | None:
+    """The GPU jobs one card takes as this job's workflow set it (`export_card_limit`); None where it set none."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(CARD_LIMIT_ENV)
+    if value is None:
+        return None
+    if not value.strip().isdigit() or int(value) < 1:
+        raise ValueError(f"{CARD_LIMIT_ENV}={value!r}: the GPU jobs allowed on one card must be a whole number of at "
+                         f"least 1; the Snakefile sets it from --resources gpu=N (use that), or unset it so that "
+                         f"the job waits for no card")
+    return int(value)
 
 
 class CardClaim:
@@ -200,35 +275,71 @@ def card_loads(cards: int, claim_dir: Path = CLAIM_DIR, names: Sequence[str] | N
 
 
 def claim_card(cards: int, claim_dir: Path = CLAIM_DIR, names: Sequence[str] | None = None,
-               card: int | None = None) -> CardClaim:
+               card: int | None = None, limit: int | None = None, poll: float = POLL_SECONDS,
+               report_every: float = REPORT_SECONDS) -> CardClaim:
     """Claim the card (of `cards` visible ones, named `names` machine-wide as in `card_loads`) with the fewest live
     claims, the lowest index among equals, or card `card` where given (a job told its card: it counts for the jobs
     that choose); the claim's `card` is the card's index among the visible ones.
 
-    The choice is made under one machine-wide lock, so two jobs starting together never both count the same free
-    card. Jobs are not refused: the workflow's `gpu` resource bounds how many run at once, and this spreads them.
+    With a `limit`, only a card with fewer than `limit` live claims is taken: where none has, the job waits, polling
+    every `poll` seconds and saying so every `report_every` (the module's docstring). Without one (a job outside a
+    local Snakemake run) jobs are not refused: the card is shared.
+
+    Each choice is made under one machine-wide lock, so two jobs starting together never both count the same free
+    card; the lock is let go while the job waits.
     """
     if cards < 1:
         raise ValueError(f"claim_card needs at least one card, got {cards}")
     if card is not None and not 0 <= card < cards:
         raise ValueError(f"card {card} is not one of the {cards} visible")
     names = _names(cards, names)
-    claim_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(OSError):
-        claim_dir.chmod(0o1777)
-    with _open_lock(claim_dir / "choose.lock") as chooser:
-        fcntl.flock(chooser, fcntl.LOCK_EX)
-        if card is None:
-            loads = card_loads(cards, claim_dir, names)
-            card = min(range(cards), key=lambda c: (loads[c], c))
-        slot = 0
-        while True:
-            path = claim_dir / f"{_slot_prefix(names[card])}.slot{slot}"
-            handle = _open_lock(path)
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                slot += 1
-                continue
-            return CardClaim(card, handle, path)
+    candidates = range(cards) if card is None else [card]
+    started = reported = None
+    while True:
+        claim_dir.mkdir(parents=True, exist_ok=True)  # each time: a /tmp cleaner may remove it while the job waits
+        with contextlib.suppress(OSError):
+            claim_dir.chmod(0o1777)
+        with _open_lock(claim_dir / "choose.lock") as chooser:
+            fcntl.flock(chooser, fcntl.LOCK_EX)
+            loads = None if card is not None and limit is None else card_loads(cards, claim_dir, names)
+            free = [c for c in candidates if limit is None or loads[c] < limit]
+            if free:
+                chosen = min(free, key=lambda c: (0 if loads is None else loads[c], c))
+                if started is not None:
+                    log.info("took cuda:%d after waiting %.0f s for a card", chosen, time.monotonic() - started)
+                return _take_slot(chosen, names[chosen], claim_dir)
+        now = time.monotonic()
+        if started is None or now - reported >= report_every:
+            _log_wait(candidates, names, loads, limit, claim_dir, card is not None,
+                      None if started is None else now - started)
+            started = now if started is None else started
+            reported = now
+        time.sleep(poll)
+
+
+def _take_slot(card: int, name: str, claim_dir: Path) -> CardClaim:
+    """Lock the first free slot file of card `card` (named `name`); the caller holds the choose.lock."""
+    slot = 0
+    while True:
+        path = claim_dir / f"{_slot_prefix(name)}.slot{slot}"
+        handle = _open_lock(path)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            slot += 1
+            continue
+        return CardClaim(card, handle, path)
+
+
+def _log_wait(candidates: Sequence[int], names: Sequence[str], loads: Sequence[int], limit: int, claim_dir: Path,
+              told: bool, waited: float | None) -> None:
+    """Say why a job is idle: the cards it may take are full, with whose claims, and what lets it start."""
+    held = ", ".join(f"cuda:{c}{'' if names[c] == str(c) else f' ({names[c]})'}: {loads[c]}" for c in candidates)
+    what = "its card (training.device)" if told else "a card"
+    since = "" if waited is None else f" (waiting {waited:.0f} s)"
+    log.warning("waiting for %s%s: the cards it may take hold this workflow's limit of %d GPU job(s) per card or "
+                "more (the fedscape jobs on each, from the claims in %s: %s). This workflow's own jobs never fill "
+                "every card, so these are another workflow's or user's jobs on this machine; the job starts when one "
+                "of them ends (a killed job's claim ends with it). Where the jobs fit together on a card, start the "
+                "workflows with --resources gpu=N (N GPU jobs at once)", what, since, limit, claim_dir, held)

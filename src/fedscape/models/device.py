@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from fedscape.core.gpus import CLAIM_DIR, CardClaim, claim_card
+from fedscape.core.gpus import CLAIM_DIR, POLL_SECONDS, CardClaim, card_limit, claim_card
 from fedscape.core.manifest import note
 from fedscape.models.specs import PRECISIONS
 
@@ -22,7 +22,7 @@ log = logging.getLogger("fedscape")
 _CLAIM: CardClaim | None = None
 
 
-def resolve_device(name: str, claim_dir=CLAIM_DIR) -> torch.device:
+def resolve_device(name: str, claim_dir=CLAIM_DIR, poll: float = POLL_SECONDS) -> torch.device:
     """'auto' -> CUDA when available, else CPU; explicit names are checked.
 
     'auto' takes the visible card with the fewest fedscape jobs on it (`claim_card`, the cards named by their UUIDs),
@@ -32,6 +32,11 @@ def resolve_device(name: str, claim_dir=CLAIM_DIR) -> torch.device:
     'auto' jobs of another workflow count it. Where no claim can be written the job goes on, on cuda:0 under
     'auto', unclaimed. The card is resolved once per process: every later call (the precision check, the stage)
     returns the same one.
+
+    A job of a local Snakemake run waits, polling every `poll` seconds, while every card it may take (its own under
+    an explicit name) holds as many claims as the run allows per card (`fedscape.core.gpus.card_limit`, which the
+    Snakefile sets): other workflows' jobs there make it wait rather than share the card beyond what the user said
+    fits. Outside one (a job run by hand, a cluster job) it never waits.
 
     A card is also made the process's current CUDA device: torch's calls that name no device (a CUDA graph's
     capture stream and synchronisation, the default generator's state, a tensor made on "cuda") then act on the
@@ -44,7 +49,7 @@ def resolve_device(name: str, claim_dir=CLAIM_DIR) -> torch.device:
             return torch.device("cpu")
         if _CLAIM is None:
             cards = torch.cuda.device_count()
-            _CLAIM = _claim(cards, claim_dir, None)
+            _CLAIM = _claim(cards, claim_dir, None, poll)
             if _CLAIM.held:
                 log.info("took cuda:%d, the card with the fewest fedscape jobs of the %d visible", _CLAIM.card, cards)
         return _made_current(torch.device("cuda", _CLAIM.card))
@@ -54,15 +59,17 @@ def resolve_device(name: str, claim_dir=CLAIM_DIR) -> torch.device:
     if device.type == "cuda" and _CLAIM is None and (cards := torch.cuda.device_count()) > 0:
         card = torch.cuda.current_device() if device.index is None else device.index
         if card < cards:  # else CUDA itself says so on the job's first tensor there
-            _CLAIM = _claim(cards, claim_dir, card)
+            _CLAIM = _claim(cards, claim_dir, card, poll)
     return _made_current(device)
 
 
-def _claim(cards: int, claim_dir, card: int | None) -> CardClaim:
-    """A claim on card `card` (None: the one with the fewest claims), or, where the claims cannot be written, that
-    card (None: cuda:0) unclaimed: the claims spread jobs, and a job runs without one."""
+def _claim(cards: int, claim_dir, card: int | None, poll: float) -> CardClaim:
+    """A claim on card `card` (None: the one with the fewest claims), once one is below the run's limit per card, or,
+    where the claims cannot be written, that card (None: cuda:0) unclaimed: the claims spread jobs, and a job runs
+    without one."""
+    limit = card_limit()  # a bad value fails the job here, before it loads anything
     try:
-        return claim_card(cards, claim_dir, card_uuids(cards), card=card)
+        return claim_card(cards, claim_dir, card_uuids(cards), card=card, limit=limit, poll=poll)
     except OSError as exc:
         chosen = 0 if card is None else card
         log.warning("could not claim a card in %s (%s): taking cuda:%d unclaimed", claim_dir, exc, chosen)

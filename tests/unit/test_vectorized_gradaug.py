@@ -310,7 +310,7 @@ def test_its_steps_are_never_replayed_from_graphs():
     # Execute / Assert: no graphs under auto (its passes follow host draws every step), an error where capture insists
     trainer = VectorizedTrainer(small_resnet(), data, make_strategy("gradaug"), TrainConfig(**CFG), make_graph=refuse)
     assert trainer.graphs is None
-    with pytest.raises(ValueError, match="capture is 'cuda_graph' but algorithm 'gradaug'"):
+    with pytest.raises(ValueError, match="capture is 'cuda_graph' but gradaug's stacked step is not captured"):
         VectorizedTrainer(small_resnet(), data, make_strategy("gradaug"),
                           TrainConfig(**CFG, capture="cuda_graph"), make_graph=emulated_graph)
 

@@ -25,7 +25,9 @@ each pass. Only a sequential client's full batches of the capture's shape replay
 runs eagerly.
 
 `training.capture` (fedscape.fl.settings.CAPTURE_MODES): auto captures where it is exact, eager never, cuda_graph
-insists.
+insists. The steps never captured (an algorithm's own sequential objective, GradAug's stacked step, the stacked AdamW
+step) are declared in fedscape.fl.settings.UNCAPTURED_STEPS, which planning reads too: it refuses cuda_graph for such a
+run before any job, and the checks here and in the vectorised trainer say the same in a job.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import torch
 from torch import nn
 
 from fedscape.core.manifest import note
-from fedscape.fl.settings import TrainConfig
+from fedscape.fl.settings import TrainConfig, strategy_ref, uncaptured_steps
 from fedscape.fl.strategies.base import Strategy
 from fedscape.models.loss import mean_loss
 
@@ -55,13 +57,13 @@ SPREAD_SLACK = 4.0
 
 
 def capture_blocker(model: nn.Module, strategy: Strategy, device_type: str) -> str | None:
-    """Why the local steps of `strategy` on `model` cannot be captured on `device_type`; None where they can (the
-    check at capture decides the rest)."""
+    """Why the sequential local steps of `strategy` on `model` cannot be captured on `device_type`; None where they can
+    (the check at capture decides the rest). Which strategies' steps are never captured is declared once, for planning
+    too, in `fedscape.fl.settings.UNCAPTURED_STEPS`."""
     if device_type != "cuda":
         return f"CUDA graphs need a CUDA device, not {device_type}"
-    if not strategy.capturable:
-        return (f"{strategy.name}'s local objective calls the model in its own way (its own local_backward or "
-                "local_loss), which one captured pass does not replay")
+    if reason := uncaptured_steps(strategy_ref(type(strategy)), strategy.name, "sequential"):
+        return reason
     if any(b.requires_grad for b in model.buffers()):
         return "the model has a buffer that requires grad"
     return None

@@ -14,6 +14,7 @@ from fedscape.core.jobs import JobSettings
 from fedscape.core.names import nearest_text
 from fedscape.core.runs import RUN_FIELDS
 from fedscape.core.seeds import derive_seed
+from fedscape.fl.hparams.registry import ALGORITHM_SPECS
 from fedscape.fl.schedule import (
     BATCH_SAMPLINGS,
     DEFAULT_LOCAL_EPOCHS,
@@ -37,6 +38,18 @@ CLIENT_PARALLEL = ("auto", "sequential", "vectorized")
 # checked equal to the eager step, else eagerly; "eager" always eagerly; "cuda_graph" insists (an error where it
 # cannot be captured, or is not exact).
 CAPTURE_MODES = ("auto", "eager", "cuda_graph")
+# The local steps that CUDA graphs never replay, by the strategy class that takes them ("module:Class" below
+# fedscape.fl.strategies, as `AlgorithmSpec.strategy` names it: `strategy_ref`) and by the path its clients train on
+# ("sequential" or "vectorized", `client_parallel` resolved): why, in words after "<algorithm>'s", as each algorithm
+# declares it (`AlgorithmSpec.uncaptured`). A strategy or path not named here is captured where the check at capture
+# finds the replay exact. The one declaration both sides read: planning (torch-free: `plan.train` refuses
+# `capture: cuda_graph` for such a run before any job) and the trainers (`fl.capture.capture_blocker`,
+# `fl.vectorized.VectorizedTrainer`), so that a config planning passes is never refused by its train job for this;
+# tests/unit/test_capture_planning.py checks every registered strategy's steps against it.
+UNCAPTURED_STEPS: dict[str, dict[str, str]] = {spec.strategy: dict(spec.uncaptured)
+                                               for spec in ALGORITHM_SPECS.values() if spec.uncaptured}
+# What the vectorised trainer's stacked AdamW step lacks for a CUDA graph, whatever the algorithm.
+UNCAPTURED_STACKED_ADAMW = "the stacked AdamW step is not captured (its step count changes every step)"
 ADAMW_KEYS = ("adamw_beta1", "adamw_beta2", "adamw_eps")  # the options only optimizer adamw reads
 # The training keys that bound a run's device memory and change how its rounds compute, not what: which clients train
 # together and how many (vectorised and sequential training agree to float rounding, tests/unit/test_vectorized.py),
@@ -369,6 +382,28 @@ class TrainingSettings(JobSettings):
         on top (the run's seed, participation and augmentation; a warm-up's rounds)."""
         kept = {f.name: getattr(self, f.name) for f in fields(TrainConfig) if hasattr(self, f.name)}
         return TrainConfig(**{**kept, **run_fields})
+
+
+def strategy_ref(cls: type) -> str:
+    """A strategy class as `AlgorithmSpec.strategy` and `UNCAPTURED_STEPS` name it: "module:Class" for a class of
+    fedscape.fl.strategies, its full module's name otherwise (a test's or a user's class, which no algorithm names)."""
+    package = "fedscape.fl.strategies."
+    module = cls.__module__.removeprefix(package) if cls.__module__.startswith(package) else cls.__module__
+    return f"{module}:{cls.__qualname__}"
+
+
+def uncaptured_steps(strategy: str, name: str, path: str, optimizer: str = "sgd") -> str | None:
+    """Why CUDA graphs do not replay the local steps of algorithm `name` (its strategy class `strategy`, as
+    `strategy_ref` names it) on `path` (how its clients train: sequential or vectorized) with the local `optimizer`,
+    in words; None where they may (the check at capture decides the rest). `UNCAPTURED_STEPS` declares it."""
+    if path not in ("sequential", "vectorized"):
+        raise ValueError(f"a client path is sequential or vectorized, got {path!r}")
+    reason = UNCAPTURED_STEPS.get(strategy, {}).get(path)
+    if reason is not None:
+        return f"{name}'s {reason}"
+    if path == "vectorized" and optimizer == "adamw":
+        return UNCAPTURED_STACKED_ADAMW
+    return None
 
 
 def clients_per_round(num_clients: int, participation: float) -> int:

@@ -23,8 +23,9 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
   the batches it sees sequentially;
 - unequal shards: a client with fewer steps is simply inactive in the last steps. Clients are
   sorted by their step count so that the active ones are a prefix of the stack; a client's last,
-  smaller batch of an epoch is padded, to the longest real batch of that step, with a loss mask,
-  and its loss is the mean over the real samples only;
+  smaller batch of an epoch is padded, to the longest real batch of that step, with copies of its own
+  first sample and a loss mask, and its loss is the mean over the real samples only (a padded row enters
+  the masked sums as 0 x value: a non-finite value there could only be one the client trains on anyway);
 - local work in epochs or steps, equal or not (system heterogeneity), is the same plan of batches
   (`fedscape.fl.local.local_plan`), and each step's learning rate (its schedule) is the same number,
   per client where clients differ in their step counts;
@@ -118,7 +119,7 @@ from fedscape.data.specs import AUGMENTATIONS, CROP_PADDING, SEQUENTIAL_AUGMENTA
 from fedscape.fl.capture import StackedStepGraphs, StepGraphMaker
 from fedscape.fl.local import client_generator, layer_seed, local_plan, round_work
 from fedscape.fl.schedule import update_weight
-from fedscape.fl.settings import CLIENT_PARALLEL, TrainConfig
+from fedscape.fl.settings import CLIENT_PARALLEL, TrainConfig, strategy_ref, uncaptured_steps
 from fedscape.fl.strategies.base import ClientResult, StackedBatch, Strategy
 from fedscape.models.layers import StackedNorm, has_forward_stacked
 from fedscape.models.loss import at_least_float32, masked_mean_loss, stacked_mean_loss
@@ -377,20 +378,15 @@ class VectorizedTrainer:
 
     def _graphs(self, make_graph: StepGraphMaker | None) -> StackedStepGraphs | None:
         """The captured steps where `cfg.capture` asks for them and they are possible: on CUDA (or with a stand-in
-        graph maker), SGD steps (AdamW's step count changes every step)."""
+        graph maker), and not declared uncaptured (`fedscape.fl.settings.UNCAPTURED_STEPS`, which planning reads too:
+        AdamW's step count changes every step, GradAug's passes follow host draws)."""
         cfg = self.cfg
         if cfg.capture == "eager" or (self.device.type != "cuda" and make_graph is None):
             return None
-        if cfg.optimizer == "adamw":
+        reason = uncaptured_steps(strategy_ref(type(self.strategy)), self.strategy.name, "vectorized", cfg.optimizer)
+        if reason is not None:
             if cfg.capture == "cuda_graph":
-                raise ValueError("training.capture is 'cuda_graph' but the stacked AdamW step is not captured (its "
-                                 "step count changes every step); use 'auto' or 'eager'")
-            return None
-        if self.strategy.draws_per_step():
-            if cfg.capture == "cuda_graph":
-                raise ValueError(f"training.capture is 'cuda_graph' but algorithm {self.strategy.name!r}'s stacked "
-                                 "step is not captured (its passes follow draws made on the host every step); use "
-                                 "'auto' or 'eager'")
+                raise ValueError(f"training.capture is 'cuda_graph' but {reason}; use 'auto' or 'eager'")
             return None
         return StackedStepGraphs(strict=cfg.capture == "cuda_graph", make_graph=make_graph)
 
@@ -545,7 +541,10 @@ class VectorizedTrainer:
         width = [max(len(p.batches[t]) for p in plans[: active[t]]) for t in range(num_steps)]
         padded = [any(len(p.batches[t]) < width[t] for p in plans[: active[t]]) for t in range(num_steps)]
 
-        # Padded index and mask tensors [steps, clients, batch], built on the CPU, moved once.
+        # Padded index and mask tensors [steps, clients, batch], built on the CPU, moved once. A client's padded rows
+        # are copies of its own batch's first sample, never another client's: the loss and the batch norms drop them
+        # as 0 x value, which is NaN for a non-finite value, so a padded row must hold only data the client trains on
+        # anyway (a finite value enters those sums as exactly 0: which sample fills the row changes no result).
         index = torch.zeros(num_steps, k0, batch, dtype=torch.long)
         mask = torch.zeros(num_steps, k0, batch)
         aug = None
@@ -554,6 +553,7 @@ class VectorizedTrainer:
         for j, p in enumerate(plans):
             for t, b in enumerate(p.batches):
                 index[t, j, : len(b)] = b
+                index[t, j, len(b) :] = b[0]
                 mask[t, j, : len(b)] = 1.0
                 if aug is not None:
                     dy, dx, flip = p.draws[t]
@@ -581,9 +581,15 @@ class VectorizedTrainer:
             lrs = [p.lrs[t] for p in plans[: active[t]]]
             step_lr.append(lrs[0] if all(v == lrs[0] for v in lrs) else
                            torch.tensor(lrs, device=device, dtype=global_params.dtype))  # a float64 model's lr too
-        # A step's shape: what its graph depends on (None: a per-client lr, which steps eagerly).
-        keys = [(k0, active[t], width[t], padded[t], step_lr[t]) if isinstance(step_lr[t], float) else None
-                for t in range(num_steps)]
+        # Each step's batch-size check: batch norm in training needs more than one value per channel, as torch's raises
+        # sequentially, and a client's batch of one sample has one where a layer's input is 1x1 (`stacked_batch_norm`
+        # checks its real rows there). Such a step is never captured: that check reads the mask back to the host, which a
+        # graph's replay would skip and its capture cannot do.
+        single = [self.batch_norm and any(len(p.batches[t]) == 1 for p in plans[: active[t]])
+                  for t in range(num_steps)]
+        # A step's shape: what its graph depends on (None: a per-client lr or a batch of one, which step eagerly).
+        keys = [(k0, active[t], width[t], padded[t], step_lr[t])
+                if isinstance(step_lr[t], float) and not single[t] else None for t in range(num_steps)]
         if self.graphs is not None:
             if self._rows_generation != self.strategy.stacked_generation:
                 # The strategy's stacked rows were freed since the graphs were captured (its `setup` for a new run,

@@ -21,8 +21,16 @@ from fedscape.data.specs import (
 )
 from fedscape.fl.settings import RUN_ONLY_TRAINING_KEYS, TrainingSettings
 from fedscape.fl.swa import swa_config
-from fedscape.plan.train import check_training, merge_training, run_training, work_list_problems
-from fedscape.stages.init_settings import INIT_JOBS, KIND_KEYS, InitJob, PretrainConfig, kind_spec
+from fedscape.plan.train import capture_problem, check_training, merge_training, run_training, work_list_problems
+from fedscape.stages.init_settings import (
+    INIT_JOBS,
+    KIND_KEYS,
+    WARMUP_ALGORITHM,
+    WARMUP_UNREAD_TRAINING,
+    InitJob,
+    PretrainConfig,
+    kind_spec,
+)
 
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 RESULT_VERSIONS = {"init": 1}
@@ -251,18 +259,23 @@ def check(config: dict, runs: list) -> list[str]:
                 elif problem := proxy_split_problem(dataset, config["datasets"][dataset]):
                     problems.append(f"{where}: {problem}")
         elif kind == "iid_warmup":
-            if "rounds" in spec["training"]:
-                problems.append(f"{where}.training.rounds: the warm-up's rounds are {where}.rounds "
-                                f"({spec['rounds']}); remove rounds from its training")
-            if spec["training"].get("swa") is not None:  # (the `training` section's SWA is its runs')
-                problems.append(f"{where}.training.swa: an IID warm-up is plain FedAvg and keeps its last global "
-                                f"model, not an SWA average; remove swa from its training")
+            for key, why in WARMUP_UNREAD_TRAINING.items():
+                # (swa: null says what the warm-up does; the `training` section's SWA is its runs')
+                if key in spec["training"] and not (key == "swa" and spec["training"][key] is None):
+                    problems.append(f"{where}.training.{key}: {why.format(where=where, **spec)}; remove {key} from "
+                                    "its training")
+            warmup = merge_training(config["training"], spec["training"])
+            for dataset, model in sorted({(d, m) for i, d, m in used if i == label}):
+                if problem := capture_problem(config, dataset, model, WARMUP_ALGORITHM, {}, warmup,
+                                              f"the warm-up of {where} ({WARMUP_ALGORITHM})"):
+                    where_capture = f"{where}.training" if "capture" in spec["training"] else "training"
+                    if f"{where_capture}.capture: {problem}" not in problems:
+                        problems.append(f"{where_capture}.capture: {problem}")
             try:
                 check_training(config["training"], {**spec["training"], "rounds": spec["rounds"],
                                                    "save_clients_at": []}, warm_up_init=True)
             except (TypeError, ValueError) as exc:
                 problems.append(f"{where}.training: {exc}")
-            warmup = merge_training(config["training"], spec["training"])
             for key, problem in work_list_problems(warmup, spec["num_clients"], "its warm-up rounds"):
                 problems.append(f"{where}.training.{key}: {problem}")
         elif kind == "continue":

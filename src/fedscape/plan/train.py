@@ -31,7 +31,7 @@ from fedscape.fl.hparams.registry import (
     hyperparameter_type_problems,
 )
 from fedscape.fl.schedule import DEFAULT_LOCAL_EPOCHS, WORK_KEYS
-from fedscape.fl.settings import TrainConfig, TrainingSettings
+from fedscape.fl.settings import TrainConfig, TrainingSettings, uncaptured_steps
 from fedscape.fl.swa import SWASettings, check_swa, swa_config
 from fedscape.models.specs import (
     BN_STATS_BASELINE,
@@ -373,17 +373,105 @@ def check(config: dict, runs: list[Run]) -> list[str]:
         except ValueError as exc:
             problems.append(f"algorithms.{label}: {exc}")
     problems += _sequential_augmentations(config, known)
+    problems += _uncaptured_runs(config, known)
     if not problems:
         problems += _work_lists(config, runs)
     return problems
 
 
+def stacked_reasons(config: dict, dataset: str, model: str, name: str, hparams: dict, training: dict,
+                    who: str) -> list[str]:
+    """Why clients of algorithm `name` (with `hparams`, as `who` in words) on `dataset` and `model` with the resolved
+    `training` can only train one after another, as planning knows it without torch: an augmentation only sequential
+    client training applies (SEQUENTIAL_AUGMENTATIONS: resized_crop), an algorithm whose local steps a stacked step
+    does not compute (`AlgorithmSpec.sequential_only`) or does not compute for this model or these settings (the
+    hyperparameters' `stacked_problem`), or clients that keep their optimiser state. (A model's batch norm without a
+    stacked forward is found by the train job: it needs torch.) `fl.vectorized.resolve_client_parallel` decides the
+    same from the built model."""
+    reasons = []
+    augment = (config["datasets"][dataset] or {}).get("augment")
+    spec = algorithm_spec(name) if name in ALGORITHM_NAMES else None  # an unknown name is reported on its own
+    if augment in SEQUENTIAL_AUGMENTATIONS:
+        reasons.append(f"datasets.{dataset}.augment {augment} crops each image to its own size first")
+    if spec is not None and spec.sequential_only:
+        reasons.append(f"{who} needs {spec.sequential_only}")
+    elif spec is not None:
+        with contextlib.suppress(TypeError, ValueError):  # bad hyperparameters are reported on their own
+            options = (config.get("model_options") or {}).get(model) or {}
+            if need := algorithm_config(name, hparams).stacked_problem(model, options, training):
+                reasons.append(f"{who} needs {need}")
+    if training.get("keep_optimizer_state"):
+        reasons.append("keep_optimizer_state keeps each client's optimiser state between rounds")
+    return reasons
+
+
+def planned_client_path(config: dict, dataset: str, model: str, name: str, hparams: dict, training: dict,
+                        who: str) -> tuple[str, str] | None:
+    """How the clients of algorithm `name` (`stacked_reasons`' arguments) train on a CUDA device, as planning knows
+    it: (sequential or vectorized, how in words); None where `client_parallel: vectorized` cannot be honoured (refused
+    on its own: `_sequential_augmentations`).
+
+    `client_parallel: auto` stacks the clients' steps on a GPU unless `stacked_reasons` or AdamW (which auto trains one
+    client after another) say otherwise, as `fl.vectorized.resolve_client_parallel` decides; only the built model can
+    still send such a run one client after another (batch norm without a stacked forward: cnn_small's), which its
+    train job then says."""
+    mode = training["client_parallel"]
+    if mode == "sequential":
+        return "sequential", "one after another (client_parallel: sequential)"
+    reasons = stacked_reasons(config, dataset, model, name, hparams, training, who)
+    if mode == "vectorized":
+        return None if reasons else ("vectorized", "stacked (client_parallel: vectorized)")
+    if reasons:
+        return "sequential", f"one after another (client_parallel auto: {reasons[0]})"
+    if training["optimizer"] == "adamw":
+        return "sequential", "one after another (client_parallel auto trains AdamW clients so)"
+    return "vectorized", "stacked (client_parallel auto, on a GPU)"
+
+
+def capture_problem(config: dict, dataset: str, model: str, name: str, hparams: dict, training: dict,
+                    who: str) -> str | None:
+    """Why `capture: cuda_graph` of the resolved `training` cannot be honoured for the clients of algorithm `name`
+    (`stacked_reasons`' arguments): their local steps on the path they take (`planned_client_path`) are declared
+    uncaptured (`fl.settings.UNCAPTURED_STEPS`, which the train job's checks read too); None where they are not, or
+    `capture` is not cuda_graph (on a cpu device it is refused on its own: `check_training`)."""
+    if training["capture"] != "cuda_graph" or training["device"] == "cpu" or name not in ALGORITHM_NAMES:
+        return None
+    planned = planned_client_path(config, dataset, model, name, hparams, training, who)
+    if planned is None:
+        return None
+    path, how = planned
+    strategy, optimizer = algorithm_spec(name).strategy, training["optimizer"]
+    reason = uncaptured_steps(strategy, name, path, optimizer)
+    if reason is None:
+        return None
+    hint = ""  # where only the config's `client_parallel: sequential` keeps the clients off the captured stacked path
+    stacked = uncaptured_steps(strategy, name, "vectorized", optimizer)
+    if training["client_parallel"] == "sequential" and stacked is None and not stacked_reasons(
+            config, dataset, model, name, hparams, training, who):
+        hint = ", or client_parallel: auto, whose stacked steps are captured"
+    return (f"cuda_graph insists on captured local steps, but {who} trains its clients {how} and {reason}; set "
+            f"capture: auto (captured steps where possible, eager ones elsewhere){hint}")
+
+
+def _uncaptured_runs(config: dict, runs: list[Run]) -> list[str]:
+    """`capture: cuda_graph` where the runs' local steps are never captured (`capture_problem`): refused here, before
+    the partition and init jobs, where otherwise every train job of those runs would fail on the card."""
+    problems = []
+    for dataset, label, model in sorted({(r.dataset, r.algorithm, r.model) for r in runs}):
+        entry = config["algorithms"][label]
+        training = merge_training(config["training"], entry["training"])
+        hparams = {k: v for k, v in entry.items() if k not in ("name", "training")}
+        problem = capture_problem(config, dataset, model, entry["name"], hparams, training,
+                                  f"algorithms.{label} ({entry['name']})")
+        where = f"algorithms.{label}.training" if "capture" in entry["training"] else "training"
+        if problem and f"{where}.capture: {problem}" not in problems:
+            problems.append(f"{where}.capture: {problem}")
+    return problems
+
+
 def _sequential_augmentations(config: dict, runs: list[Run]) -> list[str]:
-    """client_parallel vectorized asked for explicitly where the clients can only train one after another: an
-    augmentation only sequential client training applies (SEQUENTIAL_AUGMENTATIONS: resized_crop), an algorithm
-    whose local steps a stacked step does not compute (`AlgorithmSpec.sequential_only`) or does not compute for this
-    model or these settings (the hyperparameters' `stacked_problem`), or clients that keep their optimiser state. (A
-    model's batch norm without a stacked forward is found by the train job: it needs torch.)"""
+    """client_parallel vectorized asked for explicitly where the clients can only train one after another
+    (`stacked_reasons`)."""
     problems = []
     for dataset, label, model in sorted({(r.dataset, r.algorithm, r.model) for r in runs}):
         overrides = config["algorithms"][label]["training"]
@@ -391,22 +479,9 @@ def _sequential_augmentations(config: dict, runs: list[Run]) -> list[str]:
         if merged.get("client_parallel") != "vectorized":
             continue
         where = f"algorithms.{label}.training" if "client_parallel" in overrides else "training"
-        augment = (config["datasets"][dataset] or {}).get("augment")
         name = config["algorithms"][label]["name"]
-        spec = algorithm_spec(name) if name in ALGORITHM_NAMES else None  # an unknown name is reported on its own
-        reasons = []
-        if augment in SEQUENTIAL_AUGMENTATIONS:
-            reasons.append(f"datasets.{dataset}.augment {augment} crops each image to its own size first")
-        if spec is not None and spec.sequential_only:
-            reasons.append(f"algorithm {spec.name} ({label}) needs {spec.sequential_only}")
-        elif spec is not None:
-            hparams = {k: v for k, v in config["algorithms"][label].items() if k not in ("name", "training")}
-            with contextlib.suppress(TypeError, ValueError):  # bad hyperparameters are reported on their own
-                options = (config.get("model_options") or {}).get(model) or {}
-                if need := algorithm_config(name, hparams).stacked_problem(model, options, merged):
-                    reasons.append(f"algorithm {spec.name} ({label}) needs {need}")
-        if merged.get("keep_optimizer_state"):
-            reasons.append("keep_optimizer_state keeps each client's optimiser state between rounds")
+        hparams = {k: v for k, v in config["algorithms"][label].items() if k not in ("name", "training")}
+        reasons = stacked_reasons(config, dataset, model, name, hparams, merged, f"algorithm {name} ({label})")
         for reason in reasons:
             problem = (f"{where}.client_parallel: vectorized trains stacked clients' batches, but {reason} "
                        f"(sequential client training only); set client_parallel to auto or sequential")

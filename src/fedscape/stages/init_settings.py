@@ -21,6 +21,22 @@ KIND_KEYS: dict[str, tuple[str, ...]] = {
     "continue": ("kind", "run", "source_model"),
 }
 PRETRAIN_KEYS = ("epochs", "lr", "batch_size", "momentum", "weight_decay", "seed")  # the PretrainConfig fields
+# The algorithm an IID warm-up trains (`stages.init.iid_warmup`; planning checks its capture with it).
+WARMUP_ALGORITHM = "fedavg"
+# The `training` keys an iid_warmup init's own `training` may not give, and why: the warm-up reads them from nowhere
+# (`WarmupInit.train_config` replaces them, `plan.init.init_extras` sets the runs' evaluation and keeping to their
+# baselines), so a value there would be ignored while the config says it changes the warm-up. (`device` is the
+# workflow's, refused for every override by `plan.train.check_training`.) Planning refuses each as
+# `inits.<label>.training.<key>` (`plan.init.check`; a reason's fields are filled with `where`, `inits.<label>`, and the
+# entry's keys). Every other training key is read: the warm-up trains with it.
+WARMUP_UNREAD_TRAINING: dict[str, str] = {
+    "rounds": "the warm-up's rounds are {where}.rounds ({rounds})",
+    "swa": "an IID warm-up is plain FedAvg and keeps its last global model, not an SWA average",
+    "save_clients_at": "the warm-up keeps no client models, only its last global model (the init)",
+    "eval_every": "the warm-up evaluates every round: the runs' evaluation schedule is not the init's, whose only "
+                  "model is its last",
+    "save_every": "the warm-up keeps only its last global model (the init), whatever rounds a run keeps",
+}
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,12 @@ class AlgorithmConfig:
         reads it without torch; the strategy's `stacked_blocker` says the same of the built model."""
         return None
 
+    def client_state_models(self) -> int:
+        """How many vectors of its init model's size the algorithm with these hyperparameters keeps for each client
+        between rounds (`fedscape.fl.state_sizes`, which a train job's host memory counts): 0 for all but those with
+        client state (SCAFFOLD's control variates, FedDyn's corrections, MOON's previous models)."""
+        return 0
+
     def result_bumps(self, model: str, model_options: dict, training: dict) -> int:
         """The result version bumps of the runs of these hyperparameters on `model` (with `model_options`) and the
         resolved `training` settings beyond their kind's (`fedscape.plan.train.RESULT_VERSIONS`): each a fix that
@@ -48,6 +54,15 @@ class ServerSGDConfig(AlgorithmConfig):
         if self.server_lr <= 0 or not 0 <= self.server_momentum < 1:
             raise ValueError(f"server_lr must be positive and server_momentum in [0, 1), got {self.server_lr} and "
                              f"{self.server_momentum}")
+
+
+def own_passes(how: str) -> str:
+    """Why a sequential client's objective that calls the model in its own way (`how`: its `local_backward` or
+    `local_loss`) is not replayed from CUDA graphs: the check at capture compares one plain pass (model(x), its
+    cross-entropy back-propagated), not the strategy's own passes. (FedSAM's two plain passes a step are checked by
+    tests/unit/test_capture.py, and captured.)"""
+    return (f"local objective calls the model in its own way ({how}), which the check at capture (one plain pass) "
+            "does not cover")
 
 
 @dataclass(frozen=True)
@@ -73,6 +88,12 @@ class AlgorithmSpec:
     # after another (client_parallel: vectorized refused at planning); None: it vectorises. The strategy class's
     # `vectorized` says the same (tests/unit/test_registry.py keeps them in step).
     sequential_only: str | None = None
+    # Why CUDA graphs never replay its clients' local steps, by the path they train on ("sequential" or "vectorized",
+    # `client_parallel` resolved): words after "<algorithm>'s" (`own_passes` for a sequential objective that runs the
+    # model its own way). A path not named is captured where the check at capture finds the replay exact. Planning
+    # refuses `capture: cuda_graph` for such a run and the trainers read the same (`fl.settings.uncaptured_steps`);
+    # tests/unit/test_capture_planning.py checks every strategy's steps against it.
+    uncaptured: tuple[tuple[str, str], ...] = ()
 
     def check_training(self, training: dict) -> None:
         """ValueError when the algorithm cannot train with these (resolved) `training` settings."""

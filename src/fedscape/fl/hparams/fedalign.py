@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
+from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig, own_passes
 from fedscape.models.specs import MODEL_INFOS, model_norm
 
 
@@ -36,5 +36,7 @@ class FedAlignConfig(ServerSGDConfig):
 SPECS = (AlgorithmSpec("fedalign", FedAlignConfig, "fedalign:FedAlign", "FedAlign",
                   "Mendieta et al. 2022, Local Learning Matters: Rethinking Data Heterogeneity in Federated Learning",
                   requires="width_sliceable",
+                  uncaptured=(("sequential", own_passes("its local_backward: the full pass, then its last block "
+                                                         "slimmed")),),
                   per_sample="its Lipschitz regulariser compares one final representation per sample "
                              "(Mendieta et al. 2022, Eq. 4)"),)

@@ -18,6 +18,9 @@ class FedDynConfig(ServerSGDConfig):
         if self.alpha <= 0:
             raise ValueError(f"alpha must be positive, got {self.alpha}")
 
+    def client_state_models(self) -> int:
+        return 1  # its gradient correction g_k
+
     def result_bumps(self, model: str, model_options: dict, training: dict) -> int:
         # 1: the server state h weights each client's change by its share of the samples (it was 1/N beside
         # sample-weighted models: fedscape.fl.strategies.feddyn)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
+from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig, own_passes
 from fedscape.models.specs import MODEL_INFOS, model_norm
 
 # The largest value torch.rand draws in float32 (`gradaug_draws` asks for float32 whatever the default dtype): the
@@ -67,5 +67,9 @@ class GradAugConfig(ServerSGDConfig):
 SPECS = (AlgorithmSpec("gradaug", GradAugConfig, "gradaug:GradAug", "GradAug",
                   "Yang et al. 2020, GradAug: A New Regularization Method for Deep Neural Networks; FedAlign paper",
                   requires="width_sliceable",
+                  uncaptured=(("sequential", own_passes("its local_backward: the full network, then sub-networks "
+                                                         "at drawn widths")),
+                              ("vectorized", "stacked step is not captured (its passes follow draws made on the "
+                                             "host every step)")),
                   per_sample="its sub-networks are distilled from the full network's one prediction per sample "
                              "(Yang et al. 2020)"),)

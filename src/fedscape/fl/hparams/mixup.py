@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
+from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig, own_passes
 
 
 @dataclass(frozen=True)
@@ -22,4 +22,6 @@ class MixupConfig(ServerSGDConfig):
 SPECS = (AlgorithmSpec("mixup", MixupConfig, "mixup:Mixup", "Mixup",
                   "Zhang et al. 2018, mixup: Beyond Empirical Risk Minimization; FedAlign paper, Sec. 3.2",
                   requires="pixel_input",
+                  uncaptured=(("sequential", own_passes("its local_loss: on the batch mixed with a drawn "
+                                                         "permutation")),),
                   per_sample="it mixes whole samples and their one-hot labels (Zhang et al. 2018)"),)

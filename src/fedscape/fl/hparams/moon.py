@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from fedscape.core.names import unknown_name_error
-from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
+from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig, own_passes
 from fedscape.fl.swa import swa_config
 from fedscape.models.specs import MODEL_INFOS
 
@@ -57,6 +57,13 @@ class MoonConfig(ServerSGDConfig):
                              "use head: projection (the head is then part of the model), or server_lr 1 and "
                              "server_momentum 0")
 
+    def client_state_models(self) -> int:
+        # the client's previous local model and its projection head's parameters, beside the model (`head: side`) or
+        # in it (`head: projection`, a model larger than its init), and in `reference_mode: eval` its buffers: the
+        # head and the buffers counted as one model each, an upper bound wherever the memory matters (ResNet18's head
+        # 512 -> 512 -> 512 is 0.5M parameters beside 11M)
+        return 2 + int(self.reference_mode == "eval")
+
     def training_problem(self, training: dict) -> str | None:
         """head side: the strategy keeps the head beside the model, so neither the SWA schedule of the server's lr
         nor the clients' kept optimiser state (both of the model's parameters) reaches it."""
@@ -95,4 +102,6 @@ class MoonConfig(ServerSGDConfig):
 
 SPECS = (AlgorithmSpec("moon", MoonConfig, "moon:Moon", "MOON",
                   "Li et al. 2021, Model-Contrastive Federated Learning",
+                  uncaptured=(("sequential", own_passes("its local_loss: beside the global and previous "
+                                                         "models' passes")),),
                   per_sample="its contrastive term compares one representation per sample (Li et al. 2021, Eq. 3)"),)

@@ -11,6 +11,9 @@ from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
 class ScaffoldConfig(ServerSGDConfig):
     """SCAFFOLD hyperparameters: those of the server step."""
 
+    def client_state_models(self) -> int:
+        return 1  # its control variate c_i
+
     def result_bumps(self, model: str, model_options: dict, training: dict) -> int:
         # 1: the server control variate weights each client's change by its share of the samples (it was 1/N beside
         # sample-weighted model steps: fedscape.fl.strategies.scaffold)

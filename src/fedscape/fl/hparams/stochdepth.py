@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
+from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig, own_passes
 
 
 @dataclass(frozen=True)
@@ -27,4 +27,6 @@ class StochDepthConfig(ServerSGDConfig):
 SPECS = (AlgorithmSpec("stochdepth", StochDepthConfig, "stochdepth:StochDepth", "StochDepth",
                   "Huang et al. 2016, Deep Networks with Stochastic Depth; FedAlign paper, Sec. 3.2",
                   requires="residual",
+                  uncaptured=(("sequential", own_passes("its local_loss: the residual-scaled forward, branches "
+                                                         "dropped per step")),),
                   per_sample="its residual-scaled forward gives one prediction per sample (forward_residual_scaled)"),)

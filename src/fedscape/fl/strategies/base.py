@@ -171,19 +171,18 @@ class Strategy:
     # False unless it declares `vectorized` itself, or it only changes the server step (standard local training
     # and no client hook of its own), in which case it inherits its parent's value.
     vectorized: ClassVar[bool] = True
-    # Whether a sequential client's forward and backward passes may be replayed from CUDA graphs
-    # (fedscape.fl.capture): every pass is `model(x)` on the step's batch, its loss back-propagated before the next
-    # pass. The gradient hooks (`adjust_gradients`), `begin_local` and `end_local` run eagerly around it. A subclass
-    # that changes `local_backward` or `local_loss` is False unless it declares `capturable` itself.
-    capturable: ClassVar[bool] = True
+    # Which of its local steps CUDA graphs never replay (fedscape.fl.capture) is declared torch-free, for planning
+    # too, by its algorithm's spec (`AlgorithmSpec.uncaptured`, gathered in fedscape.fl.settings.UNCAPTURED_STEPS
+    # under the class's `strategy_ref`): a strategy whose sequential objective runs the model its own way (its
+    # `local_backward` or `local_loss`) is named there unless its passes are plain `model(x)` passes, each
+    # back-propagated before the next (FedSAM), and tests/unit/test_capture_planning.py checks every registered
+    # strategy's steps against it.
     # Whether local training scales each residual branch per step (`residual_scales`), so that the stacked step
     # keeps each client's dropped branches as its step found them.
     residual_scaled: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "capturable" not in cls.__dict__ and any(h in cls.__dict__ for h in ("local_backward", "local_loss")):
-            cls.capturable = False
         if "vectorized" not in cls.__dict__:
             if not cls.standard_local_training or any(h in cls.__dict__ for h in CLIENT_HOOKS):
                 cls.vectorized = False
@@ -292,13 +291,15 @@ class Strategy:
         """The vectorised path's draws of an objective that draws its own per step (GradAug's sub-networks' widths
         and input sizes), for a step's batch of n: drawn from the client's `generator` (with `scratch`) in the order
         its `local_backward` draws them, after the step's augmentation, and handed to `local_gradients_vectorized`
-        as `loss.batch.draws`, one per active client. None: nothing drawn. Host values that change every step: the
-        vectorised trainer replays no captured step of a strategy that draws them (`draws_per_step`)."""
+        as `loss.batch.draws`, one per active client. None: nothing drawn. Host values that change every step: a
+        strategy that draws them (`draws_per_step`) has its stacked steps declared uncaptured
+        (fedscape.fl.settings.UNCAPTURED_STEPS)."""
         return None
 
     @classmethod
     def draws_per_step(cls) -> bool:
-        """Whether the strategy has its own `local_draws`."""
+        """Whether the strategy has its own `local_draws` (host draws every stacked step, which no CUDA graph
+        replays: `UNCAPTURED_STEPS` must name its stacked steps, tests/unit/test_capture_planning.py checks)."""
         return cls.local_draws is not Strategy.local_draws
 
     def stacked_blocker(self, model: nn.Module, stacked_forward: bool = True, optimizer: str = "sgd") -> str | None:

@@ -39,8 +39,8 @@ class FedSAM(Strategy):
 
     standard_local_training = False
     vectorized = True  # local_gradients_vectorized: each client's own ascent on the stacked tensors
-    # Two plain passes per step, at w and at w + e, each back-propagated before the next: a replay serves both.
-    capturable = True
+    # (Its steps are captured, sequential or stacked: two plain passes per step, at w and at w + e, each back-propagated
+    # before the next, so that a replay serves both; fedscape.fl.settings.UNCAPTURED_STEPS names it nowhere.)
 
     def _eta(self) -> float | None:
         return None

@@ -13,6 +13,7 @@ from fedscape.core.paths import (
     LAYERWISE_DIR,
 )
 from fedscape.plan import barriers as barrier_plan
+from fedscape.plan.resources import data_job_mem_mb
 
 BARRIER_PAIR = r"[A-Za-z0-9_.-]+"
 # Every pair resolved once (the config is checked before the rule files are read).
@@ -42,6 +43,13 @@ rule interpolation:
         "../envs/torch.yaml"
     resources:
         **GPU_JOB,
+        # host memory: the data set of the pair's runs (they share it) is decoded whole before it is copied to the card
+        mem_mb=lambda wildcards, attempt: data_job_mem_mb(
+            "interpolation",
+            config,
+            INTERPOLATION_PAIRS[wildcards.pair].run_a.dataset,
+            attempt,
+        ),
     params:
         settings=lambda wildcards: barrier_plan.interpolation_settings(
             config,
@@ -105,6 +113,13 @@ rule layer_barriers:
         "../envs/torch.yaml"
     resources:
         **GPU_JOB,
+        # host memory: the data set of the pair's runs (they share it) is decoded whole before it is copied to the card
+        mem_mb=lambda wildcards, attempt: data_job_mem_mb(
+            "layer_barriers",
+            config,
+            LAYER_PAIRS[wildcards.pair].run_a.dataset,
+            attempt,
+        ),
     params:
         settings=lambda wildcards: barrier_plan.layer_settings(
             config,

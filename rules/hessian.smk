@@ -13,7 +13,7 @@ from fedscape.analysis.hessian.definitions import (
 from fedscape.core.paths import HESSIAN_DIR, HESSIAN_FIGURE
 from fedscape.core.runs import Run
 from fedscape.plan import hessian as hessian_plan
-from fedscape.plan.resources import by_input
+from fedscape.plan.resources import by_input, data_job_mem_mb
 
 
 rule hessian:
@@ -41,6 +41,14 @@ rule hessian:
     resources:
         # a job that copies another run's round-0 result computes nothing
         **{key: by_input(key, "source_details", GPU_JOB, CPU_JOB) for key in GPU_JOB},
+        # host memory: the run's data set is decoded whole before it is copied to the card (a copy reads none)
+        mem_mb=lambda wildcards, input, attempt: data_job_mem_mb(
+            "hessian",
+            config,
+            wildcards.dataset,
+            attempt,
+            "source_details" in input.keys(),
+        ),
     params:
         settings=lambda wildcards: hessian_plan.hessian_job_settings(
             config,
@@ -76,6 +84,14 @@ rule hessian_plane:
     resources:
         # a job that copies another run's round-0 plane computes nothing
         **{key: by_input(key, "source_plane", GPU_JOB, CPU_JOB) for key in GPU_JOB},
+        # host memory: the run's data set is decoded whole before it is copied to the card (a copy reads none)
+        mem_mb=lambda wildcards, input, attempt: data_job_mem_mb(
+            "hessian_plane",
+            config,
+            wildcards.dataset,
+            attempt,
+            "source_plane" in input.keys(),
+        ),
     params:
         settings=lambda wildcards: hessian_plan.plane_job_settings(
             config,

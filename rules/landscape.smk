@@ -10,6 +10,7 @@ from fedscape.analysis.landscape.definitions import (
 )
 from fedscape.core.paths import LANDSCAPE_DIR, SURFACE_DIR
 from fedscape.plan import landscape as landscape_plan
+from fedscape.plan.resources import data_job_mem_mb
 
 # Every `landscapes` entry resolved once (the config is checked before the rule files are read).
 LANDSCAPES = {plan.label: plan for plan in landscape_plan.landscape_plans(config, RUNS)}
@@ -66,6 +67,10 @@ rule landscape_chunk:
         "../envs/torch.yaml"
     resources:
         **GPU_JOB,
+        # host memory: the surface's data set, decoded whole on the CPU, and the rows it evaluates
+        mem_mb=lambda wildcards, attempt: data_job_mem_mb(
+            "landscape_chunk", config, wildcards.dataset, attempt
+        ),
     params:
         settings=lambda wildcards: landscape_plan.chunk_settings(
             config,

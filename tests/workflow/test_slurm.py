@@ -30,7 +30,7 @@ from fedscape.core.config import load_schema
 from fedscape.core.paths import Results
 from fedscape.core.runs import build_runs
 from fedscape.models.checkpoint import load_clients, load_trajectory
-from fedscape.plan.resources import GPU_RULES, gpu_job_resources, init_mem_mb, train_mem_mb
+from fedscape.plan.resources import GPU_RULES, RULE_NEEDS, data_job_mem_mb, gpu_job_resources, init_mem_mb, train_mem_mb
 from fedscape.plan.workflow import check_config
 from fedscape.stages.init_settings import TRAINING_KINDS
 
@@ -88,8 +88,8 @@ def test_gpu_rules_are_sized_and_use_the_cuda_env():
     assert {"train", "init", "landscape_chunk", "hessian"} <= gpu_rules
     for rule in gpu_rules:
         res = {key: evaluate_resource(value) for key, value in profile()["set-resources"][rule].items()}
-        # train and init size their memory by their data set in their rules (tests/unit/test_slurm_resources.py)
-        keys = [key for key in RESOURCE_KEYS if not (key == "mem_mb" and rule in ("train", "init"))]
+        # the rules that read a data set size their memory by it themselves (tests/unit/test_job_memory.py)
+        keys = [key for key in RESOURCE_KEYS if not (key == "mem_mb" and RULE_NEEDS[rule].host_mb)]
         assert all(key in res for key in keys), (rule, res)
         assert res.get("mem_mb", 4000) >= 4000 and res["runtime"] >= 60 and res["cpus_per_task"] >= 1
         if rule in envs:  # rules that other stages have not added yet are simply never submitted
@@ -198,18 +198,20 @@ def test_every_submitted_rule_uses_the_cpus_it_asks_for():
 
 
 @pytest.mark.parametrize(("rule", "inputs", "size"), [
-    ("hessian", ("trajectory", "partition"), (16000, 480, 4)),
+    ("hessian", ("trajectory", "partition"), (16001, 480, 4)),
     ("hessian", tuple(f"source_{key}" for key in JOB_FILES), (2000, 10, 1)),
-    ("hessian_plane", ("trajectory", "partition"), (16000, 120, 4)),
+    ("hessian_plane", ("trajectory", "partition"), (16001, 120, 4)),
     ("hessian_plane", ("source_plane",), (2000, 10, 1)),
 ])
 def test_a_copying_hessian_or_plane_job_is_a_small_cpu_job(rule, inputs, size):
     # Prepare: the inputs of a computing job, and of a round-0 job that copies a shared result
     environ = {"SLURM_PARTITION": "cpu", "SLURM_GPU_PARTITION": "gpu", "SLURM_GPU_MODEL": "a100"}
 
-    # Execute: the profile's size of the job
+    # Execute: the profile's size of the job, and its rule's memory (for the default config's digits)
     resources = profile()["set-resources"][rule]
     res = {key: evaluate_resource(value, environ, inputs) for key, value in resources.items()}
+    config = check_config(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), load_schema(SCHEMA))
+    res["mem_mb"] = data_job_mem_mb(rule, config, "digits", 1, any(name.startswith("source_") for name in inputs))
 
     # Assert (its card: tests/unit/test_resources.py)
     assert (res["mem_mb"], res["runtime"], res["cpus_per_task"]) == size

@@ -8,8 +8,9 @@ on CPUs asks for none (the profile only sizes the jobs: memory, time, CPUs). tes
 rules and `GPU_RULES` in step.
 
 The host memory a cluster job asks for (`mem_mb`) follows its data where it reads a data set: a job decodes the whole
-data set into host memory before it copies it to the card (`train_mem_mb`, `init_mem_mb`), and ImageNet-200's pool
-alone is about 20 GB where CIFAR-10's is 0.7 GB.
+data set into host memory before it copies it to the card, and ImageNet-200's pool alone is about 20 GB where
+CIFAR-10's is 0.7 GB. Every heavy rule that reads one asks for it in its rule file (`train_mem_mb`, `init_mem_mb`,
+`data_job_mem_mb`), from its `RuleNeeds.host_mb` and the data set its job decodes (`job_mem_mb`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fedscape.core.gpus import visible_gpus
 from fedscape.core.runs import Run
 from fedscape.data.specs import STORED_IMAGE_AUGMENTATIONS, TARGETS, dataset_info, resolved_targets
 from fedscape.fl.settings import clients_per_round
+from fedscape.fl.state_sizes import client_state_models
 from fedscape.plan.train import kept_rounds_of, run_training
 from fedscape.stages.init_settings import TRAINING_KINDS
 
@@ -41,8 +43,26 @@ class RuleNeeds:
     # kind read at `kind` (a key path, with the job's wildcards).
     memory: tuple[str, ...] | Mapping[str, tuple[str, ...]] = ()
     kind: str = ""
+    # The host memory (MiB) a cluster job of a rule that reads data holds beside the data set's tensors (`job_mem_mb`):
+    # Python, torch and CUDA's host side, its models and working arrays; what the SLURM profile gave the rule before its
+    # data set was counted, so that no job asks for less than it did. 0: the profile sizes the rule's jobs (a
+    # `localrule: True`, or a rule that reads no data set).
+    host_mb: int = 0
+    # How many copies of its data set's tensors (`data_bytes`) a job holds at once in host memory: one where the job
+    # copies the data set to the card and drops the decoded one; two where it keeps the decoded pool on the CPU and
+    # takes rows from it (a surface's client shard, the union of the shards) or decodes it again for its test set.
+    host_data: int = 1
 
 
+# What a train or init job holds beside its data set's tensors and a train job's kept models (`train_mem_mb`): Python,
+# torch and CUDA's host side (its context and libraries take 2-3 GB of host memory once a job has touched a card), the
+# model and its optimiser. 16000: what the profile gave every train and init job before their data sets were counted
+# (tests/workflow/test_slurm.py ran with it), and the Hessian and surface jobs likewise, so that no job asks for less.
+HOST_BASE_MB = 16000
+# What the barrier jobs hold beside their data set: two runs' models and the points between them; the profile's 8000.
+BARRIER_BASE_MB = 8000
+# A Hessian or plane job that copies another run's round-0 result (`by_input`): torch-free, a few files read, written.
+COPY_MEM_MB = 2000
 # What bounds federated rounds' device memory: vectorised rounds stack client_chunk_size clients' models, activations
 # and gradients; captured steps keep their CUDA graphs' memory pools (and a vectorised chunk's state per chunk size)
 _TRAIN_MEMORY = ("training.client_chunk_size", "training.client_parallel=sequential", "training.eval_batch_size",
@@ -55,20 +75,22 @@ _HESSIAN_MEMORY = ("hessian.batch_size", "hessian.cache_graph=false", "hessian.e
 # (`gpu_job_resources`; tests/unit/test_resources.py keeps them in step).
 RULE_NEEDS: dict[str, RuleNeeds] = {
     "partition": RuleNeeds(gpu=False, data=True),  # torch-free; runs local, but reads the data
-    "train": RuleNeeds(gpu=True, data=True, memory=_TRAIN_MEMORY),
+    "train": RuleNeeds(gpu=True, data=True, memory=_TRAIN_MEMORY, host_mb=HOST_BASE_MB),
     # a pretraining's batches; an IID warm-up's federated rounds, bounded as a train job's by its `inits` entry's
     # `training` overrides, else by the `training` section
     "init": RuleNeeds(gpu=True, data=True, kind="inits.{init}.kind",
                       memory={"pretrained": ("inits.{init}.batch_size", "training.eval_batch_size"),
                               "iid_warmup": tuple(f"inits.{{init}}.{entry.partition('=')[0]}|{entry}"
-                                                 for entry in _TRAIN_MEMORY)}),
+                                                 for entry in _TRAIN_MEMORY)}, host_mb=HOST_BASE_MB),
+    # the data set's pool on the CPU, and the rows it evaluates taken from it (or its test set decoded again)
     "landscape_chunk": RuleNeeds(gpu=True, data=True, memory=("landscapes.{surface}.points_per_batch",
-                                                              "training.eval_batch_size")),
-    "hessian": RuleNeeds(gpu=True, data=True, memory=_HESSIAN_MEMORY),
+                                                              "training.eval_batch_size"),
+                                 host_mb=HOST_BASE_MB, host_data=2),
+    "hessian": RuleNeeds(gpu=True, data=True, memory=_HESSIAN_MEMORY, host_mb=HOST_BASE_MB),
     # the aggregate's top-2 eigenvectors, as the Hessian job computes them (where that job did not keep them)
-    "hessian_plane": RuleNeeds(gpu=True, data=True, memory=_HESSIAN_MEMORY),
-    "interpolation": RuleNeeds(gpu=True, data=True, memory=("training.eval_batch_size",)),
-    "layer_barriers": RuleNeeds(gpu=True, data=True, memory=("training.eval_batch_size",)),
+    "hessian_plane": RuleNeeds(gpu=True, data=True, memory=_HESSIAN_MEMORY, host_mb=HOST_BASE_MB),
+    "interpolation": RuleNeeds(gpu=True, data=True, memory=("training.eval_batch_size",), host_mb=BARRIER_BASE_MB),
+    "layer_barriers": RuleNeeds(gpu=True, data=True, memory=("training.eval_batch_size",), host_mb=BARRIER_BASE_MB),
     "landscape_plane": RuleNeeds(gpu=False, data=False),  # checkpoints in, a plane out: CPU
     "client_stats": RuleNeeds(gpu=False, data=False),  # client_updates.csv and trajectories in: CPU
 }
@@ -209,13 +231,8 @@ def memory_hint(rule: str, config: dict, wildcards: dict[str, str]) -> str:
             f"gpu=N` allows more, and other programs on the card (nvidia-smi lists them) take memory too")
 
 
-# -- host memory: the `mem_mb` of the jobs that decode a data set (train, init), as a cluster asks for it
+# -- host memory: the `mem_mb` of the jobs that decode a data set, as a cluster asks for it
 
-# What such a job holds beside its data set's tensors and a train job's kept models (`train_mem_mb`): Python, torch
-# and CUDA's host side (its context and libraries take 2-3 GB of host memory once a job has touched a card), the model
-# and its optimiser. 16000: what the profile gave every train and init job before their data sets were counted
-# (tests/workflow/test_slurm.py ran with it), so that no job asks for less.
-HOST_BASE_MB = 16000
 # The test set of a data set with a test set of its own (`fixed_test_split`), as a share of its `train_samples`: at
 # most a fifth (CIFAR's 10,000 test images beside 50,000; ImageNet-200's 10,000 validation images beside 100,000).
 # LEAF's and TFF's data sets (`writers`) count their test samples in `train_samples` already.
@@ -255,11 +272,25 @@ def data_bytes(dataset: str, options: dict) -> int:
     return int(samples * train_row + test * test_row)
 
 
-def _mem_mb(datasets: list[tuple[str, dict]], attempt: int, more_bytes: int = 0) -> int:
-    """`HOST_BASE_MB`, the data sets' tensors (`data_bytes`) and `more_bytes` in MiB (SLURM's `--mem` unit), times
-    `attempt`: a job killed for its memory asks for more when it is resubmitted (the profile's `retries`)."""
-    data = sum(data_bytes(name, options) for name, options in datasets) + more_bytes
-    return int(attempt) * (HOST_BASE_MB + math.ceil(data / 2**20))
+def job_mem_mb(rule: str, datasets: list[tuple[str, dict]], attempt: int, more_bytes: int = 0) -> int:
+    """The host memory (MiB, SLURM's `--mem` unit) of a job of `rule` that decodes `datasets` (name, `datasets.<name>`
+    options): the rule's `RuleNeeds.host_mb`, its `host_data` copies of the data sets' tensors (`data_bytes`) and
+    `more_bytes`, times `attempt`: a job killed for its memory asks for more when it is resubmitted (the profile's
+    `retries`). The one formula of every rule whose memory follows its data."""
+    needs = RULE_NEEDS[rule]
+    if not needs.host_mb:
+        raise ValueError(f"rule {rule!r} declares no host memory (RuleNeeds.host_mb): the profile sizes its jobs")
+    data = needs.host_data * sum(data_bytes(name, options) for name, options in datasets) + more_bytes
+    return int(attempt) * (needs.host_mb + math.ceil(data / 2**20))
+
+
+def data_job_mem_mb(rule: str, config: dict, dataset: str, attempt: int = 1, copies: bool = False) -> int:
+    """The host memory (MiB) of a job of analysis rule `rule` (a Hessian, plane, surface chunk or barrier job) that
+    reads `dataset` with its `datasets.<name>` settings, times `attempt` (`job_mem_mb`); `COPY_MEM_MB` for a job that
+    `copies` another run's result and reads no data (`by_input`)."""
+    if copies:
+        return COPY_MEM_MB
+    return job_mem_mb(rule, [(dataset, config["datasets"][dataset])], attempt)
 
 
 def kept_models(config: dict, run: Run) -> int:
@@ -272,23 +303,37 @@ def kept_models(config: dict, run: Run) -> int:
     return rounds + len(training["save_clients_at"]) * clients_per_round(int(run.num_clients), float(run.participation))
 
 
+def client_state_copies(config: dict, run: Run) -> int:
+    """How many model-sized vectors a train job of `run` holds for its clients' kept state
+    (`fedscape.fl.state_sizes.client_state_models`: SCAFFOLD's control variates, FedDyn's corrections, MOON's previous
+    models, a kept optimiser state): each of its `num_clients` clients' (every client that took part keeps them until
+    the run ends), twice: each round's state.pt is written from one more copy of them, stacked
+    (`ClientStore.state_dict`), and a resumed run holds the stack it read beside the rows it replaces. 0 for FedAvg
+    without a kept optimiser state."""
+    spec = config["algorithms"][run.algorithm]
+    hyperparameters = {k: v for k, v in spec.items() if k not in ("name", "training")}
+    per_client = client_state_models(spec["name"], hyperparameters, run_training(config, run))
+    return 2 * int(run.num_clients) * per_client
+
+
 def train_mem_mb(config: dict, run: Run, attempt: int = 1, init: str | os.PathLike | None = None) -> int:
     """The host memory (MiB) of `run`'s train job: its data set whole (`data_bytes`), federated on the card after it
-    is decoded, its kept models (`kept_models`) each the size of its init file `init` (parameters and buffers in
-    float32; None: not counted), and `HOST_BASE_MB`, times `attempt`.
+    is decoded, its kept models (`kept_models`) and its clients' kept state (`client_state_copies`), each the size of
+    its init file `init` (parameters and buffers in float32; None: not counted), and `HOST_BASE_MB`, times `attempt`.
 
     The init file is read for its size only. Where it does not exist yet (a dry run before the init job), its
     FileNotFoundError makes Snakemake show the memory as <TBD> and evaluate it again once the file is there, before it
     submits the job."""
-    models = 0 if init is None else kept_models(config, run) * os.path.getsize(init)
-    return _mem_mb([(run.dataset, config["datasets"][run.dataset])], attempt, models)
+    held = kept_models(config, run) + client_state_copies(config, run)
+    models = 0 if init is None else held * os.path.getsize(init)
+    return job_mem_mb("train", [(run.dataset, config["datasets"][run.dataset])], attempt, models)
 
 
 def init_mem_mb(config: dict, dataset: str, init: str, attempt: int = 1) -> int:
     """The host memory (MiB) of the init job of label `init` for `dataset`, times `attempt`: `HOST_BASE_MB` and the
-    data set it decodes. An IID warm-up trains on `dataset`, a pretrained init on its proxy split (`dataset` whole)
-    or on a `proxy_dataset` (read with its defaults); down-sampled ImageNet (`proxy_dir`) is read batch by batch,
-    and a random or continue init reads no data set."""
+    data set it decodes (`job_mem_mb`). An IID warm-up trains on `dataset`, a pretrained init on its proxy split
+    (`dataset` whole) or on a `proxy_dataset` (read with its defaults); down-sampled ImageNet (`proxy_dir`) is read
+    batch by batch, and a random or continue init reads no data set."""
     spec = config["inits"][init]
     datasets: list[tuple[str, dict]] = []
     if spec["kind"] == "iid_warmup" or (spec["kind"] == "pretrained" and not spec.get("proxy_dir")
@@ -296,4 +341,4 @@ def init_mem_mb(config: dict, dataset: str, init: str, attempt: int = 1) -> int:
         datasets.append((dataset, config["datasets"][dataset]))
     elif spec["kind"] == "pretrained" and spec.get("proxy_dataset"):
         datasets.append((spec["proxy_dataset"], {}))
-    return _mem_mb(datasets, attempt)
+    return job_mem_mb("init", datasets, attempt)

@@ -8,6 +8,7 @@ import contextlib
 import os
 import shlex
 import subprocess
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pytest
@@ -253,7 +254,7 @@ def test_rehash_reads_every_data_file_again_and_is_not_passed_to_snakemake(monke
     def dry_run(cmd, **kwargs):
         if cmd[1:3] != ["-m", "snakemake"]:
             return run(cmd, **kwargs)
-        seen["cmd"] = cmd
+        seen.setdefault("cmds", []).append(cmd[3:])
         return subprocess.CompletedProcess(cmd, 0, DRY_RUN, "")
 
     def config(parsed):
@@ -272,8 +273,9 @@ def test_rehash_reads_every_data_file_again_and_is_not_passed_to_snakemake(monke
     # Execute
     assert status.main(args) == 0
 
-    # Assert
-    assert seen["cmd"][-3:] == ["-n", "--configfile", "my.yaml"] and seen["configfiles"] == [Path("my.yaml")]
+    # Assert: the dry run and that of every job of the config's DAG (`dag_outputs`), neither given --rehash
+    assert seen["cmds"] == [["-n", "--configfile", "my.yaml"], ["-n", "--forceall", "--configfile", "my.yaml"]]
+    assert seen["configfiles"] == [Path("my.yaml")]
     assert seen["rehash"] is rehash
 
 
@@ -502,8 +504,16 @@ def test_nothing_without_metadata_says_nothing():
 NOTHING_PLANNED = "Building DAG of jobs...\nNothing to be done (all requested files are present and up to date).\n"
 
 
-def _dry_run(monkeypatch, text: str) -> list[list[str]]:
-    """The dry run of `status.main` replaced by one that prints `text`; returns the commands it was given."""
+def dag_text(*jobs: Sequence[str]) -> str:
+    """A dry run with `--forceall` of a DAG whose jobs have these outputs, as Snakemake prints it (`dag_outputs`)."""
+    return "Building DAG of jobs...\n" + "".join(
+        f"[Mon Nov 23 14:57:18 2026]\nrule job:\n    output: {', '.join(outputs)}\n    reason: Forced execution\n"
+        for outputs in jobs)
+
+
+def _dry_run(monkeypatch, text: str, dag: Iterable[Sequence[str]] = ()) -> list[list[str]]:
+    """The dry run of `status.main` replaced by one that prints `text`, and that of every job of the config's DAG
+    (`--forceall`: `dag_outputs`) by one of jobs with the outputs `dag`; returns the commands it was given."""
     seen = []
     run = subprocess.run  # Snakemake's own argument parser asks its executor plugins' commands too
 
@@ -511,10 +521,14 @@ def _dry_run(monkeypatch, text: str) -> list[list[str]]:
         if cmd[1:3] != ["-m", "snakemake"]:
             return run(cmd, **kwargs)
         seen.append(cmd)
-        return subprocess.CompletedProcess(cmd, 0, text, "")
+        return subprocess.CompletedProcess(cmd, 0, dag_text(*dag) if "--forceall" in cmd else text, "")
 
     monkeypatch.setattr(status.subprocess, "run", dry_run)
     return seen
+
+
+# the jobs of `finished_below` by their logs' names, each with its outputs: the config's DAG
+FINISHED_BELOW = {"tables": ["results/tables/a.csv"], "run": ["results/train/r/x.pt", "results/train/r/y.pt"]}
 
 
 @pytest.fixture
@@ -526,7 +540,7 @@ def finished_below(config_files, restore_logging) -> Path:
     from snakemake.persistence.file import FilePersistence
 
     work = config_files / "work"
-    outputs = {"tables": ["results/tables/a.csv"], "run": ["results/train/r/x.pt", "results/train/r/y.pt"]}
+    outputs = FINISHED_BELOW
     with contextlib.chdir(work):
         for name, paths in outputs.items():
             with job_log(f"logs/{name}.log", paths, "results"):
@@ -542,7 +556,7 @@ def finished_below(config_files, restore_logging) -> Path:
 def test_with_directory_the_records_and_metadata_below_it_are_read(finished_below, monkeypatch, capsys):
     # Prepare: the dry run plans nothing; the config file named relative to where make status runs, its results_dir
     # relative (below the working directory, as Snakemake reads it)
-    _dry_run(monkeypatch, NOTHING_PLANNED)
+    _dry_run(monkeypatch, NOTHING_PLANNED, FINISHED_BELOW.values())
     work = os.path.relpath(finished_below, ROOT)
     config = os.path.relpath(finished_below.parent / "base.yaml", ROOT)
 
@@ -561,7 +575,7 @@ def test_with_directory_the_records_and_metadata_below_it_are_read(finished_belo
 def test_with_directory_a_missing_output_is_forced_by_its_path_below_it(finished_below, monkeypatch, capsys):
     # Prepare: one of the train job's outputs removed; the dry run plans nothing
     (finished_below / "results/train/r/y.pt").unlink()
-    _dry_run(monkeypatch, NOTHING_PLANNED)
+    _dry_run(monkeypatch, NOTHING_PLANNED, FINISHED_BELOW.values())
     args = ["-d", str(finished_below), "--configfile", str(finished_below.parent / "base.yaml"),
             "--config", "results_dir=results"]
 
@@ -618,7 +632,7 @@ def test_changed_outputs_past_ten_are_counted_by_stage_and_all_remade(tmp_path, 
 def test_a_changed_output_is_found_listed_and_forced_by_make_status(finished_below, monkeypatch, capsys):
     # Prepare: below work/, one output of the train job rewritten with another size; the dry run plans nothing
     (finished_below / "results/train/r/x.pt").write_text("another run's output\n")
-    _dry_run(monkeypatch, NOTHING_PLANNED)
+    _dry_run(monkeypatch, NOTHING_PLANNED, FINISHED_BELOW.values())
     args = ["-d", str(finished_below), "--configfile", str(finished_below.parent / "base.yaml"),
             "--config", "results_dir=results"]
 
@@ -658,7 +672,8 @@ def test_every_partition_remedy_carries_the_users_arguments_and_names_each_file_
         Path(gone).unlink()
         Path(damaged).parent.mkdir(parents=True)
         Path(damaged).write_text("not a partition")
-    _dry_run(monkeypatch, NOTHING_PLANNED)
+    # (the DAG faked as the dry run is: the gone partition among its jobs, as if a seed of the config)
+    _dry_run(monkeypatch, NOTHING_PLANNED, [[recorded], [damaged], [gone]])
 
     # Execute
     assert status.main(args) == 0
@@ -746,6 +761,7 @@ def test_incomplete_outputs_are_named_and_the_status_is_that_of_a_run_that_makes
     # Assert: both files named, the second dry run asked to make them again, and the commands carry it
     out = capsys.readouterr().out
     assert code == 0
-    assert calls == [["-n", "--configfile", "my.yaml"], ["-n", "--configfile", "my.yaml", "--rerun-incomplete"]]
+    assert calls == [["-n", "--configfile", "my.yaml"], ["-n", "--configfile", "my.yaml", "--rerun-incomplete"],
+                     ["-n", "--forceall", "--configfile", "my.yaml", "--rerun-incomplete"]]
     assert "2 output(s) are marked incomplete" in out and "results/train/c/trajectory.pt" in out
     assert "--configfile my.yaml --rerun-incomplete --forcerun" in out

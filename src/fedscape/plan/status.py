@@ -14,8 +14,15 @@ Snakemake does not see the data: a data set's location is not part of any job's 
 job's inputs. Each job that read data recorded the fingerprint of its files (`data.locations`); the results made
 from other files than those there now are listed too (`made from other data`), and the command remakes them.
 
-Every recorded result below the results folder that no planned job remakes, and that is the file its job wrote (below),
-is current, whichever commit made it: the job records (`_manifest`, `core.manifest`) say which, and a result made by
+Only the results this config makes are its status: the outputs of every job of its DAG (that of the targets given, where
+the arguments name some), which a second dry run with `--forceall` lists (`dag_outputs`: a few seconds, as the first). A
+recorded result below the results folder that no job of the config makes (a run, seed or analysis dropped from the
+config since, or another config's with the same `results_dir`) is listed apart, `not in this config (kept, not remade)`:
+neither current, nor missing, changed or made from other data, and never in the command, which would make it again with
+today's settings (`--forcerun` makes each file it names a target) or fail where no rule of the config makes it any more.
+
+Every recorded result of the config that no planned job remakes, and that is the file its job wrote (below), is
+current, whichever commit made it: the job records (`_manifest`, `core.manifest`) say which, and a result made by
 another commit at the same result versions is current. The config is the dry run's: its arguments read by Snakemake's
 own parser (`snakemake_args`), and every path read where Snakemake reads it: the --configfile files from here, the rest
 (the default config, the results and their records, `.snakemake/`, the data) below its working directory, `--directory`
@@ -207,6 +214,24 @@ def missing_jobs(records: Mapping[str, dict], planned: Iterable[str], root: str)
     return sorted(found)
 
 
+def split_by_config(records: Mapping[str, dict], made: Iterable[str], root: str
+                    ) -> tuple[dict[str, dict], list[tuple[str, ...]]]:
+    """(the records of the config, the jobs outside it): `records` (`core.manifest.output_records`) without the
+    outputs below the results folder `root` that no job of the config's DAG makes (`made`: `dag_outputs`), and each
+    recorded job with such outputs as those outputs, sorted.
+
+    A run dropped from the config (an algorithm, a seed), an analysis turned off, a round no longer kept, or another
+    config's results in the same folder: their files are no result of this config, so none is current, missing or
+    changed here, and none is forced, which would make it a target (Snakemake's `--forcerun` adds the files it names
+    to the targets): trained again with today's settings, or the whole command refused where no rule of the config
+    makes it. An output recorded at another path than below `root` (results moved since) is left in: the config's
+    jobs cannot make it there either, and `uncompared_outputs` counts it as before."""
+    made = set(made)
+    outside = {o for o in records if o not in made and _below(o, root)}
+    jobs = [tuple(sorted(o for o in outputs if o in outside)) for _, outputs in recorded_jobs(records)]
+    return {o: r for o, r in records.items() if o not in outside}, sorted(job for job in jobs if job)
+
+
 def uncompared_outputs(records: Mapping[str, dict], planned: Iterable[str], root: str,
                        has_metadata: Callable[[str], bool]) -> list[str]:
     """The recorded outputs whose settings the dry run could not compare with their job's settings now, as Snakemake
@@ -227,7 +252,8 @@ def made_from_other_data(changes: Sequence[DataChange]) -> set[str]:
 def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args: Iterable[str] = (),
            changes: Sequence[DataChange] = (), unchecked: int = 0, root: str = "results",
            missing: Sequence[tuple[str, ...]] = (), uncompared: int = 0, changed: Sequence[Finding] = (),
-           hashed: int = 0, alone_args: str | None = None, damaged: Iterable[str] = ()) -> list[str]:
+           hashed: int = 0, alone_args: str | None = None, damaged: Iterable[str] = (),
+           outside: Sequence[tuple[str, ...]] = ()) -> list[str]:
     """The lines of `make status` for a dry run's jobs, the results' job records, the data sets whose files
     changed since some of them were made (`data.locations.changed_data`) and the number of jobs that read data
     before fedscape recorded what it held (`unchecked`); `root`: the results folder; `missing`: the recorded jobs
@@ -239,7 +265,9 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
     Every command carries `snakemake_args`, each one word in the shell; a partition's, which force it alone, carry
     `alone_args` (those arguments without their targets, shell-quoted: `without_targets`), or say to add the
     --configfile you run with where None. `damaged`: the partition files that `make status` names among the damaged
-    ones (`partition_problems`, with what is wrong with them): not current, and not named again here."""
+    ones (`partition_problems`, with what is wrong with them): not current, and not named again here. `outside`: the
+    recorded jobs whose outputs no job of the config makes (`split_by_config`, whose first part `records` is), listed
+    apart, the first `LISTED` named, and never in the command."""
     planned = {o for job in jobs for o in job.outputs}
     stale = [c for c in changes if c.now is not None]
     other_data = made_from_other_data(changes)
@@ -302,6 +330,16 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
         if len(others) > LISTED:
             lines.append(f"  and {len(others) - LISTED} more ({_by_stage([(f.path,) for f in others[LISTED:]], root)})")
         lines += [f"  {finding.what()}; {finding.remedy(alone_args)}" for finding in alone]
+    if outside:
+        lines.append(f"not in this config (kept, not remade): {len(outside)} recorded jobs whose results no job of "
+                     "the config makes (a run or analysis dropped from it, or another config's in the same folder)")
+        for job in outside[:LISTED]:
+            there = sum(Path(o).is_file() for o in job)
+            lines.append(f"  {job[0]}" + (f" and {len(job) - 1} more of its outputs" if len(job) > 1 else "")
+                         + ("" if there == len(job) else " (not there now)" if not there
+                            else f" ({len(job) - there} of them not there now)"))
+        if len(outside) > LISTED:
+            lines.append(f"  and {len(outside) - LISTED} more ({_by_stage(outside[LISTED:], root)})")
     extra = shlex.join(snakemake_args)  # as the user gave them: each one word in the shell again
     if uncompared:
         lines.append(f"settings not compared: {uncompared} recorded results that Snakemake has no metadata for here "
@@ -344,6 +382,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(proc.stdout[-4000:] + proc.stderr[-4000:], file=sys.stderr)
         print("the dry run failed: fix what it says first", file=sys.stderr)
         return 1
+    made = dag_outputs(args)  # run from here, as the first; its paths, as the records', are below Snakemake's workdir
+    if made is None:
+        return 1
     parsed = snakemake_args(args)
     alone = without_targets(args, parsed)  # for the commands that make a partition again alone
     alone_args = None if alone is None else shlex.join(alone)
@@ -353,19 +394,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs = parse_dry_run(proc.stdout + proc.stderr)
         planned = {o for job in jobs for o in job.outputs}
         read = read_records(root)
-        records = output_records(root, read)
+        # the config's records alone: the others are listed apart, and none of them is checked or remade
+        records, outside = split_by_config(output_records(root, read), made, root)
         changes = changed_data(records, config, skip=planned, rehash=rehash)
         missing = missing_jobs(records, planned, root)
         uncompared = uncompared_outputs(records, planned, root, snakemake_metadata(parsed))
         # the outputs that would count as current: the others are remade, or listed, anyway
         changed, hashed = changed_outputs(read, planned | made_from_other_data(changes)
-                                          | {o for o in records if not _below(o, root)})
+                                          | {o for o in records if not _below(o, root)}
+                                          | {o for job in outside for o in job})
         # a dry run checks no partition file (the workflow's onstart does, before the first job): each damaged one is
         # named below with what is wrong with it, and not again among the files that are not their jobs'
         damaged = {path: lines for path in config_partition_files(config)
                    if (lines := partition_problems([path], planned, alone_args))}
         for line in report(jobs, records, args, changes, unfingerprinted_jobs(records), root, missing,
-                           len(uncompared), changed, hashed, alone_args, damaged):
+                           len(uncompared), changed, hashed, alone_args, damaged, outside):
             print(line)
         if damaged:
             print(f"damaged partition files, or another run's: {len(damaged)} (the workflow refuses to run the jobs "
@@ -376,6 +419,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 RERUN_INCOMPLETE = "--rerun-incomplete"
+FORCEALL = "--forceall"
+
+
+def dag_outputs(args: Sequence[str]) -> set[str] | None:
+    """The outputs of every job of the DAG the dry run's arguments give (`snakemake -n --forceall ARGS`: every job
+    planned, as forced; the paths as the dry run prints them), which `split_by_config` tells the config's records from
+    the others by; None where that dry run fails (what it says printed to stderr). A second dry run rather than the
+    targets the planner derives: `rule all` names the end results only, and the jobs between them (a train job's
+    outputs, a landscape's chunks, a shared Hessian's copy) are Snakemake's to find, as the `--forcerun` command
+    will. It costs what the first does (2.5 s for config/papers/pilot_digits.yaml's 133 jobs)."""
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", FORCEALL, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stdout[-4000:] + proc.stderr[-4000:], file=sys.stderr)
+        print(f"the dry run of every job of the config ({FORCEALL}), which tells its results from the others in the "
+              "results folder, failed: fix what it says first", file=sys.stderr)
+        return None
+    return {o for job in parse_dry_run(proc.stdout + proc.stderr) for o in job.outputs}
 
 
 def incomplete_files(output: str) -> list[str]:

@@ -40,6 +40,8 @@ from fedscape.core.fingerprints import file_sha256
 from fedscape.core.io import atomic_write_text, is_temporary, remake_alone_hint, remake_hint
 from fedscape.core.paths import DEFAULT_RESULTS, LOGS, PARTITION_DIR, parse_path
 
+log = logging.getLogger("fedscape.manifest")
+
 MANIFEST = "_manifest"  # below results_dir: one record per job, at its log's relative path (.json)
 MISSING = "recorded by its job, not there now"  # a recorded output that is no file now (make verify, make status)
 # Seconds a file's modification time may lie outside its job's run (its record's `started` to `finished`) and still
@@ -52,6 +54,9 @@ RECORD_VERSION = 2
 # their packages, tracked or not (pkgutil.iter_modules), and Snakemake reads every rule and script it is given
 CODE_PATHS = ("src", "rules", "workflow", "Snakefile")
 UNTRACKED_LISTED = 10  # untracked code files a record names (it counts them all)
+# git's words for a folder in no repository: an unpacked source tree, whose missing commit is no error
+NOT_A_REPOSITORY = "not a git repository"
+_GIT_WARNED: set[str] = set()  # the git errors `code_version` warned of in this process (each once)
 # What the running job noted about itself (its code version as it started: `start_job`; device and precision:
 # fedscape.models.device.log_compute), added to its record; one job per process.
 _NOTES: dict = {}
@@ -94,21 +99,34 @@ def code_version(source: Path | None = None) -> dict:
 
     `source` (default: the root of the tree this module is in) is a checkout only where it holds pyproject.toml and
     is the top of its git work tree: an installed copy's root (site-packages' parent), or an unpacked source tree
-    without a .git of its own, may lie inside some other git checkout, whose commit is not the code that ran."""
+    without a .git of its own, may lie inside some other git checkout, whose commit is not the code that ran.
+
+    A source tree where git fails otherwise than by finding no repository (a checkout owned by another user, which git
+    refuses as of "dubious ownership"; no git installed; a timeout) records no commit either, but says why:
+    `git_error`, git's first line, logged once per process as a warning (the job goes on: its results do not depend
+    on it)."""
     source = Path(source or Path(__file__).resolve().parents[3])
     out = {"fedscape": _version("fedscape"), "commit": None, "dirty": None}
     if not (source / "pyproject.toml").is_file():
         return out
     try:
-        top, commit = subprocess.run(["git", "-C", str(source), "rev-parse", "--show-toplevel", "HEAD"],
-                                     capture_output=True, text=True, timeout=10, check=True).stdout.splitlines()
+        top, commit = _git(source, "rev-parse", "--show-toplevel", "HEAD").splitlines()
         if Path(top).resolve() != source.resolve():
             return out  # a tree inside another checkout
         # -z: paths as they are (no quoting); an untracked folder is one entry ('normal'), not each file in it
-        status = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "-z", "--untracked-files=normal"],
-                                capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return out  # an installed copy, not a checkout
+        status = _git(source, "status", "--porcelain", "-z", "--untracked-files=normal")
+    except subprocess.CalledProcessError as exc:
+        line = next((text.strip() for text in (exc.stderr or "").splitlines() if text.strip()),
+                    f"git {exc.cmd[3]} exited with status {exc.returncode}")
+        if NOT_A_REPOSITORY in line:
+            return out  # an unpacked source tree outside any checkout: no commit to name
+        return _git_failed(out, source, line)
+    except subprocess.TimeoutExpired as exc:
+        return _git_failed(out, source, f"git {exc.cmd[3]} took more than {exc.timeout:g} s")
+    except OSError as exc:  # no git to run
+        return _git_failed(out, source, f"git cannot run: {exc}")
+    except ValueError:
+        return _git_failed(out, source, "git rev-parse --show-toplevel HEAD did not give a folder and a commit")
     entries = status.split("\0")
     tracked, untracked, index = False, [], 0
     while index < len(entries):
@@ -121,6 +139,24 @@ def code_version(source: Path | None = None) -> dict:
             index += "R" in entry[:2] or "C" in entry[:2]  # a rename or copy: the entry after it is the old path
     return {**out, "commit": commit, "dirty": tracked or bool(untracked),
             "untracked": sorted(untracked)[:UNTRACKED_LISTED], "untracked_count": len(untracked)}
+
+
+def _git(source: Path, *args: str) -> str:
+    """The output of git `args` run in `source` (CalledProcessError with git's stderr where it fails)."""
+    return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10,
+                          check=True).stdout
+
+
+def _git_failed(out: dict, source: Path, error: str) -> dict:
+    """`out` with `git_error`, warned once per process and error: a job calls `code_version` as it starts and its
+    tables again (`code_version_label`), and one warning says it all."""
+    if error not in _GIT_WARNED:
+        _GIT_WARNED.add(error)
+        hint = (f"; `git config --global --add safe.directory {source}` lets this user read it"
+                if "dubious ownership" in error else "")
+        log.warning("git cannot read the source checkout %s (%s): the job records no commit of the code it runs, "
+                    "only fedscape's version%s", source, error, hint)
+    return {**out, "git_error": error}
 
 
 def code_label(code: dict | None, digits: int | None = None) -> str:

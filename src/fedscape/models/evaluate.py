@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +15,7 @@ from fedscape.models.specs import EVAL_BATCH_SIZE
 @dataclass(frozen=True)
 class EvalResult:
     """Mean cross-entropy and accuracy over a data set's `n` counted targets (samples; positions of a sequence
-    task)."""
+    task); NaN both where `n` is 0 (no value, as a table's NaN says)."""
 
     loss: float
     acc: float
@@ -31,7 +32,14 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
     A non-finite loss is returned as such (inf or nan) rather than raised: callers decide. The loss of a float64
     model is taken in float64: float64 runs are compared to float64 rounding, and rounding their logits to float32
-    would move the loss by ~1e-8. A sequence task's targets [N, T] count per position (`fedscape.models.loss`).
+    would move the loss by ~1e-8. A sequence task's targets [N, T] count per position (`fedscape.models.loss`): a
+    batch whose every position is ignored adds nothing and weighs 0.
+
+    A split with no counted target (no samples, or a sequence split whose every position is ignored) has no mean:
+    its loss and accuracy are NaN, not 0 (a 0 loss and accuracy would read as a perfect fit and a total miss). NaN
+    rather than an error: the callers (the training's rows, the barriers' splits, the init's pool and test set)
+    write it into a table as "no value", and planning, not this function, is where an empty split is refused
+    (`test_fraction` > 0, a non-empty proxy split).
     """
     was_training = model.training
     model.eval()
@@ -49,4 +57,6 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     finally:  # a caller that goes on after an error (out of memory) trains in the mode it left
         model.train(was_training)
     n = target_count(y)
-    return EvalResult(loss=float(total_loss) / max(n, 1), acc=float(correct) / max(n, 1), n=n)
+    if n == 0:
+        return EvalResult(loss=math.nan, acc=math.nan, n=0)
+    return EvalResult(loss=float(total_loss) / n, acc=float(correct) / n, n=n)

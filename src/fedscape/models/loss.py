@@ -9,6 +9,11 @@ target of ``IGNORE_INDEX`` (torch's default ``ignore_index``) marks a position t
 Means are over the counted positions (a per-token loss and accuracy: `target_count` of a classifier's targets is
 N, so its numbers are those of a per-sample mean). A sample's weight where one is meant (FedAvg's client weights)
 stays the number of samples, sequences for a sequence task.
+
+A batch of a sequence task whose every position is ignored (all padding) has no counted target: its mean loss is 0
+with a zero gradient (its sum, 0, over at least 1), so a training step on it moves nothing, where torch's mean
+(0 / 0) would be NaN and poison the model; evaluation sums losses and counts, so such a batch weighs 0 there. A NaN
+logit at a counted position still gives a NaN loss (a diverged model is not hidden).
 """
 
 from __future__ import annotations
@@ -38,8 +43,13 @@ def loss_sum(logits: Tensor, y: Tensor) -> Tensor:
 
 
 def mean_loss(logits: Tensor, y: Tensor) -> Tensor:
-    """Mean cross-entropy over the counted targets (per token for a sequence task)."""
-    return F.cross_entropy(logits, y)
+    """Mean cross-entropy over the counted targets (per token for a sequence task; 0 where none counts).
+
+    A sequence task's sum over a count of at least 1 (no branch on the count: no host sync in a captured CUDA graph),
+    which is torch's mean (sum / counted positions) where some position counts; a classifier's is torch's mean."""
+    if not is_sequence(y):
+        return F.cross_entropy(logits, y)
+    return loss_sum(logits, y) / (y != IGNORE_INDEX).sum().clamp_min(1)
 
 
 def correct_count(logits: Tensor, y: Tensor, dims: int = 0) -> Tensor:
@@ -59,11 +69,13 @@ def sample_losses(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:
 
 
 def masked_mean_loss(logits: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-    """Mean cross-entropy over the counted targets of the samples whose `mask` [N] is 1 (padding rows 0)."""
+    """Mean cross-entropy over the counted targets of the samples whose `mask` [N] is 1 (padding rows 0); 0 for a
+    sequence batch none of whose positions counts, as `mean_loss`. (A classifier's batch holds a real sample
+    whenever it is trained on: an all-padding one would be a trainer's error, and its NaN is kept.)"""
     ce, counts = sample_losses(logits, y)
     if counts is None:
         return (ce * mask).sum() / mask.sum()
-    return (ce * mask).sum() / (counts * mask).sum()
+    return (ce * mask).sum() / (counts * mask).sum().clamp_min(1)
 
 
 
@@ -78,9 +90,10 @@ def at_least_float32(logits: Tensor) -> Tensor:
 
 def stacked_mean_loss(logits: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     """Each of K stacked models' mean cross-entropy [K] over the counted targets of its real samples: logits
-    [K, B, C, ...], targets [K, B, ...] and `mask` [K, B] (1 for a real sample, 0 for a padded row)."""
+    [K, B, C, ...], targets [K, B, ...] and `mask` [K, B] (1 for a real sample, 0 for a padded row); 0 for a model
+    whose sequence batch has no counted position, as `masked_mean_loss`."""
     ce, counts = sample_losses(at_least_float32(logits).flatten(0, 1), y.flatten(0, 1))
     ce = ce.view_as(mask)
     if counts is None:
         return (ce * mask).sum(1) / mask.sum(1)
-    return (ce * mask).sum(1) / (counts.view_as(mask) * mask).sum(1)
+    return (ce * mask).sum(1) / (counts.view_as(mask) * mask).sum(1).clamp_min(1)

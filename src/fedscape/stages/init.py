@@ -48,7 +48,7 @@ from fedscape.models.loss import mean_loss
 from fedscape.models.params import flatten_buffers, flatten_params, load_buffers, load_params
 from fedscape.models.registry import build_model
 from fedscape.models.specs import EVAL_BATCH_SIZE
-from fedscape.stages.init_settings import ContinueInit, InitJob, PretrainedInit, WarmupInit
+from fedscape.stages.init_settings import WARMUP_ALGORITHM, ContinueInit, InitJob, PretrainedInit, WarmupInit
 from fedscape.stages.progress import progress_key, resume_settings
 
 log = logging.getLogger("fedscape.init")
@@ -147,8 +147,11 @@ class ProxyData:
         for start in range(0, len(self), batch_size):
             index = torch.arange(start, min(start + batch_size, len(self)))
             part = evaluate(model, self.batch(index), self.y[index.to(self.y.device)], batch_size)
-            loss, correct, n = loss + part.loss * part.n, correct + part.acc * part.n, n + part.n
-        return EvalResult(loss=loss / max(n, 1), acc=correct / max(n, 1), n=n)
+            if part.n:  # a part with nothing counted has NaN means (`evaluate`) and weighs 0
+                loss, correct, n = loss + part.loss * part.n, correct + part.acc * part.n, n + part.n
+        if n == 0:
+            return EvalResult(loss=math.nan, acc=math.nan, n=0)
+        return EvalResult(loss=loss / n, acc=correct / n, n=n)
 
 
 def proxy_data(job: PretrainedInit, device: torch.device | str = "cpu") -> ProxyData:
@@ -305,7 +308,7 @@ def iid_warmup(job: WarmupInit, partition_path: str | Path, progress_dir: str | 
     data = federate(dataset_from_options(job.dataset, job.dataset_options), partition_path, device)
     model = random_model(job).to(device).train()
     log.info("IID warm-up: %d round(s) of FedAvg on %d clients (%s)", cfg.rounds, data.num_clients, partition_path)
-    result = run_federated(model, data, make_strategy("fedavg"), cfg, progress_dir=progress_dir,
+    result = run_federated(model, data, make_strategy(WARMUP_ALGORITHM), cfg, progress_dir=progress_dir,
                            progress_key=key or digest(to_settings(job)))
     if result.status != "ok":
         raise RuntimeError(f"the IID warm-up diverged (status {result.status}); lower its learning rate")

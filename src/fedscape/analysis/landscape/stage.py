@@ -115,7 +115,9 @@ def landscape_plane_job(settings: dict, trajectories: list[str], clients: str | 
 
     When a checkpoint the plane needs belongs to a diverged run (its round is missing, its model is not
     finite, or the Hessian plane was not computed), a warning is logged and an all-NaN plane marked
-    `status: diverged` is written with no points; its chunks then record NaN losses without evaluating.
+    `status: diverged` is written with no points; its chunks then record NaN losses without evaluating. A
+    final_models plane whose models span one dimension is completed with a random direction, said
+    (`_spanning_models`); one whose models are all one model is refused.
     """
     t0 = time.perf_counter()
     job = LandscapePlaneJob.from_settings(settings)
@@ -210,6 +212,7 @@ def _build_plane(job: LandscapePlaneJob, trajs: dict[str, Trajectory], clients: 
         center, buffers = _center(job, pts, *_model(first, row0))
         plane = joint_pca_plane([torch.stack(pts.params)], center, buffers,
                                 round=None if round_ == "final" else int(round_), seed=job.seed, **common)
+        plane = _spanning_models(job, plane, pts, trajs)
     elif kind == "local":
         run_id = runs[0]
         t = int(first.final_round if round_ == "final" else round_)
@@ -274,6 +277,38 @@ def _build_plane(job: LandscapePlaneJob, trajs: dict[str, Trajectory], clients: 
     else:
         raise ValueError(f"unknown surface kind {kind!r}")
     return plane, pts
+
+
+def _spanning_models(job: LandscapePlaneJob, plane: Plane, pts: _Points, trajs: dict[str, Trajectory]) -> Plane:
+    """A final_models `plane` as its models span it: kept where they span two dimensions; completed, said, where they
+    span one; refused where they coincide.
+
+    A principal direction the models do not span is a seeded random one (`pca_directions`: explained variance 0).
+    With one such direction (collinear models, e.g. two runs of the three with equal models) every model still lies
+    on the plane and d1 is their line: the plane is kept, with a warning naming it and `random_axes` in its file's
+    meta (its axis label says so too). With two the models are one point, and the plane would be two random
+    directions around it, nothing of what the entry asks for (and not even the filter-normalised ones of kind random):
+    refused. Where a run diverged, its last finite model stands in for it (`_row_of`), so models that coincide there
+    are the runs' shared init or so: DivergedCheckpoint, an all-NaN plane as for any diverged run; otherwise the runs
+    trained to the same model (an algorithm equal to another at its settings, a field training does not read), a
+    choice of runs to correct: ValueError."""
+    random_axes = [f"d{k + 1}" for k, ratio in enumerate(plane.explained_variance) if ratio == 0.0]
+    if not random_axes:
+        return plane
+    models = ", ".join(f"{row['run_id']} round {row['round']}" for row in pts.rows)
+    if len(random_axes) == 2:
+        diverged = [run_id for run_id in job.runs if trajs[run_id].status != OK]
+        if diverged:
+            raise DivergedCheckpoint(f"the models of the final_models plane are all one model ({models}) once "
+                                     f"diverged run(s) {', '.join(diverged)} stand in with their last finite model")
+        raise ValueError(f"landscapes.{job.label}: the final_models plane's models are all one model ({models}): no "
+                         "plane goes through them (its directions would both be random); select runs whose models "
+                         f"differ in landscapes.{job.label}.runs, or use kind random for the plane around one of them")
+    log.warning("plane %s (final_models): its %d models span 1 dimension (%s); d2 is a random direction orthogonal "
+                "to d1 (drawn from landscapes.%s.seed %d), not a principal direction of the models", job.label,
+                len(pts.rows), models, job.label, job.seed)
+    return replace(plane, extra={**plane.extra, "random_axes": random_axes})
+
 
 def _center(job: LandscapePlaneJob, pts: _Points, final: torch.Tensor,
             final_buffers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

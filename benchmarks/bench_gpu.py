@@ -31,16 +31,28 @@ layerwise.yaml's Shakespeare) are not measured; the script names them.
 
 Config by config, as soon as its kinds are measured (a kind an earlier config measured is not measured again), it
 then projects that config's local training into hours, so that a run cut short keeps the configs before the cut:
-every run the workflow plans, its rounds x the clients sampled in each round x each client's local steps (epochs x
-the batches of an epoch over its share of the training pool, counted by the trainers' own `local_plan`, so
-`training.drop_last` drops a last partial batch as the runs do; or the configured steps). "before" prices every step
-at the sequential cost; "now" at the path its runs take on this device (vectorised at their clients per round, else
-a sequential step, captured where their runs capture and the check at capture passes); "plain" at the reference
-step. Evaluation, initialisation (pre-training, warm-up) and the analysis jobs (Hessian, landscapes, barriers) are
-not included: local training dominates the papers' workload. The clients' shares are taken equal (pool / clients);
-Dirichlet splits change the number of batches only by the rounding of each client's last batch. A run whose clients
-per round exceed `client_chunk_size` trains them in chunks, every one priced at a full chunk's cost per client step
-(none of the paper configs has one: 64 clients at most).
+every run the workflow plans, its rounds x the clients sampled in each round (`sample_clients`, the engine's draw)
+x each client's local steps (epochs x the batches of an epoch over its own shard, as the trainers plan them:
+`fedscape.fl.schedule.client_steps`, so `training.drop_last` drops a last partial batch as the runs do; or the
+configured steps), all counted by `fedscape.plan.cost.run_steps`. The shards are those of the run's own partition,
+made here by the partitioner from the training pool's class counts (`client_sizes`: a split by class depends on the
+labels through their counts alone; CIFAR's training splits are balanced, the digits are bundled); where the pool's
+labels need the data set's files or the split its writers or a file (FEMNIST, ImageNet-200), the shards are taken
+equal (pool / clients) and a footnote names those runs. A sequential run pays for its clients' own steps ("client
+steps"). A vectorised round stacks its clients longest first in chunks of at most `client_chunk_size`, and every
+chunk steps as long as its longest client, the others leaving the stack as they finish: it is priced at its chunks'
+clients x their longest client's steps (`fedscape.fl.schedule.stacked_client_steps`, the column "client steps now")
+at the measured cost per client step of a full stack. A stacked step's cost on a card is mostly fixed (launches,
+small kernels), not in proportion to the clients left in the stack; where it is in proportion, this is an upper
+bound, and the clients' own steps the bound from below. On CIFAR-10's Dirichlet(0.1) splits among 10 clients the
+largest client holds 1.6-1.9x the mean (seeds 0-9), so equal shards priced those runs' stacked rounds that much too
+low. "before" prices every client step at the sequential cost; "now" the client steps of the path its runs take on
+this device (vectorised at their clients per round, else a sequential step, captured where their runs capture and
+the check at capture passes); "now, shards equal" as "now" was priced before the stacks' padding was (every shard
+pool / clients, every client step at the path's cost); "plain" the reference step. Evaluation, initialisation
+(pre-training, warm-up) and the analysis jobs (Hessian, landscapes, barriers) are not included: local training
+dominates the papers' workload. A chunk smaller than `client_chunk_size` (the last of a round whose clients exceed
+it; none of the paper configs has one: 64 clients at most) is priced at a full chunk's cost per client step.
 
     python benchmarks/bench_gpu.py --device cuda                       # the papers' configs
     python benchmarks/bench_gpu.py --device cpu --steps 2 --repeats 1 --clients 2 --configs pilot   # a quick check
@@ -56,16 +68,18 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from machine import device_label, torch_line
 
 from fedscape.core.runs import Run, build_runs
 from fedscape.data.federated import FederatedData
+from fedscape.data.partition import PARTITION_KINDS, make_kind_partition, setting_entry
+from fedscape.data.sources import source_from_options, stratified_split
 from fedscape.data.specs import DATASETS
 from fedscape.fl.capture import CapturedForward, capture_blocker, resolve_capture
 from fedscape.fl.hparams.registry import algorithm_config
-from fedscape.fl.local import local_plan
 from fedscape.fl.sequential import local_train
 from fedscape.fl.settings import TrainConfig, sample_clients
 from fedscape.fl.strategies.base import Strategy
@@ -74,12 +88,17 @@ from fedscape.fl.vectorized import VectorizedTrainer, resolve_client_parallel
 from fedscape.models.device import precision_used, use_precision
 from fedscape.models.params import FlatParams, flatten_buffers
 from fedscape.models.registry import build_model
+from fedscape.plan.cost import RunSteps, run_steps
+from fedscape.plan.partition import planned_partition
 from fedscape.plan.train import planned_train
 from fedscape.plan.workflow import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 PAPERS = ROOT / "config" / "papers"
+# The data sets whose official training split holds train_samples / num_classes images of every class (CIFAR-10:
+# 5,000, CIFAR-100: 500): their partitions are made here from those counts, without their files.
+BALANCED_TRAINING_SPLITS = ("cifar10", "cifar100")
 
 
 @dataclass(frozen=True)
@@ -160,10 +179,82 @@ def client_share(run: Run, options: dict) -> int:
     return max(1, (pool - info.num_classes) // run.num_clients)  # client_pool_bound adds a class per rounding
 
 
-def run_work(config: dict, run: Run, device: torch.device, models: dict) -> tuple[StepKind, TrainConfig, int]:
-    """The step kind of an image run, its training settings and its total client steps over all rounds. `models`:
-    one network per (model, options, shape), and per algorithm where it changes the network (MOON's projection
-    head), built once to decide the runs' path."""
+def pool_labels(dataset: str, options: dict) -> np.ndarray | None:
+    """The labels of a data set's training pool (what its partitions split), where they are known without its files:
+    a bundled data set's own (the digits), or a balanced training split's (BALANCED_TRAINING_SPLITS, in class order)
+    less its stratified proxy part, drawn as `fedscape.data.sources` draws it from `split_seed` (how many of each
+    class it holds out depends on the counts alone); None elsewhere."""
+    info = DATASETS[dataset]
+    if not info.needs_data_dir:
+        return source_from_options(dataset, options).labels
+    if dataset not in BALANCED_TRAINING_SPLITS:
+        return None
+    labels = np.repeat(np.arange(info.num_classes), info.train_samples // info.num_classes)
+    keep, _ = stratified_split(labels, options.get("proxy_fraction", 0.0),
+                               np.random.default_rng(options.get("split_seed", 0)))
+    return labels[keep]
+
+
+# each partition once per process: many runs (inits, algorithms) share one
+_SIZES: dict[str, tuple[list[int] | None, str | None]] = {}
+
+
+def client_sizes(config: dict, run: Run) -> tuple[list[int] | None, str | None]:
+    """The samples of each client of the partition `run` trains on, made as its partition job makes it
+    (`make_kind_partition` with the job's settings) from `pool_labels`: a split by class draws its numbers from the
+    class counts alone (each class's indices shuffled, their count deciding the draws), so labels in class order give
+    the sizes of the split of the real labels. (None, why) where the labels need the data set's files or the split
+    its writers or a file."""
+    job = planned_partition(config, run.dataset, run.setting, run.num_clients, run.seed)
+    key = repr(job)
+    if key not in _SIZES:
+        entry, label = setting_entry(job.alpha, job.kind)
+        spec = PARTITION_KINDS[entry["kind"]]
+        if spec.needs_writers or spec.files is not None:
+            _SIZES[key] = None, f"the {spec.name} partition reads {'writers' if spec.needs_writers else 'a file'}"
+        elif (labels := pool_labels(run.dataset, job.dataset_options)) is None:
+            _SIZES[key] = None, f"{run.dataset}'s class counts need its files"
+        else:
+            part = make_kind_partition(entry, labels, job.num_clients, job.seed, job.min_size, job.max_tries,
+                                       dataset=job.dataset, label=label)
+            _SIZES[key] = part.sizes.tolist(), None
+    return _SIZES[key]
+
+
+@dataclass(frozen=True)
+class RunWork:
+    """A run's local training in client steps: from its partition's shards (`steps`; shares taken equal where that is
+    not known here: `equal_because` says why) and with every shard pool / clients (`equal`)."""
+
+    steps: RunSteps
+    equal: RunSteps
+    equal_because: str | None = None
+
+
+@dataclass
+class KindWork:
+    """The runs of one step kind and their client steps (`RunWork`), summed."""
+
+    runs: int = 0
+    client: int = 0  # what their clients step (a sequential run's cost)
+    stacked: int = 0  # what their vectorised rounds pay for (each chunk of clients as long as its longest client)
+    equal: int = 0  # client steps with every shard pool / clients (the projection before the stacks' padding)
+
+    def add(self, work: RunWork) -> None:
+        self.runs += 1
+        self.client += work.steps.client
+        self.stacked += work.steps.stacked
+        self.equal += work.equal.client
+
+    def now(self, kind: StepKind) -> int:
+        """The client steps its runs pay for on their path: a vectorised kind's stacked ones, else their own."""
+        return self.stacked if kind.path == "vectorized" else self.client
+
+
+def run_work(config: dict, run: Run, device: torch.device, models: dict) -> tuple[StepKind, TrainConfig, RunWork]:
+    """The step kind of an image run, its training settings and its client steps over all rounds. `models`: one
+    network per (model, options, shape), and per algorithm where it changes the network (MOON's projection head),
+    built once to decide the runs' path."""
     job = planned_train(config, run)
     cfg = job.train_config()
     info = DATASETS[run.dataset]
@@ -186,30 +277,27 @@ def run_work(config: dict, run: Run, device: torch.device, models: dict) -> tupl
         clients = min(clients, cfg.client_chunk_size or clients)
     kind = StepKind(*shape, cfg.batch_size, cfg.momentum, cfg.weight_decay, path, capture, clients,
                     *local_step(job.algorithm, strategy.config))
-    # The trainers' own batching (drop_last, batch sampling) of one epoch, or one step: the steps per unit of work.
-    per_unit = len(local_plan(cfg, share, 1, 1, torch.Generator().manual_seed(0)).batches)
-    steps = 0
-    for t in range(1, cfg.rounds + 1):
-        work = cfg.client_work(t, run.num_clients)
-        for c in sample_clients(cfg.seed, t, run.num_clients, cfg.participation):
-            steps += work[c] * per_unit
-    return kind, cfg, steps
+    sizes, why = client_sizes(config, run)
+    equal = run_steps(cfg, [share] * run.num_clients)
+    return kind, cfg, RunWork(equal if sizes is None else run_steps(cfg, sizes), equal, why)
 
 
-def project(config: dict, device: torch.device, models: dict) -> tuple[dict[StepKind, list[int]], dict[str, int]]:
-    """A config's image runs as [runs, client steps] per step kind, and how many runs of each other data set it
-    has (not measured)."""
-    per_kind: dict[StepKind, list[int]] = {}
+def project(config: dict, device: torch.device, models: dict
+            ) -> tuple[dict[StepKind, KindWork], dict[str, int], dict[str, int]]:
+    """A config's image runs and their client steps per step kind, how many runs of each other data set it has (not
+    measured), and how many of its image runs take their shares equal, by why (their partition not made here)."""
+    per_kind: dict[StepKind, KindWork] = {}
     others: dict[str, int] = {}
+    equal: dict[str, int] = {}
     for run in build_runs(config):
         if DATASETS[run.dataset].inputs != "image":
             others[run.dataset] = others.get(run.dataset, 0) + 1
             continue
-        kind, _, steps = run_work(config, run, device, models)
-        per_kind.setdefault(kind, [0, 0])
-        per_kind[kind][0] += 1
-        per_kind[kind][1] += steps
-    return per_kind, others
+        kind, _, work = run_work(config, run, device, models)
+        per_kind.setdefault(kind, KindWork()).add(work)
+        if work.equal_because is not None:
+            equal[work.equal_because] = equal.get(work.equal_because, 0) + 1
+    return per_kind, others, equal
 
 
 def sync(device: torch.device) -> None:
@@ -386,20 +474,24 @@ def main() -> None:
     device = torch.device(args.device)
     name = device_label(device)
 
-    projections: dict[str, dict[StepKind, list[int]]] = {}
+    projections: dict[str, dict[StepKind, KindWork]] = {}
     not_measured: list[str] = []
+    equal_shares: list[str] = []
     models: dict = {}
     for entry in args.configs:
         path = Path(entry) if entry.endswith((".yaml", ".yml")) else PAPERS / f"{entry}.yaml"
-        projections[path.stem], others = project(load_config(path, SCHEMA), device, models)
+        projections[path.stem], others, equal = project(load_config(path, SCHEMA), device, models)
         not_measured += [f"{path.stem}: {n} runs of {dataset} ({DATASETS[dataset].inputs} inputs)"
                          for dataset, n in sorted(others.items())]
+        equal_shares += [f"{path.stem}: {n} runs ({why})" for why, n in sorted(equal.items())]
 
     stacked = f"at most {args.clients}" if args.clients else "its runs' own clients per round"
     print(f"# local training step costs on {name}, precision {precision_used(args.precision, device)}, "
           f"{torch_line()}; {args.steps} steps x {args.repeats} repeats, vectorised rounds of {stacked}")
     if not_measured:
         print(f"# not measured (image models only): {'; '.join(not_measured)}")
+    if equal_shares:
+        print(f"# shards taken equal (pool / clients), their partition not made here: {'; '.join(equal_shares)}")
     # One config after another, each one's hours printed as soon as its kinds are measured: a call cut at its limit
     # (or a kind that fails) still brings back the hours of the configs before it. A kind an earlier config has
     # measured is priced at that measurement.
@@ -445,24 +537,29 @@ def measure_kinds(kinds: list[StepKind], args: argparse.Namespace, device: torch
     return costs
 
 
-def print_hours(config_name: str, per_kind: dict[StepKind, list[int]], costs: dict[StepKind, dict],
+def print_hours(config_name: str, per_kind: dict[StepKind, KindWork], costs: dict[StepKind, dict],
                 name: str) -> None:
-    """A config's projected hours of local training, per kind and in all, from the kinds' measured `costs`."""
+    """A config's projected hours of local training, per kind and in all, from the kinds' measured `costs`: plain and
+    before at its runs' client steps, now at the client steps their path pays for (`KindWork.now`: a vectorised
+    kind's stacked ones, each chunk of clients as long as its longest client), and now as if every shard were
+    pool / clients."""
     print(f"\n# projected hours of local training on {name} (training only: no evaluation, inits or analysis)")
-    print("| config | model | runs | client steps | hours at plain steps | hours before (sequential) | hours now |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    total = {"plain": 0.0, "before": 0.0, "now": 0.0}
-    for kind, (runs, steps) in per_kind.items():
+    print("| config | model | runs | client steps | client steps now (vectorised: stacked) | hours at plain steps | "
+          "hours before (sequential) | hours now | hours now, shards equal |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    total = {"plain": 0.0, "before": 0.0, "now": 0.0, "equal": 0.0}
+    for kind, work in per_kind.items():
         row = costs[kind]
-        h = {"plain": hours(steps, row["plain_ms"]), "before": hours(steps, row["sequential_ms"]),
-             "now": hours(steps, row["now_ms"])}
+        now = work.now(kind)
+        h = {"plain": hours(work.client, row["plain_ms"]), "before": hours(work.client, row["sequential_ms"]),
+             "now": hours(now, row["now_ms"]), "equal": hours(work.equal, row["now_ms"])}
         for key in total:
             total[key] += h[key]
-        print(f"| {config_name} | {kind.label} | {runs} | {steps} | {h['plain']:.4g} | {h['before']:.4g} | "
-              f"{h['now']:.4g} |")
-    print(f"| {config_name} | all | {sum(r for r, _ in per_kind.values())} | "
-          f"{sum(s for _, s in per_kind.values())} | {total['plain']:.4g} | {total['before']:.4g} | "
-          f"{total['now']:.4g} |", flush=True)
+        print(f"| {config_name} | {kind.label} | {work.runs} | {work.client} | {now} | {h['plain']:.4g} | "
+              f"{h['before']:.4g} | {h['now']:.4g} | {h['equal']:.4g} |")
+    print(f"| {config_name} | all | {sum(w.runs for w in per_kind.values())} | "
+          f"{sum(w.client for w in per_kind.values())} | {sum(w.now(k) for k, w in per_kind.items())} | "
+          f"{total['plain']:.4g} | {total['before']:.4g} | {total['now']:.4g} | {total['equal']:.4g} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -144,17 +145,21 @@ def test_bench_gpu_projects_the_measured_step_costs():
     out = _run("bench_gpu.py", "--device", "cpu", "--threads", "1", "--steps", "1", "--repeats", "1", "--clients", "2",
                "--configs", "pilot_digits")
 
-    # Assert: one step-cost row per model, and each projection is its client steps times the measured costs
+    # Assert: one step-cost row per model, and each projection is its client steps times the measured costs, "now"
+    # its stacked client steps (each chunk as long as its longest client) times the vectorised cost
     tables = [[[cell.strip() for cell in line.strip("|").split(" | ")] for line in block.splitlines()
                if line.startswith("| ")]
               for block in out.split("\n\n")]
-    costs = {row[0]: [float(row[1]), float(row[2])] for row in tables[0][1:]}
+    costs = {row[0]: [float(row[1]), float(row[2]), float(row[4].split()[0])] for row in tables[0][1:]}
     projected = [row for row in tables[1][1:] if row[1] != "all"]
     assert costs and projected and {row[1] for row in projected} == set(costs)
-    for _, model, runs, steps, plain, before, _ in projected:
-        assert int(runs) > 0 and int(steps) > 0
+    for _, model, runs, steps, stacked, plain, before, now, equal in projected:
+        assert int(runs) > 0 and int(stacked) > int(steps) > 0  # Dirichlet shards: the stacks carry padding
         assert float(plain) == pytest.approx(int(steps) * costs[model][0] / 3.6e6, rel=2e-3)
         assert float(before) == pytest.approx(int(steps) * costs[model][1] / 3.6e6, rel=2e-3)
+        assert float(now) == pytest.approx(int(stacked) * costs[model][2] / 3.6e6, rel=2e-3)
+        assert float(now) > float(equal) > 0  # as if every shard were pool / clients: the former projection
+    assert "shards taken equal" not in out  # the digits' partitions are made here
     # a CPU has no captured steps, and says why
     assert all(row[7] == "n/a: CUDA graphs need a CUDA device, not cpu" for row in tables[0][1:])
     # each vectorised kind measured at its runs' clients per round, capped by --clients 2, and the table says so
@@ -179,7 +184,7 @@ def test_bench_gpu_prices_each_run_on_its_own_path_and_names_the_runs_it_does_no
     config["training"]["client_parallel"] = client_parallel
 
     # Execute
-    per_kind, others = bench_gpu.project(config, torch.device("cpu"), {})
+    per_kind, others, _ = bench_gpu.project(config, torch.device("cpu"), {})
 
     # Assert: the runs' own path, never a stacked round for runs that train sequentially; the text model's runs
     # counted, not measured (an image network's step costs say nothing of them)
@@ -189,7 +194,7 @@ def test_bench_gpu_prices_each_run_on_its_own_path_and_names_the_runs_it_does_no
         assert cnn and {kind.path for kind in cnn} == {path} and others == {}
     else:
         assert others == {"shakespeare": sum(r.dataset == "shakespeare" for r in runs)} and others["shakespeare"] > 0
-    assert sum(n for n, _ in per_kind.values()) + sum(others.values()) == len(runs)
+    assert sum(work.runs for work in per_kind.values()) + sum(others.values()) == len(runs)
 
 
 def _bench_gpu(monkeypatch):
@@ -276,7 +281,7 @@ def test_bench_gpu_prices_each_run_at_its_own_algorithms_local_step(monkeypatch)
 
     bench_gpu = _bench_gpu(monkeypatch)
     config = bench_gpu.load_config(bench_gpu.PAPERS / "meta_digits.yaml", bench_gpu.SCHEMA)
-    per_kind, _ = bench_gpu.project(config, torch.device("cpu"), {})
+    per_kind, _, _ = bench_gpu.project(config, torch.device("cpu"), {})
     trained: list = []
     real_local_train = bench_gpu.local_train
 
@@ -315,37 +320,74 @@ def test_bench_gpu_prices_each_run_at_its_own_algorithms_local_step(monkeypatch)
     assert set(rows) == set(kinds)
 
 
-@pytest.mark.parametrize("batch_size", [40, 128])  # shares of 107 and 53 samples: a partial last batch; one in all
+@pytest.mark.parametrize("batch_size", [40, 128])  # shards of 40-300 samples: a partial last batch; one in most
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_bench_gpu_counts_the_steps_the_trainer_takes(monkeypatch, batch_size, drop_last):
-    # Prepare: the digits pilot's runs with a batch that leaves a partial last batch (40) or exceeds every client
-    # (128: under drop_last the trainer still takes that one batch)
+    # Prepare: the digits pilot's runs with a batch that leaves a partial last batch (40) or exceeds most clients
+    # (128: under drop_last the trainer still takes that one batch), on an IID and a Dirichlet(0.1) split
     import torch
 
+    from fedscape.data.partition import make_partition
+    from fedscape.data.sources import source_from_options
     from fedscape.fl.local import client_generator, local_plan
 
     bench_gpu = _bench_gpu(monkeypatch)
     config = bench_gpu.load_config(bench_gpu.PAPERS / "pilot_digits.yaml", bench_gpu.SCHEMA)
     config["training"].update(batch_size=batch_size, drop_last=drop_last)
     runs = bench_gpu.build_runs(config)
-    runs = [next(r for r in runs if (r.num_clients, r.participation) == key) for key in ((10, "1.0"), (20, "0.2"))]
+    runs = [next(r for r in runs if (r.num_clients, r.participation, r.setting) == key)
+            for key in ((10, "1.0", "iid"), (10, "1.0", "0.1"), (20, "0.2", "0.5"))]
 
     for run in runs:
         # Execute
-        _, cfg, steps = bench_gpu.run_work(config, run, torch.device("cpu"), {})
+        _, cfg, work = bench_gpu.run_work(config, run, torch.device("cpu"), {})
 
-        # Assert: the steps of the trainers' own plan of every sampled client in every round
+        # Assert: the steps of the trainers' own plan of every sampled client in every round, on the shards of the
+        # partition the run's partition job makes from the digits' own labels; a vectorised round as long as its
+        # longest sampled client, for all of them (at most 64 clients: one chunk); equal shares apart
+        job = bench_gpu.planned_partition(config, run.dataset, run.setting, run.num_clients, run.seed)
+        labels = source_from_options(run.dataset, job.dataset_options).labels
+        alpha = math.inf if run.setting == "iid" else float(run.setting)
+        sizes = make_partition(labels, run.num_clients, alpha, run.seed, job.min_size, job.max_tries).sizes
         share = bench_gpu.client_share(run, bench_gpu.planned_train(config, run).dataset_options)
-        expected = 0
+        client = stacked = equal = 0
         for t in range(1, cfg.rounds + 1):
-            work = cfg.client_work(t, run.num_clients)
-            for c in bench_gpu.sample_clients(cfg.seed, t, run.num_clients, cfg.participation):
-                expected += len(local_plan(cfg, share, work[c], t, client_generator(cfg.seed, t, c)).batches)
-        assert cfg.drop_last == drop_last and steps == expected > 0
-        per_epoch = (share // batch_size or 1) if drop_last else math.ceil(share / batch_size)
-        assert steps == per_epoch * sum(cfg.client_work(t, run.num_clients)[c] for t in range(1, cfg.rounds + 1)
-                                        for c in bench_gpu.sample_clients(cfg.seed, t, run.num_clients,
-                                                                          cfg.participation))
+            work_t = cfg.client_work(t, run.num_clients)
+            sampled = bench_gpu.sample_clients(cfg.seed, t, run.num_clients, cfg.participation)
+            steps = [len(local_plan(cfg, int(sizes[c]), work_t[c], t, client_generator(cfg.seed, t, c)).batches)
+                     for c in sampled]
+            client += sum(steps)
+            stacked += len(steps) * max(steps)
+            equal += sum(len(local_plan(cfg, share, work_t[c], t, client_generator(cfg.seed, t, c)).batches)
+                         for c in sampled)
+        assert cfg.drop_last == drop_last and work.equal_because is None
+        assert (work.steps.client, work.steps.stacked, work.equal.client) == (client, stacked, equal)
+        assert client > 0 and stacked >= client
+        if batch_size == 40:  # shards of unequal batches: the stacks carry padding, the IID split's none
+            assert stacked == client if run.setting == "iid" else stacked > client
+
+
+def test_bench_gpu_makes_a_balanced_training_splits_partitions_from_its_class_counts(monkeypatch):
+    # Prepare: pilot.yaml (CIFAR-10, no proxy part) and a CIFAR-10 pool with a 10% proxy part; meta.yaml's FEMNIST
+    # runs, split by writer
+    bench_gpu = _bench_gpu(monkeypatch)
+    pilot = bench_gpu.load_config(bench_gpu.PAPERS / "pilot.yaml", bench_gpu.SCHEMA)
+    meta = bench_gpu.load_config(bench_gpu.PAPERS / "meta.yaml", bench_gpu.SCHEMA)
+    skewed = next(r for r in bench_gpu.build_runs(pilot) if (r.setting, r.num_clients) == ("0.1", 10))
+    femnist = {r.setting: r for r in bench_gpu.build_runs(meta) if r.dataset == "femnist"}
+
+    # Execute
+    pool = bench_gpu.pool_labels("cifar10", {"proxy_fraction": 0.1, "split_seed": 0})
+    sizes, why = bench_gpu.client_sizes(pilot, skewed)
+    femnist_sizes = {setting: bench_gpu.client_sizes(meta, run) for setting, run in femnist.items()}
+
+    # Assert: 4,500 of each class left; the Dirichlet(0.1) clients share all 50,000 images unequally; FEMNIST's
+    # writers and class counts are not known here (its shares are taken equal, and the script says why)
+    assert np.bincount(pool).tolist() == [4500] * 10
+    assert why is None and len(sizes) == 10 and sum(sizes) == 50_000 and max(sizes) > 1.5 * 50_000 / 10
+    assert femnist_sizes["writers"] == (None, "the natural partition reads writers")
+    assert all(sizes == (None, "femnist's class counts need its files")
+               for setting, sizes in femnist_sizes.items() if setting != "writers")
 
 
 @pytest.mark.parametrize(("chunk", "cap"), [(64, 0), (8, 0), (64, 3)])
@@ -485,7 +527,7 @@ def test_bench_gpu_closes_each_stacked_trainer_before_building_the_next(monkeypa
 
     bench_gpu = _bench_gpu(monkeypatch)
     config = bench_gpu.load_config(bench_gpu.PAPERS / "pilot_digits.yaml", bench_gpu.SCHEMA)
-    per_kind, _ = bench_gpu.project(config, torch.device("cpu"), {})
+    per_kind, _, _ = bench_gpu.project(config, torch.device("cpu"), {})
     group = [k for k in per_kind if k.model == "cnn_small"]
     built: list = []  # (weak reference, whether closed) of each trainer
     leftovers: list = []  # at each build: the earlier trainers still alive or not closed
@@ -521,8 +563,8 @@ def test_bench_gpu_prints_each_configs_hours_once_its_kinds_are_measured(monkeyp
     # Prepare: two configs sharing a kind (the digits pilot and meta), measured at made-up costs, or failing at the
     # second config's first kind of its own
     bench_gpu = _bench_gpu(monkeypatch)
-    pilot, _ = bench_gpu.project(bench_gpu.load_config(bench_gpu.PAPERS / "pilot_digits.yaml", bench_gpu.SCHEMA),
-                                 torch.device("cpu"), {})
+    pilot, _, _ = bench_gpu.project(bench_gpu.load_config(bench_gpu.PAPERS / "pilot_digits.yaml",
+                                                          bench_gpu.SCHEMA), torch.device("cpu"), {})
     measured: list = []
 
     def fake_measure(group, args, device):

@@ -173,3 +173,41 @@ def update_weight(lrs: list[float], momentum: float, nesterov: bool = False) -> 
         tail = lr + momentum * tail
         total += tail
     return total
+
+
+def epoch_batches(num_samples: int, batch_size: int, drop_last: bool = False) -> int:
+    """The batches of one pass over `num_samples` samples, as `fedscape.fl.local.batch_order` cuts it (either batch
+    sampling): ceil(n / B), or under `drop_last` floor(n / B) but at least 1 (a pass's only batch is kept, so that
+    every client trains); 0 for a client without samples."""
+    if num_samples < 1:
+        return 0
+    end = num_samples - batch_size + 1 if drop_last and num_samples >= batch_size else num_samples
+    return -(-end // batch_size)
+
+
+def client_steps(num_samples: int, work: int, unit: str, batch_size: int, drop_last: bool = False) -> int:
+    """A client's local steps in one round, as `fedscape.fl.local.local_plan` plans them: `work` steps where the work
+    is counted in steps (`unit`: 'steps', whatever the client holds), else `work` passes of `epoch_batches` each."""
+    if unit == "steps":
+        return work
+    return work * epoch_batches(num_samples, batch_size, drop_last)
+
+
+def stacked_chunks(steps: list[int], chunk_size: int) -> list[tuple[int, int]]:
+    """How a vectorised round stacks its sampled clients, whose local steps are `steps`: (clients, stacked steps) of
+    each chunk, as `fedscape.fl.vectorized.VectorizedTrainer.train_round` forms them. The clients are taken longest
+    first, at most `chunk_size` together (0: all in one chunk), and a chunk takes as many stacked steps as its longest
+    client: a client done with its steps leaves the stack while the others go on."""
+    ordered = sorted(steps, reverse=True)
+    size = chunk_size if chunk_size > 0 else max(1, len(ordered))
+    return [(len(ordered[i : i + size]), ordered[i]) for i in range(0, len(ordered), size)]
+
+
+def stacked_client_steps(steps: list[int], chunk_size: int) -> int:
+    """The client steps a vectorised round pays for: every chunk (`stacked_chunks`) its clients times its longest
+    client's steps, as if each client stepped for as long as its chunk does. A stacked step's cost on a card is
+    mostly fixed (launches, small kernels), not in proportion to the clients still in the stack, so a round costs
+    about its chunks' stacked steps at the cost of a full chunk's step: with unequal shards (CIFAR-10's Dirichlet(0.1)
+    splits among 10 clients: the largest 1.6-1.9x the mean) more than its clients' own steps (`sum(steps)`, what
+    equal shards would cost), which bound it from below. Equal steps give `sum(steps)`."""
+    return sum(clients * longest for clients, longest in stacked_chunks(steps, chunk_size))

@@ -3,7 +3,7 @@
 Stack Overflow as TensorFlow Federated publishes it (``stackoverflow.sqlite``: tables ``examples`` of serialized
 ``tf.train.Example`` protos and ``client_metadata``; the word-count file ``stackoverflow.word_count``), the protos
 written by a tiny encoder of their own, independent of `fedscape.data.stackoverflow`'s decoder. Reddit as LEAF's
-data/reddit scripts write it (``data/train/*.json``, ``data/test/*.json``, ``vocab/reddit_vocab.pck``).
+data/reddit scripts write it (``data/{train,val,test}/*.json``, every user in every split; ``vocab/reddit_vocab.pck``).
 """
 
 from __future__ import annotations
@@ -86,15 +86,24 @@ def reddit_user(comments: list[list[str]], seq_len: int = 10) -> dict:
 
 
 def write_reddit(root: Path, users: dict[str, dict[str, list[list[str]]]], vocab: dict[str, int],
-                 size: int) -> Path:
-    """LEAF's layout below `root` (reddit/data/{train,test}/<split>.json, reddit/vocab/reddit_vocab.pck) for
-    users = {split: {user: comments}}; returns `root` (a data_dir)."""
+                 size: int, per_split: bool = False) -> Path:
+    """LEAF's layout below `root` (reddit/data/{train,val,test}/reddit_0_<split>.json, reddit/vocab/reddit_vocab.pck)
+    for users = {split: {user: comments}} (splits among train, val, test); returns `root` (a data_dir).
+
+    As LEAF's data/reddit/source/preprocess.py writes it: every split's file lists every user (in order of first
+    appearance in `users`) with ``num_samples`` its total comment count over the splits (``create_leaf_json`` copies
+    the original file's), and an empty x and y where the user has no comment in that split. `per_split`: each split
+    lists its own users with comments there and their counts instead (LEAF's utils/split_data.py layout, no val/)."""
     data = root / "reddit" / "data"
-    for split, by_user in users.items():
+    everyone = list(dict.fromkeys(u for by_user in users.values() for u in by_user))
+    total = {u: sum(len(by_user.get(u, [])) for by_user in users.values()) for u in everyone}
+    for split in ("train", "test") if per_split else ("train", "val", "test"):
+        by_user = users.get(split, {})
+        listed = [u for u in by_user if by_user[u]] if per_split else everyone
+        obj = {"users": listed, "num_samples": [len(by_user[u]) if per_split else total[u] for u in listed],
+               "user_data": {u: reddit_user(by_user.get(u, [])) for u in listed}}
         (data / split).mkdir(parents=True, exist_ok=True)
-        obj = {"users": list(by_user), "num_samples": [len(c) for c in by_user.values()],
-               "user_data": {u: reddit_user(c) for u, c in by_user.items()}}
-        (data / split / f"{split}.json").write_text(json.dumps(obj))
+        (data / split / f"reddit_0_{split}.json").write_text(json.dumps(obj))
     (root / "reddit" / "vocab").mkdir(parents=True, exist_ok=True)
     with (root / "reddit" / "vocab" / "reddit_vocab.pck").open("wb") as f:
         pickle.dump({"vocab": vocab, "size": size, "unk_symbol": 1, "pad_symbol": 0}, f)

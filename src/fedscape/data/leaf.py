@@ -11,9 +11,15 @@ Reddit (LEAF's data/reddit: Caldas et al. 2018, December 2017 comments of pushsh
 top-level keys; its source/preprocess.py ``create_seqs`` writes per comment: in ``x`` the comment's input sequences
 (lists of REDDIT_SEQ_LEN tokens: ``<BOS>``, the words, ``<EOS>``, ``<PAD>`` to a multiple of the length), in ``y`` a
 dict with ``target_tokens`` (the words, ``<EOS>``, ``<PAD>``: each input shifted by one) and ``count_tokens`` (1 for
-the comment's positions, 0 for padding), beside the comment's metadata; ``num_samples`` counts comments. Its
-vocabulary is the pickle ``vocab/reddit_vocab.pck`` of LEAF's build_vocab.py: ``{"vocab": {word: id}, "size":
-10000, "unk_symbol": 1, "pad_symbol": 0}``. Each sequence is one sample here, with every position's target.
+the comment's positions, 0 for padding), beside the comment's metadata. Its splits are not made by LEAF's
+utils/split_data.py (which writes each split's own ``users`` and ``num_samples``, as FEMNIST's and Shakespeare's are):
+preprocess.py's ``create_leaf_json`` copies the original file's ``users`` and ``num_samples`` (each user's total
+comment count) into train/, val/ and test/ alike and gives each user its first 60 % / next 20 % / last 20 % of
+comments by time (``int(0.6 * n)``, ``int(0.8 * n)``), so every user is in every split and a user of one comment has
+none in train/. Reddit's ``num_samples`` is therefore not read; its train writers are the users with train comments
+(`read_reddit`). Its vocabulary is the pickle ``vocab/reddit_vocab.pck`` of LEAF's build_vocab.py: ``{"vocab":
+{word: id}, "size": 10000, "unk_symbol": 1, "pad_symbol": 0}``. Each sequence is one sample here, with every
+position's target.
 
 Shakespeare can also be cut here from LEAF's raw texts (`read_shakespeare_raw`): LEAF's
 ``preprocess_shakespeare.py`` (run by its ``data_to_json.sh``, the first step of ``preprocess.sh``) splits
@@ -178,12 +184,16 @@ _DECODERS = {"femnist": _femnist_user, "shakespeare": _shakespeare_user}
 
 
 def read_leaf_part(name: str, directory: Path, decode=None, max_writers: int | None = None,
-                   only: tuple[str, ...] | None = None) -> LeafPart:
+                   only: tuple[str, ...] | None = None, split_counts: bool = True) -> LeafPart:
     """Every sample of ``directory/*.json`` (sorted file names, then each file's `users` order).
 
     A writer found in several files keeps one index. The writers are numbered in order of appearance. `decode`
     (data, where) -> (x, y) reads one user's data (None: the dataset's own decoder). `max_writers`: the samples of
     the first that many writers only (the files after the last one are not opened); `only`: of these writers only.
+    `split_counts`: the files' ``num_samples`` count each user's entries of this split, as LEAF's split_data.py
+    writes them (FEMNIST, Shakespeare), and must match; False: they do not (Reddit's preprocess.py copies each
+    user's total over its splits into every split), so only ``x`` and ``y`` must match, and a user without samples
+    here is not a writer of this part (it takes no index and no place of `max_writers`).
     """
     decode = decode or _DECODERS[name]
     names: dict[str, int] = {}
@@ -202,16 +212,22 @@ def read_leaf_part(name: str, directory: Path, decode=None, max_writers: int | N
             data = obj["user_data"].get(user)
             if not isinstance(data, dict) or "x" not in data or "y" not in data:
                 raise ValueError(f"{where}: user_data has no x and y for this user")
-            if not len(data["x"]) == len(data["y"]) == count:
+            if split_counts and not len(data["x"]) == len(data["y"]) == count:
                 raise ValueError(f"{where}: num_samples says {count}, x has {len(data['x'])} and y "
                                  f"{len(data['y'])} entries")
+            if not split_counts and len(data["x"]) != len(data["y"]):
+                raise ValueError(f"{where}: x has {len(data['x'])} and y {len(data['y'])} entries; they must be "
+                                 f"equal")
             x, y = decode(data, where)
+            if not split_counts and not len(y):
+                continue
             index = names.setdefault(str(user), len(names))
             xs.append(x)
             ys.append(y)
             ws.append(np.full(len(y), index, dtype=np.int64))
     if not xs:
-        raise ValueError(f"{directory}: the JSON files name no users")
+        raise ValueError(f"{directory}: the JSON files name no users" + ("" if split_counts else " with samples") +
+                         ("" if only is None else " among the train part's writers"))
     return LeafPart(np.concatenate(xs), np.concatenate(ys), np.concatenate(ws), tuple(names))
 
 
@@ -306,14 +322,17 @@ def reddit_vocab_path(directory: Path) -> Path:
 def read_reddit(data_dir: str | None, max_clients: int | None = None) -> tuple[LeafPart, LeafPart, tuple[str, ...]]:
     """LEAF's Reddit train and test parts (every sequence a sample, its user the writer) and the id names.
 
-    `max_clients`: the first that many users of the train files (None: all), and the test samples of those users
-    (LEAF's sample-wise split gives a user samples in both)."""
+    The writers are the users with comments in the train files: LEAF's preprocess.py lists every user in every split
+    with ``num_samples`` its total comment count (see the module's docstring), so that count is not checked, and a
+    user whose comments all fell to val/ and test/ (one comment: ``int(0.6 * 1) == 0`` in train) has no client; its
+    test comments are dropped too, so that the test part is always the test comments of the train writers (files
+    that list each split's own users and counts read the same way). val/ is not read. `max_clients`: the first that
+    many train writers (None: all), and the test samples of those users."""
     directory = leaf_directory("reddit", data_dir)
     vocab = read_reddit_vocab(reddit_vocab_path(directory))
     decode = partial(_reddit_user, vocab=vocab)
-    train = read_leaf_part("reddit", directory / "train", decode, max_writers=max_clients)
-    test = read_leaf_part("reddit", directory / "test", decode,
-                          only=None if max_clients is None else train.writer_names)
+    train = read_leaf_part("reddit", directory / "train", decode, max_writers=max_clients, split_counts=False)
+    test = read_leaf_part("reddit", directory / "test", decode, only=train.writer_names, split_counts=False)
     return train, test, vocab.names
 
 

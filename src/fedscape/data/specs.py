@@ -138,8 +138,10 @@ DATASETS: dict[str, DatasetInfo] = {
                                  "Stack Overflow (TFF; Reddi et al. 2021): next word at every position of "
                                  "20-word sequences by user, TFF's stackoverflow.sqlite from data_dir", 135818730,
                                  True, writers=True, inputs="tokens", needs_data_dir=True, sequence_labels=True),
-    # LEAF's Reddit (Caldas et al. 2018, Table 1: 1,660,820 users, 56,587,343 comments; a comment gives one
-    # sequence per 10 tokens, so the sample count is a lower bound here)
+    # LEAF's Reddit (Caldas et al. 2018, Table 1: 1,660,820 users, 56,587,343 comments). A comment gives one sample
+    # per 10 tokens, so this is a lower bound of the samples, not the upper bound `client_pool_bound` takes it for:
+    # its plan check (num_clients x partition.min_size against it) could wrongly refuse only a plan that asks tens of
+    # millions of samples for its clients.
     "reddit": DatasetInfo(REDDIT_VOCAB_SIZE, REDDIT_SEQ_LEN, REDDIT_VOCAB_SIZE,
                           "Reddit (LEAF, Caldas et al. 2018): next token at every position of 10-token sequences by "
                           "user, LEAF's JSON and vocabulary pickle from data_dir", 56587343, True, writers=True,

@@ -339,6 +339,10 @@ class StackedStepGraphs:
 
         try:
             eager = one_run(step)
+        except Exception:  # the step itself fails eagerly (a batch norm of one value per channel): its own error
+            restore()
+            raise
+        try:
             repeats = [one_run(step) for _ in range(EAGER_REPEATS)]
             replay = self.make_graph(step)
             restore()

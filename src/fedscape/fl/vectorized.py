@@ -439,17 +439,17 @@ class VectorizedTrainer:
 
     def _step_loss(self, xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor, padded: bool,
                    running: dict[str, torch.Tensor] | None, mix: tuple[torch.Tensor, torch.Tensor] | None,
-                   scales: torch.Tensor | None, global_views: list[torch.Tensor], draws: list | None = None
-                   ) -> _StepLoss:
+                   scales: torch.Tensor | None, global_views: list[torch.Tensor], draws: list | None = None,
+                   single: bool = False) -> _StepLoss:
         """The K clients' losses [K] on this step's batches as a function of stacked parameters (a list in
         `named_parameters()` order), for `Strategy.local_gradients_vectorized`; `mix`: an input-mixing objective's
         weights [K, 2] and mixed targets, `scales`: the residual scales (`_stacked_loss`); None for the plain model and
         cross-entropy. Its `batch` is the step's `StackedBatch` (with `draws`: the active clients' `local_draws`).
 
         With batch norm, `padded` says whether any row of the step is padding (else torch's batch norm over the
-        grouped channels is each client's), and the first evaluation alone updates the clients' `running`
-        statistics: a strategy evaluating the loss again (FedSAM at w + e) keeps those of w, as its sequential
-        `local_backward` restores them.
+        grouped channels is each client's) and `single` whether a client's batch holds one sample (`StackedNorm`), and
+        the first evaluation alone updates the clients' `running` statistics: a strategy evaluating the loss again
+        (FedSAM at w + e) keeps those of w, as its sequential `local_backward` restores them.
         """
         first = [True]
 
@@ -457,6 +457,7 @@ class VectorizedTrainer:
             if not self.batch_norm:
                 return None
             state = StackedNorm(mb if padded else None, running if update and first[0] else None)
+            state.single = single
             first[0] = first[0] and not update
             return state
 
@@ -581,15 +582,15 @@ class VectorizedTrainer:
             lrs = [p.lrs[t] for p in plans[: active[t]]]
             step_lr.append(lrs[0] if all(v == lrs[0] for v in lrs) else
                            torch.tensor(lrs, device=device, dtype=global_params.dtype))  # a float64 model's lr too
-        # Each step's batch-size check: batch norm in training needs more than one value per channel, as torch's raises
-        # sequentially, and a client's batch of one sample has one where a layer's input is 1x1 (`stacked_batch_norm`
-        # checks its real rows there). Such a step is never captured: that check reads the mask back to the host, which a
-        # graph's replay would skip and its capture cannot do.
+        # Whether a step holds a client's batch of one sample, for a model with batch norm: where a layer's input is
+        # 1x1 that is one value per channel, which torch's batch norm refuses in training, and so does
+        # `stacked_batch_norm` (`StackedNorm.single`: from these host batch sizes, no sync). Such a step is a shape of
+        # its own: its graph is captured only where its step passed that check, so no replay skips it.
         single = [self.batch_norm and any(len(p.batches[t]) == 1 for p in plans[: active[t]])
                   for t in range(num_steps)]
-        # A step's shape: what its graph depends on (None: a per-client lr or a batch of one, which step eagerly).
-        keys = [(k0, active[t], width[t], padded[t], step_lr[t])
-                if isinstance(step_lr[t], float) and not single[t] else None for t in range(num_steps)]
+        # A step's shape: what its graph depends on (None: a per-client lr, which steps eagerly).
+        keys = [(k0, active[t], width[t], padded[t], step_lr[t], single[t]) if isinstance(step_lr[t], float) else None
+                for t in range(num_steps)]
         if self.graphs is not None:
             if self._rows_generation != self.strategy.stacked_generation:
                 # The strategy's stacked rows were freed since the graphs were captured (its `setup` for a new run,
@@ -606,13 +607,14 @@ class VectorizedTrainer:
                       None if mix_weights is None else mix_weights[t, :k],
                       None if mix_perm is None else mix_perm[t, :k, :w], None if scales is None else scales[t, :k])
             if self.graphs is not None and keys[t] is not None and self.graphs.run(
-                    keys[t], inputs, lambda static, t=t: lambda: self._step(st, t, padded[t], step_lr[t], *static),
+                    keys[t], inputs, lambda static, t=t: lambda: self._step(st, t, padded[t], step_lr[t], *static,
+                                                                 single=single[t]),
                     st.tensors()):
                 continue
             # The strategy's own draws (host values; a strategy drawing them never replays a graph: `_graphs`). The
             # step's active clients have a step t, so each holds its draws where the strategy draws any.
             draws = [p.extra[t] for p in plans[:k]] if plans[0].extra is not None else None
-            self._step(st, t, padded[t], step_lr[t], *inputs, draws=draws)
+            self._step(st, t, padded[t], step_lr[t], *inputs, draws=draws, single=single[t])
 
         flat = torch.cat([s.reshape(k0, -1) for s in st.stacked], dim=1)
         losses_mean = (st.loss_sum.cpu() / torch.tensor(steps, dtype=torch.float32).clamp_min(1)).tolist()
@@ -685,11 +687,12 @@ class VectorizedTrainer:
 
     def _step(self, st: _ChunkState, t: int, padded: bool, lr: float | torch.Tensor, xb: torch.Tensor,
               yb: torch.Tensor, mb: torch.Tensor, aug: torch.Tensor | None, mix_weights: torch.Tensor | None,
-              mix_perm: torch.Tensor | None, scales: torch.Tensor | None, draws: list | None = None) -> None:
+              mix_perm: torch.Tensor | None, scales: torch.Tensor | None, draws: list | None = None,
+              single: bool = False) -> None:
         """Step t of the active clients (the first xb.shape[0] of the chunk) on their batches: the strategy's
         gradients, then SGD's or AdamW's update, in place on `st`; `scales` [K, blocks]: the residual scales, a
         client's dropped branch (scale 0) keeping its parameters, momentum and statistics; `draws`: the active
-        clients' `Strategy.local_draws` of the step."""
+        clients' `Strategy.local_draws` of the step; `single`: whether a client's batch holds one sample."""
         k = xb.shape[0]
         params = [s[:k].detach().requires_grad_(True) for s in st.stacked]
         if aug is not None:
@@ -708,7 +711,7 @@ class VectorizedTrainer:
                         for b, live in self._branch_views(st.buffers, self.buffer_branch, scales, k)]
         gradients, adjust = self.strategy.local_gradients_vectorized, self.strategy.adjust_gradients_vectorized
         losses, grads = gradients(params, self._step_loss(xb, yb, mb, padded, running, mix, scales,
-                                                          st.global_views, draws))  # FedSAM: w + e
+                                                          st.global_views, draws, single))  # FedSAM: w + e
         grads = unaliased(tuple(grads))
         with torch.no_grad():
             for b, live, before in kept_buffers:

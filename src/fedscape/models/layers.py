@@ -231,13 +231,16 @@ class StackedNorm:
     client normalises with the batch statistics of its own real samples only. ``running``: the clients'
     running statistics by buffer name, [K, *shape] each, updated in place as torch's BatchNorm updates
     its own in training (None: normalise with batch statistics and update nothing, as a forward whose
-    statistics are discarded, FedSAM's second pass, does).
+    statistics are discarded, FedSAM's second pass, does). ``single``: whether some client of the mask has exactly one
+    real row, known on the host (the trainer's batch sizes), for the check of one value per channel at a 1x1 input
+    (`stacked_batch_norm`); None: read from the mask there (a host sync, never inside a captured step).
     """
 
     mask: Tensor | None = None
     running: Mapping[str, Tensor] | None = None
     # What the mask gives each layer shape (`masked_counts`), computed once per forward, not per layer.
     counts: dict = field(default_factory=dict, repr=False, compare=False)
+    single: bool | None = None
 
 
 # The forms of a stacked 1x1 convolution (`pointwise_form`): one grouped convolution, as every other kernel size, or a
@@ -291,8 +294,9 @@ def masked_counts(mask: Tensor, c: int, spatial: int, momentum: float, dtype: to
     """What a mask [K, B] gives a batch norm of C channels per client over ``spatial`` positions, in grouped layout:
     rows [B, K*C] (1 where the row is a real sample of the channel's client), the values per channel n clamped to at
     least 1 [K*C], the running statistics' step weight (momentum where n > 0, else 0: a client without real rows keeps
-    its statistics) and the unbiased variance's factor n / (n - 1). ``cache``: the same mask's results by shape, so
-    that a forward computes them once per layer shape rather than once per layer."""
+    its statistics) and the unbiased variance's factor n / (n - 1) (1 where n <= 1; one value per channel, n = 1, never
+    trains: `stacked_batch_norm` raises there, as torch does). ``cache``: the same mask's results by shape, so that a
+    forward computes them once per layer shape rather than once per layer."""
     key = (c, spatial, momentum, dtype)
     if cache is not None and key in cache:
         return cache[key]
@@ -377,16 +381,22 @@ class MaskedBatchNorm(torch.autograd.Function):
 
 def stacked_batch_norm(h: Tensor, k: int, weight: Tensor | None, bias: Tensor | None, eps: float, momentum: float,
                        mask: Tensor | None = None, running_mean: Tensor | None = None,
-                       running_var: Tensor | None = None, counts: dict | None = None) -> Tensor:
+                       running_var: Tensor | None = None, counts: dict | None = None,
+                       single: bool | None = None) -> Tensor:
     """Training-mode batch norm (Ioffe & Szegedy, 2015) of K models on h in grouped layout [B, K*C, H, W].
 
     Each client's channel is normalised with the mean and biased variance of its own real rows (``mask``
     [K, B], None: all rows; `MaskedBatchNorm`), and its running statistics [K, C] move by ``momentum`` towards that
     mean and the unbiased variance (n / (n - 1), n = real rows x H x W), as torch's BatchNorm2d does for one client.
-    A client without real rows keeps its running statistics (its step weight is 0; its padded rows finite, as the
-    trainer's are: copies of a training sample). Without a mask, torch's own batch norm over the K*C channels is
-    exactly the K clients' batch norms. ``counts``: a cache of `masked_counts` for this mask. With a mask the output
-    is in the statistics' dtype (float32 for a bfloat16 h under autocast), as the loss is taken in at least float32.
+    A client without real rows keeps its running statistics (its step weight is 0). A padded row enters the sums as 0 x
+    value, so it must be finite where the client's real rows are: the trainer's are copies of the client's own first
+    sample. A client with one value per channel (one real row at 1x1) raises torch's ValueError, as torch's batch norm
+    does for one client in training, so that a vectorised round fails where a sequential one does: ``single`` says
+    whether some client has one real row (the trainer knows its batch sizes on the host, so that a captured step needs
+    no sync; None: read from the mask, at 1x1 inputs only). Without a mask, torch's own batch norm over the K*C
+    channels is exactly the K clients' batch norms, and raises itself. ``counts``: a cache of `masked_counts` for this
+    mask. With a mask the output is in the statistics' dtype (float32 for a bfloat16 h under autocast), as the loss is
+    taken in at least float32.
     """
     flat_w = None if weight is None else weight.flatten()
     flat_b = None if bias is None else bias.flatten()
@@ -394,6 +404,11 @@ def stacked_batch_norm(h: Tensor, k: int, weight: Tensor | None, bias: Tensor | 
         return F.batch_norm(h, None if running_mean is None else running_mean.view(-1),
                             None if running_var is None else running_var.view(-1), flat_w, flat_b, True, momentum, eps)
     b, kc, height, width = h.shape
+    if height * width == 1 and (bool((mask.sum(1) == 1).any()) if single is None else single):
+        raise ValueError("Expected more than 1 value per channel when training, got input size "
+                         f"{torch.Size([1, kc // k, height, width])} (a client's batch of one sample at a 1x1 batch "
+                         "norm: set training.drop_last, or a training.batch_size that leaves no client a last batch "
+                         "of one, or use another norm)")
     # Statistics in at least float32, as autocast runs torch's batch norm.
     dtype = torch.promote_types(h.dtype, torch.float32)
     rows, count, step, unbiased = masked_counts(mask, kc // k, height * width, momentum, dtype, counts)
@@ -430,7 +445,8 @@ def stacked_norm(norm: nn.Module, params: Mapping[str, Tensor], name: str, h: Te
         state = state or StackedNorm()
         running = state.running or {}
         return stacked_batch_norm(h, k, weight, bias, norm.eps, norm.momentum, state.mask,
-                                  running.get(f"{name}.running_mean"), running.get(f"{name}.running_var"), state.counts)
+                                  running.get(f"{name}.running_mean"), running.get(f"{name}.running_var"), state.counts,
+                                  state.single)
     raise TypeError(f"stacked_norm has no grouped form of {type(norm).__name__} ({name})")
 
 
@@ -459,7 +475,8 @@ def sliced_stacked_norm(norm: nn.Module, params: Mapping[str, Tensor], name: str
     c = h.shape[1] // k
     sliced = {n: params[n][:, :c] for n in (f"{name}.weight", f"{name}.bias") if n in params}
     return stacked_norm(norm, sliced, name, h, k, StackedNorm(state.mask if state else None, None,
-                                                             state.counts if state else {}))
+                                                             state.counts if state else {},
+                                                             state.single if state else None))
 
 
 class ImageClassifier(nn.Module):

@@ -887,11 +887,12 @@ def test_a_small_hutchpp_budget_keeps_the_diagonal_with_four_quarters(products, 
     result = hutchpp(op, products, seed=0)
 
     # Assert: Diag++ only with 4 residual probes, else Hutchinson's over all k + m probes; four quarters for HN and
-    # HD either way, whose mean weighted by their probes is the diagonal
+    # HD either way, whose mean weighted by their probes is the diagonal (Diag++'s residual probe i in quarter
+    # (k + i) % 4, after the k sketch probes as in Hutchinson's)
     assert result.diagonal_estimator == estimator
     k = products // 3
-    n = products - 2 * k if estimator == "diag++" else products - k
-    counts = [len(range(r, n, 4)) for r in range(4)]
+    n, first = (products - 2 * k, k) if estimator == "diag++" else (products - k, 0)
+    counts = [len(range((r - first) % 4, n, 4)) for r in range(4)]
     assert result.quarters is not None and min(counts) >= 1
     mean = sum(c * q.double() for c, q in zip(counts, result.quarters, strict=True)) / n
     assert torch.allclose(mean, result.diagonal.double(), rtol=1e-5, atol=1e-7)

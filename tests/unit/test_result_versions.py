@@ -170,14 +170,16 @@ def test_each_profile_drops_only_the_code_trigger(profile):
 
 
 @pytest.mark.parametrize(("estimator", "probes", "version"), [
-    ("hutchpp", 5, 5), ("hutchpp", 7, 5), ("hutchpp", 9, 5), ("hutchpp", 4, 4), ("hutchpp", 8, 4), ("hutchpp", 10, 4),
-    ("hutchpp", 12, 4),
+    ("hutchpp", 5, 5), ("hutchpp", 7, 5), ("hutchpp", 9, 5), ("hutchpp", 4, 4), ("hutchpp", 8, 5), ("hutchpp", 10, 5),
+    ("hutchpp", 12, 4), ("hutchpp", 96, 4), ("hutchpp", 100, 5), ("hutchpp", 300, 4),
     ("hutchinson", 5, 4), ("exact", 5, 4), ("auto", 5, 4),
 ])
 def test_only_the_hessian_jobs_of_a_small_hutchpp_budget_carry_the_version_of_its_diagonal(estimator, probes, version):
     # Below 4 residual probes Hutch++'s diagonal became Hutchinson's (HN and HD were NaN where Diag++ was taken; at 4
     # products neither has four quarters):
-    # those jobs rerun, every other Hessian job keeps the settings (and the results) it had
+    # those jobs rerun. From 4 residual probes on, a sketch of k = trace_probes // 3 probes that is not a multiple of 4
+    # put Diag++'s and Hutchinson's residual probes in different quarters (HD biased where a job's clients chose
+    # differently): those jobs rerun too. Every other Hessian job keeps the settings (and the results) it had
     config = check_config({"hessian": {"trace_estimator": estimator, "trace_probes": probes}}, SCHEMA)
     runs = build_runs(config)
 

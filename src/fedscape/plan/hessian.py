@@ -45,10 +45,25 @@ DENSITY_FIGURE = "spectral_density"
 # every job. SMALL_HUTCHPP_BUMPS 1: their diagonal is Hutchinson's over all the probes, which has four quarters where
 # Diag++'s had none (HN and HD NaN). Only those jobs rerun: no other job's numbers changed (at 4 products neither
 # diagonal has four quarters).
+# MISALIGNED_HUTCHPP_BUMPS, on jobs with Hutch++ at 4 residual probes or more and k = trace_probes // 3 sketch columns
+# not a multiple of 4 (100, 150, 200, 500 products): 1: Diag++'s residual probe i in quarter (k + i) % 4, where
+# Hutchinson's diagonal over the same products has it, not in i % 4 (maths.ProbeMoments): where the clients chose
+# different diagonals, a Diag++ client's quarter a and a Hutchinson client's quarter b != a shared probes and HD took
+# the two Hessians' shared off-diagonal mass for diagonal agreement (0.749 for 0.733 on a synthetic pair). A job
+# whose clients all kept one diagonal has its HN and HD to rounding (the same quarters, relabelled alike); the
+# clients' choice is the data's, so every job of that budget carries the bump.
+# Not bumped: Lanczos's invariant-subspace test relative to the operator's scale (maths.lanczos, BREAKDOWN), not
+# absolute below 1. Its numbers differ only where a Hessian is too small for the old floor of 1e-10 (the largest
+# ||H q|| below about 1e-3; a saturated softmax's, as a confidently fitted client's): most of those jobs failed
+# ("rank < 2 along the start vector") and rerun as failed jobs do; which of the others had such a client is the
+# data's, not their settings', and the whole kind's rerun (and the planes', whose eigenpairs are the same Lanczos's)
+# was not worth their few numbers (on a saturated MLP, a second eigenvalue of 1.8e-10 moved by 0.3%; an aggregate's
+# density had 7 nodes of 20 at a largest eigenvalue of 3.7e-7).
 # hessian_plane: the eigenvector plane's jobs (it keys the eigenpairs a Hessian job keeps for them too: EigenStore).
 # 1: the eigenpairs every Hessian job computed before the plane had a rule of its own (HessianPlaneJob.meaning).
 RESULT_VERSIONS = {"hessian": 4, "hessian_plane": 1}
 SMALL_HUTCHPP_BUMPS = 1
+MISALIGNED_HUTCHPP_BUMPS = 1
 # The trace_probes of a job with `trace_estimator: exact`, which takes none (its settings hold the field: a required
 # one of the first results); the schema's default.
 EXACT_TRACE_PROBES = 300
@@ -207,11 +222,17 @@ def hessian_job_settings(config: dict, runs: list, run, round_: int, recorded: I
 
 def hessian_result_version(settings: HessianSettings) -> int:
     """The result version of a Hessian job that computes with `settings`: RESULT_VERSIONS["hessian"], plus
-    SMALL_HUTCHPP_BUMPS for Hutch++ below 4 residual probes."""
+    SMALL_HUTCHPP_BUMPS for Hutch++ below 4 residual probes, or MISALIGNED_HUTCHPP_BUMPS for Hutch++ whose sketch
+    columns are not a multiple of 4 (at 4 residual probes or more: the two never meet)."""
     k, probes = hutchpp_split(settings.trace_probes)
+    hutchpp = settings.trace_estimator == HUTCHPP
     # Diag++ without its four quarters where Hutchinson's over all k + m probes has them (at 4: neither has)
-    small = settings.trace_estimator == HUTCHPP and probes < QUARTERS <= k + probes
-    return RESULT_VERSIONS["hessian"] + (SMALL_HUTCHPP_BUMPS if small else 0)
+    small = hutchpp and probes < QUARTERS <= k + probes
+    # Diag++'s quarters once shifted against Hutchinson's by k % 4 (a model of fewer than k parameters takes fewer
+    # columns, hutchpp_split, which planning does not know: such a toy's jobs may carry the bump or lack it in vain)
+    misaligned = hutchpp and probes >= QUARTERS and k % QUARTERS != 0
+    return (RESULT_VERSIONS["hessian"] + (SMALL_HUTCHPP_BUMPS if small else 0)
+            + (MISALIGNED_HUTCHPP_BUMPS if misaligned else 0))
 
 
 def hessian_inputs(config: dict, runs: list, run, round_: int, unread: Callable[[str], Any] = str,

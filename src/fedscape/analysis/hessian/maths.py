@@ -53,6 +53,9 @@ log = logging.getLogger("fedscape.hessian")
 # Random streams, all derived from HessianSettings.seed (core.seeds.derive_seed): the probes are shared by
 # every data set of a job (common random numbers: identical clients give identical diagonals).
 _STREAM_EIGEN, _STREAM_PROBES, _STREAM_DENSITY, _STREAM_SUBSET, _STREAM_SKETCH = 1, 2, 3, 4, 5
+# A Lanczos step whose residual is at most this fraction of the operator's scale (the largest ||H q|| seen) closes an
+# invariant subspace (`lanczos`); relative, so that a Hessian of 1e-15 is not taken for an exhausted one.
+BREAKDOWN = 1e-10
 # The float64 blocks in which the inner products of the clients' quarters (QUARTERS) are summed: at most
 # GRAM_BLOCK_ENTRIES entries (512 MiB), so that the float32 quarters of many clients (3,400 of FEMNIST) need no float64
 # copy of them all; and at most GRAM_BLOCK columns (up to 16 clients' blocks are of those columns, as they were).
@@ -313,9 +316,16 @@ class LanczosResult:
     """The tridiagonal matrix of a Lanczos run and (optionally) its orthonormal basis."""
 
     alpha: np.ndarray  # [m]
-    beta: np.ndarray  # [m-1] off-diagonal
+    beta: np.ndarray  # [m-1] off-diagonal (0 where the run restarted after an invariant subspace)
     basis: Tensor | None  # [m, P]
     last_beta: float  # the norm of the residual after the last step
+    scale: float  # the largest ||H q_j|| of the steps: a lower bound of ||H||_2, what BREAKDOWN is relative to
+
+    @property
+    def invariant(self) -> bool:
+        """Whether the last step closed an invariant subspace: its residual at rounding level of the operator's scale
+        (exactly zero for a zero operator), so every Ritz pair is an eigenpair of H."""
+        return self.last_beta <= BREAKDOWN * self.scale
 
     def ritz(self) -> tuple[np.ndarray, np.ndarray]:
         """Ritz values (ascending) and the eigenvectors of the tridiagonal matrix."""
@@ -324,41 +334,63 @@ class LanczosResult:
         return np.linalg.eigh(t)
 
 
-def lanczos(op: HessianOperator, v0: Tensor, steps: int,
-            stop: Callable[[LanczosResult], bool] | None = None) -> LanczosResult:
-    """Lanczos tridiagonalisation with full reorthogonalisation (Golub & Van Loan, Matrix Computations, 10.1)."""
+def lanczos(op: HessianOperator, v0: Tensor, steps: int, stop: Callable[[LanczosResult], bool] | None = None,
+            restart: torch.Generator | None = None) -> LanczosResult:
+    """Lanczos tridiagonalisation with full reorthogonalisation (Golub & Van Loan, Matrix Computations, 10.1).
+
+    A step whose residual is at most BREAKDOWN times the largest ||H q_j|| so far closes an invariant subspace (the
+    spectrum seen from v0 is exhausted): relative to the operator's own scale, not to 1, since a confidently fitted
+    model's Hessian can be 1e-15 throughout, where an absolute floor stopped after one step; only an exactly zero
+    operator stops on an exact zero. There the run ends, or with `restart` goes on from a fresh Gaussian vector of
+    that generator orthogonal to the basis (a zero off-diagonal: T splits into blocks, each an invariant subspace's),
+    so that an operator with fewer distinct eigenvalues than the Ritz values wanted (a zero or scaled-identity
+    Hessian) still gives them.
+    """
     steps = min(steps, op.dim)
     basis = torch.zeros(steps, op.dim, dtype=torch.float64, device=op.device)
     alpha: list[float] = []
     beta: list[float] = []
     q = v0.to(op.device, torch.float64)
     q = q / q.norm()
-    last = 0.0
+    last = scale = 0.0
     for j in range(steps):
         basis[j] = q
         w = op.hvp(q).double()
+        scale = max(scale, float(w.norm()))
         a = float(q @ w)
         w = _project_out(w, basis[: j + 1])
         b = float(w.norm())
         alpha.append(a)
         last = b
-        result = LanczosResult(np.array(alpha), np.array(beta), basis[: j + 1], last)
+        result = LanczosResult(np.array(alpha), np.array(beta), basis[: j + 1], last, scale)
         if stop is not None and stop(result):
             return result
-        if b <= 1e-10 * max(1.0, abs(a)):  # an invariant subspace: the spectrum seen from v0 is exhausted
-            return result
-        if j + 1 < steps:
-            beta.append(b)
+        if j + 1 == steps:
+            break
+        if result.invariant:
+            if restart is None:
+                return result
+            w = _project_out(_gaussian_unit(op.dim, restart).to(op.device), basis[: j + 1])
+            b = 0.0
+            q = w / w.norm()
+        else:
             q = w / b
-    return LanczosResult(np.array(alpha), np.array(beta[: len(alpha) - 1]), basis[: len(alpha)], last)
+        beta.append(b)
+    return LanczosResult(np.array(alpha), np.array(beta[: len(alpha) - 1]), basis[: len(alpha)], last, scale)
 
 
 def lanczos_eigen(op: HessianOperator, k: int, tol: float = 1e-4, max_iter: int = 100, seed: int = 0) -> EigenResult:
     """Top-k (largest algebraic) eigenpairs by Lanczos with full reorthogonalisation (Golub & Van Loan 10.1).
 
     Stops when every one of the k Ritz pairs has a residual bound beta_m |s_mi| <= tol |theta_i|, a
-    bound on the relative eigenvalue error that power iteration's stopping rule does not give.
+    bound on the relative eigenvalue error that power iteration's stopping rule does not give. Every test is
+    relative to the operator's scale, so a Hessian of 1e-15 (a saturated softmax) converges as one of 1e2 does. An
+    invariant subspace reached before k + 1 Ritz values restarts the run orthogonally to it (`lanczos`): a zero
+    Hessian gives k zeros, converged, as power iteration does, where it raised before.
     """
+    if k > op.dim:
+        raise ValueError(f"top_k = {k} eigenvalues asked of a model with {op.dim} parameters: set hessian.top_k to "
+                         f"at most {op.dim}")
     gen = _generator(seed, _STREAM_EIGEN)
 
     def converged(result: LanczosResult) -> bool:
@@ -368,19 +400,18 @@ def lanczos_eigen(op: HessianOperator, k: int, tol: float = 1e-4, max_iter: int 
         bounds = result.last_beta * np.abs(s[-1, -k:])
         return bool(np.all(bounds <= tol * np.abs(theta[-k:])))
 
-    result = lanczos(op, _gaussian_unit(op.dim, gen), max(max_iter, k), stop=converged)
+    # the restarts draw from the same stream after the start vector: a run without one is as it was
+    result = lanczos(op, _gaussian_unit(op.dim, gen), max(max_iter, k), stop=converged, restart=gen)
     theta, s = result.ritz()
     m = len(theta)
-    take = list(range(m - 1, max(m - 1 - k, -1), -1))
+    take = list(range(m - 1, m - 1 - k, -1))  # m >= k: the run restarts until its steps reach min(k, dim)
     vectors = torch.as_tensor(s[:, take].T.copy(), device=op.device) @ result.basis
     bounds = result.last_beta * np.abs(s[-1, take])
-    done = bool(np.all(bounds <= tol * np.abs(theta[take]))) or result.last_beta <= 1e-10
+    done = bool(np.all(bounds <= tol * np.abs(theta[take]))) or result.invariant
     values = tuple(float(theta[i]) for i in take)
     residuals = tuple(float(b) for b in bounds)
     log.info("lanczos: top-%d eigenvalues %s after %d products (%s)", k, ", ".join(f"{v:.6g}" for v in values), m,
              "converged" if done else "NOT converged")
-    if len(values) < k:
-        raise ValueError(f"the Hessian has rank < {k} along the start vector: only {len(values)} eigenvalues found")
     # Lanczos shares its products among the k eigenpairs: the count is reported once, on the first.
     return EigenResult(values, vectors, (m,) + (0,) * (k - 1), (done,) * k, residuals, "lanczos")
 
@@ -402,11 +433,13 @@ class HutchinsonResult:
     diagonal: Tensor  # [P] float64 on the CPU: mean of z * Hz
     samples: np.ndarray  # z^T H z per probe (Hutch++: z^T A z per residual probe)
     diagonal_estimator: str = "hutchinson"  # or "diag++" (see hutchpp), or "exact" (gauss_newton_diagonal)
-    # Four estimates of the diagonal from disjoint quarters of the probes (probe i in quarter i mod 4), each
-    # unbiased and independent of the others (given Diag++'s sketch), float32 on the CPU (the memory two float64
-    # halves took): the inner product of two of them is an unbiased estimate of ||diag H||^2, which the diagonal's
-    # own squared norm overestimates by its variance, and the product of two such differences across clients one of
-    # (||D_k||^2 - ||D_j||^2)^2 (`diagonal_consistency`). None: the diagonal alone, or fewer than 4 probes.
+    # Four estimates of the diagonal from disjoint quarters of the probes (probe i of a job's Rademacher probes in
+    # quarter i mod 4, Hutch++'s sketch columns counted first whichever diagonal it keeps, so that quarter a of every
+    # client holds the same probes), each unbiased and independent of the others (given Diag++'s sketch), float32 on
+    # the CPU (the memory two float64 halves took): the inner product of two of them is an unbiased estimate of
+    # ||diag H||^2, which the diagonal's own squared norm overestimates by its variance, and the product of two such
+    # differences across clients one of (||D_k||^2 - ||D_j||^2)^2 (`diagonal_consistency`). None: the diagonal
+    # alone, or fewer than 4 probes.
     quarters: tuple[Tensor, ...] | None = None
 
     @property
@@ -451,14 +484,18 @@ class ProbeMoments:
     diag(M) (Bekas et al. 2007), and `off_diagonal` the sum of its entries' variances, ||M||_F^2 - sum_i M_ii^2
     (Var(p_i (Mp)_i) = sum_{j != i} M_ij^2 for Rademacher p)."""
 
-    def __init__(self, like: Tensor):
-        self.n, self.squares, self.diag_squares = 0, 0.0, 0.0
-        self._quarter_sums = tuple(torch.zeros_like(like) for _ in range(QUARTERS))  # of p * v, probe i in i % 4
+    def __init__(self, like: Tensor, first: int = 0):
+        """`first`: the position of the first probe among the job's probes, which sets the quarter of each (probe i
+        here in quarter (first + i) % 4): Diag++'s residual probes follow Hutch++'s k sketch columns (first = k), as
+        in Hutchinson's diagonal over the same products, so that quarter a of every client holds the same probes
+        whichever diagonal each client keeps (`diagonal_consistency`)."""
+        self.n, self.squares, self.diag_squares, self.first = 0, 0.0, 0.0, first
+        self._quarter_sums = tuple(torch.zeros_like(like) for _ in range(QUARTERS))  # of p * v, by quarter
 
     def add(self, p: Tensor, v: Tensor) -> Tensor:
         """Count probe p with its product v = M p; returns p * v (its sum is the probe's sample p^T M p)."""
         pv = p * v
-        self._quarter_sums[self.n % QUARTERS].add_(pv)
+        self._quarter_sums[(self.first + self.n) % QUARTERS].add_(pv)
         self.n += 1
         self.squares += float(v @ v)
         self.diag_squares += float(pv @ pv)
@@ -476,7 +513,7 @@ class ProbeMoments:
         diagonal known exactly), float32 on the CPU; None with fewer than 4 probes."""
         if self.n < QUARTERS:
             return None
-        counts = [len(range(r, self.n, QUARTERS)) for r in range(QUARTERS)]
+        counts = [len(range((r - self.first) % QUARTERS, self.n, QUARTERS)) for r in range(QUARTERS)]
         estimates = [s / c for s, c in zip(self._quarter_sums, counts, strict=True)]
         if offset is not None:
             estimates = [e + offset for e in estimates]
@@ -534,7 +571,13 @@ def hutchpp(op: HessianOperator, products: int, seed: int = 0) -> HutchinsonResu
     hq = torch.stack([op.hvp(q[:, j].to(op.dtype)).double() for j in range(k)], dim=1)
     exact_trace = float((q * hq).sum())
     residual_trace = ProbeMoments(q[:, 0])  # of A = (I - QQ^T) H (I - QQ^T)
-    residual_diag = ProbeMoments(q[:, 0])  # of (I - QQ^T) H
+    # of (I - QQ^T) H: residual probe i in quarter (k + i) % 4 as in plain_diag, whose first k probes are the sketch's.
+    # Clients choose their diagonal apart; with residual probe i in quarter i % 4 here, a Diag++ client's quarter a
+    # and a Hutchinson client's quarter b != a shared probes wherever k % 4 != 0 (100 products: k = 33), and their
+    # product estimated D_k . D_j plus the two Hessians' shared off-diagonal mass (HD 0.749 for 0.733 on a synthetic
+    # pair). Aligned, the product is unbiased: a Diag++ quarter's mean given the sketch and every other quarter's
+    # probes is diag(QQ^T H) + diag((I - QQ^T) H) = D_j, whatever the sketch columns in the other client's quarter.
+    residual_diag = ProbeMoments(q[:, 0], first=k)
     plain_diag = ProbeMoments(q[:, 0])  # of H, over the sketch's probes and the residual's
     for j, s in enumerate(sketch):
         plain_diag.add(s, hs[:, j])
@@ -738,7 +781,8 @@ def diagonal_consistency(diagonals: Sequence[Sequence[Tensor] | None]) -> tuple[
     independent unbiased estimates Q_k1..Q_k4 from disjoint probes (`HutchinsonResult.quarters`; an exact diagonal:
     (D, D, D, D)), and every quantity is a product of estimates from disjoint quarters, so unbiased:
     ||D_k||^2 is the mean over quarters a != b of Q_ka . Q_kb, D_k . D_j that of Q_ka . Q_jb (the clients share
-    their probes, so the same quarter would add their correlation), and (||D_k||^2 - ||D_j||^2)^2 the mean over
+    their probes, so the same quarter would add their correlation; quarter a holds the same probes in every client's
+    diagonal, Diag++'s or Hutchinson's, `ProbeMoments`), and (||D_k||^2 - ||D_j||^2)^2 the mean over
     the three ways to split the quarters into two pairs {a, b}, {c, d} of d_ab d_cd, d_ab = Q_ka . Q_kb -
     Q_ja . Q_jb. Squaring one estimate of the difference instead adds its variance: HN fell with the probe count
     (on a 570-parameter MLP of three label-skewed clients, exact HN 0.061: 0.117 at 20 probes, 0.089 at 50, 0.071

@@ -289,7 +289,8 @@ def test_the_gpu_rules_declare_their_card_and_the_slurm_profile_only_sizes_them(
              if {"gpu", "gpu_model", "slurm_partition", "gres"} & set(res)}
 
     assert _rules_with_gpu() == set(GPU_RULES)
-    # every GPU rule is sized; CPU rules only where the default is too small (a PCA plane's checkpoints)
+    # every GPU rule is sized; CPU rules only where the default is too small (a PCA plane's checkpoints, the
+    # client statistics' time to read every trajectory)
     assert set(GPU_RULES) <= sized <= set(RULE_NEEDS)
     assert cards == set()  # the profile would override the config's device
 

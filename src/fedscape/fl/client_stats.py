@@ -17,6 +17,7 @@ import math
 import torch
 
 _CHUNK = 1 << 20  # columns per float64 block of the Gram matrix
+_L2_BLOCK_BYTES = 1 << 26  # new memory of a block of l2_to_final's rows (64 MiB; a bigger row is a block alone)
 
 
 def client_drift(reference: torch.Tensor, clients: torch.Tensor) -> float:
@@ -76,11 +77,31 @@ def cosine_similarity(u: torch.Tensor, v: torch.Tensor) -> float:
     return float(u @ v) / denom if denom > 0 else math.nan
 
 
-def l2_to_final(params: torch.Tensor) -> torch.Tensor:
-    """||w_t - w_final|| for every row of a trajectory [R+1, P] (Nguyen et al. 2022, poster's bottom row)."""
+def l2_to_final(params: torch.Tensor, block_bytes: int = _L2_BLOCK_BYTES) -> torch.Tensor:
+    """||w_t - w_final|| for every row of a trajectory [R+1, P] (Nguyen et al. 2022, poster's bottom row), float64.
+
+    A block of rows at a time, in two buffers made once (a block's difference and its float64 copy, at most
+    `block_bytes` together, at least one row; fresh ones for each block would leave the allocator's heap holding
+    several): the client_stats job reads whole trajectories, memory-mapped (meta.yaml's CIFAR-10 runs keep 501
+    ResNet18s, 21 GB), and the differences of all rows at once would need three times that in new memory. Each row
+    is subtracted in the trajectory's dtype, then converted to float64 and reduced on its own, as over the whole
+    trajectory at once: the same numbers, bit for bit, whatever the block.
+    """
     if params.ndim != 2:
         raise ValueError(f"need a trajectory [R+1, P], got {tuple(params.shape)}")
-    return torch.linalg.vector_norm((params - params[-1]).double(), dim=1)
+    final = params[-1]
+    row_bytes = params.shape[1] * (params.element_size() + 8)  # a row's difference and its float64 copy
+    rows = min(len(params), max(1, block_bytes // max(row_bytes, 1)))
+    diff = torch.empty(rows, params.shape[1], dtype=params.dtype, device=params.device)
+    wide = diff if params.dtype == torch.float64 else torch.empty_like(diff, dtype=torch.float64)
+    out = torch.empty(len(params), dtype=torch.float64, device=params.device)
+    for start in range(0, len(params), rows):
+        n = min(rows, len(params) - start)
+        torch.sub(params[start : start + n], final, out=diff[:n])
+        if wide is not diff:
+            wide[:n].copy_(diff[:n])
+        out[start : start + n] = torch.linalg.vector_norm(wide[:n], dim=1)
+    return out
 
 
 @torch.no_grad()

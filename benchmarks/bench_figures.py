@@ -88,7 +88,8 @@ def figure_jobs(config: dict, src: Results, dst: Results) -> dict[str, tuple[Cal
         densities = [f"{d}/{JOB_FILES['density']}" for d in job_dirs]
         jobs["hessian_density"] = (lambda out=out: hessian_density_figure_job(densities, out), [rel(out["csv"])])
     out = outputs(CLIENT_STATS_FIGURE)
-    jobs["client_stats"] = (lambda out=out: client_stats_figure_job(src.table("client_stats"), out), [rel(out["csv"])])
+    jobs["client_stats"] = (
+        lambda out=out: client_stats_figure_job(src.table("client_stats"), src.table("rounds"), out), [rel(out["csv"])])
     if barrier_plan.interpolation_pairs(config, runs):
         out = outputs(INTERPOLATION_FIGURE)
         jobs["interpolation"] = (lambda out=out: interpolation_figure_job(src.table("interpolation"), out),

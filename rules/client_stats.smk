@@ -25,6 +25,7 @@ rule client_stats:
 rule client_stats_figure:
     input:
         table=RESULTS.table("client_stats"),
+        rounds=RESULTS.table("rounds"),
     output:
         **RESULTS.figure_outputs(
             report,

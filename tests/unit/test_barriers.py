@@ -478,7 +478,9 @@ def test_barrier_figures_follow_the_shared_style(tmp_path):
          "gradient_diversity": 1.0 + r, "update_cosine_mean": 0.5, "l2_to_final": 3.0 - r}
         for alpha in ("iid", "0.1") for seed in (0, 1) for r in range(4)], columns=CLIENT_STATS_COLUMNS)
     stats.to_csv(tmp_path / "client_stats.csv", index=False)
-    client_stats_figure_job(tmp_path / "client_stats.csv", figure_outputs(tmp_path, "client_stats"))
+    stats[["run_id", "round"]].assign(status="ok").to_csv(tmp_path / "rounds.csv", index=False)  # no run diverged
+    client_stats_figure_job(tmp_path / "client_stats.csv", tmp_path / "rounds.csv",
+                            figure_outputs(tmp_path, "client_stats"))
     data = assert_figure_files(figure_outputs(tmp_path, "client_stats"))
     assert len(data) == 2 * 4  # seeds averaged: one line per alpha
     assert pair_label(rid("iid"), rid("0.1")) == "IID vs α=0.1"

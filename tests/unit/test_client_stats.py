@@ -151,16 +151,24 @@ def test_client_stats_figure_plots_drift_as_the_mean_over_seeds(tmp_path):
     outputs = {ext: tmp_path / f"client_stats.{ext}" for ext in ("png", "pdf", "csv")}
 
     # Execute
-    client_stats_figure_job(tmp_path / "client_stats.csv", outputs)
+    client_stats_figure_job(tmp_path / "client_stats.csv", _rounds_all_ok(tmp_path, rows), outputs)
 
     # Assert
     data = assert_figure_files(outputs)
     assert sorted(data.columns) == sorted(CLIENT_STATS_FIGURE_COLUMNS)
     assert len(data) == 2 * 3
+    assert (data["n_seeds"] == 2).all() and (data["n_seeds_l2_to_final"] == 2).all()
     for alpha, scale in (("iid", 1.0), ("0.1", 4.0)):
         line = data[data["alpha"].astype(str) == alpha].sort_values("round")
         assert line["drift_from_start"].tolist() == pytest.approx([scale * r + 1 for r in range(1, 4)])
         assert line["drift_from_aggregate"].tolist() == pytest.approx([scale * r / 2 + 1 for r in range(1, 4)])
+
+
+def _rounds_all_ok(tmp_path, rows):
+    """rounds.csv of the runs of client_stats.csv `rows`: every round ok (no run diverged)."""
+    rounds = pd.DataFrame(rows)[["run_id", "round"]].assign(status="ok")
+    rounds.to_csv(tmp_path / "rounds.csv", index=False)
+    return tmp_path / "rounds.csv"
 
 
 def _drawn_client_stats(tmp_path, monkeypatch, rows):
@@ -173,7 +181,7 @@ def _drawn_client_stats(tmp_path, monkeypatch, rows):
     save = client_figures.save_figure_outputs
     monkeypatch.setattr(client_figures, "save_figure_outputs",
                         lambda fig, *a: drawn.update(fig=fig) or save(fig, *a))
-    client_stats_figure_job(tmp_path / "client_stats.csv", outputs)
+    client_stats_figure_job(tmp_path / "client_stats.csv", _rounds_all_ok(tmp_path, rows), outputs)
     (ax,) = [ax for ax in drawn["fig"].axes if ax.get_title() == "client drift from the aggregate"]
     return ax, assert_figure_files(outputs)
 

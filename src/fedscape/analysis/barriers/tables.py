@@ -141,9 +141,9 @@ def barrier_to_iid_columns(final: pd.DataFrame, barriers: pd.DataFrame | None = 
                            interpolation: pd.DataFrame | None = None) -> pd.DataFrame:
     """final.csv's barrier_to_iid_{loss,error} per run of `final` (run_id, final_round): the linear barrier of the
     pairs joining the run's final model to the final model of an IID run that differs from it only in alpha (Li
-    et al. 2022, Fig. 3c; same seed preferred, else the mean over the seeds), of the models as trained (not
-    aligned) along the straight line (not the Bezier curve). Without interpolation.csv every pair counts as
-    final-to-final."""
+    et al. 2022, Fig. 3c; same seed preferred, else the mean over the seeds, of the finite values: `_mean_to_iid`),
+    of the models as trained (not aligned) along the straight line (not the Bezier curve). Without interpolation.csv
+    every pair counts as final-to-final."""
     out = pd.DataFrame({"run_id": final["run_id"], "barrier_to_iid_loss": math.nan, "barrier_to_iid_error": math.nan})
     if barriers is None or barriers.empty:
         return out
@@ -177,8 +177,22 @@ def barrier_to_iid_columns(final: pd.DataFrame, barriers: pd.DataFrame | None = 
                 continue
             matches.setdefault(run, []).append((fr["seed"] == fo["seed"], r.barrier_loss, r.barrier_error))
     for run, found in matches.items():
-        chosen = [m for m in found if m[0]] or found
         i = out.index[out["run_id"] == run][0]
-        out.loc[i, "barrier_to_iid_loss"] = sum(m[1] for m in chosen) / len(chosen)
-        out.loc[i, "barrier_to_iid_error"] = sum(m[2] for m in chosen) / len(chosen)
+        out.loc[i, "barrier_to_iid_loss"] = _mean_to_iid(found, 1)
+        out.loc[i, "barrier_to_iid_error"] = _mean_to_iid(found, 2)
     return out
+
+
+def _mean_to_iid(found: list[tuple[bool, float, float]], k: int) -> float:
+    """The barrier to IID (value `k` of the (same seed, loss, error) matches of a run): the mean of the finite values
+    of the same-seed pairs, else of every IID seed's pair, NaN where none is finite.
+
+    A pair with a diverged end is NaN (not computed): the run's own divergence makes every pair NaN, so the value stays
+    NaN; a diverged IID partner is left out, as every statistic over seeds leaves a diverged run out, so one diverged
+    IID seed neither empties the mean over the others nor, as the same-seed partner, the run's value.
+    """
+    for chosen in ([m for m in found if m[0]], found):
+        values = [float(m[k]) for m in chosen if math.isfinite(float(m[k]))]
+        if values:
+            return sum(values) / len(values)
+    return math.nan

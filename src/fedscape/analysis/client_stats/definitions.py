@@ -18,8 +18,12 @@ CLIENT_STATS_PANELS = (
     ("update_cosine_mean", "cosine similarity of updates"),
     ("l2_to_final", "L2 distance to final weights"),
 )
+# The seeds each row of the figure's CSV is over: `n_seeds` the runs that had not diverged by that round (the panels'
+# means are over their finite values), `n_seeds_l2_to_final` those of them with an L2 distance to final weights (a
+# diverged run has no final model: it counts in no round of that panel).
+SEED_COUNT_COLUMNS = ["n_seeds", "n_seeds_l2_to_final"]
 CLIENT_STATS_FIGURE_COLUMNS = ["alpha", "init", "round", *(column for column, _ in CLIENT_STATS_PANELS),
-                               "dataset", "model", "algorithm", "num_clients", "participation"]
+                               "dataset", "model", "algorithm", "num_clients", "participation", *SEED_COUNT_COLUMNS]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,28 +17,69 @@ from fedscape.core.runs import parse_run_id
 from fedscape.core.setting import setting_order_key
 from fedscape.fl.settings import clients_per_round
 from fedscape.outputs.labels import label_run
+from fedscape.outputs.stats import did_not_diverge
 from fedscape.outputs.style import RunStyle, empty_figure, legend_key, pyplot, save_figure_outputs, varying_keys
 from fedscape.outputs.tables import read_table
+
+log = logging.getLogger("fedscape.client_stats")
 
 # A round whose aggregate is its one client's model (one client per round, no server step that moves it) has a drift
 # from the aggregate of float rounding alone (~1e-8 of the drift from the round start in float32), which autoscaling
 # would draw as a trend: below this fraction of the drift from the start it is drawn as 0.
 ROUNDING_RTOL = 1e-4
+_LINE = ["alpha", "init", "round"]
 
 
-def client_stats_figure_job(table: str | Path, outputs: dict[str, str | Path]) -> None:
+def before_divergence(stats: pd.DataFrame, rounds: pd.DataFrame, where: str = "client_stats.csv") -> pd.DataFrame:
+    """The rows of client_stats.csv `stats` that statistics over seeds count: a run that diverged is left out from
+    its diverged round on (`fl.settings.DIVERGED_LOSS`; the rows of rounds.csv `rounds` that
+    `outputs.stats.did_not_diverge` leaves out, as `report.figures.curves.curve_statistics` does for the curves).
+
+    The engine records a round's client statistics before it stops on the divergence, so a diverged run's last row
+    holds the exploding round's drift (1e6 where the others have 1): in a mean over seeds it would be the whole line.
+    """
+    missing = sorted(set(stats["run_id"]) - set(rounds["run_id"]))
+    if missing:
+        raise ValueError(f"{where}: {len(missing)} run(s) have no rows in rounds.csv (e.g. {missing[0]}), so whether "
+                         "and where they diverged is unknown; the two tables must be of the same runs: make both "
+                         "again (the rules rounds_table and client_stats)")
+    diverged = rounds.drop(index=did_not_diverge(rounds).index)
+    first = stats["run_id"].map(diverged.groupby("run_id")["round"].min())  # NaN: the run did not diverge
+    return stats[first.isna() | (stats["round"] < first)]
+
+
+def seed_statistics(counted: pd.DataFrame) -> pd.DataFrame:
+    """Per (alpha, init, round): the mean over seeds of each panel's statistic over the finite values of the rows
+    `counted` (`before_divergence`), and the seeds it is over (`definitions.SEED_COUNT_COLUMNS`)."""
+    columns = [s for s, _ in CLIENT_STATS_PANELS]
+    values = counted[columns]
+    infinite = np.isinf(values.to_numpy(dtype=float))
+    for i, j in zip(*np.nonzero(infinite), strict=True):  # e.g. a gradient diversity of updates summing to 0 exactly
+        row = counted.iloc[i]
+        log.warning("run %s, round %d: %s is %s, left out of the mean over seeds", row["run_id"], row["round"],
+                    columns[j], values.iloc[i, j])
+    finite = counted.assign(**{c: values[c].mask(infinite[:, j]) for j, c in enumerate(columns)})
+    grouped = finite.groupby(_LINE)
+    return grouped[columns].mean().join(grouped["run_id"].nunique().rename("n_seeds")).join(
+        grouped["l2_to_final"].count().rename("n_seeds_l2_to_final")).reset_index()
+
+
+def client_stats_figure_job(table: str | Path, rounds: str | Path, outputs: dict[str, str | Path]) -> None:
     """Client drift, gradient diversity, update cosine and L2 to final per round; colour = alpha, style = init.
 
     Drift from the round start and from the aggregate (the client-drift explainer; Karimireddy et al. 2020),
     then the bottom row of the figure of Nguyen et al. 2022 ("Where to begin?"); one row of panels per
-    (dataset, model, algorithm, clients, participation), seeds averaged. A drift from the aggregate below ROUNDING_RTOL
-    of the drift from the start is drawn as 0; a panel of such values alone is drawn on a fixed range and says so (the
-    CSV keeps the measured values).
+    (dataset, model, algorithm, clients, participation), the mean over the seeds that had not diverged by the round
+    (`rounds`: rounds.csv says which diverged where; `before_divergence`, `seed_statistics`; the CSV's
+    `definitions.SEED_COUNT_COLUMNS` say how many). A drift from the aggregate below ROUNDING_RTOL of the drift from
+    the start is drawn as 0; a panel of such values alone is drawn on a fixed range and says so (the CSV keeps the
+    measured values).
     """
     df = read_table(table, CLIENT_STATS_COLUMNS)
+    df = before_divergence(df, read_table(rounds, ["run_id", "round", "status"]), where=str(table))
     if df.empty:
-        save_figure_outputs(empty_figure("no client statistics (client_stats.csv has no rows)"), outputs,
-                            pd.DataFrame(columns=CLIENT_STATS_FIGURE_COLUMNS))
+        save_figure_outputs(empty_figure("no client statistics (client_stats.csv has no rows of a run before it "
+                                         "diverged)"), outputs, pd.DataFrame(columns=CLIENT_STATS_FIGURE_COLUMNS))
         return
     fields = pd.DataFrame([parse_run_id(r) for r in df["run_id"]], index=df.index)
     df = pd.concat([df, fields], axis=1)
@@ -53,10 +95,8 @@ def client_stats_figure_job(table: str | Path, outputs: dict[str, str | Path]) -
     legend, plotted = {}, []
     for g, (key, sub) in enumerate(groups):
         fields = dict(zip(group_keys, key, strict=True))
-        mean = (sub.replace([np.inf, -np.inf], np.nan)
-                .groupby(["alpha", "init", "round"])[[s for s, _ in stats]].mean().reset_index())
-        mean = mean.assign(**fields)
-        plotted.append(mean)
+        mean = seed_statistics(sub).assign(**fields)
+        plotted.append(mean[CLIENT_STATS_FIGURE_COLUMNS])
         lines = sorted(mean.groupby(["alpha", "init"]), key=lambda item: (setting_order_key(item[0][0]),
                                                                           item[0][1] != "random", item[0][1]))
         for j, (stat, title) in enumerate(stats):
@@ -84,7 +124,8 @@ def client_stats_figure_job(table: str | Path, outputs: dict[str, str | Path]) -
             ax.set_ylabel(label_run(fields, shown, sep="\n") if j == 0 else "")
             if g == len(groups) - 1:
                 ax.set_xlabel("round")
-    fig.suptitle("Client-update statistics per round, mean over seeds (colour: alpha, line style: init)")
+    fig.suptitle("Client-update statistics per round, mean over the seeds not diverged by then (colour: alpha, "
+                 "line style: init)")
     entries = sorted(legend.items(), key=lambda item: item[1][0])
     fig.legend([handle for _, (_, handle) in entries], [label for label, _ in entries], loc="outside right center")
     save_figure_outputs(fig, outputs, pd.concat(plotted, ignore_index=True))

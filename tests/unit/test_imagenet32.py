@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 import torch
 from helpers.imagenet import write_imagenet32
 
+from fedscape.data import imagenet32
 from fedscape.data.imagenet32 import CACHE_DIR, CACHE_ENV, ImageNet32, user_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.one_thread: the batches convert on one thread
@@ -308,3 +311,96 @@ def test_a_batch_with_damaged_arrays_is_named(tmp_path: Path, compressed: bool) 
                                          "damaged") as excinfo:
         ImageNet32(tmp_path)
     assert str(path) in str(excinfo.value)
+
+
+@pytest.mark.parametrize("keep", ["all but the last image's tail", "the header alone"])
+def test_a_copy_cut_short_in_the_cache_is_unpacked_again_not_read(tmp_path: Path, keep: str, caplog) -> None:
+    # Prepare: the copy of a compressed file cut short, as a node's crash leaves one written before it reached the disk
+    images, _ = write_imagenet32(tmp_path, sizes=(4,), compressed=True)
+    ImageNet32(tmp_path)
+    cached = tmp_path / CACHE_DIR / _copy_name(tmp_path / "train_data_batch_1.npz")
+    whole = cached.read_bytes()
+    cached.write_bytes(whole[:-100] if keep != "the header alone" else whole[: len(whole) - images[0].size * 4])
+
+    # Execute
+    with caplog.at_level("WARNING", logger="fedscape.data.imagenet32"):
+        got = ImageNet32(tmp_path).read(np.arange(4))
+
+    # Assert: every image read, from a whole copy made again; the warning names it
+    assert np.array_equal(got, images)
+    assert cached.read_bytes() == whole
+    assert f"{cached}: {len(whole) - (100 if keep != 'the header alone' else images[0].size * 4)} bytes" in caplog.text
+
+
+def _temporary_copy(cache: Path, name: str, letters: str) -> Path:
+    """A temporary copy as an unpack writes it (`.<copy's name>.<mkstemp's letters>.tmp`), partly written."""
+    cache.mkdir(exist_ok=True)
+    tmp = cache / f".{name}.{letters}.tmp"
+    tmp.write_bytes(b"\x93NUMPY" + bytes(1000))
+    return tmp
+
+
+@pytest.mark.parametrize("copy_there", [False, True])
+def test_temporary_copies_of_killed_unpacks_are_removed_and_running_ones_kept(tmp_path: Path, copy_there: bool) -> None:
+    # Prepare: beside the cache's copy (or where there is none yet), the temporary files of two killed unpacks (of this
+    # version and of an earlier one), one of a running unpack (which holds its lock), and another file's
+    images, _ = write_imagenet32(tmp_path, sizes=(4, 3), compressed=True)
+    if copy_there:
+        ImageNet32(tmp_path)
+    cache = tmp_path / CACHE_DIR
+    name = _copy_name(tmp_path / "train_data_batch_1.npz")
+    earlier = "train_data_batch_1.0badc0de-99.data.npy"
+    killed = [_temporary_copy(cache, name, "k1ll3d_a"), _temporary_copy(cache, earlier, "k1ll3d_b")]
+    running = _temporary_copy(cache, name, "runn1ng_")
+    other = _temporary_copy(cache, "train_data_batch_10.data.npy", "0th3r_fl")
+    with running.open("rb+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+
+        # Execute
+        got = ImageNet32(tmp_path).read(np.arange(7))
+
+        # Assert: the killed unpacks' files are gone; the running one's, and another file's (whose opening cleans
+        # them), are left
+        assert np.array_equal(got, images)
+        assert [p.exists() for p in killed] == [False, False]
+        assert running.exists() and other.exists()
+
+
+def test_an_unpack_holds_the_lock_of_its_temporary_copy_while_it_writes(tmp_path: Path, monkeypatch) -> None:
+    # Prepare: another job's clean-up runs while this one writes its copy
+    images, _ = write_imagenet32(tmp_path, sizes=(4,), compressed=True)
+    seen = []
+    read = zipfile.ZipExtFile.read
+
+    def read_and_clean(self, *args):
+        if not seen and list((tmp_path / CACHE_DIR).glob("*.tmp")):  # writing the copy (the labels are read before)
+            seen.append(sorted(p.name for p in (tmp_path / CACHE_DIR).iterdir()))
+            imagenet32._remove_abandoned(tmp_path / "train_data_batch_1.npz", tmp_path / CACHE_DIR)
+            seen.append(sorted(p.name for p in (tmp_path / CACHE_DIR).iterdir()))
+        return read(self, *args)
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", read_and_clean)
+
+    # Execute
+    got = ImageNet32(tmp_path).read(np.arange(4))
+
+    # Assert: the clean-up saw the unpack's temporary copy and left it; the copy was made whole
+    assert np.array_equal(got, images)
+    assert len(seen[0]) == 1 and seen[0][0].endswith(".tmp") and seen[1] == seen[0]
+    assert [p.name for p in (tmp_path / CACHE_DIR).iterdir()] == [_copy_name(tmp_path / "train_data_batch_1.npz")]
+
+
+def test_a_copy_reaches_the_disk_before_its_name(tmp_path: Path, monkeypatch) -> None:
+    # Prepare: record the syncs and renames of the unpack
+    write_imagenet32(tmp_path, sizes=(4,), compressed=True)
+    calls = []
+    sync, replace = imagenet32.sync_fd, os.replace
+    monkeypatch.setattr(imagenet32, "sync_fd", lambda fd: (calls.append(("sync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                           sync(fd)))
+    monkeypatch.setattr(imagenet32.os, "replace", lambda a, b: (calls.append(("replace", str(a))), replace(a, b)))
+
+    # Execute
+    ImageNet32(tmp_path)
+
+    # Assert: the temporary copy was synced, then renamed into place
+    assert [kind for kind, _ in calls] == ["sync", "replace"] and calls[0][1] == calls[1][1]

@@ -56,14 +56,19 @@ def is_temporary(path: str | os.PathLike) -> bool:
 
 
 def _sync(path: Path) -> None:
-    """Flush the file's contents to its disk; a file system that cannot (some FUSE mounts refuse fsync) keeps the
-    rename's own guarantee."""
+    """Flush the file's contents to its disk (`sync_fd`)."""
     with open(path, "rb") as fh:
-        try:
-            os.fsync(fh.fileno())
-        except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-                raise
+        sync_fd(fh.fileno())
+
+
+def sync_fd(fd: int) -> None:
+    """Flush the contents of the file open as `fd` to its disk, before a rename gives it its final name; a file
+    system that cannot (some FUSE mounts refuse fsync) keeps the rename's own guarantee."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
 
 
 def _umask() -> int:

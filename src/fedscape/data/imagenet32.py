@@ -13,16 +13,21 @@ scratch where home has a quota).
 
 An unpacked copy is named by its member's CRC-32 and size, which the zip file stores: a file replaced under
 the same name (other images, the same count) is unpacked again rather than read from the old copy, and the
-old copy is removed.
+old copy is removed. A copy is written to a temporary file, synced to disk and renamed into place, so that a node's
+crash leaves the whole copy or none; one whose size is not its header's (cut short all the same: copied in part, or
+written before copies were synced) is unpacked again. A temporary file that a killed unpack left (a kill skips every
+clean-up) is removed by the next job that opens the data, once no running unpack holds its lock.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
 import re
 import tempfile
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -32,6 +37,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from fedscape.core.io import sync_fd
 from fedscape.data.datasets import unit_pixels
 from fedscape.data.specs import IMAGENET32_FILES
 
@@ -42,6 +48,9 @@ CACHE_ENV = "FEDSCAPE_CACHE_DIR"  # the user's cache, where the data folder cann
 
 log = logging.getLogger(__name__)
 _CHUNK_ROWS = 16384  # rows per read when unpacking a compressed file (48 MB)
+# Where the file system has no locks, a temporary copy this many seconds older than its last write is taken for one a
+# killed unpack left: a running unpack writes every few seconds (48 MB a chunk), and one stopped this long has failed
+_ABANDONED_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -136,14 +145,22 @@ def _segment(path: Path, cache_dirs: tuple[Path, ...]) -> tuple[_Segment, np.nda
 
 
 def _cached(target: Path, rows: int) -> _Segment | None:
-    """The segment of an unpacked copy at `target` if it holds `rows` images, else None."""
+    """The segment of an unpacked copy at `target` if it holds `rows` images, all of them, else None. A copy whose
+    file is not as long as its header says (cut short: by a node's crash before copies were synced, say) is not
+    read, or every job would fail in the middle of an epoch at its first missing image: it is unpacked again."""
     try:
         with target.open("rb") as c:
             shape, fortran, dtype = _npy_header(c)
             if shape == (rows, ROW_BYTES) and dtype == np.uint8 and not fortran:
-                return _Segment(target, c.tell(), rows)
-    except (OSError, ValueError):
+                size, whole = os.fstat(c.fileno()).st_size, c.tell() + rows * ROW_BYTES
+                if size == whole:
+                    return _Segment(target, c.tell(), rows)
+                log.warning("%s: %d bytes, not the %d of its %d images (cut short?): unpacking it again", target, size,
+                            whole, rows)
+    except (FileNotFoundError, NotADirectoryError):  # none there (or no such folder)
         pass
+    except (OSError, ValueError) as exc:  # a damaged header (an empty file: ValueError), or one not readable
+        log.warning("%s cannot be read (%s): unpacking it again", target, exc)
     return None
 
 
@@ -158,6 +175,7 @@ def _unpacked(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, cache_dirs
         raise _damaged(path, exc, "`data`") from None
     for cache_dir in cache_dirs:
         if (found := _cached(cache_dir / name, rows)) is not None:
+            _remove_abandoned(path, cache_dir)  # a killed unpack's, which no later one would remove
             return found
     failures = []
     for cache_dir in cache_dirs:
@@ -179,16 +197,78 @@ def _unpacked(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, cache_dirs
                   "uncompressed (np.savez), which are read in place")
 
 
+def _copies(stem: str) -> str:
+    """The pattern of the names of the unpacked copies of file `stem`, of any version (or named before copies carried
+    their CRC)."""
+    return rf"{re.escape(stem)}(\.[0-9a-f]{{8}}-\d+)?\.data\.npy"
+
+
+def _temporary(stem: str) -> re.Pattern:
+    """The names of the temporary files of the copies of file `stem`, as `_locked_temporary` makes them."""
+    return re.compile(rf"\.{_copies(stem)}\.[A-Za-z0-9_]+\.tmp")
+
+
+def _remove_abandoned(path: Path, folder: Path) -> None:
+    """Remove the temporary copies of `path` in `folder` that killed unpacks left (SIGKILL, or the SIGTERM of a
+    job's time limit, skip `_unpack`'s clean-up: gigabytes each): those whose lock no running unpack holds. Unpacks
+    of the same file run at once by design (`_unpack`), so a temporary file is no killed one's by its name alone.
+    Where the file system has no locks, one unwritten for `_ABANDONED_SECONDS`. Any failure leaves the file."""
+    pattern = _temporary(path.stem)
+    try:
+        names = [p for p in folder.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:
+        return
+    for tmp in names:
+        try:
+            fd = os.open(tmp, os.O_RDWR)  # writable: where flock is emulated by POSIX locks (NFS), LOCK_EX needs it
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a running unpack's
+            except OSError:  # no locks on this file system
+                if time.time() - os.fstat(fd).st_mtime < _ABANDONED_SECONDS:
+                    continue
+            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:  # not renamed into place meanwhile
+                os.unlink(tmp)
+                log.info("removed %s, left by an unpack that was killed", tmp)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # releases the lock
+
+
+def _locked_temporary(target: Path) -> tuple[int, Path]:
+    """A new temporary file beside `target`, open (its descriptor) and locked for as long as it is open, so that
+    `_remove_abandoned` leaves it. Another job's clean-up may have removed it between its creation and the lock:
+    then another is made."""
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # no locks on this file system: the clean-up goes by age there
+            return fd, Path(tmp)
+        try:
+            if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
+                return fd, Path(tmp)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
 def _unpack(path: Path, member: BinaryIO, rows: int, target: Path) -> _Segment:
     """Write the `rows` images that `member` holds (after its header) to `target` as a uint8 ``.npy``, chunk by
     chunk, then remove the copies of earlier versions of `path` in the same folder; the copy's segment."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(path, target.parent)
     # A private temporary renamed into place: init jobs sharing the data may unpack the same file at once, and
-    # each then renames a complete, identical copy.
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    # each then renames a complete, identical copy. It stays locked until renamed (closing it releases the lock).
+    fd, tmp = _locked_temporary(target)
     try:
-        with open(tmp, "wb") as out:  # plain writes: a writable map would keep every page resident
+        # plain writes: a writable map would keep every page resident; the descriptor stays open, and locked
+        with open(fd, "wb", closefd=False) as out:
             header = {"descr": "|u1", "fortran_order": False, "shape": (rows, ROW_BYTES)}
             np.lib.format.write_array_header_1_0(out, header)
             offset = out.tell()
@@ -197,11 +277,15 @@ def _unpack(path: Path, member: BinaryIO, rows: int, target: Path) -> _Segment:
                 if len(chunk) != min(_CHUNK_ROWS, rows - start) * ROW_BYTES:
                     raise ValueError(f"{path}: `data` ends after {start} of {rows} rows")
                 out.write(chunk)
-        os.chmod(tmp, 0o644)
+        os.chmod(fd, 0o644)
+        # The contents reach the disk before the name does: after a node's crash the copy is whole or not there
+        # (a file system may write the rename first), as core.io.atomic_path's outputs
+        sync_fd(fd)
         os.replace(tmp, target)
     finally:
-        Path(tmp).unlink(missing_ok=True)
-    version = re.compile(rf"{re.escape(path.stem)}(\.[0-9a-f]{{8}}-\d+)?\.data\.npy")
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+    version = re.compile(_copies(path.stem))
     for old in target.parent.iterdir():
         if old != target and version.fullmatch(old.name):  # an earlier version's copy (or one named before
             old.unlink(missing_ok=True)  # copies carried their CRC)

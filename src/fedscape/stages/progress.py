@@ -99,3 +99,17 @@ class Parts:
     def note(self, resumed: bool) -> str:
         """Text for a part's log line: where it was resumed from, or nothing."""
         return f", when an earlier attempt of this job computed it: resumed from {self.dir}" if resumed else ""
+
+
+def parts_compute(computes: dict[str, dict[str, str] | None]) -> list[dict]:
+    """Where a job's parts were computed (`computes`: each part's `describe_compute`, None where not known), as a job's
+    metadata records it: each distinct compute once, `compute` (None: not known, a part saved before parts recorded
+    it), with its `parts`, in the order of the parts. A job resumed after a kill may have computed its parts on
+    several cards, or on a card and a CPU; an uninterrupted one lists one compute, its own."""
+    groups: list[dict] = []
+    for name, compute in computes.items():
+        group = next((g for g in groups if g["compute"] == compute), None)
+        if group is None:
+            groups.append(group := {"compute": compute, "parts": []})
+        group["parts"].append(name)
+    return groups

@@ -38,12 +38,13 @@ from fedscape.analysis.barriers.maths import (
     model_layers,
 )
 from fedscape.core.io import remake_hint, write_csv
+from fedscape.core.manifest import note
 from fedscape.core.runs import OK
 from fedscape.data.federated import load_federated_data
 from fedscape.models.batchnorm import has_batch_norm
 from fedscape.models.checkpoint import load_clients, load_trajectory
-from fedscape.models.device import job_precision, resolve_device
-from fedscape.stages.progress import Parts, progress_key, resume_settings
+from fedscape.models.device import describe_compute, job_precision, resolve_device
+from fedscape.stages.progress import Parts, parts_compute, progress_key, resume_settings
 
 log = logging.getLogger("fedscape.barriers")
 
@@ -65,6 +66,14 @@ def _bn_x(job: InterpolationJob | LayerBarriersJob, splits: dict, model: torch.n
     if job.bn_stats != "recomputed" or not has_batch_norm(model):
         return None
     return splits["train"][0]
+
+
+def _note_parts_compute(computes: dict[str, dict[str, str] | None]) -> None:
+    """Record in the job's record (beside its own `describe_compute`, which is this attempt's: its tables hold none)
+    where each of its parts was computed (`parts_compute`): a part resumed from an earlier attempt of the job was
+    computed where that one ran, perhaps on another card (the parts' key names the type of device alone)."""
+    if computes:
+        note(parts_compute=parts_compute(computes))
 
 
 def _nan_curve(job: InterpolationJob, rounds: list[int]) -> pd.DataFrame:
@@ -143,8 +152,10 @@ def interpolation_job(settings: dict, trajectory_a: str | Path, trajectory_b: st
     bn_x = _bn_x(job, splits, model)
     rows = [{**r, "aligned": aligned, "path": LINEAR} for aligned, end in ends.items()
             for r in interpolation_curve(model, a, end, splits, job.points, job.eval_batch_size, bn_x)]
+    computes = {}  # where each bend was trained: this attempt, or one before it (None: saved before bends recorded it)
     if job.curve is not None:
         curve = job.curve
+        compute = describe_compute(device, job.precision)
         for aligned, end in ends.items():
             t1 = time.perf_counter()
             name = "bend_aligned" if aligned else "bend"
@@ -152,11 +163,13 @@ def interpolation_job(settings: dict, trajectory_a: str | Path, trajectory_b: st
             if saved is not None:  # its seconds as trained (parts saved before they were kept: NaN)
                 theta, losses = saved["theta"].to(device), saved["losses"].tolist()
                 seconds = float(saved.get("seconds", math.nan))
+                computes[name] = saved.get("compute")
             else:
                 theta, losses = train_bend(model, a, end, *splits["train"], curve, train_mode=bn_x is not None)
                 seconds = time.perf_counter() - t1
                 parts.save(name, {"theta": theta.cpu(), "losses": torch.tensor(losses, dtype=torch.float64),
-                                  "seconds": seconds})
+                                  "seconds": seconds, "compute": dict(compute)})
+                computes[name] = dict(compute)
             tail = losses[-max(1, len(losses) // 10):]
             log.info("pair %s%s: Bezier bend trained in %d steps in %.1f s (mean loss of the last %d steps %.4g; "
                      "bend moved %.4g from the midpoint)%s", job.pair_id, " (aligned)" if aligned else "",
@@ -171,6 +184,7 @@ def interpolation_job(settings: dict, trajectory_a: str | Path, trajectory_b: st
     df.insert(3, "run_b", job.run_b)
     df.insert(4, "round_b", rounds[1])
     write_csv(df[INTERPOLATION_COLUMNS], output)
+    _note_parts_compute(computes)
     parts.clear()
     for (path, aligned, split), sub in df.groupby(["path", "aligned", "split"], sort=False):
         log.info("pair %s %s %s%s: loss barrier %.4f, error barrier %.4f", job.pair_id, path, split,
@@ -257,6 +271,8 @@ def layer_barriers_job(settings: dict, inputs: dict, out_barriers: str | Path, o
     barrier_rows, distance_rows = [], []
     bn_x = _bn_x(job, splits, model)
     bn_stats = "stored" if bn_x is None else "recomputed"
+    compute = describe_compute(device, job.precision)
+    computes = {}  # where each part's rows were computed: this attempt, or one before it (`_note_parts_compute`)
     for aligned in job.alignments:
         name = "aligned" if aligned else "as_trained"
         saved = parts.load(name)
@@ -270,17 +286,20 @@ def layer_barriers_job(settings: dict, inputs: dict, out_barriers: str | Path, o
                          float((end.params - a.params).norm()))
             saved = {"barriers": [{**meta, **r, "aligned": aligned, "bn_stats": bn_stats} for r in layerwise_barriers(
                          model, a, end, splits, job.eval_batch_size, modes, layers, seed, bn_x, *_directions(job))],
-                     "distances": [{**meta, **r, "aligned": aligned} for r in layer_distances(a, end, layers)]}
+                     "distances": [{**meta, **r, "aligned": aligned} for r in layer_distances(a, end, layers)],
+                     "compute": dict(compute)}
             parts.save(name, saved)
         else:
             log.info("pair %s round %d: the rows %s%s", pair, round_, "with b aligned to a" if aligned else
                      "as trained", parts.note(True))
+        computes[name] = saved.get("compute")
         barrier_rows += saved["barriers"]
         distance_rows += saved["distances"]
     barriers = pd.DataFrame(barrier_rows, columns=LAYER_BARRIER_COLUMNS)
     distances = pd.DataFrame(distance_rows, columns=LAYER_DISTANCE_COLUMNS)
     write_csv(barriers, out_barriers)
     write_csv(distances, out_distances)
+    _note_parts_compute(computes)
     parts.clear()
     full = barriers[barriers["averaged"] == format_averaged(range(len(layers)))].drop_duplicates(["aligned", "split"])
     for _, r in full.iterrows():

@@ -55,7 +55,7 @@ from fedscape.data.federated import FederatedData, load_federated_data
 from fedscape.models.checkpoint import load_trajectory
 from fedscape.models.device import describe_compute, job_precision, resolve_device
 from fedscape.models.specs import piecewise_linear
-from fedscape.stages.progress import Parts, input_digests, progress_key, resume_settings
+from fedscape.stages.progress import Parts, input_digests, parts_compute, progress_key, resume_settings
 
 log = logging.getLogger("fedscape.hessian")
 
@@ -150,16 +150,20 @@ def _report(plain: dict) -> HessianReport:
                          plain["seconds"], plain["sharpness"], plain["adaptive_sharpness"])
 
 
-def _analysed(parts: Parts, name: str, compute) -> tuple[HessianReport, bool]:
+def _analysed(parts: Parts, name: str, analysis, compute: dict[str, str]
+              ) -> tuple[HessianReport, bool, dict[str, str] | None]:
     """The report of part `name` (the aggregate, or a client): saved by an earlier attempt of this job, or computed
-    now and saved, with the aggregate's eigenvectors (kept for the plane job) and each client's four quarter-diagonals
-    (HN, HD), not the diagonals or a client's eigenvectors; and whether it was resumed."""
+    now (`analysis()`) and saved, with the aggregate's eigenvectors (kept for the plane job) and each client's four
+    quarter-diagonals (HN, HD), not the diagonals or a client's eigenvectors; whether it was resumed; and where it was
+    computed: `compute` (`describe_compute`) for a part computed now, saved with it, since an earlier attempt may have
+    run on another card (the parts' key names the type of device alone); None for a part saved before parts recorded
+    it."""
     saved = parts.load(name)
     if saved is not None:
-        return _report(saved), True
-    report = compute()
-    parts.save(name, _plain(report, vectors=name == AGGREGATE))
-    return report, False
+        return _report(saved), True, saved.get("compute")
+    report = analysis()
+    parts.save(name, {**_plain(report, vectors=name == AGGREGATE), "compute": dict(compute)})
+    return report, False, dict(compute)
 
 
 @job_precision(lambda settings: HessianJob.from_settings(settings).hessian.precision)
@@ -194,10 +198,13 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     inputs = input_digests((trajectory_path, partition_path))  # read once: the parts' and the eigenpairs' keys
     key = progress_key(resume_settings(settings, HessianJob), device=device.type, digests=inputs)
     parts = Parts(progress_dir, key)
+    compute = describe_compute(device, hs.precision)
+    computes = {}  # where each part was computed (`_analysed`)
 
     # the aggregate data: eigenpairs (kept for the plane job), trace, density
     try:
-        agg, resumed = _analysed(parts, AGGREGATE, lambda: analyse(model, *aggregate_eval_data(data, hs), hs))
+        agg, resumed, computes[AGGREGATE] = _analysed(
+            parts, AGGREGATE, lambda: analyse(model, *aggregate_eval_data(data, hs), hs), compute)
     except NonFiniteLoss as exc:  # finite weights, overflowing outputs: a diverged model all the same
         _write_diverged(job, traj, f"the model of round {round_} has finite weights but {exc}", outputs, t_start)
         parts.clear()
@@ -205,14 +212,16 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     log.info("data %s (n=%d): lambda = %s, trace = %.6g +- %.3g (%d products, %.1f s%s)", AGGREGATE, agg.n_eval,
              ", ".join(f"{v:.6g}" for v in agg.eigen.values), agg.hutchinson.trace, agg.hutchinson.stderr,
              agg.products, agg.seconds, parts.note(resumed))
-    compute = describe_compute(device, hs.precision)
     if eigen_store is not None:
         store = _eigen_parts(eigen_store, HessianPlaneJob.of(job), inputs, device.type)
         if plane_made_of(eigen_store.plane, store.key, agg, hs):
             log.info("the eigenvector plane of these eigenpairs is made (%s): none kept for a plane job",
                      eigen_store.plane)
+        elif computes[AGGREGATE] is None:  # the plane would record this attempt's compute for another's eigenpairs
+            log.info("the aggregate's part was saved before parts recorded where they were computed: no eigenpairs "
+                     "kept for the plane job, which computes them itself")
         else:
-            store_eigenpairs(store, agg, compute)
+            store_eigenpairs(store, agg, computes[AGGREGATE])
     rows = [_row(run_id, round_, AGGREGATE, agg, hs.top_k)]
     details = {"run_id": run_id, "round": round_, **compute,
                "settings": asdict(hs), "data": {AGGREGATE: _details(agg)}}
@@ -231,8 +240,9 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     diagonals, diverged = [], []
     for i, k in enumerate(clients):
         try:
-            rep, resumed = _analysed(parts, client_label(k),
-                                     lambda k=k: analyse(model, *client_eval_data(data, hs, k), hs, density=False))
+            rep, resumed, computes[client_label(k)] = _analysed(
+                parts, client_label(k), lambda k=k: analyse(model, *client_eval_data(data, hs, k), hs, density=False),
+                compute)
         except NonFiniteLoss as exc:
             # a sample of this client's outside the aggregate's evaluation subset overflows: its Hessian, and the
             # spread of the clients' diagonals, are undefined; the aggregate's results stand
@@ -264,6 +274,8 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
                     "estimate of its squared norm is not positive); raise hessian.trace_probes", hs.trace_probes,
                     ", ".join(map(str, unresolved)))
     details.update({"hn": hn, "hd": hd})
+    # the compute above is this attempt's; a part resumed from an earlier attempt was computed where that one ran
+    details["parts_compute"] = parts_compute(computes)
 
     not_converged = [d for d, v in details["data"].items() if "converged" in v and not all(v["converged"])]
     if not_converged:

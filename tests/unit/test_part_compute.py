@@ -1,0 +1,175 @@
+"""Where the parts of a job resumed after a kill were computed: a Hessian job's parts (hessian.json's `parts_compute`)
+and a barrier job's bends and rows (the job's record), each part's own compute, not the attempt's that resumed it."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pandas as pd
+import pytest
+import torch
+from helpers.configs import tiny_config
+from helpers.resume import killed_at_call
+from helpers.stages import train_run
+from helpers.workflow import ROOT
+
+from fedscape.analysis.hessian.definitions import JOB_FILES, EigenStore
+from fedscape.core.config import load_schema
+from fedscape.core.manifest import noted, start_notes
+from fedscape.core.runs import build_runs
+from fedscape.models.device import describe_compute
+from fedscape.plan.hessian import hessian_job_settings
+from fedscape.plan.workflow import check_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SCHEMA = load_schema(ROOT / "workflow/schemas/config.schema.yaml")
+CHEAP = {"trace_probes": 4, "max_iter": 10, "tol": 0.5, "eval_samples": 64, "density": {"enabled": False}}
+# An earlier attempt's card
+CARD = {"device": "cuda:0", "device_name": "an earlier attempt's card", "precision": "fp32", "precision_used": "fp32",
+        "device_uuid": "GPU-0000"}
+CPU = describe_compute(torch.device("cpu"), "fp32")
+
+
+def _forget_compute(part_file) -> None:
+    """Rewrite a saved part as code that did not record where parts were computed saved it."""
+    saved = torch.load(part_file, weights_only=True)
+    saved["part"].pop("compute", None)
+    torch.save(saved, part_file)
+
+
+def _killed_on_a_card(monkeypatch, module, name: str, call: int, run) -> list:
+    """`run()` killed at the `call`-th call of `module.name`, computing as if on `CARD`; the calls from there on."""
+    monkeypatch.setattr(module, "describe_compute", lambda *a: dict(CARD), raising=False)
+    calls = killed_at_call(monkeypatch, module, name, call, run)
+    monkeypatch.setattr(module, "describe_compute", describe_compute, raising=False)
+    return calls
+
+
+# -- the Hessian job -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One FedAvg run of the tiny config (4 clients), one round: its Hessian job's arguments at round 1."""
+    tmp = tmp_path_factory.mktemp("part_compute")
+    config = tiny_config(**CHEAP)
+    config.update(alphas=["iid"], experiments=[{"alpha": "iid"}], inits={"random": {"kind": "random", "seed": 0}})
+    for section in ("interpolation", "layer_barriers", "landscapes"):
+        config.pop(section, None)
+    config["training"].update(rounds=1, save_clients_at=[])
+    config = check_config(config, SCHEMA)
+    runs = build_runs(config)
+    (run,) = runs
+    partition, _, train = train_run(config, runs, run, tmp)
+    return hessian_job_settings(config, runs, run, 1), train["trajectory"], partition
+
+
+def _outputs(folder) -> dict[str, str]:
+    folder.mkdir(exist_ok=True)
+    return {key: str(folder / name) for key, name in JOB_FILES.items()}
+
+
+@pytest.mark.parametrize("aggregate", ["on a card", "unknown"])
+def test_a_resumed_hessian_job_records_where_each_part_was_computed(trained, tmp_path, monkeypatch, aggregate):
+    from fedscape.analysis.hessian import stage as stage_mod
+
+    # Prepare: an attempt on a card killed in its third part (the aggregate and client 0 saved); client 0's part (or
+    # the aggregate's) saved by code that did not record where
+    progress = tmp_path / "_progress"
+    calls = _killed_on_a_card(monkeypatch, stage_mod, "analyse", 3,
+                              lambda: stage_mod.hessian_stage(*trained, _outputs(tmp_path / "killed"), progress))
+    _forget_compute(progress / ("client_0.pt" if aggregate == "on a card" else "all.pt"))
+
+    # Execute: resumed on this CPU, keeping the eigenpairs for the plane job
+    resumed = _outputs(tmp_path / "resumed")
+    stage_mod.hessian_stage(*trained, resumed, progress, EigenStore(tmp_path / "_eigenpairs", 1))
+
+    # Assert: each part's compute, in the order of the parts; the job's own compute is this attempt's
+    details = json.loads(open(resumed["details"]).read())
+    assert len(calls) == 3
+    assert details.get("parts_compute") == [
+        {"compute": CARD if aggregate == "on a card" else None, "parts": ["all"]},
+        {"compute": None if aggregate == "on a card" else CARD, "parts": ["client_0"]},
+        {"compute": CPU, "parts": ["client_1", "client_2", "client_3"]}]
+    assert {key: details[key] for key in CPU} == CPU
+    # the eigenpairs kept for the plane job name the card that computed them; none kept where that is not known
+    kept = tmp_path / "_eigenpairs"
+    if aggregate == "on a card":
+        assert torch.load(next(kept.rglob("all.pt")), weights_only=True)["part"]["compute"] == CARD
+    else:
+        assert not list(kept.rglob("all.pt"))
+    # the tables of an uninterrupted job, bit for bit, which lists one compute, its own
+    whole = _outputs(tmp_path / "whole")
+    stage_mod.hessian_stage(*trained, whole)
+    for key in ("table", "clients", "density"):
+        pd.testing.assert_frame_equal(pd.read_csv(resumed[key]), pd.read_csv(whole[key]), check_exact=True)
+    assert json.loads(open(whole["details"]).read())["parts_compute"] == [
+        {"compute": CPU, "parts": ["all", "client_0", "client_1", "client_2", "client_3"]}]
+
+
+# -- the barrier jobs ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A healthy and a diverged run (tests/helpers/diverged.py), trained once for this module."""
+    from helpers.diverged import build_diverged_runs
+
+    return build_diverged_runs(tmp_path_factory.mktemp("part_compute_runs"))
+
+
+@pytest.mark.parametrize("old", [False, True])
+def test_a_resumed_interpolation_records_where_each_bend_was_trained(runs, tmp_path, monkeypatch, old):
+    from fedscape.analysis.barriers import stage as stage_mod
+    from fedscape.plan.barriers import interpolation_pairs, interpolation_settings
+
+    # Prepare: the healthy pair with curve and alignment, killed on a card while training its second bend; the first
+    # bend saved by code that did not record where (old) or as now
+    config = copy.deepcopy(runs.config)
+    config["interpolation"].update(align=True, curve={**config["interpolation"]["curve"], "enabled": True,
+                                                      "steps": 5, "batch_size": 32})
+    pair = next(p for p in interpolation_pairs(config, [runs.healthy, runs.diverged]) if p.label == "ok_r1_vs_final")
+    args = (interpolation_settings(config, pair), runs.trajectory(pair.run_a), runs.trajectory(pair.run_b),
+            runs.partition)
+    _killed_on_a_card(monkeypatch, stage_mod, "train_bend", 2,
+                      lambda: stage_mod.interpolation_job(*args, tmp_path / "curve.csv", tmp_path / "_progress"))
+    if old:
+        _forget_compute(tmp_path / "_progress" / "bend.pt")
+    start_notes()
+
+    # Execute
+    stage_mod.interpolation_job(*args, tmp_path / "curve.csv", tmp_path / "_progress")
+
+    # Assert: the job's record names the first bend's card (or none) and this CPU for the second; the curve is an
+    # uninterrupted job's
+    assert noted("parts_compute") == [{"compute": None if old else CARD, "parts": ["bend"]},
+                                      {"compute": CPU, "parts": ["bend_aligned"]}]
+    stage_mod.interpolation_job(*args, tmp_path / "whole.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "curve.csv"), pd.read_csv(tmp_path / "whole.csv"),
+                                  check_exact=True)
+
+
+def test_a_resumed_layer_barriers_job_records_where_each_part_s_rows_were_computed(runs, tmp_path, monkeypatch):
+    from fedscape.analysis.barriers import stage as stage_mod
+    from fedscape.plan.barriers import layer_pairs, layer_settings
+
+    # Prepare: the healthy client pair with alignment, killed on a card while computing the aligned rows
+    config = copy.deepcopy(runs.config)
+    config["layer_barriers"].update(modes=["single"], align=True)
+    pair = next(p for p in layer_pairs(config, [runs.healthy, runs.diverged]) if p.label == "ok_clients")
+    inputs = {"partition": runs.partition, "trajectory_a": runs.trajectory(pair.run_a),
+              "clients": runs.clients(runs.healthy)}
+    settings = layer_settings(config, pair, pair.rounds[-1])
+    outputs = (tmp_path / "b.csv", tmp_path / "d.csv")
+    _killed_on_a_card(monkeypatch, stage_mod, "layerwise_barriers", 2,
+                      lambda: stage_mod.layer_barriers_job(settings, inputs, *outputs, tmp_path / "_progress"))
+    start_notes()
+
+    # Execute
+    stage_mod.layer_barriers_job(settings, inputs, *outputs, tmp_path / "_progress")
+
+    # Assert: the job's record names the card of the rows as trained and this CPU for the aligned ones; the tables
+    # are an uninterrupted job's
+    assert noted("parts_compute") == [{"compute": CARD, "parts": ["as_trained"]},
+                                      {"compute": CPU, "parts": ["aligned"]}]
+    stage_mod.layer_barriers_job(settings, inputs, tmp_path / "wb.csv", tmp_path / "wd.csv")
+    for name, whole in (("b.csv", "wb.csv"), ("d.csv", "wd.csv")):
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / name), pd.read_csv(tmp_path / whole), check_exact=True)

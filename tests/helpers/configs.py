@@ -6,7 +6,8 @@ import copy
 
 import yaml
 
-from fedscape.core.config import load_schema
+from fedscape.core.config import ConfigError, load_schema
+from fedscape.plan.workflow import check_config
 from helpers.workflow import ROOT, TINY_CONFIG
 
 SCHEMA = load_schema(ROOT / "workflow" / "schemas" / "config.schema.yaml")
@@ -26,3 +27,12 @@ def config_with(inits: dict, experiments: list[dict] | None = None, **extra) -> 
     config["experiments"] = experiments if experiments is not None else [{"alpha": "iid"}, {"alpha": 0.5}]
     config.update(extra)
     return config
+
+
+def problems_of(config: dict) -> str:
+    """check_config's problems with `config` ('' for a valid config)."""
+    try:
+        check_config(copy.deepcopy(config), SCHEMA)
+    except ConfigError as exc:
+        return str(exc)
+    return ""

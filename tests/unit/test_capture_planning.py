@@ -5,10 +5,8 @@ test_capture.py's for a sequential client's passes, helpers.graphs' for a stacke
 
 from __future__ import annotations
 
-import copy
-
 import pytest
-from helpers.configs import SCHEMA
+from helpers.configs import problems_of
 from helpers.graphs import emulated_graph
 from helpers.synthetic import shard_data
 from helpers.vectorized import model_of
@@ -17,7 +15,6 @@ from helpers.vectorized import model_of
 from unit.test_capture import assert_same_results, bn_model, stand_in_maker, train_clients
 from unit.test_capture_stacked import CFG, MOON, SIZES, moon_resnet, same, small_resnet, wider_resnet
 
-from fedscape.core.config import ConfigError
 from fedscape.fl.capture import make_capture
 from fedscape.fl.hparams.registry import ALGORITHM_NAMES, ALGORITHM_SPECS, algorithm_spec
 from fedscape.fl.settings import UNCAPTURED_STEPS, TrainConfig, strategy_ref, uncaptured_steps
@@ -25,7 +22,6 @@ from fedscape.fl.strategies.base import Strategy
 from fedscape.fl.strategies.registry import make_strategy, strategy_class
 from fedscape.fl.vectorized import VectorizedTrainer
 from fedscape.models.params import FlatParams, flatten_buffers
-from fedscape.plan.workflow import check_config
 
 PATHS = ("sequential", "vectorized")
 # Hyperparameters and a model under which each algorithm's clients stack (else the default's and cnn_small)
@@ -62,15 +58,6 @@ def config_of(name: str, training: dict | None = None, hparams: dict | None = No
             "experiments": [{"alpha": "iid", "init": "random", "algorithm": "a"}], "num_clients": [4], "seeds": [0],
             "partition": {"min_size": 10},
             "training": {"rounds": 2, "local_epochs": 1, "batch_size": 16, "device": "cuda", **(section or {})}}
-
-
-def problems_of(config: dict) -> str:
-    """check_config's problems ('' for a valid config)."""
-    try:
-        check_config(copy.deepcopy(config), SCHEMA)
-    except ConfigError as exc:
-        return str(exc)
-    return ""
 
 
 # -- the declaration -------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.configs import tiny_config
+from helpers.hessian import DenseOperator
 from helpers.stages import train_run
 from helpers.workflow import ROOT
 from torch import nn
@@ -757,18 +758,6 @@ def test_every_schema_key_has_a_description_and_a_default():
 
 
 # -- Hutch++ / Diag++ --------------------------------------------------------------------------------
-class DenseOperator:
-    """An explicit symmetric matrix behind the operator interface the estimators use."""
-
-    def __init__(self, matrix: torch.Tensor):
-        self.matrix, self.dim, self.device, self.dtype = matrix, matrix.shape[0], matrix.device, matrix.dtype
-        self.products = 0
-
-    def hvp(self, v: torch.Tensor) -> torch.Tensor:
-        self.products += 1
-        return self.matrix @ v.to(self.dtype)
-
-
 def decaying_spectrum(dim: int, seed: int = 0) -> torch.Tensor:
     """Q diag(1/i^1.5, a few negative) Q^T: a Hessian-like spectrum whose top few eigenvalues dominate."""
     g = torch.Generator().manual_seed(seed)

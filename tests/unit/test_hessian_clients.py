@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 from helpers.configs import tiny_config
+from helpers.hessian import CHEAP, one_round_run
 from helpers.resume import killed_at_call
-from helpers.stages import train_run
 from helpers.workflow import ROOT
 
 from fedscape.analysis.hessian.definitions import (
@@ -34,7 +34,6 @@ from fedscape.plan.hessian import hessian_job_settings, hessian_jobs
 from fedscape.plan.workflow import check_config
 
 SCHEMA = load_schema(ROOT / "workflow/schemas/config.schema.yaml")
-CHEAP = {"trace_probes": 4, "max_iter": 10, "tol": 0.5, "eval_samples": 64, "density": {"enabled": False}}
 
 
 # -- the sample ------------------------------------------------------------------------------------
@@ -119,17 +118,7 @@ def test_the_clients_table_gets_its_column_only_when_bounded():
 def trained(tmp_path_factory):
     """One FedAvg run of the tiny config (4 clients), one round: its config, runs, trajectory and partition."""
     tmp = tmp_path_factory.mktemp("hessian_clients")
-    config = tiny_config(**CHEAP)
-    config.update(alphas=["iid"], experiments=[{"alpha": "iid"}], inits={"random": {"kind": "random", "seed": 0}})
-    for section in ("interpolation", "layer_barriers", "landscapes"):
-        config.pop(section, None)
-    config["training"].update(rounds=1, save_clients_at=[])
-    config = check_config(config, SCHEMA)
-    runs = build_runs(config)
-    (run,) = runs
-    partition, _, train = train_run(config, runs, run, tmp)
-    return {"config": config, "runs": runs, "run": run, "trajectory": train["trajectory"], "partition": partition,
-            "tmp": tmp}
+    return {**one_round_run(tmp), "tmp": tmp}
 
 
 def run_stage(trained, clients, round_=1) -> dict:

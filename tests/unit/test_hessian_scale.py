@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.hessian import DenseOperator
 from torch import nn
 
 from fedscape.analysis.hessian.definitions import EXACT, HUTCHPP, HessianSettings
@@ -29,18 +30,6 @@ from fedscape.plan.hessian import (
     SMALL_HUTCHPP_BUMPS,
     hessian_result_version,
 )
-
-
-class DenseOperator:
-    """An explicit symmetric matrix behind the operator interface the eigensolvers and estimators use."""
-
-    def __init__(self, matrix: torch.Tensor):
-        self.matrix, self.dim, self.device, self.dtype = matrix, matrix.shape[0], matrix.device, matrix.dtype
-        self.products = 0
-
-    def hvp(self, v: torch.Tensor) -> torch.Tensor:
-        self.products += 1
-        return self.matrix @ v.to(self.dtype)
 
 
 def decaying(dim: int = 60, seed: int = 0) -> torch.Tensor:

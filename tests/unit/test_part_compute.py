@@ -9,23 +9,16 @@ import json
 import pandas as pd
 import pytest
 import torch
-from helpers.configs import tiny_config
+from helpers.hessian import one_round_run
 from helpers.resume import killed_at_call
-from helpers.stages import train_run
-from helpers.workflow import ROOT
 
 from fedscape.analysis.hessian.definitions import JOB_FILES, EigenStore
-from fedscape.core.config import load_schema
 from fedscape.core.manifest import noted, start_notes
-from fedscape.core.runs import build_runs
 from fedscape.models.device import describe_compute
 from fedscape.plan.hessian import hessian_job_settings
-from fedscape.plan.workflow import check_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SCHEMA = load_schema(ROOT / "workflow/schemas/config.schema.yaml")
-CHEAP = {"trace_probes": 4, "max_iter": 10, "tol": 0.5, "eval_samples": 64, "density": {"enabled": False}}
 # An earlier attempt's card
 CARD = {"device": "cuda:0", "device_name": "an earlier attempt's card", "precision": "fp32", "precision_used": "fp32",
         "device_uuid": "GPU-0000"}
@@ -51,17 +44,8 @@ def _killed_on_a_card(monkeypatch, module, name: str, call: int, run) -> list:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One FedAvg run of the tiny config (4 clients), one round: its Hessian job's arguments at round 1."""
-    tmp = tmp_path_factory.mktemp("part_compute")
-    config = tiny_config(**CHEAP)
-    config.update(alphas=["iid"], experiments=[{"alpha": "iid"}], inits={"random": {"kind": "random", "seed": 0}})
-    for section in ("interpolation", "layer_barriers", "landscapes"):
-        config.pop(section, None)
-    config["training"].update(rounds=1, save_clients_at=[])
-    config = check_config(config, SCHEMA)
-    runs = build_runs(config)
-    (run,) = runs
-    partition, _, train = train_run(config, runs, run, tmp)
-    return hessian_job_settings(config, runs, run, 1), train["trajectory"], partition
+    made = one_round_run(tmp_path_factory.mktemp("part_compute"))
+    return hessian_job_settings(made["config"], made["runs"], made["run"], 1), made["trajectory"], made["partition"]
 
 
 def _outputs(folder) -> dict[str, str]:

@@ -7,9 +7,8 @@ from __future__ import annotations
 import copy
 
 import pytest
-from helpers.configs import SCHEMA
+from helpers.configs import SCHEMA, problems_of
 
-from fedscape.core.config import ConfigError
 from fedscape.core.runs import build_runs
 from fedscape.fl.settings import RUN_ONLY_TRAINING_KEYS
 from fedscape.plan.init import planned_init
@@ -24,15 +23,6 @@ def warmup_config(training: dict) -> dict:
             "experiment_defaults": {"init": "warm", "algorithm": "fedavg"}, "num_clients": [4], "seeds": [0],
             "partition": {"min_size": 10}, "training": {"rounds": 3, "local_epochs": 1, "batch_size": 16,
                                                          "device": "cpu"}}
-
-
-def problems_of(config: dict) -> str:
-    """check_config's problems ('' for a valid config)."""
-    try:
-        check_config(copy.deepcopy(config), SCHEMA)
-    except ConfigError as exc:
-        return str(exc)
-    return ""
 
 
 @pytest.mark.parametrize(("key", "value", "why"), [

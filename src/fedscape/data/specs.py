@@ -55,7 +55,8 @@ class DatasetInfo:
     one-hot encoding would have) and ``image_size`` the sequence length, so that models, checkpoints
     and init settings describe both kinds with the same three numbers. LEAF's datasets keep their own
     test split (``fixed_test_split``) and give as ``train_samples`` the sample count of the full data
-    set, an upper bound since LEAF's sampling and split choose what its files hold.
+    set, an upper bound since LEAF's sampling and split choose what its files hold (Reddit's is a lower bound: its
+    entry).
     """
 
     in_channels: int

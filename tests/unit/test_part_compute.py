@@ -22,7 +22,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # An earlier attempt's card
 CARD = {"device": "cuda:0", "device_name": "an earlier attempt's card", "precision": "fp32", "precision_used": "fp32",
         "device_uuid": "GPU-0000"}
-CPU = describe_compute(torch.device("cpu"), "fp32")
+
+
+def cpu() -> dict:
+    """This CPU's compute as a job on it records it now (its thread count: under `one_thread`, 1, whatever the
+    threads were when the module was imported)."""
+    return describe_compute(torch.device("cpu"), "fp32")
 
 
 def _forget_compute(part_file) -> None:
@@ -74,8 +79,8 @@ def test_a_resumed_hessian_job_records_where_each_part_was_computed(trained, tmp
     assert details.get("parts_compute") == [
         {"compute": CARD if aggregate == "on a card" else None, "parts": ["all"]},
         {"compute": None if aggregate == "on a card" else CARD, "parts": ["client_0"]},
-        {"compute": CPU, "parts": ["client_1", "client_2", "client_3"]}]
-    assert {key: details[key] for key in CPU} == CPU
+        {"compute": cpu(), "parts": ["client_1", "client_2", "client_3"]}]
+    assert {key: details[key] for key in cpu()} == cpu()
     # the eigenpairs kept for the plane job name the card that computed them; none kept where that is not known
     kept = tmp_path / "_eigenpairs"
     if aggregate == "on a card":
@@ -88,7 +93,7 @@ def test_a_resumed_hessian_job_records_where_each_part_was_computed(trained, tmp
     for key in ("table", "clients", "density"):
         pd.testing.assert_frame_equal(pd.read_csv(resumed[key]), pd.read_csv(whole[key]), check_exact=True)
     assert json.loads(open(whole["details"]).read())["parts_compute"] == [
-        {"compute": CPU, "parts": ["all", "client_0", "client_1", "client_2", "client_3"]}]
+        {"compute": cpu(), "parts": ["all", "client_0", "client_1", "client_2", "client_3"]}]
 
 
 # -- the barrier jobs ------------------------------------------------------------------------------
@@ -125,7 +130,7 @@ def test_a_resumed_interpolation_records_where_each_bend_was_trained(runs, tmp_p
     # Assert: the job's record names the first bend's card (or none) and this CPU for the second; the curve is an
     # uninterrupted job's
     assert noted("parts_compute") == [{"compute": None if old else CARD, "parts": ["bend"]},
-                                      {"compute": CPU, "parts": ["bend_aligned"]}]
+                                      {"compute": cpu(), "parts": ["bend_aligned"]}]
     stage_mod.interpolation_job(*args, tmp_path / "whole.csv")
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "curve.csv"), pd.read_csv(tmp_path / "whole.csv"),
                                   check_exact=True)
@@ -153,7 +158,7 @@ def test_a_resumed_layer_barriers_job_records_where_each_part_s_rows_were_comput
     # Assert: the job's record names the card of the rows as trained and this CPU for the aligned ones; the tables
     # are an uninterrupted job's
     assert noted("parts_compute") == [{"compute": CARD, "parts": ["as_trained"]},
-                                      {"compute": CPU, "parts": ["aligned"]}]
+                                      {"compute": cpu(), "parts": ["aligned"]}]
     stage_mod.layer_barriers_job(settings, inputs, tmp_path / "wb.csv", tmp_path / "wd.csv")
     for name, whole in (("b.csv", "wb.csv"), ("d.csv", "wd.csv")):
         pd.testing.assert_frame_equal(pd.read_csv(tmp_path / name), pd.read_csv(tmp_path / whole), check_exact=True)

@@ -1,9 +1,18 @@
-"""A job's log: its own progress lines, other libraries' warnings only, and the error of a failing job."""
+"""A job's log: its own progress lines, other libraries' warnings only, and the error of a failing or stopped job."""
 
 import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
+import fedscape
+from fedscape.core.io import is_temporary
 from fedscape.core.logs import job_log
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
@@ -69,3 +78,110 @@ def test_a_job_out_of_device_memory_says_what_bounds_its_memory(tmp_path, error,
     text = path.read_text()
     assert "job failed: " in text
     assert ("out of device memory: lower hessian.batch_size (now 512)" in text) is hinted
+
+
+# A job in its own process, inside an atomic write of its output when it says it is ready (file `ready`); it finishes
+# once file `go` appears. argv: its folder, and whether its clean-up sends itself a second SIGTERM (as a repeated
+# `scancel` would, while the first one's unwinding runs).
+STOPPED_JOB = """
+import os, signal, sys, time
+from pathlib import Path
+from fedscape.core.io import atomic_path
+from fedscape.core.logs import job_log
+
+folder, again = Path(sys.argv[1]), sys.argv[2] == "again"
+with job_log(folder / "job.log"), atomic_path(folder / "out" / "table.csv") as tmp:
+    tmp.write_text("half a table")
+    try:
+        (folder / "ready").touch()
+        while not (folder / "go").exists():
+            time.sleep(0.01)
+    finally:
+        if again:
+            os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+@pytest.mark.parametrize(("sigterms", "code", "stopped"), [
+    (0, 0, False),
+    (1, 128 + signal.SIGTERM, True),
+    (2, 128 + signal.SIGTERM, True),  # the second during the clean-up
+])
+def test_a_job_stopped_by_sigterm_unwinds_and_its_log_says_why(tmp_path, sigterms, code, stopped):
+    # Prepare: the job's process imports the library this test does
+    env = {**os.environ, "PYTHONPATH": str(Path(fedscape.__file__).parents[1])}
+    job = subprocess.Popen([sys.executable, "-c", STOPPED_JOB, str(tmp_path), "again" if sigterms == 2 else "once"],
+                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60  # against a hung test only
+    while not (tmp_path / "ready").exists() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    # Execute
+    if sigterms:
+        job.send_signal(signal.SIGTERM)
+    else:
+        (tmp_path / "go").touch()
+    _, stderr = job.communicate(timeout=60)
+
+    # Assert: the write in progress is neither finished nor left behind, and the log says why the job stopped
+    assert job.returncode == code, stderr
+    text = (tmp_path / "job.log").read_text()
+    assert ("job stopped by SIGTERM (a scheduler's time limit, scancel, or Snakemake stopping it) after" in text) \
+        is stopped
+    assert ("its outputs were not (all) written; running the workflow again resumes" in text) is stopped
+    assert ("Traceback" in text) is stopped  # where the job was
+    assert ("job done in" in text) is not stopped
+    assert (tmp_path / "out" / "table.csv").exists() is not stopped
+    assert [p.name for p in (tmp_path / "out").iterdir() if is_temporary(p)] == []
+
+
+@pytest.fixture
+def earlier_handler():
+    """A SIGTERM handler of the process's own, installed before the job; the one before the test is put back after."""
+    def handler(signum, frame):
+        pass
+
+    before = signal.signal(signal.SIGTERM, handler)
+    yield handler
+    signal.signal(signal.SIGTERM, before)
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_job_log_raises_on_sigterm_during_the_job_and_restores_the_earlier_handler(tmp_path, earlier_handler, fails):
+    # Prepare
+    during = []
+
+    # Execute
+    try:
+        with job_log(tmp_path / "job.log"):
+            during.append(signal.getsignal(signal.SIGTERM))
+            if fails:
+                raise ValueError("bad partition")
+    except ValueError:
+        pass
+
+    # Assert
+    assert during[0] not in (earlier_handler, signal.SIG_DFL, signal.SIG_IGN)
+    assert signal.getsignal(signal.SIGTERM) is earlier_handler
+
+
+def test_job_log_in_another_thread_leaves_the_sigterm_handler(tmp_path, earlier_handler):
+    # Prepare: signal.signal raises ValueError outside the main thread
+    during, errors = [], []
+
+    def job():
+        try:
+            with job_log(tmp_path / "job.log"):
+                during.append(signal.getsignal(signal.SIGTERM))
+        except BaseException as exc:
+            errors.append(exc)
+
+    # Execute
+    thread = threading.Thread(target=job)
+    thread.start()
+    thread.join()
+
+    # Assert
+    assert errors == []
+    assert during == [earlier_handler]
+    assert "job done in" in (tmp_path / "job.log").read_text()

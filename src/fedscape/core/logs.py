@@ -1,4 +1,4 @@
-"""Logging of workflow jobs: the rule's log file and stderr, and a failing job's error in its log."""
+"""Logging of workflow jobs: the rule's log file and stderr, and a failing or stopped job's error in its log."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from fedscape.core.config import digest
@@ -43,6 +45,8 @@ def job_log(path: str | Path | None, outputs: Iterable[str] = (), results_dir: s
     and what made them below the results' manifest (`fedscape.core.manifest`), for `make verify`; the code version
     it names is taken here, before the job's work (`start_job`). A job that runs out of device memory
     (`out_of_device_memory`) also logs `memory_hint`: what the user can change (`fedscape.plan.resources.memory_hint`).
+    A SIGTERM during the job raises `Terminated` in it (in the main thread, the only one Python gives signals to):
+    the job unwinds, its log says why it stopped, and the handler before it is restored.
 
     `settings` (a job's `params.settings`, less its data's locations) go into the record as the job computed with
     them, with their `settings_digest` (`fedscape.core.config.digest`). Snakemake's own record of a job's params keeps
@@ -57,21 +61,61 @@ def job_log(path: str | Path | None, outputs: Iterable[str] = (), results_dir: s
     t0, started = time.perf_counter(), time.time()
     if age is not None:  # the job's fixed cost: interpreter, Snakemake's script preamble, imports
         log.info("job started %.2f s after its process", age)
+    previous = _stop_on_sigterm()
     try:
         if settings is not None:
             plain = json.loads(json.dumps(dict(settings), default=str))  # as the record's JSON will hold it
             note(settings=plain, settings_digest=digest(plain))
         yield
+        if results_dir is not None and path:
+            results = Results.of({"results_dir": results_dir})
+            write_record(manifest_path(results.root, results.logs, path), list(outputs), started - (age or 0.0),
+                         path, root=results.root)
+        log.info("job done in %.2f s", time.perf_counter() - t0)
+    except Terminated:
+        log.error("job stopped by SIGTERM (a scheduler's time limit, scancel, or Snakemake stopping it) after %.0f s: "
+                  "its outputs were not (all) written; running the workflow again resumes from the job's last saved "
+                  "progress (training keeps it every round, pretraining every epoch)", time.perf_counter() - t0,
+                  exc_info=True)
+        raise
     except BaseException as exc:
         log.error("job failed: %s: %s", type(exc).__name__, exc, exc_info=True)
         if memory_hint and out_of_device_memory(exc):
             log.error("out of device memory: %s", memory_hint)
         raise
-    if results_dir is not None and path:
-        results = Results.of({"results_dir": results_dir})
-        write_record(manifest_path(results.root, results.logs, path), list(outputs), started - (age or 0.0), path,
-                     root=results.root)
-    log.info("job done in %.2f s", time.perf_counter() - t0)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(SystemExit):
+    """A job stopped by SIGTERM (`job_log`): SLURM's time limit, `scancel` and preemption send it (then SIGKILL after
+    its KillWait, ~30 s), and Snakemake stops its local jobs with it. Raised in the job, it unwinds it: `finally`
+    blocks run, so `core.io.atomic_path` removes its temporary files. A SystemExit, so that `except Exception` in
+    library code lets it through, with the shell's exit code of a process killed by SIGTERM (128 + 15)."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    # Further SIGTERMs are ignored, not left to raise again or to kill: a second one (a repeated `scancel` or `kill`,
+    # or one signal both sent to the process group and passed on by a parent) would cut the clean-up short inside a
+    # `finally`, leaving the temporary files that the first one's unwinding removes. A stuck clean-up is still ended:
+    # SLURM's SIGKILL follows, and a user's Ctrl-C (SIGINT) or SIGKILL.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
+
+
+def _stop_on_sigterm() -> signal.Handlers | Callable | None:
+    """Make SIGTERM raise `Terminated`; returns the handler to restore, None where none was replaced: Python runs
+    signal handlers in the main thread only, and `signal.signal` refuses any other."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    # None: a handler installed outside Python, which cannot be put back (signal.signal refuses None): the default
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    return signal.SIG_DFL if previous is None else previous
 
 
 # What CUDA and its libraries say when a card's memory is full outside torch's caching allocator (which raises

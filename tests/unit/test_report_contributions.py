@@ -50,11 +50,12 @@ def test_summary_columns_are_exactly_the_published_list():
                "barrier_to_iid_error", "lambda_max", "trace", "lambda_max_init", "trace_init", "hn", "hd"]
 
     assert SUMMARY_METRICS == metrics
-    # each metric's number of values after every earlier column: none of those moved
+    # each metric's number of values, then the versions that trained the group, after every earlier column: none of
+    # those moved
     assert SUMMARY_COLUMNS == [
         "dataset", "model", "init", "algorithm", "alpha", "num_clients", "participation", "n_seeds", "n_ok",
         *[f"{m}_{s}" for m in metrics for s in ("mean", "std", "ci95_low", "ci95_high")],
-        *[f"{m}_n" for m in metrics],
+        *[f"{m}_n" for m in metrics], "code_versions",
     ]
 
 
@@ -127,14 +128,14 @@ def test_final_and_summary_equal_those_made_before(tmp_path, case):
     summary_table_job(tmp_path / "final.csv", tmp_path / "summary.csv")
 
     # Assert: the same files, byte for byte; summary.csv's since appended columns (each metric's number of
-    # values) aside (no quoted fields in these files: a line's fields are its commas' pieces)
+    # values, the code versions) aside (no quoted fields in these files: a line's fields are its commas' pieces)
     assert (tmp_path / "final.csv").read_text() == (FIXTURES / case / "final.csv").read_text()
     before = (FIXTURES / case / "summary.csv").read_text().splitlines()
     now = (tmp_path / "summary.csv").read_text().splitlines()
     width = before[0].count(",") + 1
     assert [",".join(line.split(",")[:width]) for line in now] == before
     appended = pd.read_csv(tmp_path / "summary.csv").iloc[:, width:]
-    assert list(appended.columns) == [f"{m}_n" for m in SUMMARY_METRICS]
+    assert list(appended.columns) == [*[f"{m}_n" for m in SUMMARY_METRICS], "code_versions"]
     summary = pd.read_csv(FIXTURES / case / "summary.csv")
     for metric in SUMMARY_METRICS:  # as many values as the mean is over: one without a std, none without a mean
         n = appended[f"{metric}_n"]

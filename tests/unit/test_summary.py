@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -9,8 +10,10 @@ import pandas as pd
 import pytest
 from helpers.tables import ACC, rounds_table, run_id
 
+from fedscape.core.io import write_csv
+from fedscape.fl.settings import CODE_VERSION
 from fedscape.outputs.stats import t_interval
-from fedscape.outputs.tables import TableError, concat_tables
+from fedscape.outputs.tables import TableError, concat_tables, read_table
 from fedscape.report.summary import (
     FINAL_COLUMNS,
     GROUP_KEYS,
@@ -315,15 +318,108 @@ def test_summary_says_how_many_values_each_metric_is_over():
     assert summary.loc[0.1, "train_loss_n"] == 2
 
 
-def test_summary_csv_writes_the_counts_as_integers_after_every_other_column(tmp_path):
+def test_summary_csv_writes_the_counts_as_integers_after_every_statistic(tmp_path):
     final_csv = tmp_path / "final.csv"
     final_table(rounds_table()).to_csv(final_csv, index=False)
 
     summary_table_job(final_csv, tmp_path / "summary.csv")
 
     header, first = (tmp_path / "summary.csv").read_text().splitlines()[:2]
-    assert header.split(",")[-13:] == [c for c in SUMMARY_COLUMNS if c.endswith("_n")]
-    assert first.split(",")[-13:] == ["3"] * 5 + ["0"] * 8  # the run's metrics of 3 seeds, no analysis
+    assert header.split(",")[-14:-1] == [c for c in SUMMARY_COLUMNS if c.endswith("_n")]
+    assert first.split(",")[-14:-1] == ["3"] * 5 + ["0"] * 8  # the run's metrics of 3 seeds, no analysis
+
+
+# The columns summary.csv had before code_versions, in their order (users' scripts read them by position too).
+METRICS = ["test_acc", "test_loss", "train_acc", "train_loss", "seconds_per_round", "barrier_to_iid_loss",
+           "barrier_to_iid_error", "lambda_max", "trace", "lambda_max_init", "trace_init", "hn", "hd"]
+COLUMNS_BEFORE_CODE_VERSIONS = ["dataset", "model", "init", "algorithm", "alpha", "num_clients", "participation",
+                                "n_seeds", "n_ok", *[f"{m}_{s}" for m in METRICS
+                                                     for s in ("mean", "std", "ci95_low", "ci95_high")],
+                                *[f"{m}_n" for m in METRICS]]
+OLD, NEW = "03cc4d73ba9b04f10e7feab0136c777746330ff1", "f8c1c3699bd2e2a1a05b8c4c1f2f1d7e5a6b0c13"
+WARNING = "more than one fedscape version"
+IID_GROUP = "digits/cnn_small/init~random/algo~fedavg/alpha~iid/clients~10/part~1.0/seed~*"
+# The IID seeds' code_version (NaN: a run trained before it was recorded) -> their group's code_versions; the
+# alpha = 0.1 seeds are all NEW's.
+VERSION_CASES = [
+    pytest.param([NEW, NEW, NEW], NEW, id="one-version"),
+    pytest.param([NEW, OLD, NEW], f"{OLD};{NEW}", id="two-versions"),
+    pytest.param([math.nan] * 3, math.nan, id="none-recorded"),
+    pytest.param([NEW, math.nan, OLD], f"{OLD};{NEW};unrecorded", id="recorded-and-unrecorded"),
+    pytest.param([NEW, "unrecorded", NEW], f"{NEW};unrecorded", id="a-job-that-could-not-tell"),
+]
+
+
+def _final_of_versions(iid_versions: list) -> pd.DataFrame:
+    """final.csv of the hand-made runs, the IID seeds 0-2 trained by `iid_versions`, the alpha = 0.1 ones by NEW."""
+    final = final_table(rounds_table())
+    final[CODE_VERSION] = final[CODE_VERSION].astype(object)
+    final.loc[final["alpha"] == math.inf, CODE_VERSION] = pd.Series(iid_versions, dtype=object).to_numpy()
+    final.loc[final["alpha"] == 0.1, CODE_VERSION] = NEW
+    return final
+
+
+def _same_cell(found, expected) -> bool:
+    return (pd.isna(found) and pd.isna(expected)) if pd.isna(expected) else found == expected
+
+
+def test_code_versions_is_appended_after_every_column_summary_csv_had(tmp_path):
+    final_csv = tmp_path / "final.csv"
+    write_csv(_final_of_versions([NEW] * 3), final_csv)
+
+    summary_table_job(final_csv, tmp_path / "summary.csv")
+
+    header = (tmp_path / "summary.csv").read_text().splitlines()[0].split(",")
+    assert header == SUMMARY_COLUMNS == [*COLUMNS_BEFORE_CODE_VERSIONS, "code_versions"]
+
+
+@pytest.mark.parametrize(("iid_versions", "expected"), VERSION_CASES)
+def test_code_versions_lists_the_versions_that_trained_the_group(iid_versions, expected):
+    final = _final_of_versions(iid_versions)
+
+    summary = summary_table(final).set_index("alpha")
+
+    assert _same_cell(summary.loc[math.inf, "code_versions"], expected)
+    assert summary.loc[0.1, "code_versions"] == NEW  # per group: the other group's versions are not its own
+
+
+def test_code_versions_counts_a_diverged_run_as_n_seeds_does():
+    # Prepare: the alpha = 0.1 seed 2, trained by OLD, diverged; the other seeds are NEW's
+    rounds = rounds_table()
+    rid = run_id("0.1", 2)
+    rounds = rounds[~((rounds["run_id"] == rid) & (rounds["round"] == 3))].copy()
+    rounds.loc[(rounds["run_id"] == rid) & (rounds["round"] == 2), "status"] = "diverged"
+    rounds[CODE_VERSION] = np.where(rounds["run_id"] == rid, OLD, NEW)
+
+    # Execute
+    row = summary_table(final_table(rounds)).set_index("alpha").loc[0.1]
+
+    # Assert
+    assert row["n_seeds"] == 3 and row["n_ok"] == 2 and row["code_versions"] == f"{OLD};{NEW}"
+
+
+@pytest.mark.parametrize(("iid_versions", "expected"), VERSION_CASES)
+def test_summary_csv_reads_back_its_code_versions_and_warns_of_a_mixed_group(tmp_path, caplog, iid_versions,
+                                                                             expected):
+    # Prepare: final.csv written and read as the workflow does (an unrecorded version: an empty cell)
+    final_csv, summary_csv = tmp_path / "final.csv", tmp_path / "summary.csv"
+    write_csv(_final_of_versions(iid_versions), final_csv)
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="fedscape.summary"):
+        summary_table_job(final_csv, summary_csv)
+
+    # Assert: the cell read back is the one summary_table made; one warning line for a group of several versions
+    summary = read_table(summary_csv, SUMMARY_COLUMNS).set_index("alpha")
+    assert _same_cell(summary.loc[math.inf, "code_versions"], expected)
+    assert summary.loc[0.1, "code_versions"] == NEW
+    warnings = [r.getMessage() for r in caplog.records if WARNING in r.getMessage()]
+    if isinstance(expected, str) and ";" in expected:
+        assert len(warnings) == 1 and "\n" not in warnings[0]
+        assert "1 group(s)" in warnings[0] and f"{IID_GROUP} ({expected})" in warnings[0]
+        assert "alpha~0.1" not in warnings[0]
+    else:
+        assert warnings == []
 
 
 def test_summary_groups_by_every_setting_but_seed():

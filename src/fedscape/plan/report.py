@@ -22,8 +22,9 @@ ACCURACY_KINDS = figure_kinds.ACCURACY_KINDS
 # and each metric's number of values, `<metric>_n`, follows every other column.
 # final_table 2: an IID-vs-IID barrier pair gives barrier_to_iid to its first end only (it was both ends', which the
 # summary took as two values). summary_table 3: a shared metric's values that differ by rounding alone (a round-0
-# Hessian computed per seed on a card) are one value.
-RESULT_VERSIONS = {"final_table": 2, "summary_table": 3}
+# Hessian computed per seed on a card) are one value. summary_table 4: a last column, `code_versions`, names the
+# versions that trained each group's runs (no number changes: made again, so that every summary.csv has it).
+RESULT_VERSIONS = {"final_table": 2, "summary_table": 4}
 
 
 def final_table_inputs(config: dict, runs: list[Run]) -> dict[str, str]:

@@ -11,8 +11,10 @@ that was not computed leaves its columns empty (NaN).
 summary.csv groups the runs that differ only in their seed (dataset x model x init x algorithm x alpha
 x num_clients x participation, FedAlign Tables 1-4 and 7 as rows) and reports, per metric, the mean,
 the sample standard deviation (ddof=1), the Student-t 95% interval of the mean and the number of values they are
-over (`<metric>_n`, after every other column). A metric whose runs share one computation (an analysis's
-`FinalColumns.shared`, e.g. the Hessian of the common initial model) counts each distinct value once.
+over (`<metric>_n`, after the statistics), then the fedscape versions that trained the group's runs
+(`code_versions`, the last column), so that means over runs of two versions (seeds rerun after a code change) say so.
+A metric whose runs share one computation (an analysis's `FinalColumns.shared`, e.g. the Hessian of the common
+initial model) counts each distinct value once.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ import pandas as pd
 from fedscape.analysis.contributions import final_contributions
 from fedscape.core.io import write_csv
 from fedscape.core.names import unknown_name_error
-from fedscape.core.runs import OK, RUN_FIELDS
-from fedscape.core.setting import setting_order_key
+from fedscape.core.runs import OK, RUN_FIELDS, RUN_ID
+from fedscape.core.setting import format_fraction, format_setting, setting_order_key
 from fedscape.fl.settings import CODE_VERSION, ROUNDS_COLUMNS
 from fedscape.outputs.stats import did_not_diverge, t_interval
-from fedscape.outputs.tables import read_table
+from fedscape.outputs.tables import UNRECORDED, read_table
 
 log = logging.getLogger("fedscape.summary")
 
@@ -48,10 +50,15 @@ FINAL_COLUMNS = [*RUN_KEYS, "final_round", "status", *RUN_METRICS, *CONTRIBUTED_
 # Metrics summarised over seeds, in column order.
 SUMMARY_METRICS = [*RUN_SUMMARY_METRICS, *(c for x in final_contributions() for c in x.summarised)]
 SUMMARY_STATS = ("mean", "std", "ci95_low", "ci95_high")
-# Each metric's number of values (`<metric>_n`) comes after every column that summary.csv had before it, so that no
-# column moves (users read them by name and by position).
+# The versions that trained a group's runs (`code_versions`: summary_table).
+CODE_VERSIONS = "code_versions"
+# Each metric's number of values (`<metric>_n`), then CODE_VERSIONS, come after every column that summary.csv had
+# before them, so that no column moves (users read them by name and by position).
 SUMMARY_COLUMNS = [*GROUP_KEYS, "n_seeds", "n_ok", *[f"{m}_{s}" for m in SUMMARY_METRICS for s in SUMMARY_STATS],
-                   *[f"{m}_n" for m in SUMMARY_METRICS]]
+                   *[f"{m}_n" for m in SUMMARY_METRICS], CODE_VERSIONS]
+# Joins the versions of a CODE_VERSIONS cell: no code_version label (core.manifest.code_label) holds it, nor does CSV
+# quote it.
+VERSION_SEPARATOR = ";"
 # The metrics whose value is one computation shared by the runs of a group (FinalColumns.shared).
 SHARED_METRICS = frozenset(c for contribution in final_contributions() for c in contribution.final.shared)
 # The analyses' tables final.csv reads, in the contributions' order (final_table's positional tables).
@@ -153,10 +160,22 @@ def _distinct(values: np.ndarray) -> np.ndarray:
     return np.asarray(kept, dtype=float)
 
 
+def code_versions(runs: pd.DataFrame) -> str | float:
+    """The CODE_VERSIONS cell of a group's `runs` (every one, diverged ones included: they are in n_seeds): their
+    distinct code_version values, sorted, joined by VERSION_SEPARATOR, then UNRECORDED where some runs have none
+    (trained before the version was recorded, or by a job that could not tell: code_label's own UNRECORDED); NaN, an
+    empty cell as read_table reads it back, where no run has one."""
+    values = {"" if pd.isna(v) else str(v) for v in runs[CODE_VERSION]}
+    recorded = sorted(values - {"", UNRECORDED})
+    if not recorded:
+        return np.nan
+    return VERSION_SEPARATOR.join([*recorded, *([UNRECORDED] if values & {"", UNRECORDED} else [])])
+
+
 def summary_table(final: pd.DataFrame) -> pd.DataFrame:
     """Per group of runs differing only in seed: n_seeds, n_ok and mean / std / 95% t-interval (the columns
-    `<metric>_ci95_*` say the level, so it is not a parameter) per metric, and the number of values each metric's
-    statistics are over (`<metric>_n`).
+    `<metric>_ci95_*` say the level, so it is not a parameter) per metric, the number of values each metric's
+    statistics are over (`<metric>_n`) and the versions that trained the runs (`code_versions`).
 
     The statistics are over the n_ok runs that did not diverge (`did_not_diverge`). Each metric uses
     those runs' finite values (`metric_values`: a shared metric's distinct ones); a metric with one value has NaN
@@ -172,6 +191,7 @@ def summary_table(final: pd.DataFrame) -> pd.DataFrame:
             mean, std, lo, hi, n = t_interval(metric_values(ok, metric), 0.95)
             row.update({f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_ci95_low": lo,
                         f"{metric}_ci95_high": hi, f"{metric}_n": n})
+        row[CODE_VERSIONS] = code_versions(sub)
         rows.append(row)
     df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     return df.sort_values(GROUP_KEYS, key=_sort_key, kind="stable").reset_index(drop=True)
@@ -192,8 +212,19 @@ def final_table_job(rounds: str | Path, output: str | Path, **tables: str | Path
     log.info("final.csv: %d runs; headline numbers present: %s", len(df), ", ".join(computed) or "none")
 
 
+def _group_name(row: pd.Series) -> str:
+    """A group of summary.csv in one word: its runs' id with every seed (`.../part~1.0/seed~*`)."""
+    return RUN_ID.format(**{**row[GROUP_KEYS].to_dict(), "alpha": format_setting(row["alpha"]),
+                            "participation": format_fraction(row["participation"]), "seed": "*"})
+
+
 def summary_table_job(final: str | Path, output: str | Path) -> None:
-    """Write results/tables/summary.csv from final.csv."""
+    """Write results/tables/summary.csv from final.csv; warn of the groups whose runs more than one version trained."""
     df = summary_table(read_table(final, FINAL_COLUMNS))
     write_csv(df, output)
     log.info("summary.csv: %d groups from %d seeds at most", len(df), int(df["n_seeds"].max()) if len(df) else 0)
+    mixed = df[df[CODE_VERSIONS].map(lambda v: isinstance(v, str) and VERSION_SEPARATOR in v)]
+    if len(mixed):
+        log.warning("summary.csv: the statistics of %d group(s) are over runs of more than one fedscape version "
+                    "(column %s; rerun the older seeds to compare like with like): %s", len(mixed), CODE_VERSIONS,
+                    ", ".join(f"{_group_name(row)} ({row[CODE_VERSIONS]})" for _, row in mixed.iterrows()))

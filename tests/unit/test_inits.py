@@ -19,7 +19,7 @@ from fedscape.data.federated import FederatedData
 from fedscape.data.partition import load_partition, make_partition, save_partition
 from fedscape.data.sources import load_source
 from fedscape.fl.engine import run_federated
-from fedscape.fl.settings import TrainConfig
+from fedscape.fl.settings import MEMORY_KEYS, TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.models.checkpoint import ModelMeta, load_trajectory, save_trajectory
 from fedscape.models.evaluate import evaluate
@@ -282,6 +282,72 @@ def test_iid_warmup_is_fedavg_rounds_on_the_iid_split(tmp_path):
     assert not torch.equal(init.params[0], start)
     assert init.meta["kind"] == "iid_warmup" and init.meta["rounds"] == 1 and init.meta["test_acc"] > 0
     assert not (tmp_path / "prog").exists()
+
+
+# -- attempts of a resumed init --------------------------------------------------------------------
+ANOTHER_CPU = "another CPU"
+
+
+def _killed(monkeypatch, kind: str, when: str, run) -> None:
+    """Call `run()` (an init job) and kill it after its first epoch or round is kept, or after its last, before its
+    model file is written."""
+    from helpers.resume import killed_after_round, killed_at_call
+
+    if when == "after_last":
+        killed_at_call(monkeypatch, inits_mod, "_save", 1, run)
+    elif kind == "pretrained":
+        killed_at_call(monkeypatch, inits_mod, "atomic_path", 2, run)  # at the second epoch's progress
+    else:
+        killed_after_round(monkeypatch, 1, run)
+
+
+@pytest.mark.parametrize(("kind", "when", "expected"), [
+    ("pretrained", None, []),  # unbroken: no attempts, its meta as before
+    ("pretrained", "after_first", [(1, "here"), (2, ANOTHER_CPU)]),
+    ("pretrained", "after_last", [(1, "here")]),  # the resumed call trains none: where the epochs trained
+    # progress saved before attempts were kept: its epochs by an attempt of unknown compute
+    ("pretrained", "old_progress", [(1, None), (2, ANOTHER_CPU)]),
+    ("iid_warmup", None, []),
+    ("iid_warmup", "after_first", [(1, "here"), (2, ANOTHER_CPU)]),
+    ("iid_warmup", "after_last", [(1, "here")]),
+])
+def test_an_init_resumed_on_another_device_records_each_attempt_and_the_weights_of_an_unbroken_one(
+        tmp_path, monkeypatch, kind, when, expected):
+    # Prepare: a 2-epoch pretraining or 3-round warm-up, unbroken (the reference); killed, and resumed where
+    # describe_compute names another device
+    settings, inputs, first = ((pretrained_settings(), {}, "from_epoch") if kind == "pretrained" else
+                               (warmup_settings(tmp_path, rounds=3), {"partition": str(tmp_path / "partition.npz")},
+                                "from_round"))
+    here = inits_mod.describe_compute(torch.device("cpu"), "fp32")["device_name"]
+    init_job(settings, tmp_path / "reference.pt", inputs, tmp_path / "reference")
+    reference = load_trajectory(tmp_path / "reference.pt")
+    if when is not None:
+        _killed(monkeypatch, kind, when, lambda: init_job(settings, tmp_path / "init.pt", inputs, tmp_path / "prog"))
+        if when == "old_progress":
+            state = torch.load(tmp_path / "prog" / "state.pt", weights_only=True)
+            del state["attempts"]
+            torch.save(state, tmp_path / "prog" / "state.pt")
+        real = inits_mod.describe_compute
+        monkeypatch.setattr(inits_mod, "describe_compute",
+                            lambda device, precision: {**real(device, precision), "device_name": ANOTHER_CPU})
+
+    # Execute: unbroken, or resumed
+    init_job(settings, tmp_path / "init.pt", inputs, tmp_path / "prog")
+    init = load_trajectory(tmp_path / "init.pt")
+
+    # Assert: each attempt's first epoch or round and device (an unbroken init: none), the meta's compute that of
+    # the last call, and the weights of the unbroken init bit for bit
+    attempts = init.meta.get("attempts", [])
+    assert ("attempts" in init.meta) == bool(expected)
+    assert [(a[first], a.get("device_name")) for a in attempts] == [(n, here if d == "here" else d)
+                                                                      for n, d in expected]
+    assert all((a["device"], a["precision_used"]) == ("cpu", "fp32") for a in attempts if "device_name" in a)
+    if kind == "iid_warmup":  # a train job's attempt: its memory settings too
+        assert all({k: a[k] for k in MEMORY_KEYS} == {k: settings["warmup_training"][k] for k in MEMORY_KEYS}
+                   for a in attempts)
+    assert init.meta["device_name"] == (here if when is None else ANOTHER_CPU)
+    assert torch.equal(init.params, reference.params) and torch.equal(init.buffers, reference.buffers)
+    assert (init.meta["kind"], init.meta["init"]) == (kind, settings["init"])
 
 
 # -- continue --------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from fedscape.data.locations import without_data_locations
 from fedscape.data.partition import check_partition_file
 from fedscape.data.specs import INIT_LOCATION_BASELINES, dataset_info
 from fedscape.fl.engine import run_federated
+from fedscape.fl.settings import MEMORY_KEYS
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.models.checkpoint import ModelMeta, load_trajectory, save_trajectory
 from fedscape.models.device import describe_compute, log_compute, resolve_device, use_precision
@@ -49,7 +50,7 @@ from fedscape.models.params import flatten_buffers, flatten_params, load_buffers
 from fedscape.models.registry import build_model
 from fedscape.models.specs import EVAL_BATCH_SIZE
 from fedscape.stages.init_settings import WARMUP_ALGORITHM, ContinueInit, InitJob, PretrainedInit, WarmupInit
-from fedscape.stages.progress import progress_key, resume_settings
+from fedscape.stages.progress import attempt_compute, attempts_record, progress_key, resume_settings
 
 log = logging.getLogger("fedscape.init")
 # Within a pretraining epoch, at most one progress line per this many seconds (a whole epoch is resumed, not a part)
@@ -194,12 +195,12 @@ def pretrain(job: PretrainedInit, progress_dir: str | Path | None = None,
     compute = describe_compute(device, job.precision)
     log_compute(compute)
     with use_precision(job.precision, device):
-        model, meta = _pretrain(job, progress_dir, device, key or digest(to_settings(job)))
+        model, meta = _pretrain(job, progress_dir, device, key or digest(to_settings(job)), attempt_compute(compute))
     return model, {**meta, **compute}
 
 
-def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torch.device,
-              key: str) -> tuple[torch.nn.Module, dict]:
+def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torch.device, key: str,
+              attempt: dict) -> tuple[torch.nn.Module, dict]:
     cfg = job.schedule()
     proxy = proxy_data(job, device)
     y, proxy_classes, source = proxy.y, proxy.num_classes, proxy.source
@@ -209,20 +210,26 @@ def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torc
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     augment = job.dataset_options.get("augment", "none")
     progress = Path(progress_dir) / "state.pt" if progress_dir else None
-    start = 0
+    start, attempts = 0, []  # attempts: each call that trained epochs, in order (`attempt`, and its first epoch)
     if progress is not None and progress.exists():
         try:
             state = torch.load(progress, map_location=device, weights_only=True)
             if state.get("key") == key:
                 model.load_state_dict(state["model"])
                 opt.load_state_dict(state["opt"])
-                start = int(state["epoch"])
+                # Progress saved before attempts were kept: its epochs were trained by one or more earlier calls of
+                # unknown compute, recorded as one attempt from epoch 1 without compute keys, not as none, which
+                # would claim them for this call's device
+                start, attempts = int(state["epoch"]), list(state.get("attempts", [{"from_epoch": 1}]))
                 log.info("resuming pretraining after epoch %d/%d", start, cfg.epochs)
         except Exception as exc:  # a file cut short by a kill: start afresh
             log.warning("cannot resume pretraining from %s (%s): starting afresh", progress, exc)
     log.info("pretraining %s on %s (%d samples, %d classes) for %d epochs: lr %g, batch %d, momentum %g, "
              "weight decay %g, device %s", job.model, source, len(y), proxy_classes, cfg.epochs, cfg.lr,
              cfg.batch_size, cfg.momentum, cfg.weight_decay, device)
+    trained = start < cfg.epochs
+    if trained:  # a call that trains epochs (not one that finds them all done): its attempt
+        attempts.append({**attempt, "from_epoch": start + 1})
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         generator = torch.Generator().manual_seed(derive_seed(cfg.seed, epoch, _EPOCH_STREAM))
@@ -245,7 +252,8 @@ def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torc
         _check_finite(model, job, epoch + 1, epoch_loss)  # before its progress is kept
         if progress is not None:
             with atomic_path(progress) as tmp:
-                torch.save({"key": key, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict()}, tmp)
+                torch.save({"key": key, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
+                            "attempts": attempts}, tmp)
         log.info("pretraining epoch %d/%d: loss %.4f (%.1f s)", epoch + 1, cfg.epochs, epoch_loss,
                  time.perf_counter() - t0)
     # a pretraining resumed after its last epoch trains none here: its weights are checked all the same
@@ -253,7 +261,7 @@ def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torc
     proxy_eval = proxy.evaluate(model)
     meta = {"proxy": source, "proxy_samples": len(y), "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
             "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "proxy_loss": proxy_eval.loss,
-            "proxy_acc": proxy_eval.acc, "head_reinitialised": not same_labels}
+            "proxy_acc": proxy_eval.acc, "head_reinitialised": not same_labels, **attempts_record(attempts, trained)}
     if not same_labels:
         model = _with_new_head(model, job, cfg.seed).to(device)
     else:
@@ -308,8 +316,11 @@ def iid_warmup(job: WarmupInit, partition_path: str | Path, progress_dir: str | 
     data = federate(dataset_from_options(job.dataset, job.dataset_options), partition_path, device)
     model = random_model(job).to(device).train()
     log.info("IID warm-up: %d round(s) of FedAvg on %d clients (%s)", cfg.rounds, data.num_clients, partition_path)
+    # as a train job's attempt: its memory keys, which a warm-up resumed after a kill may change (WarmupInit.neutral),
+    # and where and how precisely it computed
+    attempt = {**{name: getattr(job.warmup_training, name) for name in MEMORY_KEYS}, **attempt_compute(compute)}
     result = run_federated(model, data, make_strategy(WARMUP_ALGORITHM), cfg, progress_dir=progress_dir,
-                           progress_key=key or digest(to_settings(job)))
+                           progress_key=key or digest(to_settings(job)), attempt=attempt)
     if result.status != "ok":
         raise RuntimeError(f"the IID warm-up diverged (status {result.status}); lower its learning rate")
     load_params(model, result.params[-1].to(device))
@@ -317,7 +328,8 @@ def iid_warmup(job: WarmupInit, partition_path: str | Path, progress_dir: str | 
         load_buffers(model, result.buffers[-1].to(device))
     final = result.rows[-1]
     return model.eval(), {"rounds": cfg.rounds, "num_clients": data.num_clients, "partition": str(partition_path),
-                          "train_acc": final["train_acc"], "test_acc": final["test_acc"], **compute}
+                          "train_acc": final["train_acc"], "test_acc": final["test_acc"], **compute,
+                          **attempts_record(result.attempts, result.trained)}
 
 
 # -- continue --------------------------------------------------------------------------------------

@@ -14,8 +14,23 @@ from fedscape.core.fingerprints import file_sha256
 from fedscape.core.io import atomic_path
 from fedscape.core.jobs import JobSettings
 from fedscape.data.locations import without_data_locations
+from fedscape.fl.settings import ATTEMPT_COMPUTE
 
 log = logging.getLogger("fedscape.progress")
+
+
+def attempt_compute(compute: dict) -> dict:
+    """What an attempt of a resumable job (a call that trained rounds or epochs of it) records of where and how
+    precisely it computed: `describe_compute`'s `ATTEMPT_COMPUTE` keys."""
+    return {key: compute[key] for key in ATTEMPT_COMPUTE if key in compute}
+
+
+def attempts_record(attempts: list[dict], trained: bool) -> dict:
+    """A resumable job's `attempts` for its record (a run's meta.json, an init's meta): each call that trained part
+    of it, listed where it resumed after a kill (more than one), or where this call trained none (it found every
+    round or epoch done: its own compute then names where it evaluated, not where its model trained). An unbroken
+    job lists none."""
+    return {"attempts": attempts} if len(attempts) > 1 or (attempts and not trained) else {}
 
 
 def input_digests(inputs: Iterable[str | os.PathLike]) -> tuple[str, ...]:

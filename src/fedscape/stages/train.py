@@ -15,13 +15,13 @@ from fedscape.core.provenance import check_belongs
 from fedscape.core.setting import alpha_column
 from fedscape.data.federated import load_federated_data
 from fedscape.fl.engine import InitialModelDiverged, run_federated
-from fedscape.fl.settings import ATTEMPT_COMPUTE, CLIENT_UPDATES_COLUMNS, CODE_VERSION, MEMORY_KEYS, ROUNDS_COLUMNS
+from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS, CODE_VERSION, MEMORY_KEYS, ROUNDS_COLUMNS
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.swa import SWA_BN_COLUMN, SWA_METRICS, SWASettings
 from fedscape.models.batchnorm import has_batch_norm
 from fedscape.models.checkpoint import CheckpointError, load_trajectory, save_clients, save_trajectory
 from fedscape.models.device import describe_compute, log_compute, resolve_device
-from fedscape.stages.progress import progress_key, resume_settings
+from fedscape.stages.progress import attempt_compute, attempts_record, progress_key, resume_settings
 from fedscape.stages.train_settings import TrainJob
 
 log = logging.getLogger("fedscape.train")
@@ -66,7 +66,7 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
     # cost.csv times each attempt's rounds by its own)
     compute = describe_compute(device, cfg.precision)
     attempt = {**{key: settings["training"][key] for key in MEMORY_KEYS if key in settings["training"]},
-               **{key: compute[key] for key in ATTEMPT_COMPUTE if key in compute}}
+               **attempt_compute(compute)}
     key = progress_key(resume_settings(settings, TrainJob), (partition_path, init_path))
     try:
         result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir, progress_key=key, swa=swa,
@@ -85,10 +85,8 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
                     swa=result.swa)
     save_clients(outputs["clients"], result.clients, model_meta, meta)
     # resumed after a kill: each attempt's first round, memory settings and device, in meta.json alone (so that the
-    # checkpoints are those of an unbroken run). A call that found every round done trained none: the attempts name
-    # where and how its rounds trained, not this call's device
-    if len(result.attempts) > 1 or (result.attempts and not result.trained):
-        meta["attempts"] = result.attempts
+    # checkpoints are those of an unbroken run)
+    meta.update(attempts_record(result.attempts, result.trained))
     rows = pd.DataFrame(result.rows)
     for key in ("dataset", "model", "init", "algorithm", "num_clients", "seed"):
         rows[key] = run[key]

@@ -31,11 +31,13 @@ class DenseOperator:
         return self.matrix @ v.to(self.dtype)
 
 
-def one_round_run(tmp: Path) -> dict:
+def one_round_run(tmp: Path, hessian: dict | None = None, **sections) -> dict:
     """One FedAvg run of the tiny config (4 IID clients, a random init), trained one round in `tmp`, with the CHEAP
-    Hessian section and no other analysis: its config, runs, run, trajectory and partition."""
-    config = tiny_config(**CHEAP)
-    config.update(alphas=["iid"], experiments=[{"alpha": "iid"}], inits={"random": {"kind": "random", "seed": 0}})
+    Hessian section (or `hessian`) and no other analysis: its config, runs, run, trajectory and partition. `sections`
+    replace the config's top-level entries (e.g. `experiments` and `algorithms` of another algorithm)."""
+    config = tiny_config(**(CHEAP if hessian is None else hessian))
+    config.update({"alphas": ["iid"], "experiments": [{"alpha": "iid"}],
+                   "inits": {"random": {"kind": "random", "seed": 0}}, **sections})
     for section in ("interpolation", "layer_barriers", "landscapes"):
         config.pop(section, None)
     config["training"].update(rounds=1, save_clients_at=[])

@@ -14,8 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers.configs import tiny_config
-from helpers.hessian import DenseOperator
-from helpers.stages import train_run
+from helpers.hessian import DenseOperator, one_round_run
 from helpers.workflow import ROOT
 from torch import nn
 
@@ -182,22 +181,15 @@ def test_eval_samples_all_reaches_the_job_settings():
 
 def test_hessian_stage_with_eval_samples_all_takes_every_training_sample_of_a_moon_projection_run(tmp_path):
     # Prepare: a one-round MOON run whose classifier sits on its projection head (the model the trajectory rebuilds)
-    config = tiny_config(eval_samples="all", cache_graph=False, trace_probes=4, max_iter=5, tol=0.5,
-                         density={"enabled": False})
-    config.update(alphas=["iid"], experiments=[{"alpha": "iid", "algorithm": "moonp"}],
-                  algorithms={"moonp": {"name": "moon", "head": "projection"}},
-                  inits={"random": {"kind": "random", "seed": 0}})
-    for section in ("interpolation", "layer_barriers", "landscapes"):
-        config.pop(section, None)
-    config["training"].update(rounds=1, save_clients_at=[])
-    config = check_config(config, SCHEMA)
-    runs = build_runs(config)
-    (run,) = runs
-    partition, _, train = train_run(config, runs, run, tmp_path)
+    made = one_round_run(tmp_path, {"eval_samples": "all", "cache_graph": False, "trace_probes": 4, "max_iter": 5,
+                                    "tol": 0.5, "density": {"enabled": False}},
+                         experiments=[{"alpha": "iid", "algorithm": "moonp"}],
+                         algorithms={"moonp": {"name": "moon", "head": "projection"}})
+    config, runs, run, partition = made["config"], made["runs"], made["run"], made["partition"]
     outputs = {key: str(tmp_path / name) for key, name in JOB_FILES.items()}
 
     # Execute
-    hessian_stage(hessian_job_settings(config, runs, run, 1), train["trajectory"], partition, outputs)
+    hessian_stage(hessian_job_settings(config, runs, run, 1), made["trajectory"], partition, outputs)
 
     # Assert: the aggregate is the whole training split, each client its whole shard
     table = pd.read_csv(outputs["table"]).set_index("data")

@@ -651,6 +651,65 @@ def test_ranking_with_one_seed_has_no_rank_interval_and_the_figure_is_written(tm
     assert data.set_index(["init", "algorithm"]).loc[("random", "fedprox"), "rank"] == 1  # 0.72 > 0.70 on seed 1
 
 
+@pytest.mark.parametrize(("lost", "expected"), [
+    # (status, test_acc) of pretrained SCAFFOLD's seeds: one diverged, all diverged, none with a finite value
+    ({0: ("diverged", 0.99)}, {"n_seeds": 2, "rank_seed_n": 2, "n_algorithms": 3}),
+    ({s: ("diverged", 0.99) for s in range(3)}, {"n_seeds": None, "rank_seed_n": 3, "n_algorithms": 2}),
+    ({s: ("ok", math.nan) for s in range(3)}, {"n_seeds": None, "rank_seed_n": 3, "n_algorithms": 2}),
+], ids=["one-diverged", "all-diverged", "no-value"])
+def test_ranking_table_counts_the_seeds_its_rank_range_is_over(lost, expected):
+    # Prepare
+    final = ranking_final().assign(status="ok")
+    for seed, (status, value) in lost.items():
+        row = (final["init"] == "pretrained") & (final["algorithm"] == "scaffold") & (final["seed"] == seed)
+        final.loc[row, ["status", "test_acc"]] = [status, value]
+
+    # Execute
+    table = ranking_table(final).set_index(["init", "algorithm"])
+
+    # Assert: the means are over each algorithm's seeds, the rank ranges over the seeds every ranked algorithm has;
+    # an algorithm with no value is not ranked, the others rank 1..n among themselves
+    pretrained = table.loc["pretrained"]
+    assert pretrained["n_seeds"].get("scaffold") == expected["n_seeds"]
+    assert (pretrained["rank_seed_n"] == expected["rank_seed_n"]).all()
+    assert (pretrained["n_algorithms"] == expected["n_algorithms"]).all()
+    assert sorted(pretrained["rank"]) == list(range(1, expected["n_algorithms"] + 1))
+    assert (table.loc["random", "rank_seed_n"] == 3).all() and (table.loc["random", "n_seeds"] == 3).all()
+
+
+def lose_nothing(final: pd.DataFrame) -> pd.DataFrame:
+    return final.assign(status="ok")
+
+
+@pytest.mark.parametrize(("select", "band"), [
+    (lambda f: f, "means and bars (rank range) over 2-3 seeds"),  # pretrained SCAFFOLD lost a seed
+    (lose_nothing, "means and bars (rank range) over 3 seeds"),
+    (lambda f: f[f["seed"] == 1], "one seed"),
+    # one init: SCAFFOLD's mean is over 2 seeds, every rank range over the 2 seeds all three have
+    (lambda f: f[f["init"] == "pretrained"], "means over 2-3 seeds, bars (rank range) over 2 seeds"),
+    # a setting that ran fewer seeds
+    (lambda f: pd.concat([lose_nothing(f), lose_nothing(f[f["seed"] < 2]).assign(alpha=1.0)]),
+     "means and bars (rank range) over 2-3 seeds"),
+    # two seeds each, but only seed 1 has all three: no rank range
+    (lambda f: f[(f["init"] == "random") & (f["seed"] != (f["algorithm"] == "fedavg").map({True: 2, False: 0}))],
+     "means over 2 seeds; no rank range: under two seeds where every algorithm has a value"),
+], ids=["one-diverged", "all-equal", "one-seed", "bars-over-fewer", "setting-with-fewer", "no-shared-seeds"])
+def test_the_ranking_title_says_over_how_many_seeds(tmp_path, monkeypatch, select, band):
+    # Prepare
+    from fedscape.report.figures import algorithms as algorithm_figures
+
+    drawn = {}
+    save = algorithm_figures.save_figure
+    monkeypatch.setattr(algorithm_figures, "save_figure", lambda fig, *a: drawn.update(fig=fig) or save(fig, *a))
+
+    # Execute
+    ranking_figure(select(ranking_final()), "digits", "cnn_small", tmp_path / "ranking.png")
+
+    # Assert
+    assert drawn["fig"].get_suptitle() == (
+        f"digits / cnn_small: rank of each algorithm by final accuracy per initialisation ({band})")
+
+
 # -- final accuracy against local work (Nguyen et al. 2022: local updates from both inits) --------------
 WORK = {"fedavg": {"name": "fedavg", "local_epochs": 2}, "fedprox": {"name": "fedprox", "local_epochs": 2},
         "fedavg_e5": {"name": "fedavg", "local_epochs": 5}, "scaffold": {"name": "scaffold", "local_epochs": 1}}
@@ -686,6 +745,28 @@ def test_local_work_figure_is_written_and_an_unknown_label_is_an_error(tmp_path)
     assert len(data) == 6
     with pytest.raises(ValueError, match=r"algorithm labels \['scaffold'\] of final.csv have no local work"):
         local_work_table(final, {k: v for k, v in WORK.items() if k != "scaffold"})
+
+
+@pytest.mark.parametrize(("select", "band"), [
+    (lambda f: f, "mean and 95% t-interval over 2-3 seeds"),  # pretrained SCAFFOLD lost a seed
+    (lose_nothing, "mean and 95% t-interval over 3 seeds"),
+    (lambda f: f[f["seed"] == 1], "one seed"),
+    (lambda f: f[(f["algorithm"] != "fedavg") | (f["seed"] == 1)],
+     "mean and 95% t-interval over 1-3 seeds, no interval where one"),
+], ids=["one-diverged", "all-equal", "one-seed", "a-cell-of-one-seed"])
+def test_the_local_work_title_says_over_how_many_seeds(tmp_path, monkeypatch, select, band):
+    # Prepare
+    from fedscape.report.figures import algorithms as algorithm_figures
+
+    drawn = {}
+    save = algorithm_figures.save_figure
+    monkeypatch.setattr(algorithm_figures, "save_figure", lambda fig, *a: drawn.update(fig=fig) or save(fig, *a))
+
+    # Execute
+    local_work_figure(select(ranking_final()), "digits", "cnn_small", tmp_path / "local_work.png", WORK)
+
+    # Assert
+    assert drawn["fig"].get_suptitle() == f"digits / cnn_small: final accuracy against local work ({band})"
 
 
 def test_local_work_figure_draws_labels_in_local_steps_beside_those_in_epochs(tmp_path):

@@ -23,6 +23,7 @@ from fedscape.outputs.style import (
 )
 from fedscape.report.figures.common import (
     init_order,
+    seeds_range,
     select_model,
     setting_panels,
 )
@@ -33,16 +34,18 @@ LOCAL_WORK_COLUMNS = [*RANKING_SETTING, "init", "algorithm_name", "local_epochs"
                       "std", "ci95_low", "ci95_high", "local_steps", "variant"]
 VARIANT_MARKERS = ("o", "s", "^", "D", "v", "P")
 RANKING_COLUMNS = [*RANKING_SETTING, "init", "algorithm", "n_seeds", "mean", "ci95_low", "ci95_high", "rank",
-                   "rank_seed_min", "rank_seed_max", "n_algorithms"]
+                   "rank_seed_min", "rank_seed_max", "n_algorithms", "rank_seed_n"]
 
 
 def ranking_table(final: pd.DataFrame, column: str = "test_acc") -> pd.DataFrame:
     """Rank of every algorithm by mean final `column` over seeds (1 = best), per setting and init.
 
-    Only runs that did not diverge count. `rank_seed_min` / `rank_seed_max`: the best and worst rank the
-    algorithm takes when the algorithms are ranked seed by seed (same seed = same partition and sampling),
-    the seed interval of the rank, over the seeds where every ranked algorithm has a value (a rank among fewer
-    algorithms, where one diverged, would widen it); NaN with fewer than two such seeds.
+    Only runs that did not diverge count (`n_seeds`: those of the algorithm, which its mean and interval are over;
+    an algorithm none of whose runs has a value is not ranked). `rank_seed_min` / `rank_seed_max`: the best and worst
+    rank the algorithm takes when the algorithms are ranked seed by seed (same seed = same partition and sampling),
+    the seed interval of the rank, over the `rank_seed_n` seeds where every ranked algorithm has a value (a rank
+    among fewer algorithms, where one diverged, would widen it; so it can be fewer than `n_seeds`); NaN with fewer
+    than two such seeds.
     """
     ok = did_not_diverge(final)
     rows = []
@@ -64,7 +67,7 @@ def ranking_table(final: pd.DataFrame, column: str = "test_acc") -> pd.DataFrame
                              "rank": int(ranks[algorithm]),
                              "rank_seed_min": float(seed_rank.min()) if len(seed_rank) else math.nan,
                              "rank_seed_max": float(seed_rank.max()) if len(seed_rank) else math.nan,
-                             "n_algorithms": len(stats)})
+                             "n_algorithms": len(stats), "rank_seed_n": per_seed.shape[0]})
     return pd.DataFrame(rows, columns=RANKING_COLUMNS)
 
 
@@ -126,14 +129,26 @@ def ranking_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str
         setting = {"alpha": alpha, "num_clients": clients, "participation": part}
         ax.set_title(label_run(setting, ["alpha", *shown]) + ("" if len(inits) > 1 else "\n(one init: no change)"))
         ax.grid(axis="x", visible=False)
-    seeds = int(table["n_seeds"].max())
-    band = f"bars: rank range over {seeds} seeds" if seeds > 1 else "one seed"
     note = ("\nlines join only inits that rank the same algorithms (a rank among fewer algorithms is not comparable)"
             if unjoined else "")
-    fig.suptitle(f"{dataset} / {model}: rank of each algorithm by final accuracy per initialisation ({band})"
-                 f"{note}")
+    fig.suptitle(f"{dataset} / {model}: rank of each algorithm by final accuracy per initialisation "
+                 f"({ranking_seeds(table)}){note}")
     fig.legend(legend.values(), legend.keys(), loc="outside right center", title="algorithm")
     return save_figure(fig, base_path, table)
+
+
+def ranking_seeds(table: pd.DataFrame) -> str:
+    """Over how many seeds a ranking table's means (`n_seeds`) and rank ranges (`rank_seed_n`, the seeds where every
+    ranked algorithm has a value: fewer where one diverged) are, for the figure's title."""
+    means = seeds_range(table["n_seeds"])
+    if means == "one seed":
+        return means
+    bars = table.loc[table["rank_seed_min"].notna(), "rank_seed_n"]
+    if bars.empty:
+        return f"means over {means}; no rank range: under two seeds where every algorithm has a value"
+    ranges = seeds_range(bars)
+    return (f"means and bars (rank range) over {means}" if ranges == means
+            else f"means over {means}, bars (rank range) over {ranges}")
 
 
 def local_work_table(final: pd.DataFrame, work: dict[str, dict], column: str = "test_acc") -> pd.DataFrame:
@@ -201,8 +216,14 @@ def local_work_figure(final: pd.DataFrame, dataset: str, model: str, base_path: 
         ax.set_ylabel("final test accuracy" if column == "test_acc" else column)
         setting = {"alpha": alpha, "num_clients": clients, "participation": part}
         ax.set_title(label_run(setting, ["alpha", *shown]) + ("" if len(amounts) > 1 else "\n(one local work setting)"))
-    seeds = int(table["n_seeds"].max())
-    band = "mean and 95% t-interval over seeds" if seeds > 1 else "one seed"
-    fig.suptitle(f"{dataset} / {model}: final accuracy against local work ({band})")
+    fig.suptitle(f"{dataset} / {model}: final accuracy against local work ({local_work_seeds(table)})")
     fig.legend(legend.values(), legend.keys(), loc="outside right center")
     return save_figure(fig, base_path, table)
+
+
+def local_work_seeds(table: pd.DataFrame) -> str:
+    """Over how many seeds a local-work table's means and 95% t-intervals are, for the figure's title."""
+    over = seeds_range(table["n_seeds"])
+    if over == "one seed":
+        return over
+    return f"mean and 95% t-interval over {over}" + (", no interval where one" if (table["n_seeds"] == 1).any() else "")

@@ -54,11 +54,20 @@ def init_order(inits) -> list[str]:
     return sorted({str(i) for i in inits}, key=lambda i: (i != "random", i))
 
 
-def seeds_note(n_seeds: pd.Series) -> str:
-    """Title suffix saying over how many seeds the cells are aggregated (those with a value: a cell whose seeds all
-    diverged, n 0, is drawn as – and says nothing of the others)."""
+def seeds_range(n_seeds: pd.Series) -> str:
+    """Over how many seeds the cells with a value are: "3 seeds", "2-3 seeds" where cells lost seeds (diverged runs
+    are in no statistic) or ran fewer, "one seed". A cell whose seeds all diverged, n 0, is drawn as – and says
+    nothing of the others."""
     n_seeds = n_seeds[n_seeds > 0]
     lo, hi = (int(n_seeds.min()), int(n_seeds.max())) if len(n_seeds) else (0, 0)
     if hi <= 1:
+        return "one seed"
+    return f"{hi} seeds" if lo == hi else f"{lo}-{hi} seeds"
+
+
+def seeds_note(n_seeds: pd.Series) -> str:
+    """Title suffix saying over how many seeds the cells' mean ± std is (`seeds_range`)."""
+    over = seeds_range(n_seeds)
+    if over == "one seed":
         return ", one seed"
-    return f", mean ± std over {hi} seeds" if lo == hi else f", mean ± std over {lo}-{hi} seeds (± where 2 or more)"
+    return f", mean ± std over {over}" + (" (± where 2 or more)" if "-" in over else "")

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pandas as pd
 import pytest
 import torch
 from helpers.figures import assert_figure_files
+from helpers.resume import killed_at_call
 
+from fedscape.analysis.client_stats import stage as stage_mod
 from fedscape.analysis.client_stats.definitions import CLIENT_STATS_COLUMNS, CLIENT_STATS_FIGURE_COLUMNS
 from fedscape.analysis.client_stats.figures import client_stats_figure_job
+from fedscape.analysis.client_stats.stage import client_stats_job
 from fedscape.fl.client_stats import (
     client_drift,
     cosine_similarity,
@@ -20,6 +24,8 @@ from fedscape.fl.client_stats import (
     stats_from_checkpoints,
     update_cosine_mean,
 )
+from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS
+from fedscape.models.checkpoint import ModelMeta, save_trajectory
 
 
 @pytest.mark.parametrize("m", [1, 2, 5, 10])
@@ -231,3 +237,107 @@ def test_the_engine_s_drift_from_the_aggregate_with_one_client_per_round_is_draw
     # Assert
     assert list(ax.lines[0].get_ydata()) == [0.0] * 4
     assert [t.get_text().split("\n")[0] for t in ax.texts] == ["one client per round: 0 up to float rounding"]
+
+
+# -- the client_stats job: resumed after a kill ------------------------------------------------------------------
+# Three runs' inputs: (status, kept rounds, last round): a run that diverged at round 3, one that kept every round, one
+# that kept every other (training.save_every 2: NaN l2_to_final in the rounds between)
+RUNS = (("diverged", [0, 1, 2, 3], 3), ("ok", [0, 1, 2, 3, 4, 5], 5), ("ok", [0, 2, 4, 5], 5))
+
+
+def _write_run(run_dir, k: int, seed: int) -> None:
+    """Run `k` of RUNS in `run_dir`: trajectory.pt and client_updates.csv of random numbers from `seed` (a NaN cosine
+    in round 1: a table cell left empty)."""
+    status, rounds, last = RUNS[k]
+    g = torch.Generator().manual_seed(seed)
+    meta = {"run_id": _run_id(k), "status": status, "settings": {"training": {"rounds": last,
+                                                                              "save_every": 2 if k == 2 else 1}}}
+    save_trajectory(run_dir / "trajectory.pt", torch.randn(len(rounds), 6, generator=g),
+                    torch.zeros(len(rounds), 0), torch.tensor(rounds), ModelMeta("mlp", 10, 1, 8), meta)
+    stats = torch.rand(last, 4, generator=g).double()
+    stats[0, 3] = math.nan
+    updates = pd.DataFrame(stats.numpy(), columns=CLIENT_UPDATES_COLUMNS[3:])
+    updates.insert(0, "num_clients", 3)
+    updates.insert(0, "round", range(1, last + 1))
+    updates.insert(0, "run_id", _run_id(k))
+    updates.to_csv(run_dir / "client_updates.csv", index=False)
+
+
+def _run_id(k: int) -> str:
+    return f"tiny/mlp/init~random/algo~fedavg/alpha~iid/clients~3/part~1.0/seed~{k}"
+
+
+@pytest.fixture
+def three_runs(tmp_path):
+    """The client_stats job of the three RUNS: (settings, client_updates.csv paths, trajectory.pt paths)."""
+    dirs = [tmp_path / "train" / f"run{k}" for k in range(len(RUNS))]
+    for k, run_dir in enumerate(dirs):
+        run_dir.mkdir(parents=True)
+        _write_run(run_dir, k, seed=k)
+    settings = {"run_ids": [_run_id(k) for k in range(len(RUNS))]}  # as the rule's params give them (version 1)
+    return settings, [d / "client_updates.csv" for d in dirs], [d / "trajectory.pt" for d in dirs]
+
+
+def test_a_killed_client_stats_job_resumes_after_its_last_finished_run(three_runs, tmp_path, monkeypatch, caplog):
+    # Prepare: the table of an unbroken job (no progress kept)
+    settings, updates, trajectories = three_runs
+    client_stats_job(settings, updates, trajectories, tmp_path / "unbroken.csv")
+    progress, output = tmp_path / "_progress", tmp_path / "client_stats.csv"
+
+    def job():
+        client_stats_job(settings, updates, trajectories, output, progress)
+
+    # Execute: killed while it reads the third run's trajectory, then run again
+    loads = killed_at_call(monkeypatch, stage_mod, "load_trajectory", 3, job)
+    kept, written = sorted(p.relative_to(progress).as_posix() for p in progress.rglob("*.pt")), output.exists()
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="fedscape.client_stats")
+    job()
+
+    # Assert: the first two runs' rows kept, read back and not computed again (one trajectory read: the third run's);
+    # the diverged run's warning said again; the table byte for byte the unbroken job's; the progress gone
+    assert kept == [f"{_run_id(k)}.pt" for k in (0, 1)] and not written
+    assert len(loads) == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0].startswith(f"progress is kept in {progress} after every run")
+    assert [m for m in messages if m.startswith("client stats")] == [
+        f"client stats 1/3: {_run_id(0)} (4 rounds) (resumed)", f"client stats 2/3: {_run_id(1)} (6 rounds) (resumed)",
+        f"client stats 3/3: {_run_id(2)} (6 rounds)"]
+    assert sum("l2_to_final is NaN" in m for m in messages) == 1
+    assert output.read_bytes() == (tmp_path / "unbroken.csv").read_bytes()
+    assert not progress.exists()
+
+
+@pytest.mark.parametrize(("change", "computed"), [
+    (None, [2]),  # the run the kill cut short alone
+    ("trajectory", [0, 2]),  # run 0's trajectory remade with other numbers
+    ("client_updates", [0, 2]),  # run 0's client_updates.csv remade with other numbers
+    ("result_version", [0, 1, 2]),  # another job: none of its parts is this one's
+])
+def test_a_rerun_computes_the_runs_whose_inputs_or_job_changed_since_the_kill(three_runs, tmp_path, monkeypatch,
+                                                                             caplog, change, computed):
+    # Prepare: a job killed at its third run; then `change`, and the table of an unbroken job of what is there now
+    settings, updates, trajectories = three_runs
+    progress, output = tmp_path / "_progress", tmp_path / "client_stats.csv"
+    killed_at_call(monkeypatch, stage_mod, "load_trajectory", 3,
+                   lambda: client_stats_job(settings, updates, trajectories, output, progress))
+    if change in ("trajectory", "client_updates"):
+        remade = tmp_path / "remade"
+        remade.mkdir()
+        _write_run(remade, 0, seed=100)
+        (remade / f"{change}.{'pt' if change == 'trajectory' else 'csv'}").replace(
+            (trajectories if change == "trajectory" else updates)[0])
+    if change == "result_version":
+        settings = {**settings, "result_version": 2}
+    client_stats_job(settings, updates, trajectories, tmp_path / "unbroken.csv")
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="fedscape.client_stats")
+
+    # Execute
+    client_stats_job(settings, updates, trajectories, output, progress)
+
+    # Assert: the changed runs computed (not resumed), and the table is that of an unbroken job
+    done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("client stats")]
+    assert [k for k, line in enumerate(done) if not line.endswith("(resumed)")] == computed
+    assert output.read_bytes() == (tmp_path / "unbroken.csv").read_bytes()
+    assert not progress.exists()

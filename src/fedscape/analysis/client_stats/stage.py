@@ -10,23 +10,28 @@ The backfill, for a run directory without client_updates.csv (rows for the round
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from fedscape.analysis.client_stats.definitions import CLIENT_STATS_COLUMNS, ClientStatsJob
+from fedscape.core.fingerprints import file_sha256
 from fedscape.core.io import write_csv
 from fedscape.fl.client_stats import l2_to_final, stats_from_checkpoints
 from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS, STAT_KEYS
 from fedscape.models.checkpoint import load_clients, load_trajectory
 from fedscape.outputs.tables import read_table
+from fedscape.stages.progress import Parts, progress_key, resume_settings
 
 log = logging.getLogger("fedscape.client_stats")
 
 
 def client_stats_job(settings: dict, updates: list[str | Path], trajectories: list[str | Path],
-                     output: str | Path) -> None:
+                     output: str | Path, progress_dir: str | Path | None = None) -> None:
     """client_stats.csv: the per-round client statistics of every run of the job (`ClientStatsJob`: the runs,
     whose client_updates.csv and trajectory.pt are `updates` and `trajectories`, in order) with the L2 distance to
     its final model.
@@ -34,27 +39,67 @@ def client_stats_job(settings: dict, updates: list[str | Path], trajectories: li
     One row per run and round 0..final; round 0 (the init) has no client update, so only l2_to_final. A
     diverged run (rounds up to the one where it diverged) has no final model: its l2_to_final is NaN, as is that
     of a round whose global model the run did not keep (training.save_every).
+
+    With `progress_dir`, each run's rows are kept there until the job ends (`Parts`, keyed by `_run_inputs`): a rerun
+    after a kill (meta.yaml's job reads 6 TB of trajectories for hours) does not read a finished run's trajectory
+    again.
     """
     run_ids = ClientStatsJob.from_settings(settings).run_ids
+    meaning = resume_settings(settings, ClientStatsJob)
+    if progress_dir is not None:
+        log.info("progress is kept in %s after every run: if this job is killed, run the workflow again (with "
+                 "--rerun-incomplete if Snakemake says its outputs are incomplete) and it resumes", progress_dir)
     frames = []
     for k, (run_id, upd, traj_path) in enumerate(zip(run_ids, updates, trajectories, strict=True), start=1):
-        traj = load_trajectory(traj_path, run_id=run_id)
-        reason = traj.unusable(traj.final_round)
-        if reason is None:
-            l2 = l2_to_final(traj.params).numpy()
+        parts = Parts(progress_dir, progress_key(meaning, digests=_run_inputs(upd, traj_path)))
+        saved = parts.load(run_id)
+        if saved is None:
+            df, unusable = _run_stats(run_id, upd, traj_path)
+            parts.save(run_id, {"columns": {c: _plain(df[c]) for c in df.columns}, "unusable": unusable})
         else:
-            log.warning("run %s: %s; it has no final model, so its l2_to_final is NaN", run_id, reason)
-            l2 = np.full(len(traj.rounds), np.nan)
-        df = pd.DataFrame({"round": traj.rounds.numpy(), "l2_to_final": l2})
-        stats = read_table(upd, ["round", *STAT_KEYS], expect={"run_id": run_id})
-        # outer: a run with training.save_every keeps the models of some rounds only, but has every round's statistics
-        df = df.merge(stats.drop(columns=["run_id", "num_clients"], errors="ignore"), on="round",
-                      how="outer").sort_values("round", kind="stable")
-        df.insert(0, "run_id", run_id)
-        frames.append(df[CLIENT_STATS_COLUMNS])
-        log.info("client stats %d/%d: %s (%d rounds)", k, len(run_ids), run_id, len(df))
+            df = pd.DataFrame({c: v.numpy() if isinstance(v, torch.Tensor) else pd.Series(v, dtype=object)
+                               for c, v in saved["columns"].items()})
+            unusable = saved["unusable"]
+        if unusable is not None:  # said again for a resumed run: the log of a job resumed is that of an unbroken one
+            log.warning("run %s: %s; it has no final model, so its l2_to_final is NaN", run_id, unusable)
+        frames.append(df)
+        log.info("client stats %d/%d: %s (%d rounds)%s", k, len(run_ids), run_id, len(df),
+                 " (resumed)" if saved is not None else "")
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CLIENT_STATS_COLUMNS)
     write_csv(table, output)
+    if progress_dir is not None:
+        shutil.rmtree(progress_dir, ignore_errors=True)
+
+
+def _run_stats(run_id: str, updates: str | Path, trajectory: str | Path) -> tuple[pd.DataFrame, str | None]:
+    """One run's rows of client_stats.csv, and why it has no final model (None where it has one)."""
+    traj = load_trajectory(trajectory, run_id=run_id)
+    unusable = traj.unusable(traj.final_round)
+    l2 = l2_to_final(traj.params).numpy() if unusable is None else np.full(len(traj.rounds), np.nan)
+    df = pd.DataFrame({"round": traj.rounds.numpy(), "l2_to_final": l2})
+    stats = read_table(updates, ["round", *STAT_KEYS], expect={"run_id": run_id})
+    # outer: a run with training.save_every keeps the models of some rounds only, but has every round's statistics
+    df = df.merge(stats.drop(columns=["run_id", "num_clients"], errors="ignore"), on="round",
+                  how="outer").sort_values("round", kind="stable")
+    df.insert(0, "run_id", run_id)
+    return df[CLIENT_STATS_COLUMNS], unusable
+
+
+def _run_inputs(updates: str | Path, trajectory: str | Path) -> list[str]:
+    """What a run's saved rows are keyed by beside the job's settings: the contents of its client_updates.csv, and
+    its trajectory.pt's size, modification time and inode. Reading is what this job's time goes to (slurm/config.yaml:
+    6 TB for meta.yaml): hashing each trajectory, as `stages.progress.input_digests` does the inputs of the barrier
+    and Hessian jobs, would read it once more, and a resumed run's as much as computing its rows did. A remade
+    trajectory is written anew (`core.io.atomic_path`: a new file renamed into place), so its time and inode
+    differ; a change that keeps all three is not seen (as in `core.fingerprints`' cache of data files' digests)."""
+    stat = os.stat(trajectory)
+    return [file_sha256(updates), f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}"]
+
+
+def _plain(column: pd.Series) -> torch.Tensor | list:
+    """A column of a run's rows as a part holds it (`Parts`: plain data): a numeric one as a tensor of its dtype (the
+    same numbers, bit for bit, so that the table is byte for byte an unbroken job's), any other as a list."""
+    return torch.from_numpy(column.to_numpy(copy=True)) if column.dtype.kind in "biuf" else column.tolist()
 
 
 def backfill_client_updates(run_dir: str | Path, overwrite: bool = False) -> Path:

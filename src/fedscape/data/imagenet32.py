@@ -210,8 +210,9 @@ def _temporary(stem: str) -> re.Pattern:
 
 def _remove_abandoned(path: Path, folder: Path) -> None:
     """Remove the temporary copies of `path` in `folder` that killed unpacks left (SIGKILL, or a SIGTERM outside a
-    job's `core.logs.job_log`, skip `_unpack`'s clean-up: gigabytes each): those whose lock no running unpack holds. Unpacks
-    of the same file run at once by design (`_unpack`), so a temporary file is no killed one's by its name alone.
+    job's `core.logs.job_log`, skip `_unpack`'s clean-up: gigabytes each): those whose lock no running unpack holds.
+    Unpacks of the same file run at once by design (`_unpack`), so a temporary file is no killed one's by its name
+    alone.
     Where the file system has no locks, one unwritten for `_ABANDONED_SECONDS`. Any failure leaves the file."""
     pattern = _temporary(path.stem)
     try:

@@ -2,6 +2,7 @@
 # 2023) between pairs of checkpoints named in the config (`interpolation.pairs`, `layer_barriers.pairs`).
 
 from fedscape.analysis.barriers.definitions import INTERPOLATION_FILES, LAYER_FILES
+from fedscape.core.config import result_version_params
 from fedscape.core.paths import (
     INTERPOLATION_DIR,
     INTERPOLATION_FIGURE,
@@ -91,6 +92,8 @@ rule interpolation_figure:
     localrule: True
     conda:
         "../envs/light.yaml"
+    params:
+        **result_version_params(barrier_plan.RESULT_VERSIONS["interpolation_figure"]),
     script:
         "../workflow/scripts/interpolation_figure.py"
 
@@ -192,6 +195,8 @@ rule layer_barrier_figures:
     localrule: True
     conda:
         "../envs/light.yaml"
+    params:
+        **result_version_params(barrier_plan.RESULT_VERSIONS["layer_barrier_figures"]),
     script:
         "../workflow/scripts/layer_barrier_figures.py"
 
@@ -215,6 +220,7 @@ rule layer_distance_figure:
     conda:
         "../envs/light.yaml"
     params:
+        **result_version_params(barrier_plan.RESULT_VERSIONS["layer_distance_figure"]),
         rounds=lambda wildcards: list(LAYER_PAIRS[wildcards.pair].rounds),
     script:
         "../workflow/scripts/layer_distance_figure.py"
@@ -247,6 +253,10 @@ rule layer_cumulation_figures:
     localrule: True
     conda:
         "../envs/light.yaml"
+    params:
+        **result_version_params(
+            barrier_plan.RESULT_VERSIONS["layer_cumulation_figures"]
+        ),
     script:
         "../workflow/scripts/layer_cumulation_figures.py"
 
@@ -277,6 +287,7 @@ rule layer_aligned_figures:
     conda:
         "../envs/light.yaml"
     params:
+        **result_version_params(barrier_plan.RESULT_VERSIONS["layer_aligned_figures"]),
         modes=lambda wildcards: list(config["layer_barriers"]["modes"]),
     script:
         "../workflow/scripts/layer_aligned_figures.py"
@@ -301,5 +312,7 @@ rule layer_training_figure:
     localrule: True
     conda:
         "../envs/light.yaml"
+    params:
+        **result_version_params(barrier_plan.RESULT_VERSIONS["layer_training_figure"]),
     script:
         "../workflow/scripts/layer_training_figure.py"

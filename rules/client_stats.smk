@@ -1,6 +1,7 @@
 # Client-update statistics per round (Yin et al. 2018; Nguyen et al. 2022): drift, gradient diversity,
 # update cosine and the L2 distance of the server weights to their final values.
 
+from fedscape.core.config import result_version_params
 from fedscape.core.paths import CLIENT_STATS_FIGURE
 from fedscape.plan import client_stats as client_stats_plan
 from fedscape.plan.train import run_files
@@ -38,5 +39,9 @@ rule client_stats_figure:
     localrule: True
     conda:
         "../envs/light.yaml"
+    params:
+        **result_version_params(
+            client_stats_plan.RESULT_VERSIONS["client_stats_figure"]
+        ),
     script:
         "../workflow/scripts/client_stats_figure.py"

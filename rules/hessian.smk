@@ -10,6 +10,7 @@ from fedscape.analysis.hessian.definitions import (
     client_columns,
     hessian_columns,
 )
+from fedscape.core.config import result_version_params
 from fedscape.core.paths import HESSIAN_DIR, HESSIAN_FIGURE
 from fedscape.core.runs import Run
 from fedscape.plan import hessian as hessian_plan
@@ -144,6 +145,9 @@ rule hessian_by_algorithm_figure:
     conda:
         "../envs/light.yaml"
     params:
+        **result_version_params(
+            hessian_plan.RESULT_VERSIONS["hessian_by_algorithm_figure"]
+        ),
         # the job draws by algorithm (its script's entry point); the param stays so that finished figures keep
         # their params and do not rerun
         by="algorithm",
@@ -172,6 +176,7 @@ rule hessian_by_init_figure:
     conda:
         "../envs/light.yaml"
     params:
+        **result_version_params(hessian_plan.RESULT_VERSIONS["hessian_by_init_figure"]),
         # the job draws by init (its script's entry point); the param stays so that finished figures keep
         # their params and do not rerun
         by="init",
@@ -201,5 +206,7 @@ rule hessian_density_figure:
     localrule: True
     conda:
         "../envs/light.yaml"
+    params:
+        **result_version_params(hessian_plan.RESULT_VERSIONS["hessian_density_figure"]),
     script:
         "../workflow/scripts/hessian_density_figure.py"

@@ -8,6 +8,7 @@ from fedscape.analysis.landscape.definitions import (
     PLANE_FILES,
     SURFACE_FILE,
 )
+from fedscape.core.config import result_version_params
 from fedscape.core.paths import LANDSCAPE_DIR, SURFACE_DIR
 from fedscape.plan import landscape as landscape_plan
 from fedscape.plan.resources import data_job_mem_mb
@@ -138,6 +139,7 @@ rule landscape_figure:
     conda:
         "../envs/light.yaml"
     params:
+        **result_version_params(landscape_plan.RESULT_VERSIONS["landscape_figure"]),
         settings=lambda wildcards: landscape_plan.figure_settings(
             config,
             LANDSCAPES[wildcards.surface],

@@ -66,6 +66,8 @@ rule curves_figure:
     localrule: True
     conda:
         "../envs/light.yaml"
+    params:
+        **result_version_params(report_plan.RESULT_VERSIONS["curves_figure"]),
     script:
         "../workflow/scripts/curves_figure.py"
 
@@ -90,6 +92,7 @@ rule accuracy_figure:
     conda:
         "../envs/light.yaml"
     params:
+        **result_version_params(report_plan.RESULT_VERSIONS["accuracy_figure"]),
         work=lambda wildcards: report_plan.local_work(config, RUNS),
     script:
         "../workflow/scripts/accuracy_figure.py"
@@ -112,5 +115,7 @@ rule cost_figure:
     localrule: True
     conda:
         "../envs/light.yaml"
+    params:
+        **result_version_params(report_plan.RESULT_VERSIONS["cost_figure"]),
     script:
         "../workflow/scripts/cost_figure.py"

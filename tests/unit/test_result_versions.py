@@ -1,5 +1,6 @@
 """Reruns follow meaning: each job kind's result version is part of its jobs' settings (left out at the first version,
-so declaring versions reran nothing), and the default profile leaves out Snakemake's `code` trigger."""
+so declaring versions reran nothing), every figure's in its params, and the default profile leaves out Snakemake's
+`code` trigger."""
 
 from __future__ import annotations
 
@@ -41,10 +42,68 @@ def test_every_computing_rule_declares_a_result_version_of_at_least_the_first():
 
 
 def test_every_versioned_rule_exists_in_the_rule_files():
-    rule_names = set(re.findall(r"^rule (\w+):", "".join(p.read_text() for p in (ROOT / "rules").glob("*.smk")),
-                                re.MULTILINE))
+    assert set(result_versions()) <= set(_rule_blocks())
 
-    assert set(result_versions()) <= rule_names
+
+def _rule_blocks() -> dict[str, str]:
+    """rule name -> its text, from every rule file."""
+    return {m[1]: m[2] for smk in sorted((ROOT / "rules").glob("*.smk"))
+            for m in re.finditer(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", smk.read_text(), flags=re.M | re.S)}
+
+
+def _section(block: str, name: str) -> str:
+    """The text of a rule's section (`output`, `params`), empty where the rule has none."""
+    found = re.search(rf"^    {name}:\n(.*?)(?=^    \w+:|\Z)", block, flags=re.M | re.S)
+    return found[1] if found else ""
+
+
+def _writes_a_figure(block: str) -> bool:
+    """Whether a rule's outputs name a figure: a figure path (Results.figure or figure_outputs, a *_FIGURE template,
+    the landscape's FIGURE_FILES) or a png."""
+    return re.search(r"figure|\bpng\b", _section(block, "output"), flags=re.I) is not None
+
+
+def _figure_rules() -> list[str]:
+    return sorted(rule for rule, block in _rule_blocks().items() if _writes_a_figure(block))
+
+
+@pytest.mark.parametrize(("output", "figure"), [
+    ('        **RESULTS.figure_outputs(\n            report,\n            CURVES_FIGURE,\n        ),\n', True),
+    ('        **{f"{split}_{ext}": path for ext, path in RESULTS.figure(LAYER_FIGURE).items()},\n', True),
+    ('        pdf=f"{RESULTS(SURFACE_DIR)}/x.pdf",\n        png=report(f"{RESULTS(SURFACE_DIR)}/x.png"),\n', True),
+    ('        table=RESULTS.table("final"),\n', False),
+    ('        plane=f"{RESULTS(HESSIAN_DIR)}/{PLANE_FILE}",\n', False),
+])
+def test_a_rule_writes_a_figure_where_its_outputs_name_one(output, figure):
+    # a figure's name in another section (its input table, its script) does not make a figure rule
+    block = (f'    input:\n        table=RESULTS.table("figure_data"),\n    output:\n{output}    log:\n'
+             f'        RESULTS.job_log("x_figure"),\n    script:\n        "../workflow/scripts/x_figure.py"\n')
+
+    assert _writes_a_figure(block) is figure
+
+
+def test_the_figure_rules_of_every_stage_are_found():
+    found = set(_figure_rules())
+
+    assert {"accuracy_figure", "hessian_density_figure", "layer_barrier_figures", "landscape_figure",
+            "client_stats_figure"} <= found
+    assert not found & {"final_table", "hessian_tables", "landscape_gather", "client_stats"}
+
+
+# A figure (its drawing, and the CSV of the numbers it draws beside it) changes without any table it reads changing: a
+# fix of one reaches finished results only through its version.
+@pytest.mark.parametrize("rule", _figure_rules())
+def test_every_figure_rule_declares_a_result_version(rule):
+    assert rule in result_versions(), f"{rule} writes a figure: declare its result version in its plan module"
+
+
+@pytest.mark.parametrize("rule", _figure_rules())
+def test_every_figure_rule_passes_its_result_version_in_its_params(rule):
+    # as the tables do: nothing at the first version, so declaring one reran no figure
+    params = _section(_rule_blocks()[rule], "params")
+
+    assert re.search(rf'\*\*result_version_params\(\s*\w+\.RESULT_VERSIONS\["{rule}"\]\s*\)', params), (
+        f"{rule} writes a figure: pass `**result_version_params(<plan>.RESULT_VERSIONS[\"{rule}\"])` in its params")
 
 
 @pytest.mark.parametrize(("version", "expected"), [(1, {}), (2, {RESULT_VERSION: 2}), (17, {RESULT_VERSION: 17})])

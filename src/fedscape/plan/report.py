@@ -24,7 +24,10 @@ ACCURACY_KINDS = figure_kinds.ACCURACY_KINDS
 # summary took as two values). summary_table 3: a shared metric's values that differ by rounding alone (a round-0
 # Hessian computed per seed on a card) are one value. summary_table 4: a last column, `code_versions`, names the
 # versions that trained each group's runs (no number changes: made again, so that every summary.csv has it).
-RESULT_VERSIONS = {"final_table": 2, "summary_table": 4}
+# accuracy_figure 2: the ranking CSV has a last column, `rank_seed_n`, the seeds of each rank range, and the ranking
+# and local-work titles say over how many seeds their means and bars are (a range where cells lost seeds; the
+# ranking's said the most of any cell).
+RESULT_VERSIONS = {"final_table": 2, "summary_table": 4, "curves_figure": 1, "accuracy_figure": 2, "cost_figure": 1}
 
 
 def final_table_inputs(config: dict, runs: list[Run]) -> dict[str, str]:

@@ -152,8 +152,8 @@ def _result_versions(params: str) -> frozenset[int] | None:
     """The result versions in one side of Snakemake's params change (`before` or `now`: the params only that side has,
     each a repr, joined by commas): a settings dict's RESULT_VERSION (FIRST_RESULT_VERSION where it has none), and a
     bare integer, which in a rule with a result version is that version (`result_version_params` as a param of its
-    own: the tables, client_stats; none at the first version). A version both sides share is in neither, as is any
-    param both share. None where the params are no Python literal, so that their versions cannot be read."""
+    own: the tables, the figures, client_stats; none at the first version). A version both sides share is in neither,
+    as is any param both share. None where the params are no Python literal, so that their versions cannot be read."""
     try:
         values = () if params == _NO_PARAMS else ast.literal_eval(params)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):

@@ -72,6 +72,8 @@ rule interpolation_tables:
     localrule: True
     conda:
         "../envs/light.yaml"
+    params:
+        **result_version_params(barrier_plan.RESULT_VERSIONS["interpolation_tables"]),
     script:
         "../workflow/scripts/interpolation_tables.py"
 
@@ -150,6 +152,8 @@ rule layer_barrier_tables:
     localrule: True
     conda:
         "../envs/light.yaml"
+    params:
+        **result_version_params(barrier_plan.RESULT_VERSIONS["layer_barrier_tables"]),
     script:
         "../workflow/scripts/layer_barrier_tables.py"
 
@@ -165,6 +169,7 @@ rule layer_consecutive_table:
     conda:
         "../envs/light.yaml"
     params:
+        **result_version_params(barrier_plan.RESULT_VERSIONS["layer_consecutive_table"]),
         pairs=[p.label for p in LAYER_PAIRS.values() if p.kind == "consecutive"],
     script:
         "../workflow/scripts/layer_consecutive_table.py"

@@ -122,6 +122,7 @@ rule hessian_tables:
     conda:
         "../envs/light.yaml"
     params:
+        **result_version_params(hessian_plan.RESULT_VERSIONS["hessian_tables"]),
         columns=hessian_columns(config["hessian"]["top_k"]),
         client_columns=client_columns(config["hessian"]["clients"]),
     script:

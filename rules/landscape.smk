@@ -159,5 +159,7 @@ rule surfaces_table:
     localrule: True
     conda:
         "../envs/light.yaml"
+    params:
+        **result_version_params(landscape_plan.RESULT_VERSIONS["surfaces_table"]),
     script:
         "../workflow/scripts/surfaces_table.py"

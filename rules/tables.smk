@@ -1,5 +1,7 @@
 # The run tables: every client split (partitions.csv) and every run's rounds (rounds.csv).
 
+from fedscape.core.config import result_version_params
+from fedscape.plan import tables as tables_plan
 from fedscape.plan.tables import partition_counts, rounds_columns, rounds_optional
 from fedscape.plan.train import run_files
 
@@ -14,6 +16,8 @@ rule partitions_table:
     localrule: True
     conda:
         "../envs/light.yaml"
+    params:
+        **result_version_params(tables_plan.RESULT_VERSIONS["partitions_table"]),
     script:
         "../workflow/scripts/partitions_table.py"
 
@@ -29,6 +33,7 @@ rule rounds_table:
     conda:
         "../envs/light.yaml"
     params:
+        **result_version_params(tables_plan.RESULT_VERSIONS["rounds_table"]),
         columns=rounds_columns(config, RUNS),
         optional=rounds_optional(config, RUNS),
     script:

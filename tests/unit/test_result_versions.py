@@ -26,6 +26,9 @@ from fedscape.plan.workflow import check_config, result_versions
 
 # The rules whose jobs compute results that no other job recomputes: each declares a result version.
 COMPUTING_RULES = {*GPU_RULES, "partition", "landscape_plane", "client_stats"}
+# The rules whose jobs' settings carry their result version (their builders' `with_result_version`): every other rule
+# (a figure, a table gathered from the jobs' files) passes it in its params.
+SETTINGS_VERSIONED = {*COMPUTING_RULES, "init", "hessian_plane", "landscape_gather"}
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +46,11 @@ def test_every_computing_rule_declares_a_result_version_of_at_least_the_first():
 
 def test_every_versioned_rule_exists_in_the_rule_files():
     assert set(result_versions()) <= set(_rule_blocks())
+
+
+def test_every_rule_of_the_rule_files_declares_a_result_version():
+    # a table gathered from the jobs' files changes (a column, a rule of its gathering) with none of them changing
+    assert sorted(set(_rule_blocks()) - set(result_versions())) == []
 
 
 def _rule_blocks() -> dict[str, str]:
@@ -97,13 +105,13 @@ def test_every_figure_rule_declares_a_result_version(rule):
     assert rule in result_versions(), f"{rule} writes a figure: declare its result version in its plan module"
 
 
-@pytest.mark.parametrize("rule", _figure_rules())
-def test_every_figure_rule_passes_its_result_version_in_its_params(rule):
-    # as the tables do: nothing at the first version, so declaring one reran no figure
+@pytest.mark.parametrize("rule", sorted(set(_rule_blocks()) - SETTINGS_VERSIONED))
+def test_every_rule_without_settings_passes_its_result_version_in_its_params(rule):
+    # nothing at the first version, so declaring one reran no figure or table
     params = _section(_rule_blocks()[rule], "params")
 
     assert re.search(rf'\*\*result_version_params\(\s*\w+\.RESULT_VERSIONS\["{rule}"\]\s*\)', params), (
-        f"{rule} writes a figure: pass `**result_version_params(<plan>.RESULT_VERSIONS[\"{rule}\"])` in its params")
+        f"pass `**result_version_params(<plan>.RESULT_VERSIONS[\"{rule}\"])` in the params of {rule}")
 
 
 @pytest.mark.parametrize(("version", "expected"), [(1, {}), (2, {RESULT_VERSION: 2}), (17, {RESULT_VERSION: 17})])

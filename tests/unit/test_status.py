@@ -102,7 +102,7 @@ def test_a_dry_runs_jobs_are_parsed_with_their_outputs_and_reasons():
     # outputs recorded at two versions, one of them the version now
     ("hessian", "{'x': 1, 'result_version': 3},{'x': 1, 'result_version': 4}", "{'x': 2, 'result_version': 4}", True),
     # a rule without a result version: a number among its params is no version
-    ("hessian_tables", "5", "6", False),
+    ("all", "5", "6", False),
     # params that are no Python literal: no version to read
     ("hessian", "{'x': inf, 'result_version': 4}", "{'x': 1.0, 'result_version': 5}", False),
 ])

@@ -53,7 +53,8 @@ from fedscape.plan.train import (
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 RESULT_VERSIONS = {"interpolation": 1, "layer_barriers": 1, "interpolation_figure": 1, "layer_barrier_figures": 1,
                    "layer_distance_figure": 1, "layer_cumulation_figures": 1, "layer_aligned_figures": 1,
-                   "layer_training_figure": 1}
+                   "layer_training_figure": 1, "interpolation_tables": 1, "layer_barrier_tables": 1,
+                   "layer_consecutive_table": 1}
 # The clients a pair of one run compares when `clients` is null: the first two, which every run has (at least two
 # clients are needed for a pair) and which both train every round under full participation.
 DEFAULT_CLIENT_PAIR = (0, 1)

@@ -62,7 +62,7 @@ DENSITY_FIGURE = "spectral_density"
 # hessian_plane: the eigenvector plane's jobs (it keys the eigenpairs a Hessian job keeps for them too: EigenStore).
 # 1: the eigenpairs every Hessian job computed before the plane had a rule of its own (HessianPlaneJob.meaning).
 RESULT_VERSIONS = {"hessian": 4, "hessian_plane": 1, "hessian_by_algorithm_figure": 1, "hessian_by_init_figure": 1,
-                   "hessian_density_figure": 1}
+                   "hessian_density_figure": 1, "hessian_tables": 1}
 SMALL_HUTCHPP_BUMPS = 1
 MISALIGNED_HUTCHPP_BUMPS = 1
 # The trace_probes of a job with `trace_estimator: exact`, which takes none (its settings hold the field: a required

@@ -283,7 +283,8 @@ def hessian_plane_path(plan: LandscapePlan, results: Results) -> str:
 
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 # landscape_gather 2: the surface records the card and the precision its chunks were evaluated on (surfaces.csv).
-RESULT_VERSIONS = {"landscape_plane": 1, "landscape_chunk": 1, "landscape_gather": 2, "landscape_figure": 1}
+RESULT_VERSIONS = {"landscape_plane": 1, "landscape_chunk": 1, "landscape_gather": 2, "landscape_figure": 1,
+                   "surfaces_table": 1}
 
 
 def make_plane_job(config: dict, plan: LandscapePlan) -> LandscapePlaneJob:

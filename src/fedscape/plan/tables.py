@@ -9,6 +9,9 @@ from fedscape.fl.swa import SWA_BN_COLUMN, SWA_METRICS
 from fedscape.models.specs import uses_batch_norm
 from fedscape.plan.train import run_training
 
+# The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
+RESULT_VERSIONS = {"partitions_table": 1, "rounds_table": 1}
+
 
 def partition_counts(config: dict, runs: list[Run]) -> list[str]:
     """The counts.csv of every distinct client split of the runs."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,7 @@ from helpers.figures import assert_figure_files
 from helpers.synthetic import digits_like
 from torch import nn
 
+from fedscape.analysis.barriers.curve import bezier_curve, midpoint_bend
 from fedscape.analysis.barriers.definitions import (
     BARRIER_COLUMNS,
     INTERPOLATION_COLUMNS,
@@ -70,6 +72,72 @@ class ConvBN(nn.Module):
 
     def forward(self, x):
         return self.head(torch.relu(self.norm(self.conv(x))).flatten(1))
+
+
+class RootGain(nn.Module):
+    """A linear classifier whose logits are scaled by sqrt(g^2 - 1): finite at g = 2 and g = -2, NaN at their
+    average g = 0, so two finite models whose midpoint has NaN logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(64, 10)
+        self.gain = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, x):
+        return self.head(x.flatten(1)) * torch.sqrt(self.gain**2 - 1)
+
+
+def with_gain(point: Point, gain: float) -> Point:
+    """`point` of a RootGain with its gain set to `gain` (the first parameter: a module's own come before its
+    children's)."""
+    params = point.params.clone()
+    params[0] = gain
+    return Point(params, point.buffers)
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("value", "finite"), [(float("nan"), False), (0.5, True)])
+def test_a_point_whose_loss_is_nan_has_no_error(value, finite):
+    # Prepare: a model with one parameter set to `value`
+    model, splits = cnn(), digits_like()
+    point = random_point(model, 0)
+    point.params[0] = value
+
+    # Execute
+    results = evaluate_point(model, point, splits)
+
+    # Assert: NaN logits have no argmax, so no accuracy; a finite model keeps its error
+    for res in results.values():
+        assert math.isnan(res.loss) != finite
+        assert math.isnan(res.error) != finite
+        assert math.isnan(res.acc) != finite
+
+
+def _barriers(path: str, model: nn.Module, a: Point, b: Point, splits: dict) -> dict[str, tuple[float, float]]:
+    """(loss, error) barrier per split between a and b along `path`."""
+    if path == "layer-wise":
+        return midpoint_barrier(model, a, b, splits)
+    curve = pd.DataFrame(bezier_curve(model, a, midpoint_bend(a, b), b, splits, points=5) if path == "bezier"
+                         else interpolation_curve(model, a, b, splits, points=5))
+    return {split: (linear_barrier(sub["t"], sub["loss"]), linear_barrier(sub["t"], sub["error"]))
+            for split, sub in curve.groupby("split")}
+
+
+@pytest.mark.parametrize("path", ["linear", "bezier", "layer-wise"])
+@pytest.mark.parametrize(("gain_b", "finite"), [(-2.0, False), (3.0, True)])
+def test_a_path_through_a_nan_model_has_neither_barrier(path, gain_b, finite):
+    # Prepare: two finite models whose midpoint (gain 0) has NaN logits, or whose path keeps gains from 2 to 3
+    model, splits = RootGain().eval(), digits_like()
+    a, b = with_gain(random_point(model, 0), 2.0), with_gain(random_point(model, 1), gain_b)
+
+    # Execute
+    barriers = _barriers(path, model, a, b, splits)
+
+    # Assert: the loss and the error barrier are both NaN where the path has a NaN model, else both numbers
+    assert sorted(barriers) == ["test", "train"]
+    for loss, error in barriers.values():
+        assert math.isnan(loss) != finite
+        assert math.isnan(error) != finite
 
 
 # -- layers --------------------------------------------------------------------------------------

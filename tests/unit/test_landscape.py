@@ -470,13 +470,17 @@ def test_a_surface_refuses_another_runs_partition_and_an_unknown_client(noise_pa
 
 
 # -- plane stage: every surface kind on synthetic runs -------------------------------------------------------
-def _fake_runs(tmp_path: Path, n_runs: int = 3, rounds: int = 4):
-    """Trajectories (and round-2 clients) of n runs of cnn_small: random walks from one init."""
+def _fake_runs(tmp_path: Path, n_runs: int = 3, rounds: int = 4, layout: tuple[str, ...] = ("names", "shapes"),
+               status: str = "ok"):
+    """Trajectories (and round-2 clients) of n runs of cnn_small: random walks from one init. `layout`: what their
+    meta records of the parameters (a file may record their names alone, or neither); `status`: the runs' (diverged:
+    at their last round)."""
     from fedscape.models.checkpoint import ClientRound, ModelMeta, save_clients, save_trajectory
 
     model = make_model("cnn_small")
-    meta = ModelMeta("cnn_small", 10, 1, 8, {}, tuple(n for n, _ in model.named_parameters()),
-                     tuple(tuple(p.shape) for p in model.parameters()))
+    meta = ModelMeta("cnn_small", 10, 1, 8, {},
+                     tuple(n for n, _ in model.named_parameters()) if "names" in layout else (),
+                     tuple(tuple(p.shape) for p in model.parameters()) if "shapes" in layout else ())
     init = flatten_params(model)
     g = torch.Generator().manual_seed(0)
     paths, fields = [], []
@@ -485,7 +489,7 @@ def _fake_runs(tmp_path: Path, n_runs: int = 3, rounds: int = 4):
         params = torch.cat([init[None], init + steps.cumsum(0)])
         run_dir = tmp_path / f"run{r}"
         save_trajectory(run_dir / "trajectory.pt", params, torch.zeros(rounds + 1, 0), torch.arange(rounds + 1),
-                        meta, {"status": "ok"})
+                        meta, {"status": status})
         clients = params[1] + 0.02 * torch.randn(3, init.numel(), generator=g)
         save_clients(run_dir / "clients.pt", {2: ClientRound(2, torch.arange(3), torch.tensor([5, 6, 7]), clients,
                                                               torch.zeros(3, 0))}, meta, {})
@@ -537,6 +541,79 @@ def test_plane_stage_projects_every_kinds_checkpoints(tmp_path, kind):
         assert list(points["role"]) == ["round_start", "client", "client", "client", "aggregate"]
     if kind == "trajectories":
         assert points["group"].nunique() == 3 and plane.kind == "joint_pca"
+
+
+@pytest.mark.parametrize("layout", [("names",), ()], ids=["names alone", "nothing"])
+def test_a_random_plane_of_a_file_that_records_no_parameter_shapes_is_the_plane_of_one_that_does(tmp_path, layout):
+    from fedscape.analysis.landscape.stage import landscape_plane_job
+
+    # Prepare: one run's trajectory written twice, recording the parameters' names and shapes, and `layout` alone
+    planes = {}
+    for recorded in (("names", "shapes"), layout):
+        where = tmp_path / "-".join(recorded or ("none",))
+        dirs, fields = _fake_runs(where, n_runs=1, layout=recorded)
+        settings = {"label": "x", "kind": "random", "runs": ["r0"], "run_fields": [fields[0]], "round": "final",
+                    "center": "final", "seed": 3, "resolution": 5, "span": None, "margin": 0.25, "client": 0,
+                    "checkpoints": []}
+        out = {k: str(where / f"out.{k}") for k in ("plane", "points", "grid")}
+
+        # Execute
+        landscape_plane_job(settings, [str(dirs[0] / "trajectory.pt")], None, None, out)
+        planes[recorded] = load_plane(out["plane"])
+
+    # Assert: the same filter-normalised directions, filter by filter as the model's code builds its parameters
+    full, given = planes[("names", "shapes")], planes[layout]
+    assert given.model_meta["param_shapes"] == [] and full.model_meta["param_shapes"]
+    for key in ("center", "d1", "d2"):
+        assert torch.equal(getattr(given, key), getattr(full, key)), key
+
+
+@pytest.mark.parametrize("status", ["ok", "diverged"])
+@pytest.mark.parametrize("round_", ["final", 2])
+def test_a_three_points_plane_records_no_round_computed_or_not(tmp_path, status, round_):
+    from fedscape.analysis.landscape.stage import landscape_plane_job
+
+    # Prepare: three runs, diverged or not at round 4, the round of the plane's second checkpoint
+    dirs, fields = _fake_runs(tmp_path, status=status)
+    settings = {"label": "x", "kind": "three_points", "runs": ["r0", "r1", "r2"], "run_fields": fields,
+                "round": round_, "center": "final", "seed": 0, "resolution": 5, "span": None, "margin": 0.25,
+                "client": 0, "checkpoints": [{"run_id": "r0", "round": 0}, {"run_id": "r1", "round": 4},
+                                             {"run_id": "r2", "round": 1}]}
+    out = {k: str(tmp_path / f"out.{k}") for k in ("plane", "points", "grid")}
+
+    # Execute
+    landscape_plane_job(settings, [str(d / "trajectory.pt") for d in dirs], None, None, out)
+
+    # Assert: its checkpoints name their rounds, the job's `round` (which its kind does not read) none
+    plane = load_plane(out["plane"])
+    assert plane.extra.get("status", "ok") == status
+    assert plane.round is None
+
+
+@pytest.mark.parametrize(("spec", "kept"), [
+    # reads its checkpoints' rounds alone
+    ({"kind": "three_points", "checkpoints": [{"run": IID, "round": 0}, {"run": IID},
+                                              {"run": {"alpha": 0.5, "init": "random"}}]}, True),
+    ({"kind": "random", "runs": [IID]}, False),  # its centre is the model of `round`
+])
+def test_a_plane_s_round_reruns_it_only_where_its_kind_reads_it(spec, kept):
+    from fedscape.plan.landscape import landscape_plans, plane_settings
+
+    def planned(round_, recorded: list[str] | None = None) -> dict:
+        config = check_config(tiny(landscapes={"x": {**spec, "round": round_}}), SCHEMA)
+        (plan,) = landscape_plans(config, build_runs(config))
+        return plane_settings(config, plan, recorded)
+
+    # Prepare: the plane job as Snakemake recorded it
+    before = planned("final")
+
+    # Execute: the config differs only in the landscape's `round`
+    after = planned(2, [repr(before)])
+
+    # Assert: the params text Snakemake compares is the recorded one where the kind does not read the round; the job
+    # holds the round of now either way
+    assert (repr(after) == repr(before)) == kept
+    assert before["round"] == "final" and after["round"] == 2
 
 
 # -- figures ---------------------------------------------------------------------------------------------

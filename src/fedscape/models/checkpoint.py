@@ -65,6 +65,11 @@ class ModelMeta:
         """The parameter count its `param_shapes` declare (0 when the file records none)."""
         return sum(math.prod(int(s) for s in shape) for shape in self.param_shapes)
 
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The shape of each parameter, in order: the recorded `param_shapes`, else (a file that records none, or
+        only the names) those of the model `build` makes, into which the jobs load its vectors by position."""
+        return self.param_shapes or tuple(tuple(p.shape) for p in self.build().parameters())
+
     def describe(self) -> str:
         """'cnn_small for 10 classes of 1x8x8 inputs' (with its options when it has any)."""
         options = f" with options {self.model_options}" if self.model_options else ""

@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -87,14 +87,20 @@ def evaluate_point(model: nn.Module, point: Point, splits: Splits, batch_size: i
                    bn_x: torch.Tensor | None = None) -> dict[str, EvalResult]:
     """Loss and accuracy of `point` loaded into `model`, on every split (eval mode, no augmentation); with `bn_x`
     (training inputs) its batch-norm statistics recomputed from them first (`recompute_bn_stats`), else the
-    point's own."""
+    point's own.
+
+    Every barrier's model goes through here (the segment, the Bezier curve, the layer-wise mixes, their ends). Where
+    the loss is NaN the accuracy is NaN too, as on a surface's grid points (`landscape.surface`): NaN logits have no
+    argmax (torch's picks the first NaN, class 0 where all are), so a diverged point's error would be a number that
+    describes no model, and the error barrier of a path through it a number where the loss barrier is NaN."""
     device = next(model.parameters()).device
     load_params(model, point.params.to(device))
     if point.buffers.numel():
         load_buffers(model, point.buffers.to(device))
     if bn_x is not None:
         recompute_bn_stats(model, bn_x)
-    return {name: evaluate(model, x, y, batch_size) for name, (x, y) in splits.items()}
+    results = {name: evaluate(model, x, y, batch_size) for name, (x, y) in splits.items()}
+    return {name: replace(r, acc=math.nan) if math.isnan(r.loss) else r for name, r in results.items()}
 
 
 def interpolation_curve(model: nn.Module, a: Point, b: Point, splits: Splits, points: int = 21,

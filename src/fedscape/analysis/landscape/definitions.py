@@ -88,11 +88,12 @@ class LandscapePlaneJob(JobSettings):
 
 # The fields of a plane job that its kind's plane does not read (stage._build_plane): `center` picks the centre of the
 # PCA kinds' planes (trajectory, trajectories, final_models, local); `seed` draws the random kind's directions and
-# completes a degenerate PCA plane; `client` is the client whose data (L_m) the local scope's figure names.
+# completes a degenerate PCA plane; `client` is the client whose data (L_m) the local scope's figure names; `round` is
+# the round of every kind's models but three_points', whose checkpoints name their own (its plane records none).
 UNREAD_PLANE_FIELDS = {
     "trajectory": ("client",), "trajectories": ("client",), "final_models": ("client",), "local": (),
     "random": ("center", "client"), "hessian": ("center", "seed", "client"),
-    "three_points": ("center", "seed", "client"),
+    "three_points": ("round", "center", "seed", "client"),
 }
 
 

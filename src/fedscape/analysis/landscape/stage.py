@@ -18,6 +18,7 @@ from fedscape.analysis.landscape.definitions import (
     LABEL_FIELDS,
     PLANE_KIND_OF,
     POINT_COLUMNS,
+    UNREAD_PLANE_FIELDS,
     LandscapeChunkJob,
     LandscapePlaneJob,
     plane_digest,
@@ -165,10 +166,12 @@ def landscape_plane_job(settings: dict, trajectories: list[str], clients: str | 
 def _diverged_plane(job: LandscapePlaneJob, first: Trajectory, common: dict, reason: str) -> Plane:
     """An all-NaN plane of the entry's kind marked `status: diverged` (its surfaces are all NaN)."""
     nan = torch.full((first.params.shape[1],), float("nan"))
-    round_ = job.round
+    # no round number for `final`, nor for a kind that does not read `round` (three_points: its checkpoints name their
+    # own), whose computed plane records none either
+    no_round = job.round == "final" or "round" in UNREAD_PLANE_FIELDS[job.kind]
     return Plane(nan, torch.full((first.buffers.shape[1],), float("nan")), nan.clone(), nan.clone(),
                  kind=PLANE_KIND_OF[job.kind], runs=tuple(common["runs"]),
-                 round=None if round_ == "final" else int(round_),
+                 round=None if no_round else int(job.round),
                  axis_labels=("d1 (not computed: a run diverged)", "d2 (not computed: a run diverged)"),
                  model_meta=common["model_meta"], seed=job.seed,
                  extra={**common["extra"], "status": DIVERGED, "reason": reason})
@@ -238,7 +241,7 @@ def _build_plane(job: LandscapePlaneJob, trajs: dict[str, Trajectory], clients: 
         row = _row_of(first, round_, run_id)
         pts.add(*_model(first, row), label=f"{labels[run_id]}, round {int(first.rounds[row])}",
                 group=labels[run_id], role="center", run_id=run_id, round=int(first.rounds[row]), client=-1)
-        plane = random_plane(*_model(first, row), first.model_meta.param_shapes, job.seed,
+        plane = random_plane(*_model(first, row), first.model_meta.shapes(), job.seed,
                              round=int(first.rounds[row]), **common)
     elif kind == "hessian":
         run_id = runs[0]

@@ -1,4 +1,5 @@
-# Client partitions (Hsu et al. 2019; NIID-Bench): one split per dataset, client count, alpha and seed.
+# Client partitions (NIID-Bench, Li et al. 2022: a per-class Dirichlet over clients, not Hsu et al.'s per-client
+# Dir(alpha p)): one split per dataset, client count, alpha and seed.
 
 from fedscape.core.paths import PARTITION_DIR
 from fedscape.plan.partition import partition_files, partition_settings

@@ -152,3 +152,39 @@ def test_numpy_draws_exact_zeros_only_below_the_threshold():
 
     assert (below == 0).any()
     assert not (at == 0).any()
+
+
+class _GivenDraws:
+    """A generator whose Dirichlet draws are given, one per class dealt, and whose shuffles keep the order."""
+
+    def __init__(self, draws: list[list[float]]):
+        self._draws = iter(draws)
+
+    def shuffle(self, x: np.ndarray) -> None:
+        pass
+
+    def dirichlet(self, alpha: np.ndarray) -> np.ndarray:
+        return np.array(next(self._draws), dtype=np.float64)
+
+
+@pytest.mark.parametrize(("draws", "second_class"), [
+    # client 3 at the cap after class 0 (5000 > N/M = 2500): p_3 = 0, and cumsum(p / 0.99)[2] = 0.9999999999999999
+    ([[0, 0, 0, 1], [0.27, 0.33, 0.39, 0.01]], [1363, 1667, 1969, 1]),
+    # the same with an exact zero draw for client 3, under the cap (1250 held)
+    ([[0.25, 0.25, 0.25, 0.25], [0.27, 0.33, 0.39, 0.0]], [1363, 1667, 1969, 1]),
+    # a cumsum that ends at 1.0 exactly: nothing for client 3
+    ([[0, 0, 0, 1], [0.25, 0.25, 0.5, 0.01]], [1250, 1250, 2500, 0]),
+])
+def test_the_last_client_with_no_mass_can_get_one_sample_by_niid_bench_s_rounding(monkeypatch, draws, second_class):
+    # Prepare: two classes of 5000 samples, 4 clients, these draws. The stray sample is kept on purpose (NIID-Bench's
+    # partition_data rounds the same way; dirichlet_partition's docstring): a change of it changes partitions, so it
+    # must come with a partition version bump.
+    labels = np.repeat(np.arange(2), 5000)
+    monkeypatch.setattr(np.random, "default_rng", lambda seed: _GivenDraws(draws))
+
+    # Execute
+    part = dirichlet_partition(labels, 4, 0.5, seed=0, min_size=1, max_tries=1)
+
+    # Assert: the second class's cuts, and every index once
+    assert part.class_counts(labels, 2)[:, 1].tolist() == second_class
+    assert np.array_equal(np.sort(np.concatenate(part.client_indices)), np.arange(len(labels)))

@@ -121,7 +121,8 @@ def test_classes_at_k_equal_to_all_classes_covers_everything(labels):
 
 
 @pytest.mark.parametrize(("k", "match"), [(0, "classes_per_client must be in 1..10"),
-                                          (11, "classes_per_client must be in 1..10")])
+                                          (11, r"classes_per_client must be in 1\.\.10 \(the classes among the client "
+                                               r"pool's labels\), got 11")])
 def test_classes_rejects_k_outside_the_classes(labels, k, match):
     with pytest.raises(PartitionError, match=match):
         classes_partition(labels, 4, k, seed=0)
@@ -334,6 +335,10 @@ def test_bad_entries_are_named(entry, message):
      ["partitions.lab.classes_per_client: 11 classes per client, but digits has 10 classes; set classes_per_client "
       "to at most 10"]),
     ({"kind": "classes", "classes_per_client": 11}, "cifar100", []),
+    ({"kind": "classes", "classes_per_client": 81}, "shakespeare",
+     ["partitions.lab.classes_per_client: 81 classes per client, but shakespeare has 80 classes; set "
+      "classes_per_client to at most 80 (a bound only: the partition job bounds k by the classes shakespeare's client "
+      "pool uses as labels, which may be fewer)"]),
     ({"kind": "classes", "classes_per_client": 10}, "digits", []),
     ({"kind": "natural"}, "cifar10", ["partitions.lab: the kind natural splits by each sample's writer, but cifar10 "
                                       "has no writer ids (datasets with writers: femnist, reddit, shakespeare, "

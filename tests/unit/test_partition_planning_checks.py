@@ -270,8 +270,8 @@ def test_a_kind_is_declared_seed_free_exactly_where_its_writer_ignores_the_seed(
     labels = np.arange(600) % 10
     writers = np.random.default_rng(1).permutation(np.repeat(np.arange(12), 50))
 
-    # Execute: the declaration, and the writer's splits of two seeds
-    reason = seed_free_reason(entry, num_clients, 10)
+    # Execute: the declaration (digits: 10 classes), and the writer's splits of two seeds
+    reason = seed_free_reason(entry, num_clients, "digits")
     parts = [make_kind_partition(entry, labels, num_clients, seed, min_size=1, writer_ids=writers)
              for seed in (0, 1)]
 
@@ -279,6 +279,47 @@ def test_a_kind_is_declared_seed_free_exactly_where_its_writer_ignores_the_seed(
     same = all(np.array_equal(a, b) for a, b in zip(parts[0].client_indices, parts[1].client_indices, strict=True))
     assert same == seed_free
     assert (reason is not None) == seed_free
+
+
+@pytest.mark.parametrize(("dataset", "options", "num_clients", "pool_classes", "declared", "same"), [
+    ("cifar100", None, 85, 100, True, True),   # an image data set's pool holds every class it declares
+    ("digits", None, 10, 10, True, True),
+    # Shakespeare from its raw texts declares 96 symbols; a pool whose labels use 80 of them shares classes among 85
+    # clients, which the seed cuts (the review's reproduction)
+    ("shakespeare", {"source": "raw"}, 85, 80, False, False),
+    ("shakespeare", None, 60, 60, False, True),  # seed-free in fact, but planning cannot know the pool's symbols
+])
+def test_one_class_per_client_is_declared_seed_free_only_where_the_pool_holds_every_declared_class(
+        dataset, options, num_clients, pool_classes, declared, same):
+    # Prepare: a pool of `pool_classes` classes of 3 samples
+    entry = {"kind": "classes", "classes_per_client": 1}
+    labels = np.arange(3 * pool_classes) % pool_classes
+
+    # Execute: the declaration for the data set, and the writer's splits of two seeds of that pool
+    reason = seed_free_reason(entry, num_clients, dataset, options)
+    parts = [make_kind_partition(entry, labels, num_clients, seed, min_size=1) for seed in (0, 1)]
+
+    # Assert: declared seed-free only on an image data set, where the seeds' splits are the same
+    assert (reason is not None) == declared
+    assert all(np.array_equal(a, b) for a, b in zip(*(p.client_indices for p in parts), strict=True)) == same
+
+
+@pytest.mark.parametrize(("dataset", "options", "num_clients", "warned"), [
+    ("cifar100", {}, 85, True),
+    ("shakespeare", {"source": "raw"}, 85, False),  # 96 declared symbols, but the pool may use fewer
+    ("shakespeare", {}, 60, False),
+])
+def test_several_seeds_of_one_class_per_client_are_warned_about_on_image_data_sets_only(dataset, options,
+                                                                                      num_clients, warned):
+    # Prepare
+    config = _planning_config(dataset, {"kind": "classes", "classes_per_client": 1}, options)
+
+    # Execute
+    lines = shared_partition_warnings(config, _runs(dataset, "paper", num_clients, (0, 1)))
+
+    # Assert
+    assert len(lines) == warned
+    assert all("one class per client among no more clients than the data set's" in line for line in lines)
 
 
 @pytest.mark.parametrize(("entry", "seeds", "num_clients", "warned"), [

@@ -24,7 +24,7 @@ from fedscape.core.provenance import belongs_problem
 from fedscape.core.seeds import derive_seed
 from fedscape.core.setting import IID, is_partition_label, parse_alpha
 from fedscape.data.locations import job_data_change
-from fedscape.data.specs import DATASET_NAMES, dataset_info
+from fedscape.data.specs import DATASET_NAMES, DatasetInfo, dataset_info
 
 MAX_TRIES_DEFAULT = 1000
 
@@ -80,7 +80,8 @@ def dirichlet_partition(
     min_size: int = 10,
     max_tries: int = MAX_TRIES_DEFAULT,
 ) -> Partition:
-    """Dirichlet label skew (Hsu et al. 2019), following the NIID-Bench procedure (Li et al. 2022).
+    """Dirichlet label skew: a per-class Dirichlet over clients, the procedure of NIID-Bench (Li et al. 2022,
+    its partition_data); not Hsu et al. 2019's per-client Dir(alpha p) with equal client sizes.
 
     For every class, shuffle its indices and draw p ~ Dir(alpha * 1_M); clients that already hold
     at least N/M samples get p_j = 0; cut the class at cumsum(p) * n_k. The whole draw is repeated
@@ -88,6 +89,14 @@ def dirichlet_partition(
 
     A draw that gives no client under the cap any mass (exact zeros: alpha < DIRICHLET_EXACT_ZEROS_BELOW) is
     redrawn, at most DIRICHLET_REDRAWS times, then the class is spread evenly over the clients under the cap.
+
+    The last client, M - 1, can get a class's last sample although its p_j is 0 (at the cap, or an exact zero
+    draw): after p / p.sum(), cumsum(p) can end just below 1 (0.9999999999999999), so the cut before it,
+    floor(cumsum(p)[M - 2] * n_k), is n_k - 1 (p = [0.27, 0.33, 0.39, 0] normalised, n_k = 5000: sizes [1363, 1667,
+    1969, 1]). NIID-Bench's partition_data does the same arithmetic, and it is kept so as to stay faithful to it
+    (removing it would change many Dirichlet partitions). A review measured it at M = 10, alpha 0.5, n_k = 5000: with
+    client M - 1 at the cap, about 28% of the class deals gave it one sample. Only a class whose first draw had no
+    mass under the cap (the redraws above) is cut to end at the last client with mass.
     """
     labels = np.asarray(labels)
     num_samples = len(labels)
@@ -125,7 +134,9 @@ def dirichlet_partition(
             else:
                 p = p / total
             cumulative = np.cumsum(p)
-            if no_mass:  # the class ends at the last client with mass: no client after it gets a sample by rounding
+            # the class ends at the last client with mass: no client after it gets a sample by rounding (a draw with
+            # mass keeps NIID-Bench's rounding, which can leave the last sample to client M - 1: see the docstring)
+            if no_mass:
                 cumulative[np.flatnonzero(p)[-1]:] = 1.0
             cuts = (cumulative * len(idx_k)).astype(np.int64)[:-1]  # non-decreasing, at most len(idx_k)
             held += np.diff(cuts, prepend=0, append=len(idx_k))  # the sizes of np.split(idx_k, cuts)
@@ -179,7 +190,8 @@ def make_partition(
 
 def classes_partition(labels: np.ndarray, num_clients: int, classes_per_client: int, seed: int,
                       min_size: int = 10, max_tries: int = MAX_TRIES_DEFAULT) -> Partition:
-    """#C=k label skew: every client holds exactly k classes (McMahan et al. 2017's shards; NIID-Bench, Li et al. 2022).
+    """#C=k label skew: every client holds exactly k classes (NIID-Bench, Li et al. 2022; not McMahan et al. 2017's
+    equal-size shards of the label-sorted data, which do not guarantee k classes per client).
 
     Client i takes class i mod K and k - 1 more distinct classes drawn at random; each class's samples are
     shuffled and cut into equal parts, one per client holding it. Classes no client draws stay unused. The
@@ -192,7 +204,7 @@ def classes_partition(labels: np.ndarray, num_clients: int, classes_per_client: 
     k = int(classes_per_client)
     if not 1 <= k <= len(classes):
         raise PartitionError(f"partition kind classes: classes_per_client must be in 1..{len(classes)} (the "
-                             f"dataset's classes), got {classes_per_client}")
+                             f"classes among the client pool's labels), got {classes_per_client}")
     rng = np.random.default_rng(seed)
     num_classes = len(classes)
     # what every try reuses, computed once: each class's indices (shuffled per try, on a copy) and, for each client's
@@ -418,9 +430,9 @@ class PartitionKind:
     draw, each refused above MAX_CONCENTRATION (`check_partition_entry`); `clients`: the client count its options fix,
     known at planning, options -> (count, the option that fixes it and how, in words: 'path (s.json) lists 4 users')
     or None where it is not known (a split file's users, where the file is there: `kind_client_count`), None for a
-    kind that splits among any count; `seed_free`: (options, num_clients, num_classes) -> why its writer gives every
-    seed the same split (the words of a warning, `seed_free_reason`), or None where the seed draws it; None for a kind
-    whose seed always does."""
+    kind that splits among any count; `seed_free`: (options, num_clients, dataset, dataset_options) -> why its writer
+    gives every seed the same split on that data set (the words of a warning, `seed_free_reason`), or None where the
+    seed draws it or may (planning cannot tell); None for a kind whose seed always does."""
 
     name: str
     options: dict[str, Any]
@@ -433,18 +445,22 @@ class PartitionKind:
     files: Callable[[dict[str, Any]], dict[str, str]] | None = None
     concentrations: tuple[str, ...] = ()
     clients: Callable[[dict[str, Any]], tuple[int, str] | None] | None = None
-    seed_free: Callable[[dict[str, Any], int, int], str | None] | None = None
+    seed_free: Callable[[dict[str, Any], int, str, dict[str, Any] | None], str | None] | None = None
 
 
 def _classes_fit(where: str, options: dict[str, Any], dataset: str,
                  dataset_options: dict[str, Any] | None = None) -> list[str]:
-    # every client holds k distinct classes (classes_partition), of the data set as its options read it (Shakespeare
-    # from its raw texts has more characters than LEAF's)
-    k, classes = int(options["classes_per_client"]), dataset_info(dataset, dataset_options).num_classes
+    # every client holds k distinct classes of those its pool's labels hold (classes_partition), at most the classes
+    # of the data set as its options read it (Shakespeare from its raw texts has more characters than LEAF's)
+    info = dataset_info(dataset, dataset_options)
+    k, classes = int(options["classes_per_client"]), info.num_classes
     if k <= classes:
         return []
+    bound = "" if _pool_holds_every_class(info) else (
+        f" (a bound only: the partition job bounds k by the classes {dataset}'s client pool uses as labels, which may "
+        "be fewer)")
     return [f"{where}.classes_per_client: {k} classes per client, but {dataset} has {classes} classes; set "
-            f"classes_per_client to at most {classes}"]
+            f"classes_per_client to at most {classes}{bound}"]
 
 
 def _feature_noise_fit(where: str, options: dict[str, Any], dataset: str,
@@ -517,24 +533,38 @@ def _split_file_clients(options: dict[str, Any]) -> tuple[int, str] | None:
     return None if users is None else (users, f"path ({options['path']}) lists {users} users")
 
 
-def _classes_seed_free(options: dict[str, Any], num_clients: int, num_classes: int) -> str | None:
+def _pool_holds_every_class(info: DatasetInfo) -> bool:
+    # whether a client pool's labels hold every class the data set declares, as planning takes it: an image data
+    # set's do (its test and proxy splits are stratified); a token data set's labels are the symbols its texts use,
+    # which may be fewer (Shakespeare declares 80 from LEAF, 96 from its raw texts), so the declared classes are only a
+    # bound on those a `classes` split finds in its pool (classes_partition)
+    return info.inputs == "image"
+
+
+def _classes_seed_free(options: dict[str, Any], num_clients: int, dataset: str,
+                       dataset_options: dict[str, Any] | None) -> str | None:
     # client i holds class i mod K and k - 1 drawn ones; each class is shuffled and cut among its holders. With k = 1
-    # and at most K clients every class has at most one holder, who takes it whole: nothing is drawn. (K: the classes
-    # the data set declares, all of which an image data set's pool holds.)
-    if int(options["classes_per_client"]) != 1 or num_clients > num_classes:
+    # and at most K clients every class has at most one holder, who takes it whole: nothing is drawn. K counts the
+    # classes in the pool (classes_partition), known at planning only where the pool holds every declared class: with
+    # more clients than a token pool's classes, fewer than it declares, the seed draws the split.
+    info = dataset_info(dataset, dataset_options)
+    num_classes = info.num_classes
+    if not _pool_holds_every_class(info) or int(options["classes_per_client"]) != 1 or num_clients > num_classes:
         return None
     return (f"one class per client among no more clients than the data set's {num_classes} classes gives each "
             "client its class whole (with more clients, or more classes per client, the seed draws the split)")
 
 
-def _natural_seed_free(options: dict[str, Any], num_clients: int, num_classes: int) -> str | None:
+def _natural_seed_free(options: dict[str, Any], num_clients: int, dataset: str,
+                       dataset_options: dict[str, Any] | None) -> str | None:
     # select: first takes the first eligible writers in the data set's order; only select: random draws them
     if options["select"] != "first":
         return None
     return "select: first takes the first writers whatever the seed (select: random draws them from it)"
 
 
-def _split_file_seed_free(options: dict[str, Any], num_clients: int, num_classes: int) -> str | None:
+def _split_file_seed_free(options: dict[str, Any], num_clients: int, dataset: str,
+                          dataset_options: dict[str, Any] | None) -> str | None:
     # the file decides everything; the seed only labels the partition (split_file_partition)
     return f"the file {options['path']} decides the split, and the seed only labels it"
 
@@ -547,13 +577,21 @@ def noise_std(partition: Partition, client_id: int) -> float:
     with j = client_id + 1, in the units of the normalised inputs (per channel: mean 0, std 1). The NIID-Bench paper
     (Li et al. 2022, Sec. 3.3) writes Gau(sigma * i / N) for party i = 1..N, as here; its code adds
     sigma * i / (N - 1) for i = 0..N - 1 (its first party clean) to pixels in [0, 1], whose std on CIFAR-10 is about
-    a quarter of the normalised inputs': a sigma taken from its runs is about a quarter of that sigma here."""
+    a quarter of the normalised inputs': a sigma taken from its runs is about a quarter of that sigma here. Its code
+    also differs in what the noise is: its AddGaussianNoise transform redraws the noise every time a sample is read
+    (as augmentation), and its global test set is the parties' noisy test sets concatenated; here the noise is drawn
+    once per partition (`_feature_noise_inputs`) and the test set stays clean."""
     return float(partition.options["sigma"]) * (client_id + 1) / partition.num_clients
 
 
 def _feature_noise_inputs(x_train, partition: Partition):
     """Client j's samples (j = 1..M) plus fixed Gaussian noise of std `noise_std` (NIID-Bench), drawn once on the CPU
-    from the partition's seed, so that training and every analysis see the same data."""
+    from the partition's seed, so that training and every analysis see the same data.
+
+    Fixed, unlike NIID-Bench's code, whose AddGaussianNoise redraws it at every read of a sample (as augmentation);
+    and only the clients' training pool is noisy: the test set stays clean, where NIID-Bench tests on the parties'
+    noisy test sets concatenated. The noise is drawn with torch's CPU generator whenever a job loads the clients'
+    data (not stored), so the train and analysis jobs of a run must run one torch version to see the same noise."""
     import torch  # lazy: only where a client's data is loaded; planning and the partition job stay torch-free
 
     if not x_train.is_floating_point():
@@ -604,10 +642,10 @@ def _split_file_files(options: dict[str, Any]) -> dict[str, str]:
 
 
 PARTITION_KINDS: dict[str, PartitionKind] = {k.name: k for k in (
-    PartitionKind("dirichlet", {"alpha": None}, "Hsu et al. 2019; NIID-Bench (Li et al. 2022)", _make_dirichlet,
-                  by_class=True, concentrations=("alpha",)),
+    PartitionKind("dirichlet", {"alpha": None}, "NIID-Bench (Li et al. 2022): per-class Dirichlet over clients",
+                  _make_dirichlet, by_class=True, concentrations=("alpha",)),
     PartitionKind("iid", {}, "McMahan et al. 2017", _make_iid),
-    PartitionKind("classes", {"classes_per_client": None}, "McMahan et al. 2017; NIID-Bench #C=k", _make_classes,
+    PartitionKind("classes", {"classes_per_client": None}, "NIID-Bench #C=k (Li et al. 2022)", _make_classes,
                   _classes_fit, by_class=True, seed_free=_classes_seed_free),
     PartitionKind("quantity", {"beta": None}, "NIID-Bench quantity skew (Li et al. 2022)", _make_quantity,
                   concentrations=("beta",)),
@@ -664,15 +702,17 @@ def kind_client_count(entry: dict) -> tuple[int, str] | None:
     return spec.clients(kind_options(entry))
 
 
-def seed_free_reason(entry: dict, num_clients: int, num_classes: int) -> str | None:
-    """Why a `partitions` entry's writer gives `num_clients` clients of a data set of `num_classes` classes the same
-    split for every seed (its kind's `PartitionKind.seed_free`: one class per client among at most the classes, the
-    first writers, a split file), or None where the seed draws it; None for an entry `check_partition_entry`
+def seed_free_reason(entry: dict, num_clients: int, dataset: str,
+                     dataset_options: dict[str, Any] | None = None) -> str | None:
+    """Why a `partitions` entry's writer gives `num_clients` clients of `dataset` (a known name, read with
+    `dataset_options`: the config's `datasets.<name>`) the same split for every seed (its kind's
+    `PartitionKind.seed_free`: one class per client among at most the classes of an image data set, the first
+    writers, a split file), or None where the seed draws it or may; None for an entry `check_partition_entry`
     refuses."""
     spec = PARTITION_KINDS.get(entry.get("kind"))
     if spec is None or spec.seed_free is None or check_partition_entry("<entry>", entry):
         return None
-    return spec.seed_free(kind_options(entry), int(num_clients), int(num_classes))
+    return spec.seed_free(kind_options(entry), int(num_clients), dataset, dataset_options)
 
 
 def kind_file_path(path: str | Path) -> Path:

@@ -143,8 +143,8 @@ def shared_partition_warnings(config: dict, runs: list[Run]) -> list[str]:
     # first writers on three data sets)
     shared: dict[tuple[str, str, tuple[int, ...]], list[str]] = {}
     for (dataset, label, num_clients), taken in sorted(seeds.items()):
-        classes = dataset_info(dataset, config["datasets"][dataset]).num_classes
-        why = seed_free_reason(entries[label], num_clients, classes) if len(taken) > 1 else None
+        why = (seed_free_reason(entries[label], num_clients, dataset, config["datasets"][dataset]) if len(taken) > 1
+               else None)
         if why is not None:
             shared.setdefault((label, why, tuple(sorted(taken))), []).append(f"{dataset} with {num_clients} clients")
     return [f"seeds: the runs on partitions.{label} ({entries[label]['kind']}: {', '.join(where)}) take seeds "

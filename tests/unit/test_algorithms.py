@@ -27,6 +27,7 @@ from fedscape.data.federated import FederatedData, load_federated_data
 from fedscape.data.partition import make_partition
 from fedscape.fl import sequential as sequential_mod
 from fedscape.fl.engine import run_federated
+from fedscape.fl.hparams.fedsam import FedASAMConfig
 from fedscape.fl.hparams.moon import MoonConfig
 from fedscape.fl.hparams.registry import ALGORITHM_SPECS, algorithm_config
 from fedscape.fl.local import batch_order, client_generator, layer_seed
@@ -1081,16 +1082,19 @@ def test_cost_table_without_a_fedavg_in_the_setting_has_no_ratio(tmp_path):
 
 
 # -- FedSAM / FedASAM ------------------------------------------------------------------------------
-@pytest.mark.parametrize("eta", [None, 0.1])
-def test_sam_perturbation_matches_the_hand_formula(eta):
-    """SAM: e = rho g / ||g|| (Foret et al. 2021); ASAM: e = rho T^2 g / ||T g||, T = |w| + eta (Kwon et al. 2021)."""
+@pytest.mark.parametrize(("eta", "adaptive"), [(None, None), (0.1, None), (0.1, [True, False]), (0.1, [False, True])])
+def test_sam_perturbation_matches_the_hand_formula(eta, adaptive):
+    """SAM: e = rho g / ||g|| (Foret et al. 2021); ASAM: e = rho T^2 g / ||T g||, T = |w| + eta (Kwon et al. 2021),
+    T = 1 on a tensor `adaptive` leaves out (ASAM's code: a tensor not named weight)."""
     # Prepare
     w = [torch.tensor([3.0, -1.0]), torch.tensor([[0.0, 2.0]])]
     g = [torch.tensor([1.0, 2.0]), torch.tensor([[-2.0, 4.0]])]
     t = [torch.ones(2), torch.ones(1, 2)] if eta is None else [x.abs() + eta for x in w]
+    if adaptive is not None:
+        t = [ti if scaled else torch.ones_like(ti) for ti, scaled in zip(t, adaptive, strict=True)]
 
     # Execute
-    e = sam_perturbation(w, g, rho=0.5, eta=eta)
+    e = sam_perturbation(w, g, rho=0.5, eta=eta, adaptive=adaptive)
 
     # Assert
     norm = math.sqrt(sum(float(((ti * gi) ** 2).sum()) for ti, gi in zip(t, g, strict=True)))
@@ -1098,7 +1102,8 @@ def test_sam_perturbation_matches_the_hand_formula(eta):
         assert torch.allclose(ei, 0.5 * ti * ti * gi / norm)
     if eta is None:
         assert math.sqrt(sum(float((ei**2).sum()) for ei in e)) == pytest.approx(0.5)  # on the sphere of radius rho
-    assert all(torch.equal(z, torch.zeros_like(z)) for z in sam_perturbation(w, [x * 0 for x in g], 0.5, eta))
+    assert all(torch.equal(z, torch.zeros_like(z))
+               for z in sam_perturbation(w, [x * 0 for x in g], 0.5, eta, adaptive=adaptive))
 
 
 @pytest.mark.parametrize("name", ["fedsam", "fedasam"])
@@ -1127,6 +1132,56 @@ def test_fedsam_step_takes_the_gradient_at_the_ascent_point_and_applies_it_at_w(
         assert torch.equal(p.detach(), wi)  # back at w exactly
         assert torch.allclose(p.grad, gi, atol=1e-6)
     assert not torch.allclose(model.weight.grad, grads[0])  # not the plain gradient
+
+
+@pytest.mark.parametrize("adaptive_tensors", ["all", "weights"])
+def test_fedasam_scales_the_ascent_of_the_tensors_adaptive_tensors_names(adaptive_tensors):
+    # Prepare: a linear classifier (a tensor named weight, one named bias), one batch, and the gradient at the ascent
+    # point by hand: e = rho T^2 g / ||T g||, T = |w| + eta where scaled, T = 1 elsewhere (the bias under "weights",
+    # as ASAM's code: github.com/SamsungLabs/ASAM asam.py)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    rho, eta = 0.3, 0.2
+    strategy = make_strategy("fedasam", {"rho": rho, "eta": eta, "adaptive_tensors": adaptive_tensors})
+    w = {n: p.detach().clone() for n, p in model.named_parameters()}
+    g = dict(zip(w, torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters())), strict=True))
+
+    def ascent(scaled: set[str]) -> dict[str, torch.Tensor]:
+        t = {n: w[n].abs() + eta if n in scaled else torch.ones_like(w[n]) for n in w}
+        norm = torch.sqrt(sum((t[n] * g[n]).square().sum() for n in w))
+        return {n: rho * t[n] * t[n] * g[n] / norm for n in w}
+
+    e = ascent({"weight", "bias"} if adaptive_tensors == "all" else {"weight"})
+    shifted = [(w[n] + e[n]).requires_grad_(True) for n in ("weight", "bias")]
+    expected = torch.autograd.grad(F.cross_entropy(F.linear(x, *shifted), y), shifted)
+    ctx = ClientContext(1, 0, torch.cat([t.reshape(-1) for t in w.values()]), x, y, torch.Generator())
+
+    # Execute
+    strategy.local_backward(model, x, y, ctx)
+
+    # Assert: the gradient at that ascent point, applied at w; the two rules' bias ascents differ by far more than the
+    # tolerance (under "weights" the bias's is rho g_b / ||T g||)
+    assert torch.equal(model.weight.detach(), w["weight"]) and torch.equal(model.bias.detach(), w["bias"])
+    torch.testing.assert_close(model.weight.grad, expected[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(model.bias.grad, expected[1], rtol=0, atol=1e-6)
+    assert (ascent({"weight"})["bias"] - ascent({"weight", "bias"})["bias"]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    (lambda: algorithm_config("fedasam", {"adaptive_tensors": "biases"}),
+     "algorithm 'fedasam': adaptive_tensors: expected one of all, weights (e.g. its default 'all'), got 'biases'"),
+    (lambda: FedASAMConfig(adaptive_tensors="weight"),
+     "unknown adaptive_tensors value 'weight'. Did you mean 'weights'? Valid adaptive_tensors values: all, weights"),
+], ids=["config", "dataclass"])
+def test_fedasam_refuses_an_unknown_adaptive_tensors_value(build, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build()
+
+
+@pytest.mark.parametrize("value", ["all", "weights"])
+def test_fedasam_takes_each_adaptive_tensors_value(value):
+    assert algorithm_config("fedasam", {"adaptive_tensors": value}).adaptive_tensors == value
 
 
 def test_the_cost_table_refuses_the_meta_json_of_another_run(tmp_path):

@@ -737,7 +737,12 @@ def test_a_missing_split_file_is_named_by_its_key_before_the_partition_job_start
 
 KEEPS_STATE = r"cannot keep the clients' optimiser state"  # FedNova and SCAFFOLD divide by the round's own steps
 SGD_ONLY = r"trains its clients with sgd only \(training\.optimizer: adamw\): its option-II control variate"
+# FedDyn's g_k update reads a stationary point of the local objective, which AdamW's decoupled decay moves
+DECOUPLED = (r"cannot train its clients with adamw's decoupled weight decay \(training\.optimizer: adamw, "
+             r"weight_decay: 0\.01\): .*; use optimizer: sgd \(its weight decay is an L2 term of the objective\) or "
+             r"weight_decay: 0")
 ADAMW = {"optimizer": "adamw", "momentum": 0.0}
+DECAY = {"weight_decay": 0.01}
 
 
 @pytest.mark.parametrize(("name", "training", "label_training", "refusal"), [
@@ -750,6 +755,13 @@ ADAMW = {"optimizer": "adamw", "momentum": 0.0}
     ("scaffold", ADAMW, {}, SGD_ONLY),  # the whole config trains with adamw
     ("scaffold", {}, ADAMW, SGD_ONLY),  # only the SCAFFOLD label does
     ("scaffold", ADAMW, {"optimizer": "sgd"}, None),  # the label turns it off
+    ("feddyn", {**ADAMW, **DECAY}, {}, DECOUPLED),  # the whole config trains with adamw and weight decay
+    ("feddyn", DECAY, ADAMW, DECOUPLED),  # only the FedDyn label takes adamw
+    ("feddyn", ADAMW, DECAY, DECOUPLED),  # only the FedDyn label decays
+    ("feddyn", {**ADAMW, **DECAY}, {"weight_decay": 0.0}, None),  # the label turns the decay off
+    ("feddyn", {**ADAMW, **DECAY}, {"optimizer": "sgd"}, None),  # the label trains with sgd: the decay is L2
+    ("feddyn", ADAMW, {}, None),  # adamw without weight decay stops where the objective's gradient is zero
+    ("feddyn", DECAY, {}, None),  # sgd's weight decay is a term of the objective
     ("fedavg", ADAMW, {}, None),  # FedAvg averages whatever the clients did
     ("fedavg", {"keep_optimizer_state": True}, {}, None),  # and may keep its momentum
 ])

@@ -67,9 +67,12 @@ class GlobalNormSAM(FedSAM):
                                                             "lr_schedule_over": "local_steps"}, True),
         ("fedsam", {"rho": 0.2}, "mlp", {}, False),  # no forward_stacked: functional_call under vmap
         ("fedasam", {}, "mlp", {"batch_size": 64}, False),  # every step's batch padded to the longest shard
+        # T on the tensors named weight alone: each path reads the names of its own tensors
+        ("fedasam", {"rho": 1.0, "eta": 0.1, "adaptive_tensors": "weights"}, "cnn_small", {}, True),
+        ("fedasam", {"adaptive_tensors": "weights"}, "mlp", {}, False),
     ],
     ids=["fedsam", "fedasam", "fedsam-crop_flip-chunks-float64", "fedasam-cosine-float64", "fedsam-mlp-vmap",
-         "fedasam-mlp-batch-over-shards"],
+         "fedasam-mlp-batch-over-shards", "fedasam-weights-float64", "fedasam-weights-mlp-vmap"],
 )
 def test_vectorized_sam_round_equals_sequential_round(algorithm, hparams, model, train, float64, monkeypatch,
                                                       request):

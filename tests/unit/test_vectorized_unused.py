@@ -72,6 +72,8 @@ CASES = {
     "fedprox-mu0": ("fedprox", {"mu": 0.0}, {}, False),  # no term at mu = 0: the layer still has no gradient
     "fedsam": ("fedsam", {"rho": 0.05}, {}, False),  # no ascent for it, nor a part in the ascent's norm
     "fedasam": ("fedasam", {"rho": 0.5, "eta": 0.1}, {}, False),
+    # T by name: the names of the tensors with a gradient, not of all tensors
+    "fedasam-weights": ("fedasam", {"rho": 0.5, "eta": 0.1, "adaptive_tensors": "weights"}, {}, False),
 }
 
 

@@ -4,8 +4,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
+from fedscape.core.names import unknown_name_error
 from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
+
+AdaptiveTensors = Literal["all", "weights"]
+ADAPTIVE_TENSORS = get_args(AdaptiveTensors)
 
 
 @dataclass(frozen=True)
@@ -28,11 +33,20 @@ class FedASAMConfig(FedSAMConfig):
 
     rho: float = 0.5  # ASAM's CIFAR setting (Kwon et al. 2021, Sec. 5): the adaptive radius is scale-free, so larger
     eta: float = 0.01  # ASAM's CIFAR setting (Kwon et al. 2021): T = |w| + eta keeps zero weights perturbable
+    # Which parameter tensors take the adaptive scale T = |w| + eta; the others take T = 1, SAM's. "all": every one,
+    # biases and normalisation parameters too, as ASAM's eq. 10 writes it (Kwon et al. 2021), the default so that no
+    # earlier run changes. "weights": those whose parameter name contains "weight", as ASAM's code tests names
+    # (github.com/SamsungLabs/ASAM asam.py, ASAM.ascent_step: `if 'weight' in n`) and FedASAM's copy of it
+    # (Caldarola et al. 2022, github.com/debcaldarola/fedsam models/clients/minimizers.py); a normalisation layer's
+    # scale is named weight and takes T there too, its shift (bias) does not.
+    adaptive_tensors: AdaptiveTensors = "all"
 
     def __post_init__(self):
         super().__post_init__()
         if self.eta < 0:
             raise ValueError(f"eta must be non-negative, got {self.eta}")
+        if self.adaptive_tensors not in ADAPTIVE_TENSORS:
+            raise unknown_name_error("adaptive_tensors value", self.adaptive_tensors, ADAPTIVE_TENSORS)
 
 
 SPECS = (

@@ -23,7 +23,10 @@ class GradAugConfig(ServerSGDConfig):
 
     mu: float = 1.75  # FedAlign paper, Sec. 3.2: the tuned optimum for GradAug
     num_subnets: int = 2  # n (FedAlign paper, Sec. 3.2)
-    min_width: float = 0.8  # smallest sub-network width; the FedAlign code shares its --width flag with FedAlign's 0.8
+    # The smallest sub-network width: Yang et al. 2020's CIFAR setting (github.com/taoyang1122/GradAug
+    # configs/wideresnet_randwidth.yml and pyramidnet_randwidth.yml: min_width 0.8). Neither the FedAlign paper nor its
+    # code's defaults give GradAug's: its --width flag, shared with FedAlign's omega_s, defaults to 0.25 (main.py).
+    min_width: float = 0.8
     scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.625)  # input sizes 32/28/24/20 of 32 in the FedAlign code
 
     def __post_init__(self):

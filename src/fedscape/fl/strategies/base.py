@@ -4,9 +4,11 @@ A strategy has client-side hooks used by the engine's local SGD loop (`begin_loc
 `local_parameters`, `local_backward` -> `local_loss`, `adjust_gradients`, `end_local`) and one
 server-side hook (`server_update`): aggregate the client deltas weighted by sample counts, treat
 the mean delta as a pseudo-gradient and step a server optimiser. FedAvg, FedAvgM, FedAdam, FedYogi
-and FedAdagrad differ only in that optimiser (`fedavg`); every other module of this package is one
-client-side algorithm family. Hyperparameters live in one frozen dataclass per algorithm, in the
-module of the same name in `fedscape.fl.hparams`; `registry.make_strategy` builds a strategy by name.
+and FedAdagrad differ only in that optimiser (`fedavg`); every other module of this package but `base` and `registry`
+is one algorithm family that changes the clients' local training (SCAFFOLD and FedDyn with a server state besides),
+except FedNova (`fednova`), whose clients train as FedAvg's and whose server step alone differs (normalised
+averaging). Hyperparameters live in one frozen dataclass per algorithm, in the module of the same name in
+`fedscape.fl.hparams`; `registry.make_strategy` builds a strategy by name.
 """
 
 from __future__ import annotations

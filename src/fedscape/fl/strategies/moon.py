@@ -48,7 +48,10 @@ class Moon(Strategy):
     head's output, as in MOON's code and the FedAlign code; the head is then part of the model
     (`prepare_model`: `fedscape.models.layers.ProjectedClassifier`), trained by both terms, averaged,
     saved and evaluated with it. The previous local model of a client that has not yet trained is the
-    initial global model, as in the FedAlign code.
+    initial global model. The FedAlign code's is not (methods/moon.py): its server's prev_models start as
+    state_dict() views of the server model, which the first aggregation's load_state_dict overwrites in place before
+    the server's test moves the model to the GPU, so from round 2 on such a client there gets the first round's
+    aggregate.
 
     ``reference_mode: train`` (the default): the global and previous models compute their representations in the
     local model's mode: in training, a batch-norm model's with the batch's statistics, as in the FedAlign code (its

@@ -15,7 +15,7 @@ from helpers.plans import all_settings
 from helpers.words import write_reddit
 from helpers.workflow import ROOT
 
-from fedscape.core.config import ConfigError, duplicate_keys, read_config_file
+from fedscape.core.config import ConfigError, config_value, duplicate_keys, read_config_file
 from fedscape.core.runs import RUN_FIELDS, Run, build_runs, resolve_run, select_runs, unused_grid_values
 from fedscape.data.specs import DATASET_OPTION_ORDER, data_layout_problems
 from fedscape.fl.hparams import registry
@@ -124,7 +124,7 @@ BAD_CONFIGS = [
     ("algorithms", {"m": {"name": "fedavg", "training": {"rounds": 3.0}}},
      "algorithms.m.training.rounds: 3.0 is not an integer: write 3"),
     ("inits", {"w": {"kind": "iid_warmup", "training": {"momentum": 2.0}}},
-     "inits.w.training.momentum: 2.0 is greater than the maximum of 1"),
+     "inits.w.training.momentum: 2.0 is greater than or equal to the maximum of 1"),
     # another kind's keys were ignored: the init was not the one the config describes
     ("inits", {"w": {"kind": "iid_warmup", "epochs": 5}}, "inits.w: kind iid_warmup does not read epochs; the kinds "
      "that do: epochs: pretrained. Kind iid_warmup reads seed, rounds, num_clients, partition_seed, training"),
@@ -234,7 +234,87 @@ BAD_CONFIGS = [
     ("hessian.runs", [{"alpha": "iid"}, {"alpah": "iid", "seed": -1}],
      "Did you mean 'alpha'? Valid keys: dataset, model, init, algorithm, alpha, num_clients, participation, seed; "
      "hessian.runs[1].seed: -1 is less than the minimum of 0"),
+    # statistics on the 0-255 scale, which normalise every input to nearly one value
+    ("datasets.cifar10", {"channel_mean": [125.3, 123.0, 113.9]}, "datasets.cifar10.channel_mean[0]: 125.3 is greater "
+     "than the maximum of 1; pixels are on the [0, 1] scale: divide statistics on the 0-255 scale by 255"),
+    ("datasets.cifar10", {"channel_std": [63.0, 62.1, 66.7]}, "datasets.cifar10.channel_std[2]: 66.7 is greater than "
+     "the maximum of 1; pixels are on the [0, 1] scale"),
+    ("datasets.cifar10", {"channel_mean": [0.5, -0.5, 0.5]}, "datasets.cifar10.channel_mean[1]: -0.5 is less than the "
+     "minimum of 0"),
+    # a seed that torch cannot take (it failed inside the job) or that the tables' int64 columns cannot hold
+    ("seeds", [2**64], "seeds[0]: 18446744073709551616 is greater than the maximum of 9223372036854775807; a seed is "
+     "from 0 to 2**63 - 1"),
+    ("seeds", [0, 2**63], "seeds[1]: 9223372036854775808 is greater than the maximum of 9223372036854775807"),
+    ("inits.random.seed", 2**64, "inits.random.seed: 18446744073709551616 is greater than the maximum"),
+    ("inits.w", {"kind": "iid_warmup", "partition_seed": 2**63}, "inits.w.partition_seed: 9223372036854775808 is "
+     "greater than the maximum"),
+    ("inits.more", {"kind": "continue", "run": {"seed": 2**63}}, "inits.more.run.seed: 9223372036854775808 is greater "
+     "than the maximum"),
+    ("datasets.digits.split_seed", 2**63, "datasets.digits.split_seed: 9223372036854775808 is greater than the "
+     "maximum"),
+    ("experiments", [{"alpha": "iid", "seed": 2**63}], "experiments[0].seed: 9223372036854775808 is greater than the "
+     "maximum"),
+    ("hessian.seed", 2**64, "hessian.seed: 18446744073709551616 is greater than the maximum"),
+    ("landscapes", {"g": {"kind": "random", "runs": [{"alpha": 0.1, "init": "random", "algorithm": "fedavg"}],
+                          "seed": 2**64}}, "landscapes.g.seed: 18446744073709551616 is greater than the maximum"),
+    ("layer_barriers.order_seed", 2**63, "layer_barriers.order_seed: 9223372036854775808 is greater than the maximum"),
+    # a momentum of 1 never decays: every SGD momentum is in [0, 1), as server_momentum
+    ("training.momentum", 1.0, "training.momentum: 1.0 is greater than or equal to the maximum of 1; an SGD momentum "
+     "is in [0, 1)"),
+    ("inits.pretrained.momentum", 1.0, "inits.pretrained.momentum: 1.0 is greater than or equal to the maximum of 1"),
+    ("algorithms", {"m": {"name": "fedavg", "training": {"momentum": 1.0}}},
+     "algorithms.m.training.momentum: 1.0 is greater than or equal to the maximum of 1"),
 ]
+
+
+@pytest.mark.parametrize(("path", "problem"), [
+    ("training", "training: empty (YAML reads `training:` with nothing after it as null): write `training: {}` to set "
+     "none of its keys or delete the key for its default"),
+    ("landscapes", "landscapes: empty (YAML reads `landscapes:` with nothing after it as null): write "
+     "`landscapes: {}` for none or delete the key for its default"),
+    ("interpolation.pairs", "interpolation.pairs: empty (YAML reads `pairs:` with nothing after it as null): write "
+     "`pairs: {}` for none or delete the key for its default"),
+    ("experiments", "experiments: empty (YAML reads `experiments:` with nothing after it as null): write "
+     "`experiments: []` for none or delete the key for its default"),
+    # a section that needs an entry offers no empty one; its default is named where it is not the empty one
+    ("alphas", "alphas: empty (YAML reads `alphas:` with nothing after it as null): give it at least one item or "
+     "delete the key for its default ([iid])"),
+    ("datasets", "datasets: empty (YAML reads `datasets:` with nothing after it as null): give it at least one entry "
+     "or delete the key for its default ({digits: {}})"),
+    # a label's entry has no default to fall back to
+    ("datasets.digits", "datasets.digits: empty (YAML reads `digits:` with nothing after it as null): write "
+     "`digits: {}` to set none of its keys"),
+    ("algorithms.fedavg", "algorithms.fedavg: empty (YAML reads `fedavg:` with nothing after it as null): give its "
+     "keys (name)"),
+])
+def test_an_empty_section_that_yaml_reads_as_null_says_what_to_write(path, problem):
+    # Prepare: the key written with nothing after it (every entry commented out), which YAML reads as null
+    config = with_change(path, None)
+
+    # Execute
+    with pytest.raises(ConfigError) as err:
+        check_config(config, SCHEMA)
+
+    # Assert: the problem line is the whole advice, with no fix that the key does not have
+    assert f"  - {problem}" in str(err.value).splitlines()
+
+
+@pytest.mark.parametrize(("path", "value", "base"), [
+    ("seeds", [0, 2**63 - 1], GRID_ONLY),
+    ("inits.random.seed", 2**63 - 1, DEFAULT),
+    ("datasets.digits.split_seed", 2**63 - 1, DEFAULT),
+    ("training.momentum", 0.99, DEFAULT),
+    ("inits.pretrained.momentum", 0.0, DEFAULT),
+    # (a second data set: the experiments then name theirs by default)
+    ("datasets.cifar10", {"channel_mean": [0.0, 0.5, 1.0], "channel_std": [1.0, 0.2023, 0.001]},
+     with_change("experiment_defaults.dataset", "digits")),
+])
+def test_a_value_at_the_edge_of_its_range_stays_valid(path, value, base):
+    config = with_change(path, value, base)
+
+    check_config(config, SCHEMA)
+
+    assert config_value(config, path.split(".")) == value
 
 
 def test_a_label_may_be_no_word_that_the_tables_read_as_missing():

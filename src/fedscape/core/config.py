@@ -289,6 +289,35 @@ def label_not_text(label) -> str:
             f"quote it ('{text}':) or start it with a letter")
 
 
+def _empty_section(error: jsonschema.ValidationError) -> str:
+    """For a mapping or a list that YAML read as null (`landscapes:` with every entry commented out), that it is empty
+    and what to write instead; '' where the schema wants no mapping or list there."""
+    expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+    empty = "{}" if "object" in expected else "[]" if "array" in expected else None
+    if empty is None or not error.absolute_path:
+        return ""
+    schema, key = error.schema, error.absolute_path[-1]
+    written = "-" if isinstance(key, int) else f"{key}:"
+    if schema.get("required"):
+        fixes = [f"give its keys ({', '.join(schema['required'])})"]
+    elif schema.get("minProperties", 0) or schema.get("minItems", 0):
+        fixes = [f"give it at least one {'entry' if empty == '{}' else 'item'}"]
+    else:  # an empty collection has no entries; an empty settings mapping leaves each key at its default
+        meaning = "to set none of its keys" if "properties" in schema else "for none"
+        fixes = [f"write `{written} {empty}` {meaning}"]
+    if "default" in schema and not isinstance(key, int):
+        default = schema["default"]
+        flow = yaml.safe_dump(default, default_flow_style=True, width=10**6).strip()
+        shown = "" if default in ({}, []) else f" ({flow})"
+        fixes.append(f"delete the key for its default{shown}")
+    return f"empty (YAML reads `{written}` with nothing after it as null): {' or '.join(fixes)}"
+
+
+# The bounds whose error adds the schema's `range_hint` (as a pattern's adds its `pattern_hint`): why the bound is
+# there, where the number alone does not say it (a seed torch cannot take, a mean on the 0-255 scale)
+_RANGE_KEYWORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
     return _describe_error(error) + _text_number_hint(error.instance)
 
@@ -301,6 +330,12 @@ def _describe_error(error: jsonschema.ValidationError) -> str:
         expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
         if "integer" in expected:
             return f"{where}: {error.instance!r} is not an integer: write {int(error.instance)}"
+    if error.validator == "type" and error.instance is None:
+        empty = _empty_section(error)
+        if empty:
+            return f"{where}: {empty}"
+    if error.validator in _RANGE_KEYWORDS and "range_hint" in error.schema:  # the bound alone does not say why
+        return f"{where}: {error.message}; {error.schema['range_hint']}"
     if error.validator == "additionalProperties":
         allowed = list(error.schema.get("properties", {}))
         extra = [k for k in error.instance if k not in allowed]

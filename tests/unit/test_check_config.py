@@ -15,6 +15,7 @@ from fedscape.core.runs import build_runs
 from fedscape.plan.workflow import (
     DEFAULT_CONFIG,
     SCHEMA,
+    check_config,
     check_config_file,
     check_config_main,
     config_warnings,
@@ -75,6 +76,57 @@ def test_a_valid_configs_warnings_are_those_the_workflow_prints_after_it_is_vali
     assert lines == [f"{path} is valid", *(f"warning: {w}" for w in config_warnings(config, build_runs(config),
                                                                                   load_schema(SCHEMA)))]
     assert lines[1].startswith("warning: seeds: 1 taken by no run")
+
+
+def _set(path: str, value):
+    """A change of the default config: `value` at the key `path` (its parts split at /)."""
+    def change(config: dict) -> None:
+        *parents, key = path.split("/")
+        for part in parents:
+            config = config[part]
+        config[key] = value
+    return change
+
+
+NO_BN = "changes nothing: cnn_small has no batch norm, so there are no batch-norm statistics to recompute or keep"
+SWA = {"start_round": 20, "bn_stats": "stored"}
+
+
+@pytest.mark.parametrize(("changes", "warning"), [
+    ([], None),  # the default config: none of these lines
+    # options of a model no run trains
+    ([_set("model_options", {"resnet20": {"norm": "group"}})],
+     "model_options.resnet20: no run trains resnet20 (the runs train cnn_small), so nothing reads its options"),
+    ([_set("model_options", {"cnn_small": {"norm": "none"}})], None),
+    # a bn_stats away from its default, on models without batch norm
+    ([_set("landscapes/global_0.1/bn_stats", "recomputed")], f"landscapes.global_0.1.bn_stats: recomputed {NO_BN}"),
+    ([_set("interpolation/bn_stats", "stored")], f"interpolation.bn_stats: stored {NO_BN}"),
+    ([_set("layer_barriers/bn_stats", "stored")], f"layer_barriers.bn_stats: stored {NO_BN}"),
+    ([_set("training/swa", SWA)], f"training.swa.bn_stats: stored {NO_BN}"),
+    ([_set("algorithms/fedprox/training", {"swa": SWA})], f"algorithms.fedprox.training.swa.bn_stats: stored {NO_BN}"),
+    ([_set("interpolation/bn_stats", "recomputed"), _set("training/swa", {"start_round": 20})], None),  # defaults
+    ([_set("algorithms/fedprox/training", {"swa": {"start_round": 20}})], None),
+    # ... and with batch norm, where they take effect
+    ([_set("model_options", {"cnn_small": {"norm": "batch"}}), _set("landscapes/global_0.1/bn_stats", "recomputed"),
+      _set("interpolation/bn_stats", "stored"), _set("training/swa", SWA)], None),
+    # where a bundled data set's files would be
+    ([_set("datasets/digits/data_dir", "/data/digits")],
+     "datasets.digits.data_dir: nothing reads data_dir: \"/data/digits\", since digits is scikit-learn's bundled"),
+    ([_set("datasets/digits/download", True)], "datasets.digits.download: nothing reads download: true, since digits"),
+    ([_set("datasets/digits/download", False)], None),
+])
+def test_a_setting_that_nothing_reads_is_warned_about_naming_its_key(changes, warning):
+    # Prepare: the default config (valid, no warnings) with the changes
+    config = copy.deepcopy(DEFAULT)
+    for change in changes:
+        change(config)
+    check_config(config, load_schema(SCHEMA))
+
+    # Execute
+    lines = config_warnings(config, build_runs(config), load_schema(SCHEMA))
+
+    # Assert: one line naming the key, or none
+    assert [line[: len(warning)] for line in lines] == ([] if warning is None else [warning])
 
 
 @pytest.mark.parametrize(("config", "problem"), [

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from helpers.configs import SCHEMA
+from helpers.configs import DEFAULT, SCHEMA, problems_of
 from helpers.tables import run_id
 from helpers.workflow import TINY_CONFIG
 
@@ -49,6 +49,7 @@ from fedscape.core.runs import build_runs
 from fedscape.data.datasets import dataset_from_options, load_dataset
 from fedscape.data.federated import load_federated_data
 from fedscape.data.partition import PartitionError
+from fedscape.fl.settings import sample_clients
 from fedscape.models.evaluate import evaluate
 from fedscape.models.params import flatten_buffers, flatten_params, load_buffers, load_params
 from fedscape.models.registry import build_model
@@ -782,6 +783,63 @@ TRAJ = {"kind": "trajectory", "runs": [IID]}
 def test_bad_landscape_specs_are_rejected_naming_the_key(spec, message):
     with pytest.raises(ConfigError, match=message):
         check_config(tiny(landscapes={"x": spec}), SCHEMA)
+
+
+# runs of the default config: from its one random init, and from the pretrained one
+RANDOM_0_1 = {"alpha": 0.1, "init": "random", "algorithm": "fedavg", "participation": 1.0}
+PRETRAINED_0_1 = {"alpha": 0.1, "init": "pretrained"}
+
+
+@pytest.mark.parametrize(("round_", "runs", "refused"), [
+    (0, None, True),          # the default's three runs from the random init: at round 0, that init three times
+    ("final", None, False),
+    (1, None, False),
+    (0, [RANDOM_0_1, PRETRAINED_0_1, {"alpha": "iid", "init": "random"}], False),  # two inits: two models
+])
+def test_a_final_models_plane_whose_runs_share_one_model_at_its_round_is_refused(round_, runs, refused):
+    # Prepare: the default config's final_alphas at another round, or of other runs
+    config = copy.deepcopy(DEFAULT)
+    config["landscapes"]["final_alphas"]["round"] = round_
+    if runs is not None:
+        config["landscapes"]["final_alphas"]["runs"] = runs
+
+    # Execute
+    problems = problems_of(config)
+
+    # Assert: refused at planning, naming the key, what the models are and what to change
+    message = ("landscapes.final_alphas.round: at round 0 the 3 runs' models are all one model, the init random of "
+               "digits/cnn_small (round 0 of every run from it): runs from one init share their round-0 model, so "
+               "no plane goes through them; set a later round (e.g. final), or select runs from different inits in "
+               "landscapes.final_alphas.runs")
+    assert (message in problems, problems == "") == (refused, not refused)
+
+
+SAMPLED = sample_clients(0, 10, 10, 0.5)  # the clients that train in round 10 of the default's half-participation run
+
+
+UNSAMPLED = min(set(range(10)) - set(SAMPLED))
+HALF_0_1 = {"alpha": 0.1, "participation": 0.5}
+
+
+@pytest.mark.parametrize(("run", "client", "data", "refused"), [
+    (HALF_0_1, UNSAMPLED, ["train", "client"], True),
+    (HALF_0_1, SAMPLED[0], ["train", "client"], False),
+    (HALF_0_1, UNSAMPLED, ["train"], False),  # no surface of the client's data
+    (RANDOM_0_1, UNSAMPLED, ["train", "client"], False),  # every client trains every round
+])
+def test_a_local_surface_of_a_client_that_did_not_train_that_round_is_refused(run, client, data, refused):
+    # Prepare: a local landscape of the default config at round 10 (a round in save_clients_at)
+    config = copy.deepcopy(DEFAULT)
+    config["landscapes"]["local_x"] = {"kind": "local", "runs": [run], "round": 10, "client": client, "data": data}
+
+    # Execute
+    problems = problems_of(config)
+
+    # Assert: the round's saved client models are the sampled clients' only, and the message lists them
+    message = (f"landscapes.local_x.client: client {client} does not train in round 10 of run "
+               f"digits/cnn_small/init~random/algo~fedavg/alpha~0.1/clients~10/part~0.5/seed~0 (participation 0.5: "
+               f"that round samples clients {SAMPLED})")
+    assert (message in problems, problems == "") == (refused, not refused)
 
 
 def test_landscape_specs_resolve_with_defaults():

@@ -18,9 +18,10 @@ from snakemake.iocontainers import Namedlist
 
 from fedscape.core import gpus as gpus_mod
 from fedscape.core.config import ConfigError, load_schema
-from fedscape.core.gpus import CLAIM_DIR, card_loads, claim_card, parse_visible_devices, visible_gpus
+from fedscape.core.gpus import CLAIM_DIR, card_loads, claim_card, no_card_known, parse_visible_devices, visible_gpus
 from fedscape.core.runs import build_runs
 from fedscape.models import device as device_mod
+from fedscape.plan import resources as resources_mod
 from fedscape.plan.barriers import interpolation_pair, interpolation_settings
 from fedscape.plan.hessian import hessian_job_settings
 from fedscape.plan.init import init_settings
@@ -223,7 +224,7 @@ def test_auto_takes_the_visible_card_with_the_fewest_claims_named_by_its_uuid(co
     ("auto", 4, 1, 4),   # one job per card, each claims its own
     ("cpu", 4, 0, 0),    # the jobs will not touch the cards
     ("cuda:2", 4, 1, 1),  # every job on that one card
-    ("cuda", 0, 0, 0),   # the job itself reports that CUDA is missing
+    ("cuda", 0, 0, 0),   # no card to take (a local run is refused before any job: execution_problems)
 ])
 def test_gpu_resources_of_a_local_run(device, gpus, per_job, slots):
     config = {"training": {"device": device}}
@@ -246,13 +247,54 @@ def test_gpu_resources_of_a_local_run(device, gpus, per_job, slots):
     ("cuda", True, False, False, 0, None),
     ("cuda:2", False, True, True, 2, "shows 2 card(s) to the jobs (cuda:0..cuda:1"),
     ("cuda:1", False, True, True, 2, None),
-    ("cuda:3", False, True, True, 0, None),   # no card at all: the job says CUDA is missing
+    # a local run that sees no card: its first GPU job would fail on "CUDA is not available"
+    ("cuda:3", False, True, True, 0, "this local run sees no CUDA card"),
+    ("cuda", False, True, False, 0, "set training.device to auto (CUDA where there is a card, else the CPU) or cpu"),
+    ("cuda:0", True, True, False, 0, "this local run sees no CUDA card"),
+    ("auto", False, True, False, 0, None),    # the jobs compute on the CPU
+    ("cpu", False, True, False, 0, None),
+    ("cuda", False, True, False, 1, None),
 ])
 def test_a_run_started_so_that_jobs_would_share_or_miss_a_card_is_refused(device, planned_as_cluster, local_exec,
                                                                          gpu_limited, gpus, refused):
     problems = execution_problems({"training": {"device": device}}, planned_as_cluster, local_exec, gpu_limited, gpus)
 
     assert (len(problems), refused is None or refused in problems[0]) == (int(refused is not None), True)
+
+
+@pytest.mark.parametrize(("known", "refused"), [(True, True), (False, False)])
+def test_an_explicit_cuda_device_on_this_machine_is_refused_only_where_it_is_known_to_see_no_card(monkeypatch, known,
+                                                                                                  refused):
+    # Prepare: this machine shows no card (visible_gpus 0), known to be none or a count no driver answered
+    monkeypatch.setattr(resources_mod, "visible_gpus", lambda: 0)
+    monkeypatch.setattr(resources_mod, "no_card_known", lambda: known)
+
+    # Execute: a local run with its count left to the machine (gpus None)
+    problems = execution_problems({"training": {"device": "cuda"}}, False, True, False)
+
+    # Assert
+    assert [p.split(":")[0] for p in problems] == (["training.device"] if refused else [])
+
+
+@pytest.mark.parametrize(("environ", "files", "driver", "known"), [
+    ({}, (), None, True),                                # no device file a card could be reached through
+    ({"CUDA_VISIBLE_DEVICES": ""}, ("nvidiactl",), None, True),  # the variable hides every card
+    ({}, ("nvidiactl",), 0, True),                       # nvidia-smi answers: no GPU
+    ({}, ("nvidiactl",), None, False),                   # the driver's device, and no answer: a card may be there
+    ({}, ("kfd",), None, False),                         # ROCm, whose torch names its cards cuda
+])
+def test_no_card_is_known_where_the_environment_the_device_files_or_the_driver_say_so(monkeypatch, tmp_path, environ,
+                                                                                      files, driver, known):
+    # Prepare: device files in a folder of their own, and the driver's answer
+    for name in files:
+        (tmp_path / name).touch()
+    monkeypatch.setattr(gpus_mod, "driver_gpus", lambda: driver)
+
+    # Execute
+    got = no_card_known(environ, tuple(str(tmp_path / name) for name in ("nvidiactl", "dxg", "kfd")))
+
+    # Assert
+    assert got == known
 
 
 @pytest.mark.parametrize("cluster", [True, False])

@@ -22,10 +22,10 @@ def made(tiny_run) -> dict[str, dict[str, float]]:
 
 # Versioned kinds without numbers of their own to guard: final.csv, summary.csv and the tables gathered from the jobs'
 # files (GATHERED) hold the other kinds' numbers, a surface its chunks' (guarded as landscape_chunk's, read from the
-# gathered surface), and cost.csv holds wall-clock seconds and memory, which differ from run to run. Nor the figures (every rule named `*_figure` or
-# `*_figures`): the numbers they draw are those of the tables they read, guarded as their kinds'; a figure's version
-# covers its drawing and the layout of the CSV beside it, which an image comparison would confuse with the fonts and
-# the matplotlib version.
+# gathered surface), and cost.csv holds wall-clock seconds and memory, which differ from run to run. Nor the figures
+# (every rule named `*_figure` or `*_figures`): the numbers they draw are those of the tables they read, guarded as
+# their kinds'; a figure's version covers its drawing and the layout of the CSV beside it, which an image comparison
+# would confuse with the fonts and the matplotlib version.
 GATHERED = ("partitions_table", "rounds_table", "hessian_tables", "interpolation_tables", "layer_barrier_tables",
             "layer_consecutive_table", "surfaces_table")
 UNGUARDED = ("final_table", "summary_table", "cost_table", "landscape_gather", *GATHERED)

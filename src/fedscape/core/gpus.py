@@ -175,6 +175,23 @@ def driver_gpus(proc: Path = NVIDIA_PROC) -> int | None:
     return sum(1 for line in out.splitlines() if line.startswith("GPU "))
 
 
+# The device files through which CUDA reaches a card: the NVIDIA driver's control device (in a container given cards
+# too), WSL2's paravirtualised GPU, and ROCm's kernel driver (a ROCm torch calls its cards cuda). Without any of them
+# no job can find a card, whatever the driver's listing says.
+CUDA_DEVICE_FILES = ("/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
+
+
+def no_card_known(environ: Mapping[str, str] | None = None, device_files: tuple[str, ...] = CUDA_DEVICE_FILES) -> bool:
+    """Whether this machine's count of no visible card (`visible_gpus` 0) is known to be none: CUDA_VISIBLE_DEVICES
+    says which cards the jobs see, or no device file CUDA could reach a card through exists (`CUDA_DEVICE_FILES`), or
+    the driver answers (`driver_gpus`). Where a device file exists and no driver answers (a container that hides the
+    driver's listing and nvidia-smi, a ROCm machine), 0 stands for "no answer", and CUDA may still find a card."""
+    environ = os.environ if environ is None else environ
+    if "CUDA_VISIBLE_DEVICES" in environ or not any(Path(path).exists() for path in device_files):
+        return True
+    return driver_gpus() is not None
+
+
 def jobs_per_card(gpu_limit: int | None, cards: int) -> int | None:
     """How many GPU jobs at once a local run whose `gpu` resource is `gpu_limit` allows on each of the `cards` cards its
     jobs use: ceil(gpu_limit / cards), so that the workflow's own jobs always find a card; None (no limit) without a

@@ -33,6 +33,7 @@ from fedscape.core.jobs import job_params
 from fedscape.core.paths import LANDSCAPE_DIR, SURFACE_DIR, Results, fill
 from fedscape.core.runs import build_runs, iid_first, resolve_run, select_runs, varying_fields
 from fedscape.data.specs import dataset_settings
+from fedscape.fl.settings import sample_clients
 from fedscape.models.specs import BN_STATS_BASELINE
 from fedscape.plan.hessian import plane_path
 from fedscape.plan.train import (
@@ -118,6 +119,11 @@ def _model_point(config: dict, checkpoint: Checkpoint) -> tuple:
     return (run.dataset, run.model, run.init, tuple(sorted(options.items())), run.seed if options else None)
 
 
+def _local_round(config: dict, run, round_: int | str) -> int:
+    """The round t of a local-scope plane: its clients' models of round t, from the global model of round t-1."""
+    return int(run_training(config, run)["rounds"]) if round_ == "final" else int(round_)
+
+
 def _point_text(point: tuple) -> str:
     if len(point) == 2:
         return f"round {point[1]} of {point[0]}"
@@ -167,6 +173,15 @@ def resolve_landscape(config: dict, runs: list, label: str) -> LandscapePlan:
             raise ConfigError(f"{where}.runs: kind trajectories needs at least 2 runs (use kind trajectory for one)")
         for run in selected:
             check_round(config, run, round_, f"{where}.round")
+        if kind == "final_models":
+            # round 0 of runs from one init is that init: the plane job would find its models all one point only
+            # after every run has trained
+            points = {_model_point(config, Checkpoint(run, round_)) for run in selected}
+            if len(points) < 2:
+                raise ConfigError(f"{where}.round: at round {round_!r} the {len(selected)} runs' models are all one "
+                                  f"model, {_point_text(points.pop())}: runs from one init share their round-0 "
+                                  f"model, so no plane goes through them; set a later round (e.g. final), or "
+                                  f"select runs from different inits in {where}.runs")
         if kind in ("trajectory", "trajectories") and round_ == 0:
             raise ConfigError(f"{where}.round: a {kind} plane needs a round >= 1 (the PCA of the global models of "
                               f"rounds 0..round; round 0 is the initial model alone)")
@@ -183,7 +198,7 @@ def resolve_landscape(config: dict, runs: list, label: str) -> LandscapePlan:
     if kind == "local":
         run = selected[0]
         training = run_training(config, run)
-        t = training["rounds"] if round_ == "final" else round_
+        t = _local_round(config, run, round_)
         if t < 1:
             raise ConfigError(f"{where}.round: the local scope needs a round >= 1 (round t goes from the model "
                               f"after round t-1 to the clients' models of round t)")
@@ -198,6 +213,16 @@ def resolve_landscape(config: dict, runs: list, label: str) -> LandscapePlan:
     if "client" in spec["data"] and not 0 <= client < data_run.num_clients:
         raise ConfigError(f"{where}.client: client {client} does not exist; run {data_run.run_id} has "
                           f"{data_run.num_clients} clients (0..{data_run.num_clients - 1})")
+    if kind == "local" and "client" in spec["data"]:
+        # the round's saved client models are those of the clients it sampled (the train stage draws them alike):
+        # another client's surface L_m would be drawn with no model of that client on the plane
+        t = _local_round(config, data_run, round_)
+        sampled = sample_clients(data_run.seed, t, data_run.num_clients, float(data_run.participation))
+        if client not in sampled:
+            raise ConfigError(f"{where}.client: client {client} does not train in round {t} of run "
+                              f"{data_run.run_id} (participation {data_run.participation}: that round samples clients "
+                              f"{sampled}), so the plane holds no model of it; set client to one of them, or pick "
+                              f"another round")
     if bn_stats_setting(config, data_run, spec["bn_stats"]) != BN_STATS_BASELINE and spec["points_per_batch"] > 1:
         raise ConfigError(f"{where}.points_per_batch: bn_stats {spec['bn_stats']} gives every grid point its own "
                           f"batch-norm statistics, which a batched pass of {spec['points_per_batch']} points cannot "

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from fedscape.core.config import config_value
-from fedscape.core.gpus import visible_gpus
+from fedscape.core.gpus import no_card_known, visible_gpus
 from fedscape.core.runs import Run
 from fedscape.data.specs import STORED_IMAGE_AUGMENTATIONS, TARGETS, dataset_info, resolved_targets
 from fedscape.fl.settings import clients_per_round
@@ -156,9 +156,13 @@ def execution_problems(config: dict, planned_as_cluster: bool, local_exec: bool,
     - `--jobs` with `--cores` on a local run: Snakemake then counts it as a cluster run while the Snakefile is read
       (no limit on cores, and the Snakefile sets no `gpu` limit), so every GPU job could start on one card at once;
       refused where a card is visible and no `--resources gpu=N` limits them.
+    - `training.device: cuda` or `cuda:<i>` on a local run that sees no card: its CPU jobs would run, and its first
+      GPU job fail on "CUDA is not available". Refused where the count is known (`gpus` given, CUDA_VISIBLE_DEVICES
+      set, no device file of a card, or the driver answers: `no_card_known`), not where a card may be there unseen.
     - `training.device: cuda:<i>` with no card of index i: locally past the visible cards (`gpus`, default this
       machine's); on a cluster any i > 0, since a job sees only the card it was given, as cuda:0.
     """
+    given = gpus is not None
     gpus = visible_gpus() if gpus is None else gpus
     problems = []
     if local_exec and planned_as_cluster and not gpu_limited and local_gpu_slots(config, gpus) > 0:
@@ -168,7 +172,12 @@ def execution_problems(config: dict, planned_as_cluster: bool, local_exec: bool,
             f"--cores alone (one GPU job per card at a time), and add --resources gpu=N for N GPU jobs at once")
     device = config["training"]["device"]
     index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else None
-    if index is not None and not local_exec and index > 0:
+    if local_exec and (device == "cuda" or index is not None) and gpus == 0 and (given or no_card_known()):
+        problems.append(
+            f"training.device: {device}: this local run sees no CUDA card, so every GPU job would fail (the jobs "
+            f"before them run first); set training.device to auto (CUDA where there is a card, else the CPU) or cpu, "
+            f"or run it on a machine with a card, or on a cluster (the SLURM profile gives each GPU job one)")
+    elif index is not None and not local_exec and index > 0:
         problems.append(
             f"training.device: {device}: a cluster job sees only the card it was given, as cuda:0, so {device} does "
             f"not exist there; set training.device to cuda or auto")

@@ -34,12 +34,15 @@ from fedscape.core.paths import INIT_DIR, PARTITION_DIR, Results, parse_path, ru
 from fedscape.core.provenance import belongs_problem, checkpoint_record, table_problem
 from fedscape.core.runs import WILDCARD_CONSTRAINTS, Run, build_runs, unused_grid_values
 from fedscape.data.partition import kind_file_problems, partition_file_problem
-from fedscape.data.specs import DATASET_NAMES, DATASETS, NO_DOWNLOAD, data_layout_problems
-from fedscape.models.specs import CHECKPOINT_FORMAT
+from fedscape.data.specs import DATASET_NAMES, DATASETS, LOCATION_BASELINES, NO_DOWNLOAD, data_layout_problems
+from fedscape.fl.swa import swa_config
+from fedscape.models.specs import CHECKPOINT_FORMAT, MODEL_NORMS, uses_batch_norm
 from fedscape.plan import init as init_plan
 from fedscape.plan import partition as partition_plan
+from fedscape.plan.barriers import interpolation_pairs, layer_pairs
+from fedscape.plan.landscape import landscape_plans
 from fedscape.plan.resources import DATA_RULES, execution_problems
-from fedscape.plan.train import idle_swa, misnamed_algorithm_labels
+from fedscape.plan.train import idle_swa, misnamed_algorithm_labels, run_training
 
 PARTITION_FILE = f"{PARTITION_DIR}/partition.npz"
 FIRST = "train"  # its checks come first: every other stage reads the run grid it checks
@@ -146,6 +149,62 @@ def unused_test_fractions(config: dict, schema: dict) -> list[str]:
             if name in DATASETS and DATASETS[name].fixed_test_split and options["test_fraction"] != default]
 
 
+def unread_data_locations(config: dict) -> list[str]:
+    """A line for each `data_dir` or `download` set (away from its baseline, `LOCATION_BASELINES`) on a bundled data set
+    (`DatasetInfo.needs_data_dir` false: digits, read from scikit-learn's copy): nothing reads it, while a user may
+    take it for the data the runs train on."""
+    return [f"datasets.{name}.{key}: nothing reads {key}: {json.dumps(options[key])}, since {name} is "
+            f"{DATASETS[name].description}; drop it"
+            for name, options in config["datasets"].items() if name in DATASETS and not DATASETS[name].needs_data_dir
+            for key, baseline in LOCATION_BASELINES.items() if options[key] != baseline]
+
+
+def unused_model_options(config: dict, runs: list[Run]) -> list[str]:
+    """A line for each `model_options` entry of a model that no run trains: nothing reads it (its options are checked
+    all the same)."""
+    trained = sorted({run.model for run in runs})
+    return [f"model_options.{name}: no run trains {name} (the runs train {', '.join(trained)}), so nothing reads its "
+            f"options; drop the entry, or name {name} as an experiment's `model`"
+            for name in config["model_options"] if name not in trained]
+
+
+def unused_bn_stats(config: dict, runs: list[Run], schema: dict) -> list[str]:
+    """A line for each `bn_stats` set away from its default (the schema's) where no model it applies to has batch
+    norm: there are no batch-norm statistics to recompute or keep, and the value enters no job's settings
+    (`plan.train.bn_stats_setting`, `fl.swa.SWASettings.of`), so it changes nothing. Where: each landscape (its
+    plane's model), the interpolation and layer_barriers sections (the models of their pairs), and each `swa` setting
+    (the models of the runs that take it: `training.swa`, or an algorithm's own)."""
+    properties = schema["properties"]
+    default = {section: properties[section]["properties"]["bn_stats"]["default"]
+               for section in ("interpolation", "layer_barriers")}
+    default["landscapes"] = properties["landscapes"]["additionalProperties"]["properties"]["bn_stats"]["default"]
+    default["swa"] = properties["training"]["properties"]["swa"]["properties"]["bn_stats"]["default"]
+    # where -> (its value, its default, the models it applies to)
+    settings = {f"landscapes.{plan.label}": (plan.spec["bn_stats"], default["landscapes"], {plan.data_run.model})
+                for plan in landscape_plans(config, runs)}
+    for section, pairs in (("interpolation", interpolation_pairs(config, runs)),
+                           ("layer_barriers", layer_pairs(config, runs))):
+        if pairs:
+            settings[section] = (config[section]["bn_stats"], default[section], {pair.run_a.model for pair in pairs})
+    for run in runs:
+        # an algorithm's own swa (not filled by the schema: SWAConfig's defaults) replaces the training section's
+        swa = swa_config(run_training(config, run).get("swa"))
+        if swa is not None:
+            own = "swa" in config["algorithms"][run.algorithm]["training"]
+            where = f"algorithms.{run.algorithm}.training.swa" if own else "training.swa"
+            settings.setdefault(where, (swa.bn_stats, default["swa"], set()))[2].add(run.model)
+    lines = []
+    for where, (value, baseline, models) in settings.items():
+        if value == baseline or any(uses_batch_norm(m, config["model_options"].get(m)) for m in models):
+            continue
+        names = sorted(models)
+        can = [f"model_options.{m}.norm: batch" for m in names if "batch" in MODEL_NORMS.get(m, ())]
+        lines.append(f"{where}.bn_stats: {value} changes nothing: {', '.join(names)} "
+                     f"{'has' if len(names) == 1 else 'have'} no batch norm, so there are no batch-norm statistics to "
+                     "recompute or keep; drop it" + (f", or give it batch norm ({', '.join(can)})" if can else ""))
+    return lines
+
+
 def _results_dir_problems(config: dict) -> list[str]:
     """A results_dir that is the root of the file system (`/`, `//`, `/./`): the schema's pattern allows it, but
     every output would lie directly in it, beside the system's own directories."""
@@ -182,12 +241,16 @@ def config_warnings(config: dict, runs: list[Run], schema: dict | None = None) -
     that figures show as another algorithm (`misnamed_algorithm_labels`), an IID warm-up under an lr schedule over
     its own few rounds (`plan.init.warmup_schedule_warnings`), a pretrained init's proxy folder that nothing reads
     (`plan.init.unread_proxy_folder_warnings`), seeds that share one partition
-    (`plan.partition.shared_partition_warnings`), and with the `schema` a test_fraction nothing reads
-    (`unused_test_fractions`)."""
+    (`plan.partition.shared_partition_warnings`), a bundled data set's data_dir or download
+    (`unread_data_locations`), options of a model no run trains (`unused_model_options`), and with the `schema` a
+    test_fraction nothing reads (`unused_test_fractions`) and a bn_stats of models without batch norm
+    (`unused_bn_stats`)."""
     return [*unused_grid_values(config, runs), *idle_swa(config, runs), *misnamed_algorithm_labels(config, runs),
             *init_plan.warmup_schedule_warnings(config, runs), *init_plan.unread_proxy_folder_warnings(config, runs),
-            *partition_plan.shared_partition_warnings(config, runs),
-            *(unused_test_fractions(config, schema) if schema is not None else [])]
+            *partition_plan.shared_partition_warnings(config, runs), *unread_data_locations(config),
+            *unused_model_options(config, runs),
+            *(unused_test_fractions(config, schema) + unused_bn_stats(config, runs, schema) if schema is not None
+              else [])]
 
 
 def load_config(path: str | Path, schema_path: str | Path) -> dict:

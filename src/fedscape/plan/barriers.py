@@ -253,6 +253,19 @@ LAYER_LOG_SUFFIXES = tuple(sorted(
      if "/barriers/layerwise/{pair}" in log} - {""}))
 
 
+def bn_stats_uses(config: dict, runs: list[Run], schema: dict) -> dict[str, tuple[str, str, set[str]]]:
+    """The `bn_stats` of the interpolation and layer_barriers sections that have pairs: its value, its default (the
+    schema's) and the models of their pairs, for the warning on a setting nothing reads
+    (`plan.workflow.unused_bn_stats`)."""
+    uses = {}
+    for section, pairs in (("interpolation", interpolation_pairs(config, runs)),
+                           ("layer_barriers", layer_pairs(config, runs))):
+        if pairs:
+            default = schema["properties"][section]["properties"]["bn_stats"]["default"]
+            uses[section] = (config[section]["bn_stats"], default, {pair.run_a.model for pair in pairs})
+    return uses
+
+
 def check(config: dict, runs: list) -> list[str]:
     """Problems of the interpolation and layer_barriers sections that the schema cannot express."""
     problems = []

@@ -251,6 +251,14 @@ def landscape_plans(config: dict, runs: list) -> list[LandscapePlan]:
 MAX_CHUNK_POINTS = 40_000
 
 
+def bn_stats_uses(config: dict, runs: list, schema: dict) -> dict[str, tuple[str, str, set[str]]]:
+    """Each landscape's `bn_stats`: its value, its default (the schema's) and its plane's model, for the warning on a
+    setting nothing reads (`plan.workflow.unused_bn_stats`)."""
+    default = schema["properties"]["landscapes"]["additionalProperties"]["properties"]["bn_stats"]["default"]
+    return {f"landscapes.{plan.label}": (plan.spec["bn_stats"], default, {plan.data_run.model})
+            for plan in landscape_plans(config, runs)}
+
+
 def check(config: dict, runs: list) -> list[str]:
     """Problems of the `landscapes` section that the schema cannot express."""
     problems = []

@@ -39,8 +39,6 @@ from fedscape.fl.swa import swa_config
 from fedscape.models.specs import CHECKPOINT_FORMAT, MODEL_NORMS, uses_batch_norm
 from fedscape.plan import init as init_plan
 from fedscape.plan import partition as partition_plan
-from fedscape.plan.barriers import interpolation_pairs, layer_pairs
-from fedscape.plan.landscape import landscape_plans
 from fedscape.plan.resources import DATA_RULES, execution_problems
 from fedscape.plan.train import idle_swa, misnamed_algorithm_labels, run_training
 
@@ -171,28 +169,22 @@ def unused_model_options(config: dict, runs: list[Run]) -> list[str]:
 def unused_bn_stats(config: dict, runs: list[Run], schema: dict) -> list[str]:
     """A line for each `bn_stats` set away from its default (the schema's) where no model it applies to has batch
     norm: there are no batch-norm statistics to recompute or keep, and the value enters no job's settings
-    (`plan.train.bn_stats_setting`, `fl.swa.SWASettings.of`), so it changes nothing. Where: each landscape (its
-    plane's model), the interpolation and layer_barriers sections (the models of their pairs), and each `swa` setting
-    (the models of the runs that take it: `training.swa`, or an algorithm's own)."""
-    properties = schema["properties"]
-    default = {section: properties[section]["properties"]["bn_stats"]["default"]
-               for section in ("interpolation", "layer_barriers")}
-    default["landscapes"] = properties["landscapes"]["additionalProperties"]["properties"]["bn_stats"]["default"]
-    default["swa"] = properties["training"]["properties"]["swa"]["properties"]["bn_stats"]["default"]
+    (`plan.train.bn_stats_setting`, `fl.swa.SWASettings.of`), so it changes nothing. Where: each analysis's own (its
+    stage module's `bn_stats_uses(config, runs, schema)`: where -> its value, its default and the models it applies
+    to), and each `swa` setting (the models of the runs that take it: `training.swa`, or an algorithm's own)."""
+    default_swa = schema["properties"]["training"]["properties"]["swa"]["properties"]["bn_stats"]["default"]
     # where -> (its value, its default, the models it applies to)
-    settings = {f"landscapes.{plan.label}": (plan.spec["bn_stats"], default["landscapes"], {plan.data_run.model})
-                for plan in landscape_plans(config, runs)}
-    for section, pairs in (("interpolation", interpolation_pairs(config, runs)),
-                           ("layer_barriers", layer_pairs(config, runs))):
-        if pairs:
-            settings[section] = (config[section]["bn_stats"], default[section], {pair.run_a.model for pair in pairs})
+    settings: dict[str, tuple[str, str, set[str]]] = {}
+    for stage in stage_modules():
+        if hasattr(stage, "bn_stats_uses"):
+            settings.update(stage.bn_stats_uses(config, runs, schema))
     for run in runs:
         # an algorithm's own swa (not filled by the schema: SWAConfig's defaults) replaces the training section's
         swa = swa_config(run_training(config, run).get("swa"))
         if swa is not None:
             own = "swa" in config["algorithms"][run.algorithm]["training"]
             where = f"algorithms.{run.algorithm}.training.swa" if own else "training.swa"
-            settings.setdefault(where, (swa.bn_stats, default["swa"], set()))[2].add(run.model)
+            settings.setdefault(where, (swa.bn_stats, default_swa, set()))[2].add(run.model)
     lines = []
     for where, (value, baseline, models) in settings.items():
         if value == baseline or any(uses_batch_norm(m, config["model_options"].get(m)) for m in models):

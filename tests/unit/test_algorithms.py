@@ -125,10 +125,36 @@ def test_paper_defaults():
     assert (adam.beta1, adam.beta2) == (0.9, 0.99)
 
 
+def whole(message: str) -> str:
+    """A pattern matching exactly `message`."""
+    return f"^{re.escape(message)}$"
+
+
 @pytest.mark.parametrize(("name", "overrides", "match"), [
     ("fedprox", {"muu": 0.1}, r"no hyperparameter 'muu'.*Did you mean 'mu'.*Valid: mu, server_lr"),
-    ("fedadam", {"tau": -1.0}, "tau must be positive"),
-    ("fedalign", {"width": 1.5}, "0 < width <= 1"),
+    # a value out of its range: the key, the value and the range, as FedProx's `mu` words it
+    ("fedprox", {"mu": -1.0}, whole("mu must be non-negative, got -1.0")),
+    ("fedavgm", {"server_lr": 0.0}, whole("server_lr must be positive, got 0.0")),
+    ("fedavgm", {"server_momentum": 1.0}, whole("server_momentum must be in [0, 1), got 1.0")),
+    ("fedadam", {"server_lr": 0.0}, whole("server_lr must be positive, got 0.0")),
+    ("fedadam", {"tau": -1.0}, whole("tau must be positive, got -1.0")),
+    ("fedyogi", {"beta1": 1.0}, whole("beta1 must be in [0, 1), got 1.0")),
+    ("fedadagrad", {"beta2": -0.1}, whole("beta2 must be in [0, 1), got -0.1")),
+    ("moon", {"temperature": 0.0}, whole("temperature must be positive, got 0.0")),
+    ("moon", {"mu": -1.0}, whole("mu must be non-negative, got -1.0")),
+    ("gradaug", {"min_width": 0.0}, whole("min_width must be in (0, 1], got 0.0")),
+    ("gradaug", {"num_subnets": 0}, whole("num_subnets must be at least 1, got 0")),
+    ("gradaug", {"mu": -0.5}, whole("mu must be non-negative, got -0.5")),
+    ("fedalign", {"width": 1.5}, whole("width must be in (0, 1], got 1.5")),
+    ("fedalign", {"mu": -0.1}, whole("mu must be non-negative, got -0.1")),
+    ("fedalign", {"power_iterations": 0}, whole("power_iterations must be at least 1, got 0")),
+    ("fedalign", {"clip_grad_norm": -1.0}, whole("clip_grad_norm must be non-negative (0 turns clipping off), "
+                                                 "got -1.0")),
+    # several keys out of range: one problem each
+    ("moon", {"temperature": 0.0, "mu": -1.0}, whole("temperature must be positive, got 0.0; mu must be "
+                                                     "non-negative, got -1.0")),
+    ("fedavgm", {"server_lr": -1.0, "server_momentum": -0.5}, whole("server_lr must be positive, got -1.0; "
+                                                                    "server_momentum must be in [0, 1), got -0.5")),
     ("fedasam", {"rho": "big"}, r"algorithm 'fedasam': rho: expected a number \(e.g. its default 0.5\), got 'big'"),
     ("moon", {"projection_dim": True}, r"projection_dim: expected an integer \(e.g. its default 0\), got True"),
     ("fedprox_x", {}, "unknown algorithm 'fedprox_x'.*Did you mean 'fedprox'"),
@@ -625,7 +651,7 @@ def test_train_stage_saves_moon_s_projection_head_with_the_model(tmp_path):
 def test_moon_projection_refuses_a_plain_model_and_a_bad_head():
     with pytest.raises(ValueError, match="head projection trains the model of its prepare_model"):
         make_strategy("moon", {"head": "projection"}).setup(2, 10, torch.device("cpu"), model=model_of("mlp"))
-    with pytest.raises(ValueError, match="projection_dim >= 0"):
+    with pytest.raises(ValueError, match=r"projection_dim must be non-negative \(0: the feature width\), got -16"):
         algorithm_config("moon", {"head": "projection", "projection_dim": -16})
     with pytest.raises(ValueError, match="head: expected one of side, projection .*got 'projected'"):
         algorithm_config("moon", {"head": "projected"})

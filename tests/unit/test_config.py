@@ -876,7 +876,8 @@ SERVER_SWA = {"swa": {"cycle": 1, "scheduled_lr": "server"}}
     ({"server_lr": 0.5}, {}, PLAINLY + r"server_lr 0\.5"),
     ({"server_momentum": 0.9}, {}, PLAINLY + r"server_lr 1\.0 and server_momentum 0\.9"),
     ({}, SERVER_SWA, PLAINLY + r"swa\.scheduled_lr: server"),
-    ({}, {"keep_optimizer_state": True}, SIDE_HEAD + r"keeps the clients' optimiser state of the model's parameters"),
+    ({}, {"keep_optimizer_state": True}, SIDE_HEAD + r"keeps the clients' optimiser state of the model's parameters "
+                                                     r"only \(training\.keep_optimizer_state: true\)"),
     # the head in the model takes the model's server step and optimiser state
     ({"head": "projection", "server_lr": 0.5, "server_momentum": 0.9}, {}, None),
     ({"head": "projection"}, {**SERVER_SWA, "keep_optimizer_state": True}, None),
@@ -924,16 +925,41 @@ def test_an_algorithm_hyperparameter_of_the_wrong_type_is_rejected_naming_the_ke
 
 @pytest.mark.parametrize("name", ["fedavg", "fedavgm", "fedprox", "scaffold", "fednova", "fedsam", "fedasam", "moon",
                                   "feddyn", "fedalign", "gradaug", "mixup", "stochdepth"])
-@pytest.mark.parametrize("step", [{"server_lr": 0.0}, {"server_lr": -1.0}, {"server_momentum": 1.0},
-                                  {"server_momentum": -0.5}])
-def test_a_server_step_that_cannot_train_is_rejected_for_every_server_sgd_algorithm(name, step):
+@pytest.mark.parametrize(("step", "refusal"), [
+    ({"server_lr": 0.0}, "server_lr must be positive, got 0.0"),
+    ({"server_lr": -1.0}, "server_lr must be positive, got -1.0"),
+    ({"server_momentum": 1.0}, "server_momentum must be in [0, 1), got 1.0"),
+    ({"server_momentum": -0.5}, "server_momentum must be in [0, 1), got -0.5"),
+])
+def test_a_server_step_that_cannot_train_is_rejected_for_every_server_sgd_algorithm(name, step, refusal):
     # Prepare: lr 0 trains a run of identical rounds to the end, and says nothing
     config = with_change("algorithms", {"x": {"name": name, **step}}, GRID_ONLY)
 
-    # Execute / Assert
-    with pytest.raises(ConfigError, match=r"algorithms\.x: .*server_lr must be positive and server_momentum in "
-                                          r"\[0, 1\)"):
+    # Execute
+    with pytest.raises(ConfigError) as err:
         check_config(config, SCHEMA)
+
+    # Assert: the label's problem names the key, its value and the range
+    assert f"  - algorithms.x: {refusal}" in str(err.value).splitlines()
+
+
+@pytest.mark.parametrize(("hparams", "refusal"), [
+    ({"name": "moon", "temperature": 0.0}, "algorithms.x: temperature must be positive, got 0.0"),
+    ({"name": "gradaug", "min_width": 0.0}, "algorithms.x: min_width must be in (0, 1], got 0.0"),
+    ({"name": "fedalign", "width": 1.5}, "algorithms.x: width must be in (0, 1], got 1.5"),
+    ({"name": "fedalign", "width": 0, "power_iterations": 0},
+     "algorithms.x: width must be in (0, 1], got 0; power_iterations must be at least 1, got 0"),
+])
+def test_an_algorithm_hyperparameter_out_of_range_is_rejected_naming_the_key_and_value(hparams, refusal):
+    # Prepare
+    config = with_change("algorithms", {"x": hparams}, GRID_ONLY)
+
+    # Execute
+    with pytest.raises(ConfigError) as err:
+        check_config(config, SCHEMA)
+
+    # Assert: one line for the label, each bad key with its value and its range
+    assert f"  - {refusal}" in str(err.value).splitlines()
 
 
 def test_a_server_step_within_its_ranges_is_accepted():

@@ -155,7 +155,8 @@ def test_the_config_takes_a_projection_dim_with_the_projection_head_and_refuses_
     # Assert
     assert options == {"projection_head": True, "projection_dim": 256}
     assert algorithm_config("moon", {"head": "projection"}).model_options() == {"projection_head": True}
-    with pytest.raises(ConfigError, match=r"algorithms\.moon: .*projection_dim >= 0"):
+    with pytest.raises(ConfigError, match=r"algorithms\.moon: projection_dim must be non-negative \(0: the feature "
+                                          r"width\), got -1"):
         check_config(base, SCHEMA)
 
 

@@ -41,6 +41,16 @@ class AlgorithmConfig:
         return 0
 
 
+def refuse_out_of_range(config, **ranges: tuple[bool, str]) -> None:
+    """ValueError naming each hyperparameter of `config` out of its range, as "<key> must be <range>, got <value>"
+    (`ranges`: key -> (whether its value is refused, the valid range in words)): one problem per bad key, all of
+    them at once, so that a config's refusal (prefixed "algorithms.<label>: ") names what to change."""
+    problems = [f"{key} must be {valid}, got {getattr(config, key)}" for key, (refused, valid) in ranges.items()
+                if refused]
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
 @dataclass(frozen=True)
 class ServerSGDConfig(AlgorithmConfig):
     """Server SGD; lr 1 and momentum 0 is exactly FedAvg's model averaging."""
@@ -51,9 +61,8 @@ class ServerSGDConfig(AlgorithmConfig):
     def __post_init__(self):
         # lr 0 never moves the global model (a run of identical rounds), a negative one climbs the loss, and
         # momentum 1 or more never lets a step's weight decay.
-        if self.server_lr <= 0 or not 0 <= self.server_momentum < 1:
-            raise ValueError(f"server_lr must be positive and server_momentum in [0, 1), got {self.server_lr} and "
-                             f"{self.server_momentum}")
+        refuse_out_of_range(self, server_lr=(self.server_lr <= 0, "positive"),
+                            server_momentum=(not 0 <= self.server_momentum < 1, "in [0, 1)"))
 
 
 def own_passes(how: str) -> str:

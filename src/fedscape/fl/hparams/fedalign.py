@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig, own_passes
+from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig, own_passes, refuse_out_of_range
 from fedscape.models.specs import MODEL_INFOS, model_norm
 
 
@@ -19,8 +19,9 @@ class FedAlignConfig(ServerSGDConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0 < self.width <= 1 or self.mu < 0 or self.power_iterations < 1 or self.clip_grad_norm < 0:
-            raise ValueError("FedAlign needs 0 < width <= 1, mu >= 0, power_iterations >= 1 and clip_grad_norm >= 0")
+        refuse_out_of_range(self, width=(not 0 < self.width <= 1, "in (0, 1]"), mu=(self.mu < 0, "non-negative"),
+                            power_iterations=(self.power_iterations < 1, "at least 1"),
+                            clip_grad_norm=(self.clip_grad_norm < 0, "non-negative (0 turns clipping off)"))
 
     def stacked_problem(self, model: str, model_options: dict, training: dict) -> str | None:
         info = MODEL_INFOS.get(model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedscape.fl.hparams.base import AlgorithmConfig, AlgorithmSpec, ServerSGDConfig
+from fedscape.fl.hparams.base import AlgorithmConfig, AlgorithmSpec, ServerSGDConfig, refuse_out_of_range
 
 
 @dataclass(frozen=True)
@@ -29,10 +29,8 @@ class ServerAdaptiveConfig(AlgorithmConfig):
     tau: float = 1e-3  # adaptivity / epsilon (Reddi et al. 2021, grid over 10^-5..10^-1)
 
     def __post_init__(self):
-        if self.server_lr <= 0 or self.tau <= 0:
-            raise ValueError(f"server_lr and tau must be positive, got {self.server_lr} and {self.tau}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError(f"beta1 and beta2 must be in [0, 1), got {self.beta1} and {self.beta2}")
+        refuse_out_of_range(self, server_lr=(self.server_lr <= 0, "positive"), tau=(self.tau <= 0, "positive"),
+                            beta1=(not 0 <= self.beta1 < 1, "in [0, 1)"), beta2=(not 0 <= self.beta2 < 1, "in [0, 1)"))
 
 
 @dataclass(frozen=True)

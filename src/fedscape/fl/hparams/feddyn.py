@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
+from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig, refuse_out_of_range
 
 
 @dataclass(frozen=True)
@@ -15,8 +15,7 @@ class FedDynConfig(ServerSGDConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be positive, got {self.alpha}")
+        refuse_out_of_range(self, alpha=(self.alpha <= 0, "positive"))
 
     def client_state_models(self) -> int:
         return 1  # its gradient correction g_k

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
+from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig, refuse_out_of_range
 
 
 @dataclass(frozen=True)
@@ -15,8 +15,7 @@ class FedProxConfig(ServerSGDConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.mu < 0:
-            raise ValueError(f"mu must be non-negative, got {self.mu}")
+        refuse_out_of_range(self, mu=(self.mu < 0, "non-negative"))
 
 
 SPECS = (AlgorithmSpec("fedprox", FedProxConfig, "fedprox:FedProx", "FedProx",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from fedscape.core.names import unknown_name_error
-from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig
+from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig, refuse_out_of_range
 
 AdaptiveTensors = Literal["all", "weights"]
 ADAPTIVE_TENSORS = get_args(AdaptiveTensors)
@@ -23,8 +23,7 @@ class FedSAMConfig(ServerSGDConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.rho < 0:
-            raise ValueError(f"rho must be non-negative, got {self.rho}")
+        refuse_out_of_range(self, rho=(self.rho < 0, "non-negative"))
 
 
 @dataclass(frozen=True)
@@ -43,8 +42,7 @@ class FedASAMConfig(FedSAMConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.eta < 0:
-            raise ValueError(f"eta must be non-negative, got {self.eta}")
+        refuse_out_of_range(self, eta=(self.eta < 0, "non-negative"))
         if self.adaptive_tensors not in ADAPTIVE_TENSORS:
             raise unknown_name_error("adaptive_tensors value", self.adaptive_tensors, ADAPTIVE_TENSORS)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig, own_passes
+from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig, own_passes, refuse_out_of_range
 from fedscape.models.specs import MODEL_INFOS, model_norm
 
 # The largest value torch.rand draws in float32 (`gradaug_draws` asks for float32 whatever the default dtype): the
@@ -32,8 +32,8 @@ class GradAugConfig(ServerSGDConfig):
     def __post_init__(self):
         super().__post_init__()
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
-        if self.num_subnets < 1 or not 0 < self.min_width <= 1 or self.mu < 0:
-            raise ValueError("GradAug needs num_subnets >= 1, 0 < min_width <= 1 and mu >= 0")
+        refuse_out_of_range(self, num_subnets=(self.num_subnets < 1, "at least 1"),
+                            min_width=(not 0 < self.min_width <= 1, "in (0, 1]"), mu=(self.mu < 0, "non-negative"))
         if not self.scales or any(not 0 < s <= 1 for s in self.scales):
             raise ValueError(f"scales must be a non-empty list of fractions in (0, 1], got {list(self.scales)}")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig, own_passes
+from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig, own_passes, refuse_out_of_range
 
 
 @dataclass(frozen=True)
@@ -15,8 +15,7 @@ class MixupConfig(ServerSGDConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.gamma < 0:
-            raise ValueError(f"gamma must be non-negative, got {self.gamma}")
+        refuse_out_of_range(self, gamma=(self.gamma < 0, "non-negative"))
 
 
 SPECS = (AlgorithmSpec("mixup", MixupConfig, "mixup:Mixup", "Mixup",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from fedscape.core.names import unknown_name_error
-from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig, own_passes
+from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig, own_passes, refuse_out_of_range
 from fedscape.fl.swa import swa_config
 from fedscape.models.specs import MODEL_INFOS
 
@@ -45,8 +45,8 @@ class MoonConfig(ServerSGDConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.temperature <= 0 or self.mu < 0 or self.projection_dim < 0:
-            raise ValueError("MOON needs temperature > 0, mu >= 0 and projection_dim >= 0")
+        refuse_out_of_range(self, temperature=(self.temperature <= 0, "positive"), mu=(self.mu < 0, "non-negative"),
+                            projection_dim=(self.projection_dim < 0, "non-negative (0: the feature width)"))
         if self.head not in MOON_HEADS:
             raise unknown_name_error("MOON head", self.head, MOON_HEADS)
         if self.reference_mode not in MOON_REFERENCE_MODES:
@@ -75,8 +75,8 @@ class MoonConfig(ServerSGDConfig):
                     "model's server lr but not its head's: use head: projection, or swa.scheduled_lr: client")
         if training.get("keep_optimizer_state"):
             return ("MOON with head side keeps the clients' optimiser state of the model's parameters only "
-                    "(training.keep_optimizer_state), so its head would restart its momentum every round while the "
-                    "model does not: use head: projection, or keep_optimizer_state: false")
+                    "(training.keep_optimizer_state: true), so its head would restart its momentum every round while "
+                    "the model does not: use head: projection, or keep_optimizer_state: false")
         return None
 
     def stacked_problem(self, model: str, model_options: dict, training: dict) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig, own_passes
+from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig, own_passes, refuse_out_of_range
 
 
 @dataclass(frozen=True)
@@ -15,8 +15,7 @@ class StochDepthConfig(ServerSGDConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not 0 < self.survival_last <= 1:
-            raise ValueError(f"survival_last must be in (0, 1], got {self.survival_last}")
+        refuse_out_of_range(self, survival_last=(not 0 < self.survival_last <= 1, "in (0, 1]"))
 
     def result_bumps(self, model: str, model_options: dict, training: dict) -> int:
         # 1: a client's kept AdamW state holds each parameter's own step count (a dropped branch skips steps), not

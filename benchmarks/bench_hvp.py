@@ -74,9 +74,10 @@ EIGEN_GOAL = 1e-4  # relative difference of each top eigenvalue from float64 (th
 
 def job_settings(top_k: int) -> HessianSettings:
     """The settings of a Hessian job of the schema's default `hessian` section, with `top_k` eigenvalues."""
-    schema = load_schema(ROOT / "workflow" / "schemas" / "config.schema.yaml")["properties"]["hessian"]
+    schema = load_schema(ROOT / "workflow" / "schemas" / "config.schema.yaml")
     section: dict = {}
-    default_filling_validator()(schema).validate(section)  # fills in every default
+    # the section's schema with the definitions its keys refer to (`$ref: "#/$defs/..."`, resolved from its root)
+    default_filling_validator()({**schema["properties"]["hessian"], "$defs": schema["$defs"]}).validate(section)
     return dataclasses.replace(settings_from_config(section), top_k=top_k)
 
 

@@ -1,5 +1,8 @@
 """A job's log: its own progress lines, other libraries' warnings only, and the error of a failing or stopped job."""
 
+import ast
+import contextlib
+import json
 import logging
 import os
 import signal
@@ -185,3 +188,49 @@ def test_job_log_in_another_thread_leaves_the_sigterm_handler(tmp_path, earlier_
     assert errors == []
     assert during == [earlier_handler]
     assert "job done in" in (tmp_path / "job.log").read_text()
+
+
+@pytest.mark.parametrize(("written", "unwritten"), [
+    (["a.csv", "b.csv"], None),
+    (["a.csv"], "declared output results/t/b.csv was not written by the job"),  # Snakemake would delete a.csv
+    ([], "declared outputs results/t/a.csv, results/t/b.csv were not written by the job"),
+])
+def test_a_job_that_did_not_write_a_declared_output_fails_naming_it_and_writes_no_record(tmp_path, monkeypatch,
+                                                                                        written, unwritten):
+    # Prepare: a job declaring two outputs
+    monkeypatch.chdir(tmp_path)
+    Path("results/t").mkdir(parents=True)
+    record = Path("results/_manifest/t/j.json")
+    declared = ["results/t/a.csv", "results/t/b.csv"]
+
+    # Execute
+    with pytest.raises(FileNotFoundError) if unwritten else contextlib.nullcontext() as failed:
+        with job_log("logs/t/j.log", declared, "results"):
+            for name in written:
+                Path("results/t", name).write_text(f"{name}\n")
+
+    # Assert: a record of every output, or a failure naming those not written (in the log) and no record
+    if unwritten:
+        assert str(failed.value) == unwritten
+        assert f"job failed: FileNotFoundError: {unwritten}" in Path("logs/t/j.log").read_text()
+        assert not record.exists()
+    else:
+        assert sorted(json.loads(record.read_text())["outputs"]) == ["t/a.csv", "t/b.csv"]
+
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "workflow" / "scripts"
+# The scripts that hand their job its settings from the rule's params (one `settings` param, or every param)
+SETTINGS_FROM_PARAMS = ("sm.params.settings", "sm.params.items()")
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS.glob("*.py")), ids=lambda path: path.stem)
+def test_a_script_whose_job_takes_its_params_as_settings_records_them(script):
+    # Prepare
+    text = script.read_text()
+    calls = [node for node in ast.walk(ast.parse(text))
+             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "job_log"]
+
+    # Assert: its job's record holds the settings it computed with (`job_log`'s `settings`)
+    assert len(calls) == 1
+    if any(source in text for source in SETTINGS_FROM_PARAMS):
+        assert "settings" in {keyword.arg for keyword in calls[0].keywords}

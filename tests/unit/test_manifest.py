@@ -501,6 +501,42 @@ def test_a_damaged_record_is_a_finding_naming_it_and_every_other_record_is_check
     assert len(records) == 3 and str(record) in caplog.text
 
 
+@pytest.mark.parametrize(("edit", "damaged"), [
+    (None, False),
+    (lambda record: record["settings"].update(x=999), True),  # what the job computed with, rewritten
+    (lambda record: record["settings"]["nested"].pop("a"), True),
+    (lambda record: record.update(settings_digest="0" * 16), True),
+    (lambda record: record.pop("settings_digest"), False),  # nothing to check them with
+], ids=["unedited", "a setting rewritten", "a setting removed", "the digest rewritten", "no digest"])
+def test_a_record_whose_settings_do_not_match_their_digest_is_damaged(tmp_path, monkeypatch, restore_logging, capsys,
+                                                                      edit, damaged):
+    # Prepare: a job's record of its settings (values JSON holds as other types: a tuple, a float, NaN), edited
+    monkeypatch.chdir(tmp_path)
+    Path("results/t").mkdir(parents=True)
+    with job_log("logs/t/j.log", ["results/t/a.csv"], "results",
+                 settings={"x": 1, "lr": 0.1, "rounds": (0, 5), "nested": {"b": float("nan"), "a": None}}):
+        Path("results/t/a.csv").write_text("a\n")
+    record = Path("results", MANIFEST, "t", "j.json")
+    if edit:
+        content = json.loads(record.read_text())
+        edit(content)
+        record.write_text(json.dumps(content))
+
+    # Execute
+    checked, findings = verify("results")
+    code = manifest.main("results")
+
+    # Assert: a damaged record, with how to get it back; its outputs are not checked
+    out = capsys.readouterr().out
+    if damaged:
+        assert (checked, [(f.path, f.problem) for f in findings]) == (0, [(str(record), "damaged record")])
+        assert "its settings do not match their digest" in findings[0].detail
+        assert "--forcerun <one of its outputs>" in out and "or delete the record" in out
+        assert code == 1
+    else:
+        assert (checked, findings, code) == (1, [], 0)
+
+
 def test_the_temporary_file_of_a_killed_record_write_is_no_record(finished):
     # Prepare: what a job killed while it wrote its record leaves (core.io.atomic_path's name), cut short
     folder = Path("results", MANIFEST, "tables")

@@ -8,11 +8,12 @@ from fedscape.core.paths import PROGRESS
 from fedscape.models.device import use_threads
 
 sm = snakemake  # noqa: F821
-with job_log(sm.log[0], sm.output, sm.config["results_dir"]):
+# the rule's params are the job's settings (run_ids and a result version), each a param of its own
+settings = dict(sm.params.items())
+with job_log(sm.log[0], sm.output, sm.config["results_dir"], settings=settings):
     use_threads(sm.threads)
     table = Path(sm.output.table)
-    # the rule's params are the job's settings (run_ids and a result version); each run's finished rows are kept
-    # beside the table, in a folder of its own among the tables' (not a param: adding one would rerun every finished
-    # job)
-    client_stats_job(dict(sm.params.items()), list(sm.input.updates), list(sm.input.trajectories), table,
+    # each run's finished rows are kept beside the table, in a folder of its own among the tables' (not a param:
+    # adding one would rerun every finished job)
+    client_stats_job(settings, list(sm.input.updates), list(sm.input.trajectories), table,
                      table.parent / PROGRESS / table.stem)

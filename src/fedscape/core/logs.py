@@ -41,8 +41,9 @@ def job_log(path: str | Path | None, outputs: Iterable[str] = (), results_dir: s
     """Set up a job's logging; an exception is written to the log (type, message, traceback) and re-raised.
 
     Snakemake points the user at the rule's log when a job fails: the reason must be there, not only
-    on the console. With `results_dir` (the config's), a job that succeeds records its `outputs` (SHA-256, size)
-    and what made them below the results' manifest (`fedscape.core.manifest`), for `make verify`; the code version
+    on the console. A job that ends without writing one of its `outputs` fails, naming it. With `results_dir` (the
+    config's), a job that succeeds records its `outputs` (SHA-256, size) and what made them below the results'
+    manifest (`fedscape.core.manifest`), for `make verify`; the code version
     it names is taken here, before the job's work (`start_job`). A job that runs out of device memory
     (`out_of_device_memory`) also logs `memory_hint`: what the user can change (`fedscape.plan.resources.memory_hint`).
     A SIGTERM during the job raises `Terminated` in it (in the main thread, the only one Python gives signals to):
@@ -67,9 +68,17 @@ def job_log(path: str | Path | None, outputs: Iterable[str] = (), results_dir: s
             plain = json.loads(json.dumps(dict(settings), default=str))  # as the record's JSON will hold it
             note(settings=plain, settings_digest=digest(plain))
         yield
+        outputs = [str(output) for output in outputs]
+        # Snakemake deletes the outputs of a job that misses one (MissingOutputException): a record of the others
+        # would name files that are gone, and the log would not say which one the job did not write (no rule declares
+        # a directory, so every output is a file)
+        if unwritten := [output for output in outputs if not Path(output).is_file()]:
+            several = len(unwritten) > 1
+            raise FileNotFoundError(f"declared output{'s' if several else ''} {', '.join(unwritten)} "
+                                    f"{'were' if several else 'was'} not written by the job")
         if results_dir is not None and path:
             results = Results.of({"results_dir": results_dir})
-            write_record(manifest_path(results.root, results.logs, path), list(outputs), started - (age or 0.0),
+            write_record(manifest_path(results.root, results.logs, path), outputs, started - (age or 0.0),
                          path, root=results.root)
         log.info("job done in %.2f s", time.perf_counter() - t0)
     except Terminated:

@@ -12,11 +12,13 @@ results directory: a record names its outputs by their paths below the results d
 results directory is checked where it is now.
 
 The code version a record names is the one the job started with (`start_job`): a file edited, or a commit pulled,
-while a job runs is not the code it loaded.
+while a job runs is not the code it loaded. A job resumed after a kill from rounds or parts that other code computed (a
+commit pulled between its attempts) notes every code, in order of first use (`codes`: stages.progress.note_codes).
 
 Torch-free: light jobs write records too, and `make verify` runs without torch. Versions of torch, CUDA and cuDNN are
 recorded by the jobs that imported torch (`sys.modules`), and what a job computed on (device, precision) is noted by
-the job itself (`note`), as are the settings it computed with (`fedscape.core.logs.job_log`).
+the job itself (`note`), as are the settings it computed with (`fedscape.core.logs.job_log`), with their digest: a
+record whose settings no longer match it was edited, and `make verify` names it damaged.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from fedscape.core.config import digest
 from fedscape.core.fingerprints import file_sha256
 from fedscape.core.io import atomic_write_text, is_temporary, remake_alone_hint, remake_hint
 from fedscape.core.paths import DEFAULT_RESULTS, LOGS, PARTITION_DIR, parse_path
@@ -209,12 +212,13 @@ def manifest_path(results_root: str | Path, logs_root: str | Path, log: str | Pa
 def write_record(path: str | Path, outputs: Iterable[str | Path], started: float, log: str | Path | None = None, *,
                  root: str | Path) -> None:
     """The record of a finished job: its outputs' size and SHA-256 (each by its path relative to the results
-    directory `root`), what made them (the code version the job started with, `start_job`), when, and on what."""
+    directory `root`; each a file, as `core.logs.job_log` checks first), what made them (the code version the job
+    started with, `start_job`), when, and on what."""
     notes = {key: value() if callable(value) else value for key, value in _NOTES.items()}
     record = {
         "version": RECORD_VERSION,
         "log": None if log is None else str(log),
-        "outputs": {Path(os.path.relpath(p, root)).as_posix(): file_record(p) for p in outputs if Path(p).is_file()},
+        "outputs": {Path(os.path.relpath(p, root)).as_posix(): file_record(p) for p in outputs},
         "code": notes.pop("code") if "code" in notes else code_version(),
         "software": software(),
         "host": socket.gethostname(),
@@ -273,12 +277,12 @@ def _iso(timestamp: float) -> str:
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat(timespec="seconds")
 
 
-DAMAGED = "damaged record"  # a Finding's problem for a record that cannot be read
+DAMAGED = "damaged record"  # a Finding's problem for a record that cannot be read, or edited (`read_records`)
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One recorded output that is not what its job made, or a job record that cannot be read."""
+    """One recorded output that is not what its job made, or a job record that cannot be read or was edited."""
 
     path: str
     problem: str  # changed | missing | foreign | damaged record
@@ -353,7 +357,8 @@ class Records:
 
 def read_records(results_root: str | Path) -> Records:
     """Every job record below `results_root`'s manifest (a killed write's temporary file is none), each output
-    named by its path below `results_root` as given: where the directory is now, not where its jobs wrote it."""
+    named by its path below `results_root` as given: where the directory is now, not where its jobs wrote it. A record
+    that cannot be read, or whose settings do not match their digest (`_check_settings`), is damaged."""
     root = os.path.normpath(results_root)
     manifest = Path(root) / MANIFEST
     jobs, damaged = [], []
@@ -363,6 +368,7 @@ def read_records(results_root: str | Path) -> Records:
         try:
             record = json.loads(path.read_text())
             outputs = _outputs(record, path.relative_to(manifest), root)
+            _check_settings(record)
         except (OSError, ValueError, TypeError) as exc:  # a cut or garbled file (JSONDecodeError), another shape
             damaged.append((path, f"{type(exc).__name__}: {exc}; its job logs to "
                                   f"{path.relative_to(manifest).with_suffix('.log')} below the results' logs"))
@@ -391,6 +397,13 @@ def _outputs(record: dict, relative: Path, root: str) -> dict[str, dict]:
             output = os.path.join(root, below[len(written) + 1:])
         found[output] = entry
     return found
+
+
+def _check_settings(record: dict) -> None:
+    """ValueError where a record's `settings` are not those its job noted with their `settings_digest`
+    (`core.logs.job_log`): edited since, so what they say the job computed with cannot be trusted."""
+    if "settings" in record and "settings_digest" in record and digest(record["settings"]) != record["settings_digest"]:
+        raise ValueError(f"its settings do not match their digest {record['settings_digest']!r}")
 
 
 def _written_below(log: str | None, relative: Path) -> str | None:

@@ -40,8 +40,8 @@ its job's run (touched, copied without its dates, another run's file put in its 
 a file's size and a date within its job's run is left to `make verify`. And Snakemake compares a job's settings with
 those it kept in its metadata (`.snakemake/metadata`, keyed by the output's path): a result it has no metadata for (made
 from another checkout, copied without `.snakemake/`, or below an absolute `results_dir` that has moved since) is not
-compared, so a changed setting of its job shows nowhere; the records hold no settings to compare instead, so such
-results are counted.
+compared, so a changed setting of its job shows nowhere. The records of the jobs with settings hold them (`settings`,
+`core.logs.job_log`), but status does not compare them with the settings now, so such results are counted.
 """
 
 from __future__ import annotations
@@ -238,7 +238,8 @@ def uncompared_outputs(records: Mapping[str, dict], planned: Iterable[str], root
     keeps no metadata for them where this config puts them (`has_metadata`: `snakemake_metadata`): those below the
     results folder `root` that are there, not planned and without metadata (a fresh clone, results copied without
     `.snakemake/`), and every one recorded at another path (an absolute `results_dir` moved: Snakemake keys its
-    metadata by the path). The records hold no settings to compare instead."""
+    metadata by the path). The records of the jobs with settings hold them (`core.logs.job_log`), but they are not
+    compared here either."""
     planned = set(planned)
     return sorted(o for o in records if o not in planned
                   and (not _below(o, root) or Path(o).is_file() and not has_metadata(o)))

@@ -12,6 +12,7 @@ import torch
 from helpers.configs import SCHEMA, config_with
 from helpers.imagenet import write_imagenet32
 
+from fedscape.core import manifest
 from fedscape.core.config import ConfigError
 from fedscape.core.runs import build_runs
 from fedscape.data.datasets import load_dataset
@@ -27,6 +28,7 @@ from fedscape.models.params import flatten_params
 from fedscape.plan.init import init_settings, proxy_split_problem, proxy_split_size
 from fedscape.plan.workflow import check_config, config_warnings
 from fedscape.stages import init as inits_mod
+from fedscape.stages import progress as progress_mod
 from fedscape.stages.init import ProxyData, init_job, pretrain, proxy_data
 from fedscape.stages.init_settings import KIND_KEYS, InitJob, PretrainConfig, RandomInit
 
@@ -286,6 +288,7 @@ def test_iid_warmup_is_fedavg_rounds_on_the_iid_split(tmp_path):
 
 # -- attempts of a resumed init --------------------------------------------------------------------
 ANOTHER_CPU = "another CPU"
+A, B = "a" * 40, "b" * 40  # the codes of the killed attempt and of the one that resumed it (a `git pull` between)
 
 
 def _killed(monkeypatch, kind: str, when: str, run) -> None:
@@ -301,20 +304,22 @@ def _killed(monkeypatch, kind: str, when: str, run) -> None:
         killed_after_round(monkeypatch, 1, run)
 
 
-@pytest.mark.parametrize(("kind", "when", "expected"), [
-    ("pretrained", None, []),  # unbroken: no attempts, its meta as before
-    ("pretrained", "after_first", [(1, "here"), (2, ANOTHER_CPU)]),
-    ("pretrained", "after_last", [(1, "here")]),  # the resumed call trains none: where the epochs trained
-    # progress saved before attempts were kept: its epochs by an attempt of unknown compute
-    ("pretrained", "old_progress", [(1, None), (2, ANOTHER_CPU)]),
-    ("iid_warmup", None, []),
-    ("iid_warmup", "after_first", [(1, "here"), (2, ANOTHER_CPU)]),
-    ("iid_warmup", "after_last", [(1, "here")]),
+@pytest.mark.parametrize(("kind", "when", "expected", "codes"), [
+    ("pretrained", None, [], None),  # unbroken: no attempts and no codes, its meta as before
+    ("pretrained", "after_first", [(1, "here", A), (2, ANOTHER_CPU, B)], [A, B]),
+    # the resumed call trains none: where and by which code the epochs trained; it wrote the model by B
+    ("pretrained", "after_last", [(1, "here", A)], [A, B]),
+    # progress saved before attempts were kept: its epochs by an attempt of unknown compute and code
+    ("pretrained", "old_progress", [(1, None, None), (2, ANOTHER_CPU, B)], ["unrecorded", B]),
+    ("iid_warmup", None, [], None),
+    ("iid_warmup", "after_first", [(1, "here", A), (2, ANOTHER_CPU, B)], [A, B]),
+    ("iid_warmup", "after_last", [(1, "here", A)], [A, B]),
 ])
 def test_an_init_resumed_on_another_device_records_each_attempt_and_the_weights_of_an_unbroken_one(
-        tmp_path, monkeypatch, kind, when, expected):
-    # Prepare: a 2-epoch pretraining or 3-round warm-up, unbroken (the reference); killed, and resumed where
-    # describe_compute names another device
+        tmp_path, monkeypatch, kind, when, expected, codes):
+    # Prepare: a 2-epoch pretraining or 3-round warm-up, unbroken (the reference); killed while running code A, and
+    # resumed by code B where describe_compute names another device
+    monkeypatch.setattr(manifest, "_NOTES", {})  # the jobs' notes, gone with the test
     settings, inputs, first = ((pretrained_settings(), {}, "from_epoch") if kind == "pretrained" else
                                (warmup_settings(tmp_path, rounds=3), {"partition": str(tmp_path / "partition.npz")},
                                 "from_round"))
@@ -322,6 +327,7 @@ def test_an_init_resumed_on_another_device_records_each_attempt_and_the_weights_
     init_job(settings, tmp_path / "reference.pt", inputs, tmp_path / "reference")
     reference = load_trajectory(tmp_path / "reference.pt")
     if when is not None:
+        monkeypatch.setattr(progress_mod, "code_version_label", lambda: A)
         _killed(monkeypatch, kind, when, lambda: init_job(settings, tmp_path / "init.pt", inputs, tmp_path / "prog"))
         if when == "old_progress":
             state = torch.load(tmp_path / "prog" / "state.pt", weights_only=True)
@@ -330,17 +336,21 @@ def test_an_init_resumed_on_another_device_records_each_attempt_and_the_weights_
         real = inits_mod.describe_compute
         monkeypatch.setattr(inits_mod, "describe_compute",
                             lambda device, precision: {**real(device, precision), "device_name": ANOTHER_CPU})
+    monkeypatch.setattr(progress_mod, "code_version_label", lambda: B)
+    manifest.start_notes()
 
     # Execute: unbroken, or resumed
     init_job(settings, tmp_path / "init.pt", inputs, tmp_path / "prog")
     init = load_trajectory(tmp_path / "init.pt")
 
-    # Assert: each attempt's first epoch or round and device (an unbroken init: none), the meta's compute that of
-    # the last call, and the weights of the unbroken init bit for bit
+    # Assert: each attempt's first epoch or round, device and code (an unbroken init: none), and the job's record
+    # every code where they differ; the meta's compute that of the last call, and the weights of the unbroken init
+    # bit for bit
     attempts = init.meta.get("attempts", [])
     assert ("attempts" in init.meta) == bool(expected)
-    assert [(a[first], a.get("device_name")) for a in attempts] == [(n, here if d == "here" else d)
-                                                                      for n, d in expected]
+    assert [(a[first], a.get("device_name"), a.get("code")) for a in attempts] == [
+        (n, here if d == "here" else d, code) for n, d, code in expected]
+    assert manifest.noted("codes") == codes
     assert all((a["device"], a["precision_used"]) == ("cpu", "fp32") for a in attempts if "device_name" in a)
     if kind == "iid_warmup":  # a train job's attempt: its memory settings too
         assert all({k: a[k] for k in MEMORY_KEYS} == {k: settings["warmup_training"][k] for k in MEMORY_KEYS}

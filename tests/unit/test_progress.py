@@ -7,6 +7,7 @@ import copy
 import json
 import logging
 import shutil
+import time
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from helpers.resume import killed_after_round
 from helpers.workflow import ROOT, TINY_CONFIG
 
 from fedscape.core.config import load_schema
-from fedscape.core.manifest import start_notes
+from fedscape.core.manifest import code_label, code_version_label, note, noted, start_notes, write_record
 from fedscape.core.paths import TRAIN_FILE_NAMES
 from fedscape.core.runs import build_runs
 from fedscape.data.federated import FederatedData
@@ -33,7 +34,7 @@ from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config, load_config
 from fedscape.stages.init import init_job
 from fedscape.stages.partition import partition_job
-from fedscape.stages.progress import progress_key, resume_settings
+from fedscape.stages.progress import Parts, note_codes, parts_compute, progress_key, resume_settings
 from fedscape.stages.train import train_job
 from fedscape.stages.train_settings import TrainJob
 
@@ -194,7 +195,8 @@ def test_a_run_killed_and_rerun_with_other_memory_settings_resumes(tmp_path, mon
         # run's names none
         before, after = (train_settings(c, run)["training"] for c in (config, changed))
         executions = ["vectorized", "sequential" if change.get("client_parallel") == "sequential" else "vectorized"]
-        device = {"device": "cpu", "device_name": meta["device_name"], "precision_used": "fp32"}
+        device = {"device": "cpu", "device_name": meta["device_name"], "precision_used": "fp32",
+                  "code": code_version_label()}
         assert meta["attempts"] == [
             {**{k: settings[k] for k in MEMORY_KEYS}, **device, "from_round": first, "execution": execution}
             for settings, first, execution in zip((before, after), (1, 2), executions, strict=True)]
@@ -272,11 +274,112 @@ def test_a_finished_run_whose_outputs_are_lost_records_the_attempt_that_trained_
     meta = json.loads((tmp_path / "run" / TRAIN_FILE_NAMES["meta"]).read_text())
     before = train_settings(config, run)["training"]
     assert meta["attempts"] == [{**{k: before[k] for k in MEMORY_KEYS}, "device": "cpu",
-                                 "device_name": meta["device_name"], "precision_used": "fp32", "from_round": 1,
-                                 "execution": "vectorized"}]
+                                 "device_name": meta["device_name"], "precision_used": "fp32",
+                                 "code": code_version_label(), "from_round": 1, "execution": "vectorized"}]
     assert meta["execution"] == "vectorized"
     cost = cost_table([(tmp_path / "run" / TRAIN_FILE_NAMES["metrics"], tmp_path / "run" / TRAIN_FILE_NAMES["meta"])])
     assert cost["execution"].tolist() == ["vectorized"]
+
+
+# -- the code of each attempt and part -------------------------------------------------------------
+A, B = "a" * 40, "b" * 40  # two commits of the checkout: a `git pull` between a job's attempts
+
+
+@pytest.fixture
+def job_notes(monkeypatch):
+    """The notes of the jobs a test runs (`core.manifest.note`), gone with it: a test that fails mid-way leaves no
+    code noted for the next."""
+    from fedscape.core import manifest
+
+    monkeypatch.setattr(manifest, "_NOTES", {})
+
+
+def _start_job(commit: str) -> str:
+    """Begin a job's notes as `core.manifest.start_job` does, with its checkout clean at `commit`; the code's label."""
+    start_notes()
+    note(code={"fedscape": "0", "commit": commit, "dirty": False})
+    return code_label(noted("code"))
+
+
+@pytest.mark.parametrize(("killed_by", "attempts", "codes"), [
+    (None, [], None),  # unbroken: no attempts and no codes, its meta as before
+    (B, [B, B], None),  # resumed by the same code
+    (A, [A, B], [A, B]),  # a `git pull` between the attempts
+    ("old", [None, B], ["unrecorded", B]),  # rounds saved before attempts recorded their code
+], ids=["unbroken", "same code", "other code", "old progress"])
+def test_a_run_resumed_by_other_code_records_the_code_of_each_attempt(tmp_path, monkeypatch, job_notes, killed_by,
+                                                                      attempts, codes):
+    # Prepare: a run killed after round 1 by code `killed_by` (old: its saved attempts without code), or none
+    config = _tiny_config()
+    partition = _partition(config, tmp_path)
+    _init(config, tmp_path / "init.pt")
+    if killed_by is not None:
+        _start_job(A if killed_by == "old" else killed_by)
+        killed_after_round(monkeypatch, 1, lambda: _train(config, partition, tmp_path / "init.pt", tmp_path / "run"))
+    if killed_by == "old":
+        state = torch.load(tmp_path / "run" / "_progress" / "state.pt", weights_only=True)
+        state["attempts"] = [{k: v for k, v in a.items() if k != "code"} for a in state["attempts"]]
+        torch.save(state, tmp_path / "run" / "_progress" / "state.pt")
+
+    # Execute: run (again) by code B, and write its record
+    started = time.time()
+    _start_job(B)
+    _train(config, partition, tmp_path / "init.pt", tmp_path / "run")
+    write_record(tmp_path / "record.json", [], started, root=tmp_path)
+
+    # Assert: each attempt names its own code (one saved before attempts did: none); the record's code is the
+    # finishing attempt's, and its codes every one where they differ
+    meta = json.loads((tmp_path / "run" / TRAIN_FILE_NAMES["meta"]).read_text())
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert [a.get("code") for a in meta.get("attempts", [])] == attempts
+    assert ("attempts" in meta) == bool(attempts)
+    assert record["code"]["commit"] == B
+    assert record.get("codes") == codes
+
+
+@pytest.mark.parametrize(("codes", "finished_by", "listed"), [
+    ([], B, None),  # nothing computed in attempts or parts
+    ([B], B, None),  # unbroken
+    ([A, A], A, None),  # resumed by the same code
+    ([A, B], B, [A, B]),
+    ([A, B, A], A, [A, B]),  # distinct, in order of first use
+    ([A], A + "-dirty", [A, A + "-dirty"]),  # computed by A; its outputs written by A with uncommitted changes
+    ([None, B], B, ["unrecorded", B]),  # saved before attempts or parts recorded their code
+], ids=["none", "unbroken", "same code", "other code", "first use", "finished by other code", "unrecorded"])
+def test_a_job_s_record_lists_its_codes_where_more_than_one_computed_it(job_notes, codes, finished_by, listed):
+    # Prepare: the job finishing by `finished_by`
+    _start_job(finished_by[:40])
+    if finished_by.endswith("-dirty"):
+        note(code={**noted("code"), "dirty": True})
+
+    # Execute
+    note_codes(codes)
+
+    # Assert
+    assert noted("codes") == listed
+
+
+def test_a_part_is_read_back_with_the_code_that_computed_it(tmp_path, job_notes):
+    # Prepare: part `a` saved by code A; part `old` by code that did not record it; then a job by code B
+    cpu = {"device": "cpu", "device_name": "a CPU", "precision": "fp32", "precision_used": "fp32"}
+    _start_job(A)
+    Parts(tmp_path, "key").save("a", {"x": 1})
+    torch.save({"key": "key", "part": {"x": 2}}, tmp_path / "old.pt")
+    _start_job(B)
+    parts = Parts(tmp_path, "key")
+
+    # Execute: the job loads both, computes part `b`, and loads nothing under another key
+    loaded = [parts.load("old"), parts.load("a"), Parts(tmp_path, "other").load("a")]
+    parts.save("b", {"x": 3})
+    groups = parts_compute({"old": None, "a": cpu, "b": cpu}, parts.codes)
+    note_codes(parts.codes.values())
+
+    # Assert: each part's code (none for the old one) beside its compute; the record lists the codes
+    assert loaded == [{"x": 2}, {"x": 1}, None]
+    assert parts.codes == {"old": None, "a": A, "b": B}
+    assert groups == [{"compute": None, "code": None, "parts": ["old"]}, {"compute": cpu, "code": A, "parts": ["a"]},
+                      {"compute": cpu, "code": B, "parts": ["b"]}]
+    assert noted("codes") == ["unrecorded", A, B]
 
 
 def test_the_neutral_training_keys_are_those_a_train_job_out_of_memory_is_told_to_lower():

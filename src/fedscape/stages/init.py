@@ -50,7 +50,7 @@ from fedscape.models.params import flatten_buffers, flatten_params, load_buffers
 from fedscape.models.registry import build_model
 from fedscape.models.specs import EVAL_BATCH_SIZE
 from fedscape.stages.init_settings import WARMUP_ALGORITHM, ContinueInit, InitJob, PretrainedInit, WarmupInit
-from fedscape.stages.progress import attempt_compute, attempts_record, progress_key, resume_settings
+from fedscape.stages.progress import attempt_record, attempts_record, note_codes, progress_key, resume_settings
 
 log = logging.getLogger("fedscape.init")
 # Within a pretraining epoch, at most one progress line per this many seconds (a whole epoch is resumed, not a part)
@@ -195,7 +195,7 @@ def pretrain(job: PretrainedInit, progress_dir: str | Path | None = None,
     compute = describe_compute(device, job.precision)
     log_compute(compute)
     with use_precision(job.precision, device):
-        model, meta = _pretrain(job, progress_dir, device, key or digest(to_settings(job)), attempt_compute(compute))
+        model, meta = _pretrain(job, progress_dir, device, key or digest(to_settings(job)), attempt_record(compute))
     return model, {**meta, **compute}
 
 
@@ -218,8 +218,8 @@ def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torc
                 model.load_state_dict(state["model"])
                 opt.load_state_dict(state["opt"])
                 # Progress saved before attempts were kept: its epochs were trained by one or more earlier calls of
-                # unknown compute, recorded as one attempt from epoch 1 without compute keys, not as none, which
-                # would claim them for this call's device
+                # unknown compute and code, recorded as one attempt from epoch 1 without their keys, not as none,
+                # which would claim them for this call's device and code
                 start, attempts = int(state["epoch"]), list(state.get("attempts", [{"from_epoch": 1}]))
                 log.info("resuming pretraining after epoch %d/%d", start, cfg.epochs)
         except Exception as exc:  # a file cut short by a kill: start afresh
@@ -258,6 +258,7 @@ def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torc
                  time.perf_counter() - t0)
     # a pretraining resumed after its last epoch trains none here: its weights are checked all the same
     _check_finite(model, job, cfg.epochs)
+    note_codes(a.get("code") for a in attempts)
     proxy_eval = proxy.evaluate(model)
     meta = {"proxy": source, "proxy_samples": len(y), "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
             "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "proxy_loss": proxy_eval.loss,
@@ -317,10 +318,11 @@ def iid_warmup(job: WarmupInit, partition_path: str | Path, progress_dir: str | 
     model = random_model(job).to(device).train()
     log.info("IID warm-up: %d round(s) of FedAvg on %d clients (%s)", cfg.rounds, data.num_clients, partition_path)
     # as a train job's attempt: its memory keys, which a warm-up resumed after a kill may change (WarmupInit.neutral),
-    # and where and how precisely it computed
-    attempt = {**{name: getattr(job.warmup_training, name) for name in MEMORY_KEYS}, **attempt_compute(compute)}
+    # where and how precisely it computed, and its code
+    attempt = {**{name: getattr(job.warmup_training, name) for name in MEMORY_KEYS}, **attempt_record(compute)}
     result = run_federated(model, data, make_strategy(WARMUP_ALGORITHM), cfg, progress_dir=progress_dir,
                            progress_key=key or digest(to_settings(job)), attempt=attempt)
+    note_codes(a.get("code") for a in result.attempts)
     if result.status != "ok":
         raise RuntimeError(f"the IID warm-up diverged (status {result.status}); lower its learning rate")
     load_params(model, result.params[-1].to(device))

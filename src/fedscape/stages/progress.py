@@ -13,16 +13,19 @@ from fedscape.core.config import digest
 from fedscape.core.fingerprints import file_sha256
 from fedscape.core.io import atomic_path
 from fedscape.core.jobs import JobSettings
+from fedscape.core.manifest import code_label, code_version_label, note
 from fedscape.data.locations import without_data_locations
 from fedscape.fl.settings import ATTEMPT_COMPUTE
 
 log = logging.getLogger("fedscape.progress")
 
 
-def attempt_compute(compute: dict) -> dict:
-    """What an attempt of a resumable job (a call that trained rounds or epochs of it) records of where and how
-    precisely it computed: `describe_compute`'s `ATTEMPT_COMPUTE` keys."""
-    return {key: compute[key] for key in ATTEMPT_COMPUTE if key in compute}
+def attempt_record(compute: dict) -> dict:
+    """What an attempt of a resumable job (a call that trained rounds or epochs of it) records of itself: where and
+    how precisely it computed (`compute`: `describe_compute`'s `ATTEMPT_COMPUTE` keys), and the code it ran (`code`:
+    the `code_label` its job's record and tables name, `core.manifest.code_version_label`), since a job resumed after
+    a `git pull` trained its first rounds by other code than the attempt that finished it."""
+    return {**{key: compute[key] for key in ATTEMPT_COMPUTE if key in compute}, "code": code_version_label()}
 
 
 def attempts_record(attempts: list[dict], trained: bool) -> dict:
@@ -31,6 +34,19 @@ def attempts_record(attempts: list[dict], trained: bool) -> dict:
     round or epoch done: its own compute then names where it evaluated, not where its model trained). An unbroken
     job lists none."""
     return {"attempts": attempts} if len(attempts) > 1 or (attempts and not trained) else {}
+
+
+def note_codes(codes: Iterable[str | None]) -> None:
+    """Note in the running job's record (`core.manifest.note`) the codes that computed its results, where more than
+    one did: `codes` are those of its attempts (`attempt_record`) or parts (`Parts.codes`), in the order computed,
+    None for one saved before they recorded it (`code_label`'s `unrecorded`). The record's `code` is that of the
+    attempt that finished the job; `codes` lists every distinct one in order of first use, that attempt's among them
+    (it wrote the outputs, where it computed none of them). An unbroken job, or one resumed by the same code, notes
+    none."""
+    labels = list(dict.fromkeys([*(code_label(None) if code is None else code for code in codes),
+                                 code_version_label()]))
+    if len(labels) > 1:
+        note(codes=labels)
 
 
 def input_digests(inputs: Iterable[str | os.PathLike]) -> tuple[str, ...]:
@@ -77,10 +93,13 @@ class Parts:
     interpolation's trained Bezier bends), saved in `directory` (beside the outputs, not one of them: a kill keeps
     it) under the job's key (`progress_key`), so that a rerun after a kill resumes after its last finished part.
     A part is plain data (tensors, lists, numbers, text), read back without unpickling objects; one of another key,
-    or cut short, is computed again."""
+    or cut short, is computed again. A part is saved with the code that computed it (`code_version_label`), which
+    its key leaves out: a job resumed after a `git pull` may hold parts of two codes (`codes`, `note_codes`)."""
 
     def __init__(self, directory: str | os.PathLike | None, key: str):
         self.dir, self.key = (Path(directory) if directory is not None else None), key
+        # the code of each part this job loaded or computed, in that order (None: saved before parts recorded it)
+        self.codes: dict[str, str | None] = {}
 
     def _path(self, name: str) -> Path:
         return self.dir / f"{name}.pt"
@@ -96,16 +115,20 @@ class Parts:
         except Exception as exc:  # cut short by a kill, or written by another version: computed again
             log.warning("cannot resume part %s from %s (%s): computing it again", name, self.dir, exc)
             return None
-        return saved["part"] if saved.get("key") == self.key else None
+        if saved.get("key") != self.key:
+            return None
+        self.codes[name] = saved.get("code")
+        return saved["part"]
 
     def save(self, name: str, part: dict) -> None:
+        self.codes[name] = code_version_label()
         if self.dir is None:
             return
         import torch  # lazy: as above
 
         self.dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(self._path(name)) as tmp:
-            torch.save({"key": self.key, "part": part}, tmp)
+            torch.save({"key": self.key, "part": part, "code": self.codes[name]}, tmp)
 
     def clear(self) -> None:
         if self.dir is not None:
@@ -116,15 +139,16 @@ class Parts:
         return f", when an earlier attempt of this job computed it: resumed from {self.dir}" if resumed else ""
 
 
-def parts_compute(computes: dict[str, dict[str, str] | None]) -> list[dict]:
-    """Where a job's parts were computed (`computes`: each part's `describe_compute`, None where not known), as a job's
-    metadata records it: each distinct compute once, `compute` (None: not known, a part saved before parts recorded
-    it), with its `parts`, in the order of the parts. A job resumed after a kill may have computed its parts on
-    several cards, or on a card and a CPU; an uninterrupted one lists one compute, its own."""
+def parts_compute(computes: dict[str, dict[str, str] | None], codes: dict[str, str | None]) -> list[dict]:
+    """Where and by which code a job's parts were computed (`computes`: each part's `describe_compute`, None where not
+    known; `codes`: each part's code, `Parts.codes`), as a job's metadata records it: each distinct pair once,
+    `compute` and `code` (None: not known, a part saved before parts recorded it), with its `parts`, in the order of
+    the parts. A job resumed after a kill may have computed its parts on several cards, or on a card and a CPU, and
+    after a `git pull` by two codes; an uninterrupted one lists one compute and code, its own."""
     groups: list[dict] = []
     for name, compute in computes.items():
-        group = next((g for g in groups if g["compute"] == compute), None)
+        group = next((g for g in groups if (g["compute"], g["code"]) == (compute, codes.get(name))), None)
         if group is None:
-            groups.append(group := {"compute": compute, "parts": []})
+            groups.append(group := {"compute": compute, "code": codes.get(name), "parts": []})
         group["parts"].append(name)
     return groups

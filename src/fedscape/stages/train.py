@@ -21,7 +21,7 @@ from fedscape.fl.swa import SWA_BN_COLUMN, SWA_METRICS, SWASettings
 from fedscape.models.batchnorm import has_batch_norm
 from fedscape.models.checkpoint import CheckpointError, load_trajectory, save_clients, save_trajectory
 from fedscape.models.device import describe_compute, log_compute, resolve_device
-from fedscape.stages.progress import attempt_compute, attempts_record, progress_key, resume_settings
+from fedscape.stages.progress import attempt_record, attempts_record, note_codes, progress_key, resume_settings
 from fedscape.stages.train_settings import TrainJob
 
 log = logging.getLogger("fedscape.train")
@@ -61,12 +61,12 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
     if swa is not None:
         log.info("SWA at the server from round %d: cycles of %d rounds, %s lr down to %g x its value",
                  swa.start(cfg.rounds), swa.cycle, swa.scheduled_lr, swa.lr_ratio)
-    # what each attempt of a run resumed after a kill records: its memory settings, and where and how precisely it
+    # what each attempt of a run resumed after a kill records: its memory settings, where and how precisely it
     # computed (under device: auto a run killed on a card may go on where none is, or on a card without TF32:
-    # cost.csv times each attempt's rounds by its own)
+    # cost.csv times each attempt's rounds by its own), and its code
     compute = describe_compute(device, cfg.precision)
     attempt = {**{key: settings["training"][key] for key in MEMORY_KEYS if key in settings["training"]},
-               **attempt_compute(compute)}
+               **attempt_record(compute)}
     key = progress_key(resume_settings(settings, TrainJob), (partition_path, init_path))
     try:
         result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir, progress_key=key, swa=swa,
@@ -84,9 +84,10 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
     save_trajectory(outputs["trajectory"], result.params, result.buffers, result.rounds, model_meta, meta,
                     swa=result.swa)
     save_clients(outputs["clients"], result.clients, model_meta, meta)
-    # resumed after a kill: each attempt's first round, memory settings and device, in meta.json alone (so that the
-    # checkpoints are those of an unbroken run)
+    # resumed after a kill: each attempt's first round, memory settings, device and code, in meta.json alone (so that
+    # the checkpoints are those of an unbroken run); the job's record lists the codes where they differ
     meta.update(attempts_record(result.attempts, result.trained))
+    note_codes(a.get("code") for a in result.attempts)
     rows = pd.DataFrame(result.rows)
     for key in ("dataset", "model", "init", "algorithm", "num_clients", "seed"):
         rows[key] = run[key]

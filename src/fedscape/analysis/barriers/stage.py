@@ -44,7 +44,7 @@ from fedscape.data.federated import load_federated_data
 from fedscape.models.batchnorm import has_batch_norm
 from fedscape.models.checkpoint import load_clients, load_trajectory
 from fedscape.models.device import describe_compute, job_precision, resolve_device
-from fedscape.stages.progress import Parts, parts_compute, progress_key, resume_settings
+from fedscape.stages.progress import Parts, note_codes, parts_compute, progress_key, resume_settings
 
 log = logging.getLogger("fedscape.barriers")
 
@@ -68,12 +68,14 @@ def _bn_x(job: InterpolationJob | LayerBarriersJob, splits: dict, model: torch.n
     return splits["train"][0]
 
 
-def _note_parts_compute(computes: dict[str, dict[str, str] | None]) -> None:
-    """Record in the job's record (beside its own `describe_compute`, which is this attempt's: its tables hold none)
-    where each of its parts was computed (`parts_compute`): a part resumed from an earlier attempt of the job was
-    computed where that one ran, perhaps on another card (the parts' key names the type of device alone)."""
+def _note_parts_compute(computes: dict[str, dict[str, str] | None], parts: Parts) -> None:
+    """Record in the job's record (beside its own `describe_compute` and code, which are this attempt's: its tables
+    hold none) where and by which code each of its parts was computed (`parts_compute`, `note_codes`): a part resumed
+    from an earlier attempt of the job was computed where that one ran, perhaps on another card (the parts' key names
+    the type of device alone), and by the code it ran."""
     if computes:
-        note(parts_compute=parts_compute(computes))
+        note(parts_compute=parts_compute(computes, parts.codes))
+        note_codes(parts.codes.values())
 
 
 def _nan_curve(job: InterpolationJob, rounds: list[int]) -> pd.DataFrame:
@@ -184,7 +186,7 @@ def interpolation_job(settings: dict, trajectory_a: str | Path, trajectory_b: st
     df.insert(3, "run_b", job.run_b)
     df.insert(4, "round_b", rounds[1])
     write_csv(df[INTERPOLATION_COLUMNS], output)
-    _note_parts_compute(computes)
+    _note_parts_compute(computes, parts)
     parts.clear()
     for (path, aligned, split), sub in df.groupby(["path", "aligned", "split"], sort=False):
         log.info("pair %s %s %s%s: loss barrier %.4f, error barrier %.4f", job.pair_id, path, split,
@@ -299,7 +301,7 @@ def layer_barriers_job(settings: dict, inputs: dict, out_barriers: str | Path, o
     distances = pd.DataFrame(distance_rows, columns=LAYER_DISTANCE_COLUMNS)
     write_csv(barriers, out_barriers)
     write_csv(distances, out_distances)
-    _note_parts_compute(computes)
+    _note_parts_compute(computes, parts)
     parts.clear()
     full = barriers[barriers["averaged"] == format_averaged(range(len(layers)))].drop_duplicates(["aligned", "split"])
     for _, r in full.iterrows():

@@ -25,7 +25,7 @@ from fedscape.fl.client_stats import l2_to_final, stats_from_checkpoints
 from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS, STAT_KEYS
 from fedscape.models.checkpoint import load_clients, load_trajectory
 from fedscape.outputs.tables import read_table
-from fedscape.stages.progress import Parts, progress_key, resume_settings
+from fedscape.stages.progress import Parts, note_codes, progress_key, resume_settings
 
 log = logging.getLogger("fedscape.client_stats")
 
@@ -49,7 +49,7 @@ def client_stats_job(settings: dict, updates: list[str | Path], trajectories: li
     if progress_dir is not None:
         log.info("progress is kept in %s after every run: if this job is killed, run the workflow again (with "
                  "--rerun-incomplete if Snakemake says its outputs are incomplete) and it resumes", progress_dir)
-    frames = []
+    frames, codes = [], []  # codes: the code of each run's rows (`Parts.codes`), for the job's record (`note_codes`)
     for k, (run_id, upd, traj_path) in enumerate(zip(run_ids, updates, trajectories, strict=True), start=1):
         parts = Parts(progress_dir, progress_key(meaning, digests=_run_inputs(upd, traj_path)))
         saved = parts.load(run_id)
@@ -63,10 +63,12 @@ def client_stats_job(settings: dict, updates: list[str | Path], trajectories: li
         if unusable is not None:  # said again for a resumed run: the log of a job resumed is that of an unbroken one
             log.warning("run %s: %s; it has no final model, so its l2_to_final is NaN", run_id, unusable)
         frames.append(df)
+        codes += parts.codes.values()
         log.info("client stats %d/%d: %s (%d rounds)%s", k, len(run_ids), run_id, len(df),
                  " (resumed)" if saved is not None else "")
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CLIENT_STATS_COLUMNS)
     write_csv(table, output)
+    note_codes(codes)
     if progress_dir is not None:
         shutil.rmtree(progress_dir, ignore_errors=True)
 

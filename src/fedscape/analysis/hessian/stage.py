@@ -55,7 +55,7 @@ from fedscape.data.federated import FederatedData, load_federated_data
 from fedscape.models.checkpoint import load_trajectory
 from fedscape.models.device import describe_compute, job_precision, resolve_device
 from fedscape.models.specs import piecewise_linear
-from fedscape.stages.progress import Parts, input_digests, parts_compute, progress_key, resume_settings
+from fedscape.stages.progress import Parts, input_digests, note_codes, parts_compute, progress_key, resume_settings
 
 log = logging.getLogger("fedscape.hessian")
 
@@ -274,8 +274,10 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
                     "estimate of its squared norm is not positive); raise hessian.trace_probes", hs.trace_probes,
                     ", ".join(map(str, unresolved)))
     details.update({"hn": hn, "hd": hd})
-    # the compute above is this attempt's; a part resumed from an earlier attempt was computed where that one ran
-    details["parts_compute"] = parts_compute(computes)
+    # the compute above is this attempt's; a part resumed from an earlier attempt was computed where, and by the code,
+    # that one ran (the job's record lists the codes where they differ)
+    details["parts_compute"] = parts_compute(computes, parts.codes)
+    note_codes(parts.codes.values())
 
     not_converged = [d for d, v in details["data"].items() if "converged" in v and not all(v["converged"])]
     if not_converged:

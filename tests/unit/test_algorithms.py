@@ -1046,8 +1046,30 @@ def test_the_cost_table_times_a_resumed_runs_rounds_on_the_device_each_attempt_u
     rows = cost_table([(metrics, meta)]).set_index("device")
 
     # Assert: each device's rounds under it, not every round under the last attempt's
-    assert rows.loc["cuda:0", "num_rounds"] == 1 and rows.loc["cuda:0", "device_name"] == "NVIDIA H200"
+    assert rows.loc["cuda", "num_rounds"] == 1 and rows.loc["cuda", "device_name"] == "NVIDIA H200"
     assert rows.loc["cpu", "num_rounds"] == 2 and rows.loc["cpu", "median_seconds_per_round"] == 8
+
+
+@pytest.mark.parametrize("attempts", [False, True])
+def test_runs_on_two_cards_of_one_model_compare_as_one_device(tmp_path, attempts):
+    # Prepare: FedAvg on cuda:0 and GradAug on cuda:1 of one machine (device: auto spreads the jobs over its cards),
+    # recorded at the top level or by a resumed run's attempts
+    jobs = [cost_job(tmp_path, 0, "fedavg", "fedavg", [2, 2, 2], [10, 10, 10], device="cuda:0"),
+            cost_job(tmp_path, 1, "ga", "gradaug", [5, 5, 5], [20, 20, 20], device="cuda:1")]
+    for _metrics, meta in jobs:
+        record = json.loads(meta.read_text())
+        record["device_name"] = "NVIDIA H100"
+        if attempts:
+            record["attempts"] = [{"from_round": 1, "device": record["device"]},
+                                  {"from_round": 2, "device": record["device"]}]
+        meta.write_text(json.dumps(record))
+
+    # Execute
+    table = cost_table(jobs)
+
+    # Assert: one row per label, GradAug against the FedAvg of the other card
+    assert len(table) == 2 and set(table["device"]) == {"cuda"}
+    assert table.set_index("algorithm").loc["ga", "seconds_vs_fedavg"] == 2.5
 
 
 def test_the_cost_table_times_a_resumed_runs_rounds_in_the_precision_each_attempt_computed_in(tmp_path):

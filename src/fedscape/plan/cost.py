@@ -14,7 +14,9 @@ from fedscape.fl.settings import TrainConfig, sample_clients
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 # cost_table 2: runs are compared within one execution (clients trained at once, one by one, or from CUDA graphs).
 # cost_table 3: and within one precision (column `precision`, each attempt's rounds in its own).
-RESULT_VERSIONS = {"cost_table": 3}
+# cost_table 4: `device` is the device's type (cuda, not cuda:1), so the runs a workflow spread over a machine's cards
+# of one model compare.
+RESULT_VERSIONS = {"cost_table": 4}
 
 
 def check(config: dict, runs: list[Run]) -> list[str]:

@@ -20,7 +20,9 @@ from fedscape.outputs.tables import UNRECORDED, read_table
 # GradAug runs) trains one after another, and a ratio across the two would be the path's speed-up, not the
 # algorithm's overhead.
 # precision is the precision the rounds computed in (a label may set its own training.precision, and tf32 computes
-# fp32 on a CPU or a card before Ampere: `models.device.precision_used`).
+# fp32 on a CPU or a card before Ampere: `models.device.precision_used`). device is the kind of device (cpu, cuda),
+# not the job's index of its card: a workflow spreads its jobs over a machine's cards (`models.device.resolve_device`),
+# and a FedAvg run on cuda:0 is the baseline of a GradAug run on cuda:1 of the same model (device_name).
 COST_SETTING = ["dataset", "model", "device", "device_name", "alpha", "num_clients", "participation", "local_epochs",
                 "batch_size", "local_steps", "local_work", "execution", "precision"]
 COST_COLUMNS = ["dataset", "model", "algorithm", "algorithm_name", "device", "device_name", "num_runs", "num_rounds",
@@ -52,14 +54,15 @@ def _run_rounds(metrics: str | Path, meta_path: str | Path) -> pd.DataFrame:
         raise ValueError(f"{meta_path} has no training.{missing[0]} in its settings: cannot tell which runs "
                          f"do the same work per round; {remake_hint(meta_path)}")
     df = df[df["round"] > 0].copy()
-    df["device"] = meta.get("device", "unknown")
+    df["device"] = _device_kind(meta.get("device", "unknown"))
     df["device_name"] = meta.get("device_name", meta.get("device", "unknown"))
     df["execution"] = meta.get("execution", UNRECORDED)
     df["precision"] = meta.get("precision_used", UNRECORDED)
     for attempt in meta.get("attempts", []):  # a run resumed after a kill: each attempt's rounds as they trained
         for key, column in ATTEMPT_COLUMNS.items():  # (older attempts recorded less: the run's own value stands)
             if key in attempt:
-                df.loc[df["round"] >= attempt["from_round"], column] = attempt[key]
+                value = _device_kind(attempt[key]) if key == "device" else attempt[key]
+                df.loc[df["round"] >= attempt["from_round"], column] = value
     df["algorithm_name"] = settings.get("algorithm", df["algorithm"].iloc[0] if len(df) else "")
     unit = "steps" if training.get("local_steps") is not None else "epochs"
     work = parse_work(f"local_{unit}", training[f"local_{unit}"])
@@ -68,6 +71,12 @@ def _run_rounds(metrics: str | Path, meta_path: str | Path) -> pd.DataFrame:
     df["local_work"] = work_text(unit, work)
     df["batch_size"] = int(training["batch_size"])
     return df
+
+
+def _device_kind(device: str) -> str:
+    """A recorded device as the cost table compares it: its type (`cuda:1` -> `cuda`), the card's model being in
+    device_name; anything else (`cpu`, `unknown`) as it is."""
+    return str(device).split(":", 1)[0]
 
 
 def cost_table(runs: list[tuple[str | Path, str | Path]]) -> pd.DataFrame:

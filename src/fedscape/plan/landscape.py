@@ -119,11 +119,6 @@ def _model_point(config: dict, checkpoint: Checkpoint) -> tuple:
     return (run.dataset, run.model, run.init, tuple(sorted(options.items())), run.seed if options else None)
 
 
-def _local_round(config: dict, run, round_: int | str) -> int:
-    """The round t of a local-scope plane: its clients' models of round t, from the global model of round t-1."""
-    return int(run_training(config, run)["rounds"]) if round_ == "final" else int(round_)
-
-
 def _point_text(point: tuple) -> str:
     if len(point) == 2:
         return f"round {point[1]} of {point[0]}"
@@ -198,7 +193,7 @@ def resolve_landscape(config: dict, runs: list, label: str) -> LandscapePlan:
     if kind == "local":
         run = selected[0]
         training = run_training(config, run)
-        t = _local_round(config, run, round_)
+        t = training["rounds"] if round_ == "final" else round_
         if t < 1:
             raise ConfigError(f"{where}.round: the local scope needs a round >= 1 (round t goes from the model "
                               f"after round t-1 to the clients' models of round t)")
@@ -215,8 +210,8 @@ def resolve_landscape(config: dict, runs: list, label: str) -> LandscapePlan:
                           f"{data_run.num_clients} clients (0..{data_run.num_clients - 1})")
     if kind == "local" and "client" in spec["data"]:
         # the round's saved client models are those of the clients it sampled (the train stage draws them alike):
-        # another client's surface L_m would be drawn with no model of that client on the plane
-        t = _local_round(config, data_run, round_)
+        # another client's surface L_m would be drawn with no model of that client on the plane (t: the local
+        # scope's round, checked above)
         sampled = sample_clients(data_run.seed, t, data_run.num_clients, float(data_run.participation))
         if client not in sampled:
             raise ConfigError(f"{where}.client: client {client} does not train in round {t} of run "

@@ -50,7 +50,7 @@ from fedscape.models.params import flatten_buffers, flatten_params, load_buffers
 from fedscape.models.registry import build_model
 from fedscape.models.specs import EVAL_BATCH_SIZE
 from fedscape.stages.init_settings import WARMUP_ALGORITHM, ContinueInit, InitJob, PretrainedInit, WarmupInit
-from fedscape.stages.progress import attempt_record, attempts_record, note_codes, progress_key, resume_settings
+from fedscape.stages.progress import attempt_record, attempts_record, progress_key, resume_settings
 
 log = logging.getLogger("fedscape.init")
 # Within a pretraining epoch, at most one progress line per this many seconds (a whole epoch is resumed, not a part)
@@ -258,7 +258,6 @@ def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torc
                  time.perf_counter() - t0)
     # a pretraining resumed after its last epoch trains none here: its weights are checked all the same
     _check_finite(model, job, cfg.epochs)
-    note_codes(a.get("code") for a in attempts)
     proxy_eval = proxy.evaluate(model)
     meta = {"proxy": source, "proxy_samples": len(y), "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
             "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "proxy_loss": proxy_eval.loss,
@@ -322,7 +321,6 @@ def iid_warmup(job: WarmupInit, partition_path: str | Path, progress_dir: str | 
     attempt = {**{name: getattr(job.warmup_training, name) for name in MEMORY_KEYS}, **attempt_record(compute)}
     result = run_federated(model, data, make_strategy(WARMUP_ALGORITHM), cfg, progress_dir=progress_dir,
                            progress_key=key or digest(to_settings(job)), attempt=attempt)
-    note_codes(a.get("code") for a in result.attempts)
     if result.status != "ok":
         raise RuntimeError(f"the IID warm-up diverged (status {result.status}); lower its learning rate")
     load_params(model, result.params[-1].to(device))

@@ -21,7 +21,7 @@ from fedscape.fl.swa import SWA_BN_COLUMN, SWA_METRICS, SWASettings
 from fedscape.models.batchnorm import has_batch_norm
 from fedscape.models.checkpoint import CheckpointError, load_trajectory, save_clients, save_trajectory
 from fedscape.models.device import describe_compute, log_compute, resolve_device
-from fedscape.stages.progress import attempt_record, attempts_record, note_codes, progress_key, resume_settings
+from fedscape.stages.progress import attempt_record, attempts_record, progress_key, resume_settings
 from fedscape.stages.train_settings import TrainJob
 
 log = logging.getLogger("fedscape.train")
@@ -87,7 +87,6 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
     # resumed after a kill: each attempt's first round, memory settings, device and code, in meta.json alone (so that
     # the checkpoints are those of an unbroken run); the job's record lists the codes where they differ
     meta.update(attempts_record(result.attempts, result.trained))
-    note_codes(a.get("code") for a in result.attempts)
     rows = pd.DataFrame(result.rows)
     for key in ("dataset", "model", "init", "algorithm", "num_clients", "seed"):
         rows[key] = run[key]

@@ -150,11 +150,23 @@ def whole(message: str) -> str:
     ("fedalign", {"power_iterations": 0}, whole("power_iterations must be at least 1, got 0")),
     ("fedalign", {"clip_grad_norm": -1.0}, whole("clip_grad_norm must be non-negative (0 turns clipping off), "
                                                  "got -1.0")),
+    # NaN, which every bound passes (it compares false): refused by the library itself, not only by the config check
+    ("fedprox", {"mu": math.nan}, whole("mu must be non-negative, got nan")),
+    ("fedavgm", {"server_lr": math.nan}, whole("server_lr must be positive, got nan")),
+    ("fedadam", {"tau": math.nan}, whole("tau must be positive, got nan")),
+    ("feddyn", {"alpha": math.nan}, whole("alpha must be positive, got nan")),
+    ("fedsam", {"rho": math.nan}, whole("rho must be non-negative, got nan")),
+    ("mixup", {"gamma": math.nan}, whole("gamma must be non-negative, got nan")),
+    ("moon", {"temperature": math.nan}, whole("temperature must be positive, got nan")),
+    ("fedalign", {"clip_grad_norm": math.nan}, whole("clip_grad_norm must be non-negative (0 turns clipping off), "
+                                                     "got nan")),
     # several keys out of range: one problem each
     ("moon", {"temperature": 0.0, "mu": -1.0}, whole("temperature must be positive, got 0.0; mu must be "
                                                      "non-negative, got -1.0")),
     ("fedavgm", {"server_lr": -1.0, "server_momentum": -0.5}, whole("server_lr must be positive, got -1.0; "
                                                                     "server_momentum must be in [0, 1), got -0.5")),
+    ("moon", {"temperature": 0.0, "mu": math.nan}, whole("temperature must be positive, got 0.0; mu must be "
+                                                          "non-negative, got nan")),
     ("fedasam", {"rho": "big"}, r"algorithm 'fedasam': rho: expected a number \(e.g. its default 0.5\), got 'big'"),
     ("moon", {"projection_dim": True}, r"projection_dim: expected an integer \(e.g. its default 0\), got True"),
     ("fedprox_x", {}, "unknown algorithm 'fedprox_x'.*Did you mean 'fedprox'"),

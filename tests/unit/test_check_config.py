@@ -150,6 +150,32 @@ def test_an_invalid_config_prints_its_problems_alone_and_exits_1(tmp_path, capsy
     assert stderr == f"{err.value}\n" and problem in stderr and "Traceback" not in stderr
 
 
+@pytest.mark.parametrize("written", ["a number", ".nan"])
+@pytest.mark.parametrize(("path", "number"), [
+    ("training/lr", 0.05),
+    ("algorithms/fedprox/mu", 0.01),  # an algorithm's hyperparameter, beside its `name`
+    ("landscapes/global_0.1/span", 1.0),  # an analysis's setting
+    ("partitions/d2/alpha", 0.3),  # a partition's Dirichlet alpha
+])
+def test_a_nan_in_a_config_file_is_refused_naming_its_key(tmp_path, capsys, written, path, number):
+    # Prepare: the default config with a Dirichlet partition, one key of it written as a number or as YAML's .nan
+    # (every schema bound passes NaN: it compares false)
+    config = {**copy.deepcopy(DEFAULT), "partitions": {"d2": {"kind": "dirichlet", "alpha": 0.3}}}
+    _set(path, number if written == "a number" else float("nan"))(config)
+    file = _write(tmp_path, config)
+    assert (".nan" in (tmp_path / "my.yaml").read_text()) == (written == ".nan")
+
+    # Execute
+    code = check_config_main([file])
+
+    # Assert: a number is valid; .nan is refused, its key named
+    out, stderr = capsys.readouterr()
+    if written == "a number":
+        assert code == 0 and out.splitlines()[0] == f"{file} is valid"
+    else:
+        assert code == 1 and f"  - {path.replace('/', '.')}: nan is not a finite number" in stderr.splitlines()
+
+
 def test_without_a_config_the_default_one_is_checked_and_said_so(capsys):
     assert check_config_main([]) == 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from fedscape.data.specs import TARGETS
@@ -44,9 +45,14 @@ class AlgorithmConfig:
 def refuse_out_of_range(config, **ranges: tuple[bool, str]) -> None:
     """ValueError naming each hyperparameter of `config` out of its range, as "<key> must be <range>, got <value>"
     (`ranges`: key -> (whether its value is refused, the valid range in words)): one problem per bad key, all of
-    them at once, so that a config's refusal (prefixed "algorithms.<label>: ") names what to change."""
-    problems = [f"{key} must be {valid}, got {getattr(config, key)}" for key, (refused, valid) in ranges.items()
-                if refused]
+    them at once, so that a config's refusal (prefixed "algorithms.<label>: ") names what to change.
+
+    A NaN is refused whatever its flag: it compares false with every bound, so that a check such as `mu < 0` passes
+    it, and a run would train on NaN losses. (The workflow's config check refuses it before, `core.config.non_finite`;
+    this refuses it where the library is called directly.)"""
+    values = {key: getattr(config, key) for key in ranges}
+    problems = [f"{key} must be {valid}, got {values[key]}" for key, (refused, valid) in ranges.items()
+                if refused or (isinstance(values[key], float) and math.isnan(values[key]))]
     if problems:
         raise ValueError("; ".join(problems))
 

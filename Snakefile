@@ -93,11 +93,17 @@ wildcard_constraints:
 # so before it deletes any job's outputs): Snakemake calls `onstart` only then (not for -n, --summary or --dag), so
 # a dry run plans on a machine without the data. (`workflow.dryrun` is not yet known while this file is read.)
 onstart:
-    check_execution(
-        config, CLUSTER, workflow.local_exec, "gpu" in workflow.global_resources
-    )
     jobs = list(workflow.dag.needrun_jobs())
-    check_data(config, RUNS, [(job.rule.name, job.wildcards_dict) for job in jobs])
+    named = [(job.rule.name, job.wildcards_dict) for job in jobs]
+    check_execution(
+        config,
+        RUNS,
+        named,
+        CLUSTER,
+        workflow.local_exec,
+        "gpu" in workflow.global_resources,
+    )
+    check_data(config, RUNS, named)
     check_read_files(
         [f for job in jobs for f in job.input],
         [f for job in jobs for f in job.output],

@@ -3,6 +3,7 @@ that the precision settings reach the jobs' settings only when they are not the 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
@@ -23,15 +24,17 @@ from fedscape.core.runs import build_runs
 from fedscape.models import device as device_mod
 from fedscape.plan import resources as resources_mod
 from fedscape.plan.barriers import interpolation_pair, interpolation_settings
-from fedscape.plan.hessian import hessian_job_settings
+from fedscape.plan.hessian import hessian_inputs, hessian_job_settings, hessian_jobs, plane_inputs, shared_source
 from fedscape.plan.init import init_settings
 from fedscape.plan.landscape import chunk_settings, landscape_plans
 from fedscape.plan.resources import (
+    COPYING_RULES,
     DATA_RULES,
     GPU_RULES,
     RULE_NEEDS,
     by_init,
     by_input,
+    computes_on_device,
     cpu_job_resources,
     execution_problems,
     gpu_job_resources,
@@ -40,7 +43,7 @@ from fedscape.plan.resources import (
     memory_hint,
 )
 from fedscape.plan.train import train_settings
-from fedscape.plan.workflow import check_config
+from fedscape.plan.workflow import check_config, check_execution
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -276,6 +279,62 @@ def test_an_explicit_cuda_device_on_this_machine_is_refused_only_where_it_is_kno
     assert [p.split(":")[0] for p in problems] == (["training.device"] if refused else [])
 
 
+# How Snakemake was started against the cards: training.device, the cards this machine shows, and
+# (planned_as_cluster, local_exec, gpu_limited); and what execution_problems says of it where a GPU job is to run
+STARTS = {
+    "no card": ("cuda", 0, (False, True, False), "this local run sees no CUDA card"),
+    "--jobs with --cores": ("auto", 1, (True, True, False), "given --jobs with --cores"),
+    "cluster cuda:1": ("cuda:1", 0, (True, False, False), "a cluster job sees only the card it was given"),
+}
+
+
+def _named_jobs(config: dict, runs: list) -> dict[str, list[tuple[str, dict[str, str]]]]:
+    """Jobs of the default config as the Snakefile's onstart names them (rule, wildcards as text), by kind."""
+    run = runs[0]
+    fields = {key: str(value) for key, value in run.fields().items()}
+    copying = next(r for r in runs if shared_source(config, runs, r, 0) is not None)
+    copied = {**{key: str(value) for key, value in copying.fields().items()}, "round": "0"}
+    init = {"dataset": run.dataset, "model": run.model}
+    return {
+        # light rules, and heavy ones on the CPU (a partition, a PCA plane)
+        "tables": [("final_table", {}), ("curves_figure", {}), ("hessian_tables", {}),
+                   ("partition", {key: str(value) for key, value in run.partition_fields.items()}),
+                   ("landscape_plane", {**fields, "landscape": "pca"})],
+        "train": [("train", fields)],
+        "init pretrained": [("init", {**init, "init": "pretrained"})],
+        "init warmup": [("init", {**init, "init": "warmup"})],
+        "init random": [("init", {**init, "init": "random"})],
+        "hessian copies": [("hessian", copied), ("hessian_plane", copied)],
+        "hessian computes": [("hessian", {**fields, "round": "0"})],
+    }
+
+
+@pytest.mark.parametrize("start", list(STARTS))
+@pytest.mark.parametrize(("jobs", "device_job"), [
+    ("tables", False),                         # tables and figures remade on a laptop from a cluster's results
+    ("tables+train", True),
+    ("init pretrained", True),                 # trains on its proxy data
+    ("init warmup", True),
+    ("init random", False),                    # made on the CPU
+    ("init random+hessian copies", False),     # copies another run's round-0 result: computes nothing
+    ("hessian computes", True),
+])
+def test_the_cards_concern_a_run_only_where_a_job_about_to_run_computes_on_the_device(default_config, monkeypatch,
+                                                                                      start, jobs, device_job):
+    # Prepare: the default config on the start's device, a machine showing the start's cards, the jobs to run
+    device, gpus, started, message = STARTS[start]
+    monkeypatch.setattr(resources_mod, "visible_gpus", lambda: gpus)
+    monkeypatch.setattr(resources_mod, "no_card_known", lambda: gpus == 0)
+    config = copy.deepcopy(default_config[0])
+    config["training"]["device"] = device
+    runs = build_runs(config)
+    named = [job for kind in jobs.split("+") for job in _named_jobs(config, runs)[kind]]
+
+    # Execute and Assert: refused before any job exactly where one of them would take a card
+    with pytest.raises(ConfigError, match=re.escape(message)) if device_job else contextlib.nullcontext():
+        check_execution(config, runs, named, *started)
+
+
 @pytest.mark.parametrize(("environ", "files", "driver", "known"), [
     ({}, (), None, True),                                # no device file a card could be reached through
     ({"CUDA_VISIBLE_DEVICES": ""}, ("nvidiactl",), None, True),  # the variable hides every card
@@ -378,6 +437,25 @@ def test_a_job_that_copies_a_result_takes_the_cpu_resources(cluster):
 def _rule_blocks() -> dict[str, str]:
     return {m.group(1): block for path in (ROOT / "rules").glob("*.smk")
             for block in re.split(r"\n(?=rule )", path.read_text()) if (m := re.match(r"rule (\w+):", block))}
+
+
+def test_a_job_of_a_copying_rule_computes_on_the_device_exactly_where_its_resources_give_it_a_card(default_config):
+    # Prepare: the rules whose resources follow a copied input (`by_input`) and that input's name, and both jobs of
+    # every Hessian job of the default config (some copy another run's round 0)
+    config, _ = default_config
+    runs = build_runs(config)
+    copies = {rule: m.group(1) for rule, block in _rule_blocks().items()
+              if (m := re.search(r'by_input\(key, "(\w+)"', block))}
+    inputs = {"hessian": hessian_inputs, "hessian_plane": plane_inputs}
+    jobs = [(rule, run, round_) for run, round_ in hessian_jobs(config, runs) for rule in COPYING_RULES]
+
+    # Execute
+    got = [computes_on_device(config, runs, rule, {**run.fields(), "round": str(round_)}) for rule, run, round_ in jobs]
+
+    # Assert: a job computes where its inputs are not a copy's, and some copy
+    assert set(copies) == set(COPYING_RULES)
+    assert got == [copies[rule] not in inputs[rule](config, runs, run, round_) for rule, run, round_ in jobs]
+    assert not all(got)
 
 
 def test_every_heavy_rule_is_declared_once_and_has_its_threads_on_slurm():

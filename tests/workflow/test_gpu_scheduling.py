@@ -96,17 +96,21 @@ def test_one_card_runs_one_gpu_job_at_a_time_and_more_when_allowed(workdir):
 
 
 def test_a_local_run_given_jobs_beside_cores_is_refused_where_a_card_would_be_shared(workdir):
-    # Execute: --jobs beside --cores, which Snakemake plans as a cluster run (no per-card limit), with one card,
-    # with one card and a limit of its own, and on a CPU-only machine
-    refused = snakemake(workdir, "--configfile", "sched.yaml", "--jobs", "2", "--until", "partition", check=False,
+    # Execute: --jobs beside --cores, which Snakemake plans as a cluster run (no per-card limit), with one card and a
+    # GPU job to run (the pretrained init), with one card and a limit of its own, with one card and no GPU job to run
+    # (the partitions alone), and on a CPU-only machine
+    refused = snakemake(workdir, "--configfile", "sched.yaml", "--jobs", "2", "--until", "init", check=False,
                         env=ONE_CARD)
     limited = snakemake(workdir, "--configfile", "sched.yaml", "--jobs", "2", "--resources", "gpu=1", "--until",
-                        "partition", "--dry-run", env=ONE_CARD)
-    cpu_only = snakemake(workdir, "--configfile", "sched.yaml", "--jobs", "2", "--until", "partition", env=NO_CARD)
+                        "init", "--dry-run", env=ONE_CARD)
+    no_gpu_job = snakemake(workdir, "--configfile", "sched.yaml", "--jobs", "2", "--until", "partition", env=ONE_CARD)
+    cpu_only = snakemake(workdir, "--configfile", "sched.yaml", "--jobs", "2", "--until", "partition", "--forcerun",
+                         "partition", env=NO_CARD)
 
     # Assert: refused before any job, saying how to start it; the others run (dry, or their partition jobs)
     assert refused.returncode != 0
     assert "given --jobs with --cores" in refused.stderr + refused.stdout
     assert "Finished job" not in refused.stderr + refused.stdout
     assert limited.returncode == 0
-    assert cpu_only.returncode == 0 and list((workdir / "results").rglob("partition.npz"))
+    assert no_gpu_job.returncode == 0 and list((workdir / "results").rglob("partition.npz"))
+    assert cpu_only.returncode == 0 and "Finished job" in cpu_only.stderr + cpu_only.stdout

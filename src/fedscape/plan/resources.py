@@ -26,6 +26,7 @@ from fedscape.core.runs import Run
 from fedscape.data.specs import STORED_IMAGE_AUGMENTATIONS, TARGETS, dataset_info, resolved_targets
 from fedscape.fl.settings import clients_per_round
 from fedscape.fl.state_sizes import client_state_models
+from fedscape.plan.hessian import shared_source
 from fedscape.plan.train import kept_rounds_of, run_training
 from fedscape.stages.init_settings import TRAINING_KINDS
 
@@ -100,6 +101,9 @@ GPU_RULES = tuple(rule for rule, needs in RULE_NEEDS.items() if needs.gpu)
 # The rules whose jobs read a dataset; their `dataset` wildcard names it, and a rule without one (a barrier pair)
 # may read any dataset of the config.
 DATA_RULES = tuple(rule for rule, needs in RULE_NEEDS.items() if needs.data)
+# The GPU rules whose round-0 job may copy another run's result instead of computing it (`by_input` in their rule
+# files: `fedscape.plan.hessian.shared_source` gives such a job the inputs it copies)
+COPYING_RULES = ("hessian", "hessian_plane")
 
 
 def gpu_per_job(config: dict, gpus: int | None = None) -> int:
@@ -146,12 +150,32 @@ def by_init(key: str, config: dict, gpu_job: dict, cpu_job: dict) -> Callable:
     trains on the configured device (`fedscape.stages.init_settings.TRAINING_KINDS`: pretrained, iid_warmup), else
     `cpu_job`'s (a random or a continued model is made on the CPU: a card held for it would keep a training job
     waiting)."""
-    return lambda wildcards: (gpu_job if config["inits"][wildcards.init]["kind"] in TRAINING_KINDS else cpu_job)[key]
+    return lambda wildcards: (gpu_job if _init_trains(config, wildcards.init) else cpu_job)[key]
+
+
+def _init_trains(config: dict, init: str) -> bool:
+    return config["inits"][init]["kind"] in TRAINING_KINDS
+
+
+def computes_on_device(config: dict, runs: list[Run], rule: str, wildcards: Mapping[str, str]) -> bool:
+    """Whether the job of `rule` with `wildcards` (as Snakemake names them) computes with torch on
+    `training.device`, and so takes a card where its resources give one: a job of a GPU rule, but not an init job
+    whose model is made on the CPU (`by_init`) nor a job of COPYING_RULES that copies another run's result
+    (`by_input`)."""
+    if rule not in GPU_RULES:
+        return False
+    if rule == "init":
+        return _init_trains(config, wildcards["init"])
+    if rule in COPYING_RULES:
+        return shared_source(config, runs, Run.from_wildcards(wildcards), int(wildcards["round"])) is None
+    return True
 
 
 def execution_problems(config: dict, planned_as_cluster: bool, local_exec: bool, gpu_limited: bool,
                        gpus: int | None = None) -> list[str]:
-    """What the way Snakemake was started leaves wrong about the cards, known only once it executes (`onstart`):
+    """What the way Snakemake was started leaves wrong about the cards, known only once it executes (`onstart`);
+    asked only where a job about to run computes on the device (`plan.workflow.check_execution`,
+    `computes_on_device`): tables and figures remade from a cluster's results on a machine without a card need none.
 
     - `--jobs` with `--cores` on a local run: Snakemake then counts it as a cluster run while the Snakefile is read
       (no limit on cores, and the Snakefile sets no `gpu` limit), so every GPU job could start on one card at once;

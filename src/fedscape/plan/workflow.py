@@ -39,7 +39,7 @@ from fedscape.fl.swa import swa_config
 from fedscape.models.specs import CHECKPOINT_FORMAT, MODEL_NORMS, uses_batch_norm
 from fedscape.plan import init as init_plan
 from fedscape.plan import partition as partition_plan
-from fedscape.plan.resources import DATA_RULES, execution_problems
+from fedscape.plan.resources import DATA_RULES, computes_on_device, execution_problems
 from fedscape.plan.train import idle_swa, misnamed_algorithm_labels, run_training
 
 PARTITION_FILE = f"{PARTITION_DIR}/partition.npz"
@@ -290,10 +290,15 @@ def wildcard_constraints() -> dict[str, str]:
     return {"dataset": "|".join(DATASET_NAMES), **WILDCARD_CONSTRAINTS}
 
 
-def check_execution(config: dict, planned_as_cluster: bool, local_exec: bool, gpu_limited: bool) -> None:
+def check_execution(config: dict, runs: list[Run], jobs: Iterable[tuple[str, Mapping[str, str]]],
+                    planned_as_cluster: bool, local_exec: bool, gpu_limited: bool) -> None:
     """ConfigError listing what the way Snakemake was started leaves wrong about the cards
     (`plan.resources.execution_problems`), called in `onstart`: only then does Snakemake know whether it executes
-    locally, and no job has run yet."""
+    locally, and no job has run yet. `jobs`: (rule name, wildcards) of the jobs Snakemake is about to run; where none
+    of them computes on the device (`plan.resources.computes_on_device`: tables and figures remade without a card),
+    nothing about the cards concerns them."""
+    if not any(computes_on_device(config, runs, rule, wildcards) for rule, wildcards in jobs):
+        return
     problems = execution_problems(config, planned_as_cluster, local_exec, gpu_limited)
     if problems:
         raise ConfigError("the jobs cannot run as started (nothing ran):\n" + "\n".join(f"  - {p}" for p in problems))

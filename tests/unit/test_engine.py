@@ -192,6 +192,33 @@ def test_resume_after_crash_gives_identical_checkpoints(tmp_path, monkeypatch):
     assert torch.equal(resumed.clients[2].params, reference.clients[2].params)
 
 
+@pytest.mark.parametrize(("killed_after", "expected", "trained"), [
+    (0, [(1, "now")], True),  # round 0 only evaluated: no round trained before this call
+    (2, [(1, None), (3, "now")], True),  # rounds 1-2 by a call of unknown compute and code
+    (3, [(1, None)], False),  # every round done: this call trains none
+])
+def test_progress_saved_before_attempts_were_kept_counts_as_one_attempt_of_unknown_compute(tmp_path, monkeypatch,
+                                                                                          killed_after, expected,
+                                                                                          trained):
+    # Prepare: a run killed after round `killed_after`, its progress as saved before it listed the attempts
+    data = tiny_data(num_clients=3)
+    cfg = TrainConfig(rounds=3, local_epochs=1, batch_size=8, lr=0.1, seed=2)
+    killed_after_round(monkeypatch, killed_after, lambda: run_federated(tiny_model(), data, Strategy(), cfg,
+                                                                        progress_dir=tmp_path, progress_key="k"))
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    del state["attempts"]
+    torch.save(state, tmp_path / "state.pt")
+
+    # Execute
+    resumed = run_federated(tiny_model(), data, Strategy(), cfg, progress_dir=tmp_path, progress_key="k",
+                            attempt={"code": "now"})
+
+    # Assert: the earlier rounds' attempt first, with its first round alone (no compute, no code)
+    assert [(a["from_round"], a.get("code")) for a in resumed.attempts] == expected
+    assert resumed.attempts[0].keys() == ({"from_round"} if killed_after else {"from_round", "code", "execution"})
+    assert resumed.trained == trained
+
+
 def test_progress_of_other_settings_is_not_resumed(tmp_path):
     data = tiny_data()
     cfg = TrainConfig(rounds=2, local_epochs=1, batch_size=8, lr=0.1, seed=0)

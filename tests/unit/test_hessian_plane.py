@@ -239,6 +239,35 @@ def test_a_plane_from_kept_eigenpairs_records_where_they_were_computed_and_remov
     assert not (tmp_path / EIGENPAIRS_DIR).exists()
 
 
+A, B = "a" * 40, "b" * 40  # two commits of the checkout: a `git pull` between the Hessian job and its plane job
+
+
+@pytest.mark.parametrize(("kept_by", "change", "codes"), [
+    (B, {}, None),  # kept by the plane job's own code
+    (A, {}, [A, B]),  # by other code: the plane's directions are not its code's
+    (None, {}, ["unrecorded", B]),  # kept before parts recorded their code
+    (A, {"seed": 1}, None),  # kept for other eigen settings: the plane job computes its own
+], ids=["same code", "other code", "unrecorded", "not taken"])
+def test_a_plane_from_kept_eigenpairs_records_the_code_that_computed_them(trained, tmp_path, monkeypatch, kept_by,
+                                                                        change, codes):
+    # Prepare: a Hessian job run by code `kept_by` keeps its eigenpairs; its plane job runs by code B
+    from fedscape.core import manifest
+    from fedscape.stages import progress as progress_mod
+
+    monkeypatch.setattr(manifest, "_NOTES", {})  # the jobs' notes, gone with the test
+    store = EigenStore(tmp_path / EIGENPAIRS_DIR, RESULT_VERSIONS["hessian_plane"])
+    monkeypatch.setattr(progress_mod, "code_version_label", lambda: kept_by)
+    _hessian(trained, tmp_path / "hessian", _with_hessian(trained["config"], **change), store=store)
+    monkeypatch.setattr(progress_mod, "code_version_label", lambda: B)
+    manifest.start_notes()
+
+    # Execute
+    _plane(trained, tmp_path / PLANE_FILE, store=store)
+
+    # Assert: the job's record lists both codes where the eigenpairs it took are of another (`note_codes`)
+    assert manifest.noted("codes") == codes
+
+
 def test_eigenpairs_kept_under_another_key_are_not_taken(trained, tmp_path, monkeypatch):
     # Prepare: the store written under another key (of other inputs: progress_key)
     store = EigenStore(tmp_path / EIGENPAIRS_DIR, RESULT_VERSIONS["hessian_plane"])

@@ -306,19 +306,25 @@ def _start_job(commit: str) -> str:
     (B, [B, B], None),  # resumed by the same code
     (A, [A, B], [A, B]),  # a `git pull` between the attempts
     ("old", [None, B], ["unrecorded", B]),  # rounds saved before attempts recorded their code
-], ids=["unbroken", "same code", "other code", "old progress"])
+    ("older", [None, B], ["unrecorded", B]),  # rounds saved before attempts were kept: one attempt of unknown code
+], ids=["unbroken", "same code", "other code", "old progress", "older progress"])
 def test_a_run_resumed_by_other_code_records_the_code_of_each_attempt(tmp_path, monkeypatch, job_notes, killed_by,
                                                                       attempts, codes):
-    # Prepare: a run killed after round 1 by code `killed_by` (old: its saved attempts without code), or none
+    # Prepare: a run killed after round 1 by code `killed_by` (old: its saved attempts without code; older: without
+    # attempts), or none
+    from fedscape.report.cost import cost_table
+
     config = _tiny_config()
     partition = _partition(config, tmp_path)
     _init(config, tmp_path / "init.pt")
     if killed_by is not None:
-        _start_job(A if killed_by == "old" else killed_by)
+        _start_job(A if killed_by in ("old", "older") else killed_by)
         killed_after_round(monkeypatch, 1, lambda: _train(config, partition, tmp_path / "init.pt", tmp_path / "run"))
-    if killed_by == "old":
+    if killed_by in ("old", "older"):
         state = torch.load(tmp_path / "run" / "_progress" / "state.pt", weights_only=True)
         state["attempts"] = [{k: v for k, v in a.items() if k != "code"} for a in state["attempts"]]
+        if killed_by == "older":
+            del state["attempts"]
         torch.save(state, tmp_path / "run" / "_progress" / "state.pt")
 
     # Execute: run (again) by code B, and write its record
@@ -335,6 +341,9 @@ def test_a_run_resumed_by_other_code_records_the_code_of_each_attempt(tmp_path, 
     assert ("attempts" in meta) == bool(attempts)
     assert record["code"]["commit"] == B
     assert record.get("codes") == codes
+    # cost.csv reads every attempt, one of unknown compute too, and times each of the run's rounds
+    cost = cost_table([(tmp_path / "run" / TRAIN_FILE_NAMES["metrics"], tmp_path / "run" / TRAIN_FILE_NAMES["meta"])])
+    assert cost["num_rounds"].sum() == 3
 
 
 @pytest.mark.parametrize(("codes", "finished_by", "listed"), [

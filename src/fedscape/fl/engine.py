@@ -53,7 +53,8 @@ class RunResult:
     # That of the last call that trained rounds (a call that resumes a finished run trains none)
     execution: str = ""
     # Each call that trained rounds of it, in order: {**its `attempt`, "from_round": its first round, "execution": how
-    # its clients trained}; more than one where the run resumed after a kill
+    # its clients trained} (`{"from_round": 1}` alone for rounds saved before attempts were kept); more than one where
+    # the run resumed after a kill
     attempts: list[dict] = field(default_factory=list)
     trained: bool = True  # whether this call trained rounds (the last of `attempts` is its own)
 
@@ -203,7 +204,11 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
             _restore_swa(averager, records, device)
             swa_metrics = _last_swa_metrics(records)
         log.info("resuming after round %d/%d from %s", state["round"], cfg.rounds, progress.dir)
-        progress.attempts = list(state.get("attempts", []))
+        # Progress saved before attempts were kept: its rounds were trained by one or more earlier calls of unknown
+        # compute and code, recorded as one attempt from round 1 without their keys (as `stages.init` records such
+        # epochs), not as none, which would claim them for this call's device and code; saved at round 0, it trained
+        # none
+        progress.attempts = list(state.get("attempts", [{"from_round": 1}] if state["round"] else []))
     else:
         progress.reset()
         row0 = evaluate_row(0, 0.0, peak_memory_mb(device))

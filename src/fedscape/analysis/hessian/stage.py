@@ -399,6 +399,8 @@ def plane_stage(settings: dict, trajectory_path: str | Path, partition_path: str
     stored = None if store is None else _stored_eigenpairs(store)
     if stored is not None:  # computed by the Hessian job, where it records
         values, d1, d2, n_eval, compute = stored
+        # and by its code, which a `git pull` between the two jobs makes another than this job's: its record lists both
+        note_codes(store.codes.values())
         log.info("eigenpairs of %s at round %d: those the Hessian job of the same settings and inputs computed on %s "
                  "(%s), taken from %s", job.run_id, job.round, compute["device"], compute["precision_used"], store.dir)
     else:

@@ -2,7 +2,7 @@
 
 from fedscape.core.config import result_version_params
 from fedscape.plan import tables as tables_plan
-from fedscape.plan.tables import partition_counts, rounds_columns, rounds_optional
+from fedscape.plan.tables import partition_counts, rounds_columns, rounds_optional, swa_bn_models
 from fedscape.plan.train import run_files
 
 
@@ -36,5 +36,6 @@ rule rounds_table:
         **result_version_params(tables_plan.RESULT_VERSIONS["rounds_table"]),
         columns=rounds_columns(config, RUNS),
         optional=rounds_optional(config, RUNS),
+        bn_models=swa_bn_models(config, RUNS),
     script:
         "../workflow/scripts/rounds_table.py"

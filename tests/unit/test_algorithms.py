@@ -47,9 +47,9 @@ from fedscape.models.evaluate import evaluate
 from fedscape.models.layers import ProjectedClassifier, slim_channels
 from fedscape.models.params import FlatParams, flatten_params
 from fedscape.models.registry import build_model
-from fedscape.outputs.tables import TableError
+from fedscape.outputs.tables import UNRECORDED, TableError
 from fedscape.plan.workflow import check_config
-from fedscape.report.cost import COST_COLUMNS, cost_table
+from fedscape.report.cost import ATTEMPT_COLUMNS, COST_COLUMNS, cost_table
 
 RESIDUAL_ALGOS = {"stochdepth"}
 WIDTH_ALGOS = {"gradaug", "fedalign"}
@@ -1102,6 +1102,37 @@ def test_the_cost_table_times_a_resumed_runs_rounds_in_the_precision_each_attemp
     # Assert: round 1 in tf32, rounds 2 and 3 in fp32, the older run's precision unrecorded
     assert rows.loc[("fedavg", "tf32"), "num_rounds"] == 1 and rows.loc[("fedavg", "fp32"), "num_rounds"] == 2
     assert rows.loc[("old", "unrecorded"), "num_rounds"] == 3
+
+
+# what an attempt on a card records of where and how it computed, as meta.json has it (`ATTEMPT_COLUMNS`' keys)
+CARD_ATTEMPT = {"device": "cuda:0", "device_name": "NVIDIA H200", "execution": "vectorized", "precision_used": "tf32"}
+
+
+@pytest.mark.parametrize("first", [
+    *({k: v for k, v in CARD_ATTEMPT.items() if k != missing} for missing in CARD_ATTEMPT),  # older code recorded less
+    None,  # a call before attempts were recorded: not listed
+], ids=[*(f"no_{key}" for key in CARD_ATTEMPT), "unlisted"])
+def test_a_resumed_runs_rounds_are_unrecorded_where_their_attempt_did_not_record_them(tmp_path, first):
+    # Prepare: a run that trained round 1 on a card, resumed on a CPU by a call that records everything; the run's
+    # own values (meta.json's top level) are this last call's
+    metrics, meta = cost_job(tmp_path, 0, "fedavg", "fedavg", [1, 7, 9], [50, 10, 10])
+    record = json.loads(meta.read_text())
+    last = {"device": "cpu", "device_name": "cpu (x86_64, 2 threads)", "execution": "sequential",
+            "precision_used": "fp32"}
+    record.update(last)
+    record["attempts"] = [*([{"from_round": 1, **first}] if first is not None else []), {"from_round": 2, **last}]
+    meta.write_text(json.dumps(record))
+
+    # Execute
+    rows = cost_table([(metrics, meta)]).set_index("num_rounds")
+
+    # Assert: round 1 under what its attempt recorded, `unrecorded` for the rest, not under the last attempt's values
+    on_card = {"execution": "vectorized", "device": "cuda", "device_name": "NVIDIA H200", "precision": "tf32"}
+    columns = list(ATTEMPT_COLUMNS.values())
+    assert rows.loc[1, columns].to_dict() == {column: on_card[column] if key in (first or {}) else UNRECORDED
+                                              for key, column in ATTEMPT_COLUMNS.items()}
+    assert rows.loc[2, columns].to_dict() == {"execution": "sequential", "device": "cpu",
+                                              "device_name": "cpu (x86_64, 2 threads)", "precision": "fp32"}
 
 
 @pytest.mark.parametrize(("parallel", "expected"), [("sequential", "sequential"), ("auto", "vectorized")])

@@ -414,7 +414,7 @@ def test_rounds_table_reads_swa_metrics_from_before_the_column_as_stored(tmp_pat
 
     # Execute
     concat_tables(paths, tmp_path / "rounds.csv", [*ROUNDS_COLUMNS, *SWA_METRICS, SWA_BN_COLUMN],
-                  [*SWA_METRICS, SWA_BN_COLUMN])
+                  [*SWA_METRICS, SWA_BN_COLUMN], bn_models=["cnn_small"])
 
     # Assert
     table = pd.read_csv(tmp_path / "rounds.csv")

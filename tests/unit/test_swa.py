@@ -20,13 +20,13 @@ from fedscape.core.runs import build_runs
 from fedscape.fl.engine import make_trainer, run_federated
 from fedscape.fl.settings import CODE_VERSION, ROUNDS_COLUMNS, TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
-from fedscape.fl.swa import SWA_METRICS, SWAConfig, SWAModel, check_swa, swa_config
+from fedscape.fl.swa import SWA_BN_COLUMN, SWA_METRICS, SWAConfig, SWAModel, check_swa, swa_config
 from fedscape.models.checkpoint import load_trajectory
 from fedscape.models.params import FlatParams, flatten_params
 from fedscape.outputs.tables import concat_tables
 from fedscape.plan.init import init_settings
 from fedscape.plan.partition import partition_settings
-from fedscape.plan.tables import rounds_columns
+from fedscape.plan.tables import rounds_columns, swa_bn_models
 from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config, config_warnings
 from fedscape.report.summary import final_table_job
@@ -356,6 +356,26 @@ def test_rounds_table_keeps_its_columns_without_swa():
     check_config(config, SCHEMA)
 
     assert rounds_columns(config, build_runs(config)) == [*ROUNDS_COLUMNS, CODE_VERSION]
+
+
+@pytest.mark.parametrize(("swa", "model_options", "expected"), [
+    ({"start_round": 2, "cycle": 1}, {"cnn_small": {"norm": "batch"}}, ["cnn_small"]),  # not mlp: no batch norm
+    ({"start_round": 2, "cycle": 1}, {}, []),       # no model with batch norm
+    (None, {"cnn_small": {"norm": "batch"}}, []),  # batch norm, but no run with SWA
+])
+def test_the_rounds_table_learns_which_swa_runs_have_batch_norm(swa, model_options, expected):
+    # Prepare: FedAvg (and FedAvg with SWA) on cnn_small and on mlp
+    config = _swa_config(swa)
+    config.update(models=["cnn_small", "mlp"], model_options=model_options)
+    check_config(config, SCHEMA)
+    runs = build_runs(config)
+
+    # Execute
+    models = swa_bn_models(config, runs)
+
+    # Assert: the models whose SWA runs' statistics rounds.csv names, and the column only where there are some
+    assert models == expected
+    assert (SWA_BN_COLUMN in rounds_columns(config, runs)) is bool(expected)
 
 
 @pytest.mark.parametrize(("where", "swa", "match"), [

@@ -12,7 +12,8 @@ import pytest
 from fedscape.analysis.landscape.gather import read_chunk
 from fedscape.core.paths import run_of_path
 from fedscape.fl.settings import ROUNDS_COLUMNS
-from fedscape.outputs.tables import TableError, concat_tables, read_table
+from fedscape.fl.swa import SWA_BN_COLUMN, SWA_METRICS
+from fedscape.outputs.tables import TableError, concat_tables, read_table, rounds_table_job
 
 RUN_A = "digits/cnn_small/init~random/algo~fedavg/alpha~iid/clients~4/part~1.0/seed~0"
 RUN_B = "digits/cnn_small/init~random/algo~fedavg/alpha~iid/clients~4/part~1.0/seed~1"
@@ -101,6 +102,30 @@ def test_the_runs_own_tables_are_gathered(tmp_path):
     concat_tables([a, b], tmp_path / "rounds.csv", ROUNDS_COLUMNS)
 
     assert pd.read_csv(tmp_path / "rounds.csv")["run_id"].value_counts().to_dict() == {RUN_A: 4, RUN_B: 4}
+
+
+@pytest.mark.parametrize(("model", "expected"), [
+    ("cnn_small", "stored"),  # a run of the batch-norm model from before the column: the baseline statistics
+    ("mlp", ""),              # a model without batch norm has no statistics to name: an empty cell
+])
+def test_rounds_table_names_the_bn_statistics_of_swa_runs_of_batch_norm_models_only(tmp_path, model, expected):
+    # Prepare: an SWA run of `model` whose metrics.csv has no swa_bn_stats, beside an SWA run of cnn_small with batch
+    # norm that has it (so rounds.csv has the column) and a run without SWA; cnn_small is the config's batch-norm model
+    swa = dict.fromkeys(SWA_METRICS, 1.0)
+    runs = {RUN_A.replace("algo~fedavg", "algo~fedavg_swa"): ("cnn_small", {**swa, SWA_BN_COLUMN: "recomputed"}),
+            RUN_B.replace("cnn_small", model).replace("algo~fedavg", "algo~fedavg_swa"): (model, swa),
+            RUN_B: ("cnn_small", {})}
+    paths = [write_run_metrics(tmp_path, run, metrics(run).assign(model=run_model, **extra))
+             for run, (run_model, extra) in runs.items()]
+
+    # Execute
+    rounds_table_job(paths, tmp_path / "rounds.csv", [*ROUNDS_COLUMNS, *SWA_METRICS, SWA_BN_COLUMN],
+                     [*SWA_METRICS, SWA_BN_COLUMN], ["cnn_small"])
+
+    # Assert: every round of each run
+    table = pd.read_csv(tmp_path / "rounds.csv", keep_default_na=False)
+    assert table.groupby("run_id")[SWA_BN_COLUMN].agg(set).to_dict() == {
+        run: {value} for run, value in zip(runs, ["recomputed", expected, ""], strict=True)}
 
 
 @pytest.mark.parametrize("damage", [lambda b: b[: len(b) // 2], lambda b: b"", lambda b: b"not a zip"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -79,14 +79,15 @@ def _check_whole(path: str | Path, text: str) -> None:
 
 
 def concat_tables(inputs: list[str | Path], output: str | Path, columns: list[str] | None = None,
-                  optional: list[str] | tuple[str, ...] = ()) -> None:
+                  optional: list[str] | tuple[str, ...] = (), bn_models: Collection[str] = ()) -> None:
     """Concatenate per-job CSVs into one table (`columns` kept in this order when given).
 
     With `columns`, every input must have them all: pandas would otherwise fill a missing column with
     empty cells, and the tables built on it would be silently wrong. (Without, inputs may differ, e.g.
     the class columns of the partitions of datasets with different class counts.) The `optional` ones
     among `columns` are those only some jobs write (the SWA model's metrics of runs with SWA): empty elsewhere.
-    The SWA model's `swa_bn_stats` of a run with SWA from before the column is its baseline, `stored`.
+    The SWA model's `swa_bn_stats` of a run with SWA from before the column is its baseline, `stored`, where the
+    run's model is one of `bn_models` (those with batch norm); empty for the others, which have no statistics to name.
     """
     required = [c for c in columns or () if c not in optional]
     # a run's own table (its metrics.csv) holds that run's rows only: another run's file in its place is refused
@@ -96,7 +97,8 @@ def concat_tables(inputs: list[str | Path], output: str | Path, columns: list[st
     if columns is not None:
         df = df.reindex(columns=columns)
     if SWA_BN_COLUMN in df.columns and "swa_models" in df.columns:
-        df.loc[df["swa_models"].notna() & df[SWA_BN_COLUMN].isna(), SWA_BN_COLUMN] = BN_STATS_BASELINE
+        before = df["swa_models"].notna() & df[SWA_BN_COLUMN].isna() & df["model"].isin(list(bn_models))
+        df.loc[before, SWA_BN_COLUMN] = BN_STATS_BASELINE
     write_csv(df, output)
 
 
@@ -107,6 +109,7 @@ def partitions_table_job(inputs: list[str | Path], output: str | Path) -> None:
 
 
 def rounds_table_job(inputs: list[str | Path], output: str | Path, columns: list[str],
-                     optional: list[str] | tuple[str, ...]) -> None:
-    """rounds.csv: every run's metrics.csv with exactly `columns`, the `optional` ones empty where a run has none."""
-    concat_tables(inputs, output, columns, optional)
+                     optional: list[str] | tuple[str, ...], bn_models: list[str]) -> None:
+    """rounds.csv: every run's metrics.csv with exactly `columns`, the `optional` ones empty where a run has none;
+    `bn_models` are the models with batch norm (`plan.tables.swa_bn_models`), whose SWA runs name their statistics."""
+    concat_tables(inputs, output, columns, optional, bn_models)

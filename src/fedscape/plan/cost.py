@@ -16,7 +16,9 @@ from fedscape.fl.settings import TrainConfig, sample_clients
 # cost_table 3: and within one precision (column `precision`, each attempt's rounds in its own).
 # cost_table 4: `device` is the device's type (cuda, not cuda:1), so the runs a workflow spread over a machine's cards
 # of one model compare.
-RESULT_VERSIONS = {"cost_table": 4}
+# cost_table 5: a resumed run's round whose attempt did not record its device, card, execution or precision is
+# `unrecorded` there, not the last attempt's.
+RESULT_VERSIONS = {"cost_table": 5}
 
 
 def check(config: dict, runs: list[Run]) -> list[str]:

@@ -10,7 +10,9 @@ from fedscape.models.specs import uses_batch_norm
 from fedscape.plan.train import run_training
 
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
-RESULT_VERSIONS = {"partitions_table": 1, "rounds_table": 1}
+# rounds_table 2: `swa_bn_stats` of a run with SWA from before the column is `stored` only where its model has batch
+# norm (empty for the others, which have no statistics to name).
+RESULT_VERSIONS = {"partitions_table": 1, "rounds_table": 2}
 
 
 def partition_counts(config: dict, runs: list[Run]) -> list[str]:
@@ -24,10 +26,16 @@ def _swa_runs(config: dict, runs: list[Run]) -> list[Run]:
     return [run for run in runs if run_training(config, run).get("swa") is not None]
 
 
+def swa_bn_models(config: dict, runs: list[Run]) -> list[str]:
+    """The models with batch norm of the runs with SWA, sorted: the metrics.csv of those runs has SWA_BN_COLUMN, and
+    rounds.csv names a run's statistics only where its model is one of them (`outputs.tables.concat_tables`)."""
+    return sorted({run.model for run in _swa_runs(config, runs)
+                   if uses_batch_norm(run.model, config["model_options"].get(run.model))})
+
+
 def _swa_bn(config: dict, runs: list[Run]) -> tuple[str, ...]:
     """(SWA_BN_COLUMN,) when a run with SWA has a batch-norm model (its metrics.csv has the column), else ()."""
-    with_bn = any(uses_batch_norm(run.model, config["model_options"].get(run.model)) for run in _swa_runs(config, runs))
-    return (SWA_BN_COLUMN,) if with_bn else ()
+    return (SWA_BN_COLUMN,) if swa_bn_models(config, runs) else ()
 
 
 def rounds_columns(config: dict, runs: list[Run]) -> list[str]:

@@ -58,11 +58,16 @@ def _run_rounds(metrics: str | Path, meta_path: str | Path) -> pd.DataFrame:
     df["device_name"] = meta.get("device_name", meta.get("device", "unknown"))
     df["execution"] = meta.get("execution", UNRECORDED)
     df["precision"] = meta.get("precision_used", UNRECORDED)
-    for attempt in meta.get("attempts", []):  # a run resumed after a kill: each attempt's rounds as they trained
-        for key, column in ATTEMPT_COLUMNS.items():  # (older attempts recorded less: the run's own value stands)
-            if key in attempt:
-                value = _device_kind(attempt[key]) if key == "device" else attempt[key]
-                df.loc[df["round"] >= attempt["from_round"], column] = value
+    attempts = meta.get("attempts", [])
+    if attempts:  # a run resumed after a kill: each attempt's rounds as it trained them
+        # the run's own values are those of its last call: a round of an attempt that did not record a key (older
+        # attempts recorded less), or of a call before the first recorded one, is `unrecorded`, not timed under
+        # another attempt's device or precision
+        for key, column in ATTEMPT_COLUMNS.items():
+            df[column] = UNRECORDED
+            for attempt in attempts:
+                value = attempt.get(key, UNRECORDED)
+                df.loc[df["round"] >= attempt["from_round"], column] = _device_kind(value) if key == "device" else value
     df["algorithm_name"] = settings.get("algorithm", df["algorithm"].iloc[0] if len(df) else "")
     unit = "steps" if training.get("local_steps") is not None else "epochs"
     work = parse_work(f"local_{unit}", training[f"local_{unit}"])

@@ -2,7 +2,12 @@
 
 from fedscape.core.config import result_version_params
 from fedscape.plan import tables as tables_plan
-from fedscape.plan.tables import partition_counts, rounds_columns, rounds_optional, swa_bn_models
+from fedscape.plan.tables import (
+    partition_counts,
+    rounds_columns,
+    rounds_optional,
+    swa_bn_models,
+)
 from fedscape.plan.train import run_files
 
 

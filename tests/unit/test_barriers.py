@@ -21,6 +21,8 @@ from fedscape.analysis.barriers.definitions import (
     LAYER_BARRIER_COLUMNS,
     LAYER_DISTANCE_COLUMNS,
     MODES,
+    barrier_ratio,
+    format_averaged,
     interpolation_grid,
     linear_barrier,
     mode_groups,
@@ -87,6 +89,20 @@ class RootGain(nn.Module):
         return self.head(x.flatten(1)) * torch.sqrt(self.gain**2 - 1)
 
 
+class OverflowGain(nn.Module):
+    """A linear classifier whose logits are scaled by 1 + 3e37 relu(1 - g^2): as they are at |g| >= 1; at g = 0 (the
+    average of g = 2 and g = -2) finite, below 1e38, but so large that the float32 sum of the cross-entropies
+    overflows to +inf (a divergent model's loss), while their argmax, so the error, stays that of the head."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(64, 10)
+        self.gain = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, x):
+        return self.head(x.flatten(1)) * (1 + 3e37 * torch.relu(1 - self.gain**2))
+
+
 def with_gain(point: Point, gain: float) -> Point:
     """`point` of a RootGain with its gain set to `gain` (the first parameter: a module's own come before its
     children's)."""
@@ -140,6 +156,44 @@ def test_a_path_through_a_nan_model_has_neither_barrier(path, gain_b, finite):
         assert math.isnan(error) != finite
 
 
+def _barrier_columns(path: str, model: nn.Module, a: Point, b: Point, splits: dict) -> pd.DataFrame:
+    """The loss and error barriers and the loss ratio per split between a and b along `path`, as the tables hold
+    them: barriers.csv's from the curve (`barriers_from_curves`), layer_barriers.csv's full average."""
+    from fedscape.analysis.barriers.tables import barriers_from_curves
+
+    if path == "layer-wise":
+        rows = pd.DataFrame(layerwise_barriers(model, a, b, splits, modes=("shallow",)))
+        rows = rows[rows["averaged"] == format_averaged(range(len(model_layers(model))))]
+    else:
+        curve = pd.DataFrame(bezier_curve(model, a, midpoint_bend(a, b), b, splits, points=5) if path == "bezier"
+                             else interpolation_curve(model, a, b, splits, points=5))
+        rows = barriers_from_curves(curve.assign(pair_id="p", run_a="a", run_b="b", aligned=False, path=path,
+                                                 bn_stats="stored"))
+    return rows.set_index("split")[["barrier_loss", "barrier_error", "barrier_loss_ratio"]]
+
+
+@pytest.mark.parametrize("path", ["linear", "bezier", "layer-wise"])
+@pytest.mark.parametrize(("gains", "loss_barrier"), [
+    ((2.0, -2.0), "inf"),    # finite ends, the midpoint's loss overflows: the worst barrier, not a missing one
+    ((0.0, 2.0), "nan"),     # an end's loss overflows: nothing to measure from
+    ((2.0, 3.0), "finite"),
+], ids=["midpoint_overflows", "end_overflows", "finite"])
+def test_a_path_whose_loss_overflows_between_finite_ends_has_an_infinite_loss_barrier(path, gains, loss_barrier):
+    # Prepare
+    model, splits = OverflowGain().eval(), digits_like()
+    a, b = with_gain(random_point(model, 0), gains[0]), with_gain(random_point(model, 1), gains[1])
+
+    # Execute
+    rows = _barrier_columns(path, model, a, b, splits)
+
+    # Assert: the loss barrier and its ratio are +inf, NaN or a number; the error barrier (argmax of finite logits)
+    # is a number throughout
+    assert sorted(rows.index) == ["test", "train"]
+    check = {"inf": lambda v: v == math.inf, "nan": math.isnan, "finite": math.isfinite}[loss_barrier]
+    assert all(check(v) for v in rows["barrier_loss"]) and all(check(v) for v in rows["barrier_loss_ratio"])
+    assert all(math.isfinite(v) for v in rows["barrier_error"])
+
+
 # -- layers --------------------------------------------------------------------------------------
 def test_layers_are_module_prefixes_in_forward_order_covering_every_parameter_once():
     model = cnn()
@@ -182,6 +236,48 @@ def test_linear_barrier_by_hand():
     assert linear_barrier(ts, [1.0, 2.0, 3.0, 2.5, 2.0]) == pytest.approx(3.0 - 1.5)
     assert linear_barrier(ts, [0.0, 0.25, 0.5, 0.75, 1.0]) == pytest.approx(0.0, abs=1e-15)
     assert linear_barrier(ts[::-1], [2.0, 2.5, 3.0, 2.0, 1.0]) == pytest.approx(1.5)  # unsorted grid
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([1.0, math.inf, 2.0], math.inf),               # an inner loss overflowed between finite ends: the worst barrier
+    ([1.0, math.inf, math.inf, 2.0], math.inf),
+    ([1.0, math.inf, math.nan, 2.0], math.nan),      # a point not evaluated: no barrier
+    ([math.inf, 3.0, 2.0], math.nan),               # an end overflowed: no chord
+    ([1.0, 3.0, math.inf], math.nan),
+    ([math.nan, 3.0, 2.0], math.nan),
+])
+def test_linear_barrier_of_non_finite_values(values, expected):
+    got = linear_barrier(interpolation_grid(len(values)), values)
+
+    assert got == expected or (math.isnan(got) and math.isnan(expected))
+
+
+@pytest.mark.parametrize(("barrier", "mean", "expected"), [
+    (math.inf, 2.0, math.inf),   # an infinite barrier over finite ends stays infinite
+    (math.inf, 0.0, math.nan),   # no scale to be relative to
+    (0.5, math.inf, math.nan),
+    (math.nan, 2.0, math.nan),
+])
+def test_barrier_ratio_of_non_finite_values(barrier, mean, expected):
+    got = barrier_ratio(barrier, mean)
+
+    assert got == expected or (math.isnan(got) and math.isnan(expected))
+
+
+def test_the_consecutive_table_counts_an_infinite_barrier_as_a_worse_midpoint_and_an_infinite_mean():
+    # Prepare: rounds 0 (midpoint 0.9 below both ends 1.0, 2.0) and 1 (the midpoint's loss overflowed: +inf)
+    from fedscape.analysis.barriers.tables import consecutive_table
+
+    rows = [{"run_id": "r", "round": t, "pair": "sweep", "mode": "shallow", "layer_index": i, "layer": "x",
+             "split": "train", "barrier_loss": barrier, "barrier_error": 0.0, "aligned": False, "averaged": averaged,
+             "end_loss_a": 1.0, "end_loss_b": 2.0, "end_error_a": 0.5, "end_error_b": 0.5}
+            for t, barrier in enumerate([-0.6, math.inf]) for i, averaged in [(0, "0"), (1, "0 1")]]
+
+    # Execute
+    (row,) = consecutive_table(pd.DataFrame(rows), ["sweep"]).to_dict("records")
+
+    # Assert: both rounds count, the overflowed midpoint as not better
+    assert row["rounds"] == 2 and row["midpoint_better_loss"] == 0.5 and row["mean_barrier_loss"] == math.inf
 
 
 def test_linear_barrier_needs_both_endpoints():
@@ -681,3 +777,100 @@ def test_the_layer_training_figure_of_one_round_has_integer_round_ticks(tmp_path
     # Assert: every panel's visible round ticks are the one round
     assert len(ticks) == 4  # barrier, L2, cosine and the error barrier's twin axis
     assert all(visible == [1.0] for visible in ticks)
+
+
+# -- +inf barriers in the figures: drawn, and said, where matplotlib would leave them out unseen --------------------
+def _infinite_markers(ax) -> list[list[float]]:
+    """The x values of the lines of `ax` that mark +inf values (figures.INFINITE_MARKER at the top edge)."""
+    from fedscape.analysis.barriers.figures import INFINITE_MARKER
+
+    return [list(line.get_xdata()) for line in ax.get_lines() if line.get_marker() == INFINITE_MARKER
+            and list(line.get_ydata()) == [1.0] * len(line.get_xdata())]
+
+
+def test_the_interpolation_figure_marks_an_infinite_loss_at_the_top_edge_and_its_legend_says_so(tmp_path,
+                                                                                                 monkeypatch):
+    # Prepare: pair "boom" whose train loss overflowed at t = 0.5, pair "ok" finite throughout
+    from fedscape.analysis.barriers import figures
+
+    def rows(pair, peak):
+        return [{"pair_id": pair, "run_a": rid("iid"), "round_a": 3, "run_b": rid("0.1"), "round_b": 3, "t": t,
+                 "split": split, "loss": peak if (t, split) == (0.5, "train") else 1.0 + t, "error": 0.2,
+                 "aligned": False, "path": "linear", "bn_stats": "stored"}
+                for split in ("train", "test") for t in (0.0, 0.5, 1.0)]
+
+    pd.DataFrame(rows("boom", math.inf) + rows("ok", 3.0), columns=INTERPOLATION_COLUMNS).to_csv(
+        tmp_path / "interpolation.csv", index=False)
+    figs = []
+    monkeypatch.setattr(figures, "save_figure_outputs", lambda fig, outputs, df: figs.append(fig))
+
+    # Execute
+    figures.interpolation_figure_job(tmp_path / "interpolation.csv", figure_outputs(tmp_path, "interpolation"))
+
+    # Assert: the train loss panel (first) marks t = 0.5 of "boom" alone; every axis spans finite values; the legend
+    # names the curve with a +inf value
+    (fig,) = figs
+    assert _infinite_markers(fig.axes[0]) == [[0.5]]
+    assert all(_infinite_markers(ax) == [] for ax in fig.axes[1:])
+    assert all(math.isfinite(v) for ax in fig.axes for v in ax.get_ylim())
+    legends = {text.get_text().split(":")[0]: text.get_text() for text in fig.legends[0].get_texts()}
+    assert legends["boom"].endswith(f"(+inf at some t: {figures.INFINITE_NOTE})")
+    assert "+inf" not in legends["ok"]
+
+
+def _layer_rows(barrier) -> pd.DataFrame:
+    """layer_barriers.csv of pair "q", mode shallow over two layers, rounds 1 and 2: the loss barrier `barrier(k, r)`
+    of layer k at round r, error 0.05."""
+    return pd.DataFrame([
+        {"run_id": rid("iid"), "round": r, "pair": "q", "mode": "shallow", "layer_index": k, "layer": CNN_LAYERS[k],
+         "split": split, "barrier_loss": barrier(k, r), "barrier_error": 0.05, "aligned": False, "averaged": averaged}
+        for r in (1, 2) for k, averaged in [(0, "0"), (1, "0 1")] for split in ("train", "test")],
+        columns=LAYER_BARRIER_COLUMNS)
+
+
+def test_a_layer_heatmap_colours_an_infinite_barrier_apart_from_a_missing_one(tmp_path, monkeypatch):
+    # Prepare: layer 0 at round 1 +inf (the mixed model's loss overflowed), layer 1 at round 2 not computed (NaN)
+    from matplotlib.colors import to_rgba
+
+    from fedscape.analysis.barriers import figures
+    from fedscape.outputs.style import MISSING_COLOR
+
+    cells = {(0, 1): math.inf, (1, 2): math.nan}
+    _layer_rows(lambda k, r: cells.get((k, r), 0.1 * (k + 1))).to_csv(tmp_path / "b.csv", index=False)
+    figs = []
+    monkeypatch.setattr(figures, "save_figure_outputs", lambda fig, outputs, df: figs.append(fig))
+
+    # Execute
+    figures.layer_heatmaps(tmp_path / "b.csv", "q", "train", figure_outputs(tmp_path, "h"), modes=("shallow",))
+
+    # Assert: in the loss heatmap (rows = layers, columns = rounds) the +inf cell is the colour bar's extension, the
+    # NaN cell the grey of a missing value, the others the map's own colours
+    (fig,) = figs
+    image = fig.axes[0].images[0]
+    rgba = image.to_rgba(image.get_array())
+    assert tuple(rgba[0, 0]) == to_rgba(figures.INFINITE_COLOR)
+    assert tuple(rgba[1, 1]) == to_rgba(MISSING_COLOR)
+    assert {tuple(rgba[0, 1]), tuple(rgba[1, 0])}.isdisjoint({to_rgba(figures.INFINITE_COLOR), to_rgba(MISSING_COLOR)})
+    assert image.colorbar.extend == "max"
+
+
+def test_the_layer_training_figure_marks_an_infinite_full_model_barrier_and_its_title_says_so(tmp_path, monkeypatch):
+    # Prepare: the full-model barrier (layers 0 and 1 averaged) +inf at round 2
+    from fedscape.analysis.barriers import figures
+
+    _layer_rows(lambda k, r: math.inf if (k, r) == (1, 2) else 0.1).to_csv(tmp_path / "b.csv", index=False)
+    pd.DataFrame([{"run_id": rid("iid"), "round": r, "pair": "q", "layer_index": k, "layer": name, "distance": 1.0,
+                   "cosine": 0.9, "aligned": False} for r in (1, 2) for k, name in [(0, "a"), (1, "b"), (-1, "full")]],
+                 columns=LAYER_DISTANCE_COLUMNS).to_csv(tmp_path / "d.csv", index=False)
+    figs = []
+    monkeypatch.setattr(figures, "save_figure_outputs", lambda fig, outputs, df: figs.append(fig))
+
+    # Execute
+    figures.layer_training_figure_job(tmp_path / "b.csv", tmp_path / "d.csv", "q", figure_outputs(tmp_path, "t"))
+
+    # Assert: round 2 marked on both splits' loss lines, the loss axis spans the finite values, the title says so
+    (fig,) = figs
+    ax_barrier = fig.axes[0]
+    assert _infinite_markers(ax_barrier) == [[2.0], [2.0]]
+    assert all(math.isfinite(v) for v in ax_barrier.get_ylim())
+    assert ax_barrier.get_title().endswith(f"({figures.INFINITE_NOTE})")

@@ -1,5 +1,6 @@
 """Statements over seeds leave a diverged run out (fl.settings.DIVERGED_LOSS): the client-statistics figure from the
-run's diverged round on, and final.csv's barrier to IID where an IID partner diverged (its pair is NaN)."""
+run's diverged round on, and final.csv's barrier to IID where an IID partner diverged (its pair is NaN); a +inf value
+that is no divergence (a barrier whose loss overflowed between two usable ends) counts, as the worst there is."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from helpers.figures import assert_figure_files
 from fedscape.analysis.barriers.tables import barrier_to_iid_columns
 from fedscape.analysis.client_stats.definitions import CLIENT_STATS_COLUMNS
 from fedscape.analysis.client_stats.figures import client_stats_figure_job
+from fedscape.outputs.stats import t_interval
 
 
 def rid(alpha, seed):
@@ -104,8 +106,11 @@ def test_the_client_stats_figure_refuses_runs_that_rounds_csv_does_not_have(tmp_
     # the same-seed IID run is preferred; where it diverged, the other IID seeds stand in
     ({1: (0.2, 0.05), 0: (0.4, 0.1)}, (0.2, 0.05)),
     ({1: (math.nan, math.nan), 0: (0.4, 0.1), 2: (0.6, 0.3)}, (0.5, 0.2)),
+    # a +inf barrier (the path's loss overflowed between usable ends) was computed: it stays, the worst case
+    ({0: (math.inf, 0.1), 2: (0.4, 0.3)}, (math.inf, 0.2)),
+    ({1: (math.inf, 0.05), 0: (0.4, 0.1)}, (math.inf, 0.05)),
 ])
-def test_the_barrier_to_iid_is_the_mean_of_the_finite_values_of_the_iid_partners(partners, expected):
+def test_the_barrier_to_iid_is_the_mean_of_the_computed_values_of_the_iid_partners(partners, expected):
     # Prepare: run alpha 0.1 seed 1 paired at the final rounds with the IID runs of `partners` ({seed: barriers})
     iid = [rid("iid", seed) for seed in partners]
     final = pd.DataFrame({"run_id": [rid("0.1", 1), *iid], "final_round": 30})
@@ -122,3 +127,22 @@ def test_the_barrier_to_iid_is_the_mean_of_the_finite_values_of_the_iid_partners
     got = out.loc[rid("0.1", 1), ["barrier_to_iid_loss", "barrier_to_iid_error"]].tolist()
     np.testing.assert_allclose(got, expected, rtol=1e-12)
     assert out.drop(index=rid("0.1", 1)).isna().all().all()  # the IID runs have no IID-vs-IID pair here
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([1.0, 3.0], (2.0, math.sqrt(2.0), 2.0 - 12.706204736174707, 2.0 + 12.706204736174707, 2)),
+    # NaN (None) is a value not computed: left out, and not counted
+    ([1.0, math.nan, 3.0, None], (2.0, math.sqrt(2.0), 2.0 - 12.706204736174707, 2.0 + 12.706204736174707, 2)),
+    ([math.nan, None], (math.nan, math.nan, math.nan, math.nan, 0)),
+    # an infinite value counts: the mean is that infinity, no spread nor interval can be estimated around it
+    ([1.0, math.inf, 2.0, math.nan], (math.inf, math.nan, math.nan, math.nan, 3)),
+    ([math.inf], (math.inf, math.nan, math.nan, math.nan, 1)),
+    ([math.inf, -math.inf], (math.nan, math.nan, math.nan, math.nan, 2)),
+], ids=["finite", "nan_left_out", "none", "inf", "one_inf", "both_signs"])
+def test_the_statistics_over_seeds_leave_nan_out_and_keep_an_infinite_value(values, expected):
+    # Execute
+    got = t_interval(values)
+
+    # Assert
+    np.testing.assert_allclose(got[:4], expected[:4], rtol=1e-12)
+    assert got[4] == expected[4]

@@ -95,7 +95,11 @@ def interpolation_grid(points: int) -> np.ndarray:
 
 def linear_barrier(ts: Sequence[float], values: Sequence[float]) -> float:
     """max_t [v(t) - ((1 - t) v(0) + t v(1))] over a grid holding t = 0 and t = 1 (Entezari et al. 2022, Eq. 1;
-    Frankle et al. 2020's instability subtracts the mean of the ends instead)."""
+    Frankle et al. 2020's instability subtracts the mean of the ends instead).
+
+    NaN where a value is NaN (a model not evaluated) or an end is not finite (no chord to measure from); +inf where
+    both ends are finite and an inner value is +inf (a float32 loss that overflowed at a divergent point between two
+    usable models): the worst barrier there is, which a NaN would leave out of every mean over seeds."""
     t = np.asarray(ts, dtype=np.float64)
     v = np.asarray(values, dtype=np.float64)
     if t.ndim != 1 or t.shape != v.shape or len(t) < 2:
@@ -104,7 +108,7 @@ def linear_barrier(ts: Sequence[float], values: Sequence[float]) -> float:
     t, v = t[order], v[order]
     if t[0] != 0.0 or t[-1] != 1.0:
         raise ValueError(f"the grid must hold both endpoints t=0 and t=1, got [{t[0]}, {t[-1]}]")
-    if not np.isfinite(v).all():
+    if np.isnan(v).any() or not np.isfinite(v[[0, -1]]).all():
         return math.nan
     # v(0) + t (v(1) - v(0)) is the chord exactly where v(0) = v(1) (a model with itself); its ends are set exactly
     chord = v[0] + t * (v[-1] - v[0])
@@ -116,12 +120,22 @@ def barrier_ratio(barrier: float, ends_mean: float) -> float:
     """The barrier relative to the mean of the ends: barrier / mean, i.e. mean(L(mixed)) / mean(L(a), L(b)) - 1 for
     a layer-wise barrier (Adilova et al. 2023, footnote 2: "relative percentage (ratio instead of difference)"; the
     paper and its code give no formula, this is the difference divided by what it is the difference to). 0 for a
-    zero barrier (a model with itself, even at zero error), NaN where the ends' mean is 0 and the barrier is not."""
-    if not (math.isfinite(barrier) and math.isfinite(ends_mean)):
+    zero barrier (a model with itself, even at zero error), NaN where the ends' mean is 0 and the barrier is not (no
+    scale to be relative to), where either is NaN or the ends' mean is infinite; an infinite barrier over finite ends
+    (`linear_barrier`, `barrier_over_ends`) stays infinite."""
+    if math.isnan(barrier) or not math.isfinite(ends_mean):
         return math.nan
     if barrier == 0.0:
         return 0.0
     return barrier / ends_mean if ends_mean != 0.0 else math.nan
+
+
+def barrier_over_ends(value: float, ends_mean: float) -> float:
+    """A layer-wise barrier: `value` (the mean over the mixed or moved models) minus the mean of the ends (Adilova
+    et al. 2023), by the rule of `linear_barrier`: NaN where the ends' mean is not finite (an end whose loss
+    overflowed leaves nothing to measure from, where the difference would read -inf, "infinitely better", or NaN),
+    +inf where the value alone is."""
+    return value - ends_mean if math.isfinite(ends_mean) else math.nan
 
 
 def random_direction(numel: int, norm: float, seed: int, layer_index: int, sample: int = 0) -> np.ndarray:

@@ -51,6 +51,15 @@ MODE_TITLES = {"single": "one layer averaged", "shallow": "layers 0..i averaged 
                "ends": "shallowest and deepest layers together",
                "random_direction": "one layer moved along a random direction (control)"}
 FULL_MODEL_LABEL = "full model"
+# A +inf value (a loss that overflowed at a divergent model between two usable ends: `linear_barrier`) has no place
+# on an axis, and matplotlib leaves it out unseen: a line marks it with INFINITE_MARKER at the top edge of its panel
+# (`_mark_infinite`), a heatmap cell takes INFINITE_COLOR (the colour bar's extension), distinct from the grey of a
+# cell not computed (NaN).
+INFINITE_MARKER = "^"
+INFINITE_COLOR = "black"
+INFINITE_NOTE = "triangle at the top edge = +inf"
+
+
 def _run_fields(run_id: str) -> dict | None:
     """The run fields of a run_id, or None when it is not one (e.g. a hand-written label)."""
     return parse_run_id(run_id) if "/" in str(run_id) else None
@@ -74,6 +83,17 @@ def _aligned(df: pd.DataFrame) -> pd.Series:
     if "aligned" not in df.columns:
         return pd.Series(False, index=df.index)
     return df["aligned"].map(lambda v: str(v).strip().lower() == "true")
+
+
+def _mark_infinite(ax, x, y, **style) -> bool:
+    """Draw the +inf values of the line (x, y) as INFINITE_MARKER at the top edge of `ax` (x in data, y in axes
+    coordinates, unclipped: the axis limits stay those of the finite values); whether there was any."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    up = np.isposinf(y)
+    if up.any():
+        ax.plot(x[up], np.ones(int(up.sum())), transform=ax.get_xaxis_transform(), marker=INFINITE_MARKER,
+                linestyle="none", clip_on=False, **style)
+    return bool(up.any())
 
 
 def _heatmap_axes(ax, rounds: list, row_labels: list[str]) -> None:
@@ -115,7 +135,8 @@ LINESTYLES = {(LINEAR, False): "-", (LINEAR, True): "--", (BEZIER, False): ":", 
 def interpolation_figure_job(table: str | Path, outputs: dict[str, str | Path]) -> None:
     """Loss and error along the interpolation, one labelled curve per pair (Li et al. 2022, Figs 3c/5c); dashed:
     to model b aligned to a by weight matching (Ainsworth et al. 2023); dotted (dash-dotted when aligned): along
-    the trained quadratic Bezier curve (Garipov et al. 2018)."""
+    the trained quadratic Bezier curve (Garipov et al. 2018). A +inf value (a loss that overflowed) is a marker at
+    the top edge of its panel (`_mark_infinite`), and its curve's legend says so."""
     df = read_table(table, [c for c in INTERPOLATION_COLUMNS if c not in ("aligned", "path", BN_STATS_COLUMN)])
     if df.empty:
         save_figure_outputs(empty_figure("no interpolation pairs with rows (every pair was skipped)"), outputs, df)
@@ -127,6 +148,9 @@ def interpolation_figure_job(table: str | Path, outputs: dict[str, str | Path]) 
     path_rows = df["path"].astype(str) if "path" in df.columns else pd.Series(LINEAR, index=df.index)
     # a pair whose rows are all NaN was not computed (a run diverged: the job writes NaN rows); its legend says so
     not_computed = df[["loss", "error"]].isna().all(axis=1).groupby(df["pair_id"]).all()
+    # the curves with a +inf value (a loss that overflowed), whose legend says where it is drawn
+    infinite = np.isposinf(df[["loss", "error"]].to_numpy(dtype=float)).any(axis=1)
+    overflowed = set(zip(df["pair_id"][infinite], path_rows[infinite], aligned_rows[infinite], strict=True))
     legend = {}
     for j, split in enumerate(SPLITS):
         for i, value in enumerate(("loss", "error")):
@@ -138,14 +162,18 @@ def interpolation_figure_job(table: str | Path, outputs: dict[str, str | Path]) 
                     if sub.empty:
                         continue
                     sub = sub.sort_values("t")
-                    (handle,) = ax.plot(sub["t"], sub[value], color=PALETTE[k % len(PALETTE)],
-                                        marker=MARKERS[k % len(MARKERS)], markersize=3, lw=1.2, linestyle=linestyle)
+                    color = PALETTE[k % len(PALETTE)]
+                    (handle,) = ax.plot(sub["t"], sub[value], color=color, marker=MARKERS[k % len(MARKERS)],
+                                        markersize=3, lw=1.2, linestyle=linestyle)
+                    _mark_infinite(ax, sub["t"], sub[value], color=color, markersize=5)
                     first = sub.iloc[0]
                     rounds = "" if first["round_a"] == first["round_b"] else \
                         f" (round {first['round_a']} vs {first['round_b']})"
                     note = (" · Bezier curve" if path == BEZIER else "") + (" · b aligned to a" if aligned else "")
                     if not_computed[pair]:
                         note += " (not computed: a run diverged)"
+                    elif (pair, path, aligned) in overflowed:
+                        note += f" (+inf at some t: {INFINITE_NOTE})"
                     elif aligned and _on_the_unaligned_curve(df, aligned_rows, path_rows, pair, path):
                         note += " (alignment changed nothing: on the unaligned line)"
                     legend.setdefault(f"{pair}: {pair_label(first['run_a'], first['run_b'])}{rounds}{note}", handle)
@@ -205,7 +233,8 @@ def layer_heatmaps(table: str | Path, pair: str, split: str, outputs: dict[str, 
     a by weight matching (Ainsworth et al. 2023).
 
     Diverging colour-blind-safe map centred at 0 (plotting.diverging_cmap: vermillion = barrier, blue = the
-    mixed model is better than the ends).
+    mixed model is better than the ends); a +inf barrier (the mixed model's loss overflowed) is INFINITE_COLOR, the
+    colour bar's extension beyond the largest finite value.
     """
     df = read_table(table, _REQUIRED_LAYER_COLUMNS)
     df = df[(df["pair"] == pair) & (df["split"] == split)]
@@ -223,7 +252,7 @@ def layer_heatmaps(table: str | Path, pair: str, split: str, outputs: dict[str, 
     row_height = max(2.2, 0.13 * num_layers)  # readable labels from 5 layers (cnn_small) to >100 (resnet56)
     fig, axes = plt.subplots(2, len(present), figsize=(4.2 * len(present), 1.0 + 2 * row_height), squeeze=False,
                              layout="constrained")
-    cmap = diverging_cmap()
+    cmap = diverging_cmap().with_extremes(over=INFINITE_COLOR)
     for j, mode in enumerate(present):
         sub = df[df["mode"] == mode]
         rows, labels = _entry_rows(sub, mode)
@@ -234,11 +263,14 @@ def layer_heatmaps(table: str | Path, pair: str, split: str, outputs: dict[str, 
             arr = grid.to_numpy(dtype=float)
             finite = np.abs(arr[np.isfinite(arr)])
             lim = float(finite.max()) if finite.size and finite.max() > 0 else 1e-6
-            im = ax.imshow(np.ma.masked_invalid(arr), cmap=cmap, norm=TwoSlopeNorm(0.0, -lim, lim), aspect="auto",
-                           interpolation="nearest")
+            infinite = np.isposinf(arr)  # drawn beyond the norm's top: the map's `over` colour
+            im = ax.imshow(np.ma.masked_invalid(np.where(infinite, 2 * lim, arr)), cmap=cmap,
+                           norm=TwoSlopeNorm(0.0, -lim, lim), aspect="auto", interpolation="nearest")
             _heatmap_axes(ax, rounds, labels)
             ax.set_title(f"{value.split('_')[1]}: {MODE_TITLES[mode]}")
-            fig.colorbar(im, ax=ax, shrink=0.8)
+            cbar = fig.colorbar(im, ax=ax, shrink=0.8, extend="max" if infinite.any() else "neither")
+            if infinite.any():
+                cbar.set_label(f"{INFINITE_COLOR} = +inf")
     run_a, run_b = split_pair_run_id(df["run_id"].iloc[0])
     who = _pair_who(run_a, run_b)
     note = ", b aligned to a by weight matching" if aligned else ""
@@ -335,7 +367,8 @@ def layer_training_figure_job(barriers_table: str | Path, distances_table: str |
                               outputs: dict[str, str | Path]) -> None:
     """The full-model barrier and the per-layer Euclidean distance and cosine similarity of a pair over training,
     as lines (Adilova et al. 2023, Fig. 1b): x = round; one line per layer, coloured from the input (dark) to
-    the output (light), the whole model in black; solid as trained, dashed with b aligned to a."""
+    the output (light), the whole model in black; solid as trained, dashed with b aligned to a. A +inf barrier is a
+    marker at the top edge of its panel (`_mark_infinite`), and the panel's title says so."""
     barriers, distances = pd.read_csv(barriers_table), pd.read_csv(distances_table)
     for table, df, columns in ((barriers_table, barriers, _REQUIRED_LAYER_COLUMNS),
                                (distances_table, distances, LAYER_DISTANCE_COLUMNS)):
@@ -356,11 +389,13 @@ def layer_training_figure_job(barriers_table: str | Path, distances_table: str |
     styles = {False: "-", True: "--"}
     # the error barrier on an axis of its own (right): in [-1, 1], it is flat on the loss barrier's scale
     ax_error = ax_barrier.twinx() if not full.empty else None
+    infinite = False
     for (split, aligned), sub in full.groupby(["split", "aligned"], sort=False):
         for value, color, ax in (("barrier_loss", PALETTE[0], ax_barrier), ("barrier_error", PALETTE[1], ax_error)):
             ax.plot(sub["round"], sub[value], color=color, linestyle=styles[bool(aligned)],
                     marker="o" if split == "train" else "s", markersize=3, lw=1.2,
                     label=f"{value.split('_')[1]}, {split}" + (", aligned" if aligned else ""))
+            infinite |= _mark_infinite(ax, sub["round"], sub[value], color=color, markersize=5)
     if full.empty:
         ax_barrier.text(0.5, 0.5, "no cumulative mode:\nno full-model barrier", ha="center", va="center",
                         transform=ax_barrier.transAxes)
@@ -372,7 +407,7 @@ def layer_training_figure_job(barriers_table: str | Path, distances_table: str |
         lines = ax_barrier.get_legend_handles_labels()
         more = ax_error.get_legend_handles_labels()
         ax_barrier.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7)
-    ax_barrier.set_title("full-model barrier")
+    ax_barrier.set_title("full-model barrier" + (f"\n({INFINITE_NOTE})" if infinite else ""))
     ax_barrier.set_ylabel("loss barrier L(avg) - mean(L(a), L(b))", color=PALETTE[0])
     layer_ids = sorted(i for i in dist["layer_index"].unique() if i >= 0)
     cmap = sequential_cmap()

@@ -35,6 +35,7 @@ from fedscape.analysis.barriers.definitions import (
     DIRECTION_MOVES,
     FULL_MODEL,
     MODES,
+    barrier_over_ends,
     barrier_ratio,
     format_averaged,
     interpolation_grid,
@@ -202,9 +203,11 @@ class _Evaluator:
         return self.cache[key]
 
     def barrier(self, selected: Sequence[int]) -> dict[str, tuple[float, float]]:
-        """(loss, error) barrier per split: mean over the mixed models minus mean over the endpoints."""
+        """(loss, error) barrier per split: mean over the mixed models minus mean over the endpoints
+        (`barrier_over_ends`)."""
         mixed = self.mixed(selected)
-        return {s: (mixed[s][0] - self.base[s][0], mixed[s][1] - self.base[s][1]) for s in self.splits}
+        return {s: (barrier_over_ends(mixed[s][0], self.base[s][0]), barrier_over_ends(mixed[s][1], self.base[s][1]))
+                for s in self.splits}
 
     def random_barrier(self, index: int, seed: int, samples: int, moves: str = "both"
                        ) -> dict[str, tuple[float, float]]:
@@ -224,7 +227,8 @@ class _Evaluator:
             for s in self.splits:
                 totals[s][0] += sum(m[s].loss for m in moved) / len(moved) / samples
                 totals[s][1] += sum(m[s].error for m in moved) / len(moved) / samples
-        return {s: (totals[s][0] - self.base[s][0], totals[s][1] - self.base[s][1]) for s in self.splits}
+        return {s: (barrier_over_ends(totals[s][0], self.base[s][0]), barrier_over_ends(totals[s][1], self.base[s][1]))
+                for s in self.splits}
 
     def row(self, split: str, loss: float, error: float) -> dict:
         """The barrier columns of one row: the differences, their ratios to the ends' mean, the ends' own values."""

@@ -106,7 +106,7 @@ def consecutive_table(barriers: pd.DataFrame, pairs: list[str]) -> pd.DataFrame:
     the number of rounds t compared and the share of them whose midpoint (w_t + w_{t+1}) / 2 has a strictly lower
     loss (error) than both w_t and w_{t+1} (Adilova et al. 2023, Sec. 2.1), and the mean full-model barrier. The
     midpoint is the row of an averaging mode whose `averaged` holds every layer; rounds not computed (NaN) are left
-    out of the counts."""
+    out of the counts, and a +inf barrier counts (its midpoint is not better, and the mean barrier is +inf)."""
     rows = []
     sub = barriers[barriers["pair"].isin(pairs) & (barriers["mode"] != "random_direction")]
     num_layers = sub.groupby("pair")["layer_index"].max() + 1
@@ -141,7 +141,7 @@ def barrier_to_iid_columns(final: pd.DataFrame, barriers: pd.DataFrame | None = 
                            interpolation: pd.DataFrame | None = None) -> pd.DataFrame:
     """final.csv's barrier_to_iid_{loss,error} per run of `final` (run_id, final_round): the linear barrier of the
     pairs joining the run's final model to the final model of an IID run that differs from it only in alpha (Li
-    et al. 2022, Fig. 3c; same seed preferred, else the mean over the seeds, of the finite values: `_mean_to_iid`),
+    et al. 2022, Fig. 3c; same seed preferred, else the mean over the seeds, of the computed values: `_mean_to_iid`),
     of the models as trained (not aligned) along the straight line (not the Bezier curve). Without interpolation.csv
     every pair counts as final-to-final."""
     out = pd.DataFrame({"run_id": final["run_id"], "barrier_to_iid_loss": math.nan, "barrier_to_iid_error": math.nan})
@@ -184,15 +184,17 @@ def barrier_to_iid_columns(final: pd.DataFrame, barriers: pd.DataFrame | None = 
 
 
 def _mean_to_iid(found: list[tuple[bool, float, float]], k: int) -> float:
-    """The barrier to IID (value `k` of the (same seed, loss, error) matches of a run): the mean of the finite values
-    of the same-seed pairs, else of every IID seed's pair, NaN where none is finite.
+    """The barrier to IID (value `k` of the (same seed, loss, error) matches of a run): the mean of the computed (not
+    NaN) values of the same-seed pairs, else of every IID seed's pair, NaN where none was computed.
 
     A pair with a diverged end is NaN (not computed): the run's own divergence makes every pair NaN, so the value stays
     NaN; a diverged IID partner is left out, as every statistic over seeds leaves a diverged run out, so one diverged
-    IID seed neither empties the mean over the others nor, as the same-seed partner, the run's value.
+    IID seed neither empties the mean over the others nor, as the same-seed partner, the run's value. A +inf barrier
+    (a loss that overflowed between two usable ends: `linear_barrier`) was computed and is the worst there is: it
+    stays, and makes the mean +inf rather than leaving it out.
     """
     for chosen in ([m for m in found if m[0]], found):
-        values = [float(m[k]) for m in chosen if math.isfinite(float(m[k]))]
+        values = [float(m[k]) for m in chosen if not math.isnan(float(m[k]))]
         if values:
             return sum(values) / len(values)
     return math.nan

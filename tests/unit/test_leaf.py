@@ -264,6 +264,23 @@ def test_malformed_leaf_files_name_the_file_and_user(tmp_path: Path, name: str, 
     assert str(path) in str(excinfo.value)
 
 
+@pytest.mark.parametrize("name", ["femnist", "shakespeare"])
+@pytest.mark.parametrize(("content", "match"), [
+    (b'{"users": ["\xff"], "num_samples": [0], "user_data": {}}', r"not a LEAF JSON file \('utf-8' codec can't decode"),
+    (b'{"users": [', r"not a LEAF JSON file \(Expecting value"),
+], ids=["not_utf8", "not_json"])
+def test_a_file_that_is_not_json_text_is_named(tmp_path: Path, name: str, content: bytes, match: str) -> None:
+    # Prepare: the first train file replaced by bytes that are not UTF-8 (a byte 0xff) or not JSON
+    (write_femnist if name == "femnist" else write_shakespeare)(tmp_path, files=1)
+    path = sorted((tmp_path / "train").glob("*.json"))[0]
+    path.write_bytes(content)
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match=match) as excinfo:
+        load_source(name, data_dir=str(tmp_path))
+    assert str(excinfo.value).startswith(f"{path}: ")
+
+
 # -- what the other datasets say, and the planning checks ------------------------------------------
 def test_datasets_without_writers_have_no_writer_ids() -> None:
     # Execute

@@ -5,12 +5,13 @@ comment). The writers are the users with train comments; `max_clients` counts on
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
 from helpers.words import write_reddit
 
-from fedscape.data.leaf import read_reddit
+from fedscape.data.leaf import read_reddit, read_reddit_vocab
 from fedscape.data.sources import load_source
 from fedscape.data.specs import DATASETS
 
@@ -125,3 +126,25 @@ def test_the_source_of_preprocess_py_files_loads_with_writers(tmp_path):
     # Assert: the clients' pool holds the train sequences of q and s alone
     assert src.writer_names == ("q", "s") and src.writer_ids.tolist() == [0, 0, 0, 1]
     assert len(src.test_labels) == 2
+
+
+@pytest.mark.parametrize(("changes", "match"), [
+    ({}, None),
+    ({"unk_symbol": "1"}, r"size, unk_symbol and pad_symbol are integers in LEAF's vocabulary \(its build_vocab\.py\), "
+                          r"got unk_symbol '1'$"),
+    ({"size": 7.0, "pad_symbol": None}, r"got size 7\.0, pad_symbol None$"),
+    ({"vocab": {**VOCAB, "d": "7"}}, r"ids outside 0\.\.6 \(size 7\), e\.g\. for \['d'\]"),
+    ({"unk_symbol": 7}, r"ids outside 0\.\.6 \(size 7\), e\.g\. for unk/pad"),
+])
+def test_a_vocabulary_pickle_of_other_values_is_named(tmp_path, changes, match):
+    # Prepare: LEAF's build_vocab.py pickle, some of its values replaced
+    path = tmp_path / "reddit_vocab.pck"
+    path.write_bytes(pickle.dumps({"vocab": VOCAB, "size": len(VOCAB), "unk_symbol": 1, "pad_symbol": 0, **changes}))
+
+    # Execute / Assert: LEAF's own reads; any other names the file and the values
+    if match is None:
+        assert read_reddit_vocab(path).names == tuple(VOCAB)
+        return
+    with pytest.raises(ValueError, match=match) as excinfo:
+        read_reddit_vocab(path)
+    assert str(excinfo.value).startswith(f"{path}: ")

@@ -261,6 +261,20 @@ def test_roles_too_short_for_a_sequence_are_an_error(tmp_path: Path) -> None:
         load_source("shakespeare", data_dir=str(tmp_path), source="raw", seq_len=256)
 
 
+@pytest.mark.parametrize("source", ["raw", "preprocessed"])
+def test_max_clients_is_refused_whatever_shakespeares_source(tmp_path: Path, source: str) -> None:
+    # Prepare: both layouts in one data_dir
+    write_shakespeare(tmp_path, sizes=(5, 3), files=1)
+    write_shakespeare_raw(tmp_path, ROLES)
+    options = {"data_dir": str(tmp_path), "source": source, "seq_len": 8 if source == "raw" else None}
+
+    # Execute / Assert: a number of clients is read by the word data sets alone, and without it the texts read
+    with pytest.raises(ValueError, match=r"^datasets\.shakespeare\.max_clients: only stackoverflow, reddit read a "
+                                         r"number of clients; leave it null$"):
+        load_source("shakespeare", **options, max_clients=2)
+    assert len(load_source("shakespeare", **options, max_clients=None).writer_names) >= 2
+
+
 @pytest.mark.parametrize(("name", "options", "problem"), [
     ("cifar10", {"source": "raw"}, "datasets.cifar10.source: raw builds samples from a dataset's raw texts"),
     ("shakespeare", {"seq_len": 256}, "datasets.shakespeare.seq_len: 256 characters per sequence, but only"),

@@ -141,7 +141,7 @@ def _read_json(path: Path) -> dict:
     with path.open("rb") as f:
         try:
             obj = json.load(f)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # json.load decodes bytes as UTF-8 (or -16/-32)
             raise ValueError(f"{path}: not a LEAF JSON file ({exc})") from None
     missing = [k for k in ("users", "num_samples", "user_data") if not isinstance(obj, dict) or k not in obj]
     if missing:
@@ -248,8 +248,9 @@ class RedditVocab:
 
     @property
     def names(self) -> tuple[str, ...]:
-        """The name of every id 0..size-1: its words joined by '|' (LEAF's build_vocab.py numbers the words from 1,
-        so its most frequent word shares id 1 with <UNK>; ids are read as LEAF's model sees them), '' if unused."""
+        """The name of every id 0..size-1: its words joined by '|' (LEAF's build_vocab.py numbers the counted tokens
+        from 1, most frequent first, so the first counted token gets id 1 (shared with <UNK>) unless it is <PAD>, which
+        keeps 0 and leaves its own place's id unused; ids are read as LEAF's model sees them), '' if unused."""
         names: list[list[str]] = [[] for _ in range(self.size)]
         for word, i in self.ids.items():
             names[i].append(word)
@@ -274,7 +275,11 @@ def read_reddit_vocab(path: Path) -> RedditVocab:
     keys = ("vocab", "size", "unk_symbol", "pad_symbol")
     if not isinstance(obj, dict) or any(k not in obj for k in keys) or not isinstance(obj["vocab"], dict):
         raise ValueError(f"{path}: LEAF's Reddit vocabulary is a dict with keys {', '.join(keys)} (vocab: word -> id)")
-    size = int(obj["size"])
+    not_ids = [k for k in keys[1:] if not isinstance(obj[k], int)]
+    if not_ids:
+        raise ValueError(f"{path}: size, unk_symbol and pad_symbol are integers in LEAF's vocabulary (its "
+                         f"build_vocab.py), got {', '.join(f'{k} {obj[k]!r}' for k in not_ids)}")
+    size = obj["size"]
     bad = [w for w, i in obj["vocab"].items() if not isinstance(i, int) or not 0 <= i < size]
     if bad or not 0 <= obj["unk_symbol"] < size or not 0 <= obj["pad_symbol"] < size:
         raise ValueError(f"{path}: ids outside 0..{size - 1} (size {size}), e.g. for {bad[:3] or 'unk/pad'}")

@@ -128,12 +128,12 @@ def load_source(name: str, *, data_dir: str | None = None, seed: int = 0, test_f
     if source == "raw" and name not in RAW_SOURCE_DATASETS:
         raise ValueError(f"datasets.{name}.source: raw texts exist for {', '.join(RAW_SOURCE_DATASETS)} only; use "
                          "source: preprocessed")
-    if source == "raw":
-        return _leaf(name, data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download,
-                     seq_len=seq_len or SHAKESPEARE_SEQ_LEN)
     if max_clients is not None and name not in MANY_CLIENT_DATASETS:
         raise ValueError(f"datasets.{name}.max_clients: only {', '.join(MANY_CLIENT_DATASETS)} read a number of "
                          f"clients; leave it null")
+    if source == "raw":
+        return _leaf(name, data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download,
+                     seq_len=seq_len or SHAKESPEARE_SEQ_LEN)
     if name in MANY_CLIENT_DATASETS:
         return _words(name, data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download,
                       max_clients=max_clients)

@@ -12,8 +12,9 @@ whose first 10,000 words are the vocabulary of Reddi et al. 2021 (Adaptive Feder
 
 The samples are next-word prediction sequences as TFF's baseline builds them (Reddi et al. 2021;
 tensorflow_federated/python/simulation/baselines/stackoverflow/word_prediction_preprocessing.py
-``build_to_ids_fn`` and ``batch_and_split``): an example's ``tokens`` split on single spaces, its first
-``seq_len`` words kept, each word's id its vocabulary position + 1 (0 is padding) or the out-of-vocabulary id,
+``build_to_ids_fn`` and ``batch_and_split``): an example's ``tokens`` split on single spaces (an empty text is one
+empty word, out of the vocabulary, as TensorFlow splits it), its first ``seq_len`` words kept, each word's id its
+vocabulary position + 1 (0 is padding) or the out-of-vocabulary id,
 an end-of-sentence id appended when fewer than ``seq_len`` words remain, a beginning-of-sentence id in front, the
 whole padded to ``seq_len + 1``; the input is the first ``seq_len`` ids and the targets the last ``seq_len``. A
 padded target is -100 here (torch's ignore index: the position does not count), where TFF keeps it as the pad id
@@ -195,8 +196,10 @@ def word_sequences(sentences: list[str], words: tuple[str, ...], seq_len: int = 
     ids = {w: i + 1 for i, w in enumerate(words)}
     rows = np.zeros((len(sentences), seq_len + 1), dtype=np.int64)  # 0: padding
     for r, sentence in enumerate(sentences):
-        # tf.strings.split(sep=' '): every single space splits, an empty text has no word
-        kept = sentence.split(" ")[:seq_len] if sentence else []
+        # TFF's build_to_ids_fn splits with tf.strings.split(sep=' '), TensorFlow's StringSplitV2, which splits as
+        # python's str.split does (string_split_op.cc SplitV2): every single space splits, and an empty text is one
+        # empty word, [''], out of the vocabulary
+        kept = sentence.split(" ")[:seq_len]
         tokens = [special.bos, *(ids.get(w, special.oov) for w in kept)]
         if len(kept) < seq_len:
             tokens.append(special.eos)
@@ -241,7 +244,8 @@ def decompress_database(data_dir: str) -> Path:
 
 def _connect(path: Path) -> sqlite3.Connection:
     """A read-only connection; ValueError naming what SqlClientData's layout lacks."""
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    # a file: URI of the absolute path, percent-encoded: a '#', '?' or '%' in a folder name is part of the path
+    connection = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
     try:
         tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:
@@ -280,7 +284,10 @@ def _split_sentences(connection: sqlite3.Connection, split: str, clients: list[s
             if not tokens or not isinstance(tokens[0], bytes):
                 raise ValueError(f"{path}: client {client!r} ({split}): an example without the bytes feature "
                                  f"'tokens'")
-            sentences[client].append(tokens[0].decode("utf-8"))
+            try:
+                sentences[client].append(tokens[0].decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}: client {client!r} ({split}): 'tokens' is not UTF-8 text ({exc})") from None
     return sentences
 
 

@@ -1,6 +1,6 @@
 """Overhead of the per-round client statistics relative to the FedAvg server update.
 
-The engine calls `fedscape.client_stats.round_stats` once per round on the client models it already
+The engine calls `fedscape.fl.client_stats.round_stats` once per round on the client models it already
 holds. Measured in one run on the same stacked client models: the FedAvg server update (weighted
 mean delta and server step, the baseline the engine runs every round anyway) and `round_stats`
 (Gram matrix of the updates in float64 blocks, drift from the aggregate). Prints median times and

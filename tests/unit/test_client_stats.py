@@ -13,7 +13,7 @@ from helpers.resume import killed_at_call
 
 from fedscape.analysis.client_stats import stage as stage_mod
 from fedscape.analysis.client_stats.definitions import CLIENT_STATS_COLUMNS, CLIENT_STATS_FIGURE_COLUMNS
-from fedscape.analysis.client_stats.figures import client_stats_figure_job
+from fedscape.analysis.client_stats.figures import before_divergence, client_stats_figure_job, seed_statistics
 from fedscape.analysis.client_stats.stage import client_stats_job
 from fedscape.fl.client_stats import (
     client_drift,
@@ -25,7 +25,7 @@ from fedscape.fl.client_stats import (
     update_cosine_mean,
 )
 from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS
-from fedscape.models.checkpoint import ModelMeta, save_trajectory
+from fedscape.models.checkpoint import CheckpointError, ModelMeta, save_trajectory
 
 
 @pytest.mark.parametrize("m", [1, 2, 5, 10])
@@ -239,6 +239,41 @@ def test_the_engine_s_drift_from_the_aggregate_with_one_client_per_round_is_draw
     assert [t.get_text().split("\n")[0] for t in ax.texts] == ["one client per round: 0 up to float rounding"]
 
 
+# Seed 2 of three diverged (rounds.csv: its `evaluated` rounds ok, then the `diverged` one); its loss and client
+# statistics explode from round `explodes` on with finite weights, which the engine evaluates only at its eval_every
+# rounds (a non-finite model at once); seeds 0 and 1 never diverged, rounds 0..8
+@pytest.mark.parametrize(("evaluated", "diverged", "explodes", "kept"), [
+    ((0, 1, 2, 3, 4), 5, 5, [0, 1, 2, 3, 4]),  # eval_every 1: up to the round before the diverged one
+    ((0, 3), 6, 5, [0, 1, 2, 3]),  # eval_every 3: round 5 exploded unevaluated; up to the last ok evaluation
+    ((0, 3), 4, 4, [0, 1, 2, 3]),  # eval_every 3, a non-finite model evaluated at once at round 4
+    ((0, 2, 4), 6, 6, [0, 1, 2, 3, 4]),  # eval_every 2, exploded at the evaluated round 6: round 5 left out too
+], ids=["every_round", "exploded_between_evaluations", "non_finite_evaluated_at_once", "exploded_at_an_evaluation"])
+def test_a_diverged_run_counts_up_to_its_last_ok_evaluation(evaluated, diverged, explodes, kept):
+    # Prepare
+    def run_id(seed):
+        return f"digits/cnn_small/init~random/algo~fedavg/alpha~0.1/clients~10/part~1.0/seed~{seed}"
+
+    last = {0: 8, 1: 8, 2: diverged}
+    rows = [{"run_id": run_id(seed), "round": r, "drift_from_start": 1e6 if seed == 2 and r >= explodes else 1.0,
+             "drift_from_aggregate": 0.5, "gradient_diversity": 1.0, "update_cosine_mean": 0.1,
+             "l2_to_final": math.nan} for seed in (0, 1, 2) for r in range(last[seed] + 1)]
+    status = [{"run_id": run_id(seed), "round": r, "status": "ok"} for seed in (0, 1) for r in range(0, 9, 2)]
+    status += [{"run_id": run_id(2), "round": r, "status": "ok"} for r in evaluated]
+    status.append({"run_id": run_id(2), "round": diverged, "status": "diverged"})
+    stats = pd.DataFrame(rows, columns=CLIENT_STATS_COLUMNS)
+
+    # Execute
+    counted = before_divergence(stats, pd.DataFrame(status))
+    mean = seed_statistics(counted.assign(alpha="0.1", init="random")).set_index("round")
+
+    # Assert: the runs that did not diverge whole, the diverged one up to its last ok evaluation; no exploding round
+    # in the mean
+    assert counted.groupby("run_id")["round"].apply(list).to_dict() == {
+        run_id(0): list(range(9)), run_id(1): list(range(9)), run_id(2): kept}
+    assert mean["drift_from_start"].tolist() == [1.0] * 9
+    assert mean["n_seeds"].tolist() == [3 if r in kept else 2 for r in range(9)]
+
+
 # -- the client_stats job: resumed after a kill ------------------------------------------------------------------
 # Three runs' inputs: (status, kept rounds, last round): a run that diverged at round 3, one that kept every round, one
 # that kept every other (training.save_every 2: NaN l2_to_final in the rounds between)
@@ -341,3 +376,46 @@ def test_a_rerun_computes_the_runs_whose_inputs_or_job_changed_since_the_kill(th
     assert [k for k, line in enumerate(done) if not line.endswith("(resumed)")] == computed
     assert output.read_bytes() == (tmp_path / "unbroken.csv").read_bytes()
     assert not progress.exists()
+
+
+
+def _swa_run(run_dir, broken: str | None) -> None:
+    """An ok SWA run of three rounds in `run_dir` (no client updates), whose SWA model or last global model is NaN
+    where `broken` says so."""
+    params = torch.tensor([[0.0, 0.0], [3.0, 4.0], [3.0, 8.0], [6.0, 8.0]])
+    swa_params = torch.tensor([4.0, 6.0])
+    if broken == "swa":
+        swa_params[0] = math.nan
+    if broken == "global":
+        params[-1, 0] = math.nan
+    meta = {"run_id": _run_id(0), "status": "ok", "settings": {"training": {"rounds": 3}}}
+    save_trajectory(run_dir / "trajectory.pt", params, torch.zeros(4, 0), torch.arange(4), ModelMeta("mlp", 10, 1, 8),
+                    meta, swa={"params": swa_params, "buffers": torch.zeros(0), "rounds": [2, 3]})
+    pd.DataFrame(columns=CLIENT_UPDATES_COLUMNS).to_csv(run_dir / "client_updates.csv", index=False)
+
+
+def _swa_run_stats(run_dir) -> pd.DataFrame:
+    client_stats_job({"run_ids": [_run_id(0)]}, [run_dir / "client_updates.csv"], [run_dir / "trajectory.pt"],
+                     run_dir / "client_stats.csv")
+    return pd.read_csv(run_dir / "client_stats.csv")
+
+
+@pytest.mark.parametrize("broken", [None, "swa"])
+def test_l2_to_final_of_an_swa_run_is_to_its_last_global_model(tmp_path, broken):
+    # Prepare: the SWA model is not l2_to_final's reference, so whether it is finite does not matter
+    _swa_run(tmp_path, broken)
+
+    # Execute
+    table = _swa_run_stats(tmp_path)
+
+    # Assert: the distances to the last global model
+    assert table["l2_to_final"].tolist() == pytest.approx([10.0, math.hypot(3, 4), 3.0, 0.0])
+
+
+def test_an_swa_run_marked_ok_whose_last_global_model_is_nan_is_a_damaged_file(tmp_path):
+    # Prepare: a finite SWA model beside it does not make the run's reference usable
+    _swa_run(tmp_path, "global")
+
+    # Execute / Assert
+    with pytest.raises(CheckpointError, match="the model of round 3 has NaN/inf parameters although the run is marked"):
+        _swa_run_stats(tmp_path)

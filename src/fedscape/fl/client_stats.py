@@ -1,7 +1,8 @@
 """Statistics of the client updates of a federated round (pure functions on flat parameter vectors).
 
 Client drift (the distance of local models from the round-start and the aggregated model; the
-client-drift explainer, Karimireddy et al. 2020, and Li et al. 2022's local scope), gradient diversity
+client-drift explainer, a 2025 blog post; the drift SCAFFOLD corrects, Karimireddy et al. 2020; and Li et al. 2022's
+local scope), gradient diversity
 (Yin et al. 2018), mean pairwise cosine similarity of client updates and the L2 distance of the server
 weights from their final values (Nguyen et al. 2022, "Where to begin?", bottom row of the poster's figure).
 

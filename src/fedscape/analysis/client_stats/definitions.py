@@ -9,8 +9,8 @@ from fedscape.fl.settings import STAT_KEYS
 
 CLIENT_STATS_COLUMNS = ["run_id", "round", *STAT_KEYS, "l2_to_final"]
 # The figure's panels, left to right: (column, title). Client drift first: it is what the local updates do
-# to the model before aggregation (the client-drift explainer, Karimireddy et al. 2020, and Li et al. 2022's local
-# scope).
+# to the model before aggregation (the client-drift explainer, a 2025 blog post; the drift that SCAFFOLD corrects,
+# Karimireddy et al. 2020; Li et al. 2022's local scope).
 CLIENT_STATS_PANELS = (
     ("drift_from_start", "client drift from the round start"),
     ("drift_from_aggregate", "client drift from the aggregate"),

@@ -31,21 +31,30 @@ _LINE = ["alpha", "init", "round"]
 
 
 def before_divergence(stats: pd.DataFrame, rounds: pd.DataFrame, where: str = "client_stats.csv") -> pd.DataFrame:
-    """The rows of client_stats.csv `stats` that statistics over seeds count: a run that diverged is left out from
-    its diverged round on (`fl.settings.DIVERGED_LOSS`; the rows of rounds.csv `rounds` that
-    `outputs.stats.did_not_diverge` leaves out, as `report.figures.curves.curve_statistics` does for the curves).
+    """The rows of client_stats.csv `stats` that statistics over seeds count: a run that diverged is kept up to its
+    last round that rounds.csv `rounds` says was ok before its first diverged one (`fl.settings.DIVERGED_LOSS`; the
+    rows that `outputs.stats.did_not_diverge` leaves out, as `report.figures.curves.curve_statistics` does for the
+    curves); a run that did not diverge, whole.
 
     The engine records a round's client statistics before it stops on the divergence, so a diverged run's last row
     holds the exploding round's drift (1e6 where the others have 1): in a mean over seeds it would be the whole line.
+    rounds.csv holds the evaluated rounds alone (training.eval_every): a round between two evaluations whose weights
+    are finite but whose loss is already above the bound is not evaluated, so the diverged round rounds.csv names can
+    come rounds after the explosion began. Cut at the last ok evaluation, no exploding round is counted; with
+    eval_every 1 that is the round before the diverged one, otherwise the rounds since the last evaluation, exploding
+    or not, are left out too.
     """
     missing = sorted(set(stats["run_id"]) - set(rounds["run_id"]))
     if missing:
         raise ValueError(f"{where}: {len(missing)} run(s) have no rows in rounds.csv (e.g. {missing[0]}), so whether "
                          "and where they diverged is unknown; the two tables must be of the same runs: make both "
                          "again (the rules rounds_table and client_stats)")
-    diverged = rounds.drop(index=did_not_diverge(rounds).index)
-    first = stats["run_id"].map(diverged.groupby("run_id")["round"].min())  # NaN: the run did not diverge
-    return stats[first.isna() | (stats["round"] < first)]
+    ok = did_not_diverge(rounds)
+    first = rounds.drop(index=ok.index).groupby("run_id")["round"].min()  # the diverged runs' first diverged round
+    ok_before = ok[ok["round"] < ok["run_id"].map(first)]  # NaN for a run that did not diverge: compares False
+    last_ok = ok_before.groupby("run_id")["round"].max().reindex(first.index)  # NaN: no ok round before (none kept)
+    diverged = stats["run_id"].isin(first.index)
+    return stats[~diverged | (stats["round"] <= stats["run_id"].map(last_ok))]
 
 
 def seed_statistics(counted: pd.DataFrame) -> pd.DataFrame:
@@ -67,13 +76,13 @@ def seed_statistics(counted: pd.DataFrame) -> pd.DataFrame:
 def client_stats_figure_job(table: str | Path, rounds: str | Path, outputs: dict[str, str | Path]) -> None:
     """Client drift, gradient diversity, update cosine and L2 to final per round; colour = alpha, style = init.
 
-    Drift from the round start and from the aggregate (the client-drift explainer; Karimireddy et al. 2020),
-    then the bottom row of the figure of Nguyen et al. 2022 ("Where to begin?"); one row of panels per
-    (dataset, model, algorithm, clients, participation), the mean over the seeds that had not diverged by the round
-    (`rounds`: rounds.csv says which diverged where; `before_divergence`, `seed_statistics`; the CSV's
-    `definitions.SEED_COUNT_COLUMNS` say how many). A drift from the aggregate below ROUNDING_RTOL of the drift from
-    the start is drawn as 0; a panel of such values alone is drawn on a fixed range and says so (the CSV keeps the
-    measured values).
+    Drift from the round start and from the aggregate (the client-drift explainer, a 2025 blog post; the drift that
+    SCAFFOLD corrects, Karimireddy et al. 2020), then the bottom row of the figure of Nguyen et al. 2022 ("Where to
+    begin?"); one row of panels per (dataset, model, algorithm, clients, participation), the mean over the seeds that
+    had not diverged by the round (`rounds`: rounds.csv says which diverged where; a diverged run counts up to its
+    last ok evaluation, `before_divergence`; `seed_statistics`; the CSV's `definitions.SEED_COUNT_COLUMNS` say how
+    many). A drift from the aggregate below ROUNDING_RTOL of the drift from the start is drawn as 0; a panel of such
+    values alone is drawn on a fixed range and says so (the CSV keeps the measured values).
     """
     df = read_table(table, CLIENT_STATS_COLUMNS)
     df = before_divergence(df, read_table(rounds, ["run_id", "round", "status"]), where=str(table))

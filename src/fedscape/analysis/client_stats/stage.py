@@ -33,8 +33,9 @@ log = logging.getLogger("fedscape.client_stats")
 def client_stats_job(settings: dict, updates: list[str | Path], trajectories: list[str | Path],
                      output: str | Path, progress_dir: str | Path | None = None) -> None:
     """client_stats.csv: the per-round client statistics of every run of the job (`ClientStatsJob`: the runs,
-    whose client_updates.csv and trajectory.pt are `updates` and `trajectories`, in order) with the L2 distance to
-    its final model.
+    whose client_updates.csv and trajectory.pt are `updates` and `trajectories`, in order) with the L2 distance of
+    its global model to the last global model (not the SWA model of a run with SWA: the distance is between global
+    models alone, and whether the final one can be analysed is asked of it).
 
     One row per run and round 0..final; round 0 (the init) has no client update, so only l2_to_final. A
     diverged run (rounds up to the one where it diverged) has no final model: its l2_to_final is NaN, as is that
@@ -76,7 +77,7 @@ def client_stats_job(settings: dict, updates: list[str | Path], trajectories: li
 def _run_stats(run_id: str, updates: str | Path, trajectory: str | Path) -> tuple[pd.DataFrame, str | None]:
     """One run's rows of client_stats.csv, and why it has no final model (None where it has one)."""
     traj = load_trajectory(trajectory, run_id=run_id)
-    unusable = traj.unusable(traj.final_round)
+    unusable = traj.unusable(traj.final_round, global_model=True)  # l2_to_final's reference, not the SWA model
     l2 = l2_to_final(traj.params).numpy() if unusable is None else np.full(len(traj.rounds), np.nan)
     df = pd.DataFrame({"round": traj.rounds.numpy(), "l2_to_final": l2})
     stats = read_table(updates, ["round", *STAT_KEYS], expect={"run_id": run_id})
@@ -108,7 +109,9 @@ def backfill_client_updates(run_dir: str | Path, overwrite: bool = False) -> Pat
     """Write <run_dir>/client_updates.csv from trajectory.pt and clients.pt (rounds with client checkpoints).
 
     For runs trained before the engine computed client statistics: the rows cover the rounds in
-    `save_clients_at` only; the statistics are identical to the engine's (same inputs, same function).
+    `save_clients_at` only, with the engine's function on the same inputs: identical to the engine's numbers for a run
+    trained on the CPU; for one trained on a GPU, equal up to float64 rounding (the engine built the float64 Gram
+    matrix and the norms on the training device, whose sums run in another order).
     """
     run_dir = Path(run_dir)
     out = run_dir / "client_updates.csv"

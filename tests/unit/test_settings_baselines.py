@@ -10,19 +10,22 @@ from dataclasses import fields
 
 import pytest
 import yaml
+from helpers.papers import load
 from helpers.workflow import ROOT
 
 from fedscape.analysis.barriers.definitions import InterpolationJob
 from fedscape.analysis.hessian.definitions import HessianSettings
 from fedscape.analysis.landscape.definitions import LandscapeChunkJob, LandscapePlaneJob
-from fedscape.core.config import load_schema, without_baselines
+from fedscape.core.config import ConfigError, load_schema, without_baselines
 from fedscape.core.jobs import declared_defaults
 from fedscape.core.runs import build_runs
-from fedscape.data.specs import DATASET_BASELINES
+from fedscape.data.specs import DATASET_BASELINES, DATASET_NAMES, DATASETS, READER_VERSION, dataset_settings
 from fedscape.fl.settings import TrainConfig, TrainingSettings
 from fedscape.plan.barriers import interpolation_pair, interpolation_settings
 from fedscape.plan.hessian import hessian_job_settings
+from fedscape.plan.init import init_settings
 from fedscape.plan.landscape import chunk_settings, landscape_plans, plane_settings
+from fedscape.plan.partition import partition_settings
 from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config
 
@@ -190,3 +193,75 @@ def test_a_hessian_job_s_settings_read_back_take_the_baselines():
 
     # Assert: what the job computed with (the declared defaults: `HessianSettings` holds no config default)
     assert (hessian.sharpness_rho, hessian.trace_estimator, hessian.precision) == (0.05, "hutchinson", "fp32")
+
+
+@pytest.mark.parametrize("name", DATASET_NAMES)
+def test_every_data_set_s_reader_is_at_its_first_version_or_later(name):
+    # Assert: 1 is the reader every result was made with before the versions existed
+    assert isinstance(DATASETS[name].reader_version, int) and DATASETS[name].reader_version >= 1
+
+
+@pytest.mark.parametrize(("name", "options", "expected"), [
+    # 2: an empty Stack Overflow text is [bos, oov, eos], as TFF splits it
+    ("stackoverflow", {"data_dir": "data/so", "max_clients": 1500}, {"data_dir": None, "max_clients": 1500,
+                                                                       "reader_version": 2}),
+    ("stackoverflow", {}, {"reader_version": 2}),
+    # at the first version: the settings every finished job of the data set carries
+    ("digits", {"test_fraction": 0.25, "proxy_fraction": 0.2}, {"test_fraction": 0.25, "proxy_fraction": 0.2}),
+    ("reddit", {"data_dir": "data/reddit"}, {"data_dir": None}),
+])
+def test_a_reader_past_its_first_version_enters_its_data_set_s_settings_last(name, options, expected):
+    # Execute
+    settings = dataset_settings(name, options)
+
+    # Assert: the same keys in the same order (Snakemake compares the text)
+    assert list(settings.items()) == list(expected.items())
+
+
+def _meta_run(dataset: str):
+    return next(r for r in build_runs(load("meta")) if r.dataset == dataset and load("meta")["inits"][r.init]["kind"]
+                == "pretrained")
+
+
+@pytest.mark.parametrize(("dataset", "expected"), [("stackoverflow", 2), ("reddit", None), ("femnist", None)])
+def test_the_jobs_that_read_a_data_set_carry_its_reader_version_past_the_first(dataset, expected):
+    # Prepare: the meta study's run on the data set from its pretrained init (an init job that reads the data)
+    config, run = load("meta"), _meta_run(dataset)
+
+    # Execute
+    options = [train_settings(config, run)["dataset_options"],
+               partition_settings(config, run.dataset, run.setting, run.num_clients, run.seed)["dataset_options"],
+               init_settings(config, build_runs(config), run.dataset, run.model, run.init)["dataset_options"]]
+
+    # Assert
+    assert [o.get(READER_VERSION) for o in options] == [expected] * 3
+
+
+def test_the_default_config_s_jobs_carry_no_reader_version(default_config):
+    # Prepare
+    config, runs = _edited(default_config, lambda c: None)
+
+    # Execute / Assert: digits' reader is at its first version, so its jobs' settings are those of before the key
+    assert READER_VERSION not in train_settings(config, runs[0])["dataset_options"]
+
+
+@pytest.mark.parametrize(("dataset", "kept"), [("stackoverflow", False), ("reddit", True)])
+def test_a_job_recorded_before_its_reader_s_version_reruns_and_only_then(dataset, kept):
+    # Prepare: the job's settings as Snakemake recorded them before the reader versions, with a memory setting
+    # other than today's (which alone reruns nothing: the record is kept)
+    config, run = load("meta"), _meta_run(dataset)
+    recorded = copy.deepcopy(train_settings(config, run))
+    recorded["dataset_options"].pop(READER_VERSION, None)
+    recorded["training"]["eval_batch_size"] += 1
+
+    # Execute
+    settings = train_settings(config, run, [repr(recorded)])
+
+    # Assert: Snakemake reruns a job whose params text changed: the Stack Overflow job read its data with the old reader
+    assert (repr(settings) == repr(recorded)) == kept
+
+
+def test_the_config_cannot_set_a_reader_version(default_config):
+    # Execute / Assert: the reader's version is the code's; the schema refuses it under datasets.<name>
+    with pytest.raises(ConfigError, match=r"datasets\.digits\.reader_version: unknown key 'reader_version'"):
+        _edited(default_config, lambda c: c["datasets"]["digits"].update(reader_version=2))

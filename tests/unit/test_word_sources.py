@@ -18,7 +18,8 @@ from fedscape.data.partition import (
     save_partition,
 )
 from fedscape.data.sources import load_source, source_from_options
-from fedscape.data.specs import DATASETS, data_layout_problems, dataset_option_problems
+from fedscape.data.specs import DATASETS, data_layout_problems, dataset_option_problems, dataset_settings
+from fedscape.data.stackoverflow import SpecialTokens
 
 WORDS = ["the", "is", "code", "a", "bug"] + [f"w{i}" for i in range(9995)]  # TFF's vocabulary: 10,000 words
 TEXTS = ["the code is a bug", "is the code", "a bug", "the the the the the the the the the the the the the the the "
@@ -84,6 +85,23 @@ def test_reddit_source_keeps_leafs_masked_positions(reddit_dir):
     assert src.train_labels[0].tolist() == [2, 3, 5, 0, *[IGNORE] * 6]
     assert ds.y_train.dtype == torch.int64 and ds.x_train.dtype == torch.int64
     assert torch.equal(ds.y_train, torch.from_numpy(src.train_labels[src.train_index]))
+
+
+@pytest.mark.parametrize(("text", "first"), [("", ["bos", "oov", "eos"]), ("code", ["bos", 3, "eos"]),
+                                           ("zz code", ["bos", "oov", 3])])
+def test_a_stackoverflow_job_s_settings_with_its_reader_version_load_what_that_reader_makes(tmp_path, text, first):
+    # Prepare: one user whose train text is `text`, and the data set's options as its jobs carry them, with the
+    # location a job reads (`with_data_locations`)
+    data_dir = write_stackoverflow(tmp_path / "so", [("train", "1", text), ("test", "1", "code")], WORDS)
+    options = {**dataset_settings("stackoverflow", {"proxy_fraction": 0.0}), "data_dir": str(data_dir)}
+    special = SpecialTokens.of(len(WORDS))
+
+    # Execute: the reader's version is no keyword of the loaders
+    ds = dataset_from_options("stackoverflow", options)
+
+    # Assert: version 2 reads an empty text as one empty word, out of the vocabulary (TFF's split)
+    assert options["reader_version"] == DATASETS["stackoverflow"].reader_version == 2
+    assert ds.x_train[0, :3].tolist() == [getattr(special, t) if isinstance(t, str) else t for t in first]
 
 
 def test_tensors_keep_the_files_labels_as_every_position_targets(stackoverflow_dir):

@@ -78,6 +78,10 @@ class DatasetInfo:
     # next token at every position of the sequence (the word data sets: their published files give nothing else).
     # A data set of the second kind has `targets: every` only, and no partition that splits by class.
     sequence_labels: bool = False
+    # What its reader makes of the published files: bumped when that output changes for the same files, so that the
+    # jobs of this data set alone rerun, as a result version does for a job kind (the files' fingerprints cover the
+    # files, not the reader). Its jobs' `dataset_options` carry it from 2 (`dataset_settings`): 1 is the baseline.
+    reader_version: int = 1
 
     @property
     def own_targets(self) -> str:
@@ -138,7 +142,9 @@ DATASETS: dict[str, DatasetInfo] = {
                                  STACKOVERFLOW_VOCAB_SIZE + STACKOVERFLOW_SPECIAL_TOKENS,
                                  "Stack Overflow (TFF; Reddi et al. 2021): next word at every position of "
                                  "20-word sequences by user, TFF's stackoverflow.sqlite from data_dir", 135818730,
-                                 True, writers=True, inputs="tokens", needs_data_dir=True, sequence_labels=True),
+                                 True, writers=True, inputs="tokens", needs_data_dir=True, sequence_labels=True,
+                                 # 2: an empty text is [bos, oov, eos], as TFF splits it (from 2026-11-28)
+                                 reader_version=2),
     # LEAF's Reddit (Caldas et al. 2018, Table 1: 1,660,820 users, 56,587,343 comments). A comment gives one sample
     # per 10 tokens, so this is a lower bound of the samples, not the upper bound `client_pool_bound` takes it for:
     # its plan check (num_clients x partition.min_size against it) could wrongly refuse only a plan that asks tens of
@@ -162,6 +168,9 @@ DATASET_OPTION_ORDER: tuple[str, ...] = ("test_fraction", "proxy_fraction", "dat
                                          "split_seed", "source", "seq_len", "targets", "channel_mean", "channel_std",
                                          "max_clients")
 _OPTION_RANK = {key: i for i, key in enumerate(DATASET_OPTION_ORDER)}
+# The key of a job's `dataset_options` that holds its data set's `DatasetInfo.reader_version`: the code's, not the
+# config's (the schema refuses it under `datasets.<name>`), and read by no loader; absent at the first version.
+READER_VERSION = "reader_version"
 # Where a data set's files are and whether fedscape may fetch them (`datasets.<name>.data_dir`, `download`): not
 # what the data is. Every job's settings carry these keys at these values, whatever the config says, and a job reads
 # the config's own when it starts (`fedscape.data.locations.with_data_locations`, which its record keeps): moving the
@@ -413,14 +422,18 @@ def resolved_targets(name: str, options: dict) -> str:
 
 def dataset_settings(name: str, options: dict) -> dict:
     """`datasets.<name>` as a job's settings carry it: less the keys at their baseline (DATASET_BASELINES), and
-    `targets` where it names the data set's own (so `targets: next` on Shakespeare is the job of null)."""
+    `targets` where it names the data set's own (so `targets: next` on Shakespeare is the job of null); with the
+    data set's `reader_version` last where it is past the first (READER_VERSION), which no config key sets."""
     settings = without_baselines(options, DATASET_BASELINES)
     if name in DATASETS and settings.get("targets") == DATASETS[name].own_targets:
         del settings["targets"]
     for key, baseline in LOCATION_BASELINES.items():
         if key in settings:
             settings[key] = baseline
-    return dict(sorted(settings.items(), key=lambda item: _OPTION_RANK.get(item[0], len(_OPTION_RANK))))
+    settings = dict(sorted(settings.items(), key=lambda item: _OPTION_RANK.get(item[0], len(_OPTION_RANK))))
+    if name in DATASETS and DATASETS[name].reader_version > 1:
+        settings[READER_VERSION] = DATASETS[name].reader_version
+    return settings
 
 
 def target_model_options(name: str, options: dict) -> dict:

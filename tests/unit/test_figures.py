@@ -49,6 +49,7 @@ from fedscape.report.figures.algorithms import (
     ranking_figure,
     ranking_table,
 )
+from fedscape.report.figures.common import seeds_note
 from fedscape.report.figures.cost import cost_figure
 from fedscape.report.figures.curves import CURVE_COLUMNS, curve_statistics, curves_figure
 from fedscape.report.summary import final_table, summary_table
@@ -118,6 +119,28 @@ def test_curves_with_one_seed_have_no_band():
     assert (stats["n_seeds"] == 1).all()
     assert stats[["std", "ci95_low", "ci95_high"]].isna().all().all()
     assert stats["mean"].notna().all()
+
+
+@pytest.mark.parametrize(("statuses", "title"), [
+    (("ok", "ok", "ok"), "mean and 95% t-interval over seeds"),
+    (("diverged", "diverged", "ok"), "one seed"),
+    (("diverged", "diverged", "diverged"), "no seed that did not diverge"),
+], ids=["three", "one-left", "none-left"])
+def test_the_curves_title_says_whether_seeds_are_left(tmp_path, monkeypatch, statuses, title):
+    # Prepare: the runs of the seeds marked diverged diverged at once (a start model above DIVERGED_LOSS)
+    from fedscape.report.figures import curves as curve_figures
+
+    rounds = rounds_table()
+    rounds["status"] = rounds["seed"].map(dict(enumerate(statuses)))
+    drawn = {}
+    save = curve_figures.save_figure
+    monkeypatch.setattr(curve_figures, "save_figure", lambda fig, *a: drawn.update(fig=fig) or save(fig, *a))
+
+    # Execute: a figure without a line where none is left
+    assert_figure_files(curves_figure(rounds, "digits", "cnn_small", "accuracy", tmp_path / "curves"), min_rows=0)
+
+    # Assert
+    assert drawn["fig"].get_suptitle() == f"digits / cnn_small: global model accuracy per round ({title})"
 
 
 def test_accuracy_by_init_spans_the_values_and_centres_a_panels_only_alpha_on_its_tick(tmp_path, monkeypatch):
@@ -230,6 +253,72 @@ def test_accuracy_and_headline_tables_order_settings_iid_first_and_all_clients_f
     assert rows[0].startswith("IID") and rows[-1].endswith("50% sampled")
 
 
+def test_participations_that_round_alike_keep_cells_of_their_own(tmp_path):
+    # Prepare: the runs at 1.0, 0.125 (FedAlign's 1 of 8 clients) and 0.12 of the clients; 0.125 labelled 12% merged
+    # with 0.12 in one cell
+    final = final_table(rounds_table())
+    others = [final.assign(participation=p, run_id=final["run_id"] + f"-{p}") for p in (0.125, 0.12)]
+    final = pd.concat([final, *others], ignore_index=True)
+
+    # Execute
+    table = assert_figure_files(accuracy_table_figure(final, "digits", "cnn_small", tmp_path / "table"))
+    headline = assert_figure_files(headline_table_figure(final, "digits", "cnn_small", tmp_path / "headline"))
+
+    # Assert
+    shares = ("all clients", "12.5% sampled", "12% sampled")
+    assert sorted(table["column"]) == sorted(f"{a}\n{p}" for a in ("IID", "α=0.1") for p in shares)
+    assert sorted(headline["row"]) == sorted(f"{a} · {p}" for a in ("IID", "α=0.1") for p in shares)
+
+
+@pytest.mark.parametrize("draw", [accuracy_table_figure, headline_table_figure], ids=["table", "headline"])
+def test_run_groups_labelled_alike_are_refused_naming_both(tmp_path, draw):
+    # Prepare: algorithm labels `fedavg` and `FedAvg`, both shown as FedAvg
+    final = final_table(rounds_table())
+    final = pd.concat([final, final.assign(algorithm="FedAvg", run_id=final["run_id"] + "-b")], ignore_index=True)
+
+    # Execute
+    with pytest.raises(ValueError, match="the run groups algorithm 'fedavg' and algorithm 'FedAvg' have the same "
+                                         "labels .*'FedAvg"):
+        draw(final, "digits", "cnn_small", tmp_path / "table")
+
+    # Assert: nothing drawn
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("fedprox_seed_2", "bold"), [
+    # FedProx diverged on the hard seed: 85.0 over the other two, which FedAvg tops with 90.0
+    ((0.10, "diverged"), "76.7 ± 23.1"),
+    ((0.70, "ok"), "80.0 ± 8.7"),
+], ids=["lost-hard-seed", "all-seeds"])
+def test_the_accuracy_tables_best_row_is_the_best_over_the_seeds_its_rivals_have(tmp_path, monkeypatch,
+                                                                                  fedprox_seed_2, bold):
+    # Prepare
+    from fedscape.report.figures import accuracy as accuracy_figures
+
+    final = hard_seed_final()
+    final.loc[(final["algorithm"] == "fedprox") & (final["seed"] == 2), ["test_acc", "status"]] = fedprox_seed_2
+    drawn = {}
+    save = accuracy_figures.save_figure
+    monkeypatch.setattr(accuracy_figures, "save_figure", lambda fig, *a: drawn.update(fig=fig) or save(fig, *a))
+
+    # Execute
+    accuracy_table_figure(final, "digits", "cnn_small", tmp_path / "table")
+
+    # Assert
+    (ax,) = drawn["fig"].axes
+    assert [t.get_text() for t in ax.texts if t.get_fontweight() == "bold"] == [bold]
+
+
+@pytest.mark.parametrize(("n_seeds", "note"), [
+    ([3, 3], ", mean ± std over 3 seeds"),
+    ([2, 3, 0], ", mean ± std over 2-3 seeds (± where 2 or more)"),
+    ([1, 0], ", one seed"),
+    ([0, 0], ", no seed that did not diverge"),
+], ids=["three", "lost-seeds", "one", "none"])
+def test_a_tables_title_says_over_how_many_seeds_its_cells_are(n_seeds, note):
+    assert seeds_note(pd.Series(n_seeds)) == note
+
+
 def test_headline_table_figure_shows_only_computed_metrics(tmp_path):
     final = final_table(two_inits_two_algorithms())
     final.loc[final["alpha"] == math.inf, "lambda_max"] = 5.0
@@ -245,6 +334,32 @@ def test_headline_table_figure_shows_only_computed_metrics(tmp_path):
     acc = data[(data["metric"] == "test_acc") & (data["row"] == "FedAvg · random init")].iloc[0]
     assert acc["mean"] == pytest.approx(100 * np.mean([0.91, 0.93, 0.95]))
     assert (data[data["metric"] == "lambda_max"]["mean"] == 5.0).all()
+
+
+def test_the_headline_figure_shows_an_infinite_barrier_as_inf(tmp_path, monkeypatch):
+    from fedscape.report.figures import accuracy as accuracy_figures
+
+    # Prepare: one group's barriers to IID overflowed (+inf), another's were not computed (NaN)
+    final = final_table(two_inits_two_algorithms())
+    final["barrier_to_iid_loss"] = 0.5
+    final.loc[(final["algorithm"] == "fedprox") & (final["init"] == "random"), "barrier_to_iid_loss"] = math.inf
+    final.loc[(final["algorithm"] == "fedprox") & (final["init"] == "pretrained"), "barrier_to_iid_loss"] = math.nan
+    drawn = {}
+    save = accuracy_figures.save_figure
+    monkeypatch.setattr(accuracy_figures, "save_figure", lambda fig, *a: drawn.update(fig=fig) or save(fig, *a))
+
+    # Execute
+    paths = headline_table_figure(final, "digits", "cnn_small", tmp_path / "headline")
+
+    # Assert: the overflowed group's mean is inf (not left out, not the other seeds'), its cells read inf
+    data = assert_figure_files(paths)
+    barrier = data[data["metric"] == "barrier_to_iid_loss"].set_index("row")["mean"]
+    overflowed = barrier.index.str.startswith("FedProx · random init")
+    assert overflowed.any() and (barrier[overflowed] == math.inf).all()
+    assert (barrier[barrier.index.str.startswith("FedAvg")] == 0.5).all()
+    (ax,) = drawn["fig"].axes
+    texts = [t.get_text() for t in ax.texts]
+    assert texts.count("inf") == overflowed.sum()
 
 
 def test_headline_table_without_analyses_has_accuracy_only():
@@ -499,6 +614,14 @@ def test_palette_is_okabe_ito():
     assert set(PALETTE) == {"#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442"}
 
 
+@pytest.mark.parametrize(("participation", "label"), [
+    (1.0, "all clients"), (0.5, "50% sampled"), (0.125, "12.5% sampled"), (0.12, "12% sampled"),
+    (0.005, "0.5% sampled"), (0.999, "99.9% sampled"), (0.3333333, "33.33333% sampled"),
+])
+def test_a_participation_label_keeps_every_digit_of_its_fraction(participation, label):
+    assert label_run({"participation": participation}) == label
+
+
 def test_varying_keys():
     df = pd.DataFrame({"alpha": [1.0, 0.1], "init": ["random", "random"], "seed": [0, 1]})
 
@@ -583,7 +706,7 @@ def ranking_final() -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_ranking_table_ranks_by_mean_over_the_runs_that_did_not_diverge():
+def test_ranking_table_ranks_by_mean_over_the_seeds_every_algorithm_has():
     # Execute
     table = ranking_table(ranking_final()).set_index(["init", "algorithm"])
 
@@ -592,9 +715,12 @@ def test_ranking_table_ranks_by_mean_over_the_runs_that_did_not_diverge():
     assert table.loc[("random", "fedavg"), "rank"] == 1
     assert table.loc[("random", "fedprox"), "rank"] == 2
     assert table.loc[("random", "scaffold"), "rank"] == 3
-    assert table.loc[("pretrained", "scaffold"), "rank"] == 1  # mean of 0.96, 0.97 (not 0.99)
-    assert table.loc[("pretrained", "scaffold"), "mean"] == pytest.approx(0.965)
+    # under pretrained, SCAFFOLD's seed 0 diverged: its 0.99 counts nowhere, and every algorithm is ranked by its mean
+    # over seeds 1 and 2 (`rank_mean`), while `mean` stays each algorithm's own, over its seeds that did not diverge
+    assert table.loc[("pretrained", "scaffold"), "rank"] == 1  # 0.96, 0.97 against 0.94, 0.95 and 0.91, 0.92
+    assert table.loc[("pretrained", "scaffold"), ["mean", "rank_mean"]].tolist() == pytest.approx([0.965, 0.965])
     assert table.loc[("pretrained", "scaffold"), "n_seeds"] == 2
+    assert table.loc[("pretrained", "fedavg"), ["mean", "rank_mean"]].tolist() == pytest.approx([0.91, 0.915])
     assert table.loc[("pretrained", "fedavg"), "rank"] == 3
     # the seed interval of the rank: FedAvg is 2nd on seed 1 under random
     assert (table.loc[("random", "fedavg"), "rank_seed_min"],
@@ -606,6 +732,77 @@ def test_ranking_table_ranks_by_mean_over_the_runs_that_did_not_diverge():
     assert (table.loc[("pretrained", "fedprox"), "rank_seed_min"],
             table.loc[("pretrained", "fedprox"), "rank_seed_max"]) == (2, 2)
     assert (table["n_algorithms"] == 3).all()
+
+
+def hard_seed_final() -> pd.DataFrame:
+    """final.csv rows of two algorithms over three seeds (review t5): FedProx diverged on seed 2, the hard one."""
+    runs = {"fedavg": ((0.90, "ok"), (0.90, "ok"), (0.50, "ok")),
+            "fedprox": ((0.85, "ok"), (0.85, "ok"), (0.10, "diverged"))}
+    return pd.DataFrame([{"dataset": "digits", "model": "cnn_small", "init": "random", "algorithm": algorithm,
+                          "alpha": 0.1, "num_clients": 10, "participation": 1.0, "seed": seed, "test_acc": value,
+                          "status": status}
+                         for algorithm, seeds in runs.items() for seed, (value, status) in enumerate(seeds)])
+
+
+@pytest.mark.parametrize("final", [hard_seed_final, ranking_final], ids=["hard-seed", "three-algorithms"])
+def test_a_rank_lies_within_its_rank_range_over_seeds(final):
+    # Execute
+    table = ranking_table(final())
+
+    # Assert: an algorithm that lost its hard seed does not win by the loss (FedProx: 0.85 over seeds 0-1 against
+    # FedAvg's 0.767 over 0-2, but second on both seeds they share)
+    assert ((table["rank_seed_min"] <= table["rank"]) & (table["rank"] <= table["rank_seed_max"])).all()
+
+
+def test_an_algorithm_that_lost_its_hard_seed_is_ranked_over_the_seeds_both_have():
+    # Execute
+    table = ranking_table(hard_seed_final()).set_index("algorithm")
+
+    # Assert: the mean columns keep each algorithm's own seeds; the rank is by the paired mean
+    assert table[["n_seeds", "rank_seed_n"]].to_dict("index") == {"fedavg": {"n_seeds": 3, "rank_seed_n": 2},
+                                                                  "fedprox": {"n_seeds": 2, "rank_seed_n": 2}}
+    assert table["mean"].tolist() == pytest.approx([(0.9 + 0.9 + 0.5) / 3, 0.85])
+    assert table["rank_mean"].tolist() == pytest.approx([0.90, 0.85])
+    assert table["rank"].tolist() == [1, 2]
+
+
+def test_without_a_seed_every_algorithm_has_the_ranks_are_by_each_ones_own_mean(tmp_path, monkeypatch):
+    # Prepare: FedAvg ran seed 0 only, FedProx seed 1 only
+    final = hard_seed_final()
+    final = final[final["seed"] == final["algorithm"].map({"fedavg": 0, "fedprox": 1})]
+    drawn = _drawn_ranking(monkeypatch)
+
+    # Execute
+    data = assert_figure_files(ranking_figure(final, "digits", "cnn_small", tmp_path / "ranking.png"))
+
+    # Assert
+    assert data.set_index("algorithm")[["rank", "rank_mean", "rank_seed_n"]].to_dict("index") == {
+        "fedavg": {"rank": 1, "rank_mean": 0.90, "rank_seed_n": 0},
+        "fedprox": {"rank": 2, "rank_mean": 0.85, "rank_seed_n": 0}}
+    assert drawn["fig"].get_suptitle().endswith(
+        "(ranks by each algorithm's mean over its own seeds (one seed): no seed has every algorithm)")
+
+
+def _drawn_ranking(monkeypatch) -> dict:
+    """{"fig": the figure} of the next ranking figure drawn."""
+    from fedscape.report.figures import algorithms as algorithm_figures
+
+    drawn = {}
+    save = algorithm_figures.save_figure
+    monkeypatch.setattr(algorithm_figures, "save_figure", lambda fig, *a: drawn.update(fig=fig) or save(fig, *a))
+    return drawn
+
+
+def test_the_ranking_labels_each_point_with_the_mean_it_is_ranked_by(tmp_path, monkeypatch):
+    # Prepare
+    drawn = _drawn_ranking(monkeypatch)
+
+    # Execute
+    ranking_figure(hard_seed_final(), "digits", "cnn_small", tmp_path / "ranking.png")
+
+    # Assert: FedAvg's 90.0% above FedProx's 85.0% (not its own mean 76.7%)
+    (ax,) = [ax for ax in drawn["fig"].axes if ax.texts]
+    assert sorted(t.get_text() for t in ax.texts) == ["85.0%", "90.0%"]
 
 
 RANKED = {"random": frozenset({"fedavg", "fedprox"}), "warmup": frozenset({"fedavg", "fedprox"}),
@@ -681,26 +878,32 @@ def lose_nothing(final: pd.DataFrame) -> pd.DataFrame:
     return final.assign(status="ok")
 
 
+def one_shared_seed(final: pd.DataFrame) -> pd.DataFrame:
+    """The random init's runs, two seeds each, of which only seed 1 has all three algorithms."""
+    return final[(final["init"] == "random") & (final["seed"] != final["algorithm"].map(
+        lambda a: 2 if a == "fedavg" else 0))]
+
+
 @pytest.mark.parametrize(("select", "band"), [
-    (lambda f: f, "means and bars (rank range) over 2-3 seeds"),  # pretrained SCAFFOLD lost a seed
+    # pretrained SCAFFOLD lost a seed: the pretrained means and bars are over the 2 seeds all three have
+    (lambda f: f, "means and bars (rank range) over 2-3 seeds where every algorithm has a value"),
     (lose_nothing, "means and bars (rank range) over 3 seeds"),
     (lambda f: f[f["seed"] == 1], "one seed"),
-    # one init: SCAFFOLD's mean is over 2 seeds, every rank range over the 2 seeds all three have
-    (lambda f: f[f["init"] == "pretrained"], "means over 2-3 seeds, bars (rank range) over 2 seeds"),
+    (lambda f: f[f["init"] == "pretrained"],
+     "means and bars (rank range) over 2 seeds where every algorithm has a value"),
     # a setting that ran fewer seeds
     (lambda f: pd.concat([lose_nothing(f), lose_nothing(f[f["seed"] < 2]).assign(alpha=1.0)]),
      "means and bars (rank range) over 2-3 seeds"),
-    # two seeds each, but only seed 1 has all three: no rank range
-    (lambda f: f[(f["init"] == "random") & (f["seed"] != (f["algorithm"] == "fedavg").map({True: 2, False: 0}))],
-     "means over 2 seeds; no rank range: under two seeds where every algorithm has a value"),
-], ids=["one-diverged", "all-equal", "one-seed", "bars-over-fewer", "setting-with-fewer", "no-shared-seeds"])
+    # two seeds each, but only seed 1 has all three: ranked on it, no rank range
+    (one_shared_seed, "means over the one seed where every algorithm has a value: no rank range"),
+    # one setting with a single shared seed beside one with three
+    (lambda f: pd.concat([lose_nothing(f[f["init"] == "random"]), one_shared_seed(f).assign(alpha=1.0)]),
+     "means and bars (rank range) over 1-3 seeds where every algorithm has a value, no bar where one"),
+], ids=["one-diverged", "all-equal", "one-seed", "bars-over-fewer", "setting-with-fewer", "one-shared-seed",
+        "a-setting-with-one-shared-seed"])
 def test_the_ranking_title_says_over_how_many_seeds(tmp_path, monkeypatch, select, band):
     # Prepare
-    from fedscape.report.figures import algorithms as algorithm_figures
-
-    drawn = {}
-    save = algorithm_figures.save_figure
-    monkeypatch.setattr(algorithm_figures, "save_figure", lambda fig, *a: drawn.update(fig=fig) or save(fig, *a))
+    drawn = _drawn_ranking(monkeypatch)
 
     # Execute
     ranking_figure(select(ranking_final()), "digits", "cnn_small", tmp_path / "ranking.png")

@@ -880,19 +880,20 @@ def test_a_client_s_label_sits_beyond_its_arrow_head_away_from_the_round_start(p
     assert offset == pytest.approx(expected, abs=1e-6)
 
 
-@pytest.mark.parametrize(("participations", "expected"), [
-    ((1.0, 0.5), ["all clients", "50% sampled"]),
-    ((0.5, 0.504), ["50% sampled [1]", "50% sampled [2]"]),  # equal at the labels' precision: numbered
+@pytest.mark.parametrize(("field", "values", "expected"), [
+    ("participation", (1.0, 0.5), ["all clients", "50% sampled"]),
+    ("participation", (0.5, 0.504), ["50% sampled", "50.4% sampled"]),
+    ("algorithm", ("fedavg", "FedAvg"), ["FedAvg [1]", "FedAvg [2]"]),  # labels displayed alike: numbered
 ])
-def test_the_runs_of_a_plane_have_distinct_legend_labels(participations, expected):
+def test_the_runs_of_a_plane_have_distinct_legend_labels(field, values, expected):
     from fedscape.analysis.landscape.stage import run_labels
 
-    # Prepare: two runs that differ in participation alone
+    # Prepare: two runs that differ in one field alone
     base = {"dataset": "digits", "model": "cnn_small", "init": "random", "algorithm": "fedavg", "alpha": 0.1,
-            "num_clients": 10, "seed": 0}
+            "num_clients": 10, "seed": 0, "participation": 1.0}
 
     # Execute
-    labels = run_labels([{**base, "participation": p} for p in participations])
+    labels = run_labels([{**base, field: v} for v in values])
 
     # Assert
     assert labels == expected

@@ -20,6 +20,7 @@ from fedscape.report.summary import (
     SUMMARY_COLUMNS,
     final_table,
     final_table_job,
+    metric_values,
     summary_table,
     summary_table_job,
 )
@@ -513,3 +514,40 @@ def test_a_table_missing_a_column_is_one_line_naming_the_file_and_the_column(tmp
     assert message.startswith(f"{path}: expected the columns [") and "\n" not in message
     assert f"(missing ['{dropped}'])" in message
     assert f"snakemake --cores 1 --forcerun {path}" in message
+
+
+@pytest.mark.parametrize("read", [_read_summary, _read_accuracy], ids=["summary", "accuracy"])
+@pytest.mark.parametrize(("column", "damaged"), [("test_acc", "0.9x"), ("lambda_max", "--"), ("seed", "one")])
+def test_a_damaged_number_of_final_csv_is_refused_naming_its_file_line_and_column(tmp_path, read, column, damaged):
+    # Prepare: a valid final.csv whose third run has a cell that is no number
+    path = tmp_path / "final.csv"
+    _final_csv(path)
+    final = pd.read_csv(path, dtype=str)
+    final.loc[2, column] = damaged
+    final.to_csv(path, index=False)
+
+    # Execute
+    with pytest.raises(TableError) as err:
+        read(path, tmp_path)
+
+    # Assert: not dropped as NaN from the statistics, nor a bare float() error
+    assert str(err.value).startswith(f"{path}, line 4: {column} is {damaged!r}, not a number;")
+    assert not (tmp_path / "summary.csv").exists()
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ([0.2, math.inf, 0.4], [0.2, math.inf, 0.4]),  # a barrier whose loss overflowed: the worst, kept
+    ([0.2, math.nan, 0.4], [0.2, 0.4]),  # not computed: left out
+    ([0.2, "x", 0.4], [0.2, 0.4]),
+], ids=["inf", "nan", "not-a-number"])
+def test_the_statistics_of_a_group_keep_an_infinite_value_and_leave_a_missing_one_out(values, expected):
+    # Prepare: three runs of one group
+    runs = pd.DataFrame({"barrier_to_iid_loss": values})
+
+    # Execute
+    kept = metric_values(runs, "barrier_to_iid_loss")
+    mean = t_interval(kept)[0]
+
+    # Assert: an infinite barrier makes the mean infinite rather than vanish from it
+    assert kept == expected
+    assert mean == (math.inf if math.inf in expected else pytest.approx(0.3))

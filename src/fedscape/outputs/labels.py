@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 
-from fedscape.core.setting import setting_label
+from fedscape.core.setting import format_fraction, setting_label
 from fedscape.fl.hparams.registry import display_name
 
 # Order of the run fields in labels, legends and table rows.
@@ -24,10 +25,17 @@ def format_field(key: str, value) -> str:
         return f"M={int(value)}"
     if key == "participation":
         frac = float(value)
-        return "all clients" if frac >= 1.0 else f"{frac:.0%} sampled"
+        return "all clients" if frac >= 1.0 else f"{percent(frac)}% sampled"
     if key == "seed":
         return f"seed {int(value)}"
     return str(value)
+
+
+def percent(frac: float) -> str:
+    """A fraction as a percentage with every digit of its run id's text (`format_fraction`): 0.125 -> '12.5',
+    0.005 -> '0.5'. Rounded, two fractions would read alike (0.12 and 0.125 both '12%') and a table would put their
+    run groups in one cell."""
+    return format((Decimal(format_fraction(frac)) * 100).normalize(), "f")
 
 
 def label_run(fields: Mapping, keys: Sequence[str] | None = None, sep: str = LABEL_SEP) -> str:

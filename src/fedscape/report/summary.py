@@ -47,6 +47,9 @@ RUN_SUMMARY_METRICS = ["test_acc", "test_loss", "train_acc", "train_loss", "seco
 CONTRIBUTED_COLUMNS = [c for contribution in final_contributions() for c in contribution.final.columns]
 # The version that trained the run stays the last column.
 FINAL_COLUMNS = [*RUN_KEYS, "final_round", "status", *RUN_METRICS, *CONTRIBUTED_COLUMNS, CODE_VERSION]
+# The columns of final.csv that hold numbers, read with read_table's check: a damaged cell is refused, named, where it
+# would drop out of every statistic as NaN (metric_values) or stop a figure with a bare error.
+FINAL_NUMERIC = ["num_clients", "participation", "seed", "final_round", *RUN_METRICS, *CONTRIBUTED_COLUMNS]
 # Metrics summarised over seeds, in column order.
 SUMMARY_METRICS = [*RUN_SUMMARY_METRICS, *(c for x in final_contributions() for c in x.summarised)]
 SUMMARY_STATS = ("mean", "std", "ci95_low", "ci95_high")
@@ -136,11 +139,12 @@ def _sort_key(col: pd.Series) -> pd.Series:
 
 def metric_values(runs: pd.DataFrame, metric: str) -> list[float]:
     """The values of `metric` that statistics over `runs` (a group's runs that did not diverge) are taken over: its
-    finite values, each distinct one once for a metric the runs share (SHARED_METRICS; values within SHARED_RTOL are
-    one): one estimate repeated per seed is one value (n = 1: a mean, no std or interval), not n values with zero
-    spread."""
+    computed values (NaN, not computed, left out; an infinite one kept: a barrier whose loss overflowed is the worst
+    one, and `outputs.stats.t_interval` makes the mean infinite and the spread empty rather than drop it), each
+    distinct one once for a metric the runs share (SHARED_METRICS; values within SHARED_RTOL are one): one estimate
+    repeated per seed is one value (n = 1: a mean, no std or interval), not n values with zero spread."""
     values = pd.to_numeric(runs[metric], errors="coerce").to_numpy(dtype=float)
-    values = values[np.isfinite(values)]
+    values = values[~np.isnan(values)]
     if metric in SHARED_METRICS:
         values = _distinct(values)
     return values.tolist()
@@ -220,7 +224,7 @@ def _group_name(row: pd.Series) -> str:
 
 def summary_table_job(final: str | Path, output: str | Path) -> None:
     """Write results/tables/summary.csv from final.csv; warn of the groups whose runs more than one version trained."""
-    df = summary_table(read_table(final, FINAL_COLUMNS))
+    df = summary_table(read_table(final, FINAL_COLUMNS, numeric=FINAL_NUMERIC))
     write_csv(df, output)
     log.info("summary.csv: %d groups from %d seeds at most", len(df), int(df["n_seeds"].max()) if len(df) else 0)
     mixed = df[df[CODE_VERSIONS].map(lambda v: isinstance(v, str) and VERSION_SEPARATOR in v)]

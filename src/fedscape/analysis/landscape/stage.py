@@ -71,7 +71,7 @@ def run_labels(run_fields: list[dict]) -> list[str]:
     init / alpha (e.g. 'FedAvg · random init · α=0.1')."""
     varying = [f for f in LABEL_FIELDS if len({str(r[f]) for r in run_fields}) > 1]
     labels = [label_run(r, keys=varying or ["algorithm", "init", "alpha"]) for r in run_fields]
-    # runs whose fields differ below the labels' precision (participation 0.5 and 0.504: '50% sampled' both) are
+    # runs whose fields differ below the labels' precision (algorithm labels `fedavg` and `FedAvg`: 'FedAvg' both) are
     # numbered by their place on the plane: the figure draws each label's points as one run
     return [f"{label} [{i + 1}]" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
 

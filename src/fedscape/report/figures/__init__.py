@@ -23,7 +23,7 @@ from fedscape.report.cost import COST_COLUMNS
 from fedscape.report.figure_kinds import accuracy_figure
 from fedscape.report.figures.cost import cost_figure
 from fedscape.report.figures.curves import curves_figure
-from fedscape.report.summary import FINAL_COLUMNS
+from fedscape.report.summary import FINAL_COLUMNS, FINAL_NUMERIC
 
 log = logging.getLogger("fedscape.figures")
 
@@ -38,7 +38,7 @@ def accuracy_figure_job(final: str | Path, kind: str, dataset: str, model: str, 
     """The final-accuracy figure `kind` (fedscape.report.figure_kinds.ACCURACY_FIGURES) of one dataset and model;
     `work`: each algorithm label's local work, for the kinds that draw it."""
     figure, draw = accuracy_figure(kind)  # an unknown kind fails before final.csv is read
-    df = read_table(final, FINAL_COLUMNS)
+    df = read_table(final, FINAL_COLUMNS, numeric=FINAL_NUMERIC)
     if figure.work:
         draw(df, dataset, model, base_path, work or {})
     else:

@@ -28,9 +28,12 @@ from fedscape.outputs.style import (
 from fedscape.report.figures.common import (
     CURVE_GROUP,
     cell_rows,
+    common_seeds,
+    compared_means,
     facet_title,
     facets_of,
     in_facet,
+    refuse_shared_labels,
     seeds_note,
     select_model,
 )
@@ -137,7 +140,8 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
 
 def accuracy_table(final: pd.DataFrame, column: str = "test_acc", scale: float = 100.0) -> pd.DataFrame:
     """Long table of the accuracy-table figure: row label, column label, mean, std, n (values x scale) over the seeds
-    that did not diverge. A group whose seeds all diverged keeps its row with n 0 and NaN statistics (its cell: –)."""
+    that did not diverge. A group whose seeds all diverged keeps its row with n 0 and NaN statistics (its cell: –).
+    Two groups labelled alike (one cell for both) are refused."""
     inits = final["init"].nunique() > 1
     cols = ["alpha"] + varying_keys(final, ["num_clients", "participation"])
     rows = []
@@ -147,7 +151,9 @@ def accuracy_table(final: pd.DataFrame, column: str = "test_acc", scale: float =
         rows.append({**fields, "row": label_run(fields, ["algorithm", "init"] if inits else ["algorithm"]),
                      "column": label_run(fields, cols, sep="\n"), "n_seeds": n, "mean": mean, "std": std,
                      "ci95_low": lo, "ci95_high": hi})
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    refuse_shared_labels(table, ["row", "column"], "the accuracy table")
+    return table
 
 
 def _setting_sorted(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -164,7 +170,8 @@ def _column_order(table: pd.DataFrame) -> list[str]:
 def accuracy_table_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str | Path,
                           column: str = "test_acc") -> dict:
     """Final test accuracy (%) as a table: rows = algorithm (x init), columns = alpha (x clients x
-    participation), cell = mean +- std over seeds, shaded by the mean (FedAlign Tables 1-4 and 7)."""
+    participation), cell = mean +- std over seeds, shaded by the mean, the best row of each column bold (by its mean
+    over the seeds that the column's rows share: `_best_rows`) (FedAlign Tables 1-4 and 7)."""
     df = select_model(final, dataset, model)
     if df.empty:
         return save_figure(empty_figure(f"no runs of {dataset} / {model} in final.csv"), base_path,
@@ -182,7 +189,7 @@ def accuracy_table_figure(final: pd.DataFrame, dataset: str, model: str, base_pa
     lo = vmin - 0.15 * (vmax - vmin + 1e-9)
     ax.imshow(np.ma.masked_invalid(values), cmap="Blues", vmin=lo, vmax=vmax, aspect="auto")
     lookup = table.set_index(["row", "column"])
-    best = {c: grid[c].max() if grid[c].notna().sum() > 1 else math.nan for c in col_order}  # bold needs a rival
+    best = _best_rows(table, df, column)
     for i, r in enumerate(row_order):
         for j, c in enumerate(col_order):
             if (r, c) not in lookup.index:
@@ -193,7 +200,7 @@ def accuracy_table_figure(final: pd.DataFrame, dataset: str, model: str, base_pa
                 ax.text(j, i, "–", ha="center", va="center", color="0.5")
                 continue
             text = f"{cell['mean']:.1f}" if math.isnan(cell["std"]) else f"{cell['mean']:.1f} ± {cell['std']:.1f}"
-            weight = "bold" if cell["mean"] == best[c] else "normal"
+            weight = "bold" if r in best.get(c, ()) else "normal"
             dark = (cell["mean"] - lo) / (vmax - lo + 1e-12) > 0.6  # white text on the darker cells
             ax.text(j, i, text, ha="center", va="center", fontsize=7, fontweight=weight,
                     color="white" if dark else "black")
@@ -208,6 +215,23 @@ def accuracy_table_figure(final: pd.DataFrame, dataset: str, model: str, base_pa
     return save_figure(fig, base_path, table)
 
 
+def _best_rows(table: pd.DataFrame, final: pd.DataFrame, column: str) -> dict[str, set[str]]:
+    """The bold rows of each column of the accuracy table `table` of `final`: those with the highest mean over the
+    seeds where every row of the column with a value has one (`common.compared_means`, as the ranking ranks
+    algorithms), so that a row whose hard seed diverged is not the best by having lost it; none in a column of fewer
+    than two rows with a value (bold needs a rival)."""
+    runs = did_not_diverge(final).merge(table[[*CURVE_GROUP, "row", "column"]], on=CURVE_GROUP)
+    best = {}
+    for c, cells in table[table["mean"].notna()].groupby("column", sort=False):
+        if len(cells) < 2:
+            continue
+        own = cells.set_index("row")["mean"]
+        per_seed = runs[runs["column"] == c].pivot_table(index="seed", columns="row", values=column, aggfunc="first")
+        means = compared_means(common_seeds(per_seed.reindex(columns=own.index)), own)
+        best[c] = set(means.index[means == means.max()])
+    return best
+
+
 # FedAlign Table 1 columns (direction of "better" in brackets) and the other headline numbers of final.csv.
 HEADLINE_METRICS = {
     "test_acc": ("Acc. (%) ↑", 100.0, True), "barrier_to_iid_loss": ("barrier to IID ↓", 1.0, False),
@@ -218,7 +242,10 @@ HEADLINE_COLUMNS = [*CURVE_GROUP, "row", "metric", "n_seeds", "mean", "std", "ci
 
 
 def _fmt(value: float) -> str:
-    """Compact number: 3 significant digits, no exponent for ordinary magnitudes."""
+    """Compact number: 3 significant digits, no exponent for ordinary magnitudes; an infinite one (a barrier whose
+    loss overflowed) as ±inf, apart from a missing one (NaN: –)."""
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
     if not math.isfinite(value):
         return "–"
     if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
@@ -230,7 +257,8 @@ def headline_table(final: pd.DataFrame) -> pd.DataFrame:
     """Long table of the headline figure: per run group and metric with values, mean / std / interval.
 
     When the config computes any analysis, only the run groups with an analysis value are kept (the
-    rows of FedAlign Table 1); otherwise every group, with its accuracy.
+    rows of FedAlign Table 1); otherwise every group, with its accuracy. Two groups labelled alike (one row for both)
+    are refused.
     """
     analyses = [m for m in HEADLINE_METRICS if m != "test_acc" and m in final]
     analysed = final[analyses].notna().any(axis=1) if analyses else pd.Series(False, index=final.index)
@@ -249,13 +277,17 @@ def headline_table(final: pd.DataFrame) -> pd.DataFrame:
             mean, std, lo, hi, n = t_interval([v * scale for v in values])
             rows.append({**fields, "row": label_run(fields, keys), "metric": metric, "n_seeds": n, "mean": mean,
                          "std": std, "ci95_low": lo, "ci95_high": hi})
-    return pd.DataFrame(rows, columns=HEADLINE_COLUMNS)
+    table = pd.DataFrame(rows, columns=HEADLINE_COLUMNS)
+    refuse_shared_labels(table, ["row", "metric"], "the headline table")
+    return table
 
 
 def headline_table_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str | Path) -> dict:
     """FedAlign Table 1 as a figure: one row per run group, one column per headline number of final.csv
     that the config computes (accuracy, barrier to IID, lambda_max, trace, HN, HD); mean +- std over
-    seeds; each column shaded by rank from worst (light) to best (dark) and its best value bold."""
+    seeds; each column shaded by rank from worst (light) to best (dark) and its best value bold. Rank and best compare
+    each row's mean over its own seeds, not paired by seed as the ranking and the accuracy table's bold: rows of other
+    alphas or client counts draw other partitions from one seed."""
     df = select_model(final, dataset, model)
     if df.empty:
         return save_figure(empty_figure(f"no runs of {dataset} / {model} in final.csv"), base_path,
@@ -271,16 +303,16 @@ def headline_table_figure(final: pd.DataFrame, dataset: str, model: str, base_pa
         higher = HEADLINE_METRICS[metric][2]
         col = np.array([lookup.loc[(r, metric), "mean"] if (r, metric) in lookup.index else np.nan
                         for r in row_order], dtype=float)
-        finite = col[np.isfinite(col)]
-        if finite.size:
-            lo, hi = finite.min(), finite.max()
+        known = col[~np.isnan(col)]  # an infinite mean (a barrier whose loss overflowed) ranks last, shown as inf
+        if known.size:
+            lo, hi = known.min(), known.max()
             # shade by rank, not by value: HN and the trace span orders of magnitude across methods
             ranks = pd.Series(col).rank(method="average").to_numpy()
-            rank = (ranks - 1) / (finite.size - 1) if hi > lo else np.where(np.isfinite(col), 0.5, np.nan)
+            rank = (ranks - 1) / (known.size - 1) if hi > lo else np.where(np.isnan(col), np.nan, 0.5)
             shade[:, j] = rank if higher else 1 - rank
-        best = (np.nanmax(col) if higher else np.nanmin(col)) if finite.size > 1 and hi > lo else np.nan
+        best = (np.nanmax(col) if higher else np.nanmin(col)) if known.size > 1 and hi > lo else np.nan
         for i, r in enumerate(row_order):
-            if not np.isfinite(col[i]):
+            if np.isnan(col[i]):
                 ax.text(j, i, "–", ha="center", va="center", color="0.5")
                 continue
             std = lookup.loc[(r, metric), "std"]

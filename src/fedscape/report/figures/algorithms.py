@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from fedscape.fl.hparams.registry import display_name
@@ -22,6 +21,10 @@ from fedscape.outputs.style import (
     varying_keys,
 )
 from fedscape.report.figures.common import (
+    NO_SEED,
+    ONE_SEED,
+    common_seeds,
+    compared_means,
     init_order,
     seeds_range,
     select_model,
@@ -33,19 +36,22 @@ RANKING_SETTING = ["dataset", "model", "alpha", "num_clients", "participation"]
 LOCAL_WORK_COLUMNS = [*RANKING_SETTING, "init", "algorithm_name", "local_epochs", "algorithm", "n_seeds", "mean",
                       "std", "ci95_low", "ci95_high", "local_steps", "variant"]
 VARIANT_MARKERS = ("o", "s", "^", "D", "v", "P")
+# `rank_mean`: the mean the rank is by (appended: the columns before it keep their places).
 RANKING_COLUMNS = [*RANKING_SETTING, "init", "algorithm", "n_seeds", "mean", "ci95_low", "ci95_high", "rank",
-                   "rank_seed_min", "rank_seed_max", "n_algorithms", "rank_seed_n"]
+                   "rank_seed_min", "rank_seed_max", "n_algorithms", "rank_seed_n", "rank_mean"]
 
 
 def ranking_table(final: pd.DataFrame, column: str = "test_acc") -> pd.DataFrame:
     """Rank of every algorithm by mean final `column` over seeds (1 = best), per setting and init.
 
-    Only runs that did not diverge count (`n_seeds`: those of the algorithm, which its mean and interval are over;
-    an algorithm none of whose runs has a value is not ranked). `rank_seed_min` / `rank_seed_max`: the best and worst
-    rank the algorithm takes when the algorithms are ranked seed by seed (same seed = same partition and sampling),
-    the seed interval of the rank, over the `rank_seed_n` seeds where every ranked algorithm has a value (a rank
-    among fewer algorithms, where one diverged, would widen it; so it can be fewer than `n_seeds`); NaN with fewer
-    than two such seeds.
+    Only runs that did not diverge count (`n_seeds`: those of the algorithm, which its `mean` and interval are over;
+    an algorithm none of whose runs has a value is not ranked). The rank is by `rank_mean`, the mean over the
+    `rank_seed_n` seeds where every ranked algorithm has a value (`common.compared_means`: paired, so that an
+    algorithm that diverged on a hard seed does not win by that seed's loss; it can be fewer than `n_seeds`), or
+    where there is no such seed (`rank_seed_n` 0), its `mean`. `rank_seed_min` / `rank_seed_max`: the best and worst
+    rank the algorithm takes when the algorithms are ranked seed by seed over those seeds, the seed interval of the
+    rank; NaN with fewer than two such seeds. (A rank can lie outside that interval: an algorithm second on every
+    seed is first by the mean where the first place changes hands between rivals far behind it elsewhere.)
     """
     ok = did_not_diverge(final)
     rows = []
@@ -54,12 +60,12 @@ def ranking_table(final: pd.DataFrame, column: str = "test_acc") -> pd.DataFrame
             stats = {algorithm: t_interval(runs[column].tolist())
                      for algorithm, runs in per_init.groupby("algorithm", sort=True)}
             stats = {algorithm: st for algorithm, st in stats.items() if st[4] > 0}  # no finite value: no rank
-            means = pd.Series({a: st[0] for a, st in stats.items()})
-            ranks = means.rank(ascending=False, method="min")
             per_seed = per_init.pivot_table(index="seed", columns="algorithm", values=column, aggfunc="first")
-            per_seed = per_seed.reindex(columns=list(stats)).replace([np.inf, -np.inf], np.nan).dropna()
-            seed_ranks = per_seed.rank(axis=1, ascending=False, method="min")
-            several = per_seed.shape[0] > 1
+            common = common_seeds(per_seed.reindex(columns=list(stats)))
+            means = compared_means(common, pd.Series({a: st[0] for a, st in stats.items()}))
+            ranks = means.rank(ascending=False, method="min")
+            seed_ranks = common.rank(axis=1, ascending=False, method="min")
+            several = common.shape[0] > 1
             for algorithm, (mean, _std, lo, hi, n) in stats.items():
                 seed_rank = seed_ranks[algorithm].dropna() if several else pd.Series(dtype=float)
                 rows.append({**dict(zip(RANKING_SETTING, setting, strict=True)), "init": init,
@@ -67,7 +73,8 @@ def ranking_table(final: pd.DataFrame, column: str = "test_acc") -> pd.DataFrame
                              "rank": int(ranks[algorithm]),
                              "rank_seed_min": float(seed_rank.min()) if len(seed_rank) else math.nan,
                              "rank_seed_max": float(seed_rank.max()) if len(seed_rank) else math.nan,
-                             "n_algorithms": len(stats), "rank_seed_n": per_seed.shape[0]})
+                             "n_algorithms": len(stats), "rank_seed_n": common.shape[0],
+                             "rank_mean": float(means[algorithm])})
     return pd.DataFrame(rows, columns=RANKING_COLUMNS)
 
 
@@ -87,7 +94,8 @@ def joined_groups(inits: list[str], ranked: dict[str, frozenset]) -> list[list[i
 def ranking_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str | Path,
                    column: str = "test_acc") -> dict:
     """Slope chart of the algorithms' rank by final accuracy under each init (x), one line per algorithm,
-    with the rank range over seeds as a bar and the mean accuracy beside each point; one panel per setting."""
+    with the rank range over seeds as a bar and the mean accuracy it is ranked by (`rank_mean`) beside each point;
+    one panel per setting."""
     df = select_model(final, dataset, model)
     table = ranking_table(df, column) if not df.empty else pd.DataFrame(columns=RANKING_COLUMNS)
     if table.empty:
@@ -117,7 +125,7 @@ def ranking_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str
                     ax.vlines(xi, row["rank_seed_min"], row["rank_seed_max"], color=color, lw=4, alpha=0.25)
                 # where the inits rank different sets of algorithms, a rank says of how many
                 of_n = f" ({int(row['rank'])} of {len(ranked[init])})" if uneven else ""
-                ax.annotate(f"{100 * row['mean']:.1f}%{of_n}", (xi, row["rank"]), textcoords="offset points",
+                ax.annotate(f"{100 * row['rank_mean']:.1f}%{of_n}", (xi, row["rank"]), textcoords="offset points",
                             xytext=(6 if xi == len(inits) - 1 else -6, 0), fontsize=6, va="center",
                             ha="left" if xi == len(inits) - 1 else "right", color=color)
         ax.set_xticks(range(len(inits)), [f"{i} init" for i in inits])
@@ -138,17 +146,23 @@ def ranking_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str
 
 
 def ranking_seeds(table: pd.DataFrame) -> str:
-    """Over how many seeds a ranking table's means (`n_seeds`) and rank ranges (`rank_seed_n`, the seeds where every
-    ranked algorithm has a value: fewer where one diverged) are, for the figure's title."""
-    means = seeds_range(table["n_seeds"])
-    if means == "one seed":
-        return means
-    bars = table.loc[table["rank_seed_min"].notna(), "rank_seed_n"]
-    if bars.empty:
-        return f"means over {means}; no rank range: under two seeds where every algorithm has a value"
-    ranges = seeds_range(bars)
-    return (f"means and bars (rank range) over {means}" if ranges == means
-            else f"means over {means}, bars (rank range) over {ranges}")
+    """Over how many seeds a ranking table's ranks, by their means beside the points (`rank_mean`), and rank ranges
+    are: the `rank_seed_n` seeds where every ranked algorithm has a value (fewer than an algorithm's own where another
+    diverged); in the panels without such a seed, the ranks are by each algorithm's mean over its own seeds."""
+    paired, alone = table[table["rank_seed_n"] > 0], table[table["rank_seed_n"] == 0]
+    parts = []
+    if len(paired):
+        over = seeds_range(paired["rank_seed_n"])
+        shared = " where every algorithm has a value" if (paired["n_seeds"] > paired["rank_seed_n"]).any() else ""
+        if over == ONE_SEED:
+            parts.append(f"means over the one seed{shared}: no rank range" if shared else ONE_SEED)
+        else:
+            parts.append(f"means and bars (rank range) over {over}{shared}"
+                         + (", no bar where one" if (paired["rank_seed_n"] == 1).any() else ""))
+    if len(alone):
+        parts.append(f"ranks by each algorithm's mean over its own seeds ({seeds_range(alone['n_seeds'])})"
+                     + (" where no seed has every algorithm" if len(paired) else ": no seed has every algorithm"))
+    return "; ".join(parts)
 
 
 def local_work_table(final: pd.DataFrame, work: dict[str, dict], column: str = "test_acc") -> pd.DataFrame:
@@ -224,6 +238,6 @@ def local_work_figure(final: pd.DataFrame, dataset: str, model: str, base_path: 
 def local_work_seeds(table: pd.DataFrame) -> str:
     """Over how many seeds a local-work table's means and 95% t-intervals are, for the figure's title."""
     over = seeds_range(table["n_seeds"])
-    if over == "one seed":
+    if over in (ONE_SEED, NO_SEED):
         return over
     return f"mean and 95% t-interval over {over}" + (", no interval where one" if (table["n_seeds"] == 1).any() else "")

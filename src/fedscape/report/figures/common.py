@@ -54,20 +54,56 @@ def init_order(inits) -> list[str]:
     return sorted({str(i) for i in inits}, key=lambda i: (i != "random", i))
 
 
+# What a title says of its cells' seeds where only one is left, or none: every seed of every cell diverged.
+ONE_SEED = "one seed"
+NO_SEED = "no seed that did not diverge"
+
+
 def seeds_range(n_seeds: pd.Series) -> str:
     """Over how many seeds the cells with a value are: "3 seeds", "2-3 seeds" where cells lost seeds (diverged runs
-    are in no statistic) or ran fewer, "one seed". A cell whose seeds all diverged, n 0, is drawn as – and says
-    nothing of the others."""
+    are in no statistic) or ran fewer, ONE_SEED, or NO_SEED where no cell has one. A cell whose seeds all diverged,
+    n 0, is drawn as – and says nothing of the others."""
     n_seeds = n_seeds[n_seeds > 0]
-    lo, hi = (int(n_seeds.min()), int(n_seeds.max())) if len(n_seeds) else (0, 0)
+    if not len(n_seeds):
+        return NO_SEED
+    lo, hi = int(n_seeds.min()), int(n_seeds.max())
     if hi <= 1:
-        return "one seed"
+        return ONE_SEED
     return f"{hi} seeds" if lo == hi else f"{lo}-{hi} seeds"
 
 
 def seeds_note(n_seeds: pd.Series) -> str:
     """Title suffix saying over how many seeds the cells' mean ± std is (`seeds_range`)."""
     over = seeds_range(n_seeds)
-    if over == "one seed":
-        return ", one seed"
+    if over in (ONE_SEED, NO_SEED):
+        return f", {over}"
     return f", mean ± std over {over}" + (" (± where 2 or more)" if "-" in over else "")
+
+
+def common_seeds(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `per_seed` (seed x compared run group, NaN where a group has no value) where every group has a
+    finite value: the seeds over which groups are compared (same seed = same partition and client sampling)."""
+    return per_seed.replace([np.inf, -np.inf], np.nan).dropna()
+
+
+def compared_means(common: pd.DataFrame, own: pd.Series) -> pd.Series:
+    """The means by which run groups are compared: over their `common` seeds (`common_seeds`), paired, or where there
+    is none, `own`, each group's mean over its own seeds. Unpaired means favour a group that lost a hard seed (its run
+    diverged) against rivals whose means keep that seed."""
+    return common.mean() if len(common) else own
+
+
+def refuse_shared_labels(table: pd.DataFrame, cell: list[str], what: str) -> None:
+    """ValueError naming the run groups of `table` (one row per group and figure column, with the CURVE_GROUP fields)
+    that get one `cell` (their labels): a figure would draw one of them in the place of both (e.g. algorithm labels
+    `fedavg` and `FedAvg`, both shown as FedAvg)."""
+    shared = table[table.duplicated(cell, keep=False)]
+    if shared.empty:
+        return
+    labels, groups = next(iter(shared.groupby(cell, sort=False)))
+    differ = [k for k in CURVE_GROUP if groups[k].astype(str).nunique() > 1]
+    names = [", ".join(f"{k} {v!r}" for k, v in zip(differ, values, strict=True))
+             for values in groups[differ].drop_duplicates().itertuples(index=False)]
+    shown = " / ".join(repr(label) for label in labels)
+    raise ValueError(f"{what}: the run groups {' and '.join(names)} have the same labels ({shown}), so one would hide "
+                     f"the other; rename one of them")

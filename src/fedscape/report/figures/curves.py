@@ -23,10 +23,13 @@ from fedscape.outputs.style import (
 from fedscape.report.figure_kinds import CURVE_METRICS
 from fedscape.report.figures.common import (
     CURVE_GROUP,
+    NO_SEED,
+    ONE_SEED,
     cell_rows,
     facet_title,
     facets_of,
     in_facet,
+    seeds_range,
     select_model,
 )
 
@@ -99,8 +102,8 @@ def curves_figure(rounds: pd.DataFrame, dataset: str, model: str, metric: str, b
                 if (stats["mean"] > 0).all():
                     ax.set_yscale("log")
                     bounded_log_ticks(ax.yaxis)  # a diverging run's loss spans many decades
-    seeds = int(stats["n_seeds"].max()) if len(stats) else 0
-    band = "mean and 95% t-interval over seeds" if seeds > 1 else "one seed"
+    over = seeds_range(stats["n_seeds"])
+    band = over if over in (ONE_SEED, NO_SEED) else "mean and 95% t-interval over seeds"
     fig.suptitle(f"{dataset} / {model}: global model {metric} per round ({band})")
     entries = sorted(legend.items(), key=lambda item: item[1][0])
     fig.legend([handle for _, (_, handle) in entries], [label for label, _ in entries], loc="outside right center")

@@ -114,6 +114,11 @@ SWA = {"start_round": 20, "bn_stats": "stored"}
      "datasets.digits.data_dir: nothing reads data_dir: \"/data/digits\", since digits is scikit-learn's bundled"),
     ([_set("datasets/digits/download", True)], "datasets.digits.download: nothing reads download: true, since digits"),
     ([_set("datasets/digits/download", False)], None),
+    # a proxy split that no init reads (the pretrained init made random), still held out of the clients' pool
+    ([_set("inits/pretrained", {"kind": "random", "seed": 1})],
+     "datasets.digits.proxy_fraction: a proxy split of 0.2 of the training samples is held out of the clients' pool, "
+     "but no init of the runs on digits reads it"),
+    ([_set("inits/pretrained", {"kind": "random", "seed": 1}), _set("datasets/digits/proxy_fraction", 0.0)], None),
 ])
 def test_a_setting_that_nothing_reads_is_warned_about_naming_its_key(changes, warning):
     # Prepare: the default config (valid, no warnings) with the changes

@@ -9,11 +9,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from helpers.cifar import write_fake_cifar10, write_fake_cifar100
 from helpers.configs import SCHEMA, config_with
 from helpers.imagenet import write_imagenet32
 
 from fedscape.core import manifest
 from fedscape.core.config import ConfigError
+from fedscape.core.jobs import to_settings
 from fedscape.core.runs import build_runs
 from fedscape.data.datasets import load_dataset
 from fedscape.data.federated import FederatedData
@@ -25,12 +27,17 @@ from fedscape.fl.strategies.registry import make_strategy
 from fedscape.models.checkpoint import ModelMeta, load_trajectory, save_trajectory
 from fedscape.models.evaluate import evaluate
 from fedscape.models.params import flatten_params
-from fedscape.plan.init import init_settings, proxy_split_problem, proxy_split_size
+from fedscape.plan.init import (
+    init_settings,
+    proxy_split_problem,
+    proxy_split_size,
+    unread_proxy_split_warnings,
+)
 from fedscape.plan.workflow import check_config, config_warnings
 from fedscape.stages import init as inits_mod
 from fedscape.stages import progress as progress_mod
 from fedscape.stages.init import ProxyData, init_job, pretrain, proxy_data
-from fedscape.stages.init_settings import KIND_KEYS, InitJob, PretrainConfig, RandomInit
+from fedscape.stages.init_settings import KIND_KEYS, InitJob, PretrainConfig, PretrainedInit, RandomInit
 
 DIGITS = {"dataset": "digits", "model": "cnn_small", "model_options": {}, "in_channels": 1, "image_size": 8,
           "num_classes": 10}
@@ -238,6 +245,80 @@ def test_streamed_proxy_evaluation_in_batches_equals_one_pass(tmp_path):
 
     assert batched.n == whole.n == 24
     assert batched.loss == pytest.approx(whole.loss, rel=1e-6) and batched.acc == pytest.approx(whole.acc)
+
+
+CIFAR_STD = [0.2023, 0.1994, 0.2010]  # the flatness paper's code's std (config/papers/flatness.yaml)
+
+
+def cifar_init_settings(dataset: str, spec: dict, channel_std: list[float] | None = None) -> dict:
+    """The planned settings of init `pre` (`spec`) for runs on `dataset`, whose `datasets` entry holds `channel_std`."""
+    options = {"proxy_fraction": 0.2, **({"channel_std": channel_std} if channel_std else {})}
+    defaults = {"init": "random", "algorithm": "fedavg", "dataset": dataset}
+    config = check_config(config_with({"pre": {"kind": "pretrained", "epochs": 1, **spec}},
+                                      [{"alpha": "iid"}, {"alpha": "iid", "init": "pre"}], datasets={dataset: options},
+                                      experiment_defaults=defaults), SCHEMA)
+    return init_settings(config, build_runs(config), dataset, "cnn_small", "pre")
+
+
+@pytest.mark.parametrize(("dataset", "proxy", "channel_std", "expected_mean", "expected_std"), [
+    # the clients' override of the std, with CIFAR-10's published mean (not CIFAR-100's statistics)
+    ("cifar10", "cifar100", CIFAR_STD, (0.4914, 0.4822, 0.4465), CIFAR_STD),
+    ("cifar10", "cifar100", None, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    ("cifar100", "cifar10", None, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+])
+def test_a_proxy_dataset_is_normalised_with_the_clients_statistics(tmp_path, dataset, proxy, channel_std,
+                                                                    expected_mean, expected_std):
+    # Prepare: a planned pretrained init on another data set, read from the folder of both
+    write_fake_cifar10(tmp_path)
+    write_fake_cifar100(tmp_path)
+    settings = cifar_init_settings(dataset, {"proxy_dataset": proxy}, channel_std)
+    settings["dataset_options"]["data_dir"] = str(tmp_path)  # where the job reads (with_data_locations)
+    source = load_source(proxy, data_dir=str(tmp_path))
+    pixels = torch.from_numpy(source.train_images[source.train_index]).float() / 255
+
+    # Execute
+    proxy_x = proxy_data(InitJob.from_settings(settings)).x
+
+    # Assert: the clients' pixel-to-input map, as a proxy_dir's images get (the body sees the clients' scale)
+    mean, std = torch.tensor(expected_mean).view(1, 3, 1, 1), torch.tensor(expected_std).view(1, 3, 1, 1)
+    assert torch.allclose(proxy_x, (pixels - mean) / std, atol=1e-5)
+
+
+def test_a_proxy_dataset_init_planned_before_the_clients_normalisation_keeps_the_proxy_s_own(tmp_path):
+    # Prepare: a finished job's settings, from before the field (its baseline: the proxy's own statistics)
+    write_fake_cifar10(tmp_path)
+    write_fake_cifar100(tmp_path)
+    settings = cifar_init_settings("cifar10", {"proxy_dataset": "cifar100"}, CIFAR_STD)
+    settings.pop("proxy_normalisation")
+    settings["dataset_options"]["data_dir"] = str(tmp_path)
+    source = load_source("cifar100", data_dir=str(tmp_path))
+    pixels = torch.from_numpy(source.train_images[source.train_index]).float() / 255
+
+    # Execute
+    proxy_x = proxy_data(InitJob.from_settings(settings)).x
+
+    # Assert: CIFAR-100's published statistics, as the job computed with
+    mean, std = torch.tensor((0.5071, 0.4865, 0.4409)).view(1, 3, 1, 1), torch.tensor((0.2673, 0.2564, 0.2762))
+    assert torch.allclose(proxy_x, (pixels - mean) / std.view(1, 3, 1, 1), atol=1e-5)
+
+
+@pytest.mark.parametrize(("dataset", "spec", "expected"), [
+    ("cifar10", {"proxy_dataset": "cifar100"}, "clients"),
+    ("cifar100", {"proxy_dataset": "cifar10"}, "clients"),
+    ("cifar10", {}, None),  # the clients' own proxy split: their statistics already
+    ("cifar10", {"proxy_dir": "/data/imagenet32"}, None),  # normalised with the clients' statistics already
+])
+def test_only_a_proxy_dataset_init_s_settings_carry_the_clients_normalisation(dataset, spec, expected):
+    # Execute
+    settings = cifar_init_settings(dataset, spec)
+
+    # Assert: the field off its baseline reruns those inits alone; the others' settings are as before it
+    assert settings.get("proxy_normalisation") == expected
+
+
+def test_a_pretrained_init_with_another_proxy_normalisation_is_refused():
+    with pytest.raises(ValueError, match=r"proxy_normalisation must be one of clients, own, got 'proxy'"):
+        PretrainedInit.from_settings({**to_settings(pretrained_job()), "proxy_normalisation": "proxy"})
 
 
 def test_pretrain_defaults_match_the_schema():
@@ -720,3 +801,36 @@ def test_the_workflow_warns_of_an_unread_proxy_folder():
 
     # Assert
     assert len(lines) == 1 and lines[0].startswith("inits.pre.proxy_data_dir (/data/x) is not read")
+
+
+PRETRAINED = {"kind": "pretrained", **NO_PROXY}
+
+
+@pytest.mark.parametrize(("inits", "fraction", "warned"), [
+    # nothing reads the split: another proxy, or another kind
+    ({"pre": {**PRETRAINED, "proxy_dataset": "cifar100"}}, 0.2, True),
+    ({"pre": {**PRETRAINED, "proxy_dir": "/data/imagenet32"}}, 0.2, True),
+    ({"warm": {"kind": "iid_warmup"}, "cont": {"kind": "continue"}}, 0.2, True),
+    ({}, 0.05, True),  # the random init alone
+    # read by a pretrained init on it, beside others
+    ({"pre": PRETRAINED, "other": {**PRETRAINED, "proxy_dataset": "cifar100"}}, 0.2, False),
+    # no split
+    ({"pre": {**PRETRAINED, "proxy_dataset": "cifar100"}}, 0.0, False),
+])
+def test_a_proxy_split_that_no_init_reads_is_warned_about(inits, fraction, warned):
+    # Prepare: runs on cifar10 from the random init and these; runs on cifar100 from a pretrained init on its split
+    config = {"datasets": {"cifar10": {"proxy_fraction": fraction}, "cifar100": {"proxy_fraction": 0.2}},
+              "inits": {"random": {"kind": "random"}, "split": PRETRAINED, **inits}}
+    runs = [*(SimpleNamespace(dataset="cifar10", init=label) for label in ["random", *inits]),
+            SimpleNamespace(dataset="cifar100", init="split")]
+
+    # Execute
+    lines = unread_proxy_split_warnings(config, runs)
+
+    # Assert: one line for cifar10, naming the fraction, that the split is the clients' and what to set
+    labels = ", ".join(sorted(["random", *inits]))
+    assert lines == ([f"datasets.cifar10.proxy_fraction: a proxy split of {fraction:g} of the training samples is "
+                      "held out of the clients' pool, but no init of the runs on cifar10 reads it (they start from "
+                      f"{labels}; only a pretrained init without proxy_dataset or proxy_dir does); set "
+                      "datasets.cifar10.proxy_fraction: 0.0 to give those samples to the clients (which reruns every "
+                      "job of cifar10)"] if warned else [])

@@ -417,7 +417,8 @@ def test_a_swa_phase_after_the_last_round_is_warned_about(where, swa, expected):
     check_config(config, SCHEMA)
 
     # Execute
-    lines = config_warnings(config, build_runs(config))
+    # (the lines of SWA settings: a tiny config of random inits also has a proxy split that nothing reads)
+    lines = [line for line in config_warnings(config, build_runs(config)) if line.split(":")[0].endswith(".swa")]
 
     # Assert: one line per algorithm whose runs end before its phase, naming where the swa was set
     assert [line.split(", so")[0] for line in lines] == expected

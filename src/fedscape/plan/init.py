@@ -14,6 +14,7 @@ from fedscape.core.runs import Run, resolve_run
 from fedscape.data.specs import (
     DATASET_NAMES,
     INIT_LOCATION_BASELINES,
+    RGB_DATASETS,
     dataset_info,
     dataset_settings,
     held_out_count,
@@ -102,6 +103,30 @@ def unread_proxy_folder_warnings(config: dict, runs: list[Run]) -> list[str]:
     return lines
 
 
+def reads_proxy_split(spec: dict) -> bool:
+    """Whether the init of `inits` entry `spec` reads its data set's own proxy split: a pretrained init without another
+    proxy (`proxy_dataset`, `proxy_dir`: `stages.init.proxy_data`)."""
+    return spec["kind"] == "pretrained" and not spec.get("proxy_dataset") and not spec.get("proxy_dir")
+
+
+def unread_proxy_split_warnings(config: dict, runs: list[Run]) -> list[str]:
+    """A line for each data set of the runs whose proxy split (`proxy_fraction` > 0, the schema's default 0.2) no init
+    of its runs reads (`reads_proxy_split`): the split is held out of the clients' pool all the same
+    (`data.sources.load_source`), so the clients train on that much less data for nothing. Valid: results made with
+    it stay valid, and setting the fraction to 0 changes the clients' data, so it reruns every job of the data set."""
+    lines = []
+    for dataset in sorted({run.dataset for run in runs}):
+        fraction = config["datasets"][dataset]["proxy_fraction"]
+        inits = sorted({run.init for run in runs if run.dataset == dataset})
+        if fraction > 0 and not any(reads_proxy_split(config["inits"][label]) for label in inits):
+            lines.append(f"datasets.{dataset}.proxy_fraction: a proxy split of {fraction:g} of the training samples "
+                         f"is held out of the clients' pool, but no init of the runs on {dataset} reads it (they "
+                         f"start from {', '.join(inits)}; only a pretrained init without proxy_dataset or proxy_dir "
+                         f"does); set datasets.{dataset}.proxy_fraction: 0.0 to give those samples to the clients "
+                         f"(which reruns every job of {dataset})")
+    return lines
+
+
 def iid_partition_path(results: Results, dataset: str, num_clients: int, seed: int) -> str:
     """The IID partition file an iid_warmup init trains on."""
     return f"{results(PARTITION_DIR, dataset=dataset, num_clients=int(num_clients), alpha='iid', seed=int(seed))}/" \
@@ -120,8 +145,10 @@ def init_extras(config: dict, runs: list, dataset: str, model: str, init: str) -
     kind = spec["kind"]
     device = config["training"]["device"]
     if kind == "pretrained":
+        # a proxy data set of an RGB data set's inits takes the clients' statistics (PretrainedInit.proxy_normalisation)
+        clients = {"proxy_normalisation": "clients"} if spec.get("proxy_dataset") and dataset in RGB_DATASETS else {}
         return {"dataset_options": dataset_settings(dataset, config["datasets"][dataset]), "device": device,
-                "precision": config["training"]["precision"]}
+                "precision": config["training"]["precision"], **clients}
     if kind == "iid_warmup":
         training = TrainingSettings.of(merge_training(config["training"], spec["training"]))
         # what a run evaluates and keeps does not change the warm-up's model: at their baselines, left out

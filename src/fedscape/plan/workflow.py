@@ -232,13 +232,15 @@ def config_warnings(config: dict, runs: list[Run], schema: dict | None = None) -
     run takes (`unused_grid_values`), an SWA phase that starts after the last round (`idle_swa`), an algorithm label
     that figures show as another algorithm (`misnamed_algorithm_labels`), an IID warm-up under an lr schedule over
     its own few rounds (`plan.init.warmup_schedule_warnings`), a pretrained init's proxy folder that nothing reads
-    (`plan.init.unread_proxy_folder_warnings`), seeds that share one partition
+    (`plan.init.unread_proxy_folder_warnings`), a proxy split that no init reads
+    (`plan.init.unread_proxy_split_warnings`), seeds that share one partition
     (`plan.partition.shared_partition_warnings`), a bundled data set's data_dir or download
     (`unread_data_locations`), options of a model no run trains (`unused_model_options`), and with the `schema` a
     test_fraction nothing reads (`unused_test_fractions`) and a bn_stats of models without batch norm
     (`unused_bn_stats`)."""
     return [*unused_grid_values(config, runs), *idle_swa(config, runs), *misnamed_algorithm_labels(config, runs),
             *init_plan.warmup_schedule_warnings(config, runs), *init_plan.unread_proxy_folder_warnings(config, runs),
+            *init_plan.unread_proxy_split_warnings(config, runs),
             *partition_plan.shared_partition_warnings(config, runs), *unread_data_locations(config),
             *unused_model_options(config, runs),
             *(unused_test_fractions(config, schema) + unused_bn_stats(config, runs, schema) if schema is not None

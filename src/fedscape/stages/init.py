@@ -173,6 +173,9 @@ def proxy_data(job: PretrainedInit, device: torch.device | str = "cpu") -> Proxy
         name = job.proxy_dataset
         proxy_options = {"data_dir": job.proxy_data_dir or options.get("data_dir"),
                          "download": options.get("download", False), "split_seed": options.get("split_seed", 0)}
+        if job.proxy_normalisation == "clients":  # the clients' pixel-to-input map, as proxy_dir's images get above
+            mean, std = normalisation(job.dataset, options)
+            proxy_options |= {"channel_mean": mean, "channel_std": std}
         ds = dataset_from_options(name, proxy_options)
         x, y = ds.x_train, ds.y_train
         if job.max_samples is not None and job.max_samples < len(y):
@@ -363,5 +366,7 @@ def continue_from(job: ContinueInit, trajectory_path: str | Path) -> tuple[torch
     # round, `global_model` the global model.
     model = source.model_at(final, global_model=not swa)
     extra = {"swa_rounds": list(source.swa_rounds)} if swa else {}
+    # `seed`: the source run's seed (its partition's, client sampling's and batch order's: unlike a random, pretrained
+    # or warm-up init, a continued one has no seed of its own), which the runs from this init record as `init_seed`
     return model, {"source_run_id": job.source_run_id, "source_round": final, "source_model": job.source_model,
                    **extra, "seed": source.meta.get("seed")}

@@ -21,6 +21,11 @@ KIND_KEYS: dict[str, tuple[str, ...]] = {
     "continue": ("kind", "run", "source_model"),
 }
 PRETRAIN_KEYS = ("epochs", "lr", "batch_size", "momentum", "weight_decay", "seed")  # the PretrainConfig fields
+# How a pretrained init's `proxy_dataset` is normalised (`PretrainedInit.proxy_normalisation`): `clients`, with the
+# clients' data set's per-channel statistics (its `channel_mean` / `channel_std` where set), the pixel-to-input map
+# that a `proxy_dir`'s down-sampled ImageNet gets too, so that the pretrained body sees inputs of the scale and shift
+# the clients feed it; `own`, with the proxy data set's own (CIFAR-100's for a CIFAR-10 init's cifar100 proxy).
+PROXY_NORMALISATIONS = ("clients", "own")
 # The algorithm an IID warm-up trains (`stages.init.iid_warmup`; planning checks its capture with it).
 WARMUP_ALGORITHM = "fedavg"
 # The `training` keys an iid_warmup init's own `training` may not give, and why: the warm-up reads them from nowhere
@@ -144,6 +149,16 @@ class PretrainedInit(InitJob):
     device: str  # training.device
     # training.precision: a later key, whose baseline is fp32 (every pretraining before it).
     precision: str = "fp32"
+    # Whose statistics normalise a `proxy_dataset`'s images (PROXY_NORMALISATIONS). Its baseline is `own`, the proxy's
+    # published statistics, as every such pretraining before the field; planning sets `clients` for a proxy_dataset
+    # on an RGB data set (`plan.init.init_extras`), so that only those inits rerun.
+    proxy_normalisation: str = "own"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.proxy_normalisation not in PROXY_NORMALISATIONS:
+            raise ValueError(f"proxy_normalisation must be one of {', '.join(PROXY_NORMALISATIONS)}, got "
+                             f"{self.proxy_normalisation!r}")
 
     def schedule(self) -> PretrainConfig:
         """The pretraining schedule."""

@@ -14,7 +14,8 @@ ImageNet-200 is read from ImageNet's class folders (`fedscape.data.imagenet200`)
 only for the rows asked for, so its labels (what partitions need) cost a listing of the folders. The word data sets,
 Stack Overflow (TFF's SQLite file, `fedscape.data.stackoverflow`) and Reddit (LEAF's JSON, `fedscape.data.leaf`),
 label each sequence with its every position's next word ([N, T], -100 where nothing counts): their proxy part is
-drawn at random, since there is no class to stratify by.
+drawn at random, since there is no class to stratify by. On the data sets with writers, ``proxy_split="writers"``
+holds out whole writers instead (`_split_proxy_writers`), so that the proxy shares no writer with the clients' pool.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from fedscape.data.specs import (
     FEMNIST_CLASSES,
     MANY_CLIENT_DATASETS,
     NO_DOWNLOAD,
+    PROXY_SPLITS,
     RAW_SOURCE_DATASETS,
     RGB_DATASETS,
     SHAKESPEARE_RAW_VOCAB,
@@ -109,22 +111,30 @@ class Source:
 
 def load_source(name: str, *, data_dir: str | None = None, seed: int = 0, test_fraction: float = 0.25,
                 proxy_fraction: float = 0.0, download: bool = False, source: str = "preprocessed",
-                seq_len: int | None = None, augment: str = "none", max_clients: int | None = None) -> Source:
+                seq_len: int | None = None, augment: str = "none", max_clients: int | None = None,
+                proxy_split: str = "samples") -> Source:
     """Read dataset ``name`` (one of ``DATASET_NAMES``) and split it.
 
     ``test_fraction`` sets the seeded stratified test split of ``digits``; CIFAR keeps its official
     train/test split and ignores it. ``proxy_fraction`` carves a seeded stratified proxy part out of
-    the train part (disjoint from train and test). ``data_dir`` applies to CIFAR, LEAF's datasets and ImageNet-200,
+    the train part (disjoint from train and test in samples, but of every writer, so that on a data set with writers
+    it shares the clients' writers); ``proxy_split="writers"`` (data sets with writers only) holds out whole writers
+    instead (`_split_proxy_writers`). ``data_dir`` applies to CIFAR, LEAF's datasets and ImageNet-200,
     ``download`` to CIFAR only (LEAF's are built by LEAF's own scripts: ValueError). ``source="raw"``
     (shakespeare only) cuts sequences of ``seq_len`` characters (None: 80) from LEAF's raw texts. ``augment``: the
     training augmentation; one that crops a larger stored image (``resized_crop``) has the training images read at
     the dataset's ``train_stored_size`` (ImageNet-200: 256x256). ``max_clients`` (Stack Overflow and Reddit only):
-    the first that many clients of their files (None: all).
+    the first that many clients of their files (None: all; a writers' proxy split reads its writers after them).
     """
     if not 0.0 <= proxy_fraction < 1.0:
         raise ValueError(f"proxy_fraction must be in [0, 1), got {proxy_fraction}")
     if source not in SOURCES:
         raise ValueError(f"datasets.{name}.source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if proxy_split not in PROXY_SPLITS:
+        raise ValueError(f"datasets.{name}.proxy_split must be one of {', '.join(PROXY_SPLITS)}, got {proxy_split!r}")
+    if proxy_split == PROXY_SPLITS[1] and name in DATASETS and not DATASETS[name].writers:
+        raise ValueError(f"datasets.{name}.proxy_split: writers holds out whole writers, but the samples of {name} "
+                         f"name no writer; use proxy_split: samples")
     if source == "raw" and name not in RAW_SOURCE_DATASETS:
         raise ValueError(f"datasets.{name}.source: raw texts exist for {', '.join(RAW_SOURCE_DATASETS)} only; use "
                          "source: preprocessed")
@@ -133,10 +143,10 @@ def load_source(name: str, *, data_dir: str | None = None, seed: int = 0, test_f
                          f"clients; leave it null")
     if source == "raw":
         return _leaf(name, data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download,
-                     seq_len=seq_len or SHAKESPEARE_SEQ_LEN)
+                     seq_len=seq_len or SHAKESPEARE_SEQ_LEN, proxy_split=proxy_split)
     if name in MANY_CLIENT_DATASETS:
         return _words(name, data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download,
-                      max_clients=max_clients)
+                      max_clients=max_clients, proxy_split=proxy_split)
     if name == "digits":
         return _digits(seed=seed, test_fraction=test_fraction, proxy_fraction=proxy_fraction)
     if name in _CIFAR:
@@ -146,7 +156,8 @@ def load_source(name: str, *, data_dir: str | None = None, seed: int = 0, test_f
         return _imagenet200(data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download,
                             train_size=stored or imagenet200.IMAGE_SIZE)
     if name in NO_DOWNLOAD:
-        return _leaf(name, data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download)
+        return _leaf(name, data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download,
+                     proxy_split=proxy_split)
     raise unknown_name_error("dataset", name, DATASET_NAMES)
 
 
@@ -156,7 +167,8 @@ def source_from_options(name: str, options: dict) -> Source:
                        test_fraction=options.get("test_fraction", 0.25),
                        proxy_fraction=options.get("proxy_fraction", 0.0), download=options.get("download", False),
                        source=options.get("source", DATASET_BASELINES["source"]), seq_len=options.get("seq_len"),
-                       augment=options.get("augment", "none"), max_clients=options.get("max_clients"))
+                       augment=options.get("augment", "none"), max_clients=options.get("max_clients"),
+                       proxy_split=options.get("proxy_split", DATASET_BASELINES["proxy_split"]))
 
 
 def stratified_split(
@@ -189,6 +201,51 @@ def _split_proxy(
         held = np.sort(rng.permutation(len(train_index))[:held_out_count(len(train_index), proxy_fraction)])
         keep = np.setdiff1d(np.arange(len(train_index)), held)
     return train_index[keep], train_index[held]
+
+
+def _split_proxy_writers(train: LeafPart, test: LeafPart, proxy_fraction: float, rng: np.random.Generator,
+                         pool_writers: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hold out whole writers as the proxy part (`proxy_split: writers`): (train, proxy, test) row indices, sorted.
+
+    The writers are those with training rows, in the reader's order (their index in ``train.writer_names``: LEAF's
+    file order, Stack Overflow's sorted ids). ``round(proxy_fraction x writers)`` of them, the first of their
+    permutation by ``rng`` (the split's seeded generator), give the proxy all their training rows, so that the proxy
+    and the clients' pool share no writer and no row; the proxy then holds about proxy_fraction of the rows, not
+    stratified by class. The proxy writers' test rows leave the test part, so that no writer the pretraining saw is
+    evaluated on either.
+
+    ``pool_writers`` (a ``max_clients`` read, for which the reader read `_proxy_writers_after` writers more): the first
+    ``pool_writers`` writers are the pool and every writer after them the proxy, so that the clients' pool keeps the
+    writers ``max_clients`` names (holding writers out of these would leave fewer than configured) and the test part
+    their test rows alone. Where the files hold no more than ``pool_writers`` writers, max_clients reads them all,
+    and the writers are drawn as without it.
+    """
+    present = np.unique(train.writers)
+    if pool_writers is not None and len(present) > pool_writers:
+        held = present[pool_writers:]
+    else:
+        held = rng.permutation(present)[:held_out_count(len(present), proxy_fraction)]
+    in_proxy = np.isin(train.writers, held)
+    held_names = {train.writer_names[w] for w in held}
+    test_kept = np.array([name not in held_names for name in test.writer_names], dtype=bool)
+    return np.flatnonzero(~in_proxy), np.flatnonzero(in_proxy), np.flatnonzero(test_kept[test.writers])
+
+
+def _proxy_writers_after(max_clients: int, proxy_fraction: float) -> int:
+    """The writers a ``max_clients`` read of a writers' proxy split reads after the first max_clients, its proxy:
+    proxy_fraction of the writers read, as a split of that many writers without max_clients holds out."""
+    return round(proxy_fraction * max_clients / (1 - proxy_fraction))
+
+
+def _split_writer_data(train: LeafPart, test: LeafPart, proxy_fraction: float, proxy_split: str,
+                       rng: np.random.Generator, pool_writers: int | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, proxy, test) row indices of a data set with writers: its samples' proxy split (`_split_proxy`, the
+    whole test part) or, for ``proxy_split="writers"``, its writers' (`_split_proxy_writers`)."""
+    if proxy_split == PROXY_SPLITS[1]:
+        return _split_proxy_writers(train, test, proxy_fraction, rng, pool_writers)
+    train_index, proxy_index = _split_proxy(np.arange(len(train.y)), train.y, proxy_fraction, rng)
+    return train_index, proxy_index, np.arange(len(test.y))
 
 
 def _digits(*, seed: int = 0, test_fraction: float = 0.25, proxy_fraction: float = 0.0) -> Source:
@@ -404,7 +461,7 @@ def _cifar(name: str, *, data_dir: str | None, seed: int = 0, proxy_fraction: fl
 
 
 def _leaf(name: str, *, data_dir: str | None, seed: int = 0, proxy_fraction: float = 0.0,
-          download: bool = False, seq_len: int | None = None) -> Source:
+          download: bool = False, seq_len: int | None = None, proxy_split: str = "samples") -> Source:
     """FEMNIST or Shakespeare as LEAF writes them (Caldas et al. 2018, LEAF: A Benchmark for Federated Settings);
     with `seq_len`, Shakespeare cut from LEAF's raw texts instead (`read_shakespeare_raw`)."""
     if download:
@@ -413,10 +470,10 @@ def _leaf(name: str, *, data_dir: str | None, seed: int = 0, proxy_fraction: flo
                          f"with internet access, copy that folder here, set data_dir to it and download: false")
     train, test = read_leaf(name, data_dir) if seq_len is None else read_shakespeare_raw(data_dir, seq_len)
     rng = np.random.default_rng(seed)
-    train_index, proxy_index = _split_proxy(np.arange(len(train.y)), train.y, proxy_fraction, rng)
+    train_index, proxy_index, test_index = _split_writer_data(train, test, proxy_fraction, proxy_split, rng)
     vocabulary = None if name != "shakespeare" else SHAKESPEARE_VOCAB if seq_len is None else SHAKESPEARE_RAW_VOCAB
     classes = vocabulary or FEMNIST_CLASSES
-    return Source(name, train.x, train.y, test.x, test.y, train_index, np.arange(len(test.y)), proxy_index,
+    return Source(name, train.x, train.y, test.x, test.y, train_index, test_index, proxy_index,
                   len(classes), tuple(classes), train_writers=train.writers, writer_names=train.writer_names,
                   vocabulary=vocabulary)
 
@@ -426,25 +483,30 @@ def _leaf(name: str, *, data_dir: str | None, seed: int = 0, proxy_fraction: flo
 
 
 def _words(name: str, *, data_dir: str | None, seed: int = 0, proxy_fraction: float = 0.0, download: bool = False,
-           max_clients: int | None = None) -> Source:
+           max_clients: int | None = None, proxy_split: str = "samples") -> Source:
     """Stack Overflow as TFF publishes it or Reddit as LEAF writes it: every sequence a sample, its user the writer,
     every position's next word its label, the ids' names its vocabulary (`DatasetInfo` of `name` fixes their
-    number: ValueError naming it for files with another)."""
+    number: ValueError naming it for files with another). A writers' proxy split with `max_clients` reads the
+    writers of its proxy after the first max_clients (`_split_proxy_writers`)."""
     if download:
         raise ValueError(f"datasets.{name}.download: fedscape cannot download {name} ({NO_DOWNLOAD[name]}); set "
                          f"download: false and data_dir to the folder holding {DATA_DIR_HOLDS[name]}")
+    read = max_clients
+    if max_clients is not None and proxy_split == PROXY_SPLITS[1]:
+        read = max_clients + _proxy_writers_after(max_clients, proxy_fraction)
     if name == "stackoverflow":
-        train, test, names = read_stackoverflow(data_dir, max_clients)
+        train, test, names = read_stackoverflow(data_dir, read)
     else:
-        train, test, names = read_reddit(data_dir, max_clients)
+        train, test, names = read_reddit(data_dir, read)
     info = DATASETS[name]
     if len(names) != info.num_classes:
         raise ValueError(f"datasets.{name}: the files of {data_dir} give a vocabulary of {len(names)} ids, but "
                          f"{name} has {info.num_classes} ({info.description})")
     _check_words(name, train, info.image_size)
     rng = np.random.default_rng(seed)
-    train_index, proxy_index = _split_proxy(np.arange(len(train.y)), train.y, proxy_fraction, rng)
-    return Source(name, train.x, train.y, test.x, test.y, train_index, np.arange(len(test.y)), proxy_index,
+    train_index, proxy_index, test_index = _split_writer_data(train, test, proxy_fraction, proxy_split, rng,
+                                                              max_clients)
+    return Source(name, train.x, train.y, test.x, test.y, train_index, test_index, proxy_index,
                   len(names), names, train_writers=train.writers, writer_names=train.writer_names,
                   vocabulary=names)
 

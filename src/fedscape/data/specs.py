@@ -158,7 +158,8 @@ DATASET_NAMES: tuple[str, ...] = tuple(sorted(DATASETS))
 # `datasets.<name>` keys added after results existed, with their baselines (what every job read before the key):
 # a job's `dataset_options` leave a key out at its baseline (`dataset_settings`), so adding them reran nothing.
 DATASET_BASELINES: dict[str, object] = {"source": "preprocessed", "seq_len": None, "targets": None,
-                                         "max_clients": None, "channel_mean": None, "channel_std": None}
+                                         "max_clients": None, "channel_mean": None, "channel_std": None,
+                                         "proxy_split": "samples"}
 # The order of the `datasets.<name>` keys in a job's settings, whatever order the config writes them in: the Hessian
 # and landscape-chunk jobs keep it (the others sort their settings), and Snakemake compares the settings as text.
 # It is the order the default config's options had when those jobs were first made (its two keys, then the schema's
@@ -166,7 +167,7 @@ DATASET_BASELINES: dict[str, object] = {"source": "preprocessed", "seq_len": Non
 # added later goes last (tests/unit/test_config.py checks that every key of the schema is here).
 DATASET_OPTION_ORDER: tuple[str, ...] = ("test_fraction", "proxy_fraction", "data_dir", "download", "augment",
                                          "split_seed", "source", "seq_len", "targets", "channel_mean", "channel_std",
-                                         "max_clients")
+                                         "max_clients", "proxy_split")
 _OPTION_RANK = {key: i for i, key in enumerate(DATASET_OPTION_ORDER)}
 # The key of a job's `dataset_options` that holds its data set's `DatasetInfo.reader_version`: the code's, not the
 # config's (the schema refuses it under `datasets.<name>`), and read by no loader; absent at the first version.
@@ -199,6 +200,12 @@ RGB_DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "imagenet200")
 # the window shifted by one, its accuracy the mean over every position). null: the data set's own
 # (`DatasetInfo.own_targets`), the baseline: `next` for Shakespeare, `every` for the word data sets.
 TARGETS: tuple[str, ...] = ("next", "every")
+# What the own proxy split (`datasets.<name>.proxy_split`, `fedscape.data.sources`) holds out of the training pool:
+# `samples`, rows of every writer (stratified by class; at random for sequence labels), so that on a data set with
+# writers the pretraining sees the handwriting or text of the very writers the clients hold; `writers`, whole writers
+# (data sets with writers only), so that the proxy shares no writer with the clients' pool or the test part, as
+# pretraining on data disjoint from the clients' asks (Nguyen et al. 2022, "Where to Begin?").
+PROXY_SPLITS: tuple[str, ...] = ("samples", "writers")
 # Data sets with more clients than a run reads (`datasets.<name>.max_clients`: the first k clients of the files)
 MANY_CLIENT_DATASETS: tuple[str, ...] = ("stackoverflow", "reddit")
 # none; crop_flip (the CIFAR standard: CROP_PADDING); resized_crop: FedAlign's ImageNet training transform
@@ -479,6 +486,15 @@ def dataset_option_problems(name: str, options: dict) -> list[str]:
         if options.get(key) is not None and name not in RGB_DATASETS:
             problems.append(f"datasets.{name}.{key}: per-channel statistics replace an RGB dataset's published ones "
                             f"({', '.join(RGB_DATASETS)}); {name} gives {info.input_description}; leave {key} null")
+    if options.get("proxy_split", DATASET_BASELINES["proxy_split"]) == PROXY_SPLITS[1]:
+        if not info.writers:
+            problems.append(f"datasets.{name}.proxy_split: writers holds out whole writers, but the samples of "
+                            f"{name} name no writer (those of "
+                            f"{', '.join(n for n, i in DATASETS.items() if i.writers)} do); use proxy_split: samples")
+        elif options.get("proxy_fraction") == 0:
+            problems.append(f"datasets.{name}.proxy_split: writers chooses how the proxy split holds data out, but "
+                            f"proxy_fraction is 0 (no proxy split); set proxy_fraction above 0 or proxy_split: "
+                            f"samples")
     max_clients = options.get("max_clients")
     if max_clients is not None and name not in MANY_CLIENT_DATASETS:
         problems.append(f"datasets.{name}.max_clients: {max_clients} reads the first clients of a data set's files, "

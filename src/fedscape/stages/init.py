@@ -4,9 +4,11 @@ Every init label of the config names one kind; its output is a one-row trajector
 row 0) that every run naming the label starts from:
 
 * ``random``: seeded weights (the model's own initialisation under ``torch.manual_seed(seed)``).
-* ``pretrained``: the random init trained centrally on proxy data disjoint from the clients' data
+* ``pretrained``: the random init trained centrally on proxy data disjoint from the clients' data in samples
   (the pilot study's Fig. 5 and the Meta poster "Where to Begin?"): the dataset's held-out proxy
-  split (``proxy_fraction``), another dataset (``proxy_dataset``, e.g. cifar100 for cifar10) or a
+  split (``proxy_fraction``; on a data set with writers it shares writers with the clients under
+  ``proxy_split: samples``, none under ``proxy_split: writers``), another dataset (``proxy_dataset``, e.g. cifar100
+  for cifar10) or a
   directory of 32x32 down-sampled ImageNet ``.npz`` arrays (``proxy_dir``, as the pilot study
   pretrains on down-sampled ImageNet; streamed from disk batch by batch, `fedscape.data.imagenet32`).
   The classifier is re-initialised when the label sets differ.

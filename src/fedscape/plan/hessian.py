@@ -59,6 +59,9 @@ DENSITY_FIGURE = "spectral_density"
 # data's, not their settings', and the whole kind's rerun (and the planes', whose eigenpairs are the same Lanczos's)
 # was not worth their few numbers (on a saturated MLP, a second eigenvalue of 1.8e-10 moved by 0.3%; an aggregate's
 # density had 7 nodes of 20 at a largest eigenvalue of 3.7e-7).
+# Nor power iteration's convergence flags, which need its residual within tol of the value besides PyHessian's rule
+# (maths.power_iteration): its products and every number are as they were, and the flags are in hessian.json and the
+# job's warning alone, no table (a finished job keeps the flags it wrote).
 # hessian_plane: the eigenvector plane's jobs (it keys the eigenpairs a Hessian job keeps for them too: EigenStore).
 # 1: the eigenpairs every Hessian job computed before the plane had a rule of its own (HessianPlaneJob.meaning).
 # The figures 2: a participation fraction is labelled with every digit (0.125: 12.5% sampled, was 12%).

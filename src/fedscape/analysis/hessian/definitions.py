@@ -93,7 +93,11 @@ class HessianSettings(JobSettings):
     # "power" = PyHessian / FedAlign; Lanczos was measured ~1e4x more accurate at fewer products
     # (tests/unit/test_hessian.py)
     method: str
-    tol: float  # relative tolerance (PyHessian uses 1e-3; 1e-4 keeps lambda_1 to 4 digits)
+    # Relative tolerance (PyHessian uses 1e-3): Lanczos stops where every Ritz pair's residual bound is at most
+    # tol |theta|, an eigenvalue of H within tol of each value; power iteration stops by PyHessian's rule (the value
+    # changes by less than tol), which bounds no error, and flags a pair converged only where its residual meets
+    # Lanczos's test (maths.power_iteration)
+    tol: float
     max_iter: int  # PyHessian's maxIter is 100
     trace_probes: int  # fixed Hutchinson probe count: PyHessian's early stop was measured at 4% error
     # "hutchpp": Hutch++ trace and Diag++ diagonal from the same `trace_probes` products (a low-rank sketch

@@ -280,7 +280,15 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     note_codes(parts.codes.values())
 
     not_converged = [d for d, v in details["data"].items() if "converged" in v and not all(v["converged"])]
-    if not_converged:
+    if not_converged and hs.method == "power":  # not max_iter: its rule stops it near a residual of sqrt(tol) |value|
+        worst = max(r / abs(value) if value else math.inf for d in not_converged
+                    for value, r in zip(details["data"][d]["eigenvalues"], details["data"][d]["residuals"],
+                                        strict=True))
+        log.warning("power iteration did not establish the eigenvalues to tol %.1e on %s: its stopping rule "
+                    "(PyHessian's) bounds no error, and their residuals bound their errors by up to %.2g of the value "
+                    "(maths.power_iteration); hessian.method lanczos reaches tol", hs.tol, ", ".join(not_converged),
+                    worst)
+    elif not_converged:
         log.warning("eigenvalues did not reach tol %.1e within max_iter %d on %s; raise hessian.max_iter",
                     hs.tol, hs.max_iter, ", ".join(not_converged))
 

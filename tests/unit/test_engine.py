@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import logging
 import math
 import re
 
@@ -12,13 +14,18 @@ import torch.nn.functional as F
 from helpers.resume import killed_after_round
 from helpers.tiny import tiny_data, tiny_model
 
+from fedscape.data.datasets import load_dataset
+from fedscape.data.federated import FederatedData
+from fedscape.data.partition import make_partition
 from fedscape.fl import engine as engine_mod
 from fedscape.fl.aggregate import mean_delta, sample_weights, weighted_mean
 from fedscape.fl.engine import run_federated
 from fedscape.fl.local import batch_order, client_generator
+from fedscape.fl.sequential import SequentialTrainer
 from fedscape.fl.settings import DIVERGED_LOSS, TrainConfig, sample_clients
 from fedscape.fl.strategies.base import ClientResult, Strategy
 from fedscape.fl.strategies.registry import make_strategy
+from fedscape.fl.swa import SWA_METRICS, SWAConfig
 from fedscape.fl.vectorized import resolve_client_parallel
 from fedscape.models.checkpoint import (
     CheckpointError,
@@ -261,6 +268,108 @@ def test_a_finite_but_exploding_loss_also_marks_the_run_diverged(monkeypatch, lo
     # Assert
     assert [row["status"] for row in result.rows][:3] == ["ok", "ok", "diverged" if diverged else "ok"]
     assert (len(result.rows) == 3) is diverged and result.status == ("diverged" if diverged else "ok")
+
+
+# -- eval_every: where a run stops is not its cadence's ---------------------------------------------------------------
+ROW_METRICS = ("round", "train_loss", "train_acc", "test_loss", "test_acc", "status", *SWA_METRICS)
+
+
+def _metrics(rows: list[dict]) -> list[dict]:
+    """The rows' metrics (not their timing), NaN as None (NaN never equals itself): the same computation gives equal
+    lists."""
+    return [{k: None if isinstance(row.get(k), float) and math.isnan(row[k]) else row.get(k) for k in ROW_METRICS}
+            for row in rows]
+
+
+@pytest.fixture(scope="module")
+def digits_clients() -> FederatedData:
+    """digits: 6 clients of 60 samples of a Dirichlet(0.5) split (seed 0), 200 test samples."""
+    ds = load_dataset("digits", proxy_fraction=0.2)
+    part = make_partition(ds.y_train.numpy(), 6, 0.5, 0, 10, 1000)
+    return FederatedData(ds.x_train, ds.y_train, [torch.as_tensor(i)[:60] for i in part.client_indices],
+                         ds.x_test[:200], ds.y_test[:200])
+
+
+def _digits_run(data: FederatedData, lr: float, eval_every: int, swa: SWAConfig | None, **kw):
+    """8 rounds of FedAvg with momentum 0.9 on `data` from an MLP of seed 0, sequentially."""
+    cfg = TrainConfig(rounds=8, local_epochs=1, batch_size=16, lr=lr, momentum=0.9, seed=0, eval_every=eval_every,
+                      client_parallel="sequential")
+    return run_federated(tiny_model(), data, make_strategy("fedavg"), cfg, swa=swa, **kw)
+
+
+# Each round an SWA cycle end (its lr unscheduled: lr_ratio 1), so that an exploded model between two evaluations
+# would be averaged in.
+EVERY_ROUND_SWA = SWAConfig(start_round=1, cycle=1, lr_ratio=1.0)
+
+
+@pytest.mark.parametrize("swa", [None, EVERY_ROUND_SWA], ids=["plain", "swa"])
+@pytest.mark.parametrize(("lr", "status"), [
+    (0.5, "ok"),  # calm: every round's loss in bounds
+    # the global model of round 1 at 3.9e11, the clients' mean local training loss of round 1 at 2.8e8: above the
+    # bound; the run recovers by round 4 (a loss of 16), where eval_every 4 evaluated it next
+    (20.0, "diverged"),
+    # the global model of round 1 at 2.7e7, the clients' of round 1 at 936, in bounds: round 2's clients, who start
+    # from it, are not
+    (5.0, "diverged"),
+], ids=["calm", "clients-exploded", "start-model-exploded"])
+def test_a_run_evaluated_every_4_rounds_ends_as_the_one_evaluated_every_round(digits_clients, lr, status, swa):
+    # Prepare: the run evaluated every round
+    every = _digits_run(digits_clients, lr, 1, swa)
+    stop = every.rows[-1]["round"]
+
+    # Execute
+    thinned = _digits_run(digits_clients, lr, 4, swa)
+
+    # Assert: the same status and models, rows at its cadence and where it stops, equal to the every-round run's
+    assert thinned.status == every.status == status
+    assert _metrics(thinned.rows) == _metrics([row for row in every.rows if row["round"] in (0, 4, 8, stop)])
+    assert torch.equal(thinned.rounds, every.rounds) and torch.equal(thinned.params, every.params)
+    assert thinned.client_stats == every.client_stats
+    assert (thinned.swa is None) == (every.swa is None) == (swa is None or status == "diverged")
+    assert thinned.swa is None or torch.equal(thinned.swa["params"], every.swa["params"])
+
+
+def test_a_resumed_run_stops_at_the_round_it_restored_where_the_next_rounds_clients_show_that_it_exploded(
+        digits_clients, tmp_path, monkeypatch):
+    # Prepare: lr 5, whose round 1 exploded with its clients' loss in bounds (above), killed after round 1
+    reference = _digits_run(digits_clients, 5.0, 4, None)
+    killed_after_round(monkeypatch, 1, lambda: _digits_run(digits_clients, 5.0, 4, None, progress_dir=tmp_path,
+                                                           progress_key="k"))
+
+    # Execute
+    resumed = _digits_run(digits_clients, 5.0, 4, None, progress_dir=tmp_path, progress_key="k")
+
+    # Assert: the same end; the restored round's time and memory are unknown
+    assert resumed.status == reference.status == "diverged" and resumed.rows[-1]["round"] == 1
+    assert _metrics(resumed.rows) == _metrics(reference.rows) and torch.equal(resumed.params, reference.params)
+    assert math.isnan(resumed.rows[-1]["seconds"]) and math.isnan(resumed.rows[-1]["peak_mem_mb"])
+
+
+@pytest.mark.parametrize("reported", [1e6, float("inf"), DIVERGED_LOSS])
+def test_clients_whose_loss_left_the_bounds_in_a_round_the_global_model_came_through_change_nothing(
+        monkeypatch, caplog, reported):
+    """The evaluation decides: a round whose clients' loss is out of bounds goes on where the global model's is not,
+    and the run reports at its cadence alone."""
+    # Prepare: the clients of round 2 report `reported` as their local training loss
+    cfg = TrainConfig(rounds=6, local_epochs=1, batch_size=8, lr=0.1, momentum=0.5, seed=0, eval_every=3,
+                      client_parallel="sequential")
+    reference = run_federated(tiny_model(), tiny_data(), make_strategy("fedavg"), cfg)
+    real = SequentialTrainer.train_round
+
+    def train_round(self, global_params, global_buffers, sampled, round_):
+        results = real(self, global_params, global_buffers, sampled, round_)
+        return [dataclasses.replace(r, train_loss=reported) for r in results] if round_ == 2 else results
+
+    monkeypatch.setattr(SequentialTrainer, "train_round", train_round)
+
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="fedscape.train"):
+        result = run_federated(tiny_model(), tiny_data(), make_strategy("fedavg"), cfg)
+
+    # Assert: the same run, said where a loss was out of bounds
+    assert result.status == "ok" and _metrics(result.rows) == _metrics(reference.rows)
+    assert [row["round"] for row in result.rows] == [0, 3, 6] and torch.equal(result.params, reference.params)
+    assert ("round 2: the clients' mean local training loss" in caplog.text) is (reported > DIVERGED_LOSS)
 
 
 @pytest.mark.parametrize(("scale", "diverged"), [(1e4, True), (float("nan"), True), (1.0, False)])

@@ -278,6 +278,28 @@ def test_only_the_runs_a_fix_of_their_algorithm_changed_carry_its_bump(algorithm
     assert result_versions()["train"] == FIRST_RESULT_VERSION
 
 
+@pytest.mark.parametrize(("algorithm", "training", "algorithm_training", "version"), [
+    ("fedavg", {}, {}, None), ("fedavg", {"eval_every": 1, "save_every": 4}, {}, None),
+    ("fedavg", {"eval_every": 2}, {}, 2), ("fedavg", {}, {"eval_every": 100, "save_every": 100}, 2),
+    ("fedavg", {"eval_every": 4}, {"eval_every": 1}, None),  # the algorithm's own eval_every is the run's
+    # beside a bump of its algorithm's: both
+    ("stochdepth", {}, {"optimizer": "adamw", "keep_optimizer_state": True, "eval_every": 4}, 3),
+])
+def test_only_the_runs_evaluated_less_than_every_round_carry_the_bump_of_their_divergence_check(
+        algorithm, training, algorithm_training, version):
+    # A round between two evaluations is evaluated where its clients' loss says the run may have diverged
+    # (fl.engine): only a run evaluated less than every round can have changed; every other keeps its settings
+    config = check_config({"models": ["resnet20"], "experiments": [{"alpha": "iid", "algorithm": "a"}],
+                           "training": training, "algorithms": {"a": {"name": algorithm,
+                                                                      "training": algorithm_training}}}, SCHEMA)
+    runs = build_runs(config)
+
+    settings = train.train_settings(config, runs[0])
+
+    assert settings.get(RESULT_VERSION) == version
+    assert result_versions()["train"] == FIRST_RESULT_VERSION
+
+
 def test_gradaug_s_bump_spares_the_models_it_never_stacks():
     # group norm: GradAug's sub-networks are never stacked on it, so its runs' numbers did not change
     config = check_config({"models": ["resnet20"], "model_options": {"resnet20": {"norm": "group"}},

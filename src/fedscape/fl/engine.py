@@ -137,8 +137,13 @@ def run_federated(
     result is bit-identical on CPU to an uninterrupted run because every random stream is derived
     from (seed, round, client), where the trainer computes as before (a train job's key leaves its memory settings
     out, `stages.progress.resume_settings`: resumed with others, a run equals one to float rounding). The global model
-    is evaluated (a row) at the rounds of `cfg.evaluates` and at any round whose model is not finite; training stops
-    early, with status 'diverged', at an evaluated round whose training loss is not finite or above DIVERGED_LOSS.
+    is evaluated (a row) at the rounds of `cfg.evaluates`; training stops early, with status 'diverged', at an
+    evaluated round whose training loss is not finite or above DIVERGED_LOSS. Where a round's model is not
+    finite or its clients' mean local training loss is not finite or above DIVERGED_LOSS, its model is evaluated
+    whatever the cadence, and first the model its clients started from where no evaluation has seen it, so that a run
+    stops where it does with eval_every 1 (at the first of the two that is out of bounds; a round after it is undone).
+    Such an evaluation off the cadence gives a row only where it stops the run (its `seconds` and `peak_mem_mb` NaN
+    where its round is the one a resumed run restored).
 
     With `swa`, the server also keeps an SWA model (fedscape.fl.swa): the scheduled lr cycles from the
     SWA start, the SWA model takes the global model at each cycle end and is evaluated then; its metrics
@@ -177,7 +182,7 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
     def evaluate_row(round_: int, seconds: float, peak: float) -> dict:
         train = evaluate(model, x_all, y_all, cfg.eval_batch_size)
         test = evaluate(model, data.x_test, data.y_test, cfg.eval_batch_size)
-        ok = math.isfinite(train.loss) and train.loss <= DIVERGED_LOSS
+        ok = _within_bound(train.loss)
         return {"round": round_, "train_loss": train.loss, "train_acc": train.acc, "test_loss": test.loss,
                 "test_acc": test.acc, "seconds": seconds, "peak_mem_mb": peak,
                 "status": "ok" if ok else "diverged"}
@@ -231,6 +236,10 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
     logged = time.perf_counter()  # when the last progress line was written
     if records[-1]["row"] is not None and records[-1]["row"]["status"] != "ok":
         start = cfg.rounds + 1
+    # The last round whose global model an evaluation has seen, and the seconds and peak memory of the round before
+    # the current one (a row of it may be made a round later; unknown for the round a resumed run restored)
+    checked = start - 1 if records[-1]["row"] is not None else -1
+    timing = (math.nan, math.nan)
     trained = start <= cfg.rounds
     if trained:  # a call that trains rounds (not one that finds them all done): its attempt
         progress.attempts.append({**attempt, "from_round": start})
@@ -242,19 +251,56 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
         lr_factor = swa.lr_factor(t, cfg.rounds) if swa is not None else 1.0
         with ScheduledLR(swa, trainer, strategy, lr_factor):
             results = trainer.train_round(global_params, global_buffers, sampled, t)
-            start_params = global_params
+            start_params, start_buffers = global_params, global_buffers
             global_params = strategy.server_update(global_params, results)
         if global_buffers.numel():
             global_buffers = strategy.aggregate_buffers(results)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
+        seconds, peak = time.perf_counter() - t0, peak_memory_mb(device)
+        progress.attempts[-1]["execution"] = execution_of(trainer)  # how this attempt's rounds trained
+        # Between two evaluated rounds the global model is evaluated where the run may have diverged, so that
+        # eval_every decides how often a run reports, not whether and where it stops, its final model or what SWA
+        # averages: a model that is not finite, or a round whose clients' local training loss (known without an
+        # evaluation) is not finite or above DIVERGED_LOSS, as an exploding run's is (FedAvg on digits at lr 20: the
+        # clients' 2.8e8 in the round whose global model's was 3.9e11). The evaluation decides, as with eval_every 1.
+        finite = bool(torch.isfinite(global_params).all()) and bool(torch.isfinite(global_buffers).all())
+        local_loss = _local_train_loss(results)
+        suspect = not finite or not _within_bound(local_loss)
+        if suspect and checked < t - 1:
+            # The clients' loss is that of the model they started from as much as of their steps: the model of round
+            # t - 1, which no evaluation has seen, may be the one that exploded, its loss showing in this round's
+            # clients' first steps alone (at lr 5 there: 2.7e7 after a round whose clients' was 936). Where it did,
+            # the run stops at round t - 1 as with eval_every 1, and this round is undone.
+            flat.set(start_params)
+            if start_buffers.numel():
+                load_buffers(model, start_buffers)
+            before = evaluate_row(t - 1, *timing)
+            if before["status"] != "ok":
+                previous = records.pop()
+                for key in ("swa", "swa_metrics"):  # with eval_every 1, SWA never averaged it (at a cycle end)
+                    previous.pop(key, None)
+                if averager is not None:
+                    averager = SWAModel()
+                    _restore_swa(averager, records, device)
+                    before.update(_last_swa_metrics(records), **{SWA_BN_COLUMN: swa_bn_stats})
+                records.append({**previous, **record(t - 1, before, start_params, start_buffers, None)})
+                progress.save(t - 1, records[-1], strategy, trainer, (start_params, start_buffers))
+                _log_row(before, cfg.rounds)
+                _log_diverged(before)
+                break
+        timing = (seconds, peak)
         flat.set(global_params)
         if global_buffers.numel():
             load_buffers(model, global_buffers)
-        # between two evaluated rounds a NaN/inf model is evaluated at once, so that a diverged run stops where it did
-        finite = bool(torch.isfinite(global_params).all()) and bool(torch.isfinite(global_buffers).all())
-        row = evaluate_row(t, seconds, peak_memory_mb(device)) if cfg.evaluates(t) or not finite else None
+        row = None
+        if cfg.evaluates(t) or suspect:
+            row, checked = evaluate_row(t, seconds, peak), t
+        if row is not None and not cfg.evaluates(t) and row["status"] == "ok":
+            # an excursion the global model came through: the run goes on, reporting at its cadence alone
+            log.warning("round %d: the clients' mean local training loss is %.6g (not finite or above %g), the "
+                        "global model's %.6g: training goes on", t, local_loss, DIVERGED_LOSS, row["train_loss"])
+            row = None
         clients = None
         if t in cfg.save_clients_at:
             clients = ClientRound(
@@ -282,18 +328,16 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
             records[-1]["swa_metrics"] = swa_metrics
         records[-1]["client_stats"] = {"num_clients": len(results), **round_stats(
             start_params, torch.stack([r.params for r in results]), global_params)}
-        progress.attempts[-1]["execution"] = execution_of(trainer)  # how this attempt's rounds trained
         progress.save(t, records[-1], strategy, trainer, (global_params, global_buffers))
         if row is None:
             if time.perf_counter() - logged >= UNEVALUATED_LOG_SECONDS:
-                _log_unevaluated(t, cfg, results, seconds)
+                _log_unevaluated(t, cfg, local_loss, seconds)
                 logged = time.perf_counter()
             continue
         _log_row(row, cfg.rounds)
         logged = time.perf_counter()
         if row["status"] != "ok":
-            log.error("round %d: the global model's training loss is %s (not finite or above %g): the run diverged; "
-                      "stopping (lower the learning rate)", t, row["train_loss"], DIVERGED_LOSS)
+            _log_diverged(row)
             break
 
     clients = {}
@@ -419,13 +463,28 @@ def _to_device(obj, device):
     return obj
 
 
-def _log_unevaluated(round_: int, cfg: TrainConfig, results: list, seconds: float) -> None:
-    """A progress line of a round whose global model is not evaluated (`training.eval_every`): the clients' mean
-    local training loss, weighted by their samples, which costs no evaluation."""
+def _within_bound(loss: float) -> bool:
+    """Whether a training loss leaves a run ok: finite and at most DIVERGED_LOSS (above it, the run diverged)."""
+    return math.isfinite(loss) and loss <= DIVERGED_LOSS
+
+
+def _local_train_loss(results: list) -> float:
+    """The clients' mean local training loss of a round (each client's mean over its local steps), weighted by their
+    samples: known after every round without an evaluation."""
     samples = sum(r.num_samples for r in results)
-    loss = sum(float(r.train_loss) * r.num_samples for r in results) / max(samples, 1)
+    return sum(float(r.train_loss) * r.num_samples for r in results) / max(samples, 1)
+
+
+def _log_unevaluated(round_: int, cfg: TrainConfig, loss: float, seconds: float) -> None:
+    """A progress line of a round whose global model is not evaluated (`training.eval_every`): the clients' mean
+    local training loss (`_local_train_loss`), which costs no evaluation."""
     log.info("round %d/%d local_train_loss=%.4f seconds=%.2f (the global model is evaluated every %d rounds)",
              round_, cfg.rounds, loss, seconds, cfg.eval_every)
+
+
+def _log_diverged(row: dict) -> None:
+    log.error("round %d: the global model's training loss is %s (not finite or above %g): the run diverged; stopping "
+              "(lower the learning rate)", row["round"], row["train_loss"], DIVERGED_LOSS)
 
 
 def _log_row(row: dict, rounds: int) -> None:

@@ -67,8 +67,11 @@ ATTEMPT_COMPUTE = ("device", "device_name", "device_uuid", "precision_used")
 # CPU never captures. Capture also holds device memory (its graphs' pools), so a train job out of memory names it too
 # (plan.resources.RULE_NEEDS).
 NEUTRAL_TRAINING_KEYS = (*MEMORY_KEYS, "capture")
-# Keys of how often a run evaluates and keeps its global model: they change no model, so an IID warm-up init
-# (which keeps its last model) leaves them at their baselines (out of its settings).
+# Keys of how often a run evaluates and keeps its global model. save_every changes no model; eval_every none of a run
+# that does not diverge, and a run that does stops where it does with eval_every 1 wherever its clients' local
+# training loss shows the explosion, as an exploding run's does (fl.engine evaluates such a round, and the model its
+# clients started from, whatever the cadence). An IID warm-up init (which evaluates every round and keeps its last
+# model) leaves them at their baselines (out of its settings).
 RUN_ONLY_TRAINING_KEYS = ("eval_every", "save_every")
 # What the engine measures after every evaluated round (`TrainConfig.evaluates`; round 0 = the initial model);
 # `status` is ok or diverged.

@@ -47,9 +47,17 @@ from fedscape.stages.train_settings import TrainJob
 
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 # A train job's settings carry RESULT_VERSIONS["train"] plus the bumps its algorithm's hyperparameters give its runs
-# (`AlgorithmConfig.result_bumps`: fixes that changed only such runs, as plan.partition's EXACT_ZEROS_BUMPS): bump
-# RESULT_VERSIONS["train"] for a change of every run, `result_bumps` for one of those runs alone.
+# (`AlgorithmConfig.result_bumps`: fixes that changed only such runs, as plan.partition's EXACT_ZEROS_BUMPS) and
+# THINNED_EVAL_BUMPS where its training.eval_every is above 1: bump RESULT_VERSIONS["train"] for a change of every
+# run, `result_bumps` or THINNED_EVAL_BUMPS for one of those runs alone.
 RESULT_VERSIONS = {"train": 1}
+# THINNED_EVAL_BUMPS 1: a round between two evaluated ones whose clients' mean local training loss is not finite or
+# above DIVERGED_LOSS is evaluated (as one whose model is not finite was), and so is the model its clients started
+# from where no evaluation saw it (fl.engine), so that a run stops where it does with eval_every 1: one whose model
+# exploded between two evaluations and recovered by the next trained on as `ok` (an SWA run averaging the exploded
+# model in where it was a cycle end's). Which runs had such an excursion is their data's, so every run with
+# eval_every above 1 carries it; with eval_every 1 every round was evaluated and nothing changed.
+THINNED_EVAL_BUMPS = 1
 
 
 def merge_training(training: dict, overrides: dict) -> dict:
@@ -140,10 +148,10 @@ def train_settings(config: dict, run: Run, recorded: Iterable[str] | None = None
 
 def train_result_version(job: TrainJob, model_options: dict) -> int:
     """The result version of a train job (its model's `model_options` from the config): RESULT_VERSIONS["train"],
-    plus its algorithm's `result_bumps`."""
+    plus its algorithm's `result_bumps`, plus THINNED_EVAL_BUMPS where it evaluates less than every round."""
     bumps = algorithm_config(job.algorithm, job.hyperparameters).result_bumps(
         job.run["model"], model_options, dataclasses.asdict(job.training))
-    return RESULT_VERSIONS["train"] + bumps
+    return RESULT_VERSIONS["train"] + bumps + (THINNED_EVAL_BUMPS if job.training.eval_every > 1 else 0)
 
 
 def train_inputs(results: Results, run: Run) -> dict[str, str]:

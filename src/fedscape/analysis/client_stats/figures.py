@@ -38,11 +38,11 @@ def before_divergence(stats: pd.DataFrame, rounds: pd.DataFrame, where: str = "c
 
     The engine records a round's client statistics before it stops on the divergence, so a diverged run's last row
     holds the exploding round's drift (1e6 where the others have 1): in a mean over seeds it would be the whole line.
-    rounds.csv holds the evaluated rounds alone (training.eval_every): a round between two evaluations whose weights
-    are finite but whose loss is already above the bound is not evaluated, so the diverged round rounds.csv names can
-    come rounds after the explosion began. Cut at the last ok evaluation, no exploding round is counted; with
-    eval_every 1 that is the round before the diverged one, otherwise the rounds since the last evaluation, exploding
-    or not, are left out too.
+    rounds.csv holds the evaluated rounds alone (training.eval_every): the engine evaluates a round between two
+    evaluations where its model or its clients' loss shows an explosion, but one that shows in neither (or a run
+    trained before it did so) can have the diverged round rounds.csv names come rounds after the explosion began.
+    Cut at the last ok evaluation, no exploding round is counted; with eval_every 1 that is the round before the
+    diverged one, otherwise the rounds since the last evaluation, exploding or not, are left out too.
     """
     missing = sorted(set(stats["run_id"]) - set(rounds["run_id"]))
     if missing:

@@ -7,11 +7,11 @@ from snakemake.io import IOFile
 from snakemake.utils import min_version
 
 from fedscape.core.config import load_schema, read_config_file
-from fedscape.core.gpus import export_card_limit
 from fedscape.core.paths import Results
 from fedscape.core.runs import build_runs
 from fedscape.plan.resources import (
     cpu_job_resources,
+    export_local_card_limit,
     gpu_job_resources,
     local_gpu_slots,
 )
@@ -59,13 +59,13 @@ CLUSTER = workflow.global_resources["_nodes"].value is not None
 GPU_JOB = gpu_job_resources(config, CLUSTER)
 CPU_JOB = cpu_job_resources(CLUSTER)
 # The local jobs (subprocesses of this process) learn how many GPU jobs of this run a card takes, and wait for a card
-# below that where other workflows' jobs fill theirs (fedscape.core.gpus); a cluster's never wait.
+# below that where other workflows' jobs fill theirs (fedscape.core.gpus); a cluster's never wait. Told here as the
+# run is planned, and again in `onstart`, once Snakemake knows whether it executes locally.
 if workflow.is_main_process:
-    GPU_CARDS = 0 if CLUSTER else local_gpu_slots(config)
     if not CLUSTER and "gpu" not in workflow.global_resources:
-        workflow.global_resources["gpu"] = GPU_CARDS
-    export_card_limit(
-        None if CLUSTER else workflow.global_resources["gpu"].value, GPU_CARDS
+        workflow.global_resources["gpu"] = local_gpu_slots(config)
+    export_local_card_limit(
+        config, not CLUSTER, workflow.global_resources.get("gpu").value
     )
 
 
@@ -102,6 +102,9 @@ onstart:
         CLUSTER,
         workflow.local_exec,
         "gpu" in workflow.global_resources,
+    )
+    export_local_card_limit(
+        config, workflow.local_exec, workflow.global_resources.get("gpu").value
     )
     check_data(config, RUNS, named)
     check_read_files(

@@ -5,6 +5,8 @@ none (containers, WSL2)."""
 from __future__ import annotations
 
 import logging
+import os
+import re
 import subprocess
 import sys
 import threading
@@ -26,7 +28,9 @@ from fedscape.core.gpus import (
     jobs_per_card,
 )
 from fedscape.models import device as device_mod
+from fedscape.plan import resources as resources_mod
 
+ROOT = Path(__file__).resolve().parents[2]
 POLL = 0.05  # seconds between a waiting job's looks at the claims: the tests wait a few tenths of a second
 
 
@@ -159,6 +163,52 @@ def test_the_snakefile_tells_its_jobs_the_limit_per_card(gpu_limit, cards, want)
     # Assert
     assert environ.get(CARD_LIMIT_ENV) == want
     assert card_limit(environ) == (None if want is None else int(want)) == jobs_per_card(gpu_limit, cards)
+
+
+@pytest.mark.parametrize(("local_exec", "gpu_limit", "visible", "want"), [
+    (True, 1, 1, "1"),      # --cores alone: one GPU job per card
+    (True, 2, 1, "2"),      # --jobs beside --cores with --resources gpu=2, as onstart sees it: executing locally
+    (True, 4, 2, "2"),
+    (False, 2, 1, None),    # a cluster run (or one planned as such, while the Snakefile is read): none on the nodes
+    (True, None, 1, None),  # --jobs beside --cores without --resources gpu=N: refused where a GPU job is to run
+    (True, 1, 0, None),     # a CPU-only machine: nothing to wait for
+])
+def test_a_run_executing_locally_tells_its_jobs_the_limit_per_card(monkeypatch, local_exec, gpu_limit, visible, want):
+    # Prepare: this machine's cards, and a value the user's shell left
+    monkeypatch.setattr(resources_mod, "visible_gpus", lambda: visible)
+    monkeypatch.setattr(resources_mod, "no_card_known", lambda: True)
+    environ = {CARD_LIMIT_ENV: "7"}
+
+    # Execute
+    resources_mod.export_local_card_limit({"training": {"device": "auto"}}, local_exec, gpu_limit, environ)
+
+    # Assert: a local run's jobs wait for other workflows' jobs on a busy card, however Snakemake planned it
+    assert environ.get(CARD_LIMIT_ENV) == want
+
+
+def test_the_snakefile_tells_the_jobs_again_once_it_knows_that_it_executes_locally():
+    # Prepare: the Snakefile's `onstart` (called once Snakemake executes, before any job)
+    onstart = (ROOT / "Snakefile").read_text().split("\nonstart:\n", 1)[1].split("\n\n", 1)[0]
+
+    # Assert: the limit follows where the jobs execute, not how the run was planned (`--jobs` beside `--cores`)
+    assert re.search(r"export_local_card_limit\(\s*config, workflow\.local_exec, "
+                     r"workflow\.global_resources\.get\(\"gpu\"\)\.value\s*\)", onstart)
+
+
+def test_a_claim_touches_its_slot_file_so_that_a_tmp_cleaner_spares_it(tmp_path):
+    # Prepare: a slot file left by an earlier job, dated as a /tmp cleaner would delete it (systemd-tmpfiles: 10 d)
+    earlier = claim_card(1, tmp_path, ["GPU-0"])
+    earlier.release()
+    os.utime(earlier.path, (0, 0))
+    before = time.time()
+
+    # Execute: the next job claims the card, reusing the slot file
+    claim = claim_card(1, tmp_path, ["GPU-0"])
+
+    # Assert: its age counts from the claim (the file system's clock may trail time.time() by a tick)
+    stat = claim.path.stat()
+    assert claim.path == earlier.path and min(stat.st_mtime, stat.st_atime) > before - 5
+    claim.release()
 
 
 @pytest.mark.parametrize("value", ["0", "two", "-1", ""])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import os
 import re
 import subprocess
@@ -221,6 +222,35 @@ def test_auto_takes_the_visible_card_with_the_fewest_claims_named_by_its_uuid(co
         device_mod._CLAIM.release()
 
 
+@pytest.mark.parametrize(("environ", "given"), [
+    ({"CUDA_VISIBLE_DEVICES": "0"}, "CUDA_VISIBLE_DEVICES=0"),  # a card given, and a CPU-only torch
+    ({"CUDA_VISIBLE_DEVICES": "GPU-5f1c", "SLURM_JOB_GPUS": "3"}, "CUDA_VISIBLE_DEVICES=GPU-5f1c"),
+    ({"SLURM_JOB_GPUS": "3"}, "SLURM_JOB_GPUS=3"),            # SLURM's, without CUDA_VISIBLE_DEVICES
+    ({"SLURM_GPUS_ON_NODE": "1"}, "SLURM_GPUS_ON_NODE=1"),
+    ({}, None),                                               # a CPU machine: the CPU is what it has
+    ({"CUDA_VISIBLE_DEVICES": ""}, None),                     # every card hidden
+    ({"CUDA_VISIBLE_DEVICES": "-1", "SLURM_GPUS_ON_NODE": "0"}, None),
+])
+def test_auto_on_the_cpu_warns_where_the_job_was_given_a_card(monkeypatch, caplog, environ, given):
+    # Prepare: torch finds no CUDA device; the environment the job was started in
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(device_mod, "_WARNED", [])  # said once per process
+    for name in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+
+    # Execute: the job's first call and a later one (its stage after its precision check)
+    got = [device_mod.resolve_device("auto") for _ in range(2)]
+
+    # Assert: the job computes on the CPU (not an error: the job runs), and says once, loudly, that its card idles
+    assert [str(device) for device in got] == ["cpu", "cpu"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == (given is not None)
+    if given is not None:
+        assert f"{given} gives this job a card" in warnings[0] and "computes on the CPU" in warnings[0]
+
+
 @pytest.mark.parametrize(("device", "gpus", "per_job", "slots"), [
     ("auto", 0, 0, 0),   # a CPU-only machine: scheduled by cores alone
     ("auto", 1, 1, 1),
@@ -277,6 +307,42 @@ def test_an_explicit_cuda_device_on_this_machine_is_refused_only_where_it_is_kno
 
     # Assert
     assert [p.split(":")[0] for p in problems] == (["training.device"] if refused else [])
+
+
+@pytest.mark.parametrize(("device", "known", "per_job", "slots"), [
+    ("auto", False, 1, 1),  # a card may be there unseen (a ROCm machine, a container hiding the driver): one
+    ("cuda", False, 1, 1),
+    ("cpu", False, 0, 0),   # the jobs will not touch it
+    ("auto", True, 0, 0),   # a CPU-only machine: scheduled by cores alone, as before
+    ("cuda", True, 0, 0),   # no card (a local run is refused before any job: execution_problems)
+])
+def test_a_card_that_may_be_there_unseen_is_planned_as_one(monkeypatch, caplog, device, known, per_job, slots):
+    # Prepare: this machine shows no card (visible_gpus 0), known to be none or a count no driver answered
+    monkeypatch.setattr(resources_mod, "visible_gpus", lambda: 0)
+    monkeypatch.setattr(resources_mod, "no_card_known", lambda: known)
+    monkeypatch.setattr(resources_mod, "_UNSEEN_WARNED", [])  # said once per process
+    config = {"training": {"device": device}}
+
+    # Execute: the planner's questions, with the count left to the machine (gpus None), each more than once
+    got = [(gpu_per_job(config), local_gpu_slots(config), gpu_job_resources(config, cluster=False)) for _ in range(2)]
+
+    # Assert: the GPU jobs hold one card's `gpu` resource and run one at a time; said once where it counts one
+    assert got == [(per_job, slots, {"gpu": per_job})] * 2
+    assert caplog.text.count("this machine lists no NVIDIA card") == per_job
+
+
+@pytest.mark.parametrize(("known", "refused"), [(False, True), (True, False)])
+def test_a_local_run_planned_as_a_cluster_is_refused_where_a_card_may_be_there_unseen(monkeypatch, known, refused):
+    # Prepare: a machine that shows no card; --jobs beside --cores, and no --resources gpu=N
+    monkeypatch.setattr(resources_mod, "visible_gpus", lambda: 0)
+    monkeypatch.setattr(resources_mod, "no_card_known", lambda: known)
+
+    # Execute
+    problems = execution_problems({"training": {"device": "auto"}}, True, True, False)
+
+    # Assert: every GPU job would find the unseen card at once, with no limit per card
+    assert ["given --jobs with --cores" in p and "one the driver does not list" in p for p in problems] == (
+        [True] if refused else [])
 
 
 # How Snakemake was started against the cards: training.device, the cards this machine shows, and

@@ -158,12 +158,14 @@ def test_the_profile_leaves_the_memory_of_train_and_init_to_their_rules():
                      r"wildcards\.init, attempt\s*\)", rules["init"])
 
 
-def evaluate(expression: object, inputs: tuple[str, ...], attempt: int) -> object:
-    """A profile resource value as Snakemake evaluates it for a job with the named `inputs` at `attempt`."""
+def evaluate(expression: object, inputs: tuple[str, ...], attempt: int, size_mb: float = 0.0) -> object:
+    """A profile resource value as Snakemake evaluates it for a job with the named `inputs` (of `size_mb` MB in all)
+    at `attempt`."""
     if not isinstance(expression, str):
         return expression
-    namespace = {"input": Namedlist(fromdict={name: f"{name}.file" for name in inputs}), "attempt": attempt}
-    return eval(expression, namespace)  # noqa: S307 - the profile's own expressions
+    job_input = Namedlist(fromdict={name: f"{name}.file" for name in inputs})
+    job_input.size_mb = size_mb
+    return eval(expression, {"input": job_input, "attempt": attempt})  # noqa: S307 - the profile's own expressions
 
 
 @pytest.mark.parametrize(("inputs", "runtimes"), [(("trajectory", "partition"), (480, 960)),
@@ -177,6 +179,26 @@ def test_a_computing_hessian_job_gets_hours_more_on_its_resubmission(inputs, run
 
     # Assert: 8 h, then 16 h (fedalign.yaml's spectra take 5-6 h in one part a kill loses); a copy stays minutes
     assert got == runtimes
+
+
+def test_every_time_and_memory_the_profile_gives_a_computing_job_grow_on_its_resubmission():
+    # Prepare: each runtime and mem_mb of the profile, its defaults among them (every other job's)
+    sizes = {"runtime", "mem_mb"}
+    entries = {("default-resources", key): value for key, value in profile()["default-resources"].items()
+               if key in sizes}
+    entries |= {(rule, key): value for rule, resources in profile()["set-resources"].items()
+                for key, value in resources.items() if key in sizes}
+
+    # Execute: each for a computing job (not a copy of another run's Hessian result), inputs of 6 GB
+    got = {entry: tuple(evaluate(value, ("trajectory", "partition"), attempt, 6000.0) for attempt in (1, 2))
+           for entry, value in entries.items()}
+
+    # Assert: a job killed at its time or memory limit is not resubmitted to be killed at the same point (a surface
+    # chunk keeps no progress: 4 h, then 8 h)
+    assert [entry for entry, (first, second) in got.items() if second <= first] == []
+    assert got[("landscape_chunk", "runtime")] == (240, 480)
+    assert {("default-resources", "runtime"), ("default-resources", "mem_mb"), ("landscape_plane", "mem_mb"),
+            ("init", "runtime"), ("interpolation", "runtime"), ("layer_barriers", "runtime")} <= set(got)
 
 
 def test_a_dry_run_under_the_profile_sizes_each_job_by_its_data(tmp_path):

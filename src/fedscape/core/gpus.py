@@ -26,8 +26,9 @@ several GPU jobs at once never share a card unless the user said they fit.
 - Where the variable is absent a job never waits, as before the limit: a job run outside Snakemake, and a cluster job,
   which SLURM gives its card (the Snakefile removes the variable in a cluster run's main process, so that sbatch,
   which exports the submitting environment, cannot carry one from the user's shell to the nodes). A local run given
-  `--jobs` beside `--cores` is planned as a cluster run too (`plan.resources.execution_problems`): its jobs do not
-  wait either.
+  `--jobs` beside `--cores` is planned as a cluster run too (`plan.resources.execution_problems`): its jobs wait
+  only where `--resources gpu=N` sets the limit, which the Snakefile's `onstart` then exports
+  (`plan.resources.export_local_card_limit`).
 - The wait holds no lock: the choice is made under the machine-wide choose.lock, which is let go between polls
   (every POLL_SECONDS), so that other jobs claim and release meanwhile. The job logs when it starts waiting and every
   REPORT_SECONDS after (the cards, their claims, the limit), so a user sees why it is idle. Jobs are not queued in
@@ -346,6 +347,11 @@ def _take_slot(card: int, name: str, claim_dir: Path) -> CardClaim:
             handle.close()
             slot += 1
             continue
+        # A slot file is made once and then only opened and locked, so its times would stay those of its making: a
+        # /tmp cleaner (systemd-tmpfiles' `q /tmp ... 10d`) would delete a held one, and the next job take its card
+        # at once. Touched, its age counts from this claim.
+        with contextlib.suppress(OSError):
+            os.utime(handle.fileno())
         return CardClaim(card, handle, path)
 
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import platform
 import resource
 from collections.abc import Callable, Iterator
 
 import torch
 
-from fedscape.core.gpus import CLAIM_DIR, POLL_SECONDS, CardClaim, card_limit, claim_card
+from fedscape.core.gpus import CLAIM_DIR, POLL_SECONDS, CardClaim, card_limit, claim_card, visible_entries
 from fedscape.core.manifest import note
 from fedscape.models.specs import PRECISIONS
 
@@ -20,6 +21,7 @@ log = logging.getLogger("fedscape")
 
 # The claim of this process's job on its card, held until the process ends (fedscape.core.gpus).
 _CLAIM: CardClaim | None = None
+_WARNED: list[str] = []  # the card `_warn_card_unused` said this job holds unused
 
 
 def resolve_device(name: str, claim_dir=CLAIM_DIR, poll: float = POLL_SECONDS) -> torch.device:
@@ -46,6 +48,7 @@ def resolve_device(name: str, claim_dir=CLAIM_DIR, poll: float = POLL_SECONDS) -
     global _CLAIM
     if name == "auto":
         if not torch.cuda.is_available():
+            _warn_card_unused()
             return torch.device("cpu")
         if _CLAIM is None:
             cards = torch.cuda.device_count()
@@ -61,6 +64,35 @@ def resolve_device(name: str, claim_dir=CLAIM_DIR, poll: float = POLL_SECONDS) -
         if card < cards:  # else CUDA itself says so on the job's first tensor there
             _CLAIM = _claim(cards, claim_dir, card, poll)
     return _made_current(device)
+
+
+def _given_card() -> str | None:
+    """The variable (`name=value`) that gives this process a card: CUDA_VISIBLE_DEVICES where it lists one (not an
+    empty or `-1` value, which hides them: `fedscape.core.gpus.visible_entries`), else SLURM's of a job given a GPU
+    (SLURM_JOB_GPUS, SLURM_STEP_GPUS: their indices; SLURM_GPUS_ON_NODE: their count); None where none does."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is not None and visible_entries(value):
+        return f"CUDA_VISIBLE_DEVICES={value}"
+    for name in ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE"):
+        value = os.environ.get(name, "").strip()
+        if value and value != "0":
+            return f"{name}={value}"
+    return None
+
+
+def _warn_card_unused() -> None:
+    """Warn, once per process, where `auto` falls back to the CPU while the job was given a card (`_given_card`): a
+    CPU-only torch in a GPU job (or a driver torch cannot use) would compute for hours on the CPU, holding the card,
+    with only the log's `computing on cpu` line to tell."""
+    given = _given_card()
+    if given is None or _WARNED:
+        return
+    _WARNED.append(given)
+    log.warning("training.device: auto: %s gives this job a card, but torch %s (GPU build: %s) finds no CUDA device, "
+                "so the job computes on the CPU, many times slower, while the card stays idle: install a CUDA build "
+                "of torch (--sdm conda uses envs/torch.yaml for the GPU rules) or check the driver "
+                "(nvidia-smi), or set training.device: cpu so that the jobs ask for no card", given,
+                torch.__version__, torch.version.cuda or getattr(torch.version, "hip", None) or "none, CPU only")
 
 
 def _claim(cards: int, claim_dir, card: int | None, poll: float) -> CardClaim:

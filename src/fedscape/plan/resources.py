@@ -15,13 +15,14 @@ CIFAR-10's is 0.7 GB. Every heavy rule that reads one asks for it in its rule fi
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 
 from fedscape.core.config import config_value
-from fedscape.core.gpus import no_card_known, visible_gpus
+from fedscape.core.gpus import export_card_limit, no_card_known, visible_gpus
 from fedscape.core.runs import Run
 from fedscape.data.specs import STORED_IMAGE_AUGMENTATIONS, TARGETS, dataset_info, resolved_targets
 from fedscape.fl.settings import clients_per_round
@@ -29,6 +30,9 @@ from fedscape.fl.state_sizes import client_state_models
 from fedscape.plan.hessian import shared_source
 from fedscape.plan.train import kept_rounds_of, run_training
 from fedscape.stages.init_settings import TRAINING_KINDS
+
+log = logging.getLogger(__name__)
+_UNSEEN_WARNED: list[bool] = []  # whether `planned_gpus` said that it counts an unseen card
 
 
 @dataclass(frozen=True)
@@ -109,9 +113,29 @@ COPYING_RULES = ("hessian", "hessian_plane")
 def gpu_per_job(config: dict, gpus: int | None = None) -> int:
     """The `gpu` resource of a GPU rule's job: 1 where it will take a card (CUDA visible, device not `cpu`), else 0,
     so that a CPU-only machine schedules by cores alone, as before. `gpus`: the visible cards (default: this
-    machine's, `fedscape.core.gpus.visible_gpus`)."""
-    gpus = visible_gpus() if gpus is None else gpus
-    return int(config["training"]["device"] != "cpu" and gpus > 0)
+    machine's, `planned_gpus`)."""
+    if config["training"]["device"] == "cpu":
+        return 0
+    return int((planned_gpus() if gpus is None else gpus) > 0)
+
+
+def planned_gpus() -> int:
+    """The cards a local run on this machine plans its GPU jobs for: the visible ones
+    (`fedscape.core.gpus.visible_gpus`), or one where it shows none while a card may be there unseen (`no_card_known`
+    False: a ROCm machine, whose torch calls its cards cuda, or a container that hides the NVIDIA driver's listing
+    and nvidia-smi). Counted as none, the GPU jobs would hold no `gpu` resource and get no limit per card, and each
+    would find the card through torch and start on it at once; counted as one, they run one at a time on it, and
+    wait for other workflows' jobs there. Said once per process (the planner asks more than once)."""
+    gpus = visible_gpus()
+    if gpus or no_card_known():
+        return gpus
+    if not _UNSEEN_WARNED:
+        _UNSEEN_WARNED.append(True)
+        log.warning("fedscape: this machine lists no NVIDIA card (no /proc/driver/nvidia/gpus, no nvidia-smi), but a "
+                    "device file a card is reached through exists, so torch may find one: the GPU jobs of a local "
+                    "run are planned for one card, one at a time; --resources gpu=N allows N at once, and "
+                    "training.device: cpu none")
+    return 1
 
 
 def gpu_job_resources(config: dict, cluster: bool, environ: Mapping[str, str] | None = None) -> dict[str, object]:
@@ -179,7 +203,8 @@ def execution_problems(config: dict, planned_as_cluster: bool, local_exec: bool,
 
     - `--jobs` with `--cores` on a local run: Snakemake then counts it as a cluster run while the Snakefile is read
       (no limit on cores, and the Snakefile sets no `gpu` limit), so every GPU job could start on one card at once;
-      refused where a card is visible and no `--resources gpu=N` limits them.
+      refused where a card is visible, or may be there unseen (`planned_gpus`), and no `--resources gpu=N` limits
+      them.
     - `training.device: cuda` or `cuda:<i>` on a local run that sees no card: its CPU jobs would run, and its first
       GPU job fail on "CUDA is not available". Refused where the count is known (`gpus` given, CUDA_VISIBLE_DEVICES
       set, no device file of a card, or the driver answers: `no_card_known`), not where a card may be there unseen.
@@ -189,10 +214,11 @@ def execution_problems(config: dict, planned_as_cluster: bool, local_exec: bool,
     given = gpus is not None
     gpus = visible_gpus() if gpus is None else gpus
     problems = []
-    if local_exec and planned_as_cluster and not gpu_limited and local_gpu_slots(config, gpus) > 0:
+    if local_exec and planned_as_cluster and not gpu_limited and local_gpu_slots(config, gpus if given else None) > 0:
+        cards = f"{gpus} visible" if gpus else "one the driver does not list"
         problems.append(
             f"this local run was given --jobs with --cores: Snakemake then plans it as a cluster run, with no limit on "
-            f"the GPU jobs that share a card ({gpus} visible), which run out of its memory together. Run it with "
+            f"the GPU jobs that share a card ({cards}), which run out of its memory together. Run it with "
             f"--cores alone (one GPU job per card at a time), and add --resources gpu=N for N GPU jobs at once")
     device = config["training"]["device"]
     index = int(device.split(":", 1)[1]) if device.startswith("cuda:") else None
@@ -215,12 +241,33 @@ def execution_problems(config: dict, planned_as_cluster: bool, local_exec: bool,
 def local_gpu_slots(config: dict, gpus: int | None = None) -> int:
     """How many GPU jobs a local run starts at once: one per visible card with `device: auto` (each job then takes
     the card with the fewest jobs: `fedscape.models.device.resolve_device`), one with an explicit `cuda[:i]`
-    (every job on that one card), none without a card. `--resources gpu=N` on the command line overrides it, for
-    jobs known to fit N to a card."""
-    gpus = visible_gpus() if gpus is None else gpus
+    (every job on that one card), none without a card (a card that may be there unseen counts: `planned_gpus`).
+    `--resources gpu=N` on the command line overrides it, for jobs known to fit N to a card."""
+    if config["training"]["device"] == "cpu":
+        return 0
+    gpus = planned_gpus() if gpus is None else gpus
     if gpu_per_job(config, gpus) == 0:
         return 0
     return gpus if config["training"]["device"] == "auto" else 1
+
+
+def export_local_card_limit(config: dict, local_exec: bool, gpu_limit: int | None,
+                            environ: MutableMapping[str, str] | None = None) -> None:
+    """Tell the jobs this process starts how many GPU jobs of this run one card takes
+    (`fedscape.core.gpus.export_card_limit`): the run's `gpu` resource `gpu_limit` (None: not set) over the cards
+    its jobs use (`local_gpu_slots`) where the jobs run on this machine (`local_exec`), so that they wait for other
+    workflows' jobs on a busy card; no limit (the variable removed, also one the user's shell set) where a cluster
+    places the jobs, and sbatch would carry it to the nodes.
+
+    The Snakefile calls it while it is read, with `local_exec` as planned (no executor's `--jobs`), and again in
+    `onstart`, where Snakemake knows whether it executes locally: a local run given `--jobs` beside `--cores` is
+    planned as a cluster run, and with `--resources gpu=N` its jobs get the limit there (without it, such a run is
+    refused where a card may be there and a GPU job is about to run: `execution_problems`). The cards are counted
+    only for a limit: a login node need not see any."""
+    if not local_exec or gpu_limit is None:
+        export_card_limit(None, 0, environ)
+    else:
+        export_card_limit(gpu_limit, local_gpu_slots(config), environ)
 
 
 class _Kept(dict):

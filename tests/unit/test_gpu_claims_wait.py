@@ -196,18 +196,22 @@ def test_the_snakefile_tells_the_jobs_again_once_it_knows_that_it_executes_local
 
 
 def test_a_claim_touches_its_slot_file_so_that_a_tmp_cleaner_spares_it(tmp_path):
-    # Prepare: a slot file left by an earlier job, dated as a /tmp cleaner would delete it (systemd-tmpfiles: 10 d)
+    # Prepare: a slot file and the choose.lock left by an earlier job, dated as a /tmp cleaner would delete them
+    # (systemd-tmpfiles: 10 d)
     earlier = claim_card(1, tmp_path, ["GPU-0"])
     earlier.release()
-    os.utime(earlier.path, (0, 0))
+    for path in (earlier.path, tmp_path / "choose.lock"):
+        os.utime(path, (0, 0))
     before = time.time()
 
     # Execute: the next job claims the card, reusing the slot file
     claim = claim_card(1, tmp_path, ["GPU-0"])
 
-    # Assert: its age counts from the claim (the file system's clock may trail time.time() by a tick)
-    stat = claim.path.stat()
-    assert claim.path == earlier.path and min(stat.st_mtime, stat.st_atime) > before - 5
+    # Assert: their age counts from the claim (the file system's clock may trail time.time() by a tick)
+    assert claim.path == earlier.path
+    for path in (claim.path, tmp_path / "choose.lock"):
+        stat = path.stat()
+        assert min(stat.st_mtime, stat.st_atime) > before - 5, path.name
     claim.release()
 
 

@@ -319,6 +319,8 @@ def claim_card(cards: int, claim_dir: Path = CLAIM_DIR, names: Sequence[str] | N
             claim_dir.chmod(0o1777)
         with _open_lock(claim_dir / "choose.lock") as chooser:
             fcntl.flock(chooser, fcntl.LOCK_EX)
+            with contextlib.suppress(OSError):  # as a slot file (`_take_slot`): a /tmp cleaner spares a recent one
+                os.utime(chooser.fileno())
             loads = None if card is not None and limit is None else card_loads(cards, claim_dir, names)
             free = [c for c in candidates if limit is None or loads[c] < limit]
             if free:

@@ -477,6 +477,17 @@ def test_a_gpu_rules_job_asks_a_cluster_for_a_card_unless_the_config_computes_on
     assert gpu_job_resources({"training": {"device": device}}, cluster, environ) == expected
 
 
+@pytest.mark.parametrize("model", ["a100-sxm4-80gb", "a100 80gb", "h100:2"])
+def test_a_gpu_model_the_slurm_plugin_would_refuse_is_refused_as_the_jobs_are_planned(model):
+    environ = {**ENVIRON, "SLURM_GPU_MODEL": model}
+
+    with pytest.raises(ConfigError, match=f"SLURM_GPU_MODEL={re.escape(model)}: .*SLURM_GPU_PARTITION"):
+        gpu_job_resources({"training": {"device": "auto"}}, True, environ)
+    # a CPU job asks for no model, and a local run none
+    assert gpu_job_resources({"training": {"device": "cpu"}}, True, environ)["gpu_model"] == ""
+    assert "gpu_model" not in gpu_job_resources({"training": {"device": "auto"}}, False, environ)
+
+
 def test_a_local_gpu_rules_job_asks_for_a_card_only_where_one_is_visible(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 

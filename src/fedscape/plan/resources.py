@@ -18,10 +18,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 
-from fedscape.core.config import config_value
+from fedscape.core.config import ConfigError, config_value
 from fedscape.core.gpus import export_card_limit, no_card_known, visible_gpus
 from fedscape.core.runs import Run
 from fedscape.data.specs import STORED_IMAGE_AUGMENTATIONS, TARGETS, dataset_info, resolved_targets
@@ -138,6 +139,10 @@ def planned_gpus() -> int:
     return 1
 
 
+# The GPU model names snakemake-executor-plugin-slurm (2.8.0) accepts in a job's `gpu_model`
+SLURM_GPU_MODEL_FORMAT = re.compile(r"[a-zA-Z0-9_.]+")
+
+
 def gpu_job_resources(config: dict, cluster: bool, environ: Mapping[str, str] | None = None) -> dict[str, object]:
     """The resources of a GPU rule's job that say whether, and on a cluster where, it takes a card.
 
@@ -150,8 +155,17 @@ def gpu_job_resources(config: dict, cluster: bool, environ: Mapping[str, str] | 
     environ = os.environ if environ is None else environ
     if config["training"]["device"] == "cpu":
         return cpu_job_resources(cluster, environ)
-    return {"gpu": 1, "gpu_model": environ.get("SLURM_GPU_MODEL", ""),
+    model = environ.get("SLURM_GPU_MODEL", "")
+    if model and not SLURM_GPU_MODEL_FORMAT.fullmatch(model):
+        # refused as the jobs are planned: the plugin would refuse it only at the first GPU job's submission, after
+        # the CPU jobs before it ran
+        raise ConfigError(
+            f"SLURM_GPU_MODEL={model}: the SLURM executor plugin takes a GPU model of letters, digits, '_' and '.' "
+            f"only, and would refuse the GPU jobs' submission; unset it and choose the cards by partition "
+            f"(SLURM_GPU_PARTITION) or node feature (--set-resources <rule>:constraint=<feature>), docs/cluster.md")
+    return {"gpu": 1, "gpu_model": model,
             "slurm_partition": environ.get("SLURM_GPU_PARTITION") or environ.get("SLURM_PARTITION", "")}
+
 
 
 def cpu_job_resources(cluster: bool, environ: Mapping[str, str] | None = None) -> dict[str, object]:

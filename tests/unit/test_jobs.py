@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from fedscape.core.config import RESULT_VERSION
-from fedscape.core.jobs import JobSettings, JobSettingsError, declared_defaults, to_settings
+from fedscape.core.jobs import JobSettings, JobSettingsError, declared_defaults, kept_record, to_settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,3 +106,69 @@ def test_settings_that_do_not_fit_the_kind_fail_naming_the_key(settings, message
 def test_to_settings_refuses_a_plain_dict():
     with pytest.raises(TypeError, match="JobSettings"):
         to_settings({"run_id": "r"})
+
+
+# -- the card index: placement, not meaning --------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Training(JobSettings):
+    lr: float
+    device: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Placed(JobSettings):
+    rule = "placed"
+    run_id: str
+    device: str
+    training: Training
+    warmup: Training | None = None
+    options: dict
+
+
+def _placed(device: str, nested: str | None = None, options_device: str = "cuda:1") -> dict:
+    """Settings of a Placed job on `device`, its trainings' on `nested` (else the same), a free mapping's `device`
+    key at `options_device`."""
+    nested = device if nested is None else nested
+    return {"run_id": "r", "device": device, "training": {"lr": 0.1, "device": nested},
+            "warmup": {"lr": 0.2, "device": nested}, "options": {"device": options_device}}
+
+
+@pytest.mark.parametrize(("recorded", "now", "same"), [
+    ("cuda:0", "cuda:1", True),  # another card
+    ("cuda:3", "cuda", True),
+    ("cuda", "cuda:12", True),
+    ("cuda", "cpu", False),  # another kind of device: the results differ to float rounding
+    ("cuda:0", "auto", False),
+    ("cpu", "auto", False),
+])
+@pytest.mark.parametrize("where", ["top", "nested"])
+def test_a_card_index_is_no_part_of_a_job_s_meaning(recorded, now, same, where):
+    # Prepare: the device of the job, or that of its nested trainings (a train job's `training.device`)
+    before, after = (_placed(recorded), _placed(now)) if where == "top" else \
+        (_placed("cpu", recorded), _placed("cpu", now))
+
+    # Execute
+    meanings = Placed.meaning(before), Placed.meaning(after)
+
+    # Assert
+    assert (meanings[0] == meanings[1]) is same
+    assert before != after  # the settings' text differs every time (the test can tell)
+
+
+def test_a_device_key_of_a_free_mapping_is_meaning():
+    # only the declared device fields are placement: a mapping given as it is keeps its values
+    assert Placed.meaning(_placed("cuda", options_device="cuda:0")) != Placed.meaning(_placed("cuda"))
+
+
+@pytest.mark.parametrize(("now", "kept"), [("cuda:1", True), ("cuda", True), ("cpu", False)])
+def test_a_finished_job_moved_to_another_card_keeps_its_recorded_text(now, kept):
+    # Prepare: Snakemake's record of the job as it ran on cuda:0
+    before = _placed("cuda:0")
+    recorded = [repr(before), repr("results/progress")]
+
+    # Execute
+    planned = kept_record(_placed(now), recorded, Placed.meaning)
+
+    # Assert: the recorded text where only the card changed, the settings of now otherwise; the values of now both ways
+    assert (repr(planned) == repr(before)) is kept
+    assert planned == _placed(now)

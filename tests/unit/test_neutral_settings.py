@@ -24,7 +24,7 @@ from helpers.synthetic import digits_like
 from helpers.workflow import ROOT
 
 from fedscape.analysis.barriers.definitions import InterpolationJob, LayerBarriersJob
-from fedscape.analysis.hessian.definitions import HessianJob
+from fedscape.analysis.hessian.definitions import HessianJob, HessianPlaneJob
 from fedscape.analysis.landscape.definitions import LandscapeChunkJob
 from fedscape.analysis.landscape.planes import random_plane
 from fedscape.analysis.landscape.surface import SurfaceEvaluator, SurfaceSettings
@@ -488,6 +488,83 @@ def test_a_continue_init_s_selector_means_the_run_it_names(selector, kept):
     assert now[key]["run"] != before[key]["run"]
     assert (repr(now[key]) == repr(before[key])) is kept
     assert (now[key]["source_run_id"] == before[key]["source_run_id"]) is kept
+
+
+# -- the card index: placement, not meaning ---------------------------------------------------------------------------
+# Each job kind that computes on the configured device, and where its settings hold it.
+DEVICE_PATHS = {TrainJob: ("training.device",), PretrainedInit: ("device",),
+                WarmupInit: ("device", "warmup_training.device"), HessianJob: ("device",),
+                HessianPlaneJob: ("device",), InterpolationJob: ("device",), LayerBarriersJob: ("device",),
+                LandscapeChunkJob: ("device",)}
+
+
+def _on(device: str, paths: tuple[str, ...]) -> dict:
+    """Settings with `device` at each of `paths`."""
+    settings = {"run_id": "r"}
+    for path in paths:
+        node = settings
+        *heads, last = path.split(".")
+        for head in heads:
+            node = node.setdefault(head, {"lr": 0.05})
+        node[last] = device
+    return settings
+
+
+@pytest.mark.parametrize("kind", DEVICE_PATHS, ids=lambda k: k.__name__)
+def test_a_card_index_is_placement_and_the_device_s_kind_meaning(kind):
+    # Prepare: the job on each card, on the current card, on the CPU and where torch finds one
+    settings = {device: _on(device, DEVICE_PATHS[kind]) for device in ("cuda:0", "cuda:1", "cuda", "cpu", "auto")}
+
+    # Execute
+    meanings = {device: kind.meaning(s) for device, s in settings.items()}
+
+    # Assert: one meaning for every card; the CPU's and auto's differ from it and from each other
+    assert meanings["cuda:0"] == meanings["cuda:1"] == meanings["cuda"]
+    assert len({repr(meanings[device]) for device in ("cuda", "cpu", "auto")}) == 3
+    # a job killed on one card resumes its saved rounds or parts on another
+    assert resume_settings(settings["cuda:0"], kind) == resume_settings(settings["cuda:1"], kind)
+
+
+@pytest.mark.parametrize("kind", DEVICE_PATHS, ids=lambda k: k.__name__)
+@pytest.mark.parametrize(("now", "kept"), [("cuda:1", True), ("cuda", True), ("cpu", False)])
+def test_a_job_moved_to_another_card_keeps_its_record(kind, now, kept):
+    # Prepare: Snakemake's record of the job as it ran on cuda:0
+    before, after = _on("cuda:0", DEVICE_PATHS[kind]), _on(now, DEVICE_PATHS[kind])
+
+    # Execute
+    planned = kept_record(after, _recorded(before), kind.meaning)
+
+    # Assert: the recorded text where only the card changed, else the settings of now; the values of now both ways
+    assert (repr(planned) == repr(before)) is kept
+    assert planned == after
+
+
+@pytest.mark.parametrize(("recorded", "now", "kept"), [
+    ("cuda", "cuda:1", True),  # a free card named with `cuda:<i>`
+    ("cuda:0", "cuda:1", True),
+    ("cuda:1", "cuda", True),
+    ("cuda", "cpu", False),  # another kind of device
+    ("cpu", "auto", False),
+])
+def test_naming_another_card_keeps_every_finished_job_s_params(recorded, now, kept):
+    # Prepare: the default config's jobs as Snakemake recorded them on `recorded`
+    def on(device: str):
+        return lambda raw: raw["training"].update(device=device)
+
+    before = neutral_rule_settings(_config(on(recorded)))
+    records = {key: _recorded(settings) for key, settings in before.items()}
+
+    # Execute: the jobs on `now`, with and without the records
+    planned = neutral_rule_settings(_config(on(now)), records)
+    fresh = neutral_rule_settings(_config(on(now)))
+
+    # Assert: the device is in the settings of every job that computes on it (all but the random init), which keep
+    # their record where only the card changed and take the settings of now where the device's kind did
+    differ = {key for key in before if repr(fresh[key]) != repr(before[key])}
+    assert {key[0] for key in differ} == {"init", "train", "hessian", "hessian_plane", "interpolation",
+                                          "layer_barriers", "landscape_chunk"}
+    for key in before:
+        assert repr(planned[key]) == repr(fresh[key] if key in differ and not kept else before[key]), key
 
 
 def test_resume_settings_takes_a_job_kind_not_its_neutral_paths():

@@ -18,13 +18,17 @@ Some values are written as the config gives them, and the job resolves what is l
 hyperparameters, a model's options. Written at the default the job takes anyway, or deleted, they change the text but
 not the job. A job kind's `meaning` leaves out both, and a finished job whose settings have the meaning of those
 Snakemake recorded for it keeps its recorded params (`kept_record`): lowering a memory setting so that a job fits its
-card, or spelling out a default, reruns none of the jobs already finished.
+card, or spelling out a default, reruns none of the jobs already finished. Which card a job computes on is no part of
+its meaning either: `meaning` reads a device `cuda:<i>` as `cuda` (`device_kind`), so that moving jobs to a free card
+reruns nothing; the device's kind (cpu, cuda, auto) stays meaning.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
+import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -60,12 +64,12 @@ class JobSettings:
     @classmethod
     def meaning(cls, settings: Mapping[str, Any]) -> dict:
         """What a job of `settings` computes, as data to compare: its settings less the `neutral` and `restated`
-        fields; a kind whose settings hold values as the config gives them also leaves out those at the defaults the
-        job takes anyway.
+        fields, each device as its `device_kind` (less the card's index); a kind whose settings hold values as the
+        config gives them also leaves out those at the defaults the job takes anyway.
         Never raises on settings of an older or unknown shape (a record): what it cannot resolve it keeps. The
         defaults are today's: a new default changes what the jobs that left it out compute, so it comes with a new
         result version (`core.config.with_result_version`)."""
-        return without_paths(settings, (*cls.neutral, *cls.restated))
+        return with_device_kinds(without_paths(settings, (*cls.neutral, *cls.restated)), device_paths(cls))
 
     @classmethod
     def from_settings(cls: type[J], settings: Mapping[str, Any]) -> J:
@@ -133,6 +137,48 @@ def without_paths(settings: Mapping[str, Any], paths: Iterable[str]) -> dict:
                 out[head] = without_paths(out[head], [rest])
         else:
             out.pop(head, None)
+    return out
+
+
+# The name of every job field that says where the job computes (`training.device`: auto, cpu, cuda or cuda:<i>).
+DEVICE_FIELD = "device"
+
+
+def device_kind(device: Any) -> Any:
+    """`device` less its card index: `cuda:<i>` is `cuda`, any other value as it is. The index says which of the
+    machine's cards the job takes, not what it computes: under `cuda` the same job takes the card that
+    CUDA_VISIBLE_DEVICES lists first, and a cluster job sees the card it was given as cuda:0."""
+    return "cuda" if isinstance(device, str) and re.fullmatch(r"cuda:\d+", device) else device
+
+
+@functools.cache
+def device_paths(cls: type) -> tuple[str, ...]:
+    """The dotted paths of the fields of the job kind `cls` named DEVICE_FIELD, those of its nested JobSettings
+    included (a train job's `training.device`)."""
+    hints = typing.get_type_hints(cls)
+    paths = []
+    for f in dataclasses.fields(cls):
+        if f.name == DEVICE_FIELD:
+            paths.append(f.name)
+        hint = hints.get(f.name)
+        options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        for nested in options:
+            if isinstance(nested, type) and issubclass(nested, JobSettings):
+                paths.extend(f"{f.name}.{path}" for path in device_paths(nested))
+    return tuple(paths)
+
+
+def with_device_kinds(settings: Mapping[str, Any], paths: Iterable[str]) -> dict:
+    """A copy of `settings` with the value at each of `paths` (dotted, as `without_paths` reads them) as its
+    `device_kind`; a path not there is skipped."""
+    out = dict(settings)
+    for path in paths:
+        head, _, rest = path.partition(".")
+        if rest:
+            if isinstance(out.get(head), Mapping):
+                out[head] = with_device_kinds(out[head], [rest])
+        elif head in out:
+            out[head] = device_kind(out[head])
     return out
 
 

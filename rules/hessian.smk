@@ -16,6 +16,12 @@ from fedscape.core.runs import Run
 from fedscape.plan import hessian as hessian_plan
 from fedscape.plan.resources import by_input, data_job_mem_mb
 
+# A group of runs sharing one round-0 Hessian job keeps the source that Snakemake's record shows computing
+# (hessian_plan.shared_source), so that adding or dropping a run of the group reruns none of its finished jobs
+hessian_plan.use_records(
+    lambda wildcards: recorded_params(READ_PARAMS, rules.hessian.output[0], wildcards)
+)
+
 
 rule hessian:
     input:

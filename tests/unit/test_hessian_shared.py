@@ -24,7 +24,9 @@ from fedscape.plan.hessian import (
     plane_job_settings,
     plane_path,
     shared_source,
+    use_records,
 )
+from fedscape.plan.resources import computes_on_device
 from fedscape.plan.workflow import check_config
 
 
@@ -169,6 +171,78 @@ def test_a_copying_job_keeps_the_unread_inputs_its_record_lists_and_reads_only_w
     # each asks about its own output: the Hessian job's table, the plane job's plane
     assert {Path(p).name for p in asked} == {JOB_FILES["table"], PLANE_FILE}
     assert all("algo~fedprox" in p for p in asked)
+
+
+# A group's source by Snakemake's records: fedavg's round-0 job computed (afedprox, new to the group, sorts first)
+COMPUTED = "{'run_id': 'fedavg'}"
+COPIED = "{'run_id': 'fedavg', 'shared_from': 'gone'}"
+
+
+@pytest.fixture
+def records():
+    """Snakemake's record of each run's round-0 Hessian job, by algorithm (params texts; absent: no record), as the
+    rule file gives them to the planner (`use_records`); no records again after the test."""
+    texts: dict[str, list[str]] = {}
+
+    def recorded(wildcards):
+        assert wildcards["round"] == 0  # the record of the group's round-0 job
+        return texts.get(wildcards["algorithm"])
+
+    use_records(recorded)
+    yield texts
+    use_records(None)
+
+
+def _group(algorithms: list[str]) -> tuple[dict, list, dict]:
+    config = tiny_config(runs={"alpha": 0.5}, rounds=[0, "final"])
+    config["algorithms"]["afedprox"] = {"name": "fedprox"}
+    config["experiments"] = [{"alpha": "iid"}, *({"alpha": 0.5, "algorithm": a} for a in algorithms)]
+    config, runs = _checked(config)
+    return config, runs, {run.algorithm: run for run in runs if run.setting == "0.5"}
+
+
+@pytest.mark.parametrize(("group", "recorded", "source"), [
+    (["afedprox", "fedavg"], {"fedavg": [COMPUTED]}, "fedavg"),          # the finished source keeps computing
+    (["afedprox", "fedavg"], {}, "afedprox"),                            # no record: the first, as always
+    (["afedprox", "fedavg"], {"afedprox": [COPIED], "fedavg": [COPIED]}, "afedprox"),  # the source dropped: first
+    (["afedprox", "fedavg"], {"fedavg": ["<not a literal>"]}, "afedprox"),  # no settings recorded
+    (["afedprox", "fedavg", "fedprox"], {"fedavg": [COMPUTED], "fedprox": [COMPUTED]}, "fedavg"),  # first computing
+    (["fedavg", "fedprox"], {"afedprox": [COMPUTED], "fedprox": [COPIED]}, "fedavg"),  # a record outside the group
+])
+def test_a_groups_source_is_the_run_whose_record_says_it_computed_else_the_first(records, group, recorded, source):
+    # Prepare
+    config, runs, by_algorithm = _group(group)
+    records.update(recorded)
+
+    # Execute
+    sources = {a: shared_source(config, runs, run, 0) for a, run in by_algorithm.items()}
+
+    # Assert: the source computes, every other run of the group copies it; later rounds compute
+    assert sources == {a: None if a == source else by_algorithm[source] for a in group}
+    assert all(shared_source(config, runs, run, 3) is None for run in by_algorithm.values())
+
+
+def test_every_planner_of_a_job_sees_the_source_chosen_first_while_records_change(records):
+    # Prepare: fedavg's record says it computed
+    config, runs, by_algorithm = _group(["afedprox", "fedavg"])
+    afedprox, fedavg = by_algorithm["afedprox"], by_algorithm["fedavg"]
+    records["fedavg"] = [COMPUTED]
+    chosen = shared_source(config, runs, afedprox, 0)
+
+    # Execute: afedprox's job writes a record of computing in the same Snakemake call
+    records["afedprox"] = [COMPUTED]
+    wildcards = {**{k: str(v) for k, v in afedprox.fields().items()}, "round": "0"}
+    settings = hessian_job_settings(config, runs, afedprox, 0), plane_job_settings(config, runs, afedprox, 0)
+    inputs = hessian_inputs(config, runs, afedprox, 0), plane_inputs(config, runs, afedprox, 0)
+    on_device = {rule: computes_on_device(config, runs, rule, wildcards) for rule in ("hessian", "hessian_plane")}
+
+    # Assert: afedprox copies fedavg for each of them
+    assert chosen == fedavg and shared_source(config, runs, fedavg, 0) is None
+    assert all(job["shared_from"] == fedavg.run_id for job in settings)
+    job_dir = Results.of(config)(HESSIAN_DIR, **fedavg.fields(), round=0)
+    assert inputs[0]["source_table"] == f"{job_dir}/{JOB_FILES['table']}"
+    assert inputs[1] == {"source_plane": plane_path(Results.of(config), fedavg, 0)}
+    assert on_device == {"hessian": False, "hessian_plane": False}
 
 
 # -- the copy ----------------------------------------------------------------------------------------------

@@ -132,3 +132,36 @@ def test_shared_round_zero_job_equals_its_own_computation(tmp_path):
     assert "copied" in (workdir / "logs/hessian" / fedprox.run_id / "round~0/eigen_plane.log").read_text()
     table = pd.read_csv(workdir / "results/tables/hessian.csv")
     assert set(table["run_id"]) == {fedavg.run_id, fedprox.run_id}
+
+
+def test_adding_and_dropping_a_run_of_a_group_reruns_none_of_its_finished_round_zero_jobs(tmp_path):
+    # Prepare: FedAvg's round-0 Hessian job and plane computed; then a FedProx run whose label sorts before fedavg
+    from helpers.workflow import copy_workflow, planned_jobs, snakemake
+
+    base = tiny_config(runs={"alpha": 0.5}, rounds=[0], trace_probes=4, eval_samples=64)
+    base["experiments"] = [{"alpha": "iid"}, {"alpha": 0.5, "algorithm": "fedavg"}]
+    added = copy.deepcopy(base)
+    added["algorithms"]["afedprox"] = {"name": "fedprox"}
+    added["experiments"].append({"alpha": 0.5, "algorithm": "afedprox"})
+    workdir = copy_workflow(tmp_path / "wf")
+    targets = {}
+    for name, config in (("base", base), ("added", added)):
+        (workdir / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        runs = build_runs(check_config(copy.deepcopy(config), SCHEMA))
+        targets[name] = [f"--configfile={name}.yaml", "results/tables/hessian.csv",
+                         *(f"results/hessian/{run.run_id}/round~0/eigen_plane.npz" for run in runs
+                           if run.setting == "0.5")]
+    (fedavg,) = (run for run in runs if run.setting == "0.5" and run.algorithm == "fedavg")
+    snakemake(workdir, *targets["base"])
+
+    # Execute: plan with the run added, run it, and plan without it again
+    on_adding = planned_jobs(workdir, *targets["added"])
+    snakemake(workdir, *targets["added"])
+    on_dropping = planned_jobs(workdir, *targets["base"])
+
+    # Assert: the added run's round-0 jobs copy FedAvg's, and none of FedAvg's reruns either way
+    assert on_adding.get("hessian") == on_adding.get("hessian_plane") == 1
+    details = json.loads(next((workdir / "results/hessian").glob("*/*/*/algo~afedprox/*/*/*/*/round~0/hessian.json"))
+                         .read_text())
+    assert details["shared_from"] == fedavg.run_id
+    assert "hessian" not in on_dropping and "hessian_plane" not in on_dropping

@@ -3,8 +3,9 @@ the targets, and the checks of the `hessian` section."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import replace
+import ast
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fedscape.analysis.hessian.definitions import (
@@ -191,17 +192,68 @@ def _round_zero_key(config: dict, run) -> tuple:
 
 
 def shared_source(config: dict, runs: list, run, round_: int):
-    """The run whose (run, round 0) job computes what this run's round-0 job would: the first analysed run with
-    the same initial model and partition (runs differing only in algorithm or participation); None when this
-    job computes itself (every round > 0, the first of each group, and a job a Hessian landscape asks for where no
-    analysed run shares its round 0)."""
+    """The run whose (run, round 0) job computes what this run's round-0 job would: the source of the analysed runs
+    with the same initial model and partition (runs differing only in algorithm or participation: `_group_source`);
+    None when this job computes itself (every round > 0, the group's source, and a job a Hessian landscape asks for
+    where no analysed run shares its round 0)."""
     if int(round_) != 0:
         return None
     key = _round_zero_key(config, run)
     # rounds are resolved only for the runs of this group (hessian_jobs would resolve every run's, per job)
-    first = next((r for r in hessian_runs(config, runs)
-                  if _round_zero_key(config, r) == key and 0 in hessian_rounds(config, r)), run)
-    return None if first == run else first
+    group = [r for r in hessian_runs(config, runs)
+             if _round_zero_key(config, r) == key and 0 in hessian_rounds(config, r)]
+    source = _group_source(Results.of(config), group) if group else run
+    return None if source == run else source
+
+
+@dataclass
+class _Records:
+    """Snakemake's record of the Hessian jobs (`use_records`) and the source `_group_source` chose for each group."""
+
+    recorded: Callable[[Mapping[str, Any]], list[str] | None] | None = None
+    chosen: dict[tuple[str, ...], Any] = field(default_factory=dict)
+
+
+_RECORDS = _Records()
+
+
+def use_records(recorded: Callable[[Mapping[str, Any]], list[str] | None] | None) -> None:
+    """Choose the source of each group of runs sharing a round-0 Hessian job by Snakemake's record (`_group_source`):
+    `recorded` gives the params texts recorded for the Hessian job with the given wildcards, None without a record
+    (the rule file's reader of READ_PARAMS); None: no records, the first run of each group is its source. Forgets the
+    sources chosen so far."""
+    _RECORDS.recorded = recorded
+    _RECORDS.chosen.clear()
+
+
+def _group_source(results: Results, group: list):
+    """The run of `group` (the analysed runs with one round-0 model and partition, sorted) whose round-0 Hessian job
+    computes, the others copying it: the first whose job Snakemake recorded as computing (`use_records`), else the
+    first. The source of a finished group thus stays its source while it is in the group: which run sorts first
+    changes as runs are added or dropped, and a copying job's settings and inputs name its source, so a new first
+    run would rerun the finished jobs of the group, which compute the same numbers. Chosen once per group and
+    process, so that every planner of a job (its inputs, settings, resources; `plan.resources.computes_on_device`)
+    sees one source while the jobs that run write their records."""
+    key = (results.root, *(run.run_id for run in group))
+    if key not in _RECORDS.chosen:
+        recorded = _RECORDS.recorded
+        computing = [run for run in group
+                     if recorded and _records_computing(recorded({**run.fields(), "round": 0}))]
+        _RECORDS.chosen[key] = (computing or group)[0]
+    return _RECORDS.chosen[key]
+
+
+def _records_computing(texts: list[str] | None) -> bool:
+    """Whether the params texts Snakemake recorded for a Hessian job are those of a job that computed: settings
+    without `shared_from` (`make_hessian_job`)."""
+    for text in texts or ():
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue  # not a literal: no settings of a Hessian job
+        if isinstance(value, dict) and "shared_from" not in value:
+            return True
+    return False
 
 
 def make_hessian_job(config: dict, runs: list, run, round_: int) -> HessianJob:

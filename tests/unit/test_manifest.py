@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
 import hashlib
 import json
@@ -219,6 +220,33 @@ def test_status_s_check_compares_sizes_alone_for_a_record_without_its_job_s_time
 
     # Execute / Assert: a.csv alone is read
     assert manifest.changed_outputs(manifest.read_records("results")) == ([], 1)
+
+
+LATE = 100.0  # seconds after its job's record ended that Snakemake's main process touched its outputs (a cluster's)
+
+
+@pytest.mark.parametrize(("snakemake", "moved", "hashed"), [
+    # Snakemake's times of the record's job: from before its start (submitted) to the date its touch gave the file
+    ((-30, LATE), LATE, 0),
+    (None, LATE, 1),  # no metadata: dated after its job's run
+    ((-30, LATE), LATE + HOUR, 1),  # touched again since
+    ((LATE - 5, LATE), LATE, 1),  # the metadata of a later job than the record's (started after the record's end)
+])
+def test_status_s_check_takes_a_job_s_run_to_end_where_snakemake_touched_its_outputs(finished, snakemake, moved,
+                                                                                     hashed):
+    # Prepare: x.pt dated `moved` seconds after its job's record ended; Snakemake's start and end of the job that
+    # made it (from the record's start and end), or none
+    record = json.loads((finished / "results" / MANIFEST / "run.json").read_text())
+    started, ended = (datetime.datetime.fromisoformat(record[key]).timestamp() for key in ("started", "finished"))
+    x = finished / "results/train/r/x.pt"
+    os.utime(x, (ended + moved, ended + moved))
+    times = {"results/train/r/x.pt": (started + snakemake[0], ended + snakemake[1])} if snakemake else {}
+
+    # Execute
+    findings, count = manifest.changed_outputs(manifest.read_records("results"), touched=times.get)
+
+    # Assert: read only where its date is not Snakemake's for the record's job; the file its job wrote
+    assert (findings, count) == ([], hashed)
 
 
 def test_verify_without_records_says_so(tmp_path, capsys):
@@ -501,13 +529,19 @@ def test_a_damaged_record_is_a_finding_naming_it_and_every_other_record_is_check
     assert len(records) == 3 and str(record) in caplog.text
 
 
+DO_NOT_MATCH = "its settings do not match their digest"
+
+
 @pytest.mark.parametrize(("edit", "damaged"), [
-    (None, False),
-    (lambda record: record["settings"].update(x=999), True),  # what the job computed with, rewritten
-    (lambda record: record["settings"]["nested"].pop("a"), True),
-    (lambda record: record.update(settings_digest="0" * 16), True),
-    (lambda record: record.pop("settings_digest"), False),  # nothing to check them with
-], ids=["unedited", "a setting rewritten", "a setting removed", "the digest rewritten", "no digest"])
+    (None, None),
+    (lambda record: record["settings"].update(x=999), DO_NOT_MATCH),  # what the job computed with, rewritten
+    (lambda record: record["settings"]["nested"].pop("a"), DO_NOT_MATCH),
+    (lambda record: record.update(settings_digest="0" * 16), DO_NOT_MATCH),
+    # a job writes both or neither: the digest deleted with the settings it would have caught, or the settings
+    (lambda record: record.update(settings={"x": 999}) or record.pop("settings_digest"),
+     "it has settings without settings_digest"),
+    (lambda record: record.pop("settings"), "it has settings_digest without settings"),
+], ids=["unedited", "a setting rewritten", "a setting removed", "the digest rewritten", "no digest", "no settings"])
 def test_a_record_whose_settings_do_not_match_their_digest_is_damaged(tmp_path, monkeypatch, restore_logging, capsys,
                                                                       edit, damaged):
     # Prepare: a job's record of its settings (values JSON holds as other types: a tuple, a float, NaN), edited
@@ -530,7 +564,7 @@ def test_a_record_whose_settings_do_not_match_their_digest_is_damaged(tmp_path, 
     out = capsys.readouterr().out
     if damaged:
         assert (checked, [(f.path, f.problem) for f in findings]) == (0, [(str(record), "damaged record")])
-        assert "its settings do not match their digest" in findings[0].detail
+        assert f"ValueError: {damaged}" in findings[0].detail
         assert "--forcerun <one of its outputs>" in out and "or delete the record" in out
         assert code == 1
     else:

@@ -5,6 +5,8 @@ as Snakemake reads them."""
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
 import os
 import shlex
 import subprocess
@@ -314,7 +316,7 @@ def test_a_damaged_partition_alone_is_no_nothing_to_remake_either(tmp_path, monk
     skewed = Path(tmp_path, "res/partitions/digits/clients~4/alpha~0.5/seed~0/partition.npz")
     skewed.parent.mkdir(parents=True)
     skewed.write_text("not a partition")
-    monkeypatch.setattr(status.subprocess, "run", lambda cmd, **_: subprocess.CompletedProcess(cmd, 0, "", ""))
+    _dry_run(monkeypatch, NOTHING_PLANNED, [[str(skewed)]])
     monkeypatch.setattr(status, "workflow_config", lambda args: config)
 
     # Execute
@@ -416,7 +418,7 @@ def test_recorded_jobs_whose_outputs_are_not_there_are_listed_with_the_command_t
     assert lines[at + 1:at + 3] == [
         "  results/hessian/b/hessian.csv (recorded by its job, not there now)",
         "  results/train/a/clients.pt and 1 more of its outputs (recorded by its job, not there now)"]
-    assert lines[0] == "current: 2 recorded results, made by unrecorded (2)"
+    assert lines[0] == "current: 1 recorded results, made by unrecorded (1)"  # the table: the train job is not
     assert lines[-1] == ("  snakemake --cores all --configfile c.yaml --forcerun results/hessian/a/round~0/hessian.csv "
                          "results/hessian/b/round~0/hessian.csv results/hessian/b/hessian.csv "
                          "results/train/a/clients.pt")
@@ -639,9 +641,9 @@ def test_a_changed_output_is_found_listed_and_forced_by_make_status(finished_bel
     # Execute
     assert status.main(args) == 0
 
-    # Assert
+    # Assert: the table current, not the train job's other output (remade with it)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("current: 2 recorded results")
+    assert lines[0].startswith("current: 1 recorded results")
     assert "  changed: results/train/r/x.pt (21 bytes; its job wrote 13 bytes)" in lines
     assert lines[-1] == f"  snakemake --cores all {shlex.join(args)} --forcerun results/train/r/x.pt"
 
@@ -765,3 +767,171 @@ def test_incomplete_outputs_are_named_and_the_status_is_that_of_a_run_that_makes
                      ["-n", "--forceall", "--configfile", "my.yaml", "--rerun-incomplete"]]
     assert "2 output(s) are marked incomplete" in out and "results/train/c/trajectory.pt" in out
     assert "--configfile my.yaml --rerun-incomplete --forcerun" in out
+
+
+# -- what the dry run hides: --quiet, from the arguments or a profile ------------------------------------------------
+
+# Snakemake 9's dry run with `--quiet rules` of a config whose FedProx mu changed: no job's block, its summary alone
+QUIET_DRY_RUN = """Building DAG of jobs...
+Job stats:
+job             count
+------------  -------
+train               1
+final_table         1
+total               2
+
+Reasons:
+    (check individual jobs above for details)
+    input files updated by another job:
+        final_table
+    params have changed since last execution:
+        train
+This was a dry-run (flag -n). The order of jobs does not reflect the order of execution.
+"""
+
+
+@pytest.mark.parametrize(("args", "hidden"), [
+    (["--quiet", "rules"], "rules"),
+    (["-q"], "rules"),  # rules and progress
+    (["--quiet", "all"], "all"),
+    (["--quiet", "reason"], "reason"),  # every job's block, without why it runs
+    (["--profile", "{profile}"], "rules"),
+    (["--quiet", "progress", "host"], None),  # neither hides a job
+    ([], None),
+])
+def test_a_quiet_dry_run_is_refused_as_it_hides_what_status_reads(tmp_path, monkeypatch, capsys, args, hidden):
+    # Prepare: a profile that makes Snakemake quiet about rules; dry runs that print what Snakemake prints
+    (tmp_path / "quiet").mkdir()
+    (tmp_path / "quiet" / "config.yaml").write_text("quiet: rules\n")
+    args = [arg.format(profile=tmp_path / "quiet") for arg in args]
+    _dry_run(monkeypatch, QUIET_DRY_RUN if hidden else NEW_RUN_DRY_RUN, [["results/train/c/metrics.csv"]])
+    monkeypatch.setattr(status, "workflow_config", lambda parsed: {"results_dir": str(tmp_path / "results")})
+    monkeypatch.setattr(status, "config_partition_files", lambda config: [])
+
+    # Execute
+    code = status.main(args)
+
+    # Assert: refused, saying which level to drop; else the status of the jobs planned
+    out, err = capsys.readouterr()
+    if hidden:
+        assert (code, out) == (1, "")
+        assert f"--quiet {hidden} hides" in err and "drop it" in err
+    else:
+        assert code == 0 and "not made yet: 2 jobs (partition 1, train 1)" in out
+
+
+@pytest.mark.parametrize(("dry_run", "dag", "shown"), [
+    (NOTHING_PLANNED, [["results/t.csv"]], True),
+    (QUIET_DRY_RUN, [["results/t.csv"]], False),  # jobs planned, their blocks hidden
+    (NOTHING_PLANNED, [], False),  # the DAG's jobs hidden: every record would be outside the config
+])
+def test_a_dry_run_that_shows_no_job_and_does_not_say_nothing_is_to_be_done_is_no_status(tmp_path, monkeypatch,
+                                                                                         capsys, dry_run, dag, shown):
+    # Prepare: arguments with no --quiet; dry runs whose jobs are hidden all the same (Snakemake's words changed)
+    _dry_run(monkeypatch, dry_run, dag)
+    monkeypatch.setattr(status, "workflow_config", lambda parsed: {"results_dir": str(tmp_path / "results")})
+    monkeypatch.setattr(status, "config_partition_files", lambda config: [])
+
+    # Execute
+    code = status.main(["--configfile", "c.yaml"])
+
+    # Assert: a status only where the dry runs show what they plan
+    out, err = capsys.readouterr()
+    assert (code, "nothing to remake" in out) == ((0, True) if shown else (1, False))
+    assert ("make status cannot tell what it plans" in err) is not shown
+
+
+# -- what counts as current, and what the command runs ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("change", "current"), [
+    (None, "current: 3 recorded results, made by unrecorded (3)"),
+    ("gone", "current: 1 recorded results, made by unrecorded (1)"),
+    ("changed", "current: 1 recorded results, made by unrecorded (1)"),
+    ("planned", "current: 1 recorded results, made by unrecorded (1)"),
+])
+def test_a_jobs_outputs_are_current_only_where_all_of_them_are(tmp_path, monkeypatch, change, current):
+    # Prepare: a train job with two outputs and a table job, all there; one of the train job's outputs gone, not its
+    # job's file, or planned
+    monkeypatch.chdir(tmp_path)
+    train = {"log": "logs/train/a.log"}
+    records = {"results/train/a/x.pt": train, "results/train/a/y.pt": train,
+               "results/tables/final.csv": {"log": "logs/tables/final.log"}}
+    _write(*records)
+    if change == "gone":
+        Path("results/train/a/y.pt").unlink()
+    changed = [Finding("results/train/a/y.pt", "changed", "2 bytes; its job wrote 1 bytes")] * (change == "changed")
+    jobs = [PlannedJob("train", ["results/train/a/y.pt"], "Forced execution")] * (change == "planned")
+
+    # Execute
+    lines = report(jobs, records, changed=changed, missing=missing_jobs(records, [], "results"))
+
+    # Assert: the train job's output there is current with its job alone
+    assert lines[0] == current
+
+
+@pytest.mark.parametrize(("text", "others"), [
+    (DRY_RUN, "; it also runs the 2 other jobs planned above (inputs newer, not made yet or another reason) and what "
+              "is made from those"),
+    (DRY_RUN.split("[Mon Nov 23 14:57:18 2026]\nrule train:")[0], ""),  # the jobs out of date in meaning alone
+])
+def test_the_command_says_it_runs_every_job_planned_not_only_those_it_remakes(text, others):
+    lines = report(parse_dry_run(text), {}, ["--configfile", "c.yaml"])
+
+    assert lines[-2] == f"remake these and what is made from them{others}:"
+    assert lines[-1].endswith("--forcerun results/hessian/a/round~0/hessian.csv results/hessian/b/round~0/hessian.csv")
+
+
+# -- make status's quick check: damaged records, and the dates Snakemake gives the outputs after their jobs ----------
+
+
+@pytest.mark.parametrize("damaged", [False, True])
+def test_a_damaged_job_record_is_counted_and_is_no_nothing_to_remake(finished_below, monkeypatch, capsys, damaged):
+    # Prepare: below work/, a finished run; a job record cut short; the dry run plans nothing
+    if damaged:
+        (finished_below / "results/_manifest/tables").mkdir()
+        (finished_below / "results/_manifest/tables/final.json").write_text('{"version": 2, "outp')
+    _dry_run(monkeypatch, NOTHING_PLANNED, FINISHED_BELOW.values())
+    args = ["-d", str(finished_below), "--configfile", str(finished_below.parent / "base.yaml"),
+            "--config", "results_dir=results"]
+
+    # Execute
+    assert status.main(args) == 0
+
+    # Assert
+    lines = capsys.readouterr().out.splitlines()
+    line = ("damaged job records: 1 (their jobs' outputs are not checked; make verify names each, with how to get it "
+            "back)")
+    assert (line in lines, lines[-1] == "nothing to remake") == (damaged, not damaged)
+
+
+@pytest.mark.parametrize(("recorded", "hashed"), [
+    ("touched", False),  # Snakemake's date for the job's outputs: that of its touch after the job
+    ("no times", True),  # metadata of an older Snakemake, without the job's times: hashed, as dated after its run
+])
+def test_outputs_snakemake_touched_after_their_job_are_not_read(finished_below, monkeypatch, capsys, recorded,
+                                                                hashed):
+    """On a cluster, Snakemake's main process touches a job's outputs when it next checks its jobs (up to 180 s with
+    the SLURM executor), long after the job's record says it finished."""
+    from snakemake.persistence import MetadataRecord
+    from snakemake.persistence.file import FilePersistence
+
+    # Prepare: the train job's outputs dated 100 s after its record's end, and Snakemake's metadata of that job
+    record = json.loads((finished_below / "results/_manifest/run.json").read_text())
+    started, finished = (datetime.datetime.fromisoformat(record[key]).timestamp() for key in ("started", "finished"))
+    with contextlib.chdir(finished_below):
+        for path in FINISHED_BELOW["run"]:
+            os.utime(path, (finished + 100, finished + 100))
+            times = {"starttime": started, "endtime": finished + 100} if recorded == "touched" else {}
+            FilePersistence(nolock=True)._write_record(path, MetadataRecord(rule="train", **times))
+    _dry_run(monkeypatch, NOTHING_PLANNED, FINISHED_BELOW.values())
+    args = ["-d", str(finished_below), "--configfile", str(finished_below.parent / "base.yaml"),
+            "--config", "results_dir=results"]
+
+    # Execute
+    assert status.main(args) == 0
+
+    # Assert: all current; the train job's files read only without Snakemake's times
+    out = capsys.readouterr().out
+    assert out.startswith("current: 3 recorded results")
+    assert ("(2 hashed)" in out) is hashed

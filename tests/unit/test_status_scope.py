@@ -91,11 +91,11 @@ def test_a_dropped_runs_results_are_listed_outside_the_config_and_never_forced(t
     assert status.main(["--configfile", "kept.yaml"]) == 0
 
     # Assert: the dropped run's job listed apart (once), neither current nor missing nor changed, and not forced;
-    # the kept run as before: its two outputs there current, the gone one missing and forced
+    # the kept run as before: its gone output missing and forced (its job, and so its two outputs there, not current)
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert _forced(out) == [outputs[KEPT][2]]
-    assert lines[0].startswith("current: 2 recorded results, made by ")
+    assert lines[0] == "current: 0 recorded results"
     at = lines.index(OUTSIDE.format(1))
     assert lines[at + 1] == f"  {DROPPED}/{FILES[0]} and 2 more of its outputs{mark}"
     assert sum(DROPPED in line for line in lines) == 1
@@ -117,11 +117,11 @@ def test_a_config_that_makes_every_recorded_result_lists_none_outside(tmp_path, 
     # Execute
     assert status.main(["--configfile", "both.yaml"]) == 0
 
-    # Assert: as before the config's scope: both missing and forced, nothing outside
+    # Assert: as before the config's scope: both missing and forced (neither job current), nothing outside
     out = capsys.readouterr().out
     assert "not in this config" not in out
     assert _forced(out) == [outputs[KEPT][0], outputs[DROPPED][0]]
-    assert out.splitlines()[0].startswith("current: 4 recorded results")
+    assert out.splitlines()[0] == "current: 0 recorded results"
 
 
 def test_the_records_are_split_by_the_outputs_of_the_configs_dag():

@@ -18,7 +18,8 @@ commit pulled between its attempts) notes every code, in order of first use (`co
 Torch-free: light jobs write records too, and `make verify` runs without torch. Versions of torch, CUDA and cuDNN are
 recorded by the jobs that imported torch (`sys.modules`), and what a job computed on (device, precision) is noted by
 the job itself (`note`), as are the settings it computed with (`fedscape.core.logs.job_log`), with their digest: a
-record whose settings no longer match it was edited, and `make verify` names it damaged.
+record whose settings no longer match it, or that holds one without the other, was edited, and `make verify` names it
+damaged.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -401,8 +402,13 @@ def _outputs(record: dict, relative: Path, root: str) -> dict[str, dict]:
 
 def _check_settings(record: dict) -> None:
     """ValueError where a record's `settings` are not those its job noted with their `settings_digest`
-    (`core.logs.job_log`): edited since, so what they say the job computed with cannot be trusted."""
-    if "settings" in record and "settings_digest" in record and digest(record["settings"]) != record["settings_digest"]:
+    (`core.logs.job_log`): edited since, so what they say the job computed with cannot be trusted. A job notes both or
+    neither (they came in together, and `job_log` is the only writer of either), so one without the other was
+    edited too: the digest deleted with the settings it would have caught."""
+    if ("settings" in record) != ("settings_digest" in record):
+        have, gone = ("settings", "settings_digest") if "settings" in record else ("settings_digest", "settings")
+        raise ValueError(f"it has {have} without {gone} (its job wrote both)")
+    if "settings" in record and digest(record["settings"]) != record["settings_digest"]:
         raise ValueError(f"its settings do not match their digest {record['settings_digest']!r}")
 
 
@@ -478,8 +484,8 @@ def verify(results_root: str | Path) -> tuple[int, list[Finding]]:
     return len(newest), findings
 
 
-def changed_outputs(records: Records, skip: Iterable[str] = (), slack: float = DATE_SLACK
-                    ) -> tuple[list[Finding], int]:
+def changed_outputs(records: Records, skip: Iterable[str] = (), slack: float = DATE_SLACK,
+                    touched: Callable[[str], tuple[float, float] | None] | None = None) -> tuple[list[Finding], int]:
     """(findings, files hashed): `make status`'s quick `verify` of the recorded outputs that are files now (not those
     in `skip`), which reads no file whose size and date agree with its record. A file of another size than its job
     wrote is changed, and not hashed unless another output was recorded at its size: then it may be a copy of that
@@ -489,7 +495,14 @@ def changed_outputs(records: Records, skip: Iterable[str] = (), slack: float = D
     are its file system's) was not written by that job as it stands (touched, copied without its dates, or another
     file put in its place) and is hashed (`content_finding`). A file of the recorded size dated within its job's run
     is not read: content changed in place with its date kept (bit rot, a copy that kept another file's dates from
-    within that run) is for `verify`. A record without its times is checked by size only."""
+    within that run) is for `verify`. A record without its times is checked by size only.
+
+    `touched`: the workflow manager's start and end of the job that last made an output, by its path (Snakemake's
+    metadata: `plan.status.snakemake_times`), None where it keeps none. Snakemake touches every output after its job
+    ended (its postprocessing, in its main process), later than the record's `finished`: a second or so on this host,
+    but on a cluster at the main process' next check of its jobs (up to 180 s apart with the SLURM executor). So a
+    file dated after the record's `finished` is its job's too where it is dated no later than Snakemake's end (the
+    date that touch gave it) and Snakemake's job is the record's (it started before the record's `finished`)."""
     skip = set(skip)
     newest = records.by_output()
     by_digest: dict[str, list[str]] | None = None
@@ -515,6 +528,10 @@ def changed_outputs(records: Records, skip: Iterable[str] = (), slack: float = D
         else:
             run = _run_times(job.record)
             if run is None or run[0] - slack <= found.st_mtime <= run[1] + 1 + slack:  # `finished`: cut to the second
+                continue
+            # dated after it: the date Snakemake's touch after the job gives it, where it recorded that job (`touched`)
+            after = touched(output) if touched is not None and found.st_mtime > run[1] else None
+            if after is not None and after[0] <= run[1] + 1 + slack and found.st_mtime <= after[1] + slack:
                 continue
         by_digest = _by_digest(newest) if by_digest is None else by_digest
         hashed += 1

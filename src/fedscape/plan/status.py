@@ -36,12 +36,16 @@ content: foreign, as `make verify` says) is no current result: listed, and force
 alone, as `make verify` says; one that is damaged is named once, among the damaged partitions). Status runs often, so it
 re-hashes no file whose size and date agree with its record (`core.manifest.changed_outputs`): a file of another size is
 changed (hashed only where another output was recorded at its size: a copy of that output is foreign), one dated outside
-its job's run (touched, copied without its dates, another run's file put in its place) is hashed, and damage that keeps
-a file's size and a date within its job's run is left to `make verify`. And Snakemake compares a job's settings with
-those it kept in its metadata (`.snakemake/metadata`, keyed by the output's path): a result it has no metadata for (made
-from another checkout, copied without `.snakemake/`, or below an absolute `results_dir` that has moved since) is not
-compared, so a changed setting of its job shows nowhere. The records of the jobs with settings hold them (`settings`,
-`core.logs.job_log`), but status does not compare them with the settings now, so such results are counted.
+its job's run (its record's start to the later of its end and Snakemake's touch of its outputs after it, which its
+metadata dates: on a cluster, up to minutes later) is hashed (touched, copied without its dates, or a file put in its
+place with a date outside that run), and a file of its recorded size dated within its job's run is not read: bit rot,
+or another run's file of that size copied in with a date from within this job's run (`cp -p`), is left to
+`make verify`, which re-hashes every file. A damaged job record is counted (its outputs are checked nowhere here). And
+Snakemake compares a job's settings with those it kept in its metadata (`.snakemake/metadata`, keyed by the output's
+path): a result it has no metadata for (made from another checkout, copied without `.snakemake/`, or below an absolute
+`results_dir` that has moved since) is not compared, so a changed setting of its job shows nowhere. The records of the
+jobs with settings hold them (`settings`, `core.logs.job_log`), but status does not compare them with the settings now,
+so such results are counted.
 """
 
 from __future__ import annotations
@@ -235,11 +239,11 @@ def split_by_config(records: Mapping[str, dict], made: Iterable[str], root: str
 def uncompared_outputs(records: Mapping[str, dict], planned: Iterable[str], root: str,
                        has_metadata: Callable[[str], bool]) -> list[str]:
     """The recorded outputs whose settings the dry run could not compare with their job's settings now, as Snakemake
-    keeps no metadata for them where this config puts them (`has_metadata`: `snakemake_metadata`): those below the
-    results folder `root` that are there, not planned and without metadata (a fresh clone, results copied without
-    `.snakemake/`), and every one recorded at another path (an absolute `results_dir` moved: Snakemake keys its
-    metadata by the path). The records of the jobs with settings hold them (`core.logs.job_log`), but they are not
-    compared here either."""
+    keeps no metadata for them where this config puts them (`has_metadata`: whether `snakemake_metadata` has some):
+    those below the results folder `root` that are there, not planned and without metadata (a fresh clone, results
+    copied without `.snakemake/`), and every one recorded at another path (an absolute `results_dir` moved: Snakemake
+    keys its metadata by the path). The records of the jobs with settings hold them (`core.logs.job_log`), but they
+    are not compared here either."""
     planned = set(planned)
     return sorted(o for o in records if o not in planned
                   and (not _below(o, root) or Path(o).is_file() and not has_metadata(o)))
@@ -254,7 +258,7 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
            changes: Sequence[DataChange] = (), unchecked: int = 0, root: str = "results",
            missing: Sequence[tuple[str, ...]] = (), uncompared: int = 0, changed: Sequence[Finding] = (),
            hashed: int = 0, alone_args: str | None = None, damaged: Iterable[str] = (),
-           outside: Sequence[tuple[str, ...]] = ()) -> list[str]:
+           outside: Sequence[tuple[str, ...]] = (), damaged_records: int = 0) -> list[str]:
     """The lines of `make status` for a dry run's jobs, the results' job records, the data sets whose files
     changed since some of them were made (`data.locations.changed_data`) and the number of jobs that read data
     before fedscape recorded what it held (`unchecked`); `root`: the results folder; `missing`: the recorded jobs
@@ -268,16 +272,23 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
     --configfile you run with where None. `damaged`: the partition files that `make status` names among the damaged
     ones (`partition_problems`, with what is wrong with them): not current, and not named again here. `outside`: the
     recorded jobs whose outputs no job of the config makes (`split_by_config`, whose first part `records` is), listed
-    apart, the first `LISTED` named, and never in the command."""
+    apart, the first `LISTED` named, and never in the command. `damaged_records`: how many job records below the
+    results folder cannot be read or were edited (`core.manifest.read_records`): their jobs' outputs are checked
+    nowhere here, so their count is no `nothing to remake`.
+
+    A job's outputs are current only where all of them are: a job with one output gone, not its own or planned is
+    remade whole, the others with it."""
     planned = {o for job in jobs for o in job.outputs}
     stale = [c for c in changes if c.now is not None]
     other_data = made_from_other_data(changes)
     damaged = {str(Path(p)) for p in damaged}
     not_theirs = {f.path for f in changed} | damaged
     changed = [f for f in changed if str(Path(f.path)) not in damaged]
-    current = Counter(code_label(r.get("code"), digits=12) for output, r in records.items()
-                      if output not in planned and output not in other_data and output not in not_theirs
-                      and _below(output, root) and Path(output).exists())
+    current = Counter()
+    for record, outputs in recorded_jobs(records):
+        if all(output not in planned and output not in other_data and output not in not_theirs
+               and _below(output, root) and Path(output).exists() for output in outputs):
+            current[code_label(record.get("code"), digits=12)] += len(outputs)
     by_kind = {kind: [j for j in jobs if j.kind == kind] for kind in CLASSES}
     lines = [f"current: {sum(current.values())} recorded results"
              + (f", made by {', '.join(f'{c} ({n})' for c, n in current.most_common())}" if current else "")]
@@ -341,6 +352,9 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
                             else f" ({len(job) - there} of them not there now)"))
         if len(outside) > LISTED:
             lines.append(f"  and {len(outside) - LISTED} more ({_by_stage(outside[LISTED:], root)})")
+    if damaged_records:
+        lines.append(f"damaged job records: {damaged_records} (their jobs' outputs are not checked; make verify names "
+                     "each, with how to get it back)")
     extra = shlex.join(snakemake_args)  # as the user gave them: each one word in the shell again
     if uncompared:
         lines.append(f"settings not compared: {uncompared} recorded results that Snakemake has no metadata for here "
@@ -353,15 +367,20 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
     targets += sorted({gone[0] for gone in missing} - set(targets))
     targets += sorted({f.path for f in changed if not remade_alone(f.path)} - set(targets))
     if targets:
-        lines.append("remake only these (and what is made from them):")
+        # the command runs every job the dry run plans, not only those it forces and what is made from them
+        others = sum(len(by_kind[kind]) for kind in ("dates", "missing", "other"))
+        lines.append("remake these and what is made from them"
+                     + (f"; it also runs the {others} other jobs planned above (inputs newer, not made yet or another "
+                        "reason) and what is made from those" if others else "") + ":")
         lines.append(f"  snakemake --cores all {extra + ' ' if extra else ''}--forcerun {shell_words(targets)}")
-    elif not jobs and not changed and not missing_alone and not damaged:  # (damaged partitions: their own remedy)
-        lines.append("nothing to remake")
+    elif not jobs and not changed and not missing_alone and not damaged and not damaged_records:
+        lines.append("nothing to remake")  # (damaged partitions and records: their own remedies)
     return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`make status [ARGS="--configfile my.yaml"]`: print the status of the workflow's results; 1 if the dry run fails.
+    """`make status [ARGS="--configfile my.yaml"]`: print the status of the workflow's results; 1 if the dry run fails
+    or hides its jobs (`hidden_jobs`, `dry_run_jobs`).
 
     The dry run is Snakemake's own (`snakemake -n` with the given arguments), so it follows the same config and
     profile as a real run would. `--rehash` (not passed on): every data file read again, not only those whose size,
@@ -383,33 +402,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(proc.stdout[-4000:] + proc.stderr[-4000:], file=sys.stderr)
         print("the dry run failed: fix what it says first", file=sys.stderr)
         return 1
-    made = dag_outputs(args)  # run from here, as the first; its paths, as the records', are below Snakemake's workdir
-    if made is None:
+    parsed = snakemake_args(args)  # (read once the dry run has: Snakemake said what is wrong with them, if anything)
+    if hidden := hidden_jobs(parsed):
+        print(f"make status reads the jobs the dry run prints and why each runs, which --quiet {hidden} hides (given "
+              "in ARGS or a profile's quiet:; --quiet alone means rules and progress): drop it", file=sys.stderr)
         return 1
-    parsed = snakemake_args(args)
+    jobs = dry_run_jobs(proc.stdout + proc.stderr)
+    made = dag_outputs(args)  # run from here, as the first; its paths, as the records', are below Snakemake's workdir
+    if jobs is None or made is None:
+        return 1
     alone = without_targets(args, parsed)  # for the commands that make a partition again alone
     alone_args = None if alone is None else shlex.join(alone)
     config = workflow_config(parsed)
     with working_directory(parsed):  # every path below is Snakemake's: relative to its working directory
         root = results_root(config)
-        jobs = parse_dry_run(proc.stdout + proc.stderr)
         planned = {o for job in jobs for o in job.outputs}
         read = read_records(root)
         # the config's records alone: the others are listed apart, and none of them is checked or remade
         records, outside = split_by_config(output_records(root, read), made, root)
         changes = changed_data(records, config, skip=planned, rehash=rehash)
         missing = missing_jobs(records, planned, root)
-        uncompared = uncompared_outputs(records, planned, root, snakemake_metadata(parsed))
+        metadata = snakemake_metadata(parsed)
+        uncompared = uncompared_outputs(records, planned, root, lambda output: metadata(output) is not None)
         # the outputs that would count as current: the others are remade, or listed, anyway
         changed, hashed = changed_outputs(read, planned | made_from_other_data(changes)
                                           | {o for o in records if not _below(o, root)}
-                                          | {o for job in outside for o in job})
+                                          | {o for job in outside for o in job}, touched=snakemake_times(metadata))
         # a dry run checks no partition file (the workflow's onstart does, before the first job): each damaged one is
         # named below with what is wrong with it, and not again among the files that are not their jobs'
         damaged = {path: lines for path in config_partition_files(config)
                    if (lines := partition_problems([path], planned, alone_args))}
         for line in report(jobs, records, args, changes, unfingerprinted_jobs(records), root, missing,
-                           len(uncompared), changed, hashed, alone_args, damaged, outside):
+                           len(uncompared), changed, hashed, alone_args, damaged, outside, len(read.damaged)):
             print(line)
         if damaged:
             print(f"damaged partition files, or another run's: {len(damaged)} (the workflow refuses to run the jobs "
@@ -421,6 +445,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 RERUN_INCOMPLETE = "--rerun-incomplete"
 FORCEALL = "--forceall"
+
+
+def hidden_jobs(parsed: argparse.Namespace) -> str:
+    """The --quiet levels of the arguments (`snakemake_args`, the profiles' `quiet:` included) that keep a dry run
+    from printing what `make status` reads, joined by spaces; '' for none. `rules` (which `--quiet` alone includes)
+    and `all` hide every job's block, so that a dry run that plans jobs reads as one that plans none, and `reason`
+    hides why each job runs, which gives its class."""
+    from snakemake.settings.enums import Quietness  # lazy: Snakemake's output levels, for make status alone
+
+    return " ".join(sorted(q.name.lower() for q in parsed.quiet or ()
+                           if q in (Quietness.RULES, Quietness.ALL, Quietness.REASON)))
+
+
+def dry_run_jobs(output: str) -> list[PlannedJob] | None:
+    """The jobs of a dry run's `output` (`parse_dry_run`); None, said on stderr, where it shows no job and does not say
+    that nothing is to be done: what hid them (a --quiet level `hidden_jobs` does not know, Snakemake's words changed)
+    would leave a status with nothing planned, and nothing of the config's (`dag_outputs`)."""
+    from snakemake.common import NOTHING_TO_BE_DONE_MSG  # lazy: Snakemake's words, for make status alone
+
+    if NOTHING_TO_BE_DONE_MSG in output or any(_JOB_START.match(line) for line in output.splitlines()):
+        return parse_dry_run(output)
+    print(output[-4000:], file=sys.stderr)
+    print("the dry run shows no job and does not say that nothing is to be done (--quiet?): make status cannot tell "
+          "what it plans", file=sys.stderr)
+    return None
 
 
 def dag_outputs(args: Sequence[str]) -> set[str] | None:
@@ -436,7 +485,8 @@ def dag_outputs(args: Sequence[str]) -> set[str] | None:
         print(f"the dry run of every job of the config ({FORCEALL}), which tells its results from the others in the "
               "results folder, failed: fix what it says first", file=sys.stderr)
         return None
-    return {o for job in parse_dry_run(proc.stdout + proc.stderr) for o in job.outputs}
+    jobs = dry_run_jobs(proc.stdout + proc.stderr)
+    return None if jobs is None else {o for job in jobs for o in job.outputs}
 
 
 def incomplete_files(output: str) -> list[str]:
@@ -525,10 +575,11 @@ def working_directory(parsed: argparse.Namespace) -> contextlib.AbstractContextM
     return contextlib.chdir(parsed.directory) if parsed.directory else contextlib.nullcontext()
 
 
-def snakemake_metadata(parsed: argparse.Namespace) -> Callable[[str], bool]:
-    """Whether Snakemake keeps metadata for an output path, read by its own persistence backend (that of the
-    arguments: `.snakemake/metadata` or a database) in the working directory at this call, as Snakemake reads it there
-    (`working_directory`); the output's path relative to that folder too. Opened at the first question."""
+def snakemake_metadata(parsed: argparse.Namespace) -> Callable[[str], object | None]:
+    """The metadata Snakemake keeps for an output path (its MetadataRecord: the job's rule, params, start and end
+    times), None where it keeps none, read by its own persistence backend (that of the arguments: `.snakemake/metadata`
+    or a database) in the working directory at this call, as Snakemake reads it there (`working_directory`); the
+    output's path relative to that folder too. Opened at the first question."""
     workdir = os.getcwd()
 
     @functools.cache
@@ -542,12 +593,26 @@ def snakemake_metadata(parsed: argparse.Namespace) -> Callable[[str], bool]:
                 return DbPersistence(nolock=True, db_url=parsed.persistence_backend_db_url)
             return FilePersistence(nolock=True)
 
-    def has_metadata(output: str) -> bool:
+    def metadata(output: str):
         from snakemake.io import IOFile  # lazy: the path as Snakemake keys it, for make status alone
 
-        return persistence().metadata(IOFile(output)) is not None
+        return persistence().metadata(IOFile(output))
 
-    return has_metadata
+    return metadata
+
+
+def snakemake_times(metadata: Callable[[str], object | None]) -> Callable[[str], tuple[float, float] | None]:
+    """(start, end) of the job that last made an output, as Snakemake recorded them (`metadata`: `snakemake_metadata`),
+    for `core.manifest.changed_outputs`; None where it did not record both. Both are the file system's dates: the start,
+    of the marker it writes as it starts (submits) the job; the end, the output's own date once it touched it after
+    the job."""
+
+    def times(output: str) -> tuple[float, float] | None:
+        found = metadata(output)
+        start, end = getattr(found, "starttime", None), getattr(found, "endtime", None)
+        return None if start is None or end is None else (start, end)
+
+    return times
 
 
 if __name__ == "__main__":

@@ -52,12 +52,12 @@ def moon_resnet():
 
 
 def rounds(model, cfg: TrainConfig, make_graph=None, algorithm: str = "fedprox", hparams=None, num_rounds: int = 2,
-           fresh: bool = False, made: list | None = None):
+           fresh: bool = False, made: list | None = None, sizes: list[int] = SIZES):
     """`num_rounds` rounds of every client from the model, the server's update between them: (the trainer, every
     round's client results, the last global parameters). `fresh`: a new trainer every round (no state kept from one
     round to the next: the reference of the kept state's reuse). `made`: a list each trainer is appended to before it
-    trains (so that a graph maker can reach the trainer whose steps it captures)."""
-    data = shard_data(SIZES)
+    trains (so that a graph maker can reach the trainer whose steps it captures). `sizes`: the clients' samples."""
+    data = shard_data(sizes)
     flat = FlatParams(model)
     params, buffers = flat.get(), flatten_buffers(model)
     strategy = make_strategy(algorithm, {"mu": 0.5} if hparams is None and algorithm == "fedprox" else hparams or {})
@@ -111,6 +111,31 @@ def test_replayed_steps_equal_eager_ones_bit_for_bit_over_rounds(make, train, al
     assert {key[1:4] for key in trainer.graphs.graphs} == set(SHAPES)
     assert trainer.captured and trainer.graphs.replays == RECURRING + sum(SHAPES.values())
     assert execution_of(trainer) == "vectorized, captured" and execution_of(eager_trainer) == "vectorized"
+
+
+def resnet_to_1x1() -> ResNet:
+    """A batch-norm ResNet whose last stage's input is 1x1 (8x8 halved three times)."""
+    torch.manual_seed(0)
+    return ResNet(10, 1, (1, 1, 1, 1), (4, 4, 8, 8), norm="batch")
+
+
+@pytest.mark.parametrize(("make", "algorithm", "hparams"), [
+    (resnet_to_1x1, "fedavg", {}),
+    (lambda: make_strategy("moon", MOON).prepare_model(resnet_to_1x1(), seed=0), "moon", MOON),
+], ids=["batch-norm", "moon-projection"])
+def test_padded_steps_at_a_1x1_batch_norm_are_captured(make, algorithm, hparams):
+    # Prepare: batch 4 on clients of 6 and 7 samples: every step holds 4 clients, each other one padded (2 or 3 real
+    # rows), so that the padded steps' masked batch norm at the 1x1 stage must know without a host read that no
+    # client holds one sample (`StackedNorm.single`, through MOON's projection head's backbone too)
+    cfg = TrainConfig(**{**CFG, "batch_size": 4, "capture": "cuda_graph"})
+
+    # Execute: two rounds, so that both shapes (4 steps a round each) are planned 8 times and captured
+    trainer, _, _ = rounds(make(), cfg, make_graph=stand_in, algorithm=algorithm, hparams=hparams, sizes=[6, 6, 7, 7])
+
+    # Assert: the padded shape was captured too (its capture made no host sync), and replayed
+    assert trainer.graphs.refused == set()
+    assert {key[1:4] for key in trainer.graphs.graphs} == {(4, 4, False), (4, 3, True)}
+    assert trainer.graphs.replays > 0
 
 
 def test_a_replay_that_differs_from_the_eager_step_is_refused(caplog):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -576,8 +576,8 @@ class ProjectedClassifier(ImageClassifier):
         def inner(named: Mapping[str, Tensor]) -> dict[str, Tensor]:
             return {name.removeprefix(_BACKBONE): v for name, v in named.items() if name.startswith(_BACKBONE)}
 
-        if norm is not None:
-            norm = StackedNorm(norm.mask, None if norm.running is None else inner(norm.running), norm.counts)
+        if norm is not None:  # the rest as given: `single` above all, so that a captured step needs no host read
+            norm = replace(norm, running=None if norm.running is None else inner(norm.running))
         h = self.backbone.forward_features_stacked(inner(params), x, norm=norm)
         h = F.relu(stacked_linear(h, params["head.0.weight"], params["head.0.bias"]))
         return stacked_linear(h, params["head.2.weight"], params["head.2.bias"])

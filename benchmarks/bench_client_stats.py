@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-from timing import timed  # benchmarks/timing.py (the script's directory is on sys.path)
+from machine import device_label, torch_line  # benchmarks/machine.py (the script's directory is on sys.path)
+from timing import timed  # benchmarks/timing.py
 
 from fedscape.data.specs import DATASET_NAMES, dataset_info
 from fedscape.fl.client_stats import round_stats
@@ -46,6 +47,7 @@ def main() -> None:
     base = timed(lambda: strategy.server_update(start, results), device, args.repeats)
     stats = timed(lambda: round_stats(start, torch.stack([r.params for r in results]), aggregate), device,
                   args.repeats)
+    print(f"# {device_label(device)}; {torch_line()}")
     print(f"{args.model}: {start.numel()} parameters, {args.clients} clients, device {device}")
     print(f"  FedAvg server update (baseline): {base * 1e3:8.2f} ms")
     print(f"  round_stats (engine hook):       {stats * 1e3:8.2f} ms   ratio {stats / base:.2f}x")

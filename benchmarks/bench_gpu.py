@@ -10,17 +10,21 @@ per step is that of CIFAR for CIFAR's models):
   side with plain (each repeat calls both, in an order that rotates: `timed_together`), so that their ratio does not
   carry a drift of the device's speed between two measurements;
 - captured: the same with its forward and backward passes replayed from CUDA graphs (`fedscape.fl.capture`), per
-  step; only for the kinds whose runs capture on this device (`resolve_capture`, as the sequential trainer decides:
-  their own algorithm, model and `training.capture`; MOON, Mixup, FedAlign and the other algorithms with their own
-  local objective step eagerly), and only on a CUDA device;
-- vectorized: fedscape's vectorised round (`fedscape.fl.vectorized`), per client step, where the runs of that kind
-  train vectorised on this device (`resolve_client_parallel` of each run's own algorithm and training settings: a run
-  set to `client_parallel: sequential`, or whose augmentation or algorithm cannot be stacked, trains one client after
-  another, and its kind is not measured stacked). The round stacks as many clients as the kind's runs train together:
-  their clients per round, at most `client_chunk_size`: the stacked round's fixed cost per step is shared by its
-  clients, so its cost per client step depends on how many (cnn_small on a CPU: 4.2 / 2.6 / 2.1 ms at 2 / 10 / 50
-  clients; benchmarks/README.md). `--clients N` caps it at N to save time; the table's footnote then names the kinds
-  measured at fewer clients than their runs train together (usually dearer per client step: upper bounds there).
+  step, timed in the same rotation as plain and sequential; only for the kinds whose runs capture on this device
+  (`resolve_capture`, as the sequential trainer decides: their own algorithm, model and `training.capture`; MOON,
+  Mixup, FedAlign and the other algorithms with their own local objective step eagerly), and only on a CUDA device;
+- evaluation: `fedscape.models.evaluate.evaluate` of the network on one batch of the runs' `eval_batch_size`, per
+  image (a forward pass in eval mode, as the engine evaluates its global model);
+- vectorized: fedscape's vectorised round (`fedscape.fl.vectorized`), per client step, timed side by side with plain
+  (a rotation of its own per stack size: one stack's memory is freed before the next is built), where the runs of
+  that kind train vectorised on this device (`resolve_client_parallel` of each run's own algorithm and training
+  settings: a run set to `client_parallel: sequential`, or whose augmentation or algorithm cannot be stacked, trains
+  one client after another, and its kind is not measured stacked). The round stacks as many clients as the kind's
+  runs train together: their clients per round, at most `client_chunk_size`: the stacked round's fixed cost per
+  step is shared by its clients, so its cost per client step depends on how many (cnn_small on a CPU: 4.2 / 2.6 /
+  2.1 ms at 2 / 10 / 50 clients; benchmarks/README.md). `--clients N` caps it at N to save time; the table's
+  footnote then names the kinds measured at fewer clients than their runs train together (usually dearer per client
+  step: upper bounds there).
 
 The plain reference is FedAvg's step (SGD on cross-entropy) of the plain network. fedscape's steps are each run's own
 algorithm's, with its hyperparameters (FedAlign's slimmed pass, MOON's reference passes and projection head, GradAug's
@@ -36,10 +40,11 @@ x each client's local steps (epochs x the batches of an epoch over its own shard
 `fedscape.fl.schedule.client_steps`, so `training.drop_last` drops a last partial batch as the runs do; or the
 configured steps), all counted by `fedscape.plan.cost.run_steps`. The shards are those of the run's own partition,
 made here by the partitioner from the training pool's class counts (`client_sizes`: a split by class depends on the
-labels through their counts alone; CIFAR's training splits are balanced, the digits are bundled); where the pool's
-labels need the data set's files or the split its writers or a file (FEMNIST, ImageNet-200), the shards are taken
-equal (pool / clients) and a footnote names those runs. A sequential run pays for its clients' own steps ("client
-steps"). A vectorised round stacks its clients longest first in chunks of at most `client_chunk_size`, and every
+labels through their counts alone; CIFAR's and ImageNet-200's training splits are balanced, the digits are
+bundled); where the pool's labels need the data set's files or the split its writers or a file (FEMNIST), the
+shards are taken equal (pool / clients) and a footnote names those runs. A sequential run pays for its clients'
+own steps ("client steps").
+A vectorised round stacks its clients longest first in chunks of at most `client_chunk_size`, and every
 chunk steps as long as its longest client, the others leaving the stack as they finish: it is priced at its chunks'
 clients x their longest client's steps (`fedscape.fl.schedule.stacked_client_steps`, the column "client steps now")
 at the measured cost per client step of a full stack. A stacked step's cost on a card is mostly fixed (launches,
@@ -49,10 +54,19 @@ largest client holds 1.6-1.9x the mean (seeds 0-9), so equal shards priced those
 low. "before" prices every client step at the sequential cost; "now" the client steps of the path its runs take on
 this device (vectorised at their clients per round, else a sequential step, captured where their runs capture and
 the check at capture passes); "now, shards equal" as "now" was priced before the stacks' padding was (every shard
-pool / clients, every client step at the path's cost); "plain" the reference step. Evaluation, initialisation
-(pre-training, warm-up) and the analysis jobs (Hessian, landscapes, barriers) are not included: local training
-dominates the papers' workload. A chunk smaller than `client_chunk_size` (the last of a round whose clients exceed
-it; none of the paper configs has one: 64 clients at most) is priced at a full chunk's cost per client step.
+pool / clients, every client step at the path's cost); "plain" the reference step.
+
+Evaluation is priced too, as its own column added to "now": the engine evaluates the global model at round 0, every
+`eval_every`-th round and the last (`TrainConfig.evaluates`) on the union of the clients' data and the test set
+(`fl.engine`'s `evaluate_row`), so a run's evaluated images are its evaluations x (its shards' samples + the test
+set's, `eval_images`), at the measured cost per evaluated image. It is no small share: at `eval_every` 1, meta.yaml's
+CIFAR-10 runs evaluate about 11x the images they train on (some 3.6x local training's arithmetic: a forward pass
+against a training step's three), its FEMNIST runs at `eval_every` 100 about 1.3x the arithmetic, pilot.yaml's
+0.08-0.09x and fedalign.yaml's 0.03-0.05x (their many local epochs a round). Initialisation (pre-training, warm-up)
+and the analysis jobs (Hessian, landscapes, barriers) are not included.
+
+A chunk smaller than `client_chunk_size` (the last of a round whose clients exceed it; none of the paper configs has
+one: 64 clients at most) is priced at a full chunk's cost per client step.
 
     python benchmarks/bench_gpu.py --device cuda                       # the papers' configs
     python benchmarks/bench_gpu.py --device cpu --steps 2 --repeats 1 --clients 2 --configs pilot   # a quick check
@@ -74,6 +88,7 @@ import torch.nn.functional as F
 from machine import device_label, torch_line
 
 from fedscape.core.runs import Run, build_runs
+from fedscape.data import imagenet200
 from fedscape.data.federated import FederatedData
 from fedscape.data.partition import PARTITION_KINDS, make_kind_partition, setting_entry
 from fedscape.data.sources import source_from_options, stratified_split
@@ -86,8 +101,10 @@ from fedscape.fl.strategies.base import Strategy
 from fedscape.fl.strategies.registry import make_strategy, strategy_class
 from fedscape.fl.vectorized import VectorizedTrainer, resolve_client_parallel
 from fedscape.models.device import precision_used, use_precision
+from fedscape.models.evaluate import evaluate
 from fedscape.models.params import FlatParams, flatten_buffers
 from fedscape.models.registry import build_model
+from fedscape.models.specs import EVAL_BATCH_SIZE
 from fedscape.plan.cost import RunSteps, run_steps
 from fedscape.plan.partition import planned_partition
 from fedscape.plan.train import planned_train
@@ -97,8 +114,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 PAPERS = ROOT / "config" / "papers"
 # The data sets whose official training split holds train_samples / num_classes images of every class (CIFAR-10:
-# 5,000, CIFAR-100: 500): their partitions are made here from those counts, without their files.
-BALANCED_TRAINING_SPLITS = ("cifar10", "cifar100")
+# 5,000, CIFAR-100: 500, ImageNet-200: imagenet200.TRAIN_PER_CLASS): their partitions are made here from those
+# counts, without their files.
+BALANCED_TRAINING_SPLITS = ("cifar10", "cifar100", "imagenet200")
+# The test sets of the image data sets read from files (a bundled data set's is its source's own): CIFAR's test batch
+# (Krizhevsky 2009: 10,000 images), ImageNet-200's validation images (ImageNet's 50 of each class; imagenet200's
+# docstring), and FEMNIST's about a tenth of its samples: LEAF's `-t sample` split keeps 90% of every writer's
+# samples for training (its `--tf` default, 0.9), so this one is an estimate until its files are read.
+TEST_SET_SIZES = {"cifar10": 10_000, "cifar100": 10_000, "imagenet200": 50 * len(imagenet200.CLASSES),
+                "femnist": round(0.1 * DATASETS["femnist"].train_samples)}
 
 
 @dataclass(frozen=True)
@@ -119,6 +143,7 @@ class StepKind:
     clients: int  # clients its runs train in one stacked round (per round, at most client_chunk_size); 0: sequential
     algorithm: str = "fedavg"  # whose local step its runs take (`local_step`)
     hyperparameters: Any = None  # that algorithm's hyperparameter dataclass (None: its defaults)
+    eval_batch_size: int = EVAL_BATCH_SIZE  # its runs' `training.eval_batch_size`: the batch their evaluations take
 
     @property
     def local(self) -> tuple[str, Any]:
@@ -170,6 +195,14 @@ def algorithm_label(algorithm: str, hyperparameters: Any) -> str:
 def network(model: str, options: tuple, in_channels: int, image_size: int, num_classes: int) -> torch.nn.Module:
     """The network of a step kind's shape (its first five fields)."""
     return build_model(model, num_classes=num_classes, in_channels=in_channels, image_size=image_size, **dict(options))
+
+
+def size_of_test_set(dataset: str, options: dict) -> int:
+    """The samples of a data set's test set: a bundled data set's own test part (its `test_fraction` of the
+    samples), else `TEST_SET_SIZES`."""
+    if not DATASETS[dataset].needs_data_dir:
+        return len(source_from_options(dataset, options).test_index)
+    return TEST_SET_SIZES[dataset]
 
 
 def client_share(run: Run, options: dict) -> int:
@@ -224,10 +257,12 @@ def client_sizes(config: dict, run: Run) -> tuple[list[int] | None, str | None]:
 @dataclass(frozen=True)
 class RunWork:
     """A run's local training in client steps: from its partition's shards (`steps`; shares taken equal where that is
-    not known here: `equal_because` says why) and with every shard pool / clients (`equal`)."""
+    not known here: `equal_because` says why) and with every shard pool / clients (`equal`); and the images its
+    evaluations pass forward (`evaluated`, `eval_images`)."""
 
     steps: RunSteps
     equal: RunSteps
+    evaluated: int
     equal_because: str | None = None
 
 
@@ -239,12 +274,14 @@ class KindWork:
     client: int = 0  # what their clients step (a sequential run's cost)
     stacked: int = 0  # what their vectorised rounds pay for (each chunk of clients as long as its longest client)
     equal: int = 0  # client steps with every shard pool / clients (the projection before the stacks' padding)
+    evaluated: int = 0  # images their evaluations pass forward
 
     def add(self, work: RunWork) -> None:
         self.runs += 1
         self.client += work.steps.client
         self.stacked += work.steps.stacked
         self.equal += work.equal.client
+        self.evaluated += work.evaluated
 
     def now(self, kind: StepKind) -> int:
         """The client steps its runs pay for on their path: a vectorised kind's stacked ones, else their own."""
@@ -276,10 +313,19 @@ def run_work(config: dict, run: Run, device: torch.device, models: dict) -> tupl
         clients = len(sample_clients(cfg.seed, 1, run.num_clients, cfg.participation))  # the same every round
         clients = min(clients, cfg.client_chunk_size or clients)
     kind = StepKind(*shape, cfg.batch_size, cfg.momentum, cfg.weight_decay, path, capture, clients,
-                    *local_step(job.algorithm, strategy.config))
+                    *local_step(job.algorithm, strategy.config), eval_batch_size=cfg.eval_batch_size)
     sizes, why = client_sizes(config, run)
     equal = run_steps(cfg, [share] * run.num_clients)
-    return kind, cfg, RunWork(equal if sizes is None else run_steps(cfg, sizes), equal, why)
+    pool = share * run.num_clients if sizes is None else sum(sizes)
+    evaluated = eval_images(cfg, pool, size_of_test_set(run.dataset, job.dataset_options))
+    return kind, cfg, RunWork(equal if sizes is None else run_steps(cfg, sizes), equal, evaluated, why)
+
+
+def eval_images(cfg: TrainConfig, pool: int, test: int) -> int:
+    """The images a run's evaluations pass forward: the engine evaluates the global model of every round that
+    `TrainConfig.evaluates` (round 0 among them) on the union of the clients' data (`pool` samples) and on the test
+    set (`test`): `fedscape.fl.engine`'s `evaluate_row`."""
+    return sum(cfg.evaluates(t) for t in range(cfg.rounds + 1)) * (pool + test)
 
 
 def project(config: dict, device: torch.device, models: dict
@@ -349,11 +395,14 @@ def measure(kinds: list[StepKind], args: argparse.Namespace, device: torch.devic
     """The rows of the kinds of one shape: ms per step of the plain reference (measured once for the shape), and for
     each local step among them (`StepKind.local`) of fedscape's sequential step, of its captured step (where a kind's
     runs capture), and per client step of a vectorised round of each vectorised kind's clients (None, with the reason,
-    where a kind does not take that path); and what each kind's runs cost "now"."""
+    where a kind does not take that path); what each kind's runs cost "now"; and ms per image of an evaluation at
+    each of the kinds' eval batch sizes ("eval_ms")."""
     kind = kinds[0]
     samples = args.steps * kind.batch_size
+    # client_chunk_size 0 (one chunk): a measured round stacks the clients its kind's runs stack together, which
+    # `run_work` has already cut to their own client_chunk_size (TrainConfig's default would cut them at 64).
     cfg = TrainConfig(local_epochs=1, batch_size=kind.batch_size, lr=0.01, momentum=kind.momentum,
-                      weight_decay=kind.weight_decay, precision=args.precision, seed=0)
+                      weight_decay=kind.weight_decay, precision=args.precision, seed=0, client_chunk_size=0)
     rows: dict[StepKind, dict] = {}
     with use_precision(args.precision, device):
         # The reference: the same network, the same batches, torch's own loop.
@@ -381,14 +430,23 @@ def measure(kinds: list[StepKind], args: argparse.Namespace, device: torch.devic
             by_local.setdefault(k.local, []).append(k)
         for group in by_local.values():
             rows.update(measure_local(group, plain_epoch, data, cfg, args, device))
+        # An evaluation as the engine's: one full batch of the runs' eval batch size, per image.
+        for batch in sorted({k.eval_batch_size for k in kinds}):
+            images = synthetic_clients(kind, 1, batch, device)
+            ms = timed(lambda images=images, batch=batch: evaluate(plain_model, images.x_train, images.y_train, batch),
+                       device, args.repeats) / batch * 1e3
+            for k in kinds:
+                if k.eval_batch_size == batch:
+                    rows[k]["eval_ms"] = ms
+            del images
     return rows
 
 
 def measure_local(group: list[StepKind], plain_epoch: Callable[[], None], data: FederatedData, cfg: TrainConfig,
                   args: argparse.Namespace, device: torch.device) -> dict[StepKind, dict]:
-    """The rows of the kinds of one shape and one local step: its sequential step on `data` (one client), timed side
-    by side with the plain reference (`plain_epoch`: `timed_together`), captured where a kind's runs capture, and its
-    vectorised rounds."""
+    """The rows of the kinds of one shape and one local step: its sequential step on `data` (one client) and its
+    captured step where a kind's runs capture, timed side by side with the plain reference (`plain_epoch`:
+    `timed_together`), and its vectorised rounds, each timed side by side with the plain reference too."""
     kind = group[0]
     strategy = local_strategy(*kind.local)
     torch.manual_seed(0)
@@ -396,30 +454,35 @@ def measure_local(group: list[StepKind], plain_epoch: Callable[[], None], data: 
     flat = FlatParams(model)
     global_params, global_buffers = flat.get(), flatten_buffers(model).to(device)
     strategy.setup(1, global_params.numel(), device, model=model, seed=0)
-    seconds = timed_together(
-        {"plain": plain_epoch,
-         "sequential": lambda: local_train(model, flat, global_params, global_buffers, data, 0, 1, strategy, cfg)},
-        device, args.repeats)
-    shared = {f"{name}_ms": s / args.steps * 1e3 for name, s in seconds.items()}
+    steps = {"plain": plain_epoch,
+             "sequential": lambda: local_train(model, flat, global_params, global_buffers, data, 0, 1, strategy, cfg)}
     # The strategy's step on this device first: on a CPU that is why no kind is captured.
-    captured_ms, why_not_captured = None, capture_blocker(model, strategy, device.type)
+    capture, why_not_captured = None, capture_blocker(model, strategy, device.type)
     if why_not_captured is None and any(k.capture for k in group):
         capture = CapturedForward(model, kind.batch_size)  # captured and checked in the untimed warm-up call
-        ms = timed(lambda: local_train(model, flat, global_params, global_buffers, data, 0, 1, strategy, cfg,
-                                       capture=capture), device, args.repeats) / args.steps * 1e3
+        steps["captured"] = lambda: local_train(model, flat, global_params, global_buffers, data, 0, 1, strategy, cfg,
+                                                capture=capture)
+    seconds = timed_together(steps, device, args.repeats)
+    shared = {f"{name}_ms": seconds[name] / args.steps * 1e3 for name in ("plain", "sequential")}
+    captured_ms = None
+    if capture is not None:
         if capture.on:
-            captured_ms = ms
+            captured_ms = seconds["captured"] / args.steps * 1e3
         else:
             why_not_captured = f"the check at capture failed: {capture.difference}"
         capture.close()
-    vectorized: dict[int, float] = {}
+    # Each stack size's round with the plain reference beside it: their ratio carries no drift of the device's speed.
+    # The stacks are not timed in one rotation, since one stack's memory is freed before the next is built.
+    vectorized: dict[int, tuple[float, float]] = {}
     for m in sorted({stacked_clients(k, args) for k in group if k.path == "vectorized"}):
         clients = synthetic_clients(kind, m, args.steps * kind.batch_size, device)
         strategy.setup(m, global_params.numel(), device, model=model, seed=0)
         trainer = VectorizedTrainer(model, clients, strategy, cfg)
         sampled = list(range(m))
-        vectorized[m] = timed(lambda trainer=trainer, sampled=sampled: trainer.train_round(
-            global_params, global_buffers, sampled, 1), device, args.repeats) / (args.steps * m) * 1e3
+        seconds = timed_together({"plain": plain_epoch, "vectorized": lambda trainer=trainer, sampled=sampled:
+                                  trainer.train_round(global_params, global_buffers, sampled, 1)}, device, args.repeats)
+        ms = seconds["vectorized"] / (args.steps * m) * 1e3
+        vectorized[m] = ms, seconds["plain"] / args.steps * 1e3 / ms
         # one stack's captured graphs (on a card, a memory pool of a stacked step each) freed before the next is built
         trainer.close()
         del trainer, clients
@@ -429,12 +492,12 @@ def measure_local(group: list[StepKind], plain_epoch: Callable[[], None], data: 
 
 
 def price(kind: StepKind, shared: dict, captured_ms: float | None, why_not_captured: str | None,
-          vectorized: dict[int, float], args: argparse.Namespace, device_type: str) -> dict:
+          vectorized: dict[int, tuple[float, float]], args: argparse.Namespace, device_type: str) -> dict:
     """A kind's row from its shape's measurements (`shared`: plain_ms, sequential_ms; the captured step where it was
-    measured, else why not; the vectorised rounds' ms per client step by their clients): "now_ms" is the step its
-    runs take, captured only where they capture themselves."""
+    measured, else why not; the vectorised rounds' ms per client step by their clients, each with the plain step's
+    ms over it, timed beside it): "now_ms" is the step its runs take, captured only where they capture themselves."""
     row = {"kind": kind, **shared, "captured_ms": None, "why_not_captured": why_not_captured, "vectorized_ms": None,
-           "why_not": None, "stacked": 0}
+           "plain_per_vectorized": None, "why_not": None, "stacked": 0}
     if why_not_captured is None:
         if kind.path == "vectorized":
             row["why_not_captured"] = "its runs train vectorised"
@@ -445,7 +508,8 @@ def price(kind: StepKind, shared: dict, captured_ms: float | None, why_not_captu
             row["captured_ms"] = captured_ms
     if kind.path == "vectorized":
         row["stacked"] = stacked_clients(kind, args)
-        row["vectorized_ms"] = row["now_ms"] = vectorized[row["stacked"]]
+        row["vectorized_ms"], row["plain_per_vectorized"] = vectorized[row["stacked"]]
+        row["now_ms"] = row["vectorized_ms"]
     else:
         row["why_not"] = f"its runs train sequentially on {device_type}"
         row["now_ms"] = row["sequential_ms"] if row["captured_ms"] is None else row["captured_ms"]
@@ -512,8 +576,8 @@ def measure_kinds(kinds: list[StepKind], args: argparse.Namespace, device: torch
     kinds = sorted(kinds, key=lambda k: (k.label.split(', batch')[0], k.batch_size, k.path, k.clients, k.capture))
     capped = sorted({k.clients for k in kinds if k.path == "vectorized" and stacked_clients(k, args) < k.clients})
     print("| model | plain ms/step | fedscape sequential ms/step | sequential / plain | vectorised ms/client step | "
-          "plain / vectorised | runs' path | captured ms/step | plain / captured |")
-    print("|---|---:|---:|---:|---:|---:|---|---:|---:|")
+          "plain / vectorised | runs' path | captured ms/step | plain / captured | evaluation ms/1,000 images |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")
     costs: dict[StepKind, dict] = {}
     shapes: dict[tuple, list[StepKind]] = {}
     for kind in kinds:
@@ -522,13 +586,13 @@ def measure_kinds(kinds: list[StepKind], args: argparse.Namespace, device: torch
         costs.update(measure(group, args, device))
         for kind in group:
             row = costs[kind]
-            vec = (f"{row['vectorized_ms']:.4g} ({row['stacked']} clients) | "
-                   f"{row['plain_ms'] / row['vectorized_ms']:.1f}x"
+            vec = (f"{row['vectorized_ms']:.4g} ({row['stacked']} clients) | {row['plain_per_vectorized']:.1f}x"
                    if row["vectorized_ms"] is not None else f"n/a: {row['why_not']} | ")
             cap = (f"{row['captured_ms']:.4g} | {row['plain_ms'] / row['captured_ms']:.1f}x"
                    if row["captured_ms"] is not None else f"n/a: {row['why_not_captured']} | ")
             print(f"| {kind.label} | {row['plain_ms']:.4g} | {row['sequential_ms']:.4g} | "
-                  f"{row['sequential_ms'] / row['plain_ms']:.2f}x | {vec} | {kind.path} | {cap} |", flush=True)
+                  f"{row['sequential_ms'] / row['plain_ms']:.2f}x | {vec} | {kind.path} | {cap} | "
+                  f"{row['eval_ms'] * 1e3:.4g} |", flush=True)
     if capped:
         # The stacked round's fixed cost per step is shared by its clients: fewer clients cost more per client step.
         print(f"# --clients {args.clients} measured fewer clients than the runs of {', '.join(map(str, capped))} "
@@ -539,27 +603,32 @@ def measure_kinds(kinds: list[StepKind], args: argparse.Namespace, device: torch
 
 def print_hours(config_name: str, per_kind: dict[StepKind, KindWork], costs: dict[StepKind, dict],
                 name: str) -> None:
-    """A config's projected hours of local training, per kind and in all, from the kinds' measured `costs`: plain and
-    before at its runs' client steps, now at the client steps their path pays for (`KindWork.now`: a vectorised
-    kind's stacked ones, each chunk of clients as long as its longest client), and now as if every shard were
-    pool / clients."""
-    print(f"\n# projected hours of local training on {name} (training only: no evaluation, inits or analysis)")
+    """A config's projected hours of local training and evaluation, per kind and in all, from the kinds' measured
+    `costs`: plain and before at its runs' client steps, now at the client steps their path pays for (`KindWork.now`:
+    a vectorised kind's stacked ones, each chunk of clients as long as its longest client), now as if every shard
+    were pool / clients; the runs' evaluations at the measured cost per evaluated image, and now with them."""
+    print(f"\n# projected hours of local training and evaluation on {name} (not inits or the analysis jobs)")
     print("| config | model | runs | client steps | client steps now (vectorised: stacked) | hours at plain steps | "
-          "hours before (sequential) | hours now | hours now, shards equal |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    total = {"plain": 0.0, "before": 0.0, "now": 0.0, "equal": 0.0}
+          "hours before (sequential) | hours now | hours now, shards equal | images evaluated | hours evaluating | "
+          "hours now with evaluation |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    total = {"plain": 0.0, "before": 0.0, "now": 0.0, "equal": 0.0, "eval": 0.0}
     for kind, work in per_kind.items():
         row = costs[kind]
         now = work.now(kind)
         h = {"plain": hours(work.client, row["plain_ms"]), "before": hours(work.client, row["sequential_ms"]),
-             "now": hours(now, row["now_ms"]), "equal": hours(work.equal, row["now_ms"])}
+             "now": hours(now, row["now_ms"]), "equal": hours(work.equal, row["now_ms"]),
+             "eval": hours(work.evaluated, row["eval_ms"])}
         for key in total:
             total[key] += h[key]
         print(f"| {config_name} | {kind.label} | {work.runs} | {work.client} | {now} | {h['plain']:.4g} | "
-              f"{h['before']:.4g} | {h['now']:.4g} | {h['equal']:.4g} |")
+              f"{h['before']:.4g} | {h['now']:.4g} | {h['equal']:.4g} | {work.evaluated} | {h['eval']:.4g} | "
+              f"{h['now'] + h['eval']:.4g} |")
     print(f"| {config_name} | all | {sum(w.runs for w in per_kind.values())} | "
           f"{sum(w.client for w in per_kind.values())} | {sum(w.now(k) for k, w in per_kind.items())} | "
-          f"{total['plain']:.4g} | {total['before']:.4g} | {total['now']:.4g} | {total['equal']:.4g} |", flush=True)
+          f"{total['plain']:.4g} | {total['before']:.4g} | {total['now']:.4g} | {total['equal']:.4g} | "
+          f"{sum(w.evaluated for w in per_kind.values())} | {total['eval']:.4g} | {total['now'] + total['eval']:.4g} |",
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -112,6 +112,8 @@ def run_workflow(tree: Path, cores: int, scratch: Path, default_config: Path | N
     workdir = Path(tempfile.mkdtemp(dir=scratch))
     for part in WORKFLOW_PARTS:
         src = tree / part
+        if not src.exists():  # a part an older commit (a --compare reference) has not got yet, e.g. profiles/
+            continue
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, workdir / part)
     if default_config is not None:
         shutil.copy2(default_config, workdir / "config" / "config.yaml")

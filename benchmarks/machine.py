@@ -15,13 +15,24 @@ _ONEDNN_PROBE = ("import torch; torch.nn.functional.conv2d(torch.zeros(8, 16, 8,
                  "padding=1)")
 
 
+CPUINFO = Path("/proc/cpuinfo")
+
+
 def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (else what platform knows)."""
-    info = Path("/proc/cpuinfo")
-    for line in info.read_text().splitlines() if info.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    """The CPU's model name from /proc/cpuinfo with its family and model numbers where it gives them (else what
+    platform knows): a name such as "AMD EPYC" covers several generations (Zen 3 and Zen 4 are family 25, Zen 5
+    family 26), whose speed ratios differ."""
+    fields: dict[str, str] = {}
+    for line in CPUINFO.read_text().splitlines() if CPUINFO.exists() else []:
+        if not line.strip():
+            break  # the first processor's block: every core of a machine is the same model
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    numbers = [f"{label} {fields[key]}" for key, label in (("cpu family", "family"), ("model", "model"))
+               if key in fields]
+    return f"{fields['model name']} ({', '.join(numbers)})" if numbers else fields["model name"]
 
 
 def onednn_isa() -> str:

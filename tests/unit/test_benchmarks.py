@@ -128,6 +128,9 @@ def test_bench_stacked_conv_times_every_form_of_every_layer(model, layers, total
      "timed on 32 samples"),
     ("bench_client_stats.py", ["--model", "cnn_small", "--dataset", "digits", "--clients", "2", "--repeats", "1"],
      "round_stats"),
+    # what it ran on, as the other benchmarks print it (machine.py)
+    ("bench_client_stats.py", ["--model", "cnn_small", "--dataset", "digits", "--clients", "2", "--repeats", "1"],
+     "CPU kernels"),
     ("bench_surface.py", ["--points", "4", "--repeats", "1"], "speed-up of the surface evaluator"),
     ("bench_fingerprint.py", ["--cifar-train", "50", "--cifar-test", "20", "--files", "20", "--file-kb", "1",
                               "--repeats", "1", "--jobs", "2"], "| 20 files of 1 KiB |"),
@@ -146,19 +149,22 @@ def test_bench_gpu_projects_the_measured_step_costs():
                "--configs", "pilot_digits")
 
     # Assert: one step-cost row per model, and each projection is its client steps times the measured costs, "now"
-    # its stacked client steps (each chunk as long as its longest client) times the vectorised cost
+    # its stacked client steps (each chunk as long as its longest client) times the vectorised cost; its evaluated
+    # images times the evaluation's cost, added to "now"
     tables = [[[cell.strip() for cell in line.strip("|").split(" | ")] for line in block.splitlines()
                if line.startswith("| ")]
               for block in out.split("\n\n")]
-    costs = {row[0]: [float(row[1]), float(row[2]), float(row[4].split()[0])] for row in tables[0][1:]}
+    costs = {row[0]: [float(row[1]), float(row[2]), float(row[4].split()[0]), float(row[9])] for row in tables[0][1:]}
     projected = [row for row in tables[1][1:] if row[1] != "all"]
     assert costs and projected and {row[1] for row in projected} == set(costs)
-    for _, model, runs, steps, stacked, plain, before, now, equal in projected:
+    for _, model, runs, steps, stacked, plain, before, now, equal, images, evaluating, total in projected:
         assert int(runs) > 0 and int(stacked) > int(steps) > 0  # Dirichlet shards: the stacks carry padding
         assert float(plain) == pytest.approx(int(steps) * costs[model][0] / 3.6e6, rel=2e-3)
         assert float(before) == pytest.approx(int(steps) * costs[model][1] / 3.6e6, rel=2e-3)
         assert float(now) == pytest.approx(int(stacked) * costs[model][2] / 3.6e6, rel=2e-3)
         assert float(now) > float(equal) > 0  # as if every shard were pool / clients: the former projection
+        assert int(images) > 0 and float(evaluating) == pytest.approx(int(images) * costs[model][3] / 3.6e9, rel=2e-3)
+        assert float(total) == pytest.approx(float(now) + float(evaluating), rel=2e-3)
     assert "shards taken equal" not in out  # the digits' partitions are made here
     # a CPU has no captured steps, and says why
     assert all(row[7] == "n/a: CUDA graphs need a CUDA device, not cpu" for row in tables[0][1:])
@@ -368,26 +374,159 @@ def test_bench_gpu_counts_the_steps_the_trainer_takes(monkeypatch, batch_size, d
 
 
 def test_bench_gpu_makes_a_balanced_training_splits_partitions_from_its_class_counts(monkeypatch):
-    # Prepare: pilot.yaml (CIFAR-10, no proxy part) and a CIFAR-10 pool with a 10% proxy part; meta.yaml's FEMNIST
-    # runs, split by writer
+    # Prepare: pilot.yaml (CIFAR-10, no proxy part) and a CIFAR-10 pool with a 10% proxy part; fedalign.yaml's
+    # ImageNet-200 runs (500 training images of each class, Dirichlet(0.5)); meta.yaml's FEMNIST runs, split by writer
     bench_gpu = _bench_gpu(monkeypatch)
     pilot = bench_gpu.load_config(bench_gpu.PAPERS / "pilot.yaml", bench_gpu.SCHEMA)
+    fedalign = bench_gpu.load_config(bench_gpu.PAPERS / "fedalign.yaml", bench_gpu.SCHEMA)
     meta = bench_gpu.load_config(bench_gpu.PAPERS / "meta.yaml", bench_gpu.SCHEMA)
     skewed = next(r for r in bench_gpu.build_runs(pilot) if (r.setting, r.num_clients) == ("0.1", 10))
+    imagenet = next(r for r in bench_gpu.build_runs(fedalign) if r.dataset == "imagenet200")
     femnist = {r.setting: r for r in bench_gpu.build_runs(meta) if r.dataset == "femnist"}
 
     # Execute
     pool = bench_gpu.pool_labels("cifar10", {"proxy_fraction": 0.1, "split_seed": 0})
     sizes, why = bench_gpu.client_sizes(pilot, skewed)
+    imagenet_sizes, imagenet_why = bench_gpu.client_sizes(fedalign, imagenet)
     femnist_sizes = {setting: bench_gpu.client_sizes(meta, run) for setting, run in femnist.items()}
 
-    # Assert: 4,500 of each class left; the Dirichlet(0.1) clients share all 50,000 images unequally; FEMNIST's
-    # writers and class counts are not known here (its shares are taken equal, and the script says why)
+    # Assert: 4,500 of each class left; the Dirichlet(0.1) clients share all 50,000 images unequally, ImageNet-200's
+    # clients its 100,000; FEMNIST's writers and class counts are not known here (its shares are taken equal, and
+    # the script says why)
     assert np.bincount(pool).tolist() == [4500] * 10
     assert why is None and len(sizes) == 10 and sum(sizes) == 50_000 and max(sizes) > 1.5 * 50_000 / 10
+    assert imagenet_why is None and len(imagenet_sizes) == imagenet.num_clients and sum(imagenet_sizes) == 100_000
     assert femnist_sizes["writers"] == (None, "the natural partition reads writers")
     assert all(sizes == (None, "femnist's class counts need its files")
                for setting, sizes in femnist_sizes.items() if setting != "writers")
+
+
+@pytest.mark.parametrize("eval_every", [1, 4])
+def test_bench_gpu_counts_the_images_each_runs_evaluations_pass_forward(monkeypatch, eval_every):
+    # Prepare: the digits pilot (15- and 8-round runs, a 20% proxy part held out of the pool), evaluating every round
+    # or every 4th
+    from fedscape.data.sources import source_from_options
+
+    bench_gpu = _bench_gpu(monkeypatch)
+    config = bench_gpu.load_config(bench_gpu.PAPERS / "pilot_digits.yaml", bench_gpu.SCHEMA)
+    config["training"]["eval_every"] = eval_every
+    runs = bench_gpu.build_runs(config)
+
+    # Execute
+    per_kind, _, _ = bench_gpu.project(config, torch.device("cpu"), {})
+
+    # Assert: every run evaluates its global model at round 0, every eval_every-th round and the last, each time on
+    # its clients' pool (the digits' training part less the proxy part) and the test part
+    source = source_from_options("digits", bench_gpu.planned_train(config, runs[0]).dataset_options)
+    pool, test = len(source.labels), len(source.test_index)
+    assert (pool, test) == (1078, 449)
+    expected = 0
+    for run in runs:
+        rounds = bench_gpu.planned_train(config, run).train_config().rounds
+        evaluations = len(set(range(0, rounds + 1, eval_every)) | {rounds})
+        expected += evaluations * (pool + test)
+        assert sum(bench_gpu.client_sizes(config, run)[0]) == pool  # the clients share the whole pool
+    assert {bench_gpu.planned_train(config, r).train_config().rounds for r in runs} == {8, 15}
+    assert sum(work.evaluated for work in per_kind.values()) == expected
+
+
+def test_bench_gpu_knows_the_test_set_of_every_image_data_set(monkeypatch):
+    # Prepare
+    from fedscape.data.specs import DATASETS
+
+    bench_gpu = _bench_gpu(monkeypatch)
+    images = [name for name, info in DATASETS.items() if info.inputs == "image"]
+
+    # Execute
+    sizes = {name: bench_gpu.size_of_test_set(name, {"test_fraction": 0.25}) for name in images}
+
+    # Assert: the bundled digits' a quarter of its 1,797 samples (449.25); CIFAR's test batch, ImageNet-200's 50
+    # validation images of each class; FEMNIST's an estimate, a tenth of its samples
+    assert sizes == {"digits": 449, "cifar10": 10_000, "cifar100": 10_000, "imagenet200": 10_000, "femnist": 80_526}
+
+
+def _timed_once(bench_gpu, monkeypatch) -> list[set[str]]:
+    """Every timing call made once, untimed (1 s each); the names timed together in each call, recorded."""
+    rotations: list[set[str]] = []
+
+    def together(fns, device, repeats):
+        rotations.append(set(fns))
+        return {name: (fn(), 1.0)[1] for name, fn in fns.items()}
+
+    monkeypatch.setattr(bench_gpu, "timed_together", together)
+    monkeypatch.setattr(bench_gpu, "timed", lambda fn, device, repeats: together({"fn": fn}, device, repeats)["fn"])
+    return rotations
+
+
+@pytest.mark.parametrize("path", ["vectorized", "captured"])
+def test_bench_gpu_times_every_step_beside_the_plain_one(monkeypatch, path):
+    # Prepare: a digits pilot kind whose runs train vectorised over 4 clients, or (as on a card) sequentially and
+    # captured, with a stand-in capture (the CPU has no CUDA graphs) and local training that ignores it
+    import argparse
+    import dataclasses
+
+    bench_gpu = _bench_gpu(monkeypatch)
+    config = bench_gpu.load_config(bench_gpu.PAPERS / "pilot_digits.yaml", bench_gpu.SCHEMA)
+    per_kind, _, _ = bench_gpu.project(config, torch.device("cpu"), {})
+    kind = next(k for k in per_kind if k.model == "cnn_small" and k.clients == 4)
+    if path == "captured":
+        kind = dataclasses.replace(kind, path="sequential", capture=True, clients=0)
+
+        class Capture:
+            on, difference = True, None
+
+            def __init__(self, model, batch_size):
+                pass
+
+            def close(self):
+                pass
+
+        real_local_train = bench_gpu.local_train
+        monkeypatch.setattr(bench_gpu, "capture_blocker", lambda model, strategy, device_type: None)
+        monkeypatch.setattr(bench_gpu, "CapturedForward", Capture)
+        monkeypatch.setattr(bench_gpu, "local_train",
+                            lambda *a, capture=None: real_local_train(*a))
+    rotations = _timed_once(bench_gpu, monkeypatch)
+    args = argparse.Namespace(steps=1, repeats=1, clients=0, precision="fp32")
+
+    # Execute
+    row = bench_gpu.measure([kind], args, torch.device("cpu"))[kind]
+
+    # Assert: the step its runs take is timed in a rotation with the plain step, so that their ratio carries no drift
+    # of the device's speed between two measurements
+    assert any({"plain", path} <= names for names in rotations)
+    if path == "vectorized":  # 1 s for one step of 4 clients, against 1 s for the plain step of one
+        assert row["now_ms"] == row["vectorized_ms"] == 250.0 and row["plain_per_vectorized"] == 4.0
+    else:
+        assert row["now_ms"] == row["captured_ms"] == 1e3
+
+
+def test_bench_gpu_stacks_all_of_a_kinds_clients_in_one_measured_round(monkeypatch):
+    # Prepare: a digits pilot kind whose runs stack 70 clients a round (more than TrainConfig's default chunk of 64),
+    # the clients of each stacked step recorded
+    import argparse
+    import dataclasses
+
+    bench_gpu = _bench_gpu(monkeypatch)
+    config = bench_gpu.load_config(bench_gpu.PAPERS / "pilot_digits.yaml", bench_gpu.SCHEMA)
+    per_kind, _, _ = bench_gpu.project(config, torch.device("cpu"), {})
+    kind = dataclasses.replace(next(k for k in per_kind if k.model == "cnn_small"), clients=70)
+    stacked: list[int] = []
+    real_step = bench_gpu.VectorizedTrainer._step
+
+    def counting_step(self, st, t, padded, lr, xb, *a, **kw):
+        stacked.append(xb.shape[0])
+        return real_step(self, st, t, padded, lr, xb, *a, **kw)
+
+    monkeypatch.setattr(bench_gpu.VectorizedTrainer, "_step", counting_step)
+    _timed_once(bench_gpu, monkeypatch)
+    args = argparse.Namespace(steps=1, repeats=1, clients=0, precision="fp32")
+
+    # Execute
+    bench_gpu.measure([kind], args, torch.device("cpu"))
+
+    # Assert: the measured round stacks the kind's 70 clients at once, as its runs do, not in chunks of 64
+    assert stacked and max(stacked) == 70
 
 
 @pytest.mark.parametrize(("chunk", "cap"), [(64, 0), (8, 0), (64, 3)])
@@ -571,8 +710,9 @@ def test_bench_gpu_prints_each_configs_hours_once_its_kinds_are_measured(monkeyp
         if fail and any(k not in pilot for k in group):
             raise RuntimeError("out of memory")
         measured.extend(group)
-        return {k: bench_gpu.price(k, {"plain_ms": 2.0, "sequential_ms": 3.0}, None, "no card",
-                                   {bench_gpu.stacked_clients(k, args): 1.0}, args, "cpu") for k in group}
+        return {k: {**bench_gpu.price(k, {"plain_ms": 2.0, "sequential_ms": 3.0}, None, "no card",
+                                      {bench_gpu.stacked_clients(k, args): (1.0, 2.0)}, args, "cpu"), "eval_ms": 0.5}
+                for k in group}
 
     monkeypatch.setattr(bench_gpu, "measure", fake_measure)
     monkeypatch.setattr(sys, "argv", ["bench_gpu.py", "--device", "cpu", "--steps", "1", "--repeats", "1",
@@ -695,6 +835,23 @@ def test_onednn_isa_reports_what_onednn_uses(monkeypatch, cap, expected):
         assert expected in isa and "512" not in isa
 
 
+@pytest.mark.parametrize(("cpuinfo", "expected"), [
+    ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n\n"
+     "processor\t: 1\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n", "AMD EPYC (family 25, model 1)"),
+    ("processor\t: 0\nmodel name\t: Some CPU\n", "Some CPU"),  # no numbers given: the name alone
+])
+def test_cpu_model_tells_generations_of_one_name_apart(tmp_path, monkeypatch, cpuinfo, expected):
+    # Prepare: a /proc/cpuinfo of two cores
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import machine
+
+    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    monkeypatch.setattr(machine, "CPUINFO", tmp_path / "cpuinfo")
+
+    # Execute / Assert
+    assert machine.cpu_model() == expected
+
+
 def test_bench_workflow_splits_job_time_from_the_jobs_logs(tmp_path, monkeypatch, restore_logging):
     # Prepare: a log written by the jobs' own `job_log` (split alone first), then beside it two written by hand (one
     # job failed: no 'done' line) and one of a commit from before jobs logged their start
@@ -724,6 +881,34 @@ def test_bench_workflow_splits_job_time_from_the_jobs_logs(tmp_path, monkeypatch
     assert jobs == 2
     assert started == pytest.approx(1.75 + real_started) and done == pytest.approx(4.50 + real_done)
 
+
+
+@pytest.mark.parametrize("missing", [(), ("profiles",)])
+def test_bench_workflow_runs_a_reference_without_every_part(tmp_path, monkeypatch, missing):
+    # Prepare: a checkout's workflow parts, or an older commit's that has no profiles/ yet (a --compare reference);
+    # Snakemake stood in for
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import bench_workflow
+
+    tree = tmp_path / "tree"
+    for part in bench_workflow.WORKFLOW_PARTS:
+        if part == "Snakefile":
+            (tree / part).parent.mkdir(parents=True, exist_ok=True)
+            (tree / part).write_text("rule all:\n")
+        elif part not in missing:
+            (tree / part).mkdir(parents=True)
+            (tree / part / "file").write_text(part)
+    monkeypatch.setattr(bench_workflow.subprocess, "run",
+                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, "", ""))
+    (tmp_path / "scratch").mkdir()
+
+    # Execute
+    _, workdir = bench_workflow.run_workflow(tree, 1, tmp_path / "scratch")
+
+    # Assert: the parts it has are copied, a missing one left out
+    copied = sorted(p.name for p in workdir.iterdir())
+    assert copied == sorted(set(bench_workflow.WORKFLOW_PARTS) - set(missing))
+    assert (workdir / "Snakefile").read_text() == "rule all:\n"
 
 
 @pytest.mark.parametrize(("fields", "verdict", "why"), [

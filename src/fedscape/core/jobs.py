@@ -129,14 +129,20 @@ def without_paths(settings: Mapping[str, Any], paths: Iterable[str]) -> dict:
     `eval_batch_size` of the mapping `training`), the other keys in their order; a path not there is skipped."""
     if isinstance(paths, str):  # one path, whose letters would each be taken for one
         raise TypeError(f"without_paths takes a collection of dotted paths, got the string {paths!r}")
+    return _at_paths(settings, paths, lambda out, key: out.pop(key, None))
+
+
+def _at_paths(settings: Mapping[str, Any], paths: Iterable[str], change: Callable[[dict, str], Any]) -> dict:
+    """A copy of `settings` (its nested mappings copied where a path goes through them) with `change(mapping, key)`
+    applied at each of the dotted `paths`; a path through a missing or non-mapping field is skipped."""
     out = dict(settings)
     for path in paths:
         head, _, rest = path.partition(".")
         if rest:
             if isinstance(out.get(head), Mapping):
-                out[head] = without_paths(out[head], [rest])
+                out[head] = _at_paths(out[head], [rest], change)
         else:
-            out.pop(head, None)
+            change(out, head)
     return out
 
 
@@ -171,15 +177,11 @@ def device_paths(cls: type) -> tuple[str, ...]:
 def with_device_kinds(settings: Mapping[str, Any], paths: Iterable[str]) -> dict:
     """A copy of `settings` with the value at each of `paths` (dotted, as `without_paths` reads them) as its
     `device_kind`; a path not there is skipped."""
-    out = dict(settings)
-    for path in paths:
-        head, _, rest = path.partition(".")
-        if rest:
-            if isinstance(out.get(head), Mapping):
-                out[head] = with_device_kinds(out[head], [rest])
-        elif head in out:
-            out[head] = device_kind(out[head])
-    return out
+    def to_kind(out: dict, key: str) -> None:
+        if key in out:
+            out[key] = device_kind(out[key])
+
+    return _at_paths(settings, paths, to_kind)
 
 
 def kept_record(settings: dict, recorded: Iterable[str] | None,

@@ -51,11 +51,13 @@ from fedscape.plan.train import (
 )
 
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
-# interpolation_tables, layer_barriers 2: a barrier whose loss overflowed to +inf between finite ends is +inf with a
-# +inf ratio (was NaN); a layer-wise one over an end that overflowed is NaN (was -inf or NaN). The figures 2 draw
-# +inf (matplotlib left it out unseen); they and layer_distance_figure 2 label a participation fraction with every
-# digit (0.125: 12.5% sampled, was 12%).
-RESULT_VERSIONS = {"interpolation": 1, "layer_barriers": 2, "interpolation_figure": 2, "layer_barrier_figures": 2,
+# interpolation_tables 2: a barrier whose loss overflowed to +inf between finite ends is +inf with a +inf ratio (was
+# NaN). Not bumped: layer_barriers, whose layer-wise ratios are now +inf there too and NaN over an end that overflowed
+# (was -inf or NaN): only a pair whose float32 loss overflowed has other numbers, which of a kind's jobs had one is the
+# data's, not their settings', and the kind's rerun (every layer-wise GPU job: 140 in layerwise.yaml) was not worth
+# them. The figures 2 draw +inf (matplotlib left it out unseen); they and layer_distance_figure 2 label a
+# participation fraction with every digit (0.125: 12.5% sampled, was 12%).
+RESULT_VERSIONS = {"interpolation": 1, "layer_barriers": 1, "interpolation_figure": 2, "layer_barrier_figures": 2,
                    "layer_distance_figure": 2, "layer_cumulation_figures": 2, "layer_aligned_figures": 2,
                    "layer_training_figure": 2, "interpolation_tables": 2, "layer_barrier_tables": 1,
                    "layer_consecutive_table": 1}

@@ -268,7 +268,9 @@ def test_malformed_leaf_files_name_the_file_and_user(tmp_path: Path, name: str, 
 @pytest.mark.parametrize(("content", "match"), [
     (b'{"users": ["\xff"], "num_samples": [0], "user_data": {}}', r"not a LEAF JSON file \('utf-8' codec can't decode"),
     (b'{"users": [', r"not a LEAF JSON file \(Expecting value"),
-], ids=["not_utf8", "not_json"])
+    (b'{"users": 3, "num_samples": [0], "user_data": {}}', r"users is a int$"),
+    (b'{"users": ["a"], "num_samples": {"a": 1}, "user_data": []}', r"num_samples is a dict, user_data is a list$"),
+], ids=["not_utf8", "not_json", "users_not_a_list", "mappings_swapped"])
 def test_a_file_that_is_not_json_text_is_named(tmp_path: Path, name: str, content: bytes, match: str) -> None:
     # Prepare: the first train file replaced by bytes that are not UTF-8 (a byte 0xff) or not JSON
     (write_femnist if name == "femnist" else write_shakespeare)(tmp_path, files=1)

@@ -146,6 +146,10 @@ def _read_json(path: Path) -> dict:
     missing = [k for k in ("users", "num_samples", "user_data") if not isinstance(obj, dict) or k not in obj]
     if missing:
         raise ValueError(f"{path}: expected LEAF's keys users, num_samples and user_data; missing {', '.join(missing)}")
+    wrong = [f"{k} is a {type(obj[k]).__name__}" for k, kind in (("users", list), ("num_samples", list),
+                                                                 ("user_data", dict)) if not isinstance(obj[k], kind)]
+    if wrong:
+        raise ValueError(f"{path}: LEAF's users and num_samples are lists and user_data a mapping; {', '.join(wrong)}")
     if len(obj["users"]) != len(obj["num_samples"]):
         raise ValueError(f"{path}: {len(obj['users'])} users but {len(obj['num_samples'])} num_samples")
     return obj

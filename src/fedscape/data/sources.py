@@ -72,8 +72,8 @@ class Source:
     their ``vocabulary`` (the character of each id; words: a tuple of the word of each id); image datasets have
     ``vocabulary`` None. The word data sets' labels are every position's next word, ``[N, T]``. ImageNet-200's
     images are `fedscape.data.imagenet200.ImageFolderImages`, decoded when indexed (``images[index]``).
-    ``train_writers`` (LEAF only, else None) is the writer of every ``train_images`` row, an index
-    into ``writer_names``.
+    ``train_writers`` (the data sets with writers: LEAF's and Stack Overflow's; else None) is the writer of every
+    ``train_images`` row, an index into ``writer_names``.
     """
 
     name: str

@@ -54,7 +54,8 @@ class ServerAdaptive(ServerOptimizer):
     With Delta = -pseudo_grad (the weighted mean client delta): m <- b1 m + (1 - b1) Delta;
     v <- v + Delta^2 (Adagrad), v <- v - (1 - b2) Delta^2 sign(v - Delta^2) (Yogi) or
     v <- b2 v + (1 - b2) Delta^2 (Adam); x <- x + lr m / (sqrt(v) + tau). m starts at 0 and v at
-    tau^2 (the algorithm's v_{-1} >= tau^2).
+    tau^2 (the algorithm's v_{-1} >= tau^2). The mean weights the clients by their samples, as FedAvg's does (and
+    TFF's by default), where Algorithm 2 writes an unweighted one.
     """
 
     def __init__(self, kind: str, lr: float, beta1: float, beta2: float, tau: float):

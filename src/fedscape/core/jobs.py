@@ -206,16 +206,23 @@ def kept_record(settings: dict, recorded: Iterable[str] | None,
     for text in recorded:
         if text == text_now:
             return settings
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            continue  # not a literal (a path's text is; an unrepresentable param is not recorded)
-        if not isinstance(value, dict):
+        value = recorded_settings(text)
+        if value is None:
             continue
         now = repr(meaning(settings)) if now is None else now
         if repr(meaning(value)) == now:
             return RecordedSettings(settings, text)
     return settings
+
+
+def recorded_settings(text: str) -> dict | None:
+    """The settings a params text Snakemake recorded holds (its `repr` of a job's settings), None where the text is
+    no dict literal (a path's text is not; an unrepresentable param is not recorded)."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def job_params(job: JobSettings, version: int, recorded: Iterable[str] | None = None, *, sort: bool = False) -> dict:

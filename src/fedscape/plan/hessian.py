@@ -3,7 +3,6 @@ the targets, and the checks of the `hessian` section."""
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,7 +21,7 @@ from fedscape.analysis.hessian.definitions import (
     resolve_trace_estimator,
 )
 from fedscape.core.config import ConfigError
-from fedscape.core.jobs import job_params
+from fedscape.core.jobs import job_params, recorded_settings
 from fedscape.core.paths import HESSIAN_DIR, HESSIAN_FIGURE, Results
 from fedscape.core.runs import select_runs
 from fedscape.data.specs import dataset_settings
@@ -246,14 +245,7 @@ def _group_source(results: Results, group: list):
 def _records_computing(texts: list[str] | None) -> bool:
     """Whether the params texts Snakemake recorded for a Hessian job are those of a job that computed: settings
     without `shared_from` (`make_hessian_job`)."""
-    for text in texts or ():
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            continue  # not a literal: no settings of a Hessian job
-        if isinstance(value, dict) and "shared_from" not in value:
-            return True
-    return False
+    return any((value := recorded_settings(text)) is not None and "shared_from" not in value for text in texts or ())
 
 
 def make_hessian_job(config: dict, runs: list, run, round_: int) -> HessianJob:

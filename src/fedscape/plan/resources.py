@@ -167,7 +167,6 @@ def gpu_job_resources(config: dict, cluster: bool, environ: Mapping[str, str] | 
             "slurm_partition": environ.get("SLURM_GPU_PARTITION") or environ.get("SLURM_PARTITION", "")}
 
 
-
 def cpu_job_resources(cluster: bool, environ: Mapping[str, str] | None = None) -> dict[str, object]:
     """The same resources for a job of a GPU rule that computes nothing on a device (a Hessian job that copies
     another run's result): no card, and on a cluster the partition of CPU jobs (SLURM_PARTITION)."""

@@ -593,6 +593,7 @@ def snakemake_metadata(parsed: argparse.Namespace) -> Callable[[str], object | N
                 return DbPersistence(nolock=True, db_url=parsed.persistence_backend_db_url)
             return FilePersistence(nolock=True)
 
+    @functools.cache  # asked twice of an output: whether Snakemake compared its settings, and when it touched it
     def metadata(output: str):
         from snakemake.io import IOFile  # lazy: the path as Snakemake keys it, for make status alone
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import re
 from types import SimpleNamespace
 
@@ -10,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 from helpers.cifar import write_fake_cifar10, write_fake_cifar100
-from helpers.configs import SCHEMA, config_with
+from helpers.configs import SCHEMA, config_with, problems_of
 from helpers.imagenet import write_imagenet32
+from helpers.papers import load
+from helpers.words import write_reddit
 
 from fedscape.core import manifest
 from fedscape.core.config import ConfigError
@@ -20,7 +24,8 @@ from fedscape.core.runs import build_runs
 from fedscape.data.datasets import load_dataset
 from fedscape.data.federated import FederatedData
 from fedscape.data.partition import load_partition, make_partition, save_partition
-from fedscape.data.sources import load_source
+from fedscape.data.sources import load_source, proxy_writers_after, source_from_options
+from fedscape.data.specs import DATASETS
 from fedscape.fl.engine import run_federated
 from fedscape.fl.settings import MEMORY_KEYS, TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
@@ -634,6 +639,86 @@ def test_a_proxy_split_too_small_is_found_without_the_data(dataset, proxy_fracti
         assert found == ""
     else:
         assert re.match(r"the proxy split of " + dataset + " " + problem, found)
+
+
+# A writers' proxy split of a `max_clients` read: the round(proxy_fraction x max_clients / (1 - proxy_fraction)) writers
+# the reader reads after the first max_clients, none where that rounds to 0
+WRITERS = {"test_fraction": 0.25, "proxy_split": "writers"}
+
+
+@pytest.mark.parametrize(("dataset", "options", "problem"), [
+    ("stackoverflow", {"max_clients": 100, "proxy_fraction": 0.001},
+     r"holds no writer \(proxy_split: writers reads round\(proxy_fraction x max_clients / \(1 - proxy_fraction\)\) "
+     r"writers after the first max_clients as its proxy: 0 for proxy_fraction 0\.001 and max_clients 100\), so it is "
+     r"empty; set datasets\.stackoverflow\.proxy_fraction to at least 0\.005, or set proxy_dataset / proxy_dir$"),
+    ("stackoverflow", {"max_clients": 100, "proxy_fraction": 0.005}, None),
+    # 0.04 x 12 / 0.96 is a half, which round() takes to 0 (to even): the least fraction is the next one up
+    ("reddit", {"max_clients": 12, "proxy_fraction": 0.04}, r"holds no writer .*at least 0\.041,"),
+    ("reddit", {"max_clients": 12, "proxy_fraction": 0.041}, None),
+    ("reddit", {"max_clients": 1, "proxy_fraction": 0.3}, r"holds no writer .*at least 0\.34,"),
+    # the samples split holds rows of the writers read, however few the writers
+    ("stackoverflow", {"max_clients": 100, "proxy_fraction": 0.001, "proxy_split": "samples"}, None),
+])
+def test_a_writers_proxy_split_of_no_writer_is_found_without_the_data(dataset, options, problem):
+    # Execute
+    found = proxy_split_problem(dataset, {**WRITERS, **options})
+
+    # Assert
+    if problem is None:
+        assert found == ""
+    else:
+        assert re.match(r"the proxy split of " + dataset + " " + problem, found)
+
+
+def test_the_least_fraction_named_is_the_least_two_digit_one_that_holds_a_writer():
+    # Prepare: every max_clients to 2,000, and one whose bound 1 / (2 max_clients + 1) has two significant digits
+    # where float arithmetic does not step over it (7,812: 0.000064)
+    counts = [*range(1, 2001), 7812]
+
+    # Execute: the fraction each refusal names, and the two-digit fraction below it
+    wrong = []
+    for max_clients in counts:
+        found = proxy_split_problem("reddit", {**WRITERS, "max_clients": max_clients, "proxy_fraction": 1e-9})
+        least = float(re.search(r"at least ([0-9.e-]+),", found).group(1))
+        below = least - 10 ** (math.floor(math.log10(least) - 1e-9) - 1)
+        if proxy_writers_after(max_clients, least) < 1 or proxy_writers_after(max_clients, below) != 0:
+            wrong.append((max_clients, least))
+
+    # Assert: the reader reads a proxy writer at the fraction named, none at the one below
+    assert wrong == []
+
+
+@pytest.mark.parametrize(("proxy_fraction", "refused"), [(0.1, True), (0.11, True), (0.12, False), (0.25, False)])
+def test_planning_refuses_exactly_the_writers_split_the_reader_leaves_empty(tmp_path, proxy_fraction, refused):
+    # Prepare: 12 users in Reddit's files, the first 4 read for the clients (the proxy's users read after them)
+    users = {"train": {f"u{u:02d}": [["hi", "there"]] for u in range(12)},
+             "test": {f"u{u:02d}": [["hi", "ok"]] for u in range(12)}}
+    root = write_reddit(tmp_path / "reddit", users, {"<PAD>": 0, "<UNK>": 1, "hi": 2, "there": 3, "ok": 4},
+                        size=DATASETS["reddit"].num_classes)
+    options = {**WRITERS, "data_dir": str(root), "max_clients": 4, "proxy_fraction": proxy_fraction}
+
+    # Execute
+    problem = proxy_split_problem("reddit", options)
+    source = source_from_options("reddit", options)
+
+    # Assert: refused where the proxy holds no row (at least 0.12 the message says), else a whole user's rows
+    assert bool(problem) == refused == (len(source.proxy_index) == 0)
+    assert not refused or "at least 0.12," in problem
+
+
+@pytest.mark.parametrize(("proxy_fraction", "refused"), [(0.0003, True), (0.00034, False)])
+def test_a_pretrained_init_on_a_writers_split_of_no_writer_fails_at_config_check(proxy_fraction, refused):
+    # Prepare: meta.yaml, whose pretrained init reads Stack Overflow's writers after its first 1,500
+    config = copy.deepcopy(load("meta"))
+    config["datasets"]["stackoverflow"]["proxy_fraction"] = proxy_fraction
+
+    # Execute
+    problems = problems_of(config)
+
+    # Assert: the init's entry names the empty split and the least fraction that holds a writer
+    assert ("the proxy split of stackoverflow holds no writer" in problems) == refused
+    assert not refused or re.search(r"inits\.\w+: the proxy split of stackoverflow holds no writer .*at least "
+                                    r"0\.00034,", problems)
 
 
 def test_a_checked_config_checked_again_gives_no_key_of_another_kind():

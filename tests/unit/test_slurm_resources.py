@@ -61,6 +61,26 @@ def test_a_data_sets_host_bytes_are_its_decoded_tensors(dataset, options, expect
     assert got == pytest.approx(expected, rel=1e-6)
 
 
+# Stack Overflow read for its first 1,500 users (meta.yaml): int64 ids and every position's targets of the samples
+# ten times their share of TFF's 342,477 users may hold (`MAX_CLIENTS_SKEW`)
+def stackoverflow_read(users: int) -> float:
+    return 135_818_730 * 10 * users / 342_477 * 20 * 8 * 2
+
+
+@pytest.mark.parametrize(("options", "users"), [
+    ({"proxy_split": "samples", "proxy_fraction": 0.1}, 1500),
+    # the writers' proxy: round(0.1 x 1,500 / 0.9) = 167 users read after the first 1,500
+    ({"proxy_split": "writers", "proxy_fraction": 0.1}, 1667),
+    ({"proxy_split": "writers", "proxy_fraction": 0.5}, 3000),
+])
+def test_a_max_clients_read_counts_the_proxy_writers_it_reads_after_them(options, users):
+    # Execute
+    got = data_bytes("stackoverflow", {"max_clients": 1500, **options})
+
+    # Assert
+    assert got == pytest.approx(stackoverflow_read(users), rel=1e-6)
+
+
 @pytest.mark.parametrize(("config", "dataset", "data"), [
     (ROOT / "config" / "config.yaml", "digits", DIGITS),
     (ROOT / "config" / "papers" / "fedalign.yaml", "cifar10", CIFAR10),

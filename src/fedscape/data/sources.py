@@ -214,7 +214,7 @@ def _split_proxy_writers(train: LeafPart, test: LeafPart, proxy_fraction: float,
     stratified by class. The proxy writers' test rows leave the test part, so that no writer the pretraining saw is
     evaluated on either.
 
-    ``pool_writers`` (a ``max_clients`` read, for which the reader read `_proxy_writers_after` writers more): the first
+    ``pool_writers`` (a ``max_clients`` read, for which the reader read `proxy_writers_after` writers more): the first
     ``pool_writers`` writers are the pool and every writer after them the proxy, so that the clients' pool keeps the
     writers ``max_clients`` names (holding writers out of these would leave fewer than configured) and the test part
     their test rows alone. Where the files hold no more than ``pool_writers`` writers, max_clients reads them all,
@@ -231,9 +231,11 @@ def _split_proxy_writers(train: LeafPart, test: LeafPart, proxy_fraction: float,
     return np.flatnonzero(~in_proxy), np.flatnonzero(in_proxy), np.flatnonzero(test_kept[test.writers])
 
 
-def _proxy_writers_after(max_clients: int, proxy_fraction: float) -> int:
+def proxy_writers_after(max_clients: int, proxy_fraction: float) -> int:
     """The writers a ``max_clients`` read of a writers' proxy split reads after the first max_clients, its proxy:
-    proxy_fraction of the writers read, as a split of that many writers without max_clients holds out."""
+    proxy_fraction of the writers read, as a split of that many writers without max_clients holds out. Planning reads
+    it too (`fedscape.plan.init.proxy_split_problem`: a split of no writer; `fedscape.plan.resources.data_bytes`: the
+    writers a job decodes), so that it counts them as the reader reads them."""
     return round(proxy_fraction * max_clients / (1 - proxy_fraction))
 
 
@@ -493,7 +495,7 @@ def _words(name: str, *, data_dir: str | None, seed: int = 0, proxy_fraction: fl
                          f"download: false and data_dir to the folder holding {DATA_DIR_HOLDS[name]}")
     read = max_clients
     if max_clients is not None and proxy_split == PROXY_SPLITS[1]:
-        read = max_clients + _proxy_writers_after(max_clients, proxy_fraction)
+        read = max_clients + proxy_writers_after(max_clients, proxy_fraction)
     if name == "stackoverflow":
         train, test, names = read_stackoverflow(data_dir, read)
     else:

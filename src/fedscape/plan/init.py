@@ -11,9 +11,11 @@ from fedscape.core.jobs import declared_defaults, job_params
 from fedscape.core.names import suggest
 from fedscape.core.paths import PARTITION_DIR, Results
 from fedscape.core.runs import Run, resolve_run
+from fedscape.data.sources import proxy_writers_after
 from fedscape.data.specs import (
     DATASET_NAMES,
     INIT_LOCATION_BASELINES,
+    PROXY_SPLITS,
     RGB_DATASETS,
     dataset_info,
     dataset_settings,
@@ -221,10 +223,41 @@ def proxy_split_size(dataset: str, options: dict) -> tuple[int, int]:
     return held_out_count(pool, options["proxy_fraction"]), pool
 
 
+def _rounded_up(fraction: float) -> float:
+    """`fraction` rounded up to two significant digits: the least proxy_fraction a message names."""
+    scale = 10 ** (1 - math.floor(math.log10(fraction)))
+    return math.ceil(fraction * scale) / scale
+
+
+def _no_proxy_writer(dataset: str, options: dict) -> str:
+    """Why a writers' proxy split (`proxy_split: writers`) of a `max_clients` read holds no writer ('' where it holds
+    one): the reader reads `proxy_writers_after` writers after the first max_clients as its proxy, and where that rounds
+    to 0 the proxy is empty, whatever share of the samples proxy_fraction names. Without max_clients the writers the
+    files hold are not known at planning (no declaration gives them), so nothing is said."""
+    max_clients = options.get("max_clients")
+    if options.get("proxy_split") != PROXY_SPLITS[1] or max_clients is None:
+        return ""
+    fraction = options["proxy_fraction"]
+    if proxy_writers_after(max_clients, fraction):
+        return ""
+    # round() gives 1 from fraction x max_clients / (1 - fraction) above 1/2 (a half rounds to even, 0), so from a
+    # fraction above 1 / (2 max_clients + 1); where that bound has two significant digits, the next fraction up
+    least = _rounded_up(1 / (2 * max_clients + 1))
+    if not proxy_writers_after(max_clients, least):
+        least += 10 ** (math.floor(math.log10(least)) - 1)
+    return (f"the proxy split of {dataset} holds no writer (proxy_split: writers reads round(proxy_fraction x "
+            f"max_clients / (1 - proxy_fraction)) writers after the first max_clients as its proxy: 0 for "
+            f"proxy_fraction {fraction:g} and max_clients {max_clients}), so it is empty; set "
+            f"datasets.{dataset}.proxy_fraction to at least {least:g}, or set proxy_dataset / proxy_dir")
+
+
 def proxy_split_problem(dataset: str, options: dict) -> str:
-    """Why `dataset`'s proxy split is too small to pretrain on ('' where it is not): fewer samples than classes (a
-    split stratified by class cannot hold every class; such a split fails as empty at the job's start, or pretrains
-    on a handful of images), or for samples without a class (`sequence_labels`) none."""
+    """Why `dataset`'s proxy split is too small to pretrain on ('' where it is not): a writers' split of a `max_clients`
+    read that holds no writer (`_no_proxy_writer`), fewer samples than classes (a split stratified by class cannot
+    hold every class; such a split fails as empty at the job's start, or pretrains on a handful of images), or for
+    samples without a class (`sequence_labels`) none."""
+    if problem := _no_proxy_writer(dataset, options):
+        return problem
     info = dataset_info(dataset, options)
     size, pool = proxy_split_size(dataset, options)
     least = 1 if info.sequence_labels else info.num_classes
@@ -233,9 +266,8 @@ def proxy_split_problem(dataset: str, options: dict) -> str:
     what = ("no sample" if info.sequence_labels else
             f"fewer than its {least} classes, which a split stratified by class cannot all hold")
     fix = "no proxy_fraction holds that many: set"
-    if least < pool:  # the fraction of the pool that holds `least` samples, rounded up to two significant digits
-        scale = 10 ** (1 - math.floor(math.log10(least / pool)))
-        fix = f"set datasets.{dataset}.proxy_fraction to at least {math.ceil(least / pool * scale) / scale:g}, or set"
+    if least < pool:  # the fraction of the pool that holds `least` samples
+        fix = f"set datasets.{dataset}.proxy_fraction to at least {_rounded_up(least / pool):g}, or set"
     bound = "at most " if info.writers else ""  # LEAF's: `DatasetInfo.train_samples` bounds what its files hold
     return (f"the proxy split of {dataset} holds {bound}{size} samples (proxy_fraction {options['proxy_fraction']:g} "
             f"of {bound}{pool} training samples), {what}; {fix} proxy_dataset / proxy_dir")

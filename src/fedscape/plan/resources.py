@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from fedscape.core.config import ConfigError, config_value
 from fedscape.core.gpus import export_card_limit, no_card_known, visible_gpus
 from fedscape.core.runs import Run
-from fedscape.data.specs import STORED_IMAGE_AUGMENTATIONS, TARGETS, dataset_info, resolved_targets
+from fedscape.data.sources import proxy_writers_after
+from fedscape.data.specs import PROXY_SPLITS, STORED_IMAGE_AUGMENTATIONS, TARGETS, dataset_info, resolved_targets
 from fedscape.fl.settings import clients_per_round
 from fedscape.fl.state_sizes import client_state_models
 from fedscape.plan.hessian import shared_source
@@ -347,12 +348,17 @@ def data_bytes(dataset: str, options: dict) -> int:
     Images: float32, or uint8 for a data set `stored: uint8` (ImageNet-200), its training images at their stored size
     where the augmentation crops them from a larger one (`resized_crop`: 256x256). Tokens: int64 ids, and int64
     targets, one per sample or (`targets: every`) one per position. The samples are the data set's `train_samples`
-    (`fedscape.data.specs.DatasetInfo`), its own test set added (`FIXED_TEST_SHARE`)."""
+    (`fedscape.data.specs.DatasetInfo`), its own test set added (`FIXED_TEST_SHARE`); of a `max_clients` read, the
+    share its users may hold (`MAX_CLIENTS_SKEW`): the first max_clients, and with a writers' proxy split those read
+    after them as the proxy (`fedscape.data.sources.proxy_writers_after`)."""
     info = dataset_info(dataset, options)
     samples = float(info.train_samples)
     test = samples * FIXED_TEST_SHARE if info.fixed_test_split and not info.writers else 0.0
     if options.get("max_clients") and dataset in MAX_CLIENTS_USERS:
-        share = min(1.0, MAX_CLIENTS_SKEW * int(options["max_clients"]) / MAX_CLIENTS_USERS[dataset])
+        read = int(options["max_clients"])
+        if options.get("proxy_split") == PROXY_SPLITS[1]:  # its proxy: the writers the reader reads after max_clients
+            read += proxy_writers_after(read, options["proxy_fraction"])
+        share = min(1.0, MAX_CLIENTS_SKEW * read / MAX_CLIENTS_USERS[dataset])
         samples, test = samples * share, test * share
     if info.inputs == "tokens":
         every = resolved_targets(dataset, options) == TARGETS[1]

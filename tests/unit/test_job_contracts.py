@@ -47,7 +47,7 @@ CONTRACTS: dict[type[JobSettings], tuple[set[str], dict]] = {
     PretrainedInit: ({"dataset", "model", "model_options", "in_channels", "image_size", "num_classes", "init", "kind",
                       "seed", "epochs", "lr", "batch_size", "momentum", "weight_decay", "proxy_dataset",
                       "proxy_data_dir", "proxy_dir", "max_samples", "dataset_options", "device"},
-                     {"precision": "fp32", "proxy_normalisation": "own"}),
+                     {"precision": "fp32", "proxy_normalisation": "own", "proxy_reader_version": None}),
     WarmupInit: ({"dataset", "model", "model_options", "in_channels", "image_size", "num_classes", "init", "kind",
                   "seed", "rounds", "num_clients", "partition_seed", "training", "dataset_options", "partition",
                   "warmup_training", "device"}, {}),

@@ -6,10 +6,11 @@ typed job kind: tests/unit/test_job_contracts.py."""
 from __future__ import annotations
 
 import copy
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 import yaml
+from helpers.configs import SCHEMA, config_with
 from helpers.papers import load
 from helpers.workflow import ROOT
 
@@ -28,6 +29,7 @@ from fedscape.plan.landscape import chunk_settings, landscape_plans, plane_setti
 from fedscape.plan.partition import partition_settings
 from fedscape.plan.train import train_settings
 from fedscape.plan.workflow import check_config
+from fedscape.stages.init_settings import InitJob
 
 # The training keys that every train job's settings have carried since the first results: the settings of a
 # finished job are these plus the baselines' keys that differ from their baselines.
@@ -265,3 +267,51 @@ def test_the_config_cannot_set_a_reader_version(default_config):
     # Execute / Assert: the reader's version is the code's; the schema refuses it under datasets.<name>
     with pytest.raises(ConfigError, match=r"datasets\.digits\.reader_version: unknown key 'reader_version'"):
         _edited(default_config, lambda c: c["datasets"]["digits"].update(reader_version=2))
+
+
+def _proxy_init_settings(monkeypatch, bumped: str, version: int, spec: dict, recorded: list[str] | None = None
+                         ) -> dict:
+    """The planned settings of a pretrained init `pre` (`spec`) of runs on CIFAR-10, with data set `bumped`'s reader
+    at `version` (Snakemake's `recorded` params texts of the job, if any)."""
+    monkeypatch.setitem(DATASETS, bumped, replace(DATASETS[bumped], reader_version=version))
+    config = check_config(config_with({"pre": {"kind": "pretrained", "epochs": 1, **spec}},
+                                      [{"alpha": "iid"}, {"alpha": "iid", "init": "pre"}],
+                                      datasets={"cifar10": {"proxy_fraction": 0.2}},
+                                      experiment_defaults={"init": "random", "algorithm": "fedavg",
+                                                           "dataset": "cifar10"}), SCHEMA)
+    return init_settings(config, build_runs(config), "cifar10", "cnn_small", "pre", recorded)
+
+
+@pytest.mark.parametrize(("bumped", "spec", "proxy_version", "own_version"), [
+    ("cifar100", {"proxy_dataset": "cifar100"}, 3, None),  # the proxy data set's reader: its own key
+    ("cifar10", {"proxy_dataset": "cifar100"}, None, 3),  # the clients' data set's: in its dataset_options
+    ("cifar10", {}, None, 3),  # the init's own proxy split: its data set's reader
+    ("cifar100", {"proxy_dir": "data/imagenet32"}, None, None),  # no proxy data set
+    ("cifar100", {}, None, None),  # CIFAR-10's own proxy split: no other data set read
+])
+def test_a_pretrained_init_carries_the_reader_version_of_each_data_set_it_reads(monkeypatch, bumped, spec,
+                                                                               proxy_version, own_version):
+    # Execute: the data set `bumped` at reader version 3
+    settings = _proxy_init_settings(monkeypatch, bumped, 3, spec)
+
+    # Assert: and the init job reads them back
+    assert settings.get("proxy_reader_version") == proxy_version
+    assert settings["dataset_options"].get(READER_VERSION) == own_version
+    assert InitJob.from_settings(settings).proxy_reader_version == proxy_version
+
+
+@pytest.mark.parametrize(("version", "kept"), [(1, True), (2, False)])
+def test_an_init_recorded_before_its_proxy_s_reader_version_reruns_and_only_then(monkeypatch, version, kept):
+    # Prepare: the init's settings as Snakemake recorded them before the field (without the key), with a model
+    # option written at its default (which alone reruns nothing: the record is kept)
+    planned = _proxy_init_settings(monkeypatch, "cifar100", version, {"proxy_dataset": "cifar100"})
+    recorded = {key: value for key, value in planned.items() if key != "proxy_reader_version"}
+    recorded["model_options"] = {"norm": "none"}
+
+    # Execute
+    settings = _proxy_init_settings(monkeypatch, "cifar100", version, {"proxy_dataset": "cifar100"}, [repr(recorded)])
+
+    # Assert: the same text as before the field at the first reader; past it, the init pretrained with the old reader
+    # of its proxy reruns
+    assert (repr(settings) == repr(recorded)) == kept
+    assert ("proxy_reader_version" in planned) != kept

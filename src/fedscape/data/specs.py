@@ -80,7 +80,11 @@ class DatasetInfo:
     sequence_labels: bool = False
     # What its reader makes of the published files: bumped when that output changes for the same files, so that the
     # jobs of this data set alone rerun, as a result version does for a job kind (the files' fingerprints cover the
-    # files, not the reader). Its jobs' `dataset_options` carry it from 2 (`dataset_settings`): 1 is the baseline.
+    # files, not the reader). Its jobs' `dataset_options` carry it from 2 (`dataset_settings`): 1 is the baseline;
+    # so do the inits pretrained on it as another data set's proxy (`stages.init_settings.PretrainedInit`). Its
+    # partitions' too, whichever their kind: a partition file records its labels' checksum and class counts, and a
+    # job that loads it checks them against the labels it reads (`data.partition.load_partition`), so a split of the
+    # same indices made with the old reader (a `natural` one, say) is refused by the jobs made from it.
     reader_version: int = 1
 
     @property
@@ -438,9 +442,18 @@ def dataset_settings(name: str, options: dict) -> dict:
         if key in settings:
             settings[key] = baseline
     settings = dict(sorted(settings.items(), key=lambda item: _OPTION_RANK.get(item[0], len(_OPTION_RANK))))
-    if name in DATASETS and DATASETS[name].reader_version > 1:
-        settings[READER_VERSION] = DATASETS[name].reader_version
+    if (version := reader_version_setting(name)) is not None:
+        settings[READER_VERSION] = version
     return settings
+
+
+def reader_version_setting(name: str | None) -> int | None:
+    """Data set `name`'s `DatasetInfo.reader_version` as the settings of a job that reads it carry it: where it is
+    past the first, None at the first (the reader of every job made before the versions, whose settings it leaves as
+    they were), for a name that is no data set's, and for None (no data set)."""
+    if name not in DATASETS or DATASETS[name].reader_version <= 1:
+        return None
+    return DATASETS[name].reader_version
 
 
 def target_model_options(name: str, options: dict) -> dict:

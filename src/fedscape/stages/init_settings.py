@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from fedscape.core.jobs import JobSettings, JobSettingsError
 from fedscape.core.names import suggest
+from fedscape.data.specs import reader_version_setting
 from fedscape.fl.settings import NEUTRAL_TRAINING_KEYS, TrainConfig, TrainingSettings
 from fedscape.models.specs import is_token_model, model_option_defaults
 
@@ -153,9 +154,16 @@ class PretrainedInit(InitJob):
     # published statistics, as every such pretraining before the field; planning sets `clients` for a proxy_dataset
     # on an RGB data set (`plan.init.init_extras`), so that only those inits rerun.
     proxy_normalisation: str = "own"
+    # The reader version of `proxy_dataset` (`data.specs.reader_version_setting`): as the `dataset_options` of the jobs
+    # of a data set hold its own, so that a fix of the proxy data set's reader reruns the inits pretrained on it. The
+    # code's, not the config's: set from proxy_dataset whatever is given, as the job reads its proxy with this code's
+    # reader. Its baseline None (no proxy data set, or one at its first reader) leaves the other inits' settings as
+    # they were before the field.
+    proxy_reader_version: int | None = None
 
     def __post_init__(self):
         super().__post_init__()
+        object.__setattr__(self, "proxy_reader_version", reader_version_setting(self.proxy_dataset))
         if self.proxy_normalisation not in PROXY_NORMALISATIONS:
             raise ValueError(f"proxy_normalisation must be one of {', '.join(PROXY_NORMALISATIONS)}, got "
                              f"{self.proxy_normalisation!r}")

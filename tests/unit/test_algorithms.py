@@ -1029,6 +1029,21 @@ def test_the_cost_table_names_each_runs_execution_and_unrecorded_for_older_runs(
     assert np.isnan(rows.loc["ga", "seconds_vs_fedavg"])
 
 
+@pytest.mark.parametrize("missing", list(ATTEMPT_COLUMNS))
+def test_a_key_that_a_runs_meta_json_predates_is_unrecorded(tmp_path, missing):
+    # Prepare: a run on a card whose meta.json (no attempts) predates one key of where and how it trained
+    metrics, meta = cost_job(tmp_path, 0, "fedavg", "fedavg", [2, 2, 2], [10, 10, 10], device="cuda:1")
+    meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != missing}))
+
+    # Execute
+    row = cost_table([(metrics, meta)]).iloc[0]
+
+    # Assert: that column `unrecorded`, the others as recorded
+    recorded = {"device": "cuda", "device_name": "cuda:1 (x)", "execution": "sequential", "precision": "fp32"}
+    assert row[list(ATTEMPT_COLUMNS.values())].to_dict() == {
+        column: UNRECORDED if key == missing else recorded[column] for key, column in ATTEMPT_COLUMNS.items()}
+
+
 def test_the_cost_table_times_a_resumed_runs_rounds_as_each_attempt_trained_them(tmp_path):
     # Prepare: a run stacked for round 1, then killed (out of memory) and resumed one client at a time
     metrics, meta = cost_job(tmp_path, 0, "fedavg", "fedavg", [1, 7, 9], [50, 10, 10], execution="sequential")

@@ -12,7 +12,11 @@ import pytest
 from helpers.figures import assert_figure_files
 
 from fedscape.analysis.barriers.tables import barrier_to_iid_columns
-from fedscape.analysis.client_stats.definitions import CLIENT_STATS_COLUMNS
+from fedscape.analysis.client_stats.definitions import (
+    CLIENT_STATS_COLUMNS,
+    CLIENT_STATS_FIGURE_COLUMNS,
+    CLIENT_STATS_PANELS,
+)
 from fedscape.analysis.client_stats.figures import client_stats_figure_job
 from fedscape.outputs.stats import t_interval
 
@@ -78,6 +82,32 @@ def test_an_infinite_statistic_of_a_run_that_did_not_diverge_is_left_out_of_the_
     assert data["gradient_diversity"].tolist() == [2.0, 2.0] and data["n_seeds"].tolist() == [2, 2]
     assert [r.getMessage() for r in caplog.records] == [
         f"run {rid('0.1', 1)}, round 2: gradient_diversity is inf, left out of the mean over seeds"]
+
+
+@pytest.mark.parametrize(("panel", "missing"), [
+    *((column, math.nan) for column, _ in CLIENT_STATS_PANELS),
+    ("gradient_diversity", math.inf),  # updates that sum to 0 exactly: left out of the mean as a missing value
+], ids=[*(column for column, _ in CLIENT_STATS_PANELS), "gradient_diversity_inf"])
+def test_each_panels_mean_says_how_many_seeds_it_is_over(tmp_path, panel, missing):
+    # Prepare: three seeds, none diverged, every statistic 1.0, but seed 2 has no finite value of `panel` in round 2
+    # (e.g. an update cosine with one client per round, or a round whose weights the run did not keep)
+    rows = [{"run_id": rid("0.1", seed), "round": r, **dict.fromkeys(CLIENT_STATS_COLUMNS[2:], 1.0),
+             **({panel: missing} if (seed, r) == (2, 2) else {})} for seed in (0, 1, 2) for r in (1, 2)]
+    pd.DataFrame(rows, columns=CLIENT_STATS_COLUMNS).to_csv(tmp_path / "client_stats.csv", index=False)
+    pd.DataFrame(rows)[["run_id", "round"]].assign(status="ok").to_csv(tmp_path / "rounds.csv", index=False)
+    outputs = {ext: tmp_path / f"client_stats.{ext}" for ext in ("png", "pdf", "csv")}
+
+    # Execute
+    client_stats_figure_job(tmp_path / "client_stats.csv", tmp_path / "rounds.csv", outputs)
+
+    # Assert: every run counted; the panel's round-2 mean is over the two seeds with a value, the other panels' over
+    # all three
+    data = assert_figure_files(outputs)
+    assert list(data.columns) == CLIENT_STATS_FIGURE_COLUMNS
+    data = data.set_index("round").sort_index()
+    assert data["n_seeds"].tolist() == [3, 3] and data[panel].tolist() == [1.0, 1.0]
+    for column, _ in CLIENT_STATS_PANELS:
+        assert data[f"n_seeds_{column}"].tolist() == ([3, 2] if column == panel else [3, 3])
 
 
 def test_the_client_stats_figure_refuses_runs_that_rounds_csv_does_not_have(tmp_path):

@@ -3,6 +3,8 @@ input size, equal to one client at a time."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from helpers.graphs import emulated_graph
@@ -10,6 +12,7 @@ from helpers.synthetic import shard_data
 from helpers.vectorized import both_rounds, model_of, run_mode
 
 from fedscape.fl.settings import TrainConfig
+from fedscape.fl.strategies.base import StackedBatch
 from fedscape.fl.strategies.gradaug import gradaug_draws
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.vectorized import VectorizedTrainer, resolve_client_parallel, vectorization_blocker
@@ -226,6 +229,40 @@ def test_stacked_widths_refuse_what_they_do_not_compute(widths, norm, match):
 
     with pytest.raises(ValueError, match=match):
         model.forward_widths_stacked(params, torch.zeros(2, 3, 1, 8, 8), widths, norm=norm)
+
+
+@pytest.mark.parametrize(("scales", "single", "expected"), [
+    ([0, 0, 0], False, [False]),  # one pass of every client: the trainer's `single` as it is
+    ([0, 0, 0], True, [True]),
+    ([0, 1, 0], False, [False, False]),  # no client of all has one sample: none of a pass's has
+    ([0, 1, 0], True, [None, None]),  # the client of one sample may be in the other pass: read from the pass's mask
+], ids=["one-pass", "one-pass-single", "two-passes", "two-passes-single"])
+def test_each_sub_network_pass_keeps_the_trainers_single(monkeypatch, scales, single, expected):
+    # Prepare: 3 clients of 4, 3 and 2 real rows in a step, each client's sub-network at the scale `scales` draws
+    # for it (one stacked pass per input size), the batch norms' state as the trainer gives it (`StackedNorm.single`)
+    g = torch.Generator().manual_seed(0)
+    model, k = small_resnet(), 3
+    mask = torch.tensor([[1.0 if r < n else 0.0 for r in range(4)] for n in (4, 3, 2)])
+    params = {n: p.requires_grad_(True) for n, p in stacked_params(model, k, g).items()}
+    batch = StackedBatch(model, list(params), torch.randn(k, 4, 1, 8, 8, generator=g), torch.randint(10, (k, 4)), mask,
+                         lambda update: StackedNorm(mask, None, single=single), draws=[[(0.5, s)] for s in scales])
+    passes = []
+    forward = model.forward_widths_stacked
+
+    def seen(named, x, widths, norm=None):
+        passes.append(norm)
+        return forward(named, x, widths, norm=norm)
+
+    monkeypatch.setattr(model, "forward_widths_stacked", seen)
+    gradaug = make_strategy("gradaug", {"num_subnets": 1, "scales": [1.0, 0.5], "min_width": 0.5})
+
+    # Execute
+    gradaug.local_gradients_vectorized(list(params.values()), SimpleNamespace(batch=batch))
+
+    # Assert: each pass's batch norms over its own clients' rows, `single` known without reading the mask where it is
+    members = [[i for i, s in enumerate(scales) if s == scale] for scale in sorted(set(scales))]
+    assert [norm.single for norm in passes] == expected
+    assert all(torch.equal(norm.mask, mask[rows]) for norm, rows in zip(passes, members, strict=True))
 
 
 def test_draws_are_the_sequential_order():

@@ -8,7 +8,8 @@ from fedscape.core.paths import CLIENT_STATS_FIGURE, Results
 from fedscape.core.runs import Run
 
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
-RESULT_VERSIONS = {"client_stats": 1, "client_stats_figure": 2}
+# client_stats_figure 3: its CSV counts the seeds each panel's mean is over (`n_seeds_<panel>`).
+RESULT_VERSIONS = {"client_stats": 1, "client_stats_figure": 3}
 
 
 def planned_client_stats(runs: list[Run]) -> ClientStatsJob:

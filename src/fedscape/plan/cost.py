@@ -18,7 +18,9 @@ from fedscape.fl.settings import TrainConfig, sample_clients
 # of one model compare.
 # cost_table 5: a resumed run's round whose attempt did not record its device, card, execution or precision is
 # `unrecorded` there, not the last attempt's.
-RESULT_VERSIONS = {"cost_table": 5}
+# cost_table 6: a run whose meta.json predates its top-level device or device_name is `unrecorded` there too (was
+# `unknown`, and the device for a missing device_name), as its execution and precision were.
+RESULT_VERSIONS = {"cost_table": 6}
 
 
 def check(config: dict, runs: list[Run]) -> list[str]:

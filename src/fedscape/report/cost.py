@@ -29,7 +29,8 @@ COST_COLUMNS = ["dataset", "model", "algorithm", "algorithm_name", "device", "de
                 "median_seconds_per_round", "peak_mem_mb", "seconds_vs_fedavg", "peak_mem_vs_fedavg",
                 "alpha", "num_clients", "participation", "local_epochs", "batch_size", "local_steps", "local_work",
                 "execution", "precision"]
-# meta.json's key -> the column: what each attempt of a resumed run overrides for the rounds from its first on
+# meta.json's key -> the column: where and how a run trained (its top level: its last call's), which each attempt of
+# a resumed run overrides for the rounds from its first on
 ATTEMPT_COLUMNS = {"execution": "execution", "device": "device", "device_name": "device_name",
                    "precision_used": "precision"}
 # The columns of a run's metrics.csv that the cost table reads.
@@ -54,10 +55,9 @@ def _run_rounds(metrics: str | Path, meta_path: str | Path) -> pd.DataFrame:
         raise ValueError(f"{meta_path} has no training.{missing[0]} in its settings: cannot tell which runs "
                          f"do the same work per round; {remake_hint(meta_path)}")
     df = df[df["round"] > 0].copy()
-    df["device"] = _device_kind(meta.get("device", "unknown"))
-    df["device_name"] = meta.get("device_name", meta.get("device", "unknown"))
-    df["execution"] = meta.get("execution", UNRECORDED)
-    df["precision"] = meta.get("precision_used", UNRECORDED)
+    # a key that the run's meta.json predates is `unrecorded`, as an attempt's below
+    for key, column in ATTEMPT_COLUMNS.items():
+        df[column] = _recorded(meta, key)
     attempts = meta.get("attempts", [])
     if attempts:  # a run resumed after a kill: each attempt's rounds as it trained them
         # the run's own values are those of its last call: a round of an attempt that did not record a key (older
@@ -66,8 +66,7 @@ def _run_rounds(metrics: str | Path, meta_path: str | Path) -> pd.DataFrame:
         for key, column in ATTEMPT_COLUMNS.items():
             df[column] = UNRECORDED
             for attempt in attempts:
-                value = attempt.get(key, UNRECORDED)
-                df.loc[df["round"] >= attempt["from_round"], column] = _device_kind(value) if key == "device" else value
+                df.loc[df["round"] >= attempt["from_round"], column] = _recorded(attempt, key)
     df["algorithm_name"] = settings.get("algorithm", df["algorithm"].iloc[0] if len(df) else "")
     unit = "steps" if training.get("local_steps") is not None else "epochs"
     work = parse_work(f"local_{unit}", training[f"local_{unit}"])
@@ -78,9 +77,16 @@ def _run_rounds(metrics: str | Path, meta_path: str | Path) -> pd.DataFrame:
     return df
 
 
+def _recorded(record: dict, key: str) -> str:
+    """The cost table's value of meta.json's `key` (ATTEMPT_COLUMNS) in `record` (the run's meta.json or one of its
+    attempts): `unrecorded` where the record predates the key, a device as its type (`_device_kind`)."""
+    value = record.get(key, UNRECORDED)
+    return _device_kind(value) if key == "device" else value
+
+
 def _device_kind(device: str) -> str:
     """A recorded device as the cost table compares it: its type (`cuda:1` -> `cuda`), the card's model being in
-    device_name; anything else (`cpu`, `unknown`) as it is."""
+    device_name; anything else (`cpu`, `unrecorded`) as it is."""
     return str(device).split(":", 1)[0]
 
 

@@ -18,10 +18,16 @@ CLIENT_STATS_PANELS = (
     ("update_cosine_mean", "cosine similarity of updates"),
     ("l2_to_final", "L2 distance to final weights"),
 )
-# The seeds each row of the figure's CSV is over: `n_seeds` the runs that had not diverged by that round (the panels'
-# means are over their finite values), `n_seeds_l2_to_final` those of them with an L2 distance to final weights (a
-# diverged run has no final model: it counts in no round of that panel).
-SEED_COUNT_COLUMNS = ["n_seeds", "n_seeds_l2_to_final"]
+# The seeds each row of the figure's CSV is over: `n_seeds` the runs that had not diverged by that round, and
+# `n_seeds_<panel>` those of them with a finite value of the panel, which its mean is over. Every panel's value can
+# be missing in a row of a run counted: l2_to_final where the run has no final model (a diverged run: in no round of
+# that panel) or did not keep the round's weights (training.save_every); the update statistics at round 0 (no update)
+# and, in a run trained before they were recorded every round, outside its save_clients_at rounds (backfilled from
+# clients.pt); the gradient diversity where every update is 0 (inf, left out, where they sum to 0 exactly), the update
+# cosine with one client per round or fewer than two nonzero updates. n_seeds_l2_to_final comes first, as the one
+# count the CSV had before the others (the panels' order after it).
+SEED_COUNT_COLUMNS = ["n_seeds", "n_seeds_l2_to_final", *(f"n_seeds_{column}" for column, _ in CLIENT_STATS_PANELS
+                                                          if column != "l2_to_final")]
 CLIENT_STATS_FIGURE_COLUMNS = ["alpha", "init", "round", *(column for column, _ in CLIENT_STATS_PANELS),
                                "dataset", "model", "algorithm", "num_clients", "participation", *SEED_COUNT_COLUMNS]
 

@@ -59,7 +59,7 @@ def before_divergence(stats: pd.DataFrame, rounds: pd.DataFrame, where: str = "c
 
 def seed_statistics(counted: pd.DataFrame) -> pd.DataFrame:
     """Per (alpha, init, round): the mean over seeds of each panel's statistic over the finite values of the rows
-    `counted` (`before_divergence`), and the seeds it is over (`definitions.SEED_COUNT_COLUMNS`)."""
+    `counted` (`before_divergence`), the seeds counted and those each mean is over (`SEED_COUNT_COLUMNS`)."""
     columns = [s for s, _ in CLIENT_STATS_PANELS]
     values = counted[columns]
     infinite = np.isinf(values.to_numpy(dtype=float))
@@ -69,8 +69,8 @@ def seed_statistics(counted: pd.DataFrame) -> pd.DataFrame:
                     columns[j], values.iloc[i, j])
     finite = counted.assign(**{c: values[c].mask(infinite[:, j]) for j, c in enumerate(columns)})
     grouped = finite.groupby(_LINE)
-    return grouped[columns].mean().join(grouped["run_id"].nunique().rename("n_seeds")).join(
-        grouped["l2_to_final"].count().rename("n_seeds_l2_to_final")).reset_index()
+    counts = grouped[columns].count().add_prefix("n_seeds_")  # the values each mean is over: one per seed and round
+    return grouped[columns].mean().join(grouped["run_id"].nunique().rename("n_seeds")).join(counts).reset_index()
 
 
 def client_stats_figure_job(table: str | Path, rounds: str | Path, outputs: dict[str, str | Path]) -> None:

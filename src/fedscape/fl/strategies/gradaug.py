@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, ClassVar
 
 import torch
@@ -10,7 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedscape.fl.strategies.base import ClientContext, Strategy, slimmed_stack_blocker, stacked_gradients
-from fedscape.models.layers import StackedNorm
 from fedscape.models.loss import at_least_float32, stacked_mean_loss
 from fedscape.models.resnets import Bottleneck
 
@@ -101,7 +101,13 @@ class GradAug(Strategy):
                 def part(t: torch.Tensor, rows: torch.Tensor | None = rows) -> torch.Tensor:
                     return t if rows is None else t.index_select(0, rows)
 
-                norm = None if sub_norm is None else StackedNorm(None if sub_norm.mask is None else part(sub_norm.mask))
+                # The batch norms' state of the pass's clients, with the trainer's `single` so that a 1x1 layer reads
+                # no mask on the host (StackedNorm): every client's state as it is; for some clients their mask rows
+                # (with counts of their own) and False where no client has one sample, else None (read from their
+                # mask: the client of one sample may be in another pass)
+                norm = sub_norm if sub_norm is None or rows is None else replace(
+                    sub_norm, mask=None if sub_norm.mask is None else part(sub_norm.mask), counts={},
+                    single=False if sub_norm.single is False else None)
                 out = model.forward_widths_stacked({n: part(p) for n, p in named.items()}, resized(part(batch.x), side),
                                                    [widths[i] for i in members], norm=norm)
                 mask = part(batch.mask)

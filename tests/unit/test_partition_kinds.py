@@ -4,7 +4,9 @@ property, min_size, seeds, the saved file and the config checks."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -314,6 +316,95 @@ def test_saved_partition_round_trips_with_its_kind(tmp_path, labels, kind):
     with pytest.raises(PartitionError, match=r"partition 'lab' \(expected 'other'\)"):
         check_partition_file(path, "digits", 6, "other", 2)
     with pytest.raises(PartitionError, match="partition 'lab'"):
+        check_partition_file(path, "digits", 6, "iid", 2)
+
+
+def _saved_of_kind(kind: str, tmp_path, writers, label: str | None = "lab") -> tuple:
+    """A partition of `kind` (any of PARTITION_KINDS) for `label` among 6 clients of the samples of `writers`, sample
+    i labelled i % 10, saved; with its path."""
+    labels = np.arange(len(writers)) % 10
+    entry = ENTRIES.get(kind)
+    if kind == "natural":
+        entry = {"kind": "natural"}
+    elif kind == "split_file":  # LEAF's layout, as Caldarola et al. publish it: 6 users of 20 images each
+        entry = {"kind": "split_file", "path": str(tmp_path / "split.json")}
+        users = {str(u): range(u * 20, (u + 1) * 20) for u in range(6)}
+        (tmp_path / "split.json").write_text(json.dumps({"users": list(users), "user_data": {
+            u: {"x": [f"img_{i}_label_{i % 10}.png" for i in ix], "y": [i % 10 for i in ix]}
+            for u, ix in users.items()}}))
+    part = make_kind_partition(entry, labels, 6, seed=2, writer_ids=writers, label=label)
+    path = tmp_path / "partition.npz"
+    save_partition(path, part, labels, 10, {"dataset": "digits"})
+    return part, path
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not strict JSON")
+
+
+@pytest.mark.parametrize("kind", sorted(PARTITION_KINDS))
+def test_a_saved_partitions_metadata_is_strict_json_and_names_the_numpy_that_drew_it(tmp_path, writers, kind):
+    # Prepare
+    _, path = _saved_of_kind(kind, tmp_path, writers)
+
+    # Execute: the metadata as load_partition reads it, refusing NaN and Infinity (which strict JSON has not)
+    with np.load(path, allow_pickle=False) as f:
+        meta = json.loads(str(f["meta"]), parse_constant=_reject_constant)
+
+    # Assert
+    assert json.dumps(meta, allow_nan=False)
+    assert meta["numpy"] == np.__version__
+
+
+@pytest.mark.parametrize(("kind", "alpha"), [("iid", math.inf), ("quantity", math.inf), ("feature_noise", math.inf),
+                                             ("dirichlet", 0.3), ("classes", math.nan), ("natural", math.nan),
+                                             ("split_file", math.nan)])
+def test_a_saved_partitions_alpha_reads_back(tmp_path, writers, kind, alpha):
+    # Prepare
+    part, path = _saved_of_kind(kind, tmp_path, writers)
+
+    # Execute
+    back = load_partition(path)
+
+    # Assert: inf and NaN as well as a number (NaN is not equal to itself)
+    assert part.alpha == pytest.approx(alpha, nan_ok=True)
+    assert back.alpha == pytest.approx(alpha, nan_ok=True)
+
+
+@pytest.mark.parametrize("written", ["inf", math.inf], ids=["strict_json", "as_before"])
+def test_an_iid_partition_reads_as_iid_whether_its_alpha_is_strict_json_or_as_files_before_held_it(tmp_path,
+                                                                                                  writers, written):
+    # Prepare: the IID partition of an alpha (no label) whose metadata holds alpha as `written` ("inf": strict JSON;
+    # inf: as files written before hold it, which json.dumps writes as Infinity)
+    _, path = _saved_of_kind("iid", tmp_path, writers, label=None)
+    with np.load(path, allow_pickle=False) as f:
+        arrays = dict(f)
+    arrays["meta"] = np.array(json.dumps({**json.loads(str(arrays["meta"])), "alpha": written}))
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+    # Execute
+    back = load_partition(path)
+
+    # Assert: the IID split of its run's setting, whether the run names it iid or inf
+    assert back.alpha == math.inf and back.kind == "iid"
+    check_partition_file(path, "digits", 6, "iid", 2)
+    check_partition_file(path, "digits", 6, math.inf, 2)
+    with pytest.raises(PartitionError, match=r"alpha inf \(expected 0\.5\)"):
+        check_partition_file(path, "digits", 6, 0.5, 2)
+
+
+def test_a_partition_whose_alpha_is_no_number_is_named_unreadable_before_any_job(tmp_path, writers):
+    # Prepare: an IID partition whose metadata's alpha is a text that float() does not read
+    _, path = _saved_of_kind("iid", tmp_path, writers, label=None)
+    with np.load(path, allow_pickle=False) as f:
+        arrays = dict(f)
+    arrays["meta"] = np.array(json.dumps({**json.loads(str(arrays["meta"])), "alpha": "many"}))
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+    # Execute / Assert: one line naming the file, not a ValueError from reading its alpha
+    with pytest.raises(PartitionError, match=re.escape(f"{path} is not a readable partition file (ValueError")):
         check_partition_file(path, "digits", 6, "iid", 2)
 
 

@@ -221,7 +221,8 @@ def test_a_damaged_or_foreign_partition_is_one_line_with_the_commands_that_remak
     # kept), then continued by meaning; the workflow's error lists that line under "nothing ran"
     assert len(lines) == 1 and "\n" not in lines[0]
     assert lines[0].startswith(f"{path} {message}")
-    assert (f"make it again alone (bit-identical from its seed) with `snakemake --cores 1 --force "
+    assert ("make it again alone (bit-identical from its seed with the numpy it records) with `snakemake --cores 1 "
+            f"--force "
             f"{path}`, then continue with `{CONTINUE_BY_MEANING}`") in lines[0]
     assert str(err.value) == ("a file that the jobs about to run read is damaged or not theirs (nothing ran, no output "
                               f"was deleted):\n  - {lines[0]}")

@@ -146,8 +146,8 @@ def remake_alone_hint(path: str | os.PathLike, args: str | None = None) -> str:
     force = f"{_snakemake('--cores 1', args)} --force {shell_words([path])}"
     go_on = f"snakemake {_CONTINUE_CORES} {args} {_CONTINUE_TRIGGERS}" if args else CONTINUE_BY_MEANING
     each = " (each with the --configfile you run with)" if args is None else ""
-    return (f"make it again alone (bit-identical from its seed) with `{force}`, then continue with `{go_on}`{each} so "
-            "that what was made from it is not made again")
+    return (f"make it again alone (bit-identical from its seed with the numpy it records) with `{force}`, then "
+            f"continue with `{go_on}`{each} so that what was made from it is not made again")
 
 
 def _snakemake(options: str, args: str | None) -> str:

@@ -575,8 +575,9 @@ _NOISE_STREAM = 0x4E  # keeps the feature noise apart from every other random st
 def noise_std(partition: Partition, client_id: int) -> float:
     """The std of the Gaussian noise on client `client_id`'s inputs in a feature_noise partition: sigma * j / M
     with j = client_id + 1, in the units of the normalised inputs (per channel: mean 0, std 1). The NIID-Bench paper
-    (Li et al. 2022, Sec. 3.3) writes Gau(sigma * i / N) for party i = 1..N, as here; its code adds
-    sigma * i / (N - 1) for i = 0..N - 1 (its first party clean) to pixels in [0, 1], whose std on CIFAR-10 is about
+    (Li et al. 2022, Sec. 3.3) writes Gau(sigma * i / N) for party i = 1..N, sigma * i / N a variance (its README:
+    "maximum variance of Gaussian noise"); its code, as here, uses that level as a std (AddGaussianNoise: randn * std),
+    sigma * i / (N - 1) for i = 0..N - 1 (its first party clean), on pixels in [0, 1], whose std on CIFAR-10 is about
     a quarter of the normalised inputs': a sigma taken from its runs is about a quarter of that sigma here. Its code
     also differs in what the noise is: its AddGaussianNoise transform redraws the noise every time a sample is read
     (as augmentation), and its global test set is the parties' noisy test sets concatenated; here the noise is drawn
@@ -827,7 +828,11 @@ def save_partition(path, partition: Partition, labels: np.ndarray, num_classes: 
     indices = (np.concatenate(partition.client_indices) if partition.client_indices
                else np.zeros(0, dtype=np.int64))
     offsets = np.concatenate([[0], np.cumsum(partition.sizes)]).astype(np.int64)
-    alpha = partition.alpha if not math.isnan(partition.alpha) else None  # strict JSON has no NaN
+    # numpy's version: its Generator's streams may change between versions (NEP 19), so the same seed may draw
+    # another split under another numpy
+    record = {**meta, "alpha": _alpha_text(partition.alpha), "seed": partition.seed,
+              "num_samples_total": partition.num_samples_total, "kind": partition.kind, "options": partition.options,
+              "label": partition.label, "numpy": np.__version__}
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(
@@ -836,10 +841,23 @@ def save_partition(path, partition: Partition, labels: np.ndarray, num_classes: 
                 offsets=offsets,
                 class_counts=partition.class_counts(labels, num_classes),
                 labels_checksum=np.array([_labels_checksum(labels)], dtype=np.int64),
-                meta=np.array(json.dumps({**meta, "alpha": alpha, "seed": partition.seed,
-                                          "num_samples_total": partition.num_samples_total, "kind": partition.kind,
-                                          "options": partition.options, "label": partition.label})),
+                meta=np.array(json.dumps(record, allow_nan=False)),
             )
+
+
+def _alpha_text(alpha: float) -> float | str | None:
+    """A partition's alpha as its metadata writes it, in strict JSON (no NaN or Infinity): NaN (no Dirichlet alpha)
+    as null, inf (IID labels) as "inf"; `_stored_alpha` reads it back."""
+    if math.isnan(alpha):
+        return None
+    return "inf" if math.isinf(alpha) else float(alpha)
+
+
+def _stored_alpha(meta: dict) -> float:
+    """The alpha a partition's metadata records (`_alpha_text`): null is NaN, and float() reads "inf" as well as the
+    Infinity that files written before strict JSON hold (json.loads makes it inf)."""
+    alpha = meta.get("alpha")
+    return math.nan if alpha is None else float(alpha)
 
 
 # What np.load raises for a file that is not a partition's .npz: truncated, pickled, another archive, a key missing.
@@ -879,7 +897,7 @@ def load_partition(path, labels: np.ndarray | None = None, data_sha256: str | No
             "date, and this job would mix the two. `make status` lists those results with the command that remakes "
             "them (from the partition on); or put back the files it was made from")
     shards = tuple(indices[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1))
-    alpha = math.nan if meta["alpha"] is None else float(meta["alpha"])
+    alpha = _stored_alpha(meta)
     kind = meta.get("kind") or ("iid" if math.isinf(alpha) else "dirichlet")  # files from before the kinds
     return Partition(shards, alpha, int(meta["seed"]), int(meta["num_samples_total"]), kind=kind,
                      options=dict(meta.get("options") or {}), label=meta.get("label"))
@@ -897,6 +915,7 @@ def partition_file_problem(path, dataset: str, num_clients: int, setting: str | 
             offsets = f["offsets"]
             meta = json.loads(str(f["meta"]))
             f["indices"], f["labels_checksum"]  # noqa: B018 (present and readable)
+        alpha = _stored_alpha(meta)  # ValueError for a text that is no number
     except UNREADABLE as exc:
         return _unreadable(path, exc)
     found = {"dataset": meta.get("dataset"), "clients": len(offsets) - 1, "seed": meta.get("seed")}
@@ -904,7 +923,7 @@ def partition_file_problem(path, dataset: str, num_clients: int, setting: str | 
     if is_partition_label(setting):
         found["partition"], want["partition"] = meta.get("label"), setting
     else:
-        found["alpha"], want["alpha"] = meta.get("alpha"), parse_alpha(setting)
+        found["alpha"], want["alpha"] = alpha, parse_alpha(setting)
         found["partition"], want["partition"] = meta.get("label"), None
     return belongs_problem(path, "the partition of this run", want, found)
 

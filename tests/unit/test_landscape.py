@@ -54,6 +54,7 @@ from fedscape.models.evaluate import evaluate
 from fedscape.models.params import flatten_buffers, flatten_params, load_buffers, load_params
 from fedscape.models.registry import build_model
 from fedscape.outputs.style import PALETTE, log_levels
+from fedscape.plan.landscape import RESULT_VERSIONS, SUPPLIED_PLANE_EXTENT_BUMPS, plane_version
 from fedscape.plan.partition import partition_settings
 from fedscape.plan.workflow import check_config
 from fedscape.stages.partition import partition_job
@@ -421,6 +422,48 @@ def test_grid_extent_covers_points_and_centre_with_margin():
     assert flat[3] - flat[2] == pytest.approx(flat[1] - flat[0])
     grid = Grid.from_extent((0, 1, 10, 12), 3)
     np.testing.assert_allclose(grid.coords([0, 1, 3, 8]), [[0, 10], [0.5, 10], [0, 11], [1, 12]])
+
+
+NEAR_CENTRE = [[2e-4, -5e-4]]  # the run's model on a plane file whose centre was saved through bf16: a rounding away
+
+
+@pytest.mark.parametrize(("kind", "points", "expected"), [
+    # random and hessian planes: at least the square [-1, 1]^2, widened by a point beyond it (plus the margin)
+    ("hessian", NEAR_CENTRE, (-1.0, 1.0, -1.0, 1.0)),
+    ("random", NEAR_CENTRE, (-1.0, 1.0, -1.0, 1.0)),
+    ("hessian", [[0.0, 0.0]], (-1.0, 1.0, -1.0, 1.0)),
+    ("hessian", [[3.0, -0.5]], (-1.0, 3.75, -1.0, 1.0)),
+    ("random", [[-0.6, 2.0]], (-1.0, 1.0, -1.0, 2.5)),
+    # the kinds whose points set the scale: their box plus the margin, however small
+    ("three_points", NEAR_CENTRE, (-5e-5, 2.5e-4, -6.25e-4, 1.25e-4)),
+    ("trajectory", [[3.0, -0.5]], (-0.75, 3.75, -0.625, 0.125)),
+    (None, NEAR_CENTRE, (-5e-5, 2.5e-4, -6.25e-4, 1.25e-4)),
+])
+def test_the_automatic_extent_of_a_random_or_hessian_plane_holds_the_unit_square(kind, points, expected):
+    # Execute
+    extent = grid_extent(np.array(points), margin=0.25, kind=kind)
+
+    # Assert
+    assert extent == pytest.approx(expected, rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize(("kind", "plane_file", "span", "bumped"), [
+    ("hessian", "eigen_plane.npz", None, True),  # the one plane whose extent the fix can change
+    ("hessian", None, None, False),  # the Hessian stage's own plane: its model projects to exactly (0, 0)
+    ("hessian", "eigen_plane.npz", 0.5, False),  # an explicit span: no automatic extent
+    ("random", None, None, False),  # its model is the centre itself
+    ("trajectory", None, None, False),
+])
+def test_only_a_supplied_hessian_plane_with_an_automatic_extent_reruns_for_the_square(kind, plane_file, span, bumped):
+    # Prepare
+    spec = {"kind": kind, "plane_file": plane_file, "span": span}
+
+    # Execute
+    version = plane_version(spec)
+
+    # Assert
+    assert version == RESULT_VERSIONS["landscape_plane"] + (SUPPLIED_PLANE_EXTENT_BUMPS if bumped else 0)
+    assert SUPPLIED_PLANE_EXTENT_BUMPS >= 1
 
 
 # -- surface data ----------------------------------------------------------------------------------------

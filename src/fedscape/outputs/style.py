@@ -124,9 +124,14 @@ AUTO_CLIP_FACTOR = 20.0  # automatic clip: 20 x the median finite value (losses 
 
 
 def log_levels(values: np.ndarray, n: int = 30, clip: float | None = None) -> np.ndarray:
-    """n log-spaced contour levels (Li et al. 2018 plot log levels) from the smallest finite value (at least 1e-8)
-    to `clip`, or without one to the largest finite value but at most AUTO_CLIP_FACTOR x the median. An explicit
-    `clip` above the largest value is kept: several figures can then share one colour scale."""
+    """n log-spaced contour levels from the smallest finite value (at least 1e-8) to `clip`, or without one to the
+    largest finite value but at most AUTO_CLIP_FACTOR x the median. An explicit `clip` above the largest value is
+    kept: several figures can then share one colour scale.
+
+    Log levels are fedscape's choice: a plane's losses span decades (a trained model's near 0, its far edges' many
+    times higher), and linear levels would spend most of their lines on the high ones. Li et al. 2018's code draws
+    linear levels (plot_2D.plot_2d_contour: np.arange(0.1, 10, 0.5); its trajectory plot adds log-spaced ones from
+    10 up)."""
     values = np.asarray(values, dtype=float)
     finite = values[np.isfinite(values)]
     if finite.size == 0:

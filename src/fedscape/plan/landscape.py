@@ -313,6 +313,20 @@ def hessian_plane_path(plan: LandscapePlan, results: Results) -> str:
 # landscape_gather 2: the surface records the card and the precision its chunks were evaluated on (surfaces.csv).
 RESULT_VERSIONS = {"landscape_plane": 1, "landscape_chunk": 1, "landscape_gather": 2, "landscape_figure": 1,
                    "surfaces_table": 1}
+# A plane job's settings carry RESULT_VERSIONS["landscape_plane"] plus SUPPLIED_PLANE_EXTENT_BUMPS where it is a
+# hessian plane read from a supplied `plane_file` with an automatic extent (`span: null`), as plan.partition's
+# EXACT_ZEROS_BUMPS: the fixes that changed only those planes.
+# 1: their automatic extent holds [-1, 1]^2 (grid.SQUARE_KINDS), where a supplied plane file's model projected off
+# (0, 0), by a rounding of its centre or as another run's, made it that point's tiny box plus the margin. Random
+# planes and the Hessian stage's own planes project their model to exactly (0, 0), so their extent did not change.
+SUPPLIED_PLANE_EXTENT_BUMPS = 1
+
+
+def plane_version(spec: dict) -> int:
+    """The result version of a plane job of the landscape `spec`: RESULT_VERSIONS["landscape_plane"], plus
+    SUPPLIED_PLANE_EXTENT_BUMPS for a hessian plane of a supplied plane_file with an automatic extent."""
+    supplied = spec["kind"] == "hessian" and bool(spec["plane_file"]) and spec["span"] is None
+    return RESULT_VERSIONS["landscape_plane"] + (SUPPLIED_PLANE_EXTENT_BUMPS if supplied else 0)
 
 
 def make_plane_job(config: dict, plan: LandscapePlan) -> LandscapePlaneJob:
@@ -332,7 +346,7 @@ def plane_settings(config: dict, plan: LandscapePlan, recorded: Iterable[str] | 
     """The settings of the plane job (`make_plane_job`) as its rule's params carry them, kept at Snakemake's
     `recorded` text where they have its meaning (`kept_record`: a field its kind's plane does not read,
     `LandscapePlaneJob.meaning`, reruns nothing)."""
-    return job_params(make_plane_job(config, plan), RESULT_VERSIONS["landscape_plane"], recorded)
+    return job_params(make_plane_job(config, plan), plane_version(plan.spec), recorded)
 
 
 def surface_bn_stats(config: dict, plan: LandscapePlan) -> str:

@@ -52,15 +52,24 @@ class Grid:
         return cls(np.asarray(d["a"], dtype=np.float64), np.asarray(d["b"], dtype=np.float64))
 
 
+# The surface kinds whose plane is two directions around the one model they draw (random: filter-normalised, hessian:
+# eigenvectors): the directions set the plane's scale, so their automatic extent holds the square of
+# `grid_extent`'s default_half_width, [-1, 1]^2 (Li et al. 2018 draw theirs on it), whatever the model's projection:
+# (0, 0), or a rounding away from it where a supplied plane file's centre was saved at a lower precision (bf16, fp16)
+# than the run's model.
+SQUARE_KINDS = ("random", "hessian")
+
+
 def grid_extent(coords: np.ndarray, margin: float = 0.25, span: float | Sequence[float] | None = None,
-                default_half_width: float = 1.0) -> tuple[float, float, float, float]:
+                default_half_width: float = 1.0, *, kind: str | None = None) -> tuple[float, float, float, float]:
     """The grid's extent: explicit `span`, or the box around the points and the origin plus a margin.
 
     `span` is None (automatic), a half-width s (the square [-s, s]^2) or (amin, amax, bmin, bmax).
     Automatic: every projected point and the centre (0, 0) lie inside, with `margin` times each
     axis' range added on both sides; a degenerate axis borrows the other axis' range (or
-    the square [-default_half_width, default_half_width]^2 when all points sit at the centre, e.g. a
-    random plane).
+    the square [-default_half_width, default_half_width]^2 when all points sit at the centre). The
+    extent of a surface `kind` of SQUARE_KINDS also holds that square: a point a rounding away from the centre
+    would otherwise make it the point's tiny box; a point beyond the square still widens it.
     """
     if span is not None:
         if isinstance(span, int | float):
@@ -70,20 +79,22 @@ def grid_extent(coords: np.ndarray, margin: float = 0.25, span: float | Sequence
         if len(values) != 4:
             raise ValueError(f"span must be a half-width or [amin, amax, bmin, bmax], got {span}")
         return values  # type: ignore[return-value]
+    h = float(default_half_width)
     pts = np.concatenate([np.zeros((1, 2)), np.asarray(coords, dtype=np.float64).reshape(-1, 2)])
     pts = pts[np.isfinite(pts).all(axis=1)]
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     width = hi - lo
     biggest = float(width.max())
-    if biggest <= 0:  # only the centre (random / hessian planes): the square [-h, h]^2
-        h = float(default_half_width)
+    if biggest <= 0:  # only the centre: the square [-h, h]^2
         return (-h, h, -h, h)
     for k in range(2):
         if width[k] < 1e-3 * biggest:  # all points on a line: give the other axis the same range
             mid = (lo[k] + hi[k]) / 2
             lo[k], hi[k], width[k] = mid - biggest / 2, mid + biggest / 2, biggest
-    pad = margin * width
-    return (float(lo[0] - pad[0]), float(hi[0] + pad[0]), float(lo[1] - pad[1]), float(hi[1] + pad[1]))
+    lo, hi = lo - margin * width, hi + margin * width
+    if kind in SQUARE_KINDS:  # the union of the square and the points' box with its margin
+        lo, hi = np.minimum(lo, -h), np.maximum(hi, h)
+    return (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
 
 
 def chunk_bounds(n: int, chunks: int, align: int = 1) -> list[tuple[int, int]]:

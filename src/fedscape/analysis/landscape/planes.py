@@ -214,7 +214,9 @@ def three_point_plane(p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, cent
     """The plane through three checkpoints, centred at `p0`, with Gram-Schmidt orthonormalised directions.
 
     (Garipov et al. 2018 use the same construction to show mode connectivity.) p1 lies at
-    (|p1 - p0|, 0) and p2 in the upper half-plane.
+    (|p1 - p0|, 0) and p2 in the upper half-plane. Garipov et al.'s code recomputes the batch-norm statistics on the
+    training data at every grid point (plane.py: update_bn), which `bn_stats: recomputed` does (from a fixed sample of
+    it); the default, `stored`, evaluates every point with p0's.
     """
     u = (p1.double() - p0.double())
     if float(u.norm()) == 0.0:

@@ -140,7 +140,7 @@ def landscape_plane_job(settings: dict, trajectories: list[str], clients: str | 
         coords, distance, rel_distance = proj.coords, proj.distance, proj.rel_distance
     else:
         coords, distance, rel_distance = np.zeros((0, 2)), np.zeros(0), np.zeros(0)
-    extent = grid_extent(coords, job.margin, job.span)
+    extent = grid_extent(coords, job.margin, job.span, kind=job.kind)
     outside = [row["label"] for row, (a, b) in zip(pts.rows, coords, strict=True)
                if not (extent[0] <= a <= extent[1] and extent[2] <= b <= extent[3])]
     if outside:

@@ -285,6 +285,48 @@ def test_run_groups_labelled_alike_are_refused_naming_both(tmp_path, draw):
     assert list(tmp_path.iterdir()) == []
 
 
+def split_in_two(final: pd.DataFrame, field: str, first, second) -> pd.DataFrame:
+    """`final` with its alpha=0.1 runs as two run groups: at `first` and a copy at `second` of `field`."""
+    part = final[final["alpha"] == 0.1]
+    return pd.concat([final.drop(index=part.index), part.assign(**{field: first}),
+                      part.assign(**{field: second}, run_id=part["run_id"] + "-b")], ignore_index=True)
+
+
+@pytest.mark.parametrize(("draw", "field", "values", "refused"), [
+    (accuracy_by_init_figure, "algorithm", ("fedavg", "FedAvg"), "the by-init accuracy figure's panels: the run "
+     "groups algorithm 'FedAvg' and algorithm 'fedavg' have the same label ('FedAvg')"),
+    (accuracy_by_init_figure, "alpha", (0.1234567, 0.1234568), "the by-init accuracy figure's legend: the run groups "
+     "alpha 0.1234568 and alpha 0.1234567 have the same label ('α=0.123457')"),
+    (ranking_figure, "algorithm", ("fedavg", "FedAvg"), "the ranking figure's legend: the run groups algorithm "
+     "'FedAvg' and algorithm 'fedavg' have the same label ('FedAvg')"),
+    (ranking_figure, "alpha", (0.1234567, 0.1234568), "the ranking figure's panels: the run groups alpha 0.1234568 "
+     "and alpha 0.1234567 have the same label ('α=0.123457')"),
+    (accuracy_by_init_figure, "algorithm", ("fedavg", "fedprox"), None),
+    (accuracy_by_init_figure, "alpha", (0.12, 0.125), None),
+    (ranking_figure, "algorithm", ("fedavg", "fedprox"), None),
+    (ranking_figure, "alpha", (0.12, 0.125), None),
+], ids=["by-init-algorithm", "by-init-alpha", "ranking-algorithm", "ranking-alpha", "by-init-algorithms",
+        "by-init-alphas", "ranking-algorithms", "ranking-alphas"])
+def test_figures_refuse_run_groups_labelled_alike_naming_both(tmp_path, draw, field, values, refused):
+    # Prepare: the alpha=0.1 groups split in two, labelled alike (`fedavg` and `FedAvg` both FedAvg, alphas both
+    # α=0.123457) or not
+    final = split_in_two(final_table(rounds_table()), field, *values)
+
+    # Execute
+    if refused:
+        with pytest.raises(ValueError) as caught:
+            draw(final, "digits", "cnn_small", tmp_path / "figure")
+    else:
+        data = assert_figure_files(draw(final, "digits", "cnn_small", tmp_path / "figure"))
+
+    # Assert: refused before anything is drawn, or every group drawn
+    if refused:
+        assert str(caught.value) == f"{refused}, so one would hide the other; rename one of them"
+        assert list(tmp_path.iterdir()) == []
+    else:
+        assert set(data[field]) >= set(values)
+
+
 @pytest.mark.parametrize(("fedprox_seed_2", "bold"), [
     # FedProx diverged on the hard seed: 85.0 over the other two, which FedAvg tops with 90.0
     ((0.10, "diverged"), "76.7 ± 23.1"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 
 from fedscape.core.setting import format_fraction, setting_label
@@ -46,3 +46,25 @@ def label_run(fields: Mapping, keys: Sequence[str] | None = None, sep: str = LAB
     """
     wanted = [k for k in LABEL_ORDER if k in fields] if keys is None else [k for k in LABEL_ORDER if k in keys]
     return sep.join(format_field(k, fields[k]) for k in wanted) or "all runs"
+
+
+def refuse_alike(shown: Iterable[tuple[Mapping, str | tuple[str, ...]]], what: str) -> None:
+    """ValueError naming the first two run groups that `what` (a table, a figure's legend or panels) shows alike:
+    `shown` holds each group's fields and what shows it (its label, or the labels of its cell). Two groups of one
+    label would share a table cell, a legend would name one colour for both, two panels would read as one: a figure
+    would draw one of them in the place of both (algorithm labels `fedavg` and `FedAvg`, both shown as FedAvg)."""
+    seen: dict = {}
+    for fields, labels in shown:
+        other = seen.setdefault(labels, fields)
+        differ = [k for k in fields if str(fields[k]) != str(other[k])]
+        if differ:
+            names = " and ".join(", ".join(f"{k} {_value_text(group[k])}" for k in differ) for group in (other, fields))
+            texts = labels if isinstance(labels, tuple) else (labels,)
+            raise ValueError(f"{what}: the run groups {names} have the same label{'s' if len(texts) > 1 else ''} "
+                             f"({' / '.join(repr(text) for text in texts)}), so one would hide the other; rename one "
+                             "of them")
+
+
+def _value_text(value) -> str:
+    """A run field's value as an error message names it: text quoted, a number as it reads (not np.float64(0.1))."""
+    return repr(value) if isinstance(value, str) else str(value)

@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from fedscape.core.setting import format_setting, setting_label, setting_order_key
-from fedscape.outputs.labels import label_run
+from fedscape.outputs.labels import label_run, refuse_alike
 from fedscape.outputs.stats import did_not_diverge, t_interval
 from fedscape.outputs.style import (
     RunStyle,
@@ -67,7 +67,7 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
     start at 0, and from 0 the gaps of a point or two that the poster is about cannot be seen; the axis spans the
     values of the seeds that did not diverge (a diverged seed's chance accuracy or huge loss would squeeze them), and
     a cross beyond them is drawn at the edge it lies beyond. Where no seed that counts has a value, the crosses set
-    the range."""
+    the range. Two panels or two partitions labelled alike are refused before anything is drawn."""
     df = select_model(final, dataset, model)
     if df.empty:
         return save_figure(empty_figure(f"no runs of {dataset} / {model} in final.csv"), base_path,
@@ -78,11 +78,14 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
     is_acc = column.endswith("_acc")
     most = max(in_facet(df, f)["init"].nunique() for f in facets)
     alphas = setting_order(df["alpha"].unique())
+    titles = [facet_title(facet, df) for facet in facets]
+    refuse_alike(zip(facets, titles, strict=True), "the by-init accuracy figure's panels")
+    refuse_alike((({"alpha": alpha}, setting_label(alpha)) for alpha in alphas), "the by-init accuracy figure's legend")
     fig, axes = facet_grid(len(facets), ncols=4, rows_per_facet=1, size=(max(2.4, 1.1 * most + 1.4), 2.6),
                            sharey=True, sharex=False)
     legend = {}
     crosses = []  # (axes, x, values) of the diverged seeds, drawn once the range of the others is known
-    for facet, (ax,) in zip(facets, axes, strict=True):
+    for facet, title, (ax,) in zip(facets, titles, axes, strict=True):
         sub = in_facet(points, facet)
         runs = in_facet(df, facet)
         inits = sorted(runs["init"].astype(str).unique())  # the inits of this panel only
@@ -114,7 +117,7 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
                 legend.setdefault(setting_label(alpha), (legend_key({"alpha": alpha}), handle))
         ax.set_xticks(range(len(inits)), [f"{i} init" for i in inits])
         ax.set_xlim(-0.6, len(inits) - 0.4)
-        ax.set_title(facet_title(facet, df))
+        ax.set_title(title)
         ax.set_ylabel("final test accuracy" if column == "test_acc" else column)
         ax.grid(axis="x", visible=False)
     if np.isfinite(did_not_diverge(df)[column]).any():  # the range of the seeds that count (shared by the panels),

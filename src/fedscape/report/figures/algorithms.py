@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedscape.fl.hparams.registry import display_name
-from fedscape.outputs.labels import label_run
+from fedscape.outputs.labels import label_run, refuse_alike
 from fedscape.outputs.stats import did_not_diverge, t_interval
 from fedscape.outputs.style import (
     PALETTE,
@@ -95,7 +95,7 @@ def ranking_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str
                    column: str = "test_acc") -> dict:
     """Slope chart of the algorithms' rank by final accuracy under each init (x), one line per algorithm,
     with the rank range over seeds as a bar and the mean accuracy it is ranked by (`rank_mean`) beside each point;
-    one panel per setting."""
+    one panel per setting. Two panels or two algorithms labelled alike are refused before anything is drawn."""
     df = select_model(final, dataset, model)
     table = ranking_table(df, column) if not df.empty else pd.DataFrame(columns=RANKING_COLUMNS)
     if table.empty:
@@ -103,12 +103,17 @@ def ranking_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str
     settings = setting_panels(table)
     algorithms = sorted(table["algorithm"].astype(str).unique())
     colors = {a: PALETTE[i % len(PALETTE)] for i, a in enumerate(algorithms)}
+    names = {a: display_name(a) for a in algorithms}
     shown = varying_keys(table, ["num_clients", "participation"])
+    panels = [dict(zip(("alpha", "num_clients", "participation"), setting, strict=True)) for setting, _ in settings]
+    titles = [label_run(panel, ["alpha", *shown]) for panel in panels]
+    refuse_alike(zip(panels, titles, strict=True), "the ranking figure's panels")
+    refuse_alike((({"algorithm": a}, name) for a, name in names.items()), "the ranking figure's legend")
     most = int(table["n_algorithms"].max())
     fig, axes = facet_grid(len(settings), ncols=3, size=(3.4, 0.9 + 0.45 * most), sharey=False, sharex=False)
     legend = {}
     unjoined = False
-    for ((alpha, clients, part), sub), (ax,) in zip(settings, axes, strict=True):
+    for (_, sub), title, (ax,) in zip(settings, titles, axes, strict=True):
         inits = init_order(sub["init"])
         ranked = {init: frozenset(per_init["algorithm"].astype(str)) for init, per_init in sub.groupby("init")}
         uneven = len(set(ranked.values())) > 1
@@ -118,7 +123,7 @@ def ranking_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str
             color = colors[str(algorithm)]
             for group in joined_groups(list(line.index), ranked):
                 (handle,) = ax.plot([x[k] for k in group], line["rank"].iloc[group], "-o", color=color, lw=1.5, ms=5)
-                legend.setdefault(display_name(str(algorithm)), handle)
+                legend.setdefault(names[str(algorithm)], handle)
             unjoined |= len(joined_groups(list(line.index), ranked)) > 1
             for xi, (init, row) in zip(x, line.iterrows(), strict=True):
                 if not math.isnan(row["rank_seed_min"]):
@@ -134,8 +139,7 @@ def ranking_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str
         ax.set_ylim(n + 0.5, 0.5)  # rank 1 at the top
         ax.set_yticks(range(1, n + 1))
         ax.set_ylabel("rank by final test accuracy" if column == "test_acc" else f"rank by {column}")
-        setting = {"alpha": alpha, "num_clients": clients, "participation": part}
-        ax.set_title(label_run(setting, ["alpha", *shown]) + ("" if len(inits) > 1 else "\n(one init: no change)"))
+        ax.set_title(title + ("" if len(inits) > 1 else "\n(one init: no change)"))
         ax.grid(axis="x", visible=False)
     note = ("\nlines join only inits that rank the same algorithms (a rank among fewer algorithms is not comparable)"
             if unjoined else "")

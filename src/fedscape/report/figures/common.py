@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from fedscape.core.setting import format_setting, setting_order_key
-from fedscape.outputs.labels import label_run
+from fedscape.outputs.labels import label_run, refuse_alike
 
 # Facets (panels) of a figure: one per combination of these fields; lines within a panel by alpha and init.
 FACET_KEYS = ("algorithm", "num_clients", "participation")
@@ -95,15 +95,7 @@ def compared_means(common: pd.DataFrame, own: pd.Series) -> pd.Series:
 
 def refuse_shared_labels(table: pd.DataFrame, cell: list[str], what: str) -> None:
     """ValueError naming the run groups of `table` (one row per group and figure column, with the CURVE_GROUP fields)
-    that get one `cell` (their labels): a figure would draw one of them in the place of both (e.g. algorithm labels
-    `fedavg` and `FedAvg`, both shown as FedAvg)."""
-    shared = table[table.duplicated(cell, keep=False)]
-    if shared.empty:
-        return
-    labels, groups = next(iter(shared.groupby(cell, sort=False)))
-    differ = [k for k in CURVE_GROUP if groups[k].astype(str).nunique() > 1]
-    names = [", ".join(f"{k} {v!r}" for k, v in zip(differ, values, strict=True))
-             for values in groups[differ].drop_duplicates().itertuples(index=False)]
-    shown = " / ".join(repr(label) for label in labels)
-    raise ValueError(f"{what}: the run groups {' and '.join(names)} have the same labels ({shown}), so one would hide "
-                     f"the other; rename one of them")
+    that get one `cell` (their labels): `outputs.labels.refuse_alike`."""
+    n = len(CURVE_GROUP)
+    rows = table[[*CURVE_GROUP, *cell]].itertuples(index=False, name=None)
+    refuse_alike(((dict(zip(CURVE_GROUP, row[:n], strict=True)), row[n:]) for row in rows), what)

@@ -21,7 +21,9 @@ from fedscape.analysis.landscape.figures import (
     GROUP_LINESTYLES,
     clipped_surface,
     group_styles,
+    landscape_figure_job,
     plot_surface,
+    with_run_labels,
     write_figure_data,
 )
 from fedscape.analysis.landscape.grid import Grid, chunk_bounds, gather_chunks, grid_extent
@@ -45,7 +47,7 @@ from fedscape.analysis.landscape.surface import (
     evaluate_chunk,
 )
 from fedscape.core.config import ConfigError
-from fedscape.core.runs import build_runs
+from fedscape.core.runs import Run, build_runs
 from fedscape.data.datasets import dataset_from_options, load_dataset
 from fedscape.data.federated import load_federated_data
 from fedscape.data.partition import PartitionError
@@ -752,6 +754,68 @@ def test_a_client_surface_without_an_overlay_highlights_its_own_client(tmp_path,
     assert any("client 3 did not train" in r.getMessage() for r in caplog.records)
 
 
+def _sampled_runs_surface(kind: str) -> dict:
+    """A surface of `kind` through two runs, of all clients and of 0.125 of them, labelled as a plane job wrote them
+    before the participation labels kept every digit ('12% sampled')."""
+    runs = [Run("digits", "cnn_small", "random", "fedavg", "0.1", 10, p, 0).run_id for p in ("1.0", "0.125")]
+    old = {runs[0]: "all clients", runs[1]: "12% sampled"}
+    if kind == "trajectories":
+        rows = [(run, f"round {t}", "init" if t == 0 else "final", t) for run in runs for t in (0, 5)]
+    else:
+        rows = [(runs[0], "all clients, round 5", "checkpoint", 5), (runs[1], "12% sampled, round 5", "checkpoint", 5),
+                (runs[1], "12% sampled, round 9", "checkpoint", 9)]
+    n = len(rows)
+    surface = _fake_surface()
+    surface.update({
+        "points_xy": np.zeros((n, 2)), "points_distance": np.zeros(n), "points_rel_distance": np.zeros(n),
+        "points_round": np.array([r[3] for r in rows]), "points_client": np.full(n, -1),
+        "points_run_id": np.array([r[0] for r in rows]), "points_label": np.array([r[1] for r in rows]),
+        "points_group": np.array([old[r[0]] for r in rows]), "points_role": np.array([r[2] for r in rows]),
+    })
+    surface["meta"] = {**surface["meta"], "kind": kind, "runs": runs,
+                       "axis_labels": ["direction all clients, round 5 -> 12% sampled, round 5",
+                                       "orthogonal, towards 12% sampled, round 9"]}
+    return surface
+
+
+@pytest.mark.parametrize(("kind", "groups", "labels", "axes"), [
+    ("trajectories", ["all clients"] * 2 + ["12.5% sampled"] * 2, ["round 0", "round 5", "round 0", "round 5"],
+     ["direction all clients, round 5 -> 12% sampled, round 5", "orthogonal, towards 12% sampled, round 9"]),
+    ("three_points", ["all clients"] + ["12.5% sampled"] * 2,
+     ["all clients, round 5", "12.5% sampled, round 5", "12.5% sampled, round 9"],
+     ["direction all clients, round 5 -> 12.5% sampled, round 5", "orthogonal, towards 12.5% sampled, round 9"]),
+])
+def test_a_figure_labels_the_runs_of_a_plane_made_before_a_label_changed_as_now(kind, groups, labels, axes):
+    # Prepare: a plane job's points of old, 0.125 of the clients labelled '12% sampled'
+    surface = _sampled_runs_surface(kind)
+
+    # Execute
+    relabelled = with_run_labels(surface)
+
+    # Assert: the runs' groups, the point labels and axes that name a run are this version's; a trajectory's points
+    # (rounds) and axes (its principal components: kept as the fake's text) are as they were
+    assert relabelled["points_group"].tolist() == groups
+    assert relabelled["points_label"].tolist() == labels
+    assert relabelled["meta"]["axis_labels"] == axes
+
+
+def test_the_figure_job_draws_and_writes_the_labels_of_now(tmp_path):
+    # Prepare: the surface file of a plane job of old
+    surface = _sampled_runs_surface("three_points")
+    path = tmp_path / "surface.npz"
+    np.savez(path, **{k: v for k, v in surface.items() if k != "meta"}, meta=np.array(json.dumps(surface["meta"])),
+             plane_meta=np.array("{}"))
+    outputs = {key: str(tmp_path / f"s.{key}") for key in ("pdf", "png", "grid_csv", "points_csv")}
+
+    # Execute
+    landscape_figure_job({"surface_id": "s/train", "levels": 12, "clip_loss": None}, str(path), None, outputs)
+
+    # Assert
+    points = pd.read_csv(outputs["points_csv"])
+    assert points["group"].tolist() == ["all clients", "12.5% sampled", "12.5% sampled"]
+    assert points["label"].tolist() == ["all clients, round 5", "12.5% sampled, round 5", "12.5% sampled, round 9"]
+
+
 def test_a_surface_that_diverged_everywhere_still_gets_a_figure(tmp_path):
     surface = _fake_surface()
     surface["loss"][:] = np.nan
@@ -929,7 +993,7 @@ def test_a_client_s_label_sits_beyond_its_arrow_head_away_from_the_round_start(p
     ("algorithm", ("fedavg", "FedAvg"), ["FedAvg [1]", "FedAvg [2]"]),  # labels displayed alike: numbered
 ])
 def test_the_runs_of_a_plane_have_distinct_legend_labels(field, values, expected):
-    from fedscape.analysis.landscape.stage import run_labels
+    from fedscape.analysis.landscape.definitions import run_labels
 
     # Prepare: two runs that differ in one field alone
     base = {"dataset": "digits", "model": "cnn_small", "init": "random", "algorithm": "fedavg", "alpha": 0.1,

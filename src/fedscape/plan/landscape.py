@@ -311,7 +311,9 @@ def hessian_plane_path(plan: LandscapePlan, results: Results) -> str:
 
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 # landscape_gather 2: the surface records the card and the precision its chunks were evaluated on (surfaces.csv).
-RESULT_VERSIONS = {"landscape_plane": 1, "landscape_chunk": 1, "landscape_gather": 2, "landscape_figure": 1,
+# landscape_figure 2: the runs' labels are made by the figure job (figures.with_run_labels), not read from the plane
+# job's points: a plane made before 0.125 read '12.5% sampled' draws it so.
+RESULT_VERSIONS = {"landscape_plane": 1, "landscape_chunk": 1, "landscape_gather": 2, "landscape_figure": 2,
                    "surfaces_table": 1}
 # A plane job's settings carry RESULT_VERSIONS["landscape_plane"] plus SUPPLIED_PLANE_EXTENT_BUMPS where it is a
 # hessian plane read from a supplied `plane_file` with an automatic extent (`span: null`), as plan.partition's

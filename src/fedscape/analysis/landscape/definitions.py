@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from fedscape.core.io import atomic_path, remake_hint, supplied_hint
 from fedscape.core.jobs import JobSettings, without_paths
 from fedscape.core.names import unknown_name_error
 from fedscape.models.specs import BN_STATS_BASELINE
+from fedscape.outputs.labels import label_run
 
 SURFACE_KINDS = ("trajectory", "local", "final_models", "trajectories", "random", "hessian", "three_points")
 DATA_SETS = ("train", "client", "test")
@@ -49,6 +51,23 @@ SURFACE_FILE = "surface.npz"
 FIGURE_FILES = {"pdf": "surface.pdf", "png": "surface.png", "grid_csv": "surface_grid.csv",
                 "points_csv": "surface_points.csv"}
 LABEL_FIELDS = ("alpha", "algorithm", "init", "participation", "num_clients", "seed", "model", "dataset")
+
+
+def run_labels(run_fields: list[dict]) -> list[str]:
+    """Legend labels of runs in fedscape's common style: the fields that differ between them, else algorithm /
+    init / alpha (e.g. 'FedAvg · random init · α=0.1'). The plane job writes them into its points; the figure job
+    makes them again from the runs' ids (`figures.with_run_labels`)."""
+    varying = [f for f in LABEL_FIELDS if len({str(r[f]) for r in run_fields}) > 1]
+    labels = [label_run(r, keys=varying or ["algorithm", "init", "alpha"]) for r in run_fields]
+    # runs whose fields differ below the labels' precision (algorithm labels `fedavg` and `FedAvg`: 'FedAvg' both) are
+    # numbered by their place on the plane: the figure draws each label's points as one run
+    return [f"{label} [{i + 1}]" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
+
+
+def three_point_axis_labels(names: Sequence[str]) -> tuple[str, str]:
+    """The axes of a three_points plane through checkpoints `names` (planes.three_point_plane: d1 from the first
+    towards the second, d2 orthogonal to it, towards the third)."""
+    return f"direction {names[0]} -> {names[1]}", f"orthogonal, towards {names[2]}"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -16,6 +16,7 @@ from matplotlib import patheffects
 from matplotlib.colors import LogNorm
 from matplotlib.patches import Patch
 
+from fedscape.analysis.landscape.definitions import run_labels, three_point_axis_labels
 from fedscape.analysis.landscape.gather import load_surface
 from fedscape.core.io import atomic_path
 from fedscape.core.runs import parse_run_id
@@ -211,10 +212,34 @@ def group_styles(order: list[str], groups: np.ndarray, run_ids: np.ndarray,
     return styles
 
 
+def with_run_labels(surface: dict) -> dict:
+    """`surface` with its runs' labels made now from their ids (`run_labels`), not as its plane job wrote them into
+    its points: the plane job is costly to rerun, and a plane made before a label's text changed keeps the old text
+    (0.125 of the clients read '12% sampled' before every digit was kept). A point label that begins with its run's
+    label (the models of final_models, random, hessian and three_points: '<run>, round 5') begins with the new one,
+    and three_points' axes name the new ones; a trajectory's points are named by their round, the local scope's
+    by their role, as they were."""
+    meta = surface["meta"]
+    if meta["kind"] == "local" or not len(surface["points_xy"]):
+        return surface
+    runs = list(meta["runs"])
+    now = dict(zip(runs, run_labels([parse_run_id(run) for run in runs]), strict=True))
+    run_ids, groups = surface["points_run_id"].tolist(), surface["points_group"].tolist()
+    labels = surface["points_label"].tolist()
+    if meta["kind"] not in ("trajectory", "trajectories"):
+        labels = [now[run] + label[len(group):] if label.startswith(group) else label
+                  for run, group, label in zip(run_ids, groups, labels, strict=True)]
+    out = {**surface, "points_group": np.array([now[run] for run in run_ids]), "points_label": np.array(labels)}
+    if meta["kind"] == "three_points":
+        names = [label for label, role in zip(labels, surface["points_role"], strict=True) if role == "checkpoint"]
+        out["meta"] = {**meta, "axis_labels": list(three_point_axis_labels(names))}
+    return out
+
+
 def landscape_figure_job(settings: dict, surface_path: str, overlay_path: str | None, outputs: dict[str, str]) -> None:
     """Contour figure (PDF and PNG) of one surface, drawn from its .npz only, with its data as CSV beside it
     (`settings`: `fedscape.plan.landscape.figure_settings`)."""
-    surface = load_surface(surface_path)
+    surface = with_run_labels(load_surface(surface_path))
     overlay = load_surface(overlay_path) if overlay_path else None
     write_figure_data(surface, outputs["grid_csv"], outputs["points_csv"])
     plot_surface(surface, outputs["pdf"], outputs["png"], overlay=overlay, levels=settings["levels"],

@@ -25,6 +25,7 @@ from fedscape.analysis.landscape.definitions import (
     PlaneError,
     check_plane_layout,
     read_plane_file,
+    three_point_axis_labels,
     write_plane_file,
 )
 from fedscape.core.io import remake_hint, supplied_hint
@@ -229,7 +230,7 @@ def three_point_plane(p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, cent
     d2 = v / v.norm()
     return Plane(p0.float().clone(), center_buffers.float().clone(), d1.float(), d2.float(), kind="three_points",
                  runs=tuple(runs), round=round,
-                 axis_labels=(f"direction {labels[0]} -> {labels[1]}", f"orthogonal, towards {labels[2]}"),
+                 axis_labels=three_point_axis_labels(labels),
                  model_meta=model_meta or {}, extra={"labels": list(labels), **(extra or {})})
 
 

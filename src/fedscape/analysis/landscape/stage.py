@@ -15,13 +15,13 @@ import torch
 
 from fedscape.analysis.landscape.definitions import (
     ARRAY_KEYS,
-    LABEL_FIELDS,
     PLANE_KIND_OF,
     POINT_COLUMNS,
     UNREAD_PLANE_FIELDS,
     LandscapeChunkJob,
     LandscapePlaneJob,
     plane_digest,
+    run_labels,
 )
 from fedscape.analysis.landscape.grid import Grid, chunk_bounds, grid_extent
 from fedscape.analysis.landscape.planes import (
@@ -43,7 +43,6 @@ from fedscape.data.federated import federate, load_federated_data, load_test_dat
 from fedscape.models.checkpoint import ModelMeta, Trajectory, load_clients, load_trajectory
 from fedscape.models.device import describe_compute, job_precision, resolve_device
 from fedscape.models.specs import BN_STATS_BASELINE
-from fedscape.outputs.labels import label_run
 
 log = logging.getLogger("fedscape.landscape")
 
@@ -64,16 +63,6 @@ class _Points:
         self.params.append(vec)
         self.buffers.append(buf)
         self.rows.append(row)
-
-
-def run_labels(run_fields: list[dict]) -> list[str]:
-    """Legend labels of runs in fedscape's common style: the fields that differ between them, else algorithm /
-    init / alpha (e.g. 'FedAvg · random init · α=0.1')."""
-    varying = [f for f in LABEL_FIELDS if len({str(r[f]) for r in run_fields}) > 1]
-    labels = [label_run(r, keys=varying or ["algorithm", "init", "alpha"]) for r in run_fields]
-    # runs whose fields differ below the labels' precision (algorithm labels `fedavg` and `FedAvg`: 'FedAvg' both) are
-    # numbered by their place on the plane: the figure draws each label's points as one run
-    return [f"{label} [{i + 1}]" if labels.count(label) > 1 else label for i, label in enumerate(labels)]
 
 
 def _row_of(traj: Trajectory, round_: int | str, run_id: str) -> int:

@@ -6,6 +6,7 @@ import copy
 import logging
 import math
 import re
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -25,7 +26,7 @@ from fedscape.data.datasets import load_dataset
 from fedscape.data.federated import FederatedData
 from fedscape.data.partition import load_partition, make_partition, save_partition
 from fedscape.data.sources import load_source, proxy_writers_after, source_from_options
-from fedscape.data.specs import DATASETS
+from fedscape.data.specs import DATASETS, held_out_count
 from fedscape.fl.engine import run_federated
 from fedscape.fl.settings import MEMORY_KEYS, TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
@@ -719,6 +720,131 @@ def test_a_pretrained_init_on_a_writers_split_of_no_writer_fails_at_config_check
     assert ("the proxy split of stackoverflow holds no writer" in problems) == refused
     assert not refused or re.search(r"inits\.\w+: the proxy split of stackoverflow holds no writer .*at least "
                                     r"0\.00034,", problems)
+
+
+# Without max_clients a writers' split holds out round(proxy_fraction x writers) of the writers in the files, at most
+# the writers the data set's publishers count (`DatasetInfo.published_writers`)
+@pytest.mark.parametrize(("dataset", "options", "problem"), [
+    ("shakespeare", {"proxy_fraction": 0.0004},
+     r"holds no writer \(proxy_split: writers holds out round\(proxy_fraction x writers\) of the writers in its "
+     r"files, at most the 1129 its publishers count: 0 for proxy_fraction 0\.0004\), so it is empty; set "
+     r"datasets\.shakespeare\.proxy_fraction to at least 0\.00045 \(more where its files hold fewer writers\), or "
+     r"set proxy_dataset / proxy_dir$"),
+    # LEAF's 3,550 FEMNIST writers bound no full run's files (`DatasetInfo.published_writers` None): the job decides
+    ("femnist", {"proxy_fraction": 0.0001}, None),
+    ("shakespeare", {"proxy_fraction": 0.00045}, None),
+    # the raw texts' role files: no published count bounds them
+    ("shakespeare", {"proxy_fraction": 0.0004, "source": "raw", "seq_len": 8}, None),
+    ("stackoverflow", {"proxy_fraction": 1e-6}, r"holds no writer .*the 342477 its publishers .*at least 1\.5e-06 "),
+    ("stackoverflow", {"proxy_fraction": 1.5e-6}, None),
+    ("reddit", {"proxy_fraction": 3e-7}, r"holds no writer .*the 1660820 its publishers .*at least 3\.1e-07 "),
+    ("reddit", {"proxy_fraction": 3.1e-7}, None),
+    ("femnist", {"proxy_fraction": 0.0001, "proxy_split": "samples"}, None),
+])
+def test_a_writers_proxy_split_of_no_published_writer_is_found_without_the_data(dataset, options, problem):
+    # Execute
+    found = proxy_split_problem(dataset, {**WRITERS, **options})
+
+    # Assert
+    if problem is None:
+        assert found == ""
+    else:
+        assert re.match(r"the proxy split of " + dataset + " " + problem, found)
+
+
+@pytest.mark.parametrize("dataset", ["shakespeare", "stackoverflow", "reddit"])
+def test_a_fraction_refused_for_the_published_writers_holds_none_of_fewer(dataset):
+    # Prepare: the least fraction named, and the two-digit fraction below it (the greatest refused)
+    writers = DATASETS[dataset].published_writers
+    found = proxy_split_problem(dataset, {**WRITERS, "proxy_fraction": 1e-12})
+    least = float(re.search(r"at least ([0-9.e-]+) ", found).group(1))
+    below = least - 10 ** (math.floor(math.log10(least) - 1e-9) - 1)
+
+    # Execute: the writers each count of writers in the files holds out at that fraction
+    held = [held_out_count(n, below) for n in range(writers + 1)]
+
+    # Assert: none, however few the files hold (round() never rises as the count drops); one at the fraction named
+    assert proxy_split_problem(dataset, {**WRITERS, "proxy_fraction": below}) != ""
+    assert max(held) == 0 and held_out_count(writers, least) == 1
+
+
+def test_the_least_fraction_named_for_a_published_count_is_the_least_that_holds_a_writer(monkeypatch):
+    # Prepare: every published count to 2,000 (1,250's bound, 0.0004, rounds a half to 0: the next fraction up)
+    wrong = []
+    for writers in range(1, 2001):
+        monkeypatch.setitem(DATASETS, "reddit", replace(DATASETS["reddit"], published_writers=writers))
+
+        # Execute: the fraction each refusal names, and the two-digit fraction below it
+        found = proxy_split_problem("reddit", {**WRITERS, "proxy_fraction": 1e-9})
+        least = float(re.search(r"at least ([0-9.e-]+) ", found).group(1))
+        below = least - 10 ** (math.floor(math.log10(least) - 1e-9) - 1)
+        if held_out_count(writers, least) < 1 or held_out_count(writers, below) != 0:
+            wrong.append((writers, least))
+
+    # Assert: the files' writers give a proxy writer at the fraction named, none at the one below
+    assert wrong == []
+
+
+@pytest.mark.parametrize(("proxy_fraction", "refused"), [(0.04, True), (1 / 24, True), (0.042, False)])
+def test_planning_refuses_exactly_the_writers_split_of_the_published_writers_the_reader_leaves_empty(
+        tmp_path, monkeypatch, proxy_fraction, refused):
+    # Prepare: Reddit's files holding the 12 users its publishers count (1/24 x 12 is a half, which rounds to 0)
+    monkeypatch.setitem(DATASETS, "reddit", replace(DATASETS["reddit"], published_writers=12))
+    users = {"train": {f"u{u:02d}": [["hi", "there"]] for u in range(12)},
+             "test": {f"u{u:02d}": [["hi", "ok"]] for u in range(12)}}
+    root = write_reddit(tmp_path / "reddit", users, {"<PAD>": 0, "<UNK>": 1, "hi": 2, "there": 3, "ok": 4},
+                        size=DATASETS["reddit"].num_classes)
+    options = {**WRITERS, "data_dir": str(root), "proxy_fraction": proxy_fraction}
+
+    # Execute
+    problem = proxy_split_problem("reddit", options)
+    source = source_from_options("reddit", options)
+
+    # Assert: refused where the proxy holds no row (at least 0.042 the message says), else a whole user's rows
+    assert bool(problem) == refused == (len(source.proxy_index) == 0)
+    assert not refused or "at least 0.042 " in problem
+
+
+@pytest.mark.parametrize(("options", "wording"), [
+    ({"proxy_split": "writers"},
+     r"holds about 42 samples \(proxy_fraction 1e-05 of at most 4226158 training samples\), fewer than its 96 "
+     r"classes, which it cannot all hold; set datasets\.shakespeare\.proxy_fraction to at least 2\.3e-05, or set "
+     r"proxy_dataset / proxy_dir$"),
+    ({"proxy_split": "samples"},
+     r"holds at most 42 samples \(proxy_fraction 1e-05 of at most 4226158 training samples\), fewer than its 96 "
+     r"classes, which a split stratified by class cannot all hold; set"),
+])
+def test_a_proxy_split_of_fewer_samples_than_classes_is_worded_as_its_split_makes_it(options, wording):
+    # Prepare: Shakespeare's raw texts, whose roles no published count bounds (so the writers' split says nothing)
+    options = {"test_fraction": 0.25, "proxy_fraction": 1e-5, "source": "raw", "seq_len": 8, **options}
+
+    # Execute
+    found = proxy_split_problem("shakespeare", options)
+
+    # Assert: a writers' split holds whole writers, about their share of the rows, stratified by nothing
+    assert re.match(r"the proxy split of shakespeare " + wording, found)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"proxy_split": "writers", "proxy_fraction": 0.04},
+     r"the proxy split of reddit is empty: proxy_split: writers holds out round\(proxy_fraction x writers\) of the "
+     r"writers with training samples in its files \(.*\), 0 at proxy_fraction 0\.04, as its files hold too few "
+     r"writers; set a higher datasets\.reddit\.proxy_fraction, proxy_split: samples, or a proxy_dataset / proxy_dir"),
+    ({"proxy_split": "samples", "proxy_fraction": 0.0},
+     r"the proxy split of reddit is empty: set datasets\.reddit\.proxy_fraction > 0, or a proxy_dataset"),
+])
+def test_an_empty_proxy_split_fails_at_the_job_start_naming_why(tmp_path, options, message):
+    # Prepare: Reddit's files holding 12 users, fewer than planning counts (round(0.04 x 12) = 0 writers)
+    users = {"train": {f"u{u:02d}": [["hi", "there"]] for u in range(12)},
+             "test": {f"u{u:02d}": [["hi", "ok"]] for u in range(12)}}
+    root = write_reddit(tmp_path / "reddit", users, {"<PAD>": 0, "<UNK>": 1, "hi": 2, "there": 3, "ok": 4},
+                        size=DATASETS["reddit"].num_classes)
+    job = SimpleNamespace(dataset="reddit", proxy_dir=None, proxy_dataset=None,
+                          dataset_options={"test_fraction": 0.25, "data_dir": str(root), **options})
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match=message):
+        proxy_data(job)
 
 
 def test_a_checked_config_checked_again_gives_no_key_of_another_kind():

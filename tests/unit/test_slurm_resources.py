@@ -7,6 +7,7 @@ import copy
 import os
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from snakemake.iocontainers import Namedlist
 from fedscape.core.config import load_schema
 from fedscape.core.paths import Results
 from fedscape.core.runs import build_runs
+from fedscape.data.specs import DATASETS
 from fedscape.plan.resources import HOST_BASE_MB, data_bytes, init_mem_mb, kept_models, train_mem_mb
 from fedscape.plan.workflow import check_config
 
@@ -79,6 +81,20 @@ def test_a_max_clients_read_counts_the_proxy_writers_it_reads_after_them(options
 
     # Assert
     assert got == pytest.approx(stackoverflow_read(users), rel=1e-6)
+
+
+@pytest.mark.parametrize("dataset", ["stackoverflow", "reddit"])
+def test_a_max_clients_read_shares_the_samples_among_the_writers_the_data_set_declares(monkeypatch, dataset):
+    # Prepare: the bytes of 100 users' read, and the same data set declared with a third as many writers
+    info = DATASETS[dataset]
+    full = data_bytes(dataset, {"max_clients": 100})
+    monkeypatch.setitem(DATASETS, dataset, replace(info, published_writers=info.published_writers // 3))
+
+    # Execute
+    fewer = data_bytes(dataset, {"max_clients": 100})
+
+    # Assert: each user may hold three times the samples (`DatasetInfo.published_writers`, the one count)
+    assert fewer == pytest.approx(full * info.published_writers / (info.published_writers // 3), rel=1e-6)
 
 
 @pytest.mark.parametrize(("config", "dataset", "data"), [

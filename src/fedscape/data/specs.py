@@ -86,6 +86,14 @@ class DatasetInfo:
     # job that loads it checks them against the labels it reads (`data.partition.load_partition`), so a split of the
     # same indices made with the old reader (a `natural` one, say) is refused by the jobs made from it.
     reader_version: int = 1
+    # The writers its publishers count in the full data set (its entry cites them): a bound of those with training
+    # samples in its files, since LEAF's non-i.i.d. sampling, minimum-sample filter (`-k`) and train/test split keep a
+    # subset of its users (an i.i.d. sample, `-s iid`, makes `--iu` times as many new users: no more for `--iu` up to
+    # 1), and Stack Overflow's reader reads TFF's train clients. None where none is published (no writers;
+    # Shakespeare's raw texts, `dataset_info`). Planning reads it where the writers count: whether a writers' proxy
+    # split without max_clients holds one (`fedscape.plan.init.proxy_split_problem`), and the share of the samples a
+    # max_clients read decodes (`fedscape.plan.resources.data_bytes`). No job's settings carry it.
+    published_writers: int | None = None
 
     @property
     def own_targets(self) -> str:
@@ -125,13 +133,18 @@ DATASETS: dict[str, DatasetInfo] = {
                            needs_data_dir=True),
     "cifar100": DatasetInfo(3, 32, 100, "CIFAR-100 (Krizhevsky 2009), python version from data_dir", 50000, True,
                             needs_data_dir=True),
-    # LEAF (Caldas et al. 2018), Table 1: 3,550 writers, 805,263 samples; 4,226,158 samples of 1,129 roles.
+    # LEAF (Caldas et al. 2018), Table 1: 3,550 writers, 805,263 samples (no `published_writers`: a full run of LEAF's
+    # scripts may keep more, as Flower's copy of its FEMNIST holds 814,277 samples, so 3,550 bounds nothing);
+    # 4,226,158 samples of 1,129 roles, those of
+    # its all_data.json: the roles of more than two lines (preprocess_shakespeare.py) whose text is longer than one
+    # 80-character window (shake_utils.py), from the Gutenberg file its get_data.sh fetches (1,129 in a full-size
+    # run: TalwalkarLab/leaf#17; its train/test split keeps 660, #19).
     "femnist": DatasetInfo(1, 28, 62, "FEMNIST (LEAF, Caldas et al. 2018): 28x28 handwritten characters by "
                            "writer, LEAF's JSON from data_dir", 805263, True, writers=True, needs_data_dir=True),
     "shakespeare": DatasetInfo(len(SHAKESPEARE_VOCAB), SHAKESPEARE_SEQ_LEN, len(SHAKESPEARE_VOCAB),
                                "Shakespeare (LEAF, Caldas et al. 2018): next character of 80-character lines by "
                                "speaking role, LEAF's JSON from data_dir", 4226158, True, inputs="tokens",
-                               writers=True, needs_data_dir=True),
+                               writers=True, needs_data_dir=True, published_writers=1129),
     # FedAlign's ImageNet-200 (Mendieta et al. 2022, Sec. 4.1): 200 classes of ImageNet-1k at the code's 224x224,
     # 500 training images per class (fedscape.data.imagenet200), ImageNet's validation images as the test set.
     "imagenet200": DatasetInfo(3, imagenet200.IMAGE_SIZE, len(imagenet200.CLASSES),
@@ -147,6 +160,7 @@ DATASETS: dict[str, DatasetInfo] = {
                                  "Stack Overflow (TFF; Reddi et al. 2021): next word at every position of "
                                  "20-word sequences by user, TFF's stackoverflow.sqlite from data_dir", 135818730,
                                  True, writers=True, inputs="tokens", needs_data_dir=True, sequence_labels=True,
+                                 published_writers=342_477,
                                  # 2: an empty text is [bos, oov, eos], as TFF splits it (from 2026-11-28)
                                  reader_version=2),
     # LEAF's Reddit (Caldas et al. 2018, Table 1: 1,660,820 users, 56,587,343 comments). A comment gives one sample
@@ -156,7 +170,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "reddit": DatasetInfo(REDDIT_VOCAB_SIZE, REDDIT_SEQ_LEN, REDDIT_VOCAB_SIZE,
                           "Reddit (LEAF, Caldas et al. 2018): next token at every position of 10-token sequences by "
                           "user, LEAF's JSON and vocabulary pickle from data_dir", 56587343, True, writers=True,
-                          inputs="tokens", needs_data_dir=True, sequence_labels=True),
+                          inputs="tokens", needs_data_dir=True, sequence_labels=True, published_writers=1_660_820),
 }
 DATASET_NAMES: tuple[str, ...] = tuple(sorted(DATASETS))
 # `datasets.<name>` keys added after results existed, with their baselines (what every job read before the key):
@@ -399,14 +413,16 @@ def dataset_info(name: str, options: dict | None = None) -> DatasetInfo:
     ValueError naming the valid ones for an unknown name.
 
     Shakespeare from its raw texts (`source: raw`) has the raw vocabulary (SHAKESPEARE_RAW_VOCAB) and sequences of
-    `seq_len` characters (null: LEAF's 80).
+    `seq_len` characters (null: LEAF's 80), and no published writer count: its role files (by_play_and_character/,
+    every role of more than two lines) include those LEAF's 1,129 leave out for holding no 80-character window, which
+    a shorter seq_len reads.
     """
     if name not in DATASETS:
         raise unknown_name_error("dataset", name, DATASET_NAMES)
     info = DATASETS[name]
     if (options or {}).get("source") == "raw" and name == "shakespeare":
         vocab, seq_len = len(SHAKESPEARE_RAW_VOCAB), options.get("seq_len") or SHAKESPEARE_SEQ_LEN
-        return replace(info, in_channels=vocab, image_size=int(seq_len), num_classes=vocab,
+        return replace(info, in_channels=vocab, image_size=int(seq_len), num_classes=vocab, published_writers=None,
                        description=f"Shakespeare from LEAF's raw texts by speaking role: next character of "
                                    f"{seq_len}-character sequences over {vocab} characters, from data_dir")
     return info

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from fedscape.core.config import ConfigError
@@ -229,33 +229,54 @@ def _rounded_up(fraction: float) -> float:
     return math.ceil(fraction * scale) / scale
 
 
+def _least_fraction(bound: float, holds: Callable[[float], int]) -> float:
+    """The least proxy_fraction of two significant digits at which `holds` (a fraction -> the writers it holds out)
+    holds a writer, where that takes a fraction above `bound`: the bound rounded up, or where it has two significant
+    digits (a half rounds to even, 0: `round`), the next fraction up."""
+    least = _rounded_up(bound)
+    if not holds(least):
+        least += 10 ** (math.floor(math.log10(least)) - 1)
+    return least
+
+
 def _no_proxy_writer(dataset: str, options: dict) -> str:
-    """Why a writers' proxy split (`proxy_split: writers`) of a `max_clients` read holds no writer ('' where it holds
-    one): the reader reads `proxy_writers_after` writers after the first max_clients as its proxy, and where that rounds
-    to 0 the proxy is empty, whatever share of the samples proxy_fraction names. Without max_clients the writers the
-    files hold are not known at planning (no declaration gives them), so nothing is said."""
-    max_clients = options.get("max_clients")
-    if options.get("proxy_split") != PROXY_SPLITS[1] or max_clients is None:
+    """Why a writers' proxy split (`proxy_split: writers`) holds no writer ('' where it may hold one), whatever share of
+    the samples proxy_fraction names.
+
+    Of a `max_clients` read, the reader reads `proxy_writers_after` writers after the first max_clients as its proxy,
+    none where that rounds to 0. Without max_clients it holds out `held_out_count` of the writers its files hold, at
+    most the data set's `DatasetInfo.published_writers`: round(fraction x writers) never rises as the writers drop
+    (the product does not, in floats too, and round() is monotone: a half goes to its even neighbour, between the
+    values either side), so a fraction that holds none of that many holds none of fewer. Where no count is published
+    (Shakespeare's raw texts), nothing is said."""
+    if options.get("proxy_split") != PROXY_SPLITS[1]:
         return ""
     fraction = options["proxy_fraction"]
-    if proxy_writers_after(max_clients, fraction):
+    if (max_clients := options.get("max_clients")) is not None:
+        if proxy_writers_after(max_clients, fraction):
+            return ""
+        # round() gives 1 from fraction x max_clients / (1 - fraction) above 1/2, so from a fraction above
+        # 1 / (2 max_clients + 1)
+        least = _least_fraction(1 / (2 * max_clients + 1), lambda f: proxy_writers_after(max_clients, f))
+        return (f"the proxy split of {dataset} holds no writer (proxy_split: writers reads round(proxy_fraction x "
+                f"max_clients / (1 - proxy_fraction)) writers after the first max_clients as its proxy: 0 for "
+                f"proxy_fraction {fraction:g} and max_clients {max_clients}), so it is empty; set "
+                f"datasets.{dataset}.proxy_fraction to at least {least:g}, or set proxy_dataset / proxy_dir")
+    writers = dataset_info(dataset, options).published_writers
+    if writers is None or held_out_count(writers, fraction):
         return ""
-    # round() gives 1 from fraction x max_clients / (1 - fraction) above 1/2 (a half rounds to even, 0), so from a
-    # fraction above 1 / (2 max_clients + 1); where that bound has two significant digits, the next fraction up
-    least = _rounded_up(1 / (2 * max_clients + 1))
-    if not proxy_writers_after(max_clients, least):
-        least += 10 ** (math.floor(math.log10(least)) - 1)
-    return (f"the proxy split of {dataset} holds no writer (proxy_split: writers reads round(proxy_fraction x "
-            f"max_clients / (1 - proxy_fraction)) writers after the first max_clients as its proxy: 0 for "
-            f"proxy_fraction {fraction:g} and max_clients {max_clients}), so it is empty; set "
-            f"datasets.{dataset}.proxy_fraction to at least {least:g}, or set proxy_dataset / proxy_dir")
+    least = _least_fraction(1 / (2 * writers), lambda f: held_out_count(writers, f))  # round(f x writers) >= 1
+    return (f"the proxy split of {dataset} holds no writer (proxy_split: writers holds out round(proxy_fraction x "
+            f"writers) of the writers in its files, at most the {writers} its publishers count: 0 for proxy_fraction "
+            f"{fraction:g}), so it is empty; set datasets.{dataset}.proxy_fraction to at least {least:g} (more where "
+            f"its files hold fewer writers), or set proxy_dataset / proxy_dir")
 
 
 def proxy_split_problem(dataset: str, options: dict) -> str:
-    """Why `dataset`'s proxy split is too small to pretrain on ('' where it is not): a writers' split of a `max_clients`
-    read that holds no writer (`_no_proxy_writer`), fewer samples than classes (a split stratified by class cannot
-    hold every class; such a split fails as empty at the job's start, or pretrains on a handful of images), or for
-    samples without a class (`sequence_labels`) none."""
+    """Why `dataset`'s proxy split is too small to pretrain on ('' where it is not): a writers' split that holds no
+    writer (`_no_proxy_writer`), fewer samples than classes (a split cannot hold every class, and one stratified by
+    class fails as empty at the job's start, or pretrains on a handful of images), or for samples without a class
+    (`sequence_labels`) none."""
     if problem := _no_proxy_writer(dataset, options):
         return problem
     info = dataset_info(dataset, options)
@@ -263,13 +284,17 @@ def proxy_split_problem(dataset: str, options: dict) -> str:
     least = 1 if info.sequence_labels else info.num_classes
     if size >= least:
         return ""
+    writers = options.get("proxy_split") == PROXY_SPLITS[1]
     what = ("no sample" if info.sequence_labels else
-            f"fewer than its {least} classes, which a split stratified by class cannot all hold")
+            f"fewer than its {least} classes, which {'it' if writers else 'a split stratified by class'} cannot all "
+            f"hold")
     fix = "no proxy_fraction holds that many: set"
     if least < pool:  # the fraction of the pool that holds `least` samples
         fix = f"set datasets.{dataset}.proxy_fraction to at least {_rounded_up(least / pool):g}, or set"
-    bound = "at most " if info.writers else ""  # LEAF's: `DatasetInfo.train_samples` bounds what its files hold
-    return (f"the proxy split of {dataset} holds {bound}{size} samples (proxy_fraction {options['proxy_fraction']:g} "
+    # LEAF's: `DatasetInfo.train_samples` bounds what its files hold; whole writers hold about their share of the rows
+    bound = "at most " if info.writers else ""
+    about = "about " if writers else bound
+    return (f"the proxy split of {dataset} holds {about}{size} samples (proxy_fraction {options['proxy_fraction']:g} "
             f"of {bound}{pool} training samples), {what}; {fix} proxy_dataset / proxy_dir")
 
 

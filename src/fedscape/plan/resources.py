@@ -331,11 +331,9 @@ def memory_hint(rule: str, config: dict, wildcards: dict[str, str]) -> str:
 # most a fifth (CIFAR's 10,000 test images beside 50,000; ImageNet-200's 10,000 validation images beside 100,000).
 # LEAF's and TFF's data sets (`writers`) count their test samples in `train_samples` already.
 FIXED_TEST_SHARE = 0.2
-# The users in the files of the data sets that may read only their first `max_clients` (TFF's Stack Overflow: 342,477
-# train clients; LEAF's Reddit, Table 1: 1,660,820 users), and how many times its mean share of the samples a user
-# read may hold: users differ in size by orders of magnitude, and those with fewer than partition.min_size samples are
-# passed over, so the users read are the larger ones.
-MAX_CLIENTS_USERS: dict[str, int] = {"stackoverflow": 342_477, "reddit": 1_660_820}
+# How many times a user's mean samples (`DatasetInfo.train_samples` over its `published_writers`) a user that a
+# `max_clients` read reads may hold: users differ in size by orders of magnitude, and those with fewer than
+# partition.min_size samples are passed over, so the users read are the larger ones.
 MAX_CLIENTS_SKEW = 10
 _INT64 = 8
 
@@ -354,11 +352,11 @@ def data_bytes(dataset: str, options: dict) -> int:
     info = dataset_info(dataset, options)
     samples = float(info.train_samples)
     test = samples * FIXED_TEST_SHARE if info.fixed_test_split and not info.writers else 0.0
-    if options.get("max_clients") and dataset in MAX_CLIENTS_USERS:
+    if options.get("max_clients") and info.published_writers:
         read = int(options["max_clients"])
         if options.get("proxy_split") == PROXY_SPLITS[1]:  # its proxy: the writers the reader reads after max_clients
             read += proxy_writers_after(read, options["proxy_fraction"])
-        share = min(1.0, MAX_CLIENTS_SKEW * read / MAX_CLIENTS_USERS[dataset])
+        share = min(1.0, MAX_CLIENTS_SKEW * read / info.published_writers)
         samples, test = samples * share, test * share
     if info.inputs == "tokens":
         every = resolved_targets(dataset, options) == TARGETS[1]

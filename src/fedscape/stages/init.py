@@ -40,7 +40,7 @@ from fedscape.data.federated import federate
 from fedscape.data.imagenet32 import ImageNet32
 from fedscape.data.locations import without_data_locations
 from fedscape.data.partition import check_partition_file
-from fedscape.data.specs import INIT_LOCATION_BASELINES, dataset_info
+from fedscape.data.specs import INIT_LOCATION_BASELINES, PROXY_SPLITS, dataset_info
 from fedscape.fl.engine import run_federated
 from fedscape.fl.settings import MEMORY_KEYS
 from fedscape.fl.strategies.registry import make_strategy
@@ -186,6 +186,16 @@ def proxy_data(job: PretrainedInit, device: torch.device | str = "cpu") -> Proxy
         return ProxyData(y.to(device), ds.num_classes, f"dataset:{name}", x=x.to(device))
     ds = dataset_from_options(job.dataset, options)
     if len(ds.y_proxy) == 0:
+        if options.get("proxy_split") == PROXY_SPLITS[1]:
+            # proxy_fraction is above 0 (planning refuses a writers' split of 0) and holds a writer of a max_clients
+            # read and of the writers its publishers count, where they do (`fedscape.plan.init.proxy_split_problem`):
+            # the files hold fewer writers than planning could tell
+            raise ValueError(f"the proxy split of {job.dataset} is empty: proxy_split: writers holds out "
+                             f"round(proxy_fraction x writers) of the writers with training samples in its files (of "
+                             f"a max_clients read, those after the first max_clients where the files hold more), 0 at "
+                             f"proxy_fraction {options.get('proxy_fraction', 0):g}, as its files hold too few "
+                             f"writers; set a higher datasets.{job.dataset}.proxy_fraction, proxy_split: samples, or "
+                             f"a proxy_dataset / proxy_dir")
         raise ValueError(f"the proxy split of {job.dataset} is empty: set datasets.{job.dataset}."
                          "proxy_fraction > 0, or a proxy_dataset / proxy_dir")
     return ProxyData(ds.y_proxy.to(device), ds.num_classes, f"split:{job.dataset}", x=ds.x_proxy.to(device))

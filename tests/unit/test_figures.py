@@ -1766,3 +1766,144 @@ def test_the_default_configs_hessian_figures_keep_one_row_of_widened_panels(tmp_
     assert _grid(fig) == (2, n) and all(ax.get_visible() for ax in fig.axes)
     assert 3.2 * n < fig.get_figwidth() <= MAX_FIGURE_WIDTH_IN
     assert _overlapping_tick_labels(fig) == []
+
+
+def copy_at(table: pd.DataFrame, field: str, first, second) -> pd.DataFrame:
+    """`table` at `first` of `field` and a copy of it at `second`."""
+    return pd.concat([table.assign(**{field: first}), table.assign(**{field: second})], ignore_index=True)
+
+
+def fedavg_cost() -> pd.DataFrame:
+    """cost.csv of FedAvg at alpha 0.1 on one CPU."""
+    return pd.DataFrame([{
+        "dataset": "digits", "model": "cnn_small", "algorithm": "fedavg", "algorithm_name": "fedavg", "device": "cpu",
+        "device_name": "cpu", "num_runs": 3, "num_rounds": 30, "median_seconds_per_round": 1.5, "peak_mem_mb": 400.0,
+        "seconds_vs_fedavg": 1.0, "peak_mem_vs_fedavg": 1.0, "alpha": 0.1, "num_clients": 10, "participation": 1.0,
+        "local_epochs": 2, "batch_size": 16}])
+
+
+FIGURES_OF_RUN_GROUPS = {  # the table a figure draws and the drawing
+    "curves": (rounds_table, lambda table, path: curves_figure(table, "digits", "cnn_small", "accuracy", path)),
+    "cost": (fedavg_cost, lambda table, path: cost_figure(table, "digits", "cnn_small", path)),
+    "local-work": (ranking_final, lambda table, path: local_work_figure(table, "digits", "cnn_small", path, WORK)),
+}
+
+
+@pytest.mark.parametrize(("figure", "field", "values", "refused"), [
+    ("curves", "algorithm", ("fedavg", "FedAvg"), "the curves figure's panels: the run groups algorithm 'FedAvg' and "
+     "algorithm 'fedavg' have the same label ('FedAvg')"),
+    ("curves", "alpha", (0.1234567, 0.1234568), "the curves figure's legend: the run groups alpha 0.1234568 and alpha "
+     "0.1234567 have the same label ('α=0.123457')"),
+    ("cost", "algorithm", ("fedavg", "FedAvg"), "the cost figure's bars: the run groups algorithm 'FedAvg' and "
+     "algorithm 'fedavg' have the same labels ('FedAvg' / 'cpu')"),
+    ("cost", "alpha", (0.1234567, 0.1234568), "the cost figure's bars: the run groups alpha 0.1234567 and alpha "
+     "0.1234568 have the same labels ('FedAvg · α=0.123457' / 'cpu')"),
+    ("local-work", "alpha", (0.1234567, 0.1234568), "the local-work figure's panels: the run groups alpha 0.1234568 "
+     "and alpha 0.1234567 have the same label ('α=0.123457')"),
+    ("curves", "algorithm", ("fedavg", "fedprox"), None),
+    ("curves", "alpha", (0.12, 0.125), None),
+    ("cost", "algorithm", ("fedavg", "fedprox"), None),
+    ("cost", "alpha", (0.12, 0.125), None),
+    ("cost", "device_name", ("cpu", "NVIDIA H200"), None),  # one label on two devices: two bars side by side
+    ("local-work", "alpha", (0.12, 0.125), None),
+], ids=["curves-algorithm", "curves-alpha", "cost-algorithm", "cost-alpha", "local-work-alpha", "curves-algorithms",
+        "curves-alphas", "cost-algorithms", "cost-alphas", "cost-devices", "local-work-alphas"])
+def test_curves_cost_and_local_work_figures_refuse_run_groups_labelled_alike_naming_both(tmp_path, figure, field,
+                                                                                          values, refused):
+    # Prepare: the figure's table and a copy of it, labelled alike (`fedavg` and `FedAvg` both FedAvg, alphas both
+    # α=0.123457) or not
+    table, draw = FIGURES_OF_RUN_GROUPS[figure]
+    table = copy_at(table(), field, *values)
+
+    # Execute
+    if refused:
+        with pytest.raises(ValueError) as caught:
+            draw(table, tmp_path / "figure")
+    else:
+        data = assert_figure_files(draw(table, tmp_path / "figure"))
+
+    # Assert: refused before anything is drawn, or both drawn
+    if refused:
+        assert str(caught.value) == f"{refused}, so one would hide the other; rename one of them"
+        assert list(tmp_path.iterdir()) == []
+    else:
+        assert set(data[field]) >= set(values)
+
+
+def _client_stats_of(runs: list[str], tables: Path, outputs: dict) -> None:
+    """The client-statistics figure of `runs`, three rounds each, every round ok."""
+    from fedscape.analysis.client_stats.definitions import CLIENT_STATS_COLUMNS
+    from fedscape.analysis.client_stats.figures import client_stats_figure_job
+
+    rows = pd.DataFrame([{"run_id": rid, "round": r, "drift_from_start": 1.0 + r, "drift_from_aggregate": 0.5 + r,
+                          "gradient_diversity": 1.0, "update_cosine_mean": 0.5, "l2_to_final": 3.0 - r}
+                         for rid in runs for r in range(1, 4)], columns=CLIENT_STATS_COLUMNS)
+    rows.to_csv(tables / "client_stats.csv", index=False)
+    rows[["run_id", "round"]].assign(status="ok").to_csv(tables / "rounds.csv", index=False)
+    client_stats_figure_job(tables / "client_stats.csv", tables / "rounds.csv", outputs)
+
+
+def _hessian_of(runs: list[str], tables: Path, outputs: dict) -> None:
+    """The Hessian figure per algorithm of `runs` at round 5."""
+    from fedscape.analysis.hessian.figures import lambda_trace_figure
+
+    _hessian_rows([(rid, 5) for rid in runs]).to_csv(tables / "hessian.csv", index=False)
+    lambda_trace_figure(tables / "hessian.csv", outputs, "algorithm")
+
+
+def _density_of(runs: list[str], tables: Path, outputs: dict) -> None:
+    """The Hessian density figure of `runs` at round 5, two SLQ probes each."""
+    from fedscape.analysis.hessian.definitions import AGGREGATE, DENSITY_COLUMNS
+    from fedscape.analysis.hessian.figures import hessian_density_figure_job
+
+    rows = [(rid, 5, AGGREGATE, probe, node, weight) for rid in runs for probe in (0, 1)
+            for node, weight in ((-1.0, 0.25), (2.0, 0.5), (8.0, 0.25))]
+    pd.DataFrame(rows, columns=DENSITY_COLUMNS).to_csv(tables / "density.csv", index=False)
+    hessian_density_figure_job([tables / "density.csv"], outputs, grid_points=50)
+
+
+@pytest.mark.parametrize(("draw", "field", "values", "refused"), [
+    (_client_stats_of, "algorithm", ("fedavg", "FedAvg"), "the client-statistics figure's rows: the run groups "
+     "algorithm 'FedAvg' and algorithm 'fedavg' have the same label ('digits · cnn_small · FedAvg')"),
+    (_client_stats_of, "alpha", ("0.1234567", "0.1234568"), "the client-statistics figure's legend: the run groups "
+     "alpha '0.1234568' and alpha '0.1234567' have the same label ('α=0.123457')"),
+    (_hessian_of, "algorithm", ("fedavg", "FedAvg"), "the categories of the Hessian figure per algorithm: the run "
+     "groups algorithm 'FedAvg' and algorithm 'fedavg' have the same labels ('digits/cnn_small' / 'FedAvg')"),
+    (_hessian_of, "alpha", ("0.1234567", "0.1234568"), "the legend of the Hessian figure per algorithm: the run groups "
+     "alpha '0.1234568' and alpha '0.1234567' have the same label ('α=0.123457')"),
+    (_density_of, "algorithm", ("fedavg", "FedAvg"), "the Hessian density figure's panels: the run groups algorithm "
+     "'FedAvg' and algorithm 'fedavg' have the same label ('FedAvg · seed 0')"),
+    (_density_of, "alpha", ("0.1234567", "0.1234568"), "the Hessian density figure's panels: the run groups alpha "
+     "'0.1234567' and alpha '0.1234568' have the same label ('α=0.123457 · seed 0')"),
+    (_client_stats_of, "algorithm", ("fedavg", "fedprox"), None),
+    (_client_stats_of, "alpha", ("0.12", "0.125"), None),
+    (_hessian_of, "algorithm", ("fedavg", "fedprox"), None),
+    (_hessian_of, "alpha", ("0.12", "0.125"), None),
+    (_density_of, "algorithm", ("fedavg", "fedprox"), None),
+    (_density_of, "alpha", ("0.12", "0.125"), None),
+], ids=["client-stats-algorithm", "client-stats-alpha", "hessian-algorithm", "hessian-alpha", "density-algorithm",
+        "density-alpha", "client-stats-algorithms", "client-stats-alphas", "hessian-algorithms", "hessian-alphas",
+        "density-algorithms", "density-alphas"])
+def test_analysis_figures_refuse_runs_labelled_alike_naming_both(tmp_path, draw, field, values, refused):
+    # Prepare: seeds 0 and 1 of FedAvg at alpha 0.1 and of a copy at each of `values` of `field`, labelled alike or not
+    runs = [run_id(**{"alpha": "0.1", "seed": seed, "algorithm": "fedavg", field: value})
+            for value in values for seed in (0, 1)]
+    out = tmp_path / "figure"
+    out.mkdir()
+    outputs = {ext: out / f"figure.{ext}" for ext in ("png", "pdf", "csv")}
+
+    # Execute
+    if refused:
+        with pytest.raises(ValueError) as caught:
+            draw(runs, tmp_path, outputs)
+    else:
+        draw(runs, tmp_path, outputs)
+
+    # Assert: refused before anything is drawn, or every run drawn
+    if refused:
+        assert str(caught.value) == f"{refused}, so one would hide the other; rename one of them"
+        assert list(out.iterdir()) == []
+    else:
+        data = assert_figure_files(outputs)
+        drawn = data["run_id"].map(lambda rid: parse_run_id(rid)[field]) if "run_id" in data else data[field]
+        assert set(drawn.astype(str)) == set(values)

@@ -16,7 +16,7 @@ from fedscape.analysis.client_stats.definitions import (
 from fedscape.core.runs import parse_run_id
 from fedscape.core.setting import setting_order_key
 from fedscape.fl.settings import clients_per_round
-from fedscape.outputs.labels import label_run
+from fedscape.outputs.labels import label_run, refuse_alike
 from fedscape.outputs.stats import did_not_diverge
 from fedscape.outputs.style import RunStyle, empty_figure, legend_key, pyplot, save_figure_outputs, varying_keys
 from fedscape.outputs.tables import read_table
@@ -82,7 +82,8 @@ def client_stats_figure_job(table: str | Path, rounds: str | Path, outputs: dict
     had not diverged by the round (`rounds`: rounds.csv says which diverged where; a diverged run counts up to its
     last ok evaluation, `before_divergence`; `seed_statistics`; the CSV's `definitions.SEED_COUNT_COLUMNS` say how
     many). A drift from the aggregate below ROUNDING_RTOL of the drift from the start is drawn as 0; a panel of such
-    values alone is drawn on a fixed range and says so (the CSV keeps the measured values).
+    values alone is drawn on a fixed range and says so (the CSV keeps the measured values). Two rows of panels or two
+    lines labelled alike are refused before anything is drawn.
     """
     df = read_table(table, CLIENT_STATS_COLUMNS)
     df = before_divergence(df, read_table(rounds, ["run_id", "round", "status"]), where=str(table))
@@ -98,12 +99,17 @@ def client_stats_figure_job(table: str | Path, rounds: str | Path, outputs: dict
     groups = list(df.groupby(group_keys, sort=True))
     style = RunStyle(df)
     line_keys = ["alpha", *(["init"] if df["init"].nunique() > 1 else [])]
+    row_fields = [dict(zip(group_keys, key, strict=True)) for key, _ in groups]
+    refuse_alike(((fields, label_run(fields, shown)) for fields in row_fields), "the client-statistics figure's rows")
+    line_fields = sorted(({"alpha": alpha, "init": init} for alpha, init in
+                          df[["alpha", "init"]].drop_duplicates().itertuples(index=False)), key=legend_key)
+    refuse_alike(((fields, label_run(fields, line_keys)) for fields in line_fields),
+                 "the client-statistics figure's legend")
     plt = pyplot()
     fig, axes = plt.subplots(len(groups), len(stats), figsize=(15, 0.6 + 2.4 * len(groups)), squeeze=False,
                              sharex=True, layout="constrained")
     legend, plotted = {}, []
-    for g, (key, sub) in enumerate(groups):
-        fields = dict(zip(group_keys, key, strict=True))
+    for g, ((_, sub), fields) in enumerate(zip(groups, row_fields, strict=True)):
         mean = seed_statistics(sub).assign(**fields)
         plotted.append(mean[CLIENT_STATS_FIGURE_COLUMNS])
         lines = sorted(mean.groupby(["alpha", "init"]), key=lambda item: (setting_order_key(item[0][0]),

@@ -13,7 +13,7 @@ import pandas as pd
 from fedscape.analysis.hessian.definitions import AGGREGATE, DENSITY_COLUMNS, TRACE_ESTIMATORS
 from fedscape.core.runs import RUN_FIELDS, parse_run_id
 from fedscape.core.setting import format_setting, setting_label
-from fedscape.outputs.labels import LABEL_SEP, format_field, label_run
+from fedscape.outputs.labels import LABEL_SEP, format_field, label_run, refuse_alike
 from fedscape.outputs.style import (
     MAX_FIGURE_WIDTH_IN,
     PALETTE,
@@ -89,7 +89,9 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str, trace_estimat
     FedAlign Table 1 (per algorithm) and the Meta poster's top eigenvalue at init (per init). Panels wrap into
     rows to fit a screen (`wrap_to_fit`); a panel whose categories alone are wider (32 run groups of long labels:
     40 inches) is split into pieces of consecutive categories, titled k/n, each metric's pieces on one y scale: at
-    most as many categories a piece as let the figure fit, the most that do, and panels of no more stay whole.
+    most as many categories a piece as let the figure fit, the most that do, and panels of no more stay whole. Two run
+    groups of a place or two partitions labelled alike (a category or a legend entry for both) are refused before
+    anything is drawn.
     """
     if by not in ("algorithm", "init"):
         raise ValueError(f"by must be 'algorithm' or 'init', got {by!r}")
@@ -103,11 +105,16 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str, trace_estimat
     ], ignore_index=True)
     long["setting"] = long["dataset"] + "/" + long["model"]
     long["group"] = run_groups(long, by)
+    shown = long.drop_duplicates(["setting", "group", *_GROUP_FIELDS]).sort_values(["setting", "group", by])
+    refuse_alike(((row[list(_GROUP_FIELDS)].to_dict(), (row["setting"], row["group"])) for _, row in shown.iterrows()),
+                 f"the categories of the Hessian figure per {by}")
     data_cols = ["metric", "setting", "round", by, "group", "alpha", "seed", "run_id", "value", "stderr"]
     data = long[data_cols].sort_values(data_cols[:7]).reset_index(drop=True)
 
     metrics = ["lambda_max", "trace"]
     alphas = setting_order(long["alpha"].astype(str).unique())
+    refuse_alike((({"alpha": alpha}, setting_label(alpha)) for alpha in alphas),
+                 f"the legend of the Hessian figure per {by}")
     colors = setting_colors(alphas)
     places = sorted({(s, int(r)) for s, r in zip(long["setting"], long["round"], strict=True)})
 
@@ -192,7 +199,8 @@ def hessian_by_init_figure_job(table: str | Path, outputs: dict, trace_estimator
 
 def hessian_density_figure_job(inputs: list[str | Path], outputs: dict, grid_points: int = 1000) -> None:
     """Spectral density of the aggregate-data Hessian by SLQ (Ghorbani et al. 2019): one panel per run, one line
-    per round, Gaussian-smoothed as in PyHessian, log scale."""
+    per round, Gaussian-smoothed as in PyHessian, log scale. Two runs labelled alike (one title for both panels) are
+    refused before anything is drawn."""
     # a diverged run's job has no density rows
     frames = [f for f in (read_table(p, DENSITY_COLUMNS) for p in inputs) if len(f)]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DENSITY_COLUMNS)
@@ -216,8 +224,10 @@ def hessian_density_figure_job(inputs: list[str | Path], outputs: dict, grid_poi
     data = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(
         columns=["run_id", "round", "eigenvalue", "density"])
 
-    plt = pyplot()
     varying = [f for f in RUN_FIELDS if len({parse_run_id(r)[f] for r in runs}) > 1] or ["algorithm"]
+    titles = [label_run(parse_run_id(run_id), varying) for run_id in runs]
+    refuse_alike(zip(map(parse_run_id, runs), titles, strict=True), "the Hessian density figure's panels")
+    plt = pyplot()
     round_colors = {r: PALETTE[i % len(PALETTE)] for i, r in enumerate(sorted(data["round"].unique()))}
     ncols = min(3, max(1, len(runs)))
     nrows = max(1, math.ceil(len(runs) / ncols))
@@ -226,13 +236,13 @@ def hessian_density_figure_job(inputs: list[str | Path], outputs: dict, grid_poi
         ax.axis("off")
     if not runs:
         axes[0, 0].text(0.5, 0.5, "no spectral densities (density disabled or no Hessian job)", ha="center")
-    for ax, run_id in zip(axes.flat, runs, strict=False):
+    for ax, run_id, title in zip(axes.flat, runs, titles, strict=False):
         for round_, sub in data[data["run_id"] == run_id].groupby("round"):
             ax.semilogy(sub["eigenvalue"], np.maximum(sub["density"], 1e-12), label=f"round {round_}", lw=1,
                         color=round_colors[round_])
         ax.set_ylim(bottom=1e-6)
         bounded_log_ticks(ax.yaxis)  # ~8 decades: no comb of 70 minor ticks per panel
-        ax.set_title(label_run(parse_run_id(run_id), varying))
+        ax.set_title(title)
         ax.set_xlabel("eigenvalue")
         ax.set_ylabel("density (SLQ)")
         ax.legend()

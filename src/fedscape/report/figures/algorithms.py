@@ -196,7 +196,8 @@ def local_work_figure(final: pd.DataFrame, dataset: str, model: str, base_path: 
     """Final accuracy (mean, 95% interval over seeds) against local epochs per round, and against local steps
     per round for the labels that count their work in steps (labels whose work differs between clients are
     left out): colour = algorithm, line style = init, one line per algorithm and `variant` (labels that differ in
-    their local work alone); one panel per unit and setting (alpha, clients, participation)."""
+    their local work alone); one panel per unit and setting (alpha, clients, participation). Two settings labelled
+    alike are refused before anything is drawn."""
     df = select_model(final, dataset, model)
     table = local_work_table(df, work, column) if not df.empty else pd.DataFrame(columns=LOCAL_WORK_COLUMNS)
     table = table[table["local_epochs"].notna() | table["local_steps"].notna()]
@@ -210,9 +211,12 @@ def local_work_figure(final: pd.DataFrame, dataset: str, model: str, base_path: 
     variants = {name: sorted(sub["variant"].astype(str).unique()) for name, sub in table.groupby("algorithm_name")}
     style = RunStyle(df)
     shown = varying_keys(table, ["num_clients", "participation"])
+    settings = [dict(zip(("alpha", "num_clients", "participation"), setting, strict=True)) for _, setting, _ in panels]
+    titles = [label_run(setting, ["alpha", *shown]) for setting in settings]
+    refuse_alike(zip(settings, titles, strict=True), "the local-work figure's panels")
     fig, axes = facet_grid(len(panels), ncols=3, size=(3.4, 2.6), sharey=True, sharex=False)
     legend = {}
-    for (unit, (alpha, clients, part), sub), (ax,) in zip(panels, axes, strict=True):
+    for (unit, _, sub), title, (ax,) in zip(panels, titles, axes, strict=True):
         for (name, variant, init), line in sub.groupby(["algorithm_name", "variant", "init"], sort=True):
             line = line.sort_values(unit, kind="stable")
             color = colors[str(name)]
@@ -232,8 +236,7 @@ def local_work_figure(final: pd.DataFrame, dataset: str, model: str, base_path: 
             ax.minorticks_off()
         ax.set_xlabel(f"{unit.replace('_', ' ')} per round")
         ax.set_ylabel("final test accuracy" if column == "test_acc" else column)
-        setting = {"alpha": alpha, "num_clients": clients, "participation": part}
-        ax.set_title(label_run(setting, ["alpha", *shown]) + ("" if len(amounts) > 1 else "\n(one local work setting)"))
+        ax.set_title(title + ("" if len(amounts) > 1 else "\n(one local work setting)"))
     fig.suptitle(f"{dataset} / {model}: final accuracy against local work ({local_work_seeds(table)})")
     fig.legend(legend.values(), legend.keys(), loc="outside right center")
     return save_figure(fig, base_path, table)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from fedscape.fl.hparams.registry import display_name
-from fedscape.outputs.labels import LABEL_SEP, label_run
+from fedscape.outputs.labels import LABEL_SEP, label_run, refuse_alike
 from fedscape.outputs.style import (
     PALETTE,
     empty_figure,
@@ -41,7 +41,8 @@ def _cost_label(row: pd.Series, varying: list[str]) -> str:
 
 def cost_figure(cost: pd.DataFrame, dataset: str, model: str, base_path: str | Path) -> dict:
     """Median wall-clock seconds per round and peak memory per algorithm label and setting (FedAlign
-    Table 5), annotated with the ratio to FedAvg in the same setting; one bar colour per device."""
+    Table 5), annotated with the ratio to FedAvg in the same setting; one bar colour per device. Two bars labelled
+    alike on one device (one would hide the other) are refused before anything is drawn."""
     df = select_model(cost, dataset, model)
     if df.empty:
         return save_figure(empty_figure(f"no runs of {dataset} / {model} in cost.csv"), base_path,
@@ -53,6 +54,9 @@ def cost_figure(cost: pd.DataFrame, dataset: str, model: str, base_path: str | P
                                 "precision"])
     df = df.assign(_label=[_cost_label(row, varying) for _, row in df.iterrows()])
     df = df.sort_values(["algorithm", *varying, "device"], kind="stable")
+    shown = ["algorithm", *varying]
+    refuse_alike(((row[shown].to_dict(), (row["_label"], str(row["device_name"]))) for _, row in df.iterrows()),
+                 "the cost figure's bars")
     labels = list(dict.fromkeys(df["_label"]))
     devices = list(dict.fromkeys(df["device_name"].astype(str)))
     plt = pyplot()

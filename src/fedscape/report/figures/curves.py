@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from fedscape.core.setting import setting_order_key
-from fedscape.outputs.labels import label_run
+from fedscape.outputs.labels import label_run, refuse_alike
 from fedscape.outputs.stats import did_not_diverge, t_interval
 from fedscape.outputs.style import (
     RunStyle,
@@ -60,7 +60,8 @@ def curve_statistics(rounds: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def curves_figure(rounds: pd.DataFrame, dataset: str, model: str, metric: str, base_path: str | Path) -> dict:
     """Train (top) and test (bottom) accuracy or loss of the global model over rounds; one panel per
-    algorithm (x clients x participation), colour = alpha, line style = init; band = 95% interval over seeds."""
+    algorithm (x clients x participation), colour = alpha, line style = init; band = 95% interval over seeds. Two
+    panels or two lines labelled alike are refused before anything is drawn."""
     if metric not in CURVE_METRICS:
         raise ValueError(f"unknown metric {metric!r}; valid: {', '.join(CURVE_METRICS)}")
     df = select_model(rounds, dataset, model)
@@ -70,9 +71,13 @@ def curves_figure(rounds: pd.DataFrame, dataset: str, model: str, metric: str, b
     stats = curve_statistics(df, metric)
     style = RunStyle(df)
     facets = facets_of(df)
+    titles = [facet_title(facet, df) for facet in facets]
+    keys = ["alpha"] + (["init"] if df["init"].nunique() > 1 else [])
+    refuse_alike(zip(facets, titles, strict=True), "the curves figure's panels")
+    refuse_alike(((fields, label_run(fields, keys)) for fields, _ in _line_groups(stats)), "the curves figure's legend")
     fig, axes = facet_grid(len(facets), ncols=4, rows_per_facet=2, sharey="row")
     legend = {}
-    for facet, (ax_train, ax_test) in zip(facets, axes, strict=True):
+    for facet, title, (ax_train, ax_test) in zip(facets, titles, axes, strict=True):
         sub = in_facet(stats, facet)
         for fields, group in _line_groups(sub):
             kw = {"color": style.color(fields["alpha"]), "linestyle": style.linestyle(fields["init"])}
@@ -88,9 +93,8 @@ def curves_figure(rounds: pd.DataFrame, dataset: str, model: str, metric: str, b
                         lo = lo.clip(lower=0.0)
                     ax.fill_between(band["round"], lo, hi, color=kw["color"],
                                     alpha=0.2, lw=0)
-            keys = ["alpha"] + (["init"] if df["init"].nunique() > 1 else [])
             legend.setdefault(label_run(fields, keys), (legend_key(fields), handle))
-        ax_train.set_title(facet_title(facet, df))
+        ax_train.set_title(title)
         ax_test.set_xlabel("round")
         ax_test.tick_params(labelbottom=True)  # wrapped facets: every panel pair keeps its round axis
     ylabel = "accuracy" if metric == "accuracy" else "cross-entropy loss"

@@ -803,11 +803,11 @@ def test_narrow_cnn_small_equals_the_full_network_with_pruned_channels_zeroed():
     model = model_of("cnn_small").eval()
     pruned = copy.deepcopy(model)
     width = 0.5
-    with torch.no_grad():
-        for conv in (pruned.features[0], pruned.features[2], pruned.last_block[0]):
-            k = slim_channels(conv.out_channels, width)
-            conv.weight[k:] = 0
-            conv.bias[k:] = 0
+    with torch.no_grad():  # every hidden layer's outputs past its width, the hidden fc layer's too (GradAug)
+        for layer in (pruned.features[0], pruned.features[2], pruned.last_block[0], pruned.fc):
+            k = slim_channels(layer.weight.shape[0], width)
+            layer.weight[k:] = 0
+            layer.bias[k:] = 0
     x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
 
     with torch.no_grad():
@@ -1301,3 +1301,57 @@ def test_the_cost_table_refuses_the_meta_json_of_another_run(tmp_path):
     assert len(cost_table(jobs)) == 1
     with pytest.raises(ValueError, match=r"m1.json is the meta.json of run r1, not of r0"):
         cost_table(swapped)
+
+
+@pytest.mark.parametrize("options", [{}, {"norm": "batch"}])
+@pytest.mark.parametrize(("width", "changed_from", "read"), [
+    (0.25, 16, False), (0.5, 32, False), (0.8, 48, False),  # slim_channels(64, width): the rows it keeps
+    (0.5, 16, True), (1.0, 32, True),  # rows the width keeps, the full network's
+])
+def test_a_cnn_small_sub_network_slices_its_hidden_fc_layer(options, width, changed_from, read):
+    # Prepare: the hidden fc layer's outputs from `changed_from` on (its weight and bias rows, the classifier's
+    # columns that read them) changed in a copy; GradAug slices every hidden layer (Yang et al. 2020), fc's 64 outputs
+    # included
+    model = model_of("cnn_small", **options).train()
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed.fc.weight[changed_from:] += 1.0
+        changed.fc.bias[changed_from:] += 1.0
+        changed.classifier.weight[:, changed_from:] += 1.0
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    # Execute
+    with torch.no_grad():
+        logits, changed_logits = model.forward_width(x, width), changed.forward_width(x, width)
+
+    # Assert: the sub-network at `width` reads the fc outputs it keeps alone
+    assert torch.equal(logits, changed_logits) is not read
+
+
+@pytest.mark.parametrize(("name", "options", "width", "term"), [
+    ("cnn_small", {}, 0.9, False), ("cnn_small", {"norm": "batch"}, 0.9, False),  # slim_channels(32, 0.9) = 32
+    ("resnet20", {}, 0.95, False),  # its last stage's 32 and 64 channels kept
+    ("cnn_small", {"norm": "batch"}, 0.5, True), ("resnet20", {}, 0.8, True),  # sliced: the term applies
+])
+def test_sequential_fedalign_has_no_term_where_the_width_keeps_the_whole_last_block(monkeypatch, name, options, width,
+                                                                                    term):
+    # Prepare: the sub-block's output a rounding off the block's, as a GPU's kernels for batch statistics without
+    # running ones may give it; CE / L_lip would magnify that into a whole mu * CE term
+    model = model_of(name, **options).train()
+    reference = copy.deepcopy(model)
+    sliced = model.last_block_width
+    monkeypatch.setattr(model, "last_block_width", lambda h, w: (lambda s: (s[0], s[1] * (1 + 1e-6)))(sliced(h, w)))
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(8)
+    align = make_strategy("fedalign", {"width": width, "mu": 0.5})
+    ce = F.cross_entropy(reference.forward_last_block(x)[2], y)
+    ce.backward()
+
+    # Execute
+    value = align.local_backward(model, x, y, ClientContext(1, 0, torch.zeros(1), x, y, torch.Generator()))
+
+    # Assert: where the width keeps every channel the loss and the gradients are CE's alone, as in the vectorised
+    # step; a sliced block adds mu * CE
+    assert value.item() == pytest.approx(ce.item() * (1.5 if term else 1), rel=1e-5)
+    same = [torch.equal(p.grad, q.grad) for p, q in zip(model.parameters(), reference.parameters(), strict=True)]
+    assert all(same) is not term

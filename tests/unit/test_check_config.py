@@ -89,7 +89,7 @@ def _set(path: str, value):
 
 
 NO_BN = "changes nothing: cnn_small has no batch norm, so there are no batch-norm statistics to recompute or keep"
-SWA = {"start_round": 20, "bn_stats": "stored"}
+SWA = {"start_round": 21, "bn_stats": "stored"}  # one whole cycle of 10 in the 30 rounds: no partial-cycle line
 
 
 @pytest.mark.parametrize(("changes", "warning"), [
@@ -104,8 +104,8 @@ SWA = {"start_round": 20, "bn_stats": "stored"}
     ([_set("layer_barriers/bn_stats", "stored")], f"layer_barriers.bn_stats: stored {NO_BN}"),
     ([_set("training/swa", SWA)], f"training.swa.bn_stats: stored {NO_BN}"),
     ([_set("algorithms/fedprox/training", {"swa": SWA})], f"algorithms.fedprox.training.swa.bn_stats: stored {NO_BN}"),
-    ([_set("interpolation/bn_stats", "recomputed"), _set("training/swa", {"start_round": 20})], None),  # defaults
-    ([_set("algorithms/fedprox/training", {"swa": {"start_round": 20}})], None),
+    ([_set("interpolation/bn_stats", "recomputed"), _set("training/swa", {"start_round": 21})], None),  # defaults
+    ([_set("algorithms/fedprox/training", {"swa": {"start_round": 21}})], None),
     # ... and with batch norm, where they take effect
     ([_set("model_options", {"cnn_small": {"norm": "batch"}}), _set("landscapes/global_0.1/bn_stats", "recomputed"),
       _set("interpolation/bn_stats", "stored"), _set("training/swa", SWA)], None),

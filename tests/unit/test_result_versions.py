@@ -307,3 +307,16 @@ def test_gradaug_s_bump_spares_the_models_it_never_stacks():
                            "algorithms": {"a": {"name": "gradaug", "min_width": 0.2}}}, SCHEMA)
 
     assert train.train_settings(config, build_runs(config)[0]).get(RESULT_VERSION) is None
+
+
+@pytest.mark.parametrize(("model", "algorithm", "hparams", "version"), [
+    ("cnn_small", "gradaug", {}, 2), ("cnn_small", "gradaug", {"min_width": 0.2}, 2),
+    ("resnet20", "gradaug", {}, None), ("cnn_small", "fedalign", {}, None), ("cnn_small", "fedavg", {}, None),
+])
+def test_only_gradaug_s_runs_on_cnn_small_carry_the_bump_of_its_sliced_fc_layer(model, algorithm, hparams, version):
+    # cnn_small's GradAug sub-networks slice its hidden fc layer's outputs (models.feedforward.SmallCNN): those runs
+    # alone rerun; FedAlign slims the last block only, which ends before fc
+    config = check_config({"models": [model], "experiments": [{"alpha": "iid", "algorithm": "a"}],
+                           "algorithms": {"a": {"name": algorithm, **hparams}}}, SCHEMA)
+
+    assert train.train_settings(config, build_runs(config)[0]).get(RESULT_VERSION) == version

@@ -20,7 +20,15 @@ from fedscape.core.runs import build_runs
 from fedscape.fl.engine import make_trainer, run_federated
 from fedscape.fl.settings import CODE_VERSION, ROUNDS_COLUMNS, TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
-from fedscape.fl.swa import SWA_BN_COLUMN, SWA_METRICS, SWAConfig, SWAModel, check_swa, swa_config
+from fedscape.fl.swa import (
+    SWA_BN_COLUMN,
+    SWA_METRICS,
+    SWAConfig,
+    SWAModel,
+    check_swa,
+    partial_cycle_warning,
+    swa_config,
+)
 from fedscape.models.checkpoint import load_trajectory
 from fedscape.models.params import FlatParams, flatten_params
 from fedscape.outputs.tables import concat_tables
@@ -423,3 +431,53 @@ def test_a_swa_phase_after_the_last_round_is_warned_about(where, swa, expected):
     # Assert: one line per algorithm whose runs end before its phase, naming where the swa was set
     assert [line.split(", so")[0] for line in lines] == expected
     assert all("set `swa: null`" in line for line in lines)
+
+
+@pytest.mark.parametrize(("swa", "rounds", "unaveraged", "cycle_ends"), [
+    (SWAConfig(cycle=10), 100, range(96, 101), "rounds 80 or 117"),  # the default start, 76: 25 rounds
+    (SWAConfig(start_round=86, cycle=10), 100, range(96, 101), "rounds 95 or 105"),
+    (SWAConfig(start_round=11, cycle=2), 21, range(21, 22), "rounds 20 or 22"),
+    (SWAConfig(start_round=81, cycle=10), 100, range(0), None),  # two whole cycles
+    (SWAConfig(start_round=91, cycle=10), 100, range(0), None),
+    (SWAConfig(cycle=1), 100, range(0), None),  # every round a cycle end
+    (SWAConfig(start_round=101, cycle=10), 100, range(0), None),  # no phase: the plain run
+])
+def test_a_swa_phase_ending_within_a_cycle_names_the_rounds_it_never_averages(swa, rounds, unaveraged, cycle_ends):
+    # Execute
+    line = partial_cycle_warning(swa, rounds)
+
+    # Assert: the rounds after the last cycle end train but are never averaged (the authors' code averages at cycle
+    # ends only), and the round counts below and above that end the phase on a cycle end are named
+    assert swa.unaveraged_rounds(rounds) == unaveraged
+    if cycle_ends is None:
+        assert line is None
+    else:
+        named = f"round {unaveraged[0]}" if len(unaveraged) == 1 else f"rounds {unaveraged[0]}-{unaveraged[-1]}"
+        assert f"{named} train after its last cycle end (round {unaveraged[0] - 1})" in line
+        assert f"{cycle_ends} would end it on a cycle end" in line
+        assert all(not swa.unaveraged_rounds(int(n)) for n in re.findall(r"\d+", cycle_ends))
+
+
+@pytest.mark.parametrize(("where", "swa", "expected"), [
+    ("algorithm", {"cycle": 10}, ["algorithms.fedavg_swa.training.swa: in the runs of fedavg_swa, its phase from "
+                                  "round 76 ends within a cycle of 10 rounds: rounds 96-100 train after its last cycle "
+                                  "end (round 95)"]),
+    ("training", {"start_round": 86, "cycle": 10}, ["training.swa: in the runs of fedavg, its phase from round 86 ends "
+                                                    "within a cycle of 10 rounds: rounds 96-100 train after its last "
+                                                    "cycle end (round 95)"]),
+    ("algorithm", {"start_round": 81, "cycle": 10}, []),  # ends on a cycle end
+    ("training", {"cycle": 1}, []),
+])
+def test_a_swa_phase_ending_within_a_cycle_is_warned_about(where, swa, expected):
+    # Prepare: a valid config of 100 rounds whose SWA (an algorithm's or the training section's) may end in a cycle
+    config = _swa_config(swa if where == "algorithm" else None)
+    config["training"]["rounds"] = 100
+    if where == "training":
+        config["training"]["swa"] = swa
+    check_config(config, SCHEMA)
+
+    # Execute
+    lines = [line for line in config_warnings(config, build_runs(config)) if line.split(":")[0].endswith(".swa")]
+
+    # Assert: one line per algorithm whose runs end within a cycle, naming where the swa was set
+    assert [line.split(" and the SWA model")[0] for line in lines] == expected

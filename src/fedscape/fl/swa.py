@@ -6,7 +6,8 @@ From `start_round` on, the learning rate follows a cycle of `cycle` rounds: in t
 lr_max is the learning rate in force and lr_min = `lr_ratio` * lr_max. After the last round of each
 cycle (j = c, the lowest rate) the SWA model is updated as the running mean of the global models
 collected so far: w_swa <- (n w_swa + w) / (n + 1), n <- n + 1. With c = 1 the rate is lr_min in
-every round and every global model from `start_round` on is averaged.
+every round and every global model from `start_round` on is averaged. A phase that is no whole number of cycles
+trains its last rounds without averaging them (`SWAConfig.unaveraged_rounds`; the planner warns).
 
 The schedule applies to the clients' learning rate by default, as in the authors' code (the server
 sets the clients' lr each round, `update_clients_lr`), or to the server optimiser's lr
@@ -98,6 +99,25 @@ class SWAConfig:
         t = j / self.cycle
         return (1 - t) + t * self.lr_ratio
 
+    def unaveraged_rounds(self, rounds: int) -> range:
+        """The last rounds of a run of `rounds` rounds after its last cycle end, where the phase does not end on one:
+        trained, but never averaged, so the SWA model (the run's final one) is that of the last cycle end, as in the
+        authors' code, which averages at cycle ends only. Empty where the phase ends on a cycle end or never starts."""
+        if self.idle(rounds):
+            return range(0)
+        return range(rounds - (rounds - self.start(rounds) + 1) % self.cycle + 1, rounds + 1)
+
+    def cycle_end_rounds(self, rounds: int) -> tuple[int | None, int]:
+        """The nearest round counts below and above `rounds` whose SWA phase ends on a cycle end, each with the start
+        it resolves (the default start moves with the rounds); None below where no shorter run completes a cycle.
+        The phase grows by one round a round (by one in four with the default start, which moves with three in four),
+        so the one above is at most 4 cycles and 4 rounds away."""
+        def ends(n: int) -> bool:
+            return not self.idle(n) and not self.unaveraged_rounds(n) and n - self.start(n) + 1 >= self.cycle
+
+        below = next((n for n in range(rounds - 1, 0, -1) if ends(n)), None)
+        return below, next(n for n in range(rounds + 1, rounds + 4 * self.cycle + 5) if ends(n))
+
     def averages_after(self, round_: int, rounds: int) -> bool:
         """Whether the SWA model takes the global model of `round_` (the last round of a cycle)."""
         return self.position(round_, rounds) == self.cycle
@@ -159,6 +179,21 @@ def check_swa(cfg: SWAConfig, rounds: int) -> None:
         raise ValueError(f"swa: the SWA phase starts at round {start} but its first cycle of {cfg.cycle} rounds ends "
                          f"at round {start + cfg.cycle - 1}, after the last round ({rounds}): no SWA model would be "
                          "formed; lower swa.cycle or swa.start_round (or start after the last round to turn it off)")
+
+
+def partial_cycle_warning(cfg: SWAConfig, rounds: int) -> str | None:
+    """A line on a SWA phase of a run of `rounds` rounds that ends within a cycle (`SWAConfig.unaveraged_rounds`),
+    naming the rounds it never averages and the round counts that end on a cycle end; None where it does not."""
+    left = cfg.unaveraged_rounds(rounds)
+    if not left:
+        return None
+    below, above = cfg.cycle_end_rounds(rounds)
+    unaveraged = f"round {left[0]}" if len(left) == 1 else f"rounds {left[0]}-{left[-1]}"
+    moved = " (the default start_round moving with them)" if cfg.start_round is None else ""
+    return (f"its phase from round {cfg.start(rounds)} ends within a cycle of {cfg.cycle} rounds: {unaveraged} "
+            f"train after its last cycle end (round {left[0] - 1}) and the SWA model, the final one, never averages "
+            f"them; rounds {' or '.join(str(n) for n in (below, above) if n is not None)} would end it on a cycle "
+            f"end{moved}")
 
 
 class SWAModel:

@@ -146,10 +146,14 @@ class SmallCNN(ImageClassifier):
         h = F.relu(stacked_linear(h, params["fc.weight"], params["fc.bias"]))
         return stacked_linear(h, params["classifier.weight"], params["classifier.bias"])
 
-    def _head(self, h: Tensor) -> Tensor:
-        """Logits from a (possibly sliced) last-block output: flattening is channel-major, so the
-        first k channels are the fc layer's first 4k inputs."""
-        return self.classifier(F.relu(sliced_linear_in(self.fc, torch.flatten(self.pool(h), 1))))
+    def _head(self, h: Tensor, width: float) -> Tensor:
+        """Logits from a (possibly sliced) last-block output, the hidden fc layer sliced to ``width`` as every hidden
+        layer of a GradAug sub-network (Yang et al. 2020): flattening is channel-major, so the first k channels are
+        the fc layer's first 4k inputs, and its first slim_channels(64, width) outputs are the classifier's inputs."""
+        h = torch.flatten(self.pool(h), 1)
+        kept = slim_channels(self.fc.out_features, width)
+        h = F.relu(F.linear(h, self.fc.weight[:kept, : h.shape[1]], self.fc.bias[:kept]))
+        return sliced_linear_in(self.classifier, h)
 
     def forward_width(self, x: Tensor, width: float) -> Tensor:
         conv1, conv2, _ = self._convs()
@@ -158,12 +162,16 @@ class SmallCNN(ImageClassifier):
                                full))
         h = F.relu(sliced_norm(self._norm_after(conv2), sliced_conv(conv2, h, slim_channels(conv2.out_channels, width)),
                                full))
-        return self._head(self.last_block_width(self.features[-1](h), width)[1])
+        return self._head(self.last_block_width(self.features[-1](h), width)[1], width)
 
     def forward_last_block(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         h_in = self.features(x)
         h_out = self.last_block(h_in)
         return h_in, h_out, self.classifier(F.relu(self.fc(torch.flatten(self.pool(h_out), 1))))
+
+    def last_stage_whole_at(self, width: float) -> bool:
+        conv = self._convs()[2]
+        return all(slim_channels(c, width) == c for c in (conv.in_channels, conv.out_channels))
 
     def last_block_width(self, h: Tensor, width: float) -> tuple[Tensor, Tensor]:
         conv = self._convs()[2]

@@ -533,6 +533,11 @@ class ImageClassifier(nn.Module):
         """The last block at width ``width`` on the full network's block input ``h``: (sliced input, output)."""
         raise NotImplementedError(f"{type(self).__name__} has no width-sliceable last block")
 
+    def last_stage_whole_at(self, width: float) -> bool:
+        """Whether the last block at ``width`` keeps every channel (`slim_channels` rounds each back up): its
+        sub-block is then the block, and FedAlign's Lipschitz term vanishes."""
+        raise NotImplementedError(f"{type(self).__name__} has no width-sliceable last block")
+
 
 class ProjectedClassifier(ImageClassifier):
     """A classifier on a projection head: the backbone's features -> Linear(D, D) -> ReLU -> Linear(D, O) ->

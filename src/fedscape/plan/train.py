@@ -32,7 +32,7 @@ from fedscape.fl.hparams.registry import (
 )
 from fedscape.fl.schedule import DEFAULT_LOCAL_EPOCHS, WORK_KEYS
 from fedscape.fl.settings import TrainConfig, TrainingSettings, uncaptured_steps
-from fedscape.fl.swa import SWASettings, check_swa, swa_config
+from fedscape.fl.swa import SWASettings, check_swa, partial_cycle_warning, swa_config
 from fedscape.models.specs import (
     BN_STATS_BASELINE,
     MODEL_NAMES,
@@ -86,18 +86,24 @@ def run_training(config: dict, run: Run) -> dict:
 def idle_swa(config: dict, runs: list[Run]) -> list[str]:
     """A line for each `swa` setting whose runs end before its phase starts: such runs train and end exactly as
     without SWA (no swa_* columns, the last global model is the final one), which a user who lowered
-    `training.rounds` for a pilot would not see otherwise. `swa: null` turns it off without this line."""
+    `training.rounds` for a pilot would not see otherwise. `swa: null` turns it off without this line. And a line for
+    each whose runs end within a cycle (`fl.swa.partial_cycle_warning`): their last rounds train but the SWA model,
+    their final one, never averages them, which nothing in their outputs says."""
     idle: dict[tuple[str, int, int], list[str]] = {}
+    partial: dict[tuple[str, str], list[str]] = {}
     for label, run in sorted({run.algorithm: run for run in runs}.items()):
         training = run_training(config, run)
         swa = swa_config(training.get("swa"))
         rounds = int(training["rounds"])
+        where = f"algorithms.{label}.training" if "swa" in config["algorithms"][label]["training"] else "training"
         if swa is not None and swa.idle(rounds):
-            where = f"algorithms.{label}.training" if "swa" in config["algorithms"][label]["training"] else "training"
             idle.setdefault((where, swa.start(rounds), rounds), []).append(label)
-    return [f"{where}.swa: its phase starts at round {start}, after the last round ({rounds}) of the runs of "
-            f"{', '.join(labels)}, so they train as without SWA; set `swa: null` to say so, or lower "
-            "swa.start_round" for (where, start, rounds), labels in idle.items()]
+        elif swa is not None and (line := partial_cycle_warning(swa, rounds)):
+            partial.setdefault((where, line), []).append(label)
+    return [*(f"{where}.swa: its phase starts at round {start}, after the last round ({rounds}) of the runs of "
+              f"{', '.join(labels)}, so they train as without SWA; set `swa: null` to say so, or lower "
+              "swa.start_round" for (where, start, rounds), labels in idle.items()),
+            *(f"{where}.swa: in the runs of {', '.join(labels)}, {line}" for (where, line), labels in partial.items())]
 
 
 def algorithm_model_options(config: dict, run: Run) -> dict:

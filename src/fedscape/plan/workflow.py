@@ -229,8 +229,9 @@ def _directory_labels(config: dict) -> list[str]:
 
 def config_warnings(config: dict, runs: list[Run], schema: dict | None = None) -> list[str]:
     """Lines on settings that are valid but take no effect or another than they seem to: grid values and labels no
-    run takes (`unused_grid_values`), an SWA phase that starts after the last round (`idle_swa`), an algorithm label
-    that figures show as another algorithm (`misnamed_algorithm_labels`), an IID warm-up under an lr schedule over
+    run takes (`unused_grid_values`), an SWA phase that starts after the last round or ends within a cycle
+    (`idle_swa`), an algorithm label that figures show as another algorithm (`misnamed_algorithm_labels`), an IID
+    warm-up under an lr schedule over
     its own few rounds (`plan.init.warmup_schedule_warnings`), a pretrained init's proxy folder that nothing reads
     (`plan.init.unread_proxy_folder_warnings`), a proxy split that no init reads
     (`plan.init.unread_proxy_split_warnings`), seeds that share one partition

@@ -50,10 +50,11 @@ class GradAugConfig(ServerSGDConfig):
         # 1: vectorised runs of a min_width that rounds narrower widths to more channels (above) gave such a client
         # the widest client's channel count, fewer than its own: every run that can train stacked (whether it did
         # is not in its settings: `auto` stacked on a GPU, not on a CPU, and no longer stacks bottleneck blocks on a
-        # GPU either), none that cannot
+        # GPU either), none that cannot; and 1: cnn_small's sub-networks slice its hidden fc layer's outputs too (they
+        # kept all 64: models.feedforward.SmallCNN), its runs alone
         stackable = (training.get("client_parallel") != "sequential"
                      and self.stacked_problem(model, model_options, training) is None)
-        return int(self.min_width < NARROW_ROUNDING_BELOW and stackable)
+        return int(self.min_width < NARROW_ROUNDING_BELOW and stackable) + int(model == "cnn_small")
 
     def stacked_problem(self, model: str, model_options: dict, training: dict) -> str | None:
         info = MODEL_INFOS.get(model)

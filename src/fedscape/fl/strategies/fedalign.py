@@ -98,8 +98,8 @@ class FedAlign(Strategy):
         h_in, h_out, logits = batch.model.forward_stacked_last_block(named, batch.x, norm=batch.norm(True))
         ce = stacked_mean_loss(logits, batch.y, batch.mask)
         if c.mu == 0 or batch.model.last_stage_whole_at(c.width):
-            # No term: at a width that keeps every channel the sub-block is the block, L_lip is 0 (the sequential
-            # step's is, computed twice alike; here the two passes' kernels differ, and CE / L_lip would magnify that).
+            # No term: at a width that keeps every channel the sub-block is the block, L_lip is 0 but for the two
+            # passes' kernels' rounding, which CE / L_lip would magnify (`local_backward` skips it alike).
             return ce.detach(), stacked_gradients(ce, params)
         h_in, h_out = h_in.detach(), h_out.detach()
         sub_in, sub_out = batch.model.last_block_width_stacked(named, h_in, k, c.width, norm=batch.norm(False))
@@ -126,12 +126,17 @@ class FedAlign(Strategy):
         if self.config.clip_grad_norm > 0:
             clip_stacked_grad_norm_(grads, self.config.clip_grad_norm)
 
-
     def local_backward(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: ClientContext) -> torch.Tensor:
         c = self.config
         h_in, h_out, logits = model.forward_last_block(x)
         ce = F.cross_entropy(logits, y)
         ce.backward()
+        if c.width < 1 and (c.mu == 0 or model.last_stage_whole_at(c.width)):
+            # No term, as in the vectorised step: below width 1 the sub-block updates no running statistics, and
+            # where it keeps every channel it is the block, so L_lip is 0 but for the rounding of its other kernels
+            # (batch statistics without running ones, on a GPU), which CE / L_lip would magnify. At width 1 it runs
+            # the full block again, whose batch norms move their running statistics a second time: kept.
+            return ce.detach()
         h_in, h_out = h_in.detach(), h_out.detach()
         sub_in, sub_out = model.last_block_width(h_in, c.width)
         k_s = lipschitz_estimate(sub_in, sub_out, c.power_iterations)

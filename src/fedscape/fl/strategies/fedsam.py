@@ -40,7 +40,13 @@ def sam_perturbation(params: list[torch.Tensor], grads: list[torch.Tensor], rho:
 
 class FedSAM(Strategy):
     """FedSAM (Qu et al. 2022; Caldarola et al. 2022): local SGD on the SAM gradient, the gradient of the
-    loss at w + rho g / ||g|| (Foret et al. 2021), applied at w. Two forward-backward passes per step."""
+    loss at w + rho g / ||g|| (Foret et al. 2021), applied at w. Two forward-backward passes per step.
+
+    Batch norm's running statistics move once a step, by the pass at w: the perturbed pass's update is undone (the
+    vectorised step's second pass updates none), so that they are the statistics of the model the step leaves, w
+    and not w + e. Caldarola et al.'s code (sam_client.py) runs both passes in train mode, two updates a step, the
+    second from w + e.
+    """
 
     standard_local_training = False
     vectorized = True  # local_gradients_vectorized: each client's own ascent on the stacked tensors

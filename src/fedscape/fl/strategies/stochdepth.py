@@ -12,7 +12,9 @@ from fedscape.fl.strategies.base import ClientContext, Strategy
 
 
 def survival_probabilities(num_blocks: int, survival_last: float) -> list[float]:
-    """Linear decay gamma_l = 1 - l/L (1 - gamma_L), l = 1..L (Huang et al. 2016; FedAlign Sec. 3.2)."""
+    """Linear decay gamma_l = 1 - l/L (1 - gamma_L), l = 1..L (Huang et al. 2016; FedAlign Sec. 3.2). The FedAlign
+    code (models/resnet_stochdepth.py) steps down from 1.0 at the first block to gamma_L at the last over L - 1
+    steps, each block but the last surviving more often than here, by at most (1 - gamma_L) / L (the first)."""
     return [1 - (block / num_blocks) * (1 - survival_last) for block in range(1, num_blocks + 1)]
 
 

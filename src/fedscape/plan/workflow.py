@@ -231,8 +231,8 @@ def config_warnings(config: dict, runs: list[Run], schema: dict | None = None) -
     """Lines on settings that are valid but take no effect or another than they seem to: grid values and labels no
     run takes (`unused_grid_values`), an SWA phase that starts after the last round or ends within a cycle
     (`idle_swa`), an algorithm label that figures show as another algorithm (`misnamed_algorithm_labels`), an IID
-    warm-up under an lr schedule over
-    its own few rounds (`plan.init.warmup_schedule_warnings`), a pretrained init's proxy folder that nothing reads
+    warm-up under an lr schedule over its own few rounds (`plan.init.warmup_schedule_warnings`), a pretrained init's
+    proxy folder that nothing reads
     (`plan.init.unread_proxy_folder_warnings`), a proxy split that no init reads
     (`plan.init.unread_proxy_split_warnings`), seeds that share one partition
     (`plan.partition.shared_partition_warnings`), a bundled data set's data_dir or download

@@ -41,6 +41,7 @@ from fedscape.analysis.barriers.maths import (
 from fedscape.core.config import ConfigError
 from fedscape.models.params import flatten_buffers, flatten_params
 from fedscape.models.registry import build_model
+from fedscape.models.specs import EVAL_BATCH_SIZE
 from fedscape.plan.workflow import check_config
 
 CNN_LAYERS = ["features.0", "features.2", "last_block.0", "fc", "classifier"]
@@ -78,7 +79,8 @@ class ConvBN(nn.Module):
 
 class RootGain(nn.Module):
     """A linear classifier whose logits are scaled by sqrt(g^2 - 1): finite at g = 2 and g = -2, NaN at their
-    average g = 0, so two finite models whose midpoint has NaN logits."""
+    average g = 0, so two finite models whose midpoint, of finite parameters, has NaN logits (as logits that
+    overflowed have)."""
 
     def __init__(self):
         super().__init__()
@@ -91,8 +93,8 @@ class RootGain(nn.Module):
 
 class OverflowGain(nn.Module):
     """A linear classifier whose logits are scaled by 1 + 3e37 relu(1 - g^2): as they are at |g| >= 1; at g = 0 (the
-    average of g = 2 and g = -2) finite, below 1e38, but so large that the float32 sum of the cross-entropies
-    overflows to +inf (a divergent model's loss), while their argmax, so the error, stays that of the head."""
+    average of g = 2 and g = -2) finite, below 1e38, and so are their cross-entropies, but so large that their float32
+    sum over a batch overflows to +inf, while their argmax, so the error, stays that of the head."""
 
     def __init__(self):
         super().__init__()
@@ -101,6 +103,16 @@ class OverflowGain(nn.Module):
 
     def forward(self, x):
         return self.head(x.flatten(1)) * (1 + 3e37 * torch.relu(1 - self.gain**2))
+
+
+class InfiniteLossGain(OverflowGain):
+    """OverflowGain's head plus 3e38 relu(1 - g^2) (+1 for class 0, -1 for the others): as it is at |g| >= 1; at g = 0
+    finite logits whose cross-entropy overflows to +inf for every target but class 0 (3e38 - (-3e38) in float32), a
+    divergent model's loss, while their argmax, class 0, gives a finite error."""
+
+    def forward(self, x):
+        signs = torch.ones(10).index_fill_(0, torch.arange(1, 10), -1.0)
+        return self.head(x.flatten(1)) + 3e38 * torch.relu(1 - self.gain**2) * signs
 
 
 def with_gain(point: Point, gain: float) -> Point:
@@ -141,32 +153,68 @@ def _barriers(path: str, model: nn.Module, a: Point, b: Point, splits: dict) -> 
 
 @pytest.mark.parametrize("path", ["linear", "bezier", "layer-wise"])
 @pytest.mark.parametrize(("gain_b", "finite"), [(-2.0, False), (3.0, True)])
-def test_a_path_through_a_nan_model_has_neither_barrier(path, gain_b, finite):
-    # Prepare: two finite models whose midpoint (gain 0) has NaN logits, or whose path keeps gains from 2 to 3
+def test_a_path_through_a_model_whose_logits_are_nan_at_finite_parameters_has_an_infinite_loss_barrier(path, gain_b,
+                                                                                                       finite):
+    # Prepare: two finite models whose midpoint (gain 0, finite parameters) has NaN logits, or whose path keeps gains
+    # from 2 to 3
     model, splits = RootGain().eval(), digits_like()
     a, b = with_gain(random_point(model, 0), 2.0), with_gain(random_point(model, 1), gain_b)
 
     # Execute
     barriers = _barriers(path, model, a, b, splits)
 
-    # Assert: the loss and the error barrier are both NaN where the path has a NaN model, else both numbers
+    # Assert: a loss barrier of +inf where the path has such a model (its loss, NaN, read as overflowed), else a
+    # number; the error barrier a number (the model's error 1: it predicts no class)
     assert sorted(barriers) == ["test", "train"]
     for loss, error in barriers.values():
-        assert math.isnan(loss) != finite
-        assert math.isnan(error) != finite
+        assert (loss == math.inf) != finite and not math.isnan(loss)
+        assert math.isfinite(error)
 
 
-def _barrier_columns(path: str, model: nn.Module, a: Point, b: Point, splits: dict) -> pd.DataFrame:
+@pytest.mark.parametrize(("params", "loss", "acc"), [
+    ("nan", math.nan, math.nan),  # a diverged model: not evaluated
+    ("finite", math.inf, 0.0),    # its NaN loss is one of logits that overflowed
+], ids=["nan_parameters", "finite_parameters"])
+def test_a_nan_loss_reads_as_infinite_at_finite_parameters_only(params, loss, acc):
+    # Prepare: RootGain at gain 0 (NaN logits), with one weight NaN or not
+    model, splits = RootGain().eval(), digits_like()
+    point = with_gain(random_point(model, 0), 0.0)
+    if params == "nan":
+        point.params[1] = math.nan
+
+    # Execute
+    results = evaluate_point(model, point, splits)
+
+    # Assert
+    for res in results.values():
+        assert res.loss == pytest.approx(loss, nan_ok=True) and res.acc == pytest.approx(acc, nan_ok=True)
+
+
+def test_a_split_without_targets_keeps_its_nan_loss_at_finite_parameters():
+    # Prepare: an empty split beside a full one
+    model, splits = cnn(), digits_like()
+    splits["empty"] = (splits["test"][0][:0], splits["test"][1][:0])
+
+    # Execute
+    results = evaluate_point(model, random_point(model, 0), splits)
+
+    # Assert: no value (NaN), not an overflowed loss; the others evaluated
+    assert math.isnan(results["empty"].loss) and math.isnan(results["empty"].acc) and results["empty"].n == 0
+    assert math.isfinite(results["test"].loss)
+
+
+def _barrier_columns(path: str, model: nn.Module, a: Point, b: Point, splits: dict,
+                     batch_size: int = EVAL_BATCH_SIZE) -> pd.DataFrame:
     """The loss and error barriers and the loss ratio per split between a and b along `path`, as the tables hold
     them: barriers.csv's from the curve (`barriers_from_curves`), layer_barriers.csv's full average."""
     from fedscape.analysis.barriers.tables import barriers_from_curves
 
     if path == "layer-wise":
-        rows = pd.DataFrame(layerwise_barriers(model, a, b, splits, modes=("shallow",)))
+        rows = pd.DataFrame(layerwise_barriers(model, a, b, splits, batch_size, modes=("shallow",)))
         rows = rows[rows["averaged"] == format_averaged(range(len(model_layers(model))))]
     else:
-        curve = pd.DataFrame(bezier_curve(model, a, midpoint_bend(a, b), b, splits, points=5) if path == "bezier"
-                             else interpolation_curve(model, a, b, splits, points=5))
+        curve = pd.DataFrame(bezier_curve(model, a, midpoint_bend(a, b), b, splits, 5, batch_size) if path == "bezier"
+                             else interpolation_curve(model, a, b, splits, 5, batch_size))
         rows = barriers_from_curves(curve.assign(pair_id="p", run_a="a", run_b="b", aligned=False, path=path,
                                                  bn_stats="stored"))
     return rows.set_index("split")[["barrier_loss", "barrier_error", "barrier_loss_ratio"]]
@@ -180,7 +228,7 @@ def _barrier_columns(path: str, model: nn.Module, a: Point, b: Point, splits: di
 ], ids=["midpoint_overflows", "end_overflows", "finite"])
 def test_a_path_whose_loss_overflows_between_finite_ends_has_an_infinite_loss_barrier(path, gains, loss_barrier):
     # Prepare
-    model, splits = OverflowGain().eval(), digits_like()
+    model, splits = InfiniteLossGain().eval(), digits_like()
     a, b = with_gain(random_point(model, 0), gains[0]), with_gain(random_point(model, 1), gains[1])
 
     # Execute
@@ -192,6 +240,22 @@ def test_a_path_whose_loss_overflows_between_finite_ends_has_an_infinite_loss_ba
     check = {"inf": lambda v: v == math.inf, "nan": math.isnan, "finite": math.isfinite}[loss_barrier]
     assert all(check(v) for v in rows["barrier_loss"]) and all(check(v) for v in rows["barrier_loss_ratio"])
     assert all(math.isfinite(v) for v in rows["barrier_error"])
+
+
+@pytest.mark.parametrize("path", ["linear", "bezier", "layer-wise"])
+def test_a_path_whose_float32_batch_sum_overflows_has_the_same_finite_barrier_at_every_eval_batch_size(path):
+    # Prepare: finite ends whose midpoint has cross-entropies near 1e37, which a float32 sum overflows from a few
+    model, splits = OverflowGain().eval(), digits_like()
+    a, b = with_gain(random_point(model, 0), 2.0), with_gain(random_point(model, 1), -2.0)
+
+    # Execute: one pass per split (1,024), and one per sample (no float32 sum of two losses)
+    rows = {batch_size: _barrier_columns(path, model, a, b, splits, batch_size) for batch_size in (EVAL_BATCH_SIZE, 1)}
+
+    # Assert: a finite loss barrier, the mean loss of the midpoint minus the chord, whatever the batch size (to the
+    # float32 rounding of logits computed in other batches)
+    for split in ("train", "test"):
+        barriers = [rows[batch_size].loc[split, "barrier_loss"] for batch_size in rows]
+        assert all(1e36 < v < 1e39 for v in barriers) and barriers[0] == pytest.approx(barriers[1], rel=1e-6)
 
 
 # -- layers --------------------------------------------------------------------------------------

@@ -441,3 +441,34 @@ def test_consecutive_table_of_no_rows_is_empty_with_its_columns():
     table = consecutive_table(barriers, ["sweep"])
 
     assert list(table.columns) == CONSECUTIVE_COLUMNS and table.empty
+
+
+@pytest.mark.parametrize(("ends", "barrier", "ratio", "expected"), [
+    ((math.inf, 1.0), -math.inf, math.nan, (math.nan, math.nan)),  # an end overflowed: nothing to measure from
+    ((math.inf, 1.0), math.nan, math.nan, (math.nan, math.nan)),
+    ((1.0, 3.0), math.inf, math.nan, (math.inf, math.inf)),        # a mixed model overflowed: the worst barrier
+    ((math.nan, math.nan), -math.inf, math.nan, (math.nan, math.nan)),  # before the ends were recorded: -inf says it
+    ((1.0, 3.0), 0.1, 0.05, (0.1, 0.05)),                         # the rule's numbers: kept as written
+    ((math.nan, math.nan), 0.1, math.nan, (0.1, math.nan)),
+], ids=["inf_end", "inf_end_nan", "inf_barrier", "inf_end_unrecorded", "finite", "finite_unrecorded"])
+def test_older_layer_rows_over_an_end_that_overflowed_are_gathered_by_the_rule_of_now(tmp_path, ends, barrier, ratio,
+                                                                                     expected):
+    # Prepare: a per-job row as a layer_barriers job of result version 1 wrote it (value - mean of the ends); the
+    # error's finite ends and barrier beside it
+    row = {"run_id": "r", "round": 1, "pair": "q", "mode": "single", "layer_index": 0, "layer": "fc",
+           "split": "train", "barrier_loss": barrier, "barrier_error": 0.25, "aligned": False, "averaged": "0",
+           "bn_stats": "stored", "barrier_loss_ratio": ratio, "barrier_error_ratio": 0.5,
+           "end_loss_a": ends[0], "end_loss_b": ends[1], "end_error_a": 0.5, "end_error_b": 0.5}
+    pd.DataFrame([row], columns=LAYER_BARRIER_COLUMNS).to_csv(tmp_path / "job.csv", index=False)
+    pd.DataFrame(columns=["run_id", "round", "pair", "layer_index", "layer", "distance", "cosine",
+                          "aligned"]).to_csv(tmp_path / "d.csv", index=False)
+
+    # Execute
+    layer_barrier_tables_job([tmp_path / "job.csv"], [tmp_path / "d.csv"], tmp_path / "b.csv", tmp_path / "dd.csv")
+
+    # Assert: the loss barrier and its ratio as `barrier_over_ends` and `barrier_ratio` give them; the error's kept
+    table = pd.read_csv(tmp_path / "b.csv")
+    got = (table.loc[0, "barrier_loss"], table.loc[0, "barrier_loss_ratio"])
+    assert got == pytest.approx(expected, nan_ok=True)
+    assert (table.loc[0, "barrier_error"], table.loc[0, "barrier_error_ratio"]) == (0.25, 0.5)
+    assert table.loc[0, "end_loss_a"] == pytest.approx(ends[0], nan_ok=True)

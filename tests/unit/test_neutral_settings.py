@@ -14,11 +14,13 @@ import copy
 import dataclasses
 import functools
 import json
+import math
 import pickle
 import typing
 
 import numpy as np
 import pytest
+import torch
 from helpers.plans import neutral_rule_settings
 from helpers.synthetic import digits_like
 from helpers.workflow import ROOT
@@ -586,3 +588,79 @@ def test_a_token_model_s_sizes_at_the_data_s_are_left_out_of_an_init_s_meaning(o
 
     # Execute / Assert
     assert (RandomInit.meaning(written) == RandomInit.meaning(plain)) is same
+
+
+# -- a batch's float32 sum that overflows ---------------------------------------------------------------------------
+class BiasedLogits(torch.nn.Module):
+    """Logits 0 but for class 1's `bias`, or a sequence task's [N, C, T] (`positions`): a loss of about `bias` for
+    every target of class 0, NaN where `bias` is inf (torch's cross-entropy of a +inf logit)."""
+
+    def __init__(self, bias: float, positions: int = 0):
+        super().__init__()
+        self.positions = positions
+        self.bias = torch.nn.Parameter(torch.zeros(10))
+        with torch.no_grad():
+            self.bias[1] = bias
+
+    def forward(self, x):
+        logits = x.flatten(1)[:, :1] * 0 + self.bias  # [N, 10]: through x, so a vmapped pass batches over it
+        return logits if not self.positions else logits.unsqueeze(-1).expand(-1, -1, self.positions)
+
+
+def _zero_targets(n: int, positions: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    return x, torch.zeros((n, positions) if positions else (n,), dtype=torch.long)
+
+
+@pytest.mark.parametrize(("bias", "expected"), [
+    (1e36, 1e36),         # 1,024 losses of 1e36 overflow a float32 sum, their mean does not
+    (1e30, 1e30),         # no float32 sum overflows
+    (math.inf, math.nan),  # a +inf logit: torch's cross-entropy is NaN, at every batch size
+], ids=["sum_overflows", "finite", "nan"])
+def test_an_evaluation_whose_float32_batch_sum_overflows_is_the_same_at_every_batch_size(bias, expected):
+    # Prepare: 2,048 targets of class 0, each with a loss of `bias` (class 1's logit)
+    model = BiasedLogits(bias).eval()
+    x, y = _zero_targets(2048)
+
+    # Execute
+    losses = [evaluate(model, x, y, batch_size).loss for batch_size in (1024, 256, 64)]
+
+    # Assert: the mean of the float32 losses (1e36 is 9.999999616903162e35 in float32), whichever the batch size
+    assert losses == pytest.approx([expected] * 3, rel=1e-6, nan_ok=True)
+
+
+@pytest.mark.parametrize("batch_size", [7, 45, 1024])
+def test_a_finite_evaluation_is_the_float32_batch_sums_bit_for_bit(batch_size):
+    # Prepare: a float32 model; the loss as evaluate took it before a batch's overflowing sum was redone in float64
+    x, y = digits_like(n=90, seed=2)["train"]
+    model = build_model("cnn_small", in_channels=1, num_classes=10, image_size=8).eval()
+    with torch.no_grad():
+        total = torch.zeros((), dtype=torch.float64)
+        for start in range(0, len(y), batch_size):
+            total += torch.nn.functional.cross_entropy(model(x[start : start + batch_size]),
+                                                       y[start : start + batch_size], reduction="sum").double()
+
+    # Execute
+    result = evaluate(model, x, y, batch_size)
+
+    # Assert: the same float
+    assert result.loss == float(total) / len(y)
+
+
+@pytest.mark.parametrize("positions", [0, 16], ids=["classifier", "sequence"])
+@pytest.mark.parametrize("points_per_batch", [1, 2])
+def test_a_surface_whose_float32_batch_sum_overflows_is_the_same_at_every_evaluation_batch_size(positions,
+                                                                                               points_per_batch):
+    # Prepare: losses of 3e37 per target: a float32 sum overflows from 12 of them (a sequence's 16 positions too)
+    model = BiasedLogits(3e37, positions).eval()
+    x, y = _zero_targets(256, positions)
+    plane = random_plane(flatten_params(model), flatten_buffers(model),
+                         [tuple(p.shape) for p in model.parameters()], seed=1)
+    centre = np.zeros((2, 2))  # the model itself, twice: one batched pass of two points where points_per_batch is 2
+
+    # Execute
+    settings = [SurfaceSettings(batch_size=b, points_per_batch=points_per_batch) for b in (1, 256)]
+    losses = [SurfaceEvaluator(model, plane, x, y, "cpu", s).evaluate(centre)[0] for s in settings]
+
+    # Assert: the mean loss per target, finite
+    np.testing.assert_allclose(losses, np.full((2, 2), np.float32(3e37)), rtol=1e-6)

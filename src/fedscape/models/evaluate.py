@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fedscape.models.loss import correct_count, loss_sum, target_count
@@ -26,14 +27,30 @@ class EvalResult:
         return 1.0 - self.acc
 
 
+def batch_loss_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A batch's summed cross-entropy in float64: `loss_sum` in the logits' dtype where that sum is finite, else the
+    per-target losses summed in float64.
+
+    A float32 sum of 1,024 losses of 1e36 each overflows to +inf although their mean is representable, so a split's
+    loss would hang on how it is cut into batches (`eval_batch_size`, declared neutral). The float32 sum wherever it
+    is finite keeps every finite loss bit for bit as it was; a batch holding a NaN loss, or a target whose own loss
+    overflowed, stays NaN or +inf. Both sums are taken and one is chosen on the device: no host sync per batch, for
+    one more cross-entropy pass (on CPU 1e-4 of cnn_small's forward pass).
+    """
+    total = loss_sum(logits, y)
+    wide = F.cross_entropy(logits, y, reduction="none").double().sum()  # ignored positions add 0, as in loss_sum
+    return torch.where(torch.isfinite(total), total.double(), wide)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> EvalResult:
     """Mean cross-entropy and accuracy in eval mode (no augmentation, batch norm uses running stats).
 
-    A non-finite loss is returned as such (inf or nan) rather than raised: callers decide. The loss of a float64
-    model is taken in float64: float64 runs are compared to float64 rounding, and rounding their logits to float32
-    would move the loss by ~1e-8. A sequence task's targets [N, T] count per position (`fedscape.models.loss`): a
-    batch whose every position is ignored adds nothing and weighs 0.
+    A non-finite loss is returned as such (inf or nan) rather than raised: callers decide; a finite mean is never
+    lost to a batch's float32 sum that overflowed (`batch_loss_sum`), so `batch_size` does not change it. The loss
+    of a float64 model is taken in float64: float64 runs are compared to float64 rounding, and rounding their
+    logits to float32 would move the loss by ~1e-8. A sequence task's targets [N, T] count per position
+    (`fedscape.models.loss`): a batch whose every position is ignored adds nothing and weighs 0.
 
     A split with no counted target (no samples, or a sequence split whose every position is ignored) has no mean:
     its loss and accuracy are NaN, not 0 (a 0 loss and accuracy would read as a perfect fit and a total miss). NaN
@@ -52,7 +69,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
             yb = y[start : start + batch_size].to(device, non_blocking=True)
             logits = model(xb)
             wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 in float32, float64 kept
-            total_loss += loss_sum(wide, yb).double()
+            total_loss += batch_loss_sum(wide, yb)
             correct += correct_count(logits, yb)
     finally:  # a caller that goes on after an error (out of memory) trains in the mode it left
         model.train(was_training)

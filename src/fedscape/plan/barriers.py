@@ -57,9 +57,15 @@ from fedscape.plan.train import (
 # data's, not their settings', and the kind's rerun (every layer-wise GPU job: 140 in layerwise.yaml) was not worth
 # them. The figures 2 draw +inf (matplotlib left it out unseen); they and layer_distance_figure 2 label a
 # participation fraction with every digit (0.125: 12.5% sampled, was 12%).
+# Not bumped either, for the same reason: interpolation and layer_barriers, whose loss is finite where only a batch's
+# float32 sum overflowed (models.evaluate.batch_loss_sum: was +inf at eval_batch_size 1024, finite at 256), and +inf
+# with error 1 at a point of finite parameters whose logits overflowed (barriers.maths.evaluate_point: was NaN loss
+# and error). Only the jobs whose loss overflowed somewhere change, which no setting tells at planning.
+# layer_barrier_tables 2: the per-job rows of a layer_barriers 1 job over an end that overflowed read as the jobs
+# compute them now (tables._over_ends: barrier NaN, was -inf or NaN; a +inf barrier's ratio +inf, was NaN).
 RESULT_VERSIONS = {"interpolation": 1, "layer_barriers": 1, "interpolation_figure": 2, "layer_barrier_figures": 2,
                    "layer_distance_figure": 2, "layer_cumulation_figures": 2, "layer_aligned_figures": 2,
-                   "layer_training_figure": 2, "interpolation_tables": 2, "layer_barrier_tables": 1,
+                   "layer_training_figure": 2, "interpolation_tables": 2, "layer_barrier_tables": 2,
                    "layer_consecutive_table": 1}
 # The clients a pair of one run compares when `clients` is null: the first two, which every run has (at least two
 # clients are needed for a pair) and which both train every round under full participation.

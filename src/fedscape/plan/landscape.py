@@ -313,6 +313,9 @@ def hessian_plane_path(plan: LandscapePlan, results: Results) -> str:
 # landscape_gather 2: the surface records the card and the precision its chunks were evaluated on (surfaces.csv).
 # landscape_figure 2: the runs' labels are made by the figure job (figures.with_run_labels), not read from the plane
 # job's points: a plane made before 0.125 read '12.5% sampled' draws it so.
+# landscape_chunk is not bumped for a grid point whose float32 batch sum of losses overflowed: it is finite now
+# (`models.evaluate.batch_loss_sum`; was +inf, at any points_per_batch for a sequence surface), and only such chunks
+# change, which no setting tells at planning.
 RESULT_VERSIONS = {"landscape_plane": 1, "landscape_chunk": 1, "landscape_gather": 2, "landscape_figure": 2,
                    "surfaces_table": 1}
 # A plane job's settings carry RESULT_VERSIONS["landscape_plane"] plus SUPPLIED_PLANE_EXTENT_BUMPS where it is a

@@ -97,9 +97,11 @@ def linear_barrier(ts: Sequence[float], values: Sequence[float]) -> float:
     """max_t [v(t) - ((1 - t) v(0) + t v(1))] over a grid holding t = 0 and t = 1 (Entezari et al. 2022, Eq. 1;
     Frankle et al. 2020's instability subtracts the mean of the ends instead).
 
-    NaN where a value is NaN (a model not evaluated) or an end is not finite (no chord to measure from); +inf where
-    both ends are finite and an inner value is +inf (a float32 loss that overflowed at a divergent point between two
-    usable models): the worst barrier there is, which a NaN would leave out of every mean over seeds."""
+    NaN where a value is NaN (a model not evaluated, or one with NaN parameters) or an end is not finite (no chord to
+    measure from); +inf where both ends are finite and an inner value is +inf (a loss that overflowed at a divergent
+    point between two usable models: one target's float32 cross-entropy past 3.4e38, or logits that overflowed,
+    whose NaN loss `maths.evaluate_point` reads as +inf with error 1 at finite parameters): the worst barrier there
+    is, which a NaN would leave out of every mean over seeds."""
     t = np.asarray(ts, dtype=np.float64)
     v = np.asarray(values, dtype=np.float64)
     if t.ndim != 1 or t.shape != v.shape or len(t) < 2:

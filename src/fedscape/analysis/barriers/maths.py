@@ -90,10 +90,14 @@ def evaluate_point(model: nn.Module, point: Point, splits: Splits, batch_size: i
     (training inputs) its batch-norm statistics recomputed from them first (`recompute_bn_stats`), else the
     point's own.
 
-    Every barrier's model goes through here (the segment, the Bezier curve, the layer-wise mixes, their ends). Where
-    the loss is NaN the accuracy is NaN too, as on a surface's grid points (`landscape.surface`): NaN logits have no
-    argmax (torch's picks the first NaN, class 0 where all are), so a diverged point's error would be a number that
-    describes no model, and the error barrier of a path through it a number where the loss barrier is NaN."""
+    Every barrier's model goes through here (the segment, the Bezier curve, the layer-wise mixes, their ends). A NaN
+    loss of a point whose parameters and buffers are all finite is one whose logits overflowed (a +inf logit makes
+    torch's cross-entropy NaN, inf - inf, and so do NaN logits made of infinite activations): it reads as +inf, a loss
+    that overflowed (`definitions.linear_barrier`: the worst barrier between usable ends, where a NaN would drop the
+    path from every mean), with accuracy 0: such a model predicts no class (torch's argmax names the first NaN's
+    class, class 0 where all are, or the first of tied infinite logits). A point with a NaN or infinite parameter (a
+    diverged model) keeps its NaN loss, with a NaN accuracy: its error would be a number that describes no model. A
+    split with no counted target keeps its NaN loss and accuracy (`evaluate`: no value)."""
     device = next(model.parameters()).device
     load_params(model, point.params.to(device))
     if point.buffers.numel():
@@ -101,7 +105,9 @@ def evaluate_point(model: nn.Module, point: Point, splits: Splits, batch_size: i
     if bn_x is not None:
         recompute_bn_stats(model, bn_x)
     results = {name: evaluate(model, x, y, batch_size) for name, (x, y) in splits.items()}
-    return {name: replace(r, acc=math.nan) if math.isnan(r.loss) else r for name, r in results.items()}
+    finite = all(bool(torch.isfinite(v).all()) for v in (point.params, point.buffers))
+    overflowed = {"loss": math.inf, "acc": 0.0} if finite else {"acc": math.nan}
+    return {name: replace(r, **overflowed) if math.isnan(r.loss) and r.n > 0 else r for name, r in results.items()}
 
 
 def interpolation_curve(model: nn.Module, a: Point, b: Point, splits: Splits, points: int = 21,

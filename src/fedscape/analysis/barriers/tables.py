@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fedscape.analysis.barriers.definitions import (
@@ -19,6 +20,7 @@ from fedscape.analysis.barriers.definitions import (
     LAYER_DISTANCE_COLUMNS,
     LINEAR,
     RATIO_COLUMNS,
+    barrier_over_ends,
     barrier_ratio,
     format_averaged,
     linear_barrier,
@@ -81,11 +83,31 @@ def _older_layer_rows(df: pd.DataFrame, path: str | Path) -> pd.DataFrame:
     return df
 
 
+def _over_ends(df: pd.DataFrame) -> pd.DataFrame:
+    """Per-job layer barriers as the jobs compute them now (`barrier_over_ends`, `barrier_ratio`) where an older job
+    wrote another rule's: over an end whose loss overflowed it wrote a barrier of -inf ("infinitely better") or NaN,
+    and a +inf barrier over finite ends got a NaN ratio. A row whose barrier or ends' mean (END_COLUMNS) is not finite
+    is computed again, the mixed models' value being the barrier plus a finite mean (+inf there); a -inf barrier, a
+    value >= 0 minus an infinite mean, is NaN also where the ends were not recorded. Every other row already holds
+    the rule's numbers and is kept as written."""
+    df = df.copy()
+    for value in ("loss", "error"):
+        barrier = df[f"barrier_{value}"].astype(float)
+        mean = 0.5 * (df[f"end_{value}_a"].astype(float) + df[f"end_{value}_b"].astype(float))  # the job's base
+        mean = mean.mask(mean.isna() & (barrier == -math.inf), math.inf)
+        redo = mean.notna() & ~(np.isfinite(mean) & np.isfinite(barrier))
+        again = [barrier_over_ends(b + m, m) for b, m in zip(barrier[redo], mean[redo], strict=True)]
+        df.loc[redo, f"barrier_{value}"] = again
+        df.loc[redo, f"barrier_{value}_ratio"] = [barrier_ratio(b, m) for b, m in zip(again, mean[redo], strict=True)]
+    return df
+
+
 def layer_barrier_tables_job(barriers: list[str | Path], distances: list[str | Path], out_barriers: str | Path,
                              out_distances: str | Path) -> None:
     """Concatenate the per-job layer barriers and distances into layer_barriers.csv and layer_distances.csv; files
     from before alignment, the Fig. 4 modes and bn_stats read as unaligned, with their averaged layers filled in,
-    evaluated with the stored statistics."""
+    evaluated with the stored statistics; barriers over an end that overflowed as the jobs compute them now
+    (`_over_ends`)."""
     frames = [_older_layer_rows(pd.read_csv(p), p) for p in barriers]
     dist = [df if "aligned" in df.columns else df.assign(aligned=False) for df in map(pd.read_csv, distances)]
     checks = ((barriers, frames, LAYER_BARRIER_COLUMNS), (distances, dist, LAYER_DISTANCE_COLUMNS))
@@ -95,6 +117,7 @@ def layer_barrier_tables_job(barriers: list[str | Path], distances: list[str | P
             if missing:
                 raise TableError(f"{path}: expected the columns {columns}, found {list(df.columns)} (missing "
                                  f"{missing}); {remake_hint(path)}")
+    frames = [_over_ends(df) for df in frames]
     for tables, columns, output in ((frames, LAYER_BARRIER_COLUMNS, out_barriers),
                                     (dist, LAYER_DISTANCE_COLUMNS, out_distances)):
         df = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=columns)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
@@ -33,7 +34,8 @@ from fedscape.analysis.landscape.grid import Grid, chunk_bounds, gather_chunks
 from fedscape.analysis.landscape.planes import Plane
 from fedscape.data.datasets import batch_slices
 from fedscape.models.batchnorm import bn_sample_inputs, has_batch_norm, refresh_bn_stats
-from fedscape.models.loss import correct_count, loss_sum, sample_losses, target_count
+from fedscape.models.evaluate import batch_loss_sum
+from fedscape.models.loss import correct_count, is_sequence, sample_losses, target_count
 from fedscape.models.params import FlatParams, load_buffers
 from fedscape.models.specs import EVAL_BATCH_SIZE
 
@@ -214,7 +216,7 @@ class SurfaceEvaluator:
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         for xb, yb in self.batches:
             logits = self.model(xb)
-            total += loss_sum(logits.float(), yb).double()
+            total += batch_loss_sum(logits.float(), yb)  # a float32 sum that overflows is taken in float64
             correct += correct_count(logits, yb)
         return total, correct
 
@@ -226,8 +228,14 @@ class SurfaceEvaluator:
         correct = torch.zeros(kk, dtype=torch.int64, device=self.device)
         for xb, yb in self.batches:
             logits = self._batched(stacked, xb)  # [K, B, C] ([K, B, C, T] for a sequence task)
-            ce, _ = sample_losses(logits.flatten(0, 1).float(), yb.repeat(kk, *(1,) * (yb.ndim - 1)))
-            total += ce.view(kk, -1).double().sum(dim=1)
+            flat, targets = logits.flatten(0, 1).float(), yb.repeat(kk, *(1,) * (yb.ndim - 1))
+            ce, _ = sample_losses(flat, targets)  # each sample's loss, summed in float64: no float32 batch sum
+            sums = ce.view(kk, -1).double().sum(dim=1)
+            if is_sequence(yb):  # a sequence's loss is a float32 sum of its positions': where one overflows, the
+                # point's batch is summed position by position in float64 (the rule of `batch_loss_sum`)
+                wide = F.cross_entropy(flat, targets, reduction="none").double().view(kk, -1).sum(dim=1)
+                sums = torch.where(torch.isfinite(sums), sums, wide)
+            total += sums
             correct += correct_count(logits, yb, dims=1)
         return total, correct
 

@@ -27,19 +27,19 @@ class EvalResult:
         return 1.0 - self.acc
 
 
-def batch_loss_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """A batch's summed cross-entropy in float64: `loss_sum` in the logits' dtype where that sum is finite, else the
-    per-target losses summed in float64.
+def batch_loss_sum(logits: torch.Tensor, y: torch.Tensor, *, wide: bool = False) -> torch.Tensor:
+    """A batch's summed cross-entropy in float64: `loss_sum` in the logits' dtype, or with `wide` the per-target
+    losses summed in float64.
 
     A float32 sum of 1,024 losses of 1e36 each overflows to +inf although their mean is representable, so a split's
-    loss would hang on how it is cut into batches (`eval_batch_size`, declared neutral). The float32 sum wherever it
-    is finite keeps every finite loss bit for bit as it was; a batch holding a NaN loss, or a target whose own loss
-    overflowed, stays NaN or +inf. Both sums are taken and one is chosen on the device: no host sync per batch, for
-    one more cross-entropy pass (on CPU 1e-4 of cnn_small's forward pass).
+    loss would hang on how it is cut into batches (`eval_batch_size`, declared neutral). The callers sum a split as
+    always and, only where that total is not finite, sum it again `wide`: every finite loss stays bit for bit as it
+    was, at no cost (the check rides on the host read the total needs anyway), and a split holding a NaN loss, or a
+    target whose own loss overflowed, stays NaN or +inf.
     """
-    total = loss_sum(logits, y)
-    wide = F.cross_entropy(logits, y, reduction="none").double().sum()  # ignored positions add 0, as in loss_sum
-    return torch.where(torch.isfinite(total), total.double(), wide)
+    if wide:
+        return F.cross_entropy(logits, y, reduction="none").double().sum()  # ignored positions add 0, as in loss_sum
+    return loss_sum(logits, y).double()
 
 
 @torch.no_grad()
@@ -60,20 +60,29 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     """
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    total_loss = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
     try:
-        for start in range(0, len(y), batch_size):
-            xb = x[start : start + batch_size].to(device, non_blocking=True)
-            yb = y[start : start + batch_size].to(device, non_blocking=True)
-            logits = model(xb)
-            wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 in float32, float64 kept
-            total_loss += batch_loss_sum(wide, yb)
-            correct += correct_count(logits, yb)
+        total_loss, correct = _sums(model, x, y, batch_size, wide=False)
+        if not math.isfinite(float(total_loss)):  # a float32 batch sum may have overflowed: the split again, wide
+            total_loss, correct = _sums(model, x, y, batch_size, wide=True)
     finally:  # a caller that goes on after an error (out of memory) trains in the mode it left
         model.train(was_training)
     n = target_count(y)
     if n == 0:
         return EvalResult(loss=math.nan, acc=math.nan, n=0)
     return EvalResult(loss=float(total_loss) / n, acc=float(correct) / n, n=n)
+
+
+def _sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, *,
+          wide: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The summed loss (`batch_loss_sum`, `wide` or not) and the correct count of a split, on the model's device."""
+    device = next(model.parameters()).device
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for start in range(0, len(y), batch_size):
+        xb = x[start : start + batch_size].to(device, non_blocking=True)
+        yb = y[start : start + batch_size].to(device, non_blocking=True)
+        logits = model(xb)
+        promoted = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 in float32, float64 kept
+        total_loss += batch_loss_sum(promoted, yb, wide=wide)
+        correct += correct_count(logits, yb)
+    return total_loss, correct

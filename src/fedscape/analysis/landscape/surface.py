@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
@@ -35,7 +34,7 @@ from fedscape.analysis.landscape.planes import Plane
 from fedscape.data.datasets import batch_slices
 from fedscape.models.batchnorm import bn_sample_inputs, has_batch_norm, refresh_bn_stats
 from fedscape.models.evaluate import batch_loss_sum
-from fedscape.models.loss import correct_count, is_sequence, sample_losses, target_count
+from fedscape.models.loss import correct_count, sample_losses, target_count
 from fedscape.models.params import FlatParams, load_buffers
 from fedscape.models.specs import EVAL_BATCH_SIZE
 
@@ -201,12 +200,17 @@ class SurfaceEvaluator:
                 lo, co = self._many(group)
                 loss[start : start + len(group)] = lo
                 correct[start : start + len(group)] = co
-        loss_np = loss.cpu().numpy() / self.n
+        loss_np = loss.cpu().numpy()
+        for i in np.flatnonzero(~np.isfinite(loss_np)):  # a float32 batch sum may have overflowed: again, wide
+            a, b = coords[i]
+            total, right = self._one(float(a), float(b), wide=True)
+            loss_np[i], correct[i] = float(total), right
+        loss_np = loss_np / self.n
         acc_np = correct.cpu().numpy().astype(np.float64) / self.n
         acc_np[np.isnan(loss_np)] = np.nan
         return loss_np, acc_np
 
-    def _one(self, a: float, b: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _one(self, a: float, b: float, *, wide: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         vec = self.flat.vector
         torch.add(self.center, self.d1, alpha=a, out=vec)
         vec.add_(self.d2, alpha=b)
@@ -216,7 +220,7 @@ class SurfaceEvaluator:
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         for xb, yb in self.batches:
             logits = self.model(xb)
-            total += batch_loss_sum(logits.float(), yb)  # a float32 sum that overflows is taken in float64
+            total += batch_loss_sum(logits.float(), yb, wide=wide)
             correct += correct_count(logits, yb)
         return total, correct
 
@@ -228,14 +232,8 @@ class SurfaceEvaluator:
         correct = torch.zeros(kk, dtype=torch.int64, device=self.device)
         for xb, yb in self.batches:
             logits = self._batched(stacked, xb)  # [K, B, C] ([K, B, C, T] for a sequence task)
-            flat, targets = logits.flatten(0, 1).float(), yb.repeat(kk, *(1,) * (yb.ndim - 1))
-            ce, _ = sample_losses(flat, targets)  # each sample's loss, summed in float64: no float32 batch sum
-            sums = ce.view(kk, -1).double().sum(dim=1)
-            if is_sequence(yb):  # a sequence's loss is a float32 sum of its positions': where one overflows, the
-                # point's batch is summed position by position in float64 (the rule of `batch_loss_sum`)
-                wide = F.cross_entropy(flat, targets, reduction="none").double().view(kk, -1).sum(dim=1)
-                sums = torch.where(torch.isfinite(sums), sums, wide)
-            total += sums
+            ce, _ = sample_losses(logits.flatten(0, 1).float(), yb.repeat(kk, *(1,) * (yb.ndim - 1)))
+            total += ce.view(kk, -1).double().sum(dim=1)  # a sequence's own float32 sum may overflow: `evaluate`
             correct += correct_count(logits, yb, dims=1)
         return total, correct
 

@@ -9,7 +9,7 @@ import pytest
 from helpers.papers import CONFIGS, NAMES, PAPERS, load, runs_of
 
 from fedscape.core.runs import build_runs, resolve_run
-from fedscape.fl.hparams.registry import ALGORITHM_NAMES, algorithm_spec
+from fedscape.fl.hparams.registry import ALGORITHM_NAMES, algorithm_config, algorithm_spec
 from fedscape.plan.barriers import layer_pair
 from fedscape.plan.train import run_training
 
@@ -283,3 +283,54 @@ def test_fedalign_has_the_papers_settings_and_ablation_grid():
     assert ablation == {(0.005, 0.8), (0.05, 0.8), (0.1, 0.8), (0.5, 0.8), (0.05, 0.6), (0.05, 0.7), (0.05, 0.9)}
     assert config["hessian"]["enabled"] and config["hessian"]["method"] == "power"
     assert {s["kind"] for s in config["landscapes"].values()} == {"hessian"}
+
+
+# The authors' CIFAR-10 script at its latest commit (github.com/debcaldarola/fedsam, paper_experiments/cifar10.sh,
+# f466cc3): FedSAM -rho 0.1, FedASAM -rho 0.7 -eta 0.2, each with and without -swa --swa-c 10 (from 75% of the
+# 10000 rounds, the client lr cycled from 0.01 down to the default --swa-lr 1e-4); ASAM's scale on weight tensors
+# alone (models/clients/minimizers.py).
+FLATNESS_SWA = {"start_round": 7501, "cycle": 10, "lr_ratio": 0.01}
+FLATNESS_ASAM = {"rho": 0.7, "eta": 0.2, "adaptive_tensors": "weights"}
+
+
+@pytest.mark.parametrize(("label", "name", "hyperparameters", "swa"), [
+    ("fedsam", "fedsam", {"rho": 0.1}, None),
+    ("fedsam_swa", "fedsam", {"rho": 0.1}, FLATNESS_SWA),
+    ("fedasam", "fedasam", FLATNESS_ASAM, None),
+    ("fedasam_swa", "fedasam", FLATNESS_ASAM, FLATNESS_SWA),
+    ("fedavg_swa", "fedavg", {}, FLATNESS_SWA),
+])
+def test_flatness_trains_sam_asam_and_swa_as_the_authors_script(label, name, hyperparameters, swa):
+    # Prepare
+    config, runs = load("flatness"), runs_of("flatness")
+    assert label in config["algorithms"]
+    spec = config["algorithms"][label]
+
+    # Execute: the hyperparameters the label's runs train with (defaults filled in), its runs and barrier pairs
+    trained = algorithm_config(spec["name"], {k: v for k, v in spec.items() if k not in ("name", "training")})
+    label_runs = [r for r in runs if r.algorithm == label]
+    pairs = [p for p in config["interpolation"]["pairs"].values()
+             if p["a"]["algorithm"] == p["b"]["algorithm"] == label]
+
+    # Assert: as the script passes them, on every split and seed, each seed's alpha 100 vs 0.05 barrier measured
+    assert spec["name"] == name
+    assert {key: getattr(trained, key) for key in hyperparameters} == hyperparameters
+    assert {run_training(config, r).get("swa") == swa for r in label_runs} == {True}
+    assert {(r.setting, r.seed) for r in label_runs} == {(a, s) for a in ("a100", "a0_05", "a0") for s in (0, 1, 2)}
+    assert sorted((p["a"]["alpha"], p["b"]["alpha"], p["a"]["seed"]) for p in pairs) == [
+        ("a100", "a0_05", s) for s in (0, 1, 2)]
+
+
+@pytest.mark.parametrize("name", ["flatness", "meta"])
+def test_fedprox_of_our_own_studies_is_not_fedavg(name):
+    # Prepare: the FedProx labels of configs whose FedProx is ours (FedAlign's tuned mu 1e-4, fedscape's default,
+    # leaves the proximal term negligible: FedAvg)
+    config = load(name)
+    labels = [label for label, spec in config["algorithms"].items() if spec["name"] == "fedprox"]
+
+    # Execute
+    mus = {label: algorithm_config("fedprox", {k: v for k, v in config["algorithms"][label].items()
+                                               if k not in ("name", "training")}).mu for label in labels}
+
+    # Assert: mu 0.01, from FedProx's own grid 0.001..1 (Li et al. 2020), as meta.yaml's header says
+    assert labels and mus == dict.fromkeys(labels, 0.01)

@@ -34,6 +34,7 @@ report: run
 # benchmarks/smoke32.py writes into the config's data_dir when it is not there yet: every stage of the default
 # workflow, on the GPU when there is one; minutes on a GPU, under 15 on 2 CPU cores. Results in results_smoke32/.
 SMOKE32 := config/smoke32.yaml
+SMOKE32_RESULTS := results_smoke32
 smoke32: install
 	$(BIN)/python benchmarks/smoke32.py --configfile $(SMOKE32)
 	$(BIN)/snakemake --cores $(CORES) --configfile $(SMOKE32)
@@ -78,24 +79,74 @@ lint: install
 
 # The default run's results and logs, and smoke32's. A paper study's results below results/ (its results_dir
 # results/<study> holds a _manifest of its own) and its logs (logs/results/<study>) are hours of runs that are not
-# the default's to delete: they are kept, and so is .snakemake (Snakemake's records of their jobs' settings).
+# the default's to delete: they are kept, and so are the logs of any other results_dir (logs/<results_dir>/, e.g.
+# logs/scratch/me/fedscape for /scratch/me/fedscape) and Snakemake's records of their outputs' settings in
+# .snakemake (deleted, they would let a changed setting rerun nothing). Each kept group is named.
 # `make clean-all` deletes everything.
+# The default run's logs are logs/<part>/... for the first parts of core.paths.JOB_LOGS (tests/unit/test_makefile.py).
+DEFAULT_LOGS := barriers figures hessian init landscape partitions tables train
+
+# Snakemake's records (.snakemake/metadata: each output's settings, which it compares to rerun a changed job;
+# .snakemake/incomplete: outputs of jobs that were running) are files named after their output's path, urlsafe
+# base64 cut into parts of a file name's length, each but the last with a leading @ (snakemake.persistence.file).
+# Those of the outputs clean deleted (below results/ less the kept studies, argv[2:], or smoke32's, argv[1]) go; the
+# others stay, and .snakemake goes as a whole where none is left.
+define CLEAN_RECORDS
+import base64, os, shutil, sys
+
+deleted = [os.path.abspath(root) for root in ("results", sys.argv[1])]
+kept = [os.path.abspath(os.path.join("results", study)) for study in sys.argv[2:]]
+
+
+def below(path, roots):
+    return any(path == root or path.startswith(root + os.sep) for root in roots)
+
+
+def output(record, folder):
+    try:
+        name = os.path.relpath(record, folder).replace(os.sep, "").replace("@", "")
+        return os.path.abspath(base64.urlsafe_b64decode(name).decode())
+    except ValueError:  # no record's name: a file of Snakemake's own, kept
+        return None
+
+
+left = 0
+for folder in (".snakemake/metadata", ".snakemake/incomplete"):
+    for root, _, names in os.walk(folder):
+        for record in (os.path.join(root, name) for name in names):
+            path = output(record, folder)
+            if path is not None and below(path, deleted) and not below(path, kept):
+                os.remove(record)
+            else:
+                left += 1
+if not left:
+    shutil.rmtree(".snakemake", ignore_errors=True)
+endef
+export CLEAN_RECORDS
+
 clean:
 	@kept=; \
 	for entry in results/* results/.[!.]*; do \
 	  [ -e "$$entry" ] || continue; \
 	  if [ -d "$$entry/_manifest" ]; then kept="$$kept $${entry#results/}"; else rm -rf "$$entry"; fi; \
 	done; \
-	for entry in logs/* logs/.[!.]*; do [ ! -e "$$entry" ] || [ "$$entry" = logs/results ] || rm -rf "$$entry"; done; \
+	for entry in $(DEFAULT_LOGS) $(SMOKE32_RESULTS); do rm -rf "logs/$$entry"; done; \
 	for entry in logs/results/*; do \
 	  [ -e "$$entry" ] || continue; \
 	  case " $$kept " in *" $${entry#logs/results/} "*) ;; *) rm -rf "$$entry";; esac; \
 	done; \
-	rm -rf results_smoke32; \
+	rm -rf $(SMOKE32_RESULTS); \
+	$(PYTHON) -c "$$CLEAN_RECORDS" $(SMOKE32_RESULTS) $$kept || exit 1; \
 	if [ -n "$$kept" ]; then \
 	  echo "make clean kept the results and logs of other studies below results/ and logs/results/:$$kept" \
 	    "(make clean-all deletes them too)"; \
-	else rm -rf .snakemake; fi
+	fi; \
+	other=; \
+	for entry in logs/* logs/.[!.]*; do [ ! -e "$$entry" ] || [ "$$entry" = logs/results ] || other="$$other $${entry#logs/}"; done; \
+	if [ -n "$$other" ]; then \
+	  echo "make clean kept the logs of other results directories below logs/ and Snakemake's records of their" \
+	    "results in .snakemake:$$other (make clean-all deletes them too)"; \
+	fi
 
 clean-all:
-	rm -rf results results_smoke32 logs .snakemake
+	rm -rf results $(SMOKE32_RESULTS) logs .snakemake

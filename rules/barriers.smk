@@ -170,7 +170,7 @@ rule layer_consecutive_table:
         "../envs/light.yaml"
     params:
         **result_version_params(barrier_plan.RESULT_VERSIONS["layer_consecutive_table"]),
-        pairs=[p.label for p in LAYER_PAIRS.values() if p.kind == "consecutive"],
+        pairs=barrier_plan.consecutive_pairs(config, RUNS),
     script:
         "../workflow/scripts/layer_consecutive_table.py"
 

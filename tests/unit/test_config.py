@@ -19,7 +19,9 @@ from fedscape.core.config import ConfigError, config_value, duplicate_keys, read
 from fedscape.core.runs import RUN_FIELDS, Run, build_runs, resolve_run, select_runs, unused_grid_values
 from fedscape.data.specs import DATASET_OPTION_ORDER, data_layout_problems
 from fedscape.fl.hparams import registry
+from fedscape.plan.barriers import consecutive_pairs
 from fedscape.plan.landscape import landscape_plans, plane_settings
+from fedscape.plan.report import local_work
 from fedscape.plan.workflow import check_config, check_data, config_warnings
 
 # The default's run grid without the analyses, whose run selectors assume the default grid.
@@ -590,6 +592,21 @@ def test_reordering_every_mapping_of_a_shipped_config_changes_no_run_and_no_job_
     runs = build_runs(config)
     assert runs == build_runs(flipped)
     assert _settings_texts(config) == _settings_texts(flipped)
+    assert _rule_params_texts(config) == _rule_params_texts(flipped)
+
+
+def test_reordering_consecutive_layer_pairs_changes_no_table_params():
+    # Prepare: layerwise_digits.yaml with a second consecutive-round pair (of another run), after the first
+    raw = yaml.safe_load((ROOT / "config/papers/layerwise_digits.yaml").read_text())
+    raw["layer_barriers"]["pairs"]["central_consecutive_b"] = {
+        "run": {"algorithm": "central_lowlr", "init": "random", "seed": 0}, "consecutive": True}
+
+    # Execute
+    config, flipped = check_config(copy.deepcopy(raw), SCHEMA), check_config(_reversed_mappings(raw), SCHEMA)
+
+    # Assert: layer_consecutive_table's pairs in one order whatever the YAML's (the pair labels' order)
+    assert consecutive_pairs(config, build_runs(config)) == ["central_consecutive", "central_consecutive_b"]
+    assert _rule_params_texts(config) == _rule_params_texts(flipped)
 
 
 def test_every_dataset_option_of_the_schema_has_its_place_in_the_jobs_settings():
@@ -598,6 +615,14 @@ def test_every_dataset_option_of_the_schema_has_its_place_in_the_jobs_settings()
 
     assert sorted(DATASET_OPTION_ORDER) == sorted(options)
     assert len(set(DATASET_OPTION_ORDER)) == len(DATASET_OPTION_ORDER)
+
+
+def _rule_params_texts(config: dict) -> list[str]:
+    """The params text of the rules' own params that `config`'s mappings feed beyond the jobs' settings: each algorithm
+    label's local work (accuracy_figure's `work`, whose `variant` prints a mapping-valued override such as `swa`) and
+    layer_consecutive_table's `pairs`."""
+    runs = build_runs(config)
+    return [repr(local_work(config, runs)), repr(consecutive_pairs(config, runs))]
 
 
 def _settings_texts(config: dict) -> list[str]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from fedscape.core.paths import JOB_LOGS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,27 +38,55 @@ def _tree(root: Path, paths: list[str]) -> None:
         (root / rel).write_text("x")
 
 
+def _record(folder: str, output: str) -> str:
+    """Snakemake's record of `output` below .snakemake/<folder> (metadata or incomplete), named as
+    snakemake.persistence.file names it: urlsafe base64 of the path, in parts of a 255-character file name, each but
+    the last with a leading @."""
+    name = base64.urlsafe_b64encode(output.encode()).decode()
+    parts = [name[i:i + 254] for i in range(0, len(name), 254)]
+    return "/".join([".snakemake", folder, *(f"@{part}" for part in parts[:-1]), parts[-1]])
+
+
+# the default run's logs: one below each first part of its log templates, so that a new one is deleted too
+DEFAULT_LOGS = sorted({f"logs/{template.split('/')[0]}/x.log" for template in JOB_LOGS.values()})
+STUDY = ["results/heterogeneity_digits/_manifest/a.json", "results/heterogeneity_digits/train/r/trajectory.pt",
+         "logs/results/heterogeneity_digits/train/r.log",
+         _record("metadata", "results/heterogeneity_digits/train/r/trajectory.pt")]
+# a results_dir elsewhere (README: /scratch on a cluster) and one beside results/, with their logs and records (one
+# of a path too long for one file name)
+DEEP = "/scratch/me/fedscape/landscape/" + "d" * 200
+OTHER = ["logs/scratch/me/fedscape/train/r.log", "logs/mine/tables/rounds.log",
+         _record("metadata", "/scratch/me/fedscape/train/r/trajectory.pt"), _record("metadata", f"{DEEP}/plane.pt"),
+         _record("incomplete", "/scratch/me/fedscape/tables/rounds.csv"), _record("metadata", "mine/tables/rounds.csv")]
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
-@pytest.mark.parametrize("study", [True, False])
-def test_clean_deletes_the_default_runs_results_and_keeps_other_studies(tmp_path, study):
-    # Prepare: the default run's results and logs, smoke32's, and (or not) a paper study's results_dir below results/
+@pytest.mark.parametrize(("kept", "said"), [
+    ([], []),
+    (STUDY, ["kept the results and logs of other studies below results/ and logs/results/: heterogeneity_digits"]),
+    (OTHER, ["kept the logs of other results directories below logs/ and Snakemake's records of their results in "
+             ".snakemake: mine scratch"]),
+], ids=["default_only", "study_below_results", "other_results_dirs"])
+def test_clean_deletes_the_default_runs_results_and_keeps_other_studies(tmp_path, kept, said):
+    # Prepare: the default run's results, logs and Snakemake records, smoke32's, and those of another study (or none)
     shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
     default = ["results/train/r/trajectory.pt", "results/tables/rounds.csv", "results/_manifest/a.json",
-               "results/.hidden", "logs/train/r.log", "logs/results/other/x.log", "results_smoke32/t.csv",
-               ".snakemake/metadata/m"]
-    other = ["results/heterogeneity_digits/_manifest/a.json", "results/heterogeneity_digits/train/r/trajectory.pt",
-             "logs/results/heterogeneity_digits/train/r.log"]
-    _tree(tmp_path, default + (other if study else []))
+               "results/.hidden", *DEFAULT_LOGS, "logs/results/other/x.log", "results_smoke32/t.csv",
+               "logs/results_smoke32/train/r.log", _record("metadata", "results/train/r/trajectory.pt"),
+               _record("incomplete", "results/tables/rounds.csv"), _record("metadata", "results_smoke32/t.csv")]
+    assert len(_record("metadata", f"{DEEP}/plane.pt").split("/")) == 4  # (its name is cut in two)
+    _tree(tmp_path, default + kept)
 
     # Execute
-    proc = subprocess.run(["make", "clean"], cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run(["make", "clean", f"PYTHON={sys.executable}"], cwd=tmp_path, capture_output=True,
+                          text=True)
 
-    # Assert: the default run's files gone; a study's results, its logs and Snakemake's records kept, and said
+    # Assert: the default run's files gone (and .snakemake, where no other record is left); the others' kept, and said
     assert proc.returncode == 0, proc.stderr
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file() and p.name != "Makefile")
-    assert left == (sorted([*other, ".snakemake/metadata/m"]) if study else [])
-    assert ("kept the results and logs of other studies below results/ and logs/results/: heterogeneity_digits"
-            in proc.stdout) is study
+    assert left == sorted(kept)
+    assert (tmp_path / ".snakemake").exists() is bool(kept)
+    assert [line.removeprefix("make clean ").split(" (make clean-all")[0] for line in proc.stdout.splitlines()] == said
 
     # Execute / Assert: clean-all deletes everything
     subprocess.run(["make", "clean-all"], cwd=tmp_path, capture_output=True, text=True, check=True)

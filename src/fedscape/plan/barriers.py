@@ -375,8 +375,9 @@ def layerwise_inputs(config: dict, pair: LayerPair) -> dict[str, str]:
 
 
 def consecutive_pairs(config: dict, runs: list) -> list[str]:
-    """The labels of the consecutive-round layer-wise pairs (layer_consecutive.csv)."""
-    return [p.label for p in layer_pairs(config, runs) if p.kind == "consecutive"]
+    """The labels of the consecutive-round layer-wise pairs (layer_consecutive.csv's, in its row order), sorted: the
+    order of `layer_barriers.pairs` in the YAML would change the table job's params."""
+    return sorted(p.label for p in layer_pairs(config, runs) if p.kind == "consecutive")
 
 
 def interpolation_curves(config: dict, runs: list) -> list[str]:

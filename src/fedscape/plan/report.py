@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 
 from fedscape.analysis.contributions import final_contributions
+from fedscape.core.config import canonical
 from fedscape.core.paths import ACCURACY_FIGURE, COST_FIGURE, CURVES_FIGURE, Results
 from fedscape.core.runs import Run
 from fedscape.fl.hparams.registry import without_default_hyperparameters
@@ -69,8 +70,8 @@ def local_work(config: dict, runs: list[Run]) -> dict[str, dict]:
         own = {**without_default_hyperparameters(spec["name"], hyperparameters),
                **{k: v for k, v in spec["training"].items()
                   if k not in NOT_A_VARIANT and v != config["training"].get(k)}}
-        if own:
-            entry["variant"] = ", ".join(f"{key} {own[key]}" for key in sorted(own))
+        if own:  # a mapping's keys sorted (`canonical`): the YAML's order would change the figure jobs' params
+            entry["variant"] = ", ".join(f"{key} {canonical(own[key])}" for key in sorted(own))
         work[run.algorithm] = entry
     return work
 

@@ -130,6 +130,47 @@ def test_pretrained_init_starts_above_chance_on_the_clients_data():
     assert set(ds.proxy_index).isdisjoint(ds.train_index)
 
 
+@pytest.mark.parametrize("weight_decay", [0.1, 0.0])
+def test_char_gpt_pretraining_leaves_its_biases_layer_norms_and_embeddings_undecayed(monkeypatch, float64_default,
+                                                                                     weight_decay):
+    # Prepare: a tiny char_gpt on token windows, each epoch one batch of them all, so that torch's SGD over the
+    # reference's groups (epfml/llm-baselines: Linear weights decay, nothing else) takes the same steps
+    vocab, seq = 10, 8
+    options = {"vocab_size": vocab, "seq_len": seq, "num_blocks": 1, "num_heads": 2, "embed_dim": 8}
+    x = torch.randint(0, vocab, (12, seq), generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, vocab, (12,), generator=torch.Generator().manual_seed(1))
+    monkeypatch.setattr(inits_mod, "proxy_data", lambda job, device="cpu": ProxyData(y, vocab, "dataset:tokens", x=x))
+    job = pretrained_job(dataset="shakespeare", model="char_gpt", model_options=options, in_channels=vocab,
+                         image_size=seq, num_classes=vocab, epochs=3, lr=0.1, batch_size=12,
+                         weight_decay=weight_decay, dataset_options={})
+
+    # Execute
+    model, _ = pretrain(job)
+
+    # Assert: every tensor but the re-initialised head is the grouped reference's
+    def reference(grouped: bool) -> dict[str, torch.Tensor]:
+        net = inits_mod.random_model(job, seed=0)
+        named = dict(net.named_parameters())
+        decayed = {"classifier.weight", *(f"blocks.0.{layer}.weight"
+                                          for layer in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))}
+        groups = ([{"params": [p for n, p in named.items() if n in decayed]},
+                   {"params": [p for n, p in named.items() if n not in decayed], "weight_decay": 0.0}]
+                  if grouped else [{"params": list(named.values())}])
+        opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=weight_decay)
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+        return {n: p.detach() for n, p in named.items() if not n.startswith("classifier.")}
+
+    def gap(expected: dict[str, torch.Tensor]) -> float:
+        params = dict(model.named_parameters())
+        return max((params[n] - p).abs().max().item() for n, p in expected.items())
+
+    assert gap(reference(grouped=True)) < 1e-12
+    assert (gap(reference(grouped=False)) > 1e-5) == (weight_decay > 0)  # without decay the groups are one SGD
+
+
 def test_pretraining_resumes_after_a_kill(tmp_path, monkeypatch):
     settings = pretrained_job(epochs=4)
     reference, _ = pretrain(settings)

@@ -320,3 +320,36 @@ def test_only_gradaug_s_runs_on_cnn_small_carry_the_bump_of_its_sliced_fc_layer(
                            "algorithms": {"a": {"name": algorithm, **hparams}}}, SCHEMA)
 
     assert train.train_settings(config, build_runs(config)[0]).get(RESULT_VERSION) == version
+
+
+@pytest.mark.parametrize(("model", "training", "init_spec", "version", "init_version"), [
+    # weight decay leaves char_gpt's biases, LayerNorm gains and embeddings alone: its runs and inits that decay
+    ("char_gpt", {"weight_decay": 0.001}, {"kind": "random"}, 2, None),
+    ("char_gpt", {"optimizer": "adamw", "weight_decay": 0.001}, {"kind": "iid_warmup", "rounds": 1}, 2, 2),
+    ("char_gpt", {}, {"kind": "iid_warmup", "rounds": 1, "training": {"weight_decay": 0.01}}, None, 2),
+    ("char_gpt", {}, {"kind": "pretrained"}, None, 2),  # its SGD's default weight decay, 5e-4
+    ("char_gpt", {}, {"kind": "pretrained", "weight_decay": 0.0}, None, None),
+    ("char_gpt", {}, {"kind": "iid_warmup", "rounds": 1}, None, None),
+    # every other model decays every parameter, as before
+    ("char_lstm", {"optimizer": "adamw", "weight_decay": 0.001}, {"kind": "pretrained"}, None, None),
+    ("resnet20", {"weight_decay": 0.001}, {"kind": "iid_warmup", "rounds": 1}, None, None),
+    ("resnet20", {"optimizer": "adamw", "weight_decay": 0.001}, {"kind": "pretrained"}, None, None),
+])
+def test_only_the_jobs_that_decay_a_model_with_undecayed_parameters_carry_its_bump(model, training, init_spec, version,
+                                                                                   init_version):
+    # Prepare
+    dataset = "digits" if model == "resnet20" else "shakespeare"
+    config = check_config({"datasets": {dataset: {"proxy_fraction": 0.1}}, "models": [model], "training": training,
+                           "inits": {"i": init_spec}, "experiments": [
+                               {"dataset": dataset, "model": model, "alpha": "iid", "algorithm": "fedavg",
+                                "init": "i"}]}, SCHEMA)
+    runs = build_runs(config)
+
+    # Execute
+    settings = train.train_settings(config, runs[0])
+    init_settings = init.init_settings(config, runs, dataset, model, "i")
+
+    # Assert
+    assert settings.get(RESULT_VERSION) == version
+    assert init_settings.get(RESULT_VERSION) == init_version
+    assert result_versions()["train"] == result_versions()["init"] == FIRST_RESULT_VERSION

@@ -30,12 +30,20 @@ from fedscape.fl import sequential as sequential_mod
 from fedscape.fl.client_stats import round_stats
 from fedscape.fl.engine import run_federated
 from fedscape.fl.settings import TrainConfig
+from fedscape.fl.strategies.base import Strategy
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.vectorized import resolve_client_parallel
 from fedscape.models.evaluate import evaluate
-from fedscape.models.params import flatten_buffers, flatten_params
+from fedscape.models.params import FlatParams, flatten_buffers, flatten_params
 from fedscape.models.registry import build_model
-from fedscape.models.specs import TOKEN_MODEL_DEFAULTS, check_token_options, model_option_problems
+from fedscape.models.specs import (
+    MODEL_NAMES,
+    NO_DECAY_MODELS,
+    TOKEN_MODEL_DEFAULTS,
+    check_token_options,
+    is_token_model,
+    model_option_problems,
+)
 from fedscape.models.tokens import CharGPT, CharLSTM, LSTMLayer
 from fedscape.plan.barriers import check as barriers_check
 from fedscape.plan.barriers import interpolation_pair
@@ -464,9 +472,10 @@ def token_federation(sizes: list[int]) -> FederatedData:
     return FederatedData(x, y, idx, x[:10], y[:10])
 
 
-def federated_round(name: str, mode: str, monkeypatch):
-    cfg = TrainConfig(rounds=1, local_epochs=2, batch_size=8, lr=0.1, momentum=0.9, weight_decay=1e-3,
-                      participation=1.0, seed=3, save_clients_at=(1,), client_parallel=mode)
+def federated_round(name: str, mode: str, monkeypatch, **training):
+    cfg = TrainConfig(**{"rounds": 1, "local_epochs": 2, "batch_size": 8, "lr": 0.1, "momentum": 0.9,
+                         "weight_decay": 1e-3, "participation": 1.0, "seed": 3, "save_clients_at": (1,),
+                         "client_parallel": mode, **training})
     with monkeypatch.context() as m:
         if mode == "vectorized":
             def no_sequential(*args, **kwargs):
@@ -509,3 +518,107 @@ def test_client_statistics_of_a_token_round(name, monkeypatch):
 
 def test_model_classes_are_registered_under_their_names():
     assert type(tiny("char_gpt")) is CharGPT and type(tiny("char_lstm")) is CharLSTM
+
+
+# -- weight decay: char_gpt decays its Linear weights alone, as the GPT of epfml/llm-baselines ----------------------
+GPT_DECAYED = {"classifier.weight", *(f"blocks.{i}.{layer}.weight" for i in range(2)
+                                      for layer in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("name", ["char_gpt", "char_lstm"])
+def test_only_char_gpt_s_optimiser_leaves_its_biases_layer_norms_and_embeddings_undecayed(name, optimizer):
+    # Prepare
+    model = tiny(name)
+    names = {p: n for n, p in model.named_parameters()}
+    cfg = TrainConfig(optimizer=optimizer, momentum=0.0, weight_decay=1e-3)
+
+    # Execute
+    opt = sequential_mod.local_optimizer(sequential_mod.decay_groups(model), cfg)
+
+    # Assert: char_gpt's Linear weights decay, its other tensors form a group without decay; char_lstm decays all
+    groups = [({names[p] for p in g["params"]}, g["weight_decay"]) for g in opt.param_groups]
+    if name == "char_gpt":
+        assert groups == [(GPT_DECAYED, 1e-3), (set(names.values()) - GPT_DECAYED, 0.0)]
+        assert {"wte.weight", "wpe.weight", "blocks.0.ln_1.weight", "ln_f.bias", "blocks.1.mlp.c_fc.bias"} <= (
+            groups[1][0])
+    else:
+        assert groups == [(set(names.values()), 1e-3)]
+
+
+def test_a_zero_gradient_adamw_step_with_decay_moves_char_gpt_s_linear_weights_alone():
+    # Prepare: every gradient zero, so that AdamW's step is its decoupled decay alone
+    model = tiny("char_gpt")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = sequential_mod.local_optimizer(sequential_mod.decay_groups(model),
+                                         TrainConfig(optimizer="adamw", momentum=0.0, lr=0.1, weight_decay=0.5))
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+
+    # Execute
+    opt.step()
+
+    # Assert: the LayerNorm gains, biases and embeddings stay put; a Linear weight shrinks by 1 - lr wd
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n], before[n]) for n in before if n not in GPT_DECAYED)
+    assert torch.equal(after["ln_f.weight"], torch.ones_like(after["ln_f.weight"]))
+    assert all(torch.allclose(after[n], before[n] * 0.95, rtol=0, atol=1e-7) for n in GPT_DECAYED)
+
+
+@pytest.mark.parametrize("training", [{"momentum": 0.9}, {"optimizer": "adamw"}])
+def test_a_char_gpt_client_trains_as_llm_baselines_groups_its_optimiser(float64_default, training):
+    # Prepare: one client, three steps of its whole shard (every step the same batch), against torch's optimiser of
+    # the reference's groups and of one group decaying every tensor
+    data = token_federation([12])
+    cfg = TrainConfig(rounds=1, local_steps=3, batch_size=12, lr=0.01, weight_decay=0.1, seed=0, **training)
+    model = tiny("char_gpt")
+    flat = FlatParams(model)
+
+    # Execute
+    result, _ = sequential_mod.local_train(model, flat, flat.get().clone(), torch.zeros(0), data, 0, 1, Strategy(),
+                                           cfg)
+
+    # Assert
+    def reference(grouped: bool) -> torch.Tensor:
+        net = tiny("char_gpt")
+        named = dict(net.named_parameters())
+        groups = ([{"params": [p for n, p in named.items() if n in GPT_DECAYED]},
+                   {"params": [p for n, p in named.items() if n not in GPT_DECAYED], "weight_decay": 0.0}]
+                  if grouped else [{"params": list(named.values())}])
+        opt = (torch.optim.AdamW(groups, lr=0.01, weight_decay=0.1) if "optimizer" in training
+               else torch.optim.SGD(groups, lr=0.01, momentum=0.9, weight_decay=0.1))
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(net(data.x_train), data.y_train).backward()
+            opt.step()
+        return flatten_params(net)
+
+    assert result.params.dtype == torch.float64
+    assert (result.params - reference(grouped=True)).abs().max().item() < 1e-12
+    assert (result.params - reference(grouped=False)).abs().max().item() > 1e-5  # the groups matter here
+
+
+def test_vectorised_adamw_clients_of_char_gpt_leave_the_same_tensors_undecayed(float64_default, monkeypatch):
+    # Execute
+    adamw = {"optimizer": "adamw", "momentum": 0.0, "lr": 0.01, "weight_decay": 0.5}
+    seq = federated_round("char_gpt", "sequential", monkeypatch, **adamw)
+    vec = federated_round("char_gpt", "vectorized", monkeypatch, **adamw)
+
+    # Assert: float64, so that Adam's m / sqrt(v) cannot magnify rounding past the tolerance
+    assert (seq.clients[1].params - vec.clients[1].params).abs().max().item() <= 1e-10
+    assert (seq.params[-1] - vec.params[-1]).abs().max().item() <= 1e-10
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_only_the_models_of_no_decay_models_leave_parameters_undecayed(name):
+    # Prepare: every registry model, image models on CIFAR's shape; char_gpt under MOON's projection head too
+    shape = (VOCAB, SEQ) if is_token_model(name) else (3, 32)
+    options = TINY.get(name, {})
+
+    # Execute
+    skipped = sequential_mod.undecayed(build_model(name, VOCAB, *shape, **options))
+    projected = sequential_mod.undecayed(build_model(name, VOCAB, *shape, projection_head=True, **options))
+
+    # Assert: the planner's list (models.specs, which reruns their runs) is the models' own; the ResNets decay all
+    assert bool(skipped) == (name in NO_DECAY_MODELS)
+    assert projected == {f"backbone.{n}" for n in skipped}

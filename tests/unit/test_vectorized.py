@@ -493,7 +493,8 @@ def test_models_without_forward_stacked_use_vmap():
     assert not trainer.stacked_forward
 
 
-def test_stacked_adamw_steps_equal_torch_adamw_on_the_same_gradients():
+@pytest.mark.parametrize("decay", [0.1, 0.0])  # 0: a tensor the model leaves undecayed (char_gpt's LayerNorm gains)
+def test_stacked_adamw_steps_equal_torch_adamw_on_the_same_gradients(decay):
     # two clients with their own lrs (a schedule over unequal step counts), three steps of given gradients
     cfg = TrainConfig(optimizer="adamw", adamw_beta1=0.8, adamw_beta2=0.95, adamw_eps=1e-8, weight_decay=0.1)
     trainer = VectorizedTrainer(model_of(), shard_data([4, 4]), make_strategy("fedavg"), cfg)
@@ -505,11 +506,12 @@ def test_stacked_adamw_steps_equal_torch_adamw_on_the_same_gradients():
     stacked = start.clone()
     m, v = torch.zeros_like(stacked), torch.zeros_like(stacked)
     for step, (grad, lr) in enumerate(zip(grads, lrs, strict=True), start=1):
-        trainer._adamw_step([stacked], [grad], [m], [v], lr, [torch.full((2,), float(step), dtype=torch.float64)])
+        trainer._adamw_step([stacked], [grad], [m], [v], lr, [torch.full((2,), float(step), dtype=torch.float64)],
+                            [decay])
 
     for client in range(2):
         w = start[client].clone().requires_grad_(True)
-        opt = torch.optim.AdamW([w], lr=0.1, betas=(0.8, 0.95), eps=1e-8, weight_decay=0.1)
+        opt = torch.optim.AdamW([w], lr=0.1, betas=(0.8, 0.95), eps=1e-8, weight_decay=decay)
         for grad, lr in zip(grads, lrs, strict=True):
             opt.param_groups[0]["lr"] = float(lr if isinstance(lr, float) else lr[client])
             w.grad = grad[client].clone()

@@ -5,6 +5,8 @@ The reference every faster path is checked against (fedscape.fl.vectorized).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from fedscape.data.datasets import augmented_batch, host_to_device, take_rows
@@ -56,7 +58,7 @@ def local_train(
     ctx = ClientContext(round_, client_id, global_params, x, y, generator, lr=cfg.lr, momentum=sgd_momentum,
                         nesterov=cfg.nesterov, step_lrs=plan.lrs)
     strategy.begin_local(model, ctx)
-    opt = local_optimizer([*model.parameters(), *strategy.local_parameters(ctx)], cfg)
+    opt = local_optimizer(decay_groups(model, strategy.local_parameters(ctx)), cfg)
     if momentum is not None and cfg.optimizer == "adamw":
         load_adamw_state(opt, model, momentum.to(device))
     elif momentum is not None and cfg.momentum:
@@ -92,9 +94,29 @@ def local_train(
     return result, momentum_out
 
 
-def local_optimizer(params: list[torch.Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The clients' local optimiser of `cfg.optimizer`: torch's SGD (momentum, Nesterov's where `cfg.nesterov`,
-    coupled weight decay) or AdamW
+def undecayed(model: torch.nn.Module) -> frozenset[str]:
+    """The names of `model`'s parameters that weight decay leaves alone: those its modules name in their
+    `no_weight_decay()` (char_gpt's, `fedscape.models.specs.NO_DECAY_MODELS`), under a wrapper too (MOON's
+    projection head); none for every other model."""
+    return frozenset(f"{prefix}.{name}" if prefix else name for prefix, module in model.named_modules()
+                     if hasattr(module, "no_weight_decay") for name in module.no_weight_decay())
+
+
+def decay_groups(model: torch.nn.Module, extra: Sequence[torch.Tensor] = ()) -> list[dict]:
+    """The parameter groups of an optimiser of `model` and a strategy's `extra` tensors (MOON's projection head,
+    decayed): one group, and a second of weight decay 0 with the parameters the model leaves undecayed
+    (`undecayed`), as its reference code groups them for every optimiser."""
+    skip = undecayed(model)
+    named = list(model.named_parameters())
+    groups = [{"params": [*(p for name, p in named if name not in skip), *extra]}]
+    if skip:
+        groups.append({"params": [p for name, p in named if name in skip], "weight_decay": 0.0})
+    return groups
+
+
+def local_optimizer(params: list[dict], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The clients' local optimiser of `cfg.optimizer` over the parameter groups `params` (`decay_groups`): torch's
+    SGD (momentum, Nesterov's where `cfg.nesterov`, coupled weight decay) or AdamW
     (Loshchilov & Hutter 2019: decoupled weight decay)."""
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adamw_beta1, cfg.adamw_beta2), eps=cfg.adamw_eps,

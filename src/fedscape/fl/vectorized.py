@@ -30,7 +30,8 @@ Exactness with the sequential reference (`fedscape.fl.sequential.local_train`):
   (`fedscape.fl.local.local_plan`), and each step's learning rate (its schedule) is the same number,
   per client where clients differ in their step counts;
 - the local optimiser is torch's SGD (momentum, Nesterov's or not, dampening 0, weight decay) or AdamW (bias-corrected,
-  decoupled weight decay) written out for the stacked tensors and applied to the active prefix only.
+  decoupled weight decay) written out for the stacked tensors and applied to the active prefix only, each parameter's
+  decay its group's (none for those the model leaves undecayed: `fedscape.fl.sequential.decay_groups`).
   AdamW divides by sqrt(v) + eps, which magnifies the float rounding of near-zero gradients, so `auto`
   trains AdamW clients sequentially and only an explicit `vectorized` stacks them (equal to 1e-5 at
   a larger eps, and step for step torch's AdamW on the same gradients);
@@ -125,6 +126,7 @@ from fedscape.data.specs import AUGMENTATIONS, CROP_PADDING, SEQUENTIAL_AUGMENTA
 from fedscape.fl.capture import StackedStepGraphs, StepGraphMaker
 from fedscape.fl.local import client_generator, layer_seed, local_plan, round_work
 from fedscape.fl.schedule import update_weight
+from fedscape.fl.sequential import undecayed
 from fedscape.fl.settings import CLIENT_PARALLEL, TrainConfig, strategy_ref, uncaptured_steps
 from fedscape.fl.strategies.base import ClientResult, StackedBatch, Strategy
 from fedscape.models.layers import StackedNorm, has_forward_stacked
@@ -359,6 +361,10 @@ class VectorizedTrainer:
         self.names = [name for name, _ in model.named_parameters()]
         self.shapes = [tuple(p.shape) for _, p in model.named_parameters()]
         self.numels = [math.prod(s) for s in self.shapes]
+        # Each parameter's weight decay: none where the model leaves it undecayed, as local_train's optimiser
+        # groups it (fedscape.fl.sequential.decay_groups)
+        skip = undecayed(model)
+        self.decays = [0.0 if name in skip else cfg.weight_decay for name in self.names]
         self.indices_cpu = [ix.cpu() for ix in data.client_indices]
         # The model's own grouped forward where it has one (cnn_small, convnet: grouped convolutions, about 1.4x
         # faster on a CPU), else functional_call under vmap.
@@ -755,12 +761,14 @@ class VectorizedTrainer:
         current = [st.stacked[i][:k] for i in used]
         if st.moments is not None:
             self._adamw_step(current, grads, [st.moments[0][i][:k] for i in used],
-                             [st.moments[1][i][:k] for i in used], lr, [self._adam_steps(st, i, t, k) for i in used])
+                             [st.moments[1][i][:k] for i in used], lr, [self._adam_steps(st, i, t, k) for i in used],
+                             [self.decays[i] for i in used])
             st.loss_sum[:k] += losses.detach()
             return
         # torch.optim.SGD (dampening 0, Nesterov's where cfg.nesterov) on the active prefix of the stack.
-        if cfg.weight_decay:
-            torch._foreach_add_(grads, current, alpha=cfg.weight_decay)
+        decayed = [j for j, i in enumerate(used) if self.decays[i]]
+        if decayed:
+            torch._foreach_add_([grads[j] for j in decayed], [current[j] for j in decayed], alpha=cfg.weight_decay)
         if st.momentum is not None:
             bufs = [st.momentum[i][:k] for i in used]
             torch._foreach_mul_(bufs, cfg.momentum)  # zero at the first step: buf = grad
@@ -784,18 +792,19 @@ class VectorizedTrainer:
         return st.branch_live[: t + 1, :k, branch].sum(dim=0, dtype=torch.float64)
 
     def _adamw_step(self, params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
-                    exp_avg_sq: list[torch.Tensor], lr: float | torch.Tensor, steps: list[torch.Tensor]) -> None:
+                    exp_avg_sq: list[torch.Tensor], lr: float | torch.Tensor, steps: list[torch.Tensor],
+                    decays: list[float]) -> None:
         """torch.optim.AdamW's step (Loshchilov & Hutter 2019; bias-corrected moments, decoupled weight decay) on
         stacked client tensors, in place; `lr` one number or one per client; `steps` each tensor's step count per
         client (from 1; a client whose count this step did not raise is put back by the caller), its bias
-        corrections from Python floats as torch's."""
+        corrections from Python floats as torch's; `decays` each tensor's weight decay (its group's)."""
         cfg = self.cfg
         beta1, beta2 = cfg.adamw_beta1, cfg.adamw_beta2
-        for p, g, m, v, counts in zip(params, grads, exp_avg, exp_avg_sq, steps, strict=True):
+        for p, g, m, v, counts, decay in zip(params, grads, exp_avg, exp_avg_sq, steps, decays, strict=True):
             shape = (-1, *([1] * (p.dim() - 1)))
             scale = lr if isinstance(lr, float) else lr.view(shape)
-            if cfg.weight_decay:
-                p.mul_(1 - scale * cfg.weight_decay)
+            if decay:
+                p.mul_(1 - scale * decay)
             m.lerp_(g, 1 - beta1)
             v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
             values = [max(c, 1.0) for c in counts.tolist()]  # a count of 0 (a branch not yet run) is never kept

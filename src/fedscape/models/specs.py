@@ -253,6 +253,12 @@ NO_PERMUTATION_SPEC: dict[str, str] = {
     "word_lstm": ("its LSTM's recurrent weights weight_hh are permuted on both axes by the same hidden-unit "
                   "permutation, so the matching objective is quadratic in it (as char_lstm's)"),
 }
+# Registry models whose weight decay leaves some parameters alone, which the model names (`no_weight_decay()`:
+# char_gpt's biases, LayerNorm gains and embeddings, as its reference code groups them), in every local and
+# pretraining optimiser (`fedscape.fl.sequential.decay_groups`). Every other model's decay reaches every parameter, as
+# its papers' code does (the ResNets' SGD: the FedAlign code's, akamaster's). Planning reads this to rerun the runs
+# and inits of these models that decay (plan.train.UNDECAYED_BUMPS), no others.
+NO_DECAY_MODELS: frozenset[str] = frozenset({"char_gpt"})
 if {n for n, i in MODEL_INFOS.items() if i.inputs == "tokens"} != set(TOKEN_MODEL_DEFAULTS):
     raise RuntimeError("every token model needs its option defaults in TOKEN_MODEL_DEFAULTS, and only they")
 

@@ -140,6 +140,17 @@ class CharGPT(TokenModel):
         """Logits of every position, [B, T, vocab] (position t predicts token t + 1)."""
         return self.classifier(self.ln_f(self.hidden_states(x)))
 
+    def no_weight_decay(self) -> list[str]:
+        """The parameters weight decay leaves alone (`fedscape.models.specs.NO_DECAY_MODELS`): all but the Linear
+        layers' weights, so every bias, the LayerNorm gains and both embeddings. So the GPT of epfml/llm-baselines,
+        on which the layer-wise LMC authors' code builds (Adilova et al. 2023), groups the parameters of every
+        optimiser it builds (models/base.py, get_parameter_group_specs: Linear weights decay; biases, LayerNorm and
+        Embedding weights do not; nanoGPT's configure_optimizers until May 2023 too, which since decays every 2-D
+        tensor, the embeddings included). Their head is the token embedding (tied), so undecayed; this head is a
+        Linear layer of its own (above) and decays as their other Linear weights."""
+        linear = {f"{name}.weight" for name, module in self.named_modules() if isinstance(module, nn.Linear)}
+        return [name for name, _ in self.named_parameters() if name not in linear]
+
     def permutation_axes(self, axes: Axes) -> None:
         """The residual stream, each block's MLP hidden units and attention heads (Ainsworth et al. 2023, Git Re-Basin).
 

@@ -24,7 +24,14 @@ from fedscape.data.specs import (
 )
 from fedscape.fl.settings import RUN_ONLY_TRAINING_KEYS, TrainingSettings
 from fedscape.fl.swa import swa_config
-from fedscape.plan.train import capture_problem, check_training, merge_training, run_training, work_list_problems
+from fedscape.plan.train import (
+    capture_problem,
+    check_training,
+    merge_training,
+    run_training,
+    undecayed_bumps,
+    work_list_problems,
+)
 from fedscape.stages.init_settings import (
     INIT_JOBS,
     KIND_KEYS,
@@ -32,10 +39,14 @@ from fedscape.stages.init_settings import (
     WARMUP_UNREAD_TRAINING,
     InitJob,
     PretrainConfig,
+    PretrainedInit,
+    WarmupInit,
     kind_spec,
 )
 
-# The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
+# The result version of each job kind this module plans: when to bump it, core.config.result_version_params. An init
+# that trains a model leaving parameters undecayed with weight decay carries plan.train's UNDECAYED_BUMPS too
+# (`init_result_version`).
 RESULT_VERSIONS = {"init": 1}
 
 
@@ -60,7 +71,16 @@ def init_settings(config: dict, runs: list[Run], dataset: str, model: str, init:
     """The settings of `planned_init` with its result version (the rule's params): Snakemake reruns the job when
     they change, not where they differ from its `recorded` params only in how it computes (`kept_record`). Keys
     sorted at every level (`canonical`), as they have always been (Snakemake records the text)."""
-    return job_params(planned_init(config, runs, dataset, model, init), RESULT_VERSIONS["init"], recorded, sort=True)
+    job = planned_init(config, runs, dataset, model, init)
+    return job_params(job, init_result_version(job), recorded, sort=True)
+
+
+def init_result_version(job: InitJob) -> int:
+    """The result version of an init job: RESULT_VERSIONS["init"], plus `plan.train.undecayed_bumps` of the weight
+    decay it trains with (a pretraining's, an IID warm-up's local training's; none for the kinds that train nothing)."""
+    decay = (job.weight_decay if isinstance(job, PretrainedInit)
+             else job.warmup_training.weight_decay if isinstance(job, WarmupInit) else 0.0)
+    return RESULT_VERSIONS["init"] + undecayed_bumps(job.model, decay)
 
 
 def warmup_schedule_warnings(config: dict, runs: list[Run]) -> list[str]:

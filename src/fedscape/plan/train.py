@@ -38,6 +38,7 @@ from fedscape.models.specs import (
     MODEL_NAMES,
     MODEL_NORMS,
     MODEL_OPTIONS,
+    NO_DECAY_MODELS,
     check_model_compatible,
     check_token_options,
     model_option_problems,
@@ -48,8 +49,9 @@ from fedscape.stages.train_settings import TrainJob
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 # A train job's settings carry RESULT_VERSIONS["train"] plus the bumps its algorithm's hyperparameters give its runs
 # (`AlgorithmConfig.result_bumps`: fixes that changed only such runs, as plan.partition's EXACT_ZEROS_BUMPS) and
-# THINNED_EVAL_BUMPS where its training.eval_every is above 1: bump RESULT_VERSIONS["train"] for a change of every
-# run, `result_bumps` or THINNED_EVAL_BUMPS for one of those runs alone.
+# THINNED_EVAL_BUMPS where its training.eval_every is above 1, and UNDECAYED_BUMPS where its model leaves parameters
+# undecayed: bump RESULT_VERSIONS["train"] for a change of every run, `result_bumps`, THINNED_EVAL_BUMPS or
+# UNDECAYED_BUMPS for one of those runs alone.
 RESULT_VERSIONS = {"train": 1}
 # THINNED_EVAL_BUMPS 1: a round between two evaluated ones whose clients' mean local training loss is not finite or
 # above DIVERGED_LOSS is evaluated (as one whose model is not finite was), and so is the model its clients started
@@ -58,6 +60,17 @@ RESULT_VERSIONS = {"train": 1}
 # model in where it was a cycle end's). Which runs had such an excursion is their data's, so every run with
 # eval_every above 1 carries it; with eval_every 1 every round was evaluated and nothing changed.
 THINNED_EVAL_BUMPS = 1
+# UNDECAYED_BUMPS 1: weight decay (SGD's or AdamW's) leaves alone the parameters a model names (char_gpt's biases,
+# LayerNorm gains and embeddings: models.specs.NO_DECAY_MODELS), as its reference code's optimiser groups them; it
+# decayed them too. A train job or an init that trains such a model with weight decay carries it (`undecayed_bumps`;
+# plan.init), no other: without decay, or on any other model, every parameter decays as before.
+UNDECAYED_BUMPS = 1
+
+
+def undecayed_bumps(model: str, weight_decay: float) -> int:
+    """UNDECAYED_BUMPS for a job that trains `model` with `weight_decay` where the model leaves parameters
+    undecayed, else 0."""
+    return UNDECAYED_BUMPS if model in NO_DECAY_MODELS and weight_decay > 0 else 0
 
 
 def merge_training(training: dict, overrides: dict) -> dict:
@@ -154,10 +167,12 @@ def train_settings(config: dict, run: Run, recorded: Iterable[str] | None = None
 
 def train_result_version(job: TrainJob, model_options: dict) -> int:
     """The result version of a train job (its model's `model_options` from the config): RESULT_VERSIONS["train"],
-    plus its algorithm's `result_bumps`, plus THINNED_EVAL_BUMPS where it evaluates less than every round."""
+    plus its algorithm's `result_bumps`, plus THINNED_EVAL_BUMPS where it evaluates less than every round, plus
+    `undecayed_bumps`."""
     bumps = algorithm_config(job.algorithm, job.hyperparameters).result_bumps(
         job.run["model"], model_options, dataclasses.asdict(job.training))
-    return RESULT_VERSIONS["train"] + bumps + (THINNED_EVAL_BUMPS if job.training.eval_every > 1 else 0)
+    return (RESULT_VERSIONS["train"] + bumps + (THINNED_EVAL_BUMPS if job.training.eval_every > 1 else 0)
+            + undecayed_bumps(job.run["model"], job.training.weight_decay))
 
 
 def train_inputs(results: Results, run: Run) -> dict[str, str]:

@@ -42,6 +42,7 @@ from fedscape.data.locations import without_data_locations
 from fedscape.data.partition import check_partition_file
 from fedscape.data.specs import INIT_LOCATION_BASELINES, PROXY_SPLITS, dataset_info
 from fedscape.fl.engine import run_federated
+from fedscape.fl.sequential import decay_groups
 from fedscape.fl.settings import MEMORY_KEYS
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.models.checkpoint import ModelMeta, load_trajectory, save_trajectory
@@ -222,7 +223,8 @@ def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torc
     same_labels = source.startswith("split:")
     model = random_model(job, num_classes=job.num_classes if same_labels else proxy_classes,
                          seed=cfg.seed).to(device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    # the model's undecayed parameters (char_gpt's) in a group of their own, as in local training
+    opt = torch.optim.SGD(decay_groups(model), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     augment = job.dataset_options.get("augment", "none")
     progress = Path(progress_dir) / "state.pt" if progress_dir else None
     start, attempts = 0, []  # attempts: each call that trained epochs, in order (`attempt`, and its first epoch)

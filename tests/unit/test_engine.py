@@ -783,3 +783,84 @@ def test_evaluate_gives_the_model_its_mode_back_when_a_batch_fails(training):
 
     # Assert: the batches ran in eval mode, and the model is back in the mode it came in
     assert calls == [False, False] and model.training is training
+
+
+# -- a checkpoint's buffers: recorded by name and shape, and checked against the model built from its meta ----------
+def _batch_norm_trajectory(path, options: dict, recorded: bool) -> torch.Tensor:
+    """A trajectory of resnet20 with batch norm (running statistics moved off 0 and 1), whose meta names `options`;
+    its buffer layout recorded as a train job records it (`ModelMeta.with_options`), or not (a file written before
+    the record). Its buffers' row."""
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10, in_channels=1, image_size=8, norm="batch")
+    model(torch.randn(4, 1, 8, 8))
+    meta = ModelMeta("resnet20", 10, 1, 8, options).with_options({}, model)
+    if not recorded:
+        meta = dataclasses.replace(meta, buffer_names=None, buffer_shapes=None)
+    buffers = flatten_buffers(model)
+    save_trajectory(path, flatten_params(model)[None], buffers[None], torch.arange(1), meta, {"status": "ok"})
+    return buffers
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["recorded", "unrecorded"])
+@pytest.mark.parametrize(("options", "says"), [
+    ({"norm": "batch"}, None),
+    ({}, None),  # batch norm by default
+    # group norm has batch norm's parameters, and no buffers
+    ({"norm": "group"}, {True: "records buffer 0 as 'stem_norm.running_mean' [16], but the model built from its name "
+                               "and options has no buffer there",
+                         False: "holds 1376 buffer entries per model, but the model built from its name and options "
+                                "has 0"}),
+], ids=["batch", "default", "group"])
+def test_a_trajectory_whose_buffers_are_not_its_models_refuses_to_build_it_naming_the_file(tmp_path, options, says,
+                                                                                           recorded):
+    # Prepare: a batch-norm model's trajectory whose meta names its own norm, or group norm (as a meta written
+    # with the wrong options would)
+    path = tmp_path / "trajectory.pt"
+    buffers = _batch_norm_trajectory(path, options, recorded)
+    traj = load_trajectory(path)  # the parameters' layout and count agree: loading the rows alone is fine
+
+    # Execute / Assert: its own model loads its buffers; another one's build names the file, what differs and the
+    # remedy, where it failed at the first load with a bare count
+    if says is None:
+        assert torch.equal(flatten_buffers(traj.model_at(0)), buffers)
+        return
+    for build in (lambda: traj.model_at(0), traj.model_meta.build):
+        with pytest.raises(CheckpointError) as err:
+            build()
+        message = str(err.value)
+        assert message.startswith(f"{path}: its model (resnet20 with options {{'norm': 'group'}} for 10 classes of "
+                                  f"1x8x8 inputs) {says[recorded]}: its buffers were flattened from another model")
+        assert "--forcerun" in message and "\n" not in message
+
+
+def test_a_checkpoint_records_its_buffers_for_new_files_and_reads_old_ones_unchanged(tmp_path):
+    # Prepare: a new file's meta (as a train job writes it) and an old one's, as read from their files
+    model = build_model("resnet20", num_classes=10, in_channels=1, image_size=8, norm="batch")
+    new = ModelMeta("resnet20", 10, 1, 8, {"norm": "batch"}).with_options({}, model)
+    old = {key: value for key, value in new.to_dict().items() if not key.startswith("buffer_")}
+
+    # Execute
+    read_new, read_old = ModelMeta.from_dict(new.to_dict()), ModelMeta.from_dict(old)
+
+    # Assert: the new meta names every floating buffer in order (each batch norm's running mean and variance); the
+    # old one records none, and writes back the keys it was read with
+    names = [n for n, b in model.named_buffers() if b.is_floating_point()]
+    assert read_new == new and read_new.buffer_names == tuple(names) and len(names) == 2 * 19
+    assert read_new.num_buffers == flatten_buffers(model).numel() == 2 * 688  # 688 channels
+    assert read_old.buffer_names is None and read_old.num_buffers is None
+    assert read_old.to_dict() == old
+
+
+def test_a_trajectory_whose_buffer_rows_disagree_with_its_recorded_buffers_is_damaged(tmp_path):
+    # Prepare: a file whose rows hold fewer buffer entries than its meta records
+    model = build_model("resnet20", num_classes=10, in_channels=1, image_size=8, norm="batch")
+    meta = ModelMeta("resnet20", 10, 1, 8, {"norm": "batch"}).with_options({}, model)
+    path = tmp_path / "trajectory.pt"
+    save_trajectory(path, flatten_params(model)[None], flatten_buffers(model)[None, :-3], torch.arange(1), meta,
+                    {"status": "ok"})
+
+    # Execute / Assert
+    with pytest.raises(CheckpointError, match=rf"{path}: holds 1373 buffer entries per model, but its own model "
+                                              r"\(resnet20 with options \{'norm': 'batch'\} for 10 classes of 1x8x8 "
+                                              r"inputs\) records 1376: the file is damaged; .*--forcerun"):
+        load_trajectory(path)

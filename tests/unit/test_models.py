@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from helpers import papers
 from torch import nn
 
+from fedscape.core.jobs import kept_record, to_settings
 from fedscape.data.datasets import load_dataset
 from fedscape.models.layers import sliced_norm
 from fedscape.models.registry import build_model
@@ -18,7 +22,10 @@ from fedscape.models.specs import (
     is_token_model,
     model_info,
     model_option_defaults,
+    model_option_problems,
 )
+from fedscape.plan.init import planned_init
+from fedscape.stages.init_settings import RandomInit
 
 NUM_CLASSES = 7  # not 10, so a hard-coded class count shows up
 DIGITS = (1, 8)  # in_channels, image_size
@@ -228,7 +235,8 @@ def test_resnet_rejects_images_below_8x8() -> None:
         ("mlp", {"norm": "batch"}, r"'norm' for model 'mlp'.*Valid options: none"),
         ("resnet56", {"norm": "layer"}, r"unknown norm 'layer'.*batch, group, none"),
         ("resnet18", {"norm": "grup"}, r"unknown norm 'grup'.*Did you mean 'group'\?.*batch, group, none"),
-        ("resnet18_nonorm", {"norm": "group"}, r"'norm' for model 'resnet18_nonorm'.*Valid options: none"),
+        ("resnet18_nonorm", {"norm": "group"}, r"'norm' for model 'resnet18_nonorm'.*Valid options: weight_init"),
+        ("resnet18_nonorm", {"weight_init": "torchvison"}, r"unknown init 'torchvison'.*Did you mean 'torchvision'"),
     ],
 )
 def test_bad_options_raise_value_error(name: str, options: dict[str, str], pattern: str) -> None:
@@ -623,7 +631,8 @@ def test_resnet18_group_norm_has_32_groups_and_torchvision_s_init() -> None:
 
 
 # resnet18_nonorm as it was built before it became resnet18 without norm: a hand-written CIFAR ResNet18 whose layers
-# are created in the same order with PyTorch's default init, so that a seed draws the same weights.
+# are created in the same order with PyTorch's default init, so that a seed draws the same weights (weight_init:
+# pytorch, the init its jobs drew before the option).
 class PlainResNet18(nn.Module):
     def __init__(self, num_classes: int) -> None:
         super().__init__()
@@ -655,17 +664,20 @@ def test_resnet18_nonorm_keeps_its_parameter_names_and_initial_weights(seed: int
     plain = PlainResNet18(NUM_CLASSES)
 
     # Execute
-    old = make("resnet18_nonorm", *CIFAR, seed=seed)
-    new = make("resnet18", *CIFAR, seed=seed, norm="none")
+    old = make("resnet18_nonorm", *CIFAR, seed=seed, weight_init="pytorch")
+    new = make("resnet18", *CIFAR, seed=seed, norm="none", weight_init="pytorch")
+    nonorm, none = make("resnet18_nonorm", *CIFAR, seed=seed), make("resnet18", *CIFAR, seed=seed, norm="none")
 
-    # Assert: the layer-wise paper's runs keep their networks; resnet18 without norm is that network
+    # Assert: the layer-wise paper's runs that write the old init out keep their networks; resnet18 without norm is
+    # that network, with either init
     assert [n for n, _ in old.named_parameters()] == resnet18_nonorm_names()
     assert list(old.buffers()) == []
     assert sum(p.numel() for p in old.parameters()) == 11_164_362 - (10 - NUM_CLASSES) * 513  # 11,164,362 at 10
     for ours, theirs in zip(old.parameters(), plain.parameters(), strict=True):
         assert torch.equal(ours, theirs)
-    assert old.state_dict().keys() == new.state_dict().keys()
-    assert all(torch.equal(v, new.state_dict()[k]) for k, v in old.state_dict().items())
+    for a, b in ((old, new), (nonorm, none)):
+        assert a.state_dict().keys() == b.state_dict().keys()
+        assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
 
 
 def reference_group_norm(x: torch.Tensor, groups: list[range], weight: torch.Tensor, bias: torch.Tensor,
@@ -748,3 +760,141 @@ def test_an_option_off_its_default_builds_another_model():
     other = build_model("resnet20", in_channels=3, image_size=32, num_classes=10, norm="group")
     assert model_option_defaults("resnet20") == {"norm": "batch"}
     assert repr(plain) != repr(other)
+
+
+# -- resnet18 without norm draws its weights as the layer-wise paper's code does ------------------------------------
+# The authors' network (LLMC/models/cifar_resnet18.py) is `torchvision_cifar_resnet18(classes, "none")`: torchvision's
+# init (every convolution Kaiming-normal over its fan out, the Linear at PyTorch's default), then a new 3x3 stem at
+# PyTorch's default. Its draws cannot be matched one for one: it draws a 7x7 stem, and its default init, before its
+# Kaiming draws, and the new stem after them; so its tensors are compared by their spread.
+NO_NORM = [("resnet18_nonorm", {}), ("resnet18", {"norm": "none"})]
+
+
+def pytorch_default_std(fan_in: int) -> float:
+    """The standard deviation of PyTorch's default weights, uniform within +-1/sqrt(fan_in)."""
+    return 1 / (3 * fan_in) ** 0.5
+
+
+@pytest.mark.parametrize(("name", "options"), NO_NORM)
+def test_resnet18_without_norm_draws_its_blocks_over_their_fan_out_and_its_stem_at_pytorch_s_default(name, options):
+    # Execute
+    model = make(name, *CIFAR, **options)
+
+    # Assert: every convolution of a block (the two 3x3 ones and the 1x1 projections) Kaiming-normal over its fan out,
+    # sqrt(2 / (out channels x kernel area)); the stem and the classifier at PyTorch's default
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n.startswith("blocks.")]
+    assert len(convs) == 8 * 2 + 3
+    for n, conv in convs:
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        assert conv.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.05), n
+    assert model.stem.weight.std().item() == pytest.approx(pytorch_default_std(3 * 9), rel=0.1)
+    assert model.classifier.weight.std().item() == pytest.approx(pytorch_default_std(512), rel=0.1)
+
+
+def test_resnet18_without_norm_starts_as_the_authors_network_does():
+    # Prepare: the authors' network and ours under the same seeds, on the same images
+    seeds, x = range(4), batch(*CIFAR, size=8)
+    theirs, ours = [], []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        theirs.append(torchvision_cifar_resnet18(NUM_CLASSES, "none"))
+        ours.append(make("resnet18_nonorm", *CIFAR, seed=seed))
+
+    # Execute
+    with torch.no_grad():
+        scale = [[m(x).std().item() for m in models] for models in (theirs, ours)]
+    spread = [[p.std().item() for p in m.parameters() if p.numel() >= 1000] for m in (theirs[0], ours[0])]
+
+    # Assert: each weight tensor has the spread of the authors' (within the error of its sample std), and the logits
+    # their scale: the geometric mean over the seeds within a factor 2.5 of the authors' (1.07 here; a seed's own
+    # ratio varies several-fold; PyTorch's default init, the option's baseline, starts ~24x below it and fan-in
+    # Kaiming ~25x above)
+    assert len(spread[0]) == len(spread[1]) == 8 * 2 + 3 + 2
+    for a, b in zip(*spread, strict=True):
+        assert b == pytest.approx(a, rel=0.1)
+    ratio = math.exp(sum(math.log(o / t) for t, o in zip(*scale, strict=True)) / len(seeds))
+    assert 1 / 2.5 < ratio < 2.5
+
+
+@pytest.mark.parametrize(("name", "options", "weight_init"), [
+    ("resnet18_nonorm", {}, "torchvision_default_stem"),
+    ("resnet18", {"norm": "none"}, "torchvision_default_stem"),
+    ("resnet18", {}, "torchvision"),
+    ("resnet18", {"norm": "batch", "stem": "imagenet"}, "torchvision"),
+])
+def test_resnet18_s_weight_init_default_follows_its_norm(name, options, weight_init):
+    # Prepare
+    defaults = model_option_defaults(name, options)
+
+    # Execute
+    plain, written = make(name, *CIFAR, **options), make(name, *CIFAR, **{**defaults, **options})
+
+    # Assert: the default the init's meaning takes is the one the model is built with
+    assert defaults["weight_init"] == weight_init
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), written.state_dict().values(),
+                                                 strict=True))
+
+
+# -- a new default of a model option reruns the inits that left it out, and none other ------------------------------
+def init_settings_of(model: str, options: dict) -> dict:
+    """The settings of a random init of `model` with the config's `options`, as the init rule's params carry them."""
+    return to_settings(RandomInit(dataset="cifar10", model=model, model_options=options, in_channels=3, image_size=32,
+                                  num_classes=10, init="random", kind="random", seed=0))
+
+
+@pytest.mark.parametrize(("model", "options", "reruns", "weight_init"), [
+    ("resnet18_nonorm", {}, True, "torchvision_default_stem"),  # the new default
+    ("resnet18_nonorm", {"weight_init": "torchvision_default_stem"}, True, "torchvision_default_stem"),
+    ("resnet18_nonorm", {"weight_init": "pytorch"}, False, "pytorch"),  # the old init written out
+    ("resnet18", {"norm": "none"}, True, "torchvision_default_stem"),
+    ("resnet18", {"norm": "none", "weight_init": "pytorch"}, False, "pytorch"),
+    ("resnet18", {}, False, "torchvision"),  # with a norm the default is what its inits drew before the option
+    ("resnet18", {"norm": "batch", "weight_init": "torchvision"}, False, "torchvision"),
+    ("resnet18", {"weight_init": "kaiming"}, True, "kaiming"),  # another init
+    ("resnet20", {}, False, None),  # a model without the option
+])
+def test_a_new_weight_init_default_reruns_exactly_the_inits_that_left_it_out(model, options, reruns, weight_init):
+    # Prepare: the init's params as Snakemake recorded them before the option: the config's options as given
+    recorded = {**init_settings_of(model, {}),
+                "model_options": {k: v for k, v in options.items() if k != "weight_init"}}
+
+    # Execute
+    planned = init_settings_of(model, options)
+    kept = kept_record(planned, [repr(recorded)], RandomInit.meaning)
+
+    # Assert: a job reruns where it now computes with another init than before; either way it computes with the
+    # settings of now, which build the model with its init
+    assert (repr(kept) != repr(recorded)) is reruns
+    assert kept == planned
+    built = {**model_option_defaults(model, planned["model_options"]), **planned["model_options"]}
+    assert built.get("weight_init") == weight_init
+
+
+@pytest.mark.parametrize("name", ["layerwise", "fedalign", "meta"])
+def test_the_papers_inits_write_weight_init_out_only_for_resnet18_without_norm(name):
+    # Prepare
+    config, runs = papers.load(name), papers.runs_of(name)
+
+    # Execute
+    jobs = [planned_init(config, runs, *key) for key in sorted({(r.dataset, r.model, r.init) for r in runs})]
+
+    # Assert: the layer-wise paper's resnet18_nonorm inits alone change (and rerun), to the authors' init; the
+    # FedAlign code's ImageNet ResNet18 (batch norm) and every other model keep their settings
+    given = config["model_options"]
+    changed = {(job.model, job.init): job.model_options["weight_init"] for job in jobs
+               if "weight_init" in job.model_options and "weight_init" not in given.get(job.model, {})}
+    nonorm = {(job.model, job.init) for job in jobs if job.model == "resnet18_nonorm"}
+    assert changed == dict.fromkeys(nonorm, "torchvision_default_stem")
+    assert bool(nonorm) is (name == "layerwise")
+
+
+@pytest.mark.parametrize(("name", "options", "problem"), [
+    ("resnet18_nonorm", {"weight_init": "pytorch"}, None),
+    ("resnet18", {"norm": "batch", "weight_init": "torchvision_default_stem"}, None),
+    ("resnet18_nonorm", {"weight_init": "torchvison"},
+     "model_options.resnet18_nonorm.weight_init: 'torchvison' is not a weight init of resnet18_nonorm. Did you mean "
+     "'torchvision'? Valid: kaiming, pytorch, torchvision, torchvision_default_stem"),
+])
+def test_planning_checks_a_weight_init_s_value(name, options, problem):
+    # Execute / Assert: a config's wrong value is named at planning, before any job builds the model
+    assert model_option_problems(name, options) == ([] if problem is None else [problem])

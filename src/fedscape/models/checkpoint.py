@@ -5,7 +5,8 @@ Format (a dict of tensors and plain values, saved with `torch.save` and always l
 
 * ``trajectory.pt``: ``params`` [R+1, P] (row t = global model after round t, row 0 = the init),
   ``buffers`` [R+1, B] (floating buffers such as batch-norm statistics, B may be 0),
-  ``rounds`` [R+1] and ``meta`` (model name, options, data shape, parameter names and shapes). A run with
+  ``rounds`` [R+1] and ``meta`` (model name, options, data shape, parameter names and shapes, and in files written
+  since they are recorded the floating buffers' names and shapes). A run with
   ``training.save_every`` k > 1 keeps only some rounds (fedscape.fl.settings.TrainConfig.kept_rounds): its rows
   are those rounds, named by ``rounds``, and asking for another round is an error naming the kept ones.
 * ``clients.pt``: for each round in ``save_clients_at`` the participating clients' models after
@@ -34,7 +35,7 @@ from fedscape.core.names import nearest_text
 from fedscape.core.provenance import check_belongs
 from fedscape.core.runs import parse_run_id
 from fedscape.data.specs import DATASETS, fits_dataset
-from fedscape.models.params import load_buffers, load_params
+from fedscape.models.params import buffer_specs, load_buffers, load_params
 from fedscape.models.registry import build_model
 from fedscape.models.specs import CHECKPOINT_FORMAT
 
@@ -58,12 +59,26 @@ class ModelMeta:
     model_options: dict = field(default_factory=dict)
     param_names: tuple[str, ...] = ()
     param_shapes: tuple[tuple[int, ...], ...] = ()
+    # The floating buffers' names and shapes, in order (`fedscape.models.params.buffer_specs`, what a row of buffers
+    # holds); None in a file written before they were recorded.
+    buffer_names: tuple[str, ...] | None = None
+    buffer_shapes: tuple[tuple[int, ...], ...] | None = None
     source: str = field(default="", compare=False, repr=False)  # the file it was read from (named in errors)
+    # The buffer entries per model of the file it was read from (None: not read from one), which `check_layout`
+    # compares with the model's where the file records no buffer names.
+    stored_buffers: int | None = field(default=None, compare=False, repr=False)
 
     @property
     def num_params(self) -> int:
         """The parameter count its `param_shapes` declare (0 when the file records none)."""
         return sum(math.prod(int(s) for s in shape) for shape in self.param_shapes)
+
+    @property
+    def num_buffers(self) -> int | None:
+        """The buffer entries its `buffer_shapes` declare (None when the file records none)."""
+        if self.buffer_shapes is None:
+            return None
+        return sum(math.prod(int(s) for s in shape) for shape in self.buffer_shapes)
 
     def shapes(self) -> tuple[tuple[int, ...], ...]:
         """The shape of each parameter, in order: the recorded `param_shapes`, else (a file that records none, or
@@ -77,13 +92,17 @@ class ModelMeta:
                 f"{self.in_channels}x{self.image_size}x{self.image_size} inputs")
 
     def with_options(self, options: dict, model: nn.Module) -> ModelMeta:
-        """This meta with an algorithm's model `options` added (`ServerSGDConfig.model_options`) and the parameter
-        layout of `model`, the model built with them; itself when `options` is empty."""
-        if not options:
-            return self
-        return replace(self, model_options={**self.model_options, **options},
-                       param_names=tuple(n for n, _ in model.named_parameters()),
-                       param_shapes=tuple(tuple(p.shape) for p in model.parameters()))
+        """This meta with an algorithm's model `options` added (`ServerSGDConfig.model_options`) and the layout of
+        `model`, the model built with them (`with_layout`)."""
+        return replace(self, model_options={**self.model_options, **options}).with_layout(model)
+
+    def with_layout(self, model: nn.Module) -> ModelMeta:
+        """This meta recording the layout of `model`, the model its vectors are flattened from: its parameters' and
+        floating buffers' names and shapes, in order."""
+        buffers = buffer_specs(model)
+        return replace(self, param_names=tuple(n for n, _ in model.named_parameters()),
+                       param_shapes=tuple(tuple(p.shape) for p in model.parameters()),
+                       buffer_names=tuple(b.name for b in buffers), buffer_shapes=tuple(b.shape for b in buffers))
 
     def build(self) -> nn.Module:
         """The model, built by this version of its code; CheckpointError where the file records another parameter
@@ -94,32 +113,51 @@ class ModelMeta:
         return model
 
     def check_layout(self, model: nn.Module) -> None:
-        """CheckpointError unless `model`'s parameters have the names and shapes, in order, that this meta records.
+        """CheckpointError unless `model`'s parameters and floating buffers have the names and shapes, in order, that
+        this meta records.
 
         A flat vector is loaded into a freshly built model by position, so a change to a model's code that renamed,
         reordered or reshaped its parameters at the same count would load an older file's vectors scrambled without
         any error; the count alone (`_check_model`) cannot see it. Checked once per built model, not per vector
-        loaded into it. A file that records no names (written before they were recorded) is not checked.
+        loaded into it. A file that records no names (written before they were recorded) is not checked. Its buffers
+        likewise: a file whose model options name another norm than the one its buffers were flattened from (batch
+        norm's running statistics read as group norm's, which has the same parameters and no buffers) would fail at
+        the first load with a bare count; a file that records no buffer names has its buffer count checked, where it
+        was read from one (`stored_buffers`).
         """
-        if not self.param_names:
-            return
-        names = tuple(name for name, _ in model.named_parameters())
-        shapes = tuple(tuple(p.shape) for p in model.parameters())
-        if names == self.param_names and (not self.param_shapes or shapes == self.param_shapes):
-            return
-        recorded = _layout(self.param_names, self.param_shapes)
-        built = _layout(names, shapes if self.param_shapes else ())
-        i = next((i for i, (a, b) in enumerate(zip(recorded, built, strict=False)) if a != b),
-                 min(len(recorded), len(built)))
-        want = recorded[i] if i < len(recorded) else "no parameter"
-        got = built[i] if i < len(built) else "no parameter"
         fix = remake_hint(self.source) if self.source else "make it again with this version of the code"
-        raise CheckpointError(f"{self.source or 'checkpoint'}: its model ({self.describe()}) records parameter {i} "
-                              f"as {want}, but this version of the model's code builds {got} there: the checkpoint was "
-                              "written by another version of the model's code, whose parameters would load into "
-                              f"this one scrambled; {fix}")
+        where = f"{self.source or 'checkpoint'}: its model ({self.describe()})"
+        if self.param_names:
+            names = tuple(name for name, _ in model.named_parameters())
+            shapes = tuple(tuple(p.shape) for p in model.parameters())
+            if names != self.param_names or (self.param_shapes and shapes != self.param_shapes):
+                want, got = _first_difference(_layout(self.param_names, self.param_shapes),
+                                              _layout(names, shapes if self.param_shapes else ()), "parameter")
+                raise CheckpointError(f"{where} records {want}, but this version of the model's code builds {got} "
+                                      "there: the checkpoint was written by another version of the model's code, "
+                                      f"whose parameters would load into this one scrambled; {fix}")
+        buffers = buffer_specs(model)
+        if self.buffer_names is not None:
+            names, shapes = tuple(b.name for b in buffers), tuple(b.shape for b in buffers)
+            if names != self.buffer_names or shapes != self.buffer_shapes:
+                want, got = _first_difference(_layout(self.buffer_names, self.buffer_shapes or ()),
+                                              _layout(names, shapes), "buffer")
+                raise CheckpointError(f"{where} records {want}, but the model built from its name and options has "
+                                      f"{got} there: its buffers were flattened from another model (other options, or "
+                                      f"another version of the model's code) and would not load into this one; {fix}")
+        elif self.stored_buffers is not None:
+            count = sum(b.numel for b in buffers)
+            if count != self.stored_buffers:
+                raise CheckpointError(f"{where} holds {self.stored_buffers} buffer entries per model, but the model "
+                                      f"built from its name and options has {count}: its buffers were flattened from "
+                                      "another model (other options, or another version of the model's code) and "
+                                      f"would not load into this one; {fix}")
 
     def to_dict(self) -> dict:
+        """The meta as a file records it; the buffer keys only where recorded, so that a meta read from a file written
+        before them writes the keys it read."""
+        buffers = {} if self.buffer_names is None else {
+            "buffer_names": list(self.buffer_names), "buffer_shapes": [list(s) for s in self.buffer_shapes or ()]}
         return {
             "model": self.model,
             "num_classes": self.num_classes,
@@ -128,10 +166,12 @@ class ModelMeta:
             "model_options": dict(self.model_options),
             "param_names": list(self.param_names),
             "param_shapes": [list(s) for s in self.param_shapes],
+            **buffers,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelMeta:
+        recorded = "buffer_names" in d
         return cls(
             model=d["model"],
             num_classes=int(d["num_classes"]),
@@ -140,12 +180,23 @@ class ModelMeta:
             model_options=dict(d.get("model_options", {})),
             param_names=tuple(d.get("param_names", ())),
             param_shapes=tuple(tuple(int(n) for n in s) for s in d.get("param_shapes", ())),
+            buffer_names=tuple(d["buffer_names"]) if recorded else None,
+            buffer_shapes=tuple(tuple(int(n) for n in s) for s in d.get("buffer_shapes", ())) if recorded else None,
         )
 
 
 def _layout(names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...]) -> list[str]:
-    """Each parameter as "'name' [shape]" (its name alone where no shape is given), for `ModelMeta.check_layout`."""
+    """Each tensor as "'name' [shape]" (its name alone where no shape is given), for `ModelMeta.check_layout`."""
     return [f"{name!r} {list(shapes[i])}" if i < len(shapes) else repr(name) for i, name in enumerate(names)]
+
+
+def _first_difference(recorded: list[str], built: list[str], what: str) -> tuple[str, str]:
+    """("<what> i as <recorded i>", "<built i>") at the first position i where the two layouts differ (`_layout`),
+    "no <what>" on the side that ends there."""
+    i = next((i for i, (a, b) in enumerate(zip(recorded, built, strict=False)) if a != b),
+             min(len(recorded), len(built)))
+    return (f"{what} {i} as {recorded[i] if i < len(recorded) else f'no {what}'}",
+            built[i] if i < len(built) else f"no {what}")
 
 
 @dataclass(frozen=True)
@@ -315,9 +366,10 @@ def save_trajectory(path: str | Path, params: torch.Tensor, buffers: torch.Tenso
 def load_trajectory(path: str | Path, map_location: str = "cpu", run_id: str | None = None) -> Trajectory:
     """Load a whole trajectory with one call; with `run_id`, check that it holds that run's model."""
     obj = _load(path, "trajectory", map_location)
-    model_meta = replace(ModelMeta.from_dict(json.loads(obj["model_meta"])), source=str(path))
+    model_meta = replace(ModelMeta.from_dict(json.loads(obj["model_meta"])), source=str(path),
+                         stored_buffers=_width(obj["buffers"]))
     meta = json.loads(obj["meta"])
-    _check_model(path, model_meta, obj["params"], run_id, meta)
+    _check_model(path, model_meta, obj["params"], obj["buffers"], run_id, meta)
     swa_rounds = tuple(int(r) for r in obj["swa_rounds"].tolist()) if "swa_rounds" in obj else ()
     return Trajectory(obj["params"], obj["buffers"], obj["rounds"], model_meta, meta, str(path),
                       obj.get("swa_params"), obj.get("swa_buffers"), swa_rounds)
@@ -349,25 +401,34 @@ def load_clients(path: str | Path, map_location: str = "cpu", run_id: str | None
     model_meta = ModelMeta.from_dict(json.loads(obj["model_meta"]))
     meta = json.loads(obj["meta"])
     for saved in obj["rounds"].values():
-        _check_model(path, model_meta, saved["params"], run_id, meta)
+        _check_model(path, model_meta, saved["params"], saved["buffers"], run_id, meta)
     return SavedRounds({
         int(r): ClientRound(int(r), d["client_ids"], d["num_samples"], d["params"], d["buffers"])
         for r, d in obj["rounds"].items()
     }, str(path))
 
 
-def _check_model(path: str | Path, model_meta: ModelMeta, params: torch.Tensor, run_id: str | None,
-                 meta: dict) -> None:
-    """One line naming the file when its parameters do not fit its own model, or it is not `run_id`'s: another
-    model, or (where the file records its run, as a train job's do) another run's.
+def _width(rows: torch.Tensor) -> int:
+    """The entries per model of a checkpoint's rows of flat vectors ([R, N] or one [N])."""
+    return int(rows.shape[-1]) if rows.dim() else 0
+
+
+def _check_model(path: str | Path, model_meta: ModelMeta, params: torch.Tensor, buffers: torch.Tensor,
+                 run_id: str | None, meta: dict) -> None:
+    """One line naming the file when its parameters or buffers do not fit its own model's recorded layout, or it is
+    not `run_id`'s: another model, or (where the file records its run, as a train job's do) another run's.
 
     A checkpoint copied from another run (another model, or the same model for another dataset, alpha or seed)
     would otherwise fail deep in a job with a shape error, or be analysed silently as this run's model.
     """
-    width = int(params.shape[-1]) if params.dim() else 0
+    width = _width(params)
     if model_meta.param_shapes and width != model_meta.num_params:
         raise CheckpointError(f"{path}: holds {width} parameters per model, but its own model "
                               f"({model_meta.describe()}) has {model_meta.num_params}: the file is damaged; "
+                              f"{remake_hint(path)}")
+    if model_meta.num_buffers is not None and _width(buffers) != model_meta.num_buffers:
+        raise CheckpointError(f"{path}: holds {_width(buffers)} buffer entries per model, but its own model "
+                              f"({model_meta.describe()}) records {model_meta.num_buffers}: the file is damaged; "
                               f"{remake_hint(path)}")
     if run_id is None:
         return

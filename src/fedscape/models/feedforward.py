@@ -257,7 +257,10 @@ VGG11_CONFIG: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 51
 
 
 class VGG11(ImageClassifier):
-    """VGG11 without batch norm (Simonyan & Zisserman, 2015); CIFAR variant, one Linear(512, classes) head."""
+    """VGG11 without batch norm (Simonyan & Zisserman, 2015, configuration A's 8 convolutions); CIFAR variant, one
+    Linear(512, classes) head (9.2M parameters at 10 classes). Not the layer-wise paper's network: its code trains
+    torchvision's vgg11 (LLMC/models/vgg.py), whose 7x7 adaptive average pool feeds a 25088-4096-4096-classes head with
+    dropout (128.8M parameters at 10 classes, 515 MB a checkpoint), drawn with torchvision's init."""
 
     permutation_axes = chain_permutation_axes  # one permutation group per hidden layer
 

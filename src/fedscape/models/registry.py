@@ -102,10 +102,11 @@ _BUILDERS: dict[str, Callable[..., ImageClassifier]] = {
     "resnet56": _cifar_resnet(9),
     # the FedAlign code's resnet56: ResNet(Bottleneck, [6, 6, 6]) with torchvision's init
     "resnet56_bottleneck": _cifar_resnet(6, block="bottleneck", init="torchvision"),
-    "resnet18": lambda num_classes, in_channels, image_size, norm="group", stem="cifar": resnet18(
-        num_classes, in_channels, norm, stem),
+    "resnet18": lambda num_classes, in_channels, image_size, norm="group", stem="cifar", weight_init=None: resnet18(
+        num_classes, in_channels, norm, stem, weight_init),
     # the layer-wise paper's ResNet18: resnet18 without norm, under its own name (its runs keep their settings)
-    "resnet18_nonorm": lambda num_classes, in_channels, image_size: resnet18(num_classes, in_channels, "none"),
+    "resnet18_nonorm": lambda num_classes, in_channels, image_size, weight_init=None: resnet18(
+        num_classes, in_channels, "none", weight_init=weight_init),
     "vgg11": lambda num_classes, in_channels, image_size: VGG11(num_classes, in_channels),
     "char_gpt": _token_model(CharGPT, "char_gpt"),
     "char_lstm": _token_model(CharLSTM, "char_lstm"),
@@ -131,7 +132,8 @@ def build_model(
 
     Token models (`is_token_model`) read [N, image_size] int64 ids over ``in_channels`` symbols.
     ``options`` are model specific (the CIFAR ResNets: ``norm`` in NORMS, default "batch", resnet18's "group";
-    cnn_small: ``norm`` none or batch, default "none"; token models: fedscape.models.specs.TOKEN_MODEL_DEFAULTS);
+    resnet18 and resnet18_nonorm: ``weight_init``, fedscape.models.specs.RESNET18_WEIGHT_INITS; cnn_small: ``norm``
+    none or batch, default "none"; token models: fedscape.models.specs.TOKEN_MODEL_DEFAULTS);
     an unknown option, an unknown name or an incompatible input size raises ValueError.
     ``projection_head=True`` (an option of every model, set by an algorithm rather than the config: MOON with
     ``head: projection``, `fedscape.fl.hparams.base.ServerSGDConfig.model_options`) puts the classifier on a

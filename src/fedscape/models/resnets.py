@@ -33,7 +33,7 @@ from fedscape.models.layers import (
     width_keep,
 )
 from fedscape.models.permutation import Axes, Layout, Segment, UnsupportedModelError, whole
-from fedscape.models.specs import RESNET_STEMS
+from fedscape.models.specs import NORMS, RESNET18_WEIGHT_INITS, RESNET_INITS, RESNET_STEMS
 
 # The ResNet18's group norm: 32 groups at every width (64-512 channels), the group count of Wu & He 2018 (Group
 # Normalization) that the Meta poster's code uses: FLSim's ResNet18 is torchvision's with opacus'
@@ -295,7 +295,6 @@ class Bottleneck(ResidualBlock):
 
 
 RESNET_BLOCKS = ("basic", "bottleneck")
-RESNET_INITS = ("kaiming", "pytorch", "torchvision")
 
 
 class ResNet(ImageClassifier):
@@ -305,10 +304,12 @@ class ResNet(ImageClassifier):
     replaced in place (``model.blocks[i] = wrapper(model.blocks[i])``), e.g. for Stochastic Depth.
     ``block``: "basic" (`BasicBlock`, a stage of width w gives w channels; ``projection`` picks 1x1-conv
     shortcuts where the shape changes, else option A, zero padding) or "bottleneck" (`Bottleneck`: a stage of
-    width w gives 4w channels, 1x1-conv shortcuts). ``init``: "kaiming" draws conv and linear weights
-    Kaiming-normal (fan in), as in the common CIFAR re-implementation; "pytorch" keeps PyTorch's default init;
+    width w gives 4w channels, 1x1-conv shortcuts). ``init`` (`RESNET_INITS`): "kaiming" draws conv and linear
+    weights Kaiming-normal (fan in), as in the common CIFAR re-implementation; "pytorch" keeps PyTorch's default init;
     "torchvision" draws the convolutions Kaiming-normal over their fan out and keeps the Linear's default, as
-    torchvision's ResNet and the FedAlign code do. ``max_groups``: group norm's groups per layer (`norm_factory`).
+    torchvision's ResNet and the FedAlign code do; "torchvision_default_stem" so draws every convolution but the stem,
+    which keeps PyTorch's default, as torchvision's ResNet whose stem is replaced after it is built (the layer-wise
+    paper's code). ``max_groups``: group norm's groups per layer (`norm_factory`).
     ``stem`` (`RESNET_STEMS`): "cifar", the 3x3 stride-1 convolution; "imagenet", He et al.'s ImageNet stem, a 7x7
     stride-2 convolution (padding 3) and, after its norm and ReLU, a 3x3 stride-2 max-pool (padding 1), as
     torchvision's ResNet and the FedAlign code's ImageNet ResNet18 (models/resnet.py) build it: 224x224 inputs reach
@@ -362,7 +363,8 @@ class ResNet(ImageClassifier):
         for module in self.modules():
             if init == "kaiming" and isinstance(module, nn.Conv2d | nn.Linear):
                 nn.init.kaiming_normal_(module.weight)
-            elif init == "torchvision" and isinstance(module, nn.Conv2d):
+            elif init in ("torchvision", "torchvision_default_stem") and isinstance(module, nn.Conv2d) and (
+                    init == "torchvision" or module is not self.stem):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -574,7 +576,8 @@ def _block_output_axes(axes: Axes, name: str, block: BasicBlock | Bottleneck, st
     raise UnsupportedModelError(f"{name}: unsupported shortcut {type(shortcut).__name__}")
 
 
-def resnet18(num_classes: int, in_channels: int, norm: str = "group", stem: str = "cifar") -> ResNet:
+def resnet18(num_classes: int, in_channels: int, norm: str = "group", stem: str = "cifar",
+             weight_init: str | None = None) -> ResNet:
     """ResNet18 (He et al. 2016): BasicBlock [2, 2, 2, 2], widths 64-512, 1x1-conv + norm projection shortcuts, by
     default on the CIFAR stem, a 3x3 stride-1 convolution without max-pool (the CIFAR variant of the layer-wise paper,
     Adilova et al., and of the CIFAR re-implementations), with ``norm`` after every convolution. ``stem="imagenet"``:
@@ -582,13 +585,19 @@ def resnet18(num_classes: int, in_channels: int, norm: str = "group", stem: str 
     trains on ImageNet-200 (models/resnet.py, ``ImageNet(BasicBlock, [2, 2, 2, 2])``: torchvision's construction and
     init).
 
-    "group": 32 groups (`RESNET18_GROUPS`), the normalisation of the ResNet18 of the FL literature (Hsieh et al.
-    2020, The Non-IID Data Quagmire; Reddi et al. 2021) and of the Meta poster (Nguyen et al. 2022), and its default:
-    it normalises each sample alone, so averaging clients mixes no batch statistics. With a norm, torchvision's init
-    (the poster's code builds torchvision's ResNet18); "none" is `resnet18_nonorm`, with PyTorch's default init,
-    which keeps the activations bounded without normalisation (Kaiming-normal init grows the logits' scale to ~10
-    over the 8 unnormalised residual blocks).
+    "group": 32 groups (`RESNET18_GROUPS`), those of the Meta poster's code (Nguyen et al. 2022: FLSim's torchvision
+    ResNet18 with opacus' GroupNorm(min(32, C))), and the default: it normalises each sample alone, so averaging
+    clients mixes no batch statistics (Hsieh et al. 2020, The Non-IID Data Quagmire; Reddi et al. 2021's TFF
+    ResNet-18 takes tfa's GroupNormalization at its default, 2 groups). "none" is `resnet18_nonorm`.
+    ``weight_init`` (`RESNET_INITS`; None: its norm's default, `RESNET18_WEIGHT_INITS`): with a norm torchvision's
+    (the poster's code builds torchvision's ResNet18); without, "torchvision_default_stem", the layer-wise paper's
+    (its code: torchvision's resnet18(norm_layer=nn.Identity), whose stem it then replaces by a 3x3 convolution at
+    PyTorch's default). PyTorch's default everywhere ("pytorch", what resnet18_nonorm's runs drew before the option)
+    starts the logits of the 8 unnormalised blocks ~24x below the authors' network's, fedscape's fan-in "kaiming"
+    ~25x above (`RESNET18_WEIGHT_INITS`).
     """
+    inits = RESNET18_WEIGHT_INITS.get(norm)
+    if inits is None:
+        raise unknown_name_error("norm", norm, NORMS)
     return ResNet(num_classes, in_channels, (2, 2, 2, 2), (64, 128, 256, 512), norm=norm, projection=True,
-                  init="pytorch" if norm == "none" else "torchvision", max_groups=RESNET18_GROUPS, stem=stem)
-
+                  init=inits[0] if weight_init is None else weight_init, max_groups=RESNET18_GROUPS, stem=stem)

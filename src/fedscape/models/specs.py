@@ -17,10 +17,12 @@ from fedscape.data.specs import INPUT_KINDS
 
 NORMS: tuple[str, ...] = ("batch", "group", "none")
 # The norms each model with a `norm` option accepts, the first its default: the CIFAR ResNets normalise with batch
-# norm by default; resnet18 with group norm, as the ResNet18 of the FL literature (Hsieh et al. 2020, The Non-IID
-# Data Quagmire: batch norm's statistics do not survive non-IID clients; Reddi et al. 2021; the Meta poster, Nguyen
-# et al. 2022), the reason the model is here (`norm: none` is resnet18_nonorm); cnn_small has none unless asked (its
-# runs before the option had none, and keep their settings).
+# norm by default; resnet18 with group norm, as the FL literature's ResNet18s do (Hsieh et al. 2020, The Non-IID Data
+# Quagmire: batch norm's statistics do not survive non-IID clients; Reddi et al. 2021, whose TFF ResNet-18 takes
+# tfa's GroupNormalization at its default of 2 groups; the Meta poster, Nguyen et al. 2022, whose FLSim ResNet18 has
+# opacus' GroupNorm(min(32, C)): its 32 groups are resnet18's, `RESNET18_GROUPS`), the reason the model is here
+# (`norm: none` is resnet18_nonorm); cnn_small has none unless asked (its runs before the option had none, and keep
+# their settings).
 MODEL_NORMS: dict[str, tuple[str, ...]] = {"resnet20": NORMS, "resnet56": NORMS, "resnet56_bottleneck": NORMS,
                                            "resnet18": ("group", "batch", "none"), "cnn_small": ("none", "batch")}
 # The stems of the ResNets (`stem` option of resnet18), the first its default: "cifar", a 3x3 stride-1 convolution
@@ -28,6 +30,24 @@ MODEL_NORMS: dict[str, tuple[str, ...]] = {"resnet20": NORMS, "resnet56": NORMS,
 # max-pool, the ResNet18 of the FedAlign code on ImageNet-200 (Mendieta et al. 2022, models/resnet.py `ImageNet`): on
 # 224x224 inputs the CIFAR stem computes its blocks at 16 times as many positions.
 RESNET_STEMS: tuple[str, ...] = ("cifar", "imagenet")
+# How a ResNet draws its weights (`fedscape.models.resnets.ResNet`'s init; resnet18's `weight_init` option): "kaiming",
+# every convolution and linear layer Kaiming-normal over its fan in (the common CIFAR re-implementation); "pytorch",
+# PyTorch's default of every layer; "torchvision", every convolution Kaiming-normal over its fan out and the linear
+# layer at PyTorch's default (torchvision's ResNet, the FedAlign code's); "torchvision_default_stem", torchvision's
+# with the stem at PyTorch's default: torchvision's ResNet18 whose stem is replaced by the CIFAR one after it is
+# built, as the layer-wise paper's code builds its ResNet18 without norm (Adilova et al. 2023, LLMC/models/
+# cifar_resnet18.py: resnet18(norm_layer=nn.Identity), then a new 3x3 conv1).
+RESNET_INITS: tuple[str, ...] = ("kaiming", "pytorch", "torchvision", "torchvision_default_stem")
+# resnet18's `weight_init` by its norm (resnet18_nonorm's: "none"): (its default, its baseline). The default is
+# torchvision's init, as the Meta poster's code and the FedAlign code build the network, and without norm the
+# layer-wise paper's. The baseline is what every job that left the option out drew before it existed: without norm
+# PyTorch's default, whose logits start ~24x smaller than the authors' network's (their spread on Gaussian images,
+# geometric mean over seeds 0-3: tests/unit/test_models.py).
+RESNET18_WEIGHT_INITS: dict[str, tuple[str, str]] = {
+    "group": ("torchvision", "torchvision"),
+    "batch": ("torchvision", "torchvision"),
+    "none": ("torchvision_default_stem", "pytorch"),
+}
 # The batch-norm statistics a model is evaluated with where it was never trained as such (an interpolated, mixed or
 # averaged model): `stored`, the running statistics the model carries (the interpolation of its ends' statistics,
 # the mixed or averaged ones), or `recomputed` from the training data in train-mode passes, as the connectivity
@@ -162,10 +182,12 @@ MODEL_INFOS: dict[str, ModelInfo] = {
         image_sizes=None,
         description="ResNet18 (BasicBlock [2,2,2,2], widths 64-512, 1x1-conv + norm shortcuts), 3x3 stem, no "
                     "max-pool (stem: imagenet for the 7x7 stride-2 stem and max-pool); norm: group (32 groups, the "
-                    "default), batch or none (= resnet18_nonorm)",
-        paper="He et al. 2016; group norm (Wu & He 2018) as in Hsieh et al. 2020 and the Meta poster (Nguyen et al. "
-              "2022, FLSim's torchvision ResNet18 with GroupNorm(32)); stem imagenet as the FedAlign code's "
-              "ImageNet-200 ResNet18 (Mendieta et al. 2022)",
+                    "default), batch or none (= resnet18_nonorm); weight_init: torchvision's with a norm, without "
+                    "one torchvision's with the stem at PyTorch's default (RESNET18_WEIGHT_INITS)",
+        paper="He et al. 2016; group norm (Wu & He 2018) with the 32 groups of the Meta poster's code (Nguyen et al. "
+              "2022, FLSim's torchvision ResNet18 with opacus' GroupNorm(min(32, C))), where Reddi et al. 2021's TFF "
+              "ResNet-18 has tfa's default of 2 groups (Hsieh et al. 2020 for group norm in FL); stem imagenet as "
+              "the FedAlign code's ImageNet-200 ResNet18 (Mendieta et al. 2022)",
         min_image_size=8,
         width_sliceable=True,
     ),
@@ -174,8 +196,10 @@ MODEL_INFOS: dict[str, ModelInfo] = {
         residual=True,
         piecewise_linear=True,
         image_sizes=None,
-        description="ResNet18 (BasicBlock [2,2,2,2], widths 64-512), 3x3 stem, no max-pool, no norm",
-        paper="Adilova, Fischer, Jaggi, Layerwise Linear Mode Connectivity; He et al. 2016",
+        description="ResNet18 (BasicBlock [2,2,2,2], widths 64-512), 3x3 stem, no max-pool, no norm; torchvision's "
+                    "init with the stem at PyTorch's default (weight_init: torchvision_default_stem)",
+        paper="Adilova, Fischer, Jaggi, Layerwise Linear Mode Connectivity (their code's cifar_resnet18_nonorm: "
+              "torchvision's resnet18(norm_layer=nn.Identity) with a new 3x3 stem, no max-pool); He et al. 2016",
         min_image_size=8,
         width_sliceable=True,
     ),
@@ -184,8 +208,12 @@ MODEL_INFOS: dict[str, ModelInfo] = {
         residual=False,
         piecewise_linear=True,
         image_sizes=(32,),
-        description="VGG11 without batch norm, single Linear(512, classes) classifier (CIFAR variant)",
-        paper="Simonyan & Zisserman 2015, Very Deep Convolutional Networks; Adilova et al.",
+        description="VGG11 without batch norm, single Linear(512, classes) classifier (CIFAR variant): 9.2M "
+                    "parameters at 10 classes",
+        paper="Simonyan & Zisserman 2015, Very Deep Convolutional Networks (configuration A's 8 convolutions); not "
+              "the layer-wise paper's network (Adilova et al.), whose code trains torchvision's vgg11 (LLMC/models/"
+              "vgg.py): a 7x7 adaptive average pool and a 25088-4096-4096-classes head with dropout, torchvision's "
+              "init, 128.8M parameters at 10 classes",
     ),
     "char_gpt": ModelInfo(
         "char_gpt",
@@ -236,10 +264,12 @@ TOKEN_MODEL_DEFAULTS: dict[str, dict[str, int | None]] = {
 }
 
 # The keyword options `build_model` accepts per model (the ResNets, cnn_small: `norm` in MODEL_NORMS; resnet18 also
-# `stem` in RESNET_STEMS; the token models: the integer options of TOKEN_MODEL_DEFAULTS).
+# `stem` in RESNET_STEMS and, with resnet18_nonorm, `weight_init` in RESNET_INITS; the token models: the integer
+# options of TOKEN_MODEL_DEFAULTS).
 MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
     **{name: ("norm",) for name in MODEL_NORMS},
-    "resnet18": ("norm", "stem"),
+    "resnet18": ("norm", "stem", "weight_init"),
+    "resnet18_nonorm": ("weight_init",),
     **{name: tuple(defaults) for name, defaults in TOKEN_MODEL_DEFAULTS.items()},
 }
 
@@ -284,17 +314,52 @@ def token_model_options(name: str, options: dict | None = None) -> dict[str, int
     return {**TOKEN_MODEL_DEFAULTS[name], **(options or {})}
 
 
-def model_option_defaults(name: str) -> dict:
-    """The value `build_model` takes for each option of model ``name`` that is left out (MODEL_OPTIONS): the first
-    of its norms and stems, a token model's fixed sizes (not its vocab_size and seq_len, the data's); empty for an
-    unknown model. A model built with these options written out is the model built without them."""
+def model_option_defaults(name: str, options: dict | None = None) -> dict:
+    """The value `build_model` takes for each option of model ``name`` that is left out of ``options``
+    (MODEL_OPTIONS): the first of its norms and stems, resnet18's `weight_init` for its norm (RESNET18_WEIGHT_INITS),
+    a token model's fixed sizes (not its vocab_size and seq_len, the data's); empty for an unknown model. A model
+    built with these options written out is the model built without them."""
     defaults: dict = {}
     if name in MODEL_NORMS:
         defaults["norm"] = MODEL_NORMS[name][0]
     if "stem" in MODEL_OPTIONS.get(name, ()):
         defaults["stem"] = RESNET_STEMS[0]
+    inits = _resnet18_weight_inits(name, options)
+    if inits is not None:
+        defaults["weight_init"] = inits[0]
     defaults.update({key: value for key, value in TOKEN_MODEL_DEFAULTS.get(name, {}).items() if value is not None})
     return defaults
+
+
+def model_option_baselines(name: str, options: dict | None = None) -> dict:
+    """What a job that left each option of model ``name`` out of ``options`` computed with: `model_option_defaults`,
+    but an option whose default changed at its old one (resnet18's `weight_init` without norm: RESNET18_WEIGHT_INITS).
+    An init job writes such an option out where it is left out (`with_new_defaults`), so that its settings differ
+    from those of the jobs before the new default; its meaning leaves out the options at their baselines
+    (`fedscape.stages.init_settings.InitJob.meaning`), so that the old default written out reruns none of them."""
+    baselines = model_option_defaults(name, options)
+    inits = _resnet18_weight_inits(name, options)
+    if inits is not None:
+        baselines["weight_init"] = inits[1]
+    return baselines
+
+
+def with_new_defaults(name: str, options: dict) -> dict:
+    """``options`` of model ``name`` with each option left out whose default is not its baseline
+    (`model_option_baselines`) written out at its default: a model option's new default reruns exactly the jobs that
+    left it out."""
+    defaults, baselines = model_option_defaults(name, options), model_option_baselines(name, options)
+    return {**options, **{key: value for key, value in defaults.items()
+                          if key not in options and value != baselines[key]}}
+
+
+def _resnet18_weight_inits(name: str, options: dict | None) -> tuple[str, str] | None:
+    """(default, baseline) of the `weight_init` of model ``name`` with ``options`` (RESNET18_WEIGHT_INITS); None for a
+    model without the option or with a norm it does not have (an init's meaning reads any record without raising)."""
+    if "weight_init" not in MODEL_OPTIONS.get(name, ()):
+        return None
+    norm = "none" if name == "resnet18_nonorm" else model_norm(name, options)
+    return RESNET18_WEIGHT_INITS.get(norm) if isinstance(norm, str) else None
 
 
 def model_norm(name: str, options: dict | None = None) -> str | None:
@@ -318,12 +383,13 @@ def uses_batch_norm(name: str, options: dict | None = None) -> bool:
 
 
 def model_option_problems(name: str, options: dict | None) -> list[str]:
-    """Problems of the values of a model's options: a ResNet's `stem` (RESNET_STEMS), a token model's (positive
-    integers; char_gpt: heads divide embed_dim)."""
-    stem = (options or {}).get("stem")
-    if stem is not None and "stem" in MODEL_OPTIONS.get(name, ()) and stem not in RESNET_STEMS:
-        return [f"model_options.{name}.stem: {stem!r} is not a stem of {name}.{suggest(str(stem), RESNET_STEMS)} "
-                f"Valid: {', '.join(RESNET_STEMS)}"]
+    """Problems of the values of a model's options: a ResNet's `stem` (RESNET_STEMS) and `weight_init`
+    (RESNET_INITS), a token model's (positive integers; char_gpt: heads divide embed_dim)."""
+    for key, what, valid in (("stem", "stem", RESNET_STEMS), ("weight_init", "weight init", RESNET_INITS)):
+        value = (options or {}).get(key)
+        if value is not None and key in MODEL_OPTIONS.get(name, ()) and value not in valid:
+            return [f"model_options.{name}.{key}: {value!r} is not a {what} of {name}.{suggest(str(value), valid)} "
+                    f"Valid: {', '.join(valid)}"]
     if not is_token_model(name):
         return []
     problems = []

@@ -72,12 +72,10 @@ def random_model(job: InitJob, num_classes: int | None = None, seed: int | None 
 
 
 def model_meta_for(job: InitJob, model: torch.nn.Module) -> ModelMeta:
-    """What rebuilds `model` from a flat vector: its name, options, data shape and parameter layout."""
-    return ModelMeta(
-        model=job.model, num_classes=job.num_classes, in_channels=job.in_channels, image_size=job.image_size,
-        model_options=dict(job.model_options), param_names=tuple(n for n, _ in model.named_parameters()),
-        param_shapes=tuple(tuple(p.shape) for p in model.parameters()),
-    )
+    """What rebuilds `model` from a flat vector: its name, options, data shape and the layout of its parameters and
+    buffers (`ModelMeta.with_layout`)."""
+    return ModelMeta(model=job.model, num_classes=job.num_classes, in_channels=job.in_channels,
+                     image_size=job.image_size, model_options=dict(job.model_options)).with_layout(model)
 
 
 def _save(out: str | Path, model: torch.nn.Module, job: InitJob, key: str, meta: dict) -> None:

@@ -11,7 +11,7 @@ from fedscape.core.jobs import JobSettings, JobSettingsError
 from fedscape.core.names import suggest
 from fedscape.data.specs import reader_version_setting
 from fedscape.fl.settings import NEUTRAL_TRAINING_KEYS, TrainConfig, TrainingSettings
-from fedscape.models.specs import is_token_model, model_option_defaults
+from fedscape.models.specs import is_token_model, model_option_baselines, with_new_defaults
 
 # The keys of an `inits` entry that each kind reads (the schema fills defaults for all of them).
 KIND_KEYS: dict[str, tuple[str, ...]] = {
@@ -83,7 +83,9 @@ class InitJob(JobSettings):
     KIND: ClassVar[str] = ""
     dataset: str
     model: str
-    model_options: dict  # the config's `model_options.<model>`
+    # the config's `model_options.<model>`, with an option whose default changed written out where it is left out
+    # (`models.specs.with_new_defaults`): the jobs that computed with its old default left it out too
+    model_options: dict
     in_channels: int  # the dataset's data shape (`data.specs.dataset_info`)
     image_size: int
     num_classes: int
@@ -92,13 +94,16 @@ class InitJob(JobSettings):
 
     @classmethod
     def meaning(cls, settings: Mapping[str, Any]) -> dict:
-        """`JobSettings.meaning`, the model's options written at the defaults it is built with left out (the config's
-        `model_options.<model>` as given: `resnet20: {norm: batch}` is the resnet20 built without it). A token model's
-        `vocab_size` and `seq_len` default to the data's, which the job holds as its `in_channels` and `image_size`."""
+        """`JobSettings.meaning`, the model's options written at their baselines left out, the values a job that left
+        them out computed with (`models.specs.model_option_baselines`): the defaults the model is built with
+        (`resnet20: {norm: batch}` is the resnet20 built without it), and an option whose default changed at its old
+        one (an init of resnet18 without norm drew `weight_init: pytorch` before the option: written out, it keeps
+        that init's record). A token model's `vocab_size` and `seq_len` default to the data's, which the job holds as
+        its `in_channels` and `image_size`."""
         out = super().meaning(settings)
         options, model = out.get("model_options"), out.get("model")
         if isinstance(options, Mapping) and isinstance(model, str):
-            defaults = model_option_defaults(model)
+            defaults = model_option_baselines(model, dict(options))
             if is_token_model(model):
                 defaults |= {"vocab_size": out.get("in_channels"), "seq_len": out.get("image_size")}
             out["model_options"] = {key: value for key, value in options.items()
@@ -110,6 +115,7 @@ class InitJob(JobSettings):
             raise TypeError("an init job is of one kind: make a RandomInit, PretrainedInit, WarmupInit or ContinueInit")
         if self.kind != self.KIND:
             raise ValueError(f"{type(self).__name__} is an init of kind {self.KIND}, got kind {self.kind!r}")
+        object.__setattr__(self, "model_options", with_new_defaults(self.model, dict(self.model_options)))
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> InitJob:

@@ -898,3 +898,39 @@ def test_the_papers_inits_write_weight_init_out_only_for_resnet18_without_norm(n
 def test_planning_checks_a_weight_init_s_value(name, options, problem):
     # Execute / Assert: a config's wrong value is named at planning, before any job builds the model
     assert model_option_problems(name, options) == ([] if problem is None else [problem])
+
+
+# -- char_lstm's new default cell (LEAF's BasicLSTMCell) reruns the inits that left `cell` out, and none other -------
+def token_init_settings_of(model: str, options: dict) -> dict:
+    """The settings of a random init of token model `model` on LEAF's Shakespeare (80 characters, 80 positions)."""
+    return to_settings(RandomInit(dataset="shakespeare", model=model, model_options=options, in_channels=80,
+                                  image_size=80, num_classes=80, init="random", kind="random", seed=0))
+
+
+@pytest.mark.parametrize(("model", "options", "reruns", "cell"), [
+    ("char_lstm", {}, True, "leaf"),  # the new default
+    ("char_lstm", {"cell": "leaf"}, True, "leaf"),
+    ("char_lstm", {"cell": "torch"}, False, "torch"),  # the old cell written out
+    ("char_lstm", {"hidden_size": 128}, True, "leaf"),
+    ("char_lstm", {"hidden_size": 128, "cell": "torch"}, False, "torch"),
+    ("char_lstm", {"targets": "every"}, True, "leaf"),  # a sequence task's, as planning gives it
+    ("char_gpt", {}, False, None),  # token models without the option
+    ("word_lstm", {}, False, None),
+], ids=["default", "leaf", "torch", "hidden", "hidden-torch", "every", "char_gpt", "word_lstm"])
+def test_a_new_char_lstm_cell_default_reruns_exactly_the_inits_that_left_it_out(model, options, reruns, cell):
+    # Prepare: the init's params as Snakemake recorded them before the option: the config's options as given
+    recorded = {**token_init_settings_of(model, {}), "model_options": {k: v for k, v in options.items() if k != "cell"}}
+
+    # Execute
+    planned = token_init_settings_of(model, options)
+    kept = kept_record(planned, [repr(recorded)], RandomInit.meaning)
+
+    # Assert: a job reruns where it now builds another model than before; either way it computes with the settings
+    # of now, which build the model with its cell (the torch cell's with nn.LSTM's two biases per gate)
+    assert (repr(kept) != repr(recorded)) is reruns
+    assert kept == planned
+    built = {**model_option_defaults(model, planned["model_options"]), **planned["model_options"]}
+    assert built.get("cell") == cell
+    if cell is not None:
+        lstm = build_model(model, 80, 80, 80, **planned["model_options"]).lstm[0]
+        assert hasattr(lstm, "bias_hh") is (cell == "torch") and hasattr(lstm, "bias") is (cell == "leaf")

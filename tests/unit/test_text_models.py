@@ -33,6 +33,7 @@ from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.base import Strategy
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.vectorized import resolve_client_parallel
+from fedscape.models.checkpoint import ModelMeta
 from fedscape.models.evaluate import evaluate
 from fedscape.models.params import FlatParams, flatten_buffers, flatten_params
 from fedscape.models.registry import build_model
@@ -44,7 +45,7 @@ from fedscape.models.specs import (
     is_token_model,
     model_option_problems,
 )
-from fedscape.models.tokens import CharGPT, CharLSTM, LSTMLayer
+from fedscape.models.tokens import BasicLSTMLayer, CharGPT, CharLSTM, LSTMLayer
 from fedscape.plan.barriers import check as barriers_check
 from fedscape.plan.barriers import interpolation_pair
 from fedscape.plan.workflow import check_config
@@ -130,22 +131,27 @@ def gpt_count(v: int, t: int, blocks: int, d: int) -> int:
     return v * d + t * d + blocks * block + 2 * d + d * v
 
 
-def lstm_count(v: int, e: int, h: int) -> int:
-    """Embedding, two LSTM layers (4 gates: input and recurrent weights, two biases), linear head."""
-    return v * e + (4 * h * e + 4 * h * h + 8 * h) + (4 * h * h + 4 * h * h + 8 * h) + (h * v + v)
+def lstm_count(v: int, e: int, h: int, biases: int = 1) -> int:
+    """Embedding, two LSTM layers (4 gates: input and recurrent weights, `biases` per gate: TF's cell 1, nn.LSTM's
+    2), linear head."""
+    b = 4 * h * biases
+    return v * e + (4 * h * e + 4 * h * h + b) + (4 * h * h + 4 * h * h + b) + (h * v + v)
 
 
 @pytest.mark.parametrize(
     ("name", "options", "expected"),
     [
         ("char_gpt", TINY["char_gpt"], 160 + 128 + 2 * 3280 + 32 + 160),  # 16 dims, 2 blocks: by hand
-        ("char_lstm", TINY["char_lstm"], 40 + 288 + 336 + 70),  # 4-dim embedding, 6 units: by hand
-        # the papers' data: 96 characters and 256 positions; LEAF's Shakespeare, 80 and 80
+        ("char_lstm", TINY["char_lstm"], 40 + 264 + 312 + 70),  # 4-dim embedding, 6 units: by hand
+        # the papers' data: 96 characters and 256 positions; LEAF's Shakespeare, 80 and 80 (LEAF's TF model: 817,872)
         ("char_gpt", {**TOKEN_MODEL_DEFAULTS["char_gpt"], "vocab_size": 96, "seq_len": 256},
          gpt_count(96, 256, 4, 128)),
-        ("char_lstm", {**TOKEN_MODEL_DEFAULTS["char_lstm"], "vocab_size": 80, "seq_len": 80}, 819_920),
+        ("char_lstm", {**TOKEN_MODEL_DEFAULTS["char_lstm"], "vocab_size": 80, "seq_len": 80}, 817_872),
+        # nn.LSTM's two biases per gate, the model before the `cell` option: 2 x 4 x 256 more
+        ("char_lstm", {**TOKEN_MODEL_DEFAULTS["char_lstm"], "vocab_size": 80, "seq_len": 80, "cell": "torch"},
+         819_920),
     ],
-    ids=["gpt-tiny", "lstm-tiny", "gpt-default", "lstm-default"],
+    ids=["gpt-tiny", "lstm-tiny", "gpt-default", "lstm-default", "lstm-torch"],
 )
 def test_parameter_counts_match_a_hand_computation(name, options, expected):
     # Prepare / Execute
@@ -155,6 +161,8 @@ def test_parameter_counts_match_a_hand_computation(name, options, expected):
     assert sum(p.numel() for p in model.parameters()) == expected
     assert expected == (gpt_count(VOCAB, SEQ, 2, 16) if options is TINY["char_gpt"] else expected)
     assert expected == (lstm_count(VOCAB, 4, 6) if options is TINY["char_lstm"] else expected)
+    assert expected in (gpt_count(VOCAB, SEQ, 2, 16), gpt_count(96, 256, 4, 128), lstm_count(VOCAB, 4, 6),
+                        lstm_count(80, 8, 256), lstm_count(80, 8, 256, biases=2))
 
 
 @pytest.mark.parametrize(("vocab", "seq"), [(96, 256), (80, 80), (65, 32)])
@@ -171,8 +179,8 @@ def test_default_models_are_built_without_options_on_the_data_s_vocabulary_and_p
 
 
 def test_lstm_layers_compute_what_torch_lstm_computes():
-    # Prepare: a two-layer nn.LSTM with the char_lstm's weights
-    model, x = tiny("char_lstm").eval(), tokens(3)
+    # Prepare: a two-layer nn.LSTM with the weights of char_lstm's torch cell
+    model, x = tiny("char_lstm", cell="torch").eval(), tokens(3)
     reference = nn.LSTM(4, 6, num_layers=2, batch_first=True)
     with torch.no_grad():
         for i, layer in enumerate(model.lstm):
@@ -196,8 +204,8 @@ def test_a_few_sgd_steps_learn_a_repeated_pattern(name):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     before = evaluate(model, x, y).loss
 
-    # Execute
-    for _ in range(40):
+    # Execute: 80 steps (char_lstm learns it within 80 from seeds 0-2 with either cell; within 40 from some alone)
+    for _ in range(80):
         optimizer.zero_grad()
         F.cross_entropy(model(x), y).backward()
         optimizer.step()
@@ -472,7 +480,7 @@ def token_federation(sizes: list[int]) -> FederatedData:
     return FederatedData(x, y, idx, x[:10], y[:10])
 
 
-def federated_round(name: str, mode: str, monkeypatch, **training):
+def federated_round(name: str, mode: str, monkeypatch, model_options: dict | None = None, **training):
     cfg = TrainConfig(**{"rounds": 1, "local_epochs": 2, "batch_size": 8, "lr": 0.1, "momentum": 0.9,
                          "weight_decay": 1e-3, "participation": 1.0, "seed": 3, "save_clients_at": (1,),
                          "client_parallel": mode, **training})
@@ -482,21 +490,23 @@ def federated_round(name: str, mode: str, monkeypatch, **training):
                 raise AssertionError("the vectorised run fell back to sequential local_train")
 
             m.setattr(sequential_mod, "local_train", no_sequential)
-        return run_federated(tiny(name), token_federation([13, 9, 5]), make_strategy("fedavg"), cfg)
+        return run_federated(tiny(name, **(model_options or {})), token_federation([13, 9, 5]),
+                             make_strategy("fedavg"), cfg)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_vectorised_clients_train_token_models_exactly(name, monkeypatch):
+@pytest.mark.parametrize(("name", "options"), [("char_gpt", {}), ("char_lstm", {}), ("char_lstm", {"cell": "torch"})],
+                         ids=["char_gpt", "char_lstm", "char_lstm-torch"])
+def test_vectorised_clients_train_token_models_exactly(name, options, monkeypatch):
     # Prepare
-    model = tiny(name)
+    model = tiny(name, **options)
 
     # Execute
     mode = resolve_client_parallel(model, make_strategy("fedavg"), TrainConfig(), device_type="cuda")
-    seq = federated_round(name, "sequential", monkeypatch)
-    vec = federated_round(name, "vectorized", monkeypatch)
+    seq = federated_round(name, "sequential", monkeypatch, options)
+    vec = federated_round(name, "vectorized", monkeypatch, options)
 
     # Assert: 'auto' vectorises on CUDA (no buffers, every op runs under vmap) and the round equals the sequential one
-    # (char_lstm's gradient of bias_ih + bias_hh is one tensor for both: vectorized.unaliased copies it)
+    # (the torch cell's gradient of bias_ih + bias_hh is one tensor for both: vectorized.unaliased copies it)
     assert mode == "vectorized"
     assert (seq.clients[1].params - vec.clients[1].params).abs().max().item() <= 1e-5
     assert (seq.params[-1] - vec.params[-1]).abs().max().item() <= 1e-5
@@ -622,3 +632,139 @@ def test_only_the_models_of_no_decay_models_leave_parameters_undecayed(name):
     # Assert: the planner's list (models.specs, which reruns their runs) is the models' own; the ResNets decay all
     assert bool(skipped) == (name in NO_DECAY_MODELS)
     assert projected == {f"backbone.{n}" for n in skipped}
+
+
+# -- char_lstm is LEAF's TensorFlow model: BasicLSTMCell with its forget bias and TF1's Glorot-uniform init -----------
+LEAF = {"vocab_size": 80, "seq_len": 80}  # LEAF's Shakespeare: 80 characters, 80 positions
+# The parameters of char_lstm before the `cell` option (nn.LSTM's two biases per gate), in order.
+TORCH_CELL_NAMES = ["embedding.weight", *(f"lstm.{i}.{t}" for i in range(2)
+                                          for t in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")),
+                    "classifier.weight", "classifier.bias"]
+
+
+def basic_lstm_cell(x: torch.Tensor, c: torch.Tensor, h: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor,
+                    forget_bias: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of TensorFlow 1's BasicLSTMCell.call, as written there: one [in + H, 4H] kernel over the concatenated
+    input and state, gates split as (i, j, f, o), the constant forget bias inside the forget gate's sigmoid."""
+    i, j, f, o = (torch.cat([x, h], dim=1) @ kernel + bias).chunk(4, dim=1)
+    c = c * torch.sigmoid(f + forget_bias) + torch.sigmoid(i) * torch.tanh(j)
+    return c, torch.tanh(c) * torch.sigmoid(o)
+
+
+def tf_layout(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's kernel [in + H, 4H] and bias [4H] as TF holds them: gate columns (i, j, f, o) where ours are rows
+    (i, f, g, o)."""
+    order = [0, 2, 1, 3]  # TF's i, j (the cell input), f, o among ours
+    kernel = torch.cat([layer.weight_ih, layer.weight_hh], dim=1).T
+    return (torch.cat([kernel.chunk(4, dim=1)[k] for k in order], dim=1),
+            torch.cat([layer.bias.chunk(4)[k] for k in order]))
+
+
+# (the forget gate scales the cell state of the step before, zero at the first step: its bias shows from the second)
+@pytest.mark.parametrize(("seq", "forget_bias", "equal"), [(1, 1.0, True), (SEQ, 1.0, True), (SEQ, 0.0, False)])
+def test_char_lstm_computes_leaf_s_stacked_basic_lstm_cells(seq, forget_bias, equal):
+    # Prepare: char_lstm in float64 with a bias off zero, and LEAF's model written as TF computes it
+    # (MultiRNNCell of two BasicLSTMCells through dynamic_rnn, tf.layers.dense on the last output)
+    model, x = tiny("char_lstm").double().eval(), tokens(3, seq=seq)
+    with torch.no_grad():
+        for layer in model.lstm:
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=torch.Generator().manual_seed(2)))
+
+    # Execute
+    with torch.no_grad():
+        ours = model(x)
+        states = [(torch.zeros(3, 6, dtype=torch.float64),) * 2 for _ in model.lstm]
+        for t in range(seq):
+            h = model.embedding(x[:, t])
+            for k, layer in enumerate(model.lstm):
+                states[k] = basic_lstm_cell(h, *states[k], *tf_layout(layer), forget_bias)
+                h = states[k][1]
+        theirs = h @ model.classifier.weight.T + model.classifier.bias
+
+    # Assert: equal with TF's forget bias of 1 (LEAF leaves it at its default); without it the logits differ
+    assert isinstance(model.lstm[1], BasicLSTMLayer)
+    assert [n for n, _ in model.lstm.named_parameters()] == [f"{i}.{t}" for i in range(2)
+                                                            for t in ("weight_ih", "weight_hh", "bias")]
+    assert torch.allclose(ours, theirs, rtol=1e-12, atol=1e-12) is equal
+
+
+def test_char_lstm_draws_tf1_s_default_init():
+    # Prepare: Glorot-uniform bounds sqrt(6 / (fan in + fan out)) of LEAF's variables (TF1's default initializer of
+    # a variable made without one): each cell's [in + H, 4H] kernel, the [80, 8] embedding, the dense [256, 80] kernel
+    h = TOKEN_MODEL_DEFAULTS["char_lstm"]["hidden_size"]
+    bounds = {"embedding.weight": math.sqrt(6 / (80 + 8)), "classifier.weight": math.sqrt(6 / (h + 80)),
+              **{f"lstm.{i}.{w}": math.sqrt(6 / (n + h + 4 * h)) for i, n in enumerate((8, h))
+                 for w in ("weight_ih", "weight_hh")}}
+
+    # Execute
+    torch.manual_seed(0)
+    model = build_model("char_lstm", 80, 80, 80)
+    params = dict(model.named_parameters())
+
+    # Assert: every weight uniform within its bound (its std bound / sqrt(3)), every bias zero (the forget gate's
+    # too: TF adds its 1 as a constant); LEAF's 817,872 parameters
+    assert set(params) == {*bounds, "lstm.0.bias", "lstm.1.bias", "classifier.bias"}
+    for name, bound in bounds.items():
+        w = params[name]
+        assert w.abs().max().item() <= bound and w.abs().max().item() > 0.95 * bound, name
+        assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05), name
+    assert all(not params[n].any() for n in ("lstm.0.bias", "lstm.1.bias", "classifier.bias"))
+    assert sum(p.numel() for p in model.parameters()) == 817_872 == lstm_count(80, 8, h)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_char_lstm_s_torch_cell_builds_the_model_of_before_the_option_bit_for_bit(seed):
+    # Prepare: char_lstm as it was built before the option: an embedding, a two-layer nn.LSTM (its layers' tensors
+    # drawn in the same order, at PyTorch's default) and a Linear head, created in that order under the seed
+    torch.manual_seed(seed)
+    embedding, lstm, head = nn.Embedding(80, 8), nn.LSTM(8, 256, num_layers=2, batch_first=True), nn.Linear(256, 80)
+    theirs = [embedding.weight, *(getattr(lstm, f"{t}_l{i}") for i in range(2)
+                                  for t in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")), head.weight, head.bias]
+
+    # Execute
+    torch.manual_seed(seed)
+    model = build_model("char_lstm", 80, 80, 80, cell="torch")
+
+    # Assert: the same parameters, by name and value, so its old checkpoints load into it; the same logits
+    assert [n for n, _ in model.named_parameters()] == TORCH_CELL_NAMES
+    for ours, old in zip(model.parameters(), theirs, strict=True):
+        assert torch.equal(ours, old)
+    x = torch.randint(0, 80, (2, 5), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), head(lstm(embedding(x))[0][:, -1]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("written", "cell"), [({}, "torch"), ({"cell": "torch"}, "torch"), ({"cell": "leaf"}, "leaf")],
+                         ids=["left_out_before_the_option", "torch", "leaf"])
+def test_a_char_lstm_file_builds_the_cell_it_was_written_with(written, cell):
+    # Prepare: the meta of a file whose model was built with `cell`, recording the options as written: a file from
+    # before the option leaves it out (and holds the torch cell), every file since writes it out
+    torch.manual_seed(0)
+    model = build_model("char_lstm", 80, 80, 80, cell=cell)
+    meta = ModelMeta("char_lstm", 80, 80, 80, written).with_layout(model)
+
+    # Execute
+    built = meta.build()
+
+    # Assert: the layout of the model the file holds, not of today's default
+    assert [n for n, _ in built.named_parameters()] == [n for n, _ in model.named_parameters()]
+
+
+@pytest.mark.parametrize(("options", "problem"), [
+    ({"cell": "leaf"}, None),
+    ({"cell": "torch", "hidden_size": 16}, None),
+    ({"cell": "tf"}, "model_options.char_lstm.cell: 'tf' is not a cell of char_lstm. Valid: leaf, torch"),
+    ({"cell": "Torch"}, "model_options.char_lstm.cell: 'Torch' is not a cell of char_lstm. Did you mean 'torch'? "
+                        "Valid: leaf, torch"),
+], ids=["leaf", "torch", "tf", "Torch"])
+def test_a_char_lstm_cell_s_value_is_checked_at_planning_and_build(options, problem):
+    # Execute
+    problems = model_option_problems("char_lstm", options)
+
+    # Assert: a wrong value is named at planning, and again by the builder
+    assert problems == ([] if problem is None else [problem])
+    if problem is None:
+        assert type(build_model("char_lstm", 80, 80, 80, **options)) is CharLSTM
+    else:
+        with pytest.raises(ValueError, match=r"cell: '\w+' is not a cell of char_lstm"):
+            build_model("char_lstm", 80, 80, 80, **options)

@@ -48,6 +48,15 @@ RESNET18_WEIGHT_INITS: dict[str, tuple[str, str]] = {
     "batch": ("torchvision", "torchvision"),
     "none": ("torchvision_default_stem", "pytorch"),
 }
+# The LSTM cells of char_lstm (its `cell` option), the first its default: "leaf", LEAF's Shakespeare model as its
+# TensorFlow code builds it (Caldas et al. 2018, models/shakespeare/stacked_lstm.py: tf.contrib.rnn.BasicLSTMCell, one
+# bias per gate starting at zero and a constant forget bias of 1 inside the forget gate's sigmoid; TF1's Glorot-uniform
+# default init of the cells' kernels, the embedding and the dense head); "torch", nn.LSTM's cell (two biases per gate,
+# whose sum alone acts: 2,048 redundant parameter directions at 256 units, with equal gradients, which random
+# directions and the Hessian see) at PyTorch's default init, what char_lstm was before the option.
+CHAR_LSTM_CELLS: tuple[str, ...] = ("leaf", "torch")
+# The cell of every job that left the option out before it existed (`model_option_baselines`).
+CHAR_LSTM_CELL_BASELINE = "torch"
 # The batch-norm statistics a model is evaluated with where it was never trained as such (an interpolated, mixed or
 # averaged model): `stored`, the running statistics the model carries (the interpolation of its ends' statistics,
 # the mixed or averaged ones), or `recomputed` from the training data in train-mode passes, as the connectivity
@@ -230,8 +239,12 @@ MODEL_INFOS: dict[str, ModelInfo] = {
         residual=False,
         image_sizes=None,
         description="LEAF Shakespeare model: character embedding (8), two LSTM layers of 256 units, "
-                    "linear head over the vocabulary (80)",
-        paper="Caldas et al. 2018, LEAF: A Benchmark for Federated Settings",
+                    "linear head over the vocabulary (80); cell: leaf (the default), TF's BasicLSTMCell (one bias "
+                    "per gate, a constant forget bias of 1) with TF's Glorot-uniform init, 817,872 parameters over "
+                    "80 characters, or torch, nn.LSTM's cell (two biases per gate) at PyTorch's init, 819,920, the "
+                    "model before the option (CHAR_LSTM_CELLS)",
+        paper="Caldas et al. 2018, LEAF: A Benchmark for Federated Settings (their code's models/shakespeare/"
+              "stacked_lstm.py: tf.contrib.rnn.BasicLSTMCell, tf.get_variable and tf.layers.dense at TF1's defaults)",
         inputs="tokens",
     ),
     "word_lstm": ModelInfo(
@@ -265,12 +278,13 @@ TOKEN_MODEL_DEFAULTS: dict[str, dict[str, int | None]] = {
 
 # The keyword options `build_model` accepts per model (the ResNets, cnn_small: `norm` in MODEL_NORMS; resnet18 also
 # `stem` in RESNET_STEMS and, with resnet18_nonorm, `weight_init` in RESNET_INITS; the token models: the integer
-# options of TOKEN_MODEL_DEFAULTS).
+# options of TOKEN_MODEL_DEFAULTS, char_lstm also `cell` in CHAR_LSTM_CELLS).
 MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
     **{name: ("norm",) for name in MODEL_NORMS},
     "resnet18": ("norm", "stem", "weight_init"),
     "resnet18_nonorm": ("weight_init",),
     **{name: tuple(defaults) for name, defaults in TOKEN_MODEL_DEFAULTS.items()},
+    "char_lstm": (*TOKEN_MODEL_DEFAULTS["char_lstm"], "cell"),
 }
 
 MODEL_NAMES: tuple[str, ...] = tuple(sorted(MODEL_INFOS))
@@ -317,8 +331,8 @@ def token_model_options(name: str, options: dict | None = None) -> dict[str, int
 def model_option_defaults(name: str, options: dict | None = None) -> dict:
     """The value `build_model` takes for each option of model ``name`` that is left out of ``options``
     (MODEL_OPTIONS): the first of its norms and stems, resnet18's `weight_init` for its norm (RESNET18_WEIGHT_INITS),
-    a token model's fixed sizes (not its vocab_size and seq_len, the data's); empty for an unknown model. A model
-    built with these options written out is the model built without them."""
+    char_lstm's first cell (CHAR_LSTM_CELLS), a token model's fixed sizes (not its vocab_size and seq_len, the data's);
+    empty for an unknown model. A model built with these options written out is the model built without them."""
     defaults: dict = {}
     if name in MODEL_NORMS:
         defaults["norm"] = MODEL_NORMS[name][0]
@@ -327,13 +341,16 @@ def model_option_defaults(name: str, options: dict | None = None) -> dict:
     inits = _resnet18_weight_inits(name, options)
     if inits is not None:
         defaults["weight_init"] = inits[0]
+    if "cell" in MODEL_OPTIONS.get(name, ()):
+        defaults["cell"] = CHAR_LSTM_CELLS[0]
     defaults.update({key: value for key, value in TOKEN_MODEL_DEFAULTS.get(name, {}).items() if value is not None})
     return defaults
 
 
 def model_option_baselines(name: str, options: dict | None = None) -> dict:
     """What a job that left each option of model ``name`` out of ``options`` computed with: `model_option_defaults`,
-    but an option whose default changed at its old one (resnet18's `weight_init` without norm: RESNET18_WEIGHT_INITS).
+    but an option whose default changed at its old one (resnet18's `weight_init` without norm: RESNET18_WEIGHT_INITS;
+    char_lstm's `cell`: CHAR_LSTM_CELL_BASELINE).
     An init job writes such an option out where it is left out (`with_new_defaults`), so that its settings differ
     from those of the jobs before the new default; its meaning leaves out the options at their baselines
     (`fedscape.stages.init_settings.InitJob.meaning`), so that the old default written out reruns none of them."""
@@ -341,6 +358,8 @@ def model_option_baselines(name: str, options: dict | None = None) -> dict:
     inits = _resnet18_weight_inits(name, options)
     if inits is not None:
         baselines["weight_init"] = inits[1]
+    if "cell" in baselines:
+        baselines["cell"] = CHAR_LSTM_CELL_BASELINE
     return baselines
 
 
@@ -384,8 +403,10 @@ def uses_batch_norm(name: str, options: dict | None = None) -> bool:
 
 def model_option_problems(name: str, options: dict | None) -> list[str]:
     """Problems of the values of a model's options: a ResNet's `stem` (RESNET_STEMS) and `weight_init`
-    (RESNET_INITS), a token model's (positive integers; char_gpt: heads divide embed_dim)."""
-    for key, what, valid in (("stem", "stem", RESNET_STEMS), ("weight_init", "weight init", RESNET_INITS)):
+    (RESNET_INITS), char_lstm's `cell` (CHAR_LSTM_CELLS), a token model's sizes (positive integers; char_gpt: heads
+    divide embed_dim)."""
+    for key, what, valid in (("stem", "stem", RESNET_STEMS), ("weight_init", "weight init", RESNET_INITS),
+                             ("cell", "cell", CHAR_LSTM_CELLS)):
         value = (options or {}).get(key)
         if value is not None and key in MODEL_OPTIONS.get(name, ()) and value not in valid:
             return [f"model_options.{name}.{key}: {value!r} is not a {what} of {name}.{suggest(str(value), valid)} "

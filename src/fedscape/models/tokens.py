@@ -17,11 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fedscape.core.names import unknown_name_error
 from fedscape.models.layers import ImageClassifier
 from fedscape.models.permutation import Axes, UnsupportedModelError, whole
-from fedscape.models.specs import NO_PERMUTATION_SPEC
+from fedscape.models.specs import CHAR_LSTM_CELLS, NO_PERMUTATION_SPEC
 
 GPT_INIT_STD = 0.02  # nanoGPT / GPT-2 initialisation of every Linear and Embedding weight
+# What TensorFlow's BasicLSTMCell adds to the forget gate's pre-activation at every step: its `forget_bias` argument,
+# a constant outside the parameters, at its default 1.0 in LEAF's Shakespeare model.
+TF_FORGET_BIAS = 1.0
 
 
 class CausalSelfAttention(nn.Module):
@@ -237,23 +241,61 @@ class LSTMLayer(nn.Module):
         return torch.stack(outputs, dim=1)
 
 
+class BasicLSTMLayer(LSTMLayer):
+    """One LSTM layer as TensorFlow 1's BasicLSTMCell computes it (tf.contrib.rnn.BasicLSTMCell, the cell of LEAF's
+    Shakespeare model): one bias per gate (``bias``, [4H]) where nn.LSTM has two, initialised to zero, and a constant
+    forget bias added inside the forget gate's sigmoid at every step, f = sigmoid(W_f x + U_f h + b_f + 1)
+    (`TF_FORGET_BIAS`, no parameter; Keras' unit_forget_bias, `KerasLSTMLayer`, instead starts the bias parameter at
+    1). Its kernel is one [in + H, 4H] matrix over the concatenated input and state, drawn Glorot-uniform (TF1's
+    default initializer of a variable created without one), so ``weight_ih`` and ``weight_hh``, its two parts
+    transposed, share the bound sqrt(6 / (in + 5H)). The gates are stored in nn.LSTM's order (input, forget, cell,
+    output) where TF's kernel has (input, cell, forget, output): a fixed reordering of the rows, under which the
+    i.i.d. draw and the function are the same."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        nn.Module.__init__(self)
+        self.hidden_size = hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+        self.bias = nn.Parameter(torch.zeros(4 * hidden_size))
+        bound = math.sqrt(6.0 / (input_size + hidden_size + 4 * hidden_size))  # Glorot over the [in + H, 4H] kernel
+        for weight in (self.weight_ih, self.weight_hh):
+            nn.init.uniform_(weight, -bound, bound)
+
+    def gate_bias(self) -> Tensor:
+        i, f, g, o = self.bias.chunk(4)
+        return torch.cat([i, f + TF_FORGET_BIAS, g, o])
+
+
 class CharLSTM(TokenModel):
     """LEAF's Shakespeare model (Caldas et al. 2018): embedding, two stacked LSTM layers, linear head on the last step.
 
-    The two layers are two modules (``lstm.0``, ``lstm.1``) so that each is a layer of the layer-wise
-    analyses; together they compute a two-layer nn.LSTM.
+    ``cell`` (`fedscape.models.specs.CHAR_LSTM_CELLS`): "leaf", the model as LEAF's TensorFlow code builds it
+    (models/shakespeare/stacked_lstm.py): `BasicLSTMLayer`s, the embedding and the dense head's kernel Glorot-uniform
+    (the defaults of tf.get_variable and tf.layers.dense), the head's bias zero; 817,872 parameters over LEAF's 80
+    characters. "torch": nn.LSTM's layers (`LSTMLayer`, two biases per gate, whose sum alone acts) and PyTorch's
+    default init of every layer, 819,920 parameters: the model before the option, drawing the same weights for a
+    seed. The two layers are two modules (``lstm.0``, ``lstm.1``) so that each is a layer of the layer-wise
+    analyses; with the torch cell together they compute a two-layer nn.LSTM.
     """
 
     no_permutation_spec = NO_PERMUTATION_SPEC["char_lstm"]  # why weight matching cannot align it
 
     def __init__(self, vocab_size: int, seq_len: int, embed_dim: int, hidden_size: int,
-                 every_position: bool = False) -> None:
+                 every_position: bool = False, cell: str = CHAR_LSTM_CELLS[0]) -> None:
         super().__init__()
+        if cell not in CHAR_LSTM_CELLS:
+            raise unknown_name_error("LSTM cell", cell, CHAR_LSTM_CELLS)
+        layer = BasicLSTMLayer if cell == "leaf" else LSTMLayer
         self.seq_len = seq_len
         self.every_position = every_position
         self.embedding = nn.Embedding(vocab_size, embed_dim)
-        self.lstm = nn.ModuleList([LSTMLayer(embed_dim, hidden_size), LSTMLayer(hidden_size, hidden_size)])
+        self.lstm = nn.ModuleList([layer(embed_dim, hidden_size), layer(hidden_size, hidden_size)])
         self.classifier = nn.Linear(hidden_size, vocab_size)
+        if cell == "leaf":  # TF's Glorot-uniform defaults, where the torch cell keeps PyTorch's
+            nn.init.xavier_uniform_(self.embedding.weight)
+            nn.init.xavier_uniform_(self.classifier.weight)
+            nn.init.zeros_(self.classifier.bias)
 
     def hidden_states(self, x: Tensor) -> Tensor:
         """The last LSTM layer's outputs at every step, [B, T, hidden_size]."""

@@ -171,7 +171,8 @@ def test_default_models_are_built_without_options_on_the_data_s_vocabulary_and_p
     gpt = build_model("char_gpt", vocab, vocab, seq)
     lstm = build_model("char_lstm", vocab, vocab, seq)
 
-    # Assert: the paper's 128-dim embeddings and 4 blocks; LEAF's 8-dim embedding and 256 units; the data's sizes
+    # Assert: the paper's 128-dim embeddings and fedscape's default of 4 blocks (the authors' runs have 12:
+    # layerwise.yaml); LEAF's 8-dim embedding and 256 units; the data's sizes
     assert gpt.wte.weight.shape == (vocab, 128) and gpt.wpe.weight.shape == (seq, 128) and len(gpt.blocks) == 4
     assert gpt.classifier.weight.shape == (vocab, 128) and gpt.seq_len == seq
     assert lstm.embedding.weight.shape == (vocab, 8) and lstm.lstm[1].weight_hh.shape == (1024, 256)

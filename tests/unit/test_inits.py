@@ -195,6 +195,49 @@ def test_pretraining_resumes_after_a_kill(tmp_path, monkeypatch):
     assert torch.equal(flatten_params(resumed), flatten_params(reference))
 
 
+def _another_group(state: dict) -> None:
+    # another number of parameter groups than the optimiser's, as a char_gpt pretraining's progress saved before
+    # b9bb17f gave its undecayed parameters a group of their own
+    state["opt"]["param_groups"].append({**state["opt"]["param_groups"][-1], "params": []})
+
+
+def _a_tensor_missing(state: dict) -> None:
+    # torch copies every other tensor before it refuses the missing one
+    del state["model"][list(state["model"])[-1]]
+
+
+@pytest.mark.parametrize(("damage", "resumed"), [
+    (None, True),
+    (_another_group, False),
+    (_a_tensor_missing, False),
+])
+def test_a_pretraining_whose_progress_does_not_load_starts_afresh_from_the_seeded_init(
+        tmp_path, monkeypatch, caplog, damage, resumed):
+    # Prepare: a 3-epoch pretraining, unbroken (the reference), and killed after its first epoch with its progress
+    # under the job's key, as saved or with a model or optimiser that does not load
+    from helpers.resume import killed_at_call
+
+    monkeypatch.setattr(manifest, "_NOTES", {})  # the job's notes, gone with the test
+    settings = pretrained_job(epochs=3)
+    reference, _ = pretrain(settings)
+    killed_at_call(monkeypatch, inits_mod, "atomic_path", 2, lambda: pretrain(settings, tmp_path))
+    if damage is not None:
+        state = torch.load(tmp_path / "state.pt", weights_only=True)
+        damage(state)
+        torch.save(state, tmp_path / "state.pt")
+
+    # Execute
+    with caplog.at_level(logging.INFO, logger="fedscape.init"):
+        model, _ = pretrain(settings, tmp_path)
+
+    # Assert: the weights of the unbroken pretraining, resumed after epoch 1 or with every epoch trained again from
+    # the seeded init and recorded as a fresh start (one attempt: none in the record)
+    assert torch.equal(flatten_params(model), flatten_params(reference))
+    assert ("resuming pretraining after epoch 1/3" in caplog.text) == resumed
+    assert ("starting afresh" in caplog.text) == (not resumed)
+    assert [a["from_epoch"] for a in manifest.noted("attempts") or []] == ([1, 2] if resumed else [])
+
+
 def pretrained_settings(**kw) -> dict:
     return {**DIGITS, "init": "pre", "kind": "pretrained", "seed": 0, "epochs": 2, "lr": 0.05, "batch_size": 32,
             "momentum": 0.9, "weight_decay": 5e-4, **NO_PROXY, "dataset_options": OPTIONS, "device": "cpu", **kw}
@@ -471,11 +514,11 @@ def test_an_init_resumed_on_another_device_records_each_attempt_and_the_weights_
     init_job(settings, tmp_path / "init.pt", inputs, tmp_path / "prog")
     init = load_trajectory(tmp_path / "init.pt")
 
-    # Assert: each attempt's first epoch or round, device and code (an unbroken init: none), and the job's record
-    # every code where they differ; the meta's compute that of the last call, and the weights of the unbroken init
-    # bit for bit
-    attempts = init.meta.get("attempts", [])
-    assert ("attempts" in init.meta) == bool(expected)
+    # Assert: the job's record holds each attempt's first epoch or round, device and code (an unbroken init: none),
+    # and every code where they differ, the init's meta none of them; the meta's compute that of the last call, and
+    # the weights of the unbroken init bit for bit
+    attempts = manifest.noted("attempts") or []
+    assert (manifest.noted("attempts") is not None) == bool(expected) and "attempts" not in init.meta
     assert [(a[first], a.get("device_name"), a.get("code")) for a in attempts] == [
         (n, here if d == "here" else d, code) for n, d, code in expected]
     assert manifest.noted("codes") == codes
@@ -486,6 +529,43 @@ def test_an_init_resumed_on_another_device_records_each_attempt_and_the_weights_
     assert init.meta["device_name"] == (here if when is None else ANOTHER_CPU)
     assert torch.equal(init.params, reference.params) and torch.equal(init.buffers, reference.buffers)
     assert (init.meta["kind"], init.meta["init"]) == (kind, settings["init"])
+
+
+@pytest.mark.parametrize("kind", ["pretrained", "iid_warmup"])
+@pytest.mark.parametrize(("killed_after", "attempts"), [
+    (2, [1, 3]),
+    (3, [1]),  # after its last epoch or round, before its model file: the resumed call trains none
+])
+def test_an_init_resumed_after_a_kill_writes_the_bytes_of_an_unbroken_one(tmp_path, monkeypatch, kind, killed_after,
+                                                                          attempts):
+    # Prepare: a 3-epoch pretraining or 3-round warm-up, unbroken (the reference); killed after its second epoch or
+    # round, or after its last before its model file is written
+    from helpers.resume import killed_after_round, killed_at_call
+
+    monkeypatch.setattr(manifest, "_NOTES", {})  # the jobs' notes, gone with the test
+    settings, inputs = ((pretrained_settings(epochs=3), {}) if kind == "pretrained" else
+                        (warmup_settings(tmp_path, rounds=3), {"partition": str(tmp_path / "partition.npz")}))
+    init_job(settings, tmp_path / "reference.pt", inputs, tmp_path / "reference")
+
+    def run():
+        init_job(settings, tmp_path / "init.pt", inputs, tmp_path / "progress")
+
+    if kind == "iid_warmup":
+        killed_after_round(monkeypatch, killed_after, run)
+    elif killed_after < 3:  # at the progress of the epoch after it
+        killed_at_call(monkeypatch, inits_mod, "atomic_path", killed_after + 1, run)
+    else:
+        killed_at_call(monkeypatch, inits_mod, "_save", 1, run)
+    manifest.start_notes()
+
+    # Execute
+    run()
+
+    # Assert: init.pt holds the bytes of the unbroken init, which the progress keys of the runs from it hold
+    # (`stages.progress.progress_key`); the job's record the epoch or round each attempt began at
+    assert (tmp_path / "init.pt").read_bytes() == (tmp_path / "reference.pt").read_bytes()
+    first = "from_epoch" if kind == "pretrained" else "from_round"
+    assert [a[first] for a in manifest.noted("attempts")] == attempts
 
 
 # -- continue --------------------------------------------------------------------------------------

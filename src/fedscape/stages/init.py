@@ -33,6 +33,7 @@ import torch
 from fedscape.core.config import digest
 from fedscape.core.io import atomic_path
 from fedscape.core.jobs import to_settings
+from fedscape.core.manifest import note
 from fedscape.core.seeds import derive_seed
 from fedscape.core.setting import IID
 from fedscape.data.datasets import augment_batch, augmented_batch, dataset_from_options, normalisation, take_rows
@@ -79,6 +80,10 @@ def model_meta_for(job: InitJob, model: torch.nn.Module) -> ModelMeta:
 
 
 def _save(out: str | Path, model: torch.nn.Module, job: InitJob, key: str, meta: dict) -> None:
+    # `meta` holds what the init is, not how a resumed job reached it: the attempts of a pretraining or warm-up
+    # resumed after a kill go to the job's record (`core.manifest.note`), as a train job keeps its own out of its
+    # checkpoints, so that init.pt is byte for byte an unbroken job's and the runs from it keep their progress
+    # (`stages.progress.progress_key` holds its contents)
     meta = {"init": job.init, "kind": job.kind, "seed": getattr(job, "seed", None), "settings_digest": key, **meta}
     save_trajectory(out, flatten_params(model).unsqueeze(0), flatten_buffers(model).unsqueeze(0),
                     torch.zeros(1, dtype=torch.long), model_meta_for(job, model), meta)
@@ -219,10 +224,16 @@ def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torc
     proxy = proxy_data(job, device)
     y, proxy_classes, source = proxy.y, proxy.num_classes, proxy.source
     same_labels = source.startswith("split:")
-    model = random_model(job, num_classes=job.num_classes if same_labels else proxy_classes,
-                         seed=cfg.seed).to(device).train()
-    # the model's undecayed parameters (char_gpt's) in a group of their own, as in local training
-    opt = torch.optim.SGD(decay_groups(model), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    def seeded() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """The seeded random model and its optimiser, as a pretraining starts."""
+        model = random_model(job, num_classes=job.num_classes if same_labels else proxy_classes,
+                             seed=cfg.seed).to(device).train()
+        # the model's undecayed parameters (char_gpt's) in a group of their own, as in local training
+        return model, torch.optim.SGD(decay_groups(model), lr=cfg.lr, momentum=cfg.momentum,
+                                      weight_decay=cfg.weight_decay)
+
+    model, opt = seeded()
     augment = job.dataset_options.get("augment", "none")
     progress = Path(progress_dir) / "state.pt" if progress_dir else None
     start, attempts = 0, []  # attempts: each call that trained epochs, in order (`attempt`, and its first epoch)
@@ -230,14 +241,20 @@ def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torc
         try:
             state = torch.load(progress, map_location=device, weights_only=True)
             if state.get("key") == key:
-                model.load_state_dict(state["model"])
-                opt.load_state_dict(state["opt"])
+                # loaded into a model and optimiser of their own, taken only once all of the progress loads: a load
+                # that fails part-way (an optimiser of other parameter groups, saved before char_gpt's undecayed
+                # group; a model missing a tensor, after the others were copied) must leave the seeded init to
+                # start afresh from, not the saved epochs' weights under all the epochs again
+                resumed, resumed_opt = seeded()
+                resumed.load_state_dict(state["model"])
+                resumed_opt.load_state_dict(state["opt"])
                 # Progress saved before attempts were kept: its epochs were trained by one or more earlier calls of
                 # unknown compute and code, recorded as one attempt from epoch 1 without their keys, not as none,
                 # which would claim them for this call's device and code
-                start, attempts = int(state["epoch"]), list(state.get("attempts", [{"from_epoch": 1}]))
+                saved = int(state["epoch"]), list(state.get("attempts", [{"from_epoch": 1}]))
+                model, opt, (start, attempts) = resumed, resumed_opt, saved
                 log.info("resuming pretraining after epoch %d/%d", start, cfg.epochs)
-        except Exception as exc:  # a file cut short by a kill: start afresh
+        except Exception as exc:  # a file cut short by a kill, or progress of another layout: start afresh
             log.warning("cannot resume pretraining from %s (%s): starting afresh", progress, exc)
     log.info("pretraining %s on %s (%d samples, %d classes) for %d epochs: lr %g, batch %d, momentum %g, "
              "weight decay %g, device %s", job.model, source, len(y), proxy_classes, cfg.epochs, cfg.lr,
@@ -276,7 +293,8 @@ def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torc
     proxy_eval = proxy.evaluate(model)
     meta = {"proxy": source, "proxy_samples": len(y), "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
             "momentum": cfg.momentum, "weight_decay": cfg.weight_decay, "proxy_loss": proxy_eval.loss,
-            "proxy_acc": proxy_eval.acc, "head_reinitialised": not same_labels, **attempts_record(attempts, trained)}
+            "proxy_acc": proxy_eval.acc, "head_reinitialised": not same_labels}
+    note(**attempts_record(attempts, trained))  # in the job's record, not the init's meta (`_save`)
     if not same_labels:
         model = _with_new_head(model, job, cfg.seed).to(device)
     else:
@@ -342,9 +360,9 @@ def iid_warmup(job: WarmupInit, partition_path: str | Path, progress_dir: str | 
     if result.buffers.shape[1]:
         load_buffers(model, result.buffers[-1].to(device))
     final = result.rows[-1]
+    note(**attempts_record(result.attempts, result.trained))  # in the job's record, not the init's meta (`_save`)
     return model.eval(), {"rounds": cfg.rounds, "num_clients": data.num_clients, "partition": str(partition_path),
-                          "train_acc": final["train_acc"], "test_acc": final["test_acc"], **compute,
-                          **attempts_record(result.attempts, result.trained)}
+                          "train_acc": final["train_acc"], "test_acc": final["test_acc"], **compute}
 
 
 # -- continue --------------------------------------------------------------------------------------

@@ -29,10 +29,11 @@ def attempt_record(compute: dict) -> dict:
 
 
 def attempts_record(attempts: list[dict], trained: bool) -> dict:
-    """A resumable job's `attempts` for its record (a run's meta.json, an init's meta): each call that trained part
-    of it, listed where it resumed after a kill (more than one), or where this call trained none (it found every
-    round or epoch done: its own compute then names where it evaluated, not where its model trained). An unbroken
-    job lists none. The codes of the attempts go into the job's record too, where they differ (`note_codes`)."""
+    """A resumable job's `attempts` for its record (a run's meta.json, an init job's record: `core.manifest.note`):
+    each call that trained part of it, listed where it resumed after a kill (more than one), or where this call
+    trained none (it found every round or epoch done: its own compute then names where it evaluated, not where its
+    model trained). An unbroken job lists none. The codes of the attempts go into the job's record too, where they
+    differ (`note_codes`)."""
     note_codes(attempt.get("code") for attempt in attempts)
     return {"attempts": attempts} if len(attempts) > 1 or (attempts and not trained) else {}
 

@@ -24,7 +24,7 @@ from fedscape.analysis.barriers.definitions import (
     linear_barrier,
 )
 from fedscape.analysis.barriers.maths import Point, evaluate_point, interpolation_curve
-from fedscape.core.config import ConfigError
+from fedscape.core.config import FIRST_RESULT_VERSION, RESULT_VERSION, ConfigError
 from fedscape.models.params import flatten_buffers, flatten_params
 from fedscape.models.registry import build_model
 from fedscape.plan.workflow import check_config
@@ -298,3 +298,82 @@ def test_a_killed_interpolation_keeps_its_trained_bends_and_resumes_with_the_sam
     assert seconds > 0 and f"Bezier bend trained in 10 steps in {seconds:.1f} s" in caplog.text
     stage_mod.interpolation_job(*args, tmp_path / "whole.csv")
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "curve.csv"), pd.read_csv(tmp_path / "whole.csv"))
+
+
+def _garipov_bend(model: nn.Module, a: Point, b: Point, x: torch.Tensor, y: torch.Tensor,
+                  settings: CurveSettings, train_mode: bool) -> torch.Tensor:
+    """The bend after `settings.steps` steps as Garipov et al.'s code trains it (dnn-mode-connectivity: train.py with
+    curves.l2_regularizer), written out: SGD with momentum and no weight decay on the loss at
+    phi(t) = (1-t)^2 a + 2t(1-t) theta + t^2 b plus 0.5 wd ||phi(t)||^2 over every parameter, the buffers on the
+    straight line; the batches and the values of t drawn as train_bend draws them from the seed."""
+    names = [(n, p.shape) for n, p in model.named_parameters()]
+    buffer_names = [(n, v.shape) for n, v in model.named_buffers() if v.is_floating_point()]
+    gen = torch.Generator().manual_seed(settings.seed)
+    order, cursor = torch.randperm(len(y), generator=gen), 0
+    theta, velocity = 0.5 * (a.params + b.params), None
+    model.train(train_mode)
+    for step in range(settings.steps):
+        if cursor + settings.batch_size > len(y) and cursor > 0:
+            order, cursor = torch.randperm(len(y), generator=gen), 0
+        idx = order[cursor:cursor + settings.batch_size]
+        cursor += settings.batch_size
+        t = float(torch.rand((), generator=gen, dtype=torch.float64))
+        phi = ((1 - t) ** 2 * a.params + 2 * t * (1 - t) * theta + t**2 * b.params).requires_grad_(True)
+        buffers = (1 - t) * a.buffers + t * b.buffers
+        state = dict(zip([n for n, _ in names], [v.view(s) for v, (_, s) in
+                                                 zip(phi.split([s.numel() for _, s in names]), names, strict=True)],
+                         strict=True))
+        state.update({n: v.view(s) for v, (n, s) in
+                      zip(buffers.split([s.numel() for _, s in buffer_names]), buffer_names, strict=True)})
+        loss = nn.functional.cross_entropy(torch.func.functional_call(model, state, (x[idx],)), y[idx])
+        loss = loss + 0.5 * settings.weight_decay * phi.square().sum()
+        gradient = 2 * t * (1 - t) * torch.autograd.grad(loss, phi)[0]  # d phi / d theta = 2t(1-t)
+        velocity = gradient if velocity is None else settings.momentum * velocity + gradient
+        theta = theta - settings.lr * curve_lr_factor(step, settings.steps) * velocity
+    return theta
+
+
+@pytest.mark.parametrize("train_mode", [False, True], ids=["eval mode", "train mode"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_the_bend_decays_as_garipov_et_al_s_curves_do(weight_decay, train_mode):
+    # Prepare: a float64 model with batch norm (statistics on the straight line) and two ends of its own
+    def model_of(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).double()
+        model.train()(torch.randn(32, 4, dtype=torch.float64) * 3 + 1)  # running statistics of their own
+        return model.eval()
+
+    a, b = (Point(flatten_params(m), flatten_buffers(m)) for m in (model_of(0), model_of(1)))
+    x = torch.randn(50, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y = torch.randint(0, 3, (50,), generator=torch.Generator().manual_seed(3))
+    settings = CurveSettings(steps=3, batch_size=16, lr=0.1, momentum=0.9, weight_decay=weight_decay, seed=3)
+    model = model_of(4)
+
+    # Execute
+    theta, _ = train_bend(model, a, b, x, y, settings, train_mode=train_mode)
+
+    # Assert: Garipov et al.'s bend (to the float32 of train_bend's loss; SGD's wd theta moves it by 2e-3)
+    expected = _garipov_bend(model, a, b, x, y, settings, train_mode)
+    assert float((theta - expected).abs().max()) < 1e-7
+
+
+@pytest.mark.parametrize(("curve", "bumped"), [
+    ({"enabled": False, "weight_decay": 0.01}, False),  # no curve trained: its weight decay computes nothing
+    ({"enabled": True}, False),  # weight decay 0: the same bend as before
+    ({"enabled": True, "weight_decay": 0.01}, True),
+])
+def test_only_interpolation_jobs_of_a_decayed_curve_carry_the_bump(curve, bumped):
+    from fedscape.core.runs import build_runs
+    from fedscape.plan.barriers import CURVE_DECAY_BUMPS, RESULT_VERSIONS, interpolation_pairs, interpolation_settings
+
+    # Prepare
+    config = check_config(config_with_curve(**curve), SCHEMA)
+    (pair,) = interpolation_pairs(config, build_runs(config))
+
+    # Execute
+    settings = interpolation_settings(config, pair)
+
+    # Assert
+    expected = RESULT_VERSIONS["interpolation"] + (CURVE_DECAY_BUMPS if bumped else 0)
+    assert settings.get(RESULT_VERSION, FIRST_RESULT_VERSION) == expected
+    assert CURVE_DECAY_BUMPS >= 1

@@ -1205,3 +1205,99 @@ def test_analyse_reports_sharpness_only_when_asked(tiny):
         g = float(op.gradient().norm())
     lam = float(tiny["eigvals"].max())
     assert 0.9 * 0.05 * g <= with_.sharpness <= 0.05 * g + 0.5 * lam * 0.05**2 + 1e-6
+
+
+class OverflowingObjective(QuadraticObjective):
+    """L(w) = 0.5 ||w||^2 around `center`, NaN (logits that overflowed) farther than `reach` from it or at weights
+    that are not finite; its gradient `gradient_scale` times w (inf: a gradient that overflowed)."""
+
+    def __init__(self, center: torch.Tensor, reach: float, gradient_scale: float = 1.0):
+        dim = len(center)
+        super().__init__(torch.eye(dim, dtype=torch.float64), torch.zeros(dim, dtype=torch.float64), center)
+        self.reach, self.gradient_scale = reach, gradient_scale
+
+    def loss(self, w: torch.Tensor | None = None) -> float:
+        w = self.center if w is None else w
+        if not bool(torch.isfinite(w).all()) or float((w - self.center).norm()) > self.reach:
+            return math.nan
+        return super().loss(w)
+
+    def gradient(self, w: torch.Tensor | None = None) -> torch.Tensor:
+        return self.gradient_scale * super().gradient(w)
+
+
+CENTER = torch.ones(3, dtype=torch.float64)
+
+
+def _quadratic_increase(radius: float) -> float:
+    """max over ||e|| <= radius of 0.5 ||w + e||^2 - 0.5 ||w||^2 at w = CENTER: radius ||w|| + radius^2 / 2."""
+    return radius * math.sqrt(3) + 0.5 * radius**2
+
+
+@pytest.mark.parametrize(("objective", "eta", "expected"), [
+    # every point of the ball finite: the quadratic's increase along the gradient (T = |w| + eta = 1.01: a ball
+    # scaled by 1.01)
+    (OverflowingObjective(CENTER, reach=1.0), None, _quadratic_increase(0.05)),
+    (OverflowingObjective(CENTER, reach=1.0), 0.01, _quadratic_increase(0.05 * 1.01)),
+    # the logits overflow inside the ball (a NaN loss at finite weights): +inf, not 0 (the NaN dropped as flat)
+    (OverflowingObjective(CENTER, reach=0.01), None, math.inf),
+    (OverflowingObjective(CENTER, reach=0.01), 0.01, math.inf),
+    # a gradient that overflowed leaves no finite point to measure: NaN
+    (OverflowingObjective(CENTER, reach=1.0, gradient_scale=math.inf), None, math.nan),
+    # L(w) itself NaN: NaN
+    (OverflowingObjective(CENTER * math.inf, reach=1.0), None, math.nan),
+], ids=["finite", "finite adaptive", "overflowed in the ball", "overflowed adaptive", "gradient overflowed",
+        "centre NaN"])
+def test_sharpness_is_inf_where_a_perturbed_loss_overflows_at_finite_weights(objective, eta, expected):
+    # Execute
+    value = sharpness(objective, rho=0.05, steps=3, eta=eta)
+
+    # Assert
+    assert value == pytest.approx(expected, rel=1e-9, nan_ok=True)
+
+
+@pytest.mark.parametrize(("adaptive_rho", "radius"), [(None, 0.05), (0.5, 0.5)])
+def test_adaptive_sharpness_takes_its_own_radius_or_rho_s(tiny, adaptive_rho, radius):
+    # Prepare
+    settings = hessian_settings(top_k=2, trace_probes=4, density=False, sharpness=True, sharpness_rho=0.05,
+                                sharpness_adaptive_rho=adaptive_rho)
+
+    # Execute
+    report = analyse(tiny["model"], tiny["x"], tiny["y"], settings)
+
+    # Assert: the plain form at rho, the adaptive one at its radius (the same ascent, computed again)
+    with HessianOperator(tiny["model"], tiny["x"], tiny["y"]) as op:
+        plain = sharpness(op, 0.05, settings.sharpness_steps, None, settings.seed)
+        adaptive = sharpness(op, radius, settings.sharpness_steps, settings.sharpness_eta, settings.seed)
+    assert (report.sharpness, report.adaptive_sharpness) == (plain, adaptive)
+
+
+@pytest.mark.parametrize(("sharp", "expected"), [
+    ({"enabled": True}, None),  # null: rho's, the baseline
+    ({"enabled": True, "rho": 0.1, "adaptive_rho": 0.1}, None),  # spelled out as rho's: the same job
+    ({"enabled": True, "adaptive_rho": 0.5}, 0.5),
+])
+def test_adaptive_rho_reaches_the_job_s_settings_only_off_rho(sharp, expected):
+    # Prepare
+    config = check_config({**tiny_config(), "hessian": {**tiny_config()["hessian"], "sharpness": sharp}}, SCHEMA)
+    runs = build_runs(config)
+    run, round_ = hessian_jobs(config, runs)[0]
+
+    # Execute
+    settings = hessian_job_settings(config, runs, run, round_)["hessian"]
+
+    # Assert: left out where it is the baseline (finished jobs keep their settings text), else carried
+    assert settings.get("sharpness_adaptive_rho") == expected
+    assert ("sharpness_adaptive_rho" in settings) is (expected is not None)
+    assert HessianSettings.from_settings(settings).adaptive_radius == (expected or sharp.get("rho", 0.05))
+
+
+@pytest.mark.parametrize(("make", "error"), [
+    (lambda: check_config(tiny_config(sharpness={"enabled": True, "adaptive_rho": 0}), SCHEMA), ConfigError),
+    (lambda: check_config(tiny_config(sharpness={"enabled": True, "adaptive_rho": -0.5}), SCHEMA), ConfigError),
+    (lambda: hessian_settings(sharpness_adaptive_rho=0.0), ValueError),
+], ids=["config 0", "config negative", "settings 0"])
+def test_a_non_positive_adaptive_rho_is_refused(make, error):
+    # Execute / Assert
+    with pytest.raises(error, match="adaptive_rho"):
+        make()

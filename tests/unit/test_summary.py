@@ -154,20 +154,24 @@ def test_final_takes_hessian_of_aggregate_data_at_final_round_and_round_zero():
     rounds = rounds_table()
     rid = run_id("iid", 0)
     hessian = pd.DataFrame([
-        {"run_id": rid, "round": 0, "data": "all", "lambda_1": 50.0, "lambda_2": 20.0, "trace": 400.0},
-        {"run_id": rid, "round": 3, "data": "all", "lambda_1": 7.0, "lambda_2": 3.0, "trace": 90.0},
-        {"run_id": rid, "round": 3, "data": "client_0", "lambda_1": 99.0, "lambda_2": 1.0, "trace": 999.0},
-        {"run_id": run_id("0.1", 0), "round": 1, "data": "all", "lambda_1": 11.0, "lambda_2": 1.0, "trace": 5.0},
+        {"run_id": rid, "round": 0, "data": "all", "lambda_1": 50.0, "lambda_2": 20.0, "trace": 400.0,
+         "sharpness": 0.5, "adaptive_sharpness": 0.6},
+        {"run_id": rid, "round": 3, "data": "all", "lambda_1": 7.0, "lambda_2": 3.0, "trace": 90.0,
+         "sharpness": 0.01, "adaptive_sharpness": 0.02},
+        {"run_id": rid, "round": 3, "data": "client_0", "lambda_1": 99.0, "lambda_2": 1.0, "trace": 999.0,
+         "sharpness": 9.0, "adaptive_sharpness": 9.0},
+        {"run_id": run_id("0.1", 0), "round": 1, "data": "all", "lambda_1": 11.0, "lambda_2": 1.0, "trace": 5.0,
+         "sharpness": 0.1, "adaptive_sharpness": 0.1},
     ])
     clients = pd.DataFrame([{"run_id": rid, "round": 0, "hn": 1.0, "hd": 0.1},
                             {"run_id": rid, "round": 3, "hn": 2.5, "hd": 0.97}])
 
     final = final_table(rounds, hessian=hessian, hessian_clients=clients).set_index("run_id")
 
-    assert final.loc[rid, ["lambda_max", "trace", "lambda_max_init", "trace_init", "hn", "hd"]].tolist() == [
-        7.0, 90.0, 50.0, 400.0, 2.5, 0.97]
+    assert final.loc[rid, ["lambda_max", "trace", "lambda_max_init", "trace_init", "hn", "hd", "sharpness",
+                           "adaptive_sharpness"]].tolist() == [7.0, 90.0, 50.0, 400.0, 2.5, 0.97, 0.01, 0.02]
     other = final.loc[run_id("0.1", 0)]  # analysed at round 1 only: neither final nor init
-    assert other[["lambda_max", "trace", "lambda_max_init", "hn"]].isna().all()
+    assert other[["lambda_max", "trace", "lambda_max_init", "hn", "sharpness"]].isna().all()
     assert final.drop(index=[rid])["lambda_max"].isna().all()
 
 
@@ -326,8 +330,12 @@ def test_summary_csv_writes_the_counts_as_integers_after_every_statistic(tmp_pat
     summary_table_job(final_csv, tmp_path / "summary.csv")
 
     header, first = (tmp_path / "summary.csv").read_text().splitlines()[:2]
-    assert header.split(",")[-14:-1] == [c for c in SUMMARY_COLUMNS if c.endswith("_n")]
-    assert first.split(",")[-14:-1] == ["3"] * 5 + ["0"] * 8  # the run's metrics of 3 seeds, no analysis
+    columns = header.split(",")
+    cells = dict(zip(columns, first.split(","), strict=True))
+    versions = columns.index("code_versions")
+    assert columns[versions - len(METRICS):versions] == [f"{m}_n" for m in METRICS]
+    assert [cells[f"{m}_n"] for m in METRICS] == ["3"] * 5 + ["0"] * 8  # the run's metrics of 3 seeds, no analysis
+    assert [cells[f"{m}_n"] for m in APPENDED_METRICS] == ["0", "0"]  # those appended since: their own, after them
 
 
 # The columns summary.csv had before code_versions, in their order (users' scripts read them by position too).
@@ -337,6 +345,10 @@ COLUMNS_BEFORE_CODE_VERSIONS = ["dataset", "model", "init", "algorithm", "alpha"
                                 "n_seeds", "n_ok", *[f"{m}_{s}" for m in METRICS
                                                      for s in ("mean", "std", "ci95_low", "ci95_high")],
                                 *[f"{m}_n" for m in METRICS]]
+# The metrics appended after code_versions since (FinalColumns.appended), each with its statistics and its count.
+APPENDED_METRICS = ["sharpness", "adaptive_sharpness"]
+COLUMNS_AFTER_CODE_VERSIONS = [f"{m}_{s}" for m in APPENDED_METRICS
+                               for s in ("mean", "std", "ci95_low", "ci95_high", "n")]
 OLD, NEW = "03cc4d73ba9b04f10e7feab0136c777746330ff1", "f8c1c3699bd2e2a1a05b8c4c1f2f1d7e5a6b0c13"
 WARNING = "more than one fedscape version"
 IID_GROUP = "digits/cnn_small/init~random/algo~fedavg/alpha~iid/clients~10/part~1.0/seed~*"
@@ -371,7 +383,7 @@ def test_code_versions_is_appended_after_every_column_summary_csv_had(tmp_path):
     summary_table_job(final_csv, tmp_path / "summary.csv")
 
     header = (tmp_path / "summary.csv").read_text().splitlines()[0].split(",")
-    assert header == SUMMARY_COLUMNS == [*COLUMNS_BEFORE_CODE_VERSIONS, "code_versions"]
+    assert header == SUMMARY_COLUMNS == [*COLUMNS_BEFORE_CODE_VERSIONS, "code_versions", *COLUMNS_AFTER_CODE_VERSIONS]
 
 
 @pytest.mark.parametrize(("iid_versions", "expected"), VERSION_CASES)

@@ -3,8 +3,9 @@ them in its `definitions` module as `REPORT = FinalColumns(...)`; this module fi
 pandas-free: planning reads the tables they need, the final_table job computes their columns).
 
 final.csv's columns are the run's own (report.summary) followed by each contribution's, contributions in the
-order of their packages' names; an analysis that adds a contribution therefore appends or inserts its
-columns without touching the report.
+order of their packages' names, then code_version, then the columns the contributions appended after it
+(`FinalColumns.appended`), in the same order; an analysis therefore adds its columns without touching the
+report, and declares those it adds to the published tables appended, so that none of theirs moves.
 """
 
 from __future__ import annotations
@@ -38,11 +39,15 @@ class FinalColumns:
     # nothing of its error. summary.csv takes their statistics over the group's distinct finite values (one
     # estimate: n = 1, a mean without std or interval; runs that differ: each distinct value once).
     shared: tuple[str, ...] = ()
+    # The columns the analysis added after final.csv's code_version and summary.csv's code_versions closed the
+    # tables: they follow those, in the order of `columns`, so that no column users read by position moves
+    # (report.summary's FINAL_COLUMNS, SUMMARY_COLUMNS); the others precede them.
+    appended: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        unknown = [c for c in (*(self.summarised or ()), *self.shared) if c not in self.columns]
+        unknown = [c for c in (*(self.summarised or ()), *self.shared, *self.appended) if c not in self.columns]
         if unknown:
-            raise ValueError(f"summarised and shared name columns of the REPORT's own, not {unknown} "
+            raise ValueError(f"summarised, shared and appended name columns of the REPORT's own, not {unknown} "
                              f"(its columns: {list(self.columns)})")
 
 

@@ -67,6 +67,12 @@ RESULT_VERSIONS = {"interpolation": 1, "layer_barriers": 1, "interpolation_figur
                    "layer_distance_figure": 2, "layer_cumulation_figures": 2, "layer_aligned_figures": 2,
                    "layer_training_figure": 2, "interpolation_tables": 2, "layer_barrier_tables": 2,
                    "layer_consecutive_table": 1}
+# An interpolation job's settings carry RESULT_VERSIONS["interpolation"] plus CURVE_DECAY_BUMPS where it trains a
+# Bezier curve with weight decay above 0 (`interpolation.curve.weight_decay`), as plan.partition's EXACT_ZEROS_BUMPS:
+# the fixes that changed only those jobs. 1: the bend decays as Garipov et al.'s curves do (0.5 wd ||phi(t)||^2 in
+# the loss, gradient wd 2t(1-t) phi(t) on the bend; curve.train_bend), not by SGD's wd theta. At weight decay 0 (the
+# default; no shipped config sets another) every number is as it was.
+CURVE_DECAY_BUMPS = 1
 # The clients a pair of one run compares when `clients` is null: the first two, which every run has (at least two
 # clients are needed for a pair) and which both train every round under full participation.
 DEFAULT_CLIENT_PAIR = (0, 1)
@@ -323,7 +329,14 @@ def interpolation_settings(config: dict, pair: InterpolationPair, recorded: Iter
     """The settings of one interpolation job (`make_interpolation_job`) as its rule's params carry them (Snakemake
     reruns it when they change, not where they differ from its `recorded` params only in how it computes:
     `kept_record`)."""
-    return job_params(make_interpolation_job(config, pair), RESULT_VERSIONS["interpolation"], recorded)
+    job = make_interpolation_job(config, pair)
+    return job_params(job, interpolation_version(job.curve), recorded)
+
+
+def interpolation_version(curve: CurveSettings | None) -> int:
+    """The result version of an interpolation job with the Bezier settings `curve` (None: no curve):
+    RESULT_VERSIONS["interpolation"], plus CURVE_DECAY_BUMPS for a curve trained with weight decay."""
+    return RESULT_VERSIONS["interpolation"] + (CURVE_DECAY_BUMPS if curve is not None and curve.weight_decay > 0 else 0)
 
 
 def curve_settings(section: dict) -> CurveSettings | None:

@@ -62,6 +62,10 @@ DENSITY_FIGURE = "spectral_density"
 # Nor power iteration's convergence flags, which need its residual within tol of the value besides PyHessian's rule
 # (maths.power_iteration): its products and every number are as they were, and the flags are in hessian.json and the
 # job's warning alone, no table (a finished job keeps the flags it wrote).
+# Not bumped either: the sharpness of a model whose perturbed point's logits overflowed (a NaN loss at finite weights,
+# maths.sharpness), +inf where the NaN was dropped and the model read as flat (0 or the largest finite loss seen), and
+# NaN where a perturbed point was not finite. Only the jobs whose loss overflowed somewhere in the ball change, which
+# no setting tells at planning (as a barrier's +inf point, plan.barriers).
 # hessian_plane: the eigenvector plane's jobs (it keys the eigenpairs a Hessian job keeps for them too: EigenStore).
 # 1: the eigenpairs every Hessian job computed before the plane had a rule of its own (HessianPlaneJob.meaning).
 # The figures 2: a participation fraction is labelled with every digit (0.125: 12.5% sampled, was 12%).
@@ -82,6 +86,8 @@ def settings_from_config(section: dict) -> HessianSettings:
     estimator = resolve_trace_estimator(section["trace_estimator"], section["trace_probes"])
     # an exact job takes no probes: the count it carries is fixed, so that changing trace_probes reruns none of them
     probes = EXACT_TRACE_PROBES if estimator == EXACT else section["trace_probes"]
+    # the adaptive radius as rho's (null or the same number) is the baseline, left out of the job's settings
+    adaptive_rho = None if sharp["adaptive_rho"] in (None, sharp["rho"]) else sharp["adaptive_rho"]
     return HessianSettings(
         top_k=section["top_k"], method=section["method"], tol=section["tol"], max_iter=section["max_iter"],
         trace_probes=probes, eval_samples=section["eval_samples"], batch_size=section["batch_size"],
@@ -91,7 +97,7 @@ def settings_from_config(section: dict) -> HessianSettings:
         density_steps=density["lanczos_steps"], density_probes=density["probes"],
         seed=section["seed"], sharpness=sharp["enabled"], sharpness_rho=sharp["rho"],
         sharpness_steps=sharp["steps"], sharpness_eta=sharp["eta"],
-        precision=section["precision"], clients=section["clients"],
+        precision=section["precision"], clients=section["clients"], sharpness_adaptive_rho=adaptive_rho,
     )
 
 

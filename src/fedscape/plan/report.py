@@ -33,7 +33,11 @@ ACCURACY_KINDS = figure_kinds.ACCURACY_KINDS
 # and cost figures too (curves_figure 2, cost_figure 2); a title says where no seed is left (it said "one seed").
 # final_table 3, summary_table 5: a barrier whose loss overflowed (+inf) is kept by a run's barrier to IID and by the
 # statistics over seeds (the mean +inf, the spread empty), where it was left out as if not computed.
-RESULT_VERSIONS = {"final_table": 3, "summary_table": 5, "curves_figure": 2, "accuracy_figure": 3, "cost_figure": 2}
+# final_table 4, summary_table 6: the final round's `sharpness` and `adaptive_sharpness` of the aggregate data
+# (hessian.csv's; analysis.hessian.definitions.REPORT), final.csv's after `code_version` and, in summary.csv, each
+# one's statistics and count after `code_versions` (`FinalColumns.appended`: no earlier column moves); every other
+# number is as it was.
+RESULT_VERSIONS = {"final_table": 4, "summary_table": 6, "curves_figure": 2, "accuracy_figure": 3, "cost_figure": 2}
 
 
 def final_table_inputs(config: dict, runs: list[Run]) -> dict[str, str]:

@@ -5,14 +5,17 @@ losses and accuracies of its SWA model, the run's final model: fedscape.fl.swa) 
 where the config computed them. Each analysis declares its columns and the tables they are read from in its
 definitions (`REPORT`, found by fedscape.analysis.contributions): the linear barrier to the matching IID run (Li et
 al. 2022, Fig. 3c; barriers), lambda_max and the Hessian trace of the final and the initial global model
-(PyHessian, Yao et al. 2020; FedAlign Table 1) and HN / HD across clients (FedAlign Table 1; hessian). An analysis
-that was not computed leaves its columns empty (NaN).
+(PyHessian, Yao et al. 2020; FedAlign Table 1), HN / HD across clients (FedAlign Table 1) and the sharpness of the
+final global model (Foret et al. 2021; Kwon et al. 2021; hessian). An analysis that was not computed leaves its
+columns empty (NaN).
 
 summary.csv groups the runs that differ only in their seed (dataset x model x init x algorithm x alpha
 x num_clients x participation, FedAlign Tables 1-4 and 7 as rows) and reports, per metric, the mean,
 the sample standard deviation (ddof=1), the Student-t 95% interval of the mean and the number of values they are
 over (`<metric>_n`, after the statistics), then the fedscape versions that trained the group's runs
-(`code_versions`, the last column), so that means over runs of two versions (seeds rerun after a code change) say so.
+(`code_versions`), so that means over runs of two versions (seeds rerun after a code change) say so. After
+`code_versions` come only the metrics the analyses added since (`FinalColumns.appended`: the sharpness columns),
+each with its statistics and its `<metric>_n`, as they follow final.csv's `code_version`.
 A metric whose runs share one computation (an analysis's `FinalColumns.shared`, e.g. the Hessian of the common
 initial model) counts each distinct value once.
 """
@@ -42,23 +45,31 @@ GROUP_KEYS = [f for f in RUN_FIELDS if f != "seed"]
 RUN_METRICS = ["train_loss", "train_acc", "test_loss", "test_acc", "seconds_per_round"]
 RUN_SUMMARY_METRICS = ["test_acc", "test_loss", "train_acc", "train_loss", "seconds_per_round"]
 # The analyses' columns follow (fedscape.analysis.contributions), each analysis's in its declared order. Users'
-# scripts read these columns by name: none is renamed or dropped (tests/unit/test_report_contributions.py holds
-# the lists).
+# scripts read these columns by name and by position: none is renamed, dropped or moved
+# (tests/unit/test_report_contributions.py holds the lists).
 CONTRIBUTED_COLUMNS = [c for contribution in final_contributions() for c in contribution.final.columns]
-# The version that trained the run stays the last column.
-FINAL_COLUMNS = [*RUN_KEYS, "final_round", "status", *RUN_METRICS, *CONTRIBUTED_COLUMNS, CODE_VERSION]
+# The columns the analyses added after code_version closed final.csv (FinalColumns.appended), in the same order.
+APPENDED_COLUMNS = [c for x in final_contributions() for c in x.final.columns if c in x.final.appended]
+# The version that trained the run follows every column final.csv had before it; only those appended since follow it.
+FINAL_COLUMNS = [*RUN_KEYS, "final_round", "status", *RUN_METRICS,
+                 *(c for c in CONTRIBUTED_COLUMNS if c not in APPENDED_COLUMNS), CODE_VERSION, *APPENDED_COLUMNS]
 # The columns of final.csv that hold numbers, read with read_table's check: a damaged cell is refused, named, where it
 # would drop out of every statistic as NaN (metric_values) or stop a figure with a bare error.
 FINAL_NUMERIC = ["num_clients", "participation", "seed", "final_round", *RUN_METRICS, *CONTRIBUTED_COLUMNS]
-# Metrics summarised over seeds, in column order.
-SUMMARY_METRICS = [*RUN_SUMMARY_METRICS, *(c for x in final_contributions() for c in x.summarised)]
+# Metrics summarised over seeds, in column order: those summary.csv had before code_versions, then those appended.
+_SUMMARISED = [c for x in final_contributions() for c in x.summarised]
+_EARLIER_METRICS = [*RUN_SUMMARY_METRICS, *(c for c in _SUMMARISED if c not in APPENDED_COLUMNS)]
+_APPENDED_METRICS = [c for c in _SUMMARISED if c in APPENDED_COLUMNS]
+SUMMARY_METRICS = [*_EARLIER_METRICS, *_APPENDED_METRICS]
 SUMMARY_STATS = ("mean", "std", "ci95_low", "ci95_high")
 # The versions that trained a group's runs (`code_versions`: summary_table).
 CODE_VERSIONS = "code_versions"
 # Each metric's number of values (`<metric>_n`), then CODE_VERSIONS, come after every column that summary.csv had
-# before them, so that no column moves (users read them by name and by position).
-SUMMARY_COLUMNS = [*GROUP_KEYS, "n_seeds", "n_ok", *[f"{m}_{s}" for m in SUMMARY_METRICS for s in SUMMARY_STATS],
-                   *[f"{m}_n" for m in SUMMARY_METRICS], CODE_VERSIONS]
+# before them, so that no column moves (users read them by name and by position). The metrics appended since follow
+# CODE_VERSIONS, each with its statistics and its number of values together, so that one appended later moves none.
+SUMMARY_COLUMNS = [*GROUP_KEYS, "n_seeds", "n_ok", *[f"{m}_{s}" for m in _EARLIER_METRICS for s in SUMMARY_STATS],
+                   *[f"{m}_n" for m in _EARLIER_METRICS], CODE_VERSIONS,
+                   *[f"{m}_{s}" for m in _APPENDED_METRICS for s in (*SUMMARY_STATS, "n")]]
 # Joins the versions of a CODE_VERSIONS cell: no code_version label (core.manifest.code_label) holds it, nor does CSV
 # quote it.
 VERSION_SEPARATOR = ";"

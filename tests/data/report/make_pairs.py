@@ -34,12 +34,13 @@ for k, (alpha, seed) in enumerate([("iid", 0), ("iid", 1), ("0.1", 0), ("0.1", 1
     rid = run_id(alpha, seed)
     for r in (0, 3) if seed == 0 else (3,):
         hessian.append({"run_id": rid, "round": r, "data": "all", "lambda_1": 10.0 + k + r, "lambda_2": 1.0,
-                        "trace": 100.0 * (k + 1) + r})
+                        "trace": 100.0 * (k + 1) + r, "sharpness": (10.0 + k + r) / 100,
+                        "adaptive_sharpness": (100.0 * (k + 1) + r) / 100})
         hessian.append({"run_id": rid, "round": r, "data": "client_0", "lambda_1": 99.0, "lambda_2": 1.0,
-                        "trace": 999.0})
+                        "trace": 999.0, "sharpness": 0.99, "adaptive_sharpness": 9.99})
         clients.append({"run_id": rid, "round": r, "hn": 1.5 * (k + 1) + r, "hd": 0.9 - 0.1 * k})
 hessian.append({"run_id": run_id("0.1", 2), "round": 1, "data": "all", "lambda_1": 11.0, "lambda_2": 1.0,
-                "trace": 5.0})
+                "trace": 5.0, "sharpness": 0.11, "adaptive_sharpness": 0.05})
 rounds.to_csv(out / "rounds.csv", index=False)
 pd.DataFrame(barriers).to_csv(out / "barriers.csv", index=False)
 pd.DataFrame(curves).to_csv(out / "interpolation.csv", index=False)

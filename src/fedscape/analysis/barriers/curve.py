@@ -60,7 +60,11 @@ def train_bend(model: nn.Module, a: Point, b: Point, x: Tensor, y: Tensor, setti
     """The bend theta minimising E_t L(phi(t)) by SGD with t ~ U(0, 1) per step (Garipov et al. 2018).
 
     Returns theta and the mini-batch loss of every step. Batches are drawn from (x, y) epoch by epoch in an
-    order that, like the values of t, derives from `settings.seed` alone. `train_mode`: batch norm normalises
+    order that, like the values of t, derives from `settings.seed` alone. Weight decay is Garipov et al.'s
+    (dnn-mode-connectivity's train.py and curves.py: the optimiser's weight decay 0 for a curve, and
+    0.5 wd ||phi(t)||^2 over every parameter of the point, biases and normalisation gains included, added to the
+    loss), whose gradient on theta is wd 2t(1-t) phi(t), not SGD's wd theta; the losses returned leave it out.
+    `train_mode`: batch norm normalises
     each mini-batch with its own statistics (Garipov et al.; for `bn_stats: recomputed`), else with the
     interpolated running statistics (eval mode); fedscape's models differ between the modes in batch norm alone.
     """
@@ -70,7 +74,7 @@ def train_bend(model: nn.Module, a: Point, b: Point, x: Tensor, y: Tensor, setti
     pspecs, bspecs = param_specs(model), buffer_specs(model)
     names, shapes, sizes = [s.name for s in pspecs], [s.shape for s in pspecs], [s.numel for s in pspecs]
     theta = (midpoint_bend(a, b) if theta is None else theta).detach().clone().to(device).requires_grad_(True)
-    opt = torch.optim.SGD([theta], lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    opt = torch.optim.SGD([theta], lr=settings.lr, momentum=settings.momentum)
     gen = torch.Generator().manual_seed(settings.seed)
     was_training = model.training
     model.train(train_mode)
@@ -97,7 +101,7 @@ def train_bend(model: nn.Module, a: Point, b: Point, x: Tensor, y: Tensor, setti
         xb, yb = x[idx].to(device), y[idx].to(device)
         loss = mean_loss(functional_call(model, state, (xb,)).float(), yb)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + 0.5 * settings.weight_decay * flat.square().sum()).backward()
         opt.step()
         losses.append(float(loss.detach()))
     model.train(was_training)

@@ -211,7 +211,9 @@ class CurveSettings:
     batch_size: int = 128  # the batch size of Garipov et al.'s public code (train.py)
     lr: float = 0.015  # initial learning rate of Garipov et al.'s VGG16 curves (their README)
     momentum: float = 0.9  # Garipov et al.'s public code
-    weight_decay: float = 0.0  # on theta; Garipov et al. use their training's 5e-4, fedscape's training uses 0
+    # 0.5 weight_decay ||phi(t)||^2 in the loss, over every parameter of the point (curve.train_bend), as Garipov et
+    # al.'s code decays a curve (its optimiser's own weight decay 0); they use their training's 5e-4, fedscape's 0
+    weight_decay: float = 0.0
     seed: int = 0  # the order of the batches and the draws of t derive from it
 
     def __post_init__(self) -> None:

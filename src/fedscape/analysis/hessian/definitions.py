@@ -54,13 +54,18 @@ _CLIENT_SAMPLE_STREAM = 0x48434C53  # seed stream of the sample of clients (`cli
 # final round (FedAlign Table 1). The initial model's two are shared by the seeds of a run group: one init per
 # dataset, model and init (core.paths.INIT_DIR) on the aggregate training data, every seed's job the same estimate,
 # which summary.csv counts once, not once per seed with zero spread (its error is hessian.csv's trace_stderr).
+# `sharpness` and `adaptive_sharpness` (`hessian.sharpness`): those of the final global model on the aggregate
+# training data (SAM's, Foret et al. 2021; ASAM's, Kwon et al. 2021), added to the published tables: after
+# final.csv's code_version and summary.csv's code_versions (`appended`).
 HESSIAN_DATA = "all"  # hessian.csv's rows of the aggregate training data
+SHARPNESS_COLUMNS = ("sharpness", "adaptive_sharpness")
 REPORT = FinalColumns(
-    columns=("lambda_max", "trace", "lambda_max_init", "trace_init", "hn", "hd"),
-    tables={"hessian": ("run_id", "round", "data", "lambda_1", "trace"),
+    columns=("lambda_max", "trace", "lambda_max_init", "trace_init", "hn", "hd", *SHARPNESS_COLUMNS),
+    tables={"hessian": ("run_id", "round", "data", "lambda_1", "trace", *SHARPNESS_COLUMNS),
             "hessian_clients": ("run_id", "round", "hn", "hd")},
     compute="tables:final_columns",
     shared=("lambda_max_init", "trace_init"),
+    appended=SHARPNESS_COLUMNS,
 )
 
 
@@ -113,9 +118,12 @@ class HessianSettings(JobSettings):
     density_steps: int  # Lanczos steps per SLQ probe (Ghorbani et al. 2019 use 90)
     density_probes: int  # SLQ probes (Ghorbani et al. 2019 use 10; PyHessian 1)
     seed: int  # eigen start vectors, probes and evaluation subsets derive from it
-    # Worst-case sharpness max_{||e|| <= rho} L(w + e) - L(w) (Keskar et al. 2017; Foret et al. 2021) and its
-    # adaptive form over ||e / (|w| + eta)|| <= rho (Kwon et al. 2021), by projected normalised ascent from the
-    # SAM / ASAM step. rho 0.05, eta 0.01 and the radii of FedSAM / FedASAM's defaults would match; a few
+    # Worst-case sharpness max_{||e|| <= rho} L(w + e) - L(w) of the loss over the evaluation set (SAM's, Foret et
+    # al. 2021, eq. 1, not its per-batch m-sharpness) and its adaptive form over ||e / (|w| + eta)|| <= rho (Kwon et
+    # al. 2021, ASAM), by projected normalised ascent from the SAM / ASAM step (maths.sharpness). rho 0.05 is SAM's
+    # CIFAR radius (FedSAM's default) and eta 0.01 ASAM's; ASAM's radius is larger (0.5 on CIFAR, FedASAM's
+    # default) because its ball is in T-scaled space: e = T u moves a weight by (|w_i| + eta) u_i, less than u_i
+    # where |w_i| + eta < 1, so one radius is not both forms' (the adaptive one's: `sharpness_adaptive_rho`). A few
     # steps suffice because the first step already is the linearised maximiser: our choice. Baselines: off, and
     # the values of the first results that measured it.
     sharpness: bool = False
@@ -130,6 +138,10 @@ class HessianSettings(JobSettings):
     # Hessian per client is what FedAlign's HN / HD ask (Mendieta et al. 2022, Table 1), 3,400 of them per model
     # on FEMNIST's natural split; the Meta poster's top eigenvalue needs the aggregate data only. Baseline: all.
     clients: int | str = ALL_CLIENTS
+    # The radius of the adaptive sharpness's ball, in T-scaled units; None: `sharpness_rho`, the one radius every
+    # job measured both forms with before the option (the baseline). Planning writes None for a radius equal to
+    # `sharpness_rho` (plan.hessian.settings_from_config), so that spelling it out reruns nothing.
+    sharpness_adaptive_rho: float | None = None
 
     def __post_init__(self) -> None:
         if self.clients != ALL_CLIENTS and (isinstance(self.clients, bool) or not isinstance(self.clients, int)
@@ -165,10 +177,17 @@ class HessianSettings(JobSettings):
             (self.sharpness_rho > 0, f"sharpness rho must be > 0, got {self.sharpness_rho}"),
             (self.sharpness_steps >= 0, f"sharpness steps must be >= 0, got {self.sharpness_steps}"),
             (self.sharpness_eta > 0, f"sharpness eta must be > 0, got {self.sharpness_eta}"),
+            (self.sharpness_adaptive_rho is None or self.sharpness_adaptive_rho > 0,
+             f"sharpness adaptive_rho must be > 0 or null (rho's), got {self.sharpness_adaptive_rho}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+    @property
+    def adaptive_radius(self) -> float:
+        """The radius the adaptive sharpness is measured at: `sharpness_adaptive_rho`, or `sharpness_rho` where None."""
+        return self.sharpness_rho if self.sharpness_adaptive_rho is None else self.sharpness_adaptive_rho
 
     def eigen(self) -> EigenSettings:
         """The settings the top-k eigenpairs depend on (a hessian_plane job's)."""

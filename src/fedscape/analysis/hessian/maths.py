@@ -740,15 +740,24 @@ def _unit(v: Tensor) -> Tensor:
 def sharpness(op: HessianOperator, rho: float, steps: int, eta: float | None = None, seed: int = 0) -> float:
     """max over ||e / T|| <= rho of L(w + e) - L(w) at the operator's centre w, by projected normalised ascent.
 
-    T = 1: epsilon-sharpness (Keskar et al. 2017; Foret et al. 2021); T = |w| + eta elementwise: adaptive
-    sharpness (Kwon et al. 2021). In u = e / T the ascent starts at the SAM / ASAM step u = rho d with d the
+    T = 1: the sharpness of SAM (Foret et al. 2021, eq. 1, with p = 2), here of the loss over the whole evaluation
+    set, not SAM's per-batch m-sharpness; T = |w| + eta elementwise: adaptive sharpness (Kwon et al. 2021, ASAM).
+    Not Keskar et al. 2017's measure, which maximises over a box |e_i| <= eps (|w_i| + 1) and reports
+    100 (L(w + e) - L(w)) / (1 + L(w)). In u = e / T the ascent starts at the SAM / ASAM step u = rho d with d the
     unit of T g (a seeded random direction if g = 0), then takes `steps` steps u <- P(u + rho d) with d the
     unit gradient in u; every iterate is feasible, so the largest loss seen (or L(w) itself) is a lower
     bound of the maximum and the result is >= 0.
+
+    A NaN loss at a perturbed point of finite weights is one whose logits overflowed (as a barrier's point,
+    `barriers.maths.evaluate_point`): the loss rose past what float holds, so the sharpness is +inf, where
+    `max` would drop the NaN and call the model flat. A perturbed point that is not finite (a gradient that
+    overflowed on the way) gives NaN: no measurement. A NaN L(w) gives NaN.
     """
     w = op.center.double()
     scale = torch.ones_like(w) if eta is None else w.abs() + eta
     base = op.loss()
+    if math.isnan(base):
+        return math.nan
 
     def ascent_direction(u: Tensor) -> Tensor:
         return _unit(scale * op.gradient((w + scale * u).to(op.dtype)).double())
@@ -761,7 +770,11 @@ def sharpness(op: HessianOperator, rho: float, steps: int, eta: float | None = N
     for step in range(steps + 1):
         if step:
             u = _project_ball(u + rho * ascent_direction(u), rho)
-        best = max(best, op.loss((w + scale * u).to(op.dtype)))
+        point = (w + scale * u).to(op.dtype)
+        loss = op.loss(point)
+        if math.isnan(loss):
+            return math.inf if bool(torch.isfinite(point).all()) else math.nan
+        best = max(best, loss)
     return best - base
 
 
@@ -919,7 +932,7 @@ def analyse(model: nn.Module, x: Tensor, y: Tensor, settings: HessianSettings, e
         sharp = adaptive = math.nan
         if settings.sharpness:
             sharp = sharpness(op, settings.sharpness_rho, settings.sharpness_steps, None, settings.seed)
-            adaptive = sharpness(op, settings.sharpness_rho, settings.sharpness_steps, settings.sharpness_eta,
+            adaptive = sharpness(op, settings.adaptive_radius, settings.sharpness_steps, settings.sharpness_eta,
                                  settings.seed)
     return HessianReport(len(y), loss, eig, hutch, dens, products, time.perf_counter() - t0, sharp, adaptive)
 

@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedscape.analysis.hessian.definitions import CLIENTS_COLUMN, HESSIAN_DATA, INTEGER_COLUMNS, REPORT
+from fedscape.analysis.hessian.definitions import (
+    CLIENTS_COLUMN,
+    HESSIAN_DATA,
+    INTEGER_COLUMNS,
+    REPORT,
+    SHARPNESS_COLUMNS,
+)
 from fedscape.core.io import write_csv
 from fedscape.core.paths import run_of_path
 from fedscape.core.runs import OK, parse_run_id
@@ -54,7 +60,8 @@ def final_columns(final: pd.DataFrame, hessian: pd.DataFrame | None = None,
                   hessian_clients: pd.DataFrame | None = None) -> pd.DataFrame:
     """final.csv's Hessian columns per run of `final` (run_id, final_round): lambda_max / trace of the aggregate
     training data at the final round and at round 0 (PyHessian, Yao et al. 2020), HN / HD at the final round
-    (FedAlign Table 1); NaN where not computed."""
+    (FedAlign Table 1), and the sharpness and adaptive sharpness of the aggregate training data at the final round
+    (hessian.csv's, NaN where `hessian.sharpness` was off); NaN where not computed."""
     out = pd.DataFrame({"run_id": final["run_id"]})
     for col in REPORT.columns:
         out[col] = math.nan
@@ -66,7 +73,8 @@ def final_columns(final: pd.DataFrame, hessian: pd.DataFrame | None = None,
                 continue
             i = out.index[out["run_id"] == r.run_id][0]
             if int(r.round) == final_round[r.run_id]:
-                out.loc[i, ["lambda_max", "trace"]] = [r.lambda_1, r.trace]
+                out.loc[i, ["lambda_max", "trace", *SHARPNESS_COLUMNS]] = [r.lambda_1, r.trace, r.sharpness,
+                                                                           r.adaptive_sharpness]
             if int(r.round) == 0:
                 out.loc[i, ["lambda_max_init", "trace_init"]] = [r.lambda_1, r.trace]
     if hessian_clients is not None and not hessian_clients.empty:

@@ -241,7 +241,22 @@ class LSTMLayer(nn.Module):
         return torch.stack(outputs, dim=1)
 
 
-class BasicLSTMLayer(LSTMLayer):
+class OneBiasLSTMLayer(LSTMLayer):
+    """An LSTM layer with one bias per gate (``bias``, [4H], zero) where nn.LSTM has two, as TensorFlow's cells
+    have: its subclasses draw the weights as their framework does."""
+
+    def __init__(self, input_size: int, hidden_size: int) -> None:
+        nn.Module.__init__(self)
+        self.hidden_size = hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
+        self.bias = nn.Parameter(torch.zeros(4 * hidden_size))
+
+    def gate_bias(self) -> Tensor:
+        return self.bias
+
+
+class BasicLSTMLayer(OneBiasLSTMLayer):
     """One LSTM layer as TensorFlow 1's BasicLSTMCell computes it (tf.contrib.rnn.BasicLSTMCell, the cell of LEAF's
     Shakespeare model): one bias per gate (``bias``, [4H]) where nn.LSTM has two, initialised to zero, and a constant
     forget bias added inside the forget gate's sigmoid at every step, f = sigmoid(W_f x + U_f h + b_f + 1)
@@ -253,11 +268,7 @@ class BasicLSTMLayer(LSTMLayer):
     i.i.d. draw and the function are the same."""
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
-        nn.Module.__init__(self)
-        self.hidden_size = hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
-        self.bias = nn.Parameter(torch.zeros(4 * hidden_size))
+        super().__init__(input_size, hidden_size)
         bound = math.sqrt(6.0 / (input_size + hidden_size + 4 * hidden_size))  # Glorot over the [in + H, 4H] kernel
         for weight in (self.weight_ih, self.weight_hh):
             nn.init.uniform_(weight, -bound, bound)
@@ -313,7 +324,7 @@ class CharLSTM(TokenModel):
 
 
 
-class KerasLSTMLayer(LSTMLayer):
+class KerasLSTMLayer(OneBiasLSTMLayer):
     """One LSTM layer as Keras builds it (tf.keras.layers.LSTM): one bias per gate (``bias``, [4H]) where nn.LSTM has
     two, gates in the same order (input, forget, cell, output), and Keras' initialisation: Glorot-uniform input
     kernel, orthogonal recurrent kernel, zero bias but the forget gate's at 1 (``unit_forget_bias``). The weights
@@ -321,18 +332,11 @@ class KerasLSTMLayer(LSTMLayer):
     orthonormal where Keras' recurrent kernel [H, 4H] has orthonormal rows."""
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
-        nn.Module.__init__(self)
-        self.hidden_size = hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))
-        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))
-        self.bias = nn.Parameter(torch.zeros(4 * hidden_size))
+        super().__init__(input_size, hidden_size)
         nn.init.xavier_uniform_(self.weight_ih)  # Glorot over fan_in = in, fan_out = 4H, as Keras' [in, 4H] kernel
         nn.init.orthogonal_(self.weight_hh)
         with torch.no_grad():
             self.bias[hidden_size : 2 * hidden_size] = 1.0
-
-    def gate_bias(self) -> Tensor:
-        return self.bias
 
 
 class WordLSTM(TokenModel):

@@ -454,8 +454,18 @@ def measure_local(group: list[StepKind], plain_epoch: Callable[[], None], data: 
     flat = FlatParams(model)
     global_params, global_buffers = flat.get(), flatten_buffers(model).to(device)
     strategy.setup(1, global_params.numel(), device, model=model, seed=0)
-    steps = {"plain": plain_epoch,
-             "sequential": lambda: local_train(model, flat, global_params, global_buffers, data, 0, 1, strategy, cfg)}
+
+    def sequential():
+        # The model's own forward: the captured step's warm-up installs the graphs' dispatch on this model instance
+        # (CapturedForward), which would otherwise replay them in this step too and price it as the captured one.
+        installed = model.__dict__.pop("forward", None)
+        try:
+            local_train(model, flat, global_params, global_buffers, data, 0, 1, strategy, cfg)
+        finally:
+            if installed is not None:
+                model.forward = installed
+
+    steps = {"plain": plain_epoch, "sequential": sequential}
     # The strategy's step on this device first: on a CPU that is why no kind is captured.
     capture, why_not_captured = None, capture_blocker(model, strategy, device.type)
     if why_not_captured is None and any(k.capture for k in group):

@@ -7,6 +7,7 @@ output to a file of its own under `--out` (a part that runs past its time limit 
 back at most 8 files, so a call's parts write fewer). Single commands may be named instead of parts, and `--budget`
 cuts the last ones short so that a call ends in time:
 
+    cp -r ../shared/gpu .gpu    # once, in the checkout (git-ignored); each call carries it (run tool: carry [".gpu"])
     source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT tests hvp         # one call (CALLS)
     source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT steps steps_fedalign
     source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT algorithms

@@ -501,6 +501,47 @@ def test_bench_gpu_times_every_step_beside_the_plain_one(monkeypatch, path):
         assert row["now_ms"] == row["captured_ms"] == 1e3
 
 
+@pytest.mark.parametrize(("repeats", "scale", "captured"), [(2, 1.0, True), (3, 1.0, True), (2, 2.0, False)])
+def test_bench_gpu_times_the_sequential_step_on_the_models_own_forward(monkeypatch, repeats, scale, captured):
+    # Prepare: a sequential kind that captures, as on a card: the capture tests' stand-in graph maker, exact (scale 1)
+    # or refused by the check at capture (scale 2); the captures made, recorded
+    import argparse
+
+    from unit.test_capture import stand_in_maker
+
+    bench_gpu = _bench_gpu(monkeypatch)
+    made = []
+
+    class StandIn(bench_gpu.CapturedForward):
+        def __init__(self, model, batch_size):
+            super().__init__(model, batch_size, make_graphed=stand_in_maker(scale))
+            made.append(self)
+
+    monkeypatch.setattr(bench_gpu, "CapturedForward", StandIn)
+    monkeypatch.setattr(bench_gpu, "capture_blocker", lambda model, strategy, device_type: None)
+    kind = bench_gpu.StepKind("cnn_small", (), 1, 8, 10, 16, 0.9, 0.0, "sequential", True, 0)
+    args = argparse.Namespace(steps=2, repeats=repeats, clients=0)
+    device = torch.device("cpu")
+    data = bench_gpu.synthetic_clients(kind, 1, args.steps * kind.batch_size, device)
+    cfg = bench_gpu.TrainConfig(local_epochs=1, batch_size=kind.batch_size, lr=0.01, momentum=0.9, seed=0,
+                                client_chunk_size=0)
+
+    # Execute
+    row = bench_gpu.measure_local([kind], lambda: None, data, cfg, args, device)[kind]
+
+    # Assert: the graphs replay every full batch of the captured step's calls (its warm-up and each repeat) and none
+    # of the sequential step's, which is the eager step the captured one is compared with; a refused capture replays
+    # nothing and says why
+    assert len(made) == 1
+    if captured:
+        assert row["captured_ms"] is not None and row["why_not_captured"] is None
+        assert made[0].replays == (repeats + 1) * args.steps
+    else:
+        assert row["captured_ms"] is None and row["why_not_captured"].startswith("the check at capture failed")
+        assert made[0].replays == 0
+    assert "forward" not in vars(made[0].model)  # the model's own forward back after the measurement
+
+
 def test_bench_gpu_stacks_all_of_a_kinds_clients_in_one_measured_round(monkeypatch):
     # Prepare: a digits pilot kind whose runs stack 70 clients a round (more than TrainConfig's default chunk of 64),
     # the clients of each stacked step recorded

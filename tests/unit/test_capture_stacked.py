@@ -80,23 +80,30 @@ def same(a, b) -> bool:
                for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
 
 
-@pytest.mark.parametrize(("make", "train", "algorithm"), [
-    (lambda: model_of("cnn_small"), {}, "fedprox"),
-    (lambda: model_of("cnn_small"), {"augment": "crop_flip", "nesterov": True}, "fedprox"),
-    (small_resnet, {}, "fedprox"),  # batch norm: padded steps and each client's running statistics
-    (small_resnet, {"augment": "crop_flip"}, "mixup"),  # each step's lam and permutation: inputs of the replay
-    (small_resnet, {}, "stochdepth"),  # each step's residual scales too, and the dropped branches kept
-    (wider_resnet, {}, "fedalign"),  # the slimmed pass, each client's factor and clipping, without a host read
-    (moon_resnet, {}, "moon"),  # the references' passes at the global and the clients' previous parameters
-    (lambda: model_of("cnn_small"), {}, "scaffold"),  # each client's correction, read from the chunk's store
-    (lambda: model_of("cnn_small"), {}, "feddyn"),
+@pytest.mark.parametrize(("make", "train", "algorithm", "hparams"), [
+    (lambda: model_of("cnn_small"), {}, "fedprox", None),
+    (lambda: model_of("cnn_small"), {"augment": "crop_flip", "nesterov": True}, "fedprox", None),
+    (small_resnet, {}, "fedprox", None),  # batch norm: padded steps and each client's running statistics
+    # each step's lam and permutation: inputs of the replay
+    (small_resnet, {"augment": "crop_flip"}, "mixup", {"gamma": 0.4}),
+    # each step's residual scales too, and the dropped branches kept
+    (small_resnet, {}, "stochdepth", {"survival_last": 0.5}),
+    # the slimmed pass, each client's factor and clipping, without a host read
+    (wider_resnet, {}, "fedalign", {"mu": 0.5, "width": 0.5, "clip_grad_norm": 1.0}),
+    (moon_resnet, {}, "moon", MOON),  # the references' passes at the global and the clients' previous parameters
+    (lambda: model_of("cnn_small"), {}, "scaffold", None),  # each client's correction, read from the chunk's store
+    (lambda: model_of("cnn_small"), {}, "feddyn", None),
+    # two passes a step (at the weights, then at the ascent), each client's ascent scaled without a host read
+    (small_resnet, {}, "fedsam", {"rho": 0.05}),
+    # the perturbation scaled by |w| + eta on every tensor, or on the weights alone
+    (small_resnet, {}, "fedasam", {"rho": 0.5, "eta": 0.2, "adaptive_tensors": "all"}),
+    (small_resnet, {}, "fedasam", {"rho": 0.5, "eta": 0.2, "adaptive_tensors": "weights"}),
 ], ids=["cnn_small", "crop_flip-nesterov", "batch-norm", "batch-norm-mixup", "batch-norm-stochdepth",
-        "batch-norm-fedalign", "batch-norm-moon", "scaffold", "feddyn"])
-def test_replayed_steps_equal_eager_ones_bit_for_bit_over_rounds(make, train, algorithm):
+        "batch-norm-fedalign", "batch-norm-moon", "scaffold", "feddyn", "batch-norm-fedsam", "batch-norm-fedasam-all",
+        "batch-norm-fedasam-weights"])
+def test_replayed_steps_equal_eager_ones_bit_for_bit_over_rounds(make, train, algorithm, hparams):
     # Prepare
     cfg = TrainConfig(**{**CFG, **train})
-    hparams = {"mixup": {"gamma": 0.4}, "stochdepth": {"survival_last": 0.5},
-               "fedalign": {"mu": 0.5, "width": 0.5, "clip_grad_norm": 1.0}, "moon": MOON}.get(algorithm)
 
     # Execute: eager steps (no graph maker on a CPU) by a new trainer every round, then steps of recurring shapes
     # replayed from the stand-in by one trainer for both rounds
@@ -246,7 +253,11 @@ def test_graphs_stop_at_their_budget(monkeypatch):
     (moon_resnet, "moon", MOON),
     (small_resnet, "scaffold", {}),
     (small_resnet, "feddyn", {}),
-], ids=["cnn_small", "batch-norm", "mixup", "stochdepth", "fedalign", "moon", "scaffold", "feddyn"])
+    (small_resnet, "fedsam", {"rho": 0.05}),
+    (small_resnet, "fedasam", {"rho": 0.5, "eta": 0.2, "adaptive_tensors": "all"}),
+    (small_resnet, "fedasam", {"rho": 0.5, "eta": 0.2, "adaptive_tensors": "weights"}),
+], ids=["cnn_small", "batch-norm", "mixup", "stochdepth", "fedalign", "moon", "scaffold", "feddyn", "fedsam",
+        "fedasam-all", "fedasam-weights"])
 def test_on_a_gpu_captured_stacked_steps_equal_eager_ones(make, algorithm, hparams, float64_default):
     # Prepare: in float64 on the card (cuDNN's float64 kernels: the check's spread is 0 or rounding)
     def on_gpu(capture: str):

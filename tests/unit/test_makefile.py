@@ -78,8 +78,8 @@ def test_clean_deletes_the_default_runs_results_and_keeps_other_studies(tmp_path
     _tree(tmp_path, default + kept)
 
     # Execute
-    proc = subprocess.run(["make", "clean", f"PYTHON={sys.executable}"], cwd=tmp_path, capture_output=True,
-                          text=True)
+    proc = subprocess.run(["make", "--no-print-directory", "clean", f"PYTHON={sys.executable}"], cwd=tmp_path,
+                          capture_output=True, text=True)  # no "Entering directory" lines under an outer make
 
     # Assert: the default run's files gone (and .snakemake, where no other record is left); the others' kept, and said
     assert proc.returncode == 0, proc.stderr

@@ -132,7 +132,8 @@ def test_save_load_round_trip_and_dataset_check(tmp_path, labels):
     other = labels.copy()
     other[0] = (other[0] + 1) % 10
     with pytest.raises(PartitionError, match=rf"does not match this dataset.*make it again alone \(bit-identical from "
-                                             rf"its seed\) with `snakemake --cores 1 --force {path}`"):
+                                             rf"its seed with the numpy it records\) with `snakemake --cores 1 --force "
+                                             rf"{path}`"):
         load_partition(path, other)
     with pytest.raises(PartitionError, match="does not match this dataset"):
         load_partition(path, labels[:-1])

@@ -29,6 +29,7 @@ from fedscape.core.fingerprints import tree_fingerprint
 from fedscape.core.manifest import MANIFEST, changed_outputs, code_version_label, output_records, read_records
 from fedscape.data.locations import data_files
 from fedscape.plan.workflow import result_versions
+from fedscape.report.summary import APPENDED_COLUMNS
 
 RESULTS_PARTS = ("results", "logs", ".snakemake", "tiny.yaml")  # what a user copies next to a fresh clone
 # A bumped version of each of these plans its jobs and their descendants (each its plan module below src/fedscape)
@@ -241,7 +242,9 @@ def test_the_tables_name_the_code_version_that_trained_each_run(tiny_run):
     rounds = pd.read_csv(tiny_run / "results/tables/rounds.csv", dtype={"code_version": str})
     final = pd.read_csv(tiny_run / "results/tables/final.csv", dtype={"code_version": str})
 
-    assert list(rounds.columns)[-1] == "code_version" and list(final.columns)[-1] == "code_version"
+    # code_version closes rounds.csv, and final.csv up to the columns appended since (FinalColumns.appended)
+    assert list(rounds.columns)[-1] == "code_version"
+    assert list(final.columns)[len(final.columns) - len(APPENDED_COLUMNS) - 1:] == ["code_version", *APPENDED_COLUMNS]
     assert set(rounds["code_version"]) == set(final["code_version"]) == {code_version_label()}
     assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", code_version_label())
 

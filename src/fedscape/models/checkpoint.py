@@ -37,7 +37,7 @@ from fedscape.core.runs import parse_run_id
 from fedscape.data.specs import DATASETS, fits_dataset
 from fedscape.models.params import buffer_specs, load_buffers, load_params
 from fedscape.models.registry import build_model
-from fedscape.models.specs import CHECKPOINT_FORMAT, model_option_baselines, model_option_defaults
+from fedscape.models.specs import CHECKPOINT_FORMAT, with_old_defaults
 
 FORMAT = CHECKPOINT_FORMAT
 CHECKPOINT_SUFFIX = ".pt"  # every checkpoint a job writes (trajectory.pt, clients.pt, init.pt)
@@ -107,13 +107,10 @@ class ModelMeta:
     def build(self) -> nn.Module:
         """The model, built by this version of its code; CheckpointError where the file records another parameter
         layout (`check_layout`). An option the file leaves out whose default has changed is built at its baseline
-        (`model_option_baselines`): the file was written before the new default, since which the inits write such an
+        (`with_old_defaults`): the file was written before the new default, since which the inits write such an
         option out (`with_new_defaults`), and it is kept where the config writes the old value."""
-        options = dict(self.model_options)
-        defaults, baselines = model_option_defaults(self.model, options), model_option_baselines(self.model, options)
-        old = {key: value for key, value in baselines.items() if key not in options and value != defaults[key]}
         model = build_model(self.model, num_classes=self.num_classes, in_channels=self.in_channels,
-                            image_size=self.image_size, **old, **options)
+                            image_size=self.image_size, **with_old_defaults(self.model, dict(self.model_options)))
         self.check_layout(model)
         return model
 

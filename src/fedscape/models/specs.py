@@ -367,9 +367,21 @@ def with_new_defaults(name: str, options: dict) -> dict:
     """``options`` of model ``name`` with each option left out whose default is not its baseline
     (`model_option_baselines`) written out at its default: a model option's new default reruns exactly the jobs that
     left it out."""
+    return {**options, **{key: default for key, (default, _) in _changed_defaults(name, options).items()}}
+
+
+def with_old_defaults(name: str, options: dict) -> dict:
+    """``options`` of model ``name`` with each option left out whose default is not its baseline written out at its
+    baseline: what a file written before the new default was built with (since then `with_new_defaults` writes the
+    option out)."""
+    return {**options, **{key: baseline for key, (_, baseline) in _changed_defaults(name, options).items()}}
+
+
+def _changed_defaults(name: str, options: dict) -> dict[str, tuple]:
+    """(default, baseline) of each option of model ``name`` left out of ``options`` whose default changed."""
     defaults, baselines = model_option_defaults(name, options), model_option_baselines(name, options)
-    return {**options, **{key: value for key, value in defaults.items()
-                          if key not in options and value != baselines[key]}}
+    return {key: (value, baselines[key]) for key, value in defaults.items()
+            if key not in options and value != baselines[key]}
 
 
 def _resnet18_weight_inits(name: str, options: dict | None) -> tuple[str, str] | None:

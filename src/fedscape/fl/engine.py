@@ -285,6 +285,12 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
                     _restore_swa(averager, records, device)
                     before.update(_last_swa_metrics(records), **{SWA_BN_COLUMN: swa_bn_stats})
                 records.append({**previous, **record(t - 1, before, start_params, start_buffers, None)})
+                # Saved as round t - 1, but the strategy's and trainer's state is round t's: its local training and
+                # server step advanced the clients' kept vectors (SCAFFOLD's c_i, FedDyn's g_k, MOON's previous
+                # models, a kept optimiser state) and the server's (SCAFFOLD's c, FedDyn's h, a server optimiser's
+                # momentum or moments). Nothing reads it: a resumed run whose last row diverged trains no round
+                # (`start` above). Saving t - 1's would take a copy of all of it before every round that may be
+                # undone (each after an unevaluated one), as the undo is known only after the round.
                 progress.save(t - 1, records[-1], strategy, trainer, (start_params, start_buffers))
                 _log_row(before, cfg.rounds)
                 _log_diverged(before)

@@ -45,6 +45,7 @@ the partition stage reads the labels alone. Torch-free.
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -119,8 +120,6 @@ def val_solution(data_dir: str | Path) -> Path | None:
 def read_val_solution(path: str | Path) -> dict[str, str]:
     """Each validation image's file stem (ImageId) and wnid (the first token of its PredictionString), read from
     LOC_val_solution.csv; ValueError naming the file for other columns or an empty prediction."""
-    import csv  # lazy: only a flat val/ needs it
-
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)

@@ -56,7 +56,12 @@ from fedscape.models.evaluate import evaluate
 from fedscape.models.params import flatten_buffers, flatten_params, load_buffers, load_params
 from fedscape.models.registry import build_model
 from fedscape.outputs.style import PALETTE, log_levels
-from fedscape.plan.landscape import RESULT_VERSIONS, SUPPLIED_PLANE_EXTENT_BUMPS, plane_version
+from fedscape.plan.landscape import (
+    RANDOM_PLANE_STREAM_BUMPS,
+    RESULT_VERSIONS,
+    SUPPLIED_PLANE_EXTENT_BUMPS,
+    plane_version,
+)
 from fedscape.plan.partition import partition_settings
 from fedscape.plan.workflow import check_config
 from fedscape.stages.partition import partition_job
@@ -453,7 +458,7 @@ def test_the_automatic_extent_of_a_random_or_hessian_plane_holds_the_unit_square
     ("hessian", "eigen_plane.npz", None, True),  # the one plane whose extent the fix can change
     ("hessian", None, None, False),  # the Hessian stage's own plane: its model projects to exactly (0, 0)
     ("hessian", "eigen_plane.npz", 0.5, False),  # an explicit span: no automatic extent
-    ("random", None, None, False),  # its model is the centre itself
+    ("random", None, None, False),  # its model is the centre itself (its own bump: test_random_streams)
     ("trajectory", None, None, False),
 ])
 def test_only_a_supplied_hessian_plane_with_an_automatic_extent_reruns_for_the_square(kind, plane_file, span, bumped):
@@ -464,7 +469,8 @@ def test_only_a_supplied_hessian_plane_with_an_automatic_extent_reruns_for_the_s
     version = plane_version(spec)
 
     # Assert
-    assert version == RESULT_VERSIONS["landscape_plane"] + (SUPPLIED_PLANE_EXTENT_BUMPS if bumped else 0)
+    stream = RANDOM_PLANE_STREAM_BUMPS if kind == "random" else 0
+    assert version == RESULT_VERSIONS["landscape_plane"] + (SUPPLIED_PLANE_EXTENT_BUMPS if bumped else 0) + stream
     assert SUPPLIED_PLANE_EXTENT_BUMPS >= 1
 
 

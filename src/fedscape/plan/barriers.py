@@ -73,6 +73,12 @@ RESULT_VERSIONS = {"interpolation": 1, "layer_barriers": 1, "interpolation_figur
 # the loss, gradient wd 2t(1-t) phi(t) on the bend; curve.train_bend), not by SGD's wd theta. At weight decay 0 (the
 # default; no shipped config sets another) every number is as it was.
 CURVE_DECAY_BUMPS = 1
+# A layer-wise job's settings carry RESULT_VERSIONS["layer_barriers"] plus DIRECTION_STREAM_BUMPS where it runs a
+# control mode (random_direction), as CURVE_DECAY_BUMPS: the fixes that changed only the rows of those modes.
+# 1: each direction comes from a stream of `direction_seed` of its own (definitions._DIRECTION_STREAM; layer 0's first
+# was mode random's layer order when both seeds were equal) and is scaled by an exactly summed norm, the same on every
+# machine (BLAS split it over the machine's threads).
+DIRECTION_STREAM_BUMPS = 1
 # The clients a pair of one run compares when `clients` is null: the first two, which every run has (at least two
 # clients are needed for a pair) and which both train every round under full participation.
 DEFAULT_CLIENT_PAIR = (0, 1)
@@ -362,7 +368,14 @@ def make_layer_job(config: dict, pair: LayerPair, round_: int) -> LayerBarriersJ
 def layer_settings(config: dict, pair: LayerPair, round_: int, recorded: Iterable[str] | None = None) -> dict:
     """The settings of one layer-wise job (`make_layer_job`) as its rule's params carry them (kept at its `recorded`
     params where they differ only in how it computes: `kept_record`)."""
-    return job_params(make_layer_job(config, pair, round_), RESULT_VERSIONS["layer_barriers"], recorded)
+    job = make_layer_job(config, pair, round_)
+    return job_params(job, layer_version(job.modes), recorded)
+
+
+def layer_version(modes: Iterable[str]) -> int:
+    """The result version of a layer-wise job of `modes`: RESULT_VERSIONS["layer_barriers"], plus
+    DIRECTION_STREAM_BUMPS where it runs a control mode."""
+    return RESULT_VERSIONS["layer_barriers"] + (DIRECTION_STREAM_BUMPS if set(CONTROL_MODES) & set(modes) else 0)
 
 
 # -- inputs and targets -------------------------------------------------------------------------------

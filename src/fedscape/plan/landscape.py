@@ -319,19 +319,28 @@ def hessian_plane_path(plan: LandscapePlan, results: Results) -> str:
 RESULT_VERSIONS = {"landscape_plane": 1, "landscape_chunk": 1, "landscape_gather": 2, "landscape_figure": 2,
                    "surfaces_table": 1}
 # A plane job's settings carry RESULT_VERSIONS["landscape_plane"] plus SUPPLIED_PLANE_EXTENT_BUMPS where it is a
-# hessian plane read from a supplied `plane_file` with an automatic extent (`span: null`), as plan.partition's
-# EXACT_ZEROS_BUMPS: the fixes that changed only those planes.
-# 1: their automatic extent holds [-1, 1]^2 (grid.SQUARE_KINDS), where a supplied plane file's model projected off
-# (0, 0), by a rounding of its centre or as another run's, made it that point's tiny box plus the margin. Random
-# planes and the Hessian stage's own planes project their model to exactly (0, 0), so their extent did not change.
+# hessian plane read from a supplied `plane_file` with an automatic extent (`span: null`), and RANDOM_PLANE_STREAM_BUMPS
+# where it is a random plane (kind random), as plan.partition's EXACT_ZEROS_BUMPS: the fixes that changed only those
+# planes.
+# SUPPLIED_PLANE_EXTENT_BUMPS 1: their automatic extent holds [-1, 1]^2 (grid.SQUARE_KINDS), where a supplied plane
+# file's model projected off (0, 0), by a rounding of its centre or as another run's, made it that point's tiny box
+# plus the margin. Random planes and the Hessian stage's own planes project their model to exactly (0, 0), so their
+# extent did not change.
 SUPPLIED_PLANE_EXTENT_BUMPS = 1
+# RANDOM_PLANE_STREAM_BUMPS 1: the directions are drawn from a stream of the plane's seed of their own
+# (planes._RANDOM_PLANE_STREAM), not from the numbers a `random` init of that seed draws its weights from. The random
+# completion of a degenerate PCA plane keeps its seed: which planes have one is the checkpoints', not the settings'
+# (and its one float64 draw over every parameter measured no correlation with an init's weights).
+RANDOM_PLANE_STREAM_BUMPS = 1
 
 
 def plane_version(spec: dict) -> int:
     """The result version of a plane job of the landscape `spec`: RESULT_VERSIONS["landscape_plane"], plus
-    SUPPLIED_PLANE_EXTENT_BUMPS for a hessian plane of a supplied plane_file with an automatic extent."""
+    SUPPLIED_PLANE_EXTENT_BUMPS for a hessian plane of a supplied plane_file with an automatic extent, or
+    RANDOM_PLANE_STREAM_BUMPS for a random plane."""
     supplied = spec["kind"] == "hessian" and bool(spec["plane_file"]) and spec["span"] is None
-    return RESULT_VERSIONS["landscape_plane"] + (SUPPLIED_PLANE_EXTENT_BUMPS if supplied else 0)
+    return (RESULT_VERSIONS["landscape_plane"] + (SUPPLIED_PLANE_EXTENT_BUMPS if supplied else 0)
+            + (RANDOM_PLANE_STREAM_BUMPS if spec["kind"] == "random" else 0))
 
 
 def make_plane_job(config: dict, plan: LandscapePlan) -> LandscapePlaneJob:

@@ -140,15 +140,24 @@ def barrier_over_ends(value: float, ends_mean: float) -> float:
     return value - ends_mean if math.isfinite(ends_mean) else math.nan
 
 
+# The tag of random_direction's streams, after the seed: numpy's SeedSequence drops trailing zero keys, so untagged,
+# layer 0's first direction (`[seed, 0, 0]`) was drawn from the very stream `cumulation_order` permutes mode random's
+# layers with (`seed`; both seeds default to 0). The order keeps its stream (its results stand); a tag of 2**31 or more
+# tells the directions' keys from the words of any seed (at most 2**63 - 1, whose high word is below 2**31).
+_DIRECTION_STREAM = 0xD12EC7ED
+
+
 def random_direction(numel: int, norm: float, seed: int, layer_index: int, sample: int = 0) -> np.ndarray:
     """A direction of `numel` float64 entries drawn from N(0, I) and scaled to Euclidean norm `norm` (the layer's
     distance between the two models), as LLMC/layerwise_robustness_eval.py of Adilova et al.'s public code
-    (link-er/layer-wise-lmc) does; one stream per (seed, layer, sample), so it does not depend on the other layers
-    nor on the round."""
+    (link-er/layer-wise-lmc) does; one stream per (seed, layer, sample) (_DIRECTION_STREAM), so it does not depend on
+    the other layers nor on the round. Its own norm is summed exactly (math.fsum): np.linalg.norm is BLAS's, whose
+    sum of a long vector is split over as many threads as the machine gives it, and so differs in its last bits from
+    one machine to another."""
     if numel < 1:
         raise ValueError(f"a layer has at least one parameter, got numel={numel}")
-    d = np.random.default_rng([seed, layer_index, sample]).standard_normal(numel)
-    return d * (norm / float(np.linalg.norm(d)))
+    d = np.random.default_rng([seed, _DIRECTION_STREAM, layer_index, sample]).standard_normal(numel)
+    return d * (norm / math.sqrt(math.fsum(d * d)))
 
 
 def cumulation_order(num_layers: int, mode: str, seed: int = 0) -> list[int]:

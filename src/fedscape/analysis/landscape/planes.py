@@ -29,6 +29,7 @@ from fedscape.analysis.landscape.definitions import (
     write_plane_file,
 )
 from fedscape.core.io import remake_hint, supplied_hint
+from fedscape.core.seeds import derive_seed
 
 log = logging.getLogger("fedscape.landscape")
 
@@ -37,6 +38,12 @@ FILTER_NORM_EPS = 1e-10  # Li et al. 2018 (loss-landscape code, net_plotter.norm
 # needs memory for the float32 checkpoints alone, not for float64 copies of them
 GRAM_BLOCK_ENTRIES = 1 << 24
 GRAM_MAX_COLUMNS = 1 << 20  # columns per block at most (a few checkpoints)
+# The stream of a random plane's seed its directions are drawn from (`random_plane`). Not the seed itself: torch's
+# generator seeded with it gives the numbers a `random` init of that seed (stages.init) draws its weights from, tensor
+# by tensor in the same order, so the directions were correlated with the init's weights, which the plane's centre,
+# trained from that init, keeps in part (cosine about -0.35 in every weight tensor of mlp and convnet and in some of
+# cnn_small's and the LSTMs', +0.94 in word_lstm's weight_hh; independent directions: about 1/sqrt(entries)).
+_RANDOM_PLANE_STREAM = 0x52504C4E
 
 
 @dataclass(frozen=True)
@@ -266,8 +273,9 @@ def filter_normalized_direction(center: torch.Tensor, param_shapes: Sequence[Seq
 def random_plane(center: torch.Tensor, center_buffers: torch.Tensor, param_shapes: Sequence[Sequence[int]], seed: int,
                  *, runs: Sequence[str] = (), round: int | None = None, model_meta: dict | None = None,
                  extra: dict | None = None) -> Plane:
-    """Two seeded filter-normalised random directions around `center` (Li et al. 2018)."""
-    g = torch.Generator().manual_seed(int(seed))
+    """Two seeded filter-normalised random directions around `center` (Li et al. 2018), drawn from a stream of `seed`
+    of their own (_RANDOM_PLANE_STREAM)."""
+    g = torch.Generator().manual_seed(derive_seed(seed, _RANDOM_PLANE_STREAM))
     d1 = filter_normalized_direction(center, param_shapes, g)
     d2 = filter_normalized_direction(center, param_shapes, g)
     return Plane(center.float().clone(), center_buffers.float().clone(), d1, d2, kind="random", runs=tuple(runs),

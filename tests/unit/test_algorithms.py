@@ -372,7 +372,9 @@ def test_scaffold_control_variates_follow_option_two(digits_data):
         assert torch.allclose(scaffold.c_clients.get(cid, "cpu"), expected, atol=1e-6)
     absent = set(range(4)) - set(clients.client_ids.tolist())
     assert absent and all(torch.count_nonzero(scaffold.c_clients.get(c, "cpu")) == 0 for c in absent)
-    # c = (1/N) sum over all N clients of c_i (absent ones still at zero)
+    # c = sum_i p_i c_i over all N clients (absent ones still at zero), p_i = 1/N: the shards are equal (small_data: 40
+    # samples each), where it is the plain mean (the sample weights on unequal shards are pinned by
+    # test_a_server_state_over_all_clients_is_their_sample_weighted_mean)
     assert torch.allclose(scaffold.c, scaffold.c_clients.mean(4), atol=1e-7)
 
 
@@ -396,6 +398,9 @@ def test_feddyn_state_follows_acar_et_al(digits_data):
     deltas = clients.params - x0
     for cid, d in zip(clients.client_ids.tolist(), deltas, strict=True):
         assert torch.allclose(dyn.grads.get(cid, "cpu"), -0.1 * d, atol=1e-6)  # g_k = 0 - alpha (w_k - w)
+    # h = -alpha sum_k p_k (w_k - w), p_k = 1/4: the shards are equal (small_data: 40 samples each), where it is the
+    # paper's plain mean over the clients (the sample weights on unequal shards are pinned by
+    # test_a_server_state_over_all_clients_is_their_sample_weighted_mean)
     h = -0.1 * deltas.sum(0) / 4
     assert torch.allclose(dyn.h, h, atol=1e-6)
     weights = clients.num_samples.double() / clients.num_samples.sum()

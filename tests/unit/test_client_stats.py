@@ -145,14 +145,16 @@ def test_engine_records_stats_every_round_equal_to_checkpoint_recomputation(part
 
 def test_client_stats_figure_plots_drift_as_the_mean_over_seeds(tmp_path):
     """The figure's data: both drifts beside the other statistics, one row per alpha and round, seeds averaged."""
-    # Prepare: drift grows with the round, differs between seeds and alphas
+    # Prepare: drift grows with the round, differs between alphas and between three seeds by 1, 2 and 6, whose mean
+    # (3) is neither their median (2) nor the mean of two of them
     def run_id(alpha, seed):
         return f"digits/cnn_small/init~random/algo~fedavg/alpha~{alpha}/clients~10/part~1.0/seed~{seed}"
 
-    rows = [{"run_id": run_id(alpha, seed), "round": r, "drift_from_start": scale * r + seed,
-             "drift_from_aggregate": scale * r / 2 + seed, "gradient_diversity": 1.0 + r,
+    offsets = {0: 1.0, 1: 2.0, 2: 6.0}
+    rows = [{"run_id": run_id(alpha, seed), "round": r, "drift_from_start": scale * r + offset,
+             "drift_from_aggregate": scale * r / 2 + offset, "gradient_diversity": 1.0 + r,
              "update_cosine_mean": 0.5, "l2_to_final": 3.0 - r}
-            for alpha, scale in (("iid", 1.0), ("0.1", 4.0)) for seed in (0, 2) for r in range(1, 4)]
+            for alpha, scale in (("iid", 1.0), ("0.1", 4.0)) for seed, offset in offsets.items() for r in range(1, 4)]
     pd.DataFrame(rows, columns=CLIENT_STATS_COLUMNS).to_csv(tmp_path / "client_stats.csv", index=False)
     outputs = {ext: tmp_path / f"client_stats.{ext}" for ext in ("png", "pdf", "csv")}
 
@@ -163,11 +165,11 @@ def test_client_stats_figure_plots_drift_as_the_mean_over_seeds(tmp_path):
     data = assert_figure_files(outputs)
     assert sorted(data.columns) == sorted(CLIENT_STATS_FIGURE_COLUMNS)
     assert len(data) == 2 * 3
-    assert (data["n_seeds"] == 2).all() and (data["n_seeds_l2_to_final"] == 2).all()
+    assert (data["n_seeds"] == 3).all() and (data["n_seeds_l2_to_final"] == 3).all()
     for alpha, scale in (("iid", 1.0), ("0.1", 4.0)):
         line = data[data["alpha"].astype(str) == alpha].sort_values("round")
-        assert line["drift_from_start"].tolist() == pytest.approx([scale * r + 1 for r in range(1, 4)])
-        assert line["drift_from_aggregate"].tolist() == pytest.approx([scale * r / 2 + 1 for r in range(1, 4)])
+        assert line["drift_from_start"].tolist() == pytest.approx([scale * r + 3 for r in range(1, 4)])
+        assert line["drift_from_aggregate"].tolist() == pytest.approx([scale * r / 2 + 3 for r in range(1, 4)])
 
 
 def _rounds_all_ok(tmp_path, rows):

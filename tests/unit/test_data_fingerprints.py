@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import threading
@@ -342,9 +343,15 @@ def test_down_sampled_imagenet_s_files_are_those_its_reader_opens(tmp_path):
     assert {str(root / n) for n in names} == {p for p in opened if p.startswith(str(root))}
 
 
-@pytest.mark.parametrize("reader", ["cifar10", "femnist", "imagenet200", IMAGENET32])
-def test_missing_files_are_the_reader_s_error(tmp_path, reader):
-    with pytest.raises(FileNotFoundError):
+@pytest.mark.parametrize(("reader", "message"), [
+    ("cifar10", r"CIFAR-10 not found \(missing data_batch_1, .* in {dir}/cifar-10-batches-py\)"),
+    ("femnist", r"femnist not found \(looked in {dir} and {dir}/femnist/data\)"),
+    ("imagenet200", r"ImageNet-200 .* not found: {dir}/train is not a directory"),
+    (IMAGENET32, r"no train_data_batch_\*\.npz files in {dir}$"),
+])
+def test_missing_files_are_the_reader_s_error(tmp_path, reader, message):
+    # the reader's own message, naming the folder it looked in: not a FileNotFoundError of some other file
+    with pytest.raises(FileNotFoundError, match=message.format(dir=re.escape(str(tmp_path)))):
         data_files(reader, str(tmp_path))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import logging
@@ -22,7 +23,7 @@ from fedscape.fl.aggregate import mean_delta, sample_weights, weighted_mean
 from fedscape.fl.engine import run_federated
 from fedscape.fl.local import batch_order, client_generator
 from fedscape.fl.sequential import SequentialTrainer
-from fedscape.fl.settings import DIVERGED_LOSS, TrainConfig, sample_clients
+from fedscape.fl.settings import DIVERGED_LOSS, TrainConfig, clients_per_round, sample_clients
 from fedscape.fl.strategies.base import ClientResult, Strategy
 from fedscape.fl.strategies.registry import make_strategy
 from fedscape.fl.swa import SWA_METRICS, SWAConfig
@@ -118,6 +119,54 @@ def test_partial_participation_samples_seeded_subsets():
     assert picks == [sample_clients(0, t, 50, 0.2) for t in range(1, 6)]
     assert len({tuple(p) for p in picks}) > 1
     assert sample_clients(0, 1, 10, 1.0) == list(range(10))
+
+
+@pytest.mark.parametrize(("num_clients", "participation", "expected"), [
+    (100, 0.29, 29),  # 0.29 * 100 is 28.999... in floats: rounded, not floored to 28
+    (10, 0.15, 2),    # 1.5: the half to the even neighbour
+    (5, 0.5, 2),      # 2.5: down to the even 2
+    (7, 0.5, 4),      # 3.5: up to the even 4
+    (10, 0.01, 1),    # 0.1 rounds to 0: at least one client
+])
+def test_clients_per_round_rounds_half_to_even_and_takes_at_least_one(num_clients, participation, expected):
+    # Execute
+    count = clients_per_round(num_clients, participation)
+    sampled = sample_clients(3, 1, num_clients, participation)
+
+    # Assert: the count, and a sample of that many distinct clients
+    assert count == expected
+    assert len(sampled) == len(set(sampled)) == expected and set(sampled) <= set(range(num_clients))
+
+
+def test_a_round_s_batch_norm_statistics_are_the_sample_weighted_mean_of_its_clients():
+    # Prepare: a batch-norm CNN on three unequal shards (12, 30 and 48 samples: weights 2/15, 5/15 and 8/15), every
+    # client in the one round
+    sizes = [12, 30, 48]
+    data = tiny_data(num_clients=3, sizes=sizes)
+    torch.manual_seed(0)
+    model = build_model("cnn_small", num_classes=10, in_channels=1, image_size=8, norm="batch")
+    initial = copy.deepcopy(model)
+    cfg = TrainConfig(rounds=1, local_epochs=1, batch_size=8, lr=0.1, seed=4, save_clients_at=(1,))
+
+    # Execute
+    result = run_federated(model, data, Strategy(), cfg)
+
+    # Assert: each client's statistics are those plain SGD over its batches leaves (trained here, not through the
+    # engine), and the round's are their mean weighted by hand with the clients' samples
+    clients = []
+    for c, n in enumerate(sizes):
+        local = copy.deepcopy(initial).train()
+        opt = torch.optim.SGD(local.parameters(), lr=0.1)
+        for b in batch_order(n, 8, 1, client_generator(4, 1, c)):
+            opt.zero_grad()
+            F.cross_entropy(local(data.x_train[data.client_indices[c][b]]), data.y_train[data.client_indices[c][b]]
+                            ).backward()
+            opt.step()
+        clients.append(flatten_buffers(local).double())
+    expected = sum(n * b for n, b in zip(sizes, clients, strict=True)) / sum(sizes)
+    torch.testing.assert_close(result.clients[1].buffers.double(), torch.stack(clients), rtol=0, atol=1e-5)
+    torch.testing.assert_close(result.buffers[1].double(), expected, rtol=0, atol=1e-5)
+    assert not torch.allclose(expected, torch.stack(clients).mean(0), atol=1e-3)  # the plain mean is another
 
 
 def test_run_is_bit_identical_on_cpu():

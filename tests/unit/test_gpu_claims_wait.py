@@ -31,7 +31,8 @@ from fedscape.models import device as device_mod
 from fedscape.plan import resources as resources_mod
 
 ROOT = Path(__file__).resolve().parents[2]
-POLL = 0.05  # seconds between a waiting job's looks at the claims: the tests wait a few tenths of a second
+POLL = 0.05  # seconds between a waiting job's looks at the claims
+WAITED = 10  # seconds after which a claimant that never began to wait, or never ended its wait, fails its test
 
 
 class Claimant(threading.Thread):
@@ -52,21 +53,49 @@ def started(claim) -> Claimant:
     return thread
 
 
-def test_a_second_claimant_waits_until_the_first_releases_and_holds_no_lock_meanwhile(tmp_path):
+class Waits:
+    """The claims' sleep between two looks at the cards, held by the test: `begun` is set once a claim has found no
+    card it may take (with `until()` true then), and it looks again only after `resume()`, so that a test knows that
+    its claimant waits, and frees a card before the claimant's next look, without guessing how long either takes."""
+
+    def __init__(self, monkeypatch, until=lambda: True):
+        self.begun, self.resumed, self.until = threading.Event(), threading.Event(), until
+        monkeypatch.setattr(gpus_mod, "time", SimpleNamespace(monotonic=time.monotonic, sleep=self.sleep))
+
+    def sleep(self, seconds):
+        if self.until():
+            self.begun.set()
+            self.resumed.wait(WAITED)
+        time.sleep(seconds)
+
+    def resume(self):
+        self.resumed.set()
+
+
+def never_waiting(monkeypatch) -> None:
+    """A claim that would wait fails instead: its first sleep until the next look raises."""
+    def sleep(seconds):
+        raise AssertionError(f"the claim waited (a poll of {seconds} s)")
+
+    monkeypatch.setattr(gpus_mod, "time", SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
+
+
+def test_a_second_claimant_waits_until_the_first_releases_and_holds_no_lock_meanwhile(tmp_path, monkeypatch):
     # Prepare: two cards, one job per card allowed; another workflow's jobs hold both
     names = ["GPU-a", "GPU-b"]
     first = [claim_card(2, tmp_path, names, limit=1) for _ in range(2)]
+    waits = Waits(monkeypatch)
 
     # Execute: a job of this workflow asks for a card, and while it waits a card is freed and taken by another job,
     # then freed again
     waiter = started(lambda: claim_card(2, tmp_path, names, limit=1, poll=POLL))
-    time.sleep(0.3)
-    still_waiting = waiter.is_alive()
+    still_waiting = waits.begun.wait(WAITED)
     first[1].release()
     other = claim_card(2, tmp_path, names, card=1)  # must not block: the waiter holds no machine-wide lock
     other.release()
     released = time.monotonic()
-    waiter.join(timeout=5)
+    waits.resume()
+    waiter.join(timeout=WAITED)
 
     # Assert: no card was shared beyond the limit; the waiter took the freed card once it was free
     assert [c.card for c in first] == [0, 1] and still_waiting
@@ -82,39 +111,40 @@ def test_a_second_claimant_waits_until_the_first_releases_and_holds_no_lock_mean
     (1, [0], 1),        # one per card: the free card, without waiting
     (1, [1], 0),
 ])
-def test_a_card_below_the_limit_is_taken_at_once(limit, held, want, tmp_path):
-    # Prepare: as many cards as the case needs, the held ones claimed by another job
+def test_a_card_below_the_limit_is_taken_at_once(limit, held, want, tmp_path, monkeypatch):
+    # Prepare: as many cards as the case needs, the held ones claimed by another job; a claim that waits fails
     cards = max(max(held), want) + 1
     holders = [claim_card(cards, tmp_path, card=c) for c in held]
+    never_waiting(monkeypatch)
 
     # Execute
-    t0 = time.monotonic()
-    got = claim_card(cards, tmp_path, limit=limit, poll=5.0)
+    got = claim_card(cards, tmp_path, limit=limit, poll=POLL)
 
-    # Assert: no wait (a wait would last a 5 s poll)
-    assert got.card == want and time.monotonic() - t0 < 2
+    # Assert: the card, taken without a wait
+    assert got.card == want
     for claim in [got, *holders]:
         claim.release()
 
 
-def test_a_job_told_its_card_waits_for_that_card(tmp_path):
+def test_a_job_told_its_card_waits_for_that_card(tmp_path, monkeypatch):
     # Prepare: two cards, another workflow's job on the second
     holder = claim_card(2, tmp_path, card=1)
+    waits = Waits(monkeypatch)
 
     # Execute: a job told cuda:1
     waiter = started(lambda: claim_card(2, tmp_path, card=1, limit=1, poll=POLL))
-    time.sleep(0.3)
-    still_waiting = waiter.is_alive()
+    still_waiting = waits.begun.wait(WAITED)
     released = time.monotonic()
     holder.release()
-    waiter.join(timeout=5)
+    waits.resume()
+    waiter.join(timeout=WAITED)
 
     # Assert: it waited, although cuda:0 was free, and then took its own card
     assert still_waiting and waiter.at >= released and waiter.got.card == 1
     waiter.got.release()
 
 
-def test_a_crashed_job_s_claim_ends_the_wait(tmp_path, caplog):
+def test_a_crashed_job_s_claim_ends_the_wait(tmp_path, caplog, monkeypatch):
     # Prepare: another workflow's job (a process) holds the only card, then dies without releasing it
     code = ("import os, sys, time; from pathlib import Path; from fedscape.core.gpus import claim_card; "
             f"c = claim_card(1, Path({str(tmp_path)!r}), ['GPU-x']); print('held', flush=True); "
@@ -122,15 +152,16 @@ def test_a_crashed_job_s_claim_ends_the_wait(tmp_path, caplog):
     other = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert other.stdout.readline().strip() == "held"
     caplog.set_level(logging.INFO, logger=gpus_mod.__name__)
+    waits = Waits(monkeypatch, until=lambda: "(waiting " in caplog.text)  # once it has said so again
 
     # Execute: this workflow's job waits; the other job crashes
     waiter = started(lambda: claim_card(1, tmp_path, ["GPU-x"], limit=1, poll=POLL, report_every=0.1))
-    time.sleep(0.4)
-    still_waiting = waiter.is_alive()
+    still_waiting = waits.begun.wait(WAITED)
     other.stdin.write("\n")
     other.stdin.flush()
     assert other.wait(timeout=30) == 9
-    waiter.join(timeout=5)
+    waits.resume()
+    waiter.join(timeout=WAITED)
 
     # Assert: the wait ended with the crash; the log said why the job was idle (which card, its claims, whose),
     # and said it again while it waited
@@ -243,12 +274,13 @@ def test_a_local_job_waits_for_its_card_and_one_outside_a_run_does_not(name, tmp
     device_mod._CLAIM.release()
     device_mod._CLAIM = None
     monkeypatch.setenv(CARD_LIMIT_ENV, "1")
+    waits = Waits(monkeypatch)
     waiter = started(lambda: device_mod.resolve_device(name, claim_dir=tmp_path, poll=POLL))
-    time.sleep(0.3)
-    still_waiting = waiter.is_alive()
+    still_waiting = waits.begun.wait(WAITED)
     released = time.monotonic()
     holder.release()
-    waiter.join(timeout=5)
+    waits.resume()
+    waiter.join(timeout=WAITED)
 
     # Assert: the first shared the card at once; the local job waited for it, then held it alone
     want = "cuda:0" if name == "auto" else name

@@ -25,20 +25,26 @@ def rid(alpha, seed):
     return f"digits/cnn_small/init~random/algo~fedavg/alpha~{alpha}/clients~10/part~1.0/seed~{seed}"
 
 
+# Each seed's statistics while it is healthy: the three 1, 2 and 6 have a mean (3) that is not their median (2), nor
+# the four's (2.5), so that a mean over the wrong seeds, or another statistic over them, shows
+SEED_VALUES = {0: 1.0, 1: 2.0, 2: 6.0, 3: 3.0}
+
+
 def _client_stats_figure(tmp_path, diverged: dict[int, int], exploded: float, rounds=(1, 2, 3, 4)):
-    """The figure's CSV of three seeds with every statistic 1.0, where seed s in `diverged` diverged at round
-    diverged[s]: its client statistics of that round are `exploded` (the engine records them before it stops), it has
-    no later rounds and no l2_to_final (no final model)."""
+    """The figure's CSV of four seeds with every statistic SEED_VALUES[seed] (drift_from_aggregate half that, the
+    update cosine 0.5), where seed s in `diverged` diverged at round diverged[s]: its client statistics of that round
+    are `exploded` (the engine records them before it stops), it has no later rounds and no l2_to_final (no final
+    model)."""
     rows, status = [], []
-    for seed in (0, 1, 2):
+    for seed, healthy in SEED_VALUES.items():
         stop = diverged.get(seed)
         for r in (0, *rounds):
             if stop is not None and r > stop:
                 break
-            value = exploded if r == stop else 1.0
+            value = exploded if r == stop else healthy
             rows.append({"run_id": rid("0.1", seed), "round": r, "drift_from_start": value,
                          "drift_from_aggregate": value / 2, "gradient_diversity": value, "update_cosine_mean": 0.5,
-                         "l2_to_final": math.nan if stop is not None else 1.0})
+                         "l2_to_final": math.nan if stop is not None else healthy})
             status.append({"run_id": rid("0.1", seed), "round": r, "status": "diverged" if r == stop else "ok"})
     pd.DataFrame(rows, columns=CLIENT_STATS_COLUMNS).to_csv(tmp_path / "client_stats.csv", index=False)
     pd.DataFrame(status).to_csv(tmp_path / "rounds.csv", index=False)
@@ -48,20 +54,26 @@ def _client_stats_figure(tmp_path, diverged: dict[int, int], exploded: float, ro
 
 
 @pytest.mark.parametrize("exploded", [1e6, math.inf], ids=["finite", "inf"])
-@pytest.mark.parametrize("diverged", [{2: 3}, {1: 2, 2: 4}], ids=["one_seed", "two_seeds"])
-def test_the_client_stats_figure_leaves_a_diverged_run_out_from_its_diverged_round_on(tmp_path, diverged, exploded):
+@pytest.mark.parametrize(("diverged", "means", "l2_mean"), [
+    # rounds 0-2: the four seeds' mean (1 + 2 + 6 + 3) / 4; rounds 3-4: the three healthy ones' (1 + 2 + 6) / 3
+    ({3: 3}, [3.0, 3.0, 3.0, 3.0, 3.0], 3.0),
+    # rounds 0-1: the four's; rounds 2-3: seeds 0, 2 and 3's (1 + 6 + 3) / 3; round 4: seeds 0 and 2's
+    ({1: 2, 3: 4}, [3.0, 3.0, 10 / 3, 10 / 3, 3.5], 3.5),
+], ids=["one_seed", "two_seeds"])
+def test_the_client_stats_figure_leaves_a_diverged_run_out_from_its_diverged_round_on(tmp_path, diverged, means,
+                                                                                      l2_mean, exploded):
     # Prepare / Execute
     data = _client_stats_figure(tmp_path, diverged, exploded)
 
-    # Assert: every mean is that of the runs counted (all 1.0), however large the diverged round's values; the seed
-    # count falls at each run's diverged round; l2_to_final counts the runs that never diverged, at every round
+    # Assert: every mean is that of the runs counted, however large the diverged round's values; the seed count
+    # falls at each run's diverged round; l2_to_final counts the runs that never diverged, at every round
     for stat in ("drift_from_start", "gradient_diversity"):
-        assert data[stat].tolist() == [1.0] * 5
-    assert data["drift_from_aggregate"].tolist() == [0.5] * 5
-    expected = [sum(1 for s in (0, 1, 2) if diverged.get(s, 99) > r) for r in range(5)]
+        assert data[stat].tolist() == pytest.approx(means, rel=1e-12)
+    assert data["drift_from_aggregate"].tolist() == pytest.approx([m / 2 for m in means], rel=1e-12)
+    expected = [sum(1 for s in SEED_VALUES if diverged.get(s, 99) > r) for r in range(5)]
     assert data["n_seeds"].tolist() == expected
-    assert data["n_seeds_l2_to_final"].tolist() == [3 - len(diverged)] * 5
-    assert data["l2_to_final"].tolist() == [1.0] * 5
+    assert data["n_seeds_l2_to_final"].tolist() == [len(SEED_VALUES) - len(diverged)] * 5
+    assert data["l2_to_final"].tolist() == pytest.approx([l2_mean] * 5, rel=1e-12)
 
 
 def test_an_infinite_statistic_of_a_run_that_did_not_diverge_is_left_out_of_the_mean_and_logged(tmp_path, caplog):

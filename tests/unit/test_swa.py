@@ -82,16 +82,19 @@ def test_cycle_of_one_averages_every_round_at_the_low_rate():
 
 # -- the running mean -------------------------------------------------------------------------------------------
 def test_running_mean_of_three_known_models_is_their_average():
-    # Prepare: three global models whose running mean is exact in float32
+    # Prepare: three global models (parameters and batch-norm statistics) whose running mean is exact in float32
     models = [torch.tensor([1.0, -2.0, 0.5]), torch.tensor([2.0, 4.0, 0.5]), torch.tensor([6.0, 1.0, 2.0])]
+    buffers = [torch.tensor([1.0, 0.5]), torch.tensor([4.0, 0.5]), torch.tensor([1.0, 2.0])]
     swa = SWAModel()
 
     # Execute
-    for r, w in zip((4, 6, 8), models, strict=True):
-        swa.update(r, w, torch.zeros(0))
+    for r, w, b in zip((4, 6, 8), models, buffers, strict=True):
+        swa.update(r, w, b)
 
-    # Assert: (1 + 2 + 6) / 3 = 3, (-2 + 4 + 1) / 3 = 1, (0.5 + 0.5 + 2) / 3 = 1
+    # Assert: (1 + 2 + 6) / 3 = 3, (-2 + 4 + 1) / 3 = 1, (0.5 + 0.5 + 2) / 3 = 1; the statistics alike:
+    # (1 + 4 + 1) / 3 = 2, (0.5 + 0.5 + 2) / 3 = 1
     assert torch.equal(swa.params, torch.tensor([3.0, 1.0, 1.0]))
+    assert torch.equal(swa.buffers, torch.tensor([2.0, 1.0]))
     assert swa.count == 3 and swa.rounds == [4, 6, 8]
     assert torch.equal(models[0], torch.tensor([1.0, -2.0, 0.5]))  # inputs untouched
 

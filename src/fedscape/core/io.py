@@ -137,7 +137,8 @@ CONTINUE_BY_MEANING = f"snakemake {_CONTINUE_CORES} {_CONTINUE_TRIGGERS}"
 
 def remake_alone_hint(path: str | os.PathLike, args: str | None = None) -> str:
     """The commands that make an output again without its job's dependents (for a file its job makes
-    bit-identically from a seed, such as a partition: the runs trained on it stay valid), then go on by meaning.
+    bit-identically from a seed, such as a partition: the runs trained on it stay valid where it is, which their
+    analyses check, `fedscape.data.partition.check_trained_partition`), then go on by meaning.
 
     `args`: the user's own Snakemake arguments, shell-quoted (`shlex.join`), put in both commands (before their own
     options, so that a --configfile list ends there); without targets, which `--force` would force too, with every job
@@ -147,7 +148,8 @@ def remake_alone_hint(path: str | os.PathLike, args: str | None = None) -> str:
     go_on = f"snakemake {_CONTINUE_CORES} {args} {_CONTINUE_TRIGGERS}" if args else CONTINUE_BY_MEANING
     each = " (each with the --configfile you run with)" if args is None else ""
     return (f"make it again alone (bit-identical from its seed with the numpy it records) with `{force}`, then "
-            f"continue with `{go_on}`{each} so that what was made from it is not made again")
+            f"continue with `{go_on}`{each} so that what was made from it is not made again (the analyses of the "
+            "runs trained on it check that it is their split, and refuse one drawn otherwise, as under another numpy)")
 
 
 def _snakemake(options: str, args: str | None) -> str:

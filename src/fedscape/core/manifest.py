@@ -193,8 +193,12 @@ def _version(package: str) -> str | None:
 
 
 def software() -> dict:
-    """Python, Snakemake and, where this process imported it, torch with its CUDA and cuDNN versions."""
-    out = {"python": platform.python_version(), "snakemake": _version("snakemake")}
+    """Python, Snakemake, numpy and, where this process imported it, torch with its CUDA and cuDNN versions.
+
+    numpy always (a dependency of every job; read from its installed metadata, so that `make verify` imports none):
+    its Generator's streams may change between versions (NEP 19), and a partition drawn again from its seed under
+    another numpy may be another split (`_warn_remade_split`)."""
+    out = {"python": platform.python_version(), "snakemake": _version("snakemake"), "numpy": _version("numpy")}
     torch = sys.modules.get("torch")
     if torch is not None:
         cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
@@ -227,28 +231,68 @@ def write_record(path: str | Path, outputs: Iterable[str | Path], started: float
         "finished": _iso(datetime.datetime.now().timestamp()),
         **notes,
     }
-    _keep_earlier_outputs(Path(path), set(record["outputs"]), root)
+    earlier = _earlier_record(Path(path))
+    _warn_remade_split(earlier, record, root)
+    _keep_earlier_outputs(Path(path), earlier, set(record["outputs"]), root)
     atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def _earlier_record(path: Path) -> dict | None:
+    """The record at `path` that a job's new record replaces, where it is one of version 2 or later (its outputs by
+    their paths below the results directory, as the new record's); None where there is none, or it cannot be read
+    (`make verify` names it), or it is of version 1."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(earlier, dict) and isinstance(earlier.get("outputs"), dict)
+            and earlier.get("version", 1) >= RECORD_VERSION):
+        return None
+    return earlier
+
+
+# The output that runs train on: their meta.json records the split it holds, which their analyses check it against
+# (`fedscape.data.partition.check_trained_partition`)
+TRAINED_ON = f"{PARTITION_DIR}/partition.npz"
+
+
+def _warn_remade_split(earlier: dict | None, record: dict, root: str | Path) -> None:
+    """Warn, in the log of the job writing `record`, of each partition file it wrote with other contents than its
+    `earlier` record names: made again (`--force`, after `make verify` or `make status` named it) under a numpy whose
+    streams changed, the same seed drew another split, and the runs trained on the earlier one are refused by their
+    analyses until they are trained again (`--forcerun`); under another numpy whose streams did not, only the
+    metadata's numpy differs, and the analyses read it (they compare splits). A workflow that reruns the runs already
+    needs nothing more."""
+    if earlier is None:
+        return
+    for output, entry in record["outputs"].items():
+        before = earlier["outputs"].get(output)
+        if (parse_path(TRAINED_ON, output) is None or not isinstance(before, dict)
+                or before.get("sha256") in (None, entry["sha256"])):
+            continue
+        numpy = (earlier.get("software") or {}).get("numpy"), record["software"].get("numpy")
+        under = f"numpy {numpy[0]} then, {numpy[1]} now" if numpy[0] and numpy[0] != numpy[1] else f"numpy {numpy[1]}"
+        path = os.path.join(root, output)
+        log.warning("%s was made with other bytes than its earlier record names (SHA-256 %s..., earlier %s...; "
+                    "%s): where its split differs too, the runs trained on the earlier split are refused by their "
+                    "analyses (Hessian, landscape, barriers) until they are trained on this one: %s", path,
+                    entry["sha256"][:12],
+                    before["sha256"][:12], under, remake_hint(path))
 
 
 EARLIER = ".earlier.json"  # the suffix of a record's sibling that keeps what its job no longer writes
 
 
-def _keep_earlier_outputs(path: Path, written: set[str], root: str | Path) -> None:
+def _keep_earlier_outputs(path: Path, earlier: dict | None, written: set[str], root: str | Path) -> None:
     """Before a job's record at `path` replaces an earlier one: the earlier record's outputs that this job no longer
     writes and that are still there (of a rule whose output moved to a rule of its own, and was kept: a Hessian job's
     eigenvector plane, now rule hessian_plane's) go to a record of their own beside it (`<name>.earlier.json`, the
     earlier record's fields with those outputs and no log: known by its outputs), so that `make verify` and `make
     status` still know where they came from until a job writes them again (its newer record then answers for them,
     `Records.by_output`). Those it kept already keep its times, the span of the runs that wrote them (`make status`
-    reads no file dated within it). A record of version 1, whose output paths are not below the results directory, is
-    left as it is."""
-    try:
-        earlier = json.loads(path.read_text())
-    except (OSError, ValueError):  # no earlier record, or a damaged one (`make verify` names it)
-        return
-    if not (isinstance(earlier, dict) and isinstance(earlier.get("outputs"), dict)
-            and earlier.get("version", 1) >= RECORD_VERSION):
+    reads no file dated within it). `earlier`: that record (`_earlier_record`), None where there is none to keep from
+    (a record of version 1, whose output paths are not below the results directory, is left as it is)."""
+    if earlier is None:
         return
     sibling = path.with_name(path.name.removesuffix(".json") + EARLIER)
     try:  # what that record kept before (the earlier record's entry for an output it wrote again is the newer one)
@@ -315,7 +359,8 @@ class Finding:
 
 def remade_alone(path: str) -> bool:
     """Whether the output at `path` is made again alone, not with what is made from it: a partition's files
-    (`--force`: bit-identical from its seed, so that the runs trained on it stay valid)."""
+    (`--force`: bit-identical from its seed under the numpy it records, so that the runs trained on it stay valid;
+    their analyses check that it is their split, `fedscape.data.partition.check_trained_partition`)."""
     return bool(parse_path(f"{PARTITION_DIR}/{{file}}", path))
 
 

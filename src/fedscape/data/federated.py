@@ -12,7 +12,13 @@ import torch
 
 from fedscape.data.datasets import Dataset, Images, StoredImages, dataset_from_options, take_rows
 from fedscape.data.locations import job_fingerprint
-from fedscape.data.partition import Partition, check_run_partition, load_partition, partition_kind
+from fedscape.data.partition import (
+    Partition,
+    check_run_partition,
+    check_trained_partition,
+    load_partition,
+    partition_kind,
+)
 
 
 @dataclass
@@ -63,10 +69,14 @@ def federate(ds: Dataset, partition_path: str | Path, device: torch.device | str
 
 
 def load_federated_data(run: dict, options: dict, partition_path: str | Path,
-                        device: torch.device | str = "cpu") -> FederatedData:
+                        device: torch.device | str = "cpu", trained: bool = True) -> FederatedData:
     """The dataset of `run` (its fields; config `datasets.<name>` options) split by its partition file, on `device`;
-    PartitionError naming the file when the partition is another run's (`check_run_partition`)."""
+    PartitionError naming the file when the partition is another run's (`check_run_partition`), or, for a `trained`
+    run (its analyses), not the split its meta.json records it was trained on (`check_trained_partition`). The train
+    job, which writes that record, passes False."""
     check_run_partition(partition_path, run)
+    if trained:
+        check_trained_partition(partition_path, run)
     return federate(dataset_from_options(run["dataset"], options), partition_path, device)
 
 

@@ -6,6 +6,7 @@ client per writer, and a split file."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import re
@@ -18,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from fedscape.core.io import atomic_path, remake_alone_hint
+from fedscape.core.io import atomic_path, remake_alone_hint, remake_hint
 from fedscape.core.names import suggest
+from fedscape.core.paths import PARTITION_DIR, TRAIN_DIR, TRAIN_FILE_NAMES, fill, parse_path
 from fedscape.core.provenance import belongs_problem
+from fedscape.core.runs import RUN_ID
 from fedscape.core.seeds import derive_seed
 from fedscape.core.setting import IID, is_partition_label, parse_alpha
 from fedscape.data.locations import job_data_change
@@ -938,6 +941,65 @@ def check_partition_file(path, dataset: str, num_clients: int, setting: str | fl
 def check_run_partition(path, run: dict) -> None:
     """`check_partition_file` against the fields of `run` (a Run's fields, or those parsed from its run id)."""
     check_partition_file(path, run["dataset"], int(run["num_clients"]), run["alpha"], int(run["seed"]))
+
+
+def partition_numpy(path) -> str | None:
+    """The numpy version that drew the partition at `path`, as its metadata records it (None: not recorded)."""
+    with np.load(path, allow_pickle=False) as f:
+        return json.loads(str(f["meta"])).get("numpy")
+
+
+def split_sha256(path) -> str:
+    """SHA-256 of the split the partition file at `path` holds: its clients' sample indices, each client's in order
+    (int64 offsets, then int64 indices), not the file's bytes, whose metadata names the numpy that wrote it: a
+    partition made again alone under another numpy whose streams did not change is the same split."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            indices, offsets = f["indices"], f["offsets"]
+    except UNREADABLE as exc:
+        raise PartitionError(f"{_unreadable(path, exc)}; {remake_alone_hint(path)}") from None
+    digest = hashlib.sha256(np.ascontiguousarray(offsets, dtype=np.int64).tobytes())
+    digest.update(np.ascontiguousarray(indices, dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def run_record_path(path, run: dict) -> Path | None:
+    """The meta.json of `run` (its fields) in the results directory that the partition file at `path` lies in; None
+    where `path` is not a partition file of the results' layout (`core.paths.PARTITION_DIR`)."""
+    fields = parse_path(f"{PARTITION_DIR}/partition.npz", path)
+    if fields is None:
+        return None
+    results = str(path)[: -len(fill(f"{PARTITION_DIR}/partition.npz", **fields))]
+    return Path(results, fill(TRAIN_DIR, **run), TRAIN_FILE_NAMES["meta"])
+
+
+def check_trained_partition(path, run: dict) -> None:
+    """PartitionError when the partition file at `path` is not the one `run` (its fields) was trained on: its SHA-256
+    is not the one the run's meta.json records (`inputs`' split: `split_sha256`, `stages.train`;
+    `run_record_path`). A partition made again
+    alone (`core.io.remake_alone_hint`) is bit-identical from its seed only under the numpy that drew it: numpy's
+    Generator streams may change between versions (NEP 19), so the same seed may draw another split, and an analysis
+    would evaluate the run's models on clients it was not trained on. The remedy trains the runs again
+    (`core.io.remake_hint`). A run whose meta.json records no partition (trained before runs recorded it), or that has
+    none to read (not trained yet), is not checked."""
+    record = run_record_path(path, run)
+    try:
+        inputs = json.loads(record.read_text()).get("inputs") if record is not None else None
+    except (OSError, ValueError, AttributeError):  # none, or damaged (`make verify` names it)
+        return
+    trained_on = inputs.get("split") if isinstance(inputs, dict) else None
+    if not isinstance(trained_on, str) or (found := split_sha256(path)) == trained_on:
+        return
+    now, then = partition_numpy(path), inputs.get("partition_numpy")
+    drawn = f"drawn with numpy {now or 'unrecorded'}"
+    if now and then and now != then:
+        drawn += (f", the run's with numpy {then}: numpy's random streams may change between versions, and the same "
+                  "seed then draws another split")
+    raise PartitionError(
+        f"partition file {path} is not the split run {fill(RUN_ID, **run)} was trained on "
+        f"(split SHA-256 {found[:12]}..., where its record {record} names {trained_on[:12]}...; {drawn}): its analyses "
+        f"would mix the run's models with other clients' data. Train the runs on this split: {remake_hint(path)}; or "
+        "put back the partition file the runs were trained on")
 
 
 # Rows of labels converted to int64 at a time by `_labels_checksum`: a few MB, where the whole array's int64 copy

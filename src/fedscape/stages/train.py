@@ -14,6 +14,7 @@ from fedscape.core.manifest import code_version_label
 from fedscape.core.provenance import check_belongs
 from fedscape.core.setting import alpha_column
 from fedscape.data.federated import load_federated_data
+from fedscape.data.partition import partition_numpy, split_sha256
 from fedscape.fl.engine import InitialModelDiverged, run_federated
 from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS, CODE_VERSION, MEMORY_KEYS, ROUNDS_COLUMNS
 from fedscape.fl.strategies.registry import make_strategy
@@ -21,7 +22,7 @@ from fedscape.fl.swa import SWA_BN_COLUMN, SWA_METRICS, SWASettings
 from fedscape.models.batchnorm import has_batch_norm
 from fedscape.models.checkpoint import CheckpointError, load_trajectory, save_clients, save_trajectory
 from fedscape.models.device import describe_compute, log_compute, resolve_device
-from fedscape.stages.progress import attempt_record, attempts_record, progress_key, resume_settings
+from fedscape.stages.progress import attempt_record, attempts_record, input_digests, progress_key, resume_settings
 from fedscape.stages.train_settings import TrainJob
 
 log = logging.getLogger("fedscape.train")
@@ -40,7 +41,8 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
     device = resolve_device(job.training.device)
     cfg = job.train_config()
     log_compute(describe_compute(device, cfg.precision))
-    data = load_federated_data(run, job.dataset_options, partition_path, device)
+    # not checked against the run's meta.json: this job writes it (an earlier one names the split it trained on then)
+    data = load_federated_data(run, job.dataset_options, partition_path, device, trained=False)
     init = load_trajectory(init_path, run_id=job.run_id)
     # the init of the run's own label (an init records it; the model and data shape load_trajectory checks)
     check_belongs(init_path, f"the init of run {job.run_id}", {"init": run["init"]},
@@ -67,7 +69,14 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
     compute = describe_compute(device, cfg.precision)
     attempt = {**{key: settings["training"][key] for key in MEMORY_KEYS if key in settings["training"]},
                **attempt_record(compute)}
-    key = progress_key(resume_settings(settings, TrainJob), (partition_path, init_path))
+    # the contents of the files the run starts from, read once: its progress key, and its record (meta.json's
+    # `inputs`), and the split it holds, which its analyses check its partition against
+    # (data.partition.check_trained_partition), with the numpy that drew that split (another may draw another from the
+    # same seed)
+    digests = input_digests((partition_path, init_path))
+    inputs = {"partition": digests[0], "split": split_sha256(partition_path),
+              "partition_numpy": partition_numpy(partition_path), "init": digests[1]}
+    key = progress_key(resume_settings(settings, TrainJob), digests=digests)
     try:
         result = run_federated(model, data, strategy, cfg, progress_dir=progress_dir, progress_key=key, swa=swa,
                                attempt=attempt)
@@ -76,7 +85,7 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
 
     meta = {"run_id": job.run_id, "settings": settings, "status": result.status,
             **compute, "execution": result.execution, "seed": run["seed"],
-            "init_seed": init.meta.get("seed"), "final_round": int(result.rounds.max())}
+            "init_seed": init.meta.get("seed"), "final_round": int(result.rounds.max()), "inputs": inputs}
     if swa is not None:  # the SWA model is the run's reported final model (fedscape.models.checkpoint)
         meta["swa"] = {**to_settings(SWASettings.of(swa, cfg.rounds, has_batch_norm(model))),
                        "models": 0 if result.swa is None else result.swa["count"],

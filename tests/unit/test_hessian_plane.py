@@ -224,18 +224,23 @@ def test_the_key_of_kept_eigenpairs_is_the_plane_s_meaning_its_inputs_contents_a
 def test_a_plane_from_kept_eigenpairs_records_where_they_were_computed_and_removes_them(trained, tmp_path,
                                                                                       monkeypatch):
     # Prepare: the Hessian job's record of its compute, as if on a card
+    from fedscape.core import manifest
+
     store = EigenStore(tmp_path / EIGENPAIRS_DIR, RESULT_VERSIONS["hessian_plane"])
     card = {"device": "cuda:0", "device_name": "a card", "precision": "fp32", "precision_used": "fp32"}
     real = stage_mod.describe_compute
     monkeypatch.setattr(stage_mod, "describe_compute", lambda *a: card)
     _hessian(trained, tmp_path / "hessian", store=store)
     monkeypatch.setattr(stage_mod, "describe_compute", real)
+    monkeypatch.setattr(manifest, "_NOTES", {})  # the plane job's notes, gone with the test
 
     # Execute
     plane = _plane(trained, tmp_path / PLANE_FILE, store=store)
 
-    # Assert: the card that computed them, not the plane job's CPU; the kept eigenpairs gone once taken
+    # Assert: the card that computed them, not the plane job's CPU, in its plane file and in its job's record (which
+    # names its own CPU beside it); the kept eigenpairs gone once taken
     assert {k: plane.extra[k] for k in card} == card
+    assert manifest.noted("compute") == card and manifest.noted("plane_compute")["device"] == "cpu"
     assert not (tmp_path / EIGENPAIRS_DIR).exists()
 
 

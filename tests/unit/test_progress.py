@@ -196,7 +196,7 @@ def test_a_run_killed_and_rerun_with_other_memory_settings_resumes(tmp_path, mon
         before, after = (train_settings(c, run)["training"] for c in (config, changed))
         executions = ["vectorized", "sequential" if change.get("client_parallel") == "sequential" else "vectorized"]
         device = {"device": "cpu", "device_name": meta["device_name"], "precision_used": "fp32",
-                  "code": code_version_label()}
+                  "torch": torch.__version__, "code": code_version_label()}
         assert meta["attempts"] == [
             {**{k: settings[k] for k in MEMORY_KEYS}, **device, "from_round": first, "execution": execution}
             for settings, first, execution in zip((before, after), (1, 2), executions, strict=True)]
@@ -275,7 +275,8 @@ def test_a_finished_run_whose_outputs_are_lost_records_the_attempt_that_trained_
     before = train_settings(config, run)["training"]
     assert meta["attempts"] == [{**{k: before[k] for k in MEMORY_KEYS}, "device": "cpu",
                                  "device_name": meta["device_name"], "precision_used": "fp32",
-                                 "code": code_version_label(), "from_round": 1, "execution": "vectorized"}]
+                                 "torch": torch.__version__, "code": code_version_label(), "from_round": 1,
+                                 "execution": "vectorized"}]
     assert meta["execution"] == "vectorized"
     cost = cost_table([(tmp_path / "run" / TRAIN_FILE_NAMES["metrics"], tmp_path / "run" / TRAIN_FILE_NAMES["meta"])])
     assert cost["execution"].tolist() == ["vectorized"]

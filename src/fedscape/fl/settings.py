@@ -6,6 +6,7 @@ Planning (config checks, which clients a layer-wise pair can compare) reads thes
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -59,8 +60,9 @@ ADAMW_KEYS = ("adamw_beta1", "adamw_beta2", "adamw_eps")  # the options only opt
 MEMORY_KEYS = ("client_chunk_size", "client_parallel", "eval_batch_size")
 # What each attempt of a run (a call that trained rounds: resumed after a kill, it may be on another device) records
 # of where and how precisely it computed (`fedscape.models.device.describe_compute`'s keys), beside its memory keys
-# and its `execution`; results/tables/cost.csv times each attempt's rounds under its own.
-ATTEMPT_COMPUTE = ("device", "device_name", "device_uuid", "precision_used")
+# and its `execution`; results/tables/cost.csv times each attempt's rounds under its own. Its torch too: a run resumed
+# after an upgrade of torch trained its first rounds by another torch than the one its job's record names (`software`).
+ATTEMPT_COMPUTE = ("device", "device_name", "device_uuid", "precision_used", "torch")
 # The training keys that change how a run's steps execute and not what they compute, so that changing them reruns no
 # finished run or warm-up (their jobs' `JobSettings.neutral`): the memory keys, and `capture`, since a step replayed
 # from a CUDA graph is checked at capture to agree with the eager step to float rounding (fedscape.fl.capture) and a
@@ -93,6 +95,14 @@ CODE_VERSION = "code_version"
 # while an exploding run passes it within a round or two (a run at lr 5.0 reached 2.3e19).
 DIVERGED_LOSS = 1e3
 _SAMPLING_STREAM = 0x5A  # keeps client sampling independent of the clients' own random streams
+
+
+def check_precision(precision: str) -> None:
+    """Refuse a `precision` that is none of PRECISIONS: the settings of every job that computes in one (a run's
+    training, a pretraining, a barrier or loss-surface job) check it when made, so that a bad one fails there, not in
+    the job after it may have waited for a card (`fedscape.models.device.job_precision`)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 @dataclass(frozen=True)
@@ -168,8 +178,7 @@ class TrainConfig:
 
     def __post_init__(self):
         self._check_local_training()
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        check_precision(self.precision)
         if self.client_parallel not in CLIENT_PARALLEL:
             raise ValueError(f"client_parallel must be auto, sequential or vectorized, got {self.client_parallel!r}")
         if self.capture not in CAPTURE_MODES:
@@ -200,6 +209,17 @@ class TrainConfig:
         object.__setattr__(self, "local_steps", steps)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        # the schema's bounds of these keys (workflow/schemas/config.schema.yaml, whose check refuses every non-finite
+        # number too), for callers of the library: a batch size of 0 would fail deep in the batching, an lr of inf
+        # or NaN train a diverging run
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if self.batch_sampling not in BATCH_SAMPLINGS:
             raise ValueError(f"batch_sampling must be one of {', '.join(BATCH_SAMPLINGS)}, got "
                              f"{self.batch_sampling!r}")
@@ -368,6 +388,9 @@ class TrainingSettings(JobSettings):
     batch_sampling: str = "shuffle"
     capture: str = "auto"
     swa: SWASettings | None = None  # the train job's server-side SWA (fedscape.fl.swa), None without
+
+    def __post_init__(self):
+        check_precision(self.precision)
 
     @classmethod
     def of(cls, training: dict, swa: SWASettings | None = None) -> TrainingSettings:

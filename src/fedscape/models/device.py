@@ -141,14 +141,19 @@ def precision_used(precision: str, device: torch.device | str) -> str:
     """The precision a job asking for `precision` computes in on `device`: TF32 exists on CUDA cards of compute
     capability 8.0 and later (Ampere) only, so a CPU or an older card (V100: 7.0, T4: 7.5) computes `tf32` in fp32;
     fp32 and bf16 are what they say everywhere (bf16 by autocast, on a CPU too)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    _check_known(precision)
     if precision == "tf32" and torch.device(device).type != "cuda":
         return "fp32"
     # (without CUDA there is no card to ask: the job fails on its first CUDA tensor anyway)
     if precision == "tf32" and torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] < 8:
         return "fp32"
     return precision
+
+
+def _check_known(precision: str) -> None:
+    """Refuse a precision that is none of PRECISIONS (before `precision_used` asks a card, or a job waits for one)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
 
 
 def _tf32() -> tuple[bool, bool]:
@@ -184,15 +189,23 @@ def use_precision(precision: str, device: torch.device | str) -> Iterator[str]:
     """
     used = precision_used(precision, device)
     device_type = torch.device(device).type
+    with _switches(used, device_type):
+        # No cast cache: autocast keeps the bf16 copy of a weight until its region ends, and a region around a whole
+        # run would train on the first copy forever (the weights are updated in place between forward passes).
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=used == "bf16", cache_enabled=False):
+            yield used
+
+
+@contextlib.contextmanager
+def _switches(used: str, device_type: str) -> Iterator[None]:
+    """The global switches `use_precision` sets for precision `used` on a device of `device_type` (TF32, cuDNN's
+    benchmark mode), restored on exit; `describe_compute` reads what is in effect under them."""
     saved, saved_benchmark = _tf32(), torch.backends.cudnn.benchmark
     _set_tf32(used == "tf32", used == "tf32")
     if device_type == "cuda":
         torch.backends.cudnn.benchmark = True
     try:
-        # No cast cache: autocast keeps the bf16 copy of a weight until its region ends, and a region around a whole
-        # run would train on the first copy forever (the weights are updated in place between forward passes).
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=used == "bf16", cache_enabled=False):
-            yield used
+        yield
     finally:
         _set_tf32(*saved)
         torch.backends.cudnn.benchmark = saved_benchmark
@@ -206,19 +219,30 @@ def device_name(device: torch.device | str) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def describe_compute(device: torch.device, precision: str) -> dict[str, str]:
+def describe_compute(device: torch.device, precision: str) -> dict[str, str | bool]:
     """What a job records of where it computed: the device, its name, and the precision asked for and used; on a
     card also its UUID (`device_uuid`), which names it machine-wide where the index is the job's own (cuda:0 of a
-    SLURM job, or of CUDA_VISIBLE_DEVICES=2, is the machine's third card)."""
+    SLURM job, or of CUDA_VISIBLE_DEVICES=2, is the machine's third card).
+
+    Also what decides whether its numbers repeat bit for bit: the torch that computed them (`torch`: an attempt of a
+    job resumed after an upgrade computed by another torch than the one that finished it), cuDNN's benchmark mode
+    (`cudnn_benchmark`) and torch's deterministic algorithms (`deterministic_algorithms`), read under the switches
+    `use_precision` sets for the job's work, so that they are what was in effect there, wherever this is called.
+    (The version as a plain str: torch's own TorchVersion is no type that a part saved with the record, loaded with
+    `weights_only`, may hold.)"""
     device = torch.device(device)
+    used = precision_used(precision, device)
+    with _switches(used, device.type):
+        in_effect = {"cudnn_benchmark": torch.backends.cudnn.benchmark,
+                     "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
     compute = {"device": str(device), "device_name": device_name(device), "precision": precision,
-               "precision_used": precision_used(precision, device)}
+               "precision_used": used, "torch": str(torch.__version__), **in_effect}
     if device.type == "cuda" and torch.cuda.is_available():
         compute["device_uuid"] = card_uuid(torch.cuda.current_device() if device.index is None else device.index)
     return compute
 
 
-def log_compute(compute: dict[str, str]) -> None:
+def log_compute(compute: dict[str, str | bool]) -> None:
     """One log line of `describe_compute`, so every job's log says where and how precisely it computed; the job's
     record (fedscape.core.manifest) gets it too."""
     note(compute=compute)
@@ -229,12 +253,14 @@ def log_compute(compute: dict[str, str]) -> None:
 
 def job_precision(precision_of: Callable[[dict], str]) -> Callable[[Callable], Callable]:
     """Decorate a stage function `f(settings, ...)` to run in `use_precision(precision_of(settings), device)` on the
-    settings' `device`, after logging both (`log_compute`)."""
+    settings' `device`, after logging both (`log_compute`). The precision is read and checked first: settings that
+    fail there (an unknown precision) fail before an `auto` job waits for a card (`resolve_device`)."""
     def decorate(stage: Callable) -> Callable:
         @functools.wraps(stage)
         def run(settings: dict, *args, **kwargs):
-            device = resolve_device(settings["device"])
             precision = precision_of(settings)
+            _check_known(precision)
+            device = resolve_device(settings["device"])
             log_compute(describe_compute(device, precision))
             with use_precision(precision, device):
                 return stage(settings, *args, **kwargs)

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from fedscape.core.jobs import JobSettings, JobSettingsError
 from fedscape.core.names import suggest
 from fedscape.data.specs import reader_version_setting
-from fedscape.fl.settings import NEUTRAL_TRAINING_KEYS, TrainConfig, TrainingSettings
+from fedscape.fl.settings import NEUTRAL_TRAINING_KEYS, TrainConfig, TrainingSettings, check_precision
 from fedscape.models.specs import is_token_model, model_option_baselines, with_new_defaults
 
 # The keys of an `inits` entry that each kind reads (the schema fills defaults for all of them).
@@ -170,6 +170,7 @@ class PretrainedInit(InitJob):
     def __post_init__(self):
         super().__post_init__()
         object.__setattr__(self, "proxy_reader_version", reader_version_setting(self.proxy_dataset))
+        check_precision(self.precision)
         if self.proxy_normalisation not in PROXY_NORMALISATIONS:
             raise ValueError(f"proxy_normalisation must be one of {', '.join(PROXY_NORMALISATIONS)}, got "
                              f"{self.proxy_normalisation!r}")

@@ -13,6 +13,7 @@ import numpy as np
 from fedscape.analysis.contributions import FinalColumns
 from fedscape.core.jobs import JobSettings
 from fedscape.core.names import unknown_name_error
+from fedscape.fl.settings import check_precision
 from fedscape.models.specs import BN_STATS_BASELINE
 
 # single: one layer averaged; shallow / deep: layers cumulated from the input / the output side (Adilova et al.
@@ -277,6 +278,9 @@ class InterpolationJob(JobSettings):
     align: bool = False  # also to b permuted by weight matching (Ainsworth et al. 2023)
     curve: CurveSettings | None = None  # the trained Bezier curve, when on
 
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
+
     @property
     def alignments(self) -> list[bool]:
         """The `aligned` values of the pair's curves: unaligned, and aligned when the job asks for it."""
@@ -315,6 +319,7 @@ class LayerBarriersJob(JobSettings):
     direction_moves: str = "both"  # DIRECTION_MOVES
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         if "random" not in self.modes:
             object.__setattr__(self, "order_seed", None)
         if not set(CONTROL_MODES) & set(self.modes):

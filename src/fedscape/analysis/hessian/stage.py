@@ -49,6 +49,7 @@ from fedscape.analysis.landscape.planes import META_KEYS, Plane, save_plane
 from fedscape.core.config import with_result_version
 from fedscape.core.io import write_csv, write_json
 from fedscape.core.jobs import to_settings
+from fedscape.core.manifest import note
 from fedscape.core.runs import DIVERGED, OK
 from fedscape.data.datasets import take_rows
 from fedscape.data.federated import FederatedData, load_federated_data
@@ -407,7 +408,10 @@ def plane_stage(settings: dict, trajectory_path: str | Path, partition_path: str
     stored = None if store is None else _stored_eigenpairs(store)
     if stored is not None:  # computed by the Hessian job, where it records
         values, d1, d2, n_eval, compute = stored
-        # and by its code, which a `git pull` between the two jobs makes another than this job's: its record lists both
+        # the job's record names that compute, as its plane file does, and its own beside it (`job_precision` noted its
+        # own as `compute`); and the Hessian job's code, which a `git pull` between the two jobs makes another than
+        # this job's: its record lists both
+        note(compute=compute, plane_compute=describe_compute(device, es.precision))
         note_codes(store.codes.values())
         log.info("eigenpairs of %s at round %d: those the Hessian job of the same settings and inputs computed on %s "
                  "(%s), taken from %s", job.run_id, job.round, compute["device"], compute["precision_used"], store.dir)

@@ -22,6 +22,7 @@ import numpy as np
 from fedscape.core.io import atomic_path, remake_hint, supplied_hint
 from fedscape.core.jobs import JobSettings, without_paths
 from fedscape.core.names import unknown_name_error
+from fedscape.fl.settings import check_precision
 from fedscape.models.specs import BN_STATS_BASELINE
 from fedscape.outputs.labels import label_run
 
@@ -138,6 +139,9 @@ class LandscapeChunkJob(JobSettings):
     # 2018's surfaces), or recomputed at each point from the plane's training data; `stored` for a model without
     # batch norm
     bn_stats: str = BN_STATS_BASELINE
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
 
 
 class PlaneError(ValueError):

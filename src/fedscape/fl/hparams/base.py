@@ -48,11 +48,16 @@ def refuse_out_of_range(config, **ranges: tuple[bool, str]) -> None:
     them at once, so that a config's refusal (prefixed "algorithms.<label>: ") names what to change.
 
     A NaN is refused whatever its flag: it compares false with every bound, so that a check such as `mu < 0` passes
-    it, and a run would train on NaN losses. (The workflow's config check refuses it before, `core.config.non_finite`;
-    this refuses it where the library is called directly.)"""
-    values = {key: getattr(config, key) for key in ranges}
-    problems = [f"{key} must be {valid}, got {values[key]}" for key, (refused, valid) in ranges.items()
-                if refused or (isinstance(values[key], float) and math.isnan(values[key]))]
+    it, and a run would train on NaN losses. So is an infinity, as "<key> must be a finite number, got inf": it passes
+    every lower bound, and FedAdam's tau=inf, say, freezes the global model silently. (The workflow's config check
+    refuses both before, `core.config.non_finite`; this refuses them where the library is called directly.)"""
+    problems = []
+    for key, (refused, valid) in ranges.items():
+        value = getattr(config, key)
+        if isinstance(value, float) and math.isinf(value):
+            problems.append(f"{key} must be a finite number, got {value}")
+        elif refused or (isinstance(value, float) and math.isnan(value)):
+            problems.append(f"{key} must be {valid}, got {value}")
     if problems:
         raise ValueError("; ".join(problems))
 

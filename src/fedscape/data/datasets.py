@@ -185,7 +185,9 @@ class Dataset:
     ``vocabulary`` is the character of each token id for text, None for images.
     ``train_index``/``test_index``/``proxy_index`` give, for provenance, each row's index in the
     source data (digits: ``load_digits()`` rows; CIFAR and LEAF: rows of the train resp. test set).
-    They are ``None`` for datasets built in memory.
+    They are ``None`` for datasets built in memory. ``eval_rows``: the rows of ``x_train`` that evaluations of the
+    training data score, sorted (None: every row; Shakespeare from its raw texts: its windows at the evaluation
+    stride, `fedscape.data.specs.resolved_eval_stride`, where training draws from every window).
     """
 
     name: str
@@ -201,6 +203,7 @@ class Dataset:
     test_index: np.ndarray | None = None
     proxy_index: np.ndarray | None = None
     vocabulary: str | tuple[str, ...] | None = None
+    eval_rows: np.ndarray | None = None
 
     @property
     def inputs(self) -> str:
@@ -222,6 +225,13 @@ class Dataset:
         [N, T] end with the next token, the label of its `targets: next` sample; a word data set's are its labels."""
         info = DATASETS.get(self.name)
         return y if y.ndim == 1 or (info is not None and info.sequence_labels) else y[:, -1]
+
+    def evaluated_train(self) -> tuple[Images, torch.Tensor]:
+        """The training rows that evaluations score (`eval_rows`) and their labels."""
+        if self.eval_rows is None:
+            return self.x_train, self.y_train
+        rows = torch.from_numpy(self.eval_rows).to(self.y_train.device)
+        return take_rows(self.x_train, rows), self.y_train[rows]
 
     def to(self, device: torch.device | str) -> Dataset:
         """A copy with every tensor moved to ``device`` (once, up front)."""
@@ -323,6 +333,7 @@ def from_source(src: Source, targets: str = TARGETS[0], options: dict | None = N
         test_index=src.test_index,
         proxy_index=src.proxy_index,
         vocabulary=src.vocabulary,
+        eval_rows=None if src.eval_rows is None else np.flatnonzero(np.isin(src.train_index, src.eval_rows)),
     )
 
 

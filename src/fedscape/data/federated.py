@@ -23,29 +23,43 @@ from fedscape.data.partition import (
 
 @dataclass
 class FederatedData:
-    """Training pool, client shards (indices into it) and test set, all resident on one device."""
+    """Training pool, client shards (indices into it) and test set, all resident on one device.
+
+    ``eval_rows``: the pool's rows that evaluations score, sorted (`Dataset.eval_rows`; None: every row): `union`
+    and `client` give those of their shards, what every evaluation of the training data reads, while training draws
+    from the whole shards (`client_indices`)."""
 
     x_train: Images  # a StoredImages for a dataset stored as uint8: indexing gives the normalised float rows
     y_train: torch.Tensor
     client_indices: list[torch.Tensor]
     x_test: Images
     y_test: torch.Tensor
+    eval_rows: torch.Tensor | None = None
 
     @property
     def num_clients(self) -> int:
         return len(self.client_indices)
 
-    def union(self) -> tuple[Images, torch.Tensor]:
-        """The aggregate training data D = union of the clients' shards (the loss L of the papers)."""
-        idx = torch.cat(self.client_indices).sort().values
+    def union(self, evaluated: bool = True) -> tuple[Images, torch.Tensor]:
+        """The aggregate training data D = union of the clients' shards (the loss L of the papers), its rows that
+        evaluations score (`eval_rows`); `evaluated` False: every row, what a training on D draws from."""
+        idx = self._evaluated(torch.cat(self.client_indices).sort().values, evaluated)
         if len(idx) == len(self.y_train) and bool((idx == torch.arange(len(idx), device=idx.device)).all()):
             return self.x_train, self.y_train
         return take_rows(self.x_train, idx), self.y_train[idx]
 
     def client(self, client_id: int) -> tuple[Images, torch.Tensor]:
-        """Client `client_id`'s samples (its L_m)."""
-        idx = self.client_indices[client_id]
+        """Client `client_id`'s samples that evaluations score (its L_m: `client_rows`)."""
+        idx = self.client_rows(client_id)
         return take_rows(self.x_train, idx), self.y_train[idx]
+
+    def client_rows(self, client_id: int) -> torch.Tensor:
+        """The rows of client `client_id`'s shard that evaluations score (`eval_rows`)."""
+        return self._evaluated(self.client_indices[client_id])
+
+    def _evaluated(self, idx: torch.Tensor, evaluated: bool = True) -> torch.Tensor:
+        """The rows of `idx` that evaluations score (all of them without `eval_rows` or with `evaluated` False)."""
+        return idx if self.eval_rows is None or not evaluated else idx[torch.isin(idx, self.eval_rows)]
 
 
 def client_inputs(x_train: Images, part: Partition) -> Images:
@@ -65,6 +79,7 @@ def federate(ds: Dataset, partition_path: str | Path, device: torch.device | str
         x_train=client_inputs(ds.x_train, part).to(device), y_train=ds.y_train.to(device),
         client_indices=[torch.as_tensor(ix, device=device) for ix in part.client_indices],
         x_test=ds.x_test.to(device), y_test=ds.y_test.to(device),
+        eval_rows=None if ds.eval_rows is None else torch.as_tensor(ds.eval_rows, device=device),
     )
 
 

@@ -82,6 +82,9 @@ class LeafPart:
     y: np.ndarray  # int64 [N]; word datasets: [N, T], every position's next token (IGNORE: does not count)
     writers: np.ndarray  # int64 [N], index into `writer_names`
     writer_names: tuple[str, ...]
+    # The rows that evaluations score, sorted (None: every row): raw Shakespeare's train windows at the evaluation
+    # stride (`read_shakespeare_raw`), of which training reads every window
+    eval_rows: np.ndarray | None = None
 
 
 def encode_text(text: str, where: str = "text") -> np.ndarray:
@@ -375,8 +378,8 @@ def _windows(ids: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     return x, ids[seq_len:].astype(np.int64)
 
 
-def read_shakespeare_raw(data_dir: str | None, seq_len: int,
-                         test_fraction: float = SHAKESPEARE_RAW_TEST_FRACTION) -> tuple[LeafPart, LeafPart]:
+def read_shakespeare_raw(data_dir: str | None, seq_len: int, test_fraction: float = SHAKESPEARE_RAW_TEST_FRACTION,
+                         eval_stride: int = 1) -> tuple[LeafPart, LeafPart]:
     """Next-character samples of `seq_len` characters cut from LEAF's raw texts by speaking role.
 
     Each role (a file of ``by_play_and_character/``, in sorted name order) is one writer. Its text as given is
@@ -386,9 +389,16 @@ def read_shakespeare_raw(data_dir: str | None, seq_len: int,
     a part with a character after it is a sample, that character its target (LEAF slides its 80-character window
     the same way; the authors' model predicts the next character at every position, fedscape's after the last).
     A role too short for a window in a part has no sample there. Writers are numbered in file order, per part.
+
+    Evaluations score per role the windows starting at 0, `eval_stride`, 2 `eval_stride`, ... of a part
+    (`fedscape.data.specs.resolved_eval_stride`; 1: every window): the test part, which is only evaluated, holds
+    those alone; the train part holds every window, which training draws from, and names those as its
+    ``eval_rows`` (None at stride 1).
     """
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
         raise ValueError(f"datasets.shakespeare.seq_len must be a positive integer, got {seq_len!r}")
+    if isinstance(eval_stride, bool) or not isinstance(eval_stride, int) or eval_stride < 1:
+        raise ValueError(f"datasets.shakespeare.eval_stride must be a positive integer, got {eval_stride!r}")
     directory = raw_roles_directory(data_dir)
     parts: dict[str, list[tuple[str, np.ndarray]]] = {"train": [], "test": []}
     for path in sorted(directory.glob("*.txt")):
@@ -403,17 +413,24 @@ def read_shakespeare_raw(data_dir: str | None, seq_len: int,
             raise ValueError(f"{directory}: no role's {split} text (its {'first' if split == 'train' else 'last'} "
                              f"{1 - test_fraction if split == 'train' else test_fraction:.0%}) is longer than "
                              f"seq_len={seq_len} characters; use a smaller datasets.shakespeare.seq_len")
-        x = np.empty((sum(sizes), seq_len), dtype=np.uint8)  # filled role by role: no second copy of the windows
-        y = np.empty(sum(sizes), dtype=np.int64)
-        writers = np.empty(sum(sizes), dtype=np.int64)
+        step = eval_stride if split == "test" else 1  # the windows kept of each role: the starts 0, step, ... below n
+        kept = [-(-n // step) for n in sizes]  # ceil(n / step)
+        x = np.empty((sum(kept), seq_len), dtype=np.uint8)  # filled role by role: no second copy of the windows
+        y = np.empty(sum(kept), dtype=np.int64)
+        writers = np.empty(sum(kept), dtype=np.int64)
         names: list[str] = []
+        evaluated: list[np.ndarray] = []
         at = 0
-        for (role, ids), n in zip(roles, sizes, strict=True):
+        for (role, ids), n, k in zip(roles, sizes, kept, strict=True):
             if not n:
                 continue
-            x[at:at + n], y[at:at + n] = _windows(ids, seq_len)
-            writers[at:at + n] = len(names)
+            windows, targets = _windows(ids, seq_len)
+            x[at:at + k], y[at:at + k] = windows[::step], targets[::step]
+            writers[at:at + k] = len(names)
+            if split == "train":
+                evaluated.append(at + np.arange(0, n, eval_stride))
             names.append(role)
-            at += n
-        out.append(LeafPart(x, y, writers, tuple(names)))
+            at += k
+        eval_rows = None if split == "test" or eval_stride == 1 else np.concatenate(evaluated)
+        out.append(LeafPart(x, y, writers, tuple(names), eval_rows))
     return out[0], out[1]

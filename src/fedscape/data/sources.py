@@ -50,6 +50,7 @@ from fedscape.data.specs import (
     STORED_IMAGE_AUGMENTATIONS,
     CifarLayout,
     held_out_count,
+    resolved_eval_stride,
 )
 from fedscape.data.stackoverflow import read_stackoverflow
 
@@ -73,7 +74,9 @@ class Source:
     ``vocabulary`` None. The word data sets' labels are every position's next word, ``[N, T]``. ImageNet-200's
     images are `fedscape.data.imagenet200.ImageFolderImages`, decoded when indexed (``images[index]``).
     ``train_writers`` (the data sets with writers: LEAF's and Stack Overflow's; else None) is the writer of every
-    ``train_images`` row, an index into ``writer_names``.
+    ``train_images`` row, an index into ``writer_names``. ``eval_rows``: the ``train_images`` rows that evaluations of
+    the train part score, sorted (None: every row; Shakespeare from its raw texts: the windows at its evaluation
+    stride, `fedscape.data.leaf.read_shakespeare_raw`).
     """
 
     name: str
@@ -89,6 +92,7 @@ class Source:
     train_writers: np.ndarray | None = None
     writer_names: tuple[str, ...] | None = None
     vocabulary: str | tuple[str, ...] | None = None
+    eval_rows: np.ndarray | None = None
 
     @property
     def labels(self) -> np.ndarray:
@@ -112,7 +116,7 @@ class Source:
 def load_source(name: str, *, data_dir: str | None = None, seed: int = 0, test_fraction: float = 0.25,
                 proxy_fraction: float = 0.0, download: bool = False, source: str = "preprocessed",
                 seq_len: int | None = None, augment: str = "none", max_clients: int | None = None,
-                proxy_split: str = "samples") -> Source:
+                proxy_split: str = "samples", eval_stride: int = 1) -> Source:
     """Read dataset ``name`` (one of ``DATASET_NAMES``) and split it.
 
     ``test_fraction`` sets the seeded stratified test split of ``digits``; CIFAR keeps its official
@@ -125,6 +129,8 @@ def load_source(name: str, *, data_dir: str | None = None, seed: int = 0, test_f
     training augmentation; one that crops a larger stored image (``resized_crop``) has the training images read at
     the dataset's ``train_stored_size`` (ImageNet-200: 256x256). ``max_clients`` (Stack Overflow and Reddit only):
     the first that many clients of their files (None: all; a writers' proxy split reads its writers after them).
+    ``eval_stride`` (``source="raw"`` only): the stride of the windows evaluations score (1: every window; its test
+    part holds those alone, `fedscape.data.leaf.read_shakespeare_raw`).
     """
     if not 0.0 <= proxy_fraction < 1.0:
         raise ValueError(f"proxy_fraction must be in [0, 1), got {proxy_fraction}")
@@ -141,9 +147,12 @@ def load_source(name: str, *, data_dir: str | None = None, seed: int = 0, test_f
     if max_clients is not None and name not in MANY_CLIENT_DATASETS:
         raise ValueError(f"datasets.{name}.max_clients: only {', '.join(MANY_CLIENT_DATASETS)} read a number of "
                          f"clients; leave it null")
+    if eval_stride != 1 and source != "raw":
+        raise ValueError(f"datasets.{name}.eval_stride: only a text cut from its raw texts (source: raw) has "
+                         f"overlapping windows to evaluate at a stride; leave it null")
     if source == "raw":
         return _leaf(name, data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download,
-                     seq_len=seq_len or SHAKESPEARE_SEQ_LEN, proxy_split=proxy_split)
+                     seq_len=seq_len or SHAKESPEARE_SEQ_LEN, proxy_split=proxy_split, eval_stride=eval_stride)
     if name in MANY_CLIENT_DATASETS:
         return _words(name, data_dir=data_dir, seed=seed, proxy_fraction=proxy_fraction, download=download,
                       max_clients=max_clients, proxy_split=proxy_split)
@@ -168,7 +177,8 @@ def source_from_options(name: str, options: dict) -> Source:
                        proxy_fraction=options.get("proxy_fraction", 0.0), download=options.get("download", False),
                        source=options.get("source", DATASET_BASELINES["source"]), seq_len=options.get("seq_len"),
                        augment=options.get("augment", "none"), max_clients=options.get("max_clients"),
-                       proxy_split=options.get("proxy_split", DATASET_BASELINES["proxy_split"]))
+                       proxy_split=options.get("proxy_split", DATASET_BASELINES["proxy_split"]),
+                       eval_stride=resolved_eval_stride(name, options))
 
 
 def stratified_split(
@@ -463,21 +473,24 @@ def _cifar(name: str, *, data_dir: str | None, seed: int = 0, proxy_fraction: fl
 
 
 def _leaf(name: str, *, data_dir: str | None, seed: int = 0, proxy_fraction: float = 0.0,
-          download: bool = False, seq_len: int | None = None, proxy_split: str = "samples") -> Source:
+          download: bool = False, seq_len: int | None = None, proxy_split: str = "samples",
+          eval_stride: int = 1) -> Source:
     """FEMNIST or Shakespeare as LEAF writes them (Caldas et al. 2018, LEAF: A Benchmark for Federated Settings);
-    with `seq_len`, Shakespeare cut from LEAF's raw texts instead (`read_shakespeare_raw`)."""
+    with `seq_len`, Shakespeare cut from LEAF's raw texts instead (`read_shakespeare_raw`, its evaluations at
+    `eval_stride`)."""
     if download:
         raise ValueError(f"datasets.{name}.download: fedscape cannot download {name}: {NO_DOWNLOAD[name]}, "
                          f"which fetches the raw data and writes train/ and test/ JSON files; run it on a machine "
                          f"with internet access, copy that folder here, set data_dir to it and download: false")
-    train, test = read_leaf(name, data_dir) if seq_len is None else read_shakespeare_raw(data_dir, seq_len)
+    train, test = (read_leaf(name, data_dir) if seq_len is None
+                   else read_shakespeare_raw(data_dir, seq_len, eval_stride=eval_stride))
     rng = np.random.default_rng(seed)
     train_index, proxy_index, test_index = _split_writer_data(train, test, proxy_fraction, proxy_split, rng)
     vocabulary = None if name != "shakespeare" else SHAKESPEARE_VOCAB if seq_len is None else SHAKESPEARE_RAW_VOCAB
     classes = vocabulary or FEMNIST_CLASSES
     return Source(name, train.x, train.y, test.x, test.y, train_index, test_index, proxy_index,
                   len(classes), tuple(classes), train_writers=train.writers, writer_names=train.writer_names,
-                  vocabulary=vocabulary)
+                  vocabulary=vocabulary, eval_rows=train.eval_rows)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -175,9 +175,12 @@ DATASETS: dict[str, DatasetInfo] = {
 DATASET_NAMES: tuple[str, ...] = tuple(sorted(DATASETS))
 # `datasets.<name>` keys added after results existed, with their baselines (what every job read before the key):
 # a job's `dataset_options` leave a key out at its baseline (`dataset_settings`), so adding them reran nothing.
+# `eval_stride` is the exception: its default (null, `resolved_eval_stride`) is not its baseline (1: every window, as
+# every job evaluated before the key), so `dataset_settings` writes the stride it resolves to, and exactly the jobs
+# that evaluate a raw text's windows at another stride (`targets: every`) rerun.
 DATASET_BASELINES: dict[str, object] = {"source": "preprocessed", "seq_len": None, "targets": None,
                                          "max_clients": None, "channel_mean": None, "channel_std": None,
-                                         "proxy_split": "samples"}
+                                         "proxy_split": "samples", "eval_stride": 1}
 # The order of the `datasets.<name>` keys in a job's settings, whatever order the config writes them in: the Hessian
 # and landscape-chunk jobs keep it (the others sort their settings), and Snakemake compares the settings as text.
 # It is the order the default config's options had when those jobs were first made (its two keys, then the schema's
@@ -185,7 +188,7 @@ DATASET_BASELINES: dict[str, object] = {"source": "preprocessed", "seq_len": Non
 # added later goes last (tests/unit/test_config.py checks that every key of the schema is here).
 DATASET_OPTION_ORDER: tuple[str, ...] = ("test_fraction", "proxy_fraction", "data_dir", "download", "augment",
                                          "split_seed", "source", "seq_len", "targets", "channel_mean", "channel_std",
-                                         "max_clients", "proxy_split")
+                                         "max_clients", "proxy_split", "eval_stride")
 _OPTION_RANK = {key: i for i, key in enumerate(DATASET_OPTION_ORDER)}
 # The key of a job's `dataset_options` that holds its data set's `DatasetInfo.reader_version`: the code's, not the
 # config's (the schema refuses it under `datasets.<name>`), and read by no loader; absent at the first version.
@@ -447,11 +450,31 @@ def resolved_targets(name: str, options: dict) -> str:
     return options.get("targets") or dataset_info(name).own_targets
 
 
+def resolved_eval_stride(name: str, options: dict) -> int:
+    """The stride s of the windows that evaluations score of data set `name` cut from its raw texts (`source: raw`),
+    read from its `datasets.<name>` settings `options`: per role and part the windows starting at 0, s, 2s, ...
+    (`fedscape.data.leaf.read_shakespeare_raw`), where training draws from the windows at every start.
+
+    `eval_stride` null (the default) scores each character's target once: seq_len with `targets: every` (each window
+    scores its seq_len next characters: the non-overlapping windows, the standard evaluation of a language model,
+    where every window would score each character seq_len times, once at each position), 1 with `targets: next` (each
+    window scores the character after it). Left out, as a job's settings leave it at its baseline, it is 1: every
+    window, what every job evaluated before the key. Null is 1 for a data set not cut from raw texts (every sample),
+    which takes no other (`dataset_option_problems`)."""
+    stride = options.get("eval_stride", DATASET_BASELINES["eval_stride"])
+    if stride is not None:
+        return stride
+    if options.get("source", DATASET_BASELINES["source"]) != SOURCES[1]:
+        return 1
+    return (options.get("seq_len") or SHAKESPEARE_SEQ_LEN) if resolved_targets(name, options) == TARGETS[1] else 1
+
+
 def dataset_settings(name: str, options: dict) -> dict:
     """`datasets.<name>` as a job's settings carry it: less the keys at their baseline (DATASET_BASELINES), and
-    `targets` where it names the data set's own (so `targets: next` on Shakespeare is the job of null); with the
-    data set's `reader_version` last where it is past the first (READER_VERSION), which no config key sets."""
-    settings = without_baselines(options, DATASET_BASELINES)
+    `targets` where it names the data set's own (so `targets: next` on Shakespeare is the job of null); `eval_stride`
+    as it resolves (`resolved_eval_stride`: null and the number it stands for are one job); with the data set's
+    `reader_version` last where it is past the first (READER_VERSION), which no config key sets."""
+    settings = without_baselines({**options, "eval_stride": resolved_eval_stride(name, options)}, DATASET_BASELINES)
     if name in DATASETS and settings.get("targets") == DATASETS[name].own_targets:
         del settings["targets"]
     for key, baseline in LOCATION_BASELINES.items():
@@ -503,6 +526,11 @@ def dataset_option_problems(name: str, options: dict) -> list[str]:
         problems.append(f"datasets.{name}.seq_len: {seq_len} characters per sequence, but only shakespeare from its "
                         f"raw texts (source: raw) cuts sequences of a chosen length (LEAF's preprocessed files fix "
                         f"{SHAKESPEARE_SEQ_LEN}); set source: raw or leave seq_len null")
+    eval_stride = options.get("eval_stride")
+    if eval_stride is not None and source != SOURCES[1]:
+        problems.append(f"datasets.{name}.eval_stride: {eval_stride} evaluates the windows of a text cut from its raw "
+                        f"texts at that stride, but only {', '.join(RAW_SOURCE_DATASETS)} from its raw texts (source: "
+                        f"raw) has overlapping windows; set source: raw or leave eval_stride null")
     targets = options.get("targets")
     if targets == TARGETS[1] and info.inputs != "tokens":
         problems.append(f"datasets.{name}.targets: {targets} predicts the next token at every position of a text, "

@@ -44,8 +44,10 @@ def planned_partition(config: dict, dataset: str, setting: str, num_clients: int
     if is_partition_label(setting):
         entry = config["partitions"][setting]
         kind = {"kind": entry["kind"], **kind_options(entry)}
-    return PartitionJob(dataset=dataset, dataset_options=dataset_settings(dataset, config["datasets"][dataset]),
-                        alpha=setting, num_clients=int(num_clients), seed=int(seed), kind=kind, **config["partition"])
+    # less the windows its evaluations score: a split draws from every training sample, whatever the stride
+    options = {k: v for k, v in dataset_settings(dataset, config["datasets"][dataset]).items() if k != "eval_stride"}
+    return PartitionJob(dataset=dataset, dataset_options=options, alpha=setting, num_clients=int(num_clients),
+                        seed=int(seed), kind=kind, **config["partition"])
 
 
 def partition_settings(config: dict, dataset: str, setting: str, num_clients: int, seed: int,

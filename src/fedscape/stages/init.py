@@ -299,7 +299,8 @@ def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torc
         model = _with_new_head(model, job, cfg.seed).to(device)
     else:
         ds = dataset_from_options(job.dataset, job.dataset_options)
-        pool = evaluate(model, ds.x_train.to(device), ds.y_train.to(device))
+        x_pool, y_pool = ds.evaluated_train()  # the rows a run's evaluations score
+        pool = evaluate(model, x_pool.to(device), y_pool.to(device))
         test = evaluate(model, ds.x_test.to(device), ds.y_test.to(device))
         meta.update({"clients_pool_acc": pool.acc, "test_acc": test.acc})
     log.info("pretrained on %s: proxy accuracy %.4f%s", source, proxy_eval.acc,

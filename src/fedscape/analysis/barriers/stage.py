@@ -40,7 +40,7 @@ from fedscape.analysis.barriers.maths import (
 from fedscape.core.io import remake_hint, write_csv
 from fedscape.core.manifest import note
 from fedscape.core.runs import OK
-from fedscape.data.federated import load_federated_data
+from fedscape.data.federated import FederatedData, load_federated_data
 from fedscape.models.batchnorm import has_batch_norm
 from fedscape.models.checkpoint import load_clients, load_trajectory
 from fedscape.models.device import describe_compute, job_precision, resolve_device
@@ -50,8 +50,12 @@ log = logging.getLogger("fedscape.barriers")
 
 
 def _splits(data: BarrierData, partition_path: str | Path, device: torch.device) -> dict:
-    """{'train': the aggregate client data (union of the shards), 'test': the test set}."""
-    federated = load_federated_data(data.run, data.dataset_options, partition_path, device)
+    """{'train': the aggregate client data as evaluations score it (`FederatedData.union`), 'test': the test set}."""
+    return _splits_of(load_federated_data(data.run, data.dataset_options, partition_path, device))
+
+
+def _splits_of(federated: FederatedData) -> dict:
+    """`_splits` of the loaded data."""
     return {"train": federated.union(), "test": (federated.x_test, federated.y_test)}
 
 
@@ -141,7 +145,8 @@ def interpolation_job(settings: dict, trajectory_a: str | Path, trajectory_b: st
         write_csv(_nan_curve(job, rounds), output)
         parts.clear()  # bends a killed attempt trained from other checkpoints
         return
-    splits = _splits(job.data, partition, device)
+    federated = load_federated_data(job.data.run, job.data.dataset_options, partition, device)
+    splits = _splits_of(federated)
     model = traj_a.model_meta.build().to(device).eval()
     a, b = _point(traj_a, rounds[0]).to(device), _point(traj_b, rounds[1]).to(device)
     ends = {False: b}
@@ -158,6 +163,9 @@ def interpolation_job(settings: dict, trajectory_a: str | Path, trajectory_b: st
     if job.curve is not None:
         curve = job.curve
         compute = describe_compute(device, job.precision)
+        # a bend trains on every training sample, as the runs do (a raw text's windows at every start), where the
+        # evaluations score the union's evaluated rows
+        pool = splits["train"] if federated.eval_rows is None else federated.union(evaluated=False)
         for aligned, end in ends.items():
             t1 = time.perf_counter()
             name = "bend_aligned" if aligned else "bend"
@@ -167,7 +175,7 @@ def interpolation_job(settings: dict, trajectory_a: str | Path, trajectory_b: st
                 seconds = float(saved.get("seconds", math.nan))
                 computes[name] = saved.get("compute")
             else:
-                theta, losses = train_bend(model, a, end, *splits["train"], curve, train_mode=bn_x is not None)
+                theta, losses = train_bend(model, a, end, *pool, curve, train_mode=bn_x is not None)
                 seconds = time.perf_counter() - t1
                 parts.save(name, {"theta": theta.cpu(), "losses": torch.tensor(losses, dtype=torch.float64),
                                   "seconds": seconds, "compute": dict(compute)})

@@ -114,8 +114,9 @@ def aggregate_eval_data(data: FederatedData, settings: HessianSettings | EigenSe
 
 def client_eval_data(data: FederatedData, settings: HessianSettings, client: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The samples of client `client` that a job's Hessian is evaluated on: the fixed, seeded subset of
-    `eval_samples` (stream key client + 1), or all of them."""
-    client_idx = data.client_indices[client]
+    `eval_samples` (stream key client + 1), or all of them; of the rows evaluations score (`FederatedData.client_rows`:
+    a raw text's windows at its `eval_stride`)."""
+    client_idx = data.client_rows(client)
     ix = client_idx[eval_subset(len(client_idx), settings.eval_samples, settings.seed, key=client + 1)
                     .to(client_idx.device)]
     return take_rows(data.x_train, ix), data.y_train[ix]

@@ -75,11 +75,12 @@ CASES: dict[str, tuple[Builder, tuple[int, ...]]] = {
     "resnet18-group": registry("resnet18", 1, 8, norm="group"),
     "resnet18-batch": registry("resnet18", 1, 8, norm="batch"),
     "char_gpt": token_registry("char_gpt", num_blocks=2, num_heads=4, embed_dim=16),
+    "char_gpt-bias": token_registry("char_gpt", num_blocks=2, num_heads=4, embed_dim=16, bias=True),
     "char_gpt-one-head": token_registry("char_gpt", num_blocks=1, num_heads=1, embed_dim=8),
     "resnet-projection-group": (lambda: ResNet(NUM_CLASSES, 1, (1, 2), (8, 16), norm="group", projection=True),
                                 (1, 8, 8)),
 }
-TOKEN_CASES = {"char_gpt", "char_gpt-one-head"}
+TOKEN_CASES = {"char_gpt", "char_gpt-bias", "char_gpt-one-head"}
 # Registry models without a permutation spec: alignment raises a clear error naming the reason
 # (fedscape.models.specs.NO_PERMUTATION_SPEC, the model class's no_permutation_spec), checked below.
 UNSUPPORTED = {"char_lstm": token_registry("char_lstm", embed_dim=4, hidden_size=6),
@@ -100,7 +101,8 @@ def make(case: str, seed: int) -> tuple[nn.Module, Tensor]:
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d | nn.GroupNorm | nn.LayerNorm):
                 module.weight.copy_(0.5 + torch.rand(module.weight.shape, generator=gen))
-                module.bias.copy_(torch.rand(module.bias.shape, generator=gen) - 0.5)
+                if module.bias is not None:  # char_gpt's LayerNorms have none by default
+                    module.bias.copy_(torch.rand(module.bias.shape, generator=gen) - 0.5)
             if isinstance(module, nn.BatchNorm2d):
                 module.running_mean.copy_(torch.rand(module.running_mean.shape, generator=gen) - 0.5)
                 module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=gen))
@@ -231,11 +233,12 @@ def test_gpt_spec_groups_stream_heads_and_mlp_units() -> None:
     assert spec.views["blocks.0.attn.c_attn.weight"] == (3, 4, 4, 16)
 
 
+@pytest.mark.parametrize("case", ["char_gpt", "char_gpt-bias"])
 @pytest.mark.parametrize(("swap", "same_function"), [("heads", True), ("within_head", False)])
-def test_gpt_heads_permute_as_wholes(swap: str, same_function: bool) -> None:
+def test_gpt_heads_permute_as_wholes(case: str, swap: str, same_function: bool) -> None:
     # Prepare: block 0's heads are rows 0-3, 4-7, ... of each of q, k, v; swap heads 0 and 1 (rows 0-3 with
     # 4-7 in q, k, v and the matching inputs of c_proj), or only rows 0 and 4 (one dimension of each head)
-    model, x = make("char_gpt", seed=0)
+    model, x = make(case, seed=0)
     state = model.state_dict()
     rows = torch.arange(16)
     rows[:4], rows[4:8] = torch.arange(4, 8), torch.arange(4)
@@ -245,7 +248,8 @@ def test_gpt_heads_permute_as_wholes(swap: str, same_function: bool) -> None:
     qkv = torch.cat([rows, rows + 16, rows + 32])
     swapped = dict(state)
     swapped["blocks.0.attn.c_attn.weight"] = state["blocks.0.attn.c_attn.weight"][qkv]
-    swapped["blocks.0.attn.c_attn.bias"] = state["blocks.0.attn.c_attn.bias"][qkv]
+    if case == "char_gpt-bias":
+        swapped["blocks.0.attn.c_attn.bias"] = state["blocks.0.attn.c_attn.bias"][qkv]
     swapped["blocks.0.attn.c_proj.weight"] = state["blocks.0.attn.c_proj.weight"][:, rows]
 
     # Execute
@@ -333,8 +337,12 @@ def test_weight_matching_recovers_the_inverse_of_a_random_permutation(case: str)
     perms = random_permutation(spec, seed=1)
     permuted = apply_permutation(spec, perms, state)
 
-    # Execute
-    found = weight_matching(spec, state, permuted, seed=2)
+    # Execute: from one group order; the bias-free GPT's coordinate descent stops in a local optimum from most (from
+    # this draw 2 of orders 0-7 recover the permutation, with biases all 8), so the best of four, as for a trained GPT
+    # (below)
+    orders = range(4) if case == "char_gpt" else [2]
+    found = max((weight_matching(spec, state, permuted, seed=seed) for seed in orders),
+                key=lambda p: inner_product(spec, state, apply_permutation(spec, p, permuted)))
     aligned = apply_permutation(spec, found, permuted)
 
     # Assert

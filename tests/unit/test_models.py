@@ -914,7 +914,7 @@ def token_init_settings_of(model: str, options: dict) -> dict:
     ("char_lstm", {"hidden_size": 128}, True, "leaf"),
     ("char_lstm", {"hidden_size": 128, "cell": "torch"}, False, "torch"),
     ("char_lstm", {"targets": "every"}, True, "leaf"),  # a sequence task's, as planning gives it
-    ("char_gpt", {}, False, None),  # token models without the option
+    ("char_gpt", {"bias": True}, False, None),  # token models without the option (char_gpt's `bias` at its old value)
     ("word_lstm", {}, False, None),
 ], ids=["default", "leaf", "torch", "hidden", "hidden-torch", "every", "char_gpt", "word_lstm"])
 def test_a_new_char_lstm_cell_default_reruns_exactly_the_inits_that_left_it_out(model, options, reruns, cell):

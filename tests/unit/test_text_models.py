@@ -126,9 +126,10 @@ def test_weights_are_determined_by_the_seed(name):
 
 
 def gpt_count(v: int, t: int, blocks: int, d: int) -> int:
-    """nanoGPT's parameters by hand: embeddings, per block 2 LayerNorms + qkv + proj + 4x MLP, ln_f, head."""
-    block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
-    return v * d + t * d + blocks * block + 2 * d + d * v
+    """nanoGPT's parameters by hand, without biases (char_gpt's default): embeddings, per block 2 LayerNorm gains +
+    qkv + proj + 4x MLP, ln_f's gain, head."""
+    block = 2 * d + d * 3 * d + d * d + d * 4 * d + 4 * d * d
+    return v * d + t * d + blocks * block + d + d * v
 
 
 def lstm_count(v: int, e: int, h: int, biases: int = 1) -> int:
@@ -141,7 +142,7 @@ def lstm_count(v: int, e: int, h: int, biases: int = 1) -> int:
 @pytest.mark.parametrize(
     ("name", "options", "expected"),
     [
-        ("char_gpt", TINY["char_gpt"], 160 + 128 + 2 * 3280 + 32 + 160),  # 16 dims, 2 blocks: by hand
+        ("char_gpt", TINY["char_gpt"], 160 + 128 + 2 * 3104 + 16 + 160),  # 16 dims, 2 blocks: by hand
         ("char_lstm", TINY["char_lstm"], 40 + 264 + 312 + 70),  # 4-dim embedding, 6 units: by hand
         # the papers' data: 96 characters and 256 positions; LEAF's Shakespeare, 80 and 80 (LEAF's TF model: 817,872)
         ("char_gpt", {**TOKEN_MODEL_DEFAULTS["char_gpt"], "vocab_size": 96, "seq_len": 256},
@@ -537,10 +538,11 @@ GPT_DECAYED = {"classifier.weight", *(f"blocks.{i}.{layer}.weight" for i in rang
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-@pytest.mark.parametrize("name", ["char_gpt", "char_lstm"])
-def test_only_char_gpt_s_optimiser_leaves_its_biases_layer_norms_and_embeddings_undecayed(name, optimizer):
+@pytest.mark.parametrize(("name", "options"), [("char_gpt", {}), ("char_gpt", {"bias": True}), ("char_lstm", {})],
+                         ids=["char_gpt", "char_gpt-bias", "char_lstm"])
+def test_only_char_gpt_s_optimiser_leaves_its_biases_layer_norms_and_embeddings_undecayed(name, options, optimizer):
     # Prepare
-    model = tiny(name)
+    model = tiny(name, **options)
     names = {p: n for n, p in model.named_parameters()}
     cfg = TrainConfig(optimizer=optimizer, momentum=0.0, weight_decay=1e-3)
 
@@ -551,8 +553,8 @@ def test_only_char_gpt_s_optimiser_leaves_its_biases_layer_norms_and_embeddings_
     groups = [({names[p] for p in g["params"]}, g["weight_decay"]) for g in opt.param_groups]
     if name == "char_gpt":
         assert groups == [(GPT_DECAYED, 1e-3), (set(names.values()) - GPT_DECAYED, 0.0)]
-        assert {"wte.weight", "wpe.weight", "blocks.0.ln_1.weight", "ln_f.bias", "blocks.1.mlp.c_fc.bias"} <= (
-            groups[1][0])
+        biases = {"ln_f.bias", "blocks.1.mlp.c_fc.bias"} if options else set()
+        assert {"wte.weight", "wpe.weight", "blocks.0.ln_1.weight", *biases} <= groups[1][0]
     else:
         assert groups == [(set(names.values()), 1e-3)]
 

@@ -59,7 +59,7 @@ def _token_model(cls: type[ImageClassifier], name: str) -> Callable[..., ImageCl
     """
 
     def build(num_classes: int, in_channels: int, image_size: int, every_position: bool = False,
-              **options: int | str) -> ImageClassifier:
+              **options: int | str | bool) -> ImageClassifier:
         problems = model_option_problems(name, options)
         if problems:
             raise ValueError("; ".join(problems))
@@ -133,8 +133,9 @@ def build_model(
     Token models (`is_token_model`) read [N, image_size] int64 ids over ``in_channels`` symbols.
     ``options`` are model specific (the CIFAR ResNets: ``norm`` in NORMS, default "batch", resnet18's "group";
     resnet18 and resnet18_nonorm: ``weight_init``, fedscape.models.specs.RESNET18_WEIGHT_INITS; cnn_small: ``norm``
-    none or batch, default "none"; token models: fedscape.models.specs.TOKEN_MODEL_DEFAULTS; char_lstm also
-    ``cell``, fedscape.models.specs.CHAR_LSTM_CELLS, default "leaf");
+    none or batch, default "none"; token models: fedscape.models.specs.TOKEN_MODEL_DEFAULTS; char_gpt also
+    ``bias``, fedscape.models.specs.CHAR_GPT_BIAS, default False; char_lstm ``cell``,
+    fedscape.models.specs.CHAR_LSTM_CELLS, default "leaf");
     an unknown option, an unknown name or an incompatible input size raises ValueError.
     ``projection_head=True`` (an option of every model, set by an algorithm rather than the config: MOON with
     ``head: projection``, `fedscape.fl.hparams.base.ServerSGDConfig.model_options`) puts the classifier on a

@@ -57,6 +57,14 @@ RESNET18_WEIGHT_INITS: dict[str, tuple[str, str]] = {
 CHAR_LSTM_CELLS: tuple[str, ...] = ("leaf", "torch")
 # The cell of every job that left the option out before it existed (`model_option_baselines`).
 CHAR_LSTM_CELL_BASELINE = "torch"
+# Whether char_gpt's Linear layers and LayerNorms have biases (its `bias` option; the head has none either way): not by
+# default, as the GPT of the layer-wise LMC authors' code (Adilova et al. 2023; epfml/llm-baselines at 61deef8,
+# src/config/base.py: `--bias` default False, which their LLMC/get_llm.py leaves; models/base.py builds every Linear
+# and LayerNorm with bias=config.bias) and nanoGPT's train.py (`bias = False`). With them, 11 x embed_dim a block and
+# embed_dim in ln_f (17,024 parameters in layerwise.yaml's 12 blocks of 128), the model before the option, which every
+# job that left it out drew (`model_option_baselines`).
+CHAR_GPT_BIAS = False
+CHAR_GPT_BIAS_BASELINE = True
 # The batch-norm statistics a model is evaluated with where it was never trained as such (an interpolated, mixed or
 # averaged model): `stored`, the running statistics the model carries (the interpolation of its ends' statistics,
 # the mixed or averaged ones), or `recomputed` from the training data in train-mode passes, as the connectivity
@@ -229,7 +237,9 @@ MODEL_INFOS: dict[str, ModelInfo] = {
         residual=False,
         image_sizes=None,
         description="character-level GPT: token + position embeddings (128), pre-LayerNorm blocks of causal "
-                    "self-attention and a 4x GELU MLP, final LayerNorm, linear head over the vocabulary (96)",
+                    "self-attention and a 4x GELU MLP, final LayerNorm, linear head over the vocabulary (96); no "
+                    "biases (bias: true adds them to every Linear layer but the head and every LayerNorm, the model "
+                    "before the option; CHAR_GPT_BIAS)",
         paper="Adilova, Fischer, Jaggi, Layerwise Linear Mode Connectivity (appendix); Radford et al. 2019 "
               "(GPT-2) as in Karpathy's nanoGPT",
         inputs="tokens",
@@ -278,12 +288,13 @@ TOKEN_MODEL_DEFAULTS: dict[str, dict[str, int | None]] = {
 
 # The keyword options `build_model` accepts per model (the ResNets, cnn_small: `norm` in MODEL_NORMS; resnet18 also
 # `stem` in RESNET_STEMS and, with resnet18_nonorm, `weight_init` in RESNET_INITS; the token models: the integer
-# options of TOKEN_MODEL_DEFAULTS, char_lstm also `cell` in CHAR_LSTM_CELLS).
+# options of TOKEN_MODEL_DEFAULTS, char_gpt also `bias` (CHAR_GPT_BIAS), char_lstm `cell` in CHAR_LSTM_CELLS).
 MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
     **{name: ("norm",) for name in MODEL_NORMS},
     "resnet18": ("norm", "stem", "weight_init"),
     "resnet18_nonorm": ("weight_init",),
     **{name: tuple(defaults) for name, defaults in TOKEN_MODEL_DEFAULTS.items()},
+    "char_gpt": (*TOKEN_MODEL_DEFAULTS["char_gpt"], "bias"),
     "char_lstm": (*TOKEN_MODEL_DEFAULTS["char_lstm"], "cell"),
 }
 
@@ -331,8 +342,9 @@ def token_model_options(name: str, options: dict | None = None) -> dict[str, int
 def model_option_defaults(name: str, options: dict | None = None) -> dict:
     """The value `build_model` takes for each option of model ``name`` that is left out of ``options``
     (MODEL_OPTIONS): the first of its norms and stems, resnet18's `weight_init` for its norm (RESNET18_WEIGHT_INITS),
-    char_lstm's first cell (CHAR_LSTM_CELLS), a token model's fixed sizes (not its vocab_size and seq_len, the data's);
-    empty for an unknown model. A model built with these options written out is the model built without them."""
+    char_gpt's `bias` (CHAR_GPT_BIAS), char_lstm's first cell (CHAR_LSTM_CELLS), a token model's fixed sizes (not its
+    vocab_size and seq_len, the data's); empty for an unknown model. A model built with these options written out is
+    the model built without them."""
     defaults: dict = {}
     if name in MODEL_NORMS:
         defaults["norm"] = MODEL_NORMS[name][0]
@@ -341,6 +353,8 @@ def model_option_defaults(name: str, options: dict | None = None) -> dict:
     inits = _resnet18_weight_inits(name, options)
     if inits is not None:
         defaults["weight_init"] = inits[0]
+    if "bias" in MODEL_OPTIONS.get(name, ()):
+        defaults["bias"] = CHAR_GPT_BIAS
     if "cell" in MODEL_OPTIONS.get(name, ()):
         defaults["cell"] = CHAR_LSTM_CELLS[0]
     defaults.update({key: value for key, value in TOKEN_MODEL_DEFAULTS.get(name, {}).items() if value is not None})
@@ -350,7 +364,7 @@ def model_option_defaults(name: str, options: dict | None = None) -> dict:
 def model_option_baselines(name: str, options: dict | None = None) -> dict:
     """What a job that left each option of model ``name`` out of ``options`` computed with: `model_option_defaults`,
     but an option whose default changed at its old one (resnet18's `weight_init` without norm: RESNET18_WEIGHT_INITS;
-    char_lstm's `cell`: CHAR_LSTM_CELL_BASELINE).
+    char_gpt's `bias`: CHAR_GPT_BIAS_BASELINE; char_lstm's `cell`: CHAR_LSTM_CELL_BASELINE).
     An init job writes such an option out where it is left out (`with_new_defaults`), so that its settings differ
     from those of the jobs before the new default; its meaning leaves out the options at their baselines
     (`fedscape.stages.init_settings.InitJob.meaning`), so that the old default written out reruns none of them."""
@@ -358,6 +372,8 @@ def model_option_baselines(name: str, options: dict | None = None) -> dict:
     inits = _resnet18_weight_inits(name, options)
     if inits is not None:
         baselines["weight_init"] = inits[1]
+    if "bias" in baselines:
+        baselines["bias"] = CHAR_GPT_BIAS_BASELINE
     if "cell" in baselines:
         baselines["cell"] = CHAR_LSTM_CELL_BASELINE
     return baselines
@@ -415,14 +431,17 @@ def uses_batch_norm(name: str, options: dict | None = None) -> bool:
 
 def model_option_problems(name: str, options: dict | None) -> list[str]:
     """Problems of the values of a model's options: a ResNet's `stem` (RESNET_STEMS) and `weight_init`
-    (RESNET_INITS), char_lstm's `cell` (CHAR_LSTM_CELLS), a token model's sizes (positive integers; char_gpt: heads
-    divide embed_dim)."""
+    (RESNET_INITS), char_gpt's `bias` (true or false), char_lstm's `cell` (CHAR_LSTM_CELLS), a token model's sizes
+    (positive integers; char_gpt: heads divide embed_dim)."""
     for key, what, valid in (("stem", "stem", RESNET_STEMS), ("weight_init", "weight init", RESNET_INITS),
                              ("cell", "cell", CHAR_LSTM_CELLS)):
         value = (options or {}).get(key)
         if value is not None and key in MODEL_OPTIONS.get(name, ()) and value not in valid:
             return [f"model_options.{name}.{key}: {value!r} is not a {what} of {name}.{suggest(str(value), valid)} "
                     f"Valid: {', '.join(valid)}"]
+    bias = (options or {}).get("bias", False)
+    if "bias" in MODEL_OPTIONS.get(name, ()) and not isinstance(bias, bool):
+        return [f"model_options.{name}.bias: must be true or false, got {bias!r}"]
     if not is_token_model(name):
         return []
     problems = []

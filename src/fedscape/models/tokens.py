@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from fedscape.core.names import unknown_name_error
 from fedscape.models.layers import ImageClassifier
 from fedscape.models.permutation import Axes, UnsupportedModelError, whole
-from fedscape.models.specs import CHAR_LSTM_CELLS, NO_PERMUTATION_SPEC
+from fedscape.models.specs import CHAR_GPT_BIAS, CHAR_LSTM_CELLS, NO_PERMUTATION_SPEC
 
 GPT_INIT_STD = 0.02  # nanoGPT / GPT-2 initialisation of every Linear and Embedding weight
 # What TensorFlow's BasicLSTMCell adds to the forget gate's pre-activation at every step: its `forget_bias` argument,
@@ -32,19 +32,19 @@ class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention (Vaswani et al. 2017; nanoGPT's CausalSelfAttention).
 
     ``c_attn`` stacks the query, key and value projections (rows q | k | v, head h at rows
-    h*head_dim..(h+1)*head_dim-1 of each); ``c_proj`` mixes the concatenated heads. The attention is
-    written out (no fused kernel) so that it is twice differentiable everywhere (Hessian analyses) and
-    runs under vmap; the causal mask is built per call rather than kept as a buffer, so the model's
+    h*head_dim..(h+1)*head_dim-1 of each); ``c_proj`` mixes the concatenated heads; both with biases where
+    ``bias``. The attention is written out (no fused kernel) so that it is twice differentiable everywhere (Hessian
+    analyses) and runs under vmap; the causal mask is built per call rather than kept as a buffer, so the model's
     only tensors are parameters.
     """
 
-    def __init__(self, embed_dim: int, num_heads: int) -> None:
+    def __init__(self, embed_dim: int, num_heads: int, bias: bool = CHAR_GPT_BIAS) -> None:
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.c_attn = nn.Linear(embed_dim, 3 * embed_dim)
-        self.c_proj = nn.Linear(embed_dim, embed_dim)
+        self.c_attn = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
+        self.c_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         b, t, c = x.shape
@@ -57,26 +57,28 @@ class CausalSelfAttention(nn.Module):
 
 
 class GPTMLP(nn.Module):
-    """Position-wise feed-forward network of a GPT block: Linear(d, 4d), GELU, Linear(4d, d) (nanoGPT's MLP)."""
+    """Position-wise feed-forward network of a GPT block: Linear(d, 4d), GELU, Linear(4d, d) (nanoGPT's MLP), with
+    biases where ``bias``."""
 
-    def __init__(self, embed_dim: int) -> None:
+    def __init__(self, embed_dim: int, bias: bool = CHAR_GPT_BIAS) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(embed_dim, 4 * embed_dim)
-        self.c_proj = nn.Linear(4 * embed_dim, embed_dim)
+        self.c_fc = nn.Linear(embed_dim, 4 * embed_dim, bias=bias)
+        self.c_proj = nn.Linear(4 * embed_dim, embed_dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.c_proj(F.gelu(self.c_fc(x)))
 
 
 class GPTBlock(nn.Module):
-    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x)) (Radford et al. 2019; nanoGPT)."""
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x)) (Radford et al. 2019; nanoGPT), its
+    LayerNorms and Linear layers with biases where ``bias``."""
 
-    def __init__(self, embed_dim: int, num_heads: int) -> None:
+    def __init__(self, embed_dim: int, num_heads: int, bias: bool = CHAR_GPT_BIAS) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(embed_dim)
-        self.attn = CausalSelfAttention(embed_dim, num_heads)
-        self.ln_2 = nn.LayerNorm(embed_dim)
-        self.mlp = GPTMLP(embed_dim)
+        self.ln_1 = nn.LayerNorm(embed_dim, bias=bias)
+        self.attn = CausalSelfAttention(embed_dim, num_heads, bias)
+        self.ln_2 = nn.LayerNorm(embed_dim, bias=bias)
+        self.mlp = GPTMLP(embed_dim, bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.ln_1(x))
@@ -107,18 +109,22 @@ class CharGPT(TokenModel):
     embedding: tied weights would be one tensor in two layers of the layer-wise analyses (the paper
     reports the embedding-to-vocabulary layer on its own) and pretrained init re-initialises the head
     alone. No dropout (fedscape's models are deterministic). Weights are drawn N(0, 0.02), the residual
-    projections N(0, 0.02 / sqrt(2 num_blocks)), biases zero, as in nanoGPT.
+    projections N(0, 0.02 / sqrt(2 num_blocks)), as in nanoGPT. ``bias`` (`fedscape.models.specs.CHAR_GPT_BIAS`):
+    False, the default, no Linear layer or LayerNorm has a bias, as the authors' llm-baselines GPT and nanoGPT's
+    train.py default (`bias = False`; its LayerNorm with bias=False is nn.LayerNorm's); True, every one but the head's
+    has one, starting at zero: the model before the option, drawing the same weights for a seed. Its layers are the
+    same modules either way (the layer-wise analyses' layers, `fedscape.analysis.barriers.maths.model_layers`).
     """
 
     def __init__(self, vocab_size: int, seq_len: int, num_blocks: int, num_heads: int, embed_dim: int,
-                 every_position: bool = False) -> None:
+                 every_position: bool = False, bias: bool = CHAR_GPT_BIAS) -> None:
         super().__init__()
         self.seq_len = seq_len
         self.every_position = every_position
         self.wte = nn.Embedding(vocab_size, embed_dim)
         self.wpe = nn.Embedding(seq_len, embed_dim)
-        self.blocks = nn.ModuleList(GPTBlock(embed_dim, num_heads) for _ in range(num_blocks))
-        self.ln_f = nn.LayerNorm(embed_dim)
+        self.blocks = nn.ModuleList(GPTBlock(embed_dim, num_heads, bias) for _ in range(num_blocks))
+        self.ln_f = nn.LayerNorm(embed_dim, bias=bias)
         self.classifier = nn.Linear(embed_dim, vocab_size, bias=False)
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear | nn.Embedding):
@@ -162,9 +168,10 @@ class CharGPT(TokenModel):
         the blocks' input and output projections, the head's inputs): LayerNorm commutes with it (mean and variance
         are permutation invariant, its gain and bias are permuted with the features), and so do the residual sums.
         A block's heads can be reordered as wholes: the query, key and value rows of head h (``c_attn`` viewed as
-        (q|k|v, head, head_dim, in)) and the inputs of ``c_proj`` from head h (viewed as (out, head, head_dim)) move
-        together. Permutations of the dimensions inside a head (shared by its query and key, another for its value)
-        are symmetries too but are not used: they act on the same axis of ``c_attn`` as the head permutation.
+        (q|k|v, head, head_dim, in), its bias where it has one as (q|k|v, head, head_dim)) and the inputs of
+        ``c_proj`` from head h (viewed as (out, head, head_dim)) move together. Permutations of the dimensions inside
+        a head (shared by its query and key, another for its value) are symmetries too but are not used: they act on
+        the same axis of ``c_attn`` as the head permutation.
         """
         dim = self.wte.embedding_dim
         stream = whole("stream", dim)
@@ -187,11 +194,13 @@ class CharGPT(TokenModel):
             layer_norm(f"{name}.ln_1", block.ln_1)
             axes.views[f"{name}.attn.c_attn.weight"] = (3, heads, head_dim, dim)
             axes.entries[f"{name}.attn.c_attn.weight"] = (None, head, None, stream)
-            axes.views[f"{name}.attn.c_attn.bias"] = (3, heads, head_dim)
-            axes.entries[f"{name}.attn.c_attn.bias"] = (None, head, None)
+            if block.attn.c_attn.bias is not None:
+                axes.views[f"{name}.attn.c_attn.bias"] = (3, heads, head_dim)
+                axes.entries[f"{name}.attn.c_attn.bias"] = (None, head, None)
             axes.views[f"{name}.attn.c_proj.weight"] = (dim, heads, head_dim)
             axes.entries[f"{name}.attn.c_proj.weight"] = (stream, head, None)
-            axes.entries[f"{name}.attn.c_proj.bias"] = (stream,)
+            if block.attn.c_proj.bias is not None:
+                axes.entries[f"{name}.attn.c_proj.bias"] = (stream,)
             layer_norm(f"{name}.ln_2", block.ln_2)
             hidden = whole(f"{name}.mlp", block.mlp.c_fc.out_features)
             axes.weights(f"{name}.mlp.c_fc", block.mlp.c_fc, hidden, stream)

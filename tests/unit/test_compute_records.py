@@ -20,6 +20,7 @@ from helpers.configs import SCHEMA, problems_of, tiny_config
 from helpers.plans import analysis_settings, stage_settings
 
 from fedscape.analysis.barriers.definitions import InterpolationJob, LayerBarriersJob
+from fedscape.analysis.hessian.definitions import EigenSettings
 from fedscape.analysis.landscape.definitions import LandscapeChunkJob
 from fedscape.core import manifest
 from fedscape.fl.hparams.registry import ALGORITHM_SPECS, algorithm_config
@@ -225,3 +226,19 @@ def test_train_config_refuses_what_the_config_schema_refuses(key, value, refused
     # Assert: the library refuses exactly what the workflow's config check does, naming the key
     assert error == message
     assert bool(problems_of(config)) is refused
+
+
+@pytest.mark.parametrize(("field", "value", "named"), [
+    ("precision", "bf16", "Hessian precision"),
+    ("precision", "fp16", "Hessian precision"),
+    ("method", "lanczoz", "Hessian method"),
+])
+def test_a_plane_job_s_eigen_settings_refuse_what_its_hessian_settings_refuse(field, value, named):
+    # Prepare: a plane job's eigen settings as the Hessian job's would give them, one field changed
+    good = {"top_k": 2, "method": "lanczos", "tol": 1e-3, "max_iter": 100, "eval_samples": None, "batch_size": 64,
+            "cache_graph": False, "seed": 0, "precision": "fp32"}
+    EigenSettings(**good)
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match=named):
+        EigenSettings(**{**good, field: value})

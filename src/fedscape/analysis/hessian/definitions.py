@@ -84,6 +84,13 @@ class EigenSettings(JobSettings):
     seed: int
     precision: str = "fp32"
 
+    def __post_init__(self) -> None:
+        # as HessianSettings: a plane job computing its own eigenpairs at bf16 would be refused only at its solver
+        if self.precision not in HESSIAN_PRECISIONS:
+            raise unknown_name_error("Hessian precision", self.precision, HESSIAN_PRECISIONS)
+        if self.method not in METHODS:
+            raise unknown_name_error("Hessian method", self.method, METHODS)
+
 
 EIGEN_FIELDS = tuple(f.name for f in fields(EigenSettings))
 

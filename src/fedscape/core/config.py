@@ -263,20 +263,42 @@ def _unknown_key_hint(error: jsonschema.ValidationError, key: str, allowed: list
 
 
 _TEXT_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+# The words YAML 1.1 (PyYAML, Snakemake) reads as booleans, in any case, where they are not quoted
+_TEXT_BOOLEANS = ("true", "false", "yes", "no", "on", "off")
 
 
-def _text_number_hint(value) -> str:
-    """For a number that YAML read as text, why: YAML 1.1 (PyYAML, Snakemake) reads `1e-3` (no decimal point) and
-    anything quoted as a string."""
-    if isinstance(value, str) and _TEXT_NUMBER.fullmatch(value.strip()):
-        if "e" in value.lower() and "." not in value:
-            return f"; YAML read {value!r} as text: an exponent needs a decimal point (1.0e-3, not 1e-3)"
-        return (f"; YAML read {value!r} as text: it is quoted, or it came in a list given to Snakemake's --config, "
-                "which passes a list's values as text (set lists in a config file)")
-    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+def _types(error: jsonschema.ValidationError) -> list:
+    """The types a `type` error's schema names."""
+    return error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+
+
+def _text_value_hint(error: jsonschema.ValidationError) -> str:
+    """For a number, or a boolean where one is wanted, that YAML read as text, why: YAML 1.1 (PyYAML, Snakemake)
+    reads `1e-3` (no decimal point) and anything quoted as a string, and Snakemake's --config parses the values in a
+    list or a mapping with YAML's base loader, which reads every one as text (`--config 'client_stats={enabled:
+    false}'`); its top-level value is a number, True or False where it reads as one, else text (`false` too)."""
+    value = error.instance
+    if not isinstance(value, str):
+        return ""
+    if value.strip()[:1] in ("[", "{"):
         return ("; Snakemake's --config passes a list or a mapping as text: set it in a config file (--configfile) "
                 "instead")
-    return ""
+    number = _TEXT_NUMBER.fullmatch(value.strip())
+    boolean = (value.strip().lower() in _TEXT_BOOLEANS and error.validator == "type"
+               and "boolean" in _types(error))
+    if not (number or boolean):
+        return ""
+    if number and "e" in value.lower() and "." not in value:
+        return f"; YAML read {value!r} as text: an exponent needs a decimal point (1.0e-3, not 1e-3)"
+    path = error.absolute_path
+    if len(path) > 1 or path and isinstance(path[-1], int):
+        came = (", or it came in a list or a mapping given to Snakemake's --config, which passes their values as text "
+                "(set them in a config file)")
+    elif boolean:
+        came = ", or it came from Snakemake's --config, which reads True and False alone as booleans"
+    else:  # (--config reads a top-level number as one)
+        came = ""
+    return f"; YAML read {value!r} as text: it is quoted{came}"
 
 
 _YAML_KINDS = {int: "an integer", float: "a number", bool: "a boolean", type(None): "null"}
@@ -289,10 +311,12 @@ def label_not_text(label) -> str:
             f"quote it ('{text}':) or start it with a letter")
 
 
-def _empty_section(error: jsonschema.ValidationError) -> str:
+def _empty_section(error: jsonschema.ValidationError, key_schema: dict | None = None) -> str:
     """For a mapping or a list that YAML read as null (`landscapes:` with every entry commented out), that it is empty
-    and what to write instead; '' where the schema wants no mapping or list there."""
-    expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+    and what to write instead; '' where the schema wants no mapping or list there. `key_schema`: the key's schema
+    where `error` is of a branch of its anyOf (`hessian.runs`: `all`, a selector or a list of them), for its
+    default."""
+    expected = _types(error)
     empty = "{}" if "object" in expected else "[]" if "array" in expected else None
     if empty is None or not error.absolute_path:
         return ""
@@ -305,9 +329,11 @@ def _empty_section(error: jsonschema.ValidationError) -> str:
     else:  # an empty collection has no entries; an empty settings mapping leaves each key at its default
         meaning = "to set none of its keys" if "properties" in schema else "for none"
         fixes = [f"write `{written} {empty}` {meaning}"]
-    if "default" in schema and not isinstance(key, int):
-        default = schema["default"]
-        flow = yaml.safe_dump(default, default_flow_style=True, width=10**6).strip()
+    defaults = schema if key_schema is None else key_schema
+    if "default" in defaults and not isinstance(key, int):
+        default = defaults["default"]
+        flow = default if isinstance(default, str) else (  # (a text's dump ends its document: `all\n...`)
+            yaml.safe_dump(default, default_flow_style=True, width=10**6).strip())
         shown = "" if default in ({}, []) else f" ({flow})"
         fixes.append(f"delete the key for its default{shown}")
     return f"empty (YAML reads `{written}` with nothing after it as null): {' or '.join(fixes)}"
@@ -319,7 +345,46 @@ _RANGE_KEYWORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
-    return _describe_error(error) + _text_number_hint(error.instance)
+    return _describe_error(error) + _text_value_hint(error)
+
+
+def _sentence(text: str) -> str:
+    """`text` ended as a sentence."""
+    return text if text.endswith((".", "?", "!")) else f"{text}."
+
+
+def _did_you_mean(text: str, close: str | None) -> str:
+    """`text` with ' Did you mean X?' after it (as a sentence) where `close` is a name; `text` where it is None."""
+    return text if close is None else f"{_sentence(text)} Did you mean {close!r}?"
+
+
+def _best_match(errors: list) -> jsonschema.ValidationError:
+    """The error of `errors` that says the most (jsonschema's `best_match`)."""
+    from jsonschema.exceptions import best_match  # lazy: as in _with_defaults
+
+    return best_match(errors)
+
+
+def _branch_values(error: jsonschema.ValidationError) -> list[str]:
+    """The texts that the branches of an anyOf or oneOf take as such (their const and enum values): what a text
+    that no branch takes was most likely meant as (`fianl`: final)."""
+    values = [v for e in _errors(error.context) if e.absolute_path == error.absolute_path
+              for v in ([e.validator_value] if e.validator == "const" else
+                        e.validator_value if e.validator == "enum" else [])]
+    return list(dict.fromkeys(v for v in values if isinstance(v, str)))
+
+
+def _meant_branch_errors(error: jsonschema.ValidationError) -> list:
+    """The errors of the branches of an anyOf or oneOf that take the kind of value it got (a mapping, a list): the
+    branches with no error on the value's own type, const or enum (an error that says which kind of value a branch
+    wants, not what is wrong in one of its kind)."""
+    branches: dict = {}
+    for e in error.context:
+        branches.setdefault(e.relative_schema_path[0], []).append(e)
+    return [e for errors in branches.values()
+            if not any(e.validator in ("type", "const", "enum") and e.absolute_path == error.absolute_path
+                       for e in errors)
+            for e in errors]
 
 
 def _describe_error(error: jsonschema.ValidationError) -> str:
@@ -334,6 +399,22 @@ def _describe_error(error: jsonschema.ValidationError) -> str:
         empty = _empty_section(error)
         if empty:
             return f"{where}: {empty}"
+    if error.validator in ("anyOf", "oneOf") and error.instance is None:
+        # a key that takes a mapping or a list among other values (`hessian.runs`), read as null: what the first
+        # branch that wants a mapping or a list says to write, with the key's default
+        empty = next(filter(None, (_empty_section(e, error.schema) for e in error.context
+                                   if e.validator == "type" and e.absolute_path == error.absolute_path)), "")
+        if empty:
+            return f"{where}: {empty}"
+    if error.validator == "required" and isinstance(error.instance, dict):
+        # a key of the entry that the schema does not know may be the missing one, misspelt (`nmae`); where the
+        # schema refuses unknown keys, their own error already names the nearest valid key
+        missing = next((k for k in error.validator_value if error.message == f"{k!r} is a required property"), None)
+        unknown = [k for k in error.instance if k not in error.schema.get("properties", {})]
+        close = (get_close(missing, unknown) if missing is not None and error.schema.get("additionalProperties")
+                 is not False else None)
+        meant = f"; is the entry's {close!r} meant as {missing!r}?" if close is not None else ""
+        return f"{where}: {error.message}{meant}"
     if error.validator in _RANGE_KEYWORDS and "range_hint" in error.schema:  # the bound alone does not say why
         return f"{where}: {error.message}; {error.schema['range_hint']}"
     if error.validator == "additionalProperties":
@@ -346,7 +427,10 @@ def _describe_error(error: jsonschema.ValidationError) -> str:
         return f"{where}: {error.instance!r} is not valid.{suggest(error.instance, error.validator_value)} " \
                f"Valid values: {', '.join(map(str, error.validator_value))}"
     if error.validator == "pattern" and "pattern_hint" in error.schema:  # the regex itself tells a user nothing
-        return f"{where}: {error.instance!r} is not valid: {error.schema['pattern_hint']}"
+        # the value in lower case where the pattern takes that (`All`: all, `CPU`: cpu)
+        lower = error.instance.lower()
+        close = lower if lower != error.instance and re.search(error.validator_value, lower) else None
+        return _did_you_mean(f"{where}: {error.instance!r} is not valid: {error.schema['pattern_hint']}", close)
     if error.validator == "not" and "pattern_hint" in error.schema and "pattern" in error.validator_value:
         # a pattern the value must not contain: name the characters that match it on their own
         refused = [c for c in dict.fromkeys(str(error.instance)) if re.search(error.validator_value["pattern"], c)]
@@ -363,8 +447,22 @@ def _describe_error(error: jsonschema.ValidationError) -> str:
             others = [e for e in error.context if e is not unknown[0] and e.relative_schema_path[0] == branch
                       and list(e.absolute_path)[:len(base)] == base]
             return "; ".join(dict.fromkeys(_describe_error(e) for e in [unknown[0], *others]))
+    if error.validator in ("anyOf", "oneOf") and isinstance(error.instance, dict | list):
+        # a mapping or a list that the branch meant for its kind refuses (`draw: onse` of {low, high, draw}): that
+        # branch's own error, at its own key; with what the value may be where the error is of the value as a whole
+        # (a list too short)
+        meant = _meant_branch_errors(error)
+        if meant:
+            best = _best_match(meant)
+            if best.absolute_path != error.absolute_path or "description" not in error.schema:
+                return _describe(best)
+            description = error.schema["description"]
+            return f"{_sentence(_describe(best))} {description[:1].upper()}{description[1:]}"
     if error.validator in ("anyOf", "oneOf") and "description" in error.schema:
-        return f"{where}: {error.instance!r} is not valid: {error.schema['description']}"
+        described = f"{where}: {error.instance!r} is not valid: {error.schema['description']}"
+        if isinstance(error.instance, str):
+            return _did_you_mean(described, get_close(error.instance, _branch_values(error)))
+        return described
     return f"{where}: {error.message}"
 
 

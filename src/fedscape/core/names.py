@@ -7,9 +7,19 @@ from collections.abc import Iterable, Sequence
 
 
 def get_close(name: str, valid: Iterable[str]) -> str | None:
-    """The closest valid name, or None when none is close."""
-    close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.5)
-    return close[0] if close else None
+    """The closest valid name (as it is spelled), or None when none is close.
+
+    Case is ignored: users write the names of papers and libraries in their case (`FP32`, `CIFAR10`, `SGD`) where
+    fedscape's are lower case, and difflib, comparing case-sensitively, finds no match for them or a wrong one
+    (`FP32`: 'tf32', for their common `32`). A name equal to a valid one but for case is that one."""
+    spelled = {}  # lower case -> the first valid name so spelled
+    for v in valid:
+        spelled.setdefault(str(v).lower(), str(v))
+    lowered = str(name).lower()
+    if lowered in spelled:
+        return spelled[lowered]
+    close = difflib.get_close_matches(lowered, list(spelled), n=1, cutoff=0.5)
+    return spelled[close[0]] if close else None
 
 
 def suggest(name: str, valid: Iterable[str]) -> str:

@@ -7,6 +7,7 @@ in every table. The id is built and parsed here only.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -188,8 +189,9 @@ def unused_grid_values(config: dict, runs: list[Run]) -> list[str]:
     """A line for each list of the grid (models, alphas, num_clients, participation, seeds) with values that no run
     of `experiments` takes: an experiment that leaves a field unset takes the first value of its list, so adding
     a seed to `seeds` alone plans nothing new, and a user expecting replicates would see no sign of it. Likewise
-    for the labels of datasets, inits, algorithms and partitions (`_unused_labels`)."""
-    lines = _unused_labels(config, runs)
+    for the labels of datasets, inits, algorithms and partitions (`_unused_labels`), and for a repeated value of a
+    list or a repeated experiment (`_repeated_values`)."""
+    lines = _unused_labels(config, runs) + _repeated_values(config)
     if not config.get("experiments"):
         return lines
     for key, section in GRID_SECTIONS.items():
@@ -203,6 +205,30 @@ def unused_grid_values(config: dict, runs: list[Run]) -> list[str]:
                "name them in `experiments`" if key == "seed" else "name them in `experiments`, or drop them")
         lines.append(f"{section}: {', '.join(unused)} taken by no run (an experiment that leaves `{key}` unset takes "
                      f"the first of `{section}`, {config[section][0]}): {fix}")
+    return lines
+
+
+def _repeated_values(config: dict) -> list[str]:
+    """A line for each value that a list of the grid repeats, in any spelling (`alphas: [1, 1.0]`, `seeds: [0, 0]`),
+    and each experiment whose runs earlier experiments plan already: a run is planned once, so the repeat adds no
+    run, silently, where a user may have meant a replicate."""
+    lines = []
+    for key, section in GRID_SECTIONS.items():
+        if section in MAPPING_SECTIONS:
+            continue
+        counts = Counter(_selector_value(key, value) for value in config[section])
+        lines += [f"{section}: {text} is listed {count} times; its runs are planned once, so a repeat adds none (no "
+                  "replicate either): drop it" for text, count in counts.items() if count > 1]
+    planned: dict[Run, int] = {}  # run -> the first experiment that plans it
+    for i, experiment in enumerate(config.get("experiments") or []):
+        runs = build_runs({**config, "experiments": [experiment]})
+        if all(run in planned for run in runs):
+            earlier = sorted({planned[run] for run in runs})
+            lines.append(f"experiments[{i}]: plans only runs that {', '.join(f'experiments[{j}]' for j in earlier)} "
+                         f"{'plans' if len(earlier) == 1 else 'plan'} already (a run is planned once), so it adds "
+                         "none: drop it, or make it differ (a `seed` of its own for a replicate)")
+        for run in runs:
+            planned.setdefault(run, i)
     return lines
 
 
@@ -248,13 +274,13 @@ def resolve_run(runs: list[Run], selector: dict, where: str = "") -> Run:
     hits = select_runs(runs, selector)
     prefix = f"{where}: " if where else ""
     if not hits:
-        raise ConfigError(f"{prefix}no run of the config matches {selector}; {_values_of(runs, selector)}")
+        raise ConfigError(f"{prefix}no run of the config matches {selector}; {selector_values(runs, selector)}")
     if len(hits) > 1:
         raise ConfigError(f"{prefix}{len(hits)} runs match {selector}; add one of {varying_fields(hits)} to pick one")
     return hits[0]
 
 
-def _values_of(runs: list[Run], selector: dict) -> str:
+def selector_values(runs: list[Run], selector: dict) -> str:
     """What the runs have in the selector's keys: each key's values, or (when every value alone is taken by
     some run) the combinations the runs have."""
     if not runs:

@@ -6,7 +6,10 @@ import numpy as np
 
 
 def derive_seed(*keys: int) -> int:
-    """A 63-bit seed derived from integer keys (e.g. run seed, round, client id).
+    """A 63-bit seed derived from integer keys (e.g. run seed, round, client id). numpy's generators take all its
+    bits; torch's CPU generator (mt19937) keeps only its low 32 (the seed mod 2**32), where two streams meet by chance
+    (about 2**-32 a pair), not by their keys: the keys' every bit changes the whole seed, unlike a seed given to
+    torch as it is written (workflow/schemas/config.schema.yaml, $defs.torch_seed).
 
     Deriving every random stream from (seed, round, client) makes training resumable at any
     round without saving random-generator states, and keeps runs bit-identical.

@@ -23,7 +23,7 @@ from fedscape.analysis.hessian.definitions import (
 from fedscape.core.config import ConfigError
 from fedscape.core.jobs import job_params, recorded_settings
 from fedscape.core.paths import HESSIAN_DIR, HESSIAN_FIGURE, Results
-from fedscape.core.runs import select_runs
+from fedscape.core.runs import select_runs, selector_values
 from fedscape.data.specs import dataset_settings
 from fedscape.models.specs import model_norm, piecewise_linear
 from fedscape.plan.train import algorithm_model_options, rounds_of, unkept_round
@@ -145,12 +145,10 @@ def check(config: dict, runs: list) -> list[str]:
     except ValueError as exc:
         problems.append(f"hessian: {exc}")
     try:
-        for i, selector in enumerate(_selectors(section) or []):
-            if not isinstance(selector, dict) or not selector:
-                problems.append(f"hessian.runs[{i}]: a run selector is a non-empty mapping of run fields, e.g. "
-                                f"{{alpha: iid, init: random}}; got {selector!r}")
-            elif not select_runs(runs, selector):
-                problems.append(f"hessian.runs[{i}]: no run of the config matches {selector}")
+        for i, selector in enumerate(_selectors(section) or []):  # (the schema takes non-empty mappings alone)
+            if not select_runs(runs, selector):
+                problems.append(f"hessian.runs[{i}]: no run of the config matches {selector}; "
+                                f"{selector_values(runs, selector)}")
         chosen = hessian_runs(config, runs)
     except ConfigError as exc:
         problems.append(f"hessian.runs: {exc}")

@@ -375,11 +375,11 @@ def check(config: dict, runs: list) -> list[str]:
                     where_capture = f"{where}.training" if "capture" in spec["training"] else "training"
                     if f"{where_capture}.capture: {problem}" not in problems:
                         problems.append(f"{where_capture}.capture: {problem}")
+            overrides = {**spec["training"], "rounds": spec["rounds"], "save_clients_at": []}
             try:
-                check_training(config["training"], {**spec["training"], "rounds": spec["rounds"],
-                                                   "save_clients_at": []}, warm_up_init=True)
+                check_training(config["training"], overrides, warm_up_init=True)
             except (TypeError, ValueError) as exc:
-                problems.append(f"{where}.training: {exc}")
+                problems.append(f"{where}.training: {exc}{_inherited_lr_warmup(config, label, overrides)}")
             for key, problem in work_list_problems(warmup, spec["num_clients"], "its warm-up rounds"):
                 problems.append(f"{where}.training.{key}: {problem}")
         elif kind == "continue":
@@ -409,6 +409,23 @@ def check(config: dict, runs: list) -> list[str]:
     if not problems:
         problems.extend(_continue_cycles(config, runs, used))
     return problems
+
+
+def _inherited_lr_warmup(config: dict, label: str, overrides: dict) -> str:
+    """Where the IID warm-up `label` refuses the runs' `training.lr_warmup`, which it inherits over its own few
+    rounds (under cosine, TrainConfig refuses a warm-up that leaves no round to decay over: the pilot study's 1-round
+    warm-up under `lr_warmup: 1`), that it is inherited and what to set in the warm-up's own training; '' where the
+    warm-up sets lr_warmup itself or the problem is another (its check with lr_warmup 0 fails too)."""
+    spec = config["inits"][label]
+    if "lr_warmup" in spec["training"]:
+        return ""
+    try:
+        check_training(config["training"], {**overrides, "lr_warmup": 0}, warm_up_init=True)
+    except (TypeError, ValueError):
+        return ""
+    return (f"; training.lr_warmup ({config['training']['lr_warmup']}) is inherited by this {spec['rounds']}-round "
+            f"warm-up: set inits.{label}.training: {{lr_schedule: constant, lr_warmup: 0}} to warm up at the runs' "
+            f"lr, or an lr_warmup below {spec['rounds']} there")
 
 
 def _no_swa_average(config: dict, source: Run) -> str:

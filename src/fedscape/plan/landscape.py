@@ -31,7 +31,7 @@ from fedscape.analysis.landscape.grid import chunk_bounds
 from fedscape.core.config import ConfigError, with_result_version
 from fedscape.core.jobs import job_params
 from fedscape.core.paths import LANDSCAPE_DIR, SURFACE_DIR, Results, fill
-from fedscape.core.runs import build_runs, iid_first, resolve_run, select_runs, varying_fields
+from fedscape.core.runs import build_runs, iid_first, resolve_run, select_runs, selector_values, varying_fields
 from fedscape.data.specs import dataset_settings
 from fedscape.fl.settings import sample_clients
 from fedscape.models.specs import BN_STATS_BASELINE
@@ -102,8 +102,7 @@ def _select(runs: list, selectors: list, where: str) -> list:
         # one selector's matches from IID to the most skewed alpha (the pilot study's order: IID is the reference)
         hits = iid_first(select_runs(runs, sel))
         if not hits:
-            raise ConfigError(f"{where}[{i}]: no run of the config matches {sel}; the config defines "
-                              f"{len(runs)} runs, e.g. {runs[0].run_id if runs else '(none)'}")
+            raise ConfigError(f"{where}[{i}]: no run of the config matches {sel}; {selector_values(runs, sel)}")
         out.extend(r for r in hits if r not in out)
     return out
 

@@ -230,8 +230,10 @@ def unkept_round(config: dict, run: Run, round_: int) -> str | None:
 
 
 def check_training(training: dict, overrides: dict, warm_up_init: bool = False) -> TrainConfig:
-    """The TrainConfig of `training` with `overrides`; ValueError naming an unknown key or a bad value (`warm_up_init`:
-    of an IID warm-up init, whose lr warm-up over rounds is warned about, not refused: `TrainConfig.warmup_problem`)."""
+    """The TrainConfig of `training` with `overrides`; ValueError naming an unknown key or a bad value. `warm_up_init`:
+    of an IID warm-up init, whose lr warm-up over its rounds as long as they are or longer is warned about
+    (`plan.init.warmup_schedule_warnings`), not refused (`TrainConfig.warmup_problem`), except under a cosine schedule,
+    which TrainConfig itself refuses such a warm-up for (no round is left to decay over)."""
     unknown = set(overrides) - set(training)
     if unknown:
         key = sorted(unknown)[0]

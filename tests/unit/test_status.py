@@ -271,6 +271,7 @@ def test_rehash_reads_every_data_file_again_and_is_not_passed_to_snakemake(monke
     monkeypatch.setattr(status, "workflow_config", config)
     monkeypatch.setattr(status, "changed_data", changed_data)
     monkeypatch.setattr(status, "config_partition_files", lambda config: [])
+    monkeypatch.setattr(status, "trained_from_other_inputs", lambda *args: {})  # (a config without runs)
 
     # Execute
     assert status.main(args) == 0
@@ -756,6 +757,7 @@ def test_incomplete_outputs_are_named_and_the_status_is_that_of_a_run_that_makes
     monkeypatch.setattr(status, "workflow_config", lambda parsed: {"results_dir": "r"})
     monkeypatch.setattr(status, "changed_data", lambda records, config, skip, rehash: [])
     monkeypatch.setattr(status, "config_partition_files", lambda config: [])
+    monkeypatch.setattr(status, "trained_from_other_inputs", lambda *args: {})  # (a config without runs)
 
     # Execute
     code = status.main(["--configfile", "my.yaml"])
@@ -807,6 +809,7 @@ def test_a_quiet_dry_run_is_refused_as_it_hides_what_status_reads(tmp_path, monk
     _dry_run(monkeypatch, QUIET_DRY_RUN if hidden else NEW_RUN_DRY_RUN, [["results/train/c/metrics.csv"]])
     monkeypatch.setattr(status, "workflow_config", lambda parsed: {"results_dir": str(tmp_path / "results")})
     monkeypatch.setattr(status, "config_partition_files", lambda config: [])
+    monkeypatch.setattr(status, "trained_from_other_inputs", lambda *args: {})  # (a config without runs)
 
     # Execute
     code = status.main(args)
@@ -831,6 +834,7 @@ def test_a_dry_run_that_shows_no_job_and_does_not_say_nothing_is_to_be_done_is_n
     _dry_run(monkeypatch, dry_run, dag)
     monkeypatch.setattr(status, "workflow_config", lambda parsed: {"results_dir": str(tmp_path / "results")})
     monkeypatch.setattr(status, "config_partition_files", lambda config: [])
+    monkeypatch.setattr(status, "trained_from_other_inputs", lambda *args: {})  # (a config without runs)
 
     # Execute
     code = status.main(["--configfile", "c.yaml"])

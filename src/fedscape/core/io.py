@@ -113,7 +113,8 @@ def remake_hint(path: str | os.PathLike, args: str | None = None) -> str:
     files made from it exist ("Nothing to be done"). `--forcerun <file>` reruns the job that writes it and
     every job downstream. Never say this of a file the user supplied: no job can make it.
 
-    `args`: the user's own Snakemake arguments, shell-quoted (`shlex.join`; without targets), put in the command;
+    `args`: the user's own Snakemake arguments, shell-quoted (`shlex.join`; targets may be among them: unlike
+    `--force`, `--forcerun` reruns only what they need), put in the command;
     None where they are not known: the command then says to add the --configfile you run with.
     """
     command = f"{_snakemake('--cores 1', args)} --forcerun {shell_words([path])}"

@@ -973,6 +973,38 @@ def run_record_path(path, run: dict) -> Path | None:
     return Path(results, fill(TRAIN_DIR, **run), TRAIN_FILE_NAMES["meta"])
 
 
+def trained_inputs(record: Path | None) -> dict | None:
+    """The files a run trained from, as its meta.json at `record` names them (`inputs`: the partition's and init's
+    SHA-256, the split's, `split_sha256`, and the numpy that drew it; `stages.train`); None where it names none
+    (trained before runs recorded them), or there is none to read (not trained yet, or damaged: `make verify` names
+    it)."""
+    try:
+        inputs = json.loads(record.read_text()).get("inputs") if record is not None else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return inputs if isinstance(inputs, dict) else None
+
+
+def trained_partition_problem(path, run: dict, args: str | None = None) -> str | None:
+    """Why the partition file at `path` is not the one `run` (its fields) was trained on, with the remedy that trains
+    the runs again (`core.io.remake_hint`, with the user's Snakemake arguments `args` where given: `make status`), or
+    None where it is, or the run is not checked (`check_trained_partition`)."""
+    record = run_record_path(path, run)
+    inputs = trained_inputs(record)
+    trained_on = inputs.get("split") if inputs is not None else None
+    if not isinstance(trained_on, str) or (found := split_sha256(path)) == trained_on:
+        return None
+    now, then = partition_numpy(path), inputs.get("partition_numpy")
+    drawn = f"drawn with numpy {now or 'unrecorded'}"
+    if now and then and now != then:
+        drawn += (f", the run's with numpy {then}: numpy's random streams may change between versions, and the same "
+                  "seed then draws another split")
+    return (f"partition file {path} is not the split run {fill(RUN_ID, **run)} was trained on "
+            f"(split SHA-256 {found[:12]}..., where its record {record} names {trained_on[:12]}...; {drawn}): its "
+            "analyses would mix the run's models with other clients' data. Train the runs on this split: "
+            f"{remake_hint(path, args)}; or put back the partition file the runs were trained on")
+
+
 def check_trained_partition(path, run: dict) -> None:
     """PartitionError when the partition file at `path` is not the one `run` (its fields) was trained on: its SHA-256
     is not the one the run's meta.json records (`inputs`' split: `split_sha256`, `stages.train`;
@@ -981,25 +1013,10 @@ def check_trained_partition(path, run: dict) -> None:
     Generator streams may change between versions (NEP 19), so the same seed may draw another split, and an analysis
     would evaluate the run's models on clients it was not trained on. The remedy trains the runs again
     (`core.io.remake_hint`). A run whose meta.json records no partition (trained before runs recorded it), or that has
-    none to read (not trained yet), is not checked."""
-    record = run_record_path(path, run)
-    try:
-        inputs = json.loads(record.read_text()).get("inputs") if record is not None else None
-    except (OSError, ValueError, AttributeError):  # none, or damaged (`make verify` names it)
-        return
-    trained_on = inputs.get("split") if isinstance(inputs, dict) else None
-    if not isinstance(trained_on, str) or (found := split_sha256(path)) == trained_on:
-        return
-    now, then = partition_numpy(path), inputs.get("partition_numpy")
-    drawn = f"drawn with numpy {now or 'unrecorded'}"
-    if now and then and now != then:
-        drawn += (f", the run's with numpy {then}: numpy's random streams may change between versions, and the same "
-                  "seed then draws another split")
-    raise PartitionError(
-        f"partition file {path} is not the split run {fill(RUN_ID, **run)} was trained on "
-        f"(split SHA-256 {found[:12]}..., where its record {record} names {trained_on[:12]}...; {drawn}): its analyses "
-        f"would mix the run's models with other clients' data. Train the runs on this split: {remake_hint(path)}; or "
-        "put back the partition file the runs were trained on")
+    none to read (not trained yet), is not checked. `make status` names such runs before an analysis reads them
+    (`trained_partition_problem`)."""
+    if (problem := trained_partition_problem(path, run)) is not None:
+        raise PartitionError(problem)
 
 
 # Rows of labels converted to int64 at a time by `_labels_checksum`: a few MB, where the whole array's int64 copy

@@ -46,6 +46,10 @@ path): a result it has no metadata for (made from another checkout, copied witho
 `results_dir` that has moved since) is not compared, so a changed setting of its job shows nowhere. The records of the
 jobs with settings hold them (`settings`, `core.logs.job_log`), but status does not compare them with the settings now,
 so such results are counted.
+
+Nor does the dry run see which partition and init a run was trained from, which its meta.json names (`inputs`): a run
+trained from other files than those there now, and that neither the command nor a run of the workflow by meaning trains
+again, is named with the command that does (`trained_from_other_inputs`); its analyses refuse another split.
 """
 
 from __future__ import annotations
@@ -66,10 +70,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedscape.core.config import FIRST_RESULT_VERSION, RESULT_VERSION, load_schema, read_config_file
-from fedscape.core.io import remake_alone_hint, shell_words
+from fedscape.core.fingerprints import file_sha256
+from fedscape.core.io import remake_alone_hint, remake_hint, shell_words
 from fedscape.core.manifest import (
     MISSING,
     Finding,
+    Records,
     changed_outputs,
     code_label,
     output_records,
@@ -77,8 +83,11 @@ from fedscape.core.manifest import (
     recorded_jobs,
     remade_alone,
 )
-from fedscape.core.paths import results_root
+from fedscape.core.paths import TRAIN_FILE_NAMES, Results, results_root
+from fedscape.core.runs import build_runs
 from fedscape.data.locations import DataChange, changed_data, unfingerprinted_jobs
+from fedscape.data.partition import trained_inputs, trained_partition_problem
+from fedscape.plan.train import train_inputs
 from fedscape.plan.workflow import (
     DEFAULT_CONFIG,
     SCHEMA,
@@ -254,11 +263,61 @@ def made_from_other_data(changes: Sequence[DataChange]) -> set[str]:
     return {o for c in changes if c.now is not None for job in c.jobs for o in job}
 
 
+def trained_from_other_inputs(config: dict, records: Records, skip: Iterable[str] = (),
+                              args: str | None = None) -> dict[str, list[str]]:
+    """run id -> a line for each of its partition and init files that is not the one the run of `config` was trained
+    from, as its meta.json names them (`inputs`, `stages.train`; a run whose meta.json names none, trained before runs
+    recorded them, is not checked), with the command that trains it again (`core.io.remake_hint`, with the user's
+    Snakemake arguments `args`, shell-quoted, where given: their targets too, which `--forcerun` does not force, as
+    in status's own command). Passed over: a run with an output in `skip` (trained again by status's command, or by
+    any run of the workflow), and a partition or init in `skip` (named with a remedy of its own, or made again, and
+    its runs with it).
+
+    Snakemake plans such a run for its input's newer date alone (`dates`), or not at all (an input dated before the
+    run's outputs: copied with its dates, the outputs touched since), and a run of the workflow by meaning, as after a
+    partition made again alone (`core.io.remake_alone_hint`), does not train it again. A partition is another split
+    (`data.partition.trained_partition_problem`: drawn under a numpy whose random streams changed) that the run's
+    analyses refuse; it is read only where its file is not the run's (its SHA-256 as its job recorded it in
+    `records`, which status's quick check found it to be). An init made again since (forced alone, its runs then
+    continued by meaning) leaves its runs trained from the earlier model, which no later job checks: the analyses
+    read the runs' own checkpoints. An init its job recorded no SHA-256 for (made before records) is hashed."""
+    skip, results = set(skip), Results.of(config)
+    newest = records.by_output()
+
+    def recorded(path: str) -> str | None:
+        """The SHA-256 of the output at `path` as its job recorded it; None where no record names it."""
+        job = newest.get(path)
+        return None if job is None else job.outputs[path]["sha256"]
+
+    found: dict[str, list[str]] = {}
+    for run in build_runs(config):
+        meta = results.run_file(run, "meta")
+        inputs = trained_inputs(Path(meta))
+        if inputs is None or any(results.run_file(run, name) in skip for name in TRAIN_FILE_NAMES):
+            continue
+        files, lines = train_inputs(results, run), []
+        partition, init = files["partition"], files["init"]
+        if (partition not in skip and Path(partition).is_file() and inputs.get("partition") != recorded(partition)
+                and (problem := trained_partition_problem(partition, run.fields(), args)) is not None):
+            lines.append(problem)
+        then = inputs.get("init")
+        if init not in skip and isinstance(then, str) and Path(init).is_file():
+            now = recorded(init) or file_sha256(init)
+            if now != then:
+                lines.append(f"run {run.run_id} was trained from another init than {init} holds now (SHA-256 "
+                             f"{now[:12]}..., where its record {meta} names {then[:12]}...): the init was made again "
+                             "after the run trained, and the run and what was made from it start from the earlier "
+                             f"one. Train the run from this init: {remake_hint(meta, args)}")
+        if lines:
+            found[run.run_id] = lines
+    return found
+
+
 def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args: Iterable[str] = (),
            changes: Sequence[DataChange] = (), unchecked: int = 0, root: str = "results",
            missing: Sequence[tuple[str, ...]] = (), uncompared: int = 0, changed: Sequence[Finding] = (),
            hashed: int = 0, alone_args: str | None = None, damaged: Iterable[str] = (),
-           outside: Sequence[tuple[str, ...]] = (), damaged_records: int = 0) -> list[str]:
+           outside: Sequence[tuple[str, ...]] = (), damaged_records: int = 0, retrain: int = 0) -> list[str]:
     """The lines of `make status` for a dry run's jobs, the results' job records, the data sets whose files
     changed since some of them were made (`data.locations.changed_data`) and the number of jobs that read data
     before fedscape recorded what it held (`unchecked`); `root`: the results folder; `missing`: the recorded jobs
@@ -274,7 +333,9 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
     recorded jobs whose outputs no job of the config makes (`split_by_config`, whose first part `records` is), listed
     apart, the first `LISTED` named, and never in the command. `damaged_records`: how many job records below the
     results folder cannot be read or were edited (`core.manifest.read_records`): their jobs' outputs are checked
-    nowhere here, so their count is no `nothing to remake`.
+    nowhere here, so their count is no `nothing to remake`. `retrain`: how many runs `make status` names as trained
+    from other partitions or inits than their files hold now (`trained_from_other_inputs`, each with its remedy): no
+    `nothing to remake` either.
 
     A job's outputs are current only where all of them are: a job with one output gone, not its own or planned is
     remade whole, the others with it."""
@@ -322,7 +383,9 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
     if unchecked:
         lines.append(f"made before fedscape recorded what their data held: {unchecked} jobs (not checked against "
                      "the files there now)")
-    # a partition is made again alone, bit-identical from its seed, so that what was trained on it is kept
+    # a partition is made again alone, bit-identical from its seed, so that what was trained on it is kept (its runs'
+    # analyses check that it is their split, data.partition.check_trained_partition, and `trained_from_other_inputs`
+    # names a run whose split differs)
     missing_alone = [gone for gone in missing if remade_alone(gone[0])]
     missing = [gone for gone in missing if not remade_alone(gone[0])]
     if missing or missing_alone:
@@ -373,8 +436,8 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
                      + (f"; it also runs the {others} other jobs planned above (inputs newer, not made yet or another "
                         "reason) and what is made from those" if others else "") + ":")
         lines.append(f"  snakemake --cores all {extra + ' ' if extra else ''}--forcerun {shell_words(targets)}")
-    elif not jobs and not changed and not missing_alone and not damaged and not damaged_records:
-        lines.append("nothing to remake")  # (damaged partitions and records: their own remedies)
+    elif not jobs and not changed and not missing_alone and not damaged and not damaged_records and not retrain:
+        lines.append("nothing to remake")  # (damaged partitions and records, runs of other inputs: their own remedies)
     return lines
 
 
@@ -432,13 +495,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         # named below with what is wrong with it, and not again among the files that are not their jobs'
         damaged = {path: lines for path in config_partition_files(config)
                    if (lines := partition_problems([path], planned, alone_args))}
+        # the runs trained from other files than their inputs now, but for those that the command below or any run of
+        # the workflow trains again (not the jobs planned for an input's newer date alone: a run by meaning skips
+        # them), and the inputs named above with remedies of their own
+        again = ({o for job in jobs if job.kind != "dates" for o in job.outputs} | made_from_other_data(changes)
+                 | {o for gone in missing for o in gone} | {f.path for f in changed} | set(damaged))
+        retrain = trained_from_other_inputs(config, read, again, shlex.join(args))
         for line in report(jobs, records, args, changes, unfingerprinted_jobs(records), root, missing,
-                           len(uncompared), changed, hashed, alone_args, damaged, outside, len(read.damaged)):
+                           len(uncompared), changed, hashed, alone_args, damaged, outside, len(read.damaged),
+                           len(retrain)):
             print(line)
         if damaged:
             print(f"damaged partition files, or another run's: {len(damaged)} (the workflow refuses to run the jobs "
                   "that read them)")
             for line in (line for lines in damaged.values() for line in lines):
+                print(f"  {line}")
+        if retrain:
+            print(f"runs trained from other partitions or inits than those there now: {len(retrain)} (a run of the "
+                  "workflow by meaning does not train them again; their analyses refuse another split)")
+            for line in (line for lines in retrain.values() for line in lines):
                 print(f"  {line}")
     return 0
 

@@ -229,7 +229,8 @@ def _directory_labels(config: dict) -> list[str]:
 
 def config_warnings(config: dict, runs: list[Run], schema: dict | None = None) -> list[str]:
     """Lines on settings that are valid but take no effect or another than they seem to: grid values and labels no
-    run takes (`unused_grid_values`), an SWA phase that starts after the last round or ends within a cycle
+    run takes, and grid values and experiments repeated, which add no run (`unused_grid_values`), an SWA phase that
+    starts after the last round or ends within a cycle
     (`idle_swa`), an algorithm label that figures show as another algorithm (`misnamed_algorithm_labels`), an IID
     warm-up under an lr schedule over its own few rounds (`plan.init.warmup_schedule_warnings`), a pretrained init's
     proxy folder that nothing reads
@@ -373,8 +374,10 @@ def check_read_files(inputs: Iterable[str], remade: Iterable[str], results_root:
 def partition_problems(paths: Iterable[str | Path], remade: Iterable[str | Path] = (),
                        args: str | None = None) -> list[str]:
     """One line for each existing partition file among `paths` that is damaged or not the partition its path names
-    (`data.partition.partition_file_problem`), with what to do: make it again alone (bit-identical from its seed, so
-    what was made from it stays valid), then continue by meaning (`core.io.remake_alone_hint`, with the user's
+    (`data.partition.partition_file_problem`), with what to do: make it again alone (bit-identical from its seed
+    under the numpy it records, so what was made from it stays valid: the runs' analyses check that it is the split
+    they were trained on, `data.partition.check_trained_partition`, and `make status` names a run whose split differs,
+    `plan.status.trained_from_other_inputs`), then continue by meaning (`core.io.remake_alone_hint`, with the user's
     Snakemake arguments `args`, shell-quoted, where given). Other paths are passed over, and so are `remade` (a
     partition that a job about to run makes again: the remedy forces that job; or one listed already).
 

@@ -14,26 +14,35 @@ The engine computes `round_stats` every round from the clients' results (the key
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
+
+from fedscape.fl.aggregate import client_rows, column_block
 
 _CHUNK = 1 << 20  # columns per float64 block of the Gram matrix
 _L2_BLOCK_BYTES = 1 << 26  # new memory of a block of l2_to_final's rows (64 MiB; a bigger row is a block alone)
 
 
-def client_drift(reference: torch.Tensor, clients: torch.Tensor) -> float:
-    """Mean Euclidean distance of the client models [M, P] from a reference model [P] (client drift)."""
-    if clients.ndim != 2 or clients.shape[1] != reference.numel():
-        raise ValueError(f"need client models [M, {reference.numel()}], got {tuple(clients.shape)}")
-    return float(torch.stack([torch.linalg.vector_norm((c - reference).double()) for c in clients]).mean())
+def client_drift(reference: torch.Tensor, clients: torch.Tensor | Sequence[torch.Tensor]) -> float:
+    """Mean Euclidean distance of the client models [M, P] (or M rows [P]) from a reference model [P] (client drift),
+    one client at a time."""
+    rows = client_rows(clients)
+    if rows[0].numel() != reference.numel():
+        raise ValueError(f"need client models [M, {reference.numel()}], got rows of {rows[0].numel()}")
+    return float(torch.stack([torch.linalg.vector_norm((c - reference).double()) for c in rows]).mean())
 
 
-def _gram(updates: torch.Tensor) -> torch.Tensor:
-    if updates.ndim != 2 or len(updates) == 0:
-        raise ValueError(f"need client updates [M, P] with M >= 1, got {tuple(updates.shape)}")
-    gram = torch.zeros(len(updates), len(updates), dtype=torch.float64, device=updates.device)
-    for start in range(0, updates.shape[1], _CHUNK):  # float64 sums without a float64 copy of all updates
-        part = updates[:, start : start + _CHUNK].double()
+def _gram(rows: torch.Tensor | Sequence[torch.Tensor], minus: torch.Tensor | None = None) -> torch.Tensor:
+    """The float64 Gram matrix [M, M] of the updates rows[m] - minus (rows [M, P] or M rows [P]), a block of columns
+    at a time: neither a float64 copy of all updates nor, given the clients' rows and the round start, an [M, P]
+    stack of the clients or their updates. The bits of the stacked updates' blocks for float32 clients (every
+    workflow run's); float64 ones over more than one block differ in the last bits, the product of a strided block of
+    the stack summing in another order on the CPU than a block of its own (tests/unit/test_server_step_memory.py)."""
+    rows = client_rows(rows)
+    gram = torch.zeros(len(rows), len(rows), dtype=torch.float64, device=rows[0].device)
+    for start in range(0, rows[0].numel(), _CHUNK):
+        part = column_block(rows, start, start + _CHUNK, minus).double()
         gram += part @ part.T
     return gram
 
@@ -106,14 +115,15 @@ def l2_to_final(params: torch.Tensor, block_bytes: int = _L2_BLOCK_BYTES) -> tor
 
 
 @torch.no_grad()
-def round_stats(start: torch.Tensor, clients: torch.Tensor, aggregate: torch.Tensor) -> dict[str, float]:
+def round_stats(start: torch.Tensor, clients: torch.Tensor | Sequence[torch.Tensor],
+                aggregate: torch.Tensor) -> dict[str, float]:
     """Drift from the round start and the aggregate, gradient diversity and update cosine of one round.
 
-    `start` [P] is the global model the clients started from, `clients` [M, P] their models after
-    local training, `aggregate` [P] the new global model; updates are g_m = clients[m] - start.
+    `start` [P] is the global model the clients started from, `clients` [M, P] (or the M clients' rows [P], as the
+    engine passes its results' own, unstacked) their models after local training, `aggregate` [P] the new global
+    model; updates are g_m = clients[m] - start, made a block of columns at a time (`_gram`).
     """
-    updates = clients - start
-    gram = _gram(updates)
+    gram = _gram(clients, start)
     return {
         "drift_from_start": float(gram.diagonal().clamp_min(0).sqrt().mean()),
         "drift_from_aggregate": client_drift(aggregate, clients),

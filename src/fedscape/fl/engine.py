@@ -313,8 +313,8 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
                 t,
                 torch.tensor([r.client_id for r in results]),
                 torch.tensor([r.num_samples for r in results]),
-                torch.stack([r.params for r in results]).cpu(),
-                torch.stack([r.buffers for r in results]).cpu(),
+                torch.stack([r.params.cpu() for r in results]),  # stacked on the host: no [M, P] copy on a card
+                torch.stack([r.buffers.cpu() for r in results]),
             )
         swa_state = None
         if averager is not None:
@@ -332,8 +332,8 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
         if swa_state is not None:
             records[-1]["swa"] = swa_state
             records[-1]["swa_metrics"] = swa_metrics
-        records[-1]["client_stats"] = {"num_clients": len(results), **round_stats(
-            start_params, torch.stack([r.params for r in results]), global_params)}
+        records[-1]["client_stats"] = {"num_clients": len(results), **round_stats(  # the results' rows, unstacked
+            start_params, [r.params for r in results], global_params)}
         progress.save(t, records[-1], strategy, trainer, (global_params, global_buffers))
         if row is None:
             if time.perf_counter() - logged >= UNEVALUATED_LOG_SECONDS:

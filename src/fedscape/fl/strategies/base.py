@@ -377,13 +377,13 @@ class Strategy:
 
     # -- server side --------------------------------------------------------------------------
     def server_update(self, global_params: torch.Tensor, results: list[ClientResult]) -> torch.Tensor:
-        """New global parameters from the client results (weighted mean delta -> server optimiser)."""
+        """New global parameters from the client results (weighted mean delta -> server optimiser), read from the
+        results' own rows (no stack of all of them: `fedscape.fl.aggregate.client_rows`)."""
         weights = sample_weights([r.num_samples for r in results])
-        client_params = torch.stack([r.params for r in results])
-        delta = mean_delta(global_params, client_params, weights)
+        delta = mean_delta(global_params, [r.params for r in results], weights)
         return self.server_opt.step(global_params, -delta)
 
     def aggregate_buffers(self, results: list[ClientResult]) -> torch.Tensor:
         """Floating buffers (batch-norm statistics) are averaged with the same sample weights."""
         weights = sample_weights([r.num_samples for r in results])
-        return weighted_mean(torch.stack([r.buffers for r in results]), weights)
+        return weighted_mean([r.buffers for r in results], weights)

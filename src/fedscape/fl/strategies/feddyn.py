@@ -88,6 +88,6 @@ class FedDyn(Strategy):
             self.h = self.h - alpha * self._deltas.pop(r.client_id).to(self.h.device) / self.share_divisor(r.client_id)
         self._deltas.clear()
         weights = sample_weights([r.num_samples for r in results])
-        mean = weighted_mean(torch.stack([r.params for r in results]), weights)
+        mean = weighted_mean([r.params for r in results], weights)
         target = mean - self.h / alpha
         return self.server_opt.step(global_params, global_params - target)

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from fedscape.fl.aggregate import sample_weights
+from fedscape.fl.aggregate import mean_delta, sample_weights
 from fedscape.fl.strategies.base import ClientResult, Strategy
 
 
-def normalized_delta(global_params: torch.Tensor, client_params: torch.Tensor, weights: torch.Tensor,
-                     norms: torch.Tensor) -> torch.Tensor:
+def normalized_delta(global_params: torch.Tensor, client_params: torch.Tensor | Sequence[torch.Tensor],
+                     weights: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
     """tau_eff sum_i p_i (y_i - x) / ||a_i||_1 with tau_eff = sum_i p_i ||a_i||_1 (Wang et al. 2020, eq. 6-7 with
     their default tau_eff): the mean of the clients' per-unit-of-work updates, scaled back to the mean work.
 
     `norms` are the clients' ||a_i||_1 in any common unit (here times the lr: `ClientResult.update_weight`).
     With equal norms it is FedAvg's weighted mean delta; a client without local steps (norm 0) adds nothing.
+    `client_params`: [M, P], or the M clients' rows [P], summed a block of columns at a time as FedAvg's are.
     """
     weights = weights.to(torch.float64)
     norms = norms.to(torch.float64)
@@ -22,8 +25,7 @@ def normalized_delta(global_params: torch.Tensor, client_params: torch.Tensor, w
         raise ValueError(f"local-work norms must be non-negative, got {norms.tolist()}")
     tau_eff = (weights * norms).sum()
     scale = torch.where(norms > 0, weights * tau_eff / norms.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
-    deltas = (client_params - global_params.unsqueeze(0)).double()
-    return (scale.to(deltas.device) @ deltas).to(client_params.dtype)
+    return mean_delta(global_params, client_params, scale)  # sum_i scale_i (y_i - x), in float64
 
 
 class FedNova(Strategy):
@@ -42,5 +44,5 @@ class FedNova(Strategy):
     def server_update(self, global_params: torch.Tensor, results: list[ClientResult]) -> torch.Tensor:
         weights = sample_weights([r.num_samples for r in results])
         norms = torch.tensor([r.update_weight for r in results], dtype=torch.float64)
-        delta = normalized_delta(global_params, torch.stack([r.params for r in results]), weights, norms)
+        delta = normalized_delta(global_params, [r.params for r in results], weights, norms)
         return self.server_opt.step(global_params, -delta)

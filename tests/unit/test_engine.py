@@ -303,8 +303,8 @@ def test_a_finite_but_exploding_loss_also_marks_the_run_diverged(monkeypatch, lo
     calls = []
     real = engine_mod.evaluate
 
-    def evaluate(model, x, y, batch_size):
-        result = real(model, x, y, batch_size)
+    def evaluate(model, x, y, batch_size, never_correct=()):
+        result = real(model, x, y, batch_size, never_correct)
         calls.append(None)
         return EvalResult(loss, result.acc, result.n) if len(calls) == 5 else result  # round 2, training data
 

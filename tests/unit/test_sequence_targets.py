@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from helpers import configs
 from torch import nn
 
-from fedscape.analysis.hessian.maths import HessianOperator
+from fedscape.analysis.hessian.maths import HessianOperator, NonFiniteLoss
 from fedscape.analysis.landscape.planes import random_plane
 from fedscape.analysis.landscape.surface import SurfaceEvaluator, SurfaceSettings
 from fedscape.core.config import ConfigError
@@ -187,6 +187,22 @@ def test_hessian_operator_of_a_sequence_model_is_the_per_position_mean(name, flo
     torch.testing.assert_close(hv, forward, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize(("ignored", "refused"), [(SEQ - 1, False), (SEQ, True)])
+def test_a_hessian_subset_without_a_counted_target_is_refused_naming_the_cause(ignored, refused, float64_default):
+    # Prepare: sequences whose first `ignored` positions do not count (all of them: no mean loss)
+    model = sequence_model("char_gpt").double()
+    x, y = sequence_data(3, ignored=ignored)
+
+    # Execute / Assert: a ValueError that says why, not the NaN loss of 0 / 0 (read as a diverged model)
+    if refused:
+        with pytest.raises(ValueError, match="no counted target in the evaluation subset") as err:
+            HessianOperator(model, x, y)
+        assert not isinstance(err.value, NonFiniteLoss)
+    else:
+        with HessianOperator(model, x, y) as op:
+            assert op.n == 3 and np.isfinite(op.loss())
+
+
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("points_per_batch", [1, 3])
 def test_landscape_surface_of_a_sequence_model(name, points_per_batch, float64_default):
@@ -201,11 +217,36 @@ def test_landscape_surface_of_a_sequence_model(name, points_per_batch, float64_d
     # Execute
     loss, acc = SurfaceEvaluator(model, plane, x, y, settings=settings).evaluate(coords)
 
-    # Assert: the centre is the model's own per-position loss and accuracy (the surface takes its cross-entropy of
-    # float32 logits: a float32 tolerance)
-    assert loss[0] == pytest.approx(want_loss, rel=1e-6)
+    # Assert: the centre is the model's own per-position loss and accuracy (the surface takes the cross-entropy of
+    # float64 logits in float64: a float64 tolerance)
+    assert loss[0] == pytest.approx(want_loss, rel=1e-12)
     assert acc[0] == pytest.approx(want_acc, abs=1e-15)
     assert np.isfinite(loss).all() and len(set(loss.round(12))) == 3
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("points_per_batch", [1, 3])
+def test_a_surface_s_centre_is_evaluate_s_loss_in_the_model_s_precision(name, dtype, points_per_batch):
+    # Prepare: float32 weights (the plane's centre is float32) in the model's dtype
+    model = sequence_model(name).to(dtype)
+    x, y = sequence_data(7, ignored=2)
+    plane = random_plane(flatten_params(model), flatten_buffers(model), [p.shape for p in model.parameters()], seed=0)
+    want = evaluate(model, x, y, batch_size=3)
+    settings = SurfaceSettings(batch_size=3, points_per_batch=points_per_batch)
+
+    # Execute
+    loss, acc = SurfaceEvaluator(model, plane, x, y, settings=settings).evaluate(np.zeros((1, 2)))
+
+    # Assert: float64 logits keep float64 (a float32 cross-entropy of them moved it by ~1e-8); a float32 model one
+    # point at a time computes evaluate's numbers bit for bit, several at once its sums in another order
+    assert acc[0] == want.acc
+    if dtype == torch.float64:
+        assert loss[0] == pytest.approx(want.loss, rel=1e-12)
+    elif points_per_batch == 1:
+        assert loss[0] == want.loss
+    else:
+        assert loss[0] == pytest.approx(want.loss, rel=1e-6)
 
 
 def test_only_text_data_sets_take_every_position_targets():

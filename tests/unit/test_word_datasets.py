@@ -105,9 +105,9 @@ def test_read_reddit_reads_leaf_json_and_vocabulary(tmp_path):
     vocab = {"<PAD>": 0, "<UNK>": 1, "hi": 2, "there": 3, "<BOS>": 4, "<EOS>": 5}
     write_reddit(tmp_path, users, vocab, size=6)
     # Execute
-    train, test, names = read_reddit(str(tmp_path))
+    train, test, vocab = read_reddit(str(tmp_path))
     # Assert: one sample per sequence; u2's 11 positions make two sequences
-    assert names == ("<PAD>", "<UNK>", "hi", "there", "<BOS>", "<EOS>")
+    assert vocab.names == ("<PAD>", "<UNK>", "hi", "there", "<BOS>", "<EOS>")
     assert train.writers.tolist() == [0, 1, 1] and train.writer_names == ("u1", "u2")
     assert train.x[0].tolist() == [4, 2, 3, 5, 0, 0, 0, 0, 0, 0]
     assert train.y[0].tolist() == [2, 3, 5, 0, *[IGNORE] * 6]

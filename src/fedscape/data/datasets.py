@@ -187,7 +187,10 @@ class Dataset:
     source data (digits: ``load_digits()`` rows; CIFAR and LEAF: rows of the train resp. test set).
     They are ``None`` for datasets built in memory. ``eval_rows``: the rows of ``x_train`` that evaluations of the
     training data score, sorted (None: every row; Shakespeare from its raw texts: its windows at the evaluation
-    stride, `fedscape.data.specs.resolved_eval_stride`, where training draws from every window).
+    stride, `fedscape.data.specs.resolved_eval_stride`, where training draws from every window). ``never_correct``:
+    the classes whose prediction its accuracy never credits, though their targets count (Reddit's <PAD> and <UNK>, as
+    LEAF scores it: `fedscape.data.leaf.RedditVocab.never_correct`); every evaluation of its data takes them
+    (`fedscape.models.evaluate.evaluate`, the landscape's `SurfaceEvaluator`).
     """
 
     name: str
@@ -204,6 +207,7 @@ class Dataset:
     proxy_index: np.ndarray | None = None
     vocabulary: str | tuple[str, ...] | None = None
     eval_rows: np.ndarray | None = None
+    never_correct: tuple[int, ...] = ()
 
     @property
     def inputs(self) -> str:
@@ -334,6 +338,7 @@ def from_source(src: Source, targets: str = TARGETS[0], options: dict | None = N
         proxy_index=src.proxy_index,
         vocabulary=src.vocabulary,
         eval_rows=None if src.eval_rows is None else np.flatnonzero(np.isin(src.train_index, src.eval_rows)),
+        never_correct=src.never_correct,
     )
 
 

@@ -27,7 +27,8 @@ class FederatedData:
 
     ``eval_rows``: the pool's rows that evaluations score, sorted (`Dataset.eval_rows`; None: every row): `union`
     and `client` give those of their shards, what every evaluation of the training data reads, while training draws
-    from the whole shards (`client_indices`)."""
+    from the whole shards (`client_indices`). ``never_correct``: the classes whose prediction its accuracy never
+    credits (`Dataset.never_correct`), which every evaluation of it passes on."""
 
     x_train: Images  # a StoredImages for a dataset stored as uint8: indexing gives the normalised float rows
     y_train: torch.Tensor
@@ -35,6 +36,7 @@ class FederatedData:
     x_test: Images
     y_test: torch.Tensor
     eval_rows: torch.Tensor | None = None
+    never_correct: tuple[int, ...] = ()
 
     @property
     def num_clients(self) -> int:
@@ -80,6 +82,7 @@ def federate(ds: Dataset, partition_path: str | Path, device: torch.device | str
         client_indices=[torch.as_tensor(ix, device=device) for ix in part.client_indices],
         x_test=ds.x_test.to(device), y_test=ds.y_test.to(device),
         eval_rows=None if ds.eval_rows is None else torch.as_tensor(ds.eval_rows, device=device),
+        never_correct=ds.never_correct,
     )
 
 

@@ -263,6 +263,17 @@ class RedditVocab:
             names[i].append(word)
         return tuple("|".join(n) for n in names)
 
+    @property
+    def never_correct(self) -> tuple[int, ...]:
+        """The ids whose prediction Reddit's accuracy never credits (`fedscape.models.loss.correct_count`): <PAD> and
+        <UNK>, as LEAF's models/reddit/stacked_lstm.py scores a model ("this top 1 accuracy considers every pred. of
+        unknown and padding as wrong": its ``correct_unk`` and ``correct_pad`` are taken off the right predictions)
+        over every counted position (its denominator sums ``input_lengths``, the inputs that are not padding:
+        <BOS>, the words and <EOS>, the positions ``count_tokens`` counts). So the <PAD> target after <EOS> and an
+        <UNK> target count and are never hit; the loss counts them as LEAF's does. LEAF's model compares with 0 for
+        padding, the ``pad_symbol`` its build_vocab.py always writes; the pickle's own ids are taken here."""
+        return self.pad, self.unk
+
 
 class _PlainUnpickler(pickle.Unpickler):
     """Rebuilds dicts, lists, strings and numbers only: a vocabulary pickle needs no class."""
@@ -331,8 +342,8 @@ def reddit_vocab_path(directory: Path) -> Path:
                             f"{', '.join(str(p) for p in reddit_vocab_places(directory))}); {REDDIT_VOCAB_HOW}")
 
 
-def read_reddit(data_dir: str | None, max_clients: int | None = None) -> tuple[LeafPart, LeafPart, tuple[str, ...]]:
-    """LEAF's Reddit train and test parts (every sequence a sample, its user the writer) and the id names.
+def read_reddit(data_dir: str | None, max_clients: int | None = None) -> tuple[LeafPart, LeafPart, RedditVocab]:
+    """LEAF's Reddit train and test parts (every sequence a sample, its user the writer) and its vocabulary.
 
     The writers are the users with comments in the train files: LEAF's preprocess.py lists every user in every split
     with ``num_samples`` its total comment count (see the module's docstring), so that count is not checked, and a
@@ -345,7 +356,7 @@ def read_reddit(data_dir: str | None, max_clients: int | None = None) -> tuple[L
     decode = partial(_reddit_user, vocab=vocab)
     train = read_leaf_part("reddit", directory / "train", decode, max_writers=max_clients, split_counts=False)
     test = read_leaf_part("reddit", directory / "test", decode, only=train.writer_names, split_counts=False)
-    return train, test, vocab.names
+    return train, test, vocab
 
 
 def raw_roles_directory(data_dir: str | None) -> Path:

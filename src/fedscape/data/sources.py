@@ -76,7 +76,8 @@ class Source:
     ``train_writers`` (the data sets with writers: LEAF's and Stack Overflow's; else None) is the writer of every
     ``train_images`` row, an index into ``writer_names``. ``eval_rows``: the ``train_images`` rows that evaluations of
     the train part score, sorted (None: every row; Shakespeare from its raw texts: the windows at its evaluation
-    stride, `fedscape.data.leaf.read_shakespeare_raw`).
+    stride, `fedscape.data.leaf.read_shakespeare_raw`). ``never_correct``: the classes whose prediction its accuracy
+    never credits (Reddit's <PAD> and <UNK>: `fedscape.data.leaf.RedditVocab.never_correct`; none elsewhere).
     """
 
     name: str
@@ -93,6 +94,7 @@ class Source:
     writer_names: tuple[str, ...] | None = None
     vocabulary: str | tuple[str, ...] | None = None
     eval_rows: np.ndarray | None = None
+    never_correct: tuple[int, ...] = ()
 
     @property
     def labels(self) -> np.ndarray:
@@ -509,10 +511,12 @@ def _words(name: str, *, data_dir: str | None, seed: int = 0, proxy_fraction: fl
     read = max_clients
     if max_clients is not None and proxy_split == PROXY_SPLITS[1]:
         read = max_clients + proxy_writers_after(max_clients, proxy_fraction)
+    never_correct: tuple[int, ...] = ()  # Stack Overflow's accuracy counts every counted target (its module's docs)
     if name == "stackoverflow":
         train, test, names = read_stackoverflow(data_dir, read)
     else:
-        train, test, names = read_reddit(data_dir, read)
+        train, test, vocab = read_reddit(data_dir, read)
+        names, never_correct = vocab.names, vocab.never_correct
     info = DATASETS[name]
     if len(names) != info.num_classes:
         raise ValueError(f"datasets.{name}: the files of {data_dir} give a vocabulary of {len(names)} ids, but "
@@ -523,7 +527,7 @@ def _words(name: str, *, data_dir: str | None, seed: int = 0, proxy_fraction: fl
                                                               max_clients)
     return Source(name, train.x, train.y, test.x, test.y, train_index, test_index, proxy_index,
                   len(names), names, train_writers=train.writers, writer_names=train.writer_names,
-                  vocabulary=names)
+                  vocabulary=names, never_correct=never_correct)
 
 
 def _check_words(name: str, part: LeafPart, seq_len: int) -> None:

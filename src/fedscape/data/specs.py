@@ -78,7 +78,8 @@ class DatasetInfo:
     # next token at every position of the sequence (the word data sets: their published files give nothing else).
     # A data set of the second kind has `targets: every` only, and no partition that splits by class.
     sequence_labels: bool = False
-    # What its reader makes of the published files: bumped when that output changes for the same files, so that the
+    # What its reader makes of the published files (the classes its accuracy never credits, `never_correct`,
+    # included): bumped when that output changes for the same files, so that the
     # jobs of this data set alone rerun, as a result version does for a job kind (the files' fingerprints cover the
     # files, not the reader). Its jobs' `dataset_options` carry it from 2 (`dataset_settings`): 1 is the baseline;
     # so do the inits pretrained on it as another data set's proxy (`stages.init_settings.PretrainedInit`). Its
@@ -170,7 +171,11 @@ DATASETS: dict[str, DatasetInfo] = {
     "reddit": DatasetInfo(REDDIT_VOCAB_SIZE, REDDIT_SEQ_LEN, REDDIT_VOCAB_SIZE,
                           "Reddit (LEAF, Caldas et al. 2018): next token at every position of 10-token sequences by "
                           "user, LEAF's JSON and vocabulary pickle from data_dir", 56587343, True, writers=True,
-                          inputs="tokens", needs_data_dir=True, sequence_labels=True, published_writers=1_660_820),
+                          inputs="tokens", needs_data_dir=True, sequence_labels=True, published_writers=1_660_820,
+                          # 2: what its evaluations count changed: the reader names <PAD> and <UNK> as the classes
+                          # whose prediction its accuracy never credits, as LEAF's accuracy
+                          # (`fedscape.data.leaf.RedditVocab.never_correct`; the loss as before) (from 2026-11-28)
+                          reader_version=2),
 }
 DATASET_NAMES: tuple[str, ...] = tuple(sorted(DATASETS))
 # `datasets.<name>` keys added after results existed, with their baselines (what every job read before the key):

@@ -20,6 +20,14 @@ whole padded to ``seq_len + 1``; the input is the first ``seq_len`` ids and the 
 padded target is -100 here (torch's ignore index: the position does not count), where TFF keeps it as the pad id
 0 and masks it in its accuracy.
 
+The accuracy fedscape reports on it is therefore Reddi et al. 2021's ``accuracy_with_oov`` (their code,
+google-research/federated optimization/stackoverflow/federated_stackoverflow.py: a
+``keras_metrics.MaskedCategoricalAccuracy`` masking the pad id alone): every counted target counts, out-of-vocabulary
+and end-of-sentence ones included, and a prediction of either is right where it is the target. Their
+``accuracy_no_oov`` and ``accuracy_no_oov_or_eos`` mask those targets too (out of the denominator, not counted wrong);
+fedscape reports neither. (Reddit's accuracy is LEAF's, which counts a prediction of <PAD> or <UNK> wrong:
+`fedscape.data.leaf.RedditVocab.never_correct`.)
+
 Nothing here needs TensorFlow: the SQLite file is read with the standard library's sqlite3 and the protos with a
 small decoder of the protobuf wire format (`decode_example`).
 """

@@ -180,8 +180,8 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
                    client_sizes=[len(ix) for ix in data.client_indices])
 
     def evaluate_row(round_: int, seconds: float, peak: float) -> dict:
-        train = evaluate(model, x_all, y_all, cfg.eval_batch_size)
-        test = evaluate(model, data.x_test, data.y_test, cfg.eval_batch_size)
+        train = evaluate(model, x_all, y_all, cfg.eval_batch_size, data.never_correct)
+        test = evaluate(model, data.x_test, data.y_test, cfg.eval_batch_size, data.never_correct)
         ok = _within_bound(train.loss)
         return {"round": round_, "train_loss": train.loss, "train_acc": train.acc, "test_loss": test.loss,
                 "test_acc": test.acc, "seconds": seconds, "peak_mem_mb": peak,
@@ -431,8 +431,8 @@ def _evaluate_swa(model: torch.nn.Module, flat: FlatParams, averager: SWAModel, 
     flat.set(averager.params)
     if global_buffers.numel():
         load_buffers(model, averager.buffers)
-    train = evaluate(model, x_all, y_all, batch_size)
-    test = evaluate(model, data.x_test, data.y_test, batch_size)
+    train = evaluate(model, x_all, y_all, batch_size, data.never_correct)
+    test = evaluate(model, data.x_test, data.y_test, batch_size, data.never_correct)
     flat.set(global_params)
     if global_buffers.numel():
         load_buffers(model, global_buffers)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedscape.models.loss import correct_count, loss_sum, target_count
+from fedscape.models.loss import at_least_float32, correct_count, loss_sum, target_count
 from fedscape.models.specs import EVAL_BATCH_SIZE
 
 
@@ -43,14 +43,16 @@ def batch_loss_sum(logits: torch.Tensor, y: torch.Tensor, *, wide: bool = False)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> EvalResult:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE,
+             never_correct: tuple[int, ...] = ()) -> EvalResult:
     """Mean cross-entropy and accuracy in eval mode (no augmentation, batch norm uses running stats).
 
     A non-finite loss is returned as such (inf or nan) rather than raised: callers decide; a finite mean is never
     lost to a batch's float32 sum that overflowed (`batch_loss_sum`), so `batch_size` does not change it. The loss
     of a float64 model is taken in float64: float64 runs are compared to float64 rounding, and rounding their
     logits to float32 would move the loss by ~1e-8. A sequence task's targets [N, T] count per position
-    (`fedscape.models.loss`): a batch whose every position is ignored adds nothing and weighs 0.
+    (`fedscape.models.loss`): a batch whose every position is ignored adds nothing and weighs 0. `never_correct`: the
+    data's classes whose prediction the accuracy never credits (`Dataset.never_correct`, `models.loss.correct_count`).
 
     A split with no counted target (no samples, or a sequence split whose every position is ignored) has no mean:
     its loss and accuracy are NaN, not 0 (a 0 loss and accuracy would read as a perfect fit and a total miss). NaN
@@ -61,9 +63,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     was_training = model.training
     model.eval()
     try:
-        total_loss, correct = _sums(model, x, y, batch_size, wide=False)
+        total_loss, correct = _sums(model, x, y, batch_size, never_correct, wide=False)
         if not math.isfinite(float(total_loss)):  # a float32 batch sum may have overflowed: the split again, wide
-            total_loss, correct = _sums(model, x, y, batch_size, wide=True)
+            total_loss, correct = _sums(model, x, y, batch_size, never_correct, wide=True)
     finally:  # a caller that goes on after an error (out of memory) trains in the mode it left
         model.train(was_training)
     n = target_count(y)
@@ -72,7 +74,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return EvalResult(loss=float(total_loss) / n, acc=float(correct) / n, n=n)
 
 
-def _sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, *,
+def _sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, never_correct: tuple[int, ...], *,
           wide: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The summed loss (`batch_loss_sum`, `wide` or not) and the correct count of a split, on the model's device."""
     device = next(model.parameters()).device
@@ -82,7 +84,6 @@ def _sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, *
         xb = x[start : start + batch_size].to(device, non_blocking=True)
         yb = y[start : start + batch_size].to(device, non_blocking=True)
         logits = model(xb)
-        promoted = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 in float32, float64 kept
-        total_loss += batch_loss_sum(promoted, yb, wide=wide)
-        correct += correct_count(logits, yb)
+        total_loss += batch_loss_sum(at_least_float32(logits), yb, wide=wide)
+        correct += correct_count(logits, yb, never_correct=never_correct)
     return total_loss, correct

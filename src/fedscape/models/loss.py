@@ -52,10 +52,17 @@ def mean_loss(logits: Tensor, y: Tensor) -> Tensor:
     return loss_sum(logits, y) / (y != IGNORE_INDEX).sum().clamp_min(1)
 
 
-def correct_count(logits: Tensor, y: Tensor, dims: int = 0) -> Tensor:
+def correct_count(logits: Tensor, y: Tensor, dims: int = 0, never_correct: tuple[int, ...] = ()) -> Tensor:
     """The number of counted targets predicted right (an ignored target is never a class, so never right); summed
-    over every axis after the first `dims` (0: one number; 1: one per leading entry, e.g. per stacked model)."""
-    hits = logits.argmax(dim=1 + dims) == y
+    over every axis after the first `dims` (0: one number; 1: one per leading entry, e.g. per stacked model).
+
+    A prediction of a class of `never_correct` is never right, though its target counts: a data set's classes that
+    its accuracy credits no model for predicting (`fedscape.data.datasets.Dataset.never_correct`: Reddit's <PAD> and
+    <UNK>, as LEAF scores them); the loss is not touched."""
+    predicted = logits.argmax(dim=1 + dims)
+    hits = predicted == y
+    for c in never_correct:
+        hits &= predicted != c
     return hits.sum() if dims == 0 else hits.flatten(dims).sum(dims)
 
 
@@ -76,7 +83,6 @@ def masked_mean_loss(logits: Tensor, y: Tensor, mask: Tensor) -> Tensor:
     if counts is None:
         return (ce * mask).sum() / mask.sum()
     return (ce * mask).sum() / (counts * mask).sum().clamp_min(1)
-
 
 
 def at_least_float32(logits: Tensor) -> Tensor:

@@ -45,6 +45,7 @@ from fedscape.analysis.hessian.definitions import (
 )
 from fedscape.core.seeds import derive_seed
 from fedscape.data.datasets import batch_slices
+from fedscape.data.specs import IGNORE_INDEX
 from fedscape.models.device import precision_used
 from fedscape.models.loss import loss_sum, target_count
 
@@ -116,6 +117,11 @@ class HessianOperator:
             raise ValueError("the evaluation set is empty")
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+        n = target_count(y)  # counted targets: samples, or a sequence task's positions (models.loss)
+        if n == 0:  # the mean loss would be 0 / 0: a NaN that reads as a diverged model (NonFiniteLoss)
+            raise ValueError(f"no counted target in the evaluation subset: every position of its {len(y)} sequences "
+                             f"is ignored (target {IGNORE_INDEX}, padding), so it has no mean loss to take the "
+                             f"Hessian of")
         self.model = model
         self._was_training = model.training
         first = next(model.parameters())
@@ -135,7 +141,7 @@ class HessianOperator:
             self._sizes = [p.numel() for p in model.parameters()]
             self._buffers = {n: b.detach() for n, b in model.named_buffers()}
             self.center = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
-            self.n = target_count(y)  # counted targets: samples, or a sequence task's positions (models.loss)
+            self.n = n
             self.dim = self.center.numel()
             self.channels_last = channels_last
             layout = torch.channels_last if channels_last and len(x.shape) == 4 else None  # images, not token ids

@@ -34,7 +34,7 @@ from fedscape.analysis.landscape.planes import Plane
 from fedscape.data.datasets import batch_slices
 from fedscape.models.batchnorm import bn_sample_inputs, has_batch_norm, refresh_bn_stats
 from fedscape.models.evaluate import batch_loss_sum
-from fedscape.models.loss import correct_count, sample_losses, target_count
+from fedscape.models.loss import at_least_float32, correct_count, sample_losses, target_count
 from fedscape.models.params import FlatParams, load_buffers
 from fedscape.models.specs import EVAL_BATCH_SIZE
 
@@ -117,13 +117,18 @@ class SurfaceEvaluator:
 
     `bn_x`: training inputs to recompute a model's batch-norm statistics from at every grid point (their fixed
     sample `models.batchnorm.bn_sample_inputs`, drawn once); None keeps the centre's. A model without batch norm
-    ignores it."""
+    ignores it. `never_correct`: the data's classes whose prediction the accuracy never credits
+    (`Dataset.never_correct`, as `models.evaluate.evaluate` takes them).
+
+    The cross-entropy is taken of the logits at least in float32 (`models.loss.at_least_float32`), as `evaluate`
+    takes it: a float64 model's surface is its float64 loss (its centre is `evaluate`'s loss to float64 rounding)."""
 
     def __init__(self, model: nn.Module, plane: Plane, x: torch.Tensor, y: torch.Tensor,
                  device: torch.device | str = "cpu", settings: SurfaceSettings = SurfaceSettings(),
-                 bn_x: torch.Tensor | None = None):
+                 bn_x: torch.Tensor | None = None, never_correct: tuple[int, ...] = ()):
         self.device = torch.device(device)
         self.settings = settings
+        self.never_correct = never_correct
         self.model = model.to(self.device).eval()
         recomputes = bn_x is not None and has_batch_norm(self.model)
         if recomputes and settings.points_per_batch > 1:
@@ -220,8 +225,8 @@ class SurfaceEvaluator:
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         for xb, yb in self.batches:
             logits = self.model(xb)
-            total += batch_loss_sum(logits.float(), yb, wide=wide)
-            correct += correct_count(logits, yb)
+            total += batch_loss_sum(at_least_float32(logits), yb, wide=wide)
+            correct += correct_count(logits, yb, never_correct=self.never_correct)
         return total, correct
 
     def _many(self, group: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,9 +237,9 @@ class SurfaceEvaluator:
         correct = torch.zeros(kk, dtype=torch.int64, device=self.device)
         for xb, yb in self.batches:
             logits = self._batched(stacked, xb)  # [K, B, C] ([K, B, C, T] for a sequence task)
-            ce, _ = sample_losses(logits.flatten(0, 1).float(), yb.repeat(kk, *(1,) * (yb.ndim - 1)))
+            ce, _ = sample_losses(at_least_float32(logits.flatten(0, 1)), yb.repeat(kk, *(1,) * (yb.ndim - 1)))
             total += ce.view(kk, -1).double().sum(dim=1)  # a sequence's own float32 sum may overflow: `evaluate`
-            correct += correct_count(logits, yb, dims=1)
+            correct += correct_count(logits, yb, dims=1, never_correct=self.never_correct)
         return total, correct
 
 

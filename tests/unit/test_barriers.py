@@ -839,7 +839,7 @@ def test_the_layer_training_figure_of_one_round_has_integer_round_ticks(tmp_path
     figures.layer_training_figure_job(tmp_path / "b.csv", tmp_path / "d.csv", "q", figure_outputs(tmp_path, "t"))
 
     # Assert: every panel's visible round ticks are the one round
-    assert len(ticks) == 4  # barrier, L2, cosine and the error barrier's twin axis
+    assert len(ticks) == 4  # the loss and the error barrier, L2, cosine
     assert all(visible == [1.0] for visible in ticks)
 
 

@@ -296,11 +296,11 @@ def test_layer_training_figure_draws_full_barrier_and_distances_over_rounds(tmp_
     data = assert_figure_files(outputs(tmp_path, "t"))
     assert (data["what"] == "full_barrier").sum() == 2 * 2 * 3  # aligned x split x round
     assert (data["what"] == "distance").sum() == len(distances)
-    barrier_ax, l2_ax, cos_ax, error_ax = drawn["axes"]
-    for ax in (barrier_ax, error_ax):  # the error barrier on its own (right) axis: flat on the loss's scale
+    barrier_ax, error_ax, l2_ax, cos_ax = drawn["axes"]
+    for ax in (barrier_ax, error_ax):  # the error barrier in a panel of its own: flat on the loss's scale
         curves = [line for line in ax.lines if len(line.get_xdata()) == 3]  # not the zero line
         assert len(curves) == 2 * 2  # split x aligned
-    assert error_ax.get_ylabel() == "error barrier (right)"
+    assert error_ax.get_ylabel() == "error barrier"
     assert len(l2_ax.lines) == len(cos_ax.lines) == (len(CNN_LAYERS) + 1) * 2
     whole = [line for line in l2_ax.lines if line.get_color() == "black" and line.get_linestyle() == "-"]
     assert len(whole) == 1 and list(whole[0].get_ydata()) == pytest.approx([1.0, 2.0, 3.0])

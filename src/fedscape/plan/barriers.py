@@ -63,9 +63,17 @@ from fedscape.plan.train import (
 # and error). Only the jobs whose loss overflowed somewhere change, which no setting tells at planning.
 # layer_barrier_tables 2: the per-job rows of a layer_barriers 1 job over an end that overflowed read as the jobs
 # compute them now (tables._over_ends: barrier NaN, was -inf or NaN; a +inf barrier's ratio +inf, was NaN).
-RESULT_VERSIONS = {"interpolation": 1, "layer_barriers": 1, "interpolation_figure": 2, "layer_barrier_figures": 2,
-                   "layer_distance_figure": 2, "layer_cumulation_figures": 2, "layer_aligned_figures": 2,
-                   "layer_training_figure": 2, "interpolation_tables": 2, "layer_barrier_tables": 2,
+# interpolation_tables 3, layer_barrier_tables 3: an error ratio over ends whose mean error is below
+# definitions.RATIO_FLOORS is NaN (was the barrier over a fraction of a sample: 46.0 in the default run); t is written
+# as the grid reads (definitions.grid_t: 0.15, was 0.15000000000000002). Not bumped: interpolation (t) and
+# layer_barriers (the ratio), whose jobs now write them so and whose older files the table jobs read so (their rerun:
+# every GPU job of the kind, for numbers the tables already correct).
+# layer_barrier_figures, layer_cumulation_figures, layer_aligned_figures 3: each row (loss, error) one colour scale
+# shared by its panels, each cell's value printed (was a scale per panel, no values). layer_training_figure 3: the
+# loss and the error barrier in panels of their own (were twin axes, whose zeros differed).
+RESULT_VERSIONS = {"interpolation": 1, "layer_barriers": 1, "interpolation_figure": 2, "layer_barrier_figures": 3,
+                   "layer_distance_figure": 2, "layer_cumulation_figures": 3, "layer_aligned_figures": 3,
+                   "layer_training_figure": 3, "interpolation_tables": 3, "layer_barrier_tables": 3,
                    "layer_consecutive_table": 1}
 # An interpolation job's settings carry RESULT_VERSIONS["interpolation"] plus CURVE_DECAY_BUMPS where it trains a
 # Bezier curve with weight decay above 0 (`interpolation.curve.weight_decay`), as plan.partition's EXACT_ZEROS_BUMPS:

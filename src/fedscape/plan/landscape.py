@@ -315,7 +315,9 @@ def hessian_plane_path(plan: LandscapePlan, results: Results) -> str:
 # landscape_chunk is not bumped for a grid point whose float32 batch sum of losses overflowed: it is finite now
 # (`models.evaluate.batch_loss_sum`; was +inf, at any points_per_batch for a sequence surface), and only such chunks
 # change, which no setting tells at planning.
-RESULT_VERSIONS = {"landscape_plane": 1, "landscape_chunk": 1, "landscape_gather": 2, "landscape_figure": 2,
+# landscape_figure 3: the plane drawn to scale (equal aspect, the figure sized from the extent; was stretched to a
+# fixed size), a checkpoint far off the plane hollow (figures.OFF_PLANE).
+RESULT_VERSIONS = {"landscape_plane": 1, "landscape_chunk": 1, "landscape_gather": 2, "landscape_figure": 3,
                    "surfaces_table": 1}
 # A plane job's settings carry RESULT_VERSIONS["landscape_plane"] plus SUPPLIED_PLANE_EXTENT_BUMPS where it is a
 # hessian plane read from a supplied `plane_file` with an automatic extent (`span: null`), and RANDOM_PLANE_STREAM_BUMPS

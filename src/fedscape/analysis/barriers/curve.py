@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fedscape.analysis.barriers.definitions import CurveSettings, curve_lr_factor, interpolation_grid
+from fedscape.analysis.barriers.definitions import CurveSettings, curve_lr_factor, grid_t, interpolation_grid
 from fedscape.analysis.barriers.maths import PROGRESS_SECONDS, Point, Splits, evaluate_point
 from fedscape.models.loss import mean_loss
 from fedscape.models.params import buffer_specs, param_specs
@@ -117,5 +117,5 @@ def bezier_curve(model: nn.Module, a: Point, theta: Tensor, b: Point, splits: Sp
     for t in interpolation_grid(points):
         for split, res in evaluate_point(model, bezier_point(a, theta, b, float(t)), splits, batch_size,
                                          bn_x).items():
-            rows.append({"t": float(t), "split": split, "loss": res.loss, "error": res.error})
+            rows.append({"t": grid_t(t), "split": split, "loss": res.loss, "error": res.error})
     return rows

@@ -105,9 +105,32 @@ def _heatmap_axes(ax, rounds: list, row_labels: list[str]) -> None:
     ax.grid(False)
 
 
+# Heatmaps of at most this many rows x columns print each cell's value in it (`_print_values`): beyond, the text
+# outgrows the cells, and the colour alone tells the values.
+PRINTED_GRID = (16, 12)
+PRINTED_CELL_WIDTH = 0.45  # inches: a printed value ('-0.00123') fits its cell
+
+
+def _prints_values(rows: int, columns: int) -> bool:
+    """Whether a heatmap of `rows` x `columns` cells prints their values (PRINTED_GRID)."""
+    return rows <= PRINTED_GRID[0] and columns <= PRINTED_GRID[1]
+
+
+def _print_values(ax, arr: np.ndarray, dark: np.ndarray) -> None:
+    """Each finite cell's value printed in it, white where `dark` (the cell's colour too dark for black text), on a
+    grid of at most PRINTED_GRID: a value the colour scale shows near its centre (a late round's barrier beside round
+    1's, a small distance) can be read all the same."""
+    if not _prints_values(*arr.shape):
+        return
+    for i, j in zip(*np.nonzero(np.isfinite(arr)), strict=True):
+        ax.text(j, i, f"{arr[i, j]:.3g}", ha="center", va="center", fontsize=6,
+                color="white" if dark[i, j] else "black")
+
+
 def _log_heatmap(fig, ax, arr: np.ndarray, columns: list, labels: list[str], label: str) -> None:
     """One layers x rounds heatmap on a log colour scale; zeros (identical layers) white, NaN (skipped) grey."""
-    positive = arr[np.isfinite(arr) & (arr > 0)]
+    is_positive = np.isfinite(arr) & (arr > 0)
+    positive = arr[is_positive]
     vmin, vmax = (float(positive.min()), float(positive.max())) if positive.size else (1e-12, 1.0)
     if vmax <= vmin:
         vmax = vmin * 10
@@ -118,13 +141,9 @@ def _log_heatmap(fig, ax, arr: np.ndarray, columns: list, labels: list[str], lab
     _heatmap_axes(ax, columns, labels)
     if labels and labels[-1] == FULL_MODEL_LABEL and len(labels) > 1:
         ax.axhline(len(labels) - 1.5, color="white", lw=2)
-    if len(labels) <= 16 and len(columns) <= 12:  # small grids: the numbers themselves
-        for i in range(arr.shape[0]):
-            for j in range(arr.shape[1]):
-                if np.isfinite(arr[i, j]):
-                    dark = not zero[i, j] and norm(arr[i, j]) < 0.55
-                    ax.text(j, i, f"{arr[i, j]:.3g}", ha="center", va="center", fontsize=6,
-                            color="white" if dark else "black")
+    dark = np.zeros(arr.shape, dtype=bool)  # zeros are white
+    dark[is_positive] = norm(positive) < 0.55  # the dark (purple to teal) end of viridis
+    _print_values(ax, arr, dark)
     cbar = fig.colorbar(im, ax=ax, extend="min" if zero.any() else "neither")
     cbar.set_label(label + " (log scale" + ("; white = 0)" if zero.any() else ")"))
 
@@ -233,8 +252,11 @@ def layer_heatmaps(table: str | Path, pair: str, split: str, outputs: dict[str, 
     a by weight matching (Ainsworth et al. 2023).
 
     Diverging colour-blind-safe map centred at 0 (plotting.diverging_cmap: vermillion = barrier, blue = the
-    mixed model is better than the ends); a +inf barrier (the mixed model's loss overflowed) is INFINITE_COLOR, the
-    colour bar's extension beyond the largest finite value.
+    mixed model is better than the ends), one symmetric scale per row (loss, error) shared by its panels, so that the
+    modes compare, with each cell's value printed on grids of at most PRINTED_GRID (`_print_values`): a late round's
+    barrier is near white on round 1's scale. The barriers are absolute differences, as in the paper's heatmaps (the
+    ratio of its footnote 2 is in the table: RATIO_COLUMNS). A +inf barrier (the mixed model's loss overflowed)
+    is INFINITE_COLOR, the colour bar's extension beyond the largest finite value.
     """
     df = read_table(table, _REQUIRED_LAYER_COLUMNS)
     df = df[(df["pair"] == pair) & (df["split"] == split)]
@@ -250,27 +272,39 @@ def layer_heatmaps(table: str | Path, pair: str, split: str, outputs: dict[str, 
     rounds = sorted(df["round"].unique())
     num_layers = df["layer_index"].nunique()
     row_height = max(2.2, 0.13 * num_layers)  # readable labels from 5 layers (cnn_small) to >100 (resnet56)
-    fig, axes = plt.subplots(2, len(present), figsize=(4.2 * len(present), 1.0 + 2 * row_height), squeeze=False,
+    # printed values (`_print_values`) widen a panel of many rounds to PRINTED_CELL_WIDTH a round
+    width = max(4.2, 1.7 + PRINTED_CELL_WIDTH * len(rounds)) if _prints_values(num_layers, len(rounds)) else 4.2
+    fig, axes = plt.subplots(2, len(present), figsize=(width * len(present), 1.0 + 2 * row_height), squeeze=False,
                              layout="constrained")
     cmap = diverging_cmap().with_extremes(over=INFINITE_COLOR)
-    for j, mode in enumerate(present):
-        sub = df[df["mode"] == mode]
-        rows, labels = _entry_rows(sub, mode)
-        for i, value in enumerate(("barrier_loss", "barrier_error")):
-            ax = axes[i, j]
+    for i, value in enumerate(("barrier_loss", "barrier_error")):
+        grids = {}
+        for mode in present:
+            sub = df[df["mode"] == mode]
+            rows, labels = _entry_rows(sub, mode)
             grid = (sub.assign(_row=rows).pivot_table(index="_row", columns="round", values=value)
                     .reindex(index=range(len(labels)), columns=rounds))
-            arr = grid.to_numpy(dtype=float)
-            finite = np.abs(arr[np.isfinite(arr)])
-            lim = float(finite.max()) if finite.size and finite.max() > 0 else 1e-6
-            infinite = np.isposinf(arr)  # drawn beyond the norm's top: the map's `over` colour
-            im = ax.imshow(np.ma.masked_invalid(np.where(infinite, 2 * lim, arr)), cmap=cmap,
-                           norm=TwoSlopeNorm(0.0, -lim, lim), aspect="auto", interpolation="nearest")
+            grids[mode] = (grid.to_numpy(dtype=float), labels)
+        # one symmetric scale for the row, so that its panels (modes) compare: +-max |barrier| of all of them
+        finite = np.abs(np.concatenate([arr[np.isfinite(arr)] for arr, _ in grids.values()]))
+        lim = float(finite.max()) if finite.size and finite.max() > 0 else 1e-6
+        norm = TwoSlopeNorm(0.0, -lim, lim)
+        infinite = False
+        for j, (mode, (arr, labels)) in enumerate(grids.items()):
+            ax = axes[i, j]
+            inf_cells = np.isposinf(arr)  # drawn beyond the norm's top: the map's `over` colour
+            infinite |= bool(inf_cells.any())
+            im = ax.imshow(np.ma.masked_invalid(np.where(inf_cells, 2 * lim, arr)), cmap=cmap, norm=norm,
+                           aspect="auto", interpolation="nearest")
             _heatmap_axes(ax, rounds, labels)
+            dark, shown = np.zeros(arr.shape, dtype=bool), np.isfinite(arr)
+            dark[shown] = np.abs(norm(arr[shown]) - 0.5) > 0.35  # the blue and the vermillion ends of the map
+            # a difference of means equal up to float rounding (an error barrier of -5.6e-17) is printed as the 0 it is
+            _print_values(ax, np.where(np.abs(arr) < 1e-9 * lim, 0.0, arr), dark)
             ax.set_title(f"{value.split('_')[1]}: {MODE_TITLES[mode]}")
-            cbar = fig.colorbar(im, ax=ax, shrink=0.8, extend="max" if infinite.any() else "neither")
-            if infinite.any():
-                cbar.set_label(f"{INFINITE_COLOR} = +inf")
+        # one colour bar for the row's one scale, beside its last panel
+        cbar = fig.colorbar(im, ax=axes[i, :].tolist(), shrink=0.8, extend="max" if infinite else "neither")
+        cbar.set_label(f"{value.split('_')[1]} barrier" + (f" ({INFINITE_COLOR} = +inf)" if infinite else ""))
     run_a, run_b = split_pair_run_id(df["run_id"].iloc[0])
     who = _pair_who(run_a, run_b)
     note = ", b aligned to a by weight matching" if aligned else ""
@@ -366,9 +400,10 @@ def full_model_barriers(barriers: pd.DataFrame) -> pd.DataFrame:
 def layer_training_figure_job(barriers_table: str | Path, distances_table: str | Path, pair: str,
                               outputs: dict[str, str | Path]) -> None:
     """The full-model barrier and the per-layer Euclidean distance and cosine similarity of a pair over training,
-    as lines (Adilova et al. 2023, Fig. 1b): x = round; one line per layer, coloured from the input (dark) to
-    the output (light), the whole model in black; solid as trained, dashed with b aligned to a. A +inf barrier is a
-    marker at the top edge of its panel (`_mark_infinite`), and the panel's title says so."""
+    as lines (Adilova et al. 2023, Fig. 1b): x = round; the loss barrier above the error barrier, in panels of
+    their own; one line per layer, coloured from the input (dark) to the output (light), the whole model in black;
+    solid as trained, dashed with b aligned to a. A +inf barrier is a marker at the top edge of its panel
+    (`_mark_infinite`), and the barrier's title says so."""
     barriers, distances = pd.read_csv(barriers_table), pd.read_csv(distances_table)
     for table, df, columns in ((barriers_table, barriers, _REQUIRED_LAYER_COLUMNS),
                                (distances_table, distances, LAYER_DISTANCE_COLUMNS)):
@@ -384,31 +419,33 @@ def layer_training_figure_job(barriers_table: str | Path, distances_table: str |
         save_figure_outputs(empty_figure(f"pair {pair}: no rows (every round was skipped)"), outputs, data)
         return
     plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(12.0, 3.6), squeeze=False, layout="constrained")
-    ax_barrier, ax_l2, ax_cos = axes[0]
+    fig = plt.figure(figsize=(12.0, 4.6), layout="constrained")
+    # the loss and the error barrier in two panels, one above the other on one round axis, each with its own zero (on
+    # twin axes their zeros differed, and the lines crossed where nothing happened); the distances span both rows
+    grid = fig.add_gridspec(2, 3)
+    ax_barrier = fig.add_subplot(grid[0, 0])
+    ax_error = fig.add_subplot(grid[1, 0], sharex=ax_barrier)
+    ax_l2, ax_cos = fig.add_subplot(grid[:, 1]), fig.add_subplot(grid[:, 2])
     styles = {False: "-", True: "--"}
-    # the error barrier on an axis of its own (right): in [-1, 1], it is flat on the loss barrier's scale
-    ax_error = ax_barrier.twinx() if not full.empty else None
     infinite = False
     for (split, aligned), sub in full.groupby(["split", "aligned"], sort=False):
         for value, color, ax in (("barrier_loss", PALETTE[0], ax_barrier), ("barrier_error", PALETTE[1], ax_error)):
             ax.plot(sub["round"], sub[value], color=color, linestyle=styles[bool(aligned)],
                     marker="o" if split == "train" else "s", markersize=3, lw=1.2,
-                    label=f"{value.split('_')[1]}, {split}" + (", aligned" if aligned else ""))
+                    label=split + (", aligned" if aligned else ""))
             infinite |= _mark_infinite(ax, sub["round"], sub[value], color=color, markersize=5)
     if full.empty:
-        ax_barrier.text(0.5, 0.5, "no cumulative mode:\nno full-model barrier", ha="center", va="center",
-                        transform=ax_barrier.transAxes)
+        for ax in (ax_barrier, ax_error):
+            ax.text(0.5, 0.5, "no cumulative mode:\nno full-model barrier", ha="center", va="center",
+                    transform=ax.transAxes)
     else:
-        ax_barrier.axhline(0.0, color=PALETTE[0], lw=0.6, alpha=0.5)
-        ax_error.axhline(0.0, color=PALETTE[1], lw=0.6, alpha=0.5, linestyle=":")
-        ax_error.set_ylabel("error barrier (right)", color=PALETTE[1])
-        ax_error.grid(False)
-        lines = ax_barrier.get_legend_handles_labels()
-        more = ax_error.get_legend_handles_labels()
-        ax_barrier.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7)
+        for ax, color in ((ax_barrier, PALETTE[0]), (ax_error, PALETTE[1])):
+            ax.axhline(0.0, color=color, lw=0.6, alpha=0.5)
+            ax.legend(fontsize=7)
     ax_barrier.set_title("full-model barrier" + (f"\n({INFINITE_NOTE})" if infinite else ""))
-    ax_barrier.set_ylabel("loss barrier L(avg) - mean(L(a), L(b))", color=PALETTE[0])
+    ax_barrier.set_ylabel("loss barrier\nL(avg) - mean(L(a), L(b))")
+    ax_error.set_ylabel("error barrier")
+    ax_barrier.tick_params(labelbottom=False)  # the round axis is labelled once, below the error barrier
     layer_ids = sorted(i for i in dist["layer_index"].unique() if i >= 0)
     cmap = sequential_cmap()
     for ax, column, label in ((ax_l2, "distance", "Euclidean distance ||θa - θb||"),
@@ -422,8 +459,8 @@ def layer_training_figure_job(barriers_table: str | Path, distances_table: str |
                     else None, markersize=3, linestyle=styles[bool(aligned)], label=None if aligned else name)
         ax.set_title(label)
         ax.set_xlabel("round")
-    ax_barrier.set_xlabel("round")
-    for ax in (ax_barrier, ax_l2, ax_cos):
+    ax_error.set_xlabel("round")
+    for ax in (ax_barrier, ax_error, ax_l2, ax_cos):
         # rounds are integers; min_n_ticks=1: MaxNLocator keeps integers only where it finds min_n_ticks of them in
         # view, and a pair of one round (view 0.945..1.055) has one, which the default 2 turned into fractional ticks
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))

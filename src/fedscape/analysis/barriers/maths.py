@@ -35,9 +35,11 @@ from fedscape.analysis.barriers.definitions import (
     DIRECTION_MOVES,
     FULL_MODEL,
     MODES,
+    RATIO_FLOORS,
     barrier_over_ends,
     barrier_ratio,
     format_averaged,
+    grid_t,
     interpolation_grid,
     mode_entries,
     random_direction,
@@ -117,7 +119,7 @@ def interpolation_curve(model: nn.Module, a: Point, b: Point, splits: Splits, po
     rows = []
     for t in interpolation_grid(points):
         for split, res in evaluate_point(model, interpolate(a, b, float(t)), splits, batch_size, bn_x).items():
-            rows.append({"t": float(t), "split": split, "loss": res.loss, "error": res.error})
+            rows.append({"t": grid_t(t), "split": split, "loss": res.loss, "error": res.error})
     return rows
 
 
@@ -239,8 +241,9 @@ class _Evaluator:
     def row(self, split: str, loss: float, error: float) -> dict:
         """The barrier columns of one row: the differences, their ratios to the ends' mean, the ends' own values."""
         return {"barrier_loss": loss, "barrier_error": error,
-                "barrier_loss_ratio": barrier_ratio(loss, self.base[split][0]),
-                "barrier_error_ratio": barrier_ratio(error, self.base[split][1]), **self.ends[split]}
+                "barrier_loss_ratio": barrier_ratio(loss, self.base[split][0], RATIO_FLOORS["loss"]),
+                "barrier_error_ratio": barrier_ratio(error, self.base[split][1], RATIO_FLOORS["error"]),
+                **self.ends[split]}
 
 
 def layer_random_direction(a: Point, b: Point, layer: Layer, seed: int, sample: int = 0) -> torch.Tensor:

@@ -26,6 +26,7 @@ from fedscape.analysis.barriers.definitions import (
     InterpolationJob,
     LayerBarriersJob,
     format_averaged,
+    grid_t,
     interpolation_grid,
     linear_barrier,
     mode_entries,
@@ -85,7 +86,7 @@ def _note_parts_compute(computes: dict[str, dict[str, str] | None], parts: Parts
 def _nan_curve(job: InterpolationJob, rounds: list[int]) -> pd.DataFrame:
     """The rows of an interpolation that is not computed (a diverged run): every t and split, NaN loss and error."""
     rows = [{"pair_id": job.pair_id, "run_a": job.run_a, "round_a": rounds[0], "run_b": job.run_b,
-             "round_b": rounds[1], "t": float(t), "split": split, "loss": math.nan, "error": math.nan,
+             "round_b": rounds[1], "t": grid_t(t), "split": split, "loss": math.nan, "error": math.nan,
              "aligned": aligned, "path": path, "bn_stats": job.bn_stats}
             for path in job.paths for aligned in job.alignments
             for t in interpolation_grid(job.points) for split in SPLITS]

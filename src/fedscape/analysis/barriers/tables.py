@@ -20,9 +20,11 @@ from fedscape.analysis.barriers.definitions import (
     LAYER_DISTANCE_COLUMNS,
     LINEAR,
     RATIO_COLUMNS,
+    RATIO_FLOORS,
     barrier_over_ends,
     barrier_ratio,
     format_averaged,
+    grid_t,
     linear_barrier,
     mode_entries,
     parse_averaged,
@@ -45,18 +47,21 @@ def barriers_from_curves(curves: pd.DataFrame) -> pd.DataFrame:
         rows.append({"pair_id": pair, "run_a": sub["run_a"].iloc[0], "run_b": sub["run_b"].iloc[0], "split": split,
                      "barrier_loss": barrier["loss"], "barrier_error": barrier["error"], "aligned": bool(aligned),
                      "path": path, BN_STATS_COLUMN: sub[BN_STATS_COLUMN].iloc[0],
-                     **{f"barrier_{value}_ratio": barrier_ratio(barrier[value], float(ends[value].mean()))
+                     **{f"barrier_{value}_ratio": barrier_ratio(barrier[value], float(ends[value].mean()),
+                                                                RATIO_FLOORS[value])
                         for value in ("loss", "error")}})
     return pd.DataFrame(rows, columns=BARRIER_COLUMNS)
 
 
 def interpolation_tables_job(inputs: list[str | Path], out_interpolation: str | Path, out_barriers: str | Path) -> None:
-    """Concatenate the curves into interpolation.csv and compute barriers.csv from them."""
+    """Concatenate the curves into interpolation.csv and compute barriers.csv from them; t as the grid reads
+    (`grid_t`), also in curves written before their jobs rounded it."""
     # curves written before alignment (Bezier curves, bn_stats) existed have no `aligned` (`path`, `bn_stats`)
     # column: unaligned (linear, evaluated with the stored statistics)
     fills = (("aligned", False), ("path", LINEAR), (BN_STATS_COLUMN, BN_STATS_BASELINE))
     required = [c for c in INTERPOLATION_COLUMNS if c not in dict(fills)]
-    frames = [df.assign(**{column: value for column, value in fills if column not in df.columns})
+    frames = [df.assign(**{column: value for column, value in fills if column not in df.columns},
+                        t=df["t"].map(grid_t))
               for df in (read_table(p, required) for p in inputs)]
     curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=INTERPOLATION_COLUMNS)
     write_csv(curves[INTERPOLATION_COLUMNS], out_interpolation)
@@ -86,10 +91,11 @@ def _older_layer_rows(df: pd.DataFrame, path: str | Path) -> pd.DataFrame:
 def _over_ends(df: pd.DataFrame) -> pd.DataFrame:
     """Per-job layer barriers as the jobs compute them now (`barrier_over_ends`, `barrier_ratio`) where an older job
     wrote another rule's: over an end whose loss overflowed it wrote a barrier of -inf ("infinitely better") or NaN,
-    and a +inf barrier over finite ends got a NaN ratio. A row whose barrier or ends' mean (END_COLUMNS) is not finite
-    is computed again, the mixed models' value being the barrier plus a finite mean (+inf there); a -inf barrier, a
-    value >= 0 minus an infinite mean, is NaN also where the ends were not recorded. Every other row already holds
-    the rule's numbers and is kept as written."""
+    a +inf barrier over finite ends got a NaN ratio, and a ratio over ends' mean below its RATIO_FLOORS was written.
+    A row whose barrier or ends' mean (END_COLUMNS) is not finite is computed again, the mixed models' value being the
+    barrier plus a finite mean (+inf there); a -inf barrier, a value >= 0 minus an infinite mean, is NaN also where
+    the ends were not recorded; a row whose ends' mean is below the floor gets its ratio again. Every other row
+    already holds the rule's numbers and is kept as written."""
     df = df.copy()
     for value in ("loss", "error"):
         barrier = df[f"barrier_{value}"].astype(float)
@@ -98,7 +104,10 @@ def _over_ends(df: pd.DataFrame) -> pd.DataFrame:
         redo = mean.notna() & ~(np.isfinite(mean) & np.isfinite(barrier))
         again = [barrier_over_ends(b + m, m) for b, m in zip(barrier[redo], mean[redo], strict=True)]
         df.loc[redo, f"barrier_{value}"] = again
-        df.loc[redo, f"barrier_{value}_ratio"] = [barrier_ratio(b, m) for b, m in zip(again, mean[redo], strict=True)]
+        floor = RATIO_FLOORS[value]
+        ratio = redo | (mean.abs() < floor)  # NaN means compare False: rows without recorded ends keep theirs
+        df.loc[ratio, f"barrier_{value}_ratio"] = [barrier_ratio(b, m, floor) for b, m in zip(
+            df.loc[ratio, f"barrier_{value}"].astype(float), mean[ratio], strict=True)]
     return df
 
 

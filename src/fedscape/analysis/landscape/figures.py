@@ -26,6 +26,39 @@ from fedscape.outputs.style import PALETTE, SEQUENTIAL_CMAP, log_levels, pyplot,
 # A dark outline keeps white labels legible on the light (high-loss) end of the colour map.
 _OUTLINE = patheffects.withStroke(linewidth=1.5, foreground="black")
 log = logging.getLogger("fedscape.landscape")
+# A checkpoint whose rel_distance (the share of its distance from the plane's centre that lies off the plane:
+# `project.Projection`) exceeds OFF_PLANE is drawn hollow: more of it is off the plane than half its distance, so the
+# surface under its marker is the loss of its projection, a model that far from it, not its own (the local scope's
+# clients: a median of 0.79 in the default run's local_0.1_r10).
+OFF_PLANE = 0.5
+OFF_PLANE_NOTE = f"hollow: a model with more than {OFF_PLANE:.0%} of its distance off the plane"
+# Every plane kind's two directions have one length, so one unit on either axis is one distance in parameter space,
+# and the plane is drawn to scale (equal aspect; the pilot study's Fig. 3 compares distances on it): pca and
+# joint_pca (unit principal directions), three_points (Gram-Schmidt orthonormal), hessian (unit eigenvectors) and
+# random (filter-normalised, Li et al. 2018: each filter of either direction takes the norm of the centre's filter,
+# biases zero, so both have the norm of the centre's weight tensors; independent draws, orthogonal to about
+# 1/sqrt(parameters)).
+# The axes box keeps PLANE_BOX_SIDE**2 of area, at most MAX_STRETCH times as long as high (or as high as long): a
+# longer extent is drawn with its short axis stretched, as the title says, where equal aspect would leave a strip.
+PLANE_BOX_SIDE = 4.6  # inches
+MAX_STRETCH = 3.0
+# Inches around the axes box, placed by hand (a layout engine sizes a box of fixed aspect to its slot, and its colour
+# bar to the slot's height): left (the y label and tick labels), bottom (the x label and tick labels), right (the
+# colour bar, COLORBAR inches apart and wide, as high as the box, with its labels) and top, a title line each. The
+# written file is cropped to what is drawn (`write_formats`' tight), so the margins need only be wide enough.
+PLANE_MARGINS = {"left": 0.9, "bottom": 0.65, "right": 1.5, "top": 0.15, "title_line": 0.17}
+COLORBAR = (0.15, 0.2)
+
+
+def plane_layout(a: np.ndarray, b: np.ndarray) -> tuple[tuple[float, float], float, str]:
+    """The axes box (width, height in inches), the axes' aspect (1: to scale) and a title line (empty unless the plane
+    is not drawn to scale) of the plane spanning the grid coordinates `a` x `b`."""
+    ratio = float((a[-1] - a[0]) / (b[-1] - b[0]))
+    shape = float(np.clip(ratio, 1 / MAX_STRETCH, MAX_STRETCH))
+    aspect = ratio / shape  # 1 within the bounds; else how many times the short axis is stretched (> 1: b's, < 1: a's)
+    stretched = "vertical" if aspect > 1 else "horizontal"
+    note = "" if aspect == 1 else f"\nnot to scale: {stretched} axis stretched {max(aspect, 1 / aspect):.3g}x"
+    return (PLANE_BOX_SIDE * np.sqrt(shape), PLANE_BOX_SIDE / np.sqrt(shape)), aspect, note
 
 
 
@@ -71,7 +104,17 @@ def plot_surface(surface: dict, out_pdf: str | Path, out_png: str | Path, overla
     a, b, loss = surface["a"], surface["b"], np.asarray(surface["loss"], dtype=np.float64)
     lv = log_levels(loss, levels, clip_loss)
     z = clipped_surface(loss, lv)
-    fig, ax = plt.subplots(figsize=(6.4, 5.2), constrained_layout=True)
+    round_txt = "" if meta.get("round") is None else f", round {meta['round']}"
+    # a surface whose points carry their own batch-norm statistics says so; the default holds the centre's
+    bn_txt = "\nBN statistics recomputed at each point" if meta.get("bn_stats") == "recomputed" else ""
+    box, aspect, scale_note = plane_layout(a, b)
+    hollow = f"\n{OFF_PLANE_NOTE}" if (surface["points_rel_distance"] > OFF_PLANE).any() else ""
+    title = (f"{meta['surface_id']} ({meta['kind']}{round_txt})\n{data_description(meta['data'])}{bn_txt}{scale_note}"
+             f"{hollow}")
+    fig, ax, cax = _plane_axes(box, title.count("\n") + 1)
+    ax.set_xlim(a[0], a[-1])  # the limits and the aspect first: `_outward` places the clients' labels on screen
+    ax.set_ylim(b[0], b[-1])
+    ax.set_aspect(aspect)
     ax.set_facecolor("#d9d9d9")
     handles = []
     nonfinite = int((~np.isfinite(loss)).sum())
@@ -84,7 +127,7 @@ def plot_surface(surface: dict, out_pdf: str | Path, out_png: str | Path, overla
     cf = ax.contourf(a, b, z, levels=lv, norm=LogNorm(lv[0], lv[-1]), cmap=SEQUENTIAL_CMAP,
                      extend="max" if clipped else "neither", zorder=1)
     ax.contour(a, b, z, levels=lv[::3], colors="white", linewidths=0.4, alpha=0.6, zorder=2)
-    cbar = fig.colorbar(cf, ax=ax)
+    cbar = fig.colorbar(cf, cax=cax)
     ticks = lv[:: max(1, (len(lv) - 1) // 6)]
     cbar.ax.minorticks_off()
     cbar.set_ticks(ticks, labels=[f"{t:.3g}" for t in ticks])
@@ -101,16 +144,23 @@ def plot_surface(surface: dict, out_pdf: str | Path, out_png: str | Path, overla
     labels = meta.get("axis_labels") or ["d1", "d2"]
     ax.set_xlabel(labels[0])
     ax.set_ylabel(labels[1])
-    ax.set_xlim(a[0], a[-1])
-    ax.set_ylim(b[0], b[-1])
-    round_txt = "" if meta.get("round") is None else f", round {meta['round']}"
-    # a surface whose points carry their own batch-norm statistics says so; the default holds the centre's
-    bn_txt = "\nBN statistics recomputed at each point" if meta.get("bn_stats") == "recomputed" else ""
-    ax.set_title(f"{meta['surface_id']} ({meta['kind']}{round_txt})\n{data_description(meta['data'])}{bn_txt}",
-                 fontsize=9)
+    ax.set_title(title, fontsize=9)
     if handles:  # framed (the style's default is frameless): the legend may sit on the filled contours
         ax.legend(handles=handles, fontsize=7, loc="best", frameon=True, framealpha=0.85)
-    write_formats(fig, {Path(out).suffix.lstrip("."): out for out in (out_pdf, out_png)}, dpi=150, tight=False)
+    write_formats(fig, {Path(out).suffix.lstrip("."): out for out in (out_pdf, out_png)}, dpi=150)
+
+
+def _plane_axes(box: tuple[float, float], title_lines: int):
+    """A figure holding an axes box of `box` inches and its colour bar's axes beside it (PLANE_MARGINS, COLORBAR):
+    (figure, axes, colour bar axes)."""
+    m = PLANE_MARGINS
+    top = m["top"] + m["title_line"] * title_lines
+    width, height = m["left"] + box[0] + m["right"], m["bottom"] + box[1] + top
+    fig = pyplot().figure(figsize=(width, height))
+    ax = fig.add_axes((m["left"] / width, m["bottom"] / height, box[0] / width, box[1] / height))
+    cax = fig.add_axes(((m["left"] + box[0] + COLORBAR[0]) / width, m["bottom"] / height, COLORBAR[1] / width,
+                        box[1] / height))
+    return fig, ax, cax
 
 
 def _outward(ax, start, p, points: float = 8.0) -> tuple[float, float]:
@@ -122,14 +172,29 @@ def _outward(ax, start, p, points: float = 8.0) -> tuple[float, float]:
     return (points * 0.7, points * 0.7) if norm == 0 else (points * d[0] / norm, points * d[1] / norm)
 
 
+def _markers(ax, xy: np.ndarray, off: np.ndarray, marker: str, color, markersize: float, edge="black",
+             hollow_size: float | None = None, **style) -> None:
+    """Markers at the points `xy` [N, 2] in `color` with an `edge`, or hollow (a ring of `color`, `hollow_size` across
+    where a small marker would leave no hole) where `off` (a checkpoint far off the plane: OFF_PLANE)."""
+    for hollow in (False, True):
+        sel = off == hollow
+        if sel.any():
+            face = {"markerfacecolor": "none", "markeredgecolor": color, "markeredgewidth": 1.2,
+                    "markersize": hollow_size or markersize} if hollow else \
+                {"markerfacecolor": color, "markeredgecolor": edge, "markersize": markersize}
+            ax.plot(xy[sel, 0], xy[sel, 1], marker, color=color, linestyle="none", **face, **style)
+
+
 def _draw_points(ax, surface: dict, highlight: str | None, settings: Sequence[str] = ()) -> list:
-    """Trajectories as lines (start o, end *), local scope as arrows start -> client -> aggregate, others as markers."""
+    """Trajectories as lines (start o, end *), local scope as arrows start -> client -> aggregate, others as markers;
+    a checkpoint far off the plane hollow (OFF_PLANE; the title says so: `plot_surface`)."""
     plt = pyplot()
     xy = surface["points_xy"]
     if len(xy) == 0:
         return []
     roles, groups, labels = surface["points_role"], surface["points_group"], surface["points_label"]
     clients = surface["points_client"]
+    off = surface["points_rel_distance"] > OFF_PLANE
     kind = surface["meta"]["kind"]
     handles = []
     if kind == "local":
@@ -140,16 +205,19 @@ def _draw_points(ax, surface: dict, highlight: str | None, settings: Sequence[st
             log.warning("surface %s: client %d did not train in round %s (partial participation), so no client "
                         "model is highlighted; its data's contours are drawn all the same",
                         surface["meta"]["surface_id"], chosen, surface["meta"].get("round"))
-        for p, cid in zip(xy[roles == "client"], clients[roles == "client"], strict=True):
+        is_client = roles == "client"
+        for p, cid, far in zip(xy[is_client], clients[is_client], off[is_client], strict=True):
             color = PALETTE[1] if cid == chosen else "white"
             ax.annotate("", xy=p, xytext=start, arrowprops={"arrowstyle": "->", "color": color, "lw": 1.0}, zorder=4)
             ax.annotate("", xy=agg, xytext=p, arrowprops={"arrowstyle": "->", "color": color, "lw": 0.6,
                                                           "linestyle": "dotted"}, zorder=4)
-            ax.plot(*p, "o", color=color, markeredgecolor="black", markersize=5, zorder=5)
+            _markers(ax, p[None], np.array([far]), "o", color, markersize=5, zorder=5)
             ax.annotate(str(cid), p, textcoords="offset points", xytext=_outward(ax, start, p), fontsize=7,
                         color="white", ha="center", va="center", zorder=6, path_effects=[_OUTLINE])
-        ax.plot(*start, "^", color=PALETTE[4], markeredgecolor="black", markersize=10, zorder=6)
-        ax.plot(*agg, "*", color=PALETTE[4], markeredgecolor="black", markersize=14, zorder=6)
+        _markers(ax, xy[roles == "round_start"][:1], off[roles == "round_start"][:1], "^", PALETTE[4], markersize=10,
+                 zorder=6)
+        _markers(ax, xy[roles == "aggregate"][:1], off[roles == "aggregate"][:1], "*", PALETTE[4], markersize=14,
+                 zorder=6)
         handles += [plt.Line2D([], [], marker="^", linestyle="", color=PALETTE[4], markeredgecolor="black",
                                label=str(labels[roles == "round_start"][0])),
                     plt.Line2D([], [], marker="o", linestyle="", color="white", markeredgecolor="black",
@@ -166,15 +234,16 @@ def _draw_points(ax, surface: dict, highlight: str | None, settings: Sequence[st
         sel = groups == group
         color, linestyle, marker = styles[group]
         pts = xy[sel]
+        far = off[sel]
         if kind in ("trajectory", "trajectories"):
             ax.plot(pts[:, 0], pts[:, 1], linestyle=linestyle, color=color, lw=1.4, zorder=4)
-            ax.plot(pts[:, 0], pts[:, 1], ".", color=color, markersize=4, zorder=4)
-            ax.plot(*pts[0], "o", color=color, markeredgecolor="black", markersize=6, zorder=5)
-            ax.plot(*pts[-1], "*", color=color, markeredgecolor="black", markersize=13, zorder=5)
+            _markers(ax, pts[1:-1], far[1:-1], "o", color, markersize=2, edge=color, hollow_size=4.5, zorder=4)
+            _markers(ax, pts[:1], far[:1], "o", color, markersize=6, zorder=5)
+            _markers(ax, pts[-1:], far[-1:], "*", color, markersize=13, zorder=5)
             handles.append(plt.Line2D([], [], color=color, linestyle=linestyle, marker="*", markeredgecolor="black",
                                       label=group))
         else:
-            ax.plot(pts[:, 0], pts[:, 1], marker, color=color, markeredgecolor="black", markersize=8, zorder=5)
+            _markers(ax, pts, far, marker, color, markersize=8, zorder=5)
             for p, lab in zip(pts, labels[sel], strict=True):
                 ax.annotate(str(lab), p, textcoords="offset points", xytext=(5, 5), fontsize=7, color="white",
                             zorder=6)

@@ -353,7 +353,8 @@ def runs(tmp_path_factory):
 
 
 def test_consecutive_stage_compares_the_global_models_of_rounds_t_and_t_plus_one(runs, tmp_path):
-    from fedscape.analysis.barriers.stage import _splits, layer_barriers_job
+    from fedscape.analysis.barriers.stage import _splits_of, layer_barriers_job
+    from fedscape.data.federated import load_federated_data
     from fedscape.models.checkpoint import load_trajectory
 
     # Prepare
@@ -364,8 +365,8 @@ def test_consecutive_stage_compares_the_global_models_of_rounds_t_and_t_plus_one
     assert pair.rounds == (0, 1, 2)
     traj = load_trajectory(runs.trajectory(runs.healthy))
     model = traj.model_meta.build().eval()
-    splits = _splits(LayerBarriersJob.from_settings(layer_settings(config, pair, 1)).data, runs.partition,
-                     torch.device("cpu"))
+    data = LayerBarriersJob.from_settings(layer_settings(config, pair, 1)).data
+    splits = _splits_of(load_federated_data(data.run, data.dataset_options, runs.partition, torch.device("cpu")))
     frames = []
     for t in pair.rounds:
         # Execute

@@ -7,14 +7,20 @@ import dataclasses
 import pickle
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from helpers.configs import SCHEMA
+from helpers.diverged import build_diverged_runs
 from helpers.tiny import tiny_data, tiny_model
 from helpers.words import write_reddit, write_stackoverflow
 from torch import nn
 
+from fedscape.analysis.barriers import stage as barriers_stage
+from fedscape.analysis.landscape import stage as landscape_stage
 from fedscape.analysis.landscape.planes import random_plane
 from fedscape.analysis.landscape.surface import SurfaceEvaluator, SurfaceSettings
+from fedscape.core.config import validate_config
 from fedscape.data.datasets import dataset_from_options, load_dataset
 from fedscape.data.federated import federate
 from fedscape.data.partition import make_kind_partition, save_partition
@@ -27,6 +33,11 @@ from fedscape.models.evaluate import evaluate
 from fedscape.models.loss import IGNORE_INDEX, correct_count
 from fedscape.models.params import flatten_buffers, flatten_params, load_params
 from fedscape.models.registry import build_model
+from fedscape.plan.barriers import interpolation_pairs, interpolation_settings, layer_pairs, layer_settings
+from fedscape.plan.landscape import chunk_settings, landscape_plans, plane_settings
+from fedscape.stages import init as inits_mod
+from fedscape.stages.init import pretrain
+from fedscape.stages.init_settings import InitJob
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -164,3 +175,84 @@ def test_the_engine_s_rows_score_the_data_s_never_correct_classes(never_correct)
         load_params(model, params)
         assert row["train_acc"] == evaluate(model, x_all, y_all, never_correct=never_correct).acc
         assert row["test_acc"] == evaluate(model, data.x_test, data.y_test, never_correct=never_correct).acc
+
+
+# -- every stage that evaluates passes the data's classes on ---------------------------------------------------
+ALL_DIGITS = tuple(range(10))  # digits' classes: with all of them never correct, every accuracy is 0
+
+
+def _never_right(load):
+    """`load` (a data loader of a stage) whose data has every digit never correct."""
+    def loader(*args, **kwargs):
+        loaded = load(*args, **kwargs)
+        if isinstance(loaded, tuple):  # load_test_data's (x, y, never_correct)
+            return (*loaded[:2], ALL_DIGITS)
+        return dataclasses.replace(loaded, never_correct=ALL_DIGITS)
+    return loader
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A healthy (and a diverged) run on digits, trained by the workflow's stage functions."""
+    return build_diverged_runs(tmp_path_factory.mktemp("runs"))
+
+
+@pytest.mark.parametrize("never_right", [False, True])
+def test_the_barrier_jobs_score_the_data_s_never_correct_classes(runs, tmp_path, monkeypatch, never_right):
+    # Prepare: the healthy run's round-1-to-final pair and its clients' pair of round 1
+    if never_right:
+        monkeypatch.setattr(barriers_stage, "load_federated_data", _never_right(barriers_stage.load_federated_data))
+    both = [runs.healthy, runs.diverged]
+    (pair,) = [p for p in interpolation_pairs(runs.config, both) if p.label == "ok_r1_vs_final"]
+    (clients,) = [p for p in layer_pairs(runs.config, both) if p.label == "ok_clients"]
+    inputs = {"trajectory_a": runs.trajectory(runs.healthy), "clients": runs.clients(runs.healthy),
+              "partition": runs.partition}
+
+    # Execute
+    barriers_stage.interpolation_job(interpolation_settings(runs.config, pair), runs.trajectory(runs.healthy),
+                                     runs.trajectory(runs.healthy), runs.partition, tmp_path / "curve.csv")
+    barriers_stage.layer_barriers_job(layer_settings(runs.config, clients, 1), inputs, tmp_path / "layers.csv",
+                                      tmp_path / "distances.csv")
+
+    # Assert: every model errs on everything where no class is ever right, and on less otherwise
+    errors = [pd.read_csv(tmp_path / "curve.csv")["error"],
+              pd.read_csv(tmp_path / "layers.csv")[["end_error_a", "end_error_b"]].stack()]
+    assert all(((e == 1.0) if never_right else (e < 1.0)).all() for e in errors)
+
+
+@pytest.mark.parametrize("data", ["train", "test", "client"])
+def test_a_landscape_chunk_scores_the_data_s_never_correct_classes(runs, tmp_path, monkeypatch, data):
+    # Prepare: a random plane around the healthy run's final model
+    for name in ("load_federated_data", "federate", "load_test_data"):
+        monkeypatch.setattr(landscape_stage, name, _never_right(getattr(landscape_stage, name)))
+    config = validate_config({**runs.config, "landscapes": {"r": {"kind": "random", "runs": [{"algorithm": "fedavg"}],
+                                                                  "resolution": 3, "data": [data]}}}, SCHEMA)
+    (plan,) = landscape_plans(config, [runs.healthy, runs.diverged])
+    plane = {"plane": tmp_path / "plane.npz", "points": tmp_path / "points.csv", "grid": tmp_path / "grid.json"}
+    landscape_stage.landscape_plane_job(plane_settings(config, plan), [runs.trajectory(runs.healthy)], None, None,
+                                        plane)
+
+    # Execute
+    landscape_stage.landscape_chunk_job(chunk_settings(config, plan, plan.data[0], 0), plane["plane"], plane["grid"],
+                                        runs.partition, tmp_path / "chunk.npz")
+
+    # Assert
+    chunk = np.load(tmp_path / "chunk.npz")
+    assert np.isfinite(chunk["loss"]).all() and (chunk["acc"] == 0.0).all()
+
+
+def test_a_pretrained_init_scores_the_data_s_never_correct_classes(monkeypatch):
+    # Prepare: digits' own proxy split; every digit never correct
+    job = InitJob.from_settings({"dataset": "digits", "model": "cnn_small", "model_options": {}, "in_channels": 1,
+                                 "image_size": 8, "num_classes": 10, "init": "pre", "kind": "pretrained", "seed": 0,
+                                 "epochs": 1, "lr": 0.05, "batch_size": 16, "momentum": 0.9, "weight_decay": 0.0,
+                                 "proxy_dataset": None, "proxy_data_dir": None, "proxy_dir": None,
+                                 "max_samples": None, "dataset_options": {"test_fraction": 0.25,
+                                                                          "proxy_fraction": 0.2}, "device": "cpu"})
+    monkeypatch.setattr(inits_mod, "dataset_from_options", _never_right(inits_mod.dataset_from_options))
+
+    # Execute
+    _, meta = pretrain(job)
+
+    # Assert: its proxy, clients' pool and test accuracies
+    assert meta["proxy_acc"] == meta["clients_pool_acc"] == meta["test_acc"] == 0.0

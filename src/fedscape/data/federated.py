@@ -99,8 +99,8 @@ def load_federated_data(run: dict, options: dict, partition_path: str | Path,
 
 
 def load_test_data(dataset: str, options: dict,
-                   device: torch.device | str = "cpu") -> tuple[Images, torch.Tensor]:
+                   device: torch.device | str = "cpu") -> tuple[Images, torch.Tensor, tuple[int, ...]]:
     """The test set of `dataset` (config `datasets.<name>` options) on `device`: no client's, so no partition and
-    no input transform (the same tensors as `FederatedData.x_test`, `y_test`)."""
+    no input transform (the same tensors as `FederatedData.x_test`, `y_test`), and its `never_correct` classes."""
     ds = dataset_from_options(dataset, options)
-    return ds.x_test.to(device), ds.y_test.to(device)
+    return ds.x_test.to(device), ds.y_test.to(device), ds.never_correct

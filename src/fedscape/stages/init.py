@@ -130,6 +130,7 @@ class ProxyData:
     stream: ImageNet32 | None = None
     mean: torch.Tensor | None = None  # [1, 3, 1, 1] normalisation of the streamed images
     std: torch.Tensor | None = None
+    never_correct: tuple[int, ...] = ()  # the classes whose prediction its accuracy never credits (Dataset's)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -149,11 +150,11 @@ class ProxyData:
     def evaluate(self, model: torch.nn.Module, batch_size: int = EVAL_BATCH_SIZE) -> EvalResult:
         """Loss and accuracy of ``model`` on every proxy sample, ``batch_size`` inputs in memory at a time."""
         if self.x is not None:
-            return evaluate(model, self.x, self.y, batch_size)
+            return evaluate(model, self.x, self.y, batch_size, self.never_correct)
         loss, correct, n = 0.0, 0.0, 0
         for start in range(0, len(self), batch_size):
             index = torch.arange(start, min(start + batch_size, len(self)))
-            part = evaluate(model, self.batch(index), self.y[index.to(self.y.device)], batch_size)
+            part = evaluate(model, self.batch(index), self.y[index.to(self.y.device)], batch_size, self.never_correct)
             if part.n:  # a part with nothing counted has NaN means (`evaluate`) and weighs 0
                 loss, correct, n = loss + part.loss * part.n, correct + part.acc * part.n, n + part.n
         if n == 0:
@@ -187,7 +188,8 @@ def proxy_data(job: PretrainedInit, device: torch.device | str = "cpu") -> Proxy
         if job.max_samples is not None and job.max_samples < len(y):
             keep = torch.from_numpy(np.sort(np.random.default_rng(job.seed).permutation(len(y))[: job.max_samples]))
             x, y = take_rows(x, keep), y[keep]
-        return ProxyData(y.to(device), ds.num_classes, f"dataset:{name}", x=x.to(device))
+        return ProxyData(y.to(device), ds.num_classes, f"dataset:{name}", x=x.to(device),
+                         never_correct=ds.never_correct)
     ds = dataset_from_options(job.dataset, options)
     if len(ds.y_proxy) == 0:
         if options.get("proxy_split") == PROXY_SPLITS[1]:
@@ -202,7 +204,8 @@ def proxy_data(job: PretrainedInit, device: torch.device | str = "cpu") -> Proxy
                              f"a proxy_dataset / proxy_dir")
         raise ValueError(f"the proxy split of {job.dataset} is empty: set datasets.{job.dataset}."
                          "proxy_fraction > 0, or a proxy_dataset / proxy_dir")
-    return ProxyData(ds.y_proxy.to(device), ds.num_classes, f"split:{job.dataset}", x=ds.x_proxy.to(device))
+    return ProxyData(ds.y_proxy.to(device), ds.num_classes, f"split:{job.dataset}", x=ds.x_proxy.to(device),
+                     never_correct=ds.never_correct)
 
 
 def pretrain(job: PretrainedInit, progress_dir: str | Path | None = None,
@@ -300,8 +303,8 @@ def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torc
     else:
         ds = dataset_from_options(job.dataset, job.dataset_options)
         x_pool, y_pool = ds.evaluated_train()  # the rows a run's evaluations score
-        pool = evaluate(model, x_pool.to(device), y_pool.to(device))
-        test = evaluate(model, ds.x_test.to(device), ds.y_test.to(device))
+        pool = evaluate(model, x_pool.to(device), y_pool.to(device), never_correct=ds.never_correct)
+        test = evaluate(model, ds.x_test.to(device), ds.y_test.to(device), never_correct=ds.never_correct)
         meta.update({"clients_pool_acc": pool.acc, "test_acc": test.acc})
     log.info("pretrained on %s: proxy accuracy %.4f%s", source, proxy_eval.acc,
              f", clients' pool accuracy {meta['clients_pool_acc']:.4f}, test accuracy {meta['test_acc']:.4f}"

@@ -110,12 +110,14 @@ def train_bend(model: nn.Module, a: Point, b: Point, x: Tensor, y: Tensor, setti
 
 @torch.no_grad()
 def bezier_curve(model: nn.Module, a: Point, theta: Tensor, b: Point, splits: Splits, points: int = 21,
-                 batch_size: int = EVAL_BATCH_SIZE, bn_x: Tensor | None = None) -> list[dict]:
+                 batch_size: int = EVAL_BATCH_SIZE, bn_x: Tensor | None = None,
+                 never_correct: tuple[int, ...] = ()) -> list[dict]:
     """Rows (t, split, loss, error) along the Bezier curve, on the grid of the linear interpolation (Garipov et al.
-    2018); `bn_x`: every point's batch-norm statistics recomputed from these training inputs."""
+    2018); `bn_x`: every point's batch-norm statistics recomputed from these training inputs (`evaluate_point`, as
+    `never_correct`)."""
     rows = []
     for t in interpolation_grid(points):
         for split, res in evaluate_point(model, bezier_point(a, theta, b, float(t)), splits, batch_size,
-                                         bn_x).items():
+                                         bn_x, never_correct).items():
             rows.append({"t": grid_t(t), "split": split, "loss": res.loss, "error": res.error})
     return rows

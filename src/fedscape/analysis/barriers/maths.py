@@ -87,10 +87,11 @@ def interpolate(a: Point, b: Point, t: float) -> Point:
 
 @torch.no_grad()
 def evaluate_point(model: nn.Module, point: Point, splits: Splits, batch_size: int = EVAL_BATCH_SIZE,
-                   bn_x: torch.Tensor | None = None) -> dict[str, EvalResult]:
+                   bn_x: torch.Tensor | None = None, never_correct: tuple[int, ...] = ()) -> dict[str, EvalResult]:
     """Loss and accuracy of `point` loaded into `model`, on every split (eval mode, no augmentation); with `bn_x`
     (training inputs) its batch-norm statistics recomputed from them first (`recompute_bn_stats`), else the
-    point's own.
+    point's own. `never_correct`: the data's classes whose prediction the accuracy never credits
+    (`FederatedData.never_correct`, `evaluate`).
 
     Every barrier's model goes through here (the segment, the Bezier curve, the layer-wise mixes, their ends). A NaN
     loss of a point whose parameters and buffers are all finite is one whose logits overflowed (a +inf logit makes
@@ -106,19 +107,21 @@ def evaluate_point(model: nn.Module, point: Point, splits: Splits, batch_size: i
         load_buffers(model, point.buffers.to(device))
     if bn_x is not None:
         recompute_bn_stats(model, bn_x)
-    results = {name: evaluate(model, x, y, batch_size) for name, (x, y) in splits.items()}
+    results = {name: evaluate(model, x, y, batch_size, never_correct) for name, (x, y) in splits.items()}
     finite = all(bool(torch.isfinite(v).all()) for v in (point.params, point.buffers))
     overflowed = {"loss": math.inf, "acc": 0.0} if finite else {"acc": math.nan}
     return {name: replace(r, **overflowed) if math.isnan(r.loss) and r.n > 0 else r for name, r in results.items()}
 
 
 def interpolation_curve(model: nn.Module, a: Point, b: Point, splits: Splits, points: int = 21,
-                        batch_size: int = EVAL_BATCH_SIZE, bn_x: torch.Tensor | None = None) -> list[dict]:
+                        batch_size: int = EVAL_BATCH_SIZE, bn_x: torch.Tensor | None = None,
+                        never_correct: tuple[int, ...] = ()) -> list[dict]:
     """Rows (t, split, loss, error) along the segment from a to b (Li et al. 2022, Figs 3c/5c); `bn_x`: recompute
-    every point's batch-norm statistics from these training inputs (`evaluate_point`)."""
+    every point's batch-norm statistics from these training inputs (`evaluate_point`, as `never_correct`)."""
     rows = []
     for t in interpolation_grid(points):
-        for split, res in evaluate_point(model, interpolate(a, b, float(t)), splits, batch_size, bn_x).items():
+        for split, res in evaluate_point(model, interpolate(a, b, float(t)), splits, batch_size, bn_x,
+                                         never_correct).items():
             rows.append({"t": grid_t(t), "split": split, "loss": res.loss, "error": res.error})
     return rows
 
@@ -186,15 +189,19 @@ class _Evaluator:
     """Evaluations of the mixed models, cached by the set of averaged layers."""
 
     def __init__(self, model: nn.Module, a: Point, b: Point, layers: Sequence[Layer], splits: Splits,
-                 batch_size: int, bn_x: torch.Tensor | None = None):
+                 batch_size: int, bn_x: torch.Tensor | None = None, never_correct: tuple[int, ...] = ()):
         self.model, self.a, self.b, self.layers, self.splits, self.batch = model, a, b, layers, splits, batch_size
-        self.bn_x = bn_x
+        self.bn_x, self.never_correct = bn_x, never_correct
         self.cache: dict[frozenset[int], dict[str, tuple[float, float]]] = {}
-        ends = [evaluate_point(model, p, splits, batch_size, bn_x) for p in (a, b)]
+        ends = [self.evaluate(p) for p in (a, b)]
         self.base = {s: (0.5 * (ends[0][s].loss + ends[1][s].loss), 0.5 * (ends[0][s].error + ends[1][s].error))
                      for s in splits}
         self.ends = {s: {"end_loss_a": ends[0][s].loss, "end_loss_b": ends[1][s].loss,
                          "end_error_a": ends[0][s].error, "end_error_b": ends[1][s].error} for s in splits}
+
+    def evaluate(self, point: Point) -> dict[str, EvalResult]:
+        """`evaluate_point` of `point` on the splits, with the evaluator's settings."""
+        return evaluate_point(self.model, point, self.splits, self.batch, self.bn_x, self.never_correct)
 
     def mixed(self, selected: Sequence[int]) -> dict[str, tuple[float, float]]:
         """Mean (loss, error) of the two mixed models on every split."""
@@ -202,10 +209,9 @@ class _Evaluator:
         if key not in self.cache:
             mixed_a, mixed_b = mix_layers(self.a, self.b, self.layers, sorted(key))
             if len(key) == len(self.layers):  # both mixed models are the full average: evaluate once
-                ra = rb = evaluate_point(self.model, mixed_a, self.splits, self.batch, self.bn_x)
+                ra = rb = self.evaluate(mixed_a)
             else:
-                ra = evaluate_point(self.model, mixed_a, self.splits, self.batch, self.bn_x)
-                rb = evaluate_point(self.model, mixed_b, self.splits, self.batch, self.bn_x)
+                ra, rb = self.evaluate(mixed_a), self.evaluate(mixed_b)
             self.cache[key] = {s: (0.5 * (ra[s].loss + rb[s].loss), 0.5 * (ra[s].error + rb[s].error))
                                for s in self.splits}
         return self.cache[key]
@@ -231,7 +237,7 @@ class _Evaluator:
             points = [Point(self.a.params + 0.5 * d, self.a.buffers)]
             if moves == "both":
                 points.append(Point(self.b.params - 0.5 * d, self.b.buffers))
-            moved = [evaluate_point(self.model, p, self.splits, self.batch, self.bn_x) for p in points]
+            moved = [self.evaluate(p) for p in points]
             for s in self.splits:
                 totals[s][0] += sum(m[s].loss for m in moved) / len(moved) / samples
                 totals[s][1] += sum(m[s].error for m in moved) / len(moved) / samples
@@ -264,7 +270,8 @@ def layer_random_direction(a: Point, b: Point, layer: Layer, seed: int, sample: 
 def layerwise_barriers(model: nn.Module, a: Point, b: Point, splits: Splits, batch_size: int = EVAL_BATCH_SIZE,
                        modes: Sequence[str] = MODES, layers: Sequence[Layer] | None = None,
                        seed: int = 0, bn_x: torch.Tensor | None = None, direction_seed: int = 0,
-                       direction_samples: int = 1, direction_moves: str = "both") -> list[dict]:
+                       direction_samples: int = 1, direction_moves: str = "both",
+                       never_correct: tuple[int, ...] = ()) -> list[dict]:
     """Layer-wise barriers L(mixed) - mean(L(a), L(b)) for every mode and layer (Adilova et al. 2023).
 
     Rows: mode, layer_index, layer (the layer of that entry: the one averaged in `single`, the one added in
@@ -273,10 +280,10 @@ def layerwise_barriers(model: nn.Module, a: Point, b: Point, splits: Splits, bat
     values. `seed` draws the order of `random`; `bn_x`: recompute the batch-norm statistics of the ends and of every
     mixed model from these training inputs. Mode `random_direction` (the authors' control) moves layer i of both
     models (or of a alone: `direction_moves`) along `direction_samples` random directions of `direction_seed`
-    instead of averaging it (`_Evaluator.random_barrier`).
+    instead of averaging it (`_Evaluator.random_barrier`). `never_correct`: as `evaluate_point`.
     """
     layers = list(model_layers(model) if layers is None else layers)
-    ev = _Evaluator(model, a, b, layers, splits, batch_size, bn_x)
+    ev = _Evaluator(model, a, b, layers, splits, batch_size, bn_x, never_correct)
     rows = []
     logged = time.perf_counter()
     for m, mode in enumerate(modes):
@@ -296,10 +303,12 @@ def layerwise_barriers(model: nn.Module, a: Point, b: Point, splits: Splits, bat
 
 
 def midpoint_barrier(model: nn.Module, a: Point, b: Point, splits: Splits, batch_size: int = EVAL_BATCH_SIZE,
-                     bn_x: torch.Tensor | None = None) -> dict[str, tuple[float, float]]:
-    """Full-model barrier L((a + b) / 2) - mean(L(a), L(b)) per split, as (loss, error) (Adilova et al. 2023)."""
+                     bn_x: torch.Tensor | None = None, never_correct: tuple[int, ...] = ()
+                     ) -> dict[str, tuple[float, float]]:
+    """Full-model barrier L((a + b) / 2) - mean(L(a), L(b)) per split, as (loss, error) (Adilova et al. 2023);
+    `never_correct` as `evaluate_point`."""
     layers = model_layers(model)
-    return _Evaluator(model, a, b, layers, splits, batch_size, bn_x).barrier(range(len(layers)))
+    return _Evaluator(model, a, b, layers, splits, batch_size, bn_x, never_correct).barrier(range(len(layers)))
 
 
 def layer_distances(a: Point, b: Point, layers: Sequence[Layer]) -> list[dict]:

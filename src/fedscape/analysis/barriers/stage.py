@@ -22,7 +22,6 @@ from fedscape.analysis.barriers.definitions import (
     LINEAR,
     PAIR_SEPARATOR,
     SPLITS,
-    BarrierData,
     InterpolationJob,
     LayerBarriersJob,
     format_averaged,
@@ -50,13 +49,8 @@ from fedscape.stages.progress import Parts, note_codes, parts_compute, progress_
 log = logging.getLogger("fedscape.barriers")
 
 
-def _splits(data: BarrierData, partition_path: str | Path, device: torch.device) -> dict:
-    """{'train': the aggregate client data as evaluations score it (`FederatedData.union`), 'test': the test set}."""
-    return _splits_of(load_federated_data(data.run, data.dataset_options, partition_path, device))
-
-
 def _splits_of(federated: FederatedData) -> dict:
-    """`_splits` of the loaded data."""
+    """{'train': the aggregate client data as evaluations score it (`FederatedData.union`), 'test': the test set}."""
     return {"train": federated.union(), "test": (federated.x_test, federated.y_test)}
 
 
@@ -159,7 +153,8 @@ def interpolation_job(settings: dict, trajectory_a: str | Path, trajectory_b: st
                  float((ends[True].params - a.params).norm()))
     bn_x = _bn_x(job, splits, model)
     rows = [{**r, "aligned": aligned, "path": LINEAR} for aligned, end in ends.items()
-            for r in interpolation_curve(model, a, end, splits, job.points, job.eval_batch_size, bn_x)]
+            for r in interpolation_curve(model, a, end, splits, job.points, job.eval_batch_size, bn_x,
+                                         federated.never_correct)]
     computes = {}  # where each bend was trained: this attempt, or one before it (None: saved before bends recorded it)
     if job.curve is not None:
         curve = job.curve
@@ -187,7 +182,7 @@ def interpolation_job(settings: dict, trajectory_a: str | Path, trajectory_b: st
                      curve.steps, seconds, len(tail), sum(tail) / len(tail) if losses else math.nan,
                      float((theta - 0.5 * (a.params + end.params)).norm()), parts.note(saved is not None))
             rows += [{**r, "aligned": aligned, "path": BEZIER} for r in bezier_curve(
-                model, a, theta, end, splits, job.points, job.eval_batch_size, bn_x)]
+                model, a, theta, end, splits, job.points, job.eval_batch_size, bn_x, federated.never_correct)]
     df = pd.DataFrame(rows).assign(bn_stats="stored" if bn_x is None else "recomputed")
     df.insert(0, "pair_id", job.pair_id)
     df.insert(1, "run_a", job.run_a)
@@ -276,7 +271,8 @@ def layer_barriers_job(settings: dict, inputs: dict, out_barriers: str | Path, o
             a, b = _point(traj_a, round_), _point(traj_b, round_b)
     model = traj_a.model_meta.build().to(device).eval()
     layers = model_layers(model)
-    splits = _splits(job.data, inputs["partition"], device)
+    federated = load_federated_data(job.data.run, job.data.dataset_options, inputs["partition"], device)
+    splits = _splits_of(federated)
     modes, seed = list(job.modes), _order_seed(job)
     a, b = a.to(device), b.to(device)
     barrier_rows, distance_rows = [], []
@@ -296,7 +292,8 @@ def layer_barriers_job(settings: dict, inputs: dict, out_barriers: str | Path, o
                          "%.4g)", pair, round_, time.perf_counter() - t1, float((b.params - a.params).norm()),
                          float((end.params - a.params).norm()))
             saved = {"barriers": [{**meta, **r, "aligned": aligned, "bn_stats": bn_stats} for r in layerwise_barriers(
-                         model, a, end, splits, job.eval_batch_size, modes, layers, seed, bn_x, *_directions(job))],
+                         model, a, end, splits, job.eval_batch_size, modes, layers, seed, bn_x, *_directions(job),
+                         federated.never_correct)],
                      "distances": [{**meta, **r, "aligned": aligned} for r in layer_distances(a, end, layers)],
                      "compute": dict(compute)}
             parts.save(name, saved)

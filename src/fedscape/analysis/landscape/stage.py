@@ -319,14 +319,16 @@ def surface_data(dataset: str, options: dict, data: str, partition_path: str | N
     `client~<id>`) or the test set, of `dataset` with `options`, loaded as the train stage loads them
     (data.federated: the partition kind's input transform applied). `run`: the fields of the run whose partition it
     is, checked against the file (None: a plane that names no run)."""
-    x, y, _ = surface_inputs(dataset, options, data, partition_path, run)
+    x, y, _, _ = surface_inputs(dataset, options, data, partition_path, run)
     return x, y
 
 
 def surface_inputs(dataset: str, options: dict, data: str, partition_path: str | None, run: dict | None,
-                   training_inputs: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """`surface_data`'s inputs and targets, and with `training_inputs` the union of the clients' inputs (what a
-    surface recomputes batch-norm statistics from, whatever it evaluates), the data set loaded once."""
+                   training_inputs: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, tuple[int, ...]]:
+    """`surface_data`'s inputs and targets, with `training_inputs` the union of the clients' inputs (what a
+    surface recomputes batch-norm statistics from, whatever it evaluates), the data set loaded once, and the classes
+    whose prediction its accuracy never credits (`Dataset.never_correct`)."""
     if data != "train" and data != "test" and not data.startswith("client~"):
         raise ValueError(f"unknown surface data {data!r}: train, test or client~<id>")
     fed = None
@@ -335,15 +337,17 @@ def surface_inputs(dataset: str, options: dict, data: str, partition_path: str |
                else load_federated_data(run, options, partition_path))
     union = fed.union() if data == "train" or training_inputs else None
     if data == "test":
-        x, y = load_test_data(dataset, options)
-    elif data == "train":
-        x, y = union
+        x, y, never_correct = load_test_data(dataset, options)
     else:
+        never_correct = fed.never_correct
+    if data == "train":
+        x, y = union
+    elif data != "test":
         m = int(data.split("~", 1)[1])
         if not 0 <= m < fed.num_clients:
             raise ValueError(f"client {m} does not exist: the partition has {fed.num_clients} clients")
         x, y = fed.client(m)
-    return x, y, union[0] if training_inputs else None
+    return x, y, union[0] if training_inputs else None, never_correct
 
 
 @job_precision(lambda settings: LandscapeChunkJob.from_settings(settings).precision)
@@ -364,12 +368,12 @@ def landscape_chunk_job(settings: dict, plane_path: str, grid_path: str, partiti
     run = parse_run_id(plane.runs[0]) if plane.runs else None
     # the statistics come from the plane's training data whatever the surface evaluates (a client's shard, the
     # test set), as the barriers' points take theirs from the training data
-    x, y, bn_x = surface_inputs(job.dataset, job.dataset_options, job.data, partition_path, run,
+    x, y, bn_x, never_correct = surface_inputs(job.dataset, job.dataset_options, job.data, partition_path, run,
                                 training_inputs=job.bn_stats == "recomputed")
     device = resolve_device(job.device)
     model = ModelMeta.from_dict(plane.model_meta).build()
     sset = SurfaceSettings(batch_size=job.batch_size, points_per_batch=job.points_per_batch)
-    evaluator = SurfaceEvaluator(model, plane, x, y, device, sset, bn_x=bn_x)
+    evaluator = SurfaceEvaluator(model, plane, x, y, device, sset, bn_x=bn_x, never_correct=never_correct)
     start, stop = chunk_bounds(grid.size, job.chunks, sset.points_per_batch)[job.chunk]
     log.info("surface %s chunk %d/%d: grid points %d..%d of %d on %s (%d samples, channels_last=%s, batch-norm "
              "statistics %s)", job.surface_id, job.chunk + 1, job.chunks, start, stop, grid.size, device, len(y),

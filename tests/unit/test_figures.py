@@ -158,10 +158,10 @@ def test_accuracy_by_init_spans_the_values_and_centres_a_panels_only_alpha_on_it
     # Execute
     accuracy_by_init_figure(final, "digits", "cnn_small", tmp_path / "by_init")
 
-    # Assert: no axis from 0 that flattens the gap; FedProx's one alpha sits on its init's tick
+    # Assert: no axis from 0 that flattens the gap (in %, as the tables); FedProx's one alpha sits on its init's tick
     panels = {ax.get_title(): ax for ax in drawn["fig"].axes if ax.collections}
     low, high = next(iter(panels.values())).get_ylim()
-    assert 0.9 < low < 0.96 and 0.98 < high <= 1.0
+    assert 90 < low < 96 and 98 < high <= 100
     fedprox = next(ax for title, ax in panels.items() if "FedProx" in title)
     centres = sorted(float(np.mean(seg[:, 0])) for c in fedprox.collections if hasattr(c, "get_segments")
                      for seg in c.get_segments() if len(seg) == 2 and seg[0][1] == seg[1][1])
@@ -448,7 +448,7 @@ def test_accuracy_by_init_draws_a_diverged_seed_apart_and_says_which(tmp_path, m
     # Execute
     points = assert_figure_files(accuracy_by_init_figure(final, "digits", "cnn_small", tmp_path / "by_init"))
 
-    # Assert: the CSV names the diverged seed, out of the mean; the drawing marks it with a cross, not a dot
+    # Assert: the CSV names the diverged seed, out of the mean; the drawing marks it with a cross (in %), not a dot
     cell = points[points["alpha"] == 0.1].iloc[0]
     assert cell["seeds"] == "0 1 2" and str(cell["diverged"]) in ("2", "2.0")
     assert cell["n_seeds"] == 2 and cell["mean"] == pytest.approx(np.mean([0.40, 0.52]))
@@ -456,7 +456,7 @@ def test_accuracy_by_init_draws_a_diverged_seed_apart_and_says_which(tmp_path, m
     (ax,) = [ax for ax in drawn["fig"].axes if ax.lines]
     dots = [y for line in ax.lines if line.get_marker() == "o" for y in line.get_ydata()]
     crosses = [y for line in ax.lines if line.get_marker() == "x" for y in line.get_ydata()]
-    assert crosses == [0.10] and 0.10 not in dots and len(dots) == 5
+    assert crosses == [10.0] and 10.0 not in dots and len(dots) == 5
     labels = [t.get_text() for legend in drawn["fig"].legends for t in legend.get_texts()]
     assert "diverged seed\n(not in the mean)" in labels
 
@@ -506,9 +506,9 @@ def test_a_diverged_seed_leaves_the_range_to_the_others_and_is_drawn_at_its_edge
     (low_without, high_without), no_crosses = _by_init_axes(final[~diverged], column, tmp_path / "without", monkeypatch)
 
     # Assert: the range is that of the seeds that count (with matplotlib's margin), the cross at the edge its value
-    # lies beyond, its whole marker drawn; the CSV keeps the value
+    # (an accuracy drawn in %) lies beyond, its whole marker drawn; the CSV keeps the value
     assert (low, high) == (low_without, high_without) and not no_crosses
-    assert not low <= value <= high
+    assert not low <= value * (100 if column == "test_acc" else 1) <= high
     (cross,) = crosses
     assert list(cross.get_ydata()) == [low if edge == "bottom" else high] and not cross.get_clip_on()
     points = pd.read_csv(tmp_path / "by_init.csv")
@@ -524,10 +524,10 @@ def test_where_every_seed_diverged_the_crosses_set_the_range(tmp_path, monkeypat
     # Execute
     (low, high), crosses = _by_init_axes(final, "test_acc", tmp_path / "by_init", monkeypatch)
 
-    # Assert: every cross drawn at its own value, within the range
+    # Assert: every cross drawn at its own value (in %), within the range
     drawn = sorted(y for line in crosses for y in line.get_ydata())
-    assert drawn == pytest.approx(sorted(final["test_acc"]))
-    assert low < 0.10 and 0.25 < high < 0.5
+    assert drawn == pytest.approx(sorted(100 * final["test_acc"]))
+    assert low < 10 and 25 < high < 50
 
 
 def test_the_headline_figure_counts_the_hessian_at_init_once():

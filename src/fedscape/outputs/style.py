@@ -76,6 +76,25 @@ def varying_keys(df: pd.DataFrame, keys: Sequence[str] = LABEL_ORDER) -> list[st
     return [k for k in keys if k in df.columns and df[k].nunique(dropna=False) > 1]
 
 
+# What a title says of its values' seeds where only one is left, or none: every seed of every cell diverged. One
+# wording for the figures across runs (report.figures) and the analyses' figures alike.
+ONE_SEED = "one seed"
+NO_SEED = "no seed that did not diverge"
+
+
+def seeds_range(n_seeds: pd.Series) -> str:
+    """Over how many seeds the cells with a value are: "3 seeds", "2-3 seeds" where cells lost seeds (diverged runs
+    are in no statistic) or ran fewer, ONE_SEED, or NO_SEED where no cell has one. A cell whose seeds all diverged,
+    n 0, is drawn as – and says nothing of the others."""
+    n_seeds = n_seeds[n_seeds > 0]
+    if not len(n_seeds):
+        return NO_SEED
+    lo, hi = int(n_seeds.min()), int(n_seeds.max())
+    if hi <= 1:
+        return ONE_SEED
+    return f"{hi} seeds" if lo == hi else f"{lo}-{hi} seeds"
+
+
 # -- style maps ------------------------------------------------------------------------------------
 def setting_colors(settings: Iterable) -> dict[str, str]:
     """Colour per setting keyed by its canonical text ('iid', '0.1', 'c2'), assigned in setting_order (IID first)."""

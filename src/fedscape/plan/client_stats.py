@@ -9,7 +9,8 @@ from fedscape.core.runs import Run
 
 # The result version of each job kind this module plans: when to bump it, core.config.result_version_params.
 # client_stats_figure 3: its CSV counts the seeds each panel's mean is over (`n_seeds_<panel>`).
-RESULT_VERSIONS = {"client_stats": 1, "client_stats_figure": 3}
+# client_stats_figure 4: the title says "one seed" where every line is one, not a mean over seeds.
+RESULT_VERSIONS = {"client_stats": 1, "client_stats_figure": 4}
 
 
 def planned_client_stats(runs: list[Run]) -> ClientStatsJob:

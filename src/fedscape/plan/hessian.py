@@ -69,8 +69,11 @@ DENSITY_FIGURE = "spectral_density"
 # hessian_plane: the eigenvector plane's jobs (it keys the eigenpairs a Hessian job keeps for them too: EigenStore).
 # 1: the eigenpairs every Hessian job computed before the plane had a rule of its own (HessianPlaneJob.meaning).
 # The figures 2: a participation fraction is labelled with every digit (0.125: 12.5% sampled, was 12%).
-RESULT_VERSIONS = {"hessian": 4, "hessian_plane": 1, "hessian_by_algorithm_figure": 2, "hessian_by_init_figure": 2,
-                   "hessian_density_figure": 2, "hessian_tables": 1}
+# The figures 3: the lambda_max / trace figures' title says "one seed" where each point is one (not "points: seeds");
+# the density figure's panels of a dataset / model share one eigenvalue range, and its CSV writes a density below
+# analysis.hessian.figures.DENSITY_FLOOR (subnormal) as 0.
+RESULT_VERSIONS = {"hessian": 4, "hessian_plane": 1, "hessian_by_algorithm_figure": 3, "hessian_by_init_figure": 3,
+                   "hessian_density_figure": 3, "hessian_tables": 1}
 SMALL_HUTCHPP_BUMPS = 1
 MISALIGNED_HUTCHPP_BUMPS = 1
 # The trace_probes of a job with `trace_estimator: exact`, which takes none (its settings hold the field: a required

@@ -37,7 +37,12 @@ ACCURACY_KINDS = figure_kinds.ACCURACY_KINDS
 # (hessian.csv's; analysis.hessian.definitions.REPORT), final.csv's after `code_version` and, in summary.csv, each
 # one's statistics and count after `code_versions` (`FinalColumns.appended`: no earlier column moves); every other
 # number is as it was.
-RESULT_VERSIONS = {"final_table": 4, "summary_table": 6, "curves_figure": 2, "accuracy_figure": 3, "cost_figure": 2}
+# accuracy_figure 4: the headline table ranks (shades, bolds) rows within their setting (alpha or partition, clients,
+# participation), grouped by setting, its accuracy with one decimal and its barrier header naming the training loss;
+# the ranking drops the panels of one algorithm (named in its title) and labels each point above it; the by-init
+# figure wraps its panels into rows to fit a screen, all clients first, draws accuracy in % and says over how many
+# seeds it is. curves_figure 3: all-clients panels first (participation descending).
+RESULT_VERSIONS = {"final_table": 4, "summary_table": 6, "curves_figure": 3, "accuracy_figure": 4, "cost_figure": 2}
 
 
 def final_table_inputs(config: dict, runs: list[Run]) -> dict[str, str]:

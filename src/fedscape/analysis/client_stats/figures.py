@@ -18,7 +18,16 @@ from fedscape.core.setting import setting_order_key
 from fedscape.fl.settings import clients_per_round
 from fedscape.outputs.labels import label_run, refuse_alike
 from fedscape.outputs.stats import did_not_diverge
-from fedscape.outputs.style import RunStyle, empty_figure, legend_key, pyplot, save_figure_outputs, varying_keys
+from fedscape.outputs.style import (
+    ONE_SEED,
+    RunStyle,
+    empty_figure,
+    legend_key,
+    pyplot,
+    save_figure_outputs,
+    seeds_range,
+    varying_keys,
+)
 from fedscape.outputs.tables import read_table
 
 log = logging.getLogger("fedscape.client_stats")
@@ -139,8 +148,10 @@ def client_stats_figure_job(table: str | Path, rounds: str | Path, outputs: dict
             ax.set_ylabel(label_run(fields, shown, sep="\n") if j == 0 else "")
             if g == len(groups) - 1:
                 ax.set_xlabel("round")
-    fig.suptitle("Client-update statistics per round, mean over the seeds not diverged by then (colour: alpha, "
-                 "line style: init)")
+    plotted = pd.concat(plotted, ignore_index=True)
+    one = seeds_range(plotted["n_seeds"]) == ONE_SEED  # no mean to speak of: said as the curves' title says it
+    fig.suptitle("Client-update statistics per round, " + (ONE_SEED if one else "mean over the seeds not diverged "
+                 "by then") + " (colour: alpha, line style: init)")
     entries = sorted(legend.items(), key=lambda item: item[1][0])
     fig.legend([handle for _, (_, handle) in entries], [label for label, _ in entries], loc="outside right center")
-    save_figure_outputs(fig, outputs, pd.concat(plotted, ignore_index=True))
+    save_figure_outputs(fig, outputs, plotted)

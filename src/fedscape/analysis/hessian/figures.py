@@ -16,12 +16,14 @@ from fedscape.core.setting import format_setting, setting_label
 from fedscape.outputs.labels import LABEL_SEP, format_field, label_run, refuse_alike
 from fedscape.outputs.style import (
     MAX_FIGURE_WIDTH_IN,
+    ONE_SEED,
     PALETTE,
     WIDEN_TOLERANCE_IN,
     bounded_log_ticks,
     category_ticks,
     facet_grid,
     pyplot,
+    seeds_range,
     setting_colors,
     setting_order,
     split_evenly,
@@ -126,6 +128,10 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str, trace_estimat
         return sorted(first.index, key=lambda g: (first[g], LABEL_SEP in g, g))
 
     cats_of = {place: categories(*place) for place in places}
+    # with one seed in every category and alpha, a point is one run's value, not one of several seeds around the bar
+    seeds = seeds_range(long.dropna(subset=["value"]).groupby(["metric", "setting", "round", "group", "alpha"])["seed"]
+                        .nunique())
+    points = ONE_SEED if seeds == ONE_SEED else "points: seeds"
 
     def draw_pieces(per_piece: int):
         """The figure with each place's run groups in panels of at most `per_piece` (a place with no more: one)."""
@@ -166,7 +172,7 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str, trace_estimat
                     ax.set_ylabel("λmax" if metric == "lambda_max" else f"trace ({TRACE_LABELS[trace_estimator]})")
             if not panels:
                 facets[0][0].text(0.5, 0.5, "no Hessian rows of the aggregate data", ha="center", va="center")
-            fig.suptitle(f"Hessian of the global model on the aggregate data, per {by} (points: seeds)")
+            fig.suptitle(f"Hessian of the global model on the aggregate data, per {by} ({points})")
             if legend:
                 fig.legend(legend.values(), legend.keys(), loc="outside right center", title="partition")
             return fig, needs
@@ -197,10 +203,17 @@ def hessian_by_init_figure_job(table: str | Path, outputs: dict, trace_estimator
     lambda_trace_figure(table, outputs, by="init", trace_estimator=trace_estimator)
 
 
+# The smallest density the density figure's CSV writes: a smoothed curve's far tails underflow through the
+# subnormal floats (1.6e-310, 2e-320: digits lost, and text that some CSV readers refuse), written as 0 below this
+# floor, far below anything drawn (the axis starts at 1e-6).
+DENSITY_FLOOR = 1e-300
+
+
 def hessian_density_figure_job(inputs: list[str | Path], outputs: dict, grid_points: int = 1000) -> None:
     """Spectral density of the aggregate-data Hessian by SLQ (Ghorbani et al. 2019): one panel per run, one line
-    per round, Gaussian-smoothed as in PyHessian, log scale. Two runs labelled alike (one title for both panels) are
-    refused before anything is drawn."""
+    per round, Gaussian-smoothed as in PyHessian, log scale; the panels of a dataset / model on one eigenvalue range,
+    so that their spectra compare at a glance; densities below DENSITY_FLOOR written as 0. Two runs labelled alike
+    (one title for both panels) are refused before anything is drawn."""
     # a diverged run's job has no density rows
     frames = [f for f in (read_table(p, DENSITY_COLUMNS) for p in inputs) if len(f)]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=DENSITY_COLUMNS)
@@ -219,8 +232,9 @@ def hessian_density_figure_job(inputs: list[str | Path], outputs: dict, grid_poi
             # 5 (1.1 range) / (grid_points - 1): within the 5% from grid_points 111 on.
             pad = max(0.05 * max(hi - lo, 1e-3), 5 * math.sqrt(kernel_sigma2(hi - lo)))
             grid = np.linspace(lo - pad, hi + pad, grid_points)
+            density = density_on_grid(nodes, weights, grid)
             curves.append(pd.DataFrame({"run_id": run_id, "round": int(round_), "eigenvalue": grid,
-                                        "density": density_on_grid(nodes, weights, grid)}))
+                                        "density": np.where(density < DENSITY_FLOOR, 0.0, density)}))
     data = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(
         columns=["run_id", "round", "eigenvalue", "density"])
 
@@ -236,7 +250,12 @@ def hessian_density_figure_job(inputs: list[str | Path], outputs: dict, grid_poi
         ax.axis("off")
     if not runs:
         axes[0, 0].text(0.5, 0.5, "no spectral densities (density disabled or no Hessian job)", ha="center")
+    # one eigenvalue range per dataset / model, of every curve of its runs: each panel on its own range drew a
+    # pretrained model's spectrum (-1..6) as wide as a random init's (-5..16)
+    model_of = {run_id: "{dataset}/{model}".format(**parse_run_id(run_id)) for run_id in runs}
+    spans = data.groupby(data["run_id"].map(model_of))["eigenvalue"].agg(["min", "max"])
     for ax, run_id, title in zip(axes.flat, runs, titles, strict=False):
+        ax.set_xlim(spans.loc[model_of[run_id], "min"], spans.loc[model_of[run_id], "max"])
         for round_, sub in data[data["run_id"] == run_id].groupby("round"):
             ax.semilogy(sub["eigenvalue"], np.maximum(sub["density"], 1e-12), label=f"round {round_}", lw=1,
                         color=round_colors[round_])

@@ -12,11 +12,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from fedscape.analysis.barriers.definitions import BARRIER_SPLIT
 from fedscape.core.setting import format_setting, setting_label, setting_order_key
 from fedscape.outputs.labels import label_run, refuse_alike
 from fedscape.outputs.stats import did_not_diverge, t_interval
 from fedscape.outputs.style import (
     RunStyle,
+    category_ticks,
     empty_figure,
     facet_grid,
     legend_key,
@@ -24,6 +26,7 @@ from fedscape.outputs.style import (
     save_figure,
     setting_order,
     varying_keys,
+    wrap_to_fit,
 )
 from fedscape.report.figures.common import (
     CURVE_GROUP,
@@ -33,6 +36,7 @@ from fedscape.report.figures.common import (
     facet_title,
     facets_of,
     in_facet,
+    interval_seeds,
     refuse_shared_labels,
     seeds_note,
     select_model,
@@ -63,11 +67,13 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
                             column: str = "test_acc") -> dict:
     """Final test accuracy per init (x) and alpha (colour): thick line = mean over the seeds that did not diverge,
     dots = those seeds, grey crosses = diverged seeds (their last finite model: in no mean or interval, as in
-    summary.csv), error bar = 95% interval; one panel per algorithm (x clients x participation). No bars: a bar must
-    start at 0, and from 0 the gaps of a point or two that the poster is about cannot be seen; the axis spans the
-    values of the seeds that did not diverge (a diverged seed's chance accuracy or huge loss would squeeze them), and
-    a cross beyond them is drawn at the edge it lies beyond. Where no seed that counts has a value, the crosses set
-    the range. Two panels or two partitions labelled alike are refused before anything is drawn."""
+    summary.csv), error bar = 95% interval; one panel per algorithm (x clients x participation), all clients first,
+    wrapped into rows to fit a screen (`wrap_to_fit`); an accuracy is drawn in %, as the accuracy and headline tables
+    show it (the CSV keeps fractions, as final.csv). No bars: a bar must start at 0, and from 0 the gaps of a point or
+    two that the poster is about cannot be seen; the axis spans the values of the seeds that did not diverge (a
+    diverged seed's chance accuracy or huge loss would squeeze them), and a cross beyond them is drawn at the edge it
+    lies beyond. Where no seed that counts has a value, the crosses set the range. Two panels or two partitions
+    labelled alike are refused before anything is drawn."""
     df = select_model(final, dataset, model)
     if df.empty:
         return save_figure(empty_figure(f"no runs of {dataset} / {model} in final.csv"), base_path,
@@ -76,69 +82,75 @@ def accuracy_by_init_figure(final: pd.DataFrame, dataset: str, model: str, base_
     style = RunStyle(df)
     facets = facets_of(df)
     is_acc = column.endswith("_acc")
+    scale = 100.0 if is_acc else 1.0  # the drawn values: an accuracy in %
     most = max(in_facet(df, f)["init"].nunique() for f in facets)
     alphas = setting_order(df["alpha"].unique())
     titles = [facet_title(facet, df) for facet in facets]
     refuse_alike(zip(facets, titles, strict=True), "the by-init accuracy figure's panels")
     refuse_alike((({"alpha": alpha}, setting_label(alpha)) for alpha in alphas), "the by-init accuracy figure's legend")
-    fig, axes = facet_grid(len(facets), ncols=4, rows_per_facet=1, size=(max(2.4, 1.1 * most + 1.4), 2.6),
-                           sharey=True, sharex=False)
-    legend = {}
-    crosses = []  # (axes, x, values) of the diverged seeds, drawn once the range of the others is known
-    for facet, title, (ax,) in zip(facets, titles, axes, strict=True):
-        sub = in_facet(points, facet)
-        runs = in_facet(df, facet)
-        inits = sorted(runs["init"].astype(str).unique())  # the inits of this panel only
-        present = set(sub["alpha"].map(format_setting))
-        here = [a for a in alphas if format_setting(a) in present]  # the alphas of this panel: centred on the ticks
-        width = 0.8 / len(here)
-        for i, init in enumerate(inits):
-            for j, alpha in enumerate(here):
-                x = i - 0.4 + width * (j + 0.5)
-                cell = cell_rows(sub, init, alpha)
-                if cell.empty:
-                    continue
-                c = cell.iloc[0]
-                color = style.color(alpha)
-                ax.hlines(c["mean"], x - width * 0.4, x + width * 0.4, color=color, lw=3)
-                handle = Line2D([], [], color=color, lw=3)
-                if not math.isnan(c["ci95_low"]):
-                    lo, hi = c["ci95_low"], c["ci95_high"]
-                    if is_acc:  # the interval of the mean, drawn within [0, 1] (the CSV keeps it whole)
-                        lo, hi = max(lo, 0.0), min(hi, 1.0)
-                    ax.errorbar(x, c["mean"], yerr=[[c["mean"] - lo], [hi - c["mean"]]], color="black", lw=0.8,
-                                capsize=2)
-                seeds = cell_rows(runs, init, alpha)
-                ok = did_not_diverge(seeds)
-                ax.plot(np.full(len(ok), x), ok[column], "o", ms=2.5, color="black", alpha=0.7)
-                diverged = seeds.drop(index=ok.index)
-                if not diverged.empty:
-                    crosses.append((ax, np.full(len(diverged), x), diverged[column].to_numpy(dtype=float)))
-                legend.setdefault(setting_label(alpha), (legend_key({"alpha": alpha}), handle))
-        ax.set_xticks(range(len(inits)), [f"{i} init" for i in inits])
-        ax.set_xlim(-0.6, len(inits) - 0.4)
-        ax.set_title(title)
-        ax.set_ylabel("final test accuracy" if column == "test_acc" else column)
-        ax.grid(axis="x", visible=False)
-    if np.isfinite(did_not_diverge(df)[column]).any():  # the range of the seeds that count (shared by the panels),
-        axes[0][0].set_ylim(axes[0][0].get_ylim())  # fixed: the crosses drawn next do not stretch it
-    cross_lines = [line for ax, x, values in crosses
-                   for line in ax.plot(x, values, clip_on=False, **DIVERGED_MARKER)]
-    if is_acc:  # the values' range, within [0, 1]
+
+    def draw(ncols: int):
+        """The figure with its panels in at most `ncols` columns, and the width each panel's init labels need."""
+        fig, axes = facet_grid(len(facets), ncols=ncols, rows_per_facet=1, size=(max(2.4, 1.1 * most + 1.4), 2.6),
+                               sharey=True, sharex=False)
+        legend, needs = {}, {}
+        crosses = []  # (axes, x, values) of the diverged seeds, drawn once the range of the others is known
+        for facet, title, (ax,) in zip(facets, titles, axes, strict=True):
+            sub = in_facet(points, facet)
+            runs = in_facet(df, facet)
+            inits = sorted(runs["init"].astype(str).unique())  # the inits of this panel only
+            present = set(sub["alpha"].map(format_setting))
+            here = [a for a in alphas if format_setting(a) in present]  # the alphas of this panel: centred on ticks
+            width = 0.8 / len(here)
+            for i, init in enumerate(inits):
+                for j, alpha in enumerate(here):
+                    x = i - 0.4 + width * (j + 0.5)
+                    cell = cell_rows(sub, init, alpha)
+                    if cell.empty:
+                        continue
+                    mean, lo, hi = (scale * cell.iloc[0][k] for k in ("mean", "ci95_low", "ci95_high"))
+                    color = style.color(alpha)
+                    ax.hlines(mean, x - width * 0.4, x + width * 0.4, color=color, lw=3)
+                    handle = Line2D([], [], color=color, lw=3)
+                    if not math.isnan(lo):
+                        if is_acc:  # the interval of the mean, drawn within [0, 100]% (the CSV keeps it whole)
+                            lo, hi = max(lo, 0.0), min(hi, scale)
+                        ax.errorbar(x, mean, yerr=[[mean - lo], [hi - mean]], color="black", lw=0.8, capsize=2)
+                    seeds = cell_rows(runs, init, alpha)
+                    ok = did_not_diverge(seeds)
+                    ax.plot(np.full(len(ok), x), scale * ok[column], "o", ms=2.5, color="black", alpha=0.7)
+                    diverged = seeds.drop(index=ok.index)
+                    if not diverged.empty:
+                        crosses.append((ax, np.full(len(diverged), x),
+                                        scale * diverged[column].to_numpy(dtype=float)))
+                    legend.setdefault(setting_label(alpha), (legend_key({"alpha": alpha}), handle))
+            needs[ax] = category_ticks(ax, [f"{i} init" for i in inits])
+            ax.set_xlim(-0.6, len(inits) - 0.4)
+            ax.set_title(title)
+            ax.set_ylabel(("final test accuracy" if column == "test_acc" else column) + (" (%)" if is_acc else ""))
+            ax.grid(axis="x", visible=False)
+        if np.isfinite(did_not_diverge(df)[column]).any():  # the range of the seeds that count (shared by the
+            axes[0][0].set_ylim(axes[0][0].get_ylim())  # panels), fixed: the crosses drawn next do not stretch it
+        cross_lines = [line for ax, x, values in crosses
+                       for line in ax.plot(x, values, clip_on=False, **DIVERGED_MARKER)]
+        if is_acc:  # the values' range, within [0, 100]%
+            low, high = axes[0][0].get_ylim()
+            axes[0][0].set_ylim(max(low, 0.0), min(high, scale))
         low, high = axes[0][0].get_ylim()
-        axes[0][0].set_ylim(max(low, 0.0), min(high, 1.0))
-    low, high = axes[0][0].get_ylim()
-    for line in cross_lines:  # at the edge a value lies beyond, the whole marker drawn (clip_on=False)
-        line.set_ydata(np.clip(line.get_ydata(), low, high))
-    fig.suptitle(f"{dataset} / {model}: final accuracy by initialisation and alpha")
-    entries = sorted(legend.items(), key=lambda item: item[1][0])
-    fig.legend([handle for _, (_, handle) in entries], [label for label, _ in entries], loc="outside right center",
-               title="partition")
-    if crosses:  # the markers' meaning below the partitions
-        seed = Line2D([], [], marker="o", ls="none", ms=2.5, color="black", alpha=0.7)
-        fig.legend([seed, Line2D([], [], **DIVERGED_MARKER)], ["seed", "diverged seed\n(not in the mean)"],
-                   loc="outside right lower")
-    return save_figure(fig, base_path, points)
+        for line in cross_lines:  # at the edge a value lies beyond, the whole marker drawn (clip_on=False)
+            line.set_ydata(np.clip(line.get_ydata(), low, high))
+        fig.suptitle(f"{dataset} / {model}: final accuracy by initialisation and alpha "
+                     f"({interval_seeds(points['n_seeds'])})")
+        entries = sorted(legend.items(), key=lambda item: item[1][0])
+        fig.legend([handle for _, (_, handle) in entries], [label for label, _ in entries],
+                   loc="outside right center", title="partition")
+        if crosses:  # the markers' meaning below the partitions
+            seed = Line2D([], [], marker="o", ls="none", ms=2.5, color="black", alpha=0.7)
+            fig.legend([seed, Line2D([], [], **DIVERGED_MARKER)], ["seed", "diverged seed\n(not in the mean)"],
+                       loc="outside right lower")
+        return fig, needs
+
+    return save_figure(wrap_to_fit(draw, len(facets)), base_path, points)
 
 
 def accuracy_table(final: pd.DataFrame, column: str = "test_acc", scale: float = 100.0) -> pd.DataFrame:
@@ -159,11 +171,11 @@ def accuracy_table(final: pd.DataFrame, column: str = "test_acc", scale: float =
     return table
 
 
-def _setting_sorted(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """`table` sorted by `keys` and then as `common.setting_panels` orders settings: by clients, all clients first
-    (participation descending), IID first."""
+def _setting_sorted(table: pd.DataFrame, within: list[str]) -> pd.DataFrame:
+    """`table` sorted as `common.setting_panels` orders settings (by clients, all clients first: participation
+    descending, IID first), and within a setting by `within`."""
     keyed = table.assign(_p=-table["participation"].astype(float), _a=table["alpha"].map(setting_order_key))
-    return keyed.sort_values([*keys, "num_clients", "_p", "_a"], kind="stable")
+    return keyed.sort_values(["num_clients", "_p", "_a", *within], kind="stable")
 
 
 def _column_order(table: pd.DataFrame) -> list[str]:
@@ -235,22 +247,31 @@ def _best_rows(table: pd.DataFrame, final: pd.DataFrame, column: str) -> dict[st
     return best
 
 
-# FedAlign Table 1 columns (direction of "better" in brackets) and the other headline numbers of final.csv.
+# FedAlign Table 1 columns (direction of "better" in brackets) and the other headline numbers of final.csv; the barrier
+# to IID is on the loss of the data `BARRIER_SPLIT` names (the global objective: the aggregate training data).
 HEADLINE_METRICS = {
-    "test_acc": ("Acc. (%) ↑", 100.0, True), "barrier_to_iid_loss": ("barrier to IID ↓", 1.0, False),
+    "test_acc": ("Acc. (%) ↑", 100.0, True),
+    "barrier_to_iid_loss": (f"barrier to IID ↓\n({BARRIER_SPLIT} loss)", 1.0, False),
     "lambda_max": ("λmax ↓", 1.0, False), "trace": ("trace ↓", 1.0, False), "hn": ("HN ↓", 1.0, False),
     "hd": ("HD ↑", 1.0, True), "lambda_max_init": ("λmax at init ↓", 1.0, False),
 }
 HEADLINE_COLUMNS = [*CURVE_GROUP, "row", "metric", "n_seeds", "mean", "std", "ci95_low", "ci95_high"]
+# The headline metrics written with fixed decimals: the accuracy (%) with one, as in the accuracy table.
+HEADLINE_DECIMALS = {"test_acc": 1}
+# A setting of the headline table: its rows are ranked against each other, not across settings (FedAlign's Table 1
+# compares methods within one setting).
+HEADLINE_SETTING = ["alpha", "num_clients", "participation"]
 
 
-def _fmt(value: float) -> str:
-    """Compact number: 3 significant digits, no exponent for ordinary magnitudes; an infinite one (a barrier whose
-    loss overflowed) as ±inf, apart from a missing one (NaN: –)."""
+def _fmt(value: float, decimals: int | None = None) -> str:
+    """Compact number: `decimals` fixed decimals where given, else 3 significant digits, no exponent for ordinary
+    magnitudes; an infinite one (a barrier whose loss overflowed) as ±inf, apart from a missing one (NaN: –)."""
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
     if not math.isfinite(value):
         return "–"
+    if decimals is not None:
+        return f"{value:.{decimals}f}"
     if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
         return f"{value:.2e}"
     return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
@@ -288,49 +309,66 @@ def headline_table(final: pd.DataFrame) -> pd.DataFrame:
 def headline_table_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str | Path) -> dict:
     """FedAlign Table 1 as a figure: one row per run group, one column per headline number of final.csv
     that the config computes (accuracy, barrier to IID, lambda_max, trace, HN, HD); mean +- std over
-    seeds; each column shaded by rank from worst (light) to best (dark) and its best value bold. Rank and best compare
-    each row's mean over its own seeds, not paired by seed as the ranking and the accuracy table's bold: rows of other
-    alphas or client counts draw other partitions from one seed."""
+    seeds. The rows are grouped by setting (alpha or partition, clients, participation; `HEADLINE_SETTING`), in the
+    order of the other figures' panels, a line between settings; within its setting, each column is shaded by rank
+    from worst (light) to best (dark) and its best value bold, as FedAlign ranks methods within one setting (a setting
+    of one row is shaded midway, bold nowhere). Rank and best compare each row's mean over its own seeds."""
     df = select_model(final, dataset, model)
     if df.empty:
         return save_figure(empty_figure(f"no runs of {dataset} / {model} in final.csv"), base_path,
                            pd.DataFrame(columns=HEADLINE_COLUMNS))
     table = headline_table(df)
-    row_order = _setting_sorted(table.drop_duplicates("row"), ["algorithm", "init"])["row"].tolist()
+    rows = _setting_sorted(table.drop_duplicates("row"), ["algorithm", "init"])
+    row_order = rows["row"].tolist()
+    settings = [(format_setting(a), c, p) for a, c, p in rows[HEADLINE_SETTING].itertuples(index=False)]
+    groups = [np.flatnonzero([s == key for s in settings]) for key in dict.fromkeys(settings)]  # consecutive rows
     metrics = [m for m in HEADLINE_METRICS if m in set(table["metric"])]
     lookup = table.set_index(["row", "metric"])
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(2.2 + 1.25 * len(metrics), 0.8 + 0.34 * len(row_order)))
     shade = np.full((len(row_order), len(metrics)), np.nan)
+    bold = np.zeros(shade.shape, dtype=bool)
+    values = np.array([[lookup.loc[(r, m), "mean"] if (r, m) in lookup.index else np.nan for m in metrics]
+                       for r in row_order], dtype=float)
     for j, metric in enumerate(metrics):
         higher = HEADLINE_METRICS[metric][2]
-        col = np.array([lookup.loc[(r, metric), "mean"] if (r, metric) in lookup.index else np.nan
-                        for r in row_order], dtype=float)
-        known = col[~np.isnan(col)]  # an infinite mean (a barrier whose loss overflowed) ranks last, shown as inf
-        if known.size:
+        for group in groups:
+            col = values[group, j]
+            known = col[~np.isnan(col)]  # an infinite mean (a barrier whose loss overflowed) ranks last, shown as inf
+            if not known.size:
+                continue
             lo, hi = known.min(), known.max()
             # shade by rank, not by value: HN and the trace span orders of magnitude across methods
             ranks = pd.Series(col).rank(method="average").to_numpy()
             rank = (ranks - 1) / (known.size - 1) if hi > lo else np.where(np.isnan(col), np.nan, 0.5)
-            shade[:, j] = rank if higher else 1 - rank
-        best = (np.nanmax(col) if higher else np.nanmin(col)) if known.size > 1 and hi > lo else np.nan
+            shade[group, j] = rank if higher else 1 - rank
+            if known.size > 1 and hi > lo:
+                bold[group, j] = col == (np.nanmax(col) if higher else np.nanmin(col))
+    for j, metric in enumerate(metrics):
+        decimals = HEADLINE_DECIMALS.get(metric)
         for i, r in enumerate(row_order):
-            if np.isnan(col[i]):
+            if np.isnan(values[i, j]):
                 ax.text(j, i, "–", ha="center", va="center", color="0.5")
                 continue
             std = lookup.loc[(r, metric), "std"]
-            text = _fmt(col[i]) if not math.isfinite(std) else f"{_fmt(col[i])} ± {_fmt(std)}"
-            bold = col[i] == best and len(row_order) > 1
-            ax.text(j, i, text, ha="center", va="center", fontsize=7, fontweight="bold" if bold else "normal",
+            text = _fmt(values[i, j], decimals)
+            if math.isfinite(std):
+                text += f" ± {_fmt(std, decimals)}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, fontweight="bold" if bold[i, j] else "normal",
                     color="white" if shade[i, j] > 0.75 else "black")
     ax.imshow(np.ma.masked_invalid(0.15 + 0.7 * shade), cmap="Greens", vmin=0, vmax=1.1, aspect="auto")
-    ax.set_xticks(range(len(metrics)), [HEADLINE_METRICS[m][0] for m in metrics])
+    for group in groups[1:]:  # the settings apart: a rank holds within its own
+        ax.axhline(group[0] - 0.5, color="0.35", lw=0.8)
+    labels = [HEADLINE_METRICS[m][0] for m in metrics]
+    ax.set_xticks(range(len(metrics)), labels)
     ax.set_yticks(range(len(row_order)), row_order)
     ax.xaxis.tick_top()
     ax.grid(False)
     for spine in ax.spines.values():
         spine.set_visible(False)
-    ax.set_title(f"{dataset} / {model}: final accuracy and headline numbers{headline_seeds_note(table)}", pad=22)
+    within = "\nshaded and bold within each setting" if len(groups) > 1 else ""
+    ax.set_title(f"{dataset} / {model}: final accuracy and headline numbers{headline_seeds_note(table)}{within}",
+                 pad=22 + 8 * max(label.count("\n") for label in labels))
     return save_figure(fig, base_path, table)
 
 

@@ -13,20 +13,24 @@ from fedscape.fl.hparams.registry import display_name
 from fedscape.outputs.labels import label_run, refuse_alike
 from fedscape.outputs.stats import did_not_diverge, t_interval
 from fedscape.outputs.style import (
+    CATEGORY_GAP_IN,
+    ONE_SEED,
     PALETTE,
     RunStyle,
+    agg_canvas,
+    category_ticks,
     empty_figure,
     facet_grid,
     save_figure,
+    seeds_range,
     varying_keys,
+    wrap_to_fit,
 )
 from fedscape.report.figures.common import (
-    NO_SEED,
-    ONE_SEED,
     common_seeds,
     compared_means,
     init_order,
-    seeds_range,
+    interval_seeds,
     select_model,
     setting_panels,
 )
@@ -94,8 +98,12 @@ def joined_groups(inits: list[str], ranked: dict[str, frozenset]) -> list[list[i
 def ranking_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str | Path,
                    column: str = "test_acc") -> dict:
     """Slope chart of the algorithms' rank by final accuracy under each init (x), one line per algorithm,
-    with the rank range over seeds as a bar and the mean accuracy it is ranked by (`rank_mean`) beside each point;
-    one panel per setting. Two panels or two algorithms labelled alike are refused before anything is drawn."""
+    with the rank range over seeds as a bar and the mean accuracy it is ranked by (`rank_mean`) above each point;
+    one panel per setting that ranks two algorithms or more (a setting of one algorithm, rank 1 under every init, is
+    named in the title and kept in the CSV), at most three a row and wrapped into rows to fit a screen (`wrap_to_fit`).
+    Each panel is as wide as its labels need side by side, so that a label stays within its init's column, clear of
+    its neighbours' and of the rank axis. Two panels or two algorithms labelled alike are refused before anything is
+    drawn."""
     df = select_model(final, dataset, model)
     table = ranking_table(df, column) if not df.empty else pd.DataFrame(columns=RANKING_COLUMNS)
     if table.empty:
@@ -109,44 +117,64 @@ def ranking_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str
     titles = [label_run(panel, ["alpha", *shown]) for panel in panels]
     refuse_alike(zip(panels, titles, strict=True), "the ranking figure's panels")
     refuse_alike((({"algorithm": a}, name) for a, name in names.items()), "the ranking figure's legend")
-    most = int(table["n_algorithms"].max())
-    fig, axes = facet_grid(len(settings), ncols=3, size=(3.4, 0.9 + 0.45 * most), sharey=False, sharex=False)
-    legend = {}
-    unjoined = False
-    for (_, sub), title, (ax,) in zip(settings, titles, axes, strict=True):
-        inits = init_order(sub["init"])
-        ranked = {init: frozenset(per_init["algorithm"].astype(str)) for init, per_init in sub.groupby("init")}
-        uneven = len(set(ranked.values())) > 1
-        for algorithm, line in sub.groupby("algorithm", sort=True):
-            line = line.set_index("init").reindex([i for i in inits if i in set(line["init"])])
-            x = [inits.index(i) for i in line.index]
-            color = colors[str(algorithm)]
-            for group in joined_groups(list(line.index), ranked):
-                (handle,) = ax.plot([x[k] for k in group], line["rank"].iloc[group], "-o", color=color, lw=1.5, ms=5)
-                legend.setdefault(names[str(algorithm)], handle)
-            unjoined |= len(joined_groups(list(line.index), ranked)) > 1
-            for xi, (init, row) in zip(x, line.iterrows(), strict=True):
-                if not math.isnan(row["rank_seed_min"]):
-                    ax.vlines(xi, row["rank_seed_min"], row["rank_seed_max"], color=color, lw=4, alpha=0.25)
-                # where the inits rank different sets of algorithms, a rank says of how many
-                of_n = f" ({int(row['rank'])} of {len(ranked[init])})" if uneven else ""
-                ax.annotate(f"{100 * row['rank_mean']:.1f}%{of_n}", (xi, row["rank"]), textcoords="offset points",
-                            xytext=(6 if xi == len(inits) - 1 else -6, 0), fontsize=6, va="center",
-                            ha="left" if xi == len(inits) - 1 else "right", color=color)
-        ax.set_xticks(range(len(inits)), [f"{i} init" for i in inits])
-        ax.set_xlim(-0.6, len(inits) - 0.4)
-        n = int(sub["n_algorithms"].max())
-        ax.set_ylim(n + 0.5, 0.5)  # rank 1 at the top
-        ax.set_yticks(range(1, n + 1))
-        ax.set_ylabel("rank by final test accuracy" if column == "test_acc" else f"rank by {column}")
-        ax.set_title(title + ("" if len(inits) > 1 else "\n(one init: no change)"))
-        ax.grid(axis="x", visible=False)
-    note = ("\nlines join only inits that rank the same algorithms (a rank among fewer algorithms is not comparable)"
-            if unjoined else "")
-    fig.suptitle(f"{dataset} / {model}: rank of each algorithm by final accuracy per initialisation "
-                 f"({ranking_seeds(table)}){note}")
-    fig.legend(legend.values(), legend.keys(), loc="outside right center", title="algorithm")
-    return save_figure(fig, base_path, table)
+    ranks_several = [sub["n_algorithms"].max() > 1 for _, sub in settings]
+    alone = [title for title, several in zip(titles, ranks_several, strict=True) if not several]
+    drawn = [(sub, title) for (_, sub), title, several in zip(settings, titles, ranks_several, strict=True) if several]
+    if not drawn:
+        return save_figure(empty_figure(f"{dataset} / {model}: one algorithm in every setting, nothing to rank",
+                                        size=(5.0, 2.0)), base_path, table)
+    most = max(int(sub["n_algorithms"].max()) for sub, _ in drawn)
+    seeds = ranking_seeds(pd.concat([sub for sub, _ in drawn]))
+    left_out = f"\nnot drawn, one algorithm each: {', '.join(alone)}" if alone else ""
+
+    def draw(ncols: int):
+        """The figure with its panels in at most `ncols` columns (three at most), and the width each panel needs."""
+        fig, axes = facet_grid(len(drawn), ncols=min(ncols, 3), size=(3.4, 0.9 + 0.45 * most), sharey=False,
+                               sharex=False)
+        renderer = agg_canvas(fig).get_renderer()
+        legend, needs = {}, {}
+        unjoined = False
+        for (sub, title), (ax,) in zip(drawn, axes, strict=True):
+            inits = init_order(sub["init"])
+            ranked = {init: frozenset(per_init["algorithm"].astype(str)) for init, per_init in sub.groupby("init")}
+            uneven = len(set(ranked.values())) > 1
+            for algorithm, line in sub.groupby("algorithm", sort=True):
+                line = line.set_index("init").reindex([i for i in inits if i in set(line["init"])])
+                x = [inits.index(i) for i in line.index]
+                color = colors[str(algorithm)]
+                for group in joined_groups(list(line.index), ranked):
+                    (handle,) = ax.plot([x[k] for k in group], line["rank"].iloc[group], "-o", color=color, lw=1.5,
+                                        ms=5)
+                    legend.setdefault(names[str(algorithm)], handle)
+                unjoined |= len(joined_groups(list(line.index), ranked)) > 1
+                for xi, (init, row) in zip(x, line.iterrows(), strict=True):
+                    if not math.isnan(row["rank_seed_min"]):
+                        ax.vlines(xi, row["rank_seed_min"], row["rank_seed_max"], color=color, lw=4, alpha=0.25)
+                    # where the inits rank different sets of algorithms, a rank says of how many
+                    of_n = f" ({int(row['rank'])} of {len(ranked[init])})" if uneven else ""
+                    # above the point, centred on its init: beside it, the first init's label ran over the rank axis
+                    ax.annotate(f"{100 * row['rank_mean']:.1f}%{of_n}", (xi, row["rank"]), textcoords="offset points",
+                                xytext=(0, 4), fontsize=6, ha="center", va="bottom", color=color)
+            ax.set_xlim(-0.6, len(inits) - 0.4)
+            # an init's column (1 of the len(inits) + 0.2 units of the axis) at least as wide as its widest label and a
+            # gap: a label centred on the first init then ends short of the axis (0.6 units away), as of its neighbours
+            widest = max(t.get_window_extent(renderer).width for t in ax.texts) / fig.dpi
+            needs[ax] = max(category_ticks(ax, [f"{i} init" for i in inits]), len(inits) * (widest + CATEGORY_GAP_IN))
+            n = int(sub["n_algorithms"].max())
+            ax.set_ylim(n + 0.5, 0.5)  # rank 1 at the top
+            ax.set_yticks(range(1, n + 1))
+            ax.set_ylabel("rank by final test accuracy" if column == "test_acc" else f"rank by {column}")
+            ax.set_title(title + ("" if len(inits) > 1 else "\n(one init: no change)"))
+            ax.grid(axis="x", visible=False)
+        note = ("\nlines join only inits that rank the same algorithms (a rank among fewer algorithms is not "
+                "comparable)" if unjoined else "")
+        fig.suptitle(f"{dataset} / {model}: rank of each algorithm by final accuracy per initialisation "
+                     f"({seeds}){note}{left_out}")
+        fig.legend(legend.values(), legend.keys(), loc="outside right center", title="algorithm")
+        return fig, needs
+
+    # at most three panels a row, as many rows as keep the figure within a screen, each panel as wide as its labels
+    return save_figure(wrap_to_fit(draw, len(drawn)), base_path, table)
 
 
 def ranking_seeds(table: pd.DataFrame) -> str:
@@ -237,14 +265,6 @@ def local_work_figure(final: pd.DataFrame, dataset: str, model: str, base_path: 
         ax.set_xlabel(f"{unit.replace('_', ' ')} per round")
         ax.set_ylabel("final test accuracy" if column == "test_acc" else column)
         ax.set_title(title + ("" if len(amounts) > 1 else "\n(one local work setting)"))
-    fig.suptitle(f"{dataset} / {model}: final accuracy against local work ({local_work_seeds(table)})")
+    fig.suptitle(f"{dataset} / {model}: final accuracy against local work ({interval_seeds(table['n_seeds'])})")
     fig.legend(legend.values(), legend.keys(), loc="outside right center")
     return save_figure(fig, base_path, table)
-
-
-def local_work_seeds(table: pd.DataFrame) -> str:
-    """Over how many seeds a local-work table's means and 95% t-intervals are, for the figure's title."""
-    over = seeds_range(table["n_seeds"])
-    if over in (ONE_SEED, NO_SEED):
-        return over
-    return f"mean and 95% t-interval over {over}" + (", no interval where one" if (table["n_seeds"] == 1).any() else "")

@@ -8,6 +8,7 @@ import pandas as pd
 
 from fedscape.core.setting import format_setting, setting_order_key
 from fedscape.outputs.labels import label_run, refuse_alike
+from fedscape.outputs.style import NO_SEED, ONE_SEED, seeds_range
 
 # Facets (panels) of a figure: one per combination of these fields; lines within a panel by alpha and init.
 FACET_KEYS = ("algorithm", "num_clients", "participation")
@@ -20,10 +21,13 @@ def select_model(df: pd.DataFrame, dataset: str, model: str) -> pd.DataFrame:
 
 
 def facets_of(df: pd.DataFrame) -> list[dict]:
-    """The distinct facet field values of `df`, in a stable order (algorithm by name, then clients, part.)."""
+    """The distinct facet field values of `df`, in a stable order: algorithm by name, then by clients, all clients
+    first (participation descending, as `setting_panels` orders settings)."""
     keys = list(FACET_KEYS)
-    combos = df[keys].drop_duplicates().sort_values(keys, kind="stable")
-    return [dict(zip(keys, row, strict=True)) for row in combos.itertuples(index=False)]
+    combos = df[keys].drop_duplicates()
+    combos = combos.assign(_p=-combos["participation"].astype(float)).sort_values(
+        ["algorithm", "num_clients", "_p"], kind="stable")
+    return [dict(zip(keys, row, strict=True)) for row in combos[keys].itertuples(index=False)]
 
 
 def facet_title(facet: dict, df: pd.DataFrame) -> str:
@@ -54,30 +58,20 @@ def init_order(inits) -> list[str]:
     return sorted({str(i) for i in inits}, key=lambda i: (i != "random", i))
 
 
-# What a title says of its cells' seeds where only one is left, or none: every seed of every cell diverged.
-ONE_SEED = "one seed"
-NO_SEED = "no seed that did not diverge"
-
-
-def seeds_range(n_seeds: pd.Series) -> str:
-    """Over how many seeds the cells with a value are: "3 seeds", "2-3 seeds" where cells lost seeds (diverged runs
-    are in no statistic) or ran fewer, ONE_SEED, or NO_SEED where no cell has one. A cell whose seeds all diverged,
-    n 0, is drawn as – and says nothing of the others."""
-    n_seeds = n_seeds[n_seeds > 0]
-    if not len(n_seeds):
-        return NO_SEED
-    lo, hi = int(n_seeds.min()), int(n_seeds.max())
-    if hi <= 1:
-        return ONE_SEED
-    return f"{hi} seeds" if lo == hi else f"{lo}-{hi} seeds"
-
-
 def seeds_note(n_seeds: pd.Series) -> str:
     """Title suffix saying over how many seeds the cells' mean ± std is (`seeds_range`)."""
     over = seeds_range(n_seeds)
     if over in (ONE_SEED, NO_SEED):
         return f", {over}"
     return f", mean ± std over {over}" + (" (± where 2 or more)" if "-" in over else "")
+
+
+def interval_seeds(n_seeds: pd.Series) -> str:
+    """Over how many seeds a figure's means and 95% t-intervals are (`seeds_range`), for its title."""
+    over = seeds_range(n_seeds)
+    if over in (ONE_SEED, NO_SEED):
+        return over
+    return f"mean and 95% t-interval over {over}" + (", no interval where one" if (n_seeds == 1).any() else "")
 
 
 def common_seeds(per_seed: pd.DataFrame) -> pd.DataFrame:

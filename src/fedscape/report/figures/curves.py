@@ -12,24 +12,24 @@ from fedscape.core.setting import setting_order_key
 from fedscape.outputs.labels import label_run, refuse_alike
 from fedscape.outputs.stats import did_not_diverge, t_interval
 from fedscape.outputs.style import (
+    NO_SEED,
+    ONE_SEED,
     RunStyle,
     bounded_log_ticks,
     empty_figure,
     facet_grid,
     legend_key,
     save_figure,
+    seeds_range,
     setting_order,
 )
 from fedscape.report.figure_kinds import CURVE_METRICS
 from fedscape.report.figures.common import (
     CURVE_GROUP,
-    NO_SEED,
-    ONE_SEED,
     cell_rows,
     facet_title,
     facets_of,
     in_facet,
-    seeds_range,
     select_model,
 )
 

@@ -20,8 +20,10 @@ from fedscape.plan.workflow import (
     check_config,
     check_data,
     check_execution,
+    check_failed_reruns,
     check_read_files,
     config_warnings,
+    failed_rerun_warnings,
     recorded_params,
     recorded_inputs,
 )
@@ -47,10 +49,14 @@ if not workflow.overwrite_configfiles:
 SCHEMA = load_schema(Path(workflow.basedir, "workflow/schemas/config.schema.yaml"))
 check_config(config, SCHEMA, files=workflow.configfiles)
 RUNS = build_runs(config)
+RESULTS = Results.of(config)
 if workflow.is_main_process:
     for line in config_warnings(config, RUNS, SCHEMA):
         logger.warning(f"fedscape: {line}")
-RESULTS = Results.of(config)
+    # a finished job run again that failed or was killed lost its outputs, which Snakemake does not make again while
+    # files made from them exist: said on every run, a dry run too (`onstart` refuses to build on it)
+    for line in failed_rerun_warnings(RESULTS.root):
+        logger.warning(f"fedscape: {line}")
 # The resources that say whether a GPU rule's job takes a card (fedscape.plan.resources): a local run (no --jobs to
 # an executor: no `_nodes`) starts at most one GPU job per card at once unless `--resources gpu=N` says otherwise;
 # a cluster places GPU jobs itself, each asking for a card unless training.device is cpu (the job step on the
@@ -91,7 +97,8 @@ wildcard_constraints:
 # The data directories and the results that the jobs about to run read (partitions, checkpoints, tables, .npz
 # and JSON files: readable, and their job's) are checked when Snakemake starts executing, before the first job (and
 # so before it deletes any job's outputs): Snakemake calls `onstart` only then (not for -n, --summary or --dag), so
-# a dry run plans on a machine without the data. (`workflow.dryrun` is not yet known while this file is read.)
+# a dry run plans on a machine without the data. (`workflow.dryrun` is not yet known while this file is read.) So is
+# a job run again that did not finish, where the targets are made from it and it does not run (`check_failed_reruns`).
 onstart:
     jobs = list(workflow.dag.needrun_jobs())
     named = [(job.rule.name, job.wildcards_dict) for job in jobs]
@@ -111,6 +118,11 @@ onstart:
         [f for job in jobs for f in job.input],
         [f for job in jobs for f in job.output],
         RESULTS.root,
+    )
+    check_failed_reruns(
+        RESULTS.root,
+        [f for job in workflow.dag.jobs for f in job.output],
+        [f for job in jobs for f in job.output],
     )
 
 

@@ -476,7 +476,7 @@ def test_status_lists_the_jobs_made_from_other_data_with_the_command_that_remake
     (change,) = changes
     assert change.read.key == "datasets.cifar10" and change.data_dir == str(data)
     assert change.jobs == [("results/p/partition.npz",), ("results/t/metrics.csv", "results/t/trajectory.pt")]
-    assert lines[0] == f"current: 1 recorded results, made by {'a' * 12} (1)"
+    assert lines[0] == f"current: 1 recorded result, made by {'a' * 12} (1)"
     assert "made from other data than the files there now: 2 jobs" in lines
     assert any(line.startswith(f"  datasets.cifar10 ({data}) now holds ") and "7 files" in line for line in lines)
     made_from = records["results/p/partition.npz"]["data"]["datasets.cifar10"]["sha256"]

@@ -497,7 +497,7 @@ def test_a_missing_output_names_the_record_to_delete_when_the_workflow_no_longer
     assert lines[1].startswith("missing: results/train/r/y.pt (")
     assert lines[0].endswith(f"delete its job's record {Path('results', MANIFEST, 'tables.json')}")
     assert lines[1].endswith(f"delete its job's record {Path('results', MANIFEST, 'run.json')}, which also names 1 "
-                             "other outputs, no longer checked then")
+                             "other output, no longer checked then")
 
 
 # -- make verify: records that cannot be read -----------------------------------------------------------------------

@@ -171,7 +171,7 @@ This was a dry-run (flag -n). The order of jobs does not reflect the order of ex
 def test_new_jobs_made_from_new_jobs_are_not_made_yet_and_the_reason_shown_is_the_one_that_counts():
     lines = report(parse_dry_run(NEW_RUN_DRY_RUN), {})
 
-    assert lines[1:3] == ["out of date in meaning: 1 jobs (0 more made from them)",
+    assert lines[1:3] == ["out of date in meaning: 1 job (0 more made from them)",
                           "  final_table        results/tables/final.csv  (set of input files has changed since last "
                           "execution)"]
     assert "not made yet: 2 jobs (partition 1, train 1)" in lines
@@ -205,7 +205,7 @@ def test_the_report_names_the_out_of_date_results_the_command_and_the_commits_of
     assert "(result version changed)" in lines[3] and "(params have changed since last execution)" in lines[4]
     assert lines[-1] == ("  snakemake --cores all --configfile my.yaml --forcerun "
                          "results/hessian/a/round~0/hessian.csv results/hessian/b/round~0/hessian.csv")
-    assert "not made yet: 1 jobs (train 1)" in lines
+    assert "not made yet: 1 job (train 1)" in lines
 
 
 @pytest.mark.parametrize("args", [["-d", "my work", "--configfile", "my.yaml"],
@@ -419,7 +419,7 @@ def test_recorded_jobs_whose_outputs_are_not_there_are_listed_with_the_command_t
     assert lines[at + 1:at + 3] == [
         "  results/hessian/b/hessian.csv (recorded by its job, not there now)",
         "  results/train/a/clients.pt and 1 more of its outputs (recorded by its job, not there now)"]
-    assert lines[0] == "current: 1 recorded results, made by unrecorded (1)"  # the table: the train job is not
+    assert lines[0] == "current: 1 recorded result, made by unrecorded (1)"  # the table: the train job is not
     assert lines[-1] == ("  snakemake --cores all --configfile c.yaml --forcerun results/hessian/a/round~0/hessian.csv "
                          "results/hessian/b/round~0/hessian.csv results/hessian/b/hessian.csv "
                          "results/train/a/clients.pt")
@@ -570,7 +570,7 @@ def test_with_directory_the_records_and_metadata_below_it_are_read(finished_belo
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("current: 3 recorded results, made by ")
     assert next(line for line in lines if line.startswith("settings not compared")).startswith(
-        "settings not compared: 1 recorded results")
+        "settings not compared: 1 recorded result")
     assert lines[-1] == "nothing to remake"
     assert Path.cwd() == ROOT  # and make status is back where it started
 
@@ -644,7 +644,7 @@ def test_a_changed_output_is_found_listed_and_forced_by_make_status(finished_bel
 
     # Assert: the table current, not the train job's other output (remade with it)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("current: 1 recorded results")
+    assert lines[0].startswith("current: 1 recorded result,")
     assert "  changed: results/train/r/x.pt (21 bytes; its job wrote 13 bytes)" in lines
     assert lines[-1] == f"  snakemake --cores all {shlex.join(args)} --forcerun results/train/r/x.pt"
 
@@ -767,7 +767,7 @@ def test_incomplete_outputs_are_named_and_the_status_is_that_of_a_run_that_makes
     assert code == 0
     assert calls == [["-n", "--configfile", "my.yaml"], ["-n", "--configfile", "my.yaml", "--rerun-incomplete"],
                      ["-n", "--forceall", "--configfile", "my.yaml", "--rerun-incomplete"]]
-    assert "2 output(s) are marked incomplete" in out and "results/train/c/trajectory.pt" in out
+    assert "2 outputs are marked incomplete" in out and "results/train/c/trajectory.pt" in out
     assert "--configfile my.yaml --rerun-incomplete --forcerun" in out
 
 
@@ -850,9 +850,9 @@ def test_a_dry_run_that_shows_no_job_and_does_not_say_nothing_is_to_be_done_is_n
 
 @pytest.mark.parametrize(("change", "current"), [
     (None, "current: 3 recorded results, made by unrecorded (3)"),
-    ("gone", "current: 1 recorded results, made by unrecorded (1)"),
-    ("changed", "current: 1 recorded results, made by unrecorded (1)"),
-    ("planned", "current: 1 recorded results, made by unrecorded (1)"),
+    ("gone", "current: 1 recorded result, made by unrecorded (1)"),
+    ("changed", "current: 1 recorded result, made by unrecorded (1)"),
+    ("planned", "current: 1 recorded result, made by unrecorded (1)"),
 ])
 def test_a_jobs_outputs_are_current_only_where_all_of_them_are(tmp_path, monkeypatch, change, current):
     # Prepare: a train job with two outputs and a table job, all there; one of the train job's outputs gone, not its

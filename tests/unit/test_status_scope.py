@@ -23,7 +23,7 @@ from fedscape.plan.status import report, split_by_config
 from fedscape.plan.workflow import check_config
 
 NOTHING_PLANNED = "Building DAG of jobs...\nNothing to be done (all requested files are present and up to date).\n"
-OUTSIDE = ("not in this config (kept, not remade): {} recorded jobs whose results no job of the config makes (a run "
+OUTSIDE = ("not in this config (kept, not remade): {} whose results no job of the config makes (a run "
            "or analysis dropped from it, or another config's in the same folder)")
 KEPT = "results/train/digits/cnn_small/init~random/algo~fedavg/alpha~iid/clients~4/part~1.0/seed~0"
 DROPPED = "results/train/digits/cnn_small/init~random/algo~fedprox/alpha~iid/clients~4/part~1.0/seed~0"
@@ -96,7 +96,7 @@ def test_a_dropped_runs_results_are_listed_outside_the_config_and_never_forced(t
     lines = out.splitlines()
     assert _forced(out) == [outputs[KEPT][2]]
     assert lines[0] == "current: 0 recorded results"
-    at = lines.index(OUTSIDE.format(1))
+    at = lines.index(OUTSIDE.format("1 recorded job"))
     assert lines[at + 1] == f"  {DROPPED}/{FILES[0]} and 2 more of its outputs{mark}"
     assert sum(DROPPED in line for line in lines) == 1
     assert f"  {outputs[KEPT][2]} (recorded by its job, not there now)" in lines
@@ -150,7 +150,7 @@ def test_jobs_outside_the_config_past_ten_are_counted_by_stage_and_leave_nothing
 
     lines = report([], {}, outside=outside)
 
-    assert lines[lines.index(OUTSIDE.format(13)) + 1] == "  results/init/r00/out.csv (not there now)"
+    assert lines[lines.index(OUTSIDE.format("13 recorded jobs")) + 1] == "  results/init/r00/out.csv (not there now)"
     assert "  and 3 more (train 3)" in lines
     assert lines[-1] == "nothing to remake"
 
@@ -188,6 +188,6 @@ def test_make_status_with_the_real_dry_runs_keeps_a_dropped_run_out_of_its_comma
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert "--forcerun" not in out and "missing outputs" not in out
-    at = lines.index(OUTSIDE.format(1))
+    at = lines.index(OUTSIDE.format("1 recorded job"))
     assert lines[at + 1] == f"  {written['fedprox', '0.5'][0]} and 4 more of its outputs (not there now)"
     assert not any(runs["fedavg", "iid"].run_id in line for line in lines)

@@ -291,7 +291,7 @@ def test_status_lists_a_job_whose_outputs_are_gone_with_the_command_that_remakes
 
     # Assert: Snakemake plans nothing; make status lists the job and forces it, which plans it
     assert _nothing_planned(workdir)
-    assert "missing outputs: 1 jobs" in status and "out of date in meaning: 0 jobs" in status
+    assert "missing outputs: 1 job" in status and "out of date in meaning: 0 jobs" in status
     assert f"  {gone[0]} and {len(gone) - 1} more of its outputs (recorded by its job, not there now)" in status
     assert forcerun_targets(status) == [gone[0]]
     assert planned_jobs(workdir, "--configfile", "tiny.yaml", "--forcerun", gone[0])["train"] == 1

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from fedscape.core.config import digest
-from fedscape.core.manifest import manifest_path, note, start_job, write_record
+from fedscape.core.manifest import manifest_path, mark_started, note, start_job, write_record
 from fedscape.core.paths import Results
 
 log = logging.getLogger("fedscape")
@@ -44,7 +44,10 @@ def job_log(path: str | Path | None, outputs: Iterable[str] = (), results_dir: s
     on the console. A job that ends without writing one of its `outputs` fails, naming it. With `results_dir` (the
     config's), a job that succeeds records its `outputs` (SHA-256, size) and what made them below the results'
     manifest (`fedscape.core.manifest`), for `make verify`; the code version
-    it names is taken here, before the job's work (`start_job`). A job that runs out of device memory
+    it names is taken here, before the job's work (`start_job`), and a mark that the record removes is left beside it
+    (`mark_started`): a job that fails or is killed keeps it, and where it had finished before (a rerun, after which
+    Snakemake does not make its deleted outputs again while files made from them exist) its log says so and every run
+    of the workflow warns of it (`core.manifest.failed_reruns`). A job that runs out of device memory
     (`out_of_device_memory`) also logs `memory_hint`: what the user can change (`fedscape.plan.resources.memory_hint`).
     A SIGTERM during the job raises `Terminated` in it (in the main thread, the only one Python gives signals to):
     the job unwinds, its log says why it stopped, and the handler before it is restored.
@@ -63,7 +66,12 @@ def job_log(path: str | Path | None, outputs: Iterable[str] = (), results_dir: s
     if age is not None:  # the job's fixed cost: interpreter, Snakemake's script preamble, imports
         log.info("job started %.2f s after its process", age)
     previous = _stop_on_sigterm()
+    record = None
     try:
+        if results_dir is not None and path:
+            results = Results.of({"results_dir": results_dir})
+            record = manifest_path(results.root, results.logs, path)
+            mark_started(record)  # (its record removes it: one left names a job that did not finish)
         if settings is not None:
             plain = json.loads(json.dumps(dict(settings), default=str))  # as the record's JSON will hold it
             note(settings=plain, settings_digest=digest(plain))
@@ -76,25 +84,34 @@ def job_log(path: str | Path | None, outputs: Iterable[str] = (), results_dir: s
             several = len(unwritten) > 1
             raise FileNotFoundError(f"declared output{'s' if several else ''} {', '.join(unwritten)} "
                                     f"{'were' if several else 'was'} not written by the job")
-        if results_dir is not None and path:
-            results = Results.of({"results_dir": results_dir})
-            write_record(manifest_path(results.root, results.logs, path), outputs, started - (age or 0.0),
-                         path, root=results.root)
+        if record is not None:
+            write_record(record, outputs, started - (age or 0.0), path, root=results.root)
         log.info("job done in %.2f s", time.perf_counter() - t0)
     except Terminated:
         log.error("job stopped by SIGTERM (a scheduler's time limit, scancel, or Snakemake stopping it) after %.0f s: "
                   "its outputs were not (all) written; running the workflow again resumes from the job's last saved "
                   "progress (training keeps it every round, pretraining every epoch)", time.perf_counter() - t0,
                   exc_info=True)
+        _log_rerun(record)
         raise
     except BaseException as exc:
         log.error("job failed: %s: %s", type(exc).__name__, exc, exc_info=True)
         if memory_hint and out_of_device_memory(exc):
             log.error("out of device memory: %s", memory_hint)
+        _log_rerun(record)
         raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _log_rerun(record: Path | None) -> None:
+    """Where the job that failed had finished before (its `record` is there), say in its log that a plain run of the
+    workflow may not run it again (`core.manifest.FailedRerun`, which every run of the workflow warns of)."""
+    if record is not None and record.is_file():
+        log.error("this job had finished before (its record %s): Snakemake deleted its outputs to run it again, and "
+                  "does not make a missing file again while files made from it exist; every run of the workflow names "
+                  "this job with the command that makes it again", record)
 
 
 class Terminated(SystemExit):

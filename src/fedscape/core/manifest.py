@@ -20,6 +20,13 @@ recorded by the jobs that imported torch (`sys.modules`), and what a job compute
 the job itself (`note`), as are the settings it computed with (`fedscape.core.logs.job_log`), with their digest: a
 record whose settings no longer match it, or that holds one without the other, was edited, and `make verify` names it
 damaged.
+
+A job also marks itself as started beside its record (`mark_started`), and its record removes the mark: Snakemake
+deletes a job's outputs before it runs it, so a finished job run again (its settings changed, or forced) that then fails
+or is killed leaves its earlier record naming outputs that are gone, beside a mark, while the files made from them are
+still the earlier run's; and Snakemake does not make a missing file again while files made from it exist.
+`failed_reruns` finds such jobs, for the warning every run of the workflow gives (`plan.workflow.failed_rerun_warnings`)
+and for `make status` and `make verify`.
 """
 
 from __future__ import annotations
@@ -48,6 +55,9 @@ log = logging.getLogger("fedscape.manifest")
 
 MANIFEST = "_manifest"  # below results_dir: one record per job, at its log's relative path (.json)
 MISSING = "recorded by its job, not there now"  # a recorded output that is no file now (make verify, make status)
+# one deleted by Snakemake for a rerun of its job that then failed or was killed (`failed_reruns`)
+RERUN_FAILED = "deleted by Snakemake for a rerun of its job, which failed or was killed"
+STARTED = ".started"  # the suffix of the mark beside a job's record from its start until it writes the record
 # Seconds a file's modification time may lie outside its job's run (its record's `started` to `finished`) and still
 # count as written by it (`changed_outputs`): the record's clock (the job's host) and the file system's may differ
 DATE_SLACK = 10.0
@@ -235,6 +245,22 @@ def write_record(path: str | Path, outputs: Iterable[str | Path], started: float
     _warn_remade_split(earlier, record, root)
     _keep_earlier_outputs(Path(path), earlier, set(record["outputs"]), root)
     atomic_write_text(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    started_mark(path).unlink(missing_ok=True)  # finished (`mark_started`)
+
+
+def started_mark(record: str | Path) -> Path:
+    """The mark beside the record at `record` (`manifest_path`) of a job that started and has written no record
+    since (`mark_started`)."""
+    record = Path(record)
+    return record.with_name(record.name.removesuffix(".json") + STARTED)
+
+
+def mark_started(record: str | Path) -> None:
+    """Mark the job whose record goes to `record` as started: its host, process id and time (`core.logs.job_log`, as
+    the job starts, after Snakemake deleted its outputs). `write_record` removes the mark; a job that fails or is
+    killed leaves it, which tells a rerun that never finished (`failed_reruns`) from outputs removed by hand."""
+    mark = {"host": socket.gethostname(), "pid": os.getpid(), "started": _iso(datetime.datetime.now().timestamp())}
+    atomic_write_text(started_mark(record), json.dumps(mark) + "\n")
 
 
 def _earlier_record(path: Path) -> dict | None:
@@ -342,7 +368,8 @@ class Finding:
                     "the --configfile you run with), or delete the record")
         line = f"{self.what()}; {self.remedy()}"
         if self.problem == "missing":
-            also = f", which also names {self.others} other outputs, no longer checked then" if self.others else ""
+            also = (f", which also names {counted(self.others, 'other output')}, no longer checked then" if self.others
+                    else "")
             line += (f"; or, where the workflow no longer makes it (a setting changed since: fewer landscape chunks, a "
                      f"run taken out of the config), delete its job's record {self.record}{also}")
         return line
@@ -472,6 +499,83 @@ def _written_below(log: str | None, relative: Path) -> str | None:
     return DEFAULT_RESULTS if len(logs) == 1 else "/".join(logs[1:])
 
 
+@dataclass(frozen=True)
+class FailedRerun:
+    """A finished job run again (its settings changed, or forced) that did not finish: its mark is there
+    (`mark_started`), its record is the earlier run's, and outputs that record names are gone. Snakemake deleted them
+    before it ran the job, which then failed or was killed (an exception, out of memory, a scheduler's time limit,
+    kill -9); the files made from them (tables, figures) are still the earlier run's, and Snakemake does not make a
+    missing file again while files made from it exist: a plain run says "Nothing to be done", or redraws a figure from
+    those files."""
+
+    record: Path
+    log: str  # the job's log as its record names it (its record where it names none)
+    mark: dict  # what `mark_started` wrote: host, pid, started ({} where it cannot be read)
+    gone: tuple[str, ...]  # its recorded outputs that are no file now, sorted, below the results directory as read
+
+    def line(self) -> str:
+        """What happened, and the command that makes the job again with what was made from it (`_remake_hint`, without
+        the user's arguments, which the workflow is not told)."""
+        host, when = self.mark.get("host"), self.mark.get("started")
+        # a mark of another host may be a job running there now (`failed_reruns` asks only of this host's)
+        there = "" if host == socket.gethostname() else ", unless it still runs there"
+        started = f" (started {when} on {host}{there})" if host else ""
+        more = f" and {len(self.gone) - 1} more" if len(self.gone) > 1 else ""
+        return (f"the job logging to {self.log} was run again and did not finish{started}: it failed or was killed "
+                f"after Snakemake deleted its outputs ({self.gone[0]}{more}), so the files made from them are still "
+                "those of its earlier run, and Snakemake does not make a missing file again while files made from it "
+                f"exist: {_remake_hint(self.gone[0])}; a job that keeps its progress (training every round, "
+                "pretraining every epoch) resumes from it. Where the config no longer makes it, delete "
+                f"{started_mark(self.record)} instead")
+
+
+def failed_reruns(results_root: str | Path) -> list[FailedRerun]:
+    """The jobs below `results_root`'s manifest whose rerun did not finish (`FailedRerun`), by their records' paths;
+    their outputs by their paths below `results_root` as given (`read_records`). Only the records of marked jobs are
+    read, so that every run of the workflow, a dry run too, can ask. Passed over: a mark without an earlier record (a
+    first run that failed, which Snakemake runs again: nothing is made from its outputs), a job whose outputs are all
+    there, one whose record cannot be read (`make verify` names it), and one whose process still runs on this host
+    (a workflow running now; a process id reused since hides one, rarely)."""
+    root = os.path.normpath(results_root)
+    manifest = Path(root) / MANIFEST
+    found = []
+    # (os.walk: a third faster than Path.rglob over a manifest of 20,000 records, 0.2 s)
+    marks = [Path(folder, name) for folder, _, names in os.walk(manifest) for name in names
+             if name.endswith(STARTED) and not is_temporary(name)]
+    for mark in sorted(marks):
+        record = mark.with_name(mark.name.removesuffix(STARTED) + ".json")
+        try:
+            earlier = json.loads(record.read_text())
+            outputs = _outputs(earlier, record.relative_to(manifest), root)
+        except (OSError, ValueError, TypeError):  # no record (a first run), or a damaged one
+            continue
+        gone = tuple(sorted(output for output in outputs if not Path(output).is_file()))
+        if not gone:
+            continue
+        try:
+            started = json.loads(mark.read_text())
+        except (OSError, ValueError):
+            started = {}
+        started = started if isinstance(started, dict) else {}
+        if not _still_running(started):
+            found.append(FailedRerun(record, str(earlier.get("log") or record), started, gone))
+    return found
+
+
+def _still_running(mark: dict) -> bool:
+    """Whether the process a job's mark names (`mark_started`) runs on this host now."""
+    pid = mark.get("pid")
+    if mark.get("host") != socket.gethostname() or type(pid) is not int or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: whether it exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
 def output_records(results_root: str | Path, records: Records | None = None) -> dict[str, dict]:
     """output path (below `results_root` as given) -> the record of the newest job that wrote it (`read_records`;
     `records`: those already read from it). A damaged record is left out with a warning (`make verify` lists it)."""
@@ -519,11 +623,12 @@ def verify(results_root: str | Path) -> tuple[int, list[Finding]]:
     records = read_records(results_root)
     newest = records.by_output()
     by_digest = _by_digest(newest)
+    rerun_failed = {output for job in failed_reruns(results_root) for output in job.gone}
     findings = [Finding(str(path), DAMAGED, problem) for path, problem in records.damaged]
     for output, job in sorted(newest.items()):
         if not Path(output).is_file():
-            findings.append(Finding(output, "missing", MISSING, str(job.file),
-                                    len(job.outputs) - 1))
+            findings.append(Finding(output, "missing", RERUN_FAILED if output in rerun_failed else MISSING,
+                                    str(job.file), len(job.outputs) - 1))
         elif finding := content_finding(output, job.outputs[output], by_digest):
             findings.append(finding)
     return len(newest), findings
@@ -594,6 +699,12 @@ def _run_times(record: dict) -> tuple[float, float] | None:
         return None
 
 
+def counted(count: int, noun: str) -> str:
+    """'1 job', '2 jobs': `count` and `noun`, with an s unless it is 1 (the counts `make verify` and `make status`
+    print)."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def main(results_root: str = "results") -> int:
     """`make verify`: re-hash every recorded result of `results_root`; print what is wrong; 1 if anything is."""
     checked, findings = verify(results_root)
@@ -604,6 +715,7 @@ def main(results_root: str = "results") -> int:
         print(f"no job records below {Path(results_root) / MANIFEST}: run the workflow first (results made before "
               "fedscape recorded them have none)")
         return 1
-    print(f"{checked} outputs checked below {results_root}: {len(findings) - damaged} changed, missing or foreign"
+    print(f"{counted(checked, 'output')} checked below {results_root}: {len(findings) - damaged} changed, missing or "
+          "foreign"
           + (f"; damaged job records: {damaged}" if damaged else ""))
     return 1 if findings else 0

@@ -282,7 +282,7 @@ def resolve_run(runs: list[Run], selector: dict, where: str = "") -> Run:
 
 def selector_values(runs: list[Run], selector: dict) -> str:
     """What the runs have in the selector's keys: each key's values, or (when every value alone is taken by
-    some run) the combinations the runs have."""
+    some run) the combinations the runs have; for a seed no run has, how a seed gets a run."""
     if not runs:
         return "the config defines no runs"
     keys = [k for k in selector if k in RUN_FIELDS]
@@ -290,7 +290,10 @@ def selector_values(runs: list[Run], selector: dict) -> str:
     absent = [k for k in keys if _selector_value(k, selector[k]) not in values[k]]
     if absent or len(keys) == 1:
         shown = absent or keys
-        return "the runs' values: " + "; ".join(f"{k}: {', '.join(values[k])}" for k in shown)
+        # a seed added to `seeds` alone plans no run under `experiments` (each takes the first seed): the way to one
+        hint = (f"; a seed runs where `seeds` lists it and, with `experiments`, an experiment names it or "
+                f"`experiment_defaults` says `seed: {EVERY_SEED}`" if "seed" in absent else "")
+        return "the runs' values: " + "; ".join(f"{k}: {', '.join(values[k])}" for k in shown) + hint
     combos = list(dict.fromkeys(tuple(_selector_value(k, r.field(k)) for k in keys) for r in runs))
     more = f" and {len(combos) - 12} more" if len(combos) > 12 else ""
     return (f"each value is taken by some run, but not together; the runs' ({', '.join(keys)}): "

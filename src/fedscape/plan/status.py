@@ -31,7 +31,8 @@ partition's, which make it again alone, carry them without their targets (`witho
 
 Three things the dry run does not see, the records do. A recorded output that is no file now (a job killed after
 Snakemake deleted its old outputs, a file removed by hand) is not remade while files made from it exist; such jobs are
-listed, and the command forces them. A recorded output that is not the file its job wrote (changed, or another output's
+listed (a finished job run again that did not finish, as its mark says, as such: `core.manifest.failed_reruns`), and
+the command forces them. A recorded output that is not the file its job wrote (changed, or another output's
 content: foreign, as `make verify` says) is no current result: listed, and forced too (a partition file is made again
 alone, as `make verify` says; one that is damaged is named once, among the damaged partitions). Status runs often, so it
 re-hashes no file whose size and date agree with its record (`core.manifest.changed_outputs`): a file of another size is
@@ -69,15 +70,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedscape.core.config import FIRST_RESULT_VERSION, RESULT_VERSION, load_schema, read_config_file
+from fedscape.core.config import FIRST_RESULT_VERSION, RESULT_VERSION, ConfigError, load_schema, read_config_file
 from fedscape.core.fingerprints import file_sha256
 from fedscape.core.io import remake_alone_hint, remake_hint, shell_words
 from fedscape.core.manifest import (
     MISSING,
+    RERUN_FAILED,
     Finding,
     Records,
     changed_outputs,
     code_label,
+    counted,
+    failed_reruns,
     output_records,
     read_records,
     recorded_jobs,
@@ -317,7 +321,8 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
            changes: Sequence[DataChange] = (), unchecked: int = 0, root: str = "results",
            missing: Sequence[tuple[str, ...]] = (), uncompared: int = 0, changed: Sequence[Finding] = (),
            hashed: int = 0, alone_args: str | None = None, damaged: Iterable[str] = (),
-           outside: Sequence[tuple[str, ...]] = (), damaged_records: int = 0, retrain: int = 0) -> list[str]:
+           outside: Sequence[tuple[str, ...]] = (), damaged_records: int = 0, retrain: int = 0,
+           rerun_failed: Iterable[str] = ()) -> list[str]:
     """The lines of `make status` for a dry run's jobs, the results' job records, the data sets whose files
     changed since some of them were made (`data.locations.changed_data`) and the number of jobs that read data
     before fedscape recorded what it held (`unchecked`); `root`: the results folder; `missing`: the recorded jobs
@@ -335,7 +340,8 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
     results folder cannot be read or were edited (`core.manifest.read_records`): their jobs' outputs are checked
     nowhere here, so their count is no `nothing to remake`. `retrain`: how many runs `make status` names as trained
     from other partitions or inits than their files hold now (`trained_from_other_inputs`, each with its remedy): no
-    `nothing to remake` either.
+    `nothing to remake` either. `rerun_failed`: the outputs that a rerun of their finished job deleted, and that it did
+    not write again (`core.manifest.failed_reruns`): their missing job's line says so.
 
     A job's outputs are current only where all of them are: a job with one output gone, not its own or planned is
     remade whole, the others with it."""
@@ -351,14 +357,14 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
                and _below(output, root) and Path(output).exists() for output in outputs):
             current[code_label(record.get("code"), digits=12)] += len(outputs)
     by_kind = {kind: [j for j in jobs if j.kind == kind] for kind in CLASSES}
-    lines = [f"current: {sum(current.values())} recorded results"
+    lines = [f"current: {counted(sum(current.values()), 'recorded result')}"
              + (f", made by {', '.join(f'{c} ({n})' for c, n in current.most_common())}" if current else "")]
     if current or changed:
         lines.append("  each file checked against its job's record by size, and by content where it is dated outside "
                      "its job's run or has the size another output was recorded at"
                      f"{f' ({hashed} hashed)' if hashed else ''}; make verify re-hashes every one")
     meaning = by_kind["meaning"]
-    lines.append(f"out of date in meaning: {len(meaning)} jobs"
+    lines.append(f"out of date in meaning: {counted(len(meaning), 'job')}"
                  + (f" ({len(by_kind['made from'])} more made from them)" if meaning else ""))
     for job in sorted(meaning, key=lambda j: (j.rule, j.outputs)):
         why = "result version changed" if job.result_version_changed else job.why
@@ -367,12 +373,13 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
                        ("missing", "not made yet"), ("other", "planned for another reason")):
         if by_kind[kind]:
             counts = Counter(j.rule for j in by_kind[kind])
-            lines.append(f"{what}: {len(by_kind[kind])} jobs ("
+            lines.append(f"{what}: {counted(len(by_kind[kind]), 'job')} ("
                          + ", ".join(f"{r} {n}" for r, n in sorted(counts.items())) + ")")
     if by_kind["made from"] and not meaning:
-        lines.append(f"made from results remade above: {len(by_kind['made from'])} jobs")
+        lines.append(f"made from results remade above: {counted(len(by_kind['made from']), 'job')}")
     if changes:
-        lines.append(f"made from other data than the files there now: {sum(len(c.jobs) for c in stale)} jobs")
+        lines.append("made from other data than the files there now: "
+                     + counted(sum(len(c.jobs) for c in stale), "job"))
         for change in changes:
             lines.append(f"  {change.describe()}")
             for files, made in change.by_files() if change.now is not None else []:
@@ -381,33 +388,40 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
                 if len(made) > LISTED:
                     lines.append(f"      and {len(made) - LISTED} more ({_by_stage(made[LISTED:], root)})")
     if unchecked:
-        lines.append(f"made before fedscape recorded what their data held: {unchecked} jobs (not checked against "
-                     "the files there now)")
+        lines.append(f"made before fedscape recorded what their data held: {counted(unchecked, 'job')} (not checked "
+                     "against the files there now)")
     # a partition is made again alone, bit-identical from its seed, so that what was trained on it is kept (its runs'
     # analyses check that it is their split, data.partition.check_trained_partition, and `trained_from_other_inputs`
     # names a run whose split differs)
     missing_alone = [gone for gone in missing if remade_alone(gone[0])]
     missing = [gone for gone in missing if not remade_alone(gone[0])]
+    rerun_failed = set(rerun_failed)
+
+    def why_gone(gone: tuple[str, ...]) -> str:
+        return RERUN_FAILED if gone[0] in rerun_failed else MISSING
+
     if missing or missing_alone:
-        lines.append(f"missing outputs: {len(missing) + len(missing_alone)} jobs (Snakemake does not remake a missing "
-                     "file while files made from it exist)")
+        lines.append(f"missing outputs: {counted(len(missing) + len(missing_alone), 'job')} (Snakemake does not "
+                     "remake a missing file while files made from it exist)")
         lines += [f"  {gone[0]}" + (f" and {len(gone) - 1} more of its outputs" if len(gone) > 1 else "")
-                  + f" ({MISSING})" for gone in missing[:LISTED]]
+                  + f" ({why_gone(gone)})" for gone in missing[:LISTED]]
         if len(missing) > LISTED:
             lines.append(f"  and {len(missing) - LISTED} more ({_by_stage(missing[LISTED:], root)})")
-        lines += [f"  {gone[0]} ({MISSING}); {remake_alone_hint(gone[0], alone_args)}" for gone in missing_alone]
+        lines += [f"  {gone[0]} ({why_gone(gone)}); {remake_alone_hint(gone[0], alone_args)}"
+                  for gone in missing_alone]
     if changed:
         alone = [f for f in changed if remade_alone(f.path)]
         others = [f for f in changed if not remade_alone(f.path)]
-        lines.append(f"not the files their jobs wrote: {len(changed)} recorded results (changed or foreign, as make "
-                     "verify says)")
+        lines.append(f"not the files their jobs wrote: {counted(len(changed), 'recorded result')} (changed or foreign, "
+                     "as make verify says)")
         lines += [f"  {finding.what()}" for finding in others[:LISTED]]
         if len(others) > LISTED:
             lines.append(f"  and {len(others) - LISTED} more ({_by_stage([(f.path,) for f in others[LISTED:]], root)})")
         lines += [f"  {finding.what()}; {finding.remedy(alone_args)}" for finding in alone]
     if outside:
-        lines.append(f"not in this config (kept, not remade): {len(outside)} recorded jobs whose results no job of "
-                     "the config makes (a run or analysis dropped from it, or another config's in the same folder)")
+        lines.append(f"not in this config (kept, not remade): {counted(len(outside), 'recorded job')} whose results no "
+                     "job of the config makes (a run or analysis dropped from it, or another config's in the same "
+                     "folder)")
         for job in outside[:LISTED]:
             there = sum(Path(o).is_file() for o in job)
             lines.append(f"  {job[0]}" + (f" and {len(job) - 1} more of its outputs" if len(job) > 1 else "")
@@ -420,9 +434,9 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
                      "each, with how to get it back)")
     extra = shlex.join(snakemake_args)  # as the user gave them: each one word in the shell again
     if uncompared:
-        lines.append(f"settings not compared: {uncompared} recorded results that Snakemake has no metadata for here "
-                     "(made from another checkout, copied without .snakemake/, or at another path), so a changed "
-                     "setting of theirs shows nowhere above")
+        lines.append(f"settings not compared: {counted(uncompared, 'recorded result')} that Snakemake has no metadata "
+                     "for here (made from another checkout, copied without .snakemake/, or at another path), so a "
+                     "changed setting of theirs shows nowhere above")
         lines.append("  run make status from the checkout that made them, or remake what you doubt with "
                      f"snakemake --cores all {extra + ' ' if extra else ''}--forcerun <file>")
     targets = [j.outputs[0] for j in sorted(meaning, key=lambda j: j.outputs) if j.outputs]
@@ -433,8 +447,8 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
         # the command runs every job the dry run plans, not only those it forces and what is made from them
         others = sum(len(by_kind[kind]) for kind in ("dates", "missing", "other"))
         lines.append("remake these and what is made from them"
-                     + (f"; it also runs the {others} other jobs planned above (inputs newer, not made yet or another "
-                        "reason) and what is made from those" if others else "") + ":")
+                     + (f"; it also runs the {counted(others, 'other job')} planned above (inputs newer, not made yet "
+                        "or another reason) and what is made from those" if others else "") + ":")
         lines.append(f"  snakemake --cores all {extra + ' ' if extra else ''}--forcerun {shell_words(targets)}")
     elif not jobs and not changed and not missing_alone and not damaged and not damaged_records and not retrain:
         lines.append("nothing to remake")  # (damaged partitions and records, runs of other inputs: their own remedies)
@@ -443,7 +457,9 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`make status [ARGS="--configfile my.yaml"]`: print the status of the workflow's results; 1 if the dry run fails
-    or hides its jobs (`hidden_jobs`, `dry_run_jobs`).
+    or hides its jobs (`hidden_jobs`, `dry_run_jobs`), with one line where a --configfile cannot be read
+    (`config_file_problem`). Where the dry run says another Snakemake's lock covers its files (`LOCKED`), the commands
+    below would stop on it: said first, with `--unlock`.
 
     The dry run is Snakemake's own (`snakemake -n` with the given arguments), so it follows the same config and
     profile as a real run would. `--rehash` (not passed on): every data file read again, not only those whose size,
@@ -456,15 +472,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if incomplete:
         # A job killed while it wrote its outputs: Snakemake plans nothing until told to make them again, which is
         # what the user will do, so the status is that of the run with --rerun-incomplete, and its commands carry it.
-        print(f"{len(incomplete)} output(s) are marked incomplete (their job was killed while it wrote them; a "
-              f"training job resumes after its last saved round): {shell_words(incomplete[:10])}"
+        print(f"{counted(len(incomplete), 'output')} {'is' if len(incomplete) == 1 else 'are'} marked incomplete "
+              "(their job was killed while it wrote them; a training job resumes after its last saved round): "
+              f"{shell_words(incomplete[:10])}"
               f"{' ...' if len(incomplete) > 10 else ''}\n  the status below is that of a run with --rerun-incomplete")
         args = [*args, RERUN_INCOMPLETE]
         proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", *args], capture_output=True, text=True)
     if proc.returncode != 0:
+        if problem := config_file_problem(args):  # what make check-config says, not Snakemake's traceback
+            print(problem, file=sys.stderr)
+            return 1
         print(proc.stdout[-4000:] + proc.stderr[-4000:], file=sys.stderr)
         print("the dry run failed: fix what it says first", file=sys.stderr)
         return 1
+    if LOCKED in proc.stdout + proc.stderr:
+        print(f"a lock is held (by another Snakemake running in this folder, or left by one that was killed): its "
+              f"files would stop the commands below (LockException); if no snakemake runs, "
+              f"`{shlex.join(['snakemake', '--unlock', *args])}` first")
     parsed = snakemake_args(args)  # (read once the dry run has: Snakemake said what is wrong with them, if anything)
     if hidden := hidden_jobs(parsed):
         print(f"make status reads the jobs the dry run prints and why each runs, which --quiet {hidden} hides (given "
@@ -501,9 +525,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         again = ({o for job in jobs if job.kind != "dates" for o in job.outputs} | made_from_other_data(changes)
                  | {o for gone in missing for o in gone} | {f.path for f in changed} | set(damaged))
         retrain = trained_from_other_inputs(config, read, again, shlex.join(args))
+        rerun_failed = {o for job in failed_reruns(root) for o in job.gone}
         for line in report(jobs, records, args, changes, unfingerprinted_jobs(records), root, missing,
                            len(uncompared), changed, hashed, alone_args, damaged, outside, len(read.damaged),
-                           len(retrain)):
+                           len(retrain), rerun_failed):
             print(line)
         if damaged:
             print(f"damaged partition files, or another run's: {len(damaged)} (the workflow refuses to run the jobs "
@@ -520,6 +545,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 RERUN_INCOMPLETE = "--rerun-incomplete"
 FORCEALL = "--forceall"
+# What a dry run says where another Snakemake's lock covers files of its DAG (snakemake.persistence's
+# `lock_warn_only`): a run of the same targets stops on it (LockException) until that one ends or `--unlock`
+LOCKED = "Directory cannot be locked. Another Snakemake instance is running."
+
+
+def config_file_problem(args: Sequence[str]) -> str | None:
+    """Why a --configfile of the dry run's arguments cannot be read as a config (`core.config.read_config_file`: no
+    such file, or a YAML syntax error with its line), as make check-config says it; None where each can be, or the
+    arguments cannot be read (the dry run's own message says why). The files are read where Snakemake starts."""
+    try:
+        parsed = snakemake_args(args)
+    except SystemExit:  # argparse exits on what it cannot read
+        return None
+    for path in parsed.configfile or ():
+        try:
+            read_config_file(path)
+        except ConfigError as exc:
+            return str(exc)
+    return None
 
 
 def hidden_jobs(parsed: argparse.Namespace) -> str:

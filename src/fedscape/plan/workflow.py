@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import pkgutil
 import re
 import sys
@@ -30,6 +31,7 @@ from fedscape.core.config import (
     validate_config,
 )
 from fedscape.core.io import remake_alone_hint, remake_hint
+from fedscape.core.manifest import failed_reruns
 from fedscape.core.paths import INIT_DIR, PARTITION_DIR, Results, parse_path, run_of_path
 from fedscape.core.provenance import belongs_problem, checkpoint_record, table_problem
 from fedscape.core.runs import WILDCARD_CONSTRAINTS, Run, build_runs, unused_grid_values
@@ -369,6 +371,28 @@ def check_read_files(inputs: Iterable[str], remade: Iterable[str], results_root:
     if problems:
         raise ConfigError("a file that the jobs about to run read is damaged or not theirs (nothing ran, no output "
                           "was deleted):\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def failed_rerun_warnings(results_root: str | Path) -> list[str]:
+    """A line for each finished job below `results_root` that was run again and did not finish
+    (`core.manifest.failed_reruns`), with the command that makes it again; the Snakefile's main process warns of each
+    on every run, a dry run too, as a plain run would not make it again. (A run that forces it warns too: Snakemake
+    gives the workflow its --forcerun files only once the Snakefile is read.)"""
+    return [job.line() for job in failed_reruns(results_root)]
+
+
+def check_failed_reruns(results_root: str | Path, dag_outputs: Iterable[str], planned: Iterable[str]) -> None:
+    """ConfigError naming each finished job below `results_root` that was run again and did not finish
+    (`core.manifest.failed_reruns`) and that the targets of this run are made from (an output in `dag_outputs`: the
+    outputs of every job of its DAG), while it does not run (none in `planned`: those of the jobs about to run).
+    Called in `onstart`, before any job: the jobs about to run would read, or stand on, the files made from its
+    earlier outputs (a figure redrawn under its new label from the table of its earlier run)."""
+    dag, planned = {os.path.normpath(p) for p in dag_outputs}, {os.path.normpath(p) for p in planned}
+    stale = [job for job in failed_reruns(results_root)
+             if not dag.isdisjoint(job.gone) and planned.isdisjoint(job.gone)]
+    if stale:
+        raise ConfigError("the targets are made from a job that was run again and did not finish (nothing ran, no "
+                          "output was deleted):\n" + "\n".join(f"  - {job.line()}" for job in stale))
 
 
 def partition_problems(paths: Iterable[str | Path], remade: Iterable[str | Path] = (),

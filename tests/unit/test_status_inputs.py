@@ -256,3 +256,27 @@ def test_a_run_trained_from_an_init_made_again_since_is_named(finished, monkeypa
         assert "nothing to remake" not in out
     else:
         assert "nothing to remake" in lines
+
+
+def test_a_partition_many_runs_trained_on_is_hashed_once(finished, monkeypatch):
+    # Prepare: a second run (FedProx) on the same partition, its record a copy of the first's; the partition redrawn
+    # by its job; the split's digest counted
+    files = finished
+    config = tiny_config()
+    config["algorithms"]["fedprox"] = {"name": "fedprox"}
+    config = check_config(config, SCHEMA)
+    first, second = build_runs(config)
+    where = Results.of(config)
+    for name in TRAIN_FILE_NAMES:
+        Path(where.run_file(second, name)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(where.run_file(first, name), where.run_file(second, name))
+    recorded("partition", files["partition"], lambda: redraw(files["partition"][0]))
+    calls = []
+    monkeypatch.setattr(status, "split_sha256", lambda path: calls.append(path) or "redrawn")
+
+    # Execute
+    found = status.trained_from_other_inputs(config, status.read_records("results"))
+
+    # Assert: both runs named, from one digest of their shared partition
+    assert sorted(found) == sorted(run.run_id for run in (first, second))
+    assert calls == [files["partition"][0]]

@@ -985,14 +985,16 @@ def trained_inputs(record: Path | None) -> dict | None:
     return inputs if isinstance(inputs, dict) else None
 
 
-def trained_partition_problem(path, run: dict, args: str | None = None) -> str | None:
+def trained_partition_problem(path, run: dict, args: str | None = None,
+                              split_of: Callable[[Any], str] = split_sha256) -> str | None:
     """Why the partition file at `path` is not the one `run` (its fields) was trained on, with the remedy that trains
     the runs again (`core.io.remake_hint`, with the user's Snakemake arguments `args` where given: `make status`), or
-    None where it is, or the run is not checked (`check_trained_partition`)."""
+    None where it is, or the run is not checked (`check_trained_partition`). `split_of`: `split_sha256`, or a cache of
+    it where many runs share the file (`make status`)."""
     record = run_record_path(path, run)
     inputs = trained_inputs(record)
     trained_on = inputs.get("split") if inputs is not None else None
-    if not isinstance(trained_on, str) or (found := split_sha256(path)) == trained_on:
+    if not isinstance(trained_on, str) or (found := split_of(path)) == trained_on:
         return None
     now, then = partition_numpy(path), inputs.get("partition_numpy")
     drawn = f"drawn with numpy {now or 'unrecorded'}"

@@ -90,7 +90,7 @@ from fedscape.core.manifest import (
 from fedscape.core.paths import TRAIN_FILE_NAMES, Results, results_root
 from fedscape.core.runs import build_runs
 from fedscape.data.locations import DataChange, changed_data, unfingerprinted_jobs
-from fedscape.data.partition import trained_inputs, trained_partition_problem
+from fedscape.data.partition import split_sha256, trained_inputs, trained_partition_problem
 from fedscape.plan.train import train_inputs
 from fedscape.plan.workflow import (
     DEFAULT_CONFIG,
@@ -293,6 +293,8 @@ def trained_from_other_inputs(config: dict, records: Records, skip: Iterable[str
         job = newest.get(path)
         return None if job is None else job.outputs[path]["sha256"]
 
+    # each file hashed once, however many runs (algorithms, inits) share it
+    split_of, sha_of = functools.cache(split_sha256), functools.cache(file_sha256)
     found: dict[str, list[str]] = {}
     for run in build_runs(config):
         meta = results.run_file(run, "meta")
@@ -302,11 +304,11 @@ def trained_from_other_inputs(config: dict, records: Records, skip: Iterable[str
         files, lines = train_inputs(results, run), []
         partition, init = files["partition"], files["init"]
         if (partition not in skip and Path(partition).is_file() and inputs.get("partition") != recorded(partition)
-                and (problem := trained_partition_problem(partition, run.fields(), args)) is not None):
+                and (problem := trained_partition_problem(partition, run.fields(), args, split_of)) is not None):
             lines.append(problem)
         then = inputs.get("init")
         if init not in skip and isinstance(then, str) and Path(init).is_file():
-            now = recorded(init) or file_sha256(init)
+            now = recorded(init) or sha_of(init)
             if now != then:
                 lines.append(f"run {run.run_id} was trained from another init than {init} holds now (SHA-256 "
                              f"{now[:12]}..., where its record {meta} names {then[:12]}...): the init was made again "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from helpers.configs import SCHEMA, TINY
 from helpers.plans import analysis_settings
 
+from fedscape.core.config import ConfigError
 from fedscape.core.fingerprints import file_sha256
 from fedscape.core.io import remake_hint
 from fedscape.core.logs import job_log
@@ -29,7 +31,7 @@ from fedscape.plan.init import init_settings
 from fedscape.plan.landscape import landscape_plans
 from fedscape.plan.partition import partition_settings
 from fedscape.plan.train import train_settings
-from fedscape.plan.workflow import check_config
+from fedscape.plan.workflow import check_config, check_read_files
 from fedscape.stages.init import init_job
 from fedscape.stages.partition import partition_job
 from fedscape.stages.train import train_job
@@ -259,3 +261,26 @@ def test_a_partition_written_again_with_other_contents_warns_in_its_jobs_log(tmp
         assert f"WARNING fedscape.manifest: {output} was made with other bytes than its earlier record" in text
         assert named in text and "the runs trained on the earlier split are refused by their analyses" in text
         assert remake_hint(output) in text
+
+
+@pytest.mark.parametrize("split", ["trained on", "drawn again", "drawn again, the run trained again"])
+def test_a_run_about_to_be_analysed_on_another_split_is_refused_before_any_job(results, split):
+    # Prepare: the jobs about to run read the run's trajectory and its partition, as drawn or drawn again; or the run
+    # is itself about to be trained again (its outputs made afresh, not read)
+    config, run, partition, meta = results
+    if split != "trained on":
+        redrawn(partition, config["datasets"][run.dataset])
+    trajectory = str(meta.parent / TRAIN_FILE_NAMES["trajectory"])
+    remade = [trajectory, str(meta)] if split.endswith("trained again") else []
+
+    # Execute
+    def check():
+        check_read_files([str(partition), trajectory], remade, config["results_dir"])
+
+    # Assert: another split under a run read as it is stops the workflow in its onstart, before any job claims a
+    # card, with the analyses' own line; the split it trained on, and a run trained again, pass
+    if split == "drawn again":
+        with pytest.raises(ConfigError, match=f"partition file {re.escape(str(partition))} is not the split run "):
+            check()
+    else:
+        check()

@@ -7,6 +7,7 @@ modules of the lower layers (tests/unit/test_architecture.py checks it).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -32,10 +33,10 @@ from fedscape.core.config import (
 )
 from fedscape.core.io import remake_alone_hint, remake_hint
 from fedscape.core.manifest import failed_reruns
-from fedscape.core.paths import INIT_DIR, PARTITION_DIR, Results, parse_path, run_of_path
+from fedscape.core.paths import INIT_DIR, PARTITION_DIR, TRAIN_DIR, TRAIN_FILE_NAMES, Results, parse_path, run_of_path
 from fedscape.core.provenance import belongs_problem, checkpoint_record, table_problem
 from fedscape.core.runs import WILDCARD_CONSTRAINTS, Run, build_runs, unused_grid_values
-from fedscape.data.partition import kind_file_problems, partition_file_problem
+from fedscape.data.partition import kind_file_problems, partition_file_problem, split_sha256, trained_partition_problem
 from fedscape.data.specs import DATASET_NAMES, DATASETS, LOCATION_BASELINES, NO_DOWNLOAD, data_layout_problems
 from fedscape.fl.swa import swa_config
 from fedscape.models.specs import CHECKPOINT_FORMAT, MODEL_NORMS, uses_batch_norm
@@ -357,13 +358,14 @@ def check_read_files(inputs: Iterable[str], remade: Iterable[str], results_root:
     finished outputs (Snakemake deletes a job's outputs before running it), and a job that did not fail would
     compute on another run's data. Checked without torch or pandas: a partition (`partition_problems`), a
     checkpoint (readable, its format and kind, the run it records), a CSV table (whole, and a per-run table's
-    `run_id` in every row), an .npz file (every array readable) and a JSON file.
+    `run_id` in every row), an .npz file (every array readable) and a JSON file; and a partition read with a run's
+    checkpoints, that it is the split the run trained on (`trained_split_problems`).
     """
     remade = {str(Path(p)) for p in remade}
     root = Path(results_root)
     read = [path for path in dict.fromkeys(str(Path(p)) for p in inputs)
             if path not in remade and Path(path).is_file() and root in Path(path).parents]
-    problems = partition_problems(read)
+    problems = partition_problems(read) + trained_split_problems(read)
     for path in read:
         problem = None if parse_path(PARTITION_FILE, path) is not None else read_problem(path)
         if problem is not None:
@@ -371,6 +373,26 @@ def check_read_files(inputs: Iterable[str], remade: Iterable[str], results_root:
     if problems:
         raise ConfigError("a file that the jobs about to run read is damaged or not theirs (nothing ran, no output "
                           "was deleted):\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+# The fields a run shares with the partition it trained on (`core.paths.PARTITION_DIR`).
+_PARTITION_FIELDS = ("dataset", "num_clients", "alpha", "seed")
+
+
+def trained_split_problems(read: Iterable[str]) -> list[str]:
+    """A line for each partition file among `read` (the files the jobs about to run read) that is not the split a
+    run among `read` (by a train output of it) was trained on (`data.partition.trained_partition_problem`): its
+    analyses would refuse it in their job, after claiming a card; each file hashed once."""
+    read = list(read)
+    runs = {}
+    for path in read:
+        for name in TRAIN_FILE_NAMES.values():
+            if (fields := parse_path(f"{TRAIN_DIR}/{name}", path)) is not None:
+                runs[tuple(sorted(fields.items()))] = fields
+    split_of = functools.cache(split_sha256)
+    return [problem for path in read if (part := parse_path(PARTITION_FILE, path)) is not None
+            for run in runs.values() if all(run[key] == part[key] for key in _PARTITION_FIELDS)
+            and (problem := trained_partition_problem(path, run, split_of=split_of)) is not None]
 
 
 def failed_rerun_warnings(results_root: str | Path) -> list[str]:

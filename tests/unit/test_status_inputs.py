@@ -149,6 +149,15 @@ def without_inputs(meta: str) -> None:
     Path(meta).write_text(json.dumps({k: v for k, v in json.loads(Path(meta).read_text()).items() if k != "inputs"}))
 
 
+def named_line(capsys, named: bool) -> tuple[str, list[str], str | None]:
+    """status's output, its lines, and the line after the header of the runs trained from other inputs (None where
+    it is not there); asserting that the header is there exactly where `named`."""
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert (HEADER in lines) == named
+    return out, lines, lines[lines.index(HEADER) + 1] if named else None
+
+
 def meta_of(files: dict[str, list[str]]) -> str:
     return next(path for path in files["train"] if path.endswith("/meta.json"))
 
@@ -185,12 +194,9 @@ def test_a_run_trained_on_another_split_than_its_partition_holds_is_named(finish
     # Assert: another split is named, after the other lines, with the command that trains the runs on it (the user's
     # arguments in it), and there is something to do; the same split, a run that recorded none, and a partition named
     # as not its job's file are not
-    out = capsys.readouterr().out
-    lines = out.splitlines()
-    assert (HEADER in lines) == named
+    out, lines, line = named_line(capsys, named)
     if named:
         run = build_runs(tiny_config())[0]
-        line = lines[lines.index(HEADER) + 1]
         assert line.startswith(f"  partition file {partition} is not the split run {run.run_id} was trained on "
                                f"(split SHA-256 ")
         assert f"where its record {meta} names " in line
@@ -244,12 +250,9 @@ def test_a_run_trained_from_an_init_made_again_since_is_named(finished, monkeypa
 
     # Assert: named with the command that trains the run again, with the user's arguments (forcing its meta.json:
     # not the init, which would be made again once more)
-    out = capsys.readouterr().out
-    lines = out.splitlines()
-    assert (HEADER in lines) == named
+    out, lines, line = named_line(capsys, named)
     if named:
         run = build_runs(tiny_config())[0]
-        line = lines[lines.index(HEADER) + 1]
         assert line.startswith(f"  run {run.run_id} was trained from another init than {init} holds now (SHA-256 ")
         assert f"where its record {meta} names " in line
         assert line.endswith(f"Train the run from this init: {remake_hint(meta, f'--configfile tiny.yaml {TABLE}')}")

@@ -31,7 +31,7 @@ from fedscape.fl.schedule import (
     work_text,
 )
 from fedscape.fl.swa import SWAConfig, SWASettings
-from fedscape.models.specs import DEFAULT_PRECISION, EVAL_BATCH_SIZE, PRECISIONS
+from fedscape.models.specs import DEFAULT_PRECISION, EVAL_BATCH_SIZE, check_precision
 
 CLIENT_PARALLEL = ("auto", "sequential", "vectorized")
 # How local steps run (fedscape.fl.capture): "auto" replays a sequential client's forward and backward passes, and a
@@ -95,14 +95,6 @@ CODE_VERSION = "code_version"
 # while an exploding run passes it within a round or two (a run at lr 5.0 reached 2.3e19).
 DIVERGED_LOSS = 1e3
 _SAMPLING_STREAM = 0x5A  # keeps client sampling independent of the clients' own random streams
-
-
-def check_precision(precision: str) -> None:
-    """Refuse a `precision` that is none of PRECISIONS: the settings of every job that computes in one (a run's
-    training, a pretraining, a barrier or loss-surface job) check it when made, so that a bad one fails there, not in
-    the job after it may have waited for a card (`fedscape.models.device.job_precision`)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 @dataclass(frozen=True)

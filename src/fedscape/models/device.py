@@ -15,7 +15,7 @@ import torch
 
 from fedscape.core.gpus import CLAIM_DIR, POLL_SECONDS, CardClaim, card_limit, claim_card, visible_entries
 from fedscape.core.manifest import note
-from fedscape.models.specs import PRECISIONS
+from fedscape.models.specs import check_precision
 
 log = logging.getLogger("fedscape")
 
@@ -141,19 +141,13 @@ def precision_used(precision: str, device: torch.device | str) -> str:
     """The precision a job asking for `precision` computes in on `device`: TF32 exists on CUDA cards of compute
     capability 8.0 and later (Ampere) only, so a CPU or an older card (V100: 7.0, T4: 7.5) computes `tf32` in fp32;
     fp32 and bf16 are what they say everywhere (bf16 by autocast, on a CPU too)."""
-    _check_known(precision)
+    check_precision(precision)
     if precision == "tf32" and torch.device(device).type != "cuda":
         return "fp32"
     # (without CUDA there is no card to ask: the job fails on its first CUDA tensor anyway)
     if precision == "tf32" and torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] < 8:
         return "fp32"
     return precision
-
-
-def _check_known(precision: str) -> None:
-    """Refuse a precision that is none of PRECISIONS (before `precision_used` asks a card, or a job waits for one)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
 
 
 def _tf32() -> tuple[bool, bool]:
@@ -259,7 +253,7 @@ def job_precision(precision_of: Callable[[dict], str]) -> Callable[[Callable], C
         @functools.wraps(stage)
         def run(settings: dict, *args, **kwargs):
             precision = precision_of(settings)
-            _check_known(precision)
+            check_precision(precision)
             device = resolve_device(settings["device"])
             log_compute(describe_compute(device, precision))
             with use_precision(precision, device):

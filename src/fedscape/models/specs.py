@@ -89,6 +89,16 @@ BN_STATS_SEED = 0
 # computes, so a run on a GPU agrees with one on a CPU to float32 rounding.
 PRECISIONS = ("fp32", "tf32", "bf16")
 DEFAULT_PRECISION = "fp32"
+
+
+def check_precision(precision: str) -> None:
+    """Refuse a `precision` that is none of PRECISIONS: the settings of every job that computes in one (a run's
+    training, a pretraining, a barrier or loss-surface job) check it when made, so that a bad one fails there, not in
+    the job after it may have waited for a card (`fedscape.models.device.job_precision`, which checks it too)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
 # The format a checkpoint (fedscape.models.checkpoint) records; planning reads it without torch
 # (fedscape.core.provenance.checkpoint_record).
 CHECKPOINT_FORMAT = "fedscape-checkpoint-v1"

@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 from fedscape.core.jobs import JobSettings, JobSettingsError
 from fedscape.core.names import suggest
 from fedscape.data.specs import reader_version_setting
-from fedscape.fl.settings import NEUTRAL_TRAINING_KEYS, TrainConfig, TrainingSettings, check_precision
-from fedscape.models.specs import is_token_model, model_option_baselines, with_new_defaults
+from fedscape.fl.settings import NEUTRAL_TRAINING_KEYS, TrainConfig, TrainingSettings
+from fedscape.models.specs import check_precision, is_token_model, model_option_baselines, with_new_defaults
 
 # The keys of an `inits` entry that each kind reads (the schema fills defaults for all of them).
 KIND_KEYS: dict[str, tuple[str, ...]] = {

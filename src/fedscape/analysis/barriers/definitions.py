@@ -13,8 +13,7 @@ import numpy as np
 from fedscape.analysis.contributions import FinalColumns
 from fedscape.core.jobs import JobSettings
 from fedscape.core.names import unknown_name_error
-from fedscape.fl.settings import check_precision
-from fedscape.models.specs import BN_STATS_BASELINE
+from fedscape.models.specs import BN_STATS_BASELINE, check_precision
 
 # single: one layer averaged; shallow / deep: layers cumulated from the input / the output side (Adilova et al.
 # 2023, Figs 1-3); random: cumulated in a seeded random order; ends: the shallowest and the deepest layers

@@ -22,8 +22,7 @@ import numpy as np
 from fedscape.core.io import atomic_path, remake_hint, supplied_hint
 from fedscape.core.jobs import JobSettings, without_paths
 from fedscape.core.names import unknown_name_error
-from fedscape.fl.settings import check_precision
-from fedscape.models.specs import BN_STATS_BASELINE
+from fedscape.models.specs import BN_STATS_BASELINE, check_precision
 from fedscape.outputs.labels import label_run
 
 SURFACE_KINDS = ("trajectory", "local", "final_models", "trajectories", "random", "hessian", "three_points")

@@ -114,15 +114,10 @@ onstart:
         config, workflow.local_exec, workflow.global_resources.get("gpu").value
     )
     check_data(config, RUNS, named)
-    check_read_files(
-        [f for job in jobs for f in job.input],
-        [f for job in jobs for f in job.output],
-        RESULTS.root,
-    )
+    outputs = [f for job in jobs for f in job.output]
+    check_read_files([f for job in jobs for f in job.input], outputs, RESULTS.root)
     check_failed_reruns(
-        RESULTS.root,
-        [f for job in workflow.dag.jobs for f in job.output],
-        [f for job in jobs for f in job.output],
+        RESULTS.root, [f for job in workflow.dag.jobs for f in job.output], outputs
     )
 
 

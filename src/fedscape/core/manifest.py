@@ -49,7 +49,7 @@ from pathlib import Path
 from fedscape.core.config import digest
 from fedscape.core.fingerprints import file_sha256
 from fedscape.core.io import atomic_write_text, is_temporary, remake_alone_hint, remake_hint
-from fedscape.core.paths import DEFAULT_RESULTS, LOGS, PARTITION_DIR, parse_path
+from fedscape.core.paths import DEFAULT_RESULTS, LOGS, PARTITION_DIR, PARTITION_FILE, parse_path
 
 log = logging.getLogger("fedscape.manifest")
 
@@ -277,11 +277,6 @@ def _earlier_record(path: Path) -> dict | None:
     return earlier
 
 
-# The output that runs train on: their meta.json records the split it holds, which their analyses check it against
-# (`fedscape.data.partition.check_trained_partition`)
-TRAINED_ON = f"{PARTITION_DIR}/partition.npz"
-
-
 def _warn_remade_split(earlier: dict | None, record: dict, root: str | Path) -> None:
     """Warn, in the log of the job writing `record`, of each partition file it wrote with other contents than its
     `earlier` record names: made again (`--force`, after `make verify` or `make status` named it) under a numpy whose
@@ -293,7 +288,7 @@ def _warn_remade_split(earlier: dict | None, record: dict, root: str | Path) -> 
         return
     for output, entry in record["outputs"].items():
         before = earlier["outputs"].get(output)
-        if (parse_path(TRAINED_ON, output) is None or not isinstance(before, dict)
+        if (parse_path(PARTITION_FILE, output) is None or not isinstance(before, dict)
                 or before.get("sha256") in (None, entry["sha256"])):
             continue
         numpy = (earlier.get("software") or {}).get("numpy"), record["software"].get("numpy")
@@ -529,6 +524,11 @@ class FailedRerun:
                 f"{started_mark(self.record)} instead")
 
 
+def rerun_failed_outputs(results_root: str | Path) -> set[str]:
+    """The outputs of the jobs `failed_reruns` names (below `results_root` as given)."""
+    return {output for job in failed_reruns(results_root) for output in job.gone}
+
+
 def failed_reruns(results_root: str | Path) -> list[FailedRerun]:
     """The jobs below `results_root`'s manifest whose rerun did not finish (`FailedRerun`), by their records' paths;
     their outputs by their paths below `results_root` as given (`read_records`). Only the records of marked jobs are
@@ -571,8 +571,8 @@ def _still_running(mark: dict) -> bool:
         os.kill(pid, 0)  # signal 0: whether it exists
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's
-        return True
+    except PermissionError:  # another user's: it exists
+        pass
     return True
 
 
@@ -623,7 +623,7 @@ def verify(results_root: str | Path) -> tuple[int, list[Finding]]:
     records = read_records(results_root)
     newest = records.by_output()
     by_digest = _by_digest(newest)
-    rerun_failed = {output for job in failed_reruns(results_root) for output in job.gone}
+    rerun_failed = rerun_failed_outputs(results_root)
     findings = [Finding(str(path), DAMAGED, problem) for path, problem in records.damaged]
     for output, job in sorted(newest.items()):
         if not Path(output).is_file():

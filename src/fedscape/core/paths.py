@@ -27,6 +27,7 @@ TRAIN_FILE_NAMES = {"trajectory": "trajectory.pt", "clients": "clients.pt", "met
 DATA_HASHES = "_data_hashes"
 PROGRESS = "_progress"  # per-round progress of a job, beside its outputs (not an output: it survives a kill)
 PARTITION_DIR = "partitions/{dataset}/clients~{num_clients}/alpha~{alpha}/seed~{seed}"
+PARTITION_FILE = f"{PARTITION_DIR}/partition.npz"  # the split a run trains on
 INIT_DIR = "init/{dataset}/{model}/init~{init}"
 HESSIAN_DIR = f"hessian/{RUN_ID}/round~{{round}}"
 INTERPOLATION_DIR = "barriers/interpolation/{pair}"

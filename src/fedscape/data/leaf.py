@@ -438,7 +438,7 @@ def read_shakespeare_raw(data_dir: str | None, seq_len: int, test_fraction: floa
             windows, targets = _windows(ids, seq_len)
             x[at:at + k], y[at:at + k] = windows[::step], targets[::step]
             writers[at:at + k] = len(names)
-            if split == "train":
+            if split == "train" and eval_stride > 1:
                 evaluated.append(at + np.arange(0, n, eval_stride))
             names.append(role)
             at += k

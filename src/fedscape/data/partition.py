@@ -21,7 +21,7 @@ import numpy as np
 
 from fedscape.core.io import atomic_path, remake_alone_hint, remake_hint
 from fedscape.core.names import suggest
-from fedscape.core.paths import PARTITION_DIR, TRAIN_DIR, TRAIN_FILE_NAMES, fill, parse_path
+from fedscape.core.paths import PARTITION_FILE, TRAIN_DIR, TRAIN_FILE_NAMES, fill, parse_path
 from fedscape.core.provenance import belongs_problem
 from fedscape.core.runs import RUN_ID
 from fedscape.core.seeds import derive_seed
@@ -965,11 +965,11 @@ def split_sha256(path) -> str:
 
 def run_record_path(path, run: dict) -> Path | None:
     """The meta.json of `run` (its fields) in the results directory that the partition file at `path` lies in; None
-    where `path` is not a partition file of the results' layout (`core.paths.PARTITION_DIR`)."""
-    fields = parse_path(f"{PARTITION_DIR}/partition.npz", path)
+    where `path` is not a partition file of the results' layout (`core.paths.PARTITION_FILE`)."""
+    fields = parse_path(PARTITION_FILE, path)
     if fields is None:
         return None
-    results = str(path)[: -len(fill(f"{PARTITION_DIR}/partition.npz", **fields))]
+    results = str(path)[: -len(fill(PARTITION_FILE, **fields))]
     return Path(results, fill(TRAIN_DIR, **run), TRAIN_FILE_NAMES["meta"])
 
 

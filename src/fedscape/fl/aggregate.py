@@ -44,10 +44,10 @@ def column_block(rows: list[torch.Tensor], start: int, stop: int, minus: torch.T
     return block if minus is None else block - minus[start:stop]
 
 
-def _blocked_mean(rows: torch.Tensor | Sequence[torch.Tensor], weights: torch.Tensor,
+def weighted_mean(rows: torch.Tensor | Sequence[torch.Tensor], weights: torch.Tensor,
                   minus: torch.Tensor | None = None) -> torch.Tensor:
-    """sum_m w_m (rows[m] - minus) of rows [M, P] (or M rows [P]) in float64, a block of AGGREGATE_BLOCK columns at a
-    time, in rows' dtype."""
+    """sum_m w_m (rows[m] - minus) for rows [M, P] (or M rows [P]) and weights [M] that sum to 1 (minus: none where not
+    given), in float64 accumulation a block of AGGREGATE_BLOCK columns at a time, in rows' dtype."""
     rows = client_rows(rows, weights.shape[0])
     w = weights.to(rows[0].device, torch.float64)
     out = torch.empty_like(rows[0])
@@ -57,13 +57,8 @@ def _blocked_mean(rows: torch.Tensor | Sequence[torch.Tensor], weights: torch.Te
     return out
 
 
-def weighted_mean(rows: torch.Tensor | Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
-    """sum_m w_m rows[m] for rows [M, P] (or M rows [P]) and weights [M] that sum to 1, in float64 accumulation."""
-    return _blocked_mean(rows, weights)
-
-
 def mean_delta(global_params: torch.Tensor, client_params: torch.Tensor | Sequence[torch.Tensor],
                weights: torch.Tensor) -> torch.Tensor:
     """Weighted mean client update: sum_m w_m (theta_m - theta_global) of clients [M, P] (or M rows [P]), each
     block's differences made in the clients' dtype (no [M, P] copy of them)."""
-    return _blocked_mean(client_params, weights, global_params)
+    return weighted_mean(client_params, weights, global_params)

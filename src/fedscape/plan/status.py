@@ -81,11 +81,11 @@ from fedscape.core.manifest import (
     changed_outputs,
     code_label,
     counted,
-    failed_reruns,
     output_records,
     read_records,
     recorded_jobs,
     remade_alone,
+    rerun_failed_outputs,
 )
 from fedscape.core.paths import TRAIN_FILE_NAMES, Results, results_root
 from fedscape.core.runs import build_runs
@@ -527,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         again = ({o for job in jobs if job.kind != "dates" for o in job.outputs} | made_from_other_data(changes)
                  | {o for gone in missing for o in gone} | {f.path for f in changed} | set(damaged))
         retrain = trained_from_other_inputs(config, read, again, shlex.join(args))
-        rerun_failed = {o for job in failed_reruns(root) for o in job.gone}
+        rerun_failed = rerun_failed_outputs(root)
         for line in report(jobs, records, args, changes, unfingerprinted_jobs(records), root, missing,
                            len(uncompared), changed, hashed, alone_args, damaged, outside, len(read.damaged),
                            len(retrain), rerun_failed):

@@ -33,7 +33,15 @@ from fedscape.core.config import (
 )
 from fedscape.core.io import remake_alone_hint, remake_hint
 from fedscape.core.manifest import failed_reruns
-from fedscape.core.paths import INIT_DIR, PARTITION_DIR, TRAIN_DIR, TRAIN_FILE_NAMES, Results, parse_path, run_of_path
+from fedscape.core.paths import (
+    INIT_DIR,
+    PARTITION_FILE,
+    TRAIN_DIR,
+    TRAIN_FILE_NAMES,
+    Results,
+    parse_path,
+    run_of_path,
+)
 from fedscape.core.provenance import belongs_problem, checkpoint_record, table_problem
 from fedscape.core.runs import WILDCARD_CONSTRAINTS, Run, build_runs, unused_grid_values
 from fedscape.data.partition import kind_file_problems, partition_file_problem, split_sha256, trained_partition_problem
@@ -45,7 +53,6 @@ from fedscape.plan import partition as partition_plan
 from fedscape.plan.resources import DATA_RULES, computes_on_device, execution_problems
 from fedscape.plan.train import idle_swa, misnamed_algorithm_labels, run_training
 
-PARTITION_FILE = f"{PARTITION_DIR}/partition.npz"
 FIRST = "train"  # its checks come first: every other stage reads the run grid it checks
 SCHEMA = "workflow/schemas/config.schema.yaml"  # below the workflow's root, where `make` runs
 DEFAULT_CONFIG = "config/config.yaml"  # there too: the Snakefile reads it without a --configfile
@@ -375,10 +382,6 @@ def check_read_files(inputs: Iterable[str], remade: Iterable[str], results_root:
                           "was deleted):\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-# The fields a run shares with the partition it trained on (`core.paths.PARTITION_DIR`).
-_PARTITION_FIELDS = ("dataset", "num_clients", "alpha", "seed")
-
-
 def trained_split_problems(read: Iterable[str]) -> list[str]:
     """A line for each partition file among `read` (the files the jobs about to run read) that is not the split a
     run among `read` (by a train output of it) was trained on (`data.partition.trained_partition_problem`): its
@@ -391,7 +394,7 @@ def trained_split_problems(read: Iterable[str]) -> list[str]:
                 runs[tuple(sorted(fields.items()))] = fields
     split_of = functools.cache(split_sha256)
     return [problem for path in read if (part := parse_path(PARTITION_FILE, path)) is not None
-            for run in runs.values() if all(run[key] == part[key] for key in _PARTITION_FIELDS)
+            for run in runs.values() if all(run[key] == value for key, value in part.items())
             and (problem := trained_partition_problem(path, run, split_of=split_of)) is not None]
 
 

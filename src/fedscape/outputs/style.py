@@ -261,12 +261,13 @@ def widen_to_fit(fig, needs: Mapping) -> None:
         fig.set_figwidth(width + deficit * columns)
 
 
-def wrap_to_fit(draw: Callable, n: int, max_width: float = MAX_FIGURE_WIDTH_IN):
+def wrap_to_fit(draw: Callable, n: int, max_width: float = MAX_FIGURE_WIDTH_IN, max_ncols: int | None = None):
     """The figure of n panels that `draw(ncols)` draws in a grid of at most `ncols` columns (e.g. with `facet_grid`),
     returning (fig, needs) for `widen_to_fit`, widened to fit: in one row where that figure is at most `max_width`
     inches wide, else in the fewest rows that keep it so, ceil(n / rows) columns each (8 panels: 2 rows of 4, or 3
     rows of 3, 3 and 2, ...), every panel still as wide as its labels need. Where even one column is too wide (a
     panel whose labels alone need more), the panels take a row each and the figure stays wider than `max_width`.
+    `max_ncols`: no more columns than that, however narrow the panels.
 
     A figure is narrower the fewer columns it has, so the rows are found by bisection: a few drawings, every figure
     but the one returned closed."""
@@ -280,11 +281,13 @@ def wrap_to_fit(draw: Callable, n: int, max_width: float = MAX_FIGURE_WIDTH_IN):
     def fits(fig) -> bool:
         return fig.get_figwidth() <= max_width + WIDEN_TOLERANCE_IN
 
-    fig = widened(n)
-    if n <= 1 or fits(fig):
+    first = n if max_ncols is None else min(n, max_ncols)
+    fig = widened(first)
+    if first <= 1 or fits(fig):
         return fig
     plt.close(fig)
-    options = sorted({math.ceil(n / rows) for rows in range(2, n + 1)}, reverse=True)  # the columns of 2..n rows
+    # the columns of 2..n rows, fewer than the first drawing's
+    options = sorted({min(math.ceil(n / rows), first) for rows in range(2, n + 1)} - {first}, reverse=True)
     lo, hi, best = 0, len(options) - 1, None  # the answer is in options[lo..hi]; best: options[hi]'s figure, drawn
     while lo < hi:
         mid = (lo + hi) // 2

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fedscape.analysis.barriers.definitions import CurveSettings, curve_lr_factor, grid_t, interpolation_grid
-from fedscape.analysis.barriers.maths import PROGRESS_SECONDS, Point, Splits, evaluate_point
+from fedscape.analysis.barriers.definitions import CurveSettings, curve_lr_factor
+from fedscape.analysis.barriers.maths import PROGRESS_SECONDS, Point, Splits, curve_rows
 from fedscape.models.loss import mean_loss
 from fedscape.models.params import buffer_specs, param_specs
 from fedscape.models.specs import EVAL_BATCH_SIZE
@@ -115,9 +115,4 @@ def bezier_curve(model: nn.Module, a: Point, theta: Tensor, b: Point, splits: Sp
     """Rows (t, split, loss, error) along the Bezier curve, on the grid of the linear interpolation (Garipov et al.
     2018); `bn_x`: every point's batch-norm statistics recomputed from these training inputs (`evaluate_point`, as
     `never_correct`)."""
-    rows = []
-    for t in interpolation_grid(points):
-        for split, res in evaluate_point(model, bezier_point(a, theta, b, float(t)), splits, batch_size,
-                                         bn_x, never_correct).items():
-            rows.append({"t": grid_t(t), "split": split, "loss": res.loss, "error": res.error})
-    return rows
+    return curve_rows(model, lambda t: bezier_point(a, theta, b, t), splits, points, batch_size, bn_x, never_correct)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -118,10 +118,16 @@ def interpolation_curve(model: nn.Module, a: Point, b: Point, splits: Splits, po
                         never_correct: tuple[int, ...] = ()) -> list[dict]:
     """Rows (t, split, loss, error) along the segment from a to b (Li et al. 2022, Figs 3c/5c); `bn_x`: recompute
     every point's batch-norm statistics from these training inputs (`evaluate_point`, as `never_correct`)."""
+    return curve_rows(model, lambda t: interpolate(a, b, t), splits, points, batch_size, bn_x, never_correct)
+
+
+def curve_rows(model: nn.Module, point_at: Callable[[float], Point], splits: Splits, points: int, batch_size: int,
+               bn_x: torch.Tensor | None, never_correct: tuple[int, ...]) -> list[dict]:
+    """Rows (t, split, loss, error) of the points `point_at(t)` of a curve at the `points` t of the interpolation
+    grid (`evaluate_point`): a segment's (`interpolation_curve`) or a Bezier curve's (`curve.bezier_curve`)."""
     rows = []
     for t in interpolation_grid(points):
-        for split, res in evaluate_point(model, interpolate(a, b, float(t)), splits, batch_size, bn_x,
-                                         never_correct).items():
+        for split, res in evaluate_point(model, point_at(float(t)), splits, batch_size, bn_x, never_correct).items():
             rows.append({"t": grid_t(t), "split": split, "loss": res.loss, "error": res.error})
     return rows
 

@@ -69,6 +69,14 @@ REPORT = FinalColumns(
 )
 
 
+def check_solver(precision: str, method: str) -> None:
+    """Refuse a precision or eigensolver method a Hessian job cannot compute with, naming the valid ones."""
+    if precision not in HESSIAN_PRECISIONS:
+        raise unknown_name_error("Hessian precision", precision, HESSIAN_PRECISIONS)
+    if method not in METHODS:
+        raise unknown_name_error("Hessian method", method, METHODS)
+
+
 @dataclass(frozen=True, kw_only=True)
 class EigenSettings(JobSettings):
     """What the top-k eigenpairs of one data set depend on (the evaluation subset, the solver and its precision): the
@@ -86,10 +94,7 @@ class EigenSettings(JobSettings):
 
     def __post_init__(self) -> None:
         # as HessianSettings: a plane job computing its own eigenpairs at bf16 would be refused only at its solver
-        if self.precision not in HESSIAN_PRECISIONS:
-            raise unknown_name_error("Hessian precision", self.precision, HESSIAN_PRECISIONS)
-        if self.method not in METHODS:
-            raise unknown_name_error("Hessian method", self.method, METHODS)
+        check_solver(self.precision, self.method)
 
 
 EIGEN_FIELDS = tuple(f.name for f in fields(EigenSettings))
@@ -155,10 +160,7 @@ class HessianSettings(JobSettings):
                                             or self.clients < 0):
             raise ValueError(f"clients must be {ALL_CLIENTS!r} or an integer >= 0 (a seeded sample of that many "
                              f"clients; 0: no per-client analysis), got {self.clients!r}")
-        if self.precision not in HESSIAN_PRECISIONS:
-            raise unknown_name_error("Hessian precision", self.precision, HESSIAN_PRECISIONS)
-        if self.method not in METHODS:
-            raise unknown_name_error("Hessian method", self.method, METHODS)
+        check_solver(self.precision, self.method)
         if self.trace_estimator not in TRACE_ESTIMATORS:
             raise unknown_name_error("trace estimator", self.trace_estimator, TRACE_ESTIMATORS)
         if self.trace_estimator == HUTCHPP and self.trace_probes < 4:

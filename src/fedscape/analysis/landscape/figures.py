@@ -198,8 +198,8 @@ def _draw_points(ax, surface: dict, highlight: str | None, settings: Sequence[st
     kind = surface["meta"]["kind"]
     handles = []
     if kind == "local":
-        start = xy[roles == "round_start"][0]
-        agg = xy[roles == "aggregate"][0]
+        is_start, is_agg = roles == "round_start", roles == "aggregate"
+        start, agg = xy[is_start][0], xy[is_agg][0]
         chosen = int(highlight.split("~")[1]) if highlight and highlight.startswith("client~") else None
         if chosen is not None and chosen not in clients[roles == "client"].tolist():
             log.warning("surface %s: client %d did not train in round %s (partial participation), so no client "
@@ -214,16 +214,14 @@ def _draw_points(ax, surface: dict, highlight: str | None, settings: Sequence[st
             _markers(ax, p[None], np.array([far]), "o", color, markersize=5, zorder=5)
             ax.annotate(str(cid), p, textcoords="offset points", xytext=_outward(ax, start, p), fontsize=7,
                         color="white", ha="center", va="center", zorder=6, path_effects=[_OUTLINE])
-        _markers(ax, xy[roles == "round_start"][:1], off[roles == "round_start"][:1], "^", PALETTE[4], markersize=10,
-                 zorder=6)
-        _markers(ax, xy[roles == "aggregate"][:1], off[roles == "aggregate"][:1], "*", PALETTE[4], markersize=14,
-                 zorder=6)
+        _markers(ax, start[None], off[is_start][:1], "^", PALETTE[4], markersize=10, zorder=6)
+        _markers(ax, agg[None], off[is_agg][:1], "*", PALETTE[4], markersize=14, zorder=6)
         handles += [plt.Line2D([], [], marker="^", linestyle="", color=PALETTE[4], markeredgecolor="black",
-                               label=str(labels[roles == "round_start"][0])),
+                               label=str(labels[is_start][0])),
                     plt.Line2D([], [], marker="o", linestyle="", color="white", markeredgecolor="black",
                                label="client models after local training"),
                     plt.Line2D([], [], marker="*", linestyle="", color=PALETTE[4], markeredgecolor="black",
-                               markersize=12, label=str(labels[roles == "aggregate"][0]))]
+                               markersize=12, label=str(labels[is_agg][0]))]
         if chosen is not None:
             handles.append(plt.Line2D([], [], marker="o", linestyle="", color=PALETTE[1], markeredgecolor="black",
                                       label=f"client {chosen}"))

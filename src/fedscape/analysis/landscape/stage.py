@@ -336,17 +336,16 @@ def surface_inputs(dataset: str, options: dict, data: str, partition_path: str |
         fed = (federate(dataset_from_options(dataset, options), partition_path) if run is None
                else load_federated_data(run, options, partition_path))
     union = fed.union() if data == "train" or training_inputs else None
-    if data == "test":
-        x, y, never_correct = load_test_data(dataset, options)
+    if data == "test":  # the loaded data set's test set where the training inputs loaded it (the same tensors)
+        x, y, never_correct = ((fed.x_test, fed.y_test, fed.never_correct) if fed is not None
+                               else load_test_data(dataset, options))
+    elif data == "train":
+        (x, y), never_correct = union, fed.never_correct
     else:
-        never_correct = fed.never_correct
-    if data == "train":
-        x, y = union
-    elif data != "test":
         m = int(data.split("~", 1)[1])
         if not 0 <= m < fed.num_clients:
             raise ValueError(f"client {m} does not exist: the partition has {fed.num_clients} clients")
-        x, y = fed.client(m)
+        (x, y), never_correct = fed.client(m), fed.never_correct
     return x, y, union[0] if training_inputs else None, never_correct
 
 

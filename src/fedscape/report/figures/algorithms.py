@@ -128,8 +128,8 @@ def ranking_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str
     left_out = f"\nnot drawn, one algorithm each: {', '.join(alone)}" if alone else ""
 
     def draw(ncols: int):
-        """The figure with its panels in at most `ncols` columns (three at most), and the width each panel needs."""
-        fig, axes = facet_grid(len(drawn), ncols=min(ncols, 3), size=(3.4, 0.9 + 0.45 * most), sharey=False,
+        """The figure with its panels in at most `ncols` columns, and the width each panel needs."""
+        fig, axes = facet_grid(len(drawn), ncols=ncols, size=(3.4, 0.9 + 0.45 * most), sharey=False,
                                sharex=False)
         renderer = agg_canvas(fig).get_renderer()
         legend, needs = {}, {}
@@ -174,7 +174,7 @@ def ranking_figure(final: pd.DataFrame, dataset: str, model: str, base_path: str
         return fig, needs
 
     # at most three panels a row, as many rows as keep the figure within a screen, each panel as wide as its labels
-    return save_figure(wrap_to_fit(draw, len(drawn)), base_path, table)
+    return save_figure(wrap_to_fit(draw, len(drawn), max_ncols=3), base_path, table)
 
 
 def ranking_seeds(table: pd.DataFrame) -> str:

@@ -1,21 +1,25 @@
 """What the server step and the round statistics copy of the sampled clients: a block of columns at a time, never an
 [M, P] stack of all of them (nor of their updates, nor a float64 copy of them) beside the results' own rows, which on
 the training device doubled the clients' memory however small `client_chunk_size` was; and the statistics' numbers,
-bit for bit, are those of the stacked formula (the server step's: tests/unit/test_aggregate_blocks.py)."""
+bit for bit, are those of the stacked formula (the server step's: tests/unit/test_aggregate_blocks.py). And what
+SCAFFOLD and FedDyn keep of a round's clients from their end hooks to the server step: no model-sized vector each."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from helpers.synthetic import mlp, shard_data
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fedscape.fl import aggregate, client_stats
 from fedscape.fl.aggregate import AGGREGATE_BLOCK, mean_delta, sample_weights, weighted_mean
 from fedscape.fl.client_stats import _cosine_mean, _diversity, round_stats
-from fedscape.fl.strategies.base import ClientResult
+from fedscape.fl.engine import make_trainer
+from fedscape.fl.settings import TrainConfig
+from fedscape.fl.strategies.base import ClientResult, ClientStore
 from fedscape.fl.strategies.registry import make_strategy
-from fedscape.models.params import flatten_params
+from fedscape.models.params import FlatParams, flatten_buffers, flatten_params
 
 
 class _LargestNew(TorchDispatchMode):
@@ -65,7 +69,7 @@ def test_a_server_step_copies_no_more_than_a_block_of_the_clients(monkeypatch, a
                for i, row in enumerate(rows)]
     strategy = make_strategy(algorithm)
     strategy.setup(8, global_params.numel(), torch.device("cpu"), model)
-    strategy.begin_stacked([r.client_id for r in results], global_params)  # SCAFFOLD's c_i+ and FedDyn's deltas
+    strategy.begin_stacked([r.client_id for r in results], global_params)  # the end hooks (FedDyn's g_k)
     strategy.end_stacked(results)
     bound = max(global_params.numel() * 4, len(rows) * 7 * 8)  # a [P] vector of the step, a block's float64 copy
 
@@ -74,6 +78,47 @@ def test_a_server_step_copies_no_more_than_a_block_of_the_clients(monkeypatch, a
 
     assert made.largest <= bound, f"{made.largest} bytes made at once, more than a block or a model ({bound})"
     assert not torch.equal(new, global_params)
+
+
+def _model_vectors(obj, num_params: int, seen: set[int]) -> int:
+    """The flat model-sized vectors [P] that `obj` (a strategy, its attributes, their dicts and lists) holds outside its
+    ClientStores (the clients' kept vectors, on the host: `fedscape.fl.state_sizes`), each tensor counted once."""
+    if isinstance(obj, torch.Tensor):
+        new = id(obj) not in seen and obj.dim() == 1 and obj.numel() == num_params
+        seen.add(id(obj))
+        return int(new)
+    if isinstance(obj, ClientStore):
+        return 0
+    if isinstance(obj, dict):
+        return sum(_model_vectors(v, num_params, seen) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_model_vectors(v, num_params, seen) for v in obj)
+    return _model_vectors(vars(obj), num_params, seen) if hasattr(obj, "__dict__") else 0
+
+
+@pytest.mark.parametrize("mode", ["sequential", "vectorized"])
+@pytest.mark.parametrize("algorithm", ["scaffold", "feddyn"])
+def test_a_round_keeps_no_model_sized_vector_per_client_until_the_server_step(algorithm, mode):
+    # Prepare: rounds of 2 and of 6 clients trained by the run's trainer (its end hooks), the server step not taken
+    def held_after_end_hooks(num_clients: int) -> int:
+        model, data = mlp(), shard_data([8] * num_clients)
+        cfg = TrainConfig(rounds=1, local_steps=1, local_epochs=None, batch_size=8, lr=0.1, client_parallel=mode,
+                          client_chunk_size=0)
+        flat, strategy = FlatParams(model), make_strategy(algorithm)
+        strategy.setup(num_clients, flat.vector.numel(), torch.device("cpu"), model)
+        trainer = make_trainer(model, flat, data, strategy, cfg)
+        try:
+            trainer.train_round(flat.get(), flatten_buffers(model), list(range(num_clients)), 1)
+        finally:
+            trainer.close()
+        return _model_vectors(strategy, flat.vector.numel(), set())
+
+    # Execute
+    few, many = held_after_end_hooks(2), held_after_end_hooks(6)
+
+    # Assert: the server state (SCAFFOLD's c, FedDyn's h) and references, as many for 6 clients as for 2 (each
+    # client's c_i+ - c_i or w_k - w kept until the server step: 4 more)
+    assert few >= 1 and many == few, f"{many} model-sized vectors held after 6 clients' end hooks, {few} after 2"
 
 
 def _stacked_round_stats(start: torch.Tensor, rows: list[torch.Tensor], aggregate_params: torch.Tensor,

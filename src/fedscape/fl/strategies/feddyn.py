@@ -31,7 +31,6 @@ class FedDyn(Strategy):
         super().setup(num_clients, num_params, device, model, seed, client_sizes)
         self.h = torch.zeros(num_params, device=device)
         self.grads = ClientStore(num_params)
-        self._deltas: dict[int, torch.Tensor] = {}
 
     def state_dict(self):
         return {**super().state_dict(), "h": self.h, "grads": self.grads.state_dict()}
@@ -75,18 +74,18 @@ class FedDyn(Strategy):
         for r in results:
             delta = r.params - self._stacked_global
             self.grads.set(r.client_id, self.grads.get(r.client_id, r.params.device) - self.config.alpha * delta)
-            self._deltas[r.client_id] = delta
+        self._g_stack = None  # the chunk's rows: freed with `release_stacked` unless a captured step reads them
 
     def end_local(self, model: nn.Module, ctx: ClientContext, params: torch.Tensor) -> None:
-        delta = params - ctx.global_params
-        self.grads.set(ctx.client_id, ctx.scratch["g_k"] - self.config.alpha * delta)
-        self._deltas[ctx.client_id] = delta
+        self.grads.set(ctx.client_id, ctx.scratch["g_k"] - self.config.alpha * (params - ctx.global_params))
 
     def server_update(self, global_params: torch.Tensor, results: list[ClientResult]) -> torch.Tensor:
         alpha = self.config.alpha
+        # Each client's w_k - w again from its result and the round's global model (those its end hook subtracted),
+        # not kept from the end hooks: M model-sized deltas held on the training device until this step
         for r in results:
-            self.h = self.h - alpha * self._deltas.pop(r.client_id).to(self.h.device) / self.share_divisor(r.client_id)
-        self._deltas.clear()
+            delta = r.params - global_params
+            self.h = self.h - alpha * delta.to(self.h.device) / self.share_divisor(r.client_id)
         weights = sample_weights([r.num_samples for r in results])
         mean = weighted_mean([r.params for r in results], weights)
         target = mean - self.h / alpha

@@ -190,6 +190,7 @@ class Moon(Strategy):
     def end_stacked(self, results: list[ClientResult]) -> None:
         for r in results:
             self.prev.set(r.client_id, r.params)
+        self._prev_stack = None  # the chunk's rows: freed with `release_stacked` unless a captured step reads them
 
     def local_gradients_vectorized(self, params: list[torch.Tensor], loss) -> tuple[torch.Tensor,
                                                                                     list[torch.Tensor | None]]:

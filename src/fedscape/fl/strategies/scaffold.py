@@ -23,8 +23,8 @@ class Scaffold(Strategy):
     minimum of the plain mean of the clients' losses, not FedAvg's sample-weighted one.
 
     Vectorised: each stacked client's correction c - c_i is added to its gradients (`adjust_gradients_vectorized`),
-    the chunk's corrections stacked once per chunk (`begin_stacked`), and each client's c_i+ computed from its result
-    (`end_stacked`, its `update_weight` the sequential `end_local`'s).
+    the chunk's corrections stacked once per chunk (`begin_stacked`), and each client's update weight taken from its
+    result (`end_stacked`, the sequential `end_local`'s); its c_i+ is computed by the server step, as sequentially.
     """
 
     standard_local_training = False
@@ -34,7 +34,9 @@ class Scaffold(Strategy):
         super().setup(num_clients, num_params, device, model, seed, client_sizes)
         self.c = torch.zeros(num_params, device=device)
         self.c_clients = ClientStore(num_params)
-        self._delta_c: dict[int, torch.Tensor] = {}
+        # The update weight of each client of the round whose c_i moves (one that took steps at a positive lr), set
+        # by its end hook; `server_update` computes its c_i+
+        self._weights: dict[int, float] = {}
 
     def state_dict(self):
         return {**super().state_dict(), "c": self.c, "c_clients": self.c_clients.state_dict()}
@@ -46,7 +48,6 @@ class Scaffold(Strategy):
 
     def begin_local(self, model: nn.Module, ctx: ClientContext) -> None:
         c_i = self.c_clients.get(ctx.client_id, ctx.global_params.device)
-        ctx.scratch["c_i"] = c_i
         ctx.scratch["correction"] = param_views(self.c.to(c_i.device) - c_i, model)
 
     def adjust_gradients(self, model: nn.Module, ctx: ClientContext) -> None:
@@ -57,19 +58,14 @@ class Scaffold(Strategy):
     def end_local(self, model: nn.Module, ctx: ClientContext, params: torch.Tensor) -> None:
         if ctx.steps == 0 or ctx.lr <= 0:
             return
-        c_i = ctx.scratch["c_i"]
         # K lr for plain SGD at a constant lr
-        weight = update_weight(ctx.step_lrs[: ctx.steps], ctx.momentum, ctx.nesterov)
-        c_new = c_i - self.c.to(c_i.device) + (ctx.global_params - params) / weight
-        self._delta_c[ctx.client_id] = (c_new - c_i).to(self.c.device)
-        self.c_clients.set(ctx.client_id, c_new)
+        self._weights[ctx.client_id] = update_weight(ctx.step_lrs[: ctx.steps], ctx.momentum, ctx.nesterov)
 
     def begin_stacked(self, client_ids: list[int], global_params: torch.Tensor) -> None:
         device = global_params.device
         c_clients = torch.stack([self.c_clients.get(c, device) for c in client_ids])
         corrections = (self.c.to(device) - c_clients).to(global_params.dtype)  # as `begin_local`: c - c_i
         self._corrections = self.stacked_rows("corrections", corrections)
-        self._stacked_global = global_params
 
     def adjust_gradients_vectorized(self, params: list[torch.Tensor], global_params: list[torch.Tensor],
                                     grads: list[torch.Tensor | None]) -> None:
@@ -80,18 +76,26 @@ class Scaffold(Strategy):
                 grads[i] = grads[i] + correction[:k]
 
     def end_stacked(self, results: list[ClientResult]) -> None:
-        """`end_local` of each client of the chunk, from its result: c_i+ = c_i - c + (x - y_i) / its update weight."""
+        """`end_local` of each client of the chunk, from its result (its update weight the sequential `end_local`'s)."""
         for r in results:
-            if r.num_steps == 0 or r.update_weight <= 0:
-                continue
-            c_i = self.c_clients.get(r.client_id, r.params.device)
-            c_new = c_i - self.c.to(c_i.device) + (self._stacked_global - r.params) / r.update_weight
-            self._delta_c[r.client_id] = (c_new - c_i).to(self.c.device)
-            self.c_clients.set(r.client_id, c_new)
+            if r.num_steps > 0 and r.update_weight > 0:
+                self._weights[r.client_id] = r.update_weight
+        self._corrections = None  # the chunk's rows: freed with `release_stacked` unless a captured step reads them
 
     def server_update(self, global_params: torch.Tensor, results: list[ClientResult]) -> torch.Tensor:
+        # Each moved client's c_i+ from its result, and c <- c + p_i (c_i+ - c_i), one client at a time in the results'
+        # order, here rather than in the end hooks: kept from there, the clients' c_i+ - c_i were M model-sized
+        # vectors on the training device until this step, and a sum advanced there would round otherwise, as the
+        # vectorised trainer calls them in its stack's order (longest first). c_i is still the one the client trained
+        # with (set here alone), and c the round's, which it subtracted.
+        c = self.c
         for r in results:
-            if r.client_id in self._delta_c:
-                self.c = self.c + self._delta_c[r.client_id] / self.share_divisor(r.client_id)
-        self._delta_c.clear()
+            weight = self._weights.pop(r.client_id, None)
+            if weight is None:
+                continue
+            c_i = self.c_clients.get(r.client_id, global_params.device)
+            c_new = c_i - c.to(c_i.device) + (global_params - r.params) / weight
+            self.c = self.c + (c_new - c_i).to(c.device) / self.share_divisor(r.client_id)
+            self.c_clients.set(r.client_id, c_new)
+        self._weights.clear()
         return super().server_update(global_params, results)

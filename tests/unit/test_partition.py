@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -221,6 +222,49 @@ def test_an_unreadable_partition_file_is_one_line_naming_it_and_the_command_that
     message = str(err.value)
     assert message.startswith(f"{path} is not a readable partition file (") and "\n" not in message
     assert f"`snakemake --cores 1 --force {path}`" in message
+
+
+def _with_stored_alpha(path, alpha) -> None:
+    """Rewrite the partition file at `path` with `alpha` as its metadata's alpha (as another tool might write it)."""
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {key: f[key] for key in f.files}
+    meta = json.loads(str(arrays["meta"]))
+    arrays["meta"] = np.array(json.dumps({**meta, "alpha": alpha}))
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+@pytest.mark.parametrize(("stored", "expected"), [(0.5, 0.5), ("inf", math.inf), (None, math.nan)])
+def test_a_partition_files_alpha_is_a_number_inf_or_null(tmp_path, stored, expected):
+    # Prepare
+    path = _saved(tmp_path)
+    _with_stored_alpha(path, stored)
+
+    # Execute
+    alpha = load_partition(path).alpha
+
+    # Assert
+    assert alpha == expected or (math.isnan(alpha) and math.isnan(expected))
+
+
+@pytest.mark.parametrize("stored", ["iid", "label_a", [0.5]])
+def test_a_partition_files_alpha_of_another_form_is_named_with_the_forms_and_the_remake(tmp_path, stored):
+    # Prepare: a value no writer stores (a setting's text, a `partitions` label, a list)
+    path = _saved(tmp_path)
+    _with_stored_alpha(path, stored)
+
+    # Execute
+    with pytest.raises(PartitionError) as err:
+        load_partition(path)
+
+    # Assert: one line naming the file, the value, the forms a file records and the command that remakes it
+    message = str(err.value)
+    assert message.startswith(f"{path} is not a readable partition file (ValueError: its alpha {stored!r} is none "
+                              'of those a partition file records: a number, "inf" (an IID split) or null')
+    assert "\n" not in message and f"`snakemake --cores 1 --force {path}`" in message
+    with pytest.raises(PartitionError, match=re.escape(f"{path} is not a readable partition file (ValueError: its "
+                                                       f"alpha {stored!r} is none")):
+        check_partition_file(path, "digits", 4, 0.5, 3)  # the check before any job, as the workflow plans
 
 
 @pytest.mark.parametrize("shape", [(0,), (7,), (10, 3)])

@@ -858,9 +858,15 @@ def _alpha_text(alpha: float) -> float | str | None:
 
 def _stored_alpha(meta: dict) -> float:
     """The alpha a partition's metadata records (`_alpha_text`): null is NaN, and float() reads "inf" as well as the
-    Infinity that files written before strict JSON hold (json.loads makes it inf)."""
+    Infinity that files written before strict JSON hold (json.loads makes it inf). ValueError naming any other value
+    (a file not written by `save_partition`: no writer stores "iid" or a `partitions` label there)."""
     alpha = meta.get("alpha")
-    return math.nan if alpha is None else float(alpha)
+    try:
+        return math.nan if alpha is None else float(alpha)
+    except (TypeError, ValueError):
+        raise ValueError(f"its alpha {alpha!r} is none of those a partition file records: a number, \"inf\" (an IID "
+                         "split) or null (a split of no Dirichlet alpha; a `partitions` label's split records its "
+                         "label beside it)") from None
 
 
 # What np.load raises for a file that is not a partition's .npz: truncated, pickled, another archive, a key missing.
@@ -880,6 +886,7 @@ def load_partition(path, labels: np.ndarray | None = None, data_sha256: str | No
             indices, offsets = f["indices"], f["offsets"]
             meta = json.loads(str(f["meta"]))
             checksum = int(f["labels_checksum"][0])
+        alpha = _stored_alpha(meta)
     except UNREADABLE as exc:
         raise PartitionError(f"{_unreadable(path, exc)}; {remake_alone_hint(path)}") from None
     if labels is not None:
@@ -900,7 +907,6 @@ def load_partition(path, labels: np.ndarray | None = None, data_sha256: str | No
             "date, and this job would mix the two. `make status` lists those results with the command that remakes "
             "them (from the partition on); or put back the files it was made from")
     shards = tuple(indices[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1))
-    alpha = _stored_alpha(meta)
     kind = meta.get("kind") or ("iid" if math.isinf(alpha) else "dirichlet")  # files from before the kinds
     return Partition(shards, alpha, int(meta["seed"]), int(meta["num_samples_total"]), kind=kind,
                      options=dict(meta.get("options") or {}), label=meta.get("label"))
@@ -918,7 +924,7 @@ def partition_file_problem(path, dataset: str, num_clients: int, setting: str | 
             offsets = f["offsets"]
             meta = json.loads(str(f["meta"]))
             f["indices"], f["labels_checksum"]  # noqa: B018 (present and readable)
-        alpha = _stored_alpha(meta)  # ValueError for a text that is no number
+        alpha = _stored_alpha(meta)  # ValueError naming a value no partition file records
     except UNREADABLE as exc:
         return _unreadable(path, exc)
     found = {"dataset": meta.get("dataset"), "clients": len(offsets) - 1, "seed": meta.get("seed")}

@@ -203,11 +203,22 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
     restored = progress.restore((flat.vector.numel(), flatten_buffers(model).numel()))
     if restored is not None:
         state, records = restored
-        strategy.load_state_dict(_to_device(state["strategy"], device))
-        trainer.load_state_dict(state.get("trainer", {}))
-        if averager is not None:
-            _restore_swa(averager, records, device)
-            swa_metrics = _last_swa_metrics(records)
+        fresh = strategy.state_dict(), trainer.state_dict()  # as set up, for a run that cannot resume
+        try:
+            strategy.load_state_dict(_to_device(state["strategy"], device))
+            trainer.load_state_dict(state.get("trainer", {}))
+            if averager is not None:
+                _restore_swa(averager, records, device)
+                swa_metrics = _last_swa_metrics(records)
+        except Exception as exc:  # a state of other code's layout, or damaged: the run is redone, as where `restore`
+            # cannot read its progress (else every rerun would stop on it until the folder is deleted by hand), from
+            # the state as set up, which a load that failed part-way may have changed
+            log.warning("cannot resume from %s (%s): starting afresh", progress.dir, exc)
+            strategy.load_state_dict(fresh[0])
+            trainer.load_state_dict(fresh[1])
+            averager = SWAModel() if swa is not None else None
+            restored = None
+    if restored is not None:
         log.info("resuming after round %d/%d from %s", state["round"], cfg.rounds, progress.dir)
         # Progress saved before attempts were kept: its rounds were trained by one or more earlier calls of unknown
         # compute and code, recorded as one attempt from round 1 without their keys (as `stages.init` records such

@@ -21,6 +21,7 @@ from fedscape.analysis.landscape.definitions import (
     PLANE_FILES,
     SINGLE_RUN_KINDS,
     SURFACE_FILE,
+    SURFACE_KINDS,
     LandscapeChunkJob,
     LandscapePlaneJob,
     PlaneCheckpoint,
@@ -251,6 +252,34 @@ def bn_stats_uses(config: dict, runs: list, schema: dict) -> dict[str, tuple[str
     default = schema["properties"]["landscapes"]["additionalProperties"]["properties"]["bn_stats"]["default"]
     return {f"landscapes.{plan.label}": (plan.spec["bn_stats"], default, {plan.data_run.model})
             for plan in landscape_plans(config, runs)}
+
+
+# The kinds whose plane the models of several runs span, each run taken by a selector of `runs` (SINGLE_RUN_KINDS
+# refuse a second run; three_points names each checkpoint's run alone, and `resolve_run` refuses a selector of several)
+MULTI_RUN_KINDS = tuple(kind for kind in SURFACE_KINDS if kind not in (*SINGLE_RUN_KINDS, "three_points"))
+
+
+def mixed_seed_warnings(config: dict, runs: list) -> list[str]:
+    """A line for each landscape of MULTI_RUN_KINDS one of whose selectors names no seed and takes the runs of more
+    than one: a second seed (`experiment_defaults: {seed: every}`, or a seed in `experiments`) widens such a plane
+    silently (the default config's final_alphas: the final models of 3 alphas on 2 seeds, 6 models where 3 were
+    meant). A warning, not a problem: several seeds on one plane is a valid choice."""
+    lines = []
+    for plan in landscape_plans(config, runs):
+        if plan.kind not in MULTI_RUN_KINDS:
+            continue
+        selectors = plan.spec["runs"] or [{}]  # none: every run (`_select`)
+        widened = [f"runs[{i}] {selector}" if plan.spec["runs"] else "runs [] (every run)"
+                   for i, selector in enumerate(selectors)
+                   if "seed" not in selector and len({run.seed for run in select_runs(runs, selector)}) > 1]
+        if widened:
+            seeds = sorted({run.seed for run in plan.runs})
+            names, takes = ("names", "takes") if len(widened) == 1 else ("name", "take")
+            lines.append(f"landscapes.{plan.label}: {', '.join(widened)} {names} no seed and {takes} the runs of "
+                         f"seeds {', '.join(map(str, seeds))}, so its {plan.kind} plane is spanned by the models of "
+                         f"{len(plan.runs)} runs, each seed's; for one seed's, add seed: {seeds[0]} to its runs "
+                         "(several seeds on one plane is a valid choice: then leave it)")
+    return lines
 
 
 def check(config: dict, runs: list) -> list[str]:

@@ -20,6 +20,16 @@ from fedscape.fl.settings import ATTEMPT_COMPUTE
 log = logging.getLogger("fedscape.progress")
 
 
+def resume_advice(progress_dir: str | os.PathLike, unit: str) -> str:
+    """The log line of a job that keeps its progress in `progress_dir` after every `unit`. A killed rerun of a
+    finished job had its outputs deleted by Snakemake first, so a plain run does not run it again while files made
+    from them exist: every run of the workflow then names it with the command that does
+    (`core.manifest.FailedRerun`)."""
+    return (f"progress is kept in {progress_dir} after every {unit}: if this job is killed, run the workflow again and "
+            "it resumes from there (with --rerun-incomplete if Snakemake says its outputs are incomplete, or with the "
+            "--forcerun command the workflow gives if it names this job as run again and not finished)")
+
+
 def attempt_record(compute: dict) -> dict:
     """What an attempt of a resumable job (a call that trained rounds or epochs of it) records of itself: where and
     how precisely it computed (`compute`: `describe_compute`'s `ATTEMPT_COMPUTE` keys), and the code it ran (`code`:

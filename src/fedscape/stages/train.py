@@ -22,7 +22,14 @@ from fedscape.fl.swa import SWA_BN_COLUMN, SWA_METRICS, SWASettings
 from fedscape.models.batchnorm import has_batch_norm
 from fedscape.models.checkpoint import CheckpointError, load_trajectory, save_clients, save_trajectory
 from fedscape.models.device import describe_compute, log_compute, resolve_device
-from fedscape.stages.progress import attempt_record, attempts_record, input_digests, progress_key, resume_settings
+from fedscape.stages.progress import (
+    attempt_record,
+    attempts_record,
+    input_digests,
+    progress_key,
+    resume_advice,
+    resume_settings,
+)
 from fedscape.stages.train_settings import TrainJob
 
 log = logging.getLogger("fedscape.train")
@@ -54,8 +61,7 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
     log.info("run %s on %s: %d clients, %d rounds x %s of local %s (lr %g, %s schedule), algorithm %s",
              job.run_id, device, data.num_clients, cfg.rounds, cfg.work_text(), cfg.optimizer, cfg.lr,
              cfg.lr_schedule, job.algorithm)
-    log.info("progress is kept in %s after every round: if this job is killed, run the workflow again (with "
-             "--rerun-incomplete if Snakemake says its outputs are incomplete) and it resumes", progress_dir)
+    log.info(resume_advice(progress_dir, "round"))
     if cfg.save_every > 1 or cfg.eval_every > 1:
         log.info("keeping the global models of %d of the %d rounds 0..%d (training.save_every %d) and evaluating "
                  "every %d round(s) (training.eval_every)", len(cfg.kept_rounds(swa)), cfg.rounds + 1, cfg.rounds,

@@ -25,7 +25,7 @@ from fedscape.fl.client_stats import l2_to_final, stats_from_checkpoints
 from fedscape.fl.settings import CLIENT_UPDATES_COLUMNS, STAT_KEYS
 from fedscape.models.checkpoint import load_clients, load_trajectory
 from fedscape.outputs.tables import read_table
-from fedscape.stages.progress import Parts, note_codes, progress_key, resume_settings
+from fedscape.stages.progress import Parts, note_codes, progress_key, resume_advice, resume_settings
 
 log = logging.getLogger("fedscape.client_stats")
 
@@ -48,8 +48,7 @@ def client_stats_job(settings: dict, updates: list[str | Path], trajectories: li
     run_ids = ClientStatsJob.from_settings(settings).run_ids
     meaning = resume_settings(settings, ClientStatsJob)
     if progress_dir is not None:
-        log.info("progress is kept in %s after every run: if this job is killed, run the workflow again (with "
-                 "--rerun-incomplete if Snakemake says its outputs are incomplete) and it resumes", progress_dir)
+        log.info(resume_advice(progress_dir, "run"))
     frames, codes = [], []  # codes: the code of each run's rows (`Parts.codes`), for the job's record (`note_codes`)
     for k, (run_id, upd, traj_path) in enumerate(zip(run_ids, updates, trajectories, strict=True), start=1):
         parts = Parts(progress_dir, progress_key(meaning, digests=_run_inputs(upd, traj_path)))

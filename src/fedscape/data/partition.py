@@ -887,14 +887,15 @@ def load_partition(path, labels: np.ndarray | None = None, data_sha256: str | No
             meta = json.loads(str(f["meta"]))
             checksum = int(f["labels_checksum"][0])
         alpha = _stored_alpha(meta)
-    except UNREADABLE as exc:
+        seed, total = int(meta["seed"]), int(meta["num_samples_total"])
+    except (*UNREADABLE, TypeError) as exc:  # TypeError: a field of another type (int(None))
         raise PartitionError(f"{_unreadable(path, exc)}; {remake_alone_hint(path)}") from None
     if labels is not None:
         labels = np.asarray(labels)
-        if len(labels) != meta["num_samples_total"] or _labels_checksum(labels) != checksum:
+        if len(labels) != total or _labels_checksum(labels) != checksum:
             raise PartitionError(
                 f"partition file {path} does not match this dataset's training set "
-                f"({meta['num_samples_total']} samples in the partition, {len(labels)} in the dataset, or "
+                f"({total} samples in the partition, {len(labels)} in the dataset, or "
                 f"different labels); {remake_alone_hint(path)}"
             )
     made_from = meta.get("data_sha256")
@@ -908,7 +909,7 @@ def load_partition(path, labels: np.ndarray | None = None, data_sha256: str | No
             "them (from the partition on); or put back the files it was made from")
     shards = tuple(indices[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1))
     kind = meta.get("kind") or ("iid" if math.isinf(alpha) else "dirichlet")  # files from before the kinds
-    return Partition(shards, alpha, int(meta["seed"]), int(meta["num_samples_total"]), kind=kind,
+    return Partition(shards, alpha, seed, total, kind=kind,
                      options=dict(meta.get("options") or {}), label=meta.get("label"))
 
 

@@ -2,9 +2,10 @@
 
 Conventions used by all figures (so a reader learns them once):
 
-- colour = Dirichlet alpha (IID first, then from mild to severe skew), from the Okabe & Ito (2008)
-  colour-blind-safe palette;
-- line style = initialisation; marker = algorithm;
+- colour = partition (Dirichlet alpha or ``partitions`` label: IID first, then from mild to severe skew, then the
+  other kinds by label), from the Okabe & Ito (2008) colour-blind-safe palette;
+- line style = initialisation; marker = algorithm (a landscape plane, of a few runs, tells the runs of one partition
+  apart by line style and marker together: `fedscape.analysis.landscape.figures.group_styles`);
 - legends name runs with :func:`label_run` ("FedAvg · random init · α=0.1 · M=10 · 50% sampled");
 - contour levels of losses are log-spaced (:func:`log_levels`, as in Li et al. 2018);
 - heatmaps use :func:`sequential_cmap` (non-negative values, e.g. distances) or :func:`diverging_cmap`

@@ -346,7 +346,9 @@ def hessian_plane_path(plan: LandscapePlan, results: Results) -> str:
 # change, which no setting tells at planning.
 # landscape_figure 3: the plane drawn to scale (equal aspect, the figure sized from the extent; was stretched to a
 # fixed size), a checkpoint far off the plane hollow (figures.OFF_PLANE).
-RESULT_VERSIONS = {"landscape_plane": 1, "landscape_chunk": 1, "landscape_gather": 2, "landscape_figure": 3,
+# landscape_figure 4: a trajectory's rounds take its group's marker and the legend shows its line and that marker (was
+# the final model's star on every run: runs of one setting, one colour, looked alike), the random init solid first.
+RESULT_VERSIONS = {"landscape_plane": 1, "landscape_chunk": 1, "landscape_gather": 2, "landscape_figure": 4,
                    "surfaces_table": 1}
 # A plane job's settings carry RESULT_VERSIONS["landscape_plane"] plus SUPPLIED_PLANE_EXTENT_BUMPS where it is a
 # hessian plane read from a supplied `plane_file` with an automatic extent (`span: null`), and RANDOM_PLANE_STREAM_BUMPS

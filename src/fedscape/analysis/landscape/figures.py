@@ -21,7 +21,15 @@ from fedscape.analysis.landscape.gather import load_surface
 from fedscape.core.io import atomic_path
 from fedscape.core.runs import parse_run_id
 from fedscape.core.setting import format_setting
-from fedscape.outputs.style import PALETTE, SEQUENTIAL_CMAP, log_levels, pyplot, setting_colors, write_formats
+from fedscape.outputs.style import (
+    PALETTE,
+    SEQUENTIAL_CMAP,
+    legend_key,
+    log_levels,
+    pyplot,
+    setting_colors,
+    write_formats,
+)
 
 # A dark outline keeps white labels legible on the light (high-loss) end of the colour map.
 _OUTLINE = patheffects.withStroke(linewidth=1.5, foreground="black")
@@ -146,7 +154,8 @@ def plot_surface(surface: dict, out_pdf: str | Path, out_png: str | Path, overla
     ax.set_ylabel(labels[1])
     ax.set_title(title, fontsize=9)
     if handles:  # framed (the style's default is frameless): the legend may sit on the filled contours
-        ax.legend(handles=handles, fontsize=7, loc="best", frameon=True, framealpha=0.85)
+        ax.legend(handles=handles, fontsize=7, loc="best", frameon=True, framealpha=0.85,
+                  handlelength=LEGEND_HANDLE_LENGTH)
     write_formats(fig, {Path(out).suffix.lstrip("."): out for out in (out_pdf, out_png)}, dpi=150)
 
 
@@ -234,12 +243,15 @@ def _draw_points(ax, surface: dict, highlight: str | None, settings: Sequence[st
         pts = xy[sel]
         far = off[sel]
         if kind in ("trajectory", "trajectories"):
-            ax.plot(pts[:, 0], pts[:, 1], linestyle=linestyle, color=color, lw=1.4, zorder=4)
-            _markers(ax, pts[1:-1], far[1:-1], "o", color, markersize=2, edge=color, hollow_size=4.5, zorder=4)
+            # the rounds between start and end take the group's marker: runs of one setting (one colour) then differ
+            # in marker as well as in line style, in the legend too, where a start or end marker would hide the line
+            ax.plot(pts[:, 0], pts[:, 1], linestyle=linestyle, color=color, lw=TRAJECTORY_LW, zorder=4)
+            _markers(ax, pts[1:-1], far[1:-1], marker, color, markersize=ROUND_MARKER_SIZE, edge=color,
+                     hollow_size=4.5, zorder=4)
             _markers(ax, pts[:1], far[:1], "o", color, markersize=6, zorder=5)
             _markers(ax, pts[-1:], far[-1:], "*", color, markersize=13, zorder=5)
-            handles.append(plt.Line2D([], [], color=color, linestyle=linestyle, marker="*", markeredgecolor="black",
-                                      label=group))
+            handles.append(plt.Line2D([], [], color=color, linestyle=linestyle, lw=TRAJECTORY_LW, marker=marker,
+                                      markersize=ROUND_MARKER_SIZE, label=group))
         else:
             _markers(ax, pts, far, marker, color, markersize=8, zorder=5)
             for p, lab in zip(pts, labels[sel], strict=True):
@@ -255,23 +267,30 @@ def _draw_points(ax, surface: dict, highlight: str | None, settings: Sequence[st
     return handles
 
 
-GROUP_LINESTYLES = ("-", "--", ":", "-.")  # groups of one setting: trajectories told apart by line style
-GROUP_MARKERS = ("o", "s", "^", "D")  # and single checkpoints by marker
+GROUP_LINESTYLES = ("-", "--", ":", "-.")  # groups of one setting: told apart by line style (trajectories)
+GROUP_MARKERS = ("o", "s", "^", "D")  # and marker (a trajectory's rounds, single checkpoints)
+TRAJECTORY_LW = 1.4
+ROUND_MARKER_SIZE = 3.5  # a trajectory's rounds: a circle and a square of this size are told apart
+# The legend's lines, in font sizes (matplotlib's default: 2): long enough to show a dashed or dotted line's pattern
+# on either side of its marker.
+LEGEND_HANDLE_LENGTH = 3.5
 
 
 def group_styles(order: list[str], groups: np.ndarray, run_ids: np.ndarray,
                  settings: Sequence[str] = ()) -> dict[str, tuple[str, object, str]]:
     """(colour, line style, marker) of each group of points. Colour = the runs' heterogeneity setting, as in every
     fedscape figure (`settings`: all of the workflow's, so a setting keeps its colour; otherwise those on this
-    plane); groups of one setting (e.g. two inits at alpha 0.1) differ by line style and marker, in turn. Points
-    of no run's setting (none parsed) take the palette in turn."""
-    setting_of = {group: parse_run_id(str(run_ids[groups == group][0])).get("alpha") for group in order}
+    plane); groups of one setting (e.g. two inits at alpha 0.1) differ by line style and marker, in turn, the random
+    init first (solid, circles: the baseline's plainest styles, as `outputs.style.RunStyle` gives it). Points of no
+    run's setting (none parsed) take the palette in turn."""
+    fields = {group: parse_run_id(str(run_ids[groups == group][0])) for group in order}
+    setting_of = {group: fields[group].get("alpha") for group in order}
     if None in setting_of.values():
         return {g: (PALETTE[i % len(PALETTE)], "-", "o") for i, g in enumerate(order)}
     colors = setting_colors([*settings, *setting_of.values()])
     seen: dict[str, int] = {}
     styles = {}
-    for group in order:
+    for group in sorted(order, key=lambda g: legend_key(fields[g])):
         setting = format_setting(setting_of[group])
         k = seen[setting] = seen.get(setting, -1) + 1
         styles[group] = (colors[setting], GROUP_LINESTYLES[k % len(GROUP_LINESTYLES)],

@@ -5,14 +5,16 @@ A GPU machine is lent now and then, for 15 minutes of device time, and goes back
 and benchmarks that need a card are listed here once, grouped into parts that each fit one call, and each writes its
 output to a file of its own under `--out` (a part that runs past its time limit keeps what it wrote; a call brings
 back at most 8 files, so a call's parts write fewer). Single commands may be named instead of parts, and `--budget`
-cuts the last ones short so that a call ends in time:
+cuts the last ones short so that a call ends in time. It counts from this script's own start, after setup.sh, and the
+run tool may cut a call shorter than the timeout_s it was given (to the device time left: status's budget_left_s), so
+pass the call's limit less 40 s, `--budget <limit_s - 40>` (default: FEDSCAPE_GPU_BUDGET, else CALL_SECONDS):
 
     cp -r ../shared/gpu .gpu    # once, in the checkout (git-ignored); each call carries it (run tool: carry [".gpu"])
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT tests hvp         # one call (CALLS)
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT steps steps_fedalign
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT algorithms
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT resnet56 memory
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --out $OUT surface vectorized conv
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --budget <limit_s - 40> --out $OUT tests hvp  # (CALLS)
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --budget <limit_s - 40> --out $OUT steps steps_fedalign
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --budget <limit_s - 40> --out $OUT algorithms
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --budget <limit_s - 40> --out $OUT resnet56 memory
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --budget <limit_s - 40> --out $OUT surface vectorized conv
     python benchmarks/gpu_session.py --list                                                     # what each part runs
     python benchmarks/gpu_session.py --dry-run                  # each command's arguments read by its own parser
 
@@ -51,7 +53,7 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
     # The CUDA tests: captured steps equal to eager ones, fp32 CUDA rounds against the CPU, vectorised batch norm,
     # crop-flip on the device, the precision switches, the cards' claims by UUID, a card's UUID in a job's record,
     # MOON's eval-mode references with batch norm, flat points on the card, stacked steps replayed from graphs, surfaces
-    # with recomputed batch-norm statistics.
+    # with recomputed batch-norm statistics, the server step's column-blocked sums against one product on the card.
     # First, in seconds, whether the machine's environment is whole (setup.sh's packages, a visible card): a missing
     # one would otherwise show only as the tests' collection errors or every CUDA test skipped. A test file that fails
     # to collect stops neither the others nor the call.
@@ -65,7 +67,7 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
                               "tests/unit/test_moon_reference_mode.py", "tests/unit/test_alignment.py",
                               "tests/unit/test_capture_stacked.py", "tests/unit/test_stored_images.py",
                               "tests/unit/test_vectorized_moon.py", "tests/unit/test_vectorized_gradaug.py",
-                              "tests/unit/test_bn_stats.py"], 90)],
+                              "tests/unit/test_bn_stats.py", "tests/unit/test_aggregate_blocks.py"], 90)],
     # The papers' step costs (plain; sequential, captured and vectorised at each run's own algorithm's local step)
     # and their projected hours. fedalign.yaml has the most local steps (23 of its bottleneck ResNet56: FedAlign at
     # four mu and four widths, GradAug at four sub-network counts...), measured at fewer steps to fit its own call.
@@ -137,7 +139,7 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
 # the goals already met on a card come after.
 CALLS = (("tests", "hvp"), ("steps", "steps_fedalign"), ("algorithms",), ("resnet56", "memory"),
          ("surface", "vectorized", "conv"))
-CALL_SECONDS = 570
+CALL_SECONDS = 570  # `--budget`'s default where FEDSCAPE_GPU_BUDGET is unset: a call given all of its 600 s
 CALL_FILES = 8  # what a device call brings back from $OUT: one file per command, so at most this many per call
 
 
@@ -260,8 +262,11 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="run nothing: read each command's arguments (of the parts named, else of all) with its "
                              "script's own parser, print ok or the parser's error, exit 1 on any error")
-    parser.add_argument("--budget", type=float, default=CALL_SECONDS,
-                        help="seconds for all the commands together; a command is cut at what is left of them")
+    # (argparse reads a default given as text as it reads the flag: an unreadable FEDSCAPE_GPU_BUDGET is its error)
+    parser.add_argument("--budget", type=float, default=os.environ.get("FEDSCAPE_GPU_BUDGET", CALL_SECONDS),
+                        help="seconds for all the commands together, from this script's start; a command is cut at "
+                             "what is left of them. Give the device call's limit less 40 s (setup.sh, bringing the "
+                             f"files back). Default: FEDSCAPE_GPU_BUDGET, else {CALL_SECONDS}")
     args = parser.parse_args()
     if args.list or not (args.parts or args.dry_run):
         for part, commands in PARTS.items():

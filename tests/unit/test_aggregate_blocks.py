@@ -1,8 +1,11 @@
 """The server step's weighted sums a block of columns at a time (fedscape.fl.aggregate.AGGREGATE_BLOCK): the same bits
 as one float64 matrix product of all the clients' rows, stacked [M, P] or given as the results' own rows [P], FedNova's
-normalised sum too (what they copy: tests/unit/test_server_step_memory.py)."""
+normalised sum too (what they copy: tests/unit/test_server_step_memory.py), on the CPU and on a card, where the server
+step runs with the training (benchmarks/gpu_session.py's `tests` part)."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -11,6 +14,7 @@ from fedscape.fl import aggregate
 from fedscape.fl.aggregate import AGGREGATE_BLOCK, mean_delta, sample_weights, weighted_mean
 from fedscape.fl.strategies.fednova import normalized_delta
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 def _one_shot_mean(rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """The formula before blocks: every row in float64 at once."""
@@ -65,6 +69,32 @@ def test_fednova_s_blocked_sum_is_its_one_shot_formulas_bits(monkeypatch, block,
 
     assert got.dtype == dtype
     assert torch.equal(got, _one_shot_mean(rows - centre.unsqueeze(0), scale))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_blocked_sums_on_the_training_device_are_its_one_products(monkeypatch, device, dtype):
+    # Prepare: blocks of 7 columns over a width of no multiple of 7 (a part-block left over), the clients' own rows on
+    # the device, their weights where the server computes them
+    monkeypatch.setattr(aggregate, "AGGREGATE_BLOCK", 7)
+    stacked, centre, weights = _rows(5, 7 * 6 + 3, dtype, seed=3)
+    rows, centre = [row.to(device) for row in stacked], centre.to(device)
+
+    # Execute
+    mean, delta = weighted_mean(rows, weights), mean_delta(centre, rows, weights)
+
+    # Assert: the float64 product of all the columns at once on that device, in the rows' dtype: the same bits in
+    # float32; in float64 at most one unit in the last place apart (a card's products of 7 columns and of 45 may
+    # reduce the clients in other orders)
+    w = weights.to(device, torch.float64)
+    for got, rows_minus in ((mean, torch.stack(rows)), (delta, torch.stack(rows) - centre)):
+        want = (w @ rows_minus.double()).to(dtype)
+        assert got.device == want.device and got.dtype == dtype
+        if dtype == torch.float32:
+            assert torch.equal(got, want)
+        else:
+            assert torch.all((torch.nextafter(want, want.new_tensor(-math.inf)) <= got)
+                             & (got <= torch.nextafter(want, want.new_tensor(math.inf))))
 
 
 def test_no_columns_give_an_empty_mean():

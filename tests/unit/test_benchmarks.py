@@ -8,6 +8,7 @@ import platform
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -634,6 +635,31 @@ def _gpu_session(monkeypatch):
     import gpu_session
 
     return gpu_session
+
+
+@pytest.mark.parametrize(("env", "flag", "budget"), [
+    (None, [], None),  # CALL_SECONDS: a call given all of its 600 s
+    ("230", [], 230.0),  # the environment's, for a call the run tool cuts shorter
+    ("230", ["--budget", "100"], 100.0),  # the flag's wins
+])
+def test_the_gpu_session_budget_is_the_flags_else_the_environments(monkeypatch, tmp_path, env, flag, budget):
+    # Prepare: the commands not run, only the deadline they would be given kept, on a clock that stands still
+    gpu_session = _gpu_session(monkeypatch)
+    deadlines = []
+    monkeypatch.setattr(gpu_session, "run_commands", lambda commands, out, deadline: deadlines.append(deadline) or 0)
+    monkeypatch.setattr(gpu_session, "time", types.SimpleNamespace(perf_counter=lambda: 1000.0))
+    monkeypatch.delenv("FEDSCAPE_GPU_BUDGET", raising=False)
+    if env is not None:
+        monkeypatch.setenv("FEDSCAPE_GPU_BUDGET", env)
+    monkeypatch.setattr(sys, "argv", ["gpu_session.py", *flag, "--out", str(tmp_path), "environment"])
+
+    # Execute
+    with pytest.raises(SystemExit) as stop:
+        gpu_session.main()
+
+    # Assert
+    assert stop.value.code == 0
+    assert deadlines == [1000.0 + (gpu_session.CALL_SECONDS if budget is None else budget)]
 
 
 def test_the_gpu_session_checks_its_environment_first_and_stacks_no_gradaug(monkeypatch):

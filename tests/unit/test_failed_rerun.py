@@ -1,8 +1,9 @@
 """A finished job run again that failed or was killed: Snakemake deleted its outputs before it ran it, and does not make
 them again while files made from them exist. Its mark (`core.manifest.mark_started`) names it on every run of the
-workflow, in `make status` and `make verify`; `onstart` refuses targets made from it. With the small fixes of the same
-review: `make status` on a held lock and a missing config file, counts in the singular, and the seed control pair of
-config/config.yaml."""
+workflow, in `make status` and `make verify`; `onstart` refuses targets made from it. A mark of another host names
+its SLURM job, which `squeue` is asked about; where that cannot be known, every report says the job may still run. With
+the small fixes of the same review: `make status` on a held lock and a missing config file, counts in the singular,
+and the seed control pair of config/config.yaml."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import copy
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -22,7 +24,16 @@ from helpers.workflow import ROOT
 from fedscape.core import manifest
 from fedscape.core.config import ConfigError, load_schema
 from fedscape.core.io import remake_hint
-from fedscape.core.manifest import MANIFEST, MISSING, RERUN_FAILED, counted, failed_reruns, started_mark, verify
+from fedscape.core.manifest import (
+    MANIFEST,
+    MISSING,
+    RERUN_FAILED,
+    counted,
+    failed_reruns,
+    rerun_failed_outputs,
+    started_mark,
+    verify,
+)
 from fedscape.core.runs import build_runs, resolve_run
 from fedscape.plan import status
 from fedscape.plan.status import missing_jobs, report
@@ -73,6 +84,43 @@ def rerun_failed(workdir) -> Path:
     return workdir
 
 
+OTHER_HOST = "node042"
+SLURM_JOB = "4242"
+# what every report says of a rerun whose job ran on another host that could not be asked whether it still runs
+MAY_RUN = f"deleted by Snakemake for a rerun of its job on {OTHER_HOST}, which did not finish, or still runs there"
+
+
+def mark_as(host: str, pid: int | None = None, job: str | None = None) -> None:
+    """The failed rerun's mark as if its job's process wrote it on `host` ("this": this host, else OTHER_HOST), as
+    process `pid` (where given), in the SLURM job `job` (None: outside SLURM, or a mark written before marks named
+    one, which has no such key)."""
+    mark = json.loads(started_mark(RECORD).read_text())
+    mark.pop("slurm_job_id", None)
+    mark["host"] = socket.gethostname() if host == "this" else OTHER_HOST
+    if pid is not None:
+        mark["pid"] = pid
+    if job is not None:
+        mark["slurm_job_id"] = job
+    started_mark(RECORD).write_text(json.dumps(mark))
+
+
+def fake_squeue(monkeypatch, folder: Path, answer: tuple[str, int, str] | None) -> Path:
+    """Put first on PATH a `squeue` that prints `answer`'s stdout and stderr and exits with its code (None: no squeue on
+    PATH at all); the arguments of each of its calls, one line each, go to the file returned."""
+    bin_dir, calls = folder / "bin", folder / "squeue_calls"
+    bin_dir.mkdir()
+    if answer is None:
+        monkeypatch.setenv("PATH", str(bin_dir))  # nothing else either: this machine may have a real squeue
+        return calls
+    out, code, err = answer
+    script = bin_dir / "squeue"
+    script.write_text(f'#!/bin/sh\necho "$*" >> {shlex.quote(str(calls))}\nprintf %s {shlex.quote(out)}\n'
+                      f"printf %s {shlex.quote(err)} >&2\nexit {code}\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return calls
+
+
 # -- the mark, and the jobs it names --------------------------------------------------------------------------------
 
 
@@ -109,8 +157,7 @@ def test_the_warning_says_what_happened_and_gives_the_command_that_makes_the_job
 
     assert len(lines) == 1
     assert lines[0].startswith(f"the job logging to {LOG} was run again and did not finish (started ")
-    assert (f"on {socket.gethostname()}): it failed or was killed after Snakemake deleted its outputs ({OUTPUTS[0]} "
-            "and 1 more)") in lines[0]
+    assert f"on {socket.gethostname()}): its outputs ({OUTPUTS[0]} and 1 more) were {RERUN_FAILED}, so " in lines[0]
     assert remake_hint(OUTPUTS[0]) in lines[0]  # `snakemake --cores 1 --forcerun <its first output>`
     assert f"delete {started_mark(RECORD)} instead" in lines[0]
 
@@ -118,22 +165,62 @@ def test_the_warning_says_what_happened_and_gives_the_command_that_makes_the_job
 @pytest.mark.parametrize(("host", "pid", "named"), [
     ("this", "this", False),  # still running here: a workflow running now, not a failed job
     ("this", "gone", True),
-    ("other", "this", True),  # another host's: cannot be asked, so named, with the doubt said
+    ("other", "this", True),  # another host's, outside SLURM: cannot be asked, so named, with the doubt said
 ])
 def test_a_marked_job_still_running_on_this_host_is_not_named(rerun_failed, host, pid, named):
     # Prepare: the mark as the job's process wrote it, of this host or another, of this process or an ended one
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    mark = json.loads(started_mark(RECORD).read_text())
-    mark.update(host=socket.gethostname() if host == "this" else "node042",
-                pid=os.getpid() if pid == "this" else int(ended.stdout))
-    started_mark(RECORD).write_text(json.dumps(mark))
+    mark_as(host, pid=os.getpid() if pid == "this" else int(ended.stdout))
 
     # Execute
     lines = failed_rerun_warnings("results")
 
     # Assert
     assert len(lines) == named
-    assert not named or ("unless it still runs there" in lines[0]) is (host == "other")
+    assert not named or (f"were {MAY_RUN}, so " in lines[0]
+                         and "exist: if it no longer runs: make it again with" in lines[0]) is (host == "other")
+
+
+@pytest.mark.parametrize(("env", "recorded"), [({"SLURM_JOB_ID": SLURM_JOB}, SLURM_JOB), ({}, None)])
+def test_a_mark_names_the_slurm_job_its_job_ran_in(workdir, monkeypatch, env, recorded):
+    # Prepare: the rerun fails in a SLURM job, or outside SLURM
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    run_job(workdir)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+    # Execute
+    run_job(workdir, fail=True)
+
+    # Assert
+    assert json.loads(started_mark(RECORD).read_text())["slurm_job_id"] == recorded
+
+
+@pytest.mark.parametrize(("squeue", "said"), [
+    ((f"{SLURM_JOB} RUNNING\n", 0, ""), None),  # still running there: not named
+    ((f"{SLURM_JOB} PENDING\n", 0, ""), None),  # requeued (its node failed): it runs again
+    ((f"{SLURM_JOB} COMPLETING\n", 0, ""), None),  # ending: some of its processes may still run
+    (("", 0, ""), RERUN_FAILED),  # no longer listed: it ended
+    ((f"{SLURM_JOB} TIMEOUT\n", 0, ""), RERUN_FAILED),  # ended, still listed
+    (("", 1, "slurm_load_jobs error: Invalid job id specified\n"), RERUN_FAILED),  # forgotten by SLURM since
+    (("", 1, "slurm_load_jobs error: Unable to contact slurm controller (connect failure)\n"), MAY_RUN),
+    (None, MAY_RUN),  # no squeue on PATH
+])
+def test_another_hosts_mark_is_asked_of_its_slurm_job(rerun_failed, monkeypatch, squeue, said):
+    # Prepare: the rerun's job ran in a SLURM job on a compute node; squeue answers for it as given
+    mark_as("other", job=SLURM_JOB)
+    calls = fake_squeue(monkeypatch, rerun_failed, squeue)
+
+    # Execute
+    lines = failed_rerun_warnings("results")
+    _, findings = verify("results")
+
+    # Assert: named only where it does not run, and with the doubt only where that cannot be known
+    assert len(lines) == (said is not None)
+    assert not lines or ("still runs there" in lines[0]) is (said == MAY_RUN)
+    assert [f.detail for f in findings] == [said or MISSING] * 2
+    assert squeue is None or calls.read_text().splitlines() == [f"--noheader --jobs={SLURM_JOB} --states=all "
+                                                                "--format=%A %T"] * 2  # once per report
 
 
 @pytest.mark.parametrize(("in_dag", "planned", "refused"), [
@@ -180,7 +267,7 @@ def test_status_says_a_missing_jobs_outputs_were_deleted_for_a_rerun_that_failed
 
     # Execute
     lines = report([], records, missing=missing_jobs(records, [], "results"),
-                   rerun_failed={o for job in failed_reruns("results") for o in job.gone})
+                   rerun_failed=rerun_failed_outputs("results"))
 
     # Assert: one missing job, said to be a failed rerun where it was one, and forced by the command
     assert lines[lines.index("missing outputs: 1 job (Snakemake does not remake a missing file while files made "
@@ -230,6 +317,33 @@ def test_make_status_names_a_failed_rerun(rerun_failed, monkeypatch, capsys):
     assert status.main([]) == 0
 
     assert f"  {OUTPUTS[0]} and 1 more of its outputs ({RERUN_FAILED})" in capsys.readouterr().out.splitlines()
+
+
+@pytest.mark.parametrize(("host", "job", "may_run"), [
+    ("this", None, False),  # its process ended on this host
+    ("other", SLURM_JOB, False),  # its SLURM job is no longer listed
+    ("other", None, True),  # another host's job outside SLURM (or a mark from before marks named one): not known
+])
+def test_make_verify_and_make_status_say_where_a_failed_rerun_may_still_run(rerun_failed, monkeypatch, capsys, host,
+                                                                           job, may_run):
+    # Prepare
+    mark_as(host, job=job)
+    fake_squeue(monkeypatch, rerun_failed, ("", 0, ""))
+    fake_dry_runs(monkeypatch)
+
+    # Execute
+    verify_lines = [f.line() for f in verify("results")[1]]
+    assert status.main([]) == 0
+    status_lines = capsys.readouterr().out.splitlines()
+
+    # Assert: the one wording in both, whose command is for once it no longer runs where it may still run, and which
+    # status then leaves out of the command that remakes the others
+    why, unless = (MAY_RUN, "if it no longer runs: ") if may_run else (RERUN_FAILED, "")
+    assert [line.split("; or, where")[0] for line in verify_lines] == [
+        f"missing: {output} ({why}); {unless}{remake_hint(output)}" for output in OUTPUTS]
+    listed = f"  {OUTPUTS[0]} and 1 more of its outputs ({why})"
+    assert (f"{listed}; {unless}{remake_hint(OUTPUTS[0], '')}" if may_run else listed) in status_lines
+    assert (f"  snakemake --cores all --forcerun {OUTPUTS[0]}" in status_lines) is not may_run
 
 
 @pytest.mark.parametrize("locked", [True, False])

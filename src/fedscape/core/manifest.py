@@ -26,7 +26,8 @@ deletes a job's outputs before it runs it, so a finished job run again (its sett
 or is killed leaves its earlier record naming outputs that are gone, beside a mark, while the files made from them are
 still the earlier run's; and Snakemake does not make a missing file again while files made from it exist.
 `failed_reruns` finds such jobs, for the warning every run of the workflow gives (`plan.workflow.failed_rerun_warnings`)
-and for `make status` and `make verify`.
+and for `make status` and `make verify`, but for those that still run: on this host by their process, on another by
+their SLURM job (`squeue`); where neither can be asked, each of them says that it may still run (`FailedRerun.why`).
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ import json
 import logging
 import os
 import platform
+import shutil
 import socket
 import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
@@ -58,6 +60,18 @@ MISSING = "recorded by its job, not there now"  # a recorded output that is no f
 # one deleted by Snakemake for a rerun of its job that then failed or was killed (`failed_reruns`)
 RERUN_FAILED = "deleted by Snakemake for a rerun of its job, which failed or was killed"
 STARTED = ".started"  # the suffix of the mark beside a job's record from its start until it writes the record
+# SLURM's job states (squeue(1), "JOB STATE CODES") of a job that has not ended: queued or held, starting, running,
+# stopped or suspended with its processes kept, being signalled, resized or requeued, or ending (COMPLETING: some of
+# its processes may still run; STAGE_OUT: its files are being copied out). Every other state is one of an ended job.
+SLURM_LIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "STAGE_OUT", "SUSPENDED", "STOPPED",
+                        "SIGNALING", "RESIZING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD",
+                        "SPECIAL_EXIT"})
+# What squeue says, failing, of a single job id its controller no longer knows (an ended job, kept MinJobAge seconds,
+# 300 by default); of several such ids it lists none, without an error
+SLURM_UNKNOWN_JOB = "Invalid job id specified"
+# squeue's longest wait for an answer (its controller not reached), which every run of the workflow waits for where
+# marks of other hosts name SLURM jobs (`failed_reruns`)
+SQUEUE_SECONDS = 10
 # Seconds a file's modification time may lie outside its job's run (its record's `started` to `finished`) and still
 # count as written by it (`changed_outputs`): the record's clock (the job's host) and the file system's may differ
 DATE_SLACK = 10.0
@@ -256,10 +270,14 @@ def started_mark(record: str | Path) -> Path:
 
 
 def mark_started(record: str | Path) -> None:
-    """Mark the job whose record goes to `record` as started: its host, process id and time (`core.logs.job_log`, as
-    the job starts, after Snakemake deleted its outputs). `write_record` removes the mark; a job that fails or is
-    killed leaves it, which tells a rerun that never finished (`failed_reruns`) from outputs removed by hand."""
-    mark = {"host": socket.gethostname(), "pid": os.getpid(), "started": _iso(datetime.datetime.now().timestamp())}
+    """Mark the job whose record goes to `record` as started: its host, process id, time and SLURM job id (None
+    outside a SLURM job; marks written before it have no such key) (`core.logs.job_log`, as the job starts, after
+    Snakemake deleted its outputs). `write_record` removes the mark; a job that fails or is killed leaves it, which
+    tells a rerun that never finished (`failed_reruns`) from outputs removed by hand. The job id lets another host
+    ask whether the job still runs (`_still_running`): a workflow on a login node checks its jobs' marks while they
+    run on the compute nodes."""
+    mark = {"host": socket.gethostname(), "pid": os.getpid(), "started": _iso(datetime.datetime.now().timestamp()),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
     atomic_write_text(started_mark(record), json.dumps(mark) + "\n")
 
 
@@ -355,6 +373,7 @@ class Finding:
     detail: str
     record: str = ""  # a missing output's: the record naming it, and how many other outputs that record names
     others: int = 0
+    rerun: FailedRerun | None = field(default=None, compare=False)  # a missing output's job that was run again
 
     def line(self) -> str:
         if self.problem == DAMAGED:
@@ -375,8 +394,10 @@ class Finding:
 
     def remedy(self, args: str | None = None) -> str:
         """The command that makes its output again (`_remake_hint`; `args`: the user's Snakemake arguments,
-        shell-quoted, as `core.io.remake_alone_hint` takes them)."""
-        return _remake_hint(self.path, args)
+        shell-quoted, as `core.io.remake_alone_hint` takes them), for once its job's rerun no longer runs where that
+        rerun may still run (`FailedRerun.remedy`)."""
+        hint = _remake_hint(self.path, args)
+        return hint if self.rerun is None else self.rerun.remedy(hint)
 
 
 def remade_alone(path: str) -> bool:
@@ -505,28 +526,41 @@ class FailedRerun:
 
     record: Path
     log: str  # the job's log as its record names it (its record where it names none)
-    mark: dict  # what `mark_started` wrote: host, pid, started ({} where it cannot be read)
+    mark: dict  # what `mark_started` wrote: host, pid, started, slurm_job_id ({} where it cannot be read)
     gone: tuple[str, ...]  # its recorded outputs that are no file now, sorted, below the results directory as read
+    # Whether it is known to run no more: its process gone from this host, or its SLURM job from the queue (or a mark
+    # that names no host); False for a mark of another host that could not be asked (`_still_running`)
+    ended: bool = True
+
+    def why(self) -> str:
+        """Why its outputs are gone, as every report of it says (`line`, `make verify`, `make status`): where it may
+        still run (not `ended`), said so, for following `remedy` then would start a second copy of it."""
+        if self.ended:
+            return RERUN_FAILED
+        return (f"deleted by Snakemake for a rerun of its job on {self.mark['host']}, which did not finish, or still "
+                "runs there")
+
+    def remedy(self, hint: str) -> str:
+        """`hint` (what makes its outputs again), for once it no longer runs where it may still run (`why`)."""
+        return hint if self.ended else f"if it no longer runs: {hint}"
 
     def line(self) -> str:
         """What happened, and the command that makes the job again with what was made from it (`_remake_hint`, without
         the user's arguments, which the workflow is not told)."""
         host, when = self.mark.get("host"), self.mark.get("started")
-        # a mark of another host may be a job running there now (`failed_reruns` asks only of this host's)
-        there = "" if host == socket.gethostname() else ", unless it still runs there"
-        started = f" (started {when} on {host}{there})" if host else ""
+        started = f" (started {when} on {host})" if host else ""
         more = f" and {len(self.gone) - 1} more" if len(self.gone) > 1 else ""
-        return (f"the job logging to {self.log} was run again and did not finish{started}: it failed or was killed "
-                f"after Snakemake deleted its outputs ({self.gone[0]}{more}), so the files made from them are still "
-                "those of its earlier run, and Snakemake does not make a missing file again while files made from it "
-                f"exist: {_remake_hint(self.gone[0])}; a job that keeps its progress (training every round, "
+        return (f"the job logging to {self.log} was run again and did not finish{started}: its outputs ({self.gone[0]}"
+                f"{more}) were {self.why()}, so the files made from them are still those of its earlier run, and "
+                "Snakemake does not make a missing file again while files made from it exist: "
+                f"{self.remedy(_remake_hint(self.gone[0]))}; a job that keeps its progress (training every round, "
                 "pretraining every epoch) resumes from it. Where the config no longer makes it, delete "
                 f"{started_mark(self.record)} instead")
 
 
-def rerun_failed_outputs(results_root: str | Path) -> set[str]:
-    """The outputs of the jobs `failed_reruns` names (below `results_root` as given)."""
-    return {output for job in failed_reruns(results_root) for output in job.gone}
+def rerun_failed_outputs(results_root: str | Path) -> dict[str, FailedRerun]:
+    """The outputs of the jobs `failed_reruns` names (below `results_root` as given), each with its job."""
+    return {output: job for job in failed_reruns(results_root) for output in job.gone}
 
 
 def failed_reruns(results_root: str | Path) -> list[FailedRerun]:
@@ -534,11 +568,12 @@ def failed_reruns(results_root: str | Path) -> list[FailedRerun]:
     their outputs by their paths below `results_root` as given (`read_records`). Only the records of marked jobs are
     read, so that every run of the workflow, a dry run too, can ask. Passed over: a mark without an earlier record (a
     first run that failed, which Snakemake runs again: nothing is made from its outputs), a job whose outputs are all
-    there, one whose record cannot be read (`make verify` names it), and one whose process still runs on this host
-    (a workflow running now; a process id reused since hides one, rarely)."""
+    there, one whose record cannot be read (`make verify` names it), and one that still runs (`_still_running`: its
+    process on this host, a workflow running now, or its SLURM job; a process id reused since hides one, rarely).
+    Those of other hosts whose state is not known are named as such (`FailedRerun.ended`)."""
     root = os.path.normpath(results_root)
     manifest = Path(root) / MANIFEST
-    found = []
+    named = []
     # (os.walk: a third faster than Path.rglob over a manifest of 20,000 records, 0.2 s)
     marks = [Path(folder, name) for folder, _, names in os.walk(manifest) for name in names
              if name.endswith(STARTED) and not is_temporary(name)]
@@ -557,15 +592,54 @@ def failed_reruns(results_root: str | Path) -> list[FailedRerun]:
         except (OSError, ValueError):
             started = {}
         started = started if isinstance(started, dict) else {}
-        if not _still_running(started):
-            found.append(FailedRerun(record, str(earlier.get("log") or record), started, gone))
-    return found
+        named.append(FailedRerun(record, str(earlier.get("log") or record), started, gone))
+    # one question to SLURM for the jobs of all other hosts' marks (squeue(1) asks for few calls: each loads its
+    # controller), and none where there are none
+    slurm = slurm_states(job for rerun in named if (job := _slurm_job(rerun.mark)) is not None)
+    return [replace(rerun, ended=running is False) for rerun in named
+            if (running := _still_running(rerun.mark, slurm)) is not True]
 
 
-def _still_running(mark: dict) -> bool:
-    """Whether the process a job's mark names (`mark_started`) runs on this host now."""
-    pid = mark.get("pid")
-    if mark.get("host") != socket.gethostname() or type(pid) is not int or pid <= 0:
+def slurm_states(job_ids: Iterable[str]) -> dict[str, str] | None:
+    """The state of each SLURM job among `job_ids` that `squeue` lists, by its id: one it no longer lists has ended
+    (its controller forgets an ended job after MinJobAge seconds). None where it cannot be asked (no squeue on PATH)
+    or gave no answer (its controller not reached within SQUEUE_SECONDS, an error)."""
+    job_ids = sorted(set(job_ids))
+    if not job_ids or shutil.which("squeue") is None:
+        return None
+    # `--jobs=`: its argument is optional, and squeue(1) asks for no space before it; `--states=all`: not only its
+    # default's (pending, running, completing), which need not cover SLURM_LIVE (an ended job's state is read as such)
+    command = ["squeue", "--noheader", f"--jobs={','.join(job_ids)}", "--states=all", "--format=%A %T"]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=SQUEUE_SECONDS)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return {} if SLURM_UNKNOWN_JOB in proc.stderr else None
+    return dict(words for line in proc.stdout.splitlines() if len(words := line.split()) == 2)
+
+
+def _slurm_job(mark: dict) -> str | None:
+    """The SLURM job id of another host's mark (`mark_started`); None for this host's, and for one without a job id
+    (not in a SLURM job, or written before marks named it)."""
+    job = mark.get("slurm_job_id")
+    if mark.get("host") in (None, socket.gethostname()) or not (isinstance(job, str) and job.isdecimal()):
+        return None
+    return job
+
+
+def _still_running(mark: dict, slurm: Mapping[str, str] | None = None) -> bool | None:
+    """Whether the job a mark names (`mark_started`) runs now: its process, where it ran on this host; its SLURM job,
+    where it ran on another (`slurm`: `slurm_states` of the marks' jobs, None where it could not be asked). None where
+    that cannot be known: another host's mark without a job id (`_slurm_job`), or SLURM not asked. A mark that names
+    no host (unreadable) tells nothing: False, so that it is named."""
+    host, pid = mark.get("host"), mark.get("pid")
+    if host is None:
+        return False
+    if host != socket.gethostname():
+        job = _slurm_job(mark)
+        return None if job is None or slurm is None else slurm.get(job) in SLURM_LIVE
+    if type(pid) is not int or pid <= 0:
         return False
     try:
         os.kill(pid, 0)  # signal 0: whether it exists
@@ -627,8 +701,9 @@ def verify(results_root: str | Path) -> tuple[int, list[Finding]]:
     findings = [Finding(str(path), DAMAGED, problem) for path, problem in records.damaged]
     for output, job in sorted(newest.items()):
         if not Path(output).is_file():
-            findings.append(Finding(output, "missing", RERUN_FAILED if output in rerun_failed else MISSING,
-                                    str(job.file), len(job.outputs) - 1))
+            rerun = rerun_failed.get(output)
+            findings.append(Finding(output, "missing", MISSING if rerun is None else rerun.why(), str(job.file),
+                                    len(job.outputs) - 1, rerun))
         elif finding := content_finding(output, job.outputs[output], by_digest):
             findings.append(finding)
     return len(newest), findings

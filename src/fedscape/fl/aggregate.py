@@ -21,7 +21,7 @@ def sample_weights(num_samples: torch.Tensor | list[int]) -> torch.Tensor:
 # (`client_rows`), never stacked whole: a block's copies are at most M x 2^18 x 12 bytes (the block, or its
 # differences, and their float64 copy: 30 MiB for 10 clients, 192 MiB for 64). Each column's float64 sum is the one a
 # single product of all columns gives, bit for bit (tests/unit/test_aggregate_blocks.py checks it on the CPU, for
-# widths across blocks).
+# widths across blocks, and on a card in benchmarks/gpu_session.py's `tests` part).
 AGGREGATE_BLOCK = 1 << 18
 
 

@@ -75,7 +75,7 @@ from fedscape.core.fingerprints import file_sha256
 from fedscape.core.io import remake_alone_hint, remake_hint, shell_words
 from fedscape.core.manifest import (
     MISSING,
-    RERUN_FAILED,
+    FailedRerun,
     Finding,
     Records,
     changed_outputs,
@@ -324,7 +324,7 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
            missing: Sequence[tuple[str, ...]] = (), uncompared: int = 0, changed: Sequence[Finding] = (),
            hashed: int = 0, alone_args: str | None = None, damaged: Iterable[str] = (),
            outside: Sequence[tuple[str, ...]] = (), damaged_records: int = 0, retrain: int = 0,
-           rerun_failed: Iterable[str] = ()) -> list[str]:
+           rerun_failed: Mapping[str, FailedRerun] | None = None) -> list[str]:
     """The lines of `make status` for a dry run's jobs, the results' job records, the data sets whose files
     changed since some of them were made (`data.locations.changed_data`) and the number of jobs that read data
     before fedscape recorded what it held (`unchecked`); `root`: the results folder; `missing`: the recorded jobs
@@ -343,7 +343,9 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
     nowhere here, so their count is no `nothing to remake`. `retrain`: how many runs `make status` names as trained
     from other partitions or inits than their files hold now (`trained_from_other_inputs`, each with its remedy): no
     `nothing to remake` either. `rerun_failed`: the outputs that a rerun of their finished job deleted, and that it did
-    not write again (`core.manifest.failed_reruns`): their missing job's line says so.
+    not write again, each with that job (`core.manifest.rerun_failed_outputs`): their missing job's line says so. One
+    that may still run on another host (`FailedRerun.ended`) is named however many are missing, with its own command
+    for once it no longer runs, and left out of the command that remakes the others: run, it would start a second copy.
 
     A job's outputs are current only where all of them are: a job with one output gone, not its own or planned is
     remade whole, the others with it."""
@@ -395,22 +397,28 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
     # a partition is made again alone, bit-identical from its seed, so that what was trained on it is kept (its runs'
     # analyses check that it is their split, data.partition.check_trained_partition, and `trained_from_other_inputs`
     # names a run whose split differs)
-    missing_alone = [gone for gone in missing if remade_alone(gone[0])]
-    missing = [gone for gone in missing if not remade_alone(gone[0])]
-    rerun_failed = set(rerun_failed)
+    # and a job whose rerun may still run on another host has a command of its own, for once it no longer runs
+    rerun_failed = rerun_failed or {}
+    own = [gone for gone in missing
+           if remade_alone(gone[0]) or (gone[0] in rerun_failed and not rerun_failed[gone[0]].ended)]
+    missing = [gone for gone in missing if gone not in own]
+    extra = shlex.join(snakemake_args)  # as the user gave them: each one word in the shell again
 
-    def why_gone(gone: tuple[str, ...]) -> str:
-        return RERUN_FAILED if gone[0] in rerun_failed else MISSING
+    def named(gone: tuple[str, ...]) -> str:
+        why = MISSING if gone[0] not in rerun_failed else rerun_failed[gone[0]].why()
+        return f"  {gone[0]}" + (f" and {len(gone) - 1} more of its outputs" if len(gone) > 1 else "") + f" ({why})"
 
-    if missing or missing_alone:
-        lines.append(f"missing outputs: {counted(len(missing) + len(missing_alone), 'job')} (Snakemake does not "
-                     "remake a missing file while files made from it exist)")
-        lines += [f"  {gone[0]}" + (f" and {len(gone) - 1} more of its outputs" if len(gone) > 1 else "")
-                  + f" ({why_gone(gone)})" for gone in missing[:LISTED]]
+    def own_command(gone: tuple[str, ...]) -> str:
+        hint = remake_alone_hint(gone[0], alone_args) if remade_alone(gone[0]) else remake_hint(gone[0], extra)
+        return hint if gone[0] not in rerun_failed else rerun_failed[gone[0]].remedy(hint)
+
+    if missing or own:
+        lines.append(f"missing outputs: {counted(len(missing) + len(own), 'job')} (Snakemake does not remake a "
+                     "missing file while files made from it exist)")
+        lines += [named(gone) for gone in missing[:LISTED]]
         if len(missing) > LISTED:
             lines.append(f"  and {len(missing) - LISTED} more ({_by_stage(missing[LISTED:], root)})")
-        lines += [f"  {gone[0]} ({why_gone(gone)}); {remake_alone_hint(gone[0], alone_args)}"
-                  for gone in missing_alone]
+        lines += [f"{named(gone)}; {own_command(gone)}" for gone in own]
     if changed:
         alone = [f for f in changed if remade_alone(f.path)]
         others = [f for f in changed if not remade_alone(f.path)]
@@ -434,7 +442,6 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
     if damaged_records:
         lines.append(f"damaged job records: {damaged_records} (their jobs' outputs are not checked; make verify names "
                      "each, with how to get it back)")
-    extra = shlex.join(snakemake_args)  # as the user gave them: each one word in the shell again
     if uncompared:
         lines.append(f"settings not compared: {counted(uncompared, 'recorded result')} that Snakemake has no metadata "
                      "for here (made from another checkout, copied without .snakemake/, or at another path), so a "
@@ -452,7 +459,7 @@ def report(jobs: Sequence[PlannedJob], records: dict[str, dict], snakemake_args:
                      + (f"; it also runs the {counted(others, 'other job')} planned above (inputs newer, not made yet "
                         "or another reason) and what is made from those" if others else "") + ":")
         lines.append(f"  snakemake --cores all {extra + ' ' if extra else ''}--forcerun {shell_words(targets)}")
-    elif not jobs and not changed and not missing_alone and not damaged and not damaged_records and not retrain:
+    elif not jobs and not changed and not own and not damaged and not damaged_records and not retrain:
         lines.append("nothing to remake")  # (damaged partitions and records, runs of other inputs: their own remedies)
     return lines
 

@@ -43,6 +43,12 @@ UPSTREAM: dict[str, tuple[str, ...]] = {
 # absolute (layer barriers near zero); both bounds are kept 40x or more. A change of meaning moves them further.
 RTOL = 1e-3
 ATOL = 1e-5
+# Accuracies and errors are fractions of counted samples, so one prediction whose top-2 logits lie within the
+# kernels' rounding flips them by 1/n: 1/449 on the tiny run's smallest split (digits' test split), 4.4x RTOL at an
+# accuracy of 0.5. Such a flip needs logits within ~1e-6 relative, rare but not ruled out on another CPU's kernels:
+# these numbers keep one flip and a half of that split; a change of meaning moves more predictions.
+COUNTED = ("_acc", "barrier_error")
+COUNTED_ATOL = 1.5 / 449
 # Numbers left out: the tiny config's pretraining (10 epochs at lr 0.05, whose loss rises and falls again) is chaotic
 # in float32, and so is everything made from the pretrained init. Measured between this suite's kernel sets: the
 # init's parameter norm moved by 0.9% and the FedProx run trained from it by 17% in its training loss (AVX-512
@@ -165,7 +171,8 @@ def differences(kind: str, expected: dict[str, float], found: dict[str, float]) 
     for name in sorted(set(expected) & set(found)):
         a, b = expected[name], found[name]
         exact = isinstance(a, int) and isinstance(b, int)
-        if not (a == b if exact else math.isclose(a, b, rel_tol=RTOL, abs_tol=ATOL)):
+        atol = COUNTED_ATOL if any(part in name for part in COUNTED) else ATOL
+        if not (a == b if exact else math.isclose(a, b, rel_tol=RTOL, abs_tol=atol)):
             problems.append(f"{kind}: {name} = {b!r}, recorded {a!r}")
     return problems
 

@@ -62,6 +62,11 @@ def test_the_numbers_of_each_job_kind_are_those_of_its_result_version(made, kind
     ({}, {"y": 2.0}, "y made but not recorded"),
     ({"z": 0.0}, {"z": 5e-6}, None),
     ({"z": 0.0}, {"z": 5e-5}, "z = 5e-05"),
+    # an accuracy or error moves by whole predictions: one flipped on the 449 test samples is rounding, two are not
+    ({"r/test_acc": 225 / 449}, {"r/test_acc": 226 / 449}, None),
+    ({"r/test_acc": 225 / 449}, {"r/test_acc": 227 / 449}, "r/test_acc = "),
+    ({"p/test/barrier_error": 0.1}, {"p/test/barrier_error": 0.1 - 1 / 449}, None),
+    ({"r/test_loss": 0.5}, {"r/test_loss": 0.5 + 1 / 449}, "r/test_loss = "),
 ])
 def test_differences_tell_a_changed_number_from_rounding(expected, found, problem):
     problems = differences("kind", expected, found)

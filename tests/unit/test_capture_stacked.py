@@ -13,6 +13,7 @@ from helpers.synthetic import shard_data
 from helpers.vectorized import model_of
 
 from fedscape.fl import capture as capture_mod
+from fedscape.fl.capture import StackedStepGraphs, StepKey
 from fedscape.fl.engine import execution_of
 from fedscape.fl.settings import TrainConfig
 from fedscape.fl.strategies.registry import make_strategy
@@ -243,6 +244,108 @@ def test_graphs_stop_at_their_budget(monkeypatch):
     assert trainer.graphs.graphs == {} and not trainer.captured
 
 
+# -- an lr schedule: what past rounds leave is released ----------------------------------------------------------------
+
+def key_of(lr: float, active: int = 1) -> StepKey:
+    return StepKey(1, active, 8, False, lr, False)
+
+
+def drive(graphs: StackedStepGraphs, plan: list[list[list[StepKey]]]) -> torch.Tensor:
+    """Each round's chunks of `plan` through `graphs`, every step replayed where `graphs` can, else eager: a step adds
+    its lr (an input) to one state tensor; that tensor at the end."""
+    state = torch.zeros(1, dtype=torch.float64)
+    for chunks in plan:
+        graphs.begin_round()
+        for keys in chunks:
+            graphs.plan(keys)
+            for key in keys:
+                def step_of(static):
+                    return lambda: state.add_(static[0])
+
+                inputs = (torch.tensor([key.lr], dtype=torch.float64),)
+                if not graphs.run(key, inputs, step_of, [state]):
+                    step_of(inputs)()
+    return state
+
+
+@pytest.mark.parametrize(("plan", "kept", "evictions"), [
+    # a past round's lr: its graph is released for the new round's, the least recently replayed first
+    ([[[key_of(0.1), key_of(0.2)]], [[key_of(0.3)]]], {key_of(0.2), key_of(0.3)}, 1),
+    ([[[key_of(0.1), key_of(0.2), key_of(0.1)]], [[key_of(0.3)]]], {key_of(0.1), key_of(0.3)}, 1),
+    # an lr an earlier chunk of the round took: kept, the new shape steps eagerly
+    ([[[key_of(0.1), key_of(0.2)], [key_of(0.3)]]], {key_of(0.1), key_of(0.2)}, 0),
+    # one lr (no schedule): nothing is released, as before the budget took anything back
+    ([[[key_of(0.1, 1), key_of(0.1, 2)]], [[key_of(0.1, 3), key_of(0.1, 1)]]], {key_of(0.1, 1), key_of(0.1, 2)}, 0),
+], ids=["past-round", "least-recently-replayed", "this-round", "constant-lr"])
+def test_a_full_budget_releases_a_graph_only_of_an_lr_the_round_does_not_take(monkeypatch, plan, kept, evictions):
+    # Prepare: room for two graphs, every shape captured when first planned
+    monkeypatch.setattr(capture_mod, "STACKED_CAPTURE_MIN_STEPS", 1)
+    monkeypatch.setattr(capture_mod, "STACKED_MAX_GRAPHS", 2)
+    graphs = StackedStepGraphs(make_graph=stand_in)
+
+    # Execute
+    state = drive(graphs, plan)
+
+    # Assert: the graphs kept, those released with their check's measures, and the steps computed as eager ones
+    assert set(graphs.graphs) == kept and set(graphs.difference) == kept and graphs.evictions == evictions
+    eager = torch.zeros(1, dtype=torch.float64)
+    for key in (k for chunks in plan for keys in chunks for k in keys):
+        eager.add_(key.lr)
+    assert torch.equal(state, eager)
+
+
+# Four clients of 16 samples, batch 8, one epoch: 2 steps each, at the same lrs, so that a step's lr is one number
+EQUAL = [16, 16, 16, 16]
+STEPS = 2
+
+
+@pytest.mark.parametrize(("schedule", "replays", "evictions"), [
+    # one lr: one shape (both steps), captured in the first chunk, replayed by all 8 steps of every round
+    ({}, 3 * 8, 0),
+    # over local steps: each round's two lrs are the last round's, captured from the second round on (in the first,
+    # a chunk holds one step of each, too few to repay a capture before the round's lrs are known to recur)
+    ({"lr_schedule": "cosine", "lr_schedule_over": "local_steps"}, 8 + 8, 0),
+    # over rounds: every step's lr is new and its chunk holds one step of it: never captured (a few replays in the
+    # round's later chunks at most, slower than eager steps)
+    ({"lr_schedule": "cosine", "lr_schedule_over": "rounds"}, 0, 0),
+], ids=["constant", "over-local-steps", "over-rounds"])
+def test_an_lr_schedule_captures_the_shapes_that_recur(monkeypatch, schedule, replays, evictions):
+    # Prepare: a chunk per client (a shape is planned once a chunk), captured once planned twice, room for one
+    # round's two graphs
+    monkeypatch.setattr(capture_mod, "STACKED_CAPTURE_MIN_STEPS", 2)
+    monkeypatch.setattr(capture_mod, "STACKED_MAX_GRAPHS", STEPS)
+    cfg = TrainConfig(**{**CFG, "local_epochs": 1, "rounds": 3, "client_chunk_size": 1, **schedule})
+
+    # Execute
+    _, eager, _ = rounds(model_of("cnn_small"), cfg, num_rounds=3, sizes=EQUAL)
+    trainer, replayed, _ = rounds(model_of("cnn_small"), cfg, make_graph=stand_in, num_rounds=3, sizes=EQUAL)
+
+    # Assert: the shapes that recur replayed, the same clients as eager steps
+    assert trainer.graphs.replays == replays and trainer.graphs.evictions == evictions
+    assert same(eager, replayed)
+
+
+@pytest.mark.parametrize("make_graph", [stand_in, lambda step: (lambda: None)], ids=["captured", "refused"])
+@pytest.mark.parametrize("over", ["rounds", "local_steps"])
+def test_the_counts_of_an_lr_schedule_stay_bounded(monkeypatch, over, make_graph):
+    # Prepare: one chunk a round, every shape captured (or refused) when first planned
+    monkeypatch.setattr(capture_mod, "STACKED_CAPTURE_MIN_STEPS", 1)
+    cfg = TrainConfig(**{**CFG, "local_epochs": 1, "rounds": 12, "lr_schedule": "cosine", "lr_schedule_over": over})
+
+    # Execute: twelve rounds of a cosine schedule
+    _, eager, _ = rounds(model_of("cnn_small"), cfg, num_rounds=12, sizes=EQUAL)
+    trainer, results, _ = rounds(model_of("cnn_small"), cfg, make_graph=make_graph, num_rounds=12, sizes=EQUAL)
+
+    # Assert: over rounds the counts and refusals hold the last two rounds' shapes (each round's lrs are new), over
+    # local steps one round's (the same lrs every round; the graphs stay within their budget, released as it needs
+    # room); the same clients as eager steps
+    graphs = trainer.graphs
+    bound = 2 * STEPS if over == "rounds" else STEPS
+    assert len(graphs.planned) == bound and len(graphs.refused) <= bound
+    assert set(graphs.difference) == set(graphs.graphs) | graphs.refused
+    assert same(eager, results)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize(("make", "algorithm", "hparams"), [
     (lambda: model_of("cnn_small"), "fedprox", {"mu": 0.5}),
@@ -288,6 +391,32 @@ def test_on_a_gpu_captured_stacked_steps_equal_eager_ones(make, algorithm, hpara
             assert a.buffers.numel() == 0 or (a.buffers - b.buffers).abs().max().item() <= 1e-10
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("sync", [False, True], ids=["captured", "host-read"])
+def test_on_a_gpu_a_capture_gives_the_current_stream_back(sync):
+    # Prepare: a step that reads a value on the host while it is captured (not permitted: the capture fails), or not
+    state = torch.zeros(4, device="cuda")
+
+    def step():
+        state.add_(1.0)
+        if sync and torch.cuda.is_current_stream_capturing():
+            state.sum().item()
+
+    before = torch.cuda.current_stream()
+
+    # Execute
+    if sync:
+        with pytest.raises(RuntimeError):
+            capture_mod.cuda_graph(step)
+    else:
+        capture_mod.cuda_graph(step)()
+
+    # Assert: the stream current before is current again (torch's graph context leaves its capture stream current
+    # where ending the failed capture raises), after the warm-up's two runs (and the replay's)
+    assert torch.cuda.current_stream() == before
+    assert torch.equal(state.cpu(), torch.full((4,), 2.0 if sync else 3.0))
+
+
 def test_chunk_states_are_kept_only_where_graphs_replay_into_them_and_go_with_the_trainer():
     # Prepare and Execute: an eager trainer (no graphs on a CPU) and one with graphs, both closed after their rounds
     eager, _, _ = rounds(model_of("cnn_small"), TrainConfig(**CFG))
@@ -301,18 +430,18 @@ def test_chunk_states_are_kept_only_where_graphs_replay_into_them_and_go_with_th
     assert eager._states == {} and kept == {4} and captured._states == {}
 
 
-def test_dropping_shapes_forgets_their_graphs_refusals_and_counts():
+def test_dropping_shapes_forgets_their_graphs_refusals_checks_and_counts():
     # Prepare: a trainer whose graphs captured the recurring shape
     trainer, _, _ = rounds(model_of("cnn_small"), TrainConfig(**CFG), make_graph=stand_in, num_rounds=1)
     graphs = trainer.graphs
     graphs.refused.add((9, 1, 8, False, 0.05))
-    assert graphs.graphs and graphs.planned
+    assert graphs.graphs and graphs.planned and graphs.difference
 
     # Execute
     graphs.drop(lambda key: key[0] == 4)
 
     # Assert: the chunk size's shapes are gone, the other chunk size's refusal stays
-    assert graphs.graphs == {} and not any(k[0] == 4 for k in graphs.planned)
+    assert graphs.graphs == {} and graphs.difference == {} and not any(k[0] == 4 for k in graphs.planned)
     assert graphs.refused == {(9, 1, 8, False, 0.05)}
 
 

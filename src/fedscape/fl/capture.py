@@ -36,6 +36,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -154,6 +155,7 @@ class CapturedForward:
         saved = [b.detach().clone() for b in buffers]
         cpu_rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state(x.device) if x.device.type == "cuda" else None
+        stream = torch.cuda.current_stream(x.device) if x.device.type == "cuda" else None
 
         def restore() -> None:
             with torch.no_grad():
@@ -183,6 +185,9 @@ class CapturedForward:
             replayed = one_pass()
             self.replays = 0
         except Exception as exc:  # a model whose forward syncs with the host, or anything else capture refuses
+            if stream is not None:  # a failed capture may leave its stream current (`cuda_graph`) and its warm-up
+                torch.cuda.set_stream(stream)  # running there: the restore below must not race it
+                torch.cuda.synchronize(x.device)
             self._uninstall()
             restore()
             self.state = "off"
@@ -237,7 +242,8 @@ def make_capture(model: nn.Module, strategy: Strategy, cfg: TrainConfig, device_
 # of it: the papers' shards make hundreds of steps of one shape a round, and a shape met once a round repays its
 # capture (about seven steps' work) after a few rounds, since its graph serves every later round. At most this many
 # graphs are kept per trainer: they share one memory pool for their steps' activations, and each keeps a copy of its
-# step's batch (its input tensors).
+# step's batch (its input tensors). Where the budget is spent, a graph whose lr no step planned this round takes is
+# released for a new one (`StackedStepGraphs.run`).
 STACKED_CAPTURE_MIN_STEPS = 8
 STACKED_MAX_GRAPHS = 64
 # Eager runs of the step on a side stream before its capture: cuDNN's and the autograd engine's first-call work.
@@ -251,17 +257,37 @@ StepGraphMaker = Callable[[Callable[[], None]], Callable[[], None]]
 
 def cuda_graph(step: Callable[[], None], pool=None) -> Callable[[], None]:
     """`step` captured in a CUDA graph (after `CAPTURE_WARMUP` eager runs on a side stream, as torch's whole-network
-    capture recipe does): its replay. The warm-up runs change what the step writes: the caller restores it."""
+    capture recipe does): its replay. The warm-up runs change what the step writes: the caller restores it, on the
+    stream that was current, where this raises too."""
+    current = torch.cuda.current_stream()
     stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(CAPTURE_WARMUP):
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
+    stream.wait_stream(current)
+    try:
+        with torch.cuda.stream(stream):
+            for _ in range(CAPTURE_WARMUP):
+                step()
+    finally:  # (a warm-up run that raised may have left kernels queued there)
+        current.wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
-        step()
+    try:
+        with torch.cuda.graph(graph, pool=pool):
+            step()
+    finally:
+        # torch.cuda.graph's __exit__ (torch 2.14) ends the capture before it gives the stream back, and ending a
+        # failed capture raises: its capture stream would stay current for the rest of the process, where tensors
+        # the caching allocator handed out on this stream are used unordered with it.
+        torch.cuda.set_stream(current)
     return graph.replay
+
+
+class StepKey(NamedTuple):
+    """A stacked step's shape: what its graph depends on (the step's Python values, fixed at capture)."""
+    clients: int  # the chunk's
+    active: int  # clients with a step here: a prefix of the chunk
+    width: int  # the longest of their batches
+    padded: bool  # whether some batch is shorter
+    lr: float  # the active clients' (one lr: a step of a lr per client is never captured)
+    single: bool  # whether some batch holds one sample, for a model with batch norm
 
 
 class StackedStepGraphs:
@@ -272,7 +298,19 @@ class StackedStepGraphs:
     backward, the strategy's gradient change and the SGD update) launches them in one call. The step reads its
     batches from input tensors of its own (copied in before each replay) and the clients' parameters, momentum,
     running statistics and loss sums from the trainer's chunk state, which stays at the same addresses from round to
-    round, so one capture serves every later step of its shape (active clients, batch width, padding, learning rate).
+    round, so one capture serves every later step of its shape (`StepKey`).
+
+    Under an lr schedule each step of a round takes its own lr (`fedscape.fl.schedule.step_lrs`), so a shape recurs
+    only where its lr does: over local steps, every round (a client's k-th of K steps takes the same lr each round),
+    so such shapes are captured from the second round on; over rounds, never after its round, and each chunk holds
+    one step of it, so no step of a warming or decaying lr is captured (`_repays`). What past rounds leave is
+    released, so that a long run neither stops capturing nor grows on the host: `begin_round` forgets the counts and
+    refusals of the shapes whose lr the round before took at no step, and a full budget releases the least recently
+    replayed graph of an lr that no chunk planned so far in the round takes (`run`). Not simply the least recently
+    replayed graph: where more shapes recur than the budget holds (more steps of their own lr than
+    STACKED_MAX_GRAPHS in a chunk, under a schedule over local steps) each capture would release a graph that is due
+    again, and every step would be captured anew; a graph of an lr this round takes stays, so the budget holds the
+    first shapes to recur, as it does under a constant lr, where nothing is ever released.
 
     Exactness is checked at capture, as `CapturedForward.prepare` checks a sequential pass: from the same state the
     step runs once eagerly, `EAGER_REPEATS` more times eagerly, then once replayed, and the graph is kept only where
@@ -286,34 +324,54 @@ class StackedStepGraphs:
             pool = torch.cuda.graph_pool_handle()
             make_graph = lambda step: cuda_graph(step, pool)  # noqa: E731
         self.make_graph = make_graph
-        self.graphs: dict[tuple, tuple[Callable[[], None], tuple]] = {}  # shape -> (replay, its input tensors)
-        self.refused: set[tuple] = set()  # shapes whose check refused the replay: they step eagerly
+        # shape -> (replay, its input tensors), the least recently replayed first
+        self.graphs: dict[StepKey, tuple[Callable[[], None], tuple]] = {}
+        self.refused: set[StepKey] = set()  # shapes whose check refused the replay: they step eagerly
         self.planned: Counter = Counter()  # steps of each shape in the chunks planned so far
         self.replays = 0
-        self.difference: dict[tuple, tuple[float, float]] = {}  # what each check measured: (replay, eager spread)
+        self.evictions = 0  # graphs released for another shape's
+        # what the check of each shape kept or refused measured: (replay, eager spread)
+        self.difference: dict[StepKey, tuple[float, float]] = {}
+        self._lrs: set[float] = set()  # the lrs of the steps planned in this round
+        self._previous: set[float] = set()  # those of the round before
+        self._pending: Counter = Counter()  # the steps of each shape in the chunk being run, from the next one on
 
-    def plan(self, keys: list[tuple | None]) -> None:
+    def begin_round(self) -> None:
+        """Before a round's chunks are planned: forget the counts and refusals of the shapes whose lr the round that
+        ended took at no step (the rounds of a schedule over rounds: their lrs do not come back)."""
+        ended, self._lrs = self._lrs, set()
+        self._previous = ended
+        for key in [k for k in self.planned if k.lr not in ended]:
+            del self.planned[key]
+        self._forget([k for k in self.refused if k.lr not in ended])
+
+    def plan(self, keys: list[StepKey | None]) -> None:
         """Count a chunk's step shapes (None: a step that is never captured) before its steps run."""
         self.planned.update(key for key in keys if key is not None)
+        self._lrs.update(key.lr for key in keys if key is not None)
+        self._pending = Counter(key for key in keys if key is not None)
 
-    def run(self, key: tuple, inputs: tuple, step_of: Callable[[tuple], Callable[[], None]],
+    def run(self, key: StepKey, inputs: tuple, step_of: Callable[[tuple], Callable[[], None]],
             state: list[torch.Tensor]) -> bool:
         """Replay the graph of `key` on `inputs` and say True; False where the caller must take the step eagerly (no
-        graph, and the shape planned fewer than STACKED_CAPTURE_MIN_STEPS times so far or the graph budget spent; or
+        graph, and the shape planned fewer than STACKED_CAPTURE_MIN_STEPS times so far or no room for its graph; or
         its check refused it). `step_of(inputs)`: the step reading those input tensors; `state`: every tensor it
         changes."""
         if key in self.refused:
             return False
-        entry = self.graphs.get(key)
+        left = self._pending[key]  # this chunk's steps of the shape, this one included
+        self._pending[key] -= 1
+        entry = self.graphs.pop(key, None)  # (put back last: the most recently replayed)
         if entry is None:
-            if self.planned[key] < STACKED_CAPTURE_MIN_STEPS or len(self.graphs) >= STACKED_MAX_GRAPHS:
+            if (self.planned[key] < STACKED_CAPTURE_MIN_STEPS or not self._repays(key, left)
+                    or not self._room()):
                 return False
             static = tuple(None if x is None else x.clone() for x in inputs)
             entry = self._capture(key, step_of(static), static, state)
             if entry is None:
                 self.refused.add(key)
                 return False
-            self.graphs[key] = entry
+        self.graphs[key] = entry
         replay, static = entry
         for s, x in zip(static, inputs, strict=True):
             if s is not None:
@@ -322,7 +380,36 @@ class StackedStepGraphs:
         self.replays += 1
         return True
 
-    def _capture(self, key: tuple, step: Callable[[], None], static: tuple, state: list[torch.Tensor]
+    def _repays(self, key: StepKey, left: int) -> bool:
+        """Whether a capture of `key` now is likely to repay its cost (about seven steps' work): where its lr was
+        taken in the round before, it recurs in later rounds (a constant lr, a schedule over local steps); where not
+        (the first round, or a round of a schedule over rounds, whose lrs do not come back), only where its own chunk
+        still holds `STACKED_CAPTURE_MIN_STEPS` of its steps, this one included: the later chunks of the round are
+        not planned yet, and a shape planned once a chunk (a schedule over rounds) would be captured for a few replays
+        at most, each round, slower than its steps taken eagerly."""
+        return key.lr in self._previous or left >= STACKED_CAPTURE_MIN_STEPS
+
+    def _room(self) -> bool:
+        """Whether a new graph fits: within the budget, or once the least recently replayed graph of an lr that no
+        step planned this round takes is released (with its input tensors; the memory its step used stays in the
+        pool the next capture takes from). Never a graph this round may replay (the class docstring says why)."""
+        if len(self.graphs) < STACKED_MAX_GRAPHS:
+            return True
+        stale = next((key for key in self.graphs if key.lr not in self._lrs), None)
+        if stale is None:
+            return False
+        self._forget([stale])
+        self.evictions += 1
+        return True
+
+    def _forget(self, keys: list[StepKey]) -> None:
+        """Drop the graphs, refusals and check measures of `keys` (not their counts)."""
+        for key in keys:
+            self.graphs.pop(key, None)
+            self.refused.discard(key)
+            self.difference.pop(key, None)
+
+    def _capture(self, key: StepKey, step: Callable[[], None], static: tuple, state: list[torch.Tensor]
                  ) -> tuple[Callable[[], None], tuple] | None:
         saved = [t.clone() for t in state]
 
@@ -367,13 +454,12 @@ class StackedStepGraphs:
         log.warning("stacked steps of shape %s: eager (%s)", key, message)
         return None
 
-    def drop(self, which: Callable[[tuple], bool]) -> None:
-        """Forget the shapes `which` selects (their graphs, refusals and counts): the state they replay into is
-        replaced."""
-        for table in (self.graphs, self.planned):
-            for key in [k for k in table if which(k)]:
-                del table[key]
-        self.refused = {k for k in self.refused if not which(k)}
+    def drop(self, which: Callable[[StepKey], bool]) -> None:
+        """Forget the shapes `which` selects (their graphs, refusals, check measures and counts): the state they
+        replay into is replaced."""
+        for key in [k for k in self.planned if which(k)]:
+            del self.planned[key]
+        self._forget([k for k in {*self.graphs, *self.refused, *self.difference} if which(k)])
 
     def close(self) -> None:
         """Drop the graphs (and with them their memory)."""

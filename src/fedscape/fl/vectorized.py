@@ -123,7 +123,7 @@ from torch.func import functional_call, vmap
 from fedscape.core.names import unknown_name_error
 from fedscape.data.federated import FederatedData
 from fedscape.data.specs import AUGMENTATIONS, CROP_PADDING, SEQUENTIAL_AUGMENTATIONS
-from fedscape.fl.capture import StackedStepGraphs, StepGraphMaker
+from fedscape.fl.capture import StackedStepGraphs, StepGraphMaker, StepKey
 from fedscape.fl.local import client_generator, layer_seed, local_plan, round_work
 from fedscape.fl.schedule import update_weight
 from fedscape.fl.sequential import undecayed
@@ -534,6 +534,8 @@ class VectorizedTrainer:
         order = sorted(range(len(plans)), key=lambda i: -len(plans[i].batches))
         chunk = self.cfg.client_chunk_size if self.cfg.client_chunk_size > 0 else len(order)
         results: list[ClientResult | None] = [None] * len(plans)
+        if self.graphs is not None:
+            self.graphs.begin_round()
         for start in range(0, len(order), chunk):
             part = order[start : start + chunk]
             torch.manual_seed(layer_seed(self.cfg.seed, round_, plans[part[0]].client_id))
@@ -601,8 +603,8 @@ class VectorizedTrainer:
         single = [self.batch_norm and any(len(p.batches[t]) == 1 for p in plans[: active[t]])
                   for t in range(num_steps)]
         # A step's shape: what its graph depends on (None: a per-client lr, which steps eagerly).
-        keys = [(k0, active[t], width[t], padded[t], step_lr[t], single[t]) if isinstance(step_lr[t], float) else None
-                for t in range(num_steps)]
+        keys = [StepKey(k0, active[t], width[t], padded[t], step_lr[t], single[t]) if isinstance(step_lr[t], float)
+                else None for t in range(num_steps)]
         if self.graphs is not None:
             if self._rows_generation != self.strategy.stacked_generation:
                 # The strategy's stacked rows were freed since the graphs were captured (its `setup` for a new run,

@@ -1,6 +1,7 @@
 # The report across runs: final.csv (one row per run, with the analyses' headline numbers where the config
-# computes them), summary.csv (mean / std / 95% interval over seeds), curves over rounds, final accuracy by
-# init and alpha (Nguyen et al. 2022), accuracy tables (FedAlign Tables 1-4, 7) and cost (Table 5).
+# computes them), summary.csv (mean / std / 95% interval over seeds), paired_differences.csv (each headline row
+# against its setting's baseline, seed by seed), curves over rounds, final accuracy by init and alpha (Nguyen et al.
+# 2022), accuracy tables (FedAlign Tables 1-4, 7) and cost (Table 5).
 
 from fedscape.core.config import result_version_params
 from fedscape.core.paths import ACCURACY_FIGURE, COST_FIGURE, CURVES_FIGURE
@@ -45,6 +46,22 @@ rule summary_table:
         **result_version_params(report_plan.RESULT_VERSIONS["summary_table"]),
     script:
         "../workflow/scripts/summary_table.py"
+
+
+rule paired_differences_table:
+    input:
+        final=RESULTS.table("final"),
+    output:
+        table=RESULTS.table("paired_differences"),
+    log:
+        RESULTS.job_log("paired_differences_table"),
+    localrule: True
+    conda:
+        "../envs/light.yaml"
+    params:
+        **result_version_params(report_plan.RESULT_VERSIONS["paired_differences_table"]),
+    script:
+        "../workflow/scripts/paired_differences_table.py"
 
 
 rule curves_figure:

@@ -170,6 +170,7 @@ EXPECTED_JOB_LOGS = {
     "surfaces_table": "tables/surfaces.log",
     "final_table": "tables/final.log",
     "summary_table": "tables/summary.log",
+    "paired_differences_table": "tables/paired_differences.log",
     "curves_figure": "figures/curves/digits/cnn_small/accuracy.log",
     "accuracy_figure": "figures/accuracy/digits/cnn_small/table.log",
     "cost_figure": "figures/cost/digits/cnn_small.log",

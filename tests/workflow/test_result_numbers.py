@@ -28,7 +28,8 @@ def made(tiny_run) -> dict[str, dict[str, float]]:
 # would confuse with the fonts and the matplotlib version.
 GATHERED = ("partitions_table", "rounds_table", "hessian_tables", "interpolation_tables", "layer_barrier_tables",
             "layer_consecutive_table", "surfaces_table")
-UNGUARDED = ("final_table", "summary_table", "cost_table", "landscape_gather", *GATHERED)
+# paired_differences.csv: final.csv's numbers, differenced
+UNGUARDED = ("final_table", "summary_table", "paired_differences_table", "cost_table", "landscape_gather", *GATHERED)
 FIGURES = ("_figure", "_figures")
 
 

@@ -92,6 +92,7 @@ JOB_LOGS: dict[str, str] = {
     # the report
     "final_table": "tables/final.log",
     "summary_table": "tables/summary.log",
+    "paired_differences_table": "tables/paired_differences.log",
     "curves_figure": f"{FIGURES}/curves/{{dataset}}/{{model}}/{{metric}}.log",
     "accuracy_figure": f"{FIGURES}/accuracy/{{dataset}}/{{model}}/{{kind}}.log",
     "cost_figure": f"{FIGURES}/cost/{{dataset}}/{{model}}.log",

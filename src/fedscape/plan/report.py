@@ -42,7 +42,8 @@ ACCURACY_KINDS = figure_kinds.ACCURACY_KINDS
 # the ranking drops the panels of one algorithm (named in its title) and labels each point above it; the by-init
 # figure wraps its panels into rows to fit a screen, all clients first, draws accuracy in % and says over how many
 # seeds it is. curves_figure 3: all-clients panels first (participation descending).
-RESULT_VERSIONS = {"final_table": 4, "summary_table": 6, "curves_figure": 3, "accuracy_figure": 4, "cost_figure": 2}
+RESULT_VERSIONS = {"final_table": 4, "summary_table": 6, "paired_differences_table": 1, "curves_figure": 3,
+                   "accuracy_figure": 4, "cost_figure": 2}
 
 
 def final_table_inputs(config: dict, runs: list[Run]) -> dict[str, str]:
@@ -103,10 +104,15 @@ def check(config: dict, runs: list[Run]) -> list[str]:
 
 
 def targets(config: dict, runs: list[Run]) -> list[str]:
-    """final.csv, summary.csv and the curve, accuracy and cost figures of every dataset and model (the local work
-    figure where its runs do more than one local work: `varies_local_work`)."""
+    """final.csv, summary.csv, paired_differences.csv and the curve, accuracy and cost figures of every dataset and
+    model (the local work figure where its runs do more than one local work: `varies_local_work`).
+
+    paired_differences.csv is planned for every config, as summary.csv is for one seed: which rows it has depends on
+    final.csv (the headline's run groups keep those with an analysis's values), not on the config alone, and a table
+    that is always there is one that users' scripts can read without asking whether the grid made it (its header
+    alone where no setting has two rows)."""
     results = Results.of(config)
-    out = [results.table("final"), results.table("summary")]
+    out = [results.table("final"), results.table("summary"), results.table("paired_differences")]
     for dataset, model in sorted({(run.dataset, run.model) for run in runs}):
         figures = [results.figure(CURVES_FIGURE, dataset=dataset, model=model, metric=m) for m in CURVE_METRICS]
         these = [run for run in runs if (run.dataset, run.model) == (dataset, model)]

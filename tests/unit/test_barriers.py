@@ -584,7 +584,8 @@ def test_defaults_and_pairs_resolve():
     assert pair.run_id == f"{pair.run_a.run_id} | {pair.run_b.run_id}"
     defaults = check_config({}, SCHEMA)["interpolation"]
     assert {k: v for k, v in defaults.items() if k != "curve"} == {"points": 21, "align": False, "pairs": {},
-                                                                     "precision": "fp32", "bn_stats": "recomputed"}
+                                                                     "precision": "fp32", "bn_stats": "recomputed",
+                                                                     "eval_samples": None, "eval_seed": 0}
     assert defaults["curve"]["enabled"] is False
 
 

@@ -64,10 +64,11 @@ def test_the_declared_defaults_are_the_baselines_of_the_first_results():
     assert declared_defaults(HessianPlaneJob) == {"shared_from": None}
     assert declared_defaults(EigenSettings) == {"precision": "fp32"}
     assert declared_defaults(InterpolationJob) == {"precision": "fp32", "bn_stats": "stored", "align": False,
-                                                   "curve": None}
+                                                   "curve": None, "eval_samples": None, "eval_seed": None}
     assert declared_defaults(LayerBarriersJob) == {
         "precision": "fp32", "bn_stats": "stored", "modes": MODES, "align": False, "order_seed": None,
-        "direction_seed": None, "direction_samples": None, "direction_moves": "both"}
+        "direction_seed": None, "direction_samples": None, "direction_moves": "both", "eval_samples": None,
+        "eval_seed": None}
     assert MODES == ("single", "shallow", "deep")
     assert declared_defaults(LandscapePlaneJob) == {"plane_file": None}
     assert declared_defaults(LandscapeChunkJob) == {"precision": "fp32", "bn_stats": "stored"}

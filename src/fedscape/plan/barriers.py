@@ -23,6 +23,7 @@ from fedscape.analysis.barriers.definitions import (
 )
 from fedscape.core.config import ConfigError, canonical
 from fedscape.core.jobs import job_params
+from fedscape.core.names import unknown_name_error
 from fedscape.core.paths import (
     INTERPOLATION_DIR,
     INTERPOLATION_FIGURE,
@@ -306,6 +307,11 @@ def check(config: dict, runs: list) -> list[str]:
             interpolation_pair(config, runs, label)
         except ConfigError as exc:
             problems.append(str(exc))
+    for section in ("interpolation", "layer_barriers"):
+        value = config[section]["eval_samples"]
+        for name in value if isinstance(value, dict) else ():
+            if name not in config["datasets"]:
+                problems.append(f"{section}.eval_samples: {unknown_name_error('data set', name, config['datasets'])}")
     labels = config["layer_barriers"]["pairs"]
     for label in labels:
         try:
@@ -322,6 +328,13 @@ def check(config: dict, runs: list) -> list[str]:
     return problems
 
 
+def eval_samples(section: dict, run: Run) -> int | None:
+    """The section's `eval_samples` for a pair of `run`'s data set: the value, or in its per-data-set form that data
+    set's (None, every sample, where it is not named)."""
+    value = section["eval_samples"]
+    return value.get(run.dataset) if isinstance(value, dict) else value
+
+
 def _data(config: dict, run: Run) -> BarrierData:
     """The data of a barrier job: the run's fields and its dataset's options (keys sorted, as a train job's)."""
     return BarrierData(run=canonical(run.fields()),
@@ -336,7 +349,8 @@ def make_interpolation_job(config: dict, pair: InterpolationPair) -> Interpolati
         round_b=pair.round_b, points=section["points"], data=_data(config, pair.run_a),
         device=config["training"]["device"], eval_batch_size=config["training"]["eval_batch_size"],
         precision=section["precision"], bn_stats=bn_stats_setting(config, pair.run_a, section["bn_stats"]),
-        align=bool(section["align"]), curve=curve_settings(section["curve"]))
+        align=bool(section["align"]), curve=curve_settings(section["curve"]),
+        eval_samples=eval_samples(section, pair.run_a), eval_seed=section["eval_seed"])
 
 
 def interpolation_settings(config: dict, pair: InterpolationPair, recorded: Iterable[str] | None = None) -> dict:
@@ -362,7 +376,7 @@ def curve_settings(section: dict) -> CurveSettings | None:
 
 def make_layer_job(config: dict, pair: LayerPair, round_: int) -> LayerBarriersJob:
     """Everything one layer-wise job (one pair, one round) needs; the job itself drops the seeds of modes it does
-    not run."""
+    not run, and the subsets' seed where it evaluates every sample."""
     section = config["layer_barriers"]
     return LayerBarriersJob(
         pair=pair.label, kind=pair.kind, run_id=pair.run_id, round=int(round_), clients=pair.clients,
@@ -370,7 +384,8 @@ def make_layer_job(config: dict, pair: LayerPair, round_: int) -> LayerBarriersJ
         eval_batch_size=config["training"]["eval_batch_size"], precision=section["precision"],
         bn_stats=bn_stats_setting(config, pair.run_a, section["bn_stats"]), modes=tuple(section["modes"]),
         align=bool(section["align"]), order_seed=section["order_seed"], direction_seed=section["direction_seed"],
-        direction_samples=section["direction_samples"], direction_moves=section["direction_moves"])
+        direction_samples=section["direction_samples"], direction_moves=section["direction_moves"],
+        eval_samples=eval_samples(section, pair.run_a), eval_seed=section["eval_seed"])
 
 
 def layer_settings(config: dict, pair: LayerPair, round_: int, recorded: Iterable[str] | None = None) -> dict:

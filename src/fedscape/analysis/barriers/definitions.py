@@ -60,6 +60,10 @@ RATIO_COLUMNS = ["barrier_loss_ratio", "barrier_error_ratio"]
 RATIO_FLOORS = {"loss": 0.0, "error": 1e-3}
 BARRIER_COLUMNS = ["pair_id", "run_a", "run_b", "split", "barrier_loss", "barrier_error", "aligned", "path",
                    BN_STATS_COLUMN, *RATIO_COLUMNS]
+# The stream key of each split's evaluation subset (`eval_samples`: hessian.maths.eval_subset, drawn from `eval_seed`):
+# train and test drawn independently. Train's is the Hessian's aggregate key (0), so at one seed and count a run's
+# training subset is the rows its Hessian is evaluated on.
+SUBSET_KEYS = {"train": 0, "test": 1}
 LINEAR, BEZIER = "linear", "bezier"
 PATHS: tuple[str, ...] = (LINEAR, BEZIER)
 # final.csv's barrier to IID: the linear barrier joining a run's final model to the final model of the IID run
@@ -261,6 +265,18 @@ def curve_lr_factor(step: int, steps: int) -> float:
 
 
 # -- the job kinds: interpolation and layer_barriers (their settings, from plan/barriers.py) -----------------------
+def check_eval_subset(job: InterpolationJob | LayerBarriersJob) -> None:
+    """ValueError unless a job's `eval_samples` is None (every sample) or an integer >= 1 given with its `eval_seed`;
+    the seed is dropped (None) where every sample is evaluated: it draws nothing, and changing it reruns no job."""
+    samples = job.eval_samples
+    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+        raise ValueError(f"eval_samples must be an integer >= 1 or None (every sample), got {samples!r}")
+    if samples is None:
+        object.__setattr__(job, "eval_seed", None)
+    elif job.eval_seed is None:
+        raise ValueError(f"eval_samples {samples} draws each split's subset from eval_seed, which is None")
+
+
 @dataclass(frozen=True, kw_only=True)
 class BarrierData(JobSettings):
     """The data of a barrier job: the run whose partition gives the aggregate training data, and its dataset's
@@ -290,9 +306,14 @@ class InterpolationJob(JobSettings):
     bn_stats: str = BN_STATS_BASELINE  # `stored` for every model without batch norm (recomputing is a no-op there)
     align: bool = False  # also to b permuted by weight matching (Ainsworth et al. 2023)
     curve: CurveSettings | None = None  # the trained Bezier curve, when on
+    # each split evaluated on its seeded subset of at most this many samples (SUBSET_KEYS), the same for every point of
+    # the path; None: every sample (how every job computed before the field existed)
+    eval_samples: int | None = None
+    eval_seed: int | None = None  # the subsets' seed; None without eval_samples (check_eval_subset)
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        check_eval_subset(self)
 
     @property
     def alignments(self) -> list[bool]:
@@ -330,9 +351,12 @@ class LayerBarriersJob(JobSettings):
     direction_seed: int | None = None
     direction_samples: int | None = None
     direction_moves: str = "both"  # DIRECTION_MOVES
+    eval_samples: int | None = None  # as InterpolationJob's: the same subsets for the ends and every mixed model
+    eval_seed: int | None = None
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        check_eval_subset(self)
         if "random" not in self.modes:
             object.__setattr__(self, "order_seed", None)
         if not set(CONTROL_MODES) & set(self.modes):

@@ -36,6 +36,7 @@ from fedscape.analysis.barriers.definitions import (
     FULL_MODEL,
     MODES,
     RATIO_FLOORS,
+    SUBSET_KEYS,
     barrier_over_ends,
     barrier_ratio,
     format_averaged,
@@ -44,6 +45,8 @@ from fedscape.analysis.barriers.definitions import (
     mode_entries,
     random_direction,
 )
+from fedscape.analysis.hessian.maths import eval_subset
+from fedscape.data.datasets import take_rows
 from fedscape.models.batchnorm import recompute_bn_stats
 from fedscape.models.evaluate import EvalResult, evaluate
 from fedscape.models.params import buffer_specs, load_buffers, load_params, param_specs
@@ -66,6 +69,25 @@ class Point:
 
 
 Splits = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def eval_splits(splits: Splits, max_samples: int | None, seed: int | None) -> Splits:
+    """The splits a job evaluates every point on: each split's fixed, seeded subset of `max_samples` samples (the
+    Hessian's `eval_subset`, keyed by split: SUBSET_KEYS), or the split itself where it has no more samples or
+    `max_samples` is None. One subset for every point, so that a barrier compares its points on one set (Adilova et
+    al.'s LLMC/get_llm.py draws fresh random batches for each model instead). Logs the count of each split."""
+    if max_samples is None:
+        return splits
+    out = {}
+    for name, (x, y) in splits.items():
+        if len(y) <= max_samples:
+            out[name] = (x, y)
+            log.info("%s split: evaluating on all %d samples (eval_samples %d)", name, len(y), max_samples)
+            continue
+        idx = eval_subset(len(y), max_samples, seed, key=SUBSET_KEYS[name]).to(y.device)
+        out[name] = (take_rows(x, idx), y[idx])
+        log.info("%s split: evaluating on %d of %d samples (seeded), eval_seed %d", name, max_samples, len(y), seed)
+    return out
 
 
 def midpoint(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

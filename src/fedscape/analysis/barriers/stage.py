@@ -32,6 +32,7 @@ from fedscape.analysis.barriers.definitions import (
 )
 from fedscape.analysis.barriers.maths import (
     Point,
+    eval_splits,
     interpolation_curve,
     layer_distances,
     layerwise_barriers,
@@ -50,7 +51,8 @@ log = logging.getLogger("fedscape.barriers")
 
 
 def _splits_of(federated: FederatedData) -> dict:
-    """{'train': the aggregate client data as evaluations score it (`FederatedData.union`), 'test': the test set}."""
+    """{'train': the aggregate client data as evaluations score it (`FederatedData.union`), 'test': the test set},
+    whole (a job evaluates its points on their `eval_splits`)."""
     return {"train": federated.union(), "test": (federated.x_test, federated.y_test)}
 
 
@@ -61,7 +63,9 @@ def _point(traj, round_: int) -> Point:
 
 def _bn_x(job: InterpolationJob | LayerBarriersJob, splits: dict, model: torch.nn.Module) -> torch.Tensor | None:
     """The training inputs every evaluated model's batch-norm statistics are recomputed from (`bn_stats:
-    recomputed`), or None to keep the stored ones; a model without batch norm is never recomputed."""
+    recomputed`), or None to keep the stored ones; a model without batch norm is never recomputed. `splits`: the
+    whole splits, whatever `eval_samples` evaluates, so that a subset changes the sample a loss is measured on, never
+    the models measured."""
     if job.bn_stats != "recomputed" or not has_batch_norm(model):
         return None
     return splits["train"][0]
@@ -141,7 +145,8 @@ def interpolation_job(settings: dict, trajectory_a: str | Path, trajectory_b: st
         parts.clear()  # bends a killed attempt trained from other checkpoints
         return
     federated = load_federated_data(job.data.run, job.data.dataset_options, partition, device)
-    splits = _splits_of(federated)
+    whole = _splits_of(federated)
+    splits = eval_splits(whole, job.eval_samples, job.eval_seed)
     model = traj_a.model_meta.build().to(device).eval()
     a, b = _point(traj_a, rounds[0]).to(device), _point(traj_b, rounds[1]).to(device)
     ends = {False: b}
@@ -151,7 +156,7 @@ def interpolation_job(settings: dict, trajectory_a: str | Path, trajectory_b: st
         log.info("pair %s: model b aligned to a by weight matching in %.1f s (distance %.4g -> %.4g)",
                  job.pair_id, time.perf_counter() - t1, float((b.params - a.params).norm()),
                  float((ends[True].params - a.params).norm()))
-    bn_x = _bn_x(job, splits, model)
+    bn_x = _bn_x(job, whole, model)
     rows = [{**r, "aligned": aligned, "path": LINEAR} for aligned, end in ends.items()
             for r in interpolation_curve(model, a, end, splits, job.points, job.eval_batch_size, bn_x,
                                          federated.never_correct)]
@@ -161,7 +166,7 @@ def interpolation_job(settings: dict, trajectory_a: str | Path, trajectory_b: st
         compute = describe_compute(device, job.precision)
         # a bend trains on every training sample, as the runs do (a raw text's windows at every start), where the
         # evaluations score the union's evaluated rows
-        pool = splits["train"] if federated.eval_rows is None else federated.union(evaluated=False)
+        pool = whole["train"] if federated.eval_rows is None else federated.union(evaluated=False)
         for aligned, end in ends.items():
             t1 = time.perf_counter()
             name = "bend_aligned" if aligned else "bend"
@@ -272,11 +277,12 @@ def layer_barriers_job(settings: dict, inputs: dict, out_barriers: str | Path, o
     model = traj_a.model_meta.build().to(device).eval()
     layers = model_layers(model)
     federated = load_federated_data(job.data.run, job.data.dataset_options, inputs["partition"], device)
-    splits = _splits_of(federated)
+    whole = _splits_of(federated)
+    splits = eval_splits(whole, job.eval_samples, job.eval_seed)
     modes, seed = list(job.modes), _order_seed(job)
     a, b = a.to(device), b.to(device)
     barrier_rows, distance_rows = [], []
-    bn_x = _bn_x(job, splits, model)
+    bn_x = _bn_x(job, whole, model)
     bn_stats = "stored" if bn_x is None else "recomputed"
     compute = describe_compute(device, job.precision)
     computes = {}  # where each part's rows were computed: this attempt, or one before it (`_note_parts_compute`)

@@ -214,6 +214,11 @@ INIT_LOCATION_BASELINES: dict[str, object] = {"proxy_data_dir": None, "proxy_dir
 # 2017 publish them (Imagenet32_train_npz: train_data_batch_1.npz ... train_data_batch_10.npz). Their validation
 # file, val_data.npz, may lie beside them and is no pretraining data.
 IMAGENET32_FILES = "train_data_batch_*.npz"
+# What `fedscape.data.imagenet32` makes of those files, as a data set's `DatasetInfo.reader_version` is of its own:
+# bumped when that output changes for the same files (their fingerprints cover the files, not the reader), so that
+# the inits pretrained on them (`proxy_dir`) alone rerun. They carry it from 2, as `proxy_reader_version`
+# (`proxy_reader_version_setting`): 1 is the baseline, the reader of every such init made before the version.
+IMAGENET32_READER_VERSION = 1
 # Datasets normalised per RGB channel with published statistics (`fedscape.data.sources.normalisation`), which
 # `datasets.<name>.channel_mean` and `channel_std` may replace with a paper's own (e.g. the CIFAR std of many public
 # loaders, (0.2023, 0.1994, 0.2010), that the flatness paper's code uses)
@@ -495,9 +500,20 @@ def reader_version_setting(name: str | None) -> int | None:
     """Data set `name`'s `DatasetInfo.reader_version` as the settings of a job that reads it carry it: where it is
     past the first, None at the first (the reader of every job made before the versions, whose settings it leaves as
     they were), for a name that is no data set's, and for None (no data set)."""
-    if name not in DATASETS or DATASETS[name].reader_version <= 1:
-        return None
-    return DATASETS[name].reader_version
+    return _past_first(DATASETS[name].reader_version) if name in DATASETS else None
+
+
+def proxy_reader_version_setting(proxy_dataset: str | None, proxy_dir: str | None) -> int | None:
+    """The reader version of a pretrained init's proxy data as its settings carry it (None at the first, as
+    `reader_version_setting`): down-sampled ImageNet's (IMAGENET32_READER_VERSION) where `proxy_dir` is set, which the
+    init reads instead of any proxy_dataset (`fedscape.stages.init.proxy_data`), else `proxy_dataset`'s."""
+    return _past_first(IMAGENET32_READER_VERSION) if proxy_dir else reader_version_setting(proxy_dataset)
+
+
+def _past_first(version: int) -> int | None:
+    """A reader's version as a job's settings carry it: None at the first, the baseline of every job made before
+    reader versions."""
+    return version if version > 1 else None
 
 
 def target_model_options(name: str, options: dict) -> dict:

@@ -267,12 +267,17 @@ def _no_proxy_writer(dataset: str, options: dict) -> str:
     none where that rounds to 0. Without max_clients it holds out `held_out_count` of the writers its files hold, at
     most the data set's `DatasetInfo.published_writers`: round(fraction x writers) never rises as the writers drop
     (the product does not, in floats too, and round() is monotone: a half goes to its even neighbour, between the
-    values either side), so a fraction that holds none of that many holds none of fewer. Where no count is published
-    (Shakespeare's raw texts), nothing is said."""
+    values either side), so a fraction that holds none of that many holds none of fewer. So it does with a
+    max_clients no smaller than that count, as files of no more writers than max_clients are read whole and split as
+    without it (`data.sources._split_proxy_writers`); below the count, whether the files hold more writers than
+    max_clients is known only once they are read (the init job refuses an empty split at its start:
+    `stages.init.proxy_data`). Where no count is published (Shakespeare's raw texts), nothing is said."""
     if options.get("proxy_split") != PROXY_SPLITS[1]:
         return ""
     fraction = options["proxy_fraction"]
-    if (max_clients := options.get("max_clients")) is not None:
+    writers = dataset_info(dataset, options).published_writers
+    max_clients = options.get("max_clients")
+    if max_clients is not None and (writers is None or writers > max_clients):
         if proxy_writers_after(max_clients, fraction):
             return ""
         # round() gives 1 from fraction x max_clients / (1 - fraction) above 1/2, so from a fraction above
@@ -282,14 +287,14 @@ def _no_proxy_writer(dataset: str, options: dict) -> str:
                 f"max_clients / (1 - proxy_fraction)) writers after the first max_clients as its proxy: 0 for "
                 f"proxy_fraction {fraction:g} and max_clients {max_clients}), so it is empty; set "
                 f"datasets.{dataset}.proxy_fraction to at least {least:g}, or set proxy_dataset / proxy_dir")
-    writers = dataset_info(dataset, options).published_writers
     if writers is None or held_out_count(writers, fraction):
         return ""
     least = _least_fraction(1 / (2 * writers), lambda f: held_out_count(writers, f))  # round(f x writers) >= 1
+    read_whole = "" if max_clients is None else f"; max_clients {max_clients} reads them all"
     return (f"the proxy split of {dataset} holds no writer (proxy_split: writers holds out round(proxy_fraction x "
-            f"writers) of the writers in its files, at most the {writers} its publishers count: 0 for proxy_fraction "
-            f"{fraction:g}), so it is empty; set datasets.{dataset}.proxy_fraction to at least {least:g} (more where "
-            f"its files hold fewer writers), or set proxy_dataset / proxy_dir")
+            f"writers) of the writers in its files, at most the {writers} its publishers count{read_whole}: 0 for "
+            f"proxy_fraction {fraction:g}), so it is empty; set datasets.{dataset}.proxy_fraction to at least "
+            f"{least:g} (more where its files hold fewer writers), or set proxy_dataset / proxy_dir")
 
 
 def proxy_split_problem(dataset: str, options: dict) -> str:

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from fedscape.core.jobs import JobSettings, JobSettingsError
 from fedscape.core.names import suggest
-from fedscape.data.specs import reader_version_setting
+from fedscape.data.specs import proxy_reader_version_setting
 from fedscape.fl.settings import NEUTRAL_TRAINING_KEYS, TrainConfig, TrainingSettings
 from fedscape.models.specs import check_precision, is_token_model, model_option_baselines, with_new_defaults
 
@@ -160,16 +160,18 @@ class PretrainedInit(InitJob):
     # published statistics, as every such pretraining before the field; planning sets `clients` for a proxy_dataset
     # on an RGB data set (`plan.init.init_extras`), so that only those inits rerun.
     proxy_normalisation: str = "own"
-    # The reader version of `proxy_dataset` (`data.specs.reader_version_setting`): as the `dataset_options` of the jobs
-    # of a data set hold its own, so that a fix of the proxy data set's reader reruns the inits pretrained on it. The
-    # code's, not the config's: set from proxy_dataset whatever is given, as the job reads its proxy with this code's
-    # reader. Its baseline None (no proxy data set, or one at its first reader) leaves the other inits' settings as
-    # they were before the field.
+    # The reader version of its proxy data, `proxy_dir`'s down-sampled ImageNet or `proxy_dataset`
+    # (`data.specs.proxy_reader_version_setting`): as the `dataset_options` of the jobs of a data set hold its own, so
+    # that a fix of the proxy's reader reruns the inits pretrained on it. The code's, not the config's: set from
+    # proxy_dir and proxy_dataset whatever is given, as the job reads its proxy with this code's reader. Its baseline
+    # None (the init's own proxy split, or a proxy at its first reader) leaves the other inits' settings as they were
+    # before the field.
     proxy_reader_version: int | None = None
 
     def __post_init__(self):
         super().__post_init__()
-        object.__setattr__(self, "proxy_reader_version", reader_version_setting(self.proxy_dataset))
+        object.__setattr__(self, "proxy_reader_version",
+                           proxy_reader_version_setting(self.proxy_dataset, self.proxy_dir))
         check_precision(self.precision)
         if self.proxy_normalisation not in PROXY_NORMALISATIONS:
             raise ValueError(f"proxy_normalisation must be one of {', '.join(PROXY_NORMALISATIONS)}, got "

@@ -238,6 +238,32 @@ def test_a_pretraining_whose_progress_does_not_load_starts_afresh_from_the_seede
     assert [a["from_epoch"] for a in manifest.noted("attempts") or []] == ([1, 2] if resumed else [])
 
 
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("CUDA error: an illegal memory access was encountered")],
+                         ids=lambda e: type(e).__name__)
+def test_a_card_that_fails_while_a_pretraining_resumes_fails_the_job_and_keeps_its_progress(tmp_path, monkeypatch,
+                                                                                            error):
+    # Prepare: a pretraining killed after its first epoch; loading its progress then fails as a card fails (out of
+    # memory while the state is loaded onto it, a device error): the progress is sound
+    from helpers.resume import killed_at_call
+
+    monkeypatch.setattr(manifest, "_NOTES", {})
+    settings = pretrained_job(epochs=3)
+    killed_at_call(monkeypatch, inits_mod, "atomic_path", 2, lambda: pretrain(settings, tmp_path))
+    saved = (tmp_path / "state.pt").read_bytes()
+
+    def failing(*args, **kwargs):
+        raise error
+
+    # Execute / Assert: the error reaches the job and the progress is as it was (started afresh, the first epoch's
+    # save would have replaced it)
+    with monkeypatch.context() as patch:
+        patch.setattr(inits_mod.torch, "load", failing)
+        with pytest.raises(type(error)):
+            pretrain(settings, tmp_path)
+    assert (tmp_path / "state.pt").read_bytes() == saved
+
+
 def pretrained_settings(**kw) -> dict:
     return {**DIGITS, "init": "pre", "kind": "pretrained", "seed": 0, "epochs": 2, "lr": 0.05, "batch_size": 32,
             "momentum": 0.9, "weight_decay": 5e-4, **NO_PROXY, "dataset_options": OPTIONS, "device": "cpu", **kw}

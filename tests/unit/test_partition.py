@@ -285,14 +285,17 @@ def test_the_labels_checksum_is_that_of_the_whole_int64_array_taken_in_chunks(mo
 
 @pytest.mark.parametrize(("edit", "error"), [({"seed": None}, "TypeError"), ("seed", "KeyError"),
                                              ("num_samples_total", "KeyError"), ({"num_samples_total": "many"},
-                                                                                 "ValueError")])
+                                                                                 "ValueError"),
+                                             ({"seed": 1.7}, "ValueError: its seed 1.7 is not an integer"),
+                                             ([1, 2], "ValueError: its metadata is a JSON list, not an object")])
 def test_a_partition_files_missing_or_odd_seed_or_size_is_named_with_the_remake(tmp_path, edit, error):
     # Prepare: metadata without, or with an unusable, seed or sample count (as another tool might write it)
     path = _saved(tmp_path)
     with np.load(path, allow_pickle=False) as f:
         arrays = {key: f[key] for key in f.files}
     meta = json.loads(str(arrays["meta"]))
-    meta = {k: v for k, v in meta.items() if k != edit} if isinstance(edit, str) else {**meta, **edit}
+    meta = (edit if isinstance(edit, list) else {k: v for k, v in meta.items() if k != edit}
+            if isinstance(edit, str) else {**meta, **edit})
     arrays["meta"] = np.array(json.dumps(meta))
     with open(path, "wb") as fh:
         np.savez(fh, **arrays)
@@ -303,5 +306,5 @@ def test_a_partition_files_missing_or_odd_seed_or_size_is_named_with_the_remake(
 
     # Assert: one line naming the file, the error and the command that remakes it (was a bare KeyError / TypeError)
     message = str(err.value)
-    assert message.startswith(f"{path} is not a readable partition file ({error}: ") and "\n" not in message
+    assert message.startswith(f"{path} is not a readable partition file ({error}") and "\n" not in message
     assert f"`snakemake --cores 1 --force {path}`" in message

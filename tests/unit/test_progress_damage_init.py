@@ -159,3 +159,36 @@ def test_a_train_jobs_log_says_how_a_rerun_resumes_it_after_a_kill(tmp_path, cap
     assert line.startswith(f"progress is kept in {tmp_path / '_progress'} after every round: if this job is killed, "
                            "run the workflow again and it resumes from there")
     assert "--rerun-incomplete" in line and "the --forcerun command the workflow gives" in line
+
+
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.40 GiB"),
+                                   RuntimeError("CUDA error: an illegal memory access was encountered"),
+                                   *([torch.AcceleratorError("CUDA error: unspecified launch failure")]
+                                     if hasattr(torch, "AcceleratorError") else [])],
+                         ids=lambda e: type(e).__name__)
+def test_a_card_that_fails_while_a_run_resumes_fails_the_job_and_keeps_its_progress(digits, tmp_path, monkeypatch,
+                                                                                    error):
+    # Prepare: killed after round 1; the saved state then fails to load as a card fails (out of memory while it is
+    # copied onto the card, a device error): the progress is sound
+    from fedscape.fl.strategies.scaffold import Scaffold
+
+    progress = tmp_path / "_progress"
+    killed_after_round(monkeypatch, 1, lambda: _scaffold_run(digits, progress))
+    saved = sorted(p.name for p in progress.iterdir())
+
+    calls = []
+
+    def failing(self, state):  # once: a load that recovers would reload the state as set up
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return loads(self, state)
+
+    loads = Scaffold.load_state_dict
+
+    # Execute / Assert: the error reaches the job, and the progress is as it was (not discarded as a damaged state)
+    with monkeypatch.context() as patch:
+        patch.setattr(Scaffold, "load_state_dict", failing)
+        with pytest.raises(type(error)):
+            _scaffold_run(digits, progress)
+    assert sorted(p.name for p in progress.iterdir()) == saved

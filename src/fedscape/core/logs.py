@@ -159,6 +159,14 @@ def out_of_device_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(message in str(exc) for message in _OOM_MESSAGES)
 
 
+def device_failure(exc: BaseException) -> bool:
+    """Whether `exc` is the card's failure, not its input's: out of memory (`out_of_device_memory`), or a device error
+    (torch's `AcceleratorError`, a CUDA error's RuntimeError). A job that meets one while it loads its saved progress
+    fails and keeps the progress, where a damaged one is discarded."""
+    return (out_of_device_memory(exc) or type(exc).__name__ == "AcceleratorError"
+            or (isinstance(exc, RuntimeError) and "CUDA error" in str(exc)))
+
+
 def process_age() -> float | None:
     """Seconds since this process started (from /proc on Linux; None where that is not available)."""
     try:

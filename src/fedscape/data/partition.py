@@ -877,6 +877,14 @@ def _unreadable(path, exc: Exception) -> str:
     return f"{path} is not a readable partition file ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0]})"
 
 
+def _stored_integer(meta: dict, key: str) -> int:
+    """The integer a partition file's metadata records under `key` (1.7 is no seed: int() would take 1)."""
+    value = meta[key]
+    if isinstance(value, bool) or not float(value).is_integer():
+        raise ValueError(f"its {key} {value!r} is not an integer")
+    return int(value)
+
+
 def load_partition(path, labels: np.ndarray | None = None, data_sha256: str | None = None) -> Partition:
     """Load a partition; with `labels`, check it was made for this dataset's training set, and with `data_sha256`
     (the fingerprint of the data set's files now: `fedscape.data.locations.job_fingerprint`) that it was made from
@@ -886,8 +894,10 @@ def load_partition(path, labels: np.ndarray | None = None, data_sha256: str | No
             indices, offsets = f["indices"], f["offsets"]
             meta = json.loads(str(f["meta"]))
             checksum = int(f["labels_checksum"][0])
+        if not isinstance(meta, dict):
+            raise ValueError(f"its metadata is a JSON {type(meta).__name__}, not an object")
         alpha = _stored_alpha(meta)
-        seed, total = int(meta["seed"]), int(meta["num_samples_total"])
+        seed, total = _stored_integer(meta, "seed"), _stored_integer(meta, "num_samples_total")
     except (*UNREADABLE, TypeError) as exc:  # TypeError: a field of another type (int(None))
         raise PartitionError(f"{_unreadable(path, exc)}; {remake_alone_hint(path)}") from None
     if labels is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from fedscape.core.io import atomic_path
+from fedscape.core.logs import device_failure
 from fedscape.data.federated import FederatedData
 from fedscape.fl.client_stats import round_stats
 from fedscape.fl.local import Trainer
@@ -210,9 +211,13 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
             if averager is not None:
                 _restore_swa(averager, records, device)
                 swa_metrics = _last_swa_metrics(records)
-        except Exception as exc:  # a state of other code's layout, or damaged: the run is redone, as where `restore`
-            # cannot read its progress (else every rerun would stop on it until the folder is deleted by hand), from
-            # the state as set up, which a load that failed part-way may have changed
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+            # a state of other code's layout, or damaged: the run is redone, as where `restore` cannot read its
+            # progress (else every rerun would stop on it until the folder is deleted by hand), from the state as set
+            # up, which a load that failed part-way may have changed. Not where the card failed (out of memory while
+            # the state is copied onto it, a device error): the progress is sound, and the job fails, keeping it.
+            if device_failure(exc):
+                raise
             log.warning("cannot resume from %s (%s): starting afresh", progress.dir, exc)
             strategy.load_state_dict(fresh[0])
             trainer.load_state_dict(fresh[1])

@@ -57,7 +57,8 @@ def paired_differences(final: pd.DataFrame) -> pd.DataFrame:
     groups ran and neither diverged (`did_not_diverge`), with a value in both; a seed where both values are the same
     infinity (two barriers whose loss overflowed) has no difference and is no pair. `n_pairs` counts the pairs,
     `seeds` names them ("0;1;2"); mean_diff, std_diff (ddof=1) and the Student-t 95% interval are
-    `outputs.stats.t_interval`'s: with one pair a mean and NaN spread, with none NaN throughout.
+    `outputs.stats.t_interval`'s: with one pair a mean and NaN spread, with none NaN throughout; with an infinite
+    difference among them the mean is that infinity (NaN where both signs occur) and the spread and interval NaN.
     """
     rows = []
     for dataset, model in sorted({(str(d), str(m)) for d, m in final[["dataset", "model"]].itertuples(index=False)}):

@@ -33,6 +33,7 @@ import torch
 from fedscape.core.config import digest
 from fedscape.core.io import atomic_path
 from fedscape.core.jobs import to_settings
+from fedscape.core.logs import device_failure
 from fedscape.core.manifest import note
 from fedscape.core.seeds import derive_seed
 from fedscape.core.setting import IID
@@ -258,6 +259,8 @@ def _pretrain(job: PretrainedInit, progress_dir: str | Path | None, device: torc
                 model, opt, (start, attempts) = resumed, resumed_opt, saved
                 log.info("resuming pretraining after epoch %d/%d", start, cfg.epochs)
         except Exception as exc:  # a file cut short by a kill, or progress of another layout: start afresh
+            if device_failure(exc):  # (not where the card failed: the progress is sound, and kept)
+                raise
             log.warning("cannot resume pretraining from %s (%s): starting afresh", progress, exc)
     log.info("pretraining %s on %s (%d samples, %d classes) for %d epochs: lr %g, batch %d, momentum %g, "
              "weight decay %g, device %s", job.model, source, len(y), proxy_classes, cfg.epochs, cfg.lr,

@@ -294,6 +294,33 @@ def test_a_full_budget_releases_a_graph_only_of_an_lr_the_round_does_not_take(mo
     assert torch.equal(state, eager)
 
 
+def test_a_refused_capture_releases_no_graph_and_an_lr_that_cycles_is_not_checked_again(monkeypatch):
+    # Prepare: room for one graph, every shape captured when first planned; the maker refuses the shapes of lr 0.2
+    # (its replay adds nothing), whose lr comes back every other round (an SWA cycle)
+    monkeypatch.setattr(capture_mod, "STACKED_CAPTURE_MIN_STEPS", 1)
+    monkeypatch.setattr(capture_mod, "STACKED_MAX_GRAPHS", 1)
+    made = []
+
+    def maker(step):
+        made.append(step)
+        return step if len(made) == 1 else (lambda: None)  # the first (lr 0.1) kept, every later one refused
+
+    graphs = StackedStepGraphs(make_graph=maker)
+    plan = [[[key_of(0.1)]], [[key_of(0.2)]], [[key_of(0.1)]], [[key_of(0.2)]], [[key_of(0.1)]]]
+
+    # Execute
+    state = drive(graphs, plan)
+
+    # Assert: lr 0.1's graph is kept through the refusal (it would have been released for lr 0.2's), lr 0.2 is
+    # checked once, and every step computed as an eager one
+    assert set(graphs.graphs) == {key_of(0.1)} and graphs.evictions == 0
+    assert len(made) == 2 and graphs.refused == {key_of(0.2)}
+    eager = torch.zeros(1, dtype=torch.float64)
+    for lr in (0.1, 0.2, 0.1, 0.2, 0.1):
+        eager.add_(lr)
+    assert torch.equal(state, eager)
+
+
 # Four clients of 16 samples, batch 8, one epoch: 2 steps each, at the same lrs, so that a step's lr is one number
 EQUAL = [16, 16, 16, 16]
 STEPS = 2
@@ -336,12 +363,13 @@ def test_the_counts_of_an_lr_schedule_stay_bounded(monkeypatch, over, make_graph
     _, eager, _ = rounds(model_of("cnn_small"), cfg, num_rounds=12, sizes=EQUAL)
     trainer, results, _ = rounds(model_of("cnn_small"), cfg, make_graph=make_graph, num_rounds=12, sizes=EQUAL)
 
-    # Assert: over rounds the counts and refusals hold the last two rounds' shapes (each round's lrs are new), over
-    # local steps one round's (the same lrs every round; the graphs stay within their budget, released as it needs
-    # room); the same clients as eager steps
+    # Assert: over rounds the counts hold the last two rounds' shapes (each round's lrs are new) and the refusals those
+    # of the last REFUSAL_ROUNDS rounds and this one, over local steps one round's (the same lrs every round; the
+    # graphs stay within their budget, released as it needs room); the same clients as eager steps
     graphs = trainer.graphs
     bound = 2 * STEPS if over == "rounds" else STEPS
-    assert len(graphs.planned) == bound and len(graphs.refused) <= bound
+    assert len(graphs.planned) == bound
+    assert len(graphs.refused) <= ((capture_mod.REFUSAL_ROUNDS + 1) * STEPS if over == "rounds" else STEPS)
     assert set(graphs.difference) == set(graphs.graphs) | graphs.refused
     assert same(eager, results)
 

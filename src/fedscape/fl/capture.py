@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -246,6 +246,9 @@ def make_capture(model: nn.Module, strategy: Strategy, cfg: TrainConfig, device_
 # released for a new one (`StackedStepGraphs.run`).
 STACKED_CAPTURE_MIN_STEPS = 8
 STACKED_MAX_GRAPHS = 64
+# A refused shape is not checked again while its lr was taken in one of this many rounds before: an lr that cycles
+# over rounds (an SWA cycle's) comes back within them, and each check costs about seven steps' work.
+REFUSAL_ROUNDS = 8
 # Eager runs of the step on a side stream before its capture: cuDNN's and the autograd engine's first-call work.
 CAPTURE_WARMUP = 2
 
@@ -334,16 +337,19 @@ class StackedStepGraphs:
         self.difference: dict[StepKey, tuple[float, float]] = {}
         self._lrs: set[float] = set()  # the lrs of the steps planned in this round
         self._previous: set[float] = set()  # those of the round before
+        self._recent: deque[set[float]] = deque(maxlen=REFUSAL_ROUNDS)  # those of the last REFUSAL_ROUNDS rounds
         self._pending: Counter = Counter()  # the steps of each shape in the chunk being run, from the next one on
 
     def begin_round(self) -> None:
-        """Before a round's chunks are planned: forget the counts and refusals of the shapes whose lr the round that
-        ended took at no step (the rounds of a schedule over rounds: their lrs do not come back)."""
+        """Before a round's chunks are planned: forget the counts of the shapes whose lr the round that ended took at
+        no step (the rounds of a schedule over rounds: their lrs do not come back), and the refusals of those whose lr
+        none of the last REFUSAL_ROUNDS rounds took."""
         ended, self._lrs = self._lrs, set()
         self._previous = ended
+        self._recent.append(ended)
         for key in [k for k in self.planned if k.lr not in ended]:
             del self.planned[key]
-        self._forget([k for k in self.refused if k.lr not in ended])
+        self._forget([k for k in self.refused if not any(k.lr in lrs for lrs in self._recent)])
 
     def plan(self, keys: list[StepKey | None]) -> None:
         """Count a chunk's step shapes (None: a step that is never captured) before its steps run."""
@@ -363,14 +369,19 @@ class StackedStepGraphs:
         self._pending[key] -= 1
         entry = self.graphs.pop(key, None)  # (put back last: the most recently replayed)
         if entry is None:
-            if (self.planned[key] < STACKED_CAPTURE_MIN_STEPS or not self._repays(key, left)
-                    or not self._room()):
+            if self.planned[key] < STACKED_CAPTURE_MIN_STEPS or not self._repays(key, left):
+                return False
+            fits, stale = self._room()
+            if not fits:
                 return False
             static = tuple(None if x is None else x.clone() for x in inputs)
             entry = self._capture(key, step_of(static), static, state)
             if entry is None:
                 self.refused.add(key)
                 return False
+            if stale is not None:  # released once the new graph is kept: a refused capture costs no kept graph
+                self._forget([stale])
+                self.evictions += 1
         self.graphs[key] = entry
         replay, static = entry
         for s, x in zip(static, inputs, strict=True):
@@ -389,18 +400,15 @@ class StackedStepGraphs:
         at most, each round, slower than its steps taken eagerly."""
         return key.lr in self._previous or left >= STACKED_CAPTURE_MIN_STEPS
 
-    def _room(self) -> bool:
-        """Whether a new graph fits: within the budget, or once the least recently replayed graph of an lr that no
-        step planned this round takes is released (with its input tensors; the memory its step used stays in the
-        pool the next capture takes from). Never a graph this round may replay (the class docstring says why)."""
+    def _room(self) -> tuple[bool, StepKey | None]:
+        """Whether a new graph fits, and the graph to release for it: none within the budget; else the least recently
+        replayed graph of an lr that no step planned this round takes (released with its input tensors; the memory
+        its step used stays in the pool the next capture takes from). Never a graph this round may replay (the class
+        docstring says why)."""
         if len(self.graphs) < STACKED_MAX_GRAPHS:
-            return True
+            return True, None
         stale = next((key for key in self.graphs if key.lr not in self._lrs), None)
-        if stale is None:
-            return False
-        self._forget([stale])
-        self.evictions += 1
-        return True
+        return stale is not None, stale
 
     def _forget(self, keys: list[StepKey]) -> None:
         """Drop the graphs, refusals and check measures of `keys` (not their counts)."""

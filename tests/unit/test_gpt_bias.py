@@ -64,26 +64,35 @@ def test_char_gpt_has_biases_only_where_asked_and_the_hand_counted_parameters(op
     assert all((m.bias is not None) is bias for m in layers if m is not model.classifier)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_bias_true_builds_the_model_of_before_the_option_bit_for_bit(seed):
-    # Prepare: char_gpt as it was built before the option: nanoGPT's modules with biases created in the model's order
-    # under the seed (PyTorch's default init drawn, then overwritten), then every Linear and Embedding weight drawn
-    # N(0, 0.02) in that order, the residual projections N(0, 0.02 / sqrt(2 x blocks)), the Linear biases zero
+def untied_gpt_by_hand(seed: int, bias: bool) -> dict[str, torch.Tensor]:
+    """The parameters, by name and in order, of char_gpt as it was built before its `tie_head` option (and, with
+    `bias`, before its `bias` option): nanoGPT's modules, with biases where `bias`, created in the model's order under
+    the seed (PyTorch's default init drawn, then overwritten), then every Linear and Embedding weight drawn N(0, 0.02)
+    in that order, the residual projections N(0, 0.02 / sqrt(2 x blocks)), the Linear biases zero."""
     v, t, blocks, d = VOCAB, SEQ, TINY["num_blocks"], TINY["embed_dim"]
     torch.manual_seed(seed)
     modules = {"wte": nn.Embedding(v, d), "wpe": nn.Embedding(t, d)}
     for i in range(blocks):
-        modules.update({f"blocks.{i}.ln_1": nn.LayerNorm(d), f"blocks.{i}.attn.c_attn": nn.Linear(d, 3 * d),
-                        f"blocks.{i}.attn.c_proj": nn.Linear(d, d), f"blocks.{i}.ln_2": nn.LayerNorm(d),
-                        f"blocks.{i}.mlp.c_fc": nn.Linear(d, 4 * d), f"blocks.{i}.mlp.c_proj": nn.Linear(4 * d, d)})
-    modules.update({"ln_f": nn.LayerNorm(d), "classifier": nn.Linear(d, v, bias=False)})
+        modules.update({f"blocks.{i}.ln_1": nn.LayerNorm(d, bias=bias),
+                        f"blocks.{i}.attn.c_attn": nn.Linear(d, 3 * d, bias=bias),
+                        f"blocks.{i}.attn.c_proj": nn.Linear(d, d, bias=bias),
+                        f"blocks.{i}.ln_2": nn.LayerNorm(d, bias=bias),
+                        f"blocks.{i}.mlp.c_fc": nn.Linear(d, 4 * d, bias=bias),
+                        f"blocks.{i}.mlp.c_proj": nn.Linear(4 * d, d, bias=bias)})
+    modules.update({"ln_f": nn.LayerNorm(d, bias=bias), "classifier": nn.Linear(d, v, bias=False)})
     for name, module in modules.items():
         if isinstance(module, nn.Linear | nn.Embedding):
             std = 0.02 / math.sqrt(2 * blocks) if name.endswith("c_proj") else 0.02
             nn.init.normal_(module.weight, mean=0.0, std=std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
-    theirs = {f"{name}.{tensor}": p for name, module in modules.items() for tensor, p in module.named_parameters()}
+    return {f"{name}.{tensor}": p for name, module in modules.items() for tensor, p in module.named_parameters()}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bias_true_builds_the_model_of_before_the_option_bit_for_bit(seed):
+    # Prepare: char_gpt as it was built before the option, with biases
+    theirs = untied_gpt_by_hand(seed, bias=True)
 
     # Execute
     model = gpt(TINY, seed=seed, bias=True)

@@ -280,7 +280,7 @@ def test_layerwise_gpt_is_the_model_and_steps_of_the_authors_llm_baselines_runs(
 
     # Assert: get_llm.py's live `args.n_layer=12` of 4 heads (`#args.n_head=4`; llm-baselines' 12 does not divide
     # the paper's 128) and the paper's embedding; 200 windows a step; the 300th step the first at the full lr
-    assert (len(model.blocks), model.blocks[0].attn.num_heads, model.wte.embedding_dim) == (12, 4, 128)
+    assert (len(model.blocks), model.blocks[0].attn.num_heads, model.wpe.embedding_dim) == (12, 4, 128)
     assert training["batch_size"] == LLM_BASELINES_STEP_WINDOWS
     assert lrs.index(max(lrs)) == LLM_BASELINES_WARMUP_STEPS - 1 and max(lrs) == pytest.approx(training["lr"])
     assert all(a < b for a, b in pairwise(lrs[:LLM_BASELINES_WARMUP_STEPS]))  # a rise over the 300

@@ -134,13 +134,14 @@ def build_model(
     ``options`` are model specific (the CIFAR ResNets: ``norm`` in NORMS, default "batch", resnet18's "group";
     resnet18 and resnet18_nonorm: ``weight_init``, fedscape.models.specs.RESNET18_WEIGHT_INITS; cnn_small: ``norm``
     none or batch, default "none"; token models: fedscape.models.specs.TOKEN_MODEL_DEFAULTS; char_gpt also
-    ``bias``, fedscape.models.specs.CHAR_GPT_BIAS, default False; char_lstm ``cell``,
-    fedscape.models.specs.CHAR_LSTM_CELLS, default "leaf");
+    ``bias``, fedscape.models.specs.CHAR_GPT_BIAS, default False, and ``tie_head``, CHAR_GPT_TIE_HEAD, default False;
+    char_lstm ``cell``, fedscape.models.specs.CHAR_LSTM_CELLS, default "leaf");
     an unknown option, an unknown name or an incompatible input size raises ValueError.
     ``projection_head=True`` (an option of every model, set by an algorithm rather than the config: MOON with
     ``head: projection``, `fedscape.fl.hparams.base.ServerSGDConfig.model_options`) puts the classifier on a
     projection head (`ProjectedClassifier`), whose output width is ``projection_dim`` (MOON's `projection_dim`;
-    absent or 0: the feature width). ``targets`` (an option of every model, set by planning from a data
+    absent or 0: the feature width); a head tied to the token embedding (char_gpt's ``tie_head``) refuses it.
+    ``targets`` (an option of every model, set by planning from a data
     set's `datasets.<name>.targets`, `fedscape.data.specs.TARGETS`): ``every`` builds a token model that predicts
     every position, logits [N, vocab, T] (`fedscape.models.loss`); ``next`` (the default) the last position's.
     """
@@ -150,6 +151,10 @@ def build_model(
     if projection_dim and not projection_head:
         raise ValueError(f"model option projection_dim {projection_dim} sizes a projection head; set "
                          "projection_head too")
+    if projection_head and options.get("tie_head"):
+        raise ValueError(f"model {name!r} with tie_head: true has its head as its token embedding; MOON's projection "
+                         "head (head: projection) moves the head off the model or replaces it; set "
+                         f"model_options.{name}.tie_head: false, or use head: side")
     targets = options.pop("targets", TARGETS[0])
     if targets not in TARGETS:
         raise ValueError(f"targets must be one of {', '.join(TARGETS)}, got {targets!r}")

@@ -65,6 +65,12 @@ CHAR_LSTM_CELL_BASELINE = "torch"
 # job that left it out drew (`model_option_baselines`).
 CHAR_GPT_BIAS = False
 CHAR_GPT_BIAS_BASELINE = True
+# Whether char_gpt's head is its token embedding, one tensor (its `tie_head` option), as the GPT of the layer-wise LMC
+# authors' code (epfml/llm-baselines models/base.py: `self.transformer.wte.weight = self.lm_head.weight`) and nanoGPT
+# tie them: config/papers/layerwise.yaml sets it. Not by default: MOON's projection head moves the head off the model
+# or replaces it (`fedscape.models.layers.ProjectedClassifier`), which a tied head refuses, and the model without it
+# is the one before the option, which every job that left it out drew (so none reruns).
+CHAR_GPT_TIE_HEAD = False
 # The batch-norm statistics a model is evaluated with where it was never trained as such (an interpolated, mixed or
 # averaged model): `stored`, the running statistics the model carries (the interpolation of its ends' statistics,
 # the mixed or averaged ones), or `recomputed` from the training data in train-mode passes, as the connectivity
@@ -249,7 +255,8 @@ MODEL_INFOS: dict[str, ModelInfo] = {
         description="character-level GPT: token + position embeddings (128), pre-LayerNorm blocks of causal "
                     "self-attention and a 4x GELU MLP, final LayerNorm, linear head over the vocabulary (96); no "
                     "biases (bias: true adds them to every Linear layer but the head and every LayerNorm, the model "
-                    "before the option; CHAR_GPT_BIAS)",
+                    "before the option; CHAR_GPT_BIAS); the head its own (tie_head: true makes it the token "
+                    "embedding, as the authors' llm-baselines GPT; CHAR_GPT_TIE_HEAD)",
         paper="Adilova, Fischer, Jaggi, Layerwise Linear Mode Connectivity (appendix); Radford et al. 2019 "
               "(GPT-2) as in Karpathy's nanoGPT",
         inputs="tokens",
@@ -298,13 +305,14 @@ TOKEN_MODEL_DEFAULTS: dict[str, dict[str, int | None]] = {
 
 # The keyword options `build_model` accepts per model (the ResNets, cnn_small: `norm` in MODEL_NORMS; resnet18 also
 # `stem` in RESNET_STEMS and, with resnet18_nonorm, `weight_init` in RESNET_INITS; the token models: the integer
-# options of TOKEN_MODEL_DEFAULTS, char_gpt also `bias` (CHAR_GPT_BIAS), char_lstm `cell` in CHAR_LSTM_CELLS).
+# options of TOKEN_MODEL_DEFAULTS, char_gpt also `bias` (CHAR_GPT_BIAS) and `tie_head` (CHAR_GPT_TIE_HEAD), char_lstm
+# `cell` in CHAR_LSTM_CELLS).
 MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
     **{name: ("norm",) for name in MODEL_NORMS},
     "resnet18": ("norm", "stem", "weight_init"),
     "resnet18_nonorm": ("weight_init",),
     **{name: tuple(defaults) for name, defaults in TOKEN_MODEL_DEFAULTS.items()},
-    "char_gpt": (*TOKEN_MODEL_DEFAULTS["char_gpt"], "bias"),
+    "char_gpt": (*TOKEN_MODEL_DEFAULTS["char_gpt"], "bias", "tie_head"),
     "char_lstm": (*TOKEN_MODEL_DEFAULTS["char_lstm"], "cell"),
 }
 
@@ -352,9 +360,9 @@ def token_model_options(name: str, options: dict | None = None) -> dict[str, int
 def model_option_defaults(name: str, options: dict | None = None) -> dict:
     """The value `build_model` takes for each option of model ``name`` that is left out of ``options``
     (MODEL_OPTIONS): the first of its norms and stems, resnet18's `weight_init` for its norm (RESNET18_WEIGHT_INITS),
-    char_gpt's `bias` (CHAR_GPT_BIAS), char_lstm's first cell (CHAR_LSTM_CELLS), a token model's fixed sizes (not its
-    vocab_size and seq_len, the data's); empty for an unknown model. A model built with these options written out is
-    the model built without them."""
+    char_gpt's `bias` (CHAR_GPT_BIAS) and `tie_head` (CHAR_GPT_TIE_HEAD), char_lstm's first cell (CHAR_LSTM_CELLS), a
+    token model's fixed sizes (not its vocab_size and seq_len, the data's); empty for an unknown model. A model built
+    with these options written out is the model built without them."""
     defaults: dict = {}
     if name in MODEL_NORMS:
         defaults["norm"] = MODEL_NORMS[name][0]
@@ -365,6 +373,8 @@ def model_option_defaults(name: str, options: dict | None = None) -> dict:
         defaults["weight_init"] = inits[0]
     if "bias" in MODEL_OPTIONS.get(name, ()):
         defaults["bias"] = CHAR_GPT_BIAS
+    if "tie_head" in MODEL_OPTIONS.get(name, ()):
+        defaults["tie_head"] = CHAR_GPT_TIE_HEAD
     if "cell" in MODEL_OPTIONS.get(name, ()):
         defaults["cell"] = CHAR_LSTM_CELLS[0]
     defaults.update({key: value for key, value in TOKEN_MODEL_DEFAULTS.get(name, {}).items() if value is not None})
@@ -441,17 +451,18 @@ def uses_batch_norm(name: str, options: dict | None = None) -> bool:
 
 def model_option_problems(name: str, options: dict | None) -> list[str]:
     """Problems of the values of a model's options: a ResNet's `stem` (RESNET_STEMS) and `weight_init`
-    (RESNET_INITS), char_gpt's `bias` (true or false), char_lstm's `cell` (CHAR_LSTM_CELLS), a token model's sizes
-    (positive integers; char_gpt: heads divide embed_dim)."""
+    (RESNET_INITS), char_gpt's `bias` and `tie_head` (true or false), char_lstm's `cell` (CHAR_LSTM_CELLS), a token
+    model's sizes (positive integers; char_gpt: heads divide embed_dim)."""
     for key, what, valid in (("stem", "stem", RESNET_STEMS), ("weight_init", "weight init", RESNET_INITS),
                              ("cell", "cell", CHAR_LSTM_CELLS)):
         value = (options or {}).get(key)
         if value is not None and key in MODEL_OPTIONS.get(name, ()) and value not in valid:
             return [f"model_options.{name}.{key}: {value!r} is not a {what} of {name}.{suggest(str(value), valid)} "
                     f"Valid: {', '.join(valid)}"]
-    bias = (options or {}).get("bias", False)
-    if "bias" in MODEL_OPTIONS.get(name, ()) and not isinstance(bias, bool):
-        return [f"model_options.{name}.bias: must be true or false, got {bias!r}"]
+    for key in ("bias", "tie_head"):
+        value = (options or {}).get(key, False)
+        if key in MODEL_OPTIONS.get(name, ()) and not isinstance(value, bool):
+            return [f"model_options.{name}.{key}: must be true or false, got {value!r}"]
     if not is_token_model(name):
         return []
     problems = []

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from fedscape.core.names import unknown_name_error
 from fedscape.models.layers import ImageClassifier
 from fedscape.models.permutation import Axes, UnsupportedModelError, whole
-from fedscape.models.specs import CHAR_GPT_BIAS, CHAR_LSTM_CELLS, NO_PERMUTATION_SPEC
+from fedscape.models.specs import CHAR_GPT_BIAS, CHAR_GPT_TIE_HEAD, CHAR_LSTM_CELLS, NO_PERMUTATION_SPEC
 
 GPT_INIT_STD = 0.02  # nanoGPT / GPT-2 initialisation of every Linear and Embedding weight
 # What TensorFlow's BasicLSTMCell adds to the forget gate's pre-activation at every step: its `forget_bias` argument,
@@ -105,23 +105,36 @@ class CharGPT(TokenModel):
     """Character-level GPT of the layer-wise LMC paper's appendix (Adilova et al. 2023), nanoGPT's architecture.
 
     Token and learned position embeddings, ``num_blocks`` pre-LayerNorm blocks, a final LayerNorm and a
-    linear head without bias (``classifier``). Unlike nanoGPT the head is not tied to the token
-    embedding: tied weights would be one tensor in two layers of the layer-wise analyses (the paper
-    reports the embedding-to-vocabulary layer on its own) and pretrained init re-initialises the head
-    alone. No dropout (fedscape's models are deterministic). Weights are drawn N(0, 0.02), the residual
-    projections N(0, 0.02 / sqrt(2 num_blocks)), as in nanoGPT. ``bias`` (`fedscape.models.specs.CHAR_GPT_BIAS`):
-    False, the default, no Linear layer or LayerNorm has a bias, as the authors' llm-baselines GPT and nanoGPT's
-    train.py default (`bias = False`; its LayerNorm with bias=False is nn.LayerNorm's); True, every one but the head's
-    has one, starting at zero: the model before the option, drawing the same weights for a seed. Its layers are the
-    same modules either way (the layer-wise analyses' layers, `fedscape.analysis.barriers.maths.model_layers`).
+    linear head without bias (``classifier``). No dropout (fedscape's models are deterministic). Weights are drawn
+    N(0, 0.02), the residual projections N(0, 0.02 / sqrt(2 num_blocks)), as in nanoGPT. ``bias``
+    (`fedscape.models.specs.CHAR_GPT_BIAS`): False, the default, no Linear layer or LayerNorm has a bias, as the
+    authors' llm-baselines GPT and nanoGPT's train.py default (`bias = False`; its LayerNorm with bias=False is
+    nn.LayerNorm's); True, every one but the head's has one, starting at zero: the model before the option, drawing
+    the same weights for a seed. Its layers are the same modules either way (the layer-wise analyses' layers,
+    `fedscape.analysis.barriers.maths.model_layers`).
+
+    ``tie_head`` (`fedscape.models.specs.CHAR_GPT_TIE_HEAD`): True, the token embedding is the head's weight, one
+    tensor, as nanoGPT's and the authors' llm-baselines GPT tie them (models/base.py, `wte.weight = lm_head.weight`).
+    The tensor is registered once, as ``classifier.weight`` at the output end (there is no ``wte`` module), so that
+    the flat vectors, the permutation spec and the layer-wise analyses hold it once, in the last layer, where the
+    authors' layer-wise code puts it: LLMC/get_llm.py averages one state-dict key's layer and loads the result, in
+    which ``lm_head.weight``, loaded after ``transformer.wte.weight``, sets the shared tensor, so their layer
+    ``lm_head`` averages it and their ``transformer-wte`` changes nothing (Fig. 12's barrier of "the last layer
+    transforming embedding into vocabulary"). Drawn once, N(0, 0.02), as their lm_head's draw, the last, sets it;
+    undecayed, as theirs (`no_weight_decay`). Pretrained init's new head (`fedscape.stages.init`) is then a new
+    embedding too. False, the default: a token embedding ``wte`` of its own, the model before the option, drawing
+    the same weights for a seed; MOON's projection head, which moves the head off the model or replaces it, needs it.
     """
 
     def __init__(self, vocab_size: int, seq_len: int, num_blocks: int, num_heads: int, embed_dim: int,
-                 every_position: bool = False, bias: bool = CHAR_GPT_BIAS) -> None:
+                 every_position: bool = False, bias: bool = CHAR_GPT_BIAS,
+                 tie_head: bool = CHAR_GPT_TIE_HEAD) -> None:
         super().__init__()
         self.seq_len = seq_len
         self.every_position = every_position
-        self.wte = nn.Embedding(vocab_size, embed_dim)
+        self.tie_head = tie_head
+        if not tie_head:
+            self.wte = nn.Embedding(vocab_size, embed_dim)
         self.wpe = nn.Embedding(seq_len, embed_dim)
         self.blocks = nn.ModuleList(GPTBlock(embed_dim, num_heads, bias) for _ in range(num_blocks))
         self.ln_f = nn.LayerNorm(embed_dim, bias=bias)
@@ -138,7 +151,8 @@ class CharGPT(TokenModel):
         t = x.shape[-1]
         if t > self.seq_len:
             raise ValueError(f"sequence of {t} tokens is longer than the model's seq_len {self.seq_len}")
-        h = self.wte(x) + self.wpe(torch.arange(t, device=x.device))
+        tokens = F.embedding(x, self.classifier.weight) if self.tie_head else self.wte(x)
+        h = tokens + self.wpe(torch.arange(t, device=x.device))
         for block in self.blocks:
             h = block(h)
         return h
@@ -156,9 +170,12 @@ class CharGPT(TokenModel):
         on which the layer-wise LMC authors' code builds (Adilova et al. 2023), groups the parameters of every
         optimiser it builds (models/base.py, get_parameter_group_specs: Linear weights decay; biases, LayerNorm and
         Embedding weights do not; nanoGPT's configure_optimizers until May 2023 too, which since decays every 2-D
-        tensor, the embeddings included). Their head is the token embedding (tied), so undecayed; this head is a
-        Linear layer of its own (above) and decays as their other Linear weights."""
+        tensor, the embeddings included). Their head is the token embedding (tied), so undecayed (their
+        `decay.remove('lm_head.weight')`), as the head is with ``tie_head``; an untied head is a Linear layer of its
+        own and decays as their other Linear weights."""
         linear = {f"{name}.weight" for name, module in self.named_modules() if isinstance(module, nn.Linear)}
+        if self.tie_head:
+            linear.remove("classifier.weight")
         return [name for name, _ in self.named_parameters() if name not in linear]
 
     def permutation_axes(self, axes: Axes) -> None:
@@ -167,15 +184,18 @@ class CharGPT(TokenModel):
         One permutation of the embedding dimension acts on the whole residual stream (embeddings, every LayerNorm,
         the blocks' input and output projections, the head's inputs): LayerNorm commutes with it (mean and variance
         are permutation invariant, its gain and bias are permuted with the features), and so do the residual sums.
+        The token embedding and the head both hold a character's row of the stream's features, so a head tied to
+        the embedding (``tie_head``) is one tensor of the same axes, permuted once.
         A block's heads can be reordered as wholes: the query, key and value rows of head h (``c_attn`` viewed as
         (q|k|v, head, head_dim, in), its bias where it has one as (q|k|v, head, head_dim)) and the inputs of
         ``c_proj`` from head h (viewed as (out, head, head_dim)) move together. Permutations of the dimensions inside
         a head (shared by its query and key, another for its value) are symmetries too but are not used: they act on
         the same axis of ``c_attn`` as the head permutation.
         """
-        dim = self.wte.embedding_dim
+        dim = self.wpe.embedding_dim
         stream = whole("stream", dim)
-        axes.entries["wte.weight"] = (None, stream)
+        if not self.tie_head:
+            axes.entries["wte.weight"] = (None, stream)
         axes.entries["wpe.weight"] = (None, stream)
 
         def layer_norm(name: str, module: nn.Module) -> None:

@@ -320,3 +320,28 @@ def test_layerwise_yaml_s_gpt_is_the_authors_tied_one_of_75_layers():
     # Assert: their 76 layers less the token embedding's, which their analysis never averages (above)
     assert model.tie_head and sum(p.numel() for p in model.parameters()) == 2_407_552
     assert len(model_layers(model)) == 75 and model_layers(model)[-1].name == "classifier"
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_config_check_refuses_moons_projection_head_on_a_tied_gpt_before_any_job(tied):
+    # Prepare: layerwise.yaml with a MOON run (head: projection) of its GPT, the head tied or not
+    from helpers.configs import SCHEMA
+
+    from fedscape.core.config import ConfigError
+    from fedscape.plan.workflow import check_config
+
+    config = copy.deepcopy(load("layerwise"))
+    config["model_options"]["char_gpt"]["tie_head"] = tied
+    config["algorithms"]["moon_p"] = {"name": "moon", "head": "projection"}
+    config["experiments"].append({"dataset": "shakespeare", "model": "char_gpt", "alpha": "iid", "num_clients": 1,
+                                  "algorithm": "moon_p", "init": "random", "seed": 0})
+
+    # Execute
+    with pytest.raises(ConfigError) as err:  # (refused either way: MOON does not train every-position targets)
+        check_config(config, SCHEMA)
+
+    # Assert: the tied head named, with both ways out, only where it is tied
+    line = ("algorithms.moon_p: its head: projection moves model char_gpt's head onto a projection head, but "
+            "model_options.char_gpt.tie_head: true makes that head the token embedding; set "
+            "model_options.char_gpt.tie_head: false, or use head: side")
+    assert (f"  - {line}" in str(err.value).splitlines()) == tied

@@ -121,7 +121,11 @@ def idle_swa(config: dict, runs: list[Run]) -> list[str]:
 
 def algorithm_model_options(config: dict, run: Run) -> dict:
     """The options `run`'s algorithm adds to the model it trains (MOON with head projection); {} for most."""
-    spec = config["algorithms"][run.algorithm]
+    return _added_model_options(config, run.algorithm)
+
+
+def _added_model_options(config: dict, label: str) -> dict:
+    spec = config["algorithms"][label]
     return algorithm_config(spec["name"], {k: v for k, v in spec.items() if k not in ("name", "training")}
                             ).model_options()
 
@@ -395,6 +399,14 @@ def check(config: dict, runs: list[Run]) -> list[str]:
             check_algorithm_model(config["algorithms"][label]["name"], model)
         except ValueError as exc:
             problems.append(f"algorithms.{label}: {exc}")
+        # a head that is the token embedding (char_gpt's tie_head) cannot be moved onto a projection head (MOON's
+        # head: projection): build_model refuses it, here before any job
+        with contextlib.suppress(TypeError, ValueError):  # a bad hyperparameter is reported above
+            tied = (config["model_options"].get(model) or {}).get("tie_head")
+            if tied and _added_model_options(config, label).get("projection_head"):
+                problems.append(f"algorithms.{label}: its head: projection moves model {model}'s head onto a "
+                                f"projection head, but model_options.{model}.tie_head: true makes that head the token "
+                                f"embedding; set model_options.{model}.tie_head: false, or use head: side")
     for label, dataset in sorted({(r.algorithm, r.dataset) for r in known
                                   if config["algorithms"][r.algorithm]["name"] in ALGORITHM_NAMES}):
         try:

@@ -144,6 +144,24 @@ def test_quick_benchmarks_run(script, args, needle):
     assert needle in _run(script, *args)
 
 
+def test_bench_sharpness_compares_the_methods_at_the_same_gradients():
+    # Execute: an untrained cnn_small on 16 samples, one ball of each form, 2 steps after the SAM step
+    out = _run("bench_sharpness.py", "--epochs", "0", "--samples", "16", "--rho", "0.5", "--adaptive-rho", "0.5",
+               "--steps", "2", "--reference-steps", "3", "--repeats", "1", "--threads", "1")
+
+    # Assert: one row per ball, the ascent's 3 gradients, APGD's no more (it keeps its best point's), the ratio
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines()
+            if line.startswith(("| plain |", "| adaptive |"))]
+    assert [r[:3] for r in rows] == [["plain", "0.5", "2"], ["adaptive", "0.5", "2"]]
+    for _, _, _, gradients, ascent, apgd, ratio, reference, *_ in rows:
+        taken = [int(g) for g in gradients.split(" / ")]
+        assert taken[0] == 3 and taken[-1] <= 3
+        assert float(ascent) >= 0 and float(apgd) >= 0 and float(ratio) == pytest.approx(float(apgd) / float(ascent),
+                                                                                        rel=2e-3)
+        assert len(reference.split(" / ")) == 2
+    assert "CPU:" in out and "torch" in out
+
+
 def test_bench_gpu_projects_the_measured_step_costs():
     # Prepare / Execute: the digits pilot on CPU, at the smallest settings
     out = _run("bench_gpu.py", "--device", "cpu", "--threads", "1", "--steps", "1", "--repeats", "1", "--clients", "2",

@@ -59,7 +59,8 @@ def test_the_declared_defaults_are_the_baselines_of_the_first_results():
     # Assert: a baseline never changes (it is what the finished jobs that omit the key computed with)
     assert declared_defaults(HessianSettings) == {
         "trace_estimator": "hutchinson", "sharpness": False, "sharpness_rho": 0.05, "sharpness_steps": 5,
-        "sharpness_eta": 0.01, "precision": "fp32", "clients": "all", "sharpness_adaptive_rho": None}
+        "sharpness_eta": 0.01, "precision": "fp32", "clients": "all", "sharpness_adaptive_rho": None,
+        "sharpness_method": "ascent"}
     assert declared_defaults(HessianJob) == {"shared_from": None}
     assert declared_defaults(HessianPlaneJob) == {"shared_from": None}
     assert declared_defaults(EigenSettings) == {"precision": "fp32"}

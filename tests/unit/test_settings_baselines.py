@@ -141,6 +141,7 @@ def test_the_default_config_s_jobs_carry_no_later_key(default_config):
     (lambda c: c["training"].update(capture="eager"), "train", "capture", "eager"),
     (lambda c: c["hessian"].update(trace_estimator="hutchpp"), "hessian", "trace_estimator", "hutchpp"),
     (lambda c: c["hessian"]["sharpness"].update(rho=0.1), "hessian", "sharpness_rho", 0.1),
+    (lambda c: c["hessian"]["sharpness"].update(method="apgd"), "hessian", "sharpness_method", "apgd"),
     (lambda c: c["interpolation"].update(align=True), "interpolation", "align", True),
 ])
 def test_a_later_key_off_its_baseline_reaches_the_job(default_config, edit, where, key, value):

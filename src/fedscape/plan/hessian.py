@@ -101,6 +101,7 @@ def settings_from_config(section: dict) -> HessianSettings:
         seed=section["seed"], sharpness=sharp["enabled"], sharpness_rho=sharp["rho"],
         sharpness_steps=sharp["steps"], sharpness_eta=sharp["eta"],
         precision=section["precision"], clients=section["clients"], sharpness_adaptive_rho=adaptive_rho,
+        sharpness_method=sharp["method"],
     )
 
 

@@ -29,6 +29,10 @@ AUTO = "auto"  # the config's `trace_estimator: auto`: resolved by the budget at
 # whichever trace of the two the same products estimate the smaller error for (Diag++'s rule for the diagonal) still
 # lost up to 1.5x at the init and 1.36x on the 3-epoch model below 50 products (`by variance` in bench_trace.py).
 AUTO_HUTCHPP_FROM = 100
+# The searches for the worst-case sharpness (`HessianSettings.sharpness_method`, maths.sharpness).
+ASCENT = "ascent"
+APGD = "apgd"
+SHARPNESS_METHODS = (ASCENT, APGD)
 # The disjoint groups of probes each diagonal is estimated from (HN and HD take products of estimates from different
 # groups: four give two independent differences of squared norms; `maths.diagonal_consistency`).
 QUARTERS = 4
@@ -132,12 +136,13 @@ class HessianSettings(JobSettings):
     seed: int  # eigen start vectors, probes and evaluation subsets derive from it
     # Worst-case sharpness max_{||e|| <= rho} L(w + e) - L(w) of the loss over the evaluation set (SAM's, Foret et
     # al. 2021, eq. 1, not its per-batch m-sharpness) and its adaptive form over ||e / (|w| + eta)|| <= rho (Kwon et
-    # al. 2021, ASAM), by projected normalised ascent from the SAM / ASAM step (maths.sharpness). rho 0.05 is SAM's
+    # al. 2021, ASAM), searched for from the SAM / ASAM step (`sharpness_method`, maths.sharpness). rho 0.05 is SAM's
     # CIFAR radius (FedSAM's default) and eta 0.01 ASAM's; ASAM's radius is larger (0.5 on CIFAR, FedASAM's
     # default) because its ball is in T-scaled space: e = T u moves a weight by (|w_i| + eta) u_i, less than u_i
     # where |w_i| + eta < 1, so one radius is not both forms' (the adaptive one's: `sharpness_adaptive_rho`). A few
-    # steps suffice because the first step already is the linearised maximiser: our choice. Baselines: off, and
-    # the values of the first results that measured it.
+    # steps suffice at SAM's radius, where the first step nearly is the linearised maximiser (5 steps within 0.3% of
+    # 100 on the default digits models), not from 0.5 on (0.64-0.98 of it; benchmarks/README.md, "Worst-case
+    # sharpness"): our choice. Baselines: off, and the values of the first results that measured it.
     sharpness: bool = False
     sharpness_rho: float = 0.05
     sharpness_steps: int = 5
@@ -154,6 +159,12 @@ class HessianSettings(JobSettings):
     # job measured both forms with before the option (the baseline). Planning writes None for a radius equal to
     # `sharpness_rho` (plan.hessian.settings_from_config), so that spelling it out reruns nothing.
     sharpness_adaptive_rho: float | None = None
+    # How the sharpness's maximum is searched for, with at most `sharpness_steps + 1` gradients: ASCENT, projected
+    # normalised ascent, what every job took before the option (the baseline), or APGD, Auto-PGD (Croce & Hein
+    # 2020), the field's reference for worst-case sharpness (Andriushchenko et al. 2023), which found more in every
+    # case measured, up to 6.5% at 5 steps and 3% where the ascent stuck at rho 2 (benchmarks/README.md,
+    # "Worst-case sharpness").
+    sharpness_method: str = ASCENT
 
     def __post_init__(self) -> None:
         if self.clients != ALL_CLIENTS and (isinstance(self.clients, bool) or not isinstance(self.clients, int)
@@ -163,6 +174,8 @@ class HessianSettings(JobSettings):
         check_solver(self.precision, self.method)
         if self.trace_estimator not in TRACE_ESTIMATORS:
             raise unknown_name_error("trace estimator", self.trace_estimator, TRACE_ESTIMATORS)
+        if self.sharpness_method not in SHARPNESS_METHODS:
+            raise unknown_name_error("sharpness method", self.sharpness_method, SHARPNESS_METHODS)
         if self.trace_estimator == HUTCHPP and self.trace_probes < 4:
             raise ValueError(f"trace_estimator hutchpp needs trace_probes >= 4, got {self.trace_probes}")
         checks = [

@@ -25,8 +25,8 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -34,15 +34,18 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vjp, vmap
 
 from fedscape.analysis.hessian.definitions import (
+    ASCENT,
     EVAL_ALL,
     EXACT,
     HESSIAN_PRECISIONS,
     HUTCHPP,
     QUARTERS,
+    SHARPNESS_METHODS,
     EigenSettings,
     HessianSettings,
     hutchpp_split,
 )
+from fedscape.core.names import unknown_name_error
 from fedscape.core.seeds import derive_seed
 from fedscape.data.datasets import batch_slices
 from fedscape.data.specs import IGNORE_INDEX
@@ -743,22 +746,59 @@ def _unit(v: Tensor) -> Tensor:
     return v / norm if norm > 0 else torch.zeros_like(v)
 
 
-def sharpness(op: HessianOperator, rho: float, steps: int, eta: float | None = None, seed: int = 0) -> float:
-    """max over ||e / T|| <= rho of L(w + e) - L(w) at the operator's centre w, by projected normalised ascent.
+# APGD's constants (Croce & Hein 2020, Sec. 3.2, as Andriushchenko et al. 2023's sharpness code sets them): the first
+# step is twice the radius, the step halves at a checkpoint, the momentum's weight on the new step is 0.75, and a
+# checkpoint halves the step where fewer than 0.75 of the steps since the last one raised the loss.
+APGD_FIRST_STEP = 2.0
+APGD_MOMENTUM = 0.75
+APGD_RISES = 0.75
+
+
+def apgd_checkpoints(iterations: int) -> frozenset[int]:
+    """The iterations w_j = ceil(p_j N) after which APGD checks its progress: p_0 = 0, p_1 = 0.22,
+    p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) (Croce & Hein 2020, Sec. 3.2), up to N or the first repeat. In
+    whole hundredths, so that no float rounding moves one (the sharpness code's floats put 0.57 N at 58 for N = 100,
+    AutoAttack's integers at the paper's 57)."""
+    p, w = [0, 22], [0, -(-22 * iterations // 100)]
+    while w[-1] < iterations and w[-1] != w[-2]:
+        p.append(p[-1] + max(p[-1] - p[-2] - 3, 6))
+        w.append(-(-p[-1] * iterations // 100))
+    return frozenset(w[1:])
+
+
+def sharpness(op: HessianOperator, rho: float, steps: int, eta: float | None = None, seed: int = 0,
+              method: str = ASCENT) -> float:
+    """max over ||e / T|| <= rho of L(w + e) - L(w) at the operator's centre w, searched for in u = e / T with
+    `steps + 1` gradients (APGD: at most) by `method`.
 
     T = 1: the sharpness of SAM (Foret et al. 2021, eq. 1, with p = 2), here of the loss over the whole evaluation
     set, not SAM's per-batch m-sharpness; T = |w| + eta elementwise: adaptive sharpness (Kwon et al. 2021, ASAM).
     Not Keskar et al. 2017's measure, which maximises over a box |e_i| <= eps (|w_i| + 1) and reports
-    100 (L(w + e) - L(w)) / (1 + L(w)). In u = e / T the ascent starts at the SAM / ASAM step u = rho d with d the
-    unit of T g (a seeded random direction if g = 0), then takes `steps` steps u <- P(u + rho d) with d the
-    unit gradient in u; every iterate is feasible, so the largest loss seen (or L(w) itself) is a lower
-    bound of the maximum and the result is >= 0.
+    100 (L(w + e) - L(w)) / (1 + L(w)). Both methods start at the SAM / ASAM step u = rho d with d the unit of T g
+    (a seeded random direction if g = 0) and take every step along the unit gradient in u:
+
+    * ASCENT: `steps` steps u <- P(u + rho d), P the projection onto the ball. It can stick at large radii
+      (benchmarks/README.md, "Worst-case sharpness");
+    * APGD: Auto-PGD (Croce & Hein 2020, Algorithm 1) on the ball, the reference for worst-case sharpness
+      (Andriushchenko et al. 2023, `eval_APGD_sharpness` with its L2 ball, no random start and 2 rho as the first
+      step): its first iteration from u = 0 is the SAM step, then `steps` more, z = P(u + s d) and
+      u <- P(u + 0.75 (z - u) + 0.25 (u - u_prev)), the step s halved and the search moved back to the best point
+      at the checkpoints (`apgd_checkpoints`) where the loss rose in fewer than 0.75 of the steps since the last
+      one, or neither the best nor s moved since it; the best point's gradient is kept for the move back. As the
+      paper and AutoAttack's code, not as the sharpness code, whose momentum weighs z against the point before
+      last and whose move back keeps the current perturbation; and in u, where the sharpness code steps along
+      g |w| / ||g|| and projects onto the ellipsoid in e.
+
+    Every iterate is feasible, so the largest loss seen (or L(w) itself) is a lower bound of the maximum and the
+    result is >= 0.
 
     A NaN loss at a perturbed point of finite weights is one whose logits overflowed (as a barrier's point,
     `barriers.maths.evaluate_point`): the loss rose past what float holds, so the sharpness is +inf, where
     `max` would drop the NaN and call the model flat. A perturbed point that is not finite (a gradient that
     overflowed on the way) gives NaN: no measurement. A NaN L(w) gives NaN.
     """
+    if method not in SHARPNESS_METHODS:
+        raise unknown_name_error("sharpness method", method, SHARPNESS_METHODS)
     w = op.center.double()
     scale = torch.ones_like(w) if eta is None else w.abs() + eta
     base = op.loss()
@@ -771,17 +811,73 @@ def sharpness(op: HessianOperator, rho: float, steps: int, eta: float | None = N
     d = ascent_direction(torch.zeros_like(w))
     if float(d.norm()) == 0:
         d = _unit(rademacher(op.dim, _generator(seed, _STREAM_SKETCH, 1)).to(w.device).double())
+    search = _ascent if method == ASCENT else _apgd
+    try:
+        return search(op, w, scale, ascent_direction, d, rho, steps, base) - base
+    except _NaNLoss as nan:
+        return nan.sharpness
+
+
+class _NaNLoss(Exception):
+    """A NaN loss at a perturbed point, which ends the search: the sharpness is `sharpness` (`sharpness`'s rule)."""
+
+    def __init__(self, sharpness: float):
+        super().__init__(sharpness)
+        self.sharpness = sharpness
+
+
+def _perturbed_loss(op: HessianOperator, point: Tensor) -> float:
+    """The loss at `point`; _NaNLoss where it is NaN: +inf at finite weights, else NaN (`sharpness`)."""
+    loss = op.loss(point)
+    if math.isnan(loss):
+        raise _NaNLoss(math.inf if bool(torch.isfinite(point).all()) else math.nan)
+    return loss
+
+
+def _ascent(op: HessianOperator, w: Tensor, scale: Tensor, ascent_direction: Callable[[Tensor], Tensor], d: Tensor,
+            rho: float, steps: int, base: float) -> float:
+    """The largest loss of `sharpness`'s ASCENT, L(w) included."""
     u = _project_ball(rho * d, rho)
     best = base
     for step in range(steps + 1):
         if step:
             u = _project_ball(u + rho * ascent_direction(u), rho)
-        point = (w + scale * u).to(op.dtype)
-        loss = op.loss(point)
-        if math.isnan(loss):
-            return math.inf if bool(torch.isfinite(point).all()) else math.nan
-        best = max(best, loss)
-    return best - base
+        best = max(best, _perturbed_loss(op, (w + scale * u).to(op.dtype)))
+    return best
+
+
+def _apgd(op: HessianOperator, w: Tensor, scale: Tensor, ascent_direction: Callable[[Tensor], Tensor], d: Tensor,
+          rho: float, steps: int, base: float) -> float:
+    """The largest loss of `sharpness`'s APGD, L(w) included: `steps + 1` iterations from u = 0, whose direction
+    is `d`."""
+    iterations = steps + 1
+    checkpoints = apgd_checkpoints(iterations)
+    step = APGD_FIRST_STEP * rho
+    u = u_prev = torch.zeros_like(w)
+    loss = best = checked = base
+    best_u, best_d = u, d
+    rises, last, halved = 0, 0, False
+    for k in range(iterations):
+        z = _project_ball(u + step * d, rho)
+        moved = z if k == 0 else _project_ball(u + APGD_MOMENTUM * (z - u) + (1 - APGD_MOMENTUM) * (u - u_prev), rho)
+        u_prev, u = u, moved
+        new = _perturbed_loss(op, (w + scale * u).to(op.dtype))
+        rises += new > loss
+        loss = new
+        if loss > best:
+            best, best_u, best_d = loss, u, None  # its direction: below, unless this is the last iterate
+        if k + 1 in checkpoints:
+            # the loss rose in too few steps since the last checkpoint, or neither the best nor the step moved
+            halved = rises < APGD_RISES * (k + 1 - last) or (not halved and best == checked)
+            rises, last, checked = 0, k + 1, best
+            if halved:
+                step /= 2
+                u, loss = best_u, best
+        if k + 1 < iterations:
+            d = best_d if u is best_u and best_d is not None else ascent_direction(u)
+            if u is best_u:
+                best_d = d
+    return best
 
 
 # -- spectral density ------------------------------------------------------------------------------
@@ -799,17 +895,25 @@ def slq_density(op: HessianOperator, steps: int = 90, probes: int = 10, seed: in
     For each normalised Rademacher probe v, m Lanczos steps give T = S diag(theta) S^T; the density
     is approximated by sum_i S_0i^2 delta(t - theta_i), averaged over probes.
     """
+    probed = list(slq_probes(op, steps, probes, seed))
+    return DensityResult([nodes for _, nodes, _ in probed], [weights for _, _, weights in probed])
+
+
+def slq_probes(op: HessianOperator, steps: int = 90, probes: int = 10, seed: int = 0, skip: Container[int] = ()
+               ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """The probes of `slq_density` one at a time, as each finishes: its number, its nodes and its weights; those in
+    `skip` (finished by an earlier attempt of a job) left out. Probe i's vector is the i-th draw of the density's
+    stream whichever are left out, so that a probe computed after a kill is the one an unbroken density computes."""
     gen = _generator(seed, _STREAM_DENSITY)
-    nodes, weights = [], []
     for i in range(probes):
+        v = rademacher(op.dim, gen)  # drawn for a skipped probe too: the next probe's vector is the next draw
+        if i in skip:
+            continue
         t0 = time.perf_counter()
-        result = lanczos(op, rademacher(op.dim, gen).double(), steps)
-        theta, s = result.ritz()
-        nodes.append(theta)
-        weights.append(s[0, :] ** 2)
+        theta, s = lanczos(op, v.double(), steps).ritz()
         log.info("density: probe %d/%d, %d Lanczos steps, eigenvalues in [%.4g, %.4g] (%.1f s)", i + 1, probes,
                  len(theta), theta.min(), theta.max(), time.perf_counter() - t0)
-    return DensityResult(nodes, weights)
+        yield i, theta, s[0, :] ** 2
 
 
 # -- cross-client consistency ----------------------------------------------------------------------
@@ -924,23 +1028,98 @@ def _finite_loss(op: HessianOperator, n: int) -> float:
     return loss
 
 
+# The pieces of one analysis (`analyse`), which a job keeps as each finishes so that, killed, it resumes after the last
+# one (`hessian.stage`): the eigenpairs with the trace and diagonal (a HessianReport without density or sharpness),
+# each SLQ probe of the density (most of a job's products: 10 probes of 90 steps, Ghorbani et al. 2019) and the
+# sharpness. Each draws from a random stream of its own (_STREAM_*; the density's probes in turn, `slq_probes`) and a
+# product does not depend on the products before it, so a piece computed after a kill is the one an unbroken analysis
+# computes, bit for bit on a CPU.
+EIGEN_PIECE, SHARPNESS_PIECE = "eigen", "sharpness"
+
+
+def density_piece(probe: int) -> str:
+    return f"density_{probe}"
+
+
+def analysis_pieces(settings: HessianSettings, density: bool) -> list[str]:
+    """The pieces of an analysis with `settings` (and the SLQ density where `density`), in the order computed."""
+    return [EIGEN_PIECE, *(density_piece(i) for i in range(settings.density_probes) if density),
+            *([SHARPNESS_PIECE] if settings.sharpness else [])]
+
+
+@dataclass(frozen=True)
+class DensityProbe:
+    """A piece of an analysis: one SLQ probe's nodes and weights (`slq_probes`), the products and seconds it took."""
+
+    nodes: np.ndarray
+    weights: np.ndarray
+    products: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SharpnessResult:
+    """A piece of an analysis: its sharpness and adaptive sharpness (`sharpness`), and the seconds they took."""
+
+    sharpness: float
+    adaptive_sharpness: float
+    seconds: float
+
+
 def analyse(model: nn.Module, x: Tensor, y: Tensor, settings: HessianSettings, eigen: bool = True,
-            density: bool | None = None) -> HessianReport:
-    """Eigenpairs, trace and diagonal (Hutchinson or Hutch++ / Diag++), and optionally the SLQ density on (x, y)."""
+            density: bool | None = None, pieces: Mapping[str, object] | None = None,
+            finished: Callable[[str, object], None] | None = None) -> HessianReport:
+    """Eigenpairs, trace and diagonal (Hutchinson or Hutch++ / Diag++), optionally the SLQ density, and the sharpness
+    where `settings` ask for it, on (x, y): the report of the analysis's pieces (`analysis_pieces`). `pieces`: those
+    an earlier attempt finished, taken as they are; `finished(name, piece)`: called as each of the others finishes.
+    Each piece's products and seconds are those since the piece before it (the first's include building the
+    operator)."""
     density = settings.density if density is None else density
-    t0 = time.perf_counter()
+    done = dict(pieces or {})
+    mark = (time.perf_counter(), 0)  # when the last piece finished, and the products by then
     with HessianOperator(model, x, y, settings.batch_size, settings.cache_graph, precision=settings.precision) as op:
+
+        def cost() -> tuple[int, float]:
+            """The products and seconds since the last piece finished."""
+            nonlocal mark
+            now = time.perf_counter()
+            spent, mark = (op.products - mark[1], now - mark[0]), (now, op.products)
+            return spent
+
+        def keep(name: str, piece: object) -> None:
+            done[name] = piece
+            if finished is not None:
+                finished(name, piece)
+
         loss = _finite_loss(op, len(y))
-        eig = top_eigen(op, settings) if eigen else None
-        hutch = trace_and_diagonal(op, settings)
-        dens = slq_density(op, settings.density_steps, settings.density_probes, settings.seed) if density else None
-        products = op.products
-        sharp = adaptive = math.nan
-        if settings.sharpness:
-            sharp = sharpness(op, settings.sharpness_rho, settings.sharpness_steps, None, settings.seed)
+        if EIGEN_PIECE not in done:
+            eig = top_eigen(op, settings) if eigen else None
+            hutch = trace_and_diagonal(op, settings)
+            keep(EIGEN_PIECE, HessianReport(len(y), loss, eig, hutch, None, *cost()))
+        if density:
+            skip = {i for i in range(settings.density_probes) if density_piece(i) in done}
+            for i, nodes, weights in slq_probes(op, settings.density_steps, settings.density_probes, settings.seed,
+                                                skip):
+                keep(density_piece(i), DensityProbe(nodes, weights, *cost()))
+        if settings.sharpness and SHARPNESS_PIECE not in done:
+            sharp = sharpness(op, settings.sharpness_rho, settings.sharpness_steps, None, settings.seed,
+                              settings.sharpness_method)
             adaptive = sharpness(op, settings.adaptive_radius, settings.sharpness_steps, settings.sharpness_eta,
-                                 settings.seed)
-    return HessianReport(len(y), loss, eig, hutch, dens, products, time.perf_counter() - t0, sharp, adaptive)
+                                 settings.seed, settings.sharpness_method)
+            keep(SHARPNESS_PIECE, SharpnessResult(sharp, adaptive, cost()[1]))
+    return report_of_pieces(done, settings, density)
+
+
+def report_of_pieces(pieces: Mapping[str, object], settings: HessianSettings, density: bool) -> HessianReport:
+    """The report of an analysis made of `pieces` (every one of `analysis_pieces`): its products those of the
+    eigenpairs, trace and density (not the sharpness's gradients), its seconds those of every piece."""
+    first = pieces[EIGEN_PIECE]
+    probes = [pieces[density_piece(i)] for i in range(settings.density_probes)] if density else []
+    sharp = pieces[SHARPNESS_PIECE] if settings.sharpness else SharpnessResult(math.nan, math.nan, 0.0)
+    return replace(first, density=DensityResult([p.nodes for p in probes], [p.weights for p in probes]) if density
+                   else None, products=first.products + sum(p.products for p in probes),
+                   seconds=first.seconds + sum(p.seconds for p in probes) + sharp.seconds,
+                   sharpness=sharp.sharpness, adaptive_sharpness=sharp.adaptive_sharpness)
 
 
 def top_eigenpairs(model: nn.Module, x: Tensor, y: Tensor, settings: HessianSettings | EigenSettings) -> EigenResult:

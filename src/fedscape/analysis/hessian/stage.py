@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,15 +35,22 @@ from fedscape.analysis.hessian.definitions import (
     hessian_columns,
 )
 from fedscape.analysis.hessian.maths import (
+    EIGEN_PIECE,
+    SHARPNESS_PIECE,
+    DensityProbe,
     DensityResult,
     EigenResult,
     HessianReport,
     HutchinsonResult,
     NonFiniteLoss,
+    SharpnessResult,
     analyse,
+    analysis_pieces,
+    density_piece,
     diagonal_consistency,
     eval_subset,
     orthonormal_plane,
+    report_of_pieces,
     top_eigenpairs,
 )
 from fedscape.analysis.landscape.planes import META_KEYS, Plane, save_plane
@@ -141,31 +149,105 @@ def _plain(report: HessianReport, vectors: bool) -> dict:
 
 
 def _report(plain: dict) -> HessianReport:
-    """The report of a part saved by `_plain` (without the diagonal, which no output reads)."""
-    e, h, d = plain["eigen"], plain["hutchinson"], plain["density"]
+    """The report of a part saved by `_plain` (without the diagonal, which no output reads), or of the aggregate's
+    eigenpairs and trace (`_plain_piece`: no density, no sharpness)."""
+    e, h, d = plain["eigen"], plain["hutchinson"], plain.get("density")
     eigen = None if e is None else EigenResult(tuple(e["values"]), e["vectors"], tuple(e["iterations"]),
                                                tuple(e["converged"]), tuple(e["residuals"]), e["method"])
     hutchinson = HutchinsonResult(h["trace"], h["stderr"], torch.zeros(0, dtype=torch.float64), h["samples"].numpy(),
                                   h["diagonal_estimator"], None if h["quarters"] is None else tuple(h["quarters"]))
     density = None if d is None else DensityResult([n.numpy() for n in d["nodes"]], [w.numpy() for w in d["weights"]])
     return HessianReport(plain["n_eval"], plain["loss"], eigen, hutchinson, density, plain["products"],
-                         plain["seconds"], plain["sharpness"], plain["adaptive_sharpness"])
+                         plain["seconds"], plain.get("sharpness", math.nan), plain.get("adaptive_sharpness", math.nan))
 
 
 def _analysed(parts: Parts, name: str, analysis, compute: dict[str, str]
               ) -> tuple[HessianReport, bool, dict[str, str] | None]:
-    """The report of part `name` (the aggregate, or a client): saved by an earlier attempt of this job, or computed
-    now (`analysis()`) and saved, with the aggregate's eigenvectors (kept for the plane job) and each client's four
-    quarter-diagonals (HN, HD), not the diagonals or a client's eigenvectors; whether it was resumed; and where it was
-    computed: `compute` (`describe_compute`) for a part computed now, saved with it, since an earlier attempt may have
-    run on another card (the parts' key names the type of device alone); None for a part saved before parts recorded
-    it."""
+    """The report of client part `name`: saved by an earlier attempt of this job, or computed now (`analysis()`) and
+    saved, with its four quarter-diagonals (HN, HD), not the diagonals or its eigenvectors; whether it was resumed;
+    and where it was computed: `compute` (`describe_compute`) for a part computed now, saved with it, since an earlier
+    attempt may have run on another card (the parts' key names the type of device alone); None for a part saved
+    before parts recorded it."""
     saved = parts.load(name)
     if saved is not None:
         return _report(saved), True, saved.get("compute")
     report = analysis()
-    parts.save(name, {**_plain(report, vectors=name == AGGREGATE), "compute": dict(compute)})
+    parts.save(name, {**_plain(report, vectors=False), "compute": dict(compute)})
     return report, False, dict(compute)
+
+
+# -- the aggregate's analysis, in parts ---------------------------------------------------------------------------
+# Each piece of the aggregate's analysis (`maths.analysis_pieces`) is a part of the job of its own, so that a job
+# killed in its density (most of its products) or its sharpness resumes after its last finished piece, not from the
+# eigenpairs: the eigenpairs and trace are AGGREGATE's part (with the eigenvectors, kept for the plane job), each SLQ
+# probe and the sharpness parts beside it. What AGGREGATE's part held besides while the analysis was one part:
+_WHOLE = ("density", "sharpness", "adaptive_sharpness")
+
+
+def _piece_part(piece: str) -> str:
+    """The part that keeps piece `piece` of the aggregate's analysis: AGGREGATE, or one beside it."""
+    return AGGREGATE if piece == EIGEN_PIECE else f"{AGGREGATE}_{piece}"
+
+
+def _plain_piece(piece: HessianReport | DensityProbe | SharpnessResult) -> dict:
+    """A piece of the aggregate's analysis as tensors, lists and numbers (`_piece` reads it back)."""
+    if isinstance(piece, HessianReport):
+        return {key: value for key, value in _plain(piece, vectors=True).items() if key not in _WHOLE}
+    if isinstance(piece, DensityProbe):
+        return {"nodes": torch.tensor(np.asarray(piece.nodes)), "weights": torch.tensor(np.asarray(piece.weights)),
+                "products": int(piece.products), "seconds": float(piece.seconds)}
+    return {"sharpness": float(piece.sharpness), "adaptive_sharpness": float(piece.adaptive_sharpness),
+            "seconds": float(piece.seconds)}
+
+
+def _piece(name: str, plain: dict) -> HessianReport | DensityProbe | SharpnessResult:
+    """Piece `name` of the aggregate's analysis as `_plain_piece` saved it."""
+    if name == EIGEN_PIECE:
+        return _report(plain)
+    if name == SHARPNESS_PIECE:
+        return SharpnessResult(plain["sharpness"], plain["adaptive_sharpness"], plain["seconds"])
+    return DensityProbe(plain["nodes"].numpy(), plain["weights"].numpy(), plain["products"], plain["seconds"])
+
+
+def _named_pieces(pieces: Iterable[str], settings: HessianSettings) -> str:
+    """Pieces of the aggregate's analysis as a log line names them."""
+    pieces = set(pieces)
+    probes = [str(i + 1) for i in range(settings.density_probes) if density_piece(i) in pieces]
+    return ", ".join([*(["the eigenpairs and trace"] if EIGEN_PIECE in pieces else []),
+                      *([f"SLQ probes {', '.join(probes)} of {settings.density_probes}"] if probes else []),
+                      *(["the sharpness"] if SHARPNESS_PIECE in pieces else [])])
+
+
+def _aggregate(parts: Parts, analysis, settings: HessianSettings, compute: dict[str, str],
+               computes: dict[str, dict[str, str] | None]) -> tuple[HessianReport, bool]:
+    """The report of the aggregate's analysis, each piece saved by an earlier attempt of this job, or computed now
+    (`analysis(pieces, finished)`: `analyse` given the pieces saved, calling `finished` with each of the others as it
+    finishes) and saved then; and whether every piece was resumed. Where each piece was computed goes into `computes`
+    under its part's name, as `_analysed` says. A whole analysis that an attempt saved in one part, before its pieces
+    were parts, is resumed whole."""
+    saved = parts.load(AGGREGATE)
+    if saved is not None and all(key in saved for key in _WHOLE):
+        log.info("data %s: its analysis is resumed whole, as an earlier attempt of this job saved it in one part "
+                 "(before its pieces were parts of their own)", AGGREGATE)
+        computes[AGGREGATE] = saved.get("compute")
+        return _report(saved), True
+    names = analysis_pieces(settings, settings.density)
+    pieces = {}
+    for name in names:
+        plain = saved if name == EIGEN_PIECE else parts.load(_piece_part(name))
+        if plain is not None:
+            pieces[name], computes[_piece_part(name)] = _piece(name, plain), plain.get("compute")
+    if len(pieces) == len(names):
+        return report_of_pieces(pieces, settings, settings.density), True
+    if pieces:
+        log.info("data %s: %s resumed from %s, where an earlier attempt of this job computed them; computing the rest",
+                 AGGREGATE, _named_pieces(pieces, settings), parts.dir)
+
+    def finished(name: str, piece: HessianReport | DensityProbe | SharpnessResult) -> None:
+        parts.save(_piece_part(name), {**_plain_piece(piece), "compute": dict(compute)})
+        computes[_piece_part(name)] = dict(compute)
+
+    return analysis(pieces, finished), False
 
 
 @job_precision(lambda settings: HessianJob.from_settings(settings).hessian.precision)
@@ -203,10 +285,10 @@ def hessian_stage(settings: dict, trajectory_path: str | Path, partition_path: s
     compute = describe_compute(device, hs.precision)
     computes = {}  # where each part was computed (`_analysed`)
 
-    # the aggregate data: eigenpairs (kept for the plane job), trace, density
+    # the aggregate data: eigenpairs (kept for the plane job), trace, density, sharpness, each a part (`_aggregate`)
     try:
-        agg, resumed, computes[AGGREGATE] = _analysed(
-            parts, AGGREGATE, lambda: analyse(model, *aggregate_eval_data(data, hs), hs), compute)
+        agg, resumed = _aggregate(parts, lambda pieces, finished: analyse(
+            model, *aggregate_eval_data(data, hs), hs, pieces=pieces, finished=finished), hs, compute, computes)
     except NonFiniteLoss as exc:  # finite weights, overflowing outputs: a diverged model all the same
         _write_diverged(job, traj, f"the model of round {round_} has finite weights but {exc}", outputs, t_start)
         parts.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import math
 import re
@@ -239,7 +240,8 @@ def test_a_pretraining_whose_progress_does_not_load_starts_afresh_from_the_seede
 
 
 @pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-                                   RuntimeError("CUDA error: an illegal memory access was encountered")],
+                                   RuntimeError("CUDA error: an illegal memory access was encountered"),
+                                   OSError(errno.EIO, "Input/output error"), MemoryError()],
                          ids=lambda e: type(e).__name__)
 def test_a_card_that_fails_while_a_pretraining_resumes_fails_the_job_and_keeps_its_progress(tmp_path, monkeypatch,
                                                                                             error):

@@ -283,10 +283,13 @@ def test_the_labels_checksum_is_that_of_the_whole_int64_array_taken_in_chunks(mo
     assert partition_mod._labels_checksum(np.asfortranarray(labels)) == whole
 
 
-@pytest.mark.parametrize(("edit", "error"), [({"seed": None}, "TypeError"), ("seed", "KeyError"),
+@pytest.mark.parametrize(("edit", "error"), [({"seed": None}, "ValueError: its seed None is not an integer"),
+                                             ("seed", "KeyError"),
                                              ("num_samples_total", "KeyError"), ({"num_samples_total": "many"},
                                                                                  "ValueError"),
                                              ({"seed": 1.7}, "ValueError: its seed 1.7 is not an integer"),
+                                             ({"seed": "3"}, "ValueError: its seed '3' is not an integer"),
+                                             ({"num_samples_total": 10**400}, "OverflowError"),
                                              ([1, 2], "ValueError: its metadata is a JSON list, not an object")])
 def test_a_partition_files_missing_or_odd_seed_or_size_is_named_with_the_remake(tmp_path, edit, error):
     # Prepare: metadata without, or with an unusable, seed or sample count (as another tool might write it)

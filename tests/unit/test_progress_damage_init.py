@@ -5,6 +5,7 @@ as set up; and a train job's log names the commands a rerun that resumes takes."
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
 
@@ -192,3 +193,42 @@ def test_a_card_that_fails_while_a_run_resumes_fails_the_job_and_keeps_its_progr
         with pytest.raises(type(error)):
             _scaffold_run(digits, progress)
     assert sorted(p.name for p in progress.iterdir()) == saved
+
+
+@pytest.mark.parametrize(("error", "kept"), [(OSError(errno.EIO, "Input/output error"), True),
+                                             (OSError(errno.ESTALE, "Stale file handle"), True), (MemoryError(), True),
+                                             (OSError(errno.EINVAL, "Invalid argument"), False),  # torch.load: cut
+                                             (EOFError(), False)],
+                         ids=["EIO", "ESTALE", "MemoryError", "EINVAL", "EOFError"])
+def test_a_saved_round_the_machine_cannot_read_now_fails_the_job_and_keeps_the_progress(digits, tmp_path, monkeypatch,
+                                                                                        error, kept):
+    # Prepare: killed after round 1; the next read of a saved file fails once, as a failing disk or file server does
+    # (kept), or as a file cut short by a kill does (discarded: the run is redone)
+    from fedscape.fl import engine as engine_mod
+
+    progress = tmp_path / "_progress"
+    killed_after_round(monkeypatch, 1, lambda: _scaffold_run(digits, progress))
+    saved = sorted(p.name for p in progress.iterdir())
+    calls = []
+    load = engine_mod._Progress._load
+
+    def failing(self, path):
+        calls.append(path)
+        if len(calls) == 1:
+            raise error
+        return load(self, path)
+
+    # Execute
+    with monkeypatch.context() as patch:
+        patch.setattr(engine_mod._Progress, "_load", failing)
+        if kept:
+            with pytest.raises(type(error)):
+                _scaffold_run(digits, progress)
+        else:
+            rerun = _scaffold_run(digits, progress)
+
+    # Assert: kept as it was, or redone to an unbroken run's models
+    if kept:
+        assert sorted(p.name for p in progress.iterdir()) == saved
+    else:
+        assert torch.equal(rerun, _scaffold_run(digits, tmp_path / "unbroken"))

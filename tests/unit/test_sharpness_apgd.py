@@ -75,7 +75,8 @@ def _maximum(objective: Quadratic, rho: float, eta: float | None) -> float:
 @pytest.mark.parametrize(("iterations", "expected"), [
     (100, [22, 41, 57, 70, 80, 87, 93, 99]),  # AutoAttack's, the paper's 0.22, 0.41, ..., 0.99 of N
     (20, [5, 9, 12, 14, 16, 18, 19, 20]),  # ceil(0.22 * 20) = 5, 0.70 * 20 = 14 exactly
-    (6, [2, 3, 4, 5]),  # the default 5 steps after the SAM step
+    (6, [2, 3, 4, 5, 6]),  # the default 5 steps after the SAM step
+    (5, [2, 3, 4, 5]),  # p = 0.41 and 0.57 both at 3: the later ones still count
     (1, [1]),
 ])
 def test_apgd_checks_its_progress_at_the_paper_s_checkpoints(iterations, expected):

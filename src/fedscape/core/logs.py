@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -159,12 +160,21 @@ def out_of_device_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(message in str(exc) for message in _OOM_MESSAGES)
 
 
+# What an OSError says of a file it could not read now, not of its bytes: a failing disk or file server, a stale NFS
+# handle, a timeout, no permission, no memory, an interrupted call. (A file cut short by a kill gives EINVAL from
+# torch.load, EOFError or a RuntimeError: damaged.)
+_TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.EACCES, errno.EPERM, errno.ENOMEM,
+                               errno.EINTR, errno.EAGAIN})
+
+
 def device_failure(exc: BaseException) -> bool:
-    """Whether `exc` is the card's failure, not its input's: out of memory (`out_of_device_memory`), or a device error
-    (torch's `AcceleratorError`, a CUDA error's RuntimeError). A job that meets one while it loads its saved progress
+    """Whether `exc` is the machine's failure, not its input's: out of memory (`out_of_device_memory`, or the host's
+    MemoryError), a device error (torch's `AcceleratorError`, a CUDA error's RuntimeError), or a read that failed for
+    the disk's or the file server's sake (`_TRANSIENT_ERRNOS`). A job that meets one while it loads its saved progress
     fails and keeps the progress, where a damaged one is discarded."""
-    return (out_of_device_memory(exc) or type(exc).__name__ == "AcceleratorError"
-            or (isinstance(exc, RuntimeError) and "CUDA error" in str(exc)))
+    return (out_of_device_memory(exc) or isinstance(exc, MemoryError) or type(exc).__name__ == "AcceleratorError"
+            or (isinstance(exc, RuntimeError) and "CUDA error" in str(exc))
+            or (isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS))
 
 
 def process_age() -> float | None:

@@ -880,7 +880,7 @@ def _unreadable(path, exc: Exception) -> str:
 def _stored_integer(meta: dict, key: str) -> int:
     """The integer a partition file's metadata records under `key` (1.7 is no seed: int() would take 1)."""
     value = meta[key]
-    if isinstance(value, bool) or not float(value).is_integer():
+    if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer():
         raise ValueError(f"its {key} {value!r} is not an integer")
     return int(value)
 
@@ -898,7 +898,7 @@ def load_partition(path, labels: np.ndarray | None = None, data_sha256: str | No
             raise ValueError(f"its metadata is a JSON {type(meta).__name__}, not an object")
         alpha = _stored_alpha(meta)
         seed, total = _stored_integer(meta, "seed"), _stored_integer(meta, "num_samples_total")
-    except (*UNREADABLE, TypeError) as exc:  # TypeError: a field of another type (int(None))
+    except (*UNREADABLE, TypeError, OverflowError) as exc:  # a field of another type, or 10**400
         raise PartitionError(f"{_unreadable(path, exc)}; {remake_alone_hint(path)}") from None
     if labels is not None:
         labels = np.asarray(labels)

@@ -305,7 +305,8 @@ class StackedStepGraphs:
 
     Under an lr schedule each step of a round takes its own lr (`fedscape.fl.schedule.step_lrs`), so a shape recurs
     only where its lr does: over local steps, every round (a client's k-th of K steps takes the same lr each round),
-    so such shapes are captured from the second round on; over rounds, never after its round, and each chunk holds
+    so such shapes are captured once planned STACKED_CAPTURE_MIN_STEPS times (in the eighth round, with one chunk a
+    round and one step of each in it); over rounds, never after its round, and each chunk holds
     one step of it, so no step of a warming or decaying lr is captured (`_repays`). What past rounds leave is
     released, so that a long run neither stops capturing nor grows on the host: `begin_round` forgets the counts and
     refusals of the shapes whose lr the round before took at no step, and a full budget releases the least recently

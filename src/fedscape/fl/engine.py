@@ -86,6 +86,8 @@ class _Progress:
                 return None
             records = [self._load(self.dir / f"round_{r:05d}.pt") for r in range(state["round"] + 1)]
         except Exception as exc:  # a file cut short by a kill: the run is simply redone
+            if device_failure(exc):  # (not one the machine could not read now: the progress is kept)
+                raise
             log.warning("cannot resume from %s (%s): starting afresh", self.dir, exc)
             return None
         model = state if "params" in state else records[-1]  # (progress saved before save_every: in the record)

@@ -756,14 +756,13 @@ APGD_RISES = 0.75
 
 def apgd_checkpoints(iterations: int) -> frozenset[int]:
     """The iterations w_j = ceil(p_j N) after which APGD checks its progress: p_0 = 0, p_1 = 0.22,
-    p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) (Croce & Hein 2020, Sec. 3.2), up to N or the first repeat. In
-    whole hundredths, so that no float rounding moves one (the sharpness code's floats put 0.57 N at 58 for N = 100,
-    AutoAttack's integers at the paper's 57)."""
-    p, w = [0, 22], [0, -(-22 * iterations // 100)]
-    while w[-1] < iterations and w[-1] != w[-2]:
+    p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) (Croce & Hein 2020, Sec. 3.2), every p_j <= 1: a set, so that
+    p_j of one ceiling count once (N = 5: 2, 3, 4, 5). In whole hundredths, so that no float rounding moves one (the
+    sharpness code's floats put 0.57 N at 58 for N = 100, AutoAttack's integers at the paper's 57)."""
+    p = [0, 22]
+    while p[-1] + max(p[-1] - p[-2] - 3, 6) <= 100:
         p.append(p[-1] + max(p[-1] - p[-2] - 3, 6))
-        w.append(-(-p[-1] * iterations // 100))
-    return frozenset(w[1:])
+    return frozenset(-(-pj * iterations // 100) for pj in p[1:])
 
 
 def sharpness(op: HessianOperator, rho: float, steps: int, eta: float | None = None, seed: int = 0,

@@ -259,6 +259,11 @@ def bn_stats_uses(config: dict, runs: list, schema: dict) -> dict[str, tuple[str
 MULTI_RUN_KINDS = tuple(kind for kind in SURFACE_KINDS if kind not in (*SINGLE_RUN_KINDS, "three_points"))
 
 
+def stage_warnings(config: dict, runs: list) -> list[str]:
+    """The landscapes' lines among the config check's warnings (`plan.workflow.config_warnings`)."""
+    return mixed_seed_warnings(config, runs)
+
+
 def mixed_seed_warnings(config: dict, runs: list) -> list[str]:
     """A line for each landscape of MULTI_RUN_KINDS one of whose selectors names no seed and takes the runs of more
     than one: a second seed (`experiment_defaults: {seed: every}`, or a seed in `experiments`) widens such a plane

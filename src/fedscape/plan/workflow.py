@@ -49,7 +49,6 @@ from fedscape.data.specs import DATASET_NAMES, DATASETS, LOCATION_BASELINES, NO_
 from fedscape.fl.swa import swa_config
 from fedscape.models.specs import CHECKPOINT_FORMAT, MODEL_NORMS, uses_batch_norm
 from fedscape.plan import init as init_plan
-from fedscape.plan import landscape as landscape_plan
 from fedscape.plan import partition as partition_plan
 from fedscape.plan.resources import DATA_RULES, computes_on_device, execution_problems
 from fedscape.plan.train import idle_swa, misnamed_algorithm_labels, run_training
@@ -247,15 +246,17 @@ def config_warnings(config: dict, runs: list[Run], schema: dict | None = None) -
     proxy folder that nothing reads
     (`plan.init.unread_proxy_folder_warnings`), a proxy split that no init reads
     (`plan.init.unread_proxy_split_warnings`), seeds that share one partition
-    (`plan.partition.shared_partition_warnings`), a landscape of several runs whose selector without a seed takes
-    several seeds' runs (`plan.landscape.mixed_seed_warnings`), a bundled data set's data_dir or download
+    (`plan.partition.shared_partition_warnings`), each stage's own (its plan module's `stage_warnings`, where it has
+    one: found, not listed), a bundled data set's data_dir or download
     (`unread_data_locations`), options of a model no run trains (`unused_model_options`), and with the `schema` a
     test_fraction nothing reads (`unused_test_fractions`) and a bn_stats of models without batch norm
     (`unused_bn_stats`)."""
     return [*unused_grid_values(config, runs), *idle_swa(config, runs), *misnamed_algorithm_labels(config, runs),
             *init_plan.warmup_schedule_warnings(config, runs), *init_plan.unread_proxy_folder_warnings(config, runs),
             *init_plan.unread_proxy_split_warnings(config, runs),
-            *partition_plan.shared_partition_warnings(config, runs), *landscape_plan.mixed_seed_warnings(config, runs),
+            *partition_plan.shared_partition_warnings(config, runs),
+            *(line for stage in stage_modules() if hasattr(stage, "stage_warnings")
+              for line in stage.stage_warnings(config, runs)),
             *unread_data_locations(config),
             *unused_model_options(config, runs),
             *(unused_test_fractions(config, schema) + unused_bn_stats(config, runs, schema) if schema is not None

@@ -337,8 +337,7 @@ class StackedStepGraphs:
         # what the check of each shape kept or refused measured: (replay, eager spread)
         self.difference: dict[StepKey, tuple[float, float]] = {}
         self._lrs: set[float] = set()  # the lrs of the steps planned in this round
-        self._previous: set[float] = set()  # those of the round before
-        self._recent: deque[set[float]] = deque(maxlen=REFUSAL_ROUNDS)  # those of the last REFUSAL_ROUNDS rounds
+        self._recent: deque[set[float]] = deque(maxlen=REFUSAL_ROUNDS)  # those of the last rounds, the latest last
         self._pending: Counter = Counter()  # the steps of each shape in the chunk being run, from the next one on
 
     def begin_round(self) -> None:
@@ -346,7 +345,6 @@ class StackedStepGraphs:
         no step (the rounds of a schedule over rounds: their lrs do not come back), and the refusals of those whose lr
         none of the last REFUSAL_ROUNDS rounds took."""
         ended, self._lrs = self._lrs, set()
-        self._previous = ended
         self._recent.append(ended)
         for key in [k for k in self.planned if k.lr not in ended]:
             del self.planned[key]
@@ -399,7 +397,7 @@ class StackedStepGraphs:
         still holds `STACKED_CAPTURE_MIN_STEPS` of its steps, this one included: the later chunks of the round are
         not planned yet, and a shape planned once a chunk (a schedule over rounds) would be captured for a few replays
         at most, each round, slower than its steps taken eagerly."""
-        return key.lr in self._previous or left >= STACKED_CAPTURE_MIN_STEPS
+        return bool(self._recent) and key.lr in self._recent[-1] or left >= STACKED_CAPTURE_MIN_STEPS
 
     def _room(self) -> tuple[bool, StepKey | None]:
         """Whether a new graph fits, and the graph to release for it: none within the budget; else the least recently

@@ -128,6 +128,7 @@ class CapturedForward:
         self.make_graphed = make_graphed if make_graphed is not None else torch.cuda.make_graphed_callables
         self.state = "pending"  # pending -> on (graphs installed) | off (eager for good)
         self.replays = 0  # passes served by the graphs (a replayed forward, and its backward)
+        self.refusals = 0  # 1 once the check or torch refused the capture (it is not tried again)
         self.difference = None  # what the check at capture measured: (replay vs eager, eager vs eager)
         self._graphed: Callable | None = None
         self._key: tuple | None = None
@@ -190,7 +191,7 @@ class CapturedForward:
                 torch.cuda.synchronize(x.device)
             self._uninstall()
             restore()
-            self.state = "off"
+            self.state, self.refusals = "off", 1
             if self.strict:
                 raise RuntimeError(f"training.capture is 'cuda_graph' but capturing the model failed: {exc}") from exc
             log.warning("local steps: eager (capturing the model failed: %s)", exc)
@@ -210,12 +211,19 @@ class CapturedForward:
                      self.batch_size, difference, spread)
             return
         self._uninstall()
-        self.state = "off"
+        self.state, self.refusals = "off", 1
         message = (f"the replayed pass differs from the eager one by up to {difference:.3g} (the eager pass from "
                    f"itself by {spread:.3g}; {SPREAD_SLACK:g} times that is allowed)")
         if self.strict:
             raise RuntimeError(f"training.capture is 'cuda_graph' but {message}; use 'auto' or 'eager'")
         log.warning("local steps: eager (%s)", message)
+
+    def summary(self) -> dict:
+        """What the capture did, for the run's meta.json (`fedscape.fl.engine.capture_of`): `graphs`, 1 where the
+        forward and backward of full batches were captured and kept by the check, else 0; `replays`, the training
+        passes they served (an algorithm of two passes a step, FedSAM's, replays both); `refusals`, 1 where the check
+        or torch refused the capture (0 with `graphs` 0: no full batch came)."""
+        return {"graphs": int(self.on), "replays": self.replays, "refusals": self.refusals}
 
     def _uninstall(self) -> None:
         self.model.__dict__.pop("forward", None)
@@ -332,7 +340,10 @@ class StackedStepGraphs:
         self.graphs: dict[StepKey, tuple[Callable[[], None], tuple]] = {}
         self.refused: set[StepKey] = set()  # shapes whose check refused the replay: they step eagerly
         self.planned: Counter = Counter()  # steps of each shape in the chunks planned so far
+        self.steps = 0  # the steps of the chunks planned so far: each replayed or taken eagerly
         self.replays = 0
+        self.captures = 0  # graphs captured and kept by their check
+        self.refusals = 0  # captures refused (by the check, or by torch)
         self.evictions = 0  # graphs released for another shape's
         # what the check of each shape kept or refused measured: (replay, eager spread)
         self.difference: dict[StepKey, tuple[float, float]] = {}
@@ -352,6 +363,7 @@ class StackedStepGraphs:
 
     def plan(self, keys: list[StepKey | None]) -> None:
         """Count a chunk's step shapes (None: a step that is never captured) before its steps run."""
+        self.steps += len(keys)
         self.planned.update(key for key in keys if key is not None)
         self._lrs.update(key.lr for key in keys if key is not None)
         self._pending = Counter(key for key in keys if key is not None)
@@ -377,7 +389,9 @@ class StackedStepGraphs:
             entry = self._capture(key, step_of(static), static, state)
             if entry is None:
                 self.refused.add(key)
+                self.refusals += 1
                 return False
+            self.captures += 1
             if stale is not None:  # released once the new graph is kept: a refused capture costs no kept graph
                 self._forget([stale])
                 self.evictions += 1
@@ -389,6 +403,14 @@ class StackedStepGraphs:
         replay()
         self.replays += 1
         return True
+
+    def summary(self) -> dict:
+        """What the capture did, for the run's meta.json (`fedscape.fl.engine.capture_of`): the graphs captured and kept
+        by their check, the steps replayed from them and those taken eagerly (a shape planned too few times so far, a
+        capture that would not repay, a full budget, a refused shape, a step of an lr per client), the graphs released
+        for another shape's and the captures refused."""
+        return {"graphs": self.captures, "replays": self.replays, "eager_steps": self.steps - self.replays,
+                "evictions": self.evictions, "refusals": self.refusals}
 
     def _repays(self, key: StepKey, left: int) -> bool:
         """Whether a capture of `key` now is likely to repay its cost (about seven steps' work): where its lr was

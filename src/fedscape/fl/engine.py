@@ -58,6 +58,11 @@ class RunResult:
     # the run resumed after a kill
     attempts: list[dict] = field(default_factory=list)
     trained: bool = True  # whether this call trained rounds (the last of `attempts` is its own)
+    # What capturing the clients' steps did (`capture_of`; None where no step was to be captured: on a CPU, under
+    # `training.capture: eager`, an algorithm whose steps are never captured). That of the last call that trained
+    # rounds, as `execution`: a resumed run's counts are its last attempt's, not summed over its attempts, since a kill
+    # takes the graphs with it and the next attempt captures anew (each attempt's own are in `attempts`)
+    capture: dict | None = None
 
 
 class _Progress:
@@ -277,6 +282,8 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
             torch.cuda.synchronize(device)
         seconds, peak = time.perf_counter() - t0, peak_memory_mb(device)
         progress.attempts[-1]["execution"] = execution_of(trainer)  # how this attempt's rounds trained
+        if (captured := capture_of(trainer)) is not None:
+            progress.attempts[-1]["capture"] = captured
         # Between two evaluated rounds the global model is evaluated where the run may have diverged, so that
         # eval_every decides how often a run reports, not whether and where it stops, its final model or what SWA
         # averages: a model that is not finite, or a round whose clients' local training loss (known without an
@@ -382,6 +389,7 @@ def _run_federated(model: torch.nn.Module, flat: FlatParams, data: FederatedData
         swa=averager.state_dict() if averager is not None and averager.count else None,
         execution=(execution_of(trainer) if trained or not progress.attempts
                    else progress.attempts[-1].get("execution", execution_of(trainer))),
+        capture=capture_of(trainer) if trained or not progress.attempts else progress.attempts[-1].get("capture"),
         attempts=progress.attempts,
         trained=trained,
     )
@@ -405,6 +413,15 @@ def execution_of(trainer: Trainer) -> str:
         return "vectorized, captured" if trainer.captured else "vectorized"
     capture = getattr(trainer, "capture", None)
     return "sequential, captured" if capture is not None and capture.state == "on" else "sequential"
+
+
+def capture_of(trainer: Trainer) -> dict | None:
+    """What capturing `trainer`'s steps did so far: its stacked steps' counts (`StackedStepGraphs.summary`) or its
+    sequential passes' (`CapturedForward.summary`); None where its steps are never captured."""
+    if isinstance(trainer, VectorizedTrainer):
+        return None if trainer.graphs is None else trainer.graphs.summary()
+    capture = getattr(trainer, "capture", None)
+    return None if capture is None else capture.summary()
 
 
 def _round_of(record: dict) -> int:

@@ -33,7 +33,9 @@ def read_table(path: str | Path, columns: Iterable[str] = (), numeric: Iterable[
       mid-line, as a kill or a full disk leaves it, would otherwise give a short last row that pandas pads with
       empty cells, or a cut-off number that still parses);
     - it must have `columns` (pandas would raise a bare KeyError later, or fill the column with empty cells);
-    - the `numeric` columns must hold numbers (empty cells, pandas' NaN, are allowed);
+    - the `numeric` columns must hold numbers (empty cells, pandas' NaN, are allowed); a table of its header alone is
+      valid (a hand-made file, a grid that made no row): its readers make their own tables' headers alone, or say
+      there is nothing to draw;
     - with `expect` ({column: value}), every row must hold that value: a per-run table (a run's metrics.csv)
       records its `run_id`, so another run's file put in its place is caught (`core.provenance`).
     """
@@ -57,7 +59,11 @@ def read_table(path: str | Path, columns: Iterable[str] = (), numeric: Iterable[
     for column in numeric:
         if column in df.columns and not pd.api.types.is_numeric_dtype(df[column]):
             values = pd.to_numeric(df[column], errors="coerce")
-            bad = int((values.isna() & df[column].notna()).to_numpy().argmax())
+            text = (values.isna() & df[column].notna()).to_numpy()
+            if not text.any():  # a table of its header alone, whose columns pandas reads as text: numbers of no rows
+                df[column] = values
+                continue
+            bad = int(text.argmax())
             raise TableError(f"{path}, line {bad + 2}: {column} is {df[column].iloc[bad]!r}, not a number; "
                              f"{remake_hint(path)}")
     for column, value in (expect or {}).items():

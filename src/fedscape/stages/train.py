@@ -102,6 +102,10 @@ def train_job(settings: dict, partition_path: str | Path, init_path: str | Path,
     # resumed after a kill: each attempt's first round, memory settings, device and code, in meta.json alone (so that
     # the checkpoints are those of an unbroken run); the job's record lists the codes where they differ
     meta.update(attempts_record(result.attempts, result.trained))
+    # what capturing its steps did (`fl.engine.capture_of`: its last attempt's counts), in meta.json alone as
+    # `attempts`: the checkpoints of a run resumed after a kill stay those of an unbroken run
+    if result.capture is not None:
+        meta["capture"] = result.capture
     rows = pd.DataFrame(result.rows)
     for key in ("dataset", "model", "init", "algorithm", "num_clients", "seed"):
         rows[key] = run[key]

@@ -1133,7 +1133,7 @@ def test_the_local_work_figure_is_planned_where_runs_do_more_than_one_local_work
 # -- the registry of accuracy figure kinds -------------------------------------------------------------
 def test_the_plan_targets_the_kinds_and_metrics_of_the_registry():
     assert report_plan.ACCURACY_KINDS == tuple(ACCURACY_FIGURES) == (
-        "by_init", "table", "headline", "ranking", "local_work")
+        "by_init", "table", "headline", "paired", "ranking", "local_work")
     assert report_plan.CURVE_METRICS == tuple(CURVE_METRICS) == ("accuracy", "loss")
 
 

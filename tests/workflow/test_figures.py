@@ -29,7 +29,8 @@ def test_tiny_run_tables_and_figures(tiny_run):
     assert not (final.select_dtypes("number") == -1).any().any()
     for kind in ("curves/digits/cnn_small/accuracy", "curves/digits/cnn_small/loss",
                  "accuracy/digits/cnn_small/by_init", "accuracy/digits/cnn_small/table",
-                 "accuracy/digits/cnn_small/headline", "accuracy/digits/cnn_small/ranking",
+                 "accuracy/digits/cnn_small/headline", "accuracy/digits/cnn_small/paired",
+                 "accuracy/digits/cnn_small/ranking",
                  "cost/digits/cnn_small/cost"):
         base = tiny_run / "results/figures" / kind
         assert_figure_files({ext: f"{base}.{ext}" for ext in ("pdf", "png", "csv")})

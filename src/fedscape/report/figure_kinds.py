@@ -30,6 +30,8 @@ ACCURACY_FIGURES: dict[str, AccuracyFigure] = {
                               "Nguyen et al. 2022 (Where to Begin?): pre-training closes the non-IID gap"),
     "table": AccuracyFigure("accuracy:accuracy_table_figure", "Mendieta et al. 2022, FedAlign Tables 1-4 and 7"),
     "headline": AccuracyFigure("accuracy:headline_table_figure", "Mendieta et al. 2022, FedAlign Table 1"),
+    "paired": AccuracyFigure("paired:paired_differences_figure",
+                             "Mendieta et al. 2022, FedAlign Table 1's comparisons, paired by seed"),
     "ranking": AccuracyFigure("algorithms:ranking_figure",
                               "Nguyen et al. 2022 (Where to Begin?): pre-training changes which algorithm wins"),
     "local_work": AccuracyFigure("algorithms:local_work_figure",

@@ -4,6 +4,8 @@ fedscape.outputs.style and writes PDF, PNG and the plotted data as CSV:
 - curves: train and test accuracy or loss of the global model per round (Nguyen et al. 2022).
 - accuracy: final accuracy by initialisation and alpha (Nguyen et al. 2022), as an accuracy table (FedAlign
   Tables 1-4 and 7) and beside the analyses' headline numbers (FedAlign Table 1).
+- paired: each headline row minus its setting's baseline, seed by seed, with its 95% interval (a forest plot of
+  paired_differences.csv).
 - algorithms: the algorithms' rank by final accuracy under each init, and final accuracy against local work
   (Nguyen et al. 2022).
 - cost: seconds per round and peak memory per algorithm (FedAlign Table 5).

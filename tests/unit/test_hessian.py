@@ -256,7 +256,13 @@ def test_channels_last_products_equal_the_contiguous_ones(norm, mode, cache_grap
     model[3].register_forward_pre_hook(lambda conv, args: seen.append(
         (args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous(),
          conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous())))
+    import fedscape.analysis.hessian.maths as maths
+
     products = {}
+    if mode == "forward" and norm == "group" and maths.torch_release() < maths.FORWARD_GROUP_NORM_NHWC:
+        with pytest.raises(ValueError, match="needs torch >= 2.14"):  # refused before torch's own bare error
+            HessianOperator(model, x, y, batch_size=16, hvp=mode, channels_last=True)
+        return
     for layout in (False, True):
         seen.clear()
         # Execute (uneven batches: 16 + 16 + 8)
@@ -267,6 +273,34 @@ def test_channels_last_products_equal_the_contiguous_ones(norm, mode, cache_grap
 
     # Assert
     assert float((products[True] - products[False]).norm() / products[False].norm()) < 1e-12
+
+
+@pytest.mark.parametrize(("norm", "mode", "release", "refused"), [
+    ("group", "forward", (2, 13), True),  # torch's forward-mode group norm fails on channels-last inputs
+    ("group", "forward", (2, 14), False),
+    ("group", "reverse", (2, 11), False),  # double backward has no such limit
+    ("batch", "forward", (2, 11), False),
+])
+def test_forward_products_in_channels_last_are_refused_where_torch_cannot_take_them(monkeypatch, norm, mode, release,
+                                                                                    refused):
+    """hvp='forward' with channels_last on a model with group norm needs torch >= 2.14 (FORWARD_GROUP_NORM_NHWC):
+    refused with a message naming the remedy before any product, not torch's bare "view size is not compatible"
+    from inside the first product; every other combination is built as before."""
+    # Prepare
+    import fedscape.analysis.hessian.maths as maths
+
+    monkeypatch.setattr(maths, "torch_release", lambda: release)
+    x, y = torch.randn(8, 2, 8, 8, dtype=torch.float64), torch.randint(0, 10, (8,))
+    model = small_conv(norm, torch.float64, in_channels=2)
+
+    # Execute / Assert
+    if refused:
+        with pytest.raises(ValueError, match=r"needs torch >= 2\.14 on a model with group norm.*hvp='reverse'"):
+            HessianOperator(model, x, y, hvp=mode, channels_last=True)
+        assert model.training  # restored by close()
+    else:
+        with HessianOperator(model, x, y, hvp=mode, channels_last=True) as op:
+            assert op.mode == mode and op.channels_last
 
 
 def test_channels_last_leaves_models_without_images_alone(tiny):

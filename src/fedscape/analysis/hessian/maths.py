@@ -77,6 +77,17 @@ def per_sample_chunk(dim: int) -> int:
 
 # -- the operator ----------------------------------------------------------------------------------
 HVP_MODES = ("reverse", "forward")
+# The first torch release whose forward-mode derivative of group norm takes channels-last inputs: before it,
+# `hvp="forward"` with `channels_last` on a model with group norm raises torch's "view size is not compatible with
+# input tensor's size and stride" (measured with torch 2.4.1, 2.11.0 (the GPU kit's), 2.12.1 and 2.13.0; 2.14.1
+# computes it).
+FORWARD_GROUP_NORM_NHWC = (2, 14)
+
+
+def torch_release() -> tuple[int, int]:
+    """The running torch's (major, minor) release."""
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int(minor)
 
 
 def default_hvp_mode(device: torch.device | str) -> str:
@@ -152,6 +163,13 @@ class HessianOperator:
             self.mode = default_hvp_mode(self.device) if hvp is None else hvp
             if self.mode not in HVP_MODES:
                 raise ValueError(f"unknown HVP mode {self.mode!r}: one of {', '.join(HVP_MODES)}")
+            if (layout is not None and self.mode == "forward" and torch_release() < FORWARD_GROUP_NORM_NHWC
+                    and any(isinstance(m, nn.GroupNorm) for m in model.modules())):
+                need = ".".join(map(str, FORWARD_GROUP_NORM_NHWC))
+                raise ValueError(f"hvp='forward' with channels_last needs torch >= {need} on a model with group "
+                                 f"norm (torch {torch.__version__} cannot take forward-mode derivatives of group "
+                                 "norm on channels-last inputs): use hvp='reverse', the default, or "
+                                 "channels_last=False")
             self.cache_graph = cache_graph and self.mode == "reverse"
             self.products = 0
             if self.cache_graph:

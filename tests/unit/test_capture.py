@@ -377,6 +377,41 @@ def test_a_failed_capture_under_auto_trains_eagerly(caplog):
     assert_same_results(got, eager)
 
 
+@pytest.mark.parametrize(("maker", "strict", "recovered"), [
+    ("torch", False, ["pool"]),  # torch's maker, its capture failing: recovered with the pool it captured into
+    ("torch", True, ["pool"]),  # (before the error where cuda_graph insists)
+    (stand_in_maker(error="sync"), False, [None]),  # a stand-in failing: no pool of ours
+    (stand_in_maker(), False, []),  # a capture kept: nothing to recover from
+    (stand_in_maker(scale=1.001), False, []),  # one the check refused: torch's capture ended well
+], ids=["torch-failing", "torch-failing-insisted", "stand-in-failing", "kept", "refused-by-the-check"])
+def test_a_failed_capture_is_recovered_from_once_with_its_pool(monkeypatch, maker, strict, recovered):
+    # Prepare: torch's maker replaced by a stand-in failing as a capture of a forward that syncs with the host does,
+    # taking the pool it is given; the recovery recorded
+    pools, calls = [], []
+
+    def make_graphed_callables(module, sample_args, num_warmup_iters=3, allow_unused_input=False, pool=None):
+        pools.append(pool)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", make_graphed_callables)
+    monkeypatch.setattr("fedscape.fl.capture.recover_from_failed_capture", lambda *a: calls.append(a))
+    model = bn_model().train()
+    capture = CapturedForward(model, 4, strict=strict, make_graphed=None if maker == "torch" else maker)
+
+    # Execute
+    if strict:
+        with pytest.raises(RuntimeError, match="capturing the model failed"):
+            capture.prepare(torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)))
+    else:
+        capture.prepare(torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)))
+
+    # Assert: torch's maker captured into the capture's own pool, and each failure was recovered from once, on the
+    # batch's device, with that pool
+    if maker == "torch":
+        assert pools == [capture.pool] and capture.pool is not None
+    assert calls == [(torch.device("cpu"), capture.pool if p == "pool" else p) for p in recovered]
+
+
 def test_only_training_passes_of_the_captured_shape_replay():
     model = bn_model().train()
     capture = CapturedForward(model, 4, make_graphed=stand_in_maker())
@@ -485,6 +520,44 @@ def test_on_a_gpu_a_dropout_replay_draws_what_the_eager_pass_draws(monkeypatch):
 
     # Assert: the replay's loss, gradients and buffers are the eager pass's bit for bit
     assert capture.on and capture.difference[0] == 0.0
+
+
+class _HostRead(nn.Module):
+    """Reads a value on the host while a CUDA graph is captured (not permitted: the capture fails), where `read`."""
+
+    def __init__(self, read: bool):
+        super().__init__()
+        self.read = read
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.read and torch.cuda.is_current_stream_capturing():
+            x.sum().item()
+        return x
+
+
+@CUDA
+@pytest.mark.parametrize("read", [True, False], ids=["failing", "captured"])
+def test_on_a_gpu_a_failed_capture_leaves_random_draws_and_later_captures_working(read, monkeypatch):
+    # Prepare: a dropout model whose capture fails (a host read in its forward), or not
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), _HostRead(read), nn.Dropout(0.5), nn.Linear(32, 10))
+    model = model.cuda().train()
+    x, y = torch.randn(16, 1, 8, 8, device="cuda"), torch.randint(0, 10, (16,), device="cuda")
+    capture = CapturedForward(model, 16)
+
+    # Execute: the capture, then eager draws from the CUDA generator (torch 2.11 refused them after a failed capture
+    # until a capture succeeded), then another model's capture
+    capture.prepare(x, y)
+    drawn = torch.rand(1, device="cuda")
+    mean_loss(model(x), y).backward()
+    again = CapturedForward(with_dropout().cuda().train(), 16)
+    again.prepare(x, y)
+
+    # Assert
+    assert capture.on is not read and capture.refusals == int(read)
+    assert 0.0 <= drawn.item() < 1.0
+    assert again.on and again.difference[0] == 0.0
 
 
 def test_local_train_takes_a_capture_argument():

@@ -321,6 +321,38 @@ def test_a_refused_capture_releases_no_graph_and_an_lr_that_cycles_is_not_checke
     assert torch.equal(state, eager)
 
 
+@pytest.mark.parametrize(("end_recording", "pools"), [
+    (lambda device, pool: None, [(0, 1), (0, 1)]),  # torch ends the failed pool's recording: the pool serves on
+    (None, [(0, 1), (0, 2)]),  # a torch without that call: the later captures take a fresh pool
+], ids=["recording-ended", "no-call-to-end-it"])
+def test_after_a_failed_capture_torchs_graphs_capture_into_a_pool_that_is_not_recording(monkeypatch, end_recording,
+                                                                                           pools):
+    # Prepare: torch's graph maker (no stand-in given) whose capture into its pool fails once, as a step that syncs
+    # with the host fails, then captures (its replay the eager step); pool handles counted as torch's are
+    monkeypatch.setattr(capture_mod, "STACKED_CAPTURE_MIN_STEPS", 1)
+    monkeypatch.setattr(capture_mod, "END_POOL_RECORDING", end_recording)
+    handles = iter(range(1, 10))
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: (0, next(handles)))
+    seen = []
+
+    def cuda_graph(step, pool):
+        seen.append(pool)
+        if len(seen) == 1:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return step
+
+    monkeypatch.setattr(capture_mod, "cuda_graph", cuda_graph)
+    graphs = StackedStepGraphs()
+
+    # Execute: two shapes, the first one's capture failing
+    state = drive(graphs, [[[key_of(0.1), key_of(0.2)]]])
+
+    # Assert: the second shape captured into the pool the first left usable, or into a fresh one; the first refused
+    assert seen == pools
+    assert graphs.refused == {key_of(0.1)} and set(graphs.graphs) == {key_of(0.2)}
+    assert torch.equal(state, torch.tensor([0.1], dtype=torch.float64).add_(0.2))
+
+
 # Four clients of 16 samples, batch 8, one epoch: 2 steps each, at the same lrs, so that a step's lr is one number
 EQUAL = [16, 16, 16, 16]
 STEPS = 2
@@ -443,6 +475,75 @@ def test_on_a_gpu_a_capture_gives_the_current_stream_back(sync):
     # where ending the failed capture raises), after the warm-up's two runs (and the replay's)
     assert torch.cuda.current_stream() == before
     assert torch.equal(state.cpu(), torch.full((4,), 2.0 if sync else 3.0))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("sync", [True, False], ids=["host-read", "captured"])
+def test_on_a_gpu_a_failed_capture_leaves_its_pool_and_random_draws_working(sync):
+    # Prepare: a step that reads a value on the host while it is captured (the capture fails), or not, and one that
+    # does not, each captured into one pool
+    state = torch.zeros(4, device="cuda")
+    pool = torch.cuda.graph_pool_handle()
+
+    def first():
+        state.add_(1.0)
+        if sync and torch.cuda.is_current_stream_capturing():
+            state.sum().item()
+
+    def second():
+        state.mul_(2.0)
+
+    # Execute: the first capture, the second into the same pool and its replay, then an eager draw from the CUDA
+    # generator (torch 2.11 refused it after a failed capture until a capture succeeded)
+    if sync:
+        with pytest.raises(RuntimeError):
+            capture_mod.cuda_graph(first, pool)
+    else:
+        capture_mod.cuda_graph(first, pool)
+    replay = capture_mod.cuda_graph(second, pool)
+    state.fill_(1.0)
+    replay()
+    drawn = torch.rand(1, device="cuda")
+
+    # Assert: the pool took the second capture (torch left a failed capture's pool recording), which replays
+    assert torch.equal(state.cpu(), torch.full((4,), 2.0))
+    assert 0.0 <= drawn.item() < 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_a_trainers_later_shapes_capture_after_one_failed(monkeypatch):
+    # Prepare: torch's graphs of one trainer, every shape captured when first planned; the steps of lr 0.1 read a
+    # value on the host while they are captured (their capture fails), those of 0.2 and 0.3 do not
+    monkeypatch.setattr(capture_mod, "STACKED_CAPTURE_MIN_STEPS", 1)
+    graphs = StackedStepGraphs()
+    state = torch.zeros(1, dtype=torch.float64, device="cuda")
+    plan = [key_of(0.1), key_of(0.2), key_of(0.3), key_of(0.2), key_of(0.3)]
+
+    def steps_of(key):
+        def step_of(static):
+            def step():
+                state.add_(static[0])
+                if key.lr == 0.1 and torch.cuda.is_current_stream_capturing():
+                    state.sum().item()
+            return step
+        return step_of
+
+    # Execute: the shapes' steps, replayed where a graph was kept, else eager
+    graphs.begin_round()
+    graphs.plan(plan)
+    for key in plan:
+        step_of = steps_of(key)
+        inputs = (torch.tensor([key.lr], dtype=torch.float64, device="cuda"),)
+        if not graphs.run(key, inputs, step_of, [state]):
+            step_of(inputs)()
+    drawn = torch.rand(1, device="cuda")
+
+    # Assert: lr 0.1's shape refused, the later shapes captured (into the pool the failure left) and replayed, every
+    # step computed as an eager one; eager random draws work
+    assert graphs.refused == {key_of(0.1)} and set(graphs.graphs) == {key_of(0.2), key_of(0.3)}
+    assert graphs.replays == 4 and graphs.refusals == 1
+    assert state.item() == pytest.approx(0.1 + 0.2 + 0.3 + 0.2 + 0.3, abs=1e-12)
+    assert 0.0 <= drawn.item() < 1.0
 
 
 def test_chunk_states_are_kept_only_where_graphs_replay_into_them_and_go_with_the_trainer():

@@ -32,6 +32,7 @@ run before any job, and the checks here and in the vectorised trainer say the sa
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections import Counter, deque
@@ -113,6 +114,50 @@ def _max_difference(a: list[torch.Tensor | None], b: list[torch.Tensor | None]) 
     return worst
 
 
+# torch's private call that ends a graph memory pool's recording (`recover_from_failed_capture`); None in a torch
+# without it, where `StackedStepGraphs` takes a fresh pool after a failed capture instead.
+END_POOL_RECORDING = getattr(torch._C, "_cuda_endAllocateToPool", None)
+
+
+def recover_from_failed_capture(device: torch.device, pool) -> None:
+    """Put right what a failed CUDA graph capture on `device` into the graph memory pool `pool` (None: one not known)
+    leaves behind in torch, so that later captures and eager random draws work. Both capture paths call it once the
+    stream that was current is current again; it raises nothing (the caller's error path goes on). Nothing on a CPU
+    (a stand-in graph maker's failure, in the tests).
+
+    torch's CUDAGraph::capture_end raises at cudaStreamEndCapture before it tells the caching allocator that the
+    capture stopped allocating to its pool (torch 2.11 and 2.14): the pool stays "recording", so that the next capture
+    into it raises "already recording to mempool_id", and while the allocator believes a capture is under way it defers
+    freeing blocks used on several streams. `END_POOL_RECORDING` ends that recording. It is private, so a torch may
+    lack it; then `StackedStepGraphs` takes a fresh pool for its later captures. Not a fresh pool after every failure:
+    the memory a failed capture took stays in its pool, where later captures into that pool reuse it and those into
+    a fresh one cannot, and a step that syncs with the host fails once for each of its shapes.
+
+    torch 2.11's CUDA generator keeps one "capturing" flag, which capture_begin sets and only a capture that ended
+    clears: after a failed capture every eager draw from the default CUDA generator (dropout, torch.rand) raises
+    "Offset increment outside graph capture". One throwaway capture that succeeds clears it (harmless on 2.14, which
+    tracks it per capture); where that fails too, it is logged."""
+    if device.type != "cuda":
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if pool is not None and END_POOL_RECORDING is not None:
+        try:
+            END_POOL_RECORDING(index, pool)
+        except Exception as exc:  # (not recording: the capture failed before it began, or ended after all)
+            if "not currently recording" not in str(exc):
+                log.warning("after a failed CUDA graph capture, ending its pool's recording failed too (%s): later "
+                            "captures into that pool may fail", exc)
+    try:
+        with torch.cuda.device(index):
+            scratch = torch.zeros(1, device=device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                scratch.add_(0)
+    except Exception as exc:
+        log.warning("after a failed CUDA graph capture, a capture to reset torch's CUDA random state failed too "
+                    "(%s): eager random draws on the card may fail", exc)
+
+
 class CapturedForward:
     """The model's training forward of full batches (and the backward behind it), replayed from CUDA graphs once
     `prepare` has captured and checked them; the model's own forward for every other call.
@@ -125,7 +170,11 @@ class CapturedForward:
     def __init__(self, model: nn.Module, batch_size: int, strict: bool = False,
                  make_graphed: GraphMaker | None = None):
         self.model, self.batch_size, self.strict = model, batch_size, strict
-        self.make_graphed = make_graphed if make_graphed is not None else torch.cuda.make_graphed_callables
+        # torch's maker captures into a pool of ours, which a failed capture leaves recording: the recovery ends it
+        # (`recover_from_failed_capture`). A stand-in maker has none.
+        self.pool = torch.cuda.graph_pool_handle() if make_graphed is None else None
+        self.make_graphed = make_graphed if make_graphed is not None else functools.partial(
+            torch.cuda.make_graphed_callables, pool=self.pool)
         self.state = "pending"  # pending -> on (graphs installed) | off (eager for good)
         self.replays = 0  # passes served by the graphs (a replayed forward, and its backward)
         self.refusals = 0  # 1 once the check or torch refused the capture (it is not tried again)
@@ -189,6 +238,8 @@ class CapturedForward:
             if stream is not None:  # a failed capture may leave its stream current (`cuda_graph`) and its warm-up
                 torch.cuda.set_stream(stream)  # running there: the restore below must not race it
                 torch.cuda.synchronize(x.device)
+            # (before `restore`, which then gives the step the random state it started from)
+            recover_from_failed_capture(x.device, self.pool)
             self._uninstall()
             restore()
             self.state, self.refusals = "off", 1
@@ -280,14 +331,18 @@ def cuda_graph(step: Callable[[], None], pool=None) -> Callable[[], None]:
     finally:  # (a warm-up run that raised may have left kernels queued there)
         current.wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
+    pool = pool if pool is not None else torch.cuda.graph_pool_handle()  # (a pool the recovery knows)
     try:
         with torch.cuda.graph(graph, pool=pool):
             step()
-    finally:
+    except BaseException:
         # torch.cuda.graph's __exit__ (torch 2.14) ends the capture before it gives the stream back, and ending a
         # failed capture raises: its capture stream would stay current for the rest of the process, where tensors
-        # the caching allocator handed out on this stream are used unordered with it.
+        # the caching allocator handed out on this stream are used unordered with it. Given back first, then the
+        # recovery captures on a stream of its own.
         torch.cuda.set_stream(current)
+        recover_from_failed_capture(current.device, pool)
+        raise
     return graph.replay
 
 
@@ -332,10 +387,9 @@ class StackedStepGraphs:
 
     def __init__(self, strict: bool = False, make_graph: StepGraphMaker | None = None):
         self.strict = strict
-        if make_graph is None:
-            pool = torch.cuda.graph_pool_handle()
-            make_graph = lambda step: cuda_graph(step, pool)  # noqa: E731
-        self.make_graph = make_graph
+        self.make_graph = make_graph  # None: torch's (`_cuda_graph`)
+        # the memory pool torch's graphs of this trainer share; a stand-in maker has none
+        self.pool = torch.cuda.graph_pool_handle() if make_graph is None else None
         # shape -> (replay, its input tensors), the least recently replayed first
         self.graphs: dict[StepKey, tuple[Callable[[], None], tuple]] = {}
         self.refused: set[StepKey] = set()  # shapes whose check refused the replay: they step eagerly
@@ -438,6 +492,17 @@ class StackedStepGraphs:
             self.refused.discard(key)
             self.difference.pop(key, None)
 
+    def _cuda_graph(self, step: Callable[[], None]) -> Callable[[], None]:
+        """`cuda_graph` into the trainer's pool, which a failed capture leaves recording where torch lacks the call
+        that ends it (`recover_from_failed_capture`): the later captures take a fresh one (the graphs kept keep the
+        old one alive)."""
+        try:
+            return cuda_graph(step, self.pool)
+        except Exception:
+            if END_POOL_RECORDING is None:
+                self.pool = torch.cuda.graph_pool_handle()
+            raise
+
     def _capture(self, key: StepKey, step: Callable[[], None], static: tuple, state: list[torch.Tensor]
                  ) -> tuple[Callable[[], None], tuple] | None:
         saved = [t.clone() for t in state]
@@ -460,7 +525,7 @@ class StackedStepGraphs:
             raise
         try:
             repeats = [one_run(step) for _ in range(EAGER_REPEATS)]
-            replay = self.make_graph(step)
+            replay = self._cuda_graph(step) if self.make_graph is None else self.make_graph(step)
             restore()
             replayed = one_run(replay)
         except Exception as exc:  # a step that syncs with the host, or anything else capture refuses

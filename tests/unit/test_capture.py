@@ -377,6 +377,26 @@ def test_a_failed_capture_under_auto_trains_eagerly(caplog):
     assert_same_results(got, eager)
 
 
+def test_a_replay_that_fails_in_the_check_counts_no_replay():
+    """The check's replayed pass is counted by the dispatch before the graphs run; where they raise, the capture is
+    off and meta.json's `replays` must say that none served a step."""
+    # Prepare: a maker whose installed forward raises, as a replay that fails on the card
+    def maker(module, sample_args, num_warmup_iters=3, allow_unused_input=False):
+        def broken(x):
+            raise RuntimeError("replay failed")
+        module.forward = broken
+        return module
+
+    model = bn_model().train()
+    capture = CapturedForward(model, 4, make_graphed=maker)
+
+    # Execute
+    capture.prepare(torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)))
+
+    # Assert
+    assert capture.state == "off" and capture.summary() == {"graphs": 0, "replays": 0, "refusals": 1}
+
+
 @pytest.mark.parametrize(("maker", "strict", "recovered"), [
     ("torch", False, ["pool"]),  # torch's maker, its capture failing: recovered with the pool it captured into
     ("torch", True, ["pool"]),  # (before the error where cuda_graph insists)
@@ -553,11 +573,17 @@ def test_on_a_gpu_a_failed_capture_leaves_random_draws_and_later_captures_workin
     mean_loss(model(x), y).backward()
     again = CapturedForward(with_dropout().cuda().train(), 16)
     again.prepare(x, y)
+    # and a capture into the failed capture's own pool (left recording, it raised "already recording to mempool_id")
+    scratch, graph = torch.zeros(1, device="cuda"), torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=capture.pool):
+        scratch.add_(1)
+    graph.replay()
 
     # Assert
     assert capture.on is not read and capture.refusals == int(read)
     assert 0.0 <= drawn.item() < 1.0
     assert again.on and again.difference[0] == 0.0
+    assert scratch.item() == 1.0  # (a capture records the kernels without running them: the replay's one add)
 
 
 def test_local_train_takes_a_capture_argument():

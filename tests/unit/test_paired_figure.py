@@ -203,9 +203,18 @@ def test_no_comparison_is_a_figure_that_says_so(tmp_path, monkeypatch, text, mod
     assert panel_texts(ax) == [message]
 
 
-def test_a_setting_without_a_comparison_is_named_in_the_title(tmp_path, monkeypatch):
-    # Prepare: FINAL and a third setting, alpha 1.0, of FedAvg alone
-    final = pd.concat([final_of(FINAL), final_of("algorithm,alpha,seed,test_acc\nfedavg,1.0,0,0.8\n")],
+@pytest.mark.parametrize(("extra", "title_end"), [
+    # a third setting, alpha 1.0, of FedAvg alone (analysed): one row of the headline
+    ("fedavg,1.0,0,0.8,3.0\n", "\nnot drawn, one row each: α=1"),
+    # FedAvg and FedSAM at alpha 1.0 with no analysis value: the headline keeps only analysed groups, so none of it
+    # (not "one row")
+    ("fedavg,1.0,0,0.8,\nfedsam,1.0,0,0.82,\n", "\nnot drawn, no analysis value: α=1"),
+    ("fedavg,1.0,0,0.8,3.0\nfedavg,0.5,0,0.8,\nfedsam,0.5,0,0.82,\n",
+     "\nnot drawn, one row each: α=1; no analysis value: α=0.5"),
+], ids=["one-row", "unanalysed", "both"])
+def test_a_setting_without_a_comparison_is_named_in_the_title(tmp_path, monkeypatch, extra, title_end):
+    # Prepare: FINAL and settings without a comparison
+    final = pd.concat([final_of(FINAL), final_of("algorithm,alpha,seed,test_acc,lambda_max\n" + extra)],
                       ignore_index=True)
     drawn = drawn_figure(monkeypatch)
 
@@ -213,5 +222,5 @@ def test_a_setting_without_a_comparison_is_named_in_the_title(tmp_path, monkeypa
     paired_figures.paired_differences_figure(final, "digits", "cnn_small", tmp_path / "paired")
 
     # Assert
-    assert drawn["fig"].get_suptitle().endswith("\nnot drawn, one row each: α=1")
+    assert drawn["fig"].get_suptitle().endswith(title_end)
     assert [t.get_text() for t in drawn["fig"].axes[0].get_yticklabels()] == ["IID", "FedSAM", "α=0.1", "FedSAM"]

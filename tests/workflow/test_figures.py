@@ -7,6 +7,7 @@ import pandas as pd
 from helpers.figures import assert_figure_files
 from helpers.workflow import snakemake
 
+from fedscape.report.paired import PAIRED_COLUMNS
 from fedscape.report.summary import FINAL_COLUMNS, SUMMARY_COLUMNS
 
 
@@ -29,11 +30,15 @@ def test_tiny_run_tables_and_figures(tiny_run):
     assert not (final.select_dtypes("number") == -1).any().any()
     for kind in ("curves/digits/cnn_small/accuracy", "curves/digits/cnn_small/loss",
                  "accuracy/digits/cnn_small/by_init", "accuracy/digits/cnn_small/table",
-                 "accuracy/digits/cnn_small/headline", "accuracy/digits/cnn_small/paired",
-                 "accuracy/digits/cnn_small/ranking",
+                 "accuracy/digits/cnn_small/headline", "accuracy/digits/cnn_small/ranking",
                  "cost/digits/cnn_small/cost"):
         base = tiny_run / "results/figures" / kind
         assert_figure_files({ext: f"{base}.{ext}" for ext in ("pdf", "png", "csv")})
+    # the headline keeps the runs with an analysis value, the IID run alone: one row a setting, no paired difference,
+    # and the paired figure says so over the CSV's header
+    paired = assert_figure_files({ext: tiny_run / f"results/figures/accuracy/digits/cnn_small/paired.{ext}"
+                                  for ext in ("pdf", "png", "csv")}, min_rows=0)
+    assert list(paired.columns) == PAIRED_COLUMNS and paired.empty
     # every run of the tiny config does the same local work: no figure against it
     assert not list((tiny_run / "results/figures/accuracy/digits/cnn_small").glob("local_work.*"))
 

@@ -114,9 +114,11 @@ def _max_difference(a: list[torch.Tensor | None], b: list[torch.Tensor | None]) 
     return worst
 
 
-# torch's private call that ends a graph memory pool's recording (`recover_from_failed_capture`); None in a torch
-# without it, where `StackedStepGraphs` takes a fresh pool after a failed capture instead.
-END_POOL_RECORDING = getattr(torch._C, "_cuda_endAllocateToPool", None)
+# torch's private call that ends a graph memory pool's recording (`recover_from_failed_capture`), named
+# _cuda_endAllocateCurrentStreamToPool before torch 2.8 (same arguments: the device index and the pool); None in a
+# torch without either, where `StackedStepGraphs` takes a fresh pool after a failed capture instead.
+END_POOL_RECORDING = (getattr(torch._C, "_cuda_endAllocateToPool", None)
+                      or getattr(torch._C, "_cuda_endAllocateCurrentStreamToPool", None))
 
 
 def recover_from_failed_capture(device: torch.device, pool) -> None:
@@ -242,7 +244,8 @@ class CapturedForward:
             recover_from_failed_capture(x.device, self.pool)
             self._uninstall()
             restore()
-            self.state, self.refusals = "off", 1
+            # (the check's replayed pass, counted by `_dispatch` before it raised, served no step)
+            self.state, self.refusals, self.replays = "off", 1, 0
             if self.strict:
                 raise RuntimeError(f"training.capture is 'cuda_graph' but capturing the model failed: {exc}") from exc
             log.warning("local steps: eager (capturing the model failed: %s)", exc)

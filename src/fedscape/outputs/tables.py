@@ -59,11 +59,10 @@ def read_table(path: str | Path, columns: Iterable[str] = (), numeric: Iterable[
     for column in numeric:
         if column in df.columns and not pd.api.types.is_numeric_dtype(df[column]):
             values = pd.to_numeric(df[column], errors="coerce")
-            text = (values.isna() & df[column].notna()).to_numpy()
-            if not text.any():  # a table of its header alone, whose columns pandas reads as text: numbers of no rows
+            if df.empty:  # a table of its header alone, whose columns pandas reads as text: numbers of no rows
                 df[column] = values
                 continue
-            bad = int(text.argmax())
+            bad = int((values.isna() & df[column].notna()).to_numpy().argmax())
             raise TableError(f"{path}, line {bad + 2}: {column} is {df[column].iloc[bad]!r}, not a number; "
                              f"{remake_hint(path)}")
     for column, value in (expect or {}).items():

@@ -23,8 +23,8 @@ from fedscape.outputs.style import (
     varying_keys,
     widen_to_fit,
 )
-from fedscape.report.figures.accuracy import HEADLINE_METRICS, HEADLINE_SETTING
-from fedscape.report.figures.common import interval_seeds, select_model, setting_panels
+from fedscape.report.figures.accuracy import HEADLINE_METRICS, HEADLINE_SETTING, headline_table
+from fedscape.report.figures.common import CURVE_GROUP, interval_seeds, select_model, setting_panels
 from fedscape.report.paired import PAIRED_COLUMNS, paired_differences
 
 # An interval that excludes 0 in the direction the metric's header arrow calls better, or worse (HEADLINE_METRICS);
@@ -88,8 +88,15 @@ def paired_differences_figure(final: pd.DataFrame, dataset: str, model: str, bas
         fields = dict(zip(HEADLINE_SETTING, setting, strict=True))
         settings[_setting_key(setting)] = (label_run(fields, shown), str(rows["baseline"].iloc[0]),
                                            list(dict.fromkeys(rows["row"].astype(str))), fields)
-    alone = [label_run(dict(zip(HEADLINE_SETTING, setting, strict=True)), shown)
-             for setting, _ in setting_panels(df) if _setting_key(setting) not in settings]
+    # Settings not drawn: the headline's of one row, and those it leaves out (where an analysis is computed it keeps
+    # only the groups with its values: a setting of several algorithms none of them analysed has no row there)
+    in_headline = {_setting_key(setting) for setting, _ in
+                   setting_panels(headline_table(df).drop_duplicates(CURVE_GROUP))}
+    not_drawn = {"one row each": [], "no analysis value": []}
+    for setting, _ in setting_panels(df):
+        if _setting_key(setting) not in settings:
+            why = "one row each" if _setting_key(setting) in in_headline else "no analysis value"
+            not_drawn[why].append(label_run(dict(zip(HEADLINE_SETTING, setting, strict=True)), shown))
     baselines = list(dict.fromkeys(_within_setting(baseline, fields)
                                    for _, baseline, _, fields in settings.values()))
     one_baseline = len(baselines) == 1
@@ -161,7 +168,8 @@ def paired_differences_figure(final: pd.DataFrame, dataset: str, model: str, bas
     entries = [(label, legend[label]) for label in LEGEND_ORDER if label in legend]
     key = fig.legend([h for _, h in entries], [label for label, _ in entries], loc="outside right center",
                      title="95% interval of\nrow − baseline")
-    left_out = f"\nnot drawn, one row each: {', '.join(alone)}" if alone else ""
+    left_out = "; ".join(f"{why}: {', '.join(labels)}" for why, labels in not_drawn.items() if labels)
+    left_out = f"\nnot drawn, {left_out}" if left_out else ""
     fig.suptitle(f"{dataset} / {model}: each row minus its setting's baseline, paired by seed\n"
                  f"({interval_seeds(table['n_pairs'])}){left_out}")
     # as wide as the row labels, the legend and the panels need (the headline table's width grows with its columns

@@ -176,7 +176,9 @@ def test_an_infinite_difference_is_a_triangle_at_the_panel_edge(tmp_path, monkey
     assert list(triangle.get_xdata()) == [edge] and not triangle.get_clip_on()
     assert not barrier.containers
     (legend,) = drawn["fig"].legends
-    assert any("inf" in t.get_text() for t in legend.get_texts())
+    (key,) = [(t.get_text(), h.get_marker()) for t, h in zip(legend.get_texts(), legend.legend_handles, strict=True)
+              if "inf" in t.get_text()]
+    assert key == ("+inf: at the right edge" if edge else "−inf: at the left edge", marker)  # the triangle drawn
     data = pd.read_csv(tmp_path / "paired.csv").set_index("metric")
     assert data.loc["barrier_to_iid_loss", "mean_diff"] == math.copysign(math.inf, edge - 0.5)
 

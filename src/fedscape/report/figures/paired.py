@@ -36,8 +36,9 @@ INFINITE_MARKERS = {1: ">", -1: "<"}
 NO_PAIR = "no paired seed"
 # The legend's entries, in its order: better and worse by the panel header's arrow
 BETTER, WORSE, INCLUDES_0 = "excludes 0: better", "excludes 0: worse", "includes 0"
-ONE_PAIR, INFINITE = "one pair: no interval", "±inf: at the panel edge"
-LEGEND_ORDER = (BETTER, WORSE, INCLUDES_0, ONE_PAIR, INFINITE)
+ONE_PAIR = "one pair: no interval"
+INFINITE = {1: "+inf: at the right edge", -1: "−inf: at the left edge"}  # by the sign of the mean
+LEGEND_ORDER = (BETTER, WORSE, INCLUDES_0, ONE_PAIR, *INFINITE.values())
 SETTING_GAP = 1.5  # lines from a setting's last row to the next setting's heading
 PANEL_WIDTH_IN = 1.2  # a metric's panel (its axes alone)
 START_IN = 0.9  # per panel (and once for the y axis's label) of the width the layout starts from: less than needed
@@ -134,9 +135,11 @@ def paired_differences_figure(final: pd.DataFrame, dataset: str, model: str, bas
                         style="italic", bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none"})
                 continue
             if math.isinf(mean):
-                ax.plot(1.0 if mean > 0 else 0.0, yy, transform=edge, marker=INFINITE_MARKERS[int(np.sign(mean))],
+                sign = int(np.sign(mean))
+                ax.plot(1.0 if mean > 0 else 0.0, yy, transform=edge, marker=INFINITE_MARKERS[sign],
                         ms=6, ls="none", color=OPEN_COLOR, clip_on=False)
-                legend.setdefault(INFINITE, Line2D([], [], marker=">", ls="none", ms=6, color=OPEN_COLOR))
+                legend.setdefault(INFINITE[sign], Line2D([], [], marker=INFINITE_MARKERS[sign], ls="none", ms=6,
+                                                         color=OPEN_COLOR))
             elif math.isnan(lo):  # one pair: a mean without an interval
                 ax.plot(mean, yy, "o", ms=4, mfc="white", mec=OPEN_COLOR, mew=1.0)
                 legend.setdefault(ONE_PAIR, Line2D([], [], marker="o", ls="none", ms=4, mfc="white", mec=OPEN_COLOR,

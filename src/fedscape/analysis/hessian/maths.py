@@ -159,7 +159,6 @@ class HessianOperator:
             self.dim = self.center.numel()
             self.channels_last = channels_last
             layout = torch.channels_last if channels_last and len(x.shape) == 4 else None  # images, not token ids
-            self.batches = batch_slices(x.to(self.device), y.to(self.device), batch_size, layout)
             self.mode = default_hvp_mode(self.device) if hvp is None else hvp
             if self.mode not in HVP_MODES:
                 raise ValueError(f"unknown HVP mode {self.mode!r}: one of {', '.join(HVP_MODES)}")
@@ -170,6 +169,7 @@ class HessianOperator:
                                  f"norm (torch {torch.__version__} cannot take forward-mode derivatives of group "
                                  "norm on channels-last inputs): use hvp='reverse', the default, or "
                                  "channels_last=False")
+            self.batches = batch_slices(x.to(self.device), y.to(self.device), batch_size, layout)
             self.cache_graph = cache_graph and self.mode == "reverse"
             self.products = 0
             if self.cache_graph:

@@ -171,7 +171,7 @@ def paired_differences_figure(final: pd.DataFrame, dataset: str, model: str, bas
     entries = [(label, legend[label]) for label in LEGEND_ORDER if label in legend]
     key = fig.legend([h for _, h in entries], [label for label, _ in entries], loc="outside right center",
                      title="95% interval of\nrow − baseline")
-    left_out = "; ".join(f"{why}: {', '.join(labels)}" for why, labels in not_drawn.items() if labels)
+    left_out = "; ".join(f"{why}: {', '.join(names)}" for why, names in not_drawn.items() if names)
     left_out = f"\nnot drawn, {left_out}" if left_out else ""
     fig.suptitle(f"{dataset} / {model}: each row minus its setting's baseline, paired by seed\n"
                  f"({interval_seeds(table['n_pairs'])}){left_out}")

@@ -114,9 +114,9 @@ def _max_difference(a: list[torch.Tensor | None], b: list[torch.Tensor | None]) 
     return worst
 
 
-# torch's private call that ends a graph memory pool's recording (`recover_from_failed_capture`), named
-# _cuda_endAllocateCurrentStreamToPool before torch 2.8 (same arguments: the device index and the pool); None in a
-# torch without either, where `StackedStepGraphs` takes a fresh pool after a failed capture instead.
+# torch's private call that ends the device allocator's recording into a graph memory pool
+# (`recover_from_failed_capture`), named _cuda_endAllocateCurrentStreamToPool before torch 2.8 (same arguments: the
+# device index and the pool); None in a torch without either.
 END_POOL_RECORDING = (getattr(torch._C, "_cuda_endAllocateToPool", None)
                       or getattr(torch._C, "_cuda_endAllocateCurrentStreamToPool", None))
 
@@ -127,13 +127,14 @@ def recover_from_failed_capture(device: torch.device, pool) -> None:
     stream that was current is current again; it raises nothing (the caller's error path goes on). Nothing on a CPU
     (a stand-in graph maker's failure, in the tests).
 
-    torch's CUDAGraph::capture_end raises at cudaStreamEndCapture before it tells the caching allocator that the
-    capture stopped allocating to its pool (torch 2.11 and 2.14): the pool stays "recording", so that the next capture
-    into it raises "already recording to mempool_id", and while the allocator believes a capture is under way it defers
-    freeing blocks used on several streams. `END_POOL_RECORDING` ends that recording. It is private, so a torch may
-    lack it; then `StackedStepGraphs` takes a fresh pool for its later captures. Not a fresh pool after every failure:
-    the memory a failed capture took stays in its pool, where later captures into that pool reuse it and those into
-    a fresh one cannot, and a step that syncs with the host fails once for each of its shapes.
+    torch's CUDAGraph::capture_end (torch 2.11) raises at cudaStreamEndCapture before it tells the caching allocator
+    and the pinned host allocator that the capture stopped allocating to its pool: the pool stays "recording" in both,
+    and while the device allocator believes a capture is under way it defers freeing blocks used on several streams.
+    `END_POOL_RECORDING` ends the device allocator's recording (a torch that ended it itself answers "not currently
+    recording", which is ignored). No call reaches the host allocator's, so a later capture into that pool raises
+    "already recording to mempool_id" (measured on an H200 with torch 2.11): a failed capture's pool takes no further
+    capture, and its callers capture into a fresh one (`StackedStepGraphs._cuda_graph`; `CapturedForward` captures
+    nothing after a failure).
 
     torch 2.11's CUDA generator keeps one "capturing" flag, which capture_begin sets and only a capture that ended
     clears: after a failed capture every eager draw from the default CUDA generator (dropout, torch.rand) raises
@@ -496,14 +497,13 @@ class StackedStepGraphs:
             self.difference.pop(key, None)
 
     def _cuda_graph(self, step: Callable[[], None]) -> Callable[[], None]:
-        """`cuda_graph` into the trainer's pool, which a failed capture leaves recording where torch lacks the call
-        that ends it (`recover_from_failed_capture`): the later captures take a fresh one (the graphs kept keep the
-        old one alive)."""
+        """`cuda_graph` into the trainer's pool. A failed capture leaves its pool recording in torch's host
+        allocator, which no call of torch's ends (`recover_from_failed_capture`), so the later captures take a fresh
+        pool: the memory the failed capture took stays in the old one, which the graphs kept keep alive."""
         try:
             return cuda_graph(step, self.pool)
         except Exception:
-            if END_POOL_RECORDING is None:
-                self.pool = torch.cuda.graph_pool_handle()
+            self.pool = torch.cuda.graph_pool_handle()
             raise
 
     def _capture(self, key: StepKey, step: Callable[[], None], static: tuple, state: list[torch.Tensor]

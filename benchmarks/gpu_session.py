@@ -101,9 +101,10 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
     "surface": [("surface_resnet20_bn", [PY, "benchmarks/bench_surface.py", "--model", "resnet20", "--norm", "batch",
                                          "--samples", "8000", "--batch-size", "2048", "--device", "cuda"], 150)],
     # The exact diagonal's two forms (`maths.DIAGONAL_FORMS`) on a card, timed on a part of the batch after the HVP
-    # modes: `per_sample` becomes the CUDA default (`maths.default_diagonal_form`) if it wins on both. FedAlign's
-    # bottleneck ResNet56 at 100 classes first (in 120 s on an H200 it had printed nothing: the diagonal was timed
-    # before the products were printed), then resnet20 with batch norm, with its top eigenvalues against float64
+    # modes (`per_sample` is the CUDA default, `maths.default_diagonal_form`: 0.63x `per_class` on resnet20-BN).
+    # FedAlign's bottleneck ResNet56 at 100 classes first, not yet measured (in 120 s on an H200 it had printed
+    # nothing: the diagonal was timed before the products were printed), then resnet20 with batch norm, with its top
+    # eigenvalues against float64
     # (goal 1e-4). The HVP modes were measured on an H200 (forward-over-reverse 0.82x the cached graph on resnet20,
     # 1.21x on meta.yaml's resnet18 with group norm: the cached graph stays the default, `maths.default_hvp_mode`).
     "hvp": [("hvp_resnet56_bottleneck", [PY, "benchmarks/bench_hvp.py", "--model", "resnet56_bottleneck", "--norm",

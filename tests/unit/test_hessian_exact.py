@@ -139,6 +139,31 @@ def test_an_unknown_form_of_the_exact_diagonal_is_refused_by_name():
         gauss_newton_diagonal(op, "rows")
 
 
+@pytest.mark.parametrize(("device", "form"), [
+    ("cpu", "per_class"),  # per_sample lost on the default run's cnn_small and the pilot's ConvNet on CPUs
+    (torch.device("cpu"), "per_class"),
+    ("cuda", "per_sample"),  # 0.63x per_class's time on resnet20-BN on an H200
+    (torch.device("cuda", 1), "per_sample"),
+])
+def test_the_exact_diagonal_s_default_form_is_the_device_kind_s_faster_one(device, form):
+    assert hessian_maths.default_diagonal_form(device) == form
+
+
+def test_the_exact_diagonal_takes_the_default_form_of_its_operator_s_device(monkeypatch):
+    # Prepare: a spy on the forms' per-sample gradients, as the default form of the operator's device is asked for
+    model, x, y = _tiny("cnn_small", None)
+    asked = []
+    monkeypatch.setattr(hessian_maths, "default_diagonal_form", lambda device: asked.append(device) or "per_sample")
+
+    # Execute
+    with HessianOperator(model, x, y, batch_size=3, cache_graph=False) as op:
+        by_default, per_class = gauss_newton_diagonal(op), gauss_newton_diagonal(op, "per_class")
+
+    # Assert: asked once (not when a form is given), for the operator's device; the forms agree to rounding
+    assert asked == [op.device]
+    torch.testing.assert_close(by_default, per_class, rtol=1e-9, atol=1e-12 * float(per_class.abs().max()))
+
+
 @pytest.mark.parametrize(("name", "norm"), [v for v in VARIANTS if not piecewise_linear(v[0], _options(v[1]))],
                          ids=lambda v: str(v))
 def test_group_norm_is_not_piecewise_linear_and_the_same_check_fails(name, norm):

@@ -8,12 +8,14 @@ by their own CPU time. The cases:
   Dirichlet(0.5) split (uneven shards: batch norm's masked path), as `bench_vectorized.py` times it;
 - ``vec_bn_equal``: the same with equal shards (no padding: torch's own batch norm over the grouped channels);
 - ``seq``: fedscape's sequential local training of one client against torch's own loop, ``--model`` at
-  ``--batch-size``;
+  ``--batch-size`` (``--norm ''`` for a model without the option), and the operators each launches per step and per
+  call (`operators_per_step`), which on a card bound a launch-bound step's time and on a CPU are counted the same;
 - ``captured``: resnet20 (batch norm) steps at batch 16 and 32: plain, fedscape sequential, fedscape captured
   (`bench_gpu.measure`), timed, not profiled.
 
     python benchmarks/profile_gpu.py --device cuda vec_bn vec_gn vec_bn_equal seq captured
     python benchmarks/profile_gpu.py --device cpu --clients 4 --steps 2 vec_bn seq      # a quick check
+    python benchmarks/profile_gpu.py --device cpu --steps 10 --model convnet --norm '' seq
 """
 
 from __future__ import annotations
@@ -37,6 +39,47 @@ from fedscape.models.params import FlatParams, flatten_buffers
 from fedscape.models.registry import build_model
 
 CASES = ("vec_bn", "vec_gn", "vec_bn_equal", "seq", "captured")
+
+
+# Leaf operators that launch no kernel: views and aliases of a tensor, allocations, and `to` where the tensor is
+# already there (a copy would show as its own `copy_` below it, so `to` would not be a leaf).
+NO_KERNEL_OPS = frozenset(f"aten::{name}" for name in (
+    "view", "_unsafe_view", "_reshape_alias", "reshape", "as_strided", "alias", "detach", "lift_fresh", "t",
+    "transpose", "permute", "expand", "squeeze", "unsqueeze", "slice", "select", "narrow", "unbind", "split", "chunk",
+    "unflatten", "flatten", "numpy_T", "empty", "empty_strided", "empty_like", "resize_", "to"))
+
+
+def compute_ops(events) -> int:
+    """The operators among a profile's `events` that compute (leaf aten operators, less `NO_KERNEL_OPS`): each
+    launches about one kernel on a card, so that they count a launch-bound step's work on any device."""
+    aten = [e for e in events if e.name.startswith("aten::")]
+    return sum(1 for e in aten if e.name not in NO_KERNEL_OPS
+               and not any(c.name.startswith("aten::") for c in e.cpu_children))
+
+
+def counted(fn, device: torch.device) -> int:
+    """`compute_ops` of one call of fn, after a warm-up call."""
+    fn()
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+        sync(device)
+    return compute_ops(prof.events())
+
+
+def operators_per_step(args: argparse.Namespace, device: torch.device) -> dict[str, tuple[float, float]]:
+    """Computing operators of the plain loop and of fedscape's local_train, per step and per call beyond its steps:
+    from calls of `--steps` and of twice as many (the difference is the steps', the rest the call's own; negative
+    where a call's first steps take fewer than the later ones, as SGD's first step with momentum does)."""
+    counts = {}
+    for steps in (args.steps, 2 * args.steps):
+        plain, fedscape = sequential_cases(argparse.Namespace(**{**vars(args), "steps": steps}), device)
+        counts[steps] = {"plain": counted(plain, device), "fedscape": counted(fedscape, device)}
+    out = {}
+    for name in ("plain", "fedscape"):
+        per_step = (counts[2 * args.steps][name] - counts[args.steps][name]) / args.steps
+        out[name] = per_step, counts[args.steps][name] - per_step * args.steps
+    return out
 
 
 def report(label: str, fn, device: torch.device, rows: int) -> None:
@@ -134,9 +177,15 @@ def main() -> None:
             report(label, vectorized_case(norm, case == "vec_bn_equal", args, device), device, args.rows)
         elif case == "seq":
             plain, fedscape = sequential_cases(args, device)
-            what = f"{args.model} ({args.norm} norm), {args.steps} steps of batch {args.batch_size}"
+            what = (f"{args.model}{f' ({args.norm} norm)' if args.norm else ''}, {args.steps} steps of batch "
+                    f"{args.batch_size}")
             report(f"plain torch loop, {what}", plain, device, args.rows)
             report(f"fedscape sequential local_train, {what}", fedscape, device, args.rows)
+            ops = operators_per_step(args, device)
+            print(f"\n## computing operators (leaf aten operators less views and allocations: about one kernel each "
+                  f"on a card), {what} and twice the steps: plain {ops['plain'][0]:.1f} a step, fedscape "
+                  f"{ops['fedscape'][0]:.1f} ({ops['fedscape'][0] - ops['plain'][0]:+.1f}); a call's own, beyond its "
+                  f"steps, fedscape's less plain's: {ops['fedscape'][1] - ops['plain'][1]:+.0f}")
         else:
             for batch in (16, 32):
                 kind = StepKind("resnet20", (("norm", "batch"),), 3, 32, 10, batch, 0.9, 5e-4, "sequential", True, 0)

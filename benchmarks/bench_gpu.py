@@ -14,7 +14,8 @@ per step is that of CIFAR for CIFAR's models):
   (`resolve_capture`, as the sequential trainer decides: their own algorithm, model and `training.capture`; MOON,
   Mixup, FedAlign and the other algorithms with their own local objective step eagerly), and only on a CUDA device;
 - evaluation: `fedscape.models.evaluate.evaluate` of the network on one batch of the runs' `eval_batch_size`, per
-  image (a forward pass in eval mode, as the engine evaluates its global model);
+  image (a forward pass in eval mode, as the engine evaluates its global model), timed side by side with a plain eval
+  loop over the same batch (`plain_evaluate`: the reference; one rotation, `timed_together`);
 - vectorized: fedscape's vectorised round (`fedscape.fl.vectorized`), per client step, timed side by side with plain
   (a rotation of its own per stack size: one stack's memory is freed before the next is built), where the runs of
   that kind train vectorised on this device (`resolve_client_parallel` of each run's own algorithm and training
@@ -351,11 +352,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device: torch.device, repeats: int) -> float:
-    """The median seconds of `fn()` over `repeats` calls after one untimed warm-up call."""
-    return timed_together({"fn": fn}, device, repeats)["fn"]
-
-
 def timed_together(fns: dict[str, Callable[[], Any]], device: torch.device, repeats: int) -> dict[str, float]:
     """The median seconds of each of `fns` over `repeats` rounds, after one untimed warm-up call of each; every round
     calls each once, in an order that rotates from round to round. A ratio between them then compares calls made
@@ -374,6 +370,24 @@ def timed_together(fns: dict[str, Callable[[], Any]], device: torch.device, repe
             sync(device)
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+@torch.no_grad()
+def plain_evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """The reference of `evaluate`: a plain eval loop's summed cross-entropy and correct count of `model` on the
+    device-resident `x`, `y` in batches of `batch_size`, both kept on the device and read once at the end (what any
+    eval loop must return). Neither `evaluate`'s float64 sums nor its second, wide pass after an overflow: a minimal
+    loop, so that "evaluation / plain" is what fedscape's evaluation adds."""
+    model.eval()
+    loss = torch.zeros((), device=x.device)
+    correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    for start in range(0, len(y), batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        logits = model(xb)
+        loss += F.cross_entropy(logits, yb, reduction="sum")
+        correct += (logits.argmax(dim=1) == yb).sum()
+    total, right = torch.stack((loss, correct.to(loss.dtype))).tolist()
+    return total, right
 
 
 def synthetic_clients(kind: StepKind, num_clients: int, samples: int, device: torch.device) -> FederatedData:
@@ -396,7 +410,7 @@ def measure(kinds: list[StepKind], args: argparse.Namespace, device: torch.devic
     each local step among them (`StepKind.local`) of fedscape's sequential step, of its captured step (where a kind's
     runs capture), and per client step of a vectorised round of each vectorised kind's clients (None, with the reason,
     where a kind does not take that path); what each kind's runs cost "now"; and ms per image of an evaluation at
-    each of the kinds' eval batch sizes ("eval_ms")."""
+    each of the kinds' eval batch sizes ("eval_ms"), and of the plain eval loop timed beside it ("plain_eval_ms")."""
     kind = kinds[0]
     samples = args.steps * kind.batch_size
     # client_chunk_size 0 (one chunk): a measured round stacks the clients its kind's runs stack together, which
@@ -430,15 +444,18 @@ def measure(kinds: list[StepKind], args: argparse.Namespace, device: torch.devic
             by_local.setdefault(k.local, []).append(k)
         for group in by_local.values():
             rows.update(measure_local(group, plain_epoch, data, cfg, args, device))
-        # An evaluation as the engine's: one full batch of the runs' eval batch size, per image.
+        # An evaluation as the engine's: one full batch of the runs' eval batch size, per image; the plain eval loop
+        # in the same rotation, so that their ratio carries no drift of the device's speed.
         for batch in sorted({k.eval_batch_size for k in kinds}):
             images = synthetic_clients(kind, 1, batch, device)
-            ms = timed(lambda images=images, batch=batch: evaluate(plain_model, images.x_train, images.y_train, batch),
-                       device, args.repeats) / batch * 1e3
+            x, y = images.x_train, images.y_train
+            fns = {"eval": lambda x=x, y=y, batch=batch: evaluate(plain_model, x, y, batch),
+                   "plain_eval": lambda x=x, y=y, batch=batch: plain_evaluate(plain_model, x, y, batch)}
+            seconds = timed_together(fns, device, args.repeats)
             for k in kinds:
                 if k.eval_batch_size == batch:
-                    rows[k]["eval_ms"] = ms
-            del images
+                    rows[k].update({f"{name}_ms": s / batch * 1e3 for name, s in seconds.items()})
+            del images, x, y, fns  # this batch's images freed before the next batch's are made
     return rows
 
 
@@ -586,8 +603,9 @@ def measure_kinds(kinds: list[StepKind], args: argparse.Namespace, device: torch
     kinds = sorted(kinds, key=lambda k: (k.label.split(', batch')[0], k.batch_size, k.path, k.clients, k.capture))
     capped = sorted({k.clients for k in kinds if k.path == "vectorized" and stacked_clients(k, args) < k.clients})
     print("| model | plain ms/step | fedscape sequential ms/step | sequential / plain | vectorised ms/client step | "
-          "plain / vectorised | runs' path | captured ms/step | plain / captured | evaluation ms/1,000 images |")
-    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|")
+          "plain / vectorised | runs' path | captured ms/step | plain / captured | evaluation ms/1,000 images | "
+          "plain evaluation ms/1,000 images | evaluation / plain |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|")
     costs: dict[StepKind, dict] = {}
     shapes: dict[tuple, list[StepKind]] = {}
     for kind in kinds:
@@ -602,7 +620,8 @@ def measure_kinds(kinds: list[StepKind], args: argparse.Namespace, device: torch
                    if row["captured_ms"] is not None else f"n/a: {row['why_not_captured']} | ")
             print(f"| {kind.label} | {row['plain_ms']:.4g} | {row['sequential_ms']:.4g} | "
                   f"{row['sequential_ms'] / row['plain_ms']:.2f}x | {vec} | {kind.path} | {cap} | "
-                  f"{row['eval_ms'] * 1e3:.4g} |", flush=True)
+                  f"{row['eval_ms'] * 1e3:.4g} | {row['plain_eval_ms'] * 1e3:.4g} | "
+                  f"{row['eval_ms'] / row['plain_eval_ms']:.2f}x |", flush=True)
     if capped:
         # The stacked round's fixed cost per step is shared by its clients: fewer clients cost more per client step.
         print(f"# --clients {args.clients} measured fewer clients than the runs of {', '.join(map(str, capped))} "

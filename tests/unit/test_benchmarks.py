@@ -185,6 +185,14 @@ def test_bench_gpu_projects_the_measured_step_costs():
         assert int(images) > 0 and float(evaluating) == pytest.approx(int(images) * costs[model][3] / 3.6e9, rel=2e-3)
         assert float(total) == pytest.approx(float(now) + float(evaluating), rel=2e-3)
     assert "shards taken equal" not in out  # the digits' partitions are made here
+    # every kind's evaluation beside the plain eval loop's, and their ratio as printed (to its 2 decimals, of the
+    # 4 significant digits printed)
+    for row in tables[0][1:]:
+        cells = dict(zip(tables[0][0], row, strict=True))
+        fedscape, plain = float(cells["evaluation ms/1,000 images"]), float(cells["plain evaluation ms/1,000 images"])
+        assert fedscape > 0 and plain > 0 and cells["evaluation / plain"].endswith("x")
+        assert float(cells["evaluation / plain"][:-1]) == pytest.approx(fedscape / plain,
+                                                                        abs=0.005 + 2e-3 * fedscape / plain)
     # a CPU has no captured steps, and says why
     assert all(row[7] == "n/a: CUDA graphs need a CUDA device, not cpu" for row in tables[0][1:])
     # each vectorised kind measured at its runs' clients per round, capped by --clients 2, and the table says so
@@ -317,7 +325,6 @@ def test_bench_gpu_prices_each_run_at_its_own_algorithms_local_step(monkeypatch)
                                 **kwargs)
 
     monkeypatch.setattr(bench_gpu, "local_train", recording_local_train)
-    monkeypatch.setattr(bench_gpu, "timed", lambda fn, device, repeats: (fn(), 1.0)[1])
     monkeypatch.setattr(bench_gpu, "timed_together",
                         lambda fns, device, repeats: {name: (fn(), 1.0)[1] for name, fn in fns.items()})
     args = argparse.Namespace(steps=1, repeats=1, clients=2, precision="fp32")
@@ -473,7 +480,6 @@ def _timed_once(bench_gpu, monkeypatch) -> list[set[str]]:
         return {name: (fn(), 1.0)[1] for name, fn in fns.items()}
 
     monkeypatch.setattr(bench_gpu, "timed_together", together)
-    monkeypatch.setattr(bench_gpu, "timed", lambda fn, device, repeats: together({"fn": fn}, device, repeats)["fn"])
     return rotations
 
 
@@ -518,6 +524,29 @@ def test_bench_gpu_times_every_step_beside_the_plain_one(monkeypatch, path):
         assert row["now_ms"] == row["vectorized_ms"] == 250.0 and row["plain_per_vectorized"] == 4.0
     else:
         assert row["now_ms"] == row["captured_ms"] == 1e3
+    # and fedscape's evaluation in a rotation with the plain eval loop, each per image of its one batch
+    assert {"eval", "plain_eval"} in rotations
+    assert row["eval_ms"] == row["plain_eval_ms"] == 1e3 / kind.eval_batch_size
+
+
+@pytest.mark.parametrize("batch_size", [7, 50, 64])  # a partial last batch, one batch, a batch beyond the images
+def test_bench_gpu_plain_eval_loop_computes_what_evaluate_does(monkeypatch, batch_size):
+    # Prepare: a network with batch norm left in training mode, its running statistics away from any batch's
+    bench_gpu = _bench_gpu(monkeypatch)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3))
+    with torch.no_grad():
+        model(3.0 + torch.randn(64, 12))
+    x, y = torch.randn(50, 12), torch.randint(0, 3, (50,))
+    expected = bench_gpu.evaluate(model, x, y, batch_size)
+
+    # Execute
+    total, correct = bench_gpu.plain_evaluate(model, x, y, batch_size)
+
+    # Assert: the reference passes the same work forward (in eval mode, every image once) and returns what an
+    # evaluation must: the summed loss and the correct count
+    assert total == pytest.approx(expected.loss * expected.n, rel=1e-5)
+    assert correct == round(expected.acc * expected.n)
 
 
 @pytest.mark.parametrize(("repeats", "scale", "captured"), [(2, 1.0, True), (3, 1.0, True), (2, 2.0, False)])
@@ -768,7 +797,6 @@ def test_bench_gpu_closes_each_stacked_trainer_before_building_the_next(monkeypa
             super().close()
 
     monkeypatch.setattr(bench_gpu, "VectorizedTrainer", Recording)
-    monkeypatch.setattr(bench_gpu, "timed", lambda fn, device, repeats: (fn(), 1.0)[1])
     monkeypatch.setattr(bench_gpu, "timed_together",
                         lambda fns, device, repeats: {name: (fn(), 1.0)[1] for name, fn in fns.items()})
     args = argparse.Namespace(steps=1, repeats=1, clients=0, precision="fp32")
@@ -796,7 +824,8 @@ def test_bench_gpu_prints_each_configs_hours_once_its_kinds_are_measured(monkeyp
             raise RuntimeError("out of memory")
         measured.extend(group)
         return {k: {**bench_gpu.price(k, {"plain_ms": 2.0, "sequential_ms": 3.0}, None, "no card",
-                                      {bench_gpu.stacked_clients(k, args): (1.0, 2.0)}, args, "cpu"), "eval_ms": 0.5}
+                                      {bench_gpu.stacked_clients(k, args): (1.0, 2.0)}, args, "cpu"), "eval_ms": 0.5,
+                    "plain_eval_ms": 0.4}
                 for k in group}
 
     monkeypatch.setattr(bench_gpu, "measure", fake_measure)

@@ -301,7 +301,8 @@ def test_only_the_runs_evaluated_less_than_every_round_carry_the_bump_of_their_d
 
 
 def test_gradaug_s_bump_spares_the_models_it_never_stacks():
-    # group norm: GradAug's sub-networks are never stacked on it, so its runs' numbers did not change
+    # group norm: GradAug's sub-networks were not stacked on it before the bump's fix, so its runs' numbers did not
+    # change
     config = check_config({"models": ["resnet20"], "model_options": {"resnet20": {"norm": "group"}},
                            "experiments": [{"alpha": "iid", "algorithm": "a"}],
                            "algorithms": {"a": {"name": "gradaug", "min_width": 0.2}}}, SCHEMA)

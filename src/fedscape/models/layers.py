@@ -463,20 +463,84 @@ def sliced_stacked_conv(conv: nn.Conv2d, params: Mapping[str, Tensor], name: str
 
 
 def sliced_stacked_norm(norm: nn.Module, params: Mapping[str, Tensor], name: str, h: Tensor, k: int,
-                        state: StackedNorm | None) -> Tensor:
-    """`sliced_norm` in training below full width, of K stacked models on h in grouped layout [B, K*C', H, W]: batch
-    norm over each client's real rows (``state.mask``) with its first C' weights, from batch statistics, updating no
-    running statistics (the slimmable BN of the GradAug and FedAlign code). Group norm's cut groups have no stacked
-    form here."""
+                        state: StackedNorm | None, widths: float | Sequence[float] | None = None) -> Tensor:
+    """`sliced_norm` in training below full width, of K stacked models on h in grouped layout [B, K*C', H, W], client
+    k's sub-network at ``widths[k]`` (a float: every client at that width; None: every client keeps all C' channels):
+    batch norm over each client's real rows (``state.mask``) with its first C' weights, from batch statistics, updating
+    no running statistics (the slimmable BN of the GradAug and FedAlign code); group norm over each client's own kept
+    channels, group by group (`sliced_stacked_group_norm`). A client's channels past its own width hold values of no
+    meaning, which the caller zeroes (`width_keep`)."""
     if isinstance(norm, nn.Identity):
         return h
-    if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
-        raise TypeError(f"sliced_stacked_norm has no grouped form of {type(norm).__name__} ({name})")
     c = h.shape[1] // k
     sliced = {n: params[n][:, :c] for n in (f"{name}.weight", f"{name}.bias") if n in params}
+    if isinstance(norm, nn.GroupNorm):
+        kept = [c] * k if widths is None or isinstance(widths, int | float) else [
+            slim_channels(norm.num_channels, w) for w in widths]
+        if max(kept) != c:
+            raise ValueError(f"{name}: h holds {c} channels per client, not the {max(kept)} its widths keep at most")
+        return sliced_stacked_group_norm(h, k, kept, norm.num_channels // norm.num_groups,
+                                         sliced.get(f"{name}.weight"), sliced.get(f"{name}.bias"), norm.eps)
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm):
+        raise TypeError(f"sliced_stacked_norm has no grouped form of {type(norm).__name__} ({name})")
     return stacked_norm(norm, sliced, name, h, k, StackedNorm(state.mask if state else None, None,
                                                              state.counts if state else {},
                                                              state.single if state else None))
+
+
+def sliced_stacked_group_norm(h: Tensor, k: int, kept: Sequence[int], group_size: int, weight: Tensor | None,
+                              bias: Tensor | None, eps: float) -> Tensor:
+    """`sliced_norm`'s group norm (Wu & He 2018) of K stacked models on h in grouped layout [B, K*C', H, W], client k
+    keeping its first kept[k] <= C' channels, with weight and bias [K, C'] (each client's first C'): each sample's
+    channels j < kept[k] of client k in groups j // ``group_size``, the last one partial where kept[k] is not a multiple
+    of the group size, each group normalised with its own mean and biased variance. Client k's channels from kept[k]
+    on enter no kept channel's statistics and come out as values of no meaning (`width_keep` zeroes them next).
+
+    The first form that applies: every client keeps whole groups (`slim_channels` keeps multiples of 8, so groups of
+    8 channels or fewer at most widths), torch's group norm over all K * C' / group_size groups, a cut group normalised
+    on its own; every client keeps the same C' channels (FedAlign's one width), torch's group norm over the whole
+    groups and over the partial ones; else the sums of each (sample, client, group) over its kept channels through a
+    mask, the mean then the biased variance about it, as torch's group norm computes them, in at least float32 as
+    autocast runs torch's (and returns them)."""
+    b, kc, height, width = h.shape
+    c = kc // k
+
+    def flat(t: Tensor | None, start: int = 0, stop: int = c) -> Tensor | None:
+        return None if t is None else t[:, start:stop].flatten()
+
+    if all(n % group_size == 0 for n in kept):
+        return F.group_norm(h, kc // group_size, flat(weight), flat(bias), eps)
+    whole = c - c % group_size
+    if all(n == c for n in kept):
+        grouped = h.unflatten(1, (k, c))
+        parts = [F.group_norm(grouped[:, :, start:stop].flatten(1, 2), k * groups, flat(weight, start, stop),
+                              flat(bias, start, stop), eps).unflatten(1, (k, stop - start))
+                 for start, stop, groups in ((0, whole, whole // group_size), (whole, c, 1)) if stop > start]
+        return grouped_contiguous(torch.cat(parts, dim=2).flatten(1, 2))
+    # Only clients of different widths come here (GradAug's, whose stacked steps are never captured into CUDA graphs):
+    # the masks are built on the host from its counts and copied without an explicit wait for the device's queue.
+    groups = -(-c // group_size)
+    channels = torch.arange(c) < torch.tensor(kept).unsqueeze(1)  # [K, C']: client k's kept channels
+    count = F.pad(channels, (0, groups * group_size - c)).view(k, groups, group_size).sum(-1) * (height * width)
+    dtype = torch.promote_types(h.dtype, torch.float32)
+    channels = channels.view(1, kc).to(h.device, non_blocking=True)
+    # a group no channel of the client keeps: sums of 0 over a count of 1, finite values of no meaning
+    count = count.clamp_min(1).to(h.device, dtype, non_blocking=True)
+
+    def group_sums(per_channel: Tensor) -> Tensor:  # [B, K*C'] -> each client's groups' sums [B, K, groups]
+        padded = F.pad(per_channel.view(b, k, c), (0, groups * group_size - c))
+        return padded.view(b, k, groups, group_size).sum(-1)
+
+    def per_channel(per_group: Tensor) -> Tensor:  # [B, K, groups] -> [B, K*C', 1, 1]
+        return per_group.repeat_interleave(group_size, dim=2)[:, :, :c].reshape(b, kc, 1, 1)
+
+    x = torch.where(channels.view(1, kc, 1, 1), h.to(dtype), 0)
+    centered = x - per_channel(group_sums(x.sum((2, 3))) / count)
+    var = group_sums(torch.where(channels, centered.square().sum((2, 3)), 0)) / count
+    scale = per_channel(torch.rsqrt(var + eps))
+    if weight is not None:
+        scale = scale * weight.reshape(1, kc, 1, 1)
+    return centered * scale if bias is None else torch.addcmul(bias.reshape(1, kc, 1, 1), centered, scale)
 
 
 class ImageClassifier(nn.Module):

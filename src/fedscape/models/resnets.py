@@ -198,9 +198,9 @@ class BasicBlock(ResidualBlock):
         channels = self.conv1.out_channels
         out_channels = stacked_slim_channels(channels, widths)
         r = sliced_stacked_conv(self.conv1, params, f"{prefix}conv1", h, k, out_channels)
-        r = F.relu(kept(keep, sliced_stacked_norm(self.norm1, params, f"{prefix}norm1", r, k, norm), channels))
+        r = F.relu(kept(keep, sliced_stacked_norm(self.norm1, params, f"{prefix}norm1", r, k, norm, widths), channels))
         r = sliced_stacked_conv(self.conv2, params, f"{prefix}conv2", r, k, out_channels)
-        r = kept(keep, sliced_stacked_norm(self.norm2, params, f"{prefix}norm2", r, k, norm), channels)
+        r = kept(keep, sliced_stacked_norm(self.norm2, params, f"{prefix}norm2", r, k, norm, widths), channels)
         if isinstance(self.shortcut, nn.Identity):
             skip = h
         elif isinstance(self.shortcut, ZeroPadShortcut):
@@ -209,7 +209,7 @@ class BasicBlock(ResidualBlock):
         else:
             skip = kept(keep, sliced_stacked_norm(self.shortcut[1], params, f"{prefix}shortcut.1",
                                                   sliced_stacked_conv(self.shortcut[0], params, f"{prefix}shortcut.0",
-                                                                      h, k, out_channels), k, norm), channels)
+                                                                      h, k, out_channels), k, norm, widths), channels)
         return F.relu(r + skip)
 
 
@@ -283,14 +283,15 @@ class Bottleneck(ResidualBlock):
                                                 (self.conv3, self.norm3, out_channels)), start=1):
             r = kept(keep, sliced_stacked_norm(layer, params, f"{prefix}norm{i}",
                                                sliced_stacked_conv(conv, params, f"{prefix}conv{i}", r, k, out), k,
-                                               norm), conv.out_channels)
+                                               norm, widths), conv.out_channels)
             r = F.relu(r) if i < 3 else r
         if isinstance(self.shortcut, nn.Identity):
             skip = h
         else:
             skip = kept(keep, sliced_stacked_norm(self.shortcut[1], params, f"{prefix}shortcut.1",
                                                   sliced_stacked_conv(self.shortcut[0], params, f"{prefix}shortcut.0",
-                                                                      h, k, out_channels), k, norm), self.out_channels)
+                                                                      h, k, out_channels), k, norm, widths),
+                      self.out_channels)
         return F.relu(r + skip)
 
 
@@ -407,7 +408,7 @@ class ResNet(ImageClassifier):
         channels = self.stem.out_channels
         h = sliced_stacked_conv(self.stem, params, "stem", grouped_layout(x), k,
                                 stacked_slim_channels(channels, widths))
-        h = F.relu(kept(keep, sliced_stacked_norm(self.stem_norm, params, "stem_norm", h, k, norm), channels))
+        h = F.relu(kept(keep, sliced_stacked_norm(self.stem_norm, params, "stem_norm", h, k, norm, widths), channels))
         h = self.stem_pool(h)
         for i, block in enumerate(self.blocks):
             if not isinstance(block, BasicBlock | Bottleneck):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedscape.fl.hparams.base import AlgorithmSpec, ServerSGDConfig, own_passes, refuse_out_of_range
-from fedscape.models.specs import MODEL_INFOS, model_norm
+from fedscape.models.specs import MODEL_INFOS
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,6 @@ class FedAlignConfig(ServerSGDConfig):
             return f"its last block slimmed per client, which only the ResNets stack (not {model})"
         if self.width >= 1:
             return "a width below 1 (at width 1 the full last block runs twice a step)"
-        if model_norm(model, model_options) == "group":
-            return f"batch norm or none in {model} (group norm's groups cut at its width have no stacked form)"
         return None
 
 

@@ -51,8 +51,10 @@ class GradAugConfig(ServerSGDConfig):
         # the widest client's channel count, fewer than its own: every run that can train stacked (whether it did
         # is not in its settings: `auto` stacked on a GPU, not on a CPU, and no longer stacks bottleneck blocks on a
         # GPU either), none that cannot; and 1: cnn_small's sub-networks slice its hidden fc layer's outputs too (they
-        # kept all 64: models.feedforward.SmallCNN), its runs alone
-        stackable = (training.get("client_parallel") != "sequential"
+        # kept all 64: models.feedforward.SmallCNN), its runs alone. Group norm's runs are spared: they trained one
+        # client after another until its sliced groups stacked (`models.layers.sliced_stacked_group_norm`), which
+        # came after the fix, so none of them ever ran the bug.
+        stackable = (training.get("client_parallel") != "sequential" and model_norm(model, model_options) != "group"
                      and self.stacked_problem(model, model_options, training) is None)
         return int(self.min_width < NARROW_ROUNDING_BELOW and stackable) + int(model == "cnn_small")
 
@@ -63,8 +65,6 @@ class GradAugConfig(ServerSGDConfig):
         if self.draws_full_width():
             return (f"sub-networks below full width (min_width {self.min_width} can draw width 1.0, the full "
                     "network, which moves its running statistics)")
-        if model_norm(model, model_options) == "group":
-            return f"batch norm or none in {model} (group norm's groups cut at a width have no stacked form)"
         return None
 
 

@@ -102,12 +102,10 @@ def stacked_gradients(losses: torch.Tensor, params: list[torch.Tensor]) -> list[
 def slimmed_stack_blocker(name: str, model: nn.Module, stacked_forward: bool, method: str, what: str) -> str | None:
     """Why algorithm `name`, which slims each stacked client's layers (`what`) through the model's own `method`, cannot
     train `model` stacked (through its own `forward_stacked` where `stacked_forward`, else under vmap): only the
-    ResNets' stacked forward slims, and group norm's cut groups have no stacked form. None: it can."""
+    ResNets' stacked forward slims (every norm of theirs: `models.layers.sliced_stacked_norm`). None: it can."""
     if not (stacked_forward and hasattr(model, method)):
         return (f"algorithm {name!r} {what}, which only the ResNets' own stacked forward does ({type(model).__name__}"
                 f"{'' if stacked_forward else ' under vmap'})")
-    if any(isinstance(m, nn.GroupNorm) for m in model.modules()):
-        return f"algorithm {name!r} slims group norm's groups, which has no stacked form"
     return None
 
 

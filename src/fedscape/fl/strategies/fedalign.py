@@ -74,7 +74,7 @@ class FedAlign(Strategy):
     reusing the full network's (detached) block input; the ratio CE / L_lip is a constant (App. A.2).
     The last "block" is the whole last stage of a ResNet and `last_block` of cnn_small.
 
-    Vectorised training (the ResNets with batch norm or none, below full width) computes the same terms for every
+    Vectorised training (the ResNets, below full width) computes the same terms for every
     stacked client, each with its own CE / L_lip factor and its own gradient clipping, in two backward passes as the
     sequential step, the second's gradients kept for the clients whose L_lip is positive and finite.
     """

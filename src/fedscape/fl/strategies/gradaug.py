@@ -49,7 +49,7 @@ class GradAug(Strategy):
     uniformly from [min_width, 1], largest first), each on the batch resized to a random scale.
     Each pass is back-propagated in turn, like the reference code, so memory stays at one pass.
 
-    Vectorised training (the ResNets with batch norm or none, min_width below 1) takes the same draws
+    Vectorised training (the ResNets, min_width below 1) takes the same draws
     (`local_draws`): the full pass of every stacked client, then each sub-network pass over the clients that drew the
     same input size, every client at its own width (`ResNet.forward_widths_stacked`: layers sliced to the most
     channels a client's width keeps, each client's past its own held at 0), each pass back-propagated in turn.

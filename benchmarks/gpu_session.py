@@ -53,7 +53,9 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
     # The CUDA tests: captured steps equal to eager ones, fp32 CUDA rounds against the CPU, vectorised batch norm,
     # crop-flip on the device, the precision switches, the cards' claims by UUID, a card's UUID in a job's record,
     # MOON's eval-mode references with batch norm, flat points on the card, stacked steps replayed from graphs, surfaces
-    # with recomputed batch-norm statistics, the server step's column-blocked sums against one product on the card.
+    # with recomputed batch-norm statistics, the server step's column-blocked sums against one product on the card;
+    # a train job's and a Hessian job's records and numbers on the card against the CPU's (and the Hessian job's
+    # resume there), APGD's sharpness and the tied GPT's stacked AdamW in float64 (tests/unit/test_on_a_card.py).
     # First, in seconds, whether the machine's environment is whole (setup.sh's packages, a visible card): a missing
     # one would otherwise show only as the tests' collection errors or every CUDA test skipped. A test file that fails
     # to collect stops neither the others nor the call.
@@ -67,7 +69,8 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
                               "tests/unit/test_moon_reference_mode.py", "tests/unit/test_alignment.py",
                               "tests/unit/test_capture_stacked.py", "tests/unit/test_stored_images.py",
                               "tests/unit/test_vectorized_moon.py", "tests/unit/test_vectorized_gradaug.py",
-                              "tests/unit/test_bn_stats.py", "tests/unit/test_aggregate_blocks.py"], 90)],
+                              "tests/unit/test_bn_stats.py", "tests/unit/test_aggregate_blocks.py",
+                              "tests/unit/test_on_a_card.py"], 150)],
     # The papers' step costs (plain; sequential, captured and vectorised at each run's own algorithm's local step)
     # and their projected hours. fedalign.yaml has the most local steps (23 of its bottleneck ResNet56: FedAlign at
     # four mu and four widths, GradAug at four sub-network counts...), measured at fewer steps to fit its own call.

@@ -11,9 +11,9 @@ pass the call's limit less 40 s, `--budget <limit_s - 40>` (default: FEDSCAPE_GP
 
     cp -r ../shared/gpu .gpu    # once, in the checkout (git-ignored); each call carries it (run tool: carry [".gpu"])
     source .gpu/setup.sh && python3 benchmarks/gpu_session.py --budget <limit_s - 40> --out $OUT tests steps_fedalign
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --budget <limit_s - 40> --out $OUT hvp memory
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --budget <limit_s - 40> --out $OUT steps memory surface
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --budget <limit_s - 40> --out $OUT hvp
     source .gpu/setup.sh && python3 benchmarks/gpu_session.py --budget <limit_s - 40> --out $OUT algorithms resnet56
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --budget <limit_s - 40> --out $OUT steps surface
     source .gpu/setup.sh && python3 benchmarks/gpu_session.py --budget <limit_s - 40> --out $OUT vectorized conv
     python benchmarks/gpu_session.py --list                                                     # what each part runs
     python benchmarks/gpu_session.py --dry-run                  # each command's arguments read by its own parser
@@ -139,10 +139,11 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
 }
 # The parts as device calls, most wanted first: each call's limits add up to less than a call's 600 s, with room for
 # setup.sh. A session's 15 minutes of device time hold about one full call and a short one after the machine's start.
-# What is still unmeasured comes first (the CUDA tests of the capture recovery and fedalign.yaml's hours, unmeasured
-# at 9e07a40; then the bottleneck ResNet56's diagonal forms and memory, FedAlign's algorithms stacked and resnet56-BN
-# on Dirichlet shards); the goals met on a card at 9e07a40 come after (benchmarks/README.md).
-CALLS = (("tests", "steps_fedalign"), ("hvp", "memory"), ("algorithms", "resnet56"), ("steps", "surface"),
+# What is still unmeasured comes first: the CUDA tests (the capture recovery; the paths no card ran) and
+# fedalign.yaml's hours; then meta.yaml's GradAug and FedAlign stacked on group norm and evaluation against a plain
+# loop (`steps`), the 64-client memory; the bottleneck ResNet56's diagonal forms; FedAlign's algorithms stacked and
+# resnet56-BN on Dirichlet shards. The goals met on a card at 9e07a40 come last (benchmarks/README.md).
+CALLS = (("tests", "steps_fedalign"), ("steps", "memory", "surface"), ("hvp",), ("algorithms", "resnet56"),
          ("vectorized", "conv"))
 CALL_SECONDS = 570  # `--budget`'s default where FEDSCAPE_GPU_BUDGET is unset: a call given all of its 600 s
 CALL_FILES = 8  # what a device call brings back from $OUT: one file per command, so at most this many per call

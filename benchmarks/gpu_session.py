@@ -142,7 +142,8 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
 # What is still unmeasured comes first: the CUDA tests (the capture recovery; the paths no card ran) and
 # fedalign.yaml's hours; then meta.yaml's GradAug and FedAlign stacked on group norm and evaluation against a plain
 # loop (`steps`), the 64-client memory; the bottleneck ResNet56's diagonal forms; FedAlign's algorithms stacked and
-# resnet56-BN on Dirichlet shards. The goals met on a card at 9e07a40 come last (benchmarks/README.md).
+# resnet56-BN on Dirichlet shards. The goals met on a card at 9e07a40 come last (benchmarks/README.md), but for
+# surface evaluation, which fills the second call.
 CALLS = (("tests", "steps_fedalign"), ("steps", "memory", "surface"), ("hvp",), ("algorithms", "resnet56"),
          ("vectorized", "conv"))
 CALL_SECONDS = 570  # `--budget`'s default where FEDSCAPE_GPU_BUDGET is unset: a call given all of its 600 s

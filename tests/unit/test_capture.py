@@ -491,6 +491,32 @@ def test_a_wrong_capture_mode_is_refused_by_the_schema():
         check_config(config, SCHEMA)
 
 
+
+@pytest.mark.parametrize(("ended", "released"), [
+    (None, [(0, (0, 7))]),  # torch 2.11: the recovery ends the recording, and drops the failed capture's reference
+    ("endAllocatePool: not currently recording to mempool_id", []),  # a torch that did both itself
+    ("some other failure", []),  # the pool's state unknown: left alone
+], ids=["recording-ended-here", "ended-by-torch", "ending-failed"])
+def test_the_recovery_releases_a_failed_capture_s_pool_only_where_it_ended_its_recording(monkeypatch, ended, released):
+    # Prepare: torch's private calls recorded; ending the recording raises as `ended` says, or returns
+    from fedscape.fl import capture as capture_mod
+
+    ends, releases = [], []
+
+    def end(index, pool):
+        ends.append((index, pool))
+        if ended:
+            raise RuntimeError(ended)
+
+    monkeypatch.setattr(capture_mod, "END_POOL_RECORDING", end)
+    monkeypatch.setattr(capture_mod, "RELEASE_POOL", lambda index, pool: releases.append((index, pool)))
+
+    # Execute: on card 0 (without one here, the throwaway capture that follows fails and is logged)
+    capture_mod.recover_from_failed_capture(torch.device("cuda", 0), (0, 7))
+
+    # Assert
+    assert ends == [(0, (0, 7))] and releases == released
+
 # -- on a GPU: torch's own graphs --------------------------------------------------------------------------------------
 
 @CUDA

@@ -119,6 +119,9 @@ def _max_difference(a: list[torch.Tensor | None], b: list[torch.Tensor | None]) 
 # device index and the pool); None in a torch without either.
 END_POOL_RECORDING = (getattr(torch._C, "_cuda_endAllocateToPool", None)
                       or getattr(torch._C, "_cuda_endAllocateCurrentStreamToPool", None))
+# torch's private call that drops one capture's reference to a graph memory pool (the device index and the pool), which
+# a graph's reset makes only for a capture that ended: `recover_from_failed_capture`. None in a torch without it.
+RELEASE_POOL = getattr(torch._C, "_cuda_releasePool", None)
 
 
 def recover_from_failed_capture(device: torch.device, pool) -> None:
@@ -134,7 +137,11 @@ def recover_from_failed_capture(device: torch.device, pool) -> None:
     recording", which is ignored). No call reaches the host allocator's, so a later capture into that pool raises
     "already recording to mempool_id" (measured on an H200 with torch 2.11): a failed capture's pool takes no further
     capture, and its callers capture into a fresh one (`StackedStepGraphs._cuda_graph`; `CapturedForward` captures
-    nothing after a failure).
+    nothing after a failure). The failed capture's reference to the pool, which torch's reset drops only for a capture
+    that ended, is dropped here (`RELEASE_POOL`) where this ended the recording, so that what it allocated is freed
+    once no kept graph holds the pool (each holds its own reference): a capture that fails every round, under an lr
+    that moves every round, would otherwise keep a pool of its step's memory each time. Where torch had ended the
+    recording itself it is left alone: such a torch (newer than 2.11) drops that reference itself.
 
     torch 2.11's CUDA generator keeps one "capturing" flag, which capture_begin sets and only a capture that ended
     clears: after a failed capture every eager draw from the default CUDA generator (dropout, torch.rand) raises
@@ -150,6 +157,13 @@ def recover_from_failed_capture(device: torch.device, pool) -> None:
             if "not currently recording" not in str(exc):
                 log.warning("after a failed CUDA graph capture, ending its pool's recording failed too (%s): later "
                             "captures into that pool may fail", exc)
+        else:
+            if RELEASE_POOL is not None:
+                try:
+                    RELEASE_POOL(index, pool)
+                except Exception as exc:
+                    log.warning("after a failed CUDA graph capture, releasing its memory pool failed too (%s): its "
+                                "memory stays reserved", exc)
     try:
         with torch.cuda.device(index):
             scratch = torch.zeros(1, device=device)
@@ -499,7 +513,7 @@ class StackedStepGraphs:
     def _cuda_graph(self, step: Callable[[], None]) -> Callable[[], None]:
         """`cuda_graph` into the trainer's pool. A failed capture leaves its pool recording in torch's host
         allocator, which no call of torch's ends (`recover_from_failed_capture`), so the later captures take a fresh
-        pool: the memory the failed capture took stays in the old one, which the graphs kept keep alive."""
+        pool; the old one lives on while a graph kept in it does."""
         try:
             return cuda_graph(step, self.pool)
         except Exception:

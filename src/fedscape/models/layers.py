@@ -501,7 +501,7 @@ def sliced_stacked_group_norm(h: Tensor, k: int, kept: Sequence[int], group_size
     on its own; every client keeps the same C' channels (FedAlign's one width), torch's group norm over the whole
     groups and over the partial ones; else the sums of each (sample, client, group) over its kept channels through a
     mask, the mean then the biased variance about it, as torch's group norm computes them, in at least float32 as
-    autocast runs torch's (and returns them)."""
+    CUDA autocast runs torch's (and returns them; under a CPU's bf16 autocast torch's returns bf16, this float32)."""
     b, kc, height, width = h.shape
     c = kc // k
 

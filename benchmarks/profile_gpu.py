@@ -57,14 +57,21 @@ def compute_ops(events) -> int:
                and not any(c.name.startswith("aten::") for c in e.cpu_children))
 
 
-def counted(fn, device: torch.device) -> int:
-    """`compute_ops` of one call of fn, after a warm-up call."""
-    fn()
-    sync(device)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+def profiled(fn, device: torch.device, activities: list[ProfilerActivity]) -> tuple[profile, float]:
+    """The profile of one call of fn after a warm-up call, and its wall seconds; in fp32 (TF32 off), as a job runs."""
+    with use_precision("fp32", device):
         fn()
         sync(device)
-    return compute_ops(prof.events())
+        t0 = time.perf_counter()
+        with profile(activities=activities) as prof:
+            fn()
+            sync(device)
+        return prof, time.perf_counter() - t0
+
+
+def counted(fn, device: torch.device) -> int:
+    """`compute_ops` of one profiled call of fn (`profiled`)."""
+    return compute_ops(profiled(fn, device, [ProfilerActivity.CPU])[0].events())
 
 
 def operators_per_step(args: argparse.Namespace, device: torch.device) -> dict[str, tuple[float, float]]:
@@ -83,16 +90,10 @@ def operators_per_step(args: argparse.Namespace, device: torch.device) -> dict[s
 
 
 def report(label: str, fn, device: torch.device, rows: int) -> None:
-    """Profile one call of fn (after a warm-up call) and print its summary; in fp32 (TF32 off), as a job runs."""
+    """Profile one call of fn (`profiled`) and print its summary, with the wall time of one more, unprofiled."""
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    prof, wall = profiled(fn, device, activities)
     with use_precision("fp32", device):
-        fn()
-        sync(device)
-        t0 = time.perf_counter()
-        with profile(activities=activities) as prof:
-            fn()
-            sync(device)
-        wall = time.perf_counter() - t0
         t0 = time.perf_counter()
         fn()
         sync(device)

@@ -10,12 +10,8 @@ run tool may cut a call shorter than the timeout_s it was given (to the device t
 pass the call's limit less 40 s, `--budget <limit_s - 40>` (default: FEDSCAPE_GPU_BUDGET, else CALL_SECONDS):
 
     cp -r ../shared/gpu .gpu    # once, in the checkout (git-ignored); each call carries it (run tool: carry [".gpu"])
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --budget <limit_s - 40> --out $OUT tests steps_fedalign
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --budget <limit_s - 40> --out $OUT steps memory surface
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --budget <limit_s - 40> --out $OUT hvp
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --budget <limit_s - 40> --out $OUT algorithms resnet56
-    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --budget <limit_s - 40> --out $OUT vectorized conv
-    python benchmarks/gpu_session.py --list                                                     # what each part runs
+    python benchmarks/gpu_session.py --list      # the device calls, most wanted first (CALLS), and what each part runs
+    source .gpu/setup.sh && python3 benchmarks/gpu_session.py --budget <limit_s - 40> --out $OUT <one call's parts>
     python benchmarks/gpu_session.py --dry-run                  # each command's arguments read by its own parser
 
 `--dry-run` runs nothing: each command's script reads its arguments with its own argparse parser and stops there
@@ -146,6 +142,14 @@ PARTS: dict[str, list[tuple[str, list[str], int]]] = {
 # surface evaluation, which fills the second call.
 CALLS = (("tests", "steps_fedalign"), ("steps", "memory", "surface"), ("hvp",), ("algorithms", "resnet56"),
          ("vectorized", "conv"))
+
+
+def call_command(parts: tuple[str, ...]) -> str:
+    """The device call's command line that runs `parts` (one of CALLS) on a card."""
+    return ("source .gpu/setup.sh && python3 benchmarks/gpu_session.py --budget <limit_s - 40> --out $OUT "
+            + " ".join(parts))
+
+
 CALL_SECONDS = 570  # `--budget`'s default where FEDSCAPE_GPU_BUDGET is unset: a call given all of its 600 s
 CALL_FILES = 8  # what a device call brings back from $OUT: one file per command, so at most this many per call
 
@@ -276,6 +280,8 @@ def main() -> None:
                              f"files back). Default: FEDSCAPE_GPU_BUDGET, else {CALL_SECONDS}")
     args = parser.parse_args()
     if args.list or not (args.parts or args.dry_run):
+        for i, call in enumerate(CALLS, 1):
+            print(f"call {i}: {call_command(call)}")
         for part, commands in PARTS.items():
             for name, argv, limit in commands:
                 print(f"{part}: {name}: {' '.join(argv[1:])}  (limit {limit} s)")

@@ -8,14 +8,14 @@ by their own CPU time. The cases:
   Dirichlet(0.5) split (uneven shards: batch norm's masked path), as `bench_vectorized.py` times it;
 - ``vec_bn_equal``: the same with equal shards (no padding: torch's own batch norm over the grouped channels);
 - ``seq``: fedscape's sequential local training of one client against torch's own loop, ``--model`` at
-  ``--batch-size`` (``--norm ''`` for a model without the option), and the operators each launches per step and per
+  ``--batch-size`` (``--norm``: the model's own default unless given), and the operators each launches per step and per
   call (`operators_per_step`), which on a card bound a launch-bound step's time and on a CPU are counted the same;
 - ``captured``: resnet20 (batch norm) steps at batch 16 and 32: plain, fedscape sequential, fedscape captured
   (`bench_gpu.measure`), timed, not profiled.
 
     python benchmarks/profile_gpu.py --device cuda vec_bn vec_gn vec_bn_equal seq captured
     python benchmarks/profile_gpu.py --device cpu --clients 4 --steps 2 vec_bn seq      # a quick check
-    python benchmarks/profile_gpu.py --device cpu --steps 10 --model convnet --norm '' seq
+    python benchmarks/profile_gpu.py --device cpu --steps 10 --model convnet seq
 """
 
 from __future__ import annotations
@@ -166,7 +166,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps of the sequential and equal-shard cases")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--model", default="resnet18", help="the sequential case's model")
-    parser.add_argument("--norm", default="group", help="the sequential case's norm option")
+    # No default of its own: a model without the option (convnet, the pilot's) refuses any value, and each model that
+    # has one keeps its own default (resnet18's group norm, the CIFAR ResNets' batch norm).
+    parser.add_argument("--norm", default="", help="the sequential case's norm option (default: the model's own)")
     parser.add_argument("--rows", type=int, default=12, help="operators per table")
     args = parser.parse_args()
     device = torch.device(args.device)

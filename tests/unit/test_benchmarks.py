@@ -670,6 +670,26 @@ def test_the_gpu_session_runs_scripts_and_tests_that_exist_with_flags_they_take(
     assert all(sum(len(PARTS[p]) for p in call) <= CALL_FILES for call in CALLS)
 
 
+def test_the_gpu_session_lists_its_device_calls_most_wanted_first():
+    # Prepare
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from gpu_session import CALLS
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+    # Execute
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_session.py"), "--list"], capture_output=True,
+                          text=True, check=True)
+
+    # Assert: one line per call, in CALLS' order, each a command that runs that call's parts on a card
+    calls = [line for line in proc.stdout.splitlines() if line.startswith("call ")]
+    assert len(calls) == len(CALLS) > 1
+    for i, (line, parts) in enumerate(zip(calls, CALLS, strict=True), 1):
+        assert line.startswith(f"call {i}: source .gpu/setup.sh && python3 benchmarks/gpu_session.py --budget ")
+        assert line.endswith(f"--out $OUT {' '.join(parts)}")
+
+
 def test_the_gpu_session_refuses_an_unknown_part():
     proc = subprocess.run([sys.executable, str(BENCHMARKS / "gpu_session.py"), "--out", "/tmp/x", "stepz"],
                           capture_output=True, text=True)

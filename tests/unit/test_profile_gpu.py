@@ -42,7 +42,7 @@ def test_compute_ops_counts_the_operators_that_launch_work(work, ops):
 
 
 def test_fedscape_s_sequential_step_launches_one_operator_more_than_torch_s_own_loop():
-    # Prepare: the pilot's ConvNet at batch 4, as `profile_gpu.py seq --model convnet --norm ''` runs it
+    # Prepare: the pilot's ConvNet at batch 4, as `profile_gpu.py seq --model convnet` runs it
     args = argparse.Namespace(steps=2, batch_size=4, model="convnet", norm="", clients=1, rows=1)
 
     # Execute

@@ -485,6 +485,36 @@ def test_iid_warmup_is_fedavg_rounds_on_the_iid_split(tmp_path):
     assert not (tmp_path / "prog").exists()
 
 
+
+@pytest.mark.parametrize(("client_parallel", "capture", "execution"), [
+    ("sequential", None, "sequential"),  # a CPU's: no step captured, no `capture`
+    ("vectorized", None, "vectorized"),
+    # a card's captured steps, as run_federated reports them there (`fl.engine.capture_of`)
+    ("vectorized", {"graphs": 1, "replays": 3, "eager_steps": 1, "evictions": 0, "refusals": 0},
+     "vectorized, captured"),
+])
+def test_an_iid_warmup_records_how_its_rounds_trained_as_a_run_does(tmp_path, monkeypatch, client_parallel, capture,
+                                                                    execution):
+    # Prepare: an unbroken warm-up; where a card would have captured, its result says so
+    settings = warmup_settings(tmp_path, client_parallel=client_parallel)
+    real = inits_mod.run_federated
+
+    def federated(*args, **kwargs):
+        result = real(*args, **kwargs)
+        assert result.capture is None and result.execution == client_parallel  # what the CPU did
+        return result if capture is None else replace(result, capture=capture, execution=execution)
+
+    monkeypatch.setattr(inits_mod, "run_federated", federated)
+    manifest.start_notes()
+
+    # Execute
+    init_job(settings, tmp_path / "init.pt", {"partition": str(tmp_path / "partition.npz")}, tmp_path / "prog")
+
+    # Assert: in the job's record, not in the init's meta, and without attempts (an unbroken job lists none)
+    init = load_trajectory(tmp_path / "init.pt")
+    assert manifest.noted("execution") == execution and manifest.noted("capture") == capture
+    assert manifest.noted("attempts") is None and not {"execution", "capture"} & set(init.meta)
+
 # -- attempts of a resumed init --------------------------------------------------------------------
 ANOTHER_CPU = "another CPU"
 A, B = "a" * 40, "b" * 40  # the codes of the killed attempt and of the one that resumed it (a `git pull` between)

@@ -368,6 +368,9 @@ def iid_warmup(job: WarmupInit, partition_path: str | Path, progress_dir: str | 
         load_buffers(model, result.buffers[-1].to(device))
     final = result.rows[-1]
     note(**attempts_record(result.attempts, result.trained))  # in the job's record, not the init's meta (`_save`)
+    # how its rounds trained and what capturing their steps did, as a run's meta.json says them (`fl.engine`): in the
+    # job's record, whether or not it resumed (the init's bytes stay those of an eager, unbroken warm-up)
+    note(execution=result.execution, **({"capture": result.capture} if result.capture is not None else {}))
     return model.eval(), {"rounds": cfg.rounds, "num_clients": data.num_clients, "partition": str(partition_path),
                           "train_acc": final["train_acc"], "test_acc": final["test_acc"], **compute}
 

@@ -16,6 +16,7 @@ from helpers.words import write_reddit
 from helpers.workflow import ROOT
 
 from fedscape.core.config import ConfigError, config_value, duplicate_keys, read_config_file
+from fedscape.core.paths import DEFAULT_LOG_PARTS
 from fedscape.core.runs import RUN_FIELDS, Run, build_runs, resolve_run, select_runs, unused_grid_values
 from fedscape.data.specs import DATASET_OPTION_ORDER, data_layout_problems
 from fedscape.fl.hparams import registry
@@ -1288,7 +1289,36 @@ def test_an_unsafe_results_dir_is_rejected_naming_the_character(value, expected)
     assert expected in str(err.value)
 
 
-@pytest.mark.parametrize("value", ["results", "results/x_1", "/scratch/me/fedscape-2.0", "./out", "/tmp", "a,b=c@d"])
+@pytest.mark.parametrize(("value", "folder", "instead"), [
+    ("train", "logs/train", "results/train"),  # its logs in logs/train/, the default run's train logs' folder
+    ("tables/old", "logs/tables/old", "results/tables/old"),
+    ("./figures/", "logs/figures", "results/figures"),
+    ("/hessian/me", "logs/hessian/me", "results/hessian/me"),  # an absolute one's: below logs/ without its leading /
+])
+def test_a_results_dir_whose_logs_lie_among_the_default_runs_is_rejected(value, folder, instead):
+    # Prepare
+    config = with_change("results_dir", value)
+    first = folder.split("/")[1]
+
+    # Execute
+    with pytest.raises(ConfigError) as err:
+        check_config(config, SCHEMA)
+
+    # Assert: the folder named, and a results_dir that would not share it
+    assert (f"results_dir: {value!r} keeps its logs in {folder}/, inside logs/{first}/ where the default results "
+            f"keep their {first} logs") in str(err.value)
+    assert str(err.value).count(f"e.g. {instead}") == 1
+    check_config(with_change("results_dir", instead), SCHEMA)
+
+
+def test_the_results_dir_description_names_the_default_runs_log_folders():
+    description = " ".join(SCHEMA["properties"]["results_dir"]["description"].split())
+
+    assert f"default run's log folders ({', '.join(sorted(DEFAULT_LOG_PARTS))})" in description
+
+
+@pytest.mark.parametrize("value", ["results", "results/x_1", "/scratch/me/fedscape-2.0", "./out", "/tmp", "a,b=c@d",
+                                   "trains", "results/train", "/scratch/tables"])
 def test_a_plain_results_dir_stays_valid(value):
     check_config(with_change("results_dir", value), SCHEMA)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fedscape.core.paths import JOB_LOGS
+from fedscape.core.paths import DEFAULT_LOG_PARTS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +48,7 @@ def _record(folder: str, output: str) -> str:
 
 
 # the default run's logs: one below each first part of its log templates, so that a new one is deleted too
-DEFAULT_LOGS = sorted({f"logs/{template.split('/')[0]}/x.log" for template in JOB_LOGS.values()})
+DEFAULT_LOGS = sorted(f"logs/{part}/x.log" for part in DEFAULT_LOG_PARTS)
 STUDY = ["results/heterogeneity_digits/_manifest/a.json", "results/heterogeneity_digits/train/r/trajectory.pt",
          "logs/results/heterogeneity_digits/train/r.log",
          _record("metadata", "results/heterogeneity_digits/train/r/trajectory.pt")]

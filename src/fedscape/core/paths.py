@@ -97,6 +97,10 @@ JOB_LOGS: dict[str, str] = {
     "accuracy_figure": f"{FIGURES}/accuracy/{{dataset}}/{{model}}/{{kind}}.log",
     "cost_figure": f"{FIGURES}/cost/{{dataset}}/{{model}}.log",
 }
+# The folders below logs/ that the default results' job logs take (the first part of each JOB_LOGS template): another
+# results directory's logs (`Results.logs`) must not lie in one of them, or the two would share it (`make clean`
+# deletes these folders with the default run's logs; the Makefile's DEFAULT_LOGS lists them again).
+DEFAULT_LOG_PARTS = frozenset(template.split("/")[0] for template in JOB_LOGS.values())
 
 _FIELD = re.compile(r"\{(\w+)\}")
 

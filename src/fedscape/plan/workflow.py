@@ -34,7 +34,9 @@ from fedscape.core.config import (
 from fedscape.core.io import remake_alone_hint, remake_hint
 from fedscape.core.manifest import failed_reruns
 from fedscape.core.paths import (
+    DEFAULT_LOG_PARTS,
     INIT_DIR,
+    LOGS,
     PARTITION_FILE,
     TRAIN_DIR,
     TRAIN_FILE_NAMES,
@@ -209,13 +211,23 @@ def unused_bn_stats(config: dict, runs: list[Run], schema: dict) -> list[str]:
 
 def _results_dir_problems(config: dict) -> list[str]:
     """A results_dir that is the root of the file system (`/`, `//`, `/./`): the schema's pattern allows it, but
-    every output would lie directly in it, beside the system's own directories."""
+    every output would lie directly in it, beside the system's own directories. One whose logs would lie in a folder
+    of the default results' logs (`DEFAULT_LOG_PARTS`: results_dir `train` keeps its logs in logs/train/, beside the
+    default run's train logs, and `make clean` would delete them with those)."""
     value = str(config["results_dir"])
     path = Path(value)
     if path.is_absolute() and path.parent == path:
         return [f"results_dir: {value!r} is the root of the file system: every output goes below results_dir (and "
                 "Snakemake deletes a job's old outputs before it runs the job again), so results need a directory of "
                 "their own: set e.g. results or /scratch/<you>/fedscape"]
+    results = Results.of(config)
+    logs = Path(results.logs)
+    shared = logs.relative_to(LOGS).parts[:1] if logs != Path(LOGS) else ()
+    if shared and shared[0] in DEFAULT_LOG_PARTS:
+        return [f"results_dir: {value!r} keeps its logs in {logs}/, inside {LOGS}/{shared[0]}/ where the default "
+                f"results keep their {shared[0]} logs (and `make clean` deletes that folder with the default run's "
+                f"logs): use a results_dir whose first folder is none of {', '.join(sorted(DEFAULT_LOG_PARTS))}, "
+                f"e.g. results/{results.root.lstrip(os.sep)}"]
     return []
 
 

@@ -221,12 +221,11 @@ def _results_dir_problems(config: dict) -> list[str]:
                 "Snakemake deletes a job's old outputs before it runs the job again), so results need a directory of "
                 "their own: set e.g. results or /scratch/<you>/fedscape"]
     results = Results.of(config)
-    logs = Path(results.logs)
-    shared = logs.relative_to(LOGS).parts[:1] if logs != Path(LOGS) else ()
-    if shared and shared[0] in DEFAULT_LOG_PARTS:
-        return [f"results_dir: {value!r} keeps its logs in {logs}/, inside {LOGS}/{shared[0]}/ where the default "
-                f"results keep their {shared[0]} logs (and `make clean` deletes that folder with the default run's "
-                f"logs): use a results_dir whose first folder is none of {', '.join(sorted(DEFAULT_LOG_PARTS))}, "
+    folders = Path(results.logs).relative_to(LOGS).parts  # none for the default results' own logs/
+    if folders and folders[0] in DEFAULT_LOG_PARTS:
+        return [f"results_dir: {value!r} keeps its logs in {results.logs}/, inside {LOGS}/{folders[0]}/ where the "
+                f"default results keep their {folders[0]} logs (and `make clean` deletes that folder with the default "
+                f"run's logs): use a results_dir whose first folder is none of {', '.join(sorted(DEFAULT_LOG_PARTS))}, "
                 f"e.g. results/{results.root.lstrip(os.sep)}"]
     return []
 

@@ -181,6 +181,23 @@ def test_an_infinite_difference_is_a_triangle_at_the_panel_edge(tmp_path, monkey
     assert key == ("+inf: at the right edge" if edge else "−inf: at the left edge", marker)  # the triangle drawn
     data = pd.read_csv(tmp_path / "paired.csv").set_index("metric")
     assert data.loc["barrier_to_iid_loss", "mean_diff"] == math.copysign(math.inf, edge - 0.5)
+    # the title's intervals say that this one has none (the accuracy's, over the same 3 pairs, has one)
+    assert drawn["fig"].get_suptitle().endswith(
+        "(mean and 95% t-interval over 3 seeds, none where a difference is infinite)")
+
+
+def test_a_title_over_finite_differences_does_not_speak_of_infinite_ones(tmp_path, monkeypatch):
+    # Prepare: the same barriers as above, all finite
+    text = "algorithm,alpha,seed,test_acc,barrier_to_iid_loss\n" + "".join(
+        f"{a},0.1,{s},0.6,{v}\n" for a, values in (("fedavg", [0.5, 0.6, 0.7]), ("fedsam", [0.9, 1.0, 1.2]))
+        for s, v in enumerate(values))
+    drawn = drawn_figure(monkeypatch)
+
+    # Execute
+    paired_figures.paired_differences_figure(final_of(text), "digits", "cnn_small", tmp_path / "paired")
+
+    # Assert
+    assert drawn["fig"].get_suptitle().endswith("(mean and 95% t-interval over 3 seeds)")
 
 
 @pytest.mark.parametrize(("text", "model", "message"), [

@@ -63,29 +63,40 @@ def paired_differences(final: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for dataset, model in sorted({(str(d), str(m)) for d, m in final[["dataset", "model"]].itertuples(index=False)}):
         runs = select_model(final, dataset, model)
-        headline = headline_table(runs)
-        groups = headline.drop_duplicates(CURVE_GROUP)[[*CURVE_GROUP, "row"]]
-        metrics = [m for m in HEADLINE_METRICS if m in set(headline["metric"]) and m not in SHARED_METRICS]
-        counted = did_not_diverge(runs).merge(groups, on=CURVE_GROUP)
-        for setting, these in setting_panels(groups):
-            these = these.sort_values(ROW_ORDER, kind="stable")
-            baseline = baseline_row(these)
-            labels = these["row"].tolist()
-            here = counted[counted["row"].isin(labels)]
-            fields = {"dataset": dataset, "model": model, **dict(zip(HEADLINE_SETTING, setting, strict=True))}
-            for metric in metrics:
-                scale = HEADLINE_METRICS[metric][1]
-                per_seed = here.pivot_table(index="seed", columns="row", values=metric, aggfunc="first")
-                per_seed = per_seed.reindex(columns=labels) * scale  # a row without a value: a column of NaN
-                for label in labels:
-                    if label == baseline:
-                        continue
-                    diff = (per_seed[label] - per_seed[baseline]).dropna()
-                    mean, std, lo, hi, n = t_interval(diff.tolist())
-                    rows.append({**fields, "metric": metric, "row": label, "baseline": baseline, "n_pairs": n,
-                                 "mean_diff": mean, "std_diff": std, "ci95_low": lo, "ci95_high": hi,
-                                 "seeds": SEED_SEPARATOR.join(str(int(s)) for s in sorted(diff.index))})
+        rows.extend(_model_rows(dataset, model, runs, headline_table(runs)))
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+def model_paired_differences(dataset: str, model: str, runs: pd.DataFrame, headline: pd.DataFrame) -> pd.DataFrame:
+    """`paired_differences` of `runs`, the final.csv rows of `dataset` and `model` (`select_model`), whose headline
+    table (`headline_table(runs)`) is `headline`: the paired figure draws the headline's settings too."""
+    return pd.DataFrame(_model_rows(dataset, model, runs, headline), columns=PAIRED_COLUMNS)
+
+
+def _model_rows(dataset: str, model: str, runs: pd.DataFrame, headline: pd.DataFrame) -> list[dict]:
+    rows = []
+    groups = headline.drop_duplicates(CURVE_GROUP)[[*CURVE_GROUP, "row"]]
+    metrics = [m for m in HEADLINE_METRICS if m in set(headline["metric"]) and m not in SHARED_METRICS]
+    counted = did_not_diverge(runs).merge(groups, on=CURVE_GROUP)
+    for setting, these in setting_panels(groups):
+        these = these.sort_values(ROW_ORDER, kind="stable")
+        baseline = baseline_row(these)
+        labels = these["row"].tolist()
+        here = counted[counted["row"].isin(labels)]
+        fields = {"dataset": dataset, "model": model, **dict(zip(HEADLINE_SETTING, setting, strict=True))}
+        for metric in metrics:
+            scale = HEADLINE_METRICS[metric][1]
+            per_seed = here.pivot_table(index="seed", columns="row", values=metric, aggfunc="first")
+            per_seed = per_seed.reindex(columns=labels) * scale  # a row without a value: a column of NaN
+            for label in labels:
+                if label == baseline:
+                    continue
+                diff = (per_seed[label] - per_seed[baseline]).dropna()
+                mean, std, lo, hi, n = t_interval(diff.tolist())
+                rows.append({**fields, "metric": metric, "row": label, "baseline": baseline, "n_pairs": n,
+                             "mean_diff": mean, "std_diff": std, "ci95_low": lo, "ci95_high": hi,
+                             "seeds": SEED_SEPARATOR.join(str(int(s)) for s in sorted(diff.index))})
+    return rows
 
 
 def paired_differences_table_job(final: str | Path, output: str | Path) -> None:

@@ -25,7 +25,7 @@ from fedscape.outputs.style import (
 )
 from fedscape.report.figures.accuracy import HEADLINE_METRICS, HEADLINE_SETTING, headline_table
 from fedscape.report.figures.common import CURVE_GROUP, interval_seeds, select_model, setting_panels
-from fedscape.report.paired import PAIRED_COLUMNS, paired_differences
+from fedscape.report.paired import PAIRED_COLUMNS, model_paired_differences
 
 # An interval that excludes 0 in the direction the metric's header arrow calls better, or worse (HEADLINE_METRICS);
 # every other point black: the colour says where the pairing settles the comparison.
@@ -34,6 +34,7 @@ BETTER_COLOR, WORSE_COLOR, OPEN_COLOR = OKABE_ITO["blue"], OKABE_ITO["vermillion
 # triangle at the panel's edge it lies beyond, as the barrier figures mark a +inf barrier at their top edge.
 INFINITE_MARKERS = {1: ">", -1: "<"}
 NO_PAIR = "no paired seed"
+NO_INTERVAL = ", none where a difference is infinite"  # the title's, after its seeds (`interval_seeds`)
 # The legend's entries, in its order: better and worse by the panel header's arrow
 BETTER, WORSE, INCLUDES_0 = "excludes 0: better", "excludes 0: worse", "includes 0"
 ONE_PAIR = "one pair: no interval"
@@ -72,14 +73,15 @@ def paired_differences_figure(final: pd.DataFrame, dataset: str, model: str, bas
     headline's order, each under a heading that names it) and row other than the setting's baseline; point = the mean
     of row - baseline over the paired seeds, bar = its 95% t-interval, coloured where it excludes 0 (by the header's
     arrow: better or worse than the baseline), "n=" its pairs; one pair a hollow point without a bar, none a text
-    (NO_PAIR); an infinite mean a triangle at the panel's edge it lies beyond. The CSV is the plotted rows of
-    paired_differences.csv. Settings with nothing to compare (one row) are named in the title; a dataset and model
-    without any comparison is a figure that says so."""
+    (NO_PAIR); an infinite mean a triangle at the panel's edge it lies beyond, without an interval (the title says
+    so: NO_INTERVAL). The CSV is the plotted rows of paired_differences.csv. Settings with nothing to compare (one
+    row) are named in the title; a dataset and model without any comparison is a figure that says so."""
     df = select_model(final, dataset, model)
     if df.empty:
         return save_figure(empty_figure(f"no runs of {dataset} / {model} in final.csv"), base_path,
                            pd.DataFrame(columns=PAIRED_COLUMNS))
-    table = paired_differences(df)
+    headline = headline_table(df)
+    table = model_paired_differences(dataset, model, df, headline)
     if table.empty:
         return save_figure(empty_figure(f"{dataset} / {model}: one row in every setting, nothing to compare",
                                         size=(5.0, 2.0)), base_path, table)
@@ -92,7 +94,7 @@ def paired_differences_figure(final: pd.DataFrame, dataset: str, model: str, bas
     # Settings not drawn: the headline's of one row, and those it leaves out (where an analysis is computed it keeps
     # only the groups with its values: a setting of several algorithms none of them analysed has no row there)
     in_headline = {_setting_key(setting) for setting, _ in
-                   setting_panels(headline_table(df).drop_duplicates(CURVE_GROUP))}
+                   setting_panels(headline.drop_duplicates(CURVE_GROUP))}
     not_drawn = {"one row each": [], "no analysis value": []}
     for setting, _ in setting_panels(df):
         if _setting_key(setting) not in settings:
@@ -173,8 +175,10 @@ def paired_differences_figure(final: pd.DataFrame, dataset: str, model: str, bas
                      title="95% interval of\nrow − baseline")
     left_out = "; ".join(f"{why}: {', '.join(names)}" for why, names in not_drawn.items() if names)
     left_out = f"\nnot drawn, {left_out}" if left_out else ""
+    # an infinite difference (or +inf and -inf among the pairs) has no interval, whatever its pairs
+    no_interval = (~np.isfinite(table["mean_diff"].astype(float)) & (table["n_pairs"] >= 2)).any()
     fig.suptitle(f"{dataset} / {model}: each row minus its setting's baseline, paired by seed\n"
-                 f"({interval_seeds(table['n_pairs'])}){left_out}")
+                 f"({interval_seeds(table['n_pairs'])}{NO_INTERVAL if no_interval else ''}){left_out}")
     # as wide as the row labels, the legend and the panels need (the headline table's width grows with its columns
     # too): narrow enough to start from, the labels and legend measured (at a fixed width, long row labels squeezed
     # the panels to nothing), then widened until every panel is PANEL_WIDTH_IN wide

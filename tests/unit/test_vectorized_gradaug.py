@@ -19,7 +19,9 @@ from fedscape.fl.vectorized import VectorizedTrainer, resolve_client_parallel, v
 from fedscape.models.layers import StackedNorm
 from fedscape.models.resnets import ResNet
 
-TOL = 1e-5
+# float32 with SiLU for ReLU (`smooth_relu`): the two paths' departures from float64 summed to at most 4.1e-6 (AMD EPYC
+# Zen 3, natively and with ATen's default kernels, from two starts one rounding apart); 10x that, rounded up
+TOL32 = 5e-5
 TOL64 = 1e-10  # float64: the paths differ by the order of float64 operations only (~1e-14 seen for resnet20)
 SIZES = [21, 9, 5, 14]  # batch 8: padded last batches, unequal step counts
 CFG = {"local_epochs": 1, "batch_size": 8, "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3, "seed": 3,
@@ -121,8 +123,11 @@ def test_float64_bottleneck_resnet56_round_equals_sequential(float64_default):
         assert (s.params - start).abs().max().item() > 1e-2
 
 
-def test_float32_vectorized_gradaug_round_equals_sequential():
-    # Prepare: float32 training of resnet20 at a small lr, where float32 training is not chaotic
+def test_float32_vectorized_gradaug_round_equals_sequential(smooth_relu):
+    # Prepare: float32 training of resnet20 at a small lr, where float32 training is not chaotic, through SiLU. With
+    # ReLU, rounding put a value of one path exactly on its kink at 2 of the 12 starts and kernel sets probed (AVX2
+    # and ATen's default kernels; `pytest -p helpers.nudge`): a client 1.1e-3 and 3.5e-3 off, where float64 agrees to
+    # 1e-15; the float64 tests above compare the ReLU network
     data = shard_data(SIZES)
     cfg = TrainConfig(**{**CFG, "lr": 0.01})
 
@@ -132,8 +137,8 @@ def test_float32_vectorized_gradaug_round_equals_sequential():
     # Assert
     for s, v in zip(seq, vec, strict=True):
         assert v.params.dtype == torch.float32
-        assert (s.params - v.params).abs().max().item() <= TOL
-        assert (s.params - start).abs().max().item() > 100 * TOL
+        assert (s.params - v.params).abs().max().item() <= TOL32
+        assert (s.params - start).abs().max().item() > 100 * TOL32
 
 
 def test_the_sub_networks_change_training_and_mu_0_is_fedavg():

@@ -64,8 +64,11 @@ verify: install
 status: install
 	$(BIN)/python -m fedscape.plan.status $(ARGS)
 
+# The suite in TEST_WORKERS processes (pytest-xdist; TEST_WORKERS=0: in this one), the tests of the one tiny run in
+# one of them (tests/conftest.py). On 2 cores two workers keep both busy while a test waits on a job's start.
+TEST_WORKERS ?= $(CORES)
 test: install
-	$(BIN)/python -m pytest -q -m "not slurm"
+	$(BIN)/python -m pytest -q -m "not slurm" -n $(TEST_WORKERS) --dist loadgroup
 
 # The workflow on a real one-node SLURM (as root: installs Debian's slurm and munge packages, starts
 # and stops the daemons; skips with the reason where they cannot be installed). docs/cluster.md

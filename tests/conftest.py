@@ -4,6 +4,7 @@ log, and one tiny end-to-end run of the workflow."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,25 @@ from helpers.workflow import TINY_CONFIG, copy_workflow, snakemake
 
 from fedscape.core import manifest
 from fedscape.models.layers import POINTWISE_FORMS
+
+
+def pytest_configure(config):
+    """One torch thread per core in each test worker (`make test` runs pytest-xdist's `-n`): workers that each use
+    every core oversubscribe them, as parallel jobs do (`fedscape.models.device.use_threads`)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+
+
+def pytest_collection_modifyitems(config, items):
+    """The end-to-end workflow tests first and the tests of the one tiny run (`tiny_run`) in one group: with
+    several workers (`make test`: `-n ... --dist loadgroup`) the longest tests start first, so that short ones even
+    out the workers' ends, and one worker builds the tiny run and runs every test that reads it (some move its files
+    aside for a while)."""
+    for item in items:
+        if "tiny_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("tiny_run"))
+    items.sort(key=lambda item: "workflow" not in item.path.parts)
 
 
 @pytest.fixture(autouse=True)

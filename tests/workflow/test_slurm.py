@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import os
 import re
 import shutil
@@ -374,23 +375,40 @@ def _attempts_report(workdir: Path, jobs: list[list[str]], log: str) -> str:
     return "\n".join([f"SLURM jobs: {jobs}", f"job log without rounds:\n{not_rounds(log)}", *outputs])
 
 
-def time_limit_config() -> dict:
-    """One FedAvg run that trains for about 2-4 minutes on one core: well beyond a 1-minute time limit and the ~30 s
-    SLURM may take to enforce it (50 rounds took 81 s on a 2-core AMD EPYC and finished before the kill landed)."""
+def time_limit_config(rounds: int) -> dict:
+    """One FedAvg run of `rounds` rounds of 25 local epochs (a few seconds a round on one core)."""
     cfg = yaml.safe_load(TINY_CONFIG.read_text())
     keys = ("datasets", "models", "num_clients", "participation", "seeds", "partition", "training")
     cfg = {key: cfg[key] for key in keys} | {"alphas": ["iid"], "algorithms": {"fedavg": {"name": "fedavg"}},
                                              "inits": {"random": {"kind": "random", "seed": 0}}}
-    cfg["training"].update(rounds=100, local_epochs=25, batch_size=16, save_clients_at=[20])
+    cfg["training"].update(rounds=rounds, local_epochs=25, batch_size=16, save_clients_at=[min(20, rounds)])
     return cfg
+
+
+# Seconds of training, on one uncontended core, that the time-limit test's run takes: beyond the first attempt's
+# 1-minute limit plus the up to 30 s SLURM takes to enforce it (its limit check runs every 30 s; KillWait is 5 s),
+# with room for a calibration that came out fast. A fixed number of rounds sized for the fastest CPU ran ~8 minutes
+# on a slow one; sized for a slow one, it finished before the kill on a fast one (50 rounds: 81 s on an AMD EPYC).
+TIME_LIMIT_TRAIN_SECONDS = 120
+
+
+def rounds_outlasting(seconds: float, workdir: Path) -> int:
+    """Rounds of time_limit_config that train for about `seconds` on one core here, from the per-round seconds that a
+    3-round run of it logs in `workdir` (the fastest of rounds 1-3: round 0 only evaluates, and round 1 also warms
+    up)."""
+    (workdir / "run.yaml").write_text(yaml.safe_dump(time_limit_config(3)))
+    snakemake(workdir, "--configfile", "run.yaml", "--set-threads", "train=1", cores=1, timeout=600)
+    log = next((workdir / "logs/train").rglob("train.log")).read_text()
+    per_round = min(float(s) for s in re.findall(r"round [1-3]/3 .*seconds=([\d.]+)", log))
+    return max(25, math.ceil(seconds / per_round))
 
 
 @pytest.mark.slurm
 def test_time_limit_kill_resubmits_and_resumes_to_identical_checkpoints(slurm_cluster, tmp_path, monkeypatch):
-    # Prepare: a run longer than its first attempt's 1-minute limit (the resubmission gets 15 minutes, so that
-    # a slow or shared CI machine still finishes it: at 1, 2, 3 minutes all three attempts once timed out), and
-    # the same run uninterrupted on the local machine, started alongside as the reference
-    cfg = time_limit_config()
+    # Prepare: a run longer than its first attempt's 1-minute limit on this machine (the resubmission gets 15
+    # minutes, so that a slow or shared CI machine still finishes it: at 1, 2, 3 minutes all three attempts once
+    # timed out), and the same run uninterrupted on the local machine, started alongside as the reference
+    cfg = time_limit_config(rounds_outlasting(TIME_LIMIT_TRAIN_SECONDS, copy_workflow(tmp_path / "calibration")))
     runs = build_runs(check_config(yaml.safe_load(yaml.safe_dump(cfg)), load_schema(SCHEMA)))
     assert len(runs) == 1
     target = f"results/train/{runs[0].run_id}/trajectory.pt"

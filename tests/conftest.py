@@ -25,6 +25,7 @@ def pytest_configure(config):
         torch.set_num_threads(max(1, torch.get_num_threads() // workers))
 
 
+@pytest.hookimpl(tryfirst=True)  # the marks set before pytest-xdist's own hook reads them
 def pytest_collection_modifyitems(config, items):
     """The end-to-end workflow tests first and the tests of the one tiny run (`tiny_run`) in one group: with
     several workers (`make test`: `-n ... --dist loadgroup`) the longest tests start first, so that short ones even

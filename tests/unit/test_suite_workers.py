@@ -4,6 +4,9 @@ first, every test of the one tiny run in one group, one torch thread per worker 
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -58,3 +61,51 @@ def test_each_of_several_workers_takes_its_share_of_the_cores(monkeypatch, worke
         assert torch.get_num_threads() == expected
     finally:
         torch.set_num_threads(before)
+
+
+def test_two_workers_build_the_tiny_run_once_and_run_every_test_that_reads_it(tmp_path):
+    # Prepare: a suite with this conftest's collection hook, six tests reading a session fixture `tiny_run` that
+    # records the worker building it, and six that do not (on pytest 9.2, pytest-xdist's groups silently stopped
+    # taking, and each worker built the tiny run of its own)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "conftest.py").write_text(f"""import importlib.util, os, pytest
+spec = importlib.util.spec_from_file_location("suite_conftest", {str(CONFTEST)!r})
+suite = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(suite)
+pytest_collection_modifyitems = suite.pytest_collection_modifyitems
+
+
+def _record(name):
+    with open(name, "a") as f:
+        f.write(os.environ["PYTEST_XDIST_WORKER"] + "\\n")
+
+
+@pytest.fixture(scope="session")
+def tiny_run():
+    _record("built")
+""")
+    (tmp_path / "test_suite.py").write_text("""import pytest
+from conftest import _record
+
+
+@pytest.mark.parametrize("i", range(6))
+def test_reads(tiny_run, i):
+    _record("read")
+
+
+@pytest.mark.parametrize("i", range(6))
+def test_other(i):
+    pass
+""")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
+
+    # Execute: as `make test` runs the suite
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--dist",
+                           "loadgroup"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=env | {"PYTHONPATH": os.pathsep.join(filter(None, [str(CONFTEST.parent),
+                                                                                  env.get("PYTHONPATH")]))})
+
+    # Assert: one build, and every reader on its worker
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    built = (tmp_path / "built").read_text().split()
+    assert len(built) == 1 and (tmp_path / "read").read_text().split() == built * 6

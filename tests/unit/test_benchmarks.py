@@ -121,9 +121,6 @@ def test_bench_stacked_conv_times_every_form_of_every_layer(model, layers, total
 @pytest.mark.parametrize(("script", "args", "needles"), [
     ("bench_hvp.py", ["--samples", "32", "--repeats", "1", "--device", "cpu"],
      ["HVP, cached graph", "exact diagonal (trace_estimator: exact), form per_sample", "top-2 eigenvalues"]),
-    # cnn_small's passes come in chunks of 1,461 samples: the whole batch of 32 is timed, not the 8 asked for
-    ("bench_hvp.py", ["--samples", "32", "--exact-samples", "8", "--repeats", "1", "--device", "cpu", "--eigen", "0"],
-     ["exact diagonal, per_sample / per_class", "timed on 32 samples"]),
     # what it ran on, as the other benchmarks print it (machine.py)
     ("bench_client_stats.py", ["--model", "cnn_small", "--dataset", "digits", "--clients", "2", "--repeats", "1"],
      ["round_stats", "CPU kernels"]),
@@ -887,6 +884,8 @@ def test_bench_hvp_prints_each_diagonal_form_before_its_float64_reference():
     assert forms[0] < forms[1] < ratio[0] < reference[0]
     assert "form per_class" in out[reference[0]] and "form per_sample" in out[reference[0]]
     assert all("float64" not in out[i] and " ms = " in out[i] for i in forms)
+    # cnn_small's passes come in chunks of 1,461 samples: the whole batch of 32 is timed, not the 8 asked for
+    assert "timed on 32 samples" in "\n".join(out)
 
 
 def test_bench_hvp_reports_each_diagonal_form_before_its_float64_reference(monkeypatch):

@@ -1366,3 +1366,22 @@ def test_an_algorithm_label_that_spells_another_algorithm_is_warned_about(label,
     assert lines == ([f"algorithms.{label}: figures and tables show it as FedProx, the algorithm its label spells, "
                       f"but its runs are of {name}: a label such as {name}_{label.lower()} would say so"]
                      if warned else [])
+
+
+def test_the_schema_and_a_config_copy_are_the_pure_python_loader_s(monkeypatch):
+    # Prepare: what PyYAML's pure-Python safe loader and dumper make of the schema and of a copy of the default config
+    import fedscape.core.config as config_mod
+
+    assert config_mod.SAFE_LOADER is yaml.CSafeLoader  # libyaml, as PyYAML's wheels ship it
+    schema_path = ROOT / "workflow/schemas/config.schema.yaml"
+    with monkeypatch.context() as m:
+        m.setattr(config_mod, "SAFE_LOADER", yaml.SafeLoader)
+        m.setattr(config_mod, "SAFE_DUMPER", yaml.SafeDumper)
+        pure_schema, pure_copy = config_mod.load_schema(schema_path), config_mod._copy(DEFAULT)
+
+    # Execute
+    schema, copied = config_mod.load_schema(schema_path), config_mod._copy(DEFAULT)
+
+    # Assert: the same documents, down to each number's type
+    assert schema == pure_schema and copied == pure_copy == DEFAULT
+    assert repr(schema) == repr(pure_schema) and repr(copied) == repr(pure_copy)

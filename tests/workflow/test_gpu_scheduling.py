@@ -16,6 +16,7 @@ from fedscape.plan.resources import GPU_RULES
 
 ONE_CARD = {"CUDA_VISIBLE_DEVICES": "0"}
 NO_CARD = {"CUDA_VISIBLE_DEVICES": ""}
+ROUNDS_TABLE = "results/tables/rounds.csv"
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 STARTED = re.compile(r"job started ([0-9.]+) s after its process")
 
@@ -83,10 +84,12 @@ def test_gpu_jobs_ask_for_a_card_only_where_there_is_one(workdir):
 
 
 def test_one_card_runs_one_gpu_job_at_a_time_and_more_when_allowed(workdir):
-    # Execute: the same workflow with 3 cores on one card, then again (forced) when 3 jobs may share it
-    snakemake(workdir, "--configfile", "sched.yaml", cores=3, env=ONE_CARD)
+    # Execute: the runs' table (the jobs that take a card, without the figures after them) with 3 cores on one card,
+    # then again (forced) when 3 jobs may share it
+    snakemake(workdir, ROUNDS_TABLE, "--configfile", "sched.yaml", cores=3, env=ONE_CARD)
     serial = card_jobs(workdir)
-    snakemake(workdir, "--configfile", "sched.yaml", "--forceall", "--resources", "gpu=3", cores=3, env=ONE_CARD)
+    snakemake(workdir, ROUNDS_TABLE, "--configfile", "sched.yaml", "--forceall", "--resources", "gpu=3", cores=3,
+              env=ONE_CARD)
     shared = card_jobs(workdir)
 
     # Assert: the pretrained init and 3 train jobs take the card; none overlapped on it, while sharing it they did

@@ -396,8 +396,11 @@ def rounds_outlasting(seconds: float, workdir: Path) -> int:
     """Rounds of time_limit_config that train for about `seconds` on one core here, from the per-round seconds that a
     3-round run of it logs in `workdir` (the fastest of rounds 1-3: round 0 only evaluates, and round 1 also warms
     up)."""
-    (workdir / "run.yaml").write_text(yaml.safe_dump(time_limit_config(3)))
-    snakemake(workdir, "--configfile", "run.yaml", "--set-threads", "train=1", cores=1, timeout=600)
+    cfg = time_limit_config(3)
+    (run,) = build_runs(check_config(yaml.safe_load(yaml.safe_dump(cfg)), load_schema(SCHEMA)))
+    (workdir / "run.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(workdir, f"results/train/{run.run_id}/trajectory.pt", "--configfile", "run.yaml", "--set-threads",
+              "train=1", cores=1, timeout=600)
     log = next((workdir / "logs/train").rglob("train.log")).read_text()
     per_round = min(float(s) for s in re.findall(r"round [1-3]/3 .*seconds=([\d.]+)", log))
     return max(25, math.ceil(seconds / per_round))

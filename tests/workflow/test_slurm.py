@@ -385,6 +385,13 @@ def time_limit_config(rounds: int) -> dict:
     return cfg
 
 
+def trajectory_of(cfg: dict) -> str:
+    """The trajectory file of the one run of time_limit_config `cfg`, below the working directory."""
+    config = check_config(yaml.safe_load(yaml.safe_dump(cfg)), load_schema(SCHEMA))
+    (run,) = build_runs(config)
+    return Results.of(config).run_file(run, "trajectory")
+
+
 # Seconds of training, on one uncontended core, that the time-limit test's run takes: beyond the first attempt's
 # 1-minute limit plus the up to 30 s SLURM takes to enforce it (its limit check runs every 30 s; KillWait is 5 s),
 # with room for a calibration that came out fast. A fixed number of rounds sized for the fastest CPU ran ~8 minutes
@@ -397,10 +404,9 @@ def rounds_outlasting(seconds: float, workdir: Path) -> int:
     3-round run of it logs in `workdir` (the fastest of rounds 1-3: round 0 only evaluates, and round 1 also warms
     up)."""
     cfg = time_limit_config(3)
-    (run,) = build_runs(check_config(yaml.safe_load(yaml.safe_dump(cfg)), load_schema(SCHEMA)))
     (workdir / "run.yaml").write_text(yaml.safe_dump(cfg))
-    snakemake(workdir, f"results/train/{run.run_id}/trajectory.pt", "--configfile", "run.yaml", "--set-threads",
-              "train=1", cores=1, timeout=600)
+    snakemake(workdir, trajectory_of(cfg), "--configfile", "run.yaml", "--set-threads", "train=1", cores=1,
+              timeout=600)
     log = next((workdir / "logs/train").rglob("train.log")).read_text()
     per_round = min(float(s) for s in re.findall(r"round [1-3]/3 .*seconds=([\d.]+)", log))
     return max(25, math.ceil(seconds / per_round))
@@ -412,9 +418,7 @@ def test_time_limit_kill_resubmits_and_resumes_to_identical_checkpoints(slurm_cl
     # minutes, so that a slow or shared CI machine still finishes it: at 1, 2, 3 minutes all three attempts once
     # timed out), and the same run uninterrupted on the local machine, started alongside as the reference
     cfg = time_limit_config(rounds_outlasting(TIME_LIMIT_TRAIN_SECONDS, copy_workflow(tmp_path / "calibration")))
-    runs = build_runs(check_config(yaml.safe_load(yaml.safe_dump(cfg)), load_schema(SCHEMA)))
-    assert len(runs) == 1
-    target = f"results/train/{runs[0].run_id}/trajectory.pt"
+    target = trajectory_of(cfg)
     slurm_dir, local_dir = copy_workflow(tmp_path / "slurm"), copy_workflow(tmp_path / "local")
     shutil.copytree(ROOT / "slurm", slurm_dir / "slurm")
     for workdir in (slurm_dir, local_dir):

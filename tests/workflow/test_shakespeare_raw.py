@@ -18,6 +18,7 @@ from helpers.workflow import copy_workflow, snakemake
 from fedscape.data.specs import SHAKESPEARE_RAW_VOCAB
 
 SEQ_LEN = 32
+TABLES = [f"results/tables/{table}.csv" for table in ("partitions", "rounds", "layer_barriers")]
 ROLE_LENGTHS = {"PLAY_A_FIRST": 300, "PLAY_A_SECOND": 250, "PLAY_B_THIRD": 350}
 GPT = {"vocab_size": 96, "seq_len": SEQ_LEN, "num_blocks": 1, "num_heads": 2, "embed_dim": 16}
 
@@ -72,8 +73,9 @@ def test_raw_shakespeare_trains_a_gpt_per_role_and_compares_its_layers(tmp_path)
     workdir = copy_workflow(tmp_path / "wf")
     (workdir / "raw.yaml").write_text(yaml.safe_dump(_config(str(tmp_path / "leaf")), sort_keys=False))
 
-    # Execute: the whole default target
-    snakemake(workdir, "--configfile", "raw.yaml")
+    # Execute: the tables, and the layer-wise figure of the GPT's layers (the other figures draw the tables' columns as
+    # for any model)
+    snakemake(workdir, *TABLES, "results/figures/barriers/layerwise/roles/train.png", "--configfile", "raw.yaml")
 
     # Assert: one client per role (in role file order) holding every window of its first 80 %
     tables = workdir / "results" / "tables"
@@ -98,8 +100,10 @@ def test_every_position_targets_train_a_gpt_and_reach_every_analysis(tmp_path):
                                     "resolution": 3, "chunks": 1}}
     (workdir / "every.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
-    # Execute
-    snakemake(workdir, "--configfile", "every.yaml")
+    # Execute: the tables, and the figures of the sequence model's layers and landscape
+    surface = "results/landscape/shakespeare/char_gpt/gpt/train/surface.png"
+    snakemake(workdir, *TABLES, "results/tables/hessian.csv", "results/tables/surfaces.csv",
+              "results/figures/barriers/layerwise/roles/train.png", surface, "--configfile", "every.yaml")
 
     # Assert: the clients hold sequences as with `next` (FedAvg weighs sequences), the losses are per character
     tables = workdir / "results" / "tables"
@@ -116,3 +120,4 @@ def test_every_position_targets_train_a_gpt_and_reach_every_analysis(tmp_path):
     [surface] = pd.read_csv(tables / "surfaces.csv")["path"]
     grid = pd.read_csv((workdir / surface).parent / "surface_grid.csv")
     assert len(grid) == 9 and np.isfinite(grid["loss"]).all() and grid["acc"].between(0, 1).all()
+    assert (workdir / surface).stat().st_size > 0

@@ -17,10 +17,11 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 
-# --no-compile: pip byte-compiles all 12,000 modules of the venv (80 s of one core); Python compiles and caches
-# the few thousand a job imports the first time one does.
+# pip byte-compiles the venv (80 s of one core): where PYTHONDONTWRITEBYTECODE is set, as on these CI machines, Python
+# caches no module it compiles, so every job and test process would compile torch's again (--no-compile: the suite
+# ran at a third of its speed).
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
-	$(BIN)/pip install --no-compile -e ".[dev]"
+	$(BIN)/pip install -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed

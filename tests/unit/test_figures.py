@@ -1283,10 +1283,9 @@ def _label_panels(n: int, labels: list[str] = LONG_LABELS):
 
 
 def _widened_width(draw, ncols: int) -> float:
-    from fedscape.outputs.style import pyplot, widen_to_fit
+    from fedscape.outputs.style import pyplot, widened
 
-    fig, needs = draw(ncols)
-    widen_to_fit(fig, needs)
+    fig = widened(draw, ncols)
     pyplot().close(fig)
     return fig.get_figwidth()
 
@@ -1363,6 +1362,36 @@ def test_wrap_to_fit_gives_a_panel_too_wide_for_the_maximum_a_row_of_its_own():
     assert fig.get_figwidth() > 1.0
     _assert_every_panel_fits_its_labels(fig, LONG_LABELS)
     pyplot().close(fig)
+
+
+@pytest.mark.parametrize(("n", "fraction"), [(7, 0.3), (3, 0.01)])
+def test_wrap_to_fit_takes_the_one_column_figure_it_is_given_and_returns_what_it_draws_without(n, fraction):
+    from fedscape.outputs.style import pyplot, widened, wrap_to_fit
+
+    # Prepare: a maximum that n panels fit in a few rows (7) or in none (3), and the one-column figure, drawn once
+    draw = _label_panels(n)
+    max_width = fraction * _widened_width(draw, n)
+    columns_drawn = []
+
+    def counted(ncols: int):
+        columns_drawn.append(ncols)
+        return draw(ncols)
+
+    one_column = widened(counted, 1)
+
+    # Execute: given that figure, and without it
+    fig = wrap_to_fit(counted, n, max_width=max_width, one_column=one_column)
+    plain = wrap_to_fit(draw, n, max_width=max_width)
+
+    # Assert: one column drawn once; the grid and width of the figure drawn without it; that figure returned where
+    # it is the answer, else closed
+    assert columns_drawn.count(1) == 1
+    assert _grid(fig) == _grid(plain) and fig.get_figwidth() == plain.get_figwidth()
+    assert (fig is one_column) == (_grid(plain)[1] == 1)
+    assert pyplot().fignum_exists(one_column.number) == (fig is one_column)
+    assert (fraction < 0.1) == (_grid(plain)[1] == 1)  # the two cases are told apart
+    pyplot().close(fig)
+    pyplot().close(plain)
 
 
 def _laid_out_figure():

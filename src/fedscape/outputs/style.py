@@ -262,45 +262,65 @@ def widen_to_fit(fig, needs: Mapping) -> None:
         fig.set_figwidth(width + deficit * columns)
 
 
-def wrap_to_fit(draw: Callable, n: int, max_width: float = MAX_FIGURE_WIDTH_IN, max_ncols: int | None = None):
+def widened(draw: Callable, ncols: int):
+    """The figure that `draw(ncols)` draws (returning (fig, needs), as for `wrap_to_fit`), widened to fit its needs
+    (`widen_to_fit`)."""
+    fig, needs = draw(ncols)
+    widen_to_fit(fig, needs)
+    return fig
+
+
+def fits_width(fig, max_width: float = MAX_FIGURE_WIDTH_IN) -> bool:
+    """Whether `fig` is at most `max_width` inches wide (within `widen_to_fit`'s tolerance)."""
+    return fig.get_figwidth() <= max_width + WIDEN_TOLERANCE_IN
+
+
+def wrap_to_fit(draw: Callable, n: int, max_width: float = MAX_FIGURE_WIDTH_IN, max_ncols: int | None = None,
+                one_column=None):
     """The figure of n panels that `draw(ncols)` draws in a grid of at most `ncols` columns (e.g. with `facet_grid`),
     returning (fig, needs) for `widen_to_fit`, widened to fit: in one row where that figure is at most `max_width`
     inches wide, else in the fewest rows that keep it so, ceil(n / rows) columns each (8 panels: 2 rows of 4, or 3
     rows of 3, 3 and 2, ...), every panel still as wide as its labels need. Where even one column is too wide (a
     panel whose labels alone need more), the panels take a row each and the figure stays wider than `max_width`.
-    `max_ncols`: no more columns than that, however narrow the panels.
+    `max_ncols`: no more columns than that, however narrow the panels. `one_column`: `widened(draw, 1)` where the
+    caller has drawn it already (to learn whether any number of columns fits): used, not drawn again.
 
     A figure is narrower the fewer columns it has, so the rows are found by bisection: a few drawings, every figure
     but the one returned closed."""
     plt = pyplot()
+    drawn = {} if one_column is None else {1: one_column}
 
-    def widened(ncols: int):
-        fig, needs = draw(ncols)
-        widen_to_fit(fig, needs)
-        return fig
+    def figure(ncols: int):
+        return drawn.pop(ncols) if ncols in drawn else widened(draw, ncols)
 
     def fits(fig) -> bool:
-        return fig.get_figwidth() <= max_width + WIDEN_TOLERANCE_IN
+        return fits_width(fig, max_width)
 
-    first = n if max_ncols is None else min(n, max_ncols)
-    fig = widened(first)
-    if first <= 1 or fits(fig):
-        return fig
-    plt.close(fig)
-    # the columns of 2..n rows, fewer than the first drawing's
-    options = sorted({min(math.ceil(n / rows), first) for rows in range(2, n + 1)} - {first}, reverse=True)
-    lo, hi, best = 0, len(options) - 1, None  # the answer is in options[lo..hi]; best: options[hi]'s figure, drawn
-    while lo < hi:
-        mid = (lo + hi) // 2
-        fig = widened(options[mid])
-        if fits(fig):
-            if best is not None:
-                plt.close(best)
-            hi, best = mid, fig
-        else:
-            plt.close(fig)
-            lo = mid + 1
-    return best if best is not None else widened(options[lo])
+    def search():
+        first = n if max_ncols is None else min(n, max_ncols)
+        fig = figure(first)
+        if first <= 1 or fits(fig):
+            return fig
+        plt.close(fig)
+        # the columns of 2..n rows, fewer than the first drawing's
+        options = sorted({min(math.ceil(n / rows), first) for rows in range(2, n + 1)} - {first}, reverse=True)
+        lo, hi, best = 0, len(options) - 1, None  # the answer is in options[lo..hi]; best: options[hi]'s figure
+        while lo < hi:
+            mid = (lo + hi) // 2
+            fig = figure(options[mid])
+            if fits(fig):
+                if best is not None:
+                    plt.close(best)
+                hi, best = mid, fig
+            else:
+                plt.close(fig)
+                lo = mid + 1
+        return best if best is not None else figure(options[lo])
+
+    result = search()
+    for fig in drawn.values():  # a one-column figure the search did not need
+        plt.close(fig)
+    return result
 
 
 def split_evenly(items: Sequence, pieces: int) -> list[list]:

@@ -15,18 +15,18 @@ from fedscape.core.runs import RUN_FIELDS, parse_run_id
 from fedscape.core.setting import format_setting, setting_label
 from fedscape.outputs.labels import LABEL_SEP, format_field, label_run, refuse_alike
 from fedscape.outputs.style import (
-    MAX_FIGURE_WIDTH_IN,
     ONE_SEED,
     PALETTE,
-    WIDEN_TOLERANCE_IN,
     bounded_log_ticks,
     category_ticks,
     facet_grid,
+    fits_width,
     pyplot,
     seeds_range,
     setting_colors,
     setting_order,
     split_evenly,
+    widened,
     wrap_to_fit,
 )
 from fedscape.outputs.style import save_figure_outputs as save
@@ -133,8 +133,9 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str, trace_estimat
                         .nunique())
     points = ONE_SEED if seeds == ONE_SEED else "points: seeds"
 
-    def draw_pieces(per_piece: int):
-        """The figure with each place's run groups in panels of at most `per_piece` (a place with no more: one)."""
+    def pieces(per_piece: int):
+        """`wrap_to_fit`'s (draw, panels) of the figure with each place's run groups in panels of at most `per_piece`
+        (a place with no more: one)."""
         splits = {place: split_evenly(cats, math.ceil(len(cats) / per_piece)) for place, cats in cats_of.items()}
         panels = [(place, part, split, len(splits[place])) for place in places
                   for part, split in enumerate(splits[place])]
@@ -177,19 +178,23 @@ def lambda_trace_figure(table: str | Path, outputs: dict, by: str, trace_estimat
                 fig.legend(legend.values(), legend.keys(), loc="outside right center", title="partition")
             return fig, needs
 
-        # one row of panels while it fits a screen, else wrapped into rows (panels still as wide as their labels)
-        return wrap_to_fit(draw, max(1, len(panels)))
+        return draw, max(1, len(panels))
 
-    # a place whose run groups alone are wider than a screen is split into pieces of at most as many groups as fit
-    # (the most that do, so the fewest pieces); a place of no more groups stays whole
+    # One row of panels while it fits a screen, else wrapped into rows (panels still as wide as their labels). A place
+    # whose run groups alone are wider than a screen is split into pieces of at most as many groups as fit (the most
+    # that do, so the fewest pieces); a place of no more groups stays whole. A piece size fits where its figure in one
+    # column does, the narrowest it draws: only that figure is drawn of a size that does not.
     most = max((len(cats) for cats in cats_of.values()), default=1)
-    sizes = sorted({math.ceil(most / pieces) for pieces in range(1, most + 1)}, reverse=True)
-    fig = draw_pieces(sizes[0])
+    sizes = sorted({math.ceil(most / count) for count in range(1, most + 1)}, reverse=True)
+    fig = wrap_to_fit(*pieces(sizes[0]))
     for size in sizes[1:]:
-        if fig.get_figwidth() <= MAX_FIGURE_WIDTH_IN + WIDEN_TOLERANCE_IN:
+        if fits_width(fig):
             break
         pyplot().close(fig)
-        fig = draw_pieces(size)
+        draw, n = pieces(size)
+        fig = widened(draw, 1)
+        if fits_width(fig):
+            fig = wrap_to_fit(draw, n, one_column=fig)
     save(fig, outputs, data)
 
 

@@ -57,9 +57,9 @@ def test_text_models_train_on_shakespeare_and_every_analysis_runs(tmp_path):
     # aligned GPT's interpolation, the GPT's surface); the others draw the tables' columns as for any model
     figures = ["figures/barriers/interpolation.png", "figures/barriers/layerwise/lstm_clients/train.png",
                "landscape/shakespeare/char_gpt/gpt_final/train/surface.png"]
-    tables = ["rounds", "partitions", "barriers", "layer_barriers", "hessian", "hessian_clients", "client_stats",
-              "surfaces", "final"]
-    snakemake(workdir, *(f"results/tables/{t}.csv" for t in tables), *(f"results/{f}" for f in figures),
+    table_names = ["rounds", "partitions", "barriers", "layer_barriers", "hessian", "hessian_clients", "client_stats",
+                   "surfaces", "final"]
+    snakemake(workdir, *(f"results/tables/{t}.csv" for t in table_names), *(f"results/{f}" for f in figures),
               "--configfile", "text.yaml")  # targets first: --configfile takes what follows
 
     # Assert
